@@ -1,0 +1,452 @@
+"""HTTP API (Starlette): submission, tlog-tiles read API, JSON proofs.
+
+Every proof answer carries the signed checkpoint it is relative to. Errors are JSON
+``{"error": "<reason>"}`` and are mapped to status codes in one place (:data:`ERRORS`);
+malformed input is always a 4xx.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import gzip
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from client.checkpoint import parse_decimal
+from client.note import FormatError, b64decode_strict
+from client.proof_bundle import TlogProof
+from client.tiles import MAX_ENTRY_SIZE, parse_tile_path
+from tlog.auth import AuthError, Forbidden, Principal, TokenStore
+from tlog.log import Log, NotFound, Published
+from tlog.sequencer import Overloaded, Sequencer, SequencerStopped
+
+__all__ = ["Limits", "create_app"]
+
+log = logging.getLogger("tlog.http")
+
+MAX_INDEX = (1 << 63) - 1
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Request limits. All are enforced before any work is queued."""
+
+    max_entry_bytes: int = MAX_ENTRY_SIZE  # tlog-tiles entry bundles cap entries at 65,535
+    max_batch_entries: int = 10_000  # per POST /v1/entries/batch
+    max_batch_body_bytes: int = 16 << 20
+    max_query_length: int = 2048
+
+
+class BadRequest(Exception):
+    pass
+
+
+class PayloadTooLarge(Exception):
+    pass
+
+
+def _json_error(status: int, reason: str, headers: dict[str, str] | None = None) -> Response:
+    return JSONResponse({"error": reason}, status_code=status, headers=headers)
+
+
+# The one place where exceptions become status codes.
+ERRORS: list[tuple[type[BaseException], int]] = [
+    (BadRequest, 400),
+    (FormatError, 400),
+    (AuthError, 401),
+    (Forbidden, 403),
+    (NotFound, 404),
+    (PayloadTooLarge, 413),
+    (Overloaded, 503),
+    (SequencerStopped, 503),
+]
+
+
+def error_response(exc: BaseException) -> Response:
+    for cls, status in ERRORS:
+        if isinstance(exc, cls):
+            headers: dict[str, str] = {}
+            if status == 401:
+                headers["WWW-Authenticate"] = 'Bearer realm="tlog"'
+            if isinstance(exc, Overloaded):
+                headers["Retry-After"] = str(exc.retry_after)
+            elif status == 503:
+                headers["Retry-After"] = "5"
+            return _json_error(status, str(exc) or cls.__name__, headers)
+    if isinstance(exc, HTTPException):
+        return _json_error(exc.status_code, exc.detail, dict(exc.headers or {}))
+    log.exception("unhandled error", exc_info=exc)
+    return _json_error(500, "internal error")
+
+
+def b64(h: bytes) -> str:
+    return base64.b64encode(h).decode("ascii")
+
+
+class Query:
+    """Strict query-string access: no repeated or unknown parameters."""
+
+    def __init__(self, request: Request, allowed: set[str]) -> None:
+        raw = request.url.query
+        if len(raw) > 2048:
+            raise BadRequest("query string too long")
+        items = request.query_params.multi_items()
+        seen: set[str] = set()
+        for k, _ in items:
+            if k not in allowed:
+                raise BadRequest(f"unknown query parameter {k!r}")
+            if k in seen:
+                raise BadRequest(f"query parameter {k!r} given twice")
+            seen.add(k)
+        self._q = dict(items)
+
+    def has(self, name: str) -> bool:
+        return name in self._q
+
+    def uint(self, name: str, default: int | None = None) -> int:
+        v = self._q.get(name)
+        if v is None:
+            if default is None:
+                raise BadRequest(f"missing query parameter {name!r}")
+            return default
+        try:
+            return parse_decimal(v, what=name, maximum=MAX_INDEX)
+        except FormatError as exc:
+            raise BadRequest(str(exc)) from None
+
+    def hash(self, name: str) -> bytes:
+        v = self._q.get(name)
+        if v is None:
+            raise BadRequest(f"missing query parameter {name!r}")
+        try:
+            return b64decode_strict(v, size=32)
+        except FormatError as exc:
+            raise BadRequest(f"{name}: {exc}") from None
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    cl = request.headers.get("content-length")
+    if cl is not None:
+        if not cl.isdigit():
+            raise BadRequest("bad Content-Length")
+        if int(cl) > limit:
+            raise PayloadTooLarge(f"body larger than {limit} bytes")
+    chunks = []
+    n = 0
+    async for chunk in request.stream():
+        n += len(chunk)
+        if n > limit:
+            raise PayloadTooLarge(f"body larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class Api:
+    def __init__(
+        self,
+        log_: Log,
+        sequencer: Sequencer,
+        tokens: TokenStore,
+        limits: Limits,
+        checkpoint_source: Callable[[], str] | None = None,
+    ) -> None:
+        self.log = log_
+        self.seq = sequencer
+        self.tokens = tokens
+        self.limits = limits
+        # Where GET /checkpoint comes from: the witness layer swaps in the cosigned one.
+        self.checkpoint_source = checkpoint_source or (lambda: self.log.latest.note)
+        self.note_for: Callable[[Published], str] = lambda p: p.note
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def principal(self, request: Request, *roles: str) -> Principal:
+        p = self.tokens.authenticate(request.headers.get("authorization"))
+        p.require(*roles)
+        return p
+
+    def published(self, q: Query) -> Published:
+        latest = self.log.latest
+        if not q.has("tree_size"):
+            return latest
+        size = q.uint("tree_size")
+        if size > latest.size:
+            raise BadRequest(f"tree_size {size} is beyond the log's size {latest.size}")
+        return self.log.checkpoint_note(size)
+
+    # -- write ---------------------------------------------------------------------------
+
+    async def add_entry(self, request: Request) -> Response:
+        self.principal(request, "submitter")
+        body = await read_body(request, self.limits.max_entry_bytes)
+        if not body:
+            raise BadRequest("empty entry")
+        res = await self.seq.submit([body])
+        pub = res.checkpoint
+        index = res.indices[0]
+        proof = self.log.inclusion_proof(index, pub.size)
+        note = self.note_for(pub)
+        return JSONResponse(
+            {
+                "index": index,
+                "leaf_hash": b64(res.leaf_hashes[0]),
+                "duplicate": res.duplicates[0],
+                "tree_size": pub.size,
+                "checkpoint": note,
+                "inclusion_proof": [b64(h) for h in proof],
+                "tlog_proof": TlogProof(index, tuple(proof), note).format(),
+            }
+        )
+
+    async def add_batch(self, request: Request) -> Response:
+        self.principal(request, "submitter")
+        body = await read_body(request, self.limits.max_batch_body_bytes)
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        entries = self._parse_batch(body, ctype)
+        res = await self.seq.submit(entries)
+        pub = res.checkpoint
+        return JSONResponse(
+            {
+                "tree_size": pub.size,
+                "checkpoint": self.note_for(pub),
+                "indices": res.indices,
+                "duplicates": [i for i, d in enumerate(res.duplicates) if d],
+            }
+        )
+
+    def _parse_batch(self, body: bytes, ctype: str) -> list[bytes]:
+        lim = self.limits
+        entries: list[bytes] = []
+        if ctype == "application/json":
+            try:
+                doc = json.loads(body)
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise BadRequest(f"body is not JSON: {exc}") from None
+            if (
+                not isinstance(doc, dict)
+                or set(doc) != {"entries"}
+                or not isinstance(doc["entries"], list)
+            ):
+                raise BadRequest('body must be {"entries": [<base64>, ...]}')
+            if len(doc["entries"]) > lim.max_batch_entries:
+                raise PayloadTooLarge(f"more than {lim.max_batch_entries} entries")
+            for i, e in enumerate(doc["entries"]):
+                if not isinstance(e, str):
+                    raise BadRequest(f"entry {i} is not a base64 string")
+                try:
+                    entries.append(b64decode_strict(e))
+                except FormatError as exc:
+                    raise BadRequest(f"entry {i}: {exc}") from None
+        elif ctype in ("application/octet-stream", ""):
+            # tlog-tiles entry bundle encoding: uint16_be(length) || entry, repeated.
+            pos, n = 0, len(body)
+            mv = memoryview(body)
+            while pos < n:
+                if pos + 2 > n:
+                    raise BadRequest("truncated length prefix")
+                ln = (body[pos] << 8) | body[pos + 1]
+                pos += 2
+                if pos + ln > n:
+                    raise BadRequest(f"entry {len(entries)} is truncated")
+                entries.append(bytes(mv[pos : pos + ln]))
+                pos += ln
+                if len(entries) > lim.max_batch_entries:
+                    raise PayloadTooLarge(f"more than {lim.max_batch_entries} entries")
+        else:
+            raise BadRequest("Content-Type must be application/octet-stream or application/json")
+        if not entries:
+            raise BadRequest("empty batch")
+        for i, e in enumerate(entries):
+            if not e:
+                raise BadRequest(f"entry {i} is empty")
+            if len(e) > lim.max_entry_bytes:
+                raise PayloadTooLarge(f"entry {i} is larger than {lim.max_entry_bytes} bytes")
+        return entries
+
+    # -- tlog-tiles ------------------------------------------------------------------------
+
+    async def checkpoint(self, request: Request) -> Response:
+        return Response(
+            self.checkpoint_source(),
+            media_type="text/plain; charset=utf-8",
+            headers={"Cache-Control": "no-cache"},
+        )
+
+    async def tile(self, request: Request) -> Response:
+        try:
+            t = parse_tile_path("tile/" + request.path_params["path"])
+        except FormatError as exc:
+            raise NotFound(f"no such tile: {exc}") from None
+        size = self.log.latest.size
+        if t.is_entries:
+            data = self.log.entry_bundle(t.index, t.width, size)
+            headers = {"Cache-Control": "public, max-age=31536000, immutable"}
+            if "gzip" in request.headers.get("accept-encoding", ""):
+                data = gzip.compress(data, compresslevel=1, mtime=0)
+                headers["Content-Encoding"] = "gzip"
+                headers["Vary"] = "Accept-Encoding"
+            return Response(data, media_type="application/octet-stream", headers=headers)
+        data = self.log.hash_tile(t.level, t.index, t.width, size)
+        return Response(
+            data,
+            media_type="application/octet-stream",
+            headers={"Cache-Control": "public, max-age=31536000, immutable"},
+        )
+
+    # -- JSON proofs -----------------------------------------------------------------------
+
+    async def log_info(self, request: Request) -> Response:
+        Query(request, set())
+        latest = self.log.latest
+        return JSONResponse(
+            {
+                "origin": self.log.origin,
+                "vkey": self.log.vkey,
+                "tree_size": latest.size,
+                "checkpoint": self.checkpoint_source(),
+                "limits": {
+                    "max_entry_bytes": self.limits.max_entry_bytes,
+                    "max_batch_entries": self.limits.max_batch_entries,
+                    "max_batch_body_bytes": self.limits.max_batch_body_bytes,
+                    "max_backlog": self.seq.max_backlog,
+                },
+            }
+        )
+
+    async def inclusion(self, request: Request) -> Response:
+        q = Query(request, {"index", "leaf_hash", "tree_size"})
+        pub = self.published(q)
+        if q.has("index") == q.has("leaf_hash"):
+            raise BadRequest("give exactly one of index or leaf_hash")
+        if q.has("index"):
+            index = q.uint("index")
+            leaf = None
+            if index >= pub.size:
+                raise BadRequest(f"index {index} is not below tree_size {pub.size}")
+        else:
+            leaf = q.hash("leaf_hash")
+            found = self.log.index_of(leaf)
+            if found is None or found >= pub.size:
+                raise NotFound("no entry with that leaf hash in the tree of that size")
+            index = found
+        proof = self.log.inclusion_proof(index, pub.size)
+        out: dict[str, Any] = {
+            "index": index,
+            "tree_size": pub.size,
+            "inclusion_proof": [b64(h) for h in proof],
+            "checkpoint": self.note_for(pub),
+        }
+        if leaf is not None:
+            out["leaf_hash"] = b64(leaf)
+        return JSONResponse(out)
+
+    async def consistency(self, request: Request) -> Response:
+        q = Query(request, {"old_size", "tree_size"})
+        pub = self.published(q)
+        old = q.uint("old_size")
+        if old > pub.size:
+            raise BadRequest(f"old_size {old} is larger than tree_size {pub.size}")
+        proof = self.log.consistency_proof(old, pub.size)
+        return JSONResponse(
+            {
+                "old_size": old,
+                "tree_size": pub.size,
+                "consistency_proof": [b64(h) for h in proof],
+                "checkpoint": self.note_for(pub),
+            }
+        )
+
+    def _index(self, request: Request) -> int:
+        try:
+            return parse_decimal(request.path_params["index"], what="index", maximum=MAX_INDEX)
+        except FormatError as exc:
+            raise BadRequest(str(exc)) from None
+
+    async def get_entry(self, request: Request) -> Response:
+        Query(request, set())
+        index = self._index(request)
+        return Response(
+            self.log.entry(index),
+            media_type="application/octet-stream",
+            headers={"Cache-Control": "public, max-age=31536000, immutable"},
+        )
+
+    async def bundle(self, request: Request) -> Response:
+        q = Query(request, {"tree_size"})
+        index = self._index(request)
+        pub = self.published(q)
+        if index >= pub.size:
+            raise NotFound(f"index {index} is not below tree size {pub.size}")
+        text = self.log.tlog_proof(index, pub.size, self.note_for(pub))
+        return Response(
+            text,
+            media_type="text/plain; charset=utf-8",
+            headers={"Content-Disposition": f'inline; filename="{index}.tlog-proof"'},
+        )
+
+
+def _wrap(fn: Callable[[Request], Any]) -> Callable[[Request], Any]:
+    async def endpoint(request: Request) -> Response:
+        try:
+            return await fn(request)  # type: ignore[no-any-return]
+        except Exception as exc:
+            return error_response(exc)
+
+    return endpoint
+
+
+def create_app(
+    log_: Log,
+    sequencer: Sequencer,
+    tokens: TokenStore,
+    limits: Limits | None = None,
+    extra_routes: list[Route] | None = None,
+    on_startup: list[Callable[[], Any]] | None = None,
+    on_shutdown: list[Callable[[], Any]] | None = None,
+) -> Starlette:
+    api = Api(log_, sequencer, tokens, limits or Limits())
+    routes = [
+        Route("/checkpoint", _wrap(api.checkpoint), methods=["GET"]),
+        Route("/tile/{path:path}", _wrap(api.tile), methods=["GET"]),
+        Route("/v1/log", _wrap(api.log_info), methods=["GET"]),
+        Route("/v1/entries", _wrap(api.add_entry), methods=["POST"]),
+        Route("/v1/entries/batch", _wrap(api.add_batch), methods=["POST"]),
+        Route("/v1/entries/{index}", _wrap(api.get_entry), methods=["GET"]),
+        Route("/v1/proof/inclusion", _wrap(api.inclusion), methods=["GET"]),
+        Route("/v1/proof/consistency", _wrap(api.consistency), methods=["GET"]),
+        Route("/v1/bundle/{index}", _wrap(api.bundle), methods=["GET"]),
+        *(extra_routes or []),
+    ]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        sequencer.start()
+        for f in on_startup or []:
+            f()
+        try:
+            yield
+        finally:
+            for f in on_shutdown or []:
+                f()
+            sequencer.stop()
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        return error_response(exc)
+
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={HTTPException: http_error, Exception: http_error},
+    )
+    app.state.api = api
+    return app

@@ -1,0 +1,243 @@
+"""The ``tlog`` command: keygen, serve, token, fsck."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import sys
+from pathlib import Path
+
+from tlog.auth import ROLES, TokenStore
+from tlog.signer import CheckpointSigner, create_key_file, load_key_file
+from tlog.storage import Storage, StorageError
+
+DEFAULT_DATA = "./tlog-data"
+DEFAULT_ORIGIN = "localhost/tlog-demo"
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+def _duration(s: str) -> int:
+    m = re.fullmatch(r"([1-9][0-9]*)([smhd]?)", s)
+    if not m:
+        raise argparse.ArgumentTypeError("duration like 3600, 90m, 12h or 30d")
+    return int(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+
+
+def _data_dir(args: argparse.Namespace) -> Path:
+    return Path(args.data).resolve()
+
+
+def _key_path(args: argparse.Namespace) -> Path:
+    return Path(args.key) if args.key else _data_dir(args) / "log.key"
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    path = _key_path(args)
+    if path.exists():
+        print(f"tlog: {path} exists; refusing to overwrite a key", file=sys.stderr)
+        return 1
+    signer = create_key_file(path, args.origin)
+    print(f"key:    {path} (mode 0600)")
+    print(f"origin: {args.origin}")
+    print(f"vkey:   {signer.vkey()}")
+    return 0
+
+
+def _open_signer(args: argparse.Namespace, create: bool) -> CheckpointSigner:
+    path = _key_path(args)
+    if not path.exists():
+        if not create:
+            raise FileNotFoundError(f"no key at {path}; run 'tlog keygen' first")
+        origin = args.origin or DEFAULT_ORIGIN
+        key = create_key_file(path, origin)
+        print(f"tlog: created a new signing key at {path} (mode 0600)", file=sys.stderr)
+    else:
+        key = load_key_file(path)
+    origin = args.origin or key.name
+    return CheckpointSigner(key, origin)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from tlog.server import build_app
+
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    data = _data_dir(args)
+    data.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fresh = not (data / "db" / "data.mdb").exists()
+    signer = _open_signer(args, create=True)
+    app, log_, tokens = build_app(
+        data,
+        signer,
+        max_batch_entries=args.batch_size,
+        max_batch_age=args.batch_age_ms / 1000.0,
+        max_backlog=args.max_backlog,
+        witness_config=args.witnesses,
+    )
+    url = f"http://{args.host}:{args.port}"
+    print(f"tlog: origin  {log_.origin}")
+    print(f"tlog: vkey    {log_.vkey}")
+    print(f"tlog: size    {log_.latest.size}")
+    print(f"tlog: listening on {url}")
+    if fresh and args.demo_token:
+        token_file = data / "demo-submitter.token"
+        token, _ = tokens.create("submitter", tenant="default", name="demo")
+        fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(token + "\n")
+        print(f"tlog: demo submitter token written to {token_file} (mode 0600); try:")
+        print(
+            f'  curl -s -H "Authorization: Bearer $(cat {token_file})" '
+            f"--data-binary 'hello' {url}/v1/entries"
+        )
+    sys.stdout.flush()
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        access_log=args.access_log,
+        server_header=False,
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    storage = Storage(_data_dir(args) / "db")
+    store = TokenStore(storage)
+    try:
+        if args.token_cmd == "create":
+            token, p = store.create(args.role, tenant=args.tenant, name=args.name, ttl=args.ttl)
+            print(token)
+            print(f"id {p.token_id} role {p.role} tenant {p.tenant}", file=sys.stderr)
+        elif args.token_cmd == "list":
+            for p in store.list():
+                state = "revoked" if p.revoked else "active"
+                print(
+                    f"{p.token_id} {p.role:16} tenant={p.tenant} name={p.name!r} "
+                    f"expires={p.expires} {state}"
+                )
+        elif args.token_cmd == "revoke":
+            p = store.revoke(args.token_id)
+            print(f"revoked {p.token_id}")
+    finally:
+        storage.close()
+    return 0
+
+
+def cmd_fsck(args: argparse.Namespace) -> int:
+    from tlog.fsck import fsck, terminal_progress
+
+    storage = Storage(_data_dir(args) / "db", readonly=True)
+    try:
+        rep = fsck(storage, terminal_progress)
+    finally:
+        storage.close()
+    for e in rep.errors:
+        print(f"fsck: ERROR {e}", file=sys.stderr)
+    status = "OK" if rep.ok else f"FAILED ({len(rep.errors)} errors)"
+    print(
+        f"fsck: {status}: {rep.entries} entries, {rep.blobs_checked} tiles, "
+        f"{rep.checkpoints_checked} checkpoints checked"
+    )
+    return 0 if rep.ok else 2
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tlog", description="transparency log server")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    def data_opt(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--data",
+            default=_env("TLOG_DATA", DEFAULT_DATA),
+            help="data directory (default ./tlog-data, env TLOG_DATA)",
+        )
+
+    k = sub.add_parser("keygen", help="create a log signing key (mode 0600)")
+    data_opt(k)
+    k.add_argument("--origin", required=True, help="log origin = key name")
+    k.add_argument("--key", help="key file (default <data>/log.key)")
+    k.set_defaults(func=cmd_keygen)
+
+    s = sub.add_parser("serve", help="run the log server")
+    data_opt(s)
+    s.add_argument("--host", default=_env("TLOG_HOST", "127.0.0.1"))
+    s.add_argument("--port", type=int, default=int(_env("TLOG_PORT", "8080")))
+    s.add_argument(
+        "--origin",
+        default=os.environ.get("TLOG_ORIGIN"),
+        help=f"log origin (default: the key's name, or {DEFAULT_ORIGIN} for a new key)",
+    )
+    s.add_argument(
+        "--key",
+        default=os.environ.get("TLOG_KEY"),
+        help="key file (default <data>/log.key, created on first start)",
+    )
+    s.add_argument("--batch-size", type=int, default=1024, help="max entries per commit")
+    s.add_argument(
+        "--batch-age-ms", type=float, default=2.0, help="max wait for a batch to fill (ms)"
+    )
+    s.add_argument(
+        "--max-backlog",
+        type=int,
+        default=100_000,
+        help="entries waiting before submissions get 503",
+    )
+    s.add_argument(
+        "--witnesses",
+        default=os.environ.get("TLOG_WITNESSES"),
+        help="witness policy file (tlog-policy format) to push checkpoints to",
+    )
+    s.add_argument("--access-log", action="store_true")
+    s.add_argument(
+        "--no-demo-token",
+        dest="demo_token",
+        action="store_false",
+        help="don't create a demo submitter token on first start",
+    )
+    s.add_argument(
+        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+    )
+    s.set_defaults(func=cmd_serve)
+
+    t = sub.add_parser("token", help="manage bearer tokens")
+    data_opt(t)
+    tsub = t.add_subparsers(dest="token_cmd", required=True)
+    tc = tsub.add_parser("create", help="create a token (printed once)")
+    tc.add_argument("--role", required=True, choices=ROLES)
+    tc.add_argument("--tenant", default=None)
+    tc.add_argument("--name", default="")
+    tc.add_argument("--ttl", type=_duration, default=None, help="lifetime, e.g. 90d")
+    tsub.add_parser("list", help="list tokens (ids only)")
+    tr = tsub.add_parser("revoke", help="revoke a token by id prefix")
+    tr.add_argument("token_id")
+    t.set_defaults(func=cmd_token)
+
+    f = sub.add_parser("fsck", help="recompute and check the whole tree")
+    data_opt(f)
+    f.set_defaults(func=cmd_fsck)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (StorageError, FileNotFoundError, PermissionError, ValueError, KeyError) as exc:
+        print(f"tlog: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

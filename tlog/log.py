@@ -1,0 +1,236 @@
+"""The log: sequencing, integration and publication of one batch, and the read side.
+
+Stages (the words Tessera uses):
+
+* *sequenced*: an entry has an index; *integrated*: its hash is in the tree;
+  *published*: a signed checkpoint covers it. Here all three happen in one LMDB
+  transaction per batch, so an acknowledged entry is always all three, durably.
+
+:meth:`Log.integrate` must be called from one thread only (the sequencer's writer); the
+read methods are safe from any thread.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+from client.checkpoint import Checkpoint
+from client.merkle import EMPTY_ROOT, VerificationError, leaf_hash, verify_inclusion
+from client.note import Note, open_note, parse_note
+from client.proof_bundle import TlogProof
+from client.tiles import TILE_WIDTH, encode_entry_bundle
+from tlog.signer import CheckpointSigner, ForkRefused
+from tlog.storage import BatchWrite, Storage, StorageError
+from tlog.tree import NodeReader, RightEdge, tile_width
+
+__all__ = ["BatchResult", "Log", "NotFound"]
+
+log = logging.getLogger("tlog")
+
+
+class NotFound(Exception):
+    """The requested index, size, tile or checkpoint does not exist (yet)."""
+
+
+class Published(NamedTuple):
+    size: int
+    note: str  # the log-signed checkpoint note
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """Indices for a submission, and the checkpoint that covers all of them."""
+
+    indices: list[int]
+    duplicates: list[bool]
+    leaf_hashes: list[bytes]
+    checkpoint: Published
+
+
+class Log:
+    def __init__(self, storage: Storage, signer: CheckpointSigner) -> None:
+        self.storage = storage
+        self.signer = signer
+        self.origin = signer.origin
+        self._verifier = signer.verifier
+        with storage.read() as rv:
+            origin, vkey = rv.meta("origin"), rv.meta("vkey")
+        self._check_identity(origin, vkey)
+        with storage.read() as rv:
+            size = rv.tree_size()
+            latest = rv.latest_checkpoint()
+            if latest is None:
+                if size != 0:
+                    raise StorageError("store has entries but no checkpoint")
+            else:
+                cp_size, note = latest
+                if cp_size != size:
+                    raise StorageError(
+                        f"tree size {size} differs from latest checkpoint size {cp_size}"
+                    )
+                cp = self._open(note)
+                # O(log n): the stored tree must still produce the signed root.
+                if NodeReader(rv.blob).root(size) != cp.root_hash:
+                    raise StorageError("stored tree does not match the latest checkpoint")
+        if latest is None:
+            note_s = signer.sign(Checkpoint(self.origin, 0, EMPTY_ROOT), None, [])
+            storage.put_checkpoint(0, note_s.encode())
+            latest = (0, note_s.encode())
+        self._latest = Published(latest[0], latest[1].decode())
+        self._edge = RightEdge(size, self._storage_blob)
+
+    # -- identity --------------------------------------------------------------------------
+
+    def _check_identity(self, origin: bytes | None, vkey: bytes | None) -> None:
+        if origin is None:
+            self.storage.set_meta("origin", self.origin.encode())
+            self.storage.set_meta("vkey", self.signer.vkey().encode())
+            return
+        if origin.decode() != self.origin:
+            raise StorageError(f"store belongs to origin {origin.decode()!r}, not {self.origin!r}")
+        if vkey is not None and vkey.decode() != self.signer.vkey():
+            raise StorageError("store was signed with another key; refusing to continue")
+
+    def _open(self, note: bytes | str) -> Checkpoint:
+        n = open_note(note, [self._verifier])
+        return Checkpoint.parse(n.text)
+
+    def _storage_blob(self, level: int, index: int) -> bytes | None:
+        with self.storage.read() as rv:
+            b = rv.blob(level, index)
+            return None if b is None else bytes(b)
+
+    @property
+    def vkey(self) -> str:
+        return self.signer.vkey()
+
+    @property
+    def latest(self) -> Published:
+        return self._latest
+
+    # -- write side (one thread) -----------------------------------------------------------
+
+    def integrate(self, entries: list[bytes]) -> BatchResult:
+        """Sequence, integrate and publish ``entries``; durable when this returns.
+
+        Entries already in the log (same bytes) keep their original index; duplicates within
+        the batch get one index.
+        """
+        hashes = [leaf_hash(e) for e in entries]
+        indices: list[int] = [0] * len(entries)
+        dup = [False] * len(entries)
+        new_entries: list[bytes] = []
+        new_hashes: list[bytes] = []
+        first = self._edge.size
+        in_batch: dict[bytes, int] = {}
+        with self.storage.read() as rv:
+            for i, h in enumerate(hashes):
+                j = in_batch.get(h)
+                if j is None:
+                    j = rv.index_of(h)
+                    if j is None:
+                        j = first + len(new_entries)
+                        new_entries.append(entries[i])
+                        new_hashes.append(h)
+                        in_batch[h] = j
+                        indices[i] = j
+                        continue
+                indices[i] = j
+                dup[i] = True
+        if not new_entries:
+            return BatchResult(indices, dup, hashes, self._latest)
+        try:
+            self._edge.append(new_hashes)
+            size = self._edge.size
+            reader = self._edge.reader()
+            root = reader.root(size)
+            prev = Checkpoint.parse(parse_note(self._latest.note).text)
+            proof = reader.consistency_proof(prev.size, size) if prev.size else []
+            note = self.signer.sign(Checkpoint(self.origin, size, root), prev, proof)
+            self.storage.commit_batch(
+                BatchWrite(
+                    first, new_entries, new_hashes, self._edge.take_dirty(), size, note.encode()
+                )
+            )
+        except BaseException:
+            # The in-memory edge may be ahead of the store: rebuild it from what is durable.
+            self._edge = RightEdge(self._latest.size, self._storage_blob)
+            raise
+        self._latest = Published(size, note)
+        return BatchResult(indices, dup, hashes, self._latest)
+
+    # -- read side -------------------------------------------------------------------------
+
+    def checkpoint_note(self, size: int | None = None) -> Published:
+        if size is None:
+            return self._latest
+        with self.storage.read() as rv:
+            note = rv.checkpoint(size)
+        if note is None:
+            raise NotFound(f"no checkpoint was published for tree size {size}")
+        return Published(size, note.decode())
+
+    def inclusion_proof(self, index: int, size: int) -> list[bytes]:
+        if not 0 <= index < size:
+            raise NotFound(f"index {index} is not below tree size {size}")
+        with self.storage.read() as rv:
+            return NodeReader(rv.blob).inclusion_proof(index, size)
+
+    def consistency_proof(self, old_size: int, size: int) -> list[bytes]:
+        with self.storage.read() as rv:
+            return NodeReader(rv.blob).consistency_proof(old_size, size)
+
+    def index_of(self, leaf: bytes) -> int | None:
+        with self.storage.read() as rv:
+            return rv.index_of(leaf)
+
+    def entry(self, index: int) -> bytes:
+        with self.storage.read() as rv:
+            e = rv.entry(index) if index < self._latest.size else None
+        if e is None:
+            raise NotFound(f"no entry at index {index}")
+        return e
+
+    def hash_tile(self, level: int, index: int, width: int, size: int) -> bytes:
+        """Tile bytes as of tree ``size``; width must not exceed what that size has."""
+        have = tile_width(size, level, index)
+        if have == 0 or width > have:
+            raise NotFound("no such tile at the published tree size")
+        with self.storage.read() as rv:
+            blob = rv.blob(level, index)
+            if blob is None:
+                raise NotFound("no such tile")
+            return bytes(blob[: width * 32])
+
+    def entry_bundle(self, index: int, width: int, size: int) -> bytes:
+        have = tile_width(size, 0, index)
+        if have == 0 or width > have:
+            raise NotFound("no such entry bundle at the published tree size")
+        start = index * TILE_WIDTH
+        with self.storage.read() as rv:
+            entries = rv.entries(start, start + width)
+        if len(entries) != width:
+            raise StorageError(f"entry bundle {index} is missing entries")
+        return encode_entry_bundle(entries)
+
+    def tlog_proof(self, index: int, size: int, note: str) -> str:
+        proof = self.inclusion_proof(index, size)
+        return TlogProof(index, tuple(proof), note).format()
+
+    def verify_entry(self, index: int, entry: bytes, size: int, root: bytes) -> None:
+        """Self-check helper: the entry is at index under ``root``."""
+        try:
+            verify_inclusion(index, size, leaf_hash(entry), self.inclusion_proof(index, size), root)
+        except VerificationError as exc:  # pragma: no cover - would be a storage bug
+            raise StorageError(str(exc)) from exc
+
+
+def open_log(data_dir: Path, signer: CheckpointSigner) -> Log:
+    """Open (creating if needed) the log in ``data_dir``/db."""
+    return Log(Storage(data_dir / "db"), signer)
+
+
+__all__ += ["ForkRefused", "Note", "Published", "open_log"]

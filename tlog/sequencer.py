@@ -1,0 +1,180 @@
+"""Batching submissions into durable commits, with explicit pushback.
+
+Callers on the event loop ``await submit(entries)``; one writer thread takes queued
+submissions (group commit: everything that arrived while the previous batch was being
+fsynced, up to ``max_batch_entries``, waiting at most ``max_batch_age`` for more), hands them
+to :meth:`tlog.log.Log.integrate` and resolves every caller's future with the result **after**
+the batch is durable and signed. When more than ``max_backlog`` entries wait, ``submit``
+raises :class:`Overloaded` at once instead of queueing (the HTTP layer answers 503 with
+``Retry-After``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from tlog.log import BatchResult, Log
+
+__all__ = ["Overloaded", "Sequencer", "SequencerStopped"]
+
+log = logging.getLogger("tlog.sequencer")
+
+
+class Overloaded(Exception):
+    """The backlog is full; retry after ``retry_after`` seconds."""
+
+    def __init__(self, retry_after: int = 1) -> None:
+        super().__init__("the log's backlog is full")
+        self.retry_after = retry_after
+
+
+class SequencerStopped(Exception):
+    """The sequencer is shutting down or its writer failed."""
+
+
+@dataclass
+class _Pending:
+    entries: list[bytes]
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[BatchResult]
+    enqueued: float = field(default_factory=time.monotonic)
+
+
+def _resolve(items: list[tuple[asyncio.Future[BatchResult], BatchResult | BaseException]]) -> None:
+    for fut, res in items:
+        if fut.done():
+            continue
+        if isinstance(res, BaseException):
+            fut.set_exception(res)
+        else:
+            fut.set_result(res)
+
+
+class Sequencer:
+    def __init__(
+        self,
+        log_: Log,
+        *,
+        max_batch_entries: int = 1024,
+        max_batch_age: float = 0.002,
+        max_backlog: int = 100_000,
+        on_published: Callable[[int], None] | None = None,
+    ) -> None:
+        self.log = log_
+        self.max_batch_entries = max_batch_entries
+        self.max_batch_age = max_batch_age
+        self.max_backlog = max_backlog
+        self.on_published = on_published
+        self._queue: deque[_Pending] = deque()
+        self._queued_entries = 0
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self.batches = 0
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="tlog-writer", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop accepting, finish what is queued, and join the writer."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    @property
+    def backlog(self) -> int:
+        return self._queued_entries
+
+    async def submit(self, entries: list[bytes]) -> BatchResult:
+        if not entries:
+            raise ValueError("nothing to submit")
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[BatchResult] = loop.create_future()
+        with self._cond:
+            if self._stopping or self._thread is None:
+                raise SequencerStopped("the log is not accepting entries")
+            if self._queued_entries + len(entries) > self.max_backlog:
+                raise Overloaded()
+            self._queue.append(_Pending(entries, loop, fut))
+            self._queued_entries += len(entries)
+            self._cond.notify()
+        return await fut
+
+    def _take(self) -> list[_Pending] | None:
+        with self._cond:
+            while not self._queue and not self._stopping:
+                self._cond.wait()
+            if not self._queue:
+                return None  # stopping and drained
+            if self.max_batch_age > 0 and not self._stopping:
+                deadline = self._queue[0].enqueued + self.max_batch_age
+                while self._queued_entries < self.max_batch_entries and not self._stopping:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
+            batch: list[_Pending] = []
+            n = 0
+            while self._queue and (
+                not batch or n + len(self._queue[0].entries) <= self.max_batch_entries
+            ):
+                p = self._queue.popleft()
+                batch.append(p)
+                n += len(p.entries)
+            self._queued_entries -= n
+            return batch
+
+    def _run(self) -> None:
+        while True:
+            batch = self._take()
+            if batch is None:
+                return
+            entries = [e for p in batch for e in p.entries]
+            try:
+                result: BatchResult | BaseException = self.log.integrate(entries)
+            except Exception as exc:
+                log.exception("batch of %d entries failed; none acknowledged", len(entries))
+                result = SequencerStopped(f"the batch could not be committed: {exc}")
+            self.batches += 1
+            by_loop: dict[
+                asyncio.AbstractEventLoop,
+                list[tuple[asyncio.Future[BatchResult], BatchResult | BaseException]],
+            ]
+            by_loop = {}
+            pos = 0
+            for p in batch:
+                n = len(p.entries)
+                if isinstance(result, BaseException):
+                    r: BatchResult | BaseException = result
+                elif len(batch) == 1:
+                    r = result
+                else:
+                    r = BatchResult(
+                        result.indices[pos : pos + n],
+                        result.duplicates[pos : pos + n],
+                        result.leaf_hashes[pos : pos + n],
+                        result.checkpoint,
+                    )
+                pos += n
+                by_loop.setdefault(p.loop, []).append((p.future, r))
+            for loop, items in by_loop.items():
+                try:
+                    loop.call_soon_threadsafe(_resolve, items)
+                except RuntimeError:  # loop closed: the callers are gone
+                    pass
+            if self.on_published is not None and not isinstance(result, BaseException):
+                try:
+                    self.on_published(result.checkpoint.size)
+                except Exception:  # pragma: no cover - a hook must not stop the writer
+                    log.exception("on_published hook failed")

@@ -1,0 +1,256 @@
+"""LMDB storage: the only module that imports lmdb.
+
+Sub-databases (keys are big-endian so LMDB's byte order is numeric order):
+
+========== ========================= =============================================
+name       key                       value
+========== ========================= =============================================
+meta       ascii name                origin, vkey, tree size, format version
+entries    u64 index                 entry bytes
+dedup      32-byte leaf hash         u64 index (full hash: no truncated dedup keys)
+tiles      u8 tile level, u64 index  16,320-byte stratum blob (see tlog.tree)
+checkpts   u64 tree size             signed checkpoint note (log signature only)
+cosigs     u64 tree size             cosignature lines gathered for that checkpoint
+tokens     32-byte SHA-256(token)    JSON token record
+aux        bytes                     room for later stages (SCIM bodies, keys, ...)
+========== ========================= =============================================
+
+Durability contract: :meth:`Storage.commit_batch` returns only after LMDB has committed the
+transaction with ``fsync`` (``sync=True``); entries, tree hashes, dedup index, the new tree
+size and the checkpoint covering them are written in that one transaction, so after a crash
+either all of a batch exists or none of it does.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lmdb
+
+__all__ = ["BatchWrite", "ReadView", "Storage", "StorageError"]
+
+_U64 = struct.Struct(">Q")
+_TILE_KEY = struct.Struct(">BQ")
+FORMAT_VERSION = b"1"
+DEFAULT_MAP_SIZE = 1 << 40  # address space only; the file grows as needed
+
+
+class StorageError(Exception):
+    """The store is missing, corrupt, or was written by an incompatible version."""
+
+
+def u64(n: int) -> bytes:
+    return _U64.pack(n)
+
+
+def tile_key(level: int, index: int) -> bytes:
+    return _TILE_KEY.pack(level, index)
+
+
+@dataclass
+class BatchWrite:
+    """Everything one sequencing batch commits, atomically."""
+
+    first_index: int
+    entries: Sequence[bytes]
+    leaf_hashes: Sequence[bytes]
+    blobs: Sequence[tuple[int, int, bytes]]
+    tree_size: int
+    checkpoint: bytes
+
+
+class ReadView:
+    """A consistent read-only snapshot (one LMDB read transaction)."""
+
+    def __init__(self, storage: Storage, txn: Any) -> None:
+        self._s = storage
+        self._txn = txn
+
+    def meta(self, key: str) -> bytes | None:
+        v = self._txn.get(key.encode(), db=self._s.db_meta)
+        return None if v is None else bytes(v)
+
+    def tree_size(self) -> int:
+        v = self._txn.get(b"tree_size", db=self._s.db_meta)
+        return 0 if v is None else int(_U64.unpack(v)[0])
+
+    def blob(self, level: int, index: int) -> memoryview | None:
+        v = self._txn.get(tile_key(level, index), db=self._s.db_tiles)
+        return v  # type: ignore[no-any-return]
+
+    def entry(self, index: int) -> bytes | None:
+        v = self._txn.get(u64(index), db=self._s.db_entries)
+        return None if v is None else bytes(v)
+
+    def entries(self, start: int, end: int) -> list[bytes]:
+        """Entries start .. end-1 (fewer if the log is shorter)."""
+        out: list[bytes] = []
+        if start >= end:
+            return out
+        cur = self._txn.cursor(db=self._s.db_entries)
+        if not cur.set_key(u64(start)):
+            return out
+        for i, v in enumerate(cur.iternext(keys=False, values=True)):
+            if i >= end - start:
+                break
+            out.append(bytes(v))
+        return out
+
+    def index_of(self, leaf_hash: bytes) -> int | None:
+        v = self._txn.get(leaf_hash, db=self._s.db_dedup)
+        return None if v is None else int(_U64.unpack(v)[0])
+
+    def checkpoint(self, size: int) -> bytes | None:
+        v = self._txn.get(u64(size), db=self._s.db_checkpoints)
+        return None if v is None else bytes(v)
+
+    def latest_checkpoint(self) -> tuple[int, bytes] | None:
+        cur = self._txn.cursor(db=self._s.db_checkpoints)
+        if not cur.last():
+            return None
+        return int(_U64.unpack(cur.key())[0]), bytes(cur.value())
+
+    def checkpoints(self) -> Iterator[tuple[int, bytes]]:
+        cur = self._txn.cursor(db=self._s.db_checkpoints)
+        for k, v in cur.iternext():
+            yield int(_U64.unpack(k)[0]), bytes(v)
+
+    def cosignatures(self, size: int) -> bytes | None:
+        v = self._txn.get(u64(size), db=self._s.db_cosigs)
+        return None if v is None else bytes(v)
+
+    def latest_cosigned(self) -> tuple[int, bytes] | None:
+        cur = self._txn.cursor(db=self._s.db_cosigs)
+        if not cur.last():
+            return None
+        return int(_U64.unpack(cur.key())[0]), bytes(cur.value())
+
+    def token(self, digest: bytes) -> bytes | None:
+        v = self._txn.get(digest, db=self._s.db_tokens)
+        return None if v is None else bytes(v)
+
+    def tokens(self) -> Iterator[tuple[bytes, bytes]]:
+        cur = self._txn.cursor(db=self._s.db_tokens)
+        for k, v in cur.iternext():
+            yield bytes(k), bytes(v)
+
+    def aux(self, key: bytes) -> bytes | None:
+        v = self._txn.get(key, db=self._s.db_aux)
+        return None if v is None else bytes(v)
+
+    def aux_range(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        cur = self._txn.cursor(db=self._s.db_aux)
+        if not cur.set_range(prefix):
+            return
+        for k, v in cur.iternext():
+            k = bytes(k)
+            if not k.startswith(prefix):
+                return
+            yield k, bytes(v)
+
+
+class Storage:
+    """An LMDB environment holding one log. Safe for one writer thread and many readers."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        map_size: int = DEFAULT_MAP_SIZE,
+        readonly: bool = False,
+        sync: bool = True,
+    ) -> None:
+        self.path = Path(path)
+        if not readonly:
+            self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        elif not (self.path / "data.mdb").exists():
+            raise StorageError(f"no log store at {self.path}")
+        try:
+            self.env = lmdb.open(
+                str(self.path),
+                map_size=map_size,
+                max_dbs=16,
+                max_readers=512,
+                readonly=readonly,
+                sync=sync,
+                metasync=sync,
+                readahead=False,  # random proof reads: don't pull whole regions in
+                meminit=False,
+            )
+        except lmdb.Error as exc:
+            raise StorageError(f"cannot open store at {self.path}: {exc}") from exc
+        create = not readonly
+        self.db_meta = self.env.open_db(b"meta", create=create)
+        self.db_entries = self.env.open_db(b"entries", create=create)
+        self.db_dedup = self.env.open_db(b"dedup", create=create)
+        self.db_tiles = self.env.open_db(b"tiles", create=create)
+        self.db_checkpoints = self.env.open_db(b"checkpts", create=create)
+        self.db_cosigs = self.env.open_db(b"cosigs", create=create)
+        self.db_tokens = self.env.open_db(b"tokens", create=create)
+        self.db_aux = self.env.open_db(b"aux", create=create)
+        if not readonly:
+            with self.env.begin(write=True) as txn:
+                v = txn.get(b"format", db=self.db_meta)
+                if v is None:
+                    txn.put(b"format", FORMAT_VERSION, db=self.db_meta)
+                elif bytes(v) != FORMAT_VERSION:
+                    raise StorageError(f"store format {bytes(v)!r} is not supported")
+
+    def close(self) -> None:
+        self.env.close()
+
+    @contextmanager
+    def read(self) -> Iterator[ReadView]:
+        with self.env.begin(buffers=True) as txn:
+            yield ReadView(self, txn)
+
+    def set_meta(self, key: str, value: bytes) -> None:
+        with self.env.begin(write=True) as txn:
+            txn.put(key.encode(), value, db=self.db_meta)
+
+    def commit_batch(self, batch: BatchWrite) -> None:
+        """Write a sequenced batch and its checkpoint in one durable transaction."""
+        with self.env.begin(write=True) as txn:
+            cur = txn.cursor(db=self.db_entries)
+            first = batch.first_index
+            cur.putmulti(
+                [(u64(first + i), e) for i, e in enumerate(batch.entries)],
+                append=True,
+            )
+            dcur = txn.cursor(db=self.db_dedup)
+            dcur.putmulti(
+                [(lh, u64(first + i)) for i, lh in enumerate(batch.leaf_hashes)],
+                overwrite=False,
+            )
+            for level, index, blob in batch.blobs:
+                txn.put(tile_key(level, index), blob, db=self.db_tiles)
+            txn.put(b"tree_size", u64(batch.tree_size), db=self.db_meta)
+            txn.put(u64(batch.tree_size), batch.checkpoint, db=self.db_checkpoints, overwrite=False)
+
+    def put_checkpoint(self, size: int, checkpoint: bytes) -> None:
+        """Store a checkpoint for the current size (e.g. the size-0 checkpoint at init)."""
+        with self.env.begin(write=True) as txn:
+            txn.put(u64(size), checkpoint, db=self.db_checkpoints)
+
+    def put_cosignatures(self, size: int, lines: bytes) -> None:
+        with self.env.begin(write=True) as txn:
+            txn.put(u64(size), lines, db=self.db_cosigs)
+
+    def put_token(self, digest: bytes, record: bytes) -> None:
+        with self.env.begin(write=True) as txn:
+            txn.put(digest, record, db=self.db_tokens)
+
+    def put_aux(self, items: Sequence[tuple[bytes, bytes | None]]) -> None:
+        """Write (or, with None, delete) auxiliary records in one durable transaction."""
+        with self.env.begin(write=True) as txn:
+            for k, v in items:
+                if v is None:
+                    txn.delete(k, db=self.db_aux)
+                else:
+                    txn.put(k, v, db=self.db_aux)

@@ -1,0 +1,186 @@
+"""The Merkle tree as stored: stratum blobs that are tlog-tiles plus their inner levels.
+
+Every node hash of the tree is stored exactly once, in the *stratum blob* of tile (L, N):
+the tile's 256 hashes of tree level 8·L (the tlog-tiles hash tile, so serving
+``tile/L/N[.p/W]`` is a prefix slice) followed by the hashes of tree levels 8·L+1 .. 8·L+7
+above them (128, 64, ..., 2 slots). The hash of tree level 8·(L+1) lives in tile L+1.
+
+Consequences:
+
+* a proof needs O(log n) node reads and no re-hashing (each node is one slot);
+* stored hashes are immutable once written (a node only exists when its subtree is
+  complete), so proofs for every published size come from the same store;
+* appends touch only the right-most blob of each level: O(1) amortised node hashes per entry
+  and O(log n) memory for the right edge.
+
+The node-selection maths (which nodes a proof needs) is :mod:`client.merkle`; this module only
+reads and writes hashes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from client.merkle import (
+    EMPTY_ROOT,
+    HASH_SIZE,
+    consistency_ranges,
+    fold_perfect,
+    inclusion_ranges,
+    node_hash,
+    perfect_subtrees,
+)
+from client.tiles import TILE_HEIGHT, TILE_WIDTH
+
+__all__ = ["BLOB_SIZE", "BlobReader", "NodeReader", "RightEdge", "slot_offset"]
+
+# Slots per blob: 256 + 128 + ... + 2 (levels 0..7 inside the stratum).
+BLOB_SLOTS = 2 * TILE_WIDTH - 2
+BLOB_SIZE = BLOB_SLOTS * HASH_SIZE  # 16,320 bytes: with LMDB's page header, 4 pages exactly
+_LAYER_START = [(2 * TILE_WIDTH - (2 * TILE_WIDTH >> k)) for k in range(TILE_HEIGHT)]
+
+BlobGetter = Callable[[int, int], "bytes | memoryview | bytearray | None"]
+
+
+def slot_offset(sublevel: int, position: int) -> int:
+    """Byte offset of the node at ``sublevel`` (0..7) and in-tile ``position`` in a blob."""
+    return (_LAYER_START[sublevel] + position) * HASH_SIZE
+
+
+def locate(level: int, index: int) -> tuple[int, int, int]:
+    """(tile level, tile index, byte offset) of tree node (level, index)."""
+    tlevel, sub = divmod(level, TILE_HEIGHT)
+    per_tile = TILE_WIDTH >> sub
+    return tlevel, index // per_tile, slot_offset(sub, index % per_tile)
+
+
+class NodeReader:
+    """Reads node hashes through a blob getter; caches blobs for its lifetime (one request)."""
+
+    __slots__ = ("_cache", "_get")
+
+    def __init__(self, get_blob: BlobGetter) -> None:
+        self._get = get_blob
+        self._cache: dict[tuple[int, int], bytes | memoryview | bytearray] = {}
+
+    def node(self, level: int, index: int) -> bytes:
+        tl, ti, off = locate(level, index)
+        key = (tl, ti)
+        blob = self._cache.get(key)
+        if blob is None:
+            blob = self._get(tl, ti)
+            if blob is None:
+                raise KeyError(f"missing tile {tl}/{ti}")
+            self._cache[key] = blob
+        h = bytes(blob[off : off + HASH_SIZE])
+        if len(h) != HASH_SIZE:
+            raise KeyError(f"short tile {tl}/{ti}")
+        return h
+
+    def range_hash(self, start: int, end: int) -> bytes:
+        """MTH(D[start:end]) for a range that RFC 6962 proofs use."""
+        return fold_perfect([self.node(lv, ix) for lv, ix in perfect_subtrees(start, end)])
+
+    def root(self, size: int) -> bytes:
+        return EMPTY_ROOT if size == 0 else self.range_hash(0, size)
+
+    def inclusion_proof(self, index: int, size: int) -> list[bytes]:
+        return [self.range_hash(s, e) for s, e in inclusion_ranges(index, size)]
+
+    def consistency_proof(self, old_size: int, new_size: int) -> list[bytes]:
+        return [self.range_hash(s, e) for s, e in consistency_ranges(old_size, new_size)]
+
+
+BlobReader = NodeReader  # the public name used by the storage layer
+
+
+class RightEdge:
+    """The writable right edge of the tree: the right-most blob of every tile level.
+
+    ``append`` hashes new leaves in and records which blobs changed; ``take_dirty`` hands
+    them to the storage commit. If a commit fails, the owner must discard this object and
+    rebuild it from storage (it does not roll back).
+    """
+
+    def __init__(self, size: int, get_blob: BlobGetter) -> None:
+        self.size = size
+        self._get = get_blob
+        self._blobs: dict[tuple[int, int], bytearray] = {}
+        self._dirty: set[tuple[int, int]] = set()
+
+    def _blob(self, tlevel: int, tindex: int) -> bytearray:
+        key = (tlevel, tindex)
+        b = self._blobs.get(key)
+        if b is None:
+            stored = self._get(tlevel, tindex)
+            b = bytearray(stored) if stored is not None else bytearray(BLOB_SIZE)
+            if len(b) != BLOB_SIZE:
+                raise ValueError(f"stored tile {tlevel}/{tindex} has the wrong size")
+            self._blobs[key] = b
+        return b
+
+    def append(self, leaf_hashes: Sequence[bytes]) -> None:
+        blob = self._blob
+        dirty = self._dirty
+        for lh in leaf_hashes:
+            pos = self.size
+            level = 0
+            h = lh
+            while True:
+                tl, sub = divmod(level, TILE_HEIGHT)
+                per_tile = TILE_WIDTH >> sub
+                ti, p = divmod(pos, per_tile)
+                b = blob(tl, ti)
+                off = (_LAYER_START[sub] + p) * HASH_SIZE
+                b[off : off + HASH_SIZE] = h
+                dirty.add((tl, ti))
+                if not pos & 1:
+                    break
+                # A right child completes its parent: hash up. The left sibling is the
+                # previous slot of the same layer in the same blob (p is odd, so p-1 >= 0).
+                h = node_hash(bytes(b[off - HASH_SIZE : off]), h)
+                pos >>= 1
+                level += 1
+            self.size += 1
+
+    def node(self, level: int, index: int) -> bytes:
+        tl, ti, off = locate(level, index)
+        b = self._blobs.get((tl, ti))
+        if b is None:
+            stored = self._get(tl, ti)
+            if stored is None:
+                raise KeyError(f"missing tile {tl}/{ti}")
+            return bytes(stored[off : off + HASH_SIZE])
+        return bytes(b[off : off + HASH_SIZE])
+
+    def reader(self) -> NodeReader:
+        """A node reader that sees the uncommitted appends."""
+        return NodeReader(self._get_for_reader)
+
+    def _get_for_reader(self, tl: int, ti: int) -> bytes | memoryview | bytearray | None:
+        b = self._blobs.get((tl, ti))
+        return b if b is not None else self._get(tl, ti)
+
+    def root(self) -> bytes:
+        return self.reader().root(self.size)
+
+    def blobs(self) -> list[tuple[int, int, bytes]]:
+        """The blobs currently held (the right edge), as immutable copies."""
+        return [(tl, ti, bytes(b)) for (tl, ti), b in sorted(self._blobs.items())]
+
+    def take_dirty(self) -> list[tuple[int, int, bytes]]:
+        """The changed blobs since the last call, and forget the blobs left of the edge."""
+        out = [(tl, ti, bytes(self._blobs[(tl, ti)])) for tl, ti in sorted(self._dirty)]
+        self._dirty.clear()
+        # Keep only the right-most blob per tile level (memory stays O(log n)).
+        keep: dict[int, int] = {}
+        for tl, ti in self._blobs:
+            keep[tl] = max(keep.get(tl, -1), ti)
+        self._blobs = {k: v for k, v in self._blobs.items() if keep[k[0]] == k[1]}
+        return out
+
+
+def tile_width(size: int, tlevel: int, tindex: int) -> int:
+    """How many hashes tile (tlevel, tindex) holds in a tree of ``size`` (0 if none)."""
+    count = size >> (TILE_HEIGHT * tlevel)
+    return max(0, min(TILE_WIDTH, count - tindex * TILE_WIDTH))
