@@ -212,15 +212,16 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_serve)
 
     t = sub.add_parser("token", help="manage bearer tokens")
-    data_opt(t)
     tsub = t.add_subparsers(dest="token_cmd", required=True)
     tc = tsub.add_parser("create", help="create a token (printed once)")
+    data_opt(tc)
     tc.add_argument("--role", required=True, choices=ROLES)
     tc.add_argument("--tenant", default=None)
     tc.add_argument("--name", default="")
     tc.add_argument("--ttl", type=_duration, default=None, help="lifetime, e.g. 90d")
-    tsub.add_parser("list", help="list tokens (ids only)")
+    data_opt(tsub.add_parser("list", help="list tokens (ids only)"))
     tr = tsub.add_parser("revoke", help="revoke a token by id prefix")
+    data_opt(tr)
     tr.add_argument("token_id")
     t.set_defaults(func=cmd_token)
 

@@ -1,0 +1,156 @@
+"""Against a real ``tlog serve`` (uvicorn) process on 127.0.0.1: start-up, and crash safety."""
+
+from __future__ import annotations
+
+import base64
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from client.checkpoint import Checkpoint, open_checkpoint
+from client.merkle import leaf_hash, verify_consistency, verify_inclusion
+from client.note import Ed25519Verifier, b64decode_strict
+from client.proof_bundle import TlogProof
+
+from .conftest import ORIGIN, ROOT, ServerProcess, start_server
+
+pytestmark = pytest.mark.slow
+
+
+def tlog_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "tlog.cli", *args], capture_output=True,
+                          text=True, cwd=ROOT, timeout=120)
+
+
+def test_first_start_is_demo_ready(tmp_path: Path) -> None:
+    data = tmp_path / "tlog-data"
+    srv = start_server(data)
+    try:
+        out = (tmp_path / "tlog-data-server.log").read_text()
+        assert f"origin  {ORIGIN}" in out
+        assert "vkey    " + ORIGIN + "+" in out
+        assert f"listening on {srv.url}" in out
+        token_file = data / "demo-submitter.token"
+        assert (data / "log.key").stat().st_mode & 0o777 == 0o600
+        assert token_file.stat().st_mode & 0o777 == 0o600
+        token = token_file.read_text().strip()
+        assert token not in out  # tokens and keys are never printed by serve
+        assert (data / "log.key").read_text().split("+")[-1].strip() not in out
+        vkey = httpx.get(srv.url + "/v1/log").json()["vkey"]
+        r = httpx.post(srv.url + "/v1/entries", content=b"hello",
+                       headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 200
+        TlogProof.parse(r.json()["tlog_proof"]).verify(Ed25519Verifier.from_vkey(vkey),
+                                                       entry=b"hello")
+        # A token made by the CLI while the server runs works at once; revocation too.
+        made = tlog_cli("token", "create", "--role", "submitter", "--data", str(data))
+        assert made.returncode == 0, made.stderr
+        t2 = made.stdout.strip()
+        h = {"Authorization": f"Bearer {t2}"}
+        assert httpx.post(srv.url + "/v1/entries", content=b"x", headers=h).status_code == 200
+        tid = made.stderr.split()[1]
+        assert tlog_cli("token", "revoke", tid, "--data", str(data)).returncode == 0
+        assert httpx.post(srv.url + "/v1/entries", content=b"y", headers=h).status_code == 401
+    finally:
+        srv.proc.send_signal(signal.SIGTERM)
+        # uvicorn re-raises SIGTERM after a graceful shutdown, so -15 is a clean exit.
+        assert srv.proc.wait(15) in (0, -signal.SIGTERM)
+    fs = tlog_cli("fsck", "--data", str(data))
+    assert fs.returncode == 0, fs.stderr
+    assert "fsck: OK: 2 entries" in fs.stdout
+
+
+def _submitter(url: str, token: str, stop: threading.Event, acked: list[tuple[int, bytes]],
+               seen: list[str], tag: str, lock: threading.Lock) -> None:
+    rnd = random.Random(tag)
+    n = 0
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"},
+                      timeout=5) as c:
+        while not stop.is_set():
+            try:
+                if rnd.random() < 0.3:
+                    batch = [f"{tag}-{n + i}".encode() for i in range(rnd.randint(2, 40))]
+                    body = b"".join(len(e).to_bytes(2, "big") + e for e in batch)
+                    r = c.post("/v1/entries/batch", content=body)
+                    n += len(batch)
+                    if r.status_code == 200:
+                        d = r.json()
+                        with lock:
+                            acked.extend(zip(d["indices"], batch, strict=True))
+                            seen.append(d["checkpoint"])
+                else:
+                    e = f"{tag}-{n}".encode()
+                    n += 1
+                    r = c.post("/v1/entries", content=e)
+                    if r.status_code == 200:
+                        d = r.json()
+                        with lock:
+                            acked.append((d["index"], e))
+                            seen.append(d["checkpoint"])
+            except httpx.HTTPError:
+                time.sleep(0.01)  # the server is being killed; keep trying
+
+
+def test_sigkill_under_load_loses_nothing_acknowledged(tmp_path: Path) -> None:
+    data = tmp_path / "tlog-data"
+    srv: ServerProcess = start_server(data)
+    token = (data / "demo-submitter.token").read_text().strip()
+    verifier = Ed25519Verifier.from_vkey(httpx.get(srv.url + "/v1/log").json()["vkey"])
+    acked: list[tuple[int, bytes]] = []
+    seen: list[str] = []
+    lock = threading.Lock()
+    rnd = random.Random(7)
+    port = srv.port
+    for round_ in range(4):
+        stop = threading.Event()
+        threads = [threading.Thread(target=_submitter,
+                                    args=(srv.url, token, stop, acked, seen,
+                                          f"r{round_}t{i}", lock))
+                   for i in range(6)]
+        for t in threads:
+            t.start()
+        time.sleep(rnd.uniform(0.4, 1.5))
+        os.kill(srv.proc.pid, signal.SIGKILL)  # mid-flight, no warning
+        srv.proc.wait()
+        stop.set()
+        for t in threads:
+            t.join()
+        fs = tlog_cli("fsck", "--data", str(data))
+        assert fs.returncode == 0, fs.stdout + fs.stderr
+        srv = start_server(data, port)
+    try:
+        assert len(acked) > 100
+        with httpx.Client(base_url=srv.url) as c:
+            latest_text = c.get("/checkpoint").text
+            latest, _ = open_checkpoint(latest_text, [verifier], origin=ORIGIN)
+            # Every acknowledged entry is there, at the index it was given.
+            for index, entry in acked:
+                assert c.get(f"/v1/entries/{index}").content == entry
+            sample = random.Random(1).sample(acked, 50)
+            for index, entry in sample:
+                d = c.get("/v1/proof/inclusion", params={"index": index}).json()
+                verify_inclusion(index, latest.size, leaf_hash(entry),
+                                 [b64decode_strict(h) for h in d["inclusion_proof"]],
+                                 latest.root_hash)
+            # The current checkpoint is consistent with every one handed out before a crash.
+            by_size: dict[int, Checkpoint] = {}
+            for note in seen:
+                cp, _ = open_checkpoint(note, [verifier], origin=ORIGIN)
+                if cp.size in by_size:
+                    assert by_size[cp.size].root_hash == cp.root_hash  # never two heads
+                by_size[cp.size] = cp
+            for size, cp in by_size.items():
+                d = c.get("/v1/proof/consistency", params={"old_size": size}).json()
+                assert d["tree_size"] == latest.size
+                verify_consistency(size, latest.size, cp.root_hash, latest.root_hash,
+                                   [base64.b64decode(h) for h in d["consistency_proof"]])
+    finally:
+        srv.stop()
