@@ -12,6 +12,7 @@ read methods are safe from any thread.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,27 +120,29 @@ class Log:
         Entries already in the log (same bytes) keep their original index; duplicates within
         the batch get one index.
         """
-        hashes = [leaf_hash(e) for e in entries]
-        indices: list[int] = [0] * len(entries)
-        dup = [False] * len(entries)
+        sha256 = hashlib.sha256
+        hashes = [sha256(b"\x00" + e).digest() for e in entries]  # RFC 6962 leaf hash
+        with self.storage.read() as rv:
+            known = rv.indices_of(hashes)
+        first = self._edge.size
+        indices: list[int] = []
+        dup: list[bool] = []
         new_entries: list[bytes] = []
         new_hashes: list[bytes] = []
-        first = self._edge.size
-        in_batch: dict[bytes, int] = {}
-        with self.storage.read() as rv:
-            for i, h in enumerate(hashes):
-                j = in_batch.get(h)
-                if j is None:
-                    j = rv.index_of(h)
-                    if j is None:
-                        j = first + len(new_entries)
-                        new_entries.append(entries[i])
-                        new_hashes.append(h)
-                        in_batch[h] = j
-                        indices[i] = j
-                        continue
-                indices[i] = j
-                dup[i] = True
+        if not known and len(set(hashes)) == len(hashes):  # the common case: all new
+            indices = list(range(first, first + len(entries)))
+            dup = [False] * len(entries)
+            new_entries, new_hashes = entries, hashes
+        for e, h in zip(entries, hashes, strict=True) if not new_entries else ():
+            j = known.get(h)
+            if j is None:
+                j = known[h] = first + len(new_entries)
+                new_entries.append(e)
+                new_hashes.append(h)
+                dup.append(False)
+            else:
+                dup.append(True)
+            indices.append(j)
         if not new_entries:
             return BatchResult(indices, dup, hashes, self._latest)
         try:

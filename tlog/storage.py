@@ -49,6 +49,12 @@ def u64(n: int) -> bytes:
     return _U64.pack(n)
 
 
+def u64_range(first: int, count: int) -> list[bytes]:
+    """Big-endian keys first .. first+count-1, packed in one call."""
+    packed = struct.pack(f">{count}Q", *range(first, first + count))
+    return [packed[i : i + 8] for i in range(0, 8 * count, 8)]
+
+
 def tile_key(level: int, index: int) -> bytes:
     return _TILE_KEY.pack(level, index)
 
@@ -105,6 +111,12 @@ class ReadView:
     def index_of(self, leaf_hash: bytes) -> int | None:
         v = self._txn.get(leaf_hash, db=self._s.db_dedup)
         return None if v is None else int(_U64.unpack(v)[0])
+
+    def indices_of(self, leaf_hashes: Sequence[bytes]) -> dict[bytes, int]:
+        """The stored index of each of ``leaf_hashes`` that is in the log (one C call)."""
+        cur = self._txn.cursor(db=self._s.db_dedup)
+        found = cur.getmulti(leaf_hashes)
+        return {bytes(k): int(_U64.unpack(v)[0]) for k, v in found}
 
     def checkpoint(self, size: int) -> bytes | None:
         v = self._txn.get(u64(size), db=self._s.db_checkpoints)
@@ -219,15 +231,10 @@ class Storage:
         with self.env.begin(write=True) as txn:
             cur = txn.cursor(db=self.db_entries)
             first = batch.first_index
-            cur.putmulti(
-                [(u64(first + i), e) for i, e in enumerate(batch.entries)],
-                append=True,
-            )
+            keys = u64_range(first, len(batch.entries))
+            cur.putmulti(zip(keys, batch.entries, strict=True), append=True)
             dcur = txn.cursor(db=self.db_dedup)
-            dcur.putmulti(
-                [(lh, u64(first + i)) for i, lh in enumerate(batch.leaf_hashes)],
-                overwrite=False,
-            )
+            dcur.putmulti(zip(batch.leaf_hashes, keys, strict=True), overwrite=False)
             for level, index, blob in batch.blobs:
                 txn.put(tile_key(level, index), blob, db=self.db_tiles)
             txn.put(b"tree_size", u64(batch.tree_size), db=self.db_meta)

@@ -19,6 +19,7 @@ reads and writes hashes.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 
 from client.merkle import (
@@ -26,7 +27,6 @@ from client.merkle import (
     HASH_SIZE,
     consistency_ranges,
     fold_perfect,
-    inclusion_ranges,
     node_hash,
     perfect_subtrees,
 )
@@ -64,7 +64,10 @@ class NodeReader:
         self._cache: dict[tuple[int, int], bytes | memoryview | bytearray] = {}
 
     def node(self, level: int, index: int) -> bytes:
-        tl, ti, off = locate(level, index)
+        tl = level >> 3
+        sub = level & 7
+        ti = index >> (TILE_HEIGHT - sub)
+        off = (_LAYER_START[sub] + (index & ((TILE_WIDTH >> sub) - 1))) << 5
         key = (tl, ti)
         blob = self._cache.get(key)
         if blob is None:
@@ -85,7 +88,29 @@ class NodeReader:
         return EMPTY_ROOT if size == 0 else self.range_hash(0, size)
 
     def inclusion_proof(self, index: int, size: int) -> list[bytes]:
-        return [self.range_hash(s, e) for s, e in inclusion_ranges(index, size)]
+        """PATH(index, D[size]), leaf sibling first, in O(log n) node reads.
+
+        Same result as the ranges of :func:`client.merkle.inclusion_ranges`, computed
+        directly: below the *fork* (where the paths to ``index`` and to ``size`` part) every
+        sibling is a complete node; right of the fork is one composite (ephemeral) node; left
+        of it, the complete subtrees covering ``[0, begin)``, nearest first.
+        """
+        if not 0 <= index < size:
+            raise ValueError(f"index {index} out of range for tree size {size}")
+        node = self.node
+        inner = (index ^ size).bit_length() - 1
+        proof = [node(level, (index >> level) ^ 1) for level in range(inner)]
+        begin = (index >> inner) << inner
+        end = begin + (1 << inner)
+        if end < size:
+            proof.append(self.range_hash(end, size))
+        # Complete subtrees left of the fork: one per set bit of begin, nearest first.
+        bits = begin
+        while bits:
+            level = (bits & -bits).bit_length() - 1
+            proof.append(node(level, (bits >> level) - 1))
+            bits &= bits - 1
+        return proof
 
     def consistency_proof(self, old_size: int, new_size: int) -> list[bytes]:
         return [self.range_hash(s, e) for s, e in consistency_ranges(old_size, new_size)]
@@ -120,28 +145,52 @@ class RightEdge:
         return b
 
     def append(self, leaf_hashes: Sequence[bytes]) -> None:
-        blob = self._blob
-        dirty = self._dirty
-        for lh in leaf_hashes:
+        """Hash ``leaf_hashes`` in at the right edge (amortised O(1) node hashes each)."""
+        sha256 = hashlib.sha256
+        layer = _LAYER_START
+        i, n = 0, len(leaf_hashes)
+        while i < n:
             pos = self.size
-            level = 0
-            h = lh
-            while True:
-                tl, sub = divmod(level, TILE_HEIGHT)
-                per_tile = TILE_WIDTH >> sub
-                ti, p = divmod(pos, per_tile)
-                b = blob(tl, ti)
-                off = (_LAYER_START[sub] + p) * HASH_SIZE
+            tindex = pos >> TILE_HEIGHT
+            b = self._blob(0, tindex)
+            take = min(n - i, TILE_WIDTH - (pos & (TILE_WIDTH - 1)))
+            # Hot loop: levels 0..7 live in one blob, so no lookups until the tile is full.
+            for h in leaf_hashes[i : i + take]:
+                p = pos & (TILE_WIDTH - 1)
+                off = p * HASH_SIZE
                 b[off : off + HASH_SIZE] = h
-                dirty.add((tl, ti))
-                if not pos & 1:
-                    break
-                # A right child completes its parent: hash up. The left sibling is the
-                # previous slot of the same layer in the same blob (p is odd, so p-1 >= 0).
-                h = node_hash(bytes(b[off - HASH_SIZE : off]), h)
-                pos >>= 1
-                level += 1
-            self.size += 1
+                sub = 0
+                while p & 1:
+                    h = sha256(b"\x01" + b[off - HASH_SIZE : off] + h).digest()
+                    if sub == TILE_HEIGHT - 1:
+                        # The tile is complete: its root is a level-8 node in the tile above.
+                        self._put(TILE_HEIGHT, pos >> TILE_HEIGHT, h)
+                        break
+                    p >>= 1
+                    sub += 1
+                    off = (layer[sub] + p) * HASH_SIZE
+                    b[off : off + HASH_SIZE] = h
+                pos += 1
+            self._dirty.add((0, tindex))
+            self.size += take
+            i += take
+
+    def _put(self, level: int, pos: int, h: bytes) -> None:
+        """Store a completed node at ``level`` >= 8 and hash up while it completes parents."""
+        while True:
+            tl, sub = divmod(level, TILE_HEIGHT)
+            per_tile = TILE_WIDTH >> sub
+            ti, p = divmod(pos, per_tile)
+            b = self._blob(tl, ti)
+            off = (_LAYER_START[sub] + p) * HASH_SIZE
+            b[off : off + HASH_SIZE] = h
+            self._dirty.add((tl, ti))
+            if not pos & 1:
+                return
+            # A right child completes its parent; its left sibling is the previous slot.
+            h = node_hash(bytes(b[off - HASH_SIZE : off]), h)
+            pos >>= 1
+            level += 1
 
     def node(self, level: int, index: int) -> bytes:
         tl, ti, off = locate(level, index)

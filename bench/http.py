@@ -1,0 +1,212 @@
+"""HTTP throughput of a real ``tlog serve`` vs a hello-world Starlette app, same uvicorn settings.
+
+    .venv/bin/python -m bench.http [--duration 10] [--connections 64] [--prefill 100000]
+
+Needs ``wrk`` (Debian package ``wrk``; ``apt-get install -y wrk``). Both servers run as one
+uvicorn process with the defaults ``tlog serve`` uses (uvloop, httptools, no access log, no
+server header) on 127.0.0.1, loaded by the same wrk command line in the same run.
+
+Scenarios:
+* POST /v1/entries, unique single entries, 64 connections: each answer waits for its durable
+  commit and carries checkpoint, inclusion proof and tlog-proof, vs POST / (echo) on hello;
+* GET /v1/proof/inclusion at random indices, GET /tile/0/<random full tile>,
+  vs GET / on hello;
+* POST /v1/entries/batch, 10,000 entries per request, 4 client threads: entries/s durable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+
+POST_LUA = """
+local id = 0
+local n = 0
+function setup(thread) id = id + 1; thread:set("tid", id) end
+function init(args) math.randomseed(os.time() * 1000 + tid) end
+request = function()
+  n = n + 1
+  local body = string.format("bench-%d-%d-%d-%d", tid, os.time(), math.random(1, 1000000000), n)
+  return wrk.format("POST", "%PATH%", {["Authorization"] = "Bearer %TOKEN%"}, body)
+end
+"""
+
+GET_LUA = """
+local id = 0
+function setup(thread) id = id + 1; thread:set("tid", id) end
+function init(args) math.randomseed(os.time() * 1000 + tid) end
+request = function()
+  return wrk.format("GET", string.format("%FMT%", math.random(0, %MAX%)))
+end
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_up(url: str, proc: subprocess.Popen[bytes]) -> None:
+    for _ in range(400):
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url} exited")
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{url} did not start")
+
+
+def parse_wrk(out: str) -> dict[str, float]:
+    def ms(v: str, unit: str) -> float:
+        return float(v) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+    res = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}  # type: ignore[union-attr]
+    for pct in ("50", "99"):
+        m = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        if m:
+            res[f"p{pct}_ms"] = ms(m.group(1), m.group(2))
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    res["non2xx"] = float(m.group(1)) if m else 0.0
+    return res
+
+
+def wrk(url: str, script: str, duration: int, connections: int) -> dict[str, float]:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(script)
+    try:
+        out = subprocess.run(
+            ["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency", "-s", f.name,
+             url],
+            capture_output=True, text=True, check=True,
+        ).stdout
+    finally:
+        os.unlink(f.name)
+    return parse_wrk(out)
+
+
+def batch_load(url: str, token: str, seconds: float, threads: int = 4,
+               per_request: int = 10_000) -> float:
+    done = [0]
+    lock = threading.Lock()
+    stop = time.monotonic() + seconds
+
+    def worker(t: int) -> None:
+        n = 0
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"},
+                          timeout=60) as c:
+            while time.monotonic() < stop:
+                body = b"".join(
+                    len(e).to_bytes(2, "big") + e
+                    for e in (b"batch-%d-%d-%012d-" % (os.getpid(), t, n + i) + b"x" * 36
+                              for i in range(per_request))
+                )
+                n += per_request
+                r = c.post("/v1/entries/batch", content=body)
+                if r.status_code == 200:
+                    with lock:
+                        done[0] += per_request
+
+    t0 = time.monotonic()
+    ts = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    return done[0] / (time.monotonic() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument("--prefill", type=int, default=100_000)
+    args = ap.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("bench.http needs wrk: apt-get install -y wrk")
+    tmp = Path(tempfile.mkdtemp(prefix="tlog-bench-http-", dir="."))
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        tport, hport = free_port(), free_port()
+        common = ["--host", "127.0.0.1", "--log-level", "warning"]
+        tlog_p = subprocess.Popen(
+            [sys.executable, "-m", "tlog.cli", "serve", "--data", str(tmp / "data"),
+             "--port", str(tport), "--origin", "bench.example/log", *common],
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(tlog_p)
+        hello_p = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "bench.hello:app", "--port", str(hport),
+             "--no-access-log", "--no-server-header", *common],
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(hello_p)
+        turl, hurl = f"http://127.0.0.1:{tport}", f"http://127.0.0.1:{hport}"
+        wait_up(turl + "/checkpoint", tlog_p)
+        wait_up(hurl + "/", hello_p)
+        token = (tmp / "data" / "demo-submitter.token").read_text().strip()
+        # Prefill so that proofs and tiles come from a realistic tree.
+        with httpx.Client(base_url=turl, headers={"Authorization": f"Bearer {token}"},
+                          timeout=120) as c:
+            for i in range(0, args.prefill, 10_000):
+                body = b"".join(len(e).to_bytes(2, "big") + e for e in
+                                (b"prefill-%012d" % j for j in range(i, i + 10_000)))
+                c.post("/v1/entries/batch", content=body).raise_for_status()
+        d, cn = args.duration, args.connections
+        results: dict[str, dict[str, float]] = {}
+        results["hello POST /"] = wrk(hurl + "/", POST_LUA.replace("%PATH%", "/")
+                                      .replace("%TOKEN%", "x"), d, cn)
+        results["tlog POST /v1/entries"] = wrk(
+            turl, POST_LUA.replace("%PATH%", "/v1/entries").replace("%TOKEN%", token), d, cn)
+        results["hello GET /"] = wrk(hurl + "/", GET_LUA.replace("%FMT%", "/")
+                                     .replace("%MAX%", "1"), d, cn)
+        results["tlog GET inclusion proof"] = wrk(
+            turl, GET_LUA.replace("%FMT%", "/v1/proof/inclusion?index=%d")
+            .replace("%MAX%", str(args.prefill - 1)), d, cn)
+        results["tlog GET tile/0/N"] = wrk(
+            turl, GET_LUA.replace("%FMT%", "/tile/0/%03d")
+            .replace("%MAX%", str(min(999, args.prefill // 256 - 1))), d, cn)
+        batch_eps = batch_load(turl, token, d)
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    print(f"machine: {os.cpu_count()} cores, {platform.machine()}, Python "
+          f"{platform.python_version()}; wrk -t2 -c{args.connections} -d{args.duration}s; "
+          f"tree prefilled with {args.prefill} entries")
+    for name, r in results.items():
+        print(f"{name:28} {r['rps']:10,.0f} req/s  p50 {r.get('p50_ms', 0):7.2f} ms  "
+              f"p99 {r.get('p99_ms', 0):7.2f} ms  non-2xx {r['non2xx']:.0f}")
+    hp, hg = results["hello POST /"]["rps"], results["hello GET /"]["rps"]
+    post = results["tlog POST /v1/entries"]
+    print(f"POST /v1/entries vs hello POST: {post['rps'] / hp:5.1%} (target >= 30%), "
+          f"p99 {post.get('p99_ms', 0):.1f} ms (target < 50 ms)")
+    print(f"POST /v1/entries vs hello GET:  {post['rps'] / hg:5.1%}")
+    for k in ("tlog GET inclusion proof", "tlog GET tile/0/N"):
+        print(f"{k} vs hello GET: {results[k]['rps'] / hg:5.1%} (target >= 50%)")
+    print(f"POST /v1/entries/batch (10,000 per request, 4 clients): {batch_eps:,.0f} entries/s "
+          f"durable (target 50,000)")
+
+
+if __name__ == "__main__":
+    main()
