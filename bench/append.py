@@ -63,9 +63,9 @@ def main() -> None:
     best: dict[str, float] = {}
     for r in range(args.rounds):
         for name, fn in [
-            ("tlog durable, batch 10000", lambda: run_tlog(args.entries, 10_000, f"a{r}")),
-            ("tlog durable, batch 1000", lambda: run_tlog(args.entries, 1000, f"b{r}")),
-            ("pymerkle in-memory", lambda: run_pymerkle(args.entries, f"c{r}")),
+            ("tlog durable, batch 10000", lambda r=r: run_tlog(args.entries, 10_000, f"a{r}")),
+            ("tlog durable, batch 1000", lambda r=r: run_tlog(args.entries, 1000, f"b{r}")),
+            ("pymerkle in-memory", lambda r=r: run_pymerkle(args.entries, f"c{r}")),
         ]:
             v = fn()
             best[name] = max(best.get(name, 0.0), v)
