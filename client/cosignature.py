@@ -101,7 +101,7 @@ class CosignatureSigner(Signer):
     @classmethod
     def from_skey(cls, skey: str) -> CosignatureSigner:
         """``PRIVATE+KEY+name+keyid+base64(0x04 || seed)``."""
-        parts = skey.strip("\n").split("+")
+        parts = skey.strip("\n").split("+", 4)
         if len(parts) != 5 or parts[0] != "PRIVATE" or parts[1] != "KEY":
             raise FormatError("not a PRIVATE+KEY signer key")
         raw = b64decode_strict(parts[4])

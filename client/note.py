@@ -193,7 +193,7 @@ class Ed25519Signer(Signer):
     @classmethod
     def from_skey(cls, skey: str) -> Ed25519Signer:
         """Parse Go's ``PRIVATE+KEY+name+keyid+base64(0x01||seed)``."""
-        parts = skey.strip("\n").split("+")
+        parts = skey.strip("\n").split("+", 4)
         if len(parts) != 5 or parts[0] != "PRIVATE" or parts[1] != "KEY":
             raise FormatError("not a PRIVATE+KEY signer key")
         name, kid_hex, b64 = parts[2], parts[3], parts[4]
@@ -237,7 +237,7 @@ def parse_vkey(vkey: str) -> tuple[str, int, int, bytes]:
     The key ID is checked only by the caller that knows the algorithm's ID rule; for the
     standard rule (types 0x01 and 0x04) :func:`key_id` recomputes it.
     """
-    parts = vkey.strip().split("+")
+    parts = vkey.strip().split("+", 2)
     if len(parts) != 3:
         raise FormatError("vkey must be name+keyid+key")
     name, kid_hex, b64 = parts
