@@ -14,12 +14,12 @@ from client.checkpoint import Checkpoint, open_checkpoint
 from client.merkle import (
     EMPTY_ROOT,
     leaf_hash,
-    node_hash,
     root_of_range,
     verify_consistency,
     verify_inclusion,
 )
 from client.note import Ed25519Signer
+from tests.client import oracle
 from tlog.fsck import fsck
 from tlog.log import Log
 from tlog.signer import CheckpointSigner, ForkRefused, create_key_file, load_key_file
@@ -29,61 +29,30 @@ from tlog.tree import NodeReader, RightEdge, slot_offset
 from .conftest import ORIGIN, make_signer
 
 
-def oracle_mth(leaves: list[bytes]) -> bytes:
-    """RFC 6962 §2.1 MTH, recursively, as the spec writes it."""
-    n = len(leaves)
-    if n == 0:
-        return EMPTY_ROOT
-    if n == 1:
-        return leaves[0]
-    k = 1 << ((n - 1).bit_length() - 1)
-    return node_hash(oracle_mth(leaves[:k]), oracle_mth(leaves[k:]))
-
-
-def oracle_path(m: int, leaves: list[bytes]) -> list[bytes]:
-    n = len(leaves)
-    if n == 1:
-        return []
-    k = 1 << ((n - 1).bit_length() - 1)
-    if m < k:
-        return oracle_path(m, leaves[:k]) + [oracle_mth(leaves[k:])]
-    return oracle_path(m - k, leaves[k:]) + [oracle_mth(leaves[:k])]
-
-
-def oracle_subproof(m: int, leaves: list[bytes], b: bool) -> list[bytes]:
-    n = len(leaves)
-    if m == n:
-        return [] if b else [oracle_mth(leaves)]
-    k = 1 << ((n - 1).bit_length() - 1)
-    if m <= k:
-        return oracle_subproof(m, leaves[:k], b) + [oracle_mth(leaves[k:])]
-    return oracle_subproof(m - k, leaves[k:], False) + [oracle_mth(leaves[:k])]
-
-
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.integers(1, 300), min_size=1, max_size=8), st.data())
-def test_stored_tree_matches_oracle(batches: list[int], data: st.DataObject) -> None:
+def test_stored_tree_matches_oracle(batches: list[int], draw: st.DataObject) -> None:
     """Appending in arbitrary batches gives the oracle's roots and proofs at every size."""
     store: dict[tuple[int, int], bytes] = {}
     edge = RightEdge(0, lambda lv, ix: store.get((lv, ix)))
-    leaves: list[bytes] = []
+    data: list[bytes] = []
     sizes = []
     for n in batches:
-        new = [leaf_hash(f"{len(leaves) + i}".encode()) for i in range(n)]
-        edge.append(new)
-        leaves += new
+        new = [f"{len(data) + i}".encode() for i in range(n)]
+        edge.append([leaf_hash(d) for d in new])
+        data += new
         for lv, ix, blob in edge.take_dirty():
             store[(lv, ix)] = blob
-        sizes.append(len(leaves))
-        if data.draw(st.booleans()):  # a restart: rebuild the edge from the store
-            edge = RightEdge(len(leaves), lambda lv, ix: store.get((lv, ix)))
+        sizes.append(len(data))
+        if draw.draw(st.booleans()):  # a restart: rebuild the edge from the store
+            edge = RightEdge(len(data), lambda lv, ix: store.get((lv, ix)))
     reader = NodeReader(lambda lv, ix: store.get((lv, ix)))
     for size in sizes:
-        assert reader.root(size) == oracle_mth(leaves[:size])
-        i = data.draw(st.integers(0, size - 1))
-        assert reader.inclusion_proof(i, size) == oracle_path(i, leaves[:size])
-        m = data.draw(st.integers(1, size))
-        assert reader.consistency_proof(m, size) == oracle_subproof(m, leaves[:size], True)
+        assert reader.root(size) == oracle.mth(data[:size])
+        i = draw.draw(st.integers(0, size - 1))
+        assert reader.inclusion_proof(i, size) == oracle.path(i, data[:size])
+        m = draw.draw(st.integers(1, size))
+        assert reader.consistency_proof(m, size) == oracle.proof(m, data[:size])
 
 
 def open_log(path: Path, signer: CheckpointSigner | None = None) -> Log:
