@@ -1,0 +1,637 @@
+"""Normalised actions (``acts``) and request-body parsing for SCIM audit events.
+
+Two sources, as in SCIM.md §2.2 step 3:
+
+* **effect** (:func:`derive_actions`): from the attribute-level diff (``mods`` with old and
+  new values as JSON text) that a storage decorator observes. This is the preferred source.
+  Call it with plaintext values *before* replacing values by digests: a digest says that a
+  value changed, not how, and then only the generic ``<rt>.update`` can be derived.
+* **intent** (:func:`parse_request`): from a SCIM PatchOp, PUT or POST body, for a proxy that
+  never sees the stored state. The result must be marked ``"intent": true`` in the event.
+
+Action names are ``<prefix>.<verb>``, where the prefix is the lower-cased resource type
+(``User`` → ``user``); each carries an OCSF ``[class_uid, activity_id]`` pair from the
+SCIM.md §3.4 mapping table, for OCSF ≤1.8 (default) or the 1.9-dev User Lifecycle class.
+Actions the table leaves open are mapped as follows: ``user.entitlement.*`` like
+``user.role.*`` (privileges); ``group.update`` and the generic ``<rt>.create/update/delete``
+to Entity Management 3004 (1 create, 3 update, 4 delete); ``<rt>.noop`` to 3004/99 (other).
+
+The list of actions is sorted in a fixed order (create, specific actions, update, delete)
+with no duplicates, so the same change always yields the same ``acts``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import rfc8785
+
+from client.scim.cbor import EventFormatError
+
+__all__ = [
+    "MAX_BODY_SIZE",
+    "MAX_MOD_VALUE",
+    "OCSF_VERSIONS",
+    "RequestIntent",
+    "action",
+    "derive_actions",
+    "jcs",
+    "jcs_digest",
+    "ocsf_pair",
+    "op_for_method",
+    "parse_request",
+]
+
+OCSF_VERSIONS = ("1.8", "1.9")
+MAX_BODY_SIZE = 1 << 20  # scim2-server's default bulk maxPayloadSize
+MAX_MOD_VALUE = 16384  # bytes of JSON text in mods[].old/new; larger values become digests
+
+# SCIM.md §3.4 mapping table: action -> (OCSF <=1.8, OCSF 1.9-dev).
+_OCSF: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {
+    "user.create": ((3001, 1), (3007, 1)),
+    "user.update": ((3004, 3), (3007, 2)),
+    "user.deactivate": ((3001, 5), (3007, 5)),
+    "user.activate": ((3001, 2), (3007, 4)),
+    "user.delete": ((3001, 6), (3007, 3)),
+    "user.password.set": ((3001, 4), (3007, 9)),
+    "user.role.grant": ((3005, 1), (3007, 16)),
+    "user.role.revoke": ((3005, 2), (3007, 17)),
+    "user.entitlement.grant": ((3005, 1), (3007, 16)),
+    "user.entitlement.revoke": ((3005, 2), (3007, 17)),
+    "group.create": ((3006, 6), (3006, 6)),
+    "group.update": ((3004, 3), (3004, 3)),
+    "group.delete": ((3006, 5), (3006, 5)),
+    "group.member.add": ((3006, 3), (3006, 3)),
+    "group.member.remove": ((3006, 4), (3006, 4)),
+}
+# Entity Management (3004) for custom resource types and no-ops.
+_GENERIC: dict[str, tuple[int, int]] = {
+    "create": (3004, 1),
+    "update": (3004, 3),
+    "delete": (3004, 4),
+    "noop": (3004, 99),
+}
+_ORDER = (
+    "create",
+    "activate",
+    "deactivate",
+    "password.set",
+    "role.grant",
+    "role.revoke",
+    "entitlement.grant",
+    "entitlement.revoke",
+    "member.add",
+    "member.remove",
+    "update",
+    "noop",
+    "delete",
+)
+_OPS = ("create", "replace", "patch", "delete")
+_METHOD_OPS = {"POST": "create", "PUT": "replace", "PATCH": "patch", "DELETE": "delete"}
+_CORE_URNS = (
+    "urn:ietf:params:scim:schemas:core:2.0:user:",
+    "urn:ietf:params:scim:schemas:core:2.0:group:",
+)
+# Multi-valued attributes whose changes have their own actions: (prefix, attr) -> verbs.
+_MULTI: dict[tuple[str, str], tuple[str, str]] = {
+    ("group", "members"): ("member.add", "member.remove"),
+    ("user", "roles"): ("role.grant", "role.revoke"),
+    ("user", "entitlements"): ("entitlement.grant", "entitlement.revoke"),
+}
+_PUT_IGNORED = ("schemas", "id", "meta")
+
+
+def ocsf_pair(name: str, ocsf: str = "1.8") -> tuple[int, int]:
+    """OCSF ``(class_uid, activity_id)`` for an action name (see the module docstring)."""
+    if ocsf not in OCSF_VERSIONS:
+        raise ValueError(f"unknown OCSF version {ocsf!r}, want one of {OCSF_VERSIONS}")
+    if name in _OCSF:
+        return _OCSF[name][OCSF_VERSIONS.index(ocsf)]
+    verb = name.rsplit(".", 1)[-1]
+    return _GENERIC.get(verb, (3004, 99))
+
+
+def action(name: str, ocsf: str = "1.8") -> dict[str, Any]:
+    """One ``acts`` item: ``{"a": name, "ocsf": [class_uid, activity_id]}``."""
+    return {"a": name, "ocsf": list(ocsf_pair(name, ocsf))}
+
+
+def _prefix(rt: str) -> str:
+    p = re.sub(r"[^a-z0-9_-]", "_", rt.lower())
+    return p if p and p[0] not in "_-" else "r" + p
+
+
+def _acts(prefix: str, verbs: Iterable[str], ocsf: str) -> list[dict[str, Any]]:
+    ordered = sorted(set(verbs), key=lambda v: (_ORDER.index(v) if v in _ORDER else 99, v))
+    return [action(f"{prefix}.{v}", ocsf) for v in ordered]
+
+
+def op_for_method(method: str) -> str:
+    """SCIM operation for an HTTP method: POST create, PUT replace, PATCH patch, DELETE delete."""
+    try:
+        return _METHOD_OPS[method]
+    except KeyError:
+        raise EventFormatError(f"HTTP method {method!r} is not a SCIM write") from None
+
+
+def _check_op(op: str) -> None:
+    if op not in _OPS:
+        raise EventFormatError(f"op must be one of {', '.join(_OPS)}, got {op!r}")
+
+
+# --- attribute paths ------------------------------------------------------------------------
+
+
+def _strip_core_urn(path: str) -> str:
+    low = path.lower()
+    for urn in _CORE_URNS:
+        if low.startswith(urn):
+            return path[len(urn) :]
+    return path
+
+
+def _attr_key(path: str) -> str:
+    """The lower-cased top-level attribute a path targets (SCIM names are case-insensitive).
+
+    ``members[value eq "x"]`` → ``members``; ``name.givenName`` → ``name``; core schema URN
+    prefixes are dropped; extension attributes keep their URN (they have no own actions).
+    """
+    p = _strip_core_urn(path)
+    if p.lower().startswith("urn:"):
+        return p.lower()
+    return re.split(r"[\[.]", p, maxsplit=1)[0].lower()
+
+
+def _clean_path(path: str) -> str:
+    """The path without value filters: ``emails[type eq "work"].value`` → ``emails.value``.
+
+    Filters can hold other subjects' ids (``members[value eq "..."]``), which do not belong
+    in ``mods[].attr``.
+    """
+    out, depth = [], 0
+    for c in path:
+        if c == "[":
+            depth += 1
+        elif c == "]":
+            depth = max(depth - 1, 0)
+        elif depth == 0:
+            out.append(c)
+    return "".join(out)
+
+
+_VALUE_EQ = re.compile(r'^\s*value\s+eq\s+"((?:[^"\\]|\\.)*)"\s*$', re.IGNORECASE)
+
+
+def _filter_value(path: str) -> str | None:
+    """The id in ``attr[value eq "id"]`` (the usual member/role removal form), else None."""
+    m = re.fullmatch(r"[^\[]*\[(.*)\]", path)
+    if m is None:
+        return None
+    v = _VALUE_EQ.match(m.group(1))
+    if v is None:
+        return None
+    try:
+        s = json.loads(f'"{v.group(1)}"')
+    except ValueError:
+        return None
+    return s if isinstance(s, str) else None
+
+
+# --- values ---------------------------------------------------------------------------------
+
+
+def jcs(value: object) -> str:
+    """RFC 8785 JSON Canonicalization Scheme text of a JSON value (SCIM.md §3.5)."""
+    try:
+        return rfc8785.dumps(value).decode("utf-8")  # type: ignore[arg-type]
+    except (rfc8785.CanonicalizationError, TypeError, ValueError) as exc:
+        raise EventFormatError(f"value cannot be canonicalised as JSON: {exc}") from None
+
+
+def jcs_digest(value: object) -> bytes:
+    """SHA-256 over the RFC 8785 canonical JSON of a value: ``v_d``, ``old_d``, ``new_d``."""
+    return hashlib.sha256(jcs(value).encode("utf-8")).digest()
+
+
+def _as_bool(v: object) -> bool | None:
+    """SCIM booleans, tolerating the string forms some IdPs send ("True", "false")."""
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, str) and v.lower() in ("true", "false"):
+        return v.lower() == "true"
+    return None
+
+
+def _parse_json_text(text: object) -> tuple[bool, object]:
+    if not isinstance(text, str):
+        return False, None
+    try:
+        return True, json.loads(text)
+    except ValueError:
+        return False, None
+
+
+def _member_key(item: object) -> str:
+    if isinstance(item, dict) and isinstance(item.get("value"), str):
+        return item["value"]  # type: ignore[no-any-return]
+    if isinstance(item, str):
+        return item
+    return jcs(item)
+
+
+def _item_keys(v: object) -> set[str]:
+    if v is None:
+        return set()
+    items = v if isinstance(v, list) else [v]
+    return {_member_key(i) for i in items}
+
+
+# --- effect: acts from the observed diff ----------------------------------------------------
+
+
+def _mod_verbs(prefix: str, mod: Mapping[str, Any], creating: bool) -> set[str]:
+    attr = mod.get("attr")
+    if not isinstance(attr, str):
+        raise EventFormatError("mod without a text 'attr'")
+    key = _attr_key(attr)
+    has_old, old = _parse_json_text(mod.get("old"))
+    has_new, new = _parse_json_text(mod.get("new"))
+    # "Absent" and "plain" sides are known; a digest-only side is not.
+    old_known = has_old or ("old" not in mod and "old_d" not in mod)
+    new_known = has_new or ("new" not in mod and "new_d" not in mod)
+    if (prefix, key) in _MULTI:
+        add, remove = _MULTI[(prefix, key)]
+        if not (old_known and new_known):
+            return set() if creating else {"update"}
+        before, after = _item_keys(old), _item_keys(new)
+        verbs = set()
+        if after - before:
+            verbs.add(add)
+        if before - after and not creating:
+            verbs.add(remove)
+        if not verbs and not creating and old != new:
+            verbs.add("update")  # same members, other sub-attributes changed (display...)
+        return verbs
+    if creating:
+        return set()  # the create action covers every other attribute
+    if prefix == "user" and key == "password":
+        return {"password.set"}
+    if prefix == "user" and key == "active" and old_known and new_known:
+        b_old, b_new = _as_bool(old), _as_bool(new)
+        if b_new is False and b_old is not False:
+            return {"deactivate"}
+        if b_new is True and b_old is not True:
+            return {"activate"}
+        if b_new is not None and b_new == b_old:
+            return set()
+    if has_old and has_new and old == new:
+        return set()
+    return {"update"}
+
+
+def _patch_verbs(prefix: str, item: Mapping[str, Any]) -> set[str]:
+    op, path = item.get("op"), item.get("path")
+    if not isinstance(path, str):
+        return {"update"}
+    key = _attr_key(path)
+    if (prefix, key) in _MULTI:
+        add, remove = _MULTI[(prefix, key)]
+        return {"add": {add}, "remove": {remove}}.get(str(op), {add, remove})
+    if prefix == "user" and key == "password" and op != "remove":
+        return {"password.set"}
+    return {"update"}
+
+
+def derive_actions(
+    op: str,
+    rt: str,
+    *,
+    mods: Sequence[Mapping[str, Any]] | None = None,
+    patch: Sequence[Mapping[str, Any]] | None = None,
+    ocsf: str = "1.8",
+) -> list[dict[str, Any]]:
+    """Derive ``acts`` from a change (SCIM.md §2.2 step 3, mapping table §3.4).
+
+    * delete → ``<rt>.delete``; create → ``<rt>.create`` plus member adds / grants found in
+      ``mods``.
+    * replace/patch with ``mods`` (the diff; ``[]`` = nothing changed):
+      ``active`` true→false ``user.deactivate``, false→true ``user.activate``;
+      ``password`` ``user.password.set``; ``members`` added/removed
+      ``group.member.add/remove``; ``roles``/``entitlements`` added/removed
+      ``user.role.*``/``user.entitlement.*`` grant/revoke; anything else ``<rt>.update``;
+      no change at all ``<rt>.noop``.
+    * replace/patch with only ``patch`` (paths, no values): per operation on ``members``,
+      ``roles``, ``entitlements`` (add → add/grant, remove → remove/revoke, replace → both)
+      and ``password``; anything else ``<rt>.update``.
+    * neither known: ``<rt>.update``.
+    """
+    _check_op(op)
+    prefix = _prefix(rt)
+    if op == "delete":
+        return _acts(prefix, ["delete"], ocsf)
+    verbs: set[str] = set()
+    if op == "create":
+        verbs.add("create")
+        for mod in mods or ():
+            verbs |= _mod_verbs(prefix, mod, creating=True)
+        return _acts(prefix, verbs, ocsf)
+    if mods is not None:
+        for mod in mods:
+            verbs |= _mod_verbs(prefix, mod, creating=False)
+        return _acts(prefix, verbs or {"noop"}, ocsf)
+    if patch is not None:
+        for item in patch:
+            verbs |= _patch_verbs(prefix, item)
+        return _acts(prefix, verbs or {"noop"}, ocsf)
+    return _acts(prefix, ["update"], ocsf)
+
+
+# --- intent: parse the request body ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RequestIntent:
+    """What a request body asks for: the event's ``patch``, ``mods``, ``refs`` and ``acts``.
+
+    Derived from the request, not from the stored state, so an event built from it must
+    carry ``"intent": true``; :meth:`event_fields` includes that. Lists are ``None`` rather
+    than empty, as the event schema wants.
+    """
+
+    acts: list[dict[str, Any]]
+    patch: list[dict[str, Any]] | None = None
+    mods: list[dict[str, Any]] | None = None
+    refs: list[dict[str, Any]] | None = None
+
+    def event_fields(self) -> dict[str, Any]:
+        """Keyword arguments for :func:`client.scim.event.new_event`."""
+        return {
+            "acts": self.acts,
+            "patch": self.patch,
+            "mods": self.mods,
+            "refs": self.refs,
+            "intent": True,
+        }
+
+
+def _no_dup_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"duplicate JSON key {k!r}")
+        out[k] = v
+    return out
+
+
+def _no_constant(s: str) -> object:
+    raise ValueError(f"JSON constant {s} is not allowed")
+
+
+def _load_body(body: bytes | str | Mapping[str, Any]) -> dict[str, Any]:
+    if isinstance(body, Mapping):
+        return dict(body)
+    if len(body) > MAX_BODY_SIZE:
+        raise EventFormatError(f"request body larger than {MAX_BODY_SIZE}")
+    if isinstance(body, bytes):
+        try:
+            body = body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise EventFormatError("request body is not valid UTF-8") from None
+    try:
+        # Floats are legal in SCIM bodies (decimal attributes); they only ever reach the
+        # event as JCS text or digests.
+        obj = json.loads(body, object_pairs_hook=_no_dup_pairs, parse_constant=_no_constant)
+    except RecursionError:
+        raise EventFormatError("request body nested too deeply") from None
+    except ValueError as exc:
+        raise EventFormatError(f"request body is not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise EventFormatError("request body must be a JSON object")
+    return obj
+
+
+def _get_ci(obj: Mapping[str, Any], name: str) -> Any:
+    for k, v in obj.items():
+        if k.lower() == name:
+            return v
+    return None
+
+
+def _expand(value: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """(path, value) pairs of a path-less PatchOp value or a PUT/POST body.
+
+    An extension schema's sub-object (``"urn:...:User": {"manager": ...}``) becomes
+    ``urn:...:User:manager`` paths, as RFC 7644 §3.10 writes them.
+    """
+    out: list[tuple[str, Any]] = []
+    for k, v in value.items():
+        if k.lower().startswith("urn:") and isinstance(v, dict):
+            out.extend((f"{k}:{sub}", sv) for sub, sv in v.items())
+        else:
+            out.append((k, v))
+    return out
+
+
+@dataclass
+class _Builder:
+    prefix: str
+    secret_attrs: frozenset[str]
+    digest_attrs: frozenset[str]
+    ref_pid: Callable[[str, str], bytes] | None
+    mods: list[dict[str, Any]]
+    refs: list[dict[str, Any]]
+
+    def is_secret(self, key: str) -> bool:
+        return key in self.secret_attrs
+
+    def pseudonymised(self, key: str) -> bool:
+        return self.ref_pid is not None and (self.prefix, key) == ("group", "members")
+
+    def value_text(self, key: str, value: object) -> tuple[str, object]:
+        """("", text) for a plain value, or ("_d", digest) by policy or size."""
+        text = jcs(value)
+        if key in self.digest_attrs or len(text.encode("utf-8")) > MAX_MOD_VALUE:
+            return "_d", hashlib.sha256(text.encode("utf-8")).digest()
+        return "", text
+
+    def add_refs(self, value: object) -> None:
+        if self.ref_pid is None:
+            return
+        items = value if isinstance(value, list) else [value]
+        for item in items:
+            if isinstance(item, dict) and isinstance(item.get("value"), str):
+                ref_rt = item.get("type") if isinstance(item.get("type"), str) else "User"
+                self.ref(str(ref_rt), item["value"])
+            elif isinstance(item, str):
+                self.ref("User", item)
+
+    def ref(self, ref_rt: str, ref_id: str) -> None:
+        if self.ref_pid is None:
+            return
+        pid = self.ref_pid(ref_rt, ref_id)
+        if type(pid) is not bytes or len(pid) != 16:
+            raise EventFormatError("ref_pid must return 16 bytes")
+        entry = {"rt": ref_rt, "pid": pid}
+        if entry not in self.refs:
+            self.refs.append(entry)
+
+    def mod(self, op: str, path: str, value: object, has_value: bool) -> None:
+        key = _attr_key(path)
+        if key == "active" and self.prefix == "user" and _as_bool(value) is not None:
+            value = _as_bool(value)
+        entry: dict[str, Any] = {"attr": _clean_path(path) or path}
+        if self.pseudonymised(key):
+            # SCIM.md §4.3 step 5: member ids go to refs as pseudonyms, never in plain.
+            self.add_refs(value)
+            filt = _filter_value(path)
+            if filt is not None:
+                self.ref("User", filt)
+        elif self.is_secret(key):
+            pass  # SCIM.md §4.3 step 8: returned:never attributes only as "changed"
+        elif op == "remove":
+            filt = _filter_value(path)
+            if has_value:
+                suffix, v = self.value_text(key, value)
+                entry["old" + suffix] = v
+            elif filt is not None:
+                suffix, v = self.value_text(key, [{"value": filt}])
+                entry["old" + suffix] = v
+        elif has_value:
+            suffix, v = self.value_text(key, value)
+            entry["new" + suffix] = v
+        self.mods.append(entry)
+
+
+def _unit_verbs(prefix: str, op: str, key: str, value: object, *, put: bool) -> set[str]:
+    if (prefix, key) in _MULTI:
+        add, remove = _MULTI[(prefix, key)]
+        if put:
+            return {"update"}  # a PUT restates the whole resource: no per-attribute intent
+        non_empty = value not in (None, [], {})
+        if op == "add":
+            return {add} if non_empty else {"update"}
+        if op == "remove":
+            return {remove}
+        return {add, remove} if non_empty else {remove}
+    if prefix == "user" and key == "password":
+        return {"update"} if op == "remove" else {"password.set"}
+    if prefix == "user" and key == "active" and op != "remove":
+        b = _as_bool(value)
+        if b is False:
+            return {"deactivate"}
+        if b is True and not put:  # every PUT restates active: true
+            return {"activate"}
+    return {"update"}
+
+
+def parse_request(
+    op: str,
+    rt: str,
+    body: bytes | str | Mapping[str, Any] | None,
+    *,
+    ocsf: str = "1.8",
+    secret_attrs: Collection[str] = ("password",),
+    digest_attrs: Collection[str] = (),
+    ref_pid: Callable[[str, str], bytes] | None = None,
+) -> RequestIntent:
+    """Derive ``patch``, ``mods``, ``refs`` and ``acts`` from a SCIM write request body.
+
+    ``op`` is the SCIM operation (:func:`op_for_method` maps HTTP methods). ``body`` is the
+    raw JSON (parsed strictly: UTF-8, no duplicate keys, no NaN) or an already parsed object;
+    DELETE takes none.
+
+    * PatchOp (RFC 7644 §3.5.2): ``op`` case is normalised (Entra sends ``"Replace"``); both
+      the ``path`` form and the path-less form (a value object, extension URNs expanded) are
+      understood; string booleans (``"False"``) for ``active`` become booleans. Each
+      operation becomes a ``patch`` item with ``v_d`` = :func:`jcs_digest` of its value
+      (omitted when the value touches a secret attribute or pseudonymised members).
+    * PUT/POST: each attribute in the body becomes a ``mods`` entry with its new value.
+    * ``mods`` values are JCS text, or ``*_d`` digests for ``digest_attrs`` and for values
+      over :data:`MAX_MOD_VALUE`; ``secret_attrs`` (lower case; ``password``) are recorded
+      only as changed, never with a value or digest (SCIM.md §4.3 step 8).
+    * ``ref_pid(member_rt, member_id) -> 16 bytes``, if given, turns Group member ids into
+      ``refs`` pseudonyms and keeps them out of ``mods`` and ``patch`` paths (SCIM.md §4.3
+      step 5); use :func:`client.scim.leaf.pid` with the member's pseudonym key.
+    * ``acts``: what the request asks for. PATCH add/remove/replace on ``members``,
+      ``roles``, ``entitlements`` → add/grant, remove/revoke, both; ``active`` → activate or
+      deactivate; ``password`` → ``user.password.set``. PUT only claims ``deactivate``
+      (``active: false``) and ``password.set``, since it restates every attribute. POST adds
+      member adds and grants for non-empty multi-valued attributes.
+
+    Raises :class:`EventFormatError` for a body that is not a well-formed request.
+    """
+    _check_op(op)
+    prefix = _prefix(rt)
+    secret = frozenset(a.lower() for a in secret_attrs)
+    b = _Builder(prefix, secret, frozenset(a.lower() for a in digest_attrs), ref_pid, [], [])
+    if op == "delete":
+        if body not in (None, b"", ""):
+            raise EventFormatError("DELETE takes no body")
+        return RequestIntent(acts=_acts(prefix, ["delete"], ocsf))
+    if body is None:
+        raise EventFormatError(f"{op} needs a request body")
+    obj = _load_body(body)
+    verbs: set[str] = set()
+    patch: list[dict[str, Any]] | None = None
+    if op == "patch":
+        patch = []
+        ops = _get_ci(obj, "operations")
+        if not isinstance(ops, list) or not ops:
+            raise EventFormatError("PatchOp needs a non-empty 'Operations' array")
+        for i, raw in enumerate(ops):
+            if not isinstance(raw, dict):
+                raise EventFormatError(f"Operations[{i}] is not an object")
+            pop = _get_ci(raw, "op")
+            if not isinstance(pop, str) or pop.lower() not in ("add", "remove", "replace"):
+                raise EventFormatError(f"Operations[{i}].op must be add, remove or replace")
+            pop = pop.lower()
+            path = _get_ci(raw, "path")
+            has_value = any(k.lower() == "value" for k in raw)
+            value = _get_ci(raw, "value")
+            if path is not None and (not isinstance(path, str) or not path):
+                raise EventFormatError(f"Operations[{i}].path must be a non-empty string")
+            if path is None:
+                if pop == "remove":
+                    raise EventFormatError(f"Operations[{i}]: remove needs a path")
+                if not isinstance(value, dict) or not value:
+                    raise EventFormatError(f"Operations[{i}]: path-less value must be an object")
+                units = _expand(value)
+            else:
+                units = [(path, value)]
+            hide = False
+            for upath, uvalue in units:
+                key = _attr_key(upath)
+                hide = hide or b.is_secret(key) or b.pseudonymised(key)
+                b.mod(pop, upath, uvalue, has_value or path is None)
+                verbs |= _unit_verbs(prefix, pop, key, uvalue, put=False)
+            item: dict[str, Any] = {"op": pop}
+            if path is not None:
+                # Filters may name other subjects; pseudonymised members keep only the attr.
+                item["path"] = _clean_path(path) if b.pseudonymised(_attr_key(path)) else path
+            if has_value and not hide:
+                item["v_d"] = jcs_digest(value)
+            patch.append(item)
+    else:
+        creating = op == "create"
+        for upath, uvalue in _expand(obj):
+            key = _attr_key(upath)
+            if key in _PUT_IGNORED:
+                continue
+            b.mod("add" if creating else "replace", upath, uvalue, True)
+            if creating:
+                if (prefix, key) in _MULTI and uvalue not in (None, [], {}):
+                    verbs.add(_MULTI[(prefix, key)][0])
+            else:
+                verbs |= _unit_verbs(prefix, "replace", key, uvalue, put=True)
+        verbs.add("create" if creating else "update")
+    return RequestIntent(
+        acts=_acts(prefix, verbs or {"update"}, ocsf),
+        patch=patch or None,
+        mods=b.mods or None,
+        refs=b.refs or None,
+    )

@@ -1,0 +1,686 @@
+"""The private SCIM provisioning audit event (SCIM.md §3.4): schema, JSON mapping, builder.
+
+The canonical form of an event is its deterministic CBOR (:mod:`client.scim.cbor`); the
+commitment in the public leaf is computed over exactly those bytes (SCIM.md §4.3). In memory
+an event is a plain ``dict`` in the CBOR data model: text keys, ``str``, ``bytes``, ``int``,
+``bool``, ``None``, lists and dicts.
+
+Validation is strict and closed: every field has one type, bounded size and, where the
+schema says so, an enumeration; unknown fields are rejected at every level except inside
+``x``. Beyond the CDDL, the validator insists on one form per meaning, so that two adapters
+describing the same change produce the same bytes:
+
+* optional maps and lists are omitted rather than empty (``"idp": {}``, ``"mods": []``);
+* identifiers are non-empty and free of control characters; free text (``err.reason``,
+  ``src.ua``) may carry tab and newline;
+* ``eid`` is a lowercase RFC 9562 UUID (any version; :func:`new_event` makes v7), because it
+  is the deduplication key and ``A`` vs ``a`` must not be two events;
+* integers stay within the I-JSON safe range (RFC 7493 §2.2, ±(2**53-1)) so the JSON form
+  round-trips through any JSON parser; HTTP status is 100..599;
+* ``mods[].old``/``new`` must be JSON text (SCIM.md: "values as JSON text"), and a value is
+  either plain or a digest, never both;
+* ``x`` holds JSON-model values only (no byte strings), so the JSON and CBOR forms of an event
+  are exact images of each other.
+
+One addition to the §3.4 CDDL: ``? "intent": true`` marks an event whose ``mods``/``acts``
+were derived from the request body (proxy mode, :func:`client.scim.actions.parse_request`)
+rather than from the observed effect (SCIM.md §2.2 step 3). Absent means "effect".
+
+JSON mapping (:func:`event_to_json`, :func:`event_from_json`): the same object, with the
+byte-string fields written as standard, padded RFC 4648 §4 base64 text. Those fields are
+exactly ``req.dig``, ``actor.tok_d``, ``actor.x5t_s256``, ``patch[].v_d``, ``mods[].old_d``,
+``mods[].new_d`` and ``refs[].pid``. JSON input is UTF-8; floats, NaN/Infinity and duplicate
+keys are rejected; URL-safe, unpadded or non-canonical base64 is rejected.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+import secrets
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from client.note import FormatError, b64decode_strict, b64encode
+from client.scim.actions import derive_actions
+from client.scim.cbor import EventFormatError, dumps_det, loads_det
+
+__all__ = [
+    "ACTOR_KINDS",
+    "BYTES_FIELDS",
+    "MAX_EVENT_SIZE",
+    "MAX_JSON_SIZE",
+    "MAX_SAFE_INT",
+    "OPS",
+    "OUTCOMES",
+    "PATCH_OPS",
+    "Event",
+    "decode_event",
+    "encode_event",
+    "event_from_json",
+    "event_to_json",
+    "load_event",
+    "new_event",
+    "uuid7",
+    "validate_event",
+]
+
+Event = dict[str, Any]
+
+MAX_EVENT_SIZE = 64 * 1024  # encoded det CBOR
+MAX_JSON_SIZE = 256 * 1024  # JSON text before parsing: base64 and escapes inflate
+MAX_SAFE_INT = (1 << 53) - 1  # RFC 7493 §2.2 (I-JSON)
+MAX_X_DEPTH = 8
+
+OPS = ("create", "replace", "patch", "delete")
+OUTCOMES = ("success", "failure", "skipped", "warning")
+ACTOR_KINDS = ("oauth_client", "user", "mtls", "bearer", "system", "anonymous")
+PATCH_OPS = ("add", "remove", "replace")
+
+# Dotted paths ("[]" = every list element) of the byte-string fields: the JSON mapping.
+BYTES_FIELDS = (
+    "req.dig",
+    "actor.tok_d",
+    "actor.x5t_s256",
+    "patch[].v_d",
+    "mods[].old_d",
+    "mods[].new_d",
+    "refs[].pid",
+)
+
+_UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[1-8][0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
+_METHOD_RE = re.compile(r"[A-Z]{1,16}")
+_ACTION_RE = re.compile(r"[a-z0-9][a-z0-9_-]*(\.[a-z0-9_-]+)+")
+# Identifiers: no C0, DEL or C1 controls. Free text: tab, LF and CR allowed.
+_ID_BAD = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_TEXT_BAD = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def _at(path: str, msg: str) -> EventFormatError:
+    return EventFormatError(f"at {path}: {msg}")
+
+
+# --- schema ---------------------------------------------------------------------------------
+
+
+class _Spec:
+    def check(self, v: object, path: str) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+def _no_json_float(s: str) -> object:
+    raise ValueError(f"JSON number {s} is not an integer")
+
+
+def _no_json_constant(s: str) -> object:
+    raise ValueError(f"JSON constant {s} is not allowed")
+
+
+def _json_int(s: str) -> int:
+    # Bounded before int(): huge digit strings are slow and are out of range anyway.
+    if len(s.lstrip("-")) > 20:
+        raise ValueError("JSON integer too large")
+    return int(s)
+
+
+def _no_dup_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"duplicate JSON key {k!r}")
+        out[k] = v
+    return out
+
+
+def _strict_json(text: str) -> Any:
+    """json.loads with floats, NaN/Infinity and duplicate keys rejected (raises ValueError)."""
+    return json.loads(
+        text,
+        object_pairs_hook=_no_dup_pairs,
+        parse_float=_no_json_float,
+        parse_int=_json_int,
+        parse_constant=_no_json_constant,
+    )
+
+
+@dataclass(frozen=True)
+class _Text(_Spec):
+    max_bytes: int = 256
+    free: bool = False  # free text: tab/LF/CR allowed
+    regex: re.Pattern[str] | None = None
+    what: str = ""
+    json_text: bool = False
+
+    def check(self, v: object, path: str) -> None:
+        if type(v) is not str:
+            raise _at(path, "must be a text string")
+        if not v:
+            raise _at(path, "must not be empty")
+        try:
+            size = len(v.encode("utf-8"))
+        except UnicodeEncodeError:
+            raise _at(path, "not valid Unicode (lone surrogate)") from None
+        if size > self.max_bytes:
+            raise _at(path, f"longer than {self.max_bytes} bytes")
+        if (_TEXT_BAD if self.free else _ID_BAD).search(v):
+            raise _at(path, "contains a control character")
+        if self.regex is not None and not self.regex.fullmatch(v):
+            raise _at(path, f"not a valid {self.what}")
+        if self.json_text:
+            try:
+                # Floats are fine inside JSON text; only the syntax is checked here.
+                json.loads(v, object_pairs_hook=_no_dup_pairs, parse_constant=_no_json_constant)
+            except (ValueError, RecursionError):
+                raise _at(path, "not valid JSON text") from None
+
+
+@dataclass(frozen=True)
+class _IP(_Spec):
+    def check(self, v: object, path: str) -> None:
+        _Text(64).check(v, path)
+        try:
+            ipaddress.ip_address(str(v))
+        except ValueError:
+            raise _at(path, "not an IP address") from None
+
+
+@dataclass(frozen=True)
+class _Bytes(_Spec):
+    size: int
+
+    def check(self, v: object, path: str) -> None:
+        if type(v) is not bytes:
+            raise _at(path, "must be a byte string")
+        if len(v) != self.size:
+            raise _at(path, f"must be {self.size} bytes, got {len(v)}")
+
+
+@dataclass(frozen=True)
+class _UInt(_Spec):
+    lo: int = 0
+    hi: int = MAX_SAFE_INT
+
+    def check(self, v: object, path: str) -> None:
+        if type(v) is not int:
+            raise _at(path, "must be an unsigned integer")
+        if not self.lo <= v <= self.hi:
+            raise _at(path, f"must be in {self.lo}..{self.hi}")
+
+
+@dataclass(frozen=True)
+class _Enum(_Spec):
+    values: tuple[str, ...]
+
+    def check(self, v: object, path: str) -> None:
+        if type(v) is not str or v not in self.values:
+            raise _at(path, f"must be one of {', '.join(self.values)}")
+
+
+@dataclass(frozen=True)
+class _Const(_Spec):
+    value: object
+
+    def check(self, v: object, path: str) -> None:
+        if type(v) is not type(self.value) or v != self.value:
+            raise _at(path, f"must be {self.value!r}")
+
+
+@dataclass(frozen=True)
+class _Map(_Spec):
+    fields: Mapping[str, tuple[_Spec, bool]]  # name -> (spec, required)
+
+    def check(self, v: object, path: str) -> None:
+        if type(v) is not dict:
+            raise _at(path, "must be a map")
+        if not v:
+            raise _at(path, "empty map (omit the field instead)")
+        for k in v:
+            if k not in self.fields:
+                raise _at(path, f"unknown field {k!r}")
+        for k, (spec, required) in self.fields.items():
+            if k in v:
+                spec.check(v[k], f"{path}.{k}")
+            elif required:
+                raise _at(path, f"missing required field {k!r}")
+
+
+@dataclass(frozen=True)
+class _List(_Spec):
+    item: _Spec
+    max_items: int
+
+    def check(self, v: object, path: str) -> None:
+        if type(v) is not list:
+            raise _at(path, "must be an array")
+        if not v:
+            raise _at(path, "empty array (omit the field instead)")
+        if len(v) > self.max_items:
+            raise _at(path, f"more than {self.max_items} items")
+        for i, item in enumerate(v):
+            self.item.check(item, f"{path}[{i}]")
+
+
+@dataclass(frozen=True)
+class _Tuple(_Spec):
+    items: tuple[_Spec, ...]
+
+    def check(self, v: object, path: str) -> None:
+        if type(v) is not list or len(v) != len(self.items):
+            raise _at(path, f"must be an array of {len(self.items)} items")
+        for i, (spec, item) in enumerate(zip(self.items, v, strict=True)):
+            spec.check(item, f"{path}[{i}]")
+
+
+@dataclass(frozen=True)
+class _Extension(_Spec):
+    """``x``: any JSON-model value under text keys; no bytes, floats or deep nesting."""
+
+    max_str: int = 16384
+    key: _Text = field(default_factory=lambda: _Text(256))
+
+    def check(self, v: object, path: str) -> None:
+        if type(v) is not dict:
+            raise _at(path, "must be a map")
+        if not v:
+            raise _at(path, "empty map (omit the field instead)")
+        self._value(v, path, 0)
+
+    def _value(self, v: object, path: str, depth: int) -> None:
+        t = type(v)
+        if depth > MAX_X_DEPTH and t in (list, dict):
+            raise _at(path, f"nested more than {MAX_X_DEPTH} levels")
+        if v is None or t is bool:
+            return
+        if t is int and isinstance(v, int):
+            if not -MAX_SAFE_INT <= v <= MAX_SAFE_INT:
+                raise _at(path, "integer outside the I-JSON safe range")
+            return
+        if t is str and isinstance(v, str):
+            try:
+                size = len(v.encode("utf-8"))
+            except UnicodeEncodeError:
+                raise _at(path, "not valid Unicode (lone surrogate)") from None
+            if size > self.max_str:
+                raise _at(path, f"longer than {self.max_str} bytes")
+            return
+        if t is list and isinstance(v, list):
+            for i, item in enumerate(v):
+                self._value(item, f"{path}[{i}]", depth + 1)
+            return
+        if t is dict and isinstance(v, dict):
+            for k, item in v.items():
+                if type(k) is not str:
+                    raise _at(path, "map keys must be text strings")
+                self.key.check(k, f"{path}.<key>")
+                self._value(item, f"{path}.{k}", depth + 1)
+            return
+        if t is bytes:
+            raise _at(path, "byte strings are not allowed in x (no JSON form)")
+        if t is float:
+            raise _at(path, "floats are not allowed (put decimals in JSON text)")
+        raise _at(path, f"type {t.__name__} is not allowed")
+
+
+_ID = _Text(256)
+_URL = _Text(2048)
+_DIGEST = _Bytes(32)
+_UINT = _UInt()
+_OCSF_UID = _UInt(0, (1 << 31) - 1)
+
+_ACTOR = _Map(
+    {
+        "kind": (_Enum(ACTOR_KINDS), True),
+        "id": (_Text(512), False),
+        "iss": (_URL, False),
+        "client_id": (_ID, False),
+        "tid": (_ID, False),
+        "name": (_ID, False),
+        "scope": (_List(_ID, 64), False),
+        "tok_d": (_DIGEST, False),
+        "x5t_s256": (_DIGEST, False),
+    }
+)
+_CORR = _Map(
+    {
+        "req": (_ID, True),
+        "trace": (_ID, False),
+        "bulk_req": (_ID, False),
+        "seq": (_UINT, False),
+        "bulk_id": (_ID, False),
+        "job": (_ID, False),
+        "cycle": (_ID, False),
+        "change": (_ID, False),
+        "tx": (_ID, False),
+    }
+)
+_REQ = _Map(
+    {
+        "m": (_Text(16, regex=_METHOD_RE, what="HTTP method (upper case)"), True),
+        "p": (_Text(4096), True),
+        "dig": (_DIGEST, True),
+        "len": (_UINT, True),
+        "if_match": (_Text(1024), False),
+    }
+)
+_PATCH_OP = _Map(
+    {
+        "op": (_Enum(PATCH_OPS), True),
+        "path": (_Text(2048), False),
+        "v_d": (_DIGEST, False),
+    }
+)
+_MOD = _Map(
+    {
+        "attr": (_Text(512), True),
+        "old": (_Text(16384, free=True, json_text=True), False),
+        "new": (_Text(16384, free=True, json_text=True), False),
+        "old_d": (_DIGEST, False),
+        "new_d": (_DIGEST, False),
+    }
+)
+_REF = _Map({"rt": (_Text(128), True), "pid": (_Bytes(16), True)})
+_RES = _Map(
+    {
+        "st": (_UInt(100, 599), True),
+        "etag": (_ID, False),
+        "loc": (_URL, False),
+    }
+)
+_ERR = _Map(
+    {
+        "cat": (_Text(128), False),
+        "code": (_Text(128), False),
+        "scim_type": (_Text(64), False),
+        "reason": (_Text(4096, free=True), False),
+    }
+)
+_ACT = _Map(
+    {
+        "a": (_Text(128, regex=_ACTION_RE, what="action name"), True),
+        "ocsf": (_Tuple((_OCSF_UID, _OCSF_UID)), True),
+    }
+)
+_EVENT = _Map(
+    {
+        "v": (_Const(1), True),
+        "eid": (_Text(36, regex=_UUID_RE, what="lowercase RFC 9562 UUID"), True),
+        "ts": (_UINT, True),
+        "dur": (_UINT, False),
+        "tenant": (_ID, True),
+        "sp": (_Map({"id": (_ID, True), "base": (_URL, False)}), True),
+        "idp": (_Map({"id": (_ID, False), "name": (_ID, False)}), False),
+        "op": (_Enum(OPS), True),
+        "rt": (_Text(128), True),
+        "rid": (_ID, False),
+        "xid": (_Text(1024), False),
+        "ver": (_Map({"pre": (_ID, False), "post": (_ID, False)}), False),
+        "actor": (_ACTOR, True),
+        "src": (_Map({"ip": (_IP(), False), "ua": (_Text(1024, free=True), False)}), False),
+        "corr": (_CORR, True),
+        "req": (_REQ, True),
+        "patch": (_List(_PATCH_OP, 1000), False),
+        "mods": (_List(_MOD, 1000), False),
+        "refs": (_List(_REF, 4096), False),
+        "res": (_RES, True),
+        "outcome": (_Enum(OUTCOMES), True),
+        "err": (_ERR, False),
+        "acts": (_List(_ACT, 32), False),
+        "x": (_Extension(), False),
+        "intent": (_Const(True), False),
+    }
+)
+
+
+def _check_rules(ev: Mapping[str, Any]) -> None:
+    """The cross-field rules of SCIM.md §3.4 ("Conditionally required") and a few more."""
+    success = ev["outcome"] == "success"
+    # §3.4: rid on anything but a failed create.
+    if "rid" not in ev and not (ev["op"] == "create" and not success):
+        raise _at("$", "missing 'rid' (only a create that did not succeed may omit it)")
+    # §3.4: err when outcome != success; a success with an error would be self-contradictory.
+    if success and "err" in ev:
+        raise _at("$.err", "not allowed when outcome is success")
+    if not success and "err" not in ev:
+        raise _at("$", f"missing 'err' (required when outcome is {ev['outcome']})")
+    # §3.4: acts when outcome = success.
+    if success and "acts" not in ev:
+        raise _at("$", "missing 'acts' (required when outcome is success)")
+    if success and not 200 <= ev["res"]["st"] <= 299:
+        raise _at("$.res.st", "outcome success needs a 2xx status")
+    corr = ev["corr"]
+    if any(k in corr for k in ("bulk_req", "seq", "bulk_id")) and not (
+        "bulk_req" in corr and "seq" in corr
+    ):
+        raise _at("$.corr", "a bulk operation needs both 'bulk_req' and 'seq'")
+    for i, mod in enumerate(ev.get("mods", ())):
+        for side in ("old", "new"):
+            if side in mod and f"{side}_d" in mod:
+                raise _at(f"$.mods[{i}]", f"both '{side}' and '{side}_d' (value or digest)")
+    names = [act["a"] for act in ev.get("acts", ())]
+    if len(set(names)) != len(names):
+        raise _at("$.acts", "duplicate action")
+
+
+def _check(obj: object) -> bytes:
+    _EVENT.check(obj, "$")
+    if not isinstance(obj, dict):  # pragma: no cover - _EVENT.check guarantees it
+        raise EventFormatError("event must be a map")
+    _check_rules(obj)
+    data = dumps_det(obj)
+    if len(data) > MAX_EVENT_SIZE:
+        raise EventFormatError(f"event is {len(data)} bytes encoded, limit {MAX_EVENT_SIZE}")
+    return data
+
+
+def validate_event(obj: object) -> Event:
+    """Check ``obj`` against the event schema; return an independent, validated copy.
+
+    Raises :class:`EventFormatError` naming the first offending field. The copy is the
+    decoding of the canonical encoding, so it shares nothing with ``obj``.
+    """
+    return loads_det(_check(obj))  # type: ignore[no-any-return]
+
+
+def encode_event(obj: object) -> bytes:
+    """Validate an event and return its canonical form, deterministic CBOR."""
+    return _check(obj)
+
+
+def decode_event(data: bytes) -> Event:
+    """Parse and validate an event from deterministic CBOR (the canonical form)."""
+    if type(data) is not bytes:
+        raise EventFormatError("CBOR event must be bytes")
+    if len(data) > MAX_EVENT_SIZE:
+        raise EventFormatError(f"event is {len(data)} bytes, limit {MAX_EVENT_SIZE}")
+    obj = loads_det(data)
+    _check(obj)
+    return obj  # type: ignore[no-any-return]
+
+
+# --- JSON mapping ---------------------------------------------------------------------------
+
+
+def _map_bytes_fields(ev: dict[str, Any], fn: Callable[[object, str], object]) -> None:
+    """Apply ``fn(value, path)`` in place to each present field named in BYTES_FIELDS.
+
+    Containers of the wrong type are skipped: the schema check reports them afterwards.
+    """
+    for spec in BYTES_FIELDS:
+        head, _, leaf = spec.partition(".")
+        if head.endswith("[]"):
+            name = head[:-2]
+            seq = ev.get(name)
+            if type(seq) is list:
+                for i, item in enumerate(seq):
+                    if type(item) is dict and leaf in item:
+                        item[leaf] = fn(item[leaf], f"$.{name}[{i}].{leaf}")
+        else:
+            sub = ev.get(head)
+            if type(sub) is dict and leaf in sub:
+                sub[leaf] = fn(sub[leaf], f"$.{head}.{leaf}")
+
+
+def _from_b64(v: object, path: str) -> object:
+    if type(v) is not str:
+        raise _at(path, "must be a base64 string in JSON")
+    try:
+        return b64decode_strict(v)
+    except FormatError as exc:
+        raise _at(path, str(exc)) from None
+
+
+def _to_b64(v: object, path: str) -> object:
+    return b64encode(v) if type(v) is bytes else v
+
+
+def event_from_json(text: str | bytes) -> Event:
+    """Parse and validate an event from its JSON form (see the module docstring)."""
+    if len(text) > MAX_JSON_SIZE:
+        raise EventFormatError(f"JSON event larger than {MAX_JSON_SIZE}")
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError:
+            raise EventFormatError("JSON event is not valid UTF-8") from None
+    try:
+        obj = _strict_json(text)
+    except RecursionError:
+        raise EventFormatError("JSON nested too deeply") from None
+    except ValueError as exc:
+        raise EventFormatError(f"bad JSON: {exc}") from None
+    if type(obj) is not dict:
+        raise EventFormatError("JSON event must be an object")
+    _map_bytes_fields(obj, _from_b64)
+    return validate_event(obj)
+
+
+def event_to_json(event: Mapping[str, Any]) -> str:
+    """Validate an event and return its JSON form: compact, keys sorted, UTF-8 unescaped.
+
+    The output is stable (same event, same text) but it is a presentation form; the
+    commitment is always over the CBOR.
+    """
+    ev = validate_event(event)
+    _map_bytes_fields(ev, _to_b64)
+    return json.dumps(ev, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def load_event(data: bytes | str) -> Event:
+    """Accept an event as JSON (``str``, or bytes not starting with a CBOR map) or det CBOR.
+
+    An encoded event is a CBOR map, whose first byte is 0xa0..0xbf; no JSON text starts
+    with one of those bytes (they are not ASCII), so the sniffing is unambiguous.
+    """
+    if isinstance(data, str):
+        return event_from_json(data)
+    if data[:1] and 0xA0 <= data[0] <= 0xBF:
+        return decode_event(data)
+    return event_from_json(data)
+
+
+# --- building -------------------------------------------------------------------------------
+
+
+def uuid7(ts_ms: int | None = None) -> uuid.UUID:
+    """An RFC 9562 §5.7 UUIDv7: 48-bit Unix ms timestamp, then 74 random bits.
+
+    Not monotonic within a millisecond (the optional §6.2 methods); eids need uniqueness,
+    and sort order only roughly.
+    """
+    if ts_ms is None:
+        ts_ms = time.time_ns() // 1_000_000
+    if not 0 <= ts_ms < 1 << 48:
+        raise ValueError("UUIDv7 timestamp out of range")
+    rand = secrets.randbits(74)
+    value = (ts_ms << 80) | (0x7 << 76) | ((rand >> 62) << 64) | (0b10 << 62)
+    value |= rand & ((1 << 62) - 1)
+    return uuid.UUID(int=value)
+
+
+def _drop_empty(obj: Mapping[str, Any] | None) -> Any:
+    if not isinstance(obj, Mapping):
+        return obj  # None, or a wrong type that validation will name
+    out = {k: v for k, v in obj.items() if v is not None and v != [] and v != {}}
+    return out or None
+
+
+def _copy(obj: Any) -> Any:
+    return dict(obj) if isinstance(obj, Mapping) else obj
+
+
+def new_event(
+    *,
+    tenant: str,
+    sp: str | Mapping[str, Any],
+    op: str,
+    rt: str,
+    actor: Mapping[str, Any],
+    corr: str | Mapping[str, Any],
+    req: Mapping[str, Any],
+    res: int | Mapping[str, Any],
+    outcome: str,
+    rid: str | None = None,
+    eid: str | None = None,
+    ts: int | None = None,
+    dur: int | None = None,
+    idp: Mapping[str, Any] | None = None,
+    xid: str | None = None,
+    ver: Mapping[str, Any] | None = None,
+    src: Mapping[str, Any] | None = None,
+    patch: Sequence[Mapping[str, Any]] | None = None,
+    mods: Sequence[Mapping[str, Any]] | None = None,
+    refs: Sequence[Mapping[str, Any]] | None = None,
+    err: Mapping[str, Any] | None = None,
+    acts: Sequence[Mapping[str, Any]] | None = None,
+    x: Mapping[str, Any] | None = None,
+    intent: bool = False,
+    ocsf: str = "1.8",
+) -> Event:
+    """Build and validate an event.
+
+    Conveniences: ``eid`` defaults to a fresh UUIDv7 and ``ts`` to now (ms); ``sp``,
+    ``corr`` and ``res`` may be given as the bare ``sp.id``, ``corr.req`` and ``res.st``;
+    ``None`` values and empty maps/lists are dropped (the schema wants them omitted); on
+    success, missing ``acts`` are derived from op/rt/mods/patch with
+    :func:`client.scim.actions.derive_actions`. Raises :class:`EventFormatError`.
+    """
+    if ts is None:
+        ts = time.time_ns() // 1_000_000
+    if eid is None:
+        eid = str(uuid7(ts if type(ts) is int and 0 <= ts < 1 << 48 else None))
+    mods_l = [_copy(m) for m in mods] if mods else None
+    patch_l = [_copy(p) for p in patch] if patch else None
+    if acts is None and outcome == "success":
+        acts = derive_actions(op, rt, mods=mods_l, patch=patch_l, ocsf=ocsf)
+    ev: dict[str, Any] = {
+        "v": 1,
+        "eid": eid,
+        "ts": ts,
+        "dur": dur,
+        "tenant": tenant,
+        "sp": {"id": sp} if isinstance(sp, str) else _drop_empty(sp),
+        "idp": _drop_empty(idp),
+        "op": op,
+        "rt": rt,
+        "rid": rid,
+        "xid": xid,
+        "ver": _drop_empty(ver),
+        "actor": _drop_empty(actor),
+        "src": _drop_empty(src),
+        "corr": {"req": corr} if isinstance(corr, str) else _drop_empty(corr),
+        "req": _drop_empty(req),
+        "patch": patch_l,
+        "mods": mods_l,
+        "refs": [_copy(r) for r in refs] if refs else None,
+        "res": {"st": res} if isinstance(res, int) else _drop_empty(res),
+        "outcome": outcome,
+        "err": _drop_empty(err),
+        "acts": [_copy(a) for a in acts] if acts else None,
+        "x": _copy(x) if x else None,
+        "intent": True if intent else None,
+    }
+    return validate_event({k: v for k, v in ev.items() if v is not None})

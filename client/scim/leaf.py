@@ -1,0 +1,172 @@
+"""The public leaf, the commitment that binds it to a private event, and pseudonyms.
+
+SCIM.md §3.4 and §4.3. The leaf carries nothing private::
+
+    leaf = {"v": 1, "ts": uint ms, "tn": bstr .size 16, "c": bstr .size 32}
+
+* ``tn`` = HMAC-SHA256(log tenant key, tenant id)[:16] (:func:`tenant_ref`): a tenant's
+  monitor finds its own leaves, nobody else learns tenant identities.
+* ``c`` = HMAC-SHA256(key = nonce, msg = det_cbor(event)) (:func:`commitment`), with a fresh
+  random 32-byte nonce per event kept only inside the encrypted envelope. Without the nonce a
+  low-entropy event cannot be confirmed by guessing; after crypto-shredding it cannot be
+  confirmed at all.
+
+The Merkle leaf hash is ``client.merkle.leaf_hash(make_leaf(...))`` (RFC 6962 §2.1).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from client.merkle import VerificationError
+from client.scim.cbor import EventFormatError, dumps_det, loads_det
+from client.scim.event import MAX_SAFE_INT, decode_event, encode_event
+
+__all__ = [
+    "COMMITMENT_SIZE",
+    "LEAF_VERSION",
+    "MIN_KEY_SIZE",
+    "NONCE_SIZE",
+    "PID_SIZE",
+    "TENANT_REF_SIZE",
+    "Leaf",
+    "commitment",
+    "make_leaf",
+    "new_nonce",
+    "parse_leaf",
+    "pid",
+    "tenant_ref",
+    "verify_commitment",
+]
+
+LEAF_VERSION = 1
+NONCE_SIZE = 32
+COMMITMENT_SIZE = 32
+TENANT_REF_SIZE = 16
+PID_SIZE = 16
+MIN_KEY_SIZE = 16  # 128 bits (SCIM.md §4.2: salts of at least 128 bits)
+_LEAF_KEYS = ("c", "tn", "ts", "v")
+# Largest valid leaf: map header 1, "c" 2+34, "tn" 3+17, "ts" 3+9, "v" 2+1.
+MAX_LEAF_SIZE = 72
+
+
+@dataclass(frozen=True)
+class Leaf:
+    """A parsed public leaf (version 1)."""
+
+    ts: int
+    tn: bytes
+    c: bytes
+
+    def encode(self) -> bytes:
+        return make_leaf(self.ts, self.tn, self.c)
+
+
+def _hmac(key: bytes, msg: bytes) -> bytes:
+    return hmac.new(key, msg, hashlib.sha256).digest()
+
+
+def _check_key(key: object, what: str) -> bytes:
+    if type(key) is not bytes or len(key) < MIN_KEY_SIZE:
+        raise EventFormatError(f"{what} must be at least {MIN_KEY_SIZE} bytes")
+    return key
+
+
+def _check_id(value: object, what: str) -> bytes:
+    if type(value) is not str or not value:
+        raise EventFormatError(f"{what} must be a non-empty string")
+    try:
+        return value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise EventFormatError(f"{what} is not valid Unicode") from None
+
+
+def new_nonce() -> bytes:
+    """A fresh random 32-byte commitment nonce."""
+    return secrets.token_bytes(NONCE_SIZE)
+
+
+def tenant_ref(tenant_key: bytes, tenant_id: str) -> bytes:
+    """``tn`` = HMAC-SHA256(tenant_key, UTF-8 tenant_id)[:16] (SCIM.md §4.3 step 1)."""
+    key = _check_key(tenant_key, "tenant key")
+    return _hmac(key, _check_id(tenant_id, "tenant id"))[:TENANT_REF_SIZE]
+
+
+def pid(key: bytes, id: str) -> bytes:
+    """Pseudonym ``pid`` = HMAC-SHA256(key, UTF-8 id)[:16] (SCIM.md §4.3 step 5).
+
+    ``key`` is the referenced subject's own pseudonym key (``P_user``), so shredding it
+    unlinks the subject from every event that names it.
+    """
+    k = _check_key(key, "pseudonym key")
+    return _hmac(k, _check_id(id, "id"))[:PID_SIZE]
+
+
+def _event_bytes(event: Mapping[str, Any] | bytes) -> bytes:
+    # Bytes must already be the canonical encoding of a valid event; a mapping is encoded.
+    if isinstance(event, bytes):
+        decode_event(event)
+        return event
+    return encode_event(event)
+
+
+def commitment(nonce: bytes, event: Mapping[str, Any] | bytes) -> bytes:
+    """``c`` = HMAC-SHA256(key = nonce, msg = det_cbor(event)) (SCIM.md §4.3 step 2).
+
+    ``event`` is a dict (validated, then encoded) or its deterministic CBOR (validated and
+    used as is). Raises :class:`EventFormatError` for an invalid event or a nonce that is
+    not 32 bytes: never commit to something a reader could not parse back.
+    """
+    if type(nonce) is not bytes or len(nonce) != NONCE_SIZE:
+        raise EventFormatError(f"nonce must be {NONCE_SIZE} bytes")
+    return _hmac(nonce, _event_bytes(event))
+
+
+def _check_leaf_fields(ts: object, tn: object, c: object) -> None:
+    if type(ts) is not int or not 0 <= ts <= MAX_SAFE_INT:
+        raise EventFormatError(f"leaf ts must be an integer in 0..{MAX_SAFE_INT}")
+    if type(tn) is not bytes or len(tn) != TENANT_REF_SIZE:
+        raise EventFormatError(f"leaf tn must be {TENANT_REF_SIZE} bytes")
+    if type(c) is not bytes or len(c) != COMMITMENT_SIZE:
+        raise EventFormatError(f"leaf c must be {COMMITMENT_SIZE} bytes")
+
+
+def make_leaf(ts_ms: int, tn: bytes, c: bytes) -> bytes:
+    """The leaf entry: det CBOR of ``{"v": 1, "ts": ts_ms, "tn": tn, "c": c}``."""
+    _check_leaf_fields(ts_ms, tn, c)
+    return dumps_det({"v": LEAF_VERSION, "ts": ts_ms, "tn": tn, "c": c})
+
+
+def parse_leaf(data: bytes) -> Leaf:
+    """Parse a leaf strictly: deterministic CBOR, exactly the four fields, version 1."""
+    if type(data) is not bytes:
+        raise EventFormatError("leaf must be bytes")
+    if len(data) > MAX_LEAF_SIZE:
+        raise EventFormatError("leaf too large")
+    obj = loads_det(data, max_depth=1)
+    if type(obj) is not dict:
+        raise EventFormatError("leaf must be a CBOR map")
+    if tuple(sorted(obj)) != _LEAF_KEYS:
+        raise EventFormatError(f"leaf must have exactly the fields {', '.join(_LEAF_KEYS)}")
+    v = obj["v"]
+    if type(v) is not int or v != LEAF_VERSION:
+        raise EventFormatError(f"unsupported leaf version {v!r}")
+    _check_leaf_fields(obj["ts"], obj["tn"], obj["c"])
+    return Leaf(ts=obj["ts"], tn=obj["tn"], c=obj["c"])
+
+
+def verify_commitment(leaf: bytes | Leaf, event: Mapping[str, Any] | bytes, nonce: bytes) -> None:
+    """Check that ``leaf`` commits to ``event`` under ``nonce`` (SCIM.md §4.3 step 4).
+
+    Returns nothing on success. Raises :class:`client.merkle.VerificationError` if the
+    commitment does not match, and :class:`EventFormatError` if the leaf, event or nonce is
+    malformed (different failures, different exceptions, as everywhere in ``client``).
+    """
+    parsed = leaf if isinstance(leaf, Leaf) else parse_leaf(leaf)
+    if not hmac.compare_digest(commitment(nonce, event), parsed.c):
+        raise VerificationError("event does not match the leaf commitment")
