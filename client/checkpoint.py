@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from client.merkle import HASH_SIZE
+from client.merkle import HASH_SIZE, VerificationError
 from client.note import FormatError, Note, Verifier, b64decode_strict, b64encode, open_note
 
 __all__ = ["Checkpoint", "open_checkpoint", "parse_decimal"]
@@ -94,5 +94,5 @@ def open_checkpoint(
     note = open_note(data, verifiers)
     cp = Checkpoint.parse(note.text)
     if origin is not None and cp.origin != origin:
-        raise FormatError(f"checkpoint origin {cp.origin!r} is not {origin!r}")
+        raise VerificationError(f"checkpoint origin {cp.origin!r} is not {origin!r}")
     return cp, note

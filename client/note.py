@@ -237,7 +237,7 @@ def parse_vkey(vkey: str) -> tuple[str, int, int, bytes]:
     The key ID is checked only by the caller that knows the algorithm's ID rule; for the
     standard rule (types 0x01 and 0x04) :func:`key_id` recomputes it.
     """
-    parts = vkey.strip().split("+", 2)
+    parts = vkey.split("+", 2)
     if len(parts) != 3:
         raise FormatError("vkey must be name+keyid+key")
     name, kid_hex, b64 = parts

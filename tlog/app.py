@@ -29,6 +29,7 @@ from client.tiles import MAX_ENTRY_SIZE, parse_tile_path
 from tlog.auth import AuthError, Forbidden, Principal, TokenStore
 from tlog.log import Log, NotFound, Published
 from tlog.sequencer import Overloaded, Sequencer, SequencerStopped
+from tlog.witnessing import WitnessPusher
 
 __all__ = ["Limits", "create_app"]
 
@@ -158,15 +159,21 @@ class Api:
         sequencer: Sequencer,
         tokens: TokenStore,
         limits: Limits,
-        checkpoint_source: Callable[[], str] | None = None,
+        pusher: WitnessPusher | None = None,
     ) -> None:
         self.log = log_
         self.seq = sequencer
         self.tokens = tokens
         self.limits = limits
-        # Where GET /checkpoint comes from: the witness layer swaps in the cosigned one.
-        self.checkpoint_source = checkpoint_source or (lambda: self.log.latest.note)
-        self.note_for: Callable[[Published], str] = lambda p: p.note
+        self.pusher = pusher
+        # With witnesses, GET /checkpoint is the newest cosigned checkpoint and every note
+        # handed out carries the cosignatures gathered for its size.
+        self.checkpoint_source: Callable[[], str] = (
+            pusher.checkpoint if pusher is not None else (lambda: self.log.latest.note)
+        )
+        self.note_for: Callable[[Published], str] = (
+            pusher.note_for if pusher is not None else (lambda p: p.note)
+        )
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -385,6 +392,11 @@ class Api:
         q = Query(request, {"tree_size"})
         index = self._index(request)
         pub = self.published(q)
+        if not q.has("tree_size") and self.pusher is not None:
+            # Prefer the newest cosigned checkpoint that covers the entry.
+            c = self.pusher.cosigned
+            if c is not None and index < c.size:
+                pub = Published(c.size, self.log.checkpoint_note(c.size).note)
         if index >= pub.size:
             raise NotFound(f"index {index} is not below tree size {pub.size}")
         text = self.log.tlog_proof(index, pub.size, self.note_for(pub))
@@ -393,6 +405,13 @@ class Api:
             media_type="text/plain; charset=utf-8",
             headers={"Content-Disposition": f'inline; filename="{index}.tlog-proof"'},
         )
+
+
+    async def witnesses(self, request: Request) -> Response:
+        Query(request, set())
+        if self.pusher is None:
+            raise NotFound("this log has no witness policy")
+        return JSONResponse(self.pusher.status())
 
 
 def _wrap(fn: Callable[[Request], Any]) -> Callable[[Request], Any]:
@@ -410,11 +429,13 @@ def create_app(
     sequencer: Sequencer,
     tokens: TokenStore,
     limits: Limits | None = None,
+    *,
+    pusher: WitnessPusher | None = None,
     extra_routes: list[Route] | None = None,
     on_startup: list[Callable[[], Any]] | None = None,
     on_shutdown: list[Callable[[], Any]] | None = None,
 ) -> Starlette:
-    api = Api(log_, sequencer, tokens, limits or Limits())
+    api = Api(log_, sequencer, tokens, limits or Limits(), pusher)
     routes = [
         Route("/checkpoint", _wrap(api.checkpoint), methods=["GET"]),
         Route("/tile/{path:path}", _wrap(api.tile), methods=["GET"]),
@@ -425,12 +446,15 @@ def create_app(
         Route("/v1/proof/inclusion", _wrap(api.inclusion), methods=["GET"]),
         Route("/v1/proof/consistency", _wrap(api.consistency), methods=["GET"]),
         Route("/v1/bundle/{index}", _wrap(api.bundle), methods=["GET"]),
+        Route("/v1/witnesses", _wrap(api.witnesses), methods=["GET"]),
         *(extra_routes or []),
     ]
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         sequencer.start()
+        if pusher is not None:
+            pusher.start()
         for f in on_startup or []:
             f()
         try:
@@ -438,6 +462,8 @@ def create_app(
         finally:
             for f in on_shutdown or []:
                 f()
+            if pusher is not None:
+                pusher.stop()
             sequencer.stop()
 
     async def http_error(request: Request, exc: Exception) -> Response:

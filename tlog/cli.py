@@ -81,7 +81,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_batch_entries=args.batch_size,
         max_batch_age=args.batch_age_ms / 1000.0,
         max_backlog=args.max_backlog,
-        witness_config=args.witnesses,
+        witness_policy=args.witnesses,
+        witness_interval=args.witness_interval,
     )
     url = f"http://{args.host}:{args.port}"
     print(f"tlog: origin  {log_.origin}")
@@ -199,6 +200,8 @@ def parser() -> argparse.ArgumentParser:
         default=os.environ.get("TLOG_WITNESSES"),
         help="witness policy file (tlog-policy format) to push checkpoints to",
     )
+    s.add_argument("--witness-interval", type=float, default=1.0,
+                   help="seconds between add-checkpoint requests to one witness")
     s.add_argument("--access-log", action="store_true")
     s.add_argument(
         "--no-demo-token",

@@ -6,12 +6,14 @@ from pathlib import Path
 
 from starlette.applications import Starlette
 
+from client.policy import Policy
 from tlog.app import Limits, create_app
 from tlog.auth import TokenStore
 from tlog.log import Log
 from tlog.sequencer import Sequencer
 from tlog.signer import CheckpointSigner
 from tlog.storage import Storage
+from tlog.witnessing import WitnessPusher
 
 __all__ = ["build_app"]
 
@@ -24,7 +26,8 @@ def build_app(
     max_batch_age: float = 0.002,
     max_backlog: int = 100_000,
     limits: Limits | None = None,
-    witness_config: str | None = None,
+    witness_policy: str | Path | None = None,
+    witness_interval: float = 1.0,
 ) -> tuple[Starlette, Log, TokenStore]:
     storage = Storage(data_dir / "db")
     log_ = Log(storage, signer)
@@ -35,5 +38,13 @@ def build_app(
         max_backlog=max_backlog,
     )
     tokens = TokenStore(storage)
-    app = create_app(log_, seq, tokens, limits)
+    pusher = None
+    if witness_policy is not None:
+        policy = Policy.parse(Path(witness_policy).read_text("utf-8"))
+        for lg in policy.logs:
+            if lg.origin == log_.origin and lg.verifier.vkey() != log_.vkey:
+                raise ValueError("the witness policy lists another key for this log's origin")
+        pusher = WitnessPusher(log_, policy, interval=witness_interval)
+        seq.on_published = pusher.notify
+    app = create_app(log_, seq, tokens, limits, pusher=pusher)
     return app, log_, tokens

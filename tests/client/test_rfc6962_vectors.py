@@ -228,7 +228,7 @@ def test_checkpoint_wrong_key_name_is_unknown() -> None:
 
 
 def test_checkpoint_wrong_origin_rejected() -> None:
-    with pytest.raises(FormatError):
+    with pytest.raises(VerificationError):
         open_checkpoint(
             CHECKPOINT["text"], [_checkpoint_verifiers()["vkey"]], origin="example.com/other"
         )

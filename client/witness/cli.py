@@ -1,0 +1,286 @@
+"""``tlog-witness``: run a c2sp.org/tlog-witness witness.
+
+Subcommands::
+
+    tlog-witness keygen --name NAME --key FILE   # new cosignature key; prints the vkey
+    tlog-witness serve  --config FILE            # HTTP server + log polling + gossip
+    tlog-witness check  --config FILE            # exit 0 iff no split-view evidence
+    tlog-witness gossip --config FILE [--once]   # gossip round(s) with the peers
+    tlog-witness poll   --config FILE [--once]   # poll the logs that have a URL
+
+Exit codes: 0 fine; 1 split-view evidence is recorded (``check``, ``gossip``, ``poll``) or
+``keygen`` refused to overwrite; 2 usage or configuration error; 3 (``check``) the stored
+state does not verify.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from types import FrameType
+
+from client.checkpoint import open_checkpoint
+from client.cosignature import CosignatureSigner
+from client.merkle import VerificationError
+from client.note import FormatError
+from client.witness.config import ConfigError, KeyFileUnreadable, WitnessConfig
+from client.witness.core import Witness
+from client.witness.monitor import Monitor
+from client.witness.server import WitnessHTTPServer
+from client.witness.store import WitnessStore
+
+__all__ = ["main"]
+
+logger = logging.getLogger("client.witness")
+
+EXIT_OK, EXIT_EVIDENCE, EXIT_USAGE, EXIT_STATE = 0, 1, 2, 3
+EXIT_REFUSED = 1
+
+
+def _out(*lines: str) -> None:
+    sys.stdout.write("".join(line + "\n" for line in lines))
+    sys.stdout.flush()
+
+
+def _err(msg: str) -> None:
+    sys.stderr.write(f"tlog-witness: {msg}\n")
+
+
+def _iso(ts: int) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# --- keygen -------------------------------------------------------------------------------
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    try:
+        signer = CosignatureSigner.generate(args.name)
+    except FormatError as exc:
+        _err(f"bad key name: {exc}")
+        return EXIT_USAGE
+    try:
+        # O_EXCL: never overwrite (a lost witness key can't be replaced without telling
+        # every verifier); 0600 from the first byte, not chmod after the fact.
+        fd = os.open(args.key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        _err(f"{args.key} already exists; refusing to overwrite it")
+        return EXIT_REFUSED
+    except OSError as exc:
+        _err(f"cannot create {args.key}: {exc}")
+        return EXIT_USAGE
+    try:
+        os.fchmod(fd, 0o600)  # in case the umask or the filesystem widened it
+        os.write(fd, (signer.skey() + "\n").encode("ascii"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    _out(signer.vkey())
+    return EXIT_OK
+
+
+# --- shared setup -------------------------------------------------------------------------
+
+
+def _load(args: argparse.Namespace) -> tuple[WitnessConfig, Witness]:
+    cfg = WitnessConfig.load(args.config)
+    store = WitnessStore(cfg.state_db)
+    return cfg, Witness(cfg.signer(), cfg.logs, store)
+
+
+def _monitor(cfg: WitnessConfig, witness: Witness) -> Monitor:
+    return Monitor(
+        witness,
+        cfg.peers,
+        missing_proof_rounds=cfg.missing_proof_rounds,
+        timeout=cfg.http_timeout,
+    )
+
+
+# --- serve --------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    cfg, witness = _load(args)
+    server = WitnessHTTPServer(cfg.listen, witness)
+    monitor = _monitor(cfg, witness)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    http_thread = threading.Thread(target=server.serve_forever, name="witness-http", daemon=True)
+    mon_thread = threading.Thread(
+        target=monitor.run,
+        args=(stop,),
+        kwargs={"gossip_interval": cfg.gossip_interval},
+        name="witness-monitor",
+        daemon=True,
+    )
+    http_thread.start()
+    mon_thread.start()
+    logger.warning(
+        "witness %s serving %d log(s) at %s; vkey %s",
+        witness.name,
+        len(cfg.logs),
+        server.url,
+        witness.vkey(),
+    )
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        server.shutdown()
+        server.server_close()
+        mon_thread.join(timeout=10)
+        monitor.close()
+    return EXIT_OK
+
+
+# --- check --------------------------------------------------------------------------------
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    cfg = WitnessConfig.load(args.config)
+    store = WitnessStore(cfg.state_db)
+    problems: list[str] = []
+    try:
+        own = [cfg.signer().verifier()]
+    except KeyFileUnreadable as exc:
+        own = []
+        problems.append(f"cannot read the witness key to verify our cosignatures: {exc}")
+    logs = {lg.origin: lg for lg in cfg.logs}
+    for stored in store.all_latest():
+        log = logs.get(stored.origin)
+        if log is None:
+            problems.append(f"{stored.origin}: state for a log not in the configuration")
+            continue
+        try:
+            cp, note = open_checkpoint(stored.note, [*log.verifiers, *own], origin=stored.origin)
+        except (FormatError, VerificationError) as exc:
+            problems.append(f"{stored.origin}: stored checkpoint does not verify: {exc}")
+            continue
+        if own and not any(s.key_id == own[0].key_id for s in note.verified):
+            problems.append(f"{stored.origin}: stored checkpoint lacks our cosignature")
+        if (cp.size, cp.root_hash) != (stored.size, stored.root_hash):
+            problems.append(f"{stored.origin}: stored size/root disagree with the note")
+        _out(f"log {stored.origin}: cosigned size {stored.size} at {_iso(stored.updated_at)}")
+
+    for s in store.suspicions():
+        _out(
+            f"warning: {s.origin}: the log has not proved consistency with {s.peer}'s size "
+            f"{s.their_size} for {s.rounds} round(s): {s.reason}"
+        )
+    evidence = store.evidence()
+    if evidence:
+        _out(f"SPLIT-VIEW EVIDENCE: {len(evidence)} record(s)")
+        for e in evidence:
+            _out(
+                "",
+                f"#{e.id} log {e.origin}, seen via {e.peer} at {_iso(e.detected_at)}",
+                f"reason: {e.reason}",
+                f"detail: {e.detail}",
+                "our checkpoint:",
+                *("    " + ln for ln in e.our_note.splitlines()),
+                "their checkpoint:",
+                *("    " + ln for ln in e.their_note.splitlines()),
+            )
+    for p in problems:
+        _out(f"STATE PROBLEM: {p}")
+    if evidence:
+        return EXIT_EVIDENCE
+    if problems:
+        return EXIT_STATE
+    _out(f"ok: no split-view evidence ({len(cfg.logs)} log(s), {len(cfg.peers)} peer(s))")
+    return EXIT_OK
+
+
+# --- gossip / poll ------------------------------------------------------------------------
+
+
+def _rounds(args: argparse.Namespace, what: str) -> int:
+    cfg, witness = _load(args)
+    monitor = _monitor(cfg, witness)
+    interval = (
+        cfg.gossip_interval
+        if what == "gossip"
+        else min((lg.poll_interval for lg in cfg.logs if lg.url), default=60.0)
+    )
+    try:
+        while True:
+            found = monitor.gossip_once() if what == "gossip" else monitor.poll_once()
+            if found:
+                _out(f"{what}: {found} new split-view evidence record(s); run `check`")
+            if args.once:
+                break
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        monitor.close()
+    return EXIT_EVIDENCE if witness.evidence() else EXIT_OK
+
+
+def cmd_gossip(args: argparse.Namespace) -> int:
+    return _rounds(args, "gossip")
+
+
+def cmd_poll(args: argparse.Namespace) -> int:
+    return _rounds(args, "poll")
+
+
+# --- main ---------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tlog-witness", description="Run a c2sp.org/tlog-witness witness."
+    )
+    p.add_argument("--log-level", default="WARNING", help="logging level (default WARNING)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    k = sub.add_parser("keygen", help="create a cosignature key file and print its vkey")
+    k.add_argument("--name", required=True, help="witness name (a scheme-less URL)")
+    k.add_argument("--key", required=True, help="private key file to create (mode 0600)")
+    k.set_defaults(func=cmd_keygen)
+
+    for name, func, helptext in (
+        ("serve", cmd_serve, "run the witness HTTP server, polling and gossip"),
+        ("check", cmd_check, "report split-view evidence; non-zero exit if any"),
+        ("gossip", cmd_gossip, "compare checkpoints with the peers"),
+        ("poll", cmd_poll, "fetch and cosign the logs' latest checkpoints"),
+    ):
+        s = sub.add_parser(name, help=helptext)
+        s.add_argument("--config", required=True, help="TOML configuration file")
+        if name in ("gossip", "poll"):
+            s.add_argument("--once", action="store_true", help="one round, then exit")
+        s.set_defaults(func=func)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    level = logging.getLevelName(str(args.log_level).upper())
+    if not isinstance(level, int):
+        _err(f"unknown log level {args.log_level!r}")
+        return EXIT_USAGE
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        rc: int = args.func(args)
+    except ConfigError as exc:
+        _err(str(exc))
+        return EXIT_USAGE
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,296 @@
+"""The witness: verify ``add-checkpoint`` requests, cosign, and never roll back.
+
+c2sp.org/tlog-witness. :meth:`Witness.add_checkpoint` applies the checks in this order, each
+mapped to its status code by the exception it raises (the one place that decides codes):
+
+1. body framing: ``old`` line, 0..63 base64 proof lines, blank line; the note parses
+   strictly and its text is a canonical checkpoint ............................... 400
+2. the origin is not a configured log ............................................... 404
+3. no signature from the log's key, or a log-key signature that fails ............... 403
+4. the checkpoint has extension lines ............................................... 400
+5. ``old`` > checkpoint size ......................................................... 400
+6. split-view evidence is recorded for this origin (see below) ........................ 422
+7. ``old`` != the size this witness last cosigned (0 if none) ........... 409 + "<size>\\n"
+8. a size-0 checkpoint whose root is not SHA-256("") ................................. 422
+9. ``old`` == 0 with a non-empty proof; a consistency proof that fails; ``old`` == size
+   with a different root ............................................................ 422
+
+Then it cosigns (cosignature/v1, timestamp from the injectable clock) and stores the
+checkpoint with only the verified log signature(s) and its own cosignature, through the
+store's compare-and-swap, *before* answering.
+
+Decisions this module takes (documented for operators):
+
+* **Malformed before unknown.** The whole body is parsed before the origin is looked up, so
+  a truncated or garbled note is always 400, never 404.
+* **Extension lines: 400, after the signature check** (as Sunlight's witness, which answers
+  ``errExtensions`` with 400). The note is well-formed tlog-checkpoint, but this witness
+  does not accept the format variant: that is a client error. 403 would tell the log its
+  key is wrong and 422 would raise a split-view alarm, both misleading. Checking after the
+  signature means unauthenticated junk still gets 403/404 first.
+* **Evidence freezes the origin.** Once split-view evidence for an origin is recorded (by
+  gossip or polling), the witness refuses every further ``add-checkpoint`` for it with 422,
+  which a log's client maps to a split-view alarm. Evidence needs two checkpoints signed
+  by the log's key that cannot both be true, so only the log key holder can trigger this;
+  cosigning more checkpoints from a key known to have forked would only lend them
+  credibility. The operator resolves it (out of band) by investigating and, if they
+  decide so, deleting the evidence rows.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from client.checkpoint import Checkpoint
+from client.cosignature import CosignatureSigner, CosignatureVerifier
+from client.merkle import EMPTY_ROOT, VerificationError, verify_consistency
+from client.note import FormatError, Note, Signature, Verifier, b64encode, open_note, parse_note
+from client.witness.store import Evidence, StoredCheckpoint, WitnessStore
+from client.witness_client import CONTENT_TYPE_SIZE, AddCheckpointRequest, origin_hash
+
+__all__ = [
+    "AddCheckpointError",
+    "BadRequest",
+    "Conflict",
+    "Forbidden",
+    "Frozen",
+    "Unavailable",
+    "UnknownOrigin",
+    "Unprocessable",
+    "Witness",
+    "WitnessedLog",
+]
+
+logger = logging.getLogger("client.witness")
+
+_CAS_ATTEMPTS = 3
+
+
+# --- errors: one class per status code ----------------------------------------------------
+
+
+class AddCheckpointError(Exception):
+    """A refused request. ``status`` is the HTTP code; :meth:`body` the response body."""
+
+    status = 500
+    content_type = "text/plain; charset=utf-8"
+
+    def body(self) -> str:
+        return f"{self}\n"
+
+
+class BadRequest(AddCheckpointError):
+    status = 400
+
+
+class Forbidden(AddCheckpointError):
+    status = 403
+
+
+class UnknownOrigin(AddCheckpointError):
+    status = 404
+
+
+class Conflict(AddCheckpointError):
+    """409: ``old`` is not our latest size; the body tells the client what it is."""
+
+    status = 409
+    content_type = CONTENT_TYPE_SIZE
+
+    def __init__(self, size: int) -> None:
+        super().__init__(f"witness is at tree size {size}")
+        self.size = size
+
+    def body(self) -> str:
+        return f"{self.size}\n"
+
+
+class Unprocessable(AddCheckpointError):
+    status = 422
+
+
+class Frozen(Unprocessable):
+    """422 because split-view evidence is recorded for the origin."""
+
+
+class Unavailable(AddCheckpointError):
+    status = 503
+
+
+# --- configuration values -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WitnessedLog:
+    """A log this witness cosigns. ``url`` (optional) enables polling and proof fetching."""
+
+    origin: str
+    verifiers: tuple[Verifier, ...]
+    url: str | None = None
+    poll_interval: float = 60.0
+
+    def __post_init__(self) -> None:
+        if not self.verifiers:
+            raise ValueError(f"log {self.origin!r} needs at least one key")
+
+
+# --- the witness ------------------------------------------------------------------------------
+
+
+class Witness:
+    """Cosigns checkpoints for a fixed set of logs. Safe for concurrent use.
+
+    Several ``Witness`` objects (threads, processes) may share one store: the store's
+    compare-and-swap is the only thing that serialises them, by design.
+    """
+
+    def __init__(
+        self,
+        signer: CosignatureSigner,
+        logs: Iterable[WitnessedLog],
+        store: WitnessStore,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.signer = signer
+        self.verifier: CosignatureVerifier = signer.verifier()
+        self.logs: Mapping[str, WitnessedLog] = {lg.origin: lg for lg in logs}
+        self.store = store
+        self._clock = clock
+        self._origin_by_hash = {origin_hash(o): o for o in self.logs}
+
+    @property
+    def name(self) -> str:
+        return self.signer.name
+
+    def vkey(self) -> str:
+        return self.signer.vkey()
+
+    def now(self) -> int:
+        return int(self._clock())
+
+    # --- add-checkpoint -----------------------------------------------------------------
+
+    def add_checkpoint(self, body: bytes) -> str:
+        """Process a request body; returns the 200 body (cosignature lines).
+
+        Raises an :class:`AddCheckpointError` subclass carrying the status code. Durable:
+        the new state is committed before this returns.
+        """
+        try:
+            req = AddCheckpointRequest.parse(body)
+        except FormatError as exc:
+            raise BadRequest(str(exc)) from None
+        sigs = self.update(req.old_size, req.consistency_proof, req.checkpoint_note)
+        return "".join(s.line() for s in sigs)
+
+    def update(
+        self, old_size: int, consistency_proof: Sequence[bytes], checkpoint_note: str
+    ) -> tuple[Signature, ...]:
+        """Checks 1-9 of the module docstring, cosign, compare-and-swap. See add_checkpoint."""
+        try:
+            note = parse_note(checkpoint_note)
+            cp = Checkpoint.parse(note.text)
+        except FormatError as exc:
+            raise BadRequest(f"malformed checkpoint: {exc}") from None
+        log = self.logs.get(cp.origin)
+        if log is None:
+            raise UnknownOrigin("unknown log origin")
+        try:
+            opened = open_note(note, log.verifiers)
+        except VerificationError as exc:
+            raise Forbidden(f"checkpoint not signed by the log: {exc}") from None
+        if cp.extensions:
+            raise BadRequest("checkpoints with extension lines are not supported")
+        if old_size > cp.size:
+            raise BadRequest("old size is larger than the checkpoint size")
+        if self.store.has_evidence(cp.origin):
+            raise Frozen("split-view evidence is recorded for this log; not cosigning")
+        for _ in range(_CAS_ATTEMPTS):
+            stored = self.store.latest(cp.origin)
+            self._check_against(stored, old_size, consistency_proof, cp)
+            # Sign a re-encoding of what we parsed (Sunlight does the same): Checkpoint.parse
+            # already insists on the canonical form, so this is the note text byte for byte.
+            cosig = self.signer.cosign(cp.text(), self.now())
+            new_note = Note(cp.text(), (*opened.verified, cosig)).format()
+            expected = None if stored is None else (stored.size, stored.root_hash)
+            if self.store.compare_and_swap(cp.origin, expected, cp.size, cp.root_hash, new_note):
+                return (cosig,)
+            # Someone else committed in between: re-check against the new state (usually
+            # a 409 now). The cosignature we made is dropped unseen.
+        raise Unavailable("state is changing too fast; retry")
+
+    @staticmethod
+    def _check_against(
+        stored: StoredCheckpoint | None,
+        old_size: int,
+        proof: Sequence[bytes],
+        cp: Checkpoint,
+    ) -> None:
+        latest = 0 if stored is None else stored.size
+        if old_size != latest:
+            raise Conflict(latest)
+        if cp.size == 0 and not hmac.compare_digest(cp.root_hash, EMPTY_ROOT):
+            raise Unprocessable("size-0 checkpoint must have the empty-tree root")
+        if old_size == 0:
+            # tlog-witness: old 0 needs an empty proof; nothing to be consistent with.
+            if proof:
+                raise Unprocessable("old size 0 requires an empty consistency proof")
+            return
+        if stored is None:  # pragma: no cover - latest == old_size > 0 implies a row
+            raise Unavailable("internal error: no stored checkpoint")
+        try:
+            verify_consistency(old_size, cp.size, stored.root_hash, cp.root_hash, proof)
+        except VerificationError as exc:
+            raise Unprocessable(f"consistency check failed: {exc}") from None
+
+    # --- monitoring ---------------------------------------------------------------------
+
+    def latest(self, origin: str) -> StoredCheckpoint | None:
+        return self.store.latest(origin)
+
+    def checkpoint_by_hash(self, hexhash: str) -> str | None:
+        """The latest cosigned checkpoint note for ``SHA-256(origin) == hexhash``."""
+        origin = self._origin_by_hash.get(hexhash)
+        if origin is None:
+            return None
+        stored = self.store.latest(origin)
+        return None if stored is None else stored.note
+
+    def evidence(self) -> list[Evidence]:
+        return self.store.evidence()
+
+    def record_evidence(
+        self,
+        origin: str,
+        peer: str,
+        reason: str,
+        our_note: str,
+        their_note: str,
+        detail: Mapping[str, object],
+    ) -> bool:
+        """Store split-view evidence durably and log it loudly. True if it is new."""
+        new = self.store.record_evidence(
+            origin, peer, reason, our_note, their_note, json.dumps(dict(detail)), self.now()
+        )
+        if new:
+            logger.critical(
+                "SPLIT VIEW DETECTED for log %s (via %s): %s\n--- our checkpoint ---\n%s"
+                "--- their checkpoint ---\n%s",
+                origin,
+                peer,
+                reason,
+                our_note,
+                their_note,
+            )
+        return new
+
+
+def describe(cp: Checkpoint) -> dict[str, object]:
+    """Size and root of a checkpoint, for evidence details."""
+    return {"size": cp.size, "root": b64encode(cp.root_hash)}

@@ -1,0 +1,442 @@
+"""Polling logs and gossiping with peer witnesses, to detect split views.
+
+**Polling** (logs with a ``url``): GET ``<url>/checkpoint``, verify it with the log key; if it
+is larger than what we cosigned, GET ``<url>/v1/proof/consistency?old_size=M&tree_size=N``
+and run the very same checks as ``add-checkpoint`` (:meth:`Witness.update`), then cosign.
+
+**Gossip**: for every peer and every log, GET ``<peer>/<SHA-256(origin) hex>/checkpoint``,
+verify the log signature (and the peer's cosignature when present), and compare with our
+latest cosigned checkpoint:
+
+* same size, different root: evidence at once (two log-signed, contradictory tree heads);
+* different sizes: ask the log for a consistency proof between them. A proof that does not
+  verify against the two signed roots is evidence at once (an honest log cannot produce
+  one). A proof the log *refuses* to give (4xx, or a 200 that is not a proof) counts as one
+  round of suspicion; ``missing_proof_rounds`` consecutive rounds (persisted, so they add
+  up across ``gossip --once`` runs) make it evidence. Transport errors, 5xx and 429 are
+  treated as outages and never count: a log being down is not a split view.
+
+The proof response also carries a checkpoint; if it is log-signed, at the size of one of
+the two compared checkpoints and with another root, that is evidence too.
+
+Evidence is stored in SQLite, logged with ``logging.critical``, served at GET /evidence, and
+makes ``tlog-witness check`` exit non-zero; the witness then stops cosigning that origin
+(see :mod:`client.witness.core`).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import httpx
+
+from client.checkpoint import Checkpoint, open_checkpoint
+from client.cosignature import CosignatureVerifier
+from client.merkle import EMPTY_ROOT, HASH_SIZE, VerificationError, verify_consistency
+from client.note import FormatError, b64decode_strict, b64encode
+from client.witness.core import (
+    AddCheckpointError,
+    Conflict,
+    Frozen,
+    Unprocessable,
+    Witness,
+    WitnessedLog,
+    describe,
+)
+from client.witness.store import StoredCheckpoint
+from client.witness_client import WitnessClient, WitnessError
+
+__all__ = ["ConsistencyResponse", "LogClient", "LogUnavailable", "Monitor", "Peer", "ProofRefused"]
+
+logger = logging.getLogger("client.witness")
+
+MAX_RESPONSE_SIZE = 1 << 20
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Another witness to gossip with: its name (for reports), type-0x04 key and URL."""
+
+    name: str
+    verifier: CosignatureVerifier
+    url: str
+
+
+class LogUnavailable(Exception):
+    """The log could not be reached or answered 5xx/429: try again later, prove nothing."""
+
+
+class ProofRefused(Exception):
+    """The log answered, but not with a usable proof (4xx or a malformed 200)."""
+
+
+@dataclass(frozen=True)
+class ConsistencyResponse:
+    proof: tuple[bytes, ...]
+    checkpoint: str | None  # the signed note the log answered relative to (unverified)
+
+
+class LogClient:
+    """Reads a log's checkpoint and consistency proofs over its HTTP API."""
+
+    def __init__(self, log: WitnessedLog, http: httpx.Client) -> None:
+        if log.url is None:
+            raise ValueError(f"log {log.origin!r} has no URL")
+        self.log = log
+        self.url = log.url.rstrip("/")
+        self._http = http
+
+    def _get(self, path: str, params: dict[str, int] | None = None) -> httpx.Response:
+        try:
+            resp = self._http.get(self.url + path, params=params)
+        except httpx.HTTPError as exc:
+            raise LogUnavailable(f"GET {self.url}{path}: {exc}") from exc
+        if resp.status_code >= 500 or resp.status_code in (408, 429):
+            raise LogUnavailable(f"GET {self.url}{path}: HTTP {resp.status_code}")
+        if len(resp.content) > MAX_RESPONSE_SIZE:
+            raise ProofRefused(f"GET {self.url}{path}: response too large")
+        return resp
+
+    def checkpoint(self) -> str:
+        resp = self._get("/checkpoint")
+        if resp.status_code != 200:
+            raise LogUnavailable(f"GET {self.url}/checkpoint: HTTP {resp.status_code}")
+        return resp.text
+
+    def consistency(self, old_size: int, tree_size: int) -> ConsistencyResponse:
+        """GET /v1/proof/consistency; checks the JSON shape strictly, not the proof."""
+        resp = self._get("/v1/proof/consistency", {"old_size": old_size, "tree_size": tree_size})
+        if resp.status_code != 200:
+            raise ProofRefused(f"log answered HTTP {resp.status_code} to a consistency request")
+        try:
+            doc = json.loads(resp.content)
+        except ValueError:
+            raise ProofRefused("consistency response is not JSON") from None
+        if not isinstance(doc, dict):
+            raise ProofRefused("consistency response is not a JSON object")
+        for key, want in (("old_size", old_size), ("tree_size", tree_size)):
+            got = doc.get(key)
+            if type(got) is not int or got != want:
+                raise ProofRefused(f"consistency response has {key}={got!r}, want {want}")
+        raw = doc.get("consistency_proof")
+        if not isinstance(raw, list) or not all(isinstance(h, str) for h in raw):
+            raise ProofRefused("consistency_proof must be a list of base64 strings")
+        try:
+            proof = tuple(b64decode_strict(h, size=HASH_SIZE) for h in raw)
+        except FormatError as exc:
+            raise ProofRefused(f"bad consistency_proof hash: {exc}") from None
+        note = doc.get("checkpoint")
+        if note is not None and not isinstance(note, str):
+            raise ProofRefused("checkpoint must be a string")
+        return ConsistencyResponse(proof, note)
+
+
+class Monitor:
+    """Runs polling and gossip rounds for one witness. One round at a time per method."""
+
+    def __init__(
+        self,
+        witness: Witness,
+        peers: Sequence[Peer] = (),
+        *,
+        http: httpx.Client | None = None,
+        missing_proof_rounds: int = 3,
+        timeout: float = 10.0,
+    ) -> None:
+        if missing_proof_rounds < 1:
+            raise ValueError("missing_proof_rounds must be at least 1")
+        self.witness = witness
+        self.peers = tuple(peers)
+        self.missing_proof_rounds = missing_proof_rounds
+        self._owns_http = http is None
+        self._http = http if http is not None else httpx.Client(timeout=timeout)
+
+    def close(self) -> None:
+        if self._owns_http:
+            self._http.close()
+
+    # --- polling ------------------------------------------------------------------------
+
+    def poll_once(self) -> int:
+        """Poll every log that has a URL once. Returns the number of new evidence records."""
+        return sum(self.poll_log(lg) for lg in self.witness.logs.values() if lg.url)
+
+    def poll_log(self, log: WitnessedLog) -> int:
+        if self.witness.store.has_evidence(log.origin):
+            return 0  # frozen: nothing more to cosign
+        client = LogClient(log, self._http)
+        try:
+            text = client.checkpoint()
+            cp, _ = open_checkpoint(text, log.verifiers, origin=log.origin)
+        except (LogUnavailable, ProofRefused) as exc:
+            logger.warning("poll %s: %s", log.origin, exc)
+            return 0
+        except (FormatError, VerificationError) as exc:
+            logger.warning("poll %s: log served a bad checkpoint: %s", log.origin, exc)
+            return 0
+        ours = self.witness.latest(log.origin)
+        peer = f"log {client.url}"
+        old = 0
+        proof: tuple[bytes, ...] = ()
+        if ours is not None:
+            if cp.size <= ours.size:
+                # Not news; still a view of the log that must agree with ours.
+                return self._compare(log, ours, cp, text, peer)
+            old = ours.size
+        if ours is not None and old > 0:
+            try:
+                proof = client.consistency(old, cp.size).proof
+            except LogUnavailable as exc:
+                logger.warning("poll %s: %s", log.origin, exc)
+                return 0
+            except ProofRefused as exc:
+                return self._suspect(log, ours, cp, text, peer, str(exc))
+        try:
+            self.witness.update(old, proof, text)
+        except Frozen:
+            return 0
+        except Conflict:
+            return 0  # a push raced us; the next round compares again
+        except Unprocessable as exc:
+            if ours is None:
+                logger.warning("poll %s: %s", log.origin, exc)
+                return 0
+            return self._evidence(
+                log,
+                ours,
+                cp,
+                text,
+                peer,
+                f"log's checkpoint is inconsistent with ours: {exc}",
+                proof=proof,
+            )
+        except AddCheckpointError as exc:
+            logger.warning("poll %s: not cosigned: %s", log.origin, exc)
+            return 0
+        logger.info("poll %s: cosigned size %d", log.origin, cp.size)
+        return 0
+
+    # --- gossip -------------------------------------------------------------------------
+
+    def gossip_once(self) -> int:
+        """One round: every peer, every log. Returns the number of new evidence records."""
+        found = 0
+        for peer in self.peers:
+            client = WitnessClient(peer.url, peer.verifier, http=self._http)
+            for log in self.witness.logs.values():
+                try:
+                    text = client.latest_checkpoint(log.origin)
+                except WitnessError as exc:
+                    logger.warning("gossip %s/%s: %s", peer.name, log.origin, exc)
+                    continue
+                if text is None:
+                    continue
+                found += self.compare_peer_checkpoint(log, peer, text)
+        return found
+
+    def compare_peer_checkpoint(self, log: WitnessedLog, peer: Peer, text: str) -> int:
+        """Verify a checkpoint a peer served and compare it with ours."""
+        try:
+            cp, note = open_checkpoint(text, [*log.verifiers, peer.verifier], origin=log.origin)
+        except (FormatError, VerificationError) as exc:
+            logger.warning("gossip %s/%s: bad checkpoint from peer: %s", peer.name, log.origin, exc)
+            return 0
+        log_keys = {(v.name, v.key_id) for v in log.verifiers}
+        if not any((s.name, s.key_id) in log_keys for s in note.verified):
+            logger.warning(
+                "gossip %s/%s: checkpoint lacks the log signature", peer.name, log.origin
+            )
+            return 0
+        peer_key = (peer.verifier.name, peer.verifier.key_id)
+        if not any((s.name, s.key_id) == peer_key for s in note.verified):
+            logger.warning(
+                "gossip %s/%s: checkpoint not cosigned by the peer", peer.name, log.origin
+            )
+        ours = self.witness.latest(log.origin)
+        if ours is None:
+            return 0
+        return self._compare(log, ours, cp, text, f"peer {peer.name}")
+
+    # --- comparison -----------------------------------------------------------------------
+
+    def _compare(
+        self,
+        log: WitnessedLog,
+        ours: StoredCheckpoint,
+        theirs: Checkpoint,
+        their_note: str,
+        peer: str,
+    ) -> int:
+        """Compare two log-signed views; record evidence if they cannot both be true."""
+        origin = log.origin
+        if theirs.size == ours.size:
+            if hmac.compare_digest(theirs.root_hash, ours.root_hash):
+                self.witness.store.clear_suspicions(origin, peer)
+                return 0
+            return self._evidence(
+                log, ours, theirs, their_note, peer, "same tree size with different root hashes"
+            )
+        if theirs.size == 0 or ours.size == 0:
+            zero = theirs.root_hash if theirs.size == 0 else ours.root_hash
+            if not hmac.compare_digest(zero, EMPTY_ROOT):
+                return self._evidence(
+                    log, ours, theirs, their_note, peer, "size-0 checkpoint with a non-empty root"
+                )
+            return 0  # every tree extends the empty tree
+        if log.url is None:
+            logger.warning(
+                "%s: sizes %d and %d differ but no log URL to fetch a proof",
+                origin,
+                ours.size,
+                theirs.size,
+            )
+            return 0
+        (small_size, small_root), (big_size, big_root) = sorted(
+            [(ours.size, ours.root_hash), (theirs.size, theirs.root_hash)]
+        )
+        try:
+            resp = LogClient(log, self._http).consistency(small_size, big_size)
+        except LogUnavailable as exc:
+            logger.warning("%s: cannot reach the log for a proof: %s", origin, exc)
+            return 0
+        except ProofRefused as exc:
+            return self._suspect(log, ours, theirs, their_note, peer, str(exc))
+        found = self._check_response_checkpoint(log, ours, theirs, their_note, peer, resp)
+        try:
+            verify_consistency(small_size, big_size, small_root, big_root, resp.proof)
+        except VerificationError as exc:
+            return found + self._evidence(
+                log,
+                ours,
+                theirs,
+                their_note,
+                peer,
+                f"the log's consistency proof {small_size} -> {big_size} does not verify: {exc}",
+                proof=resp.proof,
+            )
+        self.witness.store.clear_suspicions(origin, peer)
+        return found
+
+    def _check_response_checkpoint(
+        self,
+        log: WitnessedLog,
+        ours: StoredCheckpoint,
+        theirs: Checkpoint,
+        their_note: str,
+        peer: str,
+        resp: ConsistencyResponse,
+    ) -> int:
+        """The proof response's own checkpoint is one more log-signed view of the log.
+
+        "Ours" in evidence is always what this witness saw directly: its cosigned state, or
+        the checkpoint the log just served it.
+        """
+        if resp.checkpoint is None:
+            return 0
+        try:
+            cp, _ = open_checkpoint(resp.checkpoint, log.verifiers, origin=log.origin)
+        except (FormatError, VerificationError):
+            return 0  # unsigned junk proves nothing
+        served = StoredCheckpoint(log.origin, cp.size, cp.root_hash, resp.checkpoint, 0)
+        if cp.size == ours.size and not hmac.compare_digest(cp.root_hash, ours.root_hash):
+            return self._evidence(
+                log,
+                ours,
+                cp,
+                resp.checkpoint,
+                f"log {log.url}",
+                "the log's proof response carries a checkpoint of our size with another root",
+            )
+        if cp.size == theirs.size and not hmac.compare_digest(cp.root_hash, theirs.root_hash):
+            return self._evidence(
+                log,
+                served,
+                theirs,
+                their_note,
+                peer,
+                f"the log served us a size-{cp.size} checkpoint whose root differs from {peer}'s",
+            )
+        return 0
+
+    def _suspect(
+        self,
+        log: WitnessedLog,
+        ours: StoredCheckpoint,
+        theirs: Checkpoint,
+        their_note: str,
+        peer: str,
+        why: str,
+    ) -> int:
+        rounds = self.witness.store.bump_suspicion(
+            log.origin, peer, theirs.size, theirs.root_hash, why, self.witness.now()
+        )
+        if rounds < self.missing_proof_rounds:
+            logger.warning(
+                "%s: log did not prove %d <-> %d (%s); round %d of %d",
+                log.origin,
+                ours.size,
+                theirs.size,
+                why,
+                rounds,
+                self.missing_proof_rounds,
+            )
+            return 0
+        return self._evidence(
+            log,
+            ours,
+            theirs,
+            their_note,
+            peer,
+            f"the log did not prove consistency {ours.size} <-> {theirs.size} "
+            f"for {rounds} rounds: {why}",
+        )
+
+    def _evidence(
+        self,
+        log: WitnessedLog,
+        ours: StoredCheckpoint,
+        theirs: Checkpoint,
+        their_note: str,
+        peer: str,
+        reason: str,
+        *,
+        proof: Sequence[bytes] = (),
+    ) -> int:
+        detail: dict[str, object] = {
+            "ours": {"size": ours.size, "root": b64encode(ours.root_hash)},
+            "theirs": describe(theirs),
+            "consistency_proof": [b64encode(h) for h in proof],
+        }
+        new = self.witness.record_evidence(log.origin, peer, reason, ours.note, their_note, detail)
+        return int(new)
+
+    # --- background loop ----------------------------------------------------------------
+
+    def run(self, stop: threading.Event, *, gossip_interval: float) -> None:
+        """Poll each log at its interval and gossip every ``gossip_interval`` s until stop."""
+        next_poll = {lg.origin: 0.0 for lg in self.witness.logs.values() if lg.url}
+        next_gossip = 0.0
+        while not stop.is_set():
+            now = time.monotonic()
+            for origin, due in next_poll.items():
+                if now >= due:
+                    log = self.witness.logs[origin]
+                    self._guard(self.poll_log, log)
+                    next_poll[origin] = now + log.poll_interval
+            if self.peers and now >= next_gossip:
+                self._guard(self.gossip_once)
+                next_gossip = now + gossip_interval
+            stop.wait(0.5)
+
+    @staticmethod
+    def _guard(fn: Callable[..., object], *args: object) -> None:
+        try:
+            fn(*args)
+        except Exception:  # a round must never kill the loop
+            logger.exception("monitor round failed")

@@ -1,0 +1,277 @@
+"""Durable witness state in SQLite: the latest cosigned checkpoint per origin, and evidence.
+
+One file, WAL journal, ``synchronous=FULL``: a call that returns has committed to disk. Each
+operation opens its own connection, so the store is safe for concurrent use from many
+threads and from several processes on the same file (``tlog-witness check`` next to
+``serve``); SQLite's locks do the rest.
+
+The rollback rule lives in :meth:`WitnessStore.compare_and_swap`: it replaces an origin's
+checkpoint only if the stored (size, root) is still the one the caller verified against,
+inside one ``BEGIN IMMEDIATE`` transaction, and never to a smaller size.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["Evidence", "StoredCheckpoint", "Suspicion", "WitnessStore"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS checkpoints (
+    origin     TEXT PRIMARY KEY,
+    size       INTEGER NOT NULL CHECK (size >= 0),
+    root       BLOB NOT NULL CHECK (length(root) = 32),
+    note       TEXT NOT NULL,      -- log signature(s) we verified + our cosignature only
+    updated_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS evidence (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    origin      TEXT NOT NULL,
+    peer        TEXT NOT NULL,
+    reason      TEXT NOT NULL,
+    detected_at INTEGER NOT NULL,
+    our_note    TEXT NOT NULL,
+    their_note  TEXT NOT NULL,
+    detail      TEXT NOT NULL,     -- JSON: sizes, roots, the proof if any
+    UNIQUE (origin, peer, our_note, their_note)
+);
+CREATE TABLE IF NOT EXISTS suspicions (
+    origin      TEXT NOT NULL,
+    peer        TEXT NOT NULL,
+    their_size  INTEGER NOT NULL,
+    their_root  BLOB NOT NULL,
+    rounds      INTEGER NOT NULL,
+    first_seen  INTEGER NOT NULL,
+    reason      TEXT NOT NULL,
+    -- Per (origin, peer), not per size: a log that keeps refusing while the other side
+    -- keeps growing must still run out of rounds.
+    PRIMARY KEY (origin, peer)
+);
+"""
+
+
+@dataclass(frozen=True)
+class StoredCheckpoint:
+    origin: str
+    size: int
+    root_hash: bytes
+    note: str
+    updated_at: int
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """Proof that the log showed two inconsistent views. Both notes carry log signatures."""
+
+    id: int
+    origin: str
+    peer: str
+    reason: str
+    detected_at: int
+    our_note: str
+    their_note: str
+    detail: str
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "origin": self.origin,
+            "peer": self.peer,
+            "reason": self.reason,
+            "detected_at": self.detected_at,
+            "our_checkpoint": self.our_note,
+            "their_checkpoint": self.their_note,
+            "detail": self.detail,
+        }
+
+
+@dataclass(frozen=True)
+class Suspicion:
+    """A comparison the log could not settle yet (it did not serve the proof)."""
+
+    origin: str
+    peer: str
+    their_size: int
+    their_root: bytes
+    rounds: int
+    first_seen: int
+    reason: str
+
+
+class WitnessStore:
+    """SQLite-backed state. Every mutating method is durable when it returns."""
+
+    def __init__(self, path: str | Path, *, timeout: float = 30.0) -> None:
+        self.path = str(path)
+        self._timeout = timeout
+        with self._connect() as conn:
+            # WAL is a property of the file: set once, kept across opens.
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise RuntimeError(f"could not enable WAL on {self.path} (got {mode})")
+            conn.executescript(_SCHEMA)
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves, so the transaction
+        # boundaries are exactly the ones written below.
+        conn = sqlite3.connect(self.path, timeout=self._timeout, isolation_level=None)
+        try:
+            conn.execute("PRAGMA synchronous=FULL")
+            yield conn
+        finally:
+            conn.close()
+
+    def pragma(self, name: str) -> object:
+        """Read a PRAGMA on a fresh connection (for tests and ``check``)."""
+        if not name.isidentifier():
+            raise ValueError("bad pragma name")
+        with self._connect() as conn:
+            return conn.execute(f"PRAGMA {name}").fetchone()[0]
+
+    # --- checkpoints --------------------------------------------------------------------
+
+    def latest(self, origin: str) -> StoredCheckpoint | None:
+        with self._connect() as conn:
+            row = conn.execute(
+                "SELECT size, root, note, updated_at FROM checkpoints WHERE origin = ?",
+                (origin,),
+            ).fetchone()
+        if row is None:
+            return None
+        return StoredCheckpoint(origin, int(row[0]), bytes(row[1]), str(row[2]), int(row[3]))
+
+    def all_latest(self) -> list[StoredCheckpoint]:
+        with self._connect() as conn:
+            rows = conn.execute(
+                "SELECT origin, size, root, note, updated_at FROM checkpoints ORDER BY origin"
+            ).fetchall()
+        return [StoredCheckpoint(r[0], int(r[1]), bytes(r[2]), r[3], int(r[4])) for r in rows]
+
+    def compare_and_swap(
+        self,
+        origin: str,
+        expected: tuple[int, bytes] | None,
+        size: int,
+        root_hash: bytes,
+        note: str,
+    ) -> bool:
+        """Store (size, root, note) iff the current state is still ``expected``.
+
+        ``expected`` is the (size, root) the caller verified against, or ``None`` for "no
+        checkpoint stored yet". Returns False (and changes nothing) if another writer got
+        there first. Raises ValueError on an attempt to shrink the tree, which the caller's
+        checks must already have excluded. Durable when it returns True.
+        """
+        with self._connect() as conn:
+            conn.execute("BEGIN IMMEDIATE")  # take the write lock before reading
+            try:
+                row = conn.execute(
+                    "SELECT size, root FROM checkpoints WHERE origin = ?", (origin,)
+                ).fetchone()
+                current = None if row is None else (int(row[0]), bytes(row[1]))
+                if current != expected:
+                    conn.execute("ROLLBACK")
+                    return False
+                if current is not None and size < current[0]:
+                    raise ValueError("refusing to roll back the stored tree size")
+                conn.execute(
+                    "INSERT INTO checkpoints (origin, size, root, note, updated_at)"
+                    " VALUES (?, ?, ?, ?, ?)"
+                    " ON CONFLICT (origin) DO UPDATE SET size = excluded.size,"
+                    " root = excluded.root, note = excluded.note,"
+                    " updated_at = excluded.updated_at",
+                    (origin, size, root_hash, note, int(time.time())),
+                )
+                conn.execute("COMMIT")
+                return True
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+    # --- evidence -----------------------------------------------------------------------
+
+    def record_evidence(
+        self,
+        origin: str,
+        peer: str,
+        reason: str,
+        our_note: str,
+        their_note: str,
+        detail: str,
+        detected_at: int,
+    ) -> bool:
+        """Store evidence durably; False if this exact pair was already recorded."""
+        with self._connect() as conn:
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO evidence"
+                " (origin, peer, reason, detected_at, our_note, their_note, detail)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (origin, peer, reason, detected_at, our_note, their_note, detail),
+            )
+            return cur.rowcount == 1
+
+    def evidence(self, origin: str | None = None) -> list[Evidence]:
+        query = (
+            "SELECT id, origin, peer, reason, detected_at, our_note, their_note, detail"
+            " FROM evidence"
+        )
+        args: tuple[str, ...] = ()
+        if origin is not None:
+            query += " WHERE origin = ?"
+            args = (origin,)
+        with self._connect() as conn:
+            rows = conn.execute(query + " ORDER BY id", args).fetchall()
+        return [Evidence(int(r[0]), r[1], r[2], r[3], int(r[4]), r[5], r[6], r[7]) for r in rows]
+
+    def has_evidence(self, origin: str) -> bool:
+        with self._connect() as conn:
+            row = conn.execute("SELECT 1 FROM evidence WHERE origin = ? LIMIT 1", (origin,))
+            return row.fetchone() is not None
+
+    # --- suspicions (missing proofs, counted across rounds and restarts) -----------------
+
+    def bump_suspicion(
+        self, origin: str, peer: str, their_size: int, their_root: bytes, reason: str, now: int
+    ) -> int:
+        """Count one more round in which the log did not settle a comparison with ``peer``.
+
+        Consecutive rounds add up (across restarts) until :meth:`clear_suspicions`, whatever
+        size the peer shows in each round.
+        """
+        with self._connect() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(
+                "INSERT INTO suspicions"
+                " (origin, peer, their_size, their_root, rounds, first_seen, reason)"
+                " VALUES (?, ?, ?, ?, 1, ?, ?)"
+                " ON CONFLICT (origin, peer) DO UPDATE SET rounds = rounds + 1,"
+                " their_size = excluded.their_size, their_root = excluded.their_root,"
+                " reason = excluded.reason",
+                (origin, peer, their_size, their_root, now, reason),
+            )
+            row = conn.execute(
+                "SELECT rounds FROM suspicions WHERE origin = ? AND peer = ?", (origin, peer)
+            ).fetchone()
+            conn.execute("COMMIT")
+        return int(row[0])
+
+    def clear_suspicions(self, origin: str, peer: str) -> None:
+        with self._connect() as conn:
+            conn.execute("DELETE FROM suspicions WHERE origin = ? AND peer = ?", (origin, peer))
+
+    def suspicions(self) -> list[Suspicion]:
+        with self._connect() as conn:
+            rows = conn.execute(
+                "SELECT origin, peer, their_size, their_root, rounds, first_seen, reason"
+                " FROM suspicions ORDER BY origin, peer"
+            ).fetchall()
+        return [
+            Suspicion(r[0], r[1], int(r[2]), bytes(r[3]), int(r[4]), int(r[5]), r[6]) for r in rows
+        ]

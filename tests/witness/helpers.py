@@ -1,0 +1,178 @@
+"""Test doubles for the witness tests: an in-memory log (built with client.merkle), its HTTP
+API (/checkpoint and /v1/proof/consistency, exactly the shape the witness codes against),
+and a controllable clock."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, TypeVar, cast
+from urllib.parse import parse_qs, urlsplit
+
+from client.checkpoint import Checkpoint
+from client.cosignature import CosignatureSigner
+from client.merkle import (
+    consistency_ranges,
+    leaf_hash,
+    proof_from_ranges,
+    root_of_range,
+)
+from client.note import Ed25519Signer, b64encode, sign_note
+from client.witness.core import Witness, WitnessedLog
+from client.witness.store import WitnessStore
+from client.witness_client import AddCheckpointRequest
+
+LOG_SEED = bytes(range(32))
+WITNESS_SEED = bytes(range(32, 64))
+ORIGIN = "scim-log.example.com/audit"
+WITNESS_NAME = "witness.example.com/w1"
+
+
+def events(n: int, prefix: str = "scim-event-") -> list[bytes]:
+    return [f"{prefix}{i}".encode() for i in range(n)]
+
+
+class FakeClock:
+    def __init__(self, now: float = 1_700_000_000) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeLog:
+    """A log in memory: leaves, roots, RFC 6962 consistency proofs, signed checkpoints."""
+
+    def __init__(
+        self, entries: list[bytes], *, origin: str = ORIGIN, seed: bytes = LOG_SEED
+    ) -> None:
+        self.origin = origin
+        self.signer = Ed25519Signer(origin, seed)
+        self.leaves = [leaf_hash(e) for e in entries]
+        self.size = len(entries)  # the published size (what /checkpoint serves)
+        self._roots: dict[int, bytes] = {}
+
+    def root(self, size: int) -> bytes:
+        if size not in self._roots:
+            self._roots[size] = root_of_range(self.leaves[:size])
+        return self._roots[size]
+
+    def _node(self, level: int, index: int) -> bytes:
+        return root_of_range(self.leaves[index << level : (index + 1) << level])
+
+    def consistency_proof(self, old: int, new: int) -> list[bytes]:
+        if old == 0 or old == new:
+            return []
+        return proof_from_ranges(consistency_ranges(old, new), self._node)
+
+    def checkpoint_text(self, size: int | None = None) -> str:
+        size = self.size if size is None else size
+        return Checkpoint(self.origin, size, self.root(size)).text()
+
+    def checkpoint(self, size: int | None = None) -> str:
+        return sign_note(self.checkpoint_text(size), [self.signer])
+
+    def body(self, old: int, size: int | None = None, proof: list[bytes] | None = None) -> bytes:
+        size = self.size if size is None else size
+        if proof is None:
+            proof = self.consistency_proof(old, size)
+        return AddCheckpointRequest(old, tuple(proof), self.checkpoint(size)).format()
+
+    def witnessed_log(self, url: str | None = None) -> WitnessedLog:
+        return WitnessedLog(self.origin, (self.signer.verifier(),), url)
+
+
+def make_witness(
+    db: Path,
+    logs: list[WitnessedLog],
+    *,
+    seed: bytes = WITNESS_SEED,
+    name: str = WITNESS_NAME,
+    clock: Callable[[], float] | None = None,
+) -> Witness:
+    return Witness(
+        CosignatureSigner(name, seed), logs, WitnessStore(db), clock=clock or FakeClock()
+    )
+
+
+# --- the log's HTTP API ---------------------------------------------------------------------
+
+
+class FakeLogServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, log: FakeLog) -> None:
+        self.log = log
+        self.proof_status = 200  # set to 404 (refusal) or 503 (outage) to misbehave
+        self.requests: list[str] = []
+        super().__init__(("127.0.0.1", 0), _LogHandler)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _LogHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _send(self, status: int, body: str, ctype: str = "text/plain; charset=utf-8") -> None:
+        data = body.encode()
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        srv = cast(FakeLogServer, self.server)
+        log = srv.log
+        srv.requests.append(self.path)
+        url = urlsplit(self.path)
+        if url.path == "/checkpoint":
+            self._send(200, log.checkpoint(log.size))
+            return
+        if url.path == "/v1/proof/consistency":
+            if srv.proof_status != 200:
+                self._send(srv.proof_status, "no\n")
+                return
+            q = parse_qs(url.query)
+            try:
+                old, new = int(q["old_size"][0]), int(q["tree_size"][0])
+            except (KeyError, ValueError):
+                self._send(400, "bad query\n")
+                return
+            if not 0 < old <= new <= len(log.leaves):
+                self._send(400, "sizes out of range\n")
+                return
+            doc = {
+                "old_size": old,
+                "tree_size": new,
+                "consistency_proof": [b64encode(h) for h in log.consistency_proof(old, new)],
+                "checkpoint": log.checkpoint(new),
+            }
+            self._send(200, json.dumps(doc), "application/json")
+            return
+        self._send(404, "not found\n")
+
+
+S = TypeVar("S", bound=ThreadingHTTPServer)
+
+
+@contextmanager
+def serving(server: S) -> Iterator[S]:
+    t = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    t.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        t.join(5)

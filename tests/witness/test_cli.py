@@ -1,0 +1,146 @@
+"""``tlog-witness`` CLI: keygen, config validation, check, and `serve` as a real process."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sqlite3
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from client.cosignature import CosignatureSigner, CosignatureVerifier
+from client.witness.cli import main
+from client.witness.config import ConfigError, WitnessConfig
+from client.witness.core import Witness
+from client.witness.store import WitnessStore
+from client.witness_client import WitnessClient
+from tests.witness.helpers import ORIGIN, FakeLog, events
+
+ROOT = Path(__file__).resolve().parents[2]
+LOG = FakeLog(events(50))
+
+
+def keygen(d: Path, name: str = "witness.example.com/w9") -> None:
+    assert main(["keygen", "--name", name, "--key", str(d / "witness.key")]) == 0
+
+
+def write_config(d: Path, name: str = "witness.example.com/w9", extra: str = "") -> Path:
+    cfg = d / "witness.toml"
+    cfg.write_text(
+        f'name = "{name}"\n'
+        'key_file = "witness.key"\n'
+        'state_db = "state.db"\n'
+        'listen = "127.0.0.1:0"\n'
+        f"{extra}\n"
+        "[[log]]\n"
+        f'origin = "{ORIGIN}"\n'
+        f'vkey = "{LOG.signer.vkey()}"\n'
+    )
+    return cfg
+
+
+def test_keygen(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    key = tmp_path / "witness.key"
+    assert main(["keygen", "--name", "witness.example.com/w9", "--key", str(key)]) == 0
+    vkey = capsys.readouterr().out.strip()
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    skey = key.read_text()
+    assert skey.startswith("PRIVATE+KEY+witness.example.com/w9+")
+    signer = CosignatureSigner.from_skey(skey)
+    assert signer.vkey() == vkey
+    assert CosignatureVerifier.from_vkey(vkey).name == "witness.example.com/w9"
+    # Never overwrite.
+    assert main(["keygen", "--name", "witness.example.com/w9", "--key", str(key)]) == 1
+    assert key.read_text() == skey
+    assert "refusing to overwrite" in capsys.readouterr().err
+    assert main(["keygen", "--name", "bad name", "--key", str(tmp_path / "k2")]) == 2
+    assert not (tmp_path / "k2").exists()
+
+
+def test_config_validation(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    keygen(tmp_path)
+    cfg = write_config(tmp_path)
+    good = cfg.read_text()
+    assert main(["check", "--config", str(cfg)]) == 0
+    assert "ok: no split-view evidence" in capsys.readouterr().out
+    WitnessConfig.load(cfg).signer()
+
+    peer = '\n[[peer]]\nname = "p"\nvkey = "{vkey}"\nurl = "{url}"\n'
+    own_vkey = CosignatureSigner.from_skey((tmp_path / "witness.key").read_text()).vkey()
+    bad = {
+        "unknown key": good.replace("listen", "colour = 1\nlisten"),
+        "wrong type": good.replace("listen", 'gossip_interval = "often"\nlisten'),
+        "bad listen": good.replace("127.0.0.1:0", "localhost"),
+        "not TOML": good + "[[[",
+        "bad log vkey": good + '\n[[log]]\norigin = "x"\nvkey = "nope"\n',
+        "duplicate origin": good
+        + f'\n[[log]]\norigin = "{ORIGIN}"\nvkey = "{LOG.signer.vkey()}"\n',
+        "log url scheme": good + 'url = "ftp://log"\n',
+        "peer with a 0x01 key": good + peer.format(vkey=LOG.signer.vkey(), url="http://p"),
+        "peer without url": good + f'\n[[peer]]\nname = "p"\nvkey = "{own_vkey}"\n',
+        "peer is ourselves": good + peer.format(vkey=own_vkey, url="http://p"),
+    }
+    for name, text in bad.items():
+        cfg.write_text(text)
+        assert main(["check", "--config", str(cfg)]) == 2, name
+
+    write_config(tmp_path, name="someone.else/w")  # key file is for another name
+    with pytest.raises(ConfigError):
+        WitnessConfig.load(cfg).signer()
+    assert main(["gossip", "--config", str(cfg), "--once"]) == 2
+    assert main(["check", "--config", str(tmp_path / "missing.toml")]) == 2
+
+
+def test_check_reports_tampered_state(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    keygen(tmp_path)
+    cfg = write_config(tmp_path)
+    config = WitnessConfig.load(cfg)
+    w = Witness(config.signer(), config.logs, WitnessStore(config.state_db))
+    w.add_checkpoint(LOG.body(0, 50))
+    assert main(["check", "--config", str(cfg)]) == 0
+    with sqlite3.connect(tmp_path / "state.db") as conn:
+        conn.execute("UPDATE checkpoints SET note = ?", (LOG.checkpoint(50),))  # no cosig
+    assert main(["check", "--config", str(cfg)]) == 3
+    assert "lacks our cosignature" in capsys.readouterr().out
+
+
+def test_serve_as_a_process(tmp_path: Path) -> None:
+    keygen(tmp_path)
+    cfg = write_config(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "client.witness.cli", "serve", "--config", str(cfg)],
+        cwd=tmp_path,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        url = None
+        deadline = time.monotonic() + 15
+        while url is None and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            if not line:
+                break
+            m = re.search(r"at (http://127\.0\.0\.1:\d+);", line)
+            if m:
+                url = m.group(1)
+        assert url is not None, "server did not report its address"
+        signer = CosignatureSigner.from_skey((tmp_path / "witness.key").read_text())
+        with WitnessClient(url, signer.vkey()) as client:
+            client.submit(LOG.checkpoint(20), LOG.consistency_proof)
+            client.submit(LOG.checkpoint(50), LOG.consistency_proof)
+            assert client.latest_checkpoint(ORIGIN) is not None
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=15)
+    assert rc == 0
+    # The state outlives the process.
+    assert main(["check", "--config", str(cfg)]) == 0

@@ -1,0 +1,238 @@
+"""The log side of witnessing: push checkpoints to witnesses, gather cosignatures.
+
+After each published checkpoint the pusher sends ``add-checkpoint`` to every witness of the
+policy that has a URL, at most once per ``interval`` per witness, always with the latest
+checkpoint. It rebuilds the consistency proof from the size in a 409 answer, backs off on
+429/503 (honouring ``Retry-After``) and on network errors, and treats a 409 without a size
+body or a 422 as a split-view alarm: logged at CRITICAL, kept, and shown at
+``GET /v1/witnesses``.
+
+Verified cosignature lines are stored per tree size. A checkpoint whose cosignatures meet the
+policy's quorum is *cosigned*; ``GET /checkpoint`` serves the newest cosigned checkpoint (or
+the newest log-signed one while none is), and proof bundles carry the cosignatures of their
+size, so a receipt fetched again after cosigning verifies under the policy.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from client.merkle import VerificationError
+from client.note import FormatError, Signature
+from client.policy import Policy
+from client.witness_client import (
+    SplitViewAlarm,
+    WitnessBusy,
+    WitnessClient,
+    WitnessConflict,
+    WitnessError,
+)
+from tlog.log import Log, Published
+
+__all__ = ["WitnessPusher"]
+
+log = logging.getLogger("tlog.witness")
+
+
+@dataclass
+class WitnessState:
+    name: str
+    url: str
+    cosigned_size: int = 0
+    next_attempt: float = 0.0
+    backoff: float = 0.0
+    last_error: str | None = None
+    alarms: list[dict[str, Any]] = field(default_factory=list)
+
+
+class WitnessPusher:
+    def __init__(
+        self,
+        log_: Log,
+        policy: Policy,
+        *,
+        interval: float = 1.0,
+        http: httpx.Client | None = None,
+        max_backoff: float = 60.0,
+    ) -> None:
+        self.log = log_
+        self.policy = policy
+        self.interval = interval
+        self.max_backoff = max_backoff
+        self._http = http or httpx.Client(timeout=10.0)
+        self.clients: dict[str, WitnessClient] = {}
+        self.state: dict[str, WitnessState] = {}
+        for w in policy.witnesses.values():
+            if w.url:
+                self.clients[w.name] = WitnessClient(w.url, w.verifier, http=self._http)
+                self.state[w.name] = WitnessState(w.name, w.url)
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._cosigned: Published | None = None
+        self._load_cosigned()
+
+    # -- cosigned checkpoints --------------------------------------------------------------
+
+    def _load_cosigned(self) -> None:
+        with self.log.storage.read() as rv:
+            latest = rv.latest_cosigned()
+        if latest is None:
+            return
+        size, lines = latest
+        pub = self.log.checkpoint_note(size)
+        note = self._merge(pub.note, lines.decode())
+        if self._quorum(note):
+            self._cosigned = Published(size, note)
+
+    def _quorum(self, note: str) -> bool:
+        try:
+            self.policy.check(note)
+        except (VerificationError, FormatError):
+            return False
+        return True
+
+    @staticmethod
+    def _merge(note: str, lines: str) -> str:
+        """The note with cosignature lines added (no duplicates)."""
+        have = set(note.split("\n"))
+        extra = [ln for ln in lines.split("\n") if ln and ln not in have]
+        return note + "".join(ln + "\n" for ln in extra)
+
+    def note_for(self, pub: Published) -> str:
+        """The checkpoint note for ``pub`` with every cosignature gathered for its size."""
+        with self.log.storage.read() as rv:
+            lines = rv.cosignatures(pub.size)
+        return pub.note if lines is None else self._merge(pub.note, lines.decode())
+
+    @property
+    def cosigned(self) -> Published | None:
+        return self._cosigned
+
+    def checkpoint(self) -> str:
+        c = self._cosigned
+        return c.note if c is not None else self.log.latest.note
+
+    def _record(self, pub: Published, sigs: tuple[Signature, ...]) -> None:
+        with self._lock:
+            with self.log.storage.read() as rv:
+                old = rv.cosignatures(pub.size)
+            lines = old.decode() if old else ""
+            for s in sigs:
+                line = s.line()
+                if line not in lines:
+                    lines += line
+            self.log.storage.put_cosignatures(pub.size, lines.encode())
+            note = self._merge(pub.note, lines)
+            cur = self._cosigned
+            if (cur is None or pub.size > cur.size) and self._quorum(note):
+                self._cosigned = Published(pub.size, note)
+                log.info("checkpoint %d cosigned by a quorum", pub.size)
+
+    # -- pushing ---------------------------------------------------------------------------
+
+    def notify(self, size: int) -> None:
+        """Called after each published checkpoint (from the sequencer's writer)."""
+        self._wake.set()
+
+    def start(self) -> None:
+        if self._thread is None and self.clients:
+            self._thread = threading.Thread(target=self._run, name="tlog-witness", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(15)
+            self._thread = None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.interval)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                self.push_once()
+            except Exception:  # pragma: no cover - keep pushing whatever happens
+                log.exception("witness push round failed")
+
+    def push_once(self) -> None:
+        """One round: push the latest checkpoint to every witness that is due."""
+        pub = self.log.latest
+        if pub.size == 0:
+            return
+        now = time.monotonic()
+        for name, client in self.clients.items():
+            st = self.state[name]
+            if st.cosigned_size >= pub.size or now < st.next_attempt:
+                continue
+            self._push(st, client, pub)
+
+    def _push(self, st: WitnessState, client: WitnessClient, pub: Published) -> None:
+        now = time.monotonic()
+        try:
+            sigs = client.submit(pub.note, self.log.consistency_proof)
+        except WitnessBusy as exc:
+            st.backoff = min(self.max_backoff, max(exc.retry_after or 0, st.backoff * 2 or 1))
+            st.next_attempt = now + st.backoff
+            st.last_error = f"busy ({exc.status}), retrying in {st.backoff:.0f} s"
+            return
+        except SplitViewAlarm as exc:
+            alarm = {
+                "time": int(time.time()),
+                "witness": st.name,
+                "tree_size": pub.size,
+                "status": exc.status,
+                "detail": str(exc)[:500],
+            }
+            st.alarms.append(alarm)
+            del st.alarms[:-20]
+            log.critical(
+                "SPLIT-VIEW ALARM: witness %s answered %s to checkpoint %d: %s",
+                st.name, exc.status, pub.size, str(exc)[:200],
+            )
+            st.last_error = f"split-view alarm ({exc.status})"
+            st.next_attempt = now + self.max_backoff
+            return
+        except WitnessConflict as exc:
+            st.last_error = f"witness is at size {exc.size}, beyond this log's checkpoint"
+            st.next_attempt = now + self.max_backoff
+            log.critical("witness %s claims size %d > our %d", st.name, exc.size, pub.size)
+            return
+        except (WitnessError, VerificationError, FormatError) as exc:
+            st.backoff = min(self.max_backoff, st.backoff * 2 or 1)
+            st.next_attempt = now + st.backoff
+            st.last_error = f"{type(exc).__name__}: {exc}"[:300]
+            return
+        st.backoff = 0.0
+        st.last_error = None
+        st.cosigned_size = pub.size
+        st.next_attempt = now + self.interval
+        self._record(pub, sigs)
+
+    def status(self) -> dict[str, Any]:
+        c = self._cosigned
+        return {
+            "quorum": self.policy.quorum,
+            "cosigned_size": None if c is None else c.size,
+            "latest_size": self.log.latest.size,
+            "witnesses": [
+                {
+                    "name": st.name,
+                    "url": st.url,
+                    "cosigned_size": st.cosigned_size,
+                    "last_error": st.last_error,
+                    "alarms": st.alarms,
+                }
+                for st in self.state.values()
+            ],
+        }
