@@ -83,6 +83,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_backlog=args.max_backlog,
         witness_policy=args.witnesses,
         witness_interval=args.witness_interval,
+        witness_max_backoff=args.witness_max_backoff,
     )
     url = f"http://{args.host}:{args.port}"
     print(f"tlog: origin  {log_.origin}")
@@ -202,6 +203,8 @@ def parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--witness-interval", type=float, default=1.0,
                    help="seconds between add-checkpoint requests to one witness")
+    s.add_argument("--witness-max-backoff", type=float, default=30.0,
+                   help="longest wait before retrying a failing witness (seconds)")
     s.add_argument("--access-log", action="store_true")
     s.add_argument(
         "--no-demo-token",

@@ -28,6 +28,7 @@ def build_app(
     limits: Limits | None = None,
     witness_policy: str | Path | None = None,
     witness_interval: float = 1.0,
+    witness_max_backoff: float = 30.0,
 ) -> tuple[Starlette, Log, TokenStore]:
     storage = Storage(data_dir / "db")
     log_ = Log(storage, signer)
@@ -44,7 +45,9 @@ def build_app(
         for lg in policy.logs:
             if lg.origin == log_.origin and lg.verifier.vkey() != log_.vkey:
                 raise ValueError("the witness policy lists another key for this log's origin")
-        pusher = WitnessPusher(log_, policy, interval=witness_interval)
+        pusher = WitnessPusher(
+            log_, policy, interval=witness_interval, max_backoff=witness_max_backoff
+        )
         seq.on_published = pusher.notify
     app = create_app(log_, seq, tokens, limits, pusher=pusher)
     return app, log_, tokens

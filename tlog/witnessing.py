@@ -59,7 +59,7 @@ class WitnessPusher:
         *,
         interval: float = 1.0,
         http: httpx.Client | None = None,
-        max_backoff: float = 60.0,
+        max_backoff: float = 30.0,
     ) -> None:
         self.log = log_
         self.policy = policy

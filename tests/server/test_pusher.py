@@ -1,0 +1,131 @@
+"""The log side of witnessing against scripted witnesses (httpx mock transport)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+
+from client.cosignature import CosignatureSigner
+from client.note import parse_note
+from client.policy import Policy
+from client.proof_bundle import TlogProof
+from client.witness_client import AddCheckpointRequest
+from tlog.log import Log
+from tlog.storage import Storage
+from tlog.witnessing import WitnessPusher
+
+from .conftest import ORIGIN, make_signer
+
+
+class ScriptedWitness:
+    """A witness that checks old sizes like a real one, or answers what the script says."""
+
+    def __init__(self, name: str) -> None:
+        self.signer = CosignatureSigner.generate(f"witness.test/{name}")
+        self.size = 0
+        self.script: list[httpx.Response] = []
+        self.requests: list[AddCheckpointRequest] = []
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        req = AddCheckpointRequest.parse(request.content)
+        self.requests.append(req)
+        if self.script:
+            return self.script.pop(0)
+        if req.old_size != self.size:
+            return httpx.Response(409, text=f"{self.size}\n",
+                                  headers={"Content-Type": "text/x.tlog.size"})
+        text = parse_note(req.checkpoint_note).text
+        self.size = int(text.split("\n")[1])
+        return httpx.Response(200, text=self.signer.cosign(text, 1700000000).line())
+
+
+@pytest.fixture
+def setup(tmp_path: Path):  # type: ignore[no-untyped-def]
+    log_ = Log(Storage(tmp_path), make_signer())
+    ws = {n: ScriptedWitness(n) for n in ("a", "b", "c")}
+    policy = Policy.parse(
+        f"log {log_.vkey}\n"
+        + "".join(f"witness {n} {w.signer.vkey()} http://{n}.test\n" for n, w in ws.items())
+        + "group two 2 a b c\nquorum two\n"
+    )
+
+    def route(request: httpx.Request) -> httpx.Response:
+        return ws[request.url.host.split(".")[0]].handle(request)
+
+    http = httpx.Client(transport=httpx.MockTransport(route))
+    pusher = WitnessPusher(log_, policy, interval=0, http=http, max_backoff=5)
+    yield log_, ws, policy, pusher
+    log_.storage.close()
+
+
+def test_cosigned_checkpoint_needs_quorum(setup) -> None:  # type: ignore[no-untyped-def]
+    log_, ws, policy, pusher = setup
+    log_.integrate([b"e%d" % i for i in range(10)])
+    assert pusher.cosigned is None
+    assert pusher.checkpoint() == log_.latest.note  # nothing cosigned yet: the log's own
+    ws["b"].script = [httpx.Response(503, headers={"Retry-After": "1"})]
+    ws["c"].script = [httpx.Response(503)]
+    pusher.push_once()
+    assert pusher.cosigned is None  # only a cosigned: no quorum
+    assert pusher.state["b"].last_error and "busy" in pusher.state["b"].last_error
+    for st in pusher.state.values():
+        st.next_attempt = 0
+    pusher.push_once()
+    assert pusher.cosigned is not None and pusher.cosigned.size == 10
+    policy.verify_checkpoint(pusher.checkpoint(), ORIGIN)
+    # Receipts now carry the cosignatures.
+    note = pusher.note_for(log_.latest)
+    bundle = TlogProof(3, tuple(log_.inclusion_proof(3, 10)), note)
+    _, n = bundle.verify(policy.log_verifiers(ORIGIN)[0], entry=b"e3")
+    policy.check(n)
+
+
+def test_conflict_rebuilds_proof_and_restart_relearns_size(setup) -> None:  # type: ignore[no-untyped-def]
+    log_, ws, policy, pusher = setup
+    log_.integrate([b"x%d" % i for i in range(5)])
+    pusher.push_once()
+    log_.integrate([b"y%d" % i for i in range(7)])
+    # A new pusher (a log restart) does not know the witnesses' sizes: 409, then a proof
+    # from the size the witness names.
+    fresh = WitnessPusher(log_, policy, interval=0, http=pusher._http)
+    fresh.push_once()
+    for w in ws.values():
+        assert w.size == 12
+        assert [r.old_size for r in w.requests[-2:]] == [0, 5]
+        assert len(w.requests[-1].consistency_proof) > 0
+    assert fresh.cosigned is not None and fresh.cosigned.size == 12
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [httpx.Response(422), httpx.Response(409), httpx.Response(409, text="oops",
+                                                                headers={"Content-Type": "text/plain"})],
+)
+def test_split_view_alarms(setup, answer: httpx.Response, caplog) -> None:  # type: ignore[no-untyped-def]
+    log_, ws, _, pusher = setup
+    log_.integrate([b"z"])
+    ws["a"].script = [answer]
+    with caplog.at_level("CRITICAL"):
+        pusher.push_once()
+    assert pusher.state["a"].alarms, "422 / bare 409 must raise a split-view alarm"
+    assert "SPLIT-VIEW" in caplog.text
+    assert pusher.status()["witnesses"][0]["alarms"][0]["status"] == answer.status_code
+
+
+def test_unreachable_witness_backs_off(setup) -> None:  # type: ignore[no-untyped-def]
+    log_, ws, _, pusher = setup
+    log_.integrate([b"q"])
+
+    def boom(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused")
+
+    pusher.clients["a"]._http = httpx.Client(transport=httpx.MockTransport(boom))
+    pusher.push_once()
+    st = pusher.state["a"]
+    assert st.backoff == 1 and st.last_error
+    st.next_attempt = 0
+    pusher.push_once()
+    assert st.backoff == 2
+    assert pusher.cosigned is not None  # b and c are enough
