@@ -100,8 +100,11 @@ def test_conflict_rebuilds_proof_and_restart_relearns_size(setup) -> None:  # ty
 
 @pytest.mark.parametrize(
     "answer",
-    [httpx.Response(422), httpx.Response(409), httpx.Response(409, text="oops",
-                                                                headers={"Content-Type": "text/plain"})],
+    [
+        httpx.Response(422),
+        httpx.Response(409),
+        httpx.Response(409, text="oops", headers={"Content-Type": "text/plain"}),
+    ],
 )
 def test_split_view_alarms(setup, answer: httpx.Response, caplog) -> None:  # type: ignore[no-untyped-def]
     log_, ws, _, pusher = setup
@@ -115,7 +118,7 @@ def test_split_view_alarms(setup, answer: httpx.Response, caplog) -> None:  # ty
 
 
 def test_unreachable_witness_backs_off(setup) -> None:  # type: ignore[no-untyped-def]
-    log_, ws, _, pusher = setup
+    log_, _, _, pusher = setup
     log_.integrate([b"q"])
 
     def boom(request: httpx.Request) -> httpx.Response:
