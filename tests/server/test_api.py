@@ -298,9 +298,11 @@ def test_body_limits(harness: Harness) -> None:
 def test_backlog_full_is_503_with_retry_after(harness: Harness) -> None:
     """A full backlog is pushback, answered at once, not a hang."""
     gate = threading.Event()
+    entered = threading.Event()
     real = harness.log.integrate
 
     def slow(entries: list[bytes]):  # type: ignore[no-untyped-def]
+        entered.set()
         gate.wait(10)
         return real(entries)
 
@@ -314,13 +316,15 @@ def test_backlog_full_is_503_with_retry_after(harness: Harness) -> None:
         results.append(harness.add(f"bl{i}".encode()).status_code)
 
     threads = [threading.Thread(target=submit, args=(i,)) for i in range(4)]
-    for t in threads:
+    threads[0].start()
+    assert entered.wait(10)  # the writer holds the first submission
+    for t in threads[1:]:
         t.start()
-    # Wait until the writer holds one and three are queued.
-    for _ in range(200):
+    for _ in range(1000):  # then three wait in the queue
         if seq.backlog >= 3:
             break
         threading.Event().wait(0.01)
+    assert seq.backlog == 3
     r = harness.add(b"one too many")
     assert r.status_code == 503
     assert r.headers["retry-after"] == "1"
