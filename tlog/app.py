@@ -7,7 +7,7 @@ malformed input is always a 4xx.
 
 from __future__ import annotations
 
-import base64
+import binascii
 import contextlib
 import gzip
 import json
@@ -91,7 +91,7 @@ def error_response(exc: BaseException) -> Response:
 
 
 def b64(h: bytes) -> str:
-    return base64.b64encode(h).decode("ascii")
+    return binascii.b2a_base64(h, newline=False).decode("ascii")
 
 
 class Query:
@@ -437,14 +437,15 @@ def create_app(
 ) -> Starlette:
     api = Api(log_, sequencer, tokens, limits or Limits(), pusher)
     routes = [
-        Route("/checkpoint", _wrap(api.checkpoint), methods=["GET"]),
+        # Hot paths first: Starlette tries routes in order.
         Route("/tile/{path:path}", _wrap(api.tile), methods=["GET"]),
-        Route("/v1/log", _wrap(api.log_info), methods=["GET"]),
         Route("/v1/entries", _wrap(api.add_entry), methods=["POST"]),
-        Route("/v1/entries/batch", _wrap(api.add_batch), methods=["POST"]),
-        Route("/v1/entries/{index}", _wrap(api.get_entry), methods=["GET"]),
         Route("/v1/proof/inclusion", _wrap(api.inclusion), methods=["GET"]),
+        Route("/checkpoint", _wrap(api.checkpoint), methods=["GET"]),
+        Route("/v1/entries/batch", _wrap(api.add_batch), methods=["POST"]),
         Route("/v1/proof/consistency", _wrap(api.consistency), methods=["GET"]),
+        Route("/v1/log", _wrap(api.log_info), methods=["GET"]),
+        Route("/v1/entries/{index}", _wrap(api.get_entry), methods=["GET"]),
         Route("/v1/bundle/{index}", _wrap(api.bundle), methods=["GET"]),
         Route("/v1/witnesses", _wrap(api.witnesses), methods=["GET"]),
         *(extra_routes or []),

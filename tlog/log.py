@@ -82,6 +82,7 @@ class Log:
             latest = (0, note_s.encode())
         self._latest = Published(latest[0], latest[1].decode())
         self._edge = RightEdge(size, self._storage_blob)
+        self._ranges: dict[tuple[int, int], bytes] = {}
 
     # -- identity --------------------------------------------------------------------------
 
@@ -180,11 +181,11 @@ class Log:
         if not 0 <= index < size:
             raise NotFound(f"index {index} is not below tree size {size}")
         with self.storage.read() as rv:
-            return NodeReader(rv.blob).inclusion_proof(index, size)
+            return NodeReader(rv.blob, self._ranges).inclusion_proof(index, size)
 
     def consistency_proof(self, old_size: int, size: int) -> list[bytes]:
         with self.storage.read() as rv:
-            return NodeReader(rv.blob).consistency_proof(old_size, size)
+            return NodeReader(rv.blob, self._ranges).consistency_proof(old_size, size)
 
     def index_of(self, leaf: bytes) -> int | None:
         with self.storage.read() as rv:

@@ -39,6 +39,8 @@ BLOB_SLOTS = 2 * TILE_WIDTH - 2
 BLOB_SIZE = BLOB_SLOTS * HASH_SIZE  # 16,320 bytes: with LMDB's page header, 4 pages exactly
 _LAYER_START = [(2 * TILE_WIDTH - (2 * TILE_WIDTH >> k)) for k in range(TILE_HEIGHT)]
 
+RANGE_CACHE_SIZE = 4096
+
 BlobGetter = Callable[[int, int], "bytes | memoryview | bytearray | None"]
 
 
@@ -57,11 +59,16 @@ def locate(level: int, index: int) -> tuple[int, int, int]:
 class NodeReader:
     """Reads node hashes through a blob getter; caches blobs for its lifetime (one request)."""
 
-    __slots__ = ("_cache", "_get")
+    __slots__ = ("_cache", "_get", "_ranges")
 
-    def __init__(self, get_blob: BlobGetter) -> None:
+    def __init__(
+        self, get_blob: BlobGetter, range_cache: dict[tuple[int, int], bytes] | None = None
+    ) -> None:
         self._get = get_blob
         self._cache: dict[tuple[int, int], bytes | memoryview | bytearray] = {}
+        # Hashes of composite (right-edge) ranges are immutable and shared by every proof at
+        # the same size: a caller may pass a cache that outlives this reader.
+        self._ranges = range_cache
 
     def node(self, level: int, index: int) -> bytes:
         tl = level >> 3
@@ -82,7 +89,20 @@ class NodeReader:
 
     def range_hash(self, start: int, end: int) -> bytes:
         """MTH(D[start:end]) for a range that RFC 6962 proofs use."""
-        return fold_perfect([self.node(lv, ix) for lv, ix in perfect_subtrees(start, end)])
+        nodes = perfect_subtrees(start, end)
+        if len(nodes) == 1:
+            return self.node(*nodes[0])
+        cache = self._ranges
+        if cache is not None:
+            h = cache.get((start, end))
+            if h is not None:
+                return h
+        h = fold_perfect([self.node(lv, ix) for lv, ix in nodes])
+        if cache is not None:
+            if len(cache) >= RANGE_CACHE_SIZE:
+                cache.clear()
+            cache[(start, end)] = h
+        return h
 
     def root(self, size: int) -> bytes:
         return EMPTY_ROOT if size == 0 else self.range_hash(0, size)
@@ -99,7 +119,24 @@ class NodeReader:
             raise ValueError(f"index {index} out of range for tree size {size}")
         node = self.node
         inner = (index ^ size).bit_length() - 1
-        proof = [node(level, (index >> level) ^ 1) for level in range(inner)]
+        # Siblings below the fork, read straight from each stratum blob (the hot loop).
+        proof: list[bytes] = []
+        cache, get = self._cache, self._get
+        for level in range(inner):
+            tl, sub = level >> 3, level & 7
+            sib = (index >> level) ^ 1
+            key = (tl, sib >> (TILE_HEIGHT - sub))
+            blob = cache.get(key)
+            if blob is None:
+                blob = get(*key)
+                if blob is None:
+                    raise KeyError(f"missing tile {key}")
+                cache[key] = blob
+            off = (_LAYER_START[sub] + (sib & ((TILE_WIDTH >> sub) - 1))) << 5
+            h = bytes(blob[off : off + HASH_SIZE])
+            if len(h) != HASH_SIZE:
+                raise KeyError(f"short tile {key}")
+            proof.append(h)
         begin = (index >> inner) << inner
         end = begin + (1 << inner)
         if end < size:
