@@ -10,6 +10,9 @@ from client.policy import Policy
 from tlog.app import Limits, create_app
 from tlog.auth import TokenStore
 from tlog.log import Log
+from tlog.scim.keys import MASTER_KEY_FILE, open_keyring
+from tlog.scim.routes import scim_routes
+from tlog.scim.service import ScimLimits, ScimService
 from tlog.sequencer import Sequencer
 from tlog.signer import CheckpointSigner
 from tlog.storage import Storage
@@ -29,7 +32,13 @@ def build_app(
     witness_policy: str | Path | None = None,
     witness_interval: float = 1.0,
     witness_max_backoff: float = 30.0,
+    scim: bool = True,
+    scim_limits: ScimLimits | None = None,
+    scim_master_key: Path | None = None,
 ) -> tuple[Starlette, Log, TokenStore]:
+    """Open the store in ``data_dir`` and build the app: the log API, plus the SCIM event
+    service unless ``scim`` is false (master key file default ``<data_dir>/scim-master.key``).
+    """
     storage = Storage(data_dir / "db")
     log_ = Log(storage, signer)
     seq = Sequencer(
@@ -49,5 +58,21 @@ def build_app(
             log_, policy, interval=witness_interval, max_backoff=witness_max_backoff
         )
         seq.on_published = pusher.notify
-    app = create_app(log_, seq, tokens, limits, pusher=pusher)
+    service = None
+    if scim:
+        try:
+            keyring = open_keyring(scim_master_key or data_dir / MASTER_KEY_FILE, storage)
+        except BaseException:
+            storage.close()
+            raise
+        service = ScimService(storage, log_, seq, keyring, scim_limits)
+    app = create_app(
+        log_,
+        seq,
+        tokens,
+        limits,
+        pusher=pusher,
+        extra_routes=scim_routes(service) if service is not None else None,
+    )
+    app.state.scim = service
     return app, log_, tokens

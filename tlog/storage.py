@@ -156,9 +156,15 @@ class ReadView:
         v = self._txn.get(key, db=self._s.db_aux)
         return None if v is None else bytes(v)
 
-    def aux_range(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+    def aux_range(
+        self, prefix: bytes, start: bytes | None = None
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """Auxiliary records whose key starts with ``prefix``, in key order.
+
+        With ``start``, iteration begins at the first key >= ``start`` (a seek, not a scan).
+        """
         cur = self._txn.cursor(db=self._s.db_aux)
-        if not cur.set_range(prefix):
+        if not cur.set_range(start if start is not None and start > prefix else prefix):
             return
         for k, v in cur.iternext():
             k = bytes(k)
@@ -193,7 +199,7 @@ class Storage:
                 sync=sync,
                 metasync=sync,
                 readahead=False,  # random proof reads: don't pull whole regions in
-                meminit=False,
+                meminit=True,  # never write leftover process memory (plaintext, keys) to disk
             )
         except lmdb.Error as exc:
             raise StorageError(f"cannot open store at {self.path}: {exc}") from exc

@@ -1,0 +1,153 @@
+"""An in-process log server with the SCIM service, tokens for every role, and event makers."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from starlette.testclient import TestClient
+
+from client.note import Ed25519Signer
+from client.scim import encode_event, event_to_json, new_event
+from client.scim.audit import ScimAuditClient
+from tlog.auth import TokenStore
+from tlog.log import Log
+from tlog.scim.service import ScimService
+from tlog.server import build_app
+from tlog.signer import CheckpointSigner
+
+ORIGIN = "scim.example/log"
+T1 = "tenant-acme"
+T2 = "tenant-globex"
+BASE_TS = 1_717_200_000_000  # 2024-06-01T00:00:00Z
+URL = "http://testserver"
+
+
+def make_signer() -> CheckpointSigner:
+    return CheckpointSigner(Ed25519Signer(ORIGIN, bytes(range(32))), ORIGIN)
+
+
+@dataclass
+class Harness:
+    client: TestClient
+    log: Log
+    tokens: TokenStore
+    signer: CheckpointSigner
+    data: Path
+    service: ScimService
+    tok: dict[str, str] = field(default_factory=dict)
+    ids: dict[str, str] = field(default_factory=dict)  # token name -> token id
+
+    def h(self, name: str | None) -> dict[str, str]:
+        return {} if name is None else {"Authorization": f"Bearer {self.tok[name]}"}
+
+    def post_event(
+        self, ev: dict[str, Any], name: str = "sub1", *, cbor: bool = False
+    ) -> httpx.Response:
+        if cbor:
+            body, ctype = encode_event(ev), "application/cbor"
+        else:
+            body, ctype = event_to_json(ev).encode(), "application/json"
+        return self.client.post(
+            "/v1/scim/events", content=body, headers={**self.h(name), "Content-Type": ctype}
+        )
+
+    def post_raw(
+        self, body: bytes, ctype: str, name: str = "sub1", path: str = "/v1/scim/events"
+    ) -> httpx.Response:
+        return self.client.post(path, content=body, headers={**self.h(name), "Content-Type": ctype})
+
+    def auditor(self, name: str = "aud1", **kw: Any) -> ScimAuditClient:
+        return ScimAuditClient(URL, self.tok[name], self.signer.vkey(), http=self.client, **kw)
+
+    @property
+    def vkey(self) -> str:
+        return self.signer.vkey()
+
+
+def user_event(
+    rid: str | None = "u-alice-7f3a",
+    *,
+    tenant: str = T1,
+    xid: str | None = "alice.liddell@example.org",
+    actor: str = "admin-bob-9921",
+    req: str = "req-0001",
+    active: tuple[str, str] = ("true", "false"),
+    outcome: str = "success",
+    op: str = "patch",
+    **kw: Any,
+) -> dict[str, Any]:
+    """A User event; ``active`` gives the mods old/new (true→false derives user.deactivate)."""
+    extra: dict[str, Any] = {}
+    if outcome != "success":
+        extra["err"] = {"scim_type": "invalidValue", "reason": "rejected"}
+    return new_event(
+        tenant=tenant,
+        sp="app-1",
+        op=op,
+        rt="User",
+        rid=rid,
+        xid=xid,
+        actor={"kind": "user", "id": actor, "name": "Bob Admin"},
+        corr=req,
+        req={
+            "m": {"patch": "PATCH", "create": "POST", "delete": "DELETE"}.get(op, "PUT"),
+            "p": f"/Users/{rid}" if rid else "/Users",
+            "dig": hashlib.sha256(req.encode()).digest(),
+            "len": 42,
+        },
+        res=200 if outcome == "success" else 400,
+        outcome=outcome,
+        mods=[{"attr": "active", "old": active[0], "new": active[1]}] if op == "patch" else None,
+        **extra,
+        **kw,
+    )
+
+
+def group_event(pids: list[bytes], *, rid: str = "g-engineering-42", req: str = "req-g1") -> Any:
+    return new_event(
+        tenant=T1,
+        sp="app-1",
+        op="patch",
+        rt="Group",
+        rid=rid,
+        actor={"kind": "user", "id": "admin-carol-1234"},
+        corr=req,
+        req={"m": "PATCH", "p": f"/Groups/{rid}", "dig": bytes(32), "len": 10},
+        res=204,
+        outcome="success",
+        refs=[{"rt": "User", "pid": p} for p in pids],
+        acts=[{"a": "group.member.add", "ocsf": [3006, 3]}],
+    )
+
+
+@pytest.fixture
+def harness(tmp_path: Path) -> Iterator[Harness]:
+    signer = make_signer()
+    app, log_, tokens = build_app(tmp_path, signer, max_batch_age=0.0)
+    service: ScimService = app.state.scim
+    ticks = itertools.count()
+    service.clock = lambda: BASE_TS + 1000 * next(ticks)
+    tok: dict[str, str] = {}
+    ids: dict[str, str] = {}
+    for name, role, tenant in [
+        ("sub1", "submitter", T1),
+        ("sub2", "submitter", T2),
+        ("aud1", "auditor", T1),
+        ("aud2", "auditor", T2),
+        ("po_a", "privacy-officer", None),
+        ("po_b", "privacy-officer", None),
+        ("po_t2", "privacy-officer", T2),
+        ("admin", "admin", None),
+    ]:
+        tok[name], p = tokens.create(role, tenant=tenant, name=name)
+        ids[name] = p.token_id
+    with TestClient(app) as client:
+        yield Harness(client, log_, tokens, signer, tmp_path, service, tok, ids)
+    log_.storage.close()

@@ -1,0 +1,493 @@
+"""HTTP endpoints of the SCIM event service, under ``/v1/scim/`` (docs/api.md "SCIM events").
+
+Authentication and error mapping are the log's own (:class:`tlog.app.Api`,
+:func:`tlog.app.error_response`): 401 for missing/unknown/expired/revoked tokens, 403 for a
+wrong role or tenant, 400 for malformed input (every :class:`client.note.FormatError`, which
+includes :class:`client.scim.EventFormatError`), 413 for bodies over a limit. The two
+statuses that table has no exception for, 409 (:class:`Conflict`) and 415, are handed to it
+as Starlette ``HTTPException``\\ s.
+
+Roles (SCIM.md §5.1): ``submitter`` appends events of its own tenant and reads their
+receipts; ``auditor`` searches and decrypts its tenant's events, and every such read is
+itself logged as an access event; ``privacy-officer`` requests and (a second officer)
+approves erasures. ``admin`` has no access to bodies.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
+
+import anyio.to_thread
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from client.note import FormatError, b64decode_strict
+from client.proof_bundle import TlogProof
+from client.scim.cbor import MAX_DEPTH, EventFormatError, loads_det
+from client.scim.event import (
+    Event,
+    decode_event,
+    event_from_json,
+    event_to_json,
+    validate_event,
+)
+from tlog.app import Api, BadRequest, PayloadTooLarge, Query, b64, error_response, read_body
+from tlog.auth import Forbidden, Principal
+from tlog.log import NotFound, Published
+from tlog.scim.keys import SubjectId
+from tlog.scim.service import (
+    Conflict,
+    ErasureStatus,
+    Filters,
+    Found,
+    ReceiptInfo,
+    ScimService,
+    Submitted,
+)
+from tlog.scim.store import TS_KEY_SIZE
+
+__all__ = ["scim_routes"]
+
+JSON = "application/json"
+CBOR = "application/cbor"
+MAX_FILTER_BYTES = 1024
+MAX_SMALL_BODY = 64 * 1024  # pseudonym and erasure requests
+_REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class UnsupportedMediaType(HTTPException):
+    def __init__(self, detail: str) -> None:
+        super().__init__(415, detail)
+
+
+def _media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+def _request_id(request: Request) -> str:
+    """The caller's ``X-Request-Id`` if it is a plain token, else a fresh one."""
+    rid = request.headers.get("x-request-id", "")
+    return rid if _REQUEST_ID_RE.fullmatch(rid) else uuid.uuid4().hex
+
+
+def _no_dup_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"duplicate JSON key {k!r}")
+        out[k] = v
+    return out
+
+
+def _no_float(s: str) -> Any:
+    raise ValueError(f"JSON number {s} is not an integer")
+
+
+def _no_constant(s: str) -> Any:
+    raise ValueError(f"JSON constant {s} is not allowed")
+
+
+def _strict_json(body: bytes) -> Any:
+    """JSON with duplicate keys, floats and NaN/Infinity refused (400)."""
+    try:
+        return json.loads(
+            body.decode("utf-8"),
+            object_pairs_hook=_no_dup_pairs,
+            parse_float=_no_float,
+            parse_constant=_no_constant,
+        )
+    except RecursionError:
+        raise BadRequest("body is nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"body is not valid JSON: {exc}") from None
+
+
+def _text(value: object, what: str, max_bytes: int = MAX_FILTER_BYTES) -> str:
+    if type(value) is not str or not value:
+        raise BadRequest(f"{what} must be a non-empty string")
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise BadRequest(f"{what} is not valid Unicode") from None
+    if size > max_bytes or any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in value):
+        raise BadRequest(f"{what} is too long or contains control characters")
+    return value
+
+
+class _Query(Query):
+    def text(self, name: str) -> str | None:
+        v = self._q.get(name)
+        return None if v is None else _text(v, name)
+
+    def blob(self, name: str, size: int) -> bytes | None:
+        v = self._q.get(name)
+        if v is None:
+            return None
+        try:
+            return b64decode_strict(v, size=size)
+        except FormatError as exc:
+            raise BadRequest(f"{name}: {exc}") from None
+
+
+def _eid(value: str) -> str:
+    try:
+        canonical = str(uuid.UUID(value))
+    except ValueError:
+        raise BadRequest("eid must be a lowercase UUID") from None
+    if canonical != value:
+        raise BadRequest("eid must be a lowercase UUID")
+    return value
+
+
+class ScimRoutes:
+    def __init__(self, service: ScimService) -> None:
+        self.service = service
+        self.limits = service.limits
+
+    # -- helpers -------------------------------------------------------------------------
+
+    @staticmethod
+    def _api(request: Request) -> Api:
+        return cast(Api, request.app.state.api)
+
+    def _principal(self, request: Request, *roles: str) -> tuple[Api, Principal]:
+        api = self._api(request)
+        return api, api.principal(request, *roles)
+
+    @staticmethod
+    def _tenant(p: Principal) -> str:
+        if p.tenant is None:
+            raise Forbidden("this token is not bound to a tenant")
+        return p.tenant
+
+    @staticmethod
+    def _receipt(api: Api, index: int, lh: bytes, pub: Published, note: str) -> dict[str, Any]:
+        proof = api.log.inclusion_proof(index, pub.size)
+        return {
+            "index": index,
+            "leaf_hash": b64(lh),
+            "tree_size": pub.size,
+            "checkpoint": note,
+            "inclusion_proof": [b64(h) for h in proof],
+            "tlog_proof": TlogProof(index, tuple(proof), note).format(),
+        }
+
+    def _submitted(self, api: Api, s: Submitted, pub: Published) -> dict[str, Any]:
+        return {
+            "eid": s.eid,
+            "duplicate": s.duplicate,
+            "ts": s.ts,
+            "leaf": b64(s.leaf),
+            **self._receipt(api, s.index, s.leaf_hash, pub, api.note_for(pub)),
+        }
+
+    # -- ingestion -----------------------------------------------------------------------
+
+    async def add_event(self, request: Request) -> Response:
+        api, p = self._principal(request, "submitter")
+        tenant = self._tenant(p)
+        ctype = _media_type(request)
+        if ctype not in (JSON, CBOR):
+            raise UnsupportedMediaType("Content-Type must be application/json or application/cbor")
+        body = await read_body(request, self.limits.max_event_body)
+        if not body:
+            raise BadRequest("empty body")
+        ev = event_from_json(body) if ctype == JSON else decode_event(body)
+        done, pub = await self.service.submit(tenant, [ev])
+        return JSONResponse(self._submitted(api, done[0], pub))
+
+    def _parse_batch(self, body: bytes, ctype: str) -> list[Event]:
+        limit = self.limits.max_batch_events
+        items: list[Any]
+        if ctype == JSON:
+            doc = _strict_json(body)
+            if type(doc) is not dict or set(doc) != {"events"} or type(doc["events"]) is not list:
+                raise BadRequest('body must be {"events": [<event>, ...]}')
+            items = doc["events"]
+        else:
+            doc = loads_det(body, max_depth=MAX_DEPTH + 1)
+            if type(doc) is not list:
+                raise BadRequest("a CBOR batch must be an array of events")
+            items = doc
+        if not items:
+            raise BadRequest("empty batch")
+        if len(items) > limit:
+            raise PayloadTooLarge(f"more than {limit} events in one batch")
+        events: list[Event] = []
+        for i, item in enumerate(items):
+            try:
+                if ctype == JSON:
+                    if type(item) is not dict:
+                        raise EventFormatError("JSON event must be an object")
+                    events.append(event_from_json(json.dumps(item)))
+                else:
+                    events.append(validate_event(item))
+            except EventFormatError as exc:
+                raise EventFormatError(f"event {i}: {exc}") from None
+        return events
+
+    async def add_batch(self, request: Request) -> Response:
+        api, p = self._principal(request, "submitter")
+        tenant = self._tenant(p)
+        ctype = _media_type(request)
+        if ctype not in (JSON, CBOR):
+            raise UnsupportedMediaType("Content-Type must be application/json or application/cbor")
+        body = await read_body(request, self.limits.max_batch_body)
+        events = self._parse_batch(body, ctype)
+        done, pub = await self.service.submit(tenant, events)
+        return JSONResponse(
+            {
+                "tree_size": pub.size,
+                "checkpoint": api.note_for(pub),
+                "results": [
+                    {
+                        "eid": s.eid,
+                        "index": s.index,
+                        "leaf_hash": b64(s.leaf_hash),
+                        "duplicate": s.duplicate,
+                    }
+                    for s in done
+                ],
+            }
+        )
+
+    async def pseudonyms(self, request: Request) -> Response:
+        _, p = self._principal(request, "submitter")
+        tenant = self._tenant(p)
+        if _media_type(request) != JSON:
+            raise UnsupportedMediaType("Content-Type must be application/json")
+        doc = _strict_json(await read_body(request, MAX_SMALL_BODY))
+        if type(doc) is not dict or set(doc) != {"refs"} or type(doc["refs"]) is not list:
+            raise BadRequest('body must be {"refs": [{"rt": ..., "id": ...}, ...]}')
+        if not doc["refs"]:
+            raise BadRequest("no refs")
+        if len(doc["refs"]) > self.limits.max_refs:
+            raise PayloadTooLarge(f"more than {self.limits.max_refs} refs")
+        refs: list[tuple[str, str]] = []
+        for i, r in enumerate(doc["refs"]):
+            if type(r) is not dict or set(r) != {"rt", "id"}:
+                raise BadRequest(f"ref {i} must be {{'rt': ..., 'id': ...}}")
+            rt = _text(r["rt"], f"refs[{i}].rt", 128)
+            refs.append((rt, _text(r["id"], f"refs[{i}].id", 256)))
+        pids = await self.service.pseudonyms(tenant, refs)
+        return JSONResponse(
+            {"refs": [{"rt": rt, "pid": b64(pid)} for (rt, _), pid in zip(refs, pids, strict=True)]}
+        )
+
+    # -- reading -------------------------------------------------------------------------
+
+    async def tenant_ref(self, request: Request) -> Response:
+        _, p = self._principal(request, "auditor")
+        tenant = self._tenant(p)
+        Query(request, set())
+        return JSONResponse({"tenant": tenant, "tn": b64(self.service.tenant_ref(tenant))})
+
+    def _found_json(self, api: Api, f: Found, pub: Published, note: str) -> dict[str, Any]:
+        out: dict[str, Any] = {"leaf": b64(f.leaf), "eid": f.eid}
+        if f.event is None or f.nonce is None:
+            out["erased"] = True
+        else:
+            out["event"] = json.loads(event_to_json(f.event))
+            out["nonce"] = b64(f.nonce)
+        out.update(self._receipt(api, f.index, f.leaf_hash, pub, note))
+        del out["tlog_proof"]  # the proof is right there; keep pages small
+        return out
+
+    async def search(self, request: Request) -> Response:
+        api, p = self._principal(request, "auditor")
+        tenant = self._tenant(p)
+        names = {n for n in Filters.__dataclass_fields__} | {"limit", "cursor"}
+        q = _Query(request, names)
+        f = Filters(
+            rid=q.text("rid"),
+            req=q.text("req"),
+            xid=q.text("xid"),
+            ref=q.text("ref"),
+            actor=q.text("actor"),
+            action=q.text("action"),
+            outcome=q.text("outcome"),
+            ref_rt=q.text("ref_rt") or "User",
+            since=q.uint("since") if q.has("since") else None,
+            until=q.uint("until") if q.has("until") else None,
+        )
+        limit = q.uint("limit", self.limits.default_search_limit)
+        if not 1 <= limit <= self.limits.max_search_limit:
+            raise BadRequest(f"limit must be 1..{self.limits.max_search_limit}")
+        cursor = q.blob("cursor", TS_KEY_SIZE)
+        pub = api.log.latest
+        note = api.note_for(pub)
+
+        def run() -> tuple[list[dict[str, Any]], bytes | None, dict[str, int]]:
+            found, nxt = self.service.search(tenant, f, limit, cursor, pub)
+            bodies = sum(1 for x in found if not x.erased)
+            counts = {"results": len(found), "bodies": bodies, "erased": len(found) - bodies}
+            return [self._found_json(api, x, pub, note) for x in found], nxt, counts
+
+        results, nxt, counts = await anyio.to_thread.run_sync(run)
+        # SCIM.md §5.1: every body read is itself logged, before the bodies leave.
+        access, _ = await self.service.record_access(
+            tenant,
+            p,
+            what="search",
+            path="/v1/scim/events",
+            query=[*f.items(), ("limit", str(limit))],
+            counts=counts,
+            req_id=_request_id(request),
+        )
+        return JSONResponse(
+            {
+                "tree_size": pub.size,
+                "checkpoint": note,
+                "results": results,
+                "next": None if nxt is None else b64(nxt),
+                "access": {
+                    "eid": access.eid,
+                    "index": access.index,
+                    "leaf_hash": b64(access.leaf_hash),
+                },
+            }
+        )
+
+    def _receipt_info_json(
+        self, api: Api, r: ReceiptInfo, pub: Published, note: str
+    ) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "eid": r.eid,
+            "ts": r.ts,
+            "leaf": b64(r.leaf),
+            "leaf_hash": b64(r.leaf_hash),
+            "erased": r.erased,
+        }
+        if r.index is None or r.index >= pub.size:
+            out["pending"] = True
+        else:
+            out.update(self._receipt(api, r.index, r.leaf_hash, pub, note))
+        return out
+
+    async def receipts(self, request: Request) -> Response:
+        api, p = self._principal(request, "submitter", "auditor")
+        tenant = self._tenant(p)
+        q = _Query(request, {"eid", "req"})
+        if q.has("eid") == q.has("req"):
+            raise BadRequest("give exactly one of eid or req")
+        eid = q.text("eid")
+        req = q.text("req")
+        infos = await anyio.to_thread.run_sync(
+            lambda: self.service.receipts(tenant, eid=None if eid is None else _eid(eid), req=req)
+        )
+        if eid is not None and not infos:
+            raise NotFound("no event with that eid for this tenant")
+        pub = api.log.latest
+        note = api.note_for(pub)
+        out = [self._receipt_info_json(api, r, pub, note) for r in infos]
+        if p.role == "auditor":
+            await self.service.record_access(
+                tenant,
+                p,
+                what="receipts",
+                path="/v1/scim/receipts",
+                query=[("eid", eid)] if eid is not None else [("req", req or "")],
+                counts={"receipts": len(out)},
+                req_id=_request_id(request),
+            )
+        return JSONResponse({"tree_size": pub.size, "checkpoint": note, "receipts": out})
+
+    # -- erasure -------------------------------------------------------------------------
+
+    def _erasure_json(self, api: Api, st: ErasureStatus) -> dict[str, Any]:
+        r = st.record
+        out: dict[str, Any] = {
+            "id": st.id,
+            "state": r["state"],
+            "tenant": r["tenant"],
+            "rt": r["rt"],
+            "reason": r["reason"],
+            "kid_hash": b64(r["kid_hash"]),
+            "requested_by": r["requested_by"],
+            "created": r["created"],
+        }
+        for k in ("approved_by", "done", "deks", "events", "index_records"):
+            if k in r:
+                out[k] = r[k]
+        if st.receipt is not None:
+            pub = api.log.latest
+            out["receipt"] = self._submitted(api, st.receipt, pub)
+        return out
+
+    async def request_erasure(self, request: Request) -> Response:
+        api, p = self._principal(request, "privacy-officer")
+        if _media_type(request) != JSON:
+            raise UnsupportedMediaType("Content-Type must be application/json")
+        doc = _strict_json(await read_body(request, MAX_SMALL_BODY))
+        if type(doc) is not dict:
+            raise BadRequest("body must be a JSON object")
+        keys = set(doc)
+        ids = keys & {"rid", "xid"}
+        if len(ids) != 1 or keys - ids != {"tenant", "rt", "reason"}:
+            raise BadRequest('body must be {"tenant", "rt", "rid" or "xid", "reason"}')
+        kind = ids.pop()
+        tenant = _text(doc["tenant"], "tenant", 256)
+        subject = SubjectId(_text(doc["rt"], "rt", 128), kind, _text(doc[kind], kind, 1024))
+        reason = _text(doc["reason"], "reason", 64)
+        st = await self.service.request_erasure(p, tenant, subject, reason, _request_id(request))
+        return JSONResponse(self._erasure_json(api, st), status_code=201)
+
+    def _request_id_param(self, request: Request) -> str:
+        rid = request.path_params["id"]
+        if not isinstance(rid, str):
+            raise NotFound("no such erasure request")
+        return rid
+
+    async def erasure(self, request: Request) -> Response:
+        api, p = self._principal(request, "privacy-officer")
+        Query(request, set())
+        st = await anyio.to_thread.run_sync(
+            self.service.erasure_status, p, self._request_id_param(request)
+        )
+        return JSONResponse(self._erasure_json(api, st))
+
+    async def approve_erasure(self, request: Request) -> Response:
+        api, p = self._principal(request, "privacy-officer")
+        body = await read_body(request, MAX_SMALL_BODY)
+        if body.strip() and _strict_json(body) != {}:
+            raise BadRequest("approval takes no body (or {})")
+        st = await self.service.approve_erasure(
+            p, self._request_id_param(request), _request_id(request)
+        )
+        return JSONResponse(self._erasure_json(api, st))
+
+
+def _wrap(fn: Handler) -> Handler:
+    async def endpoint(request: Request) -> Response:
+        try:
+            return await fn(request)
+        except Conflict as exc:
+            return error_response(HTTPException(409, str(exc)))
+        except Exception as exc:
+            return error_response(exc)
+
+    return endpoint
+
+
+def scim_routes(service: ScimService) -> list[Route]:
+    """The SCIM routes, for :func:`tlog.app.create_app`'s ``extra_routes``."""
+    r = ScimRoutes(service)
+    return [
+        Route("/v1/scim/events", _wrap(r.add_event), methods=["POST"]),
+        Route("/v1/scim/events", _wrap(r.search), methods=["GET"]),
+        Route("/v1/scim/events/batch", _wrap(r.add_batch), methods=["POST"]),
+        Route("/v1/scim/receipts", _wrap(r.receipts), methods=["GET"]),
+        Route("/v1/scim/tenant-ref", _wrap(r.tenant_ref), methods=["GET"]),
+        Route("/v1/scim/pseudonyms", _wrap(r.pseudonyms), methods=["POST"]),
+        Route("/v1/scim/erasures", _wrap(r.request_erasure), methods=["POST"]),
+        Route("/v1/scim/erasures/{id}", _wrap(r.erasure), methods=["GET"]),
+        Route("/v1/scim/erasures/{id}/approve", _wrap(r.approve_erasure), methods=["POST"]),
+    ]

@@ -1,0 +1,762 @@
+"""SCIM event service: ingestion, encrypted bodies, search, receipts, crypto-shredding.
+
+No HTTP here (see :mod:`tlog.scim.routes`). The flow of one submission (SCIM.md §4.3):
+
+1. validate the event strictly (:mod:`client.scim`), check its tenant;
+2. under one lock, in a worker thread: if the eid is known, take its leaf (a retry);
+   otherwise draw a nonce, ``c = HMAC(nonce, det_cbor(event))``, ``leaf = {v, ts, tn, c}``,
+   encrypt ``{n: nonce, b: event}`` under the subject's DEK with AAD = leaf hash, and
+   stage the eid record, the envelope, the subject/tenant listings and the search index;
+   commit all of it in **one** durable ``put_aux`` transaction;
+3. ``await sequencer.submit(leaves)``: the leaf enters the tree.
+
+A crash between 2 and 3 leaves an eid record whose leaf is not in the log; a retry of the
+same eid resubmits exactly those leaf bytes, and the log deduplicates by leaf hash, so one
+eid never becomes two leaves. Until then the event is invisible to search and its receipt
+says ``pending``.
+
+Subjects (whose DEK encrypts an event): ``(tenant, rt, rid)``; without ``rid`` (a failed
+create) ``(tenant, rt, xid)``; without either, one per-tenant ``(tenant, rt, none)`` subject
+that only retention expiry shreds. The log's own events (``rt`` starting with ``tlog.``)
+belong to a per-tenant system subject and carry no personal data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import anyio.to_thread
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from client.merkle import leaf_hash
+from client.scim.cbor import EventFormatError, dumps_det, loads_det
+from client.scim.event import MAX_JSON_SIZE, Event, new_event, uuid7, validate_event
+from client.scim.leaf import commitment, make_leaf, new_nonce, parse_leaf
+from tlog.auth import Forbidden, Principal
+from tlog.log import Log, NotFound, Published
+from tlog.scim import store
+from tlog.scim.keys import KeyRing, SubjectId, TenantKeys, epoch_of
+from tlog.scim.store import Envelope, Overlay, Tombstone, decode_envelope
+from tlog.sequencer import Sequencer
+from tlog.storage import Storage, StorageError
+
+__all__ = [
+    "FILTERS",
+    "Conflict",
+    "ErasureStatus",
+    "Filters",
+    "Found",
+    "ReceiptInfo",
+    "ScimLimits",
+    "ScimService",
+    "Submitted",
+    "subject_of",
+]
+
+T = TypeVar("T")
+
+SYSTEM_PREFIX = "tlog."
+REASON_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+IV_SIZE = 12
+
+# Search index fields; the order is the preference for the index that drives a scan.
+FILTERS: tuple[tuple[str, bytes], ...] = (
+    ("rid", b"r"),
+    ("req", b"q"),
+    ("xid", b"x"),
+    ("ref", b"p"),
+    ("actor", b"a"),
+    ("action", b"c"),
+    ("outcome", b"o"),
+)
+_FIELD = dict(FILTERS)
+
+# OCSF API Activity (6003): 2 = read, 1 = create, 4 = delete.
+_OCSF_READ = [6003, 2]
+_OCSF_CREATE = [6003, 1]
+_OCSF_DELETE = [6003, 4]
+
+
+class Conflict(Exception):
+    """The request conflicts with stored state (HTTP 409)."""
+
+
+@dataclass(frozen=True)
+class ScimLimits:
+    """Explicit limits of the SCIM endpoints (documented in docs/api.md)."""
+
+    max_event_body: int = MAX_JSON_SIZE  # bytes of one event's body, JSON or CBOR (413)
+    max_batch_events: int = 1000  # events per batch request (413)
+    max_batch_body: int = 8 << 20  # bytes of one batch body (413)
+    max_search_limit: int = 100  # results per search page
+    default_search_limit: int = 50
+    max_scan: int = 10_000  # index records examined per search page
+    max_receipts: int = 1000  # receipts per GET /v1/scim/receipts
+    max_refs: int = 1000  # ids per POST /v1/scim/pseudonyms
+    erasure_ttl_ms: int = 7 * 24 * 3600 * 1000  # a pending erasure request expires
+
+
+@dataclass(frozen=True)
+class Accepted:
+    eid: str
+    leaf: bytes
+    leaf_hash: bytes
+    ts: int
+    duplicate: bool
+
+
+@dataclass(frozen=True)
+class Submitted:
+    eid: str
+    leaf: bytes
+    leaf_hash: bytes
+    ts: int
+    duplicate: bool
+    index: int
+
+
+@dataclass(frozen=True)
+class Filters:
+    rid: str | None = None
+    req: str | None = None
+    xid: str | None = None
+    ref: str | None = None
+    actor: str | None = None
+    action: str | None = None
+    outcome: str | None = None
+    ref_rt: str = "User"
+    since: int | None = None
+    until: int | None = None
+
+    def items(self) -> list[tuple[str, str]]:
+        out = [(n, getattr(self, n)) for n, _ in FILTERS if getattr(self, n) is not None]
+        if self.ref is not None:
+            out.append(("ref_rt", self.ref_rt))
+        for n in ("since", "until"):
+            v = getattr(self, n)
+            if v is not None:
+                out.append((n, str(v)))
+        return sorted(out)
+
+
+@dataclass(frozen=True)
+class Found:
+    """One search result: a sequenced event, decrypted, or erased (event and nonce None)."""
+
+    index: int
+    leaf: bytes
+    leaf_hash: bytes
+    ts: int
+    eid: str
+    event: Event | None
+    nonce: bytes | None
+
+    @property
+    def erased(self) -> bool:
+        return self.event is None
+
+
+@dataclass(frozen=True)
+class ReceiptInfo:
+    eid: str
+    leaf: bytes
+    leaf_hash: bytes
+    ts: int
+    index: int | None  # None: accepted but not yet in the tree (pending)
+    erased: bool
+
+
+@dataclass(frozen=True)
+class ErasureStatus:
+    id: str
+    record: dict[str, Any]
+    receipt: Submitted | None = None
+
+
+def subject_of(ev: Mapping[str, Any]) -> SubjectId:
+    """The data subject whose DEK encrypts ``ev`` (module docstring)."""
+    rt = ev["rt"]
+    if rt.startswith(SYSTEM_PREFIX):
+        return SubjectId(rt, "sys", "")
+    if "rid" in ev:
+        return SubjectId(rt, "rid", ev["rid"])
+    if "xid" in ev:
+        return SubjectId(rt, "xid", ev["xid"])
+    return SubjectId(rt, "none", "")
+
+
+def _ref_value(rt: str, pid: bytes) -> bytes:
+    return rt.encode() + b"\x00" + pid
+
+
+def index_values(ev: Mapping[str, Any]) -> list[tuple[bytes, bytes]]:
+    """(field, value) pairs that the search index records for ``ev``."""
+    out: list[tuple[bytes, bytes]] = []
+    if "rid" in ev:
+        out.append((_FIELD["rid"], ev["rid"].encode()))
+    if "xid" in ev:
+        out.append((_FIELD["xid"], ev["xid"].encode()))
+    if "id" in ev["actor"]:
+        out.append((_FIELD["actor"], ev["actor"]["id"].encode()))
+    for act in ev.get("acts", ()):
+        out.append((_FIELD["action"], act["a"].encode()))
+    out.append((_FIELD["outcome"], ev["outcome"].encode()))
+    out.append((_FIELD["req"], ev["corr"]["req"].encode()))
+    for ref in ev.get("refs", ()):
+        out.append((_FIELD["ref"], _ref_value(ref["rt"], ref["pid"])))
+    return list(dict.fromkeys(out))
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class ScimService:
+    """The SCIM event service over one log. Safe for concurrent use from the event loop."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        log_: Log,
+        sequencer: Sequencer,
+        keys: KeyRing,
+        limits: ScimLimits | None = None,
+        clock: Callable[[], int] = _now_ms,
+    ) -> None:
+        self.storage = storage
+        self.log = log_
+        self.seq = sequencer
+        self.keys = keys
+        self.limits = limits or ScimLimits()
+        self.clock = clock
+        # One writer of SCIM records at a time: "is this eid new?", key creation, erasure
+        # and the commit must not interleave (a shred racing an ingestion could otherwise
+        # leave a DEK that nothing erases).
+        self._lock = threading.Lock()
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    def _write(self, fn: Callable[[Overlay], T]) -> T:
+        """Run ``fn`` on a fresh snapshot under the writer lock, then commit its writes."""
+        with self._lock:
+            with self.storage.read() as rv:
+                tx = Overlay(rv)
+                result = fn(tx)
+                items = tx.items()
+            if items:
+                self.storage.put_aux(items)
+            return result
+
+    def _read(self, fn: Callable[[Overlay], T]) -> T:
+        with self.storage.read() as rv:
+            return fn(Overlay(rv))
+
+    def tenant_ref(self, tenant: str) -> bytes:
+        return self.keys.tenant_ref(tenant)
+
+    # -- ingestion ----------------------------------------------------------------------------
+
+    async def submit(
+        self, tenant: str, events: Sequence[Event], *, system: bool = False
+    ) -> tuple[list[Submitted], Published]:
+        """Log ``events`` (validated dicts) for ``tenant``; durable and published on return.
+
+        Raises :class:`Forbidden` for an event of another tenant, :class:`EventFormatError`
+        for a reserved resource type, :class:`Conflict` for an eid reused with a different
+        event; nothing is written then.
+        """
+        for i, ev in enumerate(events):
+            if ev["tenant"] != tenant:
+                raise Forbidden(f"event {i} is for another tenant than this token's")
+            if not system and ev["rt"].startswith(SYSTEM_PREFIX):
+                raise EventFormatError(
+                    f"event {i}: resource types starting with {SYSTEM_PREFIX!r} are reserved"
+                )
+        accepted = await anyio.to_thread.run_sync(self._write, self._stager(tenant, events))
+        return await self._sequence(accepted)
+
+    async def _sequence(self, accepted: list[Accepted]) -> tuple[list[Submitted], Published]:
+        res = await self.seq.submit([a.leaf for a in accepted])
+        out = [
+            Submitted(a.eid, a.leaf, a.leaf_hash, a.ts, a.duplicate, i)
+            for a, i in zip(accepted, res.indices, strict=True)
+        ]
+        return out, res.checkpoint
+
+    def _stager(self, tenant: str, events: Sequence[Event]) -> Callable[[Overlay], list[Accepted]]:
+        def stage(tx: Overlay) -> list[Accepted]:
+            tk = self.keys.tenant_or_create(tx, tenant)
+            now = self.clock()
+            seen: dict[str, tuple[Accepted, bytes]] = {}
+            return [self._stage(tx, tk, ev, now, seen) for ev in events]
+
+        return stage
+
+    def _stage(
+        self,
+        tx: Overlay,
+        tk: TenantKeys,
+        ev: Event,
+        now: int,
+        seen: dict[str, tuple[Accepted, bytes]],
+    ) -> Accepted:
+        eid = ev["eid"]
+        encoded = dumps_det(ev)
+        if eid in seen:
+            first, first_encoded = seen[eid]
+            if first_encoded != encoded:
+                raise Conflict(f"eid {eid} appears twice in the batch with different events")
+            return Accepted(first.eid, first.leaf, first.leaf_hash, first.ts, True)
+        vkey = store.eid_key(tk.tn, eid)
+        known = tx.get(vkey)
+        if known is not None:
+            self._check_same(tx, tk, known, ev)
+            acc = Accepted(eid, known, leaf_hash(known), parse_leaf(known).ts, True)
+            seen[eid] = (acc, encoded)
+            return acc
+        nonce = new_nonce()
+        leaf = make_leaf(now, tk.tn, commitment(nonce, encoded))
+        lh = leaf_hash(leaf)
+        sk = self.keys.subject_or_create(tx, tk, subject_of(ev))
+        epoch = epoch_of(now)
+        dek = self.keys.dek_or_create(tx, tk, sk.kid, epoch)
+        iv = os.urandom(IV_SIZE)
+        # SCIM.md §4.3 step 3: the AAD binds the ciphertext to its leaf.
+        ct = AESGCM(dek).encrypt(iv, dumps_det({"n": nonce, "b": ev}), lh)
+        conds = tuple(f + tk.index_hash(f, v) for f, v in index_values(ev))
+        tx.put(vkey, leaf)
+        tx.put(
+            store.envelope_key(lh), Envelope(tk.tn, eid, now, sk.kid, epoch, iv, ct, conds).encode()
+        )
+        tx.put(store.subject_event_key(sk.kid, lh), b"")
+        tail = store.ts_tail(now, lh)
+        tx.put(store.tenant_events_prefix(tk.tn) + tail, b"")
+        for cond in conds:
+            tx.put(store.index_prefix(tk.tn, cond) + tail, b"")
+        acc = Accepted(eid, leaf, lh, now, False)
+        seen[eid] = (acc, encoded)
+        return acc
+
+    def _open(self, tx: Overlay, tk: TenantKeys, lh: bytes) -> tuple[Event, bytes] | None:
+        """Decrypt the envelope of ``lh``: (event, nonce), or None once erased."""
+        raw = tx.get(store.envelope_key(lh))
+        if raw is None:
+            raise StorageError("SCIM event without an envelope")
+        env = decode_envelope(raw)
+        if isinstance(env, Tombstone):
+            return None
+        dek = self.keys.dek(tx, tk, env.kid, env.epoch)
+        if dek is None:  # shredded, or its retention epoch expired
+            return None
+        try:
+            pt = AESGCM(dek).decrypt(env.iv, env.ct, lh)
+        except InvalidTag:
+            raise StorageError("SCIM envelope does not decrypt (modified record?)") from None
+        try:
+            body = loads_det(pt)
+            return validate_event(body["b"]), body["n"]
+        except (EventFormatError, KeyError, TypeError):
+            raise StorageError("SCIM envelope holds a malformed body") from None
+
+    def _check_same(self, tx: Overlay, tk: TenantKeys, leaf: bytes, ev: Event) -> None:
+        """A retried eid must carry the same event (when the original is still readable)."""
+        opened = self._open(tx, tk, leaf_hash(leaf))
+        if opened is None:
+            return  # erased: nothing to compare with; the original receipt stands
+        _, nonce = opened
+        if not hmac.compare_digest(commitment(nonce, ev), parse_leaf(leaf).c):
+            raise Conflict(f"eid {ev['eid']} was already logged with a different event")
+
+    # -- pseudonyms ---------------------------------------------------------------------------
+
+    async def pseudonyms(self, tenant: str, refs: Sequence[tuple[str, str]]) -> list[bytes]:
+        """``pid`` of each (rt, id) under that subject's pseudonym key (created if needed)."""
+
+        def stage(tx: Overlay) -> list[bytes]:
+            tk = self.keys.tenant_or_create(tx, tenant)
+            return [self.keys.pid_or_create(tx, tk, rt, rid) for rt, rid in refs]
+
+        return await anyio.to_thread.run_sync(self._write, stage)
+
+    # -- search -------------------------------------------------------------------------------
+
+    def search(
+        self, tenant: str, f: Filters, limit: int, cursor: bytes | None, pub: Published
+    ) -> tuple[list[Found], bytes | None]:
+        """One page of the tenant's events matching all filters, oldest first (log time).
+
+        Only events in the tree of ``pub`` are returned. The page ends after ``limit``
+        results or ``max_scan`` index records; the returned cursor (``ts ‖ leaf hash`` of
+        the last record examined) continues it, and is None when nothing follows.
+        """
+
+        def run(tx: Overlay) -> tuple[list[Found], bytes | None]:
+            tk = self.keys.tenant(tx, tenant)
+            if tk is None:
+                return [], None
+            conds: list[bytes] = []
+            for name, fld in FILTERS:
+                value = getattr(f, name)
+                if value is None:
+                    continue
+                if name == "ref":
+                    p = self.keys.pid(tx, tk, f.ref_rt, value)
+                    if p is None:
+                        return [], None
+                    raw = _ref_value(f.ref_rt, p)
+                else:
+                    raw = value.encode()
+                conds.append(fld + tk.index_hash(fld, raw))
+            if conds:
+                prefix = store.index_prefix(tk.tn, conds[0])
+            else:
+                prefix = store.tenant_events_prefix(tk.tn)
+            others = conds[1:]
+            start = prefix + store.ts_bytes(f.since or 0)
+            if cursor is not None:
+                start = max(start, prefix + cursor + b"\x00")  # strictly after the cursor
+            results: list[Found] = []
+            scanned = 0
+            for key, _ in tx.rv.aux_range(prefix, start):
+                tail = key[len(prefix) :]
+                ts, lh = store.split_tail(tail)
+                if f.until is not None and ts >= f.until:
+                    return results, None
+                scanned += 1
+                if all(tx.rv.aux(store.index_prefix(tk.tn, c) + tail) is not None for c in others):
+                    found = self._found(tx, tk, lh, pub)
+                    if found is not None:
+                        results.append(found)
+                if len(results) >= limit or scanned >= self.limits.max_scan:
+                    return results, tail
+            return results, None
+
+        return self._read(run)
+
+    def _found(self, tx: Overlay, tk: TenantKeys, lh: bytes, pub: Published) -> Found | None:
+        index = tx.rv.index_of(lh)
+        if index is None or index >= pub.size:
+            return None  # pending, or sequenced after the checkpoint this page answers to
+        leaf = tx.rv.entry(index)
+        raw = tx.get(store.envelope_key(lh))
+        if leaf is None or raw is None:
+            raise StorageError("SCIM event missing from the log or the store")
+        env = decode_envelope(raw)
+        opened = self._open(tx, tk, lh)
+        if opened is None:
+            return Found(index, leaf, lh, env.ts, env.eid, None, None)
+        ev, nonce = opened
+        return Found(index, leaf, lh, env.ts, env.eid, ev, nonce)
+
+    # -- receipts -----------------------------------------------------------------------------
+
+    def receipts(
+        self, tenant: str, *, eid: str | None = None, req: str | None = None
+    ) -> list[ReceiptInfo]:
+        """Receipts of the tenant's event ``eid``, or of all events of request id ``req``."""
+
+        def run(tx: Overlay) -> list[ReceiptInfo]:
+            tk = self.keys.tenant(tx, tenant)
+            if tk is None:
+                return []
+            lhs: list[bytes] = []
+            if eid is not None:
+                leaf = tx.get(store.eid_key(tk.tn, eid))
+                if leaf is not None:
+                    lhs.append(leaf_hash(leaf))
+            if req is not None:
+                cond = _FIELD["req"] + tk.index_hash(_FIELD["req"], req.encode())
+                prefix = store.index_prefix(tk.tn, cond)
+                for key, _ in tx.rv.aux_range(prefix):
+                    lhs.append(store.split_tail(key[len(prefix) :])[1])
+                    if len(lhs) >= self.limits.max_receipts:
+                        break
+            out = []
+            for lh in lhs:
+                raw = tx.get(store.envelope_key(lh))
+                if raw is None:
+                    raise StorageError("SCIM event without an envelope")
+                env = decode_envelope(raw)
+                leaf = tx.get(store.eid_key(tk.tn, env.eid))
+                if leaf is None:
+                    raise StorageError("SCIM event without an eid record")
+                erased = isinstance(env, Tombstone)
+                out.append(ReceiptInfo(env.eid, leaf, lh, env.ts, tx.rv.index_of(lh), erased))
+            return out
+
+        return self._read(run)
+
+    # -- the log's own events -----------------------------------------------------------------
+
+    def _system_event(
+        self,
+        tenant: str,
+        principal: Principal,
+        *,
+        rt: str,
+        op: str,
+        action: str,
+        ocsf: list[int],
+        method: str,
+        path: str,
+        dig: bytes,
+        length: int,
+        req_id: str,
+        x: dict[str, Any],
+        rid: str | None = None,
+    ) -> Event:
+        now = self.clock()
+        eid = str(uuid7(now))
+        return new_event(
+            tenant=tenant,
+            sp={"id": "tlog"},
+            op=op,
+            rt=rt,
+            rid=rid or eid,
+            eid=eid,
+            ts=now,
+            actor={"kind": "bearer", "id": principal.token_id, "name": principal.role},
+            corr=req_id,
+            req={"m": method, "p": path, "dig": dig, "len": length},
+            res=200,
+            outcome="success",
+            acts=[{"a": action, "ocsf": ocsf}],
+            x=x,
+        )
+
+    async def record_access(
+        self,
+        tenant: str,
+        principal: Principal,
+        *,
+        what: str,
+        path: str,
+        query: Sequence[tuple[str, str]],
+        counts: Mapping[str, int],
+        req_id: str,
+    ) -> tuple[Submitted, Published]:
+        """Append an access event: who read how many bodies with which query (keyed digest).
+
+        No personal data: the query itself is only present as HMAC(tenant index key, query),
+        which the operator can check against a suspected query and nobody else can.
+        """
+        qtext = "&".join(f"{k}={v}" for k, v in sorted(query)).encode()
+        dig = self._read(lambda tx: self._tenant_digest(tx, tenant, qtext))
+        ev = self._system_event(
+            tenant,
+            principal,
+            rt="tlog.access",
+            op="create",
+            action=f"tlog.access.{what}",
+            ocsf=_OCSF_READ,
+            method="GET",
+            path=path,
+            dig=dig,
+            length=len(qtext),
+            req_id=req_id,
+            x={"what": what, **counts},
+        )
+        done, pub = await self.submit(tenant, [ev], system=True)
+        return done[0], pub
+
+    def _tenant_digest(self, tx: Overlay, tenant: str, data: bytes) -> bytes:
+        tk = self.keys.tenant(tx, tenant)
+        if tk is None:  # a tenant with no events yet: still a keyed, non-reversible digest
+            return hashlib.sha256(self.tenant_ref(tenant) + data).digest()
+        return tk.keyed_digest(data)
+
+    # -- erasure (crypto-shredding) -----------------------------------------------------------
+
+    async def request_erasure(
+        self,
+        principal: Principal,
+        tenant: str,
+        subject: SubjectId,
+        reason: str,
+        req_id: str,
+    ) -> ErasureStatus:
+        """Record a pending erasure request (first of two officers); logs a request event."""
+        if not REASON_RE.fullmatch(reason):
+            raise EventFormatError("reason must be a code matching [a-z0-9][a-z0-9._-]{0,63}")
+        if principal.tenant is not None and principal.tenant != tenant:
+            raise Forbidden("this token is bound to another tenant")
+        if subject.rt.startswith(SYSTEM_PREFIX):
+            raise EventFormatError("the log's own events have no data subject to erase")
+
+        def stage(tx: Overlay) -> tuple[ErasureStatus, Accepted]:
+            now = self.clock()
+            tk = self.keys.tenant(tx, tenant)
+            sk = None if tk is None else self.keys.subject(tx, tk, subject)
+            if tk is None or sk is None:
+                raise NotFound("no keys for that subject in that tenant (nothing to erase)")
+            rid = os.urandom(16)
+            record: dict[str, Any] = {
+                "v": 1,
+                "tenant": tenant,
+                "rt": subject.rt,
+                "kind": subject.kind,
+                "h": tk.subject_hash(subject),
+                "kid_hash": hashlib.sha256(sk.kid).digest(),
+                "reason": reason,
+                "requested_by": principal.token_id,
+                "created": now,
+                "state": "pending",
+            }
+            ev = self._system_event(
+                tenant,
+                principal,
+                rt="tlog.erasure",
+                op="create",
+                action="tlog.erasure.request",
+                ocsf=_OCSF_CREATE,
+                method="POST",
+                path="/v1/scim/erasures",
+                dig=hashlib.sha256(b"").digest(),
+                length=0,
+                req_id=req_id,
+                rid=rid.hex(),
+                x=self._erasure_x(rid, record),
+            )
+            acc = self._stage(tx, tk, ev, now, {})
+            record["request_eid"] = acc.eid
+            tx.put(store.request_key(rid), store.encode_record(record))
+            return ErasureStatus(rid.hex(), record), acc
+
+        status, acc = await anyio.to_thread.run_sync(self._write, stage)
+        done, _ = await self._sequence([acc])
+        return ErasureStatus(status.id, status.record, done[0])
+
+    @staticmethod
+    def _erasure_x(rid: bytes, record: Mapping[str, Any]) -> dict[str, Any]:
+        x: dict[str, Any] = {
+            "request": rid.hex(),
+            "subject_rt": record["rt"],
+            "subject_kind": record["kind"],
+            "kid_hash": record["kid_hash"].hex(),
+            "reason": record["reason"],
+            "requested_by": record["requested_by"],
+        }
+        for k in ("approved_by", "deks", "events", "index_records"):
+            if k in record:
+                x[k] = record[k]
+        return x
+
+    def _load_request(self, tx: Overlay, request_id: str) -> tuple[bytes, dict[str, Any]]:
+        try:
+            rid = bytes.fromhex(request_id)
+        except ValueError:
+            raise NotFound("no such erasure request") from None
+        if len(rid) != 16 or rid.hex() != request_id:
+            raise NotFound("no such erasure request")
+        raw = tx.get(store.request_key(rid))
+        if raw is None:
+            raise NotFound("no such erasure request")
+        return rid, store.decode_record(raw, "erasure request")
+
+    def erasure_status(self, principal: Principal, request_id: str) -> ErasureStatus:
+        def run(tx: Overlay) -> ErasureStatus:
+            _, rec = self._load_request(tx, request_id)
+            if principal.tenant is not None and principal.tenant != rec["tenant"]:
+                raise NotFound("no such erasure request")
+            return ErasureStatus(request_id, rec)
+
+        return self._read(run)
+
+    async def approve_erasure(
+        self, principal: Principal, request_id: str, req_id: str
+    ) -> ErasureStatus:
+        """Second officer: destroy the subject's DEKs (all epochs) and pseudonym key, drop
+        its search index records, tombstone its envelopes, and append an erasure event.
+
+        All of that, and the erasure event's own records, commit in one transaction; the
+        leaf is then sequenced. Approving a finished request again returns its receipt.
+        """
+
+        def stage(tx: Overlay) -> tuple[ErasureStatus, Accepted]:
+            rid, rec = self._load_request(tx, request_id)
+            tenant = rec["tenant"]
+            if principal.tenant is not None and principal.tenant != tenant:
+                raise NotFound("no such erasure request")
+            tk = self.keys.tenant(tx, tenant)
+            if tk is None:
+                raise StorageError("erasure request for a tenant without keys")
+            if rec["state"] == "done":
+                leaf = tx.get(store.eid_key(tk.tn, rec["eid"]))
+                if leaf is None:
+                    raise StorageError("finished erasure without its event")
+                acc = Accepted(rec["eid"], leaf, leaf_hash(leaf), parse_leaf(leaf).ts, True)
+                return ErasureStatus(request_id, rec), acc
+            if rec["requested_by"] == principal.token_id:
+                raise Forbidden(
+                    "dual control: the approver must be another privacy officer than the requester"
+                )
+            now = self.clock()
+            if now - rec["created"] > self.limits.erasure_ttl_ms:
+                raise Conflict("the erasure request has expired; make a new one")
+            skey = store.subject_key(tk.tn, rec["h"])
+            raw = tx.get(skey)
+            if raw is None:
+                raise Conflict("the subject's keys are already gone (erased by another request)")
+            kid = store.decode_record(raw, "subject")["kid"]
+            if hashlib.sha256(kid).digest() != rec["kid_hash"]:
+                raise Conflict("the subject's keys changed since the request; make a new one")
+            deks = [k for k, _ in tx.rv.aux_range(store.dek_prefix(kid))]
+            for k in deks:
+                tx.delete(k)
+            tx.delete(skey)
+            events = 0
+            index_records = 0
+            lprefix = store.subject_events_prefix(kid)
+            for k, _ in tx.rv.aux_range(lprefix):
+                lh = k[len(lprefix) :]
+                tx.delete(k)
+                ekey = store.envelope_key(lh)
+                eraw = tx.get(ekey)
+                if eraw is None:
+                    continue
+                env = decode_envelope(eraw)
+                if isinstance(env, Envelope):
+                    tail = store.ts_tail(env.ts, lh)
+                    for cond in env.ix:
+                        tx.delete(store.index_prefix(tk.tn, cond) + tail)
+                        index_records += 1
+                    tx.put(ekey, Tombstone(env.tn, env.eid, env.ts, rid).encode())
+                    events += 1
+            rec.update(
+                approved_by=principal.token_id,
+                deks=len(deks),
+                events=events,
+                index_records=index_records,
+            )
+            ev = self._system_event(
+                tenant,
+                principal,
+                rt="tlog.erasure",
+                op="delete",
+                action="tlog.erasure.approve",
+                ocsf=_OCSF_DELETE,
+                method="POST",
+                path=f"/v1/scim/erasures/{rid.hex()}/approve",
+                dig=hashlib.sha256(b"").digest(),
+                length=0,
+                req_id=req_id,
+                rid=rid.hex(),
+                x=self._erasure_x(rid, rec),
+            )
+            acc = self._stage(tx, tk, ev, now, {})
+            rec.update(state="done", done=now, eid=acc.eid)
+            tx.put(store.request_key(rid), store.encode_record(rec))
+            return ErasureStatus(request_id, rec), acc
+
+        status, acc = await anyio.to_thread.run_sync(self._write, stage)
+        done, _ = await self._sequence([acc])
+        return ErasureStatus(status.id, status.record, done[0])

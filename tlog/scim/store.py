@@ -1,0 +1,225 @@
+"""Layout of the SCIM records in the log's ``aux`` sub-database, and their codecs.
+
+Every key starts with ``scim/`` and a one-byte tag; the parts after it have fixed widths, so
+a prefix scan is exact and big-endian integers sort numerically. No key or value holds a
+plaintext SCIM identifier (resource id, externalId, actor, request id, member id): those are
+inside AES-GCM ciphertext or turned into ``HMAC(tenant index key, value)[:16]``.
+
+=== ================================== ============================================
+tag key after the tag                   value
+=== ================================== ============================================
+K   ``check`` / ``tnkey``               master-key check value / wrapped tn key
+T   tn(16)                              tenant record: wrapped KEK and index key
+S   tn(16) ‖ subject hash(16)           subject record: random kid, wrapped P key
+D   kid(16) ‖ u32 epoch                 the subject's DEK for that month, wrapped
+V   tn(16) ‖ eid(16)                    leaf bytes (eid record: dedup, receipts)
+E   leaf hash(32)                       envelope, or a tombstone after erasure
+L   kid(16) ‖ leaf hash(32)             empty: the subject's events (for erasure)
+A   tn(16) ‖ u64 ts ‖ leaf hash(32)     empty: the tenant's events by log time
+X   tn ‖ field(1) ‖ h(16) ‖ ts ‖ lh     empty: search index, h = HMAC(ik, value)
+R   request id(16)                      erasure request (no personal data)
+=== ================================== ============================================
+
+``tn`` is the public tenant ref of the leaf; ``kid`` is random (not derived from the subject),
+so once the subject record is deleted nothing links a kid, a tombstone or an erasure event
+back to the subject's identifiers.
+"""
+
+from __future__ import annotations
+
+import struct
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from client.scim.cbor import EventFormatError, dumps_det, loads_det
+from tlog.storage import ReadView, StorageError
+
+__all__ = [
+    "Envelope",
+    "Overlay",
+    "Tombstone",
+    "decode_envelope",
+    "decode_record",
+    "encode_record",
+]
+
+PREFIX = b"scim/"
+_U32 = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
+TS_KEY_SIZE = 8 + 32  # u64 ts ‖ leaf hash: the tail of A and X keys, and the paging cursor
+
+
+def _k(tag: bytes, *parts: bytes) -> bytes:
+    return PREFIX + tag + b"".join(parts)
+
+
+def check_key() -> bytes:
+    return _k(b"K", b"check")
+
+
+def tn_key_key() -> bytes:
+    return _k(b"K", b"tnkey")
+
+
+def tenant_key(tn: bytes) -> bytes:
+    return _k(b"T", tn)
+
+
+def subject_key(tn: bytes, h: bytes) -> bytes:
+    return _k(b"S", tn, h)
+
+
+def dek_prefix(kid: bytes) -> bytes:
+    return _k(b"D", kid)
+
+
+def dek_key(kid: bytes, epoch: int) -> bytes:
+    return _k(b"D", kid, _U32.pack(epoch))
+
+
+def eid_key(tn: bytes, eid: str) -> bytes:
+    # eids are validated lowercase UUIDs, so the 16-byte form is a bijection.
+    return _k(b"V", tn, uuid.UUID(eid).bytes)
+
+
+def envelope_key(leaf_hash: bytes) -> bytes:
+    return _k(b"E", leaf_hash)
+
+
+def subject_events_prefix(kid: bytes) -> bytes:
+    return _k(b"L", kid)
+
+
+def subject_event_key(kid: bytes, leaf_hash: bytes) -> bytes:
+    return _k(b"L", kid, leaf_hash)
+
+
+def tenant_events_prefix(tn: bytes) -> bytes:
+    return _k(b"A", tn)
+
+
+def index_prefix(tn: bytes, cond: bytes) -> bytes:
+    """``cond`` is field(1) ‖ h(16)."""
+    return _k(b"X", tn, cond)
+
+
+def ts_tail(ts: int, leaf_hash: bytes) -> bytes:
+    return _U64.pack(ts) + leaf_hash
+
+
+def split_tail(tail: bytes) -> tuple[int, bytes]:
+    if len(tail) != TS_KEY_SIZE:
+        raise StorageError("malformed SCIM index key")
+    return int(_U64.unpack(tail[:8])[0]), tail[8:]
+
+
+def ts_bytes(ts: int) -> bytes:
+    return _U64.pack(ts)
+
+
+def request_key(req_id: bytes) -> bytes:
+    return _k(b"R", req_id)
+
+
+# --- records ------------------------------------------------------------------------------
+
+
+def encode_record(obj: dict[str, Any]) -> bytes:
+    return dumps_det(obj)
+
+
+def decode_record(data: bytes, what: str) -> dict[str, Any]:
+    try:
+        obj = loads_det(data)
+    except EventFormatError as exc:
+        raise StorageError(f"corrupt {what} record: {exc}") from None
+    if type(obj) is not dict:
+        raise StorageError(f"corrupt {what} record")
+    return obj
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """An event body, encrypted: AES-256-GCM(DEK(kid, epoch), iv, det_cbor({n, b}), AAD=lh)."""
+
+    tn: bytes
+    eid: str
+    ts: int
+    kid: bytes
+    epoch: int
+    iv: bytes
+    ct: bytes
+    ix: tuple[bytes, ...]  # the search index conditions (field ‖ h) written for this event
+
+    def encode(self) -> bytes:
+        return encode_record(
+            {
+                "v": 1,
+                "tn": self.tn,
+                "eid": self.eid,
+                "ts": self.ts,
+                "kid": self.kid,
+                "ep": self.epoch,
+                "iv": self.iv,
+                "ct": self.ct,
+                "ix": list(self.ix),
+            }
+        )
+
+
+@dataclass(frozen=True)
+class Tombstone:
+    """What is left of an envelope after erasure: public facts and the erasure request id."""
+
+    tn: bytes
+    eid: str
+    ts: int
+    erasure: bytes
+
+    def encode(self) -> bytes:
+        return encode_record(
+            {"v": 1, "tn": self.tn, "eid": self.eid, "ts": self.ts, "erased": self.erasure}
+        )
+
+
+def decode_envelope(data: bytes) -> Envelope | Tombstone:
+    r = decode_record(data, "envelope")
+    try:
+        if "erased" in r:
+            return Tombstone(r["tn"], r["eid"], r["ts"], r["erased"])
+        return Envelope(
+            r["tn"], r["eid"], r["ts"], r["kid"], r["ep"], r["iv"], r["ct"], tuple(r["ix"])
+        )
+    except (KeyError, TypeError):
+        raise StorageError("corrupt envelope record") from None
+
+
+class Overlay:
+    """Reads through the writes staged for one ``Storage.put_aux`` transaction.
+
+    Records created earlier in the same transaction (a new subject, a DEK) must be seen by
+    later events of the same batch before anything is committed.
+    """
+
+    def __init__(self, rv: ReadView) -> None:
+        self.rv = rv
+        self._writes: dict[bytes, bytes | None] = {}
+
+    def get(self, key: bytes) -> bytes | None:
+        if key in self._writes:
+            return self._writes[key]
+        return self.rv.aux(key)
+
+    def staged(self, key: bytes) -> bool:
+        """Whether ``key`` is written (not yet durably) by this transaction."""
+        return key in self._writes
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self._writes[key] = value
+
+    def delete(self, key: bytes) -> None:
+        self._writes[key] = None
+
+    def items(self) -> list[tuple[bytes, bytes | None]]:
+        return list(self._writes.items())
