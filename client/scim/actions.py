@@ -32,6 +32,7 @@ from typing import Any
 import rfc8785
 
 from client.scim.cbor import EventFormatError
+from client.scim.jsonstrict import strict_json
 
 __all__ = [
     "MAX_BODY_SIZE",
@@ -379,19 +380,6 @@ class RequestIntent:
         }
 
 
-def _no_dup_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise ValueError(f"duplicate JSON key {k!r}")
-        out[k] = v
-    return out
-
-
-def _no_constant(s: str) -> object:
-    raise ValueError(f"JSON constant {s} is not allowed")
-
-
 def _load_body(body: bytes | str | Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(body, Mapping):
         return dict(body)
@@ -405,7 +393,7 @@ def _load_body(body: bytes | str | Mapping[str, Any]) -> dict[str, Any]:
     try:
         # Floats are legal in SCIM bodies (decimal attributes); they only ever reach the
         # event as JCS text or digests.
-        obj = json.loads(body, object_pairs_hook=_no_dup_pairs, parse_constant=_no_constant)
+        obj = strict_json(body, floats=True)
     except RecursionError:
         raise EventFormatError("request body nested too deeply") from None
     except ValueError as exc:

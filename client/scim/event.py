@@ -48,6 +48,7 @@ from typing import Any
 from client.note import FormatError, b64decode_strict, b64encode
 from client.scim.actions import derive_actions
 from client.scim.cbor import EventFormatError, dumps_det, loads_det
+from client.scim.jsonstrict import strict_json
 
 __all__ = [
     "ACTOR_KINDS",
@@ -112,41 +113,6 @@ class _Spec:
         raise NotImplementedError
 
 
-def _no_json_float(s: str) -> object:
-    raise ValueError(f"JSON number {s} is not an integer")
-
-
-def _no_json_constant(s: str) -> object:
-    raise ValueError(f"JSON constant {s} is not allowed")
-
-
-def _json_int(s: str) -> int:
-    # Bounded before int(): huge digit strings are slow and are out of range anyway.
-    if len(s.lstrip("-")) > 20:
-        raise ValueError("JSON integer too large")
-    return int(s)
-
-
-def _no_dup_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise ValueError(f"duplicate JSON key {k!r}")
-        out[k] = v
-    return out
-
-
-def _strict_json(text: str) -> Any:
-    """json.loads with floats, NaN/Infinity and duplicate keys rejected (raises ValueError)."""
-    return json.loads(
-        text,
-        object_pairs_hook=_no_dup_pairs,
-        parse_float=_no_json_float,
-        parse_int=_json_int,
-        parse_constant=_no_json_constant,
-    )
-
-
 @dataclass(frozen=True)
 class _Text(_Spec):
     max_bytes: int = 256
@@ -173,7 +139,7 @@ class _Text(_Spec):
         if self.json_text:
             try:
                 # Floats are fine inside JSON text; only the syntax is checked here.
-                json.loads(v, object_pairs_hook=_no_dup_pairs, parse_constant=_no_json_constant)
+                strict_json(v, floats=True)
             except (ValueError, RecursionError):
                 raise _at(path, "not valid JSON text") from None
 
@@ -547,7 +513,7 @@ def event_from_json(text: str | bytes) -> Event:
         except UnicodeDecodeError:
             raise EventFormatError("JSON event is not valid UTF-8") from None
     try:
-        obj = _strict_json(text)
+        obj = strict_json(text)
     except RecursionError:
         raise EventFormatError("JSON nested too deeply") from None
     except ValueError as exc:

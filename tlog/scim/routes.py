@@ -37,6 +37,7 @@ from client.scim.event import (
     event_to_json,
     validate_event,
 )
+from client.scim.jsonstrict import strict_json
 from tlog.app import Api, BadRequest, PayloadTooLarge, Query, b64, error_response, read_body
 from tlog.auth import Forbidden, Principal
 from tlog.log import NotFound, Published
@@ -78,32 +79,10 @@ def _request_id(request: Request) -> str:
     return rid if _REQUEST_ID_RE.fullmatch(rid) else uuid.uuid4().hex
 
 
-def _no_dup_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise ValueError(f"duplicate JSON key {k!r}")
-        out[k] = v
-    return out
-
-
-def _no_float(s: str) -> Any:
-    raise ValueError(f"JSON number {s} is not an integer")
-
-
-def _no_constant(s: str) -> Any:
-    raise ValueError(f"JSON constant {s} is not allowed")
-
-
 def _strict_json(body: bytes) -> Any:
     """JSON with duplicate keys, floats and NaN/Infinity refused (400)."""
     try:
-        return json.loads(
-            body.decode("utf-8"),
-            object_pairs_hook=_no_dup_pairs,
-            parse_float=_no_float,
-            parse_constant=_no_constant,
-        )
+        return strict_json(body.decode("utf-8"))
     except RecursionError:
         raise BadRequest("body is nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:
