@@ -24,7 +24,7 @@ from client.note import b64decode_strict, parse_note
 from client.policy import Policy
 from client.proof_bundle import TlogProof
 
-from .conftest import ORIGIN, ROOT, free_port, start_server
+from .conftest import ORIGIN, ROOT, ServerProcess, free_port, start_server
 
 pytestmark = pytest.mark.slow
 
@@ -88,8 +88,20 @@ def test_three_witnesses_two_of_three(tmp_path: Path) -> None:
     out = run("tlog.cli", "keygen", "--origin", ORIGIN, "--data", str(data))
     log_vkey = next(w for w in out.split() if w.startswith(ORIGIN + "+"))
     witnesses = [Witness(tmp_path, f"w{i}", log_vkey) for i in (1, 2, 3)]
-    for w in witnesses:
-        w.start()
+    srv = None
+    try:
+        for w in witnesses:
+            w.start()
+        srv = run_scenario(tmp_path, data, log_vkey, witnesses)
+    finally:
+        if srv is not None:
+            srv.stop()
+        for w in witnesses:
+            w.stop()
+
+
+def run_scenario(tmp_path: Path, data: Path, log_vkey: str,
+                 witnesses: list[Witness]) -> ServerProcess:
     policy_text = f"log {log_vkey}\n" + "".join(
         f"witness {w.dir.name} {w.vkey} {w.url}\n" for w in witnesses
     ) + "group any2 2 w1 w2 w3\nquorum any2\n"
@@ -97,6 +109,16 @@ def test_three_witnesses_two_of_three(tmp_path: Path) -> None:
     policy = Policy.parse(policy_text)
     srv = start_server(data, None, "--witnesses", str(tmp_path / "policy"),
                        "--witness-interval", "0.1", "--witness-max-backoff", "2")
+    try:
+        check_scenario(srv, data, policy, witnesses)
+    except BaseException:
+        srv.stop()
+        raise
+    return srv
+
+
+def check_scenario(srv: ServerProcess, data: Path, policy: Policy,
+                   witnesses: list[Witness]) -> None:
     token = (data / "demo-submitter.token").read_text().strip()
     stop = threading.Event()
     acked: list[tuple[int, bytes]] = []
@@ -160,22 +182,16 @@ def test_three_witnesses_two_of_three(tmp_path: Path) -> None:
     finally:
         stop.set()
         t.join()
-    try:
-        # Every cosigned checkpoint seen is consistent with the last one.
-        with httpx.Client(base_url=srv.url) as c:
-            for size, cp in seen.items():
-                d = c.get("/v1/proof/consistency",
-                          params={"old_size": size, "tree_size": third.size}).json()
-                verify_consistency(size, third.size, cp.root_hash, third.root_hash,
-                                   [b64decode_strict(h) for h in d["consistency_proof"]])
-            # A receipt fetched again now carries the witnesses' cosignatures.
-            index, entry = acked[0]
-            bundle = TlogProof.parse(c.get(f"/v1/bundle/{index}").text)
-            cp, note = bundle.verify(policy.log_verifiers(ORIGIN)[0], entry=entry)
-            policy.check(note)
-        assert len(acked) > 20
-    finally:
-        srv.stop()
-        for w in witnesses:
-            w.stop()
-        assert all(w.proc is None or w.proc.returncode is not None for w in witnesses)
+    # Every cosigned checkpoint seen is consistent with the last one.
+    with httpx.Client(base_url=srv.url) as c:
+        for size, cp in seen.items():
+            d = c.get("/v1/proof/consistency",
+                      params={"old_size": size, "tree_size": third.size}).json()
+            verify_consistency(size, third.size, cp.root_hash, third.root_hash,
+                               [b64decode_strict(h) for h in d["consistency_proof"]])
+        # A receipt fetched again now carries the witnesses' cosignatures.
+        index, entry = acked[0]
+        bundle = TlogProof.parse(c.get(f"/v1/bundle/{index}").text)
+        cp, note = bundle.verify(policy.log_verifiers(ORIGIN)[0], entry=entry)
+        policy.check(note)
+    assert len(acked) > 20
