@@ -155,6 +155,12 @@ def cmd_fsck(args: argparse.Namespace) -> int:
     return 0 if rep.ok else 2
 
 
+def cmd_scim_proxy(args: argparse.Namespace) -> int:
+    from tlog.scim_proxy import main_proxy
+
+    return main_proxy(args)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tlog", description="transparency log server")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -234,6 +240,12 @@ def parser() -> argparse.ArgumentParser:
     f = sub.add_parser("fsck", help="recompute and check the whole tree")
     data_opt(f)
     f.set_defaults(func=cmd_fsck)
+
+    from tlog.scim_proxy import add_arguments as scim_proxy_arguments
+
+    sp = sub.add_parser("scim-proxy", help="auditing reverse proxy for a SCIM service provider")
+    scim_proxy_arguments(sp)
+    sp.set_defaults(func=cmd_scim_proxy)
     return p
 
 

@@ -1,0 +1,323 @@
+"""SCIM writes through ``tlog scim-proxy`` vs scim2-server alone, and the log's batch path.
+
+    .venv/bin/python -m bench.scim_proxy [--duration 10] [--connections 16] [--prefill 300]
+
+Needs ``wrk`` (``apt-get install -y wrk``) and the scim2 packages (``pip install
+scim2-server``). Everything runs on 127.0.0.1 in the same run, on the same machine:
+
+* **direct**: ``scim2-server`` (its own wsgiref server, a thread per connection);
+* **proxy**: an identical, fresh ``scim2-server`` behind ``tlog scim-proxy`` (fail-closed:
+  each answer waits for its event to be fsynced in the outbox), which relays the events to a
+  real ``tlog serve`` (SCIM service on: every event encrypted, committed, sequenced);
+* the load: the same wrk script for both, half ``POST /Users`` (unique userName), half
+  ``PATCH /Users/<id>`` (replace displayName) on users created beforehand. Every request
+  is a SCIM write, i.e. one audit event through the proxy, so events/s = requests/s;
+* after the proxy run, the time for the relay to drain the outbox into the log;
+* **batch path**: ``POST /v1/scim/events/batch`` with 1000-event batches (realistic create
+  events) from 2 client threads: events/s durably committed, encrypted, in the tree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+from bench.http import free_port, wait_up
+from client.scim.actions import parse_request
+from client.scim.event import new_event
+from client.scim.middleware import event_json
+
+ROOT = Path(__file__).resolve().parent.parent
+SCIM_TOKEN = "bench-scim-token"
+USER = "urn:ietf:params:scim:schemas:core:2.0:User"
+
+WRITE_LUA = """
+local ids = {%IDS%}
+local id = 0
+local n = 0
+function setup(thread) id = id + 1; thread:set("tid", id) end
+function init(args) math.randomseed(os.time() * 1000 + tid) end
+local headers = {["Authorization"] = "Bearer %TOKEN%",
+                 ["Content-Type"] = "application/scim+json"}
+request = function()
+  n = n + 1
+  if n % 2 == 0 then
+    local body = string.format(
+      '{"schemas":["%USER%"],"userName":"bench-%d-%d-%d-%d","displayName":"Bench User"}',
+      tid, os.time(), math.random(1, 1000000000), n)
+    return wrk.format("POST", "%BASE%/Users", headers, body)
+  end
+  local uid = ids[math.random(1, #ids)]
+  local body = string.format(
+    '{"schemas":["urn:ietf:params:scim:api:messages:2.0:PatchOp"],' ..
+    '"Operations":[{"op":"replace","path":"displayName","value":"d-%d-%d"}]}', tid, n)
+  return wrk.format("PATCH", "%BASE%/Users/" .. uid, headers, body)
+end
+"""
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def parse_wrk(out: str) -> dict[str, float]:
+    def ms(v: str, unit: str) -> float:
+        return float(v) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if m is None:
+        raise RuntimeError(f"unexpected wrk output:\n{out}")
+    res = {"rps": float(m.group(1))}
+    for pct in ("50", "99"):
+        mm = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        if mm:
+            res[f"p{pct}_ms"] = ms(mm.group(1), mm.group(2))
+    mm = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    res["non2xx"] = float(mm.group(1)) if mm else 0.0
+    mm = re.search(r"(\d+) requests in", out)
+    res["requests"] = float(mm.group(1)) if mm else 0.0
+    mm = re.search(r"Socket errors: (.*)", out)
+    res["socket_errors"] = 0.0 if mm is None else float(sum(
+        int(x) for x in re.findall(r"\d+", mm.group(1))))
+    if mm is not None:
+        print(f"  wrk socket errors: {mm.group(1)}", file=sys.stderr)
+    return res
+
+
+def wrk(base: str, ids: list[str], duration: int, connections: int) -> dict[str, float]:
+    script = (WRITE_LUA.replace("%IDS%", ",".join(json.dumps(i) for i in ids))
+              .replace("%TOKEN%", SCIM_TOKEN).replace("%USER%", USER)
+              .replace("%BASE%", httpx.URL(base).path.rstrip("/")))
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(script)
+    try:
+        out = subprocess.run(
+            ["wrk", f"-t{min(2, connections)}", f"-c{connections}", f"-d{duration}s",
+             "--latency", "-s", f.name, base], capture_output=True, text=True, check=True).stdout
+    finally:
+        os.unlink(f.name)
+    return parse_wrk(out)
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process so far (Linux /proc), or None."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_during(procs: dict[str, subprocess.Popen[bytes]], fn: Callable[[], dict[str, float]]
+               ) -> tuple[dict[str, float], dict[str, float]]:
+    """Run ``fn`` (a wrk run); return its result and the CPU seconds each process used."""
+    before = {n: cpu_seconds(p.pid) for n, p in procs.items()}
+    res = fn()
+    used = {}
+    for n, p in procs.items():
+        a, b = before[n], cpu_seconds(p.pid)
+        if a is not None and b is not None:
+            used[n] = b - a
+    return res, used
+
+
+def start_scim2_server(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    exe = Path(sys.executable).with_name("scim2-server")
+    p = subprocess.Popen([str(exe), "--hostname", "127.0.0.1", "--port", str(port),
+                          "--bearer-token", SCIM_TOKEN, "--reverse-proxy"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}/v2"
+    wait_up(base + "/ServiceProviderConfig", p)
+    return p, base
+
+
+def prefill(base: str, n: int) -> list[str]:
+    ids = []
+    with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {SCIM_TOKEN}"},
+                      timeout=30) as c:
+        for i in range(n):
+            r = c.post("/Users", json={"schemas": [USER], "userName": f"prefill-{i}"})
+            r.raise_for_status()
+            ids.append(r.json()["id"])
+    return ids
+
+
+def outbox_counts(path: Path) -> tuple[int, int]:
+    conn = sqlite3.connect(path, timeout=30)
+    try:
+        rows = dict(conn.execute("SELECT state, COUNT(*) FROM events GROUP BY state").fetchall())
+    finally:
+        conn.close()
+    return int(rows.get(0, 0)), int(rows.get(1, 0))
+
+
+def sample_events(n: int, tag: str) -> list[str]:
+    out = []
+    for i in range(n):
+        uid = f"{tag}-{i:08x}"
+        body = {"schemas": [USER], "userName": f"{uid}@example.com", "displayName": "Bench",
+                "emails": [{"value": f"{uid}@example.com", "primary": True}], "active": True}
+        raw = json.dumps(body).encode()
+        intent = parse_request("create", "User", raw)
+        ev = new_event(tenant="bench-batch", sp="bench-sp", op="create", rt="User", rid=uid,
+                       actor={"kind": "bearer", "tok_d": b"\x01" * 32}, corr=f"req-{uid}",
+                       req={"m": "POST", "p": "/Users", "dig": b"\x02" * 32, "len": len(raw)},
+                       res={"st": 201, "etag": 'W/"1"'}, outcome="success",
+                       **intent.event_fields())
+        out.append(event_json(ev))
+    return out
+
+
+def batch_load(url: str, token: str, seconds: float, threads: int = 2) -> tuple[float, int]:
+    """Events/s through POST /v1/scim/events/batch, 1000 events per request."""
+    done = [0]
+    lock = threading.Lock()
+    bodies: list[list[bytes]] = []
+    for t in range(threads):  # built before the clock starts: we measure the log
+        bodies.append([('{"events":[' + ",".join(sample_events(1000, f"b{t}-{k}")) + "]}")
+                       .encode() for k in range(max(2, int(seconds)))])
+    stop = time.monotonic() + seconds
+
+    def worker(t: int) -> None:
+        k = 0
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}",
+                                                 "Content-Type": "application/json"},
+                          timeout=120) as c:
+            while time.monotonic() < stop and k < len(bodies[t]):
+                r = c.post("/v1/scim/events/batch", content=bodies[t][k])
+                k += 1
+                if r.status_code == 200:
+                    with lock:
+                        done[0] += len(r.json()["results"])
+                else:
+                    print(f"batch answered {r.status_code}: {r.text[:200]}", file=sys.stderr)
+
+    t0 = time.monotonic()
+    ts = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    return done[0] / (time.monotonic() - t0), done[0]
+
+
+def tlog_token(data: Path, tenant: str) -> str:
+    return subprocess.run([sys.executable, "-m", "tlog.cli", "token", "create", "--role",
+                           "submitter", "--tenant", tenant, "--data", str(data)],
+                          capture_output=True, text=True, check=True, cwd=ROOT).stdout.strip()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--connections", type=int, default=16)
+    ap.add_argument("--prefill", type=int, default=300)
+    ap.add_argument("--receipt-timeout", type=float, default=0.0,
+                    help="proxy --receipt-timeout (0: answer once the event is in the outbox)")
+    ap.add_argument("--upstream-connections", type=int, default=64,
+                    help="proxy --upstream-connections (default 64, the proxy's default)")
+    args = ap.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("bench.scim_proxy needs wrk: apt-get install -y wrk")
+    tmp = Path(tempfile.mkdtemp(prefix="tlog-bench-scim-"))
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        lport = free_port()
+        log_p = subprocess.Popen(
+            [sys.executable, "-m", "tlog.cli", "serve", "--data", str(tmp / "log"), "--port",
+             str(lport), "--origin", "bench.example/log", "--log-level", "warning"],
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(log_p)
+        log_url = f"http://127.0.0.1:{lport}"
+        wait_up(log_url + "/checkpoint", log_p)
+        proxy_token = tlog_token(tmp / "log", "bench-proxy")
+        batch_token = tlog_token(tmp / "log", "bench-batch")
+        (tmp / "proxy.token").write_text(proxy_token)
+
+        direct_p, direct_base = start_scim2_server(tmp)
+        procs.append(direct_p)
+        up_p, upstream = start_scim2_server(tmp)
+        procs.append(up_p)
+        pport = free_port()
+        outbox = tmp / "proxy-outbox.sqlite"
+        proxy_p = subprocess.Popen(
+            [sys.executable, "-m", "tlog.cli", "scim-proxy", "--upstream", upstream, "--log",
+             log_url, "--token-file", str(tmp / "proxy.token"), "--tenant", "bench-proxy",
+             "--sp-id", "bench-sp", "--listen", f"127.0.0.1:{pport}", "--outbox", str(outbox),
+             "--receipt-timeout", str(args.receipt_timeout), "--upstream-connections",
+             str(args.upstream_connections), "--log-level", "warning"],
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(proxy_p)
+        proxy_base = f"http://127.0.0.1:{pport}/v2"
+        wait_up(proxy_base + "/ServiceProviderConfig", proxy_p)
+
+        direct_ids = prefill(direct_base, args.prefill)
+        proxy_ids = prefill(upstream, args.prefill)
+        d, cn = args.duration, args.connections
+        direct, direct_cpu = cpu_during({"scim2-server": direct_p},
+                                        lambda: wrk(direct_base, direct_ids, d, cn))
+        proxied, proxy_cpu = cpu_during(
+            {"scim2-server": up_p, "tlog scim-proxy": proxy_p, "tlog serve": log_p},
+            lambda: wrk(proxy_base, proxy_ids, d, cn))
+        t0 = time.monotonic()
+        pending, delivered = outbox_counts(outbox)
+        backlog_at_end = pending
+        while pending:
+            time.sleep(0.1)
+            pending, delivered = outbox_counts(outbox)
+        drain = time.monotonic() - t0
+        batch_eps, batch_n = batch_load(log_url, batch_token, d)
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    print(f"machine: {os.cpu_count()} cores ({cpu_model()}), {platform.system()} "
+          f"{platform.machine()}, Python {platform.python_version()}; everything on this host")
+    print(f"load: wrk -t2 -c{args.connections} -d{args.duration}s, 50% POST /Users + 50% PATCH "
+          f"/Users/<id> (of {args.prefill} users); proxy fail-closed, receipt-timeout "
+          f"{args.receipt_timeout}s, upstream-connections {args.upstream_connections}")
+    for name, r in (("scim2-server direct", direct), ("through tlog scim-proxy", proxied)):
+        print(f"{name:26} {r['rps']:8,.0f} writes/s (= events/s)  p50 {r.get('p50_ms', 0):6.2f} "
+              f"ms  p99 {r.get('p99_ms', 0):7.2f} ms  non-2xx {r['non2xx']:.0f}  "
+              f"socket errors {r['socket_errors']:.0f}")
+    for label, cpu, r in (("direct", direct_cpu, direct), ("proxied", proxy_cpu, proxied)):
+        n = max(r["requests"], 1.0)
+        parts = ", ".join(f"{k} {1000 * v / n:.2f}" for k, v in cpu.items())
+        print(f"  CPU ms per write, {label}: {parts}")
+    ratio = proxied["rps"] / direct["rps"] if direct["rps"] else 0.0
+    print(f"proxy / direct: {ratio:.0%} (target >= 70%)")
+    print(f"events in the log from the proxy: {delivered:,} (wrk counted {proxied['requests']:,.0f}"
+          f" requests); backlog at the end of the run {backlog_at_end}, drained in {drain:.2f}s")
+    print(f"batch path, POST /v1/scim/events/batch x1000 events, 2 threads, encryption on: "
+          f"{batch_eps:,.0f} events/s ({batch_n:,} events)")
+
+
+if __name__ == "__main__":
+    main()

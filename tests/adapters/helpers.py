@@ -1,0 +1,266 @@
+"""Shared pieces of the adapter tests: a SCIM app, a fake log, servers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import base64
+import collections
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+
+from client.scim.event import event_from_json
+
+ROOT = Path(__file__).resolve().parents[2]
+SCIM_TOKEN = "s3cret-scim-token"
+USER = "urn:ietf:params:scim:schemas:core:2.0:User"
+GROUP = "urn:ietf:params:scim:schemas:core:2.0:Group"
+PATCH = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
+BULK = "urn:ietf:params:scim:api:messages:2.0:BulkRequest"
+
+
+def scim_asgi_app(token: str = SCIM_TOKEN) -> Any:
+    """What ``scim2-server --bearer-token TOKEN`` serves, as an ASGI app (in-memory storage):
+    scim2-server's ``ASGIApplication`` with the static bearer tokens of its test server."""
+    from scim2_models import ScimProvider, UnauthorizedException
+    from scim2_server.applications.asgi import ASGIApplication
+    from scim2_server.memory import AsyncInMemoryStorage, InMemoryStorage
+    from scim2_server.service import ScimService
+    from scim2_server.testserver.application import BEARER_TOKEN_SCHEME
+    from scim2_server.utils import (
+        load_default_resource_types,
+        load_default_schemas,
+        load_default_service_provider_config,
+    )
+
+    class BearerASGIApplication(ASGIApplication):
+        def __init__(self, storage: Any, provider: Any, service: Any, tokens: set[str]) -> None:
+            super().__init__(storage, provider, service)
+            self.tokens = tokens
+
+        def check_auth(self, request: Any) -> None:
+            scheme, _, tok = (request.header("Authorization") or "").partition(" ")
+            if scheme.lower() != "bearer" or tok not in self.tokens:
+                raise UnauthorizedException
+
+    config = load_default_service_provider_config()
+    config.authentication_schemes = [*(config.authentication_schemes or []),
+                                     BEARER_TOKEN_SCHEME]
+    provider = ScimProvider.from_discovery(load_default_schemas().values(),
+                                           load_default_resource_types().values(),
+                                           config=config)
+    return BearerASGIApplication(AsyncInMemoryStorage(InMemoryStorage()), provider,
+                                 ScimService(provider, secret="x" * 32), {token})
+
+
+def user(name: str, **extra: Any) -> dict[str, Any]:
+    return {"schemas": [USER], "userName": name, **extra}
+
+
+@dataclass
+class FakeLog:
+    """The log's batch submission contract as an ``httpx.MockTransport`` handler.
+
+    Deduplicates by eid like the real log. ``fail`` holds canned answers served first
+    (a status int, or "down" for a connection error); ``reject`` eids get a 400.
+    """
+
+    events: list[dict[str, Any]] = field(default_factory=list)
+    by_eid: dict[str, int] = field(default_factory=dict)
+    fail: collections.deque[int | str] = field(default_factory=collections.deque)
+    reject: set[str] = field(default_factory=set)
+    down: bool = False
+    requests: list[int] = field(default_factory=list)  # batch sizes seen
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if self.down:
+            raise httpx.ConnectError("log down", request=request)
+        if self.fail:
+            what = self.fail.popleft()
+            if what == "down":
+                raise httpx.ConnectError("log down", request=request)
+            return httpx.Response(int(what), headers={"Retry-After": "0"},
+                                  json={"error": "canned"})
+        assert request.url.path == "/v1/scim/events/batch"
+        assert request.headers["authorization"].startswith("Bearer ")
+        events = json.loads(request.content)["events"]
+        self.requests.append(len(events))
+        if len(events) > 1000:
+            return httpx.Response(413, json={"error": "batch too large"})
+        parsed = [event_from_json(json.dumps(e)) for e in events]
+        if any(e["eid"] in self.reject for e in parsed):
+            return httpx.Response(400, json={"error": "bad event"})
+        results = []
+        with self.lock:
+            for ev in parsed:
+                dup = ev["eid"] in self.by_eid
+                if not dup:
+                    self.by_eid[ev["eid"]] = len(self.events)
+                    self.events.append(ev)
+                idx = self.by_eid[ev["eid"]]
+                lh = base64.b64encode(hashlib.sha256(ev["eid"].encode()).digest()).decode()
+                results.append({"eid": ev["eid"], "index": idx, "leaf_hash": lh,
+                                "duplicate": dup})
+            size = len(self.events)
+        return httpx.Response(200, json={"tree_size": size, "checkpoint": f"fake\n{size}\n",
+                                         "results": results})
+
+    def transport(self) -> httpx.MockTransport:
+        return httpx.MockTransport(self)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class UvicornThread:
+    """An ASGI app served by uvicorn on 127.0.0.1 in a daemon thread."""
+
+    def __init__(self, app: Any, port: int | None = None, **kw: Any) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        cfg = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
+                             lifespan="on", **kw)
+        self.server = uvicorn.Server(cfg)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(15)
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes] | None = None, timeout: float = 20.0
+              ) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process for {url} exited with {proc.returncode}")
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def start_scim2_server(tmp: Path, token: str = SCIM_TOKEN) -> tuple[subprocess.Popen[bytes], str]:
+    """The ``scim2-server`` command (wsgiref, threads) on 127.0.0.1; returns its base URL."""
+    port = free_port()
+    exe = Path(sys.executable).with_name("scim2-server")
+    out = open(tmp / f"scim2-server-{port}.log", "wb")
+    proc = subprocess.Popen([str(exe), "--hostname", "127.0.0.1", "--port", str(port),
+                             "--bearer-token", token, "--reverse-proxy"],
+                            stdout=out, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}/v2"
+    try:
+        wait_http(base + "/ServiceProviderConfig", proc)
+    except BaseException:
+        stop(proc)
+        raise
+    return proc, base
+
+
+def start_proxy(tmp: Path, upstream: str, log_url: str, token: str, tenant: str,
+                *extra: str, outbox: Path | None = None, port: int | None = None
+                ) -> tuple[subprocess.Popen[bytes], str]:
+    """``tlog scim-proxy`` as a real process; returns it and the proxied SCIM base URL."""
+    port = port or free_port()
+    token_file = tmp / f"proxy-{port}.token"
+    token_file.write_text(token + "\n")
+    out = open(tmp / f"proxy-{port}.log", "wb")
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tlog.cli", "scim-proxy", "--upstream", upstream,
+         "--log", log_url, "--token-file", str(token_file), "--tenant", tenant,
+         "--sp-id", "scim2-server", "--listen", f"127.0.0.1:{port}",
+         "--outbox", str(outbox or tmp / f"proxy-{port}.sqlite"), "--log-level", "warning",
+         *extra],
+        stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    base = f"http://127.0.0.1:{port}" + httpx.URL(upstream).path.rstrip("/")
+    try:
+        wait_http(base + "/ServiceProviderConfig", proc)
+    except BaseException:
+        stop(proc)
+        raise
+    return proc, base
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@dataclass
+class Write:
+    method: str
+    path: str
+    digest: bytes
+    status: int
+    req_id: str | None
+    eids: list[str]
+    tlog_status: str | None
+
+
+def run_tester(base_url: str, token: str = SCIM_TOKEN
+               ) -> tuple[list[tuple[str, str]], list[Write]]:
+    """Run the scim2-tester suite; return (title, status) per check and the writes it sent."""
+    from httpx2 import Client
+    from scim2_client.engines.httpx2 import SyncSCIMClient
+    from scim2_tester import check_server
+
+    writes: list[Write] = []
+
+    def on_response(response: Any) -> None:
+        req = response.request
+        if req.method in ("POST", "PUT", "PATCH", "DELETE") and not \
+                req.url.path.endswith("/.search"):
+            eids = response.headers.get("tlog-event-id", "")
+            writes.append(Write(req.method, req.url.path, hashlib.sha256(req.content).digest(),
+                                response.status_code, response.headers.get("x-request-id"),
+                                [e.strip() for e in eids.split(",") if e.strip()],
+                                response.headers.get("tlog-status")))
+
+    with Client(base_url=base_url, headers={"Authorization": f"Bearer {token}"},
+                event_hooks={"response": [on_response]}) as http:
+        client = SyncSCIMClient(http)
+        client.discover()
+        results = check_server(client)
+    return [(r.title, r.status.name) for r in results], writes
+
+
+def status_counts(results: list[tuple[str, str]]) -> dict[str, int]:
+    return dict(collections.Counter(s for _, s in results))
+
+
+def sleep_until(cond: Callable[[], bool], timeout: float = 20.0, step: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(step)
+    return cond()

@@ -1,0 +1,139 @@
+"""The relay against a fake of the log's batch contract: batching, backoff, dedup, poison."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from client.scim.event import event_to_json, new_event
+from client.scim.outbox import Outbox, OutboxRecord
+from client.scim.relay import DeliveryError, Relay, _retry_after
+
+from .helpers import FakeLog, sleep_until
+
+
+def event_record(i: int) -> OutboxRecord:
+    ev = new_event(tenant="t1", sp="sp", op="delete", rt="User", rid=f"u{i}",
+                   actor={"kind": "anonymous"}, corr=f"req-{i}",
+                   req={"m": "DELETE", "p": f"/Users/u{i}", "dig": b"\0" * 32, "len": 0},
+                   res=204, outcome="success")
+    return OutboxRecord(ev["eid"], f"req-{i}", event_to_json(ev))
+
+
+@pytest.fixture
+def outbox(tmp_path: Path) -> Outbox:
+    ob = Outbox(tmp_path / "o.sqlite")
+    yield ob
+    ob.close()
+
+
+def relay_for(outbox: Outbox, log: FakeLog, **kw: object) -> Relay:
+    return Relay(outbox, "http://log.test", "tok", transport=log.transport(),
+                 backoff_min=0.01, backoff_max=0.05, idle=0.05, **kw)  # type: ignore[arg-type]
+
+
+def test_delivers_in_batches_of_at_most_1000(outbox: Outbox) -> None:
+    log = FakeLog()
+    outbox.put([event_record(i) for i in range(2500)])
+    relay = relay_for(outbox, log)
+    relay.start()
+    try:
+        assert relay.flush(30)
+    finally:
+        relay.stop()
+    assert len(log.events) == 2500
+    assert max(log.requests) == 1000
+    assert outbox.counts() == {"pending": 0, "delivered": 2500, "rejected": 0}
+    r = outbox.receipt(log.events[7]["eid"])
+    assert r is not None and r.index == 7 and r.tree_size >= 8
+
+
+def test_redelivery_after_a_lost_answer_makes_no_duplicate(outbox: Outbox) -> None:
+    log = FakeLog()
+    recs = [event_record(i) for i in range(10)]
+    outbox.put(recs)
+    # The log commits the first batch but the answer never reaches the relay (a crash
+    # between the log's commit and mark_delivered): simulated by delivering behind its back.
+    for r in recs[:6]:
+        log(__import__("httpx").Request(
+            "POST", "http://log.test/v1/scim/events/batch",
+            headers={"authorization": "Bearer tok"},
+            content=('{"events":[' + r.body + "]}").encode()))
+    relay = relay_for(outbox, log)
+    relay.start()
+    try:
+        assert relay.flush(10)
+    finally:
+        relay.stop()
+    assert len(log.events) == 10  # by eid: 6 were duplicates, none became a second entry
+    assert len({e["eid"] for e in log.events}) == 10
+
+
+def test_backs_off_on_503_and_network_errors_then_delivers(outbox: Outbox) -> None:
+    log = FakeLog()
+    log.fail.extend(["down", 503, 500, "down", 429])
+    outbox.put([event_record(i) for i in range(3)])
+    relay = relay_for(outbox, log)
+    relay.start()
+    try:
+        assert sleep_until(lambda: not relay.healthy or len(log.events) == 3, 5)
+        assert relay.flush(10)
+        assert relay.healthy
+    finally:
+        relay.stop()
+    assert len(log.events) == 3
+    assert relay.attempts >= 6
+
+
+def test_a_malformed_event_is_isolated_and_rejected(outbox: Outbox) -> None:
+    log = FakeLog()
+    recs = [event_record(i) for i in range(9)]
+    log.reject.add(recs[4].eid)
+    outbox.put(recs)
+    relay = relay_for(outbox, log)
+    relay.start()
+    try:
+        assert relay.flush(10)
+    finally:
+        relay.stop()
+    assert {e["eid"] for e in log.events} == {r.eid for r in recs} - {recs[4].eid}
+    assert outbox.counts() == {"pending": 0, "delivered": 8, "rejected": 1}
+
+
+def test_watchers_get_receipts(outbox: Outbox) -> None:
+    log = FakeLog()
+    relay = relay_for(outbox, log)
+    relay.start()
+    try:
+        recs = [event_record(i) for i in range(3)]
+        futs = relay.watch([r.eid for r in recs])
+        outbox.put(recs)
+        relay.kick()
+        got = [f.result(5) for f in futs]
+        assert [g.eid for g in got] == [r.eid for r in recs]
+        assert [g.index for g in got] == [0, 1, 2]
+    finally:
+        relay.stop()
+
+
+def test_deliver_now_bypasses_the_outbox(outbox: Outbox) -> None:
+    log = FakeLog()
+    relay = relay_for(outbox, log)
+    got = relay.deliver_now([event_record(1)], timeout=2)
+    assert got[0].index == 0 and outbox.counts()["pending"] == 0
+    log.down = True
+    with pytest.raises(DeliveryError):
+        relay.deliver_now([event_record(2)], timeout=2)
+    relay.stop()
+
+
+def test_retry_after_forms() -> None:
+    assert _retry_after("3", 30) == 3.0
+    assert _retry_after("300", 30) == 30.0
+    assert _retry_after("soon", 30) is None
+    assert _retry_after(None, 30) is None
+    when = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 5))
+    got = _retry_after(when, 30)
+    assert got is not None and 3 <= got <= 5.5
