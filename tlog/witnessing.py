@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -155,27 +156,42 @@ class WitnessPusher:
             self._thread = None
 
     def _run(self) -> None:
+        last = 0.0
         while not self._stop.is_set():
-            self._wake.wait(self.interval)
+            self._wake.wait(self.interval)  # a new checkpoint, or time to retry
             self._wake.clear()
+            # Rounds, not per-witness timers: every witness in a round gets the *same*
+            # checkpoint, so cosignatures add up to a quorum on one checkpoint even while
+            # the log grows. At most one round per interval (the rate promised to witnesses).
+            delay = last + self.interval - time.monotonic()
+            if delay > 0 and self._stop.wait(delay):
+                return
             if self._stop.is_set():
                 return
+            last = time.monotonic()
             try:
                 self.push_once()
             except Exception:  # pragma: no cover - keep pushing whatever happens
                 log.exception("witness push round failed")
 
     def push_once(self) -> None:
-        """One round: push the latest checkpoint to every witness that is due."""
+        """One round: push the latest checkpoint to every witness not backing off, at once."""
         pub = self.log.latest
         if pub.size == 0:
             return
         now = time.monotonic()
-        for name, client in self.clients.items():
-            st = self.state[name]
-            if st.cosigned_size >= pub.size or now < st.next_attempt:
-                continue
-            self._push(st, client, pub)
+        due = [
+            (self.state[name], client)
+            for name, client in self.clients.items()
+            if self.state[name].cosigned_size < pub.size and now >= self.state[name].next_attempt
+        ]
+        if len(due) == 1:
+            self._push(due[0][0], due[0][1], pub)
+        elif due:
+            # In parallel: a slow witness must not delay the others' cosignatures.
+            with ThreadPoolExecutor(max_workers=len(due)) as pool:
+                for f in [pool.submit(self._push, st, c, pub) for st, c in due]:
+                    f.result()
 
     def _push(self, st: WitnessState, client: WitnessClient, pub: Published) -> None:
         now = time.monotonic()
@@ -216,7 +232,7 @@ class WitnessPusher:
         st.backoff = 0.0
         st.last_error = None
         st.cosigned_size = pub.size
-        st.next_attempt = now + self.interval
+        st.next_attempt = 0.0
         self._record(pub, sigs)
 
     def status(self) -> dict[str, Any]:

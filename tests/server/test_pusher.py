@@ -132,3 +132,21 @@ def test_unreachable_witness_backs_off(setup) -> None:  # type: ignore[no-untype
     pusher.push_once()
     assert st.backoff == 2
     assert pusher.cosigned is not None  # b and c are enough
+
+
+def test_rounds_give_every_witness_the_same_checkpoint(setup) -> None:  # type: ignore[no-untyped-def]
+    """While the log grows and one witness is down, the other two still make a quorum on
+    the newest checkpoint of every round (regression: per-witness timers drifted apart and
+    no single checkpoint collected two cosignatures)."""
+    log_, _, _, pusher = setup
+
+    def down(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused")
+
+    pusher.clients["b"]._http = httpx.Client(transport=httpx.MockTransport(down))
+    for round_ in range(5):
+        log_.integrate([b"r%d-%d" % (round_, i) for i in range(3)])
+        pusher.push_once()
+        assert pusher.cosigned is not None
+        assert pusher.cosigned.size == log_.latest.size
+        assert pusher.state["a"].cosigned_size == pusher.state["c"].cosigned_size
