@@ -26,7 +26,6 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,9 +73,19 @@ class BatchWrite:
 class ReadView:
     """A consistent read-only snapshot (one LMDB read transaction)."""
 
+    __slots__ = ("_s", "_tiles", "_txn")
+
     def __init__(self, storage: Storage, txn: Any) -> None:
         self._s = storage
         self._txn = txn
+        self._tiles = storage.db_tiles
+
+    # A context manager by hand (not @contextmanager): this wraps every proof and tile read.
+    def __enter__(self) -> ReadView:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._txn.abort()
 
     def meta(self, key: str) -> bytes | None:
         v = self._txn.get(key.encode(), db=self._s.db_meta)
@@ -87,7 +96,7 @@ class ReadView:
         return 0 if v is None else int(_U64.unpack(v)[0])
 
     def blob(self, level: int, index: int) -> memoryview | None:
-        v = self._txn.get(tile_key(level, index), db=self._s.db_tiles)
+        v = self._txn.get(_TILE_KEY.pack(level, index), db=self._tiles)
         return v  # type: ignore[no-any-return]
 
     def entry(self, index: int) -> bytes | None:
@@ -223,10 +232,9 @@ class Storage:
     def close(self) -> None:
         self.env.close()
 
-    @contextmanager
-    def read(self) -> Iterator[ReadView]:
-        with self.env.begin(buffers=True) as txn:
-            yield ReadView(self, txn)
+    def read(self) -> ReadView:
+        """A read snapshot; use as ``with storage.read() as rv:`` (ends the transaction)."""
+        return ReadView(self, self.env.begin(buffers=True))
 
     def set_meta(self, key: str, value: bytes) -> None:
         with self.env.begin(write=True) as txn:

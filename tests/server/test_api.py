@@ -343,3 +343,17 @@ def test_json_errors_never_500(harness: Harness) -> None:
         r = c.get(path)
         assert 400 <= r.status_code < 500, path
         json.loads(r.text)
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["index=%ff", "index=%", "%ff=1", "index=1%00", "leaf_hash=%2B%2F%3D", "in%64ex=0",
+     "index=1&&tree_size=", "=1", "index"],
+)
+def test_percent_encoding_is_strict(harness: Harness, query: str) -> None:
+    harness.add(b"pe")
+    r = harness.client.get("/v1/proof/inclusion?" + query)
+    if query == "in%64ex=0":  # percent-decoded names are still names
+        assert r.status_code == 200
+        return
+    assert r.status_code == 400, (query, r.status_code, r.text)
