@@ -89,14 +89,14 @@ class NodeReader:
 
     def range_hash(self, start: int, end: int) -> bytes:
         """MTH(D[start:end]) for a range that RFC 6962 proofs use."""
-        nodes = perfect_subtrees(start, end)
-        if len(nodes) == 1:
-            return self.node(*nodes[0])
         cache = self._ranges
         if cache is not None:
             h = cache.get((start, end))
             if h is not None:
                 return h
+        nodes = perfect_subtrees(start, end)
+        if len(nodes) == 1:
+            return self.node(*nodes[0])
         h = fold_perfect([self.node(lv, ix) for lv, ix in nodes])
         if cache is not None:
             if len(cache) >= RANGE_CACHE_SIZE:
@@ -119,24 +119,26 @@ class NodeReader:
             raise ValueError(f"index {index} out of range for tree size {size}")
         node = self.node
         inner = (index ^ size).bit_length() - 1
-        # Siblings below the fork, read straight from each stratum blob (the hot loop).
+        # Siblings below the fork, read straight from each stratum blob (the hot loop): all
+        # eight levels of a stratum come from one blob, so one lookup per eight hashes.
         proof: list[bytes] = []
-        cache, get = self._cache, self._get
-        for level in range(inner):
-            tl, sub = level >> 3, level & 7
-            sib = (index >> level) ^ 1
-            key = (tl, sib >> (TILE_HEIGHT - sub))
-            blob = cache.get(key)
+        append = proof.append
+        for tl in range((inner + TILE_HEIGHT - 1) // TILE_HEIGHT):
+            pos = index >> (TILE_HEIGHT * tl)  # position at tree level 8·tl
+            key = (tl, pos >> TILE_HEIGHT)
+            blob = self._cache.get(key)
             if blob is None:
-                blob = get(*key)
+                blob = self._get(*key)
                 if blob is None:
                     raise KeyError(f"missing tile {key}")
-                cache[key] = blob
-            off = (_LAYER_START[sub] + (sib & ((TILE_WIDTH >> sub) - 1))) << 5
-            h = bytes(blob[off : off + HASH_SIZE])
-            if len(h) != HASH_SIZE:
-                raise KeyError(f"short tile {key}")
-            proof.append(h)
+                self._cache[key] = blob
+            for sub in range(min(TILE_HEIGHT, inner - TILE_HEIGHT * tl)):
+                sib = ((pos >> sub) ^ 1) & ((TILE_WIDTH >> sub) - 1)
+                off = (_LAYER_START[sub] + sib) << 5
+                h = bytes(blob[off : off + HASH_SIZE])
+                if len(h) != HASH_SIZE:
+                    raise KeyError(f"short tile {key}")
+                append(h)
         begin = (index >> inner) << inner
         end = begin + (1 << inner)
         if end < size:
