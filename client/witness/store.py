@@ -13,6 +13,7 @@ inside one ``BEGIN IMMEDIATE`` transaction, and never to a smaller size.
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -109,6 +110,9 @@ class WitnessStore:
     def __init__(self, path: str | Path, *, timeout: float = 30.0) -> None:
         self.path = str(path)
         self._timeout = timeout
+        # One connection per thread, kept open: opening SQLite and setting its pragmas cost
+        # more than the compare-and-swap itself.
+        self._local = threading.local()
         with self._connect() as conn:
             # WAL is a property of the file: set once, kept across opens.
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
@@ -118,14 +122,16 @@ class WitnessStore:
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        # isolation_level=None: we issue BEGIN/COMMIT ourselves, so the transaction
-        # boundaries are exactly the ones written below.
-        conn = sqlite3.connect(self.path, timeout=self._timeout, isolation_level=None)
-        try:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            # isolation_level=None: we issue BEGIN/COMMIT ourselves, so the transaction
+            # boundaries are exactly the ones written below.
+            conn = sqlite3.connect(self.path, timeout=self._timeout, isolation_level=None)
             conn.execute("PRAGMA synchronous=FULL")
-            yield conn
-        finally:
-            conn.close()
+            self._local.conn = conn
+        if conn.in_transaction:  # a failed call left one open: never carry it over
+            conn.execute("ROLLBACK")
+        yield conn
 
     def pragma(self, name: str) -> object:
         """Read a PRAGMA on a fresh connection (for tests and ``check``)."""
