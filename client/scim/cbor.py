@@ -52,6 +52,47 @@ def _at(path: str, msg: str) -> EventFormatError:
 def check_det(obj: object, *, max_depth: int = MAX_DEPTH, _path: str = "$") -> None:
     """Raise :class:`EventFormatError` unless ``obj`` is in the deterministic data model.
 
+    A fast pass without path bookkeeping runs first (this is on every encode); only a
+    rejected object is walked again to say where the problem is.
+    """
+    if not _fast_ok(obj, max_depth):
+        _check_slow(obj, max_depth=max_depth, _path=_path)
+        raise _at(_path, "not in the deterministic data model")  # pragma: no cover
+
+
+def _utf8_ok(s: str) -> bool:
+    if s.isascii():
+        return True
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _fast_ok(obj: object, depth: int) -> bool:
+    if depth < 0:
+        return False
+    t = type(obj)
+    if obj is None or t is bool or t is bytes:
+        return True
+    if t is int:
+        return _NINT64_MIN <= obj <= _UINT64_MAX  # type: ignore[operator]
+    if t is str:
+        return _utf8_ok(obj)  # type: ignore[arg-type]
+    if t is list:
+        return all(_fast_ok(item, depth - 1) for item in obj)  # type: ignore[attr-defined]
+    if t is dict:
+        return all(
+            type(k) is str and _utf8_ok(k) and _fast_ok(v, depth - 1)
+            for k, v in obj.items()  # type: ignore[attr-defined]
+        )
+    return False
+
+
+def _check_slow(obj: object, *, max_depth: int = MAX_DEPTH, _path: str = "$") -> None:
+    """The same rules as :func:`_fast_ok`, raising with the path of the first violation.
+
     Types are checked exactly (``type(x) is dict``, not ``isinstance``): a subclass such as
     an ``IntEnum`` or ``OrderedDict`` could encode differently from what a reader decodes.
     ``bool`` is allowed as itself, not as an int. Strings must be encodable as UTF-8 (no
@@ -71,14 +112,14 @@ def check_det(obj: object, *, max_depth: int = MAX_DEPTH, _path: str = "$") -> N
         return
     if t is list and isinstance(obj, list):
         for i, item in enumerate(obj):
-            check_det(item, max_depth=max_depth - 1, _path=f"{_path}[{i}]")
+            _check_slow(item, max_depth=max_depth - 1, _path=f"{_path}[{i}]")
         return
     if t is dict and isinstance(obj, dict):
         for k, v in obj.items():
             if type(k) is not str:
                 raise _at(_path, f"map key {k!r} is not a text string")
             _check_utf8(k, _path)
-            check_det(v, max_depth=max_depth - 1, _path=f"{_path}.{k}")
+            _check_slow(v, max_depth=max_depth - 1, _path=f"{_path}.{k}")
         return
     if t is float:
         raise _at(_path, "floats are not allowed (put decimals in JSON text)")

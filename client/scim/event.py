@@ -45,6 +45,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import cbor2
+
 from client.note import FormatError, b64decode_strict, b64encode
 from client.scim.actions import derive_actions
 from client.scim.cbor import EventFormatError, dumps_det, loads_det
@@ -448,7 +450,9 @@ def validate_event(obj: object) -> Event:
     Raises :class:`EventFormatError` naming the first offending field. The copy is the
     decoding of the canonical encoding, so it shares nothing with ``obj``.
     """
-    return loads_det(_check(obj))  # type: ignore[no-any-return]
+    # The bytes are our own canonical encoding: decoding them needs none of loads_det's
+    # checks for hostile input (it would re-encode and compare, doubling the cost).
+    return cbor2.loads(_check(obj))  # type: ignore[no-any-return]
 
 
 def encode_event(obj: object) -> bytes:

@@ -36,6 +36,7 @@ __all__ = [
     "TENANT_REF_SIZE",
     "Leaf",
     "commitment",
+    "commitment_unchecked",
     "make_leaf",
     "new_nonce",
     "parse_leaf",
@@ -125,6 +126,16 @@ def commitment(nonce: bytes, event: Mapping[str, Any] | bytes) -> bytes:
     if type(nonce) is not bytes or len(nonce) != NONCE_SIZE:
         raise EventFormatError(f"nonce must be {NONCE_SIZE} bytes")
     return _hmac(nonce, _event_bytes(event))
+
+
+def commitment_unchecked(nonce: bytes, encoded_event: bytes) -> bytes:
+    """:func:`commitment` over bytes the caller *itself* produced from a validated event
+    (e.g. the log's ingestion path, which has just validated and encoded it). Skips the
+    decode-and-validate round trip that :func:`commitment` does for bytes of unknown origin.
+    """
+    if type(nonce) is not bytes or len(nonce) != NONCE_SIZE:
+        raise EventFormatError(f"nonce must be {NONCE_SIZE} bytes")
+    return _hmac(nonce, encoded_event)
 
 
 def _check_leaf_fields(ts: object, tn: object, c: object) -> None:

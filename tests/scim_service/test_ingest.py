@@ -389,3 +389,14 @@ def test_body_limits_and_media_types(harness: Harness) -> None:
     assert r.status_code == 200
     r = harness.client.put("/v1/scim/events", content=b"{}", headers=harness.h("sub1"))
     assert r.status_code == 405
+
+
+def test_envelope_plaintext_is_the_deterministic_encoding() -> None:
+    import os
+
+    from client.scim.cbor import dumps_det
+    from tlog.scim.service import envelope_plaintext
+
+    for ev in ({"a": 1}, {"eid": "x" * 300, "n": [1, 2, {"z": b"\x00"}]}, {}):
+        nonce = os.urandom(32)
+        assert envelope_plaintext(nonce, dumps_det(ev)) == dumps_det({"n": nonce, "b": ev})
