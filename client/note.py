@@ -18,6 +18,7 @@ import hashlib
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar, Self
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
@@ -139,8 +140,16 @@ class Signer:
         raise NotImplementedError
 
 
-class Ed25519Verifier(Verifier):
-    """Verifies type-0x01 Ed25519 note signatures."""
+class Ed25519PublicKeyBase(Verifier):
+    """An Ed25519 public key under a note key name, for signature type ``ALG``.
+
+    Shared by note signatures (0x01) and cosignatures (0x04, client.cosignature): the key ID
+    rule and the vkey form are the same, only the algorithm byte and the signed message
+    differ.
+    """
+
+    ALG: ClassVar[int]
+    ALG_NAME: ClassVar[str]
 
     def __init__(self, name: str, public_key: bytes) -> None:
         check_key_name(name)
@@ -148,21 +157,72 @@ class Ed25519Verifier(Verifier):
             raise FormatError("Ed25519 public key must be 32 bytes")
         self.name = name
         self.public_key = public_key
-        self.key_id = key_id(name, ALG_ED25519, public_key)
+        self.key_id = key_id(name, self.ALG, public_key)
         self._key = Ed25519PublicKey.from_public_bytes(public_key)
 
     @classmethod
-    def from_vkey(cls, vkey: str) -> Ed25519Verifier:
+    def from_vkey(cls, vkey: str) -> Self:
         name, kid, alg, pub = parse_vkey(vkey)
-        if alg != ALG_ED25519:
-            raise FormatError(f"vkey has algorithm 0x{alg:02x}, want Ed25519 (0x01)")
+        if alg != cls.ALG:
+            raise FormatError(f"vkey has algorithm 0x{alg:02x}, want {cls.ALG_NAME}")
         v = cls(name, pub)
         if v.key_id != kid:
             raise FormatError("vkey key ID does not match its name and key")
         return v
 
     def vkey(self) -> str:
-        return format_vkey(self.name, ALG_ED25519, self.public_key)
+        return format_vkey(self.name, self.ALG, self.public_key)
+
+
+class Ed25519PrivateKeyBase(Signer):
+    """An Ed25519 private key under a note key name, for signature type ``ALG``.
+
+    Key files use Go's note signer format ``PRIVATE+KEY+<name>+<id>+<base64(ALG || seed)>``.
+    """
+
+    ALG: ClassVar[int]
+    ALG_NAME: ClassVar[str]
+
+    def __init__(self, name: str, seed: bytes) -> None:
+        check_key_name(name)
+        if len(seed) != 32:
+            raise FormatError("Ed25519 seed must be 32 bytes")
+        self.name = name
+        self._key = Ed25519PrivateKey.from_private_bytes(seed)
+        self.public_key = self._key.public_key().public_bytes_raw()
+        self.key_id = key_id(name, self.ALG, self.public_key)
+
+    @classmethod
+    def generate(cls, name: str) -> Self:
+        return cls(name, Ed25519PrivateKey.generate().private_bytes_raw())
+
+    @classmethod
+    def from_skey(cls, skey: str) -> Self:
+        parts = skey.strip("\n").split("+", 4)
+        if len(parts) != 5 or parts[0] != "PRIVATE" or parts[1] != "KEY":
+            raise FormatError("not a PRIVATE+KEY signer key")
+        name, kid_hex, b64 = parts[2], parts[3], parts[4]
+        raw = b64decode_strict(b64)
+        if len(raw) != 33 or raw[0] != cls.ALG:
+            raise FormatError(f"signer key is not an {cls.ALG_NAME} seed")
+        s = cls(name, raw[1:])
+        if _parse_key_id_hex(kid_hex) != s.key_id:
+            raise FormatError("signer key ID does not match")
+        return s
+
+    def skey(self) -> str:
+        raw = bytes([self.ALG]) + self._key.private_bytes_raw()
+        return f"PRIVATE+KEY+{self.name}+{self.key_id:08x}+{b64encode(raw)}"
+
+    def vkey(self) -> str:
+        return format_vkey(self.name, self.ALG, self.public_key)
+
+
+class Ed25519Verifier(Ed25519PublicKeyBase):
+    """Verifies type-0x01 Ed25519 note signatures."""
+
+    ALG = ALG_ED25519
+    ALG_NAME = "Ed25519 (0x01)"
 
     def verify(self, msg: bytes, sig: bytes) -> bool:
         if len(sig) != 64:
@@ -174,46 +234,14 @@ class Ed25519Verifier(Verifier):
         return True
 
 
-class Ed25519Signer(Signer):
+class Ed25519Signer(Ed25519PrivateKeyBase):
     """Signs notes with an Ed25519 key (type 0x01)."""
 
-    def __init__(self, name: str, seed: bytes) -> None:
-        check_key_name(name)
-        if len(seed) != 32:
-            raise FormatError("Ed25519 seed must be 32 bytes")
-        self.name = name
-        self._key = Ed25519PrivateKey.from_private_bytes(seed)
-        self.public_key = self._key.public_key().public_bytes_raw()
-        self.key_id = key_id(name, ALG_ED25519, self.public_key)
-
-    @classmethod
-    def generate(cls, name: str) -> Ed25519Signer:
-        return cls(name, Ed25519PrivateKey.generate().private_bytes_raw())
-
-    @classmethod
-    def from_skey(cls, skey: str) -> Ed25519Signer:
-        """Parse Go's ``PRIVATE+KEY+name+keyid+base64(0x01||seed)``."""
-        parts = skey.strip("\n").split("+", 4)
-        if len(parts) != 5 or parts[0] != "PRIVATE" or parts[1] != "KEY":
-            raise FormatError("not a PRIVATE+KEY signer key")
-        name, kid_hex, b64 = parts[2], parts[3], parts[4]
-        raw = b64decode_strict(b64)
-        if len(raw) != 33 or raw[0] != ALG_ED25519:
-            raise FormatError("signer key is not an Ed25519 seed")
-        s = cls(name, raw[1:])
-        if _parse_key_id_hex(kid_hex) != s.key_id:
-            raise FormatError("signer key ID does not match")
-        return s
-
-    def skey(self) -> str:
-        seed = self._key.private_bytes_raw()
-        return f"PRIVATE+KEY+{self.name}+{self.key_id:08x}+{b64encode(bytes([1]) + seed)}"
+    ALG = ALG_ED25519
+    ALG_NAME = "Ed25519 (0x01)"
 
     def verifier(self) -> Ed25519Verifier:
         return Ed25519Verifier(self.name, self.public_key)
-
-    def vkey(self) -> str:
-        return format_vkey(self.name, ALG_ED25519, self.public_key)
 
     def sign(self, msg: bytes) -> bytes:
         return self._key.sign(msg)
