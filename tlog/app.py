@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from client.checkpoint import parse_decimal
 from client.note import FormatError, b64decode_strict
@@ -95,10 +96,19 @@ def b64(h: bytes) -> str:
     return binascii.b2a_base64(h, newline=False).decode("ascii")
 
 
+class Scoped:
+    """Just an ASGI scope, where a handler needs no more of a request (the fast paths)."""
+
+    __slots__ = ("scope",)
+
+    def __init__(self, scope: Scope) -> None:
+        self.scope = scope
+
+
 class Query:
     """Strict query-string access: no repeated or unknown parameters."""
 
-    def __init__(self, request: Request, allowed: set[str]) -> None:
+    def __init__(self, request: Request | Scoped, allowed: set[str]) -> None:
         # Parsed straight from the raw query string: this is on every proof request, and
         # building Starlette's URL and QueryParams objects costs more than the proof.
         raw: bytes = request.scope.get("query_string", b"")
@@ -313,15 +323,20 @@ class Api:
         )
 
     async def tile(self, request: Request) -> Response:
+        return self.tile_response(
+            request.path_params["path"], request.headers.get("accept-encoding", "")
+        )
+
+    def tile_response(self, path: str, accept_encoding: str) -> Response:
         try:
-            t = parse_tile_path("tile/" + request.path_params["path"])
+            t = parse_tile_path("tile/" + path)
         except FormatError as exc:
             raise NotFound(f"no such tile: {exc}") from None
         size = self.log.latest.size
         if t.is_entries:
             data = self.log.entry_bundle(t.index, t.width, size)
             headers = {"Cache-Control": "public, max-age=31536000, immutable"}
-            if "gzip" in request.headers.get("accept-encoding", ""):
+            if "gzip" in accept_encoding:
                 data = gzip.compress(data, compresslevel=1, mtime=0)
                 headers["Content-Encoding"] = "gzip"
                 headers["Vary"] = "Accept-Encoding"
@@ -353,7 +368,7 @@ class Api:
             }
         )
 
-    async def inclusion(self, request: Request) -> Response:
+    async def inclusion(self, request: Request | Scoped) -> Response:
         q = Query(request, {"index", "leaf_hash", "tree_size"})
         pub = self.published(q)
         if q.has("index") == q.has("leaf_hash"):
@@ -447,6 +462,41 @@ def _wrap(fn: Callable[[Request], Any]) -> Callable[[Request], Any]:
     return endpoint
 
 
+class LogApp:
+    """The ASGI app: the two hottest public GETs answered before Starlette's router.
+
+    ``GET /v1/proof/inclusion`` and ``GET /tile/...`` are most of a busy log's traffic; they
+    need nothing of Starlette's request object, routing or middleware, which cost more than
+    a tile read. Their handlers and error mapping are the same ones the routes use, and every
+    other request (HEAD and errors included) goes to the Starlette app.
+    """
+
+    def __init__(self, app: Starlette, api: Api) -> None:
+        self.app = app
+        self.api = api
+        self.state = app.state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "GET":
+            path: str = scope["path"]
+            response: Response | None = None
+            try:
+                if path == "/v1/proof/inclusion":
+                    response = await self.api.inclusion(Scoped(scope))
+                elif path.startswith("/tile/") and len(path) < 200:
+                    accept = ""
+                    for k, v in scope["headers"]:
+                        if k == b"accept-encoding":
+                            accept = v.decode("latin-1")
+                    response = self.api.tile_response(path[6:], accept)
+            except Exception as exc:
+                response = error_response(exc)
+            if response is not None:
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def create_app(
     log_: Log,
     sequencer: Sequencer,
@@ -457,7 +507,7 @@ def create_app(
     extra_routes: list[Route] | None = None,
     on_startup: list[Callable[[], Any]] | None = None,
     on_shutdown: list[Callable[[], Any]] | None = None,
-) -> Starlette:
+) -> LogApp:
     api = Api(log_, sequencer, tokens, limits or Limits(), pusher)
     routes = [
         # Hot paths first: Starlette tries routes in order.
@@ -499,4 +549,4 @@ def create_app(
         exception_handlers={HTTPException: http_error, Exception: http_error},
     )
     app.state.api = api
-    return app
+    return LogApp(app, api)

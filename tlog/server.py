@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from starlette.applications import Starlette
-
 from client.policy import Policy
-from tlog.app import Limits, create_app
+from tlog.app import Limits, LogApp, create_app
 from tlog.auth import TokenStore
 from tlog.log import Log
 from tlog.scim.keys import MASTER_KEY_FILE, open_keyring
@@ -35,7 +33,7 @@ def build_app(
     scim: bool = True,
     scim_limits: ScimLimits | None = None,
     scim_master_key: Path | None = None,
-) -> tuple[Starlette, Log, TokenStore]:
+) -> tuple[LogApp, Log, TokenStore]:
     """Open the store in ``data_dir`` and build the app: the log API, plus the SCIM event
     service unless ``scim`` is false (master key file default ``<data_dir>/scim-master.key``).
     """
