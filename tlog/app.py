@@ -158,8 +158,21 @@ class Query:
             raise BadRequest(f"{name}: {exc}") from None
 
 
+def header(scope: Scope, name: bytes) -> str | None:
+    """The first value of header ``name`` (lower case) in an ASGI scope."""
+    for k, v in scope["headers"]:
+        if k == name:
+            return bytes(v).decode("latin-1")
+    return None
+
+
 async def read_body(request: Request, limit: int) -> bytes:
-    cl = request.headers.get("content-length")
+    return await read_asgi_body(request.scope, request.receive, limit)
+
+
+async def read_asgi_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """The request body, refusing more than ``limit`` bytes (by Content-Length or counted)."""
+    cl = header(scope, b"content-length")
     if cl is not None:
         if not cl.isdigit():
             raise BadRequest("bad Content-Length")
@@ -167,12 +180,17 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise PayloadTooLarge(f"body larger than {limit} bytes")
     chunks = []
     n = 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise BadRequest("client disconnected")
+        chunk = message.get("body", b"")
         n += len(chunk)
         if n > limit:
             raise PayloadTooLarge(f"body larger than {limit} bytes")
         chunks.append(chunk)
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
 
 
 class Api:
@@ -228,8 +246,11 @@ class Api:
     # -- write ---------------------------------------------------------------------------
 
     async def add_entry(self, request: Request) -> Response:
-        self.principal(request, "submitter")
-        body = await read_body(request, self.limits.max_entry_bytes)
+        return await self.add_entry_asgi(request.scope, request.receive)
+
+    async def add_entry_asgi(self, scope: Scope, receive: Receive) -> Response:
+        self.tokens.authenticate(header(scope, b"authorization")).require("submitter")
+        body = await read_asgi_body(scope, receive, self.limits.max_entry_bytes)
         if not body:
             raise BadRequest("empty entry")
         res = await self.seq.submit([body])
@@ -463,12 +484,12 @@ def _wrap(fn: Callable[[Request], Any]) -> Callable[[Request], Any]:
 
 
 class LogApp:
-    """The ASGI app: the two hottest public GETs answered before Starlette's router.
+    """The ASGI app: the hottest requests answered before Starlette's router.
 
-    ``GET /v1/proof/inclusion`` and ``GET /tile/...`` are most of a busy log's traffic; they
-    need nothing of Starlette's request object, routing or middleware, which cost more than
-    a tile read. Their handlers and error mapping are the same ones the routes use, and every
-    other request (HEAD and errors included) goes to the Starlette app.
+    ``GET /v1/proof/inclusion``, ``GET /tile/...`` and ``POST /v1/entries`` are most of a
+    busy log's traffic; they need nothing of Starlette's request object, routing or
+    middleware, which cost more than a tile read. Their handlers and error mapping are the
+    same ones the routes use, and every other request (HEAD included) goes to Starlette.
     """
 
     def __init__(self, app: Starlette, api: Api) -> None:
@@ -477,18 +498,19 @@ class LogApp:
         self.state = app.state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "GET":
+        if scope["type"] == "http":
             path: str = scope["path"]
+            method: str = scope["method"]
             response: Response | None = None
             try:
-                if path == "/v1/proof/inclusion":
-                    response = await self.api.inclusion(Scoped(scope))
-                elif path.startswith("/tile/") and len(path) < 200:
-                    accept = ""
-                    for k, v in scope["headers"]:
-                        if k == b"accept-encoding":
-                            accept = v.decode("latin-1")
-                    response = self.api.tile_response(path[6:], accept)
+                if method == "GET":
+                    if path == "/v1/proof/inclusion":
+                        response = await self.api.inclusion(Scoped(scope))
+                    elif path.startswith("/tile/") and len(path) < 200:
+                        accept = header(scope, b"accept-encoding") or ""
+                        response = self.api.tile_response(path[6:], accept)
+                elif method == "POST" and path == "/v1/entries":
+                    response = await self.api.add_entry_asgi(scope, receive)
             except Exception as exc:
                 response = error_response(exc)
             if response is not None:
