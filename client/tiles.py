@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import struct
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from client.merkle import HASH_SIZE, node_hash
@@ -217,7 +217,3 @@ class TileHashReader:
         while len(hashes) > 1:
             hashes = [node_hash(hashes[i], hashes[i + 1]) for i in range(0, len(hashes), 2)]
         return hashes[0]
-
-
-def iter_entry_bundle_indices(start: int, end: int) -> Iterator[int]:
-    yield from range(start // TILE_WIDTH, (end + TILE_WIDTH - 1) // TILE_WIDTH)

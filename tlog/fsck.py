@@ -23,7 +23,7 @@ from client.note import Ed25519Verifier, FormatError, open_note
 from tlog.storage import Storage
 from tlog.tree import RightEdge
 
-__all__ = ["FsckReport", "fsck"]
+__all__ = ["FsckReport", "fsck", "terminal_progress"]
 
 
 @dataclass
@@ -174,4 +174,3 @@ def terminal_progress(done: int, total: int) -> None:
     sys.stderr.flush()
 
 
-__all__ += ["terminal_progress"]

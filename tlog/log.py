@@ -15,19 +15,18 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import NamedTuple
 
 from client.checkpoint import Checkpoint
-from client.merkle import EMPTY_ROOT, VerificationError, leaf_hash, verify_inclusion
-from client.note import Note, open_note, parse_note
+from client.merkle import EMPTY_ROOT
+from client.note import open_note, parse_note
 from client.proof_bundle import TlogProof
 from client.tiles import TILE_WIDTH, encode_entry_bundle
-from tlog.signer import CheckpointSigner, ForkRefused
+from tlog.signer import CheckpointSigner
 from tlog.storage import BatchWrite, Storage, StorageError
 from tlog.tree import NodeReader, RightEdge, tile_width
 
-__all__ = ["BatchResult", "Log", "NotFound"]
+__all__ = ["BatchResult", "Log", "NotFound", "Published"]
 
 log = logging.getLogger("tlog")
 
@@ -223,18 +222,3 @@ class Log:
     def tlog_proof(self, index: int, size: int, note: str) -> str:
         proof = self.inclusion_proof(index, size)
         return TlogProof(index, tuple(proof), note).format()
-
-    def verify_entry(self, index: int, entry: bytes, size: int, root: bytes) -> None:
-        """Self-check helper: the entry is at index under ``root``."""
-        try:
-            verify_inclusion(index, size, leaf_hash(entry), self.inclusion_proof(index, size), root)
-        except VerificationError as exc:  # pragma: no cover - would be a storage bug
-            raise StorageError(str(exc)) from exc
-
-
-def open_log(data_dir: Path, signer: CheckpointSigner) -> Log:
-    """Open (creating if needed) the log in ``data_dir``/db."""
-    return Log(Storage(data_dir / "db"), signer)
-
-
-__all__ += ["ForkRefused", "Note", "Published", "open_log"]

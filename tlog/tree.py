@@ -32,7 +32,7 @@ from client.merkle import (
 )
 from client.tiles import TILE_HEIGHT, TILE_WIDTH
 
-__all__ = ["BLOB_SIZE", "BlobReader", "NodeReader", "RightEdge", "slot_offset"]
+__all__ = ["BLOB_SIZE", "NodeReader", "RightEdge", "slot_offset"]
 
 # Slots per blob: 256 + 128 + ... + 2 (levels 0..7 inside the stratum).
 BLOB_SLOTS = 2 * TILE_WIDTH - 2
@@ -153,9 +153,6 @@ class NodeReader:
 
     def consistency_proof(self, old_size: int, new_size: int) -> list[bytes]:
         return [self.range_hash(s, e) for s, e in consistency_ranges(old_size, new_size)]
-
-
-BlobReader = NodeReader  # the public name used by the storage layer
 
 
 class RightEdge:
