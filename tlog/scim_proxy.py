@@ -44,6 +44,7 @@ from starlette.types import Receive, Scope, Send
 
 from client.scim.middleware import SCIM_ERROR_URN, AuditConfig, AuditMiddleware
 from client.scim.outbox import Outbox
+from client.scim.pseudonyms import LogPseudonyms
 from client.scim.relay import Relay
 
 __all__ = ["Forwarder", "ProxySettings", "UpstreamError", "build_proxy", "main_proxy"]
@@ -354,8 +355,16 @@ def build_proxy(s: ProxySettings, *, log_transport: httpx.BaseTransport | None =
 
     inner = Starlette(routes=[Route("/{path:path}", forwarder)], lifespan=lifespan)
     base = forwarder.base_path if s.base_path is None else s.base_path.rstrip("/")
+    # Group members are pseudonymised under their own keys at the log, so shredding a user
+    # also unlinks them from group events (never recorded in plaintext instead).
+    pids = LogPseudonyms(
+        s.log_url,
+        s.token,
+        http=httpx.Client(transport=log_transport, timeout=2.0) if log_transport else None,
+    )
     config = AuditConfig(tenant=s.tenant, sp_id=s.sp_id, sp_base=s.upstream, base_path=base,
-                         fail_open=s.fail_open, receipt_timeout=s.receipt_timeout)
+                         fail_open=s.fail_open, receipt_timeout=s.receipt_timeout,
+                         ref_pid=pids)
     outbox = Outbox(s.outbox, max_bytes=s.outbox_max_bytes)
     relay = Relay(outbox, s.log_url, s.token, transport=log_transport)
     return AuditMiddleware(inner, config, outbox, relay, own=True)
