@@ -30,6 +30,7 @@ import logging
 import os
 import stat
 import tomllib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,21 @@ def _check_keys(table: dict[str, Any], allowed: set[str], where: str) -> None:
     unknown = sorted(set(table) - allowed)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}")
+
+
+def _tables(
+    doc: dict[str, Any], name: str, allowed: set[str]
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The ``[[name]]`` array of tables, each checked for unknown keys, with its label."""
+    raw = doc.get(name, [])
+    if not isinstance(raw, list):
+        raise ConfigError(f"config: '{name}' must be an array of tables ([[{name}]])")
+    for i, t in enumerate(raw):
+        where = f"{name} #{i + 1}"
+        if not isinstance(t, dict):
+            raise ConfigError(f"{where}: must be a table")
+        _check_keys(t, allowed, where)
+        yield where, t
 
 
 def _url(value: str, where: str) -> str:
@@ -155,14 +171,7 @@ class WitnessConfig:
             raise ConfigError("config: intervals must be positive, missing_proof_rounds >= 1")
 
         logs: list[WitnessedLog] = []
-        raw_logs = doc.get("log", [])
-        if not isinstance(raw_logs, list):
-            raise ConfigError("config: 'log' must be an array of tables ([[log]])")
-        for i, t in enumerate(raw_logs):
-            where = f"log #{i + 1}"
-            if not isinstance(t, dict):
-                raise ConfigError(f"{where}: must be a table")
-            _check_keys(t, _LOG, where)
+        for where, t in _tables(doc, "log", _LOG):
             origin = _take(t, "origin", str, where)
             try:
                 verifier = Ed25519Verifier.from_vkey(_take(t, "vkey", str, where))
@@ -181,14 +190,7 @@ class WitnessConfig:
             logs.append(WitnessedLog(origin, (verifier,), url, interval))
 
         peers: list[Peer] = []
-        raw_peers = doc.get("peer", [])
-        if not isinstance(raw_peers, list):
-            raise ConfigError("config: 'peer' must be an array of tables ([[peer]])")
-        for i, t in enumerate(raw_peers):
-            where = f"peer #{i + 1}"
-            if not isinstance(t, dict):
-                raise ConfigError(f"{where}: must be a table")
-            _check_keys(t, _PEER, where)
+        for where, t in _tables(doc, "peer", _PEER):
             pname = _take(t, "name", str, where)
             try:
                 pv = CosignatureVerifier.from_vkey(_take(t, "vkey", str, where))
