@@ -23,7 +23,6 @@ import hashlib
 import os
 import platform
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,7 @@ from pathlib import Path
 
 import httpx
 
+from bench.http import free_port
 from client.auditor import Auditor
 from client.logclient import LogClient
 from client.tiles import Tile, entry_bundles_for_size, tiles_for_size
@@ -92,12 +92,6 @@ def fetch_all(client: LogClient, size: int, workers: int) -> tuple[float, dict[T
     with ThreadPoolExecutor(workers) as pool:
         data = dict(zip(tiles, pool.map(client.fetch_tile, tiles), strict=True))
     return time.perf_counter() - t, data
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def serve(data: Path) -> tuple[subprocess.Popen[bytes], str]:

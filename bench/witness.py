@@ -22,7 +22,6 @@ import argparse
 import os
 import platform
 import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from pathlib import Path
 
 import httpx
 
+from bench.http import free_port, wait_up
 from client.checkpoint import Checkpoint
 from client.cosignature import CosignatureSigner
 from client.merkle import leaf_hash, root_of_range
@@ -117,9 +117,7 @@ def main() -> None:
         subprocess.run([sys.executable, "-m", "client.witness.cli", "keygen", "--name",
                         "w.example/http", "--key", str(key_file)], check=True, cwd=ROOT,
                        capture_output=True)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = free_port()
         vkey_log = logs[0].verifiers[0].vkey()  # type: ignore[attr-defined]
         (tmp / "w.toml").write_text(
             f'name = "w.example/http"\nkey_file = "w.key"\nstate_db = "http.db"\n'
@@ -128,12 +126,7 @@ def main() -> None:
                                  "--config", str(tmp / "w.toml")], cwd=ROOT,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         url = f"http://127.0.0.1:{port}"
-        for _ in range(200):
-            try:
-                httpx.get(url + "/evidence", timeout=1)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.05)
+        wait_up(url + "/evidence", proc)
         wvkey = CosignatureSigner.from_skey(key_file.read_text()).vkey()
         with httpx.Client(timeout=30) as http:
             client = WitnessClient(url, wvkey, http=http)
