@@ -229,8 +229,8 @@ class Api:
             got = self._note_cache[note] = json.dumps(note, ensure_ascii=False)
         return got
 
-    def principal(self, request: Request, *roles: str) -> Principal:
-        p = self.tokens.authenticate(request.headers.get("authorization"))
+    def principal(self, request: Request | Scoped, *roles: str) -> Principal:
+        p = self.tokens.authenticate(header(request.scope, b"authorization"))
         p.require(*roles)
         return p
 
@@ -249,7 +249,7 @@ class Api:
         return await self.add_entry_asgi(request.scope, request.receive)
 
     async def add_entry_asgi(self, scope: Scope, receive: Receive) -> Response:
-        self.tokens.authenticate(header(scope, b"authorization")).require("submitter")
+        self.principal(Scoped(scope), "submitter")
         body = await read_asgi_body(scope, receive, self.limits.max_entry_bytes)
         if not body:
             raise BadRequest("empty entry")
