@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Best-effort installs of the system tools some tests use (a browser, database servers, Go
+# peers). Every step may fail: the tests that need a missing tool skip with a clear reason,
+# so the README's test command still passes on a machine with only Python.
+set -uo pipefail
+
+have() { command -v "$1" >/dev/null 2>&1; }
+apt_install() {
+    # apt_install PACKAGE... : only as root, only where apt-get exists, quietly.
+    [ "$(id -u)" = 0 ] && have apt-get || return 0
+    if [ ! -f /tmp/.tlog-apt-updated ]; then
+        apt-get update -qq >/dev/null 2>&1 && touch /tmp/.tlog-apt-updated
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null 2>&1 \
+        || echo "tools: could not install $* (tests that need it will skip)"
+}
+
+# --- tools added by each area below this line (keep each block self-contained) ---
