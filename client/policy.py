@@ -11,7 +11,8 @@ cosignatures a checkpoint needs before the verifier believes it is not a split v
 
 Witnesses and groups share one namespace; ``none`` is predefined and needs no cosignature.
 A name must be defined before it is used, so groups cannot form cycles. Parsing is strict
-(Sigsum's rules plus: no duplicate keys, no duplicate members in a group, no CR), and every
+(Sigsum's rules plus: no duplicate keys, no duplicate members in a group, no CR, no witness
+whose public key is a log's), and every
 error is a :class:`client.note.FormatError` naming the line.
 
 Semantics (Sigsum): a checkpoint is valid if a listed log for its origin signed it and the
@@ -179,6 +180,12 @@ class Policy:
                 raise FormatError(f"{where}: unknown keyword {keyword!r}")
         if quorum is None:
             raise FormatError("policy defines no quorum")
+        log_keys = {lg.verifier.public_key for lg in logs}
+        for w in witnesses.values():
+            if w.verifier.public_key in log_keys:
+                # Same public key as a log (whatever the names and types): the log would
+                # count as its own witness, and a split view would need no one else.
+                raise FormatError(f"policy: witness {w.name!r} has a log's key")
         return cls(tuple(logs), witnesses, groups, quorum)
 
     # --- verification -------------------------------------------------------------------

@@ -247,8 +247,10 @@ def _path_text(value: str) -> str:
 
 def _rid(value: str) -> str:
     """A resource id for the event; an id the schema cannot hold is replaced by its digest."""
-    return _ident(value, 256) or "sha256:" + hashlib.sha256(value.encode("utf-8", "replace")
-                                                           ).hexdigest()
+    return (
+        _ident(value, 256)
+        or "sha256:" + hashlib.sha256(value.encode("utf-8", "replace")).hexdigest()
+    )
 
 
 def _json(body: bytes) -> Any:
@@ -288,9 +290,10 @@ def event_json(event: Event) -> str:
         if head.endswith("[]"):
             items = out.get(head[:-2])
             if isinstance(items, list):
-                out[head[:-2]] = [{**it, leaf: _b64(it[leaf])}
-                                  if isinstance(it, dict) and leaf in it else it
-                                  for it in items]
+                out[head[:-2]] = [
+                    {**it, leaf: _b64(it[leaf])} if isinstance(it, dict) and leaf in it else it
+                    for it in items
+                ]
         else:
             sub = out.get(head)
             if isinstance(sub, dict) and leaf in sub:
@@ -477,9 +480,15 @@ class _Builder:
 
     def intent(self, op: str, rt: str, body: Any) -> RequestIntent | None:
         try:
-            return parse_request(op, rt, body, ocsf=self.cfg.ocsf,
-                                 secret_attrs=self.cfg.secret_attrs,
-                                 digest_attrs=self.cfg.digest_attrs, ref_pid=self.cfg.ref_pid)
+            return parse_request(
+                op,
+                rt,
+                body,
+                ocsf=self.cfg.ocsf,
+                secret_attrs=self.cfg.secret_attrs,
+                digest_attrs=self.cfg.digest_attrs,
+                ref_pid=self.cfg.ref_pid,
+            )
         except EventFormatError:
             return None  # not a well-formed SCIM body: the event says what happened anyway
 
@@ -510,14 +519,23 @@ class _Builder:
         minimal["idp"] = None
         minimal["req"] = {k: v for k, v in fields["req"].items() if k != "if_match"}
         minimal["ver"] = None
-        _log.error("event for request %s did not validate (%s); recording a minimal one",
-                   self.x.req_id, last)
+        _log.error(
+            "event for request %s did not validate (%s); recording a minimal one",
+            self.x.req_id,
+            last,
+        )
         return new_event(**minimal, x={"dropped": "invalid fields"}, intent=True)
 
     def access(self, reason: str, method: str, path: str, status: int) -> dict[str, Any]:
         rec: dict[str, Any] = {
-            "ts": self.ts, "req": self.x.req_id, "m": method, "p": path, "st": status,
-            "reason": reason, "tenant": self.cfg.tenant, "sp": self.cfg.sp_id,
+            "ts": self.ts,
+            "req": self.x.req_id,
+            "m": method,
+            "p": path,
+            "st": status,
+            "reason": reason,
+            "tenant": self.cfg.tenant,
+            "sp": self.cfg.sp_id,
         }
         src = self.src()
         if src and "ip" in src:
@@ -543,8 +561,12 @@ class _Builder:
         if why is not None:
             return _Recorded([], [self.access(why, x.method, x.rel, status)])
         outcome = _outcome(op, status)
-        req: dict[str, Any] = {"m": x.method, "p": _path_text(x.rel), "dig": self.dig,
-                               "len": len(x.body)}
+        req: dict[str, Any] = {
+            "m": x.method,
+            "p": _path_text(x.rel),
+            "dig": self.dig,
+            "len": len(x.body),
+        }
         if_match = x.req_header(b"if-match")
         if if_match and _ident(if_match, 1024):
             req["if_match"] = if_match
@@ -618,15 +640,23 @@ class _Builder:
             self._bulk_op(seq, op_req, op_resp, resp if x.status >= 300 else None, created, out)
         return out
 
-    def _bulk_op(self, seq: int, op_req: Mapping[str, Any], op_resp: Mapping[str, Any] | None,
-                 http_error: Any, created: Mapping[str, str], out: _Recorded) -> None:
+    def _bulk_op(
+        self,
+        seq: int,
+        op_req: Mapping[str, Any],
+        op_resp: Mapping[str, Any] | None,
+        http_error: Any,
+        created: Mapping[str, str],
+        out: _Recorded,
+    ) -> None:
         x = self.x
         method = str(_get_ci(op_req, "method") or "").upper()
         path = _get_ci(op_req, "path")
         path = path if isinstance(path, str) else ""
         if method not in WRITE_METHODS:
-            out.access.append(self.access("bulk operation is not a write", method or "?",
-                                          path, x.status))
+            out.access.append(
+                self.access("bulk operation is not a write", method or "?", path, x.status)
+            )
             return
         op = op_for_method(method)
         target = _route(_relative(path, self.cfg.base_path), method, self.cfg)
@@ -661,8 +691,10 @@ class _Builder:
         else:
             status = x.status
             outcome = "skipped"
-            err = {"code": "not_processed",
-                   "reason": "the bulk request stopped (failOnErrors) before this operation"}
+            err = {
+                "code": "not_processed",
+                "reason": "the bulk request stopped (failOnErrors) before this operation",
+            }
         rid_v = None if rid is None else _rid(rid)
         why = _routing_failure(target, op, status, rid_v)
         if why is not None and op_resp is not None:
@@ -674,8 +706,12 @@ class _Builder:
         if op == "create" and outcome != "success":
             rid_v = None
         data = _get_ci(op_req, "data")
-        req: dict[str, Any] = {"m": method, "p": _path_text(path), "dig": self.dig,
-                               "len": len(x.body)}
+        req: dict[str, Any] = {
+            "m": method,
+            "p": _path_text(path),
+            "dig": self.dig,
+            "len": len(x.body),
+        }
         if version:
             req["if_match"] = version
         loc_v = loc if loc and _ident(loc, 2048) else None
@@ -702,8 +738,9 @@ class _Builder:
         out.events.append(self.make(fields, intent))
 
 
-def _align(ops: Sequence[Mapping[str, Any]], results: Sequence[Mapping[str, Any]]
-           ) -> list[Mapping[str, Any] | None]:
+def _align(
+    ops: Sequence[Mapping[str, Any]], results: Sequence[Mapping[str, Any]]
+) -> list[Mapping[str, Any] | None]:
     """Pair each bulk operation with its result. The results are those of the operations
     that ran, in request order (RFC 7644 §3.7.3), so a greedy walk matches them."""
     out: list[Mapping[str, Any] | None] = []
@@ -805,8 +842,9 @@ class AuditMiddleware:
         inner.setdefault("state", {})
         method = str(scope.get("method", "")).upper()
         rel = _relative(str(scope.get("path", "/")), self.config.base_path)
-        if method not in WRITE_METHODS or (method == "POST" and rel.rstrip("/").endswith(
-                "/.search")):
+        if method not in WRITE_METHODS or (
+            method == "POST" and rel.rstrip("/").endswith("/.search")
+        ):
             await self.app(inner, receive, _echo_request_id(send, req_id))
             return
         await self._write(inner, receive, send, method, rel, req_id)
@@ -822,8 +860,9 @@ class AuditMiddleware:
 
         await self.app(scope, recv, send)
 
-    async def _write(self, scope: Scope, receive: Receive, send: Send, method: str, rel: str,
-                     req_id: str) -> None:
+    async def _write(
+        self, scope: Scope, receive: Receive, send: Send, method: str, rel: str, req_id: str
+    ) -> None:
         cfg = self.config
         t0 = time.time_ns()
         chunks: list[bytes] = []
@@ -835,8 +874,7 @@ class AuditMiddleware:
             chunk = msg.get("body", b"")
             size += len(chunk)
             if size > cfg.max_body:
-                await _send_error(send, 413, "request body too large for the audit adapter",
-                                  req_id)
+                await _send_error(send, 413, "request body too large for the audit adapter", req_id)
                 self._access(rel, method, req_id, 413, "body too large")
                 return
             chunks.append(chunk)
@@ -844,14 +882,29 @@ class AuditMiddleware:
                 break
         body = b"".join(chunks)
         trace = _header(scope["headers"], b"traceparent")
-        x = _Exchange(scope, method, rel, req_id,
-                      trace if trace and _TRACEPARENT.fullmatch(trace.strip()) else None,
-                      body, t0)
-        if (not self._outbox_ok and not cfg.fail_open and not self._direct_ok
-                and not await self._probe()):
+        x = _Exchange(
+            scope,
+            method,
+            rel,
+            req_id,
+            trace if trace and _TRACEPARENT.fullmatch(trace.strip()) else None,
+            body,
+            t0,
+        )
+        if (
+            not self._outbox_ok
+            and not cfg.fail_open
+            and not self._direct_ok
+            and not await self._probe()
+        ):
             self.stats["refused"] += 1
-            await _send_error(send, 503, "audit outbox unavailable; the request was not "
-                              "applied", req_id, cfg.retry_after)
+            await _send_error(
+                send,
+                503,
+                "audit outbox unavailable; the request was not applied",
+                req_id,
+                cfg.retry_after,
+            )
             return
 
         replayed = False
@@ -894,10 +947,15 @@ class AuditMiddleware:
         if failure is not None:
             raise failure
         if not ok:
-            await _send_error(send, 503, f"the service provider processed this request "
-                              f"(status {x.status}; a change may have been applied) but its "
-                              "audit event could not be recorded, so the answer is withheld",
-                              req_id, cfg.retry_after)
+            await _send_error(
+                send,
+                503,
+                f"the service provider processed this request "
+                f"(status {x.status}; a change may have been applied) but its "
+                "audit event could not be recorded, so the answer is withheld",
+                req_id,
+                cfg.retry_after,
+            )
             return
         if start is None:  # pragma: no cover - the app sent nothing and raised nothing
             await _send_error(send, 500, "no response from the service provider", req_id)
@@ -912,8 +970,16 @@ class AuditMiddleware:
             await send(msg)
 
     def _access(self, rel: str, method: str, req_id: str, status: int, reason: str) -> None:
-        rec = {"ts": _now_ms(), "req": req_id, "m": method, "p": rel, "st": status,
-               "reason": reason, "tenant": self.config.tenant, "sp": self.config.sp_id}
+        rec = {
+            "ts": _now_ms(),
+            "req": req_id,
+            "m": method,
+            "p": rel,
+            "st": status,
+            "reason": reason,
+            "tenant": self.config.tenant,
+            "sp": self.config.sp_id,
+        }
         self._emit_access([rec])
 
     def _emit_access(self, records: Sequence[Mapping[str, Any]]) -> None:
@@ -940,8 +1006,7 @@ class AuditMiddleware:
         try:
             b = _Builder(self.config, x)
             rec = b.bulk() if _route(x.rel, x.method, self.config).kind == "bulk" else b.single()
-            records = [OutboxRecord(str(e["eid"]), x.req_id, event_json(e))
-                       for e in rec.events]
+            records = [OutboxRecord(str(e["eid"]), x.req_id, event_json(e)) for e in rec.events]
         except Exception:
             _log.exception("could not build the audit event of request %s", x.req_id)
             return self._unrecorded([])
@@ -972,8 +1037,7 @@ class AuditMiddleware:
             if waiting and self.relay is not None:
                 self.relay.unwatch(eids)
 
-    async def _direct(self, records: list[OutboxRecord]) -> tuple[list[tuple[bytes, bytes]],
-                                                                  bool]:
+    async def _direct(self, records: list[OutboxRecord]) -> tuple[list[tuple[bytes, bytes]], bool]:
         eids = [r.eid for r in records]
         # Fail-open does not make every request wait on a log that is known to be down.
         if self.relay is not None and (not self.config.fail_open or self.relay.healthy):
@@ -1011,11 +1075,14 @@ async def _wait(futs: Sequence[Future[Receipt]], timeout: float) -> dict[str, Re
     return out
 
 
-def _receipt_headers(eids: Sequence[str], receipts: Mapping[str, Receipt]
-                     ) -> list[tuple[bytes, bytes]]:
+def _receipt_headers(
+    eids: Sequence[str], receipts: Mapping[str, Receipt]
+) -> list[tuple[bytes, bytes]]:
     logged = bool(eids) and all(e in receipts for e in eids)
-    h = [(b"tlog-status", b"logged" if logged else b"queued"),
-         (b"tlog-event-count", str(len(eids)).encode())]
+    h = [
+        (b"tlog-status", b"logged" if logged else b"queued"),
+        (b"tlog-event-count", str(len(eids)).encode()),
+    ]
     if len(eids) <= MAX_HEADER_EVENTS:
         h.append((b"tlog-event-id", ", ".join(eids).encode("ascii")))
         if logged:
@@ -1041,13 +1108,17 @@ def _echo_request_id(send: Send, req_id: str) -> Send:
     return wrapped
 
 
-async def _send_error(send: Send, status: int, detail: str, req_id: str,
-                      retry_after: int | None = None) -> None:
-    body = json.dumps({"schemas": [SCIM_ERROR_URN], "status": str(status),
-                       "detail": detail}).encode()
-    headers = [(b"content-type", b"application/scim+json"),
-               (b"content-length", str(len(body)).encode()),
-               (b"x-request-id", req_id.encode("ascii"))]
+async def _send_error(
+    send: Send, status: int, detail: str, req_id: str, retry_after: int | None = None
+) -> None:
+    body = json.dumps(
+        {"schemas": [SCIM_ERROR_URN], "status": str(status), "detail": detail}
+    ).encode()
+    headers = [
+        (b"content-type", b"application/scim+json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"x-request-id", req_id.encode("ascii")),
+    ]
     if retry_after is not None:
         headers.append((b"retry-after", str(retry_after).encode()))
     await send({"type": "http.response.start", "status": status, "headers": headers})

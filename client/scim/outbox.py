@@ -148,8 +148,9 @@ class Outbox:
         self._writer.start()
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                               timeout=30.0)
+        conn = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, timeout=30.0
+        )
         conn.execute("PRAGMA journal_mode = WAL")
         # FULL: in WAL mode the WAL is fsynced at every commit, so a committed add survives
         # power loss (NORMAL would only survive an application crash).
@@ -220,8 +221,9 @@ class Outbox:
             fut.set_result(res)
 
     @staticmethod
-    def _run(conn: sqlite3.Connection, fns: Sequence[Callable[[sqlite3.Connection], Any]]
-             ) -> list[Any]:
+    def _run(
+        conn: sqlite3.Connection, fns: Sequence[Callable[[sqlite3.Connection], Any]]
+    ) -> list[Any]:
         conn.execute("BEGIN IMMEDIATE")
         try:
             results = [fn(conn) for fn in fns]
@@ -278,9 +280,11 @@ class Outbox:
         if self.max_bytes is None:
             return
         if self._queued is None:
-            self._queued = int(conn.execute(
-                "SELECT COALESCE(SUM(LENGTH(body)), 0) FROM events WHERE state != 1"
-            ).fetchone()[0])
+            self._queued = int(
+                conn.execute(
+                    "SELECT COALESCE(SUM(LENGTH(body)), 0) FROM events WHERE state != 1"
+                ).fetchone()[0]
+            )
         if self._queued + incoming > self.max_bytes:
             raise OutboxError(f"outbox full ({self.max_bytes} bytes of undelivered events)")
         if count:
@@ -297,9 +301,13 @@ class Outbox:
                 for i in range(0, len(rows), 500):
                     part = [r[2] for r in rows[i : i + 500]]
                     marks = ",".join("?" * len(part))
-                    freed += int(conn.execute(
-                        "SELECT COALESCE(SUM(LENGTH(body)), 0) FROM events "  # noqa: S608
-                        f"WHERE state != 1 AND eid IN ({marks})", part).fetchone()[0])
+                    freed += int(
+                        conn.execute(
+                            "SELECT COALESCE(SUM(LENGTH(body)), 0) FROM events "  # noqa: S608
+                            f"WHERE state != 1 AND eid IN ({marks})",
+                            part,
+                        ).fetchone()[0]
+                    )
                 self._queued -= freed
             conn.executemany(
                 "UPDATE events SET state = 1, done_ms = ?, receipt = ?, error = NULL, body = '' "
@@ -309,8 +317,9 @@ class Outbox:
 
         return self._submit(job)
 
-    def note_failure(self, eids: Sequence[str], error: str, *, reject: bool = False
-                     ) -> Future[None]:
+    def note_failure(
+        self, eids: Sequence[str], error: str, *, reject: bool = False
+    ) -> Future[None]:
         """Count a failed attempt; ``reject`` moves the events out of the queue for good
         (the log refused them as malformed: an operator must look at them)."""
         now = _now_ms()
@@ -340,10 +349,14 @@ class Outbox:
 
     def pending(self, limit: int = 1000, max_bytes: int | None = None) -> list[Pending]:
         """The oldest queued events, in the order they were added."""
-        rows = self._reader().execute(
-            "SELECT seq, eid, body, attempts FROM events WHERE state = 0 ORDER BY seq LIMIT ?",
-            (limit,),
-        ).fetchall()
+        rows = (
+            self._reader()
+            .execute(
+                "SELECT seq, eid, body, attempts FROM events WHERE state = 0 ORDER BY seq LIMIT ?",
+                (limit,),
+            )
+            .fetchall()
+        )
         out: list[Pending] = []
         size = 0
         for seq, eid, body, attempts in rows:
@@ -357,21 +370,28 @@ class Outbox:
         """Number of events per state: ``pending``, ``delivered``, ``rejected``."""
         rows = self._reader().execute("SELECT state, COUNT(*) FROM events GROUP BY state")
         got = {int(s): int(n) for s, n in rows}
-        return {"pending": got.get(PENDING, 0), "delivered": got.get(DELIVERED, 0),
-                "rejected": got.get(REJECTED, 0)}
+        return {
+            "pending": got.get(PENDING, 0),
+            "delivered": got.get(DELIVERED, 0),
+            "rejected": got.get(REJECTED, 0),
+        }
 
     def receipt(self, eid: str) -> Receipt | None:
         """The log's receipt for a delivered event, if it is still kept."""
-        row = self._reader().execute(
-            "SELECT receipt FROM events WHERE eid = ? AND state = 1", (eid,)
-        ).fetchone()
+        row = (
+            self._reader()
+            .execute("SELECT receipt FROM events WHERE eid = ? AND state = 1", (eid,))
+            .fetchone()
+        )
         return Receipt.from_json(row[0]) if row and row[0] else None
 
     def events_for_request(self, req: str) -> list[tuple[str, int]]:
         """``(eid, state)`` of the events recorded for one ``corr.req``, oldest first."""
-        rows = self._reader().execute(
-            "SELECT eid, state FROM events WHERE req = ? ORDER BY seq", (req,)
-        ).fetchall()
+        rows = (
+            self._reader()
+            .execute("SELECT eid, state FROM events WHERE req = ? ORDER BY seq", (req,))
+            .fetchall()
+        )
         return [(str(e), int(s)) for e, s in rows]
 
     def close(self) -> None:

@@ -53,8 +53,9 @@ class LogPseudonyms:
         if got is not None:
             return got
         try:
-            r = self._http.post(self.url, json={"refs": [{"rt": rt, "id": member_id}]},
-                                headers=self._headers)
+            r = self._http.post(
+                self.url, json={"refs": [{"rt": rt, "id": member_id}]}, headers=self._headers
+            )
         except httpx.HTTPError as exc:
             raise EventFormatError(f"member pseudonym unavailable: {exc}") from None
         if r.status_code != 200:

@@ -88,8 +88,16 @@ def _parse_results(data: Any, eids: Sequence[str]) -> list[Receipt]:
         eid, index, lh = item.get("eid"), item.get("index"), item.get("leaf_hash")
         if eid not in wanted or type(index) is not int or not isinstance(lh, str):
             raise ValueError("result item for an unknown eid or without index/leaf_hash")
-        out.append(Receipt(eid=str(eid), index=index, leaf_hash=lh, tree_size=tree_size,
-                           checkpoint=checkpoint, duplicate=bool(item.get("duplicate"))))
+        out.append(
+            Receipt(
+                eid=str(eid),
+                index=index,
+                leaf_hash=lh,
+                tree_size=tree_size,
+                checkpoint=checkpoint,
+                duplicate=bool(item.get("duplicate")),
+            )
+        )
     return out
 
 
@@ -231,8 +239,12 @@ class Relay:
         Raises :class:`DeliveryError` unless the log took every one of them.
         """
         try:
-            r = self._http.post(BATCH_PATH, content=_batch_body([x.body for x in records]),
-                                headers={"Content-Type": "application/json"}, timeout=timeout)
+            r = self._http.post(
+                BATCH_PATH,
+                content=_batch_body([x.body for x in records]),
+                headers={"Content-Type": "application/json"},
+                timeout=timeout,
+            )
         except httpx.HTTPError as exc:
             raise DeliveryError(f"log unreachable: {exc}") from None
         if r.status_code != 200:
@@ -304,8 +316,11 @@ class Relay:
         eids = [p.eid for p in items]
         self.attempts += 1
         try:
-            r = self._http.post(BATCH_PATH, content=_batch_body([p.body for p in items]),
-                                headers={"Content-Type": "application/json"})
+            r = self._http.post(
+                BATCH_PATH,
+                content=_batch_body([p.body for p in items]),
+                headers={"Content-Type": "application/json"},
+            )
         except httpx.HTTPError as exc:
             raise _Backoff(self._next_backoff(), f"log unreachable: {exc!r}") from None
         st = r.status_code

@@ -218,4 +218,10 @@ class WitnessConfig:
             raise ConfigError(f"key file is for {s.name!r}, config name is {self.name!r}")
         if any(p.verifier.public_key == s.public_key for p in self.peers):
             raise ConfigError("a peer has this witness's own key")
+        for lg in self.logs:
+            if any(getattr(v, "public_key", None) == s.public_key for v in lg.verifiers):
+                raise ConfigError(
+                    f"the witness key is log {lg.origin!r}'s own key (same private key); "
+                    "generate a separate witness key with `tlog-witness keygen`"
+                )
         return s

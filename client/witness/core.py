@@ -10,10 +10,10 @@ mapped to its status code by the exception it raises (the one place that decides
 4. the checkpoint has extension lines ............................................... 400
 5. ``old`` > checkpoint size ......................................................... 400
 6. split-view evidence is recorded for this origin (see below) ........................ 422
+   a checkpoint of the size we cosigned with another root: recorded as evidence ....... 422
 7. ``old`` != the size this witness last cosigned (0 if none) ........... 409 + "<size>\\n"
 8. a size-0 checkpoint whose root is not SHA-256("") ................................. 422
-9. ``old`` == 0 with a non-empty proof; a consistency proof that fails; ``old`` == size
-   with a different root ............................................................ 422
+9. ``old`` == 0 with a non-empty proof; a consistency proof that fails ................ 422
 
 Then it cosigns (cosignature/v1, timestamp from the injectable clock) and stores the
 checkpoint with only the verified log signature(s) and its own cosignature, through the
@@ -35,6 +35,18 @@ Decisions this module takes (documented for operators):
   cosigning more checkpoints from a key known to have forked would only lend them
   credibility. The operator resolves it (out of band) by investigating and, if they
   decide so, deleting the evidence rows.
+* **Conflicting pushes are evidence, when provable.** A log-signed checkpoint of the size
+  we cosigned with another root is evidence at once, whatever its ``old`` line says: the
+  log signed both roots. A consistency proof that fails is *not* evidence by itself: the
+  proof is unsigned, so anyone replaying the log's next (honest) checkpoint with a junk
+  proof could otherwise freeze the log. The witness hands such a request to its
+  ``on_inconsistent`` hook, which the monitor sets: it asks the log itself for the proof
+  and records evidence if the log's own proof fails (or it refuses for
+  ``missing_proof_rounds`` rounds); without a log URL the failure is counted as a
+  suspicion, which ``tlog-witness check`` reports.
+* **No cosigning with a log's key.** A cosigning key whose public key equals a configured
+  log key (also one derived from the same private key, whatever the name) is refused:
+  a cosignature by the log itself would count as an independent witness.
 """
 
 from __future__ import annotations
@@ -59,6 +71,7 @@ __all__ = [
     "Conflict",
     "Forbidden",
     "Frozen",
+    "Inconsistent",
     "Unavailable",
     "UnknownOrigin",
     "Unprocessable",
@@ -118,6 +131,10 @@ class Frozen(Unprocessable):
     """422 because split-view evidence is recorded for the origin."""
 
 
+class Inconsistent(Unprocessable):
+    """422 because the request's consistency proof does not verify (not evidence alone)."""
+
+
 class Unavailable(AddCheckpointError):
     status = 503
 
@@ -157,12 +174,25 @@ class Witness:
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        logs = tuple(logs)
+        for lg in logs:
+            for v in lg.verifiers:
+                if getattr(v, "public_key", None) == signer.public_key:
+                    raise ValueError(
+                        f"the cosigning key is log {lg.origin!r}'s own key: a witness must "
+                        "have a key of its own"
+                    )
         self.signer = signer
         self.verifier: CosignatureVerifier = signer.verifier()
         self.logs: Mapping[str, WitnessedLog] = {lg.origin: lg for lg in logs}
         self.store = store
         self._clock = clock
         self._origin_by_hash = {origin_hash(o): o for o in self.logs}
+        # Called with (log, our latest, their checkpoint, their note) when a push's
+        # consistency proof fails; the monitor settles it with the log's own proof.
+        self.on_inconsistent: (
+            Callable[[WitnessedLog, StoredCheckpoint, Checkpoint, str], object] | None
+        ) = None
 
     @property
     def name(self) -> str:
@@ -190,9 +220,18 @@ class Witness:
         return "".join(s.line() for s in sigs)
 
     def update(
-        self, old_size: int, consistency_proof: Sequence[bytes], checkpoint_note: str
+        self,
+        old_size: int,
+        consistency_proof: Sequence[bytes],
+        checkpoint_note: str,
+        *,
+        proof_from_log: bool = False,
     ) -> tuple[Signature, ...]:
-        """Checks 1-9 of the module docstring, cosign, compare-and-swap. See add_checkpoint."""
+        """Checks 1-9 of the module docstring, cosign, compare-and-swap. See add_checkpoint.
+
+        ``proof_from_log``: the proof was fetched from the log itself (polling), whose
+        caller settles a failure; ``on_inconsistent`` is for pushed proofs only.
+        """
         try:
             note = parse_note(checkpoint_note)
             cp = Checkpoint.parse(note.text)
@@ -211,9 +250,29 @@ class Witness:
             raise BadRequest("old size is larger than the checkpoint size")
         if self.store.has_evidence(cp.origin):
             raise Frozen("split-view evidence is recorded for this log; not cosigning")
+        signed_note = Note(cp.text(), opened.verified).format()  # unverified lines dropped
         for _ in range(_CAS_ATTEMPTS):
             stored = self.store.latest(cp.origin)
-            self._check_against(stored, old_size, consistency_proof, cp)
+            if (
+                stored is not None
+                and stored.size == cp.size
+                and not hmac.compare_digest(stored.root_hash, cp.root_hash)
+            ):
+                self.record_evidence(
+                    cp.origin,
+                    "add-checkpoint",
+                    "same tree size with different root hashes",
+                    stored.note,
+                    signed_note,
+                    {"ours": _describe_stored(stored), "theirs": describe(cp)},
+                )
+                raise Frozen("checkpoint conflicts with the one this witness cosigned")
+            try:
+                self._check_against(stored, old_size, consistency_proof, cp)
+            except Inconsistent:
+                if stored is not None and self.on_inconsistent and not proof_from_log:
+                    self.on_inconsistent(log, stored, cp, signed_note)
+                raise
             # Sign a re-encoding of what we parsed (Sunlight does the same): Checkpoint.parse
             # already insists on the canonical form, so this is the note text byte for byte.
             cosig = self.signer.cosign(cp.text(), self.now())
@@ -247,7 +306,7 @@ class Witness:
         try:
             verify_consistency(old_size, cp.size, stored.root_hash, cp.root_hash, proof)
         except VerificationError as exc:
-            raise Unprocessable(f"consistency check failed: {exc}") from None
+            raise Inconsistent(f"consistency check failed: {exc}") from None
 
     # --- monitoring ---------------------------------------------------------------------
 
@@ -294,3 +353,7 @@ class Witness:
 def describe(cp: Checkpoint) -> dict[str, object]:
     """Size and root of a checkpoint, for evidence details."""
     return {"size": cp.size, "root": b64encode(cp.root_hash)}
+
+
+def _describe_stored(stored: StoredCheckpoint) -> dict[str, object]:
+    return {"size": stored.size, "root": b64encode(stored.root_hash)}

@@ -156,6 +156,36 @@ class Monitor:
         self.missing_proof_rounds = missing_proof_rounds
         self._owns_http = http is None
         self._http = http if http is not None else httpx.Client(timeout=timeout)
+        witness.on_inconsistent = self.settle_push
+
+    def settle_push(
+        self, log: WitnessedLog, ours: StoredCheckpoint, theirs: Checkpoint, their_note: str
+    ) -> int:
+        """A pushed, log-signed checkpoint came with a consistency proof that failed.
+
+        The pushed proof proves nothing (anyone can send junk with a replayed checkpoint),
+        so ask the log for its own proof: evidence if that fails too, a round of suspicion
+        if the log refuses or has no URL. Returns the number of new evidence records.
+        """
+        peer = "add-checkpoint"
+        if log.url is None:
+            rounds = self.witness.store.bump_suspicion(
+                log.origin,
+                peer,
+                theirs.size,
+                theirs.root_hash,
+                "a pushed consistency proof failed and the log has no URL to ask",
+                self.witness.now(),
+            )
+            logger.warning(
+                "%s: pushed proof %d -> %d failed; no log URL to settle it (round %d)",
+                log.origin,
+                ours.size,
+                theirs.size,
+                rounds,
+            )
+            return 0
+        return self._compare(log, ours, theirs, their_note, peer)
 
     def close(self) -> None:
         if self._owns_http:
@@ -198,7 +228,7 @@ class Monitor:
             except ProofRefused as exc:
                 return self._suspect(log, ours, cp, text, peer, str(exc))
         try:
-            self.witness.update(old, proof, text)
+            self.witness.update(old, proof, text, proof_from_log=True)
         except Frozen:
             return 0
         except Conflict:

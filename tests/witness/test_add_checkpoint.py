@@ -240,14 +240,18 @@ def test_bad_consistency_proof_is_422(w100: Witness, log300: FakeLog) -> None:
 
 
 def test_conflicting_root_at_same_size_is_422(w100: Witness, log300: FakeLog) -> None:
-    fork = FakeLog([*events(99), b"evil"])
-    assert status(w100, fork.body(100, 100)) == 422
     # Same size, same root: re-cosigned (200); a non-empty proof there is 422.
     assert status(w100, log300.body(100, 100)) == 200
     assert status(w100, log300.body(100, 100, proof=[log300.root(100)])) == 422
-    # A fork that grows from a different size-100 tree cannot prove consistency either.
+    # A fork that grows from a different size-100 tree cannot prove consistency either
+    # (no evidence by itself: the proof is unsigned; see test_evidence.py).
     fork_big = FakeLog([*events(99), b"evil", *events(200, "x")])
     assert status(w100, fork_big.body(100, 300)) == 422
+    assert w100.evidence() == []
+    # A log-signed size-100 checkpoint with another root: 422 and split-view evidence.
+    fork = FakeLog([*events(99), b"evil"])
+    assert status(w100, fork.body(100, 100)) == 422
+    assert len(w100.evidence()) == 1
     unchanged(w100)
 
 
