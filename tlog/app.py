@@ -27,6 +27,7 @@ from starlette.types import Receive, Scope, Send
 from client.checkpoint import parse_decimal
 from client.note import FormatError, b64decode_strict
 from client.proof_bundle import TlogProof
+from client.scim.leaf import RawEntryError, check_raw_entry, is_structured_entry
 from client.tiles import MAX_ENTRY_SIZE, parse_tile_path
 from tlog.auth import AuthError, Forbidden, Principal, TokenStore
 from tlog.log import Log, NotFound, Published
@@ -253,6 +254,7 @@ class Api:
         body = await read_asgi_body(scope, receive, self.limits.max_entry_bytes)
         if not body:
             raise BadRequest("empty entry")
+        check_raw_entry(body)  # the CBOR-map space is the log's own (SCIM leaves)
         res = await self.seq.submit([body])
         pub = res.checkpoint
         index = res.indices[0]
@@ -330,6 +332,8 @@ class Api:
         for i, e in enumerate(entries):
             if not e:
                 raise BadRequest(f"entry {i} is empty")
+            if is_structured_entry(e):
+                raise BadRequest(f"entry {i}: {RawEntryError.__doc__}; wrap or prefix it")
             if len(e) > lim.max_entry_bytes:
                 raise PayloadTooLarge(f"entry {i} is larger than {lim.max_entry_bytes} bytes")
         return entries

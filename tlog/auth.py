@@ -8,15 +8,17 @@ new token made by ``tlog token`` while the server runs takes effect at once.
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import json
 import secrets
 import time
+import unicodedata
 from dataclasses import asdict, dataclass
 
 from tlog.storage import Storage
 
-__all__ = ["ROLES", "AuthError", "Forbidden", "Principal", "TokenStore"]
+__all__ = ["ROLES", "AuthError", "Forbidden", "Principal", "TokenStore", "person_key"]
 
 ROLES = ("submitter", "auditor", "privacy-officer", "admin")
 TOKEN_PREFIX = "tlog_"
@@ -39,12 +41,25 @@ class Principal:
     created: int
     expires: int | None = None
     revoked: bool = False
+    person: str = ""  # the human the token was issued to (dual control compares people)
+
+    @property
+    def person_id(self) -> str:
+        """Who this token acts for, for dual control: the normalised person name, or (for a
+        token issued without one) the token itself."""
+        return person_key(self.person) if self.person else "token:" + self.token_id
 
     def require(self, *roles: str, tenant: str | None = None) -> None:
         if self.role not in roles:
             raise Forbidden(f"this needs the role {' or '.join(roles)}, not {self.role}")
         if tenant is not None and self.tenant is not None and self.tenant != tenant:
             raise Forbidden("this token is bound to another tenant")
+
+
+def person_key(person: str) -> str:
+    """The comparison form of a person's name: NFKC, casefolded, inner whitespace collapsed,
+    so ``Alice  Smith`` and ``alice smith`` are one person."""
+    return " ".join(unicodedata.normalize("NFKC", person).casefold().split())
 
 
 def token_digest(token: str) -> bytes:
@@ -62,17 +77,31 @@ class TokenStore:
         tenant: str | None = None,
         name: str = "",
         ttl: int | None = None,
+        person: str | None = None,
     ) -> tuple[str, Principal]:
-        """Make a new token; the token text is returned once and never stored."""
+        """Make a new token; the token text is returned once and never stored.
+
+        ``person`` names the human holding it (default: ``name``); dual control of erasures
+        refuses an approval by the person who requested, whatever token they use.
+        """
         if role not in ROLES:
             raise ValueError(f"unknown role {role!r}; roles are {', '.join(ROLES)}")
+        person = (person if person is not None else name).strip()
+        if person and not person_key(person):
+            raise ValueError("person must not be blank")
         if role in ("submitter", "auditor") and tenant is None:
             tenant = "default"
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         digest = token_digest(token)
         now = int(time.time())
         p = Principal(
-            digest.hex()[:16], role, tenant, name, now, None if ttl is None else now + ttl
+            digest.hex()[:16],
+            role,
+            tenant,
+            name,
+            now,
+            None if ttl is None else now + ttl,
+            person=person,
         )
         self.storage.put_token(digest, json.dumps(asdict(p), sort_keys=True).encode())
         return token, p
@@ -99,6 +128,19 @@ class TokenStore:
     def list(self) -> list[Principal]:
         with self.storage.read() as rv:
             return [Principal(**json.loads(v)) for _, v in rv.tokens()]
+
+    def of_person(self, person: str, role: str | None = None) -> builtins.list[Principal]:
+        """The live (not revoked) tokens issued to ``person`` (normalised), optionally of
+        one role: ``tlog token create`` says so before it issues a second one."""
+        key = person_key(person)
+        return [
+            p
+            for p in self.list()
+            if not p.revoked
+            and p.person
+            and person_key(p.person) == key
+            and (role is None or p.role == role)
+        ]
 
     def revoke(self, token_id: str) -> Principal:
         with self.storage.read() as rv:

@@ -123,7 +123,22 @@ def cmd_token(args: argparse.Namespace) -> int:
     store = TokenStore(storage)
     try:
         if args.token_cmd == "create":
-            token, p = store.create(args.role, tenant=args.tenant, name=args.name, ttl=args.ttl)
+            if args.role == "privacy-officer" and not (args.person or "").strip():
+                print("tlog: privacy-officer tokens need --person (dual control)", file=sys.stderr)
+                return 2
+            if args.person:
+                same = store.of_person(args.person, args.role)
+                if same:
+                    ids = ", ".join(x.token_id for x in same)
+                    print(
+                        f"tlog: note: {args.person!r} already holds {len(same)} active "
+                        f"{args.role} token(s) ({ids}); this is another token for the SAME "
+                        "person, and dual control will treat both as one officer",
+                        file=sys.stderr,
+                    )
+            token, p = store.create(
+                args.role, tenant=args.tenant, name=args.name, ttl=args.ttl, person=args.person
+            )
             print(token)
             print(f"id {p.token_id} role {p.role} tenant {p.tenant}", file=sys.stderr)
         elif args.token_cmd == "list":
@@ -131,7 +146,7 @@ def cmd_token(args: argparse.Namespace) -> int:
                 state = "revoked" if p.revoked else "active"
                 print(
                     f"{p.token_id} {p.role:16} tenant={p.tenant} name={p.name!r} "
-                    f"expires={p.expires} {state}"
+                    f"person={p.person!r} expires={p.expires} {state}"
                 )
         elif args.token_cmd == "revoke":
             p = store.revoke(args.token_id)
@@ -236,6 +251,12 @@ def parser() -> argparse.ArgumentParser:
     tc.add_argument("--role", required=True, choices=ROLES)
     tc.add_argument("--tenant", default=None)
     tc.add_argument("--name", default="")
+    tc.add_argument(
+        "--person",
+        default=None,
+        help="the person the token is issued to (required for privacy-officer: dual control "
+        "refuses an approval by the person who requested, whatever token they use)",
+    )
     tc.add_argument("--ttl", type=_duration, default=None, help="lifetime, e.g. 90d")
     data_opt(tsub.add_parser("list", help="list tokens (ids only)"))
     tr = tsub.add_parser("revoke", help="revoke a token by id prefix")

@@ -37,6 +37,7 @@ from client.note import Ed25519Verifier, FormatError, b64decode_strict
 from client.proof_bundle import TlogProof
 from client.scim.event import Event, event_from_json
 from client.scim.leaf import NONCE_SIZE, Leaf, parse_leaf, verify_commitment
+from client.scim.reserved import event_origin
 
 __all__ = ["AuditedEvent", "Receipt", "ScimAuditClient", "ScimAuditError", "SearchPage"]
 
@@ -65,6 +66,13 @@ class AuditedEvent:
     @property
     def erased(self) -> bool:
         return self.event is None
+
+    @property
+    def origin(self) -> str | None:
+        """``"log"`` (one of the log's own events), ``"lookalike"`` (a name that only
+        normalises into the reserved ``tlog.`` namespace: never the log's, treat as forged) or
+        ``"tenant"``; None once erased. See :mod:`client.scim.reserved`."""
+        return None if self.event is None else event_origin(self.event)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,15 @@ SCIM.md §3.4 and §4.3. The leaf carries nothing private::
   confirmed at all.
 
 The Merkle leaf hash is ``client.merkle.leaf_hash(make_leaf(...))`` (RFC 6962 §2.1).
+
+**Domain separation** (issue 7 part 5). Every leaf the log builds itself (SCIM events and the
+log's own events) is a deterministic CBOR *map*: its first byte is a CBOR map header
+(0xa0..0xbf; a version-1 leaf always starts ``a4 61 63 58 20``). The log refuses, on the raw
+``POST /v1/entries`` and ``/v1/entries/batch`` paths, every entry whose first byte is a CBOR
+map header (:func:`check_raw_entry`). So the two domains are disjoint by their first byte,
+and a monitor can classify any entry of the tree offline (:func:`entry_domain`): a leaf
+that parses as a SCIM leaf was made by the log's SCIM path, never by a raw submitter; an
+entry in the map space that does not parse is evidence that the log broke its own rule.
 """
 
 from __future__ import annotations
@@ -35,8 +44,12 @@ __all__ = [
     "PID_SIZE",
     "TENANT_REF_SIZE",
     "Leaf",
+    "RawEntryError",
+    "check_raw_entry",
     "commitment",
     "commitment_unchecked",
+    "entry_domain",
+    "is_structured_entry",
     "make_leaf",
     "new_nonce",
     "parse_leaf",
@@ -181,3 +194,32 @@ def verify_commitment(leaf: bytes | Leaf, event: Mapping[str, Any] | bytes, nonc
     parsed = leaf if isinstance(leaf, Leaf) else parse_leaf(leaf)
     if not hmac.compare_digest(commitment(nonce, event), parsed.c):
         raise VerificationError("event does not match the leaf commitment")
+
+
+class RawEntryError(EventFormatError):
+    """A raw entry must not start with a CBOR map header (0xa0..0xbf), the space reserved for
+    the leaves the log builds itself"""
+
+
+def is_structured_entry(entry: bytes) -> bool:
+    """Whether ``entry`` starts with a CBOR map header (0xa0..0xbf): the log's leaf space."""
+    return bool(entry) and 0xA0 <= entry[0] <= 0xBF
+
+
+def check_raw_entry(entry: bytes) -> None:
+    """Refuse a raw (``/v1/entries``) entry in the structured-leaf space (module docstring)."""
+    if is_structured_entry(entry):
+        raise RawEntryError(f"{RawEntryError.__doc__}; wrap or prefix it")
+
+
+def entry_domain(entry: bytes) -> str:
+    """Classify a tree entry: ``"scim"`` (a valid SCIM leaf, made by the log's SCIM path),
+    ``"raw"`` (outside the structured space: a raw submission), or ``"invalid"`` (in the
+    structured space but not a valid leaf: the log accepted what it must refuse)."""
+    if not is_structured_entry(entry):
+        return "raw"
+    try:
+        parse_leaf(entry)
+    except EventFormatError:
+        return "invalid"
+    return "scim"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -178,3 +179,38 @@ def test_token_without_tenant_cannot_submit(harness: Harness) -> None:
         headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
     )
     assert r.status_code == 200
+
+
+def test_dual_control_is_by_person_not_by_token(harness: Harness) -> None:
+    """Issue 10 part 3: two officer tokens of the same person cannot request and approve."""
+    h = harness
+    _setup(h)
+    alice1, _ = h.tokens.create("privacy-officer", name="dpo-alice", person="Alice Smith")
+    alice2, _ = h.tokens.create("privacy-officer", name="dpo-alice-2", person="  alice   SMITH ")
+    bob, _ = h.tokens.create("privacy-officer", name="dpo-bob", person="Bob Jones")
+    assert sorted(p.name for p in h.tokens.of_person("ALICE SMITH")) == ["dpo-alice", "dpo-alice-2"]
+    body = {"tenant": T1, "rt": "User", "rid": "u-alice-7f3a", "reason": "gdpr-art17"}
+    r = h.client.post("/v1/scim/erasures", json=body, headers={"Authorization": f"Bearer {alice1}"})
+    assert r.status_code == 201, r.text
+    path = f"/v1/scim/erasures/{r.json()['id']}/approve"
+    for tok in (alice1, alice2):
+        r = h.client.post(path, headers={"Authorization": f"Bearer {tok}"})
+        assert r.status_code == 403 and "another person" in r.json()["error"]
+    r = h.client.post(path, headers={"Authorization": f"Bearer {bob}"})
+    assert r.status_code == 200 and r.json()["state"] == "done"
+
+
+def test_token_cli_names_the_person(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tlog.cli import main
+
+    data = ["--data", str(tmp_path)]
+    assert main(["token", "create", *data, "--role", "privacy-officer"]) == 2
+    assert "--person" in capsys.readouterr().err
+    args = ["token", "create", *data, "--role", "privacy-officer", "--person", "Alice Smith"]
+    assert main([*args, "--name", "a1"]) == 0
+    first = capsys.readouterr()
+    assert first.out.startswith("tlog_") and "already" not in first.err
+    assert main([*args, "--name", "a2"]) == 0
+    second = capsys.readouterr()
+    assert "already holds 1 active privacy-officer token" in second.err
+    assert second.out.strip() not in second.err  # the token itself is printed once, on stdout

@@ -47,6 +47,7 @@ from client.scim.leaf import (
     new_nonce,
     parse_leaf,
 )
+from client.scim.reserved import is_reserved, reserved_names
 from tlog.auth import Forbidden, Principal
 from tlog.log import Log, NotFound, Published
 from tlog.scim import store
@@ -292,9 +293,10 @@ class ScimService:
         for i, ev in enumerate(events):
             if ev["tenant"] != tenant:
                 raise Forbidden(f"event {i} is for another tenant than this token's")
-            if not system and ev["rt"].startswith(SYSTEM_PREFIX):
+            if not system and reserved_names(ev):
                 raise EventFormatError(
-                    f"event {i}: resource types starting with {SYSTEM_PREFIX!r} are reserved"
+                    f"event {i}: resource types and actions in the {SYSTEM_PREFIX!r} namespace "
+                    "(in any spelling that normalises to it) are reserved for the log"
                 )
         accepted = await anyio.to_thread.run_sync(self._write, self._stager(tenant, events))
         return await self._sequence(accepted)
@@ -605,7 +607,7 @@ class ScimService:
             raise EventFormatError("reason must be a code matching [a-z0-9][a-z0-9._-]{0,63}")
         if principal.tenant is not None and principal.tenant != tenant:
             raise Forbidden("this token is bound to another tenant")
-        if subject.rt.startswith(SYSTEM_PREFIX):
+        if is_reserved(subject.rt):
             raise EventFormatError("the log's own events have no data subject to erase")
 
         def stage(tx: Overlay) -> tuple[ErasureStatus, Accepted]:
@@ -624,6 +626,7 @@ class ScimService:
                 "kid_hash": hashlib.sha256(sk.kid).digest(),
                 "reason": reason,
                 "requested_by": principal.token_id,
+                "requested_person": principal.person_id,
                 "created": now,
                 "state": "pending",
             }
@@ -711,9 +714,12 @@ class ScimService:
                     raise StorageError("finished erasure without its event")
                 acc = Accepted(rec["eid"], leaf, leaf_hash(leaf), parse_leaf(leaf).ts, True)
                 return ErasureStatus(request_id, rec), acc
-            if rec["requested_by"] == principal.token_id:
+            if rec["requested_by"] == principal.token_id or rec.get(
+                "requested_person", "token:" + rec["requested_by"]
+            ) == principal.person_id:
                 raise Forbidden(
-                    "dual control: the approver must be another privacy officer than the requester"
+                    "dual control: the approver must be another person than the requester "
+                    "(whatever token they use)"
                 )
             now = self.clock()
             if now - rec["created"] > self.limits.erasure_ttl_ms:
