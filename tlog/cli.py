@@ -9,6 +9,7 @@ import re
 import sys
 from pathlib import Path
 
+from client import logredact
 from tlog.auth import ROLES, TokenStore
 from tlog.signer import CheckpointSigner, create_key_file, load_key_file
 from tlog.storage import Storage, StorageError
@@ -64,6 +65,7 @@ def _open_signer(args: argparse.Namespace, create: bool) -> CheckpointSigner:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
+    import uvicorn.config
 
     from tlog.server import build_app
 
@@ -75,6 +77,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         level=getattr(logging, args.log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logredact.install()  # no query values, identifiers or tokens in any log line
     data = _data_dir(args)
     data.mkdir(mode=0o700, parents=True, exist_ok=True)
     fresh = not (data / "db" / "data.mdb").exists()
@@ -112,6 +115,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         port=args.port,
         log_level=args.log_level,
         access_log=args.access_log,
+        log_config=logredact.uvicorn_log_config(uvicorn.config.LOGGING_CONFIG),
         server_header=False,
         timeout_graceful_shutdown=10,
     )

@@ -42,6 +42,7 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from client import logredact
 from client.scim.middleware import SCIM_ERROR_URN, AuditConfig, AuditMiddleware
 from client.scim.outbox import Outbox
 from client.scim.pseudonyms import LogPseudonyms
@@ -416,9 +417,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main_proxy(args: argparse.Namespace) -> int:
     """Run the proxy under uvicorn until interrupted."""
     import uvicorn
+    import uvicorn.config
 
     logging.basicConfig(level=getattr(logging, args.log_level.upper()),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logredact.install()  # no identifiers, query values or tokens in log lines
     token = args.token_file.read_text("utf-8").strip()
     if not token:
         print(f"tlog: {args.token_file} is empty", file=sys.stderr)
@@ -439,6 +442,7 @@ def main_proxy(args: argparse.Namespace) -> int:
     print(f"tlog scim-proxy: http://{host}:{port} -> {args.upstream} ({mode}), "
           f"events to {args.log_url} via {args.outbox}", flush=True)
     uvicorn.run(app, host=host, port=port, log_level=args.log_level, access_log=False,
+                log_config=logredact.uvicorn_log_config(uvicorn.config.LOGGING_CONFIG),
                 server_header=False, date_header=False, lifespan="on",
                 timeout_graceful_shutdown=10)
     return 0
