@@ -3,11 +3,12 @@
 * :mod:`client.witness.core`: the ``add-checkpoint`` checks and the status codes;
 * :mod:`client.witness.store`: SQLite state, compare-and-swap, evidence;
 * :mod:`client.witness.monitor`: polling logs and gossip / split-view detection;
-* :mod:`client.witness.server`: the HTTP front end (standard library only);
+* :mod:`client.witness.asgi`: the HTTP endpoints as a plain ASGI app;
+* :mod:`client.witness.server`: that app on uvicorn, with timeouts and a connection limit;
 * :mod:`client.witness.config` and :mod:`client.witness.cli`: ``tlog-witness``.
 
-Like the rest of ``client/``, this never imports the log server (``tlog``), Starlette,
-uvicorn or lmdb.
+Like the rest of ``client/``, importing this never imports the log server (``tlog``),
+Starlette, uvicorn or lmdb; only building a :class:`WitnessHTTPServer` loads uvicorn.
 """
 
 from client.witness.core import Witness, WitnessedLog

@@ -109,7 +109,7 @@ def _monitor(cfg: WitnessConfig, witness: Witness) -> Monitor:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     cfg, witness = _load(args)
-    server = WitnessHTTPServer(cfg.listen, witness)
+    server = WitnessHTTPServer(cfg.listen, witness, cfg.limits)
     monitor = _monitor(cfg, witness)
     stop = threading.Event()
 

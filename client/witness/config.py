@@ -7,6 +7,10 @@
     gossip_interval = 300             # optional, seconds between gossip rounds (default 300)
     missing_proof_rounds = 3          # optional, rounds a log may refuse a proof (default 3)
     http_timeout = 10                 # optional, seconds for outgoing requests (default 10)
+    header_timeout = 10               # optional, seconds to send a request head (default 10)
+    idle_timeout = 30                 # optional, seconds a keep-alive may idle (default 30)
+    body_timeout = 10                 # optional, seconds to send a request body (default 10)
+    max_connections = 512             # optional, connections + requests before 503s
 
     [[log]]                           # one table per witnessed log
     origin = "scim-log.example.com/audit"
@@ -31,7 +35,7 @@ import os
 import stat
 import tomllib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +43,7 @@ from client.cosignature import CosignatureSigner, CosignatureVerifier
 from client.note import Ed25519Verifier, FormatError
 from client.witness.core import WitnessedLog
 from client.witness.monitor import Peer
+from client.witness.server import ServerLimits
 
 __all__ = ["ConfigError", "KeyFileUnreadable", "WitnessConfig", "load_signer"]
 
@@ -61,6 +66,10 @@ _TOP = {
     "gossip_interval",
     "missing_proof_rounds",
     "http_timeout",
+    "header_timeout",
+    "idle_timeout",
+    "body_timeout",
+    "max_connections",
     "log",
     "peer",
 }
@@ -145,6 +154,7 @@ class WitnessConfig:
     gossip_interval: float = 300.0
     missing_proof_rounds: int = 3
     http_timeout: float = 10.0
+    limits: ServerLimits = field(default_factory=ServerLimits)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> WitnessConfig:
@@ -169,6 +179,16 @@ class WitnessConfig:
         timeout = _take(doc, "http_timeout", float, "config", 10.0)
         if gossip_interval <= 0 or timeout <= 0 or rounds < 1:
             raise ConfigError("config: intervals must be positive, missing_proof_rounds >= 1")
+        d = ServerLimits()
+        try:
+            limits = ServerLimits(
+                header_timeout=_take(doc, "header_timeout", float, "config", d.header_timeout),
+                idle_timeout=_take(doc, "idle_timeout", int, "config", d.idle_timeout),
+                body_timeout=_take(doc, "body_timeout", float, "config", d.body_timeout),
+                max_connections=_take(doc, "max_connections", int, "config", d.max_connections),
+            )
+        except ValueError as exc:
+            raise ConfigError(f"config: {exc}") from None
 
         logs: list[WitnessedLog] = []
         for where, t in _tables(doc, "log", _LOG):
@@ -210,6 +230,7 @@ class WitnessConfig:
             gossip_interval,
             rounds,
             timeout,
+            limits,
         )
 
     def signer(self) -> CosignatureSigner:

@@ -1,174 +1,172 @@
-"""The witness's HTTP front end, on the standard library's ThreadingHTTPServer.
+"""The witness's HTTP server: :class:`client.witness.asgi.WitnessApp` on uvicorn, hardened.
 
-Endpoints (c2sp.org/tlog-witness, submission and monitoring prefix = the server root):
+uvicorn is the one server dependency of ``client/``, and only of this module's functions: it
+is imported when a server is built, never when ``client.witness`` is imported, so a verifier
+or a library user of the witness core needs no web stack (``tests/witness/test_imports.py``).
 
-* ``POST /add-checkpoint``: body as in the spec, at most 128 KiB (413 beyond, 411 without a
-  Content-Length). 200 with the cosignature line, ``text/plain; charset=utf-8``; errors as
-  mapped by :mod:`client.witness.core` (409 carries ``<size>\\n`` as ``text/x.tlog.size``).
-* ``GET /<lowercase hex SHA-256(origin)>/checkpoint``: the latest cosigned checkpoint (log
-  signature + our cosignature), 404 if we never cosigned that origin.
-* ``GET /evidence``: recorded split-view evidence, JSON ``{"evidence": [...]}``.
+Limits against slow or idle clients (issue 7 part 4, the same for ``tlog-witness``):
 
-HTTP/1.1 with keep-alive, as the spec recommends; every response has a Content-Length.
+* ``header_timeout``: a connection must deliver a request's headers within this many seconds
+  of its first byte (or of being opened); otherwise it is closed. uvicorn has no such timeout
+  of its own, so a protocol subclass arms one timer per request head.
+* ``idle_timeout``: keep-alive connections idle this long between requests are closed
+  (uvicorn's ``timeout_keep_alive``).
+* ``body_timeout``: the whole body must arrive within this many seconds (408 otherwise), in
+  the ASGI app.
+* ``max_connections``: above this many open connections plus in-flight requests, uvicorn
+  answers 503 (``limit_concurrency``); the listen backlog is bounded too.
+* Request heads are capped at 16 KiB (431; h11 also stops buffering a head that size),
+  bodies at 128 KiB (413).
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
 import logging
-import re
+import socket
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import cast
+from dataclasses import dataclass
+from typing import Any
 
-from client.witness.core import AddCheckpointError, Witness
-from client.witness_client import MAX_BODY_SIZE
+from client.witness.asgi import MAX_HEAD_SIZE, WitnessApp
+from client.witness.core import Witness
 
-__all__ = ["WitnessHTTPServer", "start_server"]
+__all__ = ["ServerLimits", "WitnessHTTPServer", "start_server"]
 
 logger = logging.getLogger("client.witness.server")
 
-_TEXT = "text/plain; charset=utf-8"
-_CHECKPOINT_PATH = re.compile(r"/([0-9a-f]{64})/checkpoint")
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """Timeouts (seconds) and the connection limit. See the module docstring."""
+
+    header_timeout: float = 10.0
+    idle_timeout: int = 30
+    body_timeout: float = 10.0
+    max_connections: int = 512
+    backlog: int = 256
+
+    def __post_init__(self) -> None:
+        if min(self.header_timeout, self.idle_timeout, self.body_timeout) <= 0:
+            raise ValueError("timeouts must be positive")
+        if self.max_connections < 1 or self.backlog < 1:
+            raise ValueError("max_connections and backlog must be at least 1")
 
 
-class WitnessHTTPServer(ThreadingHTTPServer):
-    """Serves one :class:`Witness`. ``url`` is ``http://host:port`` once bound."""
+def _guarded_protocol(header_timeout: float) -> type[Any]:
+    """uvicorn's HTTP protocol with a deadline on every request head.
 
-    daemon_threads = True
-    allow_reuse_address = True
+    A timer is armed when the connection opens and whenever bytes arrive while no request is
+    in flight; it closes the connection unless a new request's headers were parsed by then
+    (uvicorn replaces ``self.cycle`` exactly then).
+    """
+    from uvicorn.protocols.http.h11_impl import H11Protocol
 
-    def __init__(self, address: tuple[str, int], witness: Witness) -> None:
+    class GuardedH11Protocol(H11Protocol):
+        _head_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            idle = self.cycle is None or self.cycle.response_complete
+            if idle and self._head_timer is None:
+                self._arm()
+            super().data_received(data)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            mark = self.cycle
+
+            def expire() -> None:
+                self._head_timer = None
+                if self.cycle is mark and not self.transport.is_closing():
+                    logger.info("closing a connection that sent no request head in time")
+                    self.transport.close()
+
+            self._head_timer = self.loop.call_later(header_timeout, expire)
+
+    return GuardedH11Protocol
+
+
+class WitnessHTTPServer:
+    """Serves one :class:`Witness` on uvicorn. ``url`` is ``http://host:port`` once bound.
+
+    The socket is bound in the constructor (port 0 picks a free one). :meth:`serve_forever`
+    blocks until :meth:`shutdown` (from another thread); :meth:`server_close` releases the
+    socket.
+    """
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        witness: Witness,
+        limits: ServerLimits | None = None,
+    ) -> None:
+        import uvicorn
+
         self.witness = witness
-        super().__init__(address, _Handler)
+        self.limits = limits or ServerLimits()
+        host, port = address
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._sock = socket.socket(family, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind((host, port))
+        self._sock.listen(self.limits.backlog)
+        self._sock.setblocking(False)
+        self.server_address: tuple[str, int] = self._sock.getsockname()[:2]
+        config = uvicorn.Config(
+            WitnessApp(witness, body_timeout=self.limits.body_timeout),
+            http=_guarded_protocol(self.limits.header_timeout),
+            lifespan="off",
+            log_config=None,
+            access_log=False,
+            server_header=False,
+            date_header=False,
+            timeout_keep_alive=self.limits.idle_timeout,
+            limit_concurrency=self.limits.max_connections,
+            backlog=self.limits.backlog,
+            h11_max_incomplete_event_size=MAX_HEAD_SIZE,
+            timeout_graceful_shutdown=5,
+        )
+        self._server = uvicorn.Server(config)
+        self._done = threading.Event()
 
     @property
     def url(self) -> str:
-        host, port = self.server_address[0], self.server_address[1]
-        host_s = host.decode() if isinstance(host, bytes) else host
-        if ":" in host_s:
-            host_s = f"[{host_s}]"
-        return f"http://{host_s}:{port}"
+        host, port = self.server_address
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{port}"
 
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    # Headers and body go out as separate writes; with Nagle on, a keep-alive client's
-    # delayed ACK stalls every answer by ~40 ms.
-    disable_nagle_algorithm = True
-    server_version = "tlog-witness"
-    sys_version = ""
-    timeout = 30  # seconds of socket inactivity before a connection is dropped
-
-    @property
-    def witness(self) -> Witness:
-        return cast(WitnessHTTPServer, self.server).witness
-
-    def log_message(self, format: str, *args: object) -> None:
-        logger.debug("%s %s", self.address_string(), format % args)
-
-    def _send(
-        self,
-        status: int,
-        body: str | bytes,
-        content_type: str = _TEXT,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        data = body.encode("utf-8") if isinstance(body, str) else body
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(data)))
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(data)
-
-    def _read_body(self) -> bytes | None:
-        """The request body, or None after answering 4xx (and closing the connection)."""
-        if self.headers.get("Transfer-Encoding") is not None:
-            self.close_connection = True
-            self._send(411, "chunked bodies are not supported; send Content-Length\n")
-            return None
-        length_s = self.headers.get("Content-Length")
-        if length_s is None or not length_s.isascii() or not length_s.isdigit():
-            self.close_connection = True
-            self._send(411, "Content-Length required\n")
-            return None
-        length = int(length_s)
-        if length > MAX_BODY_SIZE:
-            self.close_connection = True
-            self._send(413, f"body larger than {MAX_BODY_SIZE} bytes\n")
-            return None
-        body = self.rfile.read(length)
-        if len(body) != length:
-            self.close_connection = True
-            self._send(400, "truncated body\n")
-            return None
-        return body
-
-    def do_POST(self) -> None:
+    def serve_forever(self) -> None:
         try:
-            if self.path != "/add-checkpoint":
-                self.close_connection = True
-                self._send(404 if self.path.startswith("/") else 400, "not found\n")
-                return
-            body = self._read_body()
-            if body is None:
-                return
-            try:
-                cosigs = self.witness.add_checkpoint(body)
-            except AddCheckpointError as exc:
-                logger.info("add-checkpoint: %d %s", exc.status, exc)
-                self._send(exc.status, exc.body(), exc.content_type)
-                return
-            self._send(200, cosigs)
-        except Exception:
-            logger.exception("add-checkpoint: internal error")
-            self.close_connection = True
-            self._send(500, "internal error\n")
+            asyncio.run(self._server.serve(sockets=[self._sock]))
+        finally:
+            self._done.set()
 
-    def do_GET(self) -> None:
-        try:
-            m = _CHECKPOINT_PATH.fullmatch(self.path)
-            if m is not None:
-                note = self.witness.checkpoint_by_hash(m.group(1))
-                if note is None:
-                    self._send(404, "no cosigned checkpoint for this origin\n")
-                else:
-                    self._send(200, note, headers={"Cache-Control": "no-cache"})
-                return
-            if self.path == "/evidence":
-                doc = {"evidence": [e.to_json() for e in self.witness.evidence()]}
-                self._send(200, json.dumps(doc, indent=1) + "\n", "application/json")
-                return
-            if self.path == "/add-checkpoint":
-                self._send(405, "use POST\n", headers={"Allow": "POST"})
-                return
-            self._send(404, "not found\n")
-        except Exception:
-            logger.exception("GET %s: internal error", self.path)
-            self.close_connection = True
-            self._send(500, "internal error\n")
+    def shutdown(self, timeout: float = 10.0) -> None:
+        self._server.should_exit = True
+        self._done.wait(timeout)
 
-    do_HEAD = do_GET
-
-    def _method_not_allowed(self) -> None:
-        self.close_connection = True
-        self._send(405, "method not allowed\n", headers={"Allow": "GET, HEAD, POST"})
-
-    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _method_not_allowed
+    def server_close(self) -> None:
+        self._sock.close()
 
 
 def start_server(
-    witness: Witness, host: str = "127.0.0.1", port: int = 0
+    witness: Witness,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    limits: ServerLimits | None = None,
 ) -> tuple[WitnessHTTPServer, threading.Thread]:
     """Bind and serve in a daemon thread. Stop with ``server.shutdown(); server.server_close()``."""
-    server = WitnessHTTPServer((host, port), witness)
-    thread = threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="witness-http", daemon=True
-    )
+    server = WitnessHTTPServer((host, port), witness, limits)
+    thread = threading.Thread(target=server.serve_forever, name="witness-http", daemon=True)
     thread.start()
     return server, thread

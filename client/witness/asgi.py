@@ -1,0 +1,190 @@
+"""The witness's HTTP endpoints as a plain ASGI application (no framework, no server imports).
+
+Endpoints (c2sp.org/tlog-witness, submission and monitoring prefix = the server root):
+
+* ``POST /add-checkpoint``: body as in the spec, at most 128 KiB (413 beyond, 411 without a
+  Content-Length). 200 with the cosignature line(s), ``text/plain; charset=utf-8``; errors
+  as mapped by :mod:`client.witness.core` (409 carries ``<size>\\n`` as
+  ``text/x.tlog.size``).
+* ``GET /<lowercase hex SHA-256(origin)>/checkpoint``: the latest cosigned checkpoint (log
+  signature + our cosignature), 404 if we never cosigned that origin.
+* ``GET /evidence``: recorded split-view evidence, JSON ``{"evidence": [...]}``.
+
+Every response has a Content-Length. The witness's work (signature checks, the SQLite
+compare-and-swap with ``synchronous=FULL``) is blocking, so it runs in a worker thread; the
+event loop only parses HTTP. A body that does not arrive within ``body_timeout`` seconds is
+answered 408 and the connection closed. The server that runs this (uvicorn, with header and
+idle timeouts and a connection limit) is in :mod:`client.witness.server`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from client.witness.core import AddCheckpointError, Witness
+from client.witness_client import MAX_BODY_SIZE
+
+__all__ = ["WitnessApp"]
+
+logger = logging.getLogger("client.witness.server")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+_TEXT = "text/plain; charset=utf-8"
+MAX_HEAD_SIZE = 16 * 1024  # request headers, all together
+_DRAIN_LIMIT = 4 * MAX_BODY_SIZE
+_CHECKPOINT_PATH = re.compile(r"/([0-9a-f]{64})/checkpoint")
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, body: str) -> None:
+        super().__init__(body)
+        self.status = status
+        self.body = body
+
+
+class WitnessApp:
+    """ASGI 3 application serving one :class:`Witness`."""
+
+    def __init__(self, witness: Witness, *, body_timeout: float = 10.0) -> None:
+        self.witness = witness
+        self.body_timeout = body_timeout
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":  # websockets: not spoken here
+            return
+        method, path = scope["method"], scope["path"]
+        if sum(len(k) + len(v) + 4 for k, v in scope["headers"]) > MAX_HEAD_SIZE:
+            await _respond(send, 431, "request headers too large\n", close=True)
+            return
+        try:
+            if path == "/add-checkpoint":
+                if method == "POST":
+                    await self._add_checkpoint(scope, receive, send)
+                elif method in ("GET", "HEAD"):
+                    await _respond(send, 405, "use POST\n", headers={"allow": "POST"})
+                else:
+                    await _respond(send, 405, "method not allowed\n", headers={"allow": "POST"})
+                return
+            if method not in ("GET", "HEAD"):
+                status = 404 if method == "POST" else 405
+                await _respond(send, status, "not found\n" if status == 404 else "no\n", close=True)
+                return
+            head = method == "HEAD"
+            m = _CHECKPOINT_PATH.fullmatch(path)
+            if m is not None:
+                note = await asyncio.to_thread(self.witness.checkpoint_by_hash, m.group(1))
+                if note is None:
+                    await _respond(send, 404, "no cosigned checkpoint for this origin\n", head=head)
+                else:
+                    await _respond(
+                        send, 200, note, head=head, headers={"cache-control": "no-cache"}
+                    )
+                return
+            if path == "/evidence":
+                evidence = await asyncio.to_thread(self.witness.evidence)
+                doc = {"evidence": [e.to_json() for e in evidence]}
+                body = json.dumps(doc, indent=1) + "\n"
+                await _respond(send, 200, body, "application/json", head=head)
+                return
+            await _respond(send, 404, "not found\n", head=head)
+        except Exception:
+            logger.exception("%s %s: internal error", method, path)
+            await _respond(send, 500, "internal error\n", close=True)
+
+    async def _add_checkpoint(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            body = await self._read_body(scope, receive)
+        except _Refused as exc:
+            await _respond(send, exc.status, exc.body, close=True)
+            return
+        try:
+            cosigs = await asyncio.to_thread(self.witness.add_checkpoint, body)
+        except AddCheckpointError as exc:
+            logger.info("add-checkpoint: %d %s", exc.status, exc)
+            await _respond(send, exc.status, exc.body(), exc.content_type)
+            return
+        await _respond(send, 200, cosigs)
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+        headers = {k.lower(): v for k, v in scope["headers"]}
+        if b"transfer-encoding" in headers:
+            raise _Refused(411, "chunked bodies are not supported; send Content-Length\n")
+        length_b = headers.get(b"content-length")
+        if length_b is None or not length_b.isdigit():
+            raise _Refused(411, "Content-Length required\n")
+        length = int(length_b)
+        if length > MAX_BODY_SIZE:
+            if length <= _DRAIN_LIMIT:
+                # Read (and drop) a moderately oversized body first, so that the client sees
+                # the 413 rather than a connection reset while it is still sending.
+                await self._receive_all(receive, length, keep=False)
+            raise _Refused(413, f"body larger than {MAX_BODY_SIZE} bytes\n")
+        return await self._receive_all(receive, length, keep=True)
+
+    async def _receive_all(self, receive: Receive, length: int, *, keep: bool) -> bytes:
+        chunks: list[bytes] = []
+        got = 0
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.body_timeout
+        while True:
+            try:
+                msg = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                raise _Refused(408, "request body too slow\n") from None
+            if msg["type"] == "http.disconnect":
+                raise _Refused(400, "client went away\n")
+            chunk = msg.get("body", b"")
+            got += len(chunk)
+            if got > length:
+                raise _Refused(400, "body longer than Content-Length\n")
+            if keep:
+                chunks.append(chunk)
+            if not msg.get("more_body", False):
+                break
+        if got != length:
+            raise _Refused(400, "truncated body\n")
+        return b"".join(chunks)
+
+    @staticmethod
+    async def _lifespan(receive: Receive, send: Send) -> None:
+        while True:
+            msg = await receive()
+            if msg["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif msg["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+async def _respond(
+    send: Send,
+    status: int,
+    body: str | bytes,
+    content_type: str = _TEXT,
+    *,
+    head: bool = False,
+    close: bool = False,
+    headers: dict[str, str] | None = None,
+) -> None:
+    data = body.encode("utf-8") if isinstance(body, str) else body
+    raw = [
+        (b"content-type", content_type.encode("latin-1")),
+        (b"content-length", str(len(data)).encode("ascii")),
+    ]
+    raw += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
+    if close:
+        raw.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": b"" if head else data})
