@@ -16,3 +16,7 @@ apt_install() {
 }
 
 # --- tools added by each area below this line (keep each block self-contained) ---
+
+# console (tests/console/test_browser.py): Debian's Chromium, driven by Playwright with
+# executable_path=/usr/bin/chromium. Playwright's own browser download is never used.
+have chromium || apt_install chromium

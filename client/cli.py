@@ -296,6 +296,11 @@ def _parser() -> argparse.ArgumentParser:
     g = v.add_mutually_exclusive_group(required=True)
     g.add_argument("--entry", help="file holding the entry bytes the proof is for")
     g.add_argument("--leaf-hash", help="the entry's RFC 6962 leaf hash, base64")
+    sc = sub.add_parser("scim", help="SCIM event service: auditor commands")
+    scim = sc.add_subparsers(dest="scim_cmd", required=True, parser_class=_Parser)
+    from client.scim.stream import register as register_stream
+
+    register_stream(scim)  # stream, verify-evidence (client/scim/stream.py)
     return ap
 
 
@@ -305,6 +310,9 @@ def main(argv: Sequence[str] | None = None, *, http: httpx.Client | None = None)
         args = _parser().parse_args(argv)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else EXIT_ERROR
+    run = getattr(args, "run", None)
+    if run is not None:  # subcommands that bring their own runner (client/scim/stream.py)
+        return int(run(args))
     try:
         if args.cmd == "audit":
             if args.workers < 1:

@@ -549,6 +549,9 @@ def create_app(
         Route("/v1/witnesses", _wrap(api.witnesses), methods=["GET"]),
         *(extra_routes or []),
     ]
+    from tlog.ui import console_routes  # the browser console under /ui/ (imports this module)
+
+    routes.extend(console_routes())
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

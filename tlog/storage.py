@@ -142,6 +142,14 @@ class ReadView:
         for k, v in cur.iternext():
             yield int(_U64.unpack(k)[0]), bytes(v)
 
+    def checkpoint_at_or_after(self, size: int) -> tuple[int, bytes] | None:
+        """The first stored checkpoint whose tree size is at least ``size`` (the console's
+        history chart samples sizes with this), or None."""
+        cur = self._txn.cursor(db=self._s.db_checkpoints)
+        if not cur.set_range(u64(size)):
+            return None
+        return int(_U64.unpack(cur.key())[0]), bytes(cur.value())
+
     def cosignatures(self, size: int) -> bytes | None:
         v = self._txn.get(u64(size), db=self._s.db_cosigs)
         return None if v is None else bytes(v)

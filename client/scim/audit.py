@@ -62,6 +62,7 @@ class AuditedEvent:
     checkpoint: Checkpoint
     event: Event | None
     nonce: bytes | None
+    checkpoint_note: str = ""  # the signed note ``checkpoint`` was verified from
 
     @property
     def erased(self) -> bool:
@@ -283,7 +284,7 @@ class ScimAuditClient:
             if "event" in r or "nonce" in r:
                 raise _malformed("an erased result with a body")
             self._check_filters(None, leaf, filters)
-            return AuditedEvent(index, lh, leaf, cp.size, cp, None, None)
+            return AuditedEvent(index, lh, leaf, cp.size, cp, None, None, r["checkpoint"])
         try:
             ev = event_from_json(json.dumps(r["event"]))
             nonce = b64decode_strict(r["nonce"], size=NONCE_SIZE)
@@ -291,7 +292,7 @@ class ScimAuditClient:
             raise _malformed(f"event: {exc}") from None
         verify_commitment(leaf, ev, nonce)  # SCIM.md §4.3 step 4
         self._check_filters(ev, leaf, filters)
-        return AuditedEvent(index, lh, leaf, cp.size, cp, ev, nonce)
+        return AuditedEvent(index, lh, leaf, cp.size, cp, ev, nonce, r["checkpoint"])
 
     # -- API -------------------------------------------------------------------------------
 

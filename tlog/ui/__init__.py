@@ -1,0 +1,255 @@
+"""The auditor's console: a static page under ``/ui/`` and the small JSON it needs.
+
+The page (``tlog/ui/static/``: plain HTML, CSS and ES modules, no framework, nothing fetched
+from anywhere but this server) verifies everything it shows in the browser; the server only
+serves files and data. Every answer under ``/ui/`` carries a strict Content-Security-Policy:
+scripts and styles from this origin only, no inline code, no frames, no other hosts.
+
+Endpoints added here (docs/api.md "Console"):
+
+* ``GET /ui/`` and ``GET /ui/<file>``: the page's files, held in memory (a fixed list; no
+  path is ever joined onto the file system at request time);
+* ``GET /v1/ui/summary`` (public): origin, verifier key, witness policy text, the latest
+  checkpoint and its time, each witness's latest cosigned size and time, and up to
+  :data:`HISTORY_POINTS` stored checkpoints for the entries-over-time chart;
+* ``POST /v1/scim/exports`` (auditor): records an export run (the page's CSV/evidence
+  downloads, ``tlog-client scim stream``) as a ``tlog.access.export`` access event of the
+  token's tenant, and returns its receipt.
+
+Times: a checkpoint carries no time of its own. The time shown for tree size ``n`` is the
+log time ``ts`` of the SCIM leaf at index ``n - 1`` when that entry is a SCIM leaf, else the
+earliest witness cosignature timestamp for that size, else none.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from pathlib import Path
+from typing import Any, cast
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from client.note import FormatError, b64decode_strict, parse_note
+from client.policy import Policy
+from client.scim.cbor import EventFormatError
+from client.scim.leaf import parse_leaf
+from tlog.app import Api, BadRequest, Query, b64, error_response, read_body
+from tlog.scim.routes import _request_id, _strict_json
+
+__all__ = ["CSP", "HISTORY_POINTS", "STATIC_DIR", "console_routes", "policy_text"]
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+HISTORY_POINTS = 64
+MAX_EXPORT_BODY = 4096
+_SINK_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,31}")
+_FILE_RE = re.compile(r"[a-z0-9][a-z0-9_-]*\.(html|js|css|svg|png)")
+
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cache-Control": "no-cache",
+}
+_TYPES = {
+    "html": "text/html; charset=utf-8",
+    "js": "text/javascript; charset=utf-8",
+    "css": "text/css; charset=utf-8",
+    "svg": "image/svg+xml",
+    "png": "image/png",
+}
+
+
+def policy_text(policy: Policy) -> str:
+    """The policy in c2sp.org/tlog-policy form (what the page parses and checks against)."""
+    lines = []
+    for lg in policy.logs:
+        lines.append(" ".join(["log", lg.verifier.vkey(), *([lg.url] if lg.url else [])]))
+    for w in policy.witnesses.values():
+        lines.append(" ".join(["witness", w.name, w.verifier.vkey(), *([w.url] if w.url else [])]))
+    for g in policy.groups.values():
+        lines.append(" ".join(["group", g.name, str(g.threshold), *g.members]))
+    lines.append(f"quorum {policy.quorum}")
+    return "\n".join(lines) + "\n"
+
+
+def _cosig_times(lines: bytes | None) -> dict[tuple[str, int], int]:
+    """(key name, key id) -> timestamp of each cosignature/v1 line (72-byte signatures)."""
+    out: dict[tuple[str, int], int] = {}
+    for line in (lines or b"").decode("utf-8", "replace").split("\n"):
+        if not line.startswith("\u2014 "):
+            continue
+        name, _, sig = line[2:].rpartition(" ")
+        try:
+            raw = b64decode_strict(sig)
+        except FormatError:
+            continue
+        if len(raw) == 4 + 8 + 64:
+            kid, ts = struct.unpack(">IQ", raw[:12])
+            out[(name, kid)] = ts * 1000
+    return out
+
+
+class Console:
+    def __init__(self, static_dir: Path = STATIC_DIR) -> None:
+        self.files: dict[str, tuple[bytes, str]] = {}
+        if static_dir.is_dir():
+            for p in sorted(static_dir.iterdir()):
+                m = _FILE_RE.fullmatch(p.name)
+                if m and p.is_file():
+                    self.files[p.name] = (p.read_bytes(), _TYPES[m.group(1)])
+
+    # -- static --------------------------------------------------------------------------
+
+    async def redirect(self, request: Request) -> Response:
+        return RedirectResponse("/ui/", status_code=308, headers=SECURITY_HEADERS)
+
+    async def page(self, request: Request) -> Response:
+        name = request.path_params.get("name") or "index.html"
+        got = self.files.get(name)
+        if got is None:
+            return JSONResponse({"error": "no such file"}, 404, headers=SECURITY_HEADERS)
+        data, ctype = got
+        return Response(data, media_type=ctype, headers=SECURITY_HEADERS)
+
+    # -- summary -------------------------------------------------------------------------
+
+    @staticmethod
+    def _time(rv: Any, size: int, cosigs: bytes | None) -> int | None:
+        if size == 0:
+            return None
+        entry = rv.entry(size - 1)
+        if entry is not None:
+            try:
+                return parse_leaf(entry).ts
+            except EventFormatError:
+                pass
+        times = _cosig_times(cosigs)
+        return min(times.values()) if times else None
+
+    async def summary(self, request: Request) -> Response:
+        try:
+            Query(request, set())
+            api = cast(Api, request.app.state.api)
+            return JSONResponse(self._summary(api))
+        except Exception as exc:
+            return error_response(exc)
+
+    def _summary(self, api: Api) -> dict[str, Any]:
+        note = api.checkpoint_source()
+        size = _size_of(note)
+        pusher = api.pusher
+        history: list[dict[str, Any]] = []
+        witnesses: list[dict[str, Any]] = []
+        with api.log.storage.read() as rv:
+            latest_time = self._time(rv, size, rv.cosignatures(size))
+            top = api.log.latest.size
+            seen: set[int] = set()
+            for i in range(HISTORY_POINTS):
+                want = -(-i * top // (HISTORY_POINTS - 1))
+                got = rv.checkpoint_at_or_after(want)
+                if got is None or got[0] in seen or got[0] > top:
+                    continue
+                seen.add(got[0])
+                t = self._time(rv, got[0], rv.cosignatures(got[0]))
+                history.append({"size": got[0], "time": t, "checkpoint": got[1].decode()})
+            if pusher is not None:
+                status = pusher.status()
+                for w in status["witnesses"]:
+                    pw = pusher.policy.witnesses.get(w["name"])
+                    t = None
+                    if pw is not None and w["cosigned_size"]:
+                        times = _cosig_times(rv.cosignatures(w["cosigned_size"]))
+                        t = times.get((pw.verifier.name, pw.verifier.key_id))
+                    witnesses.append(
+                        {
+                            "name": w["name"],
+                            "url": w["url"],
+                            "cosigned_size": w["cosigned_size"],
+                            "cosigned_time": t,
+                            "last_error": w["last_error"],
+                            "alarms": len(w["alarms"]),
+                        }
+                    )
+        return {
+            "origin": api.log.origin,
+            "vkey": api.log.vkey,
+            "tree_size": size,
+            "latest_size": api.log.latest.size,
+            "checkpoint": note,
+            "checkpoint_time": latest_time,
+            "policy": None if pusher is None else policy_text(pusher.policy),
+            "quorum": None if pusher is None else pusher.policy.quorum,
+            "witnesses": witnesses,
+            "history": history,
+        }
+
+    # -- export records ------------------------------------------------------------------
+
+    async def record_export(self, request: Request) -> Response:
+        try:
+            api = cast(Api, request.app.state.api)
+            p = api.principal(request, "auditor")
+            service = getattr(request.app.state, "scim", None)
+            if service is None or p.tenant is None:
+                return JSONResponse({"error": "no SCIM event service"}, 404)
+            doc = _strict_json(await read_body(request, MAX_EXPORT_BODY))
+            counts = ("events", "bodies", "erased")
+            if type(doc) is not dict or not set(doc) <= {"sink", *counts} or "sink" not in doc:
+                raise BadRequest('body must be {"sink": "<code>", "events": n, ...}')
+            sink = doc["sink"]
+            if type(sink) is not str or not _SINK_RE.fullmatch(sink):
+                raise BadRequest("sink must be a code matching [a-z0-9][a-z0-9._-]{0,31}")
+            n: dict[str, int] = {}
+            for k in counts:
+                v = doc.get(k, 0)
+                if type(v) is not int or not 0 <= v < 1 << 53:
+                    raise BadRequest(f"{k} must be a non-negative integer")
+                n[k] = v
+            access, _ = await service.record_access(
+                p.tenant,
+                p,
+                what="export",
+                path="/v1/scim/exports",
+                query=[("sink", sink)],
+                counts=n,
+                req_id=_request_id(request),
+            )
+            return JSONResponse(
+                {
+                    "sink": sink,
+                    "access": {
+                        "eid": access.eid,
+                        "index": access.index,
+                        "leaf_hash": b64(access.leaf_hash),
+                    },
+                },
+                status_code=201,
+            )
+        except Exception as exc:
+            return error_response(exc)
+
+
+def _size_of(note: str) -> int:
+    text = parse_note(note).text
+    return int(text.split("\n")[1])
+
+
+def console_routes(static_dir: Path = STATIC_DIR) -> list[Route]:
+    """The console's routes, for :func:`tlog.app.create_app`."""
+    c = Console(static_dir)
+    return [
+        Route("/ui", c.redirect, methods=["GET"]),
+        Route("/ui/", c.page, methods=["GET"]),
+        Route("/ui/{name}", c.page, methods=["GET"]),
+        Route("/v1/ui/summary", c.summary, methods=["GET"]),
+        Route("/v1/scim/exports", c.record_export, methods=["POST"]),
+    ]
