@@ -22,17 +22,22 @@ from client.merkle import EMPTY_ROOT
 from client.note import open_note, parse_note
 from client.proof_bundle import TlogProof
 from client.tiles import TILE_WIDTH, encode_entry_bundle
+from tlog.integrity import RECOVER_HINT, CheckpointFile, Remembered, RollbackDetected
 from tlog.signer import CheckpointSigner
-from tlog.storage import BatchWrite, Storage, StorageError
+from tlog.storage import BatchWrite, CommitConflict, ReadView, Storage, StorageError
 from tlog.tree import NodeReader, RightEdge, tile_width
 
-__all__ = ["BatchResult", "Log", "NotFound", "Published"]
+__all__ = ["BatchResult", "Log", "LogHalted", "NotFound", "Published"]
 
 log = logging.getLogger("tlog")
 
 
 class NotFound(Exception):
     """The requested index, size, tile or checkpoint does not exist (yet)."""
+
+
+class LogHalted(Exception):
+    """The log stopped signing: it learned that its store is behind what it published."""
 
 
 class Published(NamedTuple):
@@ -51,14 +56,38 @@ class BatchResult:
 
 
 class Log:
-    def __init__(self, storage: Storage, signer: CheckpointSigner) -> None:
+    """One log over one store.
+
+    ``remembered``: the file that remembers the last published checkpoint outside the
+    store (see :class:`tlog.integrity.CheckpointFile`). With it, a store that is behind or
+    forked from that checkpoint is refused here (:class:`RollbackDetected`), and every
+    batch updates the file before it is acknowledged.
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        signer: CheckpointSigner,
+        remembered: CheckpointFile | None = None,
+    ) -> None:
         self.storage = storage
         self.signer = signer
         self.origin = signer.origin
         self._verifier = signer.verifier
+        self.remembered = remembered
+        self.halted: str | None = None
         with storage.read() as rv:
             origin, vkey = rv.meta("origin"), rv.meta("vkey")
         self._check_identity(origin, vkey)
+        self._ranges: dict[tuple[int, int], bytes] = {}
+        mem = remembered.read() if remembered is not None else None
+        self._load_state(mem)
+        if remembered is not None and (mem is None or mem.size < self._latest.size):
+            remembered.write(self._latest.note)
+
+    def _load_state(self, mem: Remembered | None = None) -> None:
+        """(Re)load the tree size, latest checkpoint and right edge from the store, checked."""
+        storage = self.storage
         with storage.read() as rv:
             size = rv.tree_size()
             latest = rv.latest_checkpoint()
@@ -75,13 +104,43 @@ class Log:
                 # O(log n): the stored tree must still produce the signed root.
                 if NodeReader(rv.blob).root(size) != cp.root_hash:
                     raise StorageError("stored tree does not match the latest checkpoint")
+            if mem is not None:
+                self._check_remembered(mem, size, rv)
         if latest is None:
-            note_s = signer.sign(Checkpoint(self.origin, 0, EMPTY_ROOT), None, [])
-            storage.put_checkpoint(0, note_s.encode())
+            note_s = self.signer.sign(Checkpoint(self.origin, 0, EMPTY_ROOT), None, [])
+            try:
+                storage.put_checkpoint(0, note_s.encode())
+            except CommitConflict:  # another process initialised the store first
+                return self._load_state(mem)
             latest = (0, note_s.encode())
         self._latest = Published(latest[0], latest[1].decode())
         self._edge = RightEdge(size, self._storage_blob)
-        self._ranges: dict[tuple[int, int], bytes] = {}
+
+    def _check_remembered(self, mem: Remembered, size: int, rv: ReadView) -> None:
+        where = self.remembered.path if self.remembered is not None else "?"
+        if size < mem.size:
+            raise RollbackDetected(
+                f"the store is behind the log: it ends at tree size {size}, but this log "
+                f"already signed and published tree size {mem.size} (remembered in {where}). "
+                "The store was emptied, truncated or restored from an older backup. "
+                + RECOVER_HINT
+            )
+        if NodeReader(rv.blob).root(mem.size) != mem.root_hash:
+            raise RollbackDetected(
+                f"the store's tree at size {mem.size} differs from the checkpoint this log "
+                f"signed at that size (remembered in {where}): the store is not this log's "
+                "history (a different store, or a fork). " + RECOVER_HINT
+            )
+
+    def halt(self, reason: str) -> None:
+        """Stop signing for good (until restart): writes get 503 with ``reason``."""
+        if self.halted is None:
+            self.halted = reason
+            log.critical("THE LOG STOPPED SIGNING: %s", reason)
+
+    def reload(self) -> None:
+        """Rebuild the writer's state from the store (after a failed compare-and-swap)."""
+        self._load_state()
 
     # -- identity --------------------------------------------------------------------------
 
@@ -145,24 +204,43 @@ class Log:
             indices.append(j)
         if not new_entries:
             return BatchResult(indices, dup, hashes, self._latest)
+        if self.halted is not None:
+            raise LogHalted(f"the log is not signing: {self.halted}")
+        base = self._latest
         try:
             self._edge.append(new_hashes)
             size = self._edge.size
             reader = self._edge.reader()
             root = reader.root(size)
-            prev = Checkpoint.parse(parse_note(self._latest.note).text)
+            prev = Checkpoint.parse(parse_note(base.note).text)
             proof = reader.consistency_proof(prev.size, size) if prev.size else []
             note = self.signer.sign(Checkpoint(self.origin, size, root), prev, proof)
             self.storage.commit_batch(
                 BatchWrite(
-                    first, new_entries, new_hashes, self._edge.take_dirty(), size, note.encode()
+                    first,
+                    new_entries,
+                    new_hashes,
+                    self._edge.take_dirty(),
+                    size,
+                    note.encode(),
+                    base.note.encode(),
                 )
             )
+        except CommitConflict as exc:
+            # The store is not what this writer built on: another writer got there first (or
+            # a put failed). Nothing was written; adopt what the store holds and acknowledge
+            # nothing of this batch.
+            log.error("commit refused, reloading the log state from the store: %s", exc)
+            self._load_state(self.remembered.read() if self.remembered is not None else None)
+            raise
         except BaseException:
             # The in-memory edge may be ahead of the store: rebuild it from what is durable.
-            self._edge = RightEdge(self._latest.size, self._storage_blob)
+            self._edge = RightEdge(base.size, self._storage_blob)
             raise
         self._latest = Published(size, note)
+        if self.remembered is not None:
+            # Before anything of the batch is acknowledged (the caller answers after this).
+            self.remembered.write(note)
         return BatchResult(indices, dup, hashes, self._latest)
 
     # -- read side -------------------------------------------------------------------------

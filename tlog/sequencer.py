@@ -19,7 +19,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from tlog.log import BatchResult, Log
+from tlog.log import BatchResult, Log, LogHalted
+from tlog.storage import CommitConflict
 
 __all__ = ["Overloaded", "Sequencer", "SequencerStopped"]
 
@@ -143,6 +144,9 @@ class Sequencer:
             entries = [e for p in batch for e in p.entries]
             try:
                 result: BatchResult | BaseException = self.log.integrate(entries)
+            except (CommitConflict, LogHalted) as exc:
+                # Logged where it happened; the callers get 503 with the reason.
+                result = SequencerStopped(f"nothing of the batch was acknowledged: {exc}")
             except Exception as exc:
                 log.exception("batch of %d entries failed; none acknowledged", len(entries))
                 result = SequencerStopped(f"the batch could not be committed: {exc}")

@@ -7,6 +7,7 @@ from pathlib import Path
 from client.policy import Policy
 from tlog.app import Limits, LogApp, create_app
 from tlog.auth import TokenStore
+from tlog.integrity import CHECKPOINT_FILE, CheckpointFile, DataDirLock, preflight
 from tlog.log import Log
 from tlog.scim.keys import MASTER_KEY_FILE, open_keyring
 from tlog.scim.routes import scim_routes
@@ -33,12 +34,39 @@ def build_app(
     scim: bool = True,
     scim_limits: ScimLimits | None = None,
     scim_master_key: Path | None = None,
+    checkpoint_file: Path | None = None,
 ) -> tuple[LogApp, Log, TokenStore]:
     """Open the store in ``data_dir`` and build the app: the log API, plus the SCIM event
     service unless ``scim`` is false (master key file default ``<data_dir>/scim-master.key``).
+
+    Takes the store's exclusive lock (until the store is closed), refuses a store that is
+    empty, truncated, or behind the last published checkpoint (remembered in
+    ``checkpoint_file``, default ``<data_dir>/last-checkpoint``, and, with a witness policy,
+    what the witnesses cosigned).
     """
-    storage = Storage(data_dir / "db")
-    log_ = Log(storage, signer)
+    lock = DataDirLock(data_dir / "db").acquire()
+    try:
+        preflight(data_dir / "db")
+    except BaseException:
+        lock.release()
+        raise
+    try:
+        storage = Storage(data_dir / "db")
+    except BaseException:
+        lock.release()
+        raise
+    storage.on_close.append(lock.release)
+    try:
+        log_ = Log(
+            storage,
+            signer,
+            CheckpointFile(
+                checkpoint_file or data_dir / CHECKPOINT_FILE, signer.verifier, signer.origin
+            ),
+        )
+    except BaseException:
+        storage.close()
+        raise
     seq = Sequencer(
         log_,
         max_batch_entries=max_batch_entries,
@@ -55,6 +83,11 @@ def build_app(
         pusher = WitnessPusher(
             log_, policy, interval=witness_interval, max_backoff=witness_max_backoff
         )
+        try:
+            pusher.check_at_startup()
+        except BaseException:
+            storage.close()
+            raise
         seq.on_published = pusher.notify
     service = None
     if scim:
@@ -73,4 +106,5 @@ def build_app(
         extra_routes=scim_routes(service) if service is not None else None,
     )
     app.state.scim = service
+    app.state.data_lock = lock  # held until the store is closed (or the process ends)
     return app, log_, tokens

@@ -25,14 +25,14 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lmdb
 
-__all__ = ["BatchWrite", "ReadView", "Storage", "StorageError"]
+__all__ = ["BatchWrite", "CommitConflict", "ReadView", "Storage", "StorageError"]
 
 _U64 = struct.Struct(">Q")
 _TILE_KEY = struct.Struct(">BQ")
@@ -42,6 +42,13 @@ DEFAULT_MAP_SIZE = 1 << 40  # address space only; the file grows as needed
 
 class StorageError(Exception):
     """The store is missing, corrupt, or was written by an incompatible version."""
+
+
+class CommitConflict(StorageError):
+    """The store is not what the writer built its batch on (another writer, or a put failed).
+
+    Nothing of the batch was written; the writer must reload its state from the store.
+    """
 
 
 def u64(n: int) -> bytes:
@@ -68,6 +75,8 @@ class BatchWrite:
     blobs: Sequence[tuple[int, int, bytes]]
     tree_size: int
     checkpoint: bytes
+    base_checkpoint: bytes  # the latest stored checkpoint the batch was built on (its size
+    # is ``first_index``): the compare half of the commit's compare-and-swap
 
 
 class ReadView:
@@ -202,6 +211,7 @@ class Storage:
         sync: bool = True,
     ) -> None:
         self.path = Path(path)
+        self.on_close: list[Callable[[], object]] = []  # e.g. release the writer's lock
         if not readonly:
             self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
         elif not (self.path / "data.mdb").exists():
@@ -239,6 +249,9 @@ class Storage:
 
     def close(self) -> None:
         self.env.close()
+        for f in self.on_close:
+            f()
+        self.on_close.clear()
 
     def read(self) -> ReadView:
         """A read snapshot; use as ``with storage.read() as rv:`` (ends the transaction)."""
@@ -249,22 +262,55 @@ class Storage:
             txn.put(key.encode(), value, db=self.db_meta)
 
     def commit_batch(self, batch: BatchWrite) -> None:
-        """Write a sequenced batch and its checkpoint in one durable transaction."""
+        """Write a sequenced batch and its checkpoint in one durable transaction.
+
+        A compare-and-swap: inside the write transaction (LMDB serialises writers, across
+        processes too) the stored tree size must be ``batch.first_index`` and the latest
+        stored checkpoint must be ``batch.base_checkpoint``, and every put must succeed;
+        otherwise the transaction is aborted (nothing is written) and
+        :class:`CommitConflict` is raised.
+        """
+        first = batch.first_index
         with self.env.begin(write=True) as txn:
+            v = txn.get(b"tree_size", db=self.db_meta)
+            stored = 0 if v is None else int(_U64.unpack(v)[0])
+            if stored != first:
+                raise CommitConflict(
+                    f"the store's tree size is {stored}, this writer built on {first}"
+                )
+            ccur = txn.cursor(db=self.db_checkpoints)
+            if not ccur.last() or ccur.key() != u64(first) or ccur.value() != batch.base_checkpoint:
+                raise CommitConflict(
+                    "the store's latest checkpoint is not the one this writer built on"
+                )
+            n = len(batch.entries)
+            keys = u64_range(first, n)
             cur = txn.cursor(db=self.db_entries)
-            first = batch.first_index
-            keys = u64_range(first, len(batch.entries))
-            cur.putmulti(zip(keys, batch.entries, strict=True), append=True)
+            if cur.putmulti(zip(keys, batch.entries, strict=True), append=True)[1] != n:
+                raise CommitConflict(f"entries {first}..{first + n - 1} could not all be added")
             dcur = txn.cursor(db=self.db_dedup)
-            dcur.putmulti(zip(batch.leaf_hashes, keys, strict=True), overwrite=False)
+            if dcur.putmulti(zip(batch.leaf_hashes, keys, strict=True), overwrite=False)[1] != n:
+                raise CommitConflict("a leaf hash of the batch is already in the dedup index")
             for level, index, blob in batch.blobs:
                 txn.put(tile_key(level, index), blob, db=self.db_tiles)
             txn.put(b"tree_size", u64(batch.tree_size), db=self.db_meta)
-            txn.put(u64(batch.tree_size), batch.checkpoint, db=self.db_checkpoints, overwrite=False)
+            if not txn.put(
+                u64(batch.tree_size), batch.checkpoint, db=self.db_checkpoints, overwrite=False
+            ):
+                raise CommitConflict(f"a checkpoint for size {batch.tree_size} already exists")
 
     def put_checkpoint(self, size: int, checkpoint: bytes) -> None:
-        """Store a checkpoint for the current size (e.g. the size-0 checkpoint at init)."""
+        """Store the first checkpoint of an empty log (the size-0 one, at init).
+
+        Only into a store with no checkpoint and no tree size yet: otherwise
+        :class:`CommitConflict` (another process initialised it first).
+        """
         with self.env.begin(write=True) as txn:
+            v = txn.get(b"tree_size", db=self.db_meta)
+            if (v is not None and bytes(v) != u64(size)) or txn.cursor(
+                db=self.db_checkpoints
+            ).last():
+                raise CommitConflict("the store already has a checkpoint")
             txn.put(u64(size), checkpoint, db=self.db_checkpoints)
 
     def put_cosignatures(self, size: int, lines: bytes) -> None:

@@ -34,6 +34,7 @@ from client.witness_client import (
     WitnessConflict,
     WitnessError,
 )
+from tlog.integrity import RECOVER_HINT, RollbackDetected
 from tlog.log import Log, Published
 
 __all__ = ["WitnessPusher"]
@@ -203,6 +204,10 @@ class WitnessPusher:
             st.last_error = f"busy ({exc.status}), retrying in {st.backoff:.0f} s"
             return
         except SplitViewAlarm as exc:
+            self.log.halt(
+                f"witness {st.name} holds a checkpoint inconsistent with this log's checkpoint "
+                f"{pub.size} (HTTP {exc.status}): the log's history forked"
+            )
             alarm = {
                 "time": int(time.time()),
                 "witness": st.name,
@@ -222,7 +227,10 @@ class WitnessPusher:
         except WitnessConflict as exc:
             st.last_error = f"witness is at size {exc.size}, beyond this log's checkpoint"
             st.next_attempt = now + self.max_backoff
-            log.critical("witness %s claims size %d > our %d", st.name, exc.size, pub.size)
+            self.log.halt(
+                f"witness {st.name} cosigned tree size {exc.size}, but this log is at "
+                f"{pub.size}: the store lost published entries (rolled back or replaced)"
+            )
             return
         except (WitnessError, VerificationError, FormatError) as exc:
             st.backoff = min(self.max_backoff, st.backoff * 2 or 1)
@@ -235,12 +243,51 @@ class WitnessPusher:
         st.next_attempt = 0.0
         self._record(pub, sigs)
 
+    def check_at_startup(self) -> None:
+        """Ask every witness what it cosigned for this log before the log signs anything.
+
+        One ``add-checkpoint`` per witness with ``old`` = our latest size and no proof: a
+        witness at that size with the same root cosigns it; one at another size answers 409
+        with its size; one holding a different root at our size answers 409/422. Raises
+        :class:`RollbackDetected` if a witness holds a larger size or a different root;
+        an unreachable witness is logged and skipped (the push loop keeps asking).
+        """
+        pub = self.log.latest
+        for name, client in self.clients.items():
+            st = self.state[name]
+            try:
+                sigs = client.add_checkpoint(pub.note, pub.size, ())
+            except WitnessConflict as exc:
+                if exc.size > pub.size:
+                    raise RollbackDetected(
+                        f"witness {name} has cosigned tree size {exc.size} of this log, but "
+                        f"the store ends at {pub.size}: the store was emptied, truncated or "
+                        "restored from an older backup. " + RECOVER_HINT
+                    ) from None
+                continue
+            except SplitViewAlarm as exc:
+                raise RollbackDetected(
+                    f"witness {name} holds a different checkpoint of this log at tree size "
+                    f"{pub.size} (HTTP {exc.status}): the store is not the history the "
+                    "witnesses saw. " + RECOVER_HINT
+                ) from None
+            except (WitnessError, VerificationError, FormatError) as exc:
+                log.warning(
+                    "witness %s could not be asked at start-up (%s); the rollback check "
+                    "relies on the remembered checkpoint until it answers", name, exc
+                )
+                continue
+            st.cosigned_size = pub.size
+            if pub.size:
+                self._record(pub, sigs)
+
     def status(self) -> dict[str, Any]:
         c = self._cosigned
         return {
             "quorum": self.policy.quorum,
             "cosigned_size": None if c is None else c.size,
             "latest_size": self.log.latest.size,
+            "halted": self.log.halted,
             "witnesses": [
                 {
                     "name": st.name,

@@ -1,0 +1,240 @@
+"""One sequencer and no rollback, in process: the data-dir lock, the compare-and-swap commit,
+the remembered checkpoint, and the start-up refusals (0-byte, truncated, old backup)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+from starlette.testclient import TestClient
+
+from client.checkpoint import open_checkpoint
+from client.merkle import leaf_hash, verify_consistency
+from tlog.integrity import CheckpointFile, DataDirLock, LockHeld, RollbackDetected, preflight
+from tlog.log import Log, LogHalted
+from tlog.server import build_app
+from tlog.storage import CommitConflict, Storage, u64
+
+from .conftest import ORIGIN, make_signer
+
+
+def _log(path: Path, remembered: Path | None = None) -> Log:
+    signer = make_signer()
+    cf = None if remembered is None else CheckpointFile(remembered, signer.verifier, ORIGIN)
+    return Log(Storage(path), signer, cf)
+
+
+def _grow(log_: Log, n: int, tag: str) -> None:
+    for i in range(n):
+        log_.integrate([f"{tag}-{i}".encode()])
+
+
+# -- the lock --------------------------------------------------------------------------------
+
+
+def test_second_writer_is_refused_with_the_holder(tmp_path: Path) -> None:
+    app, log_, _ = build_app(tmp_path, make_signer(), scim=False)
+    try:
+        with pytest.raises(LockHeld) as e:
+            build_app(tmp_path, make_signer(), scim=False)
+        msg = str(e.value)
+        assert f"PID {os.getpid()} on host {socket.gethostname()}" in msg
+        assert "Stop the other process first" in msg
+    finally:
+        app.state.data_lock.release()
+        log_.storage.close()
+    # Released: the next one gets it (a kernel flock never outlives its holder).
+    with DataDirLock(tmp_path / "db"):
+        pass
+
+
+# -- compare-and-swap ------------------------------------------------------------------------
+
+
+def test_stale_writer_commits_nothing_and_catches_up(tmp_path: Path) -> None:
+    """Two writers on one store: the one that built on an old state gets CommitConflict,
+    writes nothing, reloads, and its next batch extends the other's tree."""
+    storage = Storage(tmp_path)
+    a = Log(storage, make_signer())
+    b = Log(storage, make_signer())  # same store, same starting state (size 0)
+    ra = a.integrate([b"a0", b"a1"])
+    with pytest.raises(CommitConflict, match="tree size is 2, this writer built on 0"):
+        b.integrate([b"b0"])
+    with storage.read() as rv:
+        assert rv.tree_size() == 2
+        assert rv.index_of(leaf_hash(b"b0")) is None
+        assert rv.entry(2) is None
+    assert b.latest == ra.checkpoint  # reloaded from the store
+    rb = b.integrate([b"b0"])
+    assert rb.indices == [2]
+    v = make_signer().verifier
+    c2, _ = open_checkpoint(ra.checkpoint.note, [v])
+    c3, _ = open_checkpoint(rb.checkpoint.note, [v])
+    assert (c2.size, c3.size) == (2, 3)
+    # The stale writer continued the same tree.
+    verify_consistency(2, 3, c2.root_hash, c3.root_hash, b.consistency_proof(2, 3))
+    with pytest.raises(CommitConflict):
+        a.integrate([b"a2"])  # and now a is the stale one
+    assert a.integrate([b"a2"]).indices == [3]
+    storage.close()
+
+
+def test_same_size_other_checkpoint_is_a_conflict(tmp_path: Path) -> None:
+    """The compare covers the checkpoint bytes, not only the size."""
+    storage = Storage(tmp_path)
+    a = Log(storage, make_signer())
+    a.integrate([b"x"])
+    note = a.latest.note
+    sig_char = note[-2]
+    a._latest = a.latest._replace(note=note[:-2] + ("A" if sig_char != "A" else "B") + "\n")
+    with pytest.raises(CommitConflict, match="latest checkpoint is not the one"):
+        a.integrate([b"y"])
+    with storage.read() as rv:
+        assert rv.tree_size() == 1
+        assert rv.index_of(leaf_hash(b"y")) is None
+    assert a.latest.note == note  # reloaded from the store
+    assert a.integrate([b"y"]).indices == [1]
+    storage.close()
+
+
+def test_an_entry_that_cannot_be_stored_is_not_acknowledged(tmp_path: Path) -> None:
+    """A flipped bit made the last key of ``entries`` larger than the tree: appending below
+    it fails, so the batch is refused (503) instead of acknowledged and lost."""
+    app, log_, tokens = build_app(tmp_path, make_signer(), scim=False, max_batch_age=0.0)
+    token, _ = tokens.create("submitter", tenant="t1")
+    h = {"Authorization": f"Bearer {token}"}
+    st = log_.storage
+    with TestClient(app) as client:
+        for i in range(3):
+            assert client.post("/v1/entries", content=b"e%d" % i, headers=h).status_code == 200
+        with st.env.begin(write=True) as txn:
+            v = txn.pop(u64(2), db=st.db_entries)
+            txn.put(u64(2 | 1 << 40), v, db=st.db_entries)
+        r = client.post("/v1/entries", content=b"lost?", headers=h)
+        assert r.status_code == 503
+        assert "nothing of the batch was acknowledged" in r.json()["error"]
+        assert "could not all be added" in r.json()["error"]
+        with st.read() as rv:
+            assert rv.tree_size() == 3
+            assert rv.index_of(leaf_hash(b"lost?")) is None
+        assert client.get("/checkpoint").text.split("\n")[1] == "3"
+    app.state.data_lock.release()
+    st.close()
+
+
+# -- the remembered checkpoint and start-up refusals ---------------------------------------
+
+
+def test_remembered_checkpoint_follows_every_batch(tmp_path: Path) -> None:
+    mem = tmp_path / "last-checkpoint"
+    log_ = _log(tmp_path / "db", mem)
+    assert mem.read_text() == log_.latest.note  # size 0, written at creation
+    r = log_.integrate([b"one", b"two"])
+    assert mem.read_text() == r.checkpoint.note
+    assert mem.stat().st_mode & 0o777 == 0o600
+    log_.storage.close()
+
+
+def _published_store(tmp_path: Path, n: int = 5) -> tuple[Path, Path, Path]:
+    """A data dir whose store and remembered checkpoint are at size n, and a backup at 2."""
+    data = tmp_path / "data"
+    log_ = _log(data / "db", data / "last-checkpoint")
+    _grow(log_, 2, "e")
+    backup = tmp_path / "backup"
+    backup.mkdir()
+    log_.storage.env.copy(str(backup))  # what mdb_copy does
+    for i in range(2, n):
+        log_.integrate([f"e-{i}".encode()])
+    log_.storage.close()
+    return data, data / "db", backup
+
+
+def test_restored_old_backup_is_refused(tmp_path: Path) -> None:
+    data, db, backup = _published_store(tmp_path)
+    shutil.rmtree(db)
+    shutil.copytree(backup, db)
+    with pytest.raises(RollbackDetected) as e:
+        build_app(data, make_signer(), scim=False)
+    msg = str(e.value)
+    assert "ends at tree size 2" in msg and "already signed and published tree size 5" in msg
+    assert "tlog recover --from" in msg
+    # The refusal wrote nothing: the store is still the backup.
+    st = Storage(db, readonly=True)
+    with st.read() as rv:
+        assert rv.tree_size() == 2
+    st.close()
+
+
+def test_zero_byte_store_is_refused(tmp_path: Path) -> None:
+    data, db, _ = _published_store(tmp_path)
+    (db / "data.mdb").write_bytes(b"")
+    with pytest.raises(RollbackDetected, match=r"data.mdb is empty \(0 bytes\)"):
+        build_app(data, make_signer(), scim=False)
+    assert (db / "data.mdb").stat().st_size == 0  # LMDB never got to re-initialise it
+
+
+def test_zero_byte_store_is_refused_without_a_remembered_checkpoint(tmp_path: Path) -> None:
+    data, db, _ = _published_store(tmp_path)
+    (data / "last-checkpoint").unlink()
+    (db / "data.mdb").write_bytes(b"")
+    with pytest.raises(RollbackDetected, match="empty"):
+        build_app(data, make_signer(), scim=False)
+
+
+def test_truncated_store_is_refused(tmp_path: Path) -> None:
+    data, db, _ = _published_store(tmp_path, 300)
+    f = db / "data.mdb"
+    size = f.stat().st_size
+    os.truncate(f, size // 2)
+    with pytest.raises(RollbackDetected, match="is truncated"):
+        build_app(data, make_signer(), scim=False)
+    with pytest.raises(RollbackDetected):
+        preflight(db)
+
+
+def test_a_store_with_another_history_is_refused(tmp_path: Path) -> None:
+    """Same size as remembered, other root: a different store (or a fork) under this key."""
+    data, db, _ = _published_store(tmp_path, 3)
+    shutil.rmtree(db)
+    other = _log(db)
+    _grow(other, 3, "other")
+    other.storage.close()
+    with pytest.raises(RollbackDetected, match="differs from the checkpoint this log signed"):
+        build_app(data, make_signer(), scim=False)
+
+
+def test_store_ahead_of_the_remembered_checkpoint_starts(tmp_path: Path) -> None:
+    """A crash between the LMDB commit and the file update leaves the file one batch
+    behind: that is not a rollback, and the file catches up at start."""
+    data, db, _ = _published_store(tmp_path, 3)
+    old = (data / "last-checkpoint").read_text()
+    log_ = _log(db)  # no remembered file: as if the process died before writing it
+    log_.integrate([b"more"])
+    log_.storage.close()
+    (data / "last-checkpoint").write_text(old)
+    app, log2, _ = build_app(data, make_signer(), scim=False)
+    assert log2.latest.size == 4
+    assert (data / "last-checkpoint").read_text() == log2.latest.note
+    app.state.data_lock.release()
+    log2.storage.close()
+
+
+def test_remembered_checkpoint_must_be_signed_by_the_log(tmp_path: Path) -> None:
+    data, _, _ = _published_store(tmp_path, 2)
+    f = data / "last-checkpoint"
+    f.write_text(f.read_text().replace("\n2\n", "\n1\n"))
+    with pytest.raises(Exception, match="not a checkpoint signed by this log's key"):
+        build_app(data, make_signer(), scim=False)
+
+
+def test_halted_log_signs_nothing(tmp_path: Path) -> None:
+    log_ = _log(tmp_path)
+    log_.integrate([b"a"])
+    log_.halt("witness w cosigned tree size 9, but this log is at 1")
+    with pytest.raises(LogHalted, match="cosigned tree size 9"):
+        log_.integrate([b"b"])
+    assert log_.integrate([b"a"]).indices == [0]  # a duplicate needs no signature
+    log_.storage.close()
