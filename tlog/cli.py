@@ -91,6 +91,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         witness_policy=args.witnesses,
         witness_interval=args.witness_interval,
         witness_max_backoff=args.witness_max_backoff,
+        checkpoint_file=Path(args.checkpoint_file) if args.checkpoint_file else None,
     )
     url = f"http://{args.host}:{args.port}"
     print(f"tlog: origin  {log_.origin}")
@@ -234,6 +235,12 @@ def parser() -> argparse.ArgumentParser:
                    help="seconds between add-checkpoint requests to one witness")
     s.add_argument("--witness-max-backoff", type=float, default=30.0,
                    help="longest wait before retrying a failing witness (seconds)")
+    s.add_argument(
+        "--checkpoint-file",
+        default=os.environ.get("TLOG_CHECKPOINT_FILE"),
+        help="where the last published checkpoint is remembered outside the store "
+        "(default <data>/last-checkpoint; env TLOG_CHECKPOINT_FILE)",
+    )
     s.add_argument("--switch-interval-ms", type=float, default=0.5,
                    help="Python thread switch interval (GIL handoff latency), ms")
     s.add_argument("--access-log", action="store_true")

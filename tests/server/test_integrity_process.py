@@ -1,0 +1,155 @@
+"""One sequencer and no rollback, against real ``tlog serve`` processes on 127.0.0.1."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from pathlib import Path
+
+import httpx
+import pytest
+
+from client.checkpoint import Checkpoint, open_checkpoint
+from client.note import Ed25519Verifier
+from tlog.storage import Storage
+
+from .conftest import ORIGIN, start_server
+from .test_process import tlog_cli
+
+pytestmark = pytest.mark.slow
+
+
+def test_second_server_is_refused_and_says_who_holds_the_store(tmp_path: Path) -> None:
+    data = tmp_path / "d"
+    srv = start_server(data)
+    try:
+        r = tlog_cli("serve", "--data", str(data), "--port", "1", "--origin", ORIGIN)
+        assert r.returncode == 1
+        assert f"is in use by PID {srv.proc.pid} on host" in r.stderr
+        assert "Stop the other process first" in r.stderr
+        # The refused process wrote nothing, and the first one still serves.
+        assert httpx.get(srv.url + "/checkpoint").status_code == 200
+    finally:
+        srv.stop()
+
+
+def _hammer(url: str, token: str, tag: str, n: int, acked: list[tuple[int, bytes]],
+            notes: list[str], statuses: list[int], lock: threading.Lock) -> None:
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"},
+                      timeout=10) as c:
+        for i in range(n):
+            if i % 3 == 0:
+                batch = [f"{tag}-{i}-{j}".encode() for j in range(5)]
+                body = b"".join(len(e).to_bytes(2, "big") + e for e in batch)
+                r = c.post("/v1/entries/batch", content=body)
+                with lock:
+                    statuses.append(r.status_code)
+                    if r.status_code == 200:
+                        d = r.json()
+                        acked.extend(zip(d["indices"], batch, strict=True))
+                        notes.append(d["checkpoint"])
+            else:
+                e = f"{tag}-{i}".encode()
+                r = c.post("/v1/entries", content=e)
+                with lock:
+                    statuses.append(r.status_code)
+                    if r.status_code == 200:
+                        d = r.json()
+                        acked.append((d["index"], e))
+                        notes.append(d["checkpoint"])
+            if i % 10 == 0:
+                cp = c.get("/checkpoint")
+                with lock:
+                    notes.append(cp.text)
+
+
+def test_two_servers_with_the_lock_bypassed_never_fork_nor_lose(tmp_path: Path) -> None:
+    """A rolling deploy gone wrong, and the lock file deleted by hand: two sequencers on one
+    store. The compare-and-swap commit alone keeps one history: never two roots signed at a
+    size, never an acknowledged entry missing."""
+    data = tmp_path / "d"
+    a = start_server(data)
+    (data / "db" / "tlog.lock").unlink()  # the bypass: B locks a new file
+    b = start_server(data)
+    token = (data / "demo-submitter.token").read_text().strip()
+    verifier = Ed25519Verifier.from_vkey(httpx.get(a.url + "/v1/log").json()["vkey"])
+    acked: list[tuple[int, bytes]] = []
+    notes: list[str] = []
+    statuses: list[int] = []
+    lock = threading.Lock()
+    try:
+        h = {"Authorization": f"Bearer {token}"}
+        # Deterministic first: B built on size 0, A moves the store to 1, B's commit fails.
+        assert httpx.post(a.url + "/v1/entries", content=b"x", headers=h).json()["index"] == 0
+        r = httpx.post(b.url + "/v1/entries", content=b"y", headers=h)
+        assert r.status_code == 503
+        assert "tree size is 1, this writer built on 0" in r.json()["error"]
+        r = httpx.post(b.url + "/v1/entries", content=b"y", headers=h)  # B reloaded
+        assert r.status_code == 200 and r.json()["index"] == 1
+        acked.extend([(0, b"x"), (1, b"y")])
+        threads = [
+            threading.Thread(target=_hammer, args=(srv.url, token, f"{name}{k}", 60, acked,
+                                                   notes, statuses, lock))
+            for name, srv in (("a", a), ("b", b)) for k in range(2)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+            assert not t.is_alive()
+    finally:
+        a.stop()
+        b.stop()
+    assert set(statuses) <= {200, 503}, statuses  # a lost race is a refusal, never a 500
+    assert statuses.count(200) > 20
+    by_size: dict[int, Checkpoint] = {}
+    for note in notes:
+        cp, _ = open_checkpoint(note, [verifier], origin=ORIGIN)
+        if cp.size in by_size:
+            assert by_size[cp.size].root_hash == cp.root_hash, f"two roots at {cp.size}"
+        by_size[cp.size] = cp
+    st = Storage(data / "db", readonly=True)
+    try:
+        with st.read() as rv:
+            for index, entry in acked:
+                assert rv.entry(index) == entry
+            for size, cp in by_size.items():
+                stored = rv.checkpoint(size)
+                assert stored is not None
+                got, _ = open_checkpoint(stored, [verifier], origin=ORIGIN)
+                assert got.root_hash == cp.root_hash
+    finally:
+        st.close()
+    fs = tlog_cli("fsck", "--data", str(data))
+    assert fs.returncode == 0, fs.stdout + fs.stderr
+
+
+def test_restored_backup_is_refused_by_serve(tmp_path: Path) -> None:
+    """The documented backup (a copy of the store) restored after the log grew: serve exits
+    non-zero and says what happened and what to do."""
+    data = tmp_path / "d"
+    srv = start_server(data)
+    token = (data / "demo-submitter.token").read_text().strip()
+    h = {"Authorization": f"Bearer {token}"}
+    try:
+        assert httpx.post(srv.url + "/v1/entries", content=b"one", headers=h).status_code == 200
+        backup = tmp_path / "backup"
+        backup.mkdir()
+        st = Storage(data / "db", readonly=True)  # a live copy, as mdb_copy makes
+        st.env.copy(str(backup))
+        st.close()
+        for e in (b"two", b"three"):
+            assert httpx.post(srv.url + "/v1/entries", content=e, headers=h).status_code == 200
+    finally:
+        srv.stop()
+    shutil.rmtree(data / "db")
+    shutil.copytree(backup, data / "db")
+    r = tlog_cli("serve", "--data", str(data), "--port", "1", "--origin", ORIGIN)
+    assert r.returncode == 1
+    assert "the store is behind the log: it ends at tree size 1" in r.stderr
+    assert "already signed and published tree size 3" in r.stderr
+    assert "tlog recover --from" in r.stderr
+    assert "Traceback" not in r.stderr
+    (data / "db" / "data.mdb").write_bytes(b"")
+    r = tlog_cli("serve", "--data", str(data), "--port", "1", "--origin", ORIGIN)
+    assert r.returncode == 1 and "is empty (0 bytes)" in r.stderr
