@@ -20,3 +20,7 @@ apt_install() {
 # console (tests/console/test_browser.py): Debian's Chromium, driven by Playwright with
 # executable_path=/usr/bin/chromium. Playwright's own browser download is never used.
 have chromium || apt_install chromium
+
+# witness interop (tests/interop): litewitness keeps its key in an ssh-agent. The Go
+# witnesses themselves are built by the tests (go install at pinned versions, cached).
+have ssh-agent || apt_install openssh-client
