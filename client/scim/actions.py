@@ -22,6 +22,7 @@ with no duplicates, so the same change always yields the same ``acts``.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
@@ -40,6 +41,7 @@ __all__ = [
     "OCSF_VERSIONS",
     "RequestIntent",
     "action",
+    "action_prefix",
     "derive_actions",
     "jcs",
     "jcs_digest",
@@ -105,6 +107,12 @@ _MULTI: dict[tuple[str, str], tuple[str, str]] = {
     ("user", "entitlements"): ("entitlement.grant", "entitlement.revoke"),
 }
 _PUT_IGNORED = ("schemas", "id", "meta")
+ENTERPRISE_MANAGER = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:user:manager"
+# Attributes that reference another subject: (prefix, attr key) -> the referenced type.
+_REF_ATTRS: dict[tuple[str, str], str] = {
+    ("group", "members"): "User",
+    ("user", ENTERPRISE_MANAGER): "User",
+}
 
 
 def ocsf_pair(name: str, ocsf: str = "1.8") -> tuple[int, int]:
@@ -120,6 +128,11 @@ def ocsf_pair(name: str, ocsf: str = "1.8") -> tuple[int, int]:
 def action(name: str, ocsf: str = "1.8") -> dict[str, Any]:
     """One ``acts`` item: ``{"a": name, "ocsf": [class_uid, activity_id]}``."""
     return {"a": name, "ocsf": list(ocsf_pair(name, ocsf))}
+
+
+def action_prefix(rt: str) -> str:
+    """The action-name prefix of a resource type: ``User`` → ``user``."""
+    return _prefix(rt)
 
 
 def _prefix(rt: str) -> str:
@@ -164,7 +177,10 @@ def _attr_key(path: str) -> str:
     """
     p = _strip_core_urn(path)
     if p.lower().startswith("urn:"):
-        return p.lower()
+        low = p.lower()
+        # urn:...:User:manager.value -> the extension attribute urn:...:User:manager
+        head, _, tail = low.rpartition(":")
+        return head + ":" + re.split(r"[\[.]", tail, maxsplit=1)[0] if head else low
     return re.split(r"[\[.]", p, maxsplit=1)[0].lower()
 
 
@@ -183,6 +199,21 @@ def _clean_path(path: str) -> str:
         elif depth == 0:
             out.append(c)
     return "".join(out)
+
+
+def _filter_span(path: str) -> tuple[int, int] | None:
+    """Start and end (exclusive) of the first top-level ``[...]`` filter in ``path``."""
+    start, depth = -1, 0
+    for i, c in enumerate(path):
+        if c == "[":
+            if depth == 0:
+                start = i
+            depth += 1
+        elif c == "]" and depth:
+            depth -= 1
+            if depth == 0:
+                return start, i + 1
+    return None
 
 
 _VALUE_EQ = re.compile(r'^\s*value\s+eq\s+"((?:[^"\\]|\\.)*)"\s*$', re.IGNORECASE)
@@ -437,8 +468,14 @@ class _Builder:
     def is_secret(self, key: str) -> bool:
         return key in self.secret_attrs
 
+    def ref_type(self, key: str) -> str | None:
+        """The type a reference attribute points to, if its values are pseudonymised."""
+        if self.ref_pid is None:
+            return None
+        return _REF_ATTRS.get((self.prefix, key))
+
     def pseudonymised(self, key: str) -> bool:
-        return self.ref_pid is not None and (self.prefix, key) == ("group", "members")
+        return self.ref_type(key) is not None
 
     def value_text(self, key: str, value: object) -> tuple[str, object]:
         """("", text) for a plain value, or ("_d", digest) by policy or size."""
@@ -447,38 +484,68 @@ class _Builder:
             return "_d", hashlib.sha256(text.encode("utf-8")).digest()
         return "", text
 
-    def add_refs(self, value: object) -> None:
+    def add_refs(self, value: object, default_rt: str, op: str, attr: str) -> None:
         if self.ref_pid is None:
             return
         items = value if isinstance(value, list) else [value]
         for item in items:
-            if isinstance(item, dict) and isinstance(item.get("value"), str):
-                ref_rt = item.get("type") if isinstance(item.get("type"), str) else "User"
-                self.ref(str(ref_rt), item["value"])
-            elif isinstance(item, str):
-                self.ref("User", item)
+            if isinstance(item, dict):
+                v = _get_ci(item, "value")
+                if isinstance(v, str) and v:
+                    t = _get_ci(item, "type")
+                    self.ref(t if isinstance(t, str) and t else default_rt, v, op, attr)
+            elif isinstance(item, str) and item:
+                self.ref(default_rt, item, op, attr)
 
-    def ref(self, ref_rt: str, ref_id: str) -> None:
+    def ref(self, ref_rt: str, ref_id: str, op: str | None = None, attr: str | None = None
+            ) -> bytes:
         if self.ref_pid is None:
-            return
+            raise EventFormatError("no pseudonym function")
         pid = self.ref_pid(ref_rt, ref_id)
         if type(pid) is not bytes or len(pid) != 16:
             raise EventFormatError("ref_pid must return 16 bytes")
-        entry = {"rt": ref_rt, "pid": pid}
+        entry: dict[str, Any] = {"rt": ref_rt, "pid": pid}
+        if op is not None:
+            entry["op"] = op
+        if attr is not None:
+            entry["attr"] = attr[:128]
         if entry not in self.refs:
             self.refs.append(entry)
+        return pid
+
+    def safe_path(self, path: str, key: str, op: str) -> str:
+        """``path`` with its filter kept; a filter on a reference attribute names the
+        referenced subject only by pseudonym (``members[value eq "pid:<base64>"]``)."""
+        ref_rt = self.ref_type(key)
+        span = _filter_span(path)
+        if ref_rt is None or span is None:
+            return path
+        filt = _filter_value(path)
+        if filt is not None:
+            pid = self.ref(ref_rt, filt, op, _ref_attr_name(key))
+            inner = '[value eq "pid:' + base64.b64encode(pid).decode("ascii") + '"]'
+        else:  # another filter form: only its digest (it may hold ids in any shape)
+            inner = "[sha256:" + hashlib.sha256(path[span[0]:span[1]].encode()).hexdigest() + "]"
+        return path[: span[0]] + inner + path[span[1]:]
 
     def mod(self, op: str, path: str, value: object, has_value: bool) -> None:
         key = _attr_key(path)
         if key == "active" and self.prefix == "user" and _as_bool(value) is not None:
             value = _as_bool(value)
-        entry: dict[str, Any] = {"attr": _clean_path(path) or path}
-        if self.pseudonymised(key):
-            # SCIM.md §4.3 step 5: member ids go to refs as pseudonyms, never in plain.
-            self.add_refs(value)
-            filt = _filter_value(path)
-            if filt is not None:
-                self.ref("User", filt)
+        attr = self.safe_path(path, key, op)
+        if len(attr.encode("utf-8")) > 512:
+            attr = _clean_path(path) or path
+        if len(attr.encode("utf-8")) > 512:
+            attr = "sha256:" + hashlib.sha256(path.encode()).hexdigest()
+        entry: dict[str, Any] = {"attr": attr}
+        ref_rt = self.ref_type(key)
+        if ref_rt is not None:
+            # SCIM.md §4.3 step 5: references to other subjects go to refs as pseudonyms
+            # under the referenced subject's own key, never in plain.
+            if has_value and value not in (None, [], {}, ""):
+                self.add_refs(value, ref_rt, op, _ref_attr_name(key))
+            if op == "replace" and (value in (None, [], {}, "") or not has_value):
+                entry["new"] = "null"  # a replace with nothing: the references are cleared
         elif self.is_secret(key):
             pass  # SCIM.md §4.3 step 8: returned:never attributes only as "changed"
         elif op == "remove":
@@ -493,6 +560,10 @@ class _Builder:
             suffix, v = self.value_text(key, value)
             entry["new" + suffix] = v
         self.mods.append(entry)
+
+
+def _ref_attr_name(key: str) -> str:
+    return key.rsplit(":", 1)[-1] if key.startswith("urn:") else key
 
 
 def _unit_verbs(prefix: str, op: str, key: str, value: object, *, put: bool) -> set[str]:
@@ -600,7 +671,7 @@ def parse_request(
             item: dict[str, Any] = {"op": pop}
             if path is not None:
                 # Filters may name other subjects; pseudonymised members keep only the attr.
-                item["path"] = _clean_path(path) if b.pseudonymised(_attr_key(path)) else path
+                item["path"] = b.safe_path(path, _attr_key(path), pop)
             if has_value and not hide:
                 item["v_d"] = jcs_digest(value)
             patch.append(item)

@@ -350,7 +350,14 @@ _MOD = _Map(
         "new_d": (_DIGEST, False),
     }
 )
-_REF = _Map({"rt": (_Text(128), True), "pid": (_Bytes(16), True)})
+_REF = _Map(
+    {
+        "rt": (_Text(128), True),
+        "pid": (_Bytes(16), True),
+        "op": (_Enum(PATCH_OPS), False),  # the reference was added, removed or set (replace)
+        "attr": (_Text(128), False),  # the referencing attribute (members, manager)
+    }
+)
 _RES = _Map(
     {
         "st": (_UInt(100, 599), True),

@@ -69,10 +69,12 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from client.scim.actions import RequestIntent, op_for_method, parse_request
-from client.scim.cbor import EventFormatError
-from client.scim.event import BYTES_FIELDS, Event, new_event
+from client.scim.actions import RequestIntent, action, action_prefix, op_for_method, parse_request
+from client.scim.body import Decoded, decode_body
+from client.scim.cbor import EventFormatError, dumps_det
+from client.scim.event import BYTES_FIELDS, MAX_EVENT_SIZE, Event, new_event
 from client.scim.outbox import Outbox, OutboxError, OutboxRecord, Receipt
+from client.scim.pseudonyms import PidCollector, substitute_pids
 from client.scim.relay import DeliveryError, Relay
 
 __all__ = [
@@ -253,15 +255,6 @@ def _rid(value: str) -> str:
     )
 
 
-def _json(body: bytes) -> Any:
-    if not body or len(body) > _MAX_JSON:
-        return None
-    try:
-        return json.loads(body)
-    except (ValueError, RecursionError):
-        return None
-
-
 def _get_ci(obj: Mapping[str, Any], name: str) -> Any:
     for k, v in obj.items():
         if isinstance(k, str) and k.lower() == name:
@@ -411,13 +404,38 @@ class _Recorded:
 class _Builder:
     """Builds the events of one exchange; every method is pure (no I/O)."""
 
-    def __init__(self, cfg: AuditConfig, x: _Exchange) -> None:
+    def __init__(
+        self, cfg: AuditConfig, x: _Exchange, ref_pid: Callable[[str, str], bytes] | None = None
+    ) -> None:
         self.cfg = cfg
         self.x = x
+        self.ref_pid = ref_pid
         self.ts = x.t1_ns // 1_000_000
         self.dur = max(0, (x.t1_ns - x.t0_ns) // 1_000_000)
         self.dig = hashlib.sha256(x.body).digest()
         self._actor: dict[str, Any] | None = None
+        # Read like the SP reads it: content coding, charset/BOM, duplicate keys last-wins.
+        self.req = decode_body(
+            x.body,
+            content_type=x.req_header(b"content-type"),
+            content_encoding=x.req_header(b"content-encoding"),
+            max_size=cfg.max_body,
+        )
+        self._resp: Decoded | None = None
+
+    def resp(self) -> Any:
+        """The SP's answer body as JSON (decoded like the request), or None."""
+        if self._resp is None:
+            if len(self.x.resp_body) > _MAX_JSON:
+                self._resp = Decoded(None, "response too large")
+            else:
+                self._resp = decode_body(
+                    self.x.resp_body,
+                    content_type=self.x.resp_header(b"content-type"),
+                    content_encoding=self.x.resp_header(b"content-encoding"),
+                    max_size=_MAX_JSON,
+                )
+        return self._resp.value
 
     # shared fields
 
@@ -478,40 +496,78 @@ class _Builder:
             "ocsf": self.cfg.ocsf,
         }
 
-    def intent(self, op: str, rt: str, body: Any) -> RequestIntent | None:
+    def intent(self, op: str, rt: str, body: Any) -> tuple[RequestIntent | None, str | None]:
+        """What the body asks for, or why it cannot be read (never a silent bare update)."""
+        if op != "delete" and not isinstance(body, Mapping):
+            return None, "request body is not a JSON object"
         try:
             return parse_request(
                 op,
                 rt,
-                body,
+                None if op == "delete" else body,
                 ocsf=self.cfg.ocsf,
                 secret_attrs=self.cfg.secret_attrs,
                 digest_attrs=self.cfg.digest_attrs,
-                ref_pid=self.cfg.ref_pid,
-            )
-        except EventFormatError:
-            return None  # not a well-formed SCIM body: the event says what happened anyway
+                ref_pid=self.ref_pid,
+            ), None
+        except EventFormatError as exc:
+            return None, _text(str(exc), 200) or "request body not understood"
 
-    def make(self, fields: dict[str, Any], intent: RequestIntent | None) -> Event:
-        """new_event with fallbacks: an oversized or odd intent must not lose the event."""
+    def body_intent(self, op: str, rt: str) -> tuple[RequestIntent | None, str | None]:
+        if op == "delete":
+            return self.intent(op, rt, None)
+        if not self.req.ok:
+            return None, self.req.error
+        return self.intent(op, rt, self.req.value)
+
+    def make(
+        self, fields: dict[str, Any], intent: RequestIntent | None, unparsed: str | None = None
+    ) -> list[Event]:
+        """The event(s) of one operation. Never loses what is known about the request:
+
+        * a body that could not be read gives an event that says so (``x.uninterpretable``,
+          action ``<rt>.uninterpretable`` on success), with the request digest;
+        * how the body was read (content coding, charset, BOM, duplicate keys) is in
+          ``x.body``;
+        * an intent too large for one event is split into linked parts (same ``corr.req``,
+          ``x.part``/``x.parts``/``x.first``), so no member reference is dropped.
+        """
         success = fields["outcome"] == "success"
-        tries: list[dict[str, Any]] = []
+        xs: dict[str, Any] = {}
+        if self.req.notes:
+            xs["body"] = dict(self.req.notes)
+        if unparsed is not None:
+            xs["uninterpretable"] = unparsed
+        last: EventFormatError | None = None
         if intent is not None:
-            full = {"patch": intent.patch, "mods": intent.mods, "refs": intent.refs}
+            full: dict[str, Any] = {
+                "patch": intent.patch,
+                "mods": intent.mods,
+                "refs": intent.refs,
+                "x": xs or None,
+            }
             if success:
                 full["acts"] = intent.acts
-            tries.append(full)
-            lean = {"patch": intent.patch, "x": {"dropped": "mods"}}
-            if success:
-                lean["acts"] = intent.acts
-            tries.append(lean)
-        tries.append({})
-        last: EventFormatError | None = None
-        for extra in tries:
             try:
-                return new_event(**fields, **extra, intent=True)
+                return [new_event(**fields, **full, intent=True)]
             except EventFormatError as exc:
                 last = exc
+            try:
+                return self._split(fields, intent, xs, success)
+            except EventFormatError as exc:
+                last = exc
+                xs["uninterpretable"] = "request too large to record: " + (
+                    _text(str(exc), 160) or ""
+                )
+        extra: dict[str, Any] = {"x": xs or None}
+        if success and "uninterpretable" in xs:
+            extra["acts"] = [
+                action(f"{action_prefix(fields['rt'])}.uninterpretable", self.cfg.ocsf)
+            ]
+        try:
+            return [new_event(**fields, **extra, intent=True)]
+        except EventFormatError as exc:
+            last = exc
         # Last resort: drop everything the hooks or the request supplied beyond the minimum.
         minimal = dict(fields)
         minimal["actor"] = _credential_actor(self.x.scope)
@@ -524,7 +580,56 @@ class _Builder:
             self.x.req_id,
             last,
         )
-        return new_event(**minimal, x={"dropped": "invalid fields"}, intent=True)
+        acts = None
+        if success:
+            acts = [action(f"{action_prefix(fields['rt'])}.uninterpretable", self.cfg.ocsf)]
+        return [
+            new_event(
+                **minimal,
+                acts=acts,
+                x={"uninterpretable": "invalid fields", "dropped": "invalid fields"},
+                intent=True,
+            )
+        ]
+
+    def _split(
+        self, fields: dict[str, Any], intent: RequestIntent, xs: dict[str, Any], success: bool
+    ) -> list[Event]:
+        """Pack patch items, mods and refs into as many events as needed."""
+        items: list[tuple[str, dict[str, Any]]] = [
+            *(("patch", p) for p in intent.patch or ()),
+            *(("mods", m) for m in intent.mods or ()),
+            *(("refs", r) for r in intent.refs or ()),
+        ]
+        limits = {"patch": 1000, "mods": 1000, "refs": 4096}
+        base = new_event(
+            **fields,
+            acts=intent.acts if success else None,
+            x={**xs, "part": 0, "parts": 0, "first": "0" * 36},
+            intent=True,
+        )
+        budget = MAX_EVENT_SIZE - len(dumps_det(base)) - 1024
+        parts: list[dict[str, Any]] = []
+        cur: dict[str, Any] = {}
+        used = 0
+        for kind, item in items:
+            size = len(dumps_det(item)) + 1
+            if cur and (used + size > budget or len(cur.get(kind, ())) >= limits[kind]):
+                parts.append(cur)
+                cur, used = {}, 0
+            cur.setdefault(kind, []).append(item)
+            used += size
+        if cur or not parts:
+            parts.append(cur)
+        out: list[Event] = []
+        for i, part in enumerate(parts):
+            x = {**xs, "part": i, "parts": len(parts)}
+            if out:
+                x["first"] = out[0]["eid"]
+            out.append(
+                new_event(**fields, **part, acts=intent.acts if success else None, x=x, intent=True)
+            )
+        return out
 
     def access(self, reason: str, method: str, path: str, status: int) -> dict[str, Any]:
         rec: dict[str, Any] = {
@@ -548,7 +653,7 @@ class _Builder:
         x = self.x
         target = _route(x.rel, x.method, self.cfg)
         op = op_for_method(x.method)
-        resp = _json(x.resp_body)
+        resp = self.resp()
         status = x.status
         rid = None if target.rid is None else _rid(target.rid)
         if target.me and isinstance(resp, Mapping) and isinstance(resp.get("id"), str):
@@ -575,7 +680,7 @@ class _Builder:
         loc = x.resp_header(b"location")
         loc = loc if loc and _ident(loc, 2048) else None
         pre = if_match if if_match and if_match.strip() != "*" and _ident(if_match, 256) else None
-        body_obj = _json(x.body)
+        body_obj = self.req.value
         fields = {
             **self.common(),
             "op": op,
@@ -590,8 +695,8 @@ class _Builder:
             "outcome": outcome,
             "err": None if outcome == "success" else _error(status, resp),
         }
-        intent = self.intent(op, target.rt, None if op == "delete" else x.body)
-        return _Recorded([self.make(fields, intent)], [])
+        intent, unparsed = self.body_intent(op, target.rt)
+        return _Recorded(self.make(fields, intent, unparsed), [])
 
     @staticmethod
     def _created_id(resp: Any, location: str | None) -> str:
@@ -618,11 +723,11 @@ class _Builder:
         x = self.x
         if x.status in (401, 403):
             return _Recorded([], [self.access("auth", x.method, x.rel, x.status)])
-        req_obj = _json(x.body)
+        req_obj = self.req.value
         ops = _get_ci(req_obj, "operations") if isinstance(req_obj, Mapping) else None
         if not isinstance(ops, list) or not all(isinstance(o, Mapping) for o in ops):
             return _Recorded([], [self.access("not a bulk request", x.method, x.rel, x.status)])
-        resp = _json(x.resp_body)
+        resp = self.resp()
         resp_ops = _get_ci(resp, "operations") if isinstance(resp, Mapping) else None
         if not (200 <= x.status < 300) or not isinstance(resp_ops, list):
             resp_ops = []
@@ -730,12 +835,22 @@ class _Builder:
             "outcome": outcome,
             "err": err,
         }
-        intent = None
-        if op == "delete":
-            intent = self.intent(op, target.rt or "unknown", None)
-        elif isinstance(data, Mapping):
-            intent = self.intent(op, target.rt or "unknown", data)
-        out.events.append(self.make(fields, intent))
+        if isinstance(data, Mapping) and created:
+            data = _resolve_bulk_ids(data, created)
+        intent, unparsed = self.intent(op, target.rt or "unknown", data)
+        out.events.extend(self.make(fields, intent, unparsed))
+
+
+def _resolve_bulk_ids(value: Any, created: Mapping[str, str]) -> Any:
+    """``"bulkId:<id>"`` references in an operation's data replaced by the created ids
+    (RFC 7644 §3.7.2), as the SP resolves them; unknown ones stay as they are."""
+    if isinstance(value, str) and value.startswith("bulkId:"):
+        return created.get(value[len("bulkId:") :], value)
+    if isinstance(value, Mapping):
+        return {k: _resolve_bulk_ids(v, created) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_resolve_bulk_ids(v, created) for v in value]
+    return value
 
 
 def _align(
@@ -1001,12 +1116,43 @@ class AuditMiddleware:
         self._outbox_ok = True
         return True
 
+    def _build(self, x: _Exchange, ref_pid: Callable[[str, str], bytes] | None) -> _Recorded:
+        b = _Builder(self.config, x, ref_pid)
+        return b.bulk() if _route(x.rel, x.method, self.config).kind == "bulk" else b.single()
+
+    async def _events(self, x: _Exchange) -> _Recorded:
+        """Build the events off the event loop; member pseudonyms in one batched call.
+
+        With a ``ref_pid`` that can resolve in batches (``resolve``, as
+        :class:`~client.scim.pseudonyms.LogPseudonyms`), the events are built once with
+        placeholders, every referenced subject is resolved in one call (in a worker thread),
+        and the placeholders are replaced. A plain ``ref_pid`` is called from the worker.
+        """
+        loop = asyncio.get_running_loop()
+        ref_pid = self.config.ref_pid
+        resolve = getattr(ref_pid, "resolve", None)
+        if ref_pid is None or not callable(resolve):
+            return await loop.run_in_executor(None, self._build, x, ref_pid)
+        collector = PidCollector()
+        rec = await loop.run_in_executor(None, self._build, x, collector)
+        if not collector.pairs:
+            return rec
+        try:
+            real = await loop.run_in_executor(None, resolve, list(collector.pairs))
+        except EventFormatError as exc:
+            _log.error("member pseudonyms unavailable for request %s: %s", x.req_id, exc)
+            return await loop.run_in_executor(None, self._build, x, _pids_unavailable)
+        substitute_pids(rec.events, collector.placeholders(real))
+        return rec
+
     async def _record(self, x: _Exchange) -> tuple[list[tuple[bytes, bytes]], bool]:
         """Build and store the events; return the receipt headers and whether it worked."""
         try:
-            b = _Builder(self.config, x)
-            rec = b.bulk() if _route(x.rel, x.method, self.config).kind == "bulk" else b.single()
-            records = [OutboxRecord(str(e["eid"]), x.req_id, event_json(e)) for e in rec.events]
+            rec = await self._events(x)
+            records = await asyncio.get_running_loop().run_in_executor(
+                None,
+                lambda: [OutboxRecord(str(e["eid"]), x.req_id, event_json(e)) for e in rec.events],
+            )
         except Exception:
             _log.exception("could not build the audit event of request %s", x.req_id)
             return self._unrecorded([])
@@ -1060,6 +1206,10 @@ class AuditMiddleware:
             _log.error("fail-open: passing a SCIM response through with its audit event lost")
             return [(b"tlog-status", b"unrecorded")], True
         return [], False
+
+
+def _pids_unavailable(rt: str, ref_id: str) -> bytes:
+    raise EventFormatError("member pseudonyms unavailable (the log did not answer)")
 
 
 async def _wait(futs: Sequence[Future[Receipt]], timeout: float) -> dict[str, Receipt]:

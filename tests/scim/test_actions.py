@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from typing import Any
@@ -321,7 +322,7 @@ def test_group_members_add_and_remove() -> None:
     assert names(ri.acts) == ["group.member.add", "group.member.remove"]
     assert ri.mods == [
         {"attr": "members", "new": '[{"value":"u1"},{"value":"u2"}]'},
-        {"attr": "members", "old": '[{"value":"u3"}]'},
+        {"attr": 'members[value eq "u3"]', "old": '[{"value":"u3"}]'},  # the filter is kept
     ]
     assert ri.patch is not None
     assert ri.patch[1] == {"op": "remove", "path": 'members[value eq "u3"]'}
@@ -403,13 +404,16 @@ def test_member_ids_pseudonymised() -> None:
         {"op": "remove", "path": 'members[value eq "u3"]'},
     )
     ri = parse_request("patch", "Group", body, ref_pid=ref_pid)
+    p3 = pid(keys["u3"], "u3")
     assert ri.refs == [
-        {"rt": "User", "pid": pid(keys["u1"], "u1")},
-        {"rt": "User", "pid": pid(keys["u2"], "u2")},
-        {"rt": "User", "pid": pid(keys["u3"], "u3")},
+        {"rt": "User", "pid": pid(keys["u1"], "u1"), "op": "add", "attr": "members"},
+        {"rt": "User", "pid": pid(keys["u2"], "u2"), "op": "add", "attr": "members"},
+        {"rt": "User", "pid": p3, "op": "remove", "attr": "members"},
     ]
-    assert ri.mods == [{"attr": "members"}, {"attr": "members"}]
-    assert ri.patch == [{"op": "add", "path": "members"}, {"op": "remove", "path": "members"}]
+    # The filter is kept, naming the member by pseudonym only.
+    filtered = 'members[value eq "pid:' + base64.b64encode(p3).decode() + '"]'
+    assert ri.mods == [{"attr": "members"}, {"attr": filtered}]
+    assert ri.patch == [{"op": "add", "path": "members"}, {"op": "remove", "path": filtered}]
     data = encode_event(new_event(**_event_args("patch", "Group"), **ri.event_fields()))
     for member in keys:
         assert member.encode() not in data

@@ -39,7 +39,7 @@ from client.scim.event import (
 )
 from client.scim.jsonstrict import strict_json
 from tlog.app import Api, BadRequest, PayloadTooLarge, Query, b64, error_response, read_body
-from tlog.auth import Forbidden, Principal
+from tlog.auth import ROLES, Forbidden, Principal
 from tlog.log import NotFound, Published
 from tlog.scim.keys import SubjectId
 from tlog.scim.service import (
@@ -58,7 +58,8 @@ __all__ = ["scim_routes"]
 JSON = "application/json"
 CBOR = "application/cbor"
 MAX_FILTER_BYTES = 1024
-MAX_SMALL_BODY = 64 * 1024  # pseudonym and erasure requests
+MAX_SMALL_BODY = 64 * 1024  # erasure requests
+MAX_PSEUDONYM_BODY = 2 << 20  # one request's member references (max_refs of them) in one call
 _REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -243,7 +244,7 @@ class ScimRoutes:
         tenant = self._tenant(p)
         if _media_type(request) != JSON:
             raise UnsupportedMediaType("Content-Type must be application/json")
-        doc = _strict_json(await read_body(request, MAX_SMALL_BODY))
+        doc = _strict_json(await read_body(request, MAX_PSEUDONYM_BODY))
         if type(doc) is not dict or set(doc) != {"refs"} or type(doc["refs"]) is not list:
             raise BadRequest('body must be {"refs": [{"rt": ..., "id": ...}, ...]}')
         if not doc["refs"]:
@@ -260,6 +261,14 @@ class ScimRoutes:
         return JSONResponse(
             {"refs": [{"rt": rt, "pid": b64(pid)} for (rt, _), pid in zip(refs, pids, strict=True)]}
         )
+
+    async def whoami(self, request: Request) -> Response:
+        """The calling token's role and tenant, so an adapter can refuse to start with a
+        token of the wrong tenant or role instead of queueing events the log will refuse."""
+        api = self._api(request)
+        p = api.principal(request, *ROLES)
+        Query(request, set())
+        return JSONResponse({"role": p.role, "tenant": p.tenant, "token_id": p.token_id})
 
     # -- reading -------------------------------------------------------------------------
 
@@ -466,6 +475,7 @@ def scim_routes(service: ScimService) -> list[Route]:
         Route("/v1/scim/receipts", _wrap(r.receipts), methods=["GET"]),
         Route("/v1/scim/tenant-ref", _wrap(r.tenant_ref), methods=["GET"]),
         Route("/v1/scim/pseudonyms", _wrap(r.pseudonyms), methods=["POST"]),
+        Route("/v1/scim/whoami", _wrap(r.whoami), methods=["GET"]),
         Route("/v1/scim/erasures", _wrap(r.request_erasure), methods=["POST"]),
         Route("/v1/scim/erasures/{id}", _wrap(r.erasure), methods=["GET"]),
         Route("/v1/scim/erasures/{id}/approve", _wrap(r.approve_erasure), methods=["POST"]),

@@ -117,7 +117,7 @@ class ScimLimits:
     default_search_limit: int = 50
     max_scan: int = 10_000  # index records examined per search page
     max_receipts: int = 1000  # receipts per GET /v1/scim/receipts
-    max_refs: int = 1000  # ids per POST /v1/scim/pseudonyms
+    max_refs: int = 10_000  # ids per POST /v1/scim/pseudonyms (one request's members at once)
     erasure_ttl_ms: int = 7 * 24 * 3600 * 1000  # a pending erasure request expires
 
 

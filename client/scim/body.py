@@ -1,0 +1,197 @@
+"""Decode a SCIM request or response body the way a service provider reads it.
+
+An adapter that cannot read a body the SP applied would record a bare update and lose what
+was done (a deactivation sent gzip-compressed is still a deactivation). So the adapter
+reads bodies like an SP does:
+
+* ``Content-Encoding``: ``gzip``/``x-gzip`` and ``deflate`` (zlib-wrapped, or the raw
+  deflate some clients send), ``identity``; several codings are undone in reverse order.
+  Decompression is bounded by ``max_size`` (a small compressed body must not expand into
+  gigabytes in the adapter).
+* Character set: the ``charset`` parameter of ``Content-Type`` (any codec Python knows:
+  ``utf-16le``, ``utf-32``, ``iso-8859-1``...), else a byte-order mark (UTF-8, UTF-16,
+  UTF-32), else RFC 4627 §3 detection from the NUL pattern of the first four bytes, else
+  UTF-8. A BOM is dropped, as JSON parsers that accept it do (RFC 8259 §8.1).
+* JSON: duplicate member names (compared case-insensitively, as SCIM attribute names are)
+  are read **last wins**, the reading of the common JSON parsers SPs use, and flagged.
+
+:func:`decode_body` never raises for a bad body: it returns ``error`` (a short reason with
+no body content in it), so the caller can record that the body was not understood.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["DEFAULT_MAX_SIZE", "Decoded", "decode_body", "header_param"]
+
+DEFAULT_MAX_SIZE = 16 << 20
+MAX_FLAGGED_KEYS = 16
+
+
+@dataclass
+class Decoded:
+    """A decoded body: the JSON value, how it was read (``notes``), or why it was not."""
+
+    value: Any = None
+    error: str | None = None
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class _BodyError(Exception):
+    pass
+
+
+def header_param(value: str | None, name: str) -> str | None:
+    """A parameter of a header like ``Content-Type`` (``charset``), lower-cased, unquoted."""
+    if not value:
+        return None
+    for part in value.split(";")[1:]:
+        k, sep, v = part.partition("=")
+        if sep and k.strip().lower() == name:
+            return v.strip().strip('"').strip().lower() or None
+    return None
+
+
+def _inflate(data: bytes, wbits: int, max_size: int) -> bytes:
+    d = zlib.decompressobj(wbits)
+    out = d.decompress(data, max_size + 1)
+    if len(out) > max_size or d.unconsumed_tail:
+        raise _BodyError(f"decoded body larger than {max_size} bytes")
+    out += d.flush()
+    if len(out) > max_size:
+        raise _BodyError(f"decoded body larger than {max_size} bytes")
+    if not d.eof:
+        raise _BodyError("truncated compressed body")
+    return out
+
+
+def _undo_coding(data: bytes, coding: str, max_size: int) -> bytes:
+    if coding in ("gzip", "x-gzip"):
+        try:
+            return _inflate(data, 16 + zlib.MAX_WBITS, max_size)
+        except zlib.error:
+            raise _BodyError("malformed gzip body") from None
+    if coding == "deflate":
+        try:
+            return _inflate(data, zlib.MAX_WBITS, max_size)  # RFC 9110: zlib format
+        except zlib.error:
+            try:
+                return _inflate(data, -zlib.MAX_WBITS, max_size)  # raw deflate, seen in the wild
+            except zlib.error:
+                raise _BodyError("malformed deflate body") from None
+    raise _BodyError(f"unsupported content-encoding {coding[:32]!r}")
+
+
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32-le"),  # before UTF-16 LE: it starts with the same bytes
+    (codecs.BOM_UTF32_BE, "utf-32-be"),
+    (codecs.BOM_UTF8, "utf-8"),
+    (codecs.BOM_UTF16_LE, "utf-16-le"),
+    (codecs.BOM_UTF16_BE, "utf-16-be"),
+)
+
+
+def _nul_pattern(data: bytes) -> str | None:
+    """RFC 4627 §3: the encoding of JSON text from the NULs among its first four bytes."""
+    if len(data) < 4:
+        return None
+    z = (data[0] == 0, data[1] == 0, data[2] == 0, data[3] == 0)
+    return {
+        (True, True, True, False): "utf-32-be",
+        (False, True, True, True): "utf-32-le",
+        (True, False, True, False): "utf-16-be",
+        (False, True, False, True): "utf-16-le",
+    }.get(z)
+
+
+def _to_text(data: bytes, charset: str | None, notes: dict[str, Any]) -> str:
+    enc: str | None = None
+    if charset is not None:
+        try:
+            info = codecs.lookup(charset)
+        except LookupError:
+            raise _BodyError(f"unknown charset {charset[:32]!r}") from None
+        enc = info.name
+        if enc not in ("utf-8",):
+            notes["charset"] = charset[:32]
+    for bom, name in _BOMS:
+        if data.startswith(bom):
+            notes["bom"] = True
+            data = data[len(bom):]
+            if enc is None or enc in ("utf-16", "utf-32"):
+                enc = name
+                if name != "utf-8":
+                    notes.setdefault("charset", name)
+            break
+    if enc is None:
+        enc = _nul_pattern(data)
+        if enc is not None:
+            notes["charset"] = enc
+    try:
+        return data.decode(enc or "utf-8")
+    except (UnicodeDecodeError, LookupError):
+        raise _BodyError(f"body is not valid {enc or 'utf-8'}") from None
+
+
+def _no_constant(s: str) -> object:
+    raise ValueError(f"JSON constant {s} is not allowed")
+
+
+def decode_body(
+    raw: bytes,
+    *,
+    content_type: str | None = None,
+    content_encoding: str | None = None,
+    max_size: int = DEFAULT_MAX_SIZE,
+) -> Decoded:
+    """Read ``raw`` as an SP would (module docstring). Empty bodies decode to ``None``."""
+    notes: dict[str, Any] = {}
+    try:
+        data = raw
+        codings = [c.strip().lower() for c in (content_encoding or "").split(",") if c.strip()]
+        codings = [c for c in codings if c != "identity"]
+        if codings:
+            notes["enc"] = ",".join(codings)[:64]
+        for coding in reversed(codings):
+            data = _undo_coding(data, coding, max_size)
+        if len(data) > max_size:
+            raise _BodyError(f"body larger than {max_size} bytes")
+        if not data:
+            return Decoded(None, None, notes)
+        text = _to_text(data, header_param(content_type, "charset"), notes)
+        dups: list[str] = []
+
+        def last_wins(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+            out: dict[str, Any] = {}
+            lower: dict[str, str] = {}
+            for k, v in pairs:
+                prev = lower.get(k.lower())
+                if prev is not None:
+                    del out[prev]
+                    if len(dups) < MAX_FLAGGED_KEYS and k[:64] not in dups:
+                        dups.append(k[:64])
+                lower[k.lower()] = k
+                out[k] = v
+            return out
+
+        try:
+            value = json.loads(text, object_pairs_hook=last_wins, parse_constant=_no_constant)
+        except RecursionError:
+            raise _BodyError("body nested too deeply") from None
+        except ValueError as exc:
+            # json's messages name positions, never content.
+            raise _BodyError(f"body is not JSON: {str(exc)[:120]}") from None
+        if dups:
+            notes["dup_keys"] = dups
+        return Decoded(value, None, notes)
+    except _BodyError as exc:
+        return Decoded(None, str(exc), notes)
