@@ -1,0 +1,173 @@
+"""Rollback caught by witnesses: a real tlog-witness (in-process, HTTP on 127.0.0.1) is asked
+at start-up and on every push what it cosigned for the log."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from starlette.testclient import TestClient
+
+from client.cosignature import CosignatureSigner
+from client.witness.core import Witness, WitnessedLog
+from client.witness.server import WitnessHTTPServer, start_server
+from client.witness.store import WitnessStore
+from tlog.integrity import RollbackDetected
+from tlog.log import Log
+from tlog.server import build_app
+from tlog.storage import Storage
+
+from .conftest import ORIGIN, free_port, make_signer
+
+
+@dataclass
+class RealWitness:
+    name: str
+    signer: CosignatureSigner
+    db: Path
+    port: int
+    server: WitnessHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        w = Witness(self.signer, [WitnessedLog(ORIGIN, (make_signer().verifier,))],
+                    WitnessStore(self.db))
+        self.server, _ = start_server(w, port=self.port)
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+
+
+@pytest.fixture
+def witness(tmp_path: Path) -> Iterator[RealWitness]:
+    w = RealWitness("w1", CosignatureSigner.generate("witness.test/w1"), tmp_path / "w.db",
+                    free_port())
+    yield w
+    w.stop()
+
+
+def _policy(tmp_path: Path, w: RealWitness) -> Path:
+    p = tmp_path / "policy.txt"
+    p.write_text(f"log {make_signer().vkey()}\nwitness w1 {w.signer.vkey()} {w.url}\n"
+                 "quorum w1\n")
+    return p
+
+
+def _grow_and_witness(data: Path, policy: Path, sizes: list[int]) -> None:
+    """Run the app, and after each target size let the witness cosign it."""
+    app, log_, tokens = build_app(data, make_signer(), scim=False, max_batch_age=0.0,
+                                  witness_policy=policy, witness_interval=0.0)
+    token, _ = tokens.create("submitter", tenant="t")
+    h = {"Authorization": f"Bearer {token}"}
+    n = 0
+    with TestClient(app) as c:
+        for target in sizes:
+            while n < target:
+                assert c.post("/v1/entries", content=b"e%d" % n, headers=h).status_code == 200
+                n += 1
+            _wait(lambda t=target: c.get("/v1/witnesses").json()["cosigned_size"] == t)
+    log_.storage.close()
+
+
+def _wait(cond: object, limit: float = 20.0) -> None:
+    deadline = time.monotonic() + limit
+    while not cond():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.02)
+
+
+def _backup(data: Path, to: Path) -> None:
+    """The whole data directory (store *and* remembered checkpoint), as a careless backup."""
+    shutil.copytree(data, to, ignore=shutil.ignore_patterns("tlog.lock"))
+
+
+def _restore(backup: Path, data: Path) -> None:
+    shutil.rmtree(data)
+    shutil.copytree(backup, data)
+
+
+def test_old_backup_refused_by_the_witness(tmp_path: Path, witness: RealWitness) -> None:
+    """The whole data dir (remembered checkpoint included) restored from an old backup: only
+    the witness knows better, and start-up asks it."""
+    witness.start()
+    data, policy = tmp_path / "data", _policy(tmp_path, witness)
+    _grow_and_witness(data, policy, [2])
+    _backup(data, tmp_path / "backup")
+    _grow_and_witness(data, policy, [5])
+    _restore(tmp_path / "backup", data)
+    with pytest.raises(RollbackDetected) as e:
+        build_app(data, make_signer(), scim=False, witness_policy=policy)
+    assert "witness w1 has cosigned tree size 5 of this log, but the store ends at 2" in str(
+        e.value)
+    assert "tlog recover --from" in str(e.value)
+    # Without the witness's knowledge the same store would have started: the remembered
+    # checkpoint came back with the backup. (That is why the file can live elsewhere.)
+    _app, log_, _ = build_app(data, make_signer(), scim=False)
+    assert log_.latest.size == 2
+    log_.storage.close()
+
+
+def test_old_backup_with_the_witness_behind_it_starts(tmp_path: Path,
+                                                      witness: RealWitness) -> None:
+    """A witness that only cosigned up to the backup's size has nothing to object to."""
+    witness.start()
+    data, policy = tmp_path / "data", _policy(tmp_path, witness)
+    _grow_and_witness(data, policy, [2])
+    _backup(data, tmp_path / "backup")
+    _restore(tmp_path / "backup", data)
+    _app, log_, _ = build_app(data, make_signer(), scim=False, witness_policy=policy)
+    assert log_.latest.size == 2 and log_.halted is None
+    log_.storage.close()
+
+
+def test_another_history_at_the_witness_size_is_refused(tmp_path: Path,
+                                                         witness: RealWitness) -> None:
+    witness.start()
+    data, policy = tmp_path / "data", _policy(tmp_path, witness)
+    _grow_and_witness(data, policy, [3])
+    shutil.rmtree(data / "db")
+    (data / "last-checkpoint").unlink()
+    other = Log(Storage(data / "db"), make_signer())
+    other.integrate([b"x", b"y", b"z"])  # size 3, another root, same key
+    other.storage.close()
+    with pytest.raises(RollbackDetected, match="holds a different checkpoint of this log at "
+                                               "tree size 3"):
+        build_app(data, make_signer(), scim=False, witness_policy=policy)
+
+
+def test_running_log_stops_signing_when_a_witness_is_ahead(tmp_path: Path,
+                                                            witness: RealWitness) -> None:
+    """The witness was down at start-up (a warning), so the restored log started; the next
+    push round reveals the witness holds a larger size: the log stops signing, says why."""
+    witness.start()
+    data, policy = tmp_path / "data", _policy(tmp_path, witness)
+    _grow_and_witness(data, policy, [2])
+    _backup(data, tmp_path / "backup")
+    _grow_and_witness(data, policy, [4])
+    _restore(tmp_path / "backup", data)
+    witness.stop()
+    app, log_, tokens = build_app(data, make_signer(), scim=False, max_batch_age=0.0,
+                                  witness_policy=policy, witness_interval=0.0)
+    token, _ = tokens.create("submitter", tenant="t")
+    h = {"Authorization": f"Bearer {token}"}
+    witness.start()
+    with TestClient(app) as c:
+        _wait(lambda: c.get("/v1/witnesses").json()["halted"] is not None)
+        halted = c.get("/v1/witnesses").json()["halted"]
+        assert "witness w1 cosigned tree size 4, but this log is at 2" in halted
+        r = c.post("/v1/entries", content=b"next", headers=h)
+        assert r.status_code == 503
+        assert "the log is not signing" in r.json()["error"]
+        assert c.get("/checkpoint").status_code == 200  # reads keep working
+    assert log_.latest.size == 2  # nothing signed at the sizes the witness already holds
+    log_.storage.close()
