@@ -5,7 +5,7 @@ cosignatures a checkpoint needs before the verifier believes it is not a split v
 
     # comments start with '#'
     log <vkey> [url]                         # type 0x01 Ed25519 note key; name = origin
-    witness <name> <vkey> [url]              # type 0x04 cosignature/v1 key
+    witness <name> <vkey> [url]              # type 0x04 (Ed25519) or 0x06 (ML-DSA-44) key
     group <name> <k|all|any> <member>...     # members: witnesses or earlier groups
     quorum <name|none>                       # exactly once
 
@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from client.checkpoint import Checkpoint, open_checkpoint, parse_decimal
-from client.cosignature import CosignatureVerifier
+from client.cosignature import AnyCosignatureVerifier, cosignature_verifier
 from client.merkle import VerificationError
 from client.note import Ed25519Verifier, FormatError, Note, Verifier, parse_note
 
@@ -54,7 +54,7 @@ class PolicyWitness:
     """A known witness; ``name`` is local to the policy file, the key carries its own name."""
 
     name: str
-    verifier: CosignatureVerifier
+    verifier: AnyCosignatureVerifier
     url: str | None = None
 
 
@@ -137,7 +137,7 @@ class Policy:
                 if defined(name):
                     raise FormatError(f"{where}: duplicate name {name!r}")
                 try:
-                    wv = CosignatureVerifier.from_vkey(args[1])
+                    wv = cosignature_verifier(args[1])
                 except FormatError as exc:
                     raise FormatError(f"{where}: {exc}") from None
                 if (wv.name, wv.key_id) in keys:

@@ -40,7 +40,7 @@ from types import TracebackType
 import httpx
 
 from client.checkpoint import Checkpoint, parse_decimal
-from client.cosignature import CosignatureVerifier
+from client.cosignature import AnyCosignatureVerifier, CosignatureVerifier, cosignature_verifier
 from client.merkle import HASH_SIZE, VerificationError
 from client.note import (
     FormatError,
@@ -200,7 +200,7 @@ class WitnessUnreachable(WitnessError):
 
 
 def parse_cosignature_lines(
-    checkpoint_text: str, body: str, verifier: CosignatureVerifier
+    checkpoint_text: str, body: str, verifier: AnyCosignatureVerifier
 ) -> tuple[Signature, ...]:
     """Parse a 200 body (note signature lines) and keep the ones from ``verifier``.
 
@@ -261,24 +261,20 @@ class WitnessClient:
     """Pushes checkpoints to one witness. Safe for concurrent use if ``http`` is.
 
     ``url`` is the witness's submission prefix (``<url>/add-checkpoint``) and monitoring
-    prefix (``<url>/<origin hash>/checkpoint``). ``verifier`` is its type-0x04 key (object
+    prefix (``<url>/<origin hash>/checkpoint``). ``verifier`` is its type-0x04 or 0x06 key (object
     or vkey string).
     """
 
     def __init__(
         self,
         url: str,
-        verifier: CosignatureVerifier | str,
+        verifier: AnyCosignatureVerifier | str,
         *,
         http: httpx.Client | None = None,
         timeout: float = 30.0,
     ) -> None:
         self.url = url.rstrip("/")
-        self.verifier = (
-            verifier
-            if isinstance(verifier, CosignatureVerifier)
-            else CosignatureVerifier.from_vkey(verifier)
-        )
+        self.verifier = cosignature_verifier(verifier) if isinstance(verifier, str) else verifier
         self._owns_http = http is None
         self._http = http if http is not None else httpx.Client(timeout=timeout)
         # origin -> the size this witness last told us (cosigned or via 409).

@@ -37,14 +37,26 @@ CLASSES: dict[int, tuple[str, int, str]] = {
 }
 ACTIVITIES: dict[int, dict[int, str]] = {
     3001: {
-        1: "Create", 2: "Enable", 3: "Password Change", 4: "Password Reset", 5: "Disable",
-        6: "Delete", 7: "Attach Policy", 8: "Detach Policy", 9: "Lock",
-        10: "MFA Factor Enable", 11: "MFA Factor Disable",
+        1: "Create",
+        2: "Enable",
+        3: "Password Change",
+        4: "Password Reset",
+        5: "Disable",
+        6: "Delete",
+        7: "Attach Policy",
+        8: "Detach Policy",
+        9: "Lock",
+        10: "MFA Factor Enable",
+        11: "MFA Factor Disable",
     },
     3004: {1: "Create", 2: "Read", 3: "Update", 4: "Delete"},
     3006: {
-        1: "Assign Privileges", 2: "Revoke Privileges", 3: "Add User", 4: "Remove User",
-        5: "Delete", 6: "Create",
+        1: "Assign Privileges",
+        2: "Revoke Privileges",
+        3: "Add User",
+        4: "Remove User",
+        5: "Delete",
+        6: "Create",
     },
     6003: {1: "Create", 2: "Read", 3: "Update", 4: "Delete"},
 }
@@ -151,8 +163,14 @@ def to_ocsf(ae: AuditedEvent, *, origin: str, tenant: str) -> list[dict[str, Any
         what = action or f"{ev['op']} {ev['rt']}"
         rec["message"] = f"{what} {ev.get('rid') or ev.get('xid') or ''}".strip()
         rec["unmapped"] = {
-            "tlog": {**_tlog_ref(ae), "eid": ev["eid"], "op": ev["op"], "rt": ev["rt"],
-                     "action": action, "outcome": ev["outcome"]},
+            "tlog": {
+                **_tlog_ref(ae),
+                "eid": ev["eid"],
+                "op": ev["op"],
+                "rt": ev["rt"],
+                "action": action,
+                "outcome": ev["outcome"],
+            },
         }
         out.append(rec)
     return out

@@ -194,8 +194,14 @@ class HttpSink(Sink):
     with backoff, then the run fails without moving the cursor."""
 
     def __init__(
-        self, url: str, *, hec_token: str | None, origin: str, http: httpx.Client | None = None,
-        retries: int = 4, sleep: Callable[[float], None] = time.sleep,
+        self,
+        url: str,
+        *,
+        hec_token: str | None,
+        origin: str,
+        http: httpx.Client | None = None,
+        retries: int = 4,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.url = url
         self.hec = hec_token is not None
@@ -214,13 +220,17 @@ class HttpSink(Sink):
             return ("[" + ",".join(_json(r) for r in records) + "]").encode()
         parts = []
         for r in records:
-            parts.append(_json({
-                "time": r["time"] / 1000,
-                "host": self.origin,
-                "source": "tlog",
-                "sourcetype": f"ocsf:{r['class_uid']}",
-                "event": r,
-            }))
+            parts.append(
+                _json(
+                    {
+                        "time": r["time"] / 1000,
+                        "host": self.origin,
+                        "source": "tlog",
+                        "sourcetype": f"ocsf:{r['class_uid']}",
+                        "event": r,
+                    }
+                )
+            )
         return "".join(parts).encode()
 
     def send(self, records: Sequence[dict[str, Any]]) -> None:
@@ -305,8 +315,14 @@ class SyslogSink(Sink):
         self.sock.close()
 
 
-def make_sink(spec: str, *, origin: str, hec_token: str | None = None,
-              http: httpx.Client | None = None, retries: int = 4) -> Sink:
+def make_sink(
+    spec: str,
+    *,
+    origin: str,
+    hec_token: str | None = None,
+    http: httpx.Client | None = None,
+    retries: int = 4,
+) -> Sink:
     """A sink from its ``--to`` spec (module docstring)."""
     if spec in ("-", "stdout"):
         return StreamSink(sys.stdout)
@@ -318,15 +334,21 @@ def make_sink(spec: str, *, origin: str, hec_token: str | None = None,
             raise ValueError(f"{kind}: needs an http(s) URL")
         if kind == "hec" and not hec_token:
             raise ValueError("hec: needs --hec-token-file (or TLOG_HEC_TOKEN)")
-        return HttpSink(url, hec_token=hec_token if kind == "hec" else None, origin=origin,
-                        http=http, retries=retries)
+        return HttpSink(
+            url,
+            hec_token=hec_token if kind == "hec" else None,
+            origin=origin,
+            http=http,
+            retries=retries,
+        )
     if spec.startswith(("syslog+udp://", "syslog+tcp://")):
         u = urlsplit(spec)
         if not u.hostname or not u.port:
             raise ValueError("syslog sink needs syslog+udp://HOST:PORT or syslog+tcp://HOST:PORT")
         return SyslogSink(u.scheme.split("+")[1], u.hostname, u.port)
-    raise ValueError(f"unknown sink {spec!r} (stdout, file:, webhook:, hec:, syslog+udp://, "
-                     "syslog+tcp://)")
+    raise ValueError(
+        f"unknown sink {spec!r} (stdout, file:, webhook:, hec:, syslog+udp://, syslog+tcp://)"
+    )
 
 
 # --- the stream -----------------------------------------------------------------------------
@@ -341,8 +363,9 @@ class StreamResult:
     access: dict[str, Any] | None = None
 
 
-def _pages(client: ScimAuditClient, cur: Cursor, filters: dict[str, Any],
-           page: int) -> Iterable[list[AuditedEvent]]:
+def _pages(
+    client: ScimAuditClient, cur: Cursor, filters: dict[str, Any], page: int
+) -> Iterable[list[AuditedEvent]]:
     cursor: str | None = None
     while True:
         p = client.search(since=cur.since, limit=page, cursor=cursor, **filters)
@@ -394,13 +417,16 @@ def stream(
     return res
 
 
-def _record_export(url: str, token: str, kind: str, http: httpx.Client) -> Callable[
-    [StreamResult], dict[str, Any]
-]:
+def _record_export(
+    url: str, token: str, kind: str, http: httpx.Client
+) -> Callable[[StreamResult], dict[str, Any]]:
     def rec(res: StreamResult) -> dict[str, Any]:
         body = {"sink": kind, "events": res.events, "bodies": res.bodies, "erased": res.erased}
-        r = http.post(f"{url.rstrip('/')}/v1/scim/exports", json=body,
-                      headers={"Authorization": f"Bearer {token}"})
+        r = http.post(
+            f"{url.rstrip('/')}/v1/scim/exports",
+            json=body,
+            headers={"Authorization": f"Bearer {token}"},
+        )
         if r.status_code != 201:
             raise ScimAuditError(r.status_code, r.text[:200])
         access = r.json().get("access")
@@ -444,14 +470,21 @@ def cmd_stream(args: argparse.Namespace, http: httpx.Client | None = None) -> in
         with ScimAuditClient(args.url, token, args.vkey, http=http) as client:
             while True:
                 res = stream(
-                    client, sink, Path(args.cursor), origin=verifier.name, filters=filters,
-                    page=args.page, settle_ms=int(args.settle * 1000),
+                    client,
+                    sink,
+                    Path(args.cursor),
+                    origin=verifier.name,
+                    filters=filters,
+                    page=args.page,
+                    settle_ms=int(args.settle * 1000),
                     record=_record_export(args.url, token, sink.kind, http),
                 )
                 access = res.access or {}
-                print(f"streamed {res.events} event(s) as {res.records} OCSF record(s) to "
-                      f"{sink.kind}; recorded as access event {access.get('index')}",
-                      file=sys.stderr)
+                print(
+                    f"streamed {res.events} event(s) as {res.records} OCSF record(s) to "
+                    f"{sink.kind}; recorded as access event {access.get('index')}",
+                    file=sys.stderr,
+                )
                 if not args.follow:
                     return EXIT_OK
                 time.sleep(args.interval)
@@ -505,17 +538,29 @@ def register(scim: Any) -> None:
     s.add_argument("--vkey", required=True, help="the log's verifier key")
     s.add_argument("--token-file", help="file holding the auditor token (else TLOG_TOKEN)")
     s.add_argument("--cursor", required=True, help="cursor file (created 0600; resumes runs)")
-    s.add_argument("--to", required=True, help="stdout | file:PATH | webhook:URL | hec:URL | "
-                   "syslog+udp://HOST:PORT | syslog+tcp://HOST:PORT")
+    s.add_argument(
+        "--to",
+        required=True,
+        help="stdout | file:PATH | webhook:URL | hec:URL | "
+        "syslog+udp://HOST:PORT | syslog+tcp://HOST:PORT",
+    )
     s.add_argument("--hec-token-file", help="Splunk HEC token file (else TLOG_HEC_TOKEN)")
     s.add_argument("--follow", action="store_true", help="keep polling for new events")
     s.add_argument("--interval", type=float, default=10.0, help="seconds between polls")
-    s.add_argument("--settle", type=float, default=2.0,
-                   help="leave events younger than this many seconds for the next run")
+    s.add_argument(
+        "--settle",
+        type=float,
+        default=2.0,
+        help="leave events younger than this many seconds for the next run",
+    )
     s.add_argument("--page", type=int, default=100, help="events per search page (1..100)")
     s.add_argument("--timeout", type=float, default=30.0, help="HTTP timeout in seconds")
-    s.add_argument("--retries", type=int, default=4,
-                   help="HTTP sinks: retries of a refused page, with backoff (default 4)")
+    s.add_argument(
+        "--retries",
+        type=int,
+        default=4,
+        help="HTTP sinks: retries of a refused page, with backoff (default 4)",
+    )
     for f in FILTERS:
         s.add_argument(f"--{f}", help=f"only events matching this {f}")
     s.set_defaults(run=cmd_stream)

@@ -2,7 +2,7 @@
 
 Subcommands::
 
-    tlog-witness keygen --name NAME --key FILE   # new cosignature key; prints the vkey
+    tlog-witness keygen --name NAME --key FILE [--alg ed25519|mldsa44]  # prints the vkey
     tlog-witness serve  --config FILE            # HTTP server + log polling + gossip
     tlog-witness check  --config FILE            # exit 0 iff no split-view evidence
     tlog-witness gossip --config FILE [--once]   # gossip round(s) with the peers
@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from types import FrameType
 
 from client.checkpoint import open_checkpoint
-from client.cosignature import CosignatureSigner
+from client.cosignature import AnyCosignatureSigner, CosignatureSigner, MLDSACosignatureSigner
 from client.merkle import VerificationError
 from client.note import FormatError
 from client.witness.config import ConfigError, KeyFileUnreadable, WitnessConfig
@@ -62,7 +62,11 @@ def _iso(ts: int) -> str:
 
 def cmd_keygen(args: argparse.Namespace) -> int:
     try:
-        signer = CosignatureSigner.generate(args.name)
+        signer: AnyCosignatureSigner = (
+            MLDSACosignatureSigner.generate(args.name)
+            if args.alg == "mldsa44"
+            else CosignatureSigner.generate(args.name)
+        )
     except FormatError as exc:
         _err(f"bad key name: {exc}")
         return EXIT_USAGE
@@ -92,7 +96,7 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 def _load(args: argparse.Namespace) -> tuple[WitnessConfig, Witness]:
     cfg = WitnessConfig.load(args.config)
     store = WitnessStore(cfg.state_db)
-    return cfg, Witness(cfg.signer(), cfg.logs, store)
+    return cfg, Witness(cfg.signer(), cfg.logs, store, extra_signers=cfg.extra_signers())
 
 
 def _monitor(cfg: WitnessConfig, witness: Witness) -> Monitor:
@@ -154,7 +158,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     store = WitnessStore(cfg.state_db)
     problems: list[str] = []
     try:
-        own = [cfg.signer().verifier()]
+        own = [cfg.signer().verifier(), *(s.verifier() for s in cfg.extra_signers())]
     except KeyFileUnreadable as exc:
         own = []
         problems.append(f"cannot read the witness key to verify our cosignatures: {exc}")
@@ -251,6 +255,13 @@ def _parser() -> argparse.ArgumentParser:
     k = sub.add_parser("keygen", help="create a cosignature key file and print its vkey")
     k.add_argument("--name", required=True, help="witness name (a scheme-less URL)")
     k.add_argument("--key", required=True, help="private key file to create (mode 0600)")
+    k.add_argument(
+        "--alg",
+        choices=("ed25519", "mldsa44"),
+        default="ed25519",
+        help="ed25519 (cosignature/v1, type 0x04; the key_file) or mldsa44 (ML-DSA-44, "
+        "type 0x06; the mldsa_key_file)",
+    )
     k.set_defaults(func=cmd_keygen)
 
     for name, func, helptext in (

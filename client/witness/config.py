@@ -2,6 +2,7 @@
 
     name = "witness.example.com/w1"   # cosigner name; must equal the key file's name
     key_file = "witness.key"          # PRIVATE+KEY+<name>+<id>+<b64(0x04||seed)>, mode 0600
+    mldsa_key_file = "witness-mldsa.key"  # optional: also cosign with ML-DSA-44 (0x06 seed)
     state_db = "witness.db"           # SQLite state (created if missing)
     listen = "127.0.0.1:7380"         # host:port for `serve` ("[::1]:7380" for IPv6)
     gossip_interval = 300             # optional, seconds between gossip rounds (default 300)
@@ -14,13 +15,13 @@
 
     [[log]]                           # one table per witnessed log
     origin = "scim-log.example.com/audit"
-    vkey = "scim-log.example.com/audit+d55b5a85+AQ..."   # Ed25519 (type 0x01) note key
+    vkey = "scim-log.example.com/audit+d55b5a85+AQ..."   # Ed25519 (0x01) or ML-DSA-44 (0x06)
     url = "https://scim-log.example.com/audit"            # optional: enables polling/proofs
     poll_interval = 60                                    # optional, seconds (default 60)
 
     [[peer]]                          # other witnesses to gossip with
     name = "w2"                       # label used in reports
-    vkey = "witness2.example.com+...+BA..."              # its cosignature (type 0x04) key
+    vkey = "witness2.example.com+...+BA..."              # its cosignature key (0x04 or 0x06)
     url = "https://witness2.example.com"                 # its monitoring prefix
 
 Relative paths are relative to the configuration file. Unknown keys are errors (a typo must
@@ -39,8 +40,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from client.cosignature import CosignatureSigner, CosignatureVerifier
-from client.note import Ed25519Verifier, FormatError
+from client.cosignature import (
+    CosignatureSigner,
+    MLDSACosignatureSigner,
+    MLDSACosignatureVerifier,
+    cosignature_verifier,
+)
+from client.note import ALG_ED25519, Ed25519Verifier, FormatError, Verifier, parse_vkey
 from client.witness.core import WitnessedLog
 from client.witness.monitor import Peer
 from client.witness.server import ServerLimits
@@ -61,6 +67,7 @@ class KeyFileUnreadable(ConfigError):
 _TOP = {
     "name",
     "key_file",
+    "mldsa_key_file",
     "state_db",
     "listen",
     "gossip_interval",
@@ -128,6 +135,13 @@ def _listen(value: str) -> tuple[str, int]:
     return host, port
 
 
+def _log_verifier(vkey: str) -> Verifier:
+    """A log's checkpoint key: Ed25519 note key (0x01) or ML-DSA-44 (0x06)."""
+    if parse_vkey(vkey)[2] == ALG_ED25519:
+        return Ed25519Verifier.from_vkey(vkey)
+    return MLDSACosignatureVerifier.from_vkey(vkey)
+
+
 def load_signer(path: Path) -> CosignatureSigner:
     """Read a cosignature key file; warn if others can read it."""
     try:
@@ -155,6 +169,7 @@ class WitnessConfig:
     missing_proof_rounds: int = 3
     http_timeout: float = 10.0
     limits: ServerLimits = field(default_factory=ServerLimits)
+    mldsa_key_file: Path | None = None
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> WitnessConfig:
@@ -194,7 +209,7 @@ class WitnessConfig:
         for where, t in _tables(doc, "log", _LOG):
             origin = _take(t, "origin", str, where)
             try:
-                verifier = Ed25519Verifier.from_vkey(_take(t, "vkey", str, where))
+                verifier = _log_verifier(_take(t, "vkey", str, where))
             except FormatError as exc:
                 raise ConfigError(f"{where}: vkey: {exc}") from None
             if verifier.name != origin:
@@ -213,7 +228,7 @@ class WitnessConfig:
         for where, t in _tables(doc, "peer", _PEER):
             pname = _take(t, "name", str, where)
             try:
-                pv = CosignatureVerifier.from_vkey(_take(t, "vkey", str, where))
+                pv = cosignature_verifier(_take(t, "vkey", str, where))
             except FormatError as exc:
                 raise ConfigError(f"{where}: vkey: {exc}") from None
             purl = _url(_take(t, "url", str, where), where)
@@ -231,18 +246,37 @@ class WitnessConfig:
             rounds,
             timeout,
             limits,
+            base / _take(doc, "mldsa_key_file", str, "config") if "mldsa_key_file" in doc else None,
         )
 
-    def signer(self) -> CosignatureSigner:
-        s = load_signer(self.key_file)
-        if s.name != self.name:
-            raise ConfigError(f"key file is for {s.name!r}, config name is {self.name!r}")
-        if any(p.verifier.public_key == s.public_key for p in self.peers):
+    def extra_signers(self) -> tuple[MLDSACosignatureSigner, ...]:
+        """The ML-DSA-44 cosigning key, if configured (same name and checks as the main key)."""
+        if self.mldsa_key_file is None:
+            return ()
+        try:
+            text = self.mldsa_key_file.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise KeyFileUnreadable(f"cannot read key file {self.mldsa_key_file}: {exc}") from None
+        try:
+            s = MLDSACosignatureSigner.from_skey(text)
+        except FormatError as exc:
+            raise ConfigError(f"key file {self.mldsa_key_file}: {exc}") from None
+        self._check_own_key(s.name, s.public_key)
+        return (s,)
+
+    def _check_own_key(self, name: str, public_key: bytes) -> None:
+        if name != self.name:
+            raise ConfigError(f"key file is for {name!r}, config name is {self.name!r}")
+        if any(p.verifier.public_key == public_key for p in self.peers):
             raise ConfigError("a peer has this witness's own key")
         for lg in self.logs:
-            if any(getattr(v, "public_key", None) == s.public_key for v in lg.verifiers):
+            if any(getattr(v, "public_key", None) == public_key for v in lg.verifiers):
                 raise ConfigError(
                     f"the witness key is log {lg.origin!r}'s own key (same private key); "
                     "generate a separate witness key with `tlog-witness keygen`"
                 )
+
+    def signer(self) -> CosignatureSigner:
+        s = load_signer(self.key_file)
+        self._check_own_key(s.name, s.public_key)
         return s

@@ -15,7 +15,8 @@ mapped to its status code by the exception it raises (the one place that decides
 8. a size-0 checkpoint whose root is not SHA-256("") ................................. 422
 9. ``old`` == 0 with a non-empty proof; a consistency proof that fails ................ 422
 
-Then it cosigns (cosignature/v1, timestamp from the injectable clock) and stores the
+Then it cosigns with each of its keys (cosignature/v1 Ed25519, and ML-DSA-44 ``subtree/v1``
+when configured; one timestamp from the injectable clock) and stores the
 checkpoint with only the verified log signature(s) and its own cosignature, through the
 store's compare-and-swap, *before* answering.
 
@@ -59,7 +60,12 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from client.checkpoint import Checkpoint
-from client.cosignature import CosignatureSigner, CosignatureVerifier
+from client.cosignature import (
+    AnyCosignatureSigner,
+    AnyCosignatureVerifier,
+    CosignatureSigner,
+    CosignatureVerifier,
+)
 from client.merkle import EMPTY_ROOT, VerificationError, verify_consistency
 from client.note import FormatError, Note, Signature, Verifier, b64encode, open_note, parse_note
 from client.witness.store import Evidence, StoredCheckpoint, WitnessStore
@@ -173,17 +179,23 @@ class Witness:
         store: WitnessStore,
         *,
         clock: Callable[[], float] = time.time,
+        extra_signers: Sequence[AnyCosignatureSigner] = (),
     ) -> None:
         logs = tuple(logs)
+        self.signers: tuple[AnyCosignatureSigner, ...] = (signer, *extra_signers)
         for lg in logs:
             for v in lg.verifiers:
-                if getattr(v, "public_key", None) == signer.public_key:
+                if any(getattr(v, "public_key", None) == s.public_key for s in self.signers):
                     raise ValueError(
                         f"the cosigning key is log {lg.origin!r}'s own key: a witness must "
                         "have a key of its own"
                     )
         self.signer = signer
         self.verifier: CosignatureVerifier = signer.verifier()
+        # Every key this witness cosigns with: Ed25519 first, then e.g. ML-DSA-44.
+        self.verifiers: tuple[AnyCosignatureVerifier, ...] = tuple(
+            s.verifier() for s in self.signers
+        )
         self.logs: Mapping[str, WitnessedLog] = {lg.origin: lg for lg in logs}
         self.store = store
         self._clock = clock
@@ -275,11 +287,12 @@ class Witness:
                 raise
             # Sign a re-encoding of what we parsed (Sunlight does the same): Checkpoint.parse
             # already insists on the canonical form, so this is the note text byte for byte.
-            cosig = self.signer.cosign(cp.text(), self.now())
-            new_note = Note(cp.text(), (*opened.verified, cosig)).format()
+            now = self.now()
+            cosigs = tuple(s.cosign(cp.text(), now) for s in self.signers)
+            new_note = Note(cp.text(), (*opened.verified, *cosigs)).format()
             expected = None if stored is None else (stored.size, stored.root_hash)
             if self.store.compare_and_swap(cp.origin, expected, cp.size, cp.root_hash, new_note):
-                return (cosig,)
+                return cosigs
             # Someone else committed in between: re-check against the new state (usually
             # a 409 now). The cosignature we made is dropped unseen.
         raise Unavailable("state is changing too fast; retry")

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import httpx
 
 from client.checkpoint import Checkpoint, open_checkpoint
-from client.cosignature import CosignatureVerifier
+from client.cosignature import AnyCosignatureVerifier
 from client.merkle import EMPTY_ROOT, HASH_SIZE, VerificationError, verify_consistency
 from client.note import FormatError, b64decode_strict, b64encode
 from client.witness.core import (
@@ -64,7 +64,7 @@ class Peer:
     """Another witness to gossip with: its name (for reports), type-0x04 key and URL."""
 
     name: str
-    verifier: CosignatureVerifier
+    verifier: AnyCosignatureVerifier
     url: str
 
 

@@ -55,13 +55,16 @@ def scim_asgi_app(token: str = SCIM_TOKEN) -> Any:
                 raise UnauthorizedException
 
     config = load_default_service_provider_config()
-    config.authentication_schemes = [*(config.authentication_schemes or []),
-                                     BEARER_TOKEN_SCHEME]
-    provider = ScimProvider.from_discovery(load_default_schemas().values(),
-                                           load_default_resource_types().values(),
-                                           config=config)
-    return BearerASGIApplication(AsyncInMemoryStorage(InMemoryStorage()), provider,
-                                 ScimService(provider, secret="x" * 32), {token})
+    config.authentication_schemes = [*(config.authentication_schemes or []), BEARER_TOKEN_SCHEME]
+    provider = ScimProvider.from_discovery(
+        load_default_schemas().values(), load_default_resource_types().values(), config=config
+    )
+    return BearerASGIApplication(
+        AsyncInMemoryStorage(InMemoryStorage()),
+        provider,
+        ScimService(provider, secret="x" * 32),
+        {token},
+    )
 
 
 def user(name: str, **extra: Any) -> dict[str, Any]:
@@ -91,8 +94,7 @@ class FakeLog:
             what = self.fail.popleft()
             if what == "down":
                 raise httpx.ConnectError("log down", request=request)
-            return httpx.Response(int(what), headers={"Retry-After": "0"},
-                                  json={"error": "canned"})
+            return httpx.Response(int(what), headers={"Retry-After": "0"}, json={"error": "canned"})
         assert request.url.path == "/v1/scim/events/batch"
         assert request.headers["authorization"].startswith("Bearer ")
         events = json.loads(request.content)["events"]
@@ -111,11 +113,11 @@ class FakeLog:
                     self.events.append(ev)
                 idx = self.by_eid[ev["eid"]]
                 lh = base64.b64encode(hashlib.sha256(ev["eid"].encode()).digest()).decode()
-                results.append({"eid": ev["eid"], "index": idx, "leaf_hash": lh,
-                                "duplicate": dup})
+                results.append({"eid": ev["eid"], "index": idx, "leaf_hash": lh, "duplicate": dup})
             size = len(self.events)
-        return httpx.Response(200, json={"tree_size": size, "checkpoint": f"fake\n{size}\n",
-                                         "results": results})
+        return httpx.Response(
+            200, json={"tree_size": size, "checkpoint": f"fake\n{size}\n", "results": results}
+        )
 
     def transport(self) -> httpx.MockTransport:
         return httpx.MockTransport(self)
@@ -133,8 +135,9 @@ class UvicornThread:
     def __init__(self, app: Any, port: int | None = None, **kw: Any) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        cfg = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                             lifespan="on", **kw)
+        cfg = uvicorn.Config(
+            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on", **kw
+        )
         self.server = uvicorn.Server(cfg)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
@@ -149,8 +152,7 @@ class UvicornThread:
         self.thread.join(15)
 
 
-def wait_http(url: str, proc: subprocess.Popen[bytes] | None = None, timeout: float = 20.0
-              ) -> None:
+def wait_http(url: str, proc: subprocess.Popen[bytes] | None = None, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -168,9 +170,20 @@ def start_scim2_server(tmp: Path, token: str = SCIM_TOKEN) -> tuple[subprocess.P
     port = free_port()
     exe = Path(sys.executable).with_name("scim2-server")
     out = open(tmp / f"scim2-server-{port}.log", "wb")
-    proc = subprocess.Popen([str(exe), "--hostname", "127.0.0.1", "--port", str(port),
-                             "--bearer-token", token, "--reverse-proxy"],
-                            stdout=out, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            str(exe),
+            "--hostname",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--bearer-token",
+            token,
+            "--reverse-proxy",
+        ],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+    )
     base = f"http://127.0.0.1:{port}/v2"
     try:
         wait_http(base + "/ServiceProviderConfig", proc)
@@ -180,9 +193,16 @@ def start_scim2_server(tmp: Path, token: str = SCIM_TOKEN) -> tuple[subprocess.P
     return proc, base
 
 
-def start_proxy(tmp: Path, upstream: str, log_url: str, token: str, tenant: str,
-                *extra: str, outbox: Path | None = None, port: int | None = None
-                ) -> tuple[subprocess.Popen[bytes], str]:
+def start_proxy(
+    tmp: Path,
+    upstream: str,
+    log_url: str,
+    token: str,
+    tenant: str,
+    *extra: str,
+    outbox: Path | None = None,
+    port: int | None = None,
+) -> tuple[subprocess.Popen[bytes], str]:
     """``tlog scim-proxy`` as a real process; returns it and the proxied SCIM base URL."""
     port = port or free_port()
     token_file = tmp / f"proxy-{port}.token"
@@ -190,12 +210,34 @@ def start_proxy(tmp: Path, upstream: str, log_url: str, token: str, tenant: str,
     out = open(tmp / f"proxy-{port}.log", "wb")
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tlog.cli", "scim-proxy", "--upstream", upstream,
-         "--log", log_url, "--token-file", str(token_file), "--tenant", tenant,
-         "--sp-id", "scim2-server", "--listen", f"127.0.0.1:{port}",
-         "--outbox", str(outbox or tmp / f"proxy-{port}.sqlite"), "--log-level", "warning",
-         *extra],
-        stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        [
+            sys.executable,
+            "-m",
+            "tlog.cli",
+            "scim-proxy",
+            "--upstream",
+            upstream,
+            "--log",
+            log_url,
+            "--token-file",
+            str(token_file),
+            "--tenant",
+            tenant,
+            "--sp-id",
+            "scim2-server",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--outbox",
+            str(outbox or tmp / f"proxy-{port}.sqlite"),
+            "--log-level",
+            "warning",
+            *extra,
+        ],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=ROOT,
+    )
     base = f"http://127.0.0.1:{port}" + httpx.URL(upstream).path.rstrip("/")
     try:
         wait_http(base + "/ServiceProviderConfig", proc)
@@ -226,8 +268,7 @@ class Write:
     tlog_status: str | None
 
 
-def run_tester(base_url: str, token: str = SCIM_TOKEN
-               ) -> tuple[list[tuple[str, str]], list[Write]]:
+def run_tester(base_url: str, token: str = SCIM_TOKEN) -> tuple[list[tuple[str, str]], list[Write]]:
     """Run the scim2-tester suite; return (title, status) per check and the writes it sent."""
     from httpx2 import Client
     from scim2_client.engines.httpx2 import SyncSCIMClient
@@ -237,16 +278,27 @@ def run_tester(base_url: str, token: str = SCIM_TOKEN
 
     def on_response(response: Any) -> None:
         req = response.request
-        if req.method in ("POST", "PUT", "PATCH", "DELETE") and not \
-                req.url.path.endswith("/.search"):
+        if req.method in ("POST", "PUT", "PATCH", "DELETE") and not req.url.path.endswith(
+            "/.search"
+        ):
             eids = response.headers.get("tlog-event-id", "")
-            writes.append(Write(req.method, req.url.path, hashlib.sha256(req.content).digest(),
-                                response.status_code, response.headers.get("x-request-id"),
-                                [e.strip() for e in eids.split(",") if e.strip()],
-                                response.headers.get("tlog-status")))
+            writes.append(
+                Write(
+                    req.method,
+                    req.url.path,
+                    hashlib.sha256(req.content).digest(),
+                    response.status_code,
+                    response.headers.get("x-request-id"),
+                    [e.strip() for e in eids.split(",") if e.strip()],
+                    response.headers.get("tlog-status"),
+                )
+            )
 
-    with Client(base_url=base_url, headers={"Authorization": f"Bearer {token}"},
-                event_hooks={"response": [on_response]}) as http:
+    with Client(
+        base_url=base_url,
+        headers={"Authorization": f"Bearer {token}"},
+        event_hooks={"response": [on_response]},
+    ) as http:
         client = SyncSCIMClient(http)
         client.discover()
         results = check_server(client)

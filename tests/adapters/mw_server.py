@@ -1,6 +1,6 @@
 """scim2-server's ASGI app wrapped in the audit middleware, served by uvicorn (a test process).
 
-    python -m tests.adapters.mw_server --port P --log URL --token-file F --tenant T --outbox DB
+python -m tests.adapters.mw_server --port P --log URL --token-file F --tenant T --outbox DB
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ def main() -> None:
     a = p.parse_args()
     outbox = Outbox(a.outbox)
     relay = Relay(outbox, a.log, a.token_file.read_text().strip())
-    config = AuditConfig(tenant=a.tenant, sp_id="scim2-server-asgi",
-                         receipt_timeout=a.receipt_timeout)
+    config = AuditConfig(
+        tenant=a.tenant, sp_id="scim2-server-asgi", receipt_timeout=a.receipt_timeout
+    )
     app = AuditMiddleware(scim_asgi_app(SCIM_TOKEN), config, outbox, relay, own=True)
     uvicorn.run(app, host="127.0.0.1", port=a.port, log_level="warning", lifespan="on")
 

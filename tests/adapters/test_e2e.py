@@ -61,9 +61,26 @@ AUTH = {"Authorization": f"Bearer {SCIM_TOKEN}"}
 
 
 def tlog_token(data: Path, role: str, tenant: str) -> str:
-    out = subprocess.run([sys.executable, "-m", "tlog.cli", "token", "create", "--role", role,
-                          "--tenant", tenant, "--data", str(data)],
-                         capture_output=True, text=True, cwd=ROOT, timeout=60, check=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tlog.cli",
+            "token",
+            "create",
+            "--role",
+            role,
+            "--tenant",
+            tenant,
+            "--data",
+            str(data),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        check=True,
+    )
     return out.stdout.strip()
 
 
@@ -78,8 +95,10 @@ class Log:
 
     def tokens(self, tenant: str) -> tuple[str, str]:
         """(submitter, auditor) tokens bound to ``tenant``."""
-        return (tlog_token(self.srv.data, "submitter", tenant),
-                tlog_token(self.srv.data, "auditor", tenant))
+        return (
+            tlog_token(self.srv.data, "submitter", tenant),
+            tlog_token(self.srv.data, "auditor", tenant),
+        )
 
     def restart(self) -> None:
         self.srv = start_server(self.srv.data, self.srv.port)
@@ -100,8 +119,9 @@ def audit_read(log: Log, auditor: str) -> list[dict[str, Any]]:
     verifier = Ed25519Verifier.from_vkey(log.vkey)
     out: list[dict[str, Any]] = []
     cursor = None
-    with httpx.Client(base_url=log.url, headers={"Authorization": f"Bearer {auditor}"},
-                      timeout=30) as c:
+    with httpx.Client(
+        base_url=log.url, headers={"Authorization": f"Bearer {auditor}"}, timeout=30
+    ) as c:
         while True:
             params = {"limit": "100", **({"cursor": cursor} if cursor else {})}
             r = c.get("/v1/scim/events", params=params)
@@ -113,9 +133,13 @@ def audit_read(log: Log, auditor: str) -> list[dict[str, Any]]:
                 lh = base64.b64decode(res["leaf_hash"])
                 assert leaf_hash(leaf) == lh
                 assert res["tree_size"] == cp.size
-                verify_inclusion(res["index"], cp.size, lh,
-                                 [base64.b64decode(h) for h in res["inclusion_proof"]],
-                                 cp.root_hash)
+                verify_inclusion(
+                    res["index"],
+                    cp.size,
+                    lh,
+                    [base64.b64decode(h) for h in res["inclusion_proof"]],
+                    cp.root_hash,
+                )
                 ev = event_from_json(json.dumps(res["event"]))
                 verify_commitment(leaf, ev, base64.b64decode(res["nonce"]))
                 if not ev["rt"].startswith("tlog."):  # the log's own access events
@@ -160,10 +184,25 @@ def test_compliance_identical_and_every_write_logged(tmp_path: Path, log: Log) -
         port = free_port()
         (tmp_path / "mw.token").write_text(sub_m)
         mw = subprocess.Popen(
-            [sys.executable, "-m", "tests.adapters.mw_server", "--port", str(port), "--log",
-             log.url, "--token-file", str(tmp_path / "mw.token"), "--tenant", "acme-mw",
-             "--outbox", str(tmp_path / "mw.sqlite")],
-            cwd=ROOT, stdout=open(tmp_path / "mw.log", "wb"), stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "tests.adapters.mw_server",
+                "--port",
+                str(port),
+                "--log",
+                log.url,
+                "--token-file",
+                str(tmp_path / "mw.token"),
+                "--tenant",
+                "acme-mw",
+                "--outbox",
+                str(tmp_path / "mw.sqlite"),
+            ],
+            cwd=ROOT,
+            stdout=open(tmp_path / "mw.log", "wb"),
+            stderr=subprocess.STDOUT,
+        )
         procs.append(mw)
         base_mw = f"http://127.0.0.1:{port}/v2"
         wait_http(base_mw + "/ServiceProviderConfig", mw)
@@ -176,10 +215,15 @@ def test_compliance_identical_and_every_write_logged(tmp_path: Path, log: Log) -
         wrapped, mw_writes = run_tester(base_mw)
         t3 = time.monotonic()
         print(f"tester runs: plain {t1 - t0:.1f}s proxy {t2 - t1:.1f}s middleware {t3 - t2:.1f}s")
-        for name, res, w in (("plain", plain, plain_writes), ("proxy", proxied, proxy_writes),
-                             ("middleware", wrapped, mw_writes)):
-            print(f"{name}: {len(res)} checks {status_counts(res)}, {len(w)} writes "
-                  f"{dict(Counter(x.status for x in w))}")
+        for name, res, w in (
+            ("plain", plain, plain_writes),
+            ("proxy", proxied, proxy_writes),
+            ("middleware", wrapped, mw_writes),
+        ):
+            print(
+                f"{name}: {len(res)} checks {status_counts(res)}, {len(w)} writes "
+                f"{dict(Counter(x.status for x in w))}"
+            )
 
         assert sorted(plain) == sorted(proxied) == sorted(wrapped)
         assert status_counts(plain) == {"SUCCESS": len(plain)}
@@ -226,8 +270,15 @@ class Writer(threading.Thread):
                     if r.status_code != 201:
                         continue
                     uid = r.json()["id"]
-                    self.note(c.patch(f"/Users/{uid}", json={"schemas": [PATCH], "Operations": [
-                        {"op": "replace", "path": "active", "value": False}]}))
+                    self.note(
+                        c.patch(
+                            f"/Users/{uid}",
+                            json={
+                                "schemas": [PATCH],
+                                "Operations": [{"op": "replace", "path": "active", "value": False}],
+                            },
+                        )
+                    )
                     if self.n % 3 == 0:
                         self.note(c.delete(f"/Users/{uid}"))
                 except httpx.HTTPError:
@@ -239,19 +290,28 @@ def test_log_down_proxy_killed_nothing_lost_no_duplicates(tmp_path: Path, log: L
     submitter, auditor = log.tokens("acme-outage")
     sp, upstream = start_scim2_server(tmp_path)
     outbox = tmp_path / "outage-outbox.sqlite"
-    proxy, base = start_proxy(tmp_path, upstream, log.url, submitter, "acme-outage",
-                              outbox=outbox)
+    proxy, base = start_proxy(tmp_path, upstream, log.url, submitter, "acme-outage", outbox=outbox)
     port = httpx.URL(base).port
     writer = Writer(base)
     try:
         # Bulk through the proxy first: one event per operation, the unrun one included.
-        bulk = {"schemas": [BULK], "failOnErrors": 1, "Operations": [
-            {"method": "POST", "path": "/Users", "bulkId": "a", "data": user("bulk-a")},
-            {"method": "PATCH", "path": "/Users/bulkId:a", "data": {
-                "schemas": [PATCH], "Operations": [{"op": "replace", "path": "active",
-                                                    "value": False}]}},
-            {"method": "DELETE", "path": "/Users/no-such-user"},
-            {"method": "DELETE", "path": "/Users/bulkId:a"}]}
+        bulk = {
+            "schemas": [BULK],
+            "failOnErrors": 1,
+            "Operations": [
+                {"method": "POST", "path": "/Users", "bulkId": "a", "data": user("bulk-a")},
+                {
+                    "method": "PATCH",
+                    "path": "/Users/bulkId:a",
+                    "data": {
+                        "schemas": [PATCH],
+                        "Operations": [{"op": "replace", "path": "active", "value": False}],
+                    },
+                },
+                {"method": "DELETE", "path": "/Users/no-such-user"},
+                {"method": "DELETE", "path": "/Users/bulkId:a"},
+            ],
+        }
         r = httpx.post(base + "/Bulk", json=bulk, headers={**AUTH, "X-Request-Id": "bulk-e2e"})
         assert r.status_code == 200 and r.headers["tlog-event-count"] == "4"
         writer.start()
@@ -261,8 +321,9 @@ def test_log_down_proxy_killed_nothing_lost_no_duplicates(tmp_path: Path, log: L
         proxy.send_signal(signal.SIGKILL)  # a crash with a backlog in the outbox
         proxy.wait()
         time.sleep(0.3)
-        proxy, _ = start_proxy(tmp_path, upstream, log.url, submitter, "acme-outage",
-                               outbox=outbox, port=port)
+        proxy, _ = start_proxy(
+            tmp_path, upstream, log.url, submitter, "acme-outage", outbox=outbox, port=port
+        )
         time.sleep(1.0)
         log.restart()
         time.sleep(1.0)
@@ -284,11 +345,15 @@ def test_log_down_proxy_killed_nothing_lost_no_duplicates(tmp_path: Path, log: L
         assert max(eids.values()) == 1  # and nothing was logged twice
         # Events without an answer can only come from requests in flight at the SIGKILL.
         assert len(eids) - len(sent) - 4 <= writer.errors
-        bulk_events = sorted((e for e in events if e["corr"]["req"] == "bulk-e2e"),
-                             key=lambda e: e["corr"]["seq"])
+        bulk_events = sorted(
+            (e for e in events if e["corr"]["req"] == "bulk-e2e"), key=lambda e: e["corr"]["seq"]
+        )
         assert [(e["op"], e["outcome"]) for e in bulk_events] == [
-            ("create", "success"), ("patch", "success"), ("delete", "skipped"),
-            ("delete", "skipped")]
+            ("create", "success"),
+            ("patch", "success"),
+            ("delete", "skipped"),
+            ("delete", "skipped"),
+        ]
         assert bulk_events[1]["rid"] == bulk_events[0]["rid"] == bulk_events[3]["rid"]
         assert bulk_events[3]["err"]["code"] == "not_processed"
         assert all(e["corr"]["bulk_req"] == "bulk-e2e" for e in bulk_events)
@@ -301,8 +366,17 @@ def test_log_down_proxy_killed_nothing_lost_no_duplicates(tmp_path: Path, log: L
 def test_fail_closed_when_the_outbox_is_full(tmp_path: Path, log: Log) -> None:
     submitter, auditor = log.tokens("acme-full")
     sp, upstream = start_scim2_server(tmp_path)
-    proxy, base = start_proxy(tmp_path, upstream, log.url, submitter, "acme-full",
-                              "--outbox-max-mb", "0.01", "--receipt-timeout", "5")
+    proxy, base = start_proxy(
+        tmp_path,
+        upstream,
+        log.url,
+        submitter,
+        "acme-full",
+        "--outbox-max-mb",
+        "0.01",
+        "--receipt-timeout",
+        "5",
+    )
     try:
         # While the log is up, the answer carries the receipt, which checks out against the log.
         r = httpx.post(base + "/Users", json=user("receipted"), headers=AUTH)
@@ -311,10 +385,16 @@ def test_fail_closed_when_the_outbox_is_full(tmp_path: Path, log: Log) -> None:
         cp, _ = open_checkpoint(base64.b64decode(r.headers["tlog-checkpoint"]), [verifier])
         index, size = int(r.headers["tlog-index"]), int(r.headers["tlog-tree-size"])
         assert cp.size == size > index
-        proof = httpx.get(log.url + "/v1/proof/inclusion",
-                          params={"index": index, "tree_size": size}).json()
-        verify_inclusion(index, size, base64.b64decode(r.headers["tlog-leaf-hash"]),
-                         [base64.b64decode(h) for h in proof["inclusion_proof"]], cp.root_hash)
+        proof = httpx.get(
+            log.url + "/v1/proof/inclusion", params={"index": index, "tree_size": size}
+        ).json()
+        verify_inclusion(
+            index,
+            size,
+            base64.b64decode(r.headers["tlog-leaf-hash"]),
+            [base64.b64decode(h) for h in proof["inclusion_proof"]],
+            cp.root_hash,
+        )
         log.srv.stop()  # nothing drains the outbox and direct delivery fails too
         codes = []
         with httpx.Client(base_url=base, headers=AUTH, timeout=10) as c:
@@ -338,8 +418,11 @@ def test_fail_closed_when_the_outbox_is_full(tmp_path: Path, log: Log) -> None:
             assert r.status_code == 503 and "not applied" in r.json()["detail"]
             assert not exists("refused")  # refused before reaching the SP
             log.restart()  # the backlog drains, the outbox has room again
-            assert sleep_until(lambda: c.post("/Users", json=user(f"again-{time.time()}"))
-                               .status_code == 201, 20, 0.3)
+            assert sleep_until(
+                lambda: c.post("/Users", json=user(f"again-{time.time()}")).status_code == 201,
+                20,
+                0.3,
+            )
         assert sleep_until(lambda: len(audit_read(log, auditor)) >= last + 2, 20, 0.3)
         events = audit_read(log, auditor)
         names = Counter(e["outcome"] for e in events)

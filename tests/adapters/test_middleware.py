@@ -46,8 +46,15 @@ def make_rig(tmp_path: Path, **cfg: Any) -> Iterator[Rig]:
     log = FakeLog()
     max_bytes = cfg.pop("max_bytes", None)
     outbox = Outbox(tmp_path / "outbox.sqlite", max_bytes=max_bytes)
-    relay = Relay(outbox, "http://log.test", "tok", transport=log.transport(),
-                  backoff_min=0.01, backoff_max=0.05, idle=0.05)
+    relay = Relay(
+        outbox,
+        "http://log.test",
+        "tok",
+        transport=log.transport(),
+        backoff_min=0.01,
+        backoff_max=0.05,
+        idle=0.05,
+    )
     access: list[dict[str, Any]] = []
     config = AuditConfig(tenant="t1", sp_id="sp1", on_access=access.append, **cfg)
     mw = AuditMiddleware(scim_asgi_app(), config, outbox, relay, own=True)
@@ -65,15 +72,24 @@ def test_create_patch_replace_delete(rig: Rig) -> None:
     c = rig.client
     body = json.dumps(user("alice", externalId="ext-1", password="hunter2")).encode()
     trace = "00-" + "a" * 32 + "-" + "b" * 16 + "-01"
-    r = c.post("/v2/Users", content=body, headers={
-        **AUTH, "Content-Type": "application/scim+json", "X-Request-Id": "req-create-1",
-        "traceparent": trace})
+    r = c.post(
+        "/v2/Users",
+        content=body,
+        headers={
+            **AUTH,
+            "Content-Type": "application/scim+json",
+            "X-Request-Id": "req-create-1",
+            "traceparent": trace,
+        },
+    )
     assert r.status_code == 201
     assert r.headers["x-request-id"] == "req-create-1"
     assert r.headers["tlog-status"] in ("queued", "logged")
     uid, etag = r.json()["id"], r.headers["etag"]
-    patch = {"schemas": [PATCH], "Operations": [{"op": "Replace", "path": "active",
-                                                  "value": "False"}]}
+    patch = {
+        "schemas": [PATCH],
+        "Operations": [{"op": "Replace", "path": "active", "value": "False"}],
+    }
     r = c.patch(f"/v2/Users/{uid}", json=patch, headers={**AUTH, "If-Match": etag})
     assert r.status_code == 204
     etag2 = r.headers["etag"]
@@ -86,11 +102,17 @@ def test_create_patch_replace_delete(rig: Rig) -> None:
     assert create["op"] == "create" and create["rt"] == "User" and create["rid"] == uid
     assert create["outcome"] == "success" and create["res"]["st"] == 201
     assert create["xid"] == "ext-1" and create["ver"]["post"] == etag
-    assert create["req"] == {"m": "POST", "p": "/Users", "dig": hashlib.sha256(body).digest(),
-                             "len": len(body)}
+    assert create["req"] == {
+        "m": "POST",
+        "p": "/Users",
+        "dig": hashlib.sha256(body).digest(),
+        "len": len(body),
+    }
     assert create["corr"] == {"req": "req-create-1", "trace": trace}
-    assert create["actor"] == {"kind": "bearer",
-                               "tok_d": hashlib.sha256(SCIM_TOKEN.encode()).digest()}
+    assert create["actor"] == {
+        "kind": "bearer",
+        "tok_d": hashlib.sha256(SCIM_TOKEN.encode()).digest(),
+    }
     assert create["intent"] is True
     assert [a["a"] for a in create["acts"]] == ["user.create"]
     text = event_to_json(create)
@@ -114,11 +136,15 @@ def test_create_patch_replace_delete(rig: Rig) -> None:
 def test_request_id_is_generated_echoed_and_reads_are_not_events(rig: Rig) -> None:
     r = rig.client.get("/v2/Users", headers=AUTH)
     assert r.status_code == 200 and r.headers["x-request-id"]
-    r = rig.client.post("/v2/Users/.search", json={"schemas": [
-        "urn:ietf:params:scim:api:messages:2.0:SearchRequest"]}, headers=AUTH)
+    r = rig.client.post(
+        "/v2/Users/.search",
+        json={"schemas": ["urn:ietf:params:scim:api:messages:2.0:SearchRequest"]},
+        headers=AUTH,
+    )
     assert r.status_code == 200 and "tlog-status" not in r.headers
-    r = rig.client.post("/v2/Users", json=user("bob"),
-                        headers={**AUTH, "X-Request-Id": "bad id\x01"})
+    r = rig.client.post(
+        "/v2/Users", json=user("bob"), headers={**AUTH, "X-Request-Id": "bad id\x01"}
+    )
     rid = r.headers["x-request-id"]
     assert rid != "bad id\x01" and len(rid) == 36
     (ev,) = rig.events(1)
@@ -133,13 +159,17 @@ def test_failures_are_events_routing_and_auth_are_not(rig: Rig) -> None:
     r = c.post("/v2/Users", json=user("carol"), headers=AUTH)
     uid = r.json()["id"]
     assert c.post("/v2/Users", json=user("carol"), headers=AUTH).status_code == 409
-    stale = c.patch(f"/v2/Users/{uid}", headers={**AUTH, "If-Match": 'W/"999"'},
-                    json={"schemas": [PATCH], "Operations": [{"op": "add", "path": "title",
-                                                              "value": "x"}]})
+    stale = c.patch(
+        f"/v2/Users/{uid}",
+        headers={**AUTH, "If-Match": 'W/"999"'},
+        json={"schemas": [PATCH], "Operations": [{"op": "add", "path": "title", "value": "x"}]},
+    )
     assert stale.status_code == 412
     # Not provisioning events: bad token, discovery endpoint, unknown endpoint, no id.
-    assert c.post("/v2/Users", json=user("eve"), headers={
-        "Authorization": "Bearer wrong"}).status_code == 401
+    assert (
+        c.post("/v2/Users", json=user("eve"), headers={"Authorization": "Bearer wrong"}).status_code
+        == 401
+    )
     assert c.post("/v2/Schemas", json={}, headers=AUTH).status_code == 405
     assert c.post("/v2/Nope", json={}, headers=AUTH).status_code == 404
     assert c.delete("/v2/Users", headers=AUTH).status_code in (404, 405)
@@ -161,20 +191,39 @@ def test_failures_are_events_routing_and_auth_are_not(rig: Rig) -> None:
 
 
 def test_bulk_one_event_per_operation(rig: Rig) -> None:
-    bulk = {"schemas": [BULK], "failOnErrors": 1, "Operations": [
-        {"method": "POST", "path": "/Users", "bulkId": "u1", "data": user("dave")},
-        {"method": "POST", "path": "/Groups", "bulkId": "g1",
-         "data": {"schemas": [GROUP], "displayName": "admins",
-                  "members": [{"value": "bulkId:u1"}]}},
-        {"method": "PATCH", "path": "/Users/bulkId:u1",
-         "data": {"schemas": [PATCH], "Operations": [{"op": "replace", "path": "active",
-                                                      "value": False}]}},
-        {"method": "DELETE", "path": "/Users/missing-user"},
-        {"method": "DELETE", "path": "/Groups/bulkId:g1"},
-    ]}
+    bulk = {
+        "schemas": [BULK],
+        "failOnErrors": 1,
+        "Operations": [
+            {"method": "POST", "path": "/Users", "bulkId": "u1", "data": user("dave")},
+            {
+                "method": "POST",
+                "path": "/Groups",
+                "bulkId": "g1",
+                "data": {
+                    "schemas": [GROUP],
+                    "displayName": "admins",
+                    "members": [{"value": "bulkId:u1"}],
+                },
+            },
+            {
+                "method": "PATCH",
+                "path": "/Users/bulkId:u1",
+                "data": {
+                    "schemas": [PATCH],
+                    "Operations": [{"op": "replace", "path": "active", "value": False}],
+                },
+            },
+            {"method": "DELETE", "path": "/Users/missing-user"},
+            {"method": "DELETE", "path": "/Groups/bulkId:g1"},
+        ],
+    }
     body = json.dumps(bulk).encode()
-    r = rig.client.post("/v2/Bulk", content=body, headers={**AUTH, "X-Request-Id": "bulk-1",
-                                                           "Content-Type": "application/scim+json"})
+    r = rig.client.post(
+        "/v2/Bulk",
+        content=body,
+        headers={**AUTH, "X-Request-Id": "bulk-1", "Content-Type": "application/scim+json"},
+    )
     assert r.status_code == 200
     statuses = [o["status"] for o in r.json()["Operations"]]
     assert statuses == ["201", "201", "200", "404"]  # failOnErrors: the last never ran
@@ -235,14 +284,16 @@ def test_fail_closed_when_the_outbox_cannot_be_written(tmp_path: Path) -> None:
         assert "tlog-event-id" not in r.headers and "location" not in r.headers
         n_ok = len(codes) - 1
         # The SP had applied that change (documented limit): the user exists.
-        found = rig.client.get("/v2/Users", params={"filter": f'userName eq "u{n_ok}"'},
-                               headers=AUTH).json()
+        found = rig.client.get(
+            "/v2/Users", params={"filter": f'userName eq "u{n_ok}"'}, headers=AUTH
+        ).json()
         assert found["totalResults"] == 1
         # Further writes are refused *before* the SP sees them while the outbox is broken.
         r = rig.client.post("/v2/Users", json=user("refused"), headers=AUTH)
         assert r.status_code == 503 and "not applied" in r.json()["detail"]
-        found = rig.client.get("/v2/Users", params={"filter": 'userName eq "refused"'},
-                               headers=AUTH).json()
+        found = rig.client.get(
+            "/v2/Users", params={"filter": 'userName eq "refused"'}, headers=AUTH
+        ).json()
         assert found["totalResults"] == 0
         assert rig.mw.stats["refused"] == 1
         # The log comes back: the outbox drains, the probe passes, writes flow again.
@@ -282,8 +333,11 @@ def test_fail_open_passes_through(tmp_path: Path) -> None:
 
 
 def test_event_json_matches_the_core_mapping(rig: Rig) -> None:
-    rig.client.post("/v2/Users", json=user("ivy", password="pw", emails=[
-        {"value": "ivy@example.com", "primary": True}]), headers=AUTH)
+    rig.client.post(
+        "/v2/Users",
+        json=user("ivy", password="pw", emails=[{"value": "ivy@example.com", "primary": True}]),
+        headers=AUTH,
+    )
     (ev,) = rig.events(1)
     assert event_json(ev) == event_to_json(ev)
 
@@ -303,7 +357,8 @@ def test_bulk_refused_as_a_whole(rig: Rig) -> None:
     assert r.headers["tlog-event-count"] == "1001" and "tlog-event-id" not in r.headers
     evs = rig.events(1001)
     assert {(e["outcome"], e["res"]["st"], e["err"]["code"]) for e in evs} == {
-        ("failure", 413, "413")}
+        ("failure", 413, "413")
+    }
     assert [e["corr"]["seq"] for e in evs] == list(range(1001))
     # Not a bulk body at all: the access stream, not the log.
     r = rig.client.post("/v2/Bulk", content=b"not json", headers=AUTH)

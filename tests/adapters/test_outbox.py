@@ -16,8 +16,7 @@ def rec(i: int, size: int = 10) -> OutboxRecord:
 
 
 def receipt(eid: str, index: int) -> Receipt:
-    return Receipt(eid=eid, index=index, leaf_hash="AAAA", tree_size=index + 1,
-                   checkpoint="cp\n")
+    return Receipt(eid=eid, index=index, leaf_hash="AAAA", tree_size=index + 1, checkpoint="cp\n")
 
 
 def test_add_is_durable_and_ordered(tmp_path: Path) -> None:
@@ -46,6 +45,7 @@ def test_same_eid_twice_is_one_row(tmp_path: Path) -> None:
 
 def test_group_commit_from_many_threads(tmp_path: Path) -> None:
     with Outbox(tmp_path / "o.sqlite") as ob:
+
         def work(t: int) -> None:
             for i in range(50):
                 ob.put([rec(t * 1000 + i)])

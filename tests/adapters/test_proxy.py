@@ -37,7 +37,8 @@ class RawUpstream:
         def run() -> None:
             asyncio.set_event_loop(self.loop)
             self.server = self.loop.run_until_complete(
-                asyncio.start_server(self.handle, "127.0.0.1", self.port))
+                asyncio.start_server(self.handle, "127.0.0.1", self.port)
+            )
             ready.set()
             self.loop.run_forever()
 
@@ -71,8 +72,9 @@ class RawUpstream:
                 size = next((int(v) for k, v in headers if k.lower() == "content-length"), 0)
                 body = await r.readexactly(size) if size else b""
                 n_on_conn += 1
-                self.seen.append({"method": method, "target": target, "headers": headers,
-                                  "body": body})
+                self.seen.append(
+                    {"method": method, "target": target, "headers": headers, "body": body}
+                )
                 path = target.split("?")[0]
                 if path == "/v2/drop-second" and n_on_conn == 2:
                     w.close()  # an idle connection the server had given up on
@@ -90,15 +92,21 @@ class RawUpstream:
     @staticmethod
     def answer(method: str, path: str, body: bytes) -> bytes:
         if path == "/v2/chunked":
-            return (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
-                    b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+            return (
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+            )
         if path == "/v2/gzip":
-            return (b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Type: "
-                    b"application/json\r\nContent-Length: %d\r\n\r\n" % len(GZ) + GZ)
+            return (
+                b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Type: "
+                b"application/json\r\nContent-Length: %d\r\n\r\n" % len(GZ) + GZ
+            )
         payload = json.dumps({"m": method, "len": len(body)}).encode()
-        head = (b"HTTP/1.1 201 Created\r\nX-Dup: a\r\nx-dup: b\r\nSet-Cookie: s=1\r\n"
-                b"ETag: W/\"7\"\r\nContent-Type: application/scim+json\r\nKeep-Alive: timeout=5\r\n"
-                b"Content-Length: %d\r\n\r\n" % len(payload))
+        head = (
+            b"HTTP/1.1 201 Created\r\nX-Dup: a\r\nx-dup: b\r\nSet-Cookie: s=1\r\n"
+            b'ETag: W/"7"\r\nContent-Type: application/scim+json\r\nKeep-Alive: timeout=5\r\n'
+            b"Content-Length: %d\r\n\r\n" % len(payload)
+        )
         return head + (b"" if method == "HEAD" else payload)
 
 
@@ -117,13 +125,22 @@ def proxy(upstream: RawUpstream) -> Iterator[UvicornThread]:
     srv.stop()
 
 
-def test_request_and_response_bytes_pass_unchanged(proxy: UvicornThread,
-                                                   upstream: RawUpstream) -> None:
+def test_request_and_response_bytes_pass_unchanged(
+    proxy: UvicornThread, upstream: RawUpstream
+) -> None:
     body = b'{"schemas": ["x"],   "userName": "\xc3\xa9t\xc3\xa9"}'  # odd spacing, UTF-8
     with httpx.Client(base_url=proxy.url) as c:
-        r = c.post("/v2/Users?attributes=userName&x=%2F", content=body,
-                   headers=[("Authorization", "Bearer t"), ("X-Multi", "1"), ("X-Multi", "2"),
-                            ("Connection", "keep-alive, X-Hop"), ("X-Hop", "drop me")])
+        r = c.post(
+            "/v2/Users?attributes=userName&x=%2F",
+            content=body,
+            headers=[
+                ("Authorization", "Bearer t"),
+                ("X-Multi", "1"),
+                ("X-Multi", "2"),
+                ("Connection", "keep-alive, X-Hop"),
+                ("X-Hop", "drop me"),
+            ],
+        )
     assert r.status_code == 201
     got = upstream.seen[-1]
     assert got["method"] == "POST" and got["body"] == body
@@ -157,8 +174,9 @@ def test_chunked_gzip_head_and_keep_alive(proxy: UvicornThread, upstream: RawUps
         assert upstream.connections - before <= 1  # one pooled upstream connection
 
 
-def test_stale_pooled_connection_is_retried_once(proxy: UvicornThread,
-                                                 upstream: RawUpstream) -> None:
+def test_stale_pooled_connection_is_retried_once(
+    proxy: UvicornThread, upstream: RawUpstream
+) -> None:
     with httpx.Client(base_url=proxy.url) as c:
         assert c.get("/v2/drop-second").status_code == 201
         r = c.post("/v2/drop-second", content=b"{}")  # the pooled connection dies unanswered
@@ -181,27 +199,39 @@ def test_upstream_errors_are_scim_errors(upstream: RawUpstream, proxy: UvicornTh
         assert r.status_code == 502 and "cannot be reached" in r.json()["detail"]
 
 
-def test_proxy_app_records_writes_and_passes_reads(upstream: RawUpstream,
-                                                   tmp_path: Path) -> None:
+def test_proxy_app_records_writes_and_passes_reads(upstream: RawUpstream, tmp_path: Path) -> None:
     log = FakeLog()
-    app = build_proxy(ProxySettings(upstream=f"http://127.0.0.1:{upstream.port}/v2",
-                                    log_url="http://log.test", token="tok", tenant="t1",
-                                    sp_id="raw", outbox=tmp_path / "o.sqlite"),
-                      log_transport=log.transport())
+    app = build_proxy(
+        ProxySettings(
+            upstream=f"http://127.0.0.1:{upstream.port}/v2",
+            log_url="http://log.test",
+            token="tok",
+            tenant="t1",
+            sp_id="raw",
+            outbox=tmp_path / "o.sqlite",
+        ),
+        log_transport=log.transport(),
+    )
     srv = UvicornThread(app, server_header=False, date_header=False)
     try:
         with httpx.Client(base_url=srv.url) as c:
             r = c.get("/v2/Users/abc")
             assert "tlog-status" not in r.headers and r.headers["x-request-id"]
-            r = c.put("/v2/Users/abc", content=b'{"userName": "x"}',
-                      headers={"X-Request-Id": "put-1", "If-Match": 'W/"6"'})
+            r = c.put(
+                "/v2/Users/abc",
+                content=b'{"userName": "x"}',
+                headers={"X-Request-Id": "put-1", "If-Match": 'W/"6"'},
+            )
             assert r.status_code == 201 and r.headers["tlog-status"] == "queued"
             assert r.headers["x-request-id"] == "put-1"
         assert ("x-request-id", "put-1") in upstream.seen[-1]["headers"]
         assert sleep_until(lambda: len(log.events) == 1, 10)
         ev = log.events[0]
-        assert (ev["op"], ev["rid"], ev["ver"]) == ("replace", "abc",
-                                                    {"pre": 'W/"6"', "post": 'W/"7"'})
+        assert (ev["op"], ev["rid"], ev["ver"]) == (
+            "replace",
+            "abc",
+            {"pre": 'W/"6"', "post": 'W/"7"'},
+        )
         # The generated request id of the GET was passed to the upstream too.
         assert any(k.lower() == "x-request-id" for k, _ in upstream.seen[0]["headers"])
     finally:

@@ -15,10 +15,18 @@ from .helpers import FakeLog, sleep_until
 
 
 def event_record(i: int) -> OutboxRecord:
-    ev = new_event(tenant="t1", sp="sp", op="delete", rt="User", rid=f"u{i}",
-                   actor={"kind": "anonymous"}, corr=f"req-{i}",
-                   req={"m": "DELETE", "p": f"/Users/u{i}", "dig": b"\0" * 32, "len": 0},
-                   res=204, outcome="success")
+    ev = new_event(
+        tenant="t1",
+        sp="sp",
+        op="delete",
+        rt="User",
+        rid=f"u{i}",
+        actor={"kind": "anonymous"},
+        corr=f"req-{i}",
+        req={"m": "DELETE", "p": f"/Users/u{i}", "dig": b"\0" * 32, "len": 0},
+        res=204,
+        outcome="success",
+    )
     return OutboxRecord(ev["eid"], f"req-{i}", event_to_json(ev))
 
 
@@ -30,8 +38,16 @@ def outbox(tmp_path: Path) -> Outbox:
 
 
 def relay_for(outbox: Outbox, log: FakeLog, **kw: object) -> Relay:
-    return Relay(outbox, "http://log.test", "tok", transport=log.transport(),
-                 backoff_min=0.01, backoff_max=0.05, idle=0.05, **kw)  # type: ignore[arg-type]
+    return Relay(
+        outbox,
+        "http://log.test",
+        "tok",
+        transport=log.transport(),
+        backoff_min=0.01,
+        backoff_max=0.05,
+        idle=0.05,
+        **kw,
+    )  # type: ignore[arg-type]
 
 
 def test_delivers_in_batches_of_at_most_1000(outbox: Outbox) -> None:
@@ -57,10 +73,14 @@ def test_redelivery_after_a_lost_answer_makes_no_duplicate(outbox: Outbox) -> No
     # The log commits the first batch but the answer never reaches the relay (a crash
     # between the log's commit and mark_delivered): simulated by delivering behind its back.
     for r in recs[:6]:
-        log(__import__("httpx").Request(
-            "POST", "http://log.test/v1/scim/events/batch",
-            headers={"authorization": "Bearer tok"},
-            content=('{"events":[' + r.body + "]}").encode()))
+        log(
+            __import__("httpx").Request(
+                "POST",
+                "http://log.test/v1/scim/events/batch",
+                headers={"authorization": "Bearer tok"},
+                content=('{"events":[' + r.body + "]}").encode(),
+            )
+        )
     relay = relay_for(outbox, log)
     relay.start()
     try:

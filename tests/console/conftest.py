@@ -88,9 +88,15 @@ class Live:
         return self.signer.vkey()
 
     def post(self, ev: dict[str, Any]) -> dict[str, Any]:
-        r = httpx.post(f"{self.url}/v1/scim/events", content=event_to_json(ev).encode(),
-                       headers={"Authorization": f"Bearer {self.tokens['sub']}",
-                                "Content-Type": "application/json"}, timeout=10)
+        r = httpx.post(
+            f"{self.url}/v1/scim/events",
+            content=event_to_json(ev).encode(),
+            headers={
+                "Authorization": f"Bearer {self.tokens['sub']}",
+                "Content-Type": "application/json",
+            },
+            timeout=10,
+        )
         assert r.status_code == 200, r.text
         return r.json()  # type: ignore[no-any-return]
 
@@ -106,43 +112,79 @@ class Live:
             self.pusher.state[name].cosigned_size = pub.size
 
 
-def user(rid: str, req: str, *, op: str = "patch", outcome: str = "success",
-         mods: list[dict[str, str]] | None = None, **kw: Any) -> dict[str, Any]:
+def user(
+    rid: str,
+    req: str,
+    *,
+    op: str = "patch",
+    outcome: str = "success",
+    mods: list[dict[str, str]] | None = None,
+    **kw: Any,
+) -> dict[str, Any]:
     extra: dict[str, Any] = {}
     if outcome != "success":
         extra["err"] = {"scim_type": "uniqueness", "reason": "userName already taken"}
     return new_event(
-        tenant=TENANT, sp="crm-app", op=op, rt="User", rid=rid, xid=f"{rid}@example.org",
+        tenant=TENANT,
+        sp="crm-app",
+        op=op,
+        rt="User",
+        rid=rid,
+        xid=f"{rid}@example.org",
         actor={"kind": "oauth_client", "id": "okta-scim-client", "name": "Okta"},
         corr=req,
-        req={"m": {"patch": "PATCH", "create": "POST", "delete": "DELETE"}[op],
-             "p": f"/Users/{rid}", "dig": hashlib.sha256(req.encode()).digest(), "len": 120},
-        res=200 if outcome == "success" else 409, outcome=outcome,
+        req={
+            "m": {"patch": "PATCH", "create": "POST", "delete": "DELETE"}[op],
+            "p": f"/Users/{rid}",
+            "dig": hashlib.sha256(req.encode()).digest(),
+            "len": 120,
+        },
+        res=200 if outcome == "success" else 409,
+        outcome=outcome,
         mods=mods if op == "patch" else None,
-        src={"ip": "192.0.2.10", "ua": "Okta SCIM Client 1.0"}, **extra, **kw)
+        src={"ip": "192.0.2.10", "ua": "Okta SCIM Client 1.0"},
+        **extra,
+        **kw,
+    )
 
 
 def populate(live: Live) -> None:
     """A small, realistic history: accounts created, changed, deactivated, a group."""
     for rid in ("u-alice", "u-bob", "u-carol"):
         live.post(user(rid, f"req-create-{rid}", op="create"))
-    live.post(user("u-alice", "req-2", mods=[{"attr": "title", "old": '"Engineer"',
-                                              "new": '"Staff Engineer"'}],
-                   x={"ticket": "HR-1042", "n": -3, "tags": ["é", "ü"], "ok": True,
-                      "none": None}))
+    live.post(
+        user(
+            "u-alice",
+            "req-2",
+            mods=[{"attr": "title", "old": '"Engineer"', "new": '"Staff Engineer"'}],
+            x={"ticket": "HR-1042", "n": -3, "tags": ["é", "ü"], "ok": True, "none": None},
+        )
+    )
     live.post(user("u-bob", "req-3", outcome="failure", op="create"))
-    pids = httpx.post(f"{live.url}/v1/scim/pseudonyms",
-                      json={"refs": [{"rt": "User", "id": "u-alice"}]},
-                      headers={"Authorization": f"Bearer {live.tokens['sub']}"}).json()
+    pids = httpx.post(
+        f"{live.url}/v1/scim/pseudonyms",
+        json={"refs": [{"rt": "User", "id": "u-alice"}]},
+        headers={"Authorization": f"Bearer {live.tokens['sub']}"},
+    ).json()
     pid = pids["refs"][0]["pid"]
     import base64
 
-    live.post(new_event(
-        tenant=TENANT, sp="crm-app", op="patch", rt="Group", rid="g-admins",
-        actor={"kind": "oauth_client", "id": "okta-scim-client"}, corr="req-4",
-        req={"m": "PATCH", "p": "/Groups/g-admins", "dig": bytes(32), "len": 64}, res=204,
-        outcome="success", refs=[{"rt": "User", "pid": base64.b64decode(pid)}],
-        acts=[{"a": "group.member.add", "ocsf": [3006, 3]}]))
+    live.post(
+        new_event(
+            tenant=TENANT,
+            sp="crm-app",
+            op="patch",
+            rt="Group",
+            rid="g-admins",
+            actor={"kind": "oauth_client", "id": "okta-scim-client"},
+            corr="req-4",
+            req={"m": "PATCH", "p": "/Groups/g-admins", "dig": bytes(32), "len": 64},
+            res=204,
+            outcome="success",
+            refs=[{"rt": "User", "pid": base64.b64decode(pid)}],
+            acts=[{"a": "group.member.add", "ocsf": [3006, 3]}],
+        )
+    )
     live.cosign(2)
     live.post(user("u-alice", "req-5", mods=[{"attr": "active", "old": "true", "new": "false"}]))
     live.post(user("u-carol", "req-6", op="delete"))
@@ -155,13 +197,20 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     signer = CheckpointSigner(Ed25519Signer(ORIGIN, bytes(range(32))), ORIGIN)
     witnesses = [CosignatureSigner(f"witness.example/w{i}", bytes([i]) * 32) for i in (1, 2, 3)]
     dead = free_port()  # nothing listens there: the test cosigns by itself
-    policy = "\n".join([
-        f"log {signer.vkey()}",
-        *(f"witness w{i} {w.verifier().vkey()} http://127.0.0.1:{dead}/w{i}"
-          for i, w in enumerate(witnesses, 1)),
-        "group two 2 w1 w2 w3",
-        "quorum two",
-    ]) + "\n"
+    policy = (
+        "\n".join(
+            [
+                f"log {signer.vkey()}",
+                *(
+                    f"witness w{i} {w.verifier().vkey()} http://127.0.0.1:{dead}/w{i}"
+                    for i, w in enumerate(witnesses, 1)
+                ),
+                "group two 2 w1 w2 w3",
+                "quorum two",
+            ]
+        )
+        + "\n"
+    )
     (data / "policy").write_text(policy)
     app, log_, tokens = build_app(data, signer, max_batch_age=0.0, witness_policy=data / "policy")
     pusher = app.state.api.pusher
@@ -173,8 +222,9 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     }
     tamper = Tamper(app)
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(tamper, host="127.0.0.1", port=port,
-                                           log_level="warning", lifespan="on"))
+    server = uvicorn.Server(
+        uvicorn.Config(tamper, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    )
     t = threading.Thread(target=server.run, daemon=True)
     t.start()
     url = f"http://127.0.0.1:{port}"

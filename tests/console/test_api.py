@@ -26,8 +26,12 @@ from .conftest import TENANT, Live
 
 
 def test_static_files_carry_a_strict_csp(live: Live) -> None:
-    for path, ctype in [("/ui/", "text/html"), ("/ui/app.js", "text/javascript"),
-                        ("/ui/verify.js", "text/javascript"), ("/ui/style.css", "text/css")]:
+    for path, ctype in [
+        ("/ui/", "text/html"),
+        ("/ui/app.js", "text/javascript"),
+        ("/ui/verify.js", "text/javascript"),
+        ("/ui/style.css", "text/css"),
+    ]:
         r = httpx.get(live.url + path)
         assert r.status_code == 200
         assert r.headers["content-type"].startswith(ctype)
@@ -76,8 +80,11 @@ def test_summary_is_public_and_checks_out(live: Live) -> None:
 
 
 def _record(live: Live, body: Any, token: str | None = None) -> httpx.Response:
-    return httpx.post(live.url + "/v1/scim/exports", json=body,
-                      headers={"Authorization": f"Bearer {token or live.tokens['aud']}"})
+    return httpx.post(
+        live.url + "/v1/scim/exports",
+        json=body,
+        headers={"Authorization": f"Bearer {token or live.tokens['aud']}"},
+    )
 
 
 def test_export_record_is_an_access_event(live: Live) -> None:
@@ -94,10 +101,18 @@ def test_export_record_is_an_access_event(live: Live) -> None:
     assert ev["actor"]["name"] == "auditor"
 
 
-@pytest.mark.parametrize("body", [
-    {}, {"sink": "Bad Sink"}, {"sink": "x", "events": -1}, {"sink": "x", "events": 1.5},
-    {"sink": "x", "other": 1}, [], {"sink": "x" * 40},
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"sink": "Bad Sink"},
+        {"sink": "x", "events": -1},
+        {"sink": "x", "events": 1.5},
+        {"sink": "x", "other": 1},
+        [],
+        {"sink": "x" * 40},
+    ],
+)
 def test_export_record_rejects_malformed_bodies(live: Live, body: Any) -> None:
     assert _record(live, body).status_code == 400
 
@@ -117,23 +132,35 @@ def _bundle(live: Live) -> dict[str, Any]:
         tn = c.tenant_ref()
     events = []
     for e in res:
-        d = httpx.get(f"{live.url}/v1/proof/inclusion",
-                      params={"index": e.index, "tree_size": e.tree_size}).json()
-        proof = TlogProof(e.index, tuple(base64.b64decode(h) for h in d["inclusion_proof"]),
-                          d["checkpoint"])
+        d = httpx.get(
+            f"{live.url}/v1/proof/inclusion", params={"index": e.index, "tree_size": e.tree_size}
+        ).json()
+        proof = TlogProof(
+            e.index, tuple(base64.b64decode(h) for h in d["inclusion_proof"]), d["checkpoint"]
+        )
         item: dict[str, Any] = {
-            "index": e.index, "eid": "x", "leaf": base64.b64encode(
-                make_leaf(e.leaf.ts, e.leaf.tn, e.leaf.c)).decode(),
-            "leaf_hash": base64.b64encode(e.leaf_hash).decode(), "erased": e.erased,
+            "index": e.index,
+            "eid": "x",
+            "leaf": base64.b64encode(make_leaf(e.leaf.ts, e.leaf.tn, e.leaf.c)).decode(),
+            "leaf_hash": base64.b64encode(e.leaf_hash).decode(),
+            "erased": e.erased,
             "tlog_proof": proof.format(),
         }
         if e.event is not None and e.nonce is not None:
             item["event"] = json.loads(event_to_json(e.event))
             item["nonce"] = base64.b64encode(e.nonce).decode()
         events.append(item)
-    return {"format": FORMAT, "origin": live.signer.origin, "vkey": live.vkey, "policy": None,
-            "tenant": TENANT, "tn": base64.b64encode(tn).decode(), "exported": 0,
-            "access": {}, "events": events}
+    return {
+        "format": FORMAT,
+        "origin": live.signer.origin,
+        "vkey": live.vkey,
+        "policy": None,
+        "tenant": TENANT,
+        "tn": base64.b64encode(tn).decode(),
+        "exported": 0,
+        "access": {},
+        "events": events,
+    }
 
 
 def test_evidence_verifies_and_every_alteration_fails(live: Live, tmp_path: Path) -> None:
@@ -160,8 +187,11 @@ def test_evidence_verifies_and_every_alteration_fails(live: Live, tmp_path: Path
     for case in cases:
         with pytest.raises(VerificationError):
             verify_evidence(json.dumps(broken(case)), v)
-    for case in [lambda d: d.update(format="x"), lambda d: d["events"][0].update(extra=1),
-                 lambda d: d["events"][0].update(tlog_proof="junk")]:
+    for case in [
+        lambda d: d.update(format="x"),
+        lambda d: d["events"][0].update(extra=1),
+        lambda d: d["events"][0].update(tlog_proof="junk"),
+    ]:
         with pytest.raises(FormatError):
             verify_evidence(json.dumps(broken(case)), v)
     with pytest.raises(VerificationError):

@@ -28,8 +28,9 @@ sync_api = pytest.importorskip(
     "playwright.sync_api", reason="the Python package playwright is not installed"
 )
 if not (os.path.exists(CHROMIUM) or shutil.which("chromium")):
-    pytest.skip(f"no system Chromium at {CHROMIUM} (apt-get install chromium)",
-                allow_module_level=True)
+    pytest.skip(
+        f"no system Chromium at {CHROMIUM} (apt-get install chromium)", allow_module_level=True
+    )
 
 pytestmark = pytest.mark.slow
 TIMEOUT = 20_000  # ms, for every wait on the page
@@ -38,9 +39,10 @@ TIMEOUT = 20_000  # ms, for every wait on the page
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM if os.path.exists(CHROMIUM)
-                              else shutil.which("chromium"),
-                              args=["--no-sandbox", "--disable-gpu"])
+        b = p.chromium.launch(
+            executable_path=CHROMIUM if os.path.exists(CHROMIUM) else shutil.which("chromium"),
+            args=["--no-sandbox", "--disable-gpu"],
+        )
         try:
             yield b
         finally:
@@ -56,8 +58,12 @@ def page(browser: Any, live: Live) -> Iterator[Any]:
     pg.on("pageerror", lambda e: errors.append(str(e)))
     pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     outside: list[str] = []
-    pg.on("request", lambda r: outside.append(r.url) if not r.url.startswith(
-        (live.url, "blob:", "data:")) else None)
+    pg.on(
+        "request",
+        lambda r: (
+            outside.append(r.url) if not r.url.startswith((live.url, "blob:", "data:")) else None
+        ),
+    )
     pg.errors = errors
     yield pg
     live.tamper.rules.clear()
@@ -115,8 +121,7 @@ def test_public_view_verifies_checkpoint_witnesses_and_chart(page: Any, live: Li
     assert page.errors == []
 
 
-def test_auditor_search_detail_timeline_and_exports(page: Any, live: Live,
-                                                    tmp_path: Path) -> None:
+def test_auditor_search_detail_timeline_and_exports(page: Any, live: Live, tmp_path: Path) -> None:
     open_console(page, live, "audit")
     sign_in(page, live)
     assert "auditor of acme" in page.inner_text("#whoami")
@@ -129,8 +134,13 @@ def test_auditor_search_detail_timeline_and_exports(page: Any, live: Live,
     rows.filter(has_text="user.deactivate").first.click()
     page.wait_for_selector("#detail:not([hidden])")
     checks = page.inner_text("#checks")
-    for name in ("Checkpoint signature", "Inclusion", "Commitment", "Consistency",
-                 "Witness cosignatures"):
+    for name in (
+        "Checkpoint signature",
+        "Inclusion",
+        "Commitment",
+        "Consistency",
+        "Witness cosignatures",
+    ):
         assert name in checks
     assert "FAILED" not in checks
     assert '"rid": "u-alice"' in page.inner_text("#body")
@@ -229,8 +239,7 @@ def test_split_view_against_the_checkpoint_seen_last_time(page: Any, live: Live)
 
     real = parse_note(live.pusher.checkpoint()).text  # what the summary served
     cp = Checkpoint.parse(real)
-    forged = sign_note(Checkpoint(cp.origin, cp.size, bytes(32)).text(),
-                       [live.signer._key])
+    forged = sign_note(Checkpoint(cp.origin, cp.size, bytes(32)).text(), [live.signer._key])
 
     def fork(q: str, doc: dict[str, Any]) -> dict[str, Any]:
         doc["checkpoint"] = forged

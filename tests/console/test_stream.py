@@ -24,7 +24,9 @@ from .conftest import Live
 
 SYSLOG_RE = re.compile(
     r"<(\d+)>1 (\S+) (\S+) tlog - ocsf-(\d+) \[tlog@32473 index=\"(\d+)\" "
-    r"leaf_hash=\"([^\"]+)\" tree_size=\"(\d+)\"\] \ufeff(.*)$", re.S)
+    r"leaf_hash=\"([^\"]+)\" tree_size=\"(\d+)\"\] \ufeff(.*)$",
+    re.S,
+)
 
 
 class Receiver:
@@ -70,13 +72,31 @@ def receiver() -> Iterator[Receiver]:
     r.close()
 
 
-def run(live: Live, tmp: Path, to: str, *extra: str, token: str = "aud",
-        cursor: str = "cursor.json") -> int:
+def run(
+    live: Live, tmp: Path, to: str, *extra: str, token: str = "aud", cursor: str = "cursor.json"
+) -> int:
     tok = tmp / f"{token}.token"
     tok.write_text(live.tokens[token] + "\n")
-    return main(["scim", "stream", live.url, "--vkey", live.vkey, "--token-file", str(tok),
-                 "--cursor", str(tmp / cursor), "--to", to, "--settle", "0", "--page", "3",
-                 *extra])
+    return main(
+        [
+            "scim",
+            "stream",
+            live.url,
+            "--vkey",
+            live.vkey,
+            "--token-file",
+            str(tok),
+            "--cursor",
+            str(tmp / cursor),
+            "--to",
+            to,
+            "--settle",
+            "0",
+            "--page",
+            "3",
+            *extra,
+        ]
+    )
 
 
 def lines(path: Path) -> list[dict[str, Any]]:
@@ -103,8 +123,10 @@ def test_file_sink_in_order_resumable_and_proof_referenced(live: Live, tmp_path:
     assert failed[0]["status_detail"] == "userName already taken"
     # A SIEM record points back to its proof: the log proves that leaf under that root.
     t = deact["unmapped"]["tlog"]
-    d = httpx.get(f"{live.url}/v1/proof/inclusion",
-                  params={"leaf_hash": t["leaf_hash"], "tree_size": t["tree_size"]}).json()
+    d = httpx.get(
+        f"{live.url}/v1/proof/inclusion",
+        params={"leaf_hash": t["leaf_hash"], "tree_size": t["tree_size"]},
+    ).json()
     assert d["index"] == t["index"] and t["root_hash"] in d["checkpoint"]
     assert oct((tmp_path / "cursor.json").stat().st_mode & 0o777) == "0o600"
     assert oct(out.stat().st_mode & 0o777) == "0o600"
@@ -112,7 +134,7 @@ def test_file_sink_in_order_resumable_and_proof_referenced(live: Live, tmp_path:
     # Resume: nothing is delivered twice; what is new is the log's record of the first run
     # (its search pages and its export), streamed like any other event.
     assert run(live, tmp_path, f"file:{out}") == 0
-    again = lines(out)[len(recs):]
+    again = lines(out)[len(recs) :]
     assert again and all(r["class_uid"] == 6003 for r in again)
     assert {r["unmapped"]["tlog"]["index"] for r in again}.isdisjoint(idx)
     acts = [r["unmapped"]["tlog"]["action"] for r in again]
@@ -130,8 +152,12 @@ def test_every_run_is_recorded_as_an_access_event(live: Live, tmp_path: Path) ->
     assert len(after) == before + 1
     ev = after[-1].event
     assert ev is not None and ev["x"]["what"] == "export"
-    assert ev["x"]["events"] == len({json.loads(x)["unmapped"]["tlog"]["index"] for x in
-                                     (tmp_path / "o").read_text().splitlines()})
+    assert ev["x"]["events"] == len(
+        {
+            json.loads(x)["unmapped"]["tlog"]["index"]
+            for x in (tmp_path / "o").read_text().splitlines()
+        }
+    )
 
 
 def test_stdout_sink(live: Live, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -146,12 +172,16 @@ def test_webhook_retries_then_delivers(live: Live, tmp_path: Path, receiver: Rec
     assert receiver.fail == 0
     recs = [r for _, _, body in receiver.posts for r in json.loads(body)]
     assert [r["unmapped"]["tlog"]["action"] for r in recs] == [
-        "user.create", "user.update", "user.deactivate"]
+        "user.create",
+        "user.update",
+        "user.deactivate",
+    ]
     assert all(h["Content-Type"] == "application/json" for _, h, _ in receiver.posts)
 
 
-def test_splunk_hec_format(live: Live, tmp_path: Path, receiver: Receiver,
-                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_splunk_hec_format(
+    live: Live, tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("TLOG_HEC_TOKEN", "hec-secret-token")
     url = f"{receiver.url}/services/collector/event"
     assert run(live, tmp_path, f"hec:{url}", "--rid", "g-admins") == 0
@@ -171,8 +201,19 @@ def test_splunk_hec_format(live: Live, tmp_path: Path, receiver: Receiver,
 
 def test_a_failing_sink_moves_no_cursor(live: Live, tmp_path: Path, receiver: Receiver) -> None:
     receiver.fail = 10**6
-    assert run(live, tmp_path, f"webhook:{receiver.url}", "--rid", "u-carol",
-               "--retries", "1", cursor="c3") == 1
+    assert (
+        run(
+            live,
+            tmp_path,
+            f"webhook:{receiver.url}",
+            "--rid",
+            "u-carol",
+            "--retries",
+            "1",
+            cursor="c3",
+        )
+        == 1
+    )
     assert not (tmp_path / "c3").exists()
     receiver.fail = 0
     assert run(live, tmp_path, f"webhook:{receiver.url}", "--rid", "u-carol", cursor="c3") == 0
@@ -227,7 +268,7 @@ def test_syslog_tcp_octet_counting(live: Live, tmp_path: Path) -> None:
     while buf:
         n, _, rest = buf.partition(b" ")
         frames.append(rest[: int(n)].decode())
-        buf = rest[int(n):]
+        buf = rest[int(n) :]
     assert len(frames) == 3 and all(SYSLOG_RE.match(f) for f in frames)
 
 
@@ -258,11 +299,16 @@ def test_another_tenants_auditor_gets_nothing_of_this_tenant(live: Live, tmp_pat
 def test_erased_events_go_out_without_a_body(live: Live, tmp_path: Path) -> None:
     po1, _ = live.store.create("privacy-officer", name="po1")
     po2, _ = live.store.create("privacy-officer", name="po2")
-    r = httpx.post(f"{live.url}/v1/scim/erasures", headers={"Authorization": f"Bearer {po1}"},
-                   json={"tenant": "acme", "rt": "User", "rid": "u-carol", "reason": "gdpr-art17"})
+    r = httpx.post(
+        f"{live.url}/v1/scim/erasures",
+        headers={"Authorization": f"Bearer {po1}"},
+        json={"tenant": "acme", "rt": "User", "rid": "u-carol", "reason": "gdpr-art17"},
+    )
     assert r.status_code == 201, r.text
-    a = httpx.post(f"{live.url}/v1/scim/erasures/{r.json()['id']}/approve",
-                   headers={"Authorization": f"Bearer {po2}"})
+    a = httpx.post(
+        f"{live.url}/v1/scim/erasures/{r.json()['id']}/approve",
+        headers={"Authorization": f"Bearer {po2}"},
+    )
     assert a.status_code == 200, a.text
     out = tmp_path / "e.jsonl"
     assert run(live, tmp_path, f"file:{out}", cursor="c6") == 0

@@ -17,7 +17,12 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from client.cosignature import CosignatureSigner, CosignatureVerifier
+from client.cosignature import (
+    CosignatureSigner,
+    CosignatureVerifier,
+    MLDSACosignatureSigner,
+    MLDSACosignatureVerifier,
+)
 from client.merkle import EMPTY_ROOT
 from tests.interop.gobin import go_binary
 from tests.server.conftest import free_port
@@ -62,6 +67,7 @@ class GoWitness:
     name: str
     url: str
     verifier: CosignatureVerifier
+    mldsa_verifier: MLDSACosignatureVerifier | None = None
     proc: Proc
 
     def stop(self) -> None:
@@ -79,6 +85,13 @@ class Omniwitness(GoWitness):
         key = d / "omni.key"
         key.touch(0o600)
         key.write_text(signer.skey())
+        # A second, ML-DSA-44 key (README: --private_key_path may be repeated; the first
+        # one authenticates its stored state): omniwitness answers with both lines.
+        pq = MLDSACosignatureSigner.generate(self.name)
+        self.mldsa_verifier = pq.verifier()
+        pq_key = d / "omni-mldsa.key"
+        pq_key.touch(0o600)
+        pq_key.write_text(pq.skey())
         logs = d / "logs.yaml"
         logs.write_text(f'Logs:\n  - Origin: "{origin}"\n    PublicKey: "{log_vkey}"\n')
         port = free_port()
@@ -90,6 +103,7 @@ class Omniwitness(GoWitness):
                 "--metrics_listen=",
                 f"--db_file={d / 'omni.db'}",
                 f"--private_key_path={key}",
+                f"--private_key_path={pq_key}",
                 f"--additional_logs={logs}",
                 "--logtostderr",
             ],

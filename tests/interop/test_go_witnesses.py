@@ -21,9 +21,11 @@ import httpx
 import pytest
 
 from client.checkpoint import Checkpoint
-from client.cosignature import CosignatureSigner
-from client.note import Ed25519Signer, parse_note
+from client.cosignature import CosignatureSigner, MLDSACosignatureSigner
+from client.merkle import leaf_hash, root_of_range
+from client.note import Ed25519Signer, Note, Signature, open_note, parse_note, sign_note
 from client.policy import Policy
+from client.witness_client import AddCheckpointRequest, WitnessClient, append_signatures
 from tests.interop.gobin import go_binary
 from tests.interop.peers import GoWitness, Litewitness, Omniwitness, Proc, wait_http
 from tests.server.conftest import ORIGIN, ROOT, ServerProcess, free_port, start_server
@@ -92,9 +94,12 @@ def test_tlog_serve_reaches_quorum_with_omniwitness_and_litewitness(
     tmp_path: Path, go_witnesses: tuple[Path, str, list[GoWitness]]
 ) -> None:
     data, vkey, (omni, lite) = go_witnesses
+    assert omni.mldsa_verifier is not None
+    # omniwitness is known to the log by its ML-DSA-44 key only: the log verifies that line
+    # and ignores the Ed25519 one it also returns.
     policy_text = (
         f"log {vkey}\n"
-        f"witness omni {omni.verifier.vkey()} {omni.url}\n"
+        f"witness omni {omni.mldsa_verifier.vkey()} {omni.url}\n"
         f"witness lite {lite.verifier.vkey()} {lite.url}\n"
         "group both all omni lite\nquorum both\n"
     )
@@ -111,7 +116,8 @@ def test_tlog_serve_reaches_quorum_with_omniwitness_and_litewitness(
         submit(srv, 20, "second")
         second = wait_cosigned(srv, policy, 25)
         assert Checkpoint.parse(parse_note(second).text).size >= 25
-        assert "\u2014 omniwitness.test/w1 " in second
+        omni_sigs = [s for s in parse_note(second).signatures if s.name == omni.name]
+        assert [s.key_id for s in omni_sigs] == [omni.mldsa_verifier.key_id]
         assert "\u2014 litewitness.test/w2 " in second
         status = httpx.get(srv.url + "/v1/witnesses", timeout=5).json()
         assert all(not w["alarms"] for w in status["witnesses"]), status
@@ -200,3 +206,34 @@ def test_tessera_log_pushes_to_tlog_witness(tmp_path: Path) -> None:
         assert wit.proc.poll() is None
     finally:
         wit.stop()
+
+
+def test_litewitness_verifies_our_ml_dsa_signature(tmp_path: Path) -> None:
+    """Our ML-DSA-44 ``subtree/v1`` signature, as a log key (type 0x06, timestamp 0), is
+    accepted by litewitness, whose cosignature our code then verifies."""
+    origin = "example.com/tlog-mldsa"
+    log = MLDSACosignatureSigner.generate(origin)
+    lite = Litewitness(tmp_path, origin, log.vkey())
+    try:
+        tree = [leaf_hash(b"pq-%d" % i) for i in range(6)]
+        cp = Checkpoint(origin, 6, root_of_range(tree))
+        note = sign_note(cp.text(), [log])
+        with WitnessClient(lite.url, lite.verifier) as client:
+            sigs = client.submit(note, lambda old, new: [])
+        cosigned = append_signatures(note, sigs)
+        open_note(cosigned, [log.verifier(), lite.verifier])
+        # A flipped bit in our signature: litewitness refuses it (403).
+        parsed = parse_note(note)
+        (sig,) = parsed.signatures
+        flipped = Signature(
+            sig.name, sig.key_id, sig.raw[:50] + bytes([sig.raw[50] ^ 1]) + sig.raw[51:]
+        )
+        bad = Note(parsed.text, (flipped,)).format()
+        r = httpx.post(
+            lite.url + "/add-checkpoint",
+            content=AddCheckpointRequest(6, (), bad).format(),
+            timeout=10,
+        )
+        assert r.status_code == 403, r.text
+    finally:
+        lite.stop()

@@ -48,7 +48,9 @@ def make_signer(seed: bytes = bytes(range(32))) -> CheckpointSigner:
 def harness(tmp_path: Path) -> Iterator[Harness]:
     signer = make_signer()
     app, log_, tokens = build_app(
-        tmp_path, signer, max_batch_age=0.0,
+        tmp_path,
+        signer,
+        max_batch_age=0.0,
         limits=Limits(max_batch_entries=100, max_batch_body_bytes=1 << 20),
     )
     token, _ = tokens.create("submitter", tenant="t1")
@@ -80,17 +82,34 @@ class ServerProcess:
                 self.proc.wait()
 
 
-def start_server(data: Path, port: int | None = None, *extra: str,
-                 timeout: float = 20.0) -> ServerProcess:
+def start_server(
+    data: Path, port: int | None = None, *extra: str, timeout: float = 20.0
+) -> ServerProcess:
     """Run ``tlog serve`` as a real uvicorn process on 127.0.0.1 and wait until it answers."""
     port = port or free_port()
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     log_path = data.parent / f"{data.name}-server.log"
     out = open(log_path, "ab")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tlog.cli", "serve", "--data", str(data), "--port", str(port),
-         "--origin", ORIGIN, "--log-level", "warning", *extra],
-        stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+        [
+            sys.executable,
+            "-m",
+            "tlog.cli",
+            "serve",
+            "--data",
+            str(data),
+            "--port",
+            str(port),
+            "--origin",
+            ORIGIN,
+            "--log-level",
+            "warning",
+            *extra,
+        ],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=ROOT,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout

@@ -53,8 +53,13 @@ def test_add_entry_answer_verifies(harness: Harness) -> None:
         assert base64.b64decode(d["leaf_hash"]) == leaf_hash(f"entry-{i}".encode())
         cp, _ = open_checkpoint(d["checkpoint"], [harness.signer.verifier], origin=ORIGIN)
         assert cp.size == d["tree_size"] >= i + 1
-        verify_inclusion(i, cp.size, leaf_hash(f"entry-{i}".encode()),
-                         b64list(d["inclusion_proof"]), cp.root_hash)
+        verify_inclusion(
+            i,
+            cp.size,
+            leaf_hash(f"entry-{i}".encode()),
+            b64list(d["inclusion_proof"]),
+            cp.root_hash,
+        )
         bundle = TlogProof.parse(d["tlog_proof"])
         assert bundle.checkpoint_note == d["checkpoint"]
         bundle.verify(harness.signer.verifier, entry=f"entry-{i}".encode())
@@ -72,8 +77,9 @@ def test_resubmission_returns_original_index(harness: Harness) -> None:
 
 def test_batch_octet_stream_and_json(harness: Harness) -> None:
     entries = [f"b{i}".encode() for i in range(50)]
-    r = harness.client.post("/v1/entries/batch", content=bundle_body(entries),
-                            headers=harness.auth())
+    r = harness.client.post(
+        "/v1/entries/batch", content=bundle_body(entries), headers=harness.auth()
+    )
     assert r.status_code == 200, r.text
     d = r.json()
     assert d["indices"] == list(range(50))
@@ -93,8 +99,11 @@ def test_batch_octet_stream_and_json(harness: Harness) -> None:
 def test_tiles_read_back_as_tlog_tiles(harness: Harness) -> None:
     entries = [f"tile-{i}".encode() for i in range(300)]
     for chunk in range(0, 300, 100):
-        harness.client.post("/v1/entries/batch", content=bundle_body(entries[chunk:chunk + 100]),
-                            headers=harness.auth())
+        harness.client.post(
+            "/v1/entries/batch",
+            content=bundle_body(entries[chunk : chunk + 100]),
+            headers=harness.auth(),
+        )
     cp_text = harness.client.get("/checkpoint").text
     cp, _ = open_checkpoint(cp_text, [harness.signer.verifier])
     assert cp.size == 300
@@ -127,16 +136,33 @@ def test_tiles_read_back_as_tlog_tiles(harness: Harness) -> None:
 
 @pytest.mark.parametrize(
     "path",
-    ["/tile/0/001", "/tile/0/002.p/1", "/tile/0/001.p/45", "/tile/2/000.p/1", "/tile/0/1",
-     "/tile/0/000.p/0", "/tile/0/000.p/256", "/tile/0/000.p/044", "/tile/00/000",
-     "/tile/64/000", "/tile/entries/001", "/tile/entries/x000/001", "/tile/0/x001/000",
-     "/tile/-1/000", "/tile/0/000/", "/tile/entries/001.p/45", "/tile/foo/000"],
+    [
+        "/tile/0/001",
+        "/tile/0/002.p/1",
+        "/tile/0/001.p/45",
+        "/tile/2/000.p/1",
+        "/tile/0/1",
+        "/tile/0/000.p/0",
+        "/tile/0/000.p/256",
+        "/tile/0/000.p/044",
+        "/tile/00/000",
+        "/tile/64/000",
+        "/tile/entries/001",
+        "/tile/entries/x000/001",
+        "/tile/0/x001/000",
+        "/tile/-1/000",
+        "/tile/0/000/",
+        "/tile/entries/001.p/45",
+        "/tile/foo/000",
+    ],
 )
 def test_unknown_or_malformed_tiles_404(harness: Harness, path: str) -> None:
     for i in range(0, 300, 100):
-        harness.client.post("/v1/entries/batch",
-                            content=bundle_body([f"x{j}".encode() for j in range(i, i + 100)]),
-                            headers=harness.auth())
+        harness.client.post(
+            "/v1/entries/batch",
+            content=bundle_body([f"x{j}".encode() for j in range(i, i + 100)]),
+            headers=harness.auth(),
+        )
     r = harness.client.get(path)
     assert r.status_code == 404, (path, r.status_code)
     assert "error" in r.json()
@@ -146,8 +172,9 @@ def test_proof_api(harness: Harness) -> None:
     entries = [f"p{i}".encode() for i in range(40)]
     sizes = []
     for i in range(0, 40, 7):
-        d = harness.client.post("/v1/entries/batch", content=bundle_body(entries[i:i + 7]),
-                                headers=harness.auth()).json()
+        d = harness.client.post(
+            "/v1/entries/batch", content=bundle_body(entries[i : i + 7]), headers=harness.auth()
+        ).json()
         sizes.append(d["tree_size"])
     v = harness.signer.verifier
     for size in sizes:
@@ -155,18 +182,21 @@ def test_proof_api(harness: Harness) -> None:
             d = harness.client.get(f"/v1/proof/inclusion?index={idx}&tree_size={size}").json()
             cp, _ = open_checkpoint(d["checkpoint"], [v])
             assert cp.size == size == d["tree_size"]
-            verify_inclusion(idx, size, leaf_hash(entries[idx]), b64list(d["inclusion_proof"]),
-                             cp.root_hash)
+            verify_inclusion(
+                idx, size, leaf_hash(entries[idx]), b64list(d["inclusion_proof"]), cp.root_hash
+            )
         lh = base64.b64encode(leaf_hash(entries[3])).decode()
-        d = harness.client.get("/v1/proof/inclusion", params={"leaf_hash": lh,
-                                                              "tree_size": size}).json()
+        d = harness.client.get(
+            "/v1/proof/inclusion", params={"leaf_hash": lh, "tree_size": size}
+        ).json()
         assert d["index"] == 3
     for old in sizes:
         d = harness.client.get(f"/v1/proof/consistency?old_size={old}").json()
         new_cp, _ = open_checkpoint(d["checkpoint"], [v])
         old_cp, _ = open_checkpoint(harness.log.checkpoint_note(old).note, [v])
-        verify_consistency(old, new_cp.size, old_cp.root_hash, new_cp.root_hash,
-                           b64list(d["consistency_proof"]))
+        verify_consistency(
+            old, new_cp.size, old_cp.root_hash, new_cp.root_hash, b64list(d["consistency_proof"])
+        )
     info = harness.client.get("/v1/log").json()
     assert info["origin"] == ORIGIN
     assert info["vkey"] == harness.signer.vkey()
@@ -216,14 +246,23 @@ def test_malformed_queries_are_400(harness: Harness, path: str) -> None:
 
 @pytest.mark.parametrize(
     "path",
-    ["/v1/entries/5", "/v1/entries/9223372036854775807", "/v1/bundle/5",
-     "/v1/proof/inclusion?leaf_hash=" + base64.b64encode(b"\x00" * 32).decode(),
-     "/v1/proof/inclusion?index=0&tree_size=3",  # size 3 was never published
-     "/nope", "/tile", "/v1"],
+    [
+        "/v1/entries/5",
+        "/v1/entries/9223372036854775807",
+        "/v1/bundle/5",
+        "/v1/proof/inclusion?leaf_hash=" + base64.b64encode(b"\x00" * 32).decode(),
+        "/v1/proof/inclusion?index=0&tree_size=3",  # size 3 was never published
+        "/nope",
+        "/tile",
+        "/v1",
+    ],
 )
 def test_missing_things_are_404(harness: Harness, path: str) -> None:
-    harness.client.post("/v1/entries/batch", content=bundle_body([b"m%d" % i for i in range(5)]),
-                        headers=harness.auth())
+    harness.client.post(
+        "/v1/entries/batch",
+        content=bundle_body([b"m%d" % i for i in range(5)]),
+        headers=harness.auth(),
+    )
     r = harness.client.get(path)
     assert r.status_code == 404, (path, r.status_code, r.text)
     assert r.json()["error"]
@@ -231,9 +270,15 @@ def test_missing_things_are_404(harness: Harness, path: str) -> None:
 
 @pytest.mark.parametrize(
     ("method", "path"),
-    [("POST", "/checkpoint"), ("DELETE", "/checkpoint"), ("PUT", "/v1/entries"),
-     ("GET", "/v1/entries"), ("POST", "/tile/0/000"), ("GET", "/v1/entries/batch/x"),
-     ("PATCH", "/v1/proof/inclusion")],
+    [
+        ("POST", "/checkpoint"),
+        ("DELETE", "/checkpoint"),
+        ("PUT", "/v1/entries"),
+        ("GET", "/v1/entries"),
+        ("POST", "/tile/0/000"),
+        ("GET", "/v1/entries/batch/x"),
+        ("PATCH", "/v1/proof/inclusion"),
+    ],
 )
 def test_wrong_methods(harness: Harness, method: str, path: str) -> None:
     r = harness.client.request(method, path)
@@ -249,10 +294,18 @@ def test_auth_required_and_checked(harness: Harness) -> None:
     r = c.post("/v1/entries", content=b"x", headers={"Authorization": "Bearer nope"})
     assert r.status_code == 401
     assert r.headers["www-authenticate"].startswith("Bearer")
-    assert c.post("/v1/entries", content=b"x",
-                  headers={"Authorization": "Basic dXNlcjpwYXNz"}).status_code == 401
-    assert c.post("/v1/entries", content=b"x",
-                  headers={"Authorization": "Bearer tlog_" + "A" * 43}).status_code == 401
+    assert (
+        c.post(
+            "/v1/entries", content=b"x", headers={"Authorization": "Basic dXNlcjpwYXNz"}
+        ).status_code
+        == 401
+    )
+    assert (
+        c.post(
+            "/v1/entries", content=b"x", headers={"Authorization": "Bearer tlog_" + "A" * 43}
+        ).status_code
+        == 401
+    )
     auditor, _ = harness.tokens.create("auditor", tenant="t1")
     r = c.post("/v1/entries", content=b"x", headers=harness.auth(auditor))
     assert r.status_code == 403
@@ -277,18 +330,29 @@ def test_body_limits(harness: Harness) -> None:
     assert r.status_code == 413
     assert "65535" in r.json()["error"]
     # Batch: too many entries, too large a body, empty entries, truncations, bad JSON.
-    assert c.post("/v1/entries/batch", content=bundle_body([b"e"] * 101),
-                  headers=h).status_code == 413
-    assert c.post("/v1/entries/batch", content=b"\x00" * ((1 << 20) + 1),
-                  headers=h).status_code == 413
+    assert (
+        c.post("/v1/entries/batch", content=bundle_body([b"e"] * 101), headers=h).status_code == 413
+    )
+    assert (
+        c.post("/v1/entries/batch", content=b"\x00" * ((1 << 20) + 1), headers=h).status_code == 413
+    )
     for bad in [b"", b"\x00", b"\x00\x05abc", bundle_body([b""]), b"\x00\x01a\x00"]:
         r = c.post("/v1/entries/batch", content=bad, headers=h)
         assert r.status_code == 400, bad
-    for bad_json in [b"{", b"[]", b'{"entries": "x"}', b'{"entries": [1]}',
-                     b'{"entries": ["***"]}', b'{"entries": []}', b'{"entries": [""]}',
-                     b'{"entries": ["YQ=="], "x": 1}', b'{"entries": ["YQ"]}']:
-        r = c.post("/v1/entries/batch", content=bad_json,
-                   headers={**h, "Content-Type": "application/json"})
+    for bad_json in [
+        b"{",
+        b"[]",
+        b'{"entries": "x"}',
+        b'{"entries": [1]}',
+        b'{"entries": ["***"]}',
+        b'{"entries": []}',
+        b'{"entries": [""]}',
+        b'{"entries": ["YQ=="], "x": 1}',
+        b'{"entries": ["YQ"]}',
+    ]:
+        r = c.post(
+            "/v1/entries/batch", content=bad_json, headers={**h, "Content-Type": "application/json"}
+        )
         assert r.status_code == 400, bad_json
     r = c.post("/v1/entries/batch", content=b"x", headers={**h, "Content-Type": "text/plain"})
     assert r.status_code == 400
@@ -338,8 +402,12 @@ def test_backlog_full_is_503_with_retry_after(harness: Harness) -> None:
 
 def test_json_errors_never_500(harness: Harness) -> None:
     c = harness.client
-    for path in ["/v1/proof/inclusion?index=%00", "/v1/proof/inclusion?index=" + "9" * 5000,
-                 "/tile/" + "x" * 3000, "/v1/entries/" + "1" * 400]:
+    for path in [
+        "/v1/proof/inclusion?index=%00",
+        "/v1/proof/inclusion?index=" + "9" * 5000,
+        "/tile/" + "x" * 3000,
+        "/v1/entries/" + "1" * 400,
+    ]:
         r = c.get(path)
         assert 400 <= r.status_code < 500, path
         json.loads(r.text)
@@ -347,8 +415,17 @@ def test_json_errors_never_500(harness: Harness) -> None:
 
 @pytest.mark.parametrize(
     "query",
-    ["index=%ff", "index=%", "%ff=1", "index=1%00", "leaf_hash=%2B%2F%3D", "in%64ex=0",
-     "index=1&&tree_size=", "=1", "index"],
+    [
+        "index=%ff",
+        "index=%",
+        "%ff=1",
+        "index=1%00",
+        "leaf_hash=%2B%2F%3D",
+        "in%64ex=0",
+        "index=1&&tree_size=",
+        "=1",
+        "index",
+    ],
 )
 def test_percent_encoding_is_strict(harness: Harness, query: str) -> None:
     harness.add(b"pe")

@@ -33,10 +33,17 @@ def test_second_server_is_refused_and_says_who_holds_the_store(tmp_path: Path) -
         srv.stop()
 
 
-def _hammer(url: str, token: str, tag: str, n: int, acked: list[tuple[int, bytes]],
-            notes: list[str], statuses: list[int], lock: threading.Lock) -> None:
-    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"},
-                      timeout=10) as c:
+def _hammer(
+    url: str,
+    token: str,
+    tag: str,
+    n: int,
+    acked: list[tuple[int, bytes]],
+    notes: list[str],
+    statuses: list[int],
+    lock: threading.Lock,
+) -> None:
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=10) as c:
         for i in range(n):
             if i % 3 == 0:
                 batch = [f"{tag}-{i}-{j}".encode() for j in range(5)]
@@ -88,9 +95,12 @@ def test_two_servers_with_the_lock_bypassed_never_fork_nor_lose(tmp_path: Path) 
         assert r.status_code == 200 and r.json()["index"] == 1
         acked.extend([(0, b"x"), (1, b"y")])
         threads = [
-            threading.Thread(target=_hammer, args=(srv.url, token, f"{name}{k}", 60, acked,
-                                                   notes, statuses, lock))
-            for name, srv in (("a", a), ("b", b)) for k in range(2)
+            threading.Thread(
+                target=_hammer,
+                args=(srv.url, token, f"{name}{k}", 60, acked, notes, statuses, lock),
+            )
+            for name, srv in (("a", a), ("b", b))
+            for k in range(2)
         ]
         for t in threads:
             t.start()

@@ -74,8 +74,9 @@ def test_restart_keeps_everything(tmp_path: Path) -> None:
     v = make_signer().verifier
     old, _ = open_checkpoint(r1.checkpoint.note, [v])
     new, _ = open_checkpoint(r3.checkpoint.note, [v])
-    verify_consistency(old.size, new.size, old.root_hash, new.root_hash,
-                       log2.consistency_proof(old.size, new.size))
+    verify_consistency(
+        old.size, new.size, old.root_hash, new.root_hash, log2.consistency_proof(old.size, new.size)
+    )
     verify_inclusion(1, 5, leaf_hash(b"b"), log2.inclusion_proof(1, 5), new.root_hash)
     assert fsck(log2.storage).ok
 
@@ -87,8 +88,9 @@ def test_refuses_another_key_or_origin(tmp_path: Path) -> None:
     other = CheckpointSigner(Ed25519Signer(ORIGIN, b"\x07" * 32), ORIGIN)
     with pytest.raises(StorageError, match="another key"):
         open_log(tmp_path, other)
-    renamed = CheckpointSigner(Ed25519Signer("other.example/log", bytes(range(32))),
-                               "other.example/log")
+    renamed = CheckpointSigner(
+        Ed25519Signer("other.example/log", bytes(range(32))), "other.example/log"
+    )
     with pytest.raises(StorageError, match="origin"):
         open_log(tmp_path, renamed)
 

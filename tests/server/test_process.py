@@ -26,8 +26,13 @@ pytestmark = pytest.mark.slow
 
 
 def tlog_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "tlog.cli", *args], capture_output=True,
-                          text=True, cwd=ROOT, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "tlog.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
 
 
 def test_first_start_is_demo_ready(tmp_path: Path) -> None:
@@ -45,11 +50,13 @@ def test_first_start_is_demo_ready(tmp_path: Path) -> None:
         assert token not in out  # tokens and keys are never printed by serve
         assert (data / "log.key").read_text().split("+", 4)[4].strip() not in out
         vkey = httpx.get(srv.url + "/v1/log").json()["vkey"]
-        r = httpx.post(srv.url + "/v1/entries", content=b"hello",
-                       headers={"Authorization": f"Bearer {token}"})
+        r = httpx.post(
+            srv.url + "/v1/entries", content=b"hello", headers={"Authorization": f"Bearer {token}"}
+        )
         assert r.status_code == 200
-        TlogProof.parse(r.json()["tlog_proof"]).verify(Ed25519Verifier.from_vkey(vkey),
-                                                       entry=b"hello")
+        TlogProof.parse(r.json()["tlog_proof"]).verify(
+            Ed25519Verifier.from_vkey(vkey), entry=b"hello"
+        )
         # A token made by the CLI while the server runs works at once; revocation too.
         made = tlog_cli("token", "create", "--role", "submitter", "--data", str(data))
         assert made.returncode == 0, made.stderr
@@ -68,12 +75,18 @@ def test_first_start_is_demo_ready(tmp_path: Path) -> None:
     assert "fsck: OK: 2 entries" in fs.stdout
 
 
-def _submitter(url: str, token: str, stop: threading.Event, acked: list[tuple[int, bytes]],
-               seen: list[str], tag: str, lock: threading.Lock) -> None:
+def _submitter(
+    url: str,
+    token: str,
+    stop: threading.Event,
+    acked: list[tuple[int, bytes]],
+    seen: list[str],
+    tag: str,
+    lock: threading.Lock,
+) -> None:
     rnd = random.Random(tag)
     n = 0
-    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"},
-                      timeout=5) as c:
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=5) as c:
         while not stop.is_set():
             try:
                 if rnd.random() < 0.3:
@@ -111,10 +124,12 @@ def test_sigkill_under_load_loses_nothing_acknowledged(tmp_path: Path) -> None:
     port = srv.port
     for round_ in range(4):
         stop = threading.Event()
-        threads = [threading.Thread(target=_submitter,
-                                    args=(srv.url, token, stop, acked, seen,
-                                          f"r{round_}t{i}", lock))
-                   for i in range(6)]
+        threads = [
+            threading.Thread(
+                target=_submitter, args=(srv.url, token, stop, acked, seen, f"r{round_}t{i}", lock)
+            )
+            for i in range(6)
+        ]
         for t in threads:
             t.start()
         time.sleep(rnd.uniform(0.4, 1.5))
@@ -137,9 +152,13 @@ def test_sigkill_under_load_loses_nothing_acknowledged(tmp_path: Path) -> None:
             sample = random.Random(1).sample(acked, 50)
             for index, entry in sample:
                 d = c.get("/v1/proof/inclusion", params={"index": index}).json()
-                verify_inclusion(index, latest.size, leaf_hash(entry),
-                                 [b64decode_strict(h) for h in d["inclusion_proof"]],
-                                 latest.root_hash)
+                verify_inclusion(
+                    index,
+                    latest.size,
+                    leaf_hash(entry),
+                    [b64decode_strict(h) for h in d["inclusion_proof"]],
+                    latest.root_hash,
+                )
             # The current checkpoint is consistent with every one handed out before a crash.
             by_size: dict[int, Checkpoint] = {}
             for note in seen:
@@ -150,7 +169,12 @@ def test_sigkill_under_load_loses_nothing_acknowledged(tmp_path: Path) -> None:
             for size, cp in by_size.items():
                 d = c.get("/v1/proof/consistency", params={"old_size": size}).json()
                 assert d["tree_size"] == latest.size
-                verify_consistency(size, latest.size, cp.root_hash, latest.root_hash,
-                                   [base64.b64decode(h) for h in d["consistency_proof"]])
+                verify_consistency(
+                    size,
+                    latest.size,
+                    cp.root_hash,
+                    latest.root_hash,
+                    [base64.b64decode(h) for h in d["consistency_proof"]],
+                )
     finally:
         srv.stop()

@@ -34,8 +34,9 @@ class ScriptedWitness:
         if self.script:
             return self.script.pop(0)
         if req.old_size != self.size:
-            return httpx.Response(409, text=f"{self.size}\n",
-                                  headers={"Content-Type": "text/x.tlog.size"})
+            return httpx.Response(
+                409, text=f"{self.size}\n", headers={"Content-Type": "text/x.tlog.size"}
+            )
         text = parse_note(req.checkpoint_note).text
         self.size = int(text.split("\n")[1])
         return httpx.Response(200, text=self.signer.cosign(text, 1700000000).line())

@@ -30,8 +30,14 @@ pytestmark = pytest.mark.slow
 
 
 def run(*args: str) -> str:
-    out = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True,
-                         cwd=ROOT, timeout=60, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        check=True,
+    )
     return out.stdout
 
 
@@ -40,8 +46,9 @@ class Witness:
         self.dir = base / name
         self.dir.mkdir()
         self.name = f"witness.test/{name}"
-        out = run("client.witness.cli", "keygen", "--name", self.name, "--key",
-                  str(self.dir / "w.key"))
+        out = run(
+            "client.witness.cli", "keygen", "--name", self.name, "--key", str(self.dir / "w.key")
+        )
         self.vkey = next(w for w in out.split() if w.startswith(self.name + "+"))
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -55,8 +62,18 @@ class Witness:
     def start(self) -> None:
         log = open(self.dir / "out.log", "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "client.witness.cli", "serve", "--config",
-             str(self.dir / "w.toml")], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "client.witness.cli",
+                "serve",
+                "--config",
+                str(self.dir / "w.toml"),
+            ],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         for _ in range(200):
             try:
                 httpx.get(self.url + "/evidence", timeout=1)
@@ -100,15 +117,26 @@ def test_three_witnesses_two_of_three(tmp_path: Path) -> None:
             w.stop()
 
 
-def run_scenario(tmp_path: Path, data: Path, log_vkey: str,
-                 witnesses: list[Witness]) -> ServerProcess:
-    policy_text = f"log {log_vkey}\n" + "".join(
-        f"witness {w.dir.name} {w.vkey} {w.url}\n" for w in witnesses
-    ) + "group any2 2 w1 w2 w3\nquorum any2\n"
+def run_scenario(
+    tmp_path: Path, data: Path, log_vkey: str, witnesses: list[Witness]
+) -> ServerProcess:
+    policy_text = (
+        f"log {log_vkey}\n"
+        + "".join(f"witness {w.dir.name} {w.vkey} {w.url}\n" for w in witnesses)
+        + "group any2 2 w1 w2 w3\nquorum any2\n"
+    )
     (tmp_path / "policy").write_text(policy_text)
     policy = Policy.parse(policy_text)
-    srv = start_server(data, None, "--witnesses", str(tmp_path / "policy"),
-                       "--witness-interval", "0.1", "--witness-max-backoff", "2")
+    srv = start_server(
+        data,
+        None,
+        "--witnesses",
+        str(tmp_path / "policy"),
+        "--witness-interval",
+        "0.1",
+        "--witness-max-backoff",
+        "2",
+    )
     try:
         check_scenario(srv, data, policy, witnesses)
     except BaseException:
@@ -117,16 +145,18 @@ def run_scenario(tmp_path: Path, data: Path, log_vkey: str,
     return srv
 
 
-def check_scenario(srv: ServerProcess, data: Path, policy: Policy,
-                   witnesses: list[Witness]) -> None:
+def check_scenario(
+    srv: ServerProcess, data: Path, policy: Policy, witnesses: list[Witness]
+) -> None:
     token = (data / "demo-submitter.token").read_text().strip()
     stop = threading.Event()
     acked: list[tuple[int, bytes]] = []
 
     def submit() -> None:
         n = 0
-        with httpx.Client(base_url=srv.url, headers={"Authorization": f"Bearer {token}"},
-                          timeout=10) as c:
+        with httpx.Client(
+            base_url=srv.url, headers={"Authorization": f"Bearer {token}"}, timeout=10
+        ) as c:
             while not stop.is_set():
                 e = b"witnessed-%d" % n
                 n += 1
@@ -185,10 +215,16 @@ def check_scenario(srv: ServerProcess, data: Path, policy: Policy,
     # Every cosigned checkpoint seen is consistent with the last one.
     with httpx.Client(base_url=srv.url) as c:
         for size, cp in seen.items():
-            d = c.get("/v1/proof/consistency",
-                      params={"old_size": size, "tree_size": third.size}).json()
-            verify_consistency(size, third.size, cp.root_hash, third.root_hash,
-                               [b64decode_strict(h) for h in d["consistency_proof"]])
+            d = c.get(
+                "/v1/proof/consistency", params={"old_size": size, "tree_size": third.size}
+            ).json()
+            verify_consistency(
+                size,
+                third.size,
+                cp.root_hash,
+                third.root_hash,
+                [b64decode_strict(h) for h in d["consistency_proof"]],
+            )
         # A receipt fetched again now carries the witnesses' cosignatures.
         index, entry = acked[0]
         bundle = TlogProof.parse(c.get(f"/v1/bundle/{index}").text)
