@@ -30,6 +30,7 @@ from client.proof_bundle import TlogProof
 from client.scim.leaf import RawEntryError, check_raw_entry, is_structured_entry
 from client.tiles import MAX_ENTRY_SIZE, parse_tile_path
 from tlog.auth import AuthError, Forbidden, Principal, TokenStore
+from tlog.bodies import BodyTooLarge, MalformedBody, check_json_shape, off_loop
 from tlog.log import Log, NotFound, Published
 from tlog.sequencer import Overloaded, Sequencer, SequencerStopped
 from tlog.witnessing import WitnessPusher
@@ -67,6 +68,8 @@ def _json_error(status: int, reason: str, headers: dict[str, str] | None = None)
 ERRORS: list[tuple[type[BaseException], int]] = [
     (BadRequest, 400),
     (FormatError, 400),
+    (MalformedBody, 400),
+    (BodyTooLarge, 413),
     (AuthError, 401),
     (Forbidden, 403),
     (NotFound, 404),
@@ -275,7 +278,7 @@ class Api:
         self.principal(request, "submitter")
         body = await read_body(request, self.limits.max_batch_body_bytes)
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        entries = self._parse_batch(body, ctype)
+        entries = await off_loop(len(body), lambda: self._parse_batch(body, ctype))
         res = await self.seq.submit(entries)
         pub = res.checkpoint
         return JSONResponse(
@@ -291,8 +294,18 @@ class Api:
         lim = self.limits
         entries: list[bytes] = []
         if ctype == "application/json":
+            # {"entries": [...]}: two levels, one element per entry plus the two containers;
+            # checked before json.loads builds anything.
+            try:
+                check_json_shape(body, max_items=lim.max_batch_entries + 1, max_depth=2)
+            except MalformedBody:
+                raise BadRequest('body must be {"entries": [<base64>, ...]}') from None
+            except BodyTooLarge:
+                raise PayloadTooLarge(f"more than {lim.max_batch_entries} entries") from None
             try:
                 doc = json.loads(body)
+            except RecursionError:  # pragma: no cover - the shape check bounds the depth
+                raise BadRequest("body is nested too deeply") from None
             except (ValueError, UnicodeDecodeError) as exc:
                 raise BadRequest(f"body is not JSON: {exc}") from None
             if (
@@ -337,6 +350,13 @@ class Api:
             if len(e) > lim.max_entry_bytes:
                 raise PayloadTooLarge(f"entry {i} is larger than {lim.max_entry_bytes} bytes")
         return entries
+
+    # -- liveness --------------------------------------------------------------------------
+
+    async def healthz(self, request: Request) -> Response:
+        """Liveness: the event loop answers. Touches no storage, takes no lock, no auth."""
+        return Response(b'{"status":"ok"}', media_type="application/json",
+                        headers={"Cache-Control": "no-store"})
 
     # -- tlog-tiles ------------------------------------------------------------------------
 
@@ -541,6 +561,7 @@ def create_app(
         Route("/v1/entries", _wrap(api.add_entry), methods=["POST"]),
         Route("/v1/proof/inclusion", _wrap(api.inclusion), methods=["GET"]),
         Route("/checkpoint", _wrap(api.checkpoint), methods=["GET"]),
+        Route("/healthz", _wrap(api.healthz), methods=["GET"]),
         Route("/v1/entries/batch", _wrap(api.add_batch), methods=["POST"]),
         Route("/v1/proof/consistency", _wrap(api.consistency), methods=["GET"]),
         Route("/v1/log", _wrap(api.log_info), methods=["GET"]),

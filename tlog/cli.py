@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from client import logredact
+from client.serving import add_limit_arguments
 from tlog.auth import ROLES, TokenStore
 from tlog.signer import CheckpointSigner, create_key_file, load_key_file
 from tlog.storage import Storage, StorageError
@@ -64,10 +65,12 @@ def _open_signer(args: argparse.Namespace, create: bool) -> CheckpointSigner:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
     import uvicorn.config
 
+    from client.serving import limits_from_args, run_hardened
     from tlog.server import build_app
+
+    limits = limits_from_args(args)
 
     # The sequencer's writer thread and the event loop share the GIL. With the default 5 ms
     # switch interval, a writer whose fsync has returned can wait 5 ms for the GIL before it
@@ -110,10 +113,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"--data-binary 'hello' {url}/v1/entries"
         )
     sys.stdout.flush()
-    uvicorn.run(
+    run_hardened(
         app,
-        host=args.host,
-        port=args.port,
+        args.host,
+        args.port,
+        limits,
         log_level=args.log_level,
         access_log=args.access_log,
         log_config=logredact.uvicorn_log_config(uvicorn.config.LOGGING_CONFIG),
@@ -244,6 +248,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--switch-interval-ms", type=float, default=0.5,
                    help="Python thread switch interval (GIL handoff latency), ms")
     s.add_argument("--access-log", action="store_true")
+    add_limit_arguments(s)
     s.add_argument(
         "--no-demo-token",
         dest="demo_token",

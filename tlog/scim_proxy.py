@@ -47,6 +47,7 @@ from client.scim.middleware import SCIM_ERROR_URN, AuditConfig, AuditMiddleware
 from client.scim.outbox import Outbox
 from client.scim.pseudonyms import LogPseudonyms
 from client.scim.relay import Relay
+from client.serving import add_limit_arguments, limits_from_args, run_hardened
 
 __all__ = ["Forwarder", "ProxySettings", "UpstreamError", "build_proxy", "main_proxy"]
 
@@ -412,13 +413,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "wait in the proxy")
     p.add_argument("--log-level", default="info",
                    choices=["critical", "error", "warning", "info", "debug"])
+    add_limit_arguments(p)
 
 
 def main_proxy(args: argparse.Namespace) -> int:
-    """Run the proxy under uvicorn until interrupted."""
-    import uvicorn
+    """Run the proxy under uvicorn (:func:`client.serving.run_hardened`) until interrupted."""
     import uvicorn.config
 
+    limits = limits_from_args(args)
     logging.basicConfig(level=getattr(logging, args.log_level.upper()),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logredact.install()  # no identifiers, query values or tokens in log lines
@@ -441,8 +443,8 @@ def main_proxy(args: argparse.Namespace) -> int:
     mode = "fail-open" if args.fail_open else "fail-closed"
     print(f"tlog scim-proxy: http://{host}:{port} -> {args.upstream} ({mode}), "
           f"events to {args.log_url} via {args.outbox}", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level=args.log_level, access_log=False,
-                log_config=logredact.uvicorn_log_config(uvicorn.config.LOGGING_CONFIG),
-                server_header=False, date_header=False, lifespan="on",
-                timeout_graceful_shutdown=10)
+    run_hardened(app, host, port, limits, log_level=args.log_level, access_log=False,
+                 log_config=logredact.uvicorn_log_config(uvicorn.config.LOGGING_CONFIG),
+                 server_header=False, date_header=False, lifespan="on",
+                 timeout_graceful_shutdown=10)
     return 0

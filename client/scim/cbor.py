@@ -25,6 +25,7 @@ from client.note import FormatError
 
 __all__ = [
     "MAX_DEPTH",
+    "CborTooLarge",
     "EventFormatError",
     "check_det",
     "dumps_det",
@@ -43,6 +44,10 @@ class EventFormatError(FormatError):
     map malformed input to HTTP 400 need not know about it. The message says which rule
     broke and where (``at $.req.dig: ...``).
     """
+
+
+class CborTooLarge(EventFormatError):
+    """More data items than the caller's ``max_items`` (HTTP 413 rather than 400)."""
 
 
 def _at(path: str, msg: str) -> EventFormatError:
@@ -144,15 +149,18 @@ def dumps_det(obj: object, *, max_depth: int = MAX_DEPTH) -> bytes:
 _MAJOR_NAMES = ("uint", "nint", "bstr", "tstr", "array", "map", "tag", "simple/float")
 
 
-def _scan(data: bytes, max_depth: int) -> None:
+def _scan(data: bytes, max_depth: int, max_items: int | None = None) -> None:
     """Walk the item structure without building values; reject what §4.2.1 or our model bans.
 
     Checks: well-formed headers, shortest argument encoding (RFC 8949 §4.2.1 first bullet),
     definite lengths only, no tags (major type 6), no floats or simple values other than
-    false/true/null, lengths that fit in the input, nesting depth, and no trailing bytes.
+    false/true/null, lengths that fit in the input, nesting depth, no trailing bytes, and
+    (``max_items``) the number of data items: a container header announces its count, so a
+    hostile array is refused here, before anything is built.
     """
     n = len(data)
     pos = 0
+    budget = n if max_items is None else max_items
     # Stack of "items still to read" per open container; the bottom entry is the top level.
     pending = [1]
     while pending:
@@ -197,6 +205,9 @@ def _scan(data: bytes, max_depth: int) -> None:
             count = arg * 2 if major == 5 else arg
             if count > n - pos:  # every item needs at least one byte
                 raise EventFormatError("CBOR truncated container")
+            budget -= count
+            if budget < 0:
+                raise CborTooLarge(f"CBOR has more than {max_items} data items")
             if len(pending) > max_depth:
                 raise EventFormatError("CBOR nested too deeply")
             pending.append(count)
@@ -210,17 +221,19 @@ def _scan(data: bytes, max_depth: int) -> None:
         raise EventFormatError("trailing bytes after CBOR item")
 
 
-def loads_det(data: bytes, *, max_depth: int = MAX_DEPTH) -> Any:
+def loads_det(data: bytes, *, max_depth: int = MAX_DEPTH, max_items: int | None = None) -> Any:
     """Decode deterministic CBOR strictly; raise :class:`EventFormatError` on anything else.
 
     Guarantees: the result is in the :func:`check_det` model and ``dumps_det(result) == data``.
     Rejected: tags, floats, simple values other than false/true/null, indefinite lengths,
     non-shortest integers and lengths, duplicate or non-text map keys, unsorted map keys,
-    invalid UTF-8, truncation and trailing bytes. Strings are not Unicode-normalised.
+    invalid UTF-8, truncation and trailing bytes. Strings are not Unicode-normalised. With
+    ``max_items``, more data items than that (counted from container headers, before any
+    value is built) raise :class:`CborTooLarge`.
     """
     if type(data) is not bytes:
         raise EventFormatError("CBOR input must be bytes")
-    _scan(data, max_depth)
+    _scan(data, max_depth, max_items)
     try:
         obj = cbor2.loads(
             data,

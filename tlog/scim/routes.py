@@ -29,7 +29,7 @@ from starlette.routing import Route
 
 from client.note import FormatError, b64decode_strict
 from client.proof_bundle import TlogProof
-from client.scim.cbor import MAX_DEPTH, EventFormatError, loads_det
+from client.scim.cbor import MAX_DEPTH, CborTooLarge, EventFormatError, loads_det
 from client.scim.event import (
     Event,
     decode_event,
@@ -40,6 +40,7 @@ from client.scim.event import (
 from client.scim.jsonstrict import strict_json
 from tlog.app import Api, BadRequest, PayloadTooLarge, Query, b64, error_response, read_body
 from tlog.auth import ROLES, Forbidden, Principal
+from tlog.bodies import BodyTooLarge, check_json_shape, off_loop
 from tlog.log import NotFound, Published
 from tlog.scim.keys import SubjectId
 from tlog.scim.service import (
@@ -117,6 +118,20 @@ class _Query(Query):
             raise BadRequest(f"{name}: {exc}") from None
 
 
+def _cbor_array_length(body: bytes) -> int | None:
+    """The element count a CBOR array header announces (None if ``body`` is no array)."""
+    if not body or body[0] >> 5 != 4:
+        return None
+    ai = body[0] & 0x1F
+    if ai < 24:
+        return ai
+    if 24 <= ai <= 27:
+        width = 1 << (ai - 24)
+        if len(body) > width:
+            return int.from_bytes(body[1 : 1 + width], "big")
+    return None
+
+
 def _eid(value: str) -> str:
     try:
         canonical = str(uuid.UUID(value))
@@ -180,20 +195,34 @@ class ScimRoutes:
         body = await read_body(request, self.limits.max_event_body)
         if not body:
             raise BadRequest("empty body")
-        ev = event_from_json(body) if ctype == JSON else decode_event(body)
+        ev = await off_loop(
+            len(body), lambda: event_from_json(body) if ctype == JSON else decode_event(body)
+        )
         done, pub = await self.service.submit(tenant, [ev])
         return JSONResponse(self._submitted(api, done[0], pub))
 
     def _parse_batch(self, body: bytes, ctype: str) -> list[Event]:
+        """Events of a batch body; every limit applies before the body is decoded."""
         limit = self.limits.max_batch_events
+        max_items = self.limits.max_batch_items
         items: list[Any]
         if ctype == JSON:
+            try:
+                check_json_shape(body, max_items=max_items, max_depth=MAX_DEPTH + 2)
+            except BodyTooLarge:
+                raise PayloadTooLarge(f"more than {max_items} JSON elements in one batch") from None
             doc = _strict_json(body)
             if type(doc) is not dict or set(doc) != {"events"} or type(doc["events"]) is not list:
                 raise BadRequest('body must be {"events": [<event>, ...]}')
             items = doc["events"]
         else:
-            doc = loads_det(body, max_depth=MAX_DEPTH + 1)
+            n = _cbor_array_length(body)
+            if n is not None and n > limit:
+                raise PayloadTooLarge(f"more than {limit} events in one batch")
+            try:
+                doc = loads_det(body, max_depth=MAX_DEPTH + 1, max_items=max_items)
+            except CborTooLarge:
+                raise PayloadTooLarge(f"more than {max_items} CBOR items in one batch") from None
             if type(doc) is not list:
                 raise BadRequest("a CBOR batch must be an array of events")
             items = doc
@@ -221,7 +250,7 @@ class ScimRoutes:
         if ctype not in (JSON, CBOR):
             raise UnsupportedMediaType("Content-Type must be application/json or application/cbor")
         body = await read_body(request, self.limits.max_batch_body)
-        events = self._parse_batch(body, ctype)
+        events = await off_loop(len(body), lambda: self._parse_batch(body, ctype))
         done, pub = await self.service.submit(tenant, events)
         return JSONResponse(
             {

@@ -113,6 +113,7 @@ class ScimLimits:
     max_event_body: int = MAX_JSON_SIZE  # bytes of one event's body, JSON or CBOR (413)
     max_batch_events: int = 1000  # events per batch request (413)
     max_batch_body: int = 8 << 20  # bytes of one batch body (413)
+    max_batch_items: int = 1 << 18  # JSON elements / CBOR items in one batch body (413)
     max_search_limit: int = 100  # results per search page
     default_search_limit: int = 50
     max_scan: int = 10_000  # index records examined per search page

@@ -1,0 +1,261 @@
+"""Run an ASGI app under uvicorn so that slow, idle or greedy clients cannot exhaust it.
+
+:func:`run_hardened` is the one server runner of ``tlog serve``, ``tlog scim-proxy`` and
+``tlog-witness serve``. It lives in ``client/`` so the witness can use it; it imports uvicorn
+only when called, so importing this module pulls in no server dependency.
+
+What uvicorn does not do, and this adds (documented in docs/operations.md, "Limits and
+timeouts"):
+
+* **Header timeout.** The request head (request line and headers) must be complete within
+  ``header_timeout`` seconds of the connection opening or of the previous response. A
+  connection that sent nothing is closed; one that sent part of a head gets ``408`` and is
+  closed (slowloris). uvicorn only times out a connection that is idle *after* a response
+  (``keep_alive``), never a fresh one, and never a half-sent head.
+* **Body timeout.** Once the head is in, the body must be complete within ``body_timeout``
+  seconds (unless the app has stopped reading it). Otherwise the connection is closed and
+  the app sees ``http.disconnect``.
+* **Head size.** More than ``max_head_bytes`` of request line and headers: ``431`` and close
+  (httptools, uvicorn's fast parser, has no such limit of its own).
+* **Connection limit that favours real work.** At most ``max_connections`` connections
+  (clamped below the process's file-descriptor limit, which is raised to its hard limit).
+  A new connection over the limit evicts the oldest connection that is idle or still
+  sending its request; only when every connection has a request in progress is the new one
+  refused with ``503``. A few hundred idle or half-sent sockets therefore never lock out a
+  new client, and the limit never closes a request that is being answered.
+
+The timers are checked once a second from uvicorn's own tick, so the request path carries
+no per-request timer; each expiry is at most a second late.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import resource
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    import uvicorn
+
+__all__ = [
+    "ServerLimits",
+    "add_limit_arguments",
+    "hardened_config",
+    "limits_from_args",
+    "run_hardened",
+]
+
+log = logging.getLogger("tlog.serving")
+
+_FD_RESERVE = 128  # descriptors kept for storage, key files, outgoing HTTP clients, logs
+
+_R408 = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+_R431 = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\n"
+         b"connection: close\r\n\r\n")
+_R503 = (b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\ncontent-length: 0\r\n"
+         b"connection: close\r\n\r\n")
+
+# Phases of a connection, in eviction order (idle or sending a head first, never "app").
+HEAD, BODY, APP = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """Per-connection limits and timeouts of :func:`run_hardened` (seconds, bytes)."""
+
+    header_timeout: float = 10.0
+    body_timeout: float = 60.0
+    keep_alive: int = 5
+    max_connections: int = 1000
+    max_head_bytes: int = 32 * 1024
+    backlog: int = 2048
+
+
+class _Guard:
+    """Mixed in before a uvicorn HTTP protocol class (httptools or h11)."""
+
+    # Set by uvicorn's protocol classes (declared for the type checker).
+    connections: set[Any]
+    cycle: Any
+    transport: asyncio.Transport
+    flow: Any
+
+    limits: ServerLimits
+    max_connections: int
+    _phase: int
+    _phase_key: object
+    _since: float
+    _head_bytes: int
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        super().connection_made(transport)  # type: ignore[misc]
+        self._phase, self._phase_key = HEAD, None
+        self._since = asyncio.get_running_loop().time()
+        self._head_bytes = 0
+        if len(self.connections) > self.max_connections:
+            self._make_room()
+
+    def data_received(self, data: bytes) -> None:
+        cycle = self.cycle
+        super().data_received(data)  # type: ignore[misc]
+        if self.cycle is cycle and (cycle is None or cycle.response_complete):
+            # Still no complete head: count what it has sent so far.
+            self._head_bytes += len(data)
+            if self._head_bytes > self.limits.max_head_bytes and not self.transport.is_closing():
+                self.transport.write(_R431)
+                self.transport.close()
+        else:
+            self._head_bytes = 0
+
+    def _current_phase(self) -> tuple[int, object]:
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete:
+            return HEAD, cycle
+        if cycle.more_body and not getattr(self.flow, "read_paused", False):
+            return BODY, cycle
+        return APP, cycle
+
+    def _check(self, now: float) -> None:
+        """Advance this connection's phase clock; close it if its phase has run out."""
+        if self.transport.is_closing():
+            return
+        phase, key = self._current_phase()
+        if phase != self._phase or key is not self._phase_key:
+            self._phase, self._phase_key, self._since = phase, key, now
+            return
+        if phase == HEAD and now - self._since > self.limits.header_timeout:
+            if self._head_bytes:
+                self.transport.write(_R408)
+            self.transport.close()
+        elif phase == BODY and now - self._since > self.limits.body_timeout:
+            self.transport.close()
+
+    def _make_room(self) -> None:
+        """Over the limit: close the oldest idle or slow-sending connection, else this one."""
+        victim: _Guard | None = None
+        best: tuple[int, float] = (APP, 0.0)
+        for c in self.connections:
+            if c is self or not isinstance(c, _Guard) or c.transport.is_closing():
+                continue
+            phase, _ = c._current_phase()
+            if phase != APP and (victim is None or (phase, c._since) < best):
+                victim, best = c, (phase, c._since)
+        if victim is not None:
+            if victim._head_bytes:
+                victim.transport.write(_R503)
+            victim.transport.close()
+            return
+        self.transport.write(_R503)
+        self.transport.close()
+
+
+def _fd_budget(wanted: int) -> int:
+    """Raise the soft RLIMIT_NOFILE towards the hard one; the connections it leaves room for."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted + _FD_RESERVE
+    if soft != resource.RLIM_INFINITY and soft < target:
+        new = target if hard == resource.RLIM_INFINITY else min(target, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+            soft = new
+        except (ValueError, OSError):  # pragma: no cover - not allowed here
+            pass
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    return max(1, min(wanted, soft - _FD_RESERVE))
+
+
+def _server_class() -> type[uvicorn.Server]:
+    import uvicorn
+
+    class HardenedServer(uvicorn.Server):
+        async def on_tick(self, counter: int) -> bool:
+            if counter % 10 == 0:  # uvicorn ticks every 0.1 s
+                now = asyncio.get_running_loop().time()
+                for c in list(self.server_state.connections):
+                    if isinstance(c, _Guard):
+                        c._check(now)
+            return await super().on_tick(counter)
+
+    return HardenedServer
+
+
+def hardened_config(
+    app: Any, host: str, port: int, limits: ServerLimits | None = None, **kwargs: Any
+) -> uvicorn.Config:
+    """A uvicorn Config whose HTTP protocol enforces ``limits`` (see the module docstring).
+
+    ``kwargs`` go to :class:`uvicorn.Config` (``log_level``, ``access_log``, ...); ``http``
+    may name the base protocol ("httptools", the default when installed, or "h11").
+    """
+    import uvicorn
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    lim = limits or ServerLimits()
+    base: type[asyncio.Protocol]
+    if kwargs.pop("http", "auto") == "h11":
+        from uvicorn.protocols.http.h11_impl import H11Protocol
+
+        base = H11Protocol
+    else:
+        base = AutoHTTPProtocol
+    protocol = type(
+        f"Hardened{base.__name__}",
+        (_Guard, base),
+        {"limits": lim, "max_connections": _fd_budget(lim.max_connections)},
+    )
+    kwargs.setdefault("server_header", False)
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        http=protocol,
+        timeout_keep_alive=lim.keep_alive,
+        h11_max_incomplete_event_size=lim.max_head_bytes,
+        backlog=lim.backlog,
+        **kwargs,
+    )
+
+
+def run_hardened(
+    app: Any, host: str, port: int, limits: ServerLimits | None = None, **kwargs: Any
+) -> None:
+    """Serve ``app`` on ``host:port`` until SIGINT/SIGTERM, with ``limits`` enforced.
+
+    Extra keyword arguments go to :class:`uvicorn.Config` (``log_level``, ``access_log``,
+    ``timeout_graceful_shutdown``, ``log_config``, ...).
+    """
+    config = hardened_config(app, host, port, limits, **kwargs)
+    _server_class()(config).run()
+
+
+def add_limit_arguments(p: argparse.ArgumentParser) -> None:
+    """The ``--header-timeout`` ... ``--max-connections`` flags of every hardened server."""
+    d = ServerLimits()
+    p.add_argument("--header-timeout", type=float, default=d.header_timeout,
+                   help="seconds a client has to send a complete request head, counted from "
+                        f"the connection or the previous response (default {d.header_timeout:g})")
+    p.add_argument("--body-timeout", type=float, default=d.body_timeout,
+                   help="seconds a client has to send a request body after its head "
+                        f"(default {d.body_timeout:g})")
+    p.add_argument("--keep-alive", type=int, default=d.keep_alive,
+                   help="seconds an idle keep-alive connection stays open "
+                        f"(default {d.keep_alive})")
+    p.add_argument("--max-connections", type=int, default=d.max_connections,
+                   help="open connections at most; over it the oldest idle or slow one is "
+                        f"closed (default {d.max_connections})")
+
+
+def limits_from_args(args: argparse.Namespace) -> ServerLimits:
+    for name in ("header_timeout", "body_timeout", "keep_alive", "max_connections"):
+        if getattr(args, name) <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive")
+    return ServerLimits(
+        header_timeout=args.header_timeout,
+        body_timeout=args.body_timeout,
+        keep_alive=args.keep_alive,
+        max_connections=args.max_connections,
+    )
