@@ -197,3 +197,21 @@ def test_evidence_verifies_and_every_alteration_fails(live: Live, tmp_path: Path
     with pytest.raises(VerificationError):
         other = Ed25519Signer(live.signer.origin, bytes(32)).verifier()  # same name, other key
         verify_evidence(json.dumps(doc), other)
+
+
+def test_verify_evidence_command(live: Live, tmp_path: Path) -> None:
+    from client.cli import main
+
+    doc = _bundle(live)
+    f = tmp_path / "evidence.json"
+    f.write_text(json.dumps(doc))
+    assert main(["scim", "verify-evidence", str(f), "--vkey", live.vkey]) == 0
+    assert main(["scim", "verify-evidence", str(f), "--vkey", live.vkey,
+                 "--tenant-ref", doc["tn"]]) == 0
+    assert main(["scim", "verify-evidence", str(f), "--vkey", live.vkey,
+                 "--tenant-ref", base64.b64encode(bytes(16)).decode()]) == 2
+    assert main(["scim", "verify-evidence", str(tmp_path / "missing"), "--vkey", live.vkey]) == 1
+    assert main(["scim", "verify-evidence", str(f)]) == 1  # no key: nothing trusted
+    doc["events"][0]["leaf_hash"] = base64.b64encode(bytes(32)).decode()
+    f.write_text(json.dumps(doc))
+    assert main(["scim", "verify-evidence", str(f), "--vkey", live.vkey]) == 2

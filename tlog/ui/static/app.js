@@ -65,6 +65,7 @@ const state = {
   rows: [], // {r (server result), checks, ok, warn}
   selected: null,
   trusted: null, // largest verified checkpoint seen in this page
+  cosigned: null, // the newest checkpoint seen with a verified witness quorum
   noteCache: new Map(), // note -> Promise<checkpoint>
 };
 
@@ -194,6 +195,7 @@ async function loadLog() {
   const checks = $("cp-checks");
   try {
     const cp = await checkpoint(s.checkpoint);
+    if (cp.witness && cp.witness.met) state.cosigned = cp;
     $("root").textContent = b64encode(cp.root);
     const [wk, wt] = witnessText(cp);
     checks.replaceChildren(
@@ -568,9 +570,10 @@ async function exportEvidence() {
   if (good.length !== state.rows.length) {
     alarm("Evidence export leaves out the events that failed verification.");
   }
-  // Fresh inclusion proofs, all against the largest checkpoint verified in this page, so the
-  // bundle shows one history.
-  const cp = state.trusted;
+  // Fresh inclusion proofs, all against one checkpoint so the bundle shows one history: the
+  // newest quorum-cosigned one if it covers every event, else the largest verified here.
+  let cp = state.trusted;
+  if (state.cosigned && good.every((x) => x.r.index < state.cosigned.size)) cp = state.cosigned;
   const events = [];
   for (const { r } of good) {
     const d = await api(`/v1/proof/inclusion?index=${r.index}&tree_size=${cp.size}`);
