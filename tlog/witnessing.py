@@ -33,6 +33,7 @@ from client.witness_client import (
     WitnessClient,
     WitnessConflict,
     WitnessError,
+    WitnessRejected,
 )
 from tlog.integrity import RECOVER_HINT, RollbackDetected
 from tlog.log import Log, Published
@@ -219,7 +220,10 @@ class WitnessPusher:
             del st.alarms[:-20]
             log.critical(
                 "SPLIT-VIEW ALARM: witness %s answered %s to checkpoint %d: %s",
-                st.name, exc.status, pub.size, str(exc)[:200],
+                st.name,
+                exc.status,
+                pub.size,
+                str(exc)[:200],
             )
             st.last_error = f"split-view alarm ({exc.status})"
             st.next_attempt = now + self.max_backoff
@@ -233,6 +237,17 @@ class WitnessPusher:
             )
             return
         except (WitnessError, VerificationError, FormatError) as exc:
+            if isinstance(exc, WitnessRejected) and exc.status in (403, 404):
+                # tlog-witness: 404 (Sunlight) or 403 (litewitness) = the witness does not
+                # know this log or this key: an operator's job, not a split view. Slowly.
+                what = "does not witness this log" if exc.status == 404 else "refuses our key"
+                st.last_error = (
+                    f"witness {what} (HTTP {exc.status}): give its operator this log's "
+                    "entry (`tlog log-entry`)"
+                )
+                st.backoff = self.max_backoff
+                st.next_attempt = now + self.max_backoff
+                return
             st.backoff = min(self.max_backoff, st.backoff * 2 or 1)
             st.next_attempt = now + st.backoff
             st.last_error = f"{type(exc).__name__}: {exc}"[:300]
@@ -274,7 +289,9 @@ class WitnessPusher:
             except (WitnessError, VerificationError, FormatError) as exc:
                 log.warning(
                     "witness %s could not be asked at start-up (%s); the rollback check "
-                    "relies on the remembered checkpoint until it answers", name, exc
+                    "relies on the remembered checkpoint until it answers",
+                    name,
+                    exc,
                 )
                 continue
             st.cosigned_size = pub.size
