@@ -39,6 +39,8 @@ from urllib.parse import quote, urlsplit
 import h11
 import httpx
 from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
@@ -49,9 +51,20 @@ from client.scim.pseudonyms import LogPseudonyms
 from client.scim.relay import Relay
 from client.serving import add_limit_arguments, limits_from_args, run_hardened
 
-__all__ = ["Forwarder", "ProxySettings", "UpstreamError", "build_proxy", "main_proxy"]
+__all__ = [
+    "Forwarder",
+    "ProxySettings",
+    "StartupError",
+    "UpstreamError",
+    "build_proxy",
+    "check_log",
+    "main_proxy",
+]
 
 _log = logging.getLogger("tlog.scim_proxy")
+
+# The proxy's own endpoint (not forwarded): the audit backlog as JSON.
+STATUS_PATH = "/.tlog/status"
 
 # RFC 9110 §7.6.1: connection-specific fields are not forwarded.
 HOP_BY_HOP = frozenset({
@@ -64,6 +77,10 @@ def _hop_by_hop(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
     named = {t.strip().lower() for k, v in headers if k.lower() == b"connection"
              for t in v.split(b",")}
     return HOP_BY_HOP | named
+
+
+class StartupError(Exception):
+    """The proxy must not start: its log, token or tenant do not fit together."""
 
 
 class UpstreamError(Exception):
@@ -337,6 +354,48 @@ class ProxySettings:
     upstream_timeout: float = 60.0
     upstream_connections: int = 64
     outbox_max_bytes: int | None = None
+    log_origin: str | None = None
+
+
+def check_log(s: ProxySettings, *, http: httpx.Client | None = None) -> dict[str, Any]:
+    """Start-up checks: the log answers as a tlog log (and has ``log_origin`` if given), the
+    token is valid there, is a ``submitter`` token, and is bound to ``tenant``. Raises
+    :class:`StartupError` naming what does not fit; a proxy that started anyway would answer
+    ``queued`` while its relay loops on 401/403. Returns the log's ``/v1/log`` answer."""
+    client = http if http is not None else httpx.Client(timeout=10.0)
+    base = s.log_url.rstrip("/")
+    try:
+        r = client.get(base + "/v1/log")
+        if r.status_code != 200:
+            raise StartupError(f"{base}/v1/log answered {r.status_code}: is this a tlog log?")
+        info = r.json()
+        if not isinstance(info, dict) or not isinstance(info.get("origin"), str):
+            raise StartupError(f"{base}/v1/log is not a tlog log description")
+        if s.log_origin is not None and info["origin"] != s.log_origin:
+            raise StartupError(
+                f"the log at {base} is {info['origin']!r}, not {s.log_origin!r}"
+            )
+        r = client.get(base + "/v1/scim/whoami", headers={"Authorization": f"Bearer {s.token}"})
+        if r.status_code in (401, 403):
+            raise StartupError(f"the log refuses the token ({r.status_code}): wrong or revoked")
+        if r.status_code != 200:
+            raise StartupError(f"{base}/v1/scim/whoami answered {r.status_code}")
+        who = r.json()
+        if not isinstance(who, dict) or who.get("role") != "submitter":
+            role = who.get("role") if isinstance(who, dict) else None
+            raise StartupError(f"the token has the role {role!r}; the proxy needs a submitter")
+        if who.get("tenant") != s.tenant:
+            raise StartupError(
+                f"the token is bound to tenant {who.get('tenant')!r}, not --tenant {s.tenant!r}"
+            )
+    except httpx.HTTPError as exc:
+        raise StartupError(f"the log at {base} cannot be reached: {exc}") from None
+    except ValueError:
+        raise StartupError(f"the log at {base} answered something that is not JSON") from None
+    finally:
+        if http is None:
+            client.close()
+    return info
 
 
 def build_proxy(s: ProxySettings, *, log_transport: httpx.BaseTransport | None = None
@@ -355,7 +414,20 @@ def build_proxy(s: ProxySettings, *, log_transport: httpx.BaseTransport | None =
         yield
         await forwarder.aclose()
 
-    inner = Starlette(routes=[Route("/{path:path}", forwarder)], lifespan=lifespan)
+    holder: list[AuditMiddleware] = []
+
+    async def status(request: Request) -> Response:
+        mw = holder[0]
+        got = await asyncio.get_running_loop().run_in_executor(None, mw.backlog)
+        return JSONResponse({"upstream": s.upstream, "log": s.log_url, **got})
+
+    inner = Starlette(
+        routes=[
+            Route(STATUS_PATH, status, methods=["GET"]),
+            Route("/{path:path}", forwarder),
+        ],
+        lifespan=lifespan,
+    )
     base = forwarder.base_path if s.base_path is None else s.base_path.rstrip("/")
     # Group members are pseudonymised under their own keys at the log, so shredding a user
     # also unlinks them from group events (never recorded in plaintext instead).
@@ -369,7 +441,9 @@ def build_proxy(s: ProxySettings, *, log_transport: httpx.BaseTransport | None =
                          ref_pid=pids)
     outbox = Outbox(s.outbox, max_bytes=s.outbox_max_bytes)
     relay = Relay(outbox, s.log_url, s.token, transport=log_transport)
-    return AuditMiddleware(inner, config, outbox, relay, own=True)
+    mw = AuditMiddleware(inner, config, outbox, relay, own=True)
+    holder.append(mw)
+    return mw
 
 
 def _listen(value: str) -> tuple[str, int]:
@@ -411,6 +485,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--upstream-connections", type=int, default=64,
                    help="requests in flight to the upstream at most (default 64); the rest "
                         "wait in the proxy")
+    p.add_argument("--log-origin", default=None,
+                   help="refuse to start unless the log's origin is this")
     p.add_argument("--log-level", default="info",
                    choices=["critical", "error", "warning", "info", "debug"])
     add_limit_arguments(p)
@@ -437,7 +513,15 @@ def main_proxy(args: argparse.Namespace) -> int:
         upstream_connections=args.upstream_connections,
         outbox_max_bytes=(None if args.outbox_max_mb is None
                           else int(args.outbox_max_mb * (1 << 20))),
+        log_origin=args.log_origin,
     )
+    try:
+        info = check_log(settings)
+    except StartupError as exc:
+        print(f"tlog scim-proxy: refusing to start: {exc}", file=sys.stderr)
+        return 2
+    _log.info("log %s (tree size %s) accepts this token for tenant %s", info["origin"],
+              info.get("tree_size"), settings.tenant)
     app = build_proxy(settings)
     host, port = args.listen
     mode = "fail-open" if args.fail_open else "fail-closed"

@@ -919,6 +919,16 @@ class AuditMiddleware:
         self._failed_size = 0  # bytes of the last add the outbox refused
         self.stats = {"events": 0, "access": 0, "unrecorded": 0, "refused": 0}
 
+    def backlog(self) -> dict[str, Any]:
+        """The audit backlog, for monitoring (``tlog scim-proxy`` serves it at
+        ``GET /.tlog/status``; metrics exporters can call this directly): the outbox's
+        undelivered events (:meth:`Outbox.backlog`), whether the relay is healthy, and this
+        process's counters (``events`` recorded, ``unrecorded``, ``refused``, ``access``)."""
+        out: dict[str, Any] = dict(self.outbox.backlog())
+        out["relay_healthy"] = None if self.relay is None else self.relay.healthy
+        out.update(self.stats)
+        return out
+
     # lifecycle
 
     def start(self) -> None:

@@ -1,0 +1,90 @@
+"""``tlog scim-proxy`` refuses to start when its log, token and tenant do not fit, and shows
+its audit backlog."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.scim_service.conftest import ORIGIN, T1, URL, Harness, harness  # noqa: F401
+from tlog.scim_proxy import ProxySettings, StartupError, build_proxy, check_log
+
+from .helpers import ROOT, FakeLog, UvicornThread, free_port
+
+
+def settings(token: str, tenant: str = T1, **kw: object) -> ProxySettings:
+    return ProxySettings(upstream="http://127.0.0.1:9/v2", log_url=URL, token=token,
+                         tenant=tenant, sp_id="sp", **kw)  # type: ignore[arg-type]
+
+
+def test_matching_token_tenant_and_log_start(harness: Harness) -> None:  # noqa: F811
+    info = check_log(settings(harness.tok["sub1"], log_origin=ORIGIN), http=harness.client)
+    assert info["origin"] == ORIGIN
+
+
+@pytest.mark.parametrize(("token", "tenant", "origin", "needle"), [
+    ("sub2", T1, None, "bound to tenant"),  # a token of another tenant
+    ("aud1", T1, None, "needs a submitter"),  # the wrong role
+    ("admin", T1, None, "needs a submitter"),
+    (None, T1, None, "refuses the token"),  # not a token of this log
+    ("sub1", T1, "other.example/log", "not 'other.example/log'"),  # another log
+])
+def test_mismatch_refuses_to_start(harness: Harness, token: str | None,  # noqa: F811
+                                   tenant: str, origin: str | None, needle: str) -> None:
+    tok = harness.tok[token] if token else "tlog_" + "x" * 40
+    with pytest.raises(StartupError, match=needle):
+        check_log(settings(tok, tenant, log_origin=origin), http=harness.client)
+
+
+def test_unreachable_or_foreign_log_refuses(harness: Harness) -> None:  # noqa: F811
+    def down(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused")
+
+    with pytest.raises(StartupError, match="cannot be reached"):
+        check_log(settings("t"), http=httpx.Client(transport=httpx.MockTransport(down)))
+
+    def html(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, text="<html>")
+
+    with pytest.raises(StartupError, match="not JSON"):
+        check_log(settings("t"), http=httpx.Client(transport=httpx.MockTransport(html)))
+
+
+def test_cli_exits_without_serving(tmp_path: Path) -> None:
+    token = tmp_path / "t.token"
+    token.write_text("tlog_whatever\n")
+    port = free_port()
+    out = subprocess.run(
+        [sys.executable, "-m", "tlog.cli", "scim-proxy", "--upstream", "http://127.0.0.1:9/v2",
+         "--log", f"http://127.0.0.1:{free_port()}", "--token-file", str(token),
+         "--tenant", "t1", "--sp-id", "sp", "--listen", f"127.0.0.1:{port}",
+         "--outbox", str(tmp_path / "o.sqlite")],
+        capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert out.returncode == 2
+    assert "refusing to start" in out.stderr and "cannot be reached" in out.stderr
+    assert "tlog_whatever" not in out.stderr + out.stdout  # never the token
+
+
+def test_backlog_is_visible(tmp_path: Path) -> None:
+    log = FakeLog(down=True)  # nothing can be delivered
+    app = build_proxy(ProxySettings(upstream="http://127.0.0.1:9/v2", log_url="http://log.test",
+                                    token="tok", tenant="t1", sp_id="raw",
+                                    outbox=tmp_path / "o.sqlite"),
+                      log_transport=log.transport())
+    srv = UvicornThread(app)
+    try:
+        with httpx.Client(base_url=srv.url, timeout=10) as c:
+            st = c.get("/.tlog/status").json()
+            assert st["pending"] == 0 and st["oldest_ms"] is None
+            r = c.delete("/v2/Users/u1")  # upstream unreachable: 502, still an event
+            assert r.status_code == 502 and r.headers["tlog-status"] == "queued"
+            st = c.get("/.tlog/status").json()
+            assert st["pending"] == 1 and st["oldest_ms"] >= 0 and st["events"] == 1
+            assert st["pending_bytes"] > 0 and st["relay_healthy"] in (True, False)
+        assert app.backlog()["pending"] == 1  # the same, for a metrics exporter
+    finally:
+        srv.stop()
