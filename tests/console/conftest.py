@@ -19,7 +19,7 @@ import httpx
 import pytest
 import uvicorn
 
-from client.cosignature import CosignatureSigner
+from client.cosignature import CosignatureSigner, MLDSACosignatureSigner
 from client.note import Ed25519Signer, parse_note
 from client.scim import event_to_json, new_event
 from tlog.log import Published
@@ -101,14 +101,14 @@ class Live:
         return r.json()  # type: ignore[no-any-return]
 
     def cosign(self, n: int = 2) -> None:
-        """The first ``n`` witnesses cosign the latest checkpoint (as the pusher would
-        record it after add-checkpoint)."""
+        """The first ``n`` Ed25519 witnesses and the ML-DSA-44 one cosign the latest
+        checkpoint (as the pusher would record it after add-checkpoint)."""
         pub: Published = self.log.latest
         text = parse_note(pub.note).text
         now = int(time.time())
-        sigs = tuple(w.cosign(text, now) for w in self.witnesses[:n])
-        self.pusher._record(pub, sigs)
-        for name in list(self.pusher.state)[:n]:
+        signers = [*self.witnesses[:n], self.witnesses[3]]
+        self.pusher._record(pub, tuple(w.cosign(text, now) for w in signers))
+        for name in [*list(self.pusher.state)[:n], "pq"]:
             self.pusher.state[name].cosigned_size = pub.size
 
 
@@ -195,17 +195,22 @@ def populate(live: Live) -> None:
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     data = tmp_path_factory.mktemp("console")
     signer = CheckpointSigner(Ed25519Signer(ORIGIN, bytes(range(32))), ORIGIN)
-    witnesses = [CosignatureSigner(f"witness.example/w{i}", bytes([i]) * 32) for i in (1, 2, 3)]
+    witnesses: list[Any] = [
+        CosignatureSigner(f"witness.example/w{i}", bytes([i]) * 32) for i in (1, 2, 3)
+    ]
+    # A post-quantum witness: listed and cosigning, but WebCrypto cannot verify ML-DSA-44,
+    # so the page shows it and never counts it.
+    witnesses.append(MLDSACosignatureSigner("witness.example/pq", bytes([4]) * 32))
     dead = free_port()  # nothing listens there: the test cosigns by itself
     policy = (
         "\n".join(
             [
                 f"log {signer.vkey()}",
                 *(
-                    f"witness w{i} {w.verifier().vkey()} http://127.0.0.1:{dead}/w{i}"
-                    for i, w in enumerate(witnesses, 1)
+                    f"witness {n} {w.verifier().vkey()} http://127.0.0.1:{dead}/{n}"
+                    for n, w in zip(("w1", "w2", "w3", "pq"), witnesses, strict=True)
                 ),
-                "group two 2 w1 w2 w3",
+                "group two 2 w1 w2 w3 pq",
                 "quorum two",
             ]
         )

@@ -65,7 +65,8 @@ def test_summary_is_public_and_checks_out(live: Live) -> None:
     assert s["tree_size"] <= s["latest_size"]
     assert s["checkpoint_time"] is not None
     names = {w["name"]: w for w in s["witnesses"]}
-    assert set(names) == {"w1", "w2", "w3"}
+    assert set(names) == {"w1", "w2", "w3", "pq"}
+    assert names["pq"]["cosigned_time"] == names["w1"]["cosigned_time"]  # ML-DSA times too
     assert names["w1"]["cosigned_size"] == s["tree_size"] and names["w1"]["cosigned_time"]
     assert names["w3"]["cosigned_size"] == 0 and names["w3"]["cosigned_time"] is None
     hist = s["history"]

@@ -106,11 +106,12 @@ def test_public_view_verifies_checkpoint_witnesses_and_chart(page: Any, live: Li
     open_console(page, live)
     checks = page.inner_text("#cp-checks")
     assert "signature verified" in checks
-    assert "quorum met (2 cosignatures verified)" in checks
+    assert "quorum met (2 cosignatures verified; 1 ML-DSA-44" in checks
     assert page.inner_text("#origin") == live.signer.origin
     rows = page.locator("#witnesses tbody tr")
-    assert rows.count() == 3
+    assert rows.count() == 4
     assert rows.filter(has_text="cosignature verified").count() == 2
+    assert rows.filter(has_text="ML-DSA-44: not verifiable here").count() == 1
     assert page.locator("#chart svg polyline").count() == 1
     assert page.locator("#chart svg circle").count() >= 3
     assert page.locator("#alarm").is_hidden()

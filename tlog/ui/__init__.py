@@ -82,7 +82,8 @@ def policy_text(policy: Policy) -> str:
 
 
 def _cosig_times(lines: bytes | None) -> dict[tuple[str, int], int]:
-    """(key name, key id) -> timestamp of each cosignature/v1 line (72-byte signatures)."""
+    """(key name, key id) -> timestamp (ms) of each cosignature line: both cosignature types
+    (Ed25519 0x04, ML-DSA-44 0x06) start with a big-endian uint64 time after the key ID."""
     out: dict[tuple[str, int], int] = {}
     for line in (lines or b"").decode("utf-8", "replace").split("\n"):
         if not line.startswith("\u2014 "):
@@ -92,7 +93,7 @@ def _cosig_times(lines: bytes | None) -> dict[tuple[str, int], int]:
             raw = b64decode_strict(sig)
         except FormatError:
             continue
-        if len(raw) == 4 + 8 + 64:
+        if len(raw) >= 4 + 8 + 64:  # cosignature/v1 (Ed25519) or ML-DSA-44: time first
             kid, ts = struct.unpack(">IQ", raw[:12])
             out[(name, kid)] = ts * 1000
     return out

@@ -178,8 +178,10 @@ async function verifyCheckpoint(note) {
 function witnessText(cp) {
   if (!cp.witness) return ["warn", "no witness policy"];
   const n = cp.witness.witnesses.length;
-  if (cp.witness.met) return ["ok", `quorum met (${n} cosignature${n === 1 ? "" : "s"} verified)`];
-  return ["warn", `not yet witnessed to quorum (${n} verified cosignature${n === 1 ? "" : "s"})`];
+  const u = cp.witness.unverifiable.length;
+  const extra = u ? `; ${u} ML-DSA-44 not verifiable here` : "";
+  if (cp.witness.met) return ["ok", `quorum met (${n} cosignature${n === 1 ? "" : "s"} verified${extra})`];
+  return ["warn", `not yet witnessed to quorum (${n} verified cosignature${n === 1 ? "" : "s"}${extra})`];
 }
 
 // --- public view --------------------------------------------------------------------------
@@ -219,11 +221,14 @@ function renderWitnesses(s, cp) {
     return;
   }
   const verified = new Map((cp && cp.witness ? cp.witness.witnesses : []).map((w) => [w.name, w.time]));
+  const unverifiable = new Set(cp && cp.witness ? cp.witness.unverifiable : []);
   $("quorum").textContent = `Quorum: ${state.policy.quorum} — ${state.policy.witnesses.size} witness(es) in the pinned policy.`;
   const status = new Map(s.witnesses.map((w) => [w.name, w]));
   for (const name of state.policy.witnesses.keys()) {
     const w = status.get(name) || {};
-    const here = verified.has(name) ? badge("ok", "cosignature verified") : badge("pending", "not on this checkpoint");
+    const here = verified.has(name) ? badge("ok", "cosignature verified")
+      : unverifiable.has(name) ? badge("warn", "ML-DSA-44: not verifiable here")
+        : badge("pending", "not on this checkpoint");
     if (verified.has(name)) here.title = `cosigned at ${utc(verified.get(name))}`;
     const errs = w.alarms ? badge("bad", `${w.alarms} split-view alarm(s)`) : w.last_error ? badge("warn", w.last_error) : "";
     body.append(el("tr", {},

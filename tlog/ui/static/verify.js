@@ -160,6 +160,7 @@ export async function verifyConsistency(m, n, oldRoot, newRoot, proof) {
 
 export const ALG_ED25519 = 0x01;
 export const ALG_COSIGNATURE_V1 = 0x04;
+export const ALG_MLDSA44 = 0x06;
 
 export async function keyId(name, alg, pub) {
   const d = await sha256(concat(enc.encode(name + "\n"), Uint8Array.of(alg), pub));
@@ -173,11 +174,18 @@ export async function parseVkey(vkey) {
   if (!m) throw new VerificationError("malformed verifier key");
   const parts = m.slice(1);
   const raw = b64decode(parts[2]);
-  if (raw.length !== 33) throw new VerificationError("verifier key is not an Ed25519 key");
+  if (raw.length < 2) throw new VerificationError("verifier key too short");
   const alg = raw[0];
   const pub = raw.slice(1);
   const id = await keyId(parts[0], alg, pub);
   if (id !== parseInt(parts[1], 16)) throw new VerificationError("verifier key id mismatch");
+  if (alg === ALG_MLDSA44) {
+    // WebCrypto has no ML-DSA: such a witness is listed, its cosignatures are not counted.
+    return { name: parts[0], alg, id, pub, key: null, vkey, unsupported: "ML-DSA-44" };
+  }
+  if (pub.length !== 32 || (alg !== ALG_ED25519 && alg !== ALG_COSIGNATURE_V1)) {
+    throw new VerificationError("verifier key is not an Ed25519 key");
+  }
   const key = await subtle.importKey("raw", pub, { name: "Ed25519" }, false, ["verify"]);
   return { name: parts[0], alg, id, pub, key, vkey };
 }
@@ -246,7 +254,9 @@ export async function parsePolicy(text) {
       p.logs.push(await parseVkey(f[1]));
     } else if (f[0] === "witness") {
       const key = await parseVkey(f[2]);
-      if (key.alg !== ALG_COSIGNATURE_V1) throw new VerificationError(`${where}: not a cosigner`);
+      if (key.alg !== ALG_COSIGNATURE_V1 && key.alg !== ALG_MLDSA44) {
+        throw new VerificationError(`${where}: not a cosigner key`);
+      }
       p.witnesses.set(f[1], { name: f[1], key, url: f[3] || null });
     } else if (f[0] === "group") {
       const members = f.slice(3);
@@ -279,11 +289,18 @@ export function quorumMet(policy, cosigned) {
 
 // Check every cosignature of a known witness on the checkpoint; a known witness whose
 // cosignature does not verify is a failure (thrown), a missing one just does not count.
-// Returns {witnesses: [{name, time}], met: bool}.
+// Returns {witnesses: [{name, time}], met: bool, unverifiable: [names]}: cosignatures of
+// witnesses whose key type WebCrypto lacks (ML-DSA-44) are reported, never counted.
 export async function checkCosignatures(cp, policy) {
   const good = new Map();
+  const unverifiable = [];
   for (const w of policy.witnesses.values()) {
-    for (const s of cp.sigs.filter((x) => x.name === w.key.name && x.id === w.key.id)) {
+    const lines = cp.sigs.filter((x) => x.name === w.key.name && x.id === w.key.id);
+    if (w.key.unsupported) {
+      if (lines.length) unverifiable.push(w.name);
+      continue;
+    }
+    for (const s of lines) {
       if (s.raw.length !== 72) throw new VerificationError(`cosignature of ${w.name} is malformed`);
       let t = 0n;
       for (const b of s.raw.slice(0, 8)) t = (t << 8n) | BigInt(b);
@@ -295,7 +312,7 @@ export async function checkCosignatures(cp, policy) {
     }
   }
   const witnesses = [...good].map(([name, time]) => ({ name, time }));
-  return { witnesses, met: quorumMet(policy, new Set(good.keys())) };
+  return { witnesses, met: quorumMet(policy, new Set(good.keys())), unverifiable };
 }
 
 // --- deterministic CBOR -------------------------------------------------------------------
