@@ -1,4 +1,4 @@
-"""The ``tlog`` command: keygen, serve, token, fsck."""
+"""The ``tlog`` command: keygen, serve, token, fsck, recover."""
 
 from __future__ import annotations
 
@@ -183,6 +183,26 @@ def cmd_fsck(args: argparse.Namespace) -> int:
     return 0 if rep.ok else 2
 
 
+def cmd_recover(args: argparse.Namespace) -> int:
+    from tlog.integrity import CHECKPOINT_FILE, CheckpointFile
+    from tlog.recover import checkpoint_file_target, recover, witness_targets
+
+    data = _data_dir(args)
+    signer = _open_signer(args, create=False)
+    targets = []
+    if args.checkpoint:
+        targets.append(checkpoint_file_target(Path(args.checkpoint), signer))
+    if args.witnesses:
+        targets.extend(witness_targets(Path(args.witnesses), signer))
+    remembered = CheckpointFile(
+        Path(args.checkpoint_file) if args.checkpoint_file else data / CHECKPOINT_FILE,
+        signer.verifier,
+        signer.origin,
+    )
+    recover(data / "db", signer, args.source, remembered, targets)
+    return 0
+
+
 def cmd_scim_proxy(args: argparse.Namespace) -> int:
     from tlog.scim_proxy import main_proxy
 
@@ -283,6 +303,24 @@ def parser() -> argparse.ArgumentParser:
     f = sub.add_parser("fsck", help="recompute and check the whole tree")
     data_opt(f)
     f.set_defaults(func=cmd_fsck)
+
+    rc = sub.add_parser(
+        "recover",
+        help="bring a restored or emptied store forward from a copy, verified against the "
+        "last signed checkpoint (signs nothing)",
+    )
+    data_opt(rc)
+    rc.add_argument("--from", dest="source", required=True,
+                    help="a tlog-tiles URL or directory (auditor, mirror) or a store directory")
+    rc.add_argument("--key", default=os.environ.get("TLOG_KEY"),
+                    help="key file (default <data>/log.key)")
+    rc.add_argument("--origin", default=os.environ.get("TLOG_ORIGIN"))
+    rc.add_argument("--checkpoint-file", default=os.environ.get("TLOG_CHECKPOINT_FILE"),
+                    help="the remembered checkpoint (default <data>/last-checkpoint)")
+    rc.add_argument("--witnesses", default=os.environ.get("TLOG_WITNESSES"),
+                    help="witness policy: also verify against what the witnesses cosigned")
+    rc.add_argument("--checkpoint", help="a checkpoint note this log signed, to reach")
+    rc.set_defaults(func=cmd_recover)
 
     from tlog.scim_proxy import add_arguments as scim_proxy_arguments
 

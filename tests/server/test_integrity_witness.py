@@ -171,3 +171,33 @@ def test_running_log_stops_signing_when_a_witness_is_ahead(tmp_path: Path,
         assert c.get("/checkpoint").status_code == 200  # reads keep working
     assert log_.latest.size == 2  # nothing signed at the sizes the witness already holds
     log_.storage.close()
+
+
+def test_recover_to_what_the_witness_cosigned(tmp_path: Path, witness: RealWitness,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """The whole data dir came back from an old backup (the remembered checkpoint too): the
+    witness's cosigned checkpoint is the target, and after recovery the log starts."""
+    import os
+
+    from tlog.cli import main as tlog_main
+
+    witness.start()
+    data, policy = tmp_path / "data", _policy(tmp_path, witness)
+    _grow_and_witness(data, policy, [2])
+    _backup(data, tmp_path / "backup")
+    _grow_and_witness(data, policy, [6])
+    mirror = tmp_path / "mirror"
+    shutil.copytree(data / "db", mirror, ignore=shutil.ignore_patterns("tlog.lock"))
+    _restore(tmp_path / "backup", data)
+    with pytest.raises(RollbackDetected, match="cosigned tree size 6"):
+        build_app(data, make_signer(), scim=False, witness_policy=policy)
+    # The CLI reads the log key from <data>/log.key.
+    fd = os.open(data / "log.key", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.write(fd, make_signer()._key.skey().encode() + b"\n")
+    os.close(fd)
+    assert tlog_main(["recover", "--data", str(data), "--from", str(mirror),
+                      "--witnesses", str(policy)]) == 0
+    assert "verified against the checkpoint at size 6 (witness w1)" in capsys.readouterr().out
+    _app, log_, _ = build_app(data, make_signer(), scim=False, witness_policy=policy)
+    assert log_.latest.size == 6 and log_.halted is None
+    log_.storage.close()

@@ -1,0 +1,274 @@
+"""``tlog recover``: bring a restored (older, emptied) store forward without a fork.
+
+The entries the store lacks are re-imported from a copy of the log (tlog-tiles entry bundles
+from a URL or a directory, e.g. an auditor's or a mirror's, or another store directory),
+hashed into the store's own tree, and the resulting root is checked against the newest
+checkpoint this log is known to have signed (the remembered checkpoint file, the witnesses'
+latest cosigned checkpoints, or a checkpoint file given by the operator). Only if every one
+of those matches is anything written: entries, dedup records, tree tiles and the *already
+signed* checkpoint, in one compare-and-swap commit. Nothing new is signed, so recovery can
+never fork the log; after it, ``tlog serve``'s start-up checks pass and the log signs again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from client.checkpoint import Checkpoint
+from client.merkle import VerificationError
+from client.note import FormatError, Note, open_note
+from client.policy import Policy
+from client.tiles import TILE_WIDTH, Tile, decode_entry_bundle
+from client.witness_client import WitnessClient, WitnessError
+from tlog.integrity import CheckpointFile, DataDirLock, preflight
+from tlog.log import Log
+from tlog.signer import CheckpointSigner
+from tlog.storage import BatchWrite, Storage, StorageError
+from tlog.tree import NodeReader, RightEdge
+
+__all__ = ["RecoveryError", "Target", "recover"]
+
+log = logging.getLogger("tlog.recover")
+
+
+class RecoveryError(StorageError):
+    """Recovery is impossible or the copy does not match what the log signed."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """A checkpoint this log signed, and where we learned it."""
+
+    checkpoint: Checkpoint
+    note: str  # the log-signed note (log signature only)
+    source: str
+
+
+def _own_note(note: str, signer: CheckpointSigner, source: str) -> Target:
+    """Verify ``note`` under the log key and keep only the log's signature line."""
+    try:
+        n = open_note(note, [signer.verifier])
+        cp = Checkpoint.parse(n.text)
+    except (FormatError, VerificationError) as exc:
+        raise RecoveryError(f"{source}: not a checkpoint signed by this log ({exc})") from None
+    if cp.origin != signer.origin:
+        raise RecoveryError(f"{source}: checkpoint of origin {cp.origin!r}, not this log's")
+    v = signer.verifier
+    own = tuple(s for s in n.signatures if (s.name, s.key_id) == (v.name, v.key_id))
+    return Target(cp, Note(n.text, own).format(), source)
+
+
+def witness_targets(policy_path: Path, signer: CheckpointSigner) -> list[Target]:
+    """The latest checkpoint each reachable witness of the policy holds for this log."""
+    policy = Policy.parse(policy_path.read_text("utf-8"))
+    out: list[Target] = []
+    with httpx.Client(timeout=10.0) as http:
+        for w in policy.witnesses.values():
+            if not w.url:
+                continue
+            try:
+                note = WitnessClient(w.url, w.verifier, http=http).latest_checkpoint(
+                    signer.origin
+                )
+            except WitnessError as exc:
+                log.warning("witness %s could not be asked: %s", w.name, exc)
+                continue
+            if note is not None:
+                out.append(_own_note(note, signer, f"witness {w.name}"))
+    return out
+
+
+# -- sources ---------------------------------------------------------------------------------
+
+Fetch = Callable[[Tile], bytes | None]
+
+
+def _tile_fetcher(source: str) -> tuple[Fetch, Callable[[], None]]:
+    if source.startswith(("http://", "https://")):
+        http = httpx.Client(timeout=30.0, follow_redirects=False)
+        base = source.rstrip("/")
+
+        def get(tile: Tile) -> bytes | None:
+            try:
+                r = http.get(f"{base}/{tile.path()}")
+            except httpx.HTTPError as exc:
+                raise RecoveryError(f"{base}/{tile.path()}: {exc}") from None
+            if r.status_code == 404:
+                return None
+            if r.status_code != 200:
+                raise RecoveryError(f"{base}/{tile.path()}: HTTP {r.status_code}")
+            return r.content
+
+        return get, http.close
+    root = Path(source)
+
+    def read(tile: Tile) -> bytes | None:
+        try:
+            return (root / tile.path()).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    return read, lambda: None
+
+
+def _entries_from_tiles(source: str, start: int, end: int) -> list[bytes]:
+    fetch, close = _tile_fetcher(source)
+    out: list[bytes] = []
+    try:
+        for k in range(start // TILE_WIDTH, (end - 1) // TILE_WIDTH + 1):
+            width = min(TILE_WIDTH, end - k * TILE_WIDTH)
+            data = fetch(Tile(-1, k, width)) if width < TILE_WIDTH else None
+            if data is None:  # a copy at a larger size has the full bundle instead
+                data = fetch(Tile(-1, k))
+            if data is None:
+                raise RecoveryError(f"{source} has no entry bundle {Tile(-1, k, width).path()}")
+            try:
+                bundle = decode_entry_bundle(data)
+            except FormatError as exc:
+                raise RecoveryError(f"{source}: entry bundle {k}: {exc}") from None
+            if len(bundle) < width:
+                raise RecoveryError(f"{source}: entry bundle {k} holds {len(bundle)} entries")
+            lo = max(start - k * TILE_WIDTH, 0)
+            out.extend(bundle[lo:width])
+    finally:
+        close()
+    return out
+
+
+def _entries_from_store(path: Path, start: int, end: int) -> list[bytes]:
+    st = Storage(path, readonly=True)
+    try:
+        with st.read() as rv:
+            got = rv.entries(start, end)
+    finally:
+        st.close()
+    if len(got) != end - start:
+        raise RecoveryError(f"the store {path} holds only up to entry {start + len(got) - 1}")
+    return got
+
+
+def fetch_entries(source: str, start: int, end: int) -> list[bytes]:
+    """Entries ``start .. end-1`` from a store directory, a tiles directory or a tiles URL."""
+    if start >= end:
+        return []
+    p = Path(source)
+    if not source.startswith(("http://", "https://")):
+        if (p / "data.mdb").exists():
+            return _entries_from_store(p, start, end)
+        if (p / "db" / "data.mdb").exists():  # a whole data directory
+            return _entries_from_store(p / "db", start, end)
+        if not p.is_dir():
+            raise RecoveryError(f"{source} is neither a URL, a tiles directory nor a store")
+    return _entries_from_tiles(source, start, end)
+
+
+# -- recovery --------------------------------------------------------------------------------
+
+
+def recover(
+    store: Path,
+    signer: CheckpointSigner,
+    source: str,
+    remembered: CheckpointFile,
+    targets: list[Target],
+    echo: Callable[[str], None] = print,
+) -> int:
+    """Bring ``store`` forward to the newest of ``targets`` (and the remembered checkpoint).
+
+    Returns the tree size reached. Raises :class:`RecoveryError` without writing anything
+    if the copy does not reproduce every target's root.
+    """
+    targets = list(targets)
+    mem = remembered.read()
+    if mem is not None:
+        targets.append(_own_note(mem.note, signer, f"remembered checkpoint {remembered.path}"))
+    if not targets:
+        raise RecoveryError(
+            "no checkpoint to verify against: the remembered checkpoint file is missing and "
+            "no witness answered. Give one with --checkpoint <file> (a checkpoint this log "
+            "signed, e.g. from an auditor)."
+        )
+    target = max(targets, key=lambda t: t.checkpoint.size)
+    n = target.checkpoint.size
+    with DataDirLock(store, "tlog recover"):
+        data = store / "data.mdb"
+        if data.exists() and data.stat().st_size == 0:
+            data.unlink()  # a failed copy: nothing to keep
+            echo(f"tlog: removed the empty {data}; rebuilding the store from {source}")
+        preflight(store)
+        storage = Storage(store)
+        try:
+            lg = Log(storage, signer)  # no remembered file: no rollback check, we are the fix
+            base = lg.latest
+            s = base.size
+            if s >= n:
+                _check_roots(storage, targets)
+                remembered.write(lg.latest.note if s > n else target.note)
+                echo(f"tlog: nothing to recover: the store is at size {s} >= {n}, and matches")
+                return s
+            echo(f"tlog: the store ends at {s}; fetching entries {s}..{n - 1} from {source}")
+            entries = fetch_entries(source, s, n)
+            hashes = [hashlib.sha256(b"\x00" + e).digest() for e in entries]
+            if len(set(hashes)) != len(hashes):
+                raise RecoveryError(f"{source} repeats an entry: not a copy of this log")
+
+            def blob(level: int, index: int) -> bytes | None:
+                with storage.read() as rv:
+                    b = rv.blob(level, index)
+                    return None if b is None else bytes(b)
+
+            edge = RightEdge(s, blob)
+            edge.append(hashes)
+            reader = edge.reader()
+            for t in targets:
+                if t.checkpoint.size > s and reader.root(t.checkpoint.size) != (
+                    t.checkpoint.root_hash
+                ):
+                    raise RecoveryError(
+                        f"the entries from {source} do not produce the root this log signed "
+                        f"at size {t.checkpoint.size} ({t.source}); nothing was imported. "
+                        "Use another copy."
+                    )
+            _check_roots(storage, [t for t in targets if t.checkpoint.size <= s])
+            storage.commit_batch(
+                BatchWrite(
+                    s,
+                    entries,
+                    hashes,
+                    edge.take_dirty(),
+                    n,
+                    target.note.encode(),
+                    base.note.encode(),
+                )
+            )
+            remembered.write(target.note)
+        finally:
+            storage.close()
+    echo(
+        f"tlog: recovered entries {s}..{n - 1} from {source}, verified against the "
+        f"checkpoint at size {n} ({target.source}); the log may sign again ('tlog serve')"
+    )
+    return n
+
+
+def _check_roots(storage: Storage, targets: list[Target]) -> None:
+    with storage.read() as rv:
+        reader = NodeReader(rv.blob)
+        for t in targets:
+            if reader.root(t.checkpoint.size) != t.checkpoint.root_hash:
+                raise RecoveryError(
+                    f"the store's tree at size {t.checkpoint.size} differs from the checkpoint "
+                    f"this log signed ({t.source}): the store holds another history, which "
+                    "recovery cannot repair. Move it aside and recover into an empty store."
+                )
+
+
+def checkpoint_file_target(path: Path, signer: CheckpointSigner) -> Target:
+    return _own_note(path.read_text("utf-8"), signer, f"checkpoint file {path}")
+
