@@ -44,6 +44,7 @@ __all__ = [
     "ServerLimits",
     "add_limit_arguments",
     "hardened_config",
+    "hardened_server",
     "limits_from_args",
     "run_hardened",
 ]
@@ -218,6 +219,15 @@ def hardened_config(
         backlog=lim.backlog,
         **kwargs,
     )
+
+
+def hardened_server(config: uvicorn.Config) -> uvicorn.Server:
+    """A uvicorn Server for a :func:`hardened_config` that runs the limit timers.
+
+    For callers that serve pre-bound sockets (``server.serve(sockets=[...])``) or run the
+    server in a thread, such as ``tlog-witness`` and its tests.
+    """
+    return _server_class()(config)
 
 
 def run_hardened(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import re
 import sys
@@ -62,6 +63,22 @@ def _open_signer(args: argparse.Namespace, create: bool) -> CheckpointSigner:
         key = load_key_file(path)
     origin = args.origin or key.name
     return CheckpointSigner(key, origin)
+
+
+def cmd_log_entry(args: argparse.Namespace) -> int:
+    """Print this log's ``logs/v0`` entry, for a witness operator or a witness-network list.
+
+    ``qpd`` is what the push loop can send at most: one round per ``--witness-interval``
+    seconds, each at most two requests per witness (one retry after a 409).
+    """
+    from client.witness.loglist import format_entry
+
+    signer = _open_signer(args, create=False)
+    if args.witness_interval <= 0:
+        raise ValueError("--witness-interval must be positive")
+    qpd = math.ceil(2 * 86400 / args.witness_interval)
+    sys.stdout.write(format_entry(signer.vkey(), signer.origin, qpd, args.contact))
+    return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -299,6 +316,17 @@ def parser() -> argparse.ArgumentParser:
     data_opt(tr)
     tr.add_argument("token_id")
     t.set_defaults(func=cmd_token)
+
+    le = sub.add_parser(
+        "log-entry", help="print this log's logs/v0 entry for witness operators"
+    )
+    data_opt(le)
+    le.add_argument("--key", help="key file (default <data>/log.key)")
+    le.add_argument("--origin", help="log origin (default: the key's name)")
+    le.add_argument("--contact", help="how witness operators reach you (URL or e-mail)")
+    le.add_argument("--witness-interval", type=float, default=1.0,
+                    help="the --witness-interval `serve` runs with (sets qpd)")
+    le.set_defaults(func=cmd_log_entry)
 
     f = sub.add_parser("fsck", help="recompute and check the whole tree")
     data_opt(f)

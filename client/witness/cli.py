@@ -7,6 +7,7 @@ Subcommands::
     tlog-witness check  --config FILE            # exit 0 iff no split-view evidence
     tlog-witness gossip --config FILE [--once]   # gossip round(s) with the peers
     tlog-witness poll   --config FILE [--once]   # poll the logs that have a URL
+    tlog-witness pull-logs --config FILE --source FILE|URL  # add logs from a logs/v0 list
 
 Exit codes: 0 fine; 1 split-view evidence is recorded (``check``, ``gossip``, ``poll``) or
 ``keygen`` refused to overwrite; 2 usage or configuration error; 3 (``check``) the stored
@@ -31,8 +32,10 @@ from client.cosignature import AnyCosignatureSigner, CosignatureSigner, MLDSACos
 from client.merkle import VerificationError
 from client.note import FormatError
 from client.witness.config import ConfigError, KeyFileUnreadable, WitnessConfig
-from client.witness.core import Witness
+from client.witness.core import Witness, WitnessedLog
+from client.witness.loglist import log_verifier
 from client.witness.monitor import Monitor
+from client.witness.provision import pull
 from client.witness.server import WitnessHTTPServer
 from client.witness.store import WitnessStore
 
@@ -163,6 +166,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         own = []
         problems.append(f"cannot read the witness key to verify our cosignatures: {exc}")
     logs = {lg.origin: lg for lg in cfg.logs}
+    for listed in store.listed_logs():  # provisioned from log lists
+        if listed.origin not in logs:
+            logs[listed.origin] = WitnessedLog(listed.origin, (log_verifier(listed.vkey),))
     for stored in store.all_latest():
         log = logs.get(stored.origin)
         if log is None:
@@ -242,6 +248,28 @@ def cmd_poll(args: argparse.Namespace) -> int:
     return _rounds(args, "poll")
 
 
+# --- pull-logs ----------------------------------------------------------------------------
+
+
+def cmd_pull_logs(args: argparse.Namespace) -> int:
+    cfg, witness = _load(args)
+    try:
+        report = pull(witness, args.source, timeout=cfg.http_timeout)
+    except FormatError as exc:
+        _err(f"log list: {exc}")
+        return EXIT_USAGE
+    for origin in report.added:
+        _out(f"added {origin}")
+    for origin in report.conflicts:
+        _out(f"KEY CONFLICT: {origin} is listed with another key; kept the configured one")
+    for origin in report.refused:
+        _out(f"refused {origin}: it is listed with this witness's own key")
+    if args.verbose:
+        for origin in report.known:
+            _out(f"known {origin}")
+    return EXIT_EVIDENCE if report.conflicts or report.refused else EXIT_OK
+
+
 # --- main ---------------------------------------------------------------------------------
 
 
@@ -275,6 +303,11 @@ def _parser() -> argparse.ArgumentParser:
         if name in ("gossip", "poll"):
             s.add_argument("--once", action="store_true", help="one round, then exit")
         s.set_defaults(func=func)
+    pl = sub.add_parser("pull-logs", help="add logs from a logs/v0 list (never changes keys)")
+    pl.add_argument("--config", required=True, help="TOML configuration file")
+    pl.add_argument("--source", required=True, help="log list file or http(s) URL")
+    pl.add_argument("--verbose", action="store_true", help="also list logs already known")
+    pl.set_defaults(func=cmd_pull_logs)
     return p
 
 

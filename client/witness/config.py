@@ -43,11 +43,11 @@ from typing import Any
 from client.cosignature import (
     CosignatureSigner,
     MLDSACosignatureSigner,
-    MLDSACosignatureVerifier,
     cosignature_verifier,
 )
-from client.note import ALG_ED25519, Ed25519Verifier, FormatError, Verifier, parse_vkey
+from client.note import FormatError
 from client.witness.core import WitnessedLog
+from client.witness.loglist import log_verifier
 from client.witness.monitor import Peer
 from client.witness.server import ServerLimits
 
@@ -135,13 +135,6 @@ def _listen(value: str) -> tuple[str, int]:
     return host, port
 
 
-def _log_verifier(vkey: str) -> Verifier:
-    """A log's checkpoint key: Ed25519 note key (0x01) or ML-DSA-44 (0x06)."""
-    if parse_vkey(vkey)[2] == ALG_ED25519:
-        return Ed25519Verifier.from_vkey(vkey)
-    return MLDSACosignatureVerifier.from_vkey(vkey)
-
-
 def load_signer(path: Path) -> CosignatureSigner:
     """Read a cosignature key file; warn if others can read it."""
     try:
@@ -209,7 +202,7 @@ class WitnessConfig:
         for where, t in _tables(doc, "log", _LOG):
             origin = _take(t, "origin", str, where)
             try:
-                verifier = _log_verifier(_take(t, "vkey", str, where))
+                verifier = log_verifier(_take(t, "vkey", str, where))
             except FormatError as exc:
                 raise ConfigError(f"{where}: vkey: {exc}") from None
             if verifier.name != origin:

@@ -68,6 +68,7 @@ from client.cosignature import (
 )
 from client.merkle import EMPTY_ROOT, VerificationError, verify_consistency
 from client.note import FormatError, Note, Signature, Verifier, b64encode, open_note, parse_note
+from client.witness.loglist import log_verifier
 from client.witness.store import Evidence, StoredCheckpoint, WitnessStore
 from client.witness_client import CONTENT_TYPE_SIZE, AddCheckpointRequest, origin_hash
 
@@ -249,7 +250,7 @@ class Witness:
             cp = Checkpoint.parse(note.text)
         except FormatError as exc:
             raise BadRequest(f"malformed checkpoint: {exc}") from None
-        log = self.logs.get(cp.origin)
+        log = self.log_for(cp.origin)
         if log is None:
             raise UnknownOrigin("unknown log origin")
         try:
@@ -326,9 +327,40 @@ class Witness:
     def latest(self, origin: str) -> StoredCheckpoint | None:
         return self.store.latest(origin)
 
+    def log_for(self, origin: str) -> WitnessedLog | None:
+        """The configured log for ``origin``, else one provisioned from a log list."""
+        log = self.logs.get(origin)
+        if log is not None:
+            return log
+        listed = self.store.listed_log(origin)
+        if listed is None:
+            return None
+        try:
+            verifier = log_verifier(listed.vkey)
+        except FormatError:  # pragma: no cover - checked when it was added
+            return None
+        if any(getattr(verifier, "public_key", None) == s.public_key for s in self.signers):
+            return None  # never cosign for a log that has this witness's own key
+        return WitnessedLog(origin, (verifier,))
+
+    def all_logs(self) -> list[WitnessedLog]:
+        """Configured logs, then logs provisioned from log lists."""
+        out = list(self.logs.values())
+        for listed in self.store.listed_logs():
+            if listed.origin not in self.logs:
+                log = self.log_for(listed.origin)
+                if log is not None:
+                    out.append(log)
+        return out
+
     def checkpoint_by_hash(self, hexhash: str) -> str | None:
         """The latest cosigned checkpoint note for ``SHA-256(origin) == hexhash``."""
         origin = self._origin_by_hash.get(hexhash)
+        if origin is None:
+            origin = next(
+                (lg.origin for lg in self.store.listed_logs() if origin_hash(lg.origin) == hexhash),
+                None,
+            )
         if origin is None:
             return None
         stored = self.store.latest(origin)

@@ -259,7 +259,7 @@ class Monitor:
         found = 0
         for peer in self.peers:
             client = WitnessClient(peer.url, peer.verifier, http=self._http)
-            for log in self.witness.logs.values():
+            for log in self.witness.all_logs():
                 try:
                     text = client.latest_checkpoint(log.origin)
                 except WitnessError as exc:

@@ -1,22 +1,21 @@
 """The witness's HTTP server: :class:`client.witness.asgi.WitnessApp` on uvicorn, hardened.
 
-uvicorn is the one server dependency of ``client/``, and only of this module's functions: it
-is imported when a server is built, never when ``client.witness`` is imported, so a verifier
-or a library user of the witness core needs no web stack (``tests/witness/test_imports.py``).
+It runs on the same hardened uvicorn runner as ``tlog serve`` (:mod:`client.serving`: header
+and body timeouts, a head-size limit, a connection limit that evicts idle or slow
+connections first), which loads uvicorn only when a server is built, so importing
+``client.witness`` needs no web stack (``tests/witness/test_imports.py``).
 
-Limits against slow or idle clients (issue 7 part 4, the same for ``tlog-witness``):
+Limits (config keys of ``tlog-witness``, see :class:`ServerLimits`):
 
-* ``header_timeout``: a connection must deliver a request's headers within this many seconds
-  of its first byte (or of being opened); otherwise it is closed. uvicorn has no such timeout
-  of its own, so a protocol subclass arms one timer per request head.
-* ``idle_timeout``: keep-alive connections idle this long between requests are closed
-  (uvicorn's ``timeout_keep_alive``).
-* ``body_timeout``: the whole body must arrive within this many seconds (408 otherwise), in
-  the ASGI app.
-* ``max_connections``: above this many open connections plus in-flight requests, uvicorn
-  answers 503 (``limit_concurrency``); the listen backlog is bounded too.
-* Request heads are capped at 16 KiB (431; h11 also stops buffering a head that size),
-  bodies at 128 KiB (413).
+* ``header_timeout``: a request head must be complete this many seconds after the
+  connection opened or the previous response; else 408 and close (or just close if
+  nothing was sent).
+* ``idle_timeout``: keep-alive connections idle this long between requests are closed.
+* ``body_timeout``: the whole body must arrive within this many seconds: the app answers 408
+  (the runner's own body timer, one second later, is the backstop).
+* ``max_connections``: at most this many open connections; a new one evicts the oldest idle
+  or still-sending connection, and is refused with 503 only when all are busy.
+* Request heads are capped at 16 KiB (431), bodies at 128 KiB (413).
 """
 
 from __future__ import annotations
@@ -26,8 +25,9 @@ import logging
 import socket
 import threading
 from dataclasses import dataclass
-from typing import Any
 
+from client.serving import ServerLimits as RunnerLimits
+from client.serving import hardened_config, hardened_server
 from client.witness.asgi import MAX_HEAD_SIZE, WitnessApp
 from client.witness.core import Witness
 
@@ -52,47 +52,15 @@ class ServerLimits:
         if self.max_connections < 1 or self.backlog < 1:
             raise ValueError("max_connections and backlog must be at least 1")
 
-
-def _guarded_protocol(header_timeout: float) -> type[Any]:
-    """uvicorn's HTTP protocol with a deadline on every request head.
-
-    A timer is armed when the connection opens and whenever bytes arrive while no request is
-    in flight; it closes the connection unless a new request's headers were parsed by then
-    (uvicorn replaces ``self.cycle`` exactly then).
-    """
-    from uvicorn.protocols.http.h11_impl import H11Protocol
-
-    class GuardedH11Protocol(H11Protocol):
-        _head_timer: asyncio.TimerHandle | None = None
-
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
-            self._arm()
-
-        def data_received(self, data: bytes) -> None:
-            idle = self.cycle is None or self.cycle.response_complete
-            if idle and self._head_timer is None:
-                self._arm()
-            super().data_received(data)
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            if self._head_timer is not None:
-                self._head_timer.cancel()
-                self._head_timer = None
-            super().connection_lost(exc)
-
-        def _arm(self) -> None:
-            mark = self.cycle
-
-            def expire() -> None:
-                self._head_timer = None
-                if self.cycle is mark and not self.transport.is_closing():
-                    logger.info("closing a connection that sent no request head in time")
-                    self.transport.close()
-
-            self._head_timer = self.loop.call_later(header_timeout, expire)
-
-    return GuardedH11Protocol
+    def runner(self) -> RunnerLimits:
+        return RunnerLimits(
+            header_timeout=self.header_timeout,
+            body_timeout=self.body_timeout + 1.0,  # the app's own 408 comes first
+            keep_alive=self.idle_timeout,
+            max_connections=self.max_connections,
+            max_head_bytes=MAX_HEAD_SIZE,
+            backlog=self.backlog,
+        )
 
 
 class WitnessHTTPServer:
@@ -109,8 +77,6 @@ class WitnessHTTPServer:
         witness: Witness,
         limits: ServerLimits | None = None,
     ) -> None:
-        import uvicorn
-
         self.witness = witness
         self.limits = limits or ServerLimits()
         host, port = address
@@ -121,21 +87,18 @@ class WitnessHTTPServer:
         self._sock.listen(self.limits.backlog)
         self._sock.setblocking(False)
         self.server_address: tuple[str, int] = self._sock.getsockname()[:2]
-        config = uvicorn.Config(
+        config = hardened_config(
             WitnessApp(witness, body_timeout=self.limits.body_timeout),
-            http=_guarded_protocol(self.limits.header_timeout),
+            host,
+            self.server_address[1],
+            self.limits.runner(),
             lifespan="off",
             log_config=None,
             access_log=False,
-            server_header=False,
             date_header=False,
-            timeout_keep_alive=self.limits.idle_timeout,
-            limit_concurrency=self.limits.max_connections,
-            backlog=self.limits.backlog,
-            h11_max_incomplete_event_size=MAX_HEAD_SIZE,
             timeout_graceful_shutdown=5,
         )
-        self._server = uvicorn.Server(config)
+        self._server = hardened_server(config)
         self._done = threading.Event()
 
     @property

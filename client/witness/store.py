@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Evidence", "StoredCheckpoint", "Suspicion", "WitnessStore"]
+__all__ = ["Evidence", "ListedLog", "StoredCheckpoint", "Suspicion", "WitnessStore"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS checkpoints (
@@ -40,6 +40,14 @@ CREATE TABLE IF NOT EXISTS evidence (
     their_note  TEXT NOT NULL,
     detail      TEXT NOT NULL,     -- JSON: sizes, roots, the proof if any
     UNIQUE (origin, peer, our_note, their_note)
+);
+CREATE TABLE IF NOT EXISTS listed_logs (
+    origin   TEXT PRIMARY KEY,     -- logs added from a logs/v0 list; never re-keyed
+    vkey     TEXT NOT NULL,
+    qpd      INTEGER,
+    contact  TEXT,
+    source   TEXT NOT NULL,
+    added_at INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS suspicions (
     origin      TEXT NOT NULL,
@@ -89,6 +97,18 @@ class Evidence:
             "their_checkpoint": self.their_note,
             "detail": self.detail,
         }
+
+
+@dataclass(frozen=True)
+class ListedLog:
+    """A log provisioned from a ``logs/v0`` list (``tlog-witness pull-logs``)."""
+
+    origin: str
+    vkey: str
+    qpd: int | None
+    contact: str | None
+    source: str
+    added_at: int
 
 
 @dataclass(frozen=True)
@@ -240,6 +260,43 @@ class WitnessStore:
         with self._connect() as conn:
             row = conn.execute("SELECT 1 FROM evidence WHERE origin = ? LIMIT 1", (origin,))
             return row.fetchone() is not None
+
+    # --- logs from log lists ---------------------------------------------------------------
+
+    def add_listed_log(
+        self,
+        origin: str,
+        vkey: str,
+        qpd: int | None,
+        contact: str | None,
+        source: str,
+        now: int,
+    ) -> bool:
+        """Add a listed log; False (and nothing changes) if the origin is already listed."""
+        with self._connect() as conn:
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO listed_logs (origin, vkey, qpd, contact, source, added_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (origin, vkey, qpd, contact, source, now),
+            )
+            return cur.rowcount == 1
+
+    def listed_log(self, origin: str) -> ListedLog | None:
+        with self._connect() as conn:
+            row = conn.execute(
+                "SELECT origin, vkey, qpd, contact, source, added_at FROM listed_logs"
+                " WHERE origin = ?",
+                (origin,),
+            ).fetchone()
+        return None if row is None else ListedLog(*row)
+
+    def listed_logs(self) -> list[ListedLog]:
+        with self._connect() as conn:
+            rows = conn.execute(
+                "SELECT origin, vkey, qpd, contact, source, added_at FROM listed_logs"
+                " ORDER BY origin"
+            ).fetchall()
+        return [ListedLog(*r) for r in rows]
 
     # --- suspicions (missing proofs, counted across rounds and restarts) -----------------
 

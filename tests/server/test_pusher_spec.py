@@ -49,3 +49,20 @@ def test_unknown_cosignature_lines_are_ignored(setup) -> None:  # type: ignore[n
     assert kept <= {(w.signer.name, w.signer.key_id) for w in ws.values()}
     assert all(not st.last_error for st in pusher.state.values())
     policy.verify_checkpoint(pusher.checkpoint(), log_.origin)
+
+
+def test_a_round_sends_at_most_two_requests_per_witness(setup) -> None:  # type: ignore[no-untyped-def]
+    """What `tlog log-entry` declares as qpd: 2 requests per witness per round, one round
+    per --witness-interval."""
+    log_, ws, _policy, pusher = setup
+    for i in range(4):
+        log_.integrate([b"round-%d" % i])
+        pusher.clients["a"]._known_size.clear()  # as after a restart: old 0, 409, retry
+        before = {n: len(w.requests) for n, w in ws.items()}
+        pusher.push_once()
+        sent = {n: len(w.requests) - before[n] for n, w in ws.items()}
+        assert sent["a"] == (1 if i == 0 else 2)  # the first round's old 0 is right
+        assert sent["b"] == sent["c"] == 1
+        for st in pusher.state.values():
+            assert st.last_error is None
+            st.next_attempt = 0

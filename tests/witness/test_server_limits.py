@@ -50,7 +50,7 @@ def test_silent_connection_is_closed(server: WitnessHTTPServer) -> None:
 def test_slow_request_head_is_closed(server: WitnessHTTPServer) -> None:
     with connect(server) as s:
         s.sendall(b"POST /add-checkpoint HTTP/1.1\r\nHost: x\r\n")  # never finished
-        assert read_all(s) == b""
+        assert read_all(s).startswith(b"HTTP/1.1 408 ")
 
 
 def test_slow_body_gets_408(server: WitnessHTTPServer) -> None:
@@ -78,27 +78,18 @@ def test_oversized_head_is_refused(server: WitnessHTTPServer) -> None:
     assert answer.startswith(b"HTTP/1.1 431 ")
 
 
-def test_connection_limit(tmp_path: Path, log300: FakeLog) -> None:
+def test_idle_sockets_cannot_lock_out_a_client(tmp_path: Path, log300: FakeLog) -> None:
     w = make_witness(tmp_path / "w.db", [log300.witnessed_log()])
     limits = ServerLimits(header_timeout=30, idle_timeout=30, body_timeout=30, max_connections=4)
     srv, thread = start_server(w, limits=limits)
     try:
         with ExitStack() as stack:
             idle = [stack.enter_context(connect(srv)) for _ in range(4)]
+            # A fifth client over the limit is served: the oldest idle socket makes room.
             with connect(srv) as s:
                 s.sendall(b"GET /evidence HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                assert read_all(s).startswith(b"HTTP/1.1 503 ")
-            for s in idle:
-                s.close()
-        # Once the idle sockets are gone the witness answers again (bounded retries: the
-        # server notices the closes asynchronously).
-        for _ in range(50):
-            r = httpx.get(srv.url + "/evidence", timeout=10)
-            if r.status_code == 200:
-                break
-            stack.close()
-            thread.join(0.1)
-        assert r.status_code == 200
+                assert read_all(s).startswith(b"HTTP/1.1 200 ")
+            assert read_all(idle[0]) == b""  # evicted (closed by the server)
     finally:
         srv.shutdown()
         srv.server_close()
