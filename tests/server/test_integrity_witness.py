@@ -201,3 +201,26 @@ def test_recover_to_what_the_witness_cosigned(tmp_path: Path, witness: RealWitne
     _app, log_, _ = build_app(data, make_signer(), scim=False, witness_policy=policy)
     assert log_.latest.size == 6 and log_.halted is None
     log_.storage.close()
+
+
+def test_running_log_stops_signing_when_a_witness_holds_another_root(
+        tmp_path: Path, witness: RealWitness) -> None:
+    """The witness cosigned size 3 of one history; the store (same key) holds another history
+    of size 5. Start-up passes (the witness is behind: 409 with size 3), but the first push's
+    consistency proof from 3 fails at the witness: the log stops signing."""
+    witness.start()
+    data, policy = tmp_path / "data", _policy(tmp_path, witness)
+    _grow_and_witness(data, policy, [3])
+    shutil.rmtree(data / "db")
+    (data / "last-checkpoint").unlink()
+    other = Log(Storage(data / "db"), make_signer())
+    other.integrate([b"o%d" % i for i in range(5)])
+    other.storage.close()
+    app, log_, _ = build_app(data, make_signer(), scim=False, witness_policy=policy,
+                             witness_interval=0.0)
+    with TestClient(app) as c:
+        _wait(lambda: c.get("/v1/witnesses").json()["halted"] is not None)
+        halted = c.get("/v1/witnesses").json()["halted"]
+        assert "inconsistent with this log's checkpoint 5" in halted
+        assert "forked" in halted
+    log_.storage.close()
