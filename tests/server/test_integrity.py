@@ -16,7 +16,7 @@ from client.merkle import leaf_hash, verify_consistency
 from tlog.integrity import CheckpointFile, DataDirLock, LockHeld, RollbackDetected, preflight
 from tlog.log import Log, LogHalted
 from tlog.server import build_app
-from tlog.storage import CommitConflict, Storage, u64
+from tlog.storage import CommitConflict, Storage, StorageError, u64
 
 from .conftest import ORIGIN, make_signer
 
@@ -128,13 +128,39 @@ def test_an_entry_that_cannot_be_stored_is_not_acknowledged(tmp_path: Path) -> N
 # -- the remembered checkpoint and start-up refusals ---------------------------------------
 
 
+def _remembered(path: Path) -> str | None:
+    m = CheckpointFile(path, make_signer().verifier, ORIGIN).read()
+    return None if m is None else m.note
+
+
 def test_remembered_checkpoint_follows_every_batch(tmp_path: Path) -> None:
     mem = tmp_path / "last-checkpoint"
     log_ = _log(tmp_path / "db", mem)
-    assert mem.read_text() == log_.latest.note  # size 0, written at creation
+    assert _remembered(mem) == log_.latest.note  # size 0, written at creation
     r = log_.integrate([b"one", b"two"])
-    assert mem.read_text() == r.checkpoint.note
+    assert _remembered(mem) == r.checkpoint.note
+    r = log_.integrate([b"three"])
+    assert _remembered(mem) == r.checkpoint.note
     assert mem.stat().st_mode & 0o777 == 0o600
+    assert mem.stat().st_size == 8192  # fixed: a write never changes file metadata
+    log_.storage.close()
+
+
+def test_a_torn_write_leaves_the_previous_checkpoint(tmp_path: Path) -> None:
+    """A crash in the middle of a write damages one slot; the other holds the one before."""
+    mem = tmp_path / "last-checkpoint"
+    log_ = _log(tmp_path / "db", mem)
+    before = log_.integrate([b"a"]).checkpoint.note
+    log_.integrate([b"b"])
+    raw = bytearray(mem.read_bytes())
+    newest = 0 if raw[8:16] > raw[4096 + 8 : 4096 + 16] else 4096
+    raw[newest + 100] ^= 0xFF  # the slot being written when the power went
+    mem.write_bytes(bytes(raw))
+    assert _remembered(mem) == before
+    raw[(4096 - newest) + 50] ^= 0xFF  # and the other one too: say so, never guess
+    mem.write_bytes(bytes(raw))
+    with pytest.raises(StorageError, match="is damaged"):
+        _remembered(mem)
     log_.storage.close()
 
 
@@ -210,14 +236,14 @@ def test_store_ahead_of_the_remembered_checkpoint_starts(tmp_path: Path) -> None
     """A crash between the LMDB commit and the file update leaves the file one batch
     behind: that is not a rollback, and the file catches up at start."""
     data, db, _ = _published_store(tmp_path, 3)
-    old = (data / "last-checkpoint").read_text()
+    old = (data / "last-checkpoint").read_bytes()
     log_ = _log(db)  # no remembered file: as if the process died before writing it
     log_.integrate([b"more"])
     log_.storage.close()
-    (data / "last-checkpoint").write_text(old)
+    (data / "last-checkpoint").write_bytes(old)
     app, log2, _ = build_app(data, make_signer(), scim=False)
     assert log2.latest.size == 4
-    assert (data / "last-checkpoint").read_text() == log2.latest.note
+    assert _remembered(data / "last-checkpoint") == log2.latest.note
     app.state.data_lock.release()
     log2.storage.close()
 
@@ -225,7 +251,9 @@ def test_store_ahead_of_the_remembered_checkpoint_starts(tmp_path: Path) -> None
 def test_remembered_checkpoint_must_be_signed_by_the_log(tmp_path: Path) -> None:
     data, _, _ = _published_store(tmp_path, 2)
     f = data / "last-checkpoint"
-    f.write_text(f.read_text().replace("\n2\n", "\n1\n"))
+    note = _remembered(f)
+    assert note is not None
+    f.write_text(note.replace("\n2\n", "\n1\n"))  # a hand-edited plain-text note
     with pytest.raises(Exception, match="not a checkpoint signed by this log's key"):
         build_app(data, make_signer(), scim=False)
 
