@@ -35,6 +35,7 @@ def build_app(
     scim_limits: ScimLimits | None = None,
     scim_master_key: Path | None = None,
     checkpoint_file: Path | None = None,
+    scim_expiry_interval: float | None = 3600.0,
 ) -> tuple[LogApp, Log, TokenStore]:
     """Open the store in ``data_dir`` and build the app: the log API, plus the SCIM event
     service unless ``scim`` is false (master key file default ``<data_dir>/scim-master.key``).
@@ -42,7 +43,8 @@ def build_app(
     Takes the store's exclusive lock (until the store is closed), refuses a store that is
     empty, truncated, or behind the last published checkpoint (remembered in
     ``checkpoint_file``, default ``<data_dir>/last-checkpoint``, and, with a witness policy,
-    what the witnesses cosigned).
+    what the witnesses cosigned). Retention expiry runs every ``scim_expiry_interval`` seconds
+    (None: only on request).
     """
     lock = DataDirLock(data_dir / "db").acquire()
     try:
@@ -104,6 +106,10 @@ def build_app(
         limits,
         pusher=pusher,
         extra_routes=scim_routes(service) if service is not None else None,
+        on_startup=[lambda: service.erasures.start(interval)]
+        if service is not None and (interval := scim_expiry_interval) is not None
+        else None,
+        on_shutdown=[service.erasures.stop] if service is not None else None,
     )
     app.state.scim = service
     app.state.data_lock = lock  # held until the store is closed (or the process ends)

@@ -85,7 +85,8 @@ def test_master_key_file(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> No
     path = tmp_path / MASTER_KEY_FILE
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     text = path.read_text()
-    key_b64 = text.split()[-1]
+    assert text.startswith("tlog-scim-master-key-v2\ncurrent ") and len(text) == 130
+    key_b64 = text.split("\n")[1].split()[1]
     assert len(base64.b64decode(key_b64)) == 32
     assert key_b64 not in caplog.text
     assert key_b64 not in repr(MasterKey.load(path))
@@ -114,7 +115,7 @@ def test_master_key_file(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> No
     _, log_, _ = build_app(tmp_path, make_signer())
     log_.storage.close()
     # Garbage in the file.
-    path.write_text("tlog-scim-master-key-v1 !!!\n")
+    path.write_text("tlog-scim-master-key-v2\ncurrent !!!\nnext    -\n")
     with pytest.raises(StorageError, match="not a tlog"):
         build_app(tmp_path, make_signer())
 

@@ -30,6 +30,8 @@ import hmac
 import os
 import secrets
 import stat
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,6 +49,7 @@ from tlog.storage import Storage, StorageError
 __all__ = [
     "MASTER_KEY_FILE",
     "KeyRing",
+    "KeysRotated",
     "MasterKey",
     "SubjectId",
     "SubjectKeys",
@@ -93,6 +96,73 @@ def _hmac16(key: bytes, msg: bytes) -> bytes:
     return hmac.new(key, msg, hashlib.sha256).digest()[:HASH16]
 
 
+_FILE_HEADER_V2 = "tlog-scim-master-key-v2\n"
+_B64_KEY_LEN = 44
+_EMPTY_SLOT = "-" * _B64_KEY_LEN
+
+
+def _key_file_text(current: bytes, nxt: bytes | None) -> bytes:
+    """The v2 key file: fixed length (130 bytes), so a rewrite covers every earlier byte."""
+    b64 = base64.b64encode
+    return (
+        _FILE_HEADER_V2
+        + "current "
+        + b64(current).decode("ascii")
+        + "\n"
+        + "next    "
+        + (b64(nxt).decode("ascii") if nxt is not None else _EMPTY_SLOT)
+        + "\n"
+    ).encode("ascii")
+
+
+def _b64key(text: str, path: Path) -> bytes:
+    try:
+        key = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise StorageError(f"{path} is not a tlog SCIM master key file") from None
+    if len(key) != KEY_SIZE:
+        raise StorageError(f"{path} does not hold a 32-byte key")
+    return key
+
+
+def read_key_file(path: Path) -> tuple[bytes, bytes | None]:
+    """(current, next) from a master key file (v1: one key; v2: a current key and, during a
+    rotation, the next one). Refuses a file that group or others may read or write."""
+    st = path.stat()
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise StorageError(f"{path} must not be accessible by group or others (chmod 600)")
+    text = path.read_text("ascii")
+    if text.startswith(_FILE_HEADER) and text.endswith("\n") and "\n" not in text[:-1]:
+        return _b64key(text[len(_FILE_HEADER) : -1], path), None
+    lines = text.split("\n")
+    if (
+        text.startswith(_FILE_HEADER_V2)
+        and len(lines) == 4
+        and lines[3] == ""
+        and lines[1].startswith("current ")
+        and lines[2].startswith("next    ")
+    ):
+        cur = _b64key(lines[1][8:], path)
+        nxt = lines[2][8:]
+        return cur, (None if nxt == _EMPTY_SLOT else _b64key(nxt, path))
+    raise StorageError(f"{path} is not a tlog SCIM master key file")
+
+
+def write_key_file_in_place(path: Path, current: bytes, nxt: bytes | None) -> None:
+    """Overwrite the key file's bytes in place (same inode, no rename, no truncation before
+    the write) and fsync: the old key's bytes are overwritten, not left in a freed block of a
+    replaced file. (On flash or copy-on-write file systems the device may still keep old
+    blocks; see docs/design.md "Erasure".)"""
+    data = _key_file_text(current, nxt)
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.pwrite(fd, data, 0)
+        os.ftruncate(fd, len(data))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class MasterKey:
     """The root of the SCIM key hierarchy, read from a key file (a stand-in for a KMS key)."""
 
@@ -109,10 +179,9 @@ class MasterKey:
     def create(cls, path: Path) -> MasterKey:
         """Write a new random key to ``path`` (mode 0600, never overwriting a file)."""
         key = secrets.token_bytes(KEY_SIZE)
-        text = _FILE_HEADER + base64.b64encode(key).decode("ascii") + "\n"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            os.write(fd, text.encode("ascii"))
+            os.write(fd, _key_file_text(key, None))
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -120,26 +189,26 @@ class MasterKey:
 
     @classmethod
     def load(cls, path: Path) -> MasterKey:
-        """Read the key file; refuse one that group or others may read or write."""
-        st = path.stat()
-        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise StorageError(f"{path} must not be accessible by group or others (chmod 600)")
-        text = path.read_text("ascii")
-        if not text.startswith(_FILE_HEADER) or not text.endswith("\n"):
-            raise StorageError(f"{path} is not a tlog SCIM master key file")
-        try:
-            key = base64.b64decode(text[len(_FILE_HEADER) : -1], validate=True)
-        except (binascii.Error, ValueError):
-            raise StorageError(f"{path} is not a tlog SCIM master key file") from None
-        if len(key) != KEY_SIZE:
-            raise StorageError(f"{path} does not hold a 32-byte key")
-        return cls(key, path)
+        """The current key of the key file."""
+        return cls(read_key_file(path)[0], path)
+
+    @classmethod
+    def fresh(cls, path: Path | None) -> MasterKey:
+        return cls(secrets.token_bytes(KEY_SIZE), path)
+
+    def raw(self) -> bytes:
+        """The key bytes (for writing the key file; never logged)."""
+        return self._key
 
     def seal(self, plaintext: bytes, aad: bytes) -> bytes:
         return seal(self._key, plaintext, aad)
 
     def unseal(self, blob: bytes, aad: bytes, what: str) -> bytes:
         return unseal(self._key, blob, aad, what)
+
+
+class KeysRotated(StorageError):
+    """The key hierarchy was rotated while a reader held an older snapshot: read again."""
 
 
 @dataclass(frozen=True)
@@ -185,16 +254,22 @@ class SubjectKeys:
 
 
 class KeyRing:
-    """Creates, unwraps and destroys SCIM keys. Reads go through an :class:`Overlay`.
+    """Creates, unwraps, rotates and destroys SCIM keys. Reads go through an :class:`Overlay`.
 
     Writes are staged in the overlay and become durable with the caller's ``put_aux``;
     callers serialise writers (the service holds one lock around stage + commit).
-    Tenant keys are cached in memory (they are never deleted); DEKs and pseudonym keys are
-    unwrapped per use, so a shredded key does not linger in a cache.
+    Tenant keys are cached in memory together with the wrapped record they came from, so a
+    reader on a snapshot from before a rotation never mixes old records with new keys
+    (:class:`KeysRotated`: read again). DEKs and pseudonym keys are unwrapped per use, so a
+    shredded key does not linger in a cache.
     """
 
-    def __init__(self, storage: Storage, master: MasterKey) -> None:
-        self.master = master
+    def __init__(
+        self,
+        storage: Storage,
+        master: MasterKey,
+        candidates: tuple[MasterKey, ...] = (),
+    ) -> None:
         with storage.read() as rv:
             check, tnkey = rv.aux(store.check_key()), rv.aux(store.tn_key_key())
         if check is None:
@@ -208,17 +283,30 @@ class KeyRing:
                 ]
             )
         else:
-            try:
-                ok = master.unseal(check, _AAD + b"check", "check") == _CHECK_PLAINTEXT
-            except StorageError:
-                ok = False
-            if not ok:
+            # A crash in the middle of a rotation leaves two keys in the file: the one the
+            # store's check value opens is the live one.
+            live = next((m for m in (master, *candidates) if self._opens(m, check)), None)
+            if live is None:
                 raise StorageError(f"the SCIM master key {master.path} does not match this store")
+            master = live
             if tnkey is None:
                 raise StorageError("SCIM key store has lost its tenant ref key")
             tn_key = master.unseal(tnkey, _AAD + b"tnkey", "tenant ref key")
+        self.master = master
+        self._storage = storage
         self._tn_key = tn_key
-        self._tenants: dict[bytes, TenantKeys] = {}
+        self._tenants: dict[bytes, tuple[bytes, TenantKeys]] = {}
+        self._swap = threading.Lock()
+        if candidates and master.path is not None:
+            # Finish (or undo) the interrupted rotation: only the live key stays in the file.
+            write_key_file_in_place(master.path, master.raw(), None)
+
+    @staticmethod
+    def _opens(m: MasterKey, check: bytes) -> bool:
+        try:
+            return m.unseal(check, _AAD + b"check", "check") == _CHECK_PLAINTEXT
+        except StorageError:
+            return False
 
     def __repr__(self) -> str:
         return "KeyRing()"
@@ -226,23 +314,35 @@ class KeyRing:
     def tenant_ref(self, tenant: str) -> bytes:
         return tenant_ref(self._tn_key, tenant)
 
+    def _tenant_keys(self, tn: bytes, raw: bytes) -> TenantKeys:
+        with self._swap:
+            cached = self._tenants.get(tn)
+            master = self.master
+        if cached is not None and cached[0] == raw:
+            return cached[1]
+        r = decode_record(raw, "tenant")
+        try:
+            tk = TenantKeys(
+                tn,
+                master.unseal(r["kek"], _AAD + b"kek" + tn, "tenant KEK"),
+                master.unseal(r["ik"], _AAD + b"ik" + tn, "tenant index key"),
+            )
+        except StorageError:
+            # A snapshot from the other side of a key rotation than the master in memory.
+            raise KeysRotated("SCIM keys were rotated during this read; read again") from None
+        return tk
+
     def tenant(self, tx: Overlay, tenant: str) -> TenantKeys | None:
         """The tenant's keys, or None if it has none yet."""
         tn = self.tenant_ref(tenant)
-        tk = self._tenants.get(tn)
-        if tk is not None:
-            return tk
         raw = tx.get(store.tenant_key(tn))
         if raw is None:
             return None
-        r = decode_record(raw, "tenant")
-        tk = TenantKeys(
-            tn,
-            self.master.unseal(r["kek"], _AAD + b"kek" + tn, "tenant KEK"),
-            self.master.unseal(r["ik"], _AAD + b"ik" + tn, "tenant index key"),
-        )
+        tk = self._tenant_keys(tn, raw)
         if not tx.staged(store.tenant_key(tn)):
-            self._tenants[tn] = tk
+            with self._swap:
+                if self._tenants.get(tn, (b"",))[0] != raw:
+                    self._tenants[tn] = (raw, tk)
         return tk
 
     def tenant_or_create(self, tx: Overlay, tenant: str) -> TenantKeys:
@@ -251,17 +351,93 @@ class KeyRing:
             return tk
         tn = self.tenant_ref(tenant)
         kek, ik = secrets.token_bytes(KEY_SIZE), secrets.token_bytes(KEY_SIZE)
-        tx.put(
-            store.tenant_key(tn),
-            encode_record(
-                {
-                    "v": 1,
-                    "kek": self.master.seal(kek, _AAD + b"kek" + tn),
-                    "ik": self.master.seal(ik, _AAD + b"ik" + tn),
-                }
-            ),
-        )
+        tx.put(store.tenant_key(tn), self._tenant_record(self.master, tn, kek, ik))
         return TenantKeys(tn, kek, ik)  # cached on the next read once it is durable
+
+    @staticmethod
+    def _tenant_record(master: MasterKey, tn: bytes, kek: bytes, ik: bytes) -> bytes:
+        return encode_record(
+            {
+                "v": 1,
+                "kek": master.seal(kek, _AAD + b"kek" + tn),
+                "ik": master.seal(ik, _AAD + b"ik" + tn),
+            }
+        )
+
+    # -- rotation (erasure and retention expiry) ----------------------------------------------
+
+    def stage_rotation(self, tx: Overlay, rekey: set[bytes]) -> MasterKey:
+        """Stage a rotation of the whole wrapping chain into ``tx``; returns the new master.
+
+        * every tenant in ``rekey`` (by ``tn``) gets a fresh KEK: each of its surviving
+          pseudonym keys and DEKs (committed or staged in ``tx``, deleted ones skipped) is
+          unwrapped with the old KEK and wrapped again under the new one;
+        * every tenant record (KEK and index key), the tn key and the check value are sealed
+          again under a fresh master key.
+
+        Nothing is written to the key file here: call :meth:`commit_rotation` around the
+        commit of ``tx`` (it writes the new key into the file's second slot before the
+        commit and overwrites the old one in place after it).
+        """
+        new = MasterKey.fresh(self.master.path)
+        for tkey, raw in tx.scan(store.tenant_key(b"")):
+            tn = tkey[len(store.tenant_key(b"")) :]
+            if tx.staged(tkey):  # created in this transaction under the current master
+                r = decode_record(raw, "tenant")
+                kek = self.master.unseal(r["kek"], _AAD + b"kek" + tn, "tenant KEK")
+                ik = self.master.unseal(r["ik"], _AAD + b"ik" + tn, "tenant index key")
+            else:
+                old = self._tenant_keys(tn, raw)
+                kek, ik = old.kek, old.ik
+            if tn in rekey:
+                new_kek = secrets.token_bytes(KEY_SIZE)
+                self._rewrap_tenant(tx, TenantKeys(tn, kek, ik), new_kek)
+                kek = new_kek
+            tx.put(tkey, self._tenant_record(new, tn, kek, ik))
+        tx.put(store.check_key(), new.seal(_CHECK_PLAINTEXT, _AAD + b"check"))
+        tx.put(store.tn_key_key(), new.seal(self._tn_key, _AAD + b"tnkey"))
+        return new
+
+    def _rewrap_tenant(self, tx: Overlay, old: TenantKeys, new_kek: bytes) -> None:
+        new = TenantKeys(old.tn, new_kek, old.ik)
+        for skey, sraw in tx.scan(store.subject_key(old.tn, b"")):
+            r = decode_record(sraw, "subject")
+            kid = r["kid"]
+            aad = _AAD + b"p" + old.tn + kid
+            p = unseal(old.kek, r["p"], aad, "pseudonym key")
+            tx.put(skey, encode_record({**r, "p": seal(new_kek, p, aad)}))
+            for dkey, draw in tx.scan(store.dek_prefix(kid)):
+                epoch = int.from_bytes(dkey[-4:], "big")
+                dek = unseal(old.kek, draw, self._dek_aad(old, kid, epoch), "DEK")
+                tx.put(dkey, seal(new_kek, dek, self._dek_aad(new, kid, epoch)))
+
+    def commit_rotation(self, new: MasterKey, commit: Callable[[], None]) -> None:
+        """Run ``commit`` (the LMDB commit of a transaction staged with
+        :meth:`stage_rotation`) so that a crash at any point leaves a key file that opens the
+        store, and afterwards no trace of the old master key in the file."""
+        path = self.master.path
+        if path is not None:
+            write_key_file_in_place(path, self.master.raw(), new.raw())
+        try:
+            commit()
+        except BaseException:
+            # Whichever key the store's check value opens now is the live one.
+            with self._storage.read() as rv:
+                check = rv.aux(store.check_key())
+            if check is not None and self._opens(new, check):
+                self._switch(new)
+            elif path is not None:
+                write_key_file_in_place(path, self.master.raw(), None)
+            raise
+        self._switch(new)
+
+    def _switch(self, new: MasterKey) -> None:
+        path = new.path
+        with self._swap:
+            self.master = new
+            self._tenants.clear()
+        if path is not None:
+            write_key_file_in_place(path, new.raw(), None)
 
     def subject(self, tx: Overlay, tk: TenantKeys, subject: SubjectId) -> SubjectKeys | None:
         raw = tx.get(store.subject_key(tk.tn, tk.subject_hash(subject)))
@@ -314,7 +490,10 @@ class KeyRing:
 def open_keyring(path: Path, storage: Storage) -> KeyRing:
     """Load the master key file (creating it for a store with no SCIM keys yet)."""
     if path.exists():
-        master = MasterKey.load(path)
+        cur, nxt = read_key_file(path)
+        master = MasterKey(cur, path)
+        if nxt is not None:
+            return KeyRing(storage, MasterKey(nxt, path), (master,))
     else:
         with storage.read() as rv:
             has_keys = rv.aux(store.check_key()) is not None

@@ -42,10 +42,10 @@ from tlog.app import Api, BadRequest, PayloadTooLarge, Query, b64, error_respons
 from tlog.auth import ROLES, Forbidden, Principal
 from tlog.bodies import BodyTooLarge, check_json_shape, off_loop
 from tlog.log import NotFound, Published
+from tlog.scim.erasure import SUBJECT_KINDS, ErasureStatus, Hold
 from tlog.scim.keys import SubjectId
 from tlog.scim.service import (
     Conflict,
-    ErasureStatus,
     Filters,
     Found,
     ReceiptInfo,
@@ -417,45 +417,76 @@ class ScimRoutes:
             )
         return JSONResponse({"tree_size": pub.size, "checkpoint": note, "receipts": out})
 
-    # -- erasure -------------------------------------------------------------------------
+    # -- erasure, legal holds, retention (privacy officers) --------------------------------
 
     def _erasure_json(self, api: Api, st: ErasureStatus) -> dict[str, Any]:
+        """What an officer sees: never whether the subject had keys or how much was erased
+        (officers cannot read bodies; the counts are for the tenant's auditors)."""
         r = st.record
         out: dict[str, Any] = {
             "id": st.id,
             "state": r["state"],
             "tenant": r["tenant"],
             "rt": r["rt"],
+            "kind": r["kind"],
             "reason": r["reason"],
             "kid_hash": b64(r["kid_hash"]),
             "requested_by": r["requested_by"],
+            "requester": r.get("requester_name", ""),
             "created": r["created"],
+            "expires": r["created"] + self.limits.erasure_ttl_ms,
         }
-        for k in ("approved_by", "done", "deks", "events", "index_records"):
+        for k, name in (("approved_by", "approved_by"), ("approver_name", "approver"),
+                        ("done", "done")):  # fmt: skip
             if k in r:
-                out[k] = r[k]
+                out[name] = r[k]
         if st.receipt is not None:
             pub = api.log.latest
             out["receipt"] = self._submitted(api, st.receipt, pub)
         return out
 
-    async def request_erasure(self, request: Request) -> Response:
-        api, p = self._principal(request, "privacy-officer")
+    async def _json_body(self, request: Request) -> dict[str, Any]:
         if _media_type(request) != JSON:
             raise UnsupportedMediaType("Content-Type must be application/json")
         doc = _strict_json(await read_body(request, MAX_SMALL_BODY))
         if type(doc) is not dict:
             raise BadRequest("body must be a JSON object")
-        keys = set(doc)
-        ids = keys & {"rid", "xid"}
-        if len(ids) != 1 or keys - ids != {"tenant", "rt", "reason"}:
-            raise BadRequest('body must be {"tenant", "rt", "rid" or "xid", "reason"}')
+        return doc
+
+    @staticmethod
+    def _subject(doc: dict[str, Any], optional: bool = False) -> SubjectId | None:
+        ids = set(doc) & set(SUBJECT_KINDS)
+        if not ids and optional and "rt" not in doc:
+            return None
+        if len(ids) != 1:
+            raise BadRequest('name the subject with "rt" and one of "rid", "xid", "userName"')
         kind = ids.pop()
+        return SubjectId(_text(doc.get("rt"), "rt", 128), kind, _text(doc[kind], kind, 1024))
+
+    async def request_erasure(self, request: Request) -> Response:
+        api, p = self._principal(request, "privacy-officer")
+        doc = await self._json_body(request)
+        keys = set(doc)
+        ids = keys & set(SUBJECT_KINDS)
+        if len(ids) != 1 or keys - ids != {"tenant", "rt", "reason"}:
+            raise BadRequest('body must be {"tenant", "rt", "rid"/"xid"/"userName", "reason"}')
+        subject = self._subject(doc)
+        assert subject is not None
         tenant = _text(doc["tenant"], "tenant", 256)
-        subject = SubjectId(_text(doc["rt"], "rt", 128), kind, _text(doc[kind], kind, 1024))
         reason = _text(doc["reason"], "reason", 64)
-        st = await self.service.request_erasure(p, tenant, subject, reason, _request_id(request))
+        st = await self.service.erasures.request(p, tenant, subject, reason, _request_id(request))
         return JSONResponse(self._erasure_json(api, st), status_code=201)
+
+    async def list_erasures(self, request: Request) -> Response:
+        api, p = self._principal(request, "privacy-officer")
+        q = _Query(request, {"state"})
+        state = q.text("state") or "pending"
+        if state not in ("pending", "all"):
+            raise BadRequest("state must be pending or all")
+        found = await anyio.to_thread.run_sync(
+            lambda: self.service.erasures.requests(p, all_states=state == "all")
+        )
+        return JSONResponse({"erasures": [self._erasure_json(api, st) for st in found]})
 
     def _request_id_param(self, request: Request) -> str:
         rid = request.path_params["id"]
@@ -467,7 +498,7 @@ class ScimRoutes:
         api, p = self._principal(request, "privacy-officer")
         Query(request, set())
         st = await anyio.to_thread.run_sync(
-            self.service.erasure_status, p, self._request_id_param(request)
+            self.service.erasures.status, p, self._request_id_param(request)
         )
         return JSONResponse(self._erasure_json(api, st))
 
@@ -476,10 +507,127 @@ class ScimRoutes:
         body = await read_body(request, MAX_SMALL_BODY)
         if body.strip() and _strict_json(body) != {}:
             raise BadRequest("approval takes no body (or {})")
-        st = await self.service.approve_erasure(
+        st = await self.service.erasures.approve(
             p, self._request_id_param(request), _request_id(request)
         )
         return JSONResponse(self._erasure_json(api, st))
+
+    async def certificate(self, request: Request) -> Response:
+        """The erasure certificate (docs/api.md): the approval event, its nonce, its leaf and
+        a tlog-proof against the latest checkpoint. No personal data."""
+        api, p = self._principal(request, "privacy-officer")
+        Query(request, set())
+        c = await anyio.to_thread.run_sync(
+            self.service.erasures.certificate, p, self._request_id_param(request)
+        )
+        pub = api.log.latest
+        note = api.note_for(pub)
+        return JSONResponse(
+            {
+                "type": "tlog-erasure-certificate/v1",
+                "request": c.request,
+                "origin": api.log.origin,
+                "event": json.loads(event_to_json(c.event)),
+                "nonce": b64(c.nonce),
+                "leaf": b64(c.leaf),
+                **self._receipt(api, c.index, c.leaf_hash, pub, note),
+            }
+        )
+
+    def _hold_json(self, api: Api, h: Hold) -> dict[str, Any]:
+        r = h.record
+        out: dict[str, Any] = {
+            "id": h.id,
+            "tenant": r["tenant"],
+            "scope": r["scope"],
+            "reason": r["reason"],
+            "by": r["by"],
+            "person": r.get("person", ""),
+            "created": r["created"],
+        }
+        if "rt" in r:
+            out.update(rt=r["rt"], kind=r["kind"])
+        if "released" in r:
+            out["released"] = r["released"]
+        if h.receipt is not None:
+            out["receipt"] = self._submitted(api, h.receipt, api.log.latest)
+        return out
+
+    async def place_hold(self, request: Request) -> Response:
+        api, p = self._principal(request, "privacy-officer")
+        doc = await self._json_body(request)
+        allowed = {"tenant", "reason", "rt", *SUBJECT_KINDS}
+        if not {"tenant", "reason"} <= set(doc) or set(doc) - allowed:
+            raise BadRequest('body must be {"tenant", "reason"[, "rt", "rid"/"xid"/"userName"]}')
+        subject = self._subject(doc, optional=True)
+        tenant = _text(doc["tenant"], "tenant", 256)
+        reason = _text(doc["reason"], "reason", 64)
+        hold = await self.service.erasures.place_hold(
+            p, tenant, subject, reason, _request_id(request)
+        )
+        return JSONResponse(self._hold_json(api, hold), status_code=201)
+
+    async def list_holds(self, request: Request) -> Response:
+        api, p = self._principal(request, "privacy-officer")
+        Query(request, set())
+        holds = await anyio.to_thread.run_sync(self.service.erasures.holds, p)
+        return JSONResponse({"holds": [self._hold_json(api, h) for h in holds]})
+
+    async def release_hold(self, request: Request) -> Response:
+        api, p = self._principal(request, "privacy-officer")
+        hold = await self.service.erasures.release_hold(
+            p, self._request_id_param(request), _request_id(request)
+        )
+        return JSONResponse(self._hold_json(api, hold))
+
+    async def put_retention(self, request: Request) -> Response:
+        _, p = self._principal(request, "privacy-officer")
+        doc = await self._json_body(request)
+        if set(doc) != {"tenant", "days"} or type(doc["days"]) is not int:
+            raise BadRequest('body must be {"tenant": ..., "days": <30..3653>}')
+        tenant = _text(doc["tenant"], "tenant", 256)
+        rec = await self.service.erasures.set_retention(
+            p, tenant, doc["days"], _request_id(request)
+        )
+        return JSONResponse({"tenant": tenant, "days": rec["days"], "set": rec["set"]})
+
+    async def get_retention(self, request: Request) -> Response:
+        _, p = self._principal(request, "privacy-officer", "admin")
+        q = _Query(request, {"tenant"})
+        tenant = q.text("tenant")
+        if tenant is None:
+            raise BadRequest("give tenant")
+        rec = await anyio.to_thread.run_sync(self.service.erasures.retention, p, tenant)
+        if rec is None:
+            return JSONResponse({"tenant": tenant, "days": None})
+        return JSONResponse(
+            {"tenant": tenant, "days": rec["days"], "set": rec["set"], "until": rec.get("until")}
+        )
+
+    async def expire(self, request: Request) -> Response:
+        _, p = self._principal(request, "privacy-officer", "admin")
+        body = await read_body(request, MAX_SMALL_BODY)
+        doc = _strict_json(body) if body.strip() else {}
+        if type(doc) is not dict or set(doc) - {"tenant"}:
+            raise BadRequest('body must be {} or {"tenant": ...}')
+        tenant = None if "tenant" not in doc else _text(doc["tenant"], "tenant", 256)
+        results = await self.service.erasures.expire(p, tenant)
+        return JSONResponse(
+            {
+                "results": [
+                    {
+                        "tenant": r.tenant,
+                        "before": r.before,
+                        "events": r.events,
+                        "deks": r.deks,
+                        "held": r.held,
+                        **({} if r.receipt is None else {"eid": r.receipt.eid,
+                                                         "index": r.receipt.index}),
+                    }
+                    for r in results
+                ]
+            }
+        )
 
 
 def _wrap(fn: Handler) -> Handler:
@@ -506,6 +654,14 @@ def scim_routes(service: ScimService) -> list[Route]:
         Route("/v1/scim/pseudonyms", _wrap(r.pseudonyms), methods=["POST"]),
         Route("/v1/scim/whoami", _wrap(r.whoami), methods=["GET"]),
         Route("/v1/scim/erasures", _wrap(r.request_erasure), methods=["POST"]),
+        Route("/v1/scim/erasures", _wrap(r.list_erasures), methods=["GET"]),
         Route("/v1/scim/erasures/{id}", _wrap(r.erasure), methods=["GET"]),
         Route("/v1/scim/erasures/{id}/approve", _wrap(r.approve_erasure), methods=["POST"]),
+        Route("/v1/scim/erasures/{id}/certificate", _wrap(r.certificate), methods=["GET"]),
+        Route("/v1/scim/holds", _wrap(r.place_hold), methods=["POST"]),
+        Route("/v1/scim/holds", _wrap(r.list_holds), methods=["GET"]),
+        Route("/v1/scim/holds/{id}/release", _wrap(r.release_hold), methods=["POST"]),
+        Route("/v1/scim/retention", _wrap(r.put_retention), methods=["PUT"]),
+        Route("/v1/scim/retention", _wrap(r.get_retention), methods=["GET"]),
+        Route("/v1/scim/expire", _wrap(r.expire), methods=["POST"]),
     ]

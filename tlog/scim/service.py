@@ -16,8 +16,10 @@ eid never becomes two leaves. Until then the event is invisible to search and it
 says ``pending``.
 
 Subjects (whose DEK encrypts an event): ``(tenant, rt, rid)``; without ``rid`` (a failed
-create) ``(tenant, rt, xid)``; without either, one per-tenant ``(tenant, rt, none)`` subject
-that only retention expiry shreds. The log's own events (``rt`` starting with ``tlog.``)
+create) ``(tenant, rt, xid)``; without either, ``(tenant, rt, userName)`` (casefolded, from
+``mods``); only events with none of the three share one per-tenant ``(tenant, rt, none)``
+subject, which retention expiry shreds. Erasure, retention and legal holds live in
+:mod:`tlog.scim.erasure` (``self.erasures``). The log's own events (``rt`` starting with ``tlog.``)
 belong to a per-tenant system subject and carry no personal data.
 """
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import os
 import re
 import threading
@@ -47,11 +50,12 @@ from client.scim.leaf import (
     new_nonce,
     parse_leaf,
 )
-from client.scim.reserved import is_reserved, reserved_names
+from client.scim.reserved import reserved_names
 from tlog.auth import Forbidden, Principal
-from tlog.log import Log, NotFound, Published
+from tlog.log import Log, Published
 from tlog.scim import store
-from tlog.scim.keys import KeyRing, SubjectId, TenantKeys, epoch_of
+from tlog.scim.erasure import Erasures
+from tlog.scim.keys import KeyRing, KeysRotated, SubjectId, TenantKeys, epoch_of
 from tlog.scim.store import Envelope, Overlay, Tombstone, decode_envelope
 from tlog.sequencer import Sequencer
 from tlog.storage import Storage, StorageError
@@ -59,7 +63,6 @@ from tlog.storage import Storage, StorageError
 __all__ = [
     "FILTERS",
     "Conflict",
-    "ErasureStatus",
     "Filters",
     "Found",
     "ReceiptInfo",
@@ -192,13 +195,6 @@ class ReceiptInfo:
     erased: bool
 
 
-@dataclass(frozen=True)
-class ErasureStatus:
-    id: str
-    record: dict[str, Any]
-    receipt: Submitted | None = None
-
-
 def subject_of(ev: Mapping[str, Any]) -> SubjectId:
     """The data subject whose DEK encrypts ``ev`` (module docstring)."""
     rt = ev["rt"]
@@ -208,7 +204,30 @@ def subject_of(ev: Mapping[str, Any]) -> SubjectId:
         return SubjectId(rt, "rid", ev["rid"])
     if "xid" in ev:
         return SubjectId(rt, "xid", ev["xid"])
+    un = user_name_of(ev)
+    if un is not None:
+        return SubjectId(rt, "userName", un)
     return SubjectId(rt, "none", "")
+
+
+def user_name_of(ev: Mapping[str, Any]) -> str | None:
+    """The userName an event without resource id or externalId carries (e.g. a failed
+    create), casefolded (SCIM userName is case-insensitive), so an erasure request by
+    userName reaches it."""
+    for mod in ev.get("mods", ()):
+        if str(mod.get("attr", "")).rsplit(":", 1)[-1].lower() != "username":
+            continue
+        for side in ("new", "old"):
+            text = mod.get(side)
+            if not isinstance(text, str):
+                continue
+            try:
+                value = json.loads(text)
+            except ValueError:
+                value = text
+            if isinstance(value, str) and value:
+                return value.casefold()
+    return None
 
 
 def _ref_value(rt: str, pid: bytes) -> bytes:
@@ -259,6 +278,7 @@ class ScimService:
         # and the commit must not interleave (a shred racing an ingestion could otherwise
         # leave a DEK that nothing erases).
         self._lock = threading.Lock()
+        self.erasures = Erasures(self)
 
     # -- plumbing -----------------------------------------------------------------------------
 
@@ -274,8 +294,15 @@ class ScimService:
             return result
 
     def _read(self, fn: Callable[[Overlay], T]) -> T:
-        with self.storage.read() as rv:
-            return fn(Overlay(rv))
+        for attempt in range(20):
+            try:
+                with self.storage.read() as rv:
+                    return fn(Overlay(rv))
+            except KeysRotated:
+                # An erasure or expiry rotated the key chain between this snapshot and the
+                # keys in memory: a fresh snapshot matches them again.
+                time.sleep(0.002 * (attempt + 1))
+        raise StorageError("SCIM keys kept changing during a read")
 
     def tenant_ref(self, tenant: str) -> bytes:
         return self.keys.tenant_ref(tenant)
@@ -592,194 +619,3 @@ class ScimService:
         if tk is None:  # a tenant with no events yet: still a keyed, non-reversible digest
             return hashlib.sha256(self.tenant_ref(tenant) + data).digest()
         return tk.keyed_digest(data)
-
-    # -- erasure (crypto-shredding) -----------------------------------------------------------
-
-    async def request_erasure(
-        self,
-        principal: Principal,
-        tenant: str,
-        subject: SubjectId,
-        reason: str,
-        req_id: str,
-    ) -> ErasureStatus:
-        """Record a pending erasure request (first of two officers); logs a request event."""
-        if not REASON_RE.fullmatch(reason):
-            raise EventFormatError("reason must be a code matching [a-z0-9][a-z0-9._-]{0,63}")
-        if principal.tenant is not None and principal.tenant != tenant:
-            raise Forbidden("this token is bound to another tenant")
-        if is_reserved(subject.rt):
-            raise EventFormatError("the log's own events have no data subject to erase")
-
-        def stage(tx: Overlay) -> tuple[ErasureStatus, Accepted]:
-            now = self.clock()
-            tk = self.keys.tenant(tx, tenant)
-            sk = None if tk is None else self.keys.subject(tx, tk, subject)
-            if tk is None or sk is None:
-                raise NotFound("no keys for that subject in that tenant (nothing to erase)")
-            rid = os.urandom(16)
-            record: dict[str, Any] = {
-                "v": 1,
-                "tenant": tenant,
-                "rt": subject.rt,
-                "kind": subject.kind,
-                "h": tk.subject_hash(subject),
-                "kid_hash": hashlib.sha256(sk.kid).digest(),
-                "reason": reason,
-                "requested_by": principal.token_id,
-                "requested_person": principal.person_id,
-                "created": now,
-                "state": "pending",
-            }
-            ev = self._system_event(
-                tenant,
-                principal,
-                rt="tlog.erasure",
-                op="create",
-                action="tlog.erasure.request",
-                ocsf=_OCSF_CREATE,
-                method="POST",
-                path="/v1/scim/erasures",
-                dig=hashlib.sha256(b"").digest(),
-                length=0,
-                req_id=req_id,
-                rid=rid.hex(),
-                x=self._erasure_x(rid, record),
-            )
-            acc = self._stage(tx, tk, ev, now, {})
-            record["request_eid"] = acc.eid
-            tx.put(store.request_key(rid), store.encode_record(record))
-            return ErasureStatus(rid.hex(), record), acc
-
-        status, acc = await anyio.to_thread.run_sync(self._write, stage)
-        done, _ = await self._sequence([acc])
-        return ErasureStatus(status.id, status.record, done[0])
-
-    @staticmethod
-    def _erasure_x(rid: bytes, record: Mapping[str, Any]) -> dict[str, Any]:
-        x: dict[str, Any] = {
-            "request": rid.hex(),
-            "subject_rt": record["rt"],
-            "subject_kind": record["kind"],
-            "kid_hash": record["kid_hash"].hex(),
-            "reason": record["reason"],
-            "requested_by": record["requested_by"],
-        }
-        for k in ("approved_by", "deks", "events", "index_records"):
-            if k in record:
-                x[k] = record[k]
-        return x
-
-    def _load_request(self, tx: Overlay, request_id: str) -> tuple[bytes, dict[str, Any]]:
-        try:
-            rid = bytes.fromhex(request_id)
-        except ValueError:
-            raise NotFound("no such erasure request") from None
-        if len(rid) != 16 or rid.hex() != request_id:
-            raise NotFound("no such erasure request")
-        raw = tx.get(store.request_key(rid))
-        if raw is None:
-            raise NotFound("no such erasure request")
-        return rid, store.decode_record(raw, "erasure request")
-
-    def erasure_status(self, principal: Principal, request_id: str) -> ErasureStatus:
-        def run(tx: Overlay) -> ErasureStatus:
-            _, rec = self._load_request(tx, request_id)
-            if principal.tenant is not None and principal.tenant != rec["tenant"]:
-                raise NotFound("no such erasure request")
-            return ErasureStatus(request_id, rec)
-
-        return self._read(run)
-
-    async def approve_erasure(
-        self, principal: Principal, request_id: str, req_id: str
-    ) -> ErasureStatus:
-        """Second officer: destroy the subject's DEKs (all epochs) and pseudonym key, drop
-        its search index records, tombstone its envelopes, and append an erasure event.
-
-        All of that, and the erasure event's own records, commit in one transaction; the
-        leaf is then sequenced. Approving a finished request again returns its receipt.
-        """
-
-        def stage(tx: Overlay) -> tuple[ErasureStatus, Accepted]:
-            rid, rec = self._load_request(tx, request_id)
-            tenant = rec["tenant"]
-            if principal.tenant is not None and principal.tenant != tenant:
-                raise NotFound("no such erasure request")
-            tk = self.keys.tenant(tx, tenant)
-            if tk is None:
-                raise StorageError("erasure request for a tenant without keys")
-            if rec["state"] == "done":
-                leaf = tx.get(store.eid_key(tk.tn, rec["eid"]))
-                if leaf is None:
-                    raise StorageError("finished erasure without its event")
-                acc = Accepted(rec["eid"], leaf, leaf_hash(leaf), parse_leaf(leaf).ts, True)
-                return ErasureStatus(request_id, rec), acc
-            if rec["requested_by"] == principal.token_id or rec.get(
-                "requested_person", "token:" + rec["requested_by"]
-            ) == principal.person_id:
-                raise Forbidden(
-                    "dual control: the approver must be another person than the requester "
-                    "(whatever token they use)"
-                )
-            now = self.clock()
-            if now - rec["created"] > self.limits.erasure_ttl_ms:
-                raise Conflict("the erasure request has expired; make a new one")
-            skey = store.subject_key(tk.tn, rec["h"])
-            raw = tx.get(skey)
-            if raw is None:
-                raise Conflict("the subject's keys are already gone (erased by another request)")
-            kid = store.decode_record(raw, "subject")["kid"]
-            if hashlib.sha256(kid).digest() != rec["kid_hash"]:
-                raise Conflict("the subject's keys changed since the request; make a new one")
-            deks = [k for k, _ in tx.rv.aux_range(store.dek_prefix(kid))]
-            for k in deks:
-                tx.delete(k)
-            tx.delete(skey)
-            events = 0
-            index_records = 0
-            lprefix = store.subject_events_prefix(kid)
-            for k, _ in tx.rv.aux_range(lprefix):
-                lh = k[len(lprefix) :]
-                tx.delete(k)
-                ekey = store.envelope_key(lh)
-                eraw = tx.get(ekey)
-                if eraw is None:
-                    continue
-                env = decode_envelope(eraw)
-                if isinstance(env, Envelope):
-                    tail = store.ts_tail(env.ts, lh)
-                    for cond in env.ix:
-                        tx.delete(store.index_prefix(tk.tn, cond) + tail)
-                        index_records += 1
-                    tx.put(ekey, Tombstone(env.tn, env.eid, env.ts, rid).encode())
-                    events += 1
-            rec.update(
-                approved_by=principal.token_id,
-                deks=len(deks),
-                events=events,
-                index_records=index_records,
-            )
-            ev = self._system_event(
-                tenant,
-                principal,
-                rt="tlog.erasure",
-                op="delete",
-                action="tlog.erasure.approve",
-                ocsf=_OCSF_DELETE,
-                method="POST",
-                path=f"/v1/scim/erasures/{rid.hex()}/approve",
-                dig=hashlib.sha256(b"").digest(),
-                length=0,
-                req_id=req_id,
-                rid=rid.hex(),
-                x=self._erasure_x(rid, rec),
-            )
-            acc = self._stage(tx, tk, ev, now, {})
-            rec.update(state="done", done=now, eid=acc.eid)
-            tx.put(store.request_key(rid), store.encode_record(rec))
-            return ErasureStatus(request_id, rec), acc
-
-        status, acc = await anyio.to_thread.run_sync(self._write, stage)
-        done, _ = await self._sequence([acc])
-        return ErasureStatus(status.id, status.record, done[0])

@@ -223,3 +223,15 @@ class Overlay:
 
     def items(self) -> list[tuple[bytes, bytes | None]]:
         return list(self._writes.items())
+
+    def scan(self, prefix: bytes) -> list[tuple[bytes, bytes]]:
+        """Every record under ``prefix`` as this transaction sees it: the committed ones
+        with the staged writes and deletions applied, in key order."""
+        out = {k: v for k, v in self.rv.aux_range(prefix)}
+        for k, v in self._writes.items():
+            if k.startswith(prefix):
+                if v is None:
+                    out.pop(k, None)
+                else:
+                    out[k] = v
+        return sorted(out.items())

@@ -1,0 +1,747 @@
+"""Erasure (crypto-shredding with dual control), retention expiry and legal holds.
+
+The stages of the SCIM service that *destroy* data, kept apart from ingestion and search
+(:mod:`tlog.scim.service`). Every one of them:
+
+* commits in **one** LMDB transaction: the keys and records it destroys, the records of the
+  event that logs it, and a rotation of the whole wrapping chain (:meth:`KeyRing.stage_rotation`:
+  a fresh KEK for the tenant, every surviving DEK and pseudonym key re-wrapped under it, every
+  tenant record re-sealed under a fresh master key, which then overwrites the old one in the
+  key file in place). Copies of destroyed keys left in freed LMDB pages (or in backups) are
+  wrapped under keys that no longer exist anywhere (docs/design.md "Erasure");
+* appends an event of the log's own (``tlog.erasure``, ``tlog.expiry``, ``tlog.hold``,
+  ``tlog.retention``) to the tenant, in a per-tenant system subject that carries no personal
+  data and is never expired, so its proofs and bodies stay available as evidence.
+
+Erasure requests do not reveal whether the subject exists: a request for an unknown subject
+is answered exactly like one for a known subject (201, a random-looking ``kid_hash``), and its
+approval "erases" nothing, with the same answer. Only the tenant's auditors, who can read the
+tenant's events anyway, can tell.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import anyio.to_thread
+
+from client.merkle import leaf_hash
+from client.scim.cbor import EventFormatError
+from client.scim.event import Event
+from client.scim.leaf import parse_leaf
+from client.scim.reserved import is_reserved
+from tlog.auth import Forbidden, Principal
+from tlog.log import NotFound
+from tlog.scim import store
+from tlog.scim.keys import SubjectId, TenantKeys, epoch_of
+from tlog.scim.store import Envelope, Overlay, Tombstone, decode_envelope
+
+if TYPE_CHECKING:
+    from tlog.scim.service import Accepted, ScimService, Submitted
+
+__all__ = [
+    "DAY_MS",
+    "MAX_RETENTION_DAYS",
+    "MIN_RETENTION_DAYS",
+    "SYSTEM_RTS",
+    "Certificate",
+    "ErasureStatus",
+    "Erasures",
+    "ExpiryResult",
+    "Hold",
+]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+DAY_MS = 24 * 3600 * 1000
+MIN_RETENTION_DAYS = 30
+MAX_RETENTION_DAYS = 3653  # ten years, leap days included
+SYSTEM_RTS = ("tlog.access", "tlog.erasure", "tlog.expiry", "tlog.hold", "tlog.retention")
+SUBJECT_KINDS = ("rid", "xid", "userName")
+_OCSF_CREATE = [6003, 1]
+_OCSF_UPDATE = [6003, 3]
+_OCSF_DELETE = [6003, 4]
+
+
+@dataclass(frozen=True)
+class ErasureStatus:
+    id: str
+    record: dict[str, Any]
+    receipt: Submitted | None = None
+
+
+@dataclass(frozen=True)
+class Hold:
+    id: str
+    record: dict[str, Any]
+    receipt: Submitted | None = None
+
+
+@dataclass(frozen=True)
+class ExpiryResult:
+    tenant: str
+    before: int  # events logged before this time (ms) were due
+    events: int
+    deks: int
+    held: int  # events kept because of a legal hold
+    receipt: Submitted | None = None
+
+
+@dataclass(frozen=True)
+class Certificate:
+    """What an officer hands to a data subject or regulator (verified offline by
+    ``client.scim.erasure.verify_certificate``)."""
+
+    request: str
+    event: Event
+    nonce: bytes
+    leaf: bytes
+    leaf_hash: bytes
+    index: int
+
+
+def subject_key_of(subject: SubjectId) -> SubjectId:
+    """userName subjects are keyed casefolded (SCIM userName is case-insensitive)."""
+    if subject.kind == "userName":
+        return SubjectId(subject.rt, subject.kind, subject.value.casefold())
+    return subject
+
+
+def _epoch_start_ms(epoch: int) -> int:
+    y, m = divmod(epoch, 12)
+    return int(datetime(y, m + 1, 1, tzinfo=UTC).timestamp() * 1000)
+
+
+def _hold_prefix(tn: bytes) -> bytes:
+    return store.PREFIX + b"H" + tn
+
+
+def _retention_key(tn: bytes) -> bytes:
+    return store.PREFIX + b"Y" + tn
+
+
+class Erasures:
+    """Erasure, retention and legal holds over one :class:`ScimService`."""
+
+    def __init__(self, service: ScimService) -> None:
+        self.svc = service
+        self._job: asyncio.Task[None] | None = None
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    def _write_rotating(self, fn: Callable[[Overlay], tuple[T, set[bytes]]]) -> T:
+        """Like the service's writer, but when ``fn`` names tenants to re-key, the key
+        chain is rotated in the same transaction (module docstring)."""
+        svc = self.svc
+        with svc._lock:
+            with svc.storage.read() as rv:
+                tx = Overlay(rv)
+                result, rekey = fn(tx)
+                new = svc.keys.stage_rotation(tx, rekey) if rekey else None
+                items = tx.items()
+            if new is None:
+                if items:
+                    svc.storage.put_aux(items)
+            else:
+                svc.keys.commit_rotation(new, lambda: svc.storage.put_aux(items))
+            return result
+
+    def _log_event(
+        self,
+        tx: Overlay,
+        tk: TenantKeys,
+        tenant: str,
+        principal: Principal | None,
+        *,
+        rt: str,
+        op: str,
+        action: str,
+        ocsf: list[int],
+        path: str,
+        rid: str,
+        x: dict[str, Any],
+        req_id: str,
+    ) -> Accepted:
+        p = principal or Principal("system", "system", None, "expiry job", 0)
+        ev = self.svc._system_event(
+            tenant,
+            p,
+            rt=rt,
+            op=op,
+            action=action,
+            ocsf=ocsf,
+            method="POST",
+            path=path,
+            dig=hashlib.sha256(b"").digest(),
+            length=0,
+            req_id=req_id,
+            rid=rid,
+            x=x,
+        )
+        return self.svc._stage(tx, tk, ev, self.svc.clock(), {})
+
+    @staticmethod
+    def _check_tenant(principal: Principal, tenant: str) -> None:
+        if principal.tenant is not None and principal.tenant != tenant:
+            raise Forbidden("this token is bound to another tenant")
+
+    def _held(self, tx: Overlay, tn: bytes, h: bytes | None) -> bool:
+        """Whether a legal hold covers the tenant (or, with ``h``, that subject)."""
+        for _, raw in tx.scan(_hold_prefix(tn)):
+            r = store.decode_record(raw, "legal hold")
+            if r["scope"] == "tenant" or (h is not None and r.get("h") == h):
+                return True
+        return False
+
+    # -- erasure ------------------------------------------------------------------------------
+
+    async def request(
+        self, principal: Principal, tenant: str, subject: SubjectId, reason: str, req_id: str
+    ) -> ErasureStatus:
+        """Record a pending erasure request (first of two people); logs a request event.
+
+        Answered the same whether or not the subject has keys (module docstring)."""
+        from tlog.scim.service import REASON_RE
+
+        if not REASON_RE.fullmatch(reason):
+            raise EventFormatError("reason must be a code matching [a-z0-9][a-z0-9._-]{0,63}")
+        self._check_tenant(principal, tenant)
+        if is_reserved(subject.rt):
+            raise EventFormatError("the log's own events have no data subject to erase")
+        if subject.kind not in SUBJECT_KINDS:
+            raise EventFormatError(f"a subject is named by one of {', '.join(SUBJECT_KINDS)}")
+        subject = subject_key_of(subject)
+
+        def stage(tx: Overlay) -> tuple[ErasureStatus, Accepted]:
+            now = self.svc.clock()
+            tk = self.svc.keys.tenant_or_create(tx, tenant)
+            sk = self.svc.keys.subject(tx, tk, subject)
+            # The kid the approval will destroy; for an unknown subject a random value that
+            # looks the same and never matches.
+            kid_hash = hashlib.sha256(sk.kid if sk is not None else os.urandom(16)).digest()
+            rid = os.urandom(16)
+            record: dict[str, Any] = {
+                "v": 1,
+                "tenant": tenant,
+                "rt": subject.rt,
+                "kind": subject.kind,
+                "h": tk.subject_hash(subject),
+                "kid_hash": kid_hash,
+                "reason": reason,
+                "requested_by": principal.token_id,
+                "requested_person": principal.person_id,
+                "requester_name": principal.person or principal.name,
+                "created": now,
+                "state": "pending",
+            }
+            acc = self._log_event(
+                tx,
+                tk,
+                tenant,
+                principal,
+                rt="tlog.erasure",
+                op="create",
+                action="tlog.erasure.request",
+                ocsf=_OCSF_CREATE,
+                path="/v1/scim/erasures",
+                rid=rid.hex(),
+                x=self._erasure_x(rid, record),
+                req_id=req_id,
+            )
+            record["request_eid"] = acc.eid
+            tx.put(store.request_key(rid), store.encode_record(record))
+            return ErasureStatus(rid.hex(), record), acc
+
+        status, acc = await anyio.to_thread.run_sync(self.svc._write, stage)
+        done, _ = await self.svc._sequence([acc])
+        return ErasureStatus(status.id, status.record, done[0])
+
+    @staticmethod
+    def _erasure_x(rid: bytes, record: dict[str, Any]) -> dict[str, Any]:
+        x: dict[str, Any] = {
+            "request": rid.hex(),
+            "subject_rt": record["rt"],
+            "subject_kind": record["kind"],
+            "kid_hash": record["kid_hash"].hex(),
+            "reason": record["reason"],
+            "requested_by": record["requested_by"],
+        }
+        if "approved_by" in record:
+            x["approved_by"] = record["approved_by"]
+        return x
+
+    def _load(self, tx: Overlay, request_id: str) -> tuple[bytes, dict[str, Any]]:
+        try:
+            rid = bytes.fromhex(request_id)
+        except ValueError:
+            raise NotFound("no such erasure request") from None
+        if len(rid) != 16 or rid.hex() != request_id:
+            raise NotFound("no such erasure request")
+        raw = tx.get(store.request_key(rid))
+        if raw is None:
+            raise NotFound("no such erasure request")
+        return rid, store.decode_record(raw, "erasure request")
+
+    def _visible(self, principal: Principal, request_id: str) -> Callable[[Overlay], Any]:
+        def run(tx: Overlay) -> tuple[bytes, dict[str, Any]]:
+            rid, rec = self._load(tx, request_id)
+            if principal.tenant is not None and principal.tenant != rec["tenant"]:
+                raise NotFound("no such erasure request")
+            return rid, rec
+
+        return run
+
+    def status(self, principal: Principal, request_id: str) -> ErasureStatus:
+        _, rec = self.svc._read(self._visible(principal, request_id))
+        return ErasureStatus(request_id, rec)
+
+    def requests(
+        self, principal: Principal, *, all_states: bool = False
+    ) -> list[ErasureStatus]:
+        """Erasure requests this officer may see: pending ones (not expired), or all."""
+        now = self.svc.clock()
+        ttl = self.svc.limits.erasure_ttl_ms
+
+        def run(tx: Overlay) -> list[ErasureStatus]:
+            out = []
+            for key, raw in tx.rv.aux_range(store.request_key(b"")):
+                rec = store.decode_record(raw, "erasure request")
+                if principal.tenant is not None and principal.tenant != rec["tenant"]:
+                    continue
+                expired = rec["state"] == "pending" and now - rec["created"] > ttl
+                if not all_states and (rec["state"] != "pending" or expired):
+                    continue
+                if expired:
+                    rec = {**rec, "state": "expired"}
+                out.append(ErasureStatus(key[len(store.request_key(b"")) :].hex(), rec))
+            return sorted(out, key=lambda s: (s.record["created"], s.id))
+
+        result: list[ErasureStatus] = self.svc._read(run)
+        return result
+
+    async def approve(self, principal: Principal, request_id: str, req_id: str) -> ErasureStatus:
+        """Second person: destroy the subject's DEKs (all epochs) and pseudonym key, drop its
+        search index records, tombstone its envelopes, append an erasure event, and rotate
+        the tenant's KEK and the master key: one transaction, then the leaf is sequenced.
+        Approving a finished request again returns its receipt."""
+
+        def stage(tx: Overlay) -> tuple[tuple[ErasureStatus, Accepted], set[bytes]]:
+            rid, rec = self._visible(principal, request_id)(tx)
+            tenant = rec["tenant"]
+            tk = self.svc.keys.tenant(tx, tenant)
+            if tk is None:
+                raise NotFound("no such erasure request")
+            if rec["state"] == "done":
+                leaf = tx.get(store.eid_key(tk.tn, rec["eid"]))
+                if leaf is None:
+                    raise NotFound("finished erasure without its event")
+                acc = self._accepted(rec["eid"], leaf)
+                return (ErasureStatus(request_id, rec), acc), set()
+            if rec["requested_by"] == principal.token_id or (
+                rec.get("requested_person", "token:" + rec["requested_by"])
+                == principal.person_id
+            ):
+                raise Forbidden(
+                    "dual control: the approver must be another person than the requester "
+                    "(whatever token they use)"
+                )
+            from tlog.scim.service import Conflict
+
+            now = self.svc.clock()
+            if now - rec["created"] > self.svc.limits.erasure_ttl_ms:
+                raise Conflict("the erasure request has expired; make a new one")
+            if self._held(tx, tk.tn, rec["h"]):
+                raise Conflict("a legal hold suspends erasure for this tenant or subject")
+            counts = self._shred_subject(tx, tk, rec, rid)
+            rec.update(
+                approved_by=principal.token_id,
+                approved_person=principal.person_id,
+                approver_name=principal.person or principal.name,
+            )
+            acc = self._log_event(
+                tx,
+                tk,
+                tenant,
+                principal,
+                rt="tlog.erasure",
+                op="delete",
+                action="tlog.erasure.approve",
+                ocsf=_OCSF_DELETE,
+                path=f"/v1/scim/erasures/{rid.hex()}/approve",
+                rid=rid.hex(),
+                x=self._erasure_x(rid, rec),
+                req_id=req_id,
+            )
+            # The keyed subject hash is not needed any more: nothing links back.
+            rec.pop("h", None)
+            rec.update(state="done", done=now, eid=acc.eid, **counts)
+            tx.put(store.request_key(rid), store.encode_record(rec))
+            return (ErasureStatus(request_id, rec), acc), {tk.tn}
+
+        status, acc = await anyio.to_thread.run_sync(self._write_rotating, stage)
+        done, _ = await self.svc._sequence([acc])
+        return ErasureStatus(status.id, status.record, done[0])
+
+    @staticmethod
+    def _accepted(eid: str, leaf: bytes) -> Accepted:
+        from tlog.scim.service import Accepted
+
+        return Accepted(eid, leaf, leaf_hash(leaf), parse_leaf(leaf).ts, True)
+
+    def _shred_subject(
+        self, tx: Overlay, tk: TenantKeys, rec: dict[str, Any], rid: bytes
+    ) -> dict[str, int]:
+        skey = store.subject_key(tk.tn, rec["h"])
+        raw = tx.get(skey)
+        if raw is None:
+            return {"deks": 0, "events": 0, "index_records": 0}
+        kid = store.decode_record(raw, "subject")["kid"]
+        if hashlib.sha256(kid).digest() != rec["kid_hash"]:
+            # Not the keys named at request time (the subject was erased and came back, or
+            # did not exist then): nothing of what was asked for is left.
+            return {"deks": 0, "events": 0, "index_records": 0}
+        deks = [k for k, _ in tx.scan(store.dek_prefix(kid))]
+        for k in deks:
+            tx.delete(k)
+        tx.delete(skey)
+        events = index_records = 0
+        lprefix = store.subject_events_prefix(kid)
+        for k, _ in tx.scan(lprefix):
+            lh = k[len(lprefix) :]
+            tx.delete(k)
+            n = self._tombstone(tx, tk, lh, rid)
+            if n is not None:
+                events += 1
+                index_records += n
+        return {"deks": len(deks), "events": events, "index_records": index_records}
+
+    @staticmethod
+    def _tombstone(tx: Overlay, tk: TenantKeys, lh: bytes, marker: bytes) -> int | None:
+        """Replace the envelope of ``lh`` by a tombstone, drop its index records; returns
+        how many index records went (None if it was already a tombstone)."""
+        ekey = store.envelope_key(lh)
+        eraw = tx.get(ekey)
+        if eraw is None:
+            return None
+        env = decode_envelope(eraw)
+        if not isinstance(env, Envelope):
+            return None
+        tail = store.ts_tail(env.ts, lh)
+        for cond in env.ix:
+            tx.delete(store.index_prefix(tk.tn, cond) + tail)
+        tx.put(ekey, Tombstone(env.tn, env.eid, env.ts, marker).encode())
+        return len(env.ix)
+
+    def certificate(self, principal: Principal, request_id: str) -> Certificate:
+        """The approval event of a finished erasure, with its nonce, for offline proof."""
+
+        def run(tx: Overlay) -> Certificate:
+            _, rec = self._visible(principal, request_id)(tx)
+            if rec["state"] != "done":
+                from tlog.scim.service import Conflict
+
+                raise Conflict("the erasure is not approved yet")
+            tk = self.svc.keys.tenant(tx, rec["tenant"])
+            leaf = None if tk is None else tx.get(store.eid_key(tk.tn, rec["eid"]))
+            if tk is None or leaf is None:
+                raise NotFound("finished erasure without its event")
+            lh = leaf_hash(leaf)
+            index = tx.rv.index_of(lh)
+            opened = self.svc._open(tx, tk, lh)
+            if index is None or opened is None:
+                raise NotFound("the erasure event is not in the log yet")
+            ev, nonce = opened
+            return Certificate(request_id, ev, nonce, leaf, lh, index)
+
+        result: Certificate = self.svc._read(run)
+        return result
+
+    # -- legal holds --------------------------------------------------------------------------
+
+    async def place_hold(
+        self,
+        principal: Principal,
+        tenant: str,
+        subject: SubjectId | None,
+        reason: str,
+        req_id: str,
+    ) -> Hold:
+        """A legal hold on a tenant (``subject`` None) or one subject: suspends expiry and
+        erasure until released. Logged as a ``tlog.hold`` event."""
+        from tlog.scim.service import REASON_RE
+
+        if not REASON_RE.fullmatch(reason):
+            raise EventFormatError("reason must be a code matching [a-z0-9][a-z0-9._-]{0,63}")
+        self._check_tenant(principal, tenant)
+        if subject is not None:
+            if is_reserved(subject.rt) or subject.kind not in SUBJECT_KINDS:
+                raise EventFormatError("a hold names a tenant, or a subject by rid/xid/userName")
+            subject = subject_key_of(subject)
+
+        def stage(tx: Overlay) -> tuple[Hold, Accepted]:
+            tk = self.svc.keys.tenant_or_create(tx, tenant)
+            hid = os.urandom(16)
+            rec: dict[str, Any] = {
+                "v": 1,
+                "tenant": tenant,
+                "scope": "tenant" if subject is None else "subject",
+                "reason": reason,
+                "by": principal.token_id,
+                "person": principal.person or principal.name,
+                "created": self.svc.clock(),
+            }
+            if subject is not None:
+                rec.update(h=tk.subject_hash(subject), rt=subject.rt, kind=subject.kind)
+            x = {"hold": hid.hex(), "scope": rec["scope"], "reason": reason}
+            acc = self._log_event(
+                tx,
+                tk,
+                tenant,
+                principal,
+                rt="tlog.hold",
+                op="create",
+                action="tlog.hold.place",
+                ocsf=_OCSF_CREATE,
+                path="/v1/scim/holds",
+                rid=hid.hex(),
+                x=x,
+                req_id=req_id,
+            )
+            tx.put(_hold_prefix(tk.tn) + hid, store.encode_record(rec))
+            return Hold(hid.hex(), rec), acc
+
+        hold, acc = await anyio.to_thread.run_sync(self.svc._write, stage)
+        done, _ = await self.svc._sequence([acc])
+        return Hold(hold.id, hold.record, done[0])
+
+    def _find_hold(self, tx: Overlay, principal: Principal, hold_id: str) -> tuple[bytes, Any]:
+        try:
+            hid = bytes.fromhex(hold_id)
+        except ValueError:
+            raise NotFound("no such legal hold") from None
+        if len(hid) != 16 or hid.hex() != hold_id:
+            raise NotFound("no such legal hold")
+        for key, raw in tx.rv.aux_range(store.PREFIX + b"H"):
+            if key.endswith(hid) and len(key) == len(store.PREFIX) + 1 + 16 + 16:
+                rec = store.decode_record(raw, "legal hold")
+                if principal.tenant is None or principal.tenant == rec["tenant"]:
+                    return key, rec
+        raise NotFound("no such legal hold")
+
+    async def release_hold(self, principal: Principal, hold_id: str, req_id: str) -> Hold:
+        def stage(tx: Overlay) -> tuple[Hold, Accepted]:
+            key, rec = self._find_hold(tx, principal, hold_id)
+            tk = self.svc.keys.tenant(tx, rec["tenant"])
+            if tk is None:
+                raise NotFound("no such legal hold")
+            acc = self._log_event(
+                tx,
+                tk,
+                rec["tenant"],
+                principal,
+                rt="tlog.hold",
+                op="delete",
+                action="tlog.hold.release",
+                ocsf=_OCSF_DELETE,
+                path=f"/v1/scim/holds/{hold_id}/release",
+                rid=hold_id,
+                x={"hold": hold_id, "scope": rec["scope"], "reason": rec["reason"]},
+                req_id=req_id,
+            )
+            tx.delete(key)
+            return Hold(hold_id, {**rec, "released": self.svc.clock()}), acc
+
+        hold, acc = await anyio.to_thread.run_sync(self.svc._write, stage)
+        done, _ = await self.svc._sequence([acc])
+        return Hold(hold.id, hold.record, done[0])
+
+    def holds(self, principal: Principal) -> list[Hold]:
+        def run(tx: Overlay) -> list[Hold]:
+            out = []
+            for key, raw in tx.rv.aux_range(store.PREFIX + b"H"):
+                rec = store.decode_record(raw, "legal hold")
+                if principal.tenant is None or principal.tenant == rec["tenant"]:
+                    out.append(Hold(key[-16:].hex(), rec))
+            return sorted(out, key=lambda h: (h.record["created"], h.id))
+
+        result: list[Hold] = self.svc._read(run)
+        return result
+
+    # -- retention ----------------------------------------------------------------------------
+
+    async def set_retention(
+        self, principal: Principal, tenant: str, days: int, req_id: str
+    ) -> dict[str, Any]:
+        if type(days) is not int or not MIN_RETENTION_DAYS <= days <= MAX_RETENTION_DAYS:
+            raise EventFormatError(
+                f"retention is {MIN_RETENTION_DAYS}..{MAX_RETENTION_DAYS} days "
+                "(30 days to 10 years)"
+            )
+        self._check_tenant(principal, tenant)
+
+        def stage(tx: Overlay) -> tuple[dict[str, Any], Accepted]:
+            tk = self.svc.keys.tenant_or_create(tx, tenant)
+            rec = {
+                "v": 1,
+                "tenant": tenant,
+                "days": days,
+                "by": principal.token_id,
+                "set": self.svc.clock(),
+            }
+            acc = self._log_event(
+                tx,
+                tk,
+                tenant,
+                principal,
+                rt="tlog.retention",
+                op="replace",
+                action="tlog.retention.set",
+                ocsf=_OCSF_UPDATE,
+                path="/v1/scim/retention",
+                rid=tk.tn.hex(),
+                x={"days": days},
+                req_id=req_id,
+            )
+            tx.put(_retention_key(tk.tn), store.encode_record(rec))
+            return rec, acc
+
+        rec, acc = await anyio.to_thread.run_sync(self.svc._write, stage)
+        await self.svc._sequence([acc])
+        return rec
+
+    def retention(self, principal: Principal, tenant: str) -> dict[str, Any] | None:
+        self._check_tenant(principal, tenant)
+
+        def run(tx: Overlay) -> dict[str, Any] | None:
+            raw = tx.get(_retention_key(self.svc.tenant_ref(tenant)))
+            return None if raw is None else store.decode_record(raw, "retention")
+
+        result: dict[str, Any] | None = self.svc._read(run)
+        return result
+
+    async def expire(
+        self, principal: Principal | None = None, tenant: str | None = None
+    ) -> list[ExpiryResult]:
+        """Shred, in every tenant with a retention period (or just ``tenant``), the events
+        of every month that ended more than the period ago, unless a legal hold covers the
+        tenant or the subject. Leaves, proofs and roots are untouched; one ``tlog.expiry``
+        event per tenant that lost anything; the tenant's keys are rotated."""
+        if principal is not None and tenant is not None:
+            self._check_tenant(principal, tenant)
+
+        def tenants(tx: Overlay) -> list[str]:
+            out = []
+            for _, raw in tx.rv.aux_range(store.PREFIX + b"Y"):
+                rec = store.decode_record(raw, "retention")
+                if tenant is None or rec["tenant"] == tenant:
+                    if principal is None or principal.tenant in (None, rec["tenant"]):
+                        out.append(rec["tenant"])
+            return out
+
+        results = []
+        for t in self.svc._read(tenants):
+            res, acc = await anyio.to_thread.run_sync(self._write_rotating, self._expirer(t))
+            if acc is not None:
+                done, _ = await self.svc._sequence([acc])
+                res = ExpiryResult(res.tenant, res.before, res.events, res.deks, res.held, done[0])
+            results.append(res)
+        return results
+
+    def _expirer(
+        self, tenant: str
+    ) -> Callable[[Overlay], tuple[tuple[ExpiryResult, Accepted | None], set[bytes]]]:
+        def stage(tx: Overlay) -> tuple[tuple[ExpiryResult, Accepted | None], set[bytes]]:
+            tk = self.svc.keys.tenant(tx, tenant)
+            raw = None if tk is None else tx.get(_retention_key(tk.tn))
+            if tk is None or raw is None:
+                return (ExpiryResult(tenant, 0, 0, 0, 0), None), set()
+            rec = store.decode_record(raw, "retention")
+            now = self.svc.clock()
+            cut_epoch = epoch_of(max(0, now - rec["days"] * DAY_MS))
+            before = _epoch_start_ms(cut_epoch)
+            if self._held(tx, tk.tn, None):
+                return (ExpiryResult(tenant, before, 0, 0, -1), None), set()
+            keep = set()
+            for rt in SYSTEM_RTS:  # the log's own events are evidence, never expired
+                sk = self.svc.keys.subject(tx, tk, SubjectId(rt, "sys", ""))
+                if sk is not None:
+                    keep.add(sk.kid)
+            held = set()
+            for _, hraw in tx.scan(_hold_prefix(tk.tn)):
+                h = store.decode_record(hraw, "legal hold").get("h")
+                sraw = None if h is None else tx.get(store.subject_key(tk.tn, h))
+                if sraw is not None:
+                    held.add(store.decode_record(sraw, "subject")["kid"])
+            marker = os.urandom(16)
+            deks: set[bytes] = set()
+            events = held_events = 0
+            start = rec.get("until", 0)
+            prefix = store.tenant_events_prefix(tk.tn)
+            for key, _ in tx.rv.aux_range(prefix, prefix + store.ts_bytes(start)):
+                ts, lh = store.split_tail(key[len(prefix) :])
+                if ts >= before:
+                    break
+                eraw = tx.get(store.envelope_key(lh))
+                env = None if eraw is None else decode_envelope(eraw)
+                if not isinstance(env, Envelope) or env.kid in keep:
+                    continue
+                if env.kid in held:
+                    held_events += 1
+                    continue
+                deks.add(store.dek_key(env.kid, env.epoch))
+                tx.delete(store.subject_event_key(env.kid, lh))
+                if self._tombstone(tx, tk, lh, marker) is not None:
+                    events += 1
+            for k in deks:
+                tx.delete(k)
+            if not held_events:
+                tx.put(_retention_key(tk.tn), store.encode_record({**rec, "until": before}))
+            if not events:
+                return (ExpiryResult(tenant, before, 0, 0, held_events), None), set()
+            acc = self._log_event(
+                tx,
+                tk,
+                tenant,
+                None,
+                rt="tlog.expiry",
+                op="delete",
+                action="tlog.expiry.run",
+                ocsf=_OCSF_DELETE,
+                path="/v1/scim/expire",
+                rid=marker.hex(),
+                x={"before": before, "days": rec["days"], "events": events, "deks": len(deks)},
+                req_id=marker.hex(),
+            )
+            return (ExpiryResult(tenant, before, events, len(deks), held_events), acc), {tk.tn}
+
+        return stage
+
+    # -- background job -----------------------------------------------------------------------
+
+    def start(self, interval: float) -> None:
+        """Run :meth:`expire` every ``interval`` seconds (first run after one interval)."""
+
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(interval)
+                try:
+                    for r in await self.expire():
+                        if r.events:
+                            log.info("retention expiry: %d events shredded", r.events)
+                except Exception:
+                    log.exception("retention expiry failed; retrying at the next interval")
+
+        self._job = asyncio.get_running_loop().create_task(loop())
+
+    def stop(self) -> None:
+        if self._job is not None:
+            self._job.cancel()
+            self._job = None
