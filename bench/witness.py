@@ -13,7 +13,10 @@ previous one:
   ``WitnessClient`` (which also verifies the returned cosignature).
 
 Reference figures from the same run: Ed25519 verify + sign per second on this machine (the
-cryptographic floor of one add-checkpoint) and an fsync'd SQLite commit per second.
+cryptographic floor of one add-checkpoint), an fsync'd SQLite commit per second, and the
+deployed network's Go witnesses, omniwitness and litewitness (built at the versions pinned in
+tests/interop/gobin.py), each driven by the same client with the same checkpoints; the
+ratios ours/theirs are printed. Without Go (or if a build fails) those lines say why.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -94,6 +98,39 @@ def sqlite_floor(path: Path, count: int = 300) -> float:
     return count / dt
 
 
+def go_references(
+    tmp: Path, steps: list[tuple[int, str, list[bytes], int]], vkey_log: str
+) -> dict[str, float | str]:
+    """add-checkpoint throughput of omniwitness and litewitness over HTTP (Ed25519 only)."""
+    import pytest
+
+    from tests.interop.peers import GoWitness, Litewitness, Omniwitness
+
+    out: dict[str, float | str] = {}
+    starters: dict[str, Callable[[Path], GoWitness]] = {
+        "omniwitness": lambda d: Omniwitness(d, ORIGIN, vkey_log, mldsa=False),
+        "litewitness": lambda d: Litewitness(d, ORIGIN, vkey_log),
+    }
+    for name, start in starters.items():
+        d = tmp / name
+        d.mkdir()
+        w: GoWitness | None = None
+        try:
+            w = start(d)
+            with httpx.Client(timeout=30) as http:
+                client = WitnessClient(w.url, w.verifier, http=http)
+                t0 = time.perf_counter()
+                for old, note, proof, _ in steps:
+                    client.add_checkpoint(note, old, proof)
+                out[name] = len(steps) / (time.perf_counter() - t0)
+        except pytest.skip.Exception as exc:
+            out[name] = str(exc)
+        finally:
+            if w is not None:
+                w.stop()
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--checkpoints", type=int, default=2000)
@@ -134,6 +171,7 @@ def main() -> None:
             for old, note, proof, _ in steps:
                 client.add_checkpoint(note, old, proof)
             over_http = len(steps) / (time.perf_counter() - t0)
+        go_rates = go_references(tmp, steps, vkey_log)
         floor_crypto = crypto_floor()
         floor_sqlite = sqlite_floor(tmp / "floor.db")
     finally:
@@ -149,6 +187,13 @@ def main() -> None:
           f"{over_http:8,.0f} checkpoints/s")
     print(f"floors on this machine: Ed25519 verify+cosign {floor_crypto:,.0f}/s; "
           f"fsync'd SQLite commit {floor_sqlite:,.0f}/s")
+    for name, rate in go_rates.items():
+        if isinstance(rate, str):
+            print(f"{name}: not measured ({rate})")
+        else:
+            print(f"{name} over HTTP (same client, same checkpoints):               "
+                  f"{rate:8,.0f} checkpoints/s  -> tlog-witness / {name} = "
+                  f"{over_http / rate:.2f}x")
 
 
 if __name__ == "__main__":

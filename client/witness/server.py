@@ -81,7 +81,10 @@ class WitnessHTTPServer:
         self.limits = limits or ServerLimits()
         host, port = address
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self._sock = socket.socket(family, socket.SOCK_STREAM)
+        # proto=IPPROTO_TCP, not 0: asyncio only sets TCP_NODELAY on accepted sockets whose
+        # proto says TCP, and without it every response (head and body are two writes)
+        # waits ~40 ms for the client's delayed ACK.
+        self._sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind((host, port))
         self._sock.listen(self.limits.backlog)

@@ -77,7 +77,7 @@ class GoWitness:
 class Omniwitness(GoWitness):
     """transparency-dev/witness cmd/omniwitness: note-format key file, logs added by YAML."""
 
-    def __init__(self, d: Path, origin: str, log_vkey: str) -> None:
+    def __init__(self, d: Path, origin: str, log_vkey: str, *, mldsa: bool = True) -> None:
         exe = go_binary("omniwitness")
         self.name = "omniwitness.test/w1"
         signer = CosignatureSigner.generate(self.name)
@@ -87,11 +87,14 @@ class Omniwitness(GoWitness):
         key.write_text(signer.skey())
         # A second, ML-DSA-44 key (README: --private_key_path may be repeated; the first
         # one authenticates its stored state): omniwitness answers with both lines.
-        pq = MLDSACosignatureSigner.generate(self.name)
-        self.mldsa_verifier = pq.verifier()
-        pq_key = d / "omni-mldsa.key"
-        pq_key.touch(0o600)
-        pq_key.write_text(pq.skey())
+        keys = [f"--private_key_path={key}"]
+        if mldsa:
+            pq = MLDSACosignatureSigner.generate(self.name)
+            self.mldsa_verifier = pq.verifier()
+            pq_key = d / "omni-mldsa.key"
+            pq_key.touch(0o600)
+            pq_key.write_text(pq.skey())
+            keys.append(f"--private_key_path={pq_key}")
         logs = d / "logs.yaml"
         logs.write_text(f'Logs:\n  - Origin: "{origin}"\n    PublicKey: "{log_vkey}"\n')
         port = free_port()
@@ -102,8 +105,7 @@ class Omniwitness(GoWitness):
                 f"--listen=127.0.0.1:{port}",
                 "--metrics_listen=",
                 f"--db_file={d / 'omni.db'}",
-                f"--private_key_path={key}",
-                f"--private_key_path={pq_key}",
+                *keys,
                 f"--additional_logs={logs}",
                 "--logtostderr",
             ],
