@@ -457,6 +457,8 @@ class Api:
         )
 
     def _index(self, request: Request) -> int:
+        if request.path_params["index"] == "batch":  # GET /v1/entries/batch
+            raise HTTPException(405, headers={"Allow": "POST"})
         try:
             return parse_decimal(request.path_params["index"], what="index", maximum=MAX_INDEX)
         except FormatError as exc:
@@ -503,6 +505,36 @@ def _wrap(fn: Callable[[Request], Any]) -> Callable[[Request], Any]:
             return await fn(request)  # type: ignore[no-any-return]
         except Exception as exc:
             return error_response(exc)
+
+    return endpoint
+
+
+def route_operations(routes: list[Any]) -> set[tuple[str, str]]:
+    """(OpenAPI path, lower-case method) of every route, HEAD left out (it follows GET)."""
+    ops: set[tuple[str, str]] = set()
+    for r in routes:
+        if isinstance(r, Route):
+            path = r.path.replace(":path}", "}")
+            ops.update((path, m.lower()) for m in (r.methods or ()) if m != "HEAD")
+    return ops
+
+
+def _openapi_endpoint(routes: list[Any]) -> Callable[[Request], Any]:
+    """GET /openapi.json: the description of the routes this app has (tlog.openapi)."""
+    from tlog.openapi import openapi
+
+    doc = openapi()
+    have = route_operations(routes) | {("/openapi.json", "get")}
+    paths = {}
+    for path, item in doc["paths"].items():
+        kept = {m: op for m, op in item.items() if (path, m) in have}
+        if kept:
+            paths[path] = kept
+    doc["paths"] = paths
+    body = json.dumps(doc, separators=(",", ":")).encode()
+
+    async def endpoint(request: Request) -> Response:
+        return Response(body, media_type="application/json")
 
     return endpoint
 
@@ -573,6 +605,7 @@ def create_app(
     from tlog.ui import console_routes  # the browser console under /ui/ (imports this module)
 
     routes.extend(console_routes())
+    routes.append(Route("/openapi.json", _openapi_endpoint(routes), methods=["GET"]))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

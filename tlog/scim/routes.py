@@ -642,12 +642,21 @@ def _wrap(fn: Handler) -> Handler:
     return endpoint
 
 
+def _by_method(**handlers: Handler) -> Handler:
+    async def endpoint(request: Request) -> Response:
+        method = "GET" if request.method == "HEAD" else request.method
+        return await handlers[method](request)
+
+    return endpoint
+
+
 def scim_routes(service: ScimService) -> list[Route]:
     """The SCIM routes, for :func:`tlog.app.create_app`'s ``extra_routes``."""
     r = ScimRoutes(service)
     return [
-        Route("/v1/scim/events", _wrap(r.add_event), methods=["POST"]),
-        Route("/v1/scim/events", _wrap(r.search), methods=["GET"]),
+        # One route for both methods, so that a 405 names both in its Allow header.
+        Route("/v1/scim/events", _by_method(GET=_wrap(r.search), POST=_wrap(r.add_event)),
+              methods=["GET", "POST"]),
         Route("/v1/scim/events/batch", _wrap(r.add_batch), methods=["POST"]),
         Route("/v1/scim/receipts", _wrap(r.receipts), methods=["GET"]),
         Route("/v1/scim/tenant-ref", _wrap(r.tenant_ref), methods=["GET"]),
