@@ -426,15 +426,15 @@ def test_scim_proxy_closes_silent_connections(tmp_path: Path) -> None:
 
     from .conftest import ROOT, free_port
 
-    token = tmp_path / "token"
-    token.write_text("tlog_x\n")
+    log_srv = start_server(tmp_path / "data")
     port = free_port()
+    out = open(tmp_path / "proxy.log", "wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "tlog.cli", "scim-proxy", "--upstream", "http://127.0.0.1:9",
-         "--log", "http://127.0.0.1:9", "--token-file", str(token), "--tenant", "t1",
-         "--sp-id", "sp", "--listen", f"127.0.0.1:{port}", "--outbox",
+         "--log", log_srv.url, "--token-file", str(tmp_path / "data" / "demo-submitter.token"),
+         "--tenant", "default", "--sp-id", "sp", "--listen", f"127.0.0.1:{port}", "--outbox",
          str(tmp_path / "outbox.sqlite"), "--header-timeout", "1", "--log-level", "warning"],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
     )
     try:
         deadline = time.monotonic() + WAIT
@@ -443,7 +443,8 @@ def test_scim_proxy_closes_silent_connections(tmp_path: Path) -> None:
                 s = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
                 break
             except OSError:
-                assert time.monotonic() < deadline and proc.poll() is None
+                assert proc.poll() is None, (tmp_path / "proxy.log").read_text()
+                assert time.monotonic() < deadline, "the proxy did not start"
                 time.sleep(0.05)
         with s:
             s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
@@ -455,3 +456,5 @@ def test_scim_proxy_closes_silent_connections(tmp_path: Path) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        out.close()
+        log_srv.stop()
