@@ -207,22 +207,32 @@ class CheckpointFile:
             )
         return Remembered(cp.size, cp.root_hash, text)
 
-    def _open(self) -> int:
+    def _open(self, note: bytes) -> int:
+        """The file, open; created (or converted from a plain-text note) holding ``note``.
+
+        Creation goes through a temporary file, fsync, rename and a directory fsync, once:
+        a crash never leaves an empty or half-made file at ``path``.
+        """
         if self._fd is None:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-            if os.fstat(fd).st_size != 2 * _SLOT:
-                old = os.pread(fd, 2 * _SLOT, 0)
-                os.ftruncate(fd, 0)
-                os.ftruncate(fd, 2 * _SLOT)
-                if old and not old.startswith(_MAGIC):  # a plain-text note: keep it in a slot
-                    os.pwrite(fd, self._slot(0, old), 0)
-                os.fsync(fd)
+            try:
+                size = self.path.stat().st_size
+            except FileNotFoundError:
+                size = -1
+            if size != 2 * _SLOT:
+                tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                try:
+                    os.write(fd, self._slot(0, note) + bytes(_SLOT))
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                os.replace(tmp, self.path)
                 dfd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
                 try:
-                    os.fsync(dfd)  # the file's existence and size, once
+                    os.fsync(dfd)
                 finally:
                     os.close(dfd)
-            self._fd = fd
+            self._fd = os.open(self.path, os.O_RDWR)
         return self._fd
 
     @staticmethod
@@ -234,12 +244,13 @@ class CheckpointFile:
 
     def write(self, note: str) -> None:
         """Remember ``note``, durably, in the slot holding the older checkpoint."""
-        fd = self._open()
+        data = note.encode("utf-8")
+        fd = self._open(data)
         # The newest sequence number on disk, not a counter of ours: another process may
         # have written (the lock bypassed); a lost race still leaves a checkpoint <= store.
         found = self._slots(os.pread(fd, 2 * _SLOT, 0))
         seq = 0 if found is None else found[0] + 1
-        os.pwrite(fd, self._slot(seq, note.encode("utf-8")), (seq % 2) * _SLOT)
+        os.pwrite(fd, self._slot(seq, data), (seq % 2) * _SLOT)
         os.fdatasync(fd)
 
     def close(self) -> None:
