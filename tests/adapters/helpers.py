@@ -7,7 +7,6 @@ import collections
 import hashlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -21,6 +20,8 @@ import httpx
 import uvicorn
 
 from client.scim.event import event_from_json
+
+from ..support import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SCIM_TOKEN = "s3cret-scim-token"
@@ -121,12 +122,6 @@ class FakeLog:
 
     def transport(self) -> httpx.MockTransport:
         return httpx.MockTransport(self)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class UvicornThread:

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,8 @@ from tlog.auth import TokenStore
 from tlog.log import Log
 from tlog.server import build_app
 from tlog.signer import CheckpointSigner
+
+from ..support import free_port
 
 ORIGIN = "test.example/log"
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,12 +58,6 @@ def harness(tmp_path: Path) -> Iterator[Harness]:
     with TestClient(app) as client:
         yield Harness(client, log_, tokens, signer, token, tmp_path)
     log_.storage.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -130,9 +130,15 @@ def test_sigkill_under_load_loses_nothing_acknowledged(tmp_path: Path) -> None:
             )
             for i in range(6)
         ]
+        before = len(acked)
         for t in threads:
             t.start()
-        time.sleep(rnd.uniform(0.4, 1.5))
+        # Kill only once this round has had answers (a loaded machine may take seconds for
+        # the first), then at a random moment while the writers keep going.
+        deadline = time.monotonic() + 60
+        while len(acked) < before + 20 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(rnd.uniform(0.0, 0.5))
         os.kill(srv.proc.pid, signal.SIGKILL)  # mid-flight, no warning
         srv.proc.wait()
         stop.set()
