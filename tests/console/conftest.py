@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 import socket
 import threading
 import time
@@ -245,3 +247,25 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         server.should_exit = True
         t.join(15)
         log_.storage.close()
+
+
+CHROMIUM = os.environ.get("TLOG_CHROMIUM", "/usr/bin/chromium")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Debian's Chromium driven by Playwright; never a browser Playwright downloads.
+    Skips (with the reason) when the package or the browser is missing."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("the Python package playwright is not installed (pip install -e '.[dev]')")
+    exe = CHROMIUM if os.path.exists(CHROMIUM) else shutil.which("chromium")
+    if exe is None:
+        pytest.skip(f"no system Chromium at {CHROMIUM} (apt-get install chromium)")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=exe, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            yield b
+        finally:
+            b.close()

@@ -9,7 +9,6 @@ import base64
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,33 +21,11 @@ from client.cli import main as client_main
 
 from .conftest import Live
 
-CHROMIUM = os.environ.get("TLOG_CHROMIUM", "/usr/bin/chromium")
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 SCRATCH = Path(tempfile.gettempdir()) / "tlog-console-screenshots"
 
-sync_api = pytest.importorskip(
-    "playwright.sync_api", reason="the Python package playwright is not installed"
-)
-if not (os.path.exists(CHROMIUM) or shutil.which("chromium")):
-    pytest.skip(
-        f"no system Chromium at {CHROMIUM} (apt-get install chromium)", allow_module_level=True
-    )
-
 pytestmark = pytest.mark.slow
 TIMEOUT = 20_000  # ms, for every wait on the page
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(
-            executable_path=CHROMIUM if os.path.exists(CHROMIUM) else shutil.which("chromium"),
-            args=["--no-sandbox", "--disable-gpu"],
-        )
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 @pytest.fixture
