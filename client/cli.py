@@ -301,6 +301,9 @@ def _parser() -> argparse.ArgumentParser:
     from client.scim.stream import register as register_stream
 
     register_stream(scim)  # stream, verify-evidence (client/scim/stream.py)
+    from client.scim.officer import register as register_officer
+
+    register_officer(scim)  # erasure request|list|status|approve|certificate|verify
     return ap
 
 
