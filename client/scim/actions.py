@@ -528,7 +528,8 @@ class _Builder:
             inner = "[sha256:" + hashlib.sha256(path[span[0]:span[1]].encode()).hexdigest() + "]"
         return path[: span[0]] + inner + path[span[1]:]
 
-    def mod(self, op: str, path: str, value: object, has_value: bool) -> None:
+    def mod(self, op: str, path: str, value: object, has_value: bool, patch: bool = False
+            ) -> None:
         key = _attr_key(path)
         if key == "active" and self.prefix == "user" and _as_bool(value) is not None:
             value = _as_bool(value)
@@ -538,6 +539,8 @@ class _Builder:
         if len(attr.encode("utf-8")) > 512:
             attr = "sha256:" + hashlib.sha256(path.encode()).hexdigest()
         entry: dict[str, Any] = {"attr": attr}
+        if patch:
+            entry["op"] = op  # a PatchOp's add/remove/replace, which the log's state needs
         ref_rt = self.ref_type(key)
         if ref_rt is not None:
             # SCIM.md §4.3 step 5: references to other subjects go to refs as pseudonyms
@@ -666,7 +669,7 @@ def parse_request(
             for upath, uvalue in units:
                 key = _attr_key(upath)
                 hide = hide or b.is_secret(key) or b.pseudonymised(key)
-                b.mod(pop, upath, uvalue, has_value or path is None)
+                b.mod(pop, upath, uvalue, has_value or path is None, patch=True)
                 verbs |= _unit_verbs(prefix, pop, key, uvalue, put=False)
             item: dict[str, Any] = {"op": pop}
             if path is not None:

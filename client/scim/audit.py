@@ -63,6 +63,10 @@ class AuditedEvent:
     event: Event | None
     nonce: bytes | None
     checkpoint_note: str = ""  # the signed note ``checkpoint`` was verified from
+    # What the log derived the event did, judged against the resource's state (actions,
+    # named member adds/removes, no-ops). Not covered by the leaf's commitment: the log's
+    # reading, not the submitter's statement. None when the log derived none.
+    effect: Mapping[str, Any] | None = None
 
     @property
     def erased(self) -> bool:
@@ -253,7 +257,13 @@ class ScimAuditClient:
         verify_inclusion(index, cp.size, lh, proof, cp.root_hash)
         return index, cp
 
-    def _check_filters(self, ev: Event | None, leaf: Leaf, filters: Mapping[str, Any]) -> None:
+    def _check_filters(
+        self,
+        ev: Event | None,
+        leaf: Leaf,
+        filters: Mapping[str, Any],
+        effect: Mapping[str, Any] | None = None,
+    ) -> None:
         since, until = filters.get("since"), filters.get("until")
         if (since is not None and leaf.ts < since) or (until is not None and leaf.ts >= until):
             raise VerificationError("result outside the requested time range")
@@ -272,7 +282,8 @@ class ScimAuditClient:
             if filters.get(name) is not None and filters[name] != value:
                 raise VerificationError(f"result does not match the {name} filter")
         action = filters.get("action")
-        if action is not None and action not in [a["a"] for a in ev.get("acts", ())]:
+        derived = [a["a"] for a in (effect or {}).get("acts", ())]
+        if action is not None and action not in [a["a"] for a in ev.get("acts", ())] + derived:
             raise VerificationError("result does not match the action filter")
 
     def _result(self, r: object, filters: Mapping[str, Any]) -> AuditedEvent:
@@ -291,8 +302,16 @@ class ScimAuditClient:
         except (KeyError, TypeError, ValueError) as exc:
             raise _malformed(f"event: {exc}") from None
         verify_commitment(leaf, ev, nonce)  # SCIM.md §4.3 step 4
-        self._check_filters(ev, leaf, filters)
-        return AuditedEvent(index, lh, leaf, cp.size, cp, ev, nonce, r["checkpoint"])
+        effect = r.get("effect")
+        if effect is not None and (
+            not isinstance(effect, dict)
+            or not isinstance(effect.get("acts", []), list)
+            or not all(isinstance(a, dict) and isinstance(a.get("a"), str)
+                       for a in effect.get("acts", []))
+        ):
+            raise _malformed("effect")
+        self._check_filters(ev, leaf, filters, effect)
+        return AuditedEvent(index, lh, leaf, cp.size, cp, ev, nonce, r["checkpoint"], effect)
 
     # -- API -------------------------------------------------------------------------------
 

@@ -344,6 +344,7 @@ _PATCH_OP = _Map(
 _MOD = _Map(
     {
         "attr": (_Text(512), True),
+        "op": (_Enum(PATCH_OPS), False),  # PATCH: the operation that made this change
         "old": (_Text(16384, free=True, json_text=True), False),
         "new": (_Text(16384, free=True, json_text=True), False),
         "old_d": (_DIGEST, False),

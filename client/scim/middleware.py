@@ -422,6 +422,7 @@ class _Builder:
             max_size=cfg.max_body,
         )
         self._resp: Decoded | None = None
+        self.result: dict[str, Any] | None = None  # resulting values the SP returned
 
     def resp(self) -> Any:
         """The SP's answer body as JSON (decoded like the request), or None."""
@@ -538,6 +539,8 @@ class _Builder:
             xs["body"] = dict(self.req.notes)
         if unparsed is not None:
             xs["uninterpretable"] = unparsed
+        if success and self.result:
+            xs["result"] = self.result
         last: EventFormatError | None = None
         if intent is not None:
             full: dict[str, Any] = {
@@ -696,6 +699,8 @@ class _Builder:
             "err": None if outcome == "success" else _error(status, resp),
         }
         intent, unparsed = self.body_intent(op, target.rt)
+        if outcome == "success":
+            self.result = _resulting_values(target.rt, resp)
         return _Recorded(self.make(fields, intent, unparsed), [])
 
     @staticmethod
@@ -839,6 +844,27 @@ class _Builder:
             data = _resolve_bulk_ids(data, created)
         intent, unparsed = self.intent(op, target.rt or "unknown", data)
         out.events.extend(self.make(fields, intent, unparsed))
+
+
+def _resulting_values(rt: str, resp: Any) -> dict[str, Any] | None:
+    """The security-relevant values of a User the SP returned after the write (``x.result``):
+    ``active`` and the ``value`` of each role and entitlement. The log's state takes them as
+    the truth (tlog.scim.effects). None when the answer holds no resource."""
+    if rt != "User" or not isinstance(resp, Mapping) or not isinstance(resp.get("id"), str):
+        return None
+    out: dict[str, Any] = {}
+    active = _get_ci(resp, "active")
+    if isinstance(active, bool):
+        out["active"] = active
+    for name in ("roles", "entitlements"):
+        items = _get_ci(resp, name)
+        if isinstance(items, list) and len(items) <= 256:
+            vals = [_get_ci(i, "value") if isinstance(i, Mapping) else i for i in items]
+            if all(isinstance(v, str) and 0 < len(v) <= 256 for v in vals):
+                out[name] = vals
+    if len(json.dumps(out)) > 4096:  # keep the event small; the state then follows the intent
+        out = {k: v for k, v in out.items() if k == "active"}
+    return out or None
 
 
 def _resolve_bulk_ids(value: Any, created: Mapping[str, str]) -> Any:

@@ -274,7 +274,7 @@ def test_entra_deactivate_string_boolean() -> None:
         "patch", "User", patch_body({"op": "Replace", "path": "active", "value": "False"})
     )
     assert names(ri.acts) == ["user.deactivate"]
-    assert ri.mods == [{"attr": "active", "new": "false"}]
+    assert ri.mods == [{"attr": "active", "op": "replace", "new": "false"}]
     assert ri.patch == [{"op": "replace", "path": "active", "v_d": jcs_digest("False")}]
     assert ri.refs is None
 
@@ -303,9 +303,9 @@ def test_pathless_value_is_expanded() -> None:
     )
     ri = parse_request("patch", "User", body)
     assert ri.mods == [
-        {"attr": "displayName", "new": '"Bab"'},
-        {"attr": f"{ent}:department", "new": '"R&D"'},
-        {"attr": f"{ent}:manager", "new": '{"value":"m1"}'},
+        {"attr": "displayName", "op": "add", "new": '"Bab"'},
+        {"attr": f"{ent}:department", "op": "add", "new": '"R&D"'},
+        {"attr": f"{ent}:manager", "op": "add", "new": '{"value":"m1"}'},
     ]
     assert names(ri.acts) == ["user.update"]
     assert ri.patch == [
@@ -321,8 +321,9 @@ def test_group_members_add_and_remove() -> None:
     ri = parse_request("patch", "Group", body)
     assert names(ri.acts) == ["group.member.add", "group.member.remove"]
     assert ri.mods == [
-        {"attr": "members", "new": '[{"value":"u1"},{"value":"u2"}]'},
-        {"attr": 'members[value eq "u3"]', "old": '[{"value":"u3"}]'},  # the filter is kept
+        {"attr": "members", "op": "add", "new": '[{"value":"u1"},{"value":"u2"}]'},
+        # the filter is kept
+        {"attr": 'members[value eq "u3"]', "op": "remove", "old": '[{"value":"u3"}]'},
     ]
     assert ri.patch is not None
     assert ri.patch[1] == {"op": "remove", "path": 'members[value eq "u3"]'}
@@ -332,7 +333,7 @@ def test_entra_member_remove_with_value() -> None:
     body = patch_body({"op": "Remove", "path": "members", "value": [{"value": "u9"}]})
     ri = parse_request("patch", "Group", body)
     assert names(ri.acts) == ["group.member.remove"]
-    assert ri.mods == [{"attr": "members", "old": '[{"value":"u9"}]'}]
+    assert ri.mods == [{"attr": "members", "op": "remove", "old": '[{"value":"u9"}]'}]
 
 
 def test_replace_members_may_add_and_remove() -> None:
@@ -367,7 +368,11 @@ def test_password_never_recorded() -> None:
     )
     ri = parse_request("patch", "User", body)
     assert names(ri.acts) == ["user.password.set", "user.update"]
-    assert ri.mods == [{"attr": "password"}, {"attr": "password"}, {"attr": "title", "new": '"x"'}]
+    assert ri.mods == [
+        {"attr": "password", "op": "replace"},
+        {"attr": "password", "op": "replace"},
+        {"attr": "title", "op": "replace", "new": '"x"'},
+    ]
     assert ri.patch == [{"op": "replace", "path": "password"}, {"op": "replace"}]
     ev = new_event(**_event_args("patch", "User"), **ri.event_fields())
     data = encode_event(ev)
@@ -384,8 +389,8 @@ def test_digest_attrs_and_large_values() -> None:
     )
     ri = parse_request("patch", "User", body, digest_attrs=["Emails"])
     assert ri.mods == [
-        {"attr": "emails", "new_d": jcs_digest([{"value": "b@example.com"}])},
-        {"attr": "photos", "new_d": jcs_digest("x" * MAX_MOD_VALUE)},
+        {"attr": "emails", "op": "replace", "new_d": jcs_digest([{"value": "b@example.com"}])},
+        {"attr": "photos", "op": "replace", "new_d": jcs_digest("x" * MAX_MOD_VALUE)},
     ]
 
 
@@ -412,7 +417,7 @@ def test_member_ids_pseudonymised() -> None:
     ]
     # The filter is kept, naming the member by pseudonym only.
     filtered = 'members[value eq "pid:' + base64.b64encode(p3).decode() + '"]'
-    assert ri.mods == [{"attr": "members"}, {"attr": filtered}]
+    assert ri.mods == [{"attr": "members", "op": "add"}, {"attr": filtered, "op": "remove"}]
     assert ri.patch == [{"op": "add", "path": "members"}, {"op": "remove", "path": filtered}]
     data = encode_event(new_event(**_event_args("patch", "Group"), **ri.event_fields()))
     for member in keys:
@@ -472,7 +477,7 @@ def test_floats_in_bodies_are_fine() -> None:
     ri = parse_request(
         "patch", "Device", patch_body({"op": "replace", "path": "weight", "value": 1.50})
     )
-    assert ri.mods == [{"attr": "weight", "new": "1.5"}]
+    assert ri.mods == [{"attr": "weight", "op": "replace", "new": "1.5"}]
     assert jcs(1e21) == "1e+21"
 
 

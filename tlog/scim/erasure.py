@@ -412,6 +412,7 @@ class Erasures:
         for k in deks:
             tx.delete(k)
         tx.delete(skey)
+        tx.delete(store.state_key(kid))  # the resource state (tlog.scim.effects)
         events = index_records = 0
         lprefix = store.subject_events_prefix(kid)
         for k, _ in tx.scan(lprefix):

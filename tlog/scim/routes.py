@@ -314,6 +314,8 @@ class ScimRoutes:
         else:
             out["event"] = json.loads(event_to_json(f.event))
             out["nonce"] = b64(f.nonce)
+            if f.effect is not None:
+                out["effect"] = f.effect  # derived by the log (effects.py); JSON values only
         out.update(self._receipt(api, f.index, f.leaf_hash, pub, note))
         del out["tlog_proof"]  # the proof is right there; keep pages small
         return out

@@ -25,6 +25,7 @@ belong to a per-tenant system subject and carry no personal data.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -54,6 +55,7 @@ from client.scim.reserved import reserved_names
 from tlog.auth import Forbidden, Principal
 from tlog.log import Log, Published
 from tlog.scim import store
+from tlog.scim.effects import classify
 from tlog.scim.erasure import Erasures
 from tlog.scim.keys import KeyRing, KeysRotated, SubjectId, TenantKeys, epoch_of
 from tlog.scim.store import Envelope, Overlay, Tombstone, decode_envelope
@@ -77,6 +79,7 @@ T = TypeVar("T")
 SYSTEM_PREFIX = "tlog."
 REASON_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 IV_SIZE = 12
+_STATE_AAD = b"tlog-scim-state\x00"
 
 # Search index fields; the order is the preference for the index that drives a scan.
 FILTERS: tuple[tuple[str, bytes], ...] = (
@@ -96,12 +99,16 @@ _OCSF_CREATE = [6003, 1]
 _OCSF_DELETE = [6003, 4]
 
 
-def envelope_plaintext(nonce: bytes, encoded_event: bytes) -> bytes:
+def envelope_plaintext(
+    nonce: bytes, encoded_event: bytes, encoded_effect: bytes | None = None
+) -> bytes:
     """det_cbor({"n": nonce, "b": event}) from the event's det-CBOR bytes, without encoding
     (and checking) the event again: a 2-entry map, keys "b" < "n" in bytewise order, the
     nonce a 32-byte bstr (header 0x58 0x20). Equal to ``dumps_det`` of the dict (tested)."""
     if len(nonce) != 32:
         raise ValueError("nonce must be 32 bytes")
+    if encoded_effect is not None:  # {"b", "e", "n"}: the effect the log derived (effects.py)
+        return b"\xa3\x61b" + encoded_event + b"\x61e" + encoded_effect + b"\x61n\x58\x20" + nonce
     return b"\xa2\x61b" + encoded_event + b"\x61n\x58\x20" + nonce
 
 
@@ -179,6 +186,7 @@ class Found:
     eid: str
     event: Event | None
     nonce: bytes | None
+    effect: dict[str, Any] | None = None  # derived by the log at ingestion (tlog.scim.effects)
 
     @property
     def erased(self) -> bool:
@@ -250,6 +258,17 @@ def index_values(ev: Mapping[str, Any]) -> list[tuple[bytes, bytes]]:
     for ref in ev.get("refs", ()):
         out.append((_FIELD["ref"], _ref_value(ref["rt"], ref["pid"])))
     return list(dict.fromkeys(out))
+
+
+def effect_index_values(effect: Mapping[str, Any]) -> list[tuple[bytes, bytes]]:
+    """What the search index records for a derived effect: its actions, and the subjects
+    it names (e.g. the members a PUT removed), so both are found by search."""
+    out: list[tuple[bytes, bytes]] = []
+    for act in effect.get("acts", ()):
+        out.append((_FIELD["action"], act["a"].encode()))
+    for ref in effect.get("refs", ()):
+        out.append((_FIELD["ref"], _ref_value(ref["rt"], base64.b64decode(ref["pid"]))))
+    return out
 
 
 def _now_ms() -> int:
@@ -375,10 +394,18 @@ class ScimService:
         sk = self.keys.subject_or_create(tx, tk, subject_of(ev))
         epoch = epoch_of(now)
         dek = self.keys.dek_or_create(tx, tk, sk.kid, epoch)
+        effect = self._effect(tx, tk, sk.kid, ev, epoch, dek)
         iv = os.urandom(IV_SIZE)
         # SCIM.md §4.3 step 3: the AAD binds the ciphertext to its leaf.
-        ct = AESGCM(dek).encrypt(iv, envelope_plaintext(nonce, encoded), lh)
-        conds = tuple(f + tk.index_hash(f, v) for f, v in index_values(ev))
+        ct = AESGCM(dek).encrypt(
+            iv,
+            envelope_plaintext(nonce, encoded, None if effect is None else dumps_det(effect)),
+            lh,
+        )
+        values = index_values(ev)
+        if effect is not None:
+            values = list(dict.fromkeys(values + effect_index_values(effect)))
+        conds = tuple(f + tk.index_hash(f, v) for f, v in values)
         tx.put(vkey, leaf)
         tx.put(
             store.envelope_key(lh), Envelope(tk.tn, eid, now, sk.kid, epoch, iv, ct, conds).encode()
@@ -392,8 +419,53 @@ class ScimService:
         seen[eid] = (acc, encoded)
         return acc
 
+    # -- resource state and effects (tlog.scim.effects) ---------------------------------------
+
+    def _state(self, tx: Overlay, tk: TenantKeys, kid: bytes) -> dict[str, Any] | None:
+        """The subject's security-relevant state, decrypted; None if unknown or shredded."""
+        raw = tx.get(store.state_key(kid))
+        if raw is None:
+            return None
+        rec = store.decode_record(raw, "resource state")
+        dek = self.keys.dek(tx, tk, kid, rec["epoch"])
+        if dek is None:
+            return None  # its epoch expired or the subject was shredded
+        try:
+            got = loads_det(AESGCM(dek).decrypt(rec["iv"], rec["ct"], _STATE_AAD + kid))
+        except (InvalidTag, EventFormatError):
+            raise StorageError("SCIM resource state does not decrypt") from None
+        return got if isinstance(got, dict) else None
+
+    def _effect(
+        self, tx: Overlay, tk: TenantKeys, kid: bytes, ev: Event, epoch: int, dek: bytes
+    ) -> dict[str, Any] | None:
+        """Classify ``ev`` against the resource's state and stage the new state, encrypted
+        under the subject's current DEK (so erasure and retention shred it too)."""
+        if "rid" not in ev or ev["rt"].startswith(SYSTEM_PREFIX) or ev["outcome"] != "success":
+            return None
+        prev = self._state(tx, tk, kid)
+        effect, state, changed = classify(prev, ev)
+        if changed:
+            if state is None:
+                tx.delete(store.state_key(kid))
+            else:
+                iv = os.urandom(IV_SIZE)
+                ct = AESGCM(dek).encrypt(iv, dumps_det(state), _STATE_AAD + kid)
+                tx.put(
+                    store.state_key(kid),
+                    store.encode_record({"v": 1, "epoch": epoch, "iv": iv, "ct": ct}),
+                )
+        return effect
+
     def _open(self, tx: Overlay, tk: TenantKeys, lh: bytes) -> tuple[Event, bytes] | None:
         """Decrypt the envelope of ``lh``: (event, nonce), or None once erased."""
+        got = self._open_full(tx, tk, lh)
+        return None if got is None else (got[0], got[1])
+
+    def _open_full(
+        self, tx: Overlay, tk: TenantKeys, lh: bytes
+    ) -> tuple[Event, bytes, dict[str, Any] | None] | None:
+        """Decrypt the envelope of ``lh``: (event, nonce, effect), or None once erased."""
         raw = tx.get(store.envelope_key(lh))
         if raw is None:
             raise StorageError("SCIM event without an envelope")
@@ -409,7 +481,10 @@ class ScimService:
             raise StorageError("SCIM envelope does not decrypt (modified record?)") from None
         try:
             body = loads_det(pt)
-            return validate_event(body["b"]), body["n"]
+            effect = body.get("e")
+            if effect is not None and not isinstance(effect, dict):
+                raise TypeError("effect")
+            return validate_event(body["b"]), body["n"], effect
         except (EventFormatError, KeyError, TypeError):
             raise StorageError("SCIM envelope holds a malformed body") from None
 
@@ -497,11 +572,11 @@ class ScimService:
         if leaf is None or raw is None:
             raise StorageError("SCIM event missing from the log or the store")
         env = decode_envelope(raw)
-        opened = self._open(tx, tk, lh)
+        opened = self._open_full(tx, tk, lh)
         if opened is None:
             return Found(index, leaf, lh, env.ts, env.eid, None, None)
-        ev, nonce = opened
-        return Found(index, leaf, lh, env.ts, env.eid, ev, nonce)
+        ev, nonce, effect = opened
+        return Found(index, leaf, lh, env.ts, env.eid, ev, nonce, effect)
 
     # -- receipts -----------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ L   kid(16) ‖ leaf hash(32)             empty: the subject's events (for erasu
 A   tn(16) ‖ u64 ts ‖ leaf hash(32)     empty: the tenant's events by log time
 X   tn ‖ field(1) ‖ h(16) ‖ ts ‖ lh     empty: search index, h = HMAC(ik, value)
 R   request id(16)                      erasure request (no personal data)
+F   kid(16)                             resource state (effects.py), sealed by the DEK
 === ================================== ============================================
 
 ``tn`` is the public tenant ref of the leaf; ``kid`` is random (not derived from the subject),
@@ -116,6 +117,11 @@ def split_tail(tail: bytes) -> tuple[int, bytes]:
 
 def ts_bytes(ts: int) -> bytes:
     return _U64.pack(ts)
+
+
+def state_key(kid: bytes) -> bytes:
+    """The subject's security-relevant state, AES-GCM under its DEK (tlog.scim.effects)."""
+    return _k(b"F", kid)
 
 
 def request_key(req_id: bytes) -> bytes:

@@ -1,0 +1,400 @@
+"""Effects, not only intent: what an event did to a resource, judged against its state.
+
+An adapter in front of an SP (proxy, middleware) sees the request, not the stored resource,
+so its events say what was *asked* (``intent: true``). The log sees every event of a
+resource in order, so at ingestion it keeps each resource's **security-relevant state**
+(``active``, ``userName``, ``emails``, ``roles``, ``entitlements``, ``manager`` and group
+``members``, references as pseudonyms) and classifies each new event against it:
+
+* a PUT that sets ``active: true`` on a deactivated user is ``user.activate``;
+* a PUT or ``replace`` of a group's members is named adds **and removes** (the removed
+  members' pids are recorded, so searching a removed user finds the event);
+* a remove (or add) that changed nothing says so (``noop``), and an event that changed
+  nothing at all is ``<rt>.noop``;
+* where the SP returned the resource (``x.result`` from the adapter), its values are the
+  new state.
+
+The state is kept encrypted under the subject's DEK (see :mod:`tlog.scim.service`), so the
+subject's erasure shreds it with everything else. The effect is stored in the event's
+encrypted envelope next to it and indexed for search; it is derived by the log, not attested
+by the submitter, and not covered by the leaf's commitment (the intent is).
+
+Everything here is pure: :func:`classify` takes the previous state and the event and
+returns the effect and the next state.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from client.scim.actions import action, action_prefix
+
+__all__ = ["SECURITY_ATTRS", "classify"]
+
+SECURITY_ATTRS = ("active", "username", "emails", "roles", "entitlements", "manager", "members")
+_SETS = {("user", "roles"): ("role.grant", "role.revoke"),
+         ("user", "entitlements"): ("entitlement.grant", "entitlement.revoke")}
+_ORDER = ("create", "activate", "deactivate", "password.set", "role.grant", "role.revoke",
+          "entitlement.grant", "entitlement.revoke", "member.add", "member.remove", "update",
+          "noop", "delete")
+_URN_USER = "urn:ietf:params:scim:schemas:core:2.0:user:"
+_URN_GROUP = "urn:ietf:params:scim:schemas:core:2.0:group:"
+
+
+def _key(attr: str) -> str:
+    low = attr.lower()
+    for urn in (_URN_USER, _URN_GROUP):
+        if low.startswith(urn):
+            low = low[len(urn):]
+    if low.startswith("urn:"):
+        low = low.rpartition(":")[2]
+    for sep in "[.":
+        low = low.split(sep, 1)[0]
+    return low
+
+
+def _json(text: object) -> tuple[bool, Any]:
+    if not isinstance(text, str):
+        return False, None
+    try:
+        return True, json.loads(text)
+    except ValueError:
+        return False, None
+
+
+def _bool(v: object) -> bool | None:
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, str) and v.lower() in ("true", "false"):
+        return v.lower() == "true"
+    return None
+
+
+def _values(v: object) -> list[str]:
+    items = v if isinstance(v, list) else [] if v is None else [v]
+    out = []
+    for it in items:
+        if isinstance(it, dict):
+            val = next((x for k, x in it.items() if k.lower() == "value"), None)
+            out.append(val if isinstance(val, str) else json.dumps(it, sort_keys=True))
+        elif isinstance(it, str):
+            out.append(it)
+        else:
+            out.append(json.dumps(it, sort_keys=True))
+    return out
+
+
+def _b64(pid: bytes) -> str:
+    return base64.b64encode(pid).decode("ascii")
+
+
+class _Run:
+    def __init__(self, prev: Mapping[str, Any] | None, ev: Mapping[str, Any]) -> None:
+        self.ev = ev
+        self.prefix = action_prefix(ev["rt"])
+        self.known = prev is not None
+        self.state: dict[str, Any] = dict(prev) if prev else {}
+        self.full: set[str] = set(self.state.get("full", ()))
+        self.verbs: set[str] = set()
+        self.changes: list[dict[str, Any]] = []
+        self.refs: list[dict[str, Any]] = []
+        self.noop: list[dict[str, Any]] = []
+
+    # --- scalar attributes ---------------------------------------------------------------
+
+    def scalar(self, key: str, new: object, *, replace_all: bool) -> None:
+        old = self.state.get(key)
+        had = key in self.state
+        if key == "active":
+            b = _bool(new)
+            if b is None and new is not None:
+                self.verbs.add("update")
+                self.state.pop(key, None)
+                return
+            if had and b == old:
+                return  # unchanged: a PUT restating active is not an activation
+            if b is False:
+                self.verbs.add("deactivate")
+            elif b is True and (old is False or (not had and not replace_all)):
+                self.verbs.add("activate")  # re-granted access (or a PATCH on unknown state)
+            if had:
+                self.changes.append({"attr": "active", "old": json.dumps(old),
+                                     "new": json.dumps(b)})
+            if b is None:
+                self.state.pop(key, None)
+            else:
+                self.state[key] = b
+            return
+        text = None if new is None else json.dumps(new, sort_keys=True)
+        if key in self.state and self.state[key] == text:
+            return
+        if key in self.state or self.known:
+            self.verbs.add("update")
+            self.changes.append({"attr": key})
+        if text is None:
+            self.state.pop(key, None)
+        else:
+            self.state[key] = text
+
+    # --- multi-valued attributes ---------------------------------------------------------
+
+    def values(self, key: str, op: str, given: list[str], *, whole: bool) -> None:
+        grant, revoke = _SETS[(self.prefix, key)]
+        cur = set(self.state.get(key, ()))
+        if op == "replace" or whole:
+            new = set(given)
+            added, removed = new - cur, cur - new
+            if key not in self.full and self.known:
+                removed = set()  # not fully known before: cannot name what went
+            self.full.add(key)
+        elif op == "add":
+            new = cur | set(given)
+            added, removed = set(given) - cur, set()
+            if not added and given and key in self.full:
+                self.noop.append({"attr": key, "op": "add", "n": len(given)})
+        else:  # remove
+            if not given:
+                new = set()
+                removed = cur
+            else:
+                new = cur - set(given)
+                removed = set(given) & cur if key in self.full else set(given)
+            added = set()
+            gone = set(given) - cur if given else set()
+            if key in self.full and (gone or (not given and not cur)):
+                self.noop.append({"attr": key, "op": "remove", "n": max(1, len(gone))})
+        if added:
+            self.verbs.add(grant)
+            self.changes.append({"attr": key, "added": sorted(added)})
+        if removed:
+            self.verbs.add(revoke)
+            self.changes.append({"attr": key, "removed": sorted(removed)})
+        self.state[key] = sorted(new)
+
+    def references(self, attr: str, items: list[Mapping[str, Any]], *, whole: bool) -> None:
+        """Members (sets of pids) and manager (one pid), from the event's refs."""
+        if attr == "manager":
+            for r in items:
+                pid = _b64(r["pid"])
+                old = self.state.get("manager")
+                if r.get("op") == "remove":
+                    if old == pid:
+                        self.state.pop("manager", None)
+                        self.refs.append({"rt": r["rt"], "pid": pid, "op": "remove",
+                                          "attr": "manager"})
+                        self.verbs.add("update")
+                    elif old is not None:
+                        self.noop.append({"attr": "manager", "op": "remove", "n": 1})
+                    continue
+                if old == pid:
+                    continue
+                if old is not None:
+                    self.refs.append({"rt": "User", "pid": old, "op": "remove",
+                                      "attr": "manager"})
+                self.refs.append({"rt": r["rt"], "pid": pid, "op": "add", "attr": "manager"})
+                self.state["manager"] = pid
+                self.verbs.add("update")
+            return
+        cur = set(self.state.get("members", ()))
+        full = "members" in self.full
+        by_op: dict[str, list[str]] = {"add": [], "remove": [], "replace": []}
+        rts: dict[str, str] = {}
+        for r in items:
+            pid = _b64(r["pid"])
+            rts[pid] = r["rt"]
+            by_op[r.get("op") or ("replace" if whole else "add")].append(pid)
+        x = self.ev.get("x", {})
+        parts, part = x.get("parts", 1), x.get("part", 0)
+        if by_op["replace"] or whole:
+            req = self.ev["corr"]["req"]
+            if parts > 1 and part > 0 and self.state.get("replacing") == req:
+                new = cur | set(by_op["replace"])
+                base = set(self.state.get("replace_prev", ()))
+            else:
+                new = set(by_op["replace"])
+                base = cur
+            added = new - base - (cur if part > 0 else set())
+            last = parts <= 1 or part == parts - 1
+            removed = (base - new) if last and (full or not self.known or part > 0
+                                               or parts > 1) else set()
+            if not full and self.known and parts <= 1:
+                removed = set()  # the old set was never fully known
+            if last:
+                self.state.pop("replacing", None)
+                self.state.pop("replace_prev", None)
+            else:
+                self.state["replacing"] = req
+                self.state["replace_prev"] = sorted(base)
+            self.full.add("members")
+            cur = new
+            self._members(added, removed, rts)
+        if by_op["add"]:
+            added = set(by_op["add"]) - cur
+            if not added and full:
+                self.noop.append({"attr": "members", "op": "add", "n": len(by_op["add"])})
+            cur |= added
+            self._members(added, set(), rts)
+        if by_op["remove"]:
+            asked = set(by_op["remove"])
+            removed = asked & cur if full else asked
+            if full and asked - cur:
+                self.noop.append({"attr": "members", "op": "remove", "n": len(asked - cur)})
+            cur -= asked
+            self._members(set(), removed, rts)
+        self.state["members"] = sorted(cur)
+
+    def _members(self, added: Iterable[str], removed: Iterable[str], rts: Mapping[str, str]
+                 ) -> None:
+        for pid in sorted(added):
+            self.verbs.add("member.add")
+            self.refs.append({"rt": rts.get(pid, "User"), "pid": pid, "op": "add",
+                              "attr": "members"})
+        for pid in sorted(removed):
+            self.verbs.add("member.remove")
+            self.refs.append({"rt": rts.get(pid, "User"), "pid": pid, "op": "remove",
+                              "attr": "members"})
+
+    # --- the event -----------------------------------------------------------------------
+
+    def run(self) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        ev = self.ev
+        op = ev["op"]
+        ocsf = "1.8"
+        if op == "delete":
+            return self.effect(["delete"], ocsf), None
+        if ev.get("x", {}).get("uninterpretable"):
+            # What happened is unknown: forget what we knew rather than judge later events
+            # against a state that may be wrong.
+            return {"basis": "unknown", "acts": []}, None
+        whole = op in ("create", "replace")
+        if op == "create":
+            self.verbs.add("create")
+            self.state = {}
+            # A create states the whole resource: what it leaves out is empty.
+            self.full = {"roles", "entitlements", "members"}
+        elif op == "replace" and self.known:
+            pass
+        mods = ev.get("mods", ())
+        seen_sets: set[str] = set()
+        for m in mods:
+            key = _key(m["attr"])
+            if key in ("members", "manager"):
+                continue  # from refs
+            if key == "password":
+                self.verbs.add("password.set")
+                continue
+            mop = m.get("op", "replace" if op != "create" else "add")
+            if (self.prefix, key) in _SETS:
+                seen_sets.add(key)
+                has_new, new = _json(m.get("new"))
+                has_old, old = _json(m.get("old"))
+                if "new_d" in m or "old_d" in m:
+                    self.verbs.add("update")
+                    continue
+                if mop == "remove":
+                    filt = "[" in m["attr"]
+                    given = _values(old) if has_old else []
+                    if filt and not given:
+                        self.verbs.add("update")
+                        continue
+                    self.values(key, "remove", given, whole=False)
+                else:
+                    self.values(key, "replace" if (whole and op == "replace") else mop,
+                                _values(new) if has_new else [], whole=whole and op == "replace")
+                continue
+            if key in ("active", "username", "emails") and "[" not in m["attr"] and "." not in \
+                    m["attr"].rpartition(":")[2]:
+                has_new, new = _json(m.get("new"))
+                if "new_d" in m:
+                    self.verbs.add("update")
+                    self.state.pop(key, None)
+                    continue
+                if mop == "remove":
+                    self.scalar(key, None, replace_all=False)
+                elif has_new:
+                    self.scalar(key, new, replace_all=whole)
+                continue
+            self.other(m, key, mop)
+        if op == "replace":
+            for key in ("roles", "entitlements"):
+                if (self.prefix, key) in _SETS and key not in seen_sets:
+                    self.values(key, "replace", [], whole=True)  # a PUT without them clears
+        refs = ev.get("refs", ())
+        for attr in ("members", "manager"):
+            items = [r for r in refs if r.get("attr", "members") == attr]
+            if items or (attr == "members" and self.prefix == "group" and whole
+                         and any(_key(m["attr"]) == "members" for m in mods)):
+                self.references(attr, items, whole=whole)
+            elif attr == "members" and self.prefix == "group" and op == "replace":
+                self.references(attr, [], whole=True)  # a PUT without members empties it
+        result = ev.get("x", {}).get("result")
+        if isinstance(result, Mapping):
+            self.apply_result(result)
+        if op == "create":
+            verbs = self.verbs - {"update", "activate", "deactivate"}
+        else:
+            verbs = self.verbs or {"noop"}
+        self.state["full"] = sorted(self.full)
+        self.state["rt"] = ev["rt"]
+        return self.effect(sorted(verbs), ocsf), self.state
+
+    def other(self, m: Mapping[str, Any], key: str, mop: str) -> None:
+        """Any other attribute: an update only if its value changed. The state keeps a short
+        digest per top-level attribute, so a PUT restating unchanged values is no update."""
+        others: dict[str, str] = dict(self.state.get("other", {}))
+        attr = m["attr"]
+        top = "[" not in attr and "." not in attr.rpartition(":")[2]
+        value = m.get("new") if "new" in m else m.get("new_d")
+        if mop != "remove" and top and value is not None:
+            raw = value.encode() if isinstance(value, str) else bytes(value)
+            h = hashlib.sha256(raw).hexdigest()[:32]
+            if others.get(key) == h:
+                return
+            others[key] = h
+        else:
+            others.pop(key, None)
+        self.verbs.add("update")
+        self.state["other"] = others
+
+    def apply_result(self, result: Mapping[str, Any]) -> None:
+        """The SP's answer is the truth about the resulting values (``x.result``)."""
+        if "active" in result and _bool(result["active"]) is not None:
+            b = _bool(result["active"])
+            old = _bool(self.state.get("active"))
+            if b is False and old is not False and "deactivate" not in self.verbs:
+                self.verbs.add("deactivate")
+            if b is True and old is False and "activate" not in self.verbs:
+                self.verbs.add("activate")
+            self.state["active"] = b
+        for key in ("roles", "entitlements"):
+            if isinstance(result.get(key), list) and (self.prefix, key) in _SETS:
+                self.values(key, "replace", [str(v) for v in result[key]], whole=True)
+
+    def effect(self, verbs: Iterable[str], ocsf: str) -> dict[str, Any]:
+        ordered = sorted(set(verbs), key=lambda v: (_ORDER.index(v) if v in _ORDER else 99, v))
+        out: dict[str, Any] = {
+            "basis": "state" if self.known else "event",
+            "acts": [action(f"{self.prefix}.{v}", ocsf) for v in ordered],
+        }
+        if self.changes:
+            out["changes"] = self.changes
+        if self.refs:
+            out["refs"] = self.refs
+        if self.noop:
+            out["noop"] = self.noop
+        return out
+
+
+def classify(prev: Mapping[str, Any] | None, ev: Mapping[str, Any]
+             ) -> tuple[dict[str, Any] | None, dict[str, Any] | None, bool]:
+    """``(effect, next_state, state_changed)`` of a validated event on a resource whose
+    state was ``prev`` (None: never seen). Failed and skipped events change nothing and
+    have no effect; the log's own events and events without ``rid`` are not classified."""
+    if ev["rt"].startswith("tlog.") or "rid" not in ev or ev["outcome"] != "success":
+        return None, None, False
+    effect, state = _Run(prev, ev).run()
+    return effect, state, state != prev
