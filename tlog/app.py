@@ -519,6 +519,40 @@ def route_operations(routes: list[Any]) -> set[tuple[str, str]]:
     return ops
 
 
+def _one_route_per_path(routes: list[Any]) -> list[Any]:
+    """Routes on one path with different methods, merged into one route per path.
+
+    Starlette answers a wrong method with the ``Allow`` of the first route whose path
+    matches; merged, a 405 names every method the path has (RFC 9110 §15.5.6).
+    """
+    by_path: dict[str, list[Route]] = {}
+    for r in routes:
+        if isinstance(r, Route):
+            by_path.setdefault(r.path, []).append(r)
+    out: list[Any] = []
+    for r in routes:
+        if not isinstance(r, Route):
+            out.append(r)
+            continue
+        group = by_path.get(r.path)
+        if group is None:
+            continue  # already merged into the first route of its path
+        del by_path[r.path]
+        if len(group) == 1:
+            out.append(r)
+            continue
+        handlers: dict[str, Callable[[Request], Any]] = {}
+        for g in group:
+            for m in g.methods or ():
+                handlers.setdefault(m, g.endpoint)
+
+        async def dispatch(request: Request, handlers: dict[str, Any] = handlers) -> Response:
+            return await handlers[request.method](request)  # type: ignore[no-any-return]
+
+        out.append(Route(r.path, dispatch, methods=sorted(handlers)))
+    return out
+
+
 def _openapi_endpoint(routes: list[Any]) -> Callable[[Request], Any]:
     """GET /openapi.json: the description of the routes this app has (tlog.openapi)."""
     from tlog.openapi import openapi
@@ -606,6 +640,7 @@ def create_app(
 
     routes.extend(console_routes())
     routes.append(Route("/openapi.json", _openapi_endpoint(routes), methods=["GET"]))
+    routes = _one_route_per_path(routes)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -269,13 +269,67 @@ def _paths() -> dict[str, Any]:
                                  "token_id": {"type": "string"}})),
             roles=("submitter", "auditor", "privacy-officer", "admin"),
         )},
-        "/v1/scim/erasures": {"post": _op(
-            "request the crypto-shredding of a subject (a second officer approves)",
-            _content(JSON, ERASURE), status="201", roles=("privacy-officer",),
-            body=_content(JSON, _obj(
-                {"tenant": {"type": "string"}, "rt": {"type": "string"},
-                 "reason": {"type": "string"}},
-                {"rid": {"type": "string"}, "xid": {"type": "string"}})),
+        "/v1/scim/erasures": {
+            "post": _op(
+                "request the crypto-shredding of a subject (a second officer approves)",
+                _content(JSON, ERASURE), status="201", roles=("privacy-officer",),
+                body=_content(JSON, _obj(
+                    {"tenant": {"type": "string"}, "rt": {"type": "string"},
+                     "reason": {"type": "string"}},
+                    {"rid": {"type": "string"}, "xid": {"type": "string"}})),
+                writes=True,
+            ),
+            "get": _op(
+                "erasure requests (pending, or all)",
+                _content(JSON, _obj({"erasures": {"type": "array", "items": ERASURE}})),
+                roles=("privacy-officer",),
+                params=[_q("state", {"type": "string", "enum": ["pending", "all"]})],
+            ),
+        },
+        "/v1/scim/erasures/{id}/certificate": {"get": _op(
+            "the erasure certificate of a carried-out erasure request",
+            _content(JSON, {"type": "object"}), roles=("privacy-officer",),
+            params=[_p("id", {"type": "string"})],
+        )},
+        "/v1/scim/holds": {
+            "post": _op(
+                "place a legal hold (on a tenant, or one subject); erasure and expiry wait",
+                _content(JSON, {"type": "object"}), status="201", roles=("privacy-officer",),
+                body=_content(JSON, _obj(
+                    {"tenant": {"type": "string"}, "reason": {"type": "string"}},
+                    {"rt": {"type": "string"}, "rid": {"type": "string"},
+                     "xid": {"type": "string"}, "userName": {"type": "string"}})),
+                writes=True,
+            ),
+            "get": _op(
+                "the legal holds in force",
+                _content(JSON, _obj({"holds": {"type": "array", "items": {"type": "object"}}})),
+                roles=("privacy-officer",),
+            ),
+        },
+        "/v1/scim/holds/{id}/release": {"post": _op(
+            "release a legal hold", _content(JSON, {"type": "object"}),
+            roles=("privacy-officer",), params=[_p("id", {"type": "string"})],
+            extra={"409": "already released"}, writes=True,
+        )},
+        "/v1/scim/retention": {
+            "put": _op(
+                "set a tenant's retention period (days)",
+                _content(JSON, {"type": "object"}), roles=("privacy-officer",),
+                body=_content(JSON, _obj({"tenant": {"type": "string"},
+                                          "days": {"type": "integer"}})),
+                writes=True,
+            ),
+            "get": _op(
+                "a tenant's retention period",
+                _content(JSON, {"type": "object"}), roles=("privacy-officer", "admin"),
+                params=[_q("tenant", {"type": "string"}, required=True)],
+            ),
+        },
+        "/v1/scim/expire": {"post": _op(
+            "shred the keys of events past their tenant's retention (not under a hold)",
+            _content(JSON, {"type": "object"}), roles=("privacy-officer", "admin"),
+            body=_content(JSON, _obj({}, {"tenant": {"type": "string"}})),
             writes=True,
         )},
         "/v1/scim/erasures/{id}": {"get": _op(
