@@ -3,7 +3,7 @@
 ::
 
     tlog-client scim stream URL --vkey VKEY --token-file FILE --cursor FILE --to SINK
-        [--hec-token-file FILE] [--follow [--interval S]] [--settle S] [--page N]
+        [--hec-token-file FILE] [--follow [--interval S] [--max-runs N]] [--settle S] [--page N]
         [--rid ID] [--xid ID] [--actor ID] [--action A] [--outcome O] [--req ID]
     tlog-client scim verify-evidence BUNDLE (--vkey VKEY | --policy FILE) [--policy FILE]
 
@@ -468,6 +468,7 @@ def cmd_stream(args: argparse.Namespace, http: httpx.Client | None = None) -> in
     filters: dict[str, Any] = {k: getattr(args, k) for k in FILTERS if getattr(args, k)}
     try:
         with ScimAuditClient(args.url, token, args.vkey, http=http) as client:
+            runs = 0
             while True:
                 res = stream(
                     client,
@@ -485,7 +486,8 @@ def cmd_stream(args: argparse.Namespace, http: httpx.Client | None = None) -> in
                     f"{sink.kind}; recorded as access event {access.get('index')}",
                     file=sys.stderr,
                 )
-                if not args.follow:
+                runs += 1
+                if not args.follow or (args.max_runs and runs >= args.max_runs):
                     return EXIT_OK
                 time.sleep(args.interval)
     except KeyboardInterrupt:
@@ -547,6 +549,8 @@ def register(scim: Any) -> None:
     s.add_argument("--hec-token-file", help="Splunk HEC token file (else TLOG_HEC_TOKEN)")
     s.add_argument("--follow", action="store_true", help="keep polling for new events")
     s.add_argument("--interval", type=float, default=10.0, help="seconds between polls")
+    s.add_argument("--max-runs", type=int, default=0,
+                   help="with --follow: stop after this many runs (default: never)")
     s.add_argument(
         "--settle",
         type=float,

@@ -319,3 +319,18 @@ def test_erased_events_go_out_without_a_body(live: Live, tmp_path: Path) -> None
     assert "u-carol" not in out.read_text()
     for r in erased:
         base64.b64decode(r["unmapped"]["tlog"]["leaf_hash"], validate=True)
+
+
+def test_follow_keeps_polling_and_each_run_is_recorded(live: Live, tmp_path: Path) -> None:
+    with ScimAuditClient(live.url, live.tokens["aud"], live.vkey) as c:
+        before = len(list(c.search_all(action="tlog.access.export")))
+    out = tmp_path / "f.jsonl"
+    assert run(live, tmp_path, f"file:{out}", "--follow", "--interval", "0", "--max-runs", "3",
+               cursor="c7") == 0
+    recs = lines(out)
+    idx = [r["unmapped"]["tlog"]["index"] for r in recs]
+    assert idx == sorted(idx)
+    # Runs 2 and 3 each found the previous run's own access records (search pages, export).
+    exports = [r for r in recs if r["unmapped"]["tlog"].get("action") == "tlog.access.export"]
+    assert len(exports) == before + 2
+    assert Cursor.load(tmp_path / "c7").last_index == idx[-1]
