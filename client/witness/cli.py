@@ -108,6 +108,8 @@ def _monitor(cfg: WitnessConfig, witness: Witness) -> Monitor:
         cfg.peers,
         missing_proof_rounds=cfg.missing_proof_rounds,
         timeout=cfg.http_timeout,
+        log_lists=cfg.log_lists,
+        log_list_interval=cfg.log_list_interval,
     )
 
 

@@ -12,6 +12,8 @@
     idle_timeout = 30                 # optional, seconds a keep-alive may idle (default 30)
     body_timeout = 10                 # optional, seconds to send a request body (default 10)
     max_connections = 512             # optional, connections + requests before 503s
+    log_lists = ["https://example.org/logs.txt"]  # optional logs/v0 lists `serve` pulls
+    log_list_interval = 3600          # optional, seconds between pulls (default 3600)
 
     [[log]]                           # one table per witnessed log
     origin = "scim-log.example.com/audit"
@@ -77,6 +79,8 @@ _TOP = {
     "idle_timeout",
     "body_timeout",
     "max_connections",
+    "log_lists",
+    "log_list_interval",
     "log",
     "peer",
 }
@@ -135,6 +139,14 @@ def _listen(value: str) -> tuple[str, int]:
     return host, port
 
 
+def _log_lists(doc: dict[str, Any], base: Path) -> tuple[str, ...]:
+    """``log_lists``: http(s) URLs, or files relative to the configuration file."""
+    raw = doc.get("log_lists", [])
+    if not isinstance(raw, list) or not all(isinstance(x, str) and x for x in raw):
+        raise ConfigError("config: 'log_lists' must be an array of non-empty strings")
+    return tuple(x if x.startswith(("http://", "https://")) else str(base / x) for x in raw)
+
+
 def load_signer(path: Path) -> CosignatureSigner:
     """Read a cosignature key file; warn if others can read it."""
     try:
@@ -163,6 +175,8 @@ class WitnessConfig:
     http_timeout: float = 10.0
     limits: ServerLimits = field(default_factory=ServerLimits)
     mldsa_key_file: Path | None = None
+    log_lists: tuple[str, ...] = ()
+    log_list_interval: float = 3600.0
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> WitnessConfig:
@@ -187,6 +201,9 @@ class WitnessConfig:
         timeout = _take(doc, "http_timeout", float, "config", 10.0)
         if gossip_interval <= 0 or timeout <= 0 or rounds < 1:
             raise ConfigError("config: intervals must be positive, missing_proof_rounds >= 1")
+        list_interval = _take(doc, "log_list_interval", float, "config", 3600.0)
+        if list_interval <= 0:
+            raise ConfigError("config: 'log_list_interval' must be positive")
         d = ServerLimits()
         try:
             limits = ServerLimits(
@@ -240,6 +257,8 @@ class WitnessConfig:
             timeout,
             limits,
             base / _take(doc, "mldsa_key_file", str, "config") if "mldsa_key_file" in doc else None,
+            _log_lists(doc, base),
+            list_interval,
         )
 
     def extra_signers(self) -> tuple[MLDSACosignatureSigner, ...]:

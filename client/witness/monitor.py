@@ -49,6 +49,7 @@ from client.witness.core import (
     WitnessedLog,
     describe,
 )
+from client.witness.provision import PullReport, pull
 from client.witness.store import StoredCheckpoint
 from client.witness_client import WitnessClient, WitnessError
 
@@ -148,12 +149,17 @@ class Monitor:
         http: httpx.Client | None = None,
         missing_proof_rounds: int = 3,
         timeout: float = 10.0,
+        log_lists: Sequence[str] = (),
+        log_list_interval: float = 3600.0,
     ) -> None:
         if missing_proof_rounds < 1:
             raise ValueError("missing_proof_rounds must be at least 1")
         self.witness = witness
         self.peers = tuple(peers)
         self.missing_proof_rounds = missing_proof_rounds
+        self.log_lists = tuple(log_lists)
+        self.log_list_interval = log_list_interval
+        self.timeout = timeout
         self._owns_http = http is None
         self._http = http if http is not None else httpx.Client(timeout=timeout)
         witness.on_inconsistent = self.settle_push
@@ -448,12 +454,32 @@ class Monitor:
 
     # --- background loop ----------------------------------------------------------------
 
+    def pull_lists_once(self) -> PullReport:
+        """Pull every configured ``logs/v0`` list once (adds logs; never re-keys)."""
+        total = PullReport()
+        for source in self.log_lists:
+            try:
+                r = pull(self.witness, source, timeout=self.timeout)
+            except FormatError as exc:
+                logger.warning("log list %s: %s", source, exc)
+                continue
+            for name in ("added", "known", "conflicts", "refused"):
+                getattr(total, name).extend(getattr(r, name))
+            if r.added:
+                logger.warning("log list %s: added %s", source, ", ".join(r.added))
+        return total
+
     def run(self, stop: threading.Event, *, gossip_interval: float) -> None:
-        """Poll each log at its interval and gossip every ``gossip_interval`` s until stop."""
+        """Poll each log at its interval and gossip every ``gossip_interval`` s until stop
+        (and pull the log lists every ``log_list_interval`` s)."""
         next_poll = {lg.origin: 0.0 for lg in self.witness.logs.values() if lg.url}
         next_gossip = 0.0
+        next_lists = 0.0
         while not stop.is_set():
             now = time.monotonic()
+            if self.log_lists and now >= next_lists:
+                self._guard(self.pull_lists_once)
+                next_lists = now + self.log_list_interval
             for origin, due in next_poll.items():
                 if now >= due:
                     log = self.witness.logs[origin]

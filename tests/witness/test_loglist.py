@@ -16,7 +16,9 @@ import pytest
 from client.cosignature import CosignatureSigner
 from client.note import FormatError
 from client.witness.cli import _load, main
+from client.witness.config import ConfigError, WitnessConfig
 from client.witness.loglist import parse_log_list
+from client.witness.monitor import Monitor
 from client.witness_client import origin_hash
 from tests.witness.helpers import ORIGIN, FakeLog, events
 
@@ -148,3 +150,29 @@ def test_pull_logs_adds_and_never_rekeys(
     assert "KEY CONFLICT: new.example/log" in out and f"known {ORIGIN}" in out
     listed = w.store.listed_log("new.example/log")
     assert listed is not None and listed.vkey == new.signer.vkey()
+
+
+def test_serve_pulls_configured_lists(tmp_path: Path) -> None:
+    log = FakeLog(events(2), origin="listed.example/log", seed=b"\x09" * 32)
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists" / "a.txt").write_text(f"logs/v0\nvkey {log.signer.vkey()}\n")
+    (tmp_path / "w.key").touch(0o600)
+    (tmp_path / "w.key").write_text(CosignatureSigner.generate(NAME).skey() + "\n")
+    cfg = tmp_path / "w.toml"
+    cfg.write_text(
+        f'name = "{NAME}"\nkey_file = "w.key"\nstate_db = "s.db"\nlisten = "127.0.0.1:0"\n'
+        'log_lists = ["lists/a.txt", "lists/missing.txt"]\nlog_list_interval = 60\n'
+    )
+    c, w = _load(argparse.Namespace(config=str(cfg)))
+    assert c.log_lists == (str(tmp_path / "lists" / "a.txt"), str(tmp_path / "lists/missing.txt"))
+    mon = Monitor(w, log_lists=c.log_lists, log_list_interval=c.log_list_interval)
+    try:
+        report = mon.pull_lists_once()  # the missing list is logged and skipped
+    finally:
+        mon.close()
+    assert report.added == ["listed.example/log"]
+    assert w.add_checkpoint(log.body(0, 2)).startswith("\u2014 " + NAME)
+    bad = cfg.read_text().replace("log_list_interval = 60", "log_list_interval = 0")
+    cfg.write_text(bad)
+    with pytest.raises(ConfigError):
+        WitnessConfig.load(cfg)
