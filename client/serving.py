@@ -106,10 +106,16 @@ class _Guard:
             # Still no complete head: count what it has sent so far.
             self._head_bytes += len(data)
             if self._head_bytes > self.limits.max_head_bytes and not self.transport.is_closing():
-                self.transport.write(_R431)
-                self.transport.close()
+                self._refuse(_R431)
         else:
             self._head_bytes = 0
+
+    def _refuse(self, response: bytes) -> None:
+        """Answer ``response`` and close; just close after an earlier request on this
+        connection (its leftover body may still be arriving: no stray second answer)."""
+        if self.cycle is None:
+            self.transport.write(response)
+        self.transport.close()
 
     def _current_phase(self) -> tuple[int, object]:
         cycle = self.cycle
@@ -129,8 +135,9 @@ class _Guard:
             return
         if phase == HEAD and now - self._since > self.limits.header_timeout:
             if self._head_bytes:
-                self.transport.write(_R408)
-            self.transport.close()
+                self._refuse(_R408)
+            else:
+                self.transport.close()
         elif phase == BODY and now - self._since > self.limits.body_timeout:
             self.transport.close()
 
@@ -146,8 +153,9 @@ class _Guard:
                 victim, best = c, (phase, c._since)
         if victim is not None:
             if victim._head_bytes:
-                victim.transport.write(_R503)
-            victim.transport.close()
+                victim._refuse(_R503)
+            else:
+                victim.transport.close()
             return
         self.transport.write(_R503)
         self.transport.close()

@@ -394,6 +394,24 @@ def test_oversized_head_is_431(guarded: ServerProcess) -> None:
 
 
 @pytest.mark.slow
+def test_refused_body_gets_one_answer(guarded: ServerProcess) -> None:
+    """A body refused by its Content-Length is answered 413 once; the rest of it is not
+    taken for an oversized next head (no stray 431 after the 413)."""
+    token = (guarded.data / "demo-submitter.token").read_text().strip()
+    with _connect(guarded) as s:
+        s.sendall(b"POST /v1/entries HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                  + token.encode() + b"\r\nContent-Length: 200000\r\n\r\n")
+        try:
+            for _ in range(20):
+                s.sendall(b"z" * 10_000)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        data = _read_until_closed(s)
+    assert data.startswith(b"HTTP/1.1 413"), data[:80]
+    assert data.count(b"HTTP/1.1 ") == 1, data
+
+
+@pytest.mark.slow
 def test_hundreds_of_idle_sockets_do_not_lock_out_a_client(tmp_path: Path) -> None:
     # Long header timeout: the connection limit, not the timeout, must make room.
     srv = start_server(tmp_path / "data", None, "--header-timeout", "120",
