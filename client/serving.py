@@ -34,6 +34,7 @@ import argparse
 import asyncio
 import logging
 import resource
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -67,12 +68,12 @@ HEAD, BODY, APP = 0, 1, 2
 class ServerLimits:
     """Per-connection limits and timeouts of :func:`run_hardened` (seconds, bytes)."""
 
-    header_timeout: float = 10.0
-    body_timeout: float = 60.0
-    keep_alive: int = 5
-    max_connections: int = 1000
-    max_head_bytes: int = 32 * 1024
-    backlog: int = 2048
+    header_timeout: float = 10.0  # seconds to send a complete request head (then 408)
+    body_timeout: float = 60.0  # seconds to send a request body after its head
+    keep_alive: int = 5  # seconds an idle keep-alive connection stays open
+    max_connections: int = 1000  # open connections; over it the oldest idle one is closed
+    max_head_bytes: int = 32 * 1024  # bytes of request line and headers (then 431)
+    backlog: int = 2048  # the listen socket's accept queue
 
 
 class _Guard:
@@ -239,15 +240,33 @@ def hardened_server(config: uvicorn.Config) -> uvicorn.Server:
 
 
 def run_hardened(
-    app: Any, host: str, port: int, limits: ServerLimits | None = None, **kwargs: Any
-) -> None:
+    app: Any,
+    host: str,
+    port: int,
+    limits: ServerLimits | None = None,
+    *,
+    on_started: Callable[[], None] | None = None,
+    **kwargs: Any,
+) -> bool:
     """Serve ``app`` on ``host:port`` until SIGINT/SIGTERM, with ``limits`` enforced.
 
-    Extra keyword arguments go to :class:`uvicorn.Config` (``log_level``, ``access_log``,
+    ``on_started`` runs once the socket is bound and the app started (a "listening" banner:
+    never printed when the bind fails). Returns whether the server started. Extra keyword
+    arguments go to :class:`uvicorn.Config` (``log_level``, ``access_log``,
     ``timeout_graceful_shutdown``, ``log_config``, ...).
     """
     config = hardened_config(app, host, port, limits, **kwargs)
-    _server_class()(config).run()
+    base = _server_class()
+
+    class Server(base):  # type: ignore[valid-type,misc]
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets)
+            if self.started and on_started is not None:
+                on_started()
+
+    server = Server(config)
+    server.run()
+    return bool(server.started)
 
 
 def add_limit_arguments(p: argparse.ArgumentParser) -> None:

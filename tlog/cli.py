@@ -1,27 +1,50 @@
-"""The ``tlog`` command: keygen, serve, token, fsck, recover."""
+"""The ``tlog`` command: serve, keygen, token, fsck, backup, recover, config, log-entry,
+scim-proxy.
+
+Settings come from one frozen object per program (:mod:`tlog.config`): ``--config FILE``
+(TOML), then environment variables, then flags. Commands that only use a store (``token``,
+``fsck``, ``backup``) refuse a data directory that holds none; only ``serve`` (unless
+``--no-init``) and ``keygen`` create anything.
+"""
 
 from __future__ import annotations
 
 import argparse
-import logging
+import dataclasses
+import datetime
 import math
 import os
 import re
 import sys
+import time
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from client import logredact
-from client.serving import add_limit_arguments
-from tlog.auth import ROLES, TokenStore
+from tlog.auth import ROLES, Principal, TokenStore
+from tlog.config import ConfigError, ProxyConfig, ServeConfig, add_arguments, from_args
 from tlog.signer import CheckpointSigner, create_key_file, load_key_file
 from tlog.storage import Storage, StorageError
 
-DEFAULT_DATA = "./tlog-data"
 DEFAULT_ORIGIN = "localhost/tlog-demo"
+# Roles whose tokens act for one tenant: they must name it.
+TENANT_ROLES = ("submitter", "auditor")
+TENANT_RE = re.compile(r"[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?")
+MIN_ID_PREFIX = 6
 
 
-def _env(name: str, default: str) -> str:
-    return os.environ.get(name, default)
+class CliError(Exception):
+    """An environment problem, reported as ``tlog: <message>`` with exit 1."""
+
+
+class UsageError(CliError):
+    """A missing or contradictory argument: exit 2, like argparse's own usage errors."""
+
+
+def _version() -> str:
+    try:
+        return version("tlog")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "unknown"
 
 
 def _duration(s: str) -> int:
@@ -31,38 +54,57 @@ def _duration(s: str) -> int:
     return int(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
 
 
-def _data_dir(args: argparse.Namespace) -> Path:
-    return Path(args.data).resolve()
+def _tenant(s: str) -> str:
+    if not TENANT_RE.fullmatch(s):
+        raise argparse.ArgumentTypeError(
+            "tenant names are 1-64 of a-z 0-9 . _ - (starting and ending with a letter or "
+            "digit)"
+        )
+    return s
 
 
-def _key_path(args: argparse.Namespace) -> Path:
-    return Path(args.key) if args.key else _data_dir(args) / "log.key"
+def _serve_config(args: argparse.Namespace) -> ServeConfig:
+    try:
+        return from_args(ServeConfig, args)
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
+
+
+def has_store(data: Path) -> bool:
+    return (data / "db" / "data.mdb").is_file()
+
+
+def _existing_store(cfg: ServeConfig) -> Path:
+    data = cfg.data.resolve()
+    if not has_store(data):
+        raise CliError(
+            f"no log store in {data} (give --data or TLOG_DATA; 'tlog serve' creates one)"
+        )
+    return data / "db"
+
+
+def _iso(ts: int | None) -> str:
+    if ts is None:
+        return "never"
+    return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# --- keygen ------------------------------------------------------------------------------
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
-    path = _key_path(args)
+    cfg = _serve_config(args)
+    path = cfg.key_path
     if path.exists():
-        print(f"tlog: {path} exists; refusing to overwrite a key", file=sys.stderr)
-        return 1
+        raise CliError(f"{path} exists; refusing to overwrite a key")
     signer = create_key_file(path, args.origin)
-    print(f"key:    {path} (mode 0600)")
+    print(f"key:    {path} (mode 0600; back it up: it cannot be recreated)")
     print(f"origin: {args.origin}")
     print(f"vkey:   {signer.vkey()}")
     return 0
 
 
-def _open_signer(args: argparse.Namespace, create: bool) -> CheckpointSigner:
-    path = _key_path(args)
-    if not path.exists():
-        if not create:
-            raise FileNotFoundError(f"no key at {path}; run 'tlog keygen' first")
-        origin = args.origin or DEFAULT_ORIGIN
-        key = create_key_file(path, origin)
-        print(f"tlog: created a new signing key at {path} (mode 0600)", file=sys.stderr)
-    else:
-        key = load_key_file(path)
-    origin = args.origin or key.name
-    return CheckpointSigner(key, origin)
+# --- serve -------------------------------------------------------------------------------
 
 
 def cmd_log_entry(args: argparse.Namespace) -> int:
@@ -73,85 +115,170 @@ def cmd_log_entry(args: argparse.Namespace) -> int:
     """
     from client.witness.loglist import format_entry
 
-    signer = _open_signer(args, create=False)
-    if args.witness_interval <= 0:
-        raise ValueError("--witness-interval must be positive")
-    qpd = math.ceil(2 * 86400 / args.witness_interval)
+    cfg = _serve_config(args)
+    signer = _open_signer(cfg, False, [])
+    if cfg.witness_interval <= 0:
+        raise UsageError("--witness-interval must be positive")
+    qpd = math.ceil(2 * 86400 / cfg.witness_interval)
     sys.stdout.write(format_entry(signer.vkey(), signer.origin, qpd, args.contact))
     return 0
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn.config
+def _open_signer(cfg: ServeConfig, fresh: bool, created: list[str]) -> CheckpointSigner:
+    path = cfg.key_path
+    if not path.exists():
+        if not fresh:
+            raise CliError(
+                f"no signing key at {path}, but {cfg.data} holds a store: restore the key "
+                "(a new one cannot sign for this log)"
+            )
+        if not cfg.init:
+            raise CliError(f"no signing key at {path} (--no-init: not creating one)")
+        key = create_key_file(path, cfg.origin or DEFAULT_ORIGIN)
+        created.append(f"{path} (log signing key)")
+    else:
+        key = load_key_file(path)
+    return CheckpointSigner(key, cfg.origin or key.name)
 
-    from client.serving import limits_from_args, run_hardened
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import logging.config
+
+    from client.logs import uvicorn_log_config
+    from client.serving import run_hardened
     from tlog.server import build_app
 
-    limits = limits_from_args(args)
-
+    cfg = _serve_config(args)
+    logs = uvicorn_log_config(cfg.log_level, cfg.log_format)
+    logging.config.dictConfig(logs)
     # The sequencer's writer thread and the event loop share the GIL. With the default 5 ms
     # switch interval, a writer whose fsync has returned can wait 5 ms for the GIL before it
     # answers a whole batch; a shorter interval bounds that handoff (latency under load).
-    sys.setswitchinterval(args.switch_interval_ms / 1000.0)
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logredact.install()  # no query values, identifiers or tokens in any log line
-    data = _data_dir(args)
+    sys.setswitchinterval(cfg.switch_interval_ms / 1000.0)
+    data = cfg.data.resolve()
+    cfg = dataclasses.replace(cfg, data=data)
+    fresh = not has_store(data)
+    if fresh and not cfg.init:
+        raise CliError(f"no log store in {data} (--no-init: not creating one)")
     data.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fresh = not (data / "db" / "data.mdb").exists()
-    signer = _open_signer(args, create=True)
+    created: list[str] = []
+    signer = _open_signer(cfg, fresh, created)
+    master = cfg.scim_master_key_path
+    had_master = master.exists()
     app, log_, tokens = build_app(
         data,
         signer,
-        max_batch_entries=args.batch_size,
-        max_batch_age=args.batch_age_ms / 1000.0,
-        max_backlog=args.max_backlog,
-        witness_policy=args.witnesses,
-        witness_interval=args.witness_interval,
-        witness_max_backoff=args.witness_max_backoff,
-        checkpoint_file=Path(args.checkpoint_file) if args.checkpoint_file else None,
+        max_batch_entries=cfg.batch_size,
+        max_batch_age=cfg.batch_age_ms / 1000.0,
+        max_backlog=cfg.max_backlog,
+        limits=cfg.limits,
+        witness_policy=cfg.witnesses,
+        witness_interval=cfg.witness_interval,
+        witness_max_backoff=cfg.witness_max_backoff,
+        scim_limits=cfg.scim,
+        scim_master_key=master,
+        checkpoint_file=cfg.checkpoint_file,
     )
-    url = f"http://{args.host}:{args.port}"
-    print(f"tlog: origin  {log_.origin}")
-    print(f"tlog: vkey    {log_.vkey}")
-    print(f"tlog: size    {log_.latest.size}")
-    print(f"tlog: listening on {url}")
-    if fresh and args.demo_token:
+    if not had_master and master.exists():
+        created.append(f"{master} (SCIM master key: every event body is wrapped by it)")
+    url = f"http://{cfg.host}:{cfg.port}"
+    banner = [
+        f"tlog: origin  {log_.origin}",
+        f"tlog: vkey    {log_.vkey}",
+        f"tlog: size    {log_.latest.size}",
+    ]
+    for what in created:
+        banner.append(f"tlog: created {what}, mode 0600")
+    if created:
+        banner.append(
+            "tlog: BACK UP the key file(s) above, apart from the store: they cannot be "
+            "recreated, and without them the log cannot sign or its events cannot be read"
+        )
+    if fresh and cfg.demo_token:
         token_file = data / "demo-submitter.token"
         token, _ = tokens.create("submitter", tenant="default", name="demo")
-        fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(token + "\n")
-        print(f"tlog: demo submitter token written to {token_file} (mode 0600); try:")
-        print(
+        _write_secret(token_file, token + "\n", exclusive=False)
+        banner.append(f"tlog: demo submitter token written to {token_file} (mode 0600); try:")
+        banner.append(
             f'  curl -s -H "Authorization: Bearer $(cat {token_file})" '
             f"--data-binary 'hello' {url}/v1/entries"
         )
-    sys.stdout.flush()
-    run_hardened(
+    print("\n".join(banner), flush=True)
+    started = run_hardened(
         app,
-        args.host,
-        args.port,
-        limits,
-        log_level=args.log_level,
-        access_log=args.access_log,
-        log_config=logredact.uvicorn_log_config(uvicorn.config.LOGGING_CONFIG),
+        cfg.host,
+        cfg.port,
+        cfg.server,
+        on_started=lambda: print(f"tlog: listening on {url}", flush=True),
+        log_level=cfg.log_level,
+        access_log=cfg.access_log,
+        log_config=logs,
         server_header=False,
         timeout_graceful_shutdown=10,
     )
-    return 0
+    return 0 if started else 1
+
+
+# --- token -------------------------------------------------------------------------------
+
+
+def _write_secret(path: Path, text: str, *, exclusive: bool = True) -> None:
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC)
+    try:
+        fd = os.open(path, flags, 0o600)
+    except FileExistsError:
+        raise CliError(f"{path} exists; not overwriting it") from None
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(f.fileno(), 0o600)
+        f.write(text)
+
+
+def _state(p: Principal, now: float) -> str:
+    if p.revoked:
+        return "revoked"
+    if p.expires is not None and now >= p.expires:
+        return "expired"
+    return "active"
+
+
+def _find_token(store: TokenStore, prefix: str) -> Principal:
+    prefix = prefix.strip().lower()
+    if not re.fullmatch(r"[0-9a-f]+", prefix):
+        raise CliError("a token id is hexadecimal (see 'tlog token list')")
+    if len(prefix) < MIN_ID_PREFIX:
+        raise CliError(f"give at least {MIN_ID_PREFIX} characters of the token id")
+    found = [p for p in store.list() if p.token_id.startswith(prefix)]
+    if not found:
+        raise CliError(f"no token id starts with {prefix!r}")
+    if len(found) > 1:
+        ids = ", ".join(p.token_id for p in found)
+        raise CliError(f"{len(found)} tokens start with {prefix!r} ({ids}): give more of it")
+    return found[0]
+
+
+def _confirm(question: str) -> bool:
+    if not sys.stdin.isatty():
+        raise CliError("not a terminal: confirm with --yes")
+    try:
+        answer = input(f"{question} [y/N] ")
+    except EOFError:
+        return False
+    return answer.strip().lower() in ("y", "yes")
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    storage = Storage(_data_dir(args) / "db")
+    cfg = _serve_config(args)
+    if args.token_cmd == "create":
+        if args.role in TENANT_ROLES and args.tenant is None:
+            raise UsageError(f"{args.role} tokens act for one tenant: give --tenant")
+        if args.role == "privacy-officer" and not (args.person or "").strip():
+            raise UsageError("privacy-officer tokens need --person (dual control)")
+    storage = Storage(_existing_store(cfg))
     store = TokenStore(storage)
     try:
         if args.token_cmd == "create":
-            if args.role == "privacy-officer" and not (args.person or "").strip():
-                print("tlog: privacy-officer tokens need --person (dual control)", file=sys.stderr)
-                return 2
+            if args.out is not None and args.out.exists():
+                raise CliError(f"{args.out} exists; not overwriting it")
             if args.person:
                 same = store.of_person(args.person, args.role)
                 if same:
@@ -165,27 +292,52 @@ def cmd_token(args: argparse.Namespace) -> int:
             token, p = store.create(
                 args.role, tenant=args.tenant, name=args.name, ttl=args.ttl, person=args.person
             )
-            print(token)
-            print(f"id {p.token_id} role {p.role} tenant {p.tenant}", file=sys.stderr)
+            if args.out is not None:
+                _write_secret(args.out, token + "\n")
+                print(f"token written to {args.out} (mode 0600)", file=sys.stderr)
+            else:
+                print(token)
+            print(
+                f"id {p.token_id} role {p.role} tenant {p.tenant or '*'} "
+                f"expires {_iso(p.expires)}",
+                file=sys.stderr,
+            )
         elif args.token_cmd == "list":
-            for p in store.list():
-                state = "revoked" if p.revoked else "active"
+            now = time.time()
+            rows = sorted(store.list(), key=lambda p: p.created)
+            print(f"{'ID':16}  {'ROLE':15}  {'TENANT':12}  {'CREATED':20}  {'EXPIRES':20}  "
+                  f"{'STATE':7}  NAME (PERSON)")
+            for p in rows:
+                who = f"{p.name} ({p.person})" if p.person else p.name
                 print(
-                    f"{p.token_id} {p.role:16} tenant={p.tenant} name={p.name!r} "
-                    f"person={p.person!r} expires={p.expires} {state}"
+                    f"{p.token_id:16}  {p.role:15}  {p.tenant or '*':12}  {_iso(p.created):20}  "
+                    f"{_iso(p.expires):20}  {_state(p, now):7}  {who}"
                 )
         elif args.token_cmd == "revoke":
-            p = store.revoke(args.token_id)
+            p = _find_token(store, args.token_id)
+            if p.revoked:
+                print(f"{p.token_id} was already revoked")
+                return 0
+            what = f"token {p.token_id} (role {p.role}, tenant {p.tenant or '*'}, " \
+                   f"name {p.name!r})"
+            if not args.yes and not _confirm(f"revoke {what}?"):
+                print("not revoked", file=sys.stderr)
+                return 1
+            store.revoke(p.token_id)
             print(f"revoked {p.token_id}")
     finally:
         storage.close()
     return 0
 
 
+# --- fsck, backup ------------------------------------------------------------------------
+
+
 def cmd_fsck(args: argparse.Namespace) -> int:
     from tlog.fsck import fsck, terminal_progress
 
-    storage = Storage(_data_dir(args) / "db", readonly=True)
+    cfg = _serve_config(args)
+    storage = Storage(_existing_store(cfg), readonly=True)
     try:
         rep = fsck(storage, terminal_progress)
     finally:
@@ -200,171 +352,192 @@ def cmd_fsck(args: argparse.Namespace) -> int:
     return 0 if rep.ok else 2
 
 
+def cmd_backup(args: argparse.Namespace) -> int:
+    from tlog.backup import backup
+
+    cfg = _serve_config(args)
+    rep = backup(_existing_store(cfg), args.dest, verify=args.verify)
+    print(f"backup: {rep.path} ({rep.bytes:,} bytes, mode 0600), tree size {rep.tree_size}")
+    if rep.fsck is not None:
+        print(
+            f"backup: verified: fsck OK, {rep.fsck.entries} entries, "
+            f"{rep.fsck.checkpoints_checked} checkpoints"
+        )
+    print("backup: the keys are not in it: keep log.key and scim-master.key backed up apart")
+    return 0
+
+
 def cmd_recover(args: argparse.Namespace) -> int:
     from tlog.integrity import CHECKPOINT_FILE, CheckpointFile
     from tlog.recover import checkpoint_file_target, recover, witness_targets
 
-    data = _data_dir(args)
-    signer = _open_signer(args, create=False)
+    cfg = _serve_config(args)
+    data = cfg.data.resolve()
+    signer = _open_signer(dataclasses.replace(cfg, data=data), False, [])
     targets = []
     if args.checkpoint:
         targets.append(checkpoint_file_target(Path(args.checkpoint), signer))
-    if args.witnesses:
-        targets.extend(witness_targets(Path(args.witnesses), signer))
+    if cfg.witnesses:
+        targets.extend(witness_targets(cfg.witnesses, signer))
     remembered = CheckpointFile(
-        Path(args.checkpoint_file) if args.checkpoint_file else data / CHECKPOINT_FILE,
-        signer.verifier,
-        signer.origin,
+        cfg.checkpoint_file or data / CHECKPOINT_FILE, signer.verifier, signer.origin
     )
     recover(data / "db", signer, args.source, remembered, targets)
     return 0
 
 
+# --- config ------------------------------------------------------------------------------
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from tlog.config import describe, from_sources
+
+    cls = ProxyConfig if args.program == "scim-proxy" else ServeConfig
+    try:
+        cfg = from_sources(cls, file=args.file, env={})
+    except ConfigError as exc:
+        print(f"tlog: {exc}", file=sys.stderr)
+        return 1
+    print(f"# {args.file}: OK ({args.program}); every setting, defaults included:")
+    sys.stdout.write(describe(cfg))
+    return 0
+
+
+# --- scim-proxy --------------------------------------------------------------------------
+
+
 def cmd_scim_proxy(args: argparse.Namespace) -> int:
     from tlog.scim_proxy import main_proxy
 
-    return main_proxy(args)
+    try:
+        cfg = from_args(ProxyConfig, args)
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
+    missing = [n for n in ProxyConfig.REQUIRED if getattr(cfg, n) is None]
+    if missing:
+        flags = ", ".join("--" + ("log" if n == "log_url" else n.replace("_", "-"))
+                          for n in missing)
+        raise CliError(f"scim-proxy needs {flags} (flags, environment or --config)")
+    return main_proxy(cfg)
+
+
+# --- the parser --------------------------------------------------------------------------
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tlog", description="transparency log server")
-    sub = p.add_subparsers(dest="cmd", required=True)
+    p = argparse.ArgumentParser(
+        prog="tlog",
+        description="A transparency log for SCIM provisioning audit events.",
+        epilog="Settings: flags override environment variables, which override --config "
+        "FILE (TOML). 'tlog COMMAND --help' lists each command's flags and variables.",
+    )
+    p.add_argument("--version", action="version", version=f"tlog {_version()}")
+    sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
 
     def data_opt(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument(
-            "--data",
-            default=_env("TLOG_DATA", DEFAULT_DATA),
-            help="data directory (default ./tlog-data, env TLOG_DATA)",
-        )
+        add_arguments(sp, ServeConfig, only={"data"})
 
-    k = sub.add_parser("keygen", help="create a log signing key (mode 0600)")
-    data_opt(k)
-    k.add_argument("--origin", required=True, help="log origin = key name")
-    k.add_argument("--key", help="key file (default <data>/log.key)")
-    k.set_defaults(func=cmd_keygen)
-
-    s = sub.add_parser("serve", help="run the log server")
-    data_opt(s)
-    s.add_argument("--host", default=_env("TLOG_HOST", "127.0.0.1"))
-    s.add_argument("--port", type=int, default=int(_env("TLOG_PORT", "8080")))
-    s.add_argument(
-        "--origin",
-        default=os.environ.get("TLOG_ORIGIN"),
-        help=f"log origin (default: the key's name, or {DEFAULT_ORIGIN} for a new key)",
-    )
-    s.add_argument(
-        "--key",
-        default=os.environ.get("TLOG_KEY"),
-        help="key file (default <data>/log.key, created on first start)",
-    )
-    s.add_argument("--batch-size", type=int, default=1024, help="max entries per commit")
-    s.add_argument(
-        "--batch-age-ms", type=float, default=2.0, help="max wait for a batch to fill (ms)"
-    )
-    s.add_argument(
-        "--max-backlog",
-        type=int,
-        default=100_000,
-        help="entries waiting before submissions get 503",
-    )
-    s.add_argument(
-        "--witnesses",
-        default=os.environ.get("TLOG_WITNESSES"),
-        help="witness policy file (tlog-policy format) to push checkpoints to",
-    )
-    s.add_argument("--witness-interval", type=float, default=1.0,
-                   help="seconds between add-checkpoint requests to one witness")
-    s.add_argument("--witness-max-backoff", type=float, default=30.0,
-                   help="longest wait before retrying a failing witness (seconds)")
-    s.add_argument(
-        "--checkpoint-file",
-        default=os.environ.get("TLOG_CHECKPOINT_FILE"),
-        help="where the last published checkpoint is remembered outside the store "
-        "(default <data>/last-checkpoint; env TLOG_CHECKPOINT_FILE)",
-    )
-    s.add_argument("--switch-interval-ms", type=float, default=0.5,
-                   help="Python thread switch interval (GIL handoff latency), ms")
-    s.add_argument("--access-log", action="store_true")
-    add_limit_arguments(s)
-    s.add_argument(
-        "--no-demo-token",
-        dest="demo_token",
-        action="store_false",
-        help="don't create a demo submitter token on first start",
-    )
-    s.add_argument(
-        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
-    )
+    s = sub.add_parser("serve", help="run the log server (creates a store on first start)")
+    add_arguments(s, ServeConfig)
     s.set_defaults(func=cmd_serve)
 
-    t = sub.add_parser("token", help="manage bearer tokens")
-    tsub = t.add_subparsers(dest="token_cmd", required=True)
-    tc = tsub.add_parser("create", help="create a token (printed once)")
+    k = sub.add_parser("keygen", help="create a log signing key (mode 0600)")
+    add_arguments(k, ServeConfig, only={"data", "key"})
+    k.add_argument("--origin", required=True, help="log origin = key name, e.g. "
+                   "log.example.com/audit (it can never change)")
+    k.set_defaults(func=cmd_keygen)
+
+    t = sub.add_parser("token", help="create, list and revoke bearer tokens")
+    tsub = t.add_subparsers(dest="token_cmd", metavar="ACTION", required=True)
+    tc = tsub.add_parser("create", help="create a token (printed once, or written to --out)")
     data_opt(tc)
-    tc.add_argument("--role", required=True, choices=ROLES)
-    tc.add_argument("--tenant", default=None)
-    tc.add_argument("--name", default="")
+    tc.add_argument("--role", required=True, choices=ROLES, help="what the token may do")
+    tc.add_argument("--tenant", type=_tenant, default=None,
+                    help="tenant the token acts for (required for submitter and auditor; "
+                    "privacy-officer and admin without it act for all tenants)")
+    tc.add_argument("--name", default="", help="a label, e.g. who or what holds the token")
     tc.add_argument(
         "--person",
         default=None,
         help="the person the token is issued to (required for privacy-officer: dual control "
         "refuses an approval by the person who requested, whatever token they use)",
     )
-    tc.add_argument("--ttl", type=_duration, default=None, help="lifetime, e.g. 90d")
-    data_opt(tsub.add_parser("list", help="list tokens (ids only)"))
-    tr = tsub.add_parser("revoke", help="revoke a token by id prefix")
+    tc.add_argument("--ttl", type=_duration, default=None,
+                    help="lifetime, e.g. 3600, 90m, 12h or 90d (default: no expiry)")
+    tc.add_argument("--out", type=Path, default=None, metavar="FILE",
+                    help="write the token to FILE (created with mode 0600, never overwritten) "
+                    "instead of standard output")
+    tl = tsub.add_parser("list", help="list tokens: id, role, tenant, dates, state")
+    data_opt(tl)
+    tr = tsub.add_parser("revoke", help="revoke a token by its id or a unique id prefix")
     data_opt(tr)
-    tr.add_argument("token_id")
+    tr.add_argument("token_id", help=f"token id from 'tlog token list', or a unique prefix "
+                    f"of at least {MIN_ID_PREFIX} characters")
+    tr.add_argument("-y", "--yes", action="store_true", help="don't ask for confirmation")
     t.set_defaults(func=cmd_token)
 
     le = sub.add_parser(
         "log-entry", help="print this log's logs/v0 entry for witness operators"
     )
-    data_opt(le)
-    le.add_argument("--key", help="key file (default <data>/log.key)")
-    le.add_argument("--origin", help="log origin (default: the key's name)")
+    add_arguments(le, ServeConfig, only={"data", "key", "origin", "witness_interval"})
     le.add_argument("--contact", help="how witness operators reach you (URL or e-mail)")
-    le.add_argument("--witness-interval", type=float, default=1.0,
-                    help="the --witness-interval `serve` runs with (sets qpd)")
     le.set_defaults(func=cmd_log_entry)
-
-    f = sub.add_parser("fsck", help="recompute and check the whole tree")
-    data_opt(f)
-    f.set_defaults(func=cmd_fsck)
 
     rc = sub.add_parser(
         "recover",
         help="bring a restored or emptied store forward from a copy, verified against the "
         "last signed checkpoint (signs nothing)",
     )
-    data_opt(rc)
+    add_arguments(rc, ServeConfig,
+                  only={"data", "key", "origin", "checkpoint_file", "witnesses"})
     rc.add_argument("--from", dest="source", required=True,
                     help="a tlog-tiles URL or directory (auditor, mirror) or a store directory")
-    rc.add_argument("--key", default=os.environ.get("TLOG_KEY"),
-                    help="key file (default <data>/log.key)")
-    rc.add_argument("--origin", default=os.environ.get("TLOG_ORIGIN"))
-    rc.add_argument("--checkpoint-file", default=os.environ.get("TLOG_CHECKPOINT_FILE"),
-                    help="the remembered checkpoint (default <data>/last-checkpoint)")
-    rc.add_argument("--witnesses", default=os.environ.get("TLOG_WITNESSES"),
-                    help="witness policy: also verify against what the witnesses cosigned")
     rc.add_argument("--checkpoint", help="a checkpoint note this log signed, to reach")
     rc.set_defaults(func=cmd_recover)
 
-    from tlog.scim_proxy import add_arguments as scim_proxy_arguments
+    f = sub.add_parser("fsck", help="recompute and check the whole tree (safe while serving)")
+    data_opt(f)
+    f.set_defaults(func=cmd_fsck)
+
+    b = sub.add_parser("backup", help="consistent online copy of the store, compacted, "
+                       "mode 0600, verified")
+    data_opt(b)
+    b.add_argument("dest", type=Path, help="directory to create (or an empty one) for the copy")
+    b.add_argument("--no-verify", dest="verify", action="store_false",
+                   help="skip opening the copy and running fsck on it")
+    b.set_defaults(func=cmd_backup)
+
+    c = sub.add_parser("config", help="check a configuration file")
+    csub = c.add_subparsers(dest="config_cmd", metavar="ACTION", required=True)
+    cc = csub.add_parser("check", help="parse FILE, report errors, print every setting")
+    cc.add_argument("file", type=Path, help="TOML configuration file")
+    cc.add_argument("--program", choices=("serve", "scim-proxy"), default="serve",
+                    help="which program the file configures (default serve)")
+    c.set_defaults(func=cmd_config)
 
     sp = sub.add_parser("scim-proxy", help="auditing reverse proxy for a SCIM service provider")
-    scim_proxy_arguments(sp)
+    add_arguments(sp, ProxyConfig)
     sp.set_defaults(func=cmd_scim_proxy)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    ap = parser()
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv:
+        ap.print_help(sys.stderr)
+        return 2
+    args = ap.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        ap.print_help(sys.stderr)
+        return 2
     try:
         return int(args.func(args))
-    except (StorageError, FileNotFoundError, PermissionError, ValueError, KeyError) as exc:
-        print(f"tlog: {exc}", file=sys.stderr)
-        return 1
+    except (CliError, ConfigError, StorageError, FileNotFoundError, PermissionError,
+            ValueError, KeyError) as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"tlog: {msg}", file=sys.stderr)
+        return 2 if isinstance(exc, UsageError) else 1
 
 
 if __name__ == "__main__":

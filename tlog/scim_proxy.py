@@ -23,10 +23,10 @@ failure with that status, since the proxy cannot know whether the SP applied it.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import logging
+import logging.config
 import ssl
 import sys
 from collections.abc import AsyncIterator
@@ -44,12 +44,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from client import logredact
 from client.scim.middleware import SCIM_ERROR_URN, AuditConfig, AuditMiddleware
 from client.scim.outbox import Outbox
 from client.scim.pseudonyms import LogPseudonyms
 from client.scim.relay import Relay
-from client.serving import add_limit_arguments, limits_from_args, run_hardened
+from client.serving import run_hardened
+from tlog.config import ProxyConfig
 
 __all__ = [
     "Forwarder",
@@ -336,23 +336,27 @@ async def _scim_error(send: Send, status: int, detail: str) -> None:
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
+_P = ProxyConfig()  # the defaults, defined once in tlog.config
+
+
 @dataclass(frozen=True)
 class ProxySettings:
-    """Everything ``tlog scim-proxy`` is configured with (one field per option)."""
+    """What :func:`build_proxy` needs: :class:`tlog.config.ProxyConfig` resolved (the token
+    read from its file, the outbox cap in bytes)."""
 
     upstream: str
     log_url: str
     token: str
     tenant: str
     sp_id: str
-    outbox: Path = Path("scim-outbox.sqlite")
-    fail_open: bool = False
-    receipt_timeout: float = 0.0
+    outbox: Path = _P.outbox
+    fail_open: bool = _P.fail_open
+    receipt_timeout: float = _P.receipt_timeout
     base_path: str | None = None
-    preserve_host: bool = False
-    forwarded: bool = True
-    upstream_timeout: float = 60.0
-    upstream_connections: int = 64
+    preserve_host: bool = _P.preserve_host
+    forwarded: bool = _P.forwarded
+    upstream_timeout: float = _P.upstream_timeout
+    upstream_connections: int = _P.upstream_connections
     outbox_max_bytes: int | None = None
     log_origin: str | None = None
 
@@ -449,71 +453,34 @@ def build_proxy(s: ProxySettings, *, log_transport: httpx.BaseTransport | None =
 def _listen(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise argparse.ArgumentTypeError("expected host:port, e.g. 127.0.0.1:8081")
+        raise ValueError(f"listen must be host:port, e.g. 127.0.0.1:8081, not {value!r}")
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The options of ``tlog scim-proxy``."""
-    p.add_argument("--upstream", required=True,
-                   help="SCIM base URL of the service provider, e.g. http://127.0.0.1:8080/v2")
-    p.add_argument("--log", dest="log_url", required=True, help="base URL of the tlog server")
-    p.add_argument("--token-file", required=True, type=Path,
-                   help="file holding a submitter token bound to --tenant")
-    p.add_argument("--tenant", required=True)
-    p.add_argument("--sp-id", required=True, help="this service provider's id in the events")
-    p.add_argument("--listen", type=_listen, default=("127.0.0.1", 8081),
-                   help="host:port to listen on (default 127.0.0.1:8081)")
-    p.add_argument("--outbox", type=Path, default=Path("scim-outbox.sqlite"),
-                   help="SQLite outbox file (default ./scim-outbox.sqlite)")
-    p.add_argument("--outbox-max-mb", type=float, default=None,
-                   help="cap on the outbox size; beyond it writes fail (closed: 503)")
-    p.add_argument("--fail-open", action="store_true",
-                   help="pass SCIM responses through when the event cannot be recorded "
-                        "(default: fail closed with 503)")
-    p.add_argument("--receipt-timeout", type=float, default=0.0,
-                   help="seconds to wait for the log's receipt before answering (default 0: "
-                        "answer once the event is in the outbox)")
-    p.add_argument("--base-path", default=None,
-                   help="SCIM base path for the audit records (default: the upstream's path)")
-    p.add_argument("--preserve-host", action="store_true",
-                   help="forward the client's Host header instead of the upstream's")
-    p.add_argument("--no-forwarded", dest="forwarded", action="store_false",
-                   help="don't add X-Forwarded-For/-Proto/-Host")
-    p.add_argument("--upstream-timeout", type=float, default=60.0,
-                   help="seconds per read/write on the upstream (default 60; then 504)")
-    p.add_argument("--upstream-connections", type=int, default=64,
-                   help="requests in flight to the upstream at most (default 64); the rest "
-                        "wait in the proxy")
-    p.add_argument("--log-origin", default=None,
-                   help="refuse to start unless the log's origin is this")
-    p.add_argument("--log-level", default="info",
-                   choices=["critical", "error", "warning", "info", "debug"])
-    add_limit_arguments(p)
+def main_proxy(cfg: ProxyConfig) -> int:
+    """Run the proxy under uvicorn until interrupted (settings: :class:`tlog.config.ProxyConfig`,
+    its required fields already checked)."""
+    from client.logs import uvicorn_log_config
 
-
-def main_proxy(args: argparse.Namespace) -> int:
-    """Run the proxy under uvicorn (:func:`client.serving.run_hardened`) until interrupted."""
-    import uvicorn.config
-
-    limits = limits_from_args(args)
-    logging.basicConfig(level=getattr(logging, args.log_level.upper()),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logredact.install()  # no identifiers, query values or tokens in log lines
-    token = args.token_file.read_text("utf-8").strip()
+    log_config = uvicorn_log_config(cfg.log_level, cfg.log_format)
+    logging.config.dictConfig(log_config)
+    assert cfg.token_file is not None and cfg.upstream is not None and cfg.log_url is not None
+    assert cfg.tenant is not None and cfg.sp_id is not None
+    token = cfg.token_file.read_text("utf-8").strip()
     if not token:
-        print(f"tlog: {args.token_file} is empty", file=sys.stderr)
+        print(f"tlog: {cfg.token_file} is empty", file=sys.stderr)
         return 1
+    host, port = _listen(cfg.listen)
     settings = ProxySettings(
-        upstream=args.upstream, log_url=args.log_url, token=token, tenant=args.tenant,
-        sp_id=args.sp_id, outbox=args.outbox, fail_open=args.fail_open,
-        receipt_timeout=args.receipt_timeout, base_path=args.base_path,
-        preserve_host=args.preserve_host, forwarded=args.forwarded,
-        upstream_timeout=args.upstream_timeout,
-        upstream_connections=args.upstream_connections,
-        outbox_max_bytes=(None if args.outbox_max_mb is None
-                          else int(args.outbox_max_mb * (1 << 20))),
-        log_origin=args.log_origin,
+        upstream=cfg.upstream, log_url=cfg.log_url, token=token, tenant=cfg.tenant,
+        sp_id=cfg.sp_id, outbox=cfg.outbox, fail_open=cfg.fail_open,
+        receipt_timeout=cfg.receipt_timeout, base_path=cfg.base_path,
+        preserve_host=cfg.preserve_host, forwarded=cfg.forwarded,
+        upstream_timeout=cfg.upstream_timeout,
+        upstream_connections=cfg.upstream_connections,
+        outbox_max_bytes=(None if cfg.outbox_max_mb is None
+                          else int(cfg.outbox_max_mb * (1 << 20))),
+        log_origin=cfg.log_origin,
     )
     try:
         info = check_log(settings)
@@ -523,12 +490,12 @@ def main_proxy(args: argparse.Namespace) -> int:
     _log.info("log %s (tree size %s) accepts this token for tenant %s", info["origin"],
               info.get("tree_size"), settings.tenant)
     app = build_proxy(settings)
-    host, port = args.listen
-    mode = "fail-open" if args.fail_open else "fail-closed"
-    print(f"tlog scim-proxy: http://{host}:{port} -> {args.upstream} ({mode}), "
-          f"events to {args.log_url} via {args.outbox}", flush=True)
-    run_hardened(app, host, port, limits, log_level=args.log_level, access_log=False,
-                 log_config=logredact.uvicorn_log_config(uvicorn.config.LOGGING_CONFIG),
-                 server_header=False, date_header=False, lifespan="on",
-                 timeout_graceful_shutdown=10)
-    return 0
+    mode = "fail-open" if cfg.fail_open else "fail-closed"
+    banner = (f"tlog scim-proxy: listening on http://{host}:{port} -> {cfg.upstream} ({mode}), "
+              f"events to {cfg.log_url} via {cfg.outbox}")
+
+    started = run_hardened(
+        app, host, port, cfg.server, on_started=lambda: print(banner, flush=True),
+        log_level=cfg.log_level, access_log=False, log_config=log_config,
+        server_header=False, date_header=False, lifespan="on", timeout_graceful_shutdown=10)
+    return 0 if started else 1

@@ -62,9 +62,9 @@ class Sequencer:
         self,
         log_: Log,
         *,
-        max_batch_entries: int = 1024,
-        max_batch_age: float = 0.002,
-        max_backlog: int = 100_000,
+        max_batch_entries: int,
+        max_batch_age: float,
+        max_backlog: int,
         on_published: Callable[[int], None] | None = None,
     ) -> None:
         self.log = log_

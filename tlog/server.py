@@ -7,6 +7,7 @@ from pathlib import Path
 from client.policy import Policy
 from tlog.app import Limits, LogApp, create_app
 from tlog.auth import TokenStore
+from tlog.config import ServeConfig
 from tlog.integrity import CHECKPOINT_FILE, CheckpointFile, DataDirLock, preflight
 from tlog.log import Log
 from tlog.scim.keys import MASTER_KEY_FILE, open_keyring
@@ -19,18 +20,20 @@ from tlog.witnessing import WitnessPusher
 
 __all__ = ["build_app"]
 
+_D = ServeConfig()  # the defaults, defined once in tlog.config
+
 
 def build_app(
     data_dir: Path,
     signer: CheckpointSigner,
     *,
-    max_batch_entries: int = 1024,
-    max_batch_age: float = 0.002,
-    max_backlog: int = 100_000,
+    max_batch_entries: int = _D.batch_size,
+    max_batch_age: float = _D.batch_age_ms / 1000.0,
+    max_backlog: int = _D.max_backlog,
     limits: Limits | None = None,
     witness_policy: str | Path | None = None,
-    witness_interval: float = 1.0,
-    witness_max_backoff: float = 30.0,
+    witness_interval: float = _D.witness_interval,
+    witness_max_backoff: float = _D.witness_max_backoff,
     scim: bool = True,
     scim_limits: ScimLimits | None = None,
     scim_master_key: Path | None = None,

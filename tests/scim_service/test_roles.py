@@ -202,7 +202,9 @@ def test_dual_control_is_by_person_not_by_token(harness: Harness) -> None:
 
 def test_token_cli_names_the_person(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from tlog.cli import main
+    from tlog.storage import Storage
 
+    Storage(tmp_path / "db").close()  # token commands need an existing store
     data = ["--data", str(tmp_path)]
     assert main(["token", "create", *data, "--role", "privacy-officer"]) == 2
     assert "--person" in capsys.readouterr().err

@@ -58,13 +58,14 @@ def test_first_start_is_demo_ready(tmp_path: Path) -> None:
             Ed25519Verifier.from_vkey(vkey), entry=b"hello"
         )
         # A token made by the CLI while the server runs works at once; revocation too.
-        made = tlog_cli("token", "create", "--role", "submitter", "--data", str(data))
+        made = tlog_cli("token", "create", "--role", "submitter", "--tenant", "t1",
+                        "--data", str(data))
         assert made.returncode == 0, made.stderr
         t2 = made.stdout.strip()
         h = {"Authorization": f"Bearer {t2}"}
         assert httpx.post(srv.url + "/v1/entries", content=b"x", headers=h).status_code == 200
         tid = made.stderr.split()[1]
-        assert tlog_cli("token", "revoke", tid, "--data", str(data)).returncode == 0
+        assert tlog_cli("token", "revoke", tid, "--yes", "--data", str(data)).returncode == 0
         assert httpx.post(srv.url + "/v1/entries", content=b"y", headers=h).status_code == 401
     finally:
         srv.proc.send_signal(signal.SIGTERM)

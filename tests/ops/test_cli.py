@@ -1,0 +1,178 @@
+"""The ``tlog`` command's habits: version, usage, help, stores, tokens, backups, banner."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tlog.auth import TokenStore
+from tlog.cli import main, parser
+from tlog.storage import Storage
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(*args: str, stdin: str | None = None,
+        timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TLOG_")}
+    return subprocess.run([sys.executable, "-m", "tlog.cli", *args], capture_output=True,
+                          text=True, cwd=ROOT, timeout=timeout, input=stdin, env=env)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    """A data directory holding a store (as ``tlog serve`` leaves it)."""
+    data = tmp_path / "data"
+    Storage(data / "db").close()
+    return data
+
+
+def test_version_and_usage_without_arguments() -> None:
+    r = run("--version")
+    assert r.returncode == 0 and r.stdout.startswith("tlog ")
+    r = run()
+    assert r.returncode == 2
+    assert "usage: tlog" in r.stderr and "serve" in r.stderr and "required" not in r.stderr
+
+
+def _walk(p: argparse.ArgumentParser, name: str) -> list[tuple[str, argparse.Action]]:
+    out = []
+    for a in p._actions:
+        if isinstance(a, argparse._SubParsersAction):
+            for sub_name, sp in a.choices.items():
+                out += _walk(sp, f"{name} {sub_name}")
+        else:
+            out.append((name, a))
+    return out
+
+
+def test_every_flag_has_help() -> None:
+    actions = _walk(parser(), "tlog")
+    assert len(actions) > 60
+    missing = [f"{cmd} {a.option_strings or a.dest}" for cmd, a in actions
+               if not a.help or a.help == argparse.SUPPRESS]
+    assert missing == []
+
+
+def test_store_commands_refuse_a_missing_store(tmp_path: Path) -> None:
+    nowhere = tmp_path / "nowhere"
+    for args in (["token", "list"], ["token", "create", "--role", "admin", "--tenant", "a"],
+                 ["token", "revoke", "abcdef", "--yes"], ["fsck"],
+                 ["backup", str(tmp_path / "b")]):
+        r = run(*args, "--data", str(nowhere))
+        assert r.returncode == 1, args
+        assert "no log store" in r.stderr
+    assert not nowhere.exists()  # nothing was created
+    r = run("serve", "--no-init", "--data", str(nowhere), "--port", "1")
+    assert r.returncode == 1 and "no log store" in r.stderr
+    assert not nowhere.exists()
+
+
+def test_token_create_rules(store: Path, tmp_path: Path) -> None:
+    r = run("token", "create", "--role", "auditor", "--data", str(store))
+    assert r.returncode == 2 and "--tenant" in r.stderr
+    for bad in ("a b/../c", "A", "x-", "x" * 65, "ü", "a/b"):
+        r = run("token", "create", "--role", "submitter", "--tenant", bad, "--data", str(store))
+        assert r.returncode != 0 and "tenant names" in r.stderr, bad
+    out = tmp_path / "sub" / "t.token"
+    out.parent.mkdir()
+    r = run("token", "create", "--role", "submitter", "--tenant", "acme-1", "--out", str(out),
+            "--data", str(store))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == ""  # the token went to the file only
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    token = out.read_text().strip()
+    assert token.startswith("tlog_") and token not in r.stderr
+    r = run("token", "create", "--role", "submitter", "--tenant", "acme", "--out", str(out),
+            "--data", str(store))
+    assert r.returncode == 1 and "exists" in r.stderr
+    assert out.read_text().strip() == token
+
+
+def test_token_list_shows_dates_and_state(store: Path) -> None:
+    storage = Storage(store / "db")
+    ts = TokenStore(storage)
+    _, active = ts.create("submitter", tenant="acme", name="adapter")
+    _, gone = ts.create("auditor", tenant="acme", name="old", ttl=1)
+    _, revoked = ts.create("admin", name="root")
+    ts.revoke(revoked.token_id)
+    storage.close()
+    time.sleep(1.1)  # let the 1 s token expire
+    r = run("token", "list", "--data", str(store))
+    assert r.returncode == 0, r.stderr
+    rows = {ln.split()[0]: ln for ln in r.stdout.splitlines()[1:]}
+    assert " active " in rows[active.token_id] and "never" in rows[active.token_id]
+    assert " expired " in rows[gone.token_id]
+    assert " revoked " in rows[revoked.token_id]
+    created = rows[active.token_id].split()[3]
+    assert "T" in created and created.endswith("Z")
+
+
+def test_revoke_by_prefix_with_confirmation(store: Path) -> None:
+    storage = Storage(store / "db")
+    ts = TokenStore(storage)
+    made = [ts.create("submitter", tenant="t", name=str(i))[1] for i in range(40)]
+    storage.close()
+    p = made[0]
+    assert run("token", "revoke", p.token_id[:3], "--yes", "--data", str(store)).returncode == 1
+    # Without --yes and without a terminal: refused, nothing revoked.
+    r = run("token", "revoke", p.token_id[:8], "--data", str(store), stdin="y\n")
+    assert r.returncode == 1 and "--yes" in r.stderr
+    r = run("token", "revoke", p.token_id[:8], "--yes", "--data", str(store))
+    assert r.returncode == 0 and p.token_id in r.stdout
+    storage = Storage(store / "db")
+    state = {q.token_id: q.revoked for q in TokenStore(storage).list()}
+    storage.close()
+    assert state[p.token_id] is True
+    assert sum(state.values()) == 1
+
+
+def test_backup_is_private_compact_and_verified(store: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.server.conftest import make_signer
+    from tlog.log import Log
+
+    storage = Storage(store / "db")
+    log_ = Log(storage, make_signer())
+    log_.integrate([f"entry {i}".encode() for i in range(300)])
+    storage.close()
+    dest = tmp_path / "backup"
+    assert main(["backup", str(dest), "--data", str(store)]) == 0
+    out = capsys.readouterr().out
+    assert "tree size 300" in out and "fsck OK" in out
+    copy = dest / "data.mdb"
+    assert stat.S_IMODE(copy.stat().st_mode) == 0o600
+    assert stat.S_IMODE(dest.stat().st_mode) == 0o700
+    assert main(["fsck", "--data", str(tmp_path / "restored")]) == 1  # not there yet
+    (tmp_path / "restored").mkdir()
+    os.rename(dest, tmp_path / "restored" / "db")
+    assert main(["fsck", "--data", str(tmp_path / "restored")]) == 0
+    # Never over an existing copy.
+    dest.mkdir()
+    (dest / "x").write_text("keep")
+    assert main(["backup", str(dest), "--data", str(store)]) == 1
+    assert (dest / "x").read_text() == "keep"
+
+
+@pytest.mark.slow
+def test_serve_banner_after_bind_only(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        r = run("serve", "--data", str(tmp_path / "d"), "--port", str(port),
+                "--log-level", "warning", timeout=60)
+    assert r.returncode != 0
+    assert "listening" not in r.stdout
+    assert "address already in use" in r.stderr
+    # A fresh store announced its key files and asked for a backup.
+    assert "log.key (log signing key)" in r.stdout
+    assert "scim-master.key (SCIM master key" in r.stdout and "BACK UP" in r.stdout

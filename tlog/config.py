@@ -1,0 +1,530 @@
+"""One frozen configuration object per program, every default defined once.
+
+:class:`ServeConfig` is everything ``tlog serve`` (and the store commands) run with;
+:class:`ProxyConfig` is everything ``tlog scim-proxy`` runs with. Their field defaults are
+the only defaults: the command line, the environment and the TOML configuration file only
+fill them in, in this order of precedence (highest first)::
+
+    --flag  >  environment variable  >  --config FILE (TOML)  >  field default
+
+Every field gets, derived from its name:
+
+* a TOML key (``max_backlog = 100000``); a field holding a dataclass (``limits``, ``scim``)
+  is a TOML table (``[limits]`` with ``max_entry_bytes = 4096``);
+* a flag (``--max-backlog``; ``--limits-max-entry-bytes`` in a table; booleans get
+  ``--name``, or ``--no-name`` when they default to true);
+* an environment variable (``TLOG_MAX_BACKLOG``, ``TLOG_LIMITS_MAX_ENTRY_BYTES``; the
+  proxy's start with ``TLOG_PROXY_``), shown in ``--help``.
+
+**Adding a setting is one line**: a field with its default and help text::
+
+    read_timeout: float = setting(30.0, "seconds to read a request body")
+
+(in a table class such as :class:`tlog.scim.service.ScimLimits`, a plain
+``max_refs: int = 1000  # ids per request`` does the same without importing this module: the
+trailing comment is the help text). ``flag=`` or ``env=`` override a
+derived name (kept for names that predate this module), ``choices=`` restricts values. The
+program then reads ``config.read_timeout``; nothing else changes. Types understood: ``int``,
+``float``, ``str``, ``bool``, ``Path`` and ``X | None`` of those. Unknown TOML keys, values of
+the wrong type and unparsable environment values are errors (:class:`ConfigError`), so a typo
+cannot silently fall back to a default. Relative paths in a configuration file are relative
+to that file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+import os
+import re
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from client.serving import ServerLimits
+from tlog.app import Limits
+from tlog.scim.service import ScimLimits
+
+__all__ = [
+    "LOG_FORMATS",
+    "LOG_LEVELS",
+    "ConfigError",
+    "ProxyConfig",
+    "ServeConfig",
+    "add_arguments",
+    "describe",
+    "from_sources",
+    "load_toml",
+    "setting",
+]
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+LOG_FORMATS = ("text", "json")
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration file, environment variable or flag value is unusable."""
+
+
+def setting(
+    default: Any,
+    help: str,
+    *,
+    flag: str | None = None,
+    env: str | None = None,
+    choices: tuple[str, ...] | None = None,
+) -> Any:
+    """A configuration field: its default (defined here only) and its help text."""
+    meta: dict[str, Any] = {"help": help}
+    if flag is not None:
+        meta["flag"] = flag
+    if env is not None:
+        meta["env"] = env
+    if choices is not None:
+        meta["choices"] = choices
+    return field(default=default, metadata=meta)
+
+
+def table(cls: type[Any], help: str, *, flat: bool = False) -> Any:
+    """A field holding a nested dataclass of settings: a TOML table. ``flat``: its flags and
+    environment variables carry no table prefix (``--header-timeout``, not
+    ``--server-header-timeout``)."""
+    return field(default_factory=cls, metadata={"help": help, "table": True, "flat": flat})
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """``tlog serve``: the log server, its store and its HTTP side."""
+
+    data: Path = setting(
+        Path("tlog-data"), "data directory: log.key, scim-master.key, db/ (LMDB)"
+    )
+    init: bool = setting(
+        True,
+        "create a store, signing key and SCIM master key when the data directory holds no "
+        "store (turn off in production, so that a wrong --data fails)",
+    )
+    host: str = setting("127.0.0.1", "address to listen on")
+    port: int = setting(8080, "TCP port to listen on")
+    origin: str | None = setting(
+        None,
+        "log origin (default: the key's name, or localhost/tlog-demo for a new key); "
+        "never change it",
+    )
+    key: Path | None = setting(None, "signing key file (default <data>/log.key)")
+    scim_master_key: Path | None = setting(
+        None, "SCIM master key file (default <data>/scim-master.key)"
+    )
+    batch_size: int = setting(1024, "most entries per commit")
+    batch_age_ms: float = setting(2.0, "longest wait for a batch to fill (ms)")
+    max_backlog: int = setting(100_000, "entries waiting before submissions get 503")
+    witnesses: Path | None = setting(
+        None, "witness policy file (tlog-policy) to push checkpoints to"
+    )
+    witness_interval: float = setting(
+        1.0, "seconds between add-checkpoint requests to one witness"
+    )
+    witness_max_backoff: float = setting(
+        30.0, "longest wait before retrying a failing witness (seconds)"
+    )
+    switch_interval_ms: float = setting(
+        0.5, "Python thread switch interval (GIL handoff latency), ms"
+    )
+    demo_token: bool = setting(
+        True, "write a demo submitter token (demo-submitter.token) when creating a store"
+    )
+    access_log: bool = setting(False, "log every request (redacted) at INFO")
+    log_level: str = setting("info", "logging level", choices=LOG_LEVELS)
+    log_format: str = setting("text", "log line format (json: one JSON object a line)",
+                              choices=LOG_FORMATS)
+    checkpoint_file: Path | None = setting(
+        None,
+        "where the last published checkpoint is remembered outside the store "
+        "(default <data>/last-checkpoint)",
+    )
+    server: ServerLimits = table(ServerLimits, "connection limits and timeouts", flat=True)
+    limits: Limits = table(Limits, "request limits of the log API")
+    scim: ScimLimits = table(ScimLimits, "limits of the SCIM event endpoints")
+
+    @property
+    def key_path(self) -> Path:
+        return self.key if self.key is not None else self.data / "log.key"
+
+    @property
+    def scim_master_key_path(self) -> Path:
+        from tlog.scim.keys import MASTER_KEY_FILE
+
+        return (
+            self.scim_master_key
+            if self.scim_master_key is not None
+            else self.data / MASTER_KEY_FILE
+        )
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    """``tlog scim-proxy``: the auditing reverse proxy in front of a SCIM service provider."""
+
+    upstream: str | None = setting(
+        None, "SCIM base URL of the service provider, e.g. http://127.0.0.1:9000/v2 (required)"
+    )
+    log_url: str | None = setting(
+        None, "base URL of the tlog server (required)", flag="--log"
+    )
+    log_origin: str | None = setting(
+        None, "the log's origin: refuse to start against a log with another one"
+    )
+    token_file: Path | None = setting(
+        None, "file holding a submitter token bound to --tenant (required)"
+    )
+    tenant: str | None = setting(None, "the tenant the events belong to (required)")
+    sp_id: str | None = setting(None, "this service provider's id in the events (required)")
+    listen: str = setting("127.0.0.1:8081", "host:port to listen on")
+    outbox: Path = setting(Path("scim-outbox.sqlite"), "SQLite outbox file")
+    outbox_max_mb: float | None = setting(
+        None, "cap on the outbox size in MiB; beyond it writes fail (closed: 503)"
+    )
+    fail_open: bool = setting(
+        False,
+        "pass SCIM responses through when the event cannot be recorded "
+        "(default: fail closed with 503)",
+    )
+    receipt_timeout: float = setting(
+        0.0,
+        "seconds to wait for the log's receipt before answering (0: answer once the event "
+        "is in the outbox)",
+    )
+    base_path: str | None = setting(
+        None, "SCIM base path for the audit records (default: the upstream's path)"
+    )
+    preserve_host: bool = setting(
+        False, "forward the client's Host header instead of the upstream's"
+    )
+    forwarded: bool = setting(True, "add X-Forwarded-For/-Proto/-Host")
+    upstream_timeout: float = setting(
+        60.0, "seconds per read/write on the upstream (then 504)"
+    )
+    upstream_connections: int = setting(
+        64, "requests in flight to the upstream at most; the rest wait in the proxy"
+    )
+    log_level: str = setting("info", "logging level", choices=LOG_LEVELS)
+    log_format: str = setting("text", "log line format (json: one JSON object a line)",
+                              choices=LOG_FORMATS)
+    server: ServerLimits = table(ServerLimits, "connection limits and timeouts", flat=True)
+
+    REQUIRED: typing.ClassVar[tuple[str, ...]] = (
+        "upstream", "log_url", "token_file", "tenant", "sp_id",
+    )
+
+
+ENV_PREFIX: dict[type[Any], str] = {ServeConfig: "TLOG_", ProxyConfig: "TLOG_PROXY_"}
+# Names that predate this module (Dockerfile, docs): kept as they were.
+_LEGACY_ENV = {
+    (ServeConfig, "data"): "TLOG_DATA",
+    (ServeConfig, "host"): "TLOG_HOST",
+    (ServeConfig, "port"): "TLOG_PORT",
+    (ServeConfig, "origin"): "TLOG_ORIGIN",
+    (ServeConfig, "key"): "TLOG_KEY",
+    (ServeConfig, "witnesses"): "TLOG_WITNESSES",
+}
+
+
+# --- the fields, flattened ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Item:
+    path: tuple[str, ...]  # ("limits", "max_entry_bytes")
+    kind: type[Any]  # int, float, str, bool, Path
+    optional: bool
+    default: Any
+    help: str
+    flag: str
+    env: str
+    choices: tuple[str, ...] | None
+
+    @property
+    def dest(self) -> str:
+        return "cfg__" + "__".join(self.path)
+
+    @property
+    def key(self) -> str:
+        return ".".join(self.path)
+
+
+def _kind(hint: Any) -> tuple[type[Any], bool]:
+    args = typing.get_args(hint)
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        rest = [a for a in args if a is not type(None)]
+        if len(rest) != 1:
+            raise TypeError(f"unsupported setting type {hint!r}")
+        return rest[0], True
+    return hint, False
+
+
+def _comments(cls: type[Any]) -> dict[str, str]:
+    """``name: type = default  # help`` comments of a settings class, as help texts."""
+    try:
+        src = inspect.getsource(cls)
+    except (OSError, TypeError):  # pragma: no cover - no source (frozen app)
+        return {}
+    return {m[1]: m[2].strip() for m in re.finditer(r"(?m)^\s+(\w+):[^#\n]*#\s*(.+)$", src)}
+
+
+def _items(cls: type[Any], prefix: tuple[str, ...] = (), flat: bool = False) -> list[_Item]:
+    hints = typing.get_type_hints(cls)
+    comments = _comments(cls)
+    out: list[_Item] = []
+    for f in dataclasses.fields(cls):
+        if f.name.startswith("_"):
+            continue
+        kind, optional = _kind(hints[f.name])
+        if dataclasses.is_dataclass(kind):
+            out += _items(kind, (*prefix, f.name), bool(f.metadata.get("flat")))
+            continue
+        path = (*prefix, f.name)
+        named = path[-1:] if flat else path
+        dashed = "-".join(named).replace("_", "-")
+        if kind is bool and f.default is True:
+            flag = f"--no-{dashed}"
+        else:
+            flag = f"--{dashed}"
+        default = f.default
+        if default is dataclasses.MISSING:
+            raise TypeError(f"setting {f.name} has no default")
+        out.append(_Item(
+            path=path,
+            kind=kind,
+            optional=optional,
+            default=default,
+            help=str(f.metadata.get("help") or comments.get(f.name, f.name.replace("_", " "))),
+            flag=str(f.metadata.get("flag", flag)),
+            env=str(f.metadata.get("env", "_".join(named).upper())),
+            choices=f.metadata.get("choices"),
+        ))
+    return out
+
+
+def items(cls: type[Any]) -> list[_Item]:
+    """Every setting of ``cls`` with its TOML key, flag and environment variable."""
+    prefix = ENV_PREFIX.get(cls, "TLOG_")
+    out = []
+    for it in _items(cls):
+        env = _LEGACY_ENV.get((cls, it.path[0])) if len(it.path) == 1 else None
+        out.append(dataclasses.replace(it, env=env or prefix + it.env))
+    return out
+
+
+# --- values --------------------------------------------------------------------------------
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _from_text(it: _Item, text: str, where: str) -> Any:
+    try:
+        if it.kind is bool:
+            low = text.strip().lower()
+            if low in _TRUE:
+                return True
+            if low in _FALSE:
+                return False
+            raise ValueError("expected true or false")
+        if it.kind is int:
+            return int(text.replace("_", ""))
+        if it.kind is float:
+            return float(text)
+        if it.kind is Path:
+            return Path(text)
+        return text
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _from_toml(it: _Item, value: Any, where: str, base: Path) -> Any:
+    kind = it.kind
+    if kind is float and type(value) is int:
+        value = float(value)
+    if kind is Path:
+        if type(value) is not str:
+            raise ConfigError(f"{where}: must be a string (a path)")
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else base / p
+    if type(value) is not kind:
+        raise ConfigError(f"{where}: must be a {kind.__name__}, not {type(value).__name__}")
+    return value
+
+
+def _check(it: _Item, value: Any, where: str) -> Any:
+    if it.choices is not None and value is not None and value not in it.choices:
+        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(it.choices)}")
+    if it.kind in (int, float) and value is not None and value < 0:
+        raise ConfigError(f"{where}: must not be negative")
+    return value
+
+
+def load_toml(cls: type[Any], path: Path) -> dict[tuple[str, ...], Any]:
+    """The settings a TOML file sets, checked (unknown keys and wrong types are errors)."""
+    try:
+        doc = tomllib.loads(path.read_text("utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    known = {it.path: it for it in items(cls)}
+    tables = {it.path[0] for it in known.values() if len(it.path) > 1}
+    base = path.resolve().parent
+    out: dict[tuple[str, ...], Any] = {}
+
+    def walk(d: dict[str, Any], prefix: tuple[str, ...]) -> None:
+        for k, v in d.items():
+            p = (*prefix, k)
+            where = f"{path}: {'.'.join(p)}"
+            if isinstance(v, dict) and not prefix and k in tables:
+                walk(v, p)
+                continue
+            it = known.get(p)
+            if it is None:
+                raise ConfigError(f"{where}: unknown setting")
+            out[p] = _check(it, _from_toml(it, v, where, base), where)
+
+    walk(doc, ())
+    return out
+
+
+def _build(cls: type[T], values: dict[tuple[str, ...], Any]) -> T:
+    nested: dict[str, dict[tuple[str, ...], Any]] = {}
+    flat: dict[str, Any] = {}
+    for path, v in values.items():
+        if len(path) == 1:
+            flat[path[0]] = v
+        else:
+            nested.setdefault(path[0], {})[path[1:]] = v
+    hints = typing.get_type_hints(cls)
+    for name, sub in nested.items():
+        flat[name] = _build(hints[name], sub)
+    return cls(**flat)
+
+
+def from_sources(
+    cls: type[T],
+    *,
+    file: Path | None = None,
+    env: typing.Mapping[str, str] | None = None,
+    flags: dict[tuple[str, ...], Any] | None = None,
+) -> T:
+    """``cls`` filled in from a TOML file, then the environment, then flags."""
+    values: dict[tuple[str, ...], Any] = {}
+    if file is not None:
+        values.update(load_toml(cls, file))
+    env = os.environ if env is None else env
+    for it in items(cls):
+        if it.env in env and env[it.env] != "":
+            where = f"environment variable {it.env}"
+            values[it.path] = _check(it, _from_text(it, env[it.env], where), where)
+    for path, v in (flags or {}).items():
+        values[path] = v
+    return _build(cls, values)
+
+
+# --- argparse ------------------------------------------------------------------------------
+
+
+def _default_text(it: _Item) -> str:
+    if it.default is None:
+        return ""
+    if it.kind is bool:
+        return "; default on, this flag turns it off" if it.default else "; default off"
+    return f"; default {it.default}"
+
+
+def add_arguments(
+    p: argparse.ArgumentParser,
+    cls: type[Any],
+    *,
+    only: typing.Collection[str] | None = None,
+    config_flag: bool = True,
+) -> None:
+    """Add a flag for every setting of ``cls`` (or those named in ``only``), each help text
+    naming its environment variable and default; plus ``--config FILE``."""
+    prefix = ENV_PREFIX.get(cls, "TLOG_")
+    if config_flag:
+        p.add_argument(
+            "--config", type=Path, default=argparse.SUPPRESS, metavar="FILE",
+            help=f"TOML configuration file (env {prefix}CONFIG); flags and environment "
+            "variables override it",
+        )
+    g = p.add_argument_group("settings")
+    for it in items(cls):
+        if only is not None and it.key not in only:
+            continue
+        text = f"{it.help} (env {it.env}{_default_text(it)})"
+        if it.kind is bool:
+            g.add_argument(
+                it.flag, dest=it.dest, action="store_const", const=not it.default,
+                default=argparse.SUPPRESS, help=text,
+            )
+            continue
+
+        def conv(s: str, it: _Item = it) -> Any:
+            try:
+                return _check(it, _from_text(it, s, it.flag), it.flag)
+            except ConfigError as exc:
+                raise argparse.ArgumentTypeError(str(exc)) from None
+
+        g.add_argument(
+            it.flag, dest=it.dest, type=conv, default=argparse.SUPPRESS, help=text,
+            metavar=it.path[-1].upper(), choices=it.choices,
+        )
+
+
+def from_args(cls: type[T], args: argparse.Namespace,
+              env: typing.Mapping[str, str] | None = None) -> T:
+    """The configuration for parsed ``args`` (flags added by :func:`add_arguments`)."""
+    env = os.environ if env is None else env
+    prefix = ENV_PREFIX.get(cls, "TLOG_")
+    file: Path | None = getattr(args, "config", None)
+    if file is None and env.get(prefix + "CONFIG"):
+        file = Path(env[prefix + "CONFIG"])
+    flags = {
+        it.path: getattr(args, it.dest) for it in items(cls) if hasattr(args, it.dest)
+    }
+    return from_sources(cls, file=file, env=env, flags=flags)
+
+
+def describe(config: Any) -> str:
+    """The whole configuration as TOML (what ``tlog config check`` prints)."""
+    lines: list[str] = []
+    tables: dict[str, list[str]] = {}
+    for it in items(type(config)):
+        v: Any = config
+        for part in it.path:
+            v = getattr(v, part)
+        if v is None:
+            text = f"# {it.path[-1]} = (unset)"
+        else:
+            text = f"{it.path[-1]} = {_toml_value(v)}"
+        if len(it.path) == 1:
+            lines.append(text)
+        else:
+            tables.setdefault(it.path[0], []).append(text)
+    for name, body in tables.items():
+        lines += ["", f"[{name}]", *body]
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    import json
+
+    return json.dumps(str(v))
