@@ -12,6 +12,7 @@ import contextlib
 import gzip
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -22,9 +23,10 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from client.checkpoint import parse_decimal
+from client.logredact import redact_target
 from client.note import FormatError, b64decode_strict
 from client.proof_bundle import TlogProof
 from client.scim.leaf import RawEntryError, check_raw_entry, is_structured_entry
@@ -234,8 +236,15 @@ class Api:
         return got
 
     def principal(self, request: Request | Scoped, *roles: str) -> Principal:
-        p = self.tokens.authenticate(header(request.scope, b"authorization"))
-        p.require(*roles)
+        try:
+            p = self.tokens.authenticate(header(request.scope, b"authorization"))
+            p.require(*roles)
+        except (AuthError, Forbidden) as exc:
+            # The reason and the token's id at most (never the token); the path redacted.
+            scope = request.scope
+            log.warning("refused %s %s: %s", scope.get("method"),
+                        redact_target(str(scope.get("path", ""))), exc)
+            raise
         return p
 
     def published(self, q: Query) -> Published:
@@ -586,8 +595,29 @@ class LogApp:
         self.app = app
         self.api = api
         self.state = app.state
+        # (scope, status, seconds) after each HTTP request (tlog.metrics).
+        self.observe: Callable[[Scope, int, float], None] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        observe = self.observe
+        if observe is None or scope["type"] != "http":
+            await self._dispatch(scope, receive, send)
+            return
+        status = 500
+        t0 = time.perf_counter()
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self._dispatch(scope, receive, send_status)
+        finally:
+            observe(scope, status, time.perf_counter() - t0)
+
+    async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             path: str = scope["path"]
             method: str = scope["method"]

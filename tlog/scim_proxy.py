@@ -50,6 +50,7 @@ from client.scim.pseudonyms import LogPseudonyms
 from client.scim.relay import Relay
 from client.serving import run_hardened
 from tlog.config import ProxyConfig
+from tlog.metrics import proxy_routes
 
 __all__ = [
     "Forwarder",
@@ -428,6 +429,8 @@ def build_proxy(s: ProxySettings, *, log_transport: httpx.BaseTransport | None =
     inner = Starlette(
         routes=[
             Route(STATUS_PATH, status, methods=["GET"]),
+            *proxy_routes(lambda: holder[0].backlog(), max_bytes=s.outbox_max_bytes,
+                          receipt_timeout=s.receipt_timeout),
             Route("/{path:path}", forwarder),
         ],
         lifespan=lifespan,

@@ -72,6 +72,8 @@ class Sequencer:
         self.max_batch_age = max_batch_age
         self.max_backlog = max_backlog
         self.on_published = on_published
+        # Called by the writer after each batch: (entries, seconds, committed) (metrics).
+        self.on_batch: Callable[[int, float, bool], None] | None = None
         self._queue: deque[_Pending] = deque()
         self._queued_entries = 0
         self._cond = threading.Condition()
@@ -92,6 +94,12 @@ class Sequencer:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+
+    @property
+    def running(self) -> bool:
+        """The writer thread runs and accepts submissions."""
+        t = self._thread
+        return t is not None and t.is_alive() and not self._stopping
 
     @property
     def backlog(self) -> int:
@@ -142,6 +150,7 @@ class Sequencer:
             if batch is None:
                 return
             entries = [e for p in batch for e in p.entries]
+            t0 = time.perf_counter()
             try:
                 result: BatchResult | BaseException = self.log.integrate(entries)
             except (CommitConflict, LogHalted) as exc:
@@ -151,6 +160,12 @@ class Sequencer:
                 log.exception("batch of %d entries failed; none acknowledged", len(entries))
                 result = SequencerStopped(f"the batch could not be committed: {exc}")
             self.batches += 1
+            if self.on_batch is not None:
+                try:
+                    self.on_batch(len(entries), time.perf_counter() - t0,
+                                  not isinstance(result, BaseException))
+                except Exception:  # pragma: no cover - a hook must not stop the writer
+                    log.exception("on_batch hook failed")
             by_loop: dict[
                 asyncio.AbstractEventLoop,
                 list[tuple[asyncio.Future[BatchResult], BatchResult | BaseException]],

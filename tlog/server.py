@@ -10,6 +10,7 @@ from tlog.auth import TokenStore
 from tlog.config import ServeConfig
 from tlog.integrity import CHECKPOINT_FILE, CheckpointFile, DataDirLock, preflight
 from tlog.log import Log
+from tlog.metrics import Metrics, ops_routes
 from tlog.scim.keys import MASTER_KEY_FILE, open_keyring
 from tlog.scim.routes import scim_routes
 from tlog.scim.service import ScimLimits, ScimService
@@ -102,18 +103,30 @@ def build_app(
             storage.close()
             raise
         service = ScimService(storage, log_, seq, keyring, scim_limits)
+    metrics = Metrics()
+    metrics.attach(log_, seq, pusher)
+    seq.on_batch = metrics.observe_batch
+    if pusher is not None:
+        pusher.on_push = metrics.observe_push
+    if service is not None:
+        service.on_logged = metrics.observe_events
     app = create_app(
         log_,
         seq,
         tokens,
         limits,
         pusher=pusher,
-        extra_routes=scim_routes(service) if service is not None else None,
+        extra_routes=[
+            *ops_routes(metrics, log_, seq, pusher),
+            *(scim_routes(service) if service is not None else []),
+        ],
         on_startup=[lambda: service.erasures.start(interval)]
         if service is not None and (interval := scim_expiry_interval) is not None
         else None,
         on_shutdown=[service.erasures.stop] if service is not None else None,
     )
+    app.observe = metrics.observe_request
+    app.state.metrics = metrics
     app.state.scim = service
     app.state.data_lock = lock  # held until the store is closed (or the process ends)
     return app, log_, tokens

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -78,6 +79,8 @@ class WitnessPusher:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
+        # Called after each add-checkpoint push: (witness name, result) (metrics).
+        self.on_push: Callable[[str, str], None] | None = None
         self._thread: threading.Thread | None = None
         self._cosigned: Published | None = None
         self._load_cosigned()
@@ -203,6 +206,9 @@ class WitnessPusher:
             st.backoff = min(self.max_backoff, max(exc.retry_after or 0, st.backoff * 2 or 1))
             st.next_attempt = now + st.backoff
             st.last_error = f"busy ({exc.status}), retrying in {st.backoff:.0f} s"
+            log.warning("witness %s: push of checkpoint %d failed: %s", st.name, pub.size,
+                        st.last_error)
+            self._pushed(st.name, "busy")
             return
         except SplitViewAlarm as exc:
             self.log.halt(
@@ -227,6 +233,7 @@ class WitnessPusher:
             )
             st.last_error = f"split-view alarm ({exc.status})"
             st.next_attempt = now + self.max_backoff
+            self._pushed(st.name, "split_view")
             return
         except WitnessConflict as exc:
             st.last_error = f"witness is at size {exc.size}, beyond this log's checkpoint"
@@ -235,6 +242,7 @@ class WitnessPusher:
                 f"witness {st.name} cosigned tree size {exc.size}, but this log is at "
                 f"{pub.size}: the store lost published entries (rolled back or replaced)"
             )
+            self._pushed(st.name, "conflict")
             return
         except (WitnessError, VerificationError, FormatError) as exc:
             if isinstance(exc, WitnessRejected) and exc.status in (403, 404):
@@ -251,12 +259,21 @@ class WitnessPusher:
             st.backoff = min(self.max_backoff, st.backoff * 2 or 1)
             st.next_attempt = now + st.backoff
             st.last_error = f"{type(exc).__name__}: {exc}"[:300]
+            log.warning("witness %s: push of checkpoint %d failed (retry in %.0f s): %s",
+                        st.name, pub.size, st.backoff, st.last_error)
+            self._pushed(st.name, "error")
             return
+        self._pushed(st.name, "ok")
         st.backoff = 0.0
         st.last_error = None
         st.cosigned_size = pub.size
         st.next_attempt = 0.0
         self._record(pub, sigs)
+
+    def _pushed(self, witness: str, result: str) -> None:
+        hook = self.on_push
+        if hook is not None:
+            hook(witness, result)
 
     def check_at_startup(self) -> None:
         """Ask every witness what it cosigned for this log before the log signs anything.

@@ -290,6 +290,8 @@ class ScimService:
         self.storage = storage
         self.log = log_
         self.seq = sequencer
+        # Called with the events of each logged submission (metrics by action/outcome).
+        self.on_logged: Callable[[Sequence[Event]], None] | None = None
         self.keys = keys
         self.limits = limits or ScimLimits()
         self.clock = clock
@@ -346,7 +348,10 @@ class ScimService:
                     "(in any spelling that normalises to it) are reserved for the log"
                 )
         accepted = await anyio.to_thread.run_sync(self._write, self._stager(tenant, events))
-        return await self._sequence(accepted)
+        done = await self._sequence(accepted)
+        if self.on_logged is not None:
+            self.on_logged(events)
+        return done
 
     async def _sequence(self, accepted: list[Accepted]) -> tuple[list[Submitted], Published]:
         res = await self.seq.submit([a.leaf for a in accepted])

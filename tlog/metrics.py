@@ -1,0 +1,320 @@
+"""Health, readiness and Prometheus metrics of ``tlog serve`` (documented in
+docs/operations.md, "Monitoring").
+
+* ``GET /healthz`` (in :mod:`tlog.app`): liveness, touches nothing.
+* ``GET /readyz``: readiness, one check per part that a write needs: the writer thread, the
+  store (a read transaction), the backlog, the log not halted, and (with a witness policy)
+  the witness quorum. 200 when every check passes, 503 with the failing ones otherwise, so a
+  load balancer stops sending writes exactly when writes would get 503. The witness quorum
+  is reported but only fails readiness while the log has never been cosigned.
+* ``GET /metrics``: Prometheus text format, from a registry of this app only (several apps
+  in one process, as in the tests, never mix their numbers).
+
+The request path pays for one ``perf_counter`` pair, a dictionary lookup of the label
+children and two lock-protected additions; everything else (tree size, checkpoint age,
+backlog, witness state) is computed when scraped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import Scope
+
+if TYPE_CHECKING:
+    from tlog.log import Log
+    from tlog.sequencer import Sequencer
+    from tlog.witnessing import WitnessPusher
+
+__all__ = ["LATENCY_BUCKETS", "Metrics", "ops_routes", "proxy_routes"]
+
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384)
+# Paths answered before Starlette's router (no route object in the scope).
+_FAST = {"/v1/proof/inclusion": "/v1/proof/inclusion", "/v1/entries": "/v1/entries"}
+OTHER = "other"  # unmatched paths: one label, so a scanner cannot grow the label set
+
+
+def route_of(scope: Scope) -> str:
+    """The route template of a request (``/v1/entries/{index}``), never the raw path."""
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    if isinstance(path, str):
+        return path
+    raw: str = scope.get("path", "")
+    if raw in _FAST:
+        return _FAST[raw]
+    if raw.startswith("/tile/"):
+        return "/tile/{path:path}"
+    return OTHER
+
+
+class Metrics:
+    """The log server's metrics (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "tlog_http_requests", "HTTP requests by route template, method and status",
+            ["route", "method", "status"], registry=r,
+        )
+        self.latency = Histogram(
+            "tlog_http_request_duration_seconds", "HTTP request latency by route template",
+            ["route", "method"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.batch_entries = Histogram(
+            "tlog_batch_entries", "entries per committed batch", buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.commit_seconds = Histogram(
+            "tlog_commit_duration_seconds",
+            "time to integrate, fsync and sign one batch", buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.commit_failures = Counter(
+            "tlog_commit_failures", "batches that could not be committed (none acknowledged)",
+            registry=r,
+        )
+        self.witness_pushes = Counter(
+            "tlog_witness_pushes", "add-checkpoint requests to each witness by result",
+            ["witness", "result"], registry=r,
+        )
+        self.scim_events = Counter(
+            "tlog_scim_events", "SCIM events logged by action and outcome",
+            ["action", "outcome"], registry=r,
+        )
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self.last_publish: float | None = None
+
+    # -- hooks -------------------------------------------------------------------------------
+
+    def observe_request(self, scope: Scope, status: int, seconds: float) -> None:
+        key = (route_of(scope), scope.get("method", ""), status)
+        pair = self._children.get(key)
+        if pair is None:
+            if len(self._children) > 4096:  # pragma: no cover - bounded by routes x statuses
+                self._children.clear()
+            pair = self._children[key] = (
+                self.requests.labels(key[0], key[1], str(status)),
+                self.latency.labels(key[0], key[1]),
+            )
+        pair[0].inc()
+        pair[1].observe(seconds)
+
+    def observe_batch(self, entries: int, seconds: float, ok: bool) -> None:
+        """Called by the sequencer's writer after each batch."""
+        if ok:
+            self.batch_entries.observe(entries)
+            self.commit_seconds.observe(seconds)
+            self.last_publish = time.time()
+        else:
+            self.commit_failures.inc()
+
+    def observe_push(self, witness: str, result: str) -> None:
+        self.witness_pushes.labels(witness, result).inc()
+
+    def observe_events(self, events: Sequence[Any]) -> None:
+        for ev in events:
+            self.scim_events.labels(str(ev.get("op", "?")), str(ev.get("outcome", "?"))).inc()
+
+    def attach(self, log_: Log, seq: Sequencer, pusher: WitnessPusher | None) -> None:
+        """Register the scrape-time gauges of this log."""
+        self.registry.register(_StateCollector(self, log_, seq, pusher))
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _StateCollector(Collector):
+    def __init__(self, m: Metrics, log_: Log, seq: Sequencer,
+                 pusher: WitnessPusher | None) -> None:
+        self.m = m
+        self.log = log_
+        self.seq = seq
+        self.pusher = pusher
+        self.started = time.time()
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        latest = self.log.latest
+        yield GaugeMetricFamily("tlog_tree_size", "entries in the latest published checkpoint",
+                                value=latest.size)
+        since = self.m.last_publish or self.started
+        yield GaugeMetricFamily(
+            "tlog_checkpoint_age_seconds",
+            "seconds since the latest checkpoint was published (or since start-up)",
+            value=max(0.0, time.time() - since),
+        )
+        yield GaugeMetricFamily("tlog_backlog_entries", "entries waiting for the writer",
+                                value=self.seq.backlog)
+        yield GaugeMetricFamily("tlog_backlog_limit_entries",
+                                "backlog beyond which submissions get 503",
+                                value=self.seq.max_backlog)
+        yield GaugeMetricFamily("tlog_halted", "1 when the log refuses to sign (see /readyz)",
+                                value=1 if self.log.halted else 0)
+        if self.pusher is None:
+            return
+        st = self.pusher.status()
+        cos = st.get("cosigned_size")
+        yield GaugeMetricFamily("tlog_cosigned_tree_size",
+                                "size of the newest checkpoint cosigned by a witness quorum",
+                                value=-1 if cos is None else cos)
+        size = GaugeMetricFamily("tlog_witness_cosigned_tree_size",
+                                 "newest size each witness cosigned", labels=["witness"])
+        up = GaugeMetricFamily("tlog_witness_up",
+                               "1 when the last push to the witness succeeded",
+                               labels=["witness"])
+        alarms = GaugeMetricFamily("tlog_witness_alarms",
+                                   "split-view alarms raised by each witness (kept: last 20)",
+                                   labels=["witness"])
+        for w in st.get("witnesses", []):
+            size.add_metric([w["name"]], w.get("cosigned_size") or 0)
+            up.add_metric([w["name"]], 0 if w.get("last_error") else 1)
+            alarms.add_metric([w["name"]], len(w.get("alarms") or []))
+        yield size
+        yield up
+        yield alarms
+
+
+# --- readiness ------------------------------------------------------------------------------
+
+
+def readiness(
+    log_: Log, seq: Sequencer, pusher: WitnessPusher | None
+) -> tuple[bool, dict[str, Any]]:
+    """Every check with its state; ready when none failed."""
+    checks: dict[str, dict[str, Any]] = {}
+    alive = seq.running
+    checks["writer"] = {"ok": alive, "detail": "running" if alive else "stopped"}
+    try:
+        with log_.storage.read() as rv:
+            stored = rv.tree_size()
+        checks["storage"] = {"ok": True, "tree_size": stored}
+    except Exception as exc:  # any storage failure means not ready
+        checks["storage"] = {"ok": False, "detail": type(exc).__name__}
+    halted = log_.halted
+    checks["signing"] = {"ok": halted is None, "detail": halted or "signing"}
+    full = seq.backlog >= seq.max_backlog
+    checks["backlog"] = {"ok": not full, "entries": seq.backlog, "limit": seq.max_backlog}
+    if pusher is not None:
+        st = pusher.status()
+        cos = st.get("cosigned_size")
+        ok_w = sum(1 for w in st.get("witnesses", []) if not w.get("last_error"))
+        never = cos is None and log_.latest.size > 0
+        checks["witnesses"] = {
+            "ok": not never,
+            "cosigned_size": cos,
+            "tree_size": log_.latest.size,
+            "witnesses_ok": ok_w,
+            "witnesses": len(st.get("witnesses", [])),
+        }
+    return all(c["ok"] for c in checks.values()), checks
+
+
+def ops_routes(metrics: Metrics, log_: Log, seq: Sequencer,
+               pusher: WitnessPusher | None) -> list[Route]:
+    """``GET /readyz`` and ``GET /metrics`` (public, like the rest of the read API)."""
+
+    async def readyz(request: Request) -> Response:
+        ok, checks = readiness(log_, seq, pusher)
+        return JSONResponse(
+            {"status": "ready" if ok else "not ready", "checks": checks},
+            status_code=200 if ok else 503,
+            headers={"Cache-Control": "no-store"},
+        )
+
+    async def metrics_endpoint(request: Request) -> Response:
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST,
+                        headers={"Cache-Control": "no-store"})
+
+    return [
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+    ]
+
+
+# --- tlog scim-proxy ------------------------------------------------------------------------
+
+
+class _ProxyCollector(Collector):
+    """The proxy's audit backlog, read from the outbox when scraped."""
+
+    def __init__(self, backlog: Callable[[], dict[str, Any]]) -> None:
+        self.backlog = backlog
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        b = self.backlog()
+        yield GaugeMetricFamily("tlog_proxy_outbox_pending_events",
+                                "events in the outbox not yet in the log",
+                                value=b.get("pending") or 0)
+        yield GaugeMetricFamily("tlog_proxy_outbox_pending_bytes",
+                                "bytes of the events not yet in the log",
+                                value=b.get("pending_bytes") or 0)
+        oldest = b.get("oldest_ms")
+        yield GaugeMetricFamily("tlog_proxy_outbox_oldest_age_seconds",
+                                "age of the oldest event not yet in the log (0 when none)",
+                                value=0 if oldest is None else oldest / 1000.0)
+        yield GaugeMetricFamily("tlog_proxy_outbox_rejected_events",
+                                "events the log refused for good (kept for inspection)",
+                                value=b.get("rejected") or 0)
+        healthy = b.get("relay_healthy")
+        yield GaugeMetricFamily("tlog_proxy_relay_healthy",
+                                "1 while the relay's last delivery to the log worked",
+                                value=1 if healthy else 0)
+        events = CounterMetricFamily("tlog_proxy_events", "audit records by kind since start",
+                                     labels=["kind"])
+        for kind in ("events", "access", "unrecorded", "refused"):
+            events.add_metric([kind], b.get(kind) or 0)
+        yield events
+
+
+def proxy_routes(backlog: Callable[[], dict[str, Any]], *, max_bytes: int | None,
+                 receipt_timeout: float, prefix: str = "/.tlog") -> list[Route]:
+    """``/.tlog/healthz``, ``/.tlog/readyz`` and ``/.tlog/metrics`` of ``tlog scim-proxy``
+    (under ``/.tlog/`` like ``/.tlog/status``, so no SCIM path of the upstream is shadowed).
+
+    Ready while the outbox takes events (below ``max_bytes``); the relay's health gates
+    readiness only when writes wait for the log's receipt (``receipt_timeout`` > 0)."""
+    import asyncio
+
+    registry = CollectorRegistry(auto_describe=False)  # no collect() before the app exists
+    registry.register(_ProxyCollector(backlog))
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"}, headers={"Cache-Control": "no-store"})
+
+    async def readyz(request: Request) -> Response:
+        b = await asyncio.get_running_loop().run_in_executor(None, backlog)
+        full = max_bytes is not None and (b.get("pending_bytes") or 0) >= max_bytes
+        relay_ok = bool(b.get("relay_healthy"))
+        checks: dict[str, dict[str, Any]] = {
+            "outbox": {"ok": not full, "pending": b.get("pending"),
+                       "pending_bytes": b.get("pending_bytes"), "limit_bytes": max_bytes,
+                       "oldest_ms": b.get("oldest_ms")},
+            "relay": {"ok": relay_ok or receipt_timeout <= 0, "healthy": relay_ok},
+        }
+        ok = all(c["ok"] for c in checks.values())
+        return JSONResponse({"status": "ready" if ok else "not ready", "checks": checks},
+                            status_code=200 if ok else 503,
+                            headers={"Cache-Control": "no-store"})
+
+    async def metrics_endpoint(request: Request) -> Response:
+        body = await asyncio.get_running_loop().run_in_executor(
+            None, generate_latest, registry)
+        return Response(body, media_type=CONTENT_TYPE_LATEST, headers={"Cache-Control": "no-store"})
+
+    return [
+        Route(prefix + "/healthz", healthz, methods=["GET"]),
+        Route(prefix + "/readyz", readyz, methods=["GET"]),
+        Route(prefix + "/metrics", metrics_endpoint, methods=["GET"]),
+    ]
