@@ -301,6 +301,9 @@ def _parser() -> argparse.ArgumentParser:
     from client.scim.stream import register as register_stream
 
     register_stream(scim)  # stream, verify-evidence (client/scim/stream.py)
+    from client.scim.auditcli import register as register_audit
+
+    register_audit(scim)  # search, show, verify, export, verify-bundle
     from client.scim.officer import register as register_officer
 
     register_officer(scim)  # erasure request|list|status|approve|certificate|verify
@@ -314,6 +317,7 @@ def main(argv: Sequence[str] | None = None, *, http: httpx.Client | None = None)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else EXIT_ERROR
     run = getattr(args, "run", None)
+    args.http = http  # the auditor commands use it (tests pass a TestClient)
     if run is not None:  # subcommands that bring their own runner (client/scim/stream.py)
         return int(run(args))
     try:

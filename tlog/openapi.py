@@ -142,6 +142,16 @@ def _paths() -> dict[str, Any]:
             "liveness: the server's event loop answers; touches no storage",
             _content(JSON, _obj({"status": {"const": "ok"}})),
         )},
+        "/readyz": {"get": _op(
+            "readiness: writer, storage, signing, backlog (and witness quorum) checks; 503 "
+            "exactly when writes would get 503",
+            _content(JSON, _obj({"status": {"enum": ["ready"]}, "checks": {"type": "object"}})),
+            extra={"503": "not ready: the failing checks are in the body"},
+        )},
+        "/metrics": {"get": _op(
+            "Prometheus metrics (text exposition format 0.0.4)",
+            _content("text/plain; version=0.0.4; charset=utf-8", {"type": "string"}),
+        )},
         "/checkpoint": {"get": _op(
             "the latest (cosigned, with witnesses) checkpoint, served from memory",
             _content(TEXT, {"type": "string"}),
