@@ -54,6 +54,7 @@ from tlog.metrics import proxy_routes
 
 __all__ = [
     "Forwarder",
+    "LogUnreachable",
     "ProxySettings",
     "StartupError",
     "UpstreamError",
@@ -82,6 +83,12 @@ def _hop_by_hop(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
 
 class StartupError(Exception):
     """The proxy must not start: its log, token or tenant do not fit together."""
+
+
+class LogUnreachable(StartupError):
+    """The log could not be asked at start-up (down, or answering 5xx). Not a mismatch: the
+    proxy starts and queues events in its durable outbox, since refusing to start during a log
+    outage would stop provisioning the outbox exists to keep going."""
 
 
 class UpstreamError(Exception):
@@ -371,6 +378,8 @@ def check_log(s: ProxySettings, *, http: httpx.Client | None = None) -> dict[str
     base = s.log_url.rstrip("/")
     try:
         r = client.get(base + "/v1/log")
+        if r.status_code >= 500:
+            raise LogUnreachable(f"{base}/v1/log answered {r.status_code}")
         if r.status_code != 200:
             raise StartupError(f"{base}/v1/log answered {r.status_code}: is this a tlog log?")
         info = r.json()
@@ -394,7 +403,7 @@ def check_log(s: ProxySettings, *, http: httpx.Client | None = None) -> dict[str
                 f"the token is bound to tenant {who.get('tenant')!r}, not --tenant {s.tenant!r}"
             )
     except httpx.HTTPError as exc:
-        raise StartupError(f"the log at {base} cannot be reached: {exc}") from None
+        raise LogUnreachable(f"the log at {base} cannot be reached: {exc}") from None
     except ValueError:
         raise StartupError(f"the log at {base} answered something that is not JSON") from None
     finally:
@@ -487,11 +496,15 @@ def main_proxy(cfg: ProxyConfig) -> int:
     )
     try:
         info = check_log(settings)
+    except LogUnreachable as exc:
+        _log.warning("%s; starting anyway: events queue in the outbox until the log answers "
+                     "(the token and tenant are not checked until then)", exc)
     except StartupError as exc:
         print(f"tlog scim-proxy: refusing to start: {exc}", file=sys.stderr)
         return 2
-    _log.info("log %s (tree size %s) accepts this token for tenant %s", info["origin"],
-              info.get("tree_size"), settings.tenant)
+    else:
+        _log.info("log %s (tree size %s) accepts this token for tenant %s", info["origin"],
+                  info.get("tree_size"), settings.tenant)
     app = build_proxy(settings)
     mode = "fail-open" if cfg.fail_open else "fail-closed"
     banner = (f"tlog scim-proxy: listening on http://{host}:{port} -> {cfg.upstream} ({mode}), "

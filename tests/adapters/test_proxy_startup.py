@@ -3,15 +3,23 @@ its audit backlog."""
 
 from __future__ import annotations
 
+import http.server
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.scim_service.conftest import ORIGIN, T1, URL, Harness, harness  # noqa: F401
-from tlog.scim_proxy import ProxySettings, StartupError, build_proxy, check_log
+from tlog.scim_proxy import (
+    LogUnreachable,
+    ProxySettings,
+    StartupError,
+    build_proxy,
+    check_log,
+)
 
 from .helpers import ROOT, FakeLog, UvicornThread, free_port
 
@@ -44,8 +52,16 @@ def test_unreachable_or_foreign_log_refuses(harness: Harness) -> None:  # noqa: 
     def down(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("refused")
 
-    with pytest.raises(StartupError, match="cannot be reached"):
+    # Unreachable is not a mismatch: the proxy starts and queues (the outage test restarts a
+    # proxy while the log is down); a log answering 5xx is the same.
+    with pytest.raises(LogUnreachable, match="cannot be reached"):
         check_log(settings("t"), http=httpx.Client(transport=httpx.MockTransport(down)))
+
+    def broken(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(503, text="down")
+
+    with pytest.raises(LogUnreachable, match="503"):
+        check_log(settings("t"), http=httpx.Client(transport=httpx.MockTransport(broken)))
 
     def html(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, text="<html>")
@@ -54,18 +70,42 @@ def test_unreachable_or_foreign_log_refuses(harness: Harness) -> None:  # noqa: 
         check_log(settings("t"), http=httpx.Client(transport=httpx.MockTransport(html)))
 
 
+class _RefusingLog(http.server.BaseHTTPRequestHandler):
+    """A log that describes itself and refuses every token (as a real one does a foreign one)."""
+
+    def do_GET(self) -> None:
+        if self.path == "/v1/log":
+            body, status = b'{"origin": "example.com/log", "tree_size": 0}', 200
+        else:
+            body, status = b'{"error": "unauthorized"}', 401
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
 def test_cli_exits_without_serving(tmp_path: Path) -> None:
     token = tmp_path / "t.token"
     token.write_text("tlog_whatever\n")
     port = free_port()
-    out = subprocess.run(
-        [sys.executable, "-m", "tlog.cli", "scim-proxy", "--upstream", "http://127.0.0.1:9/v2",
-         "--log", f"http://127.0.0.1:{free_port()}", "--token-file", str(token),
-         "--tenant", "t1", "--sp-id", "sp", "--listen", f"127.0.0.1:{port}",
-         "--outbox", str(tmp_path / "o.sqlite")],
-        capture_output=True, text=True, cwd=ROOT, timeout=60)
+    log = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RefusingLog)
+    threading.Thread(target=log.serve_forever, daemon=True).start()
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "tlog.cli", "scim-proxy", "--upstream",
+             "http://127.0.0.1:9/v2", "--log", f"http://127.0.0.1:{log.server_address[1]}",
+             "--token-file", str(token), "--tenant", "t1", "--sp-id", "sp", "--listen",
+             f"127.0.0.1:{port}", "--outbox", str(tmp_path / "o.sqlite")],
+            capture_output=True, text=True, cwd=ROOT, timeout=60)
+    finally:
+        log.shutdown()
+        log.server_close()
     assert out.returncode == 2
-    assert "refusing to start" in out.stderr and "cannot be reached" in out.stderr
+    assert "refusing to start" in out.stderr and "refuses the token" in out.stderr
     assert "tlog_whatever" not in out.stderr + out.stdout  # never the token
 
 
