@@ -86,6 +86,7 @@ def test_shredding_end_to_end(harness: Harness) -> None:
         kid = sk.kid
         assert len(list(rv.aux_range(store.dek_prefix(kid)))) == 2
         assert len(list(rv.aux_range(store.subject_events_prefix(kid)))) == 3
+        assert rv.aux(store.state_key(kid)) is not None
 
     r = request_erasure(h)
     assert r.status_code == 201, r.text
@@ -159,6 +160,7 @@ def test_shredding_end_to_end(harness: Harness) -> None:
     with svc.storage.read() as rv:
         assert list(rv.aux_range(store.dek_prefix(kid))) == []
         assert list(rv.aux_range(store.subject_events_prefix(kid))) == []
+        assert rv.aux(store.state_key(kid)) is None  # the resource state went with it
         tx = store.Overlay(rv)
         # (the pseudonym asked for above made a new subject, with a new random kid)
         new_sk = svc.keys.subject(tx, tk, SubjectId("User", "rid", ALICE))
