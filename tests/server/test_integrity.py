@@ -172,8 +172,8 @@ def _published_store(tmp_path: Path, n: int = 5) -> tuple[Path, Path, Path]:
     backup = tmp_path / "backup"
     backup.mkdir()
     log_.storage.env.copy(str(backup))  # what mdb_copy does
-    for i in range(2, n):
-        log_.integrate([f"e-{i}".encode()])
+    for i in range(2, n, 7):
+        log_.integrate([f"e-{j}".encode() for j in range(i, min(i + 7, n))])
     log_.storage.close()
     return data, data / "db", backup
 

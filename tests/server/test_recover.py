@@ -44,9 +44,15 @@ def _append(data: Path, entries: list[bytes]) -> list[str]:
     app, log_, tokens = build_app(data, _signer(data), scim=False, max_batch_age=0.0)
     token, _ = tokens.create("submitter", tenant="t")
     notes = []
+    h = {"Authorization": f"Bearer {token}"}
     with TestClient(app) as c:
-        for e in entries:
-            r = c.post("/v1/entries", content=e, headers={"Authorization": f"Bearer {token}"})
+        for i in range(0, len(entries), 50):
+            chunk = entries[i : i + 50]
+            if len(chunk) == 1:
+                r = c.post("/v1/entries", content=chunk[0], headers=h)
+            else:
+                body = b"".join(len(e).to_bytes(2, "big") + e for e in chunk)
+                r = c.post("/v1/entries/batch", content=body, headers=h)
             assert r.status_code == 200
             notes.append(r.json()["checkpoint"])
     log_.storage.close()
