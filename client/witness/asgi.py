@@ -23,6 +23,7 @@ import asyncio
 import json
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -57,6 +58,9 @@ class WitnessApp:
     def __init__(self, witness: Witness, *, body_timeout: float = 10.0) -> None:
         self.witness = witness
         self.body_timeout = body_timeout
+        from client.witness.metrics import WitnessMetrics  # prometheus_client: server only
+
+        self.metrics = WitnessMetrics(witness)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -69,9 +73,14 @@ class WitnessApp:
             await _respond(send, 431, "request headers too large\n", close=True)
             return
         try:
+            if path in ("/healthz", "/readyz", "/metrics") and method == "GET":
+                await self._ops(path, send)
+                return
             if path == "/add-checkpoint":
                 if method == "POST":
-                    await self._add_checkpoint(scope, receive, send)
+                    t0 = time.perf_counter()
+                    status = await self._add_checkpoint(scope, receive, send)
+                    self.metrics.observe(status, time.perf_counter() - t0)
                 elif method in ("GET", "HEAD"):
                     await _respond(send, 405, "use POST\n", headers={"allow": "POST"})
                 else:
@@ -103,19 +112,34 @@ class WitnessApp:
             logger.exception("%s %s: internal error", method, path)
             await _respond(send, 500, "internal error\n", close=True)
 
-    async def _add_checkpoint(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _ops(self, path: str, send: Send) -> None:
+        """Liveness, readiness (the state database reads) and Prometheus metrics."""
+        if path == "/healthz":
+            await _respond(send, 200, '{"status":"ok"}', "application/json")
+        elif path == "/readyz":
+            ok, detail = await asyncio.to_thread(self.metrics.ready)
+            body = json.dumps({"status": "ready" if ok else "not ready", "state_db": detail})
+            await _respond(send, 200 if ok else 503, body, "application/json")
+        else:
+            from client.witness.metrics import CONTENT_TYPE_LATEST
+
+            data = await asyncio.to_thread(self.metrics.exposition)
+            await _respond(send, 200, data, CONTENT_TYPE_LATEST)
+
+    async def _add_checkpoint(self, scope: Scope, receive: Receive, send: Send) -> int:
         try:
             body = await self._read_body(scope, receive)
         except _Refused as exc:
             await _respond(send, exc.status, exc.body, close=True)
-            return
+            return exc.status
         try:
             cosigs = await asyncio.to_thread(self.witness.add_checkpoint, body)
         except AddCheckpointError as exc:
             logger.info("add-checkpoint: %d %s", exc.status, exc)
             await _respond(send, exc.status, exc.body(), exc.content_type)
-            return
+            return exc.status
         await _respond(send, 200, cosigs)
+        return 200
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
         headers = {k.lower(): v for k, v in scope["headers"]}
