@@ -26,8 +26,10 @@ __all__ = [
     "inclusion_ranges",
     "leaf_hash",
     "node_hash",
+    "node_path_ranges",
     "perfect_subtrees",
     "root_from_inclusion_proof",
+    "root_from_node_path",
     "root_of_range",
     "verify_consistency",
     "verify_inclusion",
@@ -160,6 +162,43 @@ def consistency_ranges(old_size: int, new_size: int) -> list[tuple[int, int]]:
             lo, m, complete = lo + k, m - k, False
     out.reverse()
     return out
+
+
+def node_path_ranges(level: int, index: int, size: int) -> list[tuple[int, int]]:
+    """The sibling ranges from the complete node ``(level, index)`` up to the root of a tree
+    of ``size`` leaves, nearest first: the audit path of a subtree (e.g. a full tile).
+
+    Raises ValueError unless the node's leaves ``index·2^level .. (index+1)·2^level - 1``
+    all exist. Every complete aligned subtree is a node of the RFC 6962 tree, so this is the
+    leaf path of its first leaf without the ``level`` siblings inside it.
+    """
+    if level < 0 or index < 0 or (index + 1) << level > size:
+        raise ValueError(f"node ({level}, {index}) is not complete in a tree of size {size}")
+    return inclusion_ranges(index << level, size)[level:]
+
+
+def root_from_node_path(
+    level: int, index: int, size: int, node: bytes, path: Sequence[bytes]
+) -> bytes:
+    """The root that the node ``(level, index)`` with hash ``node`` and its ``path`` (the
+    hashes of :func:`node_path_ranges`) imply; VerificationError if the path is malformed."""
+    try:
+        ranges = node_path_ranges(level, index, size)
+    except ValueError as exc:
+        raise VerificationError(str(exc)) from None
+    if len(path) != len(ranges):
+        raise VerificationError(f"node path has {len(path)} hashes, want {len(ranges)}")
+    _check_hash(node, "node hash")
+    start = index << level
+    h = node
+    for (lo, _), sib in zip(ranges, path, strict=True):
+        _check_hash(sib, "path hash")
+        if lo < start:
+            h = node_hash(sib, h)
+            start = lo
+        else:
+            h = node_hash(h, sib)
+    return h
 
 
 def proof_from_ranges(

@@ -35,6 +35,7 @@ from tlog.auth import AuthError, Forbidden, Principal, TokenStore
 from tlog.bodies import BodyTooLarge, MalformedBody, check_json_shape, off_loop
 from tlog.log import Log, NotFound, Published
 from tlog.sequencer import Overloaded, Sequencer, SequencerStopped
+from tlog.storage import StorageError, storage_fault
 from tlog.witnessing import WitnessPusher
 
 __all__ = ["Limits", "create_app"]
@@ -78,6 +79,9 @@ ERRORS: list[tuple[type[BaseException], int]] = [
     (PayloadTooLarge, 413),
     (Overloaded, 503),
     (SequencerStopped, 503),
+    # A damaged store (StorageCorrupt), a full disk (StorageFull) or any other store failure:
+    # a deliberate 503 with the reason, never a 500 or a wrong answer (docs/operations.md).
+    (StorageError, 503),
 ]
 
 
@@ -94,6 +98,10 @@ def error_response(exc: BaseException) -> Response:
             return _json_error(status, str(exc) or cls.__name__, headers)
     if isinstance(exc, HTTPException):
         return _json_error(exc.status_code, exc.detail, dict(exc.headers or {}))
+    fault = storage_fault(exc)  # a raw LMDB error from a read: the store is damaged
+    if fault is not None:
+        log.critical("STORE FAILURE while serving a request: %s", fault)
+        return error_response(fault)
     log.exception("unhandled error", exc_info=exc)
     return _json_error(500, "internal error")
 
@@ -270,7 +278,7 @@ class Api:
         res = await self.seq.submit([body])
         pub = res.checkpoint
         index = res.indices[0]
-        proof = self.log.inclusion_proof(index, pub.size)
+        proof = self.log.inclusion_proof(index, pub.size, res.leaf_hashes[0])
         note = self.note_for(pub)
         bundle = TlogProof(index, tuple(proof), note).format()
         hashes = ",".join(f'"{b64(h)}"' for h in proof)
@@ -438,7 +446,7 @@ class Api:
             if found is None or found >= pub.size:
                 raise NotFound("no entry with that leaf hash in the tree of that size")
             index = found
-        proof = self.log.inclusion_proof(index, pub.size)
+        proof = self.log.inclusion_proof(index, pub.size, leaf)
         # The same JSON JSONResponse would make, assembled directly (hot path): base64 and
         # decimals need no escaping; the note is encoded by json.
         hashes = ",".join(f'"{b64(h)}"' for h in proof)

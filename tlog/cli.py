@@ -334,14 +334,30 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 
 def cmd_fsck(args: argparse.Namespace) -> int:
-    from tlog.fsck import fsck, terminal_progress
+    from tlog.fsck import FsckReport, check_structure, fsck, terminal_progress
 
     cfg = _serve_config(args)
-    storage = Storage(_existing_store(cfg), readonly=True)
+    db_dir = _existing_store(cfg)
+    started = False
+
+    def progress(done: int, total: int) -> None:
+        nonlocal started
+        if not started:  # the snapshot is taken: say what is being checked
+            started = True
+            print(f"fsck: checking a snapshot of {total} entries", file=sys.stderr, flush=True)
+        terminal_progress(done, total)
+
     try:
-        rep = fsck(storage, terminal_progress)
-    finally:
-        storage.close()
+        # Refuses a truncated file or broken meta pages before mapping it; fsck() walks the
+        # structure inside its read transaction (a live store needs no lock).
+        storage = Storage(db_dir, readonly=True, verify_limit=0)
+    except StorageError as exc:
+        rep = FsckReport(errors=[str(exc), *check_structure(db_dir)])
+    else:
+        try:
+            rep = fsck(storage, progress)
+        finally:
+            storage.close()
     for e in rep.errors:
         print(f"fsck: ERROR {e}", file=sys.stderr)
     status = "OK" if rep.ok else f"FAILED ({len(rep.errors)} errors)"

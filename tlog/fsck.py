@@ -1,29 +1,58 @@
-"""Offline integrity check: recompute the whole tree from the stored entries.
+"""Integrity check of a whole store, safe on a live one (``tlog fsck``).
 
-Checks, streaming in O(log n) memory:
+Every problem is one line in :attr:`FsckReport.errors` (``tlog fsck`` prints each as
+``fsck: ERROR <text>`` and exits 2). In order:
 
-* entries are dense (0 .. size-1) and the stored tree size matches;
-* every stored stratum blob equals the one recomputed from the entries;
-* the dedup index maps every leaf hash to its first index, and holds nothing else;
-* every stored checkpoint is signed by the log's key, has the log's origin, and its root
-  equals the root recomputed independently (a compact range) at that size;
-* the latest checkpoint covers the whole tree.
+1. **structure**: py-lmdb's offline verifier (:mod:`lmdb.verify`) walks every page of
+   ``data.mdb`` with plain reads, never through the mapped engine, so a truncated or damaged
+   file gives ERROR lines instead of a SIGBUS. If the structure is broken, the logical
+   checks are skipped (liblmdb must not be handed that file).
+2. **logical**, all in ONE read transaction (a snapshot: a running server keeps appending
+   without disturbing the check, and no lock is taken), streaming in O(log n) memory:
+
+   * entries, by cursor scan *and* by point lookup, are dense ``0 .. size-1``;
+   * dedup, both ways: every entry's leaf hash maps to its index, and every dedup key is
+     the leaf hash of the entry it points at (so counts match too);
+   * tiles: every stratum blob equals the one recomputed from the entries, and no other
+     tile key exists;
+   * checkpoints: each is signed by the log's key for its origin and size, and its root
+     equals the root recomputed independently (a compact range) at that size; they are
+     therefore consistent with each other; the latest covers the whole tree;
+   * cosignatures: stored for a size that has a checkpoint, and parse as note signature
+     lines (verifying them needs the witness keys: ``tlog-witness``/the auditor do that);
+   * tokens: each record parses as a token for the key it is stored under;
+   * SCIM records (``aux``): each parses, and each leaf hash it references is in the log.
+
+Any LMDB error on the way becomes an ERROR line, never a traceback.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import struct
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lmdb
+import lmdb.verify
 
 from client.checkpoint import Checkpoint
-from client.merkle import EMPTY_ROOT, VerificationError, leaf_hash, node_hash
-from client.note import Ed25519Verifier, FormatError, open_note
-from tlog.storage import Storage
-from tlog.tree import RightEdge
+from client.merkle import EMPTY_ROOT, VerificationError, leaf_hash
+from client.note import Ed25519Verifier, FormatError, open_note, parse_note
+from client.scim.cbor import EventFormatError, loads_det
+from tlog.auth import Principal
+from tlog.scim import store
+from tlog.storage import Storage, tile_key, u64
+from tlog.tree import BLOB_SIZE, RightEdge
 
 __all__ = ["FsckReport", "fsck", "terminal_progress"]
+
+_U64 = struct.Struct(">Q")
 
 
 @dataclass
@@ -31,6 +60,7 @@ class FsckReport:
     entries: int = 0
     blobs_checked: int = 0
     checkpoints_checked: int = 0
+    records_checked: int = 0
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -47,7 +77,7 @@ class _CompactRange:
     def append(self, h: bytes) -> None:
         height = 0
         while self.stack and self.stack[-1][0] == height:
-            h = node_hash(self.stack.pop()[1], h)
+            h = hashlib.sha256(b"\x01" + self.stack.pop()[1] + h).digest()
             height += 1
         self.stack.append((height, h))
 
@@ -56,111 +86,310 @@ class _CompactRange:
             return EMPTY_ROOT
         h = self.stack[-1][1]
         for _, left in reversed(self.stack[:-1]):
-            h = node_hash(left, h)
+            h = hashlib.sha256(b"\x01" + left + h).digest()
         return h
 
 
-def fsck(storage: Storage, progress: Callable[[int, int], None] | None = None) -> FsckReport:
-    rep = FsckReport()
-    err = rep.errors.append
-    with storage.read() as rv:
-        origin_b, vkey_b = rv.meta("origin"), rv.meta("vkey")
-        size = rv.tree_size()
-        checkpoints = list(rv.checkpoints())
-    if origin_b is None or vkey_b is None:
-        err("store has no origin or verifier key")
-        return rep
-    origin = origin_b.decode()
+def check_structure(db_dir: Path) -> list[str]:
+    """Problems py-lmdb's offline verifier finds in ``data.mdb`` (reads, never maps it)."""
+    path = db_dir / "data.mdb"
     try:
-        verifier = Ed25519Verifier.from_vkey(vkey_b.decode())
-    except FormatError as exc:
-        err(f"stored vkey is malformed: {exc}")
-        return rep
-    cps = {s: n for s, n in checkpoints}
-    if not checkpoints or checkpoints[-1][0] != size:
-        err(f"latest checkpoint does not cover tree size {size}")
+        problems: list[str] = lmdb.verify.verify(str(path))  # type: ignore[no-untyped-call]
+    except (lmdb.verify.VerifyError, OSError) as exc:
+        return [f"data.mdb cannot be verified: {exc}"]
+    return [f"data.mdb structure: {p}" for p in problems]
 
-    def check_cp(n: int, root: bytes) -> None:
-        note = cps.get(n)
-        if note is None:
-            return
-        rep.checkpoints_checked += 1
-        try:
-            cp = Checkpoint.parse(open_note(note, [verifier]).text)
-        except (FormatError, VerificationError) as exc:
-            err(f"checkpoint {n}: bad signature or format: {exc}")
-            return
-        if cp.origin != origin or cp.size != n:
-            err(f"checkpoint {n}: wrong origin or size")
-        if cp.root_hash != root:
-            err(f"checkpoint {n}: root does not match the entries")
 
-    edge = RightEdge(0, lambda level, index: None)
-    cr = _CompactRange()
-
-    def verify_complete_blobs() -> None:
-        for tl, ti, blob in edge.take_dirty():
-            # Only a blob whose 256 hashes of its level all exist is final; the right-most
-            # blob of each level is compared at the end (verify_final).
-            if (edge.size >> (8 * tl)) >> 8 > ti:
-                _compare_blob(storage, tl, ti, blob, rep)
-
-    check_cp(0, EMPTY_ROOT)
-    index = 0
-    last_report = 0.0
-    chunk = 256
-    while index < size:
-        with storage.read() as rv:
-            entries = rv.entries(index, min(size, index + chunk))
-            if not entries:
-                err(f"entry {index} is missing")
-                break
-            hashes = [leaf_hash(e) for e in entries]
-            for i, h in enumerate(hashes):
-                got = rv.index_of(h)
-                if got is None or got > index + i:
-                    err(f"dedup index wrong for entry {index + i}")
-                elif got < index + i:
-                    err(f"entry {index + i} duplicates entry {got}")
-        for h in hashes:
-            cr.append(h)
-            index += 1
-            if index in cps:
-                check_cp(index, cr.root())
-        edge.append(hashes)
-        verify_complete_blobs()
-        if progress is not None and time.monotonic() - last_report > 0.2:
-            progress(index, size)
-            last_report = time.monotonic()
-    rep.entries = index
-    verify_final(storage, edge, rep)
-    with storage.read() as rv:
-        extra = rv.entry(size)
-    with storage.env.begin() as txn:
-        n_dedup = txn.stat(storage.db_dedup)["entries"]
-        n_entries = txn.stat(storage.db_entries)["entries"]
-    if extra is not None or n_entries != size:
-        err(f"{n_entries} entries stored but the tree size is {size}")
-    if n_dedup != size:
-        err(f"dedup index has {n_dedup} keys for {size} entries")
-    if progress is not None:
-        progress(index, size)
+def fsck(
+    storage: Storage,
+    progress: Callable[[int, int], None] | None = None,
+    *,
+    structure: bool = True,
+) -> FsckReport:
+    rep = FsckReport()
+    if structure:
+        rep.errors.extend(check_structure(storage.path))
+        if rep.errors:
+            rep.errors.append("the file structure is damaged: logical checks skipped")
+            return rep
+    try:
+        with storage.env.begin(buffers=False) as txn:
+            _Check(storage, txn, rep, progress).run()
+    except lmdb.Error as exc:
+        rep.errors.append(f"LMDB failed while reading the store: {type(exc).__name__}: {exc}")
     return rep
 
 
-def _compare_blob(storage: Storage, tl: int, ti: int, blob: bytes, rep: FsckReport) -> None:
-    with storage.read() as rv:
-        stored = rv.blob(tl, ti)
-        ok = stored is not None and bytes(stored) == blob
-    rep.blobs_checked += 1
-    if not ok:
-        rep.errors.append(f"tile {tl}/{ti} differs from the recomputed tree")
+class _Check:
+    """The logical checks inside one read transaction."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        txn: Any,
+        rep: FsckReport,
+        progress: Callable[[int, int], None] | None,
+    ) -> None:
+        self.s = storage
+        self.txn = txn
+        self.rep = rep
+        self.err = rep.errors.append
+        self.progress = progress
+
+    def get(self, key: bytes, db: Any) -> bytes | None:
+        v = self.txn.get(key, db=db)
+        return None if v is None else bytes(v)
+
+    def run(self) -> None:
+        s = self.s
+        origin_b, vkey_b = self.get(b"origin", s.db_meta), self.get(b"vkey", s.db_meta)
+        size_b = self.get(b"tree_size", s.db_meta)
+        if size_b is not None and len(size_b) != 8:
+            self.err(f"stored tree size is {len(size_b)} bytes, not 8")
+            size_b = None
+        size = 0 if size_b is None else int(_U64.unpack(size_b)[0])
+        cps: dict[int, bytes] = {}
+        for k, v in self.txn.cursor(db=s.db_checkpoints).iternext():
+            if len(k) != 8:
+                self.err(f"checkpoint key {bytes(k).hex()} is not a u64")
+                continue
+            cps[int(_U64.unpack(k)[0])] = bytes(v)
+        verifier = None
+        if origin_b is None or vkey_b is None:
+            self.err("store has no origin or verifier key")
+        else:
+            try:
+                verifier = Ed25519Verifier.from_vkey(vkey_b.decode())
+            except (FormatError, UnicodeDecodeError) as exc:
+                self.err(f"stored vkey is malformed: {exc}")
+        origin = origin_b.decode("utf-8", "replace") if origin_b is not None else ""
+        if not cps or max(cps) != size:
+            self.err(f"latest checkpoint does not cover tree size {size}")
+        for n in cps:
+            if n > size:
+                self.err(f"checkpoint {n} is beyond the tree size {size}")
+        hashes_ok = self.tree(size, cps, origin, verifier)
+        self.dedup_reverse(size)
+        self.tiles(size)
+        self.cosignatures(cps)
+        self.tokens()
+        self.scim(hashes_ok)
+
+    # -- entries, dedup, tiles, checkpoints ------------------------------------------------
+
+    def check_cp(
+        self, n: int, note: bytes, root: bytes, origin: str, verifier: Ed25519Verifier | None
+    ) -> None:
+        self.rep.checkpoints_checked += 1
+        if verifier is None:
+            return
+        try:
+            cp = Checkpoint.parse(open_note(note, [verifier]).text)
+        except (FormatError, VerificationError, UnicodeDecodeError) as exc:
+            self.err(f"checkpoint {n}: bad signature or format: {exc}")
+            return
+        if cp.origin != origin or cp.size != n:
+            self.err(f"checkpoint {n}: wrong origin or size")
+        elif cp.root_hash != root:
+            self.err(f"checkpoint {n}: root does not match the entries")
+
+    def tree(
+        self, size: int, cps: dict[int, bytes], origin: str, verifier: Ed25519Verifier | None
+    ) -> set[bytes] | None:
+        """Walk the entries; returns the set of leaf hashes if small enough to keep."""
+        s, txn = self.s, self.txn
+        edge = RightEdge(0, lambda level, index: None)
+        cr = _CompactRange()
+        if 0 in cps:
+            self.check_cp(0, cps[0], EMPTY_ROOT, origin, verifier)
+        keep: set[bytes] | None = set() if size <= 1 << 20 else None
+        cur = txn.cursor(db=s.db_entries)
+        index = 0
+        last_report = 0.0
+        batch: list[bytes] = []
+        for k, v in cur.iternext():
+            if len(k) != 8 or int(_U64.unpack(k)[0]) != index:
+                got = bytes(k).hex()
+                self.err(f"entry key {got} found where entry {index} should be (keys not dense)")
+                break
+            if index >= size:
+                self.err(f"entry {index} is beyond the tree size {size}")
+                break
+            entry = bytes(v)
+            if self.get(u64(index), s.db_entries) != entry:  # point lookup agrees with scan
+                self.err(f"entry {index}: point lookup differs from the scan")
+            h = leaf_hash(entry)
+            got_i = self.get(h, s.db_dedup)
+            if got_i is None or len(got_i) != 8:
+                self.err(f"dedup index has no entry for the leaf hash of entry {index}")
+            else:
+                j = int(_U64.unpack(got_i)[0])
+                if j < index:
+                    self.err(f"entry {index} duplicates entry {j}")
+                elif j != index:
+                    self.err(f"dedup index maps the leaf hash of entry {index} to {j}")
+            if keep is not None:
+                keep.add(h)
+            cr.append(h)
+            batch.append(h)
+            index += 1
+            if index in cps:
+                self.check_cp(index, cps[index], cr.root(), origin, verifier)
+            if len(batch) == 256:
+                edge.append(batch)
+                batch = []
+                self.complete_blobs(edge)
+            if self.progress is not None and time.monotonic() - last_report > 0.2:
+                self.progress(index, size)
+                last_report = time.monotonic()
+        edge.append(batch)
+        self.complete_blobs(edge)
+        if index != size:
+            self.err(f"{index} entries stored but the tree size is {size}")
+        self.rep.entries = index
+        for tl, ti, blob in edge.blobs():  # the right-most blob of every level
+            self.compare_blob(tl, ti, blob)
+        if self.progress is not None:
+            self.progress(index, size)
+        return keep
+
+    def complete_blobs(self, edge: RightEdge) -> None:
+        for tl, ti, blob in edge.take_dirty():
+            # Only a blob whose 256 hashes of its level all exist is final; the right-most
+            # blob of each level is compared at the end.
+            if (edge.size >> (8 * tl)) >> 8 > ti:
+                self.compare_blob(tl, ti, blob)
+
+    def compare_blob(self, tl: int, ti: int, blob: bytes) -> None:
+        self.rep.blobs_checked += 1
+        stored = self.get(tile_key(tl, ti), self.s.db_tiles)
+        if stored != blob:
+            self.err(f"tile {tl}/{ti} differs from the recomputed tree")
+
+    def dedup_reverse(self, size: int) -> None:
+        s = self.s
+        for k, v in self.txn.cursor(db=s.db_dedup).iternext():
+            k, v = bytes(k), bytes(v)
+            if len(v) != 8:
+                self.err(f"dedup value for {k.hex()[:16]}... is not a u64")
+                continue
+            j = int(_U64.unpack(v)[0])
+            e = self.get(v, s.db_entries) if j < size else None
+            if e is None or leaf_hash(e) != k:
+                self.err(f"dedup key {k.hex()[:16]}... points at entry {j}, not its leaf")
+
+    def tiles(self, size: int) -> None:
+        for k, v in self.txn.cursor(db=self.s.db_tiles).iternext():
+            if len(k) != 9:
+                self.err(f"tile key {bytes(k).hex()} is malformed")
+                continue
+            tl, ti = k[0], int(_U64.unpack(k[1:])[0])
+            count = size >> (8 * tl)
+            if tl > 7 or ti * 256 >= count or len(v) != BLOB_SIZE:
+                self.err(f"tile {tl}/{ti} should not exist at tree size {size} (or wrong size)")
+
+    # -- cosignatures, tokens, SCIM records ------------------------------------------------
+
+    def cosignatures(self, cps: dict[int, bytes]) -> None:
+        for k, v in self.txn.cursor(db=self.s.db_cosigs).iternext():
+            self.rep.records_checked += 1
+            n = int(_U64.unpack(k)[0]) if len(k) == 8 else -1
+            note = cps.get(n)
+            if note is None:
+                self.err(f"cosignatures stored for size {n}, which has no checkpoint")
+                continue
+            try:
+                parse_note(note + bytes(v))
+            except (FormatError, UnicodeDecodeError) as exc:
+                self.err(f"cosignatures for checkpoint {n} do not parse: {exc}")
+
+    def tokens(self) -> None:
+        for k, v in self.txn.cursor(db=self.s.db_tokens).iternext():
+            self.rep.records_checked += 1
+            k = bytes(k)
+            try:
+                rec = json.loads(bytes(v))
+                p = Principal(**rec)
+                ok = (
+                    len(k) == 32
+                    and p.token_id == k.hex()[:16]
+                    and isinstance(p.role, str)
+                    and isinstance(p.created, int)
+                )
+            except (ValueError, TypeError) as exc:
+                self.err(f"token {k.hex()[:16]}: record does not parse: {exc}")
+                continue
+            if not ok:
+                self.err(f"token {k.hex()[:16]}: record does not belong to its key")
+
+    def scim(self, leaves: set[bytes] | None) -> None:
+        def known(lh: bytes) -> bool:
+            if leaves is not None:
+                return lh in leaves
+            return self.get(lh, self.s.db_dedup) is not None
+
+        plen = len(store.PREFIX)
+        for k, v in self.txn.cursor(db=self.s.db_aux).iternext():
+            k, v = bytes(k), bytes(v)
+            if not k.startswith(store.PREFIX):
+                continue
+            self.rep.records_checked += 1
+            tag, rest = k[plen : plen + 1], k[plen + 1 :]
+            problem = _scim_problem(tag, rest, v, known)
+            if problem:
+                what = f"{tag.decode('ascii', 'replace')}/{rest.hex()[:24]}"
+                self.err(f"SCIM record {what}: {problem}")
 
 
-def verify_final(storage: Storage, edge: RightEdge, rep: FsckReport) -> None:
-    """Compare the right-most blob of every level (kept by the edge) with the store."""
-    for tl, ti, blob in edge.blobs():
-        _compare_blob(storage, tl, ti, blob, rep)
+# Fixed key widths after the tag, and where the leaf hash sits (None: no leaf reference).
+_SCIM_KEYS: dict[bytes, tuple[int | None, int | None]] = {
+    b"T": (16, None),
+    b"S": (32, None),
+    b"D": (20, None),
+    b"V": (32, None),
+    b"E": (32, 0),
+    b"L": (48, 16),
+    b"A": (16 + 40, 24),
+    b"R": (16, None),
+    b"X": (16 + 1 + 16 + 40, 16 + 1 + 16 + 8),
+}
+_SEALED_MIN = 12 + 16  # AES-GCM iv ‖ tag: K and D values are sealed keys, not records
+
+
+def _scim_problem(
+    tag: bytes, rest: bytes, value: bytes, known: Callable[[bytes], bool]
+) -> str | None:
+    if tag == b"K":
+        if rest not in (b"check", b"tnkey"):
+            return "unknown key"
+        return None if len(value) >= _SEALED_MIN else "sealed key too short"
+    if tag not in _SCIM_KEYS:
+        return "unknown record type"
+    width, lh_at = _SCIM_KEYS[tag]
+    if width is not None and len(rest) != width:
+        return f"key is {len(rest)} bytes after the tag, want {width}"
+    if lh_at is not None and not known(rest[lh_at : lh_at + 32]):
+        return "references a leaf hash that is not in the log"
+    if tag == b"V":
+        if not known(leaf_hash(value)):
+            return "holds leaf bytes that are not in the log"
+        return None
+    if tag in (b"L", b"A", b"X"):
+        return None if value == b"" else "index record should be empty"
+    if tag == b"D":
+        return None if len(value) >= _SEALED_MIN else "sealed key too short"
+    try:
+        obj = loads_det(value)
+    except EventFormatError as exc:
+        return f"does not parse: {exc}"
+    if type(obj) is not dict:
+        return "is not a map"
+    if tag == b"E":
+        try:
+            store.decode_envelope(value)
+        except Exception as exc:  # StorageError from the codec
+            return f"envelope does not parse: {exc}"
+    return None
 
 
 def terminal_progress(done: int, total: int) -> None:
@@ -172,5 +401,3 @@ def terminal_progress(done: int, total: int) -> None:
     if done >= total:
         sys.stderr.write("\n")
     sys.stderr.flush()
-
-

@@ -18,13 +18,31 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from client.checkpoint import Checkpoint
-from client.merkle import EMPTY_ROOT
-from client.note import open_note, parse_note
+from client.merkle import (
+    EMPTY_ROOT,
+    HASH_SIZE,
+    VerificationError,
+    fold_perfect,
+    leaf_hash,
+    node_path_ranges,
+    perfect_subtrees,
+    root_from_node_path,
+    verify_consistency,
+    verify_inclusion,
+)
+from client.note import FormatError, open_note, parse_note
 from client.proof_bundle import TlogProof
-from client.tiles import TILE_WIDTH, encode_entry_bundle
+from client.tiles import TILE_HEIGHT, TILE_WIDTH, encode_entry_bundle
 from tlog.integrity import RECOVER_HINT, CheckpointFile, Remembered, RollbackDetected
 from tlog.signer import CheckpointSigner
-from tlog.storage import BatchWrite, CommitConflict, ReadView, Storage, StorageError
+from tlog.storage import (
+    BatchWrite,
+    CommitConflict,
+    ReadView,
+    Storage,
+    StorageCorrupt,
+    StorageError,
+)
 from tlog.tree import NodeReader, RightEdge, tile_width
 
 __all__ = ["BatchResult", "Log", "LogHalted", "NotFound", "Published"]
@@ -72,6 +90,10 @@ class Log:
     ) -> None:
         self.storage = storage
         self.signer = signer
+        # Served data is checked against the signed tree (see "read side"): verified signed
+        # roots by tree size, and the (level, index, width) of tiles already verified.
+        self._roots: dict[int, bytes] = {}
+        self._verified_tiles: set[tuple[int, int, int]] = set()
         self.origin = signer.origin
         self._verifier = signer.verifier
         self.remembered = remembered
@@ -244,36 +266,138 @@ class Log:
         return BatchResult(indices, dup, hashes, self._latest)
 
     # -- read side -------------------------------------------------------------------------
+    #
+    # Nothing is served unchecked: entries against their leaf hash in the tree, proofs and
+    # tiles against the signed root of the tree size they are for, stored checkpoints
+    # against the log's signature. A mismatch is a damaged store: StorageCorrupt (503 with a
+    # JSON reason, logged CRITICAL), never a wrong answer. Verified roots and tiles are
+    # cached (they are immutable), so hot reads pay a few hashes.
+
+    def _corrupt(self, what: str) -> StorageCorrupt:
+        log.critical("STORE DAMAGED, refusing to serve it: %s; run tlog fsck", what)
+        return StorageCorrupt(f"the log's store is damaged ({what}); the operator is alerted")
+
+    def _signed_root(self, size: int, rv: ReadView) -> bytes:
+        """The root of the checkpoint this log signed at ``size`` (signature verified)."""
+        root = self._roots.get(size)
+        if root is not None:
+            return root
+        latest = self._latest
+        note: bytes | str | None = latest.note if size == latest.size else rv.checkpoint(size)
+        if note is None:
+            raise NotFound(f"no checkpoint was published for tree size {size}")
+        try:
+            cp = self._open(note)
+        except (FormatError, VerificationError, UnicodeDecodeError) as exc:
+            raise self._corrupt(f"stored checkpoint {size} does not verify: {exc}") from None
+        if cp.size != size or cp.origin != self.origin:
+            raise self._corrupt(f"stored checkpoint {size} is for another size or origin")
+        if len(self._roots) >= 4096:
+            self._roots.clear()
+        self._roots[size] = cp.root_hash
+        return cp.root_hash
 
     def checkpoint_note(self, size: int | None = None) -> Published:
         if size is None:
             return self._latest
         with self.storage.read() as rv:
             note = rv.checkpoint(size)
-        if note is None:
-            raise NotFound(f"no checkpoint was published for tree size {size}")
+            if note is None:
+                raise NotFound(f"no checkpoint was published for tree size {size}")
+            self._signed_root(size, rv)  # verifies the stored note (once per size)
         return Published(size, note.decode())
 
-    def inclusion_proof(self, index: int, size: int) -> list[bytes]:
+    def inclusion_proof(self, index: int, size: int, leaf: bytes | None = None) -> list[bytes]:
+        """PATH(index, D[size]), verified against the signed root at ``size`` before it is
+        returned; ``leaf``: the leaf hash the caller will pair it with (else the tree's)."""
         if not 0 <= index < size:
             raise NotFound(f"index {index} is not below tree size {size}")
         with self.storage.read() as rv:
-            return NodeReader(rv.blob, self._ranges).inclusion_proof(index, size)
+            reader = NodeReader(rv.blob, self._ranges)
+            try:
+                proof = reader.inclusion_proof(index, size)
+                stored_leaf = reader.node(0, index)
+            except KeyError as exc:
+                raise self._corrupt(f"tree node missing: {exc}") from None
+            root = self._signed_root(size, rv)
+        try:
+            verify_inclusion(index, size, leaf or stored_leaf, proof, root)
+        except VerificationError as exc:
+            raise self._corrupt(f"inclusion proof {index}@{size} fails: {exc}") from None
+        return proof
 
     def consistency_proof(self, old_size: int, size: int) -> list[bytes]:
         with self.storage.read() as rv:
-            return NodeReader(rv.blob, self._ranges).consistency_proof(old_size, size)
+            reader = NodeReader(rv.blob, self._ranges)
+            try:
+                proof = reader.consistency_proof(old_size, size)
+                if not 0 < old_size < size:
+                    return proof
+                new_root = self._signed_root(size, rv)
+                try:
+                    old_root = self._signed_root(old_size, rv)
+                except NotFound:  # no checkpoint at that size: the stored tree's root
+                    old_root = reader.root(old_size)
+            except KeyError as exc:
+                raise self._corrupt(f"tree node missing: {exc}") from None
+        try:
+            verify_consistency(old_size, size, old_root, new_root, proof)
+        except VerificationError as exc:
+            raise self._corrupt(f"consistency proof {old_size}->{size} fails: {exc}") from None
+        return proof
 
     def index_of(self, leaf: bytes) -> int | None:
         with self.storage.read() as rv:
-            return rv.index_of(leaf)
+            index = rv.index_of(leaf)
+            if index is None:
+                return None
+            # The dedup index must point at that leaf in the tree (one blob read).
+            blob = rv.blob(0, index >> 8)
+            off = (index & 255) * HASH_SIZE
+            if blob is None or bytes(blob[off : off + HASH_SIZE]) != leaf:
+                if index >= rv.tree_size():
+                    return index  # written after this snapshot's tree: not ours to judge
+                raise self._corrupt(f"dedup index points leaf hash to the wrong index {index}")
+            return index
 
     def entry(self, index: int) -> bytes:
-        with self.storage.read() as rv:
-            e = rv.entry(index) if index < self._latest.size else None
-        if e is None:
+        if index >= self._latest.size:
             raise NotFound(f"no entry at index {index}")
+        with self.storage.read() as rv:
+            e = rv.entry(index)
+            blob = rv.blob(0, index >> 8)
+            off = (index & 255) * HASH_SIZE
+            stored = None if blob is None else bytes(blob[off : off + HASH_SIZE])
+        if e is None:
+            raise self._corrupt(f"entry {index} is missing")
+        if stored != leaf_hash(e):
+            raise self._corrupt(f"entry {index} does not match its leaf hash in the tree")
         return e
+
+    def _check_tile(self, rv: ReadView, level: int, index: int, data: bytes, size: int) -> None:
+        """Recompute ``data`` (the hashes of tile level/index) up to the signed root at size."""
+        key = (level, index, len(data) // HASH_SIZE)
+        if key in self._verified_tiles:
+            return
+        reader = NodeReader(rv.blob, self._ranges)
+        root = self._signed_root(size, rv)
+        hashes = [data[i : i + HASH_SIZE] for i in range(0, len(data), HASH_SIZE)]
+        try:
+            for k, j in perfect_subtrees(0, len(hashes)):
+                layer = hashes[j << k : (j + 1) << k]
+                while len(layer) > 1:
+                    layer = [fold_perfect(layer[i : i + 2]) for i in range(0, len(layer), 2)]
+                nlevel, nindex = TILE_HEIGHT * level + k, (index * TILE_WIDTH >> k) + j
+                path = [reader.range_hash(a, b) for a, b in node_path_ranges(nlevel, nindex, size)]
+                if root_from_node_path(nlevel, nindex, size, layer[0], path) != root:
+                    raise self._corrupt(f"tile {level}/{index} does not lead to the signed root")
+        except KeyError as exc:
+            raise self._corrupt(f"tree node missing: {exc}") from None
+        except VerificationError as exc:
+            raise self._corrupt(f"tile {level}/{index}: {exc}") from None
+        if len(self._verified_tiles) >= 1 << 16:
+            self._verified_tiles.clear()
+        self._verified_tiles.add(key)
 
     def hash_tile(self, level: int, index: int, width: int, size: int) -> bytes:
         """Tile bytes as of tree ``size``; width must not exceed what that size has."""
@@ -282,9 +406,11 @@ class Log:
             raise NotFound("no such tile at the published tree size")
         with self.storage.read() as rv:
             blob = rv.blob(level, index)
-            if blob is None:
-                raise NotFound("no such tile")
-            return bytes(blob[: width * 32])
+            if blob is None or len(blob) < width * HASH_SIZE:
+                raise self._corrupt(f"tile {level}/{index} is missing or short")
+            data = bytes(blob[: width * HASH_SIZE])
+            self._check_tile(rv, level, index, data, size)
+        return data
 
     def entry_bundle(self, index: int, width: int, size: int) -> bytes:
         have = tile_width(size, 0, index)
@@ -293,10 +419,15 @@ class Log:
         start = index * TILE_WIDTH
         with self.storage.read() as rv:
             entries = rv.entries(start, start + width)
-        if len(entries) != width:
-            raise StorageError(f"entry bundle {index} is missing entries")
+            blob = rv.blob(0, index)
+            if len(entries) != width or blob is None or len(blob) < width * HASH_SIZE:
+                raise self._corrupt(f"entry bundle {index} is missing entries or hashes")
+            hashes = bytes(blob[: width * HASH_SIZE])
+            self._check_tile(rv, 0, index, hashes, size)
+        if b"".join(leaf_hash(e) for e in entries) != hashes:
+            raise self._corrupt(f"entry bundle {index} does not match its leaf hashes")
         return encode_entry_bundle(entries)
 
-    def tlog_proof(self, index: int, size: int, note: str) -> str:
-        proof = self.inclusion_proof(index, size)
+    def tlog_proof(self, index: int, size: int, note: str, leaf: bytes | None = None) -> str:
+        proof = self.inclusion_proof(index, size, leaf)
         return TlogProof(index, tuple(proof), note).format()

@@ -15,6 +15,19 @@ tokens     32-byte SHA-256(token)    JSON token record
 aux        bytes                     room for later stages (SCIM bodies, keys, ...)
 ========== ========================= =============================================
 
+Integrity on the read side (see docs/design.md, "Corruption is never served"):
+
+* before LMDB maps ``data.mdb``, :func:`check_data_file` compares the file's length with
+  what its newest meta page says it holds, so a truncated file is refused with a message
+  instead of a SIGBUS on first access; files up to ``verify_limit`` bytes are also walked
+  by py-lmdb's offline structural verifier (:mod:`lmdb.verify`) at open;
+* every LMDB failure a reader can meet becomes :class:`StorageCorrupt` (or
+  :class:`StorageFull` for ENOSPC/EFBIG), never a raw ``lmdb.Error``;
+* stale reader slots of dead processes (a killed ``tlog fsck``) are cleared at open and
+  every ``reader_check_interval`` seconds, so they cannot pin old pages and grow the file;
+* the map size is a setting; a write that fills the map grows it (doubling) and retries,
+  after letting the current readers of this process finish.
+
 Durability contract: :meth:`Storage.commit_batch` returns only after LMDB has committed the
 transaction with ``fsync`` (``sync=True``); entries, tree hashes, dedup index, the new tree
 size and the checkpoint covering them are written in that one transaction, so after a crash
@@ -23,21 +36,42 @@ either all of a batch exists or none of it does.
 
 from __future__ import annotations
 
+import errno
+import functools
+import logging
 import os
 import struct
+import threading
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import lmdb
+import lmdb.verify
 
-__all__ = ["BatchWrite", "CommitConflict", "ReadView", "Storage", "StorageError"]
+__all__ = [
+    "BatchWrite",
+    "CommitConflict",
+    "ReadView",
+    "Storage",
+    "StorageCorrupt",
+    "StorageError",
+    "StorageFull",
+    "check_data_file",
+    "storage_fault",
+]
+
+log = logging.getLogger("tlog.storage")
 
 _U64 = struct.Struct(">Q")
 _TILE_KEY = struct.Struct(">BQ")
 FORMAT_VERSION = b"1"
 DEFAULT_MAP_SIZE = 1 << 40  # address space only; the file grows as needed
+DEFAULT_VERIFY_LIMIT = 64 << 20  # walk files up to this size with lmdb.verify at open
+READER_CHECK_INTERVAL = 60.0  # seconds between clearing stale reader slots
+MAX_MAP_GROWTHS = 16
 
 
 class StorageError(Exception):
@@ -49,6 +83,94 @@ class CommitConflict(StorageError):
 
     Nothing of the batch was written; the writer must reload its state from the store.
     """
+
+
+class StorageCorrupt(StorageError):
+    """Stored data is damaged: it does not match the tree it belongs to, or LMDB found a
+    broken page. Served as 503 with a JSON reason and logged CRITICAL; run ``tlog fsck``."""
+
+
+class StorageFull(StorageError):
+    """The disk (or the file size limit) is full: nothing of the write was stored (503)."""
+
+
+_T = TypeVar("_T")
+
+# LMDB errors that mean the file is damaged (or was truncated under us).
+_CORRUPT = (
+    lmdb.CorruptedError,
+    lmdb.PageNotFoundError,
+    lmdb.PanicError,
+    lmdb.InvalidError,
+    lmdb.VersionMismatchError,
+    lmdb.BadValsizeError,
+)
+
+
+def storage_fault(exc: BaseException) -> StorageError | None:
+    """The :class:`StorageError` an exception from LMDB (or the OS under it) stands for."""
+    if isinstance(exc, StorageError):
+        return exc
+    if isinstance(exc, lmdb.DiskError) or (
+        isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+    ):
+        return StorageFull(f"disk full: the store cannot grow ({exc}); nothing was written")
+    if isinstance(exc, _CORRUPT):
+        return StorageCorrupt(f"the store is damaged: {exc}; run tlog fsck")
+    if isinstance(exc, lmdb.Error):
+        msg = str(exc)
+        if "No space left" in msg or "File too large" in msg or "quota" in msg.lower():
+            return StorageFull(f"disk full: the store cannot grow ({exc}); nothing was written")
+        return StorageError(f"storage failure: {exc}")
+    return None
+
+
+def _meta_pages(head: bytes) -> list[tuple[int, int, int]]:
+    """(txnid, last page, page size) of each valid LMDB 0.9 meta page in ``head``."""
+    out: list[tuple[int, int, int]] = []
+    for page in (0, 1):
+        # Page size lives in the free DB's md_pad; page 1 starts at that offset.
+        base = 0 if page == 0 else (out[0][2] if out else 4096)
+        if len(head) < base + 152:
+            continue
+        magic, version = struct.unpack_from("<II", head, base + 16)
+        if magic != 0xBEEFC0DE or version != 1:
+            continue
+        psize = struct.unpack_from("<I", head, base + 40)[0]
+        last_pg, txnid = struct.unpack_from("<QQ", head, base + 136)
+        if psize < 512 or psize & (psize - 1):
+            continue
+        out.append((txnid, last_pg, psize))
+    return out
+
+
+def check_data_file(path: Path) -> None:
+    """Refuse a ``data.mdb`` shorter than its newest meta page says (before mapping it).
+
+    LMDB maps the file and would die with SIGBUS on the first page past its end.
+    """
+    try:
+        length = path.stat().st_size
+    except FileNotFoundError:
+        return
+    if length == 0:
+        return  # a new (or emptied) store: the log's own start-up checks decide
+    with path.open("rb") as f:
+        head = f.read(2 * 65536)
+    metas = _meta_pages(head)
+    if not metas:
+        raise StorageCorrupt(
+            f"{path} is not an LMDB data file or both its meta pages are damaged "
+            f"({length} bytes); restore it from a backup (see docs/operations.md)"
+        )
+    txnid, last_pg, psize = max(metas)
+    need = (last_pg + 1) * psize
+    if length < need:
+        raise StorageCorrupt(
+            f"{path} is truncated: it is {length} bytes but its last transaction "
+            f"(txn {txnid}) uses {need} bytes; restore it from a backup or run tlog recover "
+            "(see docs/operations.md)"
+        )
 
 
 def u64(n: int) -> bytes:
@@ -95,6 +217,7 @@ class ReadView:
 
     def __exit__(self, *exc: object) -> None:
         self._txn.abort()
+        self._s._end_read()
 
     def meta(self, key: str) -> bytes | None:
         v = self._txn.get(key.encode(), db=self._s.db_meta)
@@ -199,6 +322,68 @@ class ReadView:
             yield k, bytes(v)
 
 
+def _verify_file(path: Path, verify_limit: int) -> None:
+    """The open-time checks of ``data.mdb``: its length, then (if small enough) its structure."""
+    check_data_file(path)
+    try:
+        length = path.stat().st_size
+    except FileNotFoundError:
+        return
+    if not 0 < length <= verify_limit:
+        return
+    try:
+        problems: list[str] = lmdb.verify.verify(str(path))  # type: ignore[no-untyped-call]
+    except lmdb.verify.VerifyError as exc:
+        problems = [str(exc)]
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        shown = "; ".join(problems[:3]) + more
+        raise StorageCorrupt(
+            f"{path} is damaged ({shown}); run tlog fsck, restore from a backup "
+            "(see docs/operations.md)"
+        )
+
+
+def _check_readers_loop(
+    ref: weakref.ref[Storage], stop: threading.Event, interval: float
+) -> None:
+    """The periodic stale-reader sweep (holds no strong reference: an unclosed, dropped
+    Storage is still garbage-collected and its environment closed)."""
+    while not stop.wait(interval):
+        storage = ref()
+        if storage is None:
+            return
+        try:
+            storage.check_readers()
+        except lmdb.Error:  # closed under us
+            return
+        del storage
+
+
+def _writes(fn: Callable[..., _T]) -> Callable[..., _T]:
+    """A write transaction method: grow a full map and retry; disk full -> StorageFull."""
+
+    @functools.wraps(fn)
+    def wrapper(self: Storage, *args: Any, **kwargs: Any) -> _T:
+        for _ in range(MAX_MAP_GROWTHS):
+            try:
+                return fn(self, *args, **kwargs)
+            except lmdb.MapFullError:
+                self._grow_map()
+            except (lmdb.Error, OSError) as exc:
+                fault = storage_fault(exc)
+                if fault is None:
+                    raise
+                if isinstance(fault, StorageFull):
+                    log.critical("DISK FULL: %s (store %s)", fault, self.path)
+                elif isinstance(fault, StorageCorrupt):
+                    log.critical("STORE DAMAGED: %s (store %s)", fault, self.path)
+                raise fault from exc
+        raise StorageFull(f"the LMDB map could not grow enough (now {self.map_size} bytes)")
+
+    return wrapper
+
+
 class Storage:
     """An LMDB environment holding one log. Safe for one writer thread and many readers."""
 
@@ -209,6 +394,8 @@ class Storage:
         map_size: int = DEFAULT_MAP_SIZE,
         readonly: bool = False,
         sync: bool = True,
+        verify_limit: int = DEFAULT_VERIFY_LIMIT,
+        reader_check_interval: float = READER_CHECK_INTERVAL,
     ) -> None:
         self.path = Path(path)
         self.on_close: list[Callable[[], object]] = []  # e.g. release the writer's lock
@@ -216,6 +403,13 @@ class Storage:
             self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
         elif not (self.path / "data.mdb").exists():
             raise StorageError(f"no log store at {self.path}")
+        self._gate = threading.Condition()
+        self._active_reads = 0
+        self._resizing = False
+        self._stop = threading.Event()
+        self._checker: threading.Thread | None = None
+        self.stale_readers_cleared = 0
+        _verify_file(self.path / "data.mdb", verify_limit)
         try:
             self.env = lmdb.open(
                 str(self.path),
@@ -229,7 +423,30 @@ class Storage:
                 meminit=True,  # never write leftover process memory (plaintext, keys) to disk
             )
         except lmdb.Error as exc:
-            raise StorageError(f"cannot open store at {self.path}: {exc}") from exc
+            fault = storage_fault(exc)
+            raise type(fault or StorageError())(
+                f"cannot open store at {self.path}: {fault or exc}"
+            ) from exc
+        try:
+            self._open_dbs(readonly)
+        except lmdb.Error as exc:
+            self.env.close()
+            raise storage_fault(exc) or StorageError(str(exc)) from exc
+        except BaseException:
+            self.env.close()
+            raise
+        if not readonly:
+            self.check_readers()
+            if reader_check_interval > 0:
+                self._checker = threading.Thread(
+                    target=_check_readers_loop,
+                    args=(weakref.ref(self), self._stop, reader_check_interval),
+                    name="lmdb-reader-check",
+                    daemon=True,
+                )
+                self._checker.start()
+
+    def _open_dbs(self, readonly: bool) -> None:
         create = not readonly
         self.db_meta = self.env.open_db(b"meta", create=create)
         self.db_entries = self.env.open_db(b"entries", create=create)
@@ -248,19 +465,76 @@ class Storage:
                     raise StorageError(f"store format {bytes(v)!r} is not supported")
 
     def close(self) -> None:
+        self._stop.set()
+        if self._checker is not None and self._checker is not threading.current_thread():
+            self._checker.join(5)
         self.env.close()
         for f in self.on_close:
             f()
         self.on_close.clear()
 
+    # -- readers ---------------------------------------------------------------------------
+
+    def check_readers(self) -> int:
+        """Clear the reader slots of dead processes (e.g. a ``tlog fsck`` killed with
+        SIGKILL): such a slot pins the pages of its snapshot, so the file would only grow."""
+        n = int(self.env.reader_check())
+        if n:
+            self.stale_readers_cleared += n
+            log.warning("cleared %d stale LMDB reader slot(s) left by dead processes", n)
+        return n
+
     def read(self) -> ReadView:
         """A read snapshot; use as ``with storage.read() as rv:`` (ends the transaction)."""
-        return ReadView(self, self.env.begin(buffers=True))
+        gate = self._gate
+        with gate:
+            while self._resizing:
+                gate.wait()
+            self._active_reads += 1
+        try:
+            txn = self.env.begin(buffers=True)
+        except BaseException as exc:
+            self._end_read()
+            fault = storage_fault(exc)
+            if fault is not None and fault is not exc:
+                raise fault from exc
+            raise
+        return ReadView(self, txn)
 
+    def _end_read(self) -> None:
+        gate = self._gate
+        with gate:
+            self._active_reads -= 1
+            if self._resizing and not self._active_reads:
+                gate.notify_all()
+
+    # -- map size --------------------------------------------------------------------------
+
+    @property
+    def map_size(self) -> int:
+        return int(self.env.info()["map_size"])
+
+    def _grow_map(self) -> None:
+        """Double the map, once this process's readers are done (LMDB remaps the file)."""
+        gate = self._gate
+        with gate:
+            self._resizing = True
+            try:
+                if not gate.wait_for(lambda: not self._active_reads, timeout=30):
+                    raise StorageError("cannot grow the map: readers did not finish")
+                new = self.map_size * 2
+                self.env.set_mapsize(new)
+            finally:
+                self._resizing = False
+                gate.notify_all()
+        log.warning("LMDB map was full: grew it to %d bytes", new)
+
+    @_writes
     def set_meta(self, key: str, value: bytes) -> None:
         with self.env.begin(write=True) as txn:
             txn.put(key.encode(), value, db=self.db_meta)
 
+    @_writes
     def commit_batch(self, batch: BatchWrite) -> None:
         """Write a sequenced batch and its checkpoint in one durable transaction.
 
@@ -299,6 +573,7 @@ class Storage:
             ):
                 raise CommitConflict(f"a checkpoint for size {batch.tree_size} already exists")
 
+    @_writes
     def put_checkpoint(self, size: int, checkpoint: bytes) -> None:
         """Store the first checkpoint of an empty log (the size-0 one, at init).
 
@@ -313,14 +588,17 @@ class Storage:
                 raise CommitConflict("the store already has a checkpoint")
             txn.put(u64(size), checkpoint, db=self.db_checkpoints)
 
+    @_writes
     def put_cosignatures(self, size: int, lines: bytes) -> None:
         with self.env.begin(write=True) as txn:
             txn.put(u64(size), lines, db=self.db_cosigs)
 
+    @_writes
     def put_token(self, digest: bytes, record: bytes) -> None:
         with self.env.begin(write=True) as txn:
             txn.put(digest, record, db=self.db_tokens)
 
+    @_writes
     def put_aux(self, items: Sequence[tuple[bytes, bytes | None]]) -> None:
         """Write (or, with None, delete) auxiliary records in one durable transaction."""
         with self.env.begin(write=True) as txn:

@@ -165,7 +165,7 @@ class ScimRoutes:
 
     @staticmethod
     def _receipt(api: Api, index: int, lh: bytes, pub: Published, note: str) -> dict[str, Any]:
-        proof = api.log.inclusion_proof(index, pub.size)
+        proof = api.log.inclusion_proof(index, pub.size, lh)
         return {
             "index": index,
             "leaf_hash": b64(lh),
