@@ -107,13 +107,15 @@ def fsck(
     structure: bool = True,
 ) -> FsckReport:
     rep = FsckReport()
-    if structure:
-        rep.errors.extend(check_structure(storage.path))
-        if rep.errors:
-            rep.errors.append("the file structure is damaged: logical checks skipped")
-            return rep
     try:
+        # The read transaction comes first: on a live store it pins the snapshot, so the
+        # writer cannot reuse its pages while the structure walk reads them.
         with storage.env.begin(buffers=False) as txn:
+            if structure:
+                rep.errors.extend(check_structure(storage.path))
+                if rep.errors:
+                    rep.errors.append("the file structure is damaged: logical checks skipped")
+                    return rep
             _Check(storage, txn, rep, progress).run()
     except lmdb.Error as exc:
         rep.errors.append(f"LMDB failed while reading the store: {type(exc).__name__}: {exc}")
@@ -202,6 +204,8 @@ class _Check:
         cr = _CompactRange()
         if 0 in cps:
             self.check_cp(0, cps[0], EMPTY_ROOT, origin, verifier)
+        if self.progress is not None:
+            self.progress(0, size)
         keep: set[bytes] | None = set() if size <= 1 << 20 else None
         cur = txn.cursor(db=s.db_entries)
         index = 0

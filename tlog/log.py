@@ -92,7 +92,7 @@ class Log:
         self.signer = signer
         # Served data is checked against the signed tree (see "read side"): verified signed
         # roots by tree size, and the (level, index, width) of tiles already verified.
-        self._roots: dict[int, bytes] = {}
+        self._roots: dict[int, tuple[bytes, bytes]] = {}
         self._verified_tiles: set[tuple[int, int, int]] = set()
         self.origin = signer.origin
         self._verifier = signer.verifier
@@ -277,15 +277,19 @@ class Log:
         log.critical("STORE DAMAGED, refusing to serve it: %s; run tlog fsck", what)
         return StorageCorrupt(f"the log's store is damaged ({what}); the operator is alerted")
 
-    def _signed_root(self, size: int, rv: ReadView) -> bytes:
-        """The root of the checkpoint this log signed at ``size`` (signature verified)."""
-        root = self._roots.get(size)
-        if root is not None:
-            return root
-        latest = self._latest
-        note: bytes | str | None = latest.note if size == latest.size else rv.checkpoint(size)
+    def _signed_root(self, size: int, rv: ReadView, note: bytes | None = None) -> bytes:
+        """The root of the checkpoint this log signed at ``size`` (signature verified).
+
+        With ``note`` (stored bytes about to be served), those exact bytes are verified.
+        """
+        cached = self._roots.get(size)
+        if cached is not None and (note is None or note == cached[0]):
+            return cached[1]
         if note is None:
-            raise NotFound(f"no checkpoint was published for tree size {size}")
+            latest = self._latest
+            note = latest.note.encode() if size == latest.size else rv.checkpoint(size)
+            if note is None:
+                raise NotFound(f"no checkpoint was published for tree size {size}")
         try:
             cp = self._open(note)
         except (FormatError, VerificationError, UnicodeDecodeError) as exc:
@@ -294,7 +298,7 @@ class Log:
             raise self._corrupt(f"stored checkpoint {size} is for another size or origin")
         if len(self._roots) >= 4096:
             self._roots.clear()
-        self._roots[size] = cp.root_hash
+        self._roots[size] = (note, cp.root_hash)
         return cp.root_hash
 
     def checkpoint_note(self, size: int | None = None) -> Published:
@@ -304,7 +308,7 @@ class Log:
             note = rv.checkpoint(size)
             if note is None:
                 raise NotFound(f"no checkpoint was published for tree size {size}")
-            self._signed_root(size, rv)  # verifies the stored note (once per size)
+            self._signed_root(size, rv, note)  # these bytes verify (cached once per size)
         return Published(size, note.decode())
 
     def inclusion_proof(self, index: int, size: int, leaf: bytes | None = None) -> list[bytes]:

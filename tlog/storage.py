@@ -374,6 +374,12 @@ def _writes(fn: Callable[..., _T]) -> Callable[..., _T]:
                 fault = storage_fault(exc)
                 if fault is None:
                     raise
+                if type(fault) is StorageError and self._looks_full():
+                    # LMDB reports a short write (the disk filled mid-write) as EIO.
+                    fault = StorageFull(
+                        f"disk full: the store cannot grow ({exc}; {self._space()}); "
+                        "nothing was written"
+                    )
                 if isinstance(fault, StorageFull):
                     log.critical("DISK FULL: %s (store %s)", fault, self.path)
                 elif isinstance(fault, StorageCorrupt):
@@ -507,6 +513,32 @@ class Storage:
             self._active_reads -= 1
             if self._resizing and not self._active_reads:
                 gate.notify_all()
+
+    # -- disk space ------------------------------------------------------------------------
+
+    _FULL_MARGIN = 64 << 20  # less free space (or file-size headroom) than this: "full"
+
+    def _space(self) -> str:
+        try:
+            st = os.statvfs(self.path)
+            free = st.f_bavail * st.f_frsize
+        except OSError:
+            return "free space unknown"
+        return f"{free} bytes free on the file system"
+
+    def _looks_full(self) -> bool:
+        """After a failed write: is the file system (or RLIMIT_FSIZE) out of room?"""
+        try:
+            st = os.statvfs(self.path)
+            if st.f_bavail * st.f_frsize < self._FULL_MARGIN:
+                return True
+            size = (self.path / "data.mdb").stat().st_size
+        except OSError:
+            return False
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        return soft != resource.RLIM_INFINITY and size + self._FULL_MARGIN > soft
 
     # -- map size --------------------------------------------------------------------------
 

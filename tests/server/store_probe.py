@@ -3,6 +3,7 @@
 logical content. Prints one JSON object. A SIGBUS/SIGSEGV shows as the exit signal.
 
     python -m tests.server.store_probe <data dir>
+    python -m tests.server.store_probe sweep <data dir> <work dir> <seed> <flips>
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import base64
 import contextlib
 import hashlib
 import io
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -55,7 +57,7 @@ def served(log_: Log) -> dict[str, Any]:
     sizes = [s for s in range(0, size + 1, 100)]
     for s in sizes:
         get(f"cp/{s}", log_.checkpoint_note, s)
-    for a, b in zip(sizes[1:], sizes[2:], strict=False):
+    for a, b in itertools.pairwise(sizes[1:]):
         get(f"cons/{a}/{b}", log_.consistency_proof, a, b)
         get(f"cons/{a}/{size}", log_.consistency_proof, a, size)
     for n in range((size + TILE_WIDTH - 1) // TILE_WIDTH):
@@ -85,7 +87,7 @@ def logical_dump(db: Path) -> str:
     return h.hexdigest()
 
 
-def main(data: Path) -> dict[str, Any]:
+def probe(data: Path) -> dict[str, Any]:
     from tlog.cli import main as tlog_main
 
     res: dict[str, Any] = {}
@@ -96,8 +98,10 @@ def main(data: Path) -> dict[str, Any]:
         res["start"] = f"refused: {exc}"
     else:
         res["start"] = "ok"
-        res["served"] = served(log_)
-        storage.close()
+        try:
+            res["served"] = served(log_)
+        finally:
+            storage.close()
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         res["fsck_exit"] = tlog_main(["fsck", "--data", str(data)])
@@ -110,5 +114,31 @@ def main(data: Path) -> dict[str, Any]:
     return res
 
 
+def sweep(src: Path, work: Path, seed: int, flips: int) -> None:
+    """Probe ``src``, then ``flips`` copies of it with one random byte changed each; one
+    JSON line per probe (flushed, so a fatal signal shows which flip it was)."""
+    import random
+    import shutil
+
+    print(json.dumps({"k": -1, **probe(src)}), flush=True)
+    rng = random.Random(seed)
+    length = (src / "db" / "data.mdb").stat().st_size
+    for k in range(flips):
+        data = work / f"flip{k}"
+        shutil.copytree(src, data)
+        off = rng.randrange(length)
+        with (data / "db" / "data.mdb").open("r+b") as f:
+            f.seek(off)
+            b = f.read(1)[0]
+            f.seek(off)
+            f.write(bytes([b ^ rng.randrange(1, 256)]))
+        print(json.dumps({"k": k, "offset": off}), flush=True)
+        print(json.dumps({"k": k, "offset": off, **probe(data)}), flush=True)
+        shutil.rmtree(data)
+
+
 if __name__ == "__main__":
-    print(json.dumps(main(Path(sys.argv[1]))))
+    if sys.argv[1] == "sweep":
+        sweep(Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
+    else:
+        print(json.dumps(probe(Path(sys.argv[1]))))
