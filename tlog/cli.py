@@ -178,6 +178,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         scim_limits=cfg.scim,
         scim_master_key=master,
         checkpoint_file=cfg.checkpoint_file,
+        map_size=cfg.map_size,
+        verify_limit=cfg.verify_limit,
     )
     if not had_master and master.exists():
         created.append(f"{master} (SCIM master key: every event body is wrapped by it)")

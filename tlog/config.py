@@ -48,6 +48,7 @@ from typing import Any, TypeVar
 from client.serving import ServerLimits
 from tlog.app import Limits
 from tlog.scim.service import ScimLimits
+from tlog.storage import DEFAULT_MAP_SIZE, DEFAULT_VERIFY_LIMIT
 
 __all__ = [
     "LOG_FORMATS",
@@ -147,6 +148,16 @@ class ServeConfig:
         None,
         "where the last published checkpoint is remembered outside the store "
         "(default <data>/last-checkpoint)",
+    )
+    map_size: int = setting(
+        DEFAULT_MAP_SIZE,
+        "LMDB map size in bytes (address space, not disk use); doubled when a write finds "
+        "it full",
+    )
+    verify_limit: int = setting(
+        DEFAULT_VERIFY_LIMIT,
+        "walk data.mdb with LMDB's structural verifier at start when it is at most this many "
+        "bytes (0: never)",
     )
     server: ServerLimits = table(ServerLimits, "connection limits and timeouts", flat=True)
     limits: Limits = table(Limits, "request limits of the log API")

@@ -16,7 +16,7 @@ from tlog.scim.routes import scim_routes
 from tlog.scim.service import ScimLimits, ScimService
 from tlog.sequencer import Sequencer
 from tlog.signer import CheckpointSigner
-from tlog.storage import Storage
+from tlog.storage import DEFAULT_MAP_SIZE, DEFAULT_VERIFY_LIMIT, Storage
 from tlog.witnessing import WitnessPusher
 
 __all__ = ["build_app"]
@@ -40,6 +40,8 @@ def build_app(
     scim_master_key: Path | None = None,
     checkpoint_file: Path | None = None,
     scim_expiry_interval: float | None = 3600.0,
+    map_size: int = DEFAULT_MAP_SIZE,
+    verify_limit: int = DEFAULT_VERIFY_LIMIT,
 ) -> tuple[LogApp, Log, TokenStore]:
     """Open the store in ``data_dir`` and build the app: the log API, plus the SCIM event
     service unless ``scim`` is false (master key file default ``<data_dir>/scim-master.key``).
@@ -57,7 +59,7 @@ def build_app(
         lock.release()
         raise
     try:
-        storage = Storage(data_dir / "db")
+        storage = Storage(data_dir / "db", map_size=map_size, verify_limit=verify_limit)
     except BaseException:
         lock.release()
         raise
