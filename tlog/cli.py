@@ -180,6 +180,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         checkpoint_file=cfg.checkpoint_file,
         map_size=cfg.map_size,
         verify_limit=cfg.verify_limit,
+        scim_expiry_interval=cfg.scim_expiry_interval or None,
     )
     if not had_master and master.exists():
         created.append(f"{master} (SCIM master key: every event body is wrapped by it)")

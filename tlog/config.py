@@ -159,6 +159,9 @@ class ServeConfig:
         "walk data.mdb with LMDB's structural verifier at start when it is at most this many "
         "bytes (0: never)",
     )
+    scim_expiry_interval: float = setting(
+        3600.0, "seconds between retention expiry runs of the SCIM store (0: never)"
+    )
     server: ServerLimits = table(ServerLimits, "connection limits and timeouts", flat=True)
     limits: Limits = table(Limits, "request limits of the log API")
     scim: ScimLimits = table(ScimLimits, "limits of the SCIM event endpoints")

@@ -39,7 +39,7 @@ def build_app(
     scim_limits: ScimLimits | None = None,
     scim_master_key: Path | None = None,
     checkpoint_file: Path | None = None,
-    scim_expiry_interval: float | None = 3600.0,
+    scim_expiry_interval: float | None = _D.scim_expiry_interval,
     map_size: int = DEFAULT_MAP_SIZE,
     verify_limit: int = DEFAULT_VERIFY_LIMIT,
 ) -> tuple[LogApp, Log, TokenStore]:
