@@ -14,6 +14,6 @@ VOLUME ["/data"]
 EXPOSE 8080
 # Set TLOG_ORIGIN to the log's public URL prefix without scheme (it can never change).
 ENV TLOG_DATA=/data TLOG_HOST=0.0.0.0 TLOG_PORT=8080
-HEALTHCHECK --interval=30s --timeout=3s CMD python -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:8080/checkpoint', timeout=2)" || exit 1
+HEALTHCHECK --interval=30s --timeout=3s CMD python -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2)" || exit 1
 ENTRYPOINT ["tlog"]
 CMD ["serve", "--no-demo-token"]
