@@ -4,6 +4,11 @@
 
     tlog-client audit <log URL> --vkey VKEY [--policy FILE] [--state FILE] [--workers N]
     tlog-client verify <bundle file|-> --vkey VKEY [--policy FILE] (--entry FILE | --leaf-hash B64)
+                       [--event FILE --nonce B64]
+
+``verify --event``: the entry is a SCIM leaf ``{v, ts, tn, c}``; the event body (its JSON form,
+as ``tlog-client scim show`` prints it under ``event``, or its deterministic CBOR) must be the
+one the leaf commits to, ``c == HMAC-SHA256(nonce, det_cbor(event))``.
 
 ``--vkey`` may be left out when ``--policy`` lists exactly one log key that fits (for
 ``audit``: the log whose URL is the one given, or the only log; for ``verify``: the only log
@@ -236,11 +241,38 @@ def _describe_bundle(
     return lines
 
 
+def _check_body(entry: bytes, event_path: str, nonce_b64: str) -> str:
+    """The SCIM leaf ``entry`` commits to the event in ``event_path`` under the nonce."""
+    from client.scim.cbor import EventFormatError
+    from client.scim.event import decode_event, event_from_json
+    from client.scim.leaf import NONCE_SIZE, verify_commitment
+
+    raw = _read_input(event_path)
+    try:
+        nonce = b64decode_strict(nonce_b64, size=NONCE_SIZE)
+    except FormatError as exc:
+        raise UsageError(f"bad --nonce: {exc}") from None
+    try:
+        # Deterministic CBOR starts with a map header; the JSON form with '{' or blanks.
+        event = decode_event(raw) if raw[:1] and 0xA0 <= raw[0] <= 0xBF else event_from_json(raw)
+    except EventFormatError as exc:
+        raise UsageError(f"{event_path} is not a SCIM event: {exc}") from None
+    try:
+        verify_commitment(entry, event, nonce)
+    except EventFormatError as exc:
+        raise VerificationError(f"the entry is not a SCIM leaf: {exc}") from None
+    return f"  body      commitment matches event {event.get('eid')} ({event.get('op')})"
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     policy = _read_policy(args.policy)
     data = _read_input(args.bundle)
     entry: bytes | None = None
     leaf: bytes | None = None
+    if (args.event is None) != (args.nonce is None):
+        raise UsageError("--event and --nonce go together")
+    if args.event is not None and args.entry is None:
+        raise UsageError("--event needs --entry (the leaf bytes the commitment is in)")
     if args.entry is not None:
         entry = _read_input(args.entry)
     else:
@@ -253,7 +285,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
     else:
         verifier = _log_key(args.vkey, policy)
     vb = verify_tlog_proof(data, verifier, policy=policy, entry=entry, leaf=leaf)
-    for line in _describe_bundle(vb, verifier, policy):
+    lines = _describe_bundle(vb, verifier, policy)
+    if args.event is not None and entry is not None:
+        lines.append(_check_body(entry, args.event, args.nonce))
+    for line in lines:
         print(line)
     return EXIT_OK
 
@@ -296,6 +331,12 @@ def _parser() -> argparse.ArgumentParser:
     g = v.add_mutually_exclusive_group(required=True)
     g.add_argument("--entry", help="file holding the entry bytes the proof is for")
     g.add_argument("--leaf-hash", help="the entry's RFC 6962 leaf hash, base64")
+    v.add_argument(
+        "--event",
+        help="SCIM event body (JSON, as `scim show` prints it, or det-CBOR): check that the "
+        "entry (a SCIM leaf) commits to it",
+    )
+    v.add_argument("--nonce", help="the event's commitment nonce, base64 (with --event)")
     sc = sub.add_parser("scim", help="SCIM event service: auditor commands")
     scim = sc.add_subparsers(dest="scim_cmd", required=True, parser_class=_Parser)
     from client.scim.stream import register as register_stream

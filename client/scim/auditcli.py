@@ -148,10 +148,13 @@ def _summary(ev: AuditedEvent) -> dict[str, Any]:
         "ts": ev.leaf.ts,
         "tree_size": ev.tree_size,
         "erased": ev.erased,
+        "leaf": b64encode(ev.leaf.encode()),
     }
     if ev.event is not None:
         out["event"] = json.loads(event_to_json(ev.event))
         out["origin"] = ev.origin
+    if ev.nonce is not None:  # with leaf and event: `tlog-client verify --event --nonce`
+        out["nonce"] = b64encode(ev.nonce)
     return out
 
 

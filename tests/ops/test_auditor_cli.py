@@ -74,3 +74,33 @@ def test_export_and_verify_bundle_offline(logged: tuple[Harness, Path], tmp_path
     bad = tmp_path / "tampered.json"
     bad.write_text(json.dumps(doc))
     assert main(["scim", "verify-bundle", str(bad), "--vkey", h.vkey]) == 2
+
+
+def test_verify_checks_a_body_against_its_commitment(
+    logged: tuple[Harness, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`scim show` gives leaf, event and nonce; `tlog-client verify --event --nonce` proves
+    offline that the proven entry commits to exactly that body, and refuses any other."""
+    import base64
+
+    h, tok = logged
+    assert run(h, tok, "show", "--rid", "u-2") == 0
+    shown = json.loads(capsys.readouterr().out)
+    bundle = tmp_path / "e.tlog-proof"
+    bundle.write_text(h.client.get(f"/v1/bundle/{shown['index']}").text)
+    leaf = tmp_path / "leaf"
+    leaf.write_bytes(base64.b64decode(shown["leaf"]))
+    body = tmp_path / "event.json"
+    body.write_text(json.dumps(shown["event"]))
+    args = ["verify", str(bundle), "--vkey", h.vkey, "--entry", str(leaf)]
+    assert main([*args, "--event", str(body), "--nonce", shown["nonce"]]) == 0
+    assert "commitment matches event" in capsys.readouterr().out
+
+    forged = dict(shown["event"], rid="u-0")  # another account, same everything else
+    body.write_text(json.dumps(forged))
+    assert main([*args, "--event", str(body), "--nonce", shown["nonce"]]) == 2
+    assert "does not match the leaf commitment" in capsys.readouterr().err
+    body.write_text(json.dumps(shown["event"]))
+    other_nonce = base64.b64encode(bytes(32)).decode()
+    assert main([*args, "--event", str(body), "--nonce", other_nonce]) == 2
+    assert main([*args, "--event", str(body)]) == 1  # --nonce missing: usage error
