@@ -54,7 +54,14 @@ from pathlib import Path
 from typing import Any
 
 from client.logclient import LogClient, VerifiedCheckpoint
-from client.merkle import EMPTY_ROOT, HASH_SIZE, VerificationError, fold_perfect
+from client.merkle import (
+    EMPTY_ROOT,
+    HASH_SIZE,
+    LEAF_PREFIX,
+    NODE_PREFIX,
+    VerificationError,
+    fold_perfect,
+)
 from client.note import FormatError
 from client.tiles import TILE_HEIGHT, TILE_WIDTH, Tile, decode_entry_bundle
 
@@ -73,7 +80,8 @@ def _perfect_root(hashes: list[bytes]) -> bytes:
     """Root of a perfect subtree from its 2**k hashes of one level (pairwise, 2**k - 1 hashes)."""
     while len(hashes) > 1:
         hashes = [
-            _sha256(b"\x01" + hashes[i] + hashes[i + 1]).digest() for i in range(0, len(hashes), 2)
+            _sha256(NODE_PREFIX + hashes[i] + hashes[i + 1]).digest()
+            for i in range(0, len(hashes), 2)
         ]
     return hashes[0]
 
@@ -475,7 +483,7 @@ class Auditor:
                 tile0 = f_tile.result()
                 bundles += 1
                 self.tiles_checked += 1
-                hashes = [_sha256(b"\x00" + e).digest() for e in entries]
+                hashes = [_sha256(LEAF_PREFIX + e).digest() for e in entries]
                 if tile0 != b"".join(hashes):
                     raise VerificationError(
                         f"{Tile(0, j, width).path()} differs from the leaf hashes of "

@@ -21,6 +21,9 @@ from collections.abc import Callable, Sequence
 __all__ = [
     "EMPTY_ROOT",
     "HASH_SIZE",
+    "LEAF_PREFIX",
+    "NODE_PREFIX",
+    "CompactRange",
     "VerificationError",
     "consistency_ranges",
     "inclusion_ranges",
@@ -37,6 +40,10 @@ __all__ = [
 
 HASH_SIZE = 32
 EMPTY_ROOT = hashlib.sha256(b"").digest()
+# RFC 6962 §2.1 domain separation, defined once: every leaf and node hash in the project
+# (tlog.tree, tlog.log, client.auditor, ...) is built with these.
+LEAF_PREFIX = b"\x00"
+NODE_PREFIX = b"\x01"
 
 _sha256 = hashlib.sha256
 
@@ -50,12 +57,12 @@ class VerificationError(Exception):
 
 def leaf_hash(entry: bytes) -> bytes:
     """RFC 6962 §2.1: MTH({d0}) = SHA-256(0x00 || d0)."""
-    return _sha256(b"\x00" + entry).digest()
+    return _sha256(LEAF_PREFIX + entry).digest()
 
 
 def node_hash(left: bytes, right: bytes) -> bytes:
     """RFC 6962 §2.1: SHA-256(0x01 || left || right)."""
-    return _sha256(b"\x01" + left + right).digest()
+    return _sha256(NODE_PREFIX + left + right).digest()
 
 
 def _split(n: int) -> int:
@@ -63,23 +70,44 @@ def _split(n: int) -> int:
     return 1 << ((n - 1).bit_length() - 1)
 
 
+class CompactRange:
+    """The compact range of ``[0, size)``: the roots of its maximal perfect subtrees, left
+    to right (one per set bit of ``size``), from which the tree grows and its root follows
+    in O(log n) memory (transparency-dev/merkle's ``compact.Range`` with begin = 0).
+    """
+
+    __slots__ = ("hashes", "size")
+
+    def __init__(self, size: int = 0, hashes: Sequence[bytes] = ()) -> None:
+        if len(hashes) != bin(size).count("1"):
+            raise ValueError(f"a compact range of size {size} has {size.bit_count()} hashes")
+        self.size = size
+        self.hashes = list(hashes)
+
+    def append(self, h: bytes) -> None:
+        """Add one leaf hash (amortised one node hash)."""
+        hashes = self.hashes
+        n = self.size
+        while n & 1:
+            h = _sha256(NODE_PREFIX + hashes.pop() + h).digest()
+            n >>= 1
+        hashes.append(h)
+        self.size += 1
+
+    def extend(self, leaf_hashes: Sequence[bytes]) -> None:
+        for h in leaf_hashes:
+            self.append(h)
+
+    def root(self) -> bytes:
+        """RFC 6962 MTH of the tree: the right-to-left fold of the range."""
+        return fold_perfect(self.hashes) if self.hashes else EMPTY_ROOT
+
+
 def root_of_range(hashes: Sequence[bytes]) -> bytes:
     """MTH over a list of leaf hashes (or of equal-height subtree hashes). Reference helper."""
-    n = len(hashes)
-    if n == 0:
-        return EMPTY_ROOT
-    # Iterative left-to-right fold over the perfect subtrees of the range, right edge last.
-    stack: list[tuple[int, bytes]] = []  # (height, hash)
-    for h in hashes:
-        node, height = h, 0
-        while stack and stack[-1][0] == height:
-            node = node_hash(stack.pop()[1], node)
-            height += 1
-        stack.append((height, node))
-    node = stack.pop()[1]
-    while stack:
-        node = node_hash(stack.pop()[1], node)
-    return node
+    cr = CompactRange()
+    cr.extend(hashes)
+    return cr.root()
 
 
 # --- node selection -------------------------------------------------------------------------

@@ -28,7 +28,6 @@ Any LMDB error on the way becomes an ERROR line, never a traceback.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import struct
 import sys
@@ -42,7 +41,7 @@ import lmdb
 import lmdb.verify
 
 from client.checkpoint import Checkpoint
-from client.merkle import EMPTY_ROOT, VerificationError, leaf_hash
+from client.merkle import EMPTY_ROOT, CompactRange, VerificationError, leaf_hash
 from client.note import Ed25519Verifier, FormatError, open_note, parse_note
 from client.scim.cbor import EventFormatError, loads_det
 from tlog.auth import Principal
@@ -66,28 +65,6 @@ class FsckReport:
     @property
     def ok(self) -> bool:
         return not self.errors
-
-
-class _CompactRange:
-    """Root of a growing tree from O(log n) state: an independent second computation."""
-
-    def __init__(self) -> None:
-        self.stack: list[tuple[int, bytes]] = []
-
-    def append(self, h: bytes) -> None:
-        height = 0
-        while self.stack and self.stack[-1][0] == height:
-            h = hashlib.sha256(b"\x01" + self.stack.pop()[1] + h).digest()
-            height += 1
-        self.stack.append((height, h))
-
-    def root(self) -> bytes:
-        if not self.stack:
-            return EMPTY_ROOT
-        h = self.stack[-1][1]
-        for _, left in reversed(self.stack[:-1]):
-            h = hashlib.sha256(b"\x01" + left + h).digest()
-        return h
 
 
 def check_structure(db_dir: Path) -> list[str]:
@@ -201,7 +178,7 @@ class _Check:
         """Walk the entries; returns the set of leaf hashes if small enough to keep."""
         s, txn = self.s, self.txn
         edge = RightEdge(0, lambda level, index: None)
-        cr = _CompactRange()
+        cr = CompactRange()  # independent of the RightEdge that rebuilds the tiles
         if 0 in cps:
             self.check_cp(0, cps[0], EMPTY_ROOT, origin, verifier)
         if self.progress is not None:

@@ -21,6 +21,7 @@ from client.checkpoint import Checkpoint
 from client.merkle import (
     EMPTY_ROOT,
     HASH_SIZE,
+    LEAF_PREFIX,
     VerificationError,
     fold_perfect,
     leaf_hash,
@@ -202,7 +203,7 @@ class Log:
         the batch get one index.
         """
         sha256 = hashlib.sha256
-        hashes = [sha256(b"\x00" + e).digest() for e in entries]  # RFC 6962 leaf hash
+        hashes = [sha256(LEAF_PREFIX + e).digest() for e in entries]  # RFC 6962 leaf hash
         with self.storage.read() as rv:
             known = rv.indices_of(hashes)
         first = self._edge.size

@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 
 from client.checkpoint import Checkpoint
-from client.merkle import VerificationError
+from client.merkle import LEAF_PREFIX, VerificationError
 from client.note import FormatError, Note, open_note
 from client.policy import Policy
 from client.tiles import TILE_WIDTH, Tile, decode_entry_bundle
@@ -214,7 +214,7 @@ def recover(
                 return s
             echo(f"tlog: the store ends at {s}; fetching entries {s}..{n - 1} from {source}")
             entries = fetch_entries(source, s, n)
-            hashes = [hashlib.sha256(b"\x00" + e).digest() for e in entries]
+            hashes = [hashlib.sha256(LEAF_PREFIX + e).digest() for e in entries]
             if len(set(hashes)) != len(hashes):
                 raise RecoveryError(f"{source} repeats an entry: not a copy of this log")
 

@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from client.merkle import (
     EMPTY_ROOT,
     HASH_SIZE,
+    NODE_PREFIX,
     consistency_ranges,
     fold_perfect,
     node_hash,
@@ -197,7 +198,7 @@ class RightEdge:
                 b[off : off + HASH_SIZE] = h
                 sub = 0
                 while p & 1:
-                    h = sha256(b"\x01" + b[off - HASH_SIZE : off] + h).digest()
+                    h = sha256(NODE_PREFIX + b[off - HASH_SIZE : off] + h).digest()
                     if sub == TILE_HEIGHT - 1:
                         # The tile is complete: its root is a level-8 node in the tile above.
                         self._put(TILE_HEIGHT, pos >> TILE_HEIGHT, h)
