@@ -22,7 +22,7 @@ from client.note import (
     FormatError,
     Signature,
     Signer,
-    Verifier,
+    VkeyVerifier,
     b64decode_strict,
     b64encode,
     check_key_name,
@@ -58,6 +58,11 @@ def cosigned_message(checkpoint_text: str, timestamp: int) -> bytes:
     return f"cosignature/v1\ntime {timestamp}\n".encode() + checkpoint_text.encode("utf-8")
 
 
+def _timestamp(sig: Signature) -> int:
+    """The cosignature's timestamp: the first 8 bytes, big-endian (both cosignature types)."""
+    return int(struct.unpack(">Q", sig.raw[:8])[0])
+
+
 class CosignatureVerifier(Ed25519PublicKeyBase):
     """Verifies ``cosignature/v1`` lines (type 0x04)."""
 
@@ -76,9 +81,7 @@ class CosignatureVerifier(Ed25519PublicKeyBase):
             return False
         return True
 
-    @staticmethod
-    def timestamp(sig: Signature) -> int:
-        return int(struct.unpack(">Q", sig.raw[:8])[0])
+    timestamp = staticmethod(_timestamp)
 
 
 class CosignatureSigner(Ed25519PrivateKeyBase):
@@ -144,10 +147,11 @@ def _checkpoint_fields(text: str) -> tuple[str, int, bytes]:
     return origin, int(size_s), b64decode_strict(root_b64, size=32)
 
 
-class MLDSACosignatureVerifier(Verifier):
+class MLDSACosignatureVerifier(VkeyVerifier):
     """Verifies ML-DSA-44 checkpoint cosignatures (type 0x06) over ``subtree/v1``."""
 
     ALG = ALG_COSIGNATURE_MLDSA44
+    ALG_NAME = "ML-DSA-44 (0x06)"
 
     def __init__(self, name: str, public_key: bytes) -> None:
         check_key_name(name)
@@ -160,19 +164,6 @@ class MLDSACosignatureVerifier(Verifier):
             self._key = MLDSA44PublicKey.from_public_bytes(public_key)
         except ValueError as exc:
             raise FormatError(f"bad ML-DSA-44 public key: {exc}") from None
-
-    @classmethod
-    def from_vkey(cls, vkey: str) -> Self:
-        name, kid, alg, pub = parse_vkey(vkey)
-        if alg != cls.ALG:
-            raise FormatError(f"vkey has algorithm 0x{alg:02x}, want ML-DSA-44 (0x06)")
-        v = cls(name, pub)
-        if v.key_id != kid:
-            raise FormatError("vkey key ID does not match its name and key")
-        return v
-
-    def vkey(self) -> str:
-        return format_vkey(self.name, self.ALG, self.public_key)
 
     def verify(self, msg: bytes, sig: bytes) -> bool:
         if len(sig) != 8 + MLDSA44_SIGNATURE_SIZE:
@@ -189,9 +180,7 @@ class MLDSACosignatureVerifier(Verifier):
             return False
         return True
 
-    @staticmethod
-    def timestamp(sig: Signature) -> int:
-        return int(struct.unpack(">Q", sig.raw[:8])[0])
+    timestamp = staticmethod(_timestamp)
 
 
 class MLDSACosignatureSigner(Signer):

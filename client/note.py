@@ -39,6 +39,7 @@ __all__ = [
     "Signature",
     "Signer",
     "Verifier",
+    "VkeyVerifier",
     "b64decode_strict",
     "b64encode",
     "check_key_name",
@@ -140,7 +141,33 @@ class Signer:
         raise NotImplementedError
 
 
-class Ed25519PublicKeyBase(Verifier):
+class VkeyVerifier(Verifier):
+    """A verifier with a vkey (``name+keyid+base64(ALG || public key)``) for type ``ALG``:
+    the vkey form and its key-ID check, shared by every key type (Ed25519 notes and
+    cosignatures here, ML-DSA-44 cosignatures in client.cosignature)."""
+
+    ALG: ClassVar[int]
+    ALG_NAME: ClassVar[str]
+    public_key: bytes
+
+    def __init__(self, name: str, public_key: bytes) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    @classmethod
+    def from_vkey(cls, vkey: str) -> Self:
+        name, kid, alg, pub = parse_vkey(vkey)
+        if alg != cls.ALG:
+            raise FormatError(f"vkey has algorithm 0x{alg:02x}, want {cls.ALG_NAME}")
+        v = cls(name, pub)
+        if v.key_id != kid:
+            raise FormatError("vkey key ID does not match its name and key")
+        return v
+
+    def vkey(self) -> str:
+        return format_vkey(self.name, self.ALG, self.public_key)
+
+
+class Ed25519PublicKeyBase(VkeyVerifier):
     """An Ed25519 public key under a note key name, for signature type ``ALG``.
 
     Shared by note signatures (0x01) and cosignatures (0x04, client.cosignature): the key ID
@@ -159,19 +186,6 @@ class Ed25519PublicKeyBase(Verifier):
         self.public_key = public_key
         self.key_id = key_id(name, self.ALG, public_key)
         self._key = Ed25519PublicKey.from_public_bytes(public_key)
-
-    @classmethod
-    def from_vkey(cls, vkey: str) -> Self:
-        name, kid, alg, pub = parse_vkey(vkey)
-        if alg != cls.ALG:
-            raise FormatError(f"vkey has algorithm 0x{alg:02x}, want {cls.ALG_NAME}")
-        v = cls(name, pub)
-        if v.key_id != kid:
-            raise FormatError("vkey key ID does not match its name and key")
-        return v
-
-    def vkey(self) -> str:
-        return format_vkey(self.name, self.ALG, self.public_key)
 
 
 class Ed25519PrivateKeyBase(Signer):
