@@ -250,7 +250,7 @@ def jcs_digest(value: object) -> bytes:
     return hashlib.sha256(jcs(value).encode("utf-8")).digest()
 
 
-def _as_bool(v: object) -> bool | None:
+def as_bool(v: object) -> bool | None:
     """SCIM booleans, tolerating the string forms some IdPs send ("True", "false")."""
     if isinstance(v, bool):
         return v
@@ -259,7 +259,8 @@ def _as_bool(v: object) -> bool | None:
     return None
 
 
-def _parse_json_text(text: object) -> tuple[bool, object]:
+def parse_json_text(text: object) -> tuple[bool, Any]:
+    """(True, value) for JSON text, (False, None) for anything else."""
     if not isinstance(text, str):
         return False, None
     try:
@@ -291,8 +292,8 @@ def _mod_verbs(prefix: str, mod: Mapping[str, Any], creating: bool) -> set[str]:
     if not isinstance(attr, str):
         raise EventFormatError("mod without a text 'attr'")
     key = _attr_key(attr)
-    has_old, old = _parse_json_text(mod.get("old"))
-    has_new, new = _parse_json_text(mod.get("new"))
+    has_old, old = parse_json_text(mod.get("old"))
+    has_new, new = parse_json_text(mod.get("new"))
     # "Absent" and "plain" sides are known; a digest-only side is not.
     old_known = has_old or ("old" not in mod and "old_d" not in mod)
     new_known = has_new or ("new" not in mod and "new_d" not in mod)
@@ -314,7 +315,7 @@ def _mod_verbs(prefix: str, mod: Mapping[str, Any], creating: bool) -> set[str]:
     if prefix == "user" and key == "password":
         return {"password.set"}
     if prefix == "user" and key == "active" and old_known and new_known:
-        b_old, b_new = _as_bool(old), _as_bool(new)
+        b_old, b_new = as_bool(old), as_bool(new)
         if b_new is False and b_old is not False:
             return {"deactivate"}
         if b_new is True and b_old is not True:
@@ -531,8 +532,8 @@ class _Builder:
     def mod(self, op: str, path: str, value: object, has_value: bool, patch: bool = False
             ) -> None:
         key = _attr_key(path)
-        if key == "active" and self.prefix == "user" and _as_bool(value) is not None:
-            value = _as_bool(value)
+        if key == "active" and self.prefix == "user" and as_bool(value) is not None:
+            value = as_bool(value)
         attr = self.safe_path(path, key, op)
         if len(attr.encode("utf-8")) > 512:
             attr = _clean_path(path) or path
@@ -583,7 +584,7 @@ def _unit_verbs(prefix: str, op: str, key: str, value: object, *, put: bool) -> 
     if prefix == "user" and key == "password":
         return {"update"} if op == "remove" else {"password.set"}
     if prefix == "user" and key == "active" and op != "remove":
-        b = _as_bool(value)
+        b = as_bool(value)
         if b is False:
             return {"deactivate"}
         if b is True and not put:  # every PUT restates active: true

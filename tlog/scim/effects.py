@@ -31,7 +31,7 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from client.scim.actions import action, action_prefix
+from client.scim.actions import action, action_prefix, as_bool, parse_json_text
 
 __all__ = ["SECURITY_ATTRS", "classify"]
 
@@ -56,22 +56,6 @@ def _key(attr: str) -> str:
         low = low.split(sep, 1)[0]
     return low
 
-
-def _json(text: object) -> tuple[bool, Any]:
-    if not isinstance(text, str):
-        return False, None
-    try:
-        return True, json.loads(text)
-    except ValueError:
-        return False, None
-
-
-def _bool(v: object) -> bool | None:
-    if isinstance(v, bool):
-        return v
-    if isinstance(v, str) and v.lower() in ("true", "false"):
-        return v.lower() == "true"
-    return None
 
 
 def _values(v: object) -> list[str]:
@@ -110,7 +94,7 @@ class _Run:
         old = self.state.get(key)
         had = key in self.state
         if key == "active":
-            b = _bool(new)
+            b = as_bool(new)
             if b is None and new is not None:
                 self.verbs.add("update")
                 self.state.pop(key, None)
@@ -290,8 +274,8 @@ class _Run:
             mop = m.get("op", "replace" if op != "create" else "add")
             if (self.prefix, key) in _SETS:
                 seen_sets.add(key)
-                has_new, new = _json(m.get("new"))
-                has_old, old = _json(m.get("old"))
+                has_new, new = parse_json_text(m.get("new"))
+                has_old, old = parse_json_text(m.get("old"))
                 if "new_d" in m or "old_d" in m:
                     self.verbs.add("update")
                     continue
@@ -308,7 +292,7 @@ class _Run:
                 continue
             if key in ("active", "username", "emails") and "[" not in m["attr"] and "." not in \
                     m["attr"].rpartition(":")[2]:
-                has_new, new = _json(m.get("new"))
+                has_new, new = parse_json_text(m.get("new"))
                 if "new_d" in m:
                     self.verbs.add("update")
                     self.state.pop(key, None)
@@ -362,9 +346,9 @@ class _Run:
 
     def apply_result(self, result: Mapping[str, Any]) -> None:
         """The SP's answer is the truth about the resulting values (``x.result``)."""
-        if "active" in result and _bool(result["active"]) is not None:
-            b = _bool(result["active"])
-            old = _bool(self.state.get("active"))
+        if "active" in result and as_bool(result["active"]) is not None:
+            b = as_bool(result["active"])
+            old = as_bool(self.state.get("active"))
             if b is False and old is not False and "deactivate" not in self.verbs:
                 self.verbs.add("deactivate")
             if b is True and old is False and "activate" not in self.verbs:
