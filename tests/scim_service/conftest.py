@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 from collections.abc import Iterator
@@ -127,27 +128,41 @@ def group_event(pids: list[bytes], *, rid: str = "g-engineering-42", req: str = 
     )
 
 
-@pytest.fixture
-def harness(tmp_path: Path) -> Iterator[Harness]:
+ROLES = [
+    ("sub1", "submitter", T1),
+    ("sub2", "submitter", T2),
+    ("aud1", "auditor", T1),
+    ("aud2", "auditor", T2),
+    ("po_a", "privacy-officer", None),
+    ("po_b", "privacy-officer", None),
+    ("po_t2", "privacy-officer", T2),
+    ("admin", "admin", None),
+]
+
+
+@contextlib.contextmanager
+def open_harness(
+    tmp_path: Path, roles: list[tuple[str, str, str | None]] = ROLES, **build: Any
+) -> Iterator[Harness]:
+    """An in-process log with a SCIM service on a ticking clock and one token per role."""
     signer = make_signer()
-    app, log_, tokens = build_app(tmp_path, signer, max_batch_age=0.0)
+    app, log_, tokens = build_app(tmp_path, signer, max_batch_age=0.0, **build)
     service: ScimService = app.state.scim
     ticks = itertools.count()
     service.clock = lambda: BASE_TS + 1000 * next(ticks)
     tok: dict[str, str] = {}
     ids: dict[str, str] = {}
-    for name, role, tenant in [
-        ("sub1", "submitter", T1),
-        ("sub2", "submitter", T2),
-        ("aud1", "auditor", T1),
-        ("aud2", "auditor", T2),
-        ("po_a", "privacy-officer", None),
-        ("po_b", "privacy-officer", None),
-        ("po_t2", "privacy-officer", T2),
-        ("admin", "admin", None),
-    ]:
+    for name, role, tenant in roles:
         tok[name], p = tokens.create(role, tenant=tenant, name=name)
         ids[name] = p.token_id
-    with TestClient(app) as client:
-        yield Harness(client, log_, tokens, signer, tmp_path, service, tok, ids)
-    log_.storage.close()
+    try:
+        with TestClient(app) as client:
+            yield Harness(client, log_, tokens, signer, tmp_path, service, tok, ids)
+    finally:
+        log_.storage.close()
+
+
+@pytest.fixture
+def harness(tmp_path: Path) -> Iterator[Harness]:
+    with open_harness(tmp_path) as h:
+        yield h

@@ -33,15 +33,13 @@ from typing import Any
 import pytest
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from starlette.testclient import TestClient
 
 import tlog.scim.keys
 import tlog.scim.service
 from tlog.scim import store
 from tlog.scim.keys import MASTER_KEY_FILE, SubjectId, read_key_file
-from tlog.server import build_app
 
-from .conftest import BASE_TS, T1, T2, Harness, group_event, make_signer, user_event
+from .conftest import BASE_TS, ROLES, T1, T2, Harness, group_event, open_harness, user_event
 
 ALICE = "u-alice-7f3a"
 ALICE_XID = "alice.liddell@example.org"
@@ -89,25 +87,9 @@ def rec_harness(
     rec = Recorder()
     monkeypatch.setattr(tlog.scim.keys, "AESGCM", rec.aesgcm())
     monkeypatch.setattr(tlog.scim.service, "AESGCM", rec.aesgcm())
-    signer = make_signer()
-    app, log_, tokens = build_app(tmp_path, signer, max_batch_age=0.0, scim_expiry_interval=None)
-    service = app.state.scim
-    ticks = itertools.count()
-    service.clock = lambda: BASE_TS + 1000 * next(ticks)
-    tok: dict[str, str] = {}
-    ids: dict[str, str] = {}
-    for name, role, tenant in [
-        ("sub1", "submitter", T1),
-        ("sub2", "submitter", T2),
-        ("aud1", "auditor", T1),
-        ("po_a", "privacy-officer", None),
-        ("po_b", "privacy-officer", None),
-    ]:
-        tok[name], p = tokens.create(role, tenant=tenant, name=name)
-        ids[name] = p.token_id
-    with TestClient(app) as client:
-        yield Harness(client, log_, tokens, signer, tmp_path, service, tok, ids), rec
-    log_.storage.close()
+    roles = [r for r in ROLES if r[0] in ("sub1", "sub2", "aud1", "po_a", "po_b")]
+    with open_harness(tmp_path, roles, scim_expiry_interval=None) as h:
+        yield h, rec
 
 
 def raw_files(data: Path) -> dict[str, bytes]:

@@ -22,7 +22,7 @@ from client.merkle import (
     root_of_range,
 )
 from client.note import Ed25519Signer, b64encode, sign_note
-from client.witness.core import Witness, WitnessedLog
+from client.witness.core import AddCheckpointError, Witness, WitnessedLog
 from client.witness.store import WitnessStore
 from client.witness_client import AddCheckpointRequest
 
@@ -176,3 +176,12 @@ def serving(server: S) -> Iterator[S]:
         server.shutdown()
         server.server_close()
         t.join(5)
+
+
+def add_status(w: Witness, body: bytes) -> int:
+    """The HTTP status the witness answers an add-checkpoint body with (200 when it cosigns)."""
+    try:
+        w.add_checkpoint(body)
+    except AddCheckpointError as exc:
+        return exc.status
+    return 200

@@ -20,17 +20,10 @@ from tests.witness.helpers import (
     WITNESS_SEED,
     FakeClock,
     FakeLog,
+    add_status,
     events,
     make_witness,
 )
-
-
-def status(w: Witness, body: bytes) -> int:
-    try:
-        w.add_checkpoint(body)
-    except AddCheckpointError as exc:
-        return exc.status
-    return 200
 
 
 @pytest.fixture
@@ -76,7 +69,7 @@ def test_state_keeps_only_verified_signatures(w100: Witness, log300: FakeLog) ->
     other = CosignatureSigner("other.witness/x", bytes(32)).cosign(log300.checkpoint_text(), 5)
     note = sign_note(log300.checkpoint_text(300), [log300.signer], extra=(grease, forged, other))
     body = AddCheckpointRequest(100, tuple(log300.consistency_proof(100, 300)), note).format()
-    assert status(w100, body) == 200
+    assert add_status(w100, body) == 200
     stored = w100.latest(ORIGIN)
     assert stored is not None and stored.size == 300
     lines = stored.note.split("\n\n", 1)[1].splitlines()
@@ -151,14 +144,14 @@ def _malformed_bodies(log: FakeLog) -> dict[str, bytes]:
 
 def test_malformed_bodies_are_400(w100: Witness, log300: FakeLog) -> None:
     for name, body in _malformed_bodies(log300).items():
-        assert status(w100, body) == 400, name
+        assert add_status(w100, body) == 400, name
     unchanged(w100)
 
 
 def test_every_truncation_is_400(w100: Witness, log300: FakeLog) -> None:
     body = log300.body(100, 300)
     for n in range(len(body)):
-        assert status(w100, body[:n]) == 400, n
+        assert add_status(w100, body[:n]) == 400, n
     unchanged(w100)
 
 
@@ -167,7 +160,7 @@ def test_every_one_byte_change_is_rejected_cleanly(w100: Witness, log300: FakeLo
     seen: set[int] = set()
     for i in range(len(body)):
         mutated = body[:i] + bytes([body[i] ^ 0x01]) + body[i + 1 :]
-        s = status(w100, mutated)
+        s = add_status(w100, mutated)
         assert s in (400, 403, 404, 409, 422), (i, s)
         seen.add(s)
     assert {400, 403, 404, 409, 422} <= seen
@@ -176,9 +169,9 @@ def test_every_one_byte_change_is_rejected_cleanly(w100: Witness, log300: FakeLo
 
 def test_unknown_origin_is_404(w100: Witness) -> None:
     other = FakeLog(events(10), origin="other.example.com/log", seed=b"\x07" * 32)
-    assert status(w100, other.body(0, 10)) == 404
+    assert add_status(w100, other.body(0, 10)) == 404
     # 404 comes before the old > size check (spec order).
-    assert status(w100, other.body(0, 10).replace(b"old 0", b"old 50", 1)) == 404
+    assert add_status(w100, other.body(0, 10).replace(b"old 0", b"old 50", 1)) == 404
 
 
 def test_bad_signature_is_403(w100: Witness, log300: FakeLog) -> None:
@@ -189,31 +182,31 @@ def test_bad_signature_is_403(w100: Witness, log300: FakeLog) -> None:
     raw[10] ^= 0x80
     bad = f"{text}\n\n{name} {b64encode(bytes(raw))}\n"
     p = _proof_lines(log300)
-    assert status(w100, _framing(log300, "old 100", p, bad)) == 403
+    assert add_status(w100, _framing(log300, "old 100", p, bad)) == 403
     # A valid signature next to the bad one does not help: a known key that fails rejects.
     both = f"{text}\n\n{sigline}{name} {b64encode(bytes(raw))}\n"
-    assert status(w100, _framing(log300, "old 100", p, both)) == 403
+    assert add_status(w100, _framing(log300, "old 100", p, both)) == 403
     # Signed by another key under the log's name: no trusted signature.
     imposter = sign_note(log300.checkpoint_text(300), [Ed25519Signer(ORIGIN, b"\x09" * 32)])
-    assert status(w100, _framing(log300, "old 100", p, imposter)) == 403
+    assert add_status(w100, _framing(log300, "old 100", p, imposter)) == 403
     # 403 comes before 409 (stale old) and before the extension-line check.
-    assert status(w100, _framing(log300, "old 7", p, imposter)) == 403
+    assert add_status(w100, _framing(log300, "old 7", p, imposter)) == 403
     ext_imposter = sign_note(
         log300.checkpoint_text(300) + "ext\n", [Ed25519Signer(ORIGIN, b"\x09" * 32)]
     )
-    assert status(w100, _framing(log300, "old 100", p, ext_imposter)) == 403
+    assert add_status(w100, _framing(log300, "old 100", p, ext_imposter)) == 403
     unchanged(w100)
 
 
 def test_extension_lines_are_400(w100: Witness, log300: FakeLog) -> None:
     note = sign_note(log300.checkpoint_text(300) + "Timestamp: 1\n", [log300.signer])
-    assert status(w100, _framing(log300, "old 100", _proof_lines(log300), note)) == 400
+    assert add_status(w100, _framing(log300, "old 100", _proof_lines(log300), note)) == 400
     unchanged(w100)
 
 
 def test_old_larger_than_size_is_400(w100: Witness, log300: FakeLog) -> None:
-    assert status(w100, log300.body(100, 50, proof=[])) == 400
-    assert status(w100, log300.body(300, 200, proof=[])) == 400
+    assert add_status(w100, log300.body(100, 50, proof=[])) == 400
+    assert add_status(w100, log300.body(300, 200, proof=[])) == 400
     unchanged(w100)
 
 
@@ -231,26 +224,26 @@ def test_stale_old_is_409_with_size(w100: Witness, log300: FakeLog) -> None:
 def test_bad_consistency_proof_is_422(w100: Witness, log300: FakeLog) -> None:
     proof = log300.consistency_proof(100, 300)
     flipped = [proof[0][:-1] + bytes([proof[0][-1] ^ 1]), *proof[1:]]
-    assert status(w100, log300.body(100, 300, proof=flipped)) == 422
-    assert status(w100, log300.body(100, 300, proof=proof[:-1])) == 422
-    assert status(w100, log300.body(100, 300, proof=[*proof, proof[0]])) == 422
-    assert status(w100, log300.body(100, 300, proof=[])) == 422
-    assert status(w100, log300.body(100, 300, proof=log300.consistency_proof(99, 300))) == 422
+    assert add_status(w100, log300.body(100, 300, proof=flipped)) == 422
+    assert add_status(w100, log300.body(100, 300, proof=proof[:-1])) == 422
+    assert add_status(w100, log300.body(100, 300, proof=[*proof, proof[0]])) == 422
+    assert add_status(w100, log300.body(100, 300, proof=[])) == 422
+    assert add_status(w100, log300.body(100, 300, proof=log300.consistency_proof(99, 300))) == 422
     unchanged(w100)
 
 
 def test_conflicting_root_at_same_size_is_422(w100: Witness, log300: FakeLog) -> None:
     # Same size, same root: re-cosigned (200); a non-empty proof there is 422.
-    assert status(w100, log300.body(100, 100)) == 200
-    assert status(w100, log300.body(100, 100, proof=[log300.root(100)])) == 422
+    assert add_status(w100, log300.body(100, 100)) == 200
+    assert add_status(w100, log300.body(100, 100, proof=[log300.root(100)])) == 422
     # A fork that grows from a different size-100 tree cannot prove consistency either
     # (no evidence by itself: the proof is unsigned; see test_evidence.py).
     fork_big = FakeLog([*events(99), b"evil", *events(200, "x")])
-    assert status(w100, fork_big.body(100, 300)) == 422
+    assert add_status(w100, fork_big.body(100, 300)) == 422
     assert w100.evidence() == []
     # A log-signed size-100 checkpoint with another root: 422 and split-view evidence.
     fork = FakeLog([*events(99), b"evil"])
-    assert status(w100, fork.body(100, 100)) == 422
+    assert add_status(w100, fork.body(100, 100)) == 422
     assert len(w100.evidence()) == 1
     unchanged(w100)
 
@@ -259,13 +252,13 @@ def test_size_zero_rules(tmp_path: Path, log300: FakeLog) -> None:
     w = make_witness(tmp_path / "w.db", [log300.witnessed_log()])
     wrong_root = sign_note(f"{ORIGIN}\n0\n{b64encode(bytes(32))}\n", [log300.signer])
     empty = sign_note(Checkpoint(ORIGIN, 0, EMPTY_ROOT).text(), [log300.signer])
-    assert status(w, AddCheckpointRequest(0, (), wrong_root).format()) == 422
+    assert add_status(w, AddCheckpointRequest(0, (), wrong_root).format()) == 422
     # old 0 with a non-empty proof: 422, even for a good checkpoint.
     one = b64encode(log300.root(1))
-    assert status(w, f"old 0\n{one}\n\n{log300.checkpoint(5)}".encode()) == 422
+    assert add_status(w, f"old 0\n{one}\n\n{log300.checkpoint(5)}".encode()) == 422
     assert w.latest(ORIGIN) is None
-    assert status(w, AddCheckpointRequest(0, (), empty).format()) == 200
-    assert status(w, AddCheckpointRequest(0, (), log300.checkpoint(5)).format()) == 200
+    assert add_status(w, AddCheckpointRequest(0, (), empty).format()) == 200
+    assert add_status(w, AddCheckpointRequest(0, (), log300.checkpoint(5)).format()) == 200
     # Now at 5: a size-0 checkpoint with old 0 is a stale old (409 precedes 422).
     with pytest.raises(AddCheckpointError) as info:
         w.add_checkpoint(AddCheckpointRequest(0, (), wrong_root).format())

@@ -12,7 +12,7 @@ from client.note import Ed25519Signer, FormatError
 from client.policy import Policy
 from client.witness.cli import main
 from client.witness.config import ConfigError, WitnessConfig
-from client.witness.core import AddCheckpointError, Witness
+from client.witness.core import Witness
 from client.witness.monitor import Monitor
 from client.witness.store import WitnessStore
 from tests.witness.helpers import (
@@ -20,18 +20,11 @@ from tests.witness.helpers import (
     ORIGIN,
     FakeLog,
     FakeLogServer,
+    add_status,
     events,
     make_witness,
     serving,
 )
-
-
-def status(w: Witness, body: bytes) -> int:
-    try:
-        w.add_checkpoint(body)
-    except AddCheckpointError as exc:
-        return exc.status
-    return 200
 
 
 def write_config(d: Path, log: FakeLog, url: str | None = None) -> Path:
@@ -59,13 +52,13 @@ def test_same_size_other_root_is_evidence_and_check_fails(
     honest, fork = FakeLog(events(10)), FakeLog(events(10, prefix="forked-"))
     cfg = write_config(tmp_path, honest)
     w = configured_witness(cfg)
-    assert status(w, honest.body(0)) == 200
+    assert add_status(w, honest.body(0)) == 200
     assert main(["check", "--config", str(cfg)]) == 0
     capsys.readouterr()
     # Whatever `old` says (ours, 0, or a stale size), a log-signed size-10 checkpoint with
     # another root contradicts the one we cosigned.
     proof = [] if old in (0, 10) else fork.consistency_proof(old, 10)
-    assert status(w, fork.body(old, proof=proof)) == 422
+    assert add_status(w, fork.body(old, proof=proof)) == 422
     [ev] = w.evidence()
     assert ev.peer == "add-checkpoint" and "different root" in ev.reason
     assert ev.our_note.startswith(honest.checkpoint(10).rstrip("\n").rsplit("\n", 1)[0])
@@ -75,15 +68,15 @@ def test_same_size_other_root_is_evidence_and_check_fails(
     assert "SPLIT-VIEW EVIDENCE: 1 record(s)" in out
     # The origin is frozen: even the honest continuation is refused from now on.
     honest_more = FakeLog(events(12))
-    assert status(w, honest_more.body(10)) == 422
+    assert add_status(w, honest_more.body(10)) == 422
 
 
 def test_unsigned_conflicts_are_not_evidence(tmp_path: Path) -> None:
     honest = FakeLog(events(10))
     w = make_witness(tmp_path / "w.db", [honest.witnessed_log()])
-    assert status(w, honest.body(0)) == 200
+    assert add_status(w, honest.body(0)) == 200
     stranger = FakeLog(events(10, prefix="x-"), seed=bytes(32))  # same origin, wrong key
-    assert status(w, stranger.body(10, proof=[])) == 403
+    assert add_status(w, stranger.body(10, proof=[])) == 403
     assert w.evidence() == []
 
 
@@ -93,14 +86,14 @@ def test_failed_proof_is_settled_with_the_logs_own_proof(tmp_path: Path) -> None
         w = make_witness(tmp_path / "w.db", [honest.witnessed_log(srv.url)])
         mon = Monitor(w)
         try:
-            assert status(w, honest.body(0)) == 200
+            assert add_status(w, honest.body(0)) == 200
             # A replayed honest checkpoint with a junk proof: 422, and the log's own proof
             # clears it, so nothing is frozen and the real push then succeeds.
             junk = [bytes(32)] * len(honest16.consistency_proof(10, 16))
-            assert status(w, honest16.body(10, proof=junk)) == 422
+            assert add_status(w, honest16.body(10, proof=junk)) == 422
             assert any(r.startswith("/v1/proof/consistency") for r in srv.requests)
             assert w.evidence() == []
-            assert status(w, honest16.body(10)) == 200
+            assert add_status(w, honest16.body(10)) == 200
         finally:
             mon.close()
 
@@ -112,8 +105,8 @@ def test_failed_proof_against_a_forked_log_is_evidence(tmp_path: Path) -> None:
         w = make_witness(tmp_path / "w.db", [honest.witnessed_log(srv.url)])
         mon = Monitor(w)
         try:
-            assert status(w, honest.body(0)) == 200
-            assert status(w, fork16.body(10)) == 422
+            assert add_status(w, honest.body(0)) == 200
+            assert add_status(w, fork16.body(10)) == 422
             [ev] = w.evidence()
             assert "does not verify" in ev.reason
             assert ev.their_note == fork16.checkpoint(16)
@@ -126,8 +119,8 @@ def test_failed_proof_without_log_url_is_a_suspicion(tmp_path: Path) -> None:
     w = make_witness(tmp_path / "w.db", [honest.witnessed_log()])
     mon = Monitor(w)
     try:
-        assert status(w, honest.body(0)) == 200
-        assert status(w, fork16.body(10)) == 422
+        assert add_status(w, honest.body(0)) == 200
+        assert add_status(w, fork16.body(10)) == 422
         assert w.evidence() == []
         [s] = w.store.suspicions()
         assert (s.peer, s.their_size) == ("add-checkpoint", 16)
