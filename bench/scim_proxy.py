@@ -189,14 +189,12 @@ def sample_events(n: int, tag: str) -> list[str]:
     return out
 
 
-def batch_load(url: str, token: str, seconds: float, threads: int = 2) -> tuple[float, int]:
-    """Events/s through POST /v1/scim/events/batch, 1000 events per request."""
+def _post_batches(url: str, token: str, path: str, count: str, bodies: list[list[bytes]],
+                  seconds: float) -> tuple[float, int]:
+    """POST each thread's pre-built JSON bodies to ``path`` until ``seconds`` pass or the
+    bodies run out; returns (items/s, items), counting ``len(answer[count])`` per 200."""
     done = [0]
     lock = threading.Lock()
-    bodies: list[list[bytes]] = []
-    for t in range(threads):  # built before the clock starts: we measure the log
-        bodies.append([('{"events":[' + ",".join(sample_events(1000, f"b{t}-{k}")) + "]}")
-                       .encode() for k in range(max(2, int(seconds)))])
     stop = time.monotonic() + seconds
 
     def worker(t: int) -> None:
@@ -205,21 +203,30 @@ def batch_load(url: str, token: str, seconds: float, threads: int = 2) -> tuple[
                                                  "Content-Type": "application/json"},
                           timeout=120) as c:
             while time.monotonic() < stop and k < len(bodies[t]):
-                r = c.post("/v1/scim/events/batch", content=bodies[t][k])
+                r = c.post(path, content=bodies[t][k])
                 k += 1
                 if r.status_code == 200:
                     with lock:
-                        done[0] += len(r.json()["results"])
+                        done[0] += len(r.json()[count])
                 else:
-                    print(f"batch answered {r.status_code}: {r.text[:200]}", file=sys.stderr)
+                    print(f"{path} answered {r.status_code}: {r.text[:200]}", file=sys.stderr)
 
     t0 = time.monotonic()
-    ts = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
+    ts = [threading.Thread(target=worker, args=(i,)) for i in range(len(bodies))]
     for t in ts:
         t.start()
     for t in ts:
         t.join()
     return done[0] / (time.monotonic() - t0), done[0]
+
+
+def batch_load(url: str, token: str, seconds: float, threads: int = 2) -> tuple[float, int]:
+    """Events/s through POST /v1/scim/events/batch, 1000 events per request."""
+    bodies: list[list[bytes]] = []
+    for t in range(threads):  # built before the clock starts: we measure the log
+        bodies.append([('{"events":[' + ",".join(sample_events(1000, f"b{t}-{k}")) + "]}")
+                       .encode() for k in range(max(2, int(seconds)))])
+    return _post_batches(url, token, "/v1/scim/events/batch", "results", bodies, seconds)
 
 
 def raw_batch_load(url: str, token: str, seconds: float, threads: int = 2) -> tuple[float, int]:
@@ -227,34 +234,10 @@ def raw_batch_load(url: str, token: str, seconds: float, threads: int = 2) -> tu
     size per request, same threads): the reference for the SCIM batch path."""
     import base64
 
-    done = [0]
-    lock = threading.Lock()
     bodies = [[json.dumps({"entries": [base64.b64encode(b"r" + os.urandom(72)).decode()
                                        for _ in range(1000)]}).encode()
                for _ in range(max(2, int(seconds) * 4))] for _ in range(threads)]
-    stop = time.monotonic() + seconds
-
-    def worker(t: int) -> None:
-        k = 0
-        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}",
-                                                 "Content-Type": "application/json"},
-                          timeout=120) as c:
-            while time.monotonic() < stop and k < len(bodies[t]):
-                r = c.post("/v1/entries/batch", content=bodies[t][k])
-                k += 1
-                if r.status_code == 200:
-                    with lock:
-                        done[0] += len(r.json()["indices"])
-                else:
-                    print(f"raw batch answered {r.status_code}: {r.text[:200]}", file=sys.stderr)
-
-    t0 = time.monotonic()
-    ts = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    return done[0] / (time.monotonic() - t0), done[0]
+    return _post_batches(url, token, "/v1/entries/batch", "indices", bodies, seconds)
 
 
 def tlog_token(data: Path, tenant: str) -> str:
