@@ -57,19 +57,28 @@ class _Usage(Exception):
     pass
 
 
-def _token(path: str | None) -> str:
+def read_secret(path: str | None, env: str, what: str) -> str | None:
+    """A secret from its file (stripped; unreadable or empty is a ValueError), else from the
+    environment variable ``env``, else None. Secrets never come from the command line."""
     if path is not None:
         try:
             value = Path(path).read_text("utf-8").strip()
         except OSError as exc:
-            raise _Usage(f"cannot read token file {path}: {exc.strerror}") from None
-        if value:
-            return value
-        raise _Usage(f"token file {path} is empty")
-    env = os.environ.get("TLOG_TOKEN")
-    if not env:
+            raise ValueError(f"cannot read {what} file {path}: {exc.strerror}") from None
+        if not value:
+            raise ValueError(f"{what} file {path} is empty")
+        return value
+    return os.environ.get(env) or None
+
+
+def _token(path: str | None) -> str:
+    try:
+        token = read_secret(path, "TLOG_TOKEN", "token")
+    except ValueError as exc:
+        raise _Usage(str(exc)) from None
+    if token is None:
         raise _Usage("an auditor token is required: --token-file or TLOG_TOKEN")
-    return env
+    return token
 
 
 def _filters(args: argparse.Namespace) -> dict[str, Any]:

@@ -56,6 +56,7 @@ from client.merkle import VerificationError
 from client.note import Ed25519Verifier, FormatError, b64decode_strict, b64encode
 from client.policy import Policy
 from client.scim.audit import AuditedEvent, ScimAuditClient, ScimAuditError
+from client.scim.auditcli import read_secret
 from client.scim.evidence import describe, verify_evidence
 from client.scim.ocsf import to_ocsf
 
@@ -440,24 +441,12 @@ def _record_export(
 # --- command line ---------------------------------------------------------------------------
 
 
-def _secret(path: str | None, env: str, what: str) -> str | None:
-    if path is not None:
-        try:
-            value = Path(path).read_text("utf-8").strip()
-        except OSError as exc:
-            raise ValueError(f"cannot read {what} file {path}: {exc.strerror}") from None
-        if not value:
-            raise ValueError(f"{what} file {path} is empty")
-        return value
-    return os.environ.get(env) or None
-
-
 def cmd_stream(args: argparse.Namespace, http: httpx.Client | None = None) -> int:
     try:
-        token = _secret(args.token_file, "TLOG_TOKEN", "token")
+        token = read_secret(args.token_file, "TLOG_TOKEN", "token")
         if token is None:
             raise ValueError("an auditor token is required: --token-file or TLOG_TOKEN")
-        hec = _secret(args.hec_token_file, "TLOG_HEC_TOKEN", "HEC token")
+        hec = read_secret(args.hec_token_file, "TLOG_HEC_TOKEN", "HEC token")
         verifier = Ed25519Verifier.from_vkey(args.vkey)
         sink = make_sink(args.to, origin=verifier.name, hec_token=hec, retries=args.retries)
     except (ValueError, FormatError, SinkError) as exc:
