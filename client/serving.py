@@ -15,6 +15,15 @@ timeouts"):
 * **Body timeout.** Once the head is in, the body must be complete within ``body_timeout``
   seconds (unless the app has stopped reading it). Otherwise the connection is closed and
   the app sees ``http.disconnect``.
+* **Write timeout (slow readers).** A response the client does not take is not kept
+  forever: when the connection's send buffer (beyond what the kernel's socket buffers
+  hold) has data that has not drained below the low-water mark for ``write_timeout``
+  seconds, the connection is aborted (reset, its buffered response dropped). Without this,
+  a client that asks for a 16 MiB entry bundle and never reads would pin the bundle in
+  memory and its connection forever, and a response streaming to it would hold its
+  request "in progress", so the connection limit could not evict it. Any reading client,
+  however slow its link, drains the buffer below the mark again and again, which resets
+  the clock.
 * **Head size.** More than ``max_head_bytes`` of request line and headers: ``431`` and close
   (httptools, uvicorn's fast parser, has no such limit of its own).
 * **Connection limit that favours real work.** At most ``max_connections`` connections
@@ -32,8 +41,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import resource
+import socket
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -71,6 +83,7 @@ class ServerLimits:
     header_timeout: float = 10.0  # seconds to send a complete request head (then 408)
     body_timeout: float = 60.0  # seconds to send a request body after its head
     keep_alive: int = 5  # seconds an idle keep-alive connection stays open
+    write_timeout: float = 30.0  # seconds a client may leave a response unread (then reset)
     max_connections: int = 1000  # open connections; over it the oldest idle one is closed
     max_head_bytes: int = 32 * 1024  # bytes of request line and headers (then 431)
     backlog: int = 2048  # the listen socket's accept queue
@@ -91,10 +104,12 @@ class _Guard:
     _phase_key: object
     _since: float
     _head_bytes: int
+    _write_since: float | None
 
     def connection_made(self, transport: asyncio.Transport) -> None:
         super().connection_made(transport)  # type: ignore[misc]
         self._phase, self._phase_key = HEAD, None
+        self._write_since = None
         self._since = asyncio.get_running_loop().time()
         self._head_bytes = 0
         if len(self.connections) > self.max_connections:
@@ -110,6 +125,31 @@ class _Guard:
                 self._refuse(_R431)
         else:
             self._head_bytes = 0
+
+    def resume_writing(self) -> None:
+        # The send buffer drained below the low-water mark: the client is reading.
+        self._write_since = None
+        super().resume_writing()  # type: ignore[misc]
+
+    def _check_write(self, now: float) -> bool:
+        """Abort a connection whose client has not taken its response for write_timeout."""
+        if not self.transport.get_write_buffer_size():
+            self._write_since = None
+            return False
+        if self._write_since is None:
+            self._write_since = now
+            return False
+        if now - self._write_since <= self.limits.write_timeout:
+            return False
+        log.warning("closing a connection whose client has not read its response for %g s "
+                    "(%d bytes unsent)", self.limits.write_timeout,
+                    self.transport.get_write_buffer_size())
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:  # reset, not FIN: the kernel drops the unsent bytes at once
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.transport.abort()
+        return True
 
     def _refuse(self, response: bytes) -> None:
         """Answer ``response`` and close; just close after an earlier request on this
@@ -128,8 +168,8 @@ class _Guard:
 
     def _check(self, now: float) -> None:
         """Advance this connection's phase clock; close it if its phase has run out."""
-        if self.transport.is_closing():
-            return
+        if self._check_write(now) or self.transport.is_closing():
+            return  # a closing transport still flushing is covered by the write timeout
         phase, key = self._current_phase()
         if phase != self._phase or key is not self._phase_key:
             self._phase, self._phase_key, self._since = phase, key, now
@@ -281,18 +321,23 @@ def add_limit_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep-alive", type=int, default=d.keep_alive,
                    help="seconds an idle keep-alive connection stays open "
                         f"(default {d.keep_alive})")
+    p.add_argument("--write-timeout", type=float, default=d.write_timeout,
+                   help="seconds a client may leave a response unread before the connection is "
+                        f"reset (default {d.write_timeout:g})")
     p.add_argument("--max-connections", type=int, default=d.max_connections,
                    help="open connections at most; over it the oldest idle or slow one is "
                         f"closed (default {d.max_connections})")
 
 
 def limits_from_args(args: argparse.Namespace) -> ServerLimits:
-    for name in ("header_timeout", "body_timeout", "keep_alive", "max_connections"):
+    for name in ("header_timeout", "body_timeout", "keep_alive", "write_timeout",
+                 "max_connections"):
         if getattr(args, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive")
     return ServerLimits(
         header_timeout=args.header_timeout,
         body_timeout=args.body_timeout,
         keep_alive=args.keep_alive,
+        write_timeout=args.write_timeout,
         max_connections=args.max_connections,
     )

@@ -11,6 +11,7 @@
     header_timeout = 10               # optional, seconds to send a request head (default 10)
     idle_timeout = 30                 # optional, seconds a keep-alive may idle (default 30)
     body_timeout = 10                 # optional, seconds to send a request body (default 10)
+    write_timeout = 30                # optional, seconds a response may stay unread (default 30)
     max_connections = 512             # optional, connections + requests before 503s
     log_lists = ["https://example.org/logs.txt"]  # optional logs/v0 lists `serve` pulls
     log_list_interval = 3600          # optional, seconds between pulls (default 3600)
@@ -78,6 +79,7 @@ _TOP = {
     "header_timeout",
     "idle_timeout",
     "body_timeout",
+    "write_timeout",
     "max_connections",
     "log_lists",
     "log_list_interval",
@@ -210,6 +212,7 @@ class WitnessConfig:
                 header_timeout=_take(doc, "header_timeout", float, "config", d.header_timeout),
                 idle_timeout=_take(doc, "idle_timeout", int, "config", d.idle_timeout),
                 body_timeout=_take(doc, "body_timeout", float, "config", d.body_timeout),
+                write_timeout=_take(doc, "write_timeout", float, "config", d.write_timeout),
                 max_connections=_take(doc, "max_connections", int, "config", d.max_connections),
             )
         except ValueError as exc:

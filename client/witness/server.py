@@ -13,6 +13,8 @@ Limits (config keys of ``tlog-witness``, see :class:`ServerLimits`):
 * ``idle_timeout``: keep-alive connections idle this long between requests are closed.
 * ``body_timeout``: the whole body must arrive within this many seconds: the app answers 408
   (the runner's own body timer, one second later, is the backstop).
+* ``write_timeout``: a client that leaves a response unread (its send buffer not draining)
+  this long is disconnected (reset), so slow readers cannot pin responses and connections.
 * ``max_connections``: at most this many open connections; a new one evicts the oldest idle
   or still-sending connection, and is refused with 503 only when all are busy.
 * Request heads are capped at 16 KiB (431), bodies at 128 KiB (413).
@@ -43,11 +45,13 @@ class ServerLimits:
     header_timeout: float = 10.0
     idle_timeout: int = 30
     body_timeout: float = 10.0
+    write_timeout: float = 30.0
     max_connections: int = 512
     backlog: int = 256
 
     def __post_init__(self) -> None:
-        if min(self.header_timeout, self.idle_timeout, self.body_timeout) <= 0:
+        if min(self.header_timeout, self.idle_timeout, self.body_timeout,
+               self.write_timeout) <= 0:
             raise ValueError("timeouts must be positive")
         if self.max_connections < 1 or self.backlog < 1:
             raise ValueError("max_connections and backlog must be at least 1")
@@ -57,6 +61,7 @@ class ServerLimits:
             header_timeout=self.header_timeout,
             body_timeout=self.body_timeout + 1.0,  # the app's own 408 comes first
             keep_alive=self.idle_timeout,
+            write_timeout=self.write_timeout,
             max_connections=self.max_connections,
             max_head_bytes=MAX_HEAD_SIZE,
             backlog=self.backlog,

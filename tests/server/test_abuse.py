@@ -29,6 +29,7 @@ from starlette.testclient import TestClient
 
 import tlog.app
 import tlog.scim.routes
+from tests.support import slow_reader, wait_reset
 from tlog.bodies import OFFLOAD_BYTES, BodyTooLarge, MalformedBody, check_json_shape
 from tlog.log import Log
 from tlog.server import build_app
@@ -476,3 +477,30 @@ def test_scim_proxy_closes_silent_connections(tmp_path: Path) -> None:
             proc.wait()
         out.close()
         log_srv.stop()
+
+
+@pytest.mark.slow
+def test_client_that_never_reads_a_large_answer_is_reset(tmp_path: Path) -> None:
+    """A slow reader: it asks for a ~15 MiB entry bundle and never reads a byte. After the
+    write timeout the server resets the connection (dropping the buffered bundle) instead
+    of keeping both forever; other clients are served throughout."""
+    srv = start_server(tmp_path / "data", None, "--write-timeout", "1")
+    try:
+        token = (srv.data / "demo-submitter.token").read_text().strip()
+        entry = b"\xff" * 60_000  # 256 of them: one full entry bundle of 15 MB
+        body = b"".join(struct.pack(">H", len(entry)) + entry[:-3] + i.to_bytes(3, "big")
+                        for i in range(256))
+        r = httpx.post(srv.url + "/v1/entries/batch", content=body, timeout=WAIT,
+                       headers={"Authorization": f"Bearer {token}",
+                                "Content-Type": "application/octet-stream"})
+        assert r.status_code == 200, r.text
+        s = slow_reader(("127.0.0.1", srv.port),
+                        b"GET /tile/entries/000 HTTP/1.1\r\nHost: x\r\n\r\n")
+        with s:
+            assert httpx.get(srv.url + "/healthz", timeout=WAIT).status_code == 200
+            assert wait_reset(s, WAIT), "a client that never reads was never disconnected"
+        assert httpx.get(srv.url + "/checkpoint", timeout=WAIT).status_code == 200
+        log_text = (srv.data.parent / "data-server.log").read_text()
+        assert "has not read its response" in log_text
+    finally:
+        srv.stop()

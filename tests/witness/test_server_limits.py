@@ -13,9 +13,12 @@ import httpx
 import pytest
 
 from client.witness.server import ServerLimits, WitnessHTTPServer, start_server
+from tests.support import slow_reader, wait_reset
 from tests.witness.helpers import FakeLog, make_witness
 
-LIMITS = ServerLimits(header_timeout=0.5, idle_timeout=1, body_timeout=0.5, max_connections=4)
+LIMITS = ServerLimits(
+    header_timeout=0.5, idle_timeout=1, body_timeout=0.5, write_timeout=1, max_connections=4
+)
 
 
 @pytest.fixture
@@ -94,3 +97,17 @@ def test_idle_sockets_cannot_lock_out_a_client(tmp_path: Path, log300: FakeLog) 
         srv.shutdown()
         srv.server_close()
         thread.join(5)
+
+
+
+def test_client_that_never_reads_is_reset(server: WitnessHTTPServer) -> None:
+    # A slow reader: 200 pipelined /metrics requests (~400 KB of answers) and not one byte
+    # read. The server's kernel send buffer is shrunk (accepted sockets inherit it from the
+    # listening one) so the answers back up into the server's own buffer; after
+    # write_timeout the connection is reset and the buffered answers dropped.
+    server._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    s = slow_reader(server.server_address, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * 200)
+    with s:
+        assert wait_reset(s), "a client that never reads was never disconnected"
+    r = httpx.get(server.url + "/healthz")  # and everyone else is still served
+    assert r.status_code == 200
