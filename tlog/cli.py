@@ -181,6 +181,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         map_size=cfg.map_size,
         verify_limit=cfg.verify_limit,
         scim_expiry_interval=cfg.scim_expiry_interval or None,
+        bucket=cfg.bucket,
+        bucket_endpoint=cfg.bucket_endpoint,
+        bucket_region=cfg.bucket_region,
     )
     if not had_master and master.exists():
         created.append(f"{master} (SCIM master key: every event body is wrapped by it)")

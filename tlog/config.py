@@ -162,6 +162,16 @@ class ServeConfig:
     scim_expiry_interval: float = setting(
         3600.0, "seconds between retention expiry runs of the SCIM store (0: never)"
     )
+    bucket: str | None = setting(
+        None,
+        "S3-compatible bucket to publish tiles, entry bundles and the checkpoint to, as "
+        "s3://bucket/prefix (needs tlog[s3]; credentials from AWS_ACCESS_KEY_ID and "
+        "AWS_SECRET_ACCESS_KEY or boto3's other sources)",
+    )
+    bucket_endpoint: str | None = setting(
+        None, "endpoint URL of the S3-compatible store (default: AWS S3)"
+    )
+    bucket_region: str | None = setting(None, "region of the bucket (default: boto3's)")
     server: ServerLimits = table(ServerLimits, "connection limits and timeouts", flat=True)
     limits: Limits = table(Limits, "request limits of the log API")
     scim: ScimLimits = table(ScimLimits, "limits of the SCIM event endpoints")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from client.policy import Policy
 from tlog.app import Limits, LogApp, create_app
 from tlog.auth import TokenStore
+from tlog.bucket import BucketPublisher, ObjectStore, S3Store
 from tlog.config import ServeConfig
 from tlog.integrity import CHECKPOINT_FILE, CheckpointFile, DataDirLock, preflight
 from tlog.log import Log
@@ -42,6 +44,10 @@ def build_app(
     scim_expiry_interval: float | None = _D.scim_expiry_interval,
     map_size: int = DEFAULT_MAP_SIZE,
     verify_limit: int = DEFAULT_VERIFY_LIMIT,
+    bucket: str | None = None,
+    bucket_endpoint: str | None = None,
+    bucket_region: str | None = None,
+    bucket_store: ObjectStore | None = None,
 ) -> tuple[LogApp, Log, TokenStore]:
     """Open the store in ``data_dir`` and build the app: the log API, plus the SCIM event
     service unless ``scim`` is false (master key file default ``<data_dir>/scim-master.key``).
@@ -51,6 +57,10 @@ def build_app(
     ``checkpoint_file``, default ``<data_dir>/last-checkpoint``, and, with a witness policy,
     what the witnesses cosigned). Retention expiry runs every ``scim_expiry_interval`` seconds
     (None: only on request).
+
+    With ``bucket`` (``s3://bucket/prefix``, at ``bucket_endpoint``) or ``bucket_store``,
+    every published checkpoint, its tiles and entry bundles are also written to that bucket
+    (:mod:`tlog.bucket`), and a bucket ahead of the store is refused at start.
     """
     lock = DataDirLock(data_dir / "db").acquire()
     try:
@@ -97,6 +107,16 @@ def build_app(
             storage.close()
             raise
         seq.on_published = pusher.notify
+    publisher = None
+    if bucket is not None or bucket_store is not None:
+        try:
+            publisher = _bucket_publisher(
+                log_, bucket, bucket_endpoint, bucket_region, bucket_store, pusher
+            )
+        except BaseException:
+            storage.close()
+            raise
+        seq.on_published = _both(seq.on_published, publisher.notify)
     service = None
     if scim:
         try:
@@ -122,13 +142,54 @@ def build_app(
             *ops_routes(metrics, log_, seq, pusher),
             *(scim_routes(service) if service is not None else []),
         ],
-        on_startup=[lambda: service.erasures.start(interval)]
-        if service is not None and (interval := scim_expiry_interval) is not None
-        else None,
-        on_shutdown=[service.erasures.stop] if service is not None else None,
+        on_startup=[
+            *(
+                [lambda: service.erasures.start(interval)]
+                if service is not None and (interval := scim_expiry_interval) is not None
+                else []
+            ),
+            *([publisher.start] if publisher is not None else []),
+        ],
+        on_shutdown=[
+            *([service.erasures.stop] if service is not None else []),
+            *([publisher.stop] if publisher is not None else []),
+        ],
     )
     app.observe = metrics.observe_request
     app.state.metrics = metrics
     app.state.scim = service
+    app.state.bucket = publisher
     app.state.data_lock = lock  # held until the store is closed (or the process ends)
     return app, log_, tokens
+
+
+def _both(
+    first: Callable[[int], None] | None, second: Callable[[int], None]
+) -> Callable[[int], None]:
+    if first is None:
+        return second
+
+    def both(size: int) -> None:
+        first(size)
+        second(size)
+
+    return both
+
+
+def _bucket_publisher(
+    log_: Log,
+    bucket: str | None,
+    endpoint: str | None,
+    region: str | None,
+    store: ObjectStore | None,
+    pusher: WitnessPusher | None,
+) -> BucketPublisher:
+    """The publisher to the bucket, checked against the store (refuses a bucket ahead)."""
+    if store is None:
+        assert bucket is not None
+        store = S3Store(bucket, endpoint_url=endpoint, region=region)
+    publisher = BucketPublisher(
+        log_, store, checkpoint_source=pusher.checkpoint if pusher is not None else None
+    )
+    publisher.check_at_startup()
+    return publisher

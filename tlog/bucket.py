@@ -1,0 +1,502 @@
+"""Publishing the log's public, immutable read side to an S3-compatible bucket.
+
+After each durable commit (never before: the publisher only reads what the log's store
+already holds, through :class:`tlog.log.Log`'s verified read methods, so it works over any
+storage backend), a background thread writes to the bucket:
+
+* full hash tiles ``tile/<L>/<N>`` and entry bundles ``tile/entries/<N>``: **create-only**
+  (``If-None-Match: *``). An object already there with identical bytes is accepted (another
+  frontend, or a retry, wrote it); different bytes mean the bucket holds another history of
+  this log: a loud error, and the log stops signing (:meth:`tlog.log.Log.halt`);
+* partial tiles ``tile/<L>/<N>.p/<W>`` and ``tile/entries/<N>.p/<W>`` for the published
+  size: create-only too (a partial tile of a given width never changes);
+* the checkpoint ``checkpoint``, last: replaced with ``If-Match`` on the ETag read before
+  (a compare-and-swap), only ever by a larger tree size, so several frontends publishing at
+  once cannot move it backwards.
+
+Nothing else is ever written (no entries outside bundles, no SCIM data, no keys or tokens).
+Objects carry the tlog-tiles Content-Type and a Cache-Control (immutable for full tiles and
+bundles, short for partial tiles and the checkpoint), so the bucket (or a CDN in front of
+it) serves any tlog-tiles client directly.
+
+A failed publication loses nothing: what was acknowledged is in the database, and the
+publisher catches up from there on the next commit, on its retry timer, and at start.
+At start, :meth:`BucketPublisher.check_at_startup` compares the bucket's checkpoint with the
+database's: a bucket ahead of (or forked from) the database means the database lost data,
+and the log refuses to sign (:class:`tlog.integrity.RollbackDetected`).
+
+The S3 client (boto3) is an optional extra: ``pip install 'tlog[s3]'``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import urlsplit
+
+from client.checkpoint import Checkpoint
+from client.merkle import VerificationError
+from client.note import FormatError, open_note
+from client.tiles import TILE_HEIGHT, TILE_WIDTH, Tile
+from tlog.integrity import RECOVER_HINT, RollbackDetected
+from tlog.log import Log
+from tlog.tree import NodeReader
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+__all__ = [
+    "CHECKPOINT_CACHE",
+    "FULL_TILE_CACHE",
+    "PARTIAL_TILE_CACHE",
+    "BucketConflict",
+    "BucketError",
+    "BucketPublisher",
+    "ObjectStore",
+    "S3Store",
+    "content_headers",
+    "tiles_between",
+]
+
+log = logging.getLogger("tlog.bucket")
+
+CHECKPOINT_KEY = "checkpoint"
+CHECKPOINT_TYPE = "text/plain; charset=utf-8"
+TILE_TYPE = "application/octet-stream"
+# tlog-tiles: full tiles and bundles never change; a checkpoint is cached "a few seconds" at
+# most; a partial tile is immutable too but may be deleted once its full tile exists.
+FULL_TILE_CACHE = "public, max-age=31536000, immutable"
+PARTIAL_TILE_CACHE = "public, max-age=60"
+CHECKPOINT_CACHE = "public, max-age=5"
+
+
+class BucketError(Exception):
+    """The bucket could not be read or written (network, credentials, server error)."""
+
+
+class BucketConflict(BucketError):
+    """An immutable object in the bucket holds other bytes than this log's: the bucket holds
+    another history of this log (or of another log under the same prefix)."""
+
+
+class PreconditionFailed(BucketError):
+    """A conditional write was refused (412): the object exists, or changed since read."""
+
+
+class ObjectStore(Protocol):
+    """The few operations the publisher needs from an object store."""
+
+    def get(self, key: str) -> tuple[bytes, str] | None:
+        """(bytes, ETag) of ``key``, or None if there is no such object."""
+
+    def create(self, key: str, data: bytes, content_type: str, cache_control: str) -> str:
+        """Write ``key`` only if absent (``If-None-Match: *``); returns the new ETag.
+        Raises :class:`PreconditionFailed` if it exists."""
+
+    def replace(
+        self, key: str, data: bytes, etag: str, content_type: str, cache_control: str
+    ) -> str:
+        """Overwrite ``key`` only if its ETag is still ``etag`` (``If-Match``); returns the
+        new ETag. Raises :class:`PreconditionFailed` if it changed or vanished."""
+
+    def keys(self) -> Iterator[str]:
+        """Every key under the store's prefix (relative to it)."""
+
+
+def content_headers(key: str) -> tuple[str, str]:
+    """(Content-Type, Cache-Control) of a published object."""
+    if key == CHECKPOINT_KEY:
+        return CHECKPOINT_TYPE, CHECKPOINT_CACHE
+    if ".p/" in key:
+        return TILE_TYPE, PARTIAL_TILE_CACHE
+    return TILE_TYPE, FULL_TILE_CACHE
+
+
+@dataclass(frozen=True)
+class BucketURL:
+    bucket: str
+    prefix: str  # "" or "a/b/" (always ends in "/")
+
+    @classmethod
+    def parse(cls, url: str) -> BucketURL:
+        """``s3://bucket`` or ``s3://bucket/some/prefix``."""
+        parts = urlsplit(url)
+        if parts.scheme != "s3" or not parts.netloc or parts.query or parts.fragment:
+            raise ValueError(f"not a bucket URL (want s3://bucket/prefix): {url!r}")
+        prefix = parts.path.strip("/")
+        if "//" in prefix or any(p in (".", "..") for p in prefix.split("/")):
+            raise ValueError(f"bad prefix in bucket URL {url!r}")
+        return cls(parts.netloc, prefix + "/" if prefix else "")
+
+
+class S3Store:
+    """An :class:`ObjectStore` over boto3 (any S3-compatible server: AWS S3, SeaweedFS,
+    MinIO, Ceph RGW, R2, ...). Credentials come from boto3's usual chain
+    (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, profiles, instance roles)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        timeout: float = 10.0,
+        client: S3Client | None = None,
+    ) -> None:
+        where = BucketURL.parse(url)
+        self.bucket = where.bucket
+        self.prefix = where.prefix
+        if client is None:
+            try:
+                import boto3
+                from botocore.config import Config
+            except ImportError:  # pragma: no cover - depends on the installation
+                raise BucketError(
+                    "publishing to a bucket needs boto3: pip install 'tlog[s3]'"
+                ) from None
+            client = boto3.client(
+                "s3",
+                endpoint_url=endpoint_url,
+                region_name=region,
+                config=Config(
+                    connect_timeout=timeout,
+                    read_timeout=timeout,
+                    retries={"max_attempts": 3, "mode": "standard"},
+                    # Path-style URLs work with every S3-compatible server.
+                    s3={"addressing_style": "path"},
+                ),
+            )
+        self._s3 = client
+
+    def _fail(self, what: str, key: str, exc: Exception) -> BucketError:
+        status, code = _error_of(exc)
+        if status == 412 or code in ("PreconditionFailed", "ConditionalRequestConflict"):
+            return PreconditionFailed(f"{what} s3://{self.bucket}/{self.prefix}{key}: {code}")
+        return BucketError(f"{what} s3://{self.bucket}/{self.prefix}{key} failed: {exc}")
+
+    def get(self, key: str) -> tuple[bytes, str] | None:
+        try:
+            r = self._s3.get_object(Bucket=self.bucket, Key=self.prefix + key)
+            return r["Body"].read(), r["ETag"]
+        except Exception as exc:
+            status, code = _error_of(exc)
+            if status == 404 or code in ("NoSuchKey", "404"):
+                return None
+            raise self._fail("reading", key, exc) from None
+
+    def create(self, key: str, data: bytes, content_type: str, cache_control: str) -> str:
+        try:
+            r = self._s3.put_object(
+                Bucket=self.bucket,
+                Key=self.prefix + key,
+                Body=data,
+                IfNoneMatch="*",
+                ContentType=content_type,
+                CacheControl=cache_control,
+            )
+        except Exception as exc:
+            raise self._fail("creating", key, exc) from None
+        return r["ETag"]
+
+    def replace(
+        self, key: str, data: bytes, etag: str, content_type: str, cache_control: str
+    ) -> str:
+        try:
+            r = self._s3.put_object(
+                Bucket=self.bucket,
+                Key=self.prefix + key,
+                Body=data,
+                IfMatch=etag,
+                ContentType=content_type,
+                CacheControl=cache_control,
+            )
+        except Exception as exc:
+            raise self._fail("replacing", key, exc) from None
+        return r["ETag"]
+
+    def keys(self) -> Iterator[str]:
+        try:
+            pages = self._s3.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=self.prefix
+            )
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    yield obj["Key"][len(self.prefix) :]
+        except Exception as exc:
+            raise self._fail("listing", "", exc) from None
+
+
+def _error_of(exc: Exception) -> tuple[int | None, str]:
+    """(HTTP status, S3 error code) of a botocore ClientError; (None, "") otherwise."""
+    response: Any = getattr(exc, "response", None)
+    if not isinstance(response, dict):
+        return None, ""
+    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    code = response.get("Error", {}).get("Code", "")
+    return (status if isinstance(status, int) else None), str(code)
+
+
+def tiles_between(old: int, new: int) -> list[Tile]:
+    """The objects to write when the published size moves from ``old`` to ``new``: entry
+    bundles and hash tiles that became full since ``old`` (every level), and the partial
+    ones of size ``new``, lowest first (a tile is written before anything that covers it)."""
+    out: list[Tile] = []
+    for level in range(-1, 64):
+        shift = TILE_HEIGHT * max(level, 0)
+        n_old, n_new = old >> shift, new >> shift
+        if n_new == 0:
+            break
+        full = n_new // TILE_WIDTH
+        out.extend(Tile(level, i) for i in range(n_old // TILE_WIDTH, full))
+        if n_new % TILE_WIDTH:
+            out.append(Tile(level, full, n_new % TILE_WIDTH))
+        if level >= 0 and full == 0:
+            break
+    return out
+
+
+class BucketPublisher:
+    """Writes what the log published to ``store``, in a background thread.
+
+    ``checkpoint_source`` gives the checkpoint note to publish (default: the log's latest;
+    with witnesses, the newest cosigned one, the same as ``GET /checkpoint``).
+    """
+
+    def __init__(
+        self,
+        log_: Log,
+        store: ObjectStore,
+        *,
+        checkpoint_source: Callable[[], str] | None = None,
+        retry_interval: float = 1.0,
+        max_backoff: float = 30.0,
+    ) -> None:
+        self.log = log_
+        self.store = store
+        self.checkpoint_source = checkpoint_source or (lambda: self.log.latest.note)
+        self.retry_interval = retry_interval
+        self.max_backoff = max_backoff
+        self.published = 0  # every tile of this tree size is in the bucket
+        self.bucket_size = 0  # the size of the checkpoint in the bucket (as last seen)
+        self._etag: str | None = None  # of the bucket's checkpoint as last seen
+        self.failures = 0  # consecutive failed rounds
+        self.last_error: str | None = None
+        self.stopped: str | None = None  # set when a conflict stopped publishing
+        self._lock = threading.Lock()  # one round at a time
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- start-up ----------------------------------------------------------------------------
+
+    def _bucket_checkpoint(self) -> tuple[Checkpoint, str] | None:
+        got = self.store.get(CHECKPOINT_KEY)
+        if got is None:
+            return None
+        data, etag = got
+        try:
+            n = open_note(data, [self.log.signer.verifier])
+            cp = Checkpoint.parse(n.text)
+        except (FormatError, VerificationError, UnicodeDecodeError) as exc:
+            raise RollbackDetected(
+                f"the bucket's checkpoint is not signed by this log's key ({exc}): the "
+                "bucket prefix belongs to another log, or was tampered with. Give this log "
+                "its own bucket prefix."
+            ) from None
+        if cp.origin != self.log.origin:
+            raise RollbackDetected(
+                f"the bucket's checkpoint is for origin {cp.origin!r}, not {self.log.origin!r}"
+            )
+        return cp, etag
+
+    def check_at_startup(self) -> None:
+        """Refuse to sign if the bucket is ahead of (or forked from) the database.
+
+        The bucket's checkpoint was written only after its tree was committed to the
+        database, so a bucket checkpoint larger than the database's tree, or one whose root
+        the database's tree does not have at that size, means the database lost committed
+        data (restored from an old backup, a failover to a replica that was behind, or a
+        different database). Raises :class:`RollbackDetected` saying what to do.
+        """
+        got = self._bucket_checkpoint()
+        if got is None:
+            log.info("bucket has no checkpoint yet: publishing the log from the start")
+            return
+        cp, etag = got
+        size = self.log.latest.size
+        if cp.size > size:
+            raise RollbackDetected(
+                f"the bucket holds this log's checkpoint for tree size {cp.size}, but the "
+                f"database ends at tree size {size}: the database lost committed entries "
+                "(restored from an older backup, or failed over to a replica that was "
+                "behind). Do not sign on this database. Restore a newer backup or promote "
+                "the up-to-date replica; or bring this database forward from the bucket "
+                "with 'tlog recover --from <the bucket's HTTP URL>' "
+                "(see docs/operations.md, 'Deployment shapes')."
+            )
+        with self.log.storage.read() as rv:
+            root = NodeReader(rv.blob).root(cp.size)
+        if root != cp.root_hash:
+            raise RollbackDetected(
+                f"the bucket's checkpoint for tree size {cp.size} has another root than the "
+                "database's tree at that size: the database (or the bucket) is not this "
+                "log's history. " + RECOVER_HINT
+            )
+        self.bucket_size, self._etag = cp.size, etag
+        # Tiles are written before the checkpoint that covers them.
+        self.published = cp.size
+
+    # -- the background thread ------------------------------------------------------------
+
+    def notify(self, size: int = 0) -> None:
+        """Called after each durable commit (from the sequencer's writer): publish soon."""
+        self._wake.set()
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="tlog-bucket", daemon=True)
+            self._thread.start()
+            self._wake.set()  # catch up at start
+
+    def stop(self, timeout: float = 15.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _run(self) -> None:
+        delay = self.retry_interval
+        while not self._stop.is_set():
+            self._wake.wait(delay)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                self.publish_once()
+            except BucketConflict:
+                return  # logged and halted in publish_once
+            except Exception as exc:
+                delay = min(self.max_backoff, self.retry_interval * 2 ** min(self.failures, 8))
+                log.warning(
+                    "publishing to the bucket failed (attempt %d, retrying in %.0f s): %s",
+                    self.failures,
+                    delay,
+                    exc,
+                )
+                continue
+            delay = self.retry_interval
+
+    # -- one round ------------------------------------------------------------------------
+
+    def publish_once(self) -> int:
+        """Publish the current checkpoint (tiles first); returns the bucket's tree size."""
+        with self._lock:
+            if self.stopped is not None:
+                raise BucketConflict(self.stopped)
+            try:
+                size = self._publish()
+            except BucketConflict as exc:
+                self.stopped = str(exc)
+                self.last_error = str(exc)
+                log.critical("BUCKET CONFLICT, the log stops signing: %s", exc)
+                self.log.halt(f"the bucket holds another history of this log: {exc}")
+                raise
+            except Exception as exc:
+                self.failures += 1
+                self.last_error = str(exc)
+                raise
+            self.failures = 0
+            self.last_error = None
+            return size
+
+    def _publish(self) -> int:
+        note = self.checkpoint_source()
+        n = open_note(note, [self.log.signer.verifier])
+        target = Checkpoint.parse(n.text)
+        if target.size > self.published:
+            t0 = time.monotonic()
+            count = 0
+            for tile in tiles_between(self.published, target.size):
+                self._put_immutable(tile)
+                count += 1
+            log.debug(
+                "published %d tiles for sizes %d..%d in %.3f s",
+                count, self.published, target.size, time.monotonic() - t0,
+            )
+            self.published = target.size
+        if target.size > self.bucket_size or self._etag is None:
+            self._put_checkpoint(note.encode(), target)
+        return self.bucket_size
+
+    def _tile_bytes(self, tile: Tile, size: int) -> bytes:
+        if tile.is_entries:
+            return self.log.entry_bundle(tile.index, tile.width, size)
+        return self.log.hash_tile(tile.level, tile.index, tile.width, size)
+
+    def _put_immutable(self, tile: Tile) -> None:
+        key = tile.path()
+        data = self._tile_bytes(tile, self.log.latest.size)
+        ctype, cache = content_headers(key)
+        try:
+            self.store.create(key, data, ctype, cache)
+            return
+        except PreconditionFailed:
+            pass
+        got = self.store.get(key)
+        if got is None:  # deleted in between: try once more, conditionally again
+            self.store.create(key, data, ctype, cache)
+            return
+        if got[0] != data:
+            raise BucketConflict(
+                f"{key} in the bucket differs from this log's tile ({len(got[0])} bytes "
+                f"there, {len(data)} here): the bucket prefix holds another history"
+            )
+
+    def _put_checkpoint(self, note: bytes, target: Checkpoint) -> None:
+        for _ in range(8):  # bounded: each retry means another frontend moved it
+            etag = self._etag
+            try:
+                if etag is None:
+                    self._etag = self.store.create(
+                        CHECKPOINT_KEY, note, CHECKPOINT_TYPE, CHECKPOINT_CACHE
+                    )
+                else:
+                    self._etag = self.store.replace(
+                        CHECKPOINT_KEY, note, etag, CHECKPOINT_TYPE, CHECKPOINT_CACHE
+                    )
+                self.bucket_size = target.size
+                return
+            except PreconditionFailed:
+                pass
+            got = self._bucket_checkpoint()
+            if got is None:
+                self._etag = None
+                continue
+            cp, self._etag = got
+            self.bucket_size = cp.size
+            if cp.size > target.size:
+                return  # another frontend published a larger checkpoint of this log
+            if cp.size == target.size:
+                if cp.root_hash != target.root_hash:
+                    raise BucketConflict(
+                        f"the bucket's checkpoint for tree size {cp.size} has another root"
+                    )
+                return  # the same tree head (perhaps other cosignatures): done
+        raise BucketError("the bucket's checkpoint kept changing; will retry")
+
+    # -- status ---------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "published_size": self.published,
+            "bucket_checkpoint_size": self.bucket_size,
+            "consecutive_failures": self.failures,
+            "last_error": self.last_error,
+            "stopped": self.stopped,
+        }
