@@ -16,3 +16,7 @@ if not VECTORS.is_dir():  # pragma: no cover - environment error, not a test out
 @pytest.fixture(scope="session")
 def vectors() -> Path:
     return VECTORS
+
+
+# A real S3-compatible server (SeaweedFS), started on first use, one per session.
+from .s3support import seaweedfs  # noqa: E402,F401

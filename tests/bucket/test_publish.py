@@ -1,0 +1,449 @@
+"""Publishing to a real S3-compatible bucket (SeaweedFS): what is written, when, how it is
+read back by a tlog-tiles client that sees only the bucket, and the faults: a failing
+bucket, a bucket with other bytes, a bucket ahead of (or forked from) the database."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import shutil
+import struct
+import time
+from base64 import b64encode
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from starlette.testclient import TestClient
+
+from client.auditor import Auditor
+from client.logclient import LogClient
+from client.merkle import (
+    HASH_SIZE,
+    fold_perfect,
+    inclusion_ranges,
+    leaf_hash,
+    proof_from_ranges,
+    verify_inclusion,
+)
+from client.note import Ed25519Signer
+from client.tiles import (
+    TILE_WIDTH,
+    Tile,
+    TileHashReader,
+    entry_bundles_for_size,
+    parse_tile_path,
+    tiles_for_size,
+)
+from tlog.bucket import (
+    BucketConflict,
+    BucketError,
+    BucketPublisher,
+    ObjectStore,
+    S3Store,
+    tiles_between,
+)
+from tlog.integrity import RollbackDetected
+from tlog.log import Log
+from tlog.server import build_app
+from tlog.signer import CheckpointSigner
+
+from ..s3support import SeaweedS3
+
+ORIGIN = "bucket.example/log"
+PUBLIC_KEY = re.compile(
+    r"checkpoint|tile/(entries|[0-9]|[1-9][0-9])/(x[0-9]{3}/)*[0-9]{3}(\.p/[1-9][0-9]{0,2})?"
+)
+
+
+def make_signer(seed: bytes = bytes(range(32))) -> CheckpointSigner:
+    return CheckpointSigner(Ed25519Signer(ORIGIN, seed), ORIGIN)
+
+
+@dataclass
+class Node:
+    client: TestClient
+    log: Log
+    token: str
+    publisher: BucketPublisher
+    store: S3Store
+
+    def add_batch(self, entries: list[bytes]) -> httpx.Response:
+        body = b"".join(struct.pack(">H", len(e)) + e for e in entries)
+        return self.client.post(
+            "/v1/entries/batch",
+            content=body,
+            headers={
+                "Authorization": f"Bearer {self.token}",
+                "Content-Type": "application/octet-stream",
+            },
+        )
+
+
+@contextlib.contextmanager
+def open_node(
+    data: Path,
+    s3: SeaweedS3,
+    bucket: str,
+    prefix: str = "logs/one",
+    *,
+    store: ObjectStore | None = None,
+    signer: CheckpointSigner | None = None,
+    **build: Any,
+) -> Iterator[Node]:
+    """A log frontend publishing to ``s3://bucket/prefix`` (configured as ``tlog serve``
+    would be: a bucket URL and an endpoint, credentials from the environment)."""
+    mp = pytest.MonkeyPatch()
+    for k, v in s3.env().items():
+        mp.setenv(k, v)
+    try:
+        app, log_, tokens = build_app(
+            data,
+            signer or make_signer(),
+            max_batch_age=0.0,
+            scim=False,
+            bucket=f"s3://{bucket}/{prefix}",
+            bucket_endpoint=s3.endpoint,
+            bucket_store=store,
+            **build,
+        )
+        try:
+            token, _ = tokens.create("submitter", tenant="t1")
+            with TestClient(app) as client:
+                yield Node(
+                    client, log_, token, app.state.bucket,
+                    S3Store(f"s3://{bucket}/{prefix}", client=s3.client()),
+                )
+        finally:
+            log_.storage.close()
+    finally:
+        mp.undo()
+
+
+def entries(n: int, tag: str = "e") -> list[bytes]:
+    return [f"{tag}-{i}".encode() for i in range(n)]
+
+
+def wait_published(node: Node, timeout: float = 30.0) -> None:
+    """Until the background publisher has put the log's latest size in the bucket."""
+    deadline = time.monotonic() + timeout
+    while node.publisher.bucket_size < node.log.latest.size:
+        assert time.monotonic() < deadline, node.publisher.status()
+        time.sleep(0.02)
+
+
+def recompute(leaves: list[bytes], tile: Tile) -> bytes:
+    """The bytes a tile must hold, from the entries alone (no code of the log)."""
+    if tile.is_entries:
+        return b""  # compared separately
+    span = TILE_WIDTH**tile.level
+    out = []
+    for i in range(tile.width):
+        first = (tile.index * TILE_WIDTH + i) * span
+        layer = [leaf_hash(e) for e in leaves[first : first + span]]
+        while len(layer) > 1:
+            layer = [fold_perfect(layer[j : j + 2]) for j in range(0, len(layer), 2)]
+        out.append(layer[0])
+    return b"".join(out)
+
+
+def test_tiles_between_matches_the_tile_sets() -> None:
+    for old, new in [(0, 1), (0, 256), (255, 257), (300, 70_000), (65_536, 65_537)]:
+        got = {t.path() for t in tiles_between(old, new)}
+        want = {t.path() for t in tiles_for_size(new) + entry_bundles_for_size(new)}
+        have_old = {
+            t.path()
+            for t in tiles_for_size(old) + entry_bundles_for_size(old)
+            if t.width == TILE_WIDTH
+        }
+        assert got == want - have_old
+
+
+def test_published_bucket_is_a_complete_tlog_tiles_log(
+    tmp_path: Path, seaweedfs: SeaweedS3
+) -> None:
+    bucket = seaweedfs.bucket()
+    log_entries = entries(700)
+    with open_node(tmp_path / "a", seaweedfs, bucket) as node:
+        # Batches that cross tile boundaries (256, 512) and leave partial tiles behind.
+        for lo, hi in [(0, 100), (100, 256), (256, 300), (300, 513), (513, 700)]:
+            r = node.add_batch(log_entries[lo:hi])
+            assert r.status_code == 200, r.text
+            node.publisher.publish_once()
+        size = node.log.latest.size
+        assert size == 700
+        keys = sorted(node.store.keys())
+        # Only public objects: the checkpoint, hash tiles and entry bundles.
+        assert keys and all(PUBLIC_KEY.fullmatch(k) for k in keys), keys
+        want = {t.path() for t in tiles_for_size(size) + entry_bundles_for_size(size)}
+        assert want | {"checkpoint"} <= set(keys)
+        # Tiles equal a recomputation from the entries; bundles hold the entries.
+        for key in keys:
+            data = node.store.get(key)
+            assert data is not None
+            if key == "checkpoint":
+                assert data[0].decode() == node.log.latest.note
+                continue
+            tile = parse_tile_path(key)
+            if tile.is_entries:
+                first = tile.index * TILE_WIDTH
+                chunk = log_entries[first : first + tile.width]
+                assert data[0] == b"".join(struct.pack(">H", len(e)) + e for e in chunk)
+            else:
+                assert len(data[0]) == tile.width * HASH_SIZE
+                assert data[0] == recompute(log_entries, tile), key
+            # And equal what the frontend serves at the same path.
+            assert node.client.get("/" + key).content == data[0]
+        # The JSON proof API keeps working on the frontend.
+        r = node.client.get("/v1/proof/inclusion", params={"index": "600", "tree_size": "700"})
+        assert r.status_code == 200
+        frontend_proof = r.json()["inclusion_proof"]
+        vkey = node.log.vkey
+
+    # A tlog-tiles client that reads ONLY the bucket's anonymous HTTP endpoint audits it.
+    url = seaweedfs.public_url(bucket, "logs/one")
+    with httpx.Client(timeout=10) as http, LogClient(url, vkey, http=http) as client:
+        result = Auditor(client, state_path=tmp_path / "audit.json").run()
+        assert result.checkpoint.size == 700
+        assert result.entries == 700
+        assert client.entry_bundle(2, 188) == log_entries[512:700]
+        # An inclusion proof computed from the bucket's tiles alone verifies, and is the
+        # frontend's JSON proof.
+        reader = TileHashReader(700, client.fetch_tile)
+        proof = proof_from_ranges(inclusion_ranges(600, 700), reader.node)
+        verify_inclusion(600, 700, leaf_hash(log_entries[600]), proof, result.checkpoint.root_hash)
+        assert [b64encode(p).decode() for p in proof] == frontend_proof
+
+
+def test_objects_carry_tiles_content_type_and_cache_control(
+    tmp_path: Path, seaweedfs: SeaweedS3
+) -> None:
+    bucket = seaweedfs.bucket()
+    with open_node(tmp_path / "a", seaweedfs, bucket, "p") as node:
+        assert node.add_batch(entries(300)).status_code == 200
+        node.publisher.publish_once()
+    base = seaweedfs.public_url(bucket, "p")
+    cases = {
+        "checkpoint": ("text/plain; charset=utf-8", "public, max-age=5"),
+        "tile/0/000": ("application/octet-stream", "public, max-age=31536000, immutable"),
+        "tile/entries/000": ("application/octet-stream", "public, max-age=31536000, immutable"),
+        "tile/0/001.p/44": ("application/octet-stream", "public, max-age=60"),
+        "tile/entries/001.p/44": ("application/octet-stream", "public, max-age=60"),
+        "tile/1/000.p/1": ("application/octet-stream", "public, max-age=60"),
+    }
+    for key, (ctype, cache) in cases.items():
+        r = httpx.get(f"{base}/{key}")
+        assert r.status_code == 200, key
+        assert r.headers["content-type"] == ctype, key
+        assert r.headers["cache-control"] == cache, key
+
+
+def test_background_publisher_follows_commits(tmp_path: Path, seaweedfs: SeaweedS3) -> None:
+    bucket = seaweedfs.bucket()
+    with open_node(tmp_path / "a", seaweedfs, bucket) as node:
+        for i in range(5):
+            assert node.add_batch(entries(60, f"b{i}")).status_code == 200
+        wait_published(node)
+        got = node.store.get("checkpoint")
+        assert got is not None and got[0].decode() == node.log.latest.note
+
+
+class FailingStore:
+    """A real S3Store whose writes fail while ``down`` (an outage of the bucket)."""
+
+    def __init__(self, inner: S3Store) -> None:
+        self.inner = inner
+        self.down = True
+        self.refused = 0
+
+    def get(self, key: str) -> tuple[bytes, str] | None:
+        return self.inner.get(key)
+
+    def keys(self) -> Iterator[str]:
+        return self.inner.keys()
+
+    def _check(self) -> None:
+        if self.down:
+            self.refused += 1
+            raise BucketError("simulated outage: connection refused")
+
+    def create(self, key: str, data: bytes, content_type: str, cache_control: str) -> str:
+        self._check()
+        return self.inner.create(key, data, content_type, cache_control)
+
+    def replace(
+        self, key: str, data: bytes, etag: str, content_type: str, cache_control: str
+    ) -> str:
+        self._check()
+        return self.inner.replace(key, data, etag, content_type, cache_control)
+
+
+def test_bucket_outage_loses_no_acknowledged_entry(tmp_path: Path, seaweedfs: SeaweedS3) -> None:
+    bucket = seaweedfs.bucket()
+    store = FailingStore(S3Store(f"s3://{bucket}/p", client=seaweedfs.client()))
+    with open_node(tmp_path / "a", seaweedfs, bucket, "p", store=store) as node:
+        node.publisher.retry_interval = 0.05
+        for i in range(3):  # acknowledged although the bucket refuses every write
+            assert node.add_batch(entries(100, f"o{i}")).status_code == 200
+        with pytest.raises(BucketError):
+            node.publisher.publish_once()
+        assert store.refused > 0 and node.log.halted is None
+        assert node.store.get("checkpoint") is None
+        store.down = False  # the bucket is back: the publisher catches up from the database
+        wait_published(node)
+        assert node.publisher.bucket_size == 300
+        assert {t.path() for t in tiles_for_size(300)} <= set(node.store.keys())
+
+
+def test_start_catches_up_what_was_never_published(tmp_path: Path, seaweedfs: SeaweedS3) -> None:
+    signer = make_signer()
+    app, log_, tokens = build_app(tmp_path / "a", signer, max_batch_age=0.0, scim=False)
+    token, _ = tokens.create("submitter", tenant="t1")
+    with TestClient(app) as c:
+        body = b"".join(struct.pack(">H", len(e)) + e for e in entries(400))
+        r = c.post("/v1/entries/batch", content=body, headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 200
+    log_.storage.close()
+    bucket = seaweedfs.bucket()
+    with open_node(tmp_path / "a", seaweedfs, bucket, signer=signer) as node:
+        wait_published(node)  # no new commit: the start-up round alone
+        assert node.publisher.bucket_size == 400
+        assert "tile/entries/001.p/144" in set(node.store.keys())
+
+
+def test_existing_identical_objects_are_accepted(tmp_path: Path, seaweedfs: SeaweedS3) -> None:
+    bucket = seaweedfs.bucket()
+    with open_node(tmp_path / "a", seaweedfs, bucket) as node:
+        assert node.add_batch(entries(300)).status_code == 200
+        node.publisher.publish_once()
+        # A second publisher (another frontend, or a restart that lost its place) writes
+        # the same objects again: identical bytes are fine.
+        again = BucketPublisher(node.log, node.store)
+        assert again.publish_once() == 300
+        assert again.stopped is None and node.log.halted is None
+
+
+def test_other_bytes_in_the_bucket_stop_signing(tmp_path: Path, seaweedfs: SeaweedS3) -> None:
+    bucket = seaweedfs.bucket()
+    planted = S3Store(f"s3://{bucket}/p", client=seaweedfs.client())
+    planted.create("tile/entries/000", b"\x00\x05other", "application/octet-stream", "x")
+    with open_node(tmp_path / "a", seaweedfs, bucket, "p") as node:
+        assert node.add_batch(entries(300)).status_code == 200
+        with pytest.raises(BucketConflict, match="tile/entries/000"):
+            node.publisher.publish_once()
+        assert node.log.halted is not None
+        assert node.publisher.stopped is not None
+        r = node.add_batch([b"after the conflict"])
+        assert r.status_code == 503
+        # No checkpoint in the bucket covers the conflicting tile (the start-up round may
+        # have published the empty tree).
+        cp = node.store.get("checkpoint")
+        assert cp is None or cp[0].split(b"\n")[1] == b"0"
+        # The planted object was not overwritten.
+        got = planted.get("tile/entries/000")
+        assert got is not None and got[0] == b"\x00\x05other"
+
+
+def test_bucket_ahead_of_the_database_refuses_to_sign(
+    tmp_path: Path, seaweedfs: SeaweedS3
+) -> None:
+    bucket = seaweedfs.bucket()
+    signer = make_signer()
+    data = tmp_path / "a"
+    with open_node(data, seaweedfs, bucket, signer=signer) as node:
+        assert node.add_batch(entries(50)).status_code == 200
+        node.publisher.publish_once()
+    backup = tmp_path / "backup"
+    shutil.copytree(data, backup)  # a backup at size 50 (store and remembered checkpoint)
+    with open_node(data, seaweedfs, bucket, signer=signer) as node:
+        assert node.add_batch(entries(80, "later")).status_code == 200
+        node.publisher.publish_once()
+        assert node.publisher.bucket_size == 130
+    # The database is restored from the older backup: it lost 80 acknowledged entries.
+    with pytest.raises(RollbackDetected, match=r"tree size 130.*ends at tree size 50"):
+        with open_node(backup, seaweedfs, bucket, signer=signer):
+            pass
+
+
+def test_bucket_with_another_history_refuses_to_sign(
+    tmp_path: Path, seaweedfs: SeaweedS3
+) -> None:
+    bucket = seaweedfs.bucket()
+    signer = make_signer()
+    with open_node(tmp_path / "a", seaweedfs, bucket, signer=signer) as node:
+        assert node.add_batch(entries(20, "first")).status_code == 200
+        node.publisher.publish_once()
+    # Another database with the same key and a different history (a fork, or the wrong
+    # database behind this bucket) is refused at start.
+    app, log_, tokens = build_app(tmp_path / "b", signer, max_batch_age=0.0, scim=False)
+    token, _ = tokens.create("submitter", tenant="t1")
+    with TestClient(app) as c:
+        body = b"".join(struct.pack(">H", len(e)) + e for e in entries(40, "second"))
+        assert c.post(
+            "/v1/entries/batch", content=body, headers={"Authorization": f"Bearer {token}"}
+        ).status_code == 200
+    log_.storage.close()
+    with pytest.raises(RollbackDetected, match="another root"):
+        with open_node(tmp_path / "b", seaweedfs, bucket, signer=signer):
+            pass
+
+
+def test_bucket_of_another_log_refuses_to_sign(tmp_path: Path, seaweedfs: SeaweedS3) -> None:
+    bucket = seaweedfs.bucket()
+    with open_node(tmp_path / "a", seaweedfs, bucket, signer=make_signer(b"\x01" * 32)) as n:
+        assert n.add_batch(entries(3)).status_code == 200
+        n.publisher.publish_once()
+    with pytest.raises(RollbackDetected, match="not signed by this log's key"):
+        with open_node(tmp_path / "b", seaweedfs, bucket):
+            pass
+
+
+def test_two_frontends_share_one_bucket(tmp_path: Path, seaweedfs: SeaweedS3) -> None:
+    """Two publishers of the same log race on the checkpoint: it only moves forward."""
+    bucket = seaweedfs.bucket()
+    with open_node(tmp_path / "a", seaweedfs, bucket) as node:
+        assert node.add_batch(entries(10)).status_code == 200
+        slow = BucketPublisher(node.log, node.store)
+        slow.check_at_startup()  # sees no checkpoint yet
+        node.publisher.publish_once()
+        assert node.add_batch(entries(10, "more")).status_code == 200
+        node.publisher.publish_once()  # the bucket is at 20
+        assert node.publisher.bucket_size == 20
+        # The slow publisher's compare-and-swap fails; it re-reads and does not go back.
+        slow.checkpoint_source = lambda: node.log.checkpoint_note(10).note
+        assert slow.publish_once() == 20
+        got = node.store.get("checkpoint")
+        assert got is not None and got[0].decode() == node.log.latest.note
+
+
+def test_scim_service_publishes_nothing_private(tmp_path: Path, seaweedfs: SeaweedS3) -> None:
+    from ..scim_service.conftest import open_harness, user_event
+
+    bucket = seaweedfs.bucket()
+    mp = pytest.MonkeyPatch()
+    for k, v in seaweedfs.env().items():
+        mp.setenv(k, v)
+    try:
+        with open_harness(
+            tmp_path, bucket=f"s3://{bucket}/scim", bucket_endpoint=seaweedfs.endpoint
+        ) as h:
+            for i in range(5):
+                r = h.post_event(user_event(rid=f"u-{i}", req=f"req-{i}"))
+                assert r.status_code in (200, 201), r.text
+            publisher: BucketPublisher = h.client.app.state.bucket  # type: ignore[attr-defined]
+            publisher.publish_once()
+            store = S3Store(f"s3://{bucket}/scim", client=seaweedfs.client())
+            keys = list(store.keys())
+            assert "checkpoint" in keys
+            for key in keys:
+                assert PUBLIC_KEY.fullmatch(key), key
+                got = store.get(key)
+                assert got is not None
+                # Exactly what the public tlog-tiles API serves, nothing more.
+                assert h.client.get("/" + key).content == got[0]
+                assert b"alice.liddell@example.org" not in got[0]
+    finally:
+        mp.undo()
