@@ -447,3 +447,36 @@ def test_scim_service_publishes_nothing_private(tmp_path: Path, seaweedfs: Seawe
                 assert b"alice.liddell@example.org" not in got[0]
     finally:
         mp.undo()
+
+
+@pytest.mark.slow
+def test_tlog_serve_publishes_with_bucket_flags(
+    tmp_path: Path, seaweedfs: SeaweedS3, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ..server.conftest import start_server
+
+    bucket = seaweedfs.bucket()
+    for k, v in seaweedfs.env().items():
+        monkeypatch.setenv(k, v)
+    server = start_server(
+        tmp_path / "data", None,
+        "--bucket", f"s3://{bucket}/served", "--bucket-endpoint", seaweedfs.endpoint,
+    )
+    try:
+        token = (tmp_path / "data" / "demo-submitter.token").read_text().strip()
+        r = httpx.post(
+            server.url + "/v1/entries", content=b"hello bucket",
+            headers={"Authorization": f"Bearer {token}"}, timeout=10,
+        )
+        assert r.status_code == 200, r.text
+        note = r.json()["checkpoint"]
+        public = seaweedfs.public_url(bucket, "served")
+        deadline = time.monotonic() + 30
+        while httpx.get(public + "/checkpoint", timeout=5).text != note:
+            assert time.monotonic() < deadline, "the checkpoint never reached the bucket"
+            time.sleep(0.05)
+        assert httpx.get(public + "/tile/entries/000.p/1", timeout=5).content == (
+            b"\x00\x0chello bucket"
+        )
+    finally:
+        server.stop()
