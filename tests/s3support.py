@@ -31,7 +31,14 @@ import pytest
 
 from .support import free_port
 
-__all__ = ["SeaweedS3", "Unavailable", "seaweedfs", "start_seaweedfs", "weed_binary"]
+__all__ = [
+    "SeaweedS3",
+    "Unavailable",
+    "audit_bucket",
+    "seaweedfs",
+    "start_seaweedfs",
+    "weed_binary",
+]
 
 ACCESS_KEY = "tlogtestkey"
 SECRET_KEY = "tlogtestsecret-not-a-real-credential"
@@ -237,3 +244,19 @@ def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
         yield server
     finally:
         server.stop()
+
+
+def audit_bucket(s3: SeaweedS3, bucket: str, prefix: str, vkey: str, state: Path) -> Any:
+    """Audit the log published at ``bucket/prefix`` reading ONLY the bucket's anonymous HTTP
+    endpoint: the checkpoint's signature, every entry bundle hashed into the tree, the root
+    recomputed, and every hash tile compared with the recomputation. Returns the
+    :class:`client.auditor.AuditResult`; raises if anything differs."""
+    import httpx
+
+    from client.auditor import Auditor
+    from client.logclient import LogClient
+
+    with httpx.Client(timeout=30) as http, LogClient(
+        s3.public_url(bucket, prefix), vkey, http=http
+    ) as client:
+        return Auditor(client, state_path=state).run()

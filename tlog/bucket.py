@@ -38,6 +38,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
+from prometheus_client.core import GaugeMetricFamily
+
 from client.checkpoint import Checkpoint
 from client.merkle import VerificationError
 from client.note import FormatError, open_note
@@ -329,6 +331,11 @@ class BucketPublisher:
         cp, etag = got
         size = self.log.latest.size
         if cp.size > size:
+            # Another frontend of a shared database may have committed and published since
+            # this one loaded its state: look again before calling it lost data.
+            self.log.reload()
+            size = self.log.latest.size
+        if cp.size > size:
             raise RollbackDetected(
                 f"the bucket holds this log's checkpoint for tree size {cp.size}, but the "
                 f"database ends at tree size {size}: the database lost committed entries "
@@ -492,6 +499,10 @@ class BucketPublisher:
 
     # -- status ---------------------------------------------------------------------------
 
+    def collector(self) -> BucketCollector:
+        """Prometheus gauges of this publisher (register on the app's metrics registry)."""
+        return BucketCollector(self)
+
     def status(self) -> dict[str, Any]:
         return {
             "published_size": self.published,
@@ -500,3 +511,33 @@ class BucketPublisher:
             "last_error": self.last_error,
             "stopped": self.stopped,
         }
+
+
+class BucketCollector:
+    """``tlog_bucket_*`` gauges for ``GET /metrics``."""
+
+    def __init__(self, publisher: BucketPublisher) -> None:
+        self.publisher = publisher
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        p = self.publisher
+        yield GaugeMetricFamily(
+            "tlog_bucket_checkpoint_size",
+            "tree size of the checkpoint in the bucket (as last written or read)",
+            value=p.bucket_size,
+        )
+        yield GaugeMetricFamily(
+            "tlog_bucket_published_size",
+            "tree size whose tiles and entry bundles are all in the bucket",
+            value=p.published,
+        )
+        yield GaugeMetricFamily(
+            "tlog_bucket_consecutive_failures",
+            "publication rounds that failed in a row (0: the bucket is current)",
+            value=p.failures,
+        )
+        yield GaugeMetricFamily(
+            "tlog_bucket_conflict",
+            "1 when the bucket held other bytes for an immutable object (signing stopped)",
+            value=1 if p.stopped is not None else 0,
+        )

@@ -158,6 +158,8 @@ def build_app(
     app.observe = metrics.observe_request
     app.state.metrics = metrics
     app.state.scim = service
+    if publisher is not None:
+        metrics.registry.register(publisher.collector())
     app.state.bucket = publisher
     app.state.data_lock = lock  # held until the store is closed (or the process ends)
     return app, log_, tokens

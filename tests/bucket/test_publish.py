@@ -291,11 +291,18 @@ def test_bucket_outage_loses_no_acknowledged_entry(tmp_path: Path, seaweedfs: Se
         with pytest.raises(BucketError):
             node.publisher.publish_once()
         assert store.refused > 0 and node.log.halted is None
+        failing = re.search(
+            rb"^tlog_bucket_consecutive_failures (\S+)$", node.client.get("/metrics").content, re.M
+        )
+        assert failing is not None and float(failing.group(1)) >= 1
         assert node.store.get("checkpoint") is None
         store.down = False  # the bucket is back: the publisher catches up from the database
         wait_published(node)
         assert node.publisher.bucket_size == 300
         assert {t.path() for t in tiles_for_size(300)} <= set(node.store.keys())
+        metrics = node.client.get("/metrics").text
+        assert "tlog_bucket_checkpoint_size 300.0" in metrics
+        assert "tlog_bucket_consecutive_failures 0.0" in metrics
 
 
 def test_start_catches_up_what_was_never_published(tmp_path: Path, seaweedfs: SeaweedS3) -> None:
