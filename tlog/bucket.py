@@ -341,9 +341,10 @@ class BucketPublisher:
                 f"database ends at tree size {size}: the database lost committed entries "
                 "(restored from an older backup, or failed over to a replica that was "
                 "behind). Do not sign on this database. Restore a newer backup or promote "
-                "the up-to-date replica; or bring this database forward from the bucket "
-                "with 'tlog recover --from <the bucket's HTTP URL>' "
-                "(see docs/operations.md, 'Deployment shapes')."
+                "the up-to-date replica; or (LMDB) bring the store forward from the bucket, "
+                "verified against its checkpoint: save <bucket HTTP URL>/checkpoint to a "
+                "file, then 'tlog recover --from <bucket HTTP URL> --checkpoint <file>' "
+                "(see docs/operations.md, 'Bucket ahead of the database')."
             )
         with self.log.storage.read() as rv:
             root = NodeReader(rv.blob).root(cp.size)

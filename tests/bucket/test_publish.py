@@ -370,9 +370,27 @@ def test_bucket_ahead_of_the_database_refuses_to_sign(
         node.publisher.publish_once()
         assert node.publisher.bucket_size == 130
     # The database is restored from the older backup: it lost 80 acknowledged entries.
-    with pytest.raises(RollbackDetected, match=r"tree size 130.*ends at tree size 50"):
+    with pytest.raises(RollbackDetected, match=r"tree size 130.*ends at tree size 50") as exc:
         with open_node(backup, seaweedfs, bucket, signer=signer):
             pass
+    assert "tlog recover --from" in str(exc.value)
+    # What the message says to do: bring the store forward from the bucket's public copy,
+    # verified against the bucket's checkpoint (signs nothing); then the log starts again.
+    from tlog.integrity import CHECKPOINT_FILE, CheckpointFile
+    from tlog.recover import checkpoint_file_target, recover
+
+    public = seaweedfs.public_url(bucket, "logs/one")
+    cp_file = tmp_path / "bucket-checkpoint"
+    cp_file.write_bytes(httpx.get(public + "/checkpoint").content)
+    remembered = CheckpointFile(backup / CHECKPOINT_FILE, signer.verifier, signer.origin)
+    reached = recover(
+        backup / "db", signer, public, remembered,
+        [checkpoint_file_target(cp_file, signer)], echo=lambda s: None,
+    )
+    assert reached == 130
+    with open_node(backup, seaweedfs, bucket, signer=signer) as node:
+        assert node.log.latest.size == 130
+        assert node.add_batch([b"signing again"]).status_code == 200
 
 
 def test_bucket_with_another_history_refuses_to_sign(
