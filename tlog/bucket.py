@@ -208,6 +208,19 @@ class S3Store:
         self, key: str, data: bytes, etag: str, content_type: str, cache_control: str
     ) -> str:
         try:
+            return self._put_if_match(key, data, etag, content_type, cache_control)
+        except PreconditionFailed:
+            # Ceph RGW compares If-Match with the unquoted ETag only: if the object is
+            # unchanged (same ETag), ask once more without the quotes.
+            unquoted = etag.strip('"')
+            if unquoted == etag or self._etag(key) != etag:
+                raise
+            return self._put_if_match(key, data, unquoted, content_type, cache_control)
+
+    def _put_if_match(
+        self, key: str, data: bytes, etag: str, content_type: str, cache_control: str
+    ) -> str:
+        try:
             r = self._s3.put_object(
                 Bucket=self.bucket,
                 Key=self.prefix + key,
@@ -219,6 +232,15 @@ class S3Store:
         except Exception as exc:
             raise self._fail("replacing", key, exc) from None
         return r["ETag"]
+
+    def _etag(self, key: str) -> str | None:
+        try:
+            return self._s3.head_object(Bucket=self.bucket, Key=self.prefix + key)["ETag"]
+        except Exception as exc:
+            status, code = _error_of(exc)
+            if status == 404 or code in ("NoSuchKey", "404", "NotFound"):
+                return None
+            raise self._fail("reading", key, exc) from None
 
     def keys(self) -> Iterator[str]:
         try:
@@ -276,12 +298,17 @@ class BucketPublisher:
         checkpoint_source: Callable[[], str] | None = None,
         retry_interval: float = 1.0,
         max_backoff: float = 30.0,
+        check_interval: float = 5.0,
     ) -> None:
         self.log = log_
         self.store = store
         self.checkpoint_source = checkpoint_source or (lambda: self.log.latest.note)
         self.retry_interval = retry_interval
         self.max_backoff = max_backoff
+        # While idle, the bucket's checkpoint is re-read this often: a bucket ahead of the
+        # database (the database failed over to a standby that was behind) stops signing.
+        self.check_interval = check_interval
+        self._last_read = 0.0
         self.published = 0  # every tile of this tree size is in the bucket
         self.bucket_size = 0  # the size of the checkpoint in the bucket (as last seen)
         self._etag: str | None = None  # of the bucket's checkpoint as last seen
@@ -332,20 +359,10 @@ class BucketPublisher:
         size = self.log.latest.size
         if cp.size > size:
             # Another frontend of a shared database may have committed and published since
-            # this one loaded its state: look again before calling it lost data.
-            self.log.reload()
-            size = self.log.latest.size
+            # this one loaded its state: look at the database again before calling it lost.
+            size = self._database_size()
         if cp.size > size:
-            raise RollbackDetected(
-                f"the bucket holds this log's checkpoint for tree size {cp.size}, but the "
-                f"database ends at tree size {size}: the database lost committed entries "
-                "(restored from an older backup, or failed over to a replica that was "
-                "behind). Do not sign on this database. Restore a newer backup or promote "
-                "the up-to-date replica; or (LMDB) bring the store forward from the bucket, "
-                "verified against its checkpoint: save <bucket HTTP URL>/checkpoint to a "
-                "file, then 'tlog recover --from <bucket HTTP URL> --checkpoint <file>' "
-                "(see docs/operations.md, 'Bucket ahead of the database')."
-            )
+            raise RollbackDetected(self._ahead_message(cp.size, size))
         with self.log.storage.read() as rv:
             root = NodeReader(rv.blob).root(cp.size)
         if root != cp.root_hash:
@@ -355,8 +372,26 @@ class BucketPublisher:
                 "log's history. " + RECOVER_HINT
             )
         self.bucket_size, self._etag = cp.size, etag
+        self._last_read = time.monotonic()
         # Tiles are written before the checkpoint that covers them.
         self.published = cp.size
+
+    def _database_size(self) -> int:
+        with self.log.storage.read() as rv:
+            return rv.tree_size()
+
+    @staticmethod
+    def _ahead_message(bucket: int, size: int) -> str:
+        return (
+            f"the bucket holds this log's checkpoint for tree size {bucket}, but the "
+            f"database ends at tree size {size}: the database lost committed entries "
+            "(restored from an older backup, or failed over to a replica that was "
+            "behind). Do not sign on this database. Restore a newer backup or promote "
+            "the up-to-date replica; or (LMDB) bring the store forward from the bucket, "
+            "verified against its checkpoint: save <bucket HTTP URL>/checkpoint to a "
+            "file, then 'tlog recover --from <bucket HTTP URL> --checkpoint <file>' "
+            "(see docs/operations.md, 'Bucket ahead of the database')."
+        )
 
     # -- the background thread ------------------------------------------------------------
 
@@ -423,7 +458,29 @@ class BucketPublisher:
             self.last_error = None
             return size
 
+    def _check_not_behind(self) -> None:
+        if self.bucket_size > self.log.latest.size:
+            # The bucket is ahead of this frontend: another frontend published more (fine),
+            # or the database this frontend now uses lost committed entries (a failover to
+            # a standby that was behind, a restore): then stop signing.
+            size = self._database_size()
+            if size < self.bucket_size:
+                reason = self._ahead_message(self.bucket_size, size)
+                self.log.halt(reason)
+                raise BucketError(reason)
+
+    def _refresh(self) -> None:
+        """Read the bucket's checkpoint (what other frontends published)."""
+        self._last_read = time.monotonic()
+        got = self._bucket_checkpoint()
+        if got is None:
+            self._etag = None  # deleted: the next round writes it again
+            return
+        cp, self._etag = got
+        self.bucket_size = cp.size
+
     def _publish(self) -> int:
+        self._check_not_behind()
         note = self.checkpoint_source()
         n = open_note(note, [self.log.signer.verifier])
         target = Checkpoint.parse(n.text)
@@ -440,6 +497,9 @@ class BucketPublisher:
             self.published = target.size
         if target.size > self.bucket_size or self._etag is None:
             self._put_checkpoint(note.encode(), target)
+        elif time.monotonic() - self._last_read >= self.check_interval:
+            self._refresh()
+            self._check_not_behind()
         return self.bucket_size
 
     def _tile_bytes(self, tile: Tile, size: int) -> bytes:
@@ -482,6 +542,7 @@ class BucketPublisher:
                 return
             except PreconditionFailed:
                 pass
+            self._last_read = time.monotonic()
             got = self._bucket_checkpoint()
             if got is None:
                 self._etag = None

@@ -393,6 +393,30 @@ def test_bucket_ahead_of_the_database_refuses_to_sign(
         assert node.add_batch([b"signing again"]).status_code == 200
 
 
+def test_running_frontend_stops_when_its_database_falls_behind_the_bucket(
+    tmp_path: Path, seaweedfs: SeaweedS3
+) -> None:
+    """A frontend whose database is behind what another frontend published (a failover to a
+    standby that missed commits) stops signing once it sees the bucket's checkpoint."""
+    bucket = seaweedfs.bucket()
+    signer = make_signer()
+    with open_node(tmp_path / "a", seaweedfs, bucket, signer=signer) as a:
+        assert a.add_batch(entries(50)).status_code == 200
+        a.publisher.publish_once()
+    shutil.copytree(tmp_path / "a", tmp_path / "stale")  # a standby at size 50
+    with open_node(tmp_path / "stale", seaweedfs, bucket, signer=signer) as stale:
+        stale.publisher.check_interval = 0.0
+        with open_node(tmp_path / "a", seaweedfs, bucket, signer=signer) as a:
+            assert a.add_batch(entries(30, "more")).status_code == 200
+            a.publisher.publish_once()
+        deadline = time.monotonic() + 30
+        while stale.log.halted is None:  # its next idle round reads the bucket
+            assert time.monotonic() < deadline, stale.publisher.status()
+            time.sleep(0.02)
+        assert "database ends at tree size 50" in stale.log.halted
+        assert stale.add_batch([b"would fork"]).status_code == 503
+
+
 def test_bucket_with_another_history_refuses_to_sign(
     tmp_path: Path, seaweedfs: SeaweedS3
 ) -> None:
