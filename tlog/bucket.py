@@ -356,7 +356,12 @@ class BucketPublisher:
             log.info("bucket has no checkpoint yet: publishing the log from the start")
             return
         cp, etag = got
-        size = self.log.latest.size
+        # The database's tree size read now, after the bucket's checkpoint: the bucket is
+        # written only after the database commits, so a database that is not lost has at
+        # least that size. (``self.log.latest`` was loaded before the bucket was read: with
+        # several frontends, another one may have committed and published meanwhile.)
+        with self.log.storage.read() as rv:
+            size = rv.tree_size()
         if cp.size > size:
             # Another frontend of a shared database may have committed and published since
             # this one loaded its state: look at the database again before calling it lost.
