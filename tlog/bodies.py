@@ -3,11 +3,11 @@
 Two rules keep one hostile body from freezing the server for every tenant:
 
 * **Limits apply while decoding, not after.** :func:`check_json_shape` walks a JSON text
-  (strings skipped by one C-level regex each) counting containers and elements and stops at
-  the first element past ``max_items`` or the first bracket past ``max_depth``, before
-  ``json.loads`` builds anything. CBOR bodies get the same from
+  (strings removed by one C-level regex substitution) counting containers and elements
+  and the nesting depth, before ``json.loads`` builds anything. CBOR bodies get the same from
   :func:`client.scim.cbor.loads_det` (``max_items``: container headers announce their
-  counts). The work spent on a refused body is bounded by the limit, not by its size.
+  counts). The work spent on a refused body is a few C-level passes over at most the
+  capped body size.
 * **Large decodes run off the event loop.** :func:`off_loop` runs a decode of a body larger
   than :data:`OFFLOAD_BYTES` on a small dedicated thread pool (so hostile decodes cannot
   starve the pool the storage reads use), and small ones inline, where a thread hop would
@@ -20,6 +20,7 @@ import asyncio
 import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from itertools import accumulate
 from typing import TypeVar
 
 __all__ = [
@@ -37,11 +38,11 @@ DECODE_THREADS = 2
 
 _pool: ThreadPoolExecutor | None = None
 
-# A JSON string (escapes included) or one structural character. For valid JSON this
-# tokenises exactly; for invalid JSON it may over-count, which only refuses sooner.
-_TOKENS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{},]')
-_QUOTE, _COMMA = ord('"'), ord(",")
-_OPEN = frozenset(b"[{")
+# A JSON string, escapes included. For valid JSON this tokenises exactly; for invalid JSON
+# (an unterminated string) the rest is counted as structure, which only refuses sooner.
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKETS = bytes(c for c in range(256) if c not in b"[]{}")
+_STEP = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
 
 
 class BodyTooLarge(Exception):
@@ -57,25 +58,19 @@ def check_json_shape(body: bytes, *, max_items: int, max_depth: int) -> None:
 
     Elements are counted over the whole document: every container and every element after
     the first in a container (a ``,``), so an array of n scalars counts n. Raises
-    :class:`BodyTooLarge` or :class:`MalformedBody` at the first token past a limit.
+    :class:`BodyTooLarge` or :class:`MalformedBody`. The cost is a few C-level passes over
+    the body (whose size ``read_body`` caps), nothing per element at Python level.
     """
-    depth = 0
-    items = 0
-    for m in _TOKENS.finditer(body):
-        c = body[m.start()]
-        if c == _QUOTE:
-            continue
-        if c == _COMMA:
-            items += 1
-        elif c in _OPEN:
-            depth += 1
-            items += 1
-            if depth > max_depth:
-                raise MalformedBody(f"body is nested deeper than {max_depth} levels")
-        else:
-            depth -= 1
-        if items > max_items:
-            raise BodyTooLarge(f"body has more than {max_items} JSON elements")
+    # Strings out first (one C-level substitution), then everything is a count or a
+    # running sum over the brackets: no Python step per token (this runs on every batch).
+    bare = _STRING.sub(b"", body)
+    items = bare.count(b",") + bare.count(b"[") + bare.count(b"{")
+    if items > max_items:
+        raise BodyTooLarge(f"body has more than {max_items} JSON elements")
+    depth = max(accumulate(map(_STEP.__getitem__, bare.translate(None, _NOT_BRACKETS))),
+                default=0)
+    if depth > max_depth:
+        raise MalformedBody(f"body is nested deeper than {max_depth} levels")
 
 
 def _executor() -> ThreadPoolExecutor:

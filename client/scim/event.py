@@ -49,7 +49,7 @@ import cbor2
 
 from client.note import FormatError, b64decode_strict, b64encode
 from client.scim.actions import derive_actions
-from client.scim.cbor import EventFormatError, dumps_det, loads_det
+from client.scim.cbor import EventFormatError, loads_det
 from client.scim.jsonstrict import strict_json
 
 __all__ = [
@@ -62,9 +62,12 @@ __all__ = [
     "OUTCOMES",
     "PATCH_OPS",
     "Event",
+    "adopt_event",
+    "adopt_json_event",
     "decode_event",
     "encode_event",
     "event_from_json",
+    "event_from_obj",
     "event_to_json",
     "load_event",
     "new_event",
@@ -207,7 +210,7 @@ class _Map(_Spec):
         if not v:
             raise _at(path, "empty map (omit the field instead)")
         for k in v:
-            if k not in self.fields:
+            if type(k) is not str or k not in self.fields:
                 raise _at(path, f"unknown field {k!r}")
         for k, (spec, required) in self.fields.items():
             if k in v:
@@ -446,7 +449,10 @@ def _check(obj: object) -> bytes:
     if not isinstance(obj, dict):  # pragma: no cover - _EVENT.check guarantees it
         raise EventFormatError("event must be a map")
     _check_rules(obj)
-    data = dumps_det(obj)
+    # The schema check above admits exactly the deterministic data model (exact types, text
+    # keys, ints within ±2**53, strings valid Unicode, bounded depth), so the encoder needs
+    # no second walk over the event (dumps_det's check_det).
+    data = bytes(cbor2.dumps(obj, canonical=True))
     if len(data) > MAX_EVENT_SIZE:
         raise EventFormatError(f"event is {len(data)} bytes encoded, limit {MAX_EVENT_SIZE}")
     return data
@@ -461,6 +467,17 @@ def validate_event(obj: object) -> Event:
     # The bytes are our own canonical encoding: decoding them needs none of loads_det's
     # checks for hostile input (it would re-encode and compare, doubling the cost).
     return cbor2.loads(_check(obj))  # type: ignore[no-any-return]
+
+
+def adopt_event(obj: object) -> tuple[Event, bytes]:
+    """Validate ``obj`` and return it *itself* with its canonical encoding.
+
+    For a caller that owns ``obj`` outright (it has just parsed it and nothing else holds a
+    reference), which makes :func:`validate_event`'s independent copy unnecessary. The
+    object must not be changed afterwards: the encoding is what a commitment covers.
+    """
+    data = _check(obj)
+    return obj, data  # type: ignore[return-value]
 
 
 def encode_event(obj: object) -> bytes:
@@ -530,10 +547,22 @@ def event_from_json(text: str | bytes) -> Event:
         raise EventFormatError("JSON nested too deeply") from None
     except ValueError as exc:
         raise EventFormatError(f"bad JSON: {exc}") from None
+    return event_from_obj(obj)
+
+
+def event_from_obj(obj: object) -> Event:
+    """An event from its JSON form already parsed (strictly: :func:`strict_json`) by the
+    caller, who hands ``obj`` over: it is changed in place (base64 fields decoded) and
+    returned validated, without a copy. For batches parsed as one document."""
+    return adopt_json_event(obj)[0]
+
+
+def adopt_json_event(obj: object) -> tuple[Event, bytes]:
+    """:func:`event_from_obj` with the event's canonical encoding (:func:`adopt_event`)."""
     if type(obj) is not dict:
         raise EventFormatError("JSON event must be an object")
     _map_bytes_fields(obj, _from_b64)
-    return validate_event(obj)
+    return adopt_event(obj)
 
 
 def event_to_json(event: Mapping[str, Any]) -> str:

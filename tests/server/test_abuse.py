@@ -103,7 +103,7 @@ def test_json_shape_counts_elements_and_depth() -> None:
 
 
 def test_json_shape_stops_at_the_limit() -> None:
-    """The refusal costs the limit, not the body: a 64 MiB array is refused at element 11."""
+    """A 64 MiB array of scalars is refused for its element count."""
     body = b"[" + b"1," * (32 << 20) + b"1]"
     with pytest.raises(BodyTooLarge):
         check_json_shape(body, max_items=10, max_depth=2)

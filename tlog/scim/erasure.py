@@ -186,7 +186,7 @@ class Erasures:
             rid=rid,
             x=x,
         )
-        return self.svc._stage(tx, tk, ev, self.svc.clock(), {})
+        return self.svc._stage_one(tx, tk, ev, self.svc.clock())
 
     @staticmethod
     def _check_tenant(principal: Principal, tenant: str) -> None:

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import cbor2
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -93,7 +94,7 @@ def epoch_of(ts_ms: int) -> int:
 
 
 def _hmac16(key: bytes, msg: bytes) -> bytes:
-    return hmac.new(key, msg, hashlib.sha256).digest()[:HASH16]
+    return hmac.digest(key, msg, "sha256")[:HASH16]  # one-shot, C fast path
 
 
 _FILE_HEADER_V2 = "tlog-scim-master-key-v2\n"
@@ -232,12 +233,22 @@ class TenantKeys:
     def __repr__(self) -> str:
         return f"TenantKeys(tn={self.tn.hex()})"
 
+    def __post_init__(self) -> None:
+        # The HMAC state after the index key: each index hash copies it instead of keying
+        # HMAC again (several per event on the ingestion path).
+        object.__setattr__(self, "_ik_mac", hmac.new(self.ik, digestmod=hashlib.sha256))
+
+    def _ik_hash16(self, msg: bytes) -> bytes:
+        mac = self._ik_mac.copy()  # type: ignore[attr-defined]
+        mac.update(msg)
+        return mac.digest()[:HASH16]  # type: ignore[no-any-return]
+
     def index_hash(self, fld: bytes, value: bytes) -> bytes:
         """Search index key for ``value`` in field ``fld``: HMAC(index key, fld ‖ 0 ‖ value)."""
-        return _hmac16(self.ik, b"index\x00" + fld + b"\x00" + value)
+        return self._ik_hash16(b"index\x00" + fld + b"\x00" + value)
 
     def subject_hash(self, subject: SubjectId) -> bytes:
-        return _hmac16(self.ik, b"subject\x00" + subject.encode())
+        return self._ik_hash16(b"subject\x00" + subject.encode())
 
     def keyed_digest(self, data: bytes) -> bytes:
         """A 32-byte digest only the log can recompute (for access-event query digests)."""
@@ -440,22 +451,26 @@ class KeyRing:
             write_key_file_in_place(path, new.raw(), None)
 
     def subject(self, tx: Overlay, tk: TenantKeys, subject: SubjectId) -> SubjectKeys | None:
-        raw = tx.get(store.subject_key(tk.tn, tk.subject_hash(subject)))
+        return self._subject_at(tx, store.subject_key(tk.tn, tk.subject_hash(subject)))
+
+    @staticmethod
+    def _subject_at(tx: Overlay, key: bytes) -> SubjectKeys | None:
+        raw = tx.get(key)
         if raw is None:
             return None
         r = decode_record(raw, "subject")
         return SubjectKeys(r["kid"], r["p"])
 
     def subject_or_create(self, tx: Overlay, tk: TenantKeys, subject: SubjectId) -> SubjectKeys:
-        sk = self.subject(tx, tk, subject)
+        key = store.subject_key(tk.tn, tk.subject_hash(subject))
+        sk = self._subject_at(tx, key)
         if sk is not None:
             return sk
         kid = secrets.token_bytes(KID_SIZE)
         wrapped = seal(tk.kek, secrets.token_bytes(KEY_SIZE), _AAD + b"p" + tk.tn + kid)
-        tx.put(
-            store.subject_key(tk.tn, tk.subject_hash(subject)),
-            encode_record({"v": 1, "kid": kid, "p": wrapped}),
-        )
+        # Keys in deterministic order (p, v, kid) and of known types: the plain encoding is
+        # the deterministic one, as encode_record would produce (tested).
+        tx.put(key, bytes(cbor2.dumps({"p": wrapped, "v": 1, "kid": kid})))
         return SubjectKeys(kid, wrapped)
 
     def pseudonym_key(self, tk: TenantKeys, sk: SubjectKeys) -> bytes:

@@ -32,10 +32,11 @@ from client.proof_bundle import TlogProof
 from client.scim.cbor import MAX_DEPTH, CborTooLarge, EventFormatError, loads_det
 from client.scim.event import (
     Event,
+    adopt_event,
+    adopt_json_event,
     decode_event,
     event_from_json,
     event_to_json,
-    validate_event,
 )
 from client.scim.jsonstrict import strict_json
 from tlog.app import Api, BadRequest, PayloadTooLarge, Query, b64, error_response, read_body
@@ -201,8 +202,9 @@ class ScimRoutes:
         done, pub = await self.service.submit(tenant, [ev])
         return JSONResponse(self._submitted(api, done[0], pub))
 
-    def _parse_batch(self, body: bytes, ctype: str) -> list[Event]:
-        """Events of a batch body; every limit applies before the body is decoded."""
+    def _parse_batch(self, body: bytes, ctype: str) -> list[tuple[Event, bytes]]:
+        """Events of a batch body with their canonical encodings; every limit applies before
+        the body is decoded."""
         limit = self.limits.max_batch_events
         max_items = self.limits.max_batch_items
         items: list[Any]
@@ -230,15 +232,12 @@ class ScimRoutes:
             raise BadRequest("empty batch")
         if len(items) > limit:
             raise PayloadTooLarge(f"more than {limit} events in one batch")
-        events: list[Event] = []
+        events: list[tuple[Event, bytes]] = []
         for i, item in enumerate(items):
             try:
-                if ctype == JSON:
-                    if type(item) is not dict:
-                        raise EventFormatError("JSON event must be an object")
-                    events.append(event_from_json(json.dumps(item)))
-                else:
-                    events.append(validate_event(item))
+                # The items were parsed (strictly) from this body and belong to nobody else:
+                # validated in place, no JSON re-encode and re-parse, no copy.
+                events.append(adopt_json_event(item) if ctype == JSON else adopt_event(item))
             except EventFormatError as exc:
                 raise EventFormatError(f"event {i}: {exc}") from None
         return events
@@ -250,8 +249,10 @@ class ScimRoutes:
         if ctype not in (JSON, CBOR):
             raise UnsupportedMediaType("Content-Type must be application/json or application/cbor")
         body = await read_body(request, self.limits.max_batch_body)
-        events = await off_loop(len(body), lambda: self._parse_batch(body, ctype))
-        done, pub = await self.service.submit(tenant, events)
+        parsed = await off_loop(len(body), lambda: self._parse_batch(body, ctype))
+        done, pub = await self.service.submit(
+            tenant, [ev for ev, _ in parsed], encoded=[data for _, data in parsed]
+        )
         return JSONResponse(
             {
                 "tree_size": pub.size,

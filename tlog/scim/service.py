@@ -34,16 +34,24 @@ import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import anyio.to_thread
+import cbor2
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from client.merkle import leaf_hash
 from client.scim.cbor import EventFormatError, dumps_det, loads_det
-from client.scim.event import MAX_JSON_SIZE, Event, new_event, uuid7, validate_event
+from client.scim.event import (
+    MAX_JSON_SIZE,
+    Event,
+    encode_event,
+    new_event,
+    uuid7,
+    validate_event,
+)
 from client.scim.leaf import (
     commitment,
     commitment_unchecked,
@@ -57,7 +65,7 @@ from tlog.log import Log, Published
 from tlog.scim import store
 from tlog.scim.effects import classify
 from tlog.scim.erasure import Erasures
-from tlog.scim.keys import KeyRing, KeysRotated, SubjectId, TenantKeys, epoch_of
+from tlog.scim.keys import KeyRing, KeysRotated, SubjectId, SubjectKeys, TenantKeys, epoch_of
 from tlog.scim.store import Envelope, Overlay, Tombstone, decode_envelope
 from tlog.sequencer import Sequencer
 from tlog.storage import Storage, StorageError
@@ -110,6 +118,21 @@ def envelope_plaintext(
     if encoded_effect is not None:  # {"b", "e", "n"}: the effect the log derived (effects.py)
         return b"\xa3\x61b" + encoded_event + b"\x61e" + encoded_effect + b"\x61n\x58\x20" + nonce
     return b"\xa2\x61b" + encoded_event + b"\x61n\x58\x20" + nonce
+
+
+def _encode_validated(ev: Event) -> bytes:
+    """The canonical encoding of an event that was validated on the way in."""
+    return encode_event(ev)
+
+
+@dataclass
+class _Batch:
+    """What one staging (one batch, one transaction) looks up once and reuses."""
+
+    seen: dict[str, tuple[Accepted, bytes]] = field(default_factory=dict)
+    subjects: dict[SubjectId, SubjectKeys] = field(default_factory=dict)
+    deks: dict[tuple[bytes, int], AESGCM] = field(default_factory=dict)
+    epochs: dict[int, int] = field(default_factory=dict)
 
 
 class Conflict(Exception):
@@ -331,9 +354,17 @@ class ScimService:
     # -- ingestion ----------------------------------------------------------------------------
 
     async def submit(
-        self, tenant: str, events: Sequence[Event], *, system: bool = False
+        self,
+        tenant: str,
+        events: Sequence[Event],
+        *,
+        system: bool = False,
+        encoded: Sequence[bytes] | None = None,
     ) -> tuple[list[Submitted], Published]:
         """Log ``events`` (validated dicts) for ``tenant``; durable and published on return.
+
+        ``encoded``: the events' canonical encodings, when the caller has them from the
+        validation (``client.scim.event.adopt_event``); otherwise they are encoded here.
 
         Raises :class:`Forbidden` for an event of another tenant, :class:`EventFormatError`
         for a reserved resource type, :class:`Conflict` for an eid reused with a different
@@ -347,7 +378,13 @@ class ScimService:
                     f"event {i}: resource types and actions in the {SYSTEM_PREFIX!r} namespace "
                     "(in any spelling that normalises to it) are reserved for the log"
                 )
-        accepted = await anyio.to_thread.run_sync(self._write, self._stager(tenant, events))
+        if encoded is None:
+            encoded = [_encode_validated(ev) for ev in events]
+        elif len(encoded) != len(events):
+            raise ValueError("one encoding per event")
+        accepted = await anyio.to_thread.run_sync(
+            self._write, self._stager(tenant, events, encoded)
+        )
         done = await self._sequence(accepted)
         if self.on_logged is not None:
             self.on_logged(events)
@@ -361,25 +398,35 @@ class ScimService:
         ]
         return out, res.checkpoint
 
-    def _stager(self, tenant: str, events: Sequence[Event]) -> Callable[[Overlay], list[Accepted]]:
+    def _stager(
+        self, tenant: str, events: Sequence[Event], encoded: Sequence[bytes]
+    ) -> Callable[[Overlay], list[Accepted]]:
         def stage(tx: Overlay) -> list[Accepted]:
             tk = self.keys.tenant_or_create(tx, tenant)
             now = self.clock()
-            seen: dict[str, tuple[Accepted, bytes]] = {}
-            return [self._stage(tx, tk, ev, now, seen) for ev in events]
+            batch = _Batch()
+            return [
+                self._stage(tx, tk, ev, enc, now, batch)
+                for ev, enc in zip(events, encoded, strict=True)
+            ]
 
         return stage
+
+    def _stage_one(self, tx: Overlay, tk: TenantKeys, ev: Event, now: int) -> Accepted:
+        """Stage one validated event in the caller's transaction (the log's own events)."""
+        return self._stage(tx, tk, ev, _encode_validated(ev), now, _Batch())
 
     def _stage(
         self,
         tx: Overlay,
         tk: TenantKeys,
         ev: Event,
+        encoded: bytes,
         now: int,
-        seen: dict[str, tuple[Accepted, bytes]],
+        batch: _Batch,
     ) -> Accepted:
         eid = ev["eid"]
-        encoded = dumps_det(ev)
+        seen = batch.seen
         if eid in seen:
             first, first_encoded = seen[eid]
             if first_encoded != encoded:
@@ -396,13 +443,24 @@ class ScimService:
         # ev was validated on the way in and encoded just above.
         leaf = make_leaf(now, tk.tn, commitment_unchecked(nonce, encoded))
         lh = leaf_hash(leaf)
-        sk = self.keys.subject_or_create(tx, tk, subject_of(ev))
-        epoch = epoch_of(now)
-        dek = self.keys.dek_or_create(tx, tk, sk.kid, epoch)
-        effect = self._effect(tx, tk, sk.kid, ev, epoch, dek)
+        # One subject lookup and one DEK unwrap per subject per batch (cached in ``batch``);
+        # the cache lives only as long as this staging, inside the writer lock.
+        subject = subject_of(ev)
+        sk = batch.subjects.get(subject)
+        if sk is None:
+            sk = batch.subjects[subject] = self.keys.subject_or_create(tx, tk, subject)
+        epoch = batch.epochs.get(now)
+        if epoch is None:
+            epoch = batch.epochs[now] = epoch_of(now)
+        aead = batch.deks.get((sk.kid, epoch))
+        if aead is None:
+            aead = batch.deks[(sk.kid, epoch)] = AESGCM(
+                self.keys.dek_or_create(tx, tk, sk.kid, epoch)
+            )
+        effect = self._effect(tx, tk, sk.kid, ev, epoch, aead)
         iv = os.urandom(IV_SIZE)
         # SCIM.md §4.3 step 3: the AAD binds the ciphertext to its leaf.
-        ct = AESGCM(dek).encrypt(
+        ct = aead.encrypt(
             iv,
             envelope_plaintext(nonce, encoded, None if effect is None else dumps_det(effect)),
             lh,
@@ -442,7 +500,7 @@ class ScimService:
         return got if isinstance(got, dict) else None
 
     def _effect(
-        self, tx: Overlay, tk: TenantKeys, kid: bytes, ev: Event, epoch: int, dek: bytes
+        self, tx: Overlay, tk: TenantKeys, kid: bytes, ev: Event, epoch: int, aead: AESGCM
     ) -> dict[str, Any] | None:
         """Classify ``ev`` against the resource's state and stage the new state, encrypted
         under the subject's current DEK (so erasure and retention shred it too)."""
@@ -455,10 +513,11 @@ class ScimService:
                 tx.delete(store.state_key(kid))
             else:
                 iv = os.urandom(IV_SIZE)
-                ct = AESGCM(dek).encrypt(iv, dumps_det(state), _STATE_AAD + kid)
+                ct = aead.encrypt(iv, dumps_det(state), _STATE_AAD + kid)
                 tx.put(
                     store.state_key(kid),
-                    store.encode_record({"v": 1, "epoch": epoch, "iv": iv, "ct": ct}),
+                    # deterministic key order (v, ct, iv, epoch), known types (tested)
+                    bytes(cbor2.dumps({"v": 1, "ct": ct, "iv": iv, "epoch": epoch})),
                 )
         return effect
 
