@@ -1156,8 +1156,23 @@ class AuditMiddleware:
         b = _Builder(self.config, x, ref_pid)
         return b.bulk() if _route(x.rel, x.method, self.config).kind == "bulk" else b.single()
 
-    async def _events(self, x: _Exchange) -> _Recorded:
-        """Build the events off the event loop; member pseudonyms in one batched call.
+    @staticmethod
+    def _outbox_records(x: _Exchange, rec: _Recorded) -> list[OutboxRecord]:
+        return [OutboxRecord(str(e["eid"]), x.req_id, event_json(e)) for e in rec.events]
+
+    def _build_records(
+        self, x: _Exchange, ref_pid: Callable[[str, str], bytes] | None
+    ) -> tuple[_Recorded, list[OutboxRecord] | None]:
+        """Build the events and, unless placeholders wait for pseudonyms, their outbox
+        records too: one worker-thread hop for the common request."""
+        rec = self._build(x, ref_pid)
+        if isinstance(ref_pid, PidCollector) and ref_pid.pairs:
+            return rec, None
+        return rec, self._outbox_records(x, rec)
+
+    async def _events(self, x: _Exchange) -> tuple[_Recorded, list[OutboxRecord]]:
+        """Build the events and their outbox records off the event loop; member pseudonyms
+        in one batched call.
 
         With a ``ref_pid`` that can resolve in batches (``resolve``, as
         :class:`~client.scim.pseudonyms.LogPseudonyms`), the events are built once with
@@ -1168,27 +1183,29 @@ class AuditMiddleware:
         ref_pid = self.config.ref_pid
         resolve = getattr(ref_pid, "resolve", None)
         if ref_pid is None or not callable(resolve):
-            return await loop.run_in_executor(None, self._build, x, ref_pid)
-        collector = PidCollector()
-        rec = await loop.run_in_executor(None, self._build, x, collector)
-        if not collector.pairs:
-            return rec
-        try:
-            real = await loop.run_in_executor(None, resolve, list(collector.pairs))
-        except EventFormatError as exc:
-            _log.error("member pseudonyms unavailable for request %s: %s", x.req_id, exc)
-            return await loop.run_in_executor(None, self._build, x, _pids_unavailable)
-        substitute_pids(rec.events, collector.placeholders(real))
-        return rec
+            rec, records = await loop.run_in_executor(None, self._build_records, x, ref_pid)
+        else:
+            collector = PidCollector()
+            rec, records = await loop.run_in_executor(None, self._build_records, x, collector)
+            if records is None:
+                try:
+                    real = await loop.run_in_executor(None, resolve, list(collector.pairs))
+                except EventFormatError as exc:
+                    _log.error("member pseudonyms unavailable for request %s: %s", x.req_id, exc)
+                    rec, records = await loop.run_in_executor(
+                        None, self._build_records, x, _pids_unavailable
+                    )
+                else:
+                    substitute_pids(rec.events, collector.placeholders(real))
+                    records = None
+        if records is None:
+            records = await loop.run_in_executor(None, self._outbox_records, x, rec)
+        return rec, records
 
     async def _record(self, x: _Exchange) -> tuple[list[tuple[bytes, bytes]], bool]:
         """Build and store the events; return the receipt headers and whether it worked."""
         try:
-            rec = await self._events(x)
-            records = await asyncio.get_running_loop().run_in_executor(
-                None,
-                lambda: [OutboxRecord(str(e["eid"]), x.req_id, event_json(e)) for e in rec.events],
-            )
+            rec, records = await self._events(x)
         except Exception:
             _log.exception("could not build the audit event of request %s", x.req_id)
             return self._unrecorded([])

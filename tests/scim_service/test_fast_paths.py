@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from client.scim.cbor import EventFormatError, dumps_det, loads_det
 from client.scim.event import adopt_event, adopt_json_event, event_to_json, validate_event
 from client.scim.leaf import make_leaf, parse_leaf
-from tests.scim_service.conftest import open_harness, user_event
+from tests.scim_service.conftest import T1, open_harness, user_event
 from tlog.bodies import BodyTooLarge, MalformedBody, check_json_shape
 from tlog.scim import store
 from tlog.scim.store import Envelope, decode_envelope
@@ -128,3 +128,45 @@ def test_batch_records_are_deterministic_cbor(tmp_path: Path) -> None:
         assert [f.event["corr"]["req"] for f in found] == ["r1", "r2", "r3"]
         assert found[2].effect is not None
         assert [a["a"] for a in found[2].effect["acts"]] == ["user.activate"]
+
+
+def test_overlay_rollback_undoes_only_the_writes_after_the_mark(tmp_path: Path) -> None:
+    with open_harness(tmp_path) as h, h.log.storage.read() as rv:
+        tx = store.Overlay(rv)
+        tx.put(b"a", b"1")
+        m = tx.mark()
+        tx.put(b"a", b"2")
+        tx.put(b"b", b"3")
+        tx.delete(b"c")
+        tx.rollback(m)
+        assert tx.items() == [(b"a", b"1")]
+
+
+def test_group_commit_isolates_a_failing_submission(tmp_path: Path) -> None:
+    """Two submissions staged in one transaction: the one that raises is rolled back alone
+    and gets its exception; the other is committed and answered."""
+    from concurrent.futures import Future
+
+    with open_harness(tmp_path) as h:
+        svc = h.service
+        good = validate_event(user_event("u-good", req="r-good"))
+        bad = validate_event(user_event("u-bad", req="r-bad"))
+        stage_good = svc._stager(T1, [good], [dumps_det(good)])
+        stage_bad_inner = svc._stager(T1, [bad], [dumps_det(bad)])
+
+        def stage_bad(tx: store.Overlay) -> object:
+            stage_bad_inner(tx)  # stages records, then fails
+            raise RuntimeError("refused after staging")
+
+        f_good: Future[object] = Future()
+        f_bad: Future[object] = Future()
+        svc._commit_group([(stage_bad, f_bad), (stage_good, f_good)])
+        with pytest.raises(RuntimeError):
+            f_bad.result(0)
+        accepted = f_good.result(0)
+        assert [a.eid for a in accepted] == [good["eid"]]  # type: ignore[attr-defined]
+        with h.log.storage.read() as rv:
+            tk = svc.keys.tenant(store.Overlay(rv), T1)
+            assert tk is not None
+            assert rv.aux(store.eid_key(tk.tn, good["eid"])) is not None
+            assert rv.aux(store.eid_key(tk.tn, bad["eid"])) is None

@@ -218,6 +218,8 @@ class Overlay:
     def __init__(self, rv: ReadView) -> None:
         self.rv = rv
         self._writes: dict[bytes, bytes | None] = {}
+        # (key, staged before?, its earlier staged value): undoes writes back to a mark.
+        self._journal: list[tuple[bytes, bool, bytes | None]] = []
 
     def get(self, key: bytes) -> bytes | None:
         if key in self._writes:
@@ -228,11 +230,30 @@ class Overlay:
         """Whether ``key`` is written (not yet durably) by this transaction."""
         return key in self._writes
 
+    def _stage(self, key: bytes, value: bytes | None) -> None:
+        w = self._writes
+        self._journal.append((key, key in w, w.get(key)))
+        w[key] = value
+
     def put(self, key: bytes, value: bytes) -> None:
-        self._writes[key] = value
+        self._stage(key, value)
 
     def delete(self, key: bytes) -> None:
-        self._writes[key] = None
+        self._stage(key, None)
+
+    def mark(self) -> int:
+        """A point to :meth:`rollback` to (several submissions share one transaction)."""
+        return len(self._journal)
+
+    def rollback(self, mark: int) -> None:
+        """Undo every write staged since ``mark``."""
+        j, w = self._journal, self._writes
+        while len(j) > mark:
+            key, had, old = j.pop()
+            if had:
+                w[key] = old
+            else:
+                del w[key]
 
     def items(self) -> list[tuple[bytes, bytes | None]]:
         return list(self._writes.items())

@@ -1,0 +1,120 @@
+"""Single SCIM events (``POST /v1/scim/events``) vs a hello-world POST, same uvicorn settings.
+
+    .venv/bin/python -m bench.scim_single [--duration 10] [--connections 64]
+
+Needs ``wrk`` (``apt-get install -y wrk``). Both servers run as one uvicorn process on
+127.0.0.1 with ``tlog serve``'s defaults, loaded by wrk in the same run:
+
+* **reference**: ``bench.hello`` ``POST /`` (reads the body, answers a small JSON);
+* **SCIM**: ``tlog serve`` ``POST /v1/scim/events``, one realistic create event per
+  request (JSON, a fresh eid and resource id each, so no request is a duplicate): each
+  answer waits until the event is validated, encrypted under its subject's DEK, durably
+  committed and in a signed checkpoint, and carries the receipt.
+
+Reported: requests/s, p50/p99, and the ratio SCIM / hello (the target is >= 0.25).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from bench.http import free_port, wait_up, wrk
+from bench.scim_proxy import cpu_model, sample_events, tlog_token
+
+ROOT = Path(__file__).resolve().parent.parent
+TENANT = "bench-single"
+
+HELLO_LUA = """
+request = function()
+  return wrk.format("POST", "/", {["Content-Type"] = "application/json"}, '%BODY%')
+end
+"""
+
+# A fresh lowercase UUIDv7-shaped eid and a fresh rid per request (LuaJIT: 24-bit pieces).
+SCIM_LUA = """
+local id = 0
+local n = 0
+function setup(thread) id = id + 1; thread:set("tid", id) end
+function init(args) math.randomseed(os.time() * 1000 + tid) end
+local r = math.random
+request = function()
+  n = n + 1
+  local eid = string.format("%08x-%04x-7%03x-%x%03x-%06x%06x", r(0, 0x7fffffff), r(0, 0xffff),
+    r(0, 0xfff), r(8, 11), r(0, 0xfff), r(0, 0xffffff), r(0, 0xffffff))
+  local rid = string.format("u-%d-%d-%d", tid, n, r(1, 1000000000))
+  local body = string.gsub(string.gsub('%BODY%', "EID", eid), "RID", rid)
+  return wrk.format("POST", "/v1/scim/events",
+    {["Authorization"] = "Bearer %TOKEN%", ["Content-Type"] = "application/json"}, body)
+end
+"""
+
+
+def template() -> str:
+    """One create event as JSON with EID/RID placeholders, escaped for a Lua '...' string."""
+    ev = json.loads(sample_events(1, "tmpl")[0])
+    ev["eid"] = "EID"
+    ev["rid"] = "RID"
+    ev["tenant"] = TENANT
+    text = json.dumps(ev, separators=(",", ":"))
+    if "'" in text or "%" in text:
+        raise RuntimeError("template would need more escaping for Lua")
+    return text.replace("\\", "\\\\")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--connections", type=int, default=64)
+    args = ap.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("bench.scim_single needs wrk: apt-get install -y wrk")
+    tmp = Path(tempfile.mkdtemp(prefix="tlog-bench-scim1-"))
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        tport, hport = free_port(), free_port()
+        common = ["--host", "127.0.0.1", "--log-level", "warning"]
+        tlog_p = subprocess.Popen(
+            [sys.executable, "-m", "tlog.cli", "serve", "--data", str(tmp / "data"),
+             "--port", str(tport), "--origin", "bench.example/log", *common],
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(tlog_p)
+        hello_p = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "bench.hello:app", "--port", str(hport),
+             "--no-access-log", "--no-server-header", *common],
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(hello_p)
+        turl, hurl = f"http://127.0.0.1:{tport}", f"http://127.0.0.1:{hport}"
+        wait_up(turl + "/checkpoint", tlog_p)
+        wait_up(hurl + "/", hello_p)
+        token = tlog_token(tmp / "data", TENANT)
+        body = template()
+        d, cn = args.duration, args.connections
+        hello = wrk(hurl + "/", HELLO_LUA.replace("%BODY%", body), d, cn)
+        scim = wrk(turl, SCIM_LUA.replace("%BODY%", body).replace("%TOKEN%", token), d, cn)
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"machine: {os.cpu_count()} cores ({cpu_model()}), Python "
+          f"{platform.python_version()}; wrk -t2 -c{args.connections} -d{args.duration}s")
+    for name, r in (("hello POST / (reference)", hello), ("POST /v1/scim/events", scim)):
+        print(f"{name:26} {r['rps']:9,.0f} req/s  p50 {r.get('p50_ms', 0):7.2f} ms  "
+              f"p99 {r.get('p99_ms', 0):7.2f} ms  non-2xx {r['non2xx']:.0f}")
+    print(f"single SCIM events / hello: {scim['rps'] / hello['rps']:.2f}x (target >= 0.25x)")
+
+
+if __name__ == "__main__":
+    main()
