@@ -119,6 +119,16 @@ class SeaweedS3:
                 self.proc.wait(15)
 
 
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when the test process dies (even by SIGKILL), so no
+    ``weed`` outlives an interrupted test run (Linux only; elsewhere nothing)."""
+    with contextlib.suppress(Exception):
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def _ports(n: int) -> list[int]:
     out: set[int] = set()
     while len(out) < n:
@@ -172,7 +182,8 @@ def start_seaweedfs(workdir: Path) -> SeaweedS3:
     ]
     log = (workdir / "weed.log").open("wb")
     proc = subprocess.Popen(
-        args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=workdir
+        args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=workdir,
+        preexec_fn=_die_with_parent,
     )
     log.close()
     server = SeaweedS3(
