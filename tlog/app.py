@@ -34,6 +34,7 @@ from client.tiles import MAX_ENTRY_SIZE, parse_tile_path
 from tlog.auth import AuthError, Forbidden, Principal, TokenStore
 from tlog.bodies import BodyTooLarge, MalformedBody, check_json_shape, off_loop
 from tlog.log import Log, NotFound, Published
+from tlog.reads import ReadPool
 from tlog.sequencer import Overloaded, Sequencer, SequencerStopped
 from tlog.storage import StorageError, storage_fault
 from tlog.witnessing import WitnessPusher
@@ -215,12 +216,16 @@ class Api:
         tokens: TokenStore,
         limits: Limits,
         pusher: WitnessPusher | None = None,
+        reads: ReadPool | None = None,
     ) -> None:
         self.log = log_
         self.seq = sequencer
         self.tokens = tokens
         self.limits = limits
         self.pusher = pusher
+        # Nothing on the event loop touches the store (tlog.reads): what memory cannot
+        # answer runs here, and a stalled store answers 503 after reads.timeout seconds.
+        self.reads = reads or ReadPool()
         self._note_cache: dict[str, str] = {}
         # With witnesses, GET /checkpoint is the newest cosigned checkpoint and every note
         # handed out carries the cosignatures gathered for its size.
@@ -233,9 +238,15 @@ class Api:
 
     # -- helpers -------------------------------------------------------------------------
 
-    def _json_note(self, pub: Published) -> str:
+    async def note(self, pub: Published) -> str:
+        """The note handed out for ``pub``: with witnesses, its cosignatures (a read)."""
+        if self.pusher is None:
+            return pub.note
+        return await self.reads.run(lambda: self.note_for(pub), "a cosignature read")
+
+    async def _json_note(self, pub: Published) -> str:
         """JSON string of the (cosigned) note for ``pub``, cached for the latest sizes."""
-        note = self.note_for(pub)
+        note = await self.note(pub)
         got = self._note_cache.get(note)
         if got is None:
             if len(self._note_cache) > 64:
@@ -255,14 +266,29 @@ class Api:
             raise
         return p
 
-    def published(self, q: Query) -> Published:
+    async def authenticate(self, request: Request | Scoped, *roles: str) -> Principal:
+        """:meth:`principal`, off the event loop (a token is a storage read)."""
+        return await self.reads.run(lambda: self.principal(request, *roles), "a token lookup")
+
+    async def published(self, q: Query) -> Published:
         latest = self.log.latest
         if not q.has("tree_size"):
             return latest
         size = q.uint("tree_size")
         if size > latest.size:
             raise BadRequest(f"tree_size {size} is beyond the log's size {latest.size}")
-        return self.log.checkpoint_note(size)
+        pub = self.log.cached_checkpoint_note(size)
+        if pub is None:
+            pub = await self.reads.run(lambda: self.log.checkpoint_note(size), "a checkpoint read")
+        return pub
+
+    async def inclusion_proof(self, index: int, size: int, leaf: bytes | None) -> list[bytes]:
+        proof = self.log.cached_inclusion_proof(index, size, leaf)
+        if proof is None:
+            proof = await self.reads.run(
+                lambda: self.log.inclusion_proof(index, size, leaf), "a proof read"
+            )
+        return proof
 
     # -- write ---------------------------------------------------------------------------
 
@@ -270,7 +296,7 @@ class Api:
         return await self.add_entry_asgi(request.scope, request.receive)
 
     async def add_entry_asgi(self, scope: Scope, receive: Receive) -> Response:
-        self.principal(Scoped(scope), "submitter")
+        await self.authenticate(Scoped(scope), "submitter")
         body = await read_asgi_body(scope, receive, self.limits.max_entry_bytes)
         if not body:
             raise BadRequest("empty entry")
@@ -278,21 +304,21 @@ class Api:
         res = await self.seq.submit([body])
         pub = res.checkpoint
         index = res.indices[0]
-        proof = self.log.inclusion_proof(index, pub.size, res.leaf_hashes[0])
-        note = self.note_for(pub)
+        proof = await self.inclusion_proof(index, pub.size, res.leaf_hashes[0])
+        note = await self.note(pub)
         bundle = TlogProof(index, tuple(proof), note).format()
         hashes = ",".join(f'"{b64(h)}"' for h in proof)
         dup = "true" if res.duplicates[0] else "false"
         # Assembled directly (hot path); the same JSON as JSONResponse would make.
         out = (
             f'{{"index":{index},"leaf_hash":"{b64(res.leaf_hashes[0])}","duplicate":{dup},'
-            f'"tree_size":{pub.size},"checkpoint":{self._json_note(pub)},'
+            f'"tree_size":{pub.size},"checkpoint":{await self._json_note(pub)},'
             f'"inclusion_proof":[{hashes}],"tlog_proof":{json.dumps(bundle, ensure_ascii=False)}}}'
         )
         return Response(out.encode(), media_type="application/json")
 
     async def add_batch(self, request: Request) -> Response:
-        self.principal(request, "submitter")
+        await self.authenticate(request, "submitter")
         body = await read_body(request, self.limits.max_batch_body_bytes)
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         entries = await off_loop(len(body), lambda: self._parse_batch(body, ctype))
@@ -301,7 +327,7 @@ class Api:
         return JSONResponse(
             {
                 "tree_size": pub.size,
-                "checkpoint": self.note_for(pub),
+                "checkpoint": await self.note(pub),
                 "indices": res.indices,
                 "duplicates": [i for i, d in enumerate(res.duplicates) if d],
             }
@@ -385,25 +411,36 @@ class Api:
         )
 
     async def tile(self, request: Request) -> Response:
-        return self.tile_response(
+        return await self.tile_response(
             request.path_params["path"], request.headers.get("accept-encoding", "")
         )
 
-    def tile_response(self, path: str, accept_encoding: str) -> Response:
+    async def tile_response(self, path: str, accept_encoding: str) -> Response:
         try:
             t = parse_tile_path("tile/" + path)
         except FormatError as exc:
             raise NotFound(f"no such tile: {exc}") from None
         size = self.log.latest.size
         if t.is_entries:
-            data = self.log.entry_bundle(t.index, t.width, size)
+            gz = "gzip" in accept_encoding
+
+            def bundle() -> bytes:
+                data = self.log.entry_bundle(t.index, t.width, size)
+                # Compressed on the pool thread too: up to 16 MiB is no job for the loop.
+                return gzip.compress(data, compresslevel=1, mtime=0) if gz else data
+
+            data = await self.reads.run(bundle, "an entry bundle read")
             headers = {"Cache-Control": "public, max-age=31536000, immutable"}
-            if "gzip" in accept_encoding:
-                data = gzip.compress(data, compresslevel=1, mtime=0)
+            if gz:
                 headers["Content-Encoding"] = "gzip"
                 headers["Vary"] = "Accept-Encoding"
             return Response(data, media_type="application/octet-stream", headers=headers)
-        data = self.log.hash_tile(t.level, t.index, t.width, size)
+        got = self.log.cached_hash_tile(t.level, t.index, t.width, size)
+        if got is None:
+            got = await self.reads.run(
+                lambda: self.log.hash_tile(t.level, t.index, t.width, size), "a tile read"
+            )
+        data = got
         return Response(
             data,
             media_type="application/octet-stream",
@@ -432,7 +469,7 @@ class Api:
 
     async def inclusion(self, request: Request | Scoped) -> Response:
         q = Query(request, {"index", "leaf_hash", "tree_size"})
-        pub = self.published(q)
+        pub = await self.published(q)
         if q.has("index") == q.has("leaf_hash"):
             raise BadRequest("give exactly one of index or leaf_hash")
         if q.has("index"):
@@ -442,34 +479,38 @@ class Api:
                 raise BadRequest(f"index {index} is not below tree_size {pub.size}")
         else:
             leaf = q.hash("leaf_hash")
-            found = self.log.index_of(leaf)
+            found = await self.reads.run(lambda: self.log.index_of(leaf), "a leaf hash lookup")
             if found is None or found >= pub.size:
                 raise NotFound("no entry with that leaf hash in the tree of that size")
             index = found
-        proof = self.log.inclusion_proof(index, pub.size, leaf)
+        proof = await self.inclusion_proof(index, pub.size, leaf)
         # The same JSON JSONResponse would make, assembled directly (hot path): base64 and
         # decimals need no escaping; the note is encoded by json.
         hashes = ",".join(f'"{b64(h)}"' for h in proof)
         extra = "" if leaf is None else f',"leaf_hash":"{b64(leaf)}"'
         body = (
             f'{{"index":{index},"tree_size":{pub.size},"inclusion_proof":[{hashes}],'
-            f'"checkpoint":{self._json_note(pub)}{extra}}}'
+            f'"checkpoint":{await self._json_note(pub)}{extra}}}'
         )
         return Response(body.encode(), media_type="application/json")
 
     async def consistency(self, request: Request) -> Response:
         q = Query(request, {"old_size", "tree_size"})
-        pub = self.published(q)
+        pub = await self.published(q)
         old = q.uint("old_size")
         if old > pub.size:
             raise BadRequest(f"old_size {old} is larger than tree_size {pub.size}")
-        proof = self.log.consistency_proof(old, pub.size)
+        proof = self.log.cached_consistency_proof(old, pub.size)
+        if proof is None:
+            proof = await self.reads.run(
+                lambda: self.log.consistency_proof(old, pub.size), "a proof read"
+            )
         return JSONResponse(
             {
                 "old_size": old,
                 "tree_size": pub.size,
                 "consistency_proof": [b64(h) for h in proof],
-                "checkpoint": self.note_for(pub),
+                "checkpoint": await self.note(pub),
             }
         )
 
@@ -485,7 +526,7 @@ class Api:
         Query(request, set())
         index = self._index(request)
         return Response(
-            self.log.entry(index),
+            await self.reads.run(lambda: self.log.entry(index), "an entry read"),
             media_type="application/octet-stream",
             headers={"Cache-Control": "public, max-age=31536000, immutable"},
         )
@@ -493,15 +534,23 @@ class Api:
     async def bundle(self, request: Request) -> Response:
         q = Query(request, {"tree_size"})
         index = self._index(request)
-        pub = self.published(q)
-        if not q.has("tree_size") and self.pusher is not None:
+        pub = await self.published(q)
+        pusher = self.pusher
+        if not q.has("tree_size") and pusher is not None:
             # Prefer the newest cosigned checkpoint that covers the entry.
-            c = self.pusher.cosigned
+            c = pusher.cosigned
             if c is not None and index < c.size:
-                pub = Published(c.size, self.log.checkpoint_note(c.size).note)
+                size = c.size
+                got = self.log.cached_checkpoint_note(size)
+                if got is None:
+                    got = await self.reads.run(
+                        lambda: self.log.checkpoint_note(size), "a checkpoint read"
+                    )
+                pub = got
         if index >= pub.size:
             raise NotFound(f"index {index} is not below tree size {pub.size}")
-        text = self.log.tlog_proof(index, pub.size, self.note_for(pub))
+        proof = await self.inclusion_proof(index, pub.size, None)
+        text = TlogProof(index, tuple(proof), await self.note(pub)).format()
         return Response(
             text,
             media_type="text/plain; charset=utf-8",
@@ -636,7 +685,7 @@ class LogApp:
                         response = await self.api.inclusion(Scoped(scope))
                     elif path.startswith("/tile/") and len(path) < 200:
                         accept = header(scope, b"accept-encoding") or ""
-                        response = self.api.tile_response(path[6:], accept)
+                        response = await self.api.tile_response(path[6:], accept)
                 elif method == "POST" and path == "/v1/entries":
                     response = await self.api.add_entry_asgi(scope, receive)
             except Exception as exc:
@@ -654,11 +703,12 @@ def create_app(
     limits: Limits | None = None,
     *,
     pusher: WitnessPusher | None = None,
+    reads: ReadPool | None = None,
     extra_routes: list[Route] | None = None,
     on_startup: list[Callable[[], Any]] | None = None,
     on_shutdown: list[Callable[[], Any]] | None = None,
 ) -> LogApp:
-    api = Api(log_, sequencer, tokens, limits or Limits(), pusher)
+    api = Api(log_, sequencer, tokens, limits or Limits(), pusher, reads)
     routes = [
         # Hot paths first: Starlette tries routes in order.
         Route("/tile/{path:path}", _wrap(api.tile), methods=["GET"]),
@@ -683,6 +733,7 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         sequencer.start()
+        api.reads.start()
         if pusher is not None:
             pusher.start()
         for f in on_startup or []:
@@ -695,6 +746,7 @@ def create_app(
             if pusher is not None:
                 pusher.stop()
             sequencer.stop()
+            api.reads.stop()
 
     async def http_error(request: Request, exc: Exception) -> Response:
         return error_response(exc)

@@ -184,6 +184,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         bucket=cfg.bucket,
         bucket_endpoint=cfg.bucket_endpoint,
         bucket_region=cfg.bucket_region,
+        storage_timeout=cfg.storage_timeout,
+        read_threads=cfg.read_threads,
+        lock_dir=cfg.lock_dir,
     )
     if not had_master and master.exists():
         created.append(f"{master} (SCIM master key: every event body is wrapped by it)")

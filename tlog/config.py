@@ -172,6 +172,17 @@ class ServeConfig:
         None, "endpoint URL of the S3-compatible store (default: AWS S3)"
     )
     bucket_region: str | None = setting(None, "region of the bucket (default: boto3's)")
+    storage_timeout: float = setting(
+        10.0, "seconds a request waits for the store (a read or its commit) before it gets "
+        "503 'store has not answered'",
+    )
+    read_threads: int = setting(4, "threads that run storage reads off the event loop")
+    lock_dir: Path | None = setting(
+        None,
+        "directory on a memory file system (e.g. /dev/shm) for LMDB's lock file (db/lock.mdb "
+        "becomes a symlink to it), so a frozen or stalled data disk cannot block reads; every "
+        "process that opens the store must see the same directory",
+    )
     server: ServerLimits = table(ServerLimits, "connection limits and timeouts", flat=True)
     limits: Limits = table(Limits, "request limits of the log API")
     scim: ScimLimits = table(ScimLimits, "limits of the SCIM event endpoints")

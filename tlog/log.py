@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -25,6 +27,7 @@ from client.merkle import (
     VerificationError,
     fold_perfect,
     leaf_hash,
+    node_hash,
     node_path_ranges,
     perfect_subtrees,
     root_from_node_path,
@@ -44,9 +47,9 @@ from tlog.storage import (
     StorageCorrupt,
     StorageError,
 )
-from tlog.tree import NodeReader, RightEdge, tile_width
+from tlog.tree import NodeReader, RightEdge, slot_offset, tile_width
 
-__all__ = ["BatchResult", "Log", "LogHalted", "NotFound", "Published"]
+__all__ = ["BatchResult", "BlobCache", "Log", "LogHalted", "NotFound", "Published"]
 
 log = logging.getLogger("tlog")
 
@@ -57,6 +60,61 @@ class NotFound(Exception):
 
 class LogHalted(Exception):
     """The log stopped signing: it learned that its store is behind what it published."""
+
+
+class _Miss(Exception):
+    """A blob the memory cache does not hold (for that tree size): read the store."""
+
+
+COMPLETE = 1 << 63  # the tree size a complete (immutable) blob serves: every size
+
+
+class BlobCache:
+    """Stratum blobs (tile plus inner levels, :mod:`tlog.tree`) the log can serve from memory.
+
+    Only *trusted* blobs get in: the writer's own (built in memory, then committed) and blobs
+    read from the store whose every hash was checked against a signed root
+    (:meth:`Log._adopt`). Each blob carries the largest tree size it serves: a blob on the
+    right edge holds the nodes that were complete at that size (a later size needs a newer
+    copy), a complete blob serves every size. So a proof built only from cached blobs needs no
+    per-request verification and no storage access: that is what keeps proofs and tiles
+    answering while the store is stalled, and cheap when it is not.
+    """
+
+    def __init__(self, max_blobs: int = 16384) -> None:  # 16,384 x 16 KB: 256 MiB at most
+        self.max_blobs = max_blobs
+        self._d: dict[tuple[int, int], tuple[int, bytes]] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def get(self, level: int, index: int, size: int) -> bytes | None:
+        v = self._d.get((level, index))
+        return None if v is None or v[0] < size else v[1]
+
+    def put(self, level: int, index: int, size: int, blob: bytes) -> None:
+        valid = COMPLETE if tile_width(size, level, index) == TILE_WIDTH else size
+        key = (level, index)
+        with self._lock:
+            old = self._d.get(key)
+            if old is not None and old[0] >= valid:
+                return
+            if old is None and len(self._d) >= self.max_blobs:
+                del self._d[next(iter(self._d))]  # the oldest insert (FIFO)
+            self._d[key] = (valid, blob)
+
+    def getter(self, size: int) -> Callable[[int, int], bytes]:
+        """A :class:`NodeReader` blob getter for tree ``size`` that raises _Miss."""
+        d = self._d
+
+        def get(level: int, index: int) -> bytes:
+            v = d.get((level, index))
+            if v is None or v[0] < size:
+                raise _Miss
+            return v[1]
+
+        return get
 
 
 class Published(NamedTuple):
@@ -95,6 +153,9 @@ class Log:
         # roots by tree size, and the (level, index, width) of tiles already verified.
         self._roots: dict[int, tuple[bytes, bytes]] = {}
         self._verified_tiles: set[tuple[int, int, int]] = set()
+        # Trusted blobs served from memory, and range hashes computed from them only.
+        self.blobs = BlobCache()
+        self._vranges: dict[tuple[int, int], bytes] = {}
         self.origin = signer.origin
         self._verifier = signer.verifier
         self.remembered = remembered
@@ -238,12 +299,13 @@ class Log:
             prev = Checkpoint.parse(parse_note(base.note).text)
             proof = reader.consistency_proof(prev.size, size) if prev.size else []
             note = self.signer.sign(Checkpoint(self.origin, size, root), prev, proof)
+            dirty = self._edge.take_dirty()
             self.storage.commit_batch(
                 BatchWrite(
                     first,
                     new_entries,
                     new_hashes,
-                    self._edge.take_dirty(),
+                    dirty,
                     size,
                     note.encode(),
                     base.note.encode(),
@@ -260,6 +322,8 @@ class Log:
             # The in-memory edge may be ahead of the store: rebuild it from what is durable.
             self._edge = RightEdge(base.size, self._storage_blob)
             raise
+        for tl, ti, blob in dirty:  # durable now, and built here: trusted
+            self.blobs.put(tl, ti, size, blob)
         self._latest = Published(size, note)
         if self.remembered is not None:
             # Before anything of the batch is acknowledged (the caller answers after this).
@@ -312,6 +376,79 @@ class Log:
             self._signed_root(size, rv, note)  # these bytes verify (cached once per size)
         return Published(size, note.decode())
 
+    # Served from memory (no storage, no per-request verification: BlobCache holds only
+    # trusted blobs). None means "not all in memory": the caller runs the checked storage
+    # method below (off the event loop), which adopts what it verified into the cache.
+
+    def cached_checkpoint_note(self, size: int) -> Published | None:
+        latest = self._latest
+        if size == latest.size:
+            return latest
+        c = self._roots.get(size)  # a stored note whose signature was verified
+        return None if c is None else Published(size, c[0].decode())
+
+    def cached_inclusion_proof(
+        self, index: int, size: int, leaf: bytes | None = None
+    ) -> list[bytes] | None:
+        if not 0 <= index < size:
+            raise NotFound(f"index {index} is not below tree size {size}")
+        try:
+            reader = NodeReader(self.blobs.getter(size), self._vranges)
+            proof = reader.inclusion_proof(index, size)
+            if leaf is not None and reader.node(0, index) != leaf:
+                return None  # the checked path says what is wrong
+        except _Miss:
+            return None
+        return proof
+
+    def cached_consistency_proof(self, old_size: int, size: int) -> list[bytes] | None:
+        try:
+            return NodeReader(self.blobs.getter(size), self._vranges).consistency_proof(
+                old_size, size
+            )
+        except _Miss:
+            return None
+
+    def cached_hash_tile(self, level: int, index: int, width: int, size: int) -> bytes | None:
+        have = tile_width(size, level, index)
+        if have == 0 or width > have:
+            raise NotFound("no such tile at the published tree size")
+        blob = self.blobs.get(level, index, size)
+        return None if blob is None else blob[: width * HASH_SIZE]
+
+    def drop_caches(self) -> None:
+        """Forget every blob and range hash held in memory: later reads go to the store
+        (and are checked again) as after a restart."""
+        self.blobs = BlobCache(self.blobs.max_blobs)
+        self._vranges = {}
+        self._ranges.clear()
+        self._verified_tiles.clear()
+
+    def _adopt(self, rv: ReadView, reader: NodeReader, size: int) -> None:
+        """Check every blob ``reader`` read from the store as of ``size`` and cache it."""
+        for (tl, ti), blob in reader.loaded():
+            if self.blobs.get(tl, ti, size) is None:
+                b = bytes(blob)
+                if self._check_blob(rv, tl, ti, b, size):
+                    self.blobs.put(tl, ti, size, b)
+
+    def _check_blob(self, rv: ReadView, level: int, index: int, blob: bytes, size: int) -> bool:
+        """Every node of a stored blob that is complete at ``size`` is right: its tile hashes
+        lead to the signed root and each inner node is the hash of its two children."""
+        width = tile_width(size, level, index)
+        if width == 0:
+            return False
+        self._check_tile(rv, level, index, blob[: width * HASH_SIZE], size)
+        for sub in range(1, TILE_HEIGHT):
+            for p in range(width >> sub):
+                lo = slot_offset(sub - 1, 2 * p)
+                at = slot_offset(sub, p)
+                want = node_hash(blob[lo : lo + HASH_SIZE],
+                                 blob[lo + HASH_SIZE : lo + 2 * HASH_SIZE])
+                if blob[at : at + HASH_SIZE] != want:
+                    raise self._corrupt(f"tile {level}/{index}: inner node {sub}/{p} is wrong")
+        return True
+
     def inclusion_proof(self, index: int, size: int, leaf: bytes | None = None) -> list[bytes]:
         """PATH(index, D[size]), verified against the signed root at ``size`` before it is
         returned; ``leaf``: the leaf hash the caller will pair it with (else the tree's)."""
@@ -325,10 +462,11 @@ class Log:
             except KeyError as exc:
                 raise self._corrupt(f"tree node missing: {exc}") from None
             root = self._signed_root(size, rv)
-        try:
-            verify_inclusion(index, size, leaf or stored_leaf, proof, root)
-        except VerificationError as exc:
-            raise self._corrupt(f"inclusion proof {index}@{size} fails: {exc}") from None
+            try:
+                verify_inclusion(index, size, leaf or stored_leaf, proof, root)
+            except VerificationError as exc:
+                raise self._corrupt(f"inclusion proof {index}@{size} fails: {exc}") from None
+            self._adopt(rv, reader, size)
         return proof
 
     def consistency_proof(self, old_size: int, size: int) -> list[bytes]:
@@ -345,10 +483,13 @@ class Log:
                     old_root = reader.root(old_size)
             except KeyError as exc:
                 raise self._corrupt(f"tree node missing: {exc}") from None
-        try:
-            verify_consistency(old_size, size, old_root, new_root, proof)
-        except VerificationError as exc:
-            raise self._corrupt(f"consistency proof {old_size}->{size} fails: {exc}") from None
+            try:
+                verify_consistency(old_size, size, old_root, new_root, proof)
+            except VerificationError as exc:
+                raise self._corrupt(
+                    f"consistency proof {old_size}->{size} fails: {exc}"
+                ) from None
+            self._adopt(rv, reader, size)
         return proof
 
     def index_of(self, leaf: bytes) -> int | None:
@@ -415,6 +556,9 @@ class Log:
                 raise self._corrupt(f"tile {level}/{index} is missing or short")
             data = bytes(blob[: width * HASH_SIZE])
             self._check_tile(rv, level, index, data, size)
+            full = bytes(blob)
+            if self._check_blob(rv, level, index, full, size):
+                self.blobs.put(level, index, size, full)
         return data
 
     def entry_bundle(self, index: int, width: int, size: int) -> bytes:

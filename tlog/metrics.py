@@ -30,6 +30,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Scope
 
+from tlog.reads import ReadPool
+
 if TYPE_CHECKING:
     from tlog.log import Log
     from tlog.sequencer import Sequencer
@@ -189,19 +191,28 @@ class _StateCollector(Collector):
 # --- readiness ------------------------------------------------------------------------------
 
 
+def stored_size(log_: Log) -> int:
+    with log_.storage.read() as rv:
+        return rv.tree_size()
+
+
 def readiness(
-    log_: Log, seq: Sequencer, pusher: WitnessPusher | None
+    log_: Log, seq: Sequencer, pusher: WitnessPusher | None, stored: int | Exception | None = None
 ) -> tuple[bool, dict[str, Any]]:
-    """Every check with its state; ready when none failed."""
+    """Every check with its state; ready when none failed. ``stored``: the store's tree
+    size (or the failure reading it), read here when not given."""
     checks: dict[str, dict[str, Any]] = {}
     alive = seq.running
     checks["writer"] = {"ok": alive, "detail": "running" if alive else "stopped"}
-    try:
-        with log_.storage.read() as rv:
-            stored = rv.tree_size()
+    if stored is None:
+        try:
+            stored = stored_size(log_)
+        except Exception as exc:  # any storage failure means not ready
+            stored = exc
+    if isinstance(stored, Exception):
+        checks["storage"] = {"ok": False, "detail": type(stored).__name__}
+    else:
         checks["storage"] = {"ok": True, "tree_size": stored}
-    except Exception as exc:  # any storage failure means not ready
-        checks["storage"] = {"ok": False, "detail": type(exc).__name__}
     halted = log_.halted
     checks["signing"] = {"ok": halted is None, "detail": halted or "signing"}
     full = seq.backlog >= seq.max_backlog
@@ -222,11 +233,19 @@ def readiness(
 
 
 def ops_routes(metrics: Metrics, log_: Log, seq: Sequencer,
-               pusher: WitnessPusher | None) -> list[Route]:
+               pusher: WitnessPusher | None, reads: ReadPool | None = None) -> list[Route]:
     """``GET /readyz`` and ``GET /metrics`` (public, like the rest of the read API)."""
+    pool = reads or ReadPool()
 
     async def readyz(request: Request) -> Response:
-        ok, checks = readiness(log_, seq, pusher)
+        # The store is read off the event loop and for at most the storage timeout: a
+        # stalled store makes /readyz 503 (storage: StorageStalled), never hang.
+        stored: int | Exception
+        try:
+            stored = await pool.run(lambda: stored_size(log_), "the readiness read")
+        except Exception as exc:
+            stored = exc
+        ok, checks = readiness(log_, seq, pusher, stored)
         return JSONResponse(
             {"status": "ready" if ok else "not ready", "checks": checks},
             status_code=200 if ok else 503,

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tlog.log import BatchResult, Log, LogHalted
+from tlog.reads import bound
 from tlog.storage import CommitConflict
 
 __all__ = ["Overloaded", "Sequencer", "SequencerStopped"]
@@ -66,12 +67,17 @@ class Sequencer:
         max_batch_age: float,
         max_backlog: int,
         on_published: Callable[[int], None] | None = None,
+        commit_timeout: float | None = None,
     ) -> None:
         self.log = log_
         self.max_batch_entries = max_batch_entries
         self.max_batch_age = max_batch_age
         self.max_backlog = max_backlog
         self.on_published = on_published
+        # A caller waits at most this long for its commit, then gets StorageStalled (503):
+        # a stalled store must not hold requests forever. The batch itself is not
+        # cancelled; if it lands later, a retry of the same entry is a duplicate.
+        self.commit_timeout = commit_timeout
         # Called by the writer after each batch: (entries, seconds, committed) (metrics).
         self.on_batch: Callable[[int, float, bool], None] | None = None
         self._queue: deque[_Pending] = deque()
@@ -118,7 +124,7 @@ class Sequencer:
             self._queue.append(_Pending(entries, loop, fut))
             self._queued_entries += len(entries)
             self._cond.notify()
-        return await fut
+        return await bound(fut, "a commit", self.commit_timeout)
 
     def _take(self) -> list[_Pending] | None:
         with self._cond:

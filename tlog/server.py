@@ -13,6 +13,7 @@ from tlog.config import ServeConfig
 from tlog.integrity import CHECKPOINT_FILE, CheckpointFile, DataDirLock, preflight
 from tlog.log import Log
 from tlog.metrics import Metrics, ops_routes
+from tlog.reads import ReadPool, place_lock_file
 from tlog.scim.keys import MASTER_KEY_FILE, open_keyring
 from tlog.scim.routes import scim_routes
 from tlog.scim.service import ScimLimits, ScimService
@@ -48,6 +49,9 @@ def build_app(
     bucket_endpoint: str | None = None,
     bucket_region: str | None = None,
     bucket_store: ObjectStore | None = None,
+    storage_timeout: float = _D.storage_timeout,
+    read_threads: int = _D.read_threads,
+    lock_dir: Path | None = _D.lock_dir,
 ) -> tuple[LogApp, Log, TokenStore]:
     """Open the store in ``data_dir`` and build the app: the log API, plus the SCIM event
     service unless ``scim`` is false (master key file default ``<data_dir>/scim-master.key``).
@@ -56,7 +60,9 @@ def build_app(
     empty, truncated, or behind the last published checkpoint (remembered in
     ``checkpoint_file``, default ``<data_dir>/last-checkpoint``, and, with a witness policy,
     what the witnesses cosigned). Retention expiry runs every ``scim_expiry_interval`` seconds
-    (None: only on request).
+    (None: only on request). A request waits at most ``storage_timeout`` seconds for the
+    store (reads on ``read_threads`` threads, or its commit), then gets 503. ``lock_dir``
+    (a tmpfs): where LMDB's lock file goes, so a frozen data disk cannot block reads.
 
     With ``bucket`` (``s3://bucket/prefix``, at ``bucket_endpoint``) or ``bucket_store``,
     every published checkpoint, its tiles and entry bundles are also written to that bucket
@@ -65,6 +71,8 @@ def build_app(
     lock = DataDirLock(data_dir / "db").acquire()
     try:
         preflight(data_dir / "db")
+        if lock_dir is not None:
+            place_lock_file(data_dir / "db", lock_dir)
     except BaseException:
         lock.release()
         raise
@@ -90,7 +98,9 @@ def build_app(
         max_batch_entries=max_batch_entries,
         max_batch_age=max_batch_age,
         max_backlog=max_backlog,
+        commit_timeout=storage_timeout,
     )
+    reads = ReadPool(read_threads, storage_timeout)
     tokens = TokenStore(storage)
     pusher = None
     if witness_policy is not None:
@@ -138,8 +148,9 @@ def build_app(
         tokens,
         limits,
         pusher=pusher,
+        reads=reads,
         extra_routes=[
-            *ops_routes(metrics, log_, seq, pusher),
+            *ops_routes(metrics, log_, seq, pusher, reads),
             *(scim_routes(service) if service is not None else []),
         ],
         on_startup=[

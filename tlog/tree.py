@@ -88,6 +88,10 @@ class NodeReader:
             raise KeyError(f"short tile {tl}/{ti}")
         return h
 
+    def loaded(self) -> list[tuple[tuple[int, int], bytes | memoryview | bytearray]]:
+        """The blobs this reader has read so far, by (tile level, tile index)."""
+        return list(self._cache.items())
+
     def range_hash(self, start: int, end: int) -> bytes:
         """MTH(D[start:end]) for a range that RFC 6962 proofs use."""
         cache = self._ranges

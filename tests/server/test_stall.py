@@ -1,0 +1,263 @@
+"""A stalled store (issue 7 part 4): nothing on the event loop waits for it.
+
+The store is stalled for real, in process: every read transaction or every commit blocks on
+an Event, as a frozen file system blocks them (with LMDB even a read writes its reader slot
+in lock.mdb, which waits for the thaw under fsfreeze). The server is a real uvicorn on a
+socket, so requests run concurrently. While the store is stalled, ``/healthz``,
+``/checkpoint``, ``/v1/log`` and proofs and tiles held in memory keep answering for every
+tenant; whatever needs the store answers 503 with a clear reason after the storage timeout,
+and a write is never acknowledged. The last test freezes a real ext4 file system with
+``fsfreeze`` under ``tlog serve`` (skipped without root and loop devices).
+
+Waits are bounded (WAIT) and never a pass/fail threshold: the storage timeout is 1 s and
+every client waits up to 20 s, so "answered 503" means "did not hang".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from client.serving import hardened_config, hardened_server
+from tlog.log import Log
+from tlog.server import build_app
+
+from .conftest import make_signer, start_server
+
+WAIT = 20.0
+STALL = 1.0  # the server's storage timeout in these tests
+
+
+class Gate:
+    """Blocks the wrapped storage calls while closed (like a frozen file system)."""
+
+    def __init__(self) -> None:
+        self.open = threading.Event()
+        self.open.set()
+        self.blocked = 0  # calls currently held
+
+    def wrap(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def held(*a: Any, **kw: Any) -> Any:
+            if not self.open.is_set():
+                self.blocked += 1
+                self.open.wait(60)
+                self.blocked -= 1
+            return fn(*a, **kw)
+
+        return held
+
+
+class Served:
+    def __init__(self, url: str, log_: Log, tokens: dict[str, str], gate: Gate) -> None:
+        self.url = url
+        self.log = log_
+        self.tokens = tokens
+        self.gate = gate
+
+    def get(self, path: str) -> httpx.Response:
+        return httpx.get(self.url + path, timeout=WAIT)
+
+    def post(self, tenant: str, body: bytes, path: str = "/v1/entries") -> httpx.Response:
+        return httpx.post(self.url + path, content=body, timeout=WAIT,
+                          headers={"Authorization": f"Bearer {self.tokens[tenant]}"})
+
+
+@contextmanager
+def serve(tmp_path: Path, stall: str) -> Iterator[Served]:
+    """A real uvicorn serving the log in this process; ``stall``: "read" or "commit"."""
+    app, log_, tokens = build_app(tmp_path / "data", make_signer(), max_batch_age=0.0,
+                                  storage_timeout=STALL, scim=False)
+    toks = {t: tokens.create("submitter", tenant=t)[0] for t in ("t1", "t2")}
+    gate = Gate()
+    st = log_.storage
+    if stall == "read":
+        st.read = gate.wrap(st.read)  # type: ignore[method-assign]
+    else:
+        st.commit_batch = gate.wrap(st.commit_batch)  # type: ignore[method-assign]
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    sock.setblocking(False)
+    port = sock.getsockname()[1]
+    server = hardened_server(hardened_config(app, "127.0.0.1", port, log_config=None,
+                                             access_log=False))
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])),
+                              daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(200):
+            if server.started:
+                break
+            threading.Event().wait(0.05)
+        yield Served(url, log_, toks, gate)
+    finally:
+        gate.open.set()
+        server.should_exit = True
+        thread.join(WAIT)
+        sock.close()
+        st.close()
+
+
+def _fill(s: Served) -> None:
+    """300 entries: tile 0 is complete, so proofs and tiles below 256 are in memory."""
+    body = b"".join(len(e).to_bytes(2, "big") + e for e in (b"e-%d" % i for i in range(300)))
+    r = s.post("t1", body, "/v1/entries/batch")
+    assert r.status_code == 200, r.text
+
+
+def _answers_from_memory(s: Served) -> None:
+    """What must keep answering 200 while the store is stalled, for anyone."""
+    assert s.get("/healthz").status_code == 200
+    r = s.get("/checkpoint")
+    assert r.status_code == 200 and r.text == s.log.latest.note
+    assert s.get("/v1/log").json()["tree_size"] == 300
+    r = s.get("/v1/proof/inclusion?index=5")
+    assert r.status_code == 200 and r.json()["tree_size"] == 300
+    assert s.get("/tile/0/000").status_code == 200
+    assert s.get("/v1/proof/consistency?old_size=10").status_code == 200
+
+
+def test_stalled_reads_answer_503_and_memory_keeps_answering(tmp_path: Path) -> None:
+    with serve(tmp_path, "read") as s, ThreadPoolExecutor(4) as pool:
+        _fill(s)
+        s.gate.open.clear()  # the store stops answering
+        # Tenant t1's write needs the store (its token): it waits in the background ...
+        t1 = pool.submit(s.post, "t1", b"from t1 while stalled")
+        reads = [pool.submit(s.get, p) for p in ("/v1/entries/5", "/tile/entries/000")]
+        # ... while the endpoints that need no store answer for everyone meanwhile.
+        _answers_from_memory(s)
+        r = t1.result(WAIT)
+        assert r.status_code == 503, r.text
+        assert "has not answered" in r.json()["error"]
+        assert "nothing was acknowledged" in r.json()["error"]
+        assert r.headers["retry-after"]
+        for f in reads:
+            g = f.result(WAIT)
+            assert g.status_code == 503 and "has not answered" in g.json()["error"], g.text
+        t2 = s.post("t2", b"from t2 while stalled")  # another tenant: 503 too, not a hang
+        assert t2.status_code == 503
+        ready = s.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["checks"]["storage"] == {"ok": False, "detail": "StorageStalled"}
+        assert s.log.latest.size == 300  # nothing was written
+        s.gate.open.set()  # the thaw: everything works again
+        r = s.post("t2", b"after the thaw")
+        assert r.status_code == 200 and r.json()["index"] == 300
+        assert s.get("/v1/entries/5").content == b"e-5"
+        assert s.get("/readyz").status_code == 200
+
+
+def test_stalled_commit_acknowledges_nothing_and_reads_go_on(tmp_path: Path) -> None:
+    with serve(tmp_path, "commit") as s, ThreadPoolExecutor(2) as pool:
+        _fill(s)
+        s.gate.open.clear()  # commits hang (fsync on a frozen disk); reads still work
+        t1 = pool.submit(s.post, "t1", b"stuck in the commit")
+        _answers_from_memory(s)
+        assert s.get("/v1/entries/7").content == b"e-7"  # a read from the store
+        r = t1.result(WAIT)
+        assert r.status_code == 503, r.text
+        assert "has not answered a commit" in r.json()["error"]
+        assert s.get("/checkpoint").text == s.log.latest.note
+        assert s.log.latest.size == 300  # not acknowledged, not published
+        s.gate.open.set()
+        # The batch was not cancelled: once the store answers it lands, and the retry the
+        # 503 asked for is a duplicate with the same index, not a second entry.
+        r = s.post("t1", b"stuck in the commit")
+        assert r.status_code == 200, r.text
+        assert r.json()["index"] == 300 and r.json()["duplicate"] is True
+
+
+# -- a real frozen file system ---------------------------------------------------------------
+
+
+def _can_freeze() -> str | None:
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return "needs root (mount, fsfreeze)"
+    for tool in ("mkfs.ext4", "mount", "umount", "fsfreeze"):
+        if shutil.which(tool) is None:
+            return f"needs {tool}"
+    if not Path("/dev/loop-control").exists():
+        return "needs loop devices"
+    if not Path("/dev/shm").is_dir():
+        return "needs /dev/shm (a tmpfs for the LMDB lock file)"
+    return None
+
+
+def _run(*cmd: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+
+
+@pytest.mark.slow
+def test_fsfreeze_under_tlog_serve(tmp_path: Path) -> None:
+    why = _can_freeze()
+    if why is not None:
+        pytest.skip(why)
+    image, mnt = tmp_path / "fs.img", tmp_path / "mnt"
+    mnt.mkdir()
+    with image.open("wb") as f:
+        f.truncate(256 << 20)
+    if _run("mkfs.ext4", "-q", str(image)).returncode != 0:
+        pytest.skip("mkfs.ext4 failed")
+    m = _run("mount", "-o", "loop", str(image), str(mnt))
+    if m.returncode != 0:
+        pytest.skip(f"cannot loop-mount here: {m.stderr.strip()}")
+    srv = None
+    frozen = False
+    shm = Path("/dev/shm") / f"tlog-test-{os.getpid()}-{tmp_path.name}"
+    try:
+        # The store on the frozen file system, the server's log file not (a process that
+        # logs onto a frozen disk blocks in its next log line, whatever it serves).
+        (mnt / "data").mkdir()
+        (tmp_path / "data").symlink_to(mnt / "data")
+        # The LMDB lock file on tmpfs (--lock-dir): py-lmdb holds the GIL while a read
+        # transaction writes its reader slot, which a frozen lock.mdb would block forever.
+        srv = start_server(tmp_path / "data", None, "--storage-timeout", "1", "--map-size",
+                           str(64 << 20), "--lock-dir", str(shm), timeout=60)
+        token = (tmp_path / "data" / "demo-submitter.token").read_text().strip()
+        h = {"Authorization": f"Bearer {token}"}
+        body = b"".join(len(e).to_bytes(2, "big") + e for e in (b"f-%d" % i for i in range(300)))
+        r = httpx.post(srv.url + "/v1/entries/batch", content=body, timeout=WAIT,
+                       headers={**h, "Content-Type": "application/octet-stream"})
+        assert r.status_code == 200, r.text
+        assert _run("fsfreeze", "-f", str(mnt)).returncode == 0
+        frozen = True
+        with ThreadPoolExecutor(1) as pool:
+            w = pool.submit(httpx.post, srv.url + "/v1/entries", content=b"while frozen",
+                            headers=h, timeout=WAIT)
+            assert httpx.get(srv.url + "/healthz", timeout=WAIT).status_code == 200
+            c = httpx.get(srv.url + "/checkpoint", timeout=WAIT)
+            assert c.status_code == 200 and "\n300\n" in c.text
+            p = httpx.get(srv.url + "/v1/proof/inclusion?index=5", timeout=WAIT)
+            assert p.status_code == 200
+            assert httpx.get(srv.url + "/tile/0/000", timeout=WAIT).status_code == 200
+            e = httpx.get(srv.url + "/v1/entries/7", timeout=WAIT)  # reads need no writes
+            assert e.status_code == 200 and e.content == b"f-7"
+            r = w.result(WAIT)
+        assert r.status_code == 503, r.text
+        assert "has not answered a commit" in r.json()["error"]
+        assert (tmp_path / "data" / "db" / "lock.mdb").is_symlink()
+        assert _run("fsfreeze", "-u", str(mnt)).returncode == 0
+        frozen = False
+        r = httpx.post(srv.url + "/v1/entries", content=b"after the thaw", headers=h,
+                       timeout=WAIT)
+        assert r.status_code == 200, r.text
+    finally:
+        if frozen:
+            _run("fsfreeze", "-u", str(mnt))
+        if srv is not None:
+            srv.stop()
+        _run("umount", str(mnt))
+        shutil.rmtree(shm, ignore_errors=True)
