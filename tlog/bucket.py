@@ -264,6 +264,12 @@ def _error_of(exc: Exception) -> tuple[int | None, str]:
     return (status if isinstance(status, int) else None), str(code)
 
 
+def _signatures(note: str | bytes) -> int:
+    """How many signature lines a note carries (the log's and the cosignatures)."""
+    data = note.encode() if isinstance(note, str) else note
+    return data.count(b"\n\xe2\x80\x94 ")
+
+
 def tiles_between(old: int, new: int) -> list[Tile]:
     """The objects to write when the published size moves from ``old`` to ``new``: entry
     bundles and hash tiles that became full since ``old`` (every level), and the partial
@@ -309,6 +315,7 @@ class BucketPublisher:
         # database (the database failed over to a standby that was behind) stops signing.
         self.check_interval = check_interval
         self._last_read = 0.0
+        self._bucket_sigs = 0  # signature lines (log + cosignatures) of the bucket's note
         self.published = 0  # every tile of this tree size is in the bucket
         self.bucket_size = 0  # the size of the checkpoint in the bucket (as last seen)
         self._etag: str | None = None  # of the bucket's checkpoint as last seen
@@ -323,6 +330,7 @@ class BucketPublisher:
     # -- start-up ----------------------------------------------------------------------------
 
     def _bucket_checkpoint(self) -> tuple[Checkpoint, str] | None:
+        """The bucket's checkpoint (verified) and its ETag; remembers its signature count."""
         got = self.store.get(CHECKPOINT_KEY)
         if got is None:
             return None
@@ -340,6 +348,7 @@ class BucketPublisher:
             raise RollbackDetected(
                 f"the bucket's checkpoint is for origin {cp.origin!r}, not {self.log.origin!r}"
             )
+        self._bucket_sigs = _signatures(data)
         return cp, etag
 
     def check_at_startup(self) -> None:
@@ -500,7 +509,12 @@ class BucketPublisher:
                 count, self.published, target.size, time.monotonic() - t0,
             )
             self.published = target.size
-        if target.size > self.bucket_size or self._etag is None:
+        if (
+            target.size > self.bucket_size
+            or self._etag is None
+            # The same tree head with more cosignatures (a witness answered since).
+            or (target.size == self.bucket_size and _signatures(note) > self._bucket_sigs)
+        ):
             self._put_checkpoint(note.encode(), target)
         elif time.monotonic() - self._last_read >= self.check_interval:
             self._refresh()
@@ -544,6 +558,7 @@ class BucketPublisher:
                         CHECKPOINT_KEY, note, etag, CHECKPOINT_TYPE, CHECKPOINT_CACHE
                     )
                 self.bucket_size = target.size
+                self._bucket_sigs = _signatures(note)
                 return
             except PreconditionFailed:
                 pass
@@ -561,7 +576,9 @@ class BucketPublisher:
                     raise BucketConflict(
                         f"the bucket's checkpoint for tree size {cp.size} has another root"
                     )
-                return  # the same tree head (perhaps other cosignatures): done
+                if _signatures(note) > self._bucket_sigs:
+                    continue  # ours carries more cosignatures: replace it
+                return  # the same tree head, as well signed: done
         raise BucketError("the bucket's checkpoint kept changing; will retry")
 
     # -- status ---------------------------------------------------------------------------

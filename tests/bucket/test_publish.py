@@ -529,3 +529,25 @@ def test_tlog_serve_publishes_with_bucket_flags(
         )
     finally:
         server.stop()
+
+
+def test_publishes_the_cosigned_checkpoint(tmp_path: Path, seaweedfs: SeaweedS3) -> None:
+    """With witnesses the bucket gets what GET /checkpoint serves: the note with the
+    witnesses' cosignature lines (the source the server wires in is the witness pusher's)."""
+    from client.cosignature import CosignatureSigner
+    from client.note import parse_note
+
+    bucket = seaweedfs.bucket()
+    witness = CosignatureSigner("witness.example/w1", b"\x07" * 32)
+    with open_node(tmp_path / "a", seaweedfs, bucket) as node:
+        assert node.add_batch(entries(5)).status_code == 200
+        note = node.log.latest.note
+        cosigned = note + witness.cosign(parse_note(note).text, 1_700_000_000).line()
+        publisher = BucketPublisher(node.log, node.store, checkpoint_source=lambda: cosigned)
+        assert publisher.publish_once() == 5
+        got = node.store.get("checkpoint")
+        assert got is not None and got[0].decode() == cosigned
+        vkey = node.log.vkey
+    url = seaweedfs.public_url(bucket, "logs/one")
+    with httpx.Client(timeout=10) as http, LogClient(url, vkey, http=http) as client:
+        assert client.checkpoint().size == 5
