@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from client.note import Ed25519Signer
+from client.formats.note import Ed25519Signer
 from tlog.integrity import CheckpointFile
 from tlog.log import Log
 from tlog.signer import CheckpointSigner

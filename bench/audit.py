@@ -5,7 +5,7 @@
 1. Builds a log of ``--entries`` entries in process (``tlog.log.Log`` over ``Storage``,
    batches of 10,000, each one fsynced commit), ~64-byte entries like a SCIM leaf.
 2. Serves it with ``tlog serve`` (one uvicorn process on 127.0.0.1, the defaults).
-3. Audits it from scratch with :class:`client.auditor.Auditor` over HTTP: every entry
+3. Audits it from scratch with :class:`client.tools.auditor.Auditor` over HTTP: every entry
    bundle (gzip) and every hash tile is downloaded, every leaf and node hash recomputed,
    every tile compared, the root checked against the signed checkpoint.
 4. Submits ``--more`` entries and audits again (incremental: only new bundles + proof).
@@ -33,9 +33,9 @@ from pathlib import Path
 import httpx
 
 from bench.http import free_port
-from client.auditor import Auditor
-from client.logclient import LogClient
-from client.tiles import Tile, entry_bundles_for_size, tiles_for_size
+from client.formats.tiles import Tile, entry_bundles_for_size, tiles_for_size
+from client.net.logclient import LogClient
+from client.tools.auditor import Auditor
 from tlog.auth import TokenStore
 from tlog.log import Log
 from tlog.signer import CheckpointSigner, create_key_file

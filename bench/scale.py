@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from client.note import Ed25519Signer
+from client.formats.note import Ed25519Signer
 from tlog.log import Log
 from tlog.signer import CheckpointSigner
 from tlog.storage import Storage

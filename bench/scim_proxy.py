@@ -37,9 +37,9 @@ from pathlib import Path
 import httpx
 
 from bench.http import free_port, wait_up
+from client.adapters.middleware import event_json
 from client.scim.actions import parse_request
 from client.scim.event import new_event
-from client.scim.middleware import event_json
 
 ROOT = Path(__file__).resolve().parent.parent
 SCIM_TOKEN = "bench-scim-token"

@@ -36,13 +36,13 @@ from pathlib import Path
 import httpx
 
 from bench.http import free_port, wait_up
-from client.checkpoint import Checkpoint
-from client.cosignature import CosignatureSigner
-from client.merkle import leaf_hash, root_of_range
-from client.note import Ed25519Signer, sign_note
+from client.formats.checkpoint import Checkpoint
+from client.formats.cosignature import CosignatureSigner
+from client.formats.merkle import leaf_hash, root_of_range
+from client.formats.note import Ed25519Signer, sign_note
+from client.net.witness_client import AddCheckpointRequest, WitnessClient
 from client.witness.core import Witness, WitnessedLog
 from client.witness.store import WitnessStore
-from client.witness_client import AddCheckpointRequest, WitnessClient
 from tlog.tree import NodeReader, RightEdge
 
 ROOT = Path(__file__).resolve().parent.parent

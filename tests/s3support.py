@@ -261,11 +261,11 @@ def audit_bucket(s3: SeaweedS3, bucket: str, prefix: str, vkey: str, state: Path
     """Audit the log published at ``bucket/prefix`` reading ONLY the bucket's anonymous HTTP
     endpoint: the checkpoint's signature, every entry bundle hashed into the tree, the root
     recomputed, and every hash tile compared with the recomputation. Returns the
-    :class:`client.auditor.AuditResult`; raises if anything differs."""
+    :class:`client.tools.auditor.AuditResult`; raises if anything differs."""
     import httpx
 
-    from client.auditor import Auditor
-    from client.logclient import LogClient
+    from client.net.logclient import LogClient
+    from client.tools.auditor import Auditor
 
     with httpx.Client(timeout=30) as http, LogClient(
         s3.public_url(bucket, prefix), vkey, http=http

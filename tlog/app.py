@@ -25,12 +25,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
-from client.checkpoint import parse_decimal
-from client.logredact import redact_target
-from client.note import FormatError, b64decode_strict
-from client.proof_bundle import TlogProof
+from client.formats.checkpoint import parse_decimal
+from client.formats.note import FormatError, b64decode_strict
+from client.formats.proof_bundle import TlogProof
+from client.formats.tiles import MAX_ENTRY_SIZE, parse_tile_path
+from client.runtime.logredact import redact_target
 from client.scim.leaf import RawEntryError, check_raw_entry, is_structured_entry
-from client.tiles import MAX_ENTRY_SIZE, parse_tile_path
 from tlog.auth import AuthError, Forbidden, Principal, TokenStore
 from tlog.bodies import BodyTooLarge, MalformedBody, check_json_shape, off_loop
 from tlog.log import Log, NotFound, Published

@@ -40,10 +40,10 @@ from urllib.parse import urlsplit
 
 from prometheus_client.core import GaugeMetricFamily
 
-from client.checkpoint import Checkpoint
-from client.merkle import VerificationError
-from client.note import FormatError, open_note
-from client.tiles import TILE_HEIGHT, TILE_WIDTH, Tile
+from client.formats.checkpoint import Checkpoint
+from client.formats.merkle import VerificationError
+from client.formats.note import FormatError, open_note
+from client.formats.tiles import TILE_HEIGHT, TILE_WIDTH, Tile
 from tlog.integrity import RECOVER_HINT, RollbackDetected
 from tlog.log import Log
 from tlog.tree import NodeReader

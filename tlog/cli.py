@@ -144,8 +144,8 @@ def _open_signer(cfg: ServeConfig, fresh: bool, created: list[str]) -> Checkpoin
 def cmd_serve(args: argparse.Namespace) -> int:
     import logging.config
 
-    from client.logs import uvicorn_log_config
-    from client.serving import run_hardened
+    from client.runtime.logs import uvicorn_log_config
+    from client.runtime.serving import run_hardened
     from tlog.server import build_app
 
     cfg = _serve_config(args)

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from client.serving import ServerLimits
+from client.runtime.serving import ServerLimits
 from tlog.app import Limits
 from tlog.scim.service import ScimLimits
 from tlog.storage import DEFAULT_MAP_SIZE, DEFAULT_VERIFY_LIMIT

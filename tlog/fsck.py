@@ -40,9 +40,9 @@ from typing import Any
 import lmdb
 import lmdb.verify
 
-from client.checkpoint import Checkpoint
-from client.merkle import EMPTY_ROOT, CompactRange, VerificationError, leaf_hash
-from client.note import Ed25519Verifier, FormatError, open_note, parse_note
+from client.formats.checkpoint import Checkpoint
+from client.formats.merkle import EMPTY_ROOT, CompactRange, VerificationError, leaf_hash
+from client.formats.note import Ed25519Verifier, FormatError, open_note, parse_note
 from client.scim.cbor import EventFormatError, loads_det
 from tlog.auth import Principal
 from tlog.scim import store

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from client.checkpoint import Checkpoint
-from client.merkle import VerificationError
-from client.note import FormatError, Verifier, open_note
+from client.formats.checkpoint import Checkpoint
+from client.formats.merkle import VerificationError
+from client.formats.note import FormatError, Verifier, open_note
 from tlog.storage import StorageError
 
 __all__ = [

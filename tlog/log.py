@@ -19,8 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from client.checkpoint import Checkpoint
-from client.merkle import (
+from client.formats.checkpoint import Checkpoint
+from client.formats.merkle import (
     EMPTY_ROOT,
     HASH_SIZE,
     LEAF_PREFIX,
@@ -34,9 +34,9 @@ from client.merkle import (
     verify_consistency,
     verify_inclusion,
 )
-from client.note import FormatError, open_note, parse_note
-from client.proof_bundle import TlogProof
-from client.tiles import TILE_HEIGHT, TILE_WIDTH, encode_entry_bundle
+from client.formats.note import FormatError, open_note, parse_note
+from client.formats.proof_bundle import TlogProof
+from client.formats.tiles import TILE_HEIGHT, TILE_WIDTH, encode_entry_bundle
 from tlog.integrity import RECOVER_HINT, CheckpointFile, Remembered, RollbackDetected
 from tlog.signer import CheckpointSigner
 from tlog.storage import (

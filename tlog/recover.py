@@ -20,12 +20,12 @@ from pathlib import Path
 
 import httpx
 
-from client.checkpoint import Checkpoint
-from client.merkle import LEAF_PREFIX, VerificationError
-from client.note import FormatError, Note, open_note
-from client.policy import Policy
-from client.tiles import TILE_WIDTH, Tile, decode_entry_bundle
-from client.witness_client import WitnessClient, WitnessError
+from client.formats.checkpoint import Checkpoint
+from client.formats.merkle import LEAF_PREFIX, VerificationError
+from client.formats.note import FormatError, Note, open_note
+from client.formats.policy import Policy
+from client.formats.tiles import TILE_WIDTH, Tile, decode_entry_bundle
+from client.net.witness_client import WitnessClient, WitnessError
 from tlog.integrity import CheckpointFile, DataDirLock, preflight
 from tlog.log import Log
 from tlog.signer import CheckpointSigner

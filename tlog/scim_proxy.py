@@ -5,7 +5,7 @@ body, headers but the hop-by-hop ones, repeated ones repeated) over HTTP/1.1 wit
 keep-alive, and streams the answer back unchanged (status, headers in their order, body
 bytes, content encoding, errors; header names are case-insensitive, and ASGI servers
 lower-case them), inside the same
-:class:`client.scim.middleware.AuditMiddleware` an in-process Python SP would use. So the
+:class:`client.adapters.middleware.AuditMiddleware` an in-process Python SP would use. So the
 SCIM client sees the SP's own answers, plus ``X-Request-Id`` and the ``Tlog-*`` receipt
 headers on writes.
 
@@ -44,11 +44,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from client.scim.middleware import SCIM_ERROR_URN, AuditConfig, AuditMiddleware
-from client.scim.outbox import Outbox
-from client.scim.pseudonyms import LogPseudonyms
-from client.scim.relay import Relay
-from client.serving import run_hardened
+from client.adapters.middleware import SCIM_ERROR_URN, AuditConfig, AuditMiddleware
+from client.adapters.outbox import Outbox
+from client.adapters.pseudonyms import LogPseudonyms
+from client.adapters.relay import Relay
+from client.runtime.serving import run_hardened
 from tlog.config import ProxyConfig
 from tlog.metrics import proxy_routes
 
@@ -472,7 +472,7 @@ def _listen(value: str) -> tuple[str, int]:
 def main_proxy(cfg: ProxyConfig) -> int:
     """Run the proxy under uvicorn until interrupted (settings: :class:`tlog.config.ProxyConfig`,
     its required fields already checked)."""
-    from client.logs import uvicorn_log_config
+    from client.runtime.logs import uvicorn_log_config
 
     log_config = uvicorn_log_config(cfg.log_level, cfg.log_format)
     logging.config.dictConfig(log_config)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from client.policy import Policy
+from client.formats.policy import Policy
 from tlog.app import Limits, LogApp, create_app
 from tlog.auth import TokenStore
 from tlog.bucket import BucketPublisher, ObjectStore, S3Store

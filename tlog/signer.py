@@ -12,9 +12,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from client.checkpoint import Checkpoint
-from client.merkle import EMPTY_ROOT, VerificationError, verify_consistency
-from client.note import Ed25519Signer, Ed25519Verifier, FormatError, sign_note
+from client.formats.checkpoint import Checkpoint
+from client.formats.merkle import EMPTY_ROOT, VerificationError, verify_consistency
+from client.formats.note import Ed25519Signer, Ed25519Verifier, FormatError, sign_note
 
 __all__ = ["CheckpointSigner", "ForkRefused", "create_key_file", "load_key_file"]
 

@@ -13,8 +13,8 @@ Consequences:
 * appends touch only the right-most blob of each level: O(1) amortised node hashes per entry
   and O(log n) memory for the right edge.
 
-The node-selection maths (which nodes a proof needs) is :mod:`client.merkle`; this module only
-reads and writes hashes.
+The node-selection maths (which nodes a proof needs) is :mod:`client.formats.merkle`; this module
+only reads and writes hashes.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 
-from client.merkle import (
+from client.formats.merkle import (
     EMPTY_ROOT,
     HASH_SIZE,
     NODE_PREFIX,
@@ -31,7 +31,7 @@ from client.merkle import (
     node_hash,
     perfect_subtrees,
 )
-from client.tiles import TILE_HEIGHT, TILE_WIDTH
+from client.formats.tiles import TILE_HEIGHT, TILE_WIDTH
 
 __all__ = ["BLOB_SIZE", "NodeReader", "RightEdge", "slot_offset"]
 
@@ -115,7 +115,7 @@ class NodeReader:
     def inclusion_proof(self, index: int, size: int) -> list[bytes]:
         """PATH(index, D[size]), leaf sibling first, in O(log n) node reads.
 
-        Same result as the ranges of :func:`client.merkle.inclusion_ranges`, computed
+        Same result as the ranges of :func:`client.formats.merkle.inclusion_ranges`, computed
         directly: below the *fork* (where the paths to ``index`` and to ``size`` part) every
         sibling is a complete node; right of the fork is one composite (ephemeral) node; left
         of it, the complete subtrees covering ``[0, begin)``, nearest first.

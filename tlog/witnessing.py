@@ -25,10 +25,10 @@ from typing import Any
 
 import httpx
 
-from client.merkle import VerificationError
-from client.note import FormatError, Signature
-from client.policy import Policy
-from client.witness_client import (
+from client.formats.merkle import VerificationError
+from client.formats.note import FormatError, Signature
+from client.formats.policy import Policy
+from client.net.witness_client import (
     SplitViewAlarm,
     WitnessBusy,
     WitnessClient,

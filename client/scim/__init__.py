@@ -5,8 +5,8 @@
 * :mod:`client.scim.actions`: normalised actions, from a diff or from a request body;
 * :mod:`client.scim.leaf`: the public leaf, the commitment, tenant refs and pseudonyms.
 
-Malformed input raises :class:`EventFormatError` (a :class:`client.note.FormatError`);
-a commitment that does not match raises :class:`client.merkle.VerificationError`.
+Malformed input raises :class:`EventFormatError` (a :class:`client.formats.note.FormatError`);
+a commitment that does not match raises :class:`client.formats.merkle.VerificationError`.
 """
 
 from client.scim.actions import (

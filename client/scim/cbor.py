@@ -21,7 +21,7 @@ from typing import Any
 
 import cbor2
 
-from client.note import FormatError
+from client.formats.note import FormatError
 
 __all__ = [
     "MAX_DEPTH",
@@ -40,7 +40,7 @@ _NINT64_MIN = -(1 << 64)
 class EventFormatError(FormatError):
     """Malformed SCIM audit input: CBOR, JSON, event, leaf or request body.
 
-    A subclass of :class:`client.note.FormatError` (and so of ``ValueError``): callers that
+    A subclass of :class:`client.formats.note.FormatError` (and so of ``ValueError``): callers that
     map malformed input to HTTP 400 need not know about it. The message says which rule
     broke and where (``at $.req.dig: ...``).
     """

@@ -28,9 +28,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from client.merkle import VerificationError, leaf_hash
-from client.note import Ed25519Verifier, FormatError, b64decode_strict
-from client.proof_bundle import TlogProof
+from client.formats.merkle import VerificationError, leaf_hash
+from client.formats.note import Ed25519Verifier, FormatError, b64decode_strict
+from client.formats.proof_bundle import TlogProof
 from client.scim.event import Event, event_from_json
 from client.scim.leaf import parse_leaf, verify_commitment
 from client.scim.reserved import event_origin

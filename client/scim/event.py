@@ -47,7 +47,7 @@ from typing import Any
 
 import cbor2
 
-from client.note import FormatError, b64decode_strict, b64encode
+from client.formats.note import FormatError, b64decode_strict, b64encode
 from client.scim.actions import derive_actions
 from client.scim.cbor import EventFormatError, loads_det
 from client.scim.jsonstrict import strict_json

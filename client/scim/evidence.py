@@ -24,11 +24,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from client.checkpoint import Checkpoint
-from client.merkle import VerificationError, leaf_hash
-from client.note import Ed25519Verifier, FormatError, b64decode_strict
-from client.policy import Policy
-from client.proof_bundle import TlogProof
+from client.formats.checkpoint import Checkpoint
+from client.formats.merkle import VerificationError, leaf_hash
+from client.formats.note import Ed25519Verifier, FormatError, b64decode_strict
+from client.formats.policy import Policy
+from client.formats.proof_bundle import TlogProof
 from client.scim.event import event_from_json
 from client.scim.jsonstrict import strict_json
 from client.scim.leaf import NONCE_SIZE, TENANT_REF_SIZE, parse_leaf, verify_commitment

@@ -11,7 +11,7 @@ SCIM.md §3.4 and §4.3. The leaf carries nothing private::
   low-entropy event cannot be confirmed by guessing; after crypto-shredding it cannot be
   confirmed at all.
 
-The Merkle leaf hash is ``client.merkle.leaf_hash(make_leaf(...))`` (RFC 6962 §2.1).
+The Merkle leaf hash is ``client.formats.merkle.leaf_hash(make_leaf(...))`` (RFC 6962 §2.1).
 
 **Domain separation** (issue 7 part 5). Every leaf the log builds itself (SCIM events and the
 log's own events) is a deterministic CBOR *map*: its first byte is a CBOR map header
@@ -33,7 +33,7 @@ from typing import Any
 
 import cbor2
 
-from client.merkle import VerificationError
+from client.formats.merkle import VerificationError
 from client.scim.cbor import EventFormatError, loads_det
 from client.scim.event import MAX_SAFE_INT, decode_event, encode_event
 
@@ -190,7 +190,7 @@ def parse_leaf(data: bytes) -> Leaf:
 def verify_commitment(leaf: bytes | Leaf, event: Mapping[str, Any] | bytes, nonce: bytes) -> None:
     """Check that ``leaf`` commits to ``event`` under ``nonce`` (SCIM.md §4.3 step 4).
 
-    Returns nothing on success. Raises :class:`client.merkle.VerificationError` if the
+    Returns nothing on success. Raises :class:`client.formats.merkle.VerificationError` if the
     commitment does not match, and :class:`EventFormatError` if the leaf, event or nonce is
     malformed (different failures, different exceptions, as everywhere in ``client``).
     """

@@ -27,8 +27,8 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from client.net.witness_client import MAX_BODY_SIZE
 from client.witness.core import AddCheckpointError, Witness
-from client.witness_client import MAX_BODY_SIZE
 
 __all__ = ["WitnessApp"]
 

@@ -27,10 +27,14 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from types import FrameType
 
-from client.checkpoint import open_checkpoint
-from client.cosignature import AnyCosignatureSigner, CosignatureSigner, MLDSACosignatureSigner
-from client.merkle import VerificationError
-from client.note import FormatError
+from client.formats.checkpoint import open_checkpoint
+from client.formats.cosignature import (
+    AnyCosignatureSigner,
+    CosignatureSigner,
+    MLDSACosignatureSigner,
+)
+from client.formats.merkle import VerificationError
+from client.formats.note import FormatError
 from client.witness.config import ConfigError, KeyFileUnreadable, WitnessConfig
 from client.witness.core import Witness, WitnessedLog
 from client.witness.loglist import log_verifier

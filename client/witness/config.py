@@ -43,12 +43,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from client.cosignature import (
+from client.formats.cosignature import (
     CosignatureSigner,
     MLDSACosignatureSigner,
     cosignature_verifier,
 )
-from client.note import FormatError
+from client.formats.note import FormatError
 from client.witness.core import WitnessedLog
 from client.witness.loglist import log_verifier
 from client.witness.monitor import Peer

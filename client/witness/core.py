@@ -59,18 +59,26 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from client.checkpoint import Checkpoint
-from client.cosignature import (
+from client.formats.checkpoint import Checkpoint
+from client.formats.cosignature import (
     AnyCosignatureSigner,
     AnyCosignatureVerifier,
     CosignatureSigner,
     CosignatureVerifier,
 )
-from client.merkle import EMPTY_ROOT, VerificationError, verify_consistency
-from client.note import FormatError, Note, Signature, Verifier, b64encode, open_note, parse_note
+from client.formats.merkle import EMPTY_ROOT, VerificationError, verify_consistency
+from client.formats.note import (
+    FormatError,
+    Note,
+    Signature,
+    Verifier,
+    b64encode,
+    open_note,
+    parse_note,
+)
+from client.net.witness_client import CONTENT_TYPE_SIZE, AddCheckpointRequest, origin_hash
 from client.witness.loglist import log_verifier
 from client.witness.store import Evidence, StoredCheckpoint, WitnessStore
-from client.witness_client import CONTENT_TYPE_SIZE, AddCheckpointRequest, origin_hash
 
 __all__ = [
     "AddCheckpointError",

@@ -22,8 +22,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from client.cosignature import MLDSACosignatureVerifier
-from client.note import ALG_ED25519, Ed25519Verifier, FormatError, Verifier, parse_vkey
+from client.formats.cosignature import MLDSACosignatureVerifier
+from client.formats.note import ALG_ED25519, Ed25519Verifier, FormatError, Verifier, parse_vkey
 
 __all__ = ["LogListEntry", "format_entry", "log_verifier", "parse_log_list"]
 

@@ -36,10 +36,11 @@ from dataclasses import dataclass
 
 import httpx
 
-from client.checkpoint import Checkpoint, open_checkpoint
-from client.cosignature import AnyCosignatureVerifier
-from client.merkle import EMPTY_ROOT, HASH_SIZE, VerificationError, verify_consistency
-from client.note import FormatError, b64decode_strict, b64encode
+from client.formats.checkpoint import Checkpoint, open_checkpoint
+from client.formats.cosignature import AnyCosignatureVerifier
+from client.formats.merkle import EMPTY_ROOT, HASH_SIZE, VerificationError, verify_consistency
+from client.formats.note import FormatError, b64decode_strict, b64encode
+from client.net.witness_client import WitnessClient, WitnessError
 from client.witness.core import (
     AddCheckpointError,
     Conflict,
@@ -51,7 +52,6 @@ from client.witness.core import (
 )
 from client.witness.provision import PullReport, pull
 from client.witness.store import StoredCheckpoint
-from client.witness_client import WitnessClient, WitnessError
 
 __all__ = ["ConsistencyResponse", "LogClient", "LogUnavailable", "Monitor", "Peer", "ProofRefused"]
 

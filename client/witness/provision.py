@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 
-from client.note import FormatError
+from client.formats.note import FormatError
 from client.witness.core import Witness
 from client.witness.loglist import MAX_LIST_SIZE, LogListEntry, parse_log_list
 

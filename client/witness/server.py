@@ -1,6 +1,6 @@
 """The witness's HTTP server: :class:`client.witness.asgi.WitnessApp` on uvicorn, hardened.
 
-It runs on the same hardened uvicorn runner as ``tlog serve`` (:mod:`client.serving`: header
+It runs on the same hardened uvicorn runner as ``tlog serve`` (:mod:`client.runtime.serving`: header
 and body timeouts, a head-size limit, a connection limit that evicts idle or slow
 connections first), which loads uvicorn only when a server is built, so importing
 ``client.witness`` needs no web stack (``tests/witness/test_imports.py``).
@@ -28,8 +28,8 @@ import socket
 import threading
 from dataclasses import dataclass
 
-from client.serving import ServerLimits as RunnerLimits
-from client.serving import hardened_config, hardened_server
+from client.runtime.serving import ServerLimits as RunnerLimits
+from client.runtime.serving import hardened_config, hardened_server
 from client.witness.asgi import MAX_HEAD_SIZE, WitnessApp
 from client.witness.core import Witness
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import uvicorn
 
-from client.scim.middleware import AuditConfig, AuditMiddleware
-from client.scim.outbox import Outbox
-from client.scim.relay import Relay
+from client.adapters.middleware import AuditConfig, AuditMiddleware
+from client.adapters.outbox import Outbox
+from client.adapters.relay import Relay
 from tests.adapters.helpers import SCIM_TOKEN, scim_asgi_app
 
 

@@ -26,12 +26,12 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
-from client.scim.audit import ScimAuditClient
-from client.scim.body import decode_body
-from client.scim.middleware import AuditConfig, AuditMiddleware
-from client.scim.outbox import Outbox
-from client.scim.pseudonyms import LogPseudonyms
-from client.scim.relay import Relay
+from client.adapters.body import decode_body
+from client.adapters.middleware import AuditConfig, AuditMiddleware
+from client.adapters.outbox import Outbox
+from client.adapters.pseudonyms import LogPseudonyms
+from client.adapters.relay import Relay
+from client.net.scim_audit import ScimAuditClient
 from tests.scim_service.conftest import T1, URL, Harness, harness  # noqa: F401
 
 from .helpers import BULK, PATCH, USER

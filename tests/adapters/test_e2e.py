@@ -30,9 +30,9 @@ from typing import Any
 import httpx
 import pytest
 
-from client.checkpoint import open_checkpoint
-from client.merkle import leaf_hash, verify_inclusion
-from client.note import Ed25519Verifier
+from client.formats.checkpoint import open_checkpoint
+from client.formats.merkle import leaf_hash, verify_inclusion
+from client.formats.note import Ed25519Verifier
 from client.scim.event import event_from_json
 from client.scim.leaf import verify_commitment
 from tests.server.conftest import ServerProcess, start_server

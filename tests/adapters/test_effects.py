@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from client.scim.audit import AuditedEvent
+from client.net.scim_audit import AuditedEvent
 from tests.scim_service.conftest import Harness, harness  # noqa: F401
 from tests.scim_service.test_erasure import request_erasure
 from tlog.scim import store

@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
+from client.adapters.middleware import AuditConfig, AuditMiddleware, event_json
+from client.adapters.outbox import Outbox
+from client.adapters.relay import Relay
 from client.scim.event import event_to_json
-from client.scim.middleware import AuditConfig, AuditMiddleware, event_json
-from client.scim.outbox import Outbox
-from client.scim.relay import Relay
 
 from .helpers import BULK, GROUP, PATCH, SCIM_TOKEN, FakeLog, scim_asgi_app, sleep_until, user
 

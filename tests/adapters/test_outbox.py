@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from client.scim.outbox import Outbox, OutboxError, OutboxRecord, Receipt
+from client.adapters.outbox import Outbox, OutboxError, OutboxRecord, Receipt
 
 
 def rec(i: int, size: int = 10) -> OutboxRecord:

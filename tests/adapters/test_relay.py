@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from client.adapters.outbox import Outbox, OutboxRecord
+from client.adapters.relay import DeliveryError, Relay, _retry_after
 from client.scim.event import event_to_json, new_event
-from client.scim.outbox import Outbox, OutboxRecord
-from client.scim.relay import DeliveryError, Relay, _retry_after
 
 from .helpers import FakeLog, sleep_until
 

@@ -19,9 +19,7 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
-from client.auditor import Auditor
-from client.logclient import LogClient
-from client.merkle import (
+from client.formats.merkle import (
     HASH_SIZE,
     fold_perfect,
     inclusion_ranges,
@@ -29,8 +27,8 @@ from client.merkle import (
     proof_from_ranges,
     verify_inclusion,
 )
-from client.note import Ed25519Signer
-from client.tiles import (
+from client.formats.note import Ed25519Signer
+from client.formats.tiles import (
     TILE_WIDTH,
     Tile,
     TileHashReader,
@@ -38,6 +36,8 @@ from client.tiles import (
     parse_tile_path,
     tiles_for_size,
 )
+from client.net.logclient import LogClient
+from client.tools.auditor import Auditor
 from tlog.bucket import (
     BucketConflict,
     BucketError,
@@ -534,8 +534,8 @@ def test_tlog_serve_publishes_with_bucket_flags(
 def test_publishes_the_cosigned_checkpoint(tmp_path: Path, seaweedfs: SeaweedS3) -> None:
     """With witnesses the bucket gets what GET /checkpoint serves: the note with the
     witnesses' cosignature lines (the source the server wires in is the witness pusher's)."""
-    from client.cosignature import CosignatureSigner
-    from client.note import parse_note
+    from client.formats.cosignature import CosignatureSigner
+    from client.formats.note import parse_note
 
     bucket = seaweedfs.bucket()
     witness = CosignatureSigner("witness.example/w1", b"\x07" * 32)

@@ -21,8 +21,8 @@ import httpx
 import pytest
 import uvicorn
 
-from client.cosignature import CosignatureSigner, MLDSACosignatureSigner
-from client.note import Ed25519Signer, parse_note
+from client.formats.cosignature import CosignatureSigner, MLDSACosignatureSigner
+from client.formats.note import Ed25519Signer, parse_note
 from client.scim import event_to_json, new_event
 from tlog.log import Published
 from tlog.server import build_app

@@ -11,13 +11,13 @@ from typing import Any
 import httpx
 import pytest
 
-from client.checkpoint import open_checkpoint
-from client.merkle import VerificationError
-from client.note import Ed25519Signer, Ed25519Verifier, FormatError
-from client.policy import Policy
-from client.proof_bundle import TlogProof
+from client.formats.checkpoint import open_checkpoint
+from client.formats.merkle import VerificationError
+from client.formats.note import Ed25519Signer, Ed25519Verifier, FormatError
+from client.formats.policy import Policy
+from client.formats.proof_bundle import TlogProof
+from client.net.scim_audit import ScimAuditClient
 from client.scim import event_to_json
-from client.scim.audit import ScimAuditClient
 from client.scim.evidence import FORMAT, verify_evidence
 from client.scim.leaf import make_leaf
 from tlog.ui import CSP, STATIC_DIR
@@ -201,7 +201,7 @@ def test_evidence_verifies_and_every_alteration_fails(live: Live, tmp_path: Path
 
 
 def test_verify_evidence_command(live: Live, tmp_path: Path) -> None:
-    from client.cli import main
+    from client.tools.cli import main
 
     doc = _bundle(live)
     f = tmp_path / "evidence.json"

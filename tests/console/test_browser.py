@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from client.cli import main as client_main
+from client.tools.cli import main as client_main
 
 from .conftest import Live
 
@@ -229,8 +229,8 @@ def test_split_view_against_the_checkpoint_seen_last_time(page: Any, live: Live)
     """A log that signs a second, different tree of the size this browser saw (the key is
     the log's own: equivocation, not forgery) is caught by the consistency check."""
     open_console(page, live)  # remembers the latest checkpoint in localStorage
-    from client.checkpoint import Checkpoint
-    from client.note import parse_note, sign_note
+    from client.formats.checkpoint import Checkpoint
+    from client.formats.note import parse_note, sign_note
 
     real = parse_note(live.pusher.checkpoint()).text  # what the summary served
     cp = Checkpoint.parse(real)

@@ -16,9 +16,9 @@ from typing import Any
 import httpx
 import pytest
 
-from client.cli import main
-from client.scim.audit import ScimAuditClient
-from client.scim.stream import Cursor
+from client.net.scim_audit import ScimAuditClient
+from client.tools.cli import main
+from client.tools.stream import Cursor
 
 from .conftest import Live
 

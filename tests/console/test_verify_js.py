@@ -1,5 +1,5 @@
 """The page's verification code (tlog/ui/static/verify.js), run inside Chromium, against the
-Python reference implementations: RFC 6962 proofs from tests/client/oracle.py for every
+Python reference implementations: RFC 6962 proofs from tests/formats/oracle.py for every
 (index, size) and (old, new) pair of small trees, deterministic CBOR and commitments of
 events built to hit every encoding boundary, and signed notes and cosignatures. Each
 altered input must be refused."""
@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 
-from client.cosignature import CosignatureSigner
-from client.note import Ed25519Signer, sign_note
+from client.formats.cosignature import CosignatureSigner
+from client.formats.note import Ed25519Signer, sign_note
 from client.scim import event_to_json, new_event
 from client.scim.cbor import dumps_det
 from client.scim.leaf import commitment, make_leaf
-from tests.client import oracle
+from tests.formats import oracle
 
 from .conftest import Live
 

@@ -17,13 +17,13 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from client.cosignature import (
+from client.formats.cosignature import (
     CosignatureSigner,
     CosignatureVerifier,
     MLDSACosignatureSigner,
     MLDSACosignatureVerifier,
 )
-from client.merkle import EMPTY_ROOT
+from client.formats.merkle import EMPTY_ROOT
 from tests.interop.gobin import go_binary
 from tests.server.conftest import free_port
 

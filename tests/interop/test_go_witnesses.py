@@ -20,12 +20,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from client.checkpoint import Checkpoint
-from client.cosignature import CosignatureSigner, MLDSACosignatureSigner
-from client.merkle import leaf_hash, root_of_range
-from client.note import Ed25519Signer, Note, Signature, open_note, parse_note, sign_note
-from client.policy import Policy
-from client.witness_client import AddCheckpointRequest, WitnessClient, append_signatures
+from client.formats.checkpoint import Checkpoint
+from client.formats.cosignature import CosignatureSigner, MLDSACosignatureSigner
+from client.formats.merkle import leaf_hash, root_of_range
+from client.formats.note import Ed25519Signer, Note, Signature, open_note, parse_note, sign_note
+from client.formats.policy import Policy
+from client.net.witness_client import AddCheckpointRequest, WitnessClient, append_signatures
 from tests.interop.gobin import go_binary
 from tests.interop.peers import GoWitness, Litewitness, Omniwitness, Proc, wait_http
 from tests.server.conftest import ORIGIN, ROOT, ServerProcess, free_port, start_server

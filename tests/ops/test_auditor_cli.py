@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from client.cli import main
+from client.tools.cli import main
 from tests.scim_service.conftest import URL, Harness, user_event
 from tests.scim_service.conftest import harness as scim_harness  # noqa: F401
 
@@ -49,7 +49,7 @@ def test_search_show_verify(logged: tuple[Harness, Path],
 def test_wrong_key_fails_verification(logged: tuple[Harness, Path],
                                       capsys: pytest.CaptureFixture[str]) -> None:
     h, tok = logged
-    from client.note import Ed25519Signer
+    from client.formats.note import Ed25519Signer
 
     other = Ed25519Signer(h.signer.origin, bytes(32)).verifier().vkey()
     code = main(["scim", "verify", URL, "--vkey", other, "--token-file", str(tok)],

@@ -8,8 +8,8 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from client.net.witness_client import WitnessClient
 from client.witness.server import start_server
-from client.witness_client import WitnessClient
 from tests.witness.helpers import ORIGIN, FakeClock, FakeLog, events, make_witness
 
 

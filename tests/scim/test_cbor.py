@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from client.note import FormatError
+from client.formats.note import FormatError
 from client.scim.cbor import EventFormatError, check_det, dumps_det, loads_det
 from tests.scim.helpers import Pairs, Raw, head, ref_encode
 

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from client.merkle import VerificationError, leaf_hash
+from client.formats.merkle import VerificationError, leaf_hash
 from client.scim.cbor import EventFormatError, dumps_det
 from client.scim.event import OPS, OUTCOMES, encode_event, validate_event
 from client.scim.leaf import (

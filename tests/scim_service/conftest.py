@@ -14,9 +14,9 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
-from client.note import Ed25519Signer
+from client.formats.note import Ed25519Signer
+from client.net.scim_audit import ScimAuditClient
 from client.scim import encode_event, event_to_json, new_event
-from client.scim.audit import ScimAuditClient
 from tlog.auth import TokenStore
 from tlog.log import Log
 from tlog.scim.service import ScimService

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from client.merkle import leaf_hash
+from client.formats.merkle import leaf_hash
 from client.scim import event_to_json
 from tlog.scim import store
 from tlog.scim.keys import SubjectId

@@ -13,7 +13,7 @@ import base64
 
 import pytest
 
-from client.merkle import leaf_hash
+from client.formats.merkle import leaf_hash
 from client.scim.leaf import entry_domain, make_leaf, parse_leaf
 from client.scim.reserved import event_origin, is_reserved, normalise_name
 

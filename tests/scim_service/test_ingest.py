@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from client.checkpoint import open_checkpoint
-from client.merkle import leaf_hash, verify_inclusion
-from client.note import b64decode_strict
-from client.proof_bundle import TlogProof
+from client.formats.checkpoint import open_checkpoint
+from client.formats.merkle import leaf_hash, verify_inclusion
+from client.formats.note import b64decode_strict
+from client.formats.proof_bundle import TlogProof
 from client.scim import commitment, dumps_det, encode_event, event_to_json, parse_leaf
 from tests.scim.helpers import Pairs, Raw, ref_encode
 from tlog.scim import store

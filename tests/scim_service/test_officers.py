@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from client.cli import _parser
-from client.merkle import VerificationError
-from client.note import FormatError
+from client.formats.merkle import VerificationError
+from client.formats.note import FormatError
 from client.scim.erasure import verify_certificate
+from client.tools.cli import _parser
 from tlog.scim.keys import MASTER_KEY_FILE, read_key_file, write_key_file_in_place
 from tlog.server import build_app
 from tlog.storage import StorageError
@@ -120,7 +120,7 @@ def test_erasure_certificate_verifies_offline(harness: Harness) -> None:
 
 
 def make_signer_other() -> str:
-    from client.note import Ed25519Signer
+    from client.formats.note import Ed25519Signer
     from tlog.signer import CheckpointSigner
 
     return CheckpointSigner(Ed25519Signer("scim.example/log", bytes(32)), "scim.example/log").vkey()

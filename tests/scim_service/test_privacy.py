@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from client.formats.tiles import decode_entry_bundle
 from client.scim import parse_leaf
 from client.scim.cbor import loads_det
-from client.tiles import decode_entry_bundle
 from tlog.scim.keys import MASTER_KEY_FILE, MasterKey
 from tlog.server import build_app
 from tlog.storage import StorageError

@@ -5,9 +5,9 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from client.adapters.pseudonyms import LogPseudonyms
 from client.scim.actions import parse_request
 from client.scim.cbor import EventFormatError
-from client.scim.pseudonyms import LogPseudonyms
 
 from .conftest import T1, URL, Harness
 

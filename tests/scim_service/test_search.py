@@ -11,10 +11,10 @@ from typing import Any
 import httpx
 import pytest
 
-from client.merkle import VerificationError
-from client.note import Ed25519Signer
+from client.formats.merkle import VerificationError
+from client.formats.note import Ed25519Signer
+from client.net.scim_audit import ScimAuditClient, ScimAuditError
 from client.scim import event_to_json
-from client.scim.audit import ScimAuditClient, ScimAuditError
 
 from .conftest import BASE_TS, ORIGIN, T2, URL, Harness, group_event, user_event
 
@@ -285,8 +285,8 @@ def test_client_detects_a_split_view(harness: Harness) -> None:
     fork = Ed25519Signer(ORIGIN, bytes(range(32)))  # the log's own key, signing a fork
 
     def mutate(d: dict[str, Any]) -> None:
-        from client.checkpoint import Checkpoint
-        from client.note import sign_note
+        from client.formats.checkpoint import Checkpoint
+        from client.formats.note import sign_note
 
         # same size as the real tree, another root: only the consistency proof catches it
         note = sign_note(Checkpoint(ORIGIN, d["tree_size"], bytes(32)).text(), [fork])

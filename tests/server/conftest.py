@@ -12,7 +12,7 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
-from client.note import Ed25519Signer
+from client.formats.note import Ed25519Signer
 from tlog.app import Limits
 from tlog.auth import TokenStore
 from tlog.log import Log

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from client.tiles import TILE_WIDTH
+from client.formats.tiles import TILE_WIDTH
 from tests.server.conftest import make_signer
 from tlog.log import Log, NotFound
 from tlog.storage import Storage, StorageError

@@ -9,8 +9,8 @@ import threading
 
 import pytest
 
-from client.checkpoint import open_checkpoint
-from client.merkle import (
+from client.formats.checkpoint import open_checkpoint
+from client.formats.merkle import (
     inclusion_ranges,
     leaf_hash,
     proof_from_ranges,
@@ -18,9 +18,9 @@ from client.merkle import (
     verify_consistency,
     verify_inclusion,
 )
-from client.note import b64decode_strict
-from client.proof_bundle import TlogProof
-from client.tiles import Tile, TileHashReader, decode_entry_bundle, tiles_for_size
+from client.formats.note import b64decode_strict
+from client.formats.proof_bundle import TlogProof
+from client.formats.tiles import Tile, TileHashReader, decode_entry_bundle, tiles_for_size
 from tlog.sequencer import Overloaded, Sequencer
 
 from .conftest import ORIGIN, Harness

@@ -21,8 +21,8 @@ from pathlib import Path
 import lmdb
 import pytest
 
-from client.merkle import leaf_hash
-from client.note import Signature
+from client.formats.merkle import leaf_hash
+from client.formats.note import Signature
 from tests.server.conftest import ROOT, Harness, make_signer
 from tlog.auth import TokenStore
 from tlog.fsck import fsck

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
-from client.checkpoint import open_checkpoint
-from client.merkle import leaf_hash, verify_consistency
+from client.formats.checkpoint import open_checkpoint
+from client.formats.merkle import leaf_hash, verify_consistency
 from tlog.integrity import CheckpointFile, DataDirLock, LockHeld, RollbackDetected, preflight
 from tlog.log import Log, LogHalted
 from tlog.server import build_app

@@ -9,8 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from client.checkpoint import Checkpoint, open_checkpoint
-from client.note import Ed25519Verifier
+from client.formats.checkpoint import Checkpoint, open_checkpoint
+from client.formats.note import Ed25519Verifier
 from tlog.storage import Storage
 
 from .conftest import ORIGIN, start_server

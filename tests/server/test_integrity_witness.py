@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
-from client.cosignature import CosignatureSigner
+from client.formats.cosignature import CosignatureSigner
 from client.witness.core import Witness, WitnessedLog
 from client.witness.server import WitnessHTTPServer, start_server
 from client.witness.store import WitnessStore

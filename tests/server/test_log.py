@@ -10,16 +10,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from client.checkpoint import Checkpoint, open_checkpoint
-from client.merkle import (
+from client.formats.checkpoint import Checkpoint, open_checkpoint
+from client.formats.merkle import (
     EMPTY_ROOT,
     leaf_hash,
     root_of_range,
     verify_consistency,
     verify_inclusion,
 )
-from client.note import Ed25519Signer
-from tests.client import oracle
+from client.formats.note import Ed25519Signer
+from tests.formats import oracle
 from tlog.fsck import fsck
 from tlog.log import Log
 from tlog.signer import CheckpointSigner, ForkRefused, create_key_file, load_key_file

@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from client import logredact
-from client.logredact import RedactingFilter, redact_target, redact_text
+from client.runtime import logredact
+from client.runtime.logredact import RedactingFilter, redact_target, redact_text
 from client.scim import event_to_json, new_event
 
 from .conftest import ROOT, start_server

@@ -15,10 +15,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from client.checkpoint import Checkpoint, open_checkpoint
-from client.merkle import leaf_hash, verify_consistency, verify_inclusion
-from client.note import Ed25519Verifier, b64decode_strict
-from client.proof_bundle import TlogProof
+from client.formats.checkpoint import Checkpoint, open_checkpoint
+from client.formats.merkle import leaf_hash, verify_consistency, verify_inclusion
+from client.formats.note import Ed25519Verifier, b64decode_strict
+from client.formats.proof_bundle import TlogProof
 
 from .conftest import ORIGIN, ROOT, ServerProcess, start_server
 

@@ -7,11 +7,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from client.cosignature import CosignatureSigner
-from client.note import parse_note
-from client.policy import Policy
-from client.proof_bundle import TlogProof
-from client.witness_client import AddCheckpointRequest
+from client.formats.cosignature import CosignatureSigner
+from client.formats.note import parse_note
+from client.formats.policy import Policy
+from client.formats.proof_bundle import TlogProof
+from client.net.witness_client import AddCheckpointRequest
 from tlog.log import Log
 from tlog.storage import Storage
 from tlog.witnessing import WitnessPusher

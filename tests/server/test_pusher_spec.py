@@ -8,8 +8,8 @@ import struct
 import httpx
 import pytest
 
-from client.cosignature import MLDSACosignatureSigner
-from client.note import Signature, parse_note
+from client.formats.cosignature import MLDSACosignatureSigner
+from client.formats.note import Signature, parse_note
 
 from .test_pusher import setup
 

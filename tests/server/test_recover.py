@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
-from client.checkpoint import open_checkpoint
-from client.merkle import verify_consistency
-from client.tiles import entry_bundles_for_size
+from client.formats.checkpoint import open_checkpoint
+from client.formats.merkle import verify_consistency
+from client.formats.tiles import entry_bundles_for_size
 from tlog.cli import main as tlog_main
 from tlog.integrity import RollbackDetected
 from tlog.server import build_app

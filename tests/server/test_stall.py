@@ -30,7 +30,7 @@ from typing import Any
 import httpx
 import pytest
 
-from client.serving import hardened_config, hardened_server
+from client.runtime.serving import hardened_config, hardened_server
 from tlog.log import Log
 from tlog.server import build_app
 

@@ -18,11 +18,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from client.checkpoint import Checkpoint
-from client.merkle import verify_consistency
-from client.note import b64decode_strict, parse_note
-from client.policy import Policy
-from client.proof_bundle import TlogProof
+from client.formats.checkpoint import Checkpoint
+from client.formats.merkle import verify_consistency
+from client.formats.note import b64decode_strict, parse_note
+from client.formats.policy import Policy
+from client.formats.proof_bundle import TlogProof
 
 from .conftest import ORIGIN, ROOT, ServerProcess, free_port, start_server
 

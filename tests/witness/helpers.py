@@ -1,4 +1,4 @@
-"""Test doubles for the witness tests: an in-memory log (built with client.merkle), its HTTP
+"""Test doubles for the witness tests: an in-memory log (built with client.formats.merkle), its HTTP
 API (/checkpoint and /v1/proof/consistency, exactly the shape the witness codes against),
 and a controllable clock."""
 
@@ -13,18 +13,18 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 from urllib.parse import parse_qs, urlsplit
 
-from client.checkpoint import Checkpoint
-from client.cosignature import CosignatureSigner
-from client.merkle import (
+from client.formats.checkpoint import Checkpoint
+from client.formats.cosignature import CosignatureSigner
+from client.formats.merkle import (
     consistency_ranges,
     leaf_hash,
     proof_from_ranges,
     root_of_range,
 )
-from client.note import Ed25519Signer, b64encode, sign_note
+from client.formats.note import Ed25519Signer, b64encode, sign_note
+from client.net.witness_client import AddCheckpointRequest
 from client.witness.core import AddCheckpointError, Witness, WitnessedLog
 from client.witness.store import WitnessStore
-from client.witness_client import AddCheckpointRequest
 
 LOG_SEED = bytes(range(32))
 WITNESS_SEED = bytes(range(32, 64))

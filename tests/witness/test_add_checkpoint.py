@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
-from client.checkpoint import Checkpoint
-from client.cosignature import CosignatureSigner
-from client.merkle import EMPTY_ROOT, VerificationError
-from client.note import Ed25519Signer, Signature, b64encode, open_note, sign_note
+from client.formats.checkpoint import Checkpoint
+from client.formats.cosignature import CosignatureSigner
+from client.formats.merkle import EMPTY_ROOT, VerificationError
+from client.formats.note import Ed25519Signer, Signature, b64encode, open_note, sign_note
+from client.net.witness_client import AddCheckpointRequest, origin_hash
 from client.witness.core import AddCheckpointError, Witness
-from client.witness_client import AddCheckpointRequest, origin_hash
 from tests.witness.helpers import (
     ORIGIN,
     WITNESS_NAME,

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from client.cosignature import CosignatureSigner, CosignatureVerifier
+from client.formats.cosignature import CosignatureSigner, CosignatureVerifier
+from client.net.witness_client import WitnessClient
 from client.witness.cli import main
 from client.witness.config import ConfigError, WitnessConfig
 from client.witness.core import Witness
 from client.witness.store import WitnessStore
-from client.witness_client import WitnessClient
 from tests.witness.helpers import ORIGIN, FakeLog, events
 
 ROOT = Path(__file__).resolve().parents[2]

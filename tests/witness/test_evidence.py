@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from client.cosignature import CosignatureSigner
-from client.note import Ed25519Signer, FormatError
-from client.policy import Policy
+from client.formats.cosignature import CosignatureSigner
+from client.formats.note import Ed25519Signer, FormatError
+from client.formats.policy import Policy
 from client.witness.cli import main
 from client.witness.config import ConfigError, WitnessConfig
 from client.witness.core import Witness

@@ -13,15 +13,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from client.checkpoint import open_checkpoint
-from client.cosignature import CosignatureSigner
+from client.formats.checkpoint import open_checkpoint
+from client.formats.cosignature import CosignatureSigner
+from client.net.witness_client import SplitViewAlarm, WitnessClient
 from client.witness.cli import main
 from client.witness.config import load_signer
 from client.witness.core import Witness, WitnessedLog
 from client.witness.monitor import Monitor, Peer
 from client.witness.server import WitnessHTTPServer, start_server
 from client.witness.store import WitnessStore
-from client.witness_client import SplitViewAlarm, WitnessClient
 from tests.witness.helpers import ORIGIN, FakeLog, FakeLogServer, events, make_witness, serving
 
 FORK_A = FakeLog(events(20))

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from client.cosignature import CosignatureSigner
-from client.note import FormatError
+from client.formats.cosignature import CosignatureSigner
+from client.formats.note import FormatError
+from client.net.witness_client import origin_hash
 from client.witness.cli import _load, main
 from client.witness.config import ConfigError, WitnessConfig
 from client.witness.loglist import parse_log_list
 from client.witness.monitor import Monitor
-from client.witness_client import origin_hash
 from tests.witness.helpers import ORIGIN, FakeLog, events
 
 ROOT = Path(__file__).resolve().parents[2]

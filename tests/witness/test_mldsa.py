@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from client.checkpoint import Checkpoint
-from client.cosignature import (
+from client.formats.checkpoint import Checkpoint
+from client.formats.cosignature import (
     CosignatureSigner,
     CosignatureVerifier,
     MLDSACosignatureSigner,
@@ -26,13 +26,13 @@ from client.cosignature import (
     load_cosignature_signer,
     subtree_message,
 )
-from client.merkle import EMPTY_ROOT, VerificationError
-from client.note import FormatError, Note, open_note, parse_note
-from client.policy import Policy
+from client.formats.merkle import EMPTY_ROOT, VerificationError
+from client.formats.note import FormatError, Note, open_note, parse_note
+from client.formats.policy import Policy
+from client.net.witness_client import AddCheckpointRequest, parse_cosignature_lines
 from client.witness.cli import _load, main
 from client.witness.core import Witness, WitnessedLog
 from client.witness.store import WitnessStore
-from client.witness_client import AddCheckpointRequest, parse_cosignature_lines
 from tests.witness.helpers import ORIGIN, FakeClock, FakeLog, events
 
 VECTOR = Path(__file__).parent / "vectors" / "torchwood_mldsa_log.json"

@@ -1,4 +1,4 @@
-"""client.policy: the tlog-policy (Sigsum) format and quorum evaluation."""
+"""client.formats.policy: the tlog-policy (Sigsum) format and quorum evaluation."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
-from client.cosignature import CosignatureSigner
-from client.merkle import VerificationError
-from client.note import FormatError, Note, Signature, parse_note
-from client.policy import Policy
+from client.formats.cosignature import CosignatureSigner
+from client.formats.merkle import VerificationError
+from client.formats.note import FormatError, Note, Signature, parse_note
+from client.formats.policy import Policy
 from tests.witness.helpers import ORIGIN, FakeLog
 
 W = [CosignatureSigner(f"w{i}.example.com", bytes([i]) * 32) for i in range(5)]

@@ -10,15 +10,15 @@ from typing import Any
 import httpx
 import pytest
 
-from client.note import open_note
-from client.witness.server import WitnessHTTPServer, start_server
-from client.witness_client import (
+from client.formats.note import open_note
+from client.net.witness_client import (
     SplitViewAlarm,
     WitnessClient,
     WitnessRejected,
     append_signatures,
     origin_hash,
 )
+from client.witness.server import WitnessHTTPServer, start_server
 from tests.witness.helpers import ORIGIN, FakeClock, FakeLog, events, make_witness
 
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
-from client.cosignature import MLDSACosignatureSigner
-from client.note import Note, Signature, parse_note
-from client.witness_client import AddCheckpointRequest
+from client.formats.cosignature import MLDSACosignatureSigner
+from client.formats.note import Note, Signature, parse_note
+from client.net.witness_client import AddCheckpointRequest
 from tests.witness.helpers import ORIGIN, FakeLog, events, make_witness
 
 

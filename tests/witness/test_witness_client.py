@@ -1,4 +1,4 @@
-"""client.witness_client against scripted witnesses (httpx.MockTransport)."""
+"""client.net.witness_client against scripted witnesses (httpx.MockTransport)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from typing import Any
 import httpx
 import pytest
 
-from client.cosignature import CosignatureSigner
-from client.merkle import VerificationError
-from client.note import FormatError, open_note
-from client.witness_client import (
+from client.formats.cosignature import CosignatureSigner
+from client.formats.merkle import VerificationError
+from client.formats.note import FormatError, open_note
+from client.net.witness_client import (
     AddCheckpointRequest,
     SplitViewAlarm,
     WitnessBusy,

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio.to_thread
 
-from client.merkle import leaf_hash
+from client.formats.merkle import leaf_hash
 from client.scim.cbor import EventFormatError
 from client.scim.event import Event
 from client.scim.leaf import parse_leaf

@@ -2,7 +2,7 @@
 
 Authentication and error mapping are the log's own (:class:`tlog.app.Api`,
 :func:`tlog.app.error_response`): 401 for missing/unknown/expired/revoked tokens, 403 for a
-wrong role or tenant, 400 for malformed input (every :class:`client.note.FormatError`, which
+wrong role or tenant, 400 for malformed input (every :class:`client.formats.note.FormatError`, which
 includes :class:`client.scim.EventFormatError`), 413 for bodies over a limit. The two
 statuses that table has no exception for, 409 (:class:`Conflict`) and 415, are handed to it
 as Starlette ``HTTPException``\\ s.
@@ -27,8 +27,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from client.note import FormatError, b64decode_strict
-from client.proof_bundle import TlogProof
+from client.formats.note import FormatError, b64decode_strict
+from client.formats.proof_bundle import TlogProof
 from client.scim.cbor import MAX_DEPTH, CborTooLarge, EventFormatError, loads_det
 from client.scim.event import (
     Event,

@@ -43,7 +43,7 @@ import cbor2
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from client.merkle import leaf_hash
+from client.formats.merkle import leaf_hash
 from client.scim.cbor import EventFormatError, dumps_det, loads_det
 from client.scim.event import (
     MAX_JSON_SIZE,

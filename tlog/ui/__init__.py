@@ -32,8 +32,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from client.note import FormatError, b64decode_strict, parse_note
-from client.policy import Policy
+from client.formats.note import FormatError, b64decode_strict, parse_note
+from client.formats.policy import Policy
 from client.scim.cbor import EventFormatError
 from client.scim.leaf import parse_leaf
 from tlog.app import Api, BadRequest, Query, b64, error_response, read_body

@@ -1,0 +1,438 @@
+"""A durable local outbox for SCIM audit events: SQLite in WAL mode, ``synchronous=FULL``.
+
+The adapter (:mod:`client.adapters.middleware`) writes every event here *before* it releases the
+SCIM response; a relay (:mod:`client.adapters.relay`) delivers queued events to the log and marks
+them delivered by ``eid``. The log deduplicates by ``eid``, so delivering an event twice
+(crash between the log's answer and :meth:`Outbox.mark_delivered`) creates no second leaf.
+
+Durability contract: the future returned by :meth:`Outbox.add` resolves only after the
+SQLite transaction holding the events has committed with ``synchronous=FULL`` (the WAL is
+fsynced before the commit returns). Writes go through one writer thread that commits
+everything queued at that moment in one transaction (group commit), so concurrent requests
+share an fsync. A failed transaction fails every job in it with :class:`OutboxError`; jobs
+are then retried one by one so that one bad job cannot fail the others.
+
+Safe for concurrent use from any thread. One outbox file per process is the intended use:
+two processes sharing a file stay correct (the log deduplicates) but both relays send.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Outbox", "OutboxError", "OutboxRecord", "Pending", "Receipt"]
+
+_log = logging.getLogger("client.adapters.outbox")
+
+PENDING, DELIVERED, REJECTED = 0, 1, 2
+_MAX_GROUP = 256  # jobs per group commit
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    eid        TEXT NOT NULL UNIQUE,
+    req        TEXT NOT NULL,
+    body       TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    state      INTEGER NOT NULL DEFAULT 0,
+    attempts   INTEGER NOT NULL DEFAULT 0,
+    done_ms    INTEGER,
+    receipt    TEXT,
+    error      TEXT
+);
+CREATE INDEX IF NOT EXISTS events_state ON events (state, seq);
+CREATE INDEX IF NOT EXISTS events_req ON events (req);
+CREATE TABLE IF NOT EXISTS probe (x BLOB);
+"""
+
+
+class OutboxError(Exception):
+    """The outbox could not durably store (or update) what was asked; nothing was committed."""
+
+
+@dataclass(frozen=True)
+class OutboxRecord:
+    """One event to queue: its ``eid``, its ``corr.req`` and its JSON form (validated)."""
+
+    eid: str
+    req: str
+    body: str
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A queued, not yet delivered event."""
+
+    seq: int
+    eid: str
+    body: str
+    attempts: int
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """What the log answered for one event: where it is and the checkpoint of that batch."""
+
+    eid: str
+    index: int
+    leaf_hash: str  # standard base64, as the log's JSON carries it
+    tree_size: int
+    checkpoint: str
+    duplicate: bool = False
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> Receipt:
+        d = json.loads(text)
+        return cls(**d)
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+_Job = tuple[Callable[[sqlite3.Connection], Any], "Future[Any]"]
+
+
+class Outbox:
+    """A SQLite-backed queue of audit events (see the module docstring for the contract).
+
+    ``max_bytes`` is a quota on the event bodies not yet delivered (queued or rejected):
+    an add that would go beyond it fails with :class:`OutboxError`, exactly as on a full
+    disk, which fail-closed adapters turn into 503. Only adds are refused, so the relay can
+    always mark events delivered and free space. Delivered rows lose their body at once
+    (the log has it; plaintext event data does not linger locally) and keep their receipt
+    for ``keep_delivered`` seconds.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        max_bytes: int | None = None,
+        keep_delivered: float = 86400.0,
+    ) -> None:
+        self.path = Path(path)
+        self.keep_delivered = keep_delivered
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._closed = False
+        self.max_bytes = max_bytes
+        # The queued events are plaintext (personal data): owner-only, like a key file.
+        # SQLite gives the -wal and -shm files the database file's permissions.
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+        conn = self._connect()
+        try:
+            conn.executescript(_SCHEMA)
+            self._queued: int | None = None  # bytes of undelivered bodies (writer thread)
+        except BaseException:
+            conn.close()
+            raise
+        self._writer_conn = conn
+        self._writer = threading.Thread(target=self._write_loop, name="outbox-writer", daemon=True)
+        self._writer.start()
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, timeout=30.0
+        )
+        conn.execute("PRAGMA journal_mode = WAL")
+        # FULL: in WAL mode the WAL is fsynced at every commit, so a committed add survives
+        # power loss (NORMAL would only survive an application crash).
+        conn.execute("PRAGMA synchronous = FULL")
+        return conn
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            if self._closed:
+                raise OutboxError("outbox is closed")
+            conn = self._connect()
+            self._local.conn = conn
+            with self._readers_lock:
+                self._readers.append(conn)
+        return conn
+
+    # --- the writer thread -------------------------------------------------------------------
+
+    def _write_loop(self) -> None:
+        conn = self._writer_conn
+        while True:
+            first = self._jobs.get()
+            if first is None:
+                break
+            group = [first]
+            stop = False
+            while len(group) < _MAX_GROUP:
+                try:
+                    nxt = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                group.append(nxt)
+            self._commit(conn, group)
+            if stop:
+                break
+        conn.close()
+        while True:  # jobs that raced with close()
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None and job[1].set_running_or_notify_cancel():
+                job[1].set_exception(OutboxError("outbox is closed"))
+
+    def _commit(self, conn: sqlite3.Connection, group: list[_Job]) -> None:
+        live = [(fn, fut) for fn, fut in group if fut.set_running_or_notify_cancel()]
+        if not live:
+            return
+        try:
+            results = self._run(conn, [fn for fn, _ in live])
+        except Exception as exc:
+            self._queued = None  # the rolled back jobs may have counted bytes: recount
+            if len(live) == 1:
+                live[0][1].set_exception(_as_outbox_error(exc))
+                return
+            for fn, fut in live:  # isolate the failing job(s)
+                try:
+                    fut.set_result(self._run(conn, [fn])[0])
+                except Exception as exc1:
+                    self._queued = None
+                    fut.set_exception(_as_outbox_error(exc1))
+            return
+        for (_, fut), res in zip(live, results, strict=True):
+            fut.set_result(res)
+
+    @staticmethod
+    def _run(
+        conn: sqlite3.Connection, fns: Sequence[Callable[[sqlite3.Connection], Any]]
+    ) -> list[Any]:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            results = [fn(conn) for fn in fns]
+            conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+        return results
+
+    def _submit(self, fn: Callable[[sqlite3.Connection], Any]) -> Future[Any]:
+        fut: Future[Any] = Future()
+        if self._closed:
+            fut.set_exception(OutboxError("outbox is closed"))
+            return fut
+        self._jobs.put((fn, fut))
+        return fut
+
+    # --- writes ------------------------------------------------------------------------------
+
+    def add(self, records: Sequence[OutboxRecord]) -> Future[None]:
+        """Queue events; the future resolves once they are durable (or fails: OutboxError).
+
+        Adding an ``eid`` that is already there is a no-op (the first body stays).
+        """
+        rows = [(r.eid, r.req, r.body, _now_ms()) for r in records]
+        size = sum(len(r.body) for r in records)
+
+        def job(conn: sqlite3.Connection) -> None:
+            self._check_quota(conn, size)
+            conn.executemany(
+                "INSERT OR IGNORE INTO events (eid, req, body, created_ms) VALUES (?, ?, ?, ?)",
+                rows,
+            )
+
+        return self._submit(job)
+
+    def put(self, records: Sequence[OutboxRecord], timeout: float | None = None) -> None:
+        """:meth:`add` and wait: durable when this returns."""
+        self.add(records).result(timeout)
+
+    def probe(self, size: int = 8192) -> Future[None]:
+        """A committed, fsynced write of ``size`` bytes, then removed: could an event of that
+        size be added now?"""
+
+        def job(conn: sqlite3.Connection) -> None:
+            self._check_quota(conn, size, count=False)
+            conn.execute("INSERT INTO probe (x) VALUES (zeroblob(?))", (size,))
+            conn.execute("DELETE FROM probe")
+
+        return self._submit(job)
+
+    def _check_quota(self, conn: sqlite3.Connection, incoming: int, count: bool = True) -> None:
+        if self.max_bytes is None:
+            return
+        if self._queued is None:
+            self._queued = int(
+                conn.execute(
+                    "SELECT COALESCE(SUM(LENGTH(body)), 0) FROM events WHERE state != 1"
+                ).fetchone()[0]
+            )
+        if self._queued + incoming > self.max_bytes:
+            raise OutboxError(f"outbox full ({self.max_bytes} bytes of undelivered events)")
+        if count:
+            self._queued += incoming
+
+    def mark_delivered(self, receipts: Sequence[Receipt]) -> Future[None]:
+        """Record the log's receipts; the events are no longer pending."""
+        now = _now_ms()
+        rows = [(now, r.to_json(), r.eid) for r in receipts]
+
+        def job(conn: sqlite3.Connection) -> None:
+            if self.max_bytes is not None and self._queued is not None:
+                freed = 0
+                for i in range(0, len(rows), 500):
+                    part = [r[2] for r in rows[i : i + 500]]
+                    marks = ",".join("?" * len(part))
+                    freed += int(
+                        conn.execute(
+                            "SELECT COALESCE(SUM(LENGTH(body)), 0) FROM events "  # noqa: S608
+                            f"WHERE state != 1 AND eid IN ({marks})",
+                            part,
+                        ).fetchone()[0]
+                    )
+                self._queued -= freed
+            conn.executemany(
+                "UPDATE events SET state = 1, done_ms = ?, receipt = ?, error = NULL, body = '' "
+                "WHERE eid = ?",
+                rows,
+            )
+
+        return self._submit(job)
+
+    def note_failure(
+        self, eids: Sequence[str], error: str, *, reject: bool = False
+    ) -> Future[None]:
+        """Count a failed attempt; ``reject`` moves the events out of the queue for good
+        (the log refused them as malformed: an operator must look at them)."""
+        now = _now_ms()
+        state = REJECTED if reject else PENDING
+        rows = [(state, now if reject else None, error[:2000], eid) for eid in eids]
+
+        def job(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "UPDATE events SET attempts = attempts + 1, state = ?, done_ms = ?, error = ? "
+                "WHERE eid = ? AND state = 0",
+                rows,
+            )
+
+        return self._submit(job)
+
+    def prune(self) -> Future[int]:
+        """Forget delivered events older than ``keep_delivered`` seconds; returns how many."""
+        cutoff = _now_ms() - int(self.keep_delivered * 1000)
+
+        def job(conn: sqlite3.Connection) -> int:
+            cur = conn.execute("DELETE FROM events WHERE state = 1 AND done_ms <= ?", (cutoff,))
+            return int(cur.rowcount)
+
+        return self._submit(job)
+
+    # --- reads -------------------------------------------------------------------------------
+
+    def pending(self, limit: int = 1000, max_bytes: int | None = None) -> list[Pending]:
+        """The oldest queued events, in the order they were added."""
+        rows = (
+            self._reader()
+            .execute(
+                "SELECT seq, eid, body, attempts FROM events WHERE state = 0 ORDER BY seq LIMIT ?",
+                (limit,),
+            )
+            .fetchall()
+        )
+        out: list[Pending] = []
+        size = 0
+        for seq, eid, body, attempts in rows:
+            size += len(body) + 1
+            if out and max_bytes is not None and size > max_bytes:
+                break
+            out.append(Pending(int(seq), str(eid), str(body), int(attempts)))
+        return out
+
+    def counts(self) -> dict[str, int]:
+        """Number of events per state: ``pending``, ``delivered``, ``rejected``."""
+        rows = self._reader().execute("SELECT state, COUNT(*) FROM events GROUP BY state")
+        got = {int(s): int(n) for s, n in rows}
+        return {
+            "pending": got.get(PENDING, 0),
+            "delivered": got.get(DELIVERED, 0),
+            "rejected": got.get(REJECTED, 0),
+        }
+
+    def backlog(self) -> dict[str, int | None]:
+        """What is not yet in the log: ``pending`` events, their ``pending_bytes``, and the
+        age of the oldest in ms (``oldest_ms``, None when empty); ``rejected`` events."""
+        row = self._reader().execute(
+            "SELECT COUNT(*), COALESCE(SUM(LENGTH(body)), 0), MIN(created_ms) FROM events "
+            "WHERE state = ?",
+            (PENDING,),
+        ).fetchone()
+        rejected = self._reader().execute(
+            "SELECT COUNT(*) FROM events WHERE state = ?", (REJECTED,)
+        ).fetchone()[0]
+        oldest = None if row[2] is None else max(0, _now_ms() - int(row[2]))
+        return {"pending": int(row[0]), "pending_bytes": int(row[1]), "oldest_ms": oldest,
+                "rejected": int(rejected)}
+
+    def receipt(self, eid: str) -> Receipt | None:
+        """The log's receipt for a delivered event, if it is still kept."""
+        row = (
+            self._reader()
+            .execute("SELECT receipt FROM events WHERE eid = ? AND state = 1", (eid,))
+            .fetchone()
+        )
+        return Receipt.from_json(row[0]) if row and row[0] else None
+
+    def events_for_request(self, req: str) -> list[tuple[str, int]]:
+        """``(eid, state)`` of the events recorded for one ``corr.req``, oldest first."""
+        rows = (
+            self._reader()
+            .execute("SELECT eid, state FROM events WHERE req = ? ORDER BY seq", (req,))
+            .fetchall()
+        )
+        return [(str(e), int(s)) for e, s in rows]
+
+    def close(self) -> None:
+        """Finish queued writes, then close every connection."""
+        if self._closed:
+            return
+        self._closed = True
+        self._jobs.put(None)
+        self._writer.join()
+        with self._readers_lock:
+            for conn in self._readers:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+            self._readers.clear()
+
+    def __enter__(self) -> Outbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _as_outbox_error(exc: Exception) -> OutboxError:
+    if isinstance(exc, OutboxError):
+        return exc
+    _log.error("outbox write failed: %s", exc)
+    err = OutboxError(f"outbox write failed: {exc}")
+    err.__cause__ = exc
+    return err

@@ -1,0 +1,152 @@
+"""Member pseudonyms from the log, for adapters (SCIM.md §4.3 step 5).
+
+Group events name users. :class:`LogPseudonyms` is a ``ref_pid`` for
+:func:`client.scim.actions.parse_request`: it asks the log (``POST /v1/scim/pseudonyms``) for
+``pid = HMAC(P_user, id)[:16]`` under each member's *own* pseudonym key, which the log keeps
+next to that user's DEK. Shredding the user destroys the key, so group events that named them
+become unlinkable too.
+
+If the log cannot answer, the call raises :class:`EventFormatError`; ``parse_request`` then
+fails and adapters record the event without its body-derived fields, so a member id is never
+written in plaintext to stand in for a pseudonym.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import httpx
+
+from client.formats.note import FormatError, b64decode_strict
+from client.scim.cbor import EventFormatError
+
+__all__ = ["MAX_BATCH", "LogPseudonyms", "PidCollector", "substitute_pids"]
+
+MAX_BATCH = 10_000  # refs per POST /v1/scim/pseudonyms (the log's limit)
+
+
+class PidCollector:
+    """A ``ref_pid`` that records which subjects a request references and hands out
+    placeholders, so that all of them can be resolved in **one** batched call afterwards
+    (:func:`substitute_pids` then swaps the placeholders for the real pids)."""
+
+    _TAG = b"\xfe\x9d\x07tlog-ph"  # 10 bytes; + a 6-byte counter
+
+    def __init__(self) -> None:
+        self.pairs: dict[tuple[str, str], bytes] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, rt: str, ref_id: str) -> bytes:
+        with self._lock:
+            ph = self.pairs.get((rt, ref_id))
+            if ph is None:
+                ph = self._TAG + len(self.pairs).to_bytes(6, "big")
+                self.pairs[(rt, ref_id)] = ph
+            return ph
+
+    def placeholders(self, real: Mapping[tuple[str, str], bytes]) -> dict[bytes, bytes]:
+        """placeholder -> real pid, for :func:`substitute_pids`."""
+        return {ph: real[pair] for pair, ph in self.pairs.items()}
+
+
+def substitute_pids(events: Iterable[dict[str, Any]], table: Mapping[bytes, bytes]) -> None:
+    """Replace placeholder pids in events built with a :class:`PidCollector`, in place:
+    ``refs[].pid`` and the ``pid:<base64>`` filters in ``patch[].path``/``mods[].attr``
+    (same length, so the events stay valid)."""
+    text = {base64.b64encode(k).decode(): base64.b64encode(v).decode() for k, v in table.items()}
+
+    def fix(s: str) -> str:
+        if "pid:" not in s:
+            return s
+        for k, v in text.items():
+            if k in s:
+                s = s.replace(k, v)
+        return s
+
+    for ev in events:
+        for ref in ev.get("refs", ()):
+            ref["pid"] = table.get(ref["pid"], ref["pid"])
+        for item in ev.get("patch", ()):
+            if "path" in item:
+                item["path"] = fix(item["path"])
+        for mod in ev.get("mods", ()):
+            mod["attr"] = fix(mod["attr"])
+
+
+class LogPseudonyms:
+    """``ref_pid(rt, id) -> 16-byte pid`` backed by the log, cached. Thread-safe.
+
+    A pid is stable until its subject is erased; a cached pid of an erased subject is just a
+    random-looking value, so the cache never un-erases anything.
+    """
+
+    def __init__(
+        self,
+        log_url: str,
+        token: str,
+        *,
+        http: httpx.Client | None = None,
+        timeout: float = 2.0,
+        cache_size: int = 100_000,
+    ) -> None:
+        self.url = log_url.rstrip("/") + "/v1/scim/pseudonyms"
+        self._headers = {"Authorization": f"Bearer {token}"}
+        self._http = http if http is not None else httpx.Client(timeout=timeout)
+        self._cache: dict[tuple[str, str], bytes] = {}
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
+        self.calls = 0  # requests made to the log (for tests and metrics)
+
+    def __call__(self, rt: str, member_id: str) -> bytes:
+        return self.resolve([(rt, member_id)])[(rt, member_id)]
+
+    def resolve(self, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], bytes]:
+        """The pids of all ``(rt, id)`` pairs: cached ones from the cache, the rest in one
+        ``POST /v1/scim/pseudonyms`` (split only beyond :data:`MAX_BATCH`). Blocking: the
+        adapters call it from a worker thread, never on the event loop."""
+        out: dict[tuple[str, str], bytes] = {}
+        missing: list[tuple[str, str]] = []
+        with self._lock:
+            for key in dict.fromkeys(pairs):
+                got = self._cache.get(key)
+                if got is None:
+                    missing.append(key)
+                else:
+                    out[key] = got
+        self.calls += 1 if missing else 0
+        for i in range(0, len(missing), MAX_BATCH):
+            chunk = missing[i : i + MAX_BATCH]
+            got_pids = self._fetch(chunk)
+            out.update(zip(chunk, got_pids, strict=True))
+            with self._lock:
+                if len(self._cache) + len(chunk) > self._cache_size:
+                    self._cache.clear()
+                self._cache.update(zip(chunk, got_pids, strict=True))
+        return out
+
+    def _fetch(self, chunk: Sequence[tuple[str, str]]) -> list[bytes]:
+        try:
+            r = self._http.post(
+                self.url,
+                json={"refs": [{"rt": rt, "id": i} for rt, i in chunk]},
+                headers=self._headers,
+            )
+        except httpx.HTTPError as exc:
+            raise EventFormatError(f"member pseudonym unavailable: {exc}") from None
+        if r.status_code != 200:
+            raise EventFormatError(f"member pseudonym unavailable: log answered {r.status_code}")
+        try:
+            refs = r.json()["refs"]
+            if len(refs) != len(chunk):
+                raise FormatError("unexpected answer")
+            pids = []
+            for (rt, _), ref in zip(chunk, refs, strict=True):
+                if ref["rt"] != rt:
+                    raise FormatError("unexpected answer")
+                pids.append(b64decode_strict(ref["pid"], size=16))
+        except (ValueError, KeyError, IndexError, TypeError, FormatError) as exc:
+            raise EventFormatError(f"member pseudonym: malformed answer: {exc}") from None
+        return pids

@@ -1,0 +1,351 @@
+"""The relay: delivers queued events from an :class:`~client.adapters.outbox.Outbox` to the log.
+
+One background thread takes the oldest pending events (up to 1000 and ``max_batch_bytes``),
+sends them with ``POST /v1/scim/events/batch`` and marks each one delivered by ``eid`` with the
+log's receipt. Delivery is at-least-once; the log deduplicates by ``eid`` (a retried ``eid``
+gets its original index back), so a crash or a lost answer never makes a second leaf.
+
+Failure handling, by what the log answered:
+
+* network error, timeout, 5xx: exponential backoff with jitter (``backoff_min`` doubling up
+  to ``backoff_max``); nothing is dropped;
+* 503 or 429: wait ``Retry-After`` (seconds or HTTP date, capped at ``backoff_max``);
+* 413: the batch is split in halves;
+* 400/422 (the log refuses an event as malformed): the batch is bisected to find the
+  offending event, which is moved out of the queue as *rejected* (kept in the outbox, logged
+  at ERROR) so that it cannot block every event behind it;
+* 401/403: the token is wrong or lacks the role: logged at ERROR, backoff, events kept.
+
+When woken by new events it lingers ``linger`` seconds (default 50 ms) before reading the
+queue, unless a request is waiting for a receipt, so that bursts travel as one batch. The
+relay never raises into its caller; :attr:`Relay.healthy` says whether the last attempt
+reached the log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import logging
+import random
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future
+from typing import Any
+
+import httpx
+
+from client.adapters.outbox import Outbox, OutboxError, OutboxRecord, Pending, Receipt
+
+__all__ = ["BATCH_PATH", "MAX_BATCH", "DeliveryError", "Relay"]
+
+_log = logging.getLogger("client.adapters.relay")
+
+BATCH_PATH = "/v1/scim/events/batch"
+MAX_BATCH = 1000  # the log's limit per batch request
+
+
+class DeliveryError(Exception):
+    """The log did not take the events (unreachable, overloaded, refused)."""
+
+
+class _Backoff(Exception):
+    def __init__(self, delay: float, reason: str) -> None:
+        super().__init__(reason)
+        self.delay = delay
+
+
+def _retry_after(value: str | None, cap: float) -> float | None:
+    if not value:
+        return None
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return min(float(value), cap)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return min(max(when.timestamp() - time.time(), 0.0), cap)
+
+
+def _batch_body(bodies: Sequence[str]) -> bytes:
+    # The bodies are event JSON produced by event_to_json: splicing them is exact JSON.
+    return ('{"events":[' + ",".join(bodies) + "]}").encode("utf-8")
+
+
+def _parse_results(data: Any, eids: Sequence[str]) -> list[Receipt]:
+    if not isinstance(data, dict) or not isinstance(data.get("results"), list):
+        raise ValueError("batch answer without 'results'")
+    tree_size, checkpoint = data.get("tree_size"), data.get("checkpoint")
+    if type(tree_size) is not int or not isinstance(checkpoint, str):
+        raise ValueError("batch answer without tree_size/checkpoint")
+    wanted = set(eids)
+    out: list[Receipt] = []
+    for item in data["results"]:
+        if not isinstance(item, dict):
+            raise ValueError("malformed result item")
+        eid, index, lh = item.get("eid"), item.get("index"), item.get("leaf_hash")
+        if eid not in wanted or type(index) is not int or not isinstance(lh, str):
+            raise ValueError("result item for an unknown eid or without index/leaf_hash")
+        out.append(
+            Receipt(
+                eid=str(eid),
+                index=index,
+                leaf_hash=lh,
+                tree_size=tree_size,
+                checkpoint=checkpoint,
+                duplicate=bool(item.get("duplicate")),
+            )
+        )
+    return out
+
+
+class Relay:
+    """Background delivery of an outbox to a log (see the module docstring).
+
+    ``log_url`` is the log's base URL and ``token`` a submitter token bound to the events'
+    tenant. ``transport`` is for tests (e.g. an ``httpx.MockTransport``). Safe for concurrent
+    use; :meth:`start` and :meth:`stop` are idempotent.
+    """
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        log_url: str,
+        token: str,
+        *,
+        batch_size: int = MAX_BATCH,
+        max_batch_bytes: int = 8 << 20,
+        timeout: float = 10.0,
+        backoff_min: float = 0.1,
+        backoff_max: float = 30.0,
+        idle: float = 1.0,
+        linger: float = 0.05,
+        prune_every: float = 300.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        if not 1 <= batch_size <= MAX_BATCH:
+            raise ValueError(f"batch_size must be 1..{MAX_BATCH}")
+        self.outbox = outbox
+        self.batch_size = batch_size
+        self.max_batch_bytes = max_batch_bytes
+        self.backoff_min = backoff_min
+        self.backoff_max = backoff_max
+        self.idle = idle
+        self.linger = linger
+        self.prune_every = prune_every
+        self._http = httpx.Client(
+            base_url=log_url.rstrip("/"),
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=timeout,
+            transport=transport,
+        )
+        self._kick = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._waiters: dict[str, list[Future[Receipt]]] = {}
+        self._failures = 0
+        self._healthy = True
+        self.delivered = 0  # events delivered by this relay (duplicates included)
+        self.attempts = 0  # batch requests sent
+        self.last_error = ""
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        with self._lock:
+            if self._thread is not None:
+                return
+            self._thread = threading.Thread(target=self._loop, name="scim-relay", daemon=True)
+            self._thread.start()
+
+    def stop(self, drain: float = 0.0) -> None:
+        """Stop the thread; with ``drain`` > 0 first try that many seconds to empty the queue."""
+        if drain > 0 and self._thread is not None:
+            self.flush(drain)
+        self._stop.set()
+        self._kick.set()
+        if self._thread is not None:
+            self._thread.join()
+        self._http.close()
+
+    @property
+    def healthy(self) -> bool:
+        """False while the last delivery attempt failed (the relay is backing off)."""
+        return self._healthy
+
+    def kick(self) -> None:
+        """Wake the relay now (new events are queued)."""
+        self._kick.set()
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until nothing is pending; True if the queue drained within ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.outbox.counts()["pending"] == 0:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            self._kick.set()
+            time.sleep(0.02)
+
+    # --- receipts for waiting requests -------------------------------------------------------
+
+    def watch(self, eids: Sequence[str]) -> list[Future[Receipt]]:
+        """Futures resolved with each event's receipt when the relay delivers it.
+
+        Register before adding the events to the outbox, so a fast delivery is not missed;
+        call :meth:`unwatch` when no longer interested.
+        """
+        futs: list[Future[Receipt]] = []
+        with self._lock:
+            for eid in eids:
+                f: Future[Receipt] = Future()
+                self._waiters.setdefault(eid, []).append(f)
+                futs.append(f)
+        return futs
+
+    def unwatch(self, eids: Sequence[str]) -> None:
+        with self._lock:
+            for eid in eids:
+                self._waiters.pop(eid, None)
+
+    def _resolve(self, receipts: Sequence[Receipt]) -> None:
+        with self._lock:
+            waiting = [(r, self._waiters.pop(r.eid, [])) for r in receipts]
+        for r, futs in waiting:
+            for f in futs:
+                with contextlib.suppress(Exception):  # cancelled by a caller that gave up
+                    if not f.done():
+                        f.set_result(r)
+
+    def _fail_waiters(self, reason: str) -> None:
+        """A delivery attempt failed: whoever waits for a receipt stops waiting now."""
+        with self._lock:
+            waiting, self._waiters = self._waiters, {}
+        for futs in waiting.values():
+            for f in futs:
+                with contextlib.suppress(Exception):
+                    if not f.done():
+                        f.set_exception(DeliveryError(reason))
+
+    # --- delivery ----------------------------------------------------------------------------
+
+    def deliver_now(self, records: Sequence[OutboxRecord], timeout: float) -> list[Receipt]:
+        """Send events straight to the log, bypassing the outbox (used when it is unwritable).
+
+        Raises :class:`DeliveryError` unless the log took every one of them.
+        """
+        try:
+            r = self._http.post(
+                BATCH_PATH,
+                content=_batch_body([x.body for x in records]),
+                headers={"Content-Type": "application/json"},
+                timeout=timeout,
+            )
+        except httpx.HTTPError as exc:
+            raise DeliveryError(f"log unreachable: {exc}") from None
+        if r.status_code != 200:
+            raise DeliveryError(f"log answered {r.status_code}")
+        try:
+            receipts = _parse_results(r.json(), [x.eid for x in records])
+        except ValueError as exc:
+            raise DeliveryError(f"bad answer from the log: {exc}") from None
+        if {x.eid for x in receipts} != {x.eid for x in records}:
+            raise DeliveryError("the log did not take every event")
+        self._resolve(receipts)
+        return receipts
+
+    def _loop(self) -> None:
+        last_prune = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                done = self._deliver_once()
+            except _Backoff as b:
+                self._healthy = False
+                self.last_error = str(b)
+                self._fail_waiters(str(b))
+                self._failures += 1
+                _log.warning("delivery to the log failed (%s); retrying in %.2fs", b, b.delay)
+                self._stop.wait(b.delay)
+                continue
+            except OutboxError as exc:
+                self.last_error = str(exc)
+                _log.error("outbox error in the relay: %s", exc)
+                self._stop.wait(self._next_backoff())
+                self._failures += 1
+                continue
+            except Exception:  # a bug must not kill delivery for good
+                _log.exception("relay error")
+                self._failures += 1
+                self._stop.wait(self._next_backoff())
+                continue
+            if done:
+                if done < self.batch_size and self.linger > 0 and not self._waiters:
+                    self._stop.wait(self.linger)  # see the module docstring: batch bursts
+                continue
+            if time.monotonic() - last_prune > self.prune_every:
+                last_prune = time.monotonic()
+                with contextlib.suppress(OutboxError):
+                    self.outbox.prune().result()
+            if self._kick.wait(self.idle) and self.linger > 0 and not self._waiters:
+                # Let a burst accumulate: one batch of many events costs the log one commit
+                # and one checkpoint signature instead of many. Nobody waits for these
+                # events (they are durable in the outbox); a receipt waiter skips this.
+                self._stop.wait(self.linger)
+            self._kick.clear()
+
+    def _next_backoff(self) -> float:
+        base = min(self.backoff_max, self.backoff_min * float(2 ** min(self._failures, 30)))
+        return base * random.uniform(0.5, 1.0)
+
+    def _deliver_once(self) -> int:
+        self._kick.clear()
+        items = self.outbox.pending(self.batch_size, self.max_batch_bytes)
+        if not items:
+            return 0
+        n = self._send(items)
+        self._healthy = True
+        self._failures = 0
+        return n
+
+    def _send(self, items: Sequence[Pending]) -> int:
+        """Deliver ``items``; return how many left the queue. Raises _Backoff."""
+        eids = [p.eid for p in items]
+        self.attempts += 1
+        try:
+            r = self._http.post(
+                BATCH_PATH,
+                content=_batch_body([p.body for p in items]),
+                headers={"Content-Type": "application/json"},
+            )
+        except httpx.HTTPError as exc:
+            raise _Backoff(self._next_backoff(), f"log unreachable: {exc!r}") from None
+        st = r.status_code
+        if st == 200:
+            try:
+                receipts = _parse_results(r.json(), eids)
+            except ValueError as exc:
+                raise _Backoff(self._next_backoff(), f"bad answer from the log: {exc}") from None
+            self.outbox.mark_delivered(receipts).result()
+            self.delivered += len(receipts)
+            self._resolve(receipts)
+            return len(receipts)
+        if st in (429, 503):
+            delay = _retry_after(r.headers.get("Retry-After"), self.backoff_max)
+            raise _Backoff(self._next_backoff() if delay is None else delay, f"log answered {st}")
+        if st in (400, 413, 422) and len(items) > 1:
+            mid = len(items) // 2
+            return self._send(items[:mid]) + self._send(items[mid:])
+        if st in (400, 413, 422):
+            reason = f"log refused the event ({st}): {r.text[:500]}"
+            _log.error("event %s rejected and moved out of the queue: %s", eids[0], reason)
+            self.outbox.note_failure(eids, reason, reject=True).result()
+            return 1
+        if st in (401, 403):
+            _log.error("the log refused the relay's token (%s): check --token-file/tenant", st)
+        with contextlib.suppress(OutboxError):
+            self.outbox.note_failure(eids, f"log answered {st}").result()
+        raise _Backoff(self._next_backoff(), f"log answered {st}")

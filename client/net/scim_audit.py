@@ -1,0 +1,401 @@
+"""Auditor client for the log's SCIM event service: search, and verify every answer.
+
+The server is not trusted. For every result of :meth:`ScimAuditClient.search` the client
+checks (SCIM.md §4.3 step 4):
+
+* the checkpoint: the log's signature and origin, and consistency with every checkpoint this
+  client has seen before (an RFC 9162 consistency proof from the log, fetched when sizes
+  differ), so one client cannot be shown two histories;
+* the leaf: it hashes to ``leaf_hash``, parses as ``{v, ts, tn, c}``, and ``tn`` is this
+  tenant's ref (from ``GET /v1/scim/tenant-ref`` or pinned by the caller);
+* the inclusion proof of the leaf hash at ``index`` under the checkpoint's root;
+* the body: the event validates (:func:`client.scim.event.event_from_json`), belongs to this
+  tenant, and ``c == HMAC(nonce, det_cbor(event))``;
+* the filters: each returned event matches what was asked for (resource id, externalId,
+  actor, action, outcome, request id, time range), so a server cannot pad results.
+
+Any failure raises :class:`client.formats.merkle.VerificationError`, including a malformed answer.
+An HTTP error status raises :class:`ScimAuditError`. Erased events come back with
+``event=None``: their leaf and inclusion are still verified.
+
+Uses ``httpx`` only; nothing of the server.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from client.formats.checkpoint import Checkpoint, open_checkpoint
+from client.formats.merkle import VerificationError, leaf_hash, verify_consistency, verify_inclusion
+from client.formats.note import Ed25519Verifier, FormatError, b64decode_strict
+from client.formats.proof_bundle import TlogProof
+from client.scim.event import Event, event_from_json
+from client.scim.leaf import NONCE_SIZE, Leaf, parse_leaf, verify_commitment
+from client.scim.reserved import event_origin
+
+__all__ = ["AuditedEvent", "Receipt", "ScimAuditClient", "ScimAuditError", "SearchPage"]
+
+
+class ScimAuditError(Exception):
+    """The server answered with an error status (the reason is the server's)."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(f"HTTP {status}: {reason}")
+        self.status = status
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class AuditedEvent:
+    """A verified search result. ``event`` and ``nonce`` are None for an erased event."""
+
+    index: int
+    leaf_hash: bytes
+    leaf: Leaf
+    tree_size: int
+    checkpoint: Checkpoint
+    event: Event | None
+    nonce: bytes | None
+    checkpoint_note: str = ""  # the signed note ``checkpoint`` was verified from
+    # What the log derived the event did, judged against the resource's state (actions,
+    # named member adds/removes, no-ops). Not covered by the leaf's commitment: the log's
+    # reading, not the submitter's statement. None when the log derived none.
+    effect: Mapping[str, Any] | None = None
+
+    @property
+    def erased(self) -> bool:
+        return self.event is None
+
+    @property
+    def origin(self) -> str | None:
+        """``"log"`` (one of the log's own events), ``"lookalike"`` (a name that only
+        normalises into the reserved ``tlog.`` namespace: never the log's, treat as forged) or
+        ``"tenant"``; None once erased. See :mod:`client.scim.reserved`."""
+        return None if self.event is None else event_origin(self.event)
+
+
+@dataclass(frozen=True)
+class SearchPage:
+    results: list[AuditedEvent]
+    next: str | None  # cursor for the next page, None at the end
+    access: Mapping[str, Any]  # the access event this read appended (eid, index, leaf_hash)
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """A verified receipt (``index`` None while the event is still pending)."""
+
+    eid: str
+    leaf_hash: bytes
+    leaf: Leaf
+    index: int | None
+    erased: bool
+    checkpoint: Checkpoint | None
+
+
+def _malformed(what: str) -> VerificationError:
+    return VerificationError(f"malformed answer from the log: {what}")
+
+
+class ScimAuditClient:
+    """Search a tenant's SCIM events as an auditor, verifying everything.
+
+    ``log_vkey`` is the log's verifier key (``origin+keyid+base64``); the checkpoint origin
+    must equal its name. ``http`` may be any ``httpx.Client`` (for tests, a Starlette
+    ``TestClient``); requests go to ``url`` + path. Not safe for concurrent use.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        log_vkey: str,
+        http: httpx.Client | None = None,
+        *,
+        tenant_ref: bytes | None = None,
+        tenant: str | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self._own_http = http is None
+        self._http = http if http is not None else httpx.Client(timeout=timeout)
+        self._headers = {"Authorization": f"Bearer {token}"}
+        self._verifier = Ed25519Verifier.from_vkey(log_vkey)
+        self._tn = tenant_ref
+        self._tenant = tenant
+        self._trusted: Checkpoint | None = None
+        self._seen: dict[str, Checkpoint] = {}
+
+    def close(self) -> None:
+        if self._own_http:
+            self._http.close()
+
+    def __enter__(self) -> ScimAuditClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- transport -----------------------------------------------------------------------
+
+    def _get(self, path: str, params: Mapping[str, str | int] | None = None) -> Any:
+        r = self._http.get(self.url + path, params=params, headers=self._headers)
+        if r.status_code != 200:
+            try:
+                reason = str(r.json()["error"])
+            except (ValueError, KeyError, TypeError):
+                reason = r.text[:200]
+            raise ScimAuditError(r.status_code, reason)
+        try:
+            return r.json()
+        except ValueError:
+            raise _malformed("not JSON") from None
+
+    # -- checkpoints -----------------------------------------------------------------------
+
+    def _checkpoint(self, note: object) -> Checkpoint:
+        """Verify a checkpoint note and its consistency with everything seen before."""
+        if type(note) is not str:
+            raise _malformed("checkpoint is not a string")
+        cp = self._seen.get(note)
+        if cp is not None:
+            return cp
+        try:
+            cp, _ = open_checkpoint(note, [self._verifier], origin=self._verifier.name)
+        except FormatError as exc:
+            raise _malformed(f"checkpoint: {exc}") from None
+        self._check_consistent(cp)
+        if len(self._seen) > 1024:
+            self._seen.clear()
+        self._seen[note] = cp
+        return cp
+
+    def _consistency(self, old: Checkpoint, new: Checkpoint) -> None:
+        if old.size == 0:
+            return  # everything extends the empty tree
+        try:
+            d = self._get("/v1/proof/consistency", {"old_size": old.size, "tree_size": new.size})
+        except ScimAuditError as exc:
+            if exc.status >= 500:
+                raise
+            # The log signed both checkpoints; refusing to relate them is a failed proof.
+            raise VerificationError(f"the log gives no consistency proof: {exc}") from None
+        try:
+            proof = [b64decode_strict(h, size=32) for h in d["consistency_proof"]]
+        except (KeyError, TypeError, FormatError) as exc:
+            raise _malformed(f"consistency proof: {exc}") from None
+        verify_consistency(old.size, new.size, old.root_hash, new.root_hash, proof)
+
+    def _check_consistent(self, cp: Checkpoint) -> None:
+        t = self._trusted
+        if t is None:
+            self._trusted = cp
+        elif cp.size == t.size:
+            if cp.root_hash != t.root_hash:
+                raise VerificationError("two checkpoints of the same size with different roots")
+        elif cp.size > t.size:
+            self._consistency(t, cp)
+            self._trusted = cp
+        else:
+            self._consistency(cp, t)
+
+    # -- tenant ----------------------------------------------------------------------------
+
+    def tenant_ref(self) -> bytes:
+        """This tenant's ``tn`` (asked once, unless pinned in the constructor)."""
+        if self._tn is None or self._tenant is None:
+            d = self._get("/v1/scim/tenant-ref")
+            try:
+                tn = b64decode_strict(d["tn"], size=16)
+                tenant = d["tenant"]
+            except (KeyError, TypeError, FormatError) as exc:
+                raise _malformed(f"tenant ref: {exc}") from None
+            if type(tenant) is not str:
+                raise _malformed("tenant is not a string")
+            if self._tn is not None and tn != self._tn:
+                raise VerificationError("the log reports another tenant ref than the pinned one")
+            self._tn = tn
+            self._tenant = tenant
+        return self._tn
+
+    # -- verification ------------------------------------------------------------------------
+
+    def _leaf(self, r: Mapping[str, Any]) -> tuple[bytes, bytes, Leaf]:
+        try:
+            leaf_bytes = b64decode_strict(r["leaf"])
+            lh = b64decode_strict(r["leaf_hash"], size=32)
+            leaf = parse_leaf(leaf_bytes)
+        except (KeyError, TypeError, FormatError) as exc:
+            raise _malformed(f"leaf: {exc}") from None
+        if leaf_hash(leaf_bytes) != lh:
+            raise VerificationError("leaf does not hash to leaf_hash")
+        if leaf.tn != self.tenant_ref():
+            raise VerificationError("leaf belongs to another tenant (tn differs)")
+        return leaf_bytes, lh, leaf
+
+    def _inclusion(self, r: Mapping[str, Any], lh: bytes) -> tuple[int, Checkpoint]:
+        cp = self._checkpoint(r.get("checkpoint"))
+        try:
+            index = r["index"]
+            size = r["tree_size"]
+            proof = [b64decode_strict(h, size=32) for h in r["inclusion_proof"]]
+        except (KeyError, TypeError, FormatError) as exc:
+            raise _malformed(f"inclusion proof: {exc}") from None
+        if type(index) is not int or type(size) is not int or size != cp.size:
+            raise VerificationError("tree_size does not match the checkpoint")
+        verify_inclusion(index, cp.size, lh, proof, cp.root_hash)
+        return index, cp
+
+    def _check_filters(
+        self,
+        ev: Event | None,
+        leaf: Leaf,
+        filters: Mapping[str, Any],
+        effect: Mapping[str, Any] | None = None,
+    ) -> None:
+        since, until = filters.get("since"), filters.get("until")
+        if (since is not None and leaf.ts < since) or (until is not None and leaf.ts >= until):
+            raise VerificationError("result outside the requested time range")
+        if ev is None:
+            return
+        if ev["tenant"] != self._tenant:
+            raise VerificationError("event belongs to another tenant")
+        actual = {
+            "rid": ev.get("rid"),
+            "xid": ev.get("xid"),
+            "actor": ev["actor"].get("id"),
+            "outcome": ev["outcome"],
+            "req": ev["corr"]["req"],
+        }
+        for name, value in actual.items():
+            if filters.get(name) is not None and filters[name] != value:
+                raise VerificationError(f"result does not match the {name} filter")
+        action = filters.get("action")
+        derived = [a["a"] for a in (effect or {}).get("acts", ())]
+        if action is not None and action not in [a["a"] for a in ev.get("acts", ())] + derived:
+            raise VerificationError("result does not match the action filter")
+
+    def _result(self, r: object, filters: Mapping[str, Any]) -> AuditedEvent:
+        if not isinstance(r, dict):
+            raise _malformed("result is not an object")
+        _, lh, leaf = self._leaf(r)
+        index, cp = self._inclusion(r, lh)
+        if r.get("erased") is True:
+            if "event" in r or "nonce" in r:
+                raise _malformed("an erased result with a body")
+            self._check_filters(None, leaf, filters)
+            return AuditedEvent(index, lh, leaf, cp.size, cp, None, None, r["checkpoint"])
+        try:
+            ev = event_from_json(json.dumps(r["event"]))
+            nonce = b64decode_strict(r["nonce"], size=NONCE_SIZE)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise _malformed(f"event: {exc}") from None
+        verify_commitment(leaf, ev, nonce)  # SCIM.md §4.3 step 4
+        effect = r.get("effect")
+        if effect is not None and (
+            not isinstance(effect, dict)
+            or not isinstance(effect.get("acts", []), list)
+            or not all(isinstance(a, dict) and isinstance(a.get("a"), str)
+                       for a in effect.get("acts", []))
+        ):
+            raise _malformed("effect")
+        self._check_filters(ev, leaf, filters, effect)
+        return AuditedEvent(index, lh, leaf, cp.size, cp, ev, nonce, r["checkpoint"], effect)
+
+    # -- API -------------------------------------------------------------------------------
+
+    def search(
+        self,
+        *,
+        rid: str | None = None,
+        req: str | None = None,
+        xid: str | None = None,
+        ref: str | None = None,
+        ref_rt: str | None = None,
+        actor: str | None = None,
+        action: str | None = None,
+        outcome: str | None = None,
+        since: int | None = None,
+        until: int | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> SearchPage:
+        """One verified page of ``GET /v1/scim/events`` (all filters must match)."""
+        filters: dict[str, Any] = {
+            "rid": rid,
+            "req": req,
+            "xid": xid,
+            "ref": ref,
+            "ref_rt": ref_rt,
+            "actor": actor,
+            "action": action,
+            "outcome": outcome,
+            "since": since,
+            "until": until,
+        }
+        params: dict[str, str | int] = {k: v for k, v in filters.items() if v is not None}
+        if limit is not None:
+            params["limit"] = limit
+        if cursor is not None:
+            params["cursor"] = cursor
+        self.tenant_ref()
+        d = self._get("/v1/scim/events", params)
+        if not isinstance(d, dict) or not isinstance(d.get("results"), list):
+            raise _malformed("no results list")
+        self._checkpoint(d.get("checkpoint"))
+        results = [self._result(r, filters) for r in d["results"]]
+        nxt = d.get("next")
+        if nxt is not None and type(nxt) is not str:
+            raise _malformed("next cursor is not a string")
+        access = d.get("access")
+        if not isinstance(access, dict):
+            raise _malformed("no access record")
+        return SearchPage(results, nxt, access)
+
+    def search_all(self, **filters: Any) -> Iterator[AuditedEvent]:
+        """Every verified result, following the cursor (each page is one logged access)."""
+        cursor: str | None = None
+        while True:
+            page = self.search(**filters, cursor=cursor)
+            yield from page.results
+            if page.next is None:
+                return
+            cursor = page.next
+
+    def receipts(self, *, eid: str | None = None, req: str | None = None) -> list[Receipt]:
+        """Verified receipts by event id or request id (auditor reads are logged)."""
+        if (eid is None) == (req is None):
+            raise ValueError("give exactly one of eid or req")
+        self.tenant_ref()
+        params = {"eid": eid} if eid is not None else {"req": req or ""}
+        d = self._get("/v1/scim/receipts", params)
+        if not isinstance(d, dict) or not isinstance(d.get("receipts"), list):
+            raise _malformed("no receipts list")
+        out = []
+        for r in d["receipts"]:
+            if not isinstance(r, dict) or type(r.get("eid")) is not str:
+                raise _malformed("receipt")
+            if eid is not None and r["eid"] != eid:
+                raise VerificationError("receipt for another eid")
+            _, lh, leaf = self._leaf(r)
+            if r.get("pending") is True:
+                out.append(Receipt(r["eid"], lh, leaf, None, bool(r.get("erased")), None))
+                continue
+            index, cp = self._inclusion(r, lh)
+            try:
+                TlogProof.parse(r["tlog_proof"]).verify(self._verifier, leaf=lh)
+            except (KeyError, TypeError, FormatError) as exc:
+                raise _malformed(f"tlog_proof: {exc}") from None
+            out.append(Receipt(r["eid"], lh, leaf, index, r.get("erased") is True, cp))
+        return out

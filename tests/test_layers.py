@@ -1,0 +1,146 @@
+"""The layers of ``client/``, and that ``client/`` stands alone.
+
+Importing any of ``client/`` pulls in no server code or server dependency, and each of its
+packages imports only the packages of the layers below it (the layers are listed in
+``client/__init__.py``).
+
+An external verifier must be able to use ``client/`` with the standard library and
+``cryptography`` only. The check runs in a fresh interpreter, so that whatever this test
+process has already imported cannot hide a violation, and it walks the whole package, so
+subpackages added later (with or without an ``__init__.py``) are covered without editing
+this test.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import ROOT
+
+FORBIDDEN = ("tlog", "starlette", "uvicorn", "lmdb")
+
+# Walks the files rather than pkgutil.walk_packages, which skips directories that have no
+# __init__.py (namespace packages). __main__ modules are entry points, not importable API.
+PROBE = """
+import importlib, json, pathlib, sys
+
+root, forbidden = pathlib.Path(sys.argv[1]), set(sys.argv[2:])
+names = []
+for path in sorted((root / "client").rglob("*.py")):
+    parts = path.relative_to(root).with_suffix("").parts
+    if not all(p.isidentifier() for p in parts) or parts[-1] == "__main__":
+        continue
+    names.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+for name in names:
+    importlib.import_module(name)
+import client
+leaked = sorted(m for m in sys.modules if m.partition(".")[0] in forbidden)
+print(json.dumps({"file": client.__file__, "modules": names, "leaked": leaked}))
+"""
+
+
+def _probe(code: str) -> dict[str, Any]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env["PYTHONPATH"] = str(ROOT)
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(ROOT), *FORBIDDEN],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    report: dict[str, Any] = json.loads(result.stdout)
+    return report
+
+
+def test_client_imports_no_server_modules() -> None:
+    report = _probe(PROBE)
+    assert os.path.dirname(report["file"]) == str(ROOT / "client")
+    expected = {
+        "client.formats.merkle",
+        "client.formats.note",
+        "client.formats.checkpoint",
+        "client.formats.cosignature",
+        "client.formats.tiles",
+        "client.formats.proof_bundle",
+    }
+    assert expected <= set(report["modules"])
+    assert report["leaked"] == [], f"client/ imported {report['leaked']}"
+
+
+def test_probe_would_notice_a_leak() -> None:
+    # The same probe must report a forbidden module when one is imported.
+    code = "import json as tlog_marker, sys; sys.modules['tlog'] = tlog_marker\n" + PROBE
+    assert _probe(code)["leaked"] == ["tlog"]
+
+
+# The layers of client/ (client/__init__.py): a package may import itself and the packages
+# of lower layers only. formats is the pure core; the programs (layer 4) never import each
+# other, so the witness, the adapters and the tools can each be read and shipped alone.
+LAYERS = {
+    "formats": 1,
+    "scim": 2,
+    "net": 3,
+    "runtime": 3,
+    "witness": 4,
+    "adapters": 4,
+    "tools": 4,
+}
+
+
+def _client_imports(path: Path) -> list[tuple[int, str]]:
+    """Every absolute import of a ``client.*`` module in ``path``, with its line number."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, f"{path}:{node.lineno}: relative import"
+            if node.module == "client":
+                found += [(node.lineno, f"client.{a.name}") for a in node.names]
+            elif node.module:
+                found.append((node.lineno, node.module))
+    return [(line, name) for line, name in found if name.partition(".")[0] == "client"]
+
+
+def _layer_violations(root: Path) -> list[str]:
+    bad = []
+    for path in sorted((root / "client").rglob("*.py")):
+        parts = path.relative_to(root).parts
+        if len(parts) < 3:  # client/__init__.py: documentation only
+            assert path.name == "__init__.py", f"{path}: module outside the layer packages"
+            continue
+        own = parts[1]
+        assert own in LAYERS, f"{path}: package client.{own} has no layer"
+        for line, name in _client_imports(path):
+            target = name.split(".")[1] if "." in name else ""
+            ok = target == own or LAYERS.get(target, 99) < LAYERS[own]
+            if not ok:
+                bad.append(f"{path.relative_to(root)}:{line}: client.{own} imports {name}")
+    return bad
+
+
+def test_client_packages_import_only_lower_layers() -> None:
+    assert _layer_violations(ROOT) == []
+
+
+def test_layer_check_would_notice_an_upward_import(tmp_path: Path) -> None:
+    # The formats layer importing a network client must be reported, as must a program
+    # importing another program.
+    (tmp_path / "client" / "formats").mkdir(parents=True)
+    (tmp_path / "client" / "witness").mkdir()
+    (tmp_path / "client" / "formats" / "note.py").write_text("from client.net import logclient\n")
+    (tmp_path / "client" / "witness" / "core.py").write_text("import client.tools.cli\n")
+    assert _layer_violations(tmp_path) == [
+        "client/formats/note.py:1: client.formats imports client.net",
+        "client/witness/core.py:1: client.witness imports client.tools.cli",
+    ]
