@@ -34,6 +34,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
@@ -305,6 +306,7 @@ class BucketPublisher:
         retry_interval: float = 1.0,
         max_backoff: float = 30.0,
         check_interval: float = 5.0,
+        parallel: int = 8,
     ) -> None:
         self.log = log_
         self.store = store
@@ -314,6 +316,7 @@ class BucketPublisher:
         # While idle, the bucket's checkpoint is re-read this often: a bucket ahead of the
         # database (the database failed over to a standby that was behind) stops signing.
         self.check_interval = check_interval
+        self.parallel = max(1, parallel)  # PUTs in flight while catching up
         self._last_read = 0.0
         self._bucket_sigs = 0  # signature lines (log + cosignatures) of the bucket's note
         self.published = 0  # every tile of this tree size is in the bucket
@@ -500,13 +503,19 @@ class BucketPublisher:
         target = Checkpoint.parse(n.text)
         if target.size > self.published:
             t0 = time.monotonic()
-            count = 0
-            for tile in tiles_between(self.published, target.size):
-                self._put_immutable(tile)
-                count += 1
+            tiles = tiles_between(self.published, target.size)
+            if len(tiles) <= 2:
+                for tile in tiles:
+                    self._put_immutable(tile)
+            else:  # catching up: several PUTs in flight (every one must succeed)
+                with ThreadPoolExecutor(
+                    min(self.parallel, len(tiles)), thread_name_prefix="tlog-bucket-put"
+                ) as pool:
+                    for f in [pool.submit(self._put_immutable, t) for t in tiles]:
+                        f.result()
             log.debug(
                 "published %d tiles for sizes %d..%d in %.3f s",
-                count, self.published, target.size, time.monotonic() - t0,
+                len(tiles), self.published, target.size, time.monotonic() - t0,
             )
             self.published = target.size
         if (
