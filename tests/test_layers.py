@@ -23,7 +23,7 @@ from typing import Any
 
 from tests.conftest import ROOT
 
-FORBIDDEN = ("tlog", "starlette", "uvicorn", "lmdb")
+FORBIDDEN = ("tlog", "starlette", "uvicorn", "lmdb", "psycopg", "psycopg_pool")
 
 # Walks the files rather than pkgutil.walk_packages, which skips directories that have no
 # __init__.py (namespace packages). __main__ modules are entry points, not importable API.

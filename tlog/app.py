@@ -32,11 +32,11 @@ from client.formats.tiles import MAX_ENTRY_SIZE, parse_tile_path
 from client.runtime.logredact import redact_target
 from client.scim.leaf import RawEntryError, check_raw_entry, is_structured_entry
 from tlog.auth import AuthError, Forbidden, Principal, TokenStore
+from tlog.backend import StorageError, storage_fault
 from tlog.bodies import BodyTooLarge, MalformedBody, check_json_shape, off_loop
 from tlog.log import Log, NotFound, Published
 from tlog.reads import ReadPool
 from tlog.sequencer import Overloaded, Sequencer, SequencerStopped
-from tlog.storage import StorageError, storage_fault
 from tlog.witnessing import WitnessPusher
 
 __all__ = ["Limits", "create_app"]

@@ -16,7 +16,7 @@ import time
 import unicodedata
 from dataclasses import asdict, dataclass
 
-from tlog.storage import Storage
+from tlog.backend import Backend
 
 __all__ = ["ROLES", "AuthError", "Forbidden", "Principal", "TokenStore", "person_key"]
 
@@ -67,7 +67,7 @@ def token_digest(token: str) -> bytes:
 
 
 class TokenStore:
-    def __init__(self, storage: Storage) -> None:
+    def __init__(self, storage: Backend) -> None:
         self.storage = storage
 
     def create(

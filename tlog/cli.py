@@ -19,11 +19,15 @@ import sys
 import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tlog.auth import ROLES, Principal, TokenStore
+from tlog.backend import Backend, StorageError, is_database_url, open_backend
 from tlog.config import ConfigError, ProxyConfig, ServeConfig, add_arguments, from_args
 from tlog.signer import CheckpointSigner, create_key_file, load_key_file
-from tlog.storage import Storage, StorageError
+
+if TYPE_CHECKING:
+    from tlog.fsck import FsckReport
 
 DEFAULT_ORIGIN = "localhost/tlog-demo"
 # Roles whose tokens act for one tenant: they must name it.
@@ -81,6 +85,28 @@ def _existing_store(cfg: ServeConfig) -> Path:
             f"no log store in {data} (give --data or TLOG_DATA; 'tlog serve' creates one)"
         )
     return data / "db"
+
+
+def _store_exists(cfg: ServeConfig) -> bool:
+    """A log is stored where ``cfg`` says (the database, or ``<data>/db``)."""
+    if is_database_url(cfg.database):
+        st = open_backend(cfg.database, cfg.data)
+        try:
+            return not st.is_empty()
+        finally:
+            st.close()
+    return has_store(cfg.data.resolve())
+
+
+def _open_existing(cfg: ServeConfig, *, readonly: bool = False) -> Backend:
+    """The store ``cfg`` names, which must hold a log (commands other than serve)."""
+    if is_database_url(cfg.database):
+        st = open_backend(cfg.database, cfg.data, readonly=readonly)
+        if st.is_empty():
+            st.close()
+            raise CliError(f"no log in the database {st.location} ('tlog serve' creates one)")
+        return st
+    return open_backend(None, _existing_store(cfg).parent, readonly=readonly)
 
 
 def _iso(ts: int | None) -> str:
@@ -157,9 +183,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     sys.setswitchinterval(cfg.switch_interval_ms / 1000.0)
     data = cfg.data.resolve()
     cfg = dataclasses.replace(cfg, data=data)
-    fresh = not has_store(data)
+    fresh = not _store_exists(cfg)
     if fresh and not cfg.init:
-        raise CliError(f"no log store in {data} (--no-init: not creating one)")
+        where = "the database" if cfg.database else str(data)
+        raise CliError(f"no log store in {where} (--no-init: not creating one)")
     data.mkdir(mode=0o700, parents=True, exist_ok=True)
     created: list[str] = []
     signer = _open_signer(cfg, fresh, created)
@@ -187,6 +214,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         storage_timeout=cfg.storage_timeout,
         read_threads=cfg.read_threads,
         lock_dir=cfg.lock_dir,
+        database=cfg.database,
     )
     if not had_master and master.exists():
         created.append(f"{master} (SCIM master key: every event body is wrapped by it)")
@@ -282,7 +310,7 @@ def cmd_token(args: argparse.Namespace) -> int:
             raise UsageError(f"{args.role} tokens act for one tenant: give --tenant")
         if args.role == "privacy-officer" and not (args.person or "").strip():
             raise UsageError("privacy-officer tokens need --person (dual control)")
-    storage = Storage(_existing_store(cfg))
+    storage = _open_existing(cfg)
     store = TokenStore(storage)
     try:
         if args.token_cmd == "create":
@@ -346,7 +374,6 @@ def cmd_fsck(args: argparse.Namespace) -> int:
     from tlog.fsck import FsckReport, check_structure, fsck, terminal_progress
 
     cfg = _serve_config(args)
-    db_dir = _existing_store(cfg)
     started = False
 
     def progress(done: int, total: int) -> None:
@@ -356,10 +383,18 @@ def cmd_fsck(args: argparse.Namespace) -> int:
             print(f"fsck: checking a snapshot of {total} entries", file=sys.stderr, flush=True)
         terminal_progress(done, total)
 
+    if is_database_url(cfg.database):
+        storage = _open_existing(cfg, readonly=True)
+        try:
+            rep = fsck(storage, progress)
+        finally:
+            storage.close()
+        return _fsck_result(rep)
+    db_dir = _existing_store(cfg)
     try:
         # Refuses a truncated file or broken meta pages before mapping it; fsck() walks the
         # structure inside its read transaction (a live store needs no lock).
-        storage = Storage(db_dir, readonly=True, verify_limit=0)
+        storage = open_backend(None, db_dir.parent, readonly=True, verify_limit=0)
     except StorageError as exc:
         rep = FsckReport(errors=[str(exc), *check_structure(db_dir)])
     else:
@@ -367,6 +402,10 @@ def cmd_fsck(args: argparse.Namespace) -> int:
             rep = fsck(storage, progress)
         finally:
             storage.close()
+    return _fsck_result(rep)
+
+
+def _fsck_result(rep: FsckReport) -> int:
     for e in rep.errors:
         print(f"fsck: ERROR {e}", file=sys.stderr)
     status = "OK" if rep.ok else f"FAILED ({len(rep.errors)} errors)"
@@ -381,6 +420,12 @@ def cmd_backup(args: argparse.Namespace) -> int:
     from tlog.backup import backup
 
     cfg = _serve_config(args)
+    if is_database_url(cfg.database):
+        raise CliError(
+            "tlog backup copies the embedded LMDB store; back up a PostgreSQL store with "
+            "the database's own tools (pg_dump, pg_basebackup, PITR), or copy it to a new "
+            "LMDB store with 'tlog migrate' (see docs/operations.md)"
+        )
     rep = backup(_existing_store(cfg), args.dest, verify=args.verify)
     print(f"backup: {rep.path} ({rep.bytes:,} bytes, mode 0600), tree size {rep.tree_size}")
     if rep.fsck is not None:
@@ -397,6 +442,8 @@ def cmd_recover(args: argparse.Namespace) -> int:
     from tlog.recover import checkpoint_file_target, recover, witness_targets
 
     cfg = _serve_config(args)
+    if is_database_url(cfg.database):
+        raise CliError("tlog recover works on the embedded LMDB store; see docs/operations.md")
     data = cfg.data.resolve()
     signer = _open_signer(dataclasses.replace(cfg, data=data), False, [])
     targets = []
@@ -460,7 +507,7 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
 
     def data_opt(sp: argparse.ArgumentParser) -> None:
-        add_arguments(sp, ServeConfig, only={"data"})
+        add_arguments(sp, ServeConfig, only={"data", "database"})
 
     s = sub.add_parser("serve", help="run the log server (creates a store on first start)")
     add_arguments(s, ServeConfig)

@@ -47,8 +47,8 @@ from typing import Any, TypeVar
 
 from client.runtime.serving import ServerLimits
 from tlog.app import Limits
+from tlog.backend import DEFAULT_MAP_SIZE, DEFAULT_VERIFY_LIMIT
 from tlog.scim.service import ScimLimits
-from tlog.storage import DEFAULT_MAP_SIZE, DEFAULT_VERIFY_LIMIT
 
 __all__ = [
     "LOG_FORMATS",
@@ -105,6 +105,12 @@ class ServeConfig:
 
     data: Path = setting(
         Path("tlog-data"), "data directory: log.key, scim-master.key, db/ (LMDB)"
+    )
+    database: str | None = setting(
+        None,
+        "where the log is stored: unset for the embedded LMDB store in <data>/db, or a "
+        "postgresql://user@host/dbname URL (several tlog serve processes may share one); "
+        "keys stay in --data",
     )
     init: bool = setting(
         True,

@@ -3,12 +3,15 @@
 Every problem is one line in :attr:`FsckReport.errors` (``tlog fsck`` prints each as
 ``fsck: ERROR <text>`` and exits 2). In order:
 
-1. **structure**: py-lmdb's offline verifier (:mod:`lmdb.verify`) walks every page of
-   ``data.mdb`` with plain reads, never through the mapped engine, so a truncated or damaged
-   file gives ERROR lines instead of a SIGBUS. If the structure is broken, the logical
-   checks are skipped (liblmdb must not be handed that file).
-2. **logical**, all in ONE read transaction (a snapshot: a running server keeps appending
-   without disturbing the check, and no lock is taken), streaming in O(log n) memory:
+1. **structure** (the backend's :meth:`~tlog.backend.Backend.check_structure`): for LMDB,
+   py-lmdb's offline verifier (:mod:`lmdb.verify`) walks every page of ``data.mdb`` with
+   plain reads, never through the mapped engine, so a truncated or damaged file gives ERROR
+   lines instead of a SIGBUS. If the structure is broken, the logical checks are skipped
+   (liblmdb must not be handed that file). PostgreSQL checks its own pages (checksums,
+   ``pg_amcheck``); its schema is checked when the store is opened.
+2. **logical**, all in ONE read snapshot (:meth:`~tlog.backend.Backend.read`: a running
+   server keeps appending without disturbing the check, and no lock is taken), over the
+   backend-neutral tables of :mod:`tlog.backend`, streaming in O(log n) memory:
 
    * entries, by cursor scan *and* by point lookup, are dense ``0 .. size-1``;
    * dedup, both ways: every entry's leaf hash maps to its index, and every dedup key is
@@ -23,7 +26,7 @@ Every problem is one line in :attr:`FsckReport.errors` (``tlog fsck`` prints eac
    * tokens: each record parses as a token for the key it is stored under;
    * SCIM records (``aux``): each parses, and each leaf hash it references is in the log.
 
-Any LMDB error on the way becomes an ERROR line, never a traceback.
+Any storage error on the way becomes an ERROR line, never a traceback.
 """
 
 from __future__ import annotations
@@ -35,18 +38,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import lmdb
-import lmdb.verify
 
 from client.formats.checkpoint import Checkpoint
 from client.formats.merkle import EMPTY_ROOT, CompactRange, VerificationError, leaf_hash
 from client.formats.note import Ed25519Verifier, FormatError, open_note, parse_note
 from client.scim.cbor import EventFormatError, loads_det
 from tlog.auth import Principal
+from tlog.backend import Backend, ReadView, storage_fault, tile_key, u64
 from tlog.scim import store
-from tlog.storage import Storage, tile_key, u64
 from tlog.tree import BLOB_SIZE, RightEdge
 
 __all__ = ["FsckReport", "fsck", "terminal_progress"]
@@ -68,34 +67,37 @@ class FsckReport:
 
 
 def check_structure(db_dir: Path) -> list[str]:
-    """Problems py-lmdb's offline verifier finds in ``data.mdb`` (reads, never maps it)."""
-    path = db_dir / "data.mdb"
-    try:
-        problems: list[str] = lmdb.verify.verify(str(path))  # type: ignore[no-untyped-call]
-    except (lmdb.verify.VerifyError, OSError) as exc:
-        return [f"data.mdb cannot be verified: {exc}"]
-    return [f"data.mdb structure: {p}" for p in problems]
+    """Problems py-lmdb's offline verifier finds in ``<db_dir>/data.mdb`` (reads, never maps
+    it), for an LMDB store that cannot even be opened."""
+    from tlog.storage import verify_structure
+
+    return verify_structure(db_dir / "data.mdb")
 
 
 def fsck(
-    storage: Storage,
+    storage: Backend,
     progress: Callable[[int, int], None] | None = None,
     *,
     structure: bool = True,
 ) -> FsckReport:
     rep = FsckReport()
     try:
-        # The read transaction comes first: on a live store it pins the snapshot, so the
+        # The read snapshot comes first: on a live LMDB store it pins the snapshot, so the
         # writer cannot reuse its pages while the structure walk reads them.
-        with storage.env.begin(buffers=False) as txn:
+        with storage.read() as rv:
             if structure:
-                rep.errors.extend(check_structure(storage.path))
+                rep.errors.extend(storage.check_structure())
                 if rep.errors:
                     rep.errors.append("the file structure is damaged: logical checks skipped")
                     return rep
-            _Check(storage, txn, rep, progress).run()
-    except lmdb.Error as exc:
-        rep.errors.append(f"LMDB failed while reading the store: {type(exc).__name__}: {exc}")
+            _Check(rv, rep, progress).run()
+    except Exception as exc:
+        fault = storage_fault(exc)
+        if fault is None:
+            raise
+        rep.errors.append(
+            f"the store failed while being read ({storage.kind}): {type(exc).__name__}: {exc}"
+        )
     return rep
 
 
@@ -104,31 +106,25 @@ class _Check:
 
     def __init__(
         self,
-        storage: Storage,
-        txn: Any,
+        rv: ReadView,
         rep: FsckReport,
         progress: Callable[[int, int], None] | None,
     ) -> None:
-        self.s = storage
-        self.txn = txn
+        self.rv = rv
+        self.get = rv.raw_get
         self.rep = rep
         self.err = rep.errors.append
         self.progress = progress
 
-    def get(self, key: bytes, db: Any) -> bytes | None:
-        v = self.txn.get(key, db=db)
-        return None if v is None else bytes(v)
-
     def run(self) -> None:
-        s = self.s
-        origin_b, vkey_b = self.get(b"origin", s.db_meta), self.get(b"vkey", s.db_meta)
-        size_b = self.get(b"tree_size", s.db_meta)
+        origin_b, vkey_b = self.get("meta", b"origin"), self.get("meta", b"vkey")
+        size_b = self.get("meta", b"tree_size")
         if size_b is not None and len(size_b) != 8:
             self.err(f"stored tree size is {len(size_b)} bytes, not 8")
             size_b = None
         size = 0 if size_b is None else int(_U64.unpack(size_b)[0])
         cps: dict[int, bytes] = {}
-        for k, v in self.txn.cursor(db=s.db_checkpoints).iternext():
+        for k, v in self.rv.raw("checkpts"):
             if len(k) != 8:
                 self.err(f"checkpoint key {bytes(k).hex()} is not a u64")
                 continue
@@ -176,7 +172,6 @@ class _Check:
         self, size: int, cps: dict[int, bytes], origin: str, verifier: Ed25519Verifier | None
     ) -> set[bytes] | None:
         """Walk the entries; returns the set of leaf hashes if small enough to keep."""
-        s, txn = self.s, self.txn
         edge = RightEdge(0, lambda level, index: None)
         cr = CompactRange()  # independent of the RightEdge that rebuilds the tiles
         if 0 in cps:
@@ -184,11 +179,10 @@ class _Check:
         if self.progress is not None:
             self.progress(0, size)
         keep: set[bytes] | None = set() if size <= 1 << 20 else None
-        cur = txn.cursor(db=s.db_entries)
         index = 0
         last_report = 0.0
         batch: list[bytes] = []
-        for k, v in cur.iternext():
+        for k, v in self.rv.raw("entries"):
             if len(k) != 8 or int(_U64.unpack(k)[0]) != index:
                 got = bytes(k).hex()
                 self.err(f"entry key {got} found where entry {index} should be (keys not dense)")
@@ -196,11 +190,11 @@ class _Check:
             if index >= size:
                 self.err(f"entry {index} is beyond the tree size {size}")
                 break
-            entry = bytes(v)
-            if self.get(u64(index), s.db_entries) != entry:  # point lookup agrees with scan
+            entry = v
+            if self.get("entries", u64(index)) != entry:  # point lookup agrees with scan
                 self.err(f"entry {index}: point lookup differs from the scan")
             h = leaf_hash(entry)
-            got_i = self.get(h, s.db_dedup)
+            got_i = self.get("dedup", h)
             if got_i is None or len(got_i) != 8:
                 self.err(f"dedup index has no entry for the leaf hash of entry {index}")
             else:
@@ -243,24 +237,22 @@ class _Check:
 
     def compare_blob(self, tl: int, ti: int, blob: bytes) -> None:
         self.rep.blobs_checked += 1
-        stored = self.get(tile_key(tl, ti), self.s.db_tiles)
+        stored = self.get("tiles", tile_key(tl, ti))
         if stored != blob:
             self.err(f"tile {tl}/{ti} differs from the recomputed tree")
 
     def dedup_reverse(self, size: int) -> None:
-        s = self.s
-        for k, v in self.txn.cursor(db=s.db_dedup).iternext():
-            k, v = bytes(k), bytes(v)
+        for k, v in self.rv.raw("dedup"):
             if len(v) != 8:
                 self.err(f"dedup value for {k.hex()[:16]}... is not a u64")
                 continue
             j = int(_U64.unpack(v)[0])
-            e = self.get(v, s.db_entries) if j < size else None
+            e = self.get("entries", v) if j < size else None
             if e is None or leaf_hash(e) != k:
                 self.err(f"dedup key {k.hex()[:16]}... points at entry {j}, not its leaf")
 
     def tiles(self, size: int) -> None:
-        for k, v in self.txn.cursor(db=self.s.db_tiles).iternext():
+        for k, v in self.rv.raw("tiles"):
             if len(k) != 9:
                 self.err(f"tile key {bytes(k).hex()} is malformed")
                 continue
@@ -272,7 +264,7 @@ class _Check:
     # -- cosignatures, tokens, SCIM records ------------------------------------------------
 
     def cosignatures(self, cps: dict[int, bytes]) -> None:
-        for k, v in self.txn.cursor(db=self.s.db_cosigs).iternext():
+        for k, v in self.rv.raw("cosigs"):
             self.rep.records_checked += 1
             n = int(_U64.unpack(k)[0]) if len(k) == 8 else -1
             note = cps.get(n)
@@ -280,16 +272,15 @@ class _Check:
                 self.err(f"cosignatures stored for size {n}, which has no checkpoint")
                 continue
             try:
-                parse_note(note + bytes(v))
+                parse_note(note + v)
             except (FormatError, UnicodeDecodeError) as exc:
                 self.err(f"cosignatures for checkpoint {n} do not parse: {exc}")
 
     def tokens(self) -> None:
-        for k, v in self.txn.cursor(db=self.s.db_tokens).iternext():
+        for k, v in self.rv.raw("tokens"):
             self.rep.records_checked += 1
-            k = bytes(k)
             try:
-                rec = json.loads(bytes(v))
+                rec = json.loads(v)
                 p = Principal(**rec)
                 ok = (
                     len(k) == 32
@@ -307,11 +298,10 @@ class _Check:
         def known(lh: bytes) -> bool:
             if leaves is not None:
                 return lh in leaves
-            return self.get(lh, self.s.db_dedup) is not None
+            return self.get("dedup", lh) is not None
 
         plen = len(store.PREFIX)
-        for k, v in self.txn.cursor(db=self.s.db_aux).iternext():
-            k, v = bytes(k), bytes(v)
+        for k, v in self.rv.raw("aux"):
             if not k.startswith(store.PREFIX):
                 continue
             self.rep.records_checked += 1

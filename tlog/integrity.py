@@ -3,7 +3,7 @@
 * :class:`DataDirLock`: the process that writes the log (``tlog serve``, ``tlog recover``)
   holds an exclusive ``flock`` on ``<store>/tlog.lock`` for its lifetime; a second one is
   refused with the PID and host of the holder. (The compare-and-swap in
-  :meth:`tlog.storage.Storage.commit_batch` is the second, independent guard.)
+  :meth:`tlog.backend.Backend.commit_batch` is the second, independent guard.)
 * :class:`CheckpointFile`: the last checkpoint the log signed and published, remembered
   *outside* the LMDB file (two checksummed slots written alternately and fdatasynced, so a
   crash never leaves it torn), so a store that was emptied, truncated or restored from an
@@ -30,7 +30,7 @@ from typing import IO
 from client.formats.checkpoint import Checkpoint
 from client.formats.merkle import VerificationError
 from client.formats.note import FormatError, Verifier, open_note
-from tlog.storage import StorageError
+from tlog.backend import StorageError
 
 __all__ = [
     "CHECKPOINT_FILE",

@@ -39,14 +39,17 @@ from client.formats.proof_bundle import TlogProof
 from client.formats.tiles import TILE_HEIGHT, TILE_WIDTH, encode_entry_bundle
 from tlog.integrity import RECOVER_HINT, CheckpointFile, Remembered, RollbackDetected
 from tlog.signer import CheckpointSigner
-from tlog.storage import (
+from tlog.backend import (
+    Backend,
     BatchWrite,
     CommitConflict,
+    CommitUnknown,
     ReadView,
-    Storage,
     StorageCorrupt,
     StorageError,
 )
+from tlog.integrity import RECOVER_HINT, CheckpointFile, Remembered, RollbackDetected
+from tlog.signer import CheckpointSigner
 from tlog.tree import NodeReader, RightEdge, slot_offset, tile_width
 
 __all__ = ["BatchResult", "BlobCache", "Log", "LogHalted", "NotFound", "Published"]
@@ -143,7 +146,7 @@ class Log:
 
     def __init__(
         self,
-        storage: Storage,
+        storage: Backend,
         signer: CheckpointSigner,
         remembered: CheckpointFile | None = None,
     ) -> None:
@@ -160,6 +163,9 @@ class Log:
         self._verifier = signer.verifier
         self.remembered = remembered
         self.halted: str | None = None
+        # True after a failed write whose effect on the store is not known here: nothing is
+        # signed again before the state is reloaded from the store and re-verified.
+        self._stale = False
         with storage.read() as rv:
             origin, vkey = rv.meta("origin"), rv.meta("vkey")
         self._check_identity(origin, vkey)
@@ -224,7 +230,21 @@ class Log:
 
     def reload(self) -> None:
         """Rebuild the writer's state from the store (after a failed compare-and-swap)."""
-        self._load_state()
+        self._load_state(self.remembered.read() if self.remembered is not None else None)
+        self._stale = False
+
+    def catch_up(self) -> bool:
+        """Reload if the store moved past what this writer holds (another frontend on a
+        shared database committed) or a failed write left this writer stale. Returns True
+        when the state was reloaded. Cheap when nothing changed: one read of the tree size.
+        """
+        if not self._stale:
+            with self.storage.read() as rv:
+                size = rv.tree_size()
+            if size == self._edge.size:
+                return False
+        self.reload()
+        return True
 
     # -- identity --------------------------------------------------------------------------
 
@@ -263,6 +283,8 @@ class Log:
         Entries already in the log (same bytes) keep their original index; duplicates within
         the batch get one index.
         """
+        if self._stale:
+            self.reload()  # raises while the store cannot be read: nothing is signed
         sha256 = hashlib.sha256
         hashes = [sha256(LEAF_PREFIX + e).digest() for e in entries]  # RFC 6962 leaf hash
         with self.storage.read() as rv:
@@ -315,12 +337,22 @@ class Log:
             # The store is not what this writer built on: another writer got there first (or
             # a put failed). Nothing was written; adopt what the store holds and acknowledge
             # nothing of this batch.
-            log.error("commit refused, reloading the log state from the store: %s", exc)
-            self._load_state(self.remembered.read() if self.remembered is not None else None)
+            log.warning("commit refused, reloading the log state from the store: %s", exc)
+            self._stale = True
+            self.reload()
             raise
+        except CommitUnknown as exc:
+            # The commit may or may not have happened: the signature is handed out only if
+            # the store, read back after a reload, holds exactly this checkpoint.
+            self._stale = True
+            if not self._committed_after_all(size, note.encode()):
+                log.error("commit outcome unknown and not found in the store: %s", exc)
+                raise
+            log.warning("commit outcome was unknown; the store holds it: acknowledged")
         except BaseException:
-            # The in-memory edge may be ahead of the store: rebuild it from what is durable.
-            self._edge = RightEdge(base.size, self._storage_blob)
+            # The in-memory edge may be ahead of the store: nothing is signed again before
+            # the state is rebuilt from what is durable.
+            self._stale = True
             raise
         for tl, ti, blob in dirty:  # durable now, and built here: trusted
             self.blobs.put(tl, ti, size, blob)
@@ -329,6 +361,18 @@ class Log:
             # Before anything of the batch is acknowledged (the caller answers after this).
             self.remembered.write(note)
         return BatchResult(indices, dup, hashes, self._latest)
+
+    def _committed_after_all(self, size: int, note: bytes) -> bool:
+        """After :class:`CommitUnknown`: reload; True if the store holds ``note`` at
+        ``size`` (then this writer's state is that checkpoint's)."""
+        try:
+            self.reload()
+            with self.storage.read() as rv:
+                stored = rv.checkpoint(size)
+        except StorageError as exc:
+            log.error("cannot reload after a commit of unknown outcome: %s", exc)
+            return False
+        return stored == note
 
     # -- read side -------------------------------------------------------------------------
     #

@@ -26,10 +26,11 @@ from client.formats.note import FormatError, Note, open_note
 from client.formats.policy import Policy
 from client.formats.tiles import TILE_WIDTH, Tile, decode_entry_bundle
 from client.net.witness_client import WitnessClient, WitnessError
+from tlog.backend import Backend, BatchWrite, StorageError
 from tlog.integrity import CheckpointFile, DataDirLock, preflight
 from tlog.log import Log
 from tlog.signer import CheckpointSigner
-from tlog.storage import BatchWrite, Storage, StorageError
+from tlog.storage import Storage
 from tlog.tree import NodeReader, RightEdge
 
 __all__ = ["RecoveryError", "Target", "recover"]
@@ -257,7 +258,7 @@ def recover(
     return n
 
 
-def _check_roots(storage: Storage, targets: list[Target]) -> None:
+def _check_roots(storage: Backend, targets: list[Target]) -> None:
     with storage.read() as rv:
         reader = NodeReader(rv.blob)
         for t in targets:

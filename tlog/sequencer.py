@@ -13,19 +13,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from tlog.backend import CommitConflict
 from tlog.log import BatchResult, Log, LogHalted
 from tlog.reads import bound
-from tlog.storage import CommitConflict
 
 __all__ = ["Overloaded", "Sequencer", "SequencerStopped"]
 
 log = logging.getLogger("tlog.sequencer")
+
+CONFLICT_RETRIES = 8  # rebuilds of one batch after another frontend's commit
 
 
 class Overloaded(Exception):
@@ -150,6 +153,20 @@ class Sequencer:
             self._queued_entries -= n
             return batch
 
+    def _integrate(self, entries: list[bytes]) -> BatchResult:
+        """One batch, built on the store's current state: on a shared database another
+        frontend may have committed since this one's last batch (then reload first, and
+        once more if it commits in between: the database decides who wins each round)."""
+        for attempt in range(CONFLICT_RETRIES + 1):
+            self.log.catch_up()
+            try:
+                return self.log.integrate(entries)
+            except CommitConflict:
+                if attempt == CONFLICT_RETRIES or not self.log.storage.shared:
+                    raise
+                time.sleep(random.uniform(0, 0.002 * (attempt + 1)))  # let the other batch land
+        raise AssertionError("unreachable")
+
     def _run(self) -> None:
         while True:
             batch = self._take()
@@ -158,7 +175,7 @@ class Sequencer:
             entries = [e for p in batch for e in p.entries]
             t0 = time.perf_counter()
             try:
-                result: BatchResult | BaseException = self.log.integrate(entries)
+                result: BatchResult | BaseException = self._integrate(entries)
             except (CommitConflict, LogHalted) as exc:
                 # Logged where it happened; the callers get 503 with the reason.
                 result = SequencerStopped(f"nothing of the batch was acknowledged: {exc}")

@@ -8,6 +8,13 @@ from pathlib import Path
 from client.formats.policy import Policy
 from tlog.app import Limits, LogApp, create_app
 from tlog.auth import TokenStore
+from tlog.backend import (
+    DEFAULT_MAP_SIZE,
+    DEFAULT_VERIFY_LIMIT,
+    Backend,
+    is_database_url,
+    open_backend,
+)
 from tlog.bucket import BucketPublisher, ObjectStore, S3Store
 from tlog.config import ServeConfig
 from tlog.integrity import CHECKPOINT_FILE, CheckpointFile, DataDirLock, preflight
@@ -19,7 +26,6 @@ from tlog.scim.routes import scim_routes
 from tlog.scim.service import ScimLimits, ScimService
 from tlog.sequencer import Sequencer
 from tlog.signer import CheckpointSigner
-from tlog.storage import DEFAULT_MAP_SIZE, DEFAULT_VERIFY_LIMIT, Storage
 from tlog.witnessing import WitnessPusher
 
 __all__ = ["build_app"]
@@ -52,6 +58,7 @@ def build_app(
     storage_timeout: float = _D.storage_timeout,
     read_threads: int = _D.read_threads,
     lock_dir: Path | None = _D.lock_dir,
+    database: str | None = None,
 ) -> tuple[LogApp, Log, TokenStore]:
     """Open the store in ``data_dir`` and build the app: the log API, plus the SCIM event
     service unless ``scim`` is false (master key file default ``<data_dir>/scim-master.key``).
@@ -67,21 +74,28 @@ def build_app(
     With ``bucket`` (``s3://bucket/prefix``, at ``bucket_endpoint``) or ``bucket_store``,
     every published checkpoint, its tiles and entry bundles are also written to that bucket
     (:mod:`tlog.bucket`), and a bucket ahead of the store is refused at start.
+
+    ``database``: a ``postgresql://`` URL stores the log there instead (no data-directory
+    lock: any number of processes may serve one database, which serialises their batches);
+    the keys and the remembered checkpoint stay in ``data_dir``.
     """
-    lock = DataDirLock(data_dir / "db").acquire()
-    try:
-        preflight(data_dir / "db")
-        if lock_dir is not None:
-            place_lock_file(data_dir / "db", lock_dir)
-    except BaseException:
-        lock.release()
-        raise
-    try:
-        storage = Storage(data_dir / "db", map_size=map_size, verify_limit=verify_limit)
-    except BaseException:
-        lock.release()
-        raise
-    storage.on_close.append(lock.release)
+    storage: Backend
+    lock: DataDirLock | None = None
+    if is_database_url(database):
+        storage = open_backend(database, data_dir)
+    else:
+        lock = DataDirLock(data_dir / "db").acquire()
+        try:
+            preflight(data_dir / "db")
+            if lock_dir is not None:
+                place_lock_file(data_dir / "db", lock_dir)
+            storage = open_backend(
+                database, data_dir, map_size=map_size, verify_limit=verify_limit
+            )
+        except BaseException:
+            lock.release()
+            raise
+        storage.on_close.append(lock.release)
     try:
         log_ = Log(
             storage,

@@ -1,19 +1,7 @@
-"""LMDB storage: the only module that imports lmdb.
+"""LMDB storage, the default backend of :mod:`tlog.backend`: the only module that imports lmdb.
 
-Sub-databases (keys are big-endian so LMDB's byte order is numeric order):
-
-========== ========================= =============================================
-name       key                       value
-========== ========================= =============================================
-meta       ascii name                origin, vkey, tree size, format version
-entries    u64 index                 entry bytes
-dedup      32-byte leaf hash         u64 index (full hash: no truncated dedup keys)
-tiles      u8 tile level, u64 index  16,320-byte stratum blob (see tlog.tree)
-checkpts   u64 tree size             signed checkpoint note (log signature only)
-cosigs     u64 tree size             cosignature lines gathered for that checkpoint
-tokens     32-byte SHA-256(token)    JSON token record
-aux        bytes                     room for later stages (SCIM bodies, keys, ...)
-========== ========================= =============================================
+One LMDB sub-database per table of :mod:`tlog.backend` (same names, same key encoding:
+big-endian, so LMDB's byte order is numeric order; dedup keys are full leaf hashes).
 
 Integrity on the read side (see docs/design.md, "Corruption is never served"):
 
@@ -44,16 +32,31 @@ import struct
 import threading
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import lmdb
 import lmdb.verify
 
+from tlog import backend
+from tlog.backend import (
+    DEFAULT_MAP_SIZE,
+    DEFAULT_VERIFY_LIMIT,
+    TABLES,
+    BatchWrite,
+    CommitConflict,
+    ReadView,
+    StorageCorrupt,
+    StorageError,
+    StorageFull,
+    tile_key,
+    u64,
+)
+
 __all__ = [
     "BatchWrite",
     "CommitConflict",
+    "LmdbReadView",
     "ReadView",
     "Storage",
     "StorageCorrupt",
@@ -61,6 +64,8 @@ __all__ = [
     "StorageFull",
     "check_data_file",
     "storage_fault",
+    "tile_key",
+    "u64",
 ]
 
 log = logging.getLogger("tlog.storage")
@@ -68,30 +73,8 @@ log = logging.getLogger("tlog.storage")
 _U64 = struct.Struct(">Q")
 _TILE_KEY = struct.Struct(">BQ")
 FORMAT_VERSION = b"1"
-DEFAULT_MAP_SIZE = 1 << 40  # address space only; the file grows as needed
-DEFAULT_VERIFY_LIMIT = 64 << 20  # walk files up to this size with lmdb.verify at open
 READER_CHECK_INTERVAL = 60.0  # seconds between clearing stale reader slots
 MAX_MAP_GROWTHS = 16
-
-
-class StorageError(Exception):
-    """The store is missing, corrupt, or was written by an incompatible version."""
-
-
-class CommitConflict(StorageError):
-    """The store is not what the writer built its batch on (another writer, or a put failed).
-
-    Nothing of the batch was written; the writer must reload its state from the store.
-    """
-
-
-class StorageCorrupt(StorageError):
-    """Stored data is damaged: it does not match the tree it belongs to, or LMDB found a
-    broken page. Served as 503 with a JSON reason and logged CRITICAL; run ``tlog fsck``."""
-
-
-class StorageFull(StorageError):
-    """The disk (or the file size limit) is full: nothing of the write was stored (503)."""
 
 
 _T = TypeVar("_T")
@@ -108,7 +91,8 @@ _CORRUPT = (
 
 
 def storage_fault(exc: BaseException) -> StorageError | None:
-    """The :class:`StorageError` an exception from LMDB (or the OS under it) stands for."""
+    """The :class:`StorageError` an exception from LMDB (or the OS under it) stands for
+    (registered with :func:`tlog.backend.storage_fault`)."""
     if isinstance(exc, StorageError):
         return exc
     if isinstance(exc, lmdb.DiskError) or (
@@ -123,6 +107,9 @@ def storage_fault(exc: BaseException) -> StorageError | None:
             return StorageFull(f"disk full: the store cannot grow ({exc}); nothing was written")
         return StorageError(f"storage failure: {exc}")
     return None
+
+
+backend.register_fault(storage_fault)
 
 
 def _meta_pages(head: bytes) -> list[tuple[int, int, int]]:
@@ -173,35 +160,13 @@ def check_data_file(path: Path) -> None:
         )
 
 
-def u64(n: int) -> bytes:
-    return _U64.pack(n)
-
-
 def u64_range(first: int, count: int) -> list[bytes]:
     """Big-endian keys first .. first+count-1, packed in one call."""
     packed = struct.pack(f">{count}Q", *range(first, first + count))
     return [packed[i : i + 8] for i in range(0, 8 * count, 8)]
 
 
-def tile_key(level: int, index: int) -> bytes:
-    return _TILE_KEY.pack(level, index)
-
-
-@dataclass
-class BatchWrite:
-    """Everything one sequencing batch commits, atomically."""
-
-    first_index: int
-    entries: Sequence[bytes]
-    leaf_hashes: Sequence[bytes]
-    blobs: Sequence[tuple[int, int, bytes]]
-    tree_size: int
-    checkpoint: bytes
-    base_checkpoint: bytes  # the latest stored checkpoint the batch was built on (its size
-    # is ``first_index``): the compare half of the commit's compare-and-swap
-
-
-class ReadView:
+class LmdbReadView:
     """A consistent read-only snapshot (one LMDB read transaction)."""
 
     __slots__ = ("_s", "_tiles", "_txn")
@@ -212,7 +177,7 @@ class ReadView:
         self._tiles = storage.db_tiles
 
     # A context manager by hand (not @contextmanager): this wraps every proof and tile read.
-    def __enter__(self) -> ReadView:
+    def __enter__(self) -> LmdbReadView:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -321,6 +286,23 @@ class ReadView:
                 return
             yield k, bytes(v)
 
+    def raw(self, table: str) -> Iterator[tuple[bytes, bytes]]:
+        for k, v in self._txn.cursor(db=self._s.dbs[table]).iternext():
+            yield bytes(k), bytes(v)
+
+    def raw_get(self, table: str, key: bytes) -> bytes | None:
+        v = self._txn.get(key, db=self._s.dbs[table])
+        return None if v is None else bytes(v)
+
+
+def verify_structure(path: Path) -> list[str]:
+    """Problems py-lmdb's offline verifier finds in ``path`` (reads, never maps it)."""
+    try:
+        problems: list[str] = lmdb.verify.verify(str(path))  # type: ignore[no-untyped-call]
+    except (lmdb.verify.VerifyError, OSError) as exc:
+        return [f"data.mdb cannot be verified: {exc}"]
+    return [f"data.mdb structure: {p}" for p in problems]
+
 
 def _verify_file(path: Path, verify_limit: int) -> None:
     """The open-time checks of ``data.mdb``: its length, then (if small enough) its structure."""
@@ -393,6 +375,9 @@ def _writes(fn: Callable[..., _T]) -> Callable[..., _T]:
 class Storage:
     """An LMDB environment holding one log. Safe for one writer thread and many readers."""
 
+    kind = "lmdb"
+    shared = False  # one writer process: the data directory's lock (tlog.integrity)
+
     def __init__(
         self,
         path: str | os.PathLike[str],
@@ -462,6 +447,17 @@ class Storage:
         self.db_cosigs = self.env.open_db(b"cosigs", create=create)
         self.db_tokens = self.env.open_db(b"tokens", create=create)
         self.db_aux = self.env.open_db(b"aux", create=create)
+        self.dbs = {
+            "meta": self.db_meta,
+            "entries": self.db_entries,
+            "dedup": self.db_dedup,
+            "tiles": self.db_tiles,
+            "checkpts": self.db_checkpoints,
+            "cosigs": self.db_cosigs,
+            "tokens": self.db_tokens,
+            "aux": self.db_aux,
+        }
+        assert set(self.dbs) == set(TABLES)
         if not readonly:
             with self.env.begin(write=True) as txn:
                 v = txn.get(b"format", db=self.db_meta)
@@ -469,6 +465,29 @@ class Storage:
                     txn.put(b"format", FORMAT_VERSION, db=self.db_meta)
                 elif bytes(v) != FORMAT_VERSION:
                     raise StorageError(f"store format {bytes(v)!r} is not supported")
+
+    @property
+    def location(self) -> str:
+        return str(self.path)
+
+    def check_structure(self) -> list[str]:
+        """py-lmdb's offline verifier over ``data.mdb`` (plain reads, never the map)."""
+        return verify_structure(self.path / "data.mdb")
+
+    def is_empty(self) -> bool:
+        with self.read() as rv:
+            return rv.meta("origin") is None and rv.latest_checkpoint() is None
+
+    @_writes
+    def load_raw(self, table: str, items: Iterator[tuple[bytes, bytes]]) -> int:
+        """Copy records into this store in one transaction (``tlog migrate``)."""
+        n = 0
+        with self.env.begin(write=True) as txn:
+            for k, v in items:
+                if not txn.put(k, v, db=self.dbs[table], overwrite=table == "meta"):
+                    raise CommitConflict(f"{table} record {k.hex()[:24]} already exists")
+                n += 1
+        return n
 
     def close(self) -> None:
         self._stop.set()
@@ -490,7 +509,7 @@ class Storage:
             log.warning("cleared %d stale LMDB reader slot(s) left by dead processes", n)
         return n
 
-    def read(self) -> ReadView:
+    def read(self) -> LmdbReadView:
         """A read snapshot; use as ``with storage.read() as rv:`` (ends the transaction)."""
         gate = self._gate
         with gate:
@@ -505,7 +524,7 @@ class Storage:
             if fault is not None and fault is not exc:
                 raise fault from exc
             raise
-        return ReadView(self, txn)
+        return LmdbReadView(self, txn)
 
     def _end_read(self) -> None:
         gate = self._gate

@@ -43,9 +43,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from client.scim.cbor import dumps_det
 from client.scim.leaf import pid as make_pid
 from client.scim.leaf import tenant_ref
+from tlog.backend import Backend, StorageError
 from tlog.scim import store
 from tlog.scim.store import Overlay, decode_record, encode_record
-from tlog.storage import Storage, StorageError
 
 __all__ = [
     "MASTER_KEY_FILE",
@@ -277,7 +277,7 @@ class KeyRing:
 
     def __init__(
         self,
-        storage: Storage,
+        storage: Backend,
         master: MasterKey,
         candidates: tuple[MasterKey, ...] = (),
     ) -> None:
@@ -502,7 +502,7 @@ class KeyRing:
         return dek
 
 
-def open_keyring(path: Path, storage: Storage) -> KeyRing:
+def open_keyring(path: Path, storage: Backend) -> KeyRing:
     """Load the master key file (creating it for a store with no SCIM keys yet)."""
     if path.exists():
         cur, nxt = read_key_file(path)

@@ -62,6 +62,7 @@ from client.scim.leaf import (
 )
 from client.scim.reserved import reserved_names
 from tlog.auth import Forbidden, Principal
+from tlog.backend import Backend, StorageError
 from tlog.log import Log, Published
 from tlog.scim import store
 from tlog.scim.effects import classify
@@ -69,7 +70,6 @@ from tlog.scim.erasure import Erasures
 from tlog.scim.keys import KeyRing, KeysRotated, SubjectId, SubjectKeys, TenantKeys, epoch_of
 from tlog.scim.store import Envelope, Overlay, Tombstone, decode_envelope
 from tlog.sequencer import Sequencer
-from tlog.storage import Storage, StorageError
 
 __all__ = [
     "FILTERS",
@@ -304,7 +304,7 @@ class ScimService:
 
     def __init__(
         self,
-        storage: Storage,
+        storage: Backend,
         log_: Log,
         sequencer: Sequencer,
         keys: KeyRing,

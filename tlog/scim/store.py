@@ -36,7 +36,7 @@ from typing import Any
 import cbor2
 
 from client.scim.cbor import EventFormatError, dumps_det, loads_det
-from tlog.storage import ReadView, StorageError
+from tlog.backend import ReadView, StorageError
 
 __all__ = [
     "Envelope",

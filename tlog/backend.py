@@ -1,0 +1,294 @@
+"""The storage seam: what the log, the SCIM service, the tokens and the tools need of a store.
+
+Two backends implement it:
+
+* :class:`tlog.storage.Storage`: embedded LMDB in ``<data>/db`` (the default; one writer
+  process, enforced by the data directory's lock);
+* :class:`tlog.pg.PgStorage`: PostgreSQL (``--database postgresql://...``), which any
+  number of ``tlog serve`` processes may share: the database serialises their batches.
+
+No module outside the two backends imports ``lmdb`` or ``psycopg``: they use :class:`Backend`
+and :class:`ReadView` from here, and :func:`open_backend` to get one.
+
+The records, whatever the backend keeps them in, are the same eight *tables* of byte keys
+and byte values (the key encoding is LMDB's, big-endian so byte order is numeric order):
+
+========== ========================= =============================================
+table      key                       value
+========== ========================= =============================================
+meta       ascii name                origin, vkey, format, tree size (u64)
+entries    u64 index                 entry bytes
+dedup      32-byte leaf hash         u64 index
+tiles      u8 tile level, u64 index  16,320-byte stratum blob (see tlog.tree)
+checkpts   u64 tree size             signed checkpoint note (log signature only)
+cosigs     u64 tree size             cosignature lines gathered for that checkpoint
+tokens     32-byte SHA-256(token)    JSON token record
+aux        bytes                     SCIM records, keys, search index
+========== ========================= =============================================
+
+:meth:`ReadView.raw` walks one table in that form, so ``tlog fsck`` checks any backend with
+the same code, and ``tlog migrate`` copies a log between backends byte for byte.
+
+The write contract: :meth:`Backend.commit_batch` is a compare-and-swap on (tree size, latest
+checkpoint). It writes the batch's entries, dedup keys, tiles, the new tree size and the
+checkpoint covering them atomically and durably, or nothing (:class:`CommitConflict` when the
+store is not what the batch was built on). It returns only once the commit is durable; if
+the backend cannot know whether it committed (the connection died during COMMIT) it raises
+:class:`CommitUnknown`, and the caller must reload before it signs anything again.
+"""
+
+from __future__ import annotations
+
+import errno
+import struct
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+__all__ = [
+    "DEFAULT_MAP_SIZE",
+    "DEFAULT_VERIFY_LIMIT",
+    "TABLES",
+    "Backend",
+    "BatchWrite",
+    "CommitConflict",
+    "CommitUnknown",
+    "ReadView",
+    "StorageCorrupt",
+    "StorageError",
+    "StorageFull",
+    "is_database_url",
+    "open_backend",
+    "register_fault",
+    "storage_fault",
+    "tile_key",
+    "u64",
+]
+
+DEFAULT_MAP_SIZE = 1 << 40  # LMDB: address space only; the file grows as needed
+DEFAULT_VERIFY_LIMIT = 64 << 20  # LMDB: walk files up to this size with lmdb.verify at open
+
+TABLES = ("meta", "entries", "dedup", "tiles", "checkpts", "cosigs", "tokens", "aux")
+
+_U64 = struct.Struct(">Q")
+_TILE_KEY = struct.Struct(">BQ")
+
+
+def u64(n: int) -> bytes:
+    return _U64.pack(n)
+
+
+def tile_key(level: int, index: int) -> bytes:
+    return _TILE_KEY.pack(level, index)
+
+
+class StorageError(Exception):
+    """The store is missing, corrupt, unreachable, or of an incompatible version."""
+
+
+class CommitConflict(StorageError):
+    """The store is not what the writer built its batch on (another writer, or a put failed).
+
+    Nothing of the batch was written; the writer must reload its state from the store.
+    """
+
+
+class CommitUnknown(StorageError):
+    """The commit's outcome is unknown (the connection was lost while committing).
+
+    The batch may or may not be durable: its signature must not be handed out before the
+    writer has reloaded the store and found that exact checkpoint in it.
+    """
+
+
+class StorageCorrupt(StorageError):
+    """Stored data is damaged: it does not match the tree it belongs to, or the engine found
+    a broken page. Served as 503 with a JSON reason and logged CRITICAL; run ``tlog fsck``."""
+
+
+class StorageFull(StorageError):
+    """The disk (or the file size limit) is full: nothing of the write was stored (503)."""
+
+
+_FAULTS: list[Callable[[BaseException], StorageError | None]] = []
+
+
+def register_fault(mapper: Callable[[BaseException], StorageError | None]) -> None:
+    """A backend registers how its engine's exceptions map to :class:`StorageError`."""
+    if mapper not in _FAULTS:
+        _FAULTS.append(mapper)
+
+
+def storage_fault(exc: BaseException) -> StorageError | None:
+    """The :class:`StorageError` an exception from a backend (or the OS under it) stands
+    for, or None when it is not a storage failure."""
+    if isinstance(exc, StorageError):
+        return exc
+    for mapper in _FAULTS:
+        fault = mapper(exc)
+        if fault is not None:
+            return fault
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+        return StorageFull(f"disk full: the store cannot grow ({exc}); nothing was written")
+    return None
+
+
+@dataclass
+class BatchWrite:
+    """Everything one sequencing batch commits, atomically."""
+
+    first_index: int
+    entries: Sequence[bytes]
+    leaf_hashes: Sequence[bytes]
+    blobs: Sequence[tuple[int, int, bytes]]
+    tree_size: int
+    checkpoint: bytes
+    base_checkpoint: bytes  # the latest stored checkpoint the batch was built on (its size
+    # is ``first_index``): the compare half of the commit's compare-and-swap
+
+
+class ReadView(Protocol):
+    """A consistent read-only snapshot; ``with backend.read() as rv:`` ends it."""
+
+    def __enter__(self) -> ReadView: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+    def meta(self, key: str) -> bytes | None: ...
+
+    def tree_size(self) -> int: ...
+
+    def blob(self, level: int, index: int) -> bytes | memoryview | None: ...
+
+    def entry(self, index: int) -> bytes | None: ...
+
+    def entries(self, start: int, end: int) -> list[bytes]:
+        """Entries start .. end-1 (fewer if the log is shorter)."""
+        ...
+
+    def index_of(self, leaf_hash: bytes) -> int | None: ...
+
+    def indices_of(self, leaf_hashes: Sequence[bytes]) -> dict[bytes, int]:
+        """The stored index of each of ``leaf_hashes`` that is in the log."""
+        ...
+
+    def checkpoint(self, size: int) -> bytes | None: ...
+
+    def latest_checkpoint(self) -> tuple[int, bytes] | None: ...
+
+    def checkpoints(self) -> Iterator[tuple[int, bytes]]: ...
+
+    def checkpoint_at_or_after(self, size: int) -> tuple[int, bytes] | None: ...
+
+    def cosignatures(self, size: int) -> bytes | None: ...
+
+    def latest_cosigned(self) -> tuple[int, bytes] | None: ...
+
+    def token(self, digest: bytes) -> bytes | None: ...
+
+    def tokens(self) -> Iterator[tuple[bytes, bytes]]: ...
+
+    def aux(self, key: bytes) -> bytes | None: ...
+
+    def aux_range(
+        self, prefix: bytes, start: bytes | None = None
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """Auxiliary records whose key starts with ``prefix``, in key order (from the first
+        key >= ``start`` when given)."""
+        ...
+
+    def raw(self, table: str) -> Iterator[tuple[bytes, bytes]]:
+        """Every record of ``table`` (one of :data:`TABLES`) as (key, value) bytes in key
+        order, in the encoding of the table above (fsck, migrate)."""
+        ...
+
+    def raw_get(self, table: str, key: bytes) -> bytes | None:
+        """One record of ``table`` by its encoded key."""
+        ...
+
+
+class Backend(Protocol):
+    """A store holding one log."""
+
+    kind: str  # "lmdb" or "postgresql"
+    # Several processes may write this store at once (the database serialises their
+    # batches): a writer that loses a compare-and-swap reloads and rebuilds its batch.
+    shared: bool
+    # Called once by close() (e.g. release the writer's lock).
+    on_close: list[Callable[[], object]]
+
+    @property
+    def location(self) -> str:
+        """Where the store is, for messages (a path, or a URL without its password)."""
+        ...
+
+    def read(self) -> ReadView: ...
+
+    def close(self) -> None: ...
+
+    def set_meta(self, key: str, value: bytes) -> None: ...
+
+    def commit_batch(self, batch: BatchWrite) -> None:
+        """The batch's compare-and-swap commit (see the module docstring)."""
+        ...
+
+    def put_checkpoint(self, size: int, checkpoint: bytes) -> None:
+        """Store the first checkpoint of an empty log; :class:`CommitConflict` when the store
+        already has one."""
+        ...
+
+    def put_cosignatures(self, size: int, lines: bytes) -> None: ...
+
+    def put_token(self, digest: bytes, record: bytes) -> None: ...
+
+    def put_aux(self, items: Sequence[tuple[bytes, bytes | None]]) -> None:
+        """Write (or, with None, delete) auxiliary records in one durable transaction."""
+        ...
+
+    def check_structure(self) -> list[str]:
+        """Problems the engine's own structural check finds (fsck's first layer)."""
+        ...
+
+    def is_empty(self) -> bool:
+        """No log was ever stored here (no meta record, no checkpoint)."""
+        ...
+
+    def load_raw(self, table: str, items: Iterator[tuple[bytes, bytes]]) -> int:
+        """Copy records (in :meth:`ReadView.raw`'s form) into this store, which must hold no
+        log yet (``tlog migrate``); returns how many. Durable when it returns."""
+        ...
+
+
+def is_database_url(database: str | None) -> bool:
+    return database is not None and database.startswith(("postgresql://", "postgres://"))
+
+
+def open_backend(
+    database: str | None,
+    data_dir: Path,
+    *,
+    readonly: bool = False,
+    map_size: int | None = None,
+    verify_limit: int | None = None,
+) -> Backend:
+    """The store a configuration names: ``database`` a ``postgresql://`` URL, or None (or
+    ``lmdb``) for the embedded LMDB store in ``<data_dir>/db``."""
+    if is_database_url(database):
+        from tlog.pg import PgStorage
+
+        assert database is not None
+        return PgStorage(database, readonly=readonly)
+    if database not in (None, "", "lmdb"):
+        raise StorageError(
+            f"unknown --database {database!r}: give a postgresql:// URL, or leave it unset "
+            "for the embedded LMDB store"
+        )
+    from tlog import storage
+
+    return storage.Storage(
+        data_dir / "db",
+        readonly=readonly,
+        map_size=DEFAULT_MAP_SIZE if map_size is None else map_size,
+        verify_limit=DEFAULT_VERIFY_LIMIT if verify_limit is None else verify_limit,
+    )

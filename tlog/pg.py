@@ -1,0 +1,760 @@
+"""PostgreSQL storage (``tlog serve --database postgresql://...``): the only module that
+imports psycopg.
+
+Schema (created on first open, in the connection's ``search_path``; one log per schema):
+
+================== ======================================== ==================================
+table              columns                                  holds
+================== ======================================== ==================================
+tlog_state         id = 1, tree_size, checkpoint, epoch     the sequencing state: ONE row
+tlog_meta          key text, value                          origin, vkey, format
+tlog_entries       idx bigint, data                         entry bytes
+tlog_dedup         leaf_hash, idx                           full leaf hash -> index
+tlog_tiles         level, idx, blob                         16,320-byte stratum blobs
+tlog_checkpoints   size, note                               every signed checkpoint
+tlog_cosignatures  size, lines                              cosignature lines per checkpoint
+tlog_tokens        digest, record                           bearer token records
+tlog_aux           key, value                               SCIM records, keys, search index
+================== ======================================== ==================================
+
+The write contract of :mod:`tlog.backend`, here:
+
+* a batch commits in ONE transaction that first locks the state row
+  (``SELECT ... FOR UPDATE``) and checks the tree size and latest checkpoint it was built on
+  (the compare of the compare-and-swap), then inserts entries and dedup keys (COPY; a
+  duplicate key aborts the whole transaction), upserts the tiles, inserts the checkpoint
+  and moves the state row (``epoch`` + 1). Any number of processes may do this at once: the
+  row lock serialises them, and a loser gets :class:`CommitConflict` with nothing written;
+* nothing is acknowledged unless COMMIT returned. If the connection is lost while
+  committing, the outcome is unknown: :class:`CommitUnknown`, and :class:`tlog.log.Log`
+  hands the signature out only if it finds that exact checkpoint after reloading;
+* the server must run with ``fsync = on`` (refused otherwise); every session runs with
+  ``synchronous_commit = on`` (or the stronger ``remote_apply`` when the server has it).
+
+Reads are REPEATABLE READ, READ ONLY transactions on a small connection pool: one snapshot per
+:meth:`PgStorage.read`, as LMDB's read transactions are.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import struct
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import psycopg
+import psycopg.conninfo
+import psycopg.errors
+import psycopg_pool
+
+from tlog import backend
+from tlog.backend import (
+    TABLES,
+    BatchWrite,
+    CommitConflict,
+    CommitUnknown,
+    StorageCorrupt,
+    StorageError,
+    StorageFull,
+    tile_key,
+    u64,
+)
+
+__all__ = ["SCHEMA", "PgReadView", "PgStorage", "redact"]
+
+log = logging.getLogger("tlog.pg")
+
+FORMAT_VERSION = b"1"
+POOL_MAX = 8
+POOL_TIMEOUT = 10.0  # seconds to wait for a pooled read connection
+_U64 = struct.Struct(">Q")
+_MAX_BIGINT = (1 << 63) - 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS tlog_state (
+    id smallint PRIMARY KEY CHECK (id = 1),
+    tree_size bigint NOT NULL CHECK (tree_size >= 0),
+    checkpoint bytea,
+    epoch bigint NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tlog_meta (key text PRIMARY KEY, value bytea NOT NULL);
+CREATE TABLE IF NOT EXISTS tlog_entries (idx bigint PRIMARY KEY, data bytea NOT NULL);
+CREATE TABLE IF NOT EXISTS tlog_dedup (leaf_hash bytea PRIMARY KEY, idx bigint NOT NULL);
+CREATE TABLE IF NOT EXISTS tlog_tiles (
+    level smallint NOT NULL, idx bigint NOT NULL, blob bytea NOT NULL,
+    PRIMARY KEY (level, idx)
+);
+CREATE TABLE IF NOT EXISTS tlog_checkpoints (size bigint PRIMARY KEY, note bytea NOT NULL);
+CREATE TABLE IF NOT EXISTS tlog_cosignatures (size bigint PRIMARY KEY, lines bytea NOT NULL);
+CREATE TABLE IF NOT EXISTS tlog_tokens (digest bytea PRIMARY KEY, record bytea NOT NULL);
+CREATE TABLE IF NOT EXISTS tlog_aux (key bytea PRIMARY KEY, value bytea NOT NULL);
+INSERT INTO tlog_state (id, tree_size, checkpoint, epoch) VALUES (1, 0, NULL, 0)
+    ON CONFLICT (id) DO NOTHING;
+"""
+_TABLE_NAMES = (
+    "tlog_state", "tlog_meta", "tlog_entries", "tlog_dedup", "tlog_tiles",
+    "tlog_checkpoints", "tlog_cosignatures", "tlog_tokens", "tlog_aux",
+)
+_SCHEMA_LOCK = 0x746C6F67  # advisory lock id ("tlog") held while creating the schema
+
+
+def redact(url: str) -> str:
+    """The URL's user, host, port and database, never its password (for messages)."""
+    try:
+        d = psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.Error:
+        return "postgresql://(unparsable URL)"
+    user = f"{d['user']}@" if d.get("user") else ""
+    port = f":{d['port']}" if d.get("port") else ""
+    return f"postgresql://{user}{d.get('host') or ''}{port}/{d.get('dbname') or ''}"
+
+
+def pg_fault(exc: BaseException) -> StorageError | None:
+    """The :class:`StorageError` a psycopg exception stands for (registered in tlog.backend)."""
+    if isinstance(exc, psycopg.errors.DiskFull):
+        return StorageFull(f"the database is out of disk space ({exc}); nothing was written")
+    if isinstance(exc, psycopg.errors.DataCorrupted | psycopg.errors.IndexCorrupted):
+        return StorageCorrupt(f"the database reports damaged data: {exc}; run tlog fsck")
+    if isinstance(exc, psycopg_pool.PoolTimeout):
+        return StorageError(f"no database connection: {exc}")
+    if isinstance(exc, psycopg.Error):
+        return StorageError(f"database failure: {type(exc).__name__}: {exc}")
+    return None
+
+
+backend.register_fault(pg_fault)
+
+
+def _u64(b: bytes) -> int | None:
+    """A table key's u64, or None when it is not one (or does not fit a bigint)."""
+    if len(b) != 8:
+        return None
+    n = int(_U64.unpack(b)[0])
+    return n if n <= _MAX_BIGINT else None
+
+
+def _prefix_end(prefix: bytes) -> bytes | None:
+    """The first key after every key starting with ``prefix`` (None: no such key)."""
+    p = bytearray(prefix)
+    while p and p[-1] == 0xFF:
+        p.pop()
+    if not p:
+        return None
+    p[-1] += 1
+    return bytes(p)
+
+
+class PgReadView:
+    """One REPEATABLE READ, READ ONLY transaction on a pooled connection."""
+
+    __slots__ = ("_conn", "_s")
+
+    _names = itertools.count()
+
+    def __init__(self, storage: PgStorage, conn: psycopg.Connection[Any]) -> None:
+        self._s = storage
+        self._conn = conn
+
+    def __enter__(self) -> PgReadView:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        conn = self._conn
+        try:
+            if not conn.closed:
+                conn.rollback()
+        except psycopg.Error:
+            pass
+        finally:
+            self._s._pool.putconn(conn)
+
+    def _one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
+        try:
+            return self._conn.execute(sql, params).fetchone()
+        except psycopg.Error as exc:
+            raise pg_fault(exc) or StorageError(str(exc)) from exc
+
+    def _all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        try:
+            return self._conn.execute(sql, params).fetchall()
+        except psycopg.Error as exc:
+            raise pg_fault(exc) or StorageError(str(exc)) from exc
+
+    def _iter(self, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
+        """Rows streamed through a server-side cursor (bounded memory)."""
+        try:
+            with self._conn.cursor(name=f"tlog_c{next(self._names)}") as cur:
+                cur.itersize = 2000
+                cur.execute(sql, params)
+                yield from cur
+        except psycopg.Error as exc:
+            raise pg_fault(exc) or StorageError(str(exc)) from exc
+
+    def _val(self, sql: str, params: Sequence[Any] = ()) -> bytes | None:
+        row = self._one(sql, params)
+        return None if row is None else bytes(row[0])
+
+    def meta(self, key: str) -> bytes | None:
+        if key == "tree_size":
+            return u64(self.tree_size())
+        return self._val("SELECT value FROM tlog_meta WHERE key = %s", (key,))
+
+    def tree_size(self) -> int:
+        row = self._one("SELECT tree_size FROM tlog_state WHERE id = 1")
+        return 0 if row is None else int(row[0])
+
+    def blob(self, level: int, index: int) -> bytes | None:
+        return self._val(
+            "SELECT blob FROM tlog_tiles WHERE level = %s AND idx = %s", (level, index)
+        )
+
+    def entry(self, index: int) -> bytes | None:
+        return self._val("SELECT data FROM tlog_entries WHERE idx = %s", (index,))
+
+    def entries(self, start: int, end: int) -> list[bytes]:
+        if start >= end:
+            return []
+        rows = self._all(
+            "SELECT idx, data FROM tlog_entries WHERE idx >= %s AND idx < %s ORDER BY idx",
+            (start, end),
+        )
+        out: list[bytes] = []
+        for i, (idx, data) in enumerate(rows):  # dense from start, as a cursor walk is
+            if idx != start + i:
+                break
+            out.append(bytes(data))
+        return out
+
+    def index_of(self, leaf_hash: bytes) -> int | None:
+        row = self._one("SELECT idx FROM tlog_dedup WHERE leaf_hash = %s", (leaf_hash,))
+        return None if row is None else int(row[0])
+
+    def indices_of(self, leaf_hashes: Sequence[bytes]) -> dict[bytes, int]:
+        if not leaf_hashes:
+            return {}
+        rows = self._all(
+            "SELECT leaf_hash, idx FROM tlog_dedup WHERE leaf_hash = ANY(%s)",
+            (list(leaf_hashes),),
+        )
+        return {bytes(k): int(v) for k, v in rows}
+
+    def checkpoint(self, size: int) -> bytes | None:
+        return self._val("SELECT note FROM tlog_checkpoints WHERE size = %s", (size,))
+
+    def latest_checkpoint(self) -> tuple[int, bytes] | None:
+        row = self._one("SELECT size, note FROM tlog_checkpoints ORDER BY size DESC LIMIT 1")
+        return None if row is None else (int(row[0]), bytes(row[1]))
+
+    def checkpoints(self) -> Iterator[tuple[int, bytes]]:
+        for size, note in self._iter("SELECT size, note FROM tlog_checkpoints ORDER BY size"):
+            yield int(size), bytes(note)
+
+    def checkpoint_at_or_after(self, size: int) -> tuple[int, bytes] | None:
+        row = self._one(
+            "SELECT size, note FROM tlog_checkpoints WHERE size >= %s ORDER BY size LIMIT 1",
+            (size,),
+        )
+        return None if row is None else (int(row[0]), bytes(row[1]))
+
+    def cosignatures(self, size: int) -> bytes | None:
+        return self._val("SELECT lines FROM tlog_cosignatures WHERE size = %s", (size,))
+
+    def latest_cosigned(self) -> tuple[int, bytes] | None:
+        row = self._one("SELECT size, lines FROM tlog_cosignatures ORDER BY size DESC LIMIT 1")
+        return None if row is None else (int(row[0]), bytes(row[1]))
+
+    def token(self, digest: bytes) -> bytes | None:
+        return self._val("SELECT record FROM tlog_tokens WHERE digest = %s", (digest,))
+
+    def tokens(self) -> Iterator[tuple[bytes, bytes]]:
+        for k, v in self._iter("SELECT digest, record FROM tlog_tokens ORDER BY digest"):
+            yield bytes(k), bytes(v)
+
+    def aux(self, key: bytes) -> bytes | None:
+        return self._val("SELECT value FROM tlog_aux WHERE key = %s", (key,))
+
+    def aux_range(
+        self, prefix: bytes, start: bytes | None = None
+    ) -> Iterator[tuple[bytes, bytes]]:
+        lo = start if start is not None and start > prefix else prefix
+        hi = _prefix_end(prefix)
+        if hi is None:
+            rows = self._iter(
+                "SELECT key, value FROM tlog_aux WHERE key >= %s ORDER BY key", (lo,)
+            )
+        else:
+            rows = self._iter(
+                "SELECT key, value FROM tlog_aux WHERE key >= %s AND key < %s ORDER BY key",
+                (lo, hi),
+            )
+        for k, v in rows:
+            yield bytes(k), bytes(v)
+
+    # -- the backend-neutral tables (fsck, migrate) ---------------------------------------
+
+    def raw(self, table: str) -> Iterator[tuple[bytes, bytes]]:
+        if table == "meta":
+            meta = self._all("SELECT key, value FROM tlog_meta")
+            rows = [(k.encode(), bytes(v)) for k, v in meta]
+            state = self._one("SELECT tree_size, checkpoint FROM tlog_state WHERE id = 1")
+            if state is not None and state[0]:
+                rows.append((b"tree_size", u64(int(state[0]))))
+            yield from sorted(rows)
+        elif table == "entries":
+            for i, v in self._iter("SELECT idx, data FROM tlog_entries ORDER BY idx"):
+                yield u64(i), bytes(v)
+        elif table == "dedup":
+            for k, i in self._iter("SELECT leaf_hash, idx FROM tlog_dedup ORDER BY leaf_hash"):
+                yield bytes(k), u64(i)
+        elif table == "tiles":
+            for lv, i, b in self._iter(
+                "SELECT level, idx, blob FROM tlog_tiles ORDER BY level, idx"
+            ):
+                yield tile_key(lv, i), bytes(b)
+        elif table == "checkpts":
+            for n, v in self.checkpoints():
+                yield u64(n), v
+        elif table == "cosigs":
+            for n, v in self._iter("SELECT size, lines FROM tlog_cosignatures ORDER BY size"):
+                yield u64(n), bytes(v)
+        elif table == "tokens":
+            yield from self.tokens()
+        elif table == "aux":
+            yield from self.aux_range(b"")
+        else:
+            raise ValueError(f"no table {table!r}")
+
+    def raw_get(self, table: str, key: bytes) -> bytes | None:
+        if table == "meta":
+            try:
+                return self.meta(key.decode("ascii"))
+            except UnicodeDecodeError:
+                return None
+        if table in ("entries", "checkpts", "cosigs"):
+            n = _u64(key)
+            if n is None:
+                return None
+            if table == "entries":
+                return self.entry(n)
+            return self.checkpoint(n) if table == "checkpts" else self.cosignatures(n)
+        if table == "dedup":
+            i = self.index_of(key)
+            return None if i is None else u64(i)
+        if table == "tiles":
+            if len(key) != 9 or (n := _u64(key[1:])) is None:
+                return None
+            return self.blob(key[0], n)
+        if table == "tokens":
+            return self.token(key)
+        if table == "aux":
+            return self.aux(key)
+        raise ValueError(f"no table {table!r}")
+
+
+def _configure_reader(conn: psycopg.Connection[Any]) -> None:
+    conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+    conn.read_only = True
+
+
+class PgStorage:
+    """A log stored in PostgreSQL. Thread-safe: one writer connection (its writes are
+    serialised by a lock here, and across processes by the state row), pooled readers."""
+
+    kind = "postgresql"
+    shared = True
+
+    def __init__(self, url: str, *, readonly: bool = False, pool_max: int = POOL_MAX) -> None:
+        self._url = url
+        self._readonly = readonly
+        self.on_close: list[Callable[[], object]] = []
+        self._wlock = threading.Lock()
+        self._writer: psycopg.Connection[Any] | None = None
+        self._closed = False
+        kwargs: dict[str, Any] = {"application_name": "tlog"}
+        if "connect_timeout" not in url:
+            kwargs["connect_timeout"] = 10
+        self._kwargs = kwargs
+        try:
+            with psycopg.connect(url, autocommit=True, **kwargs) as conn:
+                self._check_server(conn)
+                if readonly:
+                    self._check_schema(conn)
+                else:
+                    self._create_schema(conn)
+        except psycopg.Error as exc:
+            raise StorageError(f"cannot open the database {self.location}: {exc}") from None
+        self._pool: psycopg_pool.ConnectionPool[psycopg.Connection[Any]] = (
+            psycopg_pool.ConnectionPool(
+                url,
+                min_size=1,
+                max_size=pool_max,
+                kwargs=kwargs,
+                configure=_configure_reader,
+                timeout=POOL_TIMEOUT,
+                name="tlog-readers",
+                open=True,
+            )
+        )
+
+    @property
+    def location(self) -> str:
+        return redact(self._url)
+
+    # -- set-up ---------------------------------------------------------------------------
+
+    def _check_server(self, conn: psycopg.Connection[Any]) -> None:
+        row = conn.execute("SHOW fsync").fetchone()
+        if row is None or row[0] != "on":
+            raise StorageError(
+                f"the database {self.location} runs with fsync = off: an acknowledged entry "
+                "could be lost in a crash; refusing to use it"
+            )
+
+    def _check_schema(self, conn: psycopg.Connection[Any]) -> None:
+        rows = conn.execute(
+            "SELECT table_name FROM information_schema.tables "
+            "WHERE table_schema = current_schema() AND table_name = ANY(%s)",
+            (list(_TABLE_NAMES),),
+        ).fetchall()
+        missing = set(_TABLE_NAMES) - {r[0] for r in rows}
+        if missing:
+            raise StorageError(
+                f"no log store in the database {self.location} (tables missing: "
+                f"{', '.join(sorted(missing))})"
+            )
+        self._check_format(conn)
+
+    def _check_format(self, conn: psycopg.Connection[Any]) -> None:
+        row = conn.execute("SELECT value FROM tlog_meta WHERE key = 'format'").fetchone()
+        if row is not None and bytes(row[0]) != FORMAT_VERSION:
+            raise StorageError(f"store format {bytes(row[0])!r} is not supported")
+
+    def _create_schema(self, conn: psycopg.Connection[Any]) -> None:
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+            conn.execute(SCHEMA)
+            conn.execute(
+                "INSERT INTO tlog_meta (key, value) VALUES ('format', %s) "
+                "ON CONFLICT (key) DO NOTHING",
+                (FORMAT_VERSION,),
+            )
+        self._check_format(conn)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with self._wlock:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
+        self._pool.close()
+        for f in self.on_close:
+            f()
+        self.on_close.clear()
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def read(self) -> PgReadView:
+        try:
+            conn = self._pool.getconn()
+        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+            raise pg_fault(exc) or StorageError(str(exc)) from exc
+        return PgReadView(self, conn)
+
+    def is_empty(self) -> bool:
+        with self.read() as rv:
+            return rv.meta("origin") is None and rv.latest_checkpoint() is None
+
+    def check_structure(self) -> list[str]:
+        """The state row against the tables it summarises (PostgreSQL checks its own pages:
+        data checksums, ``pg_amcheck``)."""
+        out: list[str] = []
+        with self.read() as rv:
+            state = rv._one("SELECT tree_size, checkpoint FROM tlog_state WHERE id = 1")
+            if state is None:
+                return ["tlog_state has no state row"]
+            latest = rv.latest_checkpoint()
+            if latest is not None and (state[1] is None or bytes(state[1]) != latest[1]):
+                out.append("tlog_state's checkpoint is not the latest stored checkpoint")
+            if latest is not None and latest[0] != int(state[0]):
+                out.append(
+                    f"tlog_state's tree size {state[0]} is not the latest checkpoint's "
+                    f"size {latest[0]}"
+                )
+        return out
+
+    # -- writes ---------------------------------------------------------------------------
+
+    def _write(self, fn: Callable[[psycopg.Connection[Any]], Any], what: str) -> Any:
+        """Run ``fn`` in one transaction on the writer connection and commit it.
+
+        A failure before COMMIT rolls back (nothing written); a lost connection during
+        COMMIT is :class:`CommitUnknown`.
+        """
+        if self._readonly:
+            raise StorageError("the store was opened read-only")
+        with self._wlock:
+            conn = self._writer_conn()
+            try:
+                result = fn(conn)
+            except BaseException as exc:
+                self._abort(conn)
+                if isinstance(exc, psycopg.Error):
+                    raise pg_fault(exc) or StorageError(str(exc)) from exc
+                raise
+            try:
+                conn.commit()
+            except psycopg.Error as exc:
+                broken = conn.closed or conn.broken
+                self._drop_writer()
+                if exc.sqlstate is not None and not broken:
+                    # The server answered: it refused the commit (nothing was written).
+                    raise pg_fault(exc) or StorageError(str(exc)) from exc
+                log.error("connection lost while committing %s: outcome unknown", what)
+                raise CommitUnknown(
+                    f"the database connection was lost while committing {what}: "
+                    "its outcome is unknown"
+                ) from exc
+            return result
+
+    def _writer_conn(self) -> psycopg.Connection[Any]:
+        conn = self._writer
+        if conn is not None and not conn.closed and not conn.broken:
+            return conn
+        self._drop_writer()
+        try:
+            conn = psycopg.connect(self._url, autocommit=False, **self._kwargs)
+            self._check_server(conn)
+            row = conn.execute("SHOW synchronous_commit").fetchone()
+            if row is None or row[0] != "remote_apply":
+                conn.execute("SET synchronous_commit = on")
+            conn.commit()
+        except psycopg.Error as exc:
+            raise pg_fault(exc) or StorageError(str(exc)) from exc
+        self._writer = conn
+        return conn
+
+    def _abort(self, conn: psycopg.Connection[Any]) -> None:
+        try:
+            conn.rollback()
+        except psycopg.Error:
+            self._drop_writer()
+
+    def _drop_writer(self) -> None:
+        conn, self._writer = self._writer, None
+        if conn is not None:
+            try:
+                conn.close()
+            except psycopg.Error:  # pragma: no cover - closing a dead connection
+                pass
+
+    def set_meta(self, key: str, value: bytes) -> None:
+        def run(conn: psycopg.Connection[Any]) -> None:
+            conn.execute(
+                "INSERT INTO tlog_meta (key, value) VALUES (%s, %s) "
+                "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                (key, value),
+            )
+
+        self._write(run, f"meta {key}")
+
+    def commit_batch(self, batch: BatchWrite) -> None:
+        first, n = batch.first_index, len(batch.entries)
+
+        def run(conn: psycopg.Connection[Any]) -> None:
+            cur = conn.cursor()
+            row = cur.execute(
+                "SELECT tree_size, checkpoint FROM tlog_state WHERE id = 1 FOR UPDATE"
+            ).fetchone()
+            if row is None:
+                raise CommitConflict("the store has no state row")
+            if int(row[0]) != first:
+                raise CommitConflict(
+                    f"the store's tree size is {row[0]}, this writer built on {first}"
+                )
+            if row[1] is None or bytes(row[1]) != batch.base_checkpoint:
+                raise CommitConflict(
+                    "the store's latest checkpoint is not the one this writer built on"
+                )
+            try:
+                with cur.copy("COPY tlog_entries (idx, data) FROM STDIN (FORMAT BINARY)") as cp:
+                    cp.set_types(["int8", "bytea"])
+                    for i, e in enumerate(batch.entries, first):
+                        cp.write_row((i, e))
+                with cur.copy(
+                    "COPY tlog_dedup (leaf_hash, idx) FROM STDIN (FORMAT BINARY)"
+                ) as cp:
+                    cp.set_types(["bytea", "int8"])
+                    for i, h in enumerate(batch.leaf_hashes, first):
+                        cp.write_row((h, i))
+                cur.executemany(
+                    "INSERT INTO tlog_tiles (level, idx, blob) VALUES (%s, %s, %s) "
+                    "ON CONFLICT (level, idx) DO UPDATE SET blob = EXCLUDED.blob",
+                    list(batch.blobs),
+                )
+                cur.execute(
+                    "INSERT INTO tlog_checkpoints (size, note) VALUES (%s, %s)",
+                    (batch.tree_size, batch.checkpoint),
+                )
+            except psycopg.errors.UniqueViolation as exc:
+                table = exc.diag.table_name
+                if table == "tlog_entries":
+                    msg = f"entries {first}..{first + n - 1} could not all be added"
+                elif table == "tlog_dedup":
+                    msg = "a leaf hash of the batch is already in the dedup index"
+                else:
+                    msg = f"a checkpoint for size {batch.tree_size} already exists"
+                raise CommitConflict(msg) from None
+            cur.execute(
+                "UPDATE tlog_state SET tree_size = %s, checkpoint = %s, epoch = epoch + 1 "
+                "WHERE id = 1",
+                (batch.tree_size, batch.checkpoint),
+            )
+
+        self._write(run, f"the batch {first}..{first + n - 1}")
+
+    def put_checkpoint(self, size: int, checkpoint: bytes) -> None:
+        def run(conn: psycopg.Connection[Any]) -> None:
+            row = conn.execute(
+                "SELECT tree_size, checkpoint FROM tlog_state WHERE id = 1 FOR UPDATE"
+            ).fetchone()
+            has = conn.execute("SELECT 1 FROM tlog_checkpoints LIMIT 1").fetchone()
+            if row is None or int(row[0]) != size or row[1] is not None or has is not None:
+                raise CommitConflict("the store already has a checkpoint")
+            conn.execute(
+                "INSERT INTO tlog_checkpoints (size, note) VALUES (%s, %s)", (size, checkpoint)
+            )
+            conn.execute(
+                "UPDATE tlog_state SET checkpoint = %s, epoch = epoch + 1 WHERE id = 1",
+                (checkpoint,),
+            )
+
+        self._write(run, "the first checkpoint")
+
+    def put_cosignatures(self, size: int, lines: bytes) -> None:
+        def run(conn: psycopg.Connection[Any]) -> None:
+            conn.execute(
+                "INSERT INTO tlog_cosignatures (size, lines) VALUES (%s, %s) "
+                "ON CONFLICT (size) DO UPDATE SET lines = EXCLUDED.lines",
+                (size, lines),
+            )
+
+        self._write(run, f"cosignatures for {size}")
+
+    def put_token(self, digest: bytes, record: bytes) -> None:
+        def run(conn: psycopg.Connection[Any]) -> None:
+            conn.execute(
+                "INSERT INTO tlog_tokens (digest, record) VALUES (%s, %s) "
+                "ON CONFLICT (digest) DO UPDATE SET record = EXCLUDED.record",
+                (digest, record),
+            )
+
+        self._write(run, "a token")
+
+    def put_aux(self, items: Sequence[tuple[bytes, bytes | None]]) -> None:
+        def run(conn: psycopg.Connection[Any]) -> None:
+            cur = conn.cursor()
+            # In order: a later write of the same key wins, as in one LMDB transaction.
+            for k, v in items:
+                if v is None:
+                    cur.execute("DELETE FROM tlog_aux WHERE key = %s", (k,))
+                else:
+                    cur.execute(
+                        "INSERT INTO tlog_aux (key, value) VALUES (%s, %s) "
+                        "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                        (k, v),
+                    )
+
+        if items:
+            self._write(run, "SCIM records")
+
+    def load_raw(self, table: str, items: Iterator[tuple[bytes, bytes]]) -> int:
+        if table not in TABLES:
+            raise ValueError(f"no table {table!r}")
+
+        def run(conn: psycopg.Connection[Any]) -> int:
+            cur = conn.cursor()
+            count = 0
+            if table == "meta":
+                for k, v in items:
+                    if k == b"tree_size":
+                        cur.execute(
+                            "UPDATE tlog_state SET tree_size = %s WHERE id = 1",
+                            (_u64(v),),
+                        )
+                    else:
+                        cur.execute(
+                            "INSERT INTO tlog_meta (key, value) VALUES (%s, %s) "
+                            "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                            (k.decode("ascii"), v),
+                        )
+                    count += 1
+                return count
+            sql, types, row = _LOADERS[table]
+            with cur.copy(sql) as cp:
+                cp.set_types(types)
+                for k, v in items:
+                    cp.write_row(row(k, v))
+                    count += 1
+            if table == "checkpts":
+                cur.execute(
+                    "UPDATE tlog_state SET checkpoint = (SELECT note FROM tlog_checkpoints "
+                    "ORDER BY size DESC LIMIT 1), epoch = epoch + 1 WHERE id = 1"
+                )
+            return count
+
+        try:
+            return int(self._write(run, f"the {table} records"))
+        except StorageError as exc:
+            if isinstance(exc.__cause__, psycopg.errors.UniqueViolation):
+                raise CommitConflict(f"{table}: a record already exists") from None
+            raise
+
+
+def _key_u64(k: bytes) -> int:
+    n = _u64(k)
+    if n is None:
+        raise StorageError(f"key {k.hex()[:24]} is not a u64 that fits the database")
+    return n
+
+
+_LOADERS: dict[str, tuple[str, list[str], Callable[[bytes, bytes], tuple[Any, ...]]]] = {
+    "entries": (
+        "COPY tlog_entries (idx, data) FROM STDIN (FORMAT BINARY)",
+        ["int8", "bytea"],
+        lambda k, v: (_key_u64(k), v),
+    ),
+    "dedup": (
+        "COPY tlog_dedup (leaf_hash, idx) FROM STDIN (FORMAT BINARY)",
+        ["bytea", "int8"],
+        lambda k, v: (k, _key_u64(v)),
+    ),
+    "tiles": (
+        "COPY tlog_tiles (level, idx, blob) FROM STDIN (FORMAT BINARY)",
+        ["int2", "int8", "bytea"],
+        lambda k, v: (k[0], _key_u64(k[1:]), v),
+    ),
+    "checkpts": (
+        "COPY tlog_checkpoints (size, note) FROM STDIN (FORMAT BINARY)",
+        ["int8", "bytea"],
+        lambda k, v: (_key_u64(k), v),
+    ),
+    "cosigs": (
+        "COPY tlog_cosignatures (size, lines) FROM STDIN (FORMAT BINARY)",
+        ["int8", "bytea"],
+        lambda k, v: (_key_u64(k), v),
+    ),
+    "tokens": (
+        "COPY tlog_tokens (digest, record) FROM STDIN (FORMAT BINARY)",
+        ["bytea", "bytea"],
+        lambda k, v: (k, v),
+    ),
+    "aux": (
+        "COPY tlog_aux (key, value) FROM STDIN (FORMAT BINARY)",
+        ["bytea", "bytea"],
+        lambda k, v: (k, v),
+    ),
+}
