@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.pgsupport import PgCluster, running_cluster
 
 ROOT = Path(__file__).resolve().parent.parent
 VECTORS = ROOT.parent / "shared" / "vectors"
@@ -16,6 +19,32 @@ if not VECTORS.is_dir():  # pragma: no cover - environment error, not a test out
 @pytest.fixture(scope="session")
 def vectors() -> Path:
     return VECTORS
+
+
+# -- storage backends ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PgCluster]:
+    """One throwaway PostgreSQL server per test session (per xdist worker); skips when
+    PostgreSQL is not installed (see tests/pgsupport.py)."""
+    with running_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def pg_url(pg_cluster: PgCluster) -> str:
+    """A ``postgresql://`` URL whose search_path is a fresh, empty schema."""
+    return pg_cluster.new_schema()
+
+
+@pytest.fixture(params=["lmdb", "postgresql"])
+def database(request: pytest.FixtureRequest) -> str | None:
+    """The ``--database`` a test runs with: None (embedded LMDB), then a PostgreSQL URL."""
+    if request.param == "lmdb":
+        return None
+    url: str = request.getfixturevalue("pg_url")
+    return url
 
 
 # A real S3-compatible server (SeaweedFS), started on first use, one per session.

@@ -1,0 +1,198 @@
+"""A throwaway PostgreSQL cluster on 127.0.0.1 for the tests (reused by other test modules).
+
+``initdb`` and ``pg_ctl`` come from ``$TLOG_PG_BIN``, ``/usr/lib/postgresql/<version>/bin``
+(newest first) or ``PATH``. PostgreSQL refuses to run as root, so as root the cluster runs as
+the ``postgres`` system user (created by the Debian package), or as a ``tlog-pg`` system user
+created here; otherwise as the current user. Every cluster listens on 127.0.0.1 only, runs
+with ``fsync = on`` and trusts local connections (it holds test data only).
+
+Use :func:`require_postgres` (skips with the reason when PostgreSQL cannot be run), then
+:class:`PgCluster`; the session fixture ``pg_cluster`` and the per-test ``pg_url`` (a fresh
+schema in it) live in ``tests/conftest.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import free_port
+
+__all__ = [
+    "PgCluster",
+    "pg_bin_dir",
+    "pg_os_user",
+    "postgres_missing",
+    "require_postgres",
+]
+
+SUPERUSER = "tlog"
+_schemas = itertools.count()
+
+
+def pg_bin_dir() -> Path | None:
+    """The directory holding initdb and pg_ctl, or None."""
+    env = os.environ.get("TLOG_PG_BIN")
+    candidates = [Path(env)] if env else []
+    root = Path("/usr/lib/postgresql")
+    if root.is_dir():
+        versions = sorted(
+            (p for p in root.iterdir() if p.name.isdigit()), key=lambda p: -int(p.name)
+        )
+        candidates += [p / "bin" for p in versions]
+    found = shutil.which("initdb")
+    if found:
+        candidates.append(Path(found).resolve().parent)
+    for c in candidates:
+        if (c / "initdb").is_file() and (c / "pg_ctl").is_file():
+            return c
+    return None
+
+
+def pg_os_user() -> str | None:
+    """The OS user the cluster runs as: None for the current user (not root)."""
+    if os.geteuid() != 0:
+        return None
+    for name in ("postgres", "tlog-pg"):
+        with contextlib.suppress(KeyError):
+            pwd.getpwnam(name)
+            return name
+    subprocess.run(
+        ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "tlog-pg"],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+    return "tlog-pg"
+
+
+def postgres_missing() -> str | None:
+    """Why PostgreSQL cannot run here, or None."""
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        return "psycopg is not installed (pip install 'tlog[postgres]')"
+    if pg_bin_dir() is None:
+        return (
+            "PostgreSQL is not installed (no initdb/pg_ctl in /usr/lib/postgresql/*/bin or "
+            "PATH; apt-get install postgresql)"
+        )
+    if os.geteuid() == 0 and shutil.which("runuser") is None:
+        return "running as root without runuser: cannot start PostgreSQL as another user"
+    return None
+
+
+def require_postgres() -> None:
+    reason = postgres_missing()
+    if reason is not None:
+        pytest.skip(reason)
+
+
+class PgCluster:
+    """One PostgreSQL server in its own temporary directory."""
+
+    def __init__(self, conf: dict[str, str] | None = None, *, port: int | None = None) -> None:
+        bindir = pg_bin_dir()
+        if bindir is None:
+            raise RuntimeError(postgres_missing() or "no PostgreSQL")
+        self.bin = bindir
+        self.user = pg_os_user()
+        self.base = Path(tempfile.mkdtemp(prefix="tlog-pg-"))
+        self.data = self.base / "data"
+        self.port = port or free_port()
+        self.conf = {
+            "listen_addresses": "'127.0.0.1'",
+            "port": str(self.port),
+            "unix_socket_directories": f"'{self.base}'",
+            "fsync": "on",
+            "synchronous_commit": "on",
+            "full_page_writes": "on",
+            "max_connections": "100",
+            "shared_buffers": "32MB",
+            "logging_collector": "off",
+            **(conf or {}),
+        }
+        if self.user is not None:
+            shutil.chown(self.base, self.user)
+            os.chmod(self.base, 0o700)
+        self.logfile = self.base / "server.log"
+
+    def run(self, *cmd: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """A PostgreSQL program from the bin directory, run as the cluster's OS user."""
+        argv = [str(self.bin / cmd[0]), *cmd[1:]]
+        if self.user is not None:
+            argv = ["runuser", "-u", self.user, "--", *argv]
+        return subprocess.run(
+            argv, capture_output=True, text=True, timeout=timeout, check=False, cwd=self.base
+        )
+
+    def init(self) -> PgCluster:
+        r = self.run(
+            "initdb", "-D", str(self.data), "-U", SUPERUSER, "-A", "trust", "-E", "UTF8",
+            "--no-locale", "--data-checksums",
+        )
+        if r.returncode != 0:
+            raise RuntimeError(f"initdb failed: {r.stdout}{r.stderr}")
+        with (self.data / "postgresql.conf").open("a") as f:
+            for k, v in self.conf.items():
+                f.write(f"{k} = {v}\n")
+        return self
+
+    def start(self, timeout: float = 60) -> PgCluster:
+        r = self.run(
+            "pg_ctl", "-D", str(self.data), "-l", str(self.logfile), "-w",
+            "-t", str(int(timeout)), "start", timeout=timeout + 10,
+        )
+        if r.returncode != 0:
+            log = self.logfile.read_text() if self.logfile.exists() else ""
+            raise RuntimeError(f"pg_ctl start failed: {r.stdout}{r.stderr}{log}")
+        return self
+
+    def stop(self, mode: str = "fast") -> None:
+        """``pg_ctl stop -m fast`` (or ``immediate``: like a crash, recovery at next start)."""
+        if (self.data / "postmaster.pid").exists():
+            self.run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop", timeout=60)
+
+    def destroy(self) -> None:
+        self.stop("immediate")
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    def url(self, dbname: str = "postgres", schema: str | None = None) -> str:
+        url = f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{dbname}"
+        if schema is not None:
+            url += f"?options=-csearch_path%3D{schema}"
+        return url
+
+    def sql(self, statement: str, dbname: str = "postgres") -> None:
+        import psycopg
+
+        with psycopg.connect(self.url(dbname), autocommit=True) as conn:
+            conn.execute(statement.encode())
+
+    def new_schema(self) -> str:
+        """A fresh, empty schema; returns a URL whose search_path is that schema."""
+        name = f"t{os.getpid()}_{next(_schemas)}_{int(time.time() * 1000) % 10**6}"
+        self.sql(f"CREATE SCHEMA {name}")
+        return self.url(schema=name)
+
+
+@contextlib.contextmanager
+def running_cluster(conf: dict[str, str] | None = None) -> Iterator[PgCluster]:
+    """A started cluster, destroyed afterwards (skips when PostgreSQL is unavailable)."""
+    require_postgres()
+    cluster = PgCluster(conf).init()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.destroy()
