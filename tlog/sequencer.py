@@ -157,12 +157,14 @@ class Sequencer:
         """One batch, built on the store's current state: on a shared database another
         frontend may have committed since this one's last batch (then reload first, and
         once more if it commits in between: the database decides who wins each round)."""
+        shared = self.log.storage.shared  # LMDB: one writer; a second one is refused loudly
         for attempt in range(CONFLICT_RETRIES + 1):
-            self.log.catch_up()
+            if shared:
+                self.log.catch_up()
             try:
                 return self.log.integrate(entries)
             except CommitConflict:
-                if attempt == CONFLICT_RETRIES or not self.log.storage.shared:
+                if attempt == CONFLICT_RETRIES or not shared:
                     raise
                 time.sleep(random.uniform(0, 0.002 * (attempt + 1)))  # let the other batch land
         raise AssertionError("unreachable")
