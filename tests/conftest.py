@@ -38,13 +38,12 @@ def pg_url(pg_cluster: PgCluster) -> str:
     return pg_cluster.new_schema()
 
 
-@pytest.fixture(params=["lmdb", "postgresql"])
-def database(request: pytest.FixtureRequest) -> str | None:
-    """The ``--database`` a test runs with: None (embedded LMDB), then a PostgreSQL URL."""
-    if request.param == "lmdb":
-        return None
-    url: str = request.getfixturevalue("pg_url")
-    return url
+@pytest.fixture
+def database() -> str | None:
+    """The ``--database`` a test runs with: None, the embedded LMDB store. A module runs its
+    tests on both backends by overriding it with one parametrised over
+    ``tests.pgsupport.BACKENDS`` (see tests/server/test_api.py)."""
+    return None
 
 
 # A real S3-compatible server (SeaweedFS), started on first use, one per session.

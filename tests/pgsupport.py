@@ -18,6 +18,7 @@ import itertools
 import os
 import pwd
 import shutil
+import struct
 import subprocess
 import tempfile
 import time
@@ -27,13 +28,18 @@ from pathlib import Path
 import pytest
 
 from tests.support import free_port
+from tlog.backend import Backend, open_backend
 
 __all__ = [
+    "BACKENDS",
     "PgCluster",
+    "backend_database",
+    "open_store",
     "pg_bin_dir",
     "pg_os_user",
     "postgres_missing",
     "require_postgres",
+    "tamper",
 ]
 
 SUPERUSER = "tlog"
@@ -139,7 +145,8 @@ class PgCluster:
     def init(self) -> PgCluster:
         r = self.run(
             "initdb", "-D", str(self.data), "-U", SUPERUSER, "-A", "trust", "-E", "UTF8",
-            "--no-locale", "--data-checksums",
+            "--no-locale", "--data-checksums", "--no-sync",  # the bootstrap only: the
+            # server itself runs with fsync on
         )
         if r.returncode != 0:
             raise RuntimeError(f"initdb failed: {r.stdout}{r.stderr}")
@@ -196,3 +203,90 @@ def running_cluster(conf: dict[str, str] | None = None) -> Iterator[PgCluster]:
         yield cluster
     finally:
         cluster.destroy()
+
+
+# -- running the same test on both backends --------------------------------------------------
+
+BACKENDS = ("lmdb", "postgresql")
+
+
+def backend_database(request: pytest.FixtureRequest) -> str | None:
+    """For a fixture parametrised over :data:`BACKENDS`: the ``database`` setting (None for
+    LMDB; for PostgreSQL a fresh schema in the session cluster, or a skip)."""
+    if request.param == "lmdb":
+        return None
+    url: str = request.getfixturevalue("pg_url")
+    return url
+
+
+def open_store(database: str | None, path: Path) -> Backend:
+    """The store a test names: LMDB in ``path`` (as ``Storage(path)``), or the database."""
+    if database is None:
+        from tlog.storage import Storage
+
+        return Storage(path)
+    return open_backend(database, path)
+
+
+_PG_TABLES = {
+    # table: (SQL table, key columns, value column, key decoder)
+    "entries": ("tlog_entries", ("idx",), "data"),
+    "dedup": ("tlog_dedup", ("leaf_hash",), "idx"),
+    "tiles": ("tlog_tiles", ("level", "idx"), "blob"),
+    "checkpts": ("tlog_checkpoints", ("size",), "note"),
+    "cosigs": ("tlog_cosignatures", ("size",), "lines"),
+    "tokens": ("tlog_tokens", ("digest",), "record"),
+    "aux": ("tlog_aux", ("key",), "value"),
+}
+
+
+def tamper(storage: Backend, table: str, key: bytes, value: bytes | None) -> None:
+    """Overwrite (or with None delete) one record behind the backend's back, as a damaged
+    disk or a hand edit would: LMDB through its environment, PostgreSQL through SQL."""
+    if storage.kind == "lmdb":
+        from tlog.storage import Storage
+
+        assert isinstance(storage, Storage)
+        with storage.env.begin(write=True) as txn:
+            if value is None:
+                txn.delete(key, db=storage.dbs[table])
+            else:
+                txn.put(key, value, db=storage.dbs[table])
+        return
+    import psycopg
+
+    from tlog.pg import PgStorage
+
+    assert isinstance(storage, PgStorage)
+    with psycopg.connect(storage._url, autocommit=True) as conn:
+        if table == "meta":
+            if key == b"tree_size":
+                assert value is not None
+                conn.execute(
+                    "UPDATE tlog_state SET tree_size = %s", (struct.unpack(">Q", value)[0],)
+                )
+            else:
+                conn.execute(
+                    "INSERT INTO tlog_meta VALUES (%s, %s) ON CONFLICT (key) DO UPDATE "
+                    "SET value = EXCLUDED.value",
+                    (key.decode(), value),
+                )
+            return
+        name, cols, vcol = _PG_TABLES[table]
+        if table == "tiles":
+            kvals: tuple[object, ...] = (key[0], struct.unpack(">Q", key[1:])[0])
+        elif table in ("entries", "checkpts", "cosigs"):
+            kvals = (struct.unpack(">Q", key)[0],)
+        else:
+            kvals = (key,)
+        val: object = value
+        if table == "dedup" and value is not None:
+            val = struct.unpack(">Q", value)[0]
+        where = " AND ".join(f"{c} = %s" for c in cols)
+        conn.execute(f"DELETE FROM {name} WHERE {where}".encode(), kvals)
+        if value is not None:
+            ph = ", ".join(["%s"] * (len(cols) + 1))
+            conn.execute(
+                f"INSERT INTO {name} ({', '.join(cols)}, {vcol}) VALUES ({ph})".encode(),
+                (*kvals, val),
+            )

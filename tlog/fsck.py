@@ -317,6 +317,7 @@ _SCIM_KEYS: dict[bytes, tuple[int | None, int | None]] = {
     b"T": (16, None),
     b"S": (32, None),
     b"D": (20, None),
+    b"F": (16, None),
     b"V": (32, None),
     b"E": (32, 0),
     b"L": (48, 16),
@@ -349,6 +350,8 @@ def _scim_problem(
         return None if value == b"" else "index record should be empty"
     if tag == b"D":
         return None if len(value) >= _SEALED_MIN else "sealed key too short"
+    if tag == b"F":  # a subject's effects state, sealed under its DEK (tlog.scim.effects)
+        return None if len(value) >= _SEALED_MIN else "sealed state too short"
     try:
         obj = loads_det(value)
     except EventFormatError as exc:

@@ -655,18 +655,22 @@ class PgStorage:
         self._write(run, "a token")
 
     def put_aux(self, items: Sequence[tuple[bytes, bytes | None]]) -> None:
+        # A later write of the same key wins, as in one LMDB transaction; then the keys
+        # are distinct and the deletes and upserts go in two pipelined statements.
+        last = dict(items)
+        deletes = [(k,) for k, v in last.items() if v is None]
+        upserts = [(k, v) for k, v in last.items() if v is not None]
+
         def run(conn: psycopg.Connection[Any]) -> None:
             cur = conn.cursor()
-            # In order: a later write of the same key wins, as in one LMDB transaction.
-            for k, v in items:
-                if v is None:
-                    cur.execute("DELETE FROM tlog_aux WHERE key = %s", (k,))
-                else:
-                    cur.execute(
-                        "INSERT INTO tlog_aux (key, value) VALUES (%s, %s) "
-                        "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
-                        (k, v),
-                    )
+            if deletes:
+                cur.executemany("DELETE FROM tlog_aux WHERE key = %s", deletes)
+            if upserts:
+                cur.executemany(
+                    "INSERT INTO tlog_aux (key, value) VALUES (%s, %s) "
+                    "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                    upserts,
+                )
 
         if items:
             self._write(run, "SCIM records")

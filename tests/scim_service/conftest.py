@@ -163,6 +163,6 @@ def open_harness(
 
 
 @pytest.fixture
-def harness(tmp_path: Path) -> Iterator[Harness]:
-    with open_harness(tmp_path) as h:
+def harness(tmp_path: Path, database: str | None) -> Iterator[Harness]:
+    with open_harness(tmp_path, database=database) as h:
         yield h

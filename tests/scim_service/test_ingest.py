@@ -17,6 +17,7 @@ from client.formats.merkle import leaf_hash, verify_inclusion
 from client.formats.note import b64decode_strict
 from client.formats.proof_bundle import TlogProof
 from client.scim import commitment, dumps_det, encode_event, event_to_json, parse_leaf
+from tests.pgsupport import BACKENDS, backend_database
 from tests.scim.helpers import Pairs, Raw, ref_encode
 from tlog.scim import store
 from tlog.scim.service import Filters, ScimService
@@ -25,6 +26,12 @@ from tlog.server import build_app
 from tlog.storage import StorageError
 
 from .conftest import BASE_TS, ORIGIN, T1, Harness, make_signer, user_event
+
+
+@pytest.fixture(params=BACKENDS)
+def database(request: pytest.FixtureRequest) -> str | None:
+    """Every test here runs on LMDB and on PostgreSQL."""
+    return backend_database(request)
 
 
 def check_receipt(h: Harness, d: dict[str, Any], index: int | None = None) -> bytes:

@@ -46,11 +46,12 @@ def make_signer(seed: bytes = bytes(range(32))) -> CheckpointSigner:
 
 
 @pytest.fixture
-def harness(tmp_path: Path) -> Iterator[Harness]:
+def harness(tmp_path: Path, database: str | None) -> Iterator[Harness]:
     signer = make_signer()
     app, log_, tokens = build_app(
         tmp_path,
         signer,
+        database=database,
         max_batch_age=0.0,
         limits=Limits(max_batch_entries=100, max_batch_body_bytes=1 << 20),
     )

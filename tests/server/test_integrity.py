@@ -13,12 +13,18 @@ from starlette.testclient import TestClient
 
 from client.formats.checkpoint import open_checkpoint
 from client.formats.merkle import leaf_hash, verify_consistency
+from tests.pgsupport import BACKENDS, backend_database, open_store
 from tlog.integrity import CheckpointFile, DataDirLock, LockHeld, RollbackDetected, preflight
 from tlog.log import Log, LogHalted
 from tlog.server import build_app
 from tlog.storage import CommitConflict, Storage, StorageError, u64
 
 from .conftest import ORIGIN, make_signer
+
+
+@pytest.fixture(params=BACKENDS)
+def database(request: pytest.FixtureRequest) -> str | None:
+    return backend_database(request)
 
 
 def _log(path: Path, remembered: Path | None = None) -> Log:
@@ -54,12 +60,16 @@ def test_second_writer_is_refused_with_the_holder(tmp_path: Path) -> None:
 # -- compare-and-swap ------------------------------------------------------------------------
 
 
-def test_stale_writer_commits_nothing_and_catches_up(tmp_path: Path) -> None:
+def test_stale_writer_commits_nothing_and_catches_up(
+    tmp_path: Path, database: str | None
+) -> None:
     """Two writers on one store: the one that built on an old state gets CommitConflict,
     writes nothing, reloads, and its next batch extends the other's tree."""
-    storage = Storage(tmp_path)
+    storage = open_store(database, tmp_path)
+    # PostgreSQL: B has its own connections, as another frontend would.
+    other = storage if database is None else open_store(database, tmp_path)
     a = Log(storage, make_signer())
-    b = Log(storage, make_signer())  # same store, same starting state (size 0)
+    b = Log(other, make_signer())  # same store, same starting state (size 0)
     ra = a.integrate([b"a0", b"a1"])
     with pytest.raises(CommitConflict, match="tree size is 2, this writer built on 0"):
         b.integrate([b"b0"])
@@ -80,11 +90,14 @@ def test_stale_writer_commits_nothing_and_catches_up(tmp_path: Path) -> None:
         a.integrate([b"a2"])  # and now a is the stale one
     assert a.integrate([b"a2"]).indices == [3]
     storage.close()
+    other.close()
 
 
-def test_same_size_other_checkpoint_is_a_conflict(tmp_path: Path) -> None:
+def test_same_size_other_checkpoint_is_a_conflict(
+    tmp_path: Path, database: str | None
+) -> None:
     """The compare covers the checkpoint bytes, not only the size."""
-    storage = Storage(tmp_path)
+    storage = open_store(database, tmp_path)
     a = Log(storage, make_signer())
     a.integrate([b"x"])
     note = a.latest.note

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import lmdb
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -20,10 +19,11 @@ from client.formats.merkle import (
 )
 from client.formats.note import Ed25519Signer
 from tests.formats import oracle
+from tests.pgsupport import BACKENDS, backend_database, open_store, tamper
+from tlog.backend import StorageError, tile_key, u64
 from tlog.fsck import fsck
 from tlog.log import Log
 from tlog.signer import CheckpointSigner, ForkRefused, create_key_file, load_key_file
-from tlog.storage import Storage, StorageError, tile_key, u64
 from tlog.tree import NodeReader, RightEdge, slot_offset
 
 from .conftest import ORIGIN, make_signer
@@ -55,18 +55,25 @@ def test_stored_tree_matches_oracle(batches: list[int], draw: st.DataObject) -> 
         assert reader.consistency_proof(m, size) == oracle.proof(m, data[:size])
 
 
-def open_log(path: Path, signer: CheckpointSigner | None = None) -> Log:
-    return Log(Storage(path), signer or make_signer())
+@pytest.fixture(params=BACKENDS)
+def database(request: pytest.FixtureRequest) -> str | None:
+    return backend_database(request)
 
 
-def test_restart_keeps_everything(tmp_path: Path) -> None:
-    log_ = open_log(tmp_path)
+def open_log(
+    path: Path, signer: CheckpointSigner | None = None, database: str | None = None
+) -> Log:
+    return Log(open_store(database, path), signer or make_signer())
+
+
+def test_restart_keeps_everything(tmp_path: Path, database: str | None) -> None:
+    log_ = open_log(tmp_path, database=database)
     r1 = log_.integrate([b"a", b"b", b"c"])
     r2 = log_.integrate([b"d", b"a"])
     assert r2.indices == [3, 0] and r2.duplicates == [False, True]
     latest = log_.latest
     log_.storage.close()
-    log2 = open_log(tmp_path)
+    log2 = open_log(tmp_path, database=database)
     assert log2.latest == latest
     assert log2.integrate([b"c"]).indices == [2]
     r3 = log2.integrate([b"e"])
@@ -81,18 +88,18 @@ def test_restart_keeps_everything(tmp_path: Path) -> None:
     assert fsck(log2.storage).ok
 
 
-def test_refuses_another_key_or_origin(tmp_path: Path) -> None:
-    log_ = open_log(tmp_path)
+def test_refuses_another_key_or_origin(tmp_path: Path, database: str | None) -> None:
+    log_ = open_log(tmp_path, database=database)
     log_.integrate([b"x"])
     log_.storage.close()
     other = CheckpointSigner(Ed25519Signer(ORIGIN, b"\x07" * 32), ORIGIN)
     with pytest.raises(StorageError, match="another key"):
-        open_log(tmp_path, other)
+        open_log(tmp_path, other, database)
     renamed = CheckpointSigner(
         Ed25519Signer("other.example/log", bytes(range(32))), "other.example/log"
     )
     with pytest.raises(StorageError, match="origin"):
-        open_log(tmp_path, renamed)
+        open_log(tmp_path, renamed, database)
 
 
 def test_signer_refuses_forks() -> None:
@@ -123,25 +130,24 @@ def test_signer_refuses_forks() -> None:
         s.sign(Checkpoint(ORIGIN, 9, EMPTY_ROOT, ("ext",)), cp8, [])
 
 
-def test_log_refuses_to_sign_over_a_tampered_store(tmp_path: Path) -> None:
+def test_log_refuses_to_sign_over_a_tampered_store(tmp_path: Path, database: str | None) -> None:
     """If the stored tree no longer matches the last checkpoint, start-up fails."""
-    log_ = open_log(tmp_path)
+    log_ = open_log(tmp_path, database=database)
     log_.integrate([b"%d" % i for i in range(20)])
     log_.storage.close()
-    env = lmdb.open(str(tmp_path), max_dbs=16)
-    tiles = env.open_db(b"tiles")
-    with env.begin(write=True) as txn:
-        blob = bytearray(txn.get(tile_key(0, 0), db=tiles))
-        blob[slot_offset(4, 0)] ^= 1  # node [0, 16): part of the root of size 20
-        txn.put(tile_key(0, 0), bytes(blob), db=tiles)
-    env.close()
+    st_ = open_store(database, tmp_path)
+    with st_.read() as rv:
+        blob = bytearray(rv.raw_get("tiles", tile_key(0, 0)) or b"")
+    blob[slot_offset(4, 0)] ^= 1  # node [0, 16): part of the root of size 20
+    tamper(st_, "tiles", tile_key(0, 0), bytes(blob))
+    st_.close()
     with pytest.raises(StorageError, match="does not match"):
-        open_log(tmp_path)
+        open_log(tmp_path, database=database)
 
 
-def test_corrupt_edge_cannot_get_a_signature(tmp_path: Path) -> None:
+def test_corrupt_edge_cannot_get_a_signature(tmp_path: Path, database: str | None) -> None:
     """A bug or bit flip in the right edge makes the signer refuse, and nothing is stored."""
-    log_ = open_log(tmp_path)
+    log_ = open_log(tmp_path, database=database)
     log_.integrate([b"%d" % i for i in range(20)])
     before = log_.latest
     blob = log_._edge._blobs[(0, 0)]
@@ -156,33 +162,33 @@ def test_corrupt_edge_cannot_get_a_signature(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("what", ["entry", "tile", "checkpoint", "dedup", "size"])
-def test_fsck_detects_corruption(tmp_path: Path, what: str) -> None:
-    log_ = open_log(tmp_path)
+def test_fsck_detects_corruption(tmp_path: Path, what: str, database: str | None) -> None:
+    log_ = open_log(tmp_path, database=database)
     for i in range(0, 600, 150):
         log_.integrate([b"fsck-%d" % j for j in range(i, i + 150)])
     assert fsck(log_.storage).ok
     st_ = log_.storage
-    with st_.env.begin(write=True) as txn:
-        if what == "entry":
-            txn.put(u64(300), b"tampered", db=st_.db_entries)
-        elif what == "tile":
-            blob = bytearray(txn.get(tile_key(0, 1), db=st_.db_tiles))
-            blob[-1] ^= 0x80
-            txn.put(tile_key(0, 1), bytes(blob), db=st_.db_tiles)
-        elif what == "checkpoint":
-            note = txn.get(u64(300), db=st_.db_checkpoints).replace(b"\n300\n", b"\n301\n")
-            txn.put(u64(300), note, db=st_.db_checkpoints)
-        elif what == "dedup":
-            txn.delete(leaf_hash(b"fsck-7"), db=st_.db_dedup)
-        else:
-            txn.put(b"tree_size", u64(599), db=st_.db_meta)
+    with st_.read() as rv:
+        blob = bytearray(rv.raw_get("tiles", tile_key(0, 1)) or b"")
+        note = (rv.raw_get("checkpts", u64(300)) or b"").replace(b"\n300\n", b"\n301\n")
+    blob[-1] ^= 0x80
+    if what == "entry":
+        tamper(st_, "entries", u64(300), b"tampered")
+    elif what == "tile":
+        tamper(st_, "tiles", tile_key(0, 1), bytes(blob))
+    elif what == "checkpoint":
+        tamper(st_, "checkpts", u64(300), note)
+    elif what == "dedup":
+        tamper(st_, "dedup", leaf_hash(b"fsck-7"), None)
+    else:
+        tamper(st_, "meta", b"tree_size", u64(599))
     rep = fsck(st_)
     assert not rep.ok, what
     assert rep.errors
 
 
-def test_fsck_counts(tmp_path: Path) -> None:
-    log_ = open_log(tmp_path)
+def test_fsck_counts(tmp_path: Path, database: str | None) -> None:
+    log_ = open_log(tmp_path, database=database)
     log_.integrate([b"%d" % i for i in range(70000 // 100)])
     rep = fsck(log_.storage)
     assert rep.ok, rep.errors

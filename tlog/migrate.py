@@ -1,0 +1,140 @@
+"""``tlog migrate``: copy a log between backends (LMDB <-> PostgreSQL) without changing a byte.
+
+1. The source is checked first (:func:`tlog.fsck.fsck`: every entry, tile, dedup key and
+   checkpoint recomputed, every checkpoint's signature verified with the stored key); a
+   source that does not verify is not copied.
+2. Every table of :mod:`tlog.backend` is copied record for record, from ONE read snapshot
+   of the source, into a destination that must hold no log yet.
+3. The destination is verified: fsck again (the roots recomputed from the copied entries
+   must be the ones the log signed), its latest checkpoint must be the source's signed
+   checkpoint byte for byte, and every table is compared with the source snapshot record
+   by record.
+
+Only the store moves: the signing key, the SCIM master key and the remembered checkpoint
+stay in the data directory (``--data``), which serves the log on either backend.
+Servers on the source must be stopped first (an LMDB source's lock is taken here).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tlog.backend import TABLES, Backend, ReadView, StorageError, is_database_url, open_backend
+from tlog.fsck import FsckReport, fsck
+
+__all__ = ["MigrateError", "MigrateReport", "migrate", "open_location"]
+
+
+class MigrateError(StorageError):
+    """The migration was refused or its copy does not verify."""
+
+
+@dataclass
+class MigrateReport:
+    tree_size: int
+    checkpoint: bytes
+    records: dict[str, int] = field(default_factory=dict)
+    source_fsck: FsckReport | None = None
+    dest_fsck: FsckReport | None = None
+
+
+def _lmdb_db_dir(location: str) -> Path:
+    """An LMDB location is a data directory (the store is its ``db/``) or a store
+    directory holding ``data.mdb`` itself."""
+    p = Path(location)
+    if (p / "data.mdb").exists():
+        return p
+    return p / "db"
+
+
+@contextlib.contextmanager
+def open_location(location: str, *, create: bool) -> Iterator[Backend]:
+    """The store at ``location`` (a ``postgresql://`` URL or an LMDB directory); an LMDB
+    store is locked against a running server while open."""
+    if is_database_url(location):
+        st = open_backend(location, Path("."))
+        try:
+            yield st
+        finally:
+            st.close()
+        return
+    from tlog.integrity import DataDirLock, preflight
+
+    db = _lmdb_db_dir(location)
+    if not create and not (db / "data.mdb").exists():
+        raise MigrateError(f"no LMDB store at {db}")
+    db.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with DataDirLock(db, "tlog migrate"):
+        preflight(db)
+        st = open_backend(None, db.parent) if db.name == "db" else _open_lmdb(db)
+        try:
+            yield st
+        finally:
+            st.close()
+
+
+def _open_lmdb(db: Path) -> Backend:
+    from tlog.storage import Storage
+
+    return Storage(db)
+
+
+def _latest(rv: ReadView) -> tuple[int, bytes]:
+    latest = rv.latest_checkpoint()
+    if latest is None:
+        raise MigrateError("the source holds no log (no checkpoint)")
+    return latest
+
+
+def migrate(
+    source: Backend, dest: Backend, echo: Callable[[str], None] = print
+) -> MigrateReport:
+    """Copy the log in ``source`` into the empty ``dest`` and verify the copy."""
+    if not dest.is_empty():
+        raise MigrateError(f"the destination {dest.location} already holds a log")
+    if source.is_empty():
+        raise MigrateError(f"the source {source.location} holds no log")
+    echo(f"migrate: checking the source {source.location} ({source.kind})")
+    src_rep = fsck(source)
+    if not src_rep.ok:
+        raise MigrateError(
+            "the source does not verify, nothing was copied: " + "; ".join(src_rep.errors[:3])
+        )
+    with source.read() as rv:
+        size, note = _latest(rv)
+        rep = MigrateReport(size, note, source_fsck=src_rep)
+        for table in TABLES:
+            n = dest.load_raw(table, rv.raw(table))
+            rep.records[table] = n
+            echo(f"migrate: {table}: {n} records")
+    echo(f"migrate: verifying the copy in {dest.location} ({dest.kind})")
+    rep.dest_fsck = fsck(dest)
+    if not rep.dest_fsck.ok:
+        raise MigrateError("the copy does not verify: " + "; ".join(rep.dest_fsck.errors[:3]))
+    with source.read() as srv, dest.read() as drv:
+        if _latest(drv) != (size, note):
+            raise MigrateError("the copy's latest checkpoint is not the source's")
+        for table in TABLES:
+            _same(table, srv.raw(table), drv.raw(table))
+    return rep
+
+
+def _same(
+    table: str, a: Iterator[tuple[bytes, bytes]], b: Iterator[tuple[bytes, bytes]]
+) -> None:
+    missing = object()
+    for n, (x, y) in enumerate(_zip_longest(a, b, missing)):
+        if x != y:
+            where = "missing" if y is missing else "extra" if x is missing else "different"
+            raise MigrateError(f"the copy's {table} differs from the source (record {n}: {where})")
+
+
+def _zip_longest(
+    a: Iterator[tuple[bytes, bytes]], b: Iterator[tuple[bytes, bytes]], fill: object
+) -> Iterator[tuple[object, object]]:
+    from itertools import zip_longest
+
+    return zip_longest(a, b, fillvalue=fill)
