@@ -36,7 +36,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tlog.storage import StorageError
+from tlog.backend import StorageError
 
 __all__ = ["ReadPool", "StorageStalled", "place_lock_file"]
 
