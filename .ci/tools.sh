@@ -24,3 +24,7 @@ have chromium || apt_install chromium
 # witness interop (tests/interop): litewitness keeps its key in an ssh-agent. The Go
 # witnesses themselves are built by the tests (go install at pinned versions, cached).
 have ssh-agent || apt_install openssh-client
+
+# PostgreSQL backend (tests/pgsupport.py): Debian's server binaries (initdb, pg_ctl under
+# /usr/lib/postgresql/<version>/bin). The tests start their own cluster on 127.0.0.1.
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || have initdb || apt_install postgresql
