@@ -37,8 +37,6 @@ from client.formats.merkle import (
 from client.formats.note import FormatError, open_note, parse_note
 from client.formats.proof_bundle import TlogProof
 from client.formats.tiles import TILE_HEIGHT, TILE_WIDTH, encode_entry_bundle
-from tlog.integrity import RECOVER_HINT, CheckpointFile, Remembered, RollbackDetected
-from tlog.signer import CheckpointSigner
 from tlog.backend import (
     Backend,
     BatchWrite,

@@ -7,10 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from client.checkpoint import open_checkpoint
-from client.note import Ed25519Signer, sign_note
 from starlette.testclient import TestClient
 
+from client.formats.checkpoint import open_checkpoint
+from client.formats.note import Ed25519Signer, sign_note
 from tests.pgsupport import tamper
 from tests.scim_service.conftest import make_signer as scim_signer
 from tests.scim_service.conftest import open_harness, user_event

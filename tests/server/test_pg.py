@@ -11,8 +11,8 @@ from typing import Any
 
 import psycopg
 import pytest
-from client.merkle import leaf_hash
 
+from client.formats.merkle import leaf_hash
 from tests.pgsupport import PgCluster
 from tlog.backend import CommitUnknown, StorageError, open_backend
 from tlog.config import ServeConfig, from_sources

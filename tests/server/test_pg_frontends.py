@@ -13,10 +13,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from client.checkpoint import Checkpoint, open_checkpoint
-from client.merkle import CompactRange, leaf_hash
-from client.note import Ed25519Verifier
 
+from client.formats.checkpoint import Checkpoint, open_checkpoint
+from client.formats.merkle import CompactRange, leaf_hash
+from client.formats.note import Ed25519Verifier
 from tests.pgsupport import open_store
 
 from .conftest import ORIGIN, start_server
