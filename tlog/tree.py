@@ -19,16 +19,14 @@ only reads and writes hashes.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Sequence
 
 from client.formats.merkle import (
     EMPTY_ROOT,
     HASH_SIZE,
-    NODE_PREFIX,
+    CompactRange,
     consistency_ranges,
     fold_perfect,
-    node_hash,
     perfect_subtrees,
 )
 from client.formats.tiles import TILE_HEIGHT, TILE_WIDTH
@@ -163,16 +161,25 @@ class NodeReader:
 class RightEdge:
     """The writable right edge of the tree: the right-most blob of every tile level.
 
-    ``append`` hashes new leaves in and records which blobs changed; ``take_dirty`` hands
-    them to the storage commit. If a commit fails, the owner must discard this object and
-    rebuild it from storage (it does not roll back).
+    The hashing is :class:`client.formats.merkle.CompactRange`'s; this class is its visitor,
+    writing every node the range completes into the node's slot. ``take_dirty`` hands the
+    changed blobs to the storage commit. If a commit fails, the owner must discard this
+    object and rebuild it from storage (it does not roll back).
     """
 
     def __init__(self, size: int, get_blob: BlobGetter) -> None:
-        self.size = size
         self._get = get_blob
         self._blobs: dict[tuple[int, int], bytearray] = {}
         self._dirty: set[tuple[int, int]] = set()
+        # The compact range of the stored tree: the roots of its perfect subtrees, each of
+        # them a complete (so stored) node.
+        self._range = CompactRange(
+            size, [self.node(level, index) for level, index in perfect_subtrees(0, size)]
+        )
+
+    @property
+    def size(self) -> int:
+        return self._range.size
 
     def _blob(self, tlevel: int, tindex: int) -> bytearray:
         key = (tlevel, tindex)
@@ -187,51 +194,32 @@ class RightEdge:
 
     def append(self, leaf_hashes: Sequence[bytes]) -> None:
         """Hash ``leaf_hashes`` in at the right edge (amortised O(1) node hashes each)."""
-        sha256 = hashlib.sha256
-        layer = _LAYER_START
         i, n = 0, len(leaf_hashes)
         while i < n:
-            pos = self.size
+            # The leaves of one tile go into its blob in one write; the range then hashes
+            # them in and the visitor stores each node it completes.
+            pos = self._range.size
             tindex = pos >> TILE_HEIGHT
-            b = self._blob(0, tindex)
             take = min(n - i, TILE_WIDTH - (pos & (TILE_WIDTH - 1)))
-            # Hot loop: levels 0..7 live in one blob, so no lookups until the tile is full.
-            for h in leaf_hashes[i : i + take]:
-                p = pos & (TILE_WIDTH - 1)
-                off = p * HASH_SIZE
-                b[off : off + HASH_SIZE] = h
-                sub = 0
-                while p & 1:
-                    h = sha256(NODE_PREFIX + b[off - HASH_SIZE : off] + h).digest()
-                    if sub == TILE_HEIGHT - 1:
-                        # The tile is complete: its root is a level-8 node in the tile above.
-                        self._put(TILE_HEIGHT, pos >> TILE_HEIGHT, h)
-                        break
-                    p >>= 1
-                    sub += 1
-                    off = (layer[sub] + p) * HASH_SIZE
-                    b[off : off + HASH_SIZE] = h
-                pos += 1
+            chunk = leaf_hashes[i : i + take]
+            off = (pos & (TILE_WIDTH - 1)) * HASH_SIZE
+            leaves = b"".join(chunk)
+            if len(leaves) != take * HASH_SIZE:
+                raise ValueError("a leaf hash is 32 bytes")
+            self._blob(0, tindex)[off : off + take * HASH_SIZE] = leaves
             self._dirty.add((0, tindex))
-            self.size += take
+            self._range.extend(chunk, self._store_node)
             i += take
 
-    def _put(self, level: int, pos: int, h: bytes) -> None:
-        """Store a completed node at ``level`` >= 8 and hash up while it completes parents."""
-        while True:
-            tl, sub = divmod(level, TILE_HEIGHT)
-            per_tile = TILE_WIDTH >> sub
-            ti, p = divmod(pos, per_tile)
-            b = self._blob(tl, ti)
-            off = (_LAYER_START[sub] + p) * HASH_SIZE
-            b[off : off + HASH_SIZE] = h
-            self._dirty.add((tl, ti))
-            if not pos & 1:
-                return
-            # A right child completes its parent; its left sibling is the previous slot.
-            h = node_hash(bytes(b[off - HASH_SIZE : off]), h)
-            pos >>= 1
-            level += 1
+    def _store_node(self, level: int, index: int, h: bytes) -> None:
+        tl, sub = level >> 3, level & 7
+        key = (tl, index >> (TILE_HEIGHT - sub))
+        b = self._blobs.get(key)
+        if b is None:
+            b = self._blob(*key)
+        off = (_LAYER_START[sub] + (index & ((TILE_WIDTH >> sub) - 1))) << 5
+        b[off : off + HASH_SIZE] = h
+        self._dirty.add(key)
 
     def node(self, level: int, index: int) -> bytes:
         tl, ti, off = locate(level, index)
@@ -252,7 +240,7 @@ class RightEdge:
         return b if b is not None else self._get(tl, ti)
 
     def root(self) -> bytes:
-        return self.reader().root(self.size)
+        return self._range.root()
 
     def blobs(self) -> list[tuple[int, int, bytes]]:
         """The blobs currently held (the right edge), as immutable copies."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 __all__ = [
     "EMPTY_ROOT",
@@ -24,6 +24,7 @@ __all__ = [
     "LEAF_PREFIX",
     "NODE_PREFIX",
     "CompactRange",
+    "NodeVisitor",
     "VerificationError",
     "consistency_ranges",
     "inclusion_ranges",
@@ -70,33 +71,64 @@ def _split(n: int) -> int:
     return 1 << ((n - 1).bit_length() - 1)
 
 
+NodeVisitor = Callable[[int, int, bytes], None]
+"""``visit(level, index, hash)``: a node that an append has just completed (level >= 1)."""
+
+
 class CompactRange:
     """The compact range of ``[0, size)``: the roots of its maximal perfect subtrees, left
     to right (one per set bit of ``size``), from which the tree grows and its root follows
     in O(log n) memory (transparency-dev/merkle's ``compact.Range`` with begin = 0).
+
+    This is the one place where a growing tree is hashed. Whoever needs the inner nodes
+    too passes a :data:`NodeVisitor` to :meth:`extend`: the log's tile store
+    (:class:`tlog.tree.RightEdge`) writes each node into its tile, the auditor's
+    :class:`client.tools.auditor.TileFrontier` collects the nodes that fill a tile. If the
+    visitor raises, the append stops half way and the range must be discarded.
     """
 
     __slots__ = ("hashes", "size")
 
     def __init__(self, size: int = 0, hashes: Sequence[bytes] = ()) -> None:
-        if len(hashes) != bin(size).count("1"):
+        if size < 0 or len(hashes) != size.bit_count():
             raise ValueError(f"a compact range of size {size} has {size.bit_count()} hashes")
+        if any(len(h) != HASH_SIZE for h in hashes):
+            raise ValueError("a compact range holds 32-byte hashes")
         self.size = size
         self.hashes = list(hashes)
 
-    def append(self, h: bytes) -> None:
-        """Add one leaf hash (amortised one node hash)."""
-        hashes = self.hashes
-        n = self.size
-        while n & 1:
-            h = _sha256(NODE_PREFIX + hashes.pop() + h).digest()
-            n >>= 1
-        hashes.append(h)
-        self.size += 1
+    def copy(self) -> CompactRange:
+        return CompactRange(self.size, self.hashes)
 
-    def extend(self, leaf_hashes: Sequence[bytes]) -> None:
-        for h in leaf_hashes:
-            self.append(h)
+    def append(self, h: bytes, visit: NodeVisitor | None = None) -> None:
+        """Add one leaf hash (amortised one node hash)."""
+        self.extend((h,), visit)
+
+    def extend(self, leaf_hashes: Iterable[bytes], visit: NodeVisitor | None = None) -> None:
+        """Add leaf hashes in order; ``visit`` sees every node they complete, bottom up."""
+        hashes = self.hashes
+        pop, push = hashes.pop, hashes.append
+        n = self.size
+        # Two copies of the loop so that the common case pays no per-node test.
+        if visit is None:
+            for h in leaf_hashes:
+                m = n
+                while m & 1:
+                    h = _sha256(NODE_PREFIX + pop() + h).digest()
+                    m >>= 1
+                push(h)
+                n += 1
+        else:
+            for h in leaf_hashes:
+                m, level = n, 0
+                while m & 1:
+                    h = _sha256(NODE_PREFIX + pop() + h).digest()
+                    m >>= 1
+                    level += 1
+                    visit(level, m, h)
+                push(h)
+                n += 1
+        self.size = n
 
     def root(self) -> bytes:
         """RFC 6962 MTH of the tree: the right-to-left fold of the range."""

@@ -54,12 +54,11 @@ from pathlib import Path
 from typing import Any
 
 from client.formats.merkle import (
-    EMPTY_ROOT,
     HASH_SIZE,
     LEAF_PREFIX,
-    NODE_PREFIX,
+    CompactRange,
     VerificationError,
-    fold_perfect,
+    root_of_range,
 )
 from client.formats.note import FormatError
 from client.formats.tiles import TILE_HEIGHT, TILE_WIDTH, Tile, decode_entry_bundle
@@ -76,27 +75,17 @@ class StateError(Exception):
     """The state file is unreadable, corrupt, or belongs to another log."""
 
 
-def _perfect_root(hashes: list[bytes]) -> bytes:
-    """Root of a perfect subtree from its 2**k hashes of one level (pairwise, 2**k - 1 hashes)."""
-    while len(hashes) > 1:
-        hashes = [
-            _sha256(NODE_PREFIX + hashes[i] + hashes[i + 1]).digest()
-            for i in range(0, len(hashes), 2)
-        ]
-    return hashes[0]
-
-
 class TileFrontier:
     """The right edge of a Merkle tree at tile granularity.
 
     ``levels[L]`` holds the hashes of tree level ``8·L`` that do not yet fill a tile: these
-    are exactly the contents of the partial hash tile ``tile/L/<last>.p/<len>``. When a tile
-    fills, its root (a level ``8·(L+1)`` hash) moves up one level. Memory is at most 255
-    hashes per tile level, and appending costs one node hash per leaf, amortised.
+    are exactly the contents of the partial hash tile ``tile/L/<last>.p/<len>``. The hashing
+    is :class:`client.formats.merkle.CompactRange`'s; this class collects the nodes of
+    levels ``8·L`` that it completes, and hands over every tile they fill. Memory is at most
+    255 hashes per tile level, and appending costs one node hash per leaf, amortised.
     """
 
     def __init__(self, size: int = 0, levels: Sequence[Sequence[bytes]] = ()) -> None:
-        self.size = size
         self.levels: list[list[bytes]] = [list(x) for x in levels] or [[]]
         if sum(len(x) << (TILE_HEIGHT * k) for k, x in enumerate(self.levels)) != size:
             raise ValueError("frontier does not describe a tree of that size")
@@ -104,10 +93,24 @@ class TileFrontier:
             raise ValueError("frontier holds a full tile")
         if any(len(h) != HASH_SIZE for x in self.levels for h in x):
             raise ValueError("frontier holds a hash that is not 32 bytes")
+        # The perfect subtrees of [0, size), largest first: within each level's partial
+        # tile, one per set bit of its length (the top tile level holds the largest).
+        roots: list[bytes] = []
+        for buf in reversed(self.levels):
+            pos, m = 0, len(buf)
+            for bit in reversed(range(TILE_HEIGHT)):
+                if m >> bit & 1:
+                    roots.append(root_of_range(buf[pos : pos + (1 << bit)]))
+                    pos += 1 << bit
+        self._range = CompactRange(size, roots)
+
+    @property
+    def size(self) -> int:
+        return self._range.size
 
     def copy(self) -> TileFrontier:
         f = TileFrontier.__new__(TileFrontier)
-        f.size = self.size
+        f._range = self._range.copy()
         f.levels = [list(x) for x in self.levels]
         return f
 
@@ -116,50 +119,40 @@ class TileFrontier:
     ) -> None:
         """Add leaves; ``full_tile(level, index, hashes)`` is called for every tile of level
         >= 1 that fills (level-0 tiles are the leaf hashes themselves, which the caller has).
-        It is called before the tile is folded up, and may raise to stop the append.
+        It is called before the tile's root is hashed, and may raise to stop the append
+        (the frontier must then be discarded).
         """
-        buf = self.levels[0]
+        levels = self.levels
+
+        def collect(level: int, index: int, h: bytes) -> None:
+            if level & (TILE_HEIGHT - 1):
+                return
+            tl = level >> 3
+            if tl == len(levels):
+                levels.append([])
+            buf = levels[tl]
+            buf.append(h)
+            if len(buf) == TILE_WIDTH:
+                full_tile(tl, index >> TILE_HEIGHT, buf)
+                levels[tl] = []
+
         i, n = 0, len(leaf_hashes)
         while i < n:
-            take = min(TILE_WIDTH - len(buf), n - i)
-            buf.extend(leaf_hashes[i : i + take])
-            self.size += take
+            take = min(TILE_WIDTH - len(levels[0]), n - i)
+            chunk = leaf_hashes[i : i + take]
+            levels[0].extend(chunk)
+            if len(levels[0]) == TILE_WIDTH:
+                levels[0] = []
+            self._range.extend(chunk, collect)
             i += take
-            if len(buf) == TILE_WIDTH:
-                self._fold(0, full_tile)
-                buf = self.levels[0]
-
-    def _fold(self, level: int, full_tile: Callable[[int, int, list[bytes]], None]) -> None:
-        while True:
-            buf = self.levels[level]
-            if level > 0:
-                index = (self.size >> (TILE_HEIGHT * level)) // TILE_WIDTH - 1
-                full_tile(level, index, buf)
-            root = _perfect_root(buf)
-            self.levels[level] = []
-            if len(self.levels) == level + 1:
-                self.levels.append([])
-            up = self.levels[level + 1]
-            up.append(root)
-            if len(up) < TILE_WIDTH:
-                return
-            level += 1
 
     def compact_range(self) -> list[bytes]:
         """The roots of the maximal perfect subtrees of ``[0, size)``, left to right."""
-        out: list[bytes] = []
-        for buf in reversed(self.levels):
-            pos, m = 0, len(buf)
-            for bit in reversed(range(TILE_HEIGHT)):
-                if m >> bit & 1:
-                    out.append(_perfect_root(buf[pos : pos + (1 << bit)]))
-                    pos += 1 << bit
-        return out
+        return list(self._range.hashes)
 
     def root(self) -> bytes:
         """RFC 6962 MTH of the tree (the right-to-left fold of the compact range)."""
-        cr = self.compact_range()
-        return fold_perfect(cr) if cr else EMPTY_ROOT
+        return self._range.root()
 
     def partial_tiles(self) -> list[tuple[Tile, list[bytes]]]:
         """The partial hash tiles of levels >= 1 at this size, with their expected content."""

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 
 from client.formats.merkle import (
     EMPTY_ROOT,
+    CompactRange,
     VerificationError,
     consistency_ranges,
     fold_perfect,
@@ -145,6 +146,49 @@ def test_root_of_range_is_mth(size: int) -> None:
 
 def test_root_of_empty_range() -> None:
     assert root_of_range([]) == EMPTY_ROOT == oracle.mth([])
+
+
+@PROPERTY
+@given(size=sizes, data=st.data())
+def test_compact_range_visits_every_node_once(size: int, data: st.DataObject) -> None:
+    # Grown in random chunks from a random stored prefix (as the log and the auditor do),
+    # the range visits each complete node of level >= 1 exactly once, with the oracle's
+    # hash, and its root and hashes are those of [0, size).
+    start = data.draw(st.integers(0, size), label="start")
+    begin = CompactRange(start, [node(lv, ix) for lv, ix in perfect_subtrees(0, start)])
+    seen: list[tuple[int, int]] = []
+
+    def visit(level: int, index: int, h: bytes) -> None:
+        assert h == node(level, index)
+        seen.append((level, index))
+
+    cr = begin.copy()
+    pos = start
+    while pos < size:
+        step = data.draw(st.integers(1, size - pos), label="step")
+        cr.extend(LEAF_HASHES[pos : pos + step], visit)
+        pos += step
+    want = [
+        (level, index)
+        for level in range(1, size.bit_length())
+        for index in range(size >> level)
+        if (index + 1) << level > start  # completed after the stored prefix
+    ]
+    assert sorted(seen) == want
+    assert cr.size == size and cr.root() == mth(size)
+    assert cr.hashes == [node(lv, ix) for lv, ix in perfect_subtrees(0, size)]
+    assert begin.size == start  # copy() shares nothing
+
+
+@pytest.mark.parametrize("size,count", [(0, 1), (1, 0), (3, 1), (-1, 0)])
+def test_compact_range_rejects_a_wrong_number_of_hashes(size: int, count: int) -> None:
+    with pytest.raises(ValueError):
+        CompactRange(size, [bytes(32)] * count)
+
+
+def test_compact_range_rejects_short_hashes() -> None:
+    with pytest.raises(ValueError):
+        CompactRange(1, [bytes(31)])
 
 
 # --- inclusion -----------------------------------------------------------------------------
