@@ -14,6 +14,7 @@ from typing import Self
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.mldsa import MLDSA44PrivateKey, MLDSA44PublicKey
 
+from client.formats.checkpoint import Checkpoint
 from client.formats.merkle import EMPTY_ROOT
 from client.formats.note import (
     ALG_COSIGNATURE_V1,
@@ -135,16 +136,11 @@ def subtree_message(
 
 
 def _checkpoint_fields(text: str) -> tuple[str, int, bytes]:
-    """(origin, size, root) of a checkpoint text with no extension lines, else FormatError."""
-    lines = text.split("\n")
-    if len(lines) != 4 or lines[3] != "":
+    """(origin, size, root) of a checkpoint (:meth:`Checkpoint.parse`) with no extension lines."""
+    cp = Checkpoint.parse(text)
+    if cp.extensions:
         raise FormatError("ML-DSA cosignatures cover only checkpoints without extension lines")
-    origin, size_s, root_b64 = lines[:3]
-    if not origin or not size_s.isascii() or not size_s.isdigit():
-        raise FormatError("malformed checkpoint")
-    if size_s != str(int(size_s)):
-        raise FormatError("tree size has leading zeros")
-    return origin, int(size_s), b64decode_strict(root_b64, size=32)
+    return cp.origin, cp.size, cp.root_hash
 
 
 class MLDSACosignatureVerifier(VkeyVerifier):

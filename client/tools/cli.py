@@ -347,10 +347,10 @@ def _parser() -> argparse.ArgumentParser:
     scim = sc.add_subparsers(dest="scim_cmd", required=True, parser_class=_Parser)
     from client.tools.stream import register as register_stream
 
-    register_stream(scim)  # stream, verify-evidence (client/tools/stream.py)
+    register_stream(scim)  # stream (client/tools/stream.py)
     from client.tools.scim_cli import register as register_audit
 
-    register_audit(scim)  # search, show, verify, export, verify-bundle
+    register_audit(scim)  # search, show, verify, export, verify-evidence (= verify-bundle)
     from client.tools.officer import register as register_officer
 
     register_officer(scim)  # erasure request|list|status|approve|certificate|verify

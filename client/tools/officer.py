@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +31,7 @@ import httpx
 from client.formats.merkle import VerificationError
 from client.formats.note import FormatError
 from client.scim.erasure import verify_certificate
+from client.tools.scim_cli import read_secret
 
 __all__ = ["register"]
 
@@ -43,11 +43,11 @@ class _Fail(Exception):
 
 
 def _token(args: argparse.Namespace) -> str:
-    if args.token_file:
-        token = Path(args.token_file).read_text("utf-8").strip()
-    else:
-        token = os.environ.get("TLOG_TOKEN", "").strip()
-    if not token:
+    try:
+        token = read_secret(args.token_file, "TLOG_TOKEN", "token")
+    except ValueError as exc:
+        raise _Fail(str(exc)) from None
+    if token is None:
         raise _Fail("a privacy-officer token is required: --token-file or TLOG_TOKEN")
     return token
 

@@ -1,4 +1,4 @@
-"""``tlog-client scim search|show|verify|export|verify-bundle``: an auditor's commands.
+"""``tlog-client scim search|show|verify|export|verify-evidence``: an auditor's commands.
 
 ::
 
@@ -6,7 +6,7 @@
     tlog-client scim show   URL --vkey VKEY [--token-file F] [filters]
     tlog-client scim verify URL --vkey VKEY [--token-file F] [filters]
     tlog-client scim export URL --vkey VKEY [--token-file F] [filters] --out BUNDLE.json
-    tlog-client scim verify-bundle BUNDLE.json --vkey VKEY [--policy FILE]
+    tlog-client scim verify-evidence BUNDLE.json (--vkey VKEY | --policy FILE) [--tenant-ref TN]
 
 Filters: ``--rid --xid --actor --action --outcome --req`` and ``--since/--until`` (ms since
 the epoch, the events' public log time). The token is an auditor token of one tenant
@@ -21,7 +21,8 @@ matching event (with a progress bar on a terminal) and prints a summary. ``expor
 ``tlog-scim-evidence@v1`` bundle (:mod:`client.scim.evidence`: each event with its leaf, body,
 nonce and a ``c2sp.org/tlog-proof@v1`` receipt from ``GET /v1/bundle/<index>``, verified
 before it is written), file mode 0600; an outside auditor checks it offline with only the
-log's public key: ``verify-bundle`` (the same check as ``verify-evidence``).
+log's public key: ``verify-evidence`` (also spelled ``verify-bundle``), for a bundle from
+``export`` and from the console's "Export evidence" alike.
 
 Every page an auditor reads is recorded by the log as an access event (visible to the
 tenant's other auditors). Exit codes: 0 verified, 1 usage/network/HTTP error, 2 verification
@@ -42,10 +43,12 @@ from typing import Any
 import httpx
 
 from client.formats.merkle import VerificationError
-from client.formats.note import Ed25519Verifier, FormatError, b64encode
+from client.formats.note import Ed25519Verifier, FormatError, b64decode_strict, b64encode
+from client.formats.policy import Policy
 from client.formats.proof_bundle import TlogProof
 from client.net.scim_audit import AuditedEvent, ScimAuditClient, ScimAuditError
 from client.scim.event import event_to_json
+from client.scim.evidence import describe, verify_evidence
 
 __all__ = ["register"]
 
@@ -254,7 +257,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         json.dump(doc, f, ensure_ascii=False)
     print(f"exported {len(events)} verified events to {out_path} (mode 0600); check it "
-          f"offline with: tlog-client scim verify-bundle {out_path} --vkey {args.vkey}")
+          f"offline with: tlog-client scim verify-evidence {out_path} --vkey {args.vkey}")
     return EXIT_OK
 
 
@@ -278,9 +281,33 @@ def _run(fn: Any) -> Any:
     return run
 
 
+def cmd_verify_evidence(args: argparse.Namespace) -> int:
+    """Check an evidence bundle offline (from ``export`` or the console's "Export evidence")."""
+    try:
+        policy = Policy.parse(Path(args.policy).read_bytes()) if args.policy else None
+        if args.vkey is not None:
+            verifier = Ed25519Verifier.from_vkey(args.vkey)
+        elif policy is not None and len(policy.logs) == 1:
+            verifier = policy.logs[0].verifier
+        else:
+            raise ValueError("--vkey is required (or a --policy that lists exactly one log)")
+        data = sys.stdin.buffer.read() if args.bundle == "-" else Path(args.bundle).read_bytes()
+        tn = b64decode_strict(args.tenant_ref, size=16) if args.tenant_ref else None
+    except (OSError, ValueError) as exc:
+        print(f"tlog-client: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    try:
+        report = verify_evidence(data, verifier, policy, tenant_ref=tn)
+    except (VerificationError, FormatError) as exc:
+        print(f"tlog-client: EVIDENCE DOES NOT VERIFY: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    for line in describe(report):
+        print(line)
+    return EXIT_OK
+
+
 def register(scim: Any) -> None:
     """Add the auditor commands to the ``tlog-client scim`` subcommands."""
-    from client.tools.stream import cmd_verify_evidence
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("url", help="the log's base URL")
@@ -317,9 +344,15 @@ def register(scim: Any) -> None:
     e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     e.set_defaults(run=_run(cmd_export))
 
-    vb = scim.add_parser("verify-bundle", help="verify an exported evidence bundle offline")
-    vb.add_argument("bundle", help="the evidence .json file, or - for standard input")
-    vb.add_argument("--vkey", help="the log's verifier key")
-    vb.add_argument("--policy", help="c2sp.org/tlog-policy file: witness keys and quorum")
-    vb.add_argument("--tenant-ref", help="the tenant's tn (base64) to require")
-    vb.set_defaults(run=lambda a: cmd_verify_evidence(a))
+    v = scim.add_parser(
+        "verify-evidence",
+        aliases=["verify-bundle"],
+        help="verify an evidence bundle (from export or the console) offline",
+        description="Check every receipt, leaf, tenant ref and commitment of a "
+        "tlog-scim-evidence@v1 bundle against the log key (and witness policy).",
+    )
+    v.add_argument("bundle", help="the evidence .json file, or - for standard input")
+    v.add_argument("--vkey", help="the log's verifier key")
+    v.add_argument("--policy", help="c2sp.org/tlog-policy file: witness keys and quorum")
+    v.add_argument("--tenant-ref", help="the tenant's tn (base64) to require")
+    v.set_defaults(run=cmd_verify_evidence)

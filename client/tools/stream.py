@@ -5,7 +5,6 @@
     tlog-client scim stream URL --vkey VKEY --token-file FILE --cursor FILE --to SINK
         [--hec-token-file FILE] [--follow [--interval S] [--max-runs N]] [--settle S] [--page N]
         [--rid ID] [--xid ID] [--actor ID] [--action A] [--outcome O] [--req ID]
-    tlog-client scim verify-evidence BUNDLE (--vkey VKEY | --policy FILE) [--policy FILE]
 
 Sinks (``--to``): ``stdout`` (or ``-``), ``file:PATH`` (JSON lines, appended and fsynced),
 ``webhook:URL`` (a JSON array of records per POST), ``hec:URL`` (Splunk HTTP Event
@@ -53,10 +52,8 @@ from urllib.parse import urlsplit
 import httpx
 
 from client.formats.merkle import VerificationError
-from client.formats.note import Ed25519Verifier, FormatError, b64decode_strict, b64encode
-from client.formats.policy import Policy
+from client.formats.note import Ed25519Verifier, FormatError, b64encode
 from client.net.scim_audit import AuditedEvent, ScimAuditClient, ScimAuditError
-from client.scim.evidence import describe, verify_evidence
 from client.tools.ocsf import to_ocsf
 from client.tools.scim_cli import read_secret
 
@@ -493,32 +490,8 @@ def cmd_stream(args: argparse.Namespace, http: httpx.Client | None = None) -> in
             http.close()
 
 
-def cmd_verify_evidence(args: argparse.Namespace) -> int:
-    try:
-        policy = Policy.parse(Path(args.policy).read_bytes()) if args.policy else None
-        if args.vkey is not None:
-            verifier = Ed25519Verifier.from_vkey(args.vkey)
-        elif policy is not None and len(policy.logs) == 1:
-            verifier = policy.logs[0].verifier
-        else:
-            raise ValueError("--vkey is required (or a --policy that lists exactly one log)")
-        data = sys.stdin.buffer.read() if args.bundle == "-" else Path(args.bundle).read_bytes()
-        tn = b64decode_strict(args.tenant_ref, size=16) if args.tenant_ref else None
-    except (OSError, ValueError) as exc:
-        print(f"tlog-client: error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    try:
-        report = verify_evidence(data, verifier, policy, tenant_ref=tn)
-    except (VerificationError, FormatError) as exc:
-        print(f"tlog-client: EVIDENCE DOES NOT VERIFY: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    for line in describe(report):
-        print(line)
-    return EXIT_OK
-
-
 def register(scim: Any) -> None:
-    """Add ``stream`` and ``verify-evidence`` to the ``tlog-client scim`` subcommands."""
+    """Add ``stream`` to the ``tlog-client scim`` subcommands."""
     s = scim.add_parser(
         "stream",
         help="deliver a tenant's verified events as OCSF to a file, stdout, HTTP or syslog",
@@ -557,14 +530,3 @@ def register(scim: Any) -> None:
     for f in FILTERS:
         s.add_argument(f"--{f}", help=f"only events matching this {f}")
     s.set_defaults(run=cmd_stream)
-    v = scim.add_parser(
-        "verify-evidence",
-        help="verify an evidence bundle exported from the console, offline",
-        description="Check every receipt, leaf, tenant ref and commitment of a "
-        "tlog-scim-evidence@v1 bundle against the log key (and witness policy).",
-    )
-    v.add_argument("bundle", help="the evidence .json file, or - for standard input")
-    v.add_argument("--vkey", help="the log's verifier key")
-    v.add_argument("--policy", help="c2sp.org/tlog-policy file: witness keys and quorum")
-    v.add_argument("--tenant-ref", help="the tenant's tn (base64) to require")
-    v.set_defaults(run=lambda a: cmd_verify_evidence(a))
