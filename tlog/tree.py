@@ -172,9 +172,10 @@ class RightEdge:
         self._blobs: dict[tuple[int, int], bytearray] = {}
         self._dirty: set[tuple[int, int]] = set()
         # The compact range of the stored tree: the roots of its perfect subtrees, each of
-        # them a complete (so stored) node.
+        # them a complete (so stored) node; one reader, so each blob is read once.
+        stored = NodeReader(get_blob)
         self._range = CompactRange(
-            size, [self.node(level, index) for level, index in perfect_subtrees(0, size)]
+            size, [stored.node(level, index) for level, index in perfect_subtrees(0, size)]
         )
 
     @property

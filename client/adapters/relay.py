@@ -25,7 +25,6 @@ reached the log.
 from __future__ import annotations
 
 import contextlib
-import email.utils
 import logging
 import random
 import threading
@@ -37,6 +36,7 @@ from typing import Any
 import httpx
 
 from client.adapters.outbox import Outbox, OutboxError, OutboxRecord, Pending, Receipt
+from client.net.core import retry_after
 
 __all__ = ["BATCH_PATH", "MAX_BATCH", "DeliveryError", "Relay"]
 
@@ -54,19 +54,6 @@ class _Backoff(Exception):
     def __init__(self, delay: float, reason: str) -> None:
         super().__init__(reason)
         self.delay = delay
-
-
-def _retry_after(value: str | None, cap: float) -> float | None:
-    if not value:
-        return None
-    value = value.strip()
-    if value.isascii() and value.isdigit():
-        return min(float(value), cap)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return min(max(when.timestamp() - time.time(), 0.0), cap)
 
 
 def _batch_body(bodies: Sequence[str]) -> bytes:
@@ -334,7 +321,7 @@ class Relay:
             self._resolve(receipts)
             return len(receipts)
         if st in (429, 503):
-            delay = _retry_after(r.headers.get("Retry-After"), self.backoff_max)
+            delay = retry_after(r.headers.get("Retry-After"), self.backoff_max)
             raise _Backoff(self._next_backoff() if delay is None else delay, f"log answered {st}")
         if st in (400, 413, 422) and len(items) > 1:
             mid = len(items) // 2

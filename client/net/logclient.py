@@ -33,7 +33,6 @@ underlying ``httpx.Client`` allows it (it does).
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -76,6 +75,7 @@ from client.formats.tiles import (
     encode_entry_bundle,
     split_hash_tile,
 )
+from client.net.core import CheckpointTracker, HTTPCore, HTTPFailure, StatusError, Unreachable
 
 __all__ = [
     "BatchSubmission",
@@ -101,29 +101,15 @@ __all__ = [
 MAX_NOTE_BYTES = 1 << 20
 MAX_JSON_BYTES = 1 << 20
 MAX_BUNDLE_BYTES = TILE_WIDTH * (2 + MAX_ENTRY_SIZE)
-MAX_RETRY_AFTER = 30.0
-MAX_KNOWN_SIZES = 4096
 
 
 # --- errors ---------------------------------------------------------------------------------
 
 
-class LogClientError(Exception):
-    """The log could not be asked, or refused to answer. Proves nothing about the log."""
-
-
-class LogUnreachable(LogClientError):
-    """Connection, TLS or timeout failure."""
-
-
-class LogHTTPError(LogClientError):
-    """The log answered with a non-2xx status. ``reason`` is its ``{"error": ...}`` text."""
-
-    def __init__(self, status: int, reason: str, retry_after: float | None = None) -> None:
-        super().__init__(f"HTTP {status}: {reason}")
-        self.status = status
-        self.reason = reason
-        self.retry_after = retry_after
+# The core's errors (client.net.core), under the names this module has always used.
+LogClientError = HTTPFailure
+LogUnreachable = Unreachable
+LogHTTPError = StatusError
 
 
 class QuorumNotMet(VerificationError):
@@ -356,12 +342,6 @@ def verify_tile_hashes(
 # --- the client -----------------------------------------------------------------------------
 
 
-def _retry_after(value: str | None) -> float | None:
-    if value is None or not value.isascii() or not value.isdigit():
-        return None
-    return min(float(value), MAX_RETRY_AFTER)
-
-
 def _json_field(doc: dict[str, Any], name: str, kind: type) -> Any:
     v = doc.get(name)
     if not isinstance(v, kind) or (kind is int and isinstance(v, bool)):
@@ -417,13 +397,12 @@ class LogClient:
             listed = policy.log_verifiers(self.origin)
             if listed and all(v.key_id != self.verifier.key_id for v in listed):
                 raise ValueError(f"the policy lists another key for {self.origin!r}")
-        self._own_http = http is None
-        self._http = http if http is not None else httpx.Client(timeout=timeout)
+        self._core = HTTPCore(self.url, http, timeout=timeout)
         self.retries = retries
         self.latest: VerifiedCheckpoint | None = None
-        # Tree sizes whose root this client has seen and checked: repeated answers about
-        # an old size need no new consistency proof, and a second root for one is a fork.
-        self._known: dict[int, bytes] = {}
+        # Sizes proven consistent with the latest: repeated answers about an old size need
+        # no new consistency proof, and a second root for one is a fork.
+        self._tree = CheckpointTracker(self._check_consistent)
         # The largest checkpoint that met the quorum (only with a policy).
         self.witnessed: VerifiedCheckpoint | None = None
         if checkpoint is not None:
@@ -432,8 +411,7 @@ class LogClient:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def close(self) -> None:
-        if self._own_http:
-            self._http.close()
+        self._core.close()
 
     def __enter__(self) -> LogClient:
         return self
@@ -459,62 +437,16 @@ class LogClient:
         headers: dict[str, str] | None = None,
         retry: bool = False,
     ) -> bytes:
-        attempts = self.retries + 1 if retry else 1
-        for attempt in range(attempts):
-            try:
-                return self._request_once(
-                    method, path, limit=limit, params=params, content=content, headers=headers
-                )
-            except LogHTTPError as exc:
-                if attempt + 1 >= attempts or exc.status not in (429, 503):
-                    raise
-                time.sleep(exc.retry_after if exc.retry_after is not None else 1.0)
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def _request_once(
-        self,
-        method: str,
-        path: str,
-        *,
-        limit: int,
-        params: dict[str, str] | None,
-        content: bytes | None,
-        headers: dict[str, str] | None,
-    ) -> bytes:
-        url = f"{self.url}/{path}"
-        try:
-            request = self._http.build_request(
-                method, url, params=params, content=content, headers=headers
-            )
-            response = self._http.send(request, stream=True)
-            try:
-                chunks: list[bytes] = []
-                n = 0
-                # iter_bytes decodes gzip: the limit bounds the decoded size (no zip bombs).
-                for chunk in response.iter_bytes():
-                    n += len(chunk)
-                    if n > limit:
-                        raise FormatError(f"{path}: response larger than {limit} bytes")
-                    chunks.append(chunk)
-            finally:
-                response.close()
-        except httpx.DecodingError as exc:  # e.g. a corrupt gzip body: the log's fault
-            raise FormatError(f"{path}: cannot decode response: {exc}") from exc
-        except (httpx.HTTPError, httpx.InvalidURL) as exc:
-            raise LogUnreachable(f"{method} {url}: {exc}") from exc
-        body = b"".join(chunks)
-        if not 200 <= response.status_code < 300:
-            reason = body[:200].decode("utf-8", "replace")
-            try:
-                doc = json.loads(body)
-                if isinstance(doc, dict) and isinstance(doc.get("error"), str):
-                    reason = doc["error"]
-            except ValueError:
-                pass
-            raise LogHTTPError(
-                response.status_code, reason, _retry_after(response.headers.get("retry-after"))
-            )
-        return body
+        answer = self._core.call(
+            method,
+            path,
+            limit=limit,
+            params=params,
+            content=content,
+            headers=headers,
+            retries=self.retries if retry else 0,
+        )
+        return answer.body
 
     def _get_json(self, path: str, params: dict[str, str] | None = None) -> dict[str, Any]:
         return self._parse_json(self._request("GET", path, params=params, limit=MAX_JSON_BYTES))
@@ -592,41 +524,12 @@ class LogClient:
         return vc
 
     def _observe(self, vc: VerifiedCheckpoint, claimed_latest: bool) -> None:
-        known = self._known.get(vc.size)
-        if known is not None and known != vc.root_hash:
-            raise VerificationError(f"fork: two checkpoints of size {vc.size} with different roots")
+        self._tree.observe(vc.checkpoint, claimed_latest=claimed_latest)
         cur = self.latest
-        if cur is None:
+        if cur is None or vc.size > cur.size:
             self.latest = vc
-            self._remember(vc)
-            return
-        if vc.size == cur.size:
-            if vc.root_hash != cur.root_hash:
-                raise VerificationError(
-                    f"fork: two checkpoints of size {vc.size} with different roots"
-                )
-            if len(vc.cosigners) > len(cur.cosigners):
-                self.latest = vc
-            return
-        if vc.size < cur.size:
-            if claimed_latest:
-                raise VerificationError(
-                    f"rollback: the log's checkpoint has size {vc.size}, "
-                    f"but it already signed size {cur.size}"
-                )
-            if known is None:
-                self._check_consistent(vc.checkpoint, cur.checkpoint)
-                self._remember(vc)
-            return
-        self._check_consistent(cur.checkpoint, vc.checkpoint)
-        self.latest = vc
-        self._remember(vc)
-
-    def _remember(self, vc: VerifiedCheckpoint) -> None:
-        """Record a (size, root) proven consistent with :attr:`latest` (bounded memory)."""
-        if len(self._known) >= MAX_KNOWN_SIZES:
-            self._known.clear()
-        self._known[vc.size] = vc.root_hash
+        elif vc.size == cur.size and len(vc.cosigners) > len(cur.cosigners):
+            self.latest = vc  # the same tree head, better witnessed
 
     def _check_consistent(self, old: Checkpoint, new: Checkpoint) -> None:
         """Prove ``old`` is a prefix of ``new``, from the JSON API or else from tiles."""

@@ -35,20 +35,19 @@ from client.formats.checkpoint import Checkpoint, open_checkpoint
 from client.formats.merkle import VerificationError, leaf_hash, verify_consistency, verify_inclusion
 from client.formats.note import Ed25519Verifier, FormatError, b64decode_strict
 from client.formats.proof_bundle import TlogProof
+from client.net.core import CheckpointTracker, HTTPCore, StatusError
 from client.scim.event import Event, event_from_json
 from client.scim.leaf import NONCE_SIZE, Leaf, parse_leaf, verify_commitment
 from client.scim.reserved import event_origin
 
 __all__ = ["AuditedEvent", "Receipt", "ScimAuditClient", "ScimAuditError", "SearchPage"]
 
+# A search page holds at most 100 events, each at most a 64 KiB body with its proofs.
+MAX_ANSWER_BYTES = 32 << 20
 
-class ScimAuditError(Exception):
+
+class ScimAuditError(StatusError):
     """The server answered with an error status (the reason is the server's)."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(f"HTTP {status}: {reason}")
-        self.status = status
-        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -122,19 +121,17 @@ class ScimAuditClient:
         tenant: str | None = None,
         timeout: float = 30.0,
     ) -> None:
-        self.url = url.rstrip("/")
-        self._own_http = http is None
-        self._http = http if http is not None else httpx.Client(timeout=timeout)
-        self._headers = {"Authorization": f"Bearer {token}"}
+        auth = {"Authorization": f"Bearer {token}"}
+        self._core = HTTPCore(url, http, timeout=timeout, headers=auth)
+        self.url = self._core.url
         self._verifier = Ed25519Verifier.from_vkey(log_vkey)
         self._tn = tenant_ref
         self._tenant = tenant
-        self._trusted: Checkpoint | None = None
+        self._tree = CheckpointTracker(self._consistency)
         self._seen: dict[str, Checkpoint] = {}
 
     def close(self) -> None:
-        if self._own_http:
-            self._http.close()
+        self._core.close()
 
     def __enter__(self) -> ScimAuditClient:
         return self
@@ -150,16 +147,12 @@ class ScimAuditClient:
     # -- transport -----------------------------------------------------------------------
 
     def _get(self, path: str, params: Mapping[str, str | int] | None = None) -> Any:
-        r = self._http.get(self.url + path, params=params, headers=self._headers)
-        if r.status_code != 200:
-            try:
-                reason = str(r.json()["error"])
-            except (ValueError, KeyError, TypeError):
-                reason = r.text[:200]
-            raise ScimAuditError(r.status_code, reason)
+        answer = self._core.send("GET", path, params=params, limit=MAX_ANSWER_BYTES)
+        if answer.status != 200:
+            raise ScimAuditError(answer.status, answer.reason())
         try:
-            return r.json()
-        except ValueError:
+            return answer.json()
+        except FormatError:
             raise _malformed("not JSON") from None
 
     # -- checkpoints -----------------------------------------------------------------------
@@ -175,7 +168,7 @@ class ScimAuditClient:
             cp, _ = open_checkpoint(note, [self._verifier], origin=self._verifier.name)
         except FormatError as exc:
             raise _malformed(f"checkpoint: {exc}") from None
-        self._check_consistent(cp)
+        self._tree.observe(cp)
         if len(self._seen) > 1024:
             self._seen.clear()
         self._seen[note] = cp
@@ -196,19 +189,6 @@ class ScimAuditClient:
         except (KeyError, TypeError, FormatError) as exc:
             raise _malformed(f"consistency proof: {exc}") from None
         verify_consistency(old.size, new.size, old.root_hash, new.root_hash, proof)
-
-    def _check_consistent(self, cp: Checkpoint) -> None:
-        t = self._trusted
-        if t is None:
-            self._trusted = cp
-        elif cp.size == t.size:
-            if cp.root_hash != t.root_hash:
-                raise VerificationError("two checkpoints of the same size with different roots")
-        elif cp.size > t.size:
-            self._consistency(t, cp)
-            self._trusted = cp
-        else:
-            self._consistency(cp, t)
 
     # -- tenant ----------------------------------------------------------------------------
 

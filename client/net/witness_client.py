@@ -29,10 +29,7 @@ The request format lives here too (:class:`AddCheckpointRequest`), and the witne
 
 from __future__ import annotations
 
-import email.utils
 import hashlib
-import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -54,6 +51,7 @@ from client.formats.note import (
     b64encode,
     parse_note,
 )
+from client.net.core import HTTPCore, Unreachable, retry_after
 
 __all__ = [
     "CONTENT_TYPE_SIZE",
@@ -240,22 +238,8 @@ def append_signatures(checkpoint_note: str, signatures: Sequence[Signature]) -> 
     return Note(note.text, note.signatures + extra).format()
 
 
-def _retry_after(value: str | None) -> float | None:
-    if value is None:
-        return None
-    value = value.strip()
-    if value.isascii() and value.isdigit():
-        return float(int(value))
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    delay = when.timestamp() - time.time()
-    return max(0.0, delay) if math.isfinite(delay) else None
-
-
-def _media_type(content_type: str | None) -> str:
-    return (content_type or "").split(";", 1)[0].strip().lower()
+# Cosignature lines, a size, or a checkpoint: a witness never needs to say more.
+MAX_ANSWER_BYTES = 1 << 20
 
 
 # --- client -------------------------------------------------------------------------------
@@ -277,16 +261,14 @@ class WitnessClient:
         http: httpx.Client | None = None,
         timeout: float = 30.0,
     ) -> None:
-        self.url = url.rstrip("/")
+        self._core = HTTPCore(url, http, timeout=timeout)
+        self.url = self._core.url
         self.verifier = cosignature_verifier(verifier) if isinstance(verifier, str) else verifier
-        self._owns_http = http is None
-        self._http = http if http is not None else httpx.Client(timeout=timeout)
         # origin -> the size this witness last told us (cosigned or via 409).
         self._known_size: dict[str, int] = {}
 
     def close(self) -> None:
-        if self._owns_http:
-            self._http.close()
+        self._core.close()
 
     def __enter__(self) -> WitnessClient:
         return self
@@ -314,21 +296,23 @@ class WitnessClient:
         cp = Checkpoint.parse(parse_note(checkpoint_note).text)
         body = AddCheckpointRequest(old_size, tuple(consistency_proof), checkpoint_note).format()
         try:
-            resp = self._http.post(
-                f"{self.url}/add-checkpoint",
+            resp = self._core.send(
+                "POST",
+                "add-checkpoint",
+                limit=MAX_ANSWER_BYTES,
                 content=body,
                 headers={"Content-Type": "text/plain; charset=utf-8"},
             )
-        except httpx.HTTPError as exc:
+        except Unreachable as exc:
             raise WitnessUnreachable(f"add-checkpoint to {self.url}: {exc}") from exc
-        status = resp.status_code
+        status = resp.status
         if status == 200:
             sigs = parse_cosignature_lines(cp.text(), resp.text, self.verifier)
             self._known_size[cp.origin] = cp.size
             return sigs
         text = resp.text[:1000]
         if status == 409:
-            if _media_type(resp.headers.get("content-type")) == CONTENT_TYPE_SIZE:
+            if resp.media_type() == CONTENT_TYPE_SIZE:
                 try:
                     if not text.endswith("\n"):
                         raise FormatError("size body must end in a newline")
@@ -342,7 +326,7 @@ class WitnessClient:
         if status == 422:
             raise SplitViewAlarm(status, text)
         if status in (429, 503):
-            raise WitnessBusy(_retry_after(resp.headers.get("retry-after")), status)
+            raise WitnessBusy(retry_after(resp.headers.get("retry-after")), status)
         raise WitnessRejected(status, text)
 
     def submit(
@@ -386,13 +370,14 @@ class WitnessClient:
         the witness key before trusting it.
         """
         try:
-            resp = self._http.get(f"{self.url}/{origin_hash(origin)}/checkpoint")
-        except httpx.HTTPError as exc:
+            path = f"{origin_hash(origin)}/checkpoint"
+            resp = self._core.send("GET", path, limit=MAX_ANSWER_BYTES)
+        except Unreachable as exc:
             raise WitnessUnreachable(f"GET checkpoint from {self.url}: {exc}") from exc
-        if resp.status_code == 404:
+        if resp.status == 404:
             return None
-        if resp.status_code in (429, 503):
-            raise WitnessBusy(_retry_after(resp.headers.get("retry-after")), resp.status_code)
-        if resp.status_code != 200:
-            raise WitnessRejected(resp.status_code, resp.text[:1000])
+        if resp.status in (429, 503):
+            raise WitnessBusy(retry_after(resp.headers.get("retry-after")), resp.status)
+        if resp.status != 200:
+            raise WitnessRejected(resp.status, resp.text[:1000])
         return resp.text

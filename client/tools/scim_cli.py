@@ -46,6 +46,7 @@ from client.formats.merkle import VerificationError
 from client.formats.note import Ed25519Verifier, FormatError, b64decode_strict, b64encode
 from client.formats.policy import Policy
 from client.formats.proof_bundle import TlogProof
+from client.net.core import HTTPFailure
 from client.net.scim_audit import AuditedEvent, ScimAuditClient, ScimAuditError
 from client.scim.event import event_to_json
 from client.scim.evidence import describe, verify_evidence
@@ -274,7 +275,7 @@ def _run(fn: Any) -> Any:
         except ScimAuditError as exc:
             print(f"tlog-client: error: the log answered {exc}", file=sys.stderr)
             return EXIT_ERROR
-        except (httpx.HTTPError, OSError, ValueError) as exc:
+        except (httpx.HTTPError, HTTPFailure, OSError, ValueError) as exc:
             print(f"tlog-client: error: {exc}", file=sys.stderr)
             return EXIT_ERROR
 

@@ -53,6 +53,7 @@ import httpx
 
 from client.formats.merkle import VerificationError
 from client.formats.note import Ed25519Verifier, FormatError, b64encode
+from client.net.core import HTTPFailure
 from client.net.scim_audit import AuditedEvent, ScimAuditClient, ScimAuditError
 from client.tools.ocsf import to_ocsf
 from client.tools.scim_cli import read_secret
@@ -481,7 +482,7 @@ def cmd_stream(args: argparse.Namespace, http: httpx.Client | None = None) -> in
     except (VerificationError, FormatError) as exc:
         print(f"tlog-client: LOG FAILED VERIFICATION: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    except (SinkError, ScimAuditError, httpx.HTTPError, OSError) as exc:
+    except (SinkError, HTTPFailure, httpx.HTTPError, OSError) as exc:
         print(f"tlog-client: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     finally:

@@ -40,6 +40,7 @@ from client.formats.checkpoint import Checkpoint, open_checkpoint
 from client.formats.cosignature import AnyCosignatureVerifier
 from client.formats.merkle import EMPTY_ROOT, HASH_SIZE, VerificationError, verify_consistency
 from client.formats.note import FormatError, b64decode_strict, b64encode
+from client.net.core import Answer, HTTPCore, Unreachable
 from client.net.witness_client import WitnessClient, WitnessError
 from client.witness.core import (
     AddCheckpointError,
@@ -90,33 +91,33 @@ class LogClient:
         if log.url is None:
             raise ValueError(f"log {log.origin!r} has no URL")
         self.log = log
-        self.url = log.url.rstrip("/")
-        self._http = http
+        self._core = HTTPCore(log.url, http)
+        self.url = self._core.url
 
-    def _get(self, path: str, params: dict[str, int] | None = None) -> httpx.Response:
+    def _get(self, path: str, params: dict[str, int] | None = None) -> Answer:
         try:
-            resp = self._http.get(self.url + path, params=params)
-        except httpx.HTTPError as exc:
-            raise LogUnavailable(f"GET {self.url}{path}: {exc}") from exc
-        if resp.status_code >= 500 or resp.status_code in (408, 429):
-            raise LogUnavailable(f"GET {self.url}{path}: HTTP {resp.status_code}")
-        if len(resp.content) > MAX_RESPONSE_SIZE:
-            raise ProofRefused(f"GET {self.url}{path}: response too large")
+            resp = self._core.send("GET", path, params=params, limit=MAX_RESPONSE_SIZE)
+        except Unreachable as exc:
+            raise LogUnavailable(str(exc)) from exc
+        except FormatError as exc:
+            raise ProofRefused(f"GET {self.url}{path}: {exc}") from None
+        if resp.status >= 500 or resp.status in (408, 429):
+            raise LogUnavailable(f"GET {self.url}{path}: HTTP {resp.status}")
         return resp
 
     def checkpoint(self) -> str:
         resp = self._get("/checkpoint")
-        if resp.status_code != 200:
-            raise LogUnavailable(f"GET {self.url}/checkpoint: HTTP {resp.status_code}")
+        if resp.status != 200:
+            raise LogUnavailable(f"GET {self.url}/checkpoint: HTTP {resp.status}")
         return resp.text
 
     def consistency(self, old_size: int, tree_size: int) -> ConsistencyResponse:
         """GET /v1/proof/consistency; checks the JSON shape strictly, not the proof."""
         resp = self._get("/v1/proof/consistency", {"old_size": old_size, "tree_size": tree_size})
-        if resp.status_code != 200:
-            raise ProofRefused(f"log answered HTTP {resp.status_code} to a consistency request")
+        if resp.status != 200:
+            raise ProofRefused(f"log answered HTTP {resp.status} to a consistency request")
         try:
-            doc = json.loads(resp.content)
+            doc = json.loads(resp.body)
         except ValueError:
             raise ProofRefused("consistency response is not JSON") from None
         if not isinstance(doc, dict):

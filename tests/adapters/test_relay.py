@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
 
 from client.adapters.outbox import Outbox, OutboxRecord
-from client.adapters.relay import DeliveryError, Relay, _retry_after
+from client.adapters.relay import DeliveryError, Relay
 from client.scim.event import event_to_json, new_event
 
 from .helpers import FakeLog, sleep_until
@@ -147,13 +146,3 @@ def test_deliver_now_bypasses_the_outbox(outbox: Outbox) -> None:
     with pytest.raises(DeliveryError):
         relay.deliver_now([event_record(2)], timeout=2)
     relay.stop()
-
-
-def test_retry_after_forms() -> None:
-    assert _retry_after("3", 30) == 3.0
-    assert _retry_after("300", 30) == 30.0
-    assert _retry_after("soon", 30) is None
-    assert _retry_after(None, 30) is None
-    when = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 5))
-    got = _retry_after(when, 30)
-    assert got is not None and 3 <= got <= 5.5

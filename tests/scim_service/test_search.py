@@ -300,7 +300,7 @@ def test_client_detects_a_split_view(harness: Harness) -> None:
         note = sign_note(Checkpoint(ORIGIN, d["tree_size"], bytes(32)).text(), [fork])
         d["checkpoint"] = note
 
-    a._http = tampered(harness, mutate)
+    a._core.http = tampered(harness, mutate)
     with pytest.raises(VerificationError):
         a.search(rid=ALICE)
 

@@ -125,7 +125,7 @@ def test_unreachable_witness_backs_off(setup) -> None:  # type: ignore[no-untype
     def boom(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("refused")
 
-    pusher.clients["a"]._http = httpx.Client(transport=httpx.MockTransport(boom))
+    pusher.clients["a"]._core.http = httpx.Client(transport=httpx.MockTransport(boom))
     pusher.push_once()
     st = pusher.state["a"]
     assert st.backoff == 1 and st.last_error
@@ -144,7 +144,7 @@ def test_rounds_give_every_witness_the_same_checkpoint(setup) -> None:  # type: 
     def down(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("refused")
 
-    pusher.clients["b"]._http = httpx.Client(transport=httpx.MockTransport(down))
+    pusher.clients["b"]._core.http = httpx.Client(transport=httpx.MockTransport(down))
     for round_ in range(5):
         log_.integrate([b"r%d-%d" % (round_, i) for i in range(3)])
         pusher.push_once()

@@ -84,13 +84,20 @@ def test_incremental_run_fetches_only_new_bundles(server: Server, tmp_path: Path
 
     server.add(1900, tag="more")
     calls: list[tuple[int, int]] = []
-    real = server.log.consistency_proof
+    real, cached = server.log.consistency_proof, server.log.cached_consistency_proof
 
     def counting(old: int, size: int) -> list[bytes]:
         calls.append((old, size))
         return real(old, size)
 
+    def counting_cached(old: int, size: int) -> list[bytes] | None:
+        proof = cached(old, size)
+        if proof is not None:  # else the log falls back to consistency_proof
+            calls.append((old, size))
+        return proof
+
     server.log.consistency_proof = counting  # type: ignore[method-assign]
+    server.log.cached_consistency_proof = counting_cached  # type: ignore[method-assign]
     fetch = CountingFetch(server.client().fetch_tile)
     second = Auditor(server.client(), state_path=state, fetch=fetch).run()
     assert (second.previous_size, second.checkpoint.size, second.entries) == (1300, 3200, 1900)

@@ -1,0 +1,278 @@
+"""The one HTTP core of the clients in ``client/``: transport, bounded answers, errors,
+``Retry-After``, and what a client believes about a log's tree.
+
+Every client of a log or a witness goes through it: :class:`client.net.logclient.LogClient`,
+:class:`client.net.scim_audit.ScimAuditClient`, :class:`client.net.witness_client.WitnessClient`,
+the witness's log poller (:mod:`client.witness.monitor`), and the SCIM adapters' relay and
+pseudonym lookup (:mod:`client.adapters`).
+
+* :class:`HTTPCore` owns its ``httpx.Client`` only if it made it (closed with the core), reads
+  every answer with a bound on its *decoded* size (no gzip bombs), and turns transport
+  failures into :class:`Unreachable`.
+* :func:`retry_after` is the one reading of ``Retry-After`` (delta-seconds or an HTTP date,
+  never negative, capped) and :meth:`HTTPCore.call` the one retry loop on 429 and 503.
+* :class:`CheckpointTracker` keeps the largest checkpoint a client has proven and the tree
+  sizes proven consistent with it, so that a rollback or a fork is noticed however the log
+  presents it.
+
+Errors::
+
+    Exception
+    ├── HTTPFailure          the server could not be asked or refused: proves nothing about it
+    │   ├── Unreachable      connection, TLS or timeout failure
+    │   └── StatusError      a non-2xx answer: .status, .reason (the server's), .retry_after
+    └── client.formats.merkle.VerificationError   (raised by the tracker: fork, rollback)
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self
+
+import httpx
+
+from client.formats.checkpoint import Checkpoint
+from client.formats.merkle import VerificationError
+from client.formats.note import FormatError
+
+__all__ = [
+    "MAX_RETRY_AFTER",
+    "Answer",
+    "CheckpointTracker",
+    "HTTPCore",
+    "HTTPFailure",
+    "StatusError",
+    "Unreachable",
+    "retry_after",
+]
+
+MAX_RETRY_AFTER = 30.0
+MAX_KNOWN_SIZES = 4096
+
+
+class HTTPFailure(Exception):
+    """The server could not be asked, or refused to answer. Proves nothing about it."""
+
+
+class Unreachable(HTTPFailure):
+    """Connection, TLS or timeout failure."""
+
+
+class StatusError(HTTPFailure):
+    """A non-2xx answer. ``reason`` is the server's ``{"error": ...}`` text (or the start of
+    its body); ``retry_after`` is :func:`retry_after` of its header."""
+
+    def __init__(self, status: int, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(f"HTTP {status}: {reason}")
+        self.status = status
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+def retry_after(value: str | None, cap: float = MAX_RETRY_AFTER) -> float | None:
+    """Seconds to wait from a ``Retry-After`` value (RFC 9110 §10.2.3: delta-seconds or an
+    HTTP date), at least 0 and at most ``cap``; None when absent or unreadable."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return min(float(value), cap)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    delay = when.timestamp() - time.time()
+    return min(max(delay, 0.0), cap) if math.isfinite(delay) else None
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A whole answer: status, headers and the decoded body (bounded)."""
+
+    status: int
+    headers: httpx.Headers
+    body: bytes
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", "replace")
+
+    def json(self) -> Any:
+        """The body as JSON; a body that is not JSON is the server's fault (FormatError)."""
+        try:
+            return json.loads(self.body)
+        except ValueError as exc:
+            raise FormatError(f"answer is not JSON: {exc}") from None
+
+    def media_type(self) -> str:
+        return (self.headers.get("content-type") or "").split(";", 1)[0].strip().lower()
+
+    def reason(self, limit: int = 200) -> str:
+        """The server's ``{"error": ...}`` text, else the start of its body."""
+        try:
+            doc = json.loads(self.body)
+        except ValueError:
+            doc = None
+        error = doc.get("error") if isinstance(doc, dict) else None
+        if isinstance(error, str):
+            return error
+        return self.body[:limit].decode("utf-8", "replace")
+
+    def error(self, cap: float = MAX_RETRY_AFTER) -> StatusError:
+        delay = retry_after(self.headers.get("retry-after"), cap)
+        return StatusError(self.status, self.reason(), delay)
+
+
+class HTTPCore:
+    """Requests to ``url`` + path over ``http`` (any ``httpx.Client``, e.g. a Starlette
+    ``TestClient`` in tests), which it closes only if it made it. Safe for concurrent use if
+    ``http`` is."""
+
+    def __init__(
+        self,
+        url: str,
+        http: httpx.Client | None = None,
+        *,
+        timeout: float = 30.0,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self._own = http is None
+        self.http = http if http is not None else httpx.Client(timeout=timeout)
+        self._headers = dict(headers or {})
+
+    def close(self) -> None:
+        if self._own:
+            self.http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def send(
+        self,
+        method: str,
+        path: str,
+        *,
+        limit: int,
+        params: Mapping[str, str | int] | None = None,
+        content: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Answer:
+        """One request; any status is returned. Raises :class:`Unreachable` on a transport
+        failure and :class:`FormatError` when the decoded body exceeds ``limit`` bytes or
+        cannot be decoded (the server's fault, not the network's)."""
+        url = f"{self.url}/{path.lstrip('/')}"
+        merged = {**self._headers, **headers} if headers else self._headers
+        try:
+            request = self.http.build_request(
+                method, url, params=params, content=content, headers=merged
+            )
+            response = self.http.send(request, stream=True)
+            try:
+                chunks: list[bytes] = []
+                n = 0
+                for chunk in response.iter_bytes():  # decoded: the limit bounds gzip too
+                    n += len(chunk)
+                    if n > limit:
+                        raise FormatError(f"{path}: answer larger than {limit} bytes")
+                    chunks.append(chunk)
+            finally:
+                response.close()
+        except httpx.DecodingError as exc:
+            raise FormatError(f"{path}: cannot decode the answer: {exc}") from exc
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            raise Unreachable(f"{method} {url}: {exc}") from exc
+        return Answer(response.status_code, response.headers, b"".join(chunks))
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        limit: int,
+        params: Mapping[str, str | int] | None = None,
+        content: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        retries: int = 0,
+    ) -> Answer:
+        """:meth:`send`, retried up to ``retries`` times on 429 and 503 after the server's
+        ``Retry-After`` (1 s without one); a non-2xx answer raises :class:`StatusError`."""
+        for attempt in range(retries + 1):
+            answer = self.send(
+                method, path, limit=limit, params=params, content=content, headers=headers
+            )
+            if answer.ok:
+                return answer
+            error = answer.error()
+            if attempt >= retries or answer.status not in (429, 503):
+                raise error
+            time.sleep(error.retry_after if error.retry_after is not None else 1.0)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+class CheckpointTracker:
+    """What a client believes about one log's tree: the largest checkpoint it has proven
+    (:attr:`latest`) and the sizes proven consistent with it (bounded memory).
+
+    ``prove(old, new)`` must raise :class:`VerificationError` unless ``old`` is a prefix of
+    ``new`` (typically: fetch a consistency proof and verify it). The checkpoints given to
+    :meth:`observe` must already be verified (signature, origin). Not safe for concurrent use.
+    """
+
+    def __init__(self, prove: Callable[[Checkpoint, Checkpoint], None]) -> None:
+        self._prove = prove
+        self.latest: Checkpoint | None = None
+        self._known: dict[int, bytes] = {}
+
+    def observe(self, cp: Checkpoint, *, claimed_latest: bool = False) -> None:
+        """Fold ``cp`` in, proving it consistent with :attr:`latest`. A second root for a
+        known size is a fork; a checkpoint smaller than :attr:`latest` that the log
+        ``claimed_latest`` is a rollback. Both raise :class:`VerificationError`."""
+        known = self._known.get(cp.size)
+        if known is not None and known != cp.root_hash:
+            raise VerificationError(f"fork: two checkpoints of size {cp.size} with different roots")
+        cur = self.latest
+        if cur is None:
+            self.latest = cp
+            self._remember(cp)
+        elif cp.size == cur.size:
+            if cp.root_hash != cur.root_hash:
+                raise VerificationError(
+                    f"fork: two checkpoints of size {cp.size} with different roots"
+                )
+        elif cp.size < cur.size:
+            if claimed_latest:
+                raise VerificationError(
+                    f"rollback: the log's checkpoint has size {cp.size}, "
+                    f"but it already signed size {cur.size}"
+                )
+            if known is None:
+                self._prove(cp, cur)
+                self._remember(cp)
+        else:
+            self._prove(cur, cp)
+            self.latest = cp
+            self._remember(cp)
+
+    def _remember(self, cp: Checkpoint) -> None:
+        if len(self._known) >= MAX_KNOWN_SIZES:
+            self._known.clear()
+        self._known[cp.size] = cp.root_hash
