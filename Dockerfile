@@ -1,4 +1,5 @@
-# tlog server: the log on its embedded LMDB store, data on a volume, run as a non-root user.
+# tlog server: the log on its embedded LMDB store (or PostgreSQL with --database, publishing to
+# an S3 bucket with --bucket), data on a volume, run as a non-root user.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
@@ -6,7 +7,7 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY tlog ./tlog
 COPY client ./client
-RUN pip install . && useradd --system --uid 10001 --home-dir /data tlog \
+RUN pip install '.[postgres,s3]' && useradd --system --uid 10001 --home-dir /data tlog \
     && mkdir -p /data && chown tlog:tlog /data && chmod 700 /data
 
 USER tlog

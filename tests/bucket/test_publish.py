@@ -51,12 +51,20 @@ from tlog.log import Log
 from tlog.server import build_app
 from tlog.signer import CheckpointSigner
 
-from ..s3support import SeaweedS3
+from ..pgsupport import BACKENDS, backend_database
+from ..s3support import SeaweedS3, audit_bucket
 
 ORIGIN = "bucket.example/log"
 PUBLIC_KEY = re.compile(
     r"checkpoint|tile/(entries|[0-9]|[1-9][0-9])/(x[0-9]{3}/)*[0-9]{3}(\.p/[1-9][0-9]{0,2})?"
 )
+
+
+@pytest.fixture(params=BACKENDS)
+def database(request: pytest.FixtureRequest) -> str | None:
+    """The tests that take it run on LMDB and on PostgreSQL: publishing sits on the storage
+    seam, not in one backend."""
+    return backend_database(request)
 
 
 def make_signer(seed: bytes = bytes(range(32))) -> CheckpointSigner:
@@ -99,6 +107,7 @@ def open_node(
     mp = pytest.MonkeyPatch()
     for k, v in s3.env().items():
         mp.setenv(k, v)
+    data.mkdir(parents=True, exist_ok=True)  # keys and last-checkpoint (any backend)
     try:
         app, log_, tokens = build_app(
             data,
@@ -163,11 +172,11 @@ def test_tiles_between_matches_the_tile_sets() -> None:
 
 
 def test_published_bucket_is_a_complete_tlog_tiles_log(
-    tmp_path: Path, seaweedfs: SeaweedS3
+    tmp_path: Path, seaweedfs: SeaweedS3, database: str | None
 ) -> None:
     bucket = seaweedfs.bucket()
     log_entries = entries(700)
-    with open_node(tmp_path / "a", seaweedfs, bucket) as node:
+    with open_node(tmp_path / "a", seaweedfs, bucket, database=database) as node:
         # Batches that cross tile boundaries (256, 512) and leave partial tiles behind.
         for lo, hi in [(0, 100), (100, 256), (256, 300), (300, 513), (513, 700)]:
             r = node.add_batch(log_entries[lo:hi])
@@ -241,9 +250,11 @@ def test_objects_carry_tiles_content_type_and_cache_control(
         assert r.headers["cache-control"] == cache, key
 
 
-def test_background_publisher_follows_commits(tmp_path: Path, seaweedfs: SeaweedS3) -> None:
+def test_background_publisher_follows_commits(
+    tmp_path: Path, seaweedfs: SeaweedS3, database: str | None
+) -> None:
     bucket = seaweedfs.bucket()
-    with open_node(tmp_path / "a", seaweedfs, bucket) as node:
+    with open_node(tmp_path / "a", seaweedfs, bucket, database=database) as node:
         for i in range(5):
             assert node.add_batch(entries(60, f"b{i}")).status_code == 200
         wait_published(node)
@@ -281,10 +292,12 @@ class FailingStore:
         return self.inner.replace(key, data, etag, content_type, cache_control)
 
 
-def test_bucket_outage_loses_no_acknowledged_entry(tmp_path: Path, seaweedfs: SeaweedS3) -> None:
+def test_bucket_outage_loses_no_acknowledged_entry(
+    tmp_path: Path, seaweedfs: SeaweedS3, database: str | None
+) -> None:
     bucket = seaweedfs.bucket()
     store = FailingStore(S3Store(f"s3://{bucket}/p", client=seaweedfs.client()))
-    with open_node(tmp_path / "a", seaweedfs, bucket, "p", store=store) as node:
+    with open_node(tmp_path / "a", seaweedfs, bucket, "p", store=store, database=database) as node:
         node.publisher.retry_interval = 0.05
         for i in range(3):  # acknowledged although the bucket refuses every write
             assert node.add_batch(entries(100, f"o{i}")).status_code == 200
@@ -321,9 +334,11 @@ def test_start_catches_up_what_was_never_published(tmp_path: Path, seaweedfs: Se
         assert "tile/entries/001.p/144" in set(node.store.keys())
 
 
-def test_existing_identical_objects_are_accepted(tmp_path: Path, seaweedfs: SeaweedS3) -> None:
+def test_existing_identical_objects_are_accepted(
+    tmp_path: Path, seaweedfs: SeaweedS3, database: str | None
+) -> None:
     bucket = seaweedfs.bucket()
-    with open_node(tmp_path / "a", seaweedfs, bucket) as node:
+    with open_node(tmp_path / "a", seaweedfs, bucket, database=database) as node:
         assert node.add_batch(entries(300)).status_code == 200
         node.publisher.publish_once()
         # A second publisher (another frontend, or a restart that lost its place) writes
@@ -333,11 +348,13 @@ def test_existing_identical_objects_are_accepted(tmp_path: Path, seaweedfs: Seaw
         assert again.stopped is None and node.log.halted is None
 
 
-def test_other_bytes_in_the_bucket_stop_signing(tmp_path: Path, seaweedfs: SeaweedS3) -> None:
+def test_other_bytes_in_the_bucket_stop_signing(
+    tmp_path: Path, seaweedfs: SeaweedS3, database: str | None
+) -> None:
     bucket = seaweedfs.bucket()
     planted = S3Store(f"s3://{bucket}/p", client=seaweedfs.client())
     planted.create("tile/entries/000", b"\x00\x05other", "application/octet-stream", "x")
-    with open_node(tmp_path / "a", seaweedfs, bucket, "p") as node:
+    with open_node(tmp_path / "a", seaweedfs, bucket, "p", database=database) as node:
         assert node.add_batch(entries(300)).status_code == 200
         with pytest.raises(BucketConflict, match="tile/entries/000"):
             node.publisher.publish_once()
@@ -418,7 +435,7 @@ def test_running_frontend_stops_when_its_database_falls_behind_the_bucket(
 
 
 def test_bucket_with_another_history_refuses_to_sign(
-    tmp_path: Path, seaweedfs: SeaweedS3
+    tmp_path: Path, seaweedfs: SeaweedS3, database: str | None
 ) -> None:
     bucket = seaweedfs.bucket()
     signer = make_signer()
@@ -427,7 +444,10 @@ def test_bucket_with_another_history_refuses_to_sign(
         node.publisher.publish_once()
     # Another database with the same key and a different history (a fork, or the wrong
     # database behind this bucket) is refused at start.
-    app, log_, tokens = build_app(tmp_path / "b", signer, max_batch_age=0.0, scim=False)
+    (tmp_path / "b").mkdir()
+    app, log_, tokens = build_app(
+        tmp_path / "b", signer, max_batch_age=0.0, scim=False, database=database
+    )
     token, _ = tokens.create("submitter", tenant="t1")
     with TestClient(app) as c:
         body = b"".join(struct.pack(">H", len(e)) + e for e in entries(40, "second"))
@@ -436,7 +456,7 @@ def test_bucket_with_another_history_refuses_to_sign(
         ).status_code == 200
     log_.storage.close()
     with pytest.raises(RollbackDetected, match="another root"):
-        with open_node(tmp_path / "b", seaweedfs, bucket, signer=signer):
+        with open_node(tmp_path / "b", seaweedfs, bucket, signer=signer, database=database):
             pass
 
 
@@ -551,3 +571,33 @@ def test_publishes_the_cosigned_checkpoint(tmp_path: Path, seaweedfs: SeaweedS3)
     url = seaweedfs.public_url(bucket, "logs/one")
     with httpx.Client(timeout=10) as http, LogClient(url, vkey, http=http) as client:
         assert client.checkpoint().size == 5
+
+
+def test_two_frontends_on_one_database_publish_one_bucket(
+    tmp_path: Path, seaweedfs: SeaweedS3, pg_url: str
+) -> None:
+    """Two ``tlog serve`` frontends of one PostgreSQL log, each publishing to the same
+    bucket: the bucket ends at the final checkpoint, and a client reading only the bucket
+    audits every entry either frontend acknowledged."""
+    bucket = seaweedfs.bucket()
+    signer = make_signer()
+    with open_node(tmp_path / "a", seaweedfs, bucket, signer=signer, database=pg_url) as a, \
+            open_node(tmp_path / "b", seaweedfs, bucket, signer=signer, database=pg_url) as b:
+        sent: list[bytes] = []
+        for i in range(6):
+            node = (a, b)[i % 2]
+            batch = entries(90, f"fe{i}")
+            r = node.add_batch(batch)
+            assert r.status_code == 200, r.text
+            sent += batch
+        final = max(a.log.latest, b.log.latest, key=lambda p: p.size)
+        assert final.size == len(sent)
+        deadline = time.monotonic() + 30
+        # The frontend that signed the final checkpoint publishes it on its next round.
+        while (got := a.store.get("checkpoint")) is None or got[0].decode() != final.note:
+            assert time.monotonic() < deadline, (a.publisher.status(), b.publisher.status())
+            time.sleep(0.05)
+        assert a.log.halted is None and b.log.halted is None
+        vkey = a.log.vkey
+    result = audit_bucket(seaweedfs, bucket, "logs/one", vkey, tmp_path / "audit.json")
+    assert result.checkpoint.size == len(sent) and result.entries == len(sent)
