@@ -28,3 +28,7 @@ have ssh-agent || apt_install openssh-client
 # PostgreSQL backend (tests/pgsupport.py): Debian's server binaries (initdb, pg_ctl under
 # /usr/lib/postgresql/<version>/bin). The tests start their own cluster on 127.0.0.1.
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || have initdb || apt_install postgresql
+
+# SCIM interop (tests/adapters/test_scimmy.py): a second SCIM server from another ecosystem,
+# SCIMMY on Node.js; the test installs its npm packages (pinned) into ~/.cache/tlog-tests/npm.
+{ have node && have npm; } || apt_install nodejs npm
