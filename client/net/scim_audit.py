@@ -37,7 +37,7 @@ from client.formats.note import Ed25519Verifier, FormatError, b64decode_strict
 from client.formats.proof_bundle import TlogProof
 from client.net.core import CheckpointTracker, HTTPCore, StatusError
 from client.scim.event import Event, event_from_json
-from client.scim.leaf import NONCE_SIZE, Leaf, parse_leaf, verify_commitment
+from client.scim.leaf import NONCE_SIZE, Leaf, parse_leaf, verify_commitment, verify_effect
 from client.scim.reserved import event_origin
 
 __all__ = ["AuditedEvent", "Receipt", "ScimAuditClient", "ScimAuditError", "SearchPage"]
@@ -63,9 +63,13 @@ class AuditedEvent:
     nonce: bytes | None
     checkpoint_note: str = ""  # the signed note ``checkpoint`` was verified from
     # What the log derived the event did, judged against the resource's state (actions,
-    # named member adds/removes, no-ops). Not covered by the leaf's commitment: the log's
-    # reading, not the submitter's statement. None when the log derived none.
+    # named member adds/removes, no-ops): the log's reading, not the submitter's statement.
+    # None when the log derived none.
     effect: Mapping[str, Any] | None = None
+    # True: the leaf commits to ``effect`` (its ``e``), verified like the event itself. False
+    # for a leaf without ``e`` (an event with no effect, or one logged before effects were
+    # committed: then ``effect`` is the log's unattested reading).
+    effect_attested: bool = False
 
     @property
     def erased(self) -> bool:
@@ -290,8 +294,14 @@ class ScimAuditClient:
                        for a in effect.get("acts", []))
         ):
             raise _malformed("effect")
+        try:
+            attested = verify_effect(leaf, effect, nonce)  # the leaf's e, like c above
+        except FormatError as exc:  # an effect outside the deterministic data model
+            raise _malformed(f"effect: {exc}") from None
         self._check_filters(ev, leaf, filters, effect)
-        return AuditedEvent(index, lh, leaf, cp.size, cp, ev, nonce, r["checkpoint"], effect)
+        return AuditedEvent(
+            index, lh, leaf, cp.size, cp, ev, nonce, r["checkpoint"], effect, attested
+        )
 
     # -- API -------------------------------------------------------------------------------
 

@@ -35,12 +35,14 @@ from client.scim.event import (
 from client.scim.leaf import (
     Leaf,
     commitment,
+    effect_commitment,
     make_leaf,
     new_nonce,
     parse_leaf,
     pid,
     tenant_ref,
     verify_commitment,
+    verify_effect,
 )
 
 __all__ = [
@@ -55,6 +57,7 @@ __all__ = [
     "decode_event",
     "derive_actions",
     "dumps_det",
+    "effect_commitment",
     "encode_event",
     "event_from_json",
     "event_to_json",
@@ -74,4 +77,5 @@ __all__ = [
     "uuid7",
     "validate_event",
     "verify_commitment",
+    "verify_effect",
 ]

@@ -9,14 +9,16 @@ receipt::
      "tenant": "acme", "tn": "<b64, 16 bytes>", "exported": <ms>, "access": {...},
      "events": [{"index": 41, "eid": "...", "leaf": "<b64>", "leaf_hash": "<b64>",
                  "erased": false, "event": {<JSON form>}, "nonce": "<b64>",
+                 ["effect": {<the log's derived effect>},]
                  "tlog_proof": "c2sp.org/tlog-proof@v1\\n..."}, ...]}
 
 :func:`verify_evidence` trusts nothing in the file: the log key and witness policy come from
 the caller (``tlog-client scim verify-evidence --vkey/--policy``). For every event it checks
 the receipt (log signature, origin, inclusion of ``SHA-256(0x00 || leaf)``), the leaf's
-form and tenant ref, and ``c = HMAC-SHA256(nonce, det_cbor(event))``; with a policy, the
-witness quorum on every checkpoint; across events, that two checkpoints of one size have
-one root.
+form and tenant ref, ``c = HMAC-SHA256(nonce, det_cbor(event))`` and, for an event that
+carries an ``effect``, the leaf's ``e`` over it (:func:`client.scim.leaf.verify_effect`);
+with a policy, the witness quorum on every checkpoint; across events, that two checkpoints
+of one size have one root.
 """
 
 from __future__ import annotations
@@ -31,14 +33,20 @@ from client.formats.policy import Policy
 from client.formats.proof_bundle import TlogProof
 from client.scim.event import event_from_json
 from client.scim.jsonstrict import strict_json
-from client.scim.leaf import NONCE_SIZE, TENANT_REF_SIZE, parse_leaf, verify_commitment
+from client.scim.leaf import (
+    NONCE_SIZE,
+    TENANT_REF_SIZE,
+    parse_leaf,
+    verify_commitment,
+    verify_effect,
+)
 
 __all__ = ["FORMAT", "MAX_EVIDENCE_SIZE", "EvidenceReport", "verify_evidence"]
 
 FORMAT = "tlog-scim-evidence@v1"
 MAX_EVIDENCE_SIZE = 256 << 20
 _TOP = {"format", "origin", "vkey", "policy", "tenant", "tn", "exported", "access", "events"}
-_EVENT = {"index", "eid", "leaf", "leaf_hash", "erased", "event", "nonce", "tlog_proof"}
+_EVENT = {"index", "eid", "leaf", "leaf_hash", "erased", "event", "nonce", "tlog_proof", "effect"}
 
 
 @dataclass(frozen=True)
@@ -125,6 +133,18 @@ def verify_evidence(
         except (KeyError, TypeError) as exc:
             raise _bad(f"{where}: {exc}") from None
         verify_commitment(parsed, ev, nonce)
+        if "effect" in e:  # the log's derived effect: must be the one the leaf commits to (e)
+            effect = e["effect"]
+            if not isinstance(effect, dict):
+                raise _bad(f"{where}: effect is not an object")
+            try:
+                attested = verify_effect(parsed, effect, nonce)
+            except VerificationError as exc:
+                raise VerificationError(f"{where}: {exc}") from None
+            except FormatError as exc:
+                raise _bad(f"{where}: effect: {exc}") from None
+            if not attested:
+                raise VerificationError(f"{where}: an effect the leaf does not commit to")
         if ev["tenant"] != tenant:
             raise VerificationError(f"{where}: the body belongs to another tenant")
         bodies += 1

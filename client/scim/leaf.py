@@ -2,7 +2,8 @@
 
 SCIM.md §3.4 and §4.3. The leaf carries nothing private::
 
-    leaf = {"v": 1, "ts": uint ms, "tn": bstr .size 16, "c": bstr .size 32}
+    leaf = {"v": 1, "ts": uint ms, "tn": bstr .size 16, "c": bstr .size 32,
+            ? "e": bstr .size 32}
 
 * ``tn`` = HMAC-SHA256(log tenant key, tenant id)[:16] (:func:`tenant_ref`): a tenant's
   monitor finds its own leaves, nobody else learns tenant identities.
@@ -10,17 +11,26 @@ SCIM.md §3.4 and §4.3. The leaf carries nothing private::
   random 32-byte nonce per event kept only inside the encrypted envelope. Without the nonce a
   low-entropy event cannot be confirmed by guessing; after crypto-shredding it cannot be
   confirmed at all.
+* ``e`` (when the log derived an *effect* for the event, ``tlog.scim.effects``: what the
+  request did, judged against the resource's state) = HMAC-SHA256(key = nonce,
+  msg = ``"tlog-scim-effect\x00"`` ‖ det_cbor(effect)) (:func:`effect_commitment`). The
+  effect is thereby fixed in the tree at ingestion, exactly like the event: the log cannot
+  show an auditor a different effect later, and a reader with the nonce verifies both
+  (:func:`verify_effect`). The prefix separates the two messages (an event's encoding
+  starts with a CBOR map header). Leaves without ``e`` carry no effect (a failed event, or a
+  leaf made before effects were committed).
 
 The Merkle leaf hash is ``client.formats.merkle.leaf_hash(make_leaf(...))`` (RFC 6962 §2.1).
 
 **Domain separation** (issue 7 part 5). Every leaf the log builds itself (SCIM events and the
 log's own events) is a deterministic CBOR *map*: its first byte is a CBOR map header
-(0xa0..0xbf; a version-1 leaf always starts ``a4 61 63 58 20``). The log refuses, on the raw
-``POST /v1/entries`` and ``/v1/entries/batch`` paths, every entry whose first byte is a CBOR
-map header (:func:`check_raw_entry`). So the two domains are disjoint by their first byte,
-and a monitor can classify any entry of the tree offline (:func:`entry_domain`): a leaf
-that parses as a SCIM leaf was made by the log's SCIM path, never by a raw submitter; an
-entry in the map space that does not parse is evidence that the log broke its own rule.
+(0xa0..0xbf; a version-1 leaf starts ``a4 61 63 58 20``, ``a5 61 63 58 20`` with ``e``).
+The log refuses, on the raw ``POST /v1/entries`` and ``/v1/entries/batch`` paths, every
+entry whose first byte is a CBOR map header (:func:`check_raw_entry`). So the two domains
+are disjoint by their first byte, and a monitor can classify any entry of the tree offline
+(:func:`entry_domain`): a leaf that parses as a SCIM leaf was made by the log's SCIM path,
+never by a raw submitter; an entry in the map space that does not parse is evidence that the
+log broke its own rule.
 """
 
 from __future__ import annotations
@@ -34,7 +44,7 @@ from typing import Any
 import cbor2
 
 from client.formats.merkle import VerificationError
-from client.scim.cbor import EventFormatError, loads_det
+from client.scim.cbor import EventFormatError, dumps_det, loads_det
 from client.scim.event import MAX_SAFE_INT, decode_event, encode_event
 
 __all__ = [
@@ -49,6 +59,7 @@ __all__ = [
     "check_raw_entry",
     "commitment",
     "commitment_unchecked",
+    "effect_commitment",
     "entry_domain",
     "is_structured_entry",
     "make_leaf",
@@ -57,6 +68,7 @@ __all__ = [
     "pid",
     "tenant_ref",
     "verify_commitment",
+    "verify_effect",
 ]
 
 LEAF_VERSION = 1
@@ -66,8 +78,10 @@ TENANT_REF_SIZE = 16
 PID_SIZE = 16
 MIN_KEY_SIZE = 16  # 128 bits (SCIM.md §4.2: salts of at least 128 bits)
 _LEAF_KEYS = ("c", "tn", "ts", "v")
-# Largest valid leaf: map header 1, "c" 2+34, "tn" 3+17, "ts" 3+9, "v" 2+1.
-MAX_LEAF_SIZE = 72
+_LEAF_KEYS_E = ("c", "e", "tn", "ts", "v")
+# Largest valid leaf: map header 1, "c" 2+34, "e" 2+34, "tn" 3+17, "ts" 3+9, "v" 2+1.
+MAX_LEAF_SIZE = 108
+_EFFECT_PREFIX = b"tlog-scim-effect\x00"
 
 
 @dataclass(frozen=True)
@@ -77,9 +91,10 @@ class Leaf:
     ts: int
     tn: bytes
     c: bytes
+    e: bytes | None = None  # the effect's commitment, if the log derived one
 
     def encode(self) -> bytes:
-        return make_leaf(self.ts, self.tn, self.c)
+        return make_leaf(self.ts, self.tn, self.c, self.e)
 
 
 def _hmac(key: bytes, msg: bytes) -> bytes:
@@ -161,12 +176,17 @@ def _check_leaf_fields(ts: object, tn: object, c: object) -> None:
         raise EventFormatError(f"leaf c must be {COMMITMENT_SIZE} bytes")
 
 
-def make_leaf(ts_ms: int, tn: bytes, c: bytes) -> bytes:
-    """The leaf entry: det CBOR of ``{"v": 1, "ts": ts_ms, "tn": tn, "c": c}``."""
+def make_leaf(ts_ms: int, tn: bytes, c: bytes, e: bytes | None = None) -> bytes:
+    """The leaf entry: det CBOR of ``{"v": 1, "ts": ts_ms, "tn": tn, "c": c}``, plus
+    ``"e": e`` when the event has a committed effect."""
     _check_leaf_fields(ts_ms, tn, c)
-    # Keys already in deterministic order (length first, then bytewise: c, v, tn, ts) and the
-    # fields checked just above: the plain encoding is the deterministic one (tested).
-    return bytes(cbor2.dumps({"c": c, "v": LEAF_VERSION, "tn": tn, "ts": ts_ms}))
+    # Keys already in deterministic order (length first, then bytewise: c, e, v, tn, ts) and
+    # the fields checked just above: the plain encoding is the deterministic one (tested).
+    if e is None:
+        return bytes(cbor2.dumps({"c": c, "v": LEAF_VERSION, "tn": tn, "ts": ts_ms}))
+    if type(e) is not bytes or len(e) != COMMITMENT_SIZE:
+        raise EventFormatError(f"leaf e must be {COMMITMENT_SIZE} bytes")
+    return bytes(cbor2.dumps({"c": c, "e": e, "v": LEAF_VERSION, "tn": tn, "ts": ts_ms}))
 
 
 def parse_leaf(data: bytes) -> Leaf:
@@ -178,13 +198,18 @@ def parse_leaf(data: bytes) -> Leaf:
     obj = loads_det(data, max_depth=1)
     if type(obj) is not dict:
         raise EventFormatError("leaf must be a CBOR map")
-    if tuple(sorted(obj)) != _LEAF_KEYS:
-        raise EventFormatError(f"leaf must have exactly the fields {', '.join(_LEAF_KEYS)}")
+    if tuple(sorted(obj)) not in (_LEAF_KEYS, _LEAF_KEYS_E):
+        raise EventFormatError(
+            f"leaf must have exactly the fields {', '.join(_LEAF_KEYS)} (and optionally e)"
+        )
     v = obj["v"]
     if type(v) is not int or v != LEAF_VERSION:
         raise EventFormatError(f"unsupported leaf version {v!r}")
     _check_leaf_fields(obj["ts"], obj["tn"], obj["c"])
-    return Leaf(ts=obj["ts"], tn=obj["tn"], c=obj["c"])
+    e = obj.get("e")
+    if e is not None and (type(e) is not bytes or len(e) != COMMITMENT_SIZE):
+        raise EventFormatError(f"leaf e must be {COMMITMENT_SIZE} bytes")
+    return Leaf(ts=obj["ts"], tn=obj["tn"], c=obj["c"], e=e)
 
 
 def verify_commitment(leaf: bytes | Leaf, event: Mapping[str, Any] | bytes, nonce: bytes) -> None:
@@ -197,6 +222,37 @@ def verify_commitment(leaf: bytes | Leaf, event: Mapping[str, Any] | bytes, nonc
     parsed = leaf if isinstance(leaf, Leaf) else parse_leaf(leaf)
     if not hmac.compare_digest(commitment(nonce, event), parsed.c):
         raise VerificationError("event does not match the leaf commitment")
+
+
+def effect_commitment(nonce: bytes, effect: Mapping[str, Any] | bytes) -> bytes:
+    """``e`` = HMAC-SHA256(nonce, "tlog-scim-effect\\x00" ‖ det_cbor(effect)) (module doc).
+
+    ``effect`` is the derived effect (a map in the deterministic data model) or its
+    det-CBOR encoding made by the caller itself.
+    """
+    if type(nonce) is not bytes or len(nonce) != NONCE_SIZE:
+        raise EventFormatError(f"nonce must be {NONCE_SIZE} bytes")
+    data = effect if isinstance(effect, bytes) else dumps_det(effect)
+    return _hmac(nonce, _EFFECT_PREFIX + data)
+
+
+def verify_effect(leaf: bytes | Leaf, effect: Mapping[str, Any] | None, nonce: bytes) -> bool:
+    """Check the effect a log reports for an event against the leaf's ``e``.
+
+    Returns True when the leaf commits to ``effect`` (it is attested), False when the leaf
+    has no ``e`` and no effect is reported, or the leaf predates committed effects (no
+    ``e``): such an effect is the log's unattested reading. Raises
+    :class:`client.merkle.VerificationError` when the leaf commits to an effect and the
+    reported one differs or is missing (withheld).
+    """
+    parsed = leaf if isinstance(leaf, Leaf) else parse_leaf(leaf)
+    if parsed.e is None:
+        return False
+    if effect is None:
+        raise VerificationError("the leaf commits to an effect the log did not report")
+    if not hmac.compare_digest(effect_commitment(nonce, effect), parsed.e):
+        raise VerificationError("the effect does not match the leaf commitment")
+    return True
 
 
 class RawEntryError(EventFormatError):

@@ -19,7 +19,6 @@ from client.formats.proof_bundle import TlogProof
 from client.net.scim_audit import ScimAuditClient
 from client.scim import event_to_json
 from client.scim.evidence import FORMAT, verify_evidence
-from client.scim.leaf import make_leaf
 from tlog.ui import CSP, STATIC_DIR
 
 from .conftest import TENANT, Live
@@ -142,7 +141,7 @@ def _bundle(live: Live) -> dict[str, Any]:
         item: dict[str, Any] = {
             "index": e.index,
             "eid": "x",
-            "leaf": base64.b64encode(make_leaf(e.leaf.ts, e.leaf.tn, e.leaf.c)).decode(),
+            "leaf": base64.b64encode(e.leaf.encode()).decode(),
             "leaf_hash": base64.b64encode(e.leaf_hash).decode(),
             "erased": e.erased,
             "tlog_proof": proof.format(),
@@ -150,6 +149,8 @@ def _bundle(live: Live) -> dict[str, Any]:
         if e.event is not None and e.nonce is not None:
             item["event"] = json.loads(event_to_json(e.event))
             item["nonce"] = base64.b64encode(e.nonce).decode()
+            if e.effect is not None and e.effect_attested:
+                item["effect"] = e.effect
         events.append(item)
     return {
         "format": FORMAT,
@@ -176,7 +177,10 @@ def test_evidence_verifies_and_every_alteration_fails(live: Live, tmp_path: Path
         return d
 
     body = next(i for i, e in enumerate(doc["events"]) if "event" in e)
+    eff = next(i for i, e in enumerate(doc["events"]) if "effect" in e)
     cases = [
+        lambda d: d["events"][eff]["effect"].update(basis="unknown"),  # not what e commits to
+        lambda d: d["events"][body].update(effect={"acts": []}),
         lambda d: d["events"][body]["event"]["actor"].update(id="mallory"),
         lambda d: d["events"][body].update(nonce=base64.b64encode(bytes(32)).decode()),
         lambda d: d["events"][0].update(leaf_hash=base64.b64encode(bytes(32)).decode()),

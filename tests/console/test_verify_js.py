@@ -17,7 +17,7 @@ from client.formats.cosignature import CosignatureSigner
 from client.formats.note import Ed25519Signer, sign_note
 from client.scim import event_to_json, new_event
 from client.scim.cbor import dumps_det
-from client.scim.leaf import commitment, make_leaf
+from client.scim.leaf import commitment, effect_commitment, make_leaf
 from tests.formats import oracle
 
 from .conftest import Live
@@ -68,6 +68,15 @@ RUNNER = """async (v) => {
     const other = JSON.parse(t.json);
     other.eid = other.eid.replace(/.$/, (c) => c === "0" ? "1" : "0");
     await throws("a changed body", () => m.verifyCommitment(leaf, other, d(t.nonce)));
+    if (t.effect) {
+      const eff = JSON.parse(t.effect);
+      if (await m.verifyEffect(leaf, eff, d(t.nonce)) !== true) fails.push("effect not attested");
+      const lie = JSON.parse(t.effect); lie.acts[0].a = "user.update";
+      await throws("a changed effect", () => m.verifyEffect(leaf, lie, d(t.nonce)));
+      await throws("a withheld effect", () => m.verifyEffect(leaf, null, d(t.nonce)));
+    } else if (await m.verifyEffect(leaf, null, d(t.nonce)) !== false) {
+      fails.push("a leaf without e attested an effect");
+    }
   }
   const key = await m.parseVkey(v.note.vkey);
   const cp = await m.openCheckpoint(v.note.note, key);
@@ -135,12 +144,19 @@ def _events() -> list[dict[str, Any]]:
                   corr="req", req={"m": "POST", "p": "/Users", "dig": bytes(32), "len": 0},
                   res=409, outcome="failure", err={"scim_type": "uniqueness", "reason": "dup"}),
     ]
+    # The first event with a derived effect committed in its leaf (e), as the log does it.
+    effect = {"basis": "state", "acts": [{"a": "user.activate", "ocsf": [3001, 2]}],
+              "changes": [{"attr": "active", "old": False, "new": True}],
+              "refs": [{"rt": "User", "pid": "AAAAAAAAAAAAAAAAAAAAAA==", "op": "add",
+                        "attr": "manager"}], "noop": [{"attr": "é", "op": "remove", "n": 70000}]}
     out = []
     for i, ev in enumerate(evs):
         nonce = bytes([i + 7]) * 32
-        leaf = make_leaf(1_717_200_000_000 + i, bytes(16), commitment(nonce, ev))
+        eff = effect if i == 0 else None
+        e = None if eff is None else effect_commitment(nonce, eff)
+        leaf = make_leaf(1_717_200_000_000 + i, bytes(16), commitment(nonce, ev), e)
         out.append({"json": event_to_json(ev), "cbor": B64(dumps_det(ev)), "nonce": B64(nonce),
-                    "leaf": B64(leaf)})
+                    "leaf": B64(leaf), "effect": None if eff is None else json.dumps(eff)})
     return out
 
 

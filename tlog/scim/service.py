@@ -56,6 +56,7 @@ from client.scim.event import (
 from client.scim.leaf import (
     commitment,
     commitment_unchecked,
+    effect_commitment,
     make_leaf,
     new_nonce,
     parse_leaf,
@@ -498,9 +499,6 @@ class ScimService:
             seen[eid] = (acc, encoded)
             return acc
         nonce = new_nonce()
-        # ev was validated on the way in and encoded just above.
-        leaf = make_leaf(now, tk.tn, commitment_unchecked(nonce, encoded))
-        lh = leaf_hash(leaf)
         # One subject lookup and one DEK unwrap per subject per batch (cached in ``batch``);
         # the cache lives only as long as this staging, inside the writer lock.
         subject = subject_of(ev)
@@ -515,14 +513,21 @@ class ScimService:
             aead = batch.deks[(sk.kid, epoch)] = AESGCM(
                 self.keys.dek_or_create(tx, tk, sk.kid, epoch)
             )
+        # The effect is derived before the leaf is made, so that the leaf commits to it
+        # (``e``) exactly as it commits to the event (``c``): ev was validated on the way in
+        # and ``encoded`` is its canonical form.
         effect = self._effect(tx, tk, sk.kid, ev, epoch, aead)
+        encoded_effect = None if effect is None else dumps_det(effect)
+        leaf = make_leaf(
+            now,
+            tk.tn,
+            commitment_unchecked(nonce, encoded),
+            None if encoded_effect is None else effect_commitment(nonce, encoded_effect),
+        )
+        lh = leaf_hash(leaf)
         iv = os.urandom(IV_SIZE)
         # SCIM.md §4.3 step 3: the AAD binds the ciphertext to its leaf.
-        ct = aead.encrypt(
-            iv,
-            envelope_plaintext(nonce, encoded, None if effect is None else dumps_det(effect)),
-            lh,
-        )
+        ct = aead.encrypt(iv, envelope_plaintext(nonce, encoded, encoded_effect), lh)
         values = index_values(ev)
         if effect is not None:
             values = list(dict.fromkeys(values + effect_index_values(effect)))

@@ -3,7 +3,7 @@
 import {
   VerificationError, b64decode, b64encode, checkCosignatures, equal, formatTlogProof,
   leafHash, openCheckpoint, parseLeaf, parsePolicy, parseTlogProof, parseVkey,
-  verifyCommitment, verifyConsistency, verifyInclusion,
+  verifyCommitment, verifyConsistency, verifyEffect, verifyInclusion,
 } from "./verify.js";
 
 const $ = (id) => document.getElementById(id);
@@ -410,15 +410,23 @@ async function verifyResult(r, filters) {
       if ("event" in r || "nonce" in r) throw new VerificationError("an erased result carries a body");
       add("Body", "warn", "erased (crypto-shredded): no body exists any more; leaf and inclusion verified");
     } else {
-      await verifyCommitment(leaf, r.event, b64decode(r.nonce, 32));
+      const nonce = b64decode(r.nonce, 32);
+      await verifyCommitment(leaf, r.event, nonce);
       add("Commitment (HMAC-SHA256 over det-CBOR body)", "ok", `matches the leaf (${b64encode(leaf.c).slice(0, 16)}…)`);
+      const attested = await verifyEffect(leaf, r.effect, nonce);
+      if (r.effect) {
+        add("Effect (derived by the log)", attested ? "ok" : "warn", attested
+          ? `committed in the leaf (e ${b64encode(leaf.e).slice(0, 16)}…) and matches`
+          : "not committed in this leaf (logged before effects were committed): the log's unattested reading");
+      }
       const ev = r.event;
       if (ev.tenant !== state.tenant) throw new VerificationError("the body belongs to another tenant");
       const actual = { rid: ev.rid, xid: ev.xid, actor: ev.actor && ev.actor.id, outcome: ev.outcome, req: ev.corr && ev.corr.req };
       for (const [k, v] of Object.entries(actual)) {
         if (filters[k] !== undefined && filters[k] !== v) throw new VerificationError(`the result does not match the ${k} filter`);
       }
-      if (filters.action && !(ev.acts || []).some((a) => a.a === filters.action)) {
+      const acts = [...(ev.acts || []), ...((r.effect && r.effect.acts) || [])];
+      if (filters.action && !acts.some((a) => a.a === filters.action)) {
         throw new VerificationError("the result does not match the action filter");
       }
     }
@@ -590,6 +598,7 @@ async function exportEvidence() {
     if (!r.erased) {
       e.event = r.event;
       e.nonce = r.nonce;
+      if (r.effect && (await parseLeaf(b64decode(r.leaf))).e) e.effect = r.effect; // committed (e)
     }
     events.push(e);
   }

@@ -365,7 +365,7 @@ export function cborEncode(v) {
   throw new VerificationError(`cannot encode ${typeof v} in CBOR`);
 }
 
-// A small strict decoder, enough for the public leaf {v, ts, tn, c}.
+// A small strict decoder, enough for the public leaf {v, ts, tn, c, ?e}.
 export function cborDecode(bytes) {
   let pos = 0;
   const need = (n) => {
@@ -420,13 +420,16 @@ export function cborDecode(bytes) {
 export async function parseLeaf(bytes) {
   const m = cborDecode(bytes);
   const keys = Object.keys(m).sort().join(",");
-  if (keys !== "c,tn,ts,v" || m.v !== 1) throw new VerificationError("not a version-1 SCIM leaf");
+  if ((keys !== "c,tn,ts,v" && keys !== "c,e,tn,ts,v") || m.v !== 1) {
+    throw new VerificationError("not a version-1 SCIM leaf");
+  }
   if (!(m.tn instanceof Uint8Array) || m.tn.length !== 16) throw new VerificationError("leaf tn");
   if (!(m.c instanceof Uint8Array) || m.c.length !== 32) throw new VerificationError("leaf c");
+  if ("e" in m && !(m.e instanceof Uint8Array && m.e.length === 32)) throw new VerificationError("leaf e");
   if (typeof m.ts !== "number") throw new VerificationError("leaf ts");
   // The leaf must be in canonical form: re-encoding reproduces it byte for byte.
   if (!equal(cborEncode(m), bytes)) throw new VerificationError("leaf is not deterministic CBOR");
-  return { ts: m.ts, tn: m.tn, c: m.c };
+  return { ts: m.ts, tn: m.tn, c: m.c, e: m.e || null };
 }
 
 // The byte-string fields of an event's JSON form (client/scim/event.py BYTES_FIELDS).
@@ -466,6 +469,21 @@ export async function verifyCommitment(leaf, eventJson, nonce) {
   if (nonce.length !== 32) throw new VerificationError("nonce must be 32 bytes");
   const c = await hmacSha256(nonce, cborEncode(eventFromJson(eventJson)));
   if (!equal(c, leaf.c)) throw new VerificationError("the body does not match the leaf commitment");
+}
+
+// e = HMAC-SHA256(key = nonce, msg = "tlog-scim-effect\0" || det_cbor(effect)): the effect the
+// log derived, committed in the leaf next to c (client/scim/leaf.py verify_effect). Returns
+// true when the leaf commits to this effect, false for a leaf without e (no effect, or logged
+// before effects were committed: an unattested reading); throws on a mismatch or a withheld one.
+export async function verifyEffect(leaf, effect, nonce) {
+  if (!leaf.e) return false;
+  if (effect === null || effect === undefined) {
+    throw new VerificationError("the leaf commits to an effect the log did not report");
+  }
+  if (nonce.length !== 32) throw new VerificationError("nonce must be 32 bytes");
+  const e = await hmacSha256(nonce, concat(enc.encode("tlog-scim-effect\0"), cborEncode(effect)));
+  if (!equal(e, leaf.e)) throw new VerificationError("the effect does not match the leaf commitment");
+  return true;
 }
 
 // --- c2sp.org/tlog-proof@v1 ---------------------------------------------------------------
