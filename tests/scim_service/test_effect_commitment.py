@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from client.merkle import VerificationError
+from client.formats.merkle import VerificationError
 from client.scim.cbor import EventFormatError, dumps_det
 from client.scim.leaf import (
     effect_commitment,
