@@ -44,7 +44,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from client.adapters.middleware import SCIM_ERROR_URN, AuditConfig, AuditMiddleware
+from client.adapters.exchange import SCIM_ERROR_URN
+from client.adapters.middleware import AuditConfig, AuditMiddleware
 from client.adapters.outbox import Outbox
 from client.adapters.pseudonyms import LogPseudonyms
 from client.adapters.relay import Relay
