@@ -164,6 +164,8 @@ class Log:
         # True after a failed write whose effect on the store is not known here: nothing is
         # signed again before the state is reloaded from the store and re-verified.
         self._stale = False
+        self._publish_lock = threading.Lock()
+        self._remembered_size: int | None = None  # set once start-up remembered the latest
         with storage.read() as rv:
             origin, vkey = rv.meta("origin"), rv.meta("vkey")
         self._check_identity(origin, vkey)
@@ -172,6 +174,7 @@ class Log:
         self._load_state(mem)
         if remembered is not None and (mem is None or mem.size < self._latest.size):
             remembered.write(self._latest.note)
+        self._remembered_size = self._latest.size
 
     def _load_state(self, mem: Remembered | None = None) -> None:
         """(Re)load the tree size, latest checkpoint and right edge from the store, checked."""
@@ -201,7 +204,12 @@ class Log:
             except CommitConflict:  # another process initialised the store first
                 return self._load_state(mem)
             latest = (0, note_s.encode())
-        self._latest = Published(latest[0], latest[1].decode())
+        pub = Published(latest[0], latest[1].decode())
+        self._head = pub
+        if self._remembered_size is None:  # at start-up: __init__ remembers it
+            self._latest = pub
+        else:  # a reload: what the store holds now is handed out only once remembered
+            self.publish(pub)
         self._edge = RightEdge(size, self._storage_blob)
 
     def _check_remembered(self, mem: Remembered, size: int, rv: ReadView) -> None:
@@ -275,11 +283,17 @@ class Log:
 
     # -- write side (one thread) -----------------------------------------------------------
 
-    def integrate(self, entries: list[bytes]) -> BatchResult:
+    def integrate(self, entries: list[bytes], publish: bool = True) -> BatchResult:
         """Sequence, integrate and publish ``entries``; durable when this returns.
 
         Entries already in the log (same bytes) keep their original index; duplicates within
         the batch get one index.
+
+        ``publish=False`` (the sequencer): the batch is committed and signed, but its
+        checkpoint is neither remembered nor handed out; the caller must pass the result's
+        checkpoint to :meth:`publish` before it acknowledges anything of the batch. Meanwhile
+        the next batch may be integrated on top of it (the writer's head runs ahead of the
+        published checkpoint by at most what the caller has not published yet).
         """
         if self._stale:
             self.reload()  # raises while the store cannot be read: nothing is signed
@@ -307,10 +321,12 @@ class Log:
                 dup.append(True)
             indices.append(j)
         if not new_entries:
-            return BatchResult(indices, dup, hashes, self._latest)
+            if publish:
+                self.publish(self._head)
+            return BatchResult(indices, dup, hashes, self._head)
         if self.halted is not None:
             raise LogHalted(f"the log is not signing: {self.halted}")
-        base = self._latest
+        base = self._head
         try:
             self._edge.append(new_hashes)
             size = self._edge.size
@@ -354,11 +370,23 @@ class Log:
             raise
         for tl, ti, blob in dirty:  # durable now, and built here: trusted
             self.blobs.put(tl, ti, size, blob)
-        self._latest = Published(size, note)
-        if self.remembered is not None:
-            # Before anything of the batch is acknowledged (the caller answers after this).
-            self.remembered.write(note)
-        return BatchResult(indices, dup, hashes, self._latest)
+        self._head = head = Published(size, note)
+        if publish:
+            self.publish(head)
+        return BatchResult(indices, dup, hashes, head)
+
+    def publish(self, pub: Published) -> None:
+        """Hand out ``pub`` (a committed checkpoint of :meth:`integrate`): remember it outside
+        the store (fsynced) and only then make it the latest. Never sign without remembering:
+        nothing signed reaches anyone (GET /checkpoint, a receipt) before both the store and
+        the remembered file hold it. A newer checkpoint covers the older ones (consistency),
+        so publishing only the newest of several batches is enough."""
+        with self._publish_lock:
+            if self.remembered is not None and pub.size > (self._remembered_size or 0):
+                self.remembered.write(pub.note)
+                self._remembered_size = pub.size
+            if pub.size > self._latest.size:
+                self._latest = pub
 
     def _committed_after_all(self, size: int, note: bytes) -> bool:
         """After :class:`CommitUnknown`: reload; True if the store holds ``note`` at

@@ -89,9 +89,17 @@ class Sequencer:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self.batches = 0
+        # Committed batches waiting for their checkpoint to be remembered (the publisher
+        # thread), so the next batch is built and committed meanwhile; None: stop.
+        self._done: deque[tuple[list[_Pending], BatchResult | BaseException] | None] = deque()
+        self._done_cond = threading.Condition()
+        self._publisher: threading.Thread | None = None
 
     def start(self) -> None:
         if self._thread is None:
+            self._publisher = threading.Thread(target=self._publish_run, name="tlog-publisher",
+                                               daemon=True)
+            self._publisher.start()
             self._thread = threading.Thread(target=self._run, name="tlog-writer", daemon=True)
             self._thread.start()
 
@@ -103,6 +111,9 @@ class Sequencer:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+        if self._publisher is not None:
+            self._publisher.join(timeout)
+            self._publisher = None
 
     @property
     def running(self) -> bool:
@@ -162,7 +173,8 @@ class Sequencer:
             if shared:
                 self.log.catch_up()
             try:
-                return self.log.integrate(entries)
+                # Published by the publisher thread (_publish_run), not here.
+                return self.log.integrate(entries, publish=False)
             except CommitConflict:
                 if attempt == CONFLICT_RETRIES or not shared:
                     raise
@@ -170,55 +182,104 @@ class Sequencer:
         raise AssertionError("unreachable")
 
     def _run(self) -> None:
+        try:
+            while True:
+                batch = self._take()
+                if batch is None:
+                    return
+                entries = [e for p in batch for e in p.entries]
+                t0 = time.perf_counter()
+                try:
+                    result: BatchResult | BaseException = self._integrate(entries)
+                except (CommitConflict, LogHalted) as exc:
+                    # Logged where it happened; the callers get 503 with the reason.
+                    result = SequencerStopped(f"nothing of the batch was acknowledged: {exc}")
+                except Exception as exc:
+                    log.exception("batch of %d entries failed; none acknowledged", len(entries))
+                    result = SequencerStopped(f"the batch could not be committed: {exc}")
+                self.batches += 1
+                if self.on_batch is not None:
+                    try:
+                        self.on_batch(len(entries), time.perf_counter() - t0,
+                                      not isinstance(result, BaseException))
+                    except Exception:  # pragma: no cover - a hook must not stop the writer
+                        log.exception("on_batch hook failed")
+                with self._done_cond:
+                    self._done.append((batch, result))
+                    self._done_cond.notify()
+        finally:
+            with self._done_cond:  # the publisher answers what is left, then stops
+                self._done.append(None)
+                self._done_cond.notify()
+
+    def _publish_run(self) -> None:
+        """Remember the newest committed checkpoint, then answer every batch it covers.
+
+        One fdatasync of the remembered-checkpoint file for everything committed while the
+        previous one ran: it overlaps the next batch's build and commit instead of adding to
+        its latency, and nobody is answered before both the store and the file hold the
+        checkpoint (:meth:`tlog.log.Log.publish`).
+        """
         while True:
-            batch = self._take()
-            if batch is None:
-                return
-            entries = [e for p in batch for e in p.entries]
-            t0 = time.perf_counter()
-            try:
-                result: BatchResult | BaseException = self._integrate(entries)
-            except (CommitConflict, LogHalted) as exc:
-                # Logged where it happened; the callers get 503 with the reason.
-                result = SequencerStopped(f"nothing of the batch was acknowledged: {exc}")
-            except Exception as exc:
-                log.exception("batch of %d entries failed; none acknowledged", len(entries))
-                result = SequencerStopped(f"the batch could not be committed: {exc}")
-            self.batches += 1
-            if self.on_batch is not None:
+            with self._done_cond:
+                while not self._done:
+                    self._done_cond.wait()
+                items = list(self._done)
+                self._done.clear()
+            done = [it for it in items if it is not None]
+            newest = None
+            for _, res in done:
+                if not isinstance(res, BaseException) and (
+                    newest is None or res.checkpoint.size > newest.size
+                ):
+                    newest = res.checkpoint
+            if newest is not None:
                 try:
-                    self.on_batch(len(entries), time.perf_counter() - t0,
-                                  not isinstance(result, BaseException))
-                except Exception:  # pragma: no cover - a hook must not stop the writer
-                    log.exception("on_batch hook failed")
-            by_loop: dict[
-                asyncio.AbstractEventLoop,
-                list[tuple[asyncio.Future[BatchResult], BatchResult | BaseException]],
-            ]
-            by_loop = {}
-            pos = 0
-            for p in batch:
-                n = len(p.entries)
-                if isinstance(result, BaseException):
-                    r: BatchResult | BaseException = result
-                elif len(batch) == 1:
-                    r = result
-                else:
-                    r = BatchResult(
-                        result.indices[pos : pos + n],
-                        result.duplicates[pos : pos + n],
-                        result.leaf_hashes[pos : pos + n],
-                        result.checkpoint,
+                    self.log.publish(newest)
+                except Exception as exc:
+                    log.exception("could not remember checkpoint %d; nothing of it acknowledged",
+                                  newest.size)
+                    failed = SequencerStopped(
+                        "nothing of the batch was acknowledged: the checkpoint could not be "
+                        f"remembered: {exc}"
                     )
-                pos += n
-                by_loop.setdefault(p.loop, []).append((p.future, r))
-            for loop, items in by_loop.items():
+                    done = [(b, failed) for b, _ in done]
+                    newest = None
+            for batch, result in done:
+                self._answer(batch, result)
+            if self.on_published is not None and newest is not None:
                 try:
-                    loop.call_soon_threadsafe(_resolve, items)
-                except RuntimeError:  # loop closed: the callers are gone
-                    pass
-            if self.on_published is not None and not isinstance(result, BaseException):
-                try:
-                    self.on_published(result.checkpoint.size)
-                except Exception:  # pragma: no cover - a hook must not stop the writer
+                    self.on_published(newest.size)
+                except Exception:  # pragma: no cover - a hook must not stop the publisher
                     log.exception("on_published hook failed")
+            if any(it is None for it in items):
+                return
+
+    @staticmethod
+    def _answer(batch: list[_Pending], result: BatchResult | BaseException) -> None:
+        by_loop: dict[
+            asyncio.AbstractEventLoop,
+            list[tuple[asyncio.Future[BatchResult], BatchResult | BaseException]],
+        ]
+        by_loop = {}
+        pos = 0
+        for p in batch:
+            n = len(p.entries)
+            if isinstance(result, BaseException):
+                r: BatchResult | BaseException = result
+            elif len(batch) == 1:
+                r = result
+            else:
+                r = BatchResult(
+                    result.indices[pos : pos + n],
+                    result.duplicates[pos : pos + n],
+                    result.leaf_hashes[pos : pos + n],
+                    result.checkpoint,
+                )
+            pos += n
+            by_loop.setdefault(p.loop, []).append((p.future, r))
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_resolve, items)
+            except RuntimeError:  # loop closed: the callers are gone
+                pass

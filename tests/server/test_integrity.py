@@ -102,7 +102,8 @@ def test_same_size_other_checkpoint_is_a_conflict(
     a.integrate([b"x"])
     note = a.latest.note
     sig_char = note[-2]
-    a._latest = a.latest._replace(note=note[:-2] + ("A" if sig_char != "A" else "B") + "\n")
+    # What the writer builds on (its head) differs from the store in the signature only.
+    a._head = a.latest._replace(note=note[:-2] + ("A" if sig_char != "A" else "B") + "\n")
     with pytest.raises(CommitConflict, match="latest checkpoint is not the one"):
         a.integrate([b"y"])
     with storage.read() as rv:
