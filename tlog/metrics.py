@@ -18,11 +18,16 @@ backlog, witness state) is computed when scraped.
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 from starlette.requests import Request
@@ -62,20 +67,48 @@ def route_of(scope: Scope) -> str:
     return OTHER
 
 
+class _RequestCollector(Collector):
+    """Request counts and latency histograms from :meth:`Metrics.observe_request`'s sums."""
+
+    def __init__(self, acc: dict[tuple[str, str, int], list[Any]]) -> None:
+        self.acc = acc
+
+    def collect(self) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
+        counts = CounterMetricFamily(
+            "tlog_http_requests", "HTTP requests by route template, method and status",
+            labels=["route", "method", "status"],
+        )
+        by_route: dict[tuple[str, str], tuple[float, list[int]]] = {}
+        for (route, method, status), (n, total, buckets) in list(self.acc.items()):
+            counts.add_metric([route, method, str(status)], n)
+            s, b = by_route.get((route, method), (0.0, [0] * len(buckets)))
+            b = [x + y for x, y in zip(b, buckets, strict=True)]
+            by_route[(route, method)] = (s + total, b)
+        yield counts
+        latency = HistogramMetricFamily(
+            "tlog_http_request_duration_seconds", "HTTP request latency by route template",
+            labels=["route", "method"],
+        )
+        for labels, (total, buckets) in by_route.items():
+            cumulative, out = 0, []
+            for le, n in zip([*LATENCY_BUCKETS, float("inf")], buckets, strict=True):
+                cumulative += n
+                out.append(("+Inf" if le == float("inf") else repr(le), cumulative))
+            latency.add_metric(list(labels), out, total)
+        yield latency
+
+
 class Metrics:
     """The log server's metrics (see the module docstring)."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter(
-            "tlog_http_requests", "HTTP requests by route template, method and status",
-            ["route", "method", "status"], registry=r,
-        )
-        self.latency = Histogram(
-            "tlog_http_request_duration_seconds", "HTTP request latency by route template",
-            ["route", "method"], buckets=LATENCY_BUCKETS, registry=r,
-        )
+        # Per request: plain counters updated on the event loop (no locks, no label
+        # lookups), turned into tlog_http_requests_total and
+        # tlog_http_request_duration_seconds when scraped (_RequestCollector).
+        self._acc: dict[tuple[str, str, int], list[Any]] = {}
+        r.register(_RequestCollector(self._acc))
         self.batch_entries = Histogram(
             "tlog_batch_entries", "entries per committed batch", buckets=BATCH_BUCKETS,
             registry=r,
@@ -96,23 +129,21 @@ class Metrics:
             "tlog_scim_events", "SCIM events logged by action and outcome",
             ["action", "outcome"], registry=r,
         )
-        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self.last_publish: float | None = None
 
     # -- hooks -------------------------------------------------------------------------------
 
     def observe_request(self, scope: Scope, status: int, seconds: float) -> None:
+        """After each HTTP request, on the event loop (scrapes run there too)."""
         key = (route_of(scope), scope.get("method", ""), status)
-        pair = self._children.get(key)
-        if pair is None:
-            if len(self._children) > 4096:  # pragma: no cover - bounded by routes x statuses
-                self._children.clear()
-            pair = self._children[key] = (
-                self.requests.labels(key[0], key[1], str(status)),
-                self.latency.labels(key[0], key[1]),
-            )
-        pair[0].inc()
-        pair[1].observe(seconds)
+        acc = self._acc.get(key)
+        if acc is None:
+            if len(self._acc) > 4096:  # pragma: no cover - bounded by routes x statuses
+                return
+            acc = self._acc[key] = [0, 0.0, [0] * (len(LATENCY_BUCKETS) + 1)]
+        acc[0] += 1
+        acc[1] += seconds
+        acc[2][bisect_left(LATENCY_BUCKETS, seconds)] += 1
 
     def observe_batch(self, entries: int, seconds: float, ok: bool) -> None:
         """Called by the sequencer's writer after each batch."""
