@@ -75,17 +75,20 @@ class Served:
 
 
 @contextmanager
-def serve(tmp_path: Path, stall: str) -> Iterator[Served]:
+def serve(tmp_path: Path, stall: str, timeout: float = STALL) -> Iterator[Served]:
     """A real uvicorn serving the log in this process; ``stall``: "read" or "commit"."""
     app, log_, tokens = build_app(tmp_path / "data", make_signer(), max_batch_age=0.0,
-                                  storage_timeout=STALL, scim=False)
+                                  storage_timeout=timeout, scim=False)
     toks = {t: tokens.create("submitter", tenant=t)[0] for t in ("t1", "t2")}
     gate = Gate()
     st = log_.storage
     if stall == "read":
         st.read = gate.wrap(st.read)  # type: ignore[method-assign]
-    else:
+    elif stall == "commit":
         st.commit_batch = gate.wrap(st.commit_batch)  # type: ignore[method-assign]
+    else:  # the remembered-checkpoint file's write (and fdatasync)
+        assert log_.remembered is not None
+        log_.remembered.write = gate.wrap(log_.remembered.write)  # type: ignore[method-assign]
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind(("127.0.0.1", 0))
     sock.listen(64)
@@ -178,6 +181,36 @@ def test_stalled_commit_acknowledges_nothing_and_reads_go_on(tmp_path: Path) -> 
         r = s.post("t1", b"stuck in the commit")
         assert r.status_code == 200, r.text
         assert r.json()["index"] == 300 and r.json()["duplicate"] is True
+
+
+def test_nothing_is_handed_out_before_it_is_remembered(tmp_path: Path) -> None:
+    """The remembered-checkpoint write runs beside the next batch, but a checkpoint reaches
+    no one (receipt, GET /checkpoint) before the file holds it: "never sign without
+    remembering". Held here, the batch is committed in the store and still invisible."""
+    # A storage timeout longer than this test's waits: the POST must wait for the file,
+    # not time out.
+    with serve(tmp_path, "remember", timeout=WAIT) as s, ThreadPoolExecutor(1) as pool:
+        _fill(s)
+        before = s.get("/checkpoint").text
+        s.gate.open.clear()
+        w = pool.submit(s.post, "t1", b"committed, not yet remembered")
+        for _ in range(400):  # until the batch is in the store (bounded)
+            with s.log.storage.read() as rv:
+                if rv.tree_size() == 301:
+                    break
+            threading.Event().wait(0.05)
+        with s.log.storage.read() as rv:
+            assert rv.tree_size() == 301  # durable in the store ...
+        assert s.get("/checkpoint").text == before  # ... but not handed out
+        assert s.get("/v1/log").json()["tree_size"] == 300
+        assert not w.done()
+        s.gate.open.set()
+        r = w.result(WAIT)
+        assert r.status_code == 200 and r.json()["tree_size"] == 301
+        assert s.get("/checkpoint").text == r.json()["checkpoint"]
+        assert s.log.remembered is not None
+        mem = s.log.remembered.read()
+        assert mem is not None and mem.size == 301
 
 
 # -- a real frozen file system ---------------------------------------------------------------
