@@ -238,6 +238,13 @@ class Backend(Protocol):
         already has one."""
         ...
 
+    def settle(self) -> None:
+        """Return once everything read from this store so far survives the loss of its
+        server (a replicated database: confirmed by a synchronous standby); raise
+        :class:`StorageError` when that cannot be confirmed. A no-op where a commit is
+        durable once it is visible (LMDB)."""
+        ...
+
     def put_cosignatures(self, size: int, lines: bytes) -> None: ...
 
     def put_token(self, digest: bytes, record: bytes) -> None: ...
@@ -271,6 +278,7 @@ def open_backend(
     readonly: bool = False,
     map_size: int | None = None,
     verify_limit: int | None = None,
+    replication: str = "none",
 ) -> Backend:
     """The store a configuration names: ``database`` a ``postgresql://`` URL, or None (or
     ``lmdb``) for the embedded LMDB store in ``<data_dir>/db``."""
@@ -278,7 +286,7 @@ def open_backend(
         from tlog.pg import PgStorage
 
         assert database is not None
-        return PgStorage(database, readonly=readonly)
+        return PgStorage(database, readonly=readonly, replication=replication)
     if database not in (None, "", "lmdb"):
         raise StorageError(
             f"unknown --database {database!r}: give a postgresql:// URL, or leave it unset "

@@ -215,6 +215,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         read_threads=cfg.read_threads,
         lock_dir=cfg.lock_dir,
         database=cfg.database,
+        replication=cfg.replication,
     )
     if not had_master and master.exists():
         created.append(f"{master} (SCIM master key: every event body is wrapped by it)")

@@ -112,6 +112,14 @@ class ServeConfig:
         "postgresql://user@host/dbname URL (several tlog serve processes may share one); "
         "keys stay in --data",
     )
+    replication: str = setting(
+        "sync",
+        "with --database: how a commit survives the loss of the database's primary. sync: "
+        "refuse to start unless the primary replicates synchronously (a synchronous standby "
+        "streams now) and acknowledge nothing before a standby has it; managed: a managed "
+        "service guarantees that (not checked); none: one database server, no failover",
+        choices=("sync", "managed", "none"),
+    )
     init: bool = setting(
         True,
         "create a store, signing key and SCIM master key when the data directory holds no "

@@ -204,6 +204,9 @@ class Log:
             except CommitConflict:  # another process initialised the store first
                 return self._load_state(mem)
             latest = (0, note_s.encode())
+        # With a replicated database, what was just read may be committed on the primary
+        # but not yet on its synchronous standby: wait for that before serving it.
+        storage.settle()
         pub = Published(latest[0], latest[1].decode())
         self._head = pub
         if self._remembered_size is None:  # at start-up: __init__ remembers it
@@ -395,6 +398,8 @@ class Log:
             self.reload()
             with self.storage.read() as rv:
                 stored = rv.checkpoint(size)
+            if stored == note:
+                self.storage.settle()  # found on the primary: on the standby too?
         except StorageError as exc:
             log.error("cannot reload after a commit of unknown outcome: %s", exc)
             return False

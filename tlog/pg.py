@@ -62,13 +62,14 @@ from tlog.backend import (
     u64,
 )
 
-__all__ = ["SCHEMA", "PgReadView", "PgStorage", "redact"]
+__all__ = ["REPLICATION_MODES", "SCHEMA", "PgReadView", "PgStorage", "check_replication", "redact"]
 
 log = logging.getLogger("tlog.pg")
 
 FORMAT_VERSION = b"1"
 POOL_MAX = 8
 POOL_TIMEOUT = 10.0  # seconds to wait for a pooled read connection
+SETTLE_TIMEOUT = 10.0  # seconds to wait for a synchronous standby to confirm a barrier
 _U64 = struct.Struct(">Q")
 _MAX_BIGINT = (1 << 63) - 1
 
@@ -144,6 +145,57 @@ def _prefix_end(prefix: bytes) -> bytes | None:
         return None
     p[-1] += 1
     return bytes(p)
+
+
+REPLICATION_MODES = ("none", "sync", "managed")
+_SYNC_WAIT_CANCELLED = "canceling wait for synchronous replication"
+_HA_HINT = (
+    "Configure a synchronous standby (synchronous_standby_names on the primary; with "
+    "Patroni: synchronous_mode: true), or say what guarantees durability instead: "
+    "--replication managed for a managed service that keeps every commit across the loss "
+    "of its primary, --replication none for a single database server (no failover)"
+)
+
+
+def check_replication(conn: psycopg.Connection[Any], mode: str, where: str) -> None:
+    """Refuse a database that does not keep every commit across the loss of its primary
+    when ``mode`` is ``sync`` (high availability): the server must be a primary, name
+    synchronous standbys, and have one streaming as synchronous now. ``managed`` trusts
+    the database service (logged, not checked); ``none`` is a single server."""
+    if mode == "managed":
+        log.warning(
+            "--replication managed: trusting the database service %s to keep every commit "
+            "across the loss of its primary (not checked here)", where
+        )
+        return
+    if mode != "sync":
+        return
+    row = conn.execute(
+        "SELECT pg_is_in_recovery(), current_setting('synchronous_standby_names')"
+    ).fetchone()
+    assert row is not None
+    if row[0]:
+        raise StorageError(f"the database {where} is a standby (read-only), not the primary")
+    if not str(row[1]).strip():
+        raise StorageError(
+            f"--replication sync: the database {where} does not replicate synchronously "
+            "(synchronous_standby_names is empty), so a commit would be acknowledged before "
+            "any standby has it, and a failover could lose acknowledged entries. " + _HA_HINT
+        )
+    standbys = conn.execute(
+        "SELECT application_name, sync_state FROM pg_stat_replication"
+    ).fetchall()
+    if not any(state in ("sync", "quorum") for _, state in standbys):
+        if standbys and all(state is None for _, state in standbys):
+            raise StorageError(
+                f"--replication sync: cannot see the replication state of {where} "
+                "(pg_stat_replication): grant the pg_monitor role to this database user"
+            )
+        raise StorageError(
+            f"--replication sync: no synchronous standby is streaming from {where} now "
+            f"(pg_stat_replication: {[(n, s) for n, s in standbys] or 'no standby'}); "
+            "commits would wait until one connects. " + _HA_HINT
+        )
 
 
 class PgReadView:
@@ -365,9 +417,25 @@ class PgStorage:
     kind = "postgresql"
     shared = True
 
-    def __init__(self, url: str, *, readonly: bool = False, pool_max: int = POOL_MAX) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        readonly: bool = False,
+        pool_max: int = POOL_MAX,
+        replication: str = "none",
+    ) -> None:
+        if replication not in REPLICATION_MODES:
+            raise StorageError(
+                f"unknown --replication {replication!r}: one of {', '.join(REPLICATION_MODES)}"
+            )
         self._url = url
         self._readonly = readonly
+        self.replication = replication
+        # Set by the writer connection's notice handler when the server says it cancelled
+        # a commit's wait for the synchronous standby (see _on_notice).
+        self._sync_wait_cancelled = False
+        self.settle_timeout = SETTLE_TIMEOUT
         self.on_close: list[Callable[[], object]] = []
         self._wlock = threading.Lock()
         self._writer: psycopg.Connection[Any] | None = None
@@ -379,6 +447,8 @@ class PgStorage:
         try:
             with psycopg.connect(url, autocommit=True, **kwargs) as conn:
                 self._check_server(conn)
+                if not readonly:
+                    check_replication(conn, replication, self.location)
                 if readonly:
                     self._check_schema(conn)
                 else:
@@ -505,8 +575,21 @@ class PgStorage:
                 if isinstance(exc, psycopg.Error):
                     raise pg_fault(exc) or StorageError(str(exc)) from exc
                 raise
+            self._sync_wait_cancelled = False
             try:
                 conn.commit()
+                if self._sync_wait_cancelled:
+                    # COMMIT returned, but only because the server stopped waiting for the
+                    # synchronous standby (a cancel request, e.g. pg_cancel_backend): the
+                    # transaction is committed on the primary and visible there, yet maybe
+                    # on no standby. A failover could lose it: never acknowledge it.
+                    self._drop_writer()
+                    log.error("the commit of %s was not confirmed by a synchronous standby",
+                              what)
+                    raise CommitUnknown(
+                        f"the commit of {what} returned without the synchronous standby's "
+                        "confirmation (its wait was cancelled): its durability is unknown"
+                    )
             except psycopg.Error as exc:
                 broken = conn.closed or conn.broken
                 self._drop_writer()
@@ -527,13 +610,24 @@ class PgStorage:
         self._drop_writer()
         try:
             conn = psycopg.connect(self._url, autocommit=False, **self._kwargs)
+        except psycopg.Error as exc:
+            raise pg_fault(exc) or StorageError(str(exc)) from exc
+        try:
+            conn.add_notice_handler(self._on_notice)
             self._check_server(conn)
+            if self.replication == "sync":
+                # On every new connection: after a failover libpq may have found another
+                # primary (a multi-host URL), which must replicate synchronously too.
+                check_replication(conn, self.replication, self.location)
             row = conn.execute("SHOW synchronous_commit").fetchone()
             if row is None or row[0] != "remote_apply":
                 conn.execute("SET synchronous_commit = on")
             conn.commit()
-        except psycopg.Error as exc:
-            raise pg_fault(exc) or StorageError(str(exc)) from exc
+        except BaseException as exc:
+            conn.close()
+            if isinstance(exc, psycopg.Error):
+                raise pg_fault(exc) or StorageError(str(exc)) from exc
+            raise
         self._writer = conn
         return conn
 
@@ -551,6 +645,49 @@ class PgStorage:
             except psycopg.Error:  # pragma: no cover - closing a dead connection
                 pass
 
+    def _on_notice(self, diag: psycopg.errors.Diagnostic) -> None:
+        if (diag.message_primary or "").startswith(_SYNC_WAIT_CANCELLED):
+            self._sync_wait_cancelled = True
+
+    def settle(self) -> None:
+        """Return once everything this process has read from the database so far survives
+        the loss of the primary (``--replication sync``; otherwise nothing to do).
+
+        PostgreSQL makes a commit visible on the primary *before* the synchronous standby
+        confirms it. A frontend that adopts another frontend's checkpoint (a reload), or
+        finds its own commit of unknown outcome there, must not hand it out before it is on
+        the standby: this commits a no-op write and waits for the standby to confirm it;
+        WAL is replicated in order, so everything committed before it is confirmed too.
+        Raises :class:`StorageError` when that cannot be confirmed within
+        ``settle_timeout`` seconds.
+        """
+        if self.replication != "sync":
+            return
+        timer: threading.Timer | None = None
+
+        def run(conn: psycopg.Connection[Any]) -> None:
+            nonlocal timer
+            # A write (WAL) is needed: a transaction that wrote no WAL commits without
+            # waiting for the standby. Unchanged values; the row lock orders the barrier
+            # after any batch commit in progress.
+            conn.execute("UPDATE tlog_state SET epoch = epoch WHERE id = 1")
+            # Bounded: with no standby the wait would never end; a cancel ends it with the
+            # warning _write turns into CommitUnknown (not confirmed).
+            timer = threading.Timer(self.settle_timeout, conn.cancel_safe)
+            timer.daemon = True
+            timer.start()
+
+        try:
+            self._write(run, "a replication barrier")
+        except CommitUnknown as exc:
+            raise StorageError(
+                f"cannot confirm that a synchronous standby of {self.location} has what "
+                f"was read (no confirmation within {self.settle_timeout:g} s): {exc}"
+            ) from None
+        finally:
+            if timer is not None:
+                timer.cancel()
+
     def set_meta(self, key: str, value: bytes) -> None:
         def run(conn: psycopg.Connection[Any]) -> None:
             conn.execute(
@@ -567,10 +704,19 @@ class PgStorage:
         def run(conn: psycopg.Connection[Any]) -> None:
             cur = conn.cursor()
             row = cur.execute(
-                "SELECT tree_size, checkpoint FROM tlog_state WHERE id = 1 FOR UPDATE"
+                "SELECT tree_size, checkpoint, current_setting('synchronous_standby_names') "
+                "FROM tlog_state WHERE id = 1 FOR UPDATE"
             ).fetchone()
             if row is None:
                 raise CommitConflict("the store has no state row")
+            if self.replication == "sync" and not str(row[2]).strip():
+                # Switched off while running (e.g. Patroni without synchronous_mode_strict
+                # after losing the standby): this commit would not wait for a standby.
+                raise StorageError(
+                    f"--replication sync: the database {self.location} stopped replicating "
+                    "synchronously (synchronous_standby_names is empty): nothing is committed "
+                    "until it does again. " + _HA_HINT
+                )
             if int(row[0]) != first:
                 raise CommitConflict(
                     f"the store's tree size is {row[0]}, this writer built on {first}"

@@ -59,6 +59,7 @@ def build_app(
     read_threads: int = _D.read_threads,
     lock_dir: Path | None = _D.lock_dir,
     database: str | None = None,
+    replication: str = "none",
 ) -> tuple[LogApp, Log, TokenStore]:
     """Open the store in ``data_dir`` and build the app: the log API, plus the SCIM event
     service unless ``scim`` is false (master key file default ``<data_dir>/scim-master.key``).
@@ -77,12 +78,14 @@ def build_app(
 
     ``database``: a ``postgresql://`` URL stores the log there instead (no data-directory
     lock: any number of processes may serve one database, which serialises their batches);
-    the keys and the remembered checkpoint stay in ``data_dir``.
+    the keys and the remembered checkpoint stay in ``data_dir``. ``replication`` (``sync``,
+    ``managed``, ``none``) says how its commits survive the loss of the primary
+    (:func:`tlog.pg.check_replication`).
     """
     storage: Backend
     lock: DataDirLock | None = None
     if is_database_url(database):
-        storage = open_backend(database, data_dir)
+        storage = open_backend(database, data_dir, replication=replication)
     else:
         lock = DataDirLock(data_dir / "db").acquire()
         try:

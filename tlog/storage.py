@@ -639,6 +639,9 @@ class Storage:
                 raise CommitConflict("the store already has a checkpoint")
             txn.put(u64(size), checkpoint, db=self.db_checkpoints)
 
+    def settle(self) -> None:
+        """Nothing to wait for: a commit is durable before any reader can see it."""
+
     @_writes
     def put_cosignatures(self, size: int, lines: bytes) -> None:
         with self.env.begin(write=True) as txn:
