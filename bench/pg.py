@@ -1,7 +1,7 @@
 """Durable appends on the PostgreSQL backend vs the LMDB backend vs raw PostgreSQL inserts of the
 same rows, same machine, same run.
 
-    .venv/bin/python -m bench.pg [--entries 30000] [--batch 1000] [--singles 400] [--rounds 2]
+    .venv/bin/python -m bench.pg [--entries 20000] [--batch 1000] [--singles 200] [--rounds 2]
                                  [--no-replica] [--profile]
 
 Starts its own throwaway PostgreSQL on 127.0.0.1 (the test harness, tests/pgreplica.py:
@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from client.note import Ed25519Signer
+from client.formats.note import Ed25519Signer
 from tlog.backend import BatchWrite
 from tlog.integrity import CheckpointFile
 from tlog.log import Log
@@ -129,7 +129,7 @@ def run_raw(url: str, batches: list[BatchWrite]) -> Run:
                         cp.write_row((h, i))
                 values = ",".join(["(%s, %s, %s)"] * len(b.blobs))
                 cur.execute(
-                    f"INSERT INTO tlog_tiles (level, idx, blob) VALUES {values} "  # noqa: S608
+                    f"INSERT INTO tlog_tiles (level, idx, blob) VALUES {values} "
                     "ON CONFLICT (level, idx) DO UPDATE SET blob = EXCLUDED.blob",
                     [x for blob in b.blobs for x in blob],
                 )
@@ -193,7 +193,7 @@ def profile_pg(server: Server, work: list[list[bytes]]) -> None:
     try:
         from pyinstrument import Profiler
     except ImportError:
-        Profiler = None  # noqa: N806
+        Profiler = None
     prof = Profiler(interval=0.0005) if Profiler else None
     if prof:
         prof.start()
@@ -218,9 +218,9 @@ def profile_pg(server: Server, work: list[list[bytes]]) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--entries", type=int, default=30_000)
+    ap.add_argument("--entries", type=int, default=20_000)
     ap.add_argument("--batch", type=int, default=1000)
-    ap.add_argument("--singles", type=int, default=400)
+    ap.add_argument("--singles", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--no-replica", action="store_true", help="skip the synchronous standby")
     ap.add_argument("--profile", action="store_true")
