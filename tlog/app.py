@@ -1,7 +1,7 @@
 """HTTP API (Starlette): submission, tlog-tiles read API, JSON proofs.
 
 Every proof answer carries the signed checkpoint it is relative to. Errors are JSON
-``{"error": "<reason>"}`` and are mapped to status codes in one place (:data:`ERRORS`);
+``{"error": "<reason>"}`` and are mapped to status codes in one place (:data:`tlog.errors.ERRORS`);
 malformed input is always a 4xx.
 """
 
@@ -32,11 +32,16 @@ from client.formats.tiles import MAX_ENTRY_SIZE, parse_tile_path
 from client.runtime.logredact import redact_target
 from client.scim.leaf import RawEntryError, check_raw_entry, is_structured_entry
 from tlog.auth import AuthError, Forbidden, Principal, TokenStore
-from tlog.backend import StorageError, storage_fault
 from tlog.bodies import BodyTooLarge, MalformedBody, check_json_shape, off_loop
+from tlog.errors import (
+    BadRequest,
+    PayloadTooLarge,
+    error_response,
+    json_errors,
+)
 from tlog.log import Log, NotFound, Published
 from tlog.reads import ReadPool
-from tlog.sequencer import Overloaded, Sequencer, SequencerStopped
+from tlog.sequencer import Sequencer
 from tlog.witnessing import WitnessPusher
 
 __all__ = ["Limits", "create_app"]
@@ -54,57 +59,6 @@ class Limits:
     max_batch_entries: int = 10_000  # per POST /v1/entries/batch
     max_batch_body_bytes: int = 16 << 20
     max_query_length: int = 2048
-
-
-class BadRequest(Exception):
-    pass
-
-
-class PayloadTooLarge(Exception):
-    pass
-
-
-def _json_error(status: int, reason: str, headers: dict[str, str] | None = None) -> Response:
-    return JSONResponse({"error": reason}, status_code=status, headers=headers)
-
-
-# The one place where exceptions become status codes.
-ERRORS: list[tuple[type[BaseException], int]] = [
-    (BadRequest, 400),
-    (FormatError, 400),
-    (MalformedBody, 400),
-    (BodyTooLarge, 413),
-    (AuthError, 401),
-    (Forbidden, 403),
-    (NotFound, 404),
-    (PayloadTooLarge, 413),
-    (Overloaded, 503),
-    (SequencerStopped, 503),
-    # A damaged store (StorageCorrupt), a full disk (StorageFull) or any other store failure:
-    # a deliberate 503 with the reason, never a 500 or a wrong answer (docs/operations.md).
-    (StorageError, 503),
-]
-
-
-def error_response(exc: BaseException) -> Response:
-    for cls, status in ERRORS:
-        if isinstance(exc, cls):
-            headers: dict[str, str] = {}
-            if status == 401:
-                headers["WWW-Authenticate"] = 'Bearer realm="tlog"'
-            if isinstance(exc, Overloaded):
-                headers["Retry-After"] = str(exc.retry_after)
-            elif status == 503:
-                headers["Retry-After"] = "5"
-            return _json_error(status, str(exc) or cls.__name__, headers)
-    if isinstance(exc, HTTPException):
-        return _json_error(exc.status_code, exc.detail, dict(exc.headers or {}))
-    fault = storage_fault(exc)  # a raw LMDB error from a read: the store is damaged
-    if fault is not None:
-        log.critical("STORE FAILURE while serving a request: %s", fault)
-        return error_response(fault)
-    log.exception("unhandled error", exc_info=exc)
-    return _json_error(500, "internal error")
 
 
 def b64(h: bytes) -> str:
@@ -565,16 +519,6 @@ class Api:
         return JSONResponse(self.pusher.status())
 
 
-def _wrap(fn: Callable[[Request], Any]) -> Callable[[Request], Any]:
-    async def endpoint(request: Request) -> Response:
-        try:
-            return await fn(request)  # type: ignore[no-any-return]
-        except Exception as exc:
-            return error_response(exc)
-
-    return endpoint
-
-
 def route_operations(routes: list[Any]) -> set[tuple[str, str]]:
     """(OpenAPI path, lower-case method) of every route, HEAD left out (it follows GET)."""
     ops: set[tuple[str, str]] = set()
@@ -719,17 +663,17 @@ def create_app(
     api = Api(log_, sequencer, tokens, limits or Limits(), pusher, reads)
     routes = [
         # Hot paths first: Starlette tries routes in order.
-        Route("/tile/{path:path}", _wrap(api.tile), methods=["GET"]),
-        Route("/v1/entries", _wrap(api.add_entry), methods=["POST"]),
-        Route("/v1/proof/inclusion", _wrap(api.inclusion), methods=["GET"]),
-        Route("/checkpoint", _wrap(api.checkpoint), methods=["GET"]),
-        Route("/healthz", _wrap(api.healthz), methods=["GET"]),
-        Route("/v1/entries/batch", _wrap(api.add_batch), methods=["POST"]),
-        Route("/v1/proof/consistency", _wrap(api.consistency), methods=["GET"]),
-        Route("/v1/log", _wrap(api.log_info), methods=["GET"]),
-        Route("/v1/entries/{index}", _wrap(api.get_entry), methods=["GET"]),
-        Route("/v1/bundle/{index}", _wrap(api.bundle), methods=["GET"]),
-        Route("/v1/witnesses", _wrap(api.witnesses), methods=["GET"]),
+        Route("/tile/{path:path}", json_errors(api.tile), methods=["GET"]),
+        Route("/v1/entries", json_errors(api.add_entry), methods=["POST"]),
+        Route("/v1/proof/inclusion", json_errors(api.inclusion), methods=["GET"]),
+        Route("/checkpoint", json_errors(api.checkpoint), methods=["GET"]),
+        Route("/healthz", json_errors(api.healthz), methods=["GET"]),
+        Route("/v1/entries/batch", json_errors(api.add_batch), methods=["POST"]),
+        Route("/v1/proof/consistency", json_errors(api.consistency), methods=["GET"]),
+        Route("/v1/log", json_errors(api.log_info), methods=["GET"]),
+        Route("/v1/entries/{index}", json_errors(api.get_entry), methods=["GET"]),
+        Route("/v1/bundle/{index}", json_errors(api.bundle), methods=["GET"]),
+        Route("/v1/witnesses", json_errors(api.witnesses), methods=["GET"]),
         *(extra_routes or []),
     ]
     from tlog.ui import console_routes  # the browser console under /ui/ (imports this module)

@@ -1,11 +1,10 @@
 """HTTP endpoints of the SCIM event service, under ``/v1/scim/`` (docs/api.md "SCIM events").
 
-Authentication and error mapping are the log's own (:class:`tlog.app.Api`,
-:func:`tlog.app.error_response`): 401 for missing/unknown/expired/revoked tokens, 403 for a
-wrong role or tenant, 400 for malformed input (every :class:`client.formats.note.FormatError`, which
-includes :class:`client.scim.EventFormatError`), 413 for bodies over a limit. The two
-statuses that table has no exception for, 409 (:class:`Conflict`) and 415, are handed to it
-as Starlette ``HTTPException``\\ s.
+Authentication is the log's own (:class:`tlog.app.Api`) and so is the error mapping
+(:mod:`tlog.errors`): 401 for missing/unknown/expired/revoked tokens, 403 for a wrong role
+or tenant, 400 for malformed input (every :class:`client.formats.note.FormatError`, which
+includes :class:`client.scim.EventFormatError`), 413 for bodies over a limit, 409 for a
+conflict with stored state, 415 for a body type the route does not take.
 
 Roles (SCIM.md §5.1): ``submitter`` appends events of its own tenant and reads their
 receipts; ``auditor`` searches and decrypts its tenant's events, and every such read is
@@ -22,7 +21,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import anyio.to_thread
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -39,14 +37,19 @@ from client.scim.event import (
     event_to_json,
 )
 from client.scim.jsonstrict import strict_json
-from tlog.app import Api, BadRequest, PayloadTooLarge, Query, b64, error_response, read_body
+from tlog.app import Api, Query, b64, read_body
 from tlog.auth import ROLES, Forbidden, Principal
 from tlog.bodies import BodyTooLarge, check_json_shape, off_loop
+from tlog.errors import (
+    BadRequest,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    json_errors,
+)
 from tlog.log import NotFound, Published
 from tlog.scim.erasure import SUBJECT_KINDS, ErasureStatus, Hold
 from tlog.scim.keys import SubjectId
 from tlog.scim.service import (
-    Conflict,
     Filters,
     Found,
     ReceiptInfo,
@@ -65,11 +68,6 @@ MAX_PSEUDONYM_BODY = 2 << 20  # one request's member references (max_refs of the
 _REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
 
 Handler = Callable[[Request], Awaitable[Response]]
-
-
-class UnsupportedMediaType(HTTPException):
-    def __init__(self, detail: str) -> None:
-        super().__init__(415, detail)
 
 
 def _media_type(request: Request) -> str:
@@ -633,18 +631,6 @@ class ScimRoutes:
         )
 
 
-def _wrap(fn: Handler) -> Handler:
-    async def endpoint(request: Request) -> Response:
-        try:
-            return await fn(request)
-        except Conflict as exc:
-            return error_response(HTTPException(409, str(exc)))
-        except Exception as exc:
-            return error_response(exc)
-
-    return endpoint
-
-
 def _by_method(**handlers: Handler) -> Handler:
     async def endpoint(request: Request) -> Response:
         method = "GET" if request.method == "HEAD" else request.method
@@ -658,22 +644,25 @@ def scim_routes(service: ScimService) -> list[Route]:
     r = ScimRoutes(service)
     return [
         # One route for both methods, so that a 405 names both in its Allow header.
-        Route("/v1/scim/events", _by_method(GET=_wrap(r.search), POST=_wrap(r.add_event)),
-              methods=["GET", "POST"]),
-        Route("/v1/scim/events/batch", _wrap(r.add_batch), methods=["POST"]),
-        Route("/v1/scim/receipts", _wrap(r.receipts), methods=["GET"]),
-        Route("/v1/scim/tenant-ref", _wrap(r.tenant_ref), methods=["GET"]),
-        Route("/v1/scim/pseudonyms", _wrap(r.pseudonyms), methods=["POST"]),
-        Route("/v1/scim/whoami", _wrap(r.whoami), methods=["GET"]),
-        Route("/v1/scim/erasures", _wrap(r.request_erasure), methods=["POST"]),
-        Route("/v1/scim/erasures", _wrap(r.list_erasures), methods=["GET"]),
-        Route("/v1/scim/erasures/{id}", _wrap(r.erasure), methods=["GET"]),
-        Route("/v1/scim/erasures/{id}/approve", _wrap(r.approve_erasure), methods=["POST"]),
-        Route("/v1/scim/erasures/{id}/certificate", _wrap(r.certificate), methods=["GET"]),
-        Route("/v1/scim/holds", _wrap(r.place_hold), methods=["POST"]),
-        Route("/v1/scim/holds", _wrap(r.list_holds), methods=["GET"]),
-        Route("/v1/scim/holds/{id}/release", _wrap(r.release_hold), methods=["POST"]),
-        Route("/v1/scim/retention", _wrap(r.put_retention), methods=["PUT"]),
-        Route("/v1/scim/retention", _wrap(r.get_retention), methods=["GET"]),
-        Route("/v1/scim/expire", _wrap(r.expire), methods=["POST"]),
+        Route(
+            "/v1/scim/events",
+            _by_method(GET=json_errors(r.search), POST=json_errors(r.add_event)),
+            methods=["GET", "POST"],
+        ),
+        Route("/v1/scim/events/batch", json_errors(r.add_batch), methods=["POST"]),
+        Route("/v1/scim/receipts", json_errors(r.receipts), methods=["GET"]),
+        Route("/v1/scim/tenant-ref", json_errors(r.tenant_ref), methods=["GET"]),
+        Route("/v1/scim/pseudonyms", json_errors(r.pseudonyms), methods=["POST"]),
+        Route("/v1/scim/whoami", json_errors(r.whoami), methods=["GET"]),
+        Route("/v1/scim/erasures", json_errors(r.request_erasure), methods=["POST"]),
+        Route("/v1/scim/erasures", json_errors(r.list_erasures), methods=["GET"]),
+        Route("/v1/scim/erasures/{id}", json_errors(r.erasure), methods=["GET"]),
+        Route("/v1/scim/erasures/{id}/approve", json_errors(r.approve_erasure), methods=["POST"]),
+        Route("/v1/scim/erasures/{id}/certificate", json_errors(r.certificate), methods=["GET"]),
+        Route("/v1/scim/holds", json_errors(r.place_hold), methods=["POST"]),
+        Route("/v1/scim/holds", json_errors(r.list_holds), methods=["GET"]),
+        Route("/v1/scim/holds/{id}/release", json_errors(r.release_hold), methods=["POST"]),
+        Route("/v1/scim/retention", json_errors(r.put_retention), methods=["PUT"]),
+        Route("/v1/scim/retention", json_errors(r.get_retention), methods=["GET"]),
+        Route("/v1/scim/expire", json_errors(r.expire), methods=["POST"]),
     ]

@@ -64,6 +64,7 @@ from client.scim.leaf import (
 from client.scim.reserved import reserved_names
 from tlog.auth import Forbidden, Principal
 from tlog.backend import Backend, StorageError
+from tlog.errors import Conflict
 from tlog.log import Log, Published
 from tlog.scim import store
 from tlog.scim.effects import classify
@@ -135,10 +136,6 @@ class _Batch:
     subjects: dict[SubjectId, SubjectKeys] = field(default_factory=dict)
     deks: dict[tuple[bytes, int], AESGCM] = field(default_factory=dict)
     epochs: dict[int, int] = field(default_factory=dict)
-
-
-class Conflict(Exception):
-    """The request conflicts with stored state (HTTP 409)."""
 
 
 @dataclass(frozen=True)

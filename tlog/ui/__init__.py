@@ -36,7 +36,8 @@ from client.formats.note import FormatError, b64decode_strict, parse_note
 from client.formats.policy import Policy
 from client.scim.cbor import EventFormatError
 from client.scim.leaf import parse_leaf
-from tlog.app import Api, BadRequest, Query, b64, error_response, read_body
+from tlog.app import Api, Query, b64, read_body
+from tlog.errors import BadRequest, error_response
 from tlog.scim.routes import _request_id, _strict_json
 
 __all__ = ["CSP", "HISTORY_POINTS", "STATIC_DIR", "console_routes", "policy_text"]
