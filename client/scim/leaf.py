@@ -242,7 +242,7 @@ def verify_effect(leaf: bytes | Leaf, effect: Mapping[str, Any] | None, nonce: b
     Returns True when the leaf commits to ``effect`` (it is attested), False when the leaf
     has no ``e`` and no effect is reported, or the leaf predates committed effects (no
     ``e``): such an effect is the log's unattested reading. Raises
-    :class:`client.merkle.VerificationError` when the leaf commits to an effect and the
+    :class:`client.formats.merkle.VerificationError` when the leaf commits to an effect and the
     reported one differs or is missing (withheld).
     """
     parsed = leaf if isinstance(leaf, Leaf) else parse_leaf(leaf)

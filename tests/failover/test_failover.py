@@ -12,7 +12,7 @@ started again. Then:
 * every acknowledged entry is in the log at the index it was given, and (for a sample) its
   inclusion proof verifies against the final checkpoint;
 * every checkpoint ever handed out has the only root of its size and is consistent with the
-  final one (consistency proofs checked with ``client.merkle``);
+  final one (consistency proofs checked with ``client.formats.merkle``);
 * ``tlog fsck`` on the database is clean;
 * the bucket holds the final checkpoint, and every tile and entry bundle in it equals a
   recomputation from the entries.
