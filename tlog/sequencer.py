@@ -29,6 +29,7 @@ __all__ = ["Overloaded", "Sequencer", "SequencerStopped"]
 log = logging.getLogger("tlog.sequencer")
 
 CONFLICT_RETRIES = 8  # rebuilds of one batch after another frontend's commit
+IDLE_REFRESH = 1.0  # seconds idle before a frontend on a shared store catches up
 
 
 class Overloaded(Exception):
@@ -76,6 +77,7 @@ class Sequencer:
         self.max_batch_entries = max_batch_entries
         self.max_batch_age = max_batch_age
         self.max_backlog = max_backlog
+        self.idle_refresh = IDLE_REFRESH
         self.on_published = on_published
         # A caller waits at most this long for its commit, then gets StorageStalled (503):
         # a stalled store must not hold requests forever. The batch itself is not
@@ -141,9 +143,13 @@ class Sequencer:
         return await bound(fut, "a commit", self.commit_timeout)
 
     def _take(self) -> list[_Pending] | None:
+        """The next batch; None when stopping and drained; [] after ``idle_refresh``
+        seconds without work on a shared store (time to catch up with other frontends)."""
+        idle = self.idle_refresh if self.log.storage.shared else None
         with self._cond:
             while not self._queue and not self._stopping:
-                self._cond.wait()
+                if not self._cond.wait(idle) and not self._queue:
+                    return []
             if not self._queue:
                 return None  # stopping and drained
             if self.max_batch_age > 0 and not self._stopping:
@@ -163,6 +169,15 @@ class Sequencer:
                 n += len(p.entries)
             self._queued_entries -= n
             return batch
+
+    def _refresh(self) -> None:
+        """Idle on a shared store: adopt what other frontends committed, so this one's
+        ``/checkpoint``, entries and proofs follow the log without a write of its own. On
+        the writer thread, like every change of the log's state."""
+        try:
+            self.log.catch_up()
+        except Exception as exc:  # the store is unreachable: the next batch reloads first
+            log.warning("could not catch up with the shared store: %s", exc)
 
     def _integrate(self, entries: list[bytes]) -> BatchResult:
         """One batch, built on the store's current state: on a shared database another
@@ -187,6 +202,9 @@ class Sequencer:
                 batch = self._take()
                 if batch is None:
                     return
+                if not batch:
+                    self._refresh()
+                    continue
                 entries = [e for p in batch for e in p.entries]
                 t0 = time.perf_counter()
                 try:

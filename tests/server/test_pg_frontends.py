@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -65,11 +66,20 @@ def test_two_frontends_on_one_database_never_fork_nor_lose(
         for t in threads:
             t.join(180)
             assert not t.is_alive()
-        # Both frontends still serve; B's view catches up with its next batch.
-        rb = httpx.post(b.url + "/v1/entries", content=b"last", headers=h)
-        assert rb.status_code == 200
-        acked.append((rb.json()["index"], b"last"))
-        notes.append(rb.json()["checkpoint"])
+        # Both frontends still serve. An idle frontend follows the other's commits without
+        # a write of its own: B soon serves A's newest checkpoint and entry.
+        ra = httpx.post(a.url + "/v1/entries", content=b"last", headers=h)
+        assert ra.status_code == 200
+        last_index = ra.json()["index"]
+        acked.append((last_index, b"last"))
+        notes.append(ra.json()["checkpoint"])
+        for _ in range(100):  # bounded: B refreshes once a second while idle
+            cb = httpx.get(b.url + "/checkpoint").text
+            if cb == ra.json()["checkpoint"]:
+                break
+            time.sleep(0.1)
+        assert cb == ra.json()["checkpoint"]
+        assert httpx.get(f"{b.url}/v1/entries/{last_index}").content == b"last"
     finally:
         a.stop()
         b.stop()
