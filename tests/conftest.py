@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.pgsupport import PgCluster, running_cluster
+from tests.pgsupport import PgCluster, memory_dir, running_cluster
 
 ROOT = Path(__file__).resolve().parent.parent
 VECTORS = ROOT.parent / "shared" / "vectors"
@@ -27,8 +27,10 @@ def vectors() -> Path:
 @pytest.fixture(scope="session")
 def pg_cluster() -> Iterator[PgCluster]:
     """One throwaway PostgreSQL server per test session (per xdist worker); skips when
-    PostgreSQL is not installed (see tests/pgsupport.py)."""
-    with running_cluster() as cluster:
+    PostgreSQL is not installed (see tests/pgsupport.py). It runs with fsync on, from a
+    tmpfs when there is one: these tests are about behaviour, and a process crash loses
+    nothing from the page cache either; what survives a power cut is not testable here."""
+    with running_cluster(tmp_root=memory_dir()) as cluster:
         yield cluster
 
 

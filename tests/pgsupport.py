@@ -107,13 +107,19 @@ def require_postgres() -> None:
 class PgCluster:
     """One PostgreSQL server in its own temporary directory."""
 
-    def __init__(self, conf: dict[str, str] | None = None, *, port: int | None = None) -> None:
+    def __init__(
+        self,
+        conf: dict[str, str] | None = None,
+        *,
+        port: int | None = None,
+        tmp_root: str | None = None,
+    ) -> None:
         bindir = pg_bin_dir()
         if bindir is None:
             raise RuntimeError(postgres_missing() or "no PostgreSQL")
         self.bin = bindir
         self.user = pg_os_user()
-        self.base = Path(tempfile.mkdtemp(prefix="tlog-pg-"))
+        self.base = Path(tempfile.mkdtemp(prefix="tlog-pg-", dir=tmp_root))
         self.data = self.base / "data"
         self.port = port or free_port()
         self.conf = {
@@ -193,11 +199,23 @@ class PgCluster:
         return self.url(schema=name)
 
 
+def memory_dir() -> str | None:
+    """``/dev/shm`` when it is a writable tmpfs (``TLOG_PG_TMP`` overrides; empty: the
+    default temporary directory)."""
+    env = os.environ.get("TLOG_PG_TMP")
+    if env is not None:
+        return env or None
+    shm = Path("/dev/shm")
+    return str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
+
+
 @contextlib.contextmanager
-def running_cluster(conf: dict[str, str] | None = None) -> Iterator[PgCluster]:
+def running_cluster(
+    conf: dict[str, str] | None = None, *, tmp_root: str | None = None
+) -> Iterator[PgCluster]:
     """A started cluster, destroyed afterwards (skips when PostgreSQL is unavailable)."""
     require_postgres()
-    cluster = PgCluster(conf).init()
+    cluster = PgCluster(conf, tmp_root=tmp_root).init()
     try:
         cluster.start()
         yield cluster

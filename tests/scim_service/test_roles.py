@@ -16,15 +16,8 @@ import httpx
 import pytest
 
 from client.scim import event_to_json
-from tests.pgsupport import BACKENDS, backend_database
 
 from .conftest import T1, T2, Harness, user_event
-
-
-@pytest.fixture(params=BACKENDS)
-def database(request: pytest.FixtureRequest) -> str | None:
-    """Every test here runs on LMDB and on PostgreSQL."""
-    return backend_database(request)
 
 ROLES = ["sub1", "sub2", "aud1", "aud2", "po_a", "po_t2", "admin"]
 

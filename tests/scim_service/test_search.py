@@ -15,16 +15,8 @@ from client.formats.merkle import VerificationError
 from client.formats.note import Ed25519Signer
 from client.net.scim_audit import ScimAuditClient, ScimAuditError
 from client.scim import event_to_json
-from tests.pgsupport import BACKENDS, backend_database
 
 from .conftest import BASE_TS, ORIGIN, T2, URL, Harness, group_event, user_event
-
-
-@pytest.fixture(params=BACKENDS)
-def database(request: pytest.FixtureRequest) -> str | None:
-    """Every test here runs on LMDB and on PostgreSQL."""
-    return backend_database(request)
-
 
 ALICE = "u-alice-7f3a"
 BOB = "u-bob-55c1"
