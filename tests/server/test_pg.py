@@ -161,3 +161,27 @@ def test_database_setting_from_flag_environment_and_file(tmp_path: Path, pg_url:
     st.close()
     with pytest.raises(StorageError, match="unknown --database"):
         open_backend("mysql://x", tmp_path)
+
+
+def test_store_commands_on_the_database(
+    tmp_path: Path, pg_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """token, fsck take --database; backup and recover say what to use instead."""
+    from tlog.cli import main
+
+    data = str(tmp_path)
+    assert main(["token", "list", "--data", data, "--database", pg_url]) == 1
+    assert "no log in the database" in capsys.readouterr().err
+    st = PgStorage(pg_url)
+    Log(st, make_signer()).integrate([b"one", b"two"])
+    st.close()
+    assert main(["token", "create", "--role", "admin", "--data", data,
+                 "--database", pg_url]) == 0
+    token_line = capsys.readouterr().out
+    assert token_line.strip()
+    assert main(["token", "list", "--data", data, "--database", pg_url]) == 0
+    assert "admin" in capsys.readouterr().out
+    assert main(["fsck", "--data", data, "--database", pg_url]) == 0
+    assert "fsck: OK: 2 entries" in capsys.readouterr().out
+    assert main(["backup", str(tmp_path / "b"), "--data", data, "--database", pg_url]) == 1
+    assert "pg_dump" in capsys.readouterr().err
