@@ -31,11 +31,11 @@ def test_two_frontends_on_one_database_never_fork_nor_lose(
     tmp_path: Path, pg_url: str
 ) -> None:
     da, db = tmp_path / "a", tmp_path / "b"
-    a = start_server(da, None, "--database", pg_url, "--replication", "none")
+    a = start_server(da, None, "--database", pg_url, "--replication", "none", timeout=90)
     db.mkdir(mode=0o700)
     for key in ("log.key", "scim-master.key"):
         shutil.copy2(da / key, db / key)
-    b = start_server(db, None, "--database", pg_url, "--replication", "none")
+    b = start_server(db, None, "--database", pg_url, "--replication", "none", timeout=90)
     token = (da / "demo-submitter.token").read_text().strip()  # tokens live in the database
     assert not (db / "demo-submitter.token").exists()  # B found the log: created nothing
     verifier = Ed25519Verifier.from_vkey(httpx.get(a.url + "/v1/log").json()["vkey"])
