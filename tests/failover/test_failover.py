@@ -165,21 +165,34 @@ class Frontends:
     bucket: str  # s3://bucket/prefix
     endpoint: str
 
+    started: list[ServerProcess] = field(default_factory=list)
+
     def start(self, data: Path, port: int | None = None) -> ServerProcess:
-        return start_server(
+        srv = start_server(
             data, port, "--database", self.url, "--bucket", self.bucket,
             "--bucket-endpoint", self.endpoint, "--batch-age-ms", "5", timeout=90,
         )
+        self.started.append(srv)
+        return srv
+
+    def stop_all(self) -> None:
+        for srv in self.started:
+            srv.stop()
 
 
 def test_kill_primary_and_a_frontend_under_load(
-    pair: Replicated, seaweedfs: SeaweedS3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    pair: Replicated,
+    seaweedfs: SeaweedS3,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
 ) -> None:
     rnd = random.Random(SEED)
     for k, v in seaweedfs.env().items():
         monkeypatch.setenv(k, v)
     bucket = seaweedfs.bucket()
     fe = Frontends(pair.create_database("tlog"), f"s3://{bucket}/log", seaweedfs.endpoint)
+    request.addfinalizer(fe.stop_all)  # whatever fails, no frontend outlives the test
     a_dir, b_dir = tmp_path / "a", tmp_path / "b"
     a = fe.start(a_dir)
     # The second frontend signs with the same key and opens the same SCIM key chain.
