@@ -372,12 +372,7 @@ class BucketPublisher:
         # written only after the database commits, so a database that is not lost has at
         # least that size. (``self.log.latest`` was loaded before the bucket was read: with
         # several frontends, another one may have committed and published meanwhile.)
-        with self.log.storage.read() as rv:
-            size = rv.tree_size()
-        if cp.size > size:
-            # Another frontend of a shared database may have committed and published since
-            # this one loaded its state: look at the database again before calling it lost.
-            size = self._database_size()
+        size = self._database_size()
         if cp.size > size:
             raise RollbackDetected(self._ahead_message(cp.size, size))
         with self.log.storage.read() as rv:
@@ -404,9 +399,10 @@ class BucketPublisher:
             f"database ends at tree size {size}: the database lost committed entries "
             "(restored from an older backup, or failed over to a replica that was "
             "behind). Do not sign on this database. Restore a newer backup or promote "
-            "the up-to-date replica; or (LMDB) bring the store forward from the bucket, "
+            "the up-to-date replica; or bring the store forward from the bucket, "
             "verified against its checkpoint: save <bucket HTTP URL>/checkpoint to a "
             "file, then 'tlog recover --from <bucket HTTP URL> --checkpoint <file>' "
+            "(LMDB; a PostgreSQL log via 'tlog migrate' to LMDB and back) "
             "(see docs/operations.md, 'Bucket ahead of the database')."
         )
 
