@@ -71,8 +71,11 @@ def main() -> None:
             def put(obj: tuple[str, bytes], bucket: str = bucket, client: object = client) -> None:
                 ctype, cache = content_headers(obj[0])
                 client.put_object(  # type: ignore[attr-defined]
-                    Bucket=bucket, Key="log/" + obj[0], Body=obj[1],
-                    ContentType=ctype, CacheControl=cache,
+                    Bucket=bucket,
+                    Key="log/" + obj[0],
+                    Body=obj[1],
+                    ContentType=ctype,
+                    CacheControl=cache,
                 )
 
             t0 = time.perf_counter()
@@ -80,13 +83,19 @@ def main() -> None:
                 list(pool.map(put, objects))
             best_ref = min(best_ref, time.perf_counter() - t0)
         n = len(objects) + 1
-        print(f"machine: {platform.machine()} {platform.python_implementation()} "
-              f"{platform.python_version()}; entries {size}; objects {n}")
-        print(f"tlog publish (verified reads, If-None-Match, CAS checkpoint): "
-              f"{best_tlog:.2f} s, {size / best_tlog:,.0f} entries/s, "
-              f"{n / best_tlog:,.0f} objects/s")
-        print(f"reference: plain put_object of the same objects: {best_ref:.2f} s, "
-              f"{len(objects) / best_ref:,.0f} objects/s")
+        print(
+            f"machine: {platform.machine()} {platform.python_implementation()} "
+            f"{platform.python_version()}; entries {size}; objects {n}"
+        )
+        print(
+            f"tlog publish (verified reads, If-None-Match, CAS checkpoint): "
+            f"{best_tlog:.2f} s, {size / best_tlog:,.0f} entries/s, "
+            f"{n / best_tlog:,.0f} objects/s"
+        )
+        print(
+            f"reference: plain put_object of the same objects: {best_ref:.2f} s, "
+            f"{len(objects) / best_ref:,.0f} objects/s"
+        )
         print(f"ratio tlog/reference time: {best_tlog / best_ref:.2f}")
         log_.storage.close()
     finally:

@@ -92,30 +92,35 @@ def wrk(url: str, script: str, duration: int, connections: int) -> dict[str, flo
         f.write(script)
     try:
         out = subprocess.run(
-            ["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency", "-s", f.name,
-             url],
-            capture_output=True, text=True, check=True,
+            ["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency", "-s", f.name, url],
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout
     finally:
         os.unlink(f.name)
     return parse_wrk(out)
 
 
-def batch_load(url: str, token: str, seconds: float, threads: int = 4,
-               per_request: int = 10_000) -> float:
+def batch_load(
+    url: str, token: str, seconds: float, threads: int = 4, per_request: int = 10_000
+) -> float:
     done = [0]
     lock = threading.Lock()
     stop = time.monotonic() + seconds
 
     def worker(t: int) -> None:
         n = 0
-        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"},
-                          timeout=60) as c:
+        with httpx.Client(
+            base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=60
+        ) as c:
             while time.monotonic() < stop:
                 body = b"".join(
                     len(e).to_bytes(2, "big") + e
-                    for e in (b"batch-%d-%d-%012d-" % (os.getpid(), t, n + i) + b"x" * 36
-                              for i in range(per_request))
+                    for e in (
+                        b"batch-%d-%d-%012d-" % (os.getpid(), t, n + i) + b"x" * 36
+                        for i in range(per_request)
+                    )
                 )
                 n += per_request
                 r = c.post("/v1/entries/batch", content=body)
@@ -146,40 +151,82 @@ def main() -> None:
         tport, hport = free_port(), free_port()
         common = ["--host", "127.0.0.1", "--log-level", "warning"]
         tlog_p = subprocess.Popen(
-            [sys.executable, "-m", "tlog.cli", "serve", "--data", str(tmp / "data"),
-             "--port", str(tport), "--origin", "bench.example/log", *common],
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                sys.executable,
+                "-m",
+                "tlog.cli",
+                "serve",
+                "--data",
+                str(tmp / "data"),
+                "--port",
+                str(tport),
+                "--origin",
+                "bench.example/log",
+                *common,
+            ],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         procs.append(tlog_p)
         hello_p = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "bench.hello:app", "--port", str(hport),
-             "--no-access-log", "--no-server-header", *common],
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "bench.hello:app",
+                "--port",
+                str(hport),
+                "--no-access-log",
+                "--no-server-header",
+                *common,
+            ],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         procs.append(hello_p)
         turl, hurl = f"http://127.0.0.1:{tport}", f"http://127.0.0.1:{hport}"
         wait_up(turl + "/checkpoint", tlog_p)
         wait_up(hurl + "/", hello_p)
         token = (tmp / "data" / "demo-submitter.token").read_text().strip()
         # Prefill so that proofs and tiles come from a realistic tree.
-        with httpx.Client(base_url=turl, headers={"Authorization": f"Bearer {token}"},
-                          timeout=120) as c:
+        with httpx.Client(
+            base_url=turl, headers={"Authorization": f"Bearer {token}"}, timeout=120
+        ) as c:
             for i in range(0, args.prefill, 10_000):
-                body = b"".join(len(e).to_bytes(2, "big") + e for e in
-                                (b"prefill-%012d" % j for j in range(i, i + 10_000)))
+                body = b"".join(
+                    len(e).to_bytes(2, "big") + e
+                    for e in (b"prefill-%012d" % j for j in range(i, i + 10_000))
+                )
                 c.post("/v1/entries/batch", content=body).raise_for_status()
         d, cn = args.duration, args.connections
         results: dict[str, dict[str, float]] = {}
-        results["hello POST /"] = wrk(hurl + "/", POST_LUA.replace("%PATH%", "/")
-                                      .replace("%TOKEN%", "x"), d, cn)
+        results["hello POST /"] = wrk(
+            hurl + "/", POST_LUA.replace("%PATH%", "/").replace("%TOKEN%", "x"), d, cn
+        )
         results["tlog POST /v1/entries"] = wrk(
-            turl, POST_LUA.replace("%PATH%", "/v1/entries").replace("%TOKEN%", token), d, cn)
-        results["hello GET /"] = wrk(hurl + "/", GET_LUA.replace("%FMT%", "/")
-                                     .replace("%MAX%", "1"), d, cn)
+            turl, POST_LUA.replace("%PATH%", "/v1/entries").replace("%TOKEN%", token), d, cn
+        )
+        results["hello GET /"] = wrk(
+            hurl + "/", GET_LUA.replace("%FMT%", "/").replace("%MAX%", "1"), d, cn
+        )
         results["tlog GET inclusion proof"] = wrk(
-            turl, GET_LUA.replace("%FMT%", "/v1/proof/inclusion?index=%d")
-            .replace("%MAX%", str(args.prefill - 1)), d, cn)
+            turl,
+            GET_LUA.replace("%FMT%", "/v1/proof/inclusion?index=%d").replace(
+                "%MAX%", str(args.prefill - 1)
+            ),
+            d,
+            cn,
+        )
         results["tlog GET tile/0/N"] = wrk(
-            turl, GET_LUA.replace("%FMT%", "/tile/0/%03d")
-            .replace("%MAX%", str(min(999, args.prefill // 256 - 1))), d, cn)
+            turl,
+            GET_LUA.replace("%FMT%", "/tile/0/%03d").replace(
+                "%MAX%", str(min(999, args.prefill // 256 - 1))
+            ),
+            d,
+            cn,
+        )
         batch_eps = batch_load(turl, token, d)
     finally:
         for p in procs:
@@ -191,21 +238,29 @@ def main() -> None:
                 p.kill()
         shutil.rmtree(tmp, ignore_errors=True)
 
-    print(f"machine: {os.cpu_count()} cores, {platform.machine()}, Python "
-          f"{platform.python_version()}; wrk -t2 -c{args.connections} -d{args.duration}s; "
-          f"tree prefilled with {args.prefill} entries")
+    print(
+        f"machine: {os.cpu_count()} cores, {platform.machine()}, Python "
+        f"{platform.python_version()}; wrk -t2 -c{args.connections} -d{args.duration}s; "
+        f"tree prefilled with {args.prefill} entries"
+    )
     for name, r in results.items():
-        print(f"{name:28} {r['rps']:10,.0f} req/s  p50 {r.get('p50_ms', 0):7.2f} ms  "
-              f"p99 {r.get('p99_ms', 0):7.2f} ms  non-2xx {r['non2xx']:.0f}")
+        print(
+            f"{name:28} {r['rps']:10,.0f} req/s  p50 {r.get('p50_ms', 0):7.2f} ms  "
+            f"p99 {r.get('p99_ms', 0):7.2f} ms  non-2xx {r['non2xx']:.0f}"
+        )
     hp, hg = results["hello POST /"]["rps"], results["hello GET /"]["rps"]
     post = results["tlog POST /v1/entries"]
-    print(f"POST /v1/entries vs hello POST: {post['rps'] / hp:5.1%} (target >= 30%), "
-          f"p99 {post.get('p99_ms', 0):.1f} ms (target < 50 ms)")
+    print(
+        f"POST /v1/entries vs hello POST: {post['rps'] / hp:5.1%} (target >= 30%), "
+        f"p99 {post.get('p99_ms', 0):.1f} ms (target < 50 ms)"
+    )
     print(f"POST /v1/entries vs hello GET:  {post['rps'] / hg:5.1%}")
     for k in ("tlog GET inclusion proof", "tlog GET tile/0/N"):
         print(f"{k} vs hello GET: {results[k]['rps'] / hg:5.1%} (target >= 50%)")
-    print(f"POST /v1/entries/batch (10,000 per request, 4 clients): {batch_eps:,.0f} entries/s "
-          f"durable (target 50,000)")
+    print(
+        f"POST /v1/entries/batch (10,000 per request, 4 clients): {batch_eps:,.0f} entries/s "
+        f"durable (target 50,000)"
+    )
 
 
 if __name__ == "__main__":

@@ -156,8 +156,10 @@ class Server:
 
         conf: dict[str, str] = {}
         if profile:
-            conf = {"shared_preload_libraries": "'pg_stat_statements'",
-                    "pg_stat_statements.track": "all"}
+            conf = {
+                "shared_preload_libraries": "'pg_stat_statements'",
+                "pg_stat_statements.track": "all",
+            }
         self.cluster = Replicated(standby=replica, conf=conf)
         self._n = 0
 
@@ -200,8 +202,10 @@ def profile_pg(server: Server, work: list[list[bytes]]) -> None:
     run = run_log(pg_backend(url), work, keep=False)
     if prof:
         prof.stop()
-    print(f"\nprofiled PostgreSQL batch run: {run.rate:,.0f} entries/s; "
-          f"{run.db_seconds / run.seconds:.0%} of the time inside commit_batch")
+    print(
+        f"\nprofiled PostgreSQL batch run: {run.rate:,.0f} entries/s; "
+        f"{run.db_seconds / run.seconds:.0%} of the time inside commit_batch"
+    )
     dbname = psycopg.conninfo.conninfo_to_dict(url)["dbname"]
     rows = admin.query(
         "SELECT calls, total_exec_time, rows, left(regexp_replace(query, '\\s+', ' ', 'g'), 90)"
@@ -240,15 +244,19 @@ def main() -> None:
     def keep(name: str, run: Run) -> None:
         if name not in best or run.rate > best[name].rate:
             best[name] = run
-        print(f"  {name:38} {run.rate:10,.0f} entries/s  p50 {run.pct(0.5):7.2f} ms  "
-              f"p99 {run.pct(0.99):7.2f} ms  db {run.db_seconds / run.seconds:4.0%}",
-              flush=True)
+        print(
+            f"  {name:38} {run.rate:10,.0f} entries/s  p50 {run.pct(0.5):7.2f} ms  "
+            f"p99 {run.pct(0.99):7.2f} ms  db {run.db_seconds / run.seconds:4.0%}",
+            flush=True,
+        )
 
     try:
         for r in range(args.rounds):
             print(f"round {r}", flush=True)
-            for kind, per, count in (("batch", args.batch, args.entries),
-                                     ("single", 1, args.singles)):
+            for kind, per, count in (
+                ("batch", args.batch, args.entries),
+                ("single", 1, args.singles),
+            ):
                 es = entries(count, f"{kind}{r}")
                 work = [es[i : i + per] for i in range(0, count, per)]
                 lm = run_log(lmdb_backend(tmp)(), work, keep=False)
@@ -259,25 +267,31 @@ def main() -> None:
                     keep(f"{kind}: raw inserts ({sname})", run_raw(srv.fresh(), pgr.batches))
         if args.profile:
             es = entries(args.entries, "prof")
-            profile_pg(servers["alone"],
-                       [es[i : i + args.batch] for i in range(0, args.entries, args.batch)])
+            profile_pg(
+                servers["alone"],
+                [es[i : i + args.batch] for i in range(0, args.entries, args.batch)],
+            )
     finally:
         for srv in servers.values():
             srv.close()
         shutil.rmtree(tmp, ignore_errors=True)
 
-    print(f"\nmachine: {platform.processor() or platform.machine()}, "
-          f"Python {platform.python_version()}; best of {args.rounds} rounds")
+    print(
+        f"\nmachine: {platform.processor() or platform.machine()}, "
+        f"Python {platform.python_version()}; best of {args.rounds} rounds"
+    )
     for kind in ("batch", "single"):
         lm = best[f"{kind}: LMDB backend"]
         for sname in servers:
             pgr = best[f"{kind}: PostgreSQL backend ({sname})"]
             raw = best[f"{kind}: raw inserts ({sname})"]
-            print(f"{kind:6} {sname:12}: PostgreSQL backend {pgr.rate:9,.0f}/s "
-                  f"(p50 {pgr.pct(0.5):.2f} ms, p99 {pgr.pct(0.99):.2f} ms) = "
-                  f"{pgr.rate / raw.rate:.2f}x raw inserts ({raw.rate:,.0f}/s, "
-                  f"p50 {raw.pct(0.5):.2f} ms), {pgr.rate / lm.rate:.2f}x LMDB "
-                  f"({lm.rate:,.0f}/s, p50 {lm.pct(0.5):.2f} ms)")
+            print(
+                f"{kind:6} {sname:12}: PostgreSQL backend {pgr.rate:9,.0f}/s "
+                f"(p50 {pgr.pct(0.5):.2f} ms, p99 {pgr.pct(0.99):.2f} ms) = "
+                f"{pgr.rate / raw.rate:.2f}x raw inserts ({raw.rate:,.0f}/s, "
+                f"p50 {raw.pct(0.5):.2f} ms), {pgr.rate / lm.rate:.2f}x LMDB "
+                f"({lm.rate:,.0f}/s, p50 {lm.pct(0.5):.2f} ms)"
+            )
 
 
 if __name__ == "__main__":

@@ -88,17 +88,21 @@ def measure(path: Path) -> None:
     def pct(xs: list[float], p: float) -> float:
         return sorted(xs)[int(p * (len(xs) - 1))] * 1000
 
-    print(json.dumps({
-        "tree_size": size,
-        "startup_s": round(startup, 4),
-        "inclusion_p50_ms": round(pct(inc, 0.5), 3),
-        "inclusion_p99_ms": round(pct(inc, 0.99), 3),
-        "consistency_p50_ms": round(pct(cons, 0.5), 3),
-        "consistency_p99_ms": round(pct(cons, 0.99), 3),
-        "inclusion_mean_ms": round(statistics.mean(inc) * 1000, 3),
-        **{f"{k}_MB": v for k, v in rss().items()},
-        **{f"start_{k}_MB": v for k, v in at_start.items()},
-    }))
+    print(
+        json.dumps(
+            {
+                "tree_size": size,
+                "startup_s": round(startup, 4),
+                "inclusion_p50_ms": round(pct(inc, 0.5), 3),
+                "inclusion_p99_ms": round(pct(inc, 0.99), 3),
+                "consistency_p50_ms": round(pct(cons, 0.5), 3),
+                "consistency_p99_ms": round(pct(cons, 0.99), 3),
+                "inclusion_mean_ms": round(statistics.mean(inc) * 1000, 3),
+                **{f"{k}_MB": v for k, v in rss().items()},
+                **{f"start_{k}_MB": v for k, v in at_start.items()},
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -113,19 +117,29 @@ def main() -> None:
         return
     build(path, args.entries)
     du = sum(f.stat().st_size for f in path.iterdir())
-    out = subprocess.run([sys.executable, "-m", "bench.scale", "--dir", str(path),
-                          "--measure-only"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.scale", "--dir", str(path), "--measure-only"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     r = json.loads(out.stdout)
-    print(f"machine: {os.cpu_count()} cores, {platform.machine()}, Python "
-          f"{platform.python_version()}; store {du / 2**30:.2f} GiB")
-    print(f"tree size {r['tree_size']:,}: start-up {r['startup_s'] * 1000:.1f} ms "
-          f"(target < 1 s); inclusion proof p50 {r['inclusion_p50_ms']:.3f} ms, "
-          f"p99 {r['inclusion_p99_ms']:.3f} ms (target p50 < 1 ms); consistency p50 "
-          f"{r['consistency_p50_ms']:.3f} ms")
-    print(f"memory after start-up: RSS {r['start_VmRSS_MB']} MB (private {r['start_RssAnon_MB']} "
-          f"MB); after 25,000 random proofs: RSS {r['VmRSS_MB']} MB = private "
-          f"{r['RssAnon_MB']} MB + {r['RssFile_MB']} MB of LMDB file pages mapped from the "
-          f"page cache (clean, shared, reclaimable); target < 300 MB")
+    print(
+        f"machine: {os.cpu_count()} cores, {platform.machine()}, Python "
+        f"{platform.python_version()}; store {du / 2**30:.2f} GiB"
+    )
+    print(
+        f"tree size {r['tree_size']:,}: start-up {r['startup_s'] * 1000:.1f} ms "
+        f"(target < 1 s); inclusion proof p50 {r['inclusion_p50_ms']:.3f} ms, "
+        f"p99 {r['inclusion_p99_ms']:.3f} ms (target p50 < 1 ms); consistency p50 "
+        f"{r['consistency_p50_ms']:.3f} ms"
+    )
+    print(
+        f"memory after start-up: RSS {r['start_VmRSS_MB']} MB (private {r['start_RssAnon_MB']} "
+        f"MB); after 25,000 random proofs: RSS {r['VmRSS_MB']} MB = private "
+        f"{r['RssAnon_MB']} MB + {r['RssFile_MB']} MB of LMDB file pages mapped from the "
+        f"page cache (clean, shared, reclaimable); target < 300 MB"
+    )
 
 
 if __name__ == "__main__":

@@ -97,23 +97,39 @@ def parse_wrk(out: str) -> dict[str, float]:
     mm = re.search(r"(\d+) requests in", out)
     res["requests"] = float(mm.group(1)) if mm else 0.0
     mm = re.search(r"Socket errors: (.*)", out)
-    res["socket_errors"] = 0.0 if mm is None else float(sum(
-        int(x) for x in re.findall(r"\d+", mm.group(1))))
+    res["socket_errors"] = (
+        0.0 if mm is None else float(sum(int(x) for x in re.findall(r"\d+", mm.group(1))))
+    )
     if mm is not None:
         print(f"  wrk socket errors: {mm.group(1)}", file=sys.stderr)
     return res
 
 
 def wrk(base: str, ids: list[str], duration: int, connections: int) -> dict[str, float]:
-    script = (WRITE_LUA.replace("%IDS%", ",".join(json.dumps(i) for i in ids))
-              .replace("%TOKEN%", SCIM_TOKEN).replace("%USER%", USER)
-              .replace("%BASE%", httpx.URL(base).path.rstrip("/")))
+    script = (
+        WRITE_LUA.replace("%IDS%", ",".join(json.dumps(i) for i in ids))
+        .replace("%TOKEN%", SCIM_TOKEN)
+        .replace("%USER%", USER)
+        .replace("%BASE%", httpx.URL(base).path.rstrip("/"))
+    )
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write(script)
     try:
         out = subprocess.run(
-            ["wrk", f"-t{min(2, connections)}", f"-c{connections}", f"-d{duration}s",
-             "--latency", "-s", f.name, base], capture_output=True, text=True, check=True).stdout
+            [
+                "wrk",
+                f"-t{min(2, connections)}",
+                f"-c{connections}",
+                f"-d{duration}s",
+                "--latency",
+                "-s",
+                f.name,
+                base,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
     finally:
         os.unlink(f.name)
     return parse_wrk(out)
@@ -128,8 +144,9 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def cpu_during(procs: dict[str, subprocess.Popen[bytes]], fn: Callable[[], dict[str, float]]
-               ) -> tuple[dict[str, float], dict[str, float]]:
+def cpu_during(
+    procs: dict[str, subprocess.Popen[bytes]], fn: Callable[[], dict[str, float]]
+) -> tuple[dict[str, float], dict[str, float]]:
     """Run ``fn`` (a wrk run); return its result and the CPU seconds each process used."""
     before = {n: cpu_seconds(p.pid) for n, p in procs.items()}
     res = fn()
@@ -144,9 +161,20 @@ def cpu_during(procs: dict[str, subprocess.Popen[bytes]], fn: Callable[[], dict[
 def start_scim2_server(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     exe = Path(sys.executable).with_name("scim2-server")
-    p = subprocess.Popen([str(exe), "--hostname", "127.0.0.1", "--port", str(port),
-                          "--bearer-token", SCIM_TOKEN, "--reverse-proxy"],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    p = subprocess.Popen(
+        [
+            str(exe),
+            "--hostname",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--bearer-token",
+            SCIM_TOKEN,
+            "--reverse-proxy",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     base = f"http://127.0.0.1:{port}/v2"
     wait_up(base + "/ServiceProviderConfig", p)
     return p, base
@@ -154,8 +182,9 @@ def start_scim2_server(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
 
 def prefill(base: str, n: int) -> list[str]:
     ids = []
-    with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {SCIM_TOKEN}"},
-                      timeout=30) as c:
+    with httpx.Client(
+        base_url=base, headers={"Authorization": f"Bearer {SCIM_TOKEN}"}, timeout=30
+    ) as c:
         for i in range(n):
             r = c.post("/Users", json={"schemas": [USER], "userName": f"prefill-{i}"})
             r.raise_for_status()
@@ -176,21 +205,35 @@ def sample_events(n: int, tag: str) -> list[str]:
     out = []
     for i in range(n):
         uid = f"{tag}-{i:08x}"
-        body = {"schemas": [USER], "userName": f"{uid}@example.com", "displayName": "Bench",
-                "emails": [{"value": f"{uid}@example.com", "primary": True}], "active": True}
+        body = {
+            "schemas": [USER],
+            "userName": f"{uid}@example.com",
+            "displayName": "Bench",
+            "emails": [{"value": f"{uid}@example.com", "primary": True}],
+            "active": True,
+        }
         raw = json.dumps(body).encode()
         intent = parse_request("create", "User", raw)
-        ev = new_event(tenant="bench-batch", sp="bench-sp", op="create", rt="User", rid=uid,
-                       actor={"kind": "bearer", "tok_d": b"\x01" * 32}, corr=f"req-{uid}",
-                       req={"m": "POST", "p": "/Users", "dig": b"\x02" * 32, "len": len(raw)},
-                       res={"st": 201, "etag": 'W/"1"'}, outcome="success",
-                       **intent.event_fields())
+        ev = new_event(
+            tenant="bench-batch",
+            sp="bench-sp",
+            op="create",
+            rt="User",
+            rid=uid,
+            actor={"kind": "bearer", "tok_d": b"\x01" * 32},
+            corr=f"req-{uid}",
+            req={"m": "POST", "p": "/Users", "dig": b"\x02" * 32, "len": len(raw)},
+            res={"st": 201, "etag": 'W/"1"'},
+            outcome="success",
+            **intent.event_fields(),
+        )
         out.append(event_json(ev))
     return out
 
 
-def _post_batches(url: str, token: str, path: str, count: str, bodies: list[list[bytes]],
-                  seconds: float) -> tuple[float, int]:
+def _post_batches(
+    url: str, token: str, path: str, count: str, bodies: list[list[bytes]], seconds: float
+) -> tuple[float, int]:
     """POST each thread's pre-built JSON bodies to ``path`` until ``seconds`` pass or the
     bodies run out; returns (items/s, items), counting ``len(answer[count])`` per 200."""
     done = [0]
@@ -199,9 +242,11 @@ def _post_batches(url: str, token: str, path: str, count: str, bodies: list[list
 
     def worker(t: int) -> None:
         k = 0
-        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}",
-                                                 "Content-Type": "application/json"},
-                          timeout=120) as c:
+        with httpx.Client(
+            base_url=url,
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+            timeout=120,
+        ) as c:
             while time.monotonic() < stop and k < len(bodies[t]):
                 r = c.post(path, content=bodies[t][k])
                 k += 1
@@ -224,8 +269,12 @@ def batch_load(url: str, token: str, seconds: float, threads: int = 2) -> tuple[
     """Events/s through POST /v1/scim/events/batch, 1000 events per request."""
     bodies: list[list[bytes]] = []
     for t in range(threads):  # built before the clock starts: we measure the log
-        bodies.append([('{"events":[' + ",".join(sample_events(1000, f"b{t}-{k}")) + "]}")
-                       .encode() for k in range(max(2, int(seconds)))])
+        bodies.append(
+            [
+                ('{"events":[' + ",".join(sample_events(1000, f"b{t}-{k}")) + "]}").encode()
+                for k in range(max(2, int(seconds)))
+            ]
+        )
     return _post_batches(url, token, "/v1/scim/events/batch", "results", bodies, seconds)
 
 
@@ -234,16 +283,38 @@ def raw_batch_load(url: str, token: str, seconds: float, threads: int = 2) -> tu
     size per request, same threads): the reference for the SCIM batch path."""
     import base64
 
-    bodies = [[json.dumps({"entries": [base64.b64encode(b"r" + os.urandom(72)).decode()
-                                       for _ in range(1000)]}).encode()
-               for _ in range(max(2, int(seconds) * 4))] for _ in range(threads)]
+    bodies = [
+        [
+            json.dumps(
+                {"entries": [base64.b64encode(b"r" + os.urandom(72)).decode() for _ in range(1000)]}
+            ).encode()
+            for _ in range(max(2, int(seconds) * 4))
+        ]
+        for _ in range(threads)
+    ]
     return _post_batches(url, token, "/v1/entries/batch", "indices", bodies, seconds)
 
 
 def tlog_token(data: Path, tenant: str) -> str:
-    return subprocess.run([sys.executable, "-m", "tlog.cli", "token", "create", "--role",
-                           "submitter", "--tenant", tenant, "--data", str(data)],
-                          capture_output=True, text=True, check=True, cwd=ROOT).stdout.strip()
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tlog.cli",
+            "token",
+            "create",
+            "--role",
+            "submitter",
+            "--tenant",
+            tenant,
+            "--data",
+            str(data),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    ).stdout.strip()
 
 
 def main() -> None:
@@ -251,10 +322,18 @@ def main() -> None:
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--connections", type=int, default=16)
     ap.add_argument("--prefill", type=int, default=300)
-    ap.add_argument("--receipt-timeout", type=float, default=0.0,
-                    help="proxy --receipt-timeout (0: answer once the event is in the outbox)")
-    ap.add_argument("--upstream-connections", type=int, default=64,
-                    help="proxy --upstream-connections (default 64, the proxy's default)")
+    ap.add_argument(
+        "--receipt-timeout",
+        type=float,
+        default=0.0,
+        help="proxy --receipt-timeout (0: answer once the event is in the outbox)",
+    )
+    ap.add_argument(
+        "--upstream-connections",
+        type=int,
+        default=64,
+        help="proxy --upstream-connections (default 64, the proxy's default)",
+    )
     args = ap.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("bench.scim_proxy needs wrk: apt-get install -y wrk")
@@ -263,9 +342,24 @@ def main() -> None:
     try:
         lport = free_port()
         log_p = subprocess.Popen(
-            [sys.executable, "-m", "tlog.cli", "serve", "--data", str(tmp / "log"), "--port",
-             str(lport), "--origin", "bench.example/log", "--log-level", "warning"],
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                sys.executable,
+                "-m",
+                "tlog.cli",
+                "serve",
+                "--data",
+                str(tmp / "log"),
+                "--port",
+                str(lport),
+                "--origin",
+                "bench.example/log",
+                "--log-level",
+                "warning",
+            ],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         procs.append(log_p)
         log_url = f"http://127.0.0.1:{lport}"
         wait_up(log_url + "/checkpoint", log_p)
@@ -280,12 +374,36 @@ def main() -> None:
         pport = free_port()
         outbox = tmp / "proxy-outbox.sqlite"
         proxy_p = subprocess.Popen(
-            [sys.executable, "-m", "tlog.cli", "scim-proxy", "--upstream", upstream, "--log",
-             log_url, "--token-file", str(tmp / "proxy.token"), "--tenant", "bench-proxy",
-             "--sp-id", "bench-sp", "--listen", f"127.0.0.1:{pport}", "--outbox", str(outbox),
-             "--receipt-timeout", str(args.receipt_timeout), "--upstream-connections",
-             str(args.upstream_connections), "--log-level", "warning"],
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                sys.executable,
+                "-m",
+                "tlog.cli",
+                "scim-proxy",
+                "--upstream",
+                upstream,
+                "--log",
+                log_url,
+                "--token-file",
+                str(tmp / "proxy.token"),
+                "--tenant",
+                "bench-proxy",
+                "--sp-id",
+                "bench-sp",
+                "--listen",
+                f"127.0.0.1:{pport}",
+                "--outbox",
+                str(outbox),
+                "--receipt-timeout",
+                str(args.receipt_timeout),
+                "--upstream-connections",
+                str(args.upstream_connections),
+                "--log-level",
+                "warning",
+            ],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         procs.append(proxy_p)
         proxy_base = f"http://127.0.0.1:{pport}/v2"
         wait_up(proxy_base + "/ServiceProviderConfig", proxy_p)
@@ -293,11 +411,13 @@ def main() -> None:
         direct_ids = prefill(direct_base, args.prefill)
         proxy_ids = prefill(upstream, args.prefill)
         d, cn = args.duration, args.connections
-        direct, direct_cpu = cpu_during({"scim2-server": direct_p},
-                                        lambda: wrk(direct_base, direct_ids, d, cn))
+        direct, direct_cpu = cpu_during(
+            {"scim2-server": direct_p}, lambda: wrk(direct_base, direct_ids, d, cn)
+        )
         proxied, proxy_cpu = cpu_during(
             {"scim2-server": up_p, "tlog scim-proxy": proxy_p, "tlog serve": log_p},
-            lambda: wrk(proxy_base, proxy_ids, d, cn))
+            lambda: wrk(proxy_base, proxy_ids, d, cn),
+        )
         t0 = time.monotonic()
         pending, delivered = outbox_counts(outbox)
         backlog_at_end = pending
@@ -317,28 +437,40 @@ def main() -> None:
                 p.kill()
         shutil.rmtree(tmp, ignore_errors=True)
 
-    print(f"machine: {os.cpu_count()} cores ({cpu_model()}), {platform.system()} "
-          f"{platform.machine()}, Python {platform.python_version()}; everything on this host")
-    print(f"load: wrk -t2 -c{args.connections} -d{args.duration}s, 50% POST /Users + 50% PATCH "
-          f"/Users/<id> (of {args.prefill} users); proxy fail-closed, receipt-timeout "
-          f"{args.receipt_timeout}s, upstream-connections {args.upstream_connections}")
+    print(
+        f"machine: {os.cpu_count()} cores ({cpu_model()}), {platform.system()} "
+        f"{platform.machine()}, Python {platform.python_version()}; everything on this host"
+    )
+    print(
+        f"load: wrk -t2 -c{args.connections} -d{args.duration}s, 50% POST /Users + 50% PATCH "
+        f"/Users/<id> (of {args.prefill} users); proxy fail-closed, receipt-timeout "
+        f"{args.receipt_timeout}s, upstream-connections {args.upstream_connections}"
+    )
     for name, r in (("scim2-server direct", direct), ("through tlog scim-proxy", proxied)):
-        print(f"{name:26} {r['rps']:8,.0f} writes/s (= events/s)  p50 {r.get('p50_ms', 0):6.2f} "
-              f"ms  p99 {r.get('p99_ms', 0):7.2f} ms  non-2xx {r['non2xx']:.0f}  "
-              f"socket errors {r['socket_errors']:.0f}")
+        print(
+            f"{name:26} {r['rps']:8,.0f} writes/s (= events/s)  p50 {r.get('p50_ms', 0):6.2f} "
+            f"ms  p99 {r.get('p99_ms', 0):7.2f} ms  non-2xx {r['non2xx']:.0f}  "
+            f"socket errors {r['socket_errors']:.0f}"
+        )
     for label, cpu, r in (("direct", direct_cpu, direct), ("proxied", proxy_cpu, proxied)):
         n = max(r["requests"], 1.0)
         parts = ", ".join(f"{k} {1000 * v / n:.2f}" for k, v in cpu.items())
         print(f"  CPU ms per write, {label}: {parts}")
     ratio = proxied["rps"] / direct["rps"] if direct["rps"] else 0.0
     print(f"proxy / direct: {ratio:.0%} (target >= 70%)")
-    print(f"events in the log from the proxy: {delivered:,} (wrk counted {proxied['requests']:,.0f}"
-          f" requests); backlog at the end of the run {backlog_at_end}, drained in {drain:.2f}s")
-    print(f"batch path, POST /v1/scim/events/batch x1000 events, 2 threads, encryption on: "
-          f"{batch_eps:,.0f} events/s ({batch_n:,} events)")
-    print(f"raw path, POST /v1/entries/batch x1000 entries, 2 threads (reference): "
-          f"{raw_eps:,.0f} entries/s ({raw_n:,}); SCIM batch / raw: "
-          f"{batch_eps / raw_eps if raw_eps else 0:.2f}x (target >= 0.25x)")
+    print(
+        f"events in the log from the proxy: {delivered:,} (wrk counted {proxied['requests']:,.0f}"
+        f" requests); backlog at the end of the run {backlog_at_end}, drained in {drain:.2f}s"
+    )
+    print(
+        f"batch path, POST /v1/scim/events/batch x1000 events, 2 threads, encryption on: "
+        f"{batch_eps:,.0f} events/s ({batch_n:,} events)"
+    )
+    print(
+        f"raw path, POST /v1/entries/batch x1000 entries, 2 threads (reference): "
+        f"{raw_eps:,.0f} entries/s ({raw_n:,}); SCIM batch / raw: "
+        f"{batch_eps / raw_eps if raw_eps else 0:.2f}x (target >= 0.25x)"
+    )
 
 
 if __name__ == "__main__":

@@ -82,14 +82,40 @@ def main() -> None:
         tport, hport = free_port(), free_port()
         common = ["--host", "127.0.0.1", "--log-level", "warning"]
         tlog_p = subprocess.Popen(
-            [sys.executable, "-m", "tlog.cli", "serve", "--data", str(tmp / "data"),
-             "--port", str(tport), "--origin", "bench.example/log", *common],
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                sys.executable,
+                "-m",
+                "tlog.cli",
+                "serve",
+                "--data",
+                str(tmp / "data"),
+                "--port",
+                str(tport),
+                "--origin",
+                "bench.example/log",
+                *common,
+            ],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         procs.append(tlog_p)
         hello_p = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "bench.hello:app", "--port", str(hport),
-             "--no-access-log", "--no-server-header", *common],
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "bench.hello:app",
+                "--port",
+                str(hport),
+                "--no-access-log",
+                "--no-server-header",
+                *common,
+            ],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         procs.append(hello_p)
         turl, hurl = f"http://127.0.0.1:{tport}", f"http://127.0.0.1:{hport}"
         wait_up(turl + "/checkpoint", tlog_p)
@@ -108,11 +134,15 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 p.kill()
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"machine: {os.cpu_count()} cores ({cpu_model()}), Python "
-          f"{platform.python_version()}; wrk -t2 -c{args.connections} -d{args.duration}s")
+    print(
+        f"machine: {os.cpu_count()} cores ({cpu_model()}), Python "
+        f"{platform.python_version()}; wrk -t2 -c{args.connections} -d{args.duration}s"
+    )
     for name, r in (("hello POST / (reference)", hello), ("POST /v1/scim/events", scim)):
-        print(f"{name:26} {r['rps']:9,.0f} req/s  p50 {r.get('p50_ms', 0):7.2f} ms  "
-              f"p99 {r.get('p99_ms', 0):7.2f} ms  non-2xx {r['non2xx']:.0f}")
+        print(
+            f"{name:26} {r['rps']:9,.0f} req/s  p50 {r.get('p50_ms', 0):7.2f} ms  "
+            f"p99 {r.get('p99_ms', 0):7.2f} ms  non-2xx {r['non2xx']:.0f}"
+        )
     print(f"single SCIM events / hello: {scim['rps'] / hello['rps']:.2f}x (target >= 0.25x)")
 
 

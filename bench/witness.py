@@ -151,17 +151,33 @@ def main() -> None:
 
         # Over HTTP, against a real `tlog-witness serve`.
         key_file = tmp / "w.key"
-        subprocess.run([sys.executable, "-m", "client.witness.cli", "keygen", "--name",
-                        "w.example/http", "--key", str(key_file)], check=True, cwd=ROOT,
-                       capture_output=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "client.witness.cli",
+                "keygen",
+                "--name",
+                "w.example/http",
+                "--key",
+                str(key_file),
+            ],
+            check=True,
+            cwd=ROOT,
+            capture_output=True,
+        )
         port = free_port()
         vkey_log = logs[0].verifiers[0].vkey()  # type: ignore[attr-defined]
         (tmp / "w.toml").write_text(
             f'name = "w.example/http"\nkey_file = "w.key"\nstate_db = "http.db"\n'
-            f'listen = "127.0.0.1:{port}"\n[[log]]\norigin = "{ORIGIN}"\nvkey = "{vkey_log}"\n')
-        proc = subprocess.Popen([sys.executable, "-m", "client.witness.cli", "serve",
-                                 "--config", str(tmp / "w.toml")], cwd=ROOT,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            f'listen = "127.0.0.1:{port}"\n[[log]]\norigin = "{ORIGIN}"\nvkey = "{vkey_log}"\n'
+        )
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "client.witness.cli", "serve", "--config", str(tmp / "w.toml")],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         url = f"http://127.0.0.1:{port}"
         wait_up(url + "/evidence", proc)
         wvkey = CosignatureSigner.from_skey(key_file.read_text()).vkey()
@@ -179,21 +195,31 @@ def main() -> None:
             proc.terminate()
             proc.wait(10)
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"machine: {os.cpu_count()} cores, {platform.machine()}, Python "
-          f"{platform.python_version()}; {args.checkpoints} checkpoints, +{args.step} leaves each")
-    print(f"witness in process (verify, consistency proof, cosign, durable CAS): "
-          f"{inproc:8,.0f} checkpoints/s")
-    print(f"witness over HTTP (tlog-witness serve + WitnessClient):            "
-          f"{over_http:8,.0f} checkpoints/s")
-    print(f"floors on this machine: Ed25519 verify+cosign {floor_crypto:,.0f}/s; "
-          f"fsync'd SQLite commit {floor_sqlite:,.0f}/s")
+    print(
+        f"machine: {os.cpu_count()} cores, {platform.machine()}, Python "
+        f"{platform.python_version()}; {args.checkpoints} checkpoints, +{args.step} leaves each"
+    )
+    print(
+        f"witness in process (verify, consistency proof, cosign, durable CAS): "
+        f"{inproc:8,.0f} checkpoints/s"
+    )
+    print(
+        f"witness over HTTP (tlog-witness serve + WitnessClient):            "
+        f"{over_http:8,.0f} checkpoints/s"
+    )
+    print(
+        f"floors on this machine: Ed25519 verify+cosign {floor_crypto:,.0f}/s; "
+        f"fsync'd SQLite commit {floor_sqlite:,.0f}/s"
+    )
     for name, rate in go_rates.items():
         if isinstance(rate, str):
             print(f"{name}: not measured ({rate})")
         else:
-            print(f"{name} over HTTP (same client, same checkpoints):               "
-                  f"{rate:8,.0f} checkpoints/s  -> tlog-witness / {name} = "
-                  f"{over_http / rate:.2f}x")
+            print(
+                f"{name} over HTTP (same client, same checkpoints):               "
+                f"{rate:8,.0f} checkpoints/s  -> tlog-witness / {name} = "
+                f"{over_http / rate:.2f}x"
+            )
 
 
 if __name__ == "__main__":

@@ -113,8 +113,12 @@ class Node(PgCluster):
         # directory (tens of MB of WAL and catalog files) is removed in the background.
         self.kill()
         if self.base.is_dir():
-            subprocess.Popen(["rm", "-rf", "--", str(self.base)], stdin=subprocess.DEVNULL,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            subprocess.Popen(
+                ["rm", "-rf", "--", str(self.base)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
 
 
 class Replicated:
@@ -164,8 +168,20 @@ class Replicated:
         """A new synchronous standby of the current primary, streaming when this returns."""
         node = self._node()
         r = node.run(
-            "pg_basebackup", "-h", "127.0.0.1", "-p", str(self.primary.port), "-U", SUPERUSER,
-            "-D", str(node.data), "-R", "-X", "stream", "--checkpoint=fast", timeout=120,
+            "pg_basebackup",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.primary.port),
+            "-U",
+            SUPERUSER,
+            "-D",
+            str(node.data),
+            "-R",
+            "-X",
+            "stream",
+            "--checkpoint=fast",
+            timeout=120,
         )
         if r.returncode != 0:
             raise RuntimeError(f"pg_basebackup failed: {r.stdout}{r.stderr}")

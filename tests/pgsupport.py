@@ -150,8 +150,18 @@ class PgCluster:
 
     def init(self) -> PgCluster:
         r = self.run(
-            "initdb", "-D", str(self.data), "-U", SUPERUSER, "-A", "trust", "-E", "UTF8",
-            "--no-locale", "--data-checksums", "--no-sync",  # the bootstrap only: the
+            "initdb",
+            "-D",
+            str(self.data),
+            "-U",
+            SUPERUSER,
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--no-locale",
+            "--data-checksums",
+            "--no-sync",  # the bootstrap only: the
             # server itself runs with fsync on
         )
         if r.returncode != 0:
@@ -163,8 +173,16 @@ class PgCluster:
 
     def start(self, timeout: float = 60) -> PgCluster:
         r = self.run(
-            "pg_ctl", "-D", str(self.data), "-l", str(self.logfile), "-w",
-            "-t", str(int(timeout)), "start", timeout=timeout + 10,
+            "pg_ctl",
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.logfile),
+            "-w",
+            "-t",
+            str(int(timeout)),
+            "start",
+            timeout=timeout + 10,
         )
         if r.returncode != 0:
             log = self.logfile.read_text() if self.logfile.exists() else ""

@@ -82,8 +82,10 @@ class SeaweedS3:
             aws_secret_access_key=self.secret_key,
             region_name="us-east-1",
             config=Config(
-                retries={"max_attempts": 1}, s3={"addressing_style": "path"},
-                connect_timeout=10, read_timeout=10,
+                retries={"max_attempts": 1},
+                s3={"addressing_style": "path"},
+                connect_timeout=10,
+                read_timeout=10,
             ),
         )
 
@@ -170,25 +172,44 @@ def start_seaweedfs(workdir: Path) -> SeaweedS3:
     config.chmod(0o600)
     p = _ports(10)
     args = [
-        weed, "mini", f"-dir={workdir / 'data'}",
-        "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-        f"-master.port={p[0]}", f"-master.port.grpc={p[1]}",
-        f"-volume.port={p[2]}", f"-volume.port.grpc={p[3]}",
-        f"-filer.port={p[4]}", f"-filer.port.grpc={p[5]}",
-        f"-s3.port={p[6]}", f"-s3.port.grpc={p[7]}",
-        f"-admin.port={p[8]}", f"-admin.port.grpc={p[9]}",
-        "-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
-        "-master.telemetry=false", f"-s3.config={config}",
+        weed,
+        "mini",
+        f"-dir={workdir / 'data'}",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        f"-master.port={p[0]}",
+        f"-master.port.grpc={p[1]}",
+        f"-volume.port={p[2]}",
+        f"-volume.port.grpc={p[3]}",
+        f"-filer.port={p[4]}",
+        f"-filer.port.grpc={p[5]}",
+        f"-s3.port={p[6]}",
+        f"-s3.port.grpc={p[7]}",
+        f"-admin.port={p[8]}",
+        f"-admin.port.grpc={p[9]}",
+        "-admin.ui=false",
+        "-webdav=false",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+        "-master.telemetry=false",
+        f"-s3.config={config}",
     ]
     log = (workdir / "weed.log").open("wb")
     proc = subprocess.Popen(
-        args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=workdir,
+        args,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        cwd=workdir,
         preexec_fn=_die_with_parent,
     )
     log.close()
     server = SeaweedS3(
-        f"http://127.0.0.1:{p[6]}", proc, workdir,
-        master=f"127.0.0.1:{p[0]}.{p[1]}", filer=f"127.0.0.1:{p[4]}.{p[5]}",
+        f"http://127.0.0.1:{p[6]}",
+        proc,
+        workdir,
+        master=f"127.0.0.1:{p[0]}.{p[1]}",
+        filer=f"127.0.0.1:{p[4]}.{p[5]}",
     )
     try:
         _wait_ready(server)
@@ -228,11 +249,17 @@ def _enable_fsync(weed: str, server: SeaweedS3) -> None:
     while True:
         r = subprocess.run(
             [weed, "shell", f"-master={server.master}", f"-filer={server.filer}"],
-            input=script.encode(), capture_output=True, timeout=60, cwd=server.workdir,
+            input=script.encode(),
+            capture_output=True,
+            timeout=60,
+            cwd=server.workdir,
         )
         conf = subprocess.run(
             [weed, "shell", f"-master={server.master}", f"-filer={server.filer}"],
-            input=b"fs.configure\n", capture_output=True, timeout=60, cwd=server.workdir,
+            input=b"fs.configure\n",
+            capture_output=True,
+            timeout=60,
+            cwd=server.workdir,
         )
         if b'"fsync":  true' in conf.stdout or b'"fsync": true' in conf.stdout:
             return
@@ -267,7 +294,8 @@ def audit_bucket(s3: SeaweedS3, bucket: str, prefix: str, vkey: str, state: Path
     from client.net.logclient import LogClient
     from client.tools.auditor import Auditor
 
-    with httpx.Client(timeout=30) as http, LogClient(
-        s3.public_url(bucket, prefix), vkey, http=http
-    ) as client:
+    with (
+        httpx.Client(timeout=30) as http,
+        LogClient(s3.public_url(bucket, prefix), vkey, http=http) as client,
+    ):
         return Auditor(client, state_path=state).run()

@@ -215,8 +215,12 @@ class Api:
         except (AuthError, Forbidden) as exc:
             # The reason and the token's id at most (never the token); the path redacted.
             scope = request.scope
-            log.warning("refused %s %s: %s", scope.get("method"),
-                        redact_target(str(scope.get("path", ""))), exc)
+            log.warning(
+                "refused %s %s: %s",
+                scope.get("method"),
+                redact_target(str(scope.get("path", ""))),
+                exc,
+            )
             raise
         return p
 
@@ -352,8 +356,9 @@ class Api:
 
     async def healthz(self, request: Request) -> Response:
         """Liveness: the event loop answers. Touches no storage, takes no lock, no auth."""
-        return Response(b'{"status":"ok"}', media_type="application/json",
-                        headers={"Cache-Control": "no-store"})
+        return Response(
+            b'{"status":"ok"}', media_type="application/json", headers={"Cache-Control": "no-store"}
+        )
 
     # -- tlog-tiles ------------------------------------------------------------------------
 
@@ -510,7 +515,6 @@ class Api:
             media_type="text/plain; charset=utf-8",
             headers={"Content-Disposition": f'inline; filename="{index}.tlog-proof"'},
         )
-
 
     async def witnesses(self, request: Request) -> Response:
         Query(request, set())

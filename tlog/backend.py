@@ -191,9 +191,7 @@ class ReadView(Protocol):
 
     def aux(self, key: bytes) -> bytes | None: ...
 
-    def aux_range(
-        self, prefix: bytes, start: bytes | None = None
-    ) -> Iterator[tuple[bytes, bytes]]:
+    def aux_range(self, prefix: bytes, start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
         """Auxiliary records whose key starts with ``prefix``, in key order (from the first
         key >= ``start`` when given)."""
         ...

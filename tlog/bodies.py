@@ -67,8 +67,7 @@ def check_json_shape(body: bytes, *, max_items: int, max_depth: int) -> None:
     items = bare.count(b",") + bare.count(b"[") + bare.count(b"{")
     if items > max_items:
         raise BodyTooLarge(f"body has more than {max_items} JSON elements")
-    depth = max(accumulate(map(_STEP.__getitem__, bare.translate(None, _NOT_BRACKETS))),
-                default=0)
+    depth = max(accumulate(map(_STEP.__getitem__, bare.translate(None, _NOT_BRACKETS))), default=0)
     if depth > max_depth:
         raise MalformedBody(f"body is nested deeper than {max_depth} levels")
 

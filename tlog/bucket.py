@@ -511,7 +511,10 @@ class BucketPublisher:
                         f.result()
             log.debug(
                 "published %d tiles for sizes %d..%d in %.3f s",
-                len(tiles), self.published, target.size, time.monotonic() - t0,
+                len(tiles),
+                self.published,
+                target.size,
+                time.monotonic() - t0,
             )
             self.published = target.size
         if (

@@ -61,8 +61,7 @@ def _duration(s: str) -> int:
 def _tenant(s: str) -> str:
     if not TENANT_RE.fullmatch(s):
         raise argparse.ArgumentTypeError(
-            "tenant names are 1-64 of a-z 0-9 . _ - (starting and ending with a letter or "
-            "digit)"
+            "tenant names are 1-64 of a-z 0-9 . _ - (starting and ending with a letter or digit)"
         )
     return s
 
@@ -336,15 +335,16 @@ def cmd_token(args: argparse.Namespace) -> int:
             else:
                 print(token)
             print(
-                f"id {p.token_id} role {p.role} tenant {p.tenant or '*'} "
-                f"expires {_iso(p.expires)}",
+                f"id {p.token_id} role {p.role} tenant {p.tenant or '*'} expires {_iso(p.expires)}",
                 file=sys.stderr,
             )
         elif args.token_cmd == "list":
             now = time.time()
             rows = sorted(store.list(), key=lambda p: p.created)
-            print(f"{'ID':16}  {'ROLE':15}  {'TENANT':12}  {'CREATED':20}  {'EXPIRES':20}  "
-                  f"{'STATE':7}  NAME (PERSON)")
+            print(
+                f"{'ID':16}  {'ROLE':15}  {'TENANT':12}  {'CREATED':20}  {'EXPIRES':20}  "
+                f"{'STATE':7}  NAME (PERSON)"
+            )
             for p in rows:
                 who = f"{p.name} ({p.person})" if p.person else p.name
                 print(
@@ -356,8 +356,7 @@ def cmd_token(args: argparse.Namespace) -> int:
             if p.revoked:
                 print(f"{p.token_id} was already revoked")
                 return 0
-            what = f"token {p.token_id} (role {p.role}, tenant {p.tenant or '*'}, " \
-                   f"name {p.name!r})"
+            what = f"token {p.token_id} (role {p.role}, tenant {p.tenant or '*'}, name {p.name!r})"
             if not args.yes and not _confirm(f"revoke {what}?"):
                 print("not revoked", file=sys.stderr)
                 return 1
@@ -468,9 +467,10 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     def echo(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
-    with open_location(args.source, create=False) as src, open_location(
-        args.dest, create=True
-    ) as dst:
+    with (
+        open_location(args.source, create=False) as src,
+        open_location(args.dest, create=True) as dst,
+    ):
         rep = migrate(src, dst, echo)
         where = dst.location
     total = sum(rep.records.values())
@@ -478,8 +478,10 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         f"migrate: OK: tree size {rep.tree_size}, {total} records copied to {where}; "
         "verified: fsck clean, the same signed checkpoint, every record equal"
     )
-    print("migrate: the keys are not in the store: serve with the same --data (log.key, "
-          "scim-master.key) and the new store")
+    print(
+        "migrate: the keys are not in the store: serve with the same --data (log.key, "
+        "scim-master.key) and the new store"
+    )
     return 0
 
 
@@ -512,8 +514,9 @@ def cmd_scim_proxy(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     missing = [n for n in ProxyConfig.REQUIRED if getattr(cfg, n) is None]
     if missing:
-        flags = ", ".join("--" + ("log" if n == "log_url" else n.replace("_", "-"))
-                          for n in missing)
+        flags = ", ".join(
+            "--" + ("log" if n == "log_url" else n.replace("_", "-")) for n in missing
+        )
         raise CliError(f"scim-proxy needs {flags} (flags, environment or --config)")
     return main_proxy(cfg)
 
@@ -540,8 +543,11 @@ def parser() -> argparse.ArgumentParser:
 
     k = sub.add_parser("keygen", help="create a log signing key (mode 0600)")
     add_arguments(k, ServeConfig, only={"data", "key"})
-    k.add_argument("--origin", required=True, help="log origin = key name, e.g. "
-                   "log.example.com/audit (it can never change)")
+    k.add_argument(
+        "--origin",
+        required=True,
+        help="log origin = key name, e.g. log.example.com/audit (it can never change)",
+    )
     k.set_defaults(func=cmd_keygen)
 
     t = sub.add_parser("token", help="create, list and revoke bearer tokens")
@@ -549,9 +555,13 @@ def parser() -> argparse.ArgumentParser:
     tc = tsub.add_parser("create", help="create a token (printed once, or written to --out)")
     data_opt(tc)
     tc.add_argument("--role", required=True, choices=ROLES, help="what the token may do")
-    tc.add_argument("--tenant", type=_tenant, default=None,
-                    help="tenant the token acts for (required for submitter and auditor; "
-                    "privacy-officer and admin without it act for all tenants)")
+    tc.add_argument(
+        "--tenant",
+        type=_tenant,
+        default=None,
+        help="tenant the token acts for (required for submitter and auditor; "
+        "privacy-officer and admin without it act for all tenants)",
+    )
     tc.add_argument("--name", default="", help="a label, e.g. who or what holds the token")
     tc.add_argument(
         "--person",
@@ -559,23 +569,33 @@ def parser() -> argparse.ArgumentParser:
         help="the person the token is issued to (required for privacy-officer: dual control "
         "refuses an approval by the person who requested, whatever token they use)",
     )
-    tc.add_argument("--ttl", type=_duration, default=None,
-                    help="lifetime, e.g. 3600, 90m, 12h or 90d (default: no expiry)")
-    tc.add_argument("--out", type=Path, default=None, metavar="FILE",
-                    help="write the token to FILE (created with mode 0600, never overwritten) "
-                    "instead of standard output")
+    tc.add_argument(
+        "--ttl",
+        type=_duration,
+        default=None,
+        help="lifetime, e.g. 3600, 90m, 12h or 90d (default: no expiry)",
+    )
+    tc.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="write the token to FILE (created with mode 0600, never overwritten) "
+        "instead of standard output",
+    )
     tl = tsub.add_parser("list", help="list tokens: id, role, tenant, dates, state")
     data_opt(tl)
     tr = tsub.add_parser("revoke", help="revoke a token by its id or a unique id prefix")
     data_opt(tr)
-    tr.add_argument("token_id", help=f"token id from 'tlog token list', or a unique prefix "
-                    f"of at least {MIN_ID_PREFIX} characters")
+    tr.add_argument(
+        "token_id",
+        help=f"token id from 'tlog token list', or a unique prefix "
+        f"of at least {MIN_ID_PREFIX} characters",
+    )
     tr.add_argument("-y", "--yes", action="store_true", help="don't ask for confirmation")
     t.set_defaults(func=cmd_token)
 
-    le = sub.add_parser(
-        "log-entry", help="print this log's logs/v0 entry for witness operators"
-    )
+    le = sub.add_parser("log-entry", help="print this log's logs/v0 entry for witness operators")
     add_arguments(le, ServeConfig, only={"data", "key", "origin", "witness_interval"})
     le.add_argument("--contact", help="how witness operators reach you (URL or e-mail)")
     le.set_defaults(func=cmd_log_entry)
@@ -585,10 +605,13 @@ def parser() -> argparse.ArgumentParser:
         help="bring a restored or emptied store forward from a copy, verified against the "
         "last signed checkpoint (signs nothing)",
     )
-    add_arguments(rc, ServeConfig,
-                  only={"data", "key", "origin", "checkpoint_file", "witnesses"})
-    rc.add_argument("--from", dest="source", required=True,
-                    help="a tlog-tiles URL or directory (auditor, mirror) or a store directory")
+    add_arguments(rc, ServeConfig, only={"data", "key", "origin", "checkpoint_file", "witnesses"})
+    rc.add_argument(
+        "--from",
+        dest="source",
+        required=True,
+        help="a tlog-tiles URL or directory (auditor, mirror) or a store directory",
+    )
     rc.add_argument("--checkpoint", help="a checkpoint note this log signed, to reach")
     rc.set_defaults(func=cmd_recover)
 
@@ -596,12 +619,17 @@ def parser() -> argparse.ArgumentParser:
     data_opt(f)
     f.set_defaults(func=cmd_fsck)
 
-    b = sub.add_parser("backup", help="consistent online copy of the store, compacted, "
-                       "mode 0600, verified")
+    b = sub.add_parser(
+        "backup", help="consistent online copy of the store, compacted, mode 0600, verified"
+    )
     data_opt(b)
     b.add_argument("dest", type=Path, help="directory to create (or an empty one) for the copy")
-    b.add_argument("--no-verify", dest="verify", action="store_false",
-                   help="skip opening the copy and running fsck on it")
+    b.add_argument(
+        "--no-verify",
+        dest="verify",
+        action="store_false",
+        help="skip opening the copy and running fsck on it",
+    )
     b.set_defaults(func=cmd_backup)
 
     mg = sub.add_parser(
@@ -609,19 +637,33 @@ def parser() -> argparse.ArgumentParser:
         help="copy a log between backends (LMDB <-> PostgreSQL), byte for byte, verified "
         "against the source's signed checkpoint (stop the servers first)",
     )
-    mg.add_argument("--from", dest="source", required=True, metavar="STORE",
-                    help="an LMDB data directory (or its db/) or a postgresql:// URL")
-    mg.add_argument("--to", dest="dest", required=True, metavar="STORE",
-                    help="where to copy it: an LMDB data directory or a postgresql:// URL; "
-                    "it must hold no log yet")
+    mg.add_argument(
+        "--from",
+        dest="source",
+        required=True,
+        metavar="STORE",
+        help="an LMDB data directory (or its db/) or a postgresql:// URL",
+    )
+    mg.add_argument(
+        "--to",
+        dest="dest",
+        required=True,
+        metavar="STORE",
+        help="where to copy it: an LMDB data directory or a postgresql:// URL; "
+        "it must hold no log yet",
+    )
     mg.set_defaults(func=cmd_migrate)
 
     c = sub.add_parser("config", help="check a configuration file")
     csub = c.add_subparsers(dest="config_cmd", metavar="ACTION", required=True)
     cc = csub.add_parser("check", help="parse FILE, report errors, print every setting")
     cc.add_argument("file", type=Path, help="TOML configuration file")
-    cc.add_argument("--program", choices=("serve", "scim-proxy"), default="serve",
-                    help="which program the file configures (default serve)")
+    cc.add_argument(
+        "--program",
+        choices=("serve", "scim-proxy"),
+        default="serve",
+        help="which program the file configures (default serve)",
+    )
     c.set_defaults(func=cmd_config)
 
     sp = sub.add_parser("scim-proxy", help="auditing reverse proxy for a SCIM service provider")
@@ -642,8 +684,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args))
-    except (CliError, ConfigError, StorageError, FileNotFoundError, PermissionError,
-            ValueError, KeyError) as exc:
+    except (
+        CliError,
+        ConfigError,
+        StorageError,
+        FileNotFoundError,
+        PermissionError,
+        ValueError,
+        KeyError,
+    ) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"tlog: {msg}", file=sys.stderr)
         return 2 if isinstance(exc, UsageError) else 1

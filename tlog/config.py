@@ -103,9 +103,7 @@ def table(cls: type[Any], help: str, *, flat: bool = False) -> Any:
 class ServeConfig:
     """``tlog serve``: the log server, its store and its HTTP side."""
 
-    data: Path = setting(
-        Path("tlog-data"), "data directory: log.key, scim-master.key, db/ (LMDB)"
-    )
+    data: Path = setting(Path("tlog-data"), "data directory: log.key, scim-master.key, db/ (LMDB)")
     database: str | None = setting(
         None,
         "where the log is stored: unset for the embedded LMDB store in <data>/db, or a "
@@ -142,9 +140,7 @@ class ServeConfig:
     witnesses: Path | None = setting(
         None, "witness policy file (tlog-policy) to push checkpoints to"
     )
-    witness_interval: float = setting(
-        1.0, "seconds between add-checkpoint requests to one witness"
-    )
+    witness_interval: float = setting(1.0, "seconds between add-checkpoint requests to one witness")
     witness_max_backoff: float = setting(
         30.0, "longest wait before retrying a failing witness (seconds)"
     )
@@ -156,8 +152,9 @@ class ServeConfig:
     )
     access_log: bool = setting(False, "log every request (redacted) at INFO")
     log_level: str = setting("info", "logging level", choices=LOG_LEVELS)
-    log_format: str = setting("text", "log line format (json: one JSON object a line)",
-                              choices=LOG_FORMATS)
+    log_format: str = setting(
+        "text", "log line format (json: one JSON object a line)", choices=LOG_FORMATS
+    )
     checkpoint_file: Path | None = setting(
         None,
         "where the last published checkpoint is remembered outside the store "
@@ -165,8 +162,7 @@ class ServeConfig:
     )
     map_size: int = setting(
         DEFAULT_MAP_SIZE,
-        "LMDB map size in bytes (address space, not disk use); doubled when a write finds "
-        "it full",
+        "LMDB map size in bytes (address space, not disk use); doubled when a write finds it full",
     )
     verify_limit: int = setting(
         DEFAULT_VERIFY_LIMIT,
@@ -187,7 +183,8 @@ class ServeConfig:
     )
     bucket_region: str | None = setting(None, "region of the bucket (default: boto3's)")
     storage_timeout: float = setting(
-        10.0, "seconds a request waits for the store (a read or its commit) before it gets "
+        10.0,
+        "seconds a request waits for the store (a read or its commit) before it gets "
         "503 'store has not answered'",
     )
     read_threads: int = setting(4, "threads that run storage reads off the event loop")
@@ -223,9 +220,7 @@ class ProxyConfig:
     upstream: str | None = setting(
         None, "SCIM base URL of the service provider, e.g. http://127.0.0.1:9000/v2 (required)"
     )
-    log_url: str | None = setting(
-        None, "base URL of the tlog server (required)", flag="--log"
-    )
+    log_url: str | None = setting(None, "base URL of the tlog server (required)", flag="--log")
     log_origin: str | None = setting(
         None, "the log's origin: refuse to start against a log with another one"
     )
@@ -256,19 +251,22 @@ class ProxyConfig:
         False, "forward the client's Host header instead of the upstream's"
     )
     forwarded: bool = setting(True, "add X-Forwarded-For/-Proto/-Host")
-    upstream_timeout: float = setting(
-        60.0, "seconds per read/write on the upstream (then 504)"
-    )
+    upstream_timeout: float = setting(60.0, "seconds per read/write on the upstream (then 504)")
     upstream_connections: int = setting(
         64, "requests in flight to the upstream at most; the rest wait in the proxy"
     )
     log_level: str = setting("info", "logging level", choices=LOG_LEVELS)
-    log_format: str = setting("text", "log line format (json: one JSON object a line)",
-                              choices=LOG_FORMATS)
+    log_format: str = setting(
+        "text", "log line format (json: one JSON object a line)", choices=LOG_FORMATS
+    )
     server: ServerLimits = table(ServerLimits, "connection limits and timeouts", flat=True)
 
     REQUIRED: typing.ClassVar[tuple[str, ...]] = (
-        "upstream", "log_url", "token_file", "tenant", "sp_id",
+        "upstream",
+        "log_url",
+        "token_file",
+        "tenant",
+        "sp_id",
     )
 
 
@@ -347,16 +345,18 @@ def _items(cls: type[Any], prefix: tuple[str, ...] = (), flat: bool = False) -> 
         default = f.default
         if default is dataclasses.MISSING:
             raise TypeError(f"setting {f.name} has no default")
-        out.append(_Item(
-            path=path,
-            kind=kind,
-            optional=optional,
-            default=default,
-            help=str(f.metadata.get("help") or comments.get(f.name, f.name.replace("_", " "))),
-            flag=str(f.metadata.get("flag", flag)),
-            env=str(f.metadata.get("env", "_".join(named).upper())),
-            choices=f.metadata.get("choices"),
-        ))
+        out.append(
+            _Item(
+                path=path,
+                kind=kind,
+                optional=optional,
+                default=default,
+                help=str(f.metadata.get("help") or comments.get(f.name, f.name.replace("_", " "))),
+                flag=str(f.metadata.get("flag", flag)),
+                env=str(f.metadata.get("env", "_".join(named).upper())),
+                choices=f.metadata.get("choices"),
+            )
+        )
     return out
 
 
@@ -506,7 +506,10 @@ def add_arguments(
     prefix = ENV_PREFIX.get(cls, "TLOG_")
     if config_flag:
         p.add_argument(
-            "--config", type=Path, default=argparse.SUPPRESS, metavar="FILE",
+            "--config",
+            type=Path,
+            default=argparse.SUPPRESS,
+            metavar="FILE",
             help=f"TOML configuration file (env {prefix}CONFIG); flags and environment "
             "variables override it",
         )
@@ -517,8 +520,12 @@ def add_arguments(
         text = f"{it.help} (env {it.env}{_default_text(it)})"
         if it.kind is bool:
             g.add_argument(
-                it.flag, dest=it.dest, action="store_const", const=not it.default,
-                default=argparse.SUPPRESS, help=text,
+                it.flag,
+                dest=it.dest,
+                action="store_const",
+                const=not it.default,
+                default=argparse.SUPPRESS,
+                help=text,
             )
             continue
 
@@ -529,22 +536,26 @@ def add_arguments(
                 raise argparse.ArgumentTypeError(str(exc)) from None
 
         g.add_argument(
-            it.flag, dest=it.dest, type=conv, default=argparse.SUPPRESS, help=text,
-            metavar=it.path[-1].upper(), choices=it.choices,
+            it.flag,
+            dest=it.dest,
+            type=conv,
+            default=argparse.SUPPRESS,
+            help=text,
+            metavar=it.path[-1].upper(),
+            choices=it.choices,
         )
 
 
-def from_args(cls: type[T], args: argparse.Namespace,
-              env: typing.Mapping[str, str] | None = None) -> T:
+def from_args(
+    cls: type[T], args: argparse.Namespace, env: typing.Mapping[str, str] | None = None
+) -> T:
     """The configuration for parsed ``args`` (flags added by :func:`add_arguments`)."""
     env = os.environ if env is None else env
     prefix = ENV_PREFIX.get(cls, "TLOG_")
     file: Path | None = getattr(args, "config", None)
     if file is None and env.get(prefix + "CONFIG"):
         file = Path(env[prefix + "CONFIG"])
-    flags = {
-        it.path: getattr(args, it.dest) for it in items(cls) if hasattr(args, it.dest)
-    }
+    flags = {it.path: getattr(args, it.dest) for it in items(cls) if hasattr(args, it.dest)}
     return from_sources(cls, file=file, env=env, flags=flags)
 
 

@@ -295,8 +295,7 @@ def preflight(store: Path) -> None:
         return  # a new store
     if size == 0:
         raise RollbackDetected(
-            f"{data} is empty (0 bytes): a failed copy or restore, not a log. "
-            + RECOVER_HINT
+            f"{data} is empty (0 bytes): a failed copy or restore, not a log. " + RECOVER_HINT
         )
     page_size = os.sysconf("SC_PAGE_SIZE")
     with open(data, "rb") as f:

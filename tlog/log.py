@@ -221,8 +221,7 @@ class Log:
             raise RollbackDetected(
                 f"the store is behind the log: it ends at tree size {size}, but this log "
                 f"already signed and published tree size {mem.size} (remembered in {where}). "
-                "The store was emptied, truncated or restored from an older backup. "
-                + RECOVER_HINT
+                "The store was emptied, truncated or restored from an older backup. " + RECOVER_HINT
             )
         if NodeReader(rv.blob).root(mem.size) != mem.root_hash:
             raise RollbackDetected(
@@ -518,8 +517,9 @@ class Log:
             for p in range(width >> sub):
                 lo = slot_offset(sub - 1, 2 * p)
                 at = slot_offset(sub, p)
-                want = node_hash(blob[lo : lo + HASH_SIZE],
-                                 blob[lo + HASH_SIZE : lo + 2 * HASH_SIZE])
+                want = node_hash(
+                    blob[lo : lo + HASH_SIZE], blob[lo + HASH_SIZE : lo + 2 * HASH_SIZE]
+                )
                 if blob[at : at + HASH_SIZE] != want:
                     raise self._corrupt(f"tile {level}/{index}: inner node {sub}/{p} is wrong")
         return True
@@ -561,9 +561,7 @@ class Log:
             try:
                 verify_consistency(old_size, size, old_root, new_root, proof)
             except VerificationError as exc:
-                raise self._corrupt(
-                    f"consistency proof {old_size}->{size} fails: {exc}"
-                ) from None
+                raise self._corrupt(f"consistency proof {old_size}->{size} fails: {exc}") from None
             self._adopt(rv, reader, size)
         return proof
 

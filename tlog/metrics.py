@@ -45,7 +45,20 @@ if TYPE_CHECKING:
 __all__ = ["LATENCY_BUCKETS", "Metrics", "ops_routes", "proxy_routes"]
 
 LATENCY_BUCKETS = (
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
 )
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384)
 # Paths answered before Starlette's router (no route object in the scope).
@@ -75,7 +88,8 @@ class _RequestCollector(Collector):
 
     def collect(self) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
         counts = CounterMetricFamily(
-            "tlog_http_requests", "HTTP requests by route template, method and status",
+            "tlog_http_requests",
+            "HTTP requests by route template, method and status",
             labels=["route", "method", "status"],
         )
         by_route: dict[tuple[str, str], tuple[float, list[int]]] = {}
@@ -86,7 +100,8 @@ class _RequestCollector(Collector):
             by_route[(route, method)] = (s + total, b)
         yield counts
         latency = HistogramMetricFamily(
-            "tlog_http_request_duration_seconds", "HTTP request latency by route template",
+            "tlog_http_request_duration_seconds",
+            "HTTP request latency by route template",
             labels=["route", "method"],
         )
         for labels, (total, buckets) in by_route.items():
@@ -110,24 +125,33 @@ class Metrics:
         self._acc: dict[tuple[str, str, int], list[Any]] = {}
         r.register(_RequestCollector(self._acc))
         self.batch_entries = Histogram(
-            "tlog_batch_entries", "entries per committed batch", buckets=BATCH_BUCKETS,
+            "tlog_batch_entries",
+            "entries per committed batch",
+            buckets=BATCH_BUCKETS,
             registry=r,
         )
         self.commit_seconds = Histogram(
             "tlog_commit_duration_seconds",
-            "time to integrate, fsync and sign one batch", buckets=LATENCY_BUCKETS, registry=r,
+            "time to integrate, fsync and sign one batch",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.commit_failures = Counter(
-            "tlog_commit_failures", "batches that could not be committed (none acknowledged)",
+            "tlog_commit_failures",
+            "batches that could not be committed (none acknowledged)",
             registry=r,
         )
         self.witness_pushes = Counter(
-            "tlog_witness_pushes", "add-checkpoint requests to each witness by result",
-            ["witness", "result"], registry=r,
+            "tlog_witness_pushes",
+            "add-checkpoint requests to each witness by result",
+            ["witness", "result"],
+            registry=r,
         )
         self.scim_events = Counter(
-            "tlog_scim_events", "SCIM events logged by action and outcome",
-            ["action", "outcome"], registry=r,
+            "tlog_scim_events",
+            "SCIM events logged by action and outcome",
+            ["action", "outcome"],
+            registry=r,
         )
         self.last_publish: float | None = None
 
@@ -170,8 +194,7 @@ class Metrics:
 
 
 class _StateCollector(Collector):
-    def __init__(self, m: Metrics, log_: Log, seq: Sequencer,
-                 pusher: WitnessPusher | None) -> None:
+    def __init__(self, m: Metrics, log_: Log, seq: Sequencer, pusher: WitnessPusher | None) -> None:
         self.m = m
         self.log = log_
         self.seq = seq
@@ -180,36 +203,50 @@ class _StateCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         latest = self.log.latest
-        yield GaugeMetricFamily("tlog_tree_size", "entries in the latest published checkpoint",
-                                value=latest.size)
+        yield GaugeMetricFamily(
+            "tlog_tree_size", "entries in the latest published checkpoint", value=latest.size
+        )
         since = self.m.last_publish or self.started
         yield GaugeMetricFamily(
             "tlog_checkpoint_age_seconds",
             "seconds since the latest checkpoint was published (or since start-up)",
             value=max(0.0, time.time() - since),
         )
-        yield GaugeMetricFamily("tlog_backlog_entries", "entries waiting for the writer",
-                                value=self.seq.backlog)
-        yield GaugeMetricFamily("tlog_backlog_limit_entries",
-                                "backlog beyond which submissions get 503",
-                                value=self.seq.max_backlog)
-        yield GaugeMetricFamily("tlog_halted", "1 when the log refuses to sign (see /readyz)",
-                                value=1 if self.log.halted else 0)
+        yield GaugeMetricFamily(
+            "tlog_backlog_entries", "entries waiting for the writer", value=self.seq.backlog
+        )
+        yield GaugeMetricFamily(
+            "tlog_backlog_limit_entries",
+            "backlog beyond which submissions get 503",
+            value=self.seq.max_backlog,
+        )
+        yield GaugeMetricFamily(
+            "tlog_halted",
+            "1 when the log refuses to sign (see /readyz)",
+            value=1 if self.log.halted else 0,
+        )
         if self.pusher is None:
             return
         st = self.pusher.status()
         cos = st.get("cosigned_size")
-        yield GaugeMetricFamily("tlog_cosigned_tree_size",
-                                "size of the newest checkpoint cosigned by a witness quorum",
-                                value=-1 if cos is None else cos)
-        size = GaugeMetricFamily("tlog_witness_cosigned_tree_size",
-                                 "newest size each witness cosigned", labels=["witness"])
-        up = GaugeMetricFamily("tlog_witness_up",
-                               "1 when the last push to the witness succeeded",
-                               labels=["witness"])
-        alarms = GaugeMetricFamily("tlog_witness_alarms",
-                                   "split-view alarms raised by each witness (kept: last 20)",
-                                   labels=["witness"])
+        yield GaugeMetricFamily(
+            "tlog_cosigned_tree_size",
+            "size of the newest checkpoint cosigned by a witness quorum",
+            value=-1 if cos is None else cos,
+        )
+        size = GaugeMetricFamily(
+            "tlog_witness_cosigned_tree_size",
+            "newest size each witness cosigned",
+            labels=["witness"],
+        )
+        up = GaugeMetricFamily(
+            "tlog_witness_up", "1 when the last push to the witness succeeded", labels=["witness"]
+        )
+        alarms = GaugeMetricFamily(
+            "tlog_witness_alarms",
+            "split-view alarms raised by each witness (kept: last 20)",
+            labels=["witness"],
+        )
         for w in st.get("witnesses", []):
             size.add_metric([w["name"]], w.get("cosigned_size") or 0)
             up.add_metric([w["name"]], 0 if w.get("last_error") else 1)
@@ -263,8 +300,13 @@ def readiness(
     return all(c["ok"] for c in checks.values()), checks
 
 
-def ops_routes(metrics: Metrics, log_: Log, seq: Sequencer,
-               pusher: WitnessPusher | None, reads: ReadPool | None = None) -> list[Route]:
+def ops_routes(
+    metrics: Metrics,
+    log_: Log,
+    seq: Sequencer,
+    pusher: WitnessPusher | None,
+    reads: ReadPool | None = None,
+) -> list[Route]:
     """``GET /readyz`` and ``GET /metrics`` (public, like the rest of the read API)."""
     pool = reads or ReadPool()
 
@@ -284,8 +326,11 @@ def ops_routes(metrics: Metrics, log_: Log, seq: Sequencer,
         )
 
     async def metrics_endpoint(request: Request) -> Response:
-        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST,
-                        headers={"Cache-Control": "no-store"})
+        return Response(
+            metrics.exposition(),
+            media_type=CONTENT_TYPE_LATEST,
+            headers={"Cache-Control": "no-store"},
+        )
 
     return [
         Route("/readyz", readyz, methods=["GET"]),
@@ -304,32 +349,48 @@ class _ProxyCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         b = self.backlog()
-        yield GaugeMetricFamily("tlog_proxy_outbox_pending_events",
-                                "events in the outbox not yet in the log",
-                                value=b.get("pending") or 0)
-        yield GaugeMetricFamily("tlog_proxy_outbox_pending_bytes",
-                                "bytes of the events not yet in the log",
-                                value=b.get("pending_bytes") or 0)
+        yield GaugeMetricFamily(
+            "tlog_proxy_outbox_pending_events",
+            "events in the outbox not yet in the log",
+            value=b.get("pending") or 0,
+        )
+        yield GaugeMetricFamily(
+            "tlog_proxy_outbox_pending_bytes",
+            "bytes of the events not yet in the log",
+            value=b.get("pending_bytes") or 0,
+        )
         oldest = b.get("oldest_ms")
-        yield GaugeMetricFamily("tlog_proxy_outbox_oldest_age_seconds",
-                                "age of the oldest event not yet in the log (0 when none)",
-                                value=0 if oldest is None else oldest / 1000.0)
-        yield GaugeMetricFamily("tlog_proxy_outbox_rejected_events",
-                                "events the log refused for good (kept for inspection)",
-                                value=b.get("rejected") or 0)
+        yield GaugeMetricFamily(
+            "tlog_proxy_outbox_oldest_age_seconds",
+            "age of the oldest event not yet in the log (0 when none)",
+            value=0 if oldest is None else oldest / 1000.0,
+        )
+        yield GaugeMetricFamily(
+            "tlog_proxy_outbox_rejected_events",
+            "events the log refused for good (kept for inspection)",
+            value=b.get("rejected") or 0,
+        )
         healthy = b.get("relay_healthy")
-        yield GaugeMetricFamily("tlog_proxy_relay_healthy",
-                                "1 while the relay's last delivery to the log worked",
-                                value=1 if healthy else 0)
-        events = CounterMetricFamily("tlog_proxy_events", "audit records by kind since start",
-                                     labels=["kind"])
+        yield GaugeMetricFamily(
+            "tlog_proxy_relay_healthy",
+            "1 while the relay's last delivery to the log worked",
+            value=1 if healthy else 0,
+        )
+        events = CounterMetricFamily(
+            "tlog_proxy_events", "audit records by kind since start", labels=["kind"]
+        )
         for kind in ("events", "access", "unrecorded", "refused"):
             events.add_metric([kind], b.get(kind) or 0)
         yield events
 
 
-def proxy_routes(backlog: Callable[[], dict[str, Any]], *, max_bytes: int | None,
-                 receipt_timeout: float, prefix: str = "/.tlog") -> list[Route]:
+def proxy_routes(
+    backlog: Callable[[], dict[str, Any]],
+    *,
+    max_bytes: int | None,
+    receipt_timeout: float,
+    prefix: str = "/.tlog",
+) -> list[Route]:
     """``/.tlog/healthz``, ``/.tlog/readyz`` and ``/.tlog/metrics`` of ``tlog scim-proxy``
     (under ``/.tlog/`` like ``/.tlog/status``, so no SCIM path of the upstream is shadowed).
 
@@ -348,19 +409,24 @@ def proxy_routes(backlog: Callable[[], dict[str, Any]], *, max_bytes: int | None
         full = max_bytes is not None and (b.get("pending_bytes") or 0) >= max_bytes
         relay_ok = bool(b.get("relay_healthy"))
         checks: dict[str, dict[str, Any]] = {
-            "outbox": {"ok": not full, "pending": b.get("pending"),
-                       "pending_bytes": b.get("pending_bytes"), "limit_bytes": max_bytes,
-                       "oldest_ms": b.get("oldest_ms")},
+            "outbox": {
+                "ok": not full,
+                "pending": b.get("pending"),
+                "pending_bytes": b.get("pending_bytes"),
+                "limit_bytes": max_bytes,
+                "oldest_ms": b.get("oldest_ms"),
+            },
             "relay": {"ok": relay_ok or receipt_timeout <= 0, "healthy": relay_ok},
         }
         ok = all(c["ok"] for c in checks.values())
-        return JSONResponse({"status": "ready" if ok else "not ready", "checks": checks},
-                            status_code=200 if ok else 503,
-                            headers={"Cache-Control": "no-store"})
+        return JSONResponse(
+            {"status": "ready" if ok else "not ready", "checks": checks},
+            status_code=200 if ok else 503,
+            headers={"Cache-Control": "no-store"},
+        )
 
     async def metrics_endpoint(request: Request) -> Response:
-        body = await asyncio.get_running_loop().run_in_executor(
-            None, generate_latest, registry)
+        body = await asyncio.get_running_loop().run_in_executor(None, generate_latest, registry)
         return Response(body, media_type=CONTENT_TYPE_LATEST, headers={"Cache-Control": "no-store"})
 
     return [

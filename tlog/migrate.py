@@ -89,9 +89,7 @@ def _latest(rv: ReadView) -> tuple[int, bytes]:
     return latest
 
 
-def migrate(
-    source: Backend, dest: Backend, echo: Callable[[str], None] = print
-) -> MigrateReport:
+def migrate(source: Backend, dest: Backend, echo: Callable[[str], None] = print) -> MigrateReport:
     """Copy the log in ``source`` into the empty ``dest`` and verify the copy."""
     if not dest.is_empty():
         raise MigrateError(f"the destination {dest.location} already holds a log")
@@ -122,9 +120,7 @@ def migrate(
     return rep
 
 
-def _same(
-    table: str, a: Iterator[tuple[bytes, bytes]], b: Iterator[tuple[bytes, bytes]]
-) -> None:
+def _same(table: str, a: Iterator[tuple[bytes, bytes]], b: Iterator[tuple[bytes, bytes]]) -> None:
     missing = object()
     for n, (x, y) in enumerate(_zip_longest(a, b, missing)):
         if x != y:

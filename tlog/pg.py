@@ -95,8 +95,15 @@ INSERT INTO tlog_state (id, tree_size, checkpoint, epoch) VALUES (1, 0, NULL, 0)
     ON CONFLICT (id) DO NOTHING;
 """
 _TABLE_NAMES = (
-    "tlog_state", "tlog_meta", "tlog_entries", "tlog_dedup", "tlog_tiles",
-    "tlog_checkpoints", "tlog_cosignatures", "tlog_tokens", "tlog_aux",
+    "tlog_state",
+    "tlog_meta",
+    "tlog_entries",
+    "tlog_dedup",
+    "tlog_tiles",
+    "tlog_checkpoints",
+    "tlog_cosignatures",
+    "tlog_tokens",
+    "tlog_aux",
 )
 _SCHEMA_LOCK = 0x746C6F67  # advisory lock id ("tlog") held while creating the schema
 
@@ -165,7 +172,8 @@ def check_replication(conn: psycopg.Connection[Any], mode: str, where: str) -> N
     if mode == "managed":
         log.warning(
             "--replication managed: trusting the database service %s to keep every commit "
-            "across the loss of its primary (not checked here)", where
+            "across the loss of its primary (not checked here)",
+            where,
         )
         return
     if mode != "sync":
@@ -327,15 +335,11 @@ class PgReadView:
     def aux(self, key: bytes) -> bytes | None:
         return self._val("SELECT value FROM tlog_aux WHERE key = %s", (key,))
 
-    def aux_range(
-        self, prefix: bytes, start: bytes | None = None
-    ) -> Iterator[tuple[bytes, bytes]]:
+    def aux_range(self, prefix: bytes, start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
         lo = start if start is not None and start > prefix else prefix
         hi = _prefix_end(prefix)
         if hi is None:
-            rows = self._iter(
-                "SELECT key, value FROM tlog_aux WHERE key >= %s ORDER BY key", (lo,)
-            )
+            rows = self._iter("SELECT key, value FROM tlog_aux WHERE key >= %s ORDER BY key", (lo,))
         else:
             rows = self._iter(
                 "SELECT key, value FROM tlog_aux WHERE key >= %s AND key < %s ORDER BY key",
@@ -584,8 +588,7 @@ class PgStorage:
                     # transaction is committed on the primary and visible there, yet maybe
                     # on no standby. A failover could lose it: never acknowledge it.
                     self._drop_writer()
-                    log.error("the commit of %s was not confirmed by a synchronous standby",
-                              what)
+                    log.error("the commit of %s was not confirmed by a synchronous standby", what)
                     raise CommitUnknown(
                         f"the commit of {what} returned without the synchronous standby's "
                         "confirmation (its wait was cancelled): its durability is unknown"
@@ -730,9 +733,7 @@ class PgStorage:
                     cp.set_types(["int8", "bytea"])
                     for i, e in enumerate(batch.entries, first):
                         cp.write_row((i, e))
-                with cur.copy(
-                    "COPY tlog_dedup (leaf_hash, idx) FROM STDIN (FORMAT BINARY)"
-                ) as cp:
+                with cur.copy("COPY tlog_dedup (leaf_hash, idx) FROM STDIN (FORMAT BINARY)") as cp:
                     cp.set_types(["bytea", "int8"])
                     for i, h in enumerate(batch.leaf_hashes, first):
                         cp.write_row((h, i))

@@ -112,8 +112,9 @@ class ReadPool:
         with self._cond:
             self._stopping = False
             while len(self._workers) < self.threads:
-                t = threading.Thread(target=self._run, name=f"tlog-read-{len(self._workers)}",
-                                     daemon=True)
+                t = threading.Thread(
+                    target=self._run, name=f"tlog-read-{len(self._workers)}", daemon=True
+                )
                 self._workers.append(t)
                 t.start()
 
@@ -135,8 +136,7 @@ class ReadPool:
             self.start()
         with self._cond:
             if len(self._queue) >= self.max_waiting:
-                raise _stalled(what + f" (already {len(self._queue)} reads waiting)",
-                               self.timeout)
+                raise _stalled(what + f" (already {len(self._queue)} reads waiting)", self.timeout)
             self._queue.append(_Job(fn, loop, fut))
             self._cond.notify()
         return await bound(fut, what, self.timeout)

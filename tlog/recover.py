@@ -74,9 +74,7 @@ def witness_targets(policy_path: Path, signer: CheckpointSigner) -> list[Target]
             if not w.url:
                 continue
             try:
-                note = WitnessClient(w.url, w.verifier, http=http).latest_checkpoint(
-                    signer.origin
-                )
+                note = WitnessClient(w.url, w.verifier, http=http).latest_checkpoint(signer.origin)
             except WitnessError as exc:
                 log.warning("witness %s could not be asked: %s", w.name, exc)
                 continue
@@ -272,4 +270,3 @@ def _check_roots(storage: Backend, targets: list[Target]) -> None:
 
 def checkpoint_file_target(path: Path, signer: CheckpointSigner) -> Target:
     return _own_note(path.read_text("utf-8"), signer, f"checkpoint file {path}")
-

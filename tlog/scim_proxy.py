@@ -70,15 +70,25 @@ _log = logging.getLogger("tlog.scim_proxy")
 STATUS_PATH = "/.tlog/status"
 
 # RFC 9110 §7.6.1: connection-specific fields are not forwarded.
-HOP_BY_HOP = frozenset({
-    b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te",
-    b"trailer", b"transfer-encoding", b"upgrade", b"proxy-connection",
-})
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-connection",
+    }
+)
 
 
 def _hop_by_hop(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
-    named = {t.strip().lower() for k, v in headers if k.lower() == b"connection"
-             for t in v.split(b",")}
+    named = {
+        t.strip().lower() for k, v in headers if k.lower() == b"connection" for t in v.split(b",")
+    }
     return HOP_BY_HOP | named
 
 
@@ -144,7 +154,8 @@ class Forwarder:
         self.port = u.port or (443 if u.scheme == "https" else 80)
         self.ssl = ssl.create_default_context() if u.scheme == "https" else None
         default = (u.scheme == "https" and self.port == 443) or (
-            u.scheme == "http" and self.port == 80)
+            u.scheme == "http" and self.port == 80
+        )
         host = f"[{self.host}]" if ":" in self.host else self.host
         self.host_header = (host if default else f"{host}:{self.port}").encode("idna")
         self.base_path = u.path.rstrip("/")
@@ -169,7 +180,8 @@ class Forwarder:
         try:
             async with asyncio.timeout(self.connect_timeout):
                 reader, writer = await asyncio.open_connection(
-                    self.host, self.port, ssl=self.ssl, limit=1 << 20)
+                    self.host, self.port, ssl=self.ssl, limit=1 << 20
+                )
         except TimeoutError:
             raise UpstreamError("connect timeout") from None
         except OSError as exc:
@@ -187,8 +199,12 @@ class Forwarder:
 
     def _release(self, conn: _Conn) -> None:
         h = conn.h11
-        if (h.our_state is h11.DONE and h.their_state is h11.DONE
-                and len(self._idle) < self.max_idle and conn.usable()):
+        if (
+            h.our_state is h11.DONE
+            and h.their_state is h11.DONE
+            and len(self._idle) < self.max_idle
+            and conn.usable()
+        ):
             h.start_next_cycle()
             conn.received = 0
             self._idle.append(conn)
@@ -273,8 +289,11 @@ class Forwarder:
     async def _forward(self, scope: Scope, send: Send, body: bytes) -> None:
         method = str(scope["method"])
         try:
-            request = h11.Request(method=method, target=self._target(scope),
-                                  headers=self._request_headers(scope, body))
+            request = h11.Request(
+                method=method,
+                target=self._target(scope),
+                headers=self._request_headers(scope, body),
+            )
         except h11.LocalProtocolError as exc:
             await _scim_error(send, 400, f"request cannot be forwarded: {exc}")
             return
@@ -309,18 +328,22 @@ class Forwarder:
         if conn is None or response is None:  # pragma: no cover - the loop returns or breaks
             return
         drop = _hop_by_hop(list(response.headers.raw_items()))
-        await send({
-            "type": "http.response.start",
-            "status": response.status_code,
-            "headers": [(k, v) for k, v in response.headers.raw_items()
-                        if k.lower() not in drop],
-        })
+        await send(
+            {
+                "type": "http.response.start",
+                "status": response.status_code,
+                "headers": [
+                    (k, v) for k, v in response.headers.raw_items() if k.lower() not in drop
+                ],
+            }
+        )
         try:
             while True:
                 event = await self._next_event(conn)
                 if isinstance(event, h11.Data):
-                    await send({"type": "http.response.body", "body": bytes(event.data),
-                                "more_body": True})
+                    await send(
+                        {"type": "http.response.body", "body": bytes(event.data), "more_body": True}
+                    )
                 elif isinstance(event, h11.EndOfMessage):
                     break
                 else:
@@ -337,11 +360,19 @@ class Forwarder:
 
 
 async def _scim_error(send: Send, status: int, detail: str) -> None:
-    body = json.dumps({"schemas": [SCIM_ERROR_URN], "status": str(status),
-                       "detail": detail}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/scim+json"),
-                            (b"content-length", str(len(body)).encode())]})
+    body = json.dumps(
+        {"schemas": [SCIM_ERROR_URN], "status": str(status), "detail": detail}
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/scim+json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
@@ -387,9 +418,7 @@ def check_log(s: ProxySettings, *, http: httpx.Client | None = None) -> dict[str
         if not isinstance(info, dict) or not isinstance(info.get("origin"), str):
             raise StartupError(f"{base}/v1/log is not a tlog log description")
         if s.log_origin is not None and info["origin"] != s.log_origin:
-            raise StartupError(
-                f"the log at {base} is {info['origin']!r}, not {s.log_origin!r}"
-            )
+            raise StartupError(f"the log at {base} is {info['origin']!r}, not {s.log_origin!r}")
         r = client.get(base + "/v1/scim/whoami", headers={"Authorization": f"Bearer {s.token}"})
         if r.status_code in (401, 403):
             raise StartupError(f"the log refuses the token ({r.status_code}): wrong or revoked")
@@ -413,16 +442,21 @@ def check_log(s: ProxySettings, *, http: httpx.Client | None = None) -> dict[str
     return info
 
 
-def build_proxy(s: ProxySettings, *, log_transport: httpx.BaseTransport | None = None
-                ) -> AuditMiddleware:
+def build_proxy(
+    s: ProxySettings, *, log_transport: httpx.BaseTransport | None = None
+) -> AuditMiddleware:
     """The proxy as an ASGI app: audit middleware around a Starlette app that forwards.
 
     The middleware owns the outbox and the relay: ASGI lifespan startup starts the relay,
     shutdown drains it (2 s), stops it and closes the outbox.
     """
-    forwarder = Forwarder(s.upstream, timeout=s.upstream_timeout,
-                          preserve_host=s.preserve_host, forwarded=s.forwarded,
-                          max_connections=s.upstream_connections)
+    forwarder = Forwarder(
+        s.upstream,
+        timeout=s.upstream_timeout,
+        preserve_host=s.preserve_host,
+        forwarded=s.forwarded,
+        max_connections=s.upstream_connections,
+    )
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -439,8 +473,11 @@ def build_proxy(s: ProxySettings, *, log_transport: httpx.BaseTransport | None =
     inner = Starlette(
         routes=[
             Route(STATUS_PATH, status, methods=["GET"]),
-            *proxy_routes(lambda: holder[0].backlog(), max_bytes=s.outbox_max_bytes,
-                          receipt_timeout=s.receipt_timeout),
+            *proxy_routes(
+                lambda: holder[0].backlog(),
+                max_bytes=s.outbox_max_bytes,
+                receipt_timeout=s.receipt_timeout,
+            ),
             Route("/{path:path}", forwarder),
         ],
         lifespan=lifespan,
@@ -453,9 +490,15 @@ def build_proxy(s: ProxySettings, *, log_transport: httpx.BaseTransport | None =
         s.token,
         http=httpx.Client(transport=log_transport, timeout=2.0) if log_transport else None,
     )
-    config = AuditConfig(tenant=s.tenant, sp_id=s.sp_id, sp_base=s.upstream, base_path=base,
-                         fail_open=s.fail_open, receipt_timeout=s.receipt_timeout,
-                         ref_pid=pids)
+    config = AuditConfig(
+        tenant=s.tenant,
+        sp_id=s.sp_id,
+        sp_base=s.upstream,
+        base_path=base,
+        fail_open=s.fail_open,
+        receipt_timeout=s.receipt_timeout,
+        ref_pid=pids,
+    )
     outbox = Outbox(s.outbox, max_bytes=s.outbox_max_bytes)
     relay = Relay(outbox, s.log_url, s.token, transport=log_transport)
     mw = AuditMiddleware(inner, config, outbox, relay, own=True)
@@ -485,34 +528,61 @@ def main_proxy(cfg: ProxyConfig) -> int:
         return 1
     host, port = _listen(cfg.listen)
     settings = ProxySettings(
-        upstream=cfg.upstream, log_url=cfg.log_url, token=token, tenant=cfg.tenant,
-        sp_id=cfg.sp_id, outbox=cfg.outbox, fail_open=cfg.fail_open,
-        receipt_timeout=cfg.receipt_timeout, base_path=cfg.base_path,
-        preserve_host=cfg.preserve_host, forwarded=cfg.forwarded,
+        upstream=cfg.upstream,
+        log_url=cfg.log_url,
+        token=token,
+        tenant=cfg.tenant,
+        sp_id=cfg.sp_id,
+        outbox=cfg.outbox,
+        fail_open=cfg.fail_open,
+        receipt_timeout=cfg.receipt_timeout,
+        base_path=cfg.base_path,
+        preserve_host=cfg.preserve_host,
+        forwarded=cfg.forwarded,
         upstream_timeout=cfg.upstream_timeout,
         upstream_connections=cfg.upstream_connections,
-        outbox_max_bytes=(None if cfg.outbox_max_mb is None
-                          else int(cfg.outbox_max_mb * (1 << 20))),
+        outbox_max_bytes=(
+            None if cfg.outbox_max_mb is None else int(cfg.outbox_max_mb * (1 << 20))
+        ),
         log_origin=cfg.log_origin,
     )
     try:
         info = check_log(settings)
     except LogUnreachable as exc:
-        _log.warning("%s; starting anyway: events queue in the outbox until the log answers "
-                     "(the token and tenant are not checked until then)", exc)
+        _log.warning(
+            "%s; starting anyway: events queue in the outbox until the log answers "
+            "(the token and tenant are not checked until then)",
+            exc,
+        )
     except StartupError as exc:
         print(f"tlog scim-proxy: refusing to start: {exc}", file=sys.stderr)
         return 2
     else:
-        _log.info("log %s (tree size %s) accepts this token for tenant %s", info["origin"],
-                  info.get("tree_size"), settings.tenant)
+        _log.info(
+            "log %s (tree size %s) accepts this token for tenant %s",
+            info["origin"],
+            info.get("tree_size"),
+            settings.tenant,
+        )
     app = build_proxy(settings)
     mode = "fail-open" if cfg.fail_open else "fail-closed"
-    banner = (f"tlog scim-proxy: listening on http://{host}:{port} -> {cfg.upstream} ({mode}), "
-              f"events to {cfg.log_url} via {cfg.outbox}")
+    banner = (
+        f"tlog scim-proxy: listening on http://{host}:{port} -> {cfg.upstream} ({mode}), "
+        f"events to {cfg.log_url} via {cfg.outbox}"
+    )
 
     started = run_hardened(
-        app, host, port, cfg.server, on_started=lambda: print(banner, flush=True),
-        log_level=cfg.log_level, access_log=False, log_config=log_config,
-        server_header=False, date_header=False, lifespan="on", timeout_graceful_shutdown=10)
+        app,
+        host,
+        port,
+        cfg.server,
+        on_started=lambda: print(banner, flush=True),
+        log_level=cfg.log_level,
+        access_log=False,
+        log_config=log_config,
+        server_header=False,
+        date_header=False,
+        lifespan="on",
+        timeout_graceful_shutdown=10,
+    )
     return 0 if started else 1

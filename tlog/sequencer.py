@@ -99,8 +99,9 @@ class Sequencer:
 
     def start(self) -> None:
         if self._thread is None:
-            self._publisher = threading.Thread(target=self._publish_run, name="tlog-publisher",
-                                               daemon=True)
+            self._publisher = threading.Thread(
+                target=self._publish_run, name="tlog-publisher", daemon=True
+            )
             self._publisher.start()
             self._thread = threading.Thread(target=self._run, name="tlog-writer", daemon=True)
             self._thread.start()
@@ -218,8 +219,11 @@ class Sequencer:
                 self.batches += 1
                 if self.on_batch is not None:
                     try:
-                        self.on_batch(len(entries), time.perf_counter() - t0,
-                                      not isinstance(result, BaseException))
+                        self.on_batch(
+                            len(entries),
+                            time.perf_counter() - t0,
+                            not isinstance(result, BaseException),
+                        )
                     except Exception:  # pragma: no cover - a hook must not stop the writer
                         log.exception("on_batch hook failed")
                 with self._done_cond:
@@ -255,8 +259,9 @@ class Sequencer:
                 try:
                     self.log.publish(newest)
                 except Exception as exc:
-                    log.exception("could not remember checkpoint %d; nothing of it acknowledged",
-                                  newest.size)
+                    log.exception(
+                        "could not remember checkpoint %d; nothing of it acknowledged", newest.size
+                    )
                     failed = SequencerStopped(
                         "nothing of the batch was acknowledged: the checkpoint could not be "
                         f"remembered: {exc}"

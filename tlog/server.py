@@ -92,9 +92,7 @@ def build_app(
             preflight(data_dir / "db")
             if lock_dir is not None:
                 place_lock_file(data_dir / "db", lock_dir)
-            storage = open_backend(
-                database, data_dir, map_size=map_size, verify_limit=verify_limit
-            )
+            storage = open_backend(database, data_dir, map_size=map_size, verify_limit=verify_limit)
         except BaseException:
             lock.release()
             raise

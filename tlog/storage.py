@@ -270,9 +270,7 @@ class LmdbReadView:
         v = self._txn.get(key, db=self._s.db_aux)
         return None if v is None else bytes(v)
 
-    def aux_range(
-        self, prefix: bytes, start: bytes | None = None
-    ) -> Iterator[tuple[bytes, bytes]]:
+    def aux_range(self, prefix: bytes, start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
         """Auxiliary records whose key starts with ``prefix``, in key order.
 
         With ``start``, iteration begins at the first key >= ``start`` (a seek, not a scan).
@@ -326,9 +324,7 @@ def _verify_file(path: Path, verify_limit: int) -> None:
         )
 
 
-def _check_readers_loop(
-    ref: weakref.ref[Storage], stop: threading.Event, interval: float
-) -> None:
+def _check_readers_loop(ref: weakref.ref[Storage], stop: threading.Event, interval: float) -> None:
     """The periodic stale-reader sweep (holds no strong reference: an unclosed, dropped
     Storage is still garbage-collected and its environment closed)."""
     while not stop.wait(interval):

@@ -206,8 +206,9 @@ class WitnessPusher:
             st.backoff = min(self.max_backoff, max(exc.retry_after or 0, st.backoff * 2 or 1))
             st.next_attempt = now + st.backoff
             st.last_error = f"busy ({exc.status}), retrying in {st.backoff:.0f} s"
-            log.warning("witness %s: push of checkpoint %d failed: %s", st.name, pub.size,
-                        st.last_error)
+            log.warning(
+                "witness %s: push of checkpoint %d failed: %s", st.name, pub.size, st.last_error
+            )
             self._pushed(st.name, "busy")
             return
         except SplitViewAlarm as exc:
@@ -259,8 +260,13 @@ class WitnessPusher:
             st.backoff = min(self.max_backoff, st.backoff * 2 or 1)
             st.next_attempt = now + st.backoff
             st.last_error = f"{type(exc).__name__}: {exc}"[:300]
-            log.warning("witness %s: push of checkpoint %d failed (retry in %.0f s): %s",
-                        st.name, pub.size, st.backoff, st.last_error)
+            log.warning(
+                "witness %s: push of checkpoint %d failed (retry in %.0f s): %s",
+                st.name,
+                pub.size,
+                st.backoff,
+                st.last_error,
+            )
             self._pushed(st.name, "error")
             return
         self._pushed(st.name, "ok")

@@ -126,7 +126,7 @@ def _to_text(data: bytes, charset: str | None, notes: dict[str, Any]) -> str:
     for bom, name in _BOMS:
         if data.startswith(bom):
             notes["bom"] = True
-            data = data[len(bom):]
+            data = data[len(bom) :]
             if enc is None or enc in ("utf-16", "utf-32"):
                 enc = name
                 if name != "utf-8":

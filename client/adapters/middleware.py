@@ -51,7 +51,6 @@ subject; ``password`` (``secret_attrs``) is recorded only as changed, and bearer
 as their SHA-256 thumbprint.
 """
 
-
 from __future__ import annotations
 
 import asyncio

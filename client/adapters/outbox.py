@@ -379,17 +379,27 @@ class Outbox:
     def backlog(self) -> dict[str, int | None]:
         """What is not yet in the log: ``pending`` events, their ``pending_bytes``, and the
         age of the oldest in ms (``oldest_ms``, None when empty); ``rejected`` events."""
-        row = self._reader().execute(
-            "SELECT COUNT(*), COALESCE(SUM(LENGTH(body)), 0), MIN(created_ms) FROM events "
-            "WHERE state = ?",
-            (PENDING,),
-        ).fetchone()
-        rejected = self._reader().execute(
-            "SELECT COUNT(*) FROM events WHERE state = ?", (REJECTED,)
-        ).fetchone()[0]
+        row = (
+            self._reader()
+            .execute(
+                "SELECT COUNT(*), COALESCE(SUM(LENGTH(body)), 0), MIN(created_ms) FROM events "
+                "WHERE state = ?",
+                (PENDING,),
+            )
+            .fetchone()
+        )
+        rejected = (
+            self._reader()
+            .execute("SELECT COUNT(*) FROM events WHERE state = ?", (REJECTED,))
+            .fetchone()[0]
+        )
         oldest = None if row[2] is None else max(0, _now_ms() - int(row[2]))
-        return {"pending": int(row[0]), "pending_bytes": int(row[1]), "oldest_ms": oldest,
-                "rejected": int(rejected)}
+        return {
+            "pending": int(row[0]),
+            "pending_bytes": int(row[1]),
+            "oldest_ms": oldest,
+            "rejected": int(rejected),
+        }
 
     def receipt(self, eid: str) -> Receipt | None:
         """The log's receipt for a delivered event, if it is still kept."""

@@ -290,8 +290,9 @@ class ScimAuditClient:
         if effect is not None and (
             not isinstance(effect, dict)
             or not isinstance(effect.get("acts", []), list)
-            or not all(isinstance(a, dict) and isinstance(a.get("a"), str)
-                       for a in effect.get("acts", []))
+            or not all(
+                isinstance(a, dict) and isinstance(a.get("a"), str) for a in effect.get("acts", [])
+            )
         ):
             raise _malformed("effect")
         try:

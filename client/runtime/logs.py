@@ -68,27 +68,27 @@ def uvicorn_log_config(level: str = "info", fmt: str = "text") -> dict[str, Any]
     its own format); :func:`configure` applies it for programs without uvicorn.
     """
     lvl = level.upper()
-    return logredact.uvicorn_log_config({
-        "version": 1,
-        "disable_existing_loggers": False,
-        "formatters": {"one": {"()": _formatter_class(fmt)}},
-        "handlers": {
-            "stderr": {
-                "class": "logging.StreamHandler",
-                "formatter": "one",
-                "stream": "ext://sys.stderr",
-            }
-        },
-        "root": {"handlers": ["stderr"], "level": lvl},
-        "loggers": {
-            "uvicorn": {"handlers": [], "level": lvl, "propagate": True},
-            "uvicorn.error": {"handlers": [], "level": lvl, "propagate": True},
-            "uvicorn.access": {"handlers": [], "level": lvl, "propagate": True},
-            **{
-                name: {"level": "WARNING" if lvl == "INFO" else lvl} for name in NOISY
+    return logredact.uvicorn_log_config(
+        {
+            "version": 1,
+            "disable_existing_loggers": False,
+            "formatters": {"one": {"()": _formatter_class(fmt)}},
+            "handlers": {
+                "stderr": {
+                    "class": "logging.StreamHandler",
+                    "formatter": "one",
+                    "stream": "ext://sys.stderr",
+                }
             },
-        },
-    })
+            "root": {"handlers": ["stderr"], "level": lvl},
+            "loggers": {
+                "uvicorn": {"handlers": [], "level": lvl, "propagate": True},
+                "uvicorn.error": {"handlers": [], "level": lvl, "propagate": True},
+                "uvicorn.access": {"handlers": [], "level": lvl, "propagate": True},
+                **{name: {"level": "WARNING" if lvl == "INFO" else lvl} for name in NOISY},
+            },
+        }
+    )
 
 
 def configure(level: str = "info", fmt: str = "text") -> None:

@@ -67,10 +67,14 @@ log = logging.getLogger("tlog.serving")
 _FD_RESERVE = 128  # descriptors kept for storage, key files, outgoing HTTP clients, logs
 
 _R408 = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-_R431 = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\n"
-         b"connection: close\r\n\r\n")
-_R503 = (b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\ncontent-length: 0\r\n"
-         b"connection: close\r\n\r\n")
+_R431 = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\n"
+    b"connection: close\r\n\r\n"
+)
+_R503 = (
+    b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\ncontent-length: 0\r\n"
+    b"connection: close\r\n\r\n"
+)
 
 # Phases of a connection, in eviction order (idle or sending a head first, never "app").
 HEAD, BODY, APP = 0, 1, 2
@@ -141,9 +145,12 @@ class _Guard:
             return False
         if now - self._write_since <= self.limits.write_timeout:
             return False
-        log.warning("closing a connection whose client has not read its response for %g s "
-                    "(%d bytes unsent)", self.limits.write_timeout,
-                    self.transport.get_write_buffer_size())
+        log.warning(
+            "closing a connection whose client has not read its response for %g s "
+            "(%d bytes unsent)",
+            self.limits.write_timeout,
+            self.transport.get_write_buffer_size(),
+        )
         sock = self.transport.get_extra_info("socket")
         if sock is not None:  # reset, not FIN: the kernel drops the unsent bytes at once
             with contextlib.suppress(OSError):
@@ -312,26 +319,50 @@ def run_hardened(
 def add_limit_arguments(p: argparse.ArgumentParser) -> None:
     """The ``--header-timeout`` ... ``--max-connections`` flags of every hardened server."""
     d = ServerLimits()
-    p.add_argument("--header-timeout", type=float, default=d.header_timeout,
-                   help="seconds a client has to send a complete request head, counted from "
-                        f"the connection or the previous response (default {d.header_timeout:g})")
-    p.add_argument("--body-timeout", type=float, default=d.body_timeout,
-                   help="seconds a client has to send a request body after its head "
-                        f"(default {d.body_timeout:g})")
-    p.add_argument("--keep-alive", type=int, default=d.keep_alive,
-                   help="seconds an idle keep-alive connection stays open "
-                        f"(default {d.keep_alive})")
-    p.add_argument("--write-timeout", type=float, default=d.write_timeout,
-                   help="seconds a client may leave a response unread before the connection is "
-                        f"reset (default {d.write_timeout:g})")
-    p.add_argument("--max-connections", type=int, default=d.max_connections,
-                   help="open connections at most; over it the oldest idle or slow one is "
-                        f"closed (default {d.max_connections})")
+    p.add_argument(
+        "--header-timeout",
+        type=float,
+        default=d.header_timeout,
+        help="seconds a client has to send a complete request head, counted from "
+        f"the connection or the previous response (default {d.header_timeout:g})",
+    )
+    p.add_argument(
+        "--body-timeout",
+        type=float,
+        default=d.body_timeout,
+        help="seconds a client has to send a request body after its head "
+        f"(default {d.body_timeout:g})",
+    )
+    p.add_argument(
+        "--keep-alive",
+        type=int,
+        default=d.keep_alive,
+        help=f"seconds an idle keep-alive connection stays open (default {d.keep_alive})",
+    )
+    p.add_argument(
+        "--write-timeout",
+        type=float,
+        default=d.write_timeout,
+        help="seconds a client may leave a response unread before the connection is "
+        f"reset (default {d.write_timeout:g})",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=d.max_connections,
+        help="open connections at most; over it the oldest idle or slow one is "
+        f"closed (default {d.max_connections})",
+    )
 
 
 def limits_from_args(args: argparse.Namespace) -> ServerLimits:
-    for name in ("header_timeout", "body_timeout", "keep_alive", "write_timeout",
-                 "max_connections"):
+    for name in (
+        "header_timeout",
+        "body_timeout",
+        "keep_alive",
+        "write_timeout",
+        "max_connections",
+    ):
         if getattr(args, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive")
     return ServerLimits(

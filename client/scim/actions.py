@@ -498,8 +498,9 @@ class _Builder:
             elif isinstance(item, str) and item:
                 self.ref(default_rt, item, op, attr)
 
-    def ref(self, ref_rt: str, ref_id: str, op: str | None = None, attr: str | None = None
-            ) -> bytes:
+    def ref(
+        self, ref_rt: str, ref_id: str, op: str | None = None, attr: str | None = None
+    ) -> bytes:
         if self.ref_pid is None:
             raise EventFormatError("no pseudonym function")
         pid = self.ref_pid(ref_rt, ref_id)
@@ -526,11 +527,10 @@ class _Builder:
             pid = self.ref(ref_rt, filt, op, _ref_attr_name(key))
             inner = '[value eq "pid:' + base64.b64encode(pid).decode("ascii") + '"]'
         else:  # another filter form: only its digest (it may hold ids in any shape)
-            inner = "[sha256:" + hashlib.sha256(path[span[0]:span[1]].encode()).hexdigest() + "]"
-        return path[: span[0]] + inner + path[span[1]:]
+            inner = "[sha256:" + hashlib.sha256(path[span[0] : span[1]].encode()).hexdigest() + "]"
+        return path[: span[0]] + inner + path[span[1] :]
 
-    def mod(self, op: str, path: str, value: object, has_value: bool, patch: bool = False
-            ) -> None:
+    def mod(self, op: str, path: str, value: object, has_value: bool, patch: bool = False) -> None:
         key = _attr_key(path)
         if key == "active" and self.prefix == "user" and as_bool(value) is not None:
             value = as_bool(value)

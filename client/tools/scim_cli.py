@@ -122,8 +122,13 @@ class _Progress:
 
 
 def _client(args: argparse.Namespace) -> ScimAuditClient:
-    return ScimAuditClient(args.url, _token(args.token_file), args.vkey,
-                           http=getattr(args, "http", None), timeout=args.timeout)
+    return ScimAuditClient(
+        args.url,
+        _token(args.token_file),
+        args.vkey,
+        http=getattr(args, "http", None),
+        timeout=args.timeout,
+    )
 
 
 def _events(client: ScimAuditClient, args: argparse.Namespace) -> Iterator[AuditedEvent]:
@@ -140,8 +145,10 @@ def _line(ev: AuditedEvent) -> str:
     if ev.event is None:
         return f"{ev.index:>10}  {_iso(ev.leaf.ts)}  (erased)  leaf {b64encode(ev.leaf_hash)}"
     e = ev.event
-    return (f"{ev.index:>10}  {_iso(ev.leaf.ts)}  {e.get('op', '?'):8} {e.get('outcome', '?'):8}"
-            f" {e.get('rt', '?')}/{e.get('rid', '-')}  req {e.get('corr', {}).get('req', '-')}")
+    return (
+        f"{ev.index:>10}  {_iso(ev.leaf.ts)}  {e.get('op', '?'):8} {e.get('outcome', '?'):8}"
+        f" {e.get('rt', '?')}/{e.get('rid', '-')}  req {e.get('corr', {}).get('req', '-')}"
+    )
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -191,15 +198,18 @@ def cmd_verify(args: argparse.Namespace) -> int:
             else:
                 bodies += 1
     progress.done()
-    print(f"verified {bodies + erased} events ({bodies} bodies with their commitments, "
-          f"{erased} erased): signatures, consistency, inclusion, tenant")
+    print(
+        f"verified {bodies + erased} events ({bodies} bodies with their commitments, "
+        f"{erased} erased): signatures, consistency, inclusion, tenant"
+    )
     if sizes:
         print(f"  checkpoints at tree sizes {min(sizes)}..{max(sizes)}, all consistent")
     return EXIT_OK
 
 
-def _receipt(c: ScimAuditClient, http: httpx.Client, base: str, ev: AuditedEvent,
-             verifier: Ed25519Verifier) -> str:
+def _receipt(
+    c: ScimAuditClient, http: httpx.Client, base: str, ev: AuditedEvent, verifier: Ed25519Verifier
+) -> str:
     r = http.get(f"{base}/v1/bundle/{ev.index}", params={"tree_size": ev.tree_size})
     if r.status_code != 200:
         raise ScimAuditError(r.status_code, r.text[:200])
@@ -221,8 +231,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     events: list[dict[str, Any]] = []
     tenant = None
     try:
-        with ScimAuditClient(args.url, _token(args.token_file), args.vkey, http=http,
-                             timeout=args.timeout) as c:
+        with ScimAuditClient(
+            args.url, _token(args.token_file), args.vkey, http=http, timeout=args.timeout
+        ) as c:
             tn = c.tenant_ref()
             base = args.url.rstrip("/")
             for ev in _events(c, args):
@@ -257,8 +268,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         json.dump(doc, f, ensure_ascii=False)
-    print(f"exported {len(events)} verified events to {out_path} (mode 0600); check it "
-          f"offline with: tlog-client scim verify-evidence {out_path} --vkey {args.vkey}")
+    print(
+        f"exported {len(events)} verified events to {out_path} (mode 0600); check it "
+        f"offline with: tlog-client scim verify-evidence {out_path} --vkey {args.vkey}"
+    )
     return EXIT_OK
 
 
@@ -336,8 +349,11 @@ def register(scim: Any) -> None:
     v.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     v.set_defaults(run=_run(cmd_verify))
 
-    e = scim.add_parser("export", help="write an evidence bundle an outside auditor verifies "
-                        "offline with only the log's public key")
+    e = scim.add_parser(
+        "export",
+        help="write an evidence bundle an outside auditor verifies "
+        "offline with only the log's public key",
+    )
     common(e)
     e.add_argument("--out", required=True, help="bundle file to create (mode 0600)")
     e.add_argument("--tenant", help="tenant name to record when every event is erased")

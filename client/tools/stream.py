@@ -512,8 +512,12 @@ def register(scim: Any) -> None:
     s.add_argument("--hec-token-file", help="Splunk HEC token file (else TLOG_HEC_TOKEN)")
     s.add_argument("--follow", action="store_true", help="keep polling for new events")
     s.add_argument("--interval", type=float, default=10.0, help="seconds between polls")
-    s.add_argument("--max-runs", type=int, default=0,
-                   help="with --follow: stop after this many runs (default: never)")
+    s.add_argument(
+        "--max-runs",
+        type=int,
+        default=0,
+        help="with --follow: stop after this many runs (default: never)",
+    )
     s.add_argument(
         "--settle",
         type=float,

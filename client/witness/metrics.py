@@ -33,12 +33,16 @@ class _State(Collector):
         self.witness = witness
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        size = GaugeMetricFamily("tlog_witness_log_cosigned_tree_size",
-                                 "newest tree size this witness cosigned, per log",
-                                 labels=["origin"])
-        age = GaugeMetricFamily("tlog_witness_log_checkpoint_age_seconds",
-                                "seconds since that checkpoint was last updated, per log",
-                                labels=["origin"])
+        size = GaugeMetricFamily(
+            "tlog_witness_log_cosigned_tree_size",
+            "newest tree size this witness cosigned, per log",
+            labels=["origin"],
+        )
+        age = GaugeMetricFamily(
+            "tlog_witness_log_checkpoint_age_seconds",
+            "seconds since that checkpoint was last updated, per log",
+            labels=["origin"],
+        )
         now = time.time()
         for log in self.witness.all_logs():
             stored = self.witness.latest(log.origin)
@@ -48,21 +52,29 @@ class _State(Collector):
             age.add_metric([log.origin], max(0.0, now - stored.updated_at))
         yield size
         yield age
-        yield GaugeMetricFamily("tlog_witness_evidence_records",
-                                "split-view evidence records kept",
-                                value=len(self.witness.evidence()))
+        yield GaugeMetricFamily(
+            "tlog_witness_evidence_records",
+            "split-view evidence records kept",
+            value=len(self.witness.evidence()),
+        )
 
 
 class WitnessMetrics:
     def __init__(self, witness: Witness) -> None:
         self.witness = witness
         self.registry = CollectorRegistry(auto_describe=False)
-        self.requests = Counter("tlog_witness_add_checkpoint_requests",
-                                "add-checkpoint requests by status", ["status"],
-                                registry=self.registry)
-        self.latency = Histogram("tlog_witness_add_checkpoint_duration_seconds",
-                                 "add-checkpoint latency", buckets=_BUCKETS,
-                                 registry=self.registry)
+        self.requests = Counter(
+            "tlog_witness_add_checkpoint_requests",
+            "add-checkpoint requests by status",
+            ["status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "tlog_witness_add_checkpoint_duration_seconds",
+            "add-checkpoint latency",
+            buckets=_BUCKETS,
+            registry=self.registry,
+        )
         self.registry.register(_State(witness))
 
     def observe(self, status: int, seconds: float) -> None:

@@ -50,8 +50,7 @@ class ServerLimits:
     backlog: int = 256
 
     def __post_init__(self) -> None:
-        if min(self.header_timeout, self.idle_timeout, self.body_timeout,
-               self.write_timeout) <= 0:
+        if min(self.header_timeout, self.idle_timeout, self.body_timeout, self.write_timeout) <= 0:
             raise ValueError("timeouts must be positive")
         if self.max_connections < 1 or self.backlog < 1:
             raise ValueError("max_connections and backlog must be at least 1")

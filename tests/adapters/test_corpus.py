@@ -37,8 +37,12 @@ def replay(send: Any, prefix: str) -> list[tuple[str, int]]:
     out = []
     for name, _idp, method, path, body, intent, _e in CORPUS:
         req = f"{prefix}-{name}"
-        r = send(method, fill(path, ids), None if body is None else fill(body, ids),
-                 {**AUTH, "X-Request-Id": req})
+        r = send(
+            method,
+            fill(path, ids),
+            None if body is None else fill(body, ids),
+            {**AUTH, "X-Request-Id": req},
+        )
         assert (200 <= r.status_code < 300) == bool(intent), (name, r.status_code, r.text)
         if name.startswith("create:"):
             ids[name.split(":", 1)[1]] = r.json()["id"]
@@ -69,9 +73,13 @@ def sp() -> Iterator[UvicornThread]:
     srv.stop()
 
 
-def test_corpus_through_middleware_and_proxy(harness: Harness, tmp_path: Path,  # noqa: F811
-                                             sp: UvicornThread) -> None:
+def test_corpus_through_middleware_and_proxy(
+    harness: Harness,  # noqa: F811
+    tmp_path: Path,
+    sp: UvicornThread,
+) -> None:
     with make_rig(harness, tmp_path, app=scim_asgi_app()) as rig:
+
         def via_mw(method: str, path: str, body: Any, headers: dict[str, str]) -> Any:
             return rig.client.request(method, "/v2" + path, json=body, headers=headers)
 
@@ -79,11 +87,19 @@ def test_corpus_through_middleware_and_proxy(harness: Harness, tmp_path: Path,  
         assert rig.relay.flush(30)
         by_mw = check(harness, "mw")
 
-    app = build_proxy(ProxySettings(upstream=sp.url + "/v2", log_url=URL,
-                                    token=harness.tok["sub1"], tenant=T1, sp_id="sp",
-                                    outbox=tmp_path / "proxy.sqlite"),
-                      log_transport=Via(harness.client))
+    app = build_proxy(
+        ProxySettings(
+            upstream=sp.url + "/v2",
+            log_url=URL,
+            token=harness.tok["sub1"],
+            tenant=T1,
+            sp_id="sp",
+            outbox=tmp_path / "proxy.sqlite",
+        ),
+        log_transport=Via(harness.client),
+    )
     with TestClient(app, base_url="http://proxy.test") as c:
+
         def via_proxy(method: str, path: str, body: Any, headers: dict[str, str]) -> Any:
             return c.request(method, "/v2" + path, json=body, headers=headers)
 

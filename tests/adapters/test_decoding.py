@@ -67,23 +67,33 @@ async def sp_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             else:
                 r["location"] = "https://sp.test/v2" + op["path"]
             res.append(r)
-        out = json.dumps({"schemas": ["urn:ietf:params:scim:api:messages:2.0:BulkResponse"],
-                          "Operations": res}).encode()
+        out = json.dumps(
+            {"schemas": ["urn:ietf:params:scim:api:messages:2.0:BulkResponse"], "Operations": res}
+        ).encode()
         status = 200
     elif method == "POST":
         out, status = json.dumps({"id": "new-1"}).encode(), 201
     else:
         out, status = b"", 204
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/scim+json")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/scim+json")],
+        }
+    )
     await send({"type": "http.response.body", "body": out})
 
 
 class Via(httpx.BaseTransport):
     """Requests to the in-process log app (its TestClient), optionally held at a gate."""
 
-    def __init__(self, client: TestClient, gate: threading.Event | None = None,
-                 entered: threading.Event | None = None) -> None:
+    def __init__(
+        self,
+        client: TestClient,
+        gate: threading.Event | None = None,
+        entered: threading.Event | None = None,
+    ) -> None:
         self.client, self.gate, self.entered = client, gate, entered
         self.lock = threading.Lock()
 
@@ -93,10 +103,12 @@ class Via(httpx.BaseTransport):
                 self.entered.set()
             assert self.gate.wait(30)
         with self.lock:
-            r = self.client.request(request.method, request.url.path
-                                    + ("?" + request.url.query.decode() if request.url.query
-                                       else ""),
-                                    headers=dict(request.headers), content=request.read())
+            r = self.client.request(
+                request.method,
+                request.url.path + ("?" + request.url.query.decode() if request.url.query else ""),
+                headers=dict(request.headers),
+                content=request.read(),
+            )
         return httpx.Response(r.status_code, headers=r.headers, content=r.content)
 
 
@@ -130,8 +142,9 @@ def rig(harness: Harness, tmp_path: Path) -> Iterator[Rig]:  # noqa: F811
 
 
 def deactivate(value: Any = False) -> bytes:
-    return json.dumps({"schemas": [PATCH], "Operations": [
-        {"op": "Replace", "path": "active", "value": value}]}).encode()
+    return json.dumps(
+        {"schemas": [PATCH], "Operations": [{"op": "Replace", "path": "active", "value": value}]}
+    ).encode()
 
 
 def acts(ev: dict[str, Any]) -> list[str]:
@@ -142,31 +155,46 @@ def acts(ev: dict[str, Any]) -> list[str]:
 
 ENCODINGS: list[tuple[str, bytes, dict[str, str], dict[str, Any]]] = [
     ("gzip", gzip.compress(deactivate()), {"Content-Encoding": "gzip"}, {"enc": "gzip"}),
-    ("deflate", zlib.compress(deactivate()), {"Content-Encoding": "deflate"},
-     {"enc": "deflate"}),
-    ("raw-deflate", zlib.compress(deactivate())[2:-4], {"Content-Encoding": "deflate"},
-     {"enc": "deflate"}),
+    ("deflate", zlib.compress(deactivate()), {"Content-Encoding": "deflate"}, {"enc": "deflate"}),
+    (
+        "raw-deflate",
+        zlib.compress(deactivate())[2:-4],
+        {"Content-Encoding": "deflate"},
+        {"enc": "deflate"},
+    ),
     ("utf8-bom", codecs.BOM_UTF8 + deactivate(), {}, {"bom": True}),
-    ("utf16le", deactivate().decode().encode("utf-16-le"),
-     {"Content-Type": "application/scim+json; charset=utf-16le"}, {"charset": "utf-16le"}),
-    ("utf16-bom", deactivate().decode().encode("utf-16"), {},
-     {"bom": True, "charset": "utf-16-le"}),
-    ("utf32be-nobom", deactivate().decode().encode("utf-32-be"), {},
-     {"charset": "utf-32-be"}),
-    ("gzip+utf16", gzip.compress(deactivate().decode().encode("utf-16-le")),
-     {"Content-Encoding": "gzip", "Content-Type": "application/json; charset=UTF-16LE"},
-     {"enc": "gzip", "charset": "utf-16le"}),
+    (
+        "utf16le",
+        deactivate().decode().encode("utf-16-le"),
+        {"Content-Type": "application/scim+json; charset=utf-16le"},
+        {"charset": "utf-16le"},
+    ),
+    (
+        "utf16-bom",
+        deactivate().decode().encode("utf-16"),
+        {},
+        {"bom": True, "charset": "utf-16-le"},
+    ),
+    ("utf32be-nobom", deactivate().decode().encode("utf-32-be"), {}, {"charset": "utf-32-be"}),
+    (
+        "gzip+utf16",
+        gzip.compress(deactivate().decode().encode("utf-16-le")),
+        {"Content-Encoding": "gzip", "Content-Type": "application/json; charset=UTF-16LE"},
+        {"enc": "gzip", "charset": "utf-16le"},
+    ),
     ("string-bool", deactivate("False"), {}, {}),
 ]
 
 
-@pytest.mark.parametrize(("name", "body", "headers", "notes"), ENCODINGS,
-                         ids=[e[0] for e in ENCODINGS])
-def test_encoded_deactivation_is_a_deactivation(rig: Rig, name: str, body: bytes,
-                                                headers: dict[str, str],
-                                                notes: dict[str, Any]) -> None:
-    r = rig.client.patch("/v2/Users/u-alice", content=body,
-                         headers={"X-Request-Id": f"req-{name}", **headers})
+@pytest.mark.parametrize(
+    ("name", "body", "headers", "notes"), ENCODINGS, ids=[e[0] for e in ENCODINGS]
+)
+def test_encoded_deactivation_is_a_deactivation(
+    rig: Rig, name: str, body: bytes, headers: dict[str, str], notes: dict[str, Any]
+) -> None:
+    r = rig.client.patch(
+        "/v2/Users/u-alice", content=body, headers={"X-Request-Id": f"req-{name}", **headers}
+    )
     assert r.status_code == 204
     (found,) = rig.auditor().search(req=f"req-{name}").results
     ev = found.event
@@ -178,11 +206,15 @@ def test_encoded_deactivation_is_a_deactivation(rig: Rig, name: str, body: bytes
 
 
 def test_duplicate_keys_read_last_wins_and_flagged(rig: Rig) -> None:
-    body = (b'{"schemas": ["%s"], "Operations": [{"op": "replace", "path": "active",'
-            b' "value": true, "value": false}]}' % PATCH.encode())
+    body = (
+        b'{"schemas": ["%s"], "Operations": [{"op": "replace", "path": "active",'
+        b' "value": true, "value": false}]}' % PATCH.encode()
+    )
     rig.client.patch("/v2/Users/u-dup", content=body, headers={"X-Request-Id": "req-dup"})
-    body2 = (b'{"schemas": ["%s"], "Operations": [{"op": "replace", "path": "active",'
-             b' "Value": false, "value": true}]}' % PATCH.encode())
+    body2 = (
+        b'{"schemas": ["%s"], "Operations": [{"op": "replace", "path": "active",'
+        b' "Value": false, "value": true}]}' % PATCH.encode()
+    )
     rig.client.patch("/v2/Users/u-dup", content=body2, headers={"X-Request-Id": "req-dup2"})
     a = rig.auditor()
     (ev,) = [f.event for f in a.search(req="req-dup").results]
@@ -198,18 +230,23 @@ UNREADABLE = [
     ("bad-gzip", b"\x1f\x8b\x08garbage", {"Content-Encoding": "gzip"}),
     ("brotli", b"\x0b\x02\x80{}\x03", {"Content-Encoding": "br"}),
     ("bad-charset", deactivate(), {"Content-Type": "application/json; charset=x-unknown-9"}),
-    ("latin1-as-utf8", b'{"Operations": [{"op": "replace", "path": "displayName", '
-     b'"value": "\xe9"}]}', {}),
+    (
+        "latin1-as-utf8",
+        b'{"Operations": [{"op": "replace", "path": "displayName", "value": "\xe9"}]}',
+        {},
+    ),
     ("not-a-patch", b'{"schemas": ["x"]}', {}),
     ("array", b"[1, 2]", {}),
 ]
 
 
 @pytest.mark.parametrize(("name", "body", "headers"), UNREADABLE, ids=[u[0] for u in UNREADABLE])
-def test_unreadable_body_is_an_event_that_says_so(rig: Rig, name: str, body: bytes,
-                                                  headers: dict[str, str]) -> None:
-    r = rig.client.patch("/v2/Users/u-bob", content=body,
-                         headers={"X-Request-Id": f"req-{name}", **headers})
+def test_unreadable_body_is_an_event_that_says_so(
+    rig: Rig, name: str, body: bytes, headers: dict[str, str]
+) -> None:
+    r = rig.client.patch(
+        "/v2/Users/u-bob", content=body, headers={"X-Request-Id": f"req-{name}", **headers}
+    )
     assert r.status_code == 204
     a = rig.auditor()
     (found,) = a.search(action="user.uninterpretable", req=f"req-{name}").results
@@ -230,10 +267,12 @@ def test_decompression_is_bounded() -> None:
 
 # --- part 3: no member dropped ------------------------------------------------------------
 
+
 def test_five_thousand_members_all_recorded_in_linked_events(rig: Rig) -> None:
     members = [{"value": f"user-{i:05d}"} for i in range(5000)]
-    body = json.dumps({"schemas": [PATCH], "Operations": [
-        {"op": "add", "path": "members", "value": members}]}).encode()
+    body = json.dumps(
+        {"schemas": [PATCH], "Operations": [{"op": "add", "path": "members", "value": members}]}
+    ).encode()
     calls = rig.pids.calls
     r = rig.client.patch("/v2/Groups/g-all", content=body, headers={"X-Request-Id": "req-big"})
     assert r.status_code == 204
@@ -261,28 +300,38 @@ def test_five_thousand_members_all_recorded_in_linked_events(rig: Rig) -> None:
 
 
 def test_manager_pseudonymised_searchable_and_filters_kept(rig: Rig) -> None:
-    body = json.dumps({"schemas": [PATCH], "Operations": [
-        {"op": "replace", "path": f"{ENT}:manager", "value": {"value": "mgr-9"}},
-        {"op": "replace", "path": 'emails[type eq "work"].value', "value": "a@example.org"},
-    ]}).encode()
+    body = json.dumps(
+        {
+            "schemas": [PATCH],
+            "Operations": [
+                {"op": "replace", "path": f"{ENT}:manager", "value": {"value": "mgr-9"}},
+                {"op": "replace", "path": 'emails[type eq "work"].value', "value": "a@example.org"},
+            ],
+        }
+    ).encode()
     rig.client.patch("/v2/Users/u-carol", content=body, headers={"X-Request-Id": "req-mgr"})
-    put = json.dumps({"schemas": [USER, ENT], "userName": "dave",
-                      ENT: {"manager": {"value": "mgr-9"}}}).encode()
+    put = json.dumps(
+        {"schemas": [USER, ENT], "userName": "dave", ENT: {"manager": {"value": "mgr-9"}}}
+    ).encode()
     rig.client.put("/v2/Users/u-dave", content=put, headers={"X-Request-Id": "req-mgr2"})
     a = rig.auditor()
     (ev,) = [f.event for f in a.search(req="req-mgr").results]
     assert ev is not None
     assert "mgr-9" not in json.dumps(ev, default=str)
-    assert {"attr": 'emails[type eq "work"].value', "op": "replace",
-            "new": '"a@example.org"'} in ev["mods"]
+    assert {
+        "attr": 'emails[type eq "work"].value',
+        "op": "replace",
+        "new": '"a@example.org"',
+    } in ev["mods"]
     assert ev["refs"][0]["attr"] == "manager" and ev["refs"][0]["op"] == "replace"
     got = sorted(f.event["rid"] for f in a.search(ref="mgr-9").results if f.event)
     assert got == ["u-carol", "u-dave"]
 
 
 def test_member_filter_names_the_member_by_pseudonym(rig: Rig) -> None:
-    body = json.dumps({"schemas": [PATCH], "Operations": [
-        {"op": "remove", "path": 'members[value eq "u-eve"]'}]}).encode()
+    body = json.dumps(
+        {"schemas": [PATCH], "Operations": [{"op": "remove", "path": 'members[value eq "u-eve"]'}]}
+    ).encode()
     rig.client.patch("/v2/Groups/g-1", content=body, headers={"X-Request-Id": "req-rm"})
     a = rig.auditor()
     (ev,) = [f.event for f in a.search(ref="u-eve").results]
@@ -294,12 +343,29 @@ def test_member_filter_names_the_member_by_pseudonym(rig: Rig) -> None:
 
 
 def test_bulk_id_references_resolve_to_created_ids(rig: Rig) -> None:
-    body = json.dumps({"schemas": [BULK], "Operations": [
-        {"method": "POST", "path": "/Users", "bulkId": "newbie",
-         "data": {"schemas": [USER], "userName": "newbie"}},
-        {"method": "PATCH", "path": "/Groups/g-2", "data": {"schemas": [PATCH], "Operations": [
-            {"op": "add", "path": "members", "value": [{"value": "bulkId:newbie"}]}]}},
-    ]}).encode()
+    body = json.dumps(
+        {
+            "schemas": [BULK],
+            "Operations": [
+                {
+                    "method": "POST",
+                    "path": "/Users",
+                    "bulkId": "newbie",
+                    "data": {"schemas": [USER], "userName": "newbie"},
+                },
+                {
+                    "method": "PATCH",
+                    "path": "/Groups/g-2",
+                    "data": {
+                        "schemas": [PATCH],
+                        "Operations": [
+                            {"op": "add", "path": "members", "value": [{"value": "bulkId:newbie"}]}
+                        ],
+                    },
+                },
+            ],
+        }
+    ).encode()
     # The stand-in SP names every created resource ".../Groups/created-<i>".
     r = rig.client.post("/v2/Bulk", content=body, headers={"X-Request-Id": "req-bulk"})
     assert r.status_code == 200
@@ -311,8 +377,11 @@ def test_bulk_id_references_resolve_to_created_ids(rig: Rig) -> None:
 
 # --- part 4: never block the event loop ---------------------------------------------------
 
-def test_slow_pseudonyms_do_not_block_other_requests(harness: Harness,  # noqa: F811
-                                                     tmp_path: Path) -> None:
+
+def test_slow_pseudonyms_do_not_block_other_requests(
+    harness: Harness,  # noqa: F811
+    tmp_path: Path,
+) -> None:
     """While one request waits for its member pseudonyms, another request goes through
     the same middleware completely: ordering, no clock."""
     gate = threading.Event()
@@ -320,8 +389,18 @@ def test_slow_pseudonyms_do_not_block_other_requests(harness: Harness,  # noqa: 
     with make_rig(harness, tmp_path) as rig:
         rig.pids._http = httpx.Client(transport=Via(harness.client, gate, entered))
         order: list[str] = []
-        body = json.dumps({"schemas": [PATCH], "Operations": [
-            {"op": "add", "path": "members", "value": [{"value": f"m{i}"} for i in range(50)]}]})
+        body = json.dumps(
+            {
+                "schemas": [PATCH],
+                "Operations": [
+                    {
+                        "op": "add",
+                        "path": "members",
+                        "value": [{"value": f"m{i}"} for i in range(50)],
+                    }
+                ],
+            }
+        )
 
         def big() -> None:
             r = rig.client.patch("/v2/Groups/g-slow", content=body.encode())
@@ -337,15 +416,22 @@ def test_slow_pseudonyms_do_not_block_other_requests(harness: Harness,  # noqa: 
         assert order == ["small 201", "big 204"]
 
 
-def test_log_without_pseudonyms_records_that_it_could_not(harness: Harness,  # noqa: F811
-                                                          tmp_path: Path) -> None:
+def test_log_without_pseudonyms_records_that_it_could_not(
+    harness: Harness,  # noqa: F811
+    tmp_path: Path,
+) -> None:
     with make_rig(harness, tmp_path) as rig:
+
         def down(request: httpx.Request) -> httpx.Response:
             raise httpx.ConnectError("down")
 
         rig.pids._http = httpx.Client(transport=httpx.MockTransport(down))
-        body = json.dumps({"schemas": [PATCH], "Operations": [
-            {"op": "add", "path": "members", "value": [{"value": "u-zed"}]}]}).encode()
+        body = json.dumps(
+            {
+                "schemas": [PATCH],
+                "Operations": [{"op": "add", "path": "members", "value": [{"value": "u-zed"}]}],
+            }
+        ).encode()
         r = rig.client.patch("/v2/Groups/g-3", content=body, headers={"X-Request-Id": "req-nop"})
         assert r.status_code == 204
         (ev,) = [f.event for f in rig.auditor().search(req="req-nop").results]

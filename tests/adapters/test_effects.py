@@ -50,9 +50,11 @@ def put_user(rig: Rig, uid: str, req: str, **attrs: Any) -> int:
 
 
 def test_okta_put_reactivation_is_an_activation(rig: Rig) -> None:
-    r = rig.client.post("/v2/Users", json={"schemas": [USER], "userName": "okta.user",
-                                           "active": True},
-                        headers={**AUTH, "X-Request-Id": "o-create"})
+    r = rig.client.post(
+        "/v2/Users",
+        json={"schemas": [USER], "userName": "okta.user", "active": True},
+        headers={**AUTH, "X-Request-Id": "o-create"},
+    )
     uid = r.json()["id"]
     # Okta deactivates with a PUT of the whole user, active false ...
     assert put_user(rig, uid, "o-deact", active=False) == 200
@@ -72,15 +74,29 @@ def test_okta_put_reactivation_is_an_activation(rig: Rig) -> None:
 
 def test_group_put_names_adds_and_removes(rig: Rig) -> None:
     c = rig.client
-    ids = [c.post("/v2/Users", json={"schemas": [USER], "userName": n}, headers=AUTH).json()["id"]
-           for n in ("ann", "ben", "cat")]
-    r = c.post("/v2/Groups", json={"schemas": [GROUP], "displayName": "admins",
-                                   "members": [{"value": ids[0]}, {"value": ids[1]}]},
-               headers={**AUTH, "X-Request-Id": "g-create"})
+    ids = [
+        c.post("/v2/Users", json={"schemas": [USER], "userName": n}, headers=AUTH).json()["id"]
+        for n in ("ann", "ben", "cat")
+    ]
+    r = c.post(
+        "/v2/Groups",
+        json={
+            "schemas": [GROUP],
+            "displayName": "admins",
+            "members": [{"value": ids[0]}, {"value": ids[1]}],
+        },
+        headers={**AUTH, "X-Request-Id": "g-create"},
+    )
     gid = r.json()["id"]
-    r = c.put(f"/v2/Groups/{gid}", json={"schemas": [GROUP], "displayName": "admins",
-                                         "members": [{"value": ids[1]}, {"value": ids[2]}]},
-              headers={**AUTH, "X-Request-Id": "g-put"})
+    r = c.put(
+        f"/v2/Groups/{gid}",
+        json={
+            "schemas": [GROUP],
+            "displayName": "admins",
+            "members": [{"value": ids[1]}, {"value": ids[2]}],
+        },
+        headers={**AUTH, "X-Request-Id": "g-put"},
+    )
     assert r.status_code == 200
     put = one(rig, "g-put")
     assert intent(put) == ["group.update"]
@@ -93,8 +109,10 @@ def test_group_put_names_adds_and_removes(rig: Rig) -> None:
     got = a.search(ref=ids[2], action="group.member.add").results
     assert [f.event["corr"]["req"] for f in got if f.event] == ["g-put"]
     # A remove of someone who is not a member changed nothing, and says so.
-    body = {"schemas": [PATCH], "Operations": [
-        {"op": "remove", "path": f'members[value eq "{ids[0]}"]'}]}
+    body = {
+        "schemas": [PATCH],
+        "Operations": [{"op": "remove", "path": f'members[value eq "{ids[0]}"]'}],
+    }
     r = c.patch(f"/v2/Groups/{gid}", json=body, headers={**AUTH, "X-Request-Id": "g-noop"})
     noop = one(rig, "g-noop")
     assert intent(noop) == ["group.member.remove"]
@@ -102,8 +120,10 @@ def test_group_put_names_adds_and_removes(rig: Rig) -> None:
     assert noop.effect is not None
     assert noop.effect["noop"] == [{"attr": "members", "op": "remove", "n": 1}]
     # Replacing the member list by PATCH is named adds and removes too.
-    body = {"schemas": [PATCH], "Operations": [
-        {"op": "replace", "path": "members", "value": [{"value": ids[0]}]}]}
+    body = {
+        "schemas": [PATCH],
+        "Operations": [{"op": "replace", "path": "members", "value": [{"value": ids[0]}]}],
+    }
     c.patch(f"/v2/Groups/{gid}", json=body, headers={**AUTH, "X-Request-Id": "g-repl"})
     repl = one(rig, "g-repl")
     assert derived(repl) == ["group.member.add", "group.member.remove"]
@@ -113,10 +133,13 @@ def test_group_put_names_adds_and_removes(rig: Rig) -> None:
 
 def test_roles_granted_and_revoked_by_put(rig: Rig) -> None:
     c = rig.client
-    uid = c.post("/v2/Users", json={"schemas": [USER], "userName": "rita"},
-                 headers=AUTH).json()["id"]
-    body = {"schemas": [PATCH], "Operations": [
-        {"op": "add", "path": "roles", "value": [{"value": "admin"}]}]}
+    uid = c.post("/v2/Users", json={"schemas": [USER], "userName": "rita"}, headers=AUTH).json()[
+        "id"
+    ]
+    body = {
+        "schemas": [PATCH],
+        "Operations": [{"op": "add", "path": "roles", "value": [{"value": "admin"}]}],
+    }
     c.patch(f"/v2/Users/{uid}", json=body, headers={**AUTH, "X-Request-Id": "r-add"})
     put_user(rig, uid, "r-put", roles=[{"value": "viewer"}])
     add, put = one(rig, "r-add"), one(rig, "r-put")
@@ -129,14 +152,16 @@ def test_roles_granted_and_revoked_by_put(rig: Rig) -> None:
 def test_state_is_shredded_with_the_subject(rig: Rig) -> None:
     h = rig.harness
     c = rig.client
-    uid = c.post("/v2/Users", json={"schemas": [USER], "userName": "gone"},
-                 headers=AUTH).json()["id"]
+    uid = c.post("/v2/Users", json={"schemas": [USER], "userName": "gone"}, headers=AUTH).json()[
+        "id"
+    ]
     assert rig.relay.flush(20)
 
     def has_state() -> bool:
         with h.service.storage.read() as rv:
-            return any(k.startswith(store.PREFIX + b"F") for k, _ in rv.aux_range(store.PREFIX
-                                                                                  + b"F"))
+            return any(
+                k.startswith(store.PREFIX + b"F") for k, _ in rv.aux_range(store.PREFIX + b"F")
+            )
 
     assert has_state()
     req = request_erasure(h, rid=uid)

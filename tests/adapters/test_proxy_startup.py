@@ -25,8 +25,9 @@ from .helpers import ROOT, FakeLog, UvicornThread, free_port
 
 
 def settings(token: str, tenant: str = T1, **kw: object) -> ProxySettings:
-    return ProxySettings(upstream="http://127.0.0.1:9/v2", log_url=URL, token=token,
-                         tenant=tenant, sp_id="sp", **kw)  # type: ignore[arg-type]
+    return ProxySettings(
+        upstream="http://127.0.0.1:9/v2", log_url=URL, token=token, tenant=tenant, sp_id="sp", **kw
+    )  # type: ignore[arg-type]
 
 
 def test_matching_token_tenant_and_log_start(harness: Harness) -> None:  # noqa: F811
@@ -34,15 +35,23 @@ def test_matching_token_tenant_and_log_start(harness: Harness) -> None:  # noqa:
     assert info["origin"] == ORIGIN
 
 
-@pytest.mark.parametrize(("token", "tenant", "origin", "needle"), [
-    ("sub2", T1, None, "bound to tenant"),  # a token of another tenant
-    ("aud1", T1, None, "needs a submitter"),  # the wrong role
-    ("admin", T1, None, "needs a submitter"),
-    (None, T1, None, "refuses the token"),  # not a token of this log
-    ("sub1", T1, "other.example/log", "not 'other.example/log'"),  # another log
-])
-def test_mismatch_refuses_to_start(harness: Harness, token: str | None,  # noqa: F811
-                                   tenant: str, origin: str | None, needle: str) -> None:
+@pytest.mark.parametrize(
+    ("token", "tenant", "origin", "needle"),
+    [
+        ("sub2", T1, None, "bound to tenant"),  # a token of another tenant
+        ("aud1", T1, None, "needs a submitter"),  # the wrong role
+        ("admin", T1, None, "needs a submitter"),
+        (None, T1, None, "refuses the token"),  # not a token of this log
+        ("sub1", T1, "other.example/log", "not 'other.example/log'"),  # another log
+    ],
+)
+def test_mismatch_refuses_to_start(
+    harness: Harness,  # noqa: F811
+    token: str | None,
+    tenant: str,
+    origin: str | None,
+    needle: str,
+) -> None:
     tok = harness.tok[token] if token else "tlog_" + "x" * 40
     with pytest.raises(StartupError, match=needle):
         check_log(settings(tok, tenant, log_origin=origin), http=harness.client)
@@ -96,11 +105,31 @@ def test_cli_exits_without_serving(tmp_path: Path) -> None:
     threading.Thread(target=log.serve_forever, daemon=True).start()
     try:
         out = subprocess.run(
-            [sys.executable, "-m", "tlog.cli", "scim-proxy", "--upstream",
-             "http://127.0.0.1:9/v2", "--log", f"http://127.0.0.1:{log.server_address[1]}",
-             "--token-file", str(token), "--tenant", "t1", "--sp-id", "sp", "--listen",
-             f"127.0.0.1:{port}", "--outbox", str(tmp_path / "o.sqlite")],
-            capture_output=True, text=True, cwd=ROOT, timeout=60)
+            [
+                sys.executable,
+                "-m",
+                "tlog.cli",
+                "scim-proxy",
+                "--upstream",
+                "http://127.0.0.1:9/v2",
+                "--log",
+                f"http://127.0.0.1:{log.server_address[1]}",
+                "--token-file",
+                str(token),
+                "--tenant",
+                "t1",
+                "--sp-id",
+                "sp",
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--outbox",
+                str(tmp_path / "o.sqlite"),
+            ],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=60,
+        )
     finally:
         log.shutdown()
         log.server_close()
@@ -111,10 +140,17 @@ def test_cli_exits_without_serving(tmp_path: Path) -> None:
 
 def test_backlog_is_visible(tmp_path: Path) -> None:
     log = FakeLog(down=True)  # nothing can be delivered
-    app = build_proxy(ProxySettings(upstream="http://127.0.0.1:9/v2", log_url="http://log.test",
-                                    token="tok", tenant="t1", sp_id="raw",
-                                    outbox=tmp_path / "o.sqlite"),
-                      log_transport=log.transport())
+    app = build_proxy(
+        ProxySettings(
+            upstream="http://127.0.0.1:9/v2",
+            log_url="http://log.test",
+            token="tok",
+            tenant="t1",
+            sp_id="raw",
+            outbox=tmp_path / "o.sqlite",
+        ),
+        log_transport=log.transport(),
+    )
     srv = UvicornThread(app)
     try:
         with httpx.Client(base_url=srv.url, timeout=10) as c:

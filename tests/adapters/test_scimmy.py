@@ -61,15 +61,27 @@ def scimmy_dir() -> Path:
         if not _installed():
             try:
                 r = subprocess.run(
-                    ["npm", "install", "--no-audit", "--no-fund", "--prefix", str(NPM_DIR),
-                     *(f"{n}@{v}" for n, v in PINS.items())],
-                    capture_output=True, text=True, timeout=300, cwd=NPM_DIR,
+                    [
+                        "npm",
+                        "install",
+                        "--no-audit",
+                        "--no-fund",
+                        "--prefix",
+                        str(NPM_DIR),
+                        *(f"{n}@{v}" for n, v in PINS.items()),
+                    ],
+                    capture_output=True,
+                    text=True,
+                    timeout=300,
+                    cwd=NPM_DIR,
                 )
             except subprocess.TimeoutExpired:
                 pytest.skip("npm install of SCIMMY timed out (registry unreachable?)")
             if r.returncode != 0 or not _installed():
-                pytest.skip(f"npm install of SCIMMY failed (registry unreachable?): "
-                            f"{r.stderr.strip()[-300:]}")
+                pytest.skip(
+                    f"npm install of SCIMMY failed (registry unreachable?): "
+                    f"{r.stderr.strip()[-300:]}"
+                )
         shutil.copyfile(SCRIPT, NPM_DIR / SCRIPT.name)
     return NPM_DIR
 
@@ -77,8 +89,10 @@ def scimmy_dir() -> Path:
 def start_scimmy(npm_dir: Path, tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     proc = subprocess.Popen(
-        ["node", SCRIPT.name, str(port), TOKEN], cwd=npm_dir,
-        stdout=open(tmp / f"scimmy-{port}.log", "wb"), stderr=subprocess.STDOUT,
+        ["node", SCRIPT.name, str(port), TOKEN],
+        cwd=npm_dir,
+        stdout=open(tmp / f"scimmy-{port}.log", "wb"),
+        stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}/scim/v2"
     try:
@@ -115,7 +129,9 @@ def check_each_write_one_event(writes: list[Write], events: list[dict[str, Any]]
 
 
 def test_scimmy_through_the_proxy_equals_direct_and_every_write_is_one_event(
-    tmp_path: Path, log: Log, scimmy_dir: Path  # noqa: F811  (the imported fixture)
+    tmp_path: Path,
+    log: Log,  # noqa: F811  (the imported fixture)
+    scimmy_dir: Path,
 ) -> None:
     procs: list[subprocess.Popen[bytes]] = []
     try:
@@ -129,8 +145,10 @@ def test_scimmy_through_the_proxy_equals_direct_and_every_write_is_one_event(
 
         plain, plain_writes = run_tester(direct, TOKEN)
         through, proxy_writes = run_tester(proxied, TOKEN)
-        print(f"direct: {len(plain)} checks {status_counts(plain)}, {len(plain_writes)} writes "
-              f"{dict(Counter(w.status for w in plain_writes))}")
+        print(
+            f"direct: {len(plain)} checks {status_counts(plain)}, {len(plain_writes)} writes "
+            f"{dict(Counter(w.status for w in plain_writes))}"
+        )
         print(f"proxy:  {len(through)} checks {status_counts(through)}")
         assert len(plain) > 50 and status_counts(plain).get("SUCCESS", 0) > 50
         assert sorted(plain) == sorted(through)
@@ -152,4 +170,3 @@ def test_scimmy_through_the_proxy_equals_direct_and_every_write_is_one_event(
     finally:
         for p in procs:
             stop(p)
-

@@ -123,7 +123,10 @@ def open_node(
             token, _ = tokens.create("submitter", tenant="t1")
             with TestClient(app) as client:
                 yield Node(
-                    client, log_, token, app.state.bucket,
+                    client,
+                    log_,
+                    token,
+                    app.state.bucket,
                     S3Store(f"s3://{bucket}/{prefix}", client=s3.client()),
                 )
         finally:
@@ -371,9 +374,7 @@ def test_other_bytes_in_the_bucket_stop_signing(
         assert got is not None and got[0] == b"\x00\x05other"
 
 
-def test_bucket_ahead_of_the_database_refuses_to_sign(
-    tmp_path: Path, seaweedfs: SeaweedS3
-) -> None:
+def test_bucket_ahead_of_the_database_refuses_to_sign(tmp_path: Path, seaweedfs: SeaweedS3) -> None:
     bucket = seaweedfs.bucket()
     signer = make_signer()
     data = tmp_path / "a"
@@ -401,8 +402,12 @@ def test_bucket_ahead_of_the_database_refuses_to_sign(
     cp_file.write_bytes(httpx.get(public + "/checkpoint").content)
     remembered = CheckpointFile(backup / CHECKPOINT_FILE, signer.verifier, signer.origin)
     reached = recover(
-        backup / "db", signer, public, remembered,
-        [checkpoint_file_target(cp_file, signer)], echo=lambda s: None,
+        backup / "db",
+        signer,
+        public,
+        remembered,
+        [checkpoint_file_target(cp_file, signer)],
+        echo=lambda s: None,
     )
     assert reached == 130
     with open_node(backup, seaweedfs, bucket, signer=signer) as node:
@@ -451,9 +456,12 @@ def test_bucket_with_another_history_refuses_to_sign(
     token, _ = tokens.create("submitter", tenant="t1")
     with TestClient(app) as c:
         body = b"".join(struct.pack(">H", len(e)) + e for e in entries(40, "second"))
-        assert c.post(
-            "/v1/entries/batch", content=body, headers={"Authorization": f"Bearer {token}"}
-        ).status_code == 200
+        assert (
+            c.post(
+                "/v1/entries/batch", content=body, headers={"Authorization": f"Bearer {token}"}
+            ).status_code
+            == 200
+        )
     log_.storage.close()
     with pytest.raises(RollbackDetected, match="another root"):
         with open_node(tmp_path / "b", seaweedfs, bucket, signer=signer, database=database):
@@ -528,14 +536,20 @@ def test_tlog_serve_publishes_with_bucket_flags(
     for k, v in seaweedfs.env().items():
         monkeypatch.setenv(k, v)
     server = start_server(
-        tmp_path / "data", None,
-        "--bucket", f"s3://{bucket}/served", "--bucket-endpoint", seaweedfs.endpoint,
+        tmp_path / "data",
+        None,
+        "--bucket",
+        f"s3://{bucket}/served",
+        "--bucket-endpoint",
+        seaweedfs.endpoint,
     )
     try:
         token = (tmp_path / "data" / "demo-submitter.token").read_text().strip()
         r = httpx.post(
-            server.url + "/v1/entries", content=b"hello bucket",
-            headers={"Authorization": f"Bearer {token}"}, timeout=10,
+            server.url + "/v1/entries",
+            content=b"hello bucket",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10,
         )
         assert r.status_code == 200, r.text
         note = r.json()["checkpoint"]
@@ -581,8 +595,10 @@ def test_two_frontends_on_one_database_publish_one_bucket(
     audits every entry either frontend acknowledged."""
     bucket = seaweedfs.bucket()
     signer = make_signer()
-    with open_node(tmp_path / "a", seaweedfs, bucket, signer=signer, database=pg_url) as a, \
-            open_node(tmp_path / "b", seaweedfs, bucket, signer=signer, database=pg_url) as b:
+    with (
+        open_node(tmp_path / "a", seaweedfs, bucket, signer=signer, database=pg_url) as a,
+        open_node(tmp_path / "b", seaweedfs, bucket, signer=signer, database=pg_url) as b,
+    ):
         sent: list[bytes] = []
         for i in range(6):
             node = (a, b)[i % 2]

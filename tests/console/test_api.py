@@ -211,10 +211,24 @@ def test_verify_evidence_command(live: Live, tmp_path: Path) -> None:
     f = tmp_path / "evidence.json"
     f.write_text(json.dumps(doc))
     assert main(["scim", "verify-evidence", str(f), "--vkey", live.vkey]) == 0
-    assert main(["scim", "verify-evidence", str(f), "--vkey", live.vkey,
-                 "--tenant-ref", doc["tn"]]) == 0
-    assert main(["scim", "verify-evidence", str(f), "--vkey", live.vkey,
-                 "--tenant-ref", base64.b64encode(bytes(16)).decode()]) == 2
+    assert (
+        main(["scim", "verify-evidence", str(f), "--vkey", live.vkey, "--tenant-ref", doc["tn"]])
+        == 0
+    )
+    assert (
+        main(
+            [
+                "scim",
+                "verify-evidence",
+                str(f),
+                "--vkey",
+                live.vkey,
+                "--tenant-ref",
+                base64.b64encode(bytes(16)).decode(),
+            ]
+        )
+        == 2
+    )
     assert main(["scim", "verify-evidence", str(tmp_path / "missing"), "--vkey", live.vkey]) == 1
     assert main(["scim", "verify-evidence", str(f)]) == 1  # no key: nothing trusted
     doc["events"][0]["leaf_hash"] = base64.b64encode(bytes(32)).decode()

@@ -325,8 +325,20 @@ def test_follow_keeps_polling_and_each_run_is_recorded(live: Live, tmp_path: Pat
     with ScimAuditClient(live.url, live.tokens["aud"], live.vkey) as c:
         before = len(list(c.search_all(action="tlog.access.export")))
     out = tmp_path / "f.jsonl"
-    assert run(live, tmp_path, f"file:{out}", "--follow", "--interval", "0", "--max-runs", "3",
-               cursor="c7") == 0
+    assert (
+        run(
+            live,
+            tmp_path,
+            f"file:{out}",
+            "--follow",
+            "--interval",
+            "0",
+            "--max-runs",
+            "3",
+            cursor="c7",
+        )
+        == 0
+    )
     recs = lines(out)
     idx = [r["unmapped"]["tlog"]["index"] for r in recs]
     assert idx == sorted(idx)

@@ -103,8 +103,15 @@ def _inclusion_vectors(max_n: int) -> list[dict[str, Any]]:
         d = [f"entry {i}".encode() for i in range(n)]
         root = oracle.mth(d)
         for i in range(n):
-            out.append({"i": i, "n": n, "leaf": B64(oracle.leaf_hash(d[i])),
-                        "proof": [B64(h) for h in oracle.path(i, d)], "root": B64(root)})
+            out.append(
+                {
+                    "i": i,
+                    "n": n,
+                    "leaf": B64(oracle.leaf_hash(d[i])),
+                    "proof": [B64(h) for h in oracle.path(i, d)],
+                    "root": B64(root),
+                }
+            )
     return out
 
 
@@ -113,50 +120,110 @@ def _consistency_vectors(max_n: int) -> list[dict[str, Any]]:
     d = [f"entry {i}".encode() for i in range(max_n)]
     for n in range(1, max_n + 1):
         for m in range(1, n + 1):
-            out.append({"m": m, "n": n, "old": B64(oracle.mth(d[:m])),
-                        "new": B64(oracle.mth(d[:n])),
-                        "proof": [B64(h) for h in oracle.proof(m, d[:n])]})
+            out.append(
+                {
+                    "m": m,
+                    "n": n,
+                    "old": B64(oracle.mth(d[:m])),
+                    "new": B64(oracle.mth(d[:n])),
+                    "proof": [B64(h) for h in oracle.proof(m, d[:n])],
+                }
+            )
     return out
 
 
 def _events() -> list[dict[str, Any]]:
     x = {
-        "i": [0, 23, 24, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**53 - 1,
-              -1, -24, -25, -256, -257, -(2**32), -(2**53 - 1)],
+        "i": [
+            0,
+            23,
+            24,
+            255,
+            256,
+            65535,
+            65536,
+            2**32 - 1,
+            2**32,
+            2**53 - 1,
+            -1,
+            -24,
+            -25,
+            -256,
+            -257,
+            -(2**32),
+            -(2**53 - 1),
+        ],
         "s": ["", "a" * 23, "a" * 24, "b" * 255, "c" * 256, "é" * 300, "d" * 16384],
         "keys": {"b": 1, "aa": 2, "é": 3, "z" * 24: 4, "A": 5, "ä": 6, "😀": 7, "a": 8},
         "deep": [[[{"x": [True, False, None]}]]],
     }
     evs = [
-        new_event(tenant="acme", sp={"id": "sp", "base": "https://sp.example/scim/v2"},
-                  op="patch", rt="User", rid="u-1", xid="ü@example.org",
-                  actor={"kind": "oauth_client", "id": "c", "tok_d": bytes(range(32)),
-                         "x5t_s256": bytes(range(32, 64)), "scope": ["a", "b"]},
-                  corr={"req": "r", "bulk_req": "b", "seq": 70000},
-                  req={"m": "PATCH", "p": "/Users/u-1", "dig": hashlib.sha256(b"x").digest(),
-                       "len": 2**40},
-                  res={"st": 200, "etag": 'W/"1"'}, outcome="success",
-                  patch=[{"op": "replace", "path": "name.givenName", "v_d": bytes(32)}],
-                  mods=[{"attr": "name.givenName", "old_d": bytes(32), "new_d": b"\xff" * 32}],
-                  refs=[{"rt": "User", "pid": bytes(16)}, {"rt": "Group", "pid": b"\x80" * 16}],
-                  src={"ip": "2001:db8::1", "ua": "tab\there\nnewline"}, x=x, dur=12),
-        new_event(tenant="acme", sp="sp", op="create", rt="User", actor={"kind": "anonymous"},
-                  corr="req", req={"m": "POST", "p": "/Users", "dig": bytes(32), "len": 0},
-                  res=409, outcome="failure", err={"scim_type": "uniqueness", "reason": "dup"}),
+        new_event(
+            tenant="acme",
+            sp={"id": "sp", "base": "https://sp.example/scim/v2"},
+            op="patch",
+            rt="User",
+            rid="u-1",
+            xid="ü@example.org",
+            actor={
+                "kind": "oauth_client",
+                "id": "c",
+                "tok_d": bytes(range(32)),
+                "x5t_s256": bytes(range(32, 64)),
+                "scope": ["a", "b"],
+            },
+            corr={"req": "r", "bulk_req": "b", "seq": 70000},
+            req={
+                "m": "PATCH",
+                "p": "/Users/u-1",
+                "dig": hashlib.sha256(b"x").digest(),
+                "len": 2**40,
+            },
+            res={"st": 200, "etag": 'W/"1"'},
+            outcome="success",
+            patch=[{"op": "replace", "path": "name.givenName", "v_d": bytes(32)}],
+            mods=[{"attr": "name.givenName", "old_d": bytes(32), "new_d": b"\xff" * 32}],
+            refs=[{"rt": "User", "pid": bytes(16)}, {"rt": "Group", "pid": b"\x80" * 16}],
+            src={"ip": "2001:db8::1", "ua": "tab\there\nnewline"},
+            x=x,
+            dur=12,
+        ),
+        new_event(
+            tenant="acme",
+            sp="sp",
+            op="create",
+            rt="User",
+            actor={"kind": "anonymous"},
+            corr="req",
+            req={"m": "POST", "p": "/Users", "dig": bytes(32), "len": 0},
+            res=409,
+            outcome="failure",
+            err={"scim_type": "uniqueness", "reason": "dup"},
+        ),
     ]
     # The first event with a derived effect committed in its leaf (e), as the log does it.
-    effect = {"basis": "state", "acts": [{"a": "user.activate", "ocsf": [3001, 2]}],
-              "changes": [{"attr": "active", "old": False, "new": True}],
-              "refs": [{"rt": "User", "pid": "AAAAAAAAAAAAAAAAAAAAAA==", "op": "add",
-                        "attr": "manager"}], "noop": [{"attr": "é", "op": "remove", "n": 70000}]}
+    effect = {
+        "basis": "state",
+        "acts": [{"a": "user.activate", "ocsf": [3001, 2]}],
+        "changes": [{"attr": "active", "old": False, "new": True}],
+        "refs": [{"rt": "User", "pid": "AAAAAAAAAAAAAAAAAAAAAA==", "op": "add", "attr": "manager"}],
+        "noop": [{"attr": "é", "op": "remove", "n": 70000}],
+    }
     out = []
     for i, ev in enumerate(evs):
         nonce = bytes([i + 7]) * 32
         eff = effect if i == 0 else None
         e = None if eff is None else effect_commitment(nonce, eff)
         leaf = make_leaf(1_717_200_000_000 + i, bytes(16), commitment(nonce, ev), e)
-        out.append({"json": event_to_json(ev), "cbor": B64(dumps_det(ev)), "nonce": B64(nonce),
-                    "leaf": B64(leaf), "effect": None if eff is None else json.dumps(eff)})
+        out.append(
+            {
+                "json": event_to_json(ev),
+                "cbor": B64(dumps_det(ev)),
+                "nonce": B64(nonce),
+                "leaf": B64(leaf),
+                "effect": None if eff is None else json.dumps(eff),
+            }
+        )
     return out
 
 
@@ -171,16 +238,34 @@ def _note() -> dict[str, Any]:
     bad_raw = bytearray(base64.b64decode(cosigs[0].split(" ")[-1].strip()))
     bad_raw[-1] ^= 1
     bad = " ".join(cosigs[0].split(" ")[:-1]) + " " + B64(bytes(bad_raw)) + "\n"
-    policy = "\n".join([f"log {log.verifier().vkey()}",
-                        *(f"witness w{i} {w.verifier().vkey()}" for i, w in enumerate(ws)),
-                        "group g 2 w0 w1 w2", "quorum g"]) + "\n"
-    return {"vkey": log.verifier().vkey(), "note": note, "size": 12345, "policy": policy,
-            "cosig": cosigs[0], "cosig_bad": bad}
+    policy = (
+        "\n".join(
+            [
+                f"log {log.verifier().vkey()}",
+                *(f"witness w{i} {w.verifier().vkey()}" for i, w in enumerate(ws)),
+                "group g 2 w0 w1 w2",
+                "quorum g",
+            ]
+        )
+        + "\n"
+    )
+    return {
+        "vkey": log.verifier().vkey(),
+        "note": note,
+        "size": 12345,
+        "policy": policy,
+        "cosig": cosigs[0],
+        "cosig_bad": bad,
+    }
 
 
 def test_verify_js_matches_the_python_reference(browser: Any, live: Live) -> None:
-    vectors = {"inclusion": _inclusion_vectors(33), "consistency": _consistency_vectors(33),
-               "cbor": _events(), "note": _note()}
+    vectors = {
+        "inclusion": _inclusion_vectors(33),
+        "consistency": _consistency_vectors(33),
+        "cbor": _events(),
+        "note": _note(),
+    }
     ctx = browser.new_context()
     try:
         page = ctx.new_page()

@@ -89,14 +89,14 @@ class Record:
         deadline = time.monotonic() + timeout
         while self.count() < target:
             if time.monotonic() > deadline:
-                pytest.fail(f"{what}: no {n} acknowledgements within {timeout} s "
-                            f"({self.count()} so far, {self.errors} failed requests)")
+                pytest.fail(
+                    f"{what}: no {n} acknowledgements within {timeout} s "
+                    f"({self.count()} so far, {self.errors} failed requests)"
+                )
             time.sleep(0.05)
 
 
-def submitter(
-    urls: list[str], token: str, stop: threading.Event, rec: Record, tag: str
-) -> None:
+def submitter(urls: list[str], token: str, stop: threading.Event, rec: Record, tag: str) -> None:
     """Single and batch POSTs, alternating frontends; a failed request goes to the other."""
     rnd = random.Random(f"{SEED}-{tag}")
     n = 0
@@ -169,8 +169,17 @@ class Frontends:
 
     def start(self, data: Path, port: int | None = None) -> ServerProcess:
         srv = start_server(
-            data, port, "--database", self.url, "--bucket", self.bucket,
-            "--bucket-endpoint", self.endpoint, "--batch-age-ms", "5", timeout=90,
+            data,
+            port,
+            "--database",
+            self.url,
+            "--bucket",
+            self.bucket,
+            "--bucket-endpoint",
+            self.endpoint,
+            "--batch-age-ms",
+            "5",
+            timeout=90,
         )
         self.started.append(srv)
         return srv
@@ -206,8 +215,7 @@ def test_kill_primary_and_a_frontend_under_load(
     stop = threading.Event()
     urls = [a.url, b.url]
     threads = [
-        threading.Thread(target=submitter, args=(urls, token, stop, rec, f"t{i}"))
-        for i in range(6)
+        threading.Thread(target=submitter, args=(urls, token, stop, rec, f"t{i}")) for i in range(6)
     ] + [threading.Thread(target=reader, args=(urls, stop, rec))]
     for t in threads:
         t.start()
@@ -256,8 +264,12 @@ def check_history(
     # B is at the database's latest state and its checkpoint is the final one.
     final_notes = []
     for srv in (a, b):
-        r = httpx.post(srv.url + "/v1/entries", content=f"final-{srv.port}".encode(),
-                       headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        r = httpx.post(
+            srv.url + "/v1/entries",
+            content=f"final-{srv.port}".encode(),
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
+        )
         assert r.status_code == 200, r.text
         final_notes.append(r.json()["checkpoint"])
     rnd = random.Random(SEED)

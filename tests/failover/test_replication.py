@@ -61,9 +61,22 @@ def test_serve_defaults_to_sync_and_says_how_to_opt_out(
     pg_cluster: PgCluster, tmp_path: Path
 ) -> None:
     r = subprocess.run(
-        [sys.executable, "-m", "tlog.cli", "serve", "--data", str(tmp_path / "d"),
-         "--database", pg_cluster.new_schema(), "--origin", ORIGIN],
-        capture_output=True, text=True, cwd=ROOT, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "tlog.cli",
+            "serve",
+            "--data",
+            str(tmp_path / "d"),
+            "--database",
+            pg_cluster.new_schema(),
+            "--origin",
+            ORIGIN,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
     )
     assert r.returncode != 0
     assert "synchronous_standby_names is empty" in r.stderr
@@ -177,8 +190,13 @@ def test_a_commit_the_standby_did_not_confirm_is_never_acknowledged(pair: Replic
         verifier = signer.verifier
         old, _ = open_checkpoint(first.note, [verifier], origin=ORIGIN)
         new, _ = open_checkpoint(after.note, [verifier], origin=ORIGIN)
-        verify_consistency(old.size, new.size, old.root_hash, new.root_hash,
-                           log_.consistency_proof(old.size, new.size))
+        verify_consistency(
+            old.size,
+            new.size,
+            old.root_hash,
+            new.root_hash,
+            log_.consistency_proof(old.size, new.size),
+        )
 
         # The barrier a reload runs is bounded: without a standby it fails, it does not hang.
         pair.standby.kill()  # type: ignore[union-attr]

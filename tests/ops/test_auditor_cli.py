@@ -25,12 +25,14 @@ def logged(scim_harness: Harness, tmp_path: Path) -> tuple[Harness, Path]:  # no
 
 
 def run(h: Harness, tok: Path, *args: str) -> int:
-    return main(["scim", args[0], URL, "--vkey", h.vkey, "--token-file", str(tok), *args[1:]],
-                http=h.client)
+    return main(
+        ["scim", args[0], URL, "--vkey", h.vkey, "--token-file", str(tok), *args[1:]], http=h.client
+    )
 
 
-def test_search_show_verify(logged: tuple[Harness, Path],
-                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_search_show_verify(
+    logged: tuple[Harness, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     h, tok = logged
     assert run(h, tok, "search") == 0
     lines = capsys.readouterr().out.splitlines()
@@ -46,20 +48,21 @@ def test_search_show_verify(logged: tuple[Harness, Path],
     assert "verified " in out and " erased): signatures" in out  # access events count too
 
 
-def test_wrong_key_fails_verification(logged: tuple[Harness, Path],
-                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_wrong_key_fails_verification(
+    logged: tuple[Harness, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     h, tok = logged
     from client.formats.note import Ed25519Signer
 
     other = Ed25519Signer(h.signer.origin, bytes(32)).verifier().vkey()
-    code = main(["scim", "verify", URL, "--vkey", other, "--token-file", str(tok)],
-                http=h.client)
+    code = main(["scim", "verify", URL, "--vkey", other, "--token-file", str(tok)], http=h.client)
     assert code == 2
     assert "VERIFICATION FAILED" in capsys.readouterr().err
 
 
-def test_export_and_verify_bundle_offline(logged: tuple[Harness, Path], tmp_path: Path,
-                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_export_and_verify_bundle_offline(
+    logged: tuple[Harness, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     h, tok = logged
     out = tmp_path / "evidence.json"
     assert run(h, tok, "export", "--out", str(out)) == 0

@@ -20,11 +20,19 @@ from tlog.storage import Storage
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run(*args: str, stdin: str | None = None,
-        timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str, stdin: str | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TLOG_")}
-    return subprocess.run([sys.executable, "-m", "tlog.cli", *args], capture_output=True,
-                          text=True, cwd=ROOT, timeout=timeout, input=stdin, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "tlog.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=timeout,
+        input=stdin,
+        env=env,
+    )
 
 
 @pytest.fixture
@@ -57,16 +65,23 @@ def _walk(p: argparse.ArgumentParser, name: str) -> list[tuple[str, argparse.Act
 def test_every_flag_has_help() -> None:
     actions = _walk(parser(), "tlog")
     assert len(actions) > 60
-    missing = [f"{cmd} {a.option_strings or a.dest}" for cmd, a in actions
-               if not a.help or a.help == argparse.SUPPRESS]
+    missing = [
+        f"{cmd} {a.option_strings or a.dest}"
+        for cmd, a in actions
+        if not a.help or a.help == argparse.SUPPRESS
+    ]
     assert missing == []
 
 
 def test_store_commands_refuse_a_missing_store(tmp_path: Path) -> None:
     nowhere = tmp_path / "nowhere"
-    for args in (["token", "list"], ["token", "create", "--role", "admin", "--tenant", "a"],
-                 ["token", "revoke", "abcdef", "--yes"], ["fsck"],
-                 ["backup", str(tmp_path / "b")]):
+    for args in (
+        ["token", "list"],
+        ["token", "create", "--role", "admin", "--tenant", "a"],
+        ["token", "revoke", "abcdef", "--yes"],
+        ["fsck"],
+        ["backup", str(tmp_path / "b")],
+    ):
         r = run(*args, "--data", str(nowhere))
         assert r.returncode == 1, args
         assert "no log store" in r.stderr
@@ -84,15 +99,35 @@ def test_token_create_rules(store: Path, tmp_path: Path) -> None:
         assert r.returncode != 0 and "tenant names" in r.stderr, bad
     out = tmp_path / "sub" / "t.token"
     out.parent.mkdir()
-    r = run("token", "create", "--role", "submitter", "--tenant", "acme-1", "--out", str(out),
-            "--data", str(store))
+    r = run(
+        "token",
+        "create",
+        "--role",
+        "submitter",
+        "--tenant",
+        "acme-1",
+        "--out",
+        str(out),
+        "--data",
+        str(store),
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout == ""  # the token went to the file only
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
     token = out.read_text().strip()
     assert token.startswith("tlog_") and token not in r.stderr
-    r = run("token", "create", "--role", "submitter", "--tenant", "acme", "--out", str(out),
-            "--data", str(store))
+    r = run(
+        "token",
+        "create",
+        "--role",
+        "submitter",
+        "--tenant",
+        "acme",
+        "--out",
+        str(out),
+        "--data",
+        str(store),
+    )
     assert r.returncode == 1 and "exists" in r.stderr
     assert out.read_text().strip() == token
 
@@ -135,8 +170,9 @@ def test_revoke_by_prefix_with_confirmation(store: Path) -> None:
     assert sum(state.values()) == 1
 
 
-def test_backup_is_private_compact_and_verified(store: Path, tmp_path: Path,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_backup_is_private_compact_and_verified(
+    store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from tests.server.conftest import make_signer
     from tlog.log import Log
 
@@ -168,8 +204,16 @@ def test_serve_banner_after_bind_only(tmp_path: Path) -> None:
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        r = run("serve", "--data", str(tmp_path / "d"), "--port", str(port),
-                "--log-level", "warning", timeout=60)
+        r = run(
+            "serve",
+            "--data",
+            str(tmp_path / "d"),
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            timeout=60,
+        )
     assert r.returncode != 0
     assert "listening" not in r.stdout
     assert "address already in use" in r.stderr

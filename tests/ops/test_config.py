@@ -54,8 +54,18 @@ def test_file_then_env_then_flags(tmp_path: Path) -> None:
     env = {"TLOG_PORT": "9001", "TLOG_LIMITS_MAX_ENTRY_BYTES": "100", "TLOG_ACCESS_LOG": "yes"}
     cfg = from_sources(ServeConfig, file=f, env=env)
     assert (cfg.port, cfg.limits.max_entry_bytes, cfg.access_log) == (9001, 100, True)
-    args = parser().parse_args(["serve", "--config", str(f), "--port", "9002",
-                                "--limits-max-entry-bytes", "200", "--no-demo-token"])
+    args = parser().parse_args(
+        [
+            "serve",
+            "--config",
+            str(f),
+            "--port",
+            "9002",
+            "--limits-max-entry-bytes",
+            "200",
+            "--no-demo-token",
+        ]
+    )
     cfg = from_args(ServeConfig, args, env=env)
     assert (cfg.port, cfg.limits.max_entry_bytes, cfg.demo_token) == (9002, 200, False)
     assert cfg.host == "127.0.0.2" and cfg.scim.max_batch_events == 7
@@ -124,8 +134,13 @@ def test_config_check_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
 
 def test_proxy_needs_its_required_settings(tmp_path: Path) -> None:
-    r = subprocess.run([sys.executable, "-m", "tlog.cli", "scim-proxy", "--tenant", "acme"],
-                       capture_output=True, text=True, cwd=ROOT, timeout=60,
-                       env={"PATH": "/usr/bin:/bin"})
+    r = subprocess.run(
+        [sys.executable, "-m", "tlog.cli", "scim-proxy", "--tenant", "acme"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin"},
+    )
     assert r.returncode == 1
     assert "--upstream" in r.stderr and "--sp-id" in r.stderr and "--tenant" not in r.stderr

@@ -21,8 +21,9 @@ def scrape(client: TestClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], 
     return scrape_at(client, "/metrics")
 
 
-def value(m: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str,
-          **labels: str) -> float:
+def value(
+    m: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
+) -> float:
     return m.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
@@ -51,16 +52,34 @@ def test_metrics_parse_and_move(app_client: tuple[TestClient, str]) -> None:
     assert client.get("/no/such/u-alice").status_code == 404
     after = scrape(client)
     assert value(after, "tlog_tree_size") == 8
-    assert value(after, "tlog_http_requests_total", route="/v1/entries", method="POST",
-                 status="200") == 5
-    assert value(after, "tlog_http_requests_total", route="/v1/entries", method="POST",
-                 status="401") == 1
-    assert value(after, "tlog_http_requests_total", route="/v1/entries/{index}",
-                 method="GET", status="404") == 1
-    assert value(after, "tlog_http_requests_total", route="other", method="GET",
-                 status="404") == 1
-    assert value(after, "tlog_http_request_duration_seconds_count", route="/v1/proof/inclusion",
-                 method="GET") == 1
+    assert (
+        value(after, "tlog_http_requests_total", route="/v1/entries", method="POST", status="200")
+        == 5
+    )
+    assert (
+        value(after, "tlog_http_requests_total", route="/v1/entries", method="POST", status="401")
+        == 1
+    )
+    assert (
+        value(
+            after,
+            "tlog_http_requests_total",
+            route="/v1/entries/{index}",
+            method="GET",
+            status="404",
+        )
+        == 1
+    )
+    assert value(after, "tlog_http_requests_total", route="other", method="GET", status="404") == 1
+    assert (
+        value(
+            after,
+            "tlog_http_request_duration_seconds_count",
+            route="/v1/proof/inclusion",
+            method="GET",
+        )
+        == 1
+    )
     # No raw paths (identifiers) become labels.
     assert not any("u-alice" in str(k) for k in after)
     assert value(after, "tlog_batch_entries_count") >= 2
@@ -121,8 +140,9 @@ def test_refused_tokens_are_warnings_without_the_token(
     assert r.status_code == 401
     refused = [rec for rec in caplog.records if "refused" in rec.getMessage()]
     assert refused and refused[0].levelno == logging.WARNING
-    assert all(bad not in rec.getMessage() and token not in rec.getMessage()
-               for rec in caplog.records)
+    assert all(
+        bad not in rec.getMessage() and token not in rec.getMessage() for rec in caplog.records
+    )
 
 
 def test_proxy_health_readiness_and_outbox_metrics(tmp_path: Path) -> None:
@@ -131,8 +151,13 @@ def test_proxy_health_readiness_and_outbox_metrics(tmp_path: Path) -> None:
     # Nothing listens on either port: the SP write fails (502, recorded as a failure) and the
     # relay cannot deliver, so the event stays in the outbox.
     settings = ProxySettings(
-        upstream="http://127.0.0.1:9/v2", log_url="http://127.0.0.1:9", token="tlog_x",
-        tenant="acme", sp_id="hr", outbox=tmp_path / "outbox.sqlite", outbox_max_bytes=1 << 20,
+        upstream="http://127.0.0.1:9/v2",
+        log_url="http://127.0.0.1:9",
+        token="tlog_x",
+        tenant="acme",
+        sp_id="hr",
+        outbox=tmp_path / "outbox.sqlite",
+        outbox_max_bytes=1 << 20,
     )
     with TestClient(build_proxy(settings)) as client:
         assert client.get("/.tlog/healthz").json() == {"status": "ok"}

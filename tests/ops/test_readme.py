@@ -75,14 +75,26 @@ def test_readme_commands_work_as_printed(tmp_path: Path) -> None:
 
     def background(cmd: str, port: str, name: str) -> None:
         log = open(tmp_path / f"{name}.log", "wb")
-        p = subprocess.Popen(["bash", "-c", "exec " + local(cmd)], cwd=tmp_path, env=env,
-                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        p = subprocess.Popen(
+            ["bash", "-c", "exec " + local(cmd)],
+            cwd=tmp_path,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         procs.append(p)
         wait_port(int(port), p)
 
     def run(cmd: str) -> str:
-        r = subprocess.run(["bash", "-c", local(cmd)], cwd=tmp_path, env=env, timeout=60,
-                           capture_output=True, text=True)
+        r = subprocess.run(
+            ["bash", "-c", local(cmd)],
+            cwd=tmp_path,
+            env=env,
+            timeout=60,
+            capture_output=True,
+            text=True,
+        )
         assert r.returncode == 0, (cmd, r.stdout, r.stderr)
         return r.stdout
 
@@ -117,8 +129,14 @@ def test_readme_commands_work_as_printed(tmp_path: Path) -> None:
         vkey = httpx.get(base + "/v1/log").json()["vkey"]
         code = README.split("```python\n", 1)[1].split("```", 1)[0]
         code = re.sub(r'"localhost/tlog-demo\+[^"]*"', repr(vkey), code)
-        r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={**env,
-                           "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=60)
+        r = subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=tmp_path,
+            env={**env, "PYTHONPATH": str(ROOT)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert r.returncode == 0, r.stderr
     finally:
         for p in procs:

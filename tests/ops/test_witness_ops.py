@@ -14,8 +14,11 @@ from tests.witness.helpers import ORIGIN, FakeClock, FakeLog, events, make_witne
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for fam in text_string_to_metric_families(text) for s in fam.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+    }
 
 
 def test_witness_health_readiness_metrics(tmp_path: Path) -> None:
@@ -39,6 +42,7 @@ def test_witness_health_readiness_metrics(tmp_path: Path) -> None:
         assert after[("tlog_witness_add_checkpoint_requests_total", (("status", "400"),))] == 1
         assert after[("tlog_witness_add_checkpoint_duration_seconds_count", ())] >= 2
         assert after[("tlog_witness_evidence_records", ())] == 0
+
         # The state database failing (injected): not ready, still alive.
         def broken() -> list[object]:
             raise sqlite3.OperationalError("disk I/O error")

@@ -42,8 +42,10 @@ def test_leaf_with_effect_round_trips_and_is_strict() -> None:
     assert leaf[:1] == b"\xa5"  # five fields
     parsed = parse_leaf(leaf)
     assert parsed.e == e and parsed.encode() == leaf
-    assert dumps_det({"c": b"c" * 32, "e": e, "v": 1, "tn": b"t" * 16,
-                      "ts": 1_717_200_000_000}) == leaf
+    assert (
+        dumps_det({"c": b"c" * 32, "e": e, "v": 1, "tn": b"t" * 16, "ts": 1_717_200_000_000})
+        == leaf
+    )
     assert verify_effect(parsed, EFFECT, NONCE) is True
     with pytest.raises(EventFormatError):
         make_leaf(1, b"t" * 16, b"c" * 32, b"short")

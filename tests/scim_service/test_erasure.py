@@ -24,6 +24,7 @@ def database(request: pytest.FixtureRequest) -> str | None:
     """Every test here runs on LMDB and on PostgreSQL."""
     return backend_database(request)
 
+
 ALICE = "u-alice-7f3a"
 BOB = "u-bob-55c1"
 MONTH_MS = 31 * 24 * 3600 * 1000
@@ -214,9 +215,10 @@ def test_erasure_with_stale_or_missing_subject(harness: Harness) -> None:
         assert set(r.json()) == set(ok.json())
     # Once the subject has new keys, a stale request does not touch them.
     stale = request_erasure(h).json()["id"]
-    assert h.client.post(f"/v1/scim/erasures/{stale}/approve", headers=h.h("po_b")).json()[
-        "state"
-    ] == "done"
+    assert (
+        h.client.post(f"/v1/scim/erasures/{stale}/approve", headers=h.h("po_b")).json()["state"]
+        == "done"
+    )
     h.post_event(user_event(ALICE, req="req-new"))
     assert len(h.auditor().search(rid=ALICE).results) == 1
 

@@ -53,8 +53,9 @@ def _reference_shape(body: bytes, max_items: int, max_depth: int) -> str | None:
 @given(
     st.recursive(
         st.none() | st.booleans() | st.integers() | st.text(alphabet='ab,[]{}"\\ '),
-        lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=3), kids,
-                                                                  max_size=4),
+        lambda kids: (
+            st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=3), kids, max_size=4)
+        ),
         max_leaves=20,
     ),
     st.integers(0, 30),
@@ -80,8 +81,16 @@ def test_leaf_encoding_is_deterministic_cbor() -> None:
 
 
 def test_envelope_encoding_is_deterministic_cbor() -> None:
-    env = Envelope(b"t" * 16, "e" * 36, 1 << 40, b"k" * 16, 24300, b"i" * 12, b"x" * 99,
-                   (b"r" + b"h" * 16, b"c" + b"h" * 16))
+    env = Envelope(
+        b"t" * 16,
+        "e" * 36,
+        1 << 40,
+        b"k" * 16,
+        24300,
+        b"i" * 12,
+        b"x" * 99,
+        (b"r" + b"h" * 16, b"c" + b"h" * 16),
+    )
     raw = env.encode()
     assert raw == dumps_det(loads_det(raw))
     assert decode_envelope(raw) == env

@@ -226,9 +226,12 @@ def test_legal_hold_suspends_erasure_and_expiry(harness: Harness) -> None:
     acts += [x.event["acts"][0]["a"] for x in a.search(action="tlog.hold.release").results]
     assert sorted(acts) == ["tlog.hold.place"] * 2 + ["tlog.hold.release"] * 2
     assert approve(h, rid_a).status_code == 409  # expired by now (7 days)
-    assert h.client.post(
-        f"/v1/scim/holds/{tenant_hold['id']}/release", headers=h.h("po_b")
-    ).status_code == 404
+    assert (
+        h.client.post(
+            f"/v1/scim/holds/{tenant_hold['id']}/release", headers=h.h("po_b")
+        ).status_code
+        == 404
+    )
     r = h.client.post("/v1/scim/holds", json={"tenant": T1}, headers=h.h("po_a"))
     assert r.status_code == 400
 
@@ -253,9 +256,12 @@ def test_retention_is_set_logged_and_scoped(harness: Harness) -> None:
     }
     r = h.client.put("/v1/scim/retention", json={"tenant": T1, "days": 90}, headers=h.h("po_t2"))
     assert r.status_code == 403
-    assert h.client.put(
-        "/v1/scim/retention", json={"tenant": T1, "days": 90}, headers=h.h("aud1")
-    ).status_code == 403
+    assert (
+        h.client.put(
+            "/v1/scim/retention", json={"tenant": T1, "days": 90}, headers=h.h("aud1")
+        ).status_code
+        == 403
+    )
     (ev,) = [x.event for x in h.auditor().search(action="tlog.retention.set").results]
     assert ev["x"]["days"] == 3653
 

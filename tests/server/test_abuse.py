@@ -46,9 +46,7 @@ class Env:
         self.headers = {"Authorization": f"Bearer {token}"}
 
     def post(self, path: str, body: bytes, ctype: str) -> httpx.Response:
-        return self.client.post(
-            path, content=body, headers={**self.headers, "Content-Type": ctype}
-        )
+        return self.client.post(path, content=body, headers={**self.headers, "Content-Type": ctype})
 
 
 @pytest.fixture
@@ -161,9 +159,21 @@ def test_deep_nesting_is_400(env: Env, path: str, ctype: str, body: bytes) -> No
 
 def test_bad_bodies_never_5xx(env: Env) -> None:
     bodies = [
-        b"", b"{", b"[", b'"', b"\xff\xfe", b"null", b'{"entries":null}', b'{"entries":[1]}',
-        b'{"entries":["!!"]}', b'{"entries":[""]}', b'{"entries":[]}' , b"1" * 100_000,
-        b'{"entries":' + b"9" * 5000 + b"}", b'{"events":[{}]}', b'{"events":[[]]}',
+        b"",
+        b"{",
+        b"[",
+        b'"',
+        b"\xff\xfe",
+        b"null",
+        b'{"entries":null}',
+        b'{"entries":[1]}',
+        b'{"entries":["!!"]}',
+        b'{"entries":[""]}',
+        b'{"entries":[]}',
+        b"1" * 100_000,
+        b'{"entries":' + b"9" * 5000 + b"}",
+        b'{"events":[{}]}',
+        b'{"events":[[]]}',
     ]
     for path in ("/v1/entries/batch", "/v1/scim/events/batch", "/v1/scim/events"):
         for ctype in ("application/json", "application/cbor", "application/octet-stream"):
@@ -175,8 +185,13 @@ def test_bad_bodies_never_5xx(env: Env) -> None:
 # -- decoding is off the event loop ---------------------------------------------------------
 
 
-def _checkpoint_during(env: Env, monkeypatch: pytest.MonkeyPatch, module: Any, name: str,
-                       send: Callable[[], httpx.Response]) -> tuple[bool, httpx.Response]:
+def _checkpoint_during(
+    env: Env,
+    monkeypatch: pytest.MonkeyPatch,
+    module: Any,
+    name: str,
+    send: Callable[[], httpx.Response],
+) -> tuple[bool, httpx.Response]:
     """Hold the decode step ``module.name`` until a concurrent GET /checkpoint is answered.
 
     Returns whether /checkpoint was answered while the decode was held, and the big
@@ -216,8 +231,12 @@ def test_big_json_decode_does_not_block_checkpoint(
 ) -> None:
     body = huge_json_entries()
     concurrent, r = _checkpoint_during(
-        env, monkeypatch, tlog.app, "check_json_shape",
-        lambda: env.post("/v1/entries/batch", body, "application/json"))
+        env,
+        monkeypatch,
+        tlog.app,
+        "check_json_shape",
+        lambda: env.post("/v1/entries/batch", body, "application/json"),
+    )
     assert concurrent
     assert r.status_code == 413
 
@@ -227,8 +246,12 @@ def test_big_cbor_decode_does_not_block_checkpoint(
 ) -> None:
     body = huge_cbor_array()
     concurrent, r = _checkpoint_during(
-        env, monkeypatch, tlog.scim.routes, "_cbor_array_length",
-        lambda: env.post("/v1/scim/events/batch", body, "application/cbor"))
+        env,
+        monkeypatch,
+        tlog.scim.routes,
+        "_cbor_array_length",
+        lambda: env.post("/v1/scim/events/batch", body, "application/cbor"),
+    )
     assert concurrent
     assert r.status_code == 413
 
@@ -241,8 +264,12 @@ def test_valid_big_batch_decodes_off_loop_and_commits(
     assert len(body) > OFFLOAD_BYTES
     api = env.client.app.api  # type: ignore[attr-defined]
     concurrent, r = _checkpoint_during(
-        env, monkeypatch, api, "_parse_batch",
-        lambda: env.post("/v1/entries/batch", body, "application/octet-stream"))
+        env,
+        monkeypatch,
+        api,
+        "_parse_batch",
+        lambda: env.post("/v1/entries/batch", body, "application/octet-stream"),
+    )
     assert concurrent
     assert r.status_code == 200, r.text
     assert r.json()["indices"] == list(range(5000))
@@ -264,8 +291,11 @@ def test_writer_stuck_in_commit_leaves_checkpoint_and_healthz(env: Env) -> None:
 
     storage.commit_batch = stuck  # type: ignore[method-assign]
     out: list[httpx.Response] = []
-    t = threading.Thread(target=lambda: out.append(
-        env.client.post("/v1/entries", content=b"second", headers=env.headers)))
+    t = threading.Thread(
+        target=lambda: out.append(
+            env.client.post("/v1/entries", content=b"second", headers=env.headers)
+        )
+    )
     t.start()
     try:
         assert entered.wait(WAIT)
@@ -317,8 +347,16 @@ def test_malformed_paths_are_4xx(env: Env, path: str) -> None:
 
 @pytest.fixture
 def guarded(tmp_path: Path) -> Iterator[ServerProcess]:
-    srv = start_server(tmp_path / "data", None, "--header-timeout", "1", "--body-timeout", "1",
-                       "--max-connections", "60")
+    srv = start_server(
+        tmp_path / "data",
+        None,
+        "--header-timeout",
+        "1",
+        "--body-timeout",
+        "1",
+        "--max-connections",
+        "60",
+    )
     try:
         yield srv
     finally:
@@ -374,8 +412,11 @@ def test_silent_connection_is_closed(guarded: ServerProcess) -> None:
 def test_slow_body_is_cut(guarded: ServerProcess) -> None:
     token = (guarded.data / "demo-submitter.token").read_text().strip()
     with _connect(guarded) as s:
-        s.sendall(b"POST /v1/entries HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
-                  + token.encode() + b"\r\nContent-Length: 100\r\n\r\nonly ten..")
+        s.sendall(
+            b"POST /v1/entries HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+            + token.encode()
+            + b"\r\nContent-Length: 100\r\n\r\nonly ten.."
+        )
         _read_until_closed(s)
     # The half-sent entry was never acknowledged or stored.
     assert httpx.get(guarded.url + "/checkpoint", timeout=WAIT).text.split("\n")[1] == "0"
@@ -400,8 +441,11 @@ def test_refused_body_gets_one_answer(guarded: ServerProcess) -> None:
     taken for an oversized next head (no stray 431 after the 413)."""
     token = (guarded.data / "demo-submitter.token").read_text().strip()
     with _connect(guarded) as s:
-        s.sendall(b"POST /v1/entries HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
-                  + token.encode() + b"\r\nContent-Length: 200000\r\n\r\n")
+        s.sendall(
+            b"POST /v1/entries HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+            + token.encode()
+            + b"\r\nContent-Length: 200000\r\n\r\n"
+        )
         try:
             for _ in range(20):
                 s.sendall(b"z" * 10_000)
@@ -415,8 +459,9 @@ def test_refused_body_gets_one_answer(guarded: ServerProcess) -> None:
 @pytest.mark.slow
 def test_hundreds_of_idle_sockets_do_not_lock_out_a_client(tmp_path: Path) -> None:
     # Long header timeout: the connection limit, not the timeout, must make room.
-    srv = start_server(tmp_path / "data", None, "--header-timeout", "120",
-                       "--max-connections", "50")
+    srv = start_server(
+        tmp_path / "data", None, "--header-timeout", "120", "--max-connections", "50"
+    )
     socks: list[socket.socket] = []
     try:
         for i in range(300):
@@ -449,11 +494,33 @@ def test_scim_proxy_closes_silent_connections(tmp_path: Path) -> None:
     port = free_port()
     out = open(tmp_path / "proxy.log", "wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tlog.cli", "scim-proxy", "--upstream", "http://127.0.0.1:9",
-         "--log", log_srv.url, "--token-file", str(tmp_path / "data" / "demo-submitter.token"),
-         "--tenant", "default", "--sp-id", "sp", "--listen", f"127.0.0.1:{port}", "--outbox",
-         str(tmp_path / "outbox.sqlite"), "--header-timeout", "1", "--log-level", "warning"],
-        cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "tlog.cli",
+            "scim-proxy",
+            "--upstream",
+            "http://127.0.0.1:9",
+            "--log",
+            log_srv.url,
+            "--token-file",
+            str(tmp_path / "data" / "demo-submitter.token"),
+            "--tenant",
+            "default",
+            "--sp-id",
+            "sp",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--outbox",
+            str(tmp_path / "outbox.sqlite"),
+            "--header-timeout",
+            "1",
+            "--log-level",
+            "warning",
+        ],
+        cwd=ROOT,
+        stdout=out,
+        stderr=subprocess.STDOUT,
     )
     try:
         deadline = time.monotonic() + WAIT
@@ -488,15 +555,23 @@ def test_client_that_never_reads_a_large_answer_is_reset(tmp_path: Path) -> None
     try:
         token = (srv.data / "demo-submitter.token").read_text().strip()
         entry = b"\xff" * 60_000  # 256 of them: one full entry bundle of 15 MB
-        body = b"".join(struct.pack(">H", len(entry)) + entry[:-3] + i.to_bytes(3, "big")
-                        for i in range(256))
+        body = b"".join(
+            struct.pack(">H", len(entry)) + entry[:-3] + i.to_bytes(3, "big") for i in range(256)
+        )
         # Generous bounds (a 15 MB batch on a loaded 2-core machine): never a threshold.
-        r = httpx.post(srv.url + "/v1/entries/batch", content=body, timeout=3 * WAIT,
-                       headers={"Authorization": f"Bearer {token}",
-                                "Content-Type": "application/octet-stream"})
+        r = httpx.post(
+            srv.url + "/v1/entries/batch",
+            content=body,
+            timeout=3 * WAIT,
+            headers={
+                "Authorization": f"Bearer {token}",
+                "Content-Type": "application/octet-stream",
+            },
+        )
         assert r.status_code == 200, r.text
-        s = slow_reader(("127.0.0.1", srv.port),
-                        b"GET /tile/entries/000 HTTP/1.1\r\nHost: x\r\n\r\n")
+        s = slow_reader(
+            ("127.0.0.1", srv.port), b"GET /tile/entries/000 HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
         with s:
             assert httpx.get(srv.url + "/healthz", timeout=WAIT).status_code == 200
             assert wait_reset(s, 3 * WAIT), "a client that never reads was never disconnected"

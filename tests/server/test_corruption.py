@@ -43,8 +43,9 @@ TIMEOUT = 120
 
 
 def run(*args: str, timeout: float = TIMEOUT) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, cwd=ROOT, timeout=timeout
+    )
 
 
 def build_store(data: Path, entries: int = 1500, batch: int = 100) -> None:
@@ -70,8 +71,16 @@ def test_random_byte_flips_are_refused_or_reported(tmp_path: Path) -> None:
     one or a clear error; fsck reports it unless the logical content is unchanged."""
     src = tmp_path / "pristine"
     build_store(src, entries=600)
-    p = run("-m", "tests.server.store_probe", "sweep", str(src), str(tmp_path), str(SEED),
-            str(FLIPS), timeout=600)
+    p = run(
+        "-m",
+        "tests.server.store_probe",
+        "sweep",
+        str(src),
+        str(tmp_path),
+        str(SEED),
+        str(FLIPS),
+        timeout=600,
+    )
     lines = [json.loads(ln) for ln in p.stdout.splitlines()]
     assert p.returncode == 0, (
         f"the probe died (signal {-p.returncode}) at {lines[-1] if lines else None}: "
@@ -167,8 +176,9 @@ def test_damaged_record_is_a_503_with_a_reason(
         r = harness.client.get(path.format(lh=lh))
     assert r.status_code == 503, (r.status_code, r.text)
     assert "damaged" in r.json()["error"]
-    assert any(rec.levelno == logging.CRITICAL and "DAMAGED" in rec.getMessage()
-               for rec in caplog.records)
+    assert any(
+        rec.levelno == logging.CRITICAL and "DAMAGED" in rec.getMessage() for rec in caplog.records
+    )
     # The rest of the log is still served.
     assert harness.client.get("/v1/entries/11").status_code == 200
 
@@ -184,8 +194,19 @@ def test_reposting_an_entry_with_a_damaged_dedup_index_is_refused(harness: Harne
 # -- fsck over every database -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("what", ["token", "cosig-orphan", "cosig-garbage", "dedup-extra",
-                                  "tile-extra", "scim-orphan", "scim-garbage", "entry-extra"])
+@pytest.mark.parametrize(
+    "what",
+    [
+        "token",
+        "cosig-orphan",
+        "cosig-garbage",
+        "dedup-extra",
+        "tile-extra",
+        "scim-orphan",
+        "scim-garbage",
+        "entry-extra",
+    ],
+)
 def test_fsck_reads_every_database(tmp_path: Path, what: str) -> None:
     build_store(tmp_path, entries=300)
     st = Storage(tmp_path / "db")
@@ -266,7 +287,7 @@ def test_reading_a_truncated_store_without_the_check_would_sigbus(tmp_path: Path
     os.truncate(f, f.stat().st_size // 2 // 4096 * 4096)
     code = textwrap.dedent(f"""
         import lmdb
-        env = lmdb.open({str(tmp_path / 'db')!r}, readonly=True, max_dbs=16, lock=False)
+        env = lmdb.open({str(tmp_path / "db")!r}, readonly=True, max_dbs=16, lock=False)
         with env.begin() as txn:
             db = env.open_db(b"entries", txn=txn, create=False)
             for k, v in txn.cursor(db=db):
@@ -297,7 +318,10 @@ def test_fsck_killed_by_sigkill_leaves_no_growing_reader(tmp_path: Path) -> None
     try:
         proc = subprocess.Popen(
             [sys.executable, "-m", "tlog.cli", "fsck", "--data", str(tmp_path)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
         )
         try:
             assert proc.stderr is not None
@@ -329,7 +353,7 @@ def test_periodic_reader_check_clears_readers_of_dead_processes(tmp_path: Path) 
     try:
         code = textwrap.dedent(f"""
             import os, lmdb
-            env = lmdb.open({str(tmp_path / 'db')!r}, readonly=True, max_dbs=16)
+            env = lmdb.open({str(tmp_path / "db")!r}, readonly=True, max_dbs=16)
             txn = env.begin()
             print("open", flush=True)
             os.kill(os.getpid(), 9)
@@ -397,8 +421,11 @@ def _can_mount_tmpfs(where: Path) -> bool:
     if os.geteuid() != 0 or not shutil.which("mount"):
         return False
     where.mkdir()
-    p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(where)],
-                       capture_output=True, timeout=30)
+    p = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(where)],
+        capture_output=True,
+        timeout=30,
+    )
     return p.returncode == 0
 
 

@@ -60,9 +60,7 @@ def test_second_writer_is_refused_with_the_holder(tmp_path: Path) -> None:
 # -- compare-and-swap ------------------------------------------------------------------------
 
 
-def test_stale_writer_commits_nothing_and_catches_up(
-    tmp_path: Path, database: str | None
-) -> None:
+def test_stale_writer_commits_nothing_and_catches_up(tmp_path: Path, database: str | None) -> None:
     """Two writers on one store: the one that built on an old state gets CommitConflict,
     writes nothing, reloads, and its next batch extends the other's tree."""
     storage = open_store(database, tmp_path)
@@ -93,9 +91,7 @@ def test_stale_writer_commits_nothing_and_catches_up(
     other.close()
 
 
-def test_same_size_other_checkpoint_is_a_conflict(
-    tmp_path: Path, database: str | None
-) -> None:
+def test_same_size_other_checkpoint_is_a_conflict(tmp_path: Path, database: str | None) -> None:
     """The compare covers the checkpoint bytes, not only the size."""
     storage = open_store(database, tmp_path)
     a = Log(storage, make_signer())

@@ -37,8 +37,9 @@ class RealWitness:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        w = Witness(self.signer, [WitnessedLog(ORIGIN, (make_signer().verifier,))],
-                    WitnessStore(self.db))
+        w = Witness(
+            self.signer, [WitnessedLog(ORIGIN, (make_signer().verifier,))], WitnessStore(self.db)
+        )
         self.server, _ = start_server(w, port=self.port)
 
     def stop(self) -> None:
@@ -50,23 +51,29 @@ class RealWitness:
 
 @pytest.fixture
 def witness(tmp_path: Path) -> Iterator[RealWitness]:
-    w = RealWitness("w1", CosignatureSigner.generate("witness.test/w1"), tmp_path / "w.db",
-                    free_port())
+    w = RealWitness(
+        "w1", CosignatureSigner.generate("witness.test/w1"), tmp_path / "w.db", free_port()
+    )
     yield w
     w.stop()
 
 
 def _policy(tmp_path: Path, w: RealWitness) -> Path:
     p = tmp_path / "policy.txt"
-    p.write_text(f"log {make_signer().vkey()}\nwitness w1 {w.signer.vkey()} {w.url}\n"
-                 "quorum w1\n")
+    p.write_text(f"log {make_signer().vkey()}\nwitness w1 {w.signer.vkey()} {w.url}\nquorum w1\n")
     return p
 
 
 def _grow_and_witness(data: Path, policy: Path, sizes: list[int]) -> None:
     """Run the app, and after each target size let the witness cosign it."""
-    app, log_, tokens = build_app(data, make_signer(), scim=False, max_batch_age=0.0,
-                                  witness_policy=policy, witness_interval=0.0)
+    app, log_, tokens = build_app(
+        data,
+        make_signer(),
+        scim=False,
+        max_batch_age=0.0,
+        witness_policy=policy,
+        witness_interval=0.0,
+    )
     token, _ = tokens.create("submitter", tenant="t")
     h = {"Authorization": f"Bearer {token}"}
     n = 0
@@ -108,7 +115,8 @@ def test_old_backup_refused_by_the_witness(tmp_path: Path, witness: RealWitness)
     with pytest.raises(RollbackDetected) as e:
         build_app(data, make_signer(), scim=False, witness_policy=policy)
     assert "witness w1 has cosigned tree size 5 of this log, but the store ends at 2" in str(
-        e.value)
+        e.value
+    )
     assert "tlog recover --from" in str(e.value)
     # Without the witness's knowledge the same store would have started: the remembered
     # checkpoint came back with the backup. (That is why the file can live elsewhere.)
@@ -117,8 +125,7 @@ def test_old_backup_refused_by_the_witness(tmp_path: Path, witness: RealWitness)
     log_.storage.close()
 
 
-def test_old_backup_with_the_witness_behind_it_starts(tmp_path: Path,
-                                                      witness: RealWitness) -> None:
+def test_old_backup_with_the_witness_behind_it_starts(tmp_path: Path, witness: RealWitness) -> None:
     """A witness that only cosigned up to the backup's size has nothing to object to."""
     witness.start()
     data, policy = tmp_path / "data", _policy(tmp_path, witness)
@@ -130,8 +137,9 @@ def test_old_backup_with_the_witness_behind_it_starts(tmp_path: Path,
     log_.storage.close()
 
 
-def test_another_history_at_the_witness_size_is_refused(tmp_path: Path,
-                                                         witness: RealWitness) -> None:
+def test_another_history_at_the_witness_size_is_refused(
+    tmp_path: Path, witness: RealWitness
+) -> None:
     witness.start()
     data, policy = tmp_path / "data", _policy(tmp_path, witness)
     _grow_and_witness(data, policy, [3])
@@ -140,13 +148,15 @@ def test_another_history_at_the_witness_size_is_refused(tmp_path: Path,
     other = Log(Storage(data / "db"), make_signer())
     other.integrate([b"x", b"y", b"z"])  # size 3, another root, same key
     other.storage.close()
-    with pytest.raises(RollbackDetected, match="holds a different checkpoint of this log at "
-                                               "tree size 3"):
+    with pytest.raises(
+        RollbackDetected, match="holds a different checkpoint of this log at tree size 3"
+    ):
         build_app(data, make_signer(), scim=False, witness_policy=policy)
 
 
-def test_running_log_stops_signing_when_a_witness_is_ahead(tmp_path: Path,
-                                                            witness: RealWitness) -> None:
+def test_running_log_stops_signing_when_a_witness_is_ahead(
+    tmp_path: Path, witness: RealWitness
+) -> None:
     """The witness was down at start-up (a warning), so the restored log started; the next
     push round reveals the witness holds a larger size: the log stops signing, says why."""
     witness.start()
@@ -156,8 +166,14 @@ def test_running_log_stops_signing_when_a_witness_is_ahead(tmp_path: Path,
     _grow_and_witness(data, policy, [4])
     _restore(tmp_path / "backup", data)
     witness.stop()
-    app, log_, tokens = build_app(data, make_signer(), scim=False, max_batch_age=0.0,
-                                  witness_policy=policy, witness_interval=0.0)
+    app, log_, tokens = build_app(
+        data,
+        make_signer(),
+        scim=False,
+        max_batch_age=0.0,
+        witness_policy=policy,
+        witness_interval=0.0,
+    )
     token, _ = tokens.create("submitter", tenant="t")
     h = {"Authorization": f"Bearer {token}"}
     witness.start()
@@ -173,8 +189,9 @@ def test_running_log_stops_signing_when_a_witness_is_ahead(tmp_path: Path,
     log_.storage.close()
 
 
-def test_recover_to_what_the_witness_cosigned(tmp_path: Path, witness: RealWitness,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_recover_to_what_the_witness_cosigned(
+    tmp_path: Path, witness: RealWitness, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The whole data dir came back from an old backup (the remembered checkpoint too): the
     witness's cosigned checkpoint is the target, and after recovery the log starts."""
     import os
@@ -195,8 +212,12 @@ def test_recover_to_what_the_witness_cosigned(tmp_path: Path, witness: RealWitne
     fd = os.open(data / "log.key", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     os.write(fd, make_signer()._key.skey().encode() + b"\n")
     os.close(fd)
-    assert tlog_main(["recover", "--data", str(data), "--from", str(mirror),
-                      "--witnesses", str(policy)]) == 0
+    assert (
+        tlog_main(
+            ["recover", "--data", str(data), "--from", str(mirror), "--witnesses", str(policy)]
+        )
+        == 0
+    )
     assert "verified against the checkpoint at size 6 (witness w1)" in capsys.readouterr().out
     _app, log_, _ = build_app(data, make_signer(), scim=False, witness_policy=policy)
     assert log_.latest.size == 6 and log_.halted is None
@@ -204,7 +225,8 @@ def test_recover_to_what_the_witness_cosigned(tmp_path: Path, witness: RealWitne
 
 
 def test_running_log_stops_signing_when_a_witness_holds_another_root(
-        tmp_path: Path, witness: RealWitness) -> None:
+    tmp_path: Path, witness: RealWitness
+) -> None:
     """The witness cosigned size 3 of one history; the store (same key) holds another history
     of size 5. Start-up passes (the witness is behind: 409 with size 3), but the first push's
     consistency proof from 3 fails at the witness: the log stops signing."""
@@ -216,8 +238,9 @@ def test_running_log_stops_signing_when_a_witness_holds_another_root(
     other = Log(Storage(data / "db"), make_signer())
     other.integrate([b"o%d" % i for i in range(5)])
     other.storage.close()
-    app, log_, _ = build_app(data, make_signer(), scim=False, witness_policy=policy,
-                             witness_interval=0.0)
+    app, log_, _ = build_app(
+        data, make_signer(), scim=False, witness_policy=policy, witness_interval=0.0
+    )
     with TestClient(app) as c:
         _wait(lambda: c.get("/v1/witnesses").json()["halted"] is not None)
         halted = c.get("/v1/witnesses").json()["halted"]

@@ -72,10 +72,17 @@ def test_served_document_leaves_out_what_the_app_lacks(tmp_path: Path) -> None:
 
 def test_docs_copy_is_current() -> None:
     """docs/openapi.json is what ``python -m tlog.openapi`` prints."""
-    out = subprocess.run([sys.executable, "-m", "tlog.openapi"], cwd=ROOT, check=True,
-                         capture_output=True, text=True, timeout=60).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "tlog.openapi"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
     assert (ROOT / "docs" / "openapi.json").read_text() == out, (
-        "regenerate: python -m tlog.openapi > docs/openapi.json")
+        "regenerate: python -m tlog.openapi > docs/openapi.json"
+    )
     assert json.loads(out) == openapi()
 
 
@@ -88,9 +95,23 @@ schemathesis.serializer.alias("application/cbor", "application/octet-stream")
 
 def _token(data: Path, role: str, *extra: str) -> str:
     out = subprocess.run(
-        [sys.executable, "-m", "tlog.cli", "token", "create", "--data", str(data),
-         "--role", role, *extra],
-        cwd=ROOT, check=True, capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "tlog.cli",
+            "token",
+            "create",
+            "--data",
+            str(data),
+            "--role",
+            role,
+            *extra,
+        ],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
     ).stdout
     return out.split()[0]
 
@@ -109,14 +130,16 @@ def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzzed]:
         tokens = {
             "submitter": (data / "demo-submitter.token").read_text().strip(),
             "auditor": _token(data, "auditor", "--tenant", "default"),
-            "privacy-officer": _token(data, "privacy-officer", "--tenant", "default",
-                                      "--person", "Fuzz Officer"),
+            "privacy-officer": _token(
+                data, "privacy-officer", "--tenant", "default", "--person", "Fuzz Officer"
+            ),
             "admin": _token(data, "admin"),
         }
         h = {"Authorization": f"Bearer {tokens['submitter']}"}
         for i in range(20):  # something to prove and to tile
-            r = httpx.post(srv.url + "/v1/entries", content=b"fuzz-%d" % i, headers=h,
-                           timeout=TIMEOUT)
+            r = httpx.post(
+                srv.url + "/v1/entries", content=b"fuzz-%d" % i, headers=h, timeout=TIMEOUT
+            )
             assert r.status_code == 200, r.text
         yield Fuzzed(srv, tokens)
     finally:
@@ -125,8 +148,7 @@ def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzzed]:
 
 @pytest.mark.slow
 @schema.parametrize()
-@settings(max_examples=MAX_EXAMPLES, deadline=None,
-          suppress_health_check=list(HealthCheck))
+@settings(max_examples=MAX_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 def test_fuzz_no_5xx_and_answers_conform(case: Any, fuzzed: Fuzzed) -> None:
     roles = case.operation.definition.raw.get("x-roles") or []
     headers = {}
@@ -138,5 +160,9 @@ def test_fuzz_no_5xx_and_answers_conform(case: Any, fuzzed: Fuzzed) -> None:
     # Also left out: negative_data_rejection, because this test adds the role's token to
     # cases that schemathesis made invalid by leaving Authorization out, and then counts
     # the (correct) success as a negative case accepted. No 5xx and conformance still hold.
-    case.call_and_validate(base_url=fuzzed.srv.url, headers=headers, timeout=TIMEOUT,
-                           excluded_checks=[positive_data_acceptance, negative_data_rejection])
+    case.call_and_validate(
+        base_url=fuzzed.srv.url,
+        headers=headers,
+        timeout=TIMEOUT,
+        excluded_checks=[positive_data_acceptance, negative_data_rejection],
+    )

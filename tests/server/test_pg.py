@@ -175,8 +175,7 @@ def test_store_commands_on_the_database(
     st = PgStorage(pg_url)
     Log(st, make_signer()).integrate([b"one", b"two"])
     st.close()
-    assert main(["token", "create", "--role", "admin", "--data", data,
-                 "--database", pg_url]) == 0
+    assert main(["token", "create", "--role", "admin", "--data", data, "--database", pg_url]) == 0
     token_line = capsys.readouterr().out
     assert token_line.strip()
     assert main(["token", "list", "--data", data, "--database", pg_url]) == 0

@@ -27,9 +27,7 @@ from .test_process import tlog_cli
 pytestmark = pytest.mark.slow
 
 
-def test_two_frontends_on_one_database_never_fork_nor_lose(
-    tmp_path: Path, pg_url: str
-) -> None:
+def test_two_frontends_on_one_database_never_fork_nor_lose(tmp_path: Path, pg_url: str) -> None:
     da, db = tmp_path / "a", tmp_path / "b"
     a = start_server(da, None, "--database", pg_url, "--replication", "none", timeout=90)
     db.mkdir(mode=0o700)

@@ -58,8 +58,9 @@ def test_first_start_is_demo_ready(tmp_path: Path) -> None:
             Ed25519Verifier.from_vkey(vkey), entry=b"hello"
         )
         # A token made by the CLI while the server runs works at once; revocation too.
-        made = tlog_cli("token", "create", "--role", "submitter", "--tenant", "t1",
-                        "--data", str(data))
+        made = tlog_cli(
+            "token", "create", "--role", "submitter", "--tenant", "t1", "--data", str(data)
+        )
         assert made.returncode == 0, made.stderr
         t2 = made.stdout.strip()
         h = {"Authorization": f"Bearer {t2}"}

@@ -101,8 +101,13 @@ def _starts_and_continues(data: Path, size: int, notes: list[str]) -> None:
         # Every checkpoint handed out before the restore is consistent with the new one.
         for note in notes:
             old, _ = open_checkpoint(note, [_signer(data).verifier])
-            verify_consistency(old.size, new.size, old.root_hash, new.root_hash,
-                               log_.consistency_proof(old.size, new.size))
+            verify_consistency(
+                old.size,
+                new.size,
+                old.root_hash,
+                new.root_hash,
+                log_.consistency_proof(old.size, new.size),
+            )
     log_.storage.close()
 
 
@@ -110,8 +115,9 @@ def _recover(data: Path, source: str | Path, *extra: str) -> int:
     return tlog_main(["recover", "--data", str(data), "--from", str(source), *extra])
 
 
-def test_recover_from_a_tiles_directory(tmp_path: Path, data: Path,
-                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_recover_from_a_tiles_directory(
+    tmp_path: Path, data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     mirror, notes = _scenario(tmp_path, data, 300, 700)  # crosses entry-bundle boundaries
     with pytest.raises(RollbackDetected):
         build_app(data, _signer(data), scim=False)
@@ -125,6 +131,7 @@ def test_recover_from_a_tiles_directory(tmp_path: Path, data: Path,
 @pytest.fixture
 def http_mirror(tmp_path: Path) -> Iterator[tuple[Path, str]]:
     root = tmp_path / "web"
+
     class Quiet(http.server.SimpleHTTPRequestHandler):
         def log_message(self, *a: object) -> None:
             pass
@@ -138,8 +145,9 @@ def http_mirror(tmp_path: Path) -> Iterator[tuple[Path, str]]:
     srv.server_close()
 
 
-def test_recover_from_a_tiles_url(tmp_path: Path, data: Path,
-                                  http_mirror: tuple[Path, str]) -> None:
+def test_recover_from_a_tiles_url(
+    tmp_path: Path, data: Path, http_mirror: tuple[Path, str]
+) -> None:
     mirror, notes = _scenario(tmp_path, data, 5, 9)
     web, url = http_mirror
     shutil.copytree(mirror, web)
@@ -160,22 +168,25 @@ def test_recover_from_another_store(tmp_path: Path, data: Path) -> None:
     _starts_and_continues(data, 6, notes)
 
 
-def test_recover_a_zero_byte_store(tmp_path: Path, data: Path,
-                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_recover_a_zero_byte_store(
+    tmp_path: Path, data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     notes = _append(data, [b"z%d" % i for i in range(4)])
     mirror = tmp_path / "mirror"
     _mirror_tiles(data, mirror)
     (data / "db" / "data.mdb").write_bytes(b"")
-    assert tlog_main(["serve", "--data", str(data), "--port", "1",
-                      "--switch-interval-ms", "5"]) == 1
+    assert (
+        tlog_main(["serve", "--data", str(data), "--port", "1", "--switch-interval-ms", "5"]) == 1
+    )
     assert "is empty (0 bytes)" in capsys.readouterr().err
     assert _recover(data, mirror) == 0
     assert "removed the empty" in capsys.readouterr().out
     _starts_and_continues(data, 4, notes)
 
 
-def test_a_copy_of_another_history_is_not_imported(tmp_path: Path, data: Path,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_copy_of_another_history_is_not_imported(
+    tmp_path: Path, data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     mirror, _ = _scenario(tmp_path, data, 2, 5)
     bundle = mirror / "tile" / "entries" / "000.p" / "5"
     bundle.write_bytes(bundle.read_bytes().replace(b"entry-4", b"entry-X"))
@@ -189,8 +200,9 @@ def test_a_copy_of_another_history_is_not_imported(tmp_path: Path, data: Path,
     st.close()
 
 
-def test_a_copy_that_is_too_short_is_refused(tmp_path: Path, data: Path,
-                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_copy_that_is_too_short_is_refused(
+    tmp_path: Path, data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     mirror, _ = _scenario(tmp_path, data, 2, 5)
     shutil.rmtree(mirror / "tile")
     assert _recover(data, mirror) == 1

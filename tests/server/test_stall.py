@@ -70,15 +70,20 @@ class Served:
         return httpx.get(self.url + path, timeout=WAIT)
 
     def post(self, tenant: str, body: bytes, path: str = "/v1/entries") -> httpx.Response:
-        return httpx.post(self.url + path, content=body, timeout=WAIT,
-                          headers={"Authorization": f"Bearer {self.tokens[tenant]}"})
+        return httpx.post(
+            self.url + path,
+            content=body,
+            timeout=WAIT,
+            headers={"Authorization": f"Bearer {self.tokens[tenant]}"},
+        )
 
 
 @contextmanager
 def serve(tmp_path: Path, stall: str, timeout: float = STALL) -> Iterator[Served]:
     """A real uvicorn serving the log in this process; ``stall``: "read" or "commit"."""
-    app, log_, tokens = build_app(tmp_path / "data", make_signer(), max_batch_age=0.0,
-                                  storage_timeout=timeout, scim=False)
+    app, log_, tokens = build_app(
+        tmp_path / "data", make_signer(), max_batch_age=0.0, storage_timeout=timeout, scim=False
+    )
     toks = {t: tokens.create("submitter", tenant=t)[0] for t in ("t1", "t2")}
     gate = Gate()
     st = log_.storage
@@ -94,10 +99,10 @@ def serve(tmp_path: Path, stall: str, timeout: float = STALL) -> Iterator[Served
     sock.listen(64)
     sock.setblocking(False)
     port = sock.getsockname()[1]
-    server = hardened_server(hardened_config(app, "127.0.0.1", port, log_config=None,
-                                             access_log=False))
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])),
-                              daemon=True)
+    server = hardened_server(
+        hardened_config(app, "127.0.0.1", port, log_config=None, access_log=False)
+    )
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])), daemon=True)
     thread.start()
     try:
         url = f"http://127.0.0.1:{port}"
@@ -257,19 +262,37 @@ def test_fsfreeze_under_tlog_serve(tmp_path: Path) -> None:
         (tmp_path / "data").symlink_to(mnt / "data")
         # The LMDB lock file on tmpfs (--lock-dir): py-lmdb holds the GIL while a read
         # transaction writes its reader slot, which a frozen lock.mdb would block forever.
-        srv = start_server(tmp_path / "data", None, "--storage-timeout", "1", "--map-size",
-                           str(64 << 20), "--lock-dir", str(shm), timeout=60)
+        srv = start_server(
+            tmp_path / "data",
+            None,
+            "--storage-timeout",
+            "1",
+            "--map-size",
+            str(64 << 20),
+            "--lock-dir",
+            str(shm),
+            timeout=60,
+        )
         token = (tmp_path / "data" / "demo-submitter.token").read_text().strip()
         h = {"Authorization": f"Bearer {token}"}
         body = b"".join(len(e).to_bytes(2, "big") + e for e in (b"f-%d" % i for i in range(300)))
-        r = httpx.post(srv.url + "/v1/entries/batch", content=body, timeout=WAIT,
-                       headers={**h, "Content-Type": "application/octet-stream"})
+        r = httpx.post(
+            srv.url + "/v1/entries/batch",
+            content=body,
+            timeout=WAIT,
+            headers={**h, "Content-Type": "application/octet-stream"},
+        )
         assert r.status_code == 200, r.text
         assert _run("fsfreeze", "-f", str(mnt)).returncode == 0
         frozen = True
         with ThreadPoolExecutor(1) as pool:
-            w = pool.submit(httpx.post, srv.url + "/v1/entries", content=b"while frozen",
-                            headers=h, timeout=WAIT)
+            w = pool.submit(
+                httpx.post,
+                srv.url + "/v1/entries",
+                content=b"while frozen",
+                headers=h,
+                timeout=WAIT,
+            )
             assert httpx.get(srv.url + "/healthz", timeout=WAIT).status_code == 200
             c = httpx.get(srv.url + "/checkpoint", timeout=WAIT)
             assert c.status_code == 200 and "\n300\n" in c.text
@@ -284,8 +307,7 @@ def test_fsfreeze_under_tlog_serve(tmp_path: Path) -> None:
         assert (tmp_path / "data" / "db" / "lock.mdb").is_symlink()
         assert _run("fsfreeze", "-u", str(mnt)).returncode == 0
         frozen = False
-        r = httpx.post(srv.url + "/v1/entries", content=b"after the thaw", headers=h,
-                       timeout=WAIT)
+        r = httpx.post(srv.url + "/v1/entries", content=b"after the thaw", headers=h, timeout=WAIT)
         assert r.status_code == 200, r.text
     finally:
         if frozen:

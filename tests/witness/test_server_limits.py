@@ -99,7 +99,6 @@ def test_idle_sockets_cannot_lock_out_a_client(tmp_path: Path, log300: FakeLog) 
         thread.join(5)
 
 
-
 def test_client_that_never_reads_is_reset(server: WitnessHTTPServer) -> None:
     # A slow reader: 200 pipelined /metrics requests (~400 KB of answers) and not one byte
     # read. The server's kernel send buffer is shrunk (accepted sockets inherit it from the

@@ -36,11 +36,25 @@ from client.scim.actions import action, action_prefix, as_bool, parse_json_text
 __all__ = ["SECURITY_ATTRS", "classify"]
 
 SECURITY_ATTRS = ("active", "username", "emails", "roles", "entitlements", "manager", "members")
-_SETS = {("user", "roles"): ("role.grant", "role.revoke"),
-         ("user", "entitlements"): ("entitlement.grant", "entitlement.revoke")}
-_ORDER = ("create", "activate", "deactivate", "password.set", "role.grant", "role.revoke",
-          "entitlement.grant", "entitlement.revoke", "member.add", "member.remove", "update",
-          "noop", "delete")
+_SETS = {
+    ("user", "roles"): ("role.grant", "role.revoke"),
+    ("user", "entitlements"): ("entitlement.grant", "entitlement.revoke"),
+}
+_ORDER = (
+    "create",
+    "activate",
+    "deactivate",
+    "password.set",
+    "role.grant",
+    "role.revoke",
+    "entitlement.grant",
+    "entitlement.revoke",
+    "member.add",
+    "member.remove",
+    "update",
+    "noop",
+    "delete",
+)
 _URN_USER = "urn:ietf:params:scim:schemas:core:2.0:user:"
 _URN_GROUP = "urn:ietf:params:scim:schemas:core:2.0:group:"
 
@@ -49,13 +63,12 @@ def _key(attr: str) -> str:
     low = attr.lower()
     for urn in (_URN_USER, _URN_GROUP):
         if low.startswith(urn):
-            low = low[len(urn):]
+            low = low[len(urn) :]
     if low.startswith("urn:"):
         low = low.rpartition(":")[2]
     for sep in "[.":
         low = low.split(sep, 1)[0]
     return low
-
 
 
 def _values(v: object) -> list[str]:
@@ -106,8 +119,9 @@ class _Run:
             elif b is True and (old is False or (not had and not replace_all)):
                 self.verbs.add("activate")  # re-granted access (or a PATCH on unknown state)
             if had:
-                self.changes.append({"attr": "active", "old": json.dumps(old),
-                                     "new": json.dumps(b)})
+                self.changes.append(
+                    {"attr": "active", "old": json.dumps(old), "new": json.dumps(b)}
+                )
             if b is None:
                 self.state.pop(key, None)
             else:
@@ -168,8 +182,9 @@ class _Run:
                 if r.get("op") == "remove":
                     if old == pid:
                         self.state.pop("manager", None)
-                        self.refs.append({"rt": r["rt"], "pid": pid, "op": "remove",
-                                          "attr": "manager"})
+                        self.refs.append(
+                            {"rt": r["rt"], "pid": pid, "op": "remove", "attr": "manager"}
+                        )
                         self.verbs.add("update")
                     elif old is not None:
                         self.noop.append({"attr": "manager", "op": "remove", "n": 1})
@@ -177,8 +192,7 @@ class _Run:
                 if old == pid:
                     continue
                 if old is not None:
-                    self.refs.append({"rt": "User", "pid": old, "op": "remove",
-                                      "attr": "manager"})
+                    self.refs.append({"rt": "User", "pid": old, "op": "remove", "attr": "manager"})
                 self.refs.append({"rt": r["rt"], "pid": pid, "op": "add", "attr": "manager"})
                 self.state["manager"] = pid
                 self.verbs.add("update")
@@ -203,8 +217,11 @@ class _Run:
                 base = cur
             added = new - base - (cur if part > 0 else set())
             last = parts <= 1 or part == parts - 1
-            removed = (base - new) if last and (full or not self.known or part > 0
-                                               or parts > 1) else set()
+            removed = (
+                (base - new)
+                if last and (full or not self.known or part > 0 or parts > 1)
+                else set()
+            )
             if not full and self.known and parts <= 1:
                 removed = set()  # the old set was never fully known
             if last:
@@ -231,16 +248,19 @@ class _Run:
             self._members(set(), removed, rts)
         self.state["members"] = sorted(cur)
 
-    def _members(self, added: Iterable[str], removed: Iterable[str], rts: Mapping[str, str]
-                 ) -> None:
+    def _members(
+        self, added: Iterable[str], removed: Iterable[str], rts: Mapping[str, str]
+    ) -> None:
         for pid in sorted(added):
             self.verbs.add("member.add")
-            self.refs.append({"rt": rts.get(pid, "User"), "pid": pid, "op": "add",
-                              "attr": "members"})
+            self.refs.append(
+                {"rt": rts.get(pid, "User"), "pid": pid, "op": "add", "attr": "members"}
+            )
         for pid in sorted(removed):
             self.verbs.add("member.remove")
-            self.refs.append({"rt": rts.get(pid, "User"), "pid": pid, "op": "remove",
-                              "attr": "members"})
+            self.refs.append(
+                {"rt": rts.get(pid, "User"), "pid": pid, "op": "remove", "attr": "members"}
+            )
 
     # --- the event -----------------------------------------------------------------------
 
@@ -287,11 +307,18 @@ class _Run:
                         continue
                     self.values(key, "remove", given, whole=False)
                 else:
-                    self.values(key, "replace" if (whole and op == "replace") else mop,
-                                _values(new) if has_new else [], whole=whole and op == "replace")
+                    self.values(
+                        key,
+                        "replace" if (whole and op == "replace") else mop,
+                        _values(new) if has_new else [],
+                        whole=whole and op == "replace",
+                    )
                 continue
-            if key in ("active", "username", "emails") and "[" not in m["attr"] and "." not in \
-                    m["attr"].rpartition(":")[2]:
+            if (
+                key in ("active", "username", "emails")
+                and "[" not in m["attr"]
+                and "." not in m["attr"].rpartition(":")[2]
+            ):
                 has_new, new = parse_json_text(m.get("new"))
                 if "new_d" in m:
                     self.verbs.add("update")
@@ -310,8 +337,12 @@ class _Run:
         refs = ev.get("refs", ())
         for attr in ("members", "manager"):
             items = [r for r in refs if r.get("attr", "members") == attr]
-            if items or (attr == "members" and self.prefix == "group" and whole
-                         and any(_key(m["attr"]) == "members" for m in mods)):
+            if items or (
+                attr == "members"
+                and self.prefix == "group"
+                and whole
+                and any(_key(m["attr"]) == "members" for m in mods)
+            ):
                 self.references(attr, items, whole=whole)
             elif attr == "members" and self.prefix == "group" and op == "replace":
                 self.references(attr, [], whole=True)  # a PUT without members empties it
@@ -373,8 +404,9 @@ class _Run:
         return out
 
 
-def classify(prev: Mapping[str, Any] | None, ev: Mapping[str, Any]
-             ) -> tuple[dict[str, Any] | None, dict[str, Any] | None, bool]:
+def classify(
+    prev: Mapping[str, Any] | None, ev: Mapping[str, Any]
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None, bool]:
     """``(effect, next_state, state_changed)`` of a validated event on a resource whose
     state was ``prev`` (None: never seen). Failed and skipped events change nothing and
     have no effect; the log's own events and events without ``rid`` are not classified."""

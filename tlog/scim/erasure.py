@@ -303,9 +303,7 @@ class Erasures:
         _, rec = self.svc._read(self._visible(principal, request_id))
         return ErasureStatus(request_id, rec)
 
-    def requests(
-        self, principal: Principal, *, all_states: bool = False
-    ) -> list[ErasureStatus]:
+    def requests(self, principal: Principal, *, all_states: bool = False) -> list[ErasureStatus]:
         """Erasure requests this officer may see: pending ones (not expired), or all."""
         now = self.svc.clock()
         ttl = self.svc.limits.erasure_ttl_ms
@@ -346,8 +344,7 @@ class Erasures:
                 acc = self._accepted(rec["eid"], leaf)
                 return (ErasureStatus(request_id, rec), acc), set()
             if rec["requested_by"] == principal.token_id or (
-                rec.get("requested_person", "token:" + rec["requested_by"])
-                == principal.person_id
+                rec.get("requested_person", "token:" + rec["requested_by"]) == principal.person_id
             ):
                 raise Forbidden(
                     "dual control: the approver must be another person than the requester "

@@ -622,8 +622,11 @@ class ScimRoutes:
                         "events": r.events,
                         "deks": r.deks,
                         "held": r.held,
-                        **({} if r.receipt is None else {"eid": r.receipt.eid,
-                                                         "index": r.receipt.index}),
+                        **(
+                            {}
+                            if r.receipt is None
+                            else {"eid": r.receipt.eid, "index": r.receipt.index}
+                        ),
                     }
                     for r in results
                 ]
