@@ -17,6 +17,7 @@ Scenarios:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import re
@@ -27,6 +28,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -137,15 +139,11 @@ def batch_load(
     return done[0] / (time.monotonic() - t0)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--duration", type=int, default=10)
-    ap.add_argument("--connections", type=int, default=64)
-    ap.add_argument("--prefill", type=int, default=100_000)
-    args = ap.parse_args()
-    if shutil.which("wrk") is None:
-        sys.exit("bench.http needs wrk: apt-get install -y wrk")
-    tmp = Path(tempfile.mkdtemp(prefix="tlog-bench-http-", dir="."))
+@contextlib.contextmanager
+def log_and_hello(tmp: Path) -> Iterator[tuple[str, str]]:
+    """Start `tlog serve` (data in `tmp/data`) and the hello-world reference app on free
+    loopback ports, wait until both answer and yield their base URLs; then stop both and
+    remove `tmp`. Every wrk benchmark that compares the log with hello-world uses it."""
     procs: list[subprocess.Popen[bytes]] = []
     try:
         tport, hport = free_port(), free_port()
@@ -189,6 +187,28 @@ def main() -> None:
         turl, hurl = f"http://127.0.0.1:{tport}", f"http://127.0.0.1:{hport}"
         wait_up(turl + "/checkpoint", tlog_p)
         wait_up(hurl + "/", hello_p)
+        yield turl, hurl
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument("--prefill", type=int, default=100_000)
+    args = ap.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("bench.http needs wrk: apt-get install -y wrk")
+    tmp = Path(tempfile.mkdtemp(prefix="tlog-bench-http-", dir="."))
+    with log_and_hello(tmp) as (turl, hurl):
         token = (tmp / "data" / "demo-submitter.token").read_text().strip()
         # Prefill so that proofs and tiles come from a realistic tree.
         with httpx.Client(
@@ -228,15 +248,6 @@ def main() -> None:
             cn,
         )
         batch_eps = batch_load(turl, token, d)
-    finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        shutil.rmtree(tmp, ignore_errors=True)
 
     print(
         f"machine: {os.cpu_count()} cores, {platform.machine()}, Python "

@@ -21,12 +21,11 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from bench.http import free_port, wait_up, wrk
+from bench.http import log_and_hello, wrk
 from bench.scim_proxy import cpu_model, sample_events, tlog_token
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -77,63 +76,12 @@ def main() -> None:
     if shutil.which("wrk") is None:
         sys.exit("bench.scim_single needs wrk: apt-get install -y wrk")
     tmp = Path(tempfile.mkdtemp(prefix="tlog-bench-scim1-"))
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        tport, hport = free_port(), free_port()
-        common = ["--host", "127.0.0.1", "--log-level", "warning"]
-        tlog_p = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tlog.cli",
-                "serve",
-                "--data",
-                str(tmp / "data"),
-                "--port",
-                str(tport),
-                "--origin",
-                "bench.example/log",
-                *common,
-            ],
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        procs.append(tlog_p)
-        hello_p = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "bench.hello:app",
-                "--port",
-                str(hport),
-                "--no-access-log",
-                "--no-server-header",
-                *common,
-            ],
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        procs.append(hello_p)
-        turl, hurl = f"http://127.0.0.1:{tport}", f"http://127.0.0.1:{hport}"
-        wait_up(turl + "/checkpoint", tlog_p)
-        wait_up(hurl + "/", hello_p)
+    with log_and_hello(tmp) as (turl, hurl):
         token = tlog_token(tmp / "data", TENANT)
         body = template()
         d, cn = args.duration, args.connections
         hello = wrk(hurl + "/", HELLO_LUA.replace("%BODY%", body), d, cn)
         scim = wrk(turl, SCIM_LUA.replace("%BODY%", body).replace("%TOKEN%", token), d, cn)
-    finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        shutil.rmtree(tmp, ignore_errors=True)
     print(
         f"machine: {os.cpu_count()} cores ({cpu_model()}), Python "
         f"{platform.python_version()}; wrk -t2 -c{args.connections} -d{args.duration}s"
