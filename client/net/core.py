@@ -45,6 +45,7 @@ __all__ = [
     "MAX_RETRY_AFTER",
     "Answer",
     "CheckpointTracker",
+    "CoreClient",
     "HTTPCore",
     "HTTPFailure",
     "StatusError",
@@ -226,6 +227,27 @@ class HTTPCore:
                 raise error
             time.sleep(error.retry_after if error.retry_after is not None else 1.0)
         raise AssertionError("unreachable")  # pragma: no cover
+
+
+class CoreClient:
+    """Base of the clients built on one :class:`HTTPCore` (``self._core``): closing them and
+    using them in a ``with`` statement, written once."""
+
+    _core: HTTPCore
+
+    def close(self) -> None:
+        self._core.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
 
 class CheckpointTracker:

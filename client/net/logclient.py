@@ -35,7 +35,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 import httpx
@@ -75,7 +74,14 @@ from client.formats.tiles import (
     encode_entry_bundle,
     split_hash_tile,
 )
-from client.net.core import CheckpointTracker, HTTPCore, HTTPFailure, StatusError, Unreachable
+from client.net.core import (
+    CheckpointTracker,
+    CoreClient,
+    HTTPCore,
+    HTTPFailure,
+    StatusError,
+    Unreachable,
+)
 
 __all__ = [
     "BatchSubmission",
@@ -366,7 +372,7 @@ def _check_index(value: int, what: str) -> None:
         raise ValueError(f"{what} must be a non-negative int")
 
 
-class LogClient:
+class LogClient(CoreClient):
     """A verifying client for the log at ``url`` with the pinned key ``vkey``.
 
     ``http`` may be any ``httpx.Client`` (a Starlette ``TestClient`` in tests); the client
@@ -409,20 +415,6 @@ class LogClient:
             self.trust(checkpoint)
 
     # -- lifecycle ---------------------------------------------------------------------------
-
-    def close(self) -> None:
-        self._core.close()
-
-    def __enter__(self) -> LogClient:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- HTTP ------------------------------------------------------------------------------
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 import httpx
@@ -35,7 +34,7 @@ from client.formats.checkpoint import Checkpoint, open_checkpoint
 from client.formats.merkle import VerificationError, leaf_hash, verify_consistency, verify_inclusion
 from client.formats.note import Ed25519Verifier, FormatError, b64decode_strict
 from client.formats.proof_bundle import TlogProof
-from client.net.core import CheckpointTracker, HTTPCore, StatusError
+from client.net.core import CheckpointTracker, CoreClient, HTTPCore, StatusError
 from client.scim.event import Event, event_from_json
 from client.scim.leaf import NONCE_SIZE, Leaf, parse_leaf, verify_commitment, verify_effect
 from client.scim.reserved import event_origin
@@ -106,7 +105,7 @@ def _malformed(what: str) -> VerificationError:
     return VerificationError(f"malformed answer from the log: {what}")
 
 
-class ScimAuditClient:
+class ScimAuditClient(CoreClient):
     """Search a tenant's SCIM events as an auditor, verifying everything.
 
     ``log_vkey`` is the log's verifier key (``origin+keyid+base64``); the checkpoint origin
@@ -133,20 +132,6 @@ class ScimAuditClient:
         self._tenant = tenant
         self._tree = CheckpointTracker(self._consistency)
         self._seen: dict[str, Checkpoint] = {}
-
-    def close(self) -> None:
-        self._core.close()
-
-    def __enter__(self) -> ScimAuditClient:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- transport -----------------------------------------------------------------------
 

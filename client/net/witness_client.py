@@ -32,7 +32,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from types import TracebackType
 
 import httpx
 
@@ -51,7 +50,7 @@ from client.formats.note import (
     b64encode,
     parse_note,
 )
-from client.net.core import HTTPCore, Unreachable, retry_after
+from client.net.core import CoreClient, HTTPCore, Unreachable, retry_after
 
 __all__ = [
     "CONTENT_TYPE_SIZE",
@@ -245,7 +244,7 @@ MAX_ANSWER_BYTES = 1 << 20
 # --- client -------------------------------------------------------------------------------
 
 
-class WitnessClient:
+class WitnessClient(CoreClient):
     """Pushes checkpoints to one witness. Safe for concurrent use if ``http`` is.
 
     ``url`` is the witness's submission prefix (``<url>/add-checkpoint``) and monitoring
@@ -266,20 +265,6 @@ class WitnessClient:
         self.verifier = cosignature_verifier(verifier) if isinstance(verifier, str) else verifier
         # origin -> the size this witness last told us (cosigned or via 409).
         self._known_size: dict[str, int] = {}
-
-    def close(self) -> None:
-        self._core.close()
-
-    def __enter__(self) -> WitnessClient:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def known_size(self, origin: str) -> int:
         """The size this client believes the witness holds for ``origin`` (0 if unknown)."""
