@@ -45,6 +45,7 @@ __all__ = [
     "MAX_RETRY_AFTER",
     "Answer",
     "CheckpointTracker",
+    "Closing",
     "CoreClient",
     "HTTPCore",
     "HTTPFailure",
@@ -134,7 +135,26 @@ class Answer:
         return StatusError(self.status, self.reason(), delay)
 
 
-class HTTPCore:
+class Closing:
+    """``with`` support for anything with a ``close()``: written once for the core and the
+    clients built on it."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class HTTPCore(Closing):
     """Requests to ``url`` + path over ``http`` (any ``httpx.Client``, e.g. a Starlette
     ``TestClient`` in tests), which it closes only if it made it. Safe for concurrent use if
     ``http`` is."""
@@ -155,17 +175,6 @@ class HTTPCore:
     def close(self) -> None:
         if self._own:
             self.http.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def send(
         self,
@@ -229,7 +238,7 @@ class HTTPCore:
         raise AssertionError("unreachable")  # pragma: no cover
 
 
-class CoreClient:
+class CoreClient(Closing):
     """Base of the clients built on one :class:`HTTPCore` (``self._core``): closing them and
     using them in a ``with`` statement, written once."""
 
@@ -237,17 +246,6 @@ class CoreClient:
 
     def close(self) -> None:
         self._core.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 class CheckpointTracker:

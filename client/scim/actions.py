@@ -36,6 +36,7 @@ from client.scim.cbor import EventFormatError
 from client.scim.jsonstrict import strict_json
 
 __all__ = [
+    "ACTION_ORDER",
     "MAX_BODY_SIZE",
     "MAX_MOD_VALUE",
     "OCSF_VERSIONS",
@@ -47,6 +48,7 @@ __all__ = [
     "jcs_digest",
     "ocsf_pair",
     "op_for_method",
+    "ordered_verbs",
     "parse_request",
 ]
 
@@ -79,7 +81,7 @@ _GENERIC: dict[str, tuple[int, int]] = {
     "delete": (3004, 4),
     "noop": (3004, 99),
 }
-_ORDER = (
+ACTION_ORDER = (
     "create",
     "activate",
     "deactivate",
@@ -94,6 +96,7 @@ _ORDER = (
     "noop",
     "delete",
 )
+_RANK = {v: i for i, v in enumerate(ACTION_ORDER)}
 _OPS = ("create", "replace", "patch", "delete")
 _METHOD_OPS = {"POST": "create", "PUT": "replace", "PATCH": "patch", "DELETE": "delete"}
 _CORE_URNS = (
@@ -140,9 +143,14 @@ def _prefix(rt: str) -> str:
     return p if p and p[0] not in "_-" else "r" + p
 
 
+def ordered_verbs(verbs: Iterable[str]) -> list[str]:
+    """``verbs`` once each, in :data:`ACTION_ORDER` (unknown verbs last, by name): the
+    order of an event's ``acts``, for intent and effect alike."""
+    return sorted(set(verbs), key=lambda v: (_RANK.get(v, len(_RANK)), v))
+
+
 def _acts(prefix: str, verbs: Iterable[str], ocsf: str) -> list[dict[str, Any]]:
-    ordered = sorted(set(verbs), key=lambda v: (_ORDER.index(v) if v in _ORDER else 99, v))
-    return [action(f"{prefix}.{v}", ocsf) for v in ordered]
+    return [action(f"{prefix}.{v}", ocsf) for v in ordered_verbs(verbs)]
 
 
 def op_for_method(method: str) -> str:

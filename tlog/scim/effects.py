@@ -31,7 +31,7 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from client.scim.actions import action, action_prefix, as_bool, parse_json_text
+from client.scim.actions import action, action_prefix, as_bool, ordered_verbs, parse_json_text
 
 __all__ = ["SECURITY_ATTRS", "classify"]
 
@@ -40,21 +40,6 @@ _SETS = {
     ("user", "roles"): ("role.grant", "role.revoke"),
     ("user", "entitlements"): ("entitlement.grant", "entitlement.revoke"),
 }
-_ORDER = (
-    "create",
-    "activate",
-    "deactivate",
-    "password.set",
-    "role.grant",
-    "role.revoke",
-    "entitlement.grant",
-    "entitlement.revoke",
-    "member.add",
-    "member.remove",
-    "update",
-    "noop",
-    "delete",
-)
 _URN_USER = "urn:ietf:params:scim:schemas:core:2.0:user:"
 _URN_GROUP = "urn:ietf:params:scim:schemas:core:2.0:group:"
 
@@ -390,7 +375,7 @@ class _Run:
                 self.values(key, "replace", [str(v) for v in result[key]], whole=True)
 
     def effect(self, verbs: Iterable[str], ocsf: str) -> dict[str, Any]:
-        ordered = sorted(set(verbs), key=lambda v: (_ORDER.index(v) if v in _ORDER else 99, v))
+        ordered = ordered_verbs(verbs)
         out: dict[str, Any] = {
             "basis": "state" if self.known else "event",
             "acts": [action(f"{self.prefix}.{v}", ocsf) for v in ordered],
