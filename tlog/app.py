@@ -208,24 +208,38 @@ class Api:
             got = self._note_cache[note] = json.dumps(note, ensure_ascii=False)
         return got
 
+    def _refused(self, scope: Scope, exc: Exception) -> None:
+        # The reason and the token's id at most (never the token); the path redacted.
+        log.warning(
+            "refused %s %s: %s",
+            scope.get("method"),
+            redact_target(str(scope.get("path", ""))),
+            exc,
+        )
+
     def principal(self, request: Request | Scoped, *roles: str) -> Principal:
+        """The caller, with one of ``roles``: from the token cache, else a storage read."""
+        authorization = header(request.scope, b"authorization")
         try:
-            p = self.tokens.authenticate(header(request.scope, b"authorization"))
+            p = self.tokens.cached(authorization) or self.tokens.authenticate(authorization)
             p.require(*roles)
         except (AuthError, Forbidden) as exc:
-            # The reason and the token's id at most (never the token); the path redacted.
-            scope = request.scope
-            log.warning(
-                "refused %s %s: %s",
-                scope.get("method"),
-                redact_target(str(scope.get("path", ""))),
-                exc,
-            )
+            self._refused(request.scope, exc)
             raise
         return p
 
     async def authenticate(self, request: Request | Scoped, *roles: str) -> Principal:
-        """:meth:`principal`, off the event loop (a token is a storage read)."""
+        """:meth:`principal`, answered on the event loop while the token is cached
+        (:mod:`tlog.auth`), else off it (a token is a storage read)."""
+        scope = request.scope
+        try:
+            p = self.tokens.cached(header(scope, b"authorization"))
+            if p is not None:
+                p.require(*roles)
+                return p
+        except (AuthError, Forbidden) as exc:
+            self._refused(scope, exc)
+            raise
         return await self.reads.run(lambda: self.principal(request, *roles), "a token lookup")
 
     async def published(self, q: Query) -> Published:

@@ -2,8 +2,15 @@
 
 A token is ``tlog_`` followed by 43 URL-safe base64 characters (256 random bits). Only its
 SHA-256 is stored, with a JSON record: role, optional tenant, name, creation and expiry time,
-and whether it was revoked. Lookups go to the store on every request, so a revocation or a
-new token made by ``tlog token`` while the server runs takes effect at once.
+and whether it was revoked.
+
+A token found in the store is remembered in memory for at most ``cache_seconds`` (default
+:data:`TOKEN_CACHE_SECONDS`, 1 s), so a busy submitter costs one store read a second instead
+of one per request, and :meth:`TokenStore.cached` answers on the event loop without a
+thread hop. That bound is the revocation delay: a token revoked by ``tlog token revoke``
+(another process, or another frontend of a shared database) is refused at most
+``cache_seconds`` later; one revoked through this ``TokenStore`` at once. Expiry is checked
+on every request; unknown tokens are never cached (a token just created works at once).
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ __all__ = ["ROLES", "AuthError", "Forbidden", "Principal", "TokenStore", "person
 
 ROLES = ("submitter", "auditor", "privacy-officer", "admin")
 TOKEN_PREFIX = "tlog_"
+TOKEN_CACHE_SECONDS = 1.0  # the revocation delay across processes (module docstring)
+TOKEN_CACHE_MAX = 4096  # tokens remembered at once (then the cache starts over)
 
 
 class AuthError(Exception):
@@ -66,9 +75,34 @@ def token_digest(token: str) -> bytes:
     return hashlib.sha256(token.encode("utf-8")).digest()
 
 
+def _bearer(authorization: str | None) -> str:
+    """The token of an ``Authorization: Bearer tlog_...`` header (format checks only)."""
+    if not authorization:
+        raise AuthError("missing Authorization: Bearer token")
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.startswith(TOKEN_PREFIX):
+        raise AuthError("Authorization must be 'Bearer tlog_...'")
+    if len(token) > 128:
+        raise AuthError("malformed token")
+    return token.strip()
+
+
+def _usable(p: Principal) -> Principal:
+    if p.revoked:
+        raise AuthError("token revoked")
+    if p.expires is not None and time.time() >= p.expires:
+        raise AuthError("token expired")
+    return p
+
+
 class TokenStore:
-    def __init__(self, storage: Backend) -> None:
+    def __init__(self, storage: Backend, cache_seconds: float = TOKEN_CACHE_SECONDS) -> None:
         self.storage = storage
+        self.cache_seconds = cache_seconds
+        self.clock = time.monotonic  # the cache's clock (tests replace it)
+        # SHA-256(token) -> (principal as stored, monotonic time it was read). Written by
+        # whichever thread read the store, read on the event loop: single dict operations.
+        self._cache: dict[bytes, tuple[Principal, float]] = {}
 
     def create(
         self,
@@ -106,24 +140,30 @@ class TokenStore:
         self.storage.put_token(digest, json.dumps(asdict(p), sort_keys=True).encode())
         return token, p
 
+    def cached(self, authorization: str | None) -> Principal | None:
+        """The principal of a token read from the store less than ``cache_seconds`` ago
+        (no storage access: safe on the event loop), or None: call :meth:`authenticate`.
+        Raises :class:`AuthError` for a malformed header, a revoked or expired token."""
+        digest = token_digest(_bearer(authorization))
+        hit = self._cache.get(digest)
+        if hit is None or self.clock() - hit[1] >= self.cache_seconds:
+            return None
+        return _usable(hit[0])
+
     def authenticate(self, authorization: str | None) -> Principal:
-        if not authorization:
-            raise AuthError("missing Authorization: Bearer token")
-        scheme, _, token = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not token.startswith(TOKEN_PREFIX):
-            raise AuthError("Authorization must be 'Bearer tlog_...'")
-        if len(token) > 128:
-            raise AuthError("malformed token")
+        """The principal of a token, read from the store (then cached, see :meth:`cached`)."""
+        digest = token_digest(_bearer(authorization))
         with self.storage.read() as rv:
-            raw = rv.token(token_digest(token.strip()))
+            raw = rv.token(digest)
         if raw is None:
+            self._cache.pop(digest, None)
             raise AuthError("unknown token")
         p = Principal(**json.loads(raw))
-        if p.revoked:
-            raise AuthError("token revoked")
-        if p.expires is not None and time.time() >= p.expires:
-            raise AuthError("token expired")
-        return p
+        if self.cache_seconds > 0:
+            if len(self._cache) >= TOKEN_CACHE_MAX:
+                self._cache.clear()
+            self._cache[digest] = (p, self.clock())
+        return _usable(p)
 
     def list(self) -> list[Principal]:
         with self.storage.read() as rv:
@@ -154,4 +194,5 @@ class TokenStore:
         digest, p = found[0]
         p = Principal(**{**asdict(p), "revoked": True})
         self.storage.put_token(digest, json.dumps(asdict(p), sort_keys=True).encode())
+        self._cache.pop(digest, None)  # refused here at once, elsewhere within the bound
         return p

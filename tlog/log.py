@@ -372,6 +372,12 @@ class Log:
             raise
         for tl, ti, blob in dirty:  # durable now, and built here: trusted
             self.blobs.put(tl, ti, size, blob)
+        # The right-edge blobs this batch did not change serve the new size too; without
+        # this the proof of a new entry missed the cache whenever an upper stratum's blob
+        # was untouched (most small batches) and went to the store and its verification.
+        changed = {(tl, ti) for tl, ti, _ in dirty}
+        for tl, ti, blob in self._edge.blobs(skip=changed):
+            self.blobs.put(tl, ti, size, blob)
         self._head = head = Published(size, note)
         if publish:
             self.publish(head)

@@ -19,7 +19,7 @@ only reads and writes hashes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 
 from client.formats.merkle import (
     EMPTY_ROOT,
@@ -243,9 +243,14 @@ class RightEdge:
     def root(self) -> bytes:
         return self._range.root()
 
-    def blobs(self) -> list[tuple[int, int, bytes]]:
-        """The blobs currently held (the right edge), as immutable copies."""
-        return [(tl, ti, bytes(b)) for (tl, ti), b in sorted(self._blobs.items())]
+    def blobs(self, skip: Container[tuple[int, int]] = ()) -> list[tuple[int, int, bytes]]:
+        """The blobs currently held (the right edge) but those in ``skip``, as immutable
+        copies."""
+        return [
+            (tl, ti, bytes(b))
+            for (tl, ti), b in sorted(self._blobs.items())
+            if (tl, ti) not in skip
+        ]
 
     def take_dirty(self) -> list[tuple[int, int, bytes]]:
         """The changed blobs since the last call, and forget the blobs left of the edge."""

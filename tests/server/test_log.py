@@ -208,3 +208,23 @@ def test_key_files(tmp_path: Path) -> None:
         load_key_file(p)
     # The key never appears in what we print about it.
     assert s.skey().split("+", 4)[4] not in s.vkey()
+
+
+def test_new_entries_prove_from_memory(tmp_path: Path) -> None:
+    """After each batch, the proof of every entry it added comes from the writer's trusted
+    blobs, including the upper strata the batch did not touch (a miss would go to the store
+    and its verification on the read pool for every POST)."""
+    log_ = open_log(tmp_path)
+    log_.integrate([b"%d" % i for i in range(600)])  # three level-0 tiles, a level-1 blob
+    v = make_signer().verifier
+    for k in range(5):  # small batches: only the right-most level-0 blob changes
+        r = log_.integrate([b"small-%d" % k])
+        cp, _ = open_checkpoint(r.checkpoint.note, [v])
+        index = r.indices[0]
+        proof = log_.cached_inclusion_proof(index, cp.size, r.leaf_hashes[0])
+        assert proof is not None, f"batch {k}: proof of {index} not in memory"
+        verify_inclusion(index, cp.size, r.leaf_hashes[0], proof, cp.root_hash)
+        old = log_.cached_inclusion_proof(3, cp.size)  # an old entry at the new size
+        assert old is not None
+        verify_inclusion(3, cp.size, leaf_hash(b"3"), old, cp.root_hash)
+    log_.storage.close()

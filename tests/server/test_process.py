@@ -19,6 +19,7 @@ from client.formats.checkpoint import Checkpoint, open_checkpoint
 from client.formats.merkle import leaf_hash, verify_consistency, verify_inclusion
 from client.formats.note import Ed25519Verifier, b64decode_strict
 from client.formats.proof_bundle import TlogProof
+from tlog.auth import TOKEN_CACHE_SECONDS
 
 from .conftest import ORIGIN, ROOT, ServerProcess, start_server
 
@@ -67,6 +68,7 @@ def test_first_start_is_demo_ready(tmp_path: Path) -> None:
         assert httpx.post(srv.url + "/v1/entries", content=b"x", headers=h).status_code == 200
         tid = made.stderr.split()[1]
         assert tlog_cli("token", "revoke", tid, "--yes", "--data", str(data)).returncode == 0
+        time.sleep(TOKEN_CACHE_SECONDS)  # the documented revocation delay (tlog.auth)
         assert httpx.post(srv.url + "/v1/entries", content=b"y", headers=h).status_code == 401
     finally:
         srv.proc.send_signal(signal.SIGTERM)
