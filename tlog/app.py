@@ -10,6 +10,7 @@ from __future__ import annotations
 import binascii
 import contextlib
 import gzip
+import hashlib
 import json
 import logging
 import time
@@ -26,6 +27,7 @@ from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
 from client.formats.checkpoint import parse_decimal
+from client.formats.merkle import LEAF_PREFIX
 from client.formats.note import FormatError, b64decode_strict
 from client.formats.proof_bundle import TlogProof
 from client.formats.tiles import MAX_ENTRY_SIZE, parse_tile_path
@@ -273,7 +275,7 @@ class Api:
         if not body:
             raise BadRequest("empty entry")
         check_raw_entry(body)  # the CBOR-map space is the log's own (SCIM leaves)
-        res = await self.seq.submit([body])
+        res = await self.seq.submit([body], [hashlib.sha256(LEAF_PREFIX + body).digest()])
         pub = res.checkpoint
         index = res.indices[0]
         proof = await self.inclusion_proof(index, pub.size, res.leaf_hashes[0])
@@ -293,8 +295,8 @@ class Api:
         await self.authenticate(request, "submitter")
         body = await read_body(request, self.limits.max_batch_body_bytes)
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        entries = await off_loop(len(body), lambda: self._parse_batch(body, ctype))
-        res = await self.seq.submit(entries)
+        entries, hashes = await off_loop(len(body), lambda: self._parse_batch(body, ctype))
+        res = await self.seq.submit(entries, hashes)
         pub = res.checkpoint
         return JSONResponse(
             {
@@ -305,7 +307,9 @@ class Api:
             }
         )
 
-    def _parse_batch(self, body: bytes, ctype: str) -> list[bytes]:
+    def _parse_batch(self, body: bytes, ctype: str) -> tuple[list[bytes], list[bytes]]:
+        """The entries of a batch body and their leaf hashes (hashed here, on the decoding
+        thread, so that the writer thread does not)."""
         lim = self.limits
         entries: list[bytes] = []
         if ctype == "application/json":
@@ -364,7 +368,8 @@ class Api:
                 raise BadRequest(f"entry {i}: {RawEntryError.__doc__}; wrap or prefix it")
             if len(e) > lim.max_entry_bytes:
                 raise PayloadTooLarge(f"entry {i} is larger than {lim.max_entry_bytes} bytes")
-        return entries
+        sha256 = hashlib.sha256
+        return entries, [sha256(LEAF_PREFIX + e).digest() for e in entries]
 
     # -- liveness --------------------------------------------------------------------------
 

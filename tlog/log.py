@@ -285,7 +285,9 @@ class Log:
 
     # -- write side (one thread) -----------------------------------------------------------
 
-    def integrate(self, entries: list[bytes], publish: bool = True) -> BatchResult:
+    def integrate(
+        self, entries: list[bytes], publish: bool = True, leaf_hashes: list[bytes] | None = None
+    ) -> BatchResult:
         """Sequence, integrate and publish ``entries``; durable when this returns.
 
         Entries already in the log (same bytes) keep their original index; duplicates within
@@ -300,7 +302,11 @@ class Log:
         if self._stale:
             self.reload()  # raises while the store cannot be read: nothing is signed
         sha256 = hashlib.sha256
-        hashes = [sha256(LEAF_PREFIX + e).digest() for e in entries]  # RFC 6962 leaf hash
+        # RFC 6962 leaf hashes, unless the caller computed them (``leaf_hashes``, trusted:
+        # the sequencer's callers hash on their own thread, off this one).
+        if leaf_hashes is not None and len(leaf_hashes) != len(entries):
+            raise ValueError("one leaf hash per entry")
+        hashes = leaf_hashes or [sha256(LEAF_PREFIX + e).digest() for e in entries]
         with self.storage.read() as rv:
             known = rv.indices_of(hashes)
         first = self._edge.size

@@ -47,6 +47,7 @@ class SequencerStopped(Exception):
 @dataclass
 class _Pending:
     entries: list[bytes]
+    hashes: list[bytes] | None  # their RFC 6962 leaf hashes, if the caller computed them
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[BatchResult]
     enqueued: float = field(default_factory=time.monotonic)
@@ -128,9 +129,19 @@ class Sequencer:
     def backlog(self) -> int:
         return self._queued_entries
 
-    async def submit(self, entries: list[bytes]) -> BatchResult:
+    async def submit(
+        self, entries: list[bytes], leaf_hashes: list[bytes] | None = None
+    ) -> BatchResult:
+        """Sequence ``entries``; answered once they are durable in a published checkpoint.
+
+        ``leaf_hashes``: their RFC 6962 leaf hashes (:func:`client.formats.merkle.leaf_hash`),
+        if the caller has them: computed on the caller's thread (e.g. while decoding a batch
+        body), that work overlaps the writer's commit instead of adding to it.
+        """
         if not entries:
             raise ValueError("nothing to submit")
+        if leaf_hashes is not None and len(leaf_hashes) != len(entries):
+            raise ValueError("one leaf hash per entry")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[BatchResult] = loop.create_future()
         with self._cond:
@@ -138,7 +149,7 @@ class Sequencer:
                 raise SequencerStopped("the log is not accepting entries")
             if self._queued_entries + len(entries) > self.max_backlog:
                 raise Overloaded()
-            self._queue.append(_Pending(entries, loop, fut))
+            self._queue.append(_Pending(entries, leaf_hashes, loop, fut))
             self._queued_entries += len(entries)
             self._cond.notify()
         return await bound(fut, "a commit", self.commit_timeout)
@@ -180,7 +191,7 @@ class Sequencer:
         except Exception as exc:  # the store is unreachable: the next batch reloads first
             log.warning("could not catch up with the shared store: %s", exc)
 
-    def _integrate(self, entries: list[bytes]) -> BatchResult:
+    def _integrate(self, entries: list[bytes], hashes: list[bytes] | None = None) -> BatchResult:
         """One batch, built on the store's current state: on a shared database another
         frontend may have committed since this one's last batch (then reload first, and
         once more if it commits in between: the database decides who wins each round)."""
@@ -190,7 +201,7 @@ class Sequencer:
                 self.log.catch_up()
             try:
                 # Published by the publisher thread (_publish_run), not here.
-                return self.log.integrate(entries, publish=False)
+                return self.log.integrate(entries, publish=False, leaf_hashes=hashes)
             except CommitConflict:
                 if attempt == CONFLICT_RETRIES or not shared:
                     raise
@@ -207,9 +218,14 @@ class Sequencer:
                     self._refresh()
                     continue
                 entries = [e for p in batch for e in p.entries]
+                hashes: list[bytes] | None = None
+                if len(batch) == 1:
+                    hashes = batch[0].hashes
+                elif all(p.hashes is not None for p in batch):
+                    hashes = [h for p in batch for h in p.hashes or ()]
                 t0 = time.perf_counter()
                 try:
-                    result: BatchResult | BaseException = self._integrate(entries)
+                    result: BatchResult | BaseException = self._integrate(entries, hashes)
                 except (CommitConflict, LogHalted) as exc:
                     # Logged where it happened; the callers get 503 with the reason.
                     result = SequencerStopped(f"nothing of the batch was acknowledged: {exc}")

@@ -207,10 +207,26 @@ class RightEdge:
             leaves = b"".join(chunk)
             if len(leaves) != take * HASH_SIZE:
                 raise ValueError("a leaf hash is 32 bytes")
-            self._blob(0, tindex)[off : off + take * HASH_SIZE] = leaves
+            tile = self._blob(0, tindex)
+            tile[off : off + take * HASH_SIZE] = leaves
             self._dirty.add((0, tindex))
-            self._range.extend(chunk, self._store_node)
+            self._range.extend(chunk, self._tile_visitor(tile))
             i += take
+
+    def _tile_visitor(self, tile: bytearray) -> Callable[[int, int, bytes], None]:
+        """The visitor for one level-0 tile's leaves: levels 1-7 (most nodes) go straight
+        into that tile's blob, already marked dirty; higher levels to :meth:`_store_node`."""
+        store_node = self._store_node
+        layer = _LAYER_START
+
+        def visit(level: int, index: int, h: bytes) -> None:
+            if level < TILE_HEIGHT:
+                off = (layer[level] + (index & ((TILE_WIDTH >> level) - 1))) << 5
+                tile[off : off + HASH_SIZE] = h
+            else:
+                store_node(level, index, h)
+
+        return visit
 
     def _store_node(self, level: int, index: int, h: bytes) -> None:
         tl, sub = level >> 3, level & 7

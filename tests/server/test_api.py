@@ -372,10 +372,10 @@ def test_backlog_full_is_503_with_retry_after(harness: Harness) -> None:
     entered = threading.Event()
     real = harness.log.integrate
 
-    def slow(entries: list[bytes], publish: bool = True):  # type: ignore[no-untyped-def]
+    def slow(entries: list[bytes], publish: bool = True, **kw):  # type: ignore[no-untyped-def]
         entered.set()
         gate.wait(10)
-        return real(entries, publish)
+        return real(entries, publish, **kw)
 
     api = harness.client.app.state.api  # type: ignore[attr-defined]
     seq: Sequencer = api.seq
