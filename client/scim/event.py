@@ -64,6 +64,7 @@ __all__ = [
     "Event",
     "adopt_event",
     "adopt_json_event",
+    "adopt_json_text",
     "decode_event",
     "encode_event",
     "event_from_json",
@@ -534,6 +535,11 @@ def _to_b64(v: object, path: str) -> object:
 
 def event_from_json(text: str | bytes) -> Event:
     """Parse and validate an event from its JSON form (see the module docstring)."""
+    return adopt_json_text(text)[0]
+
+
+def adopt_json_text(text: str | bytes) -> tuple[Event, bytes]:
+    """:func:`event_from_json` with the event's canonical encoding."""
     if len(text) > MAX_JSON_SIZE:
         raise EventFormatError(f"JSON event larger than {MAX_JSON_SIZE}")
     if isinstance(text, bytes):
@@ -547,7 +553,7 @@ def event_from_json(text: str | bytes) -> Event:
         raise EventFormatError("JSON nested too deeply") from None
     except ValueError as exc:
         raise EventFormatError(f"bad JSON: {exc}") from None
-    return event_from_obj(obj)
+    return adopt_json_event(obj)
 
 
 def event_from_obj(obj: object) -> Event:

@@ -1,0 +1,292 @@
+"""A compiled decoder for events in their JSON form: the same accept set, in C.
+
+:mod:`client.scim.event` validates an event with a Python walk over its schema (a function
+call per field) after ``json.loads`` with a Python hook per object, then encodes it with
+cbor2's ``canonical=True`` (which sorts every map by encoding each key). Per event that is
+a few hundred µs. This module derives, from that same schema (``event._EVENT``), msgspec
+``Struct`` types that check in msgspec's C decoder what can be checked there: exact types
+(no bool for int, no float for int), closed field sets (``forbid_unknown_fields``),
+required fields, enumerations (``Literal``), integer ranges, string and list lengths, the
+control-character and syntax rules (``pattern``), and the shape of base64 fields. Their
+fields are declared in deterministic CBOR key order (RFC 8949 §4.2.1: length first, then
+bytewise), so the decoded event, turned into dicts, is already in canonical order and
+cbor2's plain (C, non-sorting) encoder writes the canonical bytes.
+
+What msgspec cannot express is checked afterwards in Python, only where present: maps that
+must not be empty, ``mods[].old``/``new`` being JSON text, ``src.ip`` being an IP address,
+``x`` (the extension, any JSON-model value), and the cross-field rules (``_check_rules``).
+
+**The fast path only ever accepts.** Any failure of a check returns ``None`` and the
+caller runs the reference path of :mod:`client.scim.event`, which then accepts or rejects
+with its precise message. String limits are in UTF-8 bytes: for an ASCII body without
+``\\u`` escapes msgspec's limit in characters is exact; otherwise a string may have at most
+a quarter of its byte limit in characters (a longer one takes the reference path), and
+msgspec refuses invalid UTF-8 and lone surrogates as the reference's decoding does.
+So the accept set is the reference's, provided that what the fast path accepts the
+reference accepts too, with the same event and the same bytes: that is what
+``tests/scim/test_fastjson.py`` checks, with hypothesis, on random and mutated events.
+
+Duplicate keys (which the reference refuses and msgspec reads last-wins) are detected by
+counting colons: a JSON text has one ``:`` per object member plus those inside strings
+(written as is or as ``\\u003a``). msgspec's re-encoding of what it decoded has the same
+strings and one ``:`` per member it kept, so the two counts are equal if and only if no
+object repeated a key; a repeated key drops a member and at least its colon.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+from typing import Annotated, Any, Literal
+
+import cbor2
+import msgspec
+
+from client.scim import event as _ev
+from client.scim.cbor import EventFormatError
+from client.scim.jsonstrict import strict_json
+
+__all__ = ["decode_batch", "decode_event_json"]
+
+_ID_OK = r"[^\x00-\x1f\x7f-\x9f]"
+_TEXT_OK = r"[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]"
+# Canonical standard base64 of exactly 32 / 16 bytes: the last character before the padding
+# carries only zero trailing bits (what b64decode_strict's round trip insists on).
+_B64 = {
+    32: r"^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=\Z",
+    16: r"^[A-Za-z0-9+/]{21}[AQgw]==\Z",
+}
+
+
+def _canonical_order(names: Any) -> list[str]:
+    return sorted(names, key=lambda k: (len(k.encode()), k.encode()))
+
+
+class _Compiler:
+    """Turns the schema of :mod:`client.scim.event` into msgspec types, and notes the few
+    rules left for Python (they must sit where the post-check looks for them)."""
+
+    def __init__(self, controls: bool, ascii_: bool) -> None:
+        # controls=False: for bodies in which no decoded string can hold a control character
+        # (_decoders), the per-string control-character patterns are left out.
+        # ascii_=False: for bodies with UTF-8 beyond ASCII, where msgspec's length in
+        # characters is not the length in bytes: a string may have at most a quarter of
+        # its byte limit in characters (4 bytes per character at most), so that what is
+        # accepted surely fits; a longer one takes the reference path.
+        self.controls = controls
+        self.divisor = 1 if ascii_ else 4
+        self.n = 0
+        self.json_text: set[str] = set()
+        self.ip: set[str] = set()
+        self.extension: set[str] = set()
+        self.may_be_empty: set[str] = set()  # maps with no required field
+
+    def type_of(self, spec: Any, path: str) -> Any:
+        if isinstance(spec, _ev._IP):
+            self.ip.add(path)
+            return self.type_of(_ev._Text(64), path)
+        if isinstance(spec, _ev._Text):
+            ok = _TEXT_OK if spec.free else _ID_OK
+            pattern: str | None
+            max_chars = spec.max_bytes // self.divisor
+            if spec.regex is not None:
+                # Restricted to ASCII here (the schema's regexes are), so chars == bytes.
+                pattern = rf"^(?=[\x00-\x7f]*\Z)(?={ok}*\Z)(?:{spec.regex.pattern})\Z"
+                max_chars = spec.max_bytes
+            else:
+                pattern = rf"^{ok}*\Z" if self.controls else None
+            if spec.json_text:
+                self.json_text.add(path)
+            meta = msgspec.Meta(min_length=1, max_length=max_chars, pattern=pattern)
+            return Annotated[str, meta]
+        if isinstance(spec, _ev._Bytes):
+            return Annotated[str, msgspec.Meta(pattern=_B64[spec.size])]
+        if isinstance(spec, _ev._UInt):
+            return Annotated[int, msgspec.Meta(ge=spec.lo, le=spec.hi)]
+        if isinstance(spec, _ev._Enum):
+            return Literal[spec.values]
+        if isinstance(spec, _ev._Const):
+            return Literal[spec.value]
+        if isinstance(spec, _ev._List):
+            item = self.type_of(spec.item, path + "[]")
+            return Annotated[list[item], msgspec.Meta(min_length=1, max_length=spec.max_items)]  # type: ignore[valid-type]
+        if isinstance(spec, _ev._Tuple):
+            # A list of fixed length (the reference's value is a list, not a tuple).
+            n = len(spec.items)
+            if any(s != spec.items[0] for s in spec.items):
+                raise TypeError("only tuples of one item type")  # pragma: no cover
+            item = self.type_of(spec.items[0], path + "[]")
+            return Annotated[list[item], msgspec.Meta(min_length=n, max_length=n)]  # type: ignore[valid-type]
+        if isinstance(spec, _ev._Extension):
+            self.extension.add(path)
+            return dict[str, Any]
+        if isinstance(spec, _ev._Map):
+            if not any(req for _, req in spec.fields.values()):
+                self.may_be_empty.add(path)
+            fields: list[tuple[str, Any, Any]] = []
+            for name in _canonical_order(spec.fields):
+                sub, required = spec.fields[name]
+                t = self.type_of(sub, f"{path}.{name}")
+                if required:
+                    fields.append((name, t, msgspec.NODEFAULT))
+                else:
+                    fields.append((name, t | msgspec.UnsetType, msgspec.UNSET))
+            self.n += 1
+            return msgspec.defstruct(
+                f"_S{self.n}", fields, kw_only=True, forbid_unknown_fields=True
+            )
+        raise TypeError(f"no msgspec type for {spec!r}")  # pragma: no cover - import time
+
+
+def _compile(
+    controls: bool, ascii_: bool
+) -> tuple[msgspec.json.Decoder[Any], msgspec.json.Decoder[Any]]:
+    c = _Compiler(controls, ascii_)
+    event_t = c.type_of(_ev._EVENT, "$")
+    # The post-check below handles these rules at exactly these places; a schema change
+    # that adds one elsewhere must fail here (at import), not be silently skipped.
+    if (
+        c.json_text != {"$.mods[].old", "$.mods[].new"}
+        or c.ip != {"$.src.ip"}
+        or c.extension != {"$.x"}
+        or c.may_be_empty != {"$.idp", "$.ver", "$.src", "$.err"}
+        or set(_ev.BYTES_FIELDS) != {"req.dig", "actor.tok_d", "actor.x5t_s256", "patch[].v_d",
+                                     "mods[].old_d", "mods[].new_d", "refs[].pid"}
+    ):  # fmt: skip
+        raise ImportError("client.scim.fastjson does not match client.scim.event's schema")
+    batch_t = msgspec.defstruct(
+        "_Batch",
+        [("events", list[event_t])],  # type: ignore[valid-type]
+        forbid_unknown_fields=True,
+    )
+    return msgspec.json.Decoder(event_t), msgspec.json.Decoder(batch_t)
+
+
+_LEAN = _compile(controls=False, ascii_=True)
+_ASCII = _compile(controls=True, ascii_=True)
+_UTF8 = _compile(controls=True, ascii_=False)
+# What a JSON string needs to decode to a string with a C0 control or DEL in it, in an ASCII
+# body without \u escapes (raw C0 bytes are not allowed in JSON strings at all).
+_CONTROL_SIGNS = (b"\\b", b"\\f", b"\\n", b"\\r", b"\\t", b"\x7f")
+
+
+def _decoders(body: bytes) -> tuple[msgspec.json.Decoder[Any], msgspec.json.Decoder[Any]]:
+    if b"\\u" in body or not body.isascii():
+        return _UTF8  # \\u escapes may stand for anything but a lone surrogate
+    return _ASCII if any(sign in body for sign in _CONTROL_SIGNS) else _LEAN
+
+
+_encoder = msgspec.json.Encoder()
+_b64 = base64.b64decode
+
+
+def _sorted_json(v: Any) -> Any:
+    """``x`` with every map in canonical key order (its keys are free)."""
+    if type(v) is dict:
+        return {k: _sorted_json(v[k]) for k in _canonical_order(v)}
+    if type(v) is list:
+        return [_sorted_json(i) for i in v]
+    return v
+
+
+_EXTENSION = _ev._Extension()
+_any_decoder = msgspec.json.Decoder()
+
+
+def _json_text(v: str) -> None:
+    """Raise unless ``v`` is JSON text as the reference reads it (``strict_json`` with
+    floats allowed). msgspec parses short, shallow texts (it is no more lenient there:
+    NaN, out-of-range numbers, lone surrogates and bad syntax fail in both), the colon
+    count rules out repeated keys; anything else goes to ``strict_json`` itself."""
+    if len(v) > 1024 or v.count("[") + v.count("{") > 32 or "\\u" in v:
+        strict_json(v, floats=True)
+        return
+    if v.count(":") != _encoder.encode(_any_decoder.decode(v)).count(b":"):
+        raise ValueError("repeated key in JSON text")
+
+
+def _finish(ev: dict[str, Any]) -> bytes:
+    """The Python part of the checks on one decoded event (in canonical order, base64
+    fields still text); decodes the base64 fields in place; returns the canonical CBOR.
+    Raises on anything the reference path might see differently."""
+    for k in ("idp", "ver", "src", "err"):
+        if k in ev and not ev[k]:
+            raise EventFormatError(f"empty {k}")
+    req = ev["req"]
+    req["dig"] = _b64(req["dig"])
+    actor = ev["actor"]
+    if "tok_d" in actor:
+        actor["tok_d"] = _b64(actor["tok_d"])
+    if "x5t_s256" in actor:
+        actor["x5t_s256"] = _b64(actor["x5t_s256"])
+    if "patch" in ev:
+        for p in ev["patch"]:
+            if "v_d" in p:
+                p["v_d"] = _b64(p["v_d"])
+    if "mods" in ev:
+        for m in ev["mods"]:
+            if "old" in m:
+                _json_text(m["old"])
+            if "new" in m:
+                _json_text(m["new"])
+            if "old_d" in m:
+                m["old_d"] = _b64(m["old_d"])
+            if "new_d" in m:
+                m["new_d"] = _b64(m["new_d"])
+    if "refs" in ev:
+        for r in ev["refs"]:
+            r["pid"] = _b64(r["pid"])
+    if "src" in ev and "ip" in ev["src"]:
+        ipaddress.ip_address(ev["src"]["ip"])
+    if "x" in ev:
+        _EXTENSION.check(ev["x"], "$.x")
+        ev["x"] = _sorted_json(ev["x"])
+    _ev._check_rules(ev)
+    data = cbor2.dumps(ev)
+    if len(data) > _ev.MAX_EVENT_SIZE:
+        raise EventFormatError("event too large")
+    return data
+
+
+_FAIL = (msgspec.ValidationError, msgspec.DecodeError, ValueError, RecursionError, TypeError)
+
+
+def _colons(body: bytes) -> int:
+    """The colons of a JSON text, those written as ``\\u003a`` escapes included (a literal
+    backslash followed by "u003a" counts too: an overcount only ever makes the repeated-key
+    check fail, sending the body to the reference path)."""
+    n = body.count(b":")
+    if b"\\u" in body:
+        n += body.count(b"\\u003a") + body.count(b"\\u003A")
+    return n
+
+
+def decode_batch(body: bytes) -> list[tuple[_ev.Event, bytes]] | None:
+    """The events of a ``{"events": [...]}`` JSON body with their canonical encodings, each
+    exactly as :func:`client.scim.event.adopt_json_event` would give it; or ``None``: then
+    the caller must take the reference path (which accepts, or says what is wrong)."""
+    try:
+        decoded = _decoders(body)[1].decode(body)
+        if not decoded.events:
+            return None
+        if _colons(body) != _encoder.encode(decoded).count(b":"):
+            return None  # a repeated key somewhere
+        events = msgspec.to_builtins(decoded.events)
+        return [(ev, _finish(ev)) for ev in events]
+    except _FAIL:
+        return None
+
+
+def decode_event_json(body: bytes) -> tuple[_ev.Event, bytes] | None:
+    """One event's JSON form, as :func:`client.scim.event.event_from_json` would give it,
+    with its canonical encoding; or ``None`` (take the reference path)."""
+    if len(body) > _ev.MAX_JSON_SIZE:
+        return None
+    try:
+        decoded = _decoders(body)[0].decode(body)
+        if _colons(body) != _encoder.encode(decoded).count(b":"):
+            return None  # a repeated key somewhere
+        ev = msgspec.to_builtins(decoded)
+        return ev, _finish(ev)
+    except _FAIL:
+        return None
