@@ -54,6 +54,7 @@ __all__ = [
     "BatchWrite",
     "CommitConflict",
     "CommitUnknown",
+    "DuplicateLeaves",
     "ReadView",
     "StorageCorrupt",
     "StorageError",
@@ -92,6 +93,17 @@ class CommitConflict(StorageError):
 
     Nothing of the batch was written; the writer must reload its state from the store.
     """
+
+
+class DuplicateLeaves(CommitConflict):
+    """A backend that checks the dedup index in the commit (``dedup_on_commit``) found leaf
+    hashes of the batch already stored: nothing was written, and the store is still what the
+    batch was built on. ``known`` maps each of them to its stored index, so the writer can
+    rebuild the batch without them (no reload needed)."""
+
+    def __init__(self, known: dict[bytes, int]) -> None:
+        super().__init__(f"{len(known)} leaf hash(es) of the batch are already in the log")
+        self.known = known
 
 
 class CommitUnknown(StorageError):
@@ -213,6 +225,11 @@ class Backend(Protocol):
     # Several processes may write this store at once (the database serialises their
     # batches): a writer that loses a compare-and-swap reloads and rebuilds its batch.
     shared: bool
+    # commit_batch refuses a batch with a leaf hash already stored (DuplicateLeaves, with
+    # the stored indices), so the writer need not look its leaf hashes up before building
+    # it: on a database that saves a round trip per batch; on LMDB the lookup is a memory
+    # read and the commit does not report which hashes it found.
+    dedup_on_commit: bool
     # Called once by close() (e.g. release the writer's lock).
     on_close: list[Callable[[], object]]
 

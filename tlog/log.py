@@ -42,6 +42,7 @@ from tlog.backend import (
     BatchWrite,
     CommitConflict,
     CommitUnknown,
+    DuplicateLeaves,
     ReadView,
     StorageCorrupt,
     StorageError,
@@ -213,7 +214,7 @@ class Log:
             self._latest = pub
         else:  # a reload: what the store holds now is handed out only once remembered
             self.publish(pub)
-        self._edge = RightEdge(size, self._storage_blob)
+        self._edge = RightEdge(size, self._edge_blob)
 
     def _check_remembered(self, mem: Remembered, size: int, rv: ReadView) -> None:
         where = self.remembered.path if self.remembered is not None else "?"
@@ -270,7 +271,16 @@ class Log:
         n = open_note(note, [self._verifier])
         return Checkpoint.parse(n.text)
 
-    def _storage_blob(self, level: int, index: int) -> bytes | None:
+    def _edge_blob(self, level: int, index: int) -> bytes | None:
+        """A stored blob for the writer's right edge, as of the store's tree size (the
+        writer's head): none beyond that tree (no read), the blobs this writer committed
+        or verified from memory, the others from the store (after a reload, at start)."""
+        size = self._head.size
+        if tile_width(size, level, index) == 0:
+            return None
+        cached = self.blobs.get(level, index, size)
+        if cached is not None:
+            return cached
         with self.storage.read() as rv:
             b = rv.blob(level, index)
             return None if b is None else bytes(b)
@@ -307,8 +317,29 @@ class Log:
         if leaf_hashes is not None and len(leaf_hashes) != len(entries):
             raise ValueError("one leaf hash per entry")
         hashes = leaf_hashes or [sha256(LEAF_PREFIX + e).digest() for e in entries]
-        with self.storage.read() as rv:
-            known = rv.indices_of(hashes)
+        known: dict[bytes, int] = {}
+        if not self.storage.dedup_on_commit:
+            with self.storage.read() as rv:
+                known = rv.indices_of(hashes)
+        # A database checks the dedup index in the commit itself (no lookup round trip
+        # first): if a hash is already stored, the commit wrote nothing and says where
+        # those hashes are; the batch is rebuilt without them (bounded: each retry only
+        # learns more stored hashes, and a store that moved is a CommitConflict).
+        for attempt in range(3):
+            try:
+                return self._integrate(entries, hashes, known, publish)
+            except DuplicateLeaves as exc:
+                if attempt == 2 or not exc.known.keys() - known.keys():
+                    self._stale = True
+                    self.reload()
+                    raise CommitConflict(f"{exc}, again after rebuilding the batch") from None
+                known.update(exc.known)
+                log.info("%s: rebuilding the batch without them", exc)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _integrate(
+        self, entries: list[bytes], hashes: list[bytes], known: dict[bytes, int], publish: bool
+    ) -> BatchResult:
         first = self._edge.size
         indices: list[int] = []
         dup: list[bool] = []
@@ -318,16 +349,18 @@ class Log:
             indices = list(range(first, first + len(entries)))
             dup = [False] * len(entries)
             new_entries, new_hashes = entries, hashes
-        for e, h in zip(entries, hashes, strict=True) if not new_entries else ():
-            j = known.get(h)
-            if j is None:
-                j = known[h] = first + len(new_entries)
-                new_entries.append(e)
-                new_hashes.append(h)
-                dup.append(False)
-            else:
-                dup.append(True)
-            indices.append(j)
+        else:
+            seen = dict(known)
+            for e, h in zip(entries, hashes, strict=True):
+                j = seen.get(h)
+                if j is None:
+                    j = seen[h] = first + len(new_entries)
+                    new_entries.append(e)
+                    new_hashes.append(h)
+                    dup.append(False)
+                else:
+                    dup.append(True)
+                indices.append(j)
         if not new_entries:
             if publish:
                 self.publish(self._head)
@@ -355,6 +388,11 @@ class Log:
                     base.note.encode(),
                 )
             )
+        except DuplicateLeaves:
+            # Nothing was written and the store is still at ``base``: only the in-memory
+            # edge moved. Rebuild it at ``first`` (from the blobs committed so far).
+            self._edge = RightEdge(first, self._edge_blob)
+            raise
         except CommitConflict as exc:
             # The store is not what this writer built on: another writer got there first (or
             # a put failed). Nothing was written; adopt what the store holds and acknowledge

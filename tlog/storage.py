@@ -373,6 +373,7 @@ class Storage:
 
     kind = "lmdb"
     shared = False  # one writer process: the data directory's lock (tlog.integrity)
+    dedup_on_commit = False  # the writer looks its leaf hashes up first (a memory read)
 
     def __init__(
         self,

@@ -1,0 +1,110 @@
+"""The batch commit as the PostgreSQL backend does it: the dedup lookup folded into the
+commit (``dedup_on_commit``), the right edge served from memory between batches. The same
+behaviour is asserted on LMDB, which looks leaf hashes up before the commit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from client.formats.checkpoint import open_checkpoint
+from client.formats.merkle import leaf_hash, verify_inclusion
+from tests.pgsupport import BACKENDS, backend_database, open_store
+from tlog.backend import CommitConflict
+from tlog.log import Log
+
+from .conftest import make_signer
+
+
+@pytest.fixture(params=BACKENDS)
+def database(request: pytest.FixtureRequest) -> str | None:
+    return backend_database(request)
+
+
+def _root(log_: Log) -> tuple[int, bytes]:
+    cp, _ = open_checkpoint(log_.latest.note, [make_signer().verifier])
+    return cp.size, cp.root_hash
+
+
+def test_entries_already_in_the_log_keep_their_index(tmp_path: Path, database: str | None) -> None:
+    """A batch mixing stored entries, new ones and repeats: stored ones keep their index,
+    each new one gets one index, and the tree holds every new entry exactly once."""
+    store = open_store(database, tmp_path)
+    log_ = Log(store, make_signer())
+    first = log_.integrate([b"a", b"b"])
+    assert first.indices == [0, 1]
+    r = log_.integrate([b"c", b"a", b"d", b"c", b"b"])
+    assert r.indices == [2, 0, 3, 2, 1]
+    assert r.duplicates == [False, True, False, True, True]
+    size, root = _root(log_)
+    assert size == 4
+    with store.read() as rv:
+        assert rv.tree_size() == 4
+        assert rv.entries(0, 10) == [b"a", b"b", b"c", b"d"]
+        assert rv.index_of(leaf_hash(b"d")) == 3
+    for i, e in enumerate([b"a", b"b", b"c", b"d"]):
+        verify_inclusion(i, size, leaf_hash(e), log_.inclusion_proof(i, size), root)
+    # Only stored entries: nothing new to sign, the same checkpoint.
+    again = log_.integrate([b"d", b"a"])
+    assert again.indices == [3, 0]
+    assert again.checkpoint == r.checkpoint
+    # And the writer goes on from the rebuilt edge.
+    assert log_.integrate([b"e"]).indices == [4]
+    store.close()
+
+
+def test_a_stored_entry_in_a_stale_batch_is_a_conflict(
+    tmp_path: Path, database: str | None
+) -> None:
+    """Writer B built on size 0 submits what A already stored: the store moved, so this is
+    the compare-and-swap's refusal (reload), not a duplicate to rebuild around."""
+    store = open_store(database, tmp_path)
+    other = store if database is None else open_store(database, tmp_path)
+    a, b = Log(store, make_signer()), Log(other, make_signer())
+    a.integrate([b"x0", b"x1"])
+    with pytest.raises(CommitConflict, match="tree size is 2, this writer built on 0"):
+        b.integrate([b"x1", b"y"])
+    with store.read() as rv:
+        assert rv.tree_size() == 2
+        assert rv.index_of(leaf_hash(b"y")) is None
+    r = b.integrate([b"x1", b"y"])  # reloaded: x1 is found where A put it
+    assert r.indices == [1, 2]
+    assert r.duplicates == [True, False]
+    assert _root(b)[0] == 3
+    store.close()
+    if other is not store:
+        other.close()
+
+
+def test_postgresql_batches_need_no_lookup_and_no_blob_read(
+    tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After start-up the writer reads nothing before a commit: no dedup lookup (the
+    commit's INSERT is the lookup) and no tile blob (its right edge and the blobs it
+    committed are in memory; tiles beyond the tree are known to be empty)."""
+    from tlog.pg import PgReadView
+
+    store = open_store(pg_url, tmp_path)
+    log_ = Log(store, make_signer())
+    log_.integrate([b"warm-%d" % i for i in range(300)])  # past the first full tile
+
+    def refused(*args: object) -> None:
+        raise AssertionError("the writer read the store before committing")
+
+    monkeypatch.setattr(PgReadView, "indices_of", refused)
+    monkeypatch.setattr(PgReadView, "blob", refused)
+    for k in range(4):  # crosses level-0 tile boundaries (256 leaves each)
+        r = log_.integrate([b"b%d-%d" % (k, i) for i in range(200)])
+        assert r.indices[0] == 300 + 200 * k
+    monkeypatch.undo()
+    size, root = _root(log_)
+    assert size == 1100
+    for i in (0, 255, 256, 299, 300, 777, 1099):
+        e = b"warm-%d" % i if i < 300 else b"b%d-%d" % ((i - 300) // 200, (i - 300) % 200)
+        verify_inclusion(i, size, leaf_hash(e), log_.inclusion_proof(i, size), root)
+    # A fresh writer, rebuilt from the store alone, holds the same tree.
+    again = Log(store, make_signer())
+    assert _root(again) == (size, root)
+    assert again.integrate([b"b1-5", b"new"]).indices == [505, 1100]
+    store.close()
