@@ -2,10 +2,12 @@
 
     .venv/bin/python -m bench.scim_proxy [--duration 10] [--connections 16] [--prefill 300]
 
-Needs ``wrk`` (``apt-get install -y wrk``) and the scim2 packages (``pip install
-scim2-server``). Everything runs on 127.0.0.1 in the same run, on the same machine:
+Needs ``wrk`` (``apt-get install -y wrk``), the scim2 packages and waitress (the ``dev``
+extra). Everything runs on 127.0.0.1 in the same run, on the same machine:
 
-* **direct**: ``scim2-server`` (its own wsgiref server, a thread per connection);
+* **direct**: scim2-server's application under waitress (:mod:`bench.scim_sp`: HTTP/1.1
+  keep-alive, 8 worker threads; ``--sp wsgiref`` uses the ``scim2-server`` command's own
+  wsgiref server instead, which closes every connection, for both runs);
 * **proxy**: an identical, fresh ``scim2-server`` behind ``tlog scim-proxy`` (fail-closed:
   each answer waits for its event to be fsynced in the outbox), which relays the events to a
   real ``tlog serve`` (SCIM service on: every event encrypted, committed, sequenced);
@@ -158,23 +160,19 @@ def cpu_during(
     return res, used
 
 
-def start_scim2_server(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_scim2_server(sp: str) -> tuple[subprocess.Popen[bytes], str]:
+    """scim2-server's application on a free port: under waitress (``bench.scim_sp``, HTTP/1.1
+    keep-alive) or under the ``scim2-server`` command's own wsgiref server (``sp="wsgiref"``,
+    a new connection per request)."""
     port = free_port()
-    exe = Path(sys.executable).with_name("scim2-server")
-    p = subprocess.Popen(
-        [
-            str(exe),
-            "--hostname",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--bearer-token",
-            SCIM_TOKEN,
-            "--reverse-proxy",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    if sp == "wsgiref":
+        exe = Path(sys.executable).with_name("scim2-server")
+        cmd = [str(exe), "--hostname", "127.0.0.1", "--reverse-proxy"]
+        cmd += ["--port", str(port), "--bearer-token", SCIM_TOKEN]
+    else:
+        cmd = [sys.executable, "-m", "bench.scim_sp", "--port", str(port)]
+        cmd += ["--bearer-token", SCIM_TOKEN]
+    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}/v2"
     wait_up(base + "/ServiceProviderConfig", p)
     return p, base
@@ -334,6 +332,18 @@ def main() -> None:
         default=64,
         help="proxy --upstream-connections (default 64, the proxy's default)",
     )
+    ap.add_argument(
+        "--sp",
+        choices=("waitress", "wsgiref"),
+        default="waitress",
+        help="the SCIM SP's HTTP server, the same for the direct and the proxied run: waitress "
+        "(keep-alive, bench.scim_sp; default) or the scim2-server command's wsgiref",
+    )
+    ap.add_argument(
+        "--profile",
+        type=Path,
+        help="write py-spy's collapsed stacks (--gil) of the proxy during its run to this file",
+    )
     args = ap.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("bench.scim_proxy needs wrk: apt-get install -y wrk")
@@ -367,9 +377,9 @@ def main() -> None:
         batch_token = tlog_token(tmp / "log", "bench-batch")
         (tmp / "proxy.token").write_text(proxy_token)
 
-        direct_p, direct_base = start_scim2_server(tmp)
+        direct_p, direct_base = start_scim2_server(args.sp)
         procs.append(direct_p)
-        up_p, upstream = start_scim2_server(tmp)
+        up_p, upstream = start_scim2_server(args.sp)
         procs.append(up_p)
         pport = free_port()
         outbox = tmp / "proxy-outbox.sqlite"
@@ -414,10 +424,23 @@ def main() -> None:
         direct, direct_cpu = cpu_during(
             {"scim2-server": direct_p}, lambda: wrk(direct_base, direct_ids, d, cn)
         )
+        spy = None
+        if args.profile is not None:  # py-spy on the proxy during its run (collapsed stacks)
+            spy = subprocess.Popen(
+                [
+                    *(str(Path(sys.executable).with_name("py-spy")), "record", "--gil"),
+                    *("--nonblocking", "--format", "raw", "-r", "200", "-o", str(args.profile)),
+                    *("-d", str(d + 1), "-p", str(proxy_p.pid)),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
         proxied, proxy_cpu = cpu_during(
             {"scim2-server": up_p, "tlog scim-proxy": proxy_p, "tlog serve": log_p},
             lambda: wrk(proxy_base, proxy_ids, d, cn),
         )
+        if spy is not None:
+            spy.wait(60)
         t0 = time.monotonic()
         pending, delivered = outbox_counts(outbox)
         backlog_at_end = pending
@@ -441,6 +464,7 @@ def main() -> None:
         f"machine: {os.cpu_count()} cores ({cpu_model()}), {platform.system()} "
         f"{platform.machine()}, Python {platform.python_version()}; everything on this host"
     )
+    print(f"SP: scim2-server's application under {args.sp}, direct and behind the proxy")
     print(
         f"load: wrk -t2 -c{args.connections} -d{args.duration}s, 50% POST /Users + 50% PATCH "
         f"/Users/<id> (of {args.prefill} users); proxy fail-closed, receipt-timeout "
@@ -457,7 +481,8 @@ def main() -> None:
         parts = ", ".join(f"{k} {1000 * v / n:.2f}" for k, v in cpu.items())
         print(f"  CPU ms per write, {label}: {parts}")
     ratio = proxied["rps"] / direct["rps"] if direct["rps"] else 0.0
-    print(f"proxy / direct: {ratio:.0%} (target >= 70%)")
+    p99 = proxied.get("p99_ms", 0) / direct["p99_ms"] if direct.get("p99_ms") else 0.0
+    print(f"proxy / direct: throughput {ratio:.0%} (target >= 80%), p99 {p99:.2f}x (target <= 2x)")
     print(
         f"events in the log from the proxy: {delivered:,} (wrk counted {proxied['requests']:,.0f}"
         f" requests); backlog at the end of the run {backlog_at_end}, drained in {drain:.2f}s"

@@ -506,7 +506,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_scim_proxy(args: argparse.Namespace) -> int:
-    from tlog.scim_proxy import main_proxy
+    from client.adapters.proxy import main_proxy
 
     try:
         cfg = from_args(ProxyConfig, args)

@@ -1,9 +1,10 @@
 """One frozen configuration object per program, every default defined once.
 
 :class:`ServeConfig` is everything ``tlog serve`` (and the store commands) run with;
-:class:`ProxyConfig` is everything ``tlog scim-proxy`` runs with. Their field defaults are
-the only defaults: the command line, the environment and the TOML configuration file only
-fill them in, in this order of precedence (highest first)::
+:class:`client.adapters.proxy.ProxyConfig` (defined beside the proxy, with the same
+:func:`~client.runtime.settings.setting` fields) is everything ``tlog scim-proxy`` runs
+with. Their field defaults are the only defaults: the command line, the environment and the
+TOML configuration file only fill them in, in this order of precedence (highest first)::
 
     --flag  >  environment variable  >  --config FILE (TOML)  >  field default
 
@@ -41,11 +42,13 @@ import re
 import tomllib
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from client.adapters.proxy import ProxyConfig
 from client.runtime.serving import ServerLimits
+from client.runtime.settings import LOG_FORMATS, LOG_LEVELS, setting, table
 from tlog.app import Limits
 from tlog.backend import DEFAULT_MAP_SIZE, DEFAULT_VERIFY_LIMIT
 from tlog.scim.service import ScimLimits
@@ -63,40 +66,11 @@ __all__ = [
     "setting",
 ]
 
-LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
-LOG_FORMATS = ("text", "json")
-
 T = TypeVar("T")
 
 
 class ConfigError(ValueError):
     """A configuration file, environment variable or flag value is unusable."""
-
-
-def setting(
-    default: Any,
-    help: str,
-    *,
-    flag: str | None = None,
-    env: str | None = None,
-    choices: tuple[str, ...] | None = None,
-) -> Any:
-    """A configuration field: its default (defined here only) and its help text."""
-    meta: dict[str, Any] = {"help": help}
-    if flag is not None:
-        meta["flag"] = flag
-    if env is not None:
-        meta["env"] = env
-    if choices is not None:
-        meta["choices"] = choices
-    return field(default=default, metadata=meta)
-
-
-def table(cls: type[Any], help: str, *, flat: bool = False) -> Any:
-    """A field holding a nested dataclass of settings: a TOML table. ``flat``: its flags and
-    environment variables carry no table prefix (``--header-timeout``, not
-    ``--server-header-timeout``)."""
-    return field(default_factory=cls, metadata={"help": help, "table": True, "flat": flat})
 
 
 @dataclass(frozen=True)
@@ -211,63 +185,6 @@ class ServeConfig:
             if self.scim_master_key is not None
             else self.data / MASTER_KEY_FILE
         )
-
-
-@dataclass(frozen=True)
-class ProxyConfig:
-    """``tlog scim-proxy``: the auditing reverse proxy in front of a SCIM service provider."""
-
-    upstream: str | None = setting(
-        None, "SCIM base URL of the service provider, e.g. http://127.0.0.1:9000/v2 (required)"
-    )
-    log_url: str | None = setting(None, "base URL of the tlog server (required)", flag="--log")
-    log_origin: str | None = setting(
-        None, "the log's origin: refuse to start against a log with another one"
-    )
-    token_file: Path | None = setting(
-        None, "file holding a submitter token bound to --tenant (required)"
-    )
-    tenant: str | None = setting(None, "the tenant the events belong to (required)")
-    sp_id: str | None = setting(None, "this service provider's id in the events (required)")
-    listen: str = setting("127.0.0.1:8081", "host:port to listen on")
-    outbox: Path = setting(Path("scim-outbox.sqlite"), "SQLite outbox file")
-    outbox_max_mb: float | None = setting(
-        None, "cap on the outbox size in MiB; beyond it writes fail (closed: 503)"
-    )
-    fail_open: bool = setting(
-        False,
-        "pass SCIM responses through when the event cannot be recorded "
-        "(default: fail closed with 503)",
-    )
-    receipt_timeout: float = setting(
-        0.0,
-        "seconds to wait for the log's receipt before answering (0: answer once the event "
-        "is in the outbox)",
-    )
-    base_path: str | None = setting(
-        None, "SCIM base path for the audit records (default: the upstream's path)"
-    )
-    preserve_host: bool = setting(
-        False, "forward the client's Host header instead of the upstream's"
-    )
-    forwarded: bool = setting(True, "add X-Forwarded-For/-Proto/-Host")
-    upstream_timeout: float = setting(60.0, "seconds per read/write on the upstream (then 504)")
-    upstream_connections: int = setting(
-        64, "requests in flight to the upstream at most; the rest wait in the proxy"
-    )
-    log_level: str = setting("info", "logging level", choices=LOG_LEVELS)
-    log_format: str = setting(
-        "text", "log line format (json: one JSON object a line)", choices=LOG_FORMATS
-    )
-    server: ServerLimits = table(ServerLimits, "connection limits and timeouts", flat=True)
-
-    REQUIRED: typing.ClassVar[tuple[str, ...]] = (
-        "upstream",
-        "log_url",
-        "token_file",
-        "tenant",
-        "sp_id",
-    )
 
 
 ENV_PREFIX: dict[type[Any], str] = {ServeConfig: "TLOG_", ProxyConfig: "TLOG_PROXY_"}

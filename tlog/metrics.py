@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from tlog.sequencer import Sequencer
     from tlog.witnessing import WitnessPusher
 
-__all__ = ["LATENCY_BUCKETS", "Metrics", "ops_routes", "proxy_routes"]
+__all__ = ["LATENCY_BUCKETS", "Metrics", "ops_routes"]
 
 LATENCY_BUCKETS = (
     0.0005,
@@ -335,102 +335,4 @@ def ops_routes(
     return [
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
-    ]
-
-
-# --- tlog scim-proxy ------------------------------------------------------------------------
-
-
-class _ProxyCollector(Collector):
-    """The proxy's audit backlog, read from the outbox when scraped."""
-
-    def __init__(self, backlog: Callable[[], dict[str, Any]]) -> None:
-        self.backlog = backlog
-
-    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-        b = self.backlog()
-        yield GaugeMetricFamily(
-            "tlog_proxy_outbox_pending_events",
-            "events in the outbox not yet in the log",
-            value=b.get("pending") or 0,
-        )
-        yield GaugeMetricFamily(
-            "tlog_proxy_outbox_pending_bytes",
-            "bytes of the events not yet in the log",
-            value=b.get("pending_bytes") or 0,
-        )
-        oldest = b.get("oldest_ms")
-        yield GaugeMetricFamily(
-            "tlog_proxy_outbox_oldest_age_seconds",
-            "age of the oldest event not yet in the log (0 when none)",
-            value=0 if oldest is None else oldest / 1000.0,
-        )
-        yield GaugeMetricFamily(
-            "tlog_proxy_outbox_rejected_events",
-            "events the log refused for good (kept for inspection)",
-            value=b.get("rejected") or 0,
-        )
-        healthy = b.get("relay_healthy")
-        yield GaugeMetricFamily(
-            "tlog_proxy_relay_healthy",
-            "1 while the relay's last delivery to the log worked",
-            value=1 if healthy else 0,
-        )
-        events = CounterMetricFamily(
-            "tlog_proxy_events", "audit records by kind since start", labels=["kind"]
-        )
-        for kind in ("events", "access", "unrecorded", "refused"):
-            events.add_metric([kind], b.get(kind) or 0)
-        yield events
-
-
-def proxy_routes(
-    backlog: Callable[[], dict[str, Any]],
-    *,
-    max_bytes: int | None,
-    receipt_timeout: float,
-    prefix: str = "/.tlog",
-) -> list[Route]:
-    """``/.tlog/healthz``, ``/.tlog/readyz`` and ``/.tlog/metrics`` of ``tlog scim-proxy``
-    (under ``/.tlog/`` like ``/.tlog/status``, so no SCIM path of the upstream is shadowed).
-
-    Ready while the outbox takes events (below ``max_bytes``); the relay's health gates
-    readiness only when writes wait for the log's receipt (``receipt_timeout`` > 0)."""
-    import asyncio
-
-    registry = CollectorRegistry(auto_describe=False)  # no collect() before the app exists
-    registry.register(_ProxyCollector(backlog))
-
-    async def healthz(request: Request) -> Response:
-        return JSONResponse({"status": "ok"}, headers={"Cache-Control": "no-store"})
-
-    async def readyz(request: Request) -> Response:
-        b = await asyncio.get_running_loop().run_in_executor(None, backlog)
-        full = max_bytes is not None and (b.get("pending_bytes") or 0) >= max_bytes
-        relay_ok = bool(b.get("relay_healthy"))
-        checks: dict[str, dict[str, Any]] = {
-            "outbox": {
-                "ok": not full,
-                "pending": b.get("pending"),
-                "pending_bytes": b.get("pending_bytes"),
-                "limit_bytes": max_bytes,
-                "oldest_ms": b.get("oldest_ms"),
-            },
-            "relay": {"ok": relay_ok or receipt_timeout <= 0, "healthy": relay_ok},
-        }
-        ok = all(c["ok"] for c in checks.values())
-        return JSONResponse(
-            {"status": "ready" if ok else "not ready", "checks": checks},
-            status_code=200 if ok else 503,
-            headers={"Cache-Control": "no-store"},
-        )
-
-    async def metrics_endpoint(request: Request) -> Response:
-        body = await asyncio.get_running_loop().run_in_executor(None, generate_latest, registry)
-        return Response(body, media_type=CONTENT_TYPE_LATEST, headers={"Cache-Control": "no-store"})
-
-    return [
-        Route(prefix + "/healthz", healthz, methods=["GET"]),
-        Route(prefix + "/readyz", readyz, methods=["GET"]),
-        Route(prefix + "/metrics", metrics_endpoint, methods=["GET"]),
     ]

@@ -7,5 +7,7 @@ fail-closed policy), :mod:`~client.adapters.receipts` (the receipt headers),
 :mod:`~client.adapters.outbox`
 (the durable local queue), :mod:`~client.adapters.relay` (delivery to the log) and
 :mod:`~client.adapters.pseudonyms` (member pseudonyms from the log). The auditing reverse
-proxy, ``tlog scim-proxy``, is built on them (:mod:`tlog.scim_proxy`).
+proxy, ``tlog scim-proxy``, is built on them: :mod:`~client.adapters.forwarder` (the HTTP/1.1
+forwarding app) and :mod:`~client.adapters.proxy` (its endpoints, start-up checks,
+configuration object and runner).
 """

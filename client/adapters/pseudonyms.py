@@ -14,6 +14,7 @@ written in plaintext to stand in for a pseudonym.
 from __future__ import annotations
 
 import base64
+import json
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -21,11 +22,14 @@ from typing import Any
 import httpx
 
 from client.formats.note import FormatError, b64decode_strict
+from client.net.core import CoreClient, HTTPCore, Unreachable
 from client.scim.cbor import EventFormatError
 
 __all__ = ["MAX_BATCH", "LogPseudonyms", "PidCollector", "substitute_pids"]
 
 MAX_BATCH = 10_000  # refs per POST /v1/scim/pseudonyms (the log's limit)
+ANSWER_LIMIT = 8 << 20  # bytes of an answer (10,000 pids are ~600 KB)
+PATH = "/v1/scim/pseudonyms"
 
 
 class PidCollector:
@@ -76,8 +80,11 @@ def substitute_pids(events: Iterable[dict[str, Any]], table: Mapping[bytes, byte
             mod["attr"] = fix(mod["attr"])
 
 
-class LogPseudonyms:
+class LogPseudonyms(CoreClient):
     """``ref_pid(rt, id) -> 16-byte pid`` backed by the log, cached. Thread-safe.
+
+    Asks the log through the shared :class:`client.net.core.HTTPCore` (over ``http`` if
+    given, which it then does not close).
 
     A pid is stable until its subject is erased; a cached pid of an erased subject is just a
     random-looking value, so the cache never un-erases anything.
@@ -92,9 +99,13 @@ class LogPseudonyms:
         timeout: float = 2.0,
         cache_size: int = 100_000,
     ) -> None:
-        self.url = log_url.rstrip("/") + "/v1/scim/pseudonyms"
-        self._headers = {"Authorization": f"Bearer {token}"}
-        self._http = http if http is not None else httpx.Client(timeout=timeout)
+        self.url = log_url.rstrip("/") + PATH
+        self._core = HTTPCore(
+            log_url,
+            http,
+            timeout=timeout,
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        )
         self._cache: dict[tuple[str, str], bytes] = {}
         self._cache_size = cache_size
         self._lock = threading.Lock()
@@ -128,16 +139,13 @@ class LogPseudonyms:
         return out
 
     def _fetch(self, chunk: Sequence[tuple[str, str]]) -> list[bytes]:
+        body = json.dumps({"refs": [{"rt": rt, "id": i} for rt, i in chunk]}).encode()
         try:
-            r = self._http.post(
-                self.url,
-                json={"refs": [{"rt": rt, "id": i} for rt, i in chunk]},
-                headers=self._headers,
-            )
-        except httpx.HTTPError as exc:
+            r = self._core.send("POST", PATH, limit=ANSWER_LIMIT, content=body)
+        except (Unreachable, FormatError) as exc:
             raise EventFormatError(f"member pseudonym unavailable: {exc}") from None
-        if r.status_code != 200:
-            raise EventFormatError(f"member pseudonym unavailable: log answered {r.status_code}")
+        if r.status != 200:
+            raise EventFormatError(f"member pseudonym unavailable: log answered {r.status}")
         try:
             refs = r.json()["refs"]
             if len(refs) != len(chunk):

@@ -36,7 +36,8 @@ from typing import Any
 import httpx
 
 from client.adapters.outbox import Outbox, OutboxError, OutboxRecord, Pending, Receipt
-from client.net.core import retry_after
+from client.formats.note import FormatError
+from client.net.core import Answer, HTTPCore, Unreachable, retry_after
 
 __all__ = ["BATCH_PATH", "MAX_BATCH", "DeliveryError", "Relay"]
 
@@ -44,6 +45,7 @@ _log = logging.getLogger("client.adapters.relay")
 
 BATCH_PATH = "/v1/scim/events/batch"
 MAX_BATCH = 1000  # the log's limit per batch request
+ANSWER_LIMIT = 8 << 20  # bytes of a batch answer (1,000 receipts are ~200 KB)
 
 
 class DeliveryError(Exception):
@@ -92,8 +94,9 @@ class Relay:
     """Background delivery of an outbox to a log (see the module docstring).
 
     ``log_url`` is the log's base URL and ``token`` a submitter token bound to the events'
-    tenant. ``transport`` is for tests (e.g. an ``httpx.MockTransport``). Safe for concurrent
-    use; :meth:`start` and :meth:`stop` are idempotent.
+    tenant. It talks to the log through the shared :class:`client.net.core.HTTPCore` (bounded
+    answers, one error model); ``transport`` is for tests (e.g. an ``httpx.MockTransport``).
+    Safe for concurrent use; :meth:`start` and :meth:`stop` are idempotent.
     """
 
     def __init__(
@@ -122,11 +125,11 @@ class Relay:
         self.idle = idle
         self.linger = linger
         self.prune_every = prune_every
-        self._http = httpx.Client(
-            base_url=log_url.rstrip("/"),
-            headers={"Authorization": f"Bearer {token}"},
+        self._core = HTTPCore(
+            log_url,
+            httpx.Client(timeout=timeout, transport=transport) if transport else None,
             timeout=timeout,
-            transport=transport,
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
         )
         self._kick = threading.Event()
         self._stop = threading.Event()
@@ -156,7 +159,8 @@ class Relay:
         self._kick.set()
         if self._thread is not None:
             self._thread.join()
-        self._http.close()
+        if not self._core.http.is_closed:
+            self._core.http.close()  # ours, whether the core made it or we did
 
     @property
     def healthy(self) -> bool:
@@ -226,16 +230,13 @@ class Relay:
         Raises :class:`DeliveryError` unless the log took every one of them.
         """
         try:
-            r = self._http.post(
-                BATCH_PATH,
-                content=_batch_body([x.body for x in records]),
-                headers={"Content-Type": "application/json"},
-                timeout=timeout,
-            )
-        except httpx.HTTPError as exc:
+            r = self._post([x.body for x in records], timeout)
+        except Unreachable as exc:
             raise DeliveryError(f"log unreachable: {exc}") from None
-        if r.status_code != 200:
-            raise DeliveryError(f"log answered {r.status_code}")
+        except FormatError as exc:
+            raise DeliveryError(f"bad answer from the log: {exc}") from None
+        if r.status != 200:
+            raise DeliveryError(f"log answered {r.status}")
         try:
             receipts = _parse_results(r.json(), [x.eid for x in records])
         except ValueError as exc:
@@ -244,6 +245,11 @@ class Relay:
             raise DeliveryError("the log did not take every event")
         self._resolve(receipts)
         return receipts
+
+    def _post(self, bodies: Sequence[str], timeout: float | None = None) -> Answer:
+        return self._core.send(
+            "POST", BATCH_PATH, limit=ANSWER_LIMIT, content=_batch_body(bodies), timeout=timeout
+        )
 
     def _loop(self) -> None:
         last_prune = time.monotonic()
@@ -303,14 +309,12 @@ class Relay:
         eids = [p.eid for p in items]
         self.attempts += 1
         try:
-            r = self._http.post(
-                BATCH_PATH,
-                content=_batch_body([p.body for p in items]),
-                headers={"Content-Type": "application/json"},
-            )
-        except httpx.HTTPError as exc:
-            raise _Backoff(self._next_backoff(), f"log unreachable: {exc!r}") from None
-        st = r.status_code
+            r = self._post([p.body for p in items])
+        except Unreachable as exc:
+            raise _Backoff(self._next_backoff(), f"log unreachable: {exc}") from None
+        except FormatError as exc:
+            raise _Backoff(self._next_backoff(), f"bad answer from the log: {exc}") from None
+        st = r.status
         if st == 200:
             try:
                 receipts = _parse_results(r.json(), eids)
@@ -321,7 +325,7 @@ class Relay:
             self._resolve(receipts)
             return len(receipts)
         if st in (429, 503):
-            delay = retry_after(r.headers.get("Retry-After"), self.backoff_max)
+            delay = retry_after(r.headers.get("retry-after"), self.backoff_max)
             raise _Backoff(self._next_backoff() if delay is None else delay, f"log answered {st}")
         if st in (400, 413, 422) and len(items) > 1:
             mid = len(items) // 2

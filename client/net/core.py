@@ -185,15 +185,22 @@ class HTTPCore(Closing):
         params: Mapping[str, str | int] | None = None,
         content: bytes | None = None,
         headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
     ) -> Answer:
         """One request; any status is returned. Raises :class:`Unreachable` on a transport
         failure and :class:`FormatError` when the decoded body exceeds ``limit`` bytes or
-        cannot be decoded (the server's fault, not the network's)."""
+        cannot be decoded (the server's fault, not the network's). ``timeout`` replaces the
+        client's for this request."""
         url = f"{self.url}/{path.lstrip('/')}"
         merged = {**self._headers, **headers} if headers else self._headers
         try:
             request = self.http.build_request(
-                method, url, params=params, content=content, headers=merged
+                method,
+                url,
+                params=params,
+                content=content,
+                headers=merged,
+                timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else timeout,
             )
             response = self.http.send(request, stream=True)
             try:

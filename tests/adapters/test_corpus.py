@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
+from client.adapters.proxy import ProxySettings, build_proxy
 from tests.scim_service.conftest import T1, URL, Harness, harness  # noqa: F401
-from tlog.scim_proxy import ProxySettings, build_proxy
 
 from .corpus import CORPUS
 from .helpers import SCIM_TOKEN, UvicornThread, scim_asgi_app

@@ -387,7 +387,7 @@ def test_slow_pseudonyms_do_not_block_other_requests(
     gate = threading.Event()
     entered = threading.Event()
     with make_rig(harness, tmp_path) as rig:
-        rig.pids._http = httpx.Client(transport=Via(harness.client, gate, entered))
+        rig.pids._core.http = httpx.Client(transport=Via(harness.client, gate, entered))
         order: list[str] = []
         body = json.dumps(
             {
@@ -425,7 +425,7 @@ def test_log_without_pseudonyms_records_that_it_could_not(
         def down(request: httpx.Request) -> httpx.Response:
             raise httpx.ConnectError("down")
 
-        rig.pids._http = httpx.Client(transport=httpx.MockTransport(down))
+        rig.pids._core.http = httpx.Client(transport=httpx.MockTransport(down))
         body = json.dumps(
             {
                 "schemas": [PATCH],

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tlog.scim_proxy import Forwarder, ProxySettings, build_proxy
+from client.adapters.proxy import Forwarder, ProxySettings, build_proxy
 
 from .helpers import FakeLog, UvicornThread, free_port, sleep_until
 

@@ -12,14 +12,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.scim_service.conftest import ORIGIN, T1, URL, Harness, harness  # noqa: F401
-from tlog.scim_proxy import (
+from client.adapters.proxy import (
     LogUnreachable,
     ProxySettings,
     StartupError,
     build_proxy,
     check_log,
 )
+from tests.scim_service.conftest import ORIGIN, T1, URL, Harness, harness  # noqa: F401
 
 from .helpers import ROOT, FakeLog, UvicornThread, free_port
 
@@ -164,3 +164,31 @@ def test_backlog_is_visible(tmp_path: Path) -> None:
         assert app.backlog()["pending"] == 1  # the same, for a metrics exporter
     finally:
         srv.stop()
+
+
+def test_own_endpoints_answer_get_and_head_only(tmp_path: Path) -> None:
+    """The proxy's /.tlog/ endpoints are dispatched without a web framework: GET and HEAD
+    answer, another method is 405 (not forwarded to the SP), and any other path, even under
+    /.tlog/, is the SP's (here unreachable: 502)."""
+    from starlette.testclient import TestClient
+
+    log = FakeLog(down=True)
+    app = build_proxy(
+        ProxySettings(
+            upstream="http://127.0.0.1:9/v2",
+            log_url="http://log.test",
+            token="tok",
+            tenant="t1",
+            sp_id="raw",
+            outbox=tmp_path / "o.sqlite",
+        ),
+        log_transport=log.transport(),
+    )
+    with TestClient(app) as c:
+        r = c.head("/.tlog/healthz")
+        assert r.status_code == 200 and r.content == b""
+        assert r.headers["cache-control"] == "no-store"
+        r = c.post("/.tlog/status", content=b"{}")
+        assert r.status_code == 405 and r.headers["allow"] == "GET, HEAD"
+        assert c.get("/.tlog/status").json()["events"] == 0  # the POST was no SCIM write
+        assert c.get("/.tlog/nothing").status_code == 502

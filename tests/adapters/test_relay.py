@@ -146,3 +146,41 @@ def test_deliver_now_bypasses_the_outbox(outbox: Outbox) -> None:
     with pytest.raises(DeliveryError):
         relay.deliver_now([event_record(2)], timeout=2)
     relay.stop()
+
+
+def test_an_oversized_or_garbled_answer_is_a_failed_delivery(outbox: Outbox) -> None:
+    """The relay reads the log through the shared HTTP core: an answer beyond its bound is
+    not buffered whole, and neither it nor a non-JSON answer marks anything delivered."""
+    import httpx
+
+    from client.adapters.relay import ANSWER_LIMIT
+
+    answers = [b"x" * (ANSWER_LIMIT + 1), b"<html>", b"[]"]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=answers.pop(0) if answers else b"[]")
+
+    outbox.put([event_record(1)])
+    relay = Relay(
+        outbox,
+        "http://log.test",
+        "tok",
+        transport=httpx.MockTransport(handler),
+        backoff_min=0.01,
+        backoff_max=0.02,
+        idle=0.02,
+    )
+    relay.start()
+    try:
+        assert sleep_until(lambda: not answers, 5)
+    finally:
+        relay.stop()
+    assert not relay.healthy and "bad answer from the log" in relay.last_error
+    assert outbox.counts()["pending"] == 1 and relay.delivered == 0
+    with pytest.raises(DeliveryError, match="bad answer"):
+        Relay(
+            outbox,
+            "http://log.test",
+            "tok",
+            transport=httpx.MockTransport(lambda r: httpx.Response(200, content=b"[")),
+        ).deliver_now([event_record(2)], timeout=1)

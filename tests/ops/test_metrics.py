@@ -146,7 +146,7 @@ def test_refused_tokens_are_warnings_without_the_token(
 
 
 def test_proxy_health_readiness_and_outbox_metrics(tmp_path: Path) -> None:
-    from tlog.scim_proxy import ProxySettings, build_proxy
+    from client.adapters.proxy import ProxySettings, build_proxy
 
     # Nothing listens on either port: the SP write fails (502, recorded as a failure) and the
     # relay cannot deliver, so the event stays in the outbox.

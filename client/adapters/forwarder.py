@@ -1,24 +1,10 @@
-"""``tlog scim-proxy``: an auditing reverse proxy for SCIM service providers in any language.
+"""The forwarder of ``tlog scim-proxy``: a pure ASGI app that passes each request to the SCIM
+service provider upstream and streams its answer back unchanged.
 
-The proxy forwards every request to ``--upstream`` unchanged (method, path and query bytes,
-body, headers but the hop-by-hop ones, repeated ones repeated) over HTTP/1.1 with
-keep-alive, and streams the answer back unchanged (status, headers in their order, body
-bytes, content encoding, errors; header names are case-insensitive, and ASGI servers
-lower-case them), inside the same
-:class:`client.adapters.middleware.AuditMiddleware` an in-process Python SP would use. So the
-SCIM client sees the SP's own answers, plus ``X-Request-Id`` and the ``Tlog-*`` receipt
-headers on writes.
-
-Paths are not rewritten: ``--upstream http://sp:8080/scim/v2`` means clients use
-``http://<proxy>/scim/v2/...``, and ``/scim/v2`` is the SCIM base for the audit records.
-``Host`` is the upstream's (``--preserve-host`` keeps the client's) and ``X-Forwarded-For``,
-``-Proto`` and ``-Host`` tell the SP who asked (``--no-forwarded`` leaves them out); an SP
-that builds ``meta.location`` from them (scim2-server ``--reverse-proxy``) then answers with
-the proxy's URLs.
-
-The proxy's own answers: 502 (SCIM error) if the upstream cannot be reached, 504 if it does
-not answer within ``--upstream-timeout``; a write that got one of those is recorded as a
-failure with that status, since the proxy cannot know whether the SP applied it.
+Method, path and query bytes, body, and headers but the hop-by-hop ones (repeated ones
+repeated) go upstream over HTTP/1.1 with keep-alive; status, headers in their order, body
+bytes, content encoding and errors come back. 502 (SCIM error) if the upstream cannot be
+reached, 504 if it does not answer in time.
 """
 
 from __future__ import annotations
@@ -26,48 +12,18 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import logging.config
 import ssl
-import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 import h11
-import httpx
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
 
 from client.adapters.exchange import SCIM_ERROR_URN
-from client.adapters.middleware import AuditConfig, AuditMiddleware
-from client.adapters.outbox import Outbox
-from client.adapters.pseudonyms import LogPseudonyms
-from client.adapters.relay import Relay
-from client.runtime.serving import run_hardened
-from tlog.config import ProxyConfig
-from tlog.metrics import proxy_routes
+from client.adapters.middleware import Receive, Scope, Send
 
-__all__ = [
-    "Forwarder",
-    "LogUnreachable",
-    "ProxySettings",
-    "StartupError",
-    "UpstreamError",
-    "build_proxy",
-    "check_log",
-    "main_proxy",
-]
+__all__ = ["HOP_BY_HOP", "Forwarder", "UpstreamError", "scim_error"]
 
-_log = logging.getLogger("tlog.scim_proxy")
-
-# The proxy's own endpoint (not forwarded): the audit backlog as JSON.
-STATUS_PATH = "/.tlog/status"
+_log = logging.getLogger("client.adapters.forwarder")
 
 # RFC 9110 §7.6.1: connection-specific fields are not forwarded.
 HOP_BY_HOP = frozenset(
@@ -90,16 +46,6 @@ def _hop_by_hop(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
         t.strip().lower() for k, v in headers if k.lower() == b"connection" for t in v.split(b",")
     }
     return HOP_BY_HOP | named
-
-
-class StartupError(Exception):
-    """The proxy must not start: its log, token or tenant do not fit together."""
-
-
-class LogUnreachable(StartupError):
-    """The log could not be asked at start-up (down, or answering 5xx). Not a mismatch: the
-    proxy starts and queues events in its durable outbox, since refusing to start during a log
-    outage would stop provisioning the outbox exists to keep going."""
 
 
 class UpstreamError(Exception):
@@ -295,7 +241,7 @@ class Forwarder:
                 headers=self._request_headers(scope, body),
             )
         except h11.LocalProtocolError as exc:
-            await _scim_error(send, 400, f"request cannot be forwarded: {exc}")
+            await scim_error(send, 400, f"request cannot be forwarded: {exc}")
             return
         conn: _Conn | None = None
         response: h11.Response | None = None
@@ -304,7 +250,7 @@ class Forwarder:
                 conn = await self._acquire()
             except UpstreamError as exc:
                 _log.warning("upstream unreachable for %s %s: %s", method, scope["path"], exc)
-                await _scim_error(send, 502, "the SCIM service provider cannot be reached")
+                await scim_error(send, 502, "the SCIM service provider cannot be reached")
                 return
             try:
                 response = await self._exchange(conn, request, body)
@@ -315,7 +261,7 @@ class Forwarder:
             except TimeoutError:
                 conn.close()
                 _log.warning("upstream timeout for %s %s", method, scope["path"])
-                await _scim_error(send, 504, "the SCIM service provider did not answer in time")
+                await scim_error(send, 504, "the SCIM service provider did not answer in time")
                 return
             except (OSError, h11.ProtocolError) as exc:
                 conn.close()
@@ -323,7 +269,7 @@ class Forwarder:
                 if attempt == 1 and conn.reused and conn.received == 0:
                     continue
                 _log.warning("upstream failed for %s %s: %r", method, scope["path"], exc)
-                await _scim_error(send, 502, "the SCIM service provider broke the connection")
+                await scim_error(send, 502, "the SCIM service provider broke the connection")
                 return
         if conn is None or response is None:  # pragma: no cover - the loop returns or breaks
             return
@@ -359,7 +305,7 @@ class Forwarder:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-async def _scim_error(send: Send, status: int, detail: str) -> None:
+async def scim_error(send: Send, status: int, detail: str) -> None:
     body = json.dumps(
         {"schemas": [SCIM_ERROR_URN], "status": str(status), "detail": detail}
     ).encode()
@@ -374,215 +320,3 @@ async def _scim_error(send: Send, status: int, detail: str) -> None:
         }
     )
     await send({"type": "http.response.body", "body": body, "more_body": False})
-
-
-_P = ProxyConfig()  # the defaults, defined once in tlog.config
-
-
-@dataclass(frozen=True)
-class ProxySettings:
-    """What :func:`build_proxy` needs: :class:`tlog.config.ProxyConfig` resolved (the token
-    read from its file, the outbox cap in bytes)."""
-
-    upstream: str
-    log_url: str
-    token: str
-    tenant: str
-    sp_id: str
-    outbox: Path = _P.outbox
-    fail_open: bool = _P.fail_open
-    receipt_timeout: float = _P.receipt_timeout
-    base_path: str | None = None
-    preserve_host: bool = _P.preserve_host
-    forwarded: bool = _P.forwarded
-    upstream_timeout: float = _P.upstream_timeout
-    upstream_connections: int = _P.upstream_connections
-    outbox_max_bytes: int | None = None
-    log_origin: str | None = None
-
-
-def check_log(s: ProxySettings, *, http: httpx.Client | None = None) -> dict[str, Any]:
-    """Start-up checks: the log answers as a tlog log (and has ``log_origin`` if given), the
-    token is valid there, is a ``submitter`` token, and is bound to ``tenant``. Raises
-    :class:`StartupError` naming what does not fit; a proxy that started anyway would answer
-    ``queued`` while its relay loops on 401/403. Returns the log's ``/v1/log`` answer."""
-    client = http if http is not None else httpx.Client(timeout=10.0)
-    base = s.log_url.rstrip("/")
-    try:
-        r = client.get(base + "/v1/log")
-        if r.status_code >= 500:
-            raise LogUnreachable(f"{base}/v1/log answered {r.status_code}")
-        if r.status_code != 200:
-            raise StartupError(f"{base}/v1/log answered {r.status_code}: is this a tlog log?")
-        info = r.json()
-        if not isinstance(info, dict) or not isinstance(info.get("origin"), str):
-            raise StartupError(f"{base}/v1/log is not a tlog log description")
-        if s.log_origin is not None and info["origin"] != s.log_origin:
-            raise StartupError(f"the log at {base} is {info['origin']!r}, not {s.log_origin!r}")
-        r = client.get(base + "/v1/scim/whoami", headers={"Authorization": f"Bearer {s.token}"})
-        if r.status_code in (401, 403):
-            raise StartupError(f"the log refuses the token ({r.status_code}): wrong or revoked")
-        if r.status_code != 200:
-            raise StartupError(f"{base}/v1/scim/whoami answered {r.status_code}")
-        who = r.json()
-        if not isinstance(who, dict) or who.get("role") != "submitter":
-            role = who.get("role") if isinstance(who, dict) else None
-            raise StartupError(f"the token has the role {role!r}; the proxy needs a submitter")
-        if who.get("tenant") != s.tenant:
-            raise StartupError(
-                f"the token is bound to tenant {who.get('tenant')!r}, not --tenant {s.tenant!r}"
-            )
-    except httpx.HTTPError as exc:
-        raise LogUnreachable(f"the log at {base} cannot be reached: {exc}") from None
-    except ValueError:
-        raise StartupError(f"the log at {base} answered something that is not JSON") from None
-    finally:
-        if http is None:
-            client.close()
-    return info
-
-
-def build_proxy(
-    s: ProxySettings, *, log_transport: httpx.BaseTransport | None = None
-) -> AuditMiddleware:
-    """The proxy as an ASGI app: audit middleware around a Starlette app that forwards.
-
-    The middleware owns the outbox and the relay: ASGI lifespan startup starts the relay,
-    shutdown drains it (2 s), stops it and closes the outbox.
-    """
-    forwarder = Forwarder(
-        s.upstream,
-        timeout=s.upstream_timeout,
-        preserve_host=s.preserve_host,
-        forwarded=s.forwarded,
-        max_connections=s.upstream_connections,
-    )
-
-    @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        yield
-        await forwarder.aclose()
-
-    holder: list[AuditMiddleware] = []
-
-    async def status(request: Request) -> Response:
-        mw = holder[0]
-        got = await asyncio.get_running_loop().run_in_executor(None, mw.backlog)
-        return JSONResponse({"upstream": s.upstream, "log": s.log_url, **got})
-
-    inner = Starlette(
-        routes=[
-            Route(STATUS_PATH, status, methods=["GET"]),
-            *proxy_routes(
-                lambda: holder[0].backlog(),
-                max_bytes=s.outbox_max_bytes,
-                receipt_timeout=s.receipt_timeout,
-            ),
-            Route("/{path:path}", forwarder),
-        ],
-        lifespan=lifespan,
-    )
-    base = forwarder.base_path if s.base_path is None else s.base_path.rstrip("/")
-    # Group members are pseudonymised under their own keys at the log, so shredding a user
-    # also unlinks them from group events (never recorded in plaintext instead).
-    pids = LogPseudonyms(
-        s.log_url,
-        s.token,
-        http=httpx.Client(transport=log_transport, timeout=2.0) if log_transport else None,
-    )
-    config = AuditConfig(
-        tenant=s.tenant,
-        sp_id=s.sp_id,
-        sp_base=s.upstream,
-        base_path=base,
-        fail_open=s.fail_open,
-        receipt_timeout=s.receipt_timeout,
-        ref_pid=pids,
-    )
-    outbox = Outbox(s.outbox, max_bytes=s.outbox_max_bytes)
-    relay = Relay(outbox, s.log_url, s.token, transport=log_transport)
-    mw = AuditMiddleware(inner, config, outbox, relay, own=True)
-    holder.append(mw)
-    return mw
-
-
-def _listen(value: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"listen must be host:port, e.g. 127.0.0.1:8081, not {value!r}")
-    return host.strip("[]") or "127.0.0.1", int(port)
-
-
-def main_proxy(cfg: ProxyConfig) -> int:
-    """Run the proxy under uvicorn until interrupted (settings: :class:`tlog.config.ProxyConfig`,
-    its required fields already checked)."""
-    from client.runtime.logs import uvicorn_log_config
-
-    log_config = uvicorn_log_config(cfg.log_level, cfg.log_format)
-    logging.config.dictConfig(log_config)
-    assert cfg.token_file is not None and cfg.upstream is not None and cfg.log_url is not None
-    assert cfg.tenant is not None and cfg.sp_id is not None
-    token = cfg.token_file.read_text("utf-8").strip()
-    if not token:
-        print(f"tlog: {cfg.token_file} is empty", file=sys.stderr)
-        return 1
-    host, port = _listen(cfg.listen)
-    settings = ProxySettings(
-        upstream=cfg.upstream,
-        log_url=cfg.log_url,
-        token=token,
-        tenant=cfg.tenant,
-        sp_id=cfg.sp_id,
-        outbox=cfg.outbox,
-        fail_open=cfg.fail_open,
-        receipt_timeout=cfg.receipt_timeout,
-        base_path=cfg.base_path,
-        preserve_host=cfg.preserve_host,
-        forwarded=cfg.forwarded,
-        upstream_timeout=cfg.upstream_timeout,
-        upstream_connections=cfg.upstream_connections,
-        outbox_max_bytes=(
-            None if cfg.outbox_max_mb is None else int(cfg.outbox_max_mb * (1 << 20))
-        ),
-        log_origin=cfg.log_origin,
-    )
-    try:
-        info = check_log(settings)
-    except LogUnreachable as exc:
-        _log.warning(
-            "%s; starting anyway: events queue in the outbox until the log answers "
-            "(the token and tenant are not checked until then)",
-            exc,
-        )
-    except StartupError as exc:
-        print(f"tlog scim-proxy: refusing to start: {exc}", file=sys.stderr)
-        return 2
-    else:
-        _log.info(
-            "log %s (tree size %s) accepts this token for tenant %s",
-            info["origin"],
-            info.get("tree_size"),
-            settings.tenant,
-        )
-    app = build_proxy(settings)
-    mode = "fail-open" if cfg.fail_open else "fail-closed"
-    banner = (
-        f"tlog scim-proxy: listening on http://{host}:{port} -> {cfg.upstream} ({mode}), "
-        f"events to {cfg.log_url} via {cfg.outbox}"
-    )
-
-    started = run_hardened(
-        app,
-        host,
-        port,
-        cfg.server,
-        on_started=lambda: print(banner, flush=True),
-        log_level=cfg.log_level,
-        access_log=False,
-        log_config=log_config,
-        server_header=False,
-        date_header=False,
-        lifespan="on",
-        timeout_graceful_shutdown=10,
-    )
-    return 0 if started else 1

@@ -1,0 +1,494 @@
+"""``tlog scim-proxy``: an auditing reverse proxy for SCIM service providers in any language.
+
+The proxy forwards every request to ``--upstream`` unchanged (method, path and query bytes,
+body, headers but the hop-by-hop ones, repeated ones repeated) over HTTP/1.1 with
+keep-alive, and streams the answer back unchanged (status, headers in their order, body
+bytes, content encoding, errors; header names are case-insensitive, and ASGI servers
+lower-case them), inside the same
+:class:`client.adapters.middleware.AuditMiddleware` an in-process Python SP would use
+(:class:`client.adapters.forwarder.Forwarder` is the forwarding app). So the
+SCIM client sees the SP's own answers, plus ``X-Request-Id`` and the ``Tlog-*`` receipt
+headers on writes.
+
+Paths are not rewritten: ``--upstream http://sp:8080/scim/v2`` means clients use
+``http://<proxy>/scim/v2/...``, and ``/scim/v2`` is the SCIM base for the audit records.
+``Host`` is the upstream's (``--preserve-host`` keeps the client's) and ``X-Forwarded-For``,
+``-Proto`` and ``-Host`` tell the SP who asked (``--no-forwarded`` leaves them out); an SP
+that builds ``meta.location`` from them (scim2-server ``--reverse-proxy``) then answers with
+the proxy's URLs.
+
+The proxy's own answers: 502 (SCIM error) if the upstream cannot be reached, 504 if it does
+not answer within ``--upstream-timeout``; a write that got one of those is recorded as a
+failure with that status, since the proxy cannot know whether the SP applied it.
+
+The proxy's own endpoints, under ``/.tlog/`` so that no SCIM path of the upstream is
+shadowed: ``status`` (the audit backlog as JSON), ``healthz``, ``readyz`` and ``metrics``
+(Prometheus). They and the forwarder are dispatched by a few lines of plain ASGI (no web
+framework on the request path), and the program runs under the hardened uvicorn runner
+(:mod:`client.runtime.serving`), which imports uvicorn only when called. Its configuration
+object, :class:`ProxyConfig`, is defined here; ``tlog scim-proxy`` (:mod:`tlog.cli`) only
+fills it in from flags, environment and file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import logging.config
+import sys
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import httpx
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+
+from client.adapters.forwarder import Forwarder, UpstreamError
+from client.adapters.middleware import AuditConfig, AuditMiddleware, Receive, Scope, Send
+from client.adapters.outbox import Outbox
+from client.adapters.pseudonyms import LogPseudonyms
+from client.adapters.relay import Relay
+from client.formats.note import FormatError
+from client.net.core import HTTPCore, Unreachable
+from client.runtime.serving import ServerLimits, run_hardened
+from client.runtime.settings import LOG_FORMATS, LOG_LEVELS, setting, table
+
+__all__ = [
+    "OPS_PREFIX",
+    "STATUS_PATH",
+    "Forwarder",
+    "LogUnreachable",
+    "ProxyConfig",
+    "ProxySettings",
+    "StartupError",
+    "UpstreamError",
+    "build_proxy",
+    "check_log",
+    "main_proxy",
+]
+
+_log = logging.getLogger("client.adapters.proxy")
+
+# The proxy's own endpoints (not forwarded).
+OPS_PREFIX = "/.tlog"
+STATUS_PATH = OPS_PREFIX + "/status"
+
+_INFO_LIMIT = 1 << 20  # bytes of a /v1/log or /v1/scim/whoami answer at start-up
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    """``tlog scim-proxy``: the auditing reverse proxy in front of a SCIM service provider.
+
+    Every default is defined here once; ``tlog scim-proxy`` fills the fields in from flags,
+    ``TLOG_PROXY_*`` environment variables and ``--config FILE`` (:mod:`tlog.config`)."""
+
+    upstream: str | None = setting(
+        None, "SCIM base URL of the service provider, e.g. http://127.0.0.1:9000/v2 (required)"
+    )
+    log_url: str | None = setting(None, "base URL of the tlog server (required)", flag="--log")
+    log_origin: str | None = setting(
+        None, "the log's origin: refuse to start against a log with another one"
+    )
+    token_file: Path | None = setting(
+        None, "file holding a submitter token bound to --tenant (required)"
+    )
+    tenant: str | None = setting(None, "the tenant the events belong to (required)")
+    sp_id: str | None = setting(None, "this service provider's id in the events (required)")
+    listen: str = setting("127.0.0.1:8081", "host:port to listen on")
+    outbox: Path = setting(Path("scim-outbox.sqlite"), "SQLite outbox file")
+    outbox_max_mb: float | None = setting(
+        None, "cap on the outbox size in MiB; beyond it writes fail (closed: 503)"
+    )
+    fail_open: bool = setting(
+        False,
+        "pass SCIM responses through when the event cannot be recorded "
+        "(default: fail closed with 503)",
+    )
+    receipt_timeout: float = setting(
+        0.0,
+        "seconds to wait for the log's receipt before answering (0: answer once the event "
+        "is in the outbox)",
+    )
+    base_path: str | None = setting(
+        None, "SCIM base path for the audit records (default: the upstream's path)"
+    )
+    preserve_host: bool = setting(
+        False, "forward the client's Host header instead of the upstream's"
+    )
+    forwarded: bool = setting(True, "add X-Forwarded-For/-Proto/-Host")
+    upstream_timeout: float = setting(60.0, "seconds per read/write on the upstream (then 504)")
+    upstream_connections: int = setting(
+        64, "requests in flight to the upstream at most; the rest wait in the proxy"
+    )
+    log_level: str = setting("info", "logging level", choices=LOG_LEVELS)
+    log_format: str = setting(
+        "text", "log line format (json: one JSON object a line)", choices=LOG_FORMATS
+    )
+    server: ServerLimits = table(ServerLimits, "connection limits and timeouts", flat=True)
+
+    REQUIRED: ClassVar[tuple[str, ...]] = (
+        "upstream",
+        "log_url",
+        "token_file",
+        "tenant",
+        "sp_id",
+    )
+
+
+class StartupError(Exception):
+    """The proxy must not start: its log, token or tenant do not fit together."""
+
+
+class LogUnreachable(StartupError):
+    """The log could not be asked at start-up (down, or answering 5xx). Not a mismatch: the
+    proxy starts and queues events in its durable outbox, since refusing to start during a log
+    outage would stop provisioning the outbox exists to keep going."""
+
+
+_P = ProxyConfig()  # the defaults, defined once above
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    """What :func:`build_proxy` needs: :class:`ProxyConfig` resolved (the token read from its
+    file, the outbox cap in bytes)."""
+
+    upstream: str
+    log_url: str
+    token: str
+    tenant: str
+    sp_id: str
+    outbox: Path = _P.outbox
+    fail_open: bool = _P.fail_open
+    receipt_timeout: float = _P.receipt_timeout
+    base_path: str | None = None
+    preserve_host: bool = _P.preserve_host
+    forwarded: bool = _P.forwarded
+    upstream_timeout: float = _P.upstream_timeout
+    upstream_connections: int = _P.upstream_connections
+    outbox_max_bytes: int | None = None
+    log_origin: str | None = None
+
+
+def check_log(s: ProxySettings, *, http: httpx.Client | None = None) -> dict[str, Any]:
+    """Start-up checks: the log answers as a tlog log (and has ``log_origin`` if given), the
+    token is valid there, is a ``submitter`` token, and is bound to ``tenant``. Raises
+    :class:`StartupError` naming what does not fit; a proxy that started anyway would answer
+    ``queued`` while its relay loops on 401/403. Returns the log's ``/v1/log`` answer."""
+    base = s.log_url.rstrip("/")
+    with HTTPCore(base, http, timeout=10.0) as core:
+        try:
+            r = core.send("GET", "/v1/log", limit=_INFO_LIMIT)
+            if r.status >= 500:
+                raise LogUnreachable(f"{base}/v1/log answered {r.status}")
+            if r.status != 200:
+                raise StartupError(f"{base}/v1/log answered {r.status}: is this a tlog log?")
+            info = r.json()
+            if not isinstance(info, dict) or not isinstance(info.get("origin"), str):
+                raise StartupError(f"{base}/v1/log is not a tlog log description")
+            if s.log_origin is not None and info["origin"] != s.log_origin:
+                raise StartupError(f"the log at {base} is {info['origin']!r}, not {s.log_origin!r}")
+            r = core.send(
+                "GET",
+                "/v1/scim/whoami",
+                limit=_INFO_LIMIT,
+                headers={"Authorization": f"Bearer {s.token}"},
+            )
+            if r.status in (401, 403):
+                raise StartupError(f"the log refuses the token ({r.status}): wrong or revoked")
+            if r.status != 200:
+                raise StartupError(f"{base}/v1/scim/whoami answered {r.status}")
+            who = r.json()
+        except Unreachable as exc:
+            raise LogUnreachable(f"the log at {base} cannot be reached: {exc}") from None
+        except FormatError:
+            raise StartupError(f"the log at {base} answered something that is not JSON") from None
+    if not isinstance(who, dict) or who.get("role") != "submitter":
+        role = who.get("role") if isinstance(who, dict) else None
+        raise StartupError(f"the token has the role {role!r}; the proxy needs a submitter")
+    if who.get("tenant") != s.tenant:
+        raise StartupError(
+            f"the token is bound to tenant {who.get('tenant')!r}, not --tenant {s.tenant!r}"
+        )
+    return info
+
+
+# --- the proxy's own endpoints ---------------------------------------------------------------
+
+_Endpoint = Callable[[], Awaitable[tuple[int, bytes, bytes]]]  # status, media type, body
+
+
+def _json(status: int, doc: Any) -> tuple[int, bytes, bytes]:
+    return status, b"application/json", json.dumps(doc).encode()
+
+
+class _ProxyCollector(Collector):
+    """The proxy's audit backlog, read from the outbox when scraped."""
+
+    def __init__(self, backlog: Callable[[], dict[str, Any]]) -> None:
+        self.backlog = backlog
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        b = self.backlog()
+        yield GaugeMetricFamily(
+            "tlog_proxy_outbox_pending_events",
+            "events in the outbox not yet in the log",
+            value=b.get("pending") or 0,
+        )
+        yield GaugeMetricFamily(
+            "tlog_proxy_outbox_pending_bytes",
+            "bytes of the events not yet in the log",
+            value=b.get("pending_bytes") or 0,
+        )
+        oldest = b.get("oldest_ms")
+        yield GaugeMetricFamily(
+            "tlog_proxy_outbox_oldest_age_seconds",
+            "age of the oldest event not yet in the log (0 when none)",
+            value=0 if oldest is None else oldest / 1000.0,
+        )
+        yield GaugeMetricFamily(
+            "tlog_proxy_outbox_rejected_events",
+            "events the log refused for good (kept for inspection)",
+            value=b.get("rejected") or 0,
+        )
+        healthy = b.get("relay_healthy")
+        yield GaugeMetricFamily(
+            "tlog_proxy_relay_healthy",
+            "1 while the relay's last delivery to the log worked",
+            value=1 if healthy else 0,
+        )
+        events = CounterMetricFamily(
+            "tlog_proxy_events", "audit records by kind since start", labels=["kind"]
+        )
+        for kind in ("events", "access", "unrecorded", "refused"):
+            events.add_metric([kind], b.get(kind) or 0)
+        yield events
+
+
+def _ops_endpoints(backlog: Callable[[], dict[str, Any]], s: ProxySettings) -> dict[str, _Endpoint]:
+    """``/.tlog/status``, ``healthz``, ``readyz`` and ``metrics``. Ready while the outbox
+    takes events (below ``outbox_max_bytes``); the relay's health gates readiness only when
+    writes wait for the log's receipt (``receipt_timeout`` > 0). Reading the outbox runs in
+    a worker thread."""
+    registry = CollectorRegistry(auto_describe=False)  # no collect() before the app exists
+    registry.register(_ProxyCollector(backlog))
+
+    async def off_loop(fn: Callable[[], Any]) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(None, fn)
+
+    async def status() -> tuple[int, bytes, bytes]:
+        got = await off_loop(backlog)
+        return _json(200, {"upstream": s.upstream, "log": s.log_url, **got})
+
+    async def healthz() -> tuple[int, bytes, bytes]:
+        return _json(200, {"status": "ok"})
+
+    async def readyz() -> tuple[int, bytes, bytes]:
+        b = await off_loop(backlog)
+        cap = s.outbox_max_bytes
+        full = cap is not None and (b.get("pending_bytes") or 0) >= cap
+        relay_ok = bool(b.get("relay_healthy"))
+        checks: dict[str, dict[str, Any]] = {
+            "outbox": {
+                "ok": not full,
+                "pending": b.get("pending"),
+                "pending_bytes": b.get("pending_bytes"),
+                "limit_bytes": cap,
+                "oldest_ms": b.get("oldest_ms"),
+            },
+            "relay": {"ok": relay_ok or s.receipt_timeout <= 0, "healthy": relay_ok},
+        }
+        ok = all(c["ok"] for c in checks.values())
+        doc = {"status": "ready" if ok else "not ready", "checks": checks}
+        return _json(200 if ok else 503, doc)
+
+    async def metrics() -> tuple[int, bytes, bytes]:
+        body = await off_loop(lambda: generate_latest(registry))
+        return 200, CONTENT_TYPE_LATEST.encode(), body
+
+    return {
+        STATUS_PATH: status,
+        OPS_PREFIX + "/healthz": healthz,
+        OPS_PREFIX + "/readyz": readyz,
+        OPS_PREFIX + "/metrics": metrics,
+    }
+
+
+class _ProxyApp:
+    """The app inside the audit middleware: the ``/.tlog/`` endpoints (GET and HEAD), and
+    everything else to the forwarder. Answers ASGI lifespan (closing the upstream pool on
+    shutdown)."""
+
+    def __init__(self, forwarder: Forwarder, endpoints: dict[str, _Endpoint]) -> None:
+        self.forwarder = forwarder
+        self.endpoints = endpoints
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            endpoint = self.endpoints.get(str(scope["path"]))
+            if endpoint is None:
+                await self.forwarder(scope, receive, send)
+            else:
+                await _serve(endpoint, scope, send)
+        elif kind == "lifespan":
+            while True:
+                msg = await receive()
+                if msg["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif msg["type"] == "lifespan.shutdown":
+                    await self.forwarder.aclose()
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+
+
+async def _serve(endpoint: _Endpoint, scope: Scope, send: Send) -> None:
+    method = str(scope["method"])
+    if method in ("GET", "HEAD"):
+        status, media, body = await endpoint()
+        headers: list[tuple[bytes, bytes]] = []
+    else:
+        status, media, body = 405, b"application/json", b'{"error": "method not allowed"}'
+        headers = [(b"allow", b"GET, HEAD")]
+    headers += [
+        (b"content-type", media),
+        (b"content-length", str(len(body)).encode()),
+        (b"cache-control", b"no-store"),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    if method == "HEAD":
+        body = b""
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def build_proxy(
+    s: ProxySettings, *, log_transport: httpx.BaseTransport | None = None
+) -> AuditMiddleware:
+    """The proxy as an ASGI app: audit middleware around the forwarder and the ``/.tlog/``
+    endpoints.
+
+    The middleware owns the outbox and the relay: ASGI lifespan startup starts the relay,
+    shutdown drains it (2 s), stops it and closes the outbox.
+    """
+    forwarder = Forwarder(
+        s.upstream,
+        timeout=s.upstream_timeout,
+        preserve_host=s.preserve_host,
+        forwarded=s.forwarded,
+        max_connections=s.upstream_connections,
+    )
+    holder: list[AuditMiddleware] = []
+    inner = _ProxyApp(forwarder, _ops_endpoints(lambda: holder[0].backlog(), s))
+    base = forwarder.base_path if s.base_path is None else s.base_path.rstrip("/")
+    # Group members are pseudonymised under their own keys at the log, so shredding a user
+    # also unlinks them from group events (never recorded in plaintext instead).
+    pids = LogPseudonyms(
+        s.log_url,
+        s.token,
+        http=httpx.Client(transport=log_transport, timeout=2.0) if log_transport else None,
+    )
+    config = AuditConfig(
+        tenant=s.tenant,
+        sp_id=s.sp_id,
+        sp_base=s.upstream,
+        base_path=base,
+        fail_open=s.fail_open,
+        receipt_timeout=s.receipt_timeout,
+        ref_pid=pids,
+    )
+    outbox = Outbox(s.outbox, max_bytes=s.outbox_max_bytes)
+    relay = Relay(outbox, s.log_url, s.token, transport=log_transport)
+    mw = AuditMiddleware(inner, config, outbox, relay, own=True)
+    holder.append(mw)
+    return mw
+
+
+def _listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"listen must be host:port, e.g. 127.0.0.1:8081, not {value!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def main_proxy(cfg: ProxyConfig) -> int:
+    """Run the proxy under uvicorn until interrupted (``cfg``'s required fields already
+    checked)."""
+    from client.runtime.logs import uvicorn_log_config
+
+    log_config = uvicorn_log_config(cfg.log_level, cfg.log_format)
+    logging.config.dictConfig(log_config)
+    assert cfg.token_file is not None and cfg.upstream is not None and cfg.log_url is not None
+    assert cfg.tenant is not None and cfg.sp_id is not None
+    token = cfg.token_file.read_text("utf-8").strip()
+    if not token:
+        print(f"tlog: {cfg.token_file} is empty", file=sys.stderr)
+        return 1
+    host, port = _listen(cfg.listen)
+    settings = ProxySettings(
+        upstream=cfg.upstream,
+        log_url=cfg.log_url,
+        token=token,
+        tenant=cfg.tenant,
+        sp_id=cfg.sp_id,
+        outbox=cfg.outbox,
+        fail_open=cfg.fail_open,
+        receipt_timeout=cfg.receipt_timeout,
+        base_path=cfg.base_path,
+        preserve_host=cfg.preserve_host,
+        forwarded=cfg.forwarded,
+        upstream_timeout=cfg.upstream_timeout,
+        upstream_connections=cfg.upstream_connections,
+        outbox_max_bytes=(
+            None if cfg.outbox_max_mb is None else int(cfg.outbox_max_mb * (1 << 20))
+        ),
+        log_origin=cfg.log_origin,
+    )
+    try:
+        info = check_log(settings)
+    except LogUnreachable as exc:
+        _log.warning(
+            "%s; starting anyway: events queue in the outbox until the log answers "
+            "(the token and tenant are not checked until then)",
+            exc,
+        )
+    except StartupError as exc:
+        print(f"tlog scim-proxy: refusing to start: {exc}", file=sys.stderr)
+        return 2
+    else:
+        _log.info(
+            "log %s (tree size %s) accepts this token for tenant %s",
+            info["origin"],
+            info.get("tree_size"),
+            settings.tenant,
+        )
+    app = build_proxy(settings)
+    mode = "fail-open" if cfg.fail_open else "fail-closed"
+    banner = (
+        f"tlog scim-proxy: listening on http://{host}:{port} -> {cfg.upstream} ({mode}), "
+        f"events to {cfg.log_url} via {cfg.outbox}"
+    )
+
+    started = run_hardened(
+        app,
+        host,
+        port,
+        cfg.server,
+        on_started=lambda: print(banner, flush=True),
+        log_level=cfg.log_level,
+        access_log=False,
+        log_config=log_config,
+        server_header=False,
+        date_header=False,
+        # The forwarder appends the connecting peer to X-Forwarded-For itself; uvicorn must
+        # not first replace that peer with what a client claims in the header.
+        proxy_headers=False,
+        lifespan="on",
+        timeout_graceful_shutdown=10,
+    )
+    return 0 if started else 1
