@@ -364,3 +364,46 @@ def test_bulk_refused_as_a_whole(rig: Rig) -> None:
     r = rig.client.post("/v2/Bulk", content=b"not json", headers=AUTH)
     assert r.status_code >= 400
     assert rig.access[-1]["reason"] == "not a bulk request"
+
+
+def test_only_small_single_writes_are_built_on_the_event_loop(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A small write's event is built on the event loop (no worker-thread round trip); a bulk
+    request and a body above INLINE_BUILD_BYTES are built in a worker thread, so that they
+    never hold up the loop's other requests."""
+    import asyncio
+
+    from client.adapters.middleware import INLINE_BUILD_BYTES
+
+    on_loop: list[bool] = []
+    build = rig.mw._build_records
+
+    def spy(*args: Any) -> Any:
+        try:
+            asyncio.get_running_loop()
+            on_loop.append(True)
+        except RuntimeError:
+            on_loop.append(False)
+        return build(*args)
+
+    monkeypatch.setattr(rig.mw, "_build_records", spy)
+    headers = {**AUTH, "Content-Type": "application/scim+json"}
+    r = rig.client.post("/v2/Users", json=user("erin"), headers=AUTH)
+    assert r.status_code == 201
+    uid = r.json()["id"]
+    big = {
+        "schemas": [PATCH],
+        "Operations": [
+            {"op": "replace", "path": "displayName", "value": "x" * (INLINE_BUILD_BYTES + 1)}
+        ],
+    }
+    assert rig.client.patch(f"/v2/Users/{uid}", json=big, headers=AUTH).status_code in (200, 204)
+    bulk = {
+        "schemas": [BULK],
+        "Operations": [{"method": "DELETE", "path": f"/Users/{uid}"}],
+    }
+    r = rig.client.post("/v2/Bulk", content=json.dumps(bulk).encode(), headers=headers)
+    assert r.status_code == 200
+    assert on_loop == [True, False, False]
+    assert len(rig.events(3)) == 3
