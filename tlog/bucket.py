@@ -402,7 +402,7 @@ class BucketPublisher:
             "the up-to-date replica; or bring the store forward from the bucket, "
             "verified against its checkpoint: save <bucket HTTP URL>/checkpoint to a "
             "file, then 'tlog recover --from <bucket HTTP URL> --checkpoint <file>' "
-            "(LMDB; a PostgreSQL log via 'tlog migrate' to LMDB and back) "
+            "(with --database <URL> for a PostgreSQL log) "
             "(see docs/operations.md, 'Bucket ahead of the database')."
         )
 

@@ -439,11 +439,9 @@ def cmd_backup(args: argparse.Namespace) -> int:
 
 def cmd_recover(args: argparse.Namespace) -> int:
     from tlog.integrity import CHECKPOINT_FILE, CheckpointFile
-    from tlog.recover import checkpoint_file_target, recover, witness_targets
+    from tlog.recover import checkpoint_file_target, recover, recover_database, witness_targets
 
     cfg = _serve_config(args)
-    if is_database_url(cfg.database):
-        raise CliError("tlog recover works on the embedded LMDB store; see docs/operations.md")
     data = cfg.data.resolve()
     signer = _open_signer(dataclasses.replace(cfg, data=data), False, [])
     targets = []
@@ -454,7 +452,18 @@ def cmd_recover(args: argparse.Namespace) -> int:
     remembered = CheckpointFile(
         cfg.checkpoint_file or data / CHECKPOINT_FILE, signer.verifier, signer.origin
     )
-    recover(data / "db", signer, args.source, remembered, targets)
+    if is_database_url(cfg.database):
+        assert cfg.database is not None
+        recover_database(
+            cfg.database,
+            signer,
+            args.source,
+            remembered,
+            targets,
+            replication=cfg.replication,
+        )
+    else:
+        recover(data / "db", signer, args.source, remembered, targets)
     return 0
 
 
@@ -605,12 +614,25 @@ def parser() -> argparse.ArgumentParser:
         help="bring a restored or emptied store forward from a copy, verified against the "
         "last signed checkpoint (signs nothing)",
     )
-    add_arguments(rc, ServeConfig, only={"data", "key", "origin", "checkpoint_file", "witnesses"})
+    add_arguments(
+        rc,
+        ServeConfig,
+        only={
+            "data",
+            "key",
+            "origin",
+            "checkpoint_file",
+            "witnesses",
+            "database",
+            "replication",
+        },
+    )
     rc.add_argument(
         "--from",
         dest="source",
         required=True,
-        help="a tlog-tiles URL or directory (auditor, mirror) or a store directory",
+        help="a tlog-tiles URL or directory (the bucket, an auditor, a mirror), an LMDB "
+        "store directory or a postgresql:// database",
     )
     rc.add_argument("--checkpoint", help="a checkpoint note this log signed, to reach")
     rc.set_defaults(func=cmd_recover)

@@ -1,7 +1,10 @@
 """``tlog recover``: bring a restored (older, emptied) store forward without a fork.
 
-The entries the store lacks are re-imported from a copy of the log (tlog-tiles entry bundles
-from a URL or a directory, e.g. an auditor's or a mirror's, or another store directory),
+The store is the embedded LMDB store of a data directory, or a PostgreSQL database
+(``--database``, e.g. restored with ``pg_restore`` from an older ``pg_dump``). The entries the
+store lacks are re-imported from a copy of the log (tlog-tiles entry bundles from a URL or a
+directory, e.g. the public bucket, an auditor's or a mirror's; another LMDB store directory;
+or another ``postgresql://`` database),
 hashed into the store's own tree, and the resulting root is checked against the newest
 checkpoint this log is known to have signed (the remembered checkpoint file, the witnesses'
 latest cosigned checkpoints, or a checkpoint file given by the operator). Only if every one
@@ -26,14 +29,14 @@ from client.formats.note import FormatError, Note, open_note
 from client.formats.policy import Policy
 from client.formats.tiles import TILE_WIDTH, Tile, decode_entry_bundle
 from client.net.witness_client import WitnessClient, WitnessError
-from tlog.backend import Backend, BatchWrite, StorageError
+from tlog.backend import Backend, BatchWrite, StorageError, is_database_url, open_backend
 from tlog.integrity import CheckpointFile, DataDirLock, preflight
 from tlog.log import Log
 from tlog.signer import CheckpointSigner
 from tlog.storage import Storage
 from tlog.tree import NodeReader, RightEdge
 
-__all__ = ["RecoveryError", "Target", "recover"]
+__all__ = ["RecoveryError", "Target", "recover", "recover_database", "recover_store"]
 
 log = logging.getLogger("tlog.recover")
 
@@ -152,10 +155,27 @@ def _entries_from_store(path: Path, start: int, end: int) -> list[bytes]:
     return got
 
 
+def _entries_from_database(url: str, start: int, end: int) -> list[bytes]:
+    st = open_backend(url, Path("."), readonly=True)
+    try:
+        with st.read() as rv:
+            got = rv.entries(start, end)
+    finally:
+        st.close()
+    if len(got) != end - start:
+        raise RecoveryError(
+            f"the database {st.location} holds only up to entry {start + len(got) - 1}"
+        )
+    return got
+
+
 def fetch_entries(source: str, start: int, end: int) -> list[bytes]:
-    """Entries ``start .. end-1`` from a store directory, a tiles directory or a tiles URL."""
+    """Entries ``start .. end-1`` from a store directory, a ``postgresql://`` database, a
+    tiles directory or a tiles URL."""
     if start >= end:
         return []
+    if is_database_url(source):
+        return _entries_from_database(source, start, end)
     p = Path(source)
     if not source.startswith(("http://", "https://")):
         if (p / "data.mdb").exists():
@@ -170,6 +190,22 @@ def fetch_entries(source: str, start: int, end: int) -> list[bytes]:
 # -- recovery --------------------------------------------------------------------------------
 
 
+def _pick_target(
+    signer: CheckpointSigner, remembered: CheckpointFile | None, targets: list[Target]
+) -> tuple[Target, list[Target]]:
+    targets = list(targets)
+    mem = remembered.read() if remembered is not None else None
+    if mem is not None and remembered is not None:
+        targets.append(_own_note(mem.note, signer, f"remembered checkpoint {remembered.path}"))
+    if not targets:
+        raise RecoveryError(
+            "no checkpoint to verify against: the remembered checkpoint file is missing and "
+            "no witness answered. Give one with --checkpoint <file> (a checkpoint this log "
+            "signed, e.g. from an auditor, or the bucket's /checkpoint)."
+        )
+    return max(targets, key=lambda t: t.checkpoint.size), targets
+
+
 def recover(
     store: Path,
     signer: CheckpointSigner,
@@ -178,23 +214,9 @@ def recover(
     targets: list[Target],
     echo: Callable[[str], None] = print,
 ) -> int:
-    """Bring ``store`` forward to the newest of ``targets`` (and the remembered checkpoint).
-
-    Returns the tree size reached. Raises :class:`RecoveryError` without writing anything
-    if the copy does not reproduce every target's root.
-    """
-    targets = list(targets)
-    mem = remembered.read()
-    if mem is not None:
-        targets.append(_own_note(mem.note, signer, f"remembered checkpoint {remembered.path}"))
-    if not targets:
-        raise RecoveryError(
-            "no checkpoint to verify against: the remembered checkpoint file is missing and "
-            "no witness answered. Give one with --checkpoint <file> (a checkpoint this log "
-            "signed, e.g. from an auditor)."
-        )
-    target = max(targets, key=lambda t: t.checkpoint.size)
-    n = target.checkpoint.size
+    """Bring the LMDB store in directory ``store`` forward to the newest of ``targets``
+    (and the remembered checkpoint); see :func:`recover_store`."""
+    _pick_target(signer, remembered, targets)  # refuse before touching the store
     with DataDirLock(store, "tlog recover"):
         data = store / "data.mdb"
         if data.exists() and data.stat().st_size == 0:
@@ -203,52 +225,90 @@ def recover(
         preflight(store)
         storage = Storage(store)
         try:
-            lg = Log(storage, signer)  # no remembered file: no rollback check, we are the fix
-            base = lg.latest
-            s = base.size
-            if s >= n:
-                _check_roots(storage, targets)
-                remembered.write(lg.latest.note if s > n else target.note)
-                echo(f"tlog: nothing to recover: the store is at size {s} >= {n}, and matches")
-                return s
-            echo(f"tlog: the store ends at {s}; fetching entries {s}..{n - 1} from {source}")
-            entries = fetch_entries(source, s, n)
-            hashes = [hashlib.sha256(LEAF_PREFIX + e).digest() for e in entries]
-            if len(set(hashes)) != len(hashes):
-                raise RecoveryError(f"{source} repeats an entry: not a copy of this log")
-
-            def blob(level: int, index: int) -> bytes | None:
-                with storage.read() as rv:
-                    b = rv.blob(level, index)
-                    return None if b is None else bytes(b)
-
-            edge = RightEdge(s, blob)
-            edge.append(hashes)
-            reader = edge.reader()
-            for t in targets:
-                if t.checkpoint.size > s and reader.root(t.checkpoint.size) != (
-                    t.checkpoint.root_hash
-                ):
-                    raise RecoveryError(
-                        f"the entries from {source} do not produce the root this log signed "
-                        f"at size {t.checkpoint.size} ({t.source}); nothing was imported. "
-                        "Use another copy."
-                    )
-            _check_roots(storage, [t for t in targets if t.checkpoint.size <= s])
-            storage.commit_batch(
-                BatchWrite(
-                    s,
-                    entries,
-                    hashes,
-                    edge.take_dirty(),
-                    n,
-                    target.note.encode(),
-                    base.note.encode(),
-                )
-            )
-            remembered.write(target.note)
+            return recover_store(storage, signer, source, remembered, targets, echo)
         finally:
             storage.close()
+
+
+def recover_database(
+    url: str,
+    signer: CheckpointSigner,
+    source: str,
+    remembered: CheckpointFile | None,
+    targets: list[Target],
+    echo: Callable[[str], None] = print,
+    replication: str = "none",
+) -> int:
+    """Bring the PostgreSQL store at ``url`` forward (see :func:`recover_store`). No lock is
+    needed: the import is one compare-and-swap commit, so a frontend that started meanwhile
+    (it should not: its start-up checks refuse this database) makes it fail, not fork."""
+    _pick_target(signer, remembered, targets)
+    storage = open_backend(url, Path("."), replication=replication)
+    try:
+        return recover_store(storage, signer, source, remembered, targets, echo)
+    finally:
+        storage.close()
+
+
+def recover_store(
+    storage: Backend,
+    signer: CheckpointSigner,
+    source: str,
+    remembered: CheckpointFile | None,
+    targets: list[Target],
+    echo: Callable[[str], None] = print,
+) -> int:
+    """Bring ``storage`` forward to the newest of ``targets`` (and the remembered checkpoint).
+
+    Returns the tree size reached. Raises :class:`RecoveryError` without writing anything
+    if the copy does not reproduce every target's root.
+    """
+    target, targets = _pick_target(signer, remembered, targets)
+    n = target.checkpoint.size
+    lg = Log(storage, signer)  # no remembered file: no rollback check, we are the fix
+    base = lg.latest
+    s = base.size
+    if s >= n:
+        _check_roots(storage, targets)
+        if remembered is not None:
+            remembered.write(lg.latest.note if s > n else target.note)
+        echo(f"tlog: nothing to recover: the store is at size {s} >= {n}, and matches")
+        return s
+    echo(f"tlog: the store ends at {s}; fetching entries {s}..{n - 1} from {source}")
+    entries = fetch_entries(source, s, n)
+    hashes = [hashlib.sha256(LEAF_PREFIX + e).digest() for e in entries]
+    if len(set(hashes)) != len(hashes):
+        raise RecoveryError(f"{source} repeats an entry: not a copy of this log")
+
+    def blob(level: int, index: int) -> bytes | None:
+        with storage.read() as rv:
+            b = rv.blob(level, index)
+            return None if b is None else bytes(b)
+
+    edge = RightEdge(s, blob)
+    edge.append(hashes)
+    reader = edge.reader()
+    for t in targets:
+        if t.checkpoint.size > s and reader.root(t.checkpoint.size) != (t.checkpoint.root_hash):
+            raise RecoveryError(
+                f"the entries from {source} do not produce the root this log signed "
+                f"at size {t.checkpoint.size} ({t.source}); nothing was imported. "
+                "Use another copy."
+            )
+    _check_roots(storage, [t for t in targets if t.checkpoint.size <= s])
+    storage.commit_batch(
+        BatchWrite(
+            s,
+            entries,
+            hashes,
+            edge.take_dirty(),
+            n,
+            target.note.encode(),
+            base.note.encode(),
+        )
+    )
+    if remembered is not None:
+        remembered.write(target.note)
     echo(
         f"tlog: recovered entries {s}..{n - 1} from {source}, verified against the "
         f"checkpoint at size {n} ({target.source}); the log may sign again ('tlog serve')"
