@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +20,20 @@ if not VECTORS.is_dir():  # pragma: no cover - environment error, not a test out
 @pytest.fixture(scope="session")
 def vectors() -> Path:
     return VECTORS
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _lmdb_lock_files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A test's store puts LMDB's lock file on /dev/shm (tlog.lockfile), which outlives the
+    test's directory: at the end of the session (per xdist worker), remove the lock files of
+    this session's stores, so the suite leaves nothing in memory."""
+    yield
+    base = tmp_path_factory.getbasetemp()
+    for link in base.rglob("lock.mdb"):
+        if link.is_symlink():
+            target = Path(os.readlink(link))
+            if target.name.startswith("tlog-") and target.name.endswith("-lock.mdb"):
+                target.unlink(missing_ok=True)
 
 
 # -- storage backends ------------------------------------------------------------------------

@@ -164,9 +164,9 @@ class ServeConfig:
     read_threads: int = setting(4, "threads that run storage reads off the event loop")
     lock_dir: Path | None = setting(
         None,
-        "directory on a memory file system (e.g. /dev/shm) for LMDB's lock file (db/lock.mdb "
-        "becomes a symlink to it), so a frozen or stalled data disk cannot block reads; every "
-        "process that opens the store must see the same directory",
+        "directory on a memory file system for LMDB's lock file (db/lock.mdb becomes a "
+        "symlink to it), so a frozen or stalled data disk cannot block reads; default: "
+        "/dev/shm or $XDG_RUNTIME_DIR (tlog-<uid>), else the store directory, with a warning",
     )
     server: ServerLimits = table(ServerLimits, "connection limits and timeouts", flat=True)
     limits: Limits = table(Limits, "request limits of the log API")

@@ -19,26 +19,23 @@ unrun); beyond ``max_waiting`` queued jobs a new one is refused at once.
 One stall no thread can work around: LMDB's read transaction writes its reader slot in
 ``lock.mdb`` *while holding Python's GIL* (py-lmdb does not release it there), and on a
 frozen file system that write waits for the thaw, so the whole process stops. Hence
-:func:`place_lock_file`: with ``--lock-dir`` on a memory file system, reads never write to
-the data disk, and a frozen disk only blocks commits (which do release the GIL).
+:mod:`tlog.lockfile`: the lock file lives on a memory file system by default, reads never
+write to the data disk, and a frozen disk only blocks commits (which do release the GIL).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
-import os
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 from tlog.backend import StorageError
 
-__all__ = ["ReadPool", "StorageStalled", "place_lock_file"]
+__all__ = ["ReadPool", "StorageStalled"]
 
 log = logging.getLogger("tlog.reads")
 
@@ -168,27 +165,3 @@ class ReadPool:
                     loop.call_soon_threadsafe(_settle, items)
                 except RuntimeError:  # loop closed: the callers are gone
                     pass
-
-
-def place_lock_file(db: Path, lock_dir: Path) -> Path:
-    """Make ``<db>/lock.mdb`` a symlink to a lock file in ``lock_dir`` (a tmpfs).
-
-    Every process that opens the store follows the symlink, so they all still share one
-    lock table (LMDB requires that). The name is derived from the store's real path, so
-    several stores can share ``lock_dir``; after a reboot the link dangles and LMDB creates
-    the file anew, as it does with a missing lock file. Call it only while holding the data
-    directory's lock (no other writer), before the store is opened.
-    """
-    lock_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    digest = hashlib.sha256(str(db.resolve()).encode()).hexdigest()[:16]
-    target = lock_dir.resolve() / f"tlog-{digest}-lock.mdb"
-    link = db / "lock.mdb"
-    if link.is_symlink():
-        if os.readlink(link) == str(target):
-            return target
-        link.unlink()
-    elif link.exists():
-        link.unlink()  # the lock table on disk: only live readers (fsck) still use it
-    os.symlink(target, link)
-    log.info("LMDB lock file %s -> %s", link, target)
-    return target

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,9 +19,10 @@ from tlog.backend import (
 from tlog.bucket import BucketPublisher, ObjectStore, S3Store
 from tlog.config import ServeConfig
 from tlog.integrity import CHECKPOINT_FILE, CheckpointFile, DataDirLock, preflight
+from tlog.lockfile import default_lock_dir, place_lock_file
 from tlog.log import Log
 from tlog.metrics import Metrics, ops_routes
-from tlog.reads import ReadPool, place_lock_file
+from tlog.reads import ReadPool
 from tlog.scim.keys import MASTER_KEY_FILE, open_keyring
 from tlog.scim.routes import scim_routes
 from tlog.scim.service import ScimLimits, ScimService
@@ -29,6 +31,8 @@ from tlog.signer import CheckpointSigner
 from tlog.witnessing import WitnessPusher
 
 __all__ = ["build_app"]
+
+log = logging.getLogger("tlog.server")
 
 _D = ServeConfig()  # the defaults, defined once in tlog.config
 
@@ -70,7 +74,8 @@ def build_app(
     what the witnesses cosigned). Retention expiry runs every ``scim_expiry_interval`` seconds
     (None: only on request). A request waits at most ``storage_timeout`` seconds for the
     store (reads on ``read_threads`` threads, or its commit), then gets 503. ``lock_dir``
-    (a tmpfs): where LMDB's lock file goes, so a frozen data disk cannot block reads.
+    (a tmpfs): where LMDB's lock file goes, so a frozen data disk cannot block reads; None:
+    ``/dev/shm`` or ``$XDG_RUNTIME_DIR`` (:mod:`tlog.lockfile`).
 
     With ``bucket`` (``s3://bucket/prefix``, at ``bucket_endpoint``) or ``bucket_store``,
     every published checkpoint, its tiles and entry bundles are also written to that bucket
@@ -90,8 +95,7 @@ def build_app(
         lock = DataDirLock(data_dir / "db").acquire()
         try:
             preflight(data_dir / "db")
-            if lock_dir is not None:
-                place_lock_file(data_dir / "db", lock_dir)
+            place_lock_file(data_dir / "db", _lock_dir(lock_dir))
             storage = open_backend(database, data_dir, map_size=map_size, verify_limit=verify_limit)
         except BaseException:
             lock.release()
@@ -189,6 +193,20 @@ def build_app(
     app.state.bucket = publisher
     app.state.data_lock = lock  # held until the store is closed (or the process ends)
     return app, log_, tokens
+
+
+def _lock_dir(lock_dir: Path | None) -> Path | None:
+    """The directory for LMDB's lock file: ``lock_dir``, else a memory file system."""
+    if lock_dir is not None:
+        return lock_dir
+    found = default_lock_dir()
+    if found is None:
+        log.warning(
+            "no memory file system (/dev/shm, $XDG_RUNTIME_DIR) for LMDB's lock file: it "
+            "stays in the store directory, where a frozen or stalled data disk stops the "
+            "whole server (reads included); give --lock-dir on a tmpfs"
+        )
+    return found
 
 
 def _both(

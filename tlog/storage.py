@@ -52,6 +52,7 @@ from tlog.backend import (
     tile_key,
     u64,
 )
+from tlog.lockfile import follow_lock_file
 
 __all__ = [
     "BatchWrite",
@@ -398,6 +399,8 @@ class Storage:
         self._checker: threading.Thread | None = None
         self.stale_readers_cleared = 0
         _verify_file(self.path / "data.mdb", verify_limit)
+        if self.path.is_dir():
+            follow_lock_file(self.path)  # the lock table every opener shares (tlog.lockfile)
         try:
             self.env = lmdb.open(
                 str(self.path),
