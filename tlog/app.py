@@ -682,8 +682,12 @@ def create_app(
     extra_routes: list[Route] | None = None,
     on_startup: list[Callable[[], Any]] | None = None,
     on_shutdown: list[Callable[[], Any]] | None = None,
+    api: Api | None = None,
 ) -> LogApp:
-    api = Api(log_, sequencer, tokens, limits or Limits(), pusher, reads)
+    # ``api``: built by the caller when its extra routes need it (they get it explicitly,
+    # not through request.app.state); it must be over the same log, sequencer and tokens.
+    if api is None:
+        api = Api(log_, sequencer, tokens, limits or Limits(), pusher, reads)
     routes = [
         # Hot paths first: Starlette tries routes in order.
         Route("/tile/{path:path}", json_errors(api.tile), methods=["GET"]),

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from client.formats.policy import Policy
-from tlog.app import Limits, LogApp, create_app
+from tlog.app import Api, Limits, LogApp, create_app
 from tlog.auth import TokenStore
 from tlog.backend import (
     DEFAULT_MAP_SIZE,
@@ -153,7 +153,7 @@ def build_app(
         except BaseException:
             storage.close()
             raise
-        service = ScimService(storage, log_, seq, keyring, scim_limits)
+        service = ScimService(storage, log_, seq, keyring, scim_limits, reads=reads)
     metrics = Metrics()
     metrics.attach(log_, seq, pusher)
     seq.on_batch = metrics.observe_batch
@@ -161,6 +161,7 @@ def build_app(
         pusher.on_push = metrics.observe_push
     if service is not None:
         service.on_logged = metrics.observe_events
+    api = Api(log_, seq, tokens, limits or Limits(), pusher, reads)
     app = create_app(
         log_,
         seq,
@@ -168,9 +169,10 @@ def build_app(
         limits,
         pusher=pusher,
         reads=reads,
+        api=api,
         extra_routes=[
             *ops_routes(metrics, log_, seq, pusher, reads),
-            *(scim_routes(service) if service is not None else []),
+            *(scim_routes(service, api) if service is not None else []),
         ],
         on_startup=[
             *(

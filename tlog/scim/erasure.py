@@ -645,7 +645,7 @@ class Erasures:
             return out
 
         results = []
-        for t in self.svc._read(tenants):
+        for t in await self.svc.read_off_loop(tenants, "a retention read"):
             res, acc = await anyio.to_thread.run_sync(self._write_rotating, self._expirer(t))
             if acc is not None:
                 done, _ = await self.svc._sequence([acc])

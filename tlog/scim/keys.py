@@ -71,18 +71,21 @@ _AAD = b"tlog-scim/v1/"
 _CHECK_PLAINTEXT = b"tlog-scim master key check"
 
 
-def seal(key: bytes, plaintext: bytes, aad: bytes) -> bytes:
-    """AES-256-GCM with a fresh random IV: ``iv(12) ‖ ciphertext ‖ tag(16)``."""
+def seal(key: bytes | AESGCM, plaintext: bytes, aad: bytes) -> bytes:
+    """AES-256-GCM with a fresh random IV: ``iv(12) ‖ ciphertext ‖ tag(16)``. ``key`` may be
+    an ``AESGCM`` object already keyed (a tenant's KEK: :attr:`TenantKeys.kek_aead`)."""
     iv = os.urandom(IV_SIZE)
-    return iv + AESGCM(key).encrypt(iv, plaintext, aad)
+    aead = key if isinstance(key, AESGCM) else AESGCM(key)
+    return iv + aead.encrypt(iv, plaintext, aad)
 
 
-def unseal(key: bytes, blob: bytes, aad: bytes, what: str) -> bytes:
+def unseal(key: bytes | AESGCM, blob: bytes, aad: bytes, what: str) -> bytes:
     """Open :func:`seal` output; a wrong key, AAD or a modified blob is a :class:`StorageError`."""
     if len(blob) < IV_SIZE + 16:
         raise StorageError(f"{what}: sealed value too short")
+    aead = key if isinstance(key, AESGCM) else AESGCM(key)
     try:
-        return AESGCM(key).decrypt(blob[:IV_SIZE], blob[IV_SIZE:], aad)
+        return aead.decrypt(blob[:IV_SIZE], blob[IV_SIZE:], aad)
     except InvalidTag:
         raise StorageError(f"{what}: does not decrypt (wrong key or modified record)") from None
 
@@ -237,6 +240,12 @@ class TenantKeys:
         # The HMAC state after the index key: each index hash copies it instead of keying
         # HMAC again (several per event on the ingestion path).
         object.__setattr__(self, "_ik_mac", hmac.new(self.ik, digestmod=hashlib.sha256))
+        # One AES-GCM object for the KEK, not one per wrapped key (two per new subject).
+        object.__setattr__(self, "_kek_aead", AESGCM(self.kek))
+
+    @property
+    def kek_aead(self) -> AESGCM:
+        return self._kek_aead  # type: ignore[attr-defined,no-any-return]
 
     def _ik_hash16(self, msg: bytes) -> bytes:
         mac = self._ik_mac.copy()  # type: ignore[attr-defined]
@@ -467,14 +476,14 @@ class KeyRing:
         if sk is not None:
             return sk
         kid = secrets.token_bytes(KID_SIZE)
-        wrapped = seal(tk.kek, secrets.token_bytes(KEY_SIZE), _AAD + b"p" + tk.tn + kid)
+        wrapped = seal(tk.kek_aead, secrets.token_bytes(KEY_SIZE), _AAD + b"p" + tk.tn + kid)
         # Keys in deterministic order (p, v, kid) and of known types: the plain encoding is
         # the deterministic one, as encode_record would produce (tested).
         tx.put(key, bytes(cbor2.dumps({"p": wrapped, "v": 1, "kid": kid})))
         return SubjectKeys(kid, wrapped)
 
     def pseudonym_key(self, tk: TenantKeys, sk: SubjectKeys) -> bytes:
-        return unseal(tk.kek, sk.wrapped_p, _AAD + b"p" + tk.tn + sk.kid, "pseudonym key")
+        return unseal(tk.kek_aead, sk.wrapped_p, _AAD + b"p" + tk.tn + sk.kid, "pseudonym key")
 
     def pid(self, tx: Overlay, tk: TenantKeys, rt: str, rid: str) -> bytes | None:
         """``pid = HMAC(P_subject, rid)[:16]`` for the subject (tenant, rt, rid), if it exists."""
@@ -491,14 +500,16 @@ class KeyRing:
 
     def dek(self, tx: Overlay, tk: TenantKeys, kid: bytes, epoch: int) -> bytes | None:
         raw = tx.get(store.dek_key(kid, epoch))
-        return None if raw is None else unseal(tk.kek, raw, self._dek_aad(tk, kid, epoch), "DEK")
+        return (
+            None if raw is None else unseal(tk.kek_aead, raw, self._dek_aad(tk, kid, epoch), "DEK")
+        )
 
     def dek_or_create(self, tx: Overlay, tk: TenantKeys, kid: bytes, epoch: int) -> bytes:
         dek = self.dek(tx, tk, kid, epoch)
         if dek is not None:
             return dek
         dek = secrets.token_bytes(KEY_SIZE)
-        tx.put(store.dek_key(kid, epoch), seal(tk.kek, dek, self._dek_aad(tk, kid, epoch)))
+        tx.put(store.dek_key(kid, epoch), seal(tk.kek_aead, dek, self._dek_aad(tk, kid, epoch)))
         return dek
 
 

@@ -18,9 +18,8 @@ import json
 import re
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import Any, TypeVar
 
-import anyio.to_thread
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -69,6 +68,7 @@ MAX_PSEUDONYM_BODY = 2 << 20  # one request's member references (max_refs of the
 _REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
 
 Handler = Callable[[Request], Awaitable[Response]]
+T = TypeVar("T")
 
 
 def _media_type(request: Request) -> str:
@@ -143,19 +143,23 @@ def _eid(value: str) -> str:
 
 
 class ScimRoutes:
-    def __init__(self, service: ScimService) -> None:
+    """The handlers, over the log's API (authentication, proofs, the read pool) and the SCIM
+    service, both given explicitly. Nothing here touches the store on the event loop: reads
+    go to the log's read pool (:mod:`tlog.reads`, 503 when the store stalls), writes to the
+    service's writer thread."""
+
+    def __init__(self, service: ScimService, api: Api) -> None:
         self.service = service
+        self.api = api
         self.limits = service.limits
 
     # -- helpers -------------------------------------------------------------------------
 
-    @staticmethod
-    def _api(request: Request) -> Api:
-        return cast(Api, request.app.state.api)
+    async def _principal(self, request: Request, *roles: str) -> Principal:
+        return await self.api.authenticate(request, *roles)
 
-    def _principal(self, request: Request, *roles: str) -> tuple[Api, Principal]:
-        api = self._api(request)
-        return api, api.principal(request, *roles)
+    async def _read(self, fn: Callable[[], T], what: str) -> T:
+        return await self.api.reads.run(fn, what)
 
     @staticmethod
     def _tenant(p: Principal) -> str:
@@ -163,9 +167,16 @@ class ScimRoutes:
             raise Forbidden("this token is not bound to a tenant")
         return p.tenant
 
+    def _receipt(self, index: int, lh: bytes, pub: Published, note: str) -> dict[str, Any]:
+        """A receipt, its proof read from the store: only in a read-pool job."""
+        return self._receipt_json(
+            index, lh, pub, note, self.api.log.inclusion_proof(index, pub.size, lh)
+        )
+
     @staticmethod
-    def _receipt(api: Api, index: int, lh: bytes, pub: Published, note: str) -> dict[str, Any]:
-        proof = api.log.inclusion_proof(index, pub.size, lh)
+    def _receipt_json(
+        index: int, lh: bytes, pub: Published, note: str, proof: list[bytes]
+    ) -> dict[str, Any]:
         return {
             "index": index,
             "leaf_hash": b64(lh),
@@ -175,19 +186,23 @@ class ScimRoutes:
             "tlog_proof": TlogProof(index, tuple(proof), note).format(),
         }
 
-    def _submitted(self, api: Api, s: Submitted, pub: Published) -> dict[str, Any]:
+    async def _submitted(self, s: Submitted, pub: Published) -> dict[str, Any]:
+        """The receipt of a new event: its proof from memory when the log has it cached
+        (the right edge a batch just wrote), else from the read pool."""
+        proof = await self.api.inclusion_proof(s.index, pub.size, s.leaf_hash)
+        note = await self.api.note(pub)
         return {
             "eid": s.eid,
             "duplicate": s.duplicate,
             "ts": s.ts,
             "leaf": b64(s.leaf),
-            **self._receipt(api, s.index, s.leaf_hash, pub, api.note_for(pub)),
+            **self._receipt_json(s.index, s.leaf_hash, pub, note, proof),
         }
 
     # -- ingestion -----------------------------------------------------------------------
 
     async def add_event(self, request: Request) -> Response:
-        api, p = self._principal(request, "submitter")
+        p = await self._principal(request, "submitter")
         tenant = self._tenant(p)
         ctype = _media_type(request)
         if ctype not in (JSON, CBOR):
@@ -197,7 +212,7 @@ class ScimRoutes:
             raise BadRequest("empty body")
         ev, data = await off_loop(len(body), lambda: self._parse_event(body, ctype))
         done, pub = await self.service.submit(tenant, [ev], encoded=[data])
-        return JSONResponse(self._submitted(api, done[0], pub))
+        return JSONResponse(await self._submitted(done[0], pub))
 
     @staticmethod
     def _parse_event(body: bytes, ctype: str) -> tuple[Event, bytes]:
@@ -263,7 +278,7 @@ class ScimRoutes:
         return events
 
     async def add_batch(self, request: Request) -> Response:
-        api, p = self._principal(request, "submitter")
+        p = await self._principal(request, "submitter")
         tenant = self._tenant(p)
         ctype = _media_type(request)
         if ctype not in (JSON, CBOR):
@@ -276,7 +291,7 @@ class ScimRoutes:
         return JSONResponse(
             {
                 "tree_size": pub.size,
-                "checkpoint": api.note_for(pub),
+                "checkpoint": await self.api.note(pub),
                 "results": [
                     {
                         "eid": s.eid,
@@ -290,7 +305,7 @@ class ScimRoutes:
         )
 
     async def pseudonyms(self, request: Request) -> Response:
-        _, p = self._principal(request, "submitter")
+        p = await self._principal(request, "submitter")
         tenant = self._tenant(p)
         if _media_type(request) != JSON:
             raise UnsupportedMediaType("Content-Type must be application/json")
@@ -315,20 +330,19 @@ class ScimRoutes:
     async def whoami(self, request: Request) -> Response:
         """The calling token's role and tenant, so an adapter can refuse to start with a
         token of the wrong tenant or role instead of queueing events the log will refuse."""
-        api = self._api(request)
-        p = api.principal(request, *ROLES)
+        p = await self._principal(request, *ROLES)
         Query(request, set())
         return JSONResponse({"role": p.role, "tenant": p.tenant, "token_id": p.token_id})
 
     # -- reading -------------------------------------------------------------------------
 
     async def tenant_ref(self, request: Request) -> Response:
-        _, p = self._principal(request, "auditor")
+        p = await self._principal(request, "auditor")
         tenant = self._tenant(p)
         Query(request, set())
         return JSONResponse({"tenant": tenant, "tn": b64(self.service.tenant_ref(tenant))})
 
-    def _found_json(self, api: Api, f: Found, pub: Published, note: str) -> dict[str, Any]:
+    def _found_json(self, f: Found, pub: Published, note: str) -> dict[str, Any]:
         out: dict[str, Any] = {"leaf": b64(f.leaf), "eid": f.eid}
         if f.event is None or f.nonce is None:
             out["erased"] = True
@@ -337,12 +351,12 @@ class ScimRoutes:
             out["nonce"] = b64(f.nonce)
             if f.effect is not None:
                 out["effect"] = f.effect  # derived by the log (effects.py); JSON values only
-        out.update(self._receipt(api, f.index, f.leaf_hash, pub, note))
+        out.update(self._receipt(f.index, f.leaf_hash, pub, note))
         del out["tlog_proof"]  # the proof is right there; keep pages small
         return out
 
     async def search(self, request: Request) -> Response:
-        api, p = self._principal(request, "auditor")
+        p = await self._principal(request, "auditor")
         tenant = self._tenant(p)
         names = {n for n in Filters.__dataclass_fields__} | {"limit", "cursor"}
         q = _Query(request, names)
@@ -362,16 +376,16 @@ class ScimRoutes:
         if not 1 <= limit <= self.limits.max_search_limit:
             raise BadRequest(f"limit must be 1..{self.limits.max_search_limit}")
         cursor = q.blob("cursor", TS_KEY_SIZE)
-        pub = api.log.latest
-        note = api.note_for(pub)
+        pub = self.api.log.latest
+        note = await self.api.note(pub)
 
         def run() -> tuple[list[dict[str, Any]], bytes | None, dict[str, int]]:
             found, nxt = self.service.search(tenant, f, limit, cursor, pub)
             bodies = sum(1 for x in found if not x.erased)
             counts = {"results": len(found), "bodies": bodies, "erased": len(found) - bodies}
-            return [self._found_json(api, x, pub, note) for x in found], nxt, counts
+            return [self._found_json(x, pub, note) for x in found], nxt, counts
 
-        results, nxt, counts = await anyio.to_thread.run_sync(run)
+        results, nxt, counts = await self._read(run, "a SCIM search")
         # SCIM.md §5.1: every body read is itself logged, before the bodies leave.
         access, _ = await self.service.record_access(
             tenant,
@@ -396,9 +410,7 @@ class ScimRoutes:
             }
         )
 
-    def _receipt_info_json(
-        self, api: Api, r: ReceiptInfo, pub: Published, note: str
-    ) -> dict[str, Any]:
+    def _receipt_info_json(self, r: ReceiptInfo, pub: Published, note: str) -> dict[str, Any]:
         out: dict[str, Any] = {
             "eid": r.eid,
             "ts": r.ts,
@@ -409,25 +421,28 @@ class ScimRoutes:
         if r.index is None or r.index >= pub.size:
             out["pending"] = True
         else:
-            out.update(self._receipt(api, r.index, r.leaf_hash, pub, note))
+            out.update(self._receipt(r.index, r.leaf_hash, pub, note))
         return out
 
     async def receipts(self, request: Request) -> Response:
-        api, p = self._principal(request, "submitter", "auditor")
+        p = await self._principal(request, "submitter", "auditor")
         tenant = self._tenant(p)
         q = _Query(request, {"eid", "req"})
         if q.has("eid") == q.has("req"):
             raise BadRequest("give exactly one of eid or req")
         eid = q.text("eid")
         req = q.text("req")
-        infos = await anyio.to_thread.run_sync(
-            lambda: self.service.receipts(tenant, eid=None if eid is None else _eid(eid), req=req)
-        )
-        if eid is not None and not infos:
+        wanted = None if eid is None else _eid(eid)
+        pub = self.api.log.latest
+        note = await self.api.note(pub)
+
+        def run() -> list[dict[str, Any]]:
+            infos = self.service.receipts(tenant, eid=wanted, req=req)
+            return [self._receipt_info_json(r, pub, note) for r in infos]
+
+        out = await self._read(run, "a SCIM receipts read")
+        if eid is not None and not out:
             raise NotFound("no event with that eid for this tenant")
-        pub = api.log.latest
-        note = api.note_for(pub)
-        out = [self._receipt_info_json(api, r, pub, note) for r in infos]
         if p.role == "auditor":
             await self.service.record_access(
                 tenant,
@@ -442,7 +457,7 @@ class ScimRoutes:
 
     # -- erasure, legal holds, retention (privacy officers) --------------------------------
 
-    def _erasure_json(self, api: Api, st: ErasureStatus) -> dict[str, Any]:
+    async def _erasure_json(self, st: ErasureStatus) -> dict[str, Any]:
         """What an officer sees: never whether the subject had keys or how much was erased
         (officers cannot read bodies; the counts are for the tenant's auditors)."""
         r = st.record
@@ -464,8 +479,7 @@ class ScimRoutes:
             if k in r:
                 out[name] = r[k]
         if st.receipt is not None:
-            pub = api.log.latest
-            out["receipt"] = self._submitted(api, st.receipt, pub)
+            out["receipt"] = await self._submitted(st.receipt, self.api.log.latest)
         return out
 
     async def _json_body(self, request: Request) -> dict[str, Any]:
@@ -487,7 +501,7 @@ class ScimRoutes:
         return SubjectId(_text(doc.get("rt"), "rt", 128), kind, _text(doc[kind], kind, 1024))
 
     async def request_erasure(self, request: Request) -> Response:
-        api, p = self._principal(request, "privacy-officer")
+        p = await self._principal(request, "privacy-officer")
         doc = await self._json_body(request)
         keys = set(doc)
         ids = keys & set(SUBJECT_KINDS)
@@ -498,18 +512,19 @@ class ScimRoutes:
         tenant = _text(doc["tenant"], "tenant", 256)
         reason = _text(doc["reason"], "reason", 64)
         st = await self.service.erasures.request(p, tenant, subject, reason, _request_id(request))
-        return JSONResponse(self._erasure_json(api, st), status_code=201)
+        return JSONResponse(await self._erasure_json(st), status_code=201)
 
     async def list_erasures(self, request: Request) -> Response:
-        api, p = self._principal(request, "privacy-officer")
+        p = await self._principal(request, "privacy-officer")
         q = _Query(request, {"state"})
         state = q.text("state") or "pending"
         if state not in ("pending", "all"):
             raise BadRequest("state must be pending or all")
-        found = await anyio.to_thread.run_sync(
-            lambda: self.service.erasures.requests(p, all_states=state == "all")
+        found = await self._read(
+            lambda: self.service.erasures.requests(p, all_states=state == "all"),
+            "a read of erasure requests",
         )
-        return JSONResponse({"erasures": [self._erasure_json(api, st) for st in found]})
+        return JSONResponse({"erasures": [await self._erasure_json(st) for st in found]})
 
     def _request_id_param(self, request: Request) -> str:
         rid = request.path_params["id"]
@@ -518,46 +533,48 @@ class ScimRoutes:
         return rid
 
     async def erasure(self, request: Request) -> Response:
-        api, p = self._principal(request, "privacy-officer")
+        p = await self._principal(request, "privacy-officer")
         Query(request, set())
-        st = await anyio.to_thread.run_sync(
-            self.service.erasures.status, p, self._request_id_param(request)
+        rid = self._request_id_param(request)
+        st = await self._read(
+            lambda: self.service.erasures.status(p, rid), "a read of an erasure request"
         )
-        return JSONResponse(self._erasure_json(api, st))
+        return JSONResponse(await self._erasure_json(st))
 
     async def approve_erasure(self, request: Request) -> Response:
-        api, p = self._principal(request, "privacy-officer")
+        p = await self._principal(request, "privacy-officer")
         body = await read_body(request, MAX_SMALL_BODY)
         if body.strip() and _strict_json(body) != {}:
             raise BadRequest("approval takes no body (or {})")
         st = await self.service.erasures.approve(
             p, self._request_id_param(request), _request_id(request)
         )
-        return JSONResponse(self._erasure_json(api, st))
+        return JSONResponse(await self._erasure_json(st))
 
     async def certificate(self, request: Request) -> Response:
         """The erasure certificate (docs/api.md): the approval event, its nonce, its leaf and
         a tlog-proof against the latest checkpoint. No personal data."""
-        api, p = self._principal(request, "privacy-officer")
+        p = await self._principal(request, "privacy-officer")
         Query(request, set())
-        c = await anyio.to_thread.run_sync(
-            self.service.erasures.certificate, p, self._request_id_param(request)
-        )
-        pub = api.log.latest
-        note = api.note_for(pub)
-        return JSONResponse(
-            {
+        rid = self._request_id_param(request)
+        pub = self.api.log.latest
+        note = await self.api.note(pub)
+
+        def run() -> dict[str, Any]:
+            c = self.service.erasures.certificate(p, rid)
+            return {
                 "type": "tlog-erasure-certificate/v1",
                 "request": c.request,
-                "origin": api.log.origin,
+                "origin": self.api.log.origin,
                 "event": json.loads(event_to_json(c.event)),
                 "nonce": b64(c.nonce),
                 "leaf": b64(c.leaf),
-                **self._receipt(api, c.index, c.leaf_hash, pub, note),
+                **self._receipt(c.index, c.leaf_hash, pub, note),
             }
-        )
 
-    def _hold_json(self, api: Api, h: Hold) -> dict[str, Any]:
+        return JSONResponse(await self._read(run, "an erasure certificate read"))
+
+    async def _hold_json(self, h: Hold) -> dict[str, Any]:
         r = h.record
         out: dict[str, Any] = {
             "id": h.id,
@@ -573,11 +590,11 @@ class ScimRoutes:
         if "released" in r:
             out["released"] = r["released"]
         if h.receipt is not None:
-            out["receipt"] = self._submitted(api, h.receipt, api.log.latest)
+            out["receipt"] = await self._submitted(h.receipt, self.api.log.latest)
         return out
 
     async def place_hold(self, request: Request) -> Response:
-        api, p = self._principal(request, "privacy-officer")
+        p = await self._principal(request, "privacy-officer")
         doc = await self._json_body(request)
         allowed = {"tenant", "reason", "rt", *SUBJECT_KINDS}
         if not {"tenant", "reason"} <= set(doc) or set(doc) - allowed:
@@ -588,23 +605,23 @@ class ScimRoutes:
         hold = await self.service.erasures.place_hold(
             p, tenant, subject, reason, _request_id(request)
         )
-        return JSONResponse(self._hold_json(api, hold), status_code=201)
+        return JSONResponse(await self._hold_json(hold), status_code=201)
 
     async def list_holds(self, request: Request) -> Response:
-        api, p = self._principal(request, "privacy-officer")
+        p = await self._principal(request, "privacy-officer")
         Query(request, set())
-        holds = await anyio.to_thread.run_sync(self.service.erasures.holds, p)
-        return JSONResponse({"holds": [self._hold_json(api, h) for h in holds]})
+        holds = await self._read(lambda: self.service.erasures.holds(p), "a read of legal holds")
+        return JSONResponse({"holds": [await self._hold_json(h) for h in holds]})
 
     async def release_hold(self, request: Request) -> Response:
-        api, p = self._principal(request, "privacy-officer")
+        p = await self._principal(request, "privacy-officer")
         hold = await self.service.erasures.release_hold(
             p, self._request_id_param(request), _request_id(request)
         )
-        return JSONResponse(self._hold_json(api, hold))
+        return JSONResponse(await self._hold_json(hold))
 
     async def put_retention(self, request: Request) -> Response:
-        _, p = self._principal(request, "privacy-officer")
+        p = await self._principal(request, "privacy-officer")
         doc = await self._json_body(request)
         if set(doc) != {"tenant", "days"} or type(doc["days"]) is not int:
             raise BadRequest('body must be {"tenant": ..., "days": <30..3653>}')
@@ -615,12 +632,14 @@ class ScimRoutes:
         return JSONResponse({"tenant": tenant, "days": rec["days"], "set": rec["set"]})
 
     async def get_retention(self, request: Request) -> Response:
-        _, p = self._principal(request, "privacy-officer", "admin")
+        p = await self._principal(request, "privacy-officer", "admin")
         q = _Query(request, {"tenant"})
         tenant = q.text("tenant")
         if tenant is None:
             raise BadRequest("give tenant")
-        rec = await anyio.to_thread.run_sync(self.service.erasures.retention, p, tenant)
+        rec = await self._read(
+            lambda: self.service.erasures.retention(p, tenant), "a retention read"
+        )
         if rec is None:
             return JSONResponse({"tenant": tenant, "days": None})
         return JSONResponse(
@@ -628,7 +647,7 @@ class ScimRoutes:
         )
 
     async def expire(self, request: Request) -> Response:
-        _, p = self._principal(request, "privacy-officer", "admin")
+        p = await self._principal(request, "privacy-officer", "admin")
         body = await read_body(request, MAX_SMALL_BODY)
         doc = _strict_json(body) if body.strip() else {}
         if type(doc) is not dict or set(doc) - {"tenant"}:
@@ -664,9 +683,10 @@ def _by_method(**handlers: Handler) -> Handler:
     return endpoint
 
 
-def scim_routes(service: ScimService) -> list[Route]:
-    """The SCIM routes, for :func:`tlog.app.create_app`'s ``extra_routes``."""
-    r = ScimRoutes(service)
+def scim_routes(service: ScimService, api: Api) -> list[Route]:
+    """The SCIM routes over ``api`` (the log's, given to :func:`tlog.app.create_app` too),
+    for its ``extra_routes``."""
+    r = ScimRoutes(service, api)
     return [
         # One route for both methods, so that a 405 names both in its Allow header.
         Route(

@@ -66,6 +66,7 @@ from tlog.auth import Forbidden, Principal
 from tlog.backend import Backend, StorageError
 from tlog.errors import Conflict
 from tlog.log import Log, Published
+from tlog.reads import ReadPool
 from tlog.scim import store
 from tlog.scim.effects import classify
 from tlog.scim.erasure import Erasures
@@ -308,6 +309,7 @@ class ScimService:
         keys: KeyRing,
         limits: ScimLimits | None = None,
         clock: Callable[[], int] = _now_ms,
+        reads: ReadPool | None = None,
     ) -> None:
         self.storage = storage
         self.log = log_
@@ -327,6 +329,9 @@ class ScimService:
         self._group_lock = threading.Lock()
         self._group_running = False
         self.erasures = Erasures(self)
+        # The log's read pool (tlog.reads): store reads of the async methods run there,
+        # never on the event loop (without one, in a worker thread).
+        self.reads = reads
 
     # -- plumbing -----------------------------------------------------------------------------
 
@@ -394,6 +399,12 @@ class ScimService:
                 fut.set_exception(err)
             else:
                 fut.set_result(result)
+
+    async def read_off_loop(self, fn: Callable[[Overlay], T], what: str) -> T:
+        """:meth:`_read` in the read pool (bounded: a stalled store answers 503)."""
+        if self.reads is not None:
+            return await self.reads.run(lambda: self._read(fn), what)
+        return await asyncio.to_thread(self._read, fn)
 
     def _read(self, fn: Callable[[Overlay], T]) -> T:
         for attempt in range(20):
@@ -795,7 +806,9 @@ class ScimService:
         which the operator can check against a suspected query and nobody else can.
         """
         qtext = "&".join(f"{k}={v}" for k, v in sorted(query)).encode()
-        dig = self._read(lambda tx: self._tenant_digest(tx, tenant, qtext))
+        dig = await self.read_off_loop(
+            lambda tx: self._tenant_digest(tx, tenant, qtext), "a tenant key read"
+        )
         ev = self._system_event(
             tenant,
             principal,
