@@ -7,10 +7,9 @@ checkpoint. It rebuilds the consistency proof from the size in a 409 answer, bac
 body or a 422 as a split-view alarm: logged at CRITICAL, kept, and shown at
 ``GET /v1/witnesses``.
 
-Verified cosignature lines are stored per tree size. A checkpoint whose cosignatures meet the
-policy's quorum is *cosigned*; ``GET /checkpoint`` serves the newest cosigned checkpoint (or
-the newest log-signed one while none is), and proof bundles carry the cosignatures of their
-size, so a receipt fetched again after cosigning verifies under the policy.
+What is gathered (the cosignatures, the newest cosigned checkpoint) and handed out is the
+published state, :class:`tlog.published.Witnessed`, which the pusher feeds
+(``pusher.published``); this module is only the push rounds.
 """
 
 from __future__ import annotations
@@ -38,6 +37,7 @@ from client.net.witness_client import (
 )
 from tlog.integrity import RECOVER_HINT, RollbackDetected
 from tlog.log import Log, Published
+from tlog.published import Witnessed
 
 __all__ = ["WitnessPusher"]
 
@@ -82,65 +82,34 @@ class WitnessPusher:
         # Called after each add-checkpoint push: (witness name, result) (metrics).
         self.on_push: Callable[[str, str], None] | None = None
         self._thread: threading.Thread | None = None
-        self._cosigned: Published | None = None
-        self._load_cosigned()
+        # What the API hands out: fed by the rounds below, started and stopped with them.
+        self.published = Witnessed(
+            log_,
+            policy,
+            start=lambda: self.start(),
+            stop=lambda: self.stop(),
+            witnesses=lambda: self._witness_status(),
+        )
 
-    # -- cosigned checkpoints --------------------------------------------------------------
-
-    def _load_cosigned(self) -> None:
-        with self.log.storage.read() as rv:
-            latest = rv.latest_cosigned()
-        if latest is None:
-            return
-        size, lines = latest
-        pub = self.log.checkpoint_note(size)
-        note = self._merge(pub.note, lines.decode())
-        if self._quorum(note):
-            self._cosigned = Published(size, note)
-
-    def _quorum(self, note: str) -> bool:
-        try:
-            self.policy.check(note)
-        except (VerificationError, FormatError):
-            return False
-        return True
-
-    @staticmethod
-    def _merge(note: str, lines: str) -> str:
-        """The note with cosignature lines added (no duplicates)."""
-        have = set(note.split("\n"))
-        extra = [ln for ln in lines.split("\n") if ln and ln not in have]
-        return note + "".join(ln + "\n" for ln in extra)
+    # -- the published state, for callers that hold the pusher ------------------------------
 
     def note_for(self, pub: Published) -> str:
-        """The checkpoint note for ``pub`` with every cosignature gathered for its size."""
-        with self.log.storage.read() as rv:
-            lines = rv.cosignatures(pub.size)
-        return pub.note if lines is None else self._merge(pub.note, lines.decode())
+        return self.published.note_for(pub)
 
     @property
     def cosigned(self) -> Published | None:
-        return self._cosigned
+        return self.published.cosigned
 
     def checkpoint(self) -> str:
-        c = self._cosigned
-        return c.note if c is not None else self.log.latest.note
+        return self.published.checkpoint()
 
     def _record(self, pub: Published, sigs: tuple[Signature, ...]) -> None:
-        with self._lock:
-            with self.log.storage.read() as rv:
-                old = rv.cosignatures(pub.size)
-            lines = old.decode() if old else ""
-            for s in sigs:
-                line = s.line()
-                if line not in lines:
-                    lines += line
-            self.log.storage.put_cosignatures(pub.size, lines.encode())
-            note = self._merge(pub.note, lines)
-            cur = self._cosigned
-            if (cur is None or pub.size > cur.size) and self._quorum(note):
-                self._cosigned = Published(pub.size, note)
-                log.info("checkpoint %d cosigned by a quorum", pub.size)
+        self.published.record(pub, sigs)
+
+    def status(self) -> dict[str, Any]:
+        status = self.published.status()
+        assert status is not None
+        return status
 
     # -- pushing ---------------------------------------------------------------------------
 
@@ -321,21 +290,14 @@ class WitnessPusher:
             if pub.size:
                 self._record(pub, sigs)
 
-    def status(self) -> dict[str, Any]:
-        c = self._cosigned
-        return {
-            "quorum": self.policy.quorum,
-            "cosigned_size": None if c is None else c.size,
-            "latest_size": self.log.latest.size,
-            "halted": self.log.halted,
-            "witnesses": [
-                {
-                    "name": st.name,
-                    "url": st.url,
-                    "cosigned_size": st.cosigned_size,
-                    "last_error": st.last_error,
-                    "alarms": st.alarms,
-                }
-                for st in self.state.values()
-            ],
-        }
+    def _witness_status(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": st.name,
+                "url": st.url,
+                "cosigned_size": st.cosigned_size,
+                "last_error": st.last_error,
+                "alarms": st.alarms,
+            }
+            for st in self.state.values()
+        ]

@@ -220,7 +220,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     )
     (data / "policy").write_text(policy)
     app, log_, tokens = build_app(data, signer, max_batch_age=0.0, witness_policy=data / "policy")
-    pusher = app.state.api.pusher
+    pusher = app.state.pusher
     pusher.start = lambda: None  # no pushing: the test is the witnesses
     toks = {
         "sub": tokens.create("submitter", tenant=TENANT, name="sub")[0],

@@ -28,6 +28,7 @@ import pytest
 from starlette.testclient import TestClient
 
 import tlog.app
+import tlog.routes
 import tlog.scim.routes
 from tests.support import slow_reader, wait_reset
 from tlog.bodies import OFFLOAD_BYTES, BodyTooLarge, MalformedBody, check_json_shape
@@ -233,7 +234,7 @@ def test_big_json_decode_does_not_block_checkpoint(
     concurrent, r = _checkpoint_during(
         env,
         monkeypatch,
-        tlog.app,
+        tlog.routes,
         "check_json_shape",
         lambda: env.post("/v1/entries/batch", body, "application/json"),
     )

@@ -146,9 +146,10 @@ class Console:
             return error_response(exc)
 
     def _summary(self, api: Api) -> dict[str, Any]:
-        note = api.checkpoint_source()
+        note = api.published.checkpoint()
         size = _size_of(note)
-        pusher = api.pusher
+        policy = api.published.policy
+        status = api.published.status()
         history: list[dict[str, Any]] = []
         witnesses: list[dict[str, Any]] = []
         with api.log.storage.read() as rv:
@@ -163,10 +164,9 @@ class Console:
                 seen.add(got[0])
                 t = self._time(rv, got[0], rv.cosignatures(got[0]))
                 history.append({"size": got[0], "time": t, "checkpoint": got[1].decode()})
-            if pusher is not None:
-                status = pusher.status()
+            if policy is not None and status is not None:
                 for w in status["witnesses"]:
-                    pw = pusher.policy.witnesses.get(w["name"])
+                    pw = policy.witnesses.get(w["name"])
                     t = None
                     if pw is not None and w["cosigned_size"]:
                         times = _cosig_times(rv.cosignatures(w["cosigned_size"]))
@@ -188,8 +188,8 @@ class Console:
             "latest_size": api.log.latest.size,
             "checkpoint": note,
             "checkpoint_time": latest_time,
-            "policy": None if pusher is None else policy_text(pusher.policy),
-            "quorum": None if pusher is None else pusher.policy.quorum,
+            "policy": None if policy is None else policy_text(policy),
+            "quorum": None if policy is None else policy.quorum,
             "witnesses": witnesses,
             "history": history,
         }
