@@ -161,9 +161,7 @@ def build_app(
         pusher.on_push = metrics.observe_push
     if service is not None:
         service.on_logged = metrics.observe_events
-    api = Api(
-        log_, seq, tokens, limits or Limits(), pusher.published if pusher else None, reads
-    )
+    api = Api(log_, seq, tokens, limits or Limits(), pusher.published if pusher else None, reads)
     app = create_app(
         log_,
         seq,
