@@ -119,6 +119,7 @@ class Node(PgCluster):
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
+        self.release_watchdog()
 
 
 class Replicated:

@@ -9,6 +9,15 @@ with ``fsync = on`` and trusts local connections (it holds test data only).
 Use :func:`require_postgres` (skips with the reason when PostgreSQL cannot be run), then
 :class:`PgCluster`; the session fixture ``pg_cluster`` and the per-test ``pg_url`` (a fresh
 schema in it) live in ``tests/conftest.py``.
+
+**No cluster outlives its test process.** ``pg_ctl`` detaches the postmaster, so a test run
+killed mid-way (SIGKILL, a CI timeout) would leave it running, with its directory in /dev/shm.
+So every :class:`PgCluster` has a watchdog (``tests/pgwatchdog.py``, in its own session) that
+holds the read end of a pipe only the test process can write: when the test process is gone,
+however it ended, the watchdog stops the cluster and deletes its directory. The directory also
+names its owner (``owner``: pid and start time), and :func:`reap_stale` (run when a session
+starts its first cluster) removes any ``tlog-pg-*`` cluster whose owner is dead, in case a
+watchdog was killed too. Clusters without an ``owner`` file are never touched.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ import pwd
 import shutil
 import struct
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -27,6 +37,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import pgwatchdog
 from tests.support import free_port
 from tlog.backend import Backend, open_backend
 
@@ -38,6 +49,7 @@ __all__ = [
     "pg_bin_dir",
     "pg_os_user",
     "postgres_missing",
+    "reap_stale",
     "require_postgres",
     "tamper",
 ]
@@ -120,6 +132,8 @@ class PgCluster:
         self.bin = bindir
         self.user = pg_os_user()
         self.base = Path(tempfile.mkdtemp(prefix="tlog-pg-", dir=tmp_root))
+        (self.base / OWNER_FILE).write_text(_owner_text(os.getpid()) or "")
+        self._watchdog = _start_watchdog(self.base, self.bin, self.user)
         self.data = self.base / "data"
         self.port = port or free_port()
         self.conf = {
@@ -197,6 +211,16 @@ class PgCluster:
     def destroy(self) -> None:
         self.stop("immediate")
         shutil.rmtree(self.base, ignore_errors=True)
+        self.release_watchdog()
+
+    def release_watchdog(self) -> None:
+        """Let the watchdog go (it finds nothing left to clean up and exits)."""
+        proc, fd = self._watchdog
+        if fd >= 0:
+            os.close(fd)
+            self._watchdog = (proc, -1)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(30)
 
     def url(self, dbname: str = "postgres", schema: str | None = None) -> str:
         url = f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{dbname}"
@@ -217,6 +241,75 @@ class PgCluster:
         return self.url(schema=name)
 
 
+OWNER_FILE = "owner"
+
+
+def _owner_text(pid: int) -> str | None:
+    """``"<pid> <start time>"`` of a live process (the start time tells a reused pid apart),
+    or None when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    if fields[0] in ("Z", "X"):
+        return None
+    return f"{pid} {fields[19]}"  # field 22 of stat: starttime
+
+
+def _start_watchdog(
+    base: Path, bindir: Path, user: str | None
+) -> tuple[subprocess.Popen[bytes], int]:
+    """The watchdog of the cluster in ``base`` (tests/pgwatchdog.py) and the write end of its
+    pipe, held by this process only (os.pipe's ends are not inherited by children)."""
+    read_end, write_end = os.pipe()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-I", pgwatchdog.__file__, str(base), str(bindir), user or ""],
+            stdin=read_end,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    except BaseException:
+        os.close(write_end)
+        raise
+    finally:
+        os.close(read_end)
+    return proc, write_end
+
+
+def reap_stale(roots: list[str | None]) -> list[Path]:
+    """Stop and delete every ``tlog-pg-*`` cluster under ``roots`` (None: the default
+    temporary directory) whose owner process is gone; returns their directories."""
+    bindir = pg_bin_dir()
+    if bindir is None:
+        return []
+    done: list[Path] = []
+    for root in {Path(r or tempfile.gettempdir()) for r in roots}:
+        for base in root.glob("tlog-pg-*"):
+            try:
+                owner = (base / OWNER_FILE).read_text().split()
+            except OSError:
+                continue  # not made by this harness (or not yet): not ours to judge
+            if len(owner) != 2 or not owner[0].isdigit():
+                continue
+            if _owner_text(int(owner[0])) == " ".join(owner):
+                continue  # its owner is alive
+            pgwatchdog.reap(base, str(bindir), _dir_user(base))
+            done.append(base)
+    return done
+
+
+def _dir_user(base: Path) -> str:
+    """The OS user to run pg_ctl as for the cluster in ``base`` ('' for the current one)."""
+    if os.geteuid() != 0:
+        return ""
+    try:
+        return pwd.getpwuid((base / "data").stat().st_uid).pw_name
+    except (OSError, KeyError):
+        return ""
+
+
 def memory_dir() -> str | None:
     """``/dev/shm`` when it is a writable tmpfs (``TLOG_PG_TMP`` overrides; empty: the
     default temporary directory)."""
@@ -233,6 +326,7 @@ def running_cluster(
 ) -> Iterator[PgCluster]:
     """A started cluster, destroyed afterwards (skips when PostgreSQL is unavailable)."""
     require_postgres()
+    reap_stale([tmp_root, None])
     cluster = PgCluster(conf, tmp_root=tmp_root).init()
     try:
         cluster.start()
@@ -247,9 +341,10 @@ BACKENDS = ("lmdb", "postgresql")
 
 
 def backend_database(request: pytest.FixtureRequest) -> str | None:
-    """For a fixture parametrised over :data:`BACKENDS`: the ``database`` setting (None for
-    LMDB; for PostgreSQL a fresh schema in the session cluster, or a skip)."""
-    if request.param == "lmdb":
+    """For a fixture parametrised over :data:`BACKENDS` (tests/conftest.py's ``database``):
+    the ``database`` setting (None for LMDB; for PostgreSQL a fresh schema in the session
+    cluster, or a skip)."""
+    if getattr(request, "param", BACKENDS[0]) == BACKENDS[0]:
         return None
     url: str = request.getfixturevalue("pg_url")
     return url

@@ -1,0 +1,178 @@
+"""The PostgreSQL test harness never leaks a cluster: a test process killed mid-way (SIGKILL, a
+CI timeout) takes its throwaway cluster with it (tests/pgwatchdog.py), and a cluster whose
+watchdog died too is removed by the next session (:func:`tests.pgsupport.reap_stale`)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.pgsupport import memory_dir, reap_stale, require_postgres
+from tests.pgwatchdog import alive, postmaster_pid
+
+ROOT = Path(__file__).resolve().parent.parent
+BOUND = 30.0  # seconds the cluster may take to go once its owner is gone
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def pg_root() -> Iterator[Path]:
+    """A directory of our own for the clusters under test (readable by the cluster's OS
+    user, so not under pytest's 0700 tmp_path), so reaping touches nobody else's."""
+    require_postgres()
+    root = Path(tempfile.mkdtemp(prefix="tlog-harness-", dir=memory_dir()))
+    root.chmod(0o755)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def _children() -> dict[int, int]:
+    out = {}
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                out[int(p.name)] = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    return out
+
+
+def cluster_pids(base: Path) -> list[int]:
+    """The postmaster of the cluster in ``base`` and every process under it."""
+    pm = postmaster_pid(base / "data")
+    assert pm is not None and alive(pm), "the cluster is not running"
+    parents = _children()
+    out, frontier = [pm], [pm]
+    while frontier:
+        cur = frontier.pop()
+        kids = [c for c, parent in parents.items() if parent == cur]
+        out += kids
+        frontier += kids
+    return out
+
+
+def wait_file(path: Path, proc: subprocess.Popen[bytes], log: Path, bound: float = 180) -> str:
+    deadline = time.monotonic() + bound
+    while not path.exists() or not path.read_text().endswith("\n"):
+        assert proc.poll() is None, f"the holder exited: {log.read_text()}"
+        assert time.monotonic() < deadline, f"no cluster within {bound} s: {log.read_text()}"
+        time.sleep(0.1)
+    return path.read_text().strip()
+
+
+def wait_gone(pids: list[int], base: Path) -> None:
+    deadline = time.monotonic() + BOUND
+    while any(alive(p) for p in pids) or base.exists():
+        if time.monotonic() > deadline:
+            left = [p for p in pids if alive(p)]
+            pytest.fail(f"{BOUND} s after its owner died: processes {left}, dir {base.exists()}")
+        time.sleep(0.1)
+
+
+def test_a_killed_pytest_takes_its_cluster_with_it(tmp_path: Path, pg_root: Path) -> None:
+    """A pytest session that started the session cluster is SIGKILLed in the middle of a
+    test: the postmaster, every backend and the cluster's directory are gone within BOUND."""
+    inner = tmp_path / "inner"
+    inner.mkdir()
+    (inner / "conftest.py").write_text("from tests.conftest import pg_cluster  # noqa: F401\n")
+    (inner / "test_hold.py").write_text(
+        textwrap.dedent(
+            """
+            import os
+            import pathlib
+            import time
+
+
+            def test_hold(pg_cluster):
+                pathlib.Path(os.environ["HOLD_FILE"]).write_text(f"{pg_cluster.base}\\n")
+                time.sleep(600)
+            """
+        )
+    )
+    hold, log = tmp_path / "hold", tmp_path / "inner.log"
+    env = dict(os.environ, HOLD_FILE=str(hold), PYTHONPATH=str(ROOT), TLOG_PG_TMP=str(pg_root))
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-c", os.devnull]
+            + ["--rootdir", str(inner), str(inner / "test_hold.py")],
+            cwd=inner,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        base = Path(wait_file(hold, proc, log))
+        assert base.parent == pg_root
+        pids = cluster_pids(base)
+        assert len(pids) > 1  # the postmaster and its background workers
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        wait_gone(pids, base)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def test_a_cluster_whose_watchdog_died_too_is_reaped_by_the_next_session(
+    tmp_path: Path, pg_root: Path
+) -> None:
+    """Owner and watchdog both SIGKILLed (say, the OOM killer): the cluster keeps running
+    until :func:`reap_stale`, which a session runs before it starts its first cluster, stops
+    it and deletes it; a cluster whose owner lives and a directory without an owner file
+    are left alone."""
+    hold, log = tmp_path / "hold", tmp_path / "holder.log"
+    script = textwrap.dedent(
+        f"""
+        import os, sys, time
+        from tests.pgsupport import PgCluster
+        c = PgCluster(tmp_root={str(pg_root)!r}).init().start()
+        open({str(hold)!r}, "w").write(f"{{c.base}} {{c._watchdog[0].pid}}\\n")
+        time.sleep(600)
+        """
+    )
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", script],
+            cwd=ROOT,
+            env=dict(os.environ, PYTHONPATH=str(ROOT)),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    foreign = pg_root / "tlog-pg-foreign"  # a cluster this harness did not make
+    foreign.mkdir()
+    pids: list[int] = []
+    try:
+        base_text, watchdog = wait_file(hold, proc, log).split()
+        base = Path(base_text)
+        pids = cluster_pids(base)
+        assert reap_stale([str(pg_root)]) == []  # its owner is alive: not stale
+        assert all(alive(p) for p in pids)
+        os.kill(int(watchdog), signal.SIGKILL)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        time.sleep(1)
+        assert alive(pids[0])  # nobody left to stop it: leaked, until the next session
+        assert reap_stale([str(pg_root)]) == [base]
+        wait_gone(pids, base)
+        assert foreign.is_dir()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        for p in pids[:1]:  # a failed assertion above must not leak the cluster either
+            if alive(p):
+                os.kill(p, signal.SIGKILL)
