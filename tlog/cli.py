@@ -191,31 +191,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     signer = _open_signer(cfg, fresh, created)
     master = cfg.scim_master_key_path
     had_master = master.exists()
-    app, log_, tokens = build_app(
-        data,
-        signer,
-        max_batch_entries=cfg.batch_size,
-        max_batch_age=cfg.batch_age_ms / 1000.0,
-        max_backlog=cfg.max_backlog,
-        limits=cfg.limits,
-        witness_policy=cfg.witnesses,
-        witness_interval=cfg.witness_interval,
-        witness_max_backoff=cfg.witness_max_backoff,
-        scim_limits=cfg.scim,
-        scim_master_key=master,
-        checkpoint_file=cfg.checkpoint_file,
-        map_size=cfg.map_size,
-        verify_limit=cfg.verify_limit,
-        scim_expiry_interval=cfg.scim_expiry_interval or None,
-        bucket=cfg.bucket,
-        bucket_endpoint=cfg.bucket_endpoint,
-        bucket_region=cfg.bucket_region,
-        storage_timeout=cfg.storage_timeout,
-        read_threads=cfg.read_threads,
-        lock_dir=cfg.lock_dir,
-        database=cfg.database,
-        replication=cfg.replication,
-    )
+    app, log_, tokens = build_app(cfg, signer)
     if not had_master and master.exists():
         created.append(f"{master} (SCIM master key: every event body is wrapped by it)")
     url = f"http://{cfg.host}:{cfg.port}"

@@ -9,13 +9,7 @@ from pathlib import Path
 from client.formats.policy import Policy
 from tlog.app import Api, Limits, LogApp, create_app
 from tlog.auth import TokenStore
-from tlog.backend import (
-    DEFAULT_MAP_SIZE,
-    DEFAULT_VERIFY_LIMIT,
-    Backend,
-    is_database_url,
-    open_backend,
-)
+from tlog.backend import Backend, is_database_url, open_backend
 from tlog.bucket import BucketPublisher, ObjectStore, S3Store
 from tlog.config import ServeConfig
 from tlog.integrity import CHECKPOINT_FILE, CheckpointFile, DataDirLock, preflight
@@ -23,9 +17,9 @@ from tlog.lockfile import default_lock_dir, place_lock_file
 from tlog.log import Log
 from tlog.metrics import Metrics, ops_routes
 from tlog.reads import ReadPool
-from tlog.scim.keys import MASTER_KEY_FILE, open_keyring
+from tlog.scim.keys import open_keyring
 from tlog.scim.routes import scim_routes
-from tlog.scim.service import ScimLimits, ScimService
+from tlog.scim.service import ScimService
 from tlog.sequencer import Sequencer
 from tlog.signer import CheckpointSigner
 from tlog.witnessing import WitnessPusher
@@ -34,69 +28,54 @@ __all__ = ["build_app"]
 
 log = logging.getLogger("tlog.server")
 
-_D = ServeConfig()  # the defaults, defined once in tlog.config
-
 
 def build_app(
-    data_dir: Path,
+    config: ServeConfig,
     signer: CheckpointSigner,
     *,
-    max_batch_entries: int = _D.batch_size,
-    max_batch_age: float = _D.batch_age_ms / 1000.0,
-    max_backlog: int = _D.max_backlog,
-    limits: Limits | None = None,
-    witness_policy: str | Path | None = None,
-    witness_interval: float = _D.witness_interval,
-    witness_max_backoff: float = _D.witness_max_backoff,
     scim: bool = True,
-    scim_limits: ScimLimits | None = None,
-    scim_master_key: Path | None = None,
-    checkpoint_file: Path | None = None,
-    scim_expiry_interval: float | None = _D.scim_expiry_interval,
-    map_size: int = DEFAULT_MAP_SIZE,
-    verify_limit: int = DEFAULT_VERIFY_LIMIT,
-    bucket: str | None = None,
-    bucket_endpoint: str | None = None,
-    bucket_region: str | None = None,
     bucket_store: ObjectStore | None = None,
-    storage_timeout: float = _D.storage_timeout,
-    read_threads: int = _D.read_threads,
-    lock_dir: Path | None = _D.lock_dir,
-    database: str | None = None,
-    replication: str = "none",
 ) -> tuple[LogApp, Log, TokenStore]:
-    """Open the store in ``data_dir`` and build the app: the log API, plus the SCIM event
-    service unless ``scim`` is false (master key file default ``<data_dir>/scim-master.key``).
+    """Open the store ``config`` names and build the app: the log API, plus the SCIM event
+    service unless ``scim`` is false. Everything else comes from ``config`` (its defaults are
+    the ``tlog serve`` defaults); ``bucket_store`` injects an object store in place of
+    ``config.bucket`` (tests).
 
-    Takes the store's exclusive lock (until the store is closed), refuses a store that is
-    empty, truncated, or behind the last published checkpoint (remembered in
-    ``checkpoint_file``, default ``<data_dir>/last-checkpoint``, and, with a witness policy,
-    what the witnesses cosigned). Retention expiry runs every ``scim_expiry_interval`` seconds
-    (None: only on request). A request waits at most ``storage_timeout`` seconds for the
-    store (reads on ``read_threads`` threads, or its commit), then gets 503. ``lock_dir``
-    (a tmpfs): where LMDB's lock file goes, so a frozen data disk cannot block reads; None:
-    ``/dev/shm`` or ``$XDG_RUNTIME_DIR`` (:mod:`tlog.lockfile`).
+    With the embedded store (``config.database`` unset) it takes ``<data>/db``'s exclusive
+    lock (until the store is closed); it refuses a store that is empty, truncated, or behind
+    the last published checkpoint (remembered in ``config.checkpoint_file``, default
+    ``<data>/last-checkpoint``, and, with a witness policy, what the witnesses cosigned).
+    Retention expiry runs every ``config.scim_expiry_interval`` seconds (0: only on
+    request). A request waits at most ``config.storage_timeout`` seconds for the store
+    (reads on ``config.read_threads`` threads, or its commit), then gets 503.
+    ``config.lock_dir`` (a tmpfs): where LMDB's lock file goes, so a frozen data disk
+    cannot block reads; None: ``/dev/shm`` or ``$XDG_RUNTIME_DIR`` (:mod:`tlog.lockfile`).
 
-    With ``bucket`` (``s3://bucket/prefix``, at ``bucket_endpoint``) or ``bucket_store``,
-    every published checkpoint, its tiles and entry bundles are also written to that bucket
+    With ``config.bucket`` (``s3://bucket/prefix``) or ``bucket_store``, every published
+    checkpoint, its tiles and entry bundles are also written to that bucket
     (:mod:`tlog.bucket`), and a bucket ahead of the store is refused at start.
 
-    ``database``: a ``postgresql://`` URL stores the log there instead (no data-directory
-    lock: any number of processes may serve one database, which serialises their batches);
-    the keys and the remembered checkpoint stay in ``data_dir``. ``replication`` (``sync``,
-    ``managed``, ``none``) says how its commits survive the loss of the primary
-    (:func:`tlog.pg.check_replication`).
+    ``config.database``: a ``postgresql://`` URL stores the log there instead (no
+    data-directory lock: any number of processes may serve one database, which serialises
+    their batches); the keys and the remembered checkpoint stay in ``config.data``.
+    ``config.replication`` (``sync``, ``managed``, ``none``) says how its commits survive the
+    loss of the primary (:func:`tlog.pg.check_replication`).
     """
+    data_dir = config.data
+    database = config.database
+    limits: Limits = config.limits
     storage: Backend
     lock: DataDirLock | None = None
     if is_database_url(database):
-        storage = open_backend(database, data_dir, replication=replication)
+        storage = open_backend(database, data_dir, replication=config.replication)
     else:
         lock = DataDirLock(data_dir / "db").acquire()
         try:
             preflight(data_dir / "db")
-            place_lock_file(data_dir / "db", _lock_dir(lock_dir))
-            storage = open_backend(database, data_dir, map_size=map_size, verify_limit=verify_limit)
+            place_lock_file(data_dir / "db", _lock_dir(config.lock_dir))
+            storage = open_backend(
+                database, data_dir, map_size=config.map_size, verify_limit=config.verify_limit
+            )
         except BaseException:
             lock.release()
             raise
@@ -106,7 +85,7 @@ def build_app(
             storage,
             signer,
             CheckpointFile(
-                checkpoint_file or data_dir / CHECKPOINT_FILE, signer.verifier, signer.origin
+                config.checkpoint_file or data_dir / CHECKPOINT_FILE, signer.verifier, signer.origin
             ),
         )
     except BaseException:
@@ -114,21 +93,21 @@ def build_app(
         raise
     seq = Sequencer(
         log_,
-        max_batch_entries=max_batch_entries,
-        max_batch_age=max_batch_age,
-        max_backlog=max_backlog,
-        commit_timeout=storage_timeout,
+        max_batch_entries=config.batch_size,
+        max_batch_age=config.batch_age_ms / 1000.0,
+        max_backlog=config.max_backlog,
+        commit_timeout=config.storage_timeout,
     )
-    reads = ReadPool(read_threads, storage_timeout)
+    reads = ReadPool(config.read_threads, config.storage_timeout)
     tokens = TokenStore(storage)
     pusher = None
-    if witness_policy is not None:
-        policy = Policy.parse(Path(witness_policy).read_text("utf-8"))
+    if config.witnesses is not None:
+        policy = Policy.parse(Path(config.witnesses).read_text("utf-8"))
         for lg in policy.logs:
             if lg.origin == log_.origin and lg.verifier.vkey() != log_.vkey:
                 raise ValueError("the witness policy lists another key for this log's origin")
         pusher = WitnessPusher(
-            log_, policy, interval=witness_interval, max_backoff=witness_max_backoff
+            log_, policy, interval=config.witness_interval, max_backoff=config.witness_max_backoff
         )
         try:
             pusher.check_at_startup()
@@ -137,10 +116,15 @@ def build_app(
             raise
         seq.on_published = pusher.notify
     publisher = None
-    if bucket is not None or bucket_store is not None:
+    if config.bucket is not None or bucket_store is not None:
         try:
             publisher = _bucket_publisher(
-                log_, bucket, bucket_endpoint, bucket_region, bucket_store, pusher
+                log_,
+                config.bucket,
+                config.bucket_endpoint,
+                config.bucket_region,
+                bucket_store,
+                pusher,
             )
         except BaseException:
             storage.close()
@@ -149,11 +133,11 @@ def build_app(
     service = None
     if scim:
         try:
-            keyring = open_keyring(scim_master_key or data_dir / MASTER_KEY_FILE, storage)
+            keyring = open_keyring(config.scim_master_key_path, storage)
         except BaseException:
             storage.close()
             raise
-        service = ScimService(storage, log_, seq, keyring, scim_limits, reads=reads)
+        service = ScimService(storage, log_, seq, keyring, config.scim, reads=reads)
     metrics = Metrics()
     metrics.attach(log_, seq, pusher)
     seq.on_batch = metrics.observe_batch
@@ -161,7 +145,7 @@ def build_app(
         pusher.on_push = metrics.observe_push
     if service is not None:
         service.on_logged = metrics.observe_events
-    api = Api(log_, seq, tokens, limits or Limits(), pusher.published if pusher else None, reads)
+    api = Api(log_, seq, tokens, limits, pusher.published if pusher else None, reads)
     app = create_app(
         log_,
         seq,
@@ -177,7 +161,7 @@ def build_app(
         on_startup=[
             *(
                 [lambda: service.erasures.start(interval)]
-                if service is not None and (interval := scim_expiry_interval) is not None
+                if service is not None and (interval := config.scim_expiry_interval) > 0
                 else []
             ),
             *([publisher.start] if publisher is not None else []),
