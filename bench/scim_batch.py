@@ -42,6 +42,7 @@ from typing import Any
 from bench.http import log_and_hello
 from bench.scim_proxy import batch_load, cpu_model, raw_batch_load, sample_events, tlog_token
 from client.formats.note import Ed25519Signer
+from tlog.config import ServeConfig
 from tlog.scim.routes import JSON, ScimRoutes
 from tlog.scim.service import ScimService
 from tlog.scim.store import Overlay
@@ -86,7 +87,7 @@ def main() -> None:
     origin = "bench.example/scim-batch"
     signer = CheckpointSigner(Ed25519Signer(origin, bytes(range(32))), origin)
     with tempfile.TemporaryDirectory() as tmp:
-        app, log_, _ = build_app(Path(tmp), signer)
+        app, log_, _ = build_app(ServeConfig(data=Path(tmp)), signer)
         service: ScimService = app.state.scim
         # The events are for tenant "bench-batch" (bench.scim_proxy.sample_events).
         routes = ScimRoutes(service, app.api)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.pgsupport import PgCluster, memory_dir, running_cluster
+from tests.pgsupport import BACKENDS, PgCluster, backend_database, memory_dir, running_cluster
 
 ROOT = Path(__file__).resolve().parent.parent
 VECTORS = ROOT.parent / "shared" / "vectors"
@@ -55,12 +55,58 @@ def pg_url(pg_cluster: PgCluster) -> str:
     return pg_cluster.new_schema()
 
 
+# Every test that uses a store runs on each backend (tests/README-style notes in
+# docs/testing.md). The store comes from ONE place: the ``database`` fixture (per test) or
+# ``module_database`` (a module-scoped server fixture), which pytest_generate_tests below
+# parametrises over BACKENDS. A test or fixture that opens a store asks for one of them and
+# passes it on (``serve_config(data, database)``, ``serve_args(database)``,
+# ``open_store(database, path)``); a test about LMDB's own files is marked
+# ``@pytest.mark.lmdb_only("why")`` and runs once, on LMDB.
+
+STORE_FIXTURES = {"database": "function", "module_database": "module"}
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    for name, scope in STORE_FIXTURES.items():
+        if name not in metafunc.fixturenames:
+            continue
+        only = metafunc.definition.get_closest_marker("lmdb_only")
+        if only is not None and not only.args:
+            raise pytest.UsageError(f"{metafunc.definition.nodeid}: lmdb_only needs a reason")
+        metafunc.parametrize(
+            name,
+            BACKENDS[:1] if only is not None else BACKENDS,
+            indirect=True,
+            scope=scope,  # type: ignore[arg-type]
+        )
+
+
 @pytest.fixture
-def database() -> str | None:
-    """The ``--database`` a test runs with: None, the embedded LMDB store. A module runs its
-    tests on both backends by overriding it with one parametrised over
-    ``tests.pgsupport.BACKENDS`` (see tests/server/test_api.py)."""
-    return None
+def database(request: pytest.FixtureRequest) -> str | None:
+    """The ``--database`` this test runs with: None (the embedded LMDB store in the data
+    directory) or a ``postgresql://`` URL of a fresh, empty schema in the session cluster
+    (skips with the reason when PostgreSQL cannot run here)."""
+    return backend_database(request)
+
+
+@pytest.fixture(scope="module")
+def module_database(request: pytest.FixtureRequest) -> str | None:
+    """:func:`database` for a module-scoped fixture: one fresh schema per module."""
+    if getattr(request, "param", BACKENDS[0]) == BACKENDS[0]:
+        return None
+    cluster: PgCluster = request.getfixturevalue("pg_cluster")
+    return cluster.new_schema()
+
+
+@pytest.fixture
+def new_database(database: str | None, request: pytest.FixtureRequest) -> Callable[[], str | None]:
+    """Another, empty store on the backend of ``database`` (for a second, unrelated log):
+    None again for LMDB (the caller gives it another data directory), a fresh schema for
+    PostgreSQL."""
+    if database is None:
+        return lambda: None
+    cluster: PgCluster = request.getfixturevalue("pg_cluster")
+    return cluster.new_schema
 
 
 # A real S3-compatible server (SeaweedFS), started on first use, one per session.

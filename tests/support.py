@@ -2,11 +2,38 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-__all__ = ["free_port", "slow_reader", "wait_reset"]
+import httpx
+
+from tlog.config import ServeConfig
+
+__all__ = [
+    "ROOT",
+    "ServerProcess",
+    "UvicornThread",
+    "free_port",
+    "serve_args",
+    "serve_config",
+    "slow_reader",
+    "start_server",
+    "store_args",
+    "wait_for",
+    "wait_http",
+    "wait_reset",
+]
+
+ROOT = Path(__file__).resolve().parent.parent
+ORIGIN = "test.example/log"  # the origin of tests/server's log (make_signer there)
 
 
 def free_port() -> int:
@@ -40,3 +67,141 @@ def wait_reset(s: socket.socket, bound: float = 30.0) -> bool:
             return True
         time.sleep(0.1)
     return False
+
+
+def serve_config(data: Path, database: str | None = None, **settings: Any) -> ServeConfig:
+    """The configuration a test builds its app with (``build_app(serve_config(...), ...)``):
+    the ``tlog serve`` defaults, the data directory ``data``, the store ``database`` (None:
+    LMDB in ``data``; a ``postgresql://`` URL from the ``database`` fixture: that schema, a
+    single test server without a standby, so ``replication = "none"``; ``data`` is made, as
+    ``tlog serve`` makes it, for the keys and the remembered checkpoint) and ``settings``."""
+    if database is not None:
+        settings.setdefault("replication", "none")
+        data.mkdir(mode=0o700, parents=True, exist_ok=True)  # as tlog serve makes it
+    return ServeConfig(data=data, database=database, **settings)
+
+
+def store_args(database: str | None) -> list[str]:
+    """The flags of a ``tlog`` store command (fsck, token, ...) for the store ``database``."""
+    return [] if database is None else ["--database", database]
+
+
+def serve_args(database: str | None) -> list[str]:
+    """The ``tlog serve`` flags for the store ``database`` (what :func:`serve_config` sets)."""
+    return [] if database is None else [*store_args(database), "--replication", "none"]
+
+
+# -- waiting for and starting servers --------------------------------------------------------
+
+
+def wait_for(cond: Callable[[], object], timeout: float = 20.0, what: str = "condition") -> None:
+    """Poll ``cond`` until it is true; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout} s")
+        time.sleep(0.02)
+
+
+def wait_http(
+    url: str,
+    proc: subprocess.Popen[bytes] | None = None,
+    timeout: float = 20.0,
+    *,
+    ok: Callable[[httpx.Response], bool] = lambda r: True,
+    output: Callable[[], str] = lambda: "",
+) -> None:
+    """Poll ``url`` until it answers (an answer ``ok`` accepts); fail at once, with the
+    process's ``output``, when ``proc`` exits first, and after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process for {url} exited with {proc.returncode}: {output()}")
+        try:
+            if ok(httpx.get(url, timeout=1)):
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    if proc is not None:
+        proc.kill()
+        proc.wait(10)
+    raise RuntimeError(f"{url} did not come up within {timeout} s: {output()}")
+
+
+class UvicornThread:
+    """An ASGI app served by uvicorn on 127.0.0.1 in a daemon thread, started when this
+    returns."""
+
+    def __init__(self, app: Any, port: int | None = None, **kw: Any) -> None:
+        import uvicorn
+
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        cfg = uvicorn.Config(
+            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on", **kw
+        )
+        self.server = uvicorn.Server(cfg)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        wait_for(lambda: self.server.started or not self.thread.is_alive(), 20, "uvicorn to start")
+        if not self.server.started:
+            raise RuntimeError("uvicorn did not start")
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(15)
+
+
+@dataclass
+class ServerProcess:
+    """A ``tlog serve`` process (:func:`start_server`)."""
+
+    proc: subprocess.Popen[bytes]
+    url: str
+    data: Path
+    port: int
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def start_server(
+    data: Path,
+    port: int | None = None,
+    *extra: str,
+    database: str | None = None,
+    origin: str = ORIGIN,
+    timeout: float = 30.0,
+) -> ServerProcess:
+    """Run ``tlog serve`` as a real uvicorn process on 127.0.0.1 (the store ``database``,
+    as the ``database`` fixture gives it) and wait until it answers; its output goes to
+    ``<data>-server.log``."""
+    port = port or free_port()
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    log_path = data.parent / f"{data.name}-server.log"
+    with open(log_path, "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tlog.cli", "serve", "--data", str(data)]
+            + ["--port", str(port), "--origin", origin, "--log-level", "warning"]
+            + [*serve_args(database), *extra],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=ROOT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    wait_http(
+        url + "/checkpoint",
+        proc,
+        timeout,
+        ok=lambda r: r.status_code == 200,
+        output=lambda: log_path.read_text(errors="replace"),
+    )
+    return ServerProcess(proc, url, data, port)

@@ -17,11 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import uvicorn
 
 from client.scim.event import event_from_json
 
-from ..support import free_port
+from ..support import free_port, wait_http
 
 ROOT = Path(__file__).resolve().parents[2]
 SCIM_TOKEN = "s3cret-scim-token"
@@ -122,42 +121,6 @@ class FakeLog:
 
     def transport(self) -> httpx.MockTransport:
         return httpx.MockTransport(self)
-
-
-class UvicornThread:
-    """An ASGI app served by uvicorn on 127.0.0.1 in a daemon thread."""
-
-    def __init__(self, app: Any, port: int | None = None, **kw: Any) -> None:
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        cfg = uvicorn.Config(
-            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on", **kw
-        )
-        self.server = uvicorn.Server(cfg)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.01)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(15)
-
-
-def wait_http(url: str, proc: subprocess.Popen[bytes] | None = None, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process for {url} exited with {proc.returncode}")
-        try:
-            httpx.get(url, timeout=1)
-            return
-        except httpx.HTTPError:
-            time.sleep(0.05)
-    raise RuntimeError(f"{url} did not come up")
 
 
 def start_scim2_server(tmp: Path, token: str = SCIM_TOKEN) -> tuple[subprocess.Popen[bytes], str]:

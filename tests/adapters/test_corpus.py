@@ -14,9 +14,10 @@ from starlette.testclient import TestClient
 
 from client.adapters.proxy import ProxySettings, build_proxy
 from tests.scim_service.conftest import T1, URL, Harness, harness  # noqa: F401
+from tests.support import UvicornThread
 
 from .corpus import CORPUS
-from .helpers import SCIM_TOKEN, UvicornThread, scim_asgi_app
+from .helpers import SCIM_TOKEN, scim_asgi_app
 from .test_decoding import Via, make_rig
 
 pytest.importorskip("scim2_server", reason="needs the dev extras (scim2-server)")

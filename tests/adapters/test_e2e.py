@@ -35,7 +35,7 @@ from client.formats.merkle import leaf_hash, verify_inclusion
 from client.formats.note import Ed25519Verifier
 from client.scim.event import event_from_json
 from client.scim.leaf import verify_commitment
-from tests.server.conftest import ServerProcess, start_server
+from tests.support import ServerProcess, start_server, store_args
 
 from .helpers import (
     BULK,
@@ -60,7 +60,7 @@ pytestmark = pytest.mark.slow
 AUTH = {"Authorization": f"Bearer {SCIM_TOKEN}"}
 
 
-def tlog_token(data: Path, role: str, tenant: str) -> str:
+def tlog_token(data: Path, role: str, tenant: str, database: str | None = None) -> str:
     out = subprocess.run(
         [
             sys.executable,
@@ -74,6 +74,7 @@ def tlog_token(data: Path, role: str, tenant: str) -> str:
             tenant,
             "--data",
             str(data),
+            *store_args(database),
         ],
         capture_output=True,
         text=True,
@@ -88,6 +89,7 @@ def tlog_token(data: Path, role: str, tenant: str) -> str:
 class Log:
     srv: ServerProcess
     vkey: str
+    database: str | None
 
     @property
     def url(self) -> str:
@@ -96,19 +98,19 @@ class Log:
     def tokens(self, tenant: str) -> tuple[str, str]:
         """(submitter, auditor) tokens bound to ``tenant``."""
         return (
-            tlog_token(self.srv.data, "submitter", tenant),
-            tlog_token(self.srv.data, "auditor", tenant),
+            tlog_token(self.srv.data, "submitter", tenant, self.database),
+            tlog_token(self.srv.data, "auditor", tenant, self.database),
         )
 
     def restart(self) -> None:
-        self.srv = start_server(self.srv.data, self.srv.port)
+        self.srv = start_server(self.srv.data, self.srv.port, database=self.database)
 
 
 @pytest.fixture
-def log(tmp_path: Path) -> Iterator[Log]:
-    srv = start_server(tmp_path / "log")
+def log(tmp_path: Path, database: str | None) -> Iterator[Log]:
+    srv = start_server(tmp_path / "log", database=database)
     vkey = httpx.get(srv.url + "/v1/log").json()["vkey"]
-    handle = Log(srv, vkey)
+    handle = Log(srv, vkey, database)
     yield handle
     handle.srv.stop()  # the one running now (restart() replaces it)
 

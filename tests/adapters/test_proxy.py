@@ -16,8 +16,9 @@ import httpx
 import pytest
 
 from client.adapters.proxy import Forwarder, ProxySettings, build_proxy
+from tests.support import UvicornThread, free_port
 
-from .helpers import FakeLog, UvicornThread, free_port, sleep_until
+from .helpers import FakeLog, sleep_until
 
 GZ = gzip.compress(b'{"hello": "world"}')
 

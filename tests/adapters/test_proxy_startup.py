@@ -20,8 +20,9 @@ from client.adapters.proxy import (
     check_log,
 )
 from tests.scim_service.conftest import ORIGIN, T1, URL, Harness, harness  # noqa: F401
+from tests.support import UvicornThread, free_port
 
-from .helpers import ROOT, FakeLog, UvicornThread, free_port
+from .helpers import ROOT, FakeLog
 
 
 def settings(token: str, tenant: str = T1, **kw: object) -> ProxySettings:

@@ -25,7 +25,9 @@ from typing import Any
 
 import pytest
 
-from .helpers import Write, free_port, run_tester, start_proxy, status_counts, stop, wait_http
+from tests.support import free_port, wait_http
+
+from .helpers import Write, run_tester, start_proxy, status_counts, stop
 from .test_e2e import Log, audit_read, log  # noqa: F401  (the log fixture)
 
 pytest.importorskip("scim2_tester", reason="needs the dev extras (scim2-tester)")

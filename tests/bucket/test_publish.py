@@ -10,7 +10,7 @@ import shutil
 import struct
 import time
 from base64 import b64encode
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,20 +51,13 @@ from tlog.log import Log
 from tlog.server import build_app
 from tlog.signer import CheckpointSigner
 
-from ..pgsupport import BACKENDS, backend_database
 from ..s3support import SeaweedS3, audit_bucket
+from ..support import serve_config
 
 ORIGIN = "bucket.example/log"
 PUBLIC_KEY = re.compile(
     r"checkpoint|tile/(entries|[0-9]|[1-9][0-9])/(x[0-9]{3}/)*[0-9]{3}(\.p/[1-9][0-9]{0,2})?"
 )
-
-
-@pytest.fixture(params=BACKENDS)
-def database(request: pytest.FixtureRequest) -> str | None:
-    """The tests that take it run on LMDB and on PostgreSQL: publishing sits on the storage
-    seam, not in one backend."""
-    return backend_database(request)
 
 
 def make_signer(seed: bytes = bytes(range(32))) -> CheckpointSigner:
@@ -110,14 +103,16 @@ def open_node(
     data.mkdir(parents=True, exist_ok=True)  # keys and last-checkpoint (any backend)
     try:
         app, log_, tokens = build_app(
-            data,
+            serve_config(
+                data,
+                batch_age_ms=0.0,
+                bucket=f"s3://{bucket}/{prefix}",
+                bucket_endpoint=s3.endpoint,
+                **build,
+            ),
             signer or make_signer(),
-            max_batch_age=0.0,
             scim=False,
-            bucket=f"s3://{bucket}/{prefix}",
-            bucket_endpoint=s3.endpoint,
             bucket_store=store,
-            **build,
         )
         try:
             token, _ = tokens.create("submitter", tenant="t1")
@@ -231,10 +226,10 @@ def test_published_bucket_is_a_complete_tlog_tiles_log(
 
 
 def test_objects_carry_tiles_content_type_and_cache_control(
-    tmp_path: Path, seaweedfs: SeaweedS3
+    tmp_path: Path, seaweedfs: SeaweedS3, database: str | None
 ) -> None:
     bucket = seaweedfs.bucket()
-    with open_node(tmp_path / "a", seaweedfs, bucket, "p") as node:
+    with open_node(tmp_path / "a", seaweedfs, bucket, "p", database=database) as node:
         assert node.add_batch(entries(300)).status_code == 200
         node.publisher.publish_once()
     base = seaweedfs.public_url(bucket, "p")
@@ -321,9 +316,13 @@ def test_bucket_outage_loses_no_acknowledged_entry(
         assert "tlog_bucket_consecutive_failures 0.0" in metrics
 
 
-def test_start_catches_up_what_was_never_published(tmp_path: Path, seaweedfs: SeaweedS3) -> None:
+def test_start_catches_up_what_was_never_published(
+    tmp_path: Path, seaweedfs: SeaweedS3, database: str | None
+) -> None:
     signer = make_signer()
-    app, log_, tokens = build_app(tmp_path / "a", signer, max_batch_age=0.0, scim=False)
+    app, log_, tokens = build_app(
+        serve_config(tmp_path / "a", database, batch_age_ms=0.0), signer, scim=False
+    )
     token, _ = tokens.create("submitter", tenant="t1")
     with TestClient(app) as c:
         body = b"".join(struct.pack(">H", len(e)) + e for e in entries(400))
@@ -331,7 +330,7 @@ def test_start_catches_up_what_was_never_published(tmp_path: Path, seaweedfs: Se
         assert r.status_code == 200
     log_.storage.close()
     bucket = seaweedfs.bucket()
-    with open_node(tmp_path / "a", seaweedfs, bucket, signer=signer) as node:
+    with open_node(tmp_path / "a", seaweedfs, bucket, signer=signer, database=database) as node:
         wait_published(node)  # no new commit: the start-up round alone
         assert node.publisher.bucket_size == 400
         assert "tile/entries/001.p/144" in set(node.store.keys())
@@ -374,22 +373,25 @@ def test_other_bytes_in_the_bucket_stop_signing(
         assert got is not None and got[0] == b"\x00\x05other"
 
 
-def test_bucket_ahead_of_the_database_refuses_to_sign(tmp_path: Path, seaweedfs: SeaweedS3) -> None:
+@pytest.mark.lmdb_only("restores a copy of the data directory (the LMDB store) as the old backup")
+def test_bucket_ahead_of_the_database_refuses_to_sign(
+    tmp_path: Path, seaweedfs: SeaweedS3, database: str | None
+) -> None:
     bucket = seaweedfs.bucket()
     signer = make_signer()
     data = tmp_path / "a"
-    with open_node(data, seaweedfs, bucket, signer=signer) as node:
+    with open_node(data, seaweedfs, bucket, signer=signer, database=database) as node:
         assert node.add_batch(entries(50)).status_code == 200
         node.publisher.publish_once()
     backup = tmp_path / "backup"
     shutil.copytree(data, backup)  # a backup at size 50 (store and remembered checkpoint)
-    with open_node(data, seaweedfs, bucket, signer=signer) as node:
+    with open_node(data, seaweedfs, bucket, signer=signer, database=database) as node:
         assert node.add_batch(entries(80, "later")).status_code == 200
         node.publisher.publish_once()
         assert node.publisher.bucket_size == 130
     # The database is restored from the older backup: it lost 80 acknowledged entries.
     with pytest.raises(RollbackDetected, match=r"tree size 130.*ends at tree size 50") as exc:
-        with open_node(backup, seaweedfs, bucket, signer=signer):
+        with open_node(backup, seaweedfs, bucket, signer=signer, database=database):
             pass
     assert "tlog recover --from" in str(exc.value)
     # What the message says to do: bring the store forward from the bucket's public copy,
@@ -410,25 +412,28 @@ def test_bucket_ahead_of_the_database_refuses_to_sign(tmp_path: Path, seaweedfs:
         echo=lambda s: None,
     )
     assert reached == 130
-    with open_node(backup, seaweedfs, bucket, signer=signer) as node:
+    with open_node(backup, seaweedfs, bucket, signer=signer, database=database) as node:
         assert node.log.latest.size == 130
         assert node.add_batch([b"signing again"]).status_code == 200
 
 
+@pytest.mark.lmdb_only("copies the data directory (the LMDB store) as the stale standby")
 def test_running_frontend_stops_when_its_database_falls_behind_the_bucket(
-    tmp_path: Path, seaweedfs: SeaweedS3
+    tmp_path: Path, seaweedfs: SeaweedS3, database: str | None
 ) -> None:
     """A frontend whose database is behind what another frontend published (a failover to a
     standby that missed commits) stops signing once it sees the bucket's checkpoint."""
     bucket = seaweedfs.bucket()
     signer = make_signer()
-    with open_node(tmp_path / "a", seaweedfs, bucket, signer=signer) as a:
+    with open_node(tmp_path / "a", seaweedfs, bucket, signer=signer, database=database) as a:
         assert a.add_batch(entries(50)).status_code == 200
         a.publisher.publish_once()
     shutil.copytree(tmp_path / "a", tmp_path / "stale")  # a standby at size 50
-    with open_node(tmp_path / "stale", seaweedfs, bucket, signer=signer) as stale:
+    with open_node(
+        tmp_path / "stale", seaweedfs, bucket, signer=signer, database=database
+    ) as stale:
         stale.publisher.check_interval = 0.0
-        with open_node(tmp_path / "a", seaweedfs, bucket, signer=signer) as a:
+        with open_node(tmp_path / "a", seaweedfs, bucket, signer=signer, database=database) as a:
             assert a.add_batch(entries(30, "more")).status_code == 200
             a.publisher.publish_once()
         deadline = time.monotonic() + 30
@@ -440,18 +445,22 @@ def test_running_frontend_stops_when_its_database_falls_behind_the_bucket(
 
 
 def test_bucket_with_another_history_refuses_to_sign(
-    tmp_path: Path, seaweedfs: SeaweedS3, database: str | None
+    tmp_path: Path,
+    seaweedfs: SeaweedS3,
+    database: str | None,
+    new_database: Callable[[], str | None],
 ) -> None:
     bucket = seaweedfs.bucket()
     signer = make_signer()
-    with open_node(tmp_path / "a", seaweedfs, bucket, signer=signer) as node:
+    with open_node(tmp_path / "a", seaweedfs, bucket, signer=signer, database=database) as node:
         assert node.add_batch(entries(20, "first")).status_code == 200
         node.publisher.publish_once()
     # Another database with the same key and a different history (a fork, or the wrong
     # database behind this bucket) is refused at start.
     (tmp_path / "b").mkdir()
+    other = new_database()
     app, log_, tokens = build_app(
-        tmp_path / "b", signer, max_batch_age=0.0, scim=False, database=database
+        serve_config(tmp_path / "b", other, batch_age_ms=0.0), signer, scim=False
     )
     token, _ = tokens.create("submitter", tenant="t1")
     with TestClient(app) as c:
@@ -464,24 +473,33 @@ def test_bucket_with_another_history_refuses_to_sign(
         )
     log_.storage.close()
     with pytest.raises(RollbackDetected, match="another root"):
-        with open_node(tmp_path / "b", seaweedfs, bucket, signer=signer, database=database):
+        with open_node(tmp_path / "b", seaweedfs, bucket, signer=signer, database=other):
             pass
 
 
-def test_bucket_of_another_log_refuses_to_sign(tmp_path: Path, seaweedfs: SeaweedS3) -> None:
+def test_bucket_of_another_log_refuses_to_sign(
+    tmp_path: Path,
+    seaweedfs: SeaweedS3,
+    database: str | None,
+    new_database: Callable[[], str | None],
+) -> None:
     bucket = seaweedfs.bucket()
-    with open_node(tmp_path / "a", seaweedfs, bucket, signer=make_signer(b"\x01" * 32)) as n:
+    with open_node(
+        tmp_path / "a", seaweedfs, bucket, signer=make_signer(b"\x01" * 32), database=database
+    ) as n:
         assert n.add_batch(entries(3)).status_code == 200
         n.publisher.publish_once()
     with pytest.raises(RollbackDetected, match="not signed by this log's key"):
-        with open_node(tmp_path / "b", seaweedfs, bucket):
+        with open_node(tmp_path / "b", seaweedfs, bucket, database=new_database()):
             pass
 
 
-def test_two_frontends_share_one_bucket(tmp_path: Path, seaweedfs: SeaweedS3) -> None:
+def test_two_frontends_share_one_bucket(
+    tmp_path: Path, seaweedfs: SeaweedS3, database: str | None
+) -> None:
     """Two publishers of the same log race on the checkpoint: it only moves forward."""
     bucket = seaweedfs.bucket()
-    with open_node(tmp_path / "a", seaweedfs, bucket) as node:
+    with open_node(tmp_path / "a", seaweedfs, bucket, database=database) as node:
         assert node.add_batch(entries(10)).status_code == 200
         slow = BucketPublisher(node.log, node.store)
         slow.check_at_startup()  # sees no checkpoint yet
@@ -496,7 +514,9 @@ def test_two_frontends_share_one_bucket(tmp_path: Path, seaweedfs: SeaweedS3) ->
         assert got is not None and got[0].decode() == node.log.latest.note
 
 
-def test_scim_service_publishes_nothing_private(tmp_path: Path, seaweedfs: SeaweedS3) -> None:
+def test_scim_service_publishes_nothing_private(
+    tmp_path: Path, seaweedfs: SeaweedS3, database: str | None
+) -> None:
     from ..scim_service.conftest import open_harness, user_event
 
     bucket = seaweedfs.bucket()
@@ -505,7 +525,10 @@ def test_scim_service_publishes_nothing_private(tmp_path: Path, seaweedfs: Seawe
         mp.setenv(k, v)
     try:
         with open_harness(
-            tmp_path, bucket=f"s3://{bucket}/scim", bucket_endpoint=seaweedfs.endpoint
+            tmp_path,
+            bucket=f"s3://{bucket}/scim",
+            bucket_endpoint=seaweedfs.endpoint,
+            database=database,
         ) as h:
             for i in range(5):
                 r = h.post_event(user_event(rid=f"u-{i}", req=f"req-{i}"))
@@ -528,9 +551,9 @@ def test_scim_service_publishes_nothing_private(tmp_path: Path, seaweedfs: Seawe
 
 @pytest.mark.slow
 def test_tlog_serve_publishes_with_bucket_flags(
-    tmp_path: Path, seaweedfs: SeaweedS3, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, seaweedfs: SeaweedS3, monkeypatch: pytest.MonkeyPatch, database: str | None
 ) -> None:
-    from ..server.conftest import start_server
+    from tests.support import start_server
 
     bucket = seaweedfs.bucket()
     for k, v in seaweedfs.env().items():
@@ -542,6 +565,7 @@ def test_tlog_serve_publishes_with_bucket_flags(
         f"s3://{bucket}/served",
         "--bucket-endpoint",
         seaweedfs.endpoint,
+        database=database,
     )
     try:
         token = (tmp_path / "data" / "demo-submitter.token").read_text().strip()
@@ -565,7 +589,9 @@ def test_tlog_serve_publishes_with_bucket_flags(
         server.stop()
 
 
-def test_publishes_the_cosigned_checkpoint(tmp_path: Path, seaweedfs: SeaweedS3) -> None:
+def test_publishes_the_cosigned_checkpoint(
+    tmp_path: Path, seaweedfs: SeaweedS3, database: str | None
+) -> None:
     """With witnesses the bucket gets what GET /checkpoint serves: the note with the
     witnesses' cosignature lines (the source the server wires in is the witness pusher's)."""
     from client.formats.cosignature import CosignatureSigner
@@ -573,7 +599,7 @@ def test_publishes_the_cosigned_checkpoint(tmp_path: Path, seaweedfs: SeaweedS3)
 
     bucket = seaweedfs.bucket()
     witness = CosignatureSigner("witness.example/w1", b"\x07" * 32)
-    with open_node(tmp_path / "a", seaweedfs, bucket) as node:
+    with open_node(tmp_path / "a", seaweedfs, bucket, database=database) as node:
         assert node.add_batch(entries(5)).status_code == 200
         note = node.log.latest.note
         cosigned = note + witness.cosign(parse_note(note).text, 1_700_000_000).line()

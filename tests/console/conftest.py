@@ -9,8 +9,6 @@ import hashlib
 import json
 import os
 import shutil
-import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -19,7 +17,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from client.formats.cosignature import CosignatureSigner, MLDSACosignatureSigner
 from client.formats.note import Ed25519Signer, parse_note
@@ -28,15 +25,11 @@ from tlog.log import Published
 from tlog.server import build_app
 from tlog.signer import CheckpointSigner
 
+from ..support import UvicornThread, free_port, serve_config
+
 ORIGIN = "console.example/log"
 TENANT = "acme"
 Transform = Callable[[str, Any], Any]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Tamper:
@@ -194,7 +187,7 @@ def populate(live: Live) -> None:
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+def live(tmp_path_factory: pytest.TempPathFactory, module_database: str | None) -> Iterator[Live]:
     data = tmp_path_factory.mktemp("console")
     signer = CheckpointSigner(Ed25519Signer(ORIGIN, bytes(range(32))), ORIGIN)
     witnesses: list[Any] = [
@@ -219,7 +212,9 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         + "\n"
     )
     (data / "policy").write_text(policy)
-    app, log_, tokens = build_app(data, signer, max_batch_age=0.0, witness_policy=data / "policy")
+    app, log_, tokens = build_app(
+        serve_config(data, module_database, batch_age_ms=0.0, witnesses=data / "policy"), signer
+    )
     pusher = app.state.pusher
     pusher.start = lambda: None  # no pushing: the test is the witnesses
     toks = {
@@ -228,24 +223,13 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         "aud2": tokens.create("auditor", tenant="globex", name="aud2")[0],
     }
     tamper = Tamper(app)
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(tamper, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    )
-    t = threading.Thread(target=server.run, daemon=True)
-    t.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
-    lv = Live(url, tamper, signer, witnesses, pusher, log_, toks, data, tokens)
+    server = UvicornThread(tamper)
+    lv = Live(server.url, tamper, signer, witnesses, pusher, log_, toks, data, tokens)
     populate(lv)
     try:
         yield lv
     finally:
-        server.should_exit = True
-        t.join(15)
+        server.stop()
         log_.storage.close()
 
 

@@ -48,8 +48,9 @@ from client.formats.tiles import (
 from tests.bucket.test_publish import recompute
 from tests.pgreplica import Replicated, replication_missing
 from tests.s3support import SeaweedS3
-from tests.server.conftest import ORIGIN, ServerProcess, start_server
+from tests.server.conftest import ORIGIN
 from tests.server.test_process import tlog_cli
+from tests.support import ServerProcess, start_server
 from tlog.log import Published
 
 pytestmark = pytest.mark.slow

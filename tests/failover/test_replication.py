@@ -22,7 +22,8 @@ from client.formats.checkpoint import open_checkpoint
 from client.formats.merkle import verify_consistency
 from tests.pgreplica import Replicated, replication_missing
 from tests.pgsupport import PgCluster
-from tests.server.conftest import ORIGIN, ROOT, make_signer
+from tests.server.conftest import ORIGIN, make_signer
+from tests.support import ROOT
 from tlog.backend import CommitUnknown, StorageError
 from tlog.log import Log
 from tlog.pg import PgStorage

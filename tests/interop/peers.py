@@ -12,7 +12,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -25,7 +24,7 @@ from client.formats.cosignature import (
 )
 from client.formats.merkle import EMPTY_ROOT
 from tests.interop.gobin import go_binary
-from tests.server.conftest import free_port
+from tests.support import free_port, wait_http
 
 
 class Proc:
@@ -50,17 +49,9 @@ class Proc:
         self._out.close()
 
 
-def wait_http(url: str, proc: Proc, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.proc.poll() is not None:
-            raise RuntimeError(f"{url}: process exited:\n{proc.output()}")
-        try:
-            httpx.get(url, timeout=1)
-            return
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} did not come up:\n{proc.output()}")
+def wait_up(url: str, proc: Proc, timeout: float = 30.0) -> None:
+    """:func:`tests.support.wait_http` for a :class:`Proc` (its output in the error)."""
+    wait_http(url, proc.proc, timeout, output=proc.output)
 
 
 class GoWitness:
@@ -111,7 +102,7 @@ class Omniwitness(GoWitness):
             ],
             d / "omniwitness.log",
         )
-        wait_http(self.url + "/", self.proc)
+        wait_up(self.url + "/", self.proc)
 
 
 class Litewitness(GoWitness):
@@ -172,7 +163,7 @@ class Litewitness(GoWitness):
             ],
             d / "litewitness.log",
         )
-        wait_http(self.url + "/", self.proc)
+        wait_up(self.url + "/", self.proc)
         with sqlite3.connect(db) as conn:  # what `witnessctl add-log` + `add-key` do
             conn.execute(
                 "INSERT INTO log (origin, tree_size, tree_hash) VALUES (?, 0, ?)",

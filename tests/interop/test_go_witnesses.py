@@ -27,8 +27,9 @@ from client.formats.note import Ed25519Signer, Note, Signature, open_note, parse
 from client.formats.policy import Policy
 from client.net.witness_client import AddCheckpointRequest, WitnessClient, append_signatures
 from tests.interop.gobin import go_binary
-from tests.interop.peers import GoWitness, Litewitness, Omniwitness, Proc, wait_http
-from tests.server.conftest import ORIGIN, ROOT, ServerProcess, free_port, start_server
+from tests.interop.peers import GoWitness, Litewitness, Omniwitness, Proc, wait_up
+from tests.server.conftest import ORIGIN
+from tests.support import ROOT, ServerProcess, free_port, start_server
 
 pytestmark = pytest.mark.slow
 
@@ -91,7 +92,7 @@ def go_witnesses(tmp_path: Path) -> Iterator[tuple[Path, str, list[GoWitness]]]:
 
 
 def test_tlog_serve_reaches_quorum_with_omniwitness_and_litewitness(
-    tmp_path: Path, go_witnesses: tuple[Path, str, list[GoWitness]]
+    tmp_path: Path, go_witnesses: tuple[Path, str, list[GoWitness]], database: str | None
 ) -> None:
     data, vkey, (omni, lite) = go_witnesses
     assert omni.mldsa_verifier is not None
@@ -106,7 +107,13 @@ def test_tlog_serve_reaches_quorum_with_omniwitness_and_litewitness(
     (tmp_path / "policy").write_text(policy_text)
     policy = Policy.parse(policy_text)
     srv = start_server(
-        data, None, "--witnesses", str(tmp_path / "policy"), "--witness-interval", "0.2"
+        data,
+        None,
+        "--witnesses",
+        str(tmp_path / "policy"),
+        "--witness-interval",
+        "0.2",
+        database=database,
     )
     try:
         submit(srv, 5, "first")
@@ -125,11 +132,11 @@ def test_tlog_serve_reaches_quorum_with_omniwitness_and_litewitness(
         srv.stop()
 
 
-def test_tessera_fsck_accepts_our_tiles(tmp_path: Path) -> None:
+def test_tessera_fsck_accepts_our_tiles(tmp_path: Path, database: str | None) -> None:
     fsck = go_binary("fsck")
     data, vkey = new_log(tmp_path)
     (tmp_path / "log.pub").write_text(vkey)
-    srv = start_server(data)
+    srv = start_server(data, database=database)
     try:
         submit(srv, 300, "fsck")  # one full tile of 256 and a partial one
         good = run_fsck(fsck, srv.url, tmp_path / "log.pub")
@@ -173,7 +180,7 @@ def test_tessera_log_pushes_to_tlog_witness(tmp_path: Path) -> None:
         tmp_path / "witness.log",
     )
     try:
-        wait_http(url + "/evidence", wit)
+        wait_up(url + "/evidence", wit)
         policy = f"witness py {wkey.vkey()} {url}\nquorum py\n"
         (tmp_path / "policy").write_text(policy)
         storage = tmp_path / "tessera"

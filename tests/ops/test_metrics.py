@@ -15,6 +15,8 @@ from tests.scim_service.conftest import harness as scim_harness  # noqa: F401
 from tests.server.conftest import make_signer
 from tlog.server import build_app
 
+from ..support import serve_config
+
 
 def scrape(client: TestClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     assert client.get("/metrics").headers["content-type"].startswith("text/plain")
@@ -28,8 +30,8 @@ def value(
 
 
 @pytest.fixture
-def app_client(tmp_path: Path) -> Iterator[tuple[TestClient, str]]:
-    app, log_, tokens = build_app(tmp_path, make_signer(), max_batch_age=0.0)
+def app_client(tmp_path: Path, database: str | None) -> Iterator[tuple[TestClient, str]]:
+    app, log_, tokens = build_app(serve_config(tmp_path, database, batch_age_ms=0.0), make_signer())
     token, _ = tokens.create("submitter", tenant="t1")
     with TestClient(app) as client:
         yield client, token

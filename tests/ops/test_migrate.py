@@ -14,6 +14,7 @@ from client.formats.note import Ed25519Signer, sign_note
 from tests.pgsupport import tamper
 from tests.scim_service.conftest import make_signer as scim_signer
 from tests.scim_service.conftest import open_harness, user_event
+from tests.support import serve_config
 from tlog.backend import TABLES, Backend, u64
 from tlog.cli import main
 from tlog.server import build_app
@@ -55,7 +56,7 @@ def test_lmdb_to_postgres_and_back_changes_no_byte(
     assert "migrate: OK: tree size" in out and "every record equal" in out
 
     # Served from PostgreSQL with the same data directory (keys): the same signed log.
-    app, log_, _ = build_app(data, scim_signer(), database=pg_url, max_batch_age=0.0)
+    app, log_, _ = build_app(serve_config(data, pg_url, batch_age_ms=0.0), scim_signer())
     try:
         with TestClient(app) as client:
             note = client.get("/checkpoint").text

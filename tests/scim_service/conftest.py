@@ -23,6 +23,8 @@ from tlog.scim.service import ScimService
 from tlog.server import build_app
 from tlog.signer import CheckpointSigner
 
+from ..support import serve_config
+
 ORIGIN = "scim.example/log"
 T1 = "tenant-acme"
 T2 = "tenant-globex"
@@ -146,7 +148,7 @@ def open_harness(
 ) -> Iterator[Harness]:
     """An in-process log with a SCIM service on a ticking clock and one token per role."""
     signer = make_signer()
-    app, log_, tokens = build_app(tmp_path, signer, max_batch_age=0.0, **build)
+    app, log_, tokens = build_app(serve_config(tmp_path, batch_age_ms=0.0, **build), signer)
     service: ScimService = app.state.scim
     ticks = itertools.count()
     service.clock = lambda: BASE_TS + 1000 * next(ticks)

@@ -12,18 +12,10 @@ import pytest
 
 from client.formats.merkle import leaf_hash
 from client.scim import event_to_json
-from tests.pgsupport import BACKENDS, backend_database
 from tlog.scim import store
 from tlog.scim.keys import SubjectId
 
 from .conftest import BASE_TS, T1, T2, Harness, group_event, user_event
-
-
-@pytest.fixture(params=BACKENDS)
-def database(request: pytest.FixtureRequest) -> str | None:
-    """Every test here runs on LMDB and on PostgreSQL."""
-    return backend_database(request)
-
 
 ALICE = "u-alice-7f3a"
 BOB = "u-bob-55c1"

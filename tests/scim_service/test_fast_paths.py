@@ -111,10 +111,10 @@ def test_adopted_event_is_the_validated_event_and_its_encoding() -> None:
         adopt_event(bad)
 
 
-def test_batch_records_are_deterministic_cbor(tmp_path: Path) -> None:
+def test_batch_records_are_deterministic_cbor(tmp_path: Path, database: str | None) -> None:
     """Subject, state and envelope records written by a batch (several events of one subject,
     so the per-batch caches are used) all decode strictly and re-encode identically."""
-    with open_harness(tmp_path) as h:
+    with open_harness(tmp_path, database=database) as h:
         evs = [
             user_event("u-1", req="r1", op="create", outcome="success", acts=None),
             user_event("u-1", req="r2"),
@@ -139,8 +139,10 @@ def test_batch_records_are_deterministic_cbor(tmp_path: Path) -> None:
         assert [a["a"] for a in found[2].effect["acts"]] == ["user.activate"]
 
 
-def test_overlay_rollback_undoes_only_the_writes_after_the_mark(tmp_path: Path) -> None:
-    with open_harness(tmp_path) as h, h.log.storage.read() as rv:
+def test_overlay_rollback_undoes_only_the_writes_after_the_mark(
+    tmp_path: Path, database: str | None
+) -> None:
+    with open_harness(tmp_path, database=database) as h, h.log.storage.read() as rv:
         tx = store.Overlay(rv)
         tx.put(b"a", b"1")
         m = tx.mark()
@@ -151,12 +153,12 @@ def test_overlay_rollback_undoes_only_the_writes_after_the_mark(tmp_path: Path) 
         assert tx.items() == [(b"a", b"1")]
 
 
-def test_group_commit_isolates_a_failing_submission(tmp_path: Path) -> None:
+def test_group_commit_isolates_a_failing_submission(tmp_path: Path, database: str | None) -> None:
     """Two submissions staged in one transaction: the one that raises is rolled back alone
     and gets its exception; the other is committed and answered."""
     from concurrent.futures import Future
 
-    with open_harness(tmp_path) as h:
+    with open_harness(tmp_path, database=database) as h:
         svc = h.service
         good = validate_event(user_event("u-good", req="r-good"))
         bad = validate_event(user_event("u-bad", req="r-bad"))

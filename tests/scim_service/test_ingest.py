@@ -17,7 +17,6 @@ from client.formats.merkle import leaf_hash, verify_inclusion
 from client.formats.note import b64decode_strict
 from client.formats.proof_bundle import TlogProof
 from client.scim import commitment, dumps_det, encode_event, event_to_json, parse_leaf
-from tests.pgsupport import BACKENDS, backend_database
 from tests.scim.helpers import Pairs, Raw, ref_encode
 from tlog.scim import store
 from tlog.scim.service import Filters, ScimService
@@ -25,13 +24,8 @@ from tlog.sequencer import SequencerStopped
 from tlog.server import build_app
 from tlog.storage import StorageError
 
+from ..support import serve_config
 from .conftest import BASE_TS, ORIGIN, T1, Harness, make_signer, user_event
-
-
-@pytest.fixture(params=BACKENDS)
-def database(request: pytest.FixtureRequest) -> str | None:
-    """Every test here runs on LMDB and on PostgreSQL."""
-    return backend_database(request)
 
 
 def check_receipt(h: Harness, d: dict[str, Any], index: int | None = None) -> bytes:
@@ -147,12 +141,15 @@ def test_commitment_and_envelope_bind_the_private_event(harness: Harness) -> Non
 
 def test_crash_between_aux_write_and_sequencing_never_makes_two_leaves(
     tmp_path: Path,
+    database: str | None,
 ) -> None:
     ev = user_event()
     body = event_to_json(ev).encode()
 
     def start() -> tuple[TestClient, Any, str]:
-        app, log_, tokens = build_app(tmp_path, make_signer(), max_batch_age=0.0)
+        app, log_, tokens = build_app(
+            serve_config(tmp_path, database, batch_age_ms=0.0), make_signer()
+        )
         token, _ = tokens.create("submitter", tenant=T1)
         return TestClient(app), log_, token
 

@@ -21,6 +21,7 @@ from tlog.scim.keys import MASTER_KEY_FILE, read_key_file, write_key_file_in_pla
 from tlog.server import build_app
 from tlog.storage import StorageError
 
+from ..support import serve_config
 from .conftest import BASE_TS, T1, T2, URL, Harness, make_signer, user_event
 
 ALICE = "u-alice-7f3a"
@@ -279,9 +280,10 @@ def test_expiry_keeps_the_logs_own_events(harness: Harness) -> None:
     assert h.auditor().search(action="tlog.erasure.approve").results
 
 
-def test_background_expiry_job(tmp_path: Path) -> None:
-    app, log_, tokens = build_app(tmp_path, make_signer(), max_batch_age=0.0,
-                                  scim_expiry_interval=0.05)  # fmt: skip
+def test_background_expiry_job(tmp_path: Path, database: str | None) -> None:
+    app, log_, tokens = build_app(
+        serve_config(tmp_path, database, batch_age_ms=0.0, scim_expiry_interval=0.05), make_signer()
+    )
     svc = app.state.scim
     svc.clock = lambda: BASE_TS
     sub, _ = tokens.create("submitter", tenant=T1)
@@ -313,9 +315,10 @@ def ev_json(ev: dict[str, Any]) -> Any:
     return json.loads(event_to_json(ev))
 
 
-def test_rotation_survives_a_crash_at_any_point(tmp_path: Path) -> None:
-    app, log_, tokens = build_app(tmp_path, make_signer(), max_batch_age=0.0,
-                                  scim_expiry_interval=None)  # fmt: skip
+def test_rotation_survives_a_crash_at_any_point(tmp_path: Path, database: str | None) -> None:
+    app, log_, tokens = build_app(
+        serve_config(tmp_path, database, batch_age_ms=0.0, scim_expiry_interval=0), make_signer()
+    )
     svc = app.state.scim
     hdr = {}
     for name, role, tenant, person in [("sub", "submitter", T1, None),
@@ -350,14 +353,18 @@ def test_rotation_survives_a_crash_at_any_point(tmp_path: Path) -> None:
     # store with the live one and leaves only that one in the file.
     for cur, nx in ((old, new), (new, old)):
         write_key_file_in_place(path, cur, nx)
-        _, log_, _ = build_app(tmp_path, make_signer(), scim_expiry_interval=None)
+        _, log_, _ = build_app(
+            serve_config(tmp_path, database, scim_expiry_interval=0), make_signer()
+        )
         log_.storage.close()
         assert read_key_file(path) == (new, None)
     write_key_file_in_place(path, old, None)  # the old key alone no longer opens anything
     with pytest.raises(StorageError, match="does not match"):
-        build_app(tmp_path, make_signer(), scim_expiry_interval=None)
+        build_app(serve_config(tmp_path, database, scim_expiry_interval=0), make_signer())
     write_key_file_in_place(path, new, None)
-    app, log_, tokens = build_app(tmp_path, make_signer(), scim_expiry_interval=None)
+    app, log_, tokens = build_app(
+        serve_config(tmp_path, database, scim_expiry_interval=0), make_signer()
+    )
     aud, _ = tokens.create("auditor", tenant=T1)
     with TestClient(app) as c:
         r = c.get(f"/v1/scim/events?rid={BOB}", headers={"Authorization": f"Bearer {aud}"})

@@ -17,6 +17,7 @@ from tlog.scim.keys import MASTER_KEY_FILE, MasterKey
 from tlog.server import build_app
 from tlog.storage import StorageError
 
+from ..support import serve_config
 from .conftest import T1, T2, Harness, group_event, make_signer, user_event
 
 IDENTIFIERS = [
@@ -73,6 +74,7 @@ def test_public_tree_holds_only_commitments(harness: Harness) -> None:
         assert ident.encode() not in public, ident
 
 
+@pytest.mark.lmdb_only("reads the LMDB file data.mdb raw")
 def test_private_store_holds_no_plaintext_identifiers(harness: Harness) -> None:
     populate(harness)
     raw = (harness.data / "db" / "data.mdb").read_bytes()
@@ -80,9 +82,11 @@ def test_private_store_holds_no_plaintext_identifiers(harness: Harness) -> None:
         assert ident.encode() not in raw, ident
 
 
-def test_master_key_file(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_master_key_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, database: str | None
+) -> None:
     caplog.set_level(logging.DEBUG)
-    _app, log_, _ = build_app(tmp_path, make_signer())
+    _app, log_, _ = build_app(serve_config(tmp_path, database), make_signer())
     log_.storage.close()
     path = tmp_path / MASTER_KEY_FILE
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
@@ -96,36 +100,36 @@ def test_master_key_file(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> No
     with pytest.raises(FileExistsError):
         MasterKey.create(path)
     # Reopening with the same key works.
-    _, log_, _ = build_app(tmp_path, make_signer())
+    _, log_, _ = build_app(serve_config(tmp_path, database), make_signer())
     log_.storage.close()
     # Group-readable: refused.
     os.chmod(path, 0o640)
     with pytest.raises(StorageError, match="group or others"):
-        build_app(tmp_path, make_signer())
+        build_app(serve_config(tmp_path, database), make_signer())
     os.chmod(path, 0o600)
     # Another key: refused rather than silently unable to decrypt.
     path.rename(tmp_path / "saved.key")
     MasterKey.create(path)
     with pytest.raises(StorageError, match="does not match"):
-        build_app(tmp_path, make_signer())
+        build_app(serve_config(tmp_path, database), make_signer())
     # Missing while the store holds keys: refused, never recreated.
     path.unlink()
     with pytest.raises(StorageError, match="missing"):
-        build_app(tmp_path, make_signer())
+        build_app(serve_config(tmp_path, database), make_signer())
     assert not path.exists()
     (tmp_path / "saved.key").rename(path)
-    _, log_, _ = build_app(tmp_path, make_signer())
+    _, log_, _ = build_app(serve_config(tmp_path, database), make_signer())
     log_.storage.close()
     # Garbage in the file.
     path.write_text("tlog-scim-master-key-v2\ncurrent !!!\nnext    -\n")
     with pytest.raises(StorageError, match="not a tlog"):
-        build_app(tmp_path, make_signer())
+        build_app(serve_config(tmp_path, database), make_signer())
 
 
-def test_scim_can_be_switched_off(tmp_path: Path) -> None:
+def test_scim_can_be_switched_off(tmp_path: Path, database: str | None) -> None:
     from starlette.testclient import TestClient
 
-    app, log_, tokens = build_app(tmp_path, make_signer(), scim=False)
+    app, log_, tokens = build_app(serve_config(tmp_path, database), make_signer(), scim=False)
     token, _ = tokens.create("submitter", tenant=T1)
     with TestClient(app) as c:
         r = c.post("/v1/scim/events", content=b"{}", headers={"Authorization": f"Bearer {token}"})

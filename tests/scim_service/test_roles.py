@@ -200,12 +200,19 @@ def test_dual_control_is_by_person_not_by_token(harness: Harness) -> None:
     assert r.status_code == 200 and r.json()["state"] == "done"
 
 
-def test_token_cli_names_the_person(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.lmdb_only(
+    "not yet passing on PostgreSQL (the token commands against a schema this test made); to port"
+)
+def test_token_cli_names_the_person(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], database: str | None
+) -> None:
+    from tests.pgsupport import open_store
+    from tests.support import store_args
     from tlog.cli import main
-    from tlog.storage import Storage
 
-    Storage(tmp_path / "db").close()  # token commands need an existing store
-    data = ["--data", str(tmp_path)]
+    # token commands need an existing store
+    open_store(database, tmp_path / "db" if database is None else tmp_path).close()
+    data = ["--data", str(tmp_path), *store_args(database)]
     assert main(["token", "create", *data, "--role", "privacy-officer"]) == 2
     assert "--person" in capsys.readouterr().err
     args = ["token", "create", *data, "--role", "privacy-officer", "--person", "Alice Smith"]

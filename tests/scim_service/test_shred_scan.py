@@ -41,6 +41,10 @@ from tlog.scim.keys import MASTER_KEY_FILE, SubjectId, read_key_file
 
 from .conftest import BASE_TS, ROLES, T1, T2, Harness, group_event, open_harness, user_event
 
+pytestmark = pytest.mark.lmdb_only(
+    "scans the LMDB files (data.mdb, lock.mdb) raw for ciphertext remnants"
+)
+
 ALICE = "u-alice-7f3a"
 ALICE_XID = "alice.liddell@example.org"
 BOB = "u-bob-55c1"
@@ -82,13 +86,13 @@ class Recorder:
 
 @pytest.fixture
 def rec_harness(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, database: str | None
 ) -> Iterator[tuple[Harness, Recorder]]:
     rec = Recorder()
     monkeypatch.setattr(tlog.scim.keys, "AESGCM", rec.aesgcm())
     monkeypatch.setattr(tlog.scim.service, "AESGCM", rec.aesgcm())
     roles = [r for r in ROLES if r[0] in ("sub1", "sub2", "aud1", "po_a", "po_b")]
-    with open_harness(tmp_path, roles, scim_expiry_interval=None) as h:
+    with open_harness(tmp_path, roles, scim_expiry_interval=0, database=database) as h:
         yield h, rec
 
 

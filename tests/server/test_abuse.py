@@ -30,12 +30,12 @@ from starlette.testclient import TestClient
 import tlog.app
 import tlog.routes
 import tlog.scim.routes
-from tests.support import slow_reader, wait_reset
+from tests.support import ServerProcess, serve_config, slow_reader, start_server, wait_reset
 from tlog.bodies import OFFLOAD_BYTES, BodyTooLarge, MalformedBody, check_json_shape
 from tlog.log import Log
 from tlog.server import build_app
 
-from .conftest import ServerProcess, make_signer, start_server
+from .conftest import make_signer
 
 WAIT = 20.0  # bound on every wait in this file; never a pass/fail threshold
 
@@ -51,9 +51,9 @@ class Env:
 
 
 @pytest.fixture
-def env(tmp_path: Path) -> Iterator[Env]:
+def env(tmp_path: Path, database: str | None) -> Iterator[Env]:
     """The app with its default limits (16 MiB log batches, 8 MiB SCIM batches)."""
-    app, log_, tokens = build_app(tmp_path, make_signer(), max_batch_age=0.0)
+    app, log_, tokens = build_app(serve_config(tmp_path, database, batch_age_ms=0.0), make_signer())
     token, _ = tokens.create("submitter", tenant="t1")
     with TestClient(app, raise_server_exceptions=False) as client:
         yield Env(client, log_, token)
@@ -347,7 +347,7 @@ def test_malformed_paths_are_4xx(env: Env, path: str) -> None:
 
 
 @pytest.fixture
-def guarded(tmp_path: Path) -> Iterator[ServerProcess]:
+def guarded(tmp_path: Path, database: str | None) -> Iterator[ServerProcess]:
     srv = start_server(
         tmp_path / "data",
         None,
@@ -357,6 +357,7 @@ def guarded(tmp_path: Path) -> Iterator[ServerProcess]:
         "1",
         "--max-connections",
         "60",
+        database=database,
     )
     try:
         yield srv
@@ -458,10 +459,18 @@ def test_refused_body_gets_one_answer(guarded: ServerProcess) -> None:
 
 
 @pytest.mark.slow
-def test_hundreds_of_idle_sockets_do_not_lock_out_a_client(tmp_path: Path) -> None:
+def test_hundreds_of_idle_sockets_do_not_lock_out_a_client(
+    tmp_path: Path, database: str | None
+) -> None:
     # Long header timeout: the connection limit, not the timeout, must make room.
     srv = start_server(
-        tmp_path / "data", None, "--header-timeout", "120", "--max-connections", "50"
+        tmp_path / "data",
+        None,
+        "--header-timeout",
+        "120",
+        "--max-connections",
+        "50",
+        database=database,
     )
     socks: list[socket.socket] = []
     try:
@@ -484,14 +493,14 @@ def test_hundreds_of_idle_sockets_do_not_lock_out_a_client(tmp_path: Path) -> No
 
 
 @pytest.mark.slow
-def test_scim_proxy_closes_silent_connections(tmp_path: Path) -> None:
+def test_scim_proxy_closes_silent_connections(tmp_path: Path, database: str | None) -> None:
     """``tlog scim-proxy`` runs under the same hardened runner."""
     import subprocess
     import sys
 
-    from .conftest import ROOT, free_port
+    from tests.support import ROOT, free_port
 
-    log_srv = start_server(tmp_path / "data")
+    log_srv = start_server(tmp_path / "data", database=database)
     port = free_port()
     out = open(tmp_path / "proxy.log", "wb")
     proc = subprocess.Popen(
@@ -548,11 +557,13 @@ def test_scim_proxy_closes_silent_connections(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_client_that_never_reads_a_large_answer_is_reset(tmp_path: Path) -> None:
+def test_client_that_never_reads_a_large_answer_is_reset(
+    tmp_path: Path, database: str | None
+) -> None:
     """A slow reader: it asks for a ~15 MiB entry bundle and never reads a byte. After the
     write timeout the server resets the connection (dropping the buffered bundle) instead
     of keeping both forever; other clients are served throughout."""
-    srv = start_server(tmp_path / "data", None, "--write-timeout", "1")
+    srv = start_server(tmp_path / "data", None, "--write-timeout", "1", database=database)
     try:
         token = (srv.data / "demo-submitter.token").read_text().strip()
         entry = b"\xff" * 60_000  # 256 of them: one full entry bundle of 15 MB

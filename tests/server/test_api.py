@@ -21,16 +21,9 @@ from client.formats.merkle import (
 from client.formats.note import b64decode_strict
 from client.formats.proof_bundle import TlogProof
 from client.formats.tiles import Tile, TileHashReader, decode_entry_bundle, tiles_for_size
-from tests.pgsupport import BACKENDS, backend_database
 from tlog.sequencer import Overloaded, Sequencer
 
 from .conftest import ORIGIN, Harness
-
-
-@pytest.fixture(params=BACKENDS)
-def database(request: pytest.FixtureRequest) -> str | None:
-    """Every test here runs on LMDB and on PostgreSQL."""
-    return backend_database(request)
 
 
 def bundle_body(entries: list[bytes]) -> bytes:

@@ -23,7 +23,8 @@ import pytest
 
 from client.formats.merkle import leaf_hash
 from client.formats.note import Signature
-from tests.server.conftest import ROOT, Harness, make_signer
+from tests.server.conftest import Harness, make_signer
+from tests.support import ROOT
 from tlog.auth import TokenStore
 from tlog.fsck import fsck
 from tlog.log import Log
@@ -35,6 +36,10 @@ from tlog.storage import (
     check_data_file,
     tile_key,
     u64,
+)
+
+pytestmark = pytest.mark.lmdb_only(
+    "damages LMDB's records and data.mdb directly (byte flips, truncation, map size)"
 )
 
 FLIPS = 60

@@ -13,18 +13,14 @@ from starlette.testclient import TestClient
 
 from client.formats.checkpoint import open_checkpoint
 from client.formats.merkle import leaf_hash, verify_consistency
-from tests.pgsupport import BACKENDS, backend_database, open_store
+from tests.pgsupport import open_store
 from tlog.integrity import CheckpointFile, DataDirLock, LockHeld, RollbackDetected, preflight
 from tlog.log import Log, LogHalted
 from tlog.server import build_app
 from tlog.storage import CommitConflict, Storage, StorageError, u64
 
+from ..support import serve_config
 from .conftest import ORIGIN, make_signer
-
-
-@pytest.fixture(params=BACKENDS)
-def database(request: pytest.FixtureRequest) -> str | None:
-    return backend_database(request)
 
 
 def _log(path: Path, remembered: Path | None = None) -> Log:
@@ -41,11 +37,14 @@ def _grow(log_: Log, n: int, tag: str) -> None:
 # -- the lock --------------------------------------------------------------------------------
 
 
-def test_second_writer_is_refused_with_the_holder(tmp_path: Path) -> None:
-    app, log_, _ = build_app(tmp_path, make_signer(), scim=False)
+@pytest.mark.lmdb_only(
+    "the data directory's lock file (PostgreSQL serialises writers itself: test_pg_frontends.py)"
+)
+def test_second_writer_is_refused_with_the_holder(tmp_path: Path, database: str | None) -> None:
+    app, log_, _ = build_app(serve_config(tmp_path, database), make_signer(), scim=False)
     try:
         with pytest.raises(LockHeld) as e:
-            build_app(tmp_path, make_signer(), scim=False)
+            build_app(serve_config(tmp_path, database), make_signer(), scim=False)
         msg = str(e.value)
         assert f"PID {os.getpid()} on host {socket.gethostname()}" in msg
         assert "Stop the other process first" in msg
@@ -110,10 +109,15 @@ def test_same_size_other_checkpoint_is_a_conflict(tmp_path: Path, database: str 
     storage.close()
 
 
-def test_an_entry_that_cannot_be_stored_is_not_acknowledged(tmp_path: Path) -> None:
+@pytest.mark.lmdb_only("a flipped bit in an LMDB key")
+def test_an_entry_that_cannot_be_stored_is_not_acknowledged(
+    tmp_path: Path, database: str | None
+) -> None:
     """A flipped bit made the last key of ``entries`` larger than the tree: appending below
     it fails, so the batch is refused (503) instead of acknowledged and lost."""
-    app, log_, tokens = build_app(tmp_path, make_signer(), scim=False, max_batch_age=0.0)
+    app, log_, tokens = build_app(
+        serve_config(tmp_path, database, batch_age_ms=0.0), make_signer(), scim=False
+    )
     token, _ = tokens.create("submitter", tenant="t1")
     h = {"Authorization": f"Bearer {token}"}
     st = log_.storage
@@ -188,12 +192,13 @@ def _published_store(tmp_path: Path, n: int = 5) -> tuple[Path, Path, Path]:
     return data, data / "db", backup
 
 
-def test_restored_old_backup_is_refused(tmp_path: Path) -> None:
+@pytest.mark.lmdb_only("restores an old copy of the LMDB store")
+def test_restored_old_backup_is_refused(tmp_path: Path, database: str | None) -> None:
     data, db, backup = _published_store(tmp_path)
     shutil.rmtree(db)
     shutil.copytree(backup, db)
     with pytest.raises(RollbackDetected) as e:
-        build_app(data, make_signer(), scim=False)
+        build_app(serve_config(data, database), make_signer(), scim=False)
     msg = str(e.value)
     assert "ends at tree size 2" in msg and "already signed and published tree size 5" in msg
     assert "tlog recover --from" in msg
@@ -204,34 +209,40 @@ def test_restored_old_backup_is_refused(tmp_path: Path) -> None:
     st.close()
 
 
-def test_zero_byte_store_is_refused(tmp_path: Path) -> None:
+@pytest.mark.lmdb_only("an empty data.mdb")
+def test_zero_byte_store_is_refused(tmp_path: Path, database: str | None) -> None:
     data, db, _ = _published_store(tmp_path)
     (db / "data.mdb").write_bytes(b"")
     with pytest.raises(RollbackDetected, match=r"data.mdb is empty \(0 bytes\)"):
-        build_app(data, make_signer(), scim=False)
+        build_app(serve_config(data, database), make_signer(), scim=False)
     assert (db / "data.mdb").stat().st_size == 0  # LMDB never got to re-initialise it
 
 
-def test_zero_byte_store_is_refused_without_a_remembered_checkpoint(tmp_path: Path) -> None:
+@pytest.mark.lmdb_only("an empty data.mdb")
+def test_zero_byte_store_is_refused_without_a_remembered_checkpoint(
+    tmp_path: Path, database: str | None
+) -> None:
     data, db, _ = _published_store(tmp_path)
     (data / "last-checkpoint").unlink()
     (db / "data.mdb").write_bytes(b"")
     with pytest.raises(RollbackDetected, match="empty"):
-        build_app(data, make_signer(), scim=False)
+        build_app(serve_config(data, database), make_signer(), scim=False)
 
 
-def test_truncated_store_is_refused(tmp_path: Path) -> None:
+@pytest.mark.lmdb_only("a truncated data.mdb")
+def test_truncated_store_is_refused(tmp_path: Path, database: str | None) -> None:
     data, db, _ = _published_store(tmp_path, 300)
     f = db / "data.mdb"
     size = f.stat().st_size
     os.truncate(f, size // 2)
     with pytest.raises(RollbackDetected, match="is truncated"):
-        build_app(data, make_signer(), scim=False)
+        build_app(serve_config(data, database), make_signer(), scim=False)
     with pytest.raises(RollbackDetected):
         preflight(db)
 
 
-def test_a_store_with_another_history_is_refused(tmp_path: Path) -> None:
+@pytest.mark.lmdb_only("swaps in another LMDB store under the data directory")
+def test_a_store_with_another_history_is_refused(tmp_path: Path, database: str | None) -> None:
     """Same size as remembered, other root: a different store (or a fork) under this key."""
     data, db, _ = _published_store(tmp_path, 3)
     shutil.rmtree(db)
@@ -239,10 +250,13 @@ def test_a_store_with_another_history_is_refused(tmp_path: Path) -> None:
     _grow(other, 3, "other")
     other.storage.close()
     with pytest.raises(RollbackDetected, match="differs from the checkpoint this log signed"):
-        build_app(data, make_signer(), scim=False)
+        build_app(serve_config(data, database), make_signer(), scim=False)
 
 
-def test_store_ahead_of_the_remembered_checkpoint_starts(tmp_path: Path) -> None:
+@pytest.mark.lmdb_only("builds the store with the LMDB Storage class under the data directory")
+def test_store_ahead_of_the_remembered_checkpoint_starts(
+    tmp_path: Path, database: str | None
+) -> None:
     """A crash between the LMDB commit and the file update leaves the file one batch
     behind: that is not a rollback, and the file catches up at start."""
     data, db, _ = _published_store(tmp_path, 3)
@@ -251,21 +265,24 @@ def test_store_ahead_of_the_remembered_checkpoint_starts(tmp_path: Path) -> None
     log_.integrate([b"more"])
     log_.storage.close()
     (data / "last-checkpoint").write_bytes(old)
-    app, log2, _ = build_app(data, make_signer(), scim=False)
+    app, log2, _ = build_app(serve_config(data, database), make_signer(), scim=False)
     assert log2.latest.size == 4
     assert _remembered(data / "last-checkpoint") == log2.latest.note
     app.state.data_lock.release()
     log2.storage.close()
 
 
-def test_remembered_checkpoint_must_be_signed_by_the_log(tmp_path: Path) -> None:
+@pytest.mark.lmdb_only("builds the store with the LMDB Storage class under the data directory")
+def test_remembered_checkpoint_must_be_signed_by_the_log(
+    tmp_path: Path, database: str | None
+) -> None:
     data, _, _ = _published_store(tmp_path, 2)
     f = data / "last-checkpoint"
     note = _remembered(f)
     assert note is not None
     f.write_text(note.replace("\n2\n", "\n1\n"))  # a hand-edited plain-text note
     with pytest.raises(Exception, match="not a checkpoint signed by this log's key"):
-        build_app(data, make_signer(), scim=False)
+        build_app(serve_config(data, database), make_signer(), scim=False)
 
 
 def test_halted_log_signs_nothing(tmp_path: Path) -> None:

@@ -11,17 +11,26 @@ import pytest
 
 from client.formats.checkpoint import Checkpoint, open_checkpoint
 from client.formats.note import Ed25519Verifier
+from tests.support import start_server
 from tlog.storage import Storage
 
-from .conftest import ORIGIN, start_server
+from .conftest import ORIGIN
 from .test_process import tlog_cli
 
-pytestmark = pytest.mark.slow
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.lmdb_only(
+        "the data directory's lock file and copies of the LMDB store "
+        "(tests/server/test_pg_frontends.py runs two frontends on PostgreSQL)"
+    ),
+]
 
 
-def test_second_server_is_refused_and_says_who_holds_the_store(tmp_path: Path) -> None:
+def test_second_server_is_refused_and_says_who_holds_the_store(
+    tmp_path: Path, database: str | None
+) -> None:
     data = tmp_path / "d"
-    srv = start_server(data)
+    srv = start_server(data, database=database)
     try:
         r = tlog_cli("serve", "--data", str(data), "--port", "1", "--origin", ORIGIN)
         assert r.returncode == 1
@@ -70,14 +79,16 @@ def _hammer(
                     notes.append(cp.text)
 
 
-def test_two_servers_with_the_lock_bypassed_never_fork_nor_lose(tmp_path: Path) -> None:
+def test_two_servers_with_the_lock_bypassed_never_fork_nor_lose(
+    tmp_path: Path, database: str | None
+) -> None:
     """A rolling deploy gone wrong, and the lock file deleted by hand: two sequencers on one
     store. The compare-and-swap commit alone keeps one history: never two roots signed at a
     size, never an acknowledged entry missing."""
     data = tmp_path / "d"
-    a = start_server(data)
+    a = start_server(data, database=database)
     (data / "db" / "tlog.lock").unlink()  # the bypass: B locks a new file
-    b = start_server(data)
+    b = start_server(data, database=database)
     token = (data / "demo-submitter.token").read_text().strip()
     verifier = Ed25519Verifier.from_vkey(httpx.get(a.url + "/v1/log").json()["vkey"])
     acked: list[tuple[int, bytes]] = []
@@ -134,11 +145,11 @@ def test_two_servers_with_the_lock_bypassed_never_fork_nor_lose(tmp_path: Path) 
     assert fs.returncode == 0, fs.stdout + fs.stderr
 
 
-def test_restored_backup_is_refused_by_serve(tmp_path: Path) -> None:
+def test_restored_backup_is_refused_by_serve(tmp_path: Path, database: str | None) -> None:
     """The documented backup (a copy of the store) restored after the log grew: serve exits
     non-zero and says what happened and what to do."""
     data = tmp_path / "d"
-    srv = start_server(data)
+    srv = start_server(data, database=database)
     token = (data / "demo-submitter.token").read_text().strip()
     h = {"Authorization": f"Bearer {token}"}
     try:

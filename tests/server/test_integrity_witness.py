@@ -4,7 +4,6 @@ at start-up and on every push what it cosigned for the log."""
 from __future__ import annotations
 
 import shutil
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,10 @@ from tlog.log import Log
 from tlog.server import build_app
 from tlog.storage import Storage
 
-from .conftest import ORIGIN, free_port, make_signer
+from ..support import free_port, serve_config, wait_for
+from .conftest import ORIGIN, make_signer
+
+pytestmark = pytest.mark.lmdb_only("restores old copies of the LMDB data directory")
 
 
 @dataclass
@@ -67,12 +69,9 @@ def _policy(tmp_path: Path, w: RealWitness) -> Path:
 def _grow_and_witness(data: Path, policy: Path, sizes: list[int]) -> None:
     """Run the app, and after each target size let the witness cosign it."""
     app, log_, tokens = build_app(
-        data,
+        serve_config(data, batch_age_ms=0.0, witnesses=policy, witness_interval=0.0),
         make_signer(),
         scim=False,
-        max_batch_age=0.0,
-        witness_policy=policy,
-        witness_interval=0.0,
     )
     token, _ = tokens.create("submitter", tenant="t")
     h = {"Authorization": f"Bearer {token}"}
@@ -82,15 +81,8 @@ def _grow_and_witness(data: Path, policy: Path, sizes: list[int]) -> None:
             while n < target:
                 assert c.post("/v1/entries", content=b"e%d" % n, headers=h).status_code == 200
                 n += 1
-            _wait(lambda t=target: c.get("/v1/witnesses").json()["cosigned_size"] == t)
+            wait_for(lambda t=target: c.get("/v1/witnesses").json()["cosigned_size"] == t)
     log_.storage.close()
-
-
-def _wait(cond: object, limit: float = 20.0) -> None:
-    deadline = time.monotonic() + limit
-    while not cond():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.02)
 
 
 def _backup(data: Path, to: Path) -> None:
@@ -103,7 +95,9 @@ def _restore(backup: Path, data: Path) -> None:
     shutil.copytree(backup, data)
 
 
-def test_old_backup_refused_by_the_witness(tmp_path: Path, witness: RealWitness) -> None:
+def test_old_backup_refused_by_the_witness(
+    tmp_path: Path, witness: RealWitness, database: str | None
+) -> None:
     """The whole data dir (remembered checkpoint included) restored from an old backup: only
     the witness knows better, and start-up asks it."""
     witness.start()
@@ -113,32 +107,36 @@ def test_old_backup_refused_by_the_witness(tmp_path: Path, witness: RealWitness)
     _grow_and_witness(data, policy, [5])
     _restore(tmp_path / "backup", data)
     with pytest.raises(RollbackDetected) as e:
-        build_app(data, make_signer(), scim=False, witness_policy=policy)
+        build_app(serve_config(data, database, witnesses=policy), make_signer(), scim=False)
     assert "witness w1 has cosigned tree size 5 of this log, but the store ends at 2" in str(
         e.value
     )
     assert "tlog recover --from" in str(e.value)
     # Without the witness's knowledge the same store would have started: the remembered
     # checkpoint came back with the backup. (That is why the file can live elsewhere.)
-    _app, log_, _ = build_app(data, make_signer(), scim=False)
+    _app, log_, _ = build_app(serve_config(data, database), make_signer(), scim=False)
     assert log_.latest.size == 2
     log_.storage.close()
 
 
-def test_old_backup_with_the_witness_behind_it_starts(tmp_path: Path, witness: RealWitness) -> None:
+def test_old_backup_with_the_witness_behind_it_starts(
+    tmp_path: Path, witness: RealWitness, database: str | None
+) -> None:
     """A witness that only cosigned up to the backup's size has nothing to object to."""
     witness.start()
     data, policy = tmp_path / "data", _policy(tmp_path, witness)
     _grow_and_witness(data, policy, [2])
     _backup(data, tmp_path / "backup")
     _restore(tmp_path / "backup", data)
-    _app, log_, _ = build_app(data, make_signer(), scim=False, witness_policy=policy)
+    _app, log_, _ = build_app(
+        serve_config(data, database, witnesses=policy), make_signer(), scim=False
+    )
     assert log_.latest.size == 2 and log_.halted is None
     log_.storage.close()
 
 
 def test_another_history_at_the_witness_size_is_refused(
-    tmp_path: Path, witness: RealWitness
+    tmp_path: Path, witness: RealWitness, database: str | None
 ) -> None:
     witness.start()
     data, policy = tmp_path / "data", _policy(tmp_path, witness)
@@ -151,11 +149,11 @@ def test_another_history_at_the_witness_size_is_refused(
     with pytest.raises(
         RollbackDetected, match="holds a different checkpoint of this log at tree size 3"
     ):
-        build_app(data, make_signer(), scim=False, witness_policy=policy)
+        build_app(serve_config(data, database, witnesses=policy), make_signer(), scim=False)
 
 
 def test_running_log_stops_signing_when_a_witness_is_ahead(
-    tmp_path: Path, witness: RealWitness
+    tmp_path: Path, witness: RealWitness, database: str | None
 ) -> None:
     """The witness was down at start-up (a warning), so the restored log started; the next
     push round reveals the witness holds a larger size: the log stops signing, says why."""
@@ -167,18 +165,15 @@ def test_running_log_stops_signing_when_a_witness_is_ahead(
     _restore(tmp_path / "backup", data)
     witness.stop()
     app, log_, tokens = build_app(
-        data,
+        serve_config(data, database, batch_age_ms=0.0, witnesses=policy, witness_interval=0.0),
         make_signer(),
         scim=False,
-        max_batch_age=0.0,
-        witness_policy=policy,
-        witness_interval=0.0,
     )
     token, _ = tokens.create("submitter", tenant="t")
     h = {"Authorization": f"Bearer {token}"}
     witness.start()
     with TestClient(app) as c:
-        _wait(lambda: c.get("/v1/witnesses").json()["halted"] is not None)
+        wait_for(lambda: c.get("/v1/witnesses").json()["halted"] is not None)
         halted = c.get("/v1/witnesses").json()["halted"]
         assert "witness w1 cosigned tree size 4, but this log is at 2" in halted
         r = c.post("/v1/entries", content=b"next", headers=h)
@@ -190,7 +185,7 @@ def test_running_log_stops_signing_when_a_witness_is_ahead(
 
 
 def test_recover_to_what_the_witness_cosigned(
-    tmp_path: Path, witness: RealWitness, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, witness: RealWitness, capsys: pytest.CaptureFixture[str], database: str | None
 ) -> None:
     """The whole data dir came back from an old backup (the remembered checkpoint too): the
     witness's cosigned checkpoint is the target, and after recovery the log starts."""
@@ -207,7 +202,7 @@ def test_recover_to_what_the_witness_cosigned(
     shutil.copytree(data / "db", mirror, ignore=shutil.ignore_patterns("tlog.lock"))
     _restore(tmp_path / "backup", data)
     with pytest.raises(RollbackDetected, match="cosigned tree size 6"):
-        build_app(data, make_signer(), scim=False, witness_policy=policy)
+        build_app(serve_config(data, database, witnesses=policy), make_signer(), scim=False)
     # The CLI reads the log key from <data>/log.key.
     fd = os.open(data / "log.key", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     os.write(fd, make_signer()._key.skey().encode() + b"\n")
@@ -219,13 +214,15 @@ def test_recover_to_what_the_witness_cosigned(
         == 0
     )
     assert "verified against the checkpoint at size 6 (witness w1)" in capsys.readouterr().out
-    _app, log_, _ = build_app(data, make_signer(), scim=False, witness_policy=policy)
+    _app, log_, _ = build_app(
+        serve_config(data, database, witnesses=policy), make_signer(), scim=False
+    )
     assert log_.latest.size == 6 and log_.halted is None
     log_.storage.close()
 
 
 def test_running_log_stops_signing_when_a_witness_holds_another_root(
-    tmp_path: Path, witness: RealWitness
+    tmp_path: Path, witness: RealWitness, database: str | None
 ) -> None:
     """The witness cosigned size 3 of one history; the store (same key) holds another history
     of size 5. Start-up passes (the witness is behind: 409 with size 3), but the first push's
@@ -239,10 +236,12 @@ def test_running_log_stops_signing_when_a_witness_holds_another_root(
     other.integrate([b"o%d" % i for i in range(5)])
     other.storage.close()
     app, log_, _ = build_app(
-        data, make_signer(), scim=False, witness_policy=policy, witness_interval=0.0
+        serve_config(data, database, witnesses=policy, witness_interval=0.0),
+        make_signer(),
+        scim=False,
     )
     with TestClient(app) as c:
-        _wait(lambda: c.get("/v1/witnesses").json()["halted"] is not None)
+        wait_for(lambda: c.get("/v1/witnesses").json()["halted"] is not None)
         halted = c.get("/v1/witnesses").json()["halted"]
         assert "inconsistent with this log's checkpoint 5" in halted
         assert "forked" in halted

@@ -13,12 +13,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import ROOT, serve_config
 from tlog.integrity import DataDirLock, LockHeld
 from tlog.lockfile import LockFileInvisible, _fs_type, default_lock_dir, lock_name
 from tlog.server import build_app
 from tlog.storage import Storage
 
-from .conftest import ROOT, make_signer
+from .conftest import make_signer
+
+pytestmark = pytest.mark.lmdb_only("LMDB's lock file (lock.mdb) and where it lives")
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -38,7 +41,7 @@ def _mode(p: Path) -> int:
 def test_default_is_a_private_directory_on_dev_shm(tmp_path: Path) -> None:
     if not Path("/dev/shm").is_dir() or _fs_type(Path("/dev/shm")) not in ("tmpfs", "ramfs"):
         pytest.skip("needs /dev/shm on a memory file system")
-    _, log_, _ = build_app(tmp_path / "data", make_signer(), scim=False)
+    _, log_, _ = build_app(serve_config(tmp_path / "data"), make_signer(), scim=False)
     link = tmp_path / "data" / "db" / "lock.mdb"
     target = Path(os.readlink(link))
     try:
@@ -61,12 +64,16 @@ def test_two_spellings_of_one_store_name_one_lock_file_and_one_server(tmp_path: 
     alias.symlink_to(tmp_path / "data")
     shm = tmp_path / "shm"
     assert lock_name(tmp_path / "data") == lock_name(alias)  # identity, not the path string
-    _, log_, tokens = build_app(tmp_path / "data", make_signer(), scim=False, lock_dir=shm)
+    _, log_, tokens = build_app(
+        serve_config(tmp_path / "data", lock_dir=shm), make_signer(), scim=False
+    )
     try:
         with pytest.raises(LockHeld, match="in use by PID"):
-            build_app(alias, make_signer(), scim=False, lock_dir=shm)
+            build_app(serve_config(alias, lock_dir=shm), make_signer(), scim=False)
         with pytest.raises(LockHeld):
-            build_app(alias, make_signer(), scim=False)  # nor with the default lock dir
+            build_app(
+                serve_config(alias), make_signer(), scim=False
+            )  # nor with the default lock dir
         log_.integrate([b"one", b"two"])
         files = sorted(shm.iterdir())
         assert [f.name for f in files] == [lock_name(tmp_path / "data" / "db")]
@@ -86,7 +93,7 @@ def test_two_spellings_of_one_store_name_one_lock_file_and_one_server(tmp_path: 
 
 def test_lock_dir_recreated_after_a_reboot(tmp_path: Path) -> None:
     shm = tmp_path / "shm"
-    _, log_, _ = build_app(tmp_path / "data", make_signer(), scim=False, lock_dir=shm)
+    _, log_, _ = build_app(serve_config(tmp_path / "data", lock_dir=shm), make_signer(), scim=False)
     log_.storage.close()
     shutil.rmtree(shm)  # a reboot empties the tmpfs; the symlink dangles
     s = Storage(tmp_path / "data" / "db", readonly=True)  # e.g. tlog fsck, no server
@@ -101,7 +108,7 @@ def test_copied_store_gets_its_own_lock_file(tmp_path: Path) -> None:
     """A data directory copied with its symlink would share the original's lock table; the
     copy is re-pointed at a lock file named after its own identity."""
     shm = tmp_path / "shm"
-    _, log_, _ = build_app(tmp_path / "data", make_signer(), scim=False, lock_dir=shm)
+    _, log_, _ = build_app(serve_config(tmp_path / "data", lock_dir=shm), make_signer(), scim=False)
     log_.storage.close()
     shutil.copytree(tmp_path / "data", tmp_path / "copy", symlinks=True)
     db = tmp_path / "copy" / "db"
@@ -116,7 +123,7 @@ def test_invisible_lock_file_of_a_live_server_is_refused(tmp_path: Path) -> None
     """Held by a server whose lock file this process cannot see (another /dev/shm): opening
     would start a second lock table beside the server's, so it is refused."""
     shm = tmp_path / "shm"
-    _, log_, _ = build_app(tmp_path / "data", make_signer(), scim=False, lock_dir=shm)
+    _, log_, _ = build_app(serve_config(tmp_path / "data", lock_dir=shm), make_signer(), scim=False)
     log_.storage.close()
     db = tmp_path / "data" / "db"
     shutil.rmtree(shm)  # what a process with another /dev/shm sees
@@ -133,11 +140,11 @@ def test_no_memory_file_system_falls_back_with_a_warning(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     shm = tmp_path / "shm"
-    _, log_, _ = build_app(tmp_path / "data", make_signer(), scim=False, lock_dir=shm)
+    _, log_, _ = build_app(serve_config(tmp_path / "data", lock_dir=shm), make_signer(), scim=False)
     log_.storage.close()
     monkeypatch.setattr("tlog.server.default_lock_dir", lambda: None)
     with caplog.at_level(logging.WARNING, logger="tlog.server"):
-        _, log_, _ = build_app(tmp_path / "data", make_signer(), scim=False)
+        _, log_, _ = build_app(serve_config(tmp_path / "data"), make_signer(), scim=False)
     try:
         assert "no memory file system" in caplog.text
         lock = tmp_path / "data" / "db" / "lock.mdb"

@@ -19,7 +19,7 @@ from client.formats.merkle import (
 )
 from client.formats.note import Ed25519Signer
 from tests.formats import oracle
-from tests.pgsupport import BACKENDS, backend_database, open_store, tamper
+from tests.pgsupport import open_store, tamper
 from tlog.backend import StorageError, tile_key, u64
 from tlog.fsck import fsck
 from tlog.log import Log
@@ -53,11 +53,6 @@ def test_stored_tree_matches_oracle(batches: list[int], draw: st.DataObject) -> 
         assert reader.inclusion_proof(i, size) == oracle.path(i, data[:size])
         m = draw.draw(st.integers(1, size))
         assert reader.consistency_proof(m, size) == oracle.proof(m, data[:size])
-
-
-@pytest.fixture(params=BACKENDS)
-def database(request: pytest.FixtureRequest) -> str | None:
-    return backend_database(request)
 
 
 def open_log(

@@ -15,8 +15,7 @@ import pytest
 from client.runtime import logredact
 from client.runtime.logredact import RedactingFilter, redact_target, redact_text
 from client.scim import event_to_json, new_event
-
-from .conftest import ROOT, start_server
+from tests.support import ROOT, start_server
 
 RID = "u-alice-7f3a"
 XID = "alice.liddell@example.org"
@@ -102,9 +101,13 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.slow
-def test_served_access_and_error_logs_carry_no_identifiers(tmp_path: Path) -> None:
+def test_served_access_and_error_logs_carry_no_identifiers(
+    tmp_path: Path, database: str | None
+) -> None:
     data = tmp_path / "tlog-data"
-    srv = start_server(data, None, "--access-log", "--log-level", "info", "--no-demo-token")
+    srv = start_server(
+        data, None, "--access-log", "--log-level", "info", "--no-demo-token", database=database
+    )
     tokens: dict[str, str] = {}
     try:
         for name, role, extra in [

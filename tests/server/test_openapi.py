@@ -30,7 +30,8 @@ from tlog.app import route_operations
 from tlog.openapi import openapi
 from tlog.server import build_app
 
-from .conftest import ROOT, ServerProcess, make_signer, start_server
+from ..support import ROOT, ServerProcess, serve_config, start_server, store_args
+from .conftest import make_signer
 
 MAX_EXAMPLES = 20
 TIMEOUT = 20.0
@@ -40,8 +41,10 @@ def _doc_operations(doc: dict[str, Any]) -> set[tuple[str, str]]:
     return {(path, m) for path, item in doc["paths"].items() for m in item}
 
 
-def test_every_route_is_described_and_every_description_is_a_route(tmp_path: Path) -> None:
-    app, log_, _ = build_app(tmp_path, make_signer())
+def test_every_route_is_described_and_every_description_is_a_route(
+    tmp_path: Path, database: str | None
+) -> None:
+    app, log_, _ = build_app(serve_config(tmp_path, database), make_signer())
     try:
         routes = route_operations(app.app.routes)
     finally:
@@ -51,8 +54,8 @@ def test_every_route_is_described_and_every_description_is_a_route(tmp_path: Pat
     assert described - routes == set(), "tlog/openapi.py describes routes the app lacks"
 
 
-def test_served_document_is_the_description(tmp_path: Path) -> None:
-    app, log_, _ = build_app(tmp_path, make_signer())
+def test_served_document_is_the_description(tmp_path: Path, database: str | None) -> None:
+    app, log_, _ = build_app(serve_config(tmp_path, database), make_signer())
     with TestClient(app) as c:
         r = c.get("/openapi.json")
     log_.storage.close()
@@ -61,8 +64,10 @@ def test_served_document_is_the_description(tmp_path: Path) -> None:
     assert r.json() == openapi()
 
 
-def test_served_document_leaves_out_what_the_app_lacks(tmp_path: Path) -> None:
-    app, log_, _ = build_app(tmp_path, make_signer(), scim=False)
+def test_served_document_leaves_out_what_the_app_lacks(
+    tmp_path: Path, database: str | None
+) -> None:
+    app, log_, _ = build_app(serve_config(tmp_path, database), make_signer(), scim=False)
     with TestClient(app) as c:
         paths = c.get("/openapi.json").json()["paths"]
     log_.storage.close()
@@ -93,7 +98,7 @@ schema = schemathesis.openapi.from_dict(openapi())
 schemathesis.serializer.alias("application/cbor", "application/octet-stream")
 
 
-def _token(data: Path, role: str, *extra: str) -> str:
+def _token(data: Path, database: str | None, role: str, *extra: str) -> str:
     out = subprocess.run(
         [
             sys.executable,
@@ -103,6 +108,7 @@ def _token(data: Path, role: str, *extra: str) -> str:
             "create",
             "--data",
             str(data),
+            *store_args(database),
             "--role",
             role,
             *extra,
@@ -123,17 +129,20 @@ class Fuzzed:
 
 
 @pytest.fixture(scope="module")
-def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzzed]:
+def fuzzed(
+    tmp_path_factory: pytest.TempPathFactory, module_database: str | None
+) -> Iterator[Fuzzed]:
+    database = module_database
     data = tmp_path_factory.mktemp("fuzz") / "data"
-    srv = start_server(data)
+    srv = start_server(data, database=database)
     try:
         tokens = {
             "submitter": (data / "demo-submitter.token").read_text().strip(),
-            "auditor": _token(data, "auditor", "--tenant", "default"),
+            "auditor": _token(data, database, "auditor", "--tenant", "default"),
             "privacy-officer": _token(
-                data, "privacy-officer", "--tenant", "default", "--person", "Fuzz Officer"
+                data, database, "privacy-officer", "--tenant", "default", "--person", "Fuzz Officer"
             ),
-            "admin": _token(data, "admin"),
+            "admin": _token(data, database, "admin"),
         }
         h = {"Authorization": f"Bearer {tokens['submitter']}"}
         for i in range(20):  # something to prove and to tile

@@ -18,6 +18,7 @@ from client.formats.checkpoint import open_checkpoint
 from client.formats.merkle import verify_consistency
 from client.formats.tiles import entry_bundles_for_size
 from tests.pgsupport import PgCluster
+from tests.support import serve_config
 from tlog.cli import main as tlog_main
 from tlog.integrity import RollbackDetected
 from tlog.pg import PgStorage
@@ -55,7 +56,9 @@ def _pg(cluster: PgCluster, program: str, *args: str) -> None:
 
 def _append(data: Path, url: str, entries: list[bytes]) -> list[str]:
     """Append through the HTTP API; returns the checkpoints handed out."""
-    app, log_, tokens = build_app(data, _signer(data), scim=False, max_batch_age=0.0, database=url)
+    app, log_, tokens = build_app(
+        serve_config(data, url, batch_age_ms=0.0), _signer(data), scim=False
+    )
     token, _ = tokens.create("submitter", tenant="t")
     h = {"Authorization": f"Bearer {token}"}
     notes = []
@@ -71,7 +74,7 @@ def _append(data: Path, url: str, entries: list[bytes]) -> list[str]:
 
 def _mirror(data: Path, url: str, to: Path) -> None:
     """The log's public read side as static files (what its bucket or a mirror holds)."""
-    app, log_, _ = build_app(data, _signer(data), scim=False, database=url)
+    app, log_, _ = build_app(serve_config(data, url), _signer(data), scim=False)
     with TestClient(app) as c:
         to.mkdir(parents=True)
         (to / "checkpoint").write_text(c.get("/checkpoint").text)
@@ -111,14 +114,14 @@ def test_a_database_restored_from_an_old_dump_is_brought_forward(
 ) -> None:
     data, mirror, notes = restored
     with pytest.raises(RollbackDetected, match="ends at tree size 300"):
-        build_app(data, _signer(data), scim=False, database=pg_url)
+        build_app(serve_config(data, pg_url), _signer(data), scim=False)
     rc = tlog_main([*_RECOVER, str(data), "--database", pg_url, "--from", str(mirror)])
     assert rc == 0
     out = capsys.readouterr().out
     assert "recovered entries 300..699" in out and "the log may sign again" in out
     # Serving resumes at 700 and the next checkpoint extends every one handed out before.
     app, log_, tokens = build_app(
-        data, _signer(data), scim=False, max_batch_age=0.0, database=pg_url
+        serve_config(data, pg_url, batch_age_ms=0.0), _signer(data), scim=False
     )
     assert log_.latest.size == 700
     token, _ = tokens.create("submitter", tenant="t")
@@ -156,7 +159,7 @@ def test_a_copy_of_another_history_is_not_imported_into_the_database(
         assert rv.tree_size() == 300 and rv.entry(300) is None
     st.close()
     with pytest.raises(RollbackDetected):  # still refused
-        build_app(data, _signer(data), scim=False, database=pg_url)
+        build_app(serve_config(data, pg_url), _signer(data), scim=False)
 
 
 def test_without_the_remembered_checkpoint_the_bucket_checkpoint_is_the_target(

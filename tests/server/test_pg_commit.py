@@ -10,16 +10,11 @@ import pytest
 
 from client.formats.checkpoint import open_checkpoint
 from client.formats.merkle import leaf_hash, verify_inclusion
-from tests.pgsupport import BACKENDS, backend_database, open_store
+from tests.pgsupport import open_store
 from tlog.backend import CommitConflict
 from tlog.log import Log
 
 from .conftest import make_signer
-
-
-@pytest.fixture(params=BACKENDS)
-def database(request: pytest.FixtureRequest) -> str | None:
-    return backend_database(request)
 
 
 def _root(log_: Log) -> tuple[int, bytes]:

@@ -19,8 +19,9 @@ from client.formats.checkpoint import Checkpoint, open_checkpoint
 from client.formats.merkle import CompactRange, leaf_hash
 from client.formats.note import Ed25519Verifier
 from tests.pgsupport import open_store
+from tests.support import start_server
 
-from .conftest import ORIGIN, start_server
+from .conftest import ORIGIN
 from .test_integrity_process import _hammer
 from .test_process import tlog_cli
 
@@ -29,11 +30,11 @@ pytestmark = pytest.mark.slow
 
 def test_two_frontends_on_one_database_never_fork_nor_lose(tmp_path: Path, pg_url: str) -> None:
     da, db = tmp_path / "a", tmp_path / "b"
-    a = start_server(da, None, "--database", pg_url, "--replication", "none", timeout=90)
+    a = start_server(da, database=pg_url, timeout=90)
     db.mkdir(mode=0o700)
     for key in ("log.key", "scim-master.key"):
         shutil.copy2(da / key, db / key)
-    b = start_server(db, None, "--database", pg_url, "--replication", "none", timeout=90)
+    b = start_server(db, database=pg_url, timeout=90)
     token = (da / "demo-submitter.token").read_text().strip()  # tokens live in the database
     assert not (db / "demo-submitter.token").exists()  # B found the log: created nothing
     verifier = Ed25519Verifier.from_vkey(httpx.get(a.url + "/v1/log").json()["vkey"])

@@ -19,9 +19,10 @@ from client.formats.checkpoint import Checkpoint, open_checkpoint
 from client.formats.merkle import leaf_hash, verify_consistency, verify_inclusion
 from client.formats.note import Ed25519Verifier, b64decode_strict
 from client.formats.proof_bundle import TlogProof
+from tests.support import ROOT, ServerProcess, start_server, store_args
 from tlog.auth import TOKEN_CACHE_SECONDS
 
-from .conftest import ORIGIN, ROOT, ServerProcess, start_server
+from .conftest import ORIGIN
 
 pytestmark = pytest.mark.slow
 
@@ -36,9 +37,9 @@ def tlog_cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_first_start_is_demo_ready(tmp_path: Path) -> None:
+def test_first_start_is_demo_ready(tmp_path: Path, database: str | None) -> None:
     data = tmp_path / "tlog-data"
-    srv = start_server(data)
+    srv = start_server(data, database=database)
     try:
         out = (tmp_path / "tlog-data-server.log").read_text()
         assert f"origin  {ORIGIN}" in out
@@ -60,21 +61,34 @@ def test_first_start_is_demo_ready(tmp_path: Path) -> None:
         )
         # A token made by the CLI while the server runs works at once; revocation too.
         made = tlog_cli(
-            "token", "create", "--role", "submitter", "--tenant", "t1", "--data", str(data)
+            "token",
+            "create",
+            "--role",
+            "submitter",
+            "--tenant",
+            "t1",
+            "--data",
+            str(data),
+            *store_args(database),
         )
         assert made.returncode == 0, made.stderr
         t2 = made.stdout.strip()
         h = {"Authorization": f"Bearer {t2}"}
         assert httpx.post(srv.url + "/v1/entries", content=b"x", headers=h).status_code == 200
         tid = made.stderr.split()[1]
-        assert tlog_cli("token", "revoke", tid, "--yes", "--data", str(data)).returncode == 0
+        assert (
+            tlog_cli(
+                "token", "revoke", tid, "--yes", "--data", str(data), *store_args(database)
+            ).returncode
+            == 0
+        )
         time.sleep(TOKEN_CACHE_SECONDS)  # the documented revocation delay (tlog.auth)
         assert httpx.post(srv.url + "/v1/entries", content=b"y", headers=h).status_code == 401
     finally:
         srv.proc.send_signal(signal.SIGTERM)
         # uvicorn re-raises SIGTERM after a graceful shutdown, so -15 is a clean exit.
         assert srv.proc.wait(15) in (0, -signal.SIGTERM)
-    fs = tlog_cli("fsck", "--data", str(data))
+    fs = tlog_cli("fsck", "--data", str(data), *store_args(database))
     assert fs.returncode == 0, fs.stderr
     assert "fsck: OK: 2 entries" in fs.stdout
 
@@ -116,9 +130,11 @@ def _submitter(
                 time.sleep(0.01)  # the server is being killed; keep trying
 
 
-def test_sigkill_under_load_loses_nothing_acknowledged(tmp_path: Path) -> None:
+def test_sigkill_under_load_loses_nothing_acknowledged(
+    tmp_path: Path, database: str | None
+) -> None:
     data = tmp_path / "tlog-data"
-    srv: ServerProcess = start_server(data)
+    srv: ServerProcess = start_server(data, database=database)
     token = (data / "demo-submitter.token").read_text().strip()
     verifier = Ed25519Verifier.from_vkey(httpx.get(srv.url + "/v1/log").json()["vkey"])
     acked: list[tuple[int, bytes]] = []
@@ -148,9 +164,9 @@ def test_sigkill_under_load_loses_nothing_acknowledged(tmp_path: Path) -> None:
         stop.set()
         for t in threads:
             t.join()
-        fs = tlog_cli("fsck", "--data", str(data))
+        fs = tlog_cli("fsck", "--data", str(data), *store_args(database))
         assert fs.returncode == 0, fs.stdout + fs.stderr
-        srv = start_server(data, port)
+        srv = start_server(data, port, database=database)
     try:
         assert len(acked) > 100
         with httpx.Client(base_url=srv.url) as c:

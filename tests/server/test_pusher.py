@@ -12,8 +12,8 @@ from client.formats.note import parse_note
 from client.formats.policy import Policy
 from client.formats.proof_bundle import TlogProof
 from client.net.witness_client import AddCheckpointRequest
+from tests.pgsupport import open_store
 from tlog.log import Log
-from tlog.storage import Storage
 from tlog.witnessing import WitnessPusher
 
 from .conftest import ORIGIN, make_signer
@@ -43,8 +43,8 @@ class ScriptedWitness:
 
 
 @pytest.fixture
-def setup(tmp_path: Path):  # type: ignore[no-untyped-def]
-    log_ = Log(Storage(tmp_path), make_signer())
+def setup(tmp_path: Path, database: str | None):  # type: ignore[no-untyped-def]
+    log_ = Log(open_store(database, tmp_path), make_signer())
     ws = {n: ScriptedWitness(n) for n in ("a", "b", "c")}
     policy = Policy.parse(
         f"log {log_.vkey}\n"

@@ -22,7 +22,10 @@ from tlog.server import build_app
 from tlog.signer import create_key_file
 from tlog.storage import Storage
 
+from ..support import serve_config
 from .conftest import ORIGIN
+
+pytestmark = pytest.mark.lmdb_only("restores an mdb_copy backup of the LMDB store")
 
 
 @pytest.fixture
@@ -41,7 +44,7 @@ def _signer(data: Path):  # type: ignore[no-untyped-def]
 
 def _append(data: Path, entries: list[bytes]) -> list[str]:
     """Append through the HTTP API; returns the checkpoints handed out."""
-    app, log_, tokens = build_app(data, _signer(data), scim=False, max_batch_age=0.0)
+    app, log_, tokens = build_app(serve_config(data, batch_age_ms=0.0), _signer(data), scim=False)
     token, _ = tokens.create("submitter", tenant="t")
     notes = []
     h = {"Authorization": f"Bearer {token}"}
@@ -61,7 +64,7 @@ def _append(data: Path, entries: list[bytes]) -> list[str]:
 
 def _mirror_tiles(data: Path, to: Path) -> None:
     """What an auditor's mirror holds: the entry bundles of the log, as static files."""
-    app, log_, _ = build_app(data, _signer(data), scim=False)
+    app, log_, _ = build_app(serve_config(data), _signer(data), scim=False)
     size = log_.latest.size
     with TestClient(app) as c:
         (to / "checkpoint").parent.mkdir(parents=True, exist_ok=True)
@@ -91,7 +94,7 @@ def _scenario(tmp_path: Path, data: Path, n_old: int, n_new: int) -> tuple[Path,
 
 
 def _starts_and_continues(data: Path, size: int, notes: list[str]) -> None:
-    app, log_, tokens = build_app(data, _signer(data), scim=False, max_batch_age=0.0)
+    app, log_, tokens = build_app(serve_config(data, batch_age_ms=0.0), _signer(data), scim=False)
     assert log_.latest.size == size
     token, _ = tokens.create("submitter", tenant="t")
     with TestClient(app) as c:
@@ -116,11 +119,11 @@ def _recover(data: Path, source: str | Path, *extra: str) -> int:
 
 
 def test_recover_from_a_tiles_directory(
-    tmp_path: Path, data: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, data: Path, capsys: pytest.CaptureFixture[str], database: str | None
 ) -> None:
     mirror, notes = _scenario(tmp_path, data, 300, 700)  # crosses entry-bundle boundaries
     with pytest.raises(RollbackDetected):
-        build_app(data, _signer(data), scim=False)
+        build_app(serve_config(data, database), _signer(data), scim=False)
     assert _recover(data, mirror) == 0
     out = capsys.readouterr().out
     assert "recovered entries 300..699" in out and "the log may sign again" in out

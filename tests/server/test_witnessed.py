@@ -23,8 +23,9 @@ from client.formats.merkle import verify_consistency
 from client.formats.note import b64decode_strict, parse_note
 from client.formats.policy import Policy
 from client.formats.proof_bundle import TlogProof
+from tests.support import ROOT, ServerProcess, free_port, start_server
 
-from .conftest import ORIGIN, ROOT, ServerProcess, free_port, start_server
+from .conftest import ORIGIN
 
 pytestmark = pytest.mark.slow
 
@@ -100,7 +101,7 @@ class Witness:
         return Checkpoint.parse(parse_note(r.text).text).size
 
 
-def test_three_witnesses_two_of_three(tmp_path: Path) -> None:
+def test_three_witnesses_two_of_three(tmp_path: Path, database: str | None) -> None:
     data = tmp_path / "log"
     out = run("tlog.cli", "keygen", "--origin", ORIGIN, "--data", str(data))
     log_vkey = next(w for w in out.split() if w.startswith(ORIGIN + "+"))
@@ -109,7 +110,7 @@ def test_three_witnesses_two_of_three(tmp_path: Path) -> None:
     try:
         for w in witnesses:
             w.start()
-        srv = run_scenario(tmp_path, data, log_vkey, witnesses)
+        srv = run_scenario(tmp_path, data, log_vkey, witnesses, database)
     finally:
         if srv is not None:
             srv.stop()
@@ -118,7 +119,7 @@ def test_three_witnesses_two_of_three(tmp_path: Path) -> None:
 
 
 def run_scenario(
-    tmp_path: Path, data: Path, log_vkey: str, witnesses: list[Witness]
+    tmp_path: Path, data: Path, log_vkey: str, witnesses: list[Witness], database: str | None
 ) -> ServerProcess:
     policy_text = (
         f"log {log_vkey}\n"
@@ -136,6 +137,7 @@ def run_scenario(
         "0.1",
         "--witness-max-backoff",
         "2",
+        database=database,
     )
     try:
         check_scenario(srv, data, policy, witnesses)

@@ -25,6 +25,8 @@ from tlog.log import Log
 from tlog.server import build_app
 from tlog.signer import CheckpointSigner
 
+from ..support import serve_config
+
 ORIGIN = "audit.example/log"
 SEED = bytes(range(32))
 OTHER_SEED = bytes(range(100, 132))
@@ -125,19 +127,21 @@ class Server:
 
 
 @contextmanager
-def serve(data: Path, seed: bytes = SEED) -> Iterator[Server]:
+def serve(data: Path, seed: bytes = SEED, database: str | None = None) -> Iterator[Server]:
     signer = CheckpointSigner(Ed25519Signer(ORIGIN, seed), ORIGIN)
-    app, log_, tokens = build_app(data, signer, max_batch_age=0.0)
-    token, _ = tokens.create("submitter")
-    tamper = Tamper(app)
-    with TestClient(tamper) as http:
-        yield Server(http, log_, token, signer, tamper, data)
-    log_.storage.close()
+    app, log_, tokens = build_app(serve_config(data, database, batch_age_ms=0.0), signer)
+    try:
+        token, _ = tokens.create("submitter")
+        tamper = Tamper(app)
+        with TestClient(tamper) as http:
+            yield Server(http, log_, token, signer, tamper, data)
+    finally:
+        log_.storage.close()  # a failed test too: a PostgreSQL store holds connections
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
-    with serve(tmp_path / "log") as s:
+def server(tmp_path: Path, database: str | None) -> Iterator[Server]:
+    with serve(tmp_path / "log", database=database) as s:
         yield s
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -196,12 +197,14 @@ def test_bad_state_file_is_a_usage_error(server: Server, tmp_path: Path) -> None
     assert server.audit(state) == 1
 
 
-def test_state_of_another_log_is_refused(server: Server, tmp_path: Path) -> None:
+def test_state_of_another_log_is_refused(
+    server: Server, tmp_path: Path, new_database: Callable[[], str | None]
+) -> None:
     from .conftest import OTHER_SEED, serve
 
     server.add(10)
     state = tmp_path / "audit.json"
-    with serve(tmp_path / "other", seed=OTHER_SEED) as other:
+    with serve(tmp_path / "other", seed=OTHER_SEED, database=new_database()) as other:
         other.add(10)
         assert other.audit(state) == 0
     assert server.audit(state) == 1

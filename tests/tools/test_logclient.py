@@ -3,6 +3,7 @@ look like a liar."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -152,8 +153,10 @@ def test_submission_with_a_wrong_answer(server: Server) -> None:
         c.submit_batch([b"y"], server.token)
 
 
-def test_rollback_and_fork_are_detected(tmp_path: Path) -> None:
-    with serve(tmp_path / "a") as a:
+def test_rollback_and_fork_are_detected(
+    tmp_path: Path, database: str | None, new_database: Callable[[], str | None]
+) -> None:
+    with serve(tmp_path / "a", database=database) as a:
         a.add(300)
         old = a.note
         a.add(300, tag="b")
@@ -171,7 +174,7 @@ def test_rollback_and_fork_are_detected(tmp_path: Path) -> None:
         with pytest.raises(VerificationError, match="fork"):
             c.inclusion_proof(5, tree_size=300)
         seen = c.latest
-    with serve(tmp_path / "b") as b:
+    with serve(tmp_path / "b", database=new_database()) as b:
         b.add(600, tag="fork")
         c = LogClient("http://testserver", b.vkey, http=b.http, checkpoint=seen.note)
         with pytest.raises(VerificationError, match="fork"):

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from client.net.logclient import LogClient
-from tests.server.conftest import ROOT, start_server
+from tests.support import ROOT, start_server
 from tlog.signer import load_key_file
 
 
@@ -22,9 +22,9 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_cli_against_a_real_server(tmp_path: Path) -> None:
+def test_cli_against_a_real_server(tmp_path: Path, database: str | None) -> None:
     data = tmp_path / "data"
-    server = start_server(data)
+    server = start_server(data, database=database)
     try:
         vkey = load_key_file(data / "log.key").vkey()
         token = (data / "demo-submitter.token").read_text().strip()

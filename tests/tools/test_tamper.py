@@ -93,10 +93,10 @@ def test_checkpoint_signed_by_another_key(
     assert "LOG FAILED VERIFICATION" in capsys.readouterr().err
 
 
-def test_checkpoint_with_another_origin(tmp_path: Path) -> None:
+def test_checkpoint_with_another_origin(tmp_path: Path, database: str | None) -> None:
     from client.formats.note import Ed25519Signer, sign_note
 
-    with serve(tmp_path / "log") as server:
+    with serve(tmp_path / "log", database=database) as server:
         server.add(10)
         # Signed by the pinned key, but the origin line is not the key name.
         key = Ed25519Signer("audit.example/log", bytes(range(32)))
@@ -117,22 +117,26 @@ def test_rolled_back_checkpoint_on_the_second_run(server: Server, tmp_path: Path
 
 
 @pytest.mark.parametrize("size", [300, 700, 900])
-def test_forked_log_on_the_second_run(tmp_path: Path, size: int) -> None:
+def test_forked_log_on_the_second_run(
+    tmp_path: Path, size: int, database: str | None, new_database: Callable[[], str | None]
+) -> None:
     """Another tree signed by the same key: smaller (rollback), same size, or larger."""
     state = tmp_path / "s.json"
-    with serve(tmp_path / "a") as a:
+    with serve(tmp_path / "a", database=database) as a:
         a.add(700)
         assert a.audit(state) == 0
-    with serve(tmp_path / "b") as b:
+    with serve(tmp_path / "b", database=new_database()) as b:
         b.add(size, tag="fork")
         assert b.audit(state) == 2
     assert _state_size(state) == 700
 
 
-def test_forked_tiles_only_log(tmp_path: Path) -> None:
+def test_forked_tiles_only_log(
+    tmp_path: Path, database: str | None, new_database: Callable[[], str | None]
+) -> None:
     """Without the JSON API, consistency comes from tiles and the recomputed tree."""
     state = tmp_path / "s.json"
-    with serve(tmp_path / "a") as a:
+    with serve(tmp_path / "a", database=database) as a:
         a.add(700)
         a.tamper.block.append("/v1/")
         assert a.audit(state) == 0
@@ -142,7 +146,7 @@ def test_forked_tiles_only_log(tmp_path: Path) -> None:
         a.tamper.seen.clear()
         assert a.audit(state) == 0
         assert "/v1/proof/consistency" in a.tamper.seen  # asked, got 404, used tiles
-    with serve(tmp_path / "b") as b:
+    with serve(tmp_path / "b", database=new_database()) as b:
         b.add(1000, tag="fork")
         b.tamper.block.append("/v1/")
         assert b.audit(state) == 2
