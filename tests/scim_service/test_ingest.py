@@ -18,6 +18,7 @@ from client.formats.note import b64decode_strict
 from client.formats.proof_bundle import TlogProof
 from client.scim import commitment, dumps_det, encode_event, event_to_json, parse_leaf
 from tests.scim.helpers import Pairs, Raw, ref_encode
+from tlog.app import LogApp
 from tlog.scim import store
 from tlog.scim.service import Filters, ScimService
 from tlog.sequencer import SequencerStopped
@@ -404,3 +405,27 @@ def test_envelope_plaintext_is_the_deterministic_encoding() -> None:
     for ev in ({"a": 1}, {"eid": "x" * 300, "n": [1, 2, {"z": b"\x00"}]}, {}):
         nonce = os.urandom(32)
         assert envelope_plaintext(nonce, dumps_det(ev)) == dumps_det({"n": nonce, "b": ev})
+
+
+def test_a_single_event_post_is_a_hot_row_of_the_one_routing_table(harness: Harness) -> None:
+    """POST /v1/scim/events is answered before Starlette's router, like POST /v1/entries,
+    with the same answers and error mapping; its GET (search) stays a Starlette route and a
+    wrong method names both in Allow."""
+    app = harness.client.app
+    assert isinstance(app, LogApp)
+    assert app.fast.match({"method": "POST", "path": "/v1/scim/events"}) is not None
+    assert app.fast.match({"method": "GET", "path": "/v1/scim/events"}) is None
+    assert app.fast.match({"method": "POST", "path": "/v1/scim/events/batch"}) is None
+    r = harness.post_event(user_event())
+    assert r.status_code == 200, r.text
+    check_receipt(harness, r.json(), index=0)
+    ev = user_event(req="req-2")
+    body = event_to_json(ev).encode()
+    assert harness.post_raw(body, "text/plain").status_code == 415
+    r = harness.client.post(
+        "/v1/scim/events", content=body, headers={"Content-Type": "application/json"}
+    )
+    assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Bearer")
+    assert harness.post_raw(b"{", "application/json").status_code == 400
+    r = harness.client.delete("/v1/scim/events", headers=harness.h("sub1"))
+    assert r.status_code == 405 and set(r.headers["allow"].split(", ")) >= {"GET", "POST"}

@@ -17,12 +17,11 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from client.formats.note import FormatError, b64decode_strict
 from client.formats.proof_bundle import TlogProof
@@ -44,8 +43,8 @@ from tlog.errors import (
     BadRequest,
     PayloadTooLarge,
     UnsupportedMediaType,
-    json_errors,
 )
+from tlog.http import Endpoint, Scoped, header, read_asgi_body
 from tlog.log import NotFound, Published
 from tlog.scim.erasure import SUBJECT_KINDS, ErasureStatus, Hold
 from tlog.scim.keys import SubjectId
@@ -67,17 +66,16 @@ MAX_SMALL_BODY = 64 * 1024  # erasure requests
 MAX_PSEUDONYM_BODY = 2 << 20  # one request's member references (max_refs of them) in one call
 _REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
 
-Handler = Callable[[Request], Awaitable[Response]]
 T = TypeVar("T")
 
 
-def _media_type(request: Request) -> str:
-    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+def _media_type(request: Request | Scoped) -> str:
+    return (header(request.scope, b"content-type") or "").split(";")[0].strip().lower()
 
 
-def _request_id(request: Request) -> str:
+def _request_id(request: Request | Scoped) -> str:
     """The caller's ``X-Request-Id`` if it is a plain token, else a fresh one."""
-    rid = request.headers.get("x-request-id", "")
+    rid = header(request.scope, b"x-request-id") or ""
     return rid if _REQUEST_ID_RE.fullmatch(rid) else uuid.uuid4().hex
 
 
@@ -155,7 +153,7 @@ class ScimRoutes:
 
     # -- helpers -------------------------------------------------------------------------
 
-    async def _principal(self, request: Request, *roles: str) -> Principal:
+    async def _principal(self, request: Request | Scoped, *roles: str) -> Principal:
         return await self.api.authenticate(request, *roles)
 
     async def _read(self, fn: Callable[[], T], what: str) -> T:
@@ -201,13 +199,13 @@ class ScimRoutes:
 
     # -- ingestion -----------------------------------------------------------------------
 
-    async def add_event(self, request: Request) -> Response:
+    async def add_event(self, request: Request | Scoped) -> Response:
         p = await self._principal(request, "submitter")
         tenant = self._tenant(p)
         ctype = _media_type(request)
         if ctype not in (JSON, CBOR):
             raise UnsupportedMediaType("Content-Type must be application/json or application/cbor")
-        body = await read_body(request, self.limits.max_event_body)
+        body = await read_asgi_body(request.scope, request.receive, self.limits.max_event_body)
         if not body:
             raise BadRequest("empty body")
         ev, data = await off_loop(len(body), lambda: self._parse_event(body, ctype))
@@ -675,39 +673,32 @@ class ScimRoutes:
         )
 
 
-def _by_method(**handlers: Handler) -> Handler:
-    async def endpoint(request: Request) -> Response:
-        method = "GET" if request.method == "HEAD" else request.method
-        return await handlers[method](request)
-
-    return endpoint
-
-
-def scim_routes(service: ScimService, api: Api) -> list[Route]:
-    """The SCIM routes over ``api`` (the log's, given to :func:`tlog.app.create_app` too),
-    for its ``extra_routes``."""
+def scim_routes(service: ScimService, api: Api) -> list[Endpoint]:
+    """The SCIM rows of the routing table (:class:`tlog.http.Endpoint`) over ``api`` (the
+    log's, given to :func:`tlog.app.create_app` too), for its ``extra_routes``. A single
+    event's ``POST`` is hot (answered before Starlette's router, like ``POST /v1/entries``):
+    its handler uses only the scope, ``receive`` and the path parameters."""
     r = ScimRoutes(service, api)
+    rows = [
+        ("POST", "/v1/scim/events", r.add_event),
+        ("GET", "/v1/scim/events", r.search),
+        ("POST", "/v1/scim/events/batch", r.add_batch),
+        ("GET", "/v1/scim/receipts", r.receipts),
+        ("GET", "/v1/scim/tenant-ref", r.tenant_ref),
+        ("POST", "/v1/scim/pseudonyms", r.pseudonyms),
+        ("GET", "/v1/scim/whoami", r.whoami),
+        ("POST", "/v1/scim/erasures", r.request_erasure),
+        ("GET", "/v1/scim/erasures", r.list_erasures),
+        ("GET", "/v1/scim/erasures/{id}", r.erasure),
+        ("POST", "/v1/scim/erasures/{id}/approve", r.approve_erasure),
+        ("GET", "/v1/scim/erasures/{id}/certificate", r.certificate),
+        ("POST", "/v1/scim/holds", r.place_hold),
+        ("GET", "/v1/scim/holds", r.list_holds),
+        ("POST", "/v1/scim/holds/{id}/release", r.release_hold),
+        ("PUT", "/v1/scim/retention", r.put_retention),
+        ("GET", "/v1/scim/retention", r.get_retention),
+        ("POST", "/v1/scim/expire", r.expire),
+    ]
     return [
-        # One route for both methods, so that a 405 names both in its Allow header.
-        Route(
-            "/v1/scim/events",
-            _by_method(GET=json_errors(r.search), POST=json_errors(r.add_event)),
-            methods=["GET", "POST"],
-        ),
-        Route("/v1/scim/events/batch", json_errors(r.add_batch), methods=["POST"]),
-        Route("/v1/scim/receipts", json_errors(r.receipts), methods=["GET"]),
-        Route("/v1/scim/tenant-ref", json_errors(r.tenant_ref), methods=["GET"]),
-        Route("/v1/scim/pseudonyms", json_errors(r.pseudonyms), methods=["POST"]),
-        Route("/v1/scim/whoami", json_errors(r.whoami), methods=["GET"]),
-        Route("/v1/scim/erasures", json_errors(r.request_erasure), methods=["POST"]),
-        Route("/v1/scim/erasures", json_errors(r.list_erasures), methods=["GET"]),
-        Route("/v1/scim/erasures/{id}", json_errors(r.erasure), methods=["GET"]),
-        Route("/v1/scim/erasures/{id}/approve", json_errors(r.approve_erasure), methods=["POST"]),
-        Route("/v1/scim/erasures/{id}/certificate", json_errors(r.certificate), methods=["GET"]),
-        Route("/v1/scim/holds", json_errors(r.place_hold), methods=["POST"]),
-        Route("/v1/scim/holds", json_errors(r.list_holds), methods=["GET"]),
-        Route("/v1/scim/holds/{id}/release", json_errors(r.release_hold), methods=["POST"]),
-        Route("/v1/scim/retention", json_errors(r.put_retention), methods=["PUT"]),
-        Route("/v1/scim/retention", json_errors(r.get_retention), methods=["GET"]),
-        Route("/v1/scim/expire", json_errors(r.expire), methods=["POST"]),
+        Endpoint(m, path, h, hot=(m, path) == ("POST", "/v1/scim/events")) for m, path, h in rows
     ]
