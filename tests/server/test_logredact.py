@@ -15,7 +15,7 @@ import pytest
 from client.runtime import logredact
 from client.runtime.logredact import RedactingFilter, redact_target, redact_text
 from client.scim import event_to_json, new_event
-from tests.support import ROOT, start_server
+from tests.support import ROOT, start_server, store_args
 
 RID = "u-alice-7f3a"
 XID = "alice.liddell@example.org"
@@ -115,7 +115,16 @@ def test_served_access_and_error_logs_carry_no_identifiers(
             ("aud", "auditor", ["--tenant", "t1"]),
             ("po", "privacy-officer", ["--person", "Dana Officer"]),
         ]:
-            made = _cli("token", "create", "--role", role, "--data", str(data), *extra)
+            made = _cli(
+                "token",
+                "create",
+                "--role",
+                role,
+                "--data",
+                str(data),
+                *store_args(database),
+                *extra,
+            )
             assert made.returncode == 0, made.stderr
             tokens[name] = made.stdout.strip()
         ev = new_event(
