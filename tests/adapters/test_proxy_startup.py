@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from client.adapters.middleware import AuditMiddleware
 from client.adapters.proxy import (
     LogUnreachable,
     ProxySettings,
@@ -139,9 +140,9 @@ def test_cli_exits_without_serving(tmp_path: Path) -> None:
     assert "tlog_whatever" not in out.stderr + out.stdout  # never the token
 
 
-def test_backlog_is_visible(tmp_path: Path) -> None:
-    log = FakeLog(down=True)  # nothing can be delivered
-    app = build_proxy(
+def _undeliverable_proxy(tmp_path: Path) -> AuditMiddleware:
+    """A proxy whose log is down (nothing can be delivered) and whose SP is unreachable."""
+    return build_proxy(
         ProxySettings(
             upstream="http://127.0.0.1:9/v2",
             log_url="http://log.test",
@@ -150,8 +151,12 @@ def test_backlog_is_visible(tmp_path: Path) -> None:
             sp_id="raw",
             outbox=tmp_path / "o.sqlite",
         ),
-        log_transport=log.transport(),
+        log_transport=FakeLog(down=True).transport(),
     )
+
+
+def test_backlog_is_visible(tmp_path: Path) -> None:
+    app = _undeliverable_proxy(tmp_path)
     srv = UvicornThread(app)
     try:
         with httpx.Client(base_url=srv.url, timeout=10) as c:
@@ -173,18 +178,7 @@ def test_own_endpoints_answer_get_and_head_only(tmp_path: Path) -> None:
     /.tlog/, is the SP's (here unreachable: 502)."""
     from starlette.testclient import TestClient
 
-    log = FakeLog(down=True)
-    app = build_proxy(
-        ProxySettings(
-            upstream="http://127.0.0.1:9/v2",
-            log_url="http://log.test",
-            token="tok",
-            tenant="t1",
-            sp_id="raw",
-            outbox=tmp_path / "o.sqlite",
-        ),
-        log_transport=log.transport(),
-    )
+    app = _undeliverable_proxy(tmp_path)
     with TestClient(app) as c:
         r = c.head("/.tlog/healthz")
         assert r.status_code == 200 and r.content == b""

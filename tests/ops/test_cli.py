@@ -105,54 +105,23 @@ def test_store_commands_refuse_a_missing_store(tmp_path: Path) -> None:
     "not yet passing on PostgreSQL (the token commands against a schema this fixture made); to port"
 )
 def test_token_create_rules(store: Path, database: str | None, tmp_path: Path) -> None:
-    r = run("token", "create", "--role", "auditor", "--data", str(store), *store_args(database))
+    def create(*args: str) -> subprocess.CompletedProcess[str]:
+        return run("token", "create", *args, "--data", str(store), *store_args(database))
+
+    r = create("--role", "auditor")
     assert r.returncode == 2 and "--tenant" in r.stderr
     for bad in ("a b/../c", "A", "x-", "x" * 65, "ü", "a/b"):
-        r = run(
-            "token",
-            "create",
-            "--role",
-            "submitter",
-            "--tenant",
-            bad,
-            "--data",
-            str(store),
-            *store_args(database),
-        )
+        r = create("--role", "submitter", "--tenant", bad)
         assert r.returncode != 0 and "tenant names" in r.stderr, bad
     out = tmp_path / "sub" / "t.token"
     out.parent.mkdir()
-    r = run(
-        "token",
-        "create",
-        "--role",
-        "submitter",
-        "--tenant",
-        "acme-1",
-        "--out",
-        str(out),
-        "--data",
-        str(store),
-        *store_args(database),
-    )
+    r = create("--role", "submitter", "--tenant", "acme-1", "--out", str(out))
     assert r.returncode == 0, r.stderr
     assert r.stdout == ""  # the token went to the file only
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
     token = out.read_text().strip()
     assert token.startswith("tlog_") and token not in r.stderr
-    r = run(
-        "token",
-        "create",
-        "--role",
-        "submitter",
-        "--tenant",
-        "acme",
-        "--out",
-        str(out),
-        "--data",
-        str(store),
-        *store_args(database),
-    )
+    r = create("--role", "submitter", "--tenant", "acme", "--out", str(out))
     assert r.returncode == 1 and "exists" in r.stderr
     assert out.read_text().strip() == token
 
