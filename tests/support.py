@@ -94,7 +94,15 @@ def serve_args(database: str | None) -> list[str]:
 # -- waiting for and starting servers --------------------------------------------------------
 
 
-def wait_for(cond: Callable[[], object], timeout: float = 20.0, what: str = "condition") -> None:
+# How long a test waits for a process to come up or a condition to hold before it fails.
+# Generous on purpose: success returns at once, and a loaded 2-core CI machine can take
+# many seconds to start a Python process (a fixed 20 s made tests flaky there).
+STARTUP_TIMEOUT = 60.0
+
+
+def wait_for(
+    cond: Callable[[], object], timeout: float = STARTUP_TIMEOUT, what: str = "condition"
+) -> None:
     """Poll ``cond`` until it is true; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while not cond():
@@ -106,7 +114,7 @@ def wait_for(cond: Callable[[], object], timeout: float = 20.0, what: str = "con
 def wait_http(
     url: str,
     proc: subprocess.Popen[bytes] | None = None,
-    timeout: float = 20.0,
+    timeout: float = STARTUP_TIMEOUT,
     *,
     ok: Callable[[httpx.Response], bool] = lambda r: True,
     output: Callable[[], str] = lambda: "",
@@ -178,7 +186,7 @@ def start_server(
     *extra: str,
     database: str | None = None,
     origin: str = ORIGIN,
-    timeout: float = 30.0,
+    timeout: float = STARTUP_TIMEOUT,
 ) -> ServerProcess:
     """Run ``tlog serve`` as a real uvicorn process on 127.0.0.1 (the store ``database``,
     as the ``database`` fixture gives it) and wait until it answers; its output goes to
