@@ -31,9 +31,13 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from client.scim.actions import action, action_prefix, as_bool, ordered_verbs, parse_json_text
+import cbor2
+import msgspec
 
-__all__ = ["SECURITY_ATTRS", "classify"]
+from client.scim.actions import action, action_prefix, as_bool, ordered_verbs
+from client.scim.cbor import dumps_det
+
+__all__ = ["SECURITY_ATTRS", "classify", "encode_effect", "encode_state", "parse_json_text"]
 
 SECURITY_ATTRS = ("active", "username", "emails", "roles", "entitlements", "manager", "members")
 _SETS = {
@@ -44,7 +48,68 @@ _URN_USER = "urn:ietf:params:scim:schemas:core:2.0:user:"
 _URN_GROUP = "urn:ietf:params:scim:schemas:core:2.0:group:"
 
 
+# ``json.dumps(x, sort_keys=True)`` builds a new encoder per call; this is the same encoder
+# (every other option at its default), built once.
+_SORTED_JSON = json.JSONEncoder(sort_keys=True)
+_dumps_sorted = _SORTED_JSON.encode
+_JSON_TEXT = msgspec.json.Decoder()
+
+# Per-batch hot paths see the same few resource types and attribute paths again and again.
+_MEMO_MAX = 4096
+_KEYS: dict[str, str] = {}
+_PREFIXES: dict[str, str] = {}
+
+
+def parse_json_text(text: object) -> tuple[bool, Any]:
+    """(True, value) for JSON text, (False, None) for anything else: the same answer as
+    :func:`client.scim.actions.parse_json_text` (``json.loads``), decoded in C. msgspec is
+    stricter than ``json.loads`` (no ``NaN``, no lone surrogates, no out-of-range floats):
+    whatever it refuses goes to ``json.loads``, which decides (tested equal with hypothesis,
+    tests/scim_service/test_stage_fast.py)."""
+    if not isinstance(text, str):
+        return False, None
+    try:
+        return True, _JSON_TEXT.decode(text)
+    except (msgspec.DecodeError, UnicodeEncodeError):
+        pass
+    try:
+        return True, json.loads(text)
+    except ValueError:
+        return False, None
+
+
+_ACTIONS: dict[tuple[str, str], list[int]] = {}
+
+
+def _action(name: str, ocsf: str) -> dict[str, Any]:
+    """:func:`client.scim.actions.action`, its OCSF pair looked up once per name."""
+    pair = _ACTIONS.get((name, ocsf))
+    if pair is None:
+        pair = action(name, ocsf)["ocsf"]
+        if len(_ACTIONS) < _MEMO_MAX:
+            _ACTIONS[(name, ocsf)] = pair
+    return {"a": name, "ocsf": list(pair)}
+
+
+def _prefix_of(rt: str) -> str:
+    p = _PREFIXES.get(rt)
+    if p is None:
+        p = action_prefix(rt)
+        if len(_PREFIXES) < _MEMO_MAX:
+            _PREFIXES[rt] = p
+    return p
+
+
 def _key(attr: str) -> str:
+    k = _KEYS.get(attr)
+    if k is None:
+        k = _key_of(attr)
+        if len(_KEYS) < _MEMO_MAX:
+            _KEYS[attr] = k
+    return k
+
+
+def _key_of(attr: str) -> str:
     low = attr.lower()
     for urn in (_URN_USER, _URN_GROUP):
         if low.startswith(urn):
@@ -62,11 +127,11 @@ def _values(v: object) -> list[str]:
     for it in items:
         if isinstance(it, dict):
             val = next((x for k, x in it.items() if k.lower() == "value"), None)
-            out.append(val if isinstance(val, str) else json.dumps(it, sort_keys=True))
+            out.append(val if isinstance(val, str) else _dumps_sorted(it))
         elif isinstance(it, str):
             out.append(it)
         else:
-            out.append(json.dumps(it, sort_keys=True))
+            out.append(_dumps_sorted(it))
     return out
 
 
@@ -77,7 +142,7 @@ def _b64(pid: bytes) -> str:
 class _Run:
     def __init__(self, prev: Mapping[str, Any] | None, ev: Mapping[str, Any]) -> None:
         self.ev = ev
-        self.prefix = action_prefix(ev["rt"])
+        self.prefix = _prefix_of(ev["rt"])
         self.known = prev is not None
         self.state: dict[str, Any] = dict(prev) if prev else {}
         self.full: set[str] = set(self.state.get("full", ()))
@@ -112,7 +177,7 @@ class _Run:
             else:
                 self.state[key] = b
             return
-        text = None if new is None else json.dumps(new, sort_keys=True)
+        text = None if new is None else _dumps_sorted(new)
         if key in self.state and self.state[key] == text:
             return
         if key in self.state or self.known:
@@ -378,7 +443,7 @@ class _Run:
         ordered = ordered_verbs(verbs)
         out: dict[str, Any] = {
             "basis": "state" if self.known else "event",
-            "acts": [action(f"{self.prefix}.{v}", ocsf) for v in ordered],
+            "acts": [_action(f"{self.prefix}.{v}", ocsf) for v in ordered],
         }
         if self.changes:
             out["changes"] = self.changes
@@ -399,3 +464,113 @@ def classify(
         return None, None, False
     effect, state = _Run(prev, ev).run()
     return effect, state, state != prev
+
+
+# --- encoding: the same bytes as dumps_det, without its walk over every node -----------------
+
+
+def _det_order(keys: Iterable[str]) -> tuple[str, ...]:
+    """Keys in deterministic CBOR order (encoded length, then bytewise; RFC 8949 §4.2.1)."""
+    return tuple(sorted(keys, key=lambda k: (len(k.encode()), k.encode())))
+
+
+_EFFECT_ORDER = _det_order(("basis", "acts", "changes", "refs", "noop"))
+_ITEM_ORDER = {
+    "acts": ("a", "ocsf"),
+    "changes": _det_order(("attr", "old", "new", "added", "removed")),
+    "refs": _det_order(("rt", "pid", "op", "attr")),
+    "noop": _det_order(("attr", "op", "n")),
+}
+_EFFECT_NESTED = tuple(_ITEM_ORDER)
+_STATE_ORDER = _det_order(
+    (
+        "active",
+        "username",
+        "emails",
+        "roles",
+        "entitlements",
+        "manager",
+        "members",
+        "full",
+        "rt",
+        "other",
+        "replacing",
+        "replace_prev",
+    )
+)
+
+
+class _Slow(Exception):
+    """Not a shape the fast encoders know: the general encoder decides."""
+
+
+_INT_MIN, _INT_MAX = -(1 << 64), (1 << 64) - 1
+
+
+def _scalar_ok(v: object) -> bool:
+    t = type(v)
+    return t is str or t is bool or (t is int and _INT_MIN <= v <= _INT_MAX)  # type: ignore[operator]
+
+
+def _reorder(d: Mapping[str, Any], order: tuple[str, ...]) -> dict[str, Any]:
+    """``d`` with its keys in ``order``; its values text, booleans, 64-bit integers or lists
+    of them (the nested maps are reordered by the caller), else :class:`_Slow`."""
+    if type(d) is not dict:
+        raise _Slow
+    out = {k: d[k] for k in order if k in d}
+    if len(out) != len(d):
+        raise _Slow  # a key outside ``order``
+    for v in out.values():
+        if not _scalar_ok(v) and not (type(v) is list and all(map(_scalar_ok, v))):
+            raise _Slow
+    return out
+
+
+def _reorder_top(d: Mapping[str, Any], order: tuple[str, ...], nested: tuple[str, ...]) -> Any:
+    """As :func:`_reorder` for a map whose ``nested`` values are lists of maps or a map
+    (reordered and checked by the caller)."""
+    if type(d) is not dict:
+        raise _Slow
+    out = {k: d[k] for k in order if k in d}
+    if len(out) != len(d):
+        raise _Slow
+    for k, v in out.items():
+        if k in nested:
+            continue
+        if not _scalar_ok(v) and not (type(v) is list and all(map(_scalar_ok, v))):
+            raise _Slow
+    return out
+
+
+def encode_effect(effect: Mapping[str, Any]) -> bytes:
+    """``dumps_det(effect)`` for an effect made by :func:`classify`: its maps are put in
+    deterministic key order from fixed tables and cbor2's plain encoder writes them (it
+    refuses lone surrogates as dumps_det does). The values are of the types classify makes
+    (text, lists of text, small integers); any other shape, and any error, goes to
+    ``dumps_det``, which decides and names the problem (tested equal, test_stage_fast.py)."""
+    try:
+        out = _reorder_top(effect, _EFFECT_ORDER, _EFFECT_NESTED)
+        for name, order in _ITEM_ORDER.items():
+            items = out.get(name)
+            if items is not None:
+                if type(items) is not list:
+                    raise _Slow
+                out[name] = [_reorder(it, order) for it in items]
+        return bytes(cbor2.dumps(out))
+    except Exception:  # the general encoder gives the answer, or the error
+        return dumps_det(effect)
+
+
+def encode_state(state: Mapping[str, Any]) -> bytes:
+    """``dumps_det(state)`` for a state made by :func:`classify` (as :func:`encode_effect`):
+    top-level keys from a fixed table, the free-form ``other`` map sorted."""
+    try:
+        out = _reorder_top(state, _STATE_ORDER, ("other",))
+        other = out.get("other")
+        if other is not None:
+            if type(other) is not dict:
+                raise _Slow
+            out["other"] = _reorder(other, _det_order(other))
+        return bytes(cbor2.dumps(out))
+    except Exception:  # the general encoder gives the answer, or the error
+        return dumps_det(state)

@@ -52,6 +52,7 @@ __all__ = [
     "KeyRing",
     "KeysRotated",
     "MasterKey",
+    "RandomPool",
     "SubjectId",
     "SubjectKeys",
     "TenantKeys",
@@ -71,10 +72,13 @@ _AAD = b"tlog-scim/v1/"
 _CHECK_PLAINTEXT = b"tlog-scim master key check"
 
 
-def seal(key: bytes | AESGCM, plaintext: bytes, aad: bytes) -> bytes:
+def seal(
+    key: bytes | AESGCM, plaintext: bytes, aad: bytes, rand: Callable[[int], bytes] = os.urandom
+) -> bytes:
     """AES-256-GCM with a fresh random IV: ``iv(12) ‖ ciphertext ‖ tag(16)``. ``key`` may be
-    an ``AESGCM`` object already keyed (a tenant's KEK: :attr:`TenantKeys.kek_aead`)."""
-    iv = os.urandom(IV_SIZE)
+    an ``AESGCM`` object already keyed (a tenant's KEK: :attr:`TenantKeys.kek_aead`).
+    ``rand``: where the IV comes from (a batch's :class:`RandomPool`; the OS by default)."""
+    iv = rand(IV_SIZE)
     aead = key if isinstance(key, AESGCM) else AESGCM(key)
     return iv + aead.encrypt(iv, plaintext, aad)
 
@@ -88,6 +92,31 @@ def unseal(key: bytes | AESGCM, blob: bytes, aad: bytes, what: str) -> bytes:
         return aead.decrypt(blob[:IV_SIZE], blob[IV_SIZE:], aad)
     except InvalidTag:
         raise StorageError(f"{what}: does not decrypt (wrong key or modified record)") from None
+
+
+class RandomPool:
+    """Random bytes for one staging (one batch, under the writer lock), read from the OS in
+    blocks instead of one ``getrandom`` call per nonce, IV and key (a new subject alone needs
+    eight). Every byte is handed out once; the pool lives only as long as the staging, and
+    what it did not hand out is never used for anything."""
+
+    BLOCK = 8192
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self._pos = 0
+
+    def __repr__(self) -> str:
+        return "RandomPool()"
+
+    def __call__(self, n: int) -> bytes:
+        pos = self._pos
+        end = pos + n
+        if end > len(self._buf):
+            self._buf = os.urandom(max(self.BLOCK, n))
+            pos, end = 0, n
+        self._pos = end
+        return self._buf[pos:end]
 
 
 def epoch_of(ts_ms: int) -> int:
@@ -224,7 +253,15 @@ class SubjectId:
     value: str
 
     def encode(self) -> bytes:
-        return dumps_det([self.rt, self.kind, self.value])
+        rt, kind, value = self.rt, self.kind, self.value
+        if type(rt) is str and type(kind) is str and type(value) is str:
+            try:
+                # An array of three text strings: cbor2's plain encoding is the deterministic
+                # one (it refuses lone surrogates; dumps_det then names the error).
+                return bytes(cbor2.dumps([rt, kind, value]))
+            except (UnicodeEncodeError, ValueError):
+                pass
+        return dumps_det([rt, kind, value])
 
 
 @dataclass(frozen=True, repr=False)
@@ -268,6 +305,7 @@ class TenantKeys:
 class SubjectKeys:
     kid: bytes
     wrapped_p: bytes
+    created: bool = field(default=False, compare=False)  # by this call: it has no DEK yet
 
     def __repr__(self) -> str:
         return f"SubjectKeys(kid={self.kid.hex()})"
@@ -470,17 +508,25 @@ class KeyRing:
         r = decode_record(raw, "subject")
         return SubjectKeys(r["kid"], r["p"])
 
-    def subject_or_create(self, tx: Overlay, tk: TenantKeys, subject: SubjectId) -> SubjectKeys:
+    def subject_or_create(
+        self,
+        tx: Overlay,
+        tk: TenantKeys,
+        subject: SubjectId,
+        rand: Callable[[int], bytes] = secrets.token_bytes,
+    ) -> SubjectKeys:
+        """``rand``: where the kid, the pseudonym key and its wrap's IV come from (a batch's
+        :class:`RandomPool`: one read of the OS's random source for many subjects)."""
         key = store.subject_key(tk.tn, tk.subject_hash(subject))
         sk = self._subject_at(tx, key)
         if sk is not None:
             return sk
-        kid = secrets.token_bytes(KID_SIZE)
-        wrapped = seal(tk.kek_aead, secrets.token_bytes(KEY_SIZE), _AAD + b"p" + tk.tn + kid)
+        kid = rand(KID_SIZE)
+        wrapped = seal(tk.kek_aead, rand(KEY_SIZE), _AAD + b"p" + tk.tn + kid, rand)
         # Keys in deterministic order (p, v, kid) and of known types: the plain encoding is
         # the deterministic one, as encode_record would produce (tested).
         tx.put(key, bytes(cbor2.dumps({"p": wrapped, "v": 1, "kid": kid})))
-        return SubjectKeys(kid, wrapped)
+        return SubjectKeys(kid, wrapped, created=True)
 
     def pseudonym_key(self, tk: TenantKeys, sk: SubjectKeys) -> bytes:
         return unseal(tk.kek_aead, sk.wrapped_p, _AAD + b"p" + tk.tn + sk.kid, "pseudonym key")
@@ -504,12 +550,26 @@ class KeyRing:
             None if raw is None else unseal(tk.kek_aead, raw, self._dek_aad(tk, kid, epoch), "DEK")
         )
 
-    def dek_or_create(self, tx: Overlay, tk: TenantKeys, kid: bytes, epoch: int) -> bytes:
-        dek = self.dek(tx, tk, kid, epoch)
+    def dek_or_create(
+        self,
+        tx: Overlay,
+        tk: TenantKeys,
+        kid: bytes,
+        epoch: int,
+        rand: Callable[[int], bytes] = secrets.token_bytes,
+        *,
+        new: bool = False,
+    ) -> bytes:
+        """``new``: the caller created the subject ``kid`` in this transaction, so it has no
+        DEK yet (no lookup)."""
+        dek = None if new else self.dek(tx, tk, kid, epoch)
         if dek is not None:
             return dek
-        dek = secrets.token_bytes(KEY_SIZE)
-        tx.put(store.dek_key(kid, epoch), seal(tk.kek_aead, dek, self._dek_aad(tk, kid, epoch)))
+        dek = rand(KEY_SIZE)
+        tx.put(
+            store.dek_key(kid, epoch),
+            seal(tk.kek_aead, dek, self._dek_aad(tk, kid, epoch), rand),
+        )
         return dek
 
 

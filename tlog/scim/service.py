@@ -30,7 +30,6 @@ import base64
 import hashlib
 import hmac
 import json
-import os
 import re
 import threading
 import time
@@ -44,7 +43,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from client.formats.merkle import leaf_hash
-from client.scim.cbor import EventFormatError, dumps_det, loads_det
+from client.scim.cbor import EventFormatError, loads_det
 from client.scim.event import (
     MAX_JSON_SIZE,
     Event,
@@ -54,11 +53,11 @@ from client.scim.event import (
     validate_event,
 )
 from client.scim.leaf import (
+    NONCE_SIZE,
     commitment,
     commitment_unchecked,
     effect_commitment,
     make_leaf,
-    new_nonce,
     parse_leaf,
 )
 from client.scim.reserved import reserved_names
@@ -68,9 +67,17 @@ from tlog.errors import Conflict
 from tlog.log import Log, Published
 from tlog.reads import ReadPool
 from tlog.scim import store
-from tlog.scim.effects import classify
+from tlog.scim.effects import classify, encode_effect, encode_state
 from tlog.scim.erasure import Erasures
-from tlog.scim.keys import KeyRing, KeysRotated, SubjectId, SubjectKeys, TenantKeys, epoch_of
+from tlog.scim.keys import (
+    KeyRing,
+    KeysRotated,
+    RandomPool,
+    SubjectId,
+    SubjectKeys,
+    TenantKeys,
+    epoch_of,
+)
 from tlog.scim.store import Envelope, Overlay, Tombstone, decode_envelope
 from tlog.sequencer import Sequencer
 
@@ -130,13 +137,29 @@ def _encode_validated(ev: Event) -> bytes:
 
 
 @dataclass
+class _State:
+    """A subject's resource state as the events of this staging left it (not yet staged)."""
+
+    state: dict[str, Any] | None
+    epoch: int
+    aead: AESGCM
+    dirty: bool = False
+
+
+@dataclass
 class _Batch:
-    """What one staging (one batch, one transaction) looks up once and reuses."""
+    """What one staging (one batch, one transaction) looks up once and reuses.
+
+    ``states``: each classified subject's state, decrypted once and carried from event to
+    event of the batch; :meth:`ScimService._flush_states` encrypts and stages the last
+    state of each subject once, at the end of the staging (not once per event)."""
 
     seen: dict[str, tuple[Accepted, bytes]] = field(default_factory=dict)
     subjects: dict[SubjectId, SubjectKeys] = field(default_factory=dict)
     deks: dict[tuple[bytes, int], AESGCM] = field(default_factory=dict)
     epochs: dict[int, int] = field(default_factory=dict)
+    states: dict[bytes, _State] = field(default_factory=dict)
+    rand: RandomPool = field(default_factory=RandomPool)
 
 
 @dataclass(frozen=True)
@@ -472,16 +495,21 @@ class ScimService:
             tk = self.keys.tenant_or_create(tx, tenant)
             now = self.clock()
             batch = _Batch()
-            return [
+            out = [
                 self._stage(tx, tk, ev, enc, now, batch)
                 for ev, enc in zip(events, encoded, strict=True)
             ]
+            self._flush_states(tx, batch)
+            return out
 
         return stage
 
     def _stage_one(self, tx: Overlay, tk: TenantKeys, ev: Event, now: int) -> Accepted:
         """Stage one validated event in the caller's transaction (the log's own events)."""
-        return self._stage(tx, tk, ev, _encode_validated(ev), now, _Batch())
+        batch = _Batch()
+        acc = self._stage(tx, tk, ev, _encode_validated(ev), now, batch)
+        self._flush_states(tx, batch)
+        return acc
 
     def _stage(
         self,
@@ -506,26 +534,27 @@ class ScimService:
             acc = Accepted(eid, known, leaf_hash(known), parse_leaf(known).ts, True)
             seen[eid] = (acc, encoded)
             return acc
-        nonce = new_nonce()
+        rand = batch.rand
+        nonce = rand(NONCE_SIZE)
         # One subject lookup and one DEK unwrap per subject per batch (cached in ``batch``);
         # the cache lives only as long as this staging, inside the writer lock.
         subject = subject_of(ev)
         sk = batch.subjects.get(subject)
         if sk is None:
-            sk = batch.subjects[subject] = self.keys.subject_or_create(tx, tk, subject)
+            sk = batch.subjects[subject] = self.keys.subject_or_create(tx, tk, subject, rand)
         epoch = batch.epochs.get(now)
         if epoch is None:
             epoch = batch.epochs[now] = epoch_of(now)
         aead = batch.deks.get((sk.kid, epoch))
         if aead is None:
             aead = batch.deks[(sk.kid, epoch)] = AESGCM(
-                self.keys.dek_or_create(tx, tk, sk.kid, epoch)
+                self.keys.dek_or_create(tx, tk, sk.kid, epoch, rand, new=sk.created)
             )
         # The effect is derived before the leaf is made, so that the leaf commits to it
         # (``e``) exactly as it commits to the event (``c``): ev was validated on the way in
         # and ``encoded`` is its canonical form.
-        effect = self._effect(tx, tk, sk.kid, ev, epoch, aead)
-        encoded_effect = None if effect is None else dumps_det(effect)
+        effect = self._effect(tx, tk, sk, ev, epoch, aead, batch)
+        encoded_effect = None if effect is None else encode_effect(effect)
         leaf = make_leaf(
             now,
             tk.tn,
@@ -533,7 +562,7 @@ class ScimService:
             None if encoded_effect is None else effect_commitment(nonce, encoded_effect),
         )
         lh = leaf_hash(leaf)
-        iv = os.urandom(IV_SIZE)
+        iv = rand(IV_SIZE)
         # SCIM.md §4.3 step 3: the AAD binds the ciphertext to its leaf.
         ct = aead.encrypt(iv, envelope_plaintext(nonce, encoded, encoded_effect), lh)
         values = index_values(ev)
@@ -571,26 +600,47 @@ class ScimService:
         return got if isinstance(got, dict) else None
 
     def _effect(
-        self, tx: Overlay, tk: TenantKeys, kid: bytes, ev: Event, epoch: int, aead: AESGCM
+        self,
+        tx: Overlay,
+        tk: TenantKeys,
+        sk: SubjectKeys,
+        ev: Event,
+        epoch: int,
+        aead: AESGCM,
+        batch: _Batch,
     ) -> dict[str, Any] | None:
-        """Classify ``ev`` against the resource's state and stage the new state, encrypted
-        under the subject's current DEK (so erasure and retention shred it too)."""
+        """Classify ``ev`` against the resource's state; the new state is kept in ``batch``
+        and staged, encrypted under the subject's current DEK (so erasure and retention
+        shred it too), by :meth:`_flush_states` at the end of the staging."""
         if "rid" not in ev or ev["rt"].startswith(SYSTEM_PREFIX) or ev["outcome"] != "success":
             return None
-        prev = self._state(tx, tk, kid)
-        effect, state, changed = classify(prev, ev)
+        kid = sk.kid
+        cur = batch.states.get(kid)
+        if cur is None:
+            # A subject created by this staging has no state record: nothing to read.
+            prev = None if sk.created else self._state(tx, tk, kid)
+            cur = batch.states[kid] = _State(prev, epoch, aead)
+        effect, state, changed = classify(cur.state, ev)
         if changed:
-            if state is None:
-                tx.delete(store.state_key(kid))
-            else:
-                iv = os.urandom(IV_SIZE)
-                ct = aead.encrypt(iv, dumps_det(state), _STATE_AAD + kid)
-                tx.put(
-                    store.state_key(kid),
-                    # deterministic key order (v, ct, iv, epoch), known types (tested)
-                    bytes(cbor2.dumps({"v": 1, "ct": ct, "iv": iv, "epoch": epoch})),
-                )
+            cur.state, cur.epoch, cur.aead, cur.dirty = state, epoch, aead, True
         return effect
+
+    def _flush_states(self, tx: Overlay, batch: _Batch) -> None:
+        """Stage the last state of each subject this staging changed (see :class:`_Batch`)."""
+        rand = batch.rand
+        for kid, cur in batch.states.items():
+            if not cur.dirty:
+                continue
+            if cur.state is None:
+                tx.delete(store.state_key(kid))
+                continue
+            iv = rand(IV_SIZE)
+            ct = cur.aead.encrypt(iv, encode_state(cur.state), _STATE_AAD + kid)
+            tx.put(
+                store.state_key(kid),
+                # deterministic key order (v, ct, iv, epoch), known types (tested)
+                bytes(cbor2.dumps({"v": 1, "ct": ct, "iv": iv, "epoch": cur.epoch})),
+            )
 
     def _open(self, tx: Overlay, tk: TenantKeys, lh: bytes) -> tuple[Event, bytes] | None:
         """Decrypt the envelope of ``lh``: (event, nonce), or None once erased."""

@@ -1,0 +1,272 @@
+"""The staging path's shortcuts of the restructured round (issue 9 part 6) give exactly what
+the general code does: the effect and state encoders equal ``dumps_det``, the C JSON-text
+parse equals ``json.loads``, the batch's random pool hands every byte out once, and a
+subject's state carried from event to event of one batch gives the same effects and the same
+final state as the events submitted one by one."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from client.scim.actions import parse_json_text as reference_parse
+from client.scim.cbor import EventFormatError, dumps_det, loads_det
+from client.scim.event import event_to_json
+from tests.scim_service.conftest import T1, open_harness, user_event
+from tlog.scim import store
+from tlog.scim.effects import classify, encode_effect, encode_state, parse_json_text
+from tlog.scim.keys import RandomPool, SubjectId
+
+# --- JSON text: msgspec first, json.loads for whatever msgspec refuses ----------------------
+
+
+def _same(a: object, b: object) -> bool:
+    """Equal values of equal types all the way down (1 != 1.0 != True here)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, float):
+        return (math.isnan(a) and math.isnan(b)) or (a == b and str(a) == str(b))  # type: ignore[arg-type]
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))  # type: ignore[arg-type]
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(_same(a[k], b[k]) for k in a)  # type: ignore[index]
+    return a == b
+
+
+_JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(-(2**80), 2**80)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(),
+    lambda kids: (
+        st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=4), kids, max_size=4)
+    ),
+    max_leaves=12,
+)
+_JSON_NOISE = st.text(
+    alphabet='{}[]",:0123456789.eE+-tfrueanlsNI\\u \t\n\r\x00\ud800é', max_size=30
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.one_of(
+        _JSON_VALUES.map(json.dumps),
+        _JSON_VALUES.map(lambda v: json.dumps(v, ensure_ascii=False)),
+        _JSON_NOISE,
+        st.tuples(_JSON_VALUES.map(json.dumps), _JSON_NOISE).map("".join),
+        st.tuples(_JSON_NOISE, _JSON_VALUES.map(json.dumps)).map("".join),
+        st.integers() | st.none() | st.binary(max_size=4),
+    )
+)
+def test_json_text_parse_equals_json_loads(text: Any) -> None:
+    assert _same(parse_json_text(text), reference_parse(text))
+
+
+def test_json_text_parse_edge_cases() -> None:
+    for text in ("NaN", "1e400", '"\\ud800"', '{"a":1,"a":2}', " [1, 2] ", "[1,]", "\ufeff1"):
+        assert _same(parse_json_text(text), reference_parse(text)), text
+
+
+# --- effect and state encoders vs dumps_det over classify's own output ----------------------
+
+_ATTRS = st.sampled_from(
+    [
+        "active",
+        "userName",
+        "emails",
+        "roles",
+        "entitlements",
+        "displayName",
+        "name.givenName",
+        'emails[type eq "work"].value',
+        'roles[value eq "admin"]',
+        "urn:ietf:params:scim:schemas:core:2.0:User:active",
+        "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:manager",
+        "members",
+        "password",
+        "é",
+    ]
+)
+# Event strings are valid Unicode (validation refuses lone surrogates); JSON escapes of them
+# ("\\ud800" in the text) are allowed and decode to one.
+_EVENT_NOISE = st.text(alphabet='{}[]",:0123456789.eE+-tfrueanlsNI\\ud80 \n\x00é✓', max_size=30)
+_TEXT_VALUE = _JSON_VALUES.map(json.dumps) | _EVENT_NOISE
+_MOD = st.fixed_dictionaries(
+    {"attr": _ATTRS},
+    optional={
+        "op": st.sampled_from(["add", "remove", "replace"]),
+        "new": _TEXT_VALUE,
+        "old": _TEXT_VALUE,
+        "new_d": st.binary(min_size=32, max_size=32),
+    },
+)
+_PIDS = st.binary(min_size=16, max_size=16)
+_REF = st.fixed_dictionaries(
+    {"rt": st.sampled_from(["User", "Group"]), "pid": _PIDS},
+    optional={
+        "op": st.sampled_from(["add", "remove", "replace"]),
+        "attr": st.sampled_from(["members", "manager"]),
+    },
+)
+_X = st.fixed_dictionaries(
+    {},
+    optional={
+        "parts": st.integers(1, 3),
+        "part": st.integers(0, 2),
+        "uninterpretable": st.booleans(),
+        "result": st.fixed_dictionaries(
+            {},
+            optional={
+                "active": st.sampled_from([True, False, "true", "False", 1, None]),
+                "roles": st.lists(st.text(max_size=3), max_size=3),
+            },
+        ),
+    },
+)
+_EVENT = st.fixed_dictionaries(
+    {
+        "rt": st.sampled_from(["User", "Group", "Device"]),
+        "rid": st.just("r-1"),
+        "outcome": st.just("success"),
+        "op": st.sampled_from(["create", "replace", "patch", "delete"]),
+        "corr": st.fixed_dictionaries({"req": st.sampled_from(["q1", "q2"])}),
+    },
+    optional={
+        "mods": st.lists(_MOD, max_size=5),
+        "refs": st.lists(_REF, max_size=4),
+        "x": _X,
+    },
+)
+
+
+def _det_or_error(obj: Any) -> bytes | type[Exception]:
+    try:
+        return dumps_det(obj)
+    except EventFormatError:
+        return EventFormatError
+
+
+def _fast_or_error(fn: Any, obj: Any) -> bytes | type[Exception]:
+    try:
+        out: bytes = fn(obj)
+        return out
+    except EventFormatError:
+        return EventFormatError
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_EVENT, min_size=1, max_size=6))
+def test_effect_and_state_encoders_equal_dumps_det(events: list[dict[str, Any]]) -> None:
+    state: dict[str, Any] | None = None
+    for ev in events:
+        effect, state, _ = classify(state, ev)
+        if effect is not None:
+            assert _fast_or_error(encode_effect, effect) == _det_or_error(effect)
+        if state is not None:
+            assert _fast_or_error(encode_state, state) == _det_or_error(state)
+
+
+def test_encoders_defer_to_dumps_det_for_unknown_shapes() -> None:
+    odd: dict[str, Any] = {"basis": "event", "acts": [], "zzz": 1}  # a key outside the table
+    assert encode_effect(odd) == dumps_det(odd)
+    with pytest.raises(EventFormatError):
+        encode_effect({"basis": "event", "acts": [], "changes": [{"attr": "\ud800"}]})
+    with pytest.raises(EventFormatError):
+        encode_effect({"basis": 1.5, "acts": []})  # float: refused as dumps_det refuses it
+    with pytest.raises(EventFormatError):
+        encode_state({"rt": "User", "other": {"\ud800": "x"}})
+    weird = {"rt": "User", "other": {"b": "1", "aa": "2", "a": "3"}, "new-key": True}
+    assert encode_state(weird) == dumps_det(weird)
+
+
+def test_subject_encoding_equals_dumps_det() -> None:
+    for s in (SubjectId("User", "rid", "u-1"), SubjectId("Group", "userName", "é✓")):
+        assert s.encode() == dumps_det([s.rt, s.kind, s.value])
+    with pytest.raises(EventFormatError):
+        SubjectId("User", "userName", "\ud800").encode()
+
+
+# --- the random pool -------------------------------------------------------------------------
+
+
+def test_random_pool_hands_out_each_byte_once() -> None:
+    pool = RandomPool()
+    sizes = [32, 12, 16, 32, 12, 32, 12] * 200 + [RandomPool.BLOCK + 5, 3]
+    parts = [pool(n) for n in sizes]
+    assert [len(p) for p in parts] == sizes
+    # 32-byte draws never repeat (a repeat would mean bytes handed out twice).
+    big = [p for p in parts if len(p) == 32]
+    assert len(set(big)) == len(big)
+    assert "RandomPool()" == repr(pool)  # nothing of the buffer in its repr
+
+
+# --- a subject's state carried across the events of one batch --------------------------------
+
+
+def _history() -> list[dict[str, Any]]:
+    create = user_event("u-1", req="r1", op="create", acts=None)
+    return [
+        create,
+        user_event("u-1", req="r2"),  # deactivate
+        user_event("u-1", req="r3", active=("false", "true")),  # activate
+        user_event("u-1", req="r4", active=("false", "true")),  # no change: noop
+        user_event("u-2", req="r5"),
+        user_event("u-1", req="r6", active=("true", "false")),
+    ]
+
+
+def _effects_and_state(
+    tmp_path: Path, database: str | None, batched: bool
+) -> tuple[list[Any], dict[str, Any]]:
+    with open_harness(tmp_path, database=database) as h:
+        evs = _history()
+        if batched:
+            body = json.dumps({"events": [json.loads(event_to_json(e)) for e in evs]})
+            r = h.post_raw(body.encode(), "application/json", path="/v1/scim/events/batch")
+            assert r.status_code == 200, r.text
+        else:
+            for e in evs:
+                h.post_event(e)
+        found = sorted(h.auditor().search_all(rid="u-1"), key=lambda f: f.index)
+        effects = [f.effect for f in found]
+        with h.log.storage.read() as rv:
+            tx = store.Overlay(rv)
+            tk = h.service.keys.tenant(tx, T1)
+            assert tk is not None
+            sk = h.service.keys.subject(tx, tk, SubjectId("User", "rid", "u-1"))
+            assert sk is not None
+            state = h.service._state(tx, tk, sk.kid)
+            raw = rv.aux(store.state_key(sk.kid))
+            assert raw is not None and dumps_det(loads_det(raw)) == raw
+        assert state is not None
+        return effects, state
+
+
+def test_batch_state_cache_gives_the_effects_of_one_by_one(
+    tmp_path: Path, database: str | None, new_database: Callable[[], str | None]
+) -> None:
+    one, state_one = _effects_and_state(tmp_path / "one", database, batched=False)
+    many, state_many = _effects_and_state(tmp_path / "many", new_database(), batched=True)
+    acts = [[a["a"] for a in (e or {}).get("acts", ())] for e in many]
+    assert acts == [
+        ["user.create"],
+        ["user.deactivate"],
+        ["user.activate"],
+        ["user.noop"],
+        ["user.deactivate"],
+    ]
+    # basis and changes too: the batched run judged each event against the state the
+    # previous event of the same batch left, exactly as separate submissions do.
+    assert many == one
+    assert state_many == state_one
+    assert state_many["active"] is False
