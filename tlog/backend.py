@@ -88,6 +88,10 @@ class StorageError(Exception):
     """The store is missing, corrupt, unreachable, or of an incompatible version."""
 
 
+class NoLogStore(StorageError):
+    """The database holds no tlog store at all (its tables are missing): nothing to open."""
+
+
 class CommitConflict(StorageError):
     """The store is not what the writer built its batch on (another writer, or a put failed).
 

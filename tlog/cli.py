@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tlog.auth import ROLES, Principal, TokenStore
-from tlog.backend import Backend, StorageError, is_database_url, open_backend
+from tlog.backend import Backend, NoLogStore, StorageError, is_database_url, open_backend
 from tlog.config import ConfigError, ProxyConfig, ServeConfig, add_arguments, from_args
 from tlog.signer import CheckpointSigner, create_key_file, load_key_file
 
@@ -87,9 +87,13 @@ def _existing_store(cfg: ServeConfig) -> Path:
 
 
 def _store_exists(cfg: ServeConfig) -> bool:
-    """A log is stored where ``cfg`` says (the database, or ``<data>/db``)."""
+    """A log is stored where ``cfg`` says (the database, or ``<data>/db``). Asking creates
+    nothing: a database without tlog's tables holds no log."""
     if is_database_url(cfg.database):
-        st = open_backend(cfg.database, cfg.data)
+        try:
+            st = open_backend(cfg.database, cfg.data, readonly=True)
+        except NoLogStore:
+            return False
         try:
             return not st.is_empty()
         finally:
@@ -98,14 +102,32 @@ def _store_exists(cfg: ServeConfig) -> bool:
 
 
 def _open_existing(cfg: ServeConfig, *, readonly: bool = False) -> Backend:
-    """The store ``cfg`` names, which must hold a log (commands other than serve)."""
+    """The store ``cfg`` names, which must hold a log (commands other than serve).
+
+    Both backends answer alike: no store at all, or a store that holds no log yet (an empty
+    LMDB file, an empty schema), is "no log" and nothing is created; only ``tlog serve``
+    starts a log (it records the origin and signs the first checkpoint)."""
     if is_database_url(cfg.database):
-        st = open_backend(cfg.database, cfg.data, readonly=readonly)
-        if st.is_empty():
-            st.close()
-            raise CliError(f"no log in the database {st.location} ('tlog serve' creates one)")
-        return st
-    return open_backend(None, _existing_store(cfg).parent, readonly=readonly)
+        try:
+            probe = open_backend(cfg.database, cfg.data, readonly=True)
+        except NoLogStore as exc:
+            raise CliError(f"{exc} ('tlog serve' creates one)") from None
+        where = f"the database {probe.location}"
+    else:
+        where = str(cfg.data.resolve())
+        probe = open_backend(None, _existing_store(cfg).parent, readonly=True)
+    try:
+        empty = probe.is_empty()
+    except BaseException:
+        probe.close()
+        raise
+    if empty:
+        probe.close()
+        raise CliError(f"no log store in {where}: it holds no log yet ('tlog serve' creates one)")
+    if readonly:
+        return probe
+    probe.close()
+    return open_backend(cfg.database, cfg.data)
 
 
 def _iso(ts: int | None) -> str:

@@ -59,6 +59,7 @@ from tlog.backend import (
     CommitConflict,
     CommitUnknown,
     DuplicateLeaves,
+    NoLogStore,
     StorageCorrupt,
     StorageError,
     StorageFull,
@@ -526,7 +527,7 @@ class PgStorage:
         ).fetchall()
         missing = set(_TABLE_NAMES) - {r[0] for r in rows}
         if missing:
-            raise StorageError(
+            raise NoLogStore(
                 f"no log store in the database {self.location} (tables missing: "
                 f"{', '.join(sorted(missing))})"
             )

@@ -40,12 +40,17 @@ def run(
 
 @pytest.fixture
 def store(tmp_path: Path, database: str | None) -> Path:
-    """A data directory holding a store (as ``tlog serve`` leaves it), or with PostgreSQL
-    the data directory beside the store in ``database`` (the store commands of these tests
-    then take ``*store_args(database)``)."""
+    """A data directory holding a store with a log in it (as ``tlog serve`` leaves it), or
+    with PostgreSQL the data directory beside the store in ``database`` (the store commands
+    of these tests then take ``*store_args(database)``)."""
+    from tests.server.conftest import make_signer
+    from tlog.log import Log
+
     data = tmp_path / "data"
     data.mkdir()
-    _open(data, database).close()
+    storage = _open(data, database)
+    Log(storage, make_signer())  # records the origin and signs the empty checkpoint
+    storage.close()
     return data
 
 
@@ -101,9 +106,6 @@ def test_store_commands_refuse_a_missing_store(tmp_path: Path) -> None:
     assert not nowhere.exists()
 
 
-@pytest.mark.lmdb_only(
-    "not yet passing on PostgreSQL (the token commands against a schema this fixture made); to port"
-)
 def test_token_create_rules(store: Path, database: str | None, tmp_path: Path) -> None:
     def create(*args: str) -> subprocess.CompletedProcess[str]:
         return run("token", "create", *args, "--data", str(store), *store_args(database))
@@ -126,9 +128,6 @@ def test_token_create_rules(store: Path, database: str | None, tmp_path: Path) -
     assert out.read_text().strip() == token
 
 
-@pytest.mark.lmdb_only(
-    "not yet passing on PostgreSQL (the token commands against a schema this fixture made); to port"
-)
 def test_token_list_shows_dates_and_state(store: Path, database: str | None) -> None:
     storage = _open(store, database)
     ts = TokenStore(storage)
@@ -148,9 +147,6 @@ def test_token_list_shows_dates_and_state(store: Path, database: str | None) -> 
     assert "T" in created and created.endswith("Z")
 
 
-@pytest.mark.lmdb_only(
-    "not yet passing on PostgreSQL (the token commands against a schema this fixture made); to port"
-)
 def test_revoke_by_prefix_with_confirmation(store: Path, database: str | None) -> None:
     storage = _open(store, database)
     ts = TokenStore(storage)
@@ -175,6 +171,48 @@ def test_revoke_by_prefix_with_confirmation(store: Path, database: str | None) -
     storage.close()
     assert state[p.token_id] is True
     assert sum(state.values()) == 1
+
+
+def _log_tables(database: str) -> list[str]:
+    import psycopg
+
+    with psycopg.connect(database, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT table_name FROM information_schema.tables "
+            "WHERE table_schema = current_schema() AND table_name LIKE 'tlog%'"
+        ).fetchall()
+    return sorted(r[0] for r in rows)
+
+
+def test_store_commands_refuse_a_store_without_a_log(tmp_path: Path, database: str | None) -> None:
+    """A store that holds no log yet (an empty LMDB file, an empty schema) and a database
+    with no tlog tables at all answer alike on both backends: "no log store", exit 1, and
+    the command creates nothing (only ``tlog serve`` starts a log)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    args = ["--data", str(data), *store_args(database)]
+    commands = (
+        ["token", "create", "--role", "admin"],
+        ["token", "list"],
+        ["token", "revoke", "abcdef12", "--yes"],
+    )
+    if database is not None:  # no tables yet: nothing is created by asking
+        for cmd in commands:
+            r = run(*cmd, *args)
+            assert r.returncode == 1 and "no log store" in r.stderr, (cmd, r.stderr)
+            assert "tlog serve" in r.stderr
+        assert _log_tables(database) == []
+    _open(data, database).close()  # the store exists now, but holds no log
+    for cmd in commands:
+        r = run(*cmd, *args)
+        assert r.returncode == 1, (cmd, r.stderr)
+        assert "no log store" in r.stderr and "holds no log yet" in r.stderr, (cmd, r.stderr)
+    storage = _open(data, database)
+    try:
+        assert storage.is_empty()
+        assert list(TokenStore(storage).list()) == []  # no token was made
+    finally:
+        storage.close()
 
 
 @pytest.mark.lmdb_only("tlog backup copies the LMDB file (PostgreSQL: pg_dump or PITR)")

@@ -200,18 +200,19 @@ def test_dual_control_is_by_person_not_by_token(harness: Harness) -> None:
     assert r.status_code == 200 and r.json()["state"] == "done"
 
 
-@pytest.mark.lmdb_only(
-    "not yet passing on PostgreSQL (the token commands against a schema this test made); to port"
-)
 def test_token_cli_names_the_person(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], database: str | None
 ) -> None:
     from tests.pgsupport import open_store
+    from tests.server.conftest import make_signer
     from tests.support import store_args
     from tlog.cli import main
+    from tlog.log import Log
 
-    # token commands need an existing store
-    open_store(database, tmp_path / "db" if database is None else tmp_path).close()
+    # token commands need a store holding a log (as 'tlog serve' leaves it)
+    storage = open_store(database, tmp_path / "db" if database is None else tmp_path)
+    Log(storage, make_signer())
+    storage.close()
     data = ["--data", str(tmp_path), *store_args(database)]
     assert main(["token", "create", *data, "--role", "privacy-officer"]) == 2
     assert "--person" in capsys.readouterr().err

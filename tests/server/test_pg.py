@@ -171,7 +171,7 @@ def test_store_commands_on_the_database(
 
     data = str(tmp_path)
     assert main(["token", "list", "--data", data, "--database", pg_url]) == 1
-    assert "no log in the database" in capsys.readouterr().err
+    assert "no log store in the database" in capsys.readouterr().err
     st = PgStorage(pg_url)
     Log(st, make_signer()).integrate([b"one", b"two"])
     st.close()
