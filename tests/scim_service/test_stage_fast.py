@@ -245,7 +245,7 @@ def _effects_and_state(
             assert tk is not None
             sk = h.service.keys.subject(tx, tk, SubjectId("User", "rid", "u-1"))
             assert sk is not None
-            state = h.service._state(tx, tk, sk.kid)
+            state = h.service.keys.state(tx, tk, sk.kid)
             raw = rv.aux(store.state_key(sk.kid))
             assert raw is not None and dumps_det(loads_det(raw)) == raw
         assert state is not None

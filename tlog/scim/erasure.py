@@ -25,6 +25,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -38,8 +39,10 @@ from client.scim.event import Event
 from client.scim.leaf import parse_leaf
 from client.scim.reserved import is_reserved
 from tlog.auth import Forbidden, Principal
+from tlog.errors import Conflict
 from tlog.log import NotFound
 from tlog.scim import store
+from tlog.scim.access import OCSF_CREATE, OCSF_DELETE, OCSF_UPDATE, system_event
 from tlog.scim.keys import SubjectId, TenantKeys, epoch_of
 from tlog.scim.store import Envelope, Overlay, Tombstone, decode_envelope
 
@@ -66,9 +69,7 @@ MIN_RETENTION_DAYS = 30
 MAX_RETENTION_DAYS = 3653  # ten years, leap days included
 SYSTEM_RTS = ("tlog.access", "tlog.erasure", "tlog.expiry", "tlog.hold", "tlog.retention")
 SUBJECT_KINDS = ("rid", "xid", "userName")
-_OCSF_CREATE = [6003, 1]
-_OCSF_UPDATE = [6003, 3]
-_OCSF_DELETE = [6003, 4]
+REASON_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")  # an erasure's or hold's reason code
 
 
 @dataclass(frozen=True)
@@ -171,7 +172,8 @@ class Erasures:
         req_id: str,
     ) -> Accepted:
         p = principal or Principal("system", "system", None, "expiry job", 0)
-        ev = self.svc._system_event(
+        ev = system_event(
+            self.svc.clock,
             tenant,
             p,
             rt=rt,
@@ -209,8 +211,6 @@ class Erasures:
         """Record a pending erasure request (first of two people); logs a request event.
 
         Answered the same whether or not the subject has keys (module docstring)."""
-        from tlog.scim.service import REASON_RE
-
         if not REASON_RE.fullmatch(reason):
             raise EventFormatError("reason must be a code matching [a-z0-9][a-z0-9._-]{0,63}")
         self._check_tenant(principal, tenant)
@@ -250,7 +250,7 @@ class Erasures:
                 rt="tlog.erasure",
                 op="create",
                 action="tlog.erasure.request",
-                ocsf=_OCSF_CREATE,
+                ocsf=OCSF_CREATE,
                 path="/v1/scim/erasures",
                 rid=rid.hex(),
                 x=self._erasure_x(rid, record),
@@ -350,8 +350,6 @@ class Erasures:
                     "dual control: the approver must be another person than the requester "
                     "(whatever token they use)"
                 )
-            from tlog.scim.service import Conflict
-
             now = self.svc.clock()
             if now - rec["created"] > self.svc.limits.erasure_ttl_ms:
                 raise Conflict("the erasure request has expired; make a new one")
@@ -371,7 +369,7 @@ class Erasures:
                 rt="tlog.erasure",
                 op="delete",
                 action="tlog.erasure.approve",
-                ocsf=_OCSF_DELETE,
+                ocsf=OCSF_DELETE,
                 path=f"/v1/scim/erasures/{rid.hex()}/approve",
                 rid=rid.hex(),
                 x=self._erasure_x(rid, rec),
@@ -444,8 +442,6 @@ class Erasures:
         def run(tx: Overlay) -> Certificate:
             _, rec = self._visible(principal, request_id)(tx)
             if rec["state"] != "done":
-                from tlog.scim.service import Conflict
-
                 raise Conflict("the erasure is not approved yet")
             tk = self.svc.keys.tenant(tx, rec["tenant"])
             leaf = None if tk is None else tx.get(store.eid_key(tk.tn, rec["eid"]))
@@ -453,10 +449,10 @@ class Erasures:
                 raise NotFound("finished erasure without its event")
             lh = leaf_hash(leaf)
             index = tx.rv.index_of(lh)
-            opened = self.svc._open(tx, tk, lh)
+            opened = self.svc.keys.open_envelope(tx, tk, lh)
             if index is None or opened is None:
                 raise NotFound("the erasure event is not in the log yet")
-            ev, nonce = opened
+            ev, nonce, _ = opened
             return Certificate(request_id, ev, nonce, leaf, lh, index)
 
         result: Certificate = self.svc._read(run)
@@ -474,8 +470,6 @@ class Erasures:
     ) -> Hold:
         """A legal hold on a tenant (``subject`` None) or one subject: suspends expiry and
         erasure until released. Logged as a ``tlog.hold`` event."""
-        from tlog.scim.service import REASON_RE
-
         if not REASON_RE.fullmatch(reason):
             raise EventFormatError("reason must be a code matching [a-z0-9][a-z0-9._-]{0,63}")
         self._check_tenant(principal, tenant)
@@ -507,7 +501,7 @@ class Erasures:
                 rt="tlog.hold",
                 op="create",
                 action="tlog.hold.place",
-                ocsf=_OCSF_CREATE,
+                ocsf=OCSF_CREATE,
                 path="/v1/scim/holds",
                 rid=hid.hex(),
                 x=x,
@@ -548,7 +542,7 @@ class Erasures:
                 rt="tlog.hold",
                 op="delete",
                 action="tlog.hold.release",
-                ocsf=_OCSF_DELETE,
+                ocsf=OCSF_DELETE,
                 path=f"/v1/scim/holds/{hold_id}/release",
                 rid=hold_id,
                 x={"hold": hold_id, "scope": rec["scope"], "reason": rec["reason"]},
@@ -602,7 +596,7 @@ class Erasures:
                 rt="tlog.retention",
                 op="replace",
                 action="tlog.retention.set",
-                ocsf=_OCSF_UPDATE,
+                ocsf=OCSF_UPDATE,
                 path="/v1/scim/retention",
                 rid=tk.tn.hex(),
                 x={"days": days},
@@ -712,7 +706,7 @@ class Erasures:
                 rt="tlog.expiry",
                 op="delete",
                 action="tlog.expiry.run",
-                ocsf=_OCSF_DELETE,
+                ocsf=OCSF_DELETE,
                 path="/v1/scim/expire",
                 rid=marker.hex(),
                 x={"before": before, "days": rec["days"], "events": events, "deks": len(deks)},

@@ -18,6 +18,12 @@ another record does not unwrap. Crypto-shredding a subject deletes its S record 
 and all its D records: the bodies encrypted under those DEKs can no longer be decrypted by
 anyone holding the master key, and no record links the random kid to the subject any more.
 
+The envelope crypto is here too: an event's body ``{b: event, n: nonce, e: effect}`` sealed
+under its subject's DEK with the leaf hash as AAD (:func:`envelope_plaintext`,
+:func:`seal_envelope`, :meth:`KeyRing.open_envelope`), and a resource's security-relevant
+state sealed under the same DEK (:func:`seal_state`, :meth:`KeyRing.state`), so shredding the
+DEK destroys both.
+
 Nothing here logs or prints key material; reprs hide it.
 """
 
@@ -35,17 +41,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import cbor2
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from client.scim.cbor import dumps_det
+from client.scim.cbor import EventFormatError, dumps_det, loads_det
+from client.scim.event import Event, validate_event
 from client.scim.leaf import pid as make_pid
 from client.scim.leaf import tenant_ref
 from tlog.backend import Backend, StorageError
 from tlog.scim import store
-from tlog.scim.store import Overlay, decode_record, encode_record
+from tlog.scim.store import Overlay, Tombstone, decode_envelope, decode_record, encode_record
 
 __all__ = [
     "MASTER_KEY_FILE",
@@ -56,9 +64,12 @@ __all__ = [
     "SubjectId",
     "SubjectKeys",
     "TenantKeys",
+    "envelope_plaintext",
     "epoch_of",
     "open_keyring",
     "seal",
+    "seal_envelope",
+    "seal_state",
     "unseal",
 ]
 
@@ -70,6 +81,7 @@ HASH16 = 16
 _FILE_HEADER = "tlog-scim-master-key-v1 "
 _AAD = b"tlog-scim/v1/"
 _CHECK_PLAINTEXT = b"tlog-scim master key check"
+_STATE_AAD = b"tlog-scim-state\x00"
 
 
 def seal(
@@ -117,6 +129,44 @@ class RandomPool:
             pos, end = 0, n
         self._pos = end
         return self._buf[pos:end]
+
+
+def envelope_plaintext(
+    nonce: bytes, encoded_event: bytes, encoded_effect: bytes | None = None
+) -> bytes:
+    """det_cbor({"n": nonce, "b": event}) from the event's det-CBOR bytes, without encoding
+    (and checking) the event again: a 2-entry map, keys "b" < "n" in bytewise order, the
+    nonce a 32-byte bstr (header 0x58 0x20). Equal to ``dumps_det`` of the dict (tested)."""
+    if len(nonce) != 32:
+        raise ValueError("nonce must be 32 bytes")
+    if encoded_effect is not None:  # {"b", "e", "n"}: the effect the log derived (effects.py)
+        return b"\xa3\x61b" + encoded_event + b"\x61e" + encoded_effect + b"\x61n\x58\x20" + nonce
+    return b"\xa2\x61b" + encoded_event + b"\x61n\x58\x20" + nonce
+
+
+def seal_envelope(
+    aead: AESGCM, lh: bytes, plaintext: bytes, rand: Callable[[int], bytes] = os.urandom
+) -> tuple[bytes, bytes]:
+    """(iv, ciphertext) of an envelope's plaintext under the subject's DEK; SCIM.md §4.3
+    step 3: the AAD (the leaf hash) binds the ciphertext to its leaf. ``rand``: where the
+    IV comes from (a batch's :class:`RandomPool`; the OS by default)."""
+    iv = rand(IV_SIZE)
+    return iv, aead.encrypt(iv, plaintext, lh)
+
+
+def seal_state(
+    aead: AESGCM,
+    kid: bytes,
+    epoch: int,
+    encoded_state: bytes,
+    rand: Callable[[int], bytes] = os.urandom,
+) -> bytes:
+    """The record of a subject's resource state (its det-CBOR ``encoded_state``), sealed
+    under the subject's DEK of ``epoch``."""
+    iv = rand(IV_SIZE)
+    ct = aead.encrypt(iv, encoded_state, _STATE_AAD + kid)
+    # deterministic key order (v, ct, iv, epoch), known types (tested)
+    return bytes(cbor2.dumps({"v": 1, "ct": ct, "iv": iv, "epoch": epoch}))
 
 
 def epoch_of(ts_ms: int) -> int:
@@ -571,6 +621,49 @@ class KeyRing:
             seal(tk.kek_aead, dek, self._dek_aad(tk, kid, epoch), rand),
         )
         return dek
+
+    # -- what the DEKs seal: resource state and event envelopes --------------------------------
+
+    def state(self, tx: Overlay, tk: TenantKeys, kid: bytes) -> dict[str, Any] | None:
+        """The subject's security-relevant state, decrypted; None if unknown or shredded."""
+        raw = tx.get(store.state_key(kid))
+        if raw is None:
+            return None
+        rec = decode_record(raw, "resource state")
+        dek = self.dek(tx, tk, kid, rec["epoch"])
+        if dek is None:
+            return None  # its epoch expired or the subject was shredded
+        try:
+            got = loads_det(AESGCM(dek).decrypt(rec["iv"], rec["ct"], _STATE_AAD + kid))
+        except (InvalidTag, EventFormatError):
+            raise StorageError("SCIM resource state does not decrypt") from None
+        return got if isinstance(got, dict) else None
+
+    def open_envelope(
+        self, tx: Overlay, tk: TenantKeys, lh: bytes
+    ) -> tuple[Event, bytes, dict[str, Any] | None] | None:
+        """Decrypt the envelope of ``lh``: (event, nonce, effect), or None once erased."""
+        raw = tx.get(store.envelope_key(lh))
+        if raw is None:
+            raise StorageError("SCIM event without an envelope")
+        env = decode_envelope(raw)
+        if isinstance(env, Tombstone):
+            return None
+        dek = self.dek(tx, tk, env.kid, env.epoch)
+        if dek is None:  # shredded, or its retention epoch expired
+            return None
+        try:
+            pt = AESGCM(dek).decrypt(env.iv, env.ct, lh)
+        except InvalidTag:
+            raise StorageError("SCIM envelope does not decrypt (modified record?)") from None
+        try:
+            body = loads_det(pt)
+            effect = body.get("e")
+            if effect is not None and not isinstance(effect, dict):
+                raise TypeError("effect")
+            return validate_event(body["b"]), body["n"], effect
+        except (EventFormatError, KeyError, TypeError):
+            raise StorageError("SCIM envelope holds a malformed body") from None
 
 
 def open_keyring(path: Path, storage: Backend) -> KeyRing:

@@ -48,13 +48,8 @@ from tlog.http import Endpoint, Scoped, header, read_asgi_body
 from tlog.log import NotFound, Published
 from tlog.scim.erasure import SUBJECT_KINDS, ErasureStatus, Hold
 from tlog.scim.keys import SubjectId
-from tlog.scim.service import (
-    Filters,
-    Found,
-    ReceiptInfo,
-    ScimService,
-    Submitted,
-)
+from tlog.scim.search import Filters, Found, ReceiptInfo
+from tlog.scim.service import ScimService, Submitted
 from tlog.scim.store import TS_KEY_SIZE
 
 __all__ = ["scim_routes"]
@@ -378,14 +373,14 @@ class ScimRoutes:
         note = await self.api.note(pub)
 
         def run() -> tuple[list[dict[str, Any]], bytes | None, dict[str, int]]:
-            found, nxt = self.service.search(tenant, f, limit, cursor, pub)
+            found, nxt = self.service.searcher.search(tenant, f, limit, cursor, pub)
             bodies = sum(1 for x in found if not x.erased)
             counts = {"results": len(found), "bodies": bodies, "erased": len(found) - bodies}
             return [self._found_json(x, pub, note) for x in found], nxt, counts
 
         results, nxt, counts = await self._read(run, "a SCIM search")
         # SCIM.md §5.1: every body read is itself logged, before the bodies leave.
-        access, _ = await self.service.record_access(
+        access, _ = await self.service.access.record(
             tenant,
             p,
             what="search",
@@ -435,14 +430,14 @@ class ScimRoutes:
         note = await self.api.note(pub)
 
         def run() -> list[dict[str, Any]]:
-            infos = self.service.receipts(tenant, eid=wanted, req=req)
+            infos = self.service.searcher.receipts(tenant, eid=wanted, req=req)
             return [self._receipt_info_json(r, pub, note) for r in infos]
 
         out = await self._read(run, "a SCIM receipts read")
         if eid is not None and not out:
             raise NotFound("no event with that eid for this tenant")
         if p.role == "auditor":
-            await self.service.record_access(
+            await self.service.access.record(
                 tenant,
                 p,
                 what="receipts",

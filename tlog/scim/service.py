@@ -1,4 +1,4 @@
-"""SCIM event service: ingestion, encrypted bodies, search, receipts, crypto-shredding.
+"""SCIM event service: ingestion (and the service object that the other stages hang off).
 
 No HTTP here (see :mod:`tlog.scim.routes`). The flow of one submission (SCIM.md §4.3):
 
@@ -18,19 +18,23 @@ says ``pending``.
 Subjects (whose DEK encrypts an event): ``(tenant, rt, rid)``; without ``rid`` (a failed
 create) ``(tenant, rt, xid)``; without either, ``(tenant, rt, userName)`` (casefolded, from
 ``mods``); only events with none of the three share one per-tenant ``(tenant, rt, none)``
-subject, which retention expiry shreds. Erasure, retention and legal holds live in
-:mod:`tlog.scim.erasure` (``self.erasures``). The log's own events (``rt`` starting with ``tlog.``)
-belong to a per-tenant system subject and carry no personal data.
+subject, which retention expiry shreds.
+
+The other stages, one module each, reach the store through this object's writer and reader:
+
+* :mod:`tlog.scim.keys`: the key hierarchy and the envelope crypto (sealing and opening
+  bodies and resource state);
+* :mod:`tlog.scim.search` (``self.searcher``): the search index and the reads over it
+  (search pages, receipts);
+* :mod:`tlog.scim.access` (``self.access``): the log's own events, and access events;
+* :mod:`tlog.scim.erasure` (``self.erasures``): erasure, retention and legal holds.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
 import hmac
 import json
-import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -38,20 +42,11 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import cbor2
-from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from client.formats.merkle import leaf_hash
-from client.scim.cbor import EventFormatError, loads_det
-from client.scim.event import (
-    MAX_JSON_SIZE,
-    Event,
-    encode_event,
-    new_event,
-    uuid7,
-    validate_event,
-)
+from client.scim.cbor import EventFormatError
+from client.scim.event import MAX_JSON_SIZE, Event, encode_event
 from client.scim.leaf import (
     NONCE_SIZE,
     commitment,
@@ -61,12 +56,13 @@ from client.scim.leaf import (
     parse_leaf,
 )
 from client.scim.reserved import reserved_names
-from tlog.auth import Forbidden, Principal
+from tlog.auth import Forbidden
 from tlog.backend import Backend, StorageError
 from tlog.errors import Conflict
 from tlog.log import Log, Published
 from tlog.reads import ReadPool
 from tlog.scim import store
+from tlog.scim.access import AccessLog
 from tlog.scim.effects import classify, encode_effect, encode_state
 from tlog.scim.erasure import Erasures
 from tlog.scim.keys import (
@@ -76,59 +72,28 @@ from tlog.scim.keys import (
     SubjectId,
     SubjectKeys,
     TenantKeys,
+    envelope_plaintext,
     epoch_of,
+    seal_envelope,
+    seal_state,
 )
-from tlog.scim.store import Envelope, Overlay, Tombstone, decode_envelope
+from tlog.scim.search import Filters, Searcher, effect_index_values, index_values
+from tlog.scim.store import Envelope, Overlay
 from tlog.sequencer import Sequencer
 
 __all__ = [
-    "FILTERS",
     "Conflict",
-    "Filters",
-    "Found",
-    "ReceiptInfo",
+    "Filters",  # re-exported: its home is tlog.scim.search
     "ScimLimits",
     "ScimService",
     "Submitted",
+    "envelope_plaintext",  # re-exported: its home is tlog.scim.keys
     "subject_of",
 ]
 
 T = TypeVar("T")
 
 SYSTEM_PREFIX = "tlog."
-REASON_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
-IV_SIZE = 12
-_STATE_AAD = b"tlog-scim-state\x00"
-
-# Search index fields; the order is the preference for the index that drives a scan.
-FILTERS: tuple[tuple[str, bytes], ...] = (
-    ("rid", b"r"),
-    ("req", b"q"),
-    ("xid", b"x"),
-    ("ref", b"p"),
-    ("actor", b"a"),
-    ("action", b"c"),
-    ("outcome", b"o"),
-)
-_FIELD = dict(FILTERS)
-
-# OCSF API Activity (6003): 2 = read, 1 = create, 4 = delete.
-_OCSF_READ = [6003, 2]
-_OCSF_CREATE = [6003, 1]
-_OCSF_DELETE = [6003, 4]
-
-
-def envelope_plaintext(
-    nonce: bytes, encoded_event: bytes, encoded_effect: bytes | None = None
-) -> bytes:
-    """det_cbor({"n": nonce, "b": event}) from the event's det-CBOR bytes, without encoding
-    (and checking) the event again: a 2-entry map, keys "b" < "n" in bytewise order, the
-    nonce a 32-byte bstr (header 0x58 0x20). Equal to ``dumps_det`` of the dict (tested)."""
-    if len(nonce) != 32:
-        raise ValueError("nonce must be 32 bytes")
-    if encoded_effect is not None:  # {"b", "e", "n"}: the effect the log derived (effects.py)
-        return b"\xa3\x61b" + encoded_event + b"\x61e" + encoded_effect + b"\x61n\x58\x20" + nonce
-    return b"\xa2\x61b" + encoded_event + b"\x61n\x58\x20" + nonce
 
 
 def _encode_validated(ev: Event) -> bytes:
@@ -197,58 +162,6 @@ class Submitted:
     index: int
 
 
-@dataclass(frozen=True)
-class Filters:
-    rid: str | None = None
-    req: str | None = None
-    xid: str | None = None
-    ref: str | None = None
-    actor: str | None = None
-    action: str | None = None
-    outcome: str | None = None
-    ref_rt: str = "User"
-    since: int | None = None
-    until: int | None = None
-
-    def items(self) -> list[tuple[str, str]]:
-        out = [(n, getattr(self, n)) for n, _ in FILTERS if getattr(self, n) is not None]
-        if self.ref is not None:
-            out.append(("ref_rt", self.ref_rt))
-        for n in ("since", "until"):
-            v = getattr(self, n)
-            if v is not None:
-                out.append((n, str(v)))
-        return sorted(out)
-
-
-@dataclass(frozen=True)
-class Found:
-    """One search result: a sequenced event, decrypted, or erased (event and nonce None)."""
-
-    index: int
-    leaf: bytes
-    leaf_hash: bytes
-    ts: int
-    eid: str
-    event: Event | None
-    nonce: bytes | None
-    effect: dict[str, Any] | None = None  # derived by the log at ingestion (tlog.scim.effects)
-
-    @property
-    def erased(self) -> bool:
-        return self.event is None
-
-
-@dataclass(frozen=True)
-class ReceiptInfo:
-    eid: str
-    leaf: bytes
-    leaf_hash: bytes
-    ts: int
-    index: int | None  # None: accepted but not yet in the tree (pending)
-    erased: bool
-
-
 def subject_of(ev: Mapping[str, Any]) -> SubjectId:
     """The data subject whose DEK encrypts ``ev`` (module docstring)."""
     rt = ev["rt"]
@@ -282,39 +195,6 @@ def user_name_of(ev: Mapping[str, Any]) -> str | None:
             if isinstance(value, str) and value:
                 return value.casefold()
     return None
-
-
-def _ref_value(rt: str, pid: bytes) -> bytes:
-    return rt.encode() + b"\x00" + pid
-
-
-def index_values(ev: Mapping[str, Any]) -> list[tuple[bytes, bytes]]:
-    """(field, value) pairs that the search index records for ``ev``."""
-    out: list[tuple[bytes, bytes]] = []
-    if "rid" in ev:
-        out.append((_FIELD["rid"], ev["rid"].encode()))
-    if "xid" in ev:
-        out.append((_FIELD["xid"], ev["xid"].encode()))
-    if "id" in ev["actor"]:
-        out.append((_FIELD["actor"], ev["actor"]["id"].encode()))
-    for act in ev.get("acts", ()):
-        out.append((_FIELD["action"], act["a"].encode()))
-    out.append((_FIELD["outcome"], ev["outcome"].encode()))
-    out.append((_FIELD["req"], ev["corr"]["req"].encode()))
-    for ref in ev.get("refs", ()):
-        out.append((_FIELD["ref"], _ref_value(ref["rt"], ref["pid"])))
-    return list(dict.fromkeys(out))
-
-
-def effect_index_values(effect: Mapping[str, Any]) -> list[tuple[bytes, bytes]]:
-    """What the search index records for a derived effect: its actions, and the subjects
-    it names (e.g. the members a PUT removed), so both are found by search."""
-    out: list[tuple[bytes, bytes]] = []
-    for act in effect.get("acts", ()):
-        out.append((_FIELD["action"], act["a"].encode()))
-    for ref in effect.get("refs", ()):
-        out.append((_FIELD["ref"], _ref_value(ref["rt"], base64.b64decode(ref["pid"]))))
-    return out
 
 
 def _now_ms() -> int:
@@ -352,6 +232,10 @@ class ScimService:
         self._group_lock = threading.Lock()
         self._group_running = False
         self.erasures = Erasures(self)
+        self.searcher = Searcher(self)
+        self.access = AccessLog(self)
+        # The search, under its old name (callers of the service's reads before the split).
+        self.search = self.searcher.search
         # The log's read pool (tlog.reads): store reads of the async methods run there,
         # never on the event loop (without one, in a worker thread).
         self.reads = reads
@@ -562,9 +446,7 @@ class ScimService:
             None if encoded_effect is None else effect_commitment(nonce, encoded_effect),
         )
         lh = leaf_hash(leaf)
-        iv = rand(IV_SIZE)
-        # SCIM.md §4.3 step 3: the AAD binds the ciphertext to its leaf.
-        ct = aead.encrypt(iv, envelope_plaintext(nonce, encoded, encoded_effect), lh)
+        iv, ct = seal_envelope(aead, lh, envelope_plaintext(nonce, encoded, encoded_effect), rand)
         values = index_values(ev)
         if effect is not None:
             values = list(dict.fromkeys(values + effect_index_values(effect)))
@@ -583,21 +465,6 @@ class ScimService:
         return acc
 
     # -- resource state and effects (tlog.scim.effects) ---------------------------------------
-
-    def _state(self, tx: Overlay, tk: TenantKeys, kid: bytes) -> dict[str, Any] | None:
-        """The subject's security-relevant state, decrypted; None if unknown or shredded."""
-        raw = tx.get(store.state_key(kid))
-        if raw is None:
-            return None
-        rec = store.decode_record(raw, "resource state")
-        dek = self.keys.dek(tx, tk, kid, rec["epoch"])
-        if dek is None:
-            return None  # its epoch expired or the subject was shredded
-        try:
-            got = loads_det(AESGCM(dek).decrypt(rec["iv"], rec["ct"], _STATE_AAD + kid))
-        except (InvalidTag, EventFormatError):
-            raise StorageError("SCIM resource state does not decrypt") from None
-        return got if isinstance(got, dict) else None
 
     def _effect(
         self,
@@ -618,7 +485,7 @@ class ScimService:
         cur = batch.states.get(kid)
         if cur is None:
             # A subject created by this staging has no state record: nothing to read.
-            prev = None if sk.created else self._state(tx, tk, kid)
+            prev = None if sk.created else self.keys.state(tx, tk, kid)
             cur = batch.states[kid] = _State(prev, epoch, aead)
         effect, state, changed = classify(cur.state, ev)
         if changed:
@@ -634,51 +501,17 @@ class ScimService:
             if cur.state is None:
                 tx.delete(store.state_key(kid))
                 continue
-            iv = rand(IV_SIZE)
-            ct = cur.aead.encrypt(iv, encode_state(cur.state), _STATE_AAD + kid)
             tx.put(
                 store.state_key(kid),
-                # deterministic key order (v, ct, iv, epoch), known types (tested)
-                bytes(cbor2.dumps({"v": 1, "ct": ct, "iv": iv, "epoch": cur.epoch})),
+                seal_state(cur.aead, kid, cur.epoch, encode_state(cur.state), rand),
             )
-
-    def _open(self, tx: Overlay, tk: TenantKeys, lh: bytes) -> tuple[Event, bytes] | None:
-        """Decrypt the envelope of ``lh``: (event, nonce), or None once erased."""
-        got = self._open_full(tx, tk, lh)
-        return None if got is None else (got[0], got[1])
-
-    def _open_full(
-        self, tx: Overlay, tk: TenantKeys, lh: bytes
-    ) -> tuple[Event, bytes, dict[str, Any] | None] | None:
-        """Decrypt the envelope of ``lh``: (event, nonce, effect), or None once erased."""
-        raw = tx.get(store.envelope_key(lh))
-        if raw is None:
-            raise StorageError("SCIM event without an envelope")
-        env = decode_envelope(raw)
-        if isinstance(env, Tombstone):
-            return None
-        dek = self.keys.dek(tx, tk, env.kid, env.epoch)
-        if dek is None:  # shredded, or its retention epoch expired
-            return None
-        try:
-            pt = AESGCM(dek).decrypt(env.iv, env.ct, lh)
-        except InvalidTag:
-            raise StorageError("SCIM envelope does not decrypt (modified record?)") from None
-        try:
-            body = loads_det(pt)
-            effect = body.get("e")
-            if effect is not None and not isinstance(effect, dict):
-                raise TypeError("effect")
-            return validate_event(body["b"]), body["n"], effect
-        except (EventFormatError, KeyError, TypeError):
-            raise StorageError("SCIM envelope holds a malformed body") from None
 
     def _check_same(self, tx: Overlay, tk: TenantKeys, leaf: bytes, ev: Event) -> None:
         """A retried eid must carry the same event (when the original is still readable)."""
-        opened = self._open(tx, tk, leaf_hash(leaf))
+        opened = self.keys.open_envelope(tx, tk, leaf_hash(leaf))
         if opened is None:
             return  # erased: nothing to compare with; the original receipt stands
-        _, nonce = opened
+        nonce = opened[1]
         if not hmac.compare_digest(commitment(nonce, ev), parse_leaf(leaf).c):
             raise Conflict(f"eid {ev['eid']} was already logged with a different event")
 
@@ -692,192 +525,3 @@ class ScimService:
             return [self.keys.pid_or_create(tx, tk, rt, rid) for rt, rid in refs]
 
         return await self._write_grouped(stage)
-
-    # -- search -------------------------------------------------------------------------------
-
-    def search(
-        self, tenant: str, f: Filters, limit: int, cursor: bytes | None, pub: Published
-    ) -> tuple[list[Found], bytes | None]:
-        """One page of the tenant's events matching all filters, oldest first (log time).
-
-        Only events in the tree of ``pub`` are returned. The page ends after ``limit``
-        results or ``max_scan`` index records; the returned cursor (``ts ‖ leaf hash`` of
-        the last record examined) continues it, and is None when nothing follows.
-        """
-
-        def run(tx: Overlay) -> tuple[list[Found], bytes | None]:
-            tk = self.keys.tenant(tx, tenant)
-            if tk is None:
-                return [], None
-            conds: list[bytes] = []
-            for name, fld in FILTERS:
-                value = getattr(f, name)
-                if value is None:
-                    continue
-                if name == "ref":
-                    p = self.keys.pid(tx, tk, f.ref_rt, value)
-                    if p is None:
-                        return [], None
-                    raw = _ref_value(f.ref_rt, p)
-                else:
-                    raw = value.encode()
-                conds.append(fld + tk.index_hash(fld, raw))
-            if conds:
-                prefix = store.index_prefix(tk.tn, conds[0])
-            else:
-                prefix = store.tenant_events_prefix(tk.tn)
-            others = conds[1:]
-            start = prefix + store.ts_bytes(f.since or 0)
-            if cursor is not None:
-                start = max(start, prefix + cursor + b"\x00")  # strictly after the cursor
-            results: list[Found] = []
-            scanned = 0
-            for key, _ in tx.rv.aux_range(prefix, start):
-                tail = key[len(prefix) :]
-                ts, lh = store.split_tail(tail)
-                if f.until is not None and ts >= f.until:
-                    return results, None
-                scanned += 1
-                if all(tx.rv.aux(store.index_prefix(tk.tn, c) + tail) is not None for c in others):
-                    found = self._found(tx, tk, lh, pub)
-                    if found is not None:
-                        results.append(found)
-                if len(results) >= limit or scanned >= self.limits.max_scan:
-                    return results, tail
-            return results, None
-
-        return self._read(run)
-
-    def _found(self, tx: Overlay, tk: TenantKeys, lh: bytes, pub: Published) -> Found | None:
-        index = tx.rv.index_of(lh)
-        if index is None or index >= pub.size:
-            return None  # pending, or sequenced after the checkpoint this page answers to
-        leaf = tx.rv.entry(index)
-        raw = tx.get(store.envelope_key(lh))
-        if leaf is None or raw is None:
-            raise StorageError("SCIM event missing from the log or the store")
-        env = decode_envelope(raw)
-        opened = self._open_full(tx, tk, lh)
-        if opened is None:
-            return Found(index, leaf, lh, env.ts, env.eid, None, None)
-        ev, nonce, effect = opened
-        return Found(index, leaf, lh, env.ts, env.eid, ev, nonce, effect)
-
-    # -- receipts -----------------------------------------------------------------------------
-
-    def receipts(
-        self, tenant: str, *, eid: str | None = None, req: str | None = None
-    ) -> list[ReceiptInfo]:
-        """Receipts of the tenant's event ``eid``, or of all events of request id ``req``."""
-
-        def run(tx: Overlay) -> list[ReceiptInfo]:
-            tk = self.keys.tenant(tx, tenant)
-            if tk is None:
-                return []
-            lhs: list[bytes] = []
-            if eid is not None:
-                leaf = tx.get(store.eid_key(tk.tn, eid))
-                if leaf is not None:
-                    lhs.append(leaf_hash(leaf))
-            if req is not None:
-                cond = _FIELD["req"] + tk.index_hash(_FIELD["req"], req.encode())
-                prefix = store.index_prefix(tk.tn, cond)
-                for key, _ in tx.rv.aux_range(prefix):
-                    lhs.append(store.split_tail(key[len(prefix) :])[1])
-                    if len(lhs) >= self.limits.max_receipts:
-                        break
-            out = []
-            for lh in lhs:
-                raw = tx.get(store.envelope_key(lh))
-                if raw is None:
-                    raise StorageError("SCIM event without an envelope")
-                env = decode_envelope(raw)
-                leaf = tx.get(store.eid_key(tk.tn, env.eid))
-                if leaf is None:
-                    raise StorageError("SCIM event without an eid record")
-                erased = isinstance(env, Tombstone)
-                out.append(ReceiptInfo(env.eid, leaf, lh, env.ts, tx.rv.index_of(lh), erased))
-            return out
-
-        return self._read(run)
-
-    # -- the log's own events -----------------------------------------------------------------
-
-    def _system_event(
-        self,
-        tenant: str,
-        principal: Principal,
-        *,
-        rt: str,
-        op: str,
-        action: str,
-        ocsf: list[int],
-        method: str,
-        path: str,
-        dig: bytes,
-        length: int,
-        req_id: str,
-        x: dict[str, Any],
-        rid: str | None = None,
-    ) -> Event:
-        now = self.clock()
-        eid = str(uuid7(now))
-        return new_event(
-            tenant=tenant,
-            sp={"id": "tlog"},
-            op=op,
-            rt=rt,
-            rid=rid or eid,
-            eid=eid,
-            ts=now,
-            actor={"kind": "bearer", "id": principal.token_id, "name": principal.role},
-            corr=req_id,
-            req={"m": method, "p": path, "dig": dig, "len": length},
-            res=200,
-            outcome="success",
-            acts=[{"a": action, "ocsf": ocsf}],
-            x=x,
-        )
-
-    async def record_access(
-        self,
-        tenant: str,
-        principal: Principal,
-        *,
-        what: str,
-        path: str,
-        query: Sequence[tuple[str, str]],
-        counts: Mapping[str, int],
-        req_id: str,
-    ) -> tuple[Submitted, Published]:
-        """Append an access event: who read how many bodies with which query (keyed digest).
-
-        No personal data: the query itself is only present as HMAC(tenant index key, query),
-        which the operator can check against a suspected query and nobody else can.
-        """
-        qtext = "&".join(f"{k}={v}" for k, v in sorted(query)).encode()
-        dig = await self.read_off_loop(
-            lambda tx: self._tenant_digest(tx, tenant, qtext), "a tenant key read"
-        )
-        ev = self._system_event(
-            tenant,
-            principal,
-            rt="tlog.access",
-            op="create",
-            action=f"tlog.access.{what}",
-            ocsf=_OCSF_READ,
-            method="GET",
-            path=path,
-            dig=dig,
-            length=len(qtext),
-            req_id=req_id,
-            x={"what": what, **counts},
-        )
-        done, pub = await self.submit(tenant, [ev], system=True)
-        return done[0], pub
-
-    def _tenant_digest(self, tx: Overlay, tenant: str, data: bytes) -> bytes:
-        tk = self.keys.tenant(tx, tenant)
-        if tk is None:  # a tenant with no events yet: still a keyed, non-reversible digest
-            return hashlib.sha256(self.tenant_ref(tenant) + data).digest()
-        return tk.keyed_digest(data)

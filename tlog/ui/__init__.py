@@ -216,7 +216,7 @@ class Console:
                 if type(v) is not int or not 0 <= v < 1 << 53:
                     raise BadRequest(f"{k} must be a non-negative integer")
                 n[k] = v
-            access, _ = await service.record_access(
+            access, _ = await service.access.record(
                 p.tenant,
                 p,
                 what="export",

@@ -1,0 +1,253 @@
+"""The SCIM search index: what each event records in it, and the reads over it.
+
+Ingestion (:mod:`tlog.scim.service`) records, per event, one key per (field, value) under the
+tenant: ``field ‖ HMAC(tenant index key, field ‖ value)`` then ``ts ‖ leaf hash``
+(:func:`index_values`, :func:`effect_index_values`); values never appear in clear. The reads:
+
+* :meth:`Searcher.search`: one page of a tenant's events matching every filter, oldest first,
+  decrypted (:meth:`tlog.scim.keys.KeyRing.open_envelope`), only those in a published tree;
+* :meth:`Searcher.receipts`: the receipts of one eid, or of every event of one request id.
+
+Reads run on a fresh snapshot through the service's reader (retried when an erasure rotated
+the keys meanwhile); no writes here. Logging the access itself is :mod:`tlog.scim.access`.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from client.formats.merkle import leaf_hash
+from client.scim.event import Event
+from tlog.backend import StorageError
+from tlog.log import Published
+from tlog.scim import store
+from tlog.scim.keys import TenantKeys
+from tlog.scim.store import Overlay, Tombstone, decode_envelope
+
+if TYPE_CHECKING:
+    from tlog.scim.service import ScimService
+
+__all__ = [
+    "FILTERS",
+    "Filters",
+    "Found",
+    "ReceiptInfo",
+    "Searcher",
+    "effect_index_values",
+    "index_values",
+]
+
+# Search index fields; the order is the preference for the index that drives a scan.
+FILTERS: tuple[tuple[str, bytes], ...] = (
+    ("rid", b"r"),
+    ("req", b"q"),
+    ("xid", b"x"),
+    ("ref", b"p"),
+    ("actor", b"a"),
+    ("action", b"c"),
+    ("outcome", b"o"),
+)
+_FIELD = dict(FILTERS)
+
+
+@dataclass(frozen=True)
+class Filters:
+    rid: str | None = None
+    req: str | None = None
+    xid: str | None = None
+    ref: str | None = None
+    actor: str | None = None
+    action: str | None = None
+    outcome: str | None = None
+    ref_rt: str = "User"
+    since: int | None = None
+    until: int | None = None
+
+    def items(self) -> list[tuple[str, str]]:
+        out = [(n, getattr(self, n)) for n, _ in FILTERS if getattr(self, n) is not None]
+        if self.ref is not None:
+            out.append(("ref_rt", self.ref_rt))
+        for n in ("since", "until"):
+            v = getattr(self, n)
+            if v is not None:
+                out.append((n, str(v)))
+        return sorted(out)
+
+
+@dataclass(frozen=True)
+class Found:
+    """One search result: a sequenced event, decrypted, or erased (event and nonce None)."""
+
+    index: int
+    leaf: bytes
+    leaf_hash: bytes
+    ts: int
+    eid: str
+    event: Event | None
+    nonce: bytes | None
+    effect: dict[str, Any] | None = None  # derived by the log at ingestion (tlog.scim.effects)
+
+    @property
+    def erased(self) -> bool:
+        return self.event is None
+
+
+@dataclass(frozen=True)
+class ReceiptInfo:
+    eid: str
+    leaf: bytes
+    leaf_hash: bytes
+    ts: int
+    index: int | None  # None: accepted but not yet in the tree (pending)
+    erased: bool
+
+
+def _ref_value(rt: str, pid: bytes) -> bytes:
+    return rt.encode() + b"\x00" + pid
+
+
+def index_values(ev: Mapping[str, Any]) -> list[tuple[bytes, bytes]]:
+    """(field, value) pairs that the search index records for ``ev``."""
+    out: list[tuple[bytes, bytes]] = []
+    if "rid" in ev:
+        out.append((_FIELD["rid"], ev["rid"].encode()))
+    if "xid" in ev:
+        out.append((_FIELD["xid"], ev["xid"].encode()))
+    if "id" in ev["actor"]:
+        out.append((_FIELD["actor"], ev["actor"]["id"].encode()))
+    for act in ev.get("acts", ()):
+        out.append((_FIELD["action"], act["a"].encode()))
+    out.append((_FIELD["outcome"], ev["outcome"].encode()))
+    out.append((_FIELD["req"], ev["corr"]["req"].encode()))
+    for ref in ev.get("refs", ()):
+        out.append((_FIELD["ref"], _ref_value(ref["rt"], ref["pid"])))
+    return list(dict.fromkeys(out))
+
+
+def effect_index_values(effect: Mapping[str, Any]) -> list[tuple[bytes, bytes]]:
+    """What the search index records for a derived effect: its actions, and the subjects
+    it names (e.g. the members a PUT removed), so both are found by search."""
+    out: list[tuple[bytes, bytes]] = []
+    for act in effect.get("acts", ()):
+        out.append((_FIELD["action"], act["a"].encode()))
+    for ref in effect.get("refs", ()):
+        out.append((_FIELD["ref"], _ref_value(ref["rt"], base64.b64decode(ref["pid"]))))
+    return out
+
+
+class Searcher:
+    """The reads over the search index of one SCIM service (its keys, limits and reader)."""
+
+    def __init__(self, svc: ScimService) -> None:
+        self.svc = svc
+
+    def search(
+        self, tenant: str, f: Filters, limit: int, cursor: bytes | None, pub: Published
+    ) -> tuple[list[Found], bytes | None]:
+        """One page of the tenant's events matching all filters, oldest first (log time).
+
+        Only events in the tree of ``pub`` are returned. The page ends after ``limit``
+        results or ``max_scan`` index records; the returned cursor (``ts ‖ leaf hash`` of
+        the last record examined) continues it, and is None when nothing follows.
+        """
+        keys = self.svc.keys
+        max_scan = self.svc.limits.max_scan
+
+        def run(tx: Overlay) -> tuple[list[Found], bytes | None]:
+            tk = keys.tenant(tx, tenant)
+            if tk is None:
+                return [], None
+            conds: list[bytes] = []
+            for name, fld in FILTERS:
+                value = getattr(f, name)
+                if value is None:
+                    continue
+                if name == "ref":
+                    p = keys.pid(tx, tk, f.ref_rt, value)
+                    if p is None:
+                        return [], None
+                    raw = _ref_value(f.ref_rt, p)
+                else:
+                    raw = value.encode()
+                conds.append(fld + tk.index_hash(fld, raw))
+            if conds:
+                prefix = store.index_prefix(tk.tn, conds[0])
+            else:
+                prefix = store.tenant_events_prefix(tk.tn)
+            others = conds[1:]
+            start = prefix + store.ts_bytes(f.since or 0)
+            if cursor is not None:
+                start = max(start, prefix + cursor + b"\x00")  # strictly after the cursor
+            results: list[Found] = []
+            scanned = 0
+            for key, _ in tx.rv.aux_range(prefix, start):
+                tail = key[len(prefix) :]
+                ts, lh = store.split_tail(tail)
+                if f.until is not None and ts >= f.until:
+                    return results, None
+                scanned += 1
+                if all(tx.rv.aux(store.index_prefix(tk.tn, c) + tail) is not None for c in others):
+                    found = self._found(tx, tk, lh, pub)
+                    if found is not None:
+                        results.append(found)
+                if len(results) >= limit or scanned >= max_scan:
+                    return results, tail
+            return results, None
+
+        return self.svc._read(run)
+
+    def _found(self, tx: Overlay, tk: TenantKeys, lh: bytes, pub: Published) -> Found | None:
+        index = tx.rv.index_of(lh)
+        if index is None or index >= pub.size:
+            return None  # pending, or sequenced after the checkpoint this page answers to
+        leaf = tx.rv.entry(index)
+        raw = tx.get(store.envelope_key(lh))
+        if leaf is None or raw is None:
+            raise StorageError("SCIM event missing from the log or the store")
+        env = decode_envelope(raw)
+        opened = self.svc.keys.open_envelope(tx, tk, lh)
+        if opened is None:
+            return Found(index, leaf, lh, env.ts, env.eid, None, None)
+        ev, nonce, effect = opened
+        return Found(index, leaf, lh, env.ts, env.eid, ev, nonce, effect)
+
+    def receipts(
+        self, tenant: str, *, eid: str | None = None, req: str | None = None
+    ) -> list[ReceiptInfo]:
+        """Receipts of the tenant's event ``eid``, or of all events of request id ``req``."""
+        keys = self.svc.keys
+        max_receipts = self.svc.limits.max_receipts
+
+        def run(tx: Overlay) -> list[ReceiptInfo]:
+            tk = keys.tenant(tx, tenant)
+            if tk is None:
+                return []
+            lhs: list[bytes] = []
+            if eid is not None:
+                leaf = tx.get(store.eid_key(tk.tn, eid))
+                if leaf is not None:
+                    lhs.append(leaf_hash(leaf))
+            if req is not None:
+                cond = _FIELD["req"] + tk.index_hash(_FIELD["req"], req.encode())
+                prefix = store.index_prefix(tk.tn, cond)
+                for key, _ in tx.rv.aux_range(prefix):
+                    lhs.append(store.split_tail(key[len(prefix) :])[1])
+                    if len(lhs) >= max_receipts:
+                        break
+            out = []
+            for lh in lhs:
+                raw = tx.get(store.envelope_key(lh))
+                if raw is None:
+                    raise StorageError("SCIM event without an envelope")
+                env = decode_envelope(raw)
+                leaf = tx.get(store.eid_key(tk.tn, env.eid))
+                if leaf is None:
+                    raise StorageError("SCIM event without an eid record")
+                erased = isinstance(env, Tombstone)
+                out.append(ReceiptInfo(env.eid, leaf, lh, env.ts, tx.rv.index_of(lh), erased))
+            return out
+
+        return self.svc._read(run)
