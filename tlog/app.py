@@ -40,7 +40,6 @@ from tlog.published import PublishedState
 from tlog.reads import ReadPool
 from tlog.routes import Api
 from tlog.sequencer import Sequencer
-from tlog.witnessing import WitnessPusher
 
 # Api, Query, b64 and read_body are re-exported for the modules that import them from here.
 __all__ = [
@@ -211,7 +210,6 @@ def create_app(
     limits: Limits | None = None,
     *,
     published: PublishedState | None = None,
-    pusher: WitnessPusher | None = None,
     reads: ReadPool | None = None,
     extra_routes: Sequence[Endpoint | BaseRoute] | None = None,
     on_startup: list[Callable[[], Any]] | None = None,
@@ -219,11 +217,10 @@ def create_app(
     api: Api | None = None,
 ) -> LogApp:
     """The app of the log API plus ``extra_routes`` (table rows, ``hot`` ones dispatched
-    fast too, or plain Starlette routes). ``published``: what is handed out (default: the
-    pusher's witnessed state if given, else :class:`tlog.published.Solo`); it is started
-    and stopped with the app, like the sequencer and the read pool."""
-    if published is None and pusher is not None:
-        published = pusher.published
+    fast too, or plain Starlette routes). ``published``: what is handed out (default:
+    :class:`tlog.published.Solo`; a witnessed log passes its pusher's
+    :class:`tlog.published.Witnessed`); it is started and stopped with the app, like the
+    sequencer and the read pool."""
     # ``api``: built by the caller when its extra routes need it (they get it explicitly,
     # not through request.app.state); it must be over the same log, sequencer and tokens.
     if api is None:
@@ -236,9 +233,6 @@ def create_app(
         else:
             others.append(r)
     routes: list[BaseRoute] = [_route(e) for e in table] + others
-    from tlog.ui import console_routes  # the browser console under /ui/ (imports this module)
-
-    routes.extend(console_routes())
     routes.append(Route("/openapi.json", _openapi_endpoint(routes), methods=["GET"]))
     routes = _one_route_per_path(routes)
     state = api.published
@@ -268,5 +262,4 @@ def create_app(
         exception_handlers={HTTPException: http_error, Exception: http_error},
     )
     app.state.api = api
-    app.state.pusher = pusher  # the push rounds, if witnessed (tests, operations)
     return LogApp(app, api, FastRoutes(table))

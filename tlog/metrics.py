@@ -39,8 +39,8 @@ from tlog.reads import ReadPool
 
 if TYPE_CHECKING:
     from tlog.log import Log
+    from tlog.published import PublishedState
     from tlog.sequencer import Sequencer
-    from tlog.witnessing import WitnessPusher
 
 __all__ = ["LATENCY_BUCKETS", "Metrics", "ops_routes"]
 
@@ -185,20 +185,20 @@ class Metrics:
         for ev in events:
             self.scim_events.labels(str(ev.get("op", "?")), str(ev.get("outcome", "?"))).inc()
 
-    def attach(self, log_: Log, seq: Sequencer, pusher: WitnessPusher | None) -> None:
-        """Register the scrape-time gauges of this log."""
-        self.registry.register(_StateCollector(self, log_, seq, pusher))
+    def attach(self, log_: Log, seq: Sequencer, published: PublishedState) -> None:
+        """Register the scrape-time gauges of this log (and of its witnessing, if any)."""
+        self.registry.register(_StateCollector(self, log_, seq, published))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 
 
 class _StateCollector(Collector):
-    def __init__(self, m: Metrics, log_: Log, seq: Sequencer, pusher: WitnessPusher | None) -> None:
+    def __init__(self, m: Metrics, log_: Log, seq: Sequencer, published: PublishedState) -> None:
         self.m = m
         self.log = log_
         self.seq = seq
-        self.pusher = pusher
+        self.published = published
         self.started = time.time()
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
@@ -225,9 +225,9 @@ class _StateCollector(Collector):
             "1 when the log refuses to sign (see /readyz)",
             value=1 if self.log.halted else 0,
         )
-        if self.pusher is None:
+        st = self.published.status()
+        if st is None:  # no witnesses
             return
-        st = self.pusher.status()
         cos = st.get("cosigned_size")
         yield GaugeMetricFamily(
             "tlog_cosigned_tree_size",
@@ -265,7 +265,7 @@ def stored_size(log_: Log) -> int:
 
 
 def readiness(
-    log_: Log, seq: Sequencer, pusher: WitnessPusher | None, stored: int | Exception | None = None
+    log_: Log, seq: Sequencer, published: PublishedState, stored: int | Exception | None = None
 ) -> tuple[bool, dict[str, Any]]:
     """Every check with its state; ready when none failed. ``stored``: the store's tree
     size (or the failure reading it), read here when not given."""
@@ -285,8 +285,8 @@ def readiness(
     checks["signing"] = {"ok": halted is None, "detail": halted or "signing"}
     full = seq.backlog >= seq.max_backlog
     checks["backlog"] = {"ok": not full, "entries": seq.backlog, "limit": seq.max_backlog}
-    if pusher is not None:
-        st = pusher.status()
+    st = published.status()
+    if st is not None:  # witnessed
         cos = st.get("cosigned_size")
         ok_w = sum(1 for w in st.get("witnesses", []) if not w.get("last_error"))
         never = cos is None and log_.latest.size > 0
@@ -304,7 +304,7 @@ def ops_routes(
     metrics: Metrics,
     log_: Log,
     seq: Sequencer,
-    pusher: WitnessPusher | None,
+    published: PublishedState,
     reads: ReadPool | None = None,
 ) -> list[Route]:
     """``GET /readyz`` and ``GET /metrics`` (public, like the rest of the read API)."""
@@ -318,7 +318,7 @@ def ops_routes(
             stored = await pool.run(lambda: stored_size(log_), "the readiness read")
         except Exception as exc:
             stored = exc
-        ok, checks = readiness(log_, seq, pusher, stored)
+        ok, checks = readiness(log_, seq, published, stored)
         return JSONResponse(
             {"status": "ready" if ok else "not ready", "checks": checks},
             status_code=200 if ok else 503,

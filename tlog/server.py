@@ -16,12 +16,14 @@ from tlog.integrity import CHECKPOINT_FILE, CheckpointFile, DataDirLock, preflig
 from tlog.lockfile import default_lock_dir, place_lock_file
 from tlog.log import Log
 from tlog.metrics import Metrics, ops_routes
+from tlog.published import PublishedState, Solo
 from tlog.reads import ReadPool
 from tlog.scim.keys import open_keyring
 from tlog.scim.routes import scim_routes
 from tlog.scim.service import ScimService
 from tlog.sequencer import Sequencer
 from tlog.signer import CheckpointSigner
+from tlog.ui import console_routes
 from tlog.witnessing import WitnessPusher
 
 __all__ = ["build_app"]
@@ -100,6 +102,10 @@ def build_app(
     )
     reads = ReadPool(config.read_threads, config.storage_timeout)
     tokens = TokenStore(storage)
+    metrics = Metrics()
+    # What is handed out (the API, the metrics, the bucket all ask it): the log's own
+    # checkpoints, or with a witness policy what the push rounds gather.
+    published: PublishedState = Solo(log_)
     pusher = None
     if config.witnesses is not None:
         policy = Policy.parse(Path(config.witnesses).read_text("utf-8"))
@@ -115,6 +121,8 @@ def build_app(
             storage.close()
             raise
         seq.on_published = pusher.notify
+        pusher.on_push = metrics.observe_push
+        published = pusher.published
     publisher = None
     if config.bucket is not None or bucket_store is not None:
         try:
@@ -124,7 +132,7 @@ def build_app(
                 config.bucket_endpoint,
                 config.bucket_region,
                 bucket_store,
-                pusher,
+                published,
             )
         except BaseException:
             storage.close()
@@ -138,25 +146,23 @@ def build_app(
             storage.close()
             raise
         service = ScimService(storage, log_, seq, keyring, config.scim, reads=reads)
-    metrics = Metrics()
-    metrics.attach(log_, seq, pusher)
+    metrics.attach(log_, seq, published)
     seq.on_batch = metrics.observe_batch
-    if pusher is not None:
-        pusher.on_push = metrics.observe_push
     if service is not None:
         service.on_logged = metrics.observe_events
-    api = Api(log_, seq, tokens, limits, pusher.published if pusher else None, reads)
+    api = Api(log_, seq, tokens, limits, published, reads)
     app = create_app(
         log_,
         seq,
         tokens,
         limits,
-        pusher=pusher,
+        published=published,
         reads=reads,
         api=api,
         extra_routes=[
-            *ops_routes(metrics, log_, seq, pusher, reads),
+            *ops_routes(metrics, log_, seq, published, reads),
             *(scim_routes(service, api) if service is not None else []),
+            *console_routes(api, service),
         ],
         on_startup=[
             *(
@@ -174,6 +180,7 @@ def build_app(
     app.observe = metrics.observe_request
     app.state.metrics = metrics
     app.state.scim = service
+    app.state.pusher = pusher  # the push rounds, if witnessed (tests, operations)
     if publisher is not None:
         metrics.registry.register(publisher.collector())
     app.state.bucket = publisher
@@ -214,14 +221,13 @@ def _bucket_publisher(
     endpoint: str | None,
     region: str | None,
     store: ObjectStore | None,
-    pusher: WitnessPusher | None,
+    published: PublishedState,
 ) -> BucketPublisher:
     """The publisher to the bucket, checked against the store (refuses a bucket ahead)."""
     if store is None:
         assert bucket is not None
         store = S3Store(bucket, endpoint_url=endpoint, region=region)
-    publisher = BucketPublisher(
-        log_, store, checkpoint_source=pusher.checkpoint if pusher is not None else None
-    )
+    # The bucket gets the checkpoint GET /checkpoint hands out (with witnesses: cosigned).
+    publisher = BucketPublisher(log_, store, checkpoint_source=published.checkpoint)
     publisher.check_at_startup()
     return publisher

@@ -16,6 +16,10 @@ Endpoints added here (docs/api.md "Console"):
   downloads, ``tlog-client scim stream``) as a ``tlog.access.export`` access event of the
   token's tenant, and returns its receipt.
 
+The console is given what it reads explicitly (:func:`console_routes`: the log's
+:class:`tlog.routes.Api` and the SCIM service, if any), as rows of the app's one routing
+table (:class:`tlog.http.Endpoint`), like every other module's routes.
+
 Times: a checkpoint carries no time of its own. The time shown for tree size ``n`` is the
 log time ``ts`` of the SCIM leaf at index ``n - 1`` when that entry is a SCIM leaf, else the
 earliest witness cosignature timestamp for that size, else none.
@@ -26,19 +30,22 @@ from __future__ import annotations
 import re
 import struct
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
-from starlette.routing import Route
 
 from client.formats.note import FormatError, b64decode_strict, parse_note
 from client.formats.policy import Policy
 from client.scim.cbor import EventFormatError
 from client.scim.leaf import parse_leaf
-from tlog.app import Api, Query, b64, read_body
-from tlog.errors import BadRequest, error_response
+from tlog.errors import BadRequest
+from tlog.http import Endpoint, Query, b64, read_body
+from tlog.routes import Api
 from tlog.scim.routes import _request_id, _strict_json
+
+if TYPE_CHECKING:
+    from tlog.scim.service import ScimService
 
 __all__ = ["CSP", "HISTORY_POINTS", "STATIC_DIR", "console_routes", "policy_text"]
 
@@ -101,7 +108,13 @@ def _cosig_times(lines: bytes | None) -> dict[tuple[str, int], int]:
 
 
 class Console:
-    def __init__(self, static_dir: Path = STATIC_DIR) -> None:
+    """The console's handlers over one log (``api``) and its SCIM service (``scim``)."""
+
+    def __init__(
+        self, api: Api, scim: ScimService | None = None, static_dir: Path = STATIC_DIR
+    ) -> None:
+        self.api = api
+        self.scim = scim
         self.files: dict[str, tuple[bytes, str]] = {}
         if static_dir.is_dir():
             for p in sorted(static_dir.iterdir()):
@@ -138,14 +151,11 @@ class Console:
         return min(times.values()) if times else None
 
     async def summary(self, request: Request) -> Response:
-        try:
-            Query(request, set())
-            api = cast(Api, request.app.state.api)
-            return JSONResponse(self._summary(api))
-        except Exception as exc:
-            return error_response(exc)
+        Query(request, set())
+        return JSONResponse(self._summary())
 
-    def _summary(self, api: Api) -> dict[str, Any]:
+    def _summary(self) -> dict[str, Any]:
+        api = self.api
         note = api.published.checkpoint()
         size = _size_of(note)
         policy = api.published.policy
@@ -197,47 +207,43 @@ class Console:
     # -- export records ------------------------------------------------------------------
 
     async def record_export(self, request: Request) -> Response:
-        try:
-            api = cast(Api, request.app.state.api)
-            p = api.principal(request, "auditor")
-            service = getattr(request.app.state, "scim", None)
-            if service is None or p.tenant is None:
-                return JSONResponse({"error": "no SCIM event service"}, 404)
-            doc = _strict_json(await read_body(request, MAX_EXPORT_BODY))
-            counts = ("events", "bodies", "erased")
-            if type(doc) is not dict or not set(doc) <= {"sink", *counts} or "sink" not in doc:
-                raise BadRequest('body must be {"sink": "<code>", "events": n, ...}')
-            sink = doc["sink"]
-            if type(sink) is not str or not _SINK_RE.fullmatch(sink):
-                raise BadRequest("sink must be a code matching [a-z0-9][a-z0-9._-]{0,31}")
-            n: dict[str, int] = {}
-            for k in counts:
-                v = doc.get(k, 0)
-                if type(v) is not int or not 0 <= v < 1 << 53:
-                    raise BadRequest(f"{k} must be a non-negative integer")
-                n[k] = v
-            access, _ = await service.access.record(
-                p.tenant,
-                p,
-                what="export",
-                path="/v1/scim/exports",
-                query=[("sink", sink)],
-                counts=n,
-                req_id=_request_id(request),
-            )
-            return JSONResponse(
-                {
-                    "sink": sink,
-                    "access": {
-                        "eid": access.eid,
-                        "index": access.index,
-                        "leaf_hash": b64(access.leaf_hash),
-                    },
+        p = self.api.principal(request, "auditor")
+        service = self.scim
+        if service is None or p.tenant is None:
+            return JSONResponse({"error": "no SCIM event service"}, 404)
+        doc = _strict_json(await read_body(request, MAX_EXPORT_BODY))
+        counts = ("events", "bodies", "erased")
+        if type(doc) is not dict or not set(doc) <= {"sink", *counts} or "sink" not in doc:
+            raise BadRequest('body must be {"sink": "<code>", "events": n, ...}')
+        sink = doc["sink"]
+        if type(sink) is not str or not _SINK_RE.fullmatch(sink):
+            raise BadRequest("sink must be a code matching [a-z0-9][a-z0-9._-]{0,31}")
+        n: dict[str, int] = {}
+        for k in counts:
+            v = doc.get(k, 0)
+            if type(v) is not int or not 0 <= v < 1 << 53:
+                raise BadRequest(f"{k} must be a non-negative integer")
+            n[k] = v
+        access, _ = await service.access.record(
+            p.tenant,
+            p,
+            what="export",
+            path="/v1/scim/exports",
+            query=[("sink", sink)],
+            counts=n,
+            req_id=_request_id(request),
+        )
+        return JSONResponse(
+            {
+                "sink": sink,
+                "access": {
+                    "eid": access.eid,
+                    "index": access.index,
+                    "leaf_hash": b64(access.leaf_hash),
                 },
-                status_code=201,
-            )
-        except Exception as exc:
-            return error_response(exc)
+            },
+            status_code=201,
+        )
 
 
 def _size_of(note: str) -> int:
@@ -245,13 +251,17 @@ def _size_of(note: str) -> int:
     return int(text.split("\n")[1])
 
 
-def console_routes(static_dir: Path = STATIC_DIR) -> list[Route]:
-    """The console's routes, for :func:`tlog.app.create_app`."""
-    c = Console(static_dir)
+def console_routes(
+    api: Api, scim: ScimService | None = None, static_dir: Path = STATIC_DIR
+) -> list[Endpoint]:
+    """The console's rows of the routing table over ``api`` (the log's, given to
+    :func:`tlog.app.create_app` too) and ``scim`` (without it, ``POST /v1/scim/exports``
+    answers 404), for :func:`tlog.app.create_app`'s ``extra_routes``."""
+    c = Console(api, scim, static_dir)
     return [
-        Route("/ui", c.redirect, methods=["GET"]),
-        Route("/ui/", c.page, methods=["GET"]),
-        Route("/ui/{name}", c.page, methods=["GET"]),
-        Route("/v1/ui/summary", c.summary, methods=["GET"]),
-        Route("/v1/scim/exports", c.record_export, methods=["POST"]),
+        Endpoint("GET", "/ui", c.redirect),
+        Endpoint("GET", "/ui/", c.page),
+        Endpoint("GET", "/ui/{name}", c.page),
+        Endpoint("GET", "/v1/ui/summary", c.summary),
+        Endpoint("POST", "/v1/scim/exports", c.record_export),
     ]
