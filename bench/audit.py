@@ -32,10 +32,10 @@ from pathlib import Path
 
 import httpx
 
-from bench.http import free_port
 from client.formats.tiles import Tile, entry_bundles_for_size, tiles_for_size
 from client.net.logclient import LogClient
 from client.tools.auditor import Auditor
+from harness.net import free_port
 from tlog.auth import TokenStore
 from tlog.log import Log
 from tlog.signer import CheckpointSigner, create_key_file

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from client.formats.note import Ed25519Signer
 from client.formats.tiles import entry_bundles_for_size, tiles_for_size
-from tests.s3support import start_seaweedfs
+from harness.s3 import start_seaweedfs
 from tlog.bucket import BucketPublisher, S3Store, content_headers
 from tlog.log import Log
 from tlog.signer import CheckpointSigner

@@ -22,7 +22,6 @@ import os
 import platform
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+
+from harness.net import free_port, wait_http
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,24 +56,6 @@ request = function()
   return wrk.format("GET", string.format("%FMT%", math.random(0, %MAX%)))
 end
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_up(url: str, proc: subprocess.Popen[bytes]) -> None:
-    for _ in range(400):
-        if proc.poll() is not None:
-            raise RuntimeError(f"{url} exited")
-        try:
-            httpx.get(url, timeout=1)
-            return
-        except httpx.HTTPError:
-            time.sleep(0.05)
-    raise RuntimeError(f"{url} did not start")
 
 
 def parse_wrk(out: str) -> dict[str, float]:
@@ -185,8 +168,8 @@ def log_and_hello(tmp: Path) -> Iterator[tuple[str, str]]:
         )
         procs.append(hello_p)
         turl, hurl = f"http://127.0.0.1:{tport}", f"http://127.0.0.1:{hport}"
-        wait_up(turl + "/checkpoint", tlog_p)
-        wait_up(hurl + "/", hello_p)
+        wait_http(turl + "/checkpoint", tlog_p)
+        wait_http(hurl + "/", hello_p)
         yield turl, hurl
     finally:
         for p in procs:

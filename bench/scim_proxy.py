@@ -38,10 +38,10 @@ from pathlib import Path
 
 import httpx
 
-from bench.http import free_port, wait_up
 from client.adapters.middleware import event_json
 from client.scim.actions import parse_request
 from client.scim.event import new_event
+from harness.net import free_port, wait_http
 
 ROOT = Path(__file__).resolve().parent.parent
 SCIM_TOKEN = "bench-scim-token"
@@ -174,7 +174,7 @@ def start_scim2_server(sp: str) -> tuple[subprocess.Popen[bytes], str]:
         cmd += ["--bearer-token", SCIM_TOKEN]
     p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}/v2"
-    wait_up(base + "/ServiceProviderConfig", p)
+    wait_http(base + "/ServiceProviderConfig", p)
     return p, base
 
 
@@ -372,7 +372,7 @@ def main() -> None:
         )
         procs.append(log_p)
         log_url = f"http://127.0.0.1:{lport}"
-        wait_up(log_url + "/checkpoint", log_p)
+        wait_http(log_url + "/checkpoint", log_p)
         proxy_token = tlog_token(tmp / "log", "bench-proxy")
         batch_token = tlog_token(tmp / "log", "bench-batch")
         (tmp / "proxy.token").write_text(proxy_token)
@@ -416,7 +416,7 @@ def main() -> None:
         )
         procs.append(proxy_p)
         proxy_base = f"http://127.0.0.1:{pport}/v2"
-        wait_up(proxy_base + "/ServiceProviderConfig", proxy_p)
+        wait_http(proxy_base + "/ServiceProviderConfig", proxy_p)
 
         direct_ids = prefill(direct_base, args.prefill)
         proxy_ids = prefill(upstream, args.prefill)

@@ -35,7 +35,6 @@ from pathlib import Path
 
 import httpx
 
-from bench.http import free_port, wait_up
 from client.formats.checkpoint import Checkpoint
 from client.formats.cosignature import CosignatureSigner
 from client.formats.merkle import leaf_hash, root_of_range
@@ -43,6 +42,7 @@ from client.formats.note import Ed25519Signer, sign_note
 from client.net.witness_client import AddCheckpointRequest, WitnessClient
 from client.witness.core import Witness, WitnessedLog
 from client.witness.store import WitnessStore
+from harness.net import free_port, wait_http
 from tlog.tree import NodeReader, RightEdge
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -179,7 +179,7 @@ def main() -> None:
             stderr=subprocess.DEVNULL,
         )
         url = f"http://127.0.0.1:{port}"
-        wait_up(url + "/evidence", proc)
+        wait_http(url + "/evidence", proc)
         wvkey = CosignatureSigner.from_skey(key_file.read_text()).vkey()
         with httpx.Client(timeout=30) as http:
             client = WitnessClient(url, wvkey, http=http)

@@ -8,13 +8,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
-
+from harness.net import STARTUP_TIMEOUT, free_port, wait_for, wait_http
 from tlog.config import ServeConfig
 
 __all__ = [
@@ -34,13 +32,6 @@ __all__ = [
 
 ROOT = Path(__file__).resolve().parent.parent
 ORIGIN = "test.example/log"  # the origin of tests/server's log (make_signer there)
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def slow_reader(address: tuple[str, int], request: bytes) -> socket.socket:
@@ -91,50 +82,7 @@ def serve_args(database: str | None) -> list[str]:
     return [] if database is None else [*store_args(database), "--replication", "none"]
 
 
-# -- waiting for and starting servers --------------------------------------------------------
-
-
-# How long a test waits for a process to come up or a condition to hold before it fails.
-# Generous on purpose: success returns at once, and a loaded 2-core CI machine can take
-# many seconds to start a Python process (a fixed 20 s made tests flaky there).
-STARTUP_TIMEOUT = 60.0
-
-
-def wait_for(
-    cond: Callable[[], object], timeout: float = STARTUP_TIMEOUT, what: str = "condition"
-) -> None:
-    """Poll ``cond`` until it is true; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout} s")
-        time.sleep(0.02)
-
-
-def wait_http(
-    url: str,
-    proc: subprocess.Popen[bytes] | None = None,
-    timeout: float = STARTUP_TIMEOUT,
-    *,
-    ok: Callable[[httpx.Response], bool] = lambda r: True,
-    output: Callable[[], str] = lambda: "",
-) -> None:
-    """Poll ``url`` until it answers (an answer ``ok`` accepts); fail at once, with the
-    process's ``output``, when ``proc`` exits first, and after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process for {url} exited with {proc.returncode}: {output()}")
-        try:
-            if ok(httpx.get(url, timeout=1)):
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    if proc is not None:
-        proc.kill()
-        proc.wait(10)
-    raise RuntimeError(f"{url} did not come up within {timeout} s: {output()}")
+# -- starting servers (waiting for them: harness.net's wait_for, wait_http) ------------------
 
 
 class UvicornThread:

@@ -144,3 +144,58 @@ def test_layer_check_would_notice_an_upward_import(tmp_path: Path) -> None:
         "client/formats/note.py:1: client.formats imports client.net",
         "client/witness/core.py:1: client.witness imports client.tools.cli",
     ]
+
+
+# The top-level packages: who may import whom. The shipped code (tlog, client) imports no
+# test or bench code; benches import no tests (what both need is in harness/, which imports
+# neither); tests import no benches.
+TOP_FORBIDDEN = {
+    "client": {"tlog", "tests", "bench", "harness"},
+    "tlog": {"tests", "bench", "harness"},
+    "harness": {"tlog", "tests", "bench"},
+    "bench": {"tests"},
+    "tests": {"bench"},
+}
+# Benches still importing test harnesses that are not in harness/ yet (docs/testing.md).
+BENCH_TEST_IMPORTS_PENDING = {
+    "bench/pg.py": {"tests.pgreplica"},
+    "bench/witness.py": {"tests.interop.peers"},
+}
+
+
+def _top_imports(path: Path) -> list[tuple[int, str]]:
+    """Every absolute import in ``path`` (relative ones stay inside their package)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.append((node.lineno, node.module))
+    return found
+
+
+def _top_violations(root: Path) -> list[str]:
+    bad = []
+    for top, forbidden in TOP_FORBIDDEN.items():
+        for path in sorted((root / top).rglob("*.py")):
+            rel = path.relative_to(root).as_posix()
+            pending = BENCH_TEST_IMPORTS_PENDING.get(rel, set())
+            for line, name in _top_imports(path):
+                if name.partition(".")[0] in forbidden and name not in pending:
+                    bad.append(f"{rel}:{line}: {top} imports {name}")
+    return bad
+
+
+def test_top_level_packages_import_only_what_they_may() -> None:
+    assert _top_violations(ROOT) == []
+
+
+def test_top_level_check_would_notice_a_bench_importing_tests(tmp_path: Path) -> None:
+    for top in TOP_FORBIDDEN:
+        (tmp_path / top).mkdir()
+    (tmp_path / "bench" / "b.py").write_text("from tests.s3support import start_seaweedfs\n")
+    (tmp_path / "harness" / "h.py").write_text("import tlog.log\n")
+    assert _top_violations(tmp_path) == [
+        "harness/h.py:1: harness imports tlog.log",
+        "bench/b.py:1: bench imports tests.s3support",
+    ]

@@ -1,0 +1,9 @@
+"""What the tests and the benchmarks both start and wait for, defined once.
+
+Neither ``tests/`` nor ``bench/`` imports the other; both import this package (a test's
+pytest specifics, such as skipping, stay in ``tests/``). It imports neither, and neither
+``tlog`` nor ``client`` imports it (``tests/test_layers.py``).
+
+* :mod:`harness.net`: free loopback ports, polling a condition or an HTTP server until up;
+* :mod:`harness.s3`: a real S3-compatible server (SeaweedFS ``weed mini``) on 127.0.0.1.
+"""
