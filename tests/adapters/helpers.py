@@ -10,8 +10,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -265,12 +263,3 @@ def run_tester(base_url: str, token: str = SCIM_TOKEN) -> tuple[list[tuple[str, 
 
 def status_counts(results: list[tuple[str, str]]) -> dict[str, int]:
     return dict(collections.Counter(s for _, s in results))
-
-
-def sleep_until(cond: Callable[[], bool], timeout: float = 20.0, step: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(step)
-    return cond()

@@ -35,7 +35,7 @@ from client.formats.merkle import leaf_hash, verify_inclusion
 from client.formats.note import Ed25519Verifier
 from client.scim.event import event_from_json
 from client.scim.leaf import verify_commitment
-from tests.support import ServerProcess, start_server, store_args
+from tests.support import ServerProcess, start_server, store_args, wait_for
 
 from .helpers import (
     BULK,
@@ -45,7 +45,6 @@ from .helpers import (
     Write,
     free_port,
     run_tester,
-    sleep_until,
     start_proxy,
     start_scim2_server,
     status_counts,
@@ -420,12 +419,13 @@ def test_fail_closed_when_the_outbox_is_full(tmp_path: Path, log: Log) -> None:
             assert r.status_code == 503 and "not applied" in r.json()["detail"]
             assert not exists("refused")  # refused before reaching the SP
             log.restart()  # the backlog drains, the outbox has room again
-            assert sleep_until(
+            wait_for(
                 lambda: c.post("/Users", json=user(f"again-{time.time()}")).status_code == 201,
                 20,
-                0.3,
+                "a write accepted again",
+                step=0.3,
             )
-        assert sleep_until(lambda: len(audit_read(log, auditor)) >= last + 2, 20, 0.3)
+        wait_for(lambda: len(audit_read(log, auditor)) >= last + 2, 20, "two more events", step=0.3)
         events = audit_read(log, auditor)
         names = Counter(e["outcome"] for e in events)
         assert names["success"] >= last + 2

@@ -18,7 +18,8 @@ import pytest
 from client.adapters.proxy import Forwarder, ProxySettings, build_proxy
 from tests.support import UvicornThread, free_port
 
-from .helpers import FakeLog, sleep_until
+from ..support import wait_for
+from .helpers import FakeLog
 
 GZ = gzip.compress(b'{"hello": "world"}')
 
@@ -225,7 +226,7 @@ def test_proxy_app_records_writes_and_passes_reads(upstream: RawUpstream, tmp_pa
             assert r.status_code == 201 and r.headers["tlog-status"] == "queued"
             assert r.headers["x-request-id"] == "put-1"
         assert ("x-request-id", "put-1") in upstream.seen[-1]["headers"]
-        assert sleep_until(lambda: len(log.events) == 1, 10)
+        wait_for(lambda: len(log.events) == 1, 10, "one event delivered")
         ev = log.events[0]
         assert (ev["op"], ev["rid"], ev["ver"]) == (
             "replace",

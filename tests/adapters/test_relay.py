@@ -10,7 +10,8 @@ from client.adapters.outbox import Outbox, OutboxRecord
 from client.adapters.relay import DeliveryError, Relay
 from client.scim.event import event_to_json, new_event
 
-from .helpers import FakeLog, sleep_until
+from ..support import wait_for
+from .helpers import FakeLog
 
 
 def event_record(i: int) -> OutboxRecord:
@@ -97,7 +98,7 @@ def test_backs_off_on_503_and_network_errors_then_delivers(outbox: Outbox) -> No
     relay = relay_for(outbox, log)
     relay.start()
     try:
-        assert sleep_until(lambda: not relay.healthy or len(log.events) == 3, 5)
+        wait_for(lambda: not relay.healthy or len(log.events) == 3, 5, "three events or unhealthy")
         assert relay.flush(10)
         assert relay.healthy
     finally:
@@ -172,7 +173,7 @@ def test_an_oversized_or_garbled_answer_is_a_failed_delivery(outbox: Outbox) -> 
     )
     relay.start()
     try:
-        assert sleep_until(lambda: not answers, 5)
+        wait_for(lambda: not answers, 5, "every answer taken")
     finally:
         relay.stop()
     assert not relay.healthy and "bad answer from the log" in relay.last_error

@@ -50,7 +50,7 @@ from tests.pgreplica import Replicated, replication_missing
 from tests.s3support import SeaweedS3
 from tests.server.conftest import ORIGIN
 from tests.server.test_process import tlog_cli
-from tests.support import ServerProcess, start_server
+from tests.support import ServerProcess, start_server, wait_for
 from tlog.log import Published
 
 pytestmark = pytest.mark.slow
@@ -87,14 +87,12 @@ class Record:
     def wait_for(self, n: int, timeout: float, what: str) -> None:
         """Block until ``n`` more entries are acknowledged (fail after ``timeout`` s)."""
         target = self.count() + n
-        deadline = time.monotonic() + timeout
-        while self.count() < target:
-            if time.monotonic() > deadline:
-                pytest.fail(
-                    f"{what}: no {n} acknowledgements within {timeout} s "
-                    f"({self.count()} so far, {self.errors} failed requests)"
-                )
-            time.sleep(0.05)
+        wait_for(
+            lambda: self.count() >= target,
+            timeout,
+            lambda: f"{what}: {n} acknowledgements ({self.count()} so far, {self.errors} failed)",
+            step=0.05,
+        )
 
 
 def submitter(urls: list[str], token: str, stop: threading.Event, rec: Record, tag: str) -> None:

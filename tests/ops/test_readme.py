@@ -7,7 +7,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import free_port
+from tests.support import free_port, wait_http
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
@@ -43,18 +42,6 @@ def blocks(after: str) -> list[str]:
     """The sh blocks of the README section whose heading contains ``after``."""
     section = README.split(after, 1)[1].split("\n## ", 1)[0]
     return [commands(b) for b in re.findall(r"```sh\n(.*?)```", section, re.S)]  # type: ignore[misc]
-
-
-def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"exited with {proc.returncode}"
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError(f"nothing listens on {port}")
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="the README's commands use curl")
@@ -84,7 +71,10 @@ def test_readme_commands_work_as_printed(tmp_path: Path) -> None:
             start_new_session=True,
         )
         procs.append(p)
-        wait_port(int(port), p)
+        out = tmp_path / f"{name}.log"  # any HTTP answer means it is up
+        wait_http(
+            f"http://127.0.0.1:{port}/", p, 60, output=lambda: out.read_text("utf-8", "replace")
+        )
 
     def run(cmd: str) -> str:
         r = subprocess.run(
