@@ -3,9 +3,10 @@
 Endpoints (c2sp.org/tlog-witness, submission and monitoring prefix = the server root):
 
 * ``POST /add-checkpoint``: body as in the spec, at most 128 KiB (413 beyond, 411 without a
-  Content-Length). 200 with the cosignature line(s), ``text/plain; charset=utf-8``; errors
-  as mapped by :mod:`client.witness.core` (409 carries ``<size>\\n`` as
-  ``text/x.tlog.size``).
+  Content-Length). 200 with the cosignature line(s), ``text/plain; charset=utf-8``; every
+  refusal (this module's too) an exception of :mod:`client.witness.core`, answered with
+  the status of its one table (``STATUS``, through ``status_of``; 409 carries
+  ``<size>\\n`` as ``text/x.tlog.size``).
 * ``GET /<lowercase hex SHA-256(origin)>/checkpoint``: the latest cosigned checkpoint (log
   signature + our cosignature), 404 if we never cosigned that origin.
 * ``GET /evidence``: recorded split-view evidence, JSON ``{"evidence": [...]}``.
@@ -28,7 +29,15 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from client.net.witness_client import MAX_BODY_SIZE
-from client.witness.core import AddCheckpointError, Witness
+from client.witness.core import (
+    AddCheckpointError,
+    BadRequest,
+    LengthRequired,
+    PayloadTooLarge,
+    RequestTimeout,
+    Witness,
+    status_of,
+)
 
 __all__ = ["WitnessApp"]
 
@@ -43,13 +52,6 @@ _TEXT = "text/plain; charset=utf-8"
 MAX_HEAD_SIZE = 16 * 1024  # request headers, all together
 _DRAIN_LIMIT = 4 * MAX_BODY_SIZE
 _CHECKPOINT_PATH = re.compile(r"/([0-9a-f]{64})/checkpoint")
-
-
-class _Refused(Exception):
-    def __init__(self, status: int, body: str) -> None:
-        super().__init__(body)
-        self.status = status
-        self.body = body
 
 
 class WitnessApp:
@@ -129,32 +131,34 @@ class WitnessApp:
     async def _add_checkpoint(self, scope: Scope, receive: Receive, send: Send) -> int:
         try:
             body = await self._read_body(scope, receive)
-        except _Refused as exc:
-            await _respond(send, exc.status, exc.body, close=True)
-            return exc.status
+        except AddCheckpointError as exc:  # the body's framing: the connection is closed
+            status = status_of(exc)
+            await _respond(send, status, exc.body(), exc.content_type, close=True)
+            return status
         try:
             cosigs = await asyncio.to_thread(self.witness.add_checkpoint, body)
         except AddCheckpointError as exc:
-            logger.info("add-checkpoint: %d %s", exc.status, exc)
-            await _respond(send, exc.status, exc.body(), exc.content_type)
-            return exc.status
+            status = status_of(exc)
+            logger.info("add-checkpoint: %d %s", status, exc)
+            await _respond(send, status, exc.body(), exc.content_type)
+            return status
         await _respond(send, 200, cosigs)
         return 200
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
         headers = {k.lower(): v for k, v in scope["headers"]}
         if b"transfer-encoding" in headers:
-            raise _Refused(411, "chunked bodies are not supported; send Content-Length\n")
+            raise LengthRequired("chunked bodies are not supported; send Content-Length")
         length_b = headers.get(b"content-length")
         if length_b is None or not length_b.isdigit():
-            raise _Refused(411, "Content-Length required\n")
+            raise LengthRequired("Content-Length required")
         length = int(length_b)
         if length > MAX_BODY_SIZE:
             if length <= _DRAIN_LIMIT:
                 # Read (and drop) a moderately oversized body first, so that the client sees
                 # the 413 rather than a connection reset while it is still sending.
                 await self._receive_all(receive, length, keep=False)
-            raise _Refused(413, f"body larger than {MAX_BODY_SIZE} bytes\n")
+            raise PayloadTooLarge(f"body larger than {MAX_BODY_SIZE} bytes")
         return await self._receive_all(receive, length, keep=True)
 
     async def _receive_all(self, receive: Receive, length: int, *, keep: bool) -> bytes:
@@ -166,19 +170,19 @@ class WitnessApp:
             try:
                 msg = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
             except TimeoutError:
-                raise _Refused(408, "request body too slow\n") from None
+                raise RequestTimeout("request body too slow") from None
             if msg["type"] == "http.disconnect":
-                raise _Refused(400, "client went away\n")
+                raise BadRequest("client went away")
             chunk = msg.get("body", b"")
             got += len(chunk)
             if got > length:
-                raise _Refused(400, "body longer than Content-Length\n")
+                raise BadRequest("body longer than Content-Length")
             if keep:
                 chunks.append(chunk)
             if not msg.get("more_body", False):
                 break
         if got != length:
-            raise _Refused(400, "truncated body\n")
+            raise BadRequest("truncated body")
         return b"".join(chunks)
 
     @staticmethod

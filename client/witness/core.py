@@ -45,6 +45,26 @@ Decisions this module takes (documented for operators):
   and records evidence if the log's own proof fails (or it refuses for
   ``missing_proof_rounds`` rounds); without a log URL the failure is counted as a
   suspicion, which ``tlog-witness check`` reports.
+* **One exception per refusal, one table of statuses.** Every refusal, the ASGI app's
+  (:mod:`client.witness.asgi`: the body's framing and size) and this module's, is an
+  :class:`AddCheckpointError`; :data:`STATUS` maps each to its HTTP status (the first
+  match wins), and :func:`status_of` is what every answer uses::
+
+      AddCheckpointError              body(): the answer's body (text, or 409's size)
+      ├── BadRequest             400  malformed body or note, extension lines, old > size
+      ├── Forbidden              403  no valid signature from the log's key
+      ├── UnknownOrigin          404  not a configured log
+      ├── RequestTimeout         408  the body did not arrive in time (asgi)
+      ├── Conflict               409  old != our size; the body is that size
+      ├── LengthRequired         411  no Content-Length, or a chunked body (asgi)
+      ├── PayloadTooLarge        413  more than MAX_BODY_SIZE (asgi)
+      ├── Unprocessable          422  a split view, proved or suspected
+      │   ├── Frozen                  split-view evidence is recorded for the origin
+      │   └── Inconsistent            the request's consistency proof fails
+      └── Unavailable            503  the store's compare-and-swap kept losing
+
+  Configuration errors (:class:`client.witness.config.ConfigError`) and the monitor's
+  (``LogUnavailable``, ``ProofRefused``) never reach HTTP.
 * **No cosigning with a log's key.** A cosigning key whose public key equals a configured
   log key (also one derived from the same private key, whatever the name) is refused:
   a cosignature by the log itself would count as an independent witness.
@@ -81,17 +101,22 @@ from client.witness.loglist import log_verifier
 from client.witness.store import Evidence, StoredCheckpoint, WitnessStore
 
 __all__ = [
+    "STATUS",
     "AddCheckpointError",
     "BadRequest",
     "Conflict",
     "Forbidden",
     "Frozen",
     "Inconsistent",
+    "LengthRequired",
+    "PayloadTooLarge",
+    "RequestTimeout",
     "Unavailable",
     "UnknownOrigin",
     "Unprocessable",
     "Witness",
     "WitnessedLog",
+    "status_of",
 ]
 
 logger = logging.getLogger("client.witness")
@@ -99,35 +124,41 @@ logger = logging.getLogger("client.witness")
 _CAS_ATTEMPTS = 3
 
 
-# --- errors: one class per status code ----------------------------------------------------
+# --- errors, and the one table of their HTTP status (module docstring) -------------------
 
 
 class AddCheckpointError(Exception):
-    """A refused request. ``status`` is the HTTP code; :meth:`body` the response body."""
+    """A refused request: its status is :func:`status_of`; :meth:`body` the answer's body."""
 
-    status = 500
     content_type = "text/plain; charset=utf-8"
+
+    @property
+    def status(self) -> int:
+        return status_of(self)
 
     def body(self) -> str:
         return f"{self}\n"
 
 
 class BadRequest(AddCheckpointError):
-    status = 400
+    pass
 
 
 class Forbidden(AddCheckpointError):
-    status = 403
+    pass
 
 
 class UnknownOrigin(AddCheckpointError):
-    status = 404
+    pass
+
+
+class RequestTimeout(AddCheckpointError):
+    pass
 
 
 class Conflict(AddCheckpointError):
-    """409: ``old`` is not our latest size; the body tells the client what it is."""
+    """``old`` is not our latest size; the body tells the client what it is."""
 
-    status = 409
     content_type = CONTENT_TYPE_SIZE
 
     def __init__(self, size: int) -> None:
@@ -138,20 +169,49 @@ class Conflict(AddCheckpointError):
         return f"{self.size}\n"
 
 
+class LengthRequired(AddCheckpointError):
+    pass
+
+
+class PayloadTooLarge(AddCheckpointError):
+    pass
+
+
 class Unprocessable(AddCheckpointError):
-    status = 422
+    pass
 
 
 class Frozen(Unprocessable):
-    """422 because split-view evidence is recorded for the origin."""
+    """Split-view evidence is recorded for the origin."""
 
 
 class Inconsistent(Unprocessable):
-    """422 because the request's consistency proof does not verify (not evidence alone)."""
+    """The request's consistency proof does not verify (not evidence alone)."""
 
 
 class Unavailable(AddCheckpointError):
-    status = 503
+    pass
+
+
+STATUS: tuple[tuple[type[AddCheckpointError], int], ...] = (
+    (BadRequest, 400),
+    (Forbidden, 403),
+    (UnknownOrigin, 404),
+    (RequestTimeout, 408),
+    (Conflict, 409),
+    (LengthRequired, 411),
+    (PayloadTooLarge, 413),
+    (Unprocessable, 422),
+    (Unavailable, 503),
+)
+
+
+def status_of(exc: AddCheckpointError) -> int:
+    """The HTTP status of a refusal (:data:`STATUS`; 500 for one it does not list)."""
+    for cls, status in STATUS:
+        if isinstance(exc, cls):
+            return status
+    return 500
 
 
 # --- configuration values -----------------------------------------------------------------
