@@ -102,9 +102,8 @@ def go_references(
     tmp: Path, steps: list[tuple[int, str, list[bytes], int]], vkey_log: str
 ) -> dict[str, float | str]:
     """add-checkpoint throughput of omniwitness and litewitness over HTTP (Ed25519 only)."""
-    import pytest
-
-    from tests.interop.peers import GoWitness, Litewitness, Omniwitness
+    from harness import Unavailable
+    from harness.gowitness import GoWitness, Litewitness, Omniwitness
 
     out: dict[str, float | str] = {}
     starters: dict[str, Callable[[Path], GoWitness]] = {
@@ -123,7 +122,7 @@ def go_references(
                 for old, note, proof, _ in steps:
                     client.add_checkpoint(note, old, proof)
                 out[name] = len(steps) / (time.perf_counter() - t0)
-        except pytest.skip.Exception as exc:
+        except Unavailable as exc:
             out[name] = str(exc)
         finally:
             if w is not None:

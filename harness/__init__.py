@@ -5,5 +5,15 @@ pytest specifics, such as skipping, stay in ``tests/``). It imports neither, and
 ``tlog`` nor ``client`` imports it (``tests/test_layers.py``).
 
 * :mod:`harness.net`: free loopback ports, polling a condition or an HTTP server until up;
-* :mod:`harness.s3`: a real S3-compatible server (SeaweedFS ``weed mini``) on 127.0.0.1.
+* :mod:`harness.s3`: a real S3-compatible server (SeaweedFS ``weed mini``) on 127.0.0.1;
+* :mod:`harness.gobin`: Go programs built at pinned versions and cached;
+* :mod:`harness.gowitness`: the Go witnesses (omniwitness, litewitness) run on 127.0.0.1.
+
+What cannot run on this machine raises :class:`Unavailable` with the reason: a test skips
+with it, a benchmark reports it.
 """
+
+
+class Unavailable(Exception):
+    """What was asked for cannot run here (a tool is missing, a build failed): the message
+    says why."""

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness import Unavailable
 from harness.net import free_port
 
 __all__ = ["SeaweedS3", "Unavailable", "start_seaweedfs", "weed_binary"]
@@ -33,10 +34,6 @@ __all__ = ["SeaweedS3", "Unavailable", "start_seaweedfs", "weed_binary"]
 ACCESS_KEY = "tlogtestkey"
 SECRET_KEY = "tlogtestsecret-not-a-real-credential"
 START_TIMEOUT = 60.0
-
-
-class Unavailable(Exception):
-    """SeaweedFS cannot run here (the reason is the message)."""
 
 
 def weed_binary() -> str | None:
