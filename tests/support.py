@@ -128,6 +128,12 @@ class ServerProcess:
                 self.proc.wait()
 
 
+def dies_with_us(argv: list[str]) -> list[str]:
+    """``argv`` run so that the kernel kills it when this process dies, however it ends
+    (SIGKILL included): see tests/pdeathsig.py. Its pid is the command's own (exec)."""
+    return [sys.executable, "-m", "tests.pdeathsig", str(os.getpid()), "--", *argv]
+
+
 def start_server(
     data: Path,
     port: int | None = None,
@@ -144,9 +150,11 @@ def start_server(
     log_path = data.parent / f"{data.name}-server.log"
     with open(log_path, "ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tlog.cli", "serve", "--data", str(data)]
-            + ["--port", str(port), "--origin", origin, "--log-level", "warning"]
-            + [*serve_args(database), *extra],
+            dies_with_us(
+                [sys.executable, "-m", "tlog.cli", "serve", "--data", str(data)]
+                + ["--port", str(port), "--origin", origin, "--log-level", "warning"]
+                + [*serve_args(database), *extra]
+            ),
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,
