@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.pgsupport import BACKENDS, PgCluster, backend_database, memory_dir, running_cluster
+from tests.pgsupport import (
+    BACKENDS,
+    OldCopy,
+    PgCluster,
+    backend_database,
+    memory_dir,
+    running_cluster,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 VECTORS = ROOT.parent / "shared" / "vectors"
@@ -107,6 +114,16 @@ def new_database(database: str | None, request: pytest.FixtureRequest) -> Callab
         return lambda: None
     cluster: PgCluster = request.getfixturevalue("pg_cluster")
     return cluster.new_schema
+
+
+@pytest.fixture
+def old_copy(
+    database: str | None, request: pytest.FixtureRequest, tmp_path: Path
+) -> Callable[[str], OldCopy]:
+    """``old_copy(name)``: an :class:`~tests.pgsupport.OldCopy` of the store of ``database``
+    (an mdb_copy, or a pg_dump restored with pg_restore), kept under ``tmp_path / name``."""
+    cluster = None if database is None else request.getfixturevalue("pg_cluster")
+    return lambda name: OldCopy(database, cluster, tmp_path / name)
 
 
 # A real S3-compatible server (SeaweedFS), started on first use, one per session.

@@ -421,3 +421,64 @@ def tamper(storage: Backend, table: str, key: bytes, value: bytes | None) -> Non
                 f"INSERT INTO {name} ({', '.join(cols)}, {vcol}) VALUES ({ph})".encode(),
                 (*kvals, val),
             )
+
+
+# -- an old copy of a store, put back (a restored backup) ------------------------------------
+
+
+def url_schema(url: str) -> str:
+    """The schema a test URL's search_path names (``options=-csearch_path=<schema>``)."""
+    from urllib.parse import unquote, urlsplit
+
+    return unquote(urlsplit(url).query).rsplit("=", 1)[1]
+
+
+def pg_tool(cluster: PgCluster, program: str, *args: str) -> None:
+    """Run ``pg_dump``/``pg_restore``/... of the cluster's installation against it over TCP
+    (skips when the program is not installed beside ``initdb``)."""
+    exe = cluster.bin / program
+    if not exe.exists():
+        pytest.skip(f"{program} is not installed beside initdb ({cluster.bin})")
+    r = subprocess.run(
+        [str(exe), "-h", "127.0.0.1", "-p", str(cluster.port), "-U", SUPERUSER, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert r.returncode == 0, f"{program} failed: {r.stdout}{r.stderr}"
+
+
+class OldCopy:
+    """A copy of a store taken now and put back later in place of the live store, as an
+    operator restoring an old backup would, on either backend: LMDB, the environment copied
+    (what ``mdb_copy`` does) and copied over ``<data>/db``; PostgreSQL, ``pg_dump -Fc`` of
+    the store's schema, and later the schema dropped and restored with ``pg_restore``."""
+
+    def __init__(self, database: str | None, cluster: PgCluster | None, dest: Path) -> None:
+        self.database = database
+        self.cluster = cluster
+        self.dest = dest
+
+    def take(self, storage: Backend) -> None:
+        if self.database is None:
+            from tlog.storage import Storage
+
+            assert isinstance(storage, Storage)
+            self.dest.mkdir()
+            storage.env.copy(str(self.dest))
+            return
+        assert self.cluster is not None
+        schema = url_schema(self.database)
+        pg_tool(self.cluster, "pg_dump", "-Fc", "-n", schema, "-f", str(self.dest), "postgres")
+
+    def restore(self, data: Path) -> None:
+        """Put the copy back as the store of the data directory ``data`` (LMDB: its ``db``;
+        PostgreSQL: the schema of ``database``). The store must be closed."""
+        if self.database is None:
+            shutil.rmtree(data / "db")
+            shutil.copytree(self.dest, data / "db")
+            return
+        assert self.cluster is not None
+        self.cluster.sql(f"DROP SCHEMA {url_schema(self.database)} CASCADE")
+        pg_tool(self.cluster, "pg_restore", "-d", "postgres", "--exit-on-error", str(self.dest))

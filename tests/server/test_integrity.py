@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,20 +14,22 @@ from starlette.testclient import TestClient
 
 from client.formats.checkpoint import open_checkpoint
 from client.formats.merkle import leaf_hash, verify_consistency
-from tests.pgsupport import open_store
+from tests.pgsupport import OldCopy, open_store
+from tlog.backend import open_backend
 from tlog.integrity import CheckpointFile, DataDirLock, LockHeld, RollbackDetected, preflight
 from tlog.log import Log, LogHalted
 from tlog.server import build_app
-from tlog.storage import CommitConflict, Storage, StorageError, u64
+from tlog.storage import CommitConflict, StorageError, u64
 
 from ..support import serve_config
 from .conftest import ORIGIN, make_signer
 
 
-def _log(path: Path, remembered: Path | None = None) -> Log:
+def _log(path: Path, remembered: Path | None = None, database: str | None = None) -> Log:
+    """The log in the LMDB store at ``path``, or in ``database``."""
     signer = make_signer()
     cf = None if remembered is None else CheckpointFile(remembered, signer.verifier, ORIGIN)
-    return Log(Storage(path), signer, cf)
+    return Log(open_store(database, path), signer, cf)
 
 
 def _grow(log_: Log, n: int, tag: str) -> None:
@@ -178,34 +181,47 @@ def test_a_torn_write_leaves_the_previous_checkpoint(tmp_path: Path) -> None:
     log_.storage.close()
 
 
-def _published_store(tmp_path: Path, n: int = 5) -> tuple[Path, Path, Path]:
-    """A data dir whose store and remembered checkpoint are at size n, and a backup at 2."""
+def _published_store(
+    tmp_path: Path,
+    n: int = 5,
+    database: str | None = None,
+    backup: OldCopy | None = None,
+) -> tuple[Path, Path, Path]:
+    """A data dir whose store (LMDB in ``<data>/db``, or ``database``) and remembered
+    checkpoint are at size n, and a backup taken at size 2 (into ``backup``, or an LMDB copy
+    in ``tmp_path/backup``)."""
     data = tmp_path / "data"
-    log_ = _log(data / "db", data / "last-checkpoint")
+    data.mkdir()
+    log_ = _log(data / "db", data / "last-checkpoint", database)
     _grow(log_, 2, "e")
-    backup = tmp_path / "backup"
-    backup.mkdir()
-    log_.storage.env.copy(str(backup))  # what mdb_copy does
+    if backup is None and database is None:
+        backup = OldCopy(None, None, tmp_path / "backup")
+    if backup is not None:
+        backup.take(log_.storage)  # mdb_copy, or pg_dump
     for i in range(2, n, 7):
         log_.integrate([f"e-{j}".encode() for j in range(i, min(i + 7, n))])
     log_.storage.close()
-    return data, data / "db", backup
+    return data, data / "db", tmp_path / "backup" if backup is None else backup.dest
 
 
-@pytest.mark.lmdb_only("restores an old copy of the LMDB store")
-def test_restored_old_backup_is_refused(tmp_path: Path, database: str | None) -> None:
-    data, db, backup = _published_store(tmp_path)
-    shutil.rmtree(db)
-    shutil.copytree(backup, db)
+def test_restored_old_backup_is_refused(
+    tmp_path: Path, database: str | None, old_copy: Callable[[str], OldCopy]
+) -> None:
+    """The store put back from a backup taken at size 2 (LMDB: the copied environment;
+    PostgreSQL: a pg_dump restored with pg_restore) while the log has published size 5."""
+    backup = old_copy("backup")
+    data, _, _ = _published_store(tmp_path, 5, database, backup)
+    backup.restore(data)
     with pytest.raises(RollbackDetected) as e:
         build_app(serve_config(data, database), make_signer(), scim=False)
     msg = str(e.value)
     assert "ends at tree size 2" in msg and "already signed and published tree size 5" in msg
     assert "tlog recover --from" in msg
     # The refusal wrote nothing: the store is still the backup.
-    st = Storage(db, readonly=True)
+    st = open_backend(database, data, readonly=True)
     with st.read() as rv:
         assert rv.tree_size() == 2
+        assert rv.entry(2) is None
     st.close()
 
 
@@ -241,42 +257,46 @@ def test_truncated_store_is_refused(tmp_path: Path, database: str | None) -> Non
         preflight(db)
 
 
-@pytest.mark.lmdb_only("swaps in another LMDB store under the data directory")
-def test_a_store_with_another_history_is_refused(tmp_path: Path, database: str | None) -> None:
-    """Same size as remembered, other root: a different store (or a fork) under this key."""
-    data, db, _ = _published_store(tmp_path, 3)
-    shutil.rmtree(db)
-    other = _log(db)
+def test_a_store_with_another_history_is_refused(
+    tmp_path: Path, database: str | None, new_database: Callable[[], str | None]
+) -> None:
+    """Same size as remembered, other root: a different store (or a fork) under this key
+    (LMDB: another store swapped in under the data directory; PostgreSQL: the frontend
+    pointed at another database holding another log)."""
+    data, db, _ = _published_store(tmp_path, 3, database)
+    other_db = new_database()
+    if other_db is None:
+        shutil.rmtree(db)
+    other = _log(db, database=other_db)
     _grow(other, 3, "other")
     other.storage.close()
     with pytest.raises(RollbackDetected, match="differs from the checkpoint this log signed"):
-        build_app(serve_config(data, database), make_signer(), scim=False)
+        build_app(serve_config(data, other_db), make_signer(), scim=False)
 
 
-@pytest.mark.lmdb_only("builds the store with the LMDB Storage class under the data directory")
 def test_store_ahead_of_the_remembered_checkpoint_starts(
     tmp_path: Path, database: str | None
 ) -> None:
-    """A crash between the LMDB commit and the file update leaves the file one batch
+    """A crash between the store's commit and the file update leaves the file one batch
     behind: that is not a rollback, and the file catches up at start."""
-    data, db, _ = _published_store(tmp_path, 3)
+    data, db, _ = _published_store(tmp_path, 3, database)
     old = (data / "last-checkpoint").read_bytes()
-    log_ = _log(db)  # no remembered file: as if the process died before writing it
+    log_ = _log(db, database=database)  # no remembered file: as if it died before writing it
     log_.integrate([b"more"])
     log_.storage.close()
     (data / "last-checkpoint").write_bytes(old)
     app, log2, _ = build_app(serve_config(data, database), make_signer(), scim=False)
     assert log2.latest.size == 4
     assert _remembered(data / "last-checkpoint") == log2.latest.note
-    app.state.data_lock.release()
+    if app.state.data_lock is not None:  # LMDB's data-directory lock
+        app.state.data_lock.release()
     log2.storage.close()
 
 
-@pytest.mark.lmdb_only("builds the store with the LMDB Storage class under the data directory")
 def test_remembered_checkpoint_must_be_signed_by_the_log(
     tmp_path: Path, database: str | None
 ) -> None:
-    data, _, _ = _published_store(tmp_path, 2)
+    data, _, _ = _published_store(tmp_path, 2, database)
     f = data / "last-checkpoint"
     note = _remembered(f)
     assert note is not None
