@@ -29,10 +29,20 @@ from collections.abc import Callable, Collection, Mapping, MutableMapping, Seque
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 from client.adapters.body import Decoded, decode_body
 from client.scim.actions import RequestIntent, action, action_prefix, op_for_method, parse_request
 from client.scim.cbor import EventFormatError, dumps_det
-from client.scim.event import BYTES_FIELDS, MAX_EVENT_SIZE, Event, new_event
+from client.scim.event import (
+    BYTES_FIELDS,
+    MAX_EVENT_SIZE,
+    Event,
+    event_object,
+    new_event,
+    validate_event,
+)
+from client.scim.fastjson import decode_event_json
 
 __all__ = [
     "DISCOVERY_ENDPOINTS",
@@ -51,6 +61,7 @@ __all__ = [
     "now_ms",
     "relative",
     "route",
+    "validated_event",
 ]
 
 Scope = MutableMapping[str, Any]
@@ -246,6 +257,34 @@ def event_json(event: Event) -> str:
     return json.dumps(out, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
+_JSON = msgspec.json.Encoder(order="sorted")
+
+
+def validated_event(**fields: Any) -> tuple[Event, str]:
+    """:func:`client.scim.event.new_event` with the event's JSON form (the outbox record).
+
+    The event is built unvalidated (:func:`client.scim.event.event_object`), encoded to JSON
+    once (msgspec: keys sorted, compact, UTF-8, the byte fields standard base64, i.e. what
+    :func:`event_json` writes), and that text is checked by the compiled checker the log
+    uses for the same form (:func:`client.scim.fastjson.decode_event_json`, which only ever
+    accepts what the reference accepts). The checked text must decode to exactly the object
+    built (no tuple, byte string or non-text key turned into something else by the JSON
+    encoding). Anything else (the checker declines, or the two differ) takes the reference
+    path, :func:`client.scim.event.validate_event`, which accepts or raises
+    :class:`EventFormatError` naming the field, as :func:`new_event` does.
+    """
+    obj = event_object(**fields)
+    try:
+        text = _JSON.encode(obj)
+    except (TypeError, ValueError, OverflowError):  # msgspec.EncodeError is a ValueError
+        text = b""
+    got = decode_event_json(text) if text else None
+    if got is not None and got[0] == obj:
+        return got[0], text.decode("utf-8")
+    ev = validate_event(obj)
+    return ev, event_json(ev)
+
+
 # --- routing ------------------------------------------------------------------------------
 
 
@@ -349,8 +388,13 @@ class Exchange:
 
 @dataclass
 class Recorded:
+    """The events of one exchange, the access records of what is not an event, and the
+    events' JSON forms by ``eid`` as validated (:func:`validated_event`); an event changed
+    afterwards (member pseudonyms substituted) must have its text dropped."""
+
     events: list[Event]
     access: list[dict[str, Any]]
+    texts: dict[str, str] = field(default_factory=dict)
 
 
 class Builder:
@@ -375,6 +419,7 @@ class Builder:
         )
         self._resp: Decoded | None = None
         self.result: dict[str, Any] | None = None  # resulting values the SP returned
+        self.texts: dict[str, str] = {}  # eid -> the event's validated JSON form
 
     def resp(self) -> Any:
         """The SP's answer body as JSON (decoded like the request), or None."""
@@ -473,6 +518,12 @@ class Builder:
             return None, self.req.error
         return self.intent(op, rt, self.req.value)
 
+    def event(self, **fields: Any) -> Event:
+        """One validated event (:func:`validated_event`), its JSON form kept in ``texts``."""
+        ev, text = validated_event(**fields)
+        self.texts[str(ev["eid"])] = text
+        return ev
+
     def make(
         self, fields: dict[str, Any], intent: RequestIntent | None, unparsed: str | None = None
     ) -> list[Event]:
@@ -504,7 +555,7 @@ class Builder:
             if success:
                 full["acts"] = intent.acts
             try:
-                return [new_event(**fields, **full, intent=True)]
+                return [self.event(**fields, **full, intent=True)]
             except EventFormatError as exc:
                 last = exc
             try:
@@ -520,7 +571,7 @@ class Builder:
                 action(f"{action_prefix(fields['rt'])}.uninterpretable", self.cfg.ocsf)
             ]
         try:
-            return [new_event(**fields, **extra, intent=True)]
+            return [self.event(**fields, **extra, intent=True)]
         except EventFormatError as exc:
             last = exc
         # Last resort: drop everything the hooks or the request supplied beyond the minimum.
@@ -539,7 +590,7 @@ class Builder:
         if success:
             acts = [action(f"{action_prefix(fields['rt'])}.uninterpretable", self.cfg.ocsf)]
         return [
-            new_event(
+            self.event(
                 **minimal,
                 acts=acts,
                 x={"uninterpretable": "invalid fields", "dropped": "invalid fields"},
@@ -582,7 +633,9 @@ class Builder:
             if out:
                 x["first"] = out[0]["eid"]
             out.append(
-                new_event(**fields, **part, acts=intent.acts if success else None, x=x, intent=True)
+                self.event(
+                    **fields, **part, acts=intent.acts if success else None, x=x, intent=True
+                )
             )
         return out
 
@@ -653,7 +706,7 @@ class Builder:
         intent, unparsed = self.body_intent(op, target.rt)
         if outcome == "success":
             self.result = _resulting_values(target.rt, resp)
-        return Recorded(self.make(fields, intent, unparsed), [])
+        return Recorded(self.make(fields, intent, unparsed), [], self.texts)
 
     @staticmethod
     def _created_id(resp: Any, location: str | None) -> str:
@@ -697,7 +750,7 @@ class Builder:
             loc = op_resp.get("location")
             if isinstance(bid, str) and isinstance(loc, str) and loc:
                 created[bid] = loc.rstrip("/").rsplit("/", 1)[-1]
-        out = Recorded([], [])
+        out = Recorded([], [], self.texts)
         for seq, (op_req, op_resp) in enumerate(zip(ops, matched, strict=True)):
             self._bulk_op(seq, op_req, op_resp, resp if x.status >= 300 else None, created, out)
         return out

@@ -354,7 +354,15 @@ class AuditMiddleware:
 
     @staticmethod
     def _outbox_records(x: Exchange, rec: Recorded) -> list[OutboxRecord]:
-        return [OutboxRecord(str(e["eid"]), x.req_id, event_json(e)) for e in rec.events]
+        """The events' outbox records: their JSON forms as validated when built, or
+        :func:`event_json` for an event changed since (pseudonyms substituted)."""
+        texts = rec.texts
+        out = []
+        for e in rec.events:
+            eid = str(e["eid"])
+            text = texts.get(eid)
+            out.append(OutboxRecord(eid, x.req_id, event_json(e) if text is None else text))
+        return out
 
     def _build_records(
         self, x: Exchange, ref_pid: Callable[[str, str], bytes] | None
@@ -415,6 +423,7 @@ class AuditMiddleware:
                     )
                 else:
                     substitute_pids(rec.events, collector.placeholders(real))
+                    rec.texts.clear()  # the placeholders' texts: stale now
                     records = None
         if records is None:
             if inline:

@@ -69,6 +69,7 @@ __all__ = [
     "encode_event",
     "event_from_json",
     "event_from_obj",
+    "event_object",
     "event_to_json",
     "load_event",
     "new_event",
@@ -626,6 +627,76 @@ def _copy(obj: Any) -> Any:
     return dict(obj) if isinstance(obj, Mapping) else obj
 
 
+def event_object(
+    *,
+    tenant: str,
+    sp: str | Mapping[str, Any],
+    op: str,
+    rt: str,
+    actor: Mapping[str, Any],
+    corr: str | Mapping[str, Any],
+    req: Mapping[str, Any],
+    res: int | Mapping[str, Any],
+    outcome: str,
+    rid: str | None = None,
+    eid: str | None = None,
+    ts: int | None = None,
+    dur: int | None = None,
+    idp: Mapping[str, Any] | None = None,
+    xid: str | None = None,
+    ver: Mapping[str, Any] | None = None,
+    src: Mapping[str, Any] | None = None,
+    patch: Sequence[Mapping[str, Any]] | None = None,
+    mods: Sequence[Mapping[str, Any]] | None = None,
+    refs: Sequence[Mapping[str, Any]] | None = None,
+    err: Mapping[str, Any] | None = None,
+    acts: Sequence[Mapping[str, Any]] | None = None,
+    x: Mapping[str, Any] | None = None,
+    intent: bool = False,
+    ocsf: str = "1.8",
+) -> dict[str, Any]:
+    """The event :func:`new_event` builds (same conveniences), *not yet validated*: for a
+    caller that validates it another way, e.g. in its JSON form with the compiled checker
+    (:mod:`client.scim.fastjson`), falling back to :func:`validate_event`. Raises only on
+    what the derivation of ``acts`` refuses."""
+    if ts is None:
+        ts = time.time_ns() // 1_000_000
+    if eid is None:
+        eid = str(uuid7(ts if type(ts) is int and 0 <= ts < 1 << 48 else None))
+    mods_l = [_copy(m) for m in mods] if mods else None
+    patch_l = [_copy(p) for p in patch] if patch else None
+    if acts is None and outcome == "success":
+        acts = derive_actions(op, rt, mods=mods_l, patch=patch_l, ocsf=ocsf)
+    ev: dict[str, Any] = {
+        "v": 1,
+        "eid": eid,
+        "ts": ts,
+        "dur": dur,
+        "tenant": tenant,
+        "sp": {"id": sp} if isinstance(sp, str) else _drop_empty(sp),
+        "idp": _drop_empty(idp),
+        "op": op,
+        "rt": rt,
+        "rid": rid,
+        "xid": xid,
+        "ver": _drop_empty(ver),
+        "actor": _drop_empty(actor),
+        "src": _drop_empty(src),
+        "corr": {"req": corr} if isinstance(corr, str) else _drop_empty(corr),
+        "req": _drop_empty(req),
+        "patch": patch_l,
+        "mods": mods_l,
+        "refs": [_copy(r) for r in refs] if refs else None,
+        "res": {"st": res} if isinstance(res, int) else _drop_empty(res),
+        "outcome": outcome,
+        "err": _drop_empty(err),
+        "acts": [_copy(a) for a in acts] if acts else None,
+        "x": _copy(x) if x else None,
+        "intent": True if intent else None,
+    }
+    return {k: v for k, v in ev.items() if v is not None}
+
+
 def new_event(
     *,
     tenant: str,
@@ -662,39 +733,32 @@ def new_event(
     success, missing ``acts`` are derived from op/rt/mods/patch with
     :func:`client.scim.actions.derive_actions`. Raises :class:`EventFormatError`.
     """
-    if ts is None:
-        ts = time.time_ns() // 1_000_000
-    if eid is None:
-        eid = str(uuid7(ts if type(ts) is int and 0 <= ts < 1 << 48 else None))
-    mods_l = [_copy(m) for m in mods] if mods else None
-    patch_l = [_copy(p) for p in patch] if patch else None
-    if acts is None and outcome == "success":
-        acts = derive_actions(op, rt, mods=mods_l, patch=patch_l, ocsf=ocsf)
-    ev: dict[str, Any] = {
-        "v": 1,
-        "eid": eid,
-        "ts": ts,
-        "dur": dur,
-        "tenant": tenant,
-        "sp": {"id": sp} if isinstance(sp, str) else _drop_empty(sp),
-        "idp": _drop_empty(idp),
-        "op": op,
-        "rt": rt,
-        "rid": rid,
-        "xid": xid,
-        "ver": _drop_empty(ver),
-        "actor": _drop_empty(actor),
-        "src": _drop_empty(src),
-        "corr": {"req": corr} if isinstance(corr, str) else _drop_empty(corr),
-        "req": _drop_empty(req),
-        "patch": patch_l,
-        "mods": mods_l,
-        "refs": [_copy(r) for r in refs] if refs else None,
-        "res": {"st": res} if isinstance(res, int) else _drop_empty(res),
-        "outcome": outcome,
-        "err": _drop_empty(err),
-        "acts": [_copy(a) for a in acts] if acts else None,
-        "x": _copy(x) if x else None,
-        "intent": True if intent else None,
-    }
-    return validate_event({k: v for k, v in ev.items() if v is not None})
+    return validate_event(
+        event_object(
+            tenant=tenant,
+            sp=sp,
+            op=op,
+            rt=rt,
+            actor=actor,
+            corr=corr,
+            req=req,
+            res=res,
+            outcome=outcome,
+            rid=rid,
+            eid=eid,
+            ts=ts,
+            dur=dur,
+            idp=idp,
+            xid=xid,
+            ver=ver,
+            src=src,
+            patch=patch,
+            mods=mods,
+            refs=refs,
+            err=err,
+            acts=acts,
+            x=x,
+            intent=intent,
+            ocsf=ocsf,
+        )
+    )
