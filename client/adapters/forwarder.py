@@ -12,11 +12,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import ssl
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-import h11
+import httptools
 
 from client.adapters.exchange import SCIM_ERROR_URN
 from client.adapters.middleware import Receive, Scope, Send
@@ -52,34 +53,212 @@ class UpstreamError(Exception):
     """The upstream could not be reached or broke the exchange before its answer started."""
 
 
-class _Conn:
-    """One HTTP/1.1 connection to the upstream, driven by h11."""
+class _ProtocolError(Exception):
+    """The upstream's answer is not HTTP/1.1 the proxy can pass on."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-        self.h11 = h11.Connection(h11.CLIENT)
+
+# What may be sent (RFC 9110 §5.6.2 token, §5.5 field value, as h11 checks them).
+_TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
+_FIELD_VALUE = re.compile(rb"(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?")
+_TARGET = re.compile(rb"[\x21-\x7e]+")
+_MAX_HEAD = 64 * 1024  # bytes of a response head (status line and headers)
+_HIGH_WATER = 1 << 20  # response body bytes buffered before reading from the upstream pauses
+
+
+class _Conn(asyncio.Protocol):
+    """One HTTP/1.1 connection to the upstream: an asyncio protocol whose answers are parsed
+    by httptools (llhttp, the C parser under uvicorn), a fresh parser per exchange.
+
+    The exchange's state is plain attributes; the forwarder waits (:meth:`head`,
+    :meth:`more`) on a future that the callbacks set when the head is complete, body bytes
+    arrived, the answer ended or the connection broke. The per-read timeout is one timer
+    per wait, due ``timeout`` seconds after the last bytes came from the upstream (``last``).
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.error: BaseException | None = None
         self.reused = False
         self.received = 0  # response bytes read in the current exchange
+        self.last = loop.time()
+        self.head_method = False
+        self._wake: asyncio.Future[Any] | None = None
+        self._reading_paused = False
+        self._reset()
+
+    def _reset(self) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.head_bytes = 0
+        self.head_done = False
+        self.done = False
+        self.keep_alive = False
+        self.body: list[bytes] = []
+        self.buffered = 0
+        self.framed = False  # Content-Length or chunked: the end is not the connection's
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.received += len(data)
+        self.last = self.loop.time()
+        if self.done or (self.head_method and self.head_done):
+            self._fail(_ProtocolError("bytes after the end of the answer"))
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(_ProtocolError(f"bad answer: {exc}"))
+            return
+        if not self.head_done and self.received > 2 * _MAX_HEAD:
+            self._fail(_ProtocolError("answer head too large"))
+            return
+        if self.buffered > _HIGH_WATER and self.transport is not None:
+            self._reading_paused = True
+            self.transport.pause_reading()
+        self._notify()
+
+    def eof_received(self) -> bool:
+        return False  # close the transport: connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.head_done and not self.done and not self.framed and not self.head_method:
+            self.done = True  # a body delimited by the connection's end (RFC 9112 §6.3)
+        elif not self.done and self.error is None:
+            self.error = exc or ConnectionResetError("the upstream closed the connection")
+        self._notify()
+
+    # httptools callbacks
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.head_bytes += len(name) + len(value)
+        if self.head_bytes > _MAX_HEAD:
+            raise _ProtocolError("answer head too large")  # feed_data raises, see there
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if status < 200:  # 1xx: skipped (101 is never asked for: Upgrade is not forwarded)
+            self.headers = []
+            return
+        self.status = status
+        self.head_done = True
+        self.keep_alive = self.parser.should_keep_alive()
+        self.framed = status in (204, 304) or any(
+            k.lower() in (b"content-length", b"transfer-encoding") for k, _ in self.headers
+        )
+
+    def on_body(self, data: bytes) -> None:
+        if self.head_done:
+            self.body.append(data)
+            self.buffered += len(data)
+
+    def on_message_complete(self) -> None:
+        if self.head_done:
+            self.done = True
+
+    # the forwarder's side
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.error is None:
+            self.error = exc
+        self.close()
+        self._notify()
+
+    def _notify(self) -> None:
+        w = self._wake
+        if w is not None and not w.done():
+            w.set_result(None)
 
     def usable(self) -> bool:
-        return not self.writer.is_closing() and not self.reader.at_eof()
+        t = self.transport
+        return not self.closed and self.error is None and t is not None and not t.is_closing()
+
+    def reusable(self) -> bool:
+        """The answer ended cleanly and the upstream keeps the connection open."""
+        return (self.done or (self.head_method and self.head_done)) and (
+            self.keep_alive and self.usable()
+        )
 
     def close(self) -> None:
-        self.writer.close()
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def start(self, data: bytes, head_method: bool) -> None:
+        """Send a request; the answer's state starts afresh."""
+        self._reset()
+        self.received = 0
+        self.head_method = head_method
+        self.last = self.loop.time()
+        if self.transport is None:  # pragma: no cover - connected before use
+            raise ConnectionResetError("not connected")
+        self.transport.write(data)
+
+    async def _next(self, timeout: float) -> None:
+        """Until the callbacks report something, or TimeoutError after ``timeout`` seconds
+        without a byte from the upstream."""
+        self._wake = w = self.loop.create_future()
+        timer = self.loop.call_at(self.last + timeout, _expire, w)
+        try:
+            await w
+        finally:
+            timer.cancel()
+            self._wake = None
+        if w.result() is _TIMEOUT and self.loop.time() - self.last >= timeout:
+            raise TimeoutError
+
+    async def head(self, timeout: float) -> None:
+        """Until the answer's head is complete (1xx skipped)."""
+        while not self.head_done:
+            if self.error is not None:
+                raise self.error
+            await self._next(timeout)
+
+    async def more(self, timeout: float) -> None:
+        """Until body bytes are buffered or the answer ended."""
+        while not self.body and not self.done:
+            if self.error is not None:
+                raise self.error
+            await self._next(timeout)
+
+    def take_body(self) -> bytes:
+        data = b"".join(self.body)
+        self.body = []
+        self.buffered = 0
+        if self._reading_paused and self.transport is not None:
+            self._reading_paused = False
+            self.transport.resume_reading()
+        return data
+
+
+_TIMEOUT: Any = object()
+
+
+def _expire(w: asyncio.Future[Any]) -> None:
+    if not w.done():
+        w.set_result(_TIMEOUT)
 
 
 class Forwarder:
     """A pure ASGI app that forwards each HTTP request to ``upstream`` (see the module doc).
 
-    The upstream client is h11 (the HTTP/1.1 engine under httpx and uvicorn) on asyncio
-    streams with a keep-alive pool, rather than an ``httpx.AsyncClient``: the client layer
-    would keep one cookie jar for all the proxy's users (replaying one caller's
-    ``Set-Cookie`` on another's requests), may add default headers, and costs about 1 ms of
-    CPU per request more (measured, ``bench/scim_proxy.py``), which is what limits a proxy
-    sharing a machine with its SP. A request on a reused idle connection that the upstream
-    closed before answering a single byte is retried once on a new connection (the request
-    never reached the SP); nothing else is retried.
+    The upstream client is an asyncio protocol with httptools (llhttp, the C parser uvicorn
+    uses) and a keep-alive pool, rather than an HTTP client library: a client layer would
+    keep one cookie jar for all the proxy's users (replaying one caller's ``Set-Cookie`` on
+    another's requests), may add default headers or decompress, and costs CPU per request
+    that a proxy sharing a machine with its SP takes from the SP (measured,
+    ``bench/scim_proxy.py`` and docs/performance.md: h11 on asyncio streams, aiohttp's
+    client and this). A request on a reused idle connection that the upstream closed before
+    answering a single byte is retried once on a new connection (the request never reached
+    the SP); nothing else is retried.
     """
 
     def __init__(
@@ -123,16 +302,17 @@ class Forwarder:
     # --- connections -------------------------------------------------------------------------
 
     async def _connect(self) -> _Conn:
+        loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.connect_timeout):
-                reader, writer = await asyncio.open_connection(
-                    self.host, self.port, ssl=self.ssl, limit=1 << 20
+                _, conn = await loop.create_connection(
+                    lambda: _Conn(loop), self.host, self.port, ssl=self.ssl
                 )
         except TimeoutError:
             raise UpstreamError("connect timeout") from None
         except OSError as exc:
             raise UpstreamError(f"connect failed: {exc}") from None
-        return _Conn(reader, writer)
+        return conn
 
     async def _acquire(self) -> _Conn:
         while self._idle:
@@ -144,45 +324,10 @@ class Forwarder:
         return await self._connect()
 
     def _release(self, conn: _Conn) -> None:
-        h = conn.h11
-        if (
-            h.our_state is h11.DONE
-            and h.their_state is h11.DONE
-            and len(self._idle) < self.max_idle
-            and conn.usable()
-        ):
-            h.start_next_cycle()
-            conn.received = 0
+        if conn.reusable() and len(self._idle) < self.max_idle:
             self._idle.append(conn)
         else:
             conn.close()
-
-    async def _next_event(self, conn: _Conn) -> Any:
-        while True:
-            event = conn.h11.next_event()
-            if event is not h11.NEED_DATA:
-                return event
-            async with asyncio.timeout(self.timeout):
-                data = await conn.reader.read(65536)
-            conn.received += len(data)
-            conn.h11.receive_data(data)  # b"" = EOF, which h11 turns into an event or error
-
-    async def _exchange(self, conn: _Conn, request: h11.Request, body: bytes) -> h11.Response:
-        """Send the request; return the response head (1xx skipped)."""
-        h = conn.h11
-        data = h.send(request) or b""
-        if body:
-            data += h.send(h11.Data(data=body)) or b""
-        data += h.send(h11.EndOfMessage()) or b""
-        conn.writer.write(data)
-        async with asyncio.timeout(self.timeout):
-            await conn.writer.drain()
-        while True:
-            event = await self._next_event(conn)
-            if isinstance(event, h11.Response):
-                return event
-            if not isinstance(event, h11.InformationalResponse):
-                raise h11.RemoteProtocolError(f"unexpected {type(event).__name__}")
 
     # --- the request -------------------------------------------------------------------------
 
@@ -217,6 +362,27 @@ class Forwarder:
         qs = scope.get("query_string") or b""
         return bytes(raw_path) + (b"?" + bytes(qs) if qs else b"")
 
+    @staticmethod
+    def _request_bytes(
+        method: str, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> bytes:
+        """The request as HTTP/1.1 bytes; ValueError naming what cannot be sent."""
+        m = method.encode("ascii", "replace")
+        if not _TOKEN.fullmatch(m):
+            raise ValueError("illegal method characters")
+        if not _TARGET.fullmatch(target):
+            raise ValueError("illegal target characters")
+        lines = [m + b" " + target + b" HTTP/1.1"]
+        for k, v in headers:
+            if not _TOKEN.fullmatch(k):
+                raise ValueError("illegal header name")
+            if not _FIELD_VALUE.fullmatch(v):
+                raise ValueError("illegal header value")
+            lines.append(k + b": " + v)
+        lines.append(b"")
+        lines.append(body)
+        return b"\r\n".join(lines)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":  # websockets are not SCIM
             return
@@ -235,16 +401,14 @@ class Forwarder:
     async def _forward(self, scope: Scope, send: Send, body: bytes) -> None:
         method = str(scope["method"])
         try:
-            request = h11.Request(
-                method=method,
-                target=self._target(scope),
-                headers=self._request_headers(scope, body),
+            data = self._request_bytes(
+                method, self._target(scope), self._request_headers(scope, body), body
             )
-        except h11.LocalProtocolError as exc:
+        except ValueError as exc:
             await scim_error(send, 400, f"request cannot be forwarded: {exc}")
             return
+        head_method = method == "HEAD"
         conn: _Conn | None = None
-        response: h11.Response | None = None
         for attempt in (1, 2):
             try:
                 conn = await self._acquire()
@@ -253,7 +417,8 @@ class Forwarder:
                 await scim_error(send, 502, "the SCIM service provider cannot be reached")
                 return
             try:
-                response = await self._exchange(conn, request, body)
+                conn.start(data, head_method)
+                await conn.head(self.timeout)
                 break
             except asyncio.CancelledError:
                 conn.close()
@@ -263,7 +428,7 @@ class Forwarder:
                 _log.warning("upstream timeout for %s %s", method, scope["path"])
                 await scim_error(send, 504, "the SCIM service provider did not answer in time")
                 return
-            except (OSError, h11.ProtocolError) as exc:
+            except (OSError, _ProtocolError) as exc:
                 conn.close()
                 # A reused connection the upstream had closed: the request never reached it.
                 if attempt == 1 and conn.reused and conn.received == 0:
@@ -271,38 +436,35 @@ class Forwarder:
                 _log.warning("upstream failed for %s %s: %r", method, scope["path"], exc)
                 await scim_error(send, 502, "the SCIM service provider broke the connection")
                 return
-        if conn is None or response is None:  # pragma: no cover - the loop returns or breaks
+        if conn is None:  # pragma: no cover - the loop returns or breaks
             return
-        drop = _hop_by_hop(list(response.headers.raw_items()))
+        drop = _hop_by_hop(conn.headers)
         await send(
             {
                 "type": "http.response.start",
-                "status": response.status_code,
-                "headers": [
-                    (k, v) for k, v in response.headers.raw_items() if k.lower() not in drop
-                ],
+                "status": conn.status,
+                "headers": [(k, v) for k, v in conn.headers if k.lower() not in drop],
             }
         )
         try:
-            while True:
-                event = await self._next_event(conn)
-                if isinstance(event, h11.Data):
-                    await send(
-                        {"type": "http.response.body", "body": bytes(event.data), "more_body": True}
-                    )
-                elif isinstance(event, h11.EndOfMessage):
+            last = b""
+            while not head_method:
+                await conn.more(self.timeout)
+                if conn.done:
+                    last = conn.take_body()
                     break
-                else:
-                    raise h11.RemoteProtocolError(f"unexpected {type(event).__name__}")
-        except (OSError, TimeoutError, h11.ProtocolError) as exc:  # broke off mid-body
+                chunk = conn.take_body()
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except (OSError, TimeoutError, _ProtocolError) as exc:  # broke off mid-body
             _log.warning("upstream body error for %s %s: %r", method, scope["path"], exc)
             conn.close()
+            last = b""
         except BaseException:  # cancelled (client gone, shutdown): never pool a half-read one
             conn.close()
             raise
         else:
             self._release(conn)
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        await send({"type": "http.response.body", "body": last, "more_body": False})
 
 
 async def scim_error(send: Send, status: int, detail: str) -> None:

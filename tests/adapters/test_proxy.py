@@ -85,7 +85,7 @@ class RawUpstream:
                     await asyncio.sleep(3)
                 w.write(self.answer(method, path, body))
                 await w.drain()
-                if path == "/v2/close":
+                if path in ("/v2/close", "/v2/eof"):
                     w.close()
                     return
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
@@ -93,6 +93,19 @@ class RawUpstream:
 
     @staticmethod
     def answer(method: str, path: str, body: bytes) -> bytes:
+        if path == "/v2/eof":  # no length, no chunks: the body ends with the connection
+            return b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end"
+        if path == "/v2/continue":  # an interim answer first
+            return b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfinal"
+        if path == "/v2/garbage":
+            return b"HTTP/1.1 abc nonsense\r\n\r\n"
+        if path == "/v2/huge-head":
+            return b"HTTP/1.1 200 OK\r\n" + b"X-Pad: " + b"p" * 100_000 + b"\r\n\r\n"
+        if path == "/v2/big":  # 3 MiB in chunks of 64 KiB: streamed, not held whole
+            piece = b"%x\r\n" % 65536 + b"b" * 65536 + b"\r\n"
+            return (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + piece * 48 + b"0\r\n\r\n"
+            )
         if path == "/v2/chunked":
             return (
                 b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
@@ -198,6 +211,45 @@ def test_upstream_errors_are_scim_errors(upstream: RawUpstream, proxy: UvicornTh
         time.sleep(0.2)
         r = c.get("/v2/Users")
         assert r.status_code == 502 and "cannot be reached" in r.json()["detail"]
+
+
+def test_answer_framings_and_broken_answers(proxy: UvicornThread, upstream: RawUpstream) -> None:
+    with httpx.Client(base_url=proxy.url, timeout=10) as c:
+        r = c.get("/v2/eof")
+        assert r.status_code == 200 and r.content == b"until the end"
+        r = c.get("/v2/continue")
+        assert r.status_code == 200 and r.content == b"final"
+        r = c.get("/v2/big")
+        assert r.status_code == 200 and r.content == b"b" * (48 * 65536)
+        for path in ("/v2/garbage", "/v2/huge-head"):
+            r = c.get(path)
+            assert r.status_code == 502, path
+            assert r.json()["detail"] == "the SCIM service provider broke the connection"
+        assert c.get("/v2/Users/x").status_code == 201  # a fresh connection after each
+
+
+def test_request_that_cannot_be_sent_is_refused(upstream: RawUpstream) -> None:
+    fwd = Forwarder(f"http://127.0.0.1:{upstream.port}/v2", timeout=1.0)
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(msg: dict[str, Any]) -> None:
+        sent.append(msg)
+
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/v2/Users",
+        "raw_path": b"/v2/Users",
+        "query_string": b"",
+        "headers": [(b"x-bad", b"line\r\nInjected: yes")],
+    }
+    asyncio.run(fwd(scope, receive, send))
+    assert sent[0]["status"] == 400
+    assert b"cannot be forwarded" in sent[1]["body"]
+    assert upstream.seen == []
 
 
 def test_proxy_app_records_writes_and_passes_reads(upstream: RawUpstream, tmp_path: Path) -> None:
