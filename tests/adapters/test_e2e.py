@@ -206,7 +206,9 @@ def test_compliance_identical_and_every_write_logged(tmp_path: Path, log: Log) -
         )
         procs.append(mw)
         base_mw = f"http://127.0.0.1:{port}/v2"
-        wait_http(base_mw + "/ServiceProviderConfig", mw)
+        # Imports scim2-server, the adapters and uvicorn: on a loaded 2-core machine (a
+        # parallel suite) that alone has taken more than wait_http's default 20 s.
+        wait_http(base_mw + "/ServiceProviderConfig", mw, timeout=60)
 
         t0 = time.monotonic()
         plain, plain_writes = run_tester(base_plain)
