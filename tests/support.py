@@ -144,10 +144,36 @@ def start_server(
 ) -> ServerProcess:
     """Run ``tlog serve`` as a real uvicorn process on 127.0.0.1 (the store ``database``,
     as the ``database`` fixture gives it) and wait until it answers; its output goes to
-    ``<data>-server.log``."""
-    port = port or free_port()
+    ``<data>-server.log``.
+
+    Without ``port``, a free one is picked; the pick and the server's bind are two steps,
+    so another process (a parallel test worker's server, or any client's ephemeral source
+    port) can take it in between: then the server exits with "address already in use" and
+    it is started again on another port (up to 5 picks), instead of failing the test."""
+    picked = port is None
+    log_path = data.parent / f"{data.name}-server.log"
+    for attempt in range(5):
+        start = log_path.stat().st_size if log_path.exists() else 0
+        try:
+            return _start_server(data, port or free_port(), extra, database, origin, timeout)
+        except RuntimeError:
+            tail = log_path.read_bytes()[start:].decode(errors="replace")
+            if not picked or attempt == 4 or "address already in use" not in tail:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _start_server(
+    data: Path,
+    port: int,
+    extra: tuple[str, ...],
+    database: str | None,
+    origin: str,
+    timeout: float,
+) -> ServerProcess:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     log_path = data.parent / f"{data.name}-server.log"
+    start = log_path.stat().st_size if log_path.exists() else 0
     with open(log_path, "ab") as out:
         proc = subprocess.Popen(
             dies_with_us(
@@ -161,11 +187,18 @@ def start_server(
             cwd=ROOT,
         )
     url = f"http://127.0.0.1:{port}"
+    # Ours answers only once it said it bound the port: an answer from another process that
+    # holds the port (ours then exits, "address already in use") is not taken for it.
+    bound = f"tlog: listening on {url}\n".encode()
+
+    def ours(r: httpx.Response) -> bool:
+        return r.status_code == 200 and bound in log_path.read_bytes()[start:]
+
     wait_http(
         url + "/checkpoint",
         proc,
         timeout,
-        ok=lambda r: r.status_code == 200,
+        ok=ours,
         output=lambda: log_path.read_text(errors="replace"),
     )
     return ServerProcess(proc, url, data, port)
