@@ -25,6 +25,7 @@ from client.formats.merkle import (
     EMPTY_ROOT,
     HASH_SIZE,
     CompactRange,
+    LayerVisitor,
     consistency_ranges,
     fold_perfect,
     perfect_subtrees,
@@ -210,21 +211,23 @@ class RightEdge:
             tile = self._blob(0, tindex)
             tile[off : off + take * HASH_SIZE] = leaves
             self._dirty.add((0, tindex))
-            self._range.extend(chunk, self._tile_visitor(tile))
+            self._range.extend_layers(chunk, self._tile_visitor(tile))
             i += take
 
-    def _tile_visitor(self, tile: bytearray) -> Callable[[int, int, bytes], None]:
-        """The visitor for one level-0 tile's leaves: levels 1-7 (most nodes) go straight
-        into that tile's blob, already marked dirty; higher levels to :meth:`_store_node`."""
+    def _tile_visitor(self, tile: bytearray) -> LayerVisitor:
+        """The visitor for one level-0 tile's leaves: each level 1-7 run of nodes (most
+        nodes) goes straight into that tile's blob in one write, already marked dirty;
+        higher levels (the tile's root and above, a few) to :meth:`_store_node`."""
         store_node = self._store_node
         layer = _LAYER_START
 
-        def visit(level: int, index: int, h: bytes) -> None:
+        def visit(level: int, first: int, hashes: list[bytes]) -> None:
             if level < TILE_HEIGHT:
-                off = (layer[level] + (index & ((TILE_WIDTH >> level) - 1))) << 5
-                tile[off : off + HASH_SIZE] = h
+                off = (layer[level] + (first & ((TILE_WIDTH >> level) - 1))) << 5
+                tile[off : off + len(hashes) * HASH_SIZE] = b"".join(hashes)
             else:
-                store_node(level, index, h)
+                for j, h in enumerate(hashes):
+                    store_node(level, first + j, h)
 
         return visit
 

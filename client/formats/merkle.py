@@ -24,6 +24,7 @@ __all__ = [
     "LEAF_PREFIX",
     "NODE_PREFIX",
     "CompactRange",
+    "LayerVisitor",
     "NodeVisitor",
     "VerificationError",
     "consistency_ranges",
@@ -66,6 +67,11 @@ def node_hash(left: bytes, right: bytes) -> bytes:
     return _sha256(NODE_PREFIX + left + right).digest()
 
 
+def _set_bits(n: int) -> list[int]:
+    """The set bits of ``n``, highest first: the levels of a compact range's hashes."""
+    return [k for k in range(n.bit_length() - 1, -1, -1) if n >> k & 1]
+
+
 def _split(n: int) -> int:
     """Largest power of two strictly smaller than n (n >= 2)."""
     return 1 << ((n - 1).bit_length() - 1)
@@ -73,6 +79,10 @@ def _split(n: int) -> int:
 
 NodeVisitor = Callable[[int, int, bytes], None]
 """``visit(level, index, hash)``: a node that an append has just completed (level >= 1)."""
+
+LayerVisitor = Callable[[int, int, list[bytes]], None]
+"""``visit(level, first, hashes)``: the nodes ``first, first + 1, ...`` of ``level`` (>= 1)
+that an append has just completed, in index order."""
 
 
 class CompactRange:
@@ -129,6 +139,43 @@ class CompactRange:
                 push(h)
                 n += 1
         self.size = n
+
+    def extend_layers(self, leaf_hashes: Sequence[bytes], visit: LayerVisitor) -> None:
+        """:meth:`extend`, hashed a level at a time: the same nodes and the same resulting
+        range, but ``visit(level, first, hashes)`` gets each level's completed nodes as one
+        run (indices ``first ..``), bottom up, so a tile store writes a whole run at once.
+        One list comprehension of node hashes per level instead of a loop step and a
+        visitor call per node: the bulk path of a writer (:class:`tlog.tree.RightEdge`)."""
+        n0 = self.size
+        n1 = n0 + len(leaf_hashes)
+        if n1 == n0:
+            return
+        # The old range's node at each level of a set bit of n0 (hashes are highest first).
+        old = dict(zip(_set_bits(n0), self.hashes, strict=True))
+        new: dict[int, bytes] = {}
+        layer, lo, level = list(leaf_hashes), n0, 0  # the new nodes [lo, lo + len) of level
+        while True:
+            if n1 >> level & 1:  # the new range's node at this level: new, or the old one
+                i = (n1 >> level) - 1 - lo
+                new[level] = layer[i] if i >= 0 else old[level]
+            first, end = lo >> 1, (lo + len(layer)) >> 1  # the parents this level completes
+            if end <= first:
+                break
+            # The children of parents first..end-1; the first one's left child is the old
+            # range's node when this level's new run starts at an odd index.
+            kids = [old[level], *layer] if lo & 1 else layer
+            sha, prefix = _sha256, NODE_PREFIX
+            layer = [
+                sha(prefix + kids[i] + kids[i + 1]).digest() for i in range(0, 2 * (end - first), 2)
+            ]
+            level += 1
+            lo = first
+            visit(level, first, layer)
+        for k in range(level + 1, n1.bit_length()):  # above: what n0 had (same bits)
+            if n1 >> k & 1:
+                new[k] = old[k]
+        self.hashes = [new[k] for k in _set_bits(n1)]
+        self.size = n1
 
     def root(self) -> bytes:
         """RFC 6962 MTH of the tree: the right-to-left fold of the range."""

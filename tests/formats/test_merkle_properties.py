@@ -180,6 +180,44 @@ def test_compact_range_visits_every_node_once(size: int, data: st.DataObject) ->
     assert begin.size == start  # copy() shares nothing
 
 
+@PROPERTY
+@given(size=sizes, data=st.data())
+def test_compact_range_layers_are_the_same_nodes(size: int, data: st.DataObject) -> None:
+    # extend_layers (the writer's bulk path) against the oracle, as above: every complete
+    # node of level >= 1 once, in runs of consecutive indices per level, bottom up within
+    # each call, and the same range afterwards; no leaves change nothing.
+    start = data.draw(st.integers(0, size), label="start")
+    cr = CompactRange(start, [node(lv, ix) for lv, ix in perfect_subtrees(0, start)])
+    seen: list[tuple[int, int]] = []
+    levels: list[int] = []  # the levels of the runs of one call
+
+    def visit(level: int, first: int, hashes: list[bytes]) -> None:
+        assert hashes, "an empty run"
+        assert level == len(levels) + 1  # one run per level, bottom up, none skipped
+        levels.append(level)
+        for j, h in enumerate(hashes):
+            assert h == node(level, first + j), (level, first + j)
+            seen.append((level, first + j))
+
+    cr.extend_layers([], visit)
+    assert cr.size == start and not seen
+    pos = start
+    while pos < size:
+        step = data.draw(st.integers(1, size - pos), label="step")
+        levels.clear()
+        cr.extend_layers(LEAF_HASHES[pos : pos + step], visit)
+        pos += step
+    want = [
+        (level, index)
+        for level in range(1, size.bit_length())
+        for index in range(size >> level)
+        if (index + 1) << level > start
+    ]
+    assert sorted(seen) == want
+    assert cr.size == size and cr.root() == mth(size)
+    assert cr.hashes == [node(lv, ix) for lv, ix in perfect_subtrees(0, size)]
+
+
 @pytest.mark.parametrize("size,count", [(0, 1), (1, 0), (3, 1), (-1, 0)])
 def test_compact_range_rejects_a_wrong_number_of_hashes(size: int, count: int) -> None:
     with pytest.raises(ValueError):
