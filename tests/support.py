@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from harness.net import STARTUP_TIMEOUT, free_port, wait_for, wait_http
 from tlog.config import ServeConfig
 
