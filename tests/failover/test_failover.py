@@ -85,7 +85,8 @@ class Record:
             return len(self.acked)
 
     def wait_for(self, n: int, timeout: float, what: str) -> None:
-        """Block until ``n`` more entries are acknowledged (fail after ``timeout`` s)."""
+        """Block until ``n`` more entries are acknowledged (fail after ``timeout`` s: a bound
+        for a broken cluster, twice what a loaded 2-core machine needs, not a pace)."""
         target = self.count() + n
         wait_for(
             lambda: self.count() >= target,
@@ -219,7 +220,7 @@ def test_kill_primary_and_a_frontend_under_load(
     for t in threads:
         t.start()
     try:
-        rec.wait_for(60, 90, "before the failover")
+        rec.wait_for(60, 180, "before the failover")
         time.sleep(rnd.uniform(0.0, 1.0))
         # The database primary is lost: SIGKILL, no shutdown. Its standby had every commit.
         pair.kill_primary()
@@ -227,20 +228,20 @@ def test_kill_primary_and_a_frontend_under_load(
         time.sleep(rnd.uniform(0.0, 0.5))
         pair.promote()
         pair.add_standby()  # until it streams, the new primary acknowledges nothing
-        rec.wait_for(60, 90, "after the promotion (frontends not restarted)")
+        rec.wait_for(60, 180, "after the promotion (frontends not restarted)")
         assert rec.count() > acked_at_kill
 
         # A frontend is lost mid-load; the clients carry on with the other one.
         time.sleep(rnd.uniform(0.0, 1.0))
         os.kill(b.proc.pid, signal.SIGKILL)
         b.proc.wait(10)
-        rec.wait_for(30, 60, "with one frontend")
+        rec.wait_for(30, 120, "with one frontend")
         b = fe.start(b_dir, b.port)
-        rec.wait_for(30, 60, "after the frontend came back")
+        rec.wait_for(30, 120, "after the frontend came back")
     finally:
         stop.set()
         for t in threads:
-            t.join(30)
+            t.join(60)
     assert not rec.unexpected, rec.unexpected[:5]
     assert not [t for t in threads if t.is_alive()]
     try:

@@ -52,7 +52,9 @@ def _hammer(
     statuses: list[int],
     lock: threading.Lock,
 ) -> None:
-    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=10) as c:
+    # 30 s: a slow answer on a loaded CI machine must not end the thread (ReadTimeout).
+    auth = {"Authorization": f"Bearer {token}"}
+    with httpx.Client(base_url=url, headers=auth, timeout=30) as c:
         for i in range(n):
             if i % 3 == 0:
                 batch = [f"{tag}-{i}-{j}".encode() for j in range(5)]
