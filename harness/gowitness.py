@@ -13,7 +13,6 @@ import signal
 import sqlite3
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
@@ -28,7 +27,7 @@ from client.formats.cosignature import (
 from client.formats.merkle import EMPTY_ROOT
 from harness import Unavailable
 from harness.gobin import go_binary
-from harness.net import free_port, wait_http
+from harness.net import free_port, wait_for, wait_http
 
 
 class Proc:
@@ -142,10 +141,7 @@ class Litewitness(GoWitness):
         self._sockdir = Path(tempfile.mkdtemp(prefix="lw", dir="/tmp"))
         sock = self._sockdir / "s"
         self.agent = Proc([agent_bin, "-D", "-a", str(sock)], d / "ssh-agent.log")
-        deadline = time.monotonic() + 10
-        while not sock.exists():
-            assert time.monotonic() < deadline, self.agent.output()
-            time.sleep(0.05)
+        wait_for(sock.exists, 10, lambda: f"ssh-agent's socket: {self.agent.output()}")
         subprocess.run(
             [add_bin, str(key)],
             env={"SSH_AUTH_SOCK": str(sock), "PATH": "/usr/bin:/bin"},

@@ -8,7 +8,6 @@ import contextlib
 import re
 import shutil
 import struct
-import time
 from base64 import b64encode
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -52,7 +51,7 @@ from tlog.server import build_app
 from tlog.signer import CheckpointSigner
 
 from ..s3support import SeaweedS3, audit_bucket
-from ..support import serve_config
+from ..support import serve_config, wait_for
 
 ORIGIN = "bucket.example/log"
 PUBLIC_KEY = re.compile(
@@ -136,10 +135,11 @@ def entries(n: int, tag: str = "e") -> list[bytes]:
 
 def wait_published(node: Node, timeout: float = 30.0) -> None:
     """Until the background publisher has put the log's latest size in the bucket."""
-    deadline = time.monotonic() + timeout
-    while node.publisher.bucket_size < node.log.latest.size:
-        assert time.monotonic() < deadline, node.publisher.status()
-        time.sleep(0.02)
+    wait_for(
+        lambda: node.publisher.bucket_size >= node.log.latest.size,
+        timeout,
+        lambda: f"publishing {node.publisher.status()}",
+    )
 
 
 def recompute(leaves: list[bytes], tile: Tile) -> bytes:
@@ -436,10 +436,9 @@ def test_running_frontend_stops_when_its_database_falls_behind_the_bucket(
         with open_node(tmp_path / "a", seaweedfs, bucket, signer=signer, database=database) as a:
             assert a.add_batch(entries(30, "more")).status_code == 200
             a.publisher.publish_once()
-        deadline = time.monotonic() + 30
-        while stale.log.halted is None:  # its next idle round reads the bucket
-            assert time.monotonic() < deadline, stale.publisher.status()
-            time.sleep(0.02)
+        wait_for(  # its next idle round reads the bucket
+            lambda: stale.log.halted is not None, 30, lambda: f"halt {stale.publisher.status()}"
+        )
         assert "database ends at tree size 50" in stale.log.halted
         assert stale.add_batch([b"would fork"]).status_code == 503
 
@@ -578,10 +577,12 @@ def test_tlog_serve_publishes_with_bucket_flags(
         assert r.status_code == 200, r.text
         note = r.json()["checkpoint"]
         public = seaweedfs.public_url(bucket, "served")
-        deadline = time.monotonic() + 30
-        while httpx.get(public + "/checkpoint", timeout=5).text != note:
-            assert time.monotonic() < deadline, "the checkpoint never reached the bucket"
-            time.sleep(0.05)
+        wait_for(
+            lambda: httpx.get(public + "/checkpoint", timeout=5).text == note,
+            30,
+            "the checkpoint in the bucket",
+            step=0.05,
+        )
         assert httpx.get(public + "/tile/entries/000.p/1", timeout=5).content == (
             b"\x00\x0chello bucket"
         )
@@ -634,11 +635,18 @@ def test_two_frontends_on_one_database_publish_one_bucket(
             sent += batch
         final = max(a.log.latest, b.log.latest, key=lambda p: p.size)
         assert final.size == len(sent)
-        deadline = time.monotonic() + 30
+
         # The frontend that signed the final checkpoint publishes it on its next round.
-        while (got := a.store.get("checkpoint")) is None or got[0].decode() != final.note:
-            assert time.monotonic() < deadline, (a.publisher.status(), b.publisher.status())
-            time.sleep(0.05)
+        def published() -> bool:
+            got = a.store.get("checkpoint")
+            return got is not None and got[0].decode() == final.note
+
+        wait_for(
+            published,
+            30,
+            lambda: f"the final checkpoint ({a.publisher.status()}, {b.publisher.status()})",
+            step=0.05,
+        )
         assert a.log.halted is None and b.log.halted is None
         vkey = a.log.vkey
     result = audit_bucket(seaweedfs, bucket, "logs/one", vkey, tmp_path / "audit.json")

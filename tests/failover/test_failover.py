@@ -27,7 +27,6 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,7 +45,7 @@ from client.formats.tiles import (
     tiles_for_size,
 )
 from tests.bucket.test_publish import recompute
-from tests.pgreplica import Replicated, replication_missing
+from tests.pgreplica import Replicated
 from tests.s3support import SeaweedS3
 from tests.server.conftest import ORIGIN
 from tests.server.test_process import tlog_cli
@@ -56,18 +55,6 @@ from tlog.log import Published
 pytestmark = pytest.mark.slow
 
 SEED = int(os.environ.get("TLOG_FAILOVER_SEED", "12"))
-
-
-@pytest.fixture
-def pair() -> Iterator[Replicated]:
-    reason = replication_missing()
-    if reason is not None:
-        pytest.skip(reason)
-    r = Replicated()
-    try:
-        yield r
-    finally:
-        r.close()
 
 
 @dataclass

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -20,7 +19,7 @@ import pytest
 
 from client.formats.checkpoint import open_checkpoint
 from client.formats.merkle import verify_consistency
-from tests.pgreplica import Replicated, replication_missing
+from tests.pgreplica import Replicated
 from tests.pgsupport import PgCluster
 from tests.server.conftest import ORIGIN, make_signer
 from tests.support import ROOT
@@ -29,18 +28,6 @@ from tlog.log import Log
 from tlog.pg import PgStorage
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def pair() -> Iterator[Replicated]:
-    reason = replication_missing()
-    if reason is not None:
-        pytest.skip(reason)
-    r = Replicated()
-    try:
-        yield r
-    finally:
-        r.close()
 
 
 def test_sync_mode_refuses_a_server_without_synchronous_replication(

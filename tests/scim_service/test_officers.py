@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from tlog.scim.keys import MASTER_KEY_FILE, read_key_file, write_key_file_in_pla
 from tlog.server import build_app
 from tlog.storage import StorageError
 
-from ..support import serve_config
+from ..support import serve_config, wait_for
 from .conftest import BASE_TS, T1, T2, URL, Harness, make_signer, user_event
 
 ALICE = "u-alice-7f3a"
@@ -298,14 +297,13 @@ def test_background_expiry_job(tmp_path: Path, database: str | None) -> None:
                   headers={"Authorization": f"Bearer {po}"})  # fmt: skip
         assert r.status_code == 200
         svc.clock = lambda: BASE_TS + 90 * DAY
-        deadline = time.monotonic() + 20
-        found = []
-        while time.monotonic() < deadline and not found:
-            time.sleep(0.05)
+
+        def expiry_logged() -> bool:
             r = c.get("/v1/scim/events?action=tlog.expiry.run",
                       headers={"Authorization": f"Bearer {aud}"})  # fmt: skip
-            found = r.json()["results"]
-        assert found, "the background job did not expire anything"
+            return bool(r.json()["results"])
+
+        wait_for(expiry_logged, 20, "the background job expiring something", step=0.05)
     log_.storage.close()
 
 

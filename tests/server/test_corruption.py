@@ -24,7 +24,7 @@ import pytest
 from client.formats.merkle import leaf_hash
 from client.formats.note import Signature
 from tests.server.conftest import Harness, make_signer
-from tests.support import ROOT
+from tests.support import ROOT, wait_for
 from tlog.auth import TokenStore
 from tlog.fsck import fsck
 from tlog.log import Log
@@ -365,12 +365,7 @@ def test_periodic_reader_check_clears_readers_of_dead_processes(tmp_path: Path) 
             """)
         p = run("-c", code)
         assert p.returncode == -signal.SIGKILL and "open" in p.stdout
-        import time
-
-        deadline = time.monotonic() + 10
-        while st.stale_readers_cleared == 0 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert st.stale_readers_cleared >= 1
+        wait_for(lambda: st.stale_readers_cleared >= 1, 10, "stale readers cleared")
     finally:
         st.close()
 

@@ -23,7 +23,7 @@ from client.formats.merkle import verify_consistency
 from client.formats.note import b64decode_strict, parse_note
 from client.formats.policy import Policy
 from client.formats.proof_bundle import TlogProof
-from tests.support import ROOT, ServerProcess, free_port, start_server
+from tests.support import ROOT, ServerProcess, free_port, start_server, wait_for
 
 from .conftest import ORIGIN
 
@@ -206,10 +206,9 @@ def check_scenario(
         # Restart it: its state survived the SIGKILL and it never goes back.
         w2.start()
         assert w2.latest_size() >= before
-        deadline = time.monotonic() + 30
-        while w2.latest_size() <= second.size:
-            assert time.monotonic() < deadline, "restarted witness did not catch up"
-            time.sleep(0.1)
+        wait_for(
+            lambda: w2.latest_size() > second.size, 30, "restarted witness catching up", step=0.1
+        )
         third = watch_cosigned(time.monotonic() + 30, second.size + 1)
     finally:
         stop.set()
