@@ -27,6 +27,7 @@ __all__ = [
     "slow_reader",
     "start_server",
     "store_args",
+    "tlog_cli",
     "wait_for",
     "wait_http",
     "wait_reset",
@@ -72,6 +73,18 @@ def serve_config(data: Path, database: str | None = None, **settings: Any) -> Se
         settings.setdefault("replication", "none")
         data.mkdir(mode=0o700, parents=True, exist_ok=True)  # as tlog serve makes it
     return ServeConfig(data=data, database=database, **settings)
+
+
+def tlog_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run the ``tlog`` command (``python -m tlog.cli``) to completion, its output captured
+    as text (bounded: two minutes)."""
+    return subprocess.run(
+        [sys.executable, "-m", "tlog.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
 
 
 def store_args(database: str | None) -> list[str]:

@@ -48,8 +48,7 @@ from tests.bucket.test_publish import recompute
 from tests.pgreplica import Replicated
 from tests.s3support import SeaweedS3
 from tests.server.conftest import ORIGIN
-from tests.server.test_process import tlog_cli
-from tests.support import ServerProcess, start_server, wait_for
+from tests.support import ServerProcess, start_server, tlog_cli, wait_for
 from tlog.log import Published
 
 pytestmark = pytest.mark.slow

@@ -11,11 +11,10 @@ import pytest
 
 from client.formats.checkpoint import Checkpoint, open_checkpoint
 from client.formats.note import Ed25519Verifier
-from tests.support import start_server
+from tests.support import start_server, tlog_cli
 from tlog.storage import Storage
 
 from .conftest import ORIGIN
-from .test_process import tlog_cli
 
 pytestmark = [
     pytest.mark.slow,

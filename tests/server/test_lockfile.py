@@ -7,13 +7,11 @@ import logging
 import os
 import shutil
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.support import ROOT, serve_config
+from tests.support import serve_config, tlog_cli
 from tlog.integrity import DataDirLock, LockHeld
 from tlog.lockfile import LockFileInvisible, _fs_type, default_lock_dir, lock_name
 from tlog.server import build_app
@@ -22,16 +20,6 @@ from tlog.storage import Storage
 from .conftest import make_signer
 
 pytestmark = pytest.mark.lmdb_only("LMDB's lock file (lock.mdb) and where it lives")
-
-
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tlog.cli", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=120,
-    )
 
 
 def _mode(p: Path) -> int:
@@ -79,10 +67,12 @@ def test_two_spellings_of_one_store_name_one_lock_file_and_one_server(tmp_path: 
         assert [f.name for f in files] == [lock_name(tmp_path / "data" / "db")]
         # fsck (another process, on the other spelling) runs on the live store, through the
         # same lock file (no second one appears, none in the store directory).
-        fs = _cli("fsck", "--data", str(alias))
+        fs = tlog_cli("fsck", "--data", str(alias))
         assert fs.returncode == 0, fs.stderr
         assert "2 entries" in fs.stdout
-        made = _cli("token", "create", "--role", "submitter", "--tenant", "t", "--data", str(alias))
+        made = tlog_cli(
+            "token", "create", "--role", "submitter", "--tenant", "t", "--data", str(alias)
+        )
         assert made.returncode == 0, made.stderr
         assert sorted(shm.iterdir()) == files
         assert (tmp_path / "data" / "db" / "lock.mdb").is_symlink()

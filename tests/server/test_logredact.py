@@ -5,8 +5,6 @@ from __future__ import annotations
 import io
 import logging
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -15,7 +13,7 @@ import pytest
 from client.runtime import logredact
 from client.runtime.logredact import RedactingFilter, redact_target, redact_text
 from client.scim import event_to_json, new_event
-from tests.support import ROOT, start_server, store_args
+from tests.support import start_server, store_args, tlog_cli
 
 RID = "u-alice-7f3a"
 XID = "alice.liddell@example.org"
@@ -90,16 +88,6 @@ def test_uvicorn_config_has_the_filter_on_every_handler() -> None:
         assert any(isinstance(f, RedactingFilter) for f in h.filters)
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tlog.cli", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=120,
-    )
-
-
 @pytest.mark.slow
 def test_served_access_and_error_logs_carry_no_identifiers(
     tmp_path: Path, database: str | None
@@ -115,7 +103,7 @@ def test_served_access_and_error_logs_carry_no_identifiers(
             ("aud", "auditor", ["--tenant", "t1"]),
             ("po", "privacy-officer", ["--person", "Dana Officer"]),
         ]:
-            made = _cli(
+            made = tlog_cli(
                 "token",
                 "create",
                 "--role",

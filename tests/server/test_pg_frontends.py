@@ -19,11 +19,10 @@ from client.formats.checkpoint import Checkpoint, open_checkpoint
 from client.formats.merkle import CompactRange, leaf_hash
 from client.formats.note import Ed25519Verifier
 from tests.pgsupport import open_store
-from tests.support import start_server
+from tests.support import start_server, tlog_cli
 
 from .conftest import ORIGIN
 from .test_integrity_process import _hammer
-from .test_process import tlog_cli
 
 pytestmark = pytest.mark.slow
 

@@ -6,8 +6,6 @@ import base64
 import os
 import random
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -19,22 +17,12 @@ from client.formats.checkpoint import Checkpoint, open_checkpoint
 from client.formats.merkle import leaf_hash, verify_consistency, verify_inclusion
 from client.formats.note import Ed25519Verifier, b64decode_strict
 from client.formats.proof_bundle import TlogProof
-from tests.support import ROOT, ServerProcess, start_server, store_args
+from tests.support import ServerProcess, start_server, store_args, tlog_cli
 from tlog.auth import TOKEN_CACHE_SECONDS
 
 from .conftest import ORIGIN
 
 pytestmark = pytest.mark.slow
-
-
-def tlog_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tlog.cli", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=120,
-    )
 
 
 def test_first_start_is_demo_ready(tmp_path: Path, database: str | None) -> None:
