@@ -32,9 +32,9 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 from starlette.types import Scope
 
+from tlog.http import Endpoint
 from tlog.reads import ReadPool
 
 if TYPE_CHECKING:
@@ -306,7 +306,7 @@ def ops_routes(
     seq: Sequencer,
     published: PublishedState,
     reads: ReadPool | None = None,
-) -> list[Route]:
+) -> list[Endpoint]:
     """``GET /readyz`` and ``GET /metrics`` (public, like the rest of the read API)."""
     pool = reads or ReadPool()
 
@@ -333,6 +333,6 @@ def ops_routes(
         )
 
     return [
-        Route("/readyz", readyz, methods=["GET"]),
-        Route("/metrics", metrics_endpoint, methods=["GET"]),
+        Endpoint("GET", "/readyz", readyz),
+        Endpoint("GET", "/metrics", metrics_endpoint),
     ]
