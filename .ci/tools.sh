@@ -25,7 +25,7 @@ have chromium || apt_install chromium
 # witnesses themselves are built by the tests (go install at pinned versions, cached).
 have ssh-agent || apt_install openssh-client
 
-# PostgreSQL backend (tests/pgsupport.py): Debian's server binaries (initdb, pg_ctl under
+# PostgreSQL backend (harness/pg.py): Debian's server binaries (initdb, pg_ctl under
 # /usr/lib/postgresql/<version>/bin). The tests start their own cluster on 127.0.0.1.
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || have initdb || apt_install postgresql
 

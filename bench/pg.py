@@ -4,7 +4,7 @@ same rows, same machine, same run.
     .venv/bin/python -m bench.pg [--entries 20000] [--batch 1000] [--singles 200] [--rounds 2]
                                  [--no-replica] [--profile]
 
-Starts its own throwaway PostgreSQL on 127.0.0.1 (the test harness, tests/pgreplica.py:
+Starts its own throwaway PostgreSQL on 127.0.0.1 (harness/pgreplica.py, as the tests do:
 ``fsync = on``, ``synchronous_commit = on``), twice: alone, and as a primary with a synchronous
 streaming standby (the HA configuration). Each scenario is run in process, as ``tlog serve``'s
 writer thread runs it (``Log.integrate`` on the backend, the remembered-checkpoint file
@@ -185,7 +185,7 @@ class Server:
     """A throwaway PostgreSQL (alone, or with a synchronous standby) and fresh databases."""
 
     def __init__(self, replica: bool, profile: bool) -> None:
-        from tests.pgreplica import Replicated
+        from harness.pgreplica import Replicated
 
         conf: dict[str, str] = {}
         if profile:
@@ -263,7 +263,7 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true")
     args = ap.parse_args()
 
-    from tests.pgreplica import replication_missing
+    from harness.pgreplica import replication_missing
 
     reason = replication_missing()
     if reason:

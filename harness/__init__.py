@@ -7,7 +7,10 @@ pytest specifics, such as skipping, stay in ``tests/``). It imports neither, and
 * :mod:`harness.net`: free loopback ports, polling a condition or an HTTP server until up;
 * :mod:`harness.s3`: a real S3-compatible server (SeaweedFS ``weed mini``) on 127.0.0.1;
 * :mod:`harness.gobin`: Go programs built at pinned versions and cached;
-* :mod:`harness.gowitness`: the Go witnesses (omniwitness, litewitness) run on 127.0.0.1.
+* :mod:`harness.gowitness`: the Go witnesses (omniwitness, litewitness) run on 127.0.0.1;
+* :mod:`harness.pg`: a throwaway PostgreSQL server on 127.0.0.1, removed by its watchdog
+  (:mod:`harness.pgwatchdog`) when its owner dies;
+* :mod:`harness.pgreplica`: a PostgreSQL primary with a synchronous streaming standby.
 
 What cannot run on this machine raises :class:`Unavailable` with the reason: a test skips
 with it, a benchmark reports it.

@@ -9,14 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.pgsupport import (
-    BACKENDS,
-    OldCopy,
-    PgCluster,
-    backend_database,
-    memory_dir,
-    running_cluster,
-)
+from harness.pg import PgCluster, memory_dir
+from tests.pgsupport import BACKENDS, OldCopy, backend_database, running_cluster
 
 
 def _raise_fd_limit() -> None:
@@ -68,7 +62,7 @@ def _lmdb_lock_files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]
 @pytest.fixture(scope="session")
 def pg_cluster() -> Iterator[PgCluster]:
     """One throwaway PostgreSQL server per test session (per xdist worker); skips when
-    PostgreSQL is not installed (see tests/pgsupport.py). It runs with fsync on, from a
+    PostgreSQL is not installed (see harness/pg.py). It runs with fsync on, from a
     tmpfs when there is one: these tests are about behaviour, and a process crash loses
     nothing from the page cache either; what survives a power cut is not testable here."""
     with running_cluster(tmp_root=memory_dir()) as cluster:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.pgwatchdog import alive
+from harness.pgwatchdog import alive
 from tests.support import ROOT
 
 BOUND = 30.0  # seconds the server may take to go once pytest is gone

@@ -156,8 +156,6 @@ TOP_FORBIDDEN = {
     "bench": {"tests"},
     "tests": {"bench"},
 }
-# Benches still importing a test harness not moved to harness/ yet (docs/design.md).
-BENCH_TEST_IMPORTS_PENDING = {"bench/pg.py": {"tests.pgreplica"}}
 
 
 def _top_imports(path: Path) -> list[tuple[int, str]]:
@@ -176,9 +174,8 @@ def _top_violations(root: Path) -> list[str]:
     for top, forbidden in TOP_FORBIDDEN.items():
         for path in sorted((root / top).rglob("*.py")):
             rel = path.relative_to(root).as_posix()
-            pending = BENCH_TEST_IMPORTS_PENDING.get(rel, set())
             for line, name in _top_imports(path):
-                if name.partition(".")[0] in forbidden and name not in pending:
+                if name.partition(".")[0] in forbidden:
                     bad.append(f"{rel}:{line}: {top} imports {name}")
     return bad
 

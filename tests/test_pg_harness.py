@@ -1,6 +1,6 @@
 """The PostgreSQL test harness never leaks a cluster: a test process killed mid-way (SIGKILL, a
-CI timeout) takes its throwaway cluster with it (tests/pgwatchdog.py), and a cluster whose
-watchdog died too is removed by the next session (:func:`tests.pgsupport.reap_stale`)."""
+CI timeout) takes its throwaway cluster with it (harness/pgwatchdog.py), and a cluster whose
+watchdog died too is removed by the next session (:func:`harness.pg.reap_stale`)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.pgsupport import memory_dir, reap_stale, require_postgres
-from tests.pgwatchdog import alive, postmaster_pid
+from harness.pg import memory_dir, reap_stale
+from harness.pgwatchdog import alive, postmaster_pid
+from tests.pgsupport import require_postgres
 
 ROOT = Path(__file__).resolve().parent.parent
 BOUND = 30.0  # seconds the cluster may take to go once its owner is gone
@@ -137,7 +138,7 @@ def test_a_cluster_whose_watchdog_died_too_is_reaped_by_the_next_session(
     script = textwrap.dedent(
         f"""
         import os, sys, time
-        from tests.pgsupport import PgCluster
+        from harness.pg import PgCluster
         c = PgCluster(tmp_root={str(pg_root)!r}).init().start()
         open({str(hold)!r}, "w").write(f"{{c.base}} {{c._watchdog[0].pid}}\\n")
         time.sleep(600)

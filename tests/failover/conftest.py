@@ -1,5 +1,5 @@
 """The fixture of the failover tests: a PostgreSQL primary with a synchronous streaming
-standby (tests/pgreplica.py), one per test module; skips, saying why, where it cannot run."""
+standby (harness/pgreplica.py), one per test module; skips, saying why, where it cannot run."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.pgreplica import Replicated, replication_missing
+from harness.pgreplica import Replicated, replication_missing
 
 
 @pytest.fixture(scope="module")

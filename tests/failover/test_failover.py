@@ -44,8 +44,8 @@ from client.formats.tiles import (
     parse_tile_path,
     tiles_for_size,
 )
+from harness.pgreplica import Replicated
 from tests.bucket.test_publish import recompute
-from tests.pgreplica import Replicated
 from tests.s3support import SeaweedS3
 from tests.server.conftest import ORIGIN
 from tests.support import ServerProcess, start_server, tlog_cli, wait_for

@@ -2,7 +2,7 @@
 replicate synchronously, and nothing is acknowledged that a failover could lose.
 
 Against real PostgreSQL servers: a primary with a synchronous streaming standby
-(tests/pgreplica.py) and the single server of tests/pgsupport.py.
+(harness/pgreplica.py) and the single server of harness/pg.py.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import pytest
 
 from client.formats.checkpoint import open_checkpoint
 from client.formats.merkle import verify_consistency
-from tests.pgreplica import Replicated
-from tests.pgsupport import PgCluster
+from harness.pg import PgCluster
+from harness.pgreplica import Replicated
 from tests.server.conftest import ORIGIN, make_signer
 from tests.support import ROOT
 from tlog.backend import CommitUnknown, StorageError

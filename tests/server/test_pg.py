@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 from client.formats.merkle import leaf_hash
-from tests.pgsupport import PgCluster
+from harness.pg import PgCluster
 from tlog.backend import CommitUnknown, StorageError, open_backend
 from tlog.config import ServeConfig, from_sources
 from tlog.fsck import fsck

@@ -17,7 +17,7 @@ from starlette.testclient import TestClient
 from client.formats.checkpoint import open_checkpoint
 from client.formats.merkle import verify_consistency
 from client.formats.tiles import entry_bundles_for_size
-from tests.pgsupport import PgCluster
+from harness.pg import PgCluster
 from tests.support import serve_config
 from tlog.cli import main as tlog_main
 from tlog.integrity import RollbackDetected

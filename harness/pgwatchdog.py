@@ -1,12 +1,12 @@
-"""The watchdog of one throwaway PostgreSQL cluster: it outlives the test process that started
-the cluster and, once that process is gone however it ended (SIGKILL, a CI timeout), stops the
-cluster and deletes its directory.
+"""The watchdog of one throwaway PostgreSQL cluster: it outlives the process (a test session,
+a benchmark) that started the cluster and, once that process is gone however it ended
+(SIGKILL, a CI timeout), stops the cluster and deletes its directory.
 
-Started by :meth:`tests.pgsupport.PgCluster.start` as ``python pgwatchdog.py BASE BINDIR USER``
-with its standard input the read end of a pipe whose only write end the test process holds
-(Python creates pipes non-inheritable, so no other child of the test process keeps it open).
+Started by :class:`harness.pg.PgCluster` as ``python pgwatchdog.py BASE BINDIR USER``
+with its standard input the read end of a pipe whose only write end the owner holds
+(Python creates pipes non-inheritable, so no other child of the owner keeps it open).
 End of file on standard input therefore means the owner has exited. The watchdog runs in its
-own session, so a signal to the test process's group does not reach it. Standard library only:
+own session, so a signal to the owner's process group does not reach it. Standard library only:
 it must start fast and must not import the code under test.
 """
 
@@ -29,12 +29,19 @@ def postmaster_pid(data: Path) -> int | None:
         return None
 
 
-def alive(pid: int) -> bool:
+def proc_stat(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat's fields after the command name (the first is the state), or None
+    when the process is gone or a zombie."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return False
-    return text.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+        return None
+    fields = text.rsplit(")", 1)[1].split()  # the command name may hold spaces and ")"
+    return None if fields[0] in ("Z", "X") else fields
+
+
+def alive(pid: int) -> bool:
+    return proc_stat(pid) is not None
 
 
 def reap(base: Path, bindir: str, user: str) -> None:

@@ -1,6 +1,7 @@
-"""A PostgreSQL primary with a synchronous streaming standby on 127.0.0.1, for failover tests.
+"""A PostgreSQL primary with a synchronous streaming standby on 127.0.0.1, for the failover
+tests and the PostgreSQL benchmark (``bench/pg.py``).
 
-Built on :class:`tests.pgsupport.PgCluster` (one server each): the primary runs with
+Built on :class:`harness.pg.PgCluster` (one server each): the primary runs with
 ``wal_level = replica`` and ``synchronous_standby_names = '*'`` (whichever standby streams is
 the synchronous one, so the same setting still holds after a promotion), the standby is made by
 ``pg_basebackup -R`` and streams from it, so a COMMIT on the primary returns only once the
@@ -24,7 +25,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.pgsupport import SUPERUSER, PgCluster, postgres_missing
+from harness import Unavailable
+from harness.pg import SUPERUSER, PgCluster, pg_bin_dir, postgres_missing
+from harness.pgwatchdog import alive, postmaster_pid, proc_stat
 
 __all__ = ["Replicated", "replication_missing"]
 
@@ -34,28 +37,16 @@ def replication_missing() -> str | None:
     reason = postgres_missing()
     if reason is not None:
         return reason
-    from tests.pgsupport import pg_bin_dir
-
     b = pg_bin_dir()
     if b is None or not (b / "pg_basebackup").is_file():
         return "pg_basebackup is not installed (apt-get install postgresql)"
     return None
 
 
-def _stat(pid: int) -> list[str] | None:
-    """/proc/<pid>/stat's fields after the command name, or None when gone (or a zombie)."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text.rsplit(")", 1)[1].split()  # the command name may hold spaces and ")"
-    return None if fields[0] in ("Z", "X") else fields
-
-
 def _descendants(pid: int) -> list[int]:
     parents: dict[int, int] = {}
     for p in Path("/proc").iterdir():
-        if p.name.isdigit() and (f := _stat(int(p.name))) is not None:
+        if p.name.isdigit() and (f := proc_stat(int(p.name))) is not None:
             parents[int(p.name)] = int(f[1])
     out: list[int] = []
     frontier = [pid]
@@ -73,11 +64,8 @@ class Node(PgCluster):
     name: str = ""
 
     def postmaster(self) -> int | None:
-        try:
-            pid = int((self.data / "postmaster.pid").read_text().split("\n", 1)[0])
-        except (OSError, ValueError):
-            return None
-        return pid if _stat(pid) is not None else None
+        pid = postmaster_pid(self.data)
+        return pid if pid is not None and alive(pid) else None
 
     def kill(self) -> None:
         """SIGKILL the postmaster and every backend at once: a lost machine, not a shutdown."""
@@ -91,7 +79,7 @@ class Node(PgCluster):
             except ProcessLookupError:
                 pass
         deadline = time.monotonic() + 10
-        while any(_stat(p) is not None for p in pids):
+        while any(alive(p) for p in pids):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{self.name}: processes survived SIGKILL")
             time.sleep(0.02)
@@ -134,7 +122,7 @@ class Replicated:
     ) -> None:
         reason = replication_missing()
         if reason is not None:
-            raise RuntimeError(reason)
+            raise Unavailable(reason)
         self.nodes: list[Node] = []
         self.primary = self._node(
             {
