@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -270,3 +271,43 @@ def test_batch_state_cache_gives_the_effects_of_one_by_one(
     assert many == one
     assert state_many == state_one
     assert state_many["active"] is False
+
+
+# --- the eid record's key: bytes.fromhex for the canonical form, uuid.UUID for the rest -------
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.uuids().map(str)
+    | st.uuids().map(lambda u: str(u).upper())
+    | st.text(alphabet="0123456789abcdefABCDEF- {}urn:", min_size=30, max_size=40)
+)
+def test_eid_key_equals_the_uuid_reading(eid: str) -> None:
+    tn = b"t" * 16
+    try:
+        want: bytes | type[Exception] = store.PREFIX + b"V" + tn + uuid.UUID(eid).bytes
+    except ValueError:
+        want = ValueError
+    try:
+        got: bytes | type[Exception] = store.eid_key(tn, eid)
+    except ValueError:
+        got = ValueError
+    assert got == want
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    _JSON_VALUES
+    | st.recursive(st.integers(-3, 3), lambda kids: st.lists(kids, max_size=2), max_leaves=40)
+    | st.dictionaries(st.integers() | st.text(max_size=2), st.none(), max_size=3)
+)
+def test_sorted_json_equals_json_dumps(value: object) -> None:
+    from tlog.scim.effects import _dumps_sorted
+
+    def outcome(fn: Any) -> object:
+        try:
+            return fn(value)
+        except (TypeError, ValueError, RecursionError) as exc:
+            return type(exc)
+
+    assert outcome(_dumps_sorted) == outcome(lambda v: json.dumps(v, sort_keys=True))

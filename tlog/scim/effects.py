@@ -48,10 +48,54 @@ _URN_USER = "urn:ietf:params:scim:schemas:core:2.0:user:"
 _URN_GROUP = "urn:ietf:params:scim:schemas:core:2.0:group:"
 
 
-# ``json.dumps(x, sort_keys=True)`` builds a new encoder per call; this is the same encoder
-# (every other option at its default), built once.
+# ``json.dumps(x, sort_keys=True)``: the same encoder (every other option at its default),
+# built once; :func:`_dumps_sorted` writes the common shapes without it.
 _SORTED_JSON = json.JSONEncoder(sort_keys=True)
-_dumps_sorted = _SORTED_JSON.encode
+_encode_str = json.encoder.encode_basestring_ascii  # what json.dumps uses for text (C)
+_JSON_DEPTH = 32
+
+
+class _NotPlain(Exception):
+    pass
+
+
+def _plain_json(v: Any, depth: int) -> str:
+    t = type(v)
+    if t is str:
+        return _encode_str(v)
+    if v is True:
+        return "true"
+    if v is False:
+        return "false"
+    if v is None:
+        return "null"
+    if t is int:
+        return int.__repr__(v)
+    if depth <= 0:
+        raise _NotPlain
+    if t is list:
+        return "[" + ", ".join([_plain_json(x, depth - 1) for x in v]) + "]"
+    if t is dict:
+        keys = list(v)
+        for k in keys:
+            if type(k) is not str:
+                raise _NotPlain
+        keys.sort()
+        d = depth - 1
+        return "{" + ", ".join([_encode_str(k) + ": " + _plain_json(v[k], d) for k in keys]) + "}"
+    raise _NotPlain  # floats, subclasses, anything else: the json module decides
+
+
+def _dumps_sorted(v: object) -> str:
+    """``json.dumps(v, sort_keys=True)``: text, booleans, null, integers, lists and maps with
+    text keys written directly (``json.encoder.encode_basestring_ascii`` for text, as json
+    does), anything else by the json module itself (tested equal, test_stage_fast.py)."""
+    try:
+        return _plain_json(v, _JSON_DEPTH)
+    except _NotPlain:
+        return _SORTED_JSON.encode(v)
+
+
 _JSON_TEXT = msgspec.json.Decoder()
 
 # Per-batch hot paths see the same few resource types and attribute paths again and again.
@@ -170,7 +214,7 @@ class _Run:
                 self.verbs.add("activate")  # re-granted access (or a PATCH on unknown state)
             if had:
                 self.changes.append(
-                    {"attr": "active", "old": json.dumps(old), "new": json.dumps(b)}
+                    {"attr": "active", "old": _dumps_sorted(old), "new": _dumps_sorted(b)}
                 )
             if b is None:
                 self.state.pop(key, None)

@@ -78,7 +78,7 @@ from tlog.scim.keys import (
     seal_state,
 )
 from tlog.scim.search import Filters, Searcher, effect_index_values, index_values
-from tlog.scim.store import Envelope, Overlay
+from tlog.scim.store import Overlay
 from tlog.sequencer import Sequencer
 
 __all__ = [
@@ -94,6 +94,7 @@ __all__ = [
 T = TypeVar("T")
 
 SYSTEM_PREFIX = "tlog."
+_INDEX_MEMO = 1 << 14  # index conditions remembered per staging (bounded memory)
 
 
 def _encode_validated(ev: Event) -> bytes:
@@ -124,6 +125,7 @@ class _Batch:
     deks: dict[tuple[bytes, int], AESGCM] = field(default_factory=dict)
     epochs: dict[int, int] = field(default_factory=dict)
     states: dict[bytes, _State] = field(default_factory=dict)
+    index: dict[tuple[bytes, bytes], bytes] = field(default_factory=dict)  # (field, value) → cond
     rand: RandomPool = field(default_factory=RandomPool)
 
 
@@ -450,16 +452,29 @@ class ScimService:
         values = index_values(ev)
         if effect is not None:
             values = list(dict.fromkeys(values + effect_index_values(effect)))
-        conds = tuple(f + tk.index_hash(f, v) for f, v in values)
-        tx.put(vkey, leaf)
-        tx.put(
-            store.envelope_key(lh), Envelope(tk.tn, eid, now, sk.kid, epoch, iv, ct, conds).encode()
+        # The same (field, value) recurs across a batch (its outcome, action, actor): each
+        # index HMAC is computed once per staging.
+        hashes = batch.index
+        conds: list[bytes] = []
+        for fv in values:
+            cond = hashes.get(fv)
+            if cond is None:
+                f, v = fv
+                cond = f + tk.index_hash(f, v)
+                if len(hashes) < _INDEX_MEMO:
+                    hashes[fv] = cond
+            conds.append(cond)
+        put = tx.put
+        put(vkey, leaf)
+        put(
+            store.envelope_key(lh),
+            store.encode_envelope(tk.tn, eid, now, sk.kid, epoch, iv, ct, conds),
         )
-        tx.put(store.subject_event_key(sk.kid, lh), b"")
+        put(store.subject_event_key(sk.kid, lh), b"")
         tail = store.ts_tail(now, lh)
-        tx.put(store.tenant_events_prefix(tk.tn) + tail, b"")
+        put(store.tenant_events_prefix(tk.tn) + tail, b"")
         for cond in conds:
-            tx.put(store.index_prefix(tk.tn, cond) + tail, b"")
+            put(store.index_prefix(tk.tn, cond) + tail, b"")
         acc = Accepted(eid, leaf, lh, now, False)
         seen[eid] = (acc, encoded)
         return acc

@@ -44,6 +44,7 @@ __all__ = [
     "Tombstone",
     "decode_envelope",
     "decode_record",
+    "encode_envelope",
     "encode_record",
 ]
 
@@ -82,7 +83,16 @@ def dek_key(kid: bytes, epoch: int) -> bytes:
 
 
 def eid_key(tn: bytes, eid: str) -> bytes:
-    # eids are validated lowercase UUIDs, so the 16-byte form is a bijection.
+    # eids are validated lowercase UUIDs, so the 16-byte form is a bijection. The canonical
+    # 8-4-4-4-12 form (every validated eid) is read with bytes.fromhex; anything else goes
+    # to uuid.UUID, which decides (the same 16 bytes where both read it; tested).
+    if len(eid) == 36 and eid[8] == eid[13] == eid[18] == eid[23] == "-":
+        try:
+            raw = bytes.fromhex(eid[:8] + eid[9:13] + eid[14:18] + eid[19:23] + eid[24:])
+        except ValueError:
+            raw = b""
+        if len(raw) == 16:
+            return PREFIX + b"V" + tn + raw
     return _k(b"V", tn, uuid.UUID(eid).bytes)
 
 
@@ -161,24 +171,40 @@ class Envelope:
     ix: tuple[bytes, ...]  # the search index conditions (field ‖ h) written for this event
 
     def encode(self) -> bytes:
-        # One per event on the ingestion path: the map is built in deterministic key order
-        # (length first, then bytewise) from fields of known types, so cbor2's plain
-        # encoding is the deterministic one without a validating walk (tested equal).
-        return bytes(
-            cbor2.dumps(
-                {
-                    "v": 1,
-                    "ct": self.ct,
-                    "ep": self.epoch,
-                    "iv": self.iv,
-                    "ix": list(self.ix),
-                    "tn": self.tn,
-                    "ts": self.ts,
-                    "eid": self.eid,
-                    "kid": self.kid,
-                }
-            )
+        return encode_envelope(
+            self.tn, self.eid, self.ts, self.kid, self.epoch, self.iv, self.ct, self.ix
         )
+
+
+def encode_envelope(
+    tn: bytes,
+    eid: str,
+    ts: int,
+    kid: bytes,
+    epoch: int,
+    iv: bytes,
+    ct: bytes,
+    ix: tuple[bytes, ...] | list[bytes],
+) -> bytes:
+    """:meth:`Envelope.encode` without building the (frozen) dataclass first: one per event
+    on the ingestion path. The map is built in deterministic key order (length first, then
+    bytewise) from fields of known types, so cbor2's plain encoding is the deterministic one
+    without a validating walk (tested equal)."""
+    return bytes(
+        cbor2.dumps(
+            {
+                "v": 1,
+                "ct": ct,
+                "ep": epoch,
+                "iv": iv,
+                "ix": list(ix),
+                "tn": tn,
+                "ts": ts,
+                "eid": eid,
+                "kid": kid,
+            }
+        )
+    )
 
 
 @dataclass(frozen=True)
