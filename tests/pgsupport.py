@@ -201,3 +201,24 @@ class OldCopy:
         assert self.cluster is not None
         self.cluster.sql(f"DROP SCHEMA {url_schema(self.database)} CASCADE")
         pg_tool(self.cluster, "pg_restore", "-d", "postgres", "--exit-on-error", str(self.dest))
+
+
+def clone_store(database: str | None, data: Path, dest_database: str | None, dest: Path) -> str:
+    """A second, independent store holding what the store of ``database`` (LMDB: in
+    ``<data>/db``) holds now, as a standby or a replica would: LMDB, the store's files copied
+    to ``<dest>/db``; PostgreSQL, the log copied with ``tlog migrate`` into the empty store
+    ``dest_database`` (another schema of the session cluster). The store must be closed.
+    Returns its location as ``tlog recover --from`` takes it (a store directory or a URL)."""
+    if database is None:
+        dest.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(data / "db", dest / "db", ignore=shutil.ignore_patterns("tlog.lock"))
+        return str(dest / "db")
+    assert dest_database is not None
+    from tlog.migrate import migrate, open_location
+
+    with (
+        open_location(database, create=False) as src,
+        open_location(dest_database, create=True) as dst,
+    ):
+        migrate(src, dst, echo=lambda _msg: None)
+    return dest_database

@@ -1,10 +1,14 @@
 """Rollback caught by witnesses: a real tlog-witness (in-process, HTTP on 127.0.0.1) is asked
-at start-up and on every push what it cosigned for the log."""
+at start-up and on every push what it cosigned for the log. On both backends: the "old
+backup" is the whole data directory copied (LMDB: the store is in it; PostgreSQL: plus a
+``pg_dump`` of the log's schema, restored with ``pg_restore``), and "another history" is
+another store under the same key (LMDB: swapped in under ``<data>/db``; PostgreSQL: another
+schema)."""
 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,12 +22,10 @@ from client.witness.store import WitnessStore
 from tlog.integrity import RollbackDetected
 from tlog.log import Log
 from tlog.server import build_app
-from tlog.storage import Storage
 
+from ..pgsupport import OldCopy, clone_store, open_store
 from ..support import free_port, serve_config, wait_for
 from .conftest import ORIGIN, make_signer
-
-pytestmark = pytest.mark.lmdb_only("restores old copies of the LMDB data directory")
 
 
 @dataclass
@@ -66,10 +68,12 @@ def _policy(tmp_path: Path, w: RealWitness) -> Path:
     return p
 
 
-def _grow_and_witness(data: Path, policy: Path, sizes: list[int]) -> None:
+def _grow_and_witness(
+    data: Path, policy: Path, sizes: list[int], database: str | None = None
+) -> None:
     """Run the app, and after each target size let the witness cosign it."""
     app, log_, tokens = build_app(
-        serve_config(data, batch_age_ms=0.0, witnesses=policy, witness_interval=0.0),
+        serve_config(data, database, batch_age_ms=0.0, witnesses=policy, witness_interval=0.0),
         make_signer(),
         scim=False,
     )
@@ -85,27 +89,62 @@ def _grow_and_witness(data: Path, policy: Path, sizes: list[int]) -> None:
     log_.storage.close()
 
 
-def _backup(data: Path, to: Path) -> None:
-    """The whole data directory (store *and* remembered checkpoint), as a careless backup."""
-    shutil.copytree(data, to, ignore=shutil.ignore_patterns("tlog.lock"))
+@dataclass
+class Backup:
+    """The whole data directory (remembered checkpoint, keys; LMDB: the store) and, on
+    PostgreSQL, a pg_dump of the log's schema, taken together: a careless backup."""
+
+    data: Path
+    dest: Path
+    database: str | None
+    dump: OldCopy
+
+    def take(self) -> None:
+        shutil.copytree(self.data, self.dest, ignore=shutil.ignore_patterns("tlog.lock"))
+        if self.database is not None:
+            st = open_store(self.database, self.data / "db")
+            self.dump.take(st)
+            st.close()
+
+    def restore(self) -> None:
+        shutil.rmtree(self.data)
+        shutil.copytree(self.dest, self.data)
+        if self.database is not None:
+            self.dump.restore(self.data)
 
 
-def _restore(backup: Path, data: Path) -> None:
-    shutil.rmtree(data)
-    shutil.copytree(backup, data)
+@pytest.fixture
+def backup(tmp_path: Path, database: str | None, old_copy: Callable[[str], OldCopy]) -> Backup:
+    return Backup(tmp_path / "data", tmp_path / "backup", database, old_copy("dump"))
+
+
+def _other_history(
+    data: Path, database: str | None, new_database: Callable[[], str | None], n: int, tag: str
+) -> str | None:
+    """Another store under the same key holding another history of ``n`` entries, and no
+    remembered checkpoint: LMDB, swapped in under ``<data>/db``; PostgreSQL, another schema
+    (the frontend pointed at the wrong database). Returns its ``database``."""
+    other_db = new_database()
+    if database is None:
+        shutil.rmtree(data / "db")
+    (data / "last-checkpoint").unlink()
+    other = Log(open_store(other_db, data / "db"), make_signer())
+    other.integrate([f"{tag}{i}".encode() for i in range(n)])  # same key, another root
+    other.storage.close()
+    return other_db
 
 
 def test_old_backup_refused_by_the_witness(
-    tmp_path: Path, witness: RealWitness, database: str | None
+    tmp_path: Path, witness: RealWitness, database: str | None, backup: Backup
 ) -> None:
     """The whole data dir (remembered checkpoint included) restored from an old backup: only
     the witness knows better, and start-up asks it."""
     witness.start()
     data, policy = tmp_path / "data", _policy(tmp_path, witness)
-    _grow_and_witness(data, policy, [2])
-    _backup(data, tmp_path / "backup")
-    _grow_and_witness(data, policy, [5])
-    _restore(tmp_path / "backup", data)
+    _grow_and_witness(data, policy, [2], database)
+    backup.take()
+    _grow_and_witness(data, policy, [5], database)
+    backup.restore()
     with pytest.raises(RollbackDetected) as e:
         build_app(serve_config(data, database, witnesses=policy), make_signer(), scim=False)
     assert "witness w1 has cosigned tree size 5 of this log, but the store ends at 2" in str(
@@ -120,14 +159,14 @@ def test_old_backup_refused_by_the_witness(
 
 
 def test_old_backup_with_the_witness_behind_it_starts(
-    tmp_path: Path, witness: RealWitness, database: str | None
+    tmp_path: Path, witness: RealWitness, database: str | None, backup: Backup
 ) -> None:
     """A witness that only cosigned up to the backup's size has nothing to object to."""
     witness.start()
     data, policy = tmp_path / "data", _policy(tmp_path, witness)
-    _grow_and_witness(data, policy, [2])
-    _backup(data, tmp_path / "backup")
-    _restore(tmp_path / "backup", data)
+    _grow_and_witness(data, policy, [2], database)
+    backup.take()
+    backup.restore()
     _app, log_, _ = build_app(
         serve_config(data, database, witnesses=policy), make_signer(), scim=False
     )
@@ -136,33 +175,32 @@ def test_old_backup_with_the_witness_behind_it_starts(
 
 
 def test_another_history_at_the_witness_size_is_refused(
-    tmp_path: Path, witness: RealWitness, database: str | None
+    tmp_path: Path,
+    witness: RealWitness,
+    database: str | None,
+    new_database: Callable[[], str | None],
 ) -> None:
     witness.start()
     data, policy = tmp_path / "data", _policy(tmp_path, witness)
-    _grow_and_witness(data, policy, [3])
-    shutil.rmtree(data / "db")
-    (data / "last-checkpoint").unlink()
-    other = Log(Storage(data / "db"), make_signer())
-    other.integrate([b"x", b"y", b"z"])  # size 3, another root, same key
-    other.storage.close()
+    _grow_and_witness(data, policy, [3], database)
+    other_db = _other_history(data, database, new_database, 3, "x")  # size 3, another root
     with pytest.raises(
         RollbackDetected, match="holds a different checkpoint of this log at tree size 3"
     ):
-        build_app(serve_config(data, database, witnesses=policy), make_signer(), scim=False)
+        build_app(serve_config(data, other_db, witnesses=policy), make_signer(), scim=False)
 
 
 def test_running_log_stops_signing_when_a_witness_is_ahead(
-    tmp_path: Path, witness: RealWitness, database: str | None
+    tmp_path: Path, witness: RealWitness, database: str | None, backup: Backup
 ) -> None:
     """The witness was down at start-up (a warning), so the restored log started; the next
     push round reveals the witness holds a larger size: the log stops signing, says why."""
     witness.start()
     data, policy = tmp_path / "data", _policy(tmp_path, witness)
-    _grow_and_witness(data, policy, [2])
-    _backup(data, tmp_path / "backup")
-    _grow_and_witness(data, policy, [4])
-    _restore(tmp_path / "backup", data)
+    _grow_and_witness(data, policy, [2], database)
+    backup.take()
+    _grow_and_witness(data, policy, [4], database)
+    backup.restore()
     witness.stop()
     app, log_, tokens = build_app(
         serve_config(data, database, batch_age_ms=0.0, witnesses=policy, witness_interval=0.0),
@@ -185,31 +223,39 @@ def test_running_log_stops_signing_when_a_witness_is_ahead(
 
 
 def test_recover_to_what_the_witness_cosigned(
-    tmp_path: Path, witness: RealWitness, capsys: pytest.CaptureFixture[str], database: str | None
+    tmp_path: Path,
+    witness: RealWitness,
+    capsys: pytest.CaptureFixture[str],
+    database: str | None,
+    backup: Backup,
+    new_database: Callable[[], str | None],
 ) -> None:
     """The whole data dir came back from an old backup (the remembered checkpoint too): the
-    witness's cosigned checkpoint is the target, and after recovery the log starts."""
+    witness's cosigned checkpoint is the target, and after recovery the log starts. The copy
+    recovered from is a replica of the store at size 6 (LMDB: a copy of the store's files;
+    PostgreSQL: another database holding the log)."""
     import os
 
     from tlog.cli import main as tlog_main
 
     witness.start()
     data, policy = tmp_path / "data", _policy(tmp_path, witness)
-    _grow_and_witness(data, policy, [2])
-    _backup(data, tmp_path / "backup")
-    _grow_and_witness(data, policy, [6])
-    mirror = tmp_path / "mirror"
-    shutil.copytree(data / "db", mirror, ignore=shutil.ignore_patterns("tlog.lock"))
-    _restore(tmp_path / "backup", data)
+    _grow_and_witness(data, policy, [2], database)
+    backup.take()
+    _grow_and_witness(data, policy, [6], database)
+    mirror = clone_store(database, data, new_database(), tmp_path / "mirror")
+    backup.restore()
     with pytest.raises(RollbackDetected, match="cosigned tree size 6"):
         build_app(serve_config(data, database, witnesses=policy), make_signer(), scim=False)
     # The CLI reads the log key from <data>/log.key.
     fd = os.open(data / "log.key", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     os.write(fd, make_signer()._key.skey().encode() + b"\n")
     os.close(fd)
+    db_args = [] if database is None else ["--database", database, "--replication", "none"]
     assert (
         tlog_main(
-            ["recover", "--data", str(data), "--from", str(mirror), "--witnesses", str(policy)]
+            ["recover", "--data", str(data), *db_args, "--from", mirror]
+            + ["--witnesses", str(policy)]
         )
         == 0
     )
@@ -222,21 +268,20 @@ def test_recover_to_what_the_witness_cosigned(
 
 
 def test_running_log_stops_signing_when_a_witness_holds_another_root(
-    tmp_path: Path, witness: RealWitness, database: str | None
+    tmp_path: Path,
+    witness: RealWitness,
+    database: str | None,
+    new_database: Callable[[], str | None],
 ) -> None:
     """The witness cosigned size 3 of one history; the store (same key) holds another history
     of size 5. Start-up passes (the witness is behind: 409 with size 3), but the first push's
     consistency proof from 3 fails at the witness: the log stops signing."""
     witness.start()
     data, policy = tmp_path / "data", _policy(tmp_path, witness)
-    _grow_and_witness(data, policy, [3])
-    shutil.rmtree(data / "db")
-    (data / "last-checkpoint").unlink()
-    other = Log(Storage(data / "db"), make_signer())
-    other.integrate([b"o%d" % i for i in range(5)])
-    other.storage.close()
+    _grow_and_witness(data, policy, [3], database)
+    other_db = _other_history(data, database, new_database, 5, "o")
     app, log_, _ = build_app(
-        serve_config(data, database, witnesses=policy, witness_interval=0.0),
+        serve_config(data, other_db, witnesses=policy, witness_interval=0.0),
         make_signer(),
         scim=False,
     )
