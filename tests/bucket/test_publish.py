@@ -50,6 +50,7 @@ from tlog.log import Log
 from tlog.server import build_app
 from tlog.signer import CheckpointSigner
 
+from ..pgsupport import OldCopy, clone_store
 from ..s3support import SeaweedS3, audit_bucket
 from ..support import serve_config, wait_for
 
@@ -373,16 +374,24 @@ def test_other_bytes_in_the_bucket_stop_signing(
         assert got is not None and got[0] == b"\x00\x05other"
 
 
-@pytest.mark.lmdb_only("restores a copy of the data directory (the LMDB store) as the old backup")
 def test_bucket_ahead_of_the_database_refuses_to_sign(
-    tmp_path: Path, seaweedfs: SeaweedS3, database: str | None
+    tmp_path: Path,
+    seaweedfs: SeaweedS3,
+    database: str | None,
+    old_copy: Callable[[str], OldCopy],
 ) -> None:
+    """The database restored from a backup older than the bucket (LMDB: the data directory
+    copied; PostgreSQL: the data directory and a pg_dump of the schema, restored with
+    pg_restore) refuses to sign; recovering from the bucket's public copy brings it back."""
     bucket = seaweedfs.bucket()
     signer = make_signer()
     data = tmp_path / "a"
     with open_node(data, seaweedfs, bucket, signer=signer, database=database) as node:
         assert node.add_batch(entries(50)).status_code == 200
         node.publisher.publish_once()
+        dump = old_copy("dump")
+        if database is not None:
+            dump.take(node.log.storage)
     backup = tmp_path / "backup"
     shutil.copytree(data, backup)  # a backup at size 50 (store and remembered checkpoint)
     with open_node(data, seaweedfs, bucket, signer=signer, database=database) as node:
@@ -390,6 +399,8 @@ def test_bucket_ahead_of_the_database_refuses_to_sign(
         node.publisher.publish_once()
         assert node.publisher.bucket_size == 130
     # The database is restored from the older backup: it lost 80 acknowledged entries.
+    if database is not None:
+        dump.restore(backup)
     with pytest.raises(RollbackDetected, match=r"tree size 130.*ends at tree size 50") as exc:
         with open_node(backup, seaweedfs, bucket, signer=signer, database=database):
             pass
@@ -397,41 +408,47 @@ def test_bucket_ahead_of_the_database_refuses_to_sign(
     # What the message says to do: bring the store forward from the bucket's public copy,
     # verified against the bucket's checkpoint (signs nothing); then the log starts again.
     from tlog.integrity import CHECKPOINT_FILE, CheckpointFile
-    from tlog.recover import checkpoint_file_target, recover
+    from tlog.recover import checkpoint_file_target, recover, recover_database
 
     public = seaweedfs.public_url(bucket, "logs/one")
     cp_file = tmp_path / "bucket-checkpoint"
     cp_file.write_bytes(httpx.get(public + "/checkpoint").content)
     remembered = CheckpointFile(backup / CHECKPOINT_FILE, signer.verifier, signer.origin)
-    reached = recover(
-        backup / "db",
-        signer,
-        public,
-        remembered,
-        [checkpoint_file_target(cp_file, signer)],
-        echo=lambda s: None,
-    )
+    targets = [checkpoint_file_target(cp_file, signer)]
+    if database is None:
+        reached = recover(backup / "db", signer, public, remembered, targets, echo=_quiet)
+    else:
+        reached = recover_database(database, signer, public, remembered, targets, echo=_quiet)
     assert reached == 130
     with open_node(backup, seaweedfs, bucket, signer=signer, database=database) as node:
         assert node.log.latest.size == 130
         assert node.add_batch([b"signing again"]).status_code == 200
 
 
-@pytest.mark.lmdb_only("copies the data directory (the LMDB store) as the stale standby")
+def _quiet(_msg: str) -> None:
+    pass
+
+
 def test_running_frontend_stops_when_its_database_falls_behind_the_bucket(
-    tmp_path: Path, seaweedfs: SeaweedS3, database: str | None
+    tmp_path: Path,
+    seaweedfs: SeaweedS3,
+    database: str | None,
+    new_database: Callable[[], str | None],
 ) -> None:
     """A frontend whose database is behind what another frontend published (a failover to a
-    standby that missed commits) stops signing once it sees the bucket's checkpoint."""
+    standby that missed commits) stops signing once it sees the bucket's checkpoint. The
+    stale standby is a copy of the store at size 50 (LMDB: its files; PostgreSQL: the log
+    copied into another schema)."""
     bucket = seaweedfs.bucket()
     signer = make_signer()
     with open_node(tmp_path / "a", seaweedfs, bucket, signer=signer, database=database) as a:
         assert a.add_batch(entries(50)).status_code == 200
         a.publisher.publish_once()
-    shutil.copytree(tmp_path / "a", tmp_path / "stale")  # a standby at size 50
-    with open_node(
-        tmp_path / "stale", seaweedfs, bucket, signer=signer, database=database
-    ) as stale:
+    # A standby at size 50: the data directory (remembered checkpoint) and the store.
+    shutil.copytree(tmp_path / "a", tmp_path / "stale", ignore=shutil.ignore_patterns("db"))
+    standby = new_database()
+    clone_store(database, tmp_path / "a", standby, tmp_path / "stale")
+    with open_node(tmp_path / "stale", seaweedfs, bucket, signer=signer, database=standby) as stale:
         stale.publisher.check_interval = 0.0
         with open_node(tmp_path / "a", seaweedfs, bucket, signer=signer, database=database) as a:
             assert a.add_batch(entries(30, "more")).status_code == 200
