@@ -1,5 +1,9 @@
 """``tlog recover``: a restored store brought forward from a copy (tiles or a store), verified
-against the last signed checkpoint before anything is written; then the log signs again."""
+against the last signed checkpoint before anything is written; then the log signs again.
+
+On both backends: the old backup is an ``mdb_copy`` of the LMDB store, or a ``pg_dump`` of the
+log's schema restored with ``pg_restore`` (``tests.pgsupport.OldCopy``); "another store" is a
+copy of the LMDB files, or the log copied into another schema with ``tlog migrate``."""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import functools
 import http.server
 import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -20,12 +24,10 @@ from tlog.cli import main as tlog_main
 from tlog.integrity import RollbackDetected
 from tlog.server import build_app
 from tlog.signer import create_key_file
-from tlog.storage import Storage
 
+from ..pgsupport import OldCopy, PgCluster, clone_store, open_store, url_schema
 from ..support import serve_config
 from .conftest import ORIGIN
-
-pytestmark = pytest.mark.lmdb_only("restores an mdb_copy backup of the LMDB store")
 
 
 @pytest.fixture
@@ -42,9 +44,11 @@ def _signer(data: Path):  # type: ignore[no-untyped-def]
     return CheckpointSigner(load_key_file(data / "log.key"), ORIGIN)
 
 
-def _append(data: Path, entries: list[bytes]) -> list[str]:
+def _append(data: Path, entries: list[bytes], database: str | None) -> list[str]:
     """Append through the HTTP API; returns the checkpoints handed out."""
-    app, log_, tokens = build_app(serve_config(data, batch_age_ms=0.0), _signer(data), scim=False)
+    app, log_, tokens = build_app(
+        serve_config(data, database, batch_age_ms=0.0), _signer(data), scim=False
+    )
     token, _ = tokens.create("submitter", tenant="t")
     notes = []
     h = {"Authorization": f"Bearer {token}"}
@@ -62,9 +66,9 @@ def _append(data: Path, entries: list[bytes]) -> list[str]:
     return notes
 
 
-def _mirror_tiles(data: Path, to: Path) -> None:
+def _mirror_tiles(data: Path, to: Path, database: str | None) -> None:
     """What an auditor's mirror holds: the entry bundles of the log, as static files."""
-    app, log_, _ = build_app(serve_config(data), _signer(data), scim=False)
+    app, log_, _ = build_app(serve_config(data, database), _signer(data), scim=False)
     size = log_.latest.size
     with TestClient(app) as c:
         (to / "checkpoint").parent.mkdir(parents=True, exist_ok=True)
@@ -77,24 +81,29 @@ def _mirror_tiles(data: Path, to: Path) -> None:
     log_.storage.close()
 
 
-def _scenario(tmp_path: Path, data: Path, n_old: int, n_new: int) -> tuple[Path, list[str]]:
-    """Grow to n_old, back up the store, grow to n_new, restore the backup."""
-    notes = _append(data, [b"entry-%d" % i for i in range(n_old)])
-    backup = tmp_path / "backup"
-    backup.mkdir()
-    st = Storage(data / "db", readonly=True)
-    st.env.copy(str(backup))
+def _take(backup: OldCopy, data: Path, database: str | None) -> None:
+    st = open_store(database, data / "db")
+    backup.take(st)
     st.close()
-    notes += _append(data, [b"entry-%d" % i for i in range(n_old, n_new)])
+
+
+def _scenario(
+    tmp_path: Path, data: Path, n_old: int, n_new: int, database: str | None, backup: OldCopy
+) -> tuple[Path, list[str]]:
+    """Grow to n_old, back up the store, grow to n_new, restore the backup."""
+    notes = _append(data, [b"entry-%d" % i for i in range(n_old)], database)
+    _take(backup, data, database)
+    notes += _append(data, [b"entry-%d" % i for i in range(n_old, n_new)], database)
     mirror = tmp_path / "mirror"
-    _mirror_tiles(data, mirror)
-    shutil.rmtree(data / "db")
-    shutil.copytree(backup, data / "db")
+    _mirror_tiles(data, mirror, database)
+    backup.restore(data)
     return mirror, notes
 
 
-def _starts_and_continues(data: Path, size: int, notes: list[str]) -> None:
-    app, log_, tokens = build_app(serve_config(data, batch_age_ms=0.0), _signer(data), scim=False)
+def _starts_and_continues(data: Path, size: int, notes: list[str], database: str | None) -> None:
+    app, log_, tokens = build_app(
+        serve_config(data, database, batch_age_ms=0.0), _signer(data), scim=False
+    )
     assert log_.latest.size == size
     token, _ = tokens.create("submitter", tenant="t")
     with TestClient(app) as c:
@@ -114,21 +123,41 @@ def _starts_and_continues(data: Path, size: int, notes: list[str]) -> None:
     log_.storage.close()
 
 
-def _recover(data: Path, source: str | Path, *extra: str) -> int:
-    return tlog_main(["recover", "--data", str(data), "--from", str(source), *extra])
+def _db_args(database: str | None) -> list[str]:
+    return [] if database is None else ["--database", database, "--replication", "none"]
+
+
+def _recover(data: Path, source: str | Path, database: str | None, *extra: str) -> int:
+    return tlog_main(
+        ["recover", "--data", str(data), *_db_args(database), "--from", str(source), *extra]
+    )
+
+
+def _tree_size(data: Path, database: str | None) -> int:
+    st = open_store(database, data / "db")
+    try:
+        with st.read() as rv:
+            return rv.tree_size()
+    finally:
+        st.close()
 
 
 def test_recover_from_a_tiles_directory(
-    tmp_path: Path, data: Path, capsys: pytest.CaptureFixture[str], database: str | None
+    tmp_path: Path,
+    data: Path,
+    capsys: pytest.CaptureFixture[str],
+    database: str | None,
+    old_copy: Callable[[str], OldCopy],
 ) -> None:
-    mirror, notes = _scenario(tmp_path, data, 300, 700)  # crosses entry-bundle boundaries
+    # crosses entry-bundle boundaries
+    mirror, notes = _scenario(tmp_path, data, 300, 700, database, old_copy("backup"))
     with pytest.raises(RollbackDetected):
         build_app(serve_config(data, database), _signer(data), scim=False)
-    assert _recover(data, mirror) == 0
+    assert _recover(data, mirror, database) == 0
     out = capsys.readouterr().out
     assert "recovered entries 300..699" in out and "the log may sign again" in out
-    _starts_and_continues(data, 700, notes)
-    assert tlog_main(["fsck", "--data", str(data)]) == 0
+    _starts_and_continues(data, 700, notes, database)
+    assert tlog_main(["fsck", "--data", str(data), *_db_args(database)[:2]]) == 0
 
 
 @pytest.fixture
@@ -149,64 +178,97 @@ def http_mirror(tmp_path: Path) -> Iterator[tuple[Path, str]]:
 
 
 def test_recover_from_a_tiles_url(
-    tmp_path: Path, data: Path, http_mirror: tuple[Path, str]
+    tmp_path: Path,
+    data: Path,
+    http_mirror: tuple[Path, str],
+    database: str | None,
+    old_copy: Callable[[str], OldCopy],
 ) -> None:
-    mirror, notes = _scenario(tmp_path, data, 5, 9)
+    mirror, notes = _scenario(tmp_path, data, 5, 9, database, old_copy("backup"))
     web, url = http_mirror
     shutil.copytree(mirror, web)
-    assert _recover(data, url) == 0
-    _starts_and_continues(data, 9, notes)
+    assert _recover(data, url, database) == 0
+    _starts_and_continues(data, 9, notes, database)
 
 
-def test_recover_from_another_store(tmp_path: Path, data: Path) -> None:
-    notes = _append(data, [b"a%d" % i for i in range(3)])
-    backup = tmp_path / "backup"
-    shutil.copytree(data / "db", backup)  # a file copy with the server stopped
-    notes += _append(data, [b"a%d" % i for i in range(3, 6)])
-    replica = tmp_path / "replica"
-    shutil.copytree(data / "db", replica)
-    shutil.rmtree(data / "db")
-    shutil.copytree(backup, data / "db")
-    assert _recover(data, replica) == 0
-    _starts_and_continues(data, 6, notes)
-
-
-def test_recover_a_zero_byte_store(
-    tmp_path: Path, data: Path, capsys: pytest.CaptureFixture[str]
+def test_recover_from_another_store(
+    tmp_path: Path,
+    data: Path,
+    database: str | None,
+    old_copy: Callable[[str], OldCopy],
+    new_database: Callable[[], str | None],
 ) -> None:
-    notes = _append(data, [b"z%d" % i for i in range(4)])
+    """The copy is another store holding the log (LMDB: a copy of its files taken with the
+    server stopped; PostgreSQL: another database, e.g. a replica that has the entries)."""
+    notes = _append(data, [b"a%d" % i for i in range(3)], database)
+    backup = old_copy("backup")
+    _take(backup, data, database)
+    notes += _append(data, [b"a%d" % i for i in range(3, 6)], database)
+    replica = clone_store(database, data, new_database(), tmp_path / "replica")
+    backup.restore(data)
+    assert _recover(data, replica, database) == 0
+    _starts_and_continues(data, 6, notes, database)
+
+
+def _empty_the_store(data: Path, database: str | None, cluster: Callable[[], PgCluster]) -> str:
+    """What a failed copy or restore leaves: LMDB, a 0-byte data.mdb; PostgreSQL, the log's
+    schema dropped and created again empty (a restore of nothing). Returns what serve says."""
+    if database is None:
+        (data / "db" / "data.mdb").write_bytes(b"")
+        return "is empty (0 bytes)"
+    schema = url_schema(database)
+    cluster().sql(f"DROP SCHEMA {schema} CASCADE; CREATE SCHEMA {schema}")
+    return "the store is behind the log: it ends at tree size 0"
+
+
+def test_recover_an_emptied_store(
+    tmp_path: Path,
+    data: Path,
+    capsys: pytest.CaptureFixture[str],
+    database: str | None,
+    request: pytest.FixtureRequest,
+) -> None:
+    notes = _append(data, [b"z%d" % i for i in range(4)], database)
     mirror = tmp_path / "mirror"
-    _mirror_tiles(data, mirror)
-    (data / "db" / "data.mdb").write_bytes(b"")
-    assert (
-        tlog_main(["serve", "--data", str(data), "--port", "1", "--switch-interval-ms", "5"]) == 1
-    )
-    assert "is empty (0 bytes)" in capsys.readouterr().err
-    assert _recover(data, mirror) == 0
-    assert "removed the empty" in capsys.readouterr().out
-    _starts_and_continues(data, 4, notes)
+    _mirror_tiles(data, mirror, database)
+    says = _empty_the_store(data, database, lambda: request.getfixturevalue("pg_cluster"))
+    serve = ["serve", "--data", str(data), *_db_args(database)]
+    assert tlog_main([*serve, "--port", "1", "--switch-interval-ms", "5"]) == 1
+    assert says in capsys.readouterr().err
+    assert _recover(data, mirror, database) == 0
+    out = capsys.readouterr().out
+    assert "recovered entries 0..3" in out
+    if database is None:
+        assert "removed the empty" in out
+    _starts_and_continues(data, 4, notes, database)
 
 
 def test_a_copy_of_another_history_is_not_imported(
-    tmp_path: Path, data: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    data: Path,
+    capsys: pytest.CaptureFixture[str],
+    database: str | None,
+    old_copy: Callable[[str], OldCopy],
 ) -> None:
-    mirror, _ = _scenario(tmp_path, data, 2, 5)
+    mirror, _ = _scenario(tmp_path, data, 2, 5, database, old_copy("backup"))
     bundle = mirror / "tile" / "entries" / "000.p" / "5"
     bundle.write_bytes(bundle.read_bytes().replace(b"entry-4", b"entry-X"))
-    assert _recover(data, mirror) == 1
+    assert _recover(data, mirror, database) == 1
     err = capsys.readouterr().err
     assert "do not produce the root this log signed at size 5" in err
     assert "nothing was imported" in err
-    st = Storage(data / "db", readonly=True)
-    with st.read() as rv:
-        assert rv.tree_size() == 2
-    st.close()
+    assert _tree_size(data, database) == 2
 
 
 def test_a_copy_that_is_too_short_is_refused(
-    tmp_path: Path, data: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    data: Path,
+    capsys: pytest.CaptureFixture[str],
+    database: str | None,
+    old_copy: Callable[[str], OldCopy],
 ) -> None:
-    mirror, _ = _scenario(tmp_path, data, 2, 5)
+    mirror, _ = _scenario(tmp_path, data, 2, 5, database, old_copy("backup"))
     shutil.rmtree(mirror / "tile")
-    assert _recover(data, mirror) == 1
+    assert _recover(data, mirror, database) == 1
     assert "has no entry bundle tile/entries/000.p/5" in capsys.readouterr().err
+    assert _tree_size(data, database) == 2
