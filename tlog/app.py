@@ -34,25 +34,14 @@ from starlette.types import Message, Receive, Scope, Send
 
 from tlog.auth import TokenStore
 from tlog.errors import error_response, json_errors
-from tlog.http import Endpoint, Handler, Limits, Query, Scoped, b64, read_body
+from tlog.http import Endpoint, Handler, Limits, Scoped
 from tlog.log import Log
 from tlog.published import PublishedState
 from tlog.reads import ReadPool
 from tlog.routes import Api
 from tlog.sequencer import Sequencer
 
-# Api, Query, b64 and read_body are re-exported for the modules that import them from here.
-__all__ = [
-    "Api",
-    "Endpoint",
-    "Limits",
-    "LogApp",
-    "Query",
-    "b64",
-    "create_app",
-    "read_body",
-    "route_operations",
-]
+__all__ = ["LogApp", "create_app", "route_operations"]
 
 MAX_FAST_PATH = 200  # longer paths take Starlette's route (same handler), e.g. a bad tile
 

@@ -49,8 +49,8 @@ from typing import Any, TypeVar
 from client.adapters.proxy import ProxyConfig
 from client.runtime.serving import ServerLimits
 from client.runtime.settings import LOG_FORMATS, LOG_LEVELS, setting, table
-from tlog.app import Limits
 from tlog.backend import DEFAULT_MAP_SIZE, DEFAULT_VERIFY_LIMIT
+from tlog.http import Limits
 from tlog.scim.service import ScimLimits
 
 __all__ = [

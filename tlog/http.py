@@ -1,5 +1,7 @@
 """HTTP helpers of the log's API: request limits, the routing table's entry, strict query
-strings, headers and bounded bodies, straight from the ASGI scope.
+strings, headers, request ids, and bounded bodies and strict JSON bodies, straight from the
+ASGI scope; shared by every module with routes (the log's, the SCIM service's, the
+console's).
 
 Nothing here knows a route. :class:`Endpoint` is one row of the routing table
 (:mod:`tlog.routes` has the log's rows, other modules may add theirs): :mod:`tlog.app`
@@ -9,6 +11,8 @@ derives the fast ASGI dispatch, the Starlette routes and the OpenAPI operations 
 from __future__ import annotations
 
 import binascii
+import re
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +25,7 @@ from starlette.types import Message, Receive, Scope
 from client.formats.checkpoint import parse_decimal
 from client.formats.note import FormatError, b64decode_strict
 from client.formats.tiles import MAX_ENTRY_SIZE
+from client.scim.jsonstrict import strict_json
 from tlog.errors import BadRequest, PayloadTooLarge
 
 __all__ = [
@@ -31,11 +36,14 @@ __all__ = [
     "Scoped",
     "b64",
     "header",
+    "json_body",
     "read_asgi_body",
     "read_body",
+    "request_id",
 ]
 
 MAX_INDEX = (1 << 63) - 1
+_REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
 
 
 @dataclass(frozen=True)
@@ -158,6 +166,22 @@ def header(scope: Scope, name: bytes) -> str | None:
         if k == name:
             return bytes(v).decode("latin-1")
     return None
+
+
+def request_id(request: Request | Scoped) -> str:
+    """The caller's ``X-Request-Id`` if it is a plain token, else a fresh one."""
+    rid = header(request.scope, b"x-request-id") or ""
+    return rid if _REQUEST_ID_RE.fullmatch(rid) else uuid.uuid4().hex
+
+
+def json_body(body: bytes) -> Any:
+    """A request body as JSON, with duplicate keys, floats and NaN/Infinity refused (400)."""
+    try:
+        return strict_json(body.decode("utf-8"))
+    except RecursionError:
+        raise BadRequest("body is nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"body is not valid JSON: {exc}") from None
 
 
 async def read_body(request: Request, limit: int) -> bytes:

@@ -7,17 +7,19 @@ from collections.abc import Callable
 from pathlib import Path
 
 from client.formats.policy import Policy
-from tlog.app import Api, Limits, LogApp, create_app
+from tlog.app import LogApp, create_app
 from tlog.auth import TokenStore
 from tlog.backend import Backend, is_database_url, open_backend
 from tlog.bucket import BucketPublisher, ObjectStore, S3Store
 from tlog.config import ServeConfig
+from tlog.http import Limits
 from tlog.integrity import CHECKPOINT_FILE, CheckpointFile, DataDirLock, preflight
 from tlog.lockfile import default_lock_dir, place_lock_file
 from tlog.log import Log
 from tlog.metrics import Metrics, ops_routes
 from tlog.published import PublishedState, Solo
 from tlog.reads import ReadPool
+from tlog.routes import Api
 from tlog.scim.keys import open_keyring
 from tlog.scim.routes import scim_routes
 from tlog.scim.service import ScimService

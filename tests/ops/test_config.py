@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from tlog.app import Limits
 from tlog.cli import main, parser
 from tlog.config import (
     ConfigError,
@@ -21,6 +20,7 @@ from tlog.config import (
     items,
     load_toml,
 )
+from tlog.http import Limits
 from tlog.scim.service import ScimLimits
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -9,8 +9,8 @@ import pytest
 from starlette.testclient import TestClient
 
 from client.formats.note import Ed25519Signer
-from tlog.app import Limits
 from tlog.auth import TokenStore
+from tlog.http import Limits
 from tlog.log import Log
 from tlog.server import build_app
 from tlog.signer import CheckpointSigner

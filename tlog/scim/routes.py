@@ -1,6 +1,6 @@
 """HTTP endpoints of the SCIM event service, under ``/v1/scim/`` (docs/api.md "SCIM events").
 
-Authentication is the log's own (:class:`tlog.app.Api`) and so is the error mapping
+Authentication is the log's own (:class:`tlog.routes.Api`) and so is the error mapping
 (:mod:`tlog.errors`): 401 for missing/unknown/expired/revoked tokens, 403 for a wrong role
 or tenant, 400 for malformed input (every :class:`client.formats.note.FormatError`, which
 includes :class:`client.scim.EventFormatError`), 413 for bodies over a limit, 409 for a
@@ -15,7 +15,6 @@ approves erasures. ``admin`` has no access to bodies.
 from __future__ import annotations
 
 import json
-import re
 import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -35,8 +34,6 @@ from client.scim.event import (
     event_to_json,
 )
 from client.scim.fastjson import decode_batch, decode_event_json
-from client.scim.jsonstrict import strict_json
-from tlog.app import Api, Query, b64, read_body
 from tlog.auth import ROLES, Forbidden, Principal
 from tlog.bodies import BodyTooLarge, check_json_shape, off_loop
 from tlog.errors import (
@@ -44,8 +41,19 @@ from tlog.errors import (
     PayloadTooLarge,
     UnsupportedMediaType,
 )
-from tlog.http import Endpoint, Scoped, header, read_asgi_body
+from tlog.http import (
+    Endpoint,
+    Query,
+    Scoped,
+    b64,
+    header,
+    json_body,
+    read_asgi_body,
+    read_body,
+    request_id,
+)
 from tlog.log import NotFound, Published
+from tlog.routes import Api
 from tlog.scim.erasure import SUBJECT_KINDS, ErasureStatus, Hold
 from tlog.scim.keys import SubjectId
 from tlog.scim.search import Filters, Found, ReceiptInfo
@@ -59,29 +67,12 @@ CBOR = "application/cbor"
 MAX_FILTER_BYTES = 1024
 MAX_SMALL_BODY = 64 * 1024  # erasure requests
 MAX_PSEUDONYM_BODY = 2 << 20  # one request's member references (max_refs of them) in one call
-_REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
 
 T = TypeVar("T")
 
 
 def _media_type(request: Request | Scoped) -> str:
     return (header(request.scope, b"content-type") or "").split(";")[0].strip().lower()
-
-
-def _request_id(request: Request | Scoped) -> str:
-    """The caller's ``X-Request-Id`` if it is a plain token, else a fresh one."""
-    rid = header(request.scope, b"x-request-id") or ""
-    return rid if _REQUEST_ID_RE.fullmatch(rid) else uuid.uuid4().hex
-
-
-def _strict_json(body: bytes) -> Any:
-    """JSON with duplicate keys, floats and NaN/Infinity refused (400)."""
-    try:
-        return strict_json(body.decode("utf-8"))
-    except RecursionError:
-        raise BadRequest("body is nested too deeply") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"body is not valid JSON: {exc}") from None
 
 
 def _text(value: object, what: str, max_bytes: int = MAX_FILTER_BYTES) -> str:
@@ -241,7 +232,7 @@ class ScimRoutes:
                 check_json_shape(body, max_items=max_items, max_depth=MAX_DEPTH + 2)
             except BodyTooLarge:
                 raise PayloadTooLarge(f"more than {max_items} JSON elements in one batch") from None
-            doc = _strict_json(body)
+            doc = json_body(body)
             if type(doc) is not dict or set(doc) != {"events"} or type(doc["events"]) is not list:
                 raise BadRequest('body must be {"events": [<event>, ...]}')
             items = doc["events"]
@@ -302,7 +293,7 @@ class ScimRoutes:
         tenant = self._tenant(p)
         if _media_type(request) != JSON:
             raise UnsupportedMediaType("Content-Type must be application/json")
-        doc = _strict_json(await read_body(request, MAX_PSEUDONYM_BODY))
+        doc = json_body(await read_body(request, MAX_PSEUDONYM_BODY))
         if type(doc) is not dict or set(doc) != {"refs"} or type(doc["refs"]) is not list:
             raise BadRequest('body must be {"refs": [{"rt": ..., "id": ...}, ...]}')
         if not doc["refs"]:
@@ -387,7 +378,7 @@ class ScimRoutes:
             path="/v1/scim/events",
             query=[*f.items(), ("limit", str(limit))],
             counts=counts,
-            req_id=_request_id(request),
+            req_id=request_id(request),
         )
         return JSONResponse(
             {
@@ -444,7 +435,7 @@ class ScimRoutes:
                 path="/v1/scim/receipts",
                 query=[("eid", eid)] if eid is not None else [("req", req or "")],
                 counts={"receipts": len(out)},
-                req_id=_request_id(request),
+                req_id=request_id(request),
             )
         return JSONResponse({"tree_size": pub.size, "checkpoint": note, "receipts": out})
 
@@ -478,7 +469,7 @@ class ScimRoutes:
     async def _json_body(self, request: Request) -> dict[str, Any]:
         if _media_type(request) != JSON:
             raise UnsupportedMediaType("Content-Type must be application/json")
-        doc = _strict_json(await read_body(request, MAX_SMALL_BODY))
+        doc = json_body(await read_body(request, MAX_SMALL_BODY))
         if type(doc) is not dict:
             raise BadRequest("body must be a JSON object")
         return doc
@@ -504,7 +495,7 @@ class ScimRoutes:
         assert subject is not None
         tenant = _text(doc["tenant"], "tenant", 256)
         reason = _text(doc["reason"], "reason", 64)
-        st = await self.service.erasures.request(p, tenant, subject, reason, _request_id(request))
+        st = await self.service.erasures.request(p, tenant, subject, reason, request_id(request))
         return JSONResponse(await self._erasure_json(st), status_code=201)
 
     async def list_erasures(self, request: Request) -> Response:
@@ -537,10 +528,10 @@ class ScimRoutes:
     async def approve_erasure(self, request: Request) -> Response:
         p = await self._principal(request, "privacy-officer")
         body = await read_body(request, MAX_SMALL_BODY)
-        if body.strip() and _strict_json(body) != {}:
+        if body.strip() and json_body(body) != {}:
             raise BadRequest("approval takes no body (or {})")
         st = await self.service.erasures.approve(
-            p, self._request_id_param(request), _request_id(request)
+            p, self._request_id_param(request), request_id(request)
         )
         return JSONResponse(await self._erasure_json(st))
 
@@ -596,7 +587,7 @@ class ScimRoutes:
         tenant = _text(doc["tenant"], "tenant", 256)
         reason = _text(doc["reason"], "reason", 64)
         hold = await self.service.erasures.place_hold(
-            p, tenant, subject, reason, _request_id(request)
+            p, tenant, subject, reason, request_id(request)
         )
         return JSONResponse(await self._hold_json(hold), status_code=201)
 
@@ -609,7 +600,7 @@ class ScimRoutes:
     async def release_hold(self, request: Request) -> Response:
         p = await self._principal(request, "privacy-officer")
         hold = await self.service.erasures.release_hold(
-            p, self._request_id_param(request), _request_id(request)
+            p, self._request_id_param(request), request_id(request)
         )
         return JSONResponse(await self._hold_json(hold))
 
@@ -619,9 +610,7 @@ class ScimRoutes:
         if set(doc) != {"tenant", "days"} or type(doc["days"]) is not int:
             raise BadRequest('body must be {"tenant": ..., "days": <30..3653>}')
         tenant = _text(doc["tenant"], "tenant", 256)
-        rec = await self.service.erasures.set_retention(
-            p, tenant, doc["days"], _request_id(request)
-        )
+        rec = await self.service.erasures.set_retention(p, tenant, doc["days"], request_id(request))
         return JSONResponse({"tenant": tenant, "days": rec["days"], "set": rec["set"]})
 
     async def get_retention(self, request: Request) -> Response:
@@ -642,7 +631,7 @@ class ScimRoutes:
     async def expire(self, request: Request) -> Response:
         p = await self._principal(request, "privacy-officer", "admin")
         body = await read_body(request, MAX_SMALL_BODY)
-        doc = _strict_json(body) if body.strip() else {}
+        doc = json_body(body) if body.strip() else {}
         if type(doc) is not dict or set(doc) - {"tenant"}:
             raise BadRequest('body must be {} or {"tenant": ...}')
         tenant = None if "tenant" not in doc else _text(doc["tenant"], "tenant", 256)

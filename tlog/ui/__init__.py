@@ -40,9 +40,8 @@ from client.formats.policy import Policy
 from client.scim.cbor import EventFormatError
 from client.scim.leaf import parse_leaf
 from tlog.errors import BadRequest
-from tlog.http import Endpoint, Query, b64, read_body
+from tlog.http import Endpoint, Query, b64, json_body, read_body, request_id
 from tlog.routes import Api
-from tlog.scim.routes import _request_id, _strict_json
 
 if TYPE_CHECKING:
     from tlog.scim.service import ScimService
@@ -211,7 +210,7 @@ class Console:
         service = self.scim
         if service is None or p.tenant is None:
             return JSONResponse({"error": "no SCIM event service"}, 404)
-        doc = _strict_json(await read_body(request, MAX_EXPORT_BODY))
+        doc = json_body(await read_body(request, MAX_EXPORT_BODY))
         counts = ("events", "bodies", "erased")
         if type(doc) is not dict or not set(doc) <= {"sink", *counts} or "sink" not in doc:
             raise BadRequest('body must be {"sink": "<code>", "events": n, ...}')
@@ -231,7 +230,7 @@ class Console:
             path="/v1/scim/exports",
             query=[("sink", sink)],
             counts=n,
-            req_id=_request_id(request),
+            req_id=request_id(request),
         )
         return JSONResponse(
             {
