@@ -20,7 +20,8 @@ from client.scim import commitment, dumps_det, encode_event, event_to_json, pars
 from tests.scim.helpers import Pairs, Raw, ref_encode
 from tlog.app import LogApp
 from tlog.scim import store
-from tlog.scim.service import Filters, ScimService
+from tlog.scim.search import Filters
+from tlog.scim.service import ScimService
 from tlog.sequencer import SequencerStopped
 from tlog.server import build_app
 from tlog.storage import StorageError
@@ -123,18 +124,19 @@ def test_commitment_and_envelope_bind_the_private_event(harness: Harness) -> Non
     harness.post_event(other)
     leaf = parse_leaf(base64.b64decode(d["leaf"]))
     svc = harness.service
-    found, _ = svc.search(T1, Filters(rid=ev["rid"]), 10, None, harness.log.latest)
+    search = svc.searcher.search
+    found, _ = search(T1, Filters(rid=ev["rid"]), 10, None, harness.log.latest)
     assert len(found) == 1 and found[0].event == ev and found[0].nonce is not None
     assert commitment(found[0].nonce, ev) == leaf.c
     # AAD = leaf hash: an envelope moved under another leaf does not decrypt.
     lh_a = base64.b64decode(d["leaf_hash"])
-    lh_b = svc.search(T1, Filters(rid="u-other-1"), 10, None, harness.log.latest)[0][0].leaf_hash
+    lh_b = search(T1, Filters(rid="u-other-1"), 10, None, harness.log.latest)[0][0].leaf_hash
     with svc.storage.read() as rv:
         env_a = rv.aux(store.envelope_key(lh_a))
     assert env_a is not None
     svc.storage.put_aux([(store.envelope_key(lh_b), env_a)])
     with pytest.raises(StorageError, match="does not decrypt"):
-        svc.search(T1, Filters(rid="u-other-1"), 10, None, harness.log.latest)
+        search(T1, Filters(rid="u-other-1"), 10, None, harness.log.latest)
 
 
 # -- crash safety ------------------------------------------------------------------------------
@@ -400,7 +402,7 @@ def test_envelope_plaintext_is_the_deterministic_encoding() -> None:
     import os
 
     from client.scim.cbor import dumps_det
-    from tlog.scim.service import envelope_plaintext
+    from tlog.scim.keys import envelope_plaintext
 
     for ev in ({"a": 1}, {"eid": "x" * 300, "n": [1, 2, {"z": b"\x00"}]}, {}):
         nonce = os.urandom(32)

@@ -77,19 +77,11 @@ from tlog.scim.keys import (
     seal_envelope,
     seal_state,
 )
-from tlog.scim.search import Filters, Searcher, effect_index_values, index_values
+from tlog.scim.search import Searcher, effect_index_values, index_values
 from tlog.scim.store import Overlay
 from tlog.sequencer import Sequencer
 
-__all__ = [
-    "Conflict",
-    "Filters",  # re-exported: its home is tlog.scim.search
-    "ScimLimits",
-    "ScimService",
-    "Submitted",
-    "envelope_plaintext",  # re-exported: its home is tlog.scim.keys
-    "subject_of",
-]
+__all__ = ["ScimLimits", "ScimService", "Submitted", "subject_of"]
 
 T = TypeVar("T")
 
@@ -236,8 +228,6 @@ class ScimService:
         self.erasures = Erasures(self)
         self.searcher = Searcher(self)
         self.access = AccessLog(self)
-        # The search, under its old name (callers of the service's reads before the split).
-        self.search = self.searcher.search
         # The log's read pool (tlog.reads): store reads of the async methods run there,
         # never on the event loop (without one, in a worker thread).
         self.reads = reads
