@@ -27,7 +27,7 @@ import re
 import time
 from collections.abc import Callable, Collection, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Unpack
 
 import msgspec
 
@@ -38,6 +38,7 @@ from client.scim.event import (
     BYTES_FIELDS,
     MAX_EVENT_SIZE,
     Event,
+    EventFields,
     event_object,
     new_event,
     validate_event,
@@ -260,7 +261,7 @@ def event_json(event: Event) -> str:
 _JSON = msgspec.json.Encoder(order="sorted")
 
 
-def validated_event(**fields: Any) -> tuple[Event, str]:
+def validated_event(**fields: Unpack[EventFields]) -> tuple[Event, str]:
     """:func:`client.scim.event.new_event` with the event's JSON form (the outbox record).
 
     The event is built unvalidated (:func:`client.scim.event.event_object`), encoded to JSON
@@ -518,7 +519,7 @@ class Builder:
             return None, self.req.error
         return self.intent(op, rt, self.req.value)
 
-    def event(self, **fields: Any) -> Event:
+    def event(self, **fields: Unpack[EventFields]) -> Event:
         """One validated event (:func:`validated_event`), its JSON form kept in ``texts``."""
         ev, text = validated_event(**fields)
         self.texts[str(ev["eid"])] = text

@@ -43,7 +43,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import cbor2
 
@@ -62,6 +62,7 @@ __all__ = [
     "OUTCOMES",
     "PATCH_OPS",
     "Event",
+    "EventFields",
     "adopt_event",
     "adopt_json_event",
     "adopt_json_text",
@@ -627,104 +628,110 @@ def _copy(obj: Any) -> Any:
     return dict(obj) if isinstance(obj, Mapping) else obj
 
 
-def event_object(
-    *,
-    tenant: str,
-    sp: str | Mapping[str, Any],
-    op: str,
-    rt: str,
-    actor: Mapping[str, Any],
-    corr: str | Mapping[str, Any],
-    req: Mapping[str, Any],
-    res: int | Mapping[str, Any],
-    outcome: str,
-    rid: str | None = None,
-    eid: str | None = None,
-    ts: int | None = None,
-    dur: int | None = None,
-    idp: Mapping[str, Any] | None = None,
-    xid: str | None = None,
-    ver: Mapping[str, Any] | None = None,
-    src: Mapping[str, Any] | None = None,
-    patch: Sequence[Mapping[str, Any]] | None = None,
-    mods: Sequence[Mapping[str, Any]] | None = None,
-    refs: Sequence[Mapping[str, Any]] | None = None,
-    err: Mapping[str, Any] | None = None,
-    acts: Sequence[Mapping[str, Any]] | None = None,
-    x: Mapping[str, Any] | None = None,
-    intent: bool = False,
-    ocsf: str = "1.8",
-) -> dict[str, Any]:
+class _EventFieldsRequired(TypedDict):
+    tenant: str
+    sp: str | Mapping[str, Any]
+    op: str
+    rt: str
+    actor: Mapping[str, Any]
+    corr: str | Mapping[str, Any]
+    req: Mapping[str, Any]
+    res: int | Mapping[str, Any]
+    outcome: str
+
+
+# Required fields by the base class's totality, not typing.Required: under
+# ``from __future__ import annotations`` Python 3.11 does not see Required in a string.
+class EventFields(_EventFieldsRequired, total=False):
+    """The keyword arguments of :func:`new_event` and :func:`event_object`: the event's
+    fields, with the builder's conveniences (see :func:`new_event`)."""
+
+    rid: str | None
+    eid: str | None
+    ts: int | None
+    dur: int | None
+    idp: Mapping[str, Any] | None
+    xid: str | None
+    ver: Mapping[str, Any] | None
+    src: Mapping[str, Any] | None
+    patch: Sequence[Mapping[str, Any]] | None
+    mods: Sequence[Mapping[str, Any]] | None
+    refs: Sequence[Mapping[str, Any]] | None
+    err: Mapping[str, Any] | None
+    acts: Sequence[Mapping[str, Any]] | None
+    x: Mapping[str, Any] | None
+    intent: bool  # default False
+    ocsf: str  # default "1.8": the OCSF version derived actions name
+
+
+_FIELDS_REQUIRED = EventFields.__required_keys__
+_FIELDS_ALL = _FIELDS_REQUIRED | EventFields.__optional_keys__
+
+
+def _check_fields(fields: Mapping[str, Any]) -> None:
+    """A TypeError for a keyword :class:`EventFields` does not have or a required one left
+    out, as a Python signature would raise (``**fields`` alone accepts anything)."""
+    keys = fields.keys()
+    if keys <= _FIELDS_ALL and _FIELDS_REQUIRED <= keys:
+        return
+    if unknown := sorted(keys - _FIELDS_ALL):
+        raise TypeError(f"unexpected keyword argument(s): {', '.join(unknown)}")
+    missing = sorted(_FIELDS_REQUIRED - keys)
+    raise TypeError(f"missing required keyword argument(s): {', '.join(missing)}")
+
+
+def event_object(**fields: Unpack[EventFields]) -> dict[str, Any]:
     """The event :func:`new_event` builds (same conveniences), *not yet validated*: for a
     caller that validates it another way, e.g. in its JSON form with the compiled checker
     (:mod:`client.scim.fastjson`), falling back to :func:`validate_event`. Raises only on
-    what the derivation of ``acts`` refuses."""
+    what the derivation of ``acts`` refuses (and TypeError for a wrong keyword)."""
+    _check_fields(fields)
+    f = fields
+    ts = f.get("ts")
     if ts is None:
         ts = time.time_ns() // 1_000_000
+    eid = f.get("eid")
     if eid is None:
         eid = str(uuid7(ts if type(ts) is int and 0 <= ts < 1 << 48 else None))
+    op, rt, outcome = f["op"], f["rt"], f["outcome"]
+    sp, corr, res = f["sp"], f["corr"], f["res"]
+    mods, patch, refs = f.get("mods"), f.get("patch"), f.get("refs")
+    acts, x = f.get("acts"), f.get("x")
     mods_l = [_copy(m) for m in mods] if mods else None
     patch_l = [_copy(p) for p in patch] if patch else None
     if acts is None and outcome == "success":
-        acts = derive_actions(op, rt, mods=mods_l, patch=patch_l, ocsf=ocsf)
+        acts = derive_actions(op, rt, mods=mods_l, patch=patch_l, ocsf=f.get("ocsf", "1.8"))
     ev: dict[str, Any] = {
         "v": 1,
         "eid": eid,
         "ts": ts,
-        "dur": dur,
-        "tenant": tenant,
+        "dur": f.get("dur"),
+        "tenant": f["tenant"],
         "sp": {"id": sp} if isinstance(sp, str) else _drop_empty(sp),
-        "idp": _drop_empty(idp),
+        "idp": _drop_empty(f.get("idp")),
         "op": op,
         "rt": rt,
-        "rid": rid,
-        "xid": xid,
-        "ver": _drop_empty(ver),
-        "actor": _drop_empty(actor),
-        "src": _drop_empty(src),
+        "rid": f.get("rid"),
+        "xid": f.get("xid"),
+        "ver": _drop_empty(f.get("ver")),
+        "actor": _drop_empty(f["actor"]),
+        "src": _drop_empty(f.get("src")),
         "corr": {"req": corr} if isinstance(corr, str) else _drop_empty(corr),
-        "req": _drop_empty(req),
+        "req": _drop_empty(f["req"]),
         "patch": patch_l,
         "mods": mods_l,
         "refs": [_copy(r) for r in refs] if refs else None,
         "res": {"st": res} if isinstance(res, int) else _drop_empty(res),
         "outcome": outcome,
-        "err": _drop_empty(err),
+        "err": _drop_empty(f.get("err")),
         "acts": [_copy(a) for a in acts] if acts else None,
         "x": _copy(x) if x else None,
-        "intent": True if intent else None,
+        "intent": True if f.get("intent", False) else None,
     }
     return {k: v for k, v in ev.items() if v is not None}
 
 
-def new_event(
-    *,
-    tenant: str,
-    sp: str | Mapping[str, Any],
-    op: str,
-    rt: str,
-    actor: Mapping[str, Any],
-    corr: str | Mapping[str, Any],
-    req: Mapping[str, Any],
-    res: int | Mapping[str, Any],
-    outcome: str,
-    rid: str | None = None,
-    eid: str | None = None,
-    ts: int | None = None,
-    dur: int | None = None,
-    idp: Mapping[str, Any] | None = None,
-    xid: str | None = None,
-    ver: Mapping[str, Any] | None = None,
-    src: Mapping[str, Any] | None = None,
-    patch: Sequence[Mapping[str, Any]] | None = None,
-    mods: Sequence[Mapping[str, Any]] | None = None,
-    refs: Sequence[Mapping[str, Any]] | None = None,
-    err: Mapping[str, Any] | None = None,
-    acts: Sequence[Mapping[str, Any]] | None = None,
-    x: Mapping[str, Any] | None = None,
-    intent: bool = False,
-    ocsf: str = "1.8",
-) -> Event:
+def new_event(**fields: Unpack[EventFields]) -> Event:
     """Build and validate an event.
 
     Conveniences: ``eid`` defaults to a fresh UUIDv7 and ``ts`` to now (ms); ``sp``,
@@ -733,32 +740,4 @@ def new_event(
     success, missing ``acts`` are derived from op/rt/mods/patch with
     :func:`client.scim.actions.derive_actions`. Raises :class:`EventFormatError`.
     """
-    return validate_event(
-        event_object(
-            tenant=tenant,
-            sp=sp,
-            op=op,
-            rt=rt,
-            actor=actor,
-            corr=corr,
-            req=req,
-            res=res,
-            outcome=outcome,
-            rid=rid,
-            eid=eid,
-            ts=ts,
-            dur=dur,
-            idp=idp,
-            xid=xid,
-            ver=ver,
-            src=src,
-            patch=patch,
-            mods=mods,
-            refs=refs,
-            err=err,
-            acts=acts,
-            x=x,
-            intent=intent,
-            ocsf=ocsf,
-        )
-    )
+    return validate_event(event_object(**fields))

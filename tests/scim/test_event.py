@@ -24,6 +24,7 @@ from client.scim.event import (
     decode_event,
     encode_event,
     event_from_json,
+    event_object,
     event_to_json,
     load_event,
     new_event,
@@ -751,6 +752,18 @@ def test_new_event_validates() -> None:
         new_event(**_builder_args(outcome="failure", res=400))
     ev = new_event(**_builder_args(outcome="failure", res=400, err={"scim_type": "invalidPath"}))
     assert "acts" not in ev
+
+
+def test_builders_refuse_unknown_and_missing_keywords() -> None:
+    # new_event and event_object take **EventFields: a misspelt or missing field is a
+    # TypeError naming it, as an explicit signature would raise, never silently dropped.
+    for build in (new_event, event_object):
+        with pytest.raises(TypeError, match=r"unexpected keyword argument\(s\): tennant$"):
+            build(**_builder_args(tennant="contoso"))
+        args = _builder_args()
+        del args["actor"], args["res"]
+        with pytest.raises(TypeError, match=r"missing required keyword argument\(s\): actor, res$"):
+            build(**args)
 
 
 def test_uuid7() -> None:
