@@ -6,7 +6,6 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,10 +101,14 @@ def serve_args(database: str | None) -> list[str]:
 
 class UvicornThread:
     """An ASGI app served by uvicorn on 127.0.0.1 in a daemon thread, started when this
-    returns."""
+    returns: :class:`client.runtime.serving.ServingThread` waits until uvicorn says it
+    started, and raises its ``ServerStartError`` (from the thread's exception, or with the
+    thread's stack after a hang) otherwise."""
 
     def __init__(self, app: Any, port: int | None = None, **kw: Any) -> None:
         import uvicorn
+
+        from client.runtime.serving import ServingThread
 
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -113,15 +116,15 @@ class UvicornThread:
             app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on", **kw
         )
         self.server = uvicorn.Server(cfg)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        wait_for(lambda: self.server.started or not self.thread.is_alive(), 20, "uvicorn to start")
-        if not self.server.started:
-            raise RuntimeError("uvicorn did not start")
+        loop_factory = getattr(cfg, "get_loop_factory", None)  # as Server.run picks it
+        self.serving = ServingThread(
+            self.server, name="uvicorn-test", loop_factory=loop_factory and loop_factory()
+        )
+        self.thread = self.serving.thread
+        self.serving.start(STARTUP_TIMEOUT)
 
     def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(15)
+        self.serving.stop(15)
 
 
 @dataclass

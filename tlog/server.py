@@ -84,14 +84,15 @@ def build_app(
             lock.release()
             raise
         storage.on_close.append(lock.release)
+    remembered = CheckpointFile(
+        config.checkpoint_file or data_dir / CHECKPOINT_FILE, signer.verifier, signer.origin
+    )
+    # Closing the store closes everything build_app opened: the remembered checkpoint's file
+    # too (it stays open for the log's life; a process that builds many apps, such as the
+    # test suite, would otherwise keep one descriptor per app).
+    storage.on_close.append(remembered.close)
     try:
-        log_ = Log(
-            storage,
-            signer,
-            CheckpointFile(
-                config.checkpoint_file or data_dir / CHECKPOINT_FILE, signer.verifier, signer.origin
-            ),
-        )
+        log_ = Log(storage, signer, remembered)
     except BaseException:
         storage.close()
         raise

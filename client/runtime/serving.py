@@ -46,7 +46,10 @@ import logging
 import resource
 import socket
 import struct
-from collections.abc import Callable
+import sys
+import threading
+import traceback
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +58,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "ServerLimits",
+    "ServerStartError",
+    "ServingThread",
     "add_limit_arguments",
     "hardened_config",
     "hardened_server",
@@ -284,6 +289,92 @@ def hardened_server(config: uvicorn.Config) -> uvicorn.Server:
     server in a thread, such as ``tlog-witness`` and its tests.
     """
     return _server_class()(config)
+
+
+class ServerStartError(RuntimeError):
+    """An in-process server did not start: its thread ended first (the exception it ended
+    with is the ``__cause__``), or start-up did not finish in time (the message shows
+    where its thread was)."""
+
+
+class ServingThread:
+    """A uvicorn server (:func:`hardened_server`, or any ``uvicorn.Server``) served in a
+    daemon thread, on pre-bound ``sockets`` or, without them, on its config's host and port.
+
+    :meth:`start` returns only once uvicorn has started (a :class:`threading.Event` set from
+    the serving thread when ``server.started`` is), so a caller never talks to a server that
+    is not listening yet, and a server that cannot start is an error at once, not a client
+    timeout later: start-up that fails (an exception, or uvicorn's ``sys.exit`` on a startup
+    failure, which a thread would otherwise swallow) raises :class:`ServerStartError` from
+    that exception, and start-up that hangs raises it after ``timeout`` seconds with the
+    serving thread's stack in the message. :meth:`stop` asks the server to exit and waits
+    for its thread. ``loop_factory``: the event loop to run (default: asyncio's).
+    """
+
+    def __init__(
+        self,
+        server: uvicorn.Server,
+        sockets: Sequence[socket.socket] | None = None,
+        name: str = "uvicorn",
+        loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
+    ) -> None:
+        self.server = server
+        self.name = name
+        self.error: BaseException | None = None
+        self._sockets = None if sockets is None else list(sockets)
+        self._loop_factory = loop_factory
+        self._ready = threading.Event()  # started, or the thread ended
+        self._ended = threading.Event()
+        startup = server.startup
+
+        async def confirmed_startup(sockets: Any = None) -> None:
+            await startup(sockets=sockets)
+            if server.started:
+                self._ready.set()
+
+        server.startup = confirmed_startup  # type: ignore[method-assign]
+        self.thread = threading.Thread(target=self._serve, name=name, daemon=True)
+
+    def _serve(self) -> None:
+        try:
+            with asyncio.Runner(loop_factory=self._loop_factory) as runner:
+                runner.run(self.server.serve(sockets=self._sockets))
+        except BaseException as exc:  # SystemExit included: uvicorn's startup failure
+            self.error = exc
+        finally:
+            self._ended.set()
+            self._ready.set()  # wake start(): it tells "ended" from "started"
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Start serving; return once the server listens (see the class docstring)."""
+        self.thread.start()
+        if not self._ready.wait(timeout):
+            where = self.stack()
+            self.server.should_exit = True  # it may still come up: then it stops at once
+            raise ServerStartError(
+                f"{self.name}: the server did not start within {timeout:g} s; "
+                f"its thread is at:\n{where}"
+            )
+        if self._ended.is_set() or not self.server.started:
+            err = self.error
+            detail = "" if err is None else f": {type(err).__name__}: {err}"
+            raise ServerStartError(
+                f"{self.name}: the server stopped before it started{detail}"
+            ) from err
+
+    def stack(self) -> str:
+        """Where the serving thread is now (for a start-up that hangs)."""
+        frame = sys._current_frames().get(self.thread.ident or -1)
+        if frame is None:
+            return "(the thread is not running)"
+        return "".join(traceback.format_stack(frame))
+
+    def stop(self, timeout: float = 10.0) -> bool:
+        """Ask the server to exit; whether its thread ended within ``timeout`` seconds."""
+        self.server.should_exit = True
+        if self.thread.ident is None:
+            return True
+        return self._ended.wait(timeout)
 
 
 def run_hardened(

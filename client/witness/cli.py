@@ -40,7 +40,7 @@ from client.witness.core import Witness, WitnessedLog
 from client.witness.loglist import log_verifier
 from client.witness.monitor import Monitor
 from client.witness.provision import pull
-from client.witness.server import WitnessHTTPServer
+from client.witness.server import ServerStartError, WitnessHTTPServer
 from client.witness.store import WitnessStore
 
 __all__ = ["main"]
@@ -131,7 +131,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    http_thread = threading.Thread(target=server.serve_forever, name="witness-http", daemon=True)
     mon_thread = threading.Thread(
         target=monitor.run,
         args=(stop,),
@@ -139,7 +138,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         name="witness-monitor",
         daemon=True,
     )
-    http_thread.start()
+    try:
+        server.start()
+    except ServerStartError as exc:
+        server.server_close()
+        _err(str(exc))
+        return EXIT_STATE
     mon_thread.start()
     logger.warning(
         "witness %s serving %d log(s) at %s; vkey %s",

@@ -22,18 +22,22 @@ Limits (config keys of ``tlog-witness``, see :class:`ServerLimits`):
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import socket
 import threading
 from dataclasses import dataclass
 
 from client.runtime.serving import ServerLimits as RunnerLimits
-from client.runtime.serving import hardened_config, hardened_server
+from client.runtime.serving import (
+    ServerStartError,
+    ServingThread,
+    hardened_config,
+    hardened_server,
+)
 from client.witness.asgi import MAX_HEAD_SIZE, WitnessApp
 from client.witness.core import Witness
 
-__all__ = ["ServerLimits", "WitnessHTTPServer", "start_server"]
+__all__ = ["ServerLimits", "ServerStartError", "WitnessHTTPServer", "start_server"]
 
 logger = logging.getLogger("client.witness.server")
 
@@ -70,9 +74,10 @@ class ServerLimits:
 class WitnessHTTPServer:
     """Serves one :class:`Witness` on uvicorn. ``url`` is ``http://host:port`` once bound.
 
-    The socket is bound in the constructor (port 0 picks a free one). :meth:`serve_forever`
-    blocks until :meth:`shutdown` (from another thread); :meth:`server_close` releases the
-    socket.
+    The socket is bound in the constructor (port 0 picks a free one). :meth:`start` serves
+    in a daemon thread and returns once the server listens (or raises
+    :class:`~client.runtime.serving.ServerStartError`); :meth:`shutdown` stops it and
+    :meth:`server_close` releases the socket.
     """
 
     def __init__(
@@ -106,7 +111,7 @@ class WitnessHTTPServer:
             timeout_graceful_shutdown=5,
         )
         self._server = hardened_server(config)
-        self._done = threading.Event()
+        self._serving = ServingThread(self._server, [self._sock], name="witness-http")
 
     @property
     def url(self) -> str:
@@ -115,15 +120,22 @@ class WitnessHTTPServer:
             host = f"[{host}]"
         return f"http://{host}:{port}"
 
-    def serve_forever(self) -> None:
-        try:
-            asyncio.run(self._server.serve(sockets=[self._sock]))
-        finally:
-            self._done.set()
+    @property
+    def thread(self) -> threading.Thread:
+        """The serving thread (started by :meth:`start`)."""
+        return self._serving.thread
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Serve in a daemon thread; return once the server accepts connections.
+
+        Raises :class:`ServerStartError` if start-up fails (from the serving thread's
+        exception) or does not finish within ``timeout`` seconds.
+        """
+        self._serving.start(timeout)
 
     def shutdown(self, timeout: float = 10.0) -> None:
-        self._server.should_exit = True
-        self._done.wait(timeout)
+        if not self._serving.stop(timeout):
+            logger.warning("the witness's HTTP server did not stop within %g s", timeout)
 
     def server_close(self) -> None:
         self._sock.close()
@@ -134,9 +146,19 @@ def start_server(
     host: str = "127.0.0.1",
     port: int = 0,
     limits: ServerLimits | None = None,
+    timeout: float = 30.0,
 ) -> tuple[WitnessHTTPServer, threading.Thread]:
-    """Bind and serve in a daemon thread. Stop with ``server.shutdown(); server.server_close()``."""
+    """Bind and serve in a daemon thread; return once it accepts connections. Stop with
+    ``server.shutdown(); server.server_close()``.
+
+    Raises :class:`ServerStartError` (the socket closed again) if the server does not
+    start within ``timeout`` seconds or its thread ends first.
+    """
     server = WitnessHTTPServer((host, port), witness, limits)
-    thread = threading.Thread(target=server.serve_forever, name="witness-http", daemon=True)
-    thread.start()
-    return server, thread
+    try:
+        server.start(timeout)
+    except BaseException:
+        server.shutdown(1.0)
+        server.server_close()
+        raise
+    return server, server.thread

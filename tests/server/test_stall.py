@@ -16,7 +16,6 @@ every client waits up to 20 s, so "answered 503" means "did not hang".
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import socket
@@ -31,7 +30,7 @@ from typing import Any
 import httpx
 import pytest
 
-from client.runtime.serving import hardened_config, hardened_server
+from client.runtime.serving import ServingThread, hardened_config, hardened_server
 from tlog.log import Log
 from tlog.server import build_app
 
@@ -143,19 +142,13 @@ def serve(
     server = hardened_server(
         hardened_config(app, "127.0.0.1", port, log_config=None, access_log=False)
     )
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])), daemon=True)
-    thread.start()
+    serving = ServingThread(server, [sock], name="stall-server")
     try:
-        url = f"http://127.0.0.1:{port}"
-        for _ in range(200):
-            if server.started:
-                break
-            threading.Event().wait(0.05)
-        yield Served(url, log_, toks, gate)
+        serving.start()
+        yield Served(f"http://127.0.0.1:{port}", log_, toks, gate)
     finally:
         gate.open.set()
-        server.should_exit = True
-        thread.join(WAIT)
+        serving.stop(WAIT)
         sock.close()
         st.close()
 

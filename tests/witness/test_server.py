@@ -18,7 +18,7 @@ from client.net.witness_client import (
     append_signatures,
     origin_hash,
 )
-from client.witness.server import WitnessHTTPServer, start_server
+from client.witness.server import ServerStartError, WitnessHTTPServer, start_server
 from tests.witness.helpers import ORIGIN, FakeClock, FakeLog, events, make_witness
 
 
@@ -32,6 +32,27 @@ def server(tmp_path: Path, log300: FakeLog) -> Iterator[WitnessHTTPServer]:
         srv.shutdown()
         srv.server_close()
         thread.join(5)
+
+
+def test_started_server_answers_at_once(server: WitnessHTTPServer) -> None:
+    # start_server returned only once uvicorn listened: no wait loop before the request.
+    assert server.thread.is_alive()
+    r = httpx.get(server.url + "/nope", timeout=10)
+    assert r.status_code == 404
+
+
+def test_a_server_that_cannot_start_raises_instead_of_hanging(
+    tmp_path: Path, log300: FakeLog
+) -> None:
+    w = make_witness(tmp_path / "w.db", [log300.witnessed_log()])
+    srv = WitnessHTTPServer(("127.0.0.1", 0), w)
+    srv.server_close()  # its listening socket is gone: uvicorn cannot serve it
+    with pytest.raises(ServerStartError, match="stopped before it started") as info:
+        srv.start(timeout=30)
+    assert isinstance(info.value.__cause__, OSError)
+    srv.thread.join(10)
+    assert not srv.thread.is_alive()
+    srv.shutdown(1)  # harmless after a failed start
 
 
 def test_push_over_http(server: WitnessHTTPServer, log300: FakeLog, e2e: dict[str, Any]) -> None:
