@@ -222,3 +222,89 @@ def clone_store(database: str | None, data: Path, dest_database: str | None, des
     ):
         migrate(src, dst, echo=lambda _msg: None)
     return dest_database
+
+
+# -- what a PostgreSQL store leaves on disk (privacy and shredding scans) --------------------
+
+
+def _query(cluster: PgCluster, sql: str, *params: object) -> list[tuple[object, ...]]:
+    import psycopg
+
+    with psycopg.connect(cluster.url(), autocommit=True) as conn:
+        cur = conn.execute(sql.encode(), params)
+        return cur.fetchall() if cur.description is not None else []
+
+
+def schema_dump(cluster: PgCluster, database: str, dest: Path) -> bytes:
+    """Every row of the log's schema as ``pg_dump --data-only`` (plain SQL, COPY text: bytea
+    values appear hex-encoded as ``\\x...``, TOASTed values decompressed)."""
+    pg_tool(
+        cluster,
+        "pg_dump",
+        "--data-only",
+        "-n",
+        url_schema(database),
+        "-f",
+        str(dest),
+        "postgres",
+    )
+    return dest.read_bytes()
+
+
+def relation_files(cluster: PgCluster, database: str) -> dict[str, bytes]:
+    """The on-disk files of every table of the log's schema, its indexes, TOAST tables and
+    their indexes (all forks and segments), read raw after a CHECKPOINT has written every
+    dirty page: what a copy of the database's disk holds, dead tuples included."""
+    schema = url_schema(database)
+    rows = _query(
+        cluster,
+        """
+        WITH own AS (SELECT oid, reltoastrelid FROM pg_class
+                     WHERE relnamespace = %s::regnamespace),
+             toast AS (SELECT reltoastrelid AS oid FROM own WHERE reltoastrelid <> 0),
+             rels AS (SELECT oid FROM own UNION SELECT oid FROM toast
+                      UNION SELECT indexrelid FROM pg_index
+                      WHERE indrelid IN (SELECT oid FROM toast))
+        SELECT pg_relation_filepath(oid) FROM rels WHERE pg_relation_filepath(oid) IS NOT NULL
+        """,
+        schema,
+    )
+    _query(cluster, "CHECKPOINT")
+    out: dict[str, bytes] = {}
+    for (rel,) in rows:
+        base = cluster.data / str(rel)
+        for f in [base, *base.parent.glob(base.name + ".*"), *base.parent.glob(base.name + "_*")]:
+            if f.is_file():
+                out[f"pg:{f.relative_to(cluster.data)}"] = f.read_bytes()
+    assert out, f"no relation files found for schema {schema}"
+    return out
+
+
+def wal_position(cluster: PgCluster) -> str:
+    """The cluster's current WAL insert position (an LSN), for :func:`wal_since`."""
+    return str(_query(cluster, "SELECT pg_current_wal_insert_lsn()")[0][0])
+
+
+def wal_since(cluster: PgCluster, start: str) -> bytes:
+    """The raw WAL the cluster wrote from the LSN ``start`` to now (after a switch to a new
+    segment, so that all of it is in finished segment files): every change made since, in
+    the form a WAL archive, a streaming replica or a PITR backup keeps it."""
+    # The switch returns the end of the segment it completed: everything up to there is in
+    # finished segment files.
+    end = _query(cluster, "SELECT pg_switch_wal()")[0][0]
+    ((first, first_off, last, _),) = _query(
+        cluster,
+        "SELECT a.file_name, a.file_offset, b.file_name, b.file_offset FROM "
+        "pg_walfile_name_offset(%s::pg_lsn) a, pg_walfile_name_offset(%s::pg_lsn) b",
+        start,
+        str(end),
+    )
+    wal = cluster.data / "pg_wal"
+    names = sorted(p.name for p in wal.iterdir() if len(p.name) == 24 and p.is_file())
+    chunks = []
+    for name in names:
+        if str(first) <= name <= str(last):
+            raw = (wal / name).read_bytes()
+            chunks.append(raw[int(str(first_off)) :] if name == first else raw)
+    assert chunks, f"no WAL segment from {first} to {last}"
+    return b"".join(chunks)

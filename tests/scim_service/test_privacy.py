@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import logging
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from tlog.scim.keys import MASTER_KEY_FILE, MasterKey
 from tlog.server import build_app
 from tlog.storage import StorageError
 
+from ..pgsupport import relation_files, schema_dump, wal_position, wal_since
 from ..support import serve_config
 from .conftest import T1, T2, Harness, group_event, make_signer, user_event
 
@@ -74,12 +76,40 @@ def test_public_tree_holds_only_commitments(harness: Harness) -> None:
         assert ident.encode() not in public, ident
 
 
-@pytest.mark.lmdb_only("reads the LMDB file data.mdb raw")
-def test_private_store_holds_no_plaintext_identifiers(harness: Harness) -> None:
+def _bytea_values(dump: bytes) -> bytes:
+    """The bytea values of a plain ``pg_dump`` (COPY text writes them as ``\\x<hex>``),
+    decoded: the bytes the database holds."""
+    return b"\0".join(bytes.fromhex(h.decode()) for h in re.findall(rb"\\\\x([0-9a-f]*)", dump))
+
+
+def test_private_store_holds_no_plaintext_identifiers(
+    harness: Harness, database: str | None, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Every byte the store holds: LMDB, the file data.mdb raw; PostgreSQL, every row of the
+    log's schema (``pg_dump --data-only``, bytea values decoded), the on-disk files of its
+    tables, indexes and TOAST relations (dead row versions included) and the WAL written
+    meanwhile (what an archive, a replica or a PITR backup keeps)."""
+    cluster = None if database is None else request.getfixturevalue("pg_cluster")
+    start = None if cluster is None else wal_position(cluster)
+    # Plaintext the scans must see (a token's name is not personal data): so that each is
+    # known to read the rows, the WAL and the files.
+    harness.tokens.create("auditor", tenant=T1, name="canary-token-name")
     populate(harness)
-    raw = (harness.data / "db" / "data.mdb").read_bytes()
-    for ident in IDENTIFIERS:
-        assert ident.encode() not in raw, ident
+    if cluster is None or start is None or database is None:
+        raw = {"data.mdb": (harness.data / "db" / "data.mdb").read_bytes()}
+        seen = ["data.mdb"]
+    else:
+        dump = schema_dump(cluster, database, tmp_path / "dump.sql")
+        raw = {"dump": dump, "dump bytea": _bytea_values(dump), "wal": wal_since(cluster, start)}
+        files = relation_files(cluster, database)
+        raw.update(files)
+        raw["relation files"] = b"".join(files.values())
+        seen = ["dump bytea", "wal", "relation files"]
+    for name in seen:
+        assert b"canary-token-name" in raw[name], name
+    for name, data in raw.items():
+        for ident in IDENTIFIERS:
+            assert ident.encode() not in data, (name, ident)
 
 
 def test_master_key_file(

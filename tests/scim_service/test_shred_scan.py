@@ -19,13 +19,21 @@ live or in freed LMDB pages. After the erasure the test
 4. slides a window over every offset of every file and tries every held key on every
    wrapped-key-sized window with every AAD (no recorded positions assumed);
 5. greps every file for the subject's plaintext identifiers.
+
+On PostgreSQL "every byte of the store" is: the on-disk files of every table, index and
+TOAST relation of the log's schema after a CHECKPOINT (dead row versions included: no VACUUM
+is run, and none is needed, because what they hold is sealed under keys the log no longer
+holds), and the raw WAL written since the test began (what a WAL archive, a streaming
+replica or a point-in-time-recovery backup keeps). The blind window scan (4) covers the
+relation files; the WAL gets steps 1-3 and 5 (its records may split a row across WAL pages,
+so positions there are not windows of a row).
 """
 
 from __future__ import annotations
 
 import base64
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,11 +47,8 @@ import tlog.scim.service
 from tlog.scim import store
 from tlog.scim.keys import MASTER_KEY_FILE, SubjectId, read_key_file
 
+from ..pgsupport import relation_files, wal_position, wal_since
 from .conftest import BASE_TS, ROLES, T1, T2, Harness, group_event, open_harness, user_event
-
-pytestmark = pytest.mark.lmdb_only(
-    "scans the LMDB files (data.mdb, lock.mdb) raw for ciphertext remnants"
-)
 
 ALICE = "u-alice-7f3a"
 ALICE_XID = "alice.liddell@example.org"
@@ -84,21 +89,43 @@ class Recorder:
         return RecordingAESGCM
 
 
+Files = Callable[[], dict[str, bytes]]
+WAL = "pg_wal"  # the name the WAL written during the test is scanned under
+
+
 @pytest.fixture
 def rec_harness(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, database: str | None
-) -> Iterator[tuple[Harness, Recorder]]:
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    database: str | None,
+    request: pytest.FixtureRequest,
+) -> Iterator[tuple[Harness, Recorder, Files]]:
+    """The harness, the recorder of every encryption, and ``files()``: every byte the log's
+    store and data directory hold now (see the module docstring)."""
     rec = Recorder()
     monkeypatch.setattr(tlog.scim.keys, "AESGCM", rec.aesgcm())
     monkeypatch.setattr(tlog.scim.service, "AESGCM", rec.aesgcm())
     roles = [r for r in ROLES if r[0] in ("sub1", "sub2", "aud1", "po_a", "po_b")]
+    cluster = None if database is None else request.getfixturevalue("pg_cluster")
+    start = None if cluster is None else wal_position(cluster)
     with open_harness(tmp_path, roles, scim_expiry_interval=0, database=database) as h:
-        yield h, rec
+
+        def files() -> dict[str, bytes]:
+            out = raw_files(h.data)
+            if cluster is None:
+                assert "db/data.mdb" in out and "db/lock.mdb" in out
+                return out
+            assert database is not None and start is not None
+            out[WAL] = wal_since(cluster, start)  # before the CHECKPOINT may recycle it
+            out.update(relation_files(cluster, database))
+            return out
+
+        yield h, rec, files
 
 
 def raw_files(data: Path) -> dict[str, bytes]:
     out = {str(p.relative_to(data)): p.read_bytes() for p in data.rglob("*") if p.is_file()}
-    assert "db/data.mdb" in out and "db/lock.mdb" in out and MASTER_KEY_FILE in out
+    assert MASTER_KEY_FILE in out
     return out
 
 
@@ -206,11 +233,15 @@ def _windows_scan(files: dict[str, bytes], keys: set[bytes], aads: set[bytes]) -
 
 
 def assert_nothing_decrypts(
-    h: Harness, rec: Recorder, secrets: dict[str, Any], before: set[bytes], idents: list[str]
+    h: Harness,
+    rec: Recorder,
+    secrets: dict[str, Any],
+    before: set[bytes],
+    idents: list[str],
+    files: dict[str, bytes],
 ) -> None:
     """``secrets["p"]`` None: the pseudonym key is not meant to go (retention expiry shreds
     bodies, not subjects)."""
-    files = raw_files(h.data)
     held = held_keys(h)
     gone = secrets["deks"] | ({secrets["p"]} if secrets["p"] is not None else set())
     assert not (held & gone)
@@ -234,9 +265,11 @@ def assert_nothing_decrypts(
         s.key for s in rec.items if s.aad in dek_aads or s.aad.startswith(b"tlog-scim/v1/kek")
     }
     master = read_key_file(h.data / MASTER_KEY_FILE)[0]
-    assert _windows_scan(files, (now & wrapping) | {master}, dek_aads) == []
-    # ...while the KEK of before the erasure finds them in freed pages (the scan can see).
-    assert _windows_scan(files, before & wrapping, dek_aads)
+    pages = {k: v for k, v in files.items() if k != WAL}
+    assert _windows_scan(pages, (now & wrapping) | {master}, dek_aads) == []
+    # ...while the KEK of before the erasure finds them in freed pages or dead row versions
+    # (the scan can see).
+    assert _windows_scan(pages, before & wrapping, dek_aads)
     # And no plaintext identifier anywhere.
     for name, data in files.items():
         for ident in idents:
@@ -260,8 +293,10 @@ def _populate(h: Harness) -> None:
     assert h.post_event(user_event("u-t2", tenant=T2, req="req-t2"), "sub2").status_code == 200
 
 
-def test_nothing_decryptable_after_erasure(rec_harness: tuple[Harness, Recorder]) -> None:
-    h, rec = rec_harness
+def test_nothing_decryptable_after_erasure(
+    rec_harness: tuple[Harness, Recorder, Files],
+) -> None:
+    h, rec, files = rec_harness
     _populate(h)
     secrets = subject_secrets(h, rec, SubjectId("User", "rid", ALICE))
     before = held_keys(h)
@@ -269,7 +304,8 @@ def test_nothing_decryptable_after_erasure(rec_harness: tuple[Harness, Recorder]
     rid = h.client.post("/v1/scim/erasures", json=body, headers=h.h("po_a")).json()["id"]
     r = h.client.post(f"/v1/scim/erasures/{rid}/approve", headers=h.h("po_b"))
     assert r.status_code == 200 and r.json()["state"] == "done"
-    assert_nothing_decrypts(h, rec, secrets, before, [ALICE, ALICE_XID, "admin-bob-9921"])
+    idents = [ALICE, ALICE_XID, "admin-bob-9921"]
+    assert_nothing_decrypts(h, rec, secrets, before, idents, files())
     # Everyone else is still readable after the rotation (in memory and after a restart).
     a = h.auditor()
     assert [x.event["rid"] for x in a.search(rid=BOB).results] == [BOB]
@@ -278,9 +314,9 @@ def test_nothing_decryptable_after_erasure(rec_harness: tuple[Harness, Recorder]
 
 
 def test_nothing_decryptable_after_retention_expiry(
-    rec_harness: tuple[Harness, Recorder],
+    rec_harness: tuple[Harness, Recorder, Files],
 ) -> None:
-    h, rec = rec_harness
+    h, rec, files = rec_harness
     _populate(h)
     secrets = subject_secrets(h, rec, SubjectId("User", "rid", ALICE))
     # Retention 30 days; 100 days after Alice's events, only her months (June, July 2024)
@@ -296,7 +332,8 @@ def test_nothing_decryptable_after_retention_expiry(
     (res,) = r.json()["results"]
     assert res["events"] == 3 and res["deks"] == 2
     secrets["p"] = None
-    assert_nothing_decrypts(h, rec, secrets, before, [ALICE, ALICE_XID, "admin-bob-9921"])
+    idents = [ALICE, ALICE_XID, "admin-bob-9921"]
+    assert_nothing_decrypts(h, rec, secrets, before, idents, files())
     a = h.auditor()
     assert a.search(rid=ALICE).results == []
     assert [x.event["rid"] for x in a.search(rid=BOB).results] == [BOB]
