@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import base64
 import itertools
+import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,14 +42,30 @@ from typing import Any
 import pytest
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from starlette.testclient import TestClient
 
 import tlog.scim.keys
 import tlog.scim.service
+from tlog.backend import StorageError
+from tlog.integrity import CHECKPOINT_FILE, CheckpointFile, RollbackDetected
+from tlog.recover import recover, recover_database
 from tlog.scim import store
 from tlog.scim.keys import MASTER_KEY_FILE, SubjectId, read_key_file
+from tlog.server import build_app
 
-from ..pgsupport import relation_files, wal_position, wal_since
-from .conftest import BASE_TS, ROLES, T1, T2, Harness, group_event, open_harness, user_event
+from ..pgsupport import OldCopy, clone_store, relation_files, wal_position, wal_since
+from ..support import serve_config
+from .conftest import (
+    BASE_TS,
+    ROLES,
+    T1,
+    T2,
+    Harness,
+    group_event,
+    make_signer,
+    open_harness,
+    user_event,
+)
 
 ALICE = "u-alice-7f3a"
 ALICE_XID = "alice.liddell@example.org"
@@ -345,3 +362,55 @@ def test_nothing_decryptable_after_retention_expiry(
         assert rv.tree_size() > size
     assert h.client.get(f"/v1/proof/inclusion?index=0&tree_size={size}").status_code == 200
     assert root  # the old checkpoint's root is still what consistency proofs start from
+
+
+def test_a_backup_from_before_an_erasure_opens_only_with_the_key_file_of_its_moment(
+    tmp_path: Path,
+    database: str | None,
+    old_copy: Callable[[str], OldCopy],
+    new_database: Callable[[], str | None],
+) -> None:
+    """What a restore does to an erasure (docs/operations.md, "Backups and erasure"): a
+    store backup taken before an erasure (an mdb_copy; a pg_dump, as a point-in-time restore
+    to a moment before it would be), restored and brought forward with ``tlog recover`` (the
+    log's entries only), does not serve with the current key file: its SCIM keys are sealed
+    under the master key the erasure destroyed, and serve refuses rather than lose them
+    silently. Only the key file of the backup's moment opens it, and it brings the erased
+    subject back: which is why that pair must not be kept past the erasure deadline."""
+    roles = [r for r in ROLES if r[0] in ("sub1", "sub2", "aud1", "po_a", "po_b")]
+    backup = old_copy("backup")
+    old_key = tmp_path / "old-master.key"
+    with open_harness(tmp_path, roles, scim_expiry_interval=0, database=database) as h:
+        _populate(h)
+        backup.take(h.log.storage)
+        shutil.copy2(tmp_path / MASTER_KEY_FILE, old_key)  # the key file of that moment
+        body = {"tenant": T1, "rt": "User", "rid": ALICE, "reason": "gdpr-art17"}
+        rid = h.client.post("/v1/scim/erasures", json=body, headers=h.h("po_a")).json()["id"]
+        r = h.client.post(f"/v1/scim/erasures/{rid}/approve", headers=h.h("po_b"))
+        assert r.status_code == 200 and r.json()["state"] == "done"
+        tokens = dict(h.tok)
+    replica = clone_store(database, tmp_path, new_database(), tmp_path / "replica")
+    backup.restore(tmp_path)
+    signer = make_signer()
+    with pytest.raises(RollbackDetected):  # behind the log: the entries come back first
+        build_app(serve_config(tmp_path, database), signer)
+    remembered = CheckpointFile(tmp_path / CHECKPOINT_FILE, signer.verifier, signer.origin)
+    if database is None:
+        recover(tmp_path / "db", signer, replica, remembered, [], echo=_quiet)
+    else:
+        recover_database(database, signer, replica, remembered, [], echo=_quiet)
+    with pytest.raises(StorageError, match="does not match this store"):
+        build_app(serve_config(tmp_path, database), signer)
+    # The pair of that moment opens it, and the erased subject is readable again.
+    shutil.copy2(old_key, tmp_path / MASTER_KEY_FILE)
+    app, log_, token_store = build_app(serve_config(tmp_path, database), signer)
+    try:
+        with TestClient(app) as c:
+            again = Harness(c, log_, token_store, signer, tmp_path, app.state.scim, tokens)
+            assert ALICE in {x.event["rid"] for x in again.auditor().search(rid=ALICE).results}
+    finally:
+        log_.storage.close()
+
+
+def _quiet(_msg: str) -> None:
+    pass
