@@ -382,12 +382,16 @@ def cmd_fsck(args: argparse.Namespace) -> int:
         terminal_progress(done, total)
 
     if is_database_url(cfg.database):
-        storage = _open_existing(cfg, readonly=True)
+        try:
+            storage = open_backend(cfg.database, cfg.data, readonly=True)
+        except NoLogStore as exc:
+            raise CliError(f"{exc} ('tlog serve' creates one)") from None
+        where = f"the database {storage.location}"
         try:
             rep = fsck(storage, progress)
         finally:
             storage.close()
-        return _fsck_result(rep)
+        return _fsck_result(rep, where)
     db_dir = _existing_store(cfg)
     try:
         # Refuses a truncated file or broken meta pages before mapping it; fsck() walks the
@@ -400,10 +404,15 @@ def cmd_fsck(args: argparse.Namespace) -> int:
             rep = fsck(storage, progress)
         finally:
             storage.close()
-    return _fsck_result(rep)
+    return _fsck_result(rep, str(db_dir.parent))
 
 
-def _fsck_result(rep: FsckReport) -> int:
+def _fsck_result(rep: FsckReport, where: str) -> int:
+    if rep.empty:
+        # Not "OK" (a wrong --data/--database, or a restore that brought back nothing, must
+        # not pass a check as clean) and not "FAILED" (nothing is damaged): no log, exit 1,
+        # as every store command says it, on either backend.
+        raise CliError(f"no log store in {where}: it holds no log yet ('tlog serve' creates one)")
     for e in rep.errors:
         print(f"fsck: ERROR {e}", file=sys.stderr)
     status = "OK" if rep.ok else f"FAILED ({len(rep.errors)} errors)"

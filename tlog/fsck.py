@@ -27,6 +27,12 @@ Every problem is one line in :attr:`FsckReport.errors` (``tlog fsck`` prints eac
    * SCIM records (``aux``): each parses, and each leaf hash it references is in the log.
 
 Any storage error on the way becomes an ERROR line, never a traceback.
+
+A store that holds nothing at all (no record in any table but the format marker: an LMDB
+file or a PostgreSQL schema that ``tlog serve`` never started a log in) is not checked:
+:attr:`FsckReport.empty` is set, and ``tlog fsck`` says there is no log there (exit 1, like
+every store command), the same on both backends. A store with *some* records but no origin
+or checkpoint is checked, and fails.
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ from client.formats.merkle import EMPTY_ROOT, CompactRange, VerificationError, l
 from client.formats.note import Ed25519Verifier, FormatError, open_note, parse_note
 from client.scim.cbor import EventFormatError, loads_det
 from tlog.auth import Principal
-from tlog.backend import Backend, ReadView, storage_fault, tile_key, u64
+from tlog.backend import TABLES, Backend, ReadView, storage_fault, tile_key, u64
 from tlog.scim import store
 from tlog.tree import BLOB_SIZE, RightEdge
 
@@ -60,6 +66,7 @@ class FsckReport:
     checkpoints_checked: int = 0
     records_checked: int = 0
     errors: list[str] = field(default_factory=list)
+    empty: bool = False  # the store holds no record at all: no log to check
 
     @property
     def ok(self) -> bool:
@@ -90,6 +97,9 @@ def fsck(
                 if rep.errors:
                     rep.errors.append("the file structure is damaged: logical checks skipped")
                     return rep
+            if holds_nothing(rv):
+                rep.empty = True
+                return rep
             _Check(rv, rep, progress).run()
     except Exception as exc:
         fault = storage_fault(exc)
@@ -99,6 +109,17 @@ def fsck(
             f"the store failed while being read ({storage.kind}): {type(exc).__name__}: {exc}"
         )
     return rep
+
+
+def holds_nothing(rv: ReadView) -> bool:
+    """No record in any table, the store's format marker aside: a store no log was ever
+    started in (stricter than :meth:`~tlog.backend.Backend.is_empty`, which only looks for
+    the origin and a checkpoint: stray records without them are damage, not emptiness)."""
+    for table in TABLES:
+        for k, _v in rv.raw(table):
+            if table != "meta" or k != b"format":
+                return False
+    return True
 
 
 class _Check:

@@ -195,6 +195,7 @@ def test_store_commands_refuse_a_store_without_a_log(tmp_path: Path, database: s
         ["token", "create", "--role", "admin"],
         ["token", "list"],
         ["token", "revoke", "abcdef12", "--yes"],
+        ["fsck"],  # not "OK" (nothing was checked), not "FAILED" (nothing is damaged)
     )
     if database is not None:  # no tables yet: nothing is created by asking
         for cmd in commands:
@@ -213,6 +214,24 @@ def test_store_commands_refuse_a_store_without_a_log(tmp_path: Path, database: s
         assert list(TokenStore(storage).list()) == []  # no token was made
     finally:
         storage.close()
+
+
+def test_fsck_fails_a_store_with_records_but_no_log(tmp_path: Path, database: str | None) -> None:
+    """Emptiness is "no record at all": a store holding an entry but no origin and no
+    checkpoint (what is left after damage) is checked and fails, on both backends, rather
+    than pass as a store that holds no log."""
+    from tests.pgsupport import tamper
+    from tlog.backend import u64
+
+    data = tmp_path / "data"
+    data.mkdir()
+    storage = _open(data, database)
+    tamper(storage, "entries", u64(0), b"stray")
+    storage.close()
+    r = run("fsck", "--data", str(data), *store_args(database))
+    assert r.returncode == 2, r.stderr
+    assert "fsck: ERROR store has no origin or verifier key" in r.stderr
+    assert "fsck: FAILED" in r.stdout
 
 
 @pytest.mark.lmdb_only("tlog backup copies the LMDB file (PostgreSQL: pg_dump or PITR)")
