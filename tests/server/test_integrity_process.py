@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import shutil
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -11,20 +11,22 @@ import pytest
 
 from client.formats.checkpoint import Checkpoint, open_checkpoint
 from client.formats.note import Ed25519Verifier
-from tests.support import start_server, tlog_cli
+from tests.pgsupport import OldCopy, url_schema
+from tests.support import serve_args, start_server, tlog_cli
+from tlog.backend import open_backend
 from tlog.storage import Storage
 
 from .conftest import ORIGIN
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.lmdb_only(
-        "the data directory's lock file and copies of the LMDB store "
-        "(tests/server/test_pg_frontends.py runs two frontends on PostgreSQL)"
-    ),
-]
+pytestmark = pytest.mark.slow
+
+LOCK_FILE_ONLY = pytest.mark.lmdb_only(
+    "the data directory's lock file (tests/server/test_pg_frontends.py runs two frontends "
+    "on PostgreSQL)"
+)
 
 
+@LOCK_FILE_ONLY
 def test_second_server_is_refused_and_says_who_holds_the_store(
     tmp_path: Path, database: str | None
 ) -> None:
@@ -80,6 +82,7 @@ def _hammer(
                     notes.append(cp.text)
 
 
+@LOCK_FILE_ONLY
 def test_two_servers_with_the_lock_bypassed_never_fork_nor_lose(
     tmp_path: Path, database: str | None
 ) -> None:
@@ -146,32 +149,46 @@ def test_two_servers_with_the_lock_bypassed_never_fork_nor_lose(
     assert fs.returncode == 0, fs.stdout + fs.stderr
 
 
-def test_restored_backup_is_refused_by_serve(tmp_path: Path, database: str | None) -> None:
-    """The documented backup (a copy of the store) restored after the log grew: serve exits
-    non-zero and says what happened and what to do."""
+def test_restored_backup_is_refused_by_serve(
+    tmp_path: Path,
+    database: str | None,
+    old_copy: Callable[[str], OldCopy],
+    request: pytest.FixtureRequest,
+) -> None:
+    """The documented backup (LMDB: a live copy of the store, as mdb_copy makes; PostgreSQL:
+    a pg_dump taken while serving, restored with pg_restore) put back after the log grew:
+    serve exits non-zero and says what happened and what to do. Then the store emptied (a
+    0-byte data.mdb; a schema restored from nothing)."""
     data = tmp_path / "d"
     srv = start_server(data, database=database)
     token = (data / "demo-submitter.token").read_text().strip()
     h = {"Authorization": f"Bearer {token}"}
+    backup = old_copy("backup")
     try:
         assert httpx.post(srv.url + "/v1/entries", content=b"one", headers=h).status_code == 200
-        backup = tmp_path / "backup"
-        backup.mkdir()
-        st = Storage(data / "db", readonly=True)  # a live copy, as mdb_copy makes
-        st.env.copy(str(backup))
+        st = open_backend(database, data, readonly=True)
+        backup.take(st)  # while the server runs
         st.close()
         for e in (b"two", b"three"):
             assert httpx.post(srv.url + "/v1/entries", content=e, headers=h).status_code == 200
     finally:
         srv.stop()
-    shutil.rmtree(data / "db")
-    shutil.copytree(backup, data / "db")
-    r = tlog_cli("serve", "--data", str(data), "--port", "1", "--origin", ORIGIN)
+    backup.restore(data)
+    serve = ("serve", "--data", str(data), *serve_args(database), "--port", "1")
+    r = tlog_cli(*serve, "--origin", ORIGIN)
     assert r.returncode == 1
     assert "the store is behind the log: it ends at tree size 1" in r.stderr
     assert "already signed and published tree size 3" in r.stderr
     assert "tlog recover --from" in r.stderr
     assert "Traceback" not in r.stderr
-    (data / "db" / "data.mdb").write_bytes(b"")
-    r = tlog_cli("serve", "--data", str(data), "--port", "1", "--origin", ORIGIN)
-    assert r.returncode == 1 and "is empty (0 bytes)" in r.stderr
+    if database is None:
+        (data / "db" / "data.mdb").write_bytes(b"")
+        says = "is empty (0 bytes)"
+    else:
+        schema = url_schema(database)
+        request.getfixturevalue("pg_cluster").sql(
+            f"DROP SCHEMA {schema} CASCADE; CREATE SCHEMA {schema}"
+        )
+        says = "the store is behind the log: it ends at tree size 0"
+    r = tlog_cli(*serve, "--origin", ORIGIN)
+    assert r.returncode == 1 and says in r.stderr

@@ -260,10 +260,20 @@ def test_recover_to_what_the_witness_cosigned(
         == 0
     )
     assert "verified against the checkpoint at size 6 (witness w1)" in capsys.readouterr().out
-    _app, log_, _ = build_app(
+    st = open_store(database, data / "db")
+    with st.read() as rv:
+        assert rv.cosignatures(6) is None  # the cosignatures after the backup were lost...
+    st.close()
+    app, log_, _ = build_app(
         serve_config(data, database, witnesses=policy), make_signer(), scim=False
     )
     assert log_.latest.size == 6 and log_.halted is None
+    # ...and the start-up check gathers the witness's again: the checkpoint is cosigned.
+    with log_.storage.read() as rv:
+        lines = rv.cosignatures(6)
+    assert lines is not None and "\u2014 witness.test/w1 ".encode() in lines
+    cosigned = app.state.pusher.published.cosigned
+    assert cosigned is not None and cosigned.size == 6
     log_.storage.close()
 
 
