@@ -9,6 +9,8 @@ encryption on), each timed by ``time.thread_time`` over ``--batches`` fresh batc
 
 * **parse**: the route's body parsing and strict validation of every event, with its
   canonical encoding (``ScimRoutes._parse_batch``);
+* **check**: what ``ScimService.submit`` does per event around the staging: the tenant and
+  reserved-namespace checks (``check_events``) and the metrics callback (``on_logged``);
 * **stage**: what the writer thread does under the SCIM lock: subject keys, effect, leaf,
   encryption, records (``ScimService._stager``), into an overlay;
 * **commit**: the durable ``put_aux`` of the staged records (thread CPU; the fsync wait is
@@ -16,7 +18,7 @@ encryption on), each timed by ``time.thread_time`` over ``--batches`` fresh batc
 * **append (reference)**: the raw log's ``Log.integrate`` of as many leaves of a SCIM leaf's
   size, what ``/v1/entries/batch`` does per batch.
 
-Reported: µs per event for each stage, events/s for parse+stage+commit, and the ratio to
+Reported: µs per event for each stage, events/s for parse+check+stage+commit, and the ratio to
 the reference's entries/s. ``--profile`` prints a cProfile of one stage (``SORT=cumtime``).
 
 ``--http``: the same over HTTP against a real ``tlog serve`` on 127.0.0.1, in one run:
@@ -58,6 +60,12 @@ def _cpu(fn: Callable[[], Any]) -> tuple[float, Any]:
     return time.thread_time() - t0, out
 
 
+def _checks(service: ScimService, events: list[Any]) -> None:
+    service.check_events("bench-batch", events)
+    if service.on_logged is not None:
+        service.on_logged(events)
+
+
 def http(duration: int) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="tlog-bench-scim-batch-"))
     with log_and_hello(tmp) as (url, _):
@@ -95,7 +103,7 @@ def main() -> None:
             ('{"events":[' + ",".join(sample_events(N, f"s{k}")) + "]}").encode()
             for k in range(args.batches)
         ]
-        times = {"parse": 0.0, "stage": 0.0, "commit": 0.0, "append": 0.0}
+        times = {"parse": 0.0, "check": 0.0, "stage": 0.0, "commit": 0.0, "append": 0.0}
         prof = cProfile.Profile() if args.profile else None
         for body in bodies:
             if prof is not None and args.profile == "parse":
@@ -106,6 +114,8 @@ def main() -> None:
             times["parse"] += dt
             events = [ev for ev, _ in parsed]
             encoded = [data for _, data in parsed]
+            dt, _ = _cpu(lambda events=events: _checks(service, events))  # type: ignore[misc]
+            times["check"] += dt
             stage = service._stager("bench-batch", events, encoded)
             with service.storage.read() as rv:
                 tx = Overlay(rv)
@@ -125,9 +135,9 @@ def main() -> None:
     n = N * args.batches
     for k, v in times.items():
         print(f"{k:>8}: {v / n * 1e6:8.1f} µs/event")
-    scim = n / (times["parse"] + times["stage"] + times["commit"])
+    scim = n / (times["parse"] + times["check"] + times["stage"] + times["commit"])
     raw = n / times["append"]
-    print(f"SCIM parse+stage+commit: {scim:,.0f} events/s (thread CPU)")
+    print(f"SCIM parse+check+stage+commit: {scim:,.0f} events/s (thread CPU)")
     print(f"raw Log.integrate (reference): {raw:,.0f} entries/s; ratio {scim / raw:.3f}x")
     if prof is not None:
         pstats.Stats(prof).sort_stats(os.environ.get("SORT", "tottime")).print_stats(40)

@@ -17,6 +17,7 @@ backlog, witness state) is computed when scraped.
 
 from __future__ import annotations
 
+import collections
 import time
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
@@ -182,8 +183,12 @@ class Metrics:
         self.witness_pushes.labels(witness, result).inc()
 
     def observe_events(self, events: Sequence[Any]) -> None:
-        for ev in events:
-            self.scim_events.labels(str(ev.get("op", "?")), str(ev.get("outcome", "?"))).inc()
+        # Counted per (op, outcome) first: one labelled increment per pair, not per event.
+        counts = collections.Counter(
+            (str(ev.get("op", "?")), str(ev.get("outcome", "?"))) for ev in events
+        )
+        for (op, outcome), n in counts.items():
+            self.scim_events.labels(op, outcome).inc(n)
 
     def attach(self, log_: Log, seq: Sequencer, published: PublishedState) -> None:
         """Register the scrape-time gauges of this log (and of its witnessing, if any)."""

@@ -23,6 +23,7 @@ being the exact spelling (never the log's: treat as forged), ``"tenant"`` otherw
 
 from __future__ import annotations
 
+import functools
 import unicodedata
 from collections.abc import Mapping
 from typing import Any
@@ -94,8 +95,20 @@ def normalise_name(name: str) -> str:
 
 def is_reserved(name: str) -> bool:
     """Whether ``name`` normalises to ``tlog`` or into the ``tlog.`` namespace."""
+    if type(name) is str and len(name) <= _MEMO_LEN:
+        # The answer depends on the text alone and a batch repeats a few short names (its
+        # resource types and actions): each is normalised once (bounded memory).
+        return _is_reserved_memo(name)
+    return _is_reserved(name)
+
+
+def _is_reserved(name: str) -> bool:
     n = normalise_name(name)
     return n == "tlog" or n.startswith(RESERVED_PREFIX)
+
+
+_MEMO_LEN = 256
+_is_reserved_memo = functools.lru_cache(maxsize=4096)(_is_reserved)
 
 
 def reserved_names(ev: Mapping[str, Any]) -> list[str]:

@@ -311,3 +311,96 @@ def test_sorted_json_equals_json_dumps(value: object) -> None:
             return type(exc)
 
     assert outcome(_dumps_sorted) == outcome(lambda v: json.dumps(v, sort_keys=True))
+
+
+# --- the classifier's per-path decision, worked out once per (prefix, path) -----------------
+
+_PATH_PARTS = st.sampled_from(
+    [
+        "active",
+        "Active",
+        "userName",
+        "emails",
+        'emails[type eq "work"].value',
+        "emails.value",
+        "roles",
+        "entitlements",
+        "members",
+        "manager",
+        "password",
+        "displayName",
+        "name.givenName",
+        "urn:ietf:params:scim:schemas:core:2.0:User:active",
+        "urn:ietf:params:scim:schemas:core:2.0:User:emails.value",
+        "urn:ietf:params:scim:schemas:core:2.0:Group:members",
+        "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:manager",
+        "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:manager.value",
+        "urn:x:active",
+    ]
+)
+
+
+def _kind_before(prefix: str, attr: str) -> tuple[str, str, bool]:
+    """The decision _Run.run took per mod before the table (key, kind, top), inline."""
+    from tlog.scim.effects import _SETS, _key_of
+
+    key = _key_of(attr)
+    top = "[" not in attr and "." not in attr.rpartition(":")[2]
+    if key in ("members", "manager"):
+        return key, "ref", top
+    if key == "password":
+        return key, "password", top
+    if (prefix, key) in _SETS:
+        return key, "set", top
+    if (
+        key in ("active", "username", "emails")
+        and "[" not in attr
+        and ("." not in attr.rpartition(":")[2])
+    ):
+        return key, "scalar", top
+    return key, "other", top
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.sampled_from(["user", "group", "device", "x"]),
+    _PATH_PARTS | st.text(alphabet='aAemrs.[]:"= nbctiv', max_size=24),
+)
+def test_attr_kind_table_equals_the_per_mod_decision(prefix: str, attr: str) -> None:
+    from tlog.scim.effects import _attr_kind
+
+    assert _attr_kind(prefix, attr) == _kind_before(prefix, attr)
+    assert _attr_kind(prefix, attr) == _kind_before(prefix, attr)  # and from the table
+
+
+# --- reserved names: each short name normalised once (a bounded memo) -----------------------
+
+_NAME_PARTS = st.sampled_from(
+    [
+        "tlog",
+        "TLOG",
+        "tlog.access",
+        "tlog\u2024access",
+        "tlog\uff0eaccess",
+        "t\u200blog.x",
+        "tl\u043eg.access",
+        "user",
+        "User",
+        "user.create",
+        "group.member.add",
+        ".",
+        "\u0442log.",
+    ]
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_NAME_PARTS | st.text(max_size=12), min_size=1, max_size=3).map("".join))
+def test_reserved_memo_equals_the_normalisation(name: str) -> None:
+    from client.scim.reserved import _is_reserved, is_reserved
+
+    want = _is_reserved(name)
+    assert is_reserved(name) is want
+    assert is_reserved(name) is want  # the second answer comes from the memo
+    long = name + "x" * 300  # beyond the memo's length bound: computed every time
+    assert is_reserved(long) is _is_reserved(long)

@@ -153,6 +153,43 @@ def _key(attr: str) -> str:
     return k
 
 
+# What the classifier does with a mod, by its attribute path (see _Run.run).
+_REF = "ref"  # members, manager: taken from the event's refs
+_PASSWORD = "password"
+_SET = "set"  # roles, entitlements of a user
+_SCALAR = "scalar"  # active, userName, emails, the whole attribute
+_OTHER = "other"  # anything else: a digest of its value
+_KINDS: dict[tuple[str, str], tuple[str, str, bool]] = {}
+
+
+def _attr_kind(prefix: str, attr: str) -> tuple[str, str, bool]:
+    """(key, kind, top) of a mod's attribute path for a resource type's action prefix,
+    worked out once per (prefix, path): the same decision the classifier took per mod
+    (_attr_kind_of; tested equal)."""
+    got = _KINDS.get((prefix, attr))
+    if got is None:
+        got = _attr_kind_of(prefix, attr)
+        if len(_KINDS) < _MEMO_MAX:
+            _KINDS[(prefix, attr)] = got
+    return got
+
+
+def _attr_kind_of(prefix: str, attr: str) -> tuple[str, str, bool]:
+    key = _key_of(attr)
+    top = "[" not in attr and "." not in attr.rpartition(":")[2]
+    if key in ("members", "manager"):
+        kind = _REF
+    elif key == "password":
+        kind = _PASSWORD
+    elif (prefix, key) in _SETS:
+        kind = _SET
+    elif key in ("active", "username", "emails") and top:
+        kind = _SCALAR
+    else:
+        kind = _OTHER
+    return key, kind, top
+
+
 def _key_of(attr: str) -> str:
     low = attr.lower()
     for urn in (_URN_USER, _URN_GROUP):
@@ -378,15 +415,17 @@ class _Run:
             pass
         mods = ev.get("mods", ())
         seen_sets: set[str] = set()
+        prefix = self.prefix
+        default_op = "replace" if op != "create" else "add"
         for m in mods:
-            key = _key(m["attr"])
-            if key in ("members", "manager"):
+            key, kind, top = _attr_kind(prefix, m["attr"])
+            if kind is _REF:
                 continue  # from refs
-            if key == "password":
+            if kind is _PASSWORD:
                 self.verbs.add("password.set")
                 continue
-            mop = m.get("op", "replace" if op != "create" else "add")
-            if (self.prefix, key) in _SETS:
+            mop = m.get("op", default_op)
+            if kind is _SET:
                 seen_sets.add(key)
                 has_new, new = parse_json_text(m.get("new"))
                 has_old, old = parse_json_text(m.get("old"))
@@ -408,11 +447,7 @@ class _Run:
                         whole=whole and op == "replace",
                     )
                 continue
-            if (
-                key in ("active", "username", "emails")
-                and "[" not in m["attr"]
-                and "." not in m["attr"].rpartition(":")[2]
-            ):
+            if kind is _SCALAR:
                 has_new, new = parse_json_text(m.get("new"))
                 if "new_d" in m:
                     self.verbs.add("update")
@@ -423,7 +458,7 @@ class _Run:
                 elif has_new:
                     self.scalar(key, new, replace_all=whole)
                 continue
-            self.other(m, key, mop)
+            self.other(m, key, mop, top)
         if op == "replace":
             for key in ("roles", "entitlements"):
                 if (self.prefix, key) in _SETS and key not in seen_sets:
@@ -435,7 +470,7 @@ class _Run:
                 attr == "members"
                 and self.prefix == "group"
                 and whole
-                and any(_key(m["attr"]) == "members" for m in mods)
+                and any(_attr_kind(prefix, m["attr"])[0] == "members" for m in mods)
             ):
                 self.references(attr, items, whole=whole)
             elif attr == "members" and self.prefix == "group" and op == "replace":
@@ -451,12 +486,11 @@ class _Run:
         self.state["rt"] = ev["rt"]
         return self.effect(sorted(verbs), ocsf), self.state
 
-    def other(self, m: Mapping[str, Any], key: str, mop: str) -> None:
+    def other(self, m: Mapping[str, Any], key: str, mop: str, top: bool) -> None:
         """Any other attribute: an update only if its value changed. The state keeps a short
-        digest per top-level attribute, so a PUT restating unchanged values is no update."""
+        digest per top-level attribute, so a PUT restating unchanged values is no update.
+        ``top``: the path names a top-level attribute (no filter, no sub-attribute)."""
         others: dict[str, str] = dict(self.state.get("other", {}))
-        attr = m["attr"]
-        top = "[" not in attr and "." not in attr.rpartition(":")[2]
         value = m.get("new") if "new" in m else m.get("new_d")
         if mop != "remove" and top and value is not None:
             raw = value.encode() if isinstance(value, str) else bytes(value)

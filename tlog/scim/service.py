@@ -338,14 +338,7 @@ class ScimService:
         for a reserved resource type, :class:`Conflict` for an eid reused with a different
         event; nothing is written then.
         """
-        for i, ev in enumerate(events):
-            if ev["tenant"] != tenant:
-                raise Forbidden(f"event {i} is for another tenant than this token's")
-            if not system and reserved_names(ev):
-                raise EventFormatError(
-                    f"event {i}: resource types and actions in the {SYSTEM_PREFIX!r} namespace "
-                    "(in any spelling that normalises to it) are reserved for the log"
-                )
+        self.check_events(tenant, events, system=system)
         if encoded is None:
             encoded = [_encode_validated(ev) for ev in events]
         elif len(encoded) != len(events):
@@ -355,6 +348,19 @@ class ScimService:
         if self.on_logged is not None:
             self.on_logged(events)
         return done
+
+    @staticmethod
+    def check_events(tenant: str, events: Sequence[Event], *, system: bool = False) -> None:
+        """What :meth:`submit` refuses before staging anything: an event of another tenant
+        (:class:`Forbidden`), a name in the log's reserved namespace (EventFormatError)."""
+        for i, ev in enumerate(events):
+            if ev["tenant"] != tenant:
+                raise Forbidden(f"event {i} is for another tenant than this token's")
+            if not system and reserved_names(ev):
+                raise EventFormatError(
+                    f"event {i}: resource types and actions in the {SYSTEM_PREFIX!r} namespace "
+                    "(in any spelling that normalises to it) are reserved for the log"
+                )
 
     async def _sequence(self, accepted: list[Accepted]) -> tuple[list[Submitted], Published]:
         res = await self.seq.submit([a.leaf for a in accepted])
