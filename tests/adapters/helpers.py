@@ -125,21 +125,22 @@ def start_scim2_server(tmp: Path, token: str = SCIM_TOKEN) -> tuple[subprocess.P
     """The ``scim2-server`` command (wsgiref, threads) on 127.0.0.1; returns its base URL."""
     port = free_port()
     exe = Path(sys.executable).with_name("scim2-server")
-    out = open(tmp / f"scim2-server-{port}.log", "wb")
-    proc = subprocess.Popen(
-        [
-            str(exe),
-            "--hostname",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--bearer-token",
-            token,
-            "--reverse-proxy",
-        ],
-        stdout=out,
-        stderr=subprocess.STDOUT,
-    )
+    # The child gets its own copy of the descriptor: ours is closed at once.
+    with open(tmp / f"scim2-server-{port}.log", "wb") as out:
+        proc = subprocess.Popen(
+            [
+                str(exe),
+                "--hostname",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--bearer-token",
+                token,
+                "--reverse-proxy",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     base = f"http://127.0.0.1:{port}/v2"
     try:
         wait_http(base + "/ServiceProviderConfig", proc)
@@ -163,37 +164,38 @@ def start_proxy(
     port = port or free_port()
     token_file = tmp / f"proxy-{port}.token"
     token_file.write_text(token + "\n")
-    out = open(tmp / f"proxy-{port}.log", "wb")
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tlog.cli",
-            "scim-proxy",
-            "--upstream",
-            upstream,
-            "--log",
-            log_url,
-            "--token-file",
-            str(token_file),
-            "--tenant",
-            tenant,
-            "--sp-id",
-            "scim2-server",
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--outbox",
-            str(outbox or tmp / f"proxy-{port}.sqlite"),
-            "--log-level",
-            "warning",
-            *extra,
-        ],
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        env=env,
-        cwd=ROOT,
-    )
+    # The child gets its own copy of the descriptor: ours is closed at once.
+    with open(tmp / f"proxy-{port}.log", "wb") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tlog.cli",
+                "scim-proxy",
+                "--upstream",
+                upstream,
+                "--log",
+                log_url,
+                "--token-file",
+                str(token_file),
+                "--tenant",
+                tenant,
+                "--sp-id",
+                "scim2-server",
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--outbox",
+                str(outbox or tmp / f"proxy-{port}.sqlite"),
+                "--log-level",
+                "warning",
+                *extra,
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=ROOT,
+        )
     base = f"http://127.0.0.1:{port}" + httpx.URL(upstream).path.rstrip("/")
     try:
         wait_http(base + "/ServiceProviderConfig", proc)

@@ -61,15 +61,16 @@ def test_readme_commands_work_as_printed(tmp_path: Path) -> None:
     procs: list[subprocess.Popen[bytes]] = []
 
     def background(cmd: str, port: str, name: str) -> None:
-        log = open(tmp_path / f"{name}.log", "wb")
-        p = subprocess.Popen(
-            ["bash", "-c", "exec " + local(cmd)],
-            cwd=tmp_path,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        # The child gets its own copy of the descriptor: ours is closed at once.
+        with open(tmp_path / f"{name}.log", "wb") as log:
+            p = subprocess.Popen(
+                ["bash", "-c", "exec " + local(cmd)],
+                cwd=tmp_path,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         procs.append(p)
         out = tmp_path / f"{name}.log"  # any HTTP answer means it is up
         wait_http(

@@ -502,36 +502,37 @@ def test_scim_proxy_closes_silent_connections(tmp_path: Path, database: str | No
 
     log_srv = start_server(tmp_path / "data", database=database)
     port = free_port()
-    out = open(tmp_path / "proxy.log", "wb")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tlog.cli",
-            "scim-proxy",
-            "--upstream",
-            "http://127.0.0.1:9",
-            "--log",
-            log_srv.url,
-            "--token-file",
-            str(tmp_path / "data" / "demo-submitter.token"),
-            "--tenant",
-            "default",
-            "--sp-id",
-            "sp",
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--outbox",
-            str(tmp_path / "outbox.sqlite"),
-            "--header-timeout",
-            "1",
-            "--log-level",
-            "warning",
-        ],
-        cwd=ROOT,
-        stdout=out,
-        stderr=subprocess.STDOUT,
-    )
+    # The child gets its own copy of the descriptor: ours is closed at once.
+    with open(tmp_path / "proxy.log", "wb") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tlog.cli",
+                "scim-proxy",
+                "--upstream",
+                "http://127.0.0.1:9",
+                "--log",
+                log_srv.url,
+                "--token-file",
+                str(tmp_path / "data" / "demo-submitter.token"),
+                "--tenant",
+                "default",
+                "--sp-id",
+                "sp",
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--outbox",
+                str(tmp_path / "outbox.sqlite"),
+                "--header-timeout",
+                "1",
+                "--log-level",
+                "warning",
+            ],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         deadline = time.monotonic() + WAIT
         while True:
@@ -552,7 +553,6 @@ def test_scim_proxy_closes_silent_connections(tmp_path: Path, database: str | No
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        out.close()
         log_srv.stop()
 
 

@@ -61,20 +61,21 @@ class Witness:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        log = open(self.dir / "out.log", "ab")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "client.witness.cli",
-                "serve",
-                "--config",
-                str(self.dir / "w.toml"),
-            ],
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        # The child gets its own copy of the descriptor: ours is closed at once.
+        with open(self.dir / "out.log", "ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "client.witness.cli",
+                    "serve",
+                    "--config",
+                    str(self.dir / "w.toml"),
+                ],
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         for _ in range(200):
             try:
                 httpx.get(self.url + "/evidence", timeout=1)
