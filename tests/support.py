@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,16 +75,32 @@ def serve_config(data: Path, database: str | None = None, **settings: Any) -> Se
     return ServeConfig(data=data, database=database, **settings)
 
 
-def tlog_cli(*args: str) -> subprocess.CompletedProcess[str]:
+def tlog_cli(
+    *args: str,
+    timeout: float = 120,
+    stdin: str | None = None,
+    env: Mapping[str, str] | None = None,
+    check: bool = False,
+) -> subprocess.CompletedProcess[str]:
     """Run the ``tlog`` command (``python -m tlog.cli``) to completion, its output captured
-    as text (bounded: two minutes)."""
-    return subprocess.run(
+    as text, within ``timeout`` seconds (subprocess.TimeoutExpired after it), ``stdin`` its
+    input. The environment is ``env``, or by default this one without the ``TLOG_*``
+    settings variables (a developer's own settings must not change a test). ``check``:
+    fail unless it exits 0, saying what it wrote to stderr."""
+    if env is None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TLOG_")}
+    r = subprocess.run(
         [sys.executable, "-m", "tlog.cli", *args],
         capture_output=True,
         text=True,
         cwd=ROOT,
-        timeout=120,
+        timeout=timeout,
+        input=stdin,
+        env=env,
     )
+    if check:
+        assert r.returncode == 0, f"tlog {' '.join(args)}: exit {r.returncode}: {r.stderr}"
+    return r
 
 
 def store_args(database: str | None) -> list[str]:

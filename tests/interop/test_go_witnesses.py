@@ -29,26 +29,14 @@ from client.net.witness_client import AddCheckpointRequest, WitnessClient, appen
 from tests.interop.gobin import go_binary
 from tests.interop.peers import GoWitness, Litewitness, Omniwitness, Proc, wait_up
 from tests.server.conftest import ORIGIN
-from tests.support import ROOT, ServerProcess, free_port, start_server
+from tests.support import ServerProcess, free_port, start_server, tlog_cli
 
 pytestmark = pytest.mark.slow
 
 
-def tlog(*args: str) -> str:
-    out = subprocess.run(
-        [sys.executable, "-m", "tlog.cli", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=60,
-        check=True,
-    )
-    return out.stdout
-
-
 def new_log(d: Path) -> tuple[Path, str]:
     data = d / "log"
-    out = tlog("keygen", "--origin", ORIGIN, "--data", str(data))
+    out = tlog_cli("keygen", "--origin", ORIGIN, "--data", str(data), timeout=60, check=True).stdout
     return data, next(w for w in out.split() if w.startswith(ORIGIN + "+"))
 
 

@@ -3,39 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import socket
 import stat
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.pgsupport import open_store
-from tests.support import store_args
+from tests.support import store_args, tlog_cli
 from tlog.auth import TokenStore
 from tlog.backend import Backend
 from tlog.cli import main, parser
 from tlog.storage import Storage
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def run(
-    *args: str, stdin: str | None = None, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TLOG_")}
-    return subprocess.run(
-        [sys.executable, "-m", "tlog.cli", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=timeout,
-        input=stdin,
-        env=env,
-    )
+# Every command here is quick: a minute bounds each run (tests.support.tlog_cli's default
+# is two).
+run = functools.partial(tlog_cli, timeout=60)
 
 
 @pytest.fixture

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.support import tlog_cli
 from tlog.cli import main, parser
 from tlog.config import (
     ConfigError,
@@ -22,8 +21,6 @@ from tlog.config import (
 )
 from tlog.http import Limits
 from tlog.scim.service import ScimLimits
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def serve_args(*argv: str) -> ServeConfig:
@@ -134,13 +131,6 @@ def test_config_check_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
 
 def test_proxy_needs_its_required_settings(tmp_path: Path) -> None:
-    r = subprocess.run(
-        [sys.executable, "-m", "tlog.cli", "scim-proxy", "--tenant", "acme"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=60,
-        env={"PATH": "/usr/bin:/bin"},
-    )
+    r = tlog_cli("scim-proxy", "--tenant", "acme", timeout=60, env={"PATH": "/usr/bin:/bin"})
     assert r.returncode == 1
     assert "--upstream" in r.stderr and "--sp-id" in r.stderr and "--tenant" not in r.stderr

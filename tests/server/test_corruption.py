@@ -24,7 +24,7 @@ import pytest
 from client.formats.merkle import leaf_hash
 from client.formats.note import Signature
 from tests.server.conftest import Harness, make_signer
-from tests.support import ROOT, wait_for
+from tests.support import ROOT, tlog_cli, wait_for
 from tlog.auth import TokenStore
 from tlog.fsck import fsck
 from tlog.log import Log
@@ -234,7 +234,7 @@ def test_fsck_reads_every_database(tmp_path: Path, what: str) -> None:
         elif what == "entry-extra":
             txn.put(u64(300), b"beyond", db=st.db_entries)
     st.close()
-    p = run("-m", "tlog.cli", "fsck", "--data", str(tmp_path))
+    p = tlog_cli("fsck", "--data", str(tmp_path), timeout=TIMEOUT)
     assert p.returncode == 2, p.stdout + p.stderr
     errors = [ln for ln in p.stderr.splitlines() if ln.startswith("fsck: ERROR ")]
     assert errors, p.stderr
@@ -275,11 +275,11 @@ def test_truncated_store_gives_a_clear_message(tmp_path: Path, keep: float) -> N
 
     create_key_file(key, "test.example/log")
     for cmd in (["serve", "--port", "1", "--key", str(key)], ["token", "list"], ["fsck"]):
-        p = run("-m", "tlog.cli", *cmd, "--data", str(data))
+        p = tlog_cli(*cmd, "--data", str(data), timeout=TIMEOUT)
         assert p.returncode > 0, (cmd, p.returncode, p.stderr)  # < 0 would be a signal
         assert "truncated" in p.stderr or "ERROR" in p.stderr, (cmd, p.stderr)
         assert "Traceback" not in p.stderr, p.stderr
-    p = run("-m", "tlog.cli", "fsck", "--data", str(data))
+    p = tlog_cli("fsck", "--data", str(data), timeout=TIMEOUT)
     assert p.returncode == 2
     assert any(ln.startswith("fsck: ERROR ") for ln in p.stderr.splitlines())
 

@@ -4,8 +4,6 @@ provisioned from a list (file or URL), adding logs and never changing a key."""
 from __future__ import annotations
 
 import argparse
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,9 +18,9 @@ from client.witness.cli import _load, main
 from client.witness.config import ConfigError, WitnessConfig
 from client.witness.loglist import parse_log_list
 from client.witness.monitor import Monitor
+from tests.support import tlog_cli
 from tests.witness.helpers import ORIGIN, FakeLog, events
 
-ROOT = Path(__file__).resolve().parents[2]
 NAME = "witness.example.com/w5"
 
 
@@ -47,27 +45,20 @@ def test_parse_is_lenient_like_witnessctl() -> None:
 
 
 def test_tlog_log_entry(tmp_path: Path) -> None:
-    def tlog(*args: str) -> str:
-        return subprocess.run(
-            [sys.executable, "-m", "tlog.cli", *args],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        ).stdout
-
-    out = tlog("keygen", "--origin", "log.example/audit", "--data", str(tmp_path / "d"))
-    vkey = next(w for w in out.split() if w.startswith("log.example/audit+"))
-    entry = tlog(
+    d = str(tmp_path / "d")
+    out = tlog_cli("keygen", "--origin", "log.example/audit", "--data", d, timeout=60, check=True)
+    vkey = next(w for w in out.stdout.split() if w.startswith("log.example/audit+"))
+    entry = tlog_cli(
         "log-entry",
         "--data",
-        str(tmp_path / "d"),
+        d,
         "--contact",
         "https://log.example/contact",
         "--witness-interval",
         "10",
-    )
+        timeout=60,
+        check=True,
+    ).stdout
     assert entry == (
         f"vkey {vkey}\norigin log.example/audit\nqpd 17280\ncontact https://log.example/contact\n"
     )
