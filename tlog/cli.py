@@ -446,14 +446,22 @@ def cmd_backup(args: argparse.Namespace) -> int:
 
 def cmd_recover(args: argparse.Namespace) -> int:
     from tlog.integrity import CHECKPOINT_FILE, CheckpointFile
-    from tlog.recover import checkpoint_file_target, recover, recover_database, witness_targets
+    from tlog.recover import (
+        checkpoint_file_target,
+        policy_cosigners,
+        recover,
+        recover_database,
+        witness_targets,
+    )
 
     cfg = _serve_config(args)
     data = cfg.data.resolve()
     signer = _open_signer(dataclasses.replace(cfg, data=data), False, [])
     targets = []
     if args.checkpoint:
-        targets.append(checkpoint_file_target(Path(args.checkpoint), signer))
+        # With a witness policy, the file's cosignatures (the bucket's /checkpoint) are kept.
+        cosigners = policy_cosigners(cfg.witnesses) if cfg.witnesses else ()
+        targets.append(checkpoint_file_target(Path(args.checkpoint), signer, cosigners))
     if cfg.witnesses:
         targets.extend(witness_targets(cfg.witnesses, signer))
     remembered = CheckpointFile(

@@ -11,6 +11,13 @@ latest cosigned checkpoints, or a checkpoint file given by the operator). Only i
 of those matches is anything written: entries, dedup records, tree tiles and the *already
 signed* checkpoint, in one compare-and-swap commit. Nothing new is signed, so recovery can
 never fork the log; after it, ``tlog serve``'s start-up checks pass and the log signs again.
+
+Cosignatures: a target note that carries cosignatures of witnesses of the policy
+(``--witnesses``: each witness's own latest checkpoint, or a ``--checkpoint`` file such as the
+bucket's cosigned ``/checkpoint``) has those that verify under the policy's witness keys
+stored with the checkpoint the recovery writes, so the recovered log is cosigned again
+before any witness answers. Nothing else of the lost state can be had from a copy of the log
+(docs/operations.md, "What tlog recover restores, and what is lost").
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import httpx
 
 from client.formats.checkpoint import Checkpoint
 from client.formats.merkle import LEAF_PREFIX, VerificationError
-from client.formats.note import FormatError, Note, open_note
+from client.formats.note import FormatError, Note, Verifier, open_note
 from client.formats.policy import Policy
 from client.formats.tiles import TILE_WIDTH, Tile, decode_entry_bundle
 from client.net.witness_client import WitnessClient, WitnessError
@@ -52,25 +59,45 @@ class Target:
     checkpoint: Checkpoint
     note: str  # the log-signed note (log signature only)
     source: str
+    cosignatures: str = ""  # signature lines of policy witnesses that verified on the note
 
 
-def _own_note(note: str, signer: CheckpointSigner, source: str) -> Target:
-    """Verify ``note`` under the log key and keep only the log's signature line."""
+def _own_note(
+    note: str, signer: CheckpointSigner, source: str, cosigners: tuple[Verifier, ...] = ()
+) -> Target:
+    """Verify ``note`` under the log key and keep only the log's signature line, and the
+    lines of ``cosigners`` (the policy's witness keys) that verify on it."""
+    v = signer.verifier
     try:
-        n = open_note(note, [signer.verifier])
+        n = open_note(note, [v])
         cp = Checkpoint.parse(n.text)
     except (FormatError, VerificationError) as exc:
         raise RecoveryError(f"{source}: not a checkpoint signed by this log ({exc})") from None
     if cp.origin != signer.origin:
         raise RecoveryError(f"{source}: checkpoint of origin {cp.origin!r}, not this log's")
-    v = signer.verifier
     own = tuple(s for s in n.signatures if (s.name, s.key_id) == (v.name, v.key_id))
-    return Target(cp, Note(n.text, own).format(), source)
+    lines = ""
+    if cosigners:
+        try:
+            verified = open_note(n, [v, *cosigners]).verified
+        except (FormatError, VerificationError) as exc:
+            log.warning("%s: its cosignatures are not kept: %s", source, exc)
+        else:
+            lines = "".join(s.line() for s in verified if (s.name, s.key_id) != (v.name, v.key_id))
+    return Target(cp, Note(n.text, own).format(), source, lines)
+
+
+def policy_cosigners(policy_path: Path) -> tuple[Verifier, ...]:
+    """The witness keys of a policy file (to keep their cosignatures on a target)."""
+    policy = Policy.parse(policy_path.read_text("utf-8"))
+    return tuple(w.verifier for w in policy.witnesses.values())
 
 
 def witness_targets(policy_path: Path, signer: CheckpointSigner) -> list[Target]:
-    """The latest checkpoint each reachable witness of the policy holds for this log."""
+    """The latest checkpoint each reachable witness of the policy holds for this log, with
+    the cosignatures on it that verify under the policy's witness keys."""
     policy = Policy.parse(policy_path.read_text("utf-8"))
+    cosigners = policy_cosigners(policy_path)
     out: list[Target] = []
     with httpx.Client(timeout=10.0) as http:
         for w in policy.witnesses.values():
@@ -82,7 +109,7 @@ def witness_targets(policy_path: Path, signer: CheckpointSigner) -> list[Target]
                 log.warning("witness %s could not be asked: %s", w.name, exc)
                 continue
             if note is not None:
-                out.append(_own_note(note, signer, f"witness {w.name}"))
+                out.append(_own_note(note, signer, f"witness {w.name}", cosigners))
     return out
 
 
@@ -309,11 +336,25 @@ def recover_store(
     )
     if remembered is not None:
         remembered.write(target.note)
+    cosigs = _cosignatures_at(n, targets)
+    if cosigs:
+        storage.put_cosignatures(n, cosigs.encode())
     echo(
         f"tlog: recovered entries {s}..{n - 1} from {source}, verified against the "
-        f"checkpoint at size {n} ({target.source}); the log may sign again ('tlog serve')"
+        f"checkpoint at size {n} ({target.source})"
+        + (f", with {cosigs.count(chr(10))} witness cosignature(s)" if cosigs else "")
+        + "; the log may sign again ('tlog serve')"
     )
     return n
+
+
+def _cosignatures_at(size: int, targets: list[Target]) -> str:
+    """The verified cosignature lines the targets at ``size`` carry, each once."""
+    lines: list[str] = []
+    for t in targets:
+        if t.checkpoint.size == size:
+            lines += [ln + "\n" for ln in t.cosignatures.splitlines() if ln + "\n" not in lines]
+    return "".join(lines)
 
 
 def _check_roots(storage: Backend, targets: list[Target]) -> None:
@@ -328,5 +369,7 @@ def _check_roots(storage: Backend, targets: list[Target]) -> None:
                 )
 
 
-def checkpoint_file_target(path: Path, signer: CheckpointSigner) -> Target:
-    return _own_note(path.read_text("utf-8"), signer, f"checkpoint file {path}")
+def checkpoint_file_target(
+    path: Path, signer: CheckpointSigner, cosigners: tuple[Verifier, ...] = ()
+) -> Target:
+    return _own_note(path.read_text("utf-8"), signer, f"checkpoint file {path}", cosigners)

@@ -19,11 +19,12 @@ from client.formats.cosignature import CosignatureSigner
 from client.witness.core import Witness, WitnessedLog
 from client.witness.server import WitnessHTTPServer, start_server
 from client.witness.store import WitnessStore
+from tlog.backend import u64
 from tlog.integrity import RollbackDetected
 from tlog.log import Log
 from tlog.server import build_app
 
-from ..pgsupport import OldCopy, clone_store, open_store
+from ..pgsupport import OldCopy, clone_store, open_store, tamper
 from ..support import free_port, serve_config, wait_for
 from .conftest import ORIGIN, make_signer
 
@@ -259,21 +260,47 @@ def test_recover_to_what_the_witness_cosigned(
         )
         == 0
     )
-    assert "verified against the checkpoint at size 6 (witness w1)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "verified against the checkpoint at size 6 (witness w1)" in out
+    assert "with 1 witness cosignature(s)" in out
+    # The cosignatures gathered after the backup were lost with it; the witness's own
+    # cosignature on the target came back with the recovery (verified under the policy's
+    # key), so the log is cosigned at once, even with the witness down at start-up...
     st = open_store(database, data / "db")
     with st.read() as rv:
-        assert rv.cosignatures(6) is None  # the cosignatures after the backup were lost...
+        lines = rv.cosignatures(6)
     st.close()
+    assert lines is not None and "\u2014 witness.test/w1 ".encode() in lines
+    witness.stop()
     app, log_, _ = build_app(
         serve_config(data, database, witnesses=policy), make_signer(), scim=False
     )
     assert log_.latest.size == 6 and log_.halted is None
-    # ...and the start-up check gathers the witness's again: the checkpoint is cosigned.
-    with log_.storage.read() as rv:
-        lines = rv.cosignatures(6)
-    assert lines is not None and "\u2014 witness.test/w1 ".encode() in lines
     cosigned = app.state.pusher.published.cosigned
     assert cosigned is not None and cosigned.size == 6
+    log_.storage.close()
+    assert tlog_main(["fsck", "--data", str(data), *db_args[:2]]) == 0
+
+
+def test_start_up_gathers_the_witnesses_cosignatures_again(
+    tmp_path: Path, witness: RealWitness, database: str | None
+) -> None:
+    """...and without them (recovered from a checkpoint that carries none), the start-up
+    check gathers them: a witness at the store's size cosigns it again."""
+    witness.start()
+    data, policy = tmp_path / "data", _policy(tmp_path, witness)
+    _grow_and_witness(data, policy, [3], database)
+    st = open_store(database, data / "db")
+    tamper(st, "cosigs", u64(3), None)  # as if lost
+    st.close()
+    app, log_, _ = build_app(
+        serve_config(data, database, witnesses=policy), make_signer(), scim=False
+    )
+    with log_.storage.read() as rv:
+        lines = rv.cosignatures(3)
+    assert lines is not None and "\u2014 witness.test/w1 ".encode() in lines
+    cosigned = app.state.pusher.published.cosigned
+    assert cosigned is not None and cosigned.size == 3
     log_.storage.close()
 
 
