@@ -148,6 +148,28 @@ def test_root_of_empty_range() -> None:
     assert root_of_range([]) == EMPTY_ROOT == oracle.mth([])
 
 
+def stored_range(start: int) -> CompactRange:
+    """The compact range of [0, start) as a store keeps it (its perfect subtrees' hashes)."""
+    return CompactRange(start, [node(lv, ix) for lv, ix in perfect_subtrees(0, start)])
+
+
+def nodes_completed(start: int, size: int) -> list[tuple[int, int]]:
+    """(level, index) of every node of level >= 1 of a tree of ``size`` leaves that is
+    complete there but was not after the first ``start`` leaves, in order."""
+    return [
+        (level, index)
+        for level in range(1, size.bit_length())
+        for index in range(size >> level)
+        if (index + 1) << level > start
+    ]
+
+
+def assert_range_of(cr: CompactRange, size: int) -> None:
+    """``cr`` is the compact range of [0, size): its size, root and hashes, by the oracle."""
+    assert cr.size == size and cr.root() == mth(size)
+    assert cr.hashes == [node(lv, ix) for lv, ix in perfect_subtrees(0, size)]
+
+
 @PROPERTY
 @given(size=sizes, data=st.data())
 def test_compact_range_visits_every_node_once(size: int, data: st.DataObject) -> None:
@@ -155,7 +177,7 @@ def test_compact_range_visits_every_node_once(size: int, data: st.DataObject) ->
     # the range visits each complete node of level >= 1 exactly once, with the oracle's
     # hash, and its root and hashes are those of [0, size).
     start = data.draw(st.integers(0, size), label="start")
-    begin = CompactRange(start, [node(lv, ix) for lv, ix in perfect_subtrees(0, start)])
+    begin = stored_range(start)
     seen: list[tuple[int, int]] = []
 
     def visit(level: int, index: int, h: bytes) -> None:
@@ -168,15 +190,8 @@ def test_compact_range_visits_every_node_once(size: int, data: st.DataObject) ->
         step = data.draw(st.integers(1, size - pos), label="step")
         cr.extend(LEAF_HASHES[pos : pos + step], visit)
         pos += step
-    want = [
-        (level, index)
-        for level in range(1, size.bit_length())
-        for index in range(size >> level)
-        if (index + 1) << level > start  # completed after the stored prefix
-    ]
-    assert sorted(seen) == want
-    assert cr.size == size and cr.root() == mth(size)
-    assert cr.hashes == [node(lv, ix) for lv, ix in perfect_subtrees(0, size)]
+    assert sorted(seen) == nodes_completed(start, size)
+    assert_range_of(cr, size)
     assert begin.size == start  # copy() shares nothing
 
 
@@ -187,7 +202,7 @@ def test_compact_range_layers_are_the_same_nodes(size: int, data: st.DataObject)
     # node of level >= 1 once, in runs of consecutive indices per level, bottom up within
     # each call, and the same range afterwards; no leaves change nothing.
     start = data.draw(st.integers(0, size), label="start")
-    cr = CompactRange(start, [node(lv, ix) for lv, ix in perfect_subtrees(0, start)])
+    cr = stored_range(start)
     seen: list[tuple[int, int]] = []
     levels: list[int] = []  # the levels of the runs of one call
 
@@ -207,15 +222,8 @@ def test_compact_range_layers_are_the_same_nodes(size: int, data: st.DataObject)
         levels.clear()
         cr.extend_layers(LEAF_HASHES[pos : pos + step], visit)
         pos += step
-    want = [
-        (level, index)
-        for level in range(1, size.bit_length())
-        for index in range(size >> level)
-        if (index + 1) << level > start
-    ]
-    assert sorted(seen) == want
-    assert cr.size == size and cr.root() == mth(size)
-    assert cr.hashes == [node(lv, ix) for lv, ix in perfect_subtrees(0, size)]
+    assert sorted(seen) == nodes_completed(start, size)
+    assert_range_of(cr, size)
 
 
 @pytest.mark.parametrize("size,count", [(0, 1), (1, 0), (3, 1), (-1, 0)])

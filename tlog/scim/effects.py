@@ -26,6 +26,7 @@ returns the effect and the next state.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
@@ -98,10 +99,9 @@ def _dumps_sorted(v: object) -> str:
 
 _JSON_TEXT = msgspec.json.Decoder()
 
-# Per-batch hot paths see the same few resource types and attribute paths again and again.
-_MEMO_MAX = 4096
-_KEYS: dict[str, str] = {}
-_PREFIXES: dict[str, str] = {}
+# Per-batch hot paths see the same few resource types and attribute paths again and again:
+# what is worked out from them alone is remembered (a bounded number of them).
+_memo = functools.lru_cache(maxsize=4096)
 
 
 def parse_json_text(text: object) -> tuple[bool, Any]:
@@ -122,35 +122,17 @@ def parse_json_text(text: object) -> tuple[bool, Any]:
         return False, None
 
 
-_ACTIONS: dict[tuple[str, str], list[int]] = {}
+@_memo
+def _ocsf_pair(name: str, ocsf: str) -> tuple[int, ...]:
+    return tuple(action(name, ocsf)["ocsf"])
 
 
 def _action(name: str, ocsf: str) -> dict[str, Any]:
     """:func:`client.scim.actions.action`, its OCSF pair looked up once per name."""
-    pair = _ACTIONS.get((name, ocsf))
-    if pair is None:
-        pair = action(name, ocsf)["ocsf"]
-        if len(_ACTIONS) < _MEMO_MAX:
-            _ACTIONS[(name, ocsf)] = pair
-    return {"a": name, "ocsf": list(pair)}
+    return {"a": name, "ocsf": list(_ocsf_pair(name, ocsf))}
 
 
-def _prefix_of(rt: str) -> str:
-    p = _PREFIXES.get(rt)
-    if p is None:
-        p = action_prefix(rt)
-        if len(_PREFIXES) < _MEMO_MAX:
-            _PREFIXES[rt] = p
-    return p
-
-
-def _key(attr: str) -> str:
-    k = _KEYS.get(attr)
-    if k is None:
-        k = _key_of(attr)
-        if len(_KEYS) < _MEMO_MAX:
-            _KEYS[attr] = k
-    return k
+_prefix_of = _memo(action_prefix)
 
 
 # What the classifier does with a mod, by its attribute path (see _Run.run).
@@ -159,22 +141,13 @@ _PASSWORD = "password"
 _SET = "set"  # roles, entitlements of a user
 _SCALAR = "scalar"  # active, userName, emails, the whole attribute
 _OTHER = "other"  # anything else: a digest of its value
-_KINDS: dict[tuple[str, str], tuple[str, str, bool]] = {}
 
 
+@_memo
 def _attr_kind(prefix: str, attr: str) -> tuple[str, str, bool]:
     """(key, kind, top) of a mod's attribute path for a resource type's action prefix,
     worked out once per (prefix, path): the same decision the classifier took per mod
-    (_attr_kind_of; tested equal)."""
-    got = _KINDS.get((prefix, attr))
-    if got is None:
-        got = _attr_kind_of(prefix, attr)
-        if len(_KINDS) < _MEMO_MAX:
-            _KINDS[(prefix, attr)] = got
-    return got
-
-
-def _attr_kind_of(prefix: str, attr: str) -> tuple[str, str, bool]:
+    (tested equal)."""
     key = _key_of(attr)
     top = "[" not in attr and "." not in attr.rpartition(":")[2]
     if key in ("members", "manager"):
