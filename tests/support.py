@@ -7,13 +7,16 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from client.formats.checkpoint import Checkpoint, open_checkpoint
+from client.formats.merkle import CompactRange, leaf_hash
+from client.formats.note import Verifier
 from harness.net import STARTUP_TIMEOUT, free_port, wait_for, wait_http
 from tlog.config import ServeConfig
 
@@ -21,6 +24,8 @@ __all__ = [
     "ROOT",
     "ServerProcess",
     "UvicornThread",
+    "assert_prefixes",
+    "checkpoints_by_size",
     "free_port",
     "serve_args",
     "serve_config",
@@ -101,6 +106,34 @@ def tlog_cli(
     if check:
         assert r.returncode == 0, f"tlog {' '.join(args)}: exit {r.returncode}: {r.stderr}"
     return r
+
+
+def checkpoints_by_size(
+    notes: Iterable[str], verifier: Verifier, origin: str
+) -> dict[int, Checkpoint]:
+    """The checkpoints a log handed out, each signature checked, by tree size; fails on two
+    roots at one size (a fork)."""
+    by_size: dict[int, Checkpoint] = {}
+    for note in notes:
+        cp, _ = open_checkpoint(note, [verifier], origin=origin)
+        if cp.size in by_size:
+            assert by_size[cp.size].root_hash == cp.root_hash, f"two roots at {cp.size}"
+        by_size[cp.size] = cp
+    return by_size
+
+
+def assert_prefixes(entries: Sequence[bytes], by_size: Mapping[int, Checkpoint]) -> bytes:
+    """Every checkpoint in ``by_size`` is of a prefix of ``entries`` (its root is the root of
+    the first ``size`` entries, recomputed here); returns the root of all of them."""
+    tree = CompactRange()
+    if 0 in by_size:
+        assert by_size[0].root_hash == tree.root(), "checkpoint 0 is a fork"
+    for n, entry in enumerate(entries, 1):
+        tree.append(leaf_hash(entry))
+        if n in by_size:
+            assert tree.root() == by_size[n].root_hash, f"checkpoint {n} is a fork"
+    assert max(by_size, default=0) <= len(entries), "a checkpoint beyond the entries"
+    return tree.root()
 
 
 def store_args(database: str | None) -> list[str]:

@@ -33,8 +33,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from client.formats.checkpoint import Checkpoint, open_checkpoint
-from client.formats.merkle import CompactRange, leaf_hash, verify_consistency, verify_inclusion
+from client.formats.checkpoint import open_checkpoint
+from client.formats.merkle import leaf_hash, verify_consistency, verify_inclusion
 from client.formats.note import Ed25519Verifier, b64decode_strict
 from client.formats.tiles import (
     TILE_WIDTH,
@@ -48,7 +48,14 @@ from harness.pgreplica import Replicated
 from tests.bucket.test_publish import recompute
 from tests.s3support import SeaweedS3
 from tests.server.conftest import ORIGIN
-from tests.support import ServerProcess, start_server, tlog_cli, wait_for
+from tests.support import (
+    ServerProcess,
+    assert_prefixes,
+    checkpoints_by_size,
+    start_server,
+    tlog_cli,
+    wait_for,
+)
 from tlog.log import Published
 
 pytestmark = pytest.mark.slow
@@ -284,18 +291,9 @@ def check_history(
             )
         # Every checkpoint handed out: one root per size, and that root is the root of the
         # final log's first `size` entries (recomputed here for every size) ...
-        by_size: dict[int, Checkpoint] = {}
-        for note in [*rec.notes, *final_notes]:
-            cp, _ = open_checkpoint(note, [verifier], origin=ORIGIN)
-            if cp.size in by_size:
-                assert by_size[cp.size].root_hash == cp.root_hash, f"two roots at {cp.size}"
-            by_size[cp.size] = cp
+        by_size = checkpoints_by_size([*rec.notes, *final_notes], verifier, ORIGIN)
         assert max(by_size) == latest.size
-        tree = CompactRange()
-        for n, entry in enumerate(entries, 1):
-            tree.append(leaf_hash(entry))
-            if n in by_size:
-                assert tree.root() == by_size[n].root_hash, f"checkpoint {n} is a fork"
+        assert_prefixes(entries, by_size)
         # ... and, for a sample, the log's own consistency proof to the final one verifies.
         sizes = [n for n in by_size if 0 < n < latest.size]
         for size in rnd.sample(sizes, min(40, len(sizes))):

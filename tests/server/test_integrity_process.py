@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 
-from client.formats.checkpoint import Checkpoint, open_checkpoint
+from client.formats.checkpoint import open_checkpoint
 from client.formats.note import Ed25519Verifier
 from tests.pgsupport import OldCopy, url_schema
-from tests.support import serve_args, start_server, tlog_cli
+from tests.support import checkpoints_by_size, serve_args, start_server, tlog_cli
 from tlog.backend import open_backend
 from tlog.storage import Storage
 
 from .conftest import ORIGIN
+from .writers import Writers
 
 pytestmark = pytest.mark.slow
 
@@ -43,45 +43,6 @@ def test_second_server_is_refused_and_says_who_holds_the_store(
         srv.stop()
 
 
-def _hammer(
-    url: str,
-    token: str,
-    tag: str,
-    n: int,
-    acked: list[tuple[int, bytes]],
-    notes: list[str],
-    statuses: list[int],
-    lock: threading.Lock,
-) -> None:
-    # 30 s: a slow answer on a loaded CI machine must not end the thread (ReadTimeout).
-    auth = {"Authorization": f"Bearer {token}"}
-    with httpx.Client(base_url=url, headers=auth, timeout=30) as c:
-        for i in range(n):
-            if i % 3 == 0:
-                batch = [f"{tag}-{i}-{j}".encode() for j in range(5)]
-                body = b"".join(len(e).to_bytes(2, "big") + e for e in batch)
-                r = c.post("/v1/entries/batch", content=body)
-                with lock:
-                    statuses.append(r.status_code)
-                    if r.status_code == 200:
-                        d = r.json()
-                        acked.extend(zip(d["indices"], batch, strict=True))
-                        notes.append(d["checkpoint"])
-            else:
-                e = f"{tag}-{i}".encode()
-                r = c.post("/v1/entries", content=e)
-                with lock:
-                    statuses.append(r.status_code)
-                    if r.status_code == 200:
-                        d = r.json()
-                        acked.append((d["index"], e))
-                        notes.append(d["checkpoint"])
-            if i % 10 == 0:
-                cp = c.get("/checkpoint")
-                with lock:
-                    notes.append(cp.text)
-
-
 @LOCK_FILE_ONLY
 def test_two_servers_with_the_lock_bypassed_never_fork_nor_lose(
     tmp_path: Path, database: str | None
@@ -95,10 +56,7 @@ def test_two_servers_with_the_lock_bypassed_never_fork_nor_lose(
     b = start_server(data, database=database)
     token = (data / "demo-submitter.token").read_text().strip()
     verifier = Ed25519Verifier.from_vkey(httpx.get(a.url + "/v1/log").json()["vkey"])
-    acked: list[tuple[int, bytes]] = []
-    notes: list[str] = []
-    statuses: list[int] = []
-    lock = threading.Lock()
+    w = Writers(token)
     try:
         h = {"Authorization": f"Bearer {token}"}
         # Deterministic first: B built on size 0, A moves the store to 1, B's commit fails.
@@ -108,35 +66,18 @@ def test_two_servers_with_the_lock_bypassed_never_fork_nor_lose(
         assert "tree size is 1, this writer built on 0" in r.json()["error"]
         r = httpx.post(b.url + "/v1/entries", content=b"y", headers=h)  # B reloaded
         assert r.status_code == 200 and r.json()["index"] == 1
-        acked.extend([(0, b"x"), (1, b"y")])
-        threads = [
-            threading.Thread(
-                target=_hammer,
-                args=(srv.url, token, f"{name}{k}", 60, acked, notes, statuses, lock),
-            )
-            for name, srv in (("a", a), ("b", b))
-            for k in range(2)
-        ]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(120)
-            assert not t.is_alive()
+        w.acked.extend([(0, b"x"), (1, b"y")])
+        w.run([a.url, b.url], 60, join=120)
     finally:
         a.stop()
         b.stop()
-    assert set(statuses) <= {200, 503}, statuses  # a lost race is a refusal, never a 500
-    assert statuses.count(200) > 20
-    by_size: dict[int, Checkpoint] = {}
-    for note in notes:
-        cp, _ = open_checkpoint(note, [verifier], origin=ORIGIN)
-        if cp.size in by_size:
-            assert by_size[cp.size].root_hash == cp.root_hash, f"two roots at {cp.size}"
-        by_size[cp.size] = cp
+    assert set(w.statuses) <= {200, 503}, w.statuses  # a lost race is a refusal, never a 500
+    assert w.statuses.count(200) > 20
+    by_size = checkpoints_by_size(w.notes, verifier, ORIGIN)
     st = Storage(data / "db", readonly=True)
     try:
         with st.read() as rv:
-            for index, entry in acked:
+            for index, entry in w.acked:
                 assert rv.entry(index) == entry
             for size, cp in by_size.items():
                 stored = rv.checkpoint(size)

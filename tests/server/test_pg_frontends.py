@@ -8,21 +8,19 @@ checkpoint handed out by either frontend is a prefix of the final tree, and fsck
 from __future__ import annotations
 
 import shutil
-import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from client.formats.checkpoint import Checkpoint, open_checkpoint
-from client.formats.merkle import CompactRange, leaf_hash
+from client.formats.checkpoint import open_checkpoint
 from client.formats.note import Ed25519Verifier
 from tests.pgsupport import open_store
-from tests.support import start_server, tlog_cli
+from tests.support import assert_prefixes, checkpoints_by_size, start_server, tlog_cli
 
 from .conftest import ORIGIN
-from .test_integrity_process import _hammer
+from .writers import Writers
 
 pytestmark = pytest.mark.slow
 
@@ -37,10 +35,7 @@ def test_two_frontends_on_one_database_never_fork_nor_lose(tmp_path: Path, pg_ur
     token = (da / "demo-submitter.token").read_text().strip()  # tokens live in the database
     assert not (db / "demo-submitter.token").exists()  # B found the log: created nothing
     verifier = Ed25519Verifier.from_vkey(httpx.get(a.url + "/v1/log").json()["vkey"])
-    acked: list[tuple[int, bytes]] = []
-    notes: list[str] = []
-    statuses: list[int] = []
-    lock = threading.Lock()
+    w = Writers(token)
     h = {"Authorization": f"Bearer {token}"}
     try:
         # Deterministic first: A moves the database to 1; B, built on 0, catches up and
@@ -50,27 +45,14 @@ def test_two_frontends_on_one_database_never_fork_nor_lose(tmp_path: Path, pg_ur
         assert r.status_code == 200 and r.json()["index"] == 1
         # The same entry through the other frontend: deduplicated across frontends.
         assert httpx.post(b.url + "/v1/entries", content=b"x", headers=h).json()["index"] == 0
-        acked.extend([(0, b"x"), (1, b"y")])
-        threads = [
-            threading.Thread(
-                target=_hammer,
-                args=(srv.url, token, f"{name}{k}", 45, acked, notes, statuses, lock),
-            )
-            for name, srv in (("a", a), ("b", b))
-            for k in range(2)
-        ]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(180)
-            assert not t.is_alive()
+        w.acked.extend([(0, b"x"), (1, b"y")])
+        w.run([a.url, b.url], 45, join=180)
         # Both frontends still serve. An idle frontend follows the other's commits without
         # a write of its own: B soon serves A's newest checkpoint and entry.
         ra = httpx.post(a.url + "/v1/entries", content=b"last", headers=h)
         assert ra.status_code == 200
         last_index = ra.json()["index"]
-        acked.append((last_index, b"last"))
-        notes.append(ra.json()["checkpoint"])
+        w.acked_one(ra.json(), b"last")
         for _ in range(100):  # bounded: B refreshes once a second while idle
             cb = httpx.get(b.url + "/checkpoint").text
             if cb == ra.json()["checkpoint"]:
@@ -81,8 +63,8 @@ def test_two_frontends_on_one_database_never_fork_nor_lose(tmp_path: Path, pg_ur
     finally:
         a.stop()
         b.stop()
-    assert set(statuses) <= {200, 503}, statuses  # a lost race is at worst a refusal
-    assert statuses.count(200) >= len(statuses) // 2
+    assert set(w.statuses) <= {200, 503}, w.statuses  # a lost race is at worst a refusal
+    assert w.statuses.count(200) >= len(w.statuses) // 2
 
     st = open_store(pg_url, tmp_path)
     try:
@@ -97,23 +79,10 @@ def test_two_frontends_on_one_database_never_fork_nor_lose(tmp_path: Path, pg_ur
     assert final.size == size
     # Each entry once, each acknowledged one at its acknowledged index.
     assert len(set(entries)) == size
-    for index, entry in acked:
+    for index, entry in w.acked:
         assert entries[index] == entry
     # One root per size, and every handed-out checkpoint a prefix of the final tree.
-    by_size: dict[int, Checkpoint] = {}
-    for note in notes:
-        cp, _ = open_checkpoint(note, [verifier], origin=ORIGIN)
-        if cp.size in by_size:
-            assert by_size[cp.size].root_hash == cp.root_hash, f"two roots at {cp.size}"
-        by_size[cp.size] = cp
-    cr = CompactRange()
-    roots = {0: cr.root()}
-    for i, e in enumerate(entries):
-        cr.append(leaf_hash(e))
-        if i + 1 in by_size:
-            roots[i + 1] = cr.root()
-    assert cr.root() == final.root_hash
-    for n, cp in by_size.items():
-        assert roots[n] == cp.root_hash, f"checkpoint {n} is not a prefix of the final tree"
+    by_size = checkpoints_by_size(w.notes, verifier, ORIGIN)
+    assert assert_prefixes(entries, by_size) == final.root_hash
     fs = tlog_cli("fsck", "--data", str(da), "--database", pg_url)
     assert fs.returncode == 0, fs.stdout + fs.stderr

@@ -13,11 +13,17 @@ from pathlib import Path
 import httpx
 import pytest
 
-from client.formats.checkpoint import Checkpoint, open_checkpoint
+from client.formats.checkpoint import open_checkpoint
 from client.formats.merkle import leaf_hash, verify_consistency, verify_inclusion
 from client.formats.note import Ed25519Verifier, b64decode_strict
 from client.formats.proof_bundle import TlogProof
-from tests.support import ServerProcess, start_server, store_args, tlog_cli
+from tests.support import (
+    ServerProcess,
+    checkpoints_by_size,
+    start_server,
+    store_args,
+    tlog_cli,
+)
 from tlog.auth import TOKEN_CACHE_SECONDS
 
 from .conftest import ORIGIN
@@ -196,12 +202,7 @@ def test_sigkill_under_load_loses_nothing_acknowledged(
                     latest.root_hash,
                 )
             # The current checkpoint is consistent with every one handed out before a crash.
-            by_size: dict[int, Checkpoint] = {}
-            for note in seen:
-                cp, _ = open_checkpoint(note, [verifier], origin=ORIGIN)
-                if cp.size in by_size:
-                    assert by_size[cp.size].root_hash == cp.root_hash  # never two heads
-                by_size[cp.size] = cp
+            by_size = checkpoints_by_size(seen, verifier, ORIGIN)  # never two heads
             for size, cp in by_size.items():
                 d = _get(c, "/v1/proof/consistency", old_size=size).json()
                 assert d["tree_size"] == latest.size
