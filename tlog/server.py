@@ -55,6 +55,11 @@ def build_app(
     ``config.lock_dir`` (a tmpfs): where LMDB's lock file goes, so a frozen data disk
     cannot block reads; None: ``/dev/shm`` or ``$XDG_RUNTIME_DIR`` (:mod:`tlog.lockfile`).
 
+    What it wired up besides the log API (``app.api``) is in ``app.state`` (Starlette's
+    application state), for operations and tests: ``metrics``, ``scim`` (the
+    :class:`ScimService` or None), ``pusher`` (the witness push rounds or None) and
+    ``bucket`` (the bucket publisher or None). Nothing in the app reads it back.
+
     With ``config.bucket`` (``s3://bucket/prefix``) or ``bucket_store``, every published
     checkpoint, its tiles and entry bundles are also written to that bucket
     (:mod:`tlog.bucket`), and a bucket ahead of the store is refused at start.
@@ -187,7 +192,6 @@ def build_app(
     if publisher is not None:
         metrics.registry.register(publisher.collector())
     app.state.bucket = publisher
-    app.state.data_lock = lock  # held until the store is closed (or the process ends)
     return app, log_, tokens
 
 

@@ -103,7 +103,7 @@ def test_healthz_and_readyz(app_client: tuple[TestClient, str]) -> None:
 
 def test_readyz_is_503_when_writes_are(app_client: tuple[TestClient, str]) -> None:
     client, token = app_client
-    api = client.app.state.api  # type: ignore[attr-defined]
+    api = client.app.api  # type: ignore[attr-defined]
     api.log.halt("test: a witness holds another history")
     r = client.get("/readyz")
     assert r.status_code == 503
@@ -116,7 +116,7 @@ def test_readyz_is_503_when_writes_are(app_client: tuple[TestClient, str]) -> No
 
 def test_readyz_when_the_writer_stopped(app_client: tuple[TestClient, str]) -> None:
     client, token = app_client
-    client.app.state.api.seq.stop()  # type: ignore[attr-defined]
+    client.app.api.seq.stop()  # type: ignore[attr-defined]
     r = client.get("/readyz")
     assert r.status_code == 503 and r.json()["checks"]["writer"]["ok"] is False
     w = client.post("/v1/entries", content=b"x", headers={"Authorization": f"Bearer {token}"})

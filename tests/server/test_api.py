@@ -370,7 +370,7 @@ def test_backlog_full_is_503_with_retry_after(harness: Harness) -> None:
         gate.wait(10)
         return real(entries, publish, **kw)
 
-    api = harness.client.app.state.api  # type: ignore[attr-defined]
+    api = harness.client.app.api  # type: ignore[attr-defined]
     seq: Sequencer = api.seq
     seq.max_backlog = 3
     harness.log.integrate = slow  # type: ignore[method-assign]

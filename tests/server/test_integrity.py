@@ -44,7 +44,7 @@ def _grow(log_: Log, n: int, tag: str) -> None:
     "the data directory's lock file (PostgreSQL serialises writers itself: test_pg_frontends.py)"
 )
 def test_second_writer_is_refused_with_the_holder(tmp_path: Path, database: str | None) -> None:
-    app, log_, _ = build_app(serve_config(tmp_path, database), make_signer(), scim=False)
+    _, log_, _ = build_app(serve_config(tmp_path, database), make_signer(), scim=False)
     try:
         with pytest.raises(LockHeld) as e:
             build_app(serve_config(tmp_path, database), make_signer(), scim=False)
@@ -52,8 +52,7 @@ def test_second_writer_is_refused_with_the_holder(tmp_path: Path, database: str 
         assert f"PID {os.getpid()} on host {socket.gethostname()}" in msg
         assert "Stop the other process first" in msg
     finally:
-        app.state.data_lock.release()
-        log_.storage.close()
+        log_.storage.close()  # releases the data-directory lock too
     # Released: the next one gets it (a kernel flock never outlives its holder).
     with DataDirLock(tmp_path / "db"):
         pass
@@ -138,8 +137,7 @@ def test_an_entry_that_cannot_be_stored_is_not_acknowledged(
             assert rv.tree_size() == 3
             assert rv.index_of(leaf_hash(b"lost?")) is None
         assert client.get("/checkpoint").text.split("\n")[1] == "3"
-    app.state.data_lock.release()
-    st.close()
+    st.close()  # and with it the data-directory lock
 
 
 # -- the remembered checkpoint and start-up refusals ---------------------------------------
@@ -285,12 +283,10 @@ def test_store_ahead_of_the_remembered_checkpoint_starts(
     log_.integrate([b"more"])
     log_.storage.close()
     (data / "last-checkpoint").write_bytes(old)
-    app, log2, _ = build_app(serve_config(data, database), make_signer(), scim=False)
+    _, log2, _ = build_app(serve_config(data, database), make_signer(), scim=False)
     assert log2.latest.size == 4
     assert _remembered(data / "last-checkpoint") == log2.latest.note
-    if app.state.data_lock is not None:  # LMDB's data-directory lock
-        app.state.data_lock.release()
-    log2.storage.close()
+    log2.storage.close()  # and with it LMDB's data-directory lock
 
 
 def test_remembered_checkpoint_must_be_signed_by_the_log(

@@ -276,7 +276,7 @@ def test_recover_to_what_the_witness_cosigned(
         serve_config(data, database, witnesses=policy), make_signer(), scim=False
     )
     assert log_.latest.size == 6 and log_.halted is None
-    cosigned = app.state.pusher.published.cosigned
+    cosigned = app.api.published.cosigned
     assert cosigned is not None and cosigned.size == 6
     log_.storage.close()
     assert tlog_main(["fsck", "--data", str(data), *db_args[:2]]) == 0
@@ -299,7 +299,7 @@ def test_start_up_gathers_the_witnesses_cosignatures_again(
     with log_.storage.read() as rv:
         lines = rv.cosignatures(3)
     assert lines is not None and "\u2014 witness.test/w1 ".encode() in lines
-    cosigned = app.state.pusher.published.cosigned
+    cosigned = app.api.published.cosigned
     assert cosigned is not None and cosigned.size == 3
     log_.storage.close()
 
