@@ -16,6 +16,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -193,3 +194,54 @@ def test_top_level_check_would_notice_a_bench_importing_tests(tmp_path: Path) ->
         "harness/h.py:1: harness imports tlog.log",
         "bench/b.py:1: bench imports tests.s3support",
     ]
+
+
+# docs/design.md's "Modules" table names every module of tlog/ and client/ with its job (a
+# package's __init__.py documents the package and needs no row). A row names its files in
+# backquotes: a path, then bare names in the same directory; a path ending in "/" (tlog/ui/)
+# stands for the whole package.
+def _modules_unlisted(root: Path) -> list[str]:
+    text = (root / "docs" / "design.md").read_text()
+    table = text.split("\n## Modules\n", 1)[1].split("\n#", 1)[0]
+    files: set[str] = set()
+    packages: set[str] = set()
+    for row in table.splitlines():
+        if not row.startswith("| `"):
+            continue
+        folder = ""
+        for name in re.findall(r"`([^`]+)`", row.split("|")[1]):
+            if name.endswith("/"):
+                packages.add(name)
+            elif "/" in name:
+                folder = name.rsplit("/", 1)[0]
+                files.add(name)
+            else:
+                files.add(f"{folder}/{name}")
+    unlisted = []
+    for top in ("tlog", "client"):
+        for path in sorted((root / top).rglob("*.py")):
+            rel = path.relative_to(root).as_posix()
+            if path.name == "__init__.py" and not any(rel.startswith(p) for p in packages):
+                continue
+            if rel not in files and not any(rel.startswith(p) for p in packages):
+                unlisted.append(rel)
+    return unlisted
+
+
+def test_design_lists_every_module() -> None:
+    assert _modules_unlisted(ROOT) == []
+
+
+def test_module_list_check_would_notice_a_new_module(tmp_path: Path) -> None:
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "design.md").write_text(
+        "# Design\n\n## Modules\n\n| module | job |\n| --- | --- |\n"
+        "| `tlog/log.py`, `tree.py` | the log |\n| `tlog/ui/` | the console |\n\n## Next\n"
+    )
+    for name in ("tlog/__init__.py", "tlog/log.py", "tlog/tree.py", "tlog/new.py"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("")
+    (tmp_path / "tlog" / "ui").mkdir()
+    (tmp_path / "tlog" / "ui" / "__init__.py").write_text("")
+    (tmp_path / "client").mkdir()
+    assert _modules_unlisted(tmp_path) == ["tlog/new.py"]
