@@ -395,7 +395,12 @@ class KeyRing:
             # store's check value opens is the live one.
             live = next((m for m in (master, *candidates) if self._opens(m, check)), None)
             if live is None:
-                raise StorageError(f"the SCIM master key {master.path} does not match this store")
+                raise StorageError(
+                    f"the SCIM master key {master.path} does not match this store: another "
+                    "store's key file, or a store restored from before the last erasure or "
+                    "retention expiry, whose keys are sealed under a master key that no longer "
+                    "exists (docs/operations.md, 'What tlog recover restores, and what is lost')"
+                )
             master = live
             if tnkey is None:
                 raise StorageError("SCIM key store has lost its tenant ref key")
