@@ -15,8 +15,9 @@ from typing import Any
 import httpx
 
 from client.formats.checkpoint import Checkpoint, open_checkpoint
-from client.formats.merkle import CompactRange, leaf_hash
+from client.formats.merkle import CompactRange, fold_perfect, leaf_hash
 from client.formats.note import Verifier
+from client.formats.tiles import TILE_WIDTH, Tile
 from harness.net import STARTUP_TIMEOUT, free_port, wait_for, wait_http
 from tlog.config import ServeConfig
 
@@ -27,6 +28,7 @@ __all__ = [
     "assert_prefixes",
     "checkpoints_by_size",
     "free_port",
+    "recompute_tile",
     "serve_args",
     "serve_config",
     "slow_reader",
@@ -134,6 +136,21 @@ def assert_prefixes(entries: Sequence[bytes], by_size: Mapping[int, Checkpoint])
             assert tree.root() == by_size[n].root_hash, f"checkpoint {n} is a fork"
     assert max(by_size, default=0) <= len(entries), "a checkpoint beyond the entries"
     return tree.root()
+
+
+def recompute_tile(leaves: Sequence[bytes], tile: Tile) -> bytes:
+    """The bytes a tile must hold, from the entries alone (no code of the log)."""
+    if tile.is_entries:
+        return b""  # compared separately
+    span = TILE_WIDTH**tile.level
+    out = []
+    for i in range(tile.width):
+        first = (tile.index * TILE_WIDTH + i) * span
+        layer = [leaf_hash(e) for e in leaves[first : first + span]]
+        while len(layer) > 1:
+            layer = [fold_perfect(layer[j : j + 2]) for j in range(0, len(layer), 2)]
+        out.append(layer[0])
+    return b"".join(out)
 
 
 def store_args(database: str | None) -> list[str]:

@@ -245,3 +245,37 @@ def test_module_list_check_would_notice_a_new_module(tmp_path: Path) -> None:
     (tmp_path / "tlog" / "ui" / "__init__.py").write_text("")
     (tmp_path / "client").mkdir()
     assert _modules_unlisted(tmp_path) == ["tlog/new.py"]
+
+
+# A test module imports its helpers from helper modules (tests/support.py, a package's
+# helpers or conftest), never from another test module: a test module is not a library, and
+# importing one runs (and, for pytest, collects) its tests' module code a second time.
+def _test_module_imports(root: Path) -> list[str]:
+    bad = []
+    for path in sorted((root / "tests").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""] + [a.name for a in node.names]
+            for name in names:
+                if name.rpartition(".")[2].startswith("test_"):
+                    rel = path.relative_to(root).as_posix()
+                    bad.append(f"{rel}:{node.lineno}: imports {name}")
+    return bad
+
+
+def test_no_test_module_imports_another() -> None:
+    assert _test_module_imports(ROOT) == []
+
+
+def test_test_import_check_would_notice_one(tmp_path: Path) -> None:
+    (tmp_path / "tests" / "server").mkdir(parents=True)
+    (tmp_path / "tests" / "server" / "test_a.py").write_text(
+        "from .test_b import helper\nfrom tests.server import test_c\nimport tests.support\n"
+    )
+    assert _test_module_imports(tmp_path) == [
+        "tests/server/test_a.py:1: imports test_b",
+        "tests/server/test_a.py:2: imports test_c",
+    ]

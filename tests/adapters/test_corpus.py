@@ -18,7 +18,7 @@ from tests.support import UvicornThread
 
 from .corpus import CORPUS
 from .helpers import SCIM_TOKEN, scim_asgi_app
-from .test_decoding import Via, make_rig
+from .rig import Via, make_rig
 
 pytest.importorskip("scim2_server", reason="needs the dev extras (scim2-server)")
 

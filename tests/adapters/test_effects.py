@@ -13,11 +13,10 @@ import pytest
 
 from client.net.scim_audit import AuditedEvent
 from tests.scim_service.conftest import Harness, harness  # noqa: F401
-from tests.scim_service.test_erasure import request_erasure
 from tlog.scim import store
 
 from .helpers import GROUP, PATCH, SCIM_TOKEN, USER, scim_asgi_app
-from .test_decoding import Rig, make_rig
+from .rig import Rig, make_rig
 
 pytest.importorskip("scim2_server", reason="needs the dev extras (scim2-server)")
 
@@ -164,7 +163,7 @@ def test_state_is_shredded_with_the_subject(rig: Rig) -> None:
             )
 
     assert has_state()
-    req = request_erasure(h, rid=uid)
+    req = h.request_erasure(uid)
     assert req.status_code in (200, 201), req.text
     r = h.client.post(f"/v1/scim/erasures/{req.json()['id']}/approve", headers=h.h("po_b"))
     assert r.status_code == 200, r.text

@@ -17,8 +17,7 @@ from hypothesis import given, settings
 from client.adapters.exchange import event_json, validated_event
 from client.scim.cbor import EventFormatError
 from client.scim.event import encode_event, new_event
-from tests.scim.helpers import failed_event, full_event, minimal_event, with_change
-from tests.scim.test_event import events
+from tests.scim.helpers import events, failed_event, full_event, minimal_event, with_change
 
 
 def _fields(ev: dict[str, Any]) -> dict[str, Any]:

@@ -28,7 +28,7 @@ import pytest
 from tests.support import free_port, wait_http
 
 from .helpers import Write, run_tester, start_proxy, status_counts, stop
-from .test_e2e import Log, audit_read, log  # noqa: F401  (the log fixture)
+from .logserver import Log, audit_read
 
 pytest.importorskip("scim2_tester", reason="needs the dev extras (scim2-tester)")
 
@@ -132,7 +132,7 @@ def check_each_write_one_event(writes: list[Write], events: list[dict[str, Any]]
 
 def test_scimmy_through_the_proxy_equals_direct_and_every_write_is_one_event(
     tmp_path: Path,
-    log: Log,  # noqa: F811  (the imported fixture)
+    log: Log,
     scimmy_dir: Path,
 ) -> None:
     procs: list[subprocess.Popen[bytes]] = []

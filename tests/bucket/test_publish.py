@@ -20,7 +20,6 @@ from starlette.testclient import TestClient
 
 from client.formats.merkle import (
     HASH_SIZE,
-    fold_perfect,
     inclusion_ranges,
     leaf_hash,
     proof_from_ranges,
@@ -29,7 +28,6 @@ from client.formats.merkle import (
 from client.formats.note import Ed25519Signer
 from client.formats.tiles import (
     TILE_WIDTH,
-    Tile,
     TileHashReader,
     entry_bundles_for_size,
     parse_tile_path,
@@ -52,7 +50,7 @@ from tlog.signer import CheckpointSigner
 
 from ..pgsupport import OldCopy, clone_store
 from ..s3support import SeaweedS3, audit_bucket
-from ..support import serve_config, wait_for
+from ..support import recompute_tile, serve_config, wait_for
 
 ORIGIN = "bucket.example/log"
 PUBLIC_KEY = re.compile(
@@ -143,21 +141,6 @@ def wait_published(node: Node, timeout: float = 30.0) -> None:
     )
 
 
-def recompute(leaves: list[bytes], tile: Tile) -> bytes:
-    """The bytes a tile must hold, from the entries alone (no code of the log)."""
-    if tile.is_entries:
-        return b""  # compared separately
-    span = TILE_WIDTH**tile.level
-    out = []
-    for i in range(tile.width):
-        first = (tile.index * TILE_WIDTH + i) * span
-        layer = [leaf_hash(e) for e in leaves[first : first + span]]
-        while len(layer) > 1:
-            layer = [fold_perfect(layer[j : j + 2]) for j in range(0, len(layer), 2)]
-        out.append(layer[0])
-    return b"".join(out)
-
-
 def test_tiles_between_matches_the_tile_sets() -> None:
     for old, new in [(0, 1), (0, 256), (255, 257), (300, 70_000), (65_536, 65_537)]:
         got = {t.path() for t in tiles_between(old, new)}
@@ -202,7 +185,7 @@ def test_published_bucket_is_a_complete_tlog_tiles_log(
                 assert data[0] == b"".join(struct.pack(">H", len(e)) + e for e in chunk)
             else:
                 assert len(data[0]) == tile.width * HASH_SIZE
-                assert data[0] == recompute(log_entries, tile), key
+                assert data[0] == recompute_tile(log_entries, tile), key
             # And equal what the frontend serves at the same path.
             assert node.client.get("/" + key).content == data[0]
         # The JSON proof API keeps working on the frontend.

@@ -45,13 +45,13 @@ from client.formats.tiles import (
     tiles_for_size,
 )
 from harness.pgreplica import Replicated
-from tests.bucket.test_publish import recompute
 from tests.s3support import SeaweedS3
 from tests.server.conftest import ORIGIN
 from tests.support import (
     ServerProcess,
     assert_prefixes,
     checkpoints_by_size,
+    recompute_tile,
     start_server,
     tlog_cli,
     wait_for,
@@ -326,4 +326,4 @@ def check_bucket(public: str, final: Published, entries: list[bytes]) -> None:
                 first = tile.index * TILE_WIDTH
                 assert r.content == encode_entry_bundle(entries[first : first + tile.width])
             else:
-                assert r.content == recompute(entries, tile), path
+                assert r.content == recompute_tile(entries, tile), path

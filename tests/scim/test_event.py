@@ -34,6 +34,7 @@ from client.scim.event import (
 from tests.scim.helpers import (
     Pairs,
     Raw,
+    events,
     failed_event,
     full_event,
     get_in,
@@ -129,65 +130,6 @@ def test_json_output_is_compact_sorted_utf8() -> None:
 
 
 # --- hypothesis: random valid events --------------------------------------------------------
-
-ident = st.text(
-    st.characters(blacklist_categories=("Cc", "Cs"), blacklist_characters="\x85"),
-    min_size=1,
-    max_size=12,
-)
-uints = st.integers(min_value=0, max_value=2**53 - 1)
-digests = st.binary(min_size=32, max_size=32)
-
-
-@st.composite
-def events(draw: st.DrawFn) -> dict[str, Any]:
-    outcome = draw(st.sampled_from(["success", "failure", "skipped", "warning"]))
-    op = draw(st.sampled_from(["create", "replace", "patch", "delete"]))
-    ev: dict[str, Any] = {
-        "v": 1,
-        "eid": str(uuid7(draw(st.integers(min_value=0, max_value=2**48 - 1)))),
-        "ts": draw(uints),
-        "tenant": draw(ident),
-        "sp": {"id": draw(ident)},
-        "op": op,
-        "rt": draw(ident),
-        "actor": {"kind": draw(st.sampled_from(["user", "system", "bearer"]))},
-        "corr": {"req": draw(ident)},
-        "req": {"m": "POST", "p": draw(ident), "dig": draw(digests), "len": draw(uints)},
-        "res": {"st": 200 if outcome == "success" else draw(st.integers(100, 599))},
-        "outcome": outcome,
-    }
-    if outcome != "success":
-        ev["err"] = {"reason": draw(ident)}
-    if outcome == "success" or draw(st.booleans()):
-        ev["acts"] = [{"a": "user.update", "ocsf": [3004, draw(st.integers(0, 99))]}]
-    if not (op == "create" and outcome != "success") or draw(st.booleans()):
-        ev["rid"] = draw(ident)
-    if draw(st.booleans()):
-        ev["actor"]["tok_d"] = draw(digests)
-    if draw(st.booleans()):
-        ev["mods"] = draw(
-            st.lists(
-                st.fixed_dictionaries(
-                    {"attr": ident}, optional={"new": st.just('"v"'), "old_d": digests}
-                ),
-                min_size=1,
-                max_size=3,
-            )
-        )
-    if draw(st.booleans()):
-        ev["refs"] = [{"rt": "User", "pid": draw(st.binary(min_size=16, max_size=16))}]
-    if draw(st.booleans()):
-        ev["x"] = {
-            draw(ident): draw(
-                st.recursive(
-                    st.none() | st.booleans() | st.integers(-(2**53) + 1, 2**53 - 1) | ident,
-                    lambda c: st.lists(c, max_size=3) | st.dictionaries(ident, c, max_size=3),
-                    max_leaves=6,
-                )
-            )
-        }
-    return ev
 
 
 @given(events(), st.randoms(use_true_random=False))

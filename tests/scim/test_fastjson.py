@@ -21,8 +21,7 @@ from hypothesis import strategies as st
 from client.scim.cbor import EventFormatError
 from client.scim.event import adopt_json_text, event_to_json
 from client.scim.fastjson import decode_batch, decode_event_json
-from tests.scim.helpers import failed_event, full_event, minimal_event
-from tests.scim.test_event import events
+from tests.scim.helpers import events, failed_event, full_event, minimal_event
 
 # A JSON value as a tree whose objects are lists of pairs, so that keys can repeat.
 Node = Any

@@ -66,6 +66,12 @@ class Harness:
     ) -> httpx.Response:
         return self.client.post(path, content=body, headers={**self.h(name), "Content-Type": ctype})
 
+    def request_erasure(self, rid: str, name: str = "po_a", **body: Any) -> httpx.Response:
+        """Officer ``name`` asks to erase User ``rid`` of :data:`T1` (``body`` adds to or
+        overrides the request's fields)."""
+        b = {"tenant": T1, "rt": "User", "rid": rid, "reason": "gdpr-art17", **body}
+        return self.client.post("/v1/scim/erasures", json=b, headers=self.h(name))
+
     def auditor(self, name: str = "aud1", **kw: Any) -> ScimAuditClient:
         return ScimAuditClient(URL, self.tok[name], self.signer.vkey(), http=self.client, **kw)
 

@@ -64,11 +64,6 @@ def setup_subjects(h: Harness) -> dict[str, Any]:
     return {"alice": alice, "bob": bob, "group": group, "other": other, "pid": pid_alice}
 
 
-def request_erasure(h: Harness, name: str = "po_a", **body: Any) -> Any:
-    b = {"tenant": T1, "rt": "User", "rid": ALICE, "reason": "gdpr-art17", **body}
-    return h.client.post("/v1/scim/erasures", json=b, headers=h.h(name))
-
-
 def test_shredding_end_to_end(harness: Harness) -> None:
     h = harness
     ctx = setup_subjects(h)
@@ -88,7 +83,7 @@ def test_shredding_end_to_end(harness: Harness) -> None:
         assert len(list(rv.aux_range(store.subject_events_prefix(kid)))) == 3
         assert rv.aux(store.state_key(kid)) is not None
 
-    r = request_erasure(h)
+    r = h.request_erasure(ALICE)
     assert r.status_code == 201, r.text
     req = r.json()
     assert req["state"] == "pending" and req["requested_by"] == h.ids["po_a"]
@@ -181,18 +176,18 @@ def test_shredding_end_to_end(harness: Harness) -> None:
     assert h.post_event(user_event(ALICE, req="req-after")).status_code == 200
     assert [r.event["corr"]["req"] for r in a.search(rid=ALICE).results] == ["req-after"]
     # A second request for the old keys finds nothing pending... the new subject only.
-    r = request_erasure(h)
+    r = h.request_erasure(ALICE)
     assert r.status_code == 201
 
 
 def test_erasure_with_stale_or_missing_subject(harness: Harness) -> None:
     h = harness
     # Issue 10 part 5: an unknown subject is answered like a known one.
-    unknown = request_erasure(h)
+    unknown = h.request_erasure(ALICE)
     assert unknown.status_code == 201
     h.post_event(user_event(ALICE))
-    first = request_erasure(h)
-    second = request_erasure(h).json()["id"]
+    first = h.request_erasure(ALICE)
+    second = h.request_erasure(ALICE).json()["id"]
     assert set(unknown.json()) == set(first.json())
     for k in ("state", "tenant", "rt", "kind", "reason", "requested_by"):
         assert unknown.json()[k] == first.json()[k]
@@ -206,7 +201,7 @@ def test_erasure_with_stale_or_missing_subject(harness: Harness) -> None:
         assert r.status_code == 200 and r.json()["state"] == "done"
         assert set(r.json()) == set(ok.json())
     # Once the subject has new keys, a stale request does not touch them.
-    stale = request_erasure(h).json()["id"]
+    stale = h.request_erasure(ALICE).json()["id"]
     assert (
         h.client.post(f"/v1/scim/erasures/{stale}/approve", headers=h.h("po_b")).json()["state"]
         == "done"
@@ -218,7 +213,7 @@ def test_erasure_with_stale_or_missing_subject(harness: Harness) -> None:
 def test_erasure_request_expires(harness: Harness) -> None:
     h = harness
     h.post_event(user_event(ALICE))
-    rid = request_erasure(h).json()["id"]
+    rid = h.request_erasure(ALICE).json()["id"]
     now = h.service.clock()
     h.service.clock = lambda: now + 8 * 24 * 3600 * 1000
     r = h.client.post(f"/v1/scim/erasures/{rid}/approve", headers=h.h("po_b"))

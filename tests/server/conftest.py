@@ -8,13 +8,18 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
-from client.formats.note import Ed25519Signer
+from client.formats.cosignature import CosignatureSigner
+from client.formats.note import Ed25519Signer, parse_note
+from client.formats.policy import Policy
+from client.net.witness_client import AddCheckpointRequest
 from tlog.auth import TokenStore
 from tlog.http import Limits
 from tlog.log import Log
 from tlog.server import build_app
 from tlog.signer import CheckpointSigner
+from tlog.witnessing import WitnessPusher
 
+from ..pgsupport import open_store
 from ..support import ORIGIN, serve_config
 
 
@@ -56,3 +61,50 @@ def harness(tmp_path: Path, database: str | None) -> Iterator[Harness]:
             yield Harness(client, log_, tokens, signer, token, tmp_path)
     finally:
         log_.storage.close()  # a failed test too: a PostgreSQL store holds connections
+
+
+# -- the log's witness pushes against scripted witnesses (test_pusher*.py) ------------------
+
+
+class ScriptedWitness:
+    """A witness that checks old sizes like a real one, or answers what the script says."""
+
+    def __init__(self, name: str) -> None:
+        self.signer = CosignatureSigner.generate(f"witness.test/{name}")
+        self.size = 0
+        self.script: list[httpx.Response] = []
+        self.requests: list[AddCheckpointRequest] = []
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        req = AddCheckpointRequest.parse(request.content)
+        self.requests.append(req)
+        if self.script:
+            return self.script.pop(0)
+        if req.old_size != self.size:
+            return httpx.Response(
+                409, text=f"{self.size}\n", headers={"Content-Type": "text/x.tlog.size"}
+            )
+        text = parse_note(req.checkpoint_note).text
+        self.size = int(text.split("\n")[1])
+        return httpx.Response(200, text=self.signer.cosign(text, 1700000000).line())
+
+
+@pytest.fixture
+def scripted(tmp_path: Path, database: str | None):  # type: ignore[no-untyped-def]
+    """A log, three scripted witnesses a, b, c (2 of them a quorum), the policy, and the
+    log's pusher talking to them through a mock transport."""
+    log_ = Log(open_store(database, tmp_path), make_signer())
+    ws = {n: ScriptedWitness(n) for n in ("a", "b", "c")}
+    policy = Policy.parse(
+        f"log {log_.vkey}\n"
+        + "".join(f"witness {n} {w.signer.vkey()} http://{n}.test\n" for n, w in ws.items())
+        + "group two 2 a b c\nquorum two\n"
+    )
+
+    def route(request: httpx.Request) -> httpx.Response:
+        return ws[request.url.host.split(".")[0]].handle(request)
+
+    http = httpx.Client(transport=httpx.MockTransport(route))
+    pusher = WitnessPusher(log_, policy, interval=0, http=http, max_backoff=5)
+    yield log_, ws, policy, pusher
+    log_.storage.close()

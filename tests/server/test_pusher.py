@@ -2,67 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import httpx
 import pytest
 
-from client.formats.cosignature import CosignatureSigner
-from client.formats.note import parse_note
-from client.formats.policy import Policy
 from client.formats.proof_bundle import TlogProof
-from client.net.witness_client import AddCheckpointRequest
-from tests.pgsupport import open_store
-from tlog.log import Log
 from tlog.witnessing import WitnessPusher
 
-from .conftest import ORIGIN, make_signer
+from .conftest import ORIGIN
 
 
-class ScriptedWitness:
-    """A witness that checks old sizes like a real one, or answers what the script says."""
-
-    def __init__(self, name: str) -> None:
-        self.signer = CosignatureSigner.generate(f"witness.test/{name}")
-        self.size = 0
-        self.script: list[httpx.Response] = []
-        self.requests: list[AddCheckpointRequest] = []
-
-    def handle(self, request: httpx.Request) -> httpx.Response:
-        req = AddCheckpointRequest.parse(request.content)
-        self.requests.append(req)
-        if self.script:
-            return self.script.pop(0)
-        if req.old_size != self.size:
-            return httpx.Response(
-                409, text=f"{self.size}\n", headers={"Content-Type": "text/x.tlog.size"}
-            )
-        text = parse_note(req.checkpoint_note).text
-        self.size = int(text.split("\n")[1])
-        return httpx.Response(200, text=self.signer.cosign(text, 1700000000).line())
-
-
-@pytest.fixture
-def setup(tmp_path: Path, database: str | None):  # type: ignore[no-untyped-def]
-    log_ = Log(open_store(database, tmp_path), make_signer())
-    ws = {n: ScriptedWitness(n) for n in ("a", "b", "c")}
-    policy = Policy.parse(
-        f"log {log_.vkey}\n"
-        + "".join(f"witness {n} {w.signer.vkey()} http://{n}.test\n" for n, w in ws.items())
-        + "group two 2 a b c\nquorum two\n"
-    )
-
-    def route(request: httpx.Request) -> httpx.Response:
-        return ws[request.url.host.split(".")[0]].handle(request)
-
-    http = httpx.Client(transport=httpx.MockTransport(route))
-    pusher = WitnessPusher(log_, policy, interval=0, http=http, max_backoff=5)
-    yield log_, ws, policy, pusher
-    log_.storage.close()
-
-
-def test_cosigned_checkpoint_needs_quorum(setup) -> None:  # type: ignore[no-untyped-def]
-    log_, ws, policy, pusher = setup
+def test_cosigned_checkpoint_needs_quorum(scripted) -> None:  # type: ignore[no-untyped-def]
+    log_, ws, policy, pusher = scripted
     log_.integrate([b"e%d" % i for i in range(10)])
     assert pusher.cosigned is None
     assert pusher.checkpoint() == log_.latest.note  # nothing cosigned yet: the log's own
@@ -83,8 +33,8 @@ def test_cosigned_checkpoint_needs_quorum(setup) -> None:  # type: ignore[no-unt
     policy.check(n)
 
 
-def test_conflict_rebuilds_proof_and_restart_relearns_size(setup) -> None:  # type: ignore[no-untyped-def]
-    log_, ws, policy, pusher = setup
+def test_conflict_rebuilds_proof_and_restart_relearns_size(scripted) -> None:  # type: ignore[no-untyped-def]
+    log_, ws, policy, pusher = scripted
     log_.integrate([b"x%d" % i for i in range(5)])
     pusher.push_once()
     log_.integrate([b"y%d" % i for i in range(7)])
@@ -107,8 +57,8 @@ def test_conflict_rebuilds_proof_and_restart_relearns_size(setup) -> None:  # ty
         httpx.Response(409, text="oops", headers={"Content-Type": "text/plain"}),
     ],
 )
-def test_split_view_alarms(setup, answer: httpx.Response, caplog) -> None:  # type: ignore[no-untyped-def]
-    log_, ws, _, pusher = setup
+def test_split_view_alarms(scripted, answer: httpx.Response, caplog) -> None:  # type: ignore[no-untyped-def]
+    log_, ws, _, pusher = scripted
     log_.integrate([b"z"])
     ws["a"].script = [answer]
     with caplog.at_level("CRITICAL"):
@@ -118,8 +68,8 @@ def test_split_view_alarms(setup, answer: httpx.Response, caplog) -> None:  # ty
     assert pusher.status()["witnesses"][0]["alarms"][0]["status"] == answer.status_code
 
 
-def test_unreachable_witness_backs_off(setup) -> None:  # type: ignore[no-untyped-def]
-    log_, _, _, pusher = setup
+def test_unreachable_witness_backs_off(scripted) -> None:  # type: ignore[no-untyped-def]
+    log_, _, _, pusher = scripted
     log_.integrate([b"q"])
 
     def boom(request: httpx.Request) -> httpx.Response:
@@ -135,11 +85,11 @@ def test_unreachable_witness_backs_off(setup) -> None:  # type: ignore[no-untype
     assert pusher.cosigned is not None  # b and c are enough
 
 
-def test_rounds_give_every_witness_the_same_checkpoint(setup) -> None:  # type: ignore[no-untyped-def]
+def test_rounds_give_every_witness_the_same_checkpoint(scripted) -> None:  # type: ignore[no-untyped-def]
     """While the log grows and one witness is down, the other two still make a quorum on
     the newest checkpoint of every round (regression: per-witness timers drifted apart and
     no single checkpoint collected two cosignatures)."""
-    log_, _, _, pusher = setup
+    log_, _, _, pusher = scripted
 
     def down(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("refused")

@@ -11,14 +11,10 @@ import pytest
 from client.formats.cosignature import MLDSACosignatureSigner
 from client.formats.note import Signature, parse_note
 
-from .test_pusher import setup
-
-__all__ = ["setup"]
-
 
 @pytest.mark.parametrize(("status", "words"), [(404, "does not witness"), (403, "refuses")])
-def test_unknown_log_answers_are_not_alarms(setup, status: int, words: str) -> None:  # type: ignore[no-untyped-def]
-    log_, ws, _policy, pusher = setup
+def test_unknown_log_answers_are_not_alarms(scripted, status: int, words: str) -> None:  # type: ignore[no-untyped-def]
+    log_, ws, _policy, pusher = scripted
     log_.integrate([b"e%d" % i for i in range(5)])
     ws["a"].script = [httpx.Response(status, text="unknown log\n")]
     pusher.push_once()
@@ -31,8 +27,8 @@ def test_unknown_log_answers_are_not_alarms(setup, status: int, words: str) -> N
     assert log_.latest.size == 6
 
 
-def test_unknown_cosignature_lines_are_ignored(setup) -> None:  # type: ignore[no-untyped-def]
-    log_, ws, policy, pusher = setup
+def test_unknown_cosignature_lines_are_ignored(scripted) -> None:  # type: ignore[no-untyped-def]
+    log_, ws, policy, pusher = scripted
     log_.integrate([b"e%d" % i for i in range(3)])
     text = parse_note(log_.latest.note).text
     for w in ws.values():
@@ -51,10 +47,10 @@ def test_unknown_cosignature_lines_are_ignored(setup) -> None:  # type: ignore[n
     policy.verify_checkpoint(pusher.checkpoint(), log_.origin)
 
 
-def test_a_round_sends_at_most_two_requests_per_witness(setup) -> None:  # type: ignore[no-untyped-def]
+def test_a_round_sends_at_most_two_requests_per_witness(scripted) -> None:  # type: ignore[no-untyped-def]
     """What `tlog log-entry` declares as qpd: 2 requests per witness per round, one round
     per --witness-interval."""
-    log_, ws, _policy, pusher = setup
+    log_, ws, _policy, pusher = scripted
     for i in range(4):
         log_.integrate([b"round-%d" % i])
         pusher.clients["a"]._known_size.clear()  # as after a restart: old 0, 409, retry

@@ -1,0 +1,121 @@
+"""An SP behind the audit middleware, relaying to an in-process log with a SCIM service
+(tests/scim_service's ``harness``): :func:`make_rig`. Its default SP, :func:`sp_app`, applies
+whatever it gets; :class:`Via` carries the adapter's requests to the log's TestClient."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from starlette.testclient import TestClient
+
+from client.adapters.middleware import AuditConfig, AuditMiddleware
+from client.adapters.outbox import Outbox
+from client.adapters.pseudonyms import LogPseudonyms
+from client.adapters.relay import Relay
+from client.net.scim_audit import ScimAuditClient
+from tests.scim_service.conftest import T1, URL, Harness
+
+__all__ = ["Rig", "Via", "make_rig", "sp_app"]
+
+
+async def sp_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """A SCIM SP stand-in that applies whatever it gets: 201 with an id for creates, 200
+    with a BulkResponse for /Bulk, 204 otherwise."""
+    if scope["type"] == "lifespan":
+        while True:
+            msg = await receive()
+            await send({"type": msg["type"] + ".complete"})
+            if msg["type"] == "lifespan.shutdown":
+                return
+    body = b""
+    while True:
+        msg = await receive()
+        body += msg.get("body", b"")
+        if not msg.get("more_body"):
+            break
+    path, method = scope["path"], scope["method"]
+    if path.endswith("/Bulk"):
+        ops = json.loads(body)["Operations"]
+        res = []
+        for i, op in enumerate(ops):
+            r = {"method": op["method"], "status": "201" if op["method"] == "POST" else "200"}
+            if op.get("bulkId"):
+                r["bulkId"] = op["bulkId"]
+            if op["method"] == "POST":
+                r["location"] = f"https://sp.test/v2/Groups/created-{i}"
+            else:
+                r["location"] = "https://sp.test/v2" + op["path"]
+            res.append(r)
+        out = json.dumps(
+            {"schemas": ["urn:ietf:params:scim:api:messages:2.0:BulkResponse"], "Operations": res}
+        ).encode()
+        status = 200
+    elif method == "POST":
+        out, status = json.dumps({"id": "new-1"}).encode(), 201
+    else:
+        out, status = b"", 204
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/scim+json")],
+        }
+    )
+    await send({"type": "http.response.body", "body": out})
+
+
+class Via(httpx.BaseTransport):
+    """Requests to the in-process log app (its TestClient), optionally held at a gate."""
+
+    def __init__(
+        self,
+        client: TestClient,
+        gate: threading.Event | None = None,
+        entered: threading.Event | None = None,
+    ) -> None:
+        self.client, self.gate, self.entered = client, gate, entered
+        self.lock = threading.Lock()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if self.gate is not None and request.url.path == "/v1/scim/pseudonyms":
+            if self.entered is not None:
+                self.entered.set()
+            assert self.gate.wait(30)
+        with self.lock:
+            r = self.client.request(
+                request.method,
+                request.url.path + ("?" + request.url.query.decode() if request.url.query else ""),
+                headers=dict(request.headers),
+                content=request.read(),
+            )
+        return httpx.Response(r.status_code, headers=r.headers, content=r.content)
+
+
+@dataclass
+class Rig:
+    client: TestClient
+    relay: Relay
+    harness: Harness
+    pids: LogPseudonyms
+
+    def auditor(self) -> ScimAuditClient:
+        assert self.relay.flush(20)
+        return self.harness.auditor()
+
+
+@contextmanager
+def make_rig(h: Harness, tmp_path: Path, app: Any = sp_app, **cfg: Any) -> Iterator[Rig]:
+    outbox = Outbox(tmp_path / "outbox.sqlite")
+    relay = Relay(outbox, URL, h.tok["sub1"], transport=Via(h.client), idle=0.02)
+    pids = LogPseudonyms(URL, h.tok["sub1"], http=httpx.Client(transport=Via(h.client)))
+    config = AuditConfig(tenant=T1, sp_id="sp1", ref_pid=pids, on_access=None, **cfg)
+    mw = AuditMiddleware(app, config, outbox, relay, own=True)
+    with TestClient(mw, base_url="http://scim.test") as client:
+        yield Rig(client, relay, h, pids)
