@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import resource
 from collections.abc import Callable, Iterator
@@ -54,6 +55,41 @@ def _lmdb_lock_files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]
             target = Path(os.readlink(link))
             if target.name.startswith("tlog-") and target.name.endswith("-lock.mdb"):
                 target.unlink(missing_ok=True)
+
+
+@pytest.fixture(autouse=True)
+def _logging_isolated() -> Iterator[None]:
+    """Undo what a test did to the logging configuration. A command run in process
+    (``tlog serve``'s ``main`` up to a refusal, uvicorn's ``Config``, a ``dictConfig``)
+    replaces the root logger's handlers with a StreamHandler on the sys.stderr of that
+    moment: pytest's capture stream of that test, closed when it ends. Every later log line
+    of the session, from any thread (in-process servers too), then went through that
+    handler first and printed a "Logging error" traceback; and levels, ``propagate`` and
+    uvicorn's handlers changed under later tests. pytest's own capture handlers are left
+    alone (it adds and removes them around each phase)."""
+    from _pytest.logging import LogCaptureHandler
+
+    manager = logging.Logger.manager
+    root = logging.getLogger()
+
+    def state(lg: logging.Logger) -> tuple[int, bool, bool, list[logging.Handler]]:
+        return lg.level, lg.propagate, lg.disabled, list(lg.handlers)
+
+    saved_root = state(root)
+    saved = {
+        name: state(lg)
+        for name, lg in list(manager.loggerDict.items())
+        if isinstance(lg, logging.Logger)
+    }
+    yield
+    level, _, _, handlers = saved_root
+    ours = [h for h in root.handlers if isinstance(h, LogCaptureHandler)]
+    root.handlers = [h for h in handlers if not isinstance(h, LogCaptureHandler)] + ours
+    root.setLevel(level)
+    for name, (level, propagate, disabled, handlers) in saved.items():
+        lg = logging.getLogger(name)
+        lg.level, lg.propagate, lg.disabled, lg.handlers = level, propagate, disabled, handlers
+    manager._clear_cache()  # loggers cache their effective level
 
 
 # -- storage backends ------------------------------------------------------------------------

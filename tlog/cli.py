@@ -467,18 +467,21 @@ def cmd_recover(args: argparse.Namespace) -> int:
     remembered = CheckpointFile(
         cfg.checkpoint_file or data / CHECKPOINT_FILE, signer.verifier, signer.origin
     )
-    if is_database_url(cfg.database):
-        assert cfg.database is not None
-        recover_database(
-            cfg.database,
-            signer,
-            args.source,
-            remembered,
-            targets,
-            replication=cfg.replication,
-        )
-    else:
-        recover(data / "db", signer, args.source, remembered, targets)
+    try:
+        if is_database_url(cfg.database):
+            assert cfg.database is not None
+            recover_database(
+                cfg.database,
+                signer,
+                args.source,
+                remembered,
+                targets,
+                replication=cfg.replication,
+            )
+        else:
+            recover(data / "db", signer, args.source, remembered, targets)
+    finally:
+        remembered.close()
     return 0
 
 

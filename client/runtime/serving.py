@@ -353,7 +353,8 @@ class ServingThread:
             self.server.should_exit = True  # it may still come up: then it stops at once
             raise ServerStartError(
                 f"{self.name}: the server did not start within {timeout:g} s; "
-                f"its thread is at:\n{where}"
+                f"its thread is at:\n{where}\nthe other threads (innermost frames; one "
+                f"may hold what it waits for):\n{self.others()}"
             )
         if self._ended.is_set() or not self.server.started:
             err = self.error
@@ -368,6 +369,17 @@ class ServingThread:
         if frame is None:
             return "(the thread is not running)"
         return "".join(traceback.format_stack(frame))
+
+    def others(self, depth: int = 4) -> str:
+        """The other threads of the process and their ``depth`` innermost frames."""
+        names = {t.ident: t.name for t in threading.enumerate()}
+        lines: list[str] = []
+        for ident, frame in sys._current_frames().items():
+            if ident == self.thread.ident:
+                continue
+            lines.append(f"-- {names.get(ident, '?')} ({ident})\n")
+            lines += traceback.format_stack(frame)[-depth:]
+        return "".join(lines) or "(none)\n"
 
     def stop(self, timeout: float = 10.0) -> bool:
         """Ask the server to exit; whether its thread ended within ``timeout`` seconds."""

@@ -29,7 +29,10 @@ def _log(path: Path, remembered: Path | None = None, database: str | None = None
     """The log in the LMDB store at ``path``, or in ``database``."""
     signer = make_signer()
     cf = None if remembered is None else CheckpointFile(remembered, signer.verifier, ORIGIN)
-    return Log(open_store(database, path), signer, cf)
+    store = open_store(database, path)
+    if cf is not None:
+        store.on_close.append(cf.close)  # as build_app does: closing the store closes it
+    return Log(store, signer, cf)
 
 
 def _grow(log_: Log, n: int, tag: str) -> None:

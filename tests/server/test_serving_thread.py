@@ -106,6 +106,7 @@ def test_hanging_startup_raises_after_the_timeout_with_its_stack(
         st.start(timeout=0.5)
     assert "its thread is at:" in str(info.value)
     assert "asyncio" in str(info.value)  # the serving thread's stack, not the caller's
+    assert "the other threads" in str(info.value)
     # Once it gets past start-up it sees that it was told to exit, and ends.
     app.release.set()
     st.thread.join(15)
