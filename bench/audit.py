@@ -24,7 +24,6 @@ import os
 import platform
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -35,7 +34,8 @@ import httpx
 from client.formats.tiles import Tile, entry_bundles_for_size, tiles_for_size
 from client.net.logclient import LogClient
 from client.tools.auditor import Auditor
-from harness.net import free_port
+from harness.net import free_port, wait_http
+from harness.tlog import tlog_argv
 from tlog.auth import TokenStore
 from tlog.log import Log
 from tlog.signer import CheckpointSigner, create_key_file
@@ -98,10 +98,7 @@ def serve(data: Path) -> tuple[subprocess.Popen[bytes], str]:
     """Start ``tlog serve`` on a free port; return the process and its base URL."""
     port = free_port()
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tlog.cli",
+        tlog_argv(
             "serve",
             "--data",
             str(data),
@@ -110,22 +107,13 @@ def serve(data: Path) -> tuple[subprocess.Popen[bytes], str]:
             "--log-level",
             "warning",
             "--no-demo-token",
-        ],
+        ),
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
-    for _ in range(400):
-        if proc.poll() is not None:
-            raise RuntimeError("tlog serve exited")
-        try:
-            if httpx.get(url + "/checkpoint", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("tlog serve did not start")
+    wait_http(url + "/checkpoint", proc, ok=lambda r: r.status_code == 200)
+    return proc, url
 
 
 def main() -> None:

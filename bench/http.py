@@ -33,6 +33,7 @@ from pathlib import Path
 import httpx
 
 from harness.net import free_port, wait_http
+from harness.tlog import tlog_argv
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -132,10 +133,7 @@ def log_and_hello(tmp: Path) -> Iterator[tuple[str, str]]:
         tport, hport = free_port(), free_port()
         common = ["--host", "127.0.0.1", "--log-level", "warning"]
         tlog_p = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tlog.cli",
+            tlog_argv(
                 "serve",
                 "--data",
                 str(tmp / "data"),
@@ -144,7 +142,7 @@ def log_and_hello(tmp: Path) -> Iterator[tuple[str, str]]:
                 "--origin",
                 "bench.example/log",
                 *common,
-            ],
+            ),
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -42,6 +42,7 @@ from client.adapters.middleware import event_json
 from client.scim.actions import parse_request
 from client.scim.event import new_event
 from harness.net import free_port, wait_http
+from harness.tlog import tlog_argv, tlog_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 SCIM_TOKEN = "bench-scim-token"
@@ -294,25 +295,10 @@ def raw_batch_load(url: str, token: str, seconds: float, threads: int = 2) -> tu
 
 
 def tlog_token(data: Path, tenant: str) -> str:
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tlog.cli",
-            "token",
-            "create",
-            "--role",
-            "submitter",
-            "--tenant",
-            tenant,
-            "--data",
-            str(data),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=ROOT,
-    ).stdout.strip()
+    r = tlog_cli("token", "create", "--role", "submitter", "--tenant", tenant, "--data", str(data))
+    if r.returncode != 0:
+        raise RuntimeError(f"tlog token create: {r.stderr}")
+    return r.stdout.strip()
 
 
 def main() -> None:
@@ -352,10 +338,7 @@ def main() -> None:
     try:
         lport = free_port()
         log_p = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tlog.cli",
+            tlog_argv(
                 "serve",
                 "--data",
                 str(tmp / "log"),
@@ -365,7 +348,7 @@ def main() -> None:
                 "bench.example/log",
                 "--log-level",
                 "warning",
-            ],
+            ),
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -384,10 +367,7 @@ def main() -> None:
         pport = free_port()
         outbox = tmp / "proxy-outbox.sqlite"
         proxy_p = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tlog.cli",
+            tlog_argv(
                 "scim-proxy",
                 "--upstream",
                 upstream,
@@ -409,7 +389,7 @@ def main() -> None:
                 str(args.upstream_connections),
                 "--log-level",
                 "warning",
-            ],
+            ),
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

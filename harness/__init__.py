@@ -10,7 +10,9 @@ pytest specifics, such as skipping, stay in ``tests/``). It imports neither, and
 * :mod:`harness.gowitness`: the Go witnesses (omniwitness, litewitness) run on 127.0.0.1;
 * :mod:`harness.pg`: a throwaway PostgreSQL server on 127.0.0.1, removed by its watchdog
   (:mod:`harness.pgwatchdog`) when its owner dies;
-* :mod:`harness.pgreplica`: a PostgreSQL primary with a synchronous streaming standby.
+* :mod:`harness.pgreplica`: a PostgreSQL primary with a synchronous streaming standby;
+* :mod:`harness.tlog`: the ``tlog`` command run as a process (its command line, a run to
+  completion with a bound).
 
 What cannot run on this machine raises :class:`Unavailable` with the reason: a test skips
 with it, a benchmark reports it.

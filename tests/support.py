@@ -19,6 +19,7 @@ from client.formats.merkle import CompactRange, fold_perfect, leaf_hash
 from client.formats.note import Verifier
 from client.formats.tiles import TILE_WIDTH, Tile
 from harness.net import STARTUP_TIMEOUT, free_port, wait_for, wait_http
+from harness.tlog import tlog_argv, tlog_cli
 from tlog.config import ServeConfig
 
 __all__ = [
@@ -80,34 +81,6 @@ def serve_config(data: Path, database: str | None = None, **settings: Any) -> Se
         settings.setdefault("replication", "none")
         data.mkdir(mode=0o700, parents=True, exist_ok=True)  # as tlog serve makes it
     return ServeConfig(data=data, database=database, **settings)
-
-
-def tlog_cli(
-    *args: str,
-    timeout: float = 120,
-    stdin: str | None = None,
-    env: Mapping[str, str] | None = None,
-    check: bool = False,
-) -> subprocess.CompletedProcess[str]:
-    """Run the ``tlog`` command (``python -m tlog.cli``) to completion, its output captured
-    as text, within ``timeout`` seconds (subprocess.TimeoutExpired after it), ``stdin`` its
-    input. The environment is ``env``, or by default this one without the ``TLOG_*``
-    settings variables (a developer's own settings must not change a test). ``check``:
-    fail unless it exits 0, saying what it wrote to stderr."""
-    if env is None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TLOG_")}
-    r = subprocess.run(
-        [sys.executable, "-m", "tlog.cli", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=timeout,
-        input=stdin,
-        env=env,
-    )
-    if check:
-        assert r.returncode == 0, f"tlog {' '.join(args)}: exit {r.returncode}: {r.stderr}"
-    return r
 
 
 def checkpoints_by_size(
@@ -262,7 +235,7 @@ def _start_server(
     with open(log_path, "ab") as out:
         proc = subprocess.Popen(
             dies_with_us(
-                [sys.executable, "-m", "tlog.cli", "serve", "--data", str(data)]
+                tlog_argv("serve", "--data", str(data))
                 + ["--port", str(port), "--origin", origin, "--log-level", "warning"]
                 + [*serve_args(database), *extra]
             ),

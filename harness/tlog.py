@@ -1,0 +1,47 @@
+"""The ``tlog`` command run as a process, as an operator runs it (``python -m tlog.cli``):
+this package never imports ``tlog`` itself."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+__all__ = ["ROOT", "tlog_argv", "tlog_cli"]
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def tlog_argv(*args: str) -> list[str]:
+    """The command line of ``tlog ARGS`` (run it with ``cwd=ROOT``)."""
+    return [sys.executable, "-m", "tlog.cli", *args]
+
+
+def tlog_cli(
+    *args: str,
+    timeout: float = 120,
+    stdin: str | None = None,
+    env: Mapping[str, str] | None = None,
+    check: bool = False,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``tlog ARGS`` to completion, its output captured as text, within ``timeout``
+    seconds (subprocess.TimeoutExpired after it), ``stdin`` its input. The environment is
+    ``env``, or by default this one without the ``TLOG_*`` settings variables (a developer's
+    own settings must not change a test or a benchmark). ``check``: fail (AssertionError)
+    unless it exits 0, saying what it wrote to stderr."""
+    if env is None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TLOG_")}
+    r = subprocess.run(
+        tlog_argv(*args),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=timeout,
+        input=stdin,
+        env=env,
+    )
+    if check:
+        assert r.returncode == 0, f"tlog {' '.join(args)}: exit {r.returncode}: {r.stderr}"
+    return r
