@@ -55,17 +55,30 @@ from client.scim.jsonstrict import strict_json
 __all__ = [
     "ACTOR_KINDS",
     "BYTES_FIELDS",
+    "EVENT_SPEC",
     "MAX_EVENT_SIZE",
     "MAX_JSON_SIZE",
     "MAX_SAFE_INT",
     "OPS",
     "OUTCOMES",
     "PATCH_OPS",
+    "BytesSpec",
+    "ConstSpec",
+    "EnumSpec",
     "Event",
     "EventFields",
+    "ExtensionSpec",
+    "IPSpec",
+    "ListSpec",
+    "MapSpec",
+    "Spec",
+    "TextSpec",
+    "TupleSpec",
+    "UIntSpec",
     "adopt_event",
     "adopt_json_event",
     "adopt_json_text",
+    "check_rules",
     "decode_event",
     "encode_event",
     "event_from_json",
@@ -114,15 +127,18 @@ def _at(path: str, msg: str) -> EventFormatError:
 
 
 # --- schema ---------------------------------------------------------------------------------
+# The schema as data: EVENT_SPEC, a tree of these specs, and check_rules (the cross-field
+# rules). validate_event walks it; client.scim.fastjson compiles the same tree into msgspec
+# Structs, so both read one definition.
 
 
-class _Spec:
+class Spec:
     def check(self, v: object, path: str) -> None:  # pragma: no cover - interface
         raise NotImplementedError
 
 
 @dataclass(frozen=True)
-class _Text(_Spec):
+class TextSpec(Spec):
     max_bytes: int = 256
     free: bool = False  # free text: tab/LF/CR allowed
     regex: re.Pattern[str] | None = None
@@ -153,9 +169,9 @@ class _Text(_Spec):
 
 
 @dataclass(frozen=True)
-class _IP(_Spec):
+class IPSpec(Spec):
     def check(self, v: object, path: str) -> None:
-        _Text(64).check(v, path)
+        TextSpec(64).check(v, path)
         try:
             ipaddress.ip_address(str(v))
         except ValueError:
@@ -163,7 +179,7 @@ class _IP(_Spec):
 
 
 @dataclass(frozen=True)
-class _Bytes(_Spec):
+class BytesSpec(Spec):
     size: int
 
     def check(self, v: object, path: str) -> None:
@@ -174,7 +190,7 @@ class _Bytes(_Spec):
 
 
 @dataclass(frozen=True)
-class _UInt(_Spec):
+class UIntSpec(Spec):
     lo: int = 0
     hi: int = MAX_SAFE_INT
 
@@ -186,7 +202,7 @@ class _UInt(_Spec):
 
 
 @dataclass(frozen=True)
-class _Enum(_Spec):
+class EnumSpec(Spec):
     values: tuple[str, ...]
 
     def check(self, v: object, path: str) -> None:
@@ -195,7 +211,7 @@ class _Enum(_Spec):
 
 
 @dataclass(frozen=True)
-class _Const(_Spec):
+class ConstSpec(Spec):
     value: object
 
     def check(self, v: object, path: str) -> None:
@@ -204,8 +220,8 @@ class _Const(_Spec):
 
 
 @dataclass(frozen=True)
-class _Map(_Spec):
-    fields: Mapping[str, tuple[_Spec, bool]]  # name -> (spec, required)
+class MapSpec(Spec):
+    fields: Mapping[str, tuple[Spec, bool]]  # name -> (spec, required)
 
     def check(self, v: object, path: str) -> None:
         if type(v) is not dict:
@@ -223,8 +239,8 @@ class _Map(_Spec):
 
 
 @dataclass(frozen=True)
-class _List(_Spec):
-    item: _Spec
+class ListSpec(Spec):
+    item: Spec
     max_items: int
 
     def check(self, v: object, path: str) -> None:
@@ -239,8 +255,8 @@ class _List(_Spec):
 
 
 @dataclass(frozen=True)
-class _Tuple(_Spec):
-    items: tuple[_Spec, ...]
+class TupleSpec(Spec):
+    items: tuple[Spec, ...]
 
     def check(self, v: object, path: str) -> None:
         if type(v) is not list or len(v) != len(self.items):
@@ -250,11 +266,11 @@ class _Tuple(_Spec):
 
 
 @dataclass(frozen=True)
-class _Extension(_Spec):
+class ExtensionSpec(Spec):
     """``x``: any JSON-model value under text keys; no bytes, floats or deep nesting."""
 
     max_str: int = 16384
-    key: _Text = field(default_factory=lambda: _Text(256))
+    key: TextSpec = field(default_factory=lambda: TextSpec(256))
 
     def check(self, v: object, path: str) -> None:
         if type(v) is not dict:
@@ -299,26 +315,26 @@ class _Extension(_Spec):
         raise _at(path, f"type {t.__name__} is not allowed")
 
 
-_ID = _Text(256)
-_URL = _Text(2048)
-_DIGEST = _Bytes(32)
-_UINT = _UInt()
-_OCSF_UID = _UInt(0, (1 << 31) - 1)
+_ID = TextSpec(256)
+_URL = TextSpec(2048)
+_DIGEST = BytesSpec(32)
+_UINT = UIntSpec()
+_OCSF_UID = UIntSpec(0, (1 << 31) - 1)
 
-_ACTOR = _Map(
+_ACTOR = MapSpec(
     {
-        "kind": (_Enum(ACTOR_KINDS), True),
-        "id": (_Text(512), False),
+        "kind": (EnumSpec(ACTOR_KINDS), True),
+        "id": (TextSpec(512), False),
         "iss": (_URL, False),
         "client_id": (_ID, False),
         "tid": (_ID, False),
         "name": (_ID, False),
-        "scope": (_List(_ID, 64), False),
+        "scope": (ListSpec(_ID, 64), False),
         "tok_d": (_DIGEST, False),
         "x5t_s256": (_DIGEST, False),
     }
 )
-_CORR = _Map(
+_CORR = MapSpec(
     {
         "req": (_ID, True),
         "trace": (_ID, False),
@@ -331,93 +347,96 @@ _CORR = _Map(
         "tx": (_ID, False),
     }
 )
-_REQ = _Map(
+_REQ = MapSpec(
     {
-        "m": (_Text(16, regex=_METHOD_RE, what="HTTP method (upper case)"), True),
-        "p": (_Text(4096), True),
+        "m": (TextSpec(16, regex=_METHOD_RE, what="HTTP method (upper case)"), True),
+        "p": (TextSpec(4096), True),
         "dig": (_DIGEST, True),
         "len": (_UINT, True),
-        "if_match": (_Text(1024), False),
+        "if_match": (TextSpec(1024), False),
     }
 )
-_PATCH_OP = _Map(
+_PATCH_OP = MapSpec(
     {
-        "op": (_Enum(PATCH_OPS), True),
-        "path": (_Text(2048), False),
+        "op": (EnumSpec(PATCH_OPS), True),
+        "path": (TextSpec(2048), False),
         "v_d": (_DIGEST, False),
     }
 )
-_MOD = _Map(
+_MOD = MapSpec(
     {
-        "attr": (_Text(512), True),
-        "op": (_Enum(PATCH_OPS), False),  # PATCH: the operation that made this change
-        "old": (_Text(16384, free=True, json_text=True), False),
-        "new": (_Text(16384, free=True, json_text=True), False),
+        "attr": (TextSpec(512), True),
+        "op": (EnumSpec(PATCH_OPS), False),  # PATCH: the operation that made this change
+        "old": (TextSpec(16384, free=True, json_text=True), False),
+        "new": (TextSpec(16384, free=True, json_text=True), False),
         "old_d": (_DIGEST, False),
         "new_d": (_DIGEST, False),
     }
 )
-_REF = _Map(
+_REF = MapSpec(
     {
-        "rt": (_Text(128), True),
-        "pid": (_Bytes(16), True),
-        "op": (_Enum(PATCH_OPS), False),  # the reference was added, removed or set (replace)
-        "attr": (_Text(128), False),  # the referencing attribute (members, manager)
+        "rt": (TextSpec(128), True),
+        "pid": (BytesSpec(16), True),
+        "op": (EnumSpec(PATCH_OPS), False),  # the reference was added, removed or set (replace)
+        "attr": (TextSpec(128), False),  # the referencing attribute (members, manager)
     }
 )
-_RES = _Map(
+_RES = MapSpec(
     {
-        "st": (_UInt(100, 599), True),
+        "st": (UIntSpec(100, 599), True),
         "etag": (_ID, False),
         "loc": (_URL, False),
     }
 )
-_ERR = _Map(
+_ERR = MapSpec(
     {
-        "cat": (_Text(128), False),
-        "code": (_Text(128), False),
-        "scim_type": (_Text(64), False),
-        "reason": (_Text(4096, free=True), False),
+        "cat": (TextSpec(128), False),
+        "code": (TextSpec(128), False),
+        "scim_type": (TextSpec(64), False),
+        "reason": (TextSpec(4096, free=True), False),
     }
 )
-_ACT = _Map(
+_ACT = MapSpec(
     {
-        "a": (_Text(128, regex=_ACTION_RE, what="action name"), True),
-        "ocsf": (_Tuple((_OCSF_UID, _OCSF_UID)), True),
+        "a": (TextSpec(128, regex=_ACTION_RE, what="action name"), True),
+        "ocsf": (TupleSpec((_OCSF_UID, _OCSF_UID)), True),
     }
 )
-_EVENT = _Map(
+EVENT_SPEC = MapSpec(
     {
-        "v": (_Const(1), True),
-        "eid": (_Text(36, regex=_UUID_RE, what="lowercase RFC 9562 UUID"), True),
+        "v": (ConstSpec(1), True),
+        "eid": (TextSpec(36, regex=_UUID_RE, what="lowercase RFC 9562 UUID"), True),
         "ts": (_UINT, True),
         "dur": (_UINT, False),
         "tenant": (_ID, True),
-        "sp": (_Map({"id": (_ID, True), "base": (_URL, False)}), True),
-        "idp": (_Map({"id": (_ID, False), "name": (_ID, False)}), False),
-        "op": (_Enum(OPS), True),
-        "rt": (_Text(128), True),
+        "sp": (MapSpec({"id": (_ID, True), "base": (_URL, False)}), True),
+        "idp": (MapSpec({"id": (_ID, False), "name": (_ID, False)}), False),
+        "op": (EnumSpec(OPS), True),
+        "rt": (TextSpec(128), True),
         "rid": (_ID, False),
-        "xid": (_Text(1024), False),
-        "ver": (_Map({"pre": (_ID, False), "post": (_ID, False)}), False),
+        "xid": (TextSpec(1024), False),
+        "ver": (MapSpec({"pre": (_ID, False), "post": (_ID, False)}), False),
         "actor": (_ACTOR, True),
-        "src": (_Map({"ip": (_IP(), False), "ua": (_Text(1024, free=True), False)}), False),
+        "src": (
+            MapSpec({"ip": (IPSpec(), False), "ua": (TextSpec(1024, free=True), False)}),
+            False,
+        ),
         "corr": (_CORR, True),
         "req": (_REQ, True),
-        "patch": (_List(_PATCH_OP, 1000), False),
-        "mods": (_List(_MOD, 1000), False),
-        "refs": (_List(_REF, 4096), False),
+        "patch": (ListSpec(_PATCH_OP, 1000), False),
+        "mods": (ListSpec(_MOD, 1000), False),
+        "refs": (ListSpec(_REF, 4096), False),
         "res": (_RES, True),
-        "outcome": (_Enum(OUTCOMES), True),
+        "outcome": (EnumSpec(OUTCOMES), True),
         "err": (_ERR, False),
-        "acts": (_List(_ACT, 32), False),
-        "x": (_Extension(), False),
-        "intent": (_Const(True), False),
+        "acts": (ListSpec(_ACT, 32), False),
+        "x": (ExtensionSpec(), False),
+        "intent": (ConstSpec(True), False),
     }
 )
 
 
-def _check_rules(ev: Mapping[str, Any]) -> None:
+def check_rules(ev: Mapping[str, Any]) -> None:
     """The cross-field rules of SCIM.md §3.4 ("Conditionally required") and a few more."""
     success = ev["outcome"] == "success"
     # §3.4: rid on anything but a failed create.
@@ -448,10 +467,10 @@ def _check_rules(ev: Mapping[str, Any]) -> None:
 
 
 def _check(obj: object) -> bytes:
-    _EVENT.check(obj, "$")
-    if not isinstance(obj, dict):  # pragma: no cover - _EVENT.check guarantees it
+    EVENT_SPEC.check(obj, "$")
+    if not isinstance(obj, dict):  # pragma: no cover - EVENT_SPEC.check guarantees it
         raise EventFormatError("event must be a map")
-    _check_rules(obj)
+    check_rules(obj)
     # The schema check above admits only the deterministic data model (exact types, text
     # keys, ints within ±2**53, strings valid Unicode, bounded depth); dumps_det's one walk
     # puts the maps in deterministic key order for cbor2's plain encoder (cheaper than

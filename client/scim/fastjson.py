@@ -82,10 +82,10 @@ class _Compiler:
         self.may_be_empty: set[str] = set()  # maps with no required field
 
     def type_of(self, spec: Any, path: str) -> Any:
-        if isinstance(spec, _ev._IP):
+        if isinstance(spec, _ev.IPSpec):
             self.ip.add(path)
-            return self.type_of(_ev._Text(64), path)
-        if isinstance(spec, _ev._Text):
+            return self.type_of(_ev.TextSpec(64), path)
+        if isinstance(spec, _ev.TextSpec):
             ok = _TEXT_OK if spec.free else _ID_OK
             pattern: str | None
             max_chars = spec.max_bytes // self.divisor
@@ -99,28 +99,28 @@ class _Compiler:
                 self.json_text.add(path)
             meta = msgspec.Meta(min_length=1, max_length=max_chars, pattern=pattern)
             return Annotated[str, meta]
-        if isinstance(spec, _ev._Bytes):
+        if isinstance(spec, _ev.BytesSpec):
             return Annotated[str, msgspec.Meta(pattern=_B64[spec.size])]
-        if isinstance(spec, _ev._UInt):
+        if isinstance(spec, _ev.UIntSpec):
             return Annotated[int, msgspec.Meta(ge=spec.lo, le=spec.hi)]
-        if isinstance(spec, _ev._Enum):
+        if isinstance(spec, _ev.EnumSpec):
             return Literal[spec.values]
-        if isinstance(spec, _ev._Const):
+        if isinstance(spec, _ev.ConstSpec):
             return Literal[spec.value]
-        if isinstance(spec, _ev._List):
+        if isinstance(spec, _ev.ListSpec):
             item = self.type_of(spec.item, path + "[]")
             return Annotated[list[item], msgspec.Meta(min_length=1, max_length=spec.max_items)]  # type: ignore[valid-type]
-        if isinstance(spec, _ev._Tuple):
+        if isinstance(spec, _ev.TupleSpec):
             # A list of fixed length (the reference's value is a list, not a tuple).
             n = len(spec.items)
             if any(s != spec.items[0] for s in spec.items):
                 raise TypeError("only tuples of one item type")  # pragma: no cover
             item = self.type_of(spec.items[0], path + "[]")
             return Annotated[list[item], msgspec.Meta(min_length=n, max_length=n)]  # type: ignore[valid-type]
-        if isinstance(spec, _ev._Extension):
+        if isinstance(spec, _ev.ExtensionSpec):
             self.extension.add(path)
             return dict[str, Any]
-        if isinstance(spec, _ev._Map):
+        if isinstance(spec, _ev.MapSpec):
             if not any(req for _, req in spec.fields.values()):
                 self.may_be_empty.add(path)
             fields: list[tuple[str, Any, Any]] = []
@@ -142,7 +142,7 @@ def _compile(
     controls: bool, ascii_: bool
 ) -> tuple[msgspec.json.Decoder[Any], msgspec.json.Decoder[Any]]:
     c = _Compiler(controls, ascii_)
-    event_t = c.type_of(_ev._EVENT, "$")
+    event_t = c.type_of(_ev.EVENT_SPEC, "$")
     # The post-check below handles these rules at exactly these places; a schema change
     # that adds one elsewhere must fail here (at import), not be silently skipped.
     if (
@@ -189,7 +189,7 @@ def _sorted_json(v: Any) -> Any:
     return v
 
 
-_EXTENSION = _ev._Extension()
+_EXTENSION = _ev.ExtensionSpec()
 _any_decoder = msgspec.json.Decoder()
 
 
@@ -241,7 +241,7 @@ def _finish(ev: dict[str, Any]) -> bytes:
     if "x" in ev:
         _EXTENSION.check(ev["x"], "$.x")
         ev["x"] = _sorted_json(ev["x"])
-    _ev._check_rules(ev)
+    _ev.check_rules(ev)
     data = cbor2.dumps(ev)
     if len(data) > _ev.MAX_EVENT_SIZE:
         raise EventFormatError("event too large")
