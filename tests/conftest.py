@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import resource
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -90,6 +92,51 @@ def _logging_isolated() -> Iterator[None]:
         lg = logging.getLogger(name)
         lg.level, lg.propagate, lg.disabled, lg.handlers = level, propagate, disabled, handlers
     manager._clear_cache()  # loggers cache their effective level
+
+
+# A test module may leave at most this many more descriptors open than it found (after a
+# garbage collection). The worst module once left ~150 (one remembered-checkpoint file per
+# app built); after the fixes modules leave a handful at most. The bound is far above that
+# noise (session fixtures started midway, pooled connections), so only a real leak trips it.
+FD_LEAK_LIMIT = 100
+_FD_DIR = Path("/proc/self/fd")
+
+
+def _fd_targets() -> list[str]:
+    out = []
+    for p in _FD_DIR.iterdir():
+        try:
+            out.append(os.readlink(p))
+        except OSError:  # the directory's own descriptor, or one closed meanwhile
+            continue
+    return out
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _module_leaks_no_descriptors(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail the module (an error at its last test's teardown) if it leaves more than
+    FD_LEAK_LIMIT descriptors open: a leak per test adds up over the session until a
+    server's accept() fails with EMFILE and it just stops answering, far from the cause."""
+    if not _FD_DIR.is_dir():  # not Linux
+        yield
+        return
+    before = _fd_targets()
+    yield
+    after = _fd_targets()
+    if len(after) - len(before) <= FD_LEAK_LIMIT:
+        return
+    gc.collect()  # only now: what is garbage but not yet collected does not count
+    after = _fd_targets()
+    grown = len(after) - len(before)
+    if grown > FD_LEAK_LIMIT:
+        extra = Counter(after) - Counter(before)
+        left = [f"{n} x {target}" for target, n in extra.most_common(10)]
+        pytest.fail(
+            f"{request.node.nodeid} left {grown} more file descriptors open than it found "
+            f"(limit {FD_LEAK_LIMIT}): close what the tests open (TestClient as a context "
+            f"manager, stores, clients, log files). Some of them: {left}",
+            pytrace=False,
+        )
 
 
 # -- storage backends ------------------------------------------------------------------------
