@@ -198,6 +198,12 @@ class ScimAuditClient(CoreClient):
             self._tenant = tenant
         return self._tn
 
+    def tenant(self) -> str:
+        """This tenant's name, as the log reports it (asked with :meth:`tenant_ref`)."""
+        self.tenant_ref()
+        assert self._tenant is not None  # set by tenant_ref
+        return self._tenant
+
     # -- verification ------------------------------------------------------------------------
 
     def _leaf(self, r: Mapping[str, Any]) -> tuple[bytes, bytes, Leaf]:

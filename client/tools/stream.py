@@ -388,8 +388,7 @@ def stream(
 ) -> StreamResult:
     """One run: deliver every new event, page by page, then record the run."""
     cur = Cursor.load(cursor_path)
-    client.tenant_ref()
-    tenant = client._tenant or ""
+    tenant = client.tenant()
     res = StreamResult()
     cutoff = now_ms() - settle_ms
     for results in _pages(client, cur, dict(filters or {}), page):

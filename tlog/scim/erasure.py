@@ -142,7 +142,7 @@ class Erasures:
         """Like the service's writer, but when ``fn`` names tenants to re-key, the key
         chain is rotated in the same transaction (module docstring)."""
         svc = self.svc
-        with svc._lock:
+        with svc.write_lock:
             with svc.storage.read() as rv:
                 tx = Overlay(rv)
                 result, rekey = fn(tx)
@@ -188,7 +188,7 @@ class Erasures:
             rid=rid,
             x=x,
         )
-        return self.svc._stage_one(tx, tk, ev, self.svc.clock())
+        return self.svc.stage_one(tx, tk, ev, self.svc.clock())
 
     @staticmethod
     def _check_tenant(principal: Principal, tenant: str) -> None:
@@ -260,8 +260,8 @@ class Erasures:
             tx.put(store.request_key(rid), store.encode_record(record))
             return ErasureStatus(rid.hex(), record), acc
 
-        status, acc = await anyio.to_thread.run_sync(self.svc._write, stage)
-        done, _ = await self.svc._sequence([acc])
+        status, acc = await anyio.to_thread.run_sync(self.svc.write, stage)
+        done, _ = await self.svc.sequence([acc])
         return ErasureStatus(status.id, status.record, done[0])
 
     @staticmethod
@@ -300,7 +300,7 @@ class Erasures:
         return run
 
     def status(self, principal: Principal, request_id: str) -> ErasureStatus:
-        _, rec = self.svc._read(self._visible(principal, request_id))
+        _, rec = self.svc.read(self._visible(principal, request_id))
         return ErasureStatus(request_id, rec)
 
     def requests(self, principal: Principal, *, all_states: bool = False) -> list[ErasureStatus]:
@@ -322,7 +322,7 @@ class Erasures:
                 out.append(ErasureStatus(key[len(store.request_key(b"")) :].hex(), rec))
             return sorted(out, key=lambda s: (s.record["created"], s.id))
 
-        result: list[ErasureStatus] = self.svc._read(run)
+        result: list[ErasureStatus] = self.svc.read(run)
         return result
 
     async def approve(self, principal: Principal, request_id: str, req_id: str) -> ErasureStatus:
@@ -382,7 +382,7 @@ class Erasures:
             return (ErasureStatus(request_id, rec), acc), {tk.tn}
 
         status, acc = await anyio.to_thread.run_sync(self._write_rotating, stage)
-        done, _ = await self.svc._sequence([acc])
+        done, _ = await self.svc.sequence([acc])
         return ErasureStatus(status.id, status.record, done[0])
 
     @staticmethod
@@ -455,7 +455,7 @@ class Erasures:
             ev, nonce, _ = opened
             return Certificate(request_id, ev, nonce, leaf, lh, index)
 
-        result: Certificate = self.svc._read(run)
+        result: Certificate = self.svc.read(run)
         return result
 
     # -- legal holds --------------------------------------------------------------------------
@@ -510,8 +510,8 @@ class Erasures:
             tx.put(_hold_prefix(tk.tn) + hid, store.encode_record(rec))
             return Hold(hid.hex(), rec), acc
 
-        hold, acc = await anyio.to_thread.run_sync(self.svc._write, stage)
-        done, _ = await self.svc._sequence([acc])
+        hold, acc = await anyio.to_thread.run_sync(self.svc.write, stage)
+        done, _ = await self.svc.sequence([acc])
         return Hold(hold.id, hold.record, done[0])
 
     def _find_hold(self, tx: Overlay, principal: Principal, hold_id: str) -> tuple[bytes, Any]:
@@ -551,8 +551,8 @@ class Erasures:
             tx.delete(key)
             return Hold(hold_id, {**rec, "released": self.svc.clock()}), acc
 
-        hold, acc = await anyio.to_thread.run_sync(self.svc._write, stage)
-        done, _ = await self.svc._sequence([acc])
+        hold, acc = await anyio.to_thread.run_sync(self.svc.write, stage)
+        done, _ = await self.svc.sequence([acc])
         return Hold(hold.id, hold.record, done[0])
 
     def holds(self, principal: Principal) -> list[Hold]:
@@ -564,7 +564,7 @@ class Erasures:
                     out.append(Hold(key[-16:].hex(), rec))
             return sorted(out, key=lambda h: (h.record["created"], h.id))
 
-        result: list[Hold] = self.svc._read(run)
+        result: list[Hold] = self.svc.read(run)
         return result
 
     # -- retention ----------------------------------------------------------------------------
@@ -605,8 +605,8 @@ class Erasures:
             tx.put(_retention_key(tk.tn), store.encode_record(rec))
             return rec, acc
 
-        rec, acc = await anyio.to_thread.run_sync(self.svc._write, stage)
-        await self.svc._sequence([acc])
+        rec, acc = await anyio.to_thread.run_sync(self.svc.write, stage)
+        await self.svc.sequence([acc])
         return rec
 
     def retention(self, principal: Principal, tenant: str) -> dict[str, Any] | None:
@@ -616,7 +616,7 @@ class Erasures:
             raw = tx.get(_retention_key(self.svc.tenant_ref(tenant)))
             return None if raw is None else store.decode_record(raw, "retention")
 
-        result: dict[str, Any] | None = self.svc._read(run)
+        result: dict[str, Any] | None = self.svc.read(run)
         return result
 
     async def expire(
@@ -642,7 +642,7 @@ class Erasures:
         for t in await self.svc.read_off_loop(tenants, "a retention read"):
             res, acc = await anyio.to_thread.run_sync(self._write_rotating, self._expirer(t))
             if acc is not None:
-                done, _ = await self.svc._sequence([acc])
+                done, _ = await self.svc.sequence([acc])
                 res = ExpiryResult(res.tenant, res.before, res.events, res.deks, res.held, done[0])
             results.append(res)
         return results

@@ -197,7 +197,7 @@ class Searcher:
                     return results, tail
             return results, None
 
-        return self.svc._read(run)
+        return self.svc.read(run)
 
     def _found(self, tx: Overlay, tk: TenantKeys, lh: bytes, pub: Published) -> Found | None:
         index = tx.rv.index_of(lh)
@@ -250,4 +250,4 @@ class Searcher:
                 out.append(ReceiptInfo(env.eid, leaf, lh, env.ts, tx.rv.index_of(lh), erased))
             return out
 
-        return self.svc._read(run)
+        return self.svc.read(run)

@@ -219,7 +219,7 @@ class ScimService:
         # One writer of SCIM records at a time: "is this eid new?", key creation, erasure
         # and the commit must not interleave (a shred racing an ingestion could otherwise
         # leave a DEK that nothing erases).
-        self._lock = threading.Lock()
+        self.write_lock = threading.Lock()
         # Group commit of submissions (_write_grouped): queued jobs, and whether the writer
         # thread is draining them.
         self._group: list[tuple[Callable[[Overlay], Any], Future[Any]]] = []
@@ -233,10 +233,12 @@ class ScimService:
         self.reads = reads
 
     # -- plumbing -----------------------------------------------------------------------------
+    # The writer, the reader and the sequencing the stage modules (search, erasure, access)
+    # share: public so that they use them as callers, not through private names.
 
-    def _write(self, fn: Callable[[Overlay], T]) -> T:
+    def write(self, fn: Callable[[Overlay], T]) -> T:
         """Run ``fn`` on a fresh snapshot under the writer lock, then commit its writes."""
-        with self._lock:
+        with self.write_lock:
             with self.storage.read() as rv:
                 tx = Overlay(rv)
                 result = fn(tx)
@@ -246,7 +248,7 @@ class ScimService:
             return result
 
     async def _write_grouped(self, fn: Callable[[Overlay], T]) -> T:
-        """:meth:`_write`, with group commit: the submissions that arrive while a commit is
+        """:meth:`write`, with group commit: the submissions that arrive while a commit is
         being made are staged together in the next transaction (each isolated: one that
         raises is rolled back alone and gets its exception), so concurrent single events
         share one durable write instead of one fsync each. Returns once ``fn``'s writes
@@ -273,7 +275,7 @@ class ScimService:
         live = [(fn, fut) for fn, fut in jobs if fut.set_running_or_notify_cancel()]
         done: list[tuple[Future[Any], BaseException | None, Any]] = []
         try:
-            with self._lock:
+            with self.write_lock:
                 with self.storage.read() as rv:
                     tx = Overlay(rv)
                     for fn, fut in live:
@@ -300,12 +302,13 @@ class ScimService:
                 fut.set_result(result)
 
     async def read_off_loop(self, fn: Callable[[Overlay], T], what: str) -> T:
-        """:meth:`_read` in the read pool (bounded: a stalled store answers 503)."""
+        """:meth:`read` in the read pool (bounded: a stalled store answers 503)."""
         if self.reads is not None:
-            return await self.reads.run(lambda: self._read(fn), what)
-        return await asyncio.to_thread(self._read, fn)
+            return await self.reads.run(lambda: self.read(fn), what)
+        return await asyncio.to_thread(self.read, fn)
 
-    def _read(self, fn: Callable[[Overlay], T]) -> T:
+    def read(self, fn: Callable[[Overlay], T]) -> T:
+        """Run ``fn`` on a fresh snapshot (no writes)."""
         for attempt in range(20):
             try:
                 with self.storage.read() as rv:
@@ -344,7 +347,7 @@ class ScimService:
         elif len(encoded) != len(events):
             raise ValueError("one encoding per event")
         accepted = await self._write_grouped(self._stager(tenant, events, encoded))
-        done = await self._sequence(accepted)
+        done = await self.sequence(accepted)
         if self.on_logged is not None:
             self.on_logged(events)
         return done
@@ -362,7 +365,8 @@ class ScimService:
                     "(in any spelling that normalises to it) are reserved for the log"
                 )
 
-    async def _sequence(self, accepted: list[Accepted]) -> tuple[list[Submitted], Published]:
+    async def sequence(self, accepted: list[Accepted]) -> tuple[list[Submitted], Published]:
+        """Sequence the staged events' leaves (one batch) and say where each landed."""
         res = await self.seq.submit([a.leaf for a in accepted])
         out = [
             Submitted(a.eid, a.leaf, a.leaf_hash, a.ts, a.duplicate, i)
@@ -386,7 +390,7 @@ class ScimService:
 
         return stage
 
-    def _stage_one(self, tx: Overlay, tk: TenantKeys, ev: Event, now: int) -> Accepted:
+    def stage_one(self, tx: Overlay, tk: TenantKeys, ev: Event, now: int) -> Accepted:
         """Stage one validated event in the caller's transaction (the log's own events)."""
         batch = _Batch()
         acc = self._stage(tx, tk, ev, _encode_validated(ev), now, batch)
