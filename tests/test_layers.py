@@ -279,3 +279,60 @@ def test_test_import_check_would_notice_one(tmp_path: Path) -> None:
         "tests/server/test_a.py:1: imports test_b",
         "tests/server/test_a.py:2: imports test_c",
     ]
+
+
+# The shipped code, the harness and the benchmarks use no private name of another module:
+# neither imported (``from m import _x``) nor reached through an imported module (``m._x``).
+# (Private attributes of objects cannot be told apart statically; reviews catch those. The
+# standard library's own, such as sys._current_frames, are its business.)
+OURS = ("tlog", "client", "harness", "bench")
+
+
+def _private_uses(root: Path) -> list[str]:
+    bad = []
+    for top in OURS:
+        for path in sorted((root / top).rglob("*.py")):
+            tree = ast.parse(path.read_text(), str(path))
+            rel = path.relative_to(root).as_posix()
+            modules: set[str] = set()
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Import):
+                    modules |= {
+                        (a.asname or a.name).partition(".")[0]
+                        for a in node.names
+                        if a.name.partition(".")[0] in OURS
+                    }
+                elif (
+                    isinstance(node, ast.ImportFrom)
+                    and (node.module or "").partition(".")[0] in OURS
+                ):
+                    for a in node.names:
+                        if a.name.startswith("_") and not a.name.startswith("__"):
+                            bad.append(f"{rel}:{node.lineno}: imports {node.module}.{a.name}")
+                        modules.add(a.asname or a.name)
+            for node in ast.walk(tree):
+                if (
+                    isinstance(node, ast.Attribute)
+                    and isinstance(node.value, ast.Name)
+                    and node.value.id in modules
+                    and node.attr.startswith("_")
+                    and not node.attr.startswith("__")
+                ):
+                    bad.append(f"{rel}:{node.lineno}: uses {node.value.id}.{node.attr}")
+    return bad
+
+
+def test_no_private_names_across_modules() -> None:
+    assert _private_uses(ROOT) == []
+
+
+def test_private_name_check_would_notice_one(tmp_path: Path) -> None:
+    for top in ("tlog", "client", "harness", "bench"):
+        (tmp_path / top).mkdir()
+    (tmp_path / "tlog" / "a.py").write_text(
+        "from tlog.b import _secret, public\nimport tlog.c as c\nc._hidden()\nc.__name__\n"
+    )
+    assert _private_uses(tmp_path) == [
+        "tlog/a.py:1: imports tlog.b._secret",
+        "tlog/a.py:3: uses c._hidden",
+    ]
