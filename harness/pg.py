@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from harness import Unavailable, pgwatchdog
 from harness.net import free_port
@@ -215,11 +216,16 @@ class PgCluster:
             url += f"?options=-csearch_path%3D{schema}"
         return url
 
-    def sql(self, statement: str, dbname: str = "postgres") -> None:
+    def query(self, sql: str, *params: Any, dbname: str = "postgres") -> list[tuple[Any, ...]]:
+        """Run one statement (autocommit) as the superuser; its rows, if it returns any."""
         import psycopg
 
-        with psycopg.connect(self.url(dbname), autocommit=True) as conn:
-            conn.execute(statement.encode())
+        with psycopg.connect(self.url(dbname), autocommit=True, connect_timeout=5) as conn:
+            cur = conn.execute(sql.encode(), params or None)
+            return cur.fetchall() if cur.description else []
+
+    def sql(self, statement: str, dbname: str = "postgres") -> None:
+        self.query(statement, dbname=dbname)
 
     def new_schema(self) -> str:
         """A fresh, empty schema; returns a URL whose search_path is that schema."""

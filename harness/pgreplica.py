@@ -22,12 +22,10 @@ import os
 import signal
 import subprocess
 import time
-from pathlib import Path
-from typing import Any
 
 from harness import Unavailable
 from harness.pg import SUPERUSER, PgCluster, pg_bin_dir, postgres_missing
-from harness.pgwatchdog import alive, postmaster_pid, proc_stat
+from harness.pgwatchdog import alive, descendants, postmaster_pid
 
 __all__ = ["Replicated", "replication_missing"]
 
@@ -41,21 +39,6 @@ def replication_missing() -> str | None:
     if b is None or not (b / "pg_basebackup").is_file():
         return "pg_basebackup is not installed (apt-get install postgresql)"
     return None
-
-
-def _descendants(pid: int) -> list[int]:
-    parents: dict[int, int] = {}
-    for p in Path("/proc").iterdir():
-        if p.name.isdigit() and (f := proc_stat(int(p.name))) is not None:
-            parents[int(p.name)] = int(f[1])
-    out: list[int] = []
-    frontier = [pid]
-    while frontier:
-        cur = frontier.pop()
-        kids = [c for c, parent in parents.items() if parent == cur]
-        out += kids
-        frontier += kids
-    return out
 
 
 class Node(PgCluster):
@@ -72,7 +55,7 @@ class Node(PgCluster):
         pid = self.postmaster()
         if pid is None:
             return
-        pids = [pid, *_descendants(pid)]
+        pids = [pid, *descendants(pid)]
         for p in pids:
             try:
                 os.kill(p, signal.SIGKILL)
@@ -88,13 +71,6 @@ class Node(PgCluster):
         r = self.run("pg_ctl", "-D", str(self.data), "-w", "-t", "60", "promote", timeout=70)
         if r.returncode != 0:
             raise RuntimeError(f"{self.name}: promote failed: {r.stdout}{r.stderr}")
-
-    def query(self, sql: str, *params: Any, dbname: str = "postgres") -> list[tuple[Any, ...]]:
-        import psycopg
-
-        with psycopg.connect(self.url(dbname), autocommit=True, connect_timeout=5) as conn:
-            cur = conn.execute(sql.encode(), params or None)
-            return cur.fetchall() if cur.description else []
 
     def destroy(self) -> None:
         # Test data only: no clean shutdown needed (pg_ctl stop costs seconds here), and the

@@ -44,6 +44,22 @@ def alive(pid: int) -> bool:
     return proc_stat(pid) is not None
 
 
+def descendants(pid: int) -> list[int]:
+    """Every live process under ``pid`` (children, their children, ...), from /proc."""
+    parents: dict[int, int] = {}
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit() and (f := proc_stat(int(p.name))) is not None:
+            parents[int(p.name)] = int(f[1])
+    out: list[int] = []
+    frontier = [pid]
+    while frontier:
+        cur = frontier.pop()
+        kids = [c for c, parent in parents.items() if parent == cur]
+        out += kids
+        frontier += kids
+    return out
+
+
 def reap(base: Path, bindir: str, user: str) -> None:
     """Stop the cluster in ``base`` at once (no shutdown checkpoint: it holds test data only)
     and delete ``base``."""

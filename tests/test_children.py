@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.pgwatchdog import alive
+from harness.pgwatchdog import alive, proc_stat
 from tests.support import ROOT
 
 BOUND = 30.0  # seconds the server may take to go once pytest is gone
@@ -70,8 +70,8 @@ def test_a_killed_pytest_takes_its_tlog_serve_with_it(tmp_path: Path) -> None:
         # The server is tlog itself (exec'd in place of the wrapper), a child of pytest.
         cmdline = Path(f"/proc/{server}/cmdline").read_bytes().split(b"\0")
         assert b"tlog.cli" in cmdline and b"serve" in cmdline
-        ppid = int(Path(f"/proc/{server}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        assert ppid == proc.pid
+        stat = proc_stat(server)
+        assert stat is not None and int(stat[1]) == proc.pid
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
         deadline = time.monotonic() + BOUND

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from harness.pg import memory_dir, reap_stale
-from harness.pgwatchdog import alive, postmaster_pid
+from harness.pgwatchdog import alive, descendants, postmaster_pid
 from tests.pgsupport import require_postgres
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,29 +38,11 @@ def pg_root() -> Iterator[Path]:
     shutil.rmtree(root, ignore_errors=True)
 
 
-def _children() -> dict[int, int]:
-    out = {}
-    for p in Path("/proc").iterdir():
-        if p.name.isdigit():
-            try:
-                out[int(p.name)] = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-    return out
-
-
 def cluster_pids(base: Path) -> list[int]:
     """The postmaster of the cluster in ``base`` and every process under it."""
     pm = postmaster_pid(base / "data")
     assert pm is not None and alive(pm), "the cluster is not running"
-    parents = _children()
-    out, frontier = [pm], [pm]
-    while frontier:
-        cur = frontier.pop()
-        kids = [c for c, parent in parents.items() if parent == cur]
-        out += kids
-        frontier += kids
-    return out
+    return [pm, *descendants(pm)]
 
 
 def wait_file(path: Path, proc: subprocess.Popen[bytes], log: Path, bound: float = 180) -> str:
