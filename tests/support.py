@@ -35,6 +35,7 @@ __all__ = [
     "slow_reader",
     "start_server",
     "store_args",
+    "tlog_argv",
     "tlog_cli",
     "wait_for",
     "wait_http",

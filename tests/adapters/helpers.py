@@ -18,7 +18,7 @@ import httpx
 
 from client.scim.event import event_from_json
 
-from ..support import free_port, wait_http
+from ..support import free_port, tlog_argv, wait_http
 
 ROOT = Path(__file__).resolve().parents[2]
 SCIM_TOKEN = "s3cret-scim-token"
@@ -168,10 +168,7 @@ def start_proxy(
     # The child gets its own copy of the descriptor: ours is closed at once.
     with open(tmp / f"proxy-{port}.log", "wb") as out:
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tlog.cli",
+            tlog_argv(
                 "scim-proxy",
                 "--upstream",
                 upstream,
@@ -190,7 +187,7 @@ def start_proxy(
                 "--log-level",
                 "warning",
                 *extra,
-            ],
+            ),
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,

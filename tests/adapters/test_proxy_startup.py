@@ -4,8 +4,6 @@ its audit backlog."""
 from __future__ import annotations
 
 import http.server
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -21,9 +19,9 @@ from client.adapters.proxy import (
     check_log,
 )
 from tests.scim_service.conftest import ORIGIN, T1, URL, Harness, harness  # noqa: F401
-from tests.support import UvicornThread, free_port
+from tests.support import UvicornThread, free_port, tlog_cli
 
-from .helpers import ROOT, FakeLog
+from .helpers import FakeLog
 
 
 def settings(token: str, tenant: str = T1, **kw: object) -> ProxySettings:
@@ -106,30 +104,22 @@ def test_cli_exits_without_serving(tmp_path: Path) -> None:
     log = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RefusingLog)
     threading.Thread(target=log.serve_forever, daemon=True).start()
     try:
-        out = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "tlog.cli",
-                "scim-proxy",
-                "--upstream",
-                "http://127.0.0.1:9/v2",
-                "--log",
-                f"http://127.0.0.1:{log.server_address[1]}",
-                "--token-file",
-                str(token),
-                "--tenant",
-                "t1",
-                "--sp-id",
-                "sp",
-                "--listen",
-                f"127.0.0.1:{port}",
-                "--outbox",
-                str(tmp_path / "o.sqlite"),
-            ],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
+        out = tlog_cli(
+            "scim-proxy",
+            "--upstream",
+            "http://127.0.0.1:9/v2",
+            "--log",
+            f"http://127.0.0.1:{log.server_address[1]}",
+            "--token-file",
+            str(token),
+            "--tenant",
+            "t1",
+            "--sp-id",
+            "sp",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--outbox",
+            str(tmp_path / "o.sqlite"),
             timeout=60,
         )
     finally:

@@ -8,8 +8,6 @@ Against real PostgreSQL servers: a primary with a synchronous streaming standby
 from __future__ import annotations
 
 import logging
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -22,7 +20,7 @@ from client.formats.merkle import verify_consistency
 from harness.pg import PgCluster
 from harness.pgreplica import Replicated
 from tests.server.conftest import ORIGIN, make_signer
-from tests.support import ROOT
+from tests.support import tlog_cli
 from tlog.backend import CommitUnknown, StorageError
 from tlog.log import Log
 from tlog.pg import PgStorage
@@ -48,23 +46,14 @@ def test_sync_mode_refuses_a_server_without_synchronous_replication(
 def test_serve_defaults_to_sync_and_says_how_to_opt_out(
     pg_cluster: PgCluster, tmp_path: Path
 ) -> None:
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tlog.cli",
-            "serve",
-            "--data",
-            str(tmp_path / "d"),
-            "--database",
-            pg_cluster.new_schema(),
-            "--origin",
-            ORIGIN,
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=120,
+    r = tlog_cli(
+        "serve",
+        "--data",
+        str(tmp_path / "d"),
+        "--database",
+        pg_cluster.new_schema(),
+        "--origin",
+        ORIGIN,
     )
     assert r.returncode != 0
     assert "synchronous_standby_names is empty" in r.stderr

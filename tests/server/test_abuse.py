@@ -496,19 +496,15 @@ def test_hundreds_of_idle_sockets_do_not_lock_out_a_client(
 def test_scim_proxy_closes_silent_connections(tmp_path: Path, database: str | None) -> None:
     """``tlog scim-proxy`` runs under the same hardened runner."""
     import subprocess
-    import sys
 
-    from tests.support import ROOT, free_port
+    from tests.support import ROOT, free_port, tlog_argv
 
     log_srv = start_server(tmp_path / "data", database=database)
     port = free_port()
     # The child gets its own copy of the descriptor: ours is closed at once.
     with open(tmp_path / "proxy.log", "wb") as out:
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tlog.cli",
+            tlog_argv(
                 "scim-proxy",
                 "--upstream",
                 "http://127.0.0.1:9",
@@ -528,7 +524,7 @@ def test_scim_proxy_closes_silent_connections(tmp_path: Path, database: str | No
                 "1",
                 "--log-level",
                 "warning",
-            ],
+            ),
             cwd=ROOT,
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -24,7 +24,7 @@ import pytest
 from client.formats.merkle import leaf_hash
 from client.formats.note import Signature
 from tests.server.conftest import Harness, make_signer
-from tests.support import ROOT, tlog_cli, wait_for
+from tests.support import ROOT, tlog_argv, tlog_cli, wait_for
 from tlog.auth import TokenStore
 from tlog.fsck import fsck
 from tlog.log import Log
@@ -322,7 +322,7 @@ def test_fsck_killed_by_sigkill_leaves_no_growing_reader(tmp_path: Path) -> None
     st = Storage(db, reader_check_interval=0)  # sweeps by hand below, when the test says
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tlog.cli", "fsck", "--data", str(tmp_path)],
+            tlog_argv("fsck", "--data", str(tmp_path)),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

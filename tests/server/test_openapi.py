@@ -30,7 +30,7 @@ from tlog.app import route_operations
 from tlog.openapi import openapi
 from tlog.server import build_app
 
-from ..support import ROOT, ServerProcess, serve_config, start_server, store_args
+from ..support import ROOT, ServerProcess, serve_config, start_server, store_args, tlog_cli
 from .conftest import make_signer
 
 MAX_EXAMPLES = 20
@@ -99,25 +99,17 @@ schemathesis.serializer.alias("application/cbor", "application/octet-stream")
 
 
 def _token(data: Path, database: str | None, role: str, *extra: str) -> str:
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tlog.cli",
-            "token",
-            "create",
-            "--data",
-            str(data),
-            *store_args(database),
-            "--role",
-            role,
-            *extra,
-        ],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-        text=True,
+    out = tlog_cli(
+        "token",
+        "create",
+        "--data",
+        str(data),
+        *store_args(database),
+        "--role",
+        role,
+        *extra,
         timeout=60,
+        check=True,
     ).stdout
     return out.split()[0]
 

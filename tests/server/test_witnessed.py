@@ -23,7 +23,7 @@ from client.formats.merkle import verify_consistency
 from client.formats.note import b64decode_strict, parse_note
 from client.formats.policy import Policy
 from client.formats.proof_bundle import TlogProof
-from tests.support import ROOT, ServerProcess, free_port, start_server, wait_for
+from tests.support import ROOT, ServerProcess, free_port, start_server, wait_for, wait_http
 
 from .conftest import ORIGIN
 
@@ -76,13 +76,7 @@ class Witness:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        for _ in range(200):
-            try:
-                httpx.get(self.url + "/evidence", timeout=1)
-                return
-            except httpx.HTTPError:
-                time.sleep(0.05)
-        raise RuntimeError((self.dir / "out.log").read_text())
+        wait_http(self.url + "/evidence", self.proc, output=(self.dir / "out.log").read_text)
 
     def kill(self) -> None:
         assert self.proc is not None
