@@ -16,11 +16,16 @@ import struct
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from harness.pg import SUPERUSER, PgCluster, postgres_missing, reap_stale
 from tlog.backend import Backend, open_backend
+
+if TYPE_CHECKING:
+    from tlog.recover import Target
+    from tlog.signer import CheckpointSigner
 
 __all__ = [
     "BACKENDS",
@@ -76,6 +81,32 @@ def open_store(database: str | None, path: Path) -> Backend:
 
         return Storage(path)
     return open_backend(database, path)
+
+
+def recover_into(
+    database: str | None,
+    data: Path,
+    signer: CheckpointSigner,
+    source: str | Path,
+    targets: list[Target],
+) -> int:
+    """``tlog recover`` in process and quietly: the store of data directory ``data`` (LMDB
+    in ``data/db``, or ``database``) brought forward from ``source``, checked against the
+    checkpoint ``data`` remembers; returns the size reached."""
+    from tlog.integrity import CHECKPOINT_FILE, CheckpointFile
+    from tlog.recover import recover, recover_database
+
+    remembered = CheckpointFile(data / CHECKPOINT_FILE, signer.verifier, signer.origin)
+    try:
+        if database is None:
+            return recover(data / "db", signer, str(source), remembered, targets, echo=_quiet)
+        return recover_database(database, signer, str(source), remembered, targets, echo=_quiet)
+    finally:
+        remembered.close()
+
+
+def _quiet(_msg: str) -> None:
+    pass
 
 
 _PG_TABLES = {
@@ -227,14 +258,6 @@ def clone_store(database: str | None, data: Path, dest_database: str | None, des
 # -- what a PostgreSQL store leaves on disk (privacy and shredding scans) --------------------
 
 
-def _query(cluster: PgCluster, sql: str, *params: object) -> list[tuple[object, ...]]:
-    import psycopg
-
-    with psycopg.connect(cluster.url(), autocommit=True) as conn:
-        cur = conn.execute(sql.encode(), params)
-        return cur.fetchall() if cur.description is not None else []
-
-
 def schema_dump(cluster: PgCluster, database: str, dest: Path) -> bytes:
     """Every row of the log's schema as ``pg_dump --data-only`` (plain SQL, COPY text: bytea
     values appear hex-encoded as ``\\x...``, TOASTed values decompressed)."""
@@ -256,8 +279,7 @@ def relation_files(cluster: PgCluster, database: str) -> dict[str, bytes]:
     their indexes (all forks and segments), read raw after a CHECKPOINT has written every
     dirty page: what a copy of the database's disk holds, dead tuples included."""
     schema = url_schema(database)
-    rows = _query(
-        cluster,
+    rows = cluster.query(
         """
         WITH own AS (SELECT oid, reltoastrelid FROM pg_class
                      WHERE relnamespace = %s::regnamespace),
@@ -269,7 +291,7 @@ def relation_files(cluster: PgCluster, database: str) -> dict[str, bytes]:
         """,
         schema,
     )
-    _query(cluster, "CHECKPOINT")
+    cluster.query("CHECKPOINT")
     out: dict[str, bytes] = {}
     for (rel,) in rows:
         base = cluster.data / str(rel)
@@ -282,7 +304,7 @@ def relation_files(cluster: PgCluster, database: str) -> dict[str, bytes]:
 
 def wal_position(cluster: PgCluster) -> str:
     """The cluster's current WAL insert position (an LSN), for :func:`wal_since`."""
-    return str(_query(cluster, "SELECT pg_current_wal_insert_lsn()")[0][0])
+    return str(cluster.query("SELECT pg_current_wal_insert_lsn()")[0][0])
 
 
 def wal_since(cluster: PgCluster, start: str) -> bytes:
@@ -291,9 +313,8 @@ def wal_since(cluster: PgCluster, start: str) -> bytes:
     the form a WAL archive, a streaming replica or a PITR backup keeps it."""
     # The switch returns the end of the segment it completed: everything up to there is in
     # finished segment files.
-    end = _query(cluster, "SELECT pg_switch_wal()")[0][0]
-    ((first, first_off, last, _),) = _query(
-        cluster,
+    end = cluster.query("SELECT pg_switch_wal()")[0][0]
+    ((first, first_off, last, _),) = cluster.query(
         "SELECT a.file_name, a.file_offset, b.file_name, b.file_offset FROM "
         "pg_walfile_name_offset(%s::pg_lsn) a, pg_walfile_name_offset(%s::pg_lsn) b",
         start,

@@ -48,7 +48,7 @@ from tlog.log import Log
 from tlog.server import build_app
 from tlog.signer import CheckpointSigner
 
-from ..pgsupport import OldCopy, clone_store
+from ..pgsupport import OldCopy, clone_store, recover_into
 from ..s3support import SeaweedS3, audit_bucket
 from ..support import recompute_tile, serve_config, wait_for
 
@@ -390,26 +390,16 @@ def test_bucket_ahead_of_the_database_refuses_to_sign(
     assert "tlog recover --from" in str(exc.value)
     # What the message says to do: bring the store forward from the bucket's public copy,
     # verified against the bucket's checkpoint (signs nothing); then the log starts again.
-    from tlog.integrity import CHECKPOINT_FILE, CheckpointFile
-    from tlog.recover import checkpoint_file_target, recover, recover_database
+    from tlog.recover import checkpoint_file_target
 
     public = seaweedfs.public_url(bucket, "logs/one")
     cp_file = tmp_path / "bucket-checkpoint"
     cp_file.write_bytes(httpx.get(public + "/checkpoint").content)
-    remembered = CheckpointFile(backup / CHECKPOINT_FILE, signer.verifier, signer.origin)
     targets = [checkpoint_file_target(cp_file, signer)]
-    if database is None:
-        reached = recover(backup / "db", signer, public, remembered, targets, echo=_quiet)
-    else:
-        reached = recover_database(database, signer, public, remembered, targets, echo=_quiet)
-    assert reached == 130
+    assert recover_into(database, backup, signer, public, targets) == 130
     with open_node(backup, seaweedfs, bucket, signer=signer, database=database) as node:
         assert node.log.latest.size == 130
         assert node.add_batch([b"signing again"]).status_code == 200
-
-
-def _quiet(_msg: str) -> None:
-    pass
 
 
 def test_running_frontend_stops_when_its_database_falls_behind_the_bucket(

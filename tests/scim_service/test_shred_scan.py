@@ -47,13 +47,19 @@ from starlette.testclient import TestClient
 import tlog.scim.keys
 import tlog.scim.service
 from tlog.backend import StorageError
-from tlog.integrity import CHECKPOINT_FILE, CheckpointFile, RollbackDetected
-from tlog.recover import recover, recover_database
+from tlog.integrity import RollbackDetected
 from tlog.scim import store
 from tlog.scim.keys import MASTER_KEY_FILE, SubjectId, read_key_file
 from tlog.server import build_app
 
-from ..pgsupport import OldCopy, clone_store, relation_files, wal_position, wal_since
+from ..pgsupport import (
+    OldCopy,
+    clone_store,
+    recover_into,
+    relation_files,
+    wal_position,
+    wal_since,
+)
 from ..support import serve_config
 from .conftest import (
     BASE_TS,
@@ -72,6 +78,9 @@ ALICE_XID = "alice.liddell@example.org"
 BOB = "u-bob-55c1"
 DAY = 24 * 3600 * 1000
 WRAPPED_KEY = 12 + 32 + 16
+
+# The roles the shredding scans need: two submitters, an auditor, two officers.
+SHRED_ROLES = [r for r in ROLES if r[0] in ("sub1", "sub2", "aud1", "po_a", "po_b")]
 
 
 @dataclass(frozen=True)
@@ -122,10 +131,9 @@ def rec_harness(
     rec = Recorder()
     monkeypatch.setattr(tlog.scim.keys, "AESGCM", rec.aesgcm())
     monkeypatch.setattr(tlog.scim.service, "AESGCM", rec.aesgcm())
-    roles = [r for r in ROLES if r[0] in ("sub1", "sub2", "aud1", "po_a", "po_b")]
     cluster = None if database is None else request.getfixturevalue("pg_cluster")
     start = None if cluster is None else wal_position(cluster)
-    with open_harness(tmp_path, roles, scim_expiry_interval=0, database=database) as h:
+    with open_harness(tmp_path, SHRED_ROLES, scim_expiry_interval=0, database=database) as h:
 
         def files() -> dict[str, bytes]:
             out = raw_files(h.data)
@@ -317,8 +325,7 @@ def test_nothing_decryptable_after_erasure(
     _populate(h)
     secrets = subject_secrets(h, rec, SubjectId("User", "rid", ALICE))
     before = held_keys(h)
-    body = {"tenant": T1, "rt": "User", "rid": ALICE, "reason": "gdpr-art17"}
-    rid = h.client.post("/v1/scim/erasures", json=body, headers=h.h("po_a")).json()["id"]
+    rid = h.request_erasure(ALICE).json()["id"]
     r = h.client.post(f"/v1/scim/erasures/{rid}/approve", headers=h.h("po_b"))
     assert r.status_code == 200 and r.json()["state"] == "done"
     idents = [ALICE, ALICE_XID, "admin-bob-9921"]
@@ -377,15 +384,13 @@ def test_a_backup_from_before_an_erasure_opens_only_with_the_key_file_of_its_mom
     under the master key the erasure destroyed, and serve refuses rather than lose them
     silently. Only the key file of the backup's moment opens it, and it brings the erased
     subject back: which is why that pair must not be kept past the erasure deadline."""
-    roles = [r for r in ROLES if r[0] in ("sub1", "sub2", "aud1", "po_a", "po_b")]
     backup = old_copy("backup")
     old_key = tmp_path / "old-master.key"
-    with open_harness(tmp_path, roles, scim_expiry_interval=0, database=database) as h:
+    with open_harness(tmp_path, SHRED_ROLES, scim_expiry_interval=0, database=database) as h:
         _populate(h)
         backup.take(h.log.storage)
         shutil.copy2(tmp_path / MASTER_KEY_FILE, old_key)  # the key file of that moment
-        body = {"tenant": T1, "rt": "User", "rid": ALICE, "reason": "gdpr-art17"}
-        rid = h.client.post("/v1/scim/erasures", json=body, headers=h.h("po_a")).json()["id"]
+        rid = h.request_erasure(ALICE).json()["id"]
         r = h.client.post(f"/v1/scim/erasures/{rid}/approve", headers=h.h("po_b"))
         assert r.status_code == 200 and r.json()["state"] == "done"
         tokens = dict(h.tok)
@@ -394,11 +399,7 @@ def test_a_backup_from_before_an_erasure_opens_only_with_the_key_file_of_its_mom
     signer = make_signer()
     with pytest.raises(RollbackDetected):  # behind the log: the entries come back first
         build_app(serve_config(tmp_path, database), signer)
-    remembered = CheckpointFile(tmp_path / CHECKPOINT_FILE, signer.verifier, signer.origin)
-    if database is None:
-        recover(tmp_path / "db", signer, replica, remembered, [], echo=_quiet)
-    else:
-        recover_database(database, signer, replica, remembered, [], echo=_quiet)
+    recover_into(database, tmp_path, signer, replica, [])
     with pytest.raises(StorageError, match="does not match this store"):
         build_app(serve_config(tmp_path, database), signer)
     # The pair of that moment opens it, and the erased subject is readable again.
@@ -410,7 +411,3 @@ def test_a_backup_from_before_an_erasure_opens_only_with_the_key_file_of_its_mom
             assert ALICE in {x.event["rid"] for x in again.auditor().search(rid=ALICE).results}
     finally:
         log_.storage.close()
-
-
-def _quiet(_msg: str) -> None:
-    pass

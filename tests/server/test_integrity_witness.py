@@ -25,7 +25,7 @@ from tlog.log import Log
 from tlog.server import build_app
 
 from ..pgsupport import OldCopy, clone_store, open_store, tamper
-from ..support import free_port, serve_config, wait_for
+from ..support import free_port, serve_args, serve_config, store_args, wait_for
 from .conftest import ORIGIN, make_signer
 
 
@@ -252,10 +252,9 @@ def test_recover_to_what_the_witness_cosigned(
     fd = os.open(data / "log.key", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     os.write(fd, make_signer()._key.skey().encode() + b"\n")
     os.close(fd)
-    db_args = [] if database is None else ["--database", database, "--replication", "none"]
     assert (
         tlog_main(
-            ["recover", "--data", str(data), *db_args, "--from", mirror]
+            ["recover", "--data", str(data), *serve_args(database), "--from", mirror]
             + ["--witnesses", str(policy)]
         )
         == 0
@@ -279,7 +278,7 @@ def test_recover_to_what_the_witness_cosigned(
     cosigned = app.api.published.cosigned
     assert cosigned is not None and cosigned.size == 6
     log_.storage.close()
-    assert tlog_main(["fsck", "--data", str(data), *db_args[:2]]) == 0
+    assert tlog_main(["fsck", "--data", str(data), *store_args(database)]) == 0
 
 
 def test_start_up_gathers_the_witnesses_cosignatures_again(

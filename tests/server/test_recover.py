@@ -26,7 +26,7 @@ from tlog.server import build_app
 from tlog.signer import create_key_file
 
 from ..pgsupport import OldCopy, PgCluster, clone_store, open_store, url_schema
-from ..support import serve_config
+from ..support import serve_args, serve_config, store_args
 from .conftest import ORIGIN
 
 
@@ -123,13 +123,9 @@ def _starts_and_continues(data: Path, size: int, notes: list[str], database: str
     log_.storage.close()
 
 
-def _db_args(database: str | None) -> list[str]:
-    return [] if database is None else ["--database", database, "--replication", "none"]
-
-
 def _recover(data: Path, source: str | Path, database: str | None, *extra: str) -> int:
     return tlog_main(
-        ["recover", "--data", str(data), *_db_args(database), "--from", str(source), *extra]
+        ["recover", "--data", str(data), *serve_args(database), "--from", str(source), *extra]
     )
 
 
@@ -157,7 +153,7 @@ def test_recover_from_a_tiles_directory(
     out = capsys.readouterr().out
     assert "recovered entries 300..699" in out and "the log may sign again" in out
     _starts_and_continues(data, 700, notes, database)
-    assert tlog_main(["fsck", "--data", str(data), *_db_args(database)[:2]]) == 0
+    assert tlog_main(["fsck", "--data", str(data), *store_args(database)]) == 0
 
 
 @pytest.fixture
@@ -232,7 +228,7 @@ def test_recover_an_emptied_store(
     mirror = tmp_path / "mirror"
     _mirror_tiles(data, mirror, database)
     says = _empty_the_store(data, database, lambda: request.getfixturevalue("pg_cluster"))
-    serve = ["serve", "--data", str(data), *_db_args(database)]
+    serve = ["serve", "--data", str(data), *serve_args(database)]
     assert tlog_main([*serve, "--port", "1", "--switch-interval-ms", "5"]) == 1
     assert says in capsys.readouterr().err
     assert _recover(data, mirror, database) == 0
