@@ -14,6 +14,7 @@ import pytest
 
 from harness.pg import PgCluster, memory_dir
 from tests.pgsupport import BACKENDS, OldCopy, backend_database, running_cluster
+from tests.support import open_fds
 
 
 def _raise_fd_limit() -> None:
@@ -103,13 +104,7 @@ _FD_DIR = Path("/proc/self/fd")
 
 
 def _fd_targets() -> list[str]:
-    out = []
-    for p in _FD_DIR.iterdir():
-        try:
-            out.append(os.readlink(p))
-        except OSError:  # the directory's own descriptor, or one closed meanwhile
-            continue
-    return out
+    return list(open_fds().values())
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -29,6 +29,7 @@ __all__ = [
     "assert_prefixes",
     "checkpoints_by_size",
     "free_port",
+    "open_fds",
     "recompute_tile",
     "serve_args",
     "serve_config",
@@ -125,6 +126,17 @@ def recompute_tile(leaves: Sequence[bytes], tile: Tile) -> bytes:
             layer = [fold_perfect(layer[j : j + 2]) for j in range(0, len(layer), 2)]
         out.append(layer[0])
     return b"".join(out)
+
+
+def open_fds() -> dict[int, str]:
+    """This process's open descriptors and what each refers to (Linux: /proc/self/fd)."""
+    out: dict[int, str] = {}
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            out[int(name)] = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:  # the directory's own descriptor, or one closed meanwhile
+            continue
+    return out
 
 
 def store_args(database: str | None) -> list[str]:

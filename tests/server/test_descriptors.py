@@ -8,7 +8,6 @@ count of open descriptors does not grow with the number of rounds."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from starlette.testclient import TestClient
 
 from tlog.server import build_app
 
-from ..support import serve_config
+from ..support import open_fds, serve_config
 from .conftest import make_signer
 
 pytestmark = pytest.mark.skipif(
@@ -25,16 +24,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 ROUNDS = 8
-
-
-def open_fds() -> dict[int, str]:
-    out: dict[int, str] = {}
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            out[int(name)] = os.readlink(f"/proc/self/fd/{name}")
-        except OSError:  # the directory's own descriptor, or one closed meanwhile
-            continue
-    return out
 
 
 def growth(cycle: Callable[[int], None]) -> list[str]:
