@@ -141,7 +141,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         server.start()
     except ServerStartError as exc:
-        server.server_close()
         _err(str(exc))
         return EXIT_STATE
     mon_thread.start()

@@ -125,13 +125,24 @@ class WitnessHTTPServer:
         """The serving thread (started by :meth:`start`)."""
         return self._serving.thread
 
+    @property
+    def started(self) -> bool:
+        """uvicorn finished its start-up (set by the serving thread)."""
+        return bool(self._server.started)
+
     def start(self, timeout: float = 30.0) -> None:
         """Serve in a daemon thread; return once the server accepts connections.
 
         Raises :class:`ServerStartError` if start-up fails (from the serving thread's
-        exception) or does not finish within ``timeout`` seconds.
+        exception) or does not finish within ``timeout`` seconds; the server is then
+        stopped and its socket closed.
         """
-        self._serving.start(timeout)
+        try:
+            self._serving.start(timeout)
+        except BaseException:
+            self.shutdown(1.0)
+            self.server_close()
+            raise
 
     def shutdown(self, timeout: float = 10.0) -> None:
         if not self._serving.stop(timeout):
@@ -155,10 +166,5 @@ def start_server(
     start within ``timeout`` seconds or its thread ends first.
     """
     server = WitnessHTTPServer((host, port), witness, limits)
-    try:
-        server.start(timeout)
-    except BaseException:
-        server.shutdown(1.0)
-        server.server_close()
-        raise
+    server.start(timeout)
     return server, server.thread

@@ -35,8 +35,9 @@ def server(tmp_path: Path, log300: FakeLog) -> Iterator[WitnessHTTPServer]:
 
 
 def test_started_server_answers_at_once(server: WitnessHTTPServer) -> None:
-    # start_server returned only once uvicorn listened: no wait loop before the request.
-    assert server.thread.is_alive()
+    # start_server returned only once uvicorn had started (the socket alone listens from
+    # the constructor on, so the request below would succeed either way): no wait loop.
+    assert server.started and server.thread.is_alive()
     r = httpx.get(server.url + "/nope", timeout=10)
     assert r.status_code == 404
 
