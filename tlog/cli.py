@@ -101,6 +101,21 @@ def _store_exists(cfg: ServeConfig) -> bool:
     return has_store(cfg.data.resolve())
 
 
+def _no_log(where: str) -> CliError:
+    return CliError(f"no log store in {where}: it holds no log yet ('tlog serve' creates one)")
+
+
+def _open_database(cfg: ServeConfig) -> tuple[Backend, str]:
+    """The PostgreSQL store ``cfg`` names, read-only, and how to name it in a message; a
+    schema the log never initialised is "no log" (nothing is created)."""
+    assert cfg.database is not None
+    try:
+        storage = open_backend(cfg.database, cfg.data, readonly=True)
+    except NoLogStore as exc:
+        raise CliError(f"{exc} ('tlog serve' creates one)") from None
+    return storage, f"the database {storage.location}"
+
+
 def _open_existing(cfg: ServeConfig, *, readonly: bool = False) -> Backend:
     """The store ``cfg`` names, which must hold a log (commands other than serve).
 
@@ -108,11 +123,7 @@ def _open_existing(cfg: ServeConfig, *, readonly: bool = False) -> Backend:
     LMDB file, an empty schema), is "no log" and nothing is created; only ``tlog serve``
     starts a log (it records the origin and signs the first checkpoint)."""
     if is_database_url(cfg.database):
-        try:
-            probe = open_backend(cfg.database, cfg.data, readonly=True)
-        except NoLogStore as exc:
-            raise CliError(f"{exc} ('tlog serve' creates one)") from None
-        where = f"the database {probe.location}"
+        probe, where = _open_database(cfg)
     else:
         where = str(cfg.data.resolve())
         probe = open_backend(None, _existing_store(cfg).parent, readonly=True)
@@ -123,7 +134,7 @@ def _open_existing(cfg: ServeConfig, *, readonly: bool = False) -> Backend:
         raise
     if empty:
         probe.close()
-        raise CliError(f"no log store in {where}: it holds no log yet ('tlog serve' creates one)")
+        raise _no_log(where)
     if readonly:
         return probe
     probe.close()
@@ -382,11 +393,7 @@ def cmd_fsck(args: argparse.Namespace) -> int:
         terminal_progress(done, total)
 
     if is_database_url(cfg.database):
-        try:
-            storage = open_backend(cfg.database, cfg.data, readonly=True)
-        except NoLogStore as exc:
-            raise CliError(f"{exc} ('tlog serve' creates one)") from None
-        where = f"the database {storage.location}"
+        storage, where = _open_database(cfg)
         try:
             rep = fsck(storage, progress)
         finally:
@@ -412,7 +419,7 @@ def _fsck_result(rep: FsckReport, where: str) -> int:
         # Not "OK" (a wrong --data/--database, or a restore that brought back nothing, must
         # not pass a check as clean) and not "FAILED" (nothing is damaged): no log, exit 1,
         # as every store command says it, on either backend.
-        raise CliError(f"no log store in {where}: it holds no log yet ('tlog serve' creates one)")
+        raise _no_log(where)
     for e in rep.errors:
         print(f"fsck: ERROR {e}", file=sys.stderr)
     status = "OK" if rep.ok else f"FAILED ({len(rep.errors)} errors)"
@@ -445,25 +452,21 @@ def cmd_backup(args: argparse.Namespace) -> int:
 
 
 def cmd_recover(args: argparse.Namespace) -> int:
+    from client.formats.policy import Policy
     from tlog.integrity import CHECKPOINT_FILE, CheckpointFile
-    from tlog.recover import (
-        checkpoint_file_target,
-        policy_cosigners,
-        recover,
-        recover_database,
-        witness_targets,
-    )
+    from tlog.recover import checkpoint_file_target, recover, recover_database, witness_targets
 
     cfg = _serve_config(args)
     data = cfg.data.resolve()
     signer = _open_signer(dataclasses.replace(cfg, data=data), False, [])
     targets = []
+    policy = Policy.parse(cfg.witnesses.read_text("utf-8")) if cfg.witnesses else None
     if args.checkpoint:
         # With a witness policy, the file's cosignatures (the bucket's /checkpoint) are kept.
-        cosigners = policy_cosigners(cfg.witnesses) if cfg.witnesses else ()
+        cosigners = tuple(policy.witness_verifiers()) if policy else ()
         targets.append(checkpoint_file_target(Path(args.checkpoint), signer, cosigners))
-    if cfg.witnesses:
-        targets.extend(witness_targets(cfg.witnesses, signer))
+    if policy:
+        targets.extend(witness_targets(policy, signer))
     remembered = CheckpointFile(
         cfg.checkpoint_file or data / CHECKPOINT_FILE, signer.verifier, signer.origin
     )

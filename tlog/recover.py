@@ -87,17 +87,10 @@ def _own_note(
     return Target(cp, Note(n.text, own).format(), source, lines)
 
 
-def policy_cosigners(policy_path: Path) -> tuple[Verifier, ...]:
-    """The witness keys of a policy file (to keep their cosignatures on a target)."""
-    policy = Policy.parse(policy_path.read_text("utf-8"))
-    return tuple(w.verifier for w in policy.witnesses.values())
-
-
-def witness_targets(policy_path: Path, signer: CheckpointSigner) -> list[Target]:
+def witness_targets(policy: Policy, signer: CheckpointSigner) -> list[Target]:
     """The latest checkpoint each reachable witness of the policy holds for this log, with
     the cosignatures on it that verify under the policy's witness keys."""
-    policy = Policy.parse(policy_path.read_text("utf-8"))
-    cosigners = policy_cosigners(policy_path)
+    cosigners = tuple(policy.witness_verifiers())
     out: list[Target] = []
     with httpx.Client(timeout=10.0) as http:
         for w in policy.witnesses.values():
@@ -350,11 +343,13 @@ def recover_store(
 
 def _cosignatures_at(size: int, targets: list[Target]) -> str:
     """The verified cosignature lines the targets at ``size`` carry, each once."""
-    lines: list[str] = []
-    for t in targets:
-        if t.checkpoint.size == size:
-            lines += [ln + "\n" for ln in t.cosignatures.splitlines() if ln + "\n" not in lines]
-    return "".join(lines)
+    lines = (
+        ln + "\n"
+        for t in targets
+        if t.checkpoint.size == size
+        for ln in t.cosignatures.splitlines()
+    )
+    return "".join(dict.fromkeys(lines))
 
 
 def _check_roots(storage: Backend, targets: list[Target]) -> None:
