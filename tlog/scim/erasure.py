@@ -138,23 +138,6 @@ class Erasures:
 
     # -- plumbing -----------------------------------------------------------------------------
 
-    def _write_rotating(self, fn: Callable[[Overlay], tuple[T, set[bytes]]]) -> T:
-        """Like the service's writer, but when ``fn`` names tenants to re-key, the key
-        chain is rotated in the same transaction (module docstring)."""
-        svc = self.svc
-        with svc.write_lock:
-            with svc.storage.read() as rv:
-                tx = Overlay(rv)
-                result, rekey = fn(tx)
-                new = svc.keys.stage_rotation(tx, rekey) if rekey else None
-                items = tx.items()
-            if new is None:
-                if items:
-                    svc.storage.put_aux(items)
-            else:
-                svc.keys.commit_rotation(new, lambda: svc.storage.put_aux(items))
-            return result
-
     def _log_event(
         self,
         tx: Overlay,
@@ -381,7 +364,7 @@ class Erasures:
             tx.put(store.request_key(rid), store.encode_record(rec))
             return (ErasureStatus(request_id, rec), acc), {tk.tn}
 
-        status, acc = await anyio.to_thread.run_sync(self._write_rotating, stage)
+        status, acc = await anyio.to_thread.run_sync(self.svc.write_rotating, stage)
         done, _ = await self.svc.sequence([acc])
         return ErasureStatus(status.id, status.record, done[0])
 
@@ -640,7 +623,7 @@ class Erasures:
 
         results = []
         for t in await self.svc.read_off_loop(tenants, "a retention read"):
-            res, acc = await anyio.to_thread.run_sync(self._write_rotating, self._expirer(t))
+            res, acc = await anyio.to_thread.run_sync(self.svc.write_rotating, self._expirer(t))
             if acc is not None:
                 done, _ = await self.svc.sequence([acc])
                 res = ExpiryResult(res.tenant, res.before, res.events, res.deks, res.held, done[0])

@@ -219,7 +219,7 @@ class ScimService:
         # One writer of SCIM records at a time: "is this eid new?", key creation, erasure
         # and the commit must not interleave (a shred racing an ingestion could otherwise
         # leave a DEK that nothing erases).
-        self.write_lock = threading.Lock()
+        self._write_lock = threading.Lock()
         # Group commit of submissions (_write_grouped): queued jobs, and whether the writer
         # thread is draining them.
         self._group: list[tuple[Callable[[Overlay], Any], Future[Any]]] = []
@@ -238,13 +238,29 @@ class ScimService:
 
     def write(self, fn: Callable[[Overlay], T]) -> T:
         """Run ``fn`` on a fresh snapshot under the writer lock, then commit its writes."""
-        with self.write_lock:
+        with self._write_lock:
             with self.storage.read() as rv:
                 tx = Overlay(rv)
                 result = fn(tx)
                 items = tx.items()
             if items:
                 self.storage.put_aux(items)
+            return result
+
+    def write_rotating(self, fn: Callable[[Overlay], tuple[T, set[bytes]]]) -> T:
+        """:meth:`write`, but when ``fn`` names tenants to re-key (erasure, expiry), their
+        key chain is rotated in the same transaction (:mod:`tlog.scim.erasure`)."""
+        with self._write_lock:
+            with self.storage.read() as rv:
+                tx = Overlay(rv)
+                result, rekey = fn(tx)
+                new = self.keys.stage_rotation(tx, rekey) if rekey else None
+                items = tx.items()
+            if new is None:
+                if items:
+                    self.storage.put_aux(items)
+            else:
+                self.keys.commit_rotation(new, lambda: self.storage.put_aux(items))
             return result
 
     async def _write_grouped(self, fn: Callable[[Overlay], T]) -> T:
@@ -275,7 +291,7 @@ class ScimService:
         live = [(fn, fut) for fn, fut in jobs if fut.set_running_or_notify_cancel()]
         done: list[tuple[Future[Any], BaseException | None, Any]] = []
         try:
-            with self.write_lock:
+            with self._write_lock:
                 with self.storage.read() as rv:
                     tx = Overlay(rv)
                     for fn, fut in live:
