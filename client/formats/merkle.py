@@ -91,10 +91,11 @@ class CompactRange:
     in O(log n) memory (transparency-dev/merkle's ``compact.Range`` with begin = 0).
 
     This is the one place where a growing tree is hashed. Whoever needs the inner nodes
-    too passes a :data:`NodeVisitor` to :meth:`extend`: the log's tile store
-    (:class:`tlog.tree.RightEdge`) writes each node into its tile, the auditor's
-    :class:`client.tools.auditor.TileFrontier` collects the nodes that fill a tile. If the
-    visitor raises, the append stops half way and the range must be discarded.
+    too passes a visitor: the auditor's :class:`client.tools.auditor.TileFrontier` a
+    :data:`NodeVisitor` to :meth:`extend` (node by node), the log's tile store
+    (:class:`tlog.tree.RightEdge`) a :data:`LayerVisitor` to :meth:`extend_layers` (a run
+    of nodes per level, written into its tiles). If the visitor raises, the append stops
+    half way and the range must be discarded.
     """
 
     __slots__ = ("hashes", "size")
@@ -154,6 +155,7 @@ class CompactRange:
         old = dict(zip(_set_bits(n0), self.hashes, strict=True))
         new: dict[int, bytes] = {}
         layer, lo, level = list(leaf_hashes), n0, 0  # the new nodes [lo, lo + len) of level
+        sha, prefix = _sha256, NODE_PREFIX
         while True:
             if n1 >> level & 1:  # the new range's node at this level: new, or the old one
                 i = (n1 >> level) - 1 - lo
@@ -164,7 +166,6 @@ class CompactRange:
             # The children of parents first..end-1; the first one's left child is the old
             # range's node when this level's new run starts at an odd index.
             kids = [old[level], *layer] if lo & 1 else layer
-            sha, prefix = _sha256, NODE_PREFIX
             layer = [
                 sha(prefix + kids[i] + kids[i + 1]).digest() for i in range(0, 2 * (end - first), 2)
             ]
