@@ -35,13 +35,12 @@ from client.formats.tiles import Tile, entry_bundles_for_size, tiles_for_size
 from client.net.logclient import LogClient
 from client.tools.auditor import Auditor
 from harness.net import free_port, wait_http
-from harness.tlog import tlog_argv
+from harness.tlog import ROOT, tlog_argv, tlog_env
 from tlog.auth import TokenStore
 from tlog.log import Log
 from tlog.signer import CheckpointSigner, create_key_file
 from tlog.storage import Storage
 
-ROOT = Path(__file__).resolve().parent.parent
 ORIGIN = "bench.example/audit"
 
 
@@ -109,6 +108,7 @@ def serve(data: Path) -> tuple[subprocess.Popen[bytes], str]:
             "--no-demo-token",
         ),
         cwd=ROOT,
+        env=tlog_env(),
         stdout=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"

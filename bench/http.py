@@ -33,9 +33,7 @@ from pathlib import Path
 import httpx
 
 from harness.net import free_port, wait_http
-from harness.tlog import tlog_argv
-
-ROOT = Path(__file__).resolve().parent.parent
+from harness.tlog import ROOT, tlog_argv, tlog_env
 
 POST_LUA = """
 local id = 0
@@ -144,6 +142,7 @@ def log_and_hello(tmp: Path) -> Iterator[tuple[str, str]]:
                 *common,
             ),
             cwd=ROOT,
+            env=tlog_env(),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

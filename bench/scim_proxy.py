@@ -42,9 +42,8 @@ from client.adapters.middleware import event_json
 from client.scim.actions import parse_request
 from client.scim.event import new_event
 from harness.net import free_port, wait_http
-from harness.tlog import tlog_argv, tlog_cli
+from harness.tlog import ROOT, tlog_argv, tlog_cli, tlog_env
 
-ROOT = Path(__file__).resolve().parent.parent
 SCIM_TOKEN = "bench-scim-token"
 USER = "urn:ietf:params:scim:schemas:core:2.0:User"
 
@@ -350,6 +349,7 @@ def main() -> None:
                 "warning",
             ),
             cwd=ROOT,
+            env=tlog_env(),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -391,6 +391,7 @@ def main() -> None:
                 "warning",
             ),
             cwd=ROOT,
+            env=tlog_env(),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

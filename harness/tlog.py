@@ -9,7 +9,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-__all__ = ["ROOT", "tlog_argv", "tlog_cli"]
+__all__ = ["ROOT", "tlog_argv", "tlog_cli", "tlog_env"]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -17,6 +17,13 @@ ROOT = Path(__file__).resolve().parent.parent
 def tlog_argv(*args: str) -> list[str]:
     """The command line of ``tlog ARGS`` (run it with ``cwd=ROOT``)."""
     return [sys.executable, "-m", "tlog.cli", *args]
+
+
+def tlog_env() -> dict[str, str]:
+    """This environment without the ``TLOG_*`` settings variables: a developer's own
+    settings must not change a test or a benchmark (nor make one of its processes use
+    another store than the others)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("TLOG_")}
 
 
 def tlog_cli(
@@ -28,11 +35,10 @@ def tlog_cli(
 ) -> subprocess.CompletedProcess[str]:
     """Run ``tlog ARGS`` to completion, its output captured as text, within ``timeout``
     seconds (subprocess.TimeoutExpired after it), ``stdin`` its input. The environment is
-    ``env``, or by default this one without the ``TLOG_*`` settings variables (a developer's
-    own settings must not change a test or a benchmark). ``check``: fail (AssertionError)
+    ``env``, or by default :func:`tlog_env`. ``check``: fail (AssertionError)
     unless it exits 0, saying what it wrote to stderr."""
     if env is None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TLOG_")}
+        env = tlog_env()
     r = subprocess.run(
         tlog_argv(*args),
         capture_output=True,
