@@ -159,6 +159,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         server.server_close()
         mon_thread.join(timeout=10)
         monitor.close()
+        if not mon_thread.is_alive():  # else its connection may be in use: left to exit
+            witness.store.close()
     return EXIT_OK
 
 
@@ -167,7 +169,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     cfg = WitnessConfig.load(args.config)
-    store = WitnessStore(cfg.state_db)
+    with WitnessStore(cfg.state_db) as store:
+        return _check(cfg, store)
+
+
+def _check(cfg: WitnessConfig, store: WitnessStore) -> int:
     problems: list[str] = []
     try:
         own = [cfg.signer().verifier(), *(s.verifier() for s in cfg.extra_signers())]
@@ -246,7 +252,8 @@ def _rounds(args: argparse.Namespace, what: str) -> int:
         pass
     finally:
         monitor.close()
-    return EXIT_EVIDENCE if witness.evidence() else EXIT_OK
+    with witness.store:
+        return EXIT_EVIDENCE if witness.evidence() else EXIT_OK
 
 
 def cmd_gossip(args: argparse.Namespace) -> int:
@@ -267,6 +274,8 @@ def cmd_pull_logs(args: argparse.Namespace) -> int:
     except FormatError as exc:
         _err(f"log list: {exc}")
         return EXIT_USAGE
+    finally:
+        witness.store.close()
     for origin in report.added:
         _out(f"added {origin}")
     for origin in report.conflicts:

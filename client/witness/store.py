@@ -133,6 +133,10 @@ class WitnessStore:
         # One connection per thread, kept open: opening SQLite and setting its pragmas cost
         # more than the compare-and-swap itself.
         self._local = threading.local()
+        # Every thread's connection, so close() can close them all (not left to the GC).
+        self._conns: list[sqlite3.Connection] = []
+        self._conns_lock = threading.Lock()
+        self._closed = False
         with self._connect() as conn:
             # WAL is a property of the file: set once, kept across opens.
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
@@ -142,16 +146,44 @@ class WitnessStore:
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
+        if self._closed:
+            raise RuntimeError(f"witness store {self.path} is closed")
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             # isolation_level=None: we issue BEGIN/COMMIT ourselves, so the transaction
-            # boundaries are exactly the ones written below.
-            conn = sqlite3.connect(self.path, timeout=self._timeout, isolation_level=None)
+            # boundaries are exactly the ones written below. check_same_thread=False only so
+            # that close() may close it from another thread; it is used by its own thread.
+            conn = sqlite3.connect(
+                self.path, timeout=self._timeout, isolation_level=None, check_same_thread=False
+            )
             conn.execute("PRAGMA synchronous=FULL")
+            with self._conns_lock:
+                if self._closed:
+                    conn.close()
+                    raise RuntimeError(f"witness store {self.path} is closed")
+                self._conns.append(conn)
             self._local.conn = conn
         if conn.in_transaction:  # a failed call left one open: never carry it over
             conn.execute("ROLLBACK")
         yield conn
+
+    def close(self) -> None:
+        """Close every thread's connection. Idempotent; the store is unusable afterwards.
+
+        Call it once the threads that used the store have stopped (a thread still inside a
+        call would see its connection closed under it).
+        """
+        with self._conns_lock:
+            self._closed = True
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            conn.close()
+
+    def __enter__(self) -> WitnessStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def pragma(self, name: str) -> object:
         """Read a PRAGMA on a fresh connection (for tests and ``check``)."""

@@ -10,6 +10,7 @@ import pytest
 
 from client.witness.core import AddCheckpointError, Conflict, Witness
 from client.witness.store import WitnessStore
+from tests.support import open_fds
 from tests.witness.helpers import ORIGIN, FakeLog, events, make_witness
 
 
@@ -17,6 +18,42 @@ def test_sqlite_settings(tmp_path: Path) -> None:
     store = WitnessStore(tmp_path / "w.db")
     assert store.pragma("journal_mode") == "wal"
     assert store.pragma("synchronous") == 2  # FULL
+
+
+def test_close_closes_every_threads_connection(tmp_path: Path) -> None:
+    """Each thread keeps its own SQLite connection; close() closes all of them, not the GC."""
+    db = tmp_path / "w.db"
+
+    def db_fds() -> int:
+        return sum(1 for target in open_fds().values() if target == str(db))
+
+    before = db_fds()
+    store = WitnessStore(db)
+    threads = [threading.Thread(target=store.all_latest) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    assert db_fds() - before == 4  # the opening thread's and the three others'
+    with store:
+        pass
+    assert db_fds() == before
+    store.close()  # idempotent
+    with pytest.raises(RuntimeError, match="closed"):
+        store.latest(ORIGIN)
+    errors: list[BaseException] = []
+
+    def use() -> None:  # a thread that never used the store cannot open a connection either
+        try:
+            store.all_latest()
+        except RuntimeError as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=use)
+    t.start()
+    t.join(timeout=10)
+    assert len(errors) == 1 and "closed" in str(errors[0])
+    assert db_fds() == before
 
 
 def test_store_cas_refuses_stale_expectation_and_rollback(tmp_path: Path) -> None:
