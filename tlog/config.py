@@ -232,13 +232,22 @@ def _kind(hint: Any) -> tuple[type[Any], bool]:
     return hint, False
 
 
+_COMMENTS: dict[type[Any], dict[str, str]] = {}
+
+
 def _comments(cls: type[Any]) -> dict[str, str]:
-    """``name: type = default  # help`` comments of a settings class, as help texts."""
+    """``name: type = default  # help`` comments of a settings class, as help texts. Read
+    once per class: ``inspect.getsource`` parses the whole module file each time, and every
+    command's parser (``tlog --version`` builds them all) asks again for the same classes."""
+    if cls in _COMMENTS:
+        return _COMMENTS[cls]
     try:
         src = inspect.getsource(cls)
     except (OSError, TypeError):  # pragma: no cover - no source (frozen app)
-        return {}
-    return {m[1]: m[2].strip() for m in re.finditer(r"(?m)^\s+(\w+):[^#\n]*#\s*(.+)$", src)}
+        src = ""
+    found = {m[1]: m[2].strip() for m in re.finditer(r"(?m)^\s+(\w+):[^#\n]*#\s*(.+)$", src)}
+    _COMMENTS[cls] = found
+    return found
 
 
 def _items(cls: type[Any], prefix: tuple[str, ...] = (), flat: bool = False) -> list[_Item]:
