@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import socket
 import subprocess
@@ -38,6 +40,7 @@ __all__ = [
     "store_args",
     "tlog_argv",
     "tlog_cli",
+    "tlog_in_process",
     "wait_for",
     "wait_http",
     "wait_reset",
@@ -137,6 +140,35 @@ def open_fds() -> dict[int, str]:
         except OSError:  # the directory's own descriptor, or one closed meanwhile
             continue
     return out
+
+
+def tlog_in_process(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    """``tlog ARGS`` run by :func:`tlog.cli.main` in this process, its output captured:
+    the same answer as :func:`tlog_cli` (exit status, stdout, stderr) without starting a
+    Python process (one took 1-5 s of a loaded two-core machine, mostly imports). For tests
+    about what a command decides; the entry point itself (``python -m tlog.cli``, its exit
+    status and streams) keeps its own subprocess tests. Like ``tlog_cli``, without this
+    environment's ``TLOG_*`` settings; ``stdin`` is not a terminal."""
+    from tlog.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("TLOG_")}
+    old_stdin = sys.stdin
+    sys.stdin = io.StringIO(stdin)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(list(args))
+            except SystemExit as exc:  # argparse's usage errors, --help, --version
+                if exc.code is None or isinstance(exc.code, int):
+                    code = exc.code or 0
+                else:  # sys.exit("why"): the interpreter prints it and exits 1
+                    print(exc.code, file=sys.stderr)
+                    code = 1
+    finally:
+        sys.stdin = old_stdin
+        os.environ.update(saved)
+    return subprocess.CompletedProcess(["tlog", *args], code, out.getvalue(), err.getvalue())
 
 
 def store_args(database: str | None) -> list[str]:

@@ -14,15 +14,18 @@ from pathlib import Path
 import pytest
 
 from tests.pgsupport import open_store
-from tests.support import store_args, tlog_cli
+from tests.support import store_args, tlog_cli, tlog_in_process
 from tlog.auth import TokenStore
 from tlog.backend import Backend
 from tlog.cli import main, parser
 from tlog.storage import Storage
 
 # Every command here is quick: a minute bounds each run (tests.support.tlog_cli's default
-# is two).
+# is two). ``run`` starts the real ``tlog`` process (the entry point's own tests); ``cli``
+# runs the same command in this process, for what a command decides (its rules, refusals
+# and output), which needs no new interpreter per call.
 run = functools.partial(tlog_cli, timeout=60)
+cli = tlog_in_process
 
 
 @pytest.fixture
@@ -84,7 +87,7 @@ def test_store_commands_refuse_a_missing_store(tmp_path: Path) -> None:
         ["fsck"],
         ["backup", str(tmp_path / "b")],
     ):
-        r = run(*args, "--data", str(nowhere))
+        r = cli(*args, "--data", str(nowhere))
         assert r.returncode == 1, args
         assert "no log store" in r.stderr
     assert not nowhere.exists()  # nothing was created
@@ -95,7 +98,7 @@ def test_store_commands_refuse_a_missing_store(tmp_path: Path) -> None:
 
 def test_token_create_rules(store: Path, database: str | None, tmp_path: Path) -> None:
     def create(*args: str) -> subprocess.CompletedProcess[str]:
-        return run("token", "create", *args, "--data", str(store), *store_args(database))
+        return cli("token", "create", *args, "--data", str(store), *store_args(database))
 
     r = create("--role", "auditor")
     assert r.returncode == 2 and "--tenant" in r.stderr
@@ -124,7 +127,7 @@ def test_token_list_shows_dates_and_state(store: Path, database: str | None) -> 
     ts.revoke(revoked.token_id)
     storage.close()
     time.sleep(1.1)  # let the 1 s token expire
-    r = run("token", "list", "--data", str(store), *store_args(database))
+    r = cli("token", "list", "--data", str(store), *store_args(database))
     assert r.returncode == 0, r.stderr
     rows = {ln.split()[0]: ln for ln in r.stdout.splitlines()[1:]}
     assert " active " in rows[active.token_id] and "never" in rows[active.token_id]
@@ -141,17 +144,17 @@ def test_revoke_by_prefix_with_confirmation(store: Path, database: str | None) -
     storage.close()
     p = made[0]
     assert (
-        run(
+        cli(
             "token", "revoke", p.token_id[:3], "--yes", "--data", str(store), *store_args(database)
         ).returncode
         == 1
     )
     # Without --yes and without a terminal: refused, nothing revoked.
-    r = run(
+    r = cli(
         "token", "revoke", p.token_id[:8], "--data", str(store), *store_args(database), stdin="y\n"
     )
     assert r.returncode == 1 and "--yes" in r.stderr
-    r = run("token", "revoke", p.token_id[:8], "--yes", "--data", str(store), *store_args(database))
+    r = cli("token", "revoke", p.token_id[:8], "--yes", "--data", str(store), *store_args(database))
     assert r.returncode == 0 and p.token_id in r.stdout
     storage = _open(store, database)
     state = {q.token_id: q.revoked for q in TokenStore(storage).list()}
@@ -186,13 +189,13 @@ def test_store_commands_refuse_a_store_without_a_log(tmp_path: Path, database: s
     )
     if database is not None:  # no tables yet: nothing is created by asking
         for cmd in commands:
-            r = run(*cmd, *args)
+            r = cli(*cmd, *args)
             assert r.returncode == 1 and "no log store" in r.stderr, (cmd, r.stderr)
             assert "tlog serve" in r.stderr
         assert _log_tables(database) == []
     _open(data, database).close()  # the store exists now, but holds no log
     for cmd in commands:
-        r = run(*cmd, *args)
+        r = cli(*cmd, *args)
         assert r.returncode == 1, (cmd, r.stderr)
         assert "no log store" in r.stderr and "holds no log yet" in r.stderr, (cmd, r.stderr)
     storage = _open(data, database)
@@ -215,7 +218,7 @@ def test_fsck_fails_a_store_with_records_but_no_log(tmp_path: Path, database: st
     storage = _open(data, database)
     tamper(storage, "entries", u64(0), b"stray")
     storage.close()
-    r = run("fsck", "--data", str(data), *store_args(database))
+    r = cli("fsck", "--data", str(data), *store_args(database))
     assert r.returncode == 2, r.stderr
     assert "fsck: ERROR store has no origin or verifier key" in r.stderr
     assert "fsck: FAILED" in r.stdout
