@@ -105,7 +105,7 @@ def main() -> None:
             for k in range(args.batches)
         ]
         times = {"parse": 0.0, "check": 0.0, "stage": 0.0, "commit": 0.0, "append": 0.0}
-        prof = cProfile.Profile() if args.profile else None
+        prof = cProfile.Profile(time.thread_time) if args.profile else None
         for body in bodies:
             if prof is not None and args.profile == "parse":
                 prof.enable()

@@ -29,6 +29,7 @@ import base64
 import functools
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -38,7 +39,14 @@ import msgspec
 from client.scim.actions import action, action_prefix, as_bool, ordered_verbs
 from client.scim.cbor import dumps_det
 
-__all__ = ["SECURITY_ATTRS", "classify", "encode_effect", "encode_state", "parse_json_text"]
+__all__ = [
+    "SECURITY_ATTRS",
+    "classify",
+    "classify_create",
+    "encode_effect",
+    "encode_state",
+    "parse_json_text",
+]
 
 SECURITY_ATTRS = ("active", "username", "emails", "roles", "entitlements", "manager", "members")
 _SETS = {
@@ -91,6 +99,10 @@ def _dumps_sorted(v: object) -> str:
     """``json.dumps(v, sort_keys=True)``: text, booleans, null, integers, lists and maps with
     text keys written directly (``json.encoder.encode_basestring_ascii`` for text, as json
     does), anything else by the json module itself (tested equal, test_stage_fast.py)."""
+    t = type(v)
+    if t is list or t is dict:
+        # json.dumps(v, sort_keys=True) itself: its C encoder beats the Python walk here
+        return _SORTED_JSON.encode(v)
     try:
         return _plain_json(v, _JSON_DEPTH)
     except _NotPlain:
@@ -515,6 +527,100 @@ def classify(
         return None, None, False
     effect, state = _Run(prev, ev).run()
     return effect, state, state != prev
+
+
+# --- the common create, without the general machinery ----------------------------------------
+
+# JSON text of a string that json.dumps writes back unchanged: printable ASCII without
+# quote or backslash (what encode_basestring_ascii leaves alone), in quotes.
+_PLAIN_JSON_STRING = re.compile(r'"[ !#-\[\]-~]*"')
+_CREATE_DROPS = frozenset(("update", "activate", "deactivate"))
+_CREATE_FULL = ("entitlements", "members", "roles")  # sorted({"roles", "entitlements", "members"})
+
+
+def _sorted_text(text: str) -> tuple[bool, str | None]:
+    """``(has_new, _dumps_sorted(value))`` of a mod's JSON text, as the classifier computes
+    them (``parse_json_text`` then ``_dumps_sorted``): a plain JSON string is its own
+    sorted form, without the round trip."""
+    if _PLAIN_JSON_STRING.fullmatch(text):
+        return True, text
+    ok, value = parse_json_text(text)
+    if not ok:
+        return False, None
+    return True, None if value is None else _dumps_sorted(value)
+
+
+@_memo
+def _create_effect(prefix: str, password: bool) -> tuple[dict[str, Any], bytes]:
+    verbs = {"create", "password.set"} if password else {"create"}
+    acts = [_action(f"{prefix}.{v}", "1.8") for v in ordered_verbs(verbs)]
+    effect = {"basis": "event", "acts": acts}
+    return effect, encode_effect(effect)
+
+
+def classify_create(
+    ev: Mapping[str, Any],
+) -> tuple[dict[str, Any], bytes, dict[str, Any]] | None:
+    """``classify(None, ev)`` for the common create of a resource the log has no state of:
+    ``(effect, encode_effect(effect), next_state)``, or None when ``ev`` is not of the
+    shape handled here (references, role or entitlement sets, removals, digests of values
+    instead of values, ``x``, an attribute named twice, ...): then :func:`classify`
+    decides. The effect is shared between calls: never modify it. Tested equal to
+    :func:`classify` (tests/scim_service/test_stage_batch.py)."""
+    if ev["op"] != "create" or ev["outcome"] != "success" or "rid" not in ev:
+        return None
+    if "refs" in ev or "x" in ev:
+        return None
+    rt = ev["rt"]
+    if rt.startswith("tlog."):
+        return None
+    prefix = _prefix_of(rt)
+    state: dict[str, Any] = {}
+    others: dict[str, str] | None = None
+    seen: set[str] = set()
+    password = False
+    for m in ev.get("mods", ()):
+        key, kind, top = _attr_kind(prefix, m["attr"])
+        if kind is _PASSWORD:
+            password = True
+            continue
+        if kind is _REF or kind is _SET or "new_d" in m or m.get("op", "add") == "remove":
+            return None
+        new = m.get("new")
+        if type(new) is not str:
+            return None
+        if kind is _SCALAR:
+            if key in seen:
+                return None  # named twice: the general path keeps the order's details
+            seen.add(key)
+            if key == "active":
+                if new == "true":
+                    b: bool | None = True
+                elif new == "false":
+                    b = False
+                else:
+                    ok, value = parse_json_text(new)
+                    if not ok:
+                        continue
+                    b = as_bool(value)
+                if b is not None:
+                    state["active"] = b
+                continue
+            has, text = _sorted_text(new)
+            if has and text is not None:
+                state[key] = text
+            continue
+        if not top:
+            return None
+        if others is None:
+            others = {}
+        others[key] = hashlib.sha256(new.encode()).hexdigest()[:32]
+    if others is not None:
+        state["other"] = others
+    state["full"] = list(_CREATE_FULL)
+    state["rt"] = rt
+    effect, encoded = _create_effect(prefix, password)
+    return effect, encoded, state
 
 
 # --- encoding: the same bytes as dumps_det, without its walk over every node -----------------

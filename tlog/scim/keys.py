@@ -70,6 +70,7 @@ __all__ = [
     "seal",
     "seal_envelope",
     "seal_state",
+    "subject_encoding",
     "unseal",
 ]
 
@@ -303,15 +304,19 @@ class SubjectId:
     value: str
 
     def encode(self) -> bytes:
-        rt, kind, value = self.rt, self.kind, self.value
-        if type(rt) is str and type(kind) is str and type(value) is str:
-            try:
-                # An array of three text strings: cbor2's plain encoding is the deterministic
-                # one (it refuses lone surrogates; dumps_det then names the error).
-                return bytes(cbor2.dumps([rt, kind, value]))
-            except (UnicodeEncodeError, ValueError):
-                pass
-        return dumps_det([rt, kind, value])
+        return subject_encoding(self.rt, self.kind, self.value)
+
+
+def subject_encoding(rt: str, kind: str, value: str) -> bytes:
+    """det_cbor([rt, kind, value]): what a subject's hash is computed over."""
+    if type(rt) is str and type(kind) is str and type(value) is str:
+        try:
+            # An array of three text strings: cbor2's plain encoding is the deterministic
+            # one (it refuses lone surrogates; dumps_det then names the error).
+            return bytes(cbor2.dumps([rt, kind, value]))
+        except (UnicodeEncodeError, ValueError):
+            pass
+    return dumps_det([rt, kind, value])
 
 
 @dataclass(frozen=True, repr=False)
@@ -345,6 +350,10 @@ class TenantKeys:
 
     def subject_hash(self, subject: SubjectId) -> bytes:
         return self._ik_hash16(b"subject\x00" + subject.encode())
+
+    def subject_hash_of(self, rt: str, kind: str, value: str) -> bytes:
+        """:meth:`subject_hash` of ``SubjectId(rt, kind, value)``, without building it."""
+        return self._ik_hash16(b"subject\x00" + subject_encoding(rt, kind, value))
 
     def keyed_digest(self, data: bytes) -> bytes:
         """A 32-byte digest only the log can recompute (for access-event query digests)."""
@@ -582,6 +591,27 @@ class KeyRing:
         # the deterministic one, as encode_record would produce (tested).
         tx.put(key, bytes(cbor2.dumps({"p": wrapped, "v": 1, "kid": kid})))
         return SubjectKeys(kid, wrapped, created=True)
+
+    @classmethod
+    def new_subject_records(
+        cls, tk: TenantKeys, epoch: int, rand: Callable[[int], bytes]
+    ) -> tuple[bytes, bytes, bytes, bytes, bytes]:
+        """A new subject's keys and records, for a subject the caller found absent:
+        ``(kid, wrapped P, subject record, DEK, wrapped DEK)``. The same random draws in the
+        same order and the same bytes as :meth:`subject_or_create` followed by
+        :meth:`dek_or_create` (tested); the records are the caller's to stage, under
+        :func:`store.subject_key` and :func:`store.dek_key`."""
+        kid = rand(KID_SIZE)
+        p = rand(KEY_SIZE)
+        iv = rand(IV_SIZE)
+        kek = tk.kek_aead
+        wrapped = iv + kek.encrypt(iv, p, _AAD + b"p" + tk.tn + kid)
+        # {"p": bstr(60), "v": 1, "kid": bstr(16)}: the map subject_or_create encodes
+        record = b"\xa3\x61p\x58\x3c" + wrapped + b"\x61v\x01\x63kid\x50" + kid
+        dek = rand(KEY_SIZE)
+        iv = rand(IV_SIZE)
+        wrapped_dek = iv + kek.encrypt(iv, dek, cls._dek_aad(tk, kid, epoch))
+        return kid, wrapped, record, dek, wrapped_dek
 
     def pseudonym_key(self, tk: TenantKeys, sk: SubjectKeys) -> bytes:
         return unseal(tk.kek_aead, sk.wrapped_p, _AAD + b"p" + tk.tn + sk.kid, "pseudonym key")

@@ -63,7 +63,7 @@ from tlog.log import Log, Published
 from tlog.reads import ReadPool
 from tlog.scim import store
 from tlog.scim.access import AccessLog
-from tlog.scim.effects import classify, encode_effect, encode_state
+from tlog.scim.effects import classify, classify_create, encode_effect, encode_state
 from tlog.scim.erasure import Erasures
 from tlog.scim.keys import (
     KeyRing,
@@ -113,12 +113,35 @@ class _Batch:
     state of each subject once, at the end of the staging (not once per event)."""
 
     seen: dict[str, tuple[Accepted, bytes]] = field(default_factory=dict)
-    subjects: dict[SubjectId, SubjectKeys] = field(default_factory=dict)
+    subjects: dict[tuple[str, str, str], SubjectKeys] = field(default_factory=dict)
     deks: dict[tuple[bytes, int], AESGCM] = field(default_factory=dict)
     epochs: dict[int, int] = field(default_factory=dict)
     states: dict[bytes, _State] = field(default_factory=dict)
     index: dict[tuple[bytes, bytes], bytes] = field(default_factory=dict)  # (field, value) → cond
     rand: RandomPool = field(default_factory=RandomPool)
+
+
+class _Pipeline:
+    """What one staging's batch pipeline (:meth:`ScimService._stage_new`) computes once:
+    the parts of every leaf and key that only depend on the tenant and the log time, and
+    the records it stages, in order, in one :meth:`Overlay.put_many`."""
+
+    def __init__(self, tk: TenantKeys, now: int) -> None:
+        self.now = now
+        self.epoch = epoch_of(now)
+        # A leaf {c, e, v, tn, ts} made by make_leaf (which checks tn and ts), cut around
+        # its two commitments: each event's leaf is head ‖ c ‖ mid ‖ e ‖ tail.
+        c0, e0 = b"\x00" * 32, b"\x01" * 32
+        leaf = make_leaf(now, tk.tn, c0, e0)
+        i, j = leaf.index(c0), leaf.index(e0)
+        self.leaf_head, self.leaf_mid, self.leaf_tail = leaf[:i], leaf[i + 32 : j], leaf[j + 32 :]
+        self.ts = store.ts_bytes(now)
+        self.subject_prefix = store.subject_key(tk.tn, b"")
+        self.tenant_prefix = store.tenant_events_prefix(tk.tn)
+        self.index_prefix = store.index_prefix(tk.tn, b"")
+        self.envelope_prefix = store.envelope_key(b"")
+        self.effect_values: dict[bytes, list[tuple[bytes, bytes]]] = {}
+        self.pending: list[tuple[bytes, bytes]] = []
 
 
 @dataclass(frozen=True)
@@ -391,16 +414,43 @@ class ScimService:
         return out, res.checkpoint
 
     def _stager(
-        self, tenant: str, events: Sequence[Event], encoded: Sequence[bytes]
+        self,
+        tenant: str,
+        events: Sequence[Event],
+        encoded: Sequence[bytes],
+        *,
+        fast: bool = True,
     ) -> Callable[[Overlay], list[Accepted]]:
+        """The staging of ``events`` (run by the writer). ``fast=False``: every event by
+        the general path :meth:`_stage` (the reference the batch pipeline is tested
+        against: same records, same bytes)."""
+
         def stage(tx: Overlay) -> list[Accepted]:
             tk = self.keys.tenant_or_create(tx, tenant)
             now = self.clock()
             batch = _Batch()
-            out = [
-                self._stage(tx, tk, ev, enc, now, batch)
-                for ev, enc in zip(events, encoded, strict=True)
-            ]
+            if not fast:
+                out = [
+                    self._stage(tx, tk, ev, enc, now, batch)
+                    for ev, enc in zip(events, encoded, strict=True)
+                ]
+                self._flush_states(tx, batch)
+                return out
+            # Creates of new resources (the bulk of a provisioning batch) take the batch
+            # pipeline; any other event the general path, in the order submitted.
+            pipe = _Pipeline(tk, now)
+            stage_new, stage_one, pending = self._stage_new, self._stage, pipe.pending
+            out = []
+            for ev, enc in zip(events, encoded, strict=True):
+                acc = stage_new(tx, tk, ev, enc, batch, pipe)
+                if acc is None:
+                    if pending:  # staged in order: what the general path reads is there
+                        tx.put_many(pending)
+                        pending.clear()
+                    acc = stage_one(tx, tk, ev, enc, now, batch)
+                out.append(acc)
+            if pending:
+                tx.put_many(pending)
             self._flush_states(tx, batch)
             return out
 
@@ -441,9 +491,10 @@ class ScimService:
         # One subject lookup and one DEK unwrap per subject per batch (cached in ``batch``);
         # the cache lives only as long as this staging, inside the writer lock.
         subject = subject_of(ev)
-        sk = batch.subjects.get(subject)
+        skey = (subject.rt, subject.kind, subject.value)
+        sk = batch.subjects.get(skey)
         if sk is None:
-            sk = batch.subjects[subject] = self.keys.subject_or_create(tx, tk, subject, rand)
+            sk = batch.subjects[skey] = self.keys.subject_or_create(tx, tk, subject, rand)
         epoch = batch.epochs.get(now)
         if epoch is None:
             epoch = batch.epochs[now] = epoch_of(now)
@@ -468,18 +519,7 @@ class ScimService:
         values = index_values(ev)
         if effect is not None:
             values = list(dict.fromkeys(values + effect_index_values(effect)))
-        # The same (field, value) recurs across a batch (its outcome, action, actor): each
-        # index HMAC is computed once per staging.
-        hashes = batch.index
-        conds: list[bytes] = []
-        for fv in values:
-            cond = hashes.get(fv)
-            if cond is None:
-                f, v = fv
-                cond = f + tk.index_hash(f, v)
-                if len(hashes) < _INDEX_MEMO:
-                    hashes[fv] = cond
-            conds.append(cond)
+        conds = self._conds(tk, values, batch)
         put = tx.put
         put(vkey, leaf)
         put(
@@ -494,6 +534,94 @@ class ScimService:
         acc = Accepted(eid, leaf, lh, now, False)
         seen[eid] = (acc, encoded)
         return acc
+
+    def _stage_new(
+        self,
+        tx: Overlay,
+        tk: TenantKeys,
+        ev: Event,
+        encoded: bytes,
+        batch: _Batch,
+        pipe: _Pipeline,
+    ) -> Accepted | None:
+        """:meth:`_stage` for the common case of a batch: a new eid that creates a resource
+        of a subject the store does not know yet (``classify_create``'s shapes). Its
+        records go to ``pipe.pending``, the same bytes :meth:`_stage` writes (with the same
+        random draws in the same order: tested equal). None: not that case, and nothing was
+        drawn or staged (the general path stages it)."""
+        rt = ev["rt"]
+        rid = ev.get("rid")
+        if rid is None or rt.startswith(SYSTEM_PREFIX):
+            return None
+        skey = (rt, "rid", rid)
+        eid = ev["eid"]
+        if skey in batch.subjects or eid in batch.seen:
+            return None
+        cl = classify_create(ev)
+        if cl is None:
+            return None
+        vkey = store.eid_key(tk.tn, eid)
+        if tx.get(vkey) is not None:
+            return None  # a retry: the general path compares it with the original
+        s_key = pipe.subject_prefix + tk.subject_hash_of(rt, "rid", rid)
+        if tx.get(s_key) is not None:
+            return None  # a known subject: its DEK and state are read by the general path
+        effect, encoded_effect, state = cl
+        rand = batch.rand
+        epoch = pipe.epoch
+        nonce = rand(NONCE_SIZE)
+        kid, wrapped_p, s_rec, dek, d_rec = self.keys.new_subject_records(tk, epoch, rand)
+        batch.subjects[skey] = SubjectKeys(kid, wrapped_p, created=True)
+        aead = batch.deks[(kid, epoch)] = AESGCM(dek)
+        batch.states[kid] = _State(state, epoch, aead, True)
+        leaf = (
+            pipe.leaf_head
+            + commitment_unchecked(nonce, encoded)
+            + pipe.leaf_mid
+            + effect_commitment(nonce, encoded_effect)
+            + pipe.leaf_tail
+        )
+        lh = leaf_hash(leaf)
+        iv, ct = seal_envelope(aead, lh, envelope_plaintext(nonce, encoded, encoded_effect), rand)
+        values = index_values(ev)
+        eff_values = pipe.effect_values.get(encoded_effect)
+        if eff_values is None:
+            eff_values = pipe.effect_values[encoded_effect] = effect_index_values(effect)
+        conds = self._conds(tk, list(dict.fromkeys(values + eff_values)), batch)
+        tail = pipe.ts + lh
+        x = pipe.index_prefix
+        pending = pipe.pending
+        pending += (
+            (s_key, s_rec),
+            (store.dek_key(kid, epoch), d_rec),
+            (vkey, leaf),
+            (
+                pipe.envelope_prefix + lh,
+                store.encode_envelope(tk.tn, eid, pipe.now, kid, epoch, iv, ct, conds),
+            ),
+            (store.subject_event_key(kid, lh), b""),
+            (pipe.tenant_prefix + tail, b""),
+        )
+        pending += [(x + cond + tail, b"") for cond in conds]
+        acc = Accepted(eid, leaf, lh, pipe.now, False)
+        batch.seen[eid] = (acc, encoded)
+        return acc
+
+    @staticmethod
+    def _conds(tk: TenantKeys, values: list[tuple[bytes, bytes]], batch: _Batch) -> list[bytes]:
+        """The index conditions (field ‖ HMAC) of ``values``; each (field, value) HMAC is
+        computed once per staging (outcome, action and actor recur across a batch)."""
+        hashes = batch.index
+        conds: list[bytes] = []
+        for fv in values:
+            cond = hashes.get(fv)
+            if cond is None:
+                f, v = fv
+                cond = f + tk.index_hash(f, v)
+                if len(hashes) < _INDEX_MEMO:
+                    hashes[fv] = cond
+            conds.append(cond)
+        return conds
 
     # -- resource state and effects (tlog.scim.effects) ---------------------------------------
 

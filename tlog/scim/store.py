@@ -267,6 +267,16 @@ class Overlay:
     def delete(self, key: bytes) -> None:
         self._stage(key, None)
 
+    def put_many(self, items: list[tuple[bytes, bytes]]) -> None:
+        """:meth:`put` of each (key, value) in turn, in bulk (a staging's records)."""
+        w = self._writes
+        if len(dict(items)) != len(items):  # a key twice: one at a time, in order
+            for key, value in items:
+                self._stage(key, value)
+            return
+        self._journal.extend([(key, key in w, w.get(key)) for key, _ in items])
+        w.update(items)
+
     def mark(self) -> int:
         """A point to :meth:`rollback` to (several submissions share one transaction)."""
         return len(self._journal)
