@@ -566,7 +566,7 @@ def classify_create(
     shape handled here (references, role or entitlement sets, removals, digests of values
     instead of values, ``x``, an attribute named twice, ...): then :func:`classify`
     decides. The effect is shared between calls: never modify it. Tested equal to
-    :func:`classify` (tests/scim_service/test_stage_batch.py)."""
+    :func:`classify` (tests/scim_service/test_stage_fast.py)."""
     if ev["op"] != "create" or ev["outcome"] != "success" or "rid" not in ev:
         return None
     if "refs" in ev or "x" in ev:
