@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import cbor2
 import pytest
 from hypothesis import given, note, settings
 from hypothesis import strategies as st
@@ -446,6 +447,7 @@ def _check_create(ev: dict[str, Any]) -> bool:
     assert (fast[0], fast[2]) == (effect, state)
     assert fast[1] == encode_effect(effect) == dumps_det(effect)
     assert encode_state(fast[2]) == dumps_det(state)
+    assert cbor2.dumps(fast[2]) == dumps_det(state)  # its keys in deterministic order
     return True
 
 
@@ -490,13 +492,17 @@ def test_put_many_equals_puts_and_rolls_back(tmp_path: Path, database: str | Non
             items = [(b"scim/Zk1", b"a"), (b"scim/Zk2", b"b"), (b"scim/Zk1", b"c")]
             for k, v in items:
                 one.put(k, v)
-            many.put_many(items)  # a key twice: still in order
-            many.put_many([(b"scim/Zk3", b"d"), (b"scim/Zk2", b"e")])
+            many.put_many([k for k, _ in items], [v for _, v in items])  # a key twice
+            many.put_many([b"scim/Zk3", b"scim/Zk2", b"scim/Zk4"], [b"d", b"e", b"f"])
             one.put(b"scim/Zk3", b"d")
             one.put(b"scim/Zk2", b"e")
+            one.put(b"scim/Zk4", b"f")
             assert many.items() == one.items()
+            assert many.get(b"scim/Zk2") == b"e" and many.staged(b"scim/Zk4")
             many.rollback(mark)
             assert many.items() == [(b"scim/Zk1", b"first")]
+            with pytest.raises(ValueError):
+                many.put_many([b"scim/Zk5"], [])
 
 
 # --- the whole staging: pipeline vs the general path, byte for byte ---------------------------

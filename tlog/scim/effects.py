@@ -562,7 +562,8 @@ def classify_create(
     ev: Mapping[str, Any],
 ) -> tuple[dict[str, Any], bytes, dict[str, Any]] | None:
     """``classify(None, ev)`` for the common create of a resource the log has no state of:
-    ``(effect, encode_effect(effect), next_state)``, or None when ``ev`` is not of the
+    ``(effect, encode_effect(effect), next_state)``, the state's keys (and those of its
+    ``other`` map) in deterministic CBOR order; or None when ``ev`` is not of the
     shape handled here (references, role or entitlement sets, removals, digests of values
     instead of values, ``x``, an attribute named twice, ...): then :func:`classify`
     decides. The effect is shared between calls: never modify it. Tested equal to
@@ -615,12 +616,21 @@ def classify_create(
         if others is None:
             others = {}
         others[key] = hashlib.sha256(new.encode()).hexdigest()[:32]
+    # keys in deterministic CBOR order (rt, full, other, active, emails, username), so
+    # cbor2's plain encoder writes encode_state's bytes (tested)
+    out: dict[str, Any] = {"rt": rt, "full": list(_CREATE_FULL)}
     if others is not None:
-        state["other"] = others
-    state["full"] = list(_CREATE_FULL)
-    state["rt"] = rt
+        out["other"] = others if len(others) < 2 else dict(sorted(others.items(), key=_det_key))
+    for key in ("active", "emails", "username"):
+        if key in state:
+            out[key] = state[key]
     effect, encoded = _create_effect(prefix, password)
-    return effect, encoded, state
+    return effect, encoded, out
+
+
+def _det_key(item: tuple[str, Any]) -> tuple[int, bytes]:
+    k = item[0].encode()
+    return len(k), k
 
 
 # --- encoding: the same bytes as dumps_det, without its walk over every node -----------------

@@ -360,7 +360,7 @@ class TenantKeys:
         return hmac.new(self.ik, b"digest\x00" + data, hashlib.sha256).digest()
 
 
-@dataclass(frozen=True, repr=False)
+@dataclass(frozen=True, repr=False, slots=True)
 class SubjectKeys:
     kid: bytes
     wrapped_p: bytes

@@ -40,8 +40,9 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
+import cbor2
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from client.formats.merkle import leaf_hash
@@ -94,7 +95,7 @@ def _encode_validated(ev: Event) -> bytes:
     return encode_event(ev)
 
 
-@dataclass
+@dataclass(slots=True)
 class _State:
     """A subject's resource state as the events of this staging left it (not yet staged)."""
 
@@ -102,6 +103,9 @@ class _State:
     epoch: int
     aead: AESGCM
     dirty: bool = False
+    # ``state`` was made by classify_create, its keys in deterministic order: encoded by
+    # cbor2's plain encoder (the same bytes as encode_state; tested)
+    ordered: bool = False
 
 
 @dataclass
@@ -124,7 +128,7 @@ class _Batch:
 class _Pipeline:
     """What one staging's batch pipeline (:meth:`ScimService._stage_new`) computes once:
     the parts of every leaf and key that only depend on the tenant and the log time, and
-    the records it stages, in order, in one :meth:`Overlay.put_many`."""
+    the records it stages, in order, in bulk (:meth:`Overlay.put_many`)."""
 
     def __init__(self, tk: TenantKeys, now: int) -> None:
         self.now = now
@@ -141,7 +145,15 @@ class _Pipeline:
         self.index_prefix = store.index_prefix(tk.tn, b"")
         self.envelope_prefix = store.envelope_key(b"")
         self.effect_values: dict[bytes, list[tuple[bytes, bytes]]] = {}
-        self.pending: list[tuple[bytes, bytes]] = []
+        # the records staged, in order, not yet in the overlay (Overlay.put_many)
+        self.keys: list[bytes] = []
+        self.values: list[bytes] = []
+
+    def flush(self, tx: Overlay) -> None:
+        """Stage the pending records (before the general path reads, and at the end)."""
+        if self.keys:
+            tx.put_many(self.keys, self.values)
+            self.keys, self.values = [], []
 
 
 @dataclass(frozen=True)
@@ -160,8 +172,10 @@ class ScimLimits:
     erasure_ttl_ms: int = 7 * 24 * 3600 * 1000  # a pending erasure request expires
 
 
-@dataclass(frozen=True)
-class Accepted:
+class Accepted(NamedTuple):
+    """A staged event: its leaf, and whether it was logged before (one per event of a
+    batch, so a tuple rather than a dataclass)."""
+
     eid: str
     leaf: bytes
     leaf_hash: bytes
@@ -439,18 +453,15 @@ class ScimService:
             # Creates of new resources (the bulk of a provisioning batch) take the batch
             # pipeline; any other event the general path, in the order submitted.
             pipe = _Pipeline(tk, now)
-            stage_new, stage_one, pending = self._stage_new, self._stage, pipe.pending
+            stage_new, stage_one = self._stage_new, self._stage
             out = []
             for ev, enc in zip(events, encoded, strict=True):
                 acc = stage_new(tx, tk, ev, enc, batch, pipe)
                 if acc is None:
-                    if pending:  # staged in order: what the general path reads is there
-                        tx.put_many(pending)
-                        pending.clear()
+                    pipe.flush(tx)  # staged in order: what the general path reads is there
                     acc = stage_one(tx, tk, ev, enc, now, batch)
                 out.append(acc)
-            if pending:
-                tx.put_many(pending)
+            pipe.flush(tx)
             self._flush_states(tx, batch)
             return out
 
@@ -546,7 +557,7 @@ class ScimService:
     ) -> Accepted | None:
         """:meth:`_stage` for the common case of a batch: a new eid that creates a resource
         of a subject the store does not know yet (``classify_create``'s shapes). Its
-        records go to ``pipe.pending``, the same bytes :meth:`_stage` writes (with the same
+        records go to ``pipe``'s pending ones, the same bytes :meth:`_stage` writes (with the same
         random draws in the same order: tested equal). None: not that case, and nothing was
         drawn or staged (the general path stages it)."""
         rt = ev["rt"]
@@ -573,7 +584,7 @@ class ScimService:
         kid, wrapped_p, s_rec, dek, d_rec = self.keys.new_subject_records(tk, epoch, rand)
         batch.subjects[skey] = SubjectKeys(kid, wrapped_p, created=True)
         aead = batch.deks[(kid, epoch)] = AESGCM(dek)
-        batch.states[kid] = _State(state, epoch, aead, True)
+        batch.states[kid] = _State(state, epoch, aead, True, True)
         leaf = (
             pipe.leaf_head
             + commitment_unchecked(nonce, encoded)
@@ -590,19 +601,22 @@ class ScimService:
         conds = self._conds(tk, list(dict.fromkeys(values + eff_values)), batch)
         tail = pipe.ts + lh
         x = pipe.index_prefix
-        pending = pipe.pending
-        pending += (
-            (s_key, s_rec),
-            (store.dek_key(kid, epoch), d_rec),
-            (vkey, leaf),
-            (
-                pipe.envelope_prefix + lh,
-                store.encode_envelope(tk.tn, eid, pipe.now, kid, epoch, iv, ct, conds),
-            ),
-            (store.subject_event_key(kid, lh), b""),
-            (pipe.tenant_prefix + tail, b""),
+        pipe.keys += (
+            s_key,
+            store.dek_key(kid, epoch),
+            vkey,
+            pipe.envelope_prefix + lh,
+            store.subject_event_key(kid, lh),
+            pipe.tenant_prefix + tail,
         )
-        pending += [(x + cond + tail, b"") for cond in conds]
+        pipe.keys += [x + cond + tail for cond in conds]
+        pipe.values += (
+            s_rec,
+            d_rec,
+            leaf,
+            store.encode_envelope(tk.tn, eid, pipe.now, kid, epoch, iv, ct, conds),
+        )
+        pipe.values += [b""] * (2 + len(conds))
         acc = Accepted(eid, leaf, lh, pipe.now, False)
         batch.seen[eid] = (acc, encoded)
         return acc
@@ -648,7 +662,7 @@ class ScimService:
             cur = batch.states[kid] = _State(prev, epoch, aead)
         effect, state, changed = classify(cur.state, ev)
         if changed:
-            cur.state, cur.epoch, cur.aead, cur.dirty = state, epoch, aead, True
+            cur.state, cur.epoch, cur.aead, cur.dirty, cur.ordered = state, epoch, aead, True, False
         return effect
 
     def _flush_states(self, tx: Overlay, batch: _Batch) -> None:
@@ -660,10 +674,15 @@ class ScimService:
             if cur.state is None:
                 tx.delete(store.state_key(kid))
                 continue
-            tx.put(
-                store.state_key(kid),
-                seal_state(cur.aead, kid, cur.epoch, encode_state(cur.state), rand),
-            )
+            encoded = None
+            if cur.ordered:
+                try:
+                    encoded = bytes(cbor2.dumps(cur.state))
+                except (UnicodeEncodeError, ValueError):
+                    pass
+            if encoded is None:
+                encoded = encode_state(cur.state)
+            tx.put(store.state_key(kid), seal_state(cur.aead, kid, cur.epoch, encoded, rand))
 
     def _check_same(self, tx: Overlay, tk: TenantKeys, leaf: bytes, ev: Event) -> None:
         """A retried eid must carry the same event (when the original is still readable)."""

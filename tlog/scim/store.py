@@ -244,8 +244,9 @@ class Overlay:
     def __init__(self, rv: ReadView) -> None:
         self.rv = rv
         self._writes: dict[bytes, bytes | None] = {}
-        # (key, staged before?, its earlier staged value): undoes writes back to a mark.
-        self._journal: list[tuple[bytes, bool, bytes | None]] = []
+        # Undoes writes back to a mark: (key, staged before?, its earlier staged value) per
+        # write, or (None, keys, {key: earlier staged value}) per put_many.
+        self._journal: list[tuple[Any, Any, Any]] = []
 
     def get(self, key: bytes) -> bytes | None:
         if key in self._writes:
@@ -267,15 +268,20 @@ class Overlay:
     def delete(self, key: bytes) -> None:
         self._stage(key, None)
 
-    def put_many(self, items: list[tuple[bytes, bytes]]) -> None:
-        """:meth:`put` of each (key, value) in turn, in bulk (a staging's records)."""
+    def put_many(self, keys: list[bytes], values: list[bytes]) -> None:
+        """:meth:`put` of each ``keys[i]``, ``values[i]`` in turn, in bulk (a staging's
+        records: one journal entry, not one per record)."""
+        if len(keys) != len(values):
+            raise ValueError("one value per key")
         w = self._writes
-        if len(dict(items)) != len(items):  # a key twice: one at a time, in order
-            for key, value in items:
+        distinct = set(keys)
+        if len(distinct) != len(keys):  # a key twice: one at a time, in order
+            for key, value in zip(keys, values, strict=True):
                 self._stage(key, value)
             return
-        self._journal.extend([(key, key in w, w.get(key)) for key, _ in items])
-        w.update(items)
+        earlier = {k: w[k] for k in w.keys() & distinct}
+        self._journal.append((None, keys, earlier))
+        w.update(zip(keys, values, strict=True))
 
     def mark(self) -> int:
         """A point to :meth:`rollback` to (several submissions share one transaction)."""
@@ -286,7 +292,13 @@ class Overlay:
         j, w = self._journal, self._writes
         while len(j) > mark:
             key, had, old = j.pop()
-            if had:
+            if key is None:  # a put_many: its keys, and what each replaced
+                for k in had:
+                    if k in old:
+                        w[k] = old[k]
+                    else:
+                        del w[k]
+            elif had:
                 w[key] = old
             else:
                 del w[key]
