@@ -18,8 +18,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from client.scim import fastjson
 from client.scim.cbor import EventFormatError
-from client.scim.event import adopt_json_text, event_to_json
+from client.scim.event import adopt_json_text, check_rules, event_to_json
 from client.scim.fastjson import decode_batch, decode_event_json
 from tests.scim.helpers import events, failed_event, full_event, minimal_event
 
@@ -215,3 +216,93 @@ def test_batch_shape() -> None:
     assert decode_batch(('{"events":[' + one + "]}").encode()) is not None
     for body in ("{}", '{"events":[]}', '{"events":[' + one + '],"x":1}', "[" + one + "]"):
         assert decode_batch(body.encode()) is None
+
+
+# -- the shortcuts of the batch path (parse4 round), each against what it replaces ----------
+
+_CONTROLS = "".join(map(chr, [*range(0x20), 0x7F]))
+
+
+@given(
+    st.lists(
+        st.text(alphabet=st.sampled_from(['"', "\\", "/", "a", "é", ":", *_CONTROLS])), max_size=6
+    ),
+    st.booleans(),
+)
+@settings(max_examples=400, deadline=None)
+def test_lean_decoder_only_when_no_string_can_hold_a_control(
+    strings: list[str], ascii_: bool
+) -> None:
+    """The lean decoder (no control-character patterns) is chosen only for bodies none of
+    whose strings decodes to a C0 control or DEL: what the seven scans it replaces said."""
+    body = json.dumps({"s": strings}, ensure_ascii=ascii_).encode()
+    chosen = fastjson._decoders(body)
+    has_control = any(c in _CONTROLS for s in strings for c in s)
+    if chosen is fastjson._LEAN:
+        assert not has_control, body
+    # and the old rule's choice is never stricter than needed the other way round:
+    old = (
+        fastjson._UTF8
+        if b"\\u" in body or not body.isascii()
+        else fastjson._ASCII
+        if any(sign in body for sign in fastjson._CONTROL_SIGNS)
+        else fastjson._LEAN
+    )
+    assert chosen is old
+
+
+def _rules_outcome(fn: Any, ev: dict[str, Any]) -> bool:
+    try:
+        fn(ev)
+    except ValueError:
+        return False
+    return True
+
+
+@given(
+    st.fixed_dictionaries(
+        {
+            "outcome": st.sampled_from(["success", "failure", "skipped", "warning"]),
+            "op": st.sampled_from(["create", "replace", "patch", "delete"]),
+            "st": st.sampled_from([100, 199, 200, 201, 299, 300, 404, 599]),
+        },
+        optional={
+            "rid": st.just("r"),
+            "err": st.just({"code": "x"}),
+            "acts": st.lists(st.sampled_from(["a.b", "a.c", "user.x"]), min_size=1, max_size=3),
+            "corr": st.sets(st.sampled_from(["bulk_req", "seq", "bulk_id", "job"])),
+            "mods": st.lists(
+                st.sets(st.sampled_from(["old", "new", "old_d", "new_d", "op"])), max_size=3
+            ),
+        },
+    )
+)
+@settings(max_examples=500, deadline=None)
+def test_fast_rules_equal_the_reference(spec: dict[str, Any]) -> None:
+    """fastjson._rules (plus the old/new-or-digest rule in _finish's loop over mods) accepts
+    exactly what client.scim.event.check_rules accepts."""
+    ev: dict[str, Any] = {"outcome": spec["outcome"], "op": spec["op"], "res": {"st": spec["st"]}}
+    ev["corr"] = {"req": "q", **{k: 1 for k in spec.get("corr", ())}}
+    if "rid" in spec:
+        ev["rid"] = spec["rid"]
+    if "err" in spec:
+        ev["err"] = spec["err"]
+    if "acts" in spec:
+        ev["acts"] = [{"a": a, "ocsf": [1, 1]} for a in spec["acts"]]
+    if "mods" in spec:
+        ev["mods"] = [{"attr": "a", **{k: "1" for k in m}} for m in spec["mods"] if m]
+    ref = _rules_outcome(check_rules, ev)
+    sides_ok = all(
+        not (s in m and f"{s}_d" in m) for m in ev.get("mods", ()) for s in ("old", "new")
+    )
+    assert ref == (_rules_outcome(fastjson._rules, ev) and sides_ok)
+
+
+def test_json_text_shortcut_still_refuses_repeated_keys() -> None:
+    """A text without an object skips the colon comparison (no key to repeat); one with an
+    object, however nested, still has it."""
+    for bad in ('{"a":1,"a":2}', '[{"a":1,"a":2}]', '[1,{"b":{"a":1,"a":2}}]'):
+        with pytest.raises(ValueError):
+            fastjson._json_text(bad)
+    for good in ('"a:b"', "[1,2]", '["x:y",true]', '{"a":"b:c"}', "null"):
+        fastjson._json_text(good)
