@@ -447,7 +447,7 @@ class AuditMiddleware:
         futs = self.relay.watch(eids) if waiting and self.relay is not None else []
         try:
             try:
-                await asyncio.wrap_future(self.outbox.add(records))
+                await self.outbox.add_async(records)
             except OutboxError as exc:
                 self._outbox_ok = False
                 self._failed_size = sum(len(r.body) for r in records)

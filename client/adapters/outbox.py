@@ -18,6 +18,7 @@ two processes sharing a file stay correct (the log deduplicates) but both relays
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -104,7 +105,76 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-_Job = tuple[Callable[[sqlite3.Connection], Any], "Future[Any]"]
+_Fn = Callable[[sqlite3.Connection], Any]
+_Job = tuple[_Fn, "Future[Any]"]
+_Settle = Callable[[Any, "BaseException | None"], None]
+
+
+def _future_settle(fut: Future[Any]) -> _Settle:
+    def settle(result: Any, exc: BaseException | None) -> None:
+        if exc is None:
+            fut.set_result(result)
+        else:
+            fut.set_exception(exc)
+
+    return settle
+
+
+_NOT_COMMITTED = OutboxError("the outbox writer did not commit this add")
+
+
+class _LoopGroup:
+    """The adds one asyncio event loop made during one of its iterations
+    (:meth:`Outbox.add_async`): committed with whatever else is queued, then settled on
+    their loop in one callback."""
+
+    __slots__ = ("fns", "futs", "loop", "outcomes")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.fns: list[Callable[[sqlite3.Connection], Any]] = []
+        self.futs: list[asyncio.Future[None]] = []
+        self.outcomes: list[BaseException | None] = []
+
+    def add(self, fn: Callable[[sqlite3.Connection], Any], fut: asyncio.Future[None]) -> None:
+        self.fns.append(fn)
+        self.futs.append(fut)
+        # Until the commit settles it, an add counts as failed (never durable by default).
+        self.outcomes.append(_NOT_COMMITTED)
+
+    def entries(self) -> list[tuple[Callable[[sqlite3.Connection], Any], _Settle]]:
+        out: list[tuple[Callable[[sqlite3.Connection], Any], _Settle]] = []
+        for i, fn in enumerate(self.fns):
+
+            def settle(_: Any, exc: BaseException | None, i: int = i) -> None:
+                self.outcomes[i] = exc
+
+            out.append((fn, settle))
+        return out
+
+    def fail_all(self, exc: BaseException) -> None:
+        self.outcomes = [exc] * len(self.fns)
+
+    def done(self) -> None:
+        """From the writer thread, after the commit: settle the futures on their loop."""
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+            self.loop.call_soon_threadsafe(self.resolve)
+
+    def resolve(self) -> None:
+        for fut, exc in zip(self.futs, self.outcomes, strict=True):
+            if fut.done():  # the waiting request was cancelled; the events are stored anyway
+                continue
+            if exc is None:
+                fut.set_result(None)
+            else:
+                fut.set_exception(OutboxError(str(exc)) if exc is _NOT_COMMITTED else exc)
+
+
+_Item = _Job | _LoopGroup
+
+
+def _size(item: _Job | _LoopGroup) -> int:
+    return len(item.fns) if isinstance(item, _LoopGroup) else 1
 
 
 class Outbox:
@@ -130,7 +200,8 @@ class Outbox:
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self._loop_group: _LoopGroup | None = None  # adds of this event-loop iteration
         self._closed = False
         self.max_bytes = max_bytes
         # The queued events are plaintext (personal data): owner-only, like a key file.
@@ -177,8 +248,9 @@ class Outbox:
             if first is None:
                 break
             group = [first]
+            size = _size(first)
             stop = False
-            while len(group) < _MAX_GROUP:
+            while size < _MAX_GROUP:
                 try:
                     nxt = self._jobs.get_nowait()
                 except queue.Empty:
@@ -187,6 +259,7 @@ class Outbox:
                     stop = True
                     break
                 group.append(nxt)
+                size += _size(nxt)
             self._commit(conn, group)
             if stop:
                 break
@@ -196,11 +269,33 @@ class Outbox:
                 job = self._jobs.get_nowait()
             except queue.Empty:
                 break
-            if job is not None and job[1].set_running_or_notify_cancel():
+            if isinstance(job, _LoopGroup):
+                job.fail_all(OutboxError("outbox is closed"))
+            elif job is not None and job[1].set_running_or_notify_cancel():
                 job[1].set_exception(OutboxError("outbox is closed"))
 
-    def _commit(self, conn: sqlite3.Connection, group: list[_Job]) -> None:
-        live = [(fn, fut) for fn, fut in group if fut.set_running_or_notify_cancel()]
+    def _commit(self, conn: sqlite3.Connection, group: list[_Item]) -> None:
+        live: list[tuple[_Fn, _Settle]] = []
+        loops: list[_LoopGroup] = []
+        for item in group:
+            if isinstance(item, _LoopGroup):
+                loops.append(item)
+                live.extend(item.entries())
+            elif item[1].set_running_or_notify_cancel():
+                live.append((item[0], _future_settle(item[1])))
+        try:
+            self._commit_live(conn, live)
+        except Exception as exc:  # a bug: fail what is unsettled, keep the writer alive
+            _log.exception("outbox writer error")
+            self._queued = None
+            for item in group:
+                if not isinstance(item, _LoopGroup) and not item[1].done():
+                    item[1].set_exception(_as_outbox_error(exc))
+        finally:
+            for g in loops:
+                g.done()
+
+    def _commit_live(self, conn: sqlite3.Connection, live: list[tuple[_Fn, _Settle]]) -> None:
         if not live:
             return
         try:
@@ -208,17 +303,19 @@ class Outbox:
         except Exception as exc:
             self._queued = None  # the rolled back jobs may have counted bytes: recount
             if len(live) == 1:
-                live[0][1].set_exception(_as_outbox_error(exc))
+                live[0][1](None, _as_outbox_error(exc))
                 return
-            for fn, fut in live:  # isolate the failing job(s)
+            for fn, settle in live:  # isolate the failing job(s)
                 try:
-                    fut.set_result(self._run(conn, [fn])[0])
+                    res = self._run(conn, [fn])[0]
                 except Exception as exc1:
                     self._queued = None
-                    fut.set_exception(_as_outbox_error(exc1))
+                    settle(None, _as_outbox_error(exc1))
+                else:
+                    settle(res, None)
             return
-        for (_, fut), res in zip(live, results, strict=True):
-            fut.set_result(res)
+        for (_, settle), res in zip(live, results, strict=True):
+            settle(res, None)
 
     @staticmethod
     def _run(
@@ -249,6 +346,9 @@ class Outbox:
 
         Adding an ``eid`` that is already there is a no-op (the first body stays).
         """
+        return self._submit(self._add_job(records))
+
+    def _add_job(self, records: Sequence[OutboxRecord]) -> Callable[[sqlite3.Connection], None]:
         rows = [(r.eid, r.req, r.body, _now_ms()) for r in records]
         size = sum(len(r.body) for r in records)
 
@@ -259,7 +359,37 @@ class Outbox:
                 rows,
             )
 
-        return self._submit(job)
+        return job
+
+    async def add_async(self, records: Sequence[OutboxRecord]) -> None:
+        """:meth:`add` for a caller on an asyncio event loop: returns once the events are
+        durable (raises :class:`OutboxError` if they could not be stored).
+
+        The adds made during one iteration of the loop go to the writer thread together, as
+        one hand-over (one queue put, at most one wake-up of the writer), and come back
+        together: after their group commit one ``call_soon_threadsafe`` settles them all. A
+        burst of concurrent requests so costs the loop a list append each, not a
+        thread-safe future, a queue put and a cross-thread wake-up each. Each add is still
+        its own job in the commit (a refused one, e.g. over the quota, fails alone)."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        if self._closed:
+            raise OutboxError("outbox is closed")
+        group = self._loop_group
+        if group is None or group.loop is not loop:
+            group = self._loop_group = _LoopGroup(loop)
+            loop.call_soon(self._hand_over, group)
+        group.add(self._add_job(records), fut)
+        await fut
+
+    def _hand_over(self, group: _LoopGroup) -> None:
+        if self._loop_group is group:
+            self._loop_group = None
+        if self._closed:
+            group.fail_all(OutboxError("outbox is closed"))
+            group.resolve()
+            return
+        self._jobs.put(group)
 
     def put(self, records: Sequence[OutboxRecord], timeout: float | None = None) -> None:
         """:meth:`add` and wait: durable when this returns."""

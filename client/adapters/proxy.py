@@ -488,6 +488,8 @@ def main_proxy(cfg: ProxyConfig) -> int:
         # The forwarder appends the connecting peer to X-Forwarded-For itself; uvicorn must
         # not first replace that peer with what a client claims in the header.
         proxy_headers=False,
+        # Each answer's head and body in one send (client.runtime.serving).
+        coalesce_writes=True,
         lifespan="on",
         timeout_graceful_shutdown=10,
     )

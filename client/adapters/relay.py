@@ -169,7 +169,8 @@ class Relay:
 
     def kick(self) -> None:
         """Wake the relay now (new events are queued)."""
-        self._kick.set()
+        if not self._kick.is_set():  # called per write: skip the lock when already set
+            self._kick.set()
 
     def flush(self, timeout: float) -> bool:
         """Wait until nothing is pending; True if the queue drained within ``timeout``."""

@@ -98,6 +98,62 @@ class ServerLimits:
     backlog: int = 2048  # the listen socket's accept queue
 
 
+class _CoalescingTransport:
+    """A transport whose writes during one event-loop iteration leave as one ``write``.
+
+    uvicorn writes an answer's status line and headers (``http.response.start``) and its
+    body (``http.response.body``) separately, and an asyncio transport sends each at once:
+    two ``send`` calls, two TCP segments, and the client woken twice, for an answer that
+    fits in one segment. Here the writes are buffered and joined at the end of the loop
+    iteration (``call_soon``); ``close``, ``write_eof`` and the write-buffer size account
+    for what is buffered; ``abort`` drops it. Everything else is the wrapped transport's.
+    """
+
+    __slots__ = ("_buf", "_loop", "_t")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._t = transport
+        self._loop = asyncio.get_running_loop()
+        self._buf: list[bytes] | None = None
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not data:
+            return
+        if self._buf is None:
+            self._buf = [bytes(data)]
+            self._loop.call_soon(self._flush)
+        else:
+            self._buf.append(bytes(data))
+
+    def writelines(self, data: Any) -> None:
+        for chunk in data:
+            self.write(chunk)
+
+    def _flush(self) -> None:
+        buf, self._buf = self._buf, None
+        if buf and not self._t.is_closing():
+            self._t.write(buf[0] if len(buf) == 1 else b"".join(buf))
+
+    def get_write_buffer_size(self) -> int:
+        pending = sum(len(b) for b in self._buf) if self._buf else 0
+        return self._t.get_write_buffer_size() + pending
+
+    def write_eof(self) -> None:
+        self._flush()
+        self._t.write_eof()
+
+    def close(self) -> None:
+        self._flush()
+        self._t.close()
+
+    def abort(self) -> None:
+        self._buf = None
+        self._t.abort()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._t, name)
+
+
 class _Guard:
     """Mixed in before a uvicorn HTTP protocol class (httptools or h11)."""
 
@@ -115,7 +171,11 @@ class _Guard:
     _head_bytes: int
     _write_since: float | None
 
+    coalesce_writes: bool = False
+
     def connection_made(self, transport: asyncio.Transport) -> None:
+        if self.coalesce_writes:
+            transport = _CoalescingTransport(transport)  # type: ignore[assignment]
         super().connection_made(transport)  # type: ignore[misc]
         self._phase, self._phase_key = HEAD, None
         self._write_since = None
@@ -251,12 +311,15 @@ def hardened_config(
     """A uvicorn Config whose HTTP protocol enforces ``limits`` (see the module docstring).
 
     ``kwargs`` go to :class:`uvicorn.Config` (``log_level``, ``access_log``, ...); ``http``
-    may name the base protocol ("httptools", the default when installed, or "h11").
+    may name the base protocol ("httptools", the default when installed, or "h11");
+    ``coalesce_writes=True`` sends each answer's head and body in one write
+    (:class:`_CoalescingTransport`).
     """
     import uvicorn
     from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
     lim = limits or ServerLimits()
+    coalesce = bool(kwargs.pop("coalesce_writes", False))
     base: type[asyncio.Protocol]
     if kwargs.pop("http", "auto") == "h11":
         from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -267,7 +330,11 @@ def hardened_config(
     protocol = type(
         f"Hardened{base.__name__}",
         (_Guard, base),
-        {"limits": lim, "max_connections": _fd_budget(lim.max_connections)},
+        {
+            "limits": lim,
+            "max_connections": _fd_budget(lim.max_connections),
+            "coalesce_writes": coalesce,
+        },
     )
     kwargs.setdefault("server_header", False)
     return uvicorn.Config(

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -110,3 +112,83 @@ def test_closed_outbox_refuses(tmp_path: Path) -> None:
     with pytest.raises(OutboxError):
         ob.put([rec(1)])
     ob.close()  # idempotent
+
+
+# --- adds from an event loop (the middleware's path) -------------------------------------
+
+
+def _committed(path: Path) -> set[str]:
+    """The eids another connection sees: what is committed, not what is queued."""
+    conn = sqlite3.connect(path)
+    try:
+        return {str(r[0]) for r in conn.execute("SELECT eid FROM events")}
+    finally:
+        conn.close()
+
+
+def test_adds_of_one_loop_iteration_are_one_hand_over_and_durable(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite"
+    with Outbox(path) as ob:
+        puts: list[object] = []
+        real_hand_over = ob._hand_over
+
+        def counting_hand_over(group: Any) -> None:
+            puts.append(group)
+            real_hand_over(group)
+
+        ob._hand_over = counting_hand_over  # type: ignore[method-assign]
+
+        async def add(i: int) -> set[str]:
+            await ob.add_async([rec(i), rec(i + 100)])
+            return _committed(path)  # read as soon as the add returned
+
+        async def burst() -> list[set[str]]:
+            return await asyncio.gather(*(add(i) for i in range(20)))
+
+        seen = asyncio.run(burst())
+        assert len(puts) == 1  # 20 concurrent adds: one hand-over to the writer thread
+        for i, committed in enumerate(seen):  # each add returned only once committed
+            assert {f"eid-{i:05d}", f"eid-{i + 100:05d}"} <= committed
+        assert ob.counts()["pending"] == 40
+
+
+def test_a_refused_add_in_a_loop_group_fails_alone(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "o.sqlite", max_bytes=16 * 1024) as ob:
+
+        async def burst() -> list[BaseException | None]:
+            adds = [ob.add_async([rec(i, size=1000)]) for i in range(3)]
+            adds.insert(1, ob.add_async([rec(99, size=20_000)]))  # over the quota alone
+            return await asyncio.gather(*adds, return_exceptions=True)
+
+        got = asyncio.run(burst())
+        assert [type(g) for g in got] == [type(None), OutboxError, type(None), type(None)]
+        assert {p.eid for p in ob.pending()} == {"eid-00000", "eid-00001", "eid-00002"}
+
+
+def test_a_loop_add_never_succeeds_without_a_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Outbox(tmp_path / "o.sqlite") as ob:
+
+        def broken(*_: object) -> None:
+            raise RuntimeError("writer bug")
+
+        monkeypatch.setattr(ob, "_commit_live", broken)
+
+        async def burst() -> list[BaseException | None]:
+            return await asyncio.gather(
+                *(ob.add_async([rec(i)]) for i in range(3)), return_exceptions=True
+            )
+
+        got = asyncio.run(burst())
+        assert all(isinstance(g, OutboxError) for g in got)
+        monkeypatch.undo()
+        asyncio.run(ob.add_async([rec(7)]))  # the writer thread survived
+        assert [p.eid for p in ob.pending()] == ["eid-00007"]
+
+
+def test_closed_outbox_refuses_loop_adds(tmp_path: Path) -> None:
+    ob = Outbox(tmp_path / "o.sqlite")
+    ob.close()
+    with pytest.raises(OutboxError):
+        asyncio.run(ob.add_async([rec(1)]))
