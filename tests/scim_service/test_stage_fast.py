@@ -614,3 +614,59 @@ def test_pipeline_stages_what_the_general_path_stages(
         assert got_records.keys() == want_records.keys()
         for k in want_records:
             assert got_records[k] == want_records[k], k[:6]
+
+
+_B16 = st.binary(min_size=16, max_size=16)
+_EDGES = [0, 1, 23, 24, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**64 - 1]
+_UINT = st.sampled_from(_EDGES) | st.integers(0, 2**64 - 1)
+_CT = st.sampled_from([0, 23, 24, 255, 256, 65535, 65536]).map(lambda n: b"c" * n) | st.binary(
+    max_size=300
+)
+
+
+def _check_envelope(
+    tn: bytes, eid: str, ts: int, kid: bytes, epoch: int, iv: bytes, ct: bytes, ix: list[bytes]
+) -> None:
+    ref = {"v": 1, "tn": tn, "eid": eid, "ts": ts, "kid": kid, "ep": epoch, "iv": iv}
+    want = _det_or_error({**ref, "ct": ct, "ix": ix})
+    try:
+        got: bytes | type[Exception] = store.encode_envelope(tn, eid, ts, kid, epoch, iv, ct, ix)
+    except (UnicodeEncodeError, ValueError):
+        got = EventFormatError
+    assert got == want
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    tn=_B16,
+    eid=st.uuids().map(str) | st.text(alphabet="abc-0123 ~", max_size=300),
+    ts=_UINT,
+    kid=_B16,
+    epoch=_UINT,
+    iv=st.binary(min_size=12, max_size=12),
+    ct=_CT,
+    ix=st.lists(st.binary(min_size=17, max_size=17), max_size=25),
+)
+def test_envelope_encoding_equals_dumps_det(
+    tn: bytes, eid: str, ts: int, kid: bytes, epoch: int, iv: bytes, ct: bytes, ix: list[bytes]
+) -> None:
+    """The log's own shapes, at every CBOR head size (what the concatenation writes)."""
+    _check_envelope(tn, eid, ts, kid, epoch, iv, ct, ix)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    tn=st.binary(max_size=20),
+    eid=st.text(max_size=30),
+    ts=st.integers(-5, 2**65),
+    kid=st.binary(max_size=20),
+    epoch=st.integers(-5, 2**65),
+    iv=st.binary(max_size=16),
+    ct=st.binary(max_size=40),
+    ix=st.lists(st.binary(max_size=18), max_size=3),
+)
+def test_envelope_encoding_of_other_shapes_equals_dumps_det(
+    tn: bytes, eid: str, ts: int, kid: bytes, epoch: int, iv: bytes, ct: bytes, ix: list[bytes]
+) -> None:
+    """Anything else goes to the general encoder, which decides (or refuses)."""
+    _check_envelope(tn, eid, ts, kid, epoch, iv, ct, ix)

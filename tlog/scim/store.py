@@ -33,8 +33,6 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-import cbor2
-
 from client.scim.cbor import EventFormatError, dumps_det, loads_det
 from tlog.backend import ReadView, StorageError
 
@@ -187,22 +185,96 @@ def encode_envelope(
     ix: tuple[bytes, ...] | list[bytes],
 ) -> bytes:
     """:meth:`Envelope.encode` without building the (frozen) dataclass first: one per event
-    on the ingestion path. The map is built in deterministic key order (length first, then
-    bytewise) from fields of known types, so cbor2's plain encoding is the deterministic one
-    without a validating walk (tested equal)."""
-    return bytes(
-        cbor2.dumps(
-            {
-                "v": 1,
-                "ct": ct,
-                "ep": epoch,
-                "iv": iv,
-                "ix": list(ix),
-                "tn": tn,
-                "ts": ts,
-                "eid": eid,
-                "kid": kid,
-            }
+    on the ingestion path. The field types and sizes the log makes are written by
+    concatenation in deterministic key order (:func:`_envelope_bytes`), anything else by
+    ``dumps_det`` (tested equal)."""
+    if type(ct) is bytes and type(epoch) is int and type(ts) is int and type(eid) is str:
+        out = _envelope_bytes(tn, eid, ts, kid, epoch, iv, ct, ix)
+        if out is not None:
+            return out
+    # anything else: the general encoder decides, and refuses what is not deterministic
+    # CBOR (an integer beyond 64 bits, text that is not Unicode)
+    return encode_record(
+        {
+            "v": 1,
+            "ct": ct,
+            "ep": epoch,
+            "iv": iv,
+            "ix": list(ix),
+            "tn": tn,
+            "ts": ts,
+            "eid": eid,
+            "kid": kid,
+        }
+    )
+
+
+def _head(major: int, n: int) -> bytes:
+    """A CBOR head: major type and argument ``n`` (0 <= n < 2**64) in its shortest form."""
+    if n < 24:
+        return bytes((major | n,))
+    if n < 0x100:
+        return bytes((major | 24, n))
+    if n < 0x10000:
+        return bytes((major | 25,)) + n.to_bytes(2, "big")
+    if n < 0x100000000:
+        return bytes((major | 26,)) + n.to_bytes(4, "big")
+    return bytes((major | 27,)) + n.to_bytes(8, "big")
+
+
+_INDEX_COND = 17  # field(1) ‖ h(16)
+
+
+def _envelope_bytes(
+    tn: bytes,
+    eid: str,
+    ts: int,
+    kid: bytes,
+    epoch: int,
+    iv: bytes,
+    ct: bytes,
+    ix: tuple[bytes, ...] | list[bytes],
+) -> bytes | None:
+    """The envelope map {v, ct, ep, iv, ix, tn, ts, eid, kid} written piece by piece for
+    the sizes the log makes (16-byte tn and kid, 12-byte IV, 17-byte conditions, an eid of
+    printable ASCII, non-negative 64-bit integers); None for anything else."""
+    if not (
+        type(tn) is bytes
+        and len(tn) == 16
+        and type(kid) is bytes
+        and len(kid) == 16
+        and type(iv) is bytes
+        and len(iv) == 12
+        and 0 <= epoch < 1 << 64
+        and 0 <= ts < 1 << 64
+        and eid.isascii()
+        and len(ix) < 24
+    ):
+        return None
+    for c in ix:
+        if type(c) is not bytes or len(c) != _INDEX_COND:
+            return None
+    return b"".join(
+        (
+            b"\xa9\x61v\x01\x62ct",
+            _head(0x40, len(ct)),
+            ct,
+            b"\x62ep",
+            _head(0, epoch),
+            b"\x62iv\x4c",
+            iv,
+            b"\x62ix",
+            bytes((0x80 | len(ix),)),
+            b"\x51" + b"\x51".join(ix) if ix else b"",
+            b"\x62tn\x50",
+            tn,
+            b"\x62ts",
+            _head(0, ts),
+            b"\x63eid",
+            _head(0x60, len(eid)),
+            eid.encode("ascii"),
+            b"\x63kid\x50",
+            kid,
         )
     )
 
