@@ -27,6 +27,8 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 __all__ = ["DEFAULT_MAX_SIZE", "Decoded", "decode_body", "header_param"]
 
 DEFAULT_MAX_SIZE = 16 << 20
@@ -146,6 +148,49 @@ def _no_constant(s: str) -> object:
     raise ValueError(f"JSON constant {s} is not allowed")
 
 
+_FAST_DECODER = msgspec.json.Decoder()
+_FAST_ENCODER = msgspec.json.Encoder()
+_UTF8_NAMES = frozenset({"utf-8", "utf8"})
+
+
+def _distinct_keys(value: Any) -> bool:
+    """No object in ``value`` has two member names equal but for case."""
+    if type(value) is dict:
+        if len({k.lower() for k in value}) != len(value):
+            return False
+        return all(_distinct_keys(v) for v in value.values() if type(v) in (dict, list))
+    if type(value) is list:
+        return all(_distinct_keys(v) for v in value if type(v) in (dict, list))
+    return True
+
+
+def _fast(raw: bytes, content_type: str | None, content_encoding: str | None) -> Decoded | None:
+    """The common body (no content coding, UTF-8 without a BOM, an object or array, no
+    ``\\u`` escape, no repeated member name) read by msgspec's C parser: the very value
+    :func:`decode_body`'s general path gives, with no notes. ``None`` for anything else,
+    which then takes the general path (``tests/adapters/test_decoding.py`` holds the two
+    equal). msgspec is as strict: invalid UTF-8 (surrogates, overlong forms), NaN and
+    Infinity, out-of-range numbers and bad syntax fail, and go to the general path too."""
+    if content_encoding or not raw or raw[0] not in b"{[" or b"\\u" in raw:
+        return None
+    if content_type and ";" in content_type:
+        charset = header_param(content_type, "charset")
+        if charset is not None and charset not in _UTF8_NAMES:
+            return None
+    try:
+        value = _FAST_DECODER.decode(raw)
+    except (msgspec.DecodeError, RecursionError):
+        return None
+    # msgspec keeps the last of repeated names, silently; each member has one colon, and
+    # (without \\u escapes) the strings' colons are the same in the re-encoding: equal
+    # counts mean no member was dropped. Names equal but for case are checked by a walk.
+    if raw.count(b":") != _FAST_ENCODER.encode(value).count(b":"):
+        return None
+    if not _distinct_keys(value):
+        return None
+    return Decoded(value, None, {})
+
+
 def decode_body(
     raw: bytes,
     *,
@@ -154,6 +199,16 @@ def decode_body(
     max_size: int = DEFAULT_MAX_SIZE,
 ) -> Decoded:
     """Read ``raw`` as an SP would (module docstring). Empty bodies decode to ``None``."""
+    if len(raw) <= max_size:
+        fast = _fast(raw, content_type, content_encoding)
+        if fast is not None:
+            return fast
+    return _general(raw, content_type, content_encoding, max_size)
+
+
+def _general(
+    raw: bytes, content_type: str | None, content_encoding: str | None, max_size: int
+) -> Decoded:
     notes: dict[str, Any] = {}
     try:
         data = raw

@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import functools
 import hashlib
 import http
 import ipaddress
@@ -217,6 +218,16 @@ def _rid(value: str) -> str:
         _ident(value, 256)
         or "sha256:" + hashlib.sha256(value.encode("utf-8", "replace")).hexdigest()
     )
+
+
+@functools.lru_cache(maxsize=4096)
+def _ip_text(value: str) -> str | None:
+    """An IP address in its normal text form, or None; cached: a proxy sees the same few
+    client addresses again and again, and parsing one costs more than the rest of ``src``."""
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        return None
 
 
 def _get_ci(obj: Mapping[str, Any], name: str) -> Any:
@@ -461,8 +472,9 @@ class Builder:
         if ip is None and client:
             ip = str(client[0])
         if ip:
-            with contextlib.suppress(ValueError):
-                out["ip"] = str(ipaddress.ip_address(ip))
+            norm = _ip_text(ip)
+            if norm is not None:
+                out["ip"] = norm
         ua = self.x.req_header(b"user-agent")
         if ua:
             text = _text(ua, 1024)
