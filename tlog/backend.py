@@ -162,6 +162,10 @@ class BatchWrite:
     checkpoint: bytes
     base_checkpoint: bytes  # the latest stored checkpoint the batch was built on (its size
     # is ``first_index``): the compare half of the commit's compare-and-swap
+    # Auxiliary records (as :meth:`Backend.put_aux` takes them) committed in the same
+    # transaction: a backend with ``aux_in_batch`` only (the SCIM records of the batch's
+    # events, so that they and their leaves cost one durable write, not two).
+    aux: Sequence[tuple[bytes, bytes | None]] = ()
 
 
 class ReadView(Protocol):
@@ -234,6 +238,8 @@ class Backend(Protocol):
     # it: on a database that saves a round trip per batch; on LMDB the lookup is a memory
     # read and the commit does not report which hashes it found.
     dedup_on_commit: bool
+    # commit_batch also writes the batch's ``aux`` records, in the same transaction.
+    aux_in_batch: bool
     # Called once by close() (e.g. release the writer's lock).
     on_close: list[Callable[[], object]]
 

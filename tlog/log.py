@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -296,7 +296,11 @@ class Log:
     # -- write side (one thread) -----------------------------------------------------------
 
     def integrate(
-        self, entries: list[bytes], publish: bool = True, leaf_hashes: list[bytes] | None = None
+        self,
+        entries: list[bytes],
+        publish: bool = True,
+        leaf_hashes: list[bytes] | None = None,
+        aux: Sequence[tuple[bytes, bytes | None]] = (),
     ) -> BatchResult:
         """Sequence, integrate and publish ``entries``; durable when this returns.
 
@@ -308,7 +312,13 @@ class Log:
         checkpoint to :meth:`publish` before it acknowledges anything of the batch. Meanwhile
         the next batch may be integrated on top of it (the writer's head runs ahead of the
         published checkpoint by at most what the caller has not published yet).
+
+        ``aux``: auxiliary records (:meth:`tlog.backend.Backend.put_aux`'s form) committed in
+        the batch's own transaction (a store with ``aux_in_batch``); written alone when
+        every entry is already in the log, or when there are no entries.
         """
+        if aux and not self.storage.aux_in_batch:
+            raise ValueError(f"a {self.storage.kind} store does not commit records in a batch")
         if self._stale:
             self.reload()  # raises while the store cannot be read: nothing is signed
         sha256 = hashlib.sha256
@@ -327,7 +337,7 @@ class Log:
         # learns more stored hashes, and a store that moved is a CommitConflict).
         for attempt in range(3):
             try:
-                return self._integrate(entries, hashes, known, publish)
+                return self._integrate(entries, hashes, known, publish, aux)
             except DuplicateLeaves as exc:
                 if attempt == 2 or not exc.known.keys() - known.keys():
                     self._stale = True
@@ -338,7 +348,12 @@ class Log:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _integrate(
-        self, entries: list[bytes], hashes: list[bytes], known: dict[bytes, int], publish: bool
+        self,
+        entries: list[bytes],
+        hashes: list[bytes],
+        known: dict[bytes, int],
+        publish: bool,
+        aux: Sequence[tuple[bytes, bytes | None]] = (),
     ) -> BatchResult:
         first = self._edge.size
         indices: list[int] = []
@@ -362,6 +377,8 @@ class Log:
                     dup.append(True)
                 indices.append(j)
         if not new_entries:
+            if aux:
+                self.storage.put_aux(aux)
             if publish:
                 self.publish(self._head)
             return BatchResult(indices, dup, hashes, self._head)
@@ -386,6 +403,7 @@ class Log:
                     size,
                     note.encode(),
                     base.note.encode(),
+                    aux,
                 )
             )
         except DuplicateLeaves:

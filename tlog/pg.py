@@ -453,6 +453,7 @@ class PgStorage:
     kind = "postgresql"
     shared = True
     dedup_on_commit = True  # the batch's INSERT into tlog_dedup is the lookup
+    aux_in_batch = False  # a batch's SCIM records are committed by put_aux first
 
     def __init__(
         self,

@@ -44,13 +44,21 @@ class SequencerStopped(Exception):
     """The sequencer is shutting down or its writer failed."""
 
 
+Done = Callable[[BatchResult | BaseException], None]
+
+
 @dataclass
 class _Pending:
     entries: list[bytes]
     hashes: list[bytes] | None  # their RFC 6962 leaf hashes, if the caller computed them
-    loop: asyncio.AbstractEventLoop
-    future: asyncio.Future[BatchResult]
+    loop: asyncio.AbstractEventLoop | None
+    future: asyncio.Future[BatchResult] | None
     enqueued: float = field(default_factory=time.monotonic)
+    # Sequencer.enqueue: records committed with the batch, and the callbacks (see there).
+    aux: list[tuple[bytes, bytes | None]] = field(default_factory=list)
+    done: Done | None = None
+    check: Callable[[], None] | None = None
+    failed: Callable[[], None] | None = None
 
 
 def _resolve(items: list[tuple[asyncio.Future[BatchResult], BatchResult | BaseException]]) -> None:
@@ -154,6 +162,44 @@ class Sequencer:
             self._cond.notify()
         return await bound(fut, "a commit", self.commit_timeout)
 
+    def enqueue(
+        self,
+        entries: list[bytes],
+        leaf_hashes: list[bytes] | None,
+        aux: list[tuple[bytes, bytes | None]],
+        done: Done,
+        *,
+        check: Callable[[], None] | None = None,
+        failed: Callable[[], None] | None = None,
+    ) -> None:
+        """:meth:`submit` from any thread, with auxiliary records committed in the batch's
+        own transaction (:meth:`tlog.log.Log.integrate`'s ``aux``; ``entries`` may then be
+        empty). Raises :class:`Overloaded` or :class:`SequencerStopped` at once.
+
+        ``done(result)`` is called on the publisher thread once the batch is durable and its
+        checkpoint remembered (or with the exception that stopped it); ``check()`` on the
+        writer thread right before the batch is built: if it raises, this submission is left
+        out and ``done`` gets the exception; ``failed()`` on the writer thread as soon as a
+        commit that carried this submission failed, before the next batch is taken (so a
+        caller that staged later submissions on top of this one can refuse them).
+        """
+        if not entries and not aux:
+            raise ValueError("nothing to submit")
+        if leaf_hashes is not None and len(leaf_hashes) != len(entries):
+            raise ValueError("one leaf hash per entry")
+        with self._cond:
+            if self._stopping or self._thread is None:
+                raise SequencerStopped("the log is not accepting entries")
+            if self._queued_entries + len(entries) > self.max_backlog:
+                raise Overloaded()
+            self._queue.append(
+                _Pending(
+                    entries, leaf_hashes, None, None, aux=aux, done=done, check=check, failed=failed
+                )
+            )
+            self._queued_entries += len(entries)
+            self._cond.notify()
+
     def _take(self) -> list[_Pending] | None:
         """The next batch; None when stopping and drained; [] after ``idle_refresh``
         seconds without work on a shared store (time to catch up with other frontends)."""
@@ -191,7 +237,12 @@ class Sequencer:
         except Exception as exc:  # the store is unreachable: the next batch reloads first
             log.warning("could not catch up with the shared store: %s", exc)
 
-    def _integrate(self, entries: list[bytes], hashes: list[bytes] | None = None) -> BatchResult:
+    def _integrate(
+        self,
+        entries: list[bytes],
+        hashes: list[bytes] | None = None,
+        aux: list[tuple[bytes, bytes | None]] | None = None,
+    ) -> BatchResult:
         """One batch, built on the store's current state: on a shared database another
         frontend may have committed since this one's last batch (then reload first, and
         once more if it commits in between: the database decides who wins each round)."""
@@ -201,7 +252,7 @@ class Sequencer:
                 self.log.catch_up()
             try:
                 # Published by the publisher thread (_publish_run), not here.
-                return self.log.integrate(entries, publish=False, leaf_hashes=hashes)
+                return self.log.integrate(entries, publish=False, leaf_hashes=hashes, aux=aux or ())
             except CommitConflict:
                 if attempt == CONFLICT_RETRIES or not shared:
                     raise
@@ -217,7 +268,11 @@ class Sequencer:
                 if not batch:
                     self._refresh()
                     continue
+                batch = self._checked(batch)
+                if not batch:
+                    continue
                 entries = [e for p in batch for e in p.entries]
+                aux = [it for p in batch for it in p.aux]
                 hashes: list[bytes] | None = None
                 if len(batch) == 1:
                     hashes = batch[0].hashes
@@ -225,13 +280,20 @@ class Sequencer:
                     hashes = [h for p in batch for h in p.hashes or ()]
                 t0 = time.perf_counter()
                 try:
-                    result: BatchResult | BaseException = self._integrate(entries, hashes)
+                    result: BatchResult | BaseException = self._integrate(entries, hashes, aux)
                 except (CommitConflict, LogHalted) as exc:
                     # Logged where it happened; the callers get 503 with the reason.
                     result = SequencerStopped(f"nothing of the batch was acknowledged: {exc}")
                 except Exception as exc:
                     log.exception("batch of %d entries failed; none acknowledged", len(entries))
                     result = SequencerStopped(f"the batch could not be committed: {exc}")
+                if isinstance(result, BaseException):
+                    for p in batch:
+                        if p.failed is not None:
+                            try:
+                                p.failed()
+                            except Exception:  # pragma: no cover - a hook must not stop the writer
+                                log.exception("failed hook failed")
                 self.batches += 1
                 if self.on_batch is not None:
                     try:
@@ -242,13 +304,32 @@ class Sequencer:
                         )
                     except Exception:  # pragma: no cover - a hook must not stop the writer
                         log.exception("on_batch hook failed")
-                with self._done_cond:
-                    self._done.append((batch, result))
-                    self._done_cond.notify()
+                self._queued_done(batch, result)
         finally:
             with self._done_cond:  # the publisher answers what is left, then stops
                 self._done.append(None)
                 self._done_cond.notify()
+
+    def _checked(self, batch: list[_Pending]) -> list[_Pending]:
+        """``batch`` without the submissions whose ``check`` refuses them (answered with
+        its exception, in order with the other answers)."""
+        if all(p.check is None for p in batch):
+            return batch
+        live: list[_Pending] = []
+        for p in batch:
+            try:
+                if p.check is not None:
+                    p.check()
+            except Exception as exc:
+                self._queued_done([p], exc)
+                continue
+            live.append(p)
+        return live
+
+    def _queued_done(self, batch: list[_Pending], result: BatchResult | BaseException) -> None:
+        with self._done_cond:
+            self._done.append((batch, result))
+            self._done_cond.notify()
 
     def _publish_run(self) -> None:
         """Remember the newest committed checkpoint, then answer every batch it covers.
@@ -316,7 +397,13 @@ class Sequencer:
                     result.checkpoint,
                 )
             pos += n
-            by_loop.setdefault(p.loop, []).append((p.future, r))
+            if p.done is not None:
+                try:
+                    p.done(r)
+                except Exception:  # pragma: no cover - a callback must not stop the publisher
+                    log.exception("done callback failed")
+            elif p.loop is not None and p.future is not None:
+                by_loop.setdefault(p.loop, []).append((p.future, r))
         for loop, items in by_loop.items():
             try:
                 loop.call_soon_threadsafe(_resolve, items)

@@ -375,6 +375,7 @@ class Storage:
     kind = "lmdb"
     shared = False  # one writer process: the data directory's lock (tlog.integrity)
     dedup_on_commit = False  # the writer looks its leaf hashes up first (a memory read)
+    aux_in_batch = True  # commit_batch writes the batch's aux records in its transaction
 
     def __init__(
         self,
@@ -623,6 +624,7 @@ class Storage:
                 u64(batch.tree_size), batch.checkpoint, db=self.db_checkpoints, overwrite=False
             ):
                 raise CommitConflict(f"a checkpoint for size {batch.tree_size} already exists")
+            self._aux_into(txn, batch.aux)
 
     @_writes
     def put_checkpoint(self, size: int, checkpoint: bytes) -> None:
@@ -656,8 +658,11 @@ class Storage:
     def put_aux(self, items: Sequence[tuple[bytes, bytes | None]]) -> None:
         """Write (or, with None, delete) auxiliary records in one durable transaction."""
         with self.env.begin(write=True) as txn:
-            for k, v in items:
-                if v is None:
-                    txn.delete(k, db=self.db_aux)
-                else:
-                    txn.put(k, v, db=self.db_aux)
+            self._aux_into(txn, items)
+
+    def _aux_into(self, txn: lmdb.Transaction, items: Sequence[tuple[bytes, bytes | None]]) -> None:
+        for k, v in items:
+            if v is None:
+                txn.delete(k, db=self.db_aux)
+            else:
+                txn.put(k, v, db=self.db_aux)

@@ -7,6 +7,7 @@ caches) is compared here with the slow form it replaces.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from pathlib import Path
@@ -156,7 +157,7 @@ def test_overlay_rollback_undoes_only_the_writes_after_the_mark(
 def test_group_commit_isolates_a_failing_submission(tmp_path: Path, database: str | None) -> None:
     """Two submissions staged in one transaction: the one that raises is rolled back alone
     and gets its exception; the other is committed and answered."""
-    from concurrent.futures import Future
+    from tlog.scim.service import _Job
 
     with open_harness(tmp_path, database=database) as h:
         svc = h.service
@@ -169,12 +170,17 @@ def test_group_commit_isolates_a_failing_submission(tmp_path: Path, database: st
             stage_bad_inner(tx)  # stages records, then fails
             raise RuntimeError("refused after staging")
 
-        f_good: Future[object] = Future()
-        f_bad: Future[object] = Future()
-        svc._commit_group([(stage_bad, f_bad), (stage_good, f_good)])
-        with pytest.raises(RuntimeError):
-            f_bad.result(0)
-        accepted = f_good.result(0)
+        async def run() -> object:
+            loop = asyncio.get_running_loop()
+            f_good: asyncio.Future[object] = loop.create_future()
+            f_bad: asyncio.Future[object] = loop.create_future()
+            jobs = [_Job(stage_bad, loop, f_bad, False), _Job(stage_good, loop, f_good, False)]
+            await asyncio.to_thread(svc._commit_group, jobs)
+            with pytest.raises(RuntimeError):
+                await asyncio.wait_for(f_bad, 30)
+            return await asyncio.wait_for(f_good, 30)
+
+        accepted = asyncio.run(run())
         assert [a.eid for a in accepted] == [good["eid"]]  # type: ignore[attr-defined]
         with h.log.storage.read() as rv:
             tk = svc.keys.tenant(store.Overlay(rv), T1)

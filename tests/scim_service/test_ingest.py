@@ -164,6 +164,9 @@ def test_crash_between_aux_write_and_sequencing_never_makes_two_leaves(
         raise SequencerStopped("simulated crash after the aux commit")
 
     with client:
+        # The path of a store that commits the records before the leaves (PostgreSQL); on
+        # LMDB both are one transaction (test_records_and_leaf_commit_together_or_not_at_all).
+        service._coalesce = False
         service.seq.submit = crash  # type: ignore[method-assign]
         r = client.post("/v1/scim/events", content=body, headers=hdr)
         assert r.status_code == 503
@@ -189,6 +192,98 @@ def test_crash_between_aux_write_and_sequencing_never_makes_two_leaves(
         assert r.json()["index"] == 0
         assert log_.latest.size == 1
     log_.storage.close()
+
+
+def test_records_and_leaf_commit_together_or_not_at_all(harness: Harness) -> None:
+    """On LMDB an event's records and its leaf are one transaction: a commit that fails
+    leaves neither (no pending eid record), and the retry is a new event, not a duplicate."""
+    h = harness
+    if not h.log.storage.aux_in_batch:
+        pytest.skip("this store commits the records before the leaves (test above)")
+    ev = user_event()
+    storage = h.log.storage
+    real = storage.commit_batch
+    calls = []
+
+    def fail_once(batch: Any) -> None:
+        calls.append(batch)
+        if len(calls) == 1:
+            raise StorageError("simulated failure of the commit")
+        real(batch)
+
+    storage.commit_batch = fail_once  # type: ignore[method-assign]
+    try:
+        r = h.post_event(ev)
+        assert r.status_code == 503, r.text
+        assert h.log.latest.size == 0
+        assert calls[0].aux, "the event's records travelled with its leaf"
+        with storage.read() as rv:
+            assert rv.aux(store.eid_key(h.service.tenant_ref(T1), ev["eid"])) is None
+            assert rv.tree_size() == 0
+        r = h.post_event(ev)
+        assert r.status_code == 200, r.text
+        assert r.json()["duplicate"] is False
+        check_receipt(h, r.json(), index=0)
+    finally:
+        storage.commit_batch = real  # type: ignore[method-assign]
+
+
+def test_a_group_staged_on_a_failed_commit_is_refused(harness: Harness) -> None:
+    """A group staged on top of an earlier group's records (the same subject's keys) while
+    that group was waiting for its commit: when that commit fails, the later group is not
+    committed either (its records would name keys that were never stored)."""
+    import asyncio
+    import threading
+    import time
+
+    h = harness
+    svc = h.service
+    if not h.log.storage.aux_in_batch:
+        pytest.skip("groups are committed one by one, before their leaves")
+    storage = h.log.storage
+    real = storage.commit_batch
+    first = threading.Event()
+
+    def fail_first(batch: Any) -> None:
+        if first.is_set():
+            real(batch)
+            return
+        first.set()
+        deadline = time.monotonic() + 30
+        while svc._handed_seq < 2 and time.monotonic() < deadline:
+            time.sleep(0.005)  # the second group is staged on top of this one meanwhile
+        raise StorageError("simulated failure of the first commit")
+
+    a = user_event(req="req-a")
+    b = user_event(req="req-b")  # same subject: staged with the keys a created
+
+    async def run() -> list[BaseException | object]:
+        ta = asyncio.ensure_future(svc.submit(T1, [a], encoded=[dumps_det(a)]))
+        while not first.is_set():
+            await asyncio.sleep(0.005)
+        tb = asyncio.ensure_future(svc.submit(T1, [b], encoded=[dumps_det(b)]))
+        return list(await asyncio.wait_for(asyncio.gather(ta, tb, return_exceptions=True), 60))
+
+    storage.commit_batch = fail_first  # type: ignore[method-assign]
+    try:
+        ra, rb = asyncio.run(run())
+    finally:
+        storage.commit_batch = real  # type: ignore[method-assign]
+    assert isinstance(ra, SequencerStopped), ra
+    assert isinstance(rb, SequencerStopped) and "failed" in str(rb), rb
+    tn = svc.tenant_ref(T1)
+    with storage.read() as rv:
+        assert rv.tree_size() == 0
+        assert rv.aux(store.eid_key(tn, a["eid"])) is None
+        assert rv.aux(store.eid_key(tn, b["eid"])) is None
+        assert rv.aux(store.tenant_key(tn)) is None  # no tenant keys, no subject
+        assert list(rv.aux_range(store.subject_key(tn, b""))) == []
+    # Nothing stale is left in memory: the same subject's next event gets fresh keys.
+    r = h.post_event(b)
+    assert r.status_code == 200, r.text
+    check_receipt(h, r.json(), index=0)
+    (found,) = h.auditor().search(rid=b["rid"]).results  # readable: its keys were stored
+    assert found.event is not None and found.event["eid"] == b["eid"]
 
 
 # -- batches -----------------------------------------------------------------------------------

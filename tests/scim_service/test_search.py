@@ -366,13 +366,21 @@ def test_every_body_read_is_logged(harness: Harness) -> None:
 
         raise SequencerStopped("log down")
 
-    orig = harness.service.seq.submit
-    harness.service.seq.submit = down  # type: ignore[method-assign]
+    def down_now(*args: Any, **kwargs: Any) -> None:  # Sequencer.enqueue (LMDB's path)
+        from tlog.sequencer import SequencerStopped
+
+        raise SequencerStopped("log down")
+
+    seq = harness.service.seq
+    orig, orig_enqueue = seq.submit, seq.enqueue
+    seq.submit = down  # type: ignore[method-assign]
+    seq.enqueue = down_now  # type: ignore[method-assign]
     try:
         r = harness.client.get(f"/v1/scim/events?rid={ALICE}", headers=harness.h("aud1"))
         assert r.status_code == 503 and ALICE not in r.text
     finally:
-        harness.service.seq.submit = orig  # type: ignore[method-assign]
+        seq.submit = orig  # type: ignore[method-assign]
+        seq.enqueue = orig_enqueue  # type: ignore[method-assign]
 
 
 def test_tenant_ref_matches_the_leaves(harness: Harness) -> None:

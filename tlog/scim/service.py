@@ -7,13 +7,21 @@ No HTTP here (see :mod:`tlog.scim.routes`). The flow of one submission (SCIM.md 
    otherwise draw a nonce, ``c = HMAC(nonce, det_cbor(event))``, ``leaf = {v, ts, tn, c}``,
    encrypt ``{n: nonce, b: event}`` under the subject's DEK with AAD = leaf hash, and
    stage the eid record, the envelope, the subject/tenant listings and the search index;
-   commit all of it in **one** durable ``put_aux`` transaction;
-3. ``await sequencer.submit(leaves)``: the leaf enters the tree.
+3. on LMDB (``aux_in_batch``): hand the staged records and the leaves to the sequencer
+   (:meth:`tlog.sequencer.Sequencer.enqueue`), which commits them with the batch in **one**
+   durable transaction and answers once its checkpoint is signed and remembered;
+   elsewhere (PostgreSQL): commit the records in one durable ``put_aux`` transaction, then
+   ``await sequencer.submit(leaves)``.
 
-A crash between 2 and 3 leaves an eid record whose leaf is not in the log; a retry of the
-same eid resubmits exactly those leaf bytes, and the log deduplicates by leaf hash, so one
-eid never becomes two leaves. Until then the event is invisible to search and its receipt
-says ``pending``.
+Group commit: submissions that arrive while a group is being staged or committed form the
+next group. On LMDB a group is staged while the one before it is still being committed, on
+top of that one's records (read through, never yet durable); if that commit fails, every
+group staged on it fails too and nothing of them is stored (:meth:`_check_chain`).
+
+With two commits (PostgreSQL), a crash between them leaves an eid record whose leaf is not
+in the log; a retry of the same eid resubmits exactly those leaf bytes, and the log
+deduplicates by leaf hash, so one eid never becomes two leaves. Until then the event is
+invisible to search and its receipt says ``pending``.
 
 Subjects (whose DEK encrypts an event): ``(tenant, rt, rid)``; without ``rid`` (a failed
 create) ``(tenant, rt, xid)``; without either, ``(tenant, rt, userName)`` (casefolded, from
@@ -33,12 +41,13 @@ The other stages, one module each, reach the store through this object's writer 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import json
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeVar
 
@@ -60,8 +69,8 @@ from client.scim.reserved import reserved_names
 from tlog.auth import Forbidden
 from tlog.backend import Backend, StorageError
 from tlog.errors import Conflict
-from tlog.log import Log, Published
-from tlog.reads import ReadPool
+from tlog.log import BatchResult, Log, Published
+from tlog.reads import ReadPool, bound
 from tlog.scim import store
 from tlog.scim.access import AccessLog
 from tlog.scim.effects import classify, classify_create, encode_effect, encode_state
@@ -80,7 +89,7 @@ from tlog.scim.keys import (
 )
 from tlog.scim.search import Searcher, effect_index_values, index_values
 from tlog.scim.store import Overlay
-from tlog.sequencer import Sequencer
+from tlog.sequencer import Sequencer, SequencerStopped
 
 __all__ = ["ScimLimits", "ScimService", "Submitted", "subject_of"]
 
@@ -93,6 +102,38 @@ _INDEX_MEMO = 1 << 14  # index conditions remembered per staging (bounded memory
 def _encode_validated(ev: Event) -> bytes:
     """The canonical encoding of an event that was validated on the way in."""
     return encode_event(ev)
+
+
+@dataclass
+class _Job:
+    """A submission waiting for the group writer (:meth:`ScimService._write_grouped`)."""
+
+    fn: Callable[[Overlay], Any]
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Any]
+    sequenced: bool
+
+
+def _settle(items: list[tuple[asyncio.Future[Any], BaseException | None, Any]]) -> None:
+    for fut, err, res in items:
+        if fut.done():  # cancelled, or timed out (tlog.reads.bound)
+            continue
+        if err is not None:
+            fut.set_exception(err)
+        else:
+            fut.set_result(res)
+
+
+def _answer(answers: list[tuple[_Job, BaseException | None, Any]]) -> None:
+    """Resolve the jobs' futures: one wake-up of each event loop for all of them."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any, Any]]] = {}
+    for job, err, res in answers:
+        by_loop.setdefault(job.loop, []).append((job.future, err, res))
+    for loop, items in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_settle, items)
+        except RuntimeError:  # loop closed: the callers are gone
+            pass
 
 
 @dataclass(slots=True)
@@ -259,9 +300,25 @@ class ScimService:
         self._write_lock = threading.Lock()
         # Group commit of submissions (_write_grouped): queued jobs, and whether the writer
         # thread is draining them.
-        self._group: list[tuple[Callable[[Overlay], Any], Future[Any]]] = []
+        self._group: list[_Job] = []
         self._group_lock = threading.Lock()
         self._group_running = False
+        # On a store that commits records with a batch (LMDB), a group's records go to the
+        # sequencer with its leaves: one durable transaction for both (module docstring).
+        # Until it is durable, later groups stage on top of its writes (``_pending``; only
+        # the group writer touches it, under the writer lock); ``_chain`` guards the
+        # counters the sequencer's threads update.
+        self._coalesce = storage.aux_in_batch
+        self._pending: dict[bytes, bytes | None] = {}
+        self._owner: dict[bytes, int] = {}  # key -> the group that wrote it last
+        self._handed: deque[tuple[int, list[bytes]]] = deque()  # (group, its keys)
+        self._chain = threading.Condition()
+        self._handed_seq = 0  # groups handed to the sequencer
+        self._durable_seq = 0  # the newest of them whose commit is durable
+        self._inflight = 0  # handed and not answered yet
+        self._epoch = 0  # bumped when the commit of a handed group failed
+        self._broken_upto = 0  # groups up to this one were staged on top of a failed one
+        self._pending_epoch = 0
         self.erasures = Erasures(self)
         self.searcher = Searcher(self)
         self.access = AccessLog(self)
@@ -276,6 +333,7 @@ class ScimService:
     def write(self, fn: Callable[[Overlay], T]) -> T:
         """Run ``fn`` on a fresh snapshot under the writer lock, then commit its writes."""
         with self._write_lock:
+            self._drain()
             with self.storage.read() as rv:
                 tx = Overlay(rv)
                 result = fn(tx)
@@ -288,6 +346,7 @@ class ScimService:
         """:meth:`write`, but when ``fn`` names tenants to re-key (erasure, expiry), their
         key chain is rotated in the same transaction (:mod:`tlog.scim.erasure`)."""
         with self._write_lock:
+            self._drain()
             with self.storage.read() as rv:
                 tx = Overlay(rv)
                 result, rekey = fn(tx)
@@ -300,20 +359,36 @@ class ScimService:
                 self.keys.commit_rotation(new, lambda: self.storage.put_aux(items))
             return result
 
-    async def _write_grouped(self, fn: Callable[[Overlay], T]) -> T:
+    def _drain(self) -> None:
+        """Under the writer lock: wait until every group handed to the sequencer is answered,
+        so that a direct write (erasure, expiry) reads and overwrites only durable records,
+        and nothing staged before it commits after it."""
+        with self._chain:
+            while self._inflight:
+                self._chain.wait()
+
+    async def _write_grouped(self, fn: Callable[[Overlay], Any], *, sequenced: bool = False) -> Any:
         """:meth:`write`, with group commit: the submissions that arrive while a commit is
         being made are staged together in the next transaction (each isolated: one that
         raises is rolled back alone and gets its exception), so concurrent single events
         share one durable write instead of one fsync each. Returns once ``fn``'s writes
-        are durable."""
-        fut: Future[Any] = Future()
+        are durable.
+
+        ``sequenced`` (a submission, only on a store that commits records with a batch):
+        ``fn`` returns its :class:`Accepted` events; their leaves go to the sequencer with
+        the group's records, in one transaction, and this returns what :meth:`sequence`
+        returns, once the leaves are in a remembered signed checkpoint."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
         with self._group_lock:
-            self._group.append((fn, fut))
+            self._group.append(_Job(fn, loop, fut, sequenced))
             start = not self._group_running
             self._group_running = True
         if start:
             threading.Thread(target=self._group_loop, name="tlog-scim-writer", daemon=True).start()
-        return await asyncio.wrap_future(fut)
+        if self._coalesce:
+            return await bound(fut, "a commit", self.seq.commit_timeout)
+        return await fut
 
     def _group_loop(self) -> None:
         while True:
@@ -324,35 +399,137 @@ class ScimService:
                     return
             self._commit_group(jobs)
 
-    def _commit_group(self, jobs: list[tuple[Callable[[Overlay], Any], Future[Any]]]) -> None:
-        live = [(fn, fut) for fn, fut in jobs if fut.set_running_or_notify_cancel()]
-        done: list[tuple[Future[Any], BaseException | None, Any]] = []
+    def _commit_group(self, jobs: list[_Job]) -> None:
+        answers: list[tuple[_Job, BaseException | None, Any]] = []
+        ok: list[tuple[_Job, Any]] = []
         try:
             with self._write_lock:
+                if self._coalesce:
+                    self._prune_pending()
+                epoch = self._epoch
                 with self.storage.read() as rv:
-                    tx = Overlay(rv)
-                    for fn, fut in live:
+                    tx = Overlay(rv, self._pending if self._coalesce else None)
+                    for job in jobs:
+                        if job.future.cancelled():
+                            continue
                         mark = tx.mark()
                         try:
-                            done.append((fut, None, fn(tx)))
+                            ok.append((job, job.fn(tx)))
                         except Exception as exc:
                             tx.rollback(mark)
-                            done.append((fut, exc, None))
+                            answers.append((job, exc, None))
                     items = tx.items()
-                if items:
-                    self.storage.put_aux(items)
+                if not self._coalesce:
+                    if items:
+                        self.storage.put_aux(items)
+                    answers += [(job, None, res) for job, res in ok]
+                elif ok:
+                    self._hand_off(ok, items, epoch)  # answered by _group_done
         except BaseException as exc:  # nothing was committed: every submission fails
-            for _, fut in live:
-                if not fut.done():
-                    fut.set_exception(exc)
+            answers += [(job, exc, None) for job, _ in ok]
+            _answer(answers)
             if not isinstance(exc, Exception):
                 raise
             return
-        for fut, err, result in done:
-            if err is not None:
-                fut.set_exception(err)
-            else:
-                fut.set_result(result)
+        _answer(answers)
+
+    def _hand_off(
+        self, ok: list[tuple[_Job, Any]], items: list[tuple[bytes, bytes | None]], epoch: int
+    ) -> None:
+        """Give a staged group to the sequencer: its events' leaves and all its records, for
+        one transaction. Under the writer lock; raises (nothing handed) if the sequencer
+        refuses it or a commit this group was staged on top of has failed meanwhile."""
+        leaves: list[bytes] = []
+        hashes: list[bytes] = []
+        for job, res in ok:
+            if job.sequenced:
+                leaves += [a.leaf for a in res]
+                hashes += [a.leaf_hash for a in res]
+        if not leaves and not items:  # nothing to write (e.g. pseudonyms that all exist)
+            _answer([(job, None, res) for job, res in ok])
+            return
+        with self._chain:
+            if self._epoch != epoch:
+                raise SequencerStopped(
+                    "an earlier SCIM commit failed; nothing of this submission was committed"
+                )
+            seq = self._handed_seq + 1
+            self.seq.enqueue(
+                leaves,
+                hashes,
+                items,
+                functools.partial(self._group_done, seq, ok),
+                check=functools.partial(self._check_chain, seq),
+                failed=self._chain_failed,
+            )
+            self._handed_seq = seq
+            self._inflight += 1
+        if items:
+            for k, v in items:
+                self._pending[k] = v
+                self._owner[k] = seq
+            self._handed.append((seq, [k for k, _ in items]))
+
+    def _prune_pending(self) -> None:
+        """Before a group opens its snapshot: forget the pending writes that are durable (the
+        snapshot holds them); all of them when nothing is in flight or a commit failed."""
+        with self._chain:
+            inflight, durable, epoch = self._inflight, self._durable_seq, self._epoch
+        if inflight == 0 or epoch != self._pending_epoch:
+            self._pending.clear()
+            self._owner.clear()
+            self._handed.clear()
+            self._pending_epoch = epoch
+            return
+        while self._handed and self._handed[0][0] <= durable:
+            seq, keys = self._handed.popleft()
+            for k in keys:
+                if self._owner.get(k) == seq:
+                    del self._owner[k]
+                    del self._pending[k]
+
+    def _check_chain(self, seq: int) -> None:
+        """On the sequencer's writer thread, before group ``seq`` is committed."""
+        with self._chain:
+            if seq <= self._broken_upto:
+                raise SequencerStopped(
+                    "staged on top of a SCIM commit that failed; nothing of it was committed"
+                )
+
+    def _chain_failed(self) -> None:
+        """On the writer thread, when a commit carrying a group failed: every group handed
+        so far was staged on top of it and must not commit."""
+        with self._chain:
+            self._epoch += 1
+            self._broken_upto = self._handed_seq
+
+    def _group_done(
+        self, seq: int, ok: list[tuple[_Job, Any]], result: BatchResult | BaseException
+    ) -> None:
+        """On the publisher thread: group ``seq`` is durable and in a remembered checkpoint
+        (or failed); answer its submissions."""
+        answers: list[tuple[_Job, BaseException | None, Any]] = []
+        if isinstance(result, BaseException):
+            answers = [(job, result, None) for job, _ in ok]
+        else:
+            pos = 0
+            for job, res in ok:
+                if not job.sequenced:
+                    answers.append((job, None, res))
+                    continue
+                n = len(res)
+                done = [
+                    Submitted(a.eid, a.leaf, a.leaf_hash, a.ts, a.duplicate, i)
+                    for a, i in zip(res, result.indices[pos : pos + n], strict=True)
+                ]
+                pos += n
+                answers.append((job, None, (done, result.checkpoint)))
+        with self._chain:
+            if not isinstance(result, BaseException):
+                self._durable_seq = max(self._durable_seq, seq)
+            self._inflight -= 1
+            self._chain.notify_all()
+        _answer(answers)
 
     async def read_off_loop(self, fn: Callable[[Overlay], T], what: str) -> T:
         """:meth:`read` in the read pool (bounded: a stalled store answers 503)."""
@@ -399,8 +576,13 @@ class ScimService:
             encoded = [_encode_validated(ev) for ev in events]
         elif len(encoded) != len(events):
             raise ValueError("one encoding per event")
-        accepted = await self._write_grouped(self._stager(tenant, events, encoded))
-        done = await self.sequence(accepted)
+        stage = self._stager(tenant, events, encoded)
+        if self._coalesce:
+            done: tuple[list[Submitted], Published] = await self._write_grouped(
+                stage, sequenced=True
+            )
+        else:
+            done = await self.sequence(await self._write_grouped(stage))
         if self.on_logged is not None:
             self.on_logged(events)
         return done
@@ -702,4 +884,5 @@ class ScimService:
             tk = self.keys.tenant_or_create(tx, tenant)
             return [self.keys.pid_or_create(tx, tk, rt, rid) for rt, rid in refs]
 
-        return await self._write_grouped(stage)
+        pids: list[bytes] = await self._write_grouped(stage)
+        return pids

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import struct
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -313,8 +314,11 @@ class Overlay:
     later events of the same batch before anything is committed.
     """
 
-    def __init__(self, rv: ReadView) -> None:
+    def __init__(self, rv: ReadView, pending: Mapping[bytes, bytes | None] | None = None) -> None:
         self.rv = rv
+        # Writes of earlier transactions handed to the sequencer but not yet durable (the
+        # service's group commit): read through, between this transaction's and ``rv``.
+        self._pending = pending or None
         self._writes: dict[bytes, bytes | None] = {}
         # Undoes writes back to a mark: (key, staged before?, its earlier staged value) per
         # write, or (None, keys, {key: earlier staged value}) per put_many.
@@ -323,11 +327,14 @@ class Overlay:
     def get(self, key: bytes) -> bytes | None:
         if key in self._writes:
             return self._writes[key]
+        p = self._pending
+        if p is not None and key in p:
+            return p[key]
         return self.rv.aux(key)
 
     def staged(self, key: bytes) -> bool:
-        """Whether ``key`` is written (not yet durably) by this transaction."""
-        return key in self._writes
+        """Whether ``key`` is written (not yet durably) by this transaction or a pending one."""
+        return key in self._writes or (self._pending is not None and key in self._pending)
 
     def _stage(self, key: bytes, value: bytes | None) -> None:
         w = self._writes
@@ -382,7 +389,7 @@ class Overlay:
         """Every record under ``prefix`` as this transaction sees it: the committed ones
         with the staged writes and deletions applied, in key order."""
         out = {k: v for k, v in self.rv.aux_range(prefix)}
-        for k, v in self._writes.items():
+        for k, v in (*(self._pending or {}).items(), *self._writes.items()):
             if k.startswith(prefix):
                 if v is None:
                     out.pop(k, None)
