@@ -122,10 +122,11 @@ def batch_load(
 
 
 @contextlib.contextmanager
-def log_and_hello(tmp: Path) -> Iterator[tuple[str, str]]:
+def log_and_hello(tmp: Path, pids: list[int] | None = None) -> Iterator[tuple[str, str]]:
     """Start `tlog serve` (data in `tmp/data`) and the hello-world reference app on free
     loopback ports, wait until both answer and yield their base URLs; then stop both and
-    remove `tmp`. Every wrk benchmark that compares the log with hello-world uses it."""
+    remove `tmp`. Every wrk benchmark that compares the log with hello-world uses it.
+    ``pids``: gets the process ids of the log and of hello-world, in that order."""
     procs: list[subprocess.Popen[bytes]] = []
     try:
         tport, hport = free_port(), free_port()
@@ -164,6 +165,8 @@ def log_and_hello(tmp: Path) -> Iterator[tuple[str, str]]:
             stderr=subprocess.DEVNULL,
         )
         procs.append(hello_p)
+        if pids is not None:
+            pids += [tlog_p.pid, hello_p.pid]
         turl, hurl = f"http://127.0.0.1:{tport}", f"http://127.0.0.1:{hport}"
         wait_http(turl + "/checkpoint", tlog_p)
         wait_http(hurl + "/", hello_p)

@@ -11,7 +11,9 @@ Needs ``wrk`` (``apt-get install -y wrk``). Both servers run as one uvicorn proc
   answer waits until the event is validated, encrypted under its subject's DEK, durably
   committed and in a signed checkpoint, and carries the receipt.
 
-Reported: requests/s, p50/p99, and the ratio SCIM / hello (the target is >= 0.25).
+Reported: requests/s, p50/p99, each server's CPU per request (user + system time of its
+process during its run, over the requests answered: unlike the rates, it hardly moves with
+the machine's other load), and the ratio SCIM / hello (the target is >= 0.25).
 """
 
 from __future__ import annotations
@@ -68,6 +70,12 @@ def template() -> str:
     return text.replace("\\", "\\\\")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--duration", type=int, default=10)
@@ -76,12 +84,17 @@ def main() -> None:
     if shutil.which("wrk") is None:
         sys.exit("bench.scim_single needs wrk: apt-get install -y wrk")
     tmp = Path(tempfile.mkdtemp(prefix="tlog-bench-scim1-"))
-    with log_and_hello(tmp) as (turl, hurl):
+    pids: list[int] = []
+    with log_and_hello(tmp, pids) as (turl, hurl):
         token = tlog_token(tmp / "data", TENANT)
         body = template()
         d, cn = args.duration, args.connections
+        c0 = cpu_seconds(pids[1])
         hello = wrk(hurl + "/", HELLO_LUA.replace("%BODY%", body), d, cn)
+        hello["cpu_us"] = 1e6 * (cpu_seconds(pids[1]) - c0) / max(hello["rps"] * d, 1)
+        c0 = cpu_seconds(pids[0])
         scim = wrk(turl, SCIM_LUA.replace("%BODY%", body).replace("%TOKEN%", token), d, cn)
+        scim["cpu_us"] = 1e6 * (cpu_seconds(pids[0]) - c0) / max(scim["rps"] * d, 1)
     print(
         f"machine: {os.cpu_count()} cores ({cpu_model()}), Python "
         f"{platform.python_version()}; wrk -t2 -c{args.connections} -d{args.duration}s"
@@ -89,8 +102,10 @@ def main() -> None:
     for name, r in (("hello POST / (reference)", hello), ("POST /v1/scim/events", scim)):
         print(
             f"{name:26} {r['rps']:9,.0f} req/s  p50 {r.get('p50_ms', 0):7.2f} ms  "
-            f"p99 {r.get('p99_ms', 0):7.2f} ms  non-2xx {r['non2xx']:.0f}"
+            f"p99 {r.get('p99_ms', 0):7.2f} ms  non-2xx {r['non2xx']:.0f}  "
+            f"server CPU {r['cpu_us']:6.0f} µs/request"
         )
+    print(f"load average {os.getloadavg()[0]:.1f}")
     print(f"single SCIM events / hello: {scim['rps'] / hello['rps']:.2f}x (target >= 0.25x)")
 
 

@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import msgspec
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -66,6 +67,7 @@ JSON = "application/json"
 CBOR = "application/cbor"
 MAX_FILTER_BYTES = 1024
 MAX_SMALL_BODY = 64 * 1024  # erasure requests
+_json_encode = msgspec.json.Encoder().encode
 MAX_PSEUDONYM_BODY = 2 << 20  # one request's member references (max_refs of them) in one call
 
 T = TypeVar("T")
@@ -196,7 +198,8 @@ class ScimRoutes:
             raise BadRequest("empty body")
         ev, data = await off_loop(len(body), lambda: self._parse_event(body, ctype))
         done, pub = await self.service.submit(tenant, [ev], encoded=[data])
-        return JSONResponse(await self._submitted(done[0], pub))
+        # msgspec writes what JSONResponse would (compact, UTF-8), a fraction of the CPU.
+        return Response(_json_encode(await self._submitted(done[0], pub)), media_type=JSON)
 
     @staticmethod
     def _parse_event(body: bytes, ctype: str) -> tuple[Event, bytes]:

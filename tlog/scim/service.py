@@ -96,6 +96,7 @@ __all__ = ["ScimLimits", "ScimService", "Submitted", "subject_of"]
 T = TypeVar("T")
 
 SYSTEM_PREFIX = "tlog."
+GROUP_LINGER = 0.05  # seconds an idle group writer waits for work before its thread ends
 _INDEX_MEMO = 1 << 14  # index conditions remembered per staging (bounded memory)
 
 
@@ -301,7 +302,7 @@ class ScimService:
         # Group commit of submissions (_write_grouped): queued jobs, and whether the writer
         # thread is draining them.
         self._group: list[_Job] = []
-        self._group_lock = threading.Lock()
+        self._group_lock = threading.Condition()
         self._group_running = False
         # On a store that commits records with a batch (LMDB), a group's records go to the
         # sequencer with its leaves: one durable transaction for both (module docstring).
@@ -384,6 +385,7 @@ class ScimService:
             self._group.append(_Job(fn, loop, fut, sequenced))
             start = not self._group_running
             self._group_running = True
+            self._group_lock.notify()
         if start:
             threading.Thread(target=self._group_loop, name="tlog-scim-writer", daemon=True).start()
         if self._coalesce:
@@ -393,6 +395,10 @@ class ScimService:
     def _group_loop(self) -> None:
         while True:
             with self._group_lock:
+                if not self._group:
+                    # Linger a moment before the thread ends: under steady load the next
+                    # submission comes within it (no thread start per group).
+                    self._group_lock.wait(GROUP_LINGER)
                 jobs, self._group = self._group, []
                 if not jobs:
                     self._group_running = False
