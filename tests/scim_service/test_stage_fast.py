@@ -574,7 +574,12 @@ def _batch() -> list[Any]:
         ),
     ]
     evs.insert(3, evs[0])  # the same eid twice in one batch
-    evs += [_create(f"u-b{i}", f"rb{i}", _user_mods(f"b{i}@example.org")) for i in range(20)]
+    evs += [  # the same shape again and again, half of them with an externalId
+        _create(
+            f"u-b{i}", f"rb{i}", _user_mods(f"b{i}@example.org"), xid=f"x{i}" if i % 2 else None
+        )
+        for i in range(20)
+    ]
     return evs
 
 

@@ -87,7 +87,7 @@ from tlog.scim.keys import (
     seal_envelope,
     seal_state,
 )
-from tlog.scim.search import Searcher, effect_index_values, index_values
+from tlog.scim.search import FILTERS, Searcher, effect_index_values, index_values
 from tlog.scim.store import Overlay
 from tlog.sequencer import Sequencer, SequencerStopped
 
@@ -97,7 +97,11 @@ T = TypeVar("T")
 
 SYSTEM_PREFIX = "tlog."
 GROUP_LINGER = 0.05  # seconds an idle group writer waits for work before its thread ends
+_FIELD = dict(FILTERS)
 _INDEX_MEMO = 1 << 14  # index conditions remembered per staging (bounded memory)
+# index fields whose values differ from event to event (search.FILTERS)
+_RID, _XID, _REQ = _FIELD["rid"], _FIELD["xid"], _FIELD["req"]
+_UNIQUE_FIELDS = frozenset((_RID, _XID, _REQ))
 
 
 def _encode_validated(ev: Event) -> bytes:
@@ -186,7 +190,8 @@ class _Pipeline:
         self.tenant_prefix = store.tenant_events_prefix(tk.tn)
         self.index_prefix = store.index_prefix(tk.tn, b"")
         self.envelope_prefix = store.envelope_key(b"")
-        self.effect_values: dict[bytes, list[tuple[bytes, bytes]]] = {}
+        # index conditions by event shape, rid/xid/req left to fill in (_new_conds)
+        self.templates: dict[tuple[Any, ...], list[bytes]] = {}
         # the records staged, in order, not yet in the overlay (Overlay.put_many)
         self.keys: list[bytes] = []
         self.values: list[bytes] = []
@@ -782,11 +787,7 @@ class ScimService:
         )
         lh = leaf_hash(leaf)
         iv, ct = seal_envelope(aead, lh, envelope_plaintext(nonce, encoded, encoded_effect), rand)
-        values = index_values(ev)
-        eff_values = pipe.effect_values.get(encoded_effect)
-        if eff_values is None:
-            eff_values = pipe.effect_values[encoded_effect] = effect_index_values(effect)
-        conds = self._conds(tk, list(dict.fromkeys(values + eff_values)), batch)
+        conds = self._new_conds(tk, ev, effect, encoded_effect, batch, pipe)
         tail = pipe.ts + lh
         x = pipe.index_prefix
         pipe.keys += (
@@ -808,6 +809,44 @@ class ScimService:
         acc = Accepted(eid, leaf, lh, pipe.now, False)
         batch.seen[eid] = (acc, encoded)
         return acc
+
+    def _new_conds(
+        self,
+        tk: TenantKeys,
+        ev: Event,
+        effect: dict[str, Any],
+        encoded_effect: bytes,
+        batch: _Batch,
+        pipe: _Pipeline,
+    ) -> list[bytes]:
+        """``_conds`` of the event's and the effect's index values for an event of the
+        pipeline (no ``refs``): everything but its rid, xid and request id is the same for
+        events of the same actor, actions, outcome and effect, so their conditions are
+        worked out once per staging (a template with those three to fill in)."""
+        actor = ev["actor"].get("id")
+        shape = (
+            "xid" in ev,
+            actor,
+            tuple([a["a"] for a in ev.get("acts", ())]),
+            ev["outcome"],
+            encoded_effect,
+        )
+        template = pipe.templates.get(shape)
+        if template is None:
+            values = list(dict.fromkeys(index_values(ev) + effect_index_values(effect)))
+            conds = self._conds(tk, values, batch)
+            template = pipe.templates[shape] = [
+                f if f in _UNIQUE_FIELDS else c for (f, _), c in zip(values, conds, strict=True)
+            ]
+            return conds
+        ih = tk.index_hash
+        filled = {
+            _RID: _RID + ih(_RID, ev["rid"].encode()),
+            _REQ: _REQ + ih(_REQ, ev["corr"]["req"].encode()),
+        }
+        if "xid" in ev:
+            filled[_XID] = _XID + ih(_XID, ev["xid"].encode())
+        return [filled.get(t, t) for t in template]
 
     @staticmethod
     def _conds(tk: TenantKeys, values: list[tuple[bytes, bytes]], batch: _Batch) -> list[bytes]:
@@ -856,11 +895,14 @@ class ScimService:
     def _flush_states(self, tx: Overlay, batch: _Batch) -> None:
         """Stage the last state of each subject this staging changed (see :class:`_Batch`)."""
         rand = batch.rand
+        prefix = store.state_key(b"")
+        keys: list[bytes] = []
+        values: list[bytes] = []
         for kid, cur in batch.states.items():
             if not cur.dirty:
                 continue
             if cur.state is None:
-                tx.delete(store.state_key(kid))
+                tx.delete(prefix + kid)
                 continue
             encoded = None
             if cur.ordered:
@@ -870,7 +912,10 @@ class ScimService:
                     pass
             if encoded is None:
                 encoded = encode_state(cur.state)
-            tx.put(store.state_key(kid), seal_state(cur.aead, kid, cur.epoch, encoded, rand))
+            keys.append(prefix + kid)
+            values.append(seal_state(cur.aead, kid, cur.epoch, encoded, rand))
+        if keys:
+            tx.put_many(keys, values)  # one subject's state once each: distinct keys
 
     def _check_same(self, tx: Overlay, tk: TenantKeys, leaf: bytes, ev: Event) -> None:
         """A retried eid must carry the same event (when the original is still readable)."""
