@@ -23,6 +23,7 @@ with no duplicates, so the same change always yields the same ``acts``.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import re
@@ -177,6 +178,7 @@ def _strip_core_urn(path: str) -> str:
     return path
 
 
+@functools.lru_cache(maxsize=4096)
 def _attr_key(path: str) -> str:
     """The lower-cased top-level attribute a path targets (SCIM names are case-insensitive).
 
@@ -245,8 +247,24 @@ def _filter_value(path: str) -> str | None:
 # --- values ---------------------------------------------------------------------------------
 
 
+# Printable ASCII but the quote and the backslash: a string of these is its own JCS text,
+# quoted (RFC 8785 §3.2.2.2 escapes only the quote, the backslash and controls).
+_JCS_PLAIN = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]*")
+_JCS_CONSTANTS = {True: "true", False: "false"}
+
+
 def jcs(value: object) -> str:
-    """RFC 8785 JSON Canonicalization Scheme text of a JSON value (SCIM.md §3.5)."""
+    """RFC 8785 JSON Canonicalization Scheme text of a JSON value (SCIM.md §3.5).
+
+    The commonest values (a plain ASCII string, a boolean, null) are written directly, as
+    RFC 8785 writes them (``tests/scim/test_actions_jcs.py`` holds them equal); everything
+    else goes through ``rfc8785``."""
+    if type(value) is str and _JCS_PLAIN.fullmatch(value):
+        return '"' + value + '"'
+    if value is None:
+        return "null"
+    if type(value) is bool:
+        return _JCS_CONSTANTS[value]
     try:
         return rfc8785.dumps(value).decode("utf-8")  # type: ignore[arg-type]
     except (rfc8785.CanonicalizationError, TypeError, ValueError) as exc:
