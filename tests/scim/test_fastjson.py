@@ -18,6 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from client.formats.note import FormatError, b64decode_strict
 from client.scim import fastjson
 from client.scim.cbor import EventFormatError
 from client.scim.event import adopt_json_text, check_rules, event_to_json
@@ -306,3 +307,35 @@ def test_json_text_shortcut_still_refuses_repeated_keys() -> None:
             fastjson._json_text(bad)
     for good in ('"a:b"', "[1,2]", '["x:y",true]', '{"a":"b:c"}', "null"):
         fastjson._json_text(good)
+
+
+_B64_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+
+
+@st.composite
+def _base64ish(draw: st.DrawFn) -> tuple[str, int]:
+    size = draw(st.sampled_from([16, 32]))
+    text = base64.b64encode(draw(st.binary(min_size=size - 1, max_size=size + 1))).decode()
+    for _ in range(draw(st.integers(0, 2))):  # damage it: a character replaced or dropped
+        i = draw(st.integers(0, len(text) - 1))
+        c = draw(st.sampled_from([*_B64_ALPHABET[::7], "=", "-", "_", " ", "\n", "é", ""]))
+        text = text[:i] + c + text[i + 1 :]
+    if draw(st.booleans()):
+        text = text.rstrip("=")
+    return text, size
+
+
+@given(_base64ish())
+@settings(max_examples=600, deadline=None)
+def test_unb64_equals_b64decode_strict(case: tuple[str, int]) -> None:
+    """The fast path's base64 check accepts exactly what the reference's does, same bytes."""
+    text, size = case
+    try:
+        want: bytes | None = b64decode_strict(text, size=size)
+    except FormatError:
+        want = None
+    try:
+        got: bytes | None = fastjson._unb64(text, size)
+    except ValueError:
+        got = None
+    assert got == want, text
