@@ -312,6 +312,14 @@ def test_batch_json_and_cbor(harness: Harness) -> None:
     assert [x["index"] for x in res] == [0, 5, 5]
     assert [x["duplicate"] for x in res] == [True, False, True]
     assert harness.log.latest.size == 6
+    # The answer (encoded by msgspec) is byte for byte what the json module wrote before
+    # (Starlette's JSONResponse: compact, UTF-8, keys in this order).
+    assert list(r.json()) == ["tree_size", "checkpoint", "results"]
+    assert [list(x) for x in res] == [["eid", "index", "leaf_hash", "duplicate"]] * 3
+    assert r.content == json.dumps(
+        r.json(), ensure_ascii=False, allow_nan=False, separators=(",", ":")
+    ).encode("utf-8")
+    assert r.headers["content-type"] == "application/json"
     lh = base64.b64decode(res[1]["leaf_hash"])
     cp, _ = open_checkpoint(r.json()["checkpoint"], [harness.signer.verifier])
     proof = harness.client.get(f"/v1/proof/inclusion?index=5&tree_size={cp.size}").json()
