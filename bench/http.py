@@ -32,7 +32,7 @@ from pathlib import Path
 
 import httpx
 
-from harness.net import free_port, wait_http
+from harness.net import free_port, stop_processes, wait_http
 from harness.tlog import ROOT, tlog_argv, tlog_env
 
 POST_LUA = """
@@ -172,13 +172,7 @@ def log_and_hello(tmp: Path, pids: list[int] | None = None) -> Iterator[tuple[st
         wait_http(hurl + "/", hello_p)
         yield turl, hurl
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_processes(procs)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -30,7 +30,7 @@ import uuid
 from pathlib import Path
 
 from bench.scim_proxy import tlog_token, wrk
-from harness.net import free_port, wait_http
+from harness.net import free_port, stop_processes, wait_http
 from harness.tlog import ROOT, tlog_argv, tlog_env
 
 USER = "urn:ietf:params:scim:schemas:core:2.0:User"
@@ -194,13 +194,7 @@ def main() -> None:
         res = wrk(base, ids, args.duration, args.connections)
         after = thread_cpu(proxy_p.pid)
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_processes(procs, 15)
         shutil.rmtree(tmp, ignore_errors=True)
     n = max(res["requests"], 1.0)
 

@@ -41,7 +41,7 @@ import httpx
 from client.adapters.middleware import event_json
 from client.scim.actions import parse_request
 from client.scim.event import new_event
-from harness.net import free_port, wait_http
+from harness.net import free_port, stop_processes, wait_http
 from harness.tlog import ROOT, tlog_argv, tlog_cli, tlog_env
 
 SCIM_TOKEN = "bench-scim-token"
@@ -432,13 +432,7 @@ def main() -> None:
         batch_eps, batch_n = batch_load(log_url, batch_token, d)
         raw_eps, raw_n = raw_batch_load(log_url, batch_token, d)
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_processes(procs, 15)
         shutil.rmtree(tmp, ignore_errors=True)
 
     print(

@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import shutil
-import signal
 import sqlite3
 import subprocess
 import tempfile
@@ -27,7 +26,7 @@ from client.formats.cosignature import (
 from client.formats.merkle import EMPTY_ROOT
 from harness import Unavailable
 from harness.gobin import go_binary
-from harness.net import free_port, wait_for, wait_http
+from harness.net import free_port, stop_processes, wait_for, wait_http
 
 
 class Proc:
@@ -42,13 +41,7 @@ class Proc:
         return self.log.read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_processes([self.proc])
         self._out.close()
 
 

@@ -1,4 +1,5 @@
-"""Loopback ports, and waiting for a condition or a server (bounded, never forever)."""
+"""Loopback ports, waiting for a condition or a server, and stopping processes (bounded,
+never forever)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from collections.abc import Callable
 
 import httpx
 
-__all__ = ["STARTUP_TIMEOUT", "free_port", "wait_for", "wait_http"]
+__all__ = ["STARTUP_TIMEOUT", "free_port", "stop_processes", "wait_for", "wait_http"]
 
 # How long a test waits for a process to come up or a condition to hold before it fails.
 # Generous on purpose: success returns at once, and a loaded 2-core CI machine can take
@@ -65,3 +66,17 @@ def wait_http(
         proc.kill()
         proc.wait(10)
     raise RuntimeError(f"{url} did not come up within {timeout} s: {output()}")
+
+
+def stop_processes(procs: list[subprocess.Popen[bytes]], timeout: float = 10.0) -> None:
+    """SIGTERM every process still running (all at once, so they stop in parallel), then
+    wait up to ``timeout`` seconds for each and SIGKILL (and reap) one that does not end."""
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()

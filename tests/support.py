@@ -20,7 +20,7 @@ from client.formats.checkpoint import Checkpoint, open_checkpoint
 from client.formats.merkle import CompactRange, fold_perfect, leaf_hash
 from client.formats.note import Verifier
 from client.formats.tiles import TILE_WIDTH, Tile
-from harness.net import STARTUP_TIMEOUT, free_port, wait_for, wait_http
+from harness.net import STARTUP_TIMEOUT, free_port, stop_processes, wait_for, wait_http
 from harness.tlog import tlog_argv, tlog_cli
 from tlog.config import ServeConfig
 
@@ -222,13 +222,7 @@ class ServerProcess:
     port: int
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_processes([self.proc])
 
 
 def dies_with_us(argv: list[str]) -> list[str]:
