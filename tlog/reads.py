@@ -30,12 +30,12 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from tlog.backend import StorageError
 
-__all__ = ["ReadPool", "StorageStalled"]
+__all__ = ["ReadPool", "StorageStalled", "settle_on_loops"]
 
 log = logging.getLogger("tlog.reads")
 
@@ -66,14 +66,32 @@ class _Job:
         self.future = future
 
 
-def _settle(items: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
-    for fut, ok, value in items:
+Outcome = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", BaseException | None, Any]
+
+
+def _settle(items: list[tuple[asyncio.Future[Any], BaseException | None, Any]]) -> None:
+    for fut, err, value in items:
         if fut.done():
             continue  # timed out (or the caller went away) meanwhile
-        if ok:
-            fut.set_result(value)
+        if err is not None:
+            fut.set_exception(err)
         else:
-            fut.set_exception(value)
+            fut.set_result(value)
+
+
+def settle_on_loops(outcomes: Iterable[Outcome]) -> None:
+    """Settle futures from a worker thread: each ``(loop, future, error, result)`` gets
+    ``error`` raised or ``result`` returned, with one wake-up of each event loop for all of
+    its futures. A future already done (timed out, cancelled) is left alone; a closed loop
+    means its callers are gone."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any, Any]]] = {}
+    for loop, fut, err, value in outcomes:
+        by_loop.setdefault(loop, []).append((fut, err, value))
+    for loop, items in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_settle, items)
+        except RuntimeError:  # loop closed: the callers are gone
+            pass
 
 
 def _expire(fut: asyncio.Future[Any], what: str, seconds: float) -> None:
@@ -148,20 +166,14 @@ class ReadPool:
                 n = min(len(self._queue), _BATCH)
                 jobs = [self._queue.popleft() for _ in range(n)]
                 self.busy += 1
-            done: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]]
-            done = {}
+            done: list[Outcome] = []
             for job in jobs:
                 if job.future.done():
                     continue  # its caller already got 503: do not run it late
                 try:
-                    item = (job.future, True, job.fn())
+                    done.append((job.loop, job.future, None, job.fn()))
                 except BaseException as exc:  # handed to the caller, who maps it to a status
-                    item = (job.future, False, exc)
-                done.setdefault(job.loop, []).append(item)
+                    done.append((job.loop, job.future, exc, None))
             with self._cond:
                 self.busy -= 1
-            for loop, items in done.items():
-                try:
-                    loop.call_soon_threadsafe(_settle, items)
-                except RuntimeError:  # loop closed: the callers are gone
-                    pass
+            settle_on_loops(done)

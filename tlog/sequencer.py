@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from tlog.backend import CommitConflict
 from tlog.log import BatchResult, Log, LogHalted
-from tlog.reads import bound
+from tlog.reads import Outcome, bound, settle_on_loops
 
 __all__ = ["Overloaded", "Sequencer", "SequencerStopped"]
 
@@ -59,16 +59,6 @@ class _Pending:
     done: Done | None = None
     check: Callable[[], None] | None = None
     failed: Callable[[], None] | None = None
-
-
-def _resolve(items: list[tuple[asyncio.Future[BatchResult], BatchResult | BaseException]]) -> None:
-    for fut, res in items:
-        if fut.done():
-            continue
-        if isinstance(res, BaseException):
-            fut.set_exception(res)
-        else:
-            fut.set_result(res)
 
 
 class Sequencer:
@@ -377,11 +367,7 @@ class Sequencer:
 
     @staticmethod
     def _answer(batch: list[_Pending], result: BatchResult | BaseException) -> None:
-        by_loop: dict[
-            asyncio.AbstractEventLoop,
-            list[tuple[asyncio.Future[BatchResult], BatchResult | BaseException]],
-        ]
-        by_loop = {}
+        answers: list[Outcome] = []
         pos = 0
         for p in batch:
             n = len(p.entries)
@@ -403,9 +389,6 @@ class Sequencer:
                 except Exception:  # pragma: no cover - a callback must not stop the publisher
                     log.exception("done callback failed")
             elif p.loop is not None and p.future is not None:
-                by_loop.setdefault(p.loop, []).append((p.future, r))
-        for loop, items in by_loop.items():
-            try:
-                loop.call_soon_threadsafe(_resolve, items)
-            except RuntimeError:  # loop closed: the callers are gone
-                pass
+                err = r if isinstance(r, BaseException) else None
+                answers.append((p.loop, p.future, err, r))
+        settle_on_loops(answers)

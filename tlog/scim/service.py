@@ -70,7 +70,7 @@ from tlog.auth import Forbidden
 from tlog.backend import Backend, StorageError
 from tlog.errors import Conflict
 from tlog.log import BatchResult, Log, Published
-from tlog.reads import ReadPool, bound
+from tlog.reads import ReadPool, bound, settle_on_loops
 from tlog.scim import store
 from tlog.scim.access import AccessLog
 from tlog.scim.effects import classify, classify_create, encode_effect, encode_state
@@ -119,26 +119,9 @@ class _Job:
     sequenced: bool
 
 
-def _settle(items: list[tuple[asyncio.Future[Any], BaseException | None, Any]]) -> None:
-    for fut, err, res in items:
-        if fut.done():  # cancelled, or timed out (tlog.reads.bound)
-            continue
-        if err is not None:
-            fut.set_exception(err)
-        else:
-            fut.set_result(res)
-
-
 def _answer(answers: list[tuple[_Job, BaseException | None, Any]]) -> None:
     """Resolve the jobs' futures: one wake-up of each event loop for all of them."""
-    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any, Any]]] = {}
-    for job, err, res in answers:
-        by_loop.setdefault(job.loop, []).append((job.future, err, res))
-    for loop, items in by_loop.items():
-        try:
-            loop.call_soon_threadsafe(_settle, items)
-        except RuntimeError:  # loop closed: the callers are gone
-            pass
+    settle_on_loops((job.loop, job.future, err, res) for job, err, res in answers)
 
 
 @dataclass(slots=True)
