@@ -453,7 +453,7 @@ class PgStorage:
     kind = "postgresql"
     shared = True
     dedup_on_commit = True  # the batch's INSERT into tlog_dedup is the lookup
-    aux_in_batch = False  # a batch's SCIM records are committed by put_aux first
+    aux_in_batch = True  # commit_batch writes the batch's SCIM records in its transaction
 
     def __init__(
         self,
@@ -475,6 +475,11 @@ class PgStorage:
         self._sync_wait_cancelled = False
         self.settle_timeout = SETTLE_TIMEOUT
         self.on_close: list[Callable[[], object]] = []
+        # Tests only: called on the writer thread, inside a batch's transaction, once the
+        # state row is locked and the batch's SCIM records are written, before its leaves
+        # (then the statements before it take a round trip of their own). A hook that
+        # raises or breaks the connection aborts the whole transaction.
+        self.before_leaves: Callable[[psycopg.Connection[Any]], None] | None = None
         self._wlock = threading.Lock()
         self._writer: psycopg.Connection[Any] | None = None
         self._closed = False
@@ -741,19 +746,31 @@ class PgStorage:
         levels = [lv for lv, _, _ in batch.blobs]
         tiles = [ti for _, ti, _ in batch.blobs]
         blobs = ByteaArray(b for _, _, b in batch.blobs)
+        deletes, upserts, values = _aux_arrays(batch.aux)
+        hook = self.before_leaves
 
         def run(conn: psycopg.Connection[Any]) -> None:
             # One round trip for the whole transaction (pipeline mode), then COMMIT.
             # The compare-and-swap is the UPDATE's WHERE: it takes the state row's lock
             # first (a concurrent batch waits for it, then finds the row moved), and
-            # matches no row unless the store is still what the batch was built on.
+            # matches no row unless the store is still what the batch was built on. The
+            # batch's SCIM records (a group of single events) come right after it, in the
+            # same transaction: records and leaves are committed together or not at all,
+            # behind the same compare-and-swap and replication check.
             try:
-                with conn.pipeline():
+                with conn.pipeline() as pipe:
                     state = conn.execute(
                         _CAS,
                         (batch.tree_size, batch.checkpoint, first, batch.base_checkpoint),
                         prepare=True,
                     )
+                    if deletes:
+                        conn.execute(_DELETE_AUX, (deletes,), prepare=True)
+                    if upserts:
+                        conn.execute(_UPSERT_AUX, (upserts, values), prepare=True)
+                    if hook is not None:
+                        pipe.sync()
+                        hook(conn)
                     conn.execute(_INSERT_ENTRIES, (first, entries), prepare=True)
                     conn.execute(_INSERT_DEDUP, (first, hashes), prepare=True)
                     if blobs:
@@ -854,22 +871,14 @@ class PgStorage:
         self._write(run, "a token")
 
     def put_aux(self, items: Sequence[tuple[bytes, bytes | None]]) -> None:
-        # A later write of the same key wins, as in one LMDB transaction; then the keys
-        # are distinct and the deletes and upserts go in two pipelined statements.
-        last = dict(items)
-        deletes = [(k,) for k, v in last.items() if v is None]
-        upserts = [(k, v) for k, v in last.items() if v is not None]
+        deletes, upserts, values = _aux_arrays(items)
 
         def run(conn: psycopg.Connection[Any]) -> None:
-            cur = conn.cursor()
-            if deletes:
-                cur.executemany("DELETE FROM tlog_aux WHERE key = %s", deletes)
-            if upserts:
-                cur.executemany(
-                    "INSERT INTO tlog_aux (key, value) VALUES (%s, %s) "
-                    "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
-                    upserts,
-                )
+            with conn.pipeline():
+                if deletes:
+                    conn.execute(_DELETE_AUX, (deletes,), prepare=True)
+                if upserts:
+                    conn.execute(_UPSERT_AUX, (upserts, values), prepare=True)
 
         if items:
             self._write(run, "SCIM records")
@@ -939,6 +948,25 @@ _UPSERT_TILES = (
     "ON CONFLICT (level, idx) DO UPDATE SET blob = EXCLUDED.blob"
 )
 _INSERT_CHECKPOINT = "INSERT INTO tlog_checkpoints (size, note) VALUES (%b, %b)"
+# Auxiliary records (SCIM): the deleted keys, then the written (key, value) pairs; the keys
+# of one statement are distinct (_aux_arrays), as ON CONFLICT DO UPDATE requires.
+_DELETE_AUX = "DELETE FROM tlog_aux WHERE key = ANY(%b::bytea[])"
+_UPSERT_AUX = (
+    "INSERT INTO tlog_aux (key, value) SELECT * FROM unnest(%b::bytea[], %b::bytea[]) "
+    "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value"
+)
+
+
+def _aux_arrays(
+    items: Sequence[tuple[bytes, bytes | None]],
+) -> tuple[ByteaArray, ByteaArray, ByteaArray]:
+    """``put_aux``'s items as (deleted keys, written keys, their values): a later write of
+    the same key wins, as in one LMDB transaction, so every key appears once."""
+    last = dict(items)
+    deletes = ByteaArray(k for k, v in last.items() if v is None)
+    upserts = ByteaArray(k for k, v in last.items() if v is not None)
+    values = ByteaArray(v for v in last.values() if v is not None)
+    return deletes, upserts, values
 
 
 def _key_u64(k: bytes) -> int:

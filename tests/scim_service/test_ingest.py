@@ -164,8 +164,10 @@ def test_crash_between_aux_write_and_sequencing_never_makes_two_leaves(
         raise SequencerStopped("simulated crash after the aux commit")
 
     with client:
-        # The path of a store that commits the records before the leaves (PostgreSQL); on
-        # LMDB both are one transaction (test_records_and_leaf_commit_together_or_not_at_all).
+        # The path of a store that would commit the records before the leaves (a crash
+        # between the two commits); LMDB and PostgreSQL make both one transaction
+        # (test_records_and_leaf_commit_together_or_not_at_all), but the dedup by leaf
+        # hash that makes such a retry safe must hold whatever the write path.
         service._coalesce = False
         service.seq.submit = crash  # type: ignore[method-assign]
         r = client.post("/v1/scim/events", content=body, headers=hdr)
@@ -195,11 +197,11 @@ def test_crash_between_aux_write_and_sequencing_never_makes_two_leaves(
 
 
 def test_records_and_leaf_commit_together_or_not_at_all(harness: Harness) -> None:
-    """On LMDB an event's records and its leaf are one transaction: a commit that fails
-    leaves neither (no pending eid record), and the retry is a new event, not a duplicate."""
+    """An event's records and its leaf are one transaction (LMDB and PostgreSQL): a commit
+    that fails leaves neither (no pending eid record), and the retry is a new event, not a
+    duplicate."""
     h = harness
-    if not h.log.storage.aux_in_batch:
-        pytest.skip("this store commits the records before the leaves (test above)")
+    assert h.log.storage.aux_in_batch
     ev = user_event()
     storage = h.log.storage
     real = storage.commit_batch
@@ -238,8 +240,7 @@ def test_a_group_staged_on_a_failed_commit_is_refused(harness: Harness) -> None:
 
     h = harness
     svc = h.service
-    if not h.log.storage.aux_in_batch:
-        pytest.skip("groups are committed one by one, before their leaves")
+    assert h.log.storage.aux_in_batch and svc._coalesce
     storage = h.log.storage
     real = storage.commit_batch
     first = threading.Event()
