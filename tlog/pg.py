@@ -785,16 +785,21 @@ class PgStorage:
             if row is None:
                 conn.rollback()
                 self._refused(conn, batch, None)
-            if self.replication == "sync" and not str(row[0]).strip():
-                # Switched off while running (e.g. Patroni without synchronous_mode_strict
-                # after losing the standby): this commit would not wait for a standby.
-                raise StorageError(
-                    f"--replication sync: the database {self.location} stopped replicating "
-                    "synchronously (synchronous_standby_names is empty): nothing is committed "
-                    "until it does again. " + _HA_HINT
-                )
+            self._still_synchronous(str(row[0]))
 
         self._write(run, f"the batch {first}..{first + n - 1}")
+
+    def _still_synchronous(self, standby_names: str) -> None:
+        """``--replication sync``: refuse (before COMMIT: the transaction is rolled back)
+        when the server stopped replicating synchronously while running (e.g. Patroni
+        without synchronous_mode_strict after losing the standby): this commit would not
+        wait for a standby."""
+        if self.replication == "sync" and not standby_names.strip():
+            raise StorageError(
+                f"--replication sync: the database {self.location} stopped replicating "
+                "synchronously (synchronous_standby_names is empty): nothing is committed "
+                "until it does again. " + _HA_HINT
+            )
 
     def _refused(
         self, conn: psycopg.Connection[Any], batch: BatchWrite, table: str | None
@@ -874,11 +879,19 @@ class PgStorage:
         deletes, upserts, values = _aux_arrays(items)
 
         def run(conn: psycopg.Connection[Any]) -> None:
+            # Records written alone (erasure, expiry, keys, a group whose leaves are all
+            # in the log already) get the batch's replication check too.
             with conn.pipeline():
+                names = None
+                if self.replication == "sync":
+                    names = conn.execute(_STANDBY_NAMES, prepare=True)
                 if deletes:
                     conn.execute(_DELETE_AUX, (deletes,), prepare=True)
                 if upserts:
                     conn.execute(_UPSERT_AUX, (upserts, values), prepare=True)
+            if names is not None:
+                row = names.fetchone()
+                self._still_synchronous("" if row is None else str(row[0]))
 
         if items:
             self._write(run, "SCIM records")
@@ -950,6 +963,7 @@ _UPSERT_TILES = (
 _INSERT_CHECKPOINT = "INSERT INTO tlog_checkpoints (size, note) VALUES (%b, %b)"
 # Auxiliary records (SCIM): the deleted keys, then the written (key, value) pairs; the keys
 # of one statement are distinct (_aux_arrays), as ON CONFLICT DO UPDATE requires.
+_STANDBY_NAMES = "SELECT current_setting('synchronous_standby_names')"
 _DELETE_AUX = "DELETE FROM tlog_aux WHERE key = ANY(%b::bytea[])"
 _UPSERT_AUX = (
     "INSERT INTO tlog_aux (key, value) SELECT * FROM unnest(%b::bytea[], %b::bytea[]) "

@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from client.formats.checkpoint import open_checkpoint
-from tlog.backend import CommitConflict
+from tlog.backend import CommitConflict, StorageError
 from tlog.log import Log
 from tlog.pg import PgStorage
 from tlog.scim import store
@@ -228,3 +228,26 @@ def test_a_group_losing_the_compare_and_swap_writes_no_records(
     check_receipt(h, d, index=1)
     (found,) = h.auditor().search(rid=ev["rid"]).results
     assert found.event is not None and found.event["eid"] == ev["eid"]
+
+
+def test_replication_check_covers_the_records(pg_harness: Harness) -> None:
+    """``--replication sync`` re-checks ``synchronous_standby_names`` inside every commit: a
+    server that stopped replicating synchronously gets neither the group's records nor its
+    leaf (they are one transaction), nor records written alone (``put_aux``). The test
+    server has no standby, so switching the running backend to ``sync`` is that case."""
+    h = pg_harness
+    st = storage_of(h)
+    h.post_event(user_event(rid="u-first", req="req-first"))  # the writer session is open
+    ev = user_event()
+    before = snapshot(st)
+    st.replication = "sync"
+    try:
+        r = h.post_event(ev)
+        assert r.status_code == 503, r.text
+        assert "stopped replicating synchronously" in r.text
+        with pytest.raises(StorageError, match="stopped replicating synchronously"):
+            st.put_aux([(b"test/alone", b"v")])
+    finally:
+        st.replication = "none"
+    assert_nothing_of(h, ev, before)
+    committed_whole(h, ev, before[0])
