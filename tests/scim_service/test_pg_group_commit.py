@@ -7,21 +7,27 @@ receipt only for what is committed whole."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as hs
 
 from client.formats.checkpoint import open_checkpoint
 from tlog.backend import CommitConflict, StorageError
 from tlog.log import Log
 from tlog.pg import PgStorage
 from tlog.scim import store
+from tlog.storage import Storage
 
 from .conftest import T1, Harness, make_signer, open_harness, user_event
 from .test_ingest import check_receipt
+
+_examples = itertools.count()
 
 
 @pytest.fixture
@@ -251,3 +257,41 @@ def test_replication_check_covers_the_records(pg_harness: Harness) -> None:
         st.replication = "none"
     assert_nothing_of(h, ev, before)
     committed_whole(h, ev, before[0])
+
+
+_records = hs.lists(
+    hs.tuples(
+        hs.sampled_from([b"a", b"b", b"c", b"d\xff", b""]),
+        hs.none() | hs.binary(min_size=0, max_size=40),
+    ),
+    max_size=12,
+)
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(writes=hs.lists(hs.tuples(hs.booleans(), _records), min_size=1, max_size=4))
+def test_records_land_as_on_lmdb(tmp_path: Path, pg_url: str, writes: Any) -> None:
+    """The records a batch carries (commit_batch's array statements) and those written
+    alone (put_aux) end as LMDB's do for the same writes: a later write of a key in one
+    transaction wins, None deletes (a missing key too), empty values stay."""
+    n = next(_examples)
+    prefix = b"hyp/%d/" % n
+    lmdb = Log(Storage(tmp_path / f"lmdb{n}"), make_signer())
+    pgl = Log(PgStorage(pg_url), make_signer())
+    try:
+        for i, (batch, items) in enumerate(writes):
+            items = [(prefix + k, v) for k, v in items]
+            for lg in (lmdb, pgl):
+                if batch:
+                    lg.integrate([b"hyp-%d-%d" % (n, i)], aux=items)
+                elif items:
+                    lg.storage.put_aux(items)
+        with lmdb.storage.read() as a, pgl.storage.read() as b:
+            assert list(b.aux_range(prefix)) == list(a.aux_range(prefix))
+    finally:
+        lmdb.storage.close()
+        pgl.storage.close()
