@@ -25,6 +25,11 @@ The write contract of :mod:`tlog.backend`, here:
   duplicate key aborts the whole transaction), upserts the tiles, inserts the checkpoint
   and moves the state row (``epoch`` + 1). Any number of processes may do this at once: the
   row lock serialises them, and a loser gets :class:`CommitConflict` with nothing written;
+* a batch's auxiliary records (``BatchWrite.aux``: the SCIM records of a group of single
+  events) are written in that same transaction, right after the state row is locked
+  (``aux_in_batch``): the group's records and leaves are committed together, behind the
+  same compare-and-swap and replication check, or not at all. Records written alone
+  (``put_aux``) get the replication check too;
 * nothing is acknowledged unless COMMIT returned. If the connection is lost while
   committing, the outcome is unknown: :class:`CommitUnknown`, and :class:`tlog.log.Log`
   hands the signature out only if it finds that exact checkpoint after reloading;

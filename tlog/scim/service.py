@@ -7,21 +7,21 @@ No HTTP here (see :mod:`tlog.scim.routes`). The flow of one submission (SCIM.md 
    otherwise draw a nonce, ``c = HMAC(nonce, det_cbor(event))``, ``leaf = {v, ts, tn, c}``,
    encrypt ``{n: nonce, b: event}`` under the subject's DEK with AAD = leaf hash, and
    stage the eid record, the envelope, the subject/tenant listings and the search index;
-3. on LMDB (``aux_in_batch``): hand the staged records and the leaves to the sequencer
-   (:meth:`tlog.sequencer.Sequencer.enqueue`), which commits them with the batch in **one**
-   durable transaction and answers once its checkpoint is signed and remembered;
-   elsewhere (PostgreSQL): commit the records in one durable ``put_aux`` transaction, then
-   ``await sequencer.submit(leaves)``.
+3. on a store with ``aux_in_batch`` (LMDB and PostgreSQL): hand the staged records and the
+   leaves to the sequencer (:meth:`tlog.sequencer.Sequencer.enqueue`), which commits them
+   with the batch in **one** durable transaction and answers once its checkpoint is signed
+   and remembered; a store without it would commit the records in one durable ``put_aux``
+   transaction, then ``await sequencer.submit(leaves)``.
 
 Group commit: submissions that arrive while a group is being staged or committed form the
-next group. On LMDB a group is staged while the one before it is still being committed, on
-top of that one's records (read through, never yet durable); if that commit fails, every
-group staged on it fails too and nothing of them is stored (:meth:`_check_chain`).
+next group. A group is staged while the one before it is still being committed, on top of
+that one's records (read through, never yet durable); if that commit fails, every group
+staged on it fails too and nothing of them is stored (:meth:`_check_chain`).
 
-With two commits (PostgreSQL), a crash between them leaves an eid record whose leaf is not
-in the log; a retry of the same eid resubmits exactly those leaf bytes, and the log
-deduplicates by leaf hash, so one eid never becomes two leaves. Until then the event is
-invisible to search and its receipt says ``pending``.
+With two commits (a store without ``aux_in_batch``), a crash between them leaves an eid
+record whose leaf is not in the log; a retry of the same eid resubmits exactly those leaf
+bytes, and the log deduplicates by leaf hash, so one eid never becomes two leaves. Until
+then the event is invisible to search and its receipt says ``pending``.
 
 Subjects (whose DEK encrypts an event): ``(tenant, rt, rid)``; without ``rid`` (a failed
 create) ``(tenant, rt, xid)``; without either, ``(tenant, rt, userName)`` (casefolded, from
@@ -292,7 +292,7 @@ class ScimService:
         self._group: list[_Job] = []
         self._group_lock = threading.Condition()
         self._group_running = False
-        # On a store that commits records with a batch (LMDB), a group's records go to the
+        # On a store that commits records with a batch (LMDB, PG), a group's records go to the
         # sequencer with its leaves: one durable transaction for both (module docstring).
         # Until it is durable, later groups stage on top of its writes (``_pending``; only
         # the group writer touches it, under the writer lock); ``_chain`` guards the
