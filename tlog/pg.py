@@ -26,10 +26,10 @@ The write contract of :mod:`tlog.backend`, here:
   and moves the state row (``epoch`` + 1). Any number of processes may do this at once: the
   row lock serialises them, and a loser gets :class:`CommitConflict` with nothing written;
 * a batch's auxiliary records (``BatchWrite.aux``: the SCIM records of a group of single
-  events) are written in that same transaction, right after the state row is locked
-  (``aux_in_batch``): the group's records and leaves are committed together, behind the
-  same compare-and-swap and replication check, or not at all. Records written alone
-  (``put_aux``) get the replication check too;
+  events) are written in that same transaction, right after the state row is locked, and
+  only if the compare-and-swap moved it (``aux_in_batch``): the group's records and leaves
+  are committed together, behind the same compare-and-swap and replication check, or not
+  at all. Records written alone (``put_aux``) get the replication check too;
 * nothing is acknowledged unless COMMIT returned. If the connection is lost while
   committing, the outcome is unknown: :class:`CommitUnknown`, and :class:`tlog.log.Log`
   hands the signature out only if it finds that exact checkpoint after reloading;
@@ -769,10 +769,11 @@ class PgStorage:
                         (batch.tree_size, batch.checkpoint, first, batch.base_checkpoint),
                         prepare=True,
                     )
+                    mine = (batch.tree_size, batch.checkpoint)  # the state row, if we moved it
                     if deletes:
-                        conn.execute(_DELETE_AUX, (deletes,), prepare=True)
+                        conn.execute(_DELETE_AUX_IF, (deletes, *mine), prepare=True)
                     if upserts:
-                        conn.execute(_UPSERT_AUX, (upserts, values), prepare=True)
+                        conn.execute(_UPSERT_AUX_IF, (upserts, values, *mine), prepare=True)
                     if hook is not None:
                         pipe.sync()
                         hook(conn)
@@ -966,12 +967,25 @@ _UPSERT_TILES = (
     "ON CONFLICT (level, idx) DO UPDATE SET blob = EXCLUDED.blob"
 )
 _INSERT_CHECKPOINT = "INSERT INTO tlog_checkpoints (size, note) VALUES (%b, %b)"
+_STANDBY_NAMES = "SELECT current_setting('synchronous_standby_names')"
 # Auxiliary records (SCIM): the deleted keys, then the written (key, value) pairs; the keys
 # of one statement are distinct (_aux_arrays), as ON CONFLICT DO UPDATE requires.
-_STANDBY_NAMES = "SELECT current_setting('synchronous_standby_names')"
 _DELETE_AUX = "DELETE FROM tlog_aux WHERE key = ANY(%b::bytea[])"
 _UPSERT_AUX = (
     "INSERT INTO tlog_aux (key, value) SELECT * FROM unnest(%b::bytea[], %b::bytea[]) "
+    "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value"
+)
+# In a batch: only if its compare-and-swap moved the state row (the new tree size and
+# checkpoint, seen by this transaction alone until COMMIT). A batch that lost the
+# compare-and-swap holds no lock on the state row; it then touches no record either, so it
+# never waits for (or deadlocks with) the winner's records, and writes nothing at all.
+_DELETE_AUX_IF = (
+    "DELETE FROM tlog_aux WHERE key = ANY(%b::bytea[]) AND EXISTS "
+    "(SELECT 1 FROM tlog_state WHERE id = 1 AND tree_size = %b AND checkpoint = %b)"
+)
+_UPSERT_AUX_IF = (
+    "INSERT INTO tlog_aux (key, value) SELECT * FROM unnest(%b::bytea[], %b::bytea[]) "
+    "WHERE EXISTS (SELECT 1 FROM tlog_state WHERE id = 1 AND tree_size = %b AND checkpoint = %b) "
     "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value"
 )
 

@@ -193,15 +193,23 @@ def test_a_group_losing_the_compare_and_swap_writes_no_records(
     pg_harness: Harness, pg_url: str
 ) -> None:
     """Another frontend commits between this group's staging and its commit: the batch's
-    compare-and-swap fails and takes the group's records down with it (nothing of it
-    visible); the sequencer rebuilds it on the new state and commits records and leaf
-    together, after the other frontend's entry."""
+    compare-and-swap fails, and its transaction writes none of the group's records (not
+    even uncommitted: it holds no lock on the state row, so it must not take locks on
+    records the winner may be writing); the sequencer rebuilds it on the new state and
+    commits records and leaf together, after the other frontend's entry."""
     h = pg_harness
     st = storage_of(h)
     ev = user_event()
     other = Log(PgStorage(pg_url), make_signer())
     real = st.commit_batch
     refused: list[Any] = []
+    inside: list[int] = []  # the group's eid records the transaction sees, per attempt
+
+    def count(conn: psycopg.Connection[Any]) -> None:
+        key = store.eid_key(h.service.tenant_ref(T1), ev["eid"])
+        row = conn.execute("SELECT count(*) FROM tlog_aux WHERE key = %s", (key,)).fetchone()
+        assert row is not None
+        inside.append(int(row[0]))
 
     def race(batch: Any) -> None:
         if refused:
@@ -220,12 +228,15 @@ def test_a_group_losing_the_compare_and_swap_writes_no_records(
         raise AssertionError("the compare-and-swap let a stale batch through")
 
     st.commit_batch = race  # type: ignore[method-assign]
+    st.before_leaves = count
     try:
         r = h.post_event(ev)
     finally:
         st.commit_batch = real  # type: ignore[method-assign]
+        st.before_leaves = None
         other.storage.close()
     assert refused, "the first attempt lost the compare-and-swap"
+    assert inside == [0, 1], "the losing transaction wrote no record; the winning one did"
     assert r.status_code == 200, r.text
     d = r.json()
     assert d["duplicate"] is False
