@@ -2,8 +2,9 @@
 transaction, behind the batch's compare-and-swap. The failure modes a network database adds
 to LMDB's: the server ends the transaction between the records and the leaves, the connection
 is lost during COMMIT (outcome unknown, either way), another frontend wins the
-compare-and-swap. In every case nothing half-written is visible and the client gets a
-receipt only for what is committed whole."""
+compare-and-swap, synchronous replication is switched off. In every case nothing
+half-written is visible and the client gets a receipt only for what is committed whole.
+And the records land as LMDB's do for the same writes (hypothesis)."""
 
 from __future__ import annotations
 
