@@ -44,7 +44,7 @@ from client.scim.event import (
     new_event,
     validate_event,
 )
-from client.scim.fastjson import decode_event_json
+from client.scim.fastjson import check_event_json
 
 __all__ = [
     "DISCOVERY_ENDPOINTS",
@@ -278,10 +278,11 @@ def validated_event(**fields: Unpack[EventFields]) -> tuple[Event, str]:
     The event is built unvalidated (:func:`client.scim.event.event_object`), encoded to JSON
     once (msgspec: keys sorted, compact, UTF-8, the byte fields standard base64, i.e. what
     :func:`event_json` writes), and that text is checked by the compiled checker the log
-    uses for the same form (:func:`client.scim.fastjson.decode_event_json`, which only ever
-    accepts what the reference accepts). The checked text must decode to exactly the object
-    built (no tuple, byte string or non-text key turned into something else by the JSON
-    encoding). Anything else (the checker declines, or the two differ) takes the reference
+    uses for the same form (:func:`client.scim.fastjson.check_event_json`: the checks of
+    ``decode_event_json``, which only ever accepts what the reference accepts, less the
+    repeated-key count and the CBOR, see there). The checked text must decode to exactly the
+    object built (no tuple, byte string or non-text key turned into something else by the
+    JSON encoding, no key lost to another that wrote the same text). Anything else (the checker declines, or the two differ) takes the reference
     path, :func:`client.scim.event.validate_event`, which accepts or raises
     :class:`EventFormatError` naming the field, as :func:`new_event` does.
     """
@@ -290,9 +291,9 @@ def validated_event(**fields: Unpack[EventFields]) -> tuple[Event, str]:
         text = _JSON.encode(obj)
     except (TypeError, ValueError, OverflowError):  # msgspec.EncodeError is a ValueError
         text = b""
-    got = decode_event_json(text) if text else None
-    if got is not None and got[0] == obj:
-        return got[0], text.decode("utf-8")
+    got = check_event_json(text) if text else None
+    if got is not None and got == obj:
+        return got, text.decode("utf-8")
     ev = validate_event(obj)
     return ev, event_json(ev)
 

@@ -38,6 +38,8 @@ from __future__ import annotations
 
 import binascii
 import ipaddress
+import functools
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 import cbor2
@@ -46,7 +48,7 @@ import msgspec
 from client.scim import event as _ev
 from client.scim.jsonstrict import strict_json
 
-__all__ = ["decode_batch", "decode_event_json"]
+__all__ = ["check_event_json", "decode_batch", "decode_event_json"]
 
 _ID_OK = r"[^\x00-\x1f\x7f-\x9f]"
 _TEXT_OK = r"[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]"
@@ -264,10 +266,15 @@ def _rules(ev: dict[str, Any]) -> None:
             raise _Refused
 
 
-def _finish(ev: dict[str, Any]) -> bytes:
+def _finish(
+    ev: dict[str, Any], cbor: bool = True, ip: Callable[[str], object] = ipaddress.ip_address
+) -> bytes:
     """The Python part of the checks on one decoded event (in canonical order, base64
     fields still text of the right length); decodes the base64 fields in place; returns the
-    canonical CBOR. Raises on anything the reference path might see differently."""
+    canonical CBOR. Raises on anything the reference path might see differently.
+
+    ``cbor=False`` (:func:`check_event_json`, when the CBOR cannot exceed the size limit):
+    returns ``b""`` without encoding. ``ip`` checks ``src.ip`` (raises ValueError)."""
     if ("idp" in ev and not ev["idp"]) or ("ver" in ev and not ev["ver"]):
         raise _Refused
     if "src" in ev:
@@ -275,7 +282,7 @@ def _finish(ev: dict[str, Any]) -> bytes:
         if not src:
             raise _Refused
         if "ip" in src:
-            ipaddress.ip_address(src["ip"])
+            ip(src["ip"])
     if "err" in ev and not ev["err"]:
         raise _Refused
     req = ev["req"]
@@ -311,6 +318,8 @@ def _finish(ev: dict[str, Any]) -> bytes:
         _EXTENSION.check(ev["x"], "$.x")
         ev["x"] = _sorted_json(ev["x"])
     _rules(ev)
+    if not cbor:
+        return b""
     data = cbor2.dumps(ev)
     if len(data) > _ev.MAX_EVENT_SIZE:
         raise _Refused
@@ -359,3 +368,37 @@ def decode_event_json(body: bytes) -> tuple[_ev.Event, bytes] | None:
         return ev, _finish(ev)
     except _FAIL:
         return None
+
+
+# Canonical CBOR is at most 3 bytes for each byte of the compact JSON text of the same value
+# (each string: a 1-5 byte head for its quotes, at least 2; base64 fields shrink; integers,
+# true/false/null and container heads are no longer in CBOR than in JSON; a float, 9 bytes,
+# is at least 3 characters in JSON). Below this text size the CBOR cannot exceed the limit.
+# tests/adapters/test_fast_event.py checks the bound.
+CBOR_PER_JSON_BYTE = 3
+_NO_CBOR_BELOW = _ev.MAX_EVENT_SIZE // CBOR_PER_JSON_BYTE
+
+
+@functools.lru_cache(maxsize=1024)
+def _ip_cached(value: str) -> bool:
+    ipaddress.ip_address(value)  # ValueError (not cached) for what is not an address
+    return True
+
+
+def check_event_json(text: bytes) -> _ev.Event | None:
+    """:func:`decode_event_json` for a text the caller encoded itself from a ``dict`` and
+    then compares with the result (``client.adapters.exchange.validated_event``): the
+    event, or ``None`` (take the reference path). Two steps are skipped where they cannot
+    matter: the repeated-key count (msgspec's sorted encoder writes ``dict`` keys that are
+    text only, distinct keys as distinct texts, and refuses any other key; a member lost
+    any other way would make the result differ from the ``dict``), and the CBOR encoding
+    when the text is too short for the CBOR to exceed ``MAX_EVENT_SIZE`` (the only use of
+    it here). ``src.ip`` checks are cached (a proxy sees the same few client addresses)."""
+    if len(text) > _ev.MAX_JSON_SIZE:
+        return None
+    try:
+        ev: dict[str, Any] = msgspec.to_builtins(_decoders(text)[0].decode(text))
+        _finish(ev, cbor=len(text) > _NO_CBOR_BELOW, ip=_ip_cached)
+    except _FAIL:
+        return None
+    return ev

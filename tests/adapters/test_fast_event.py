@@ -11,12 +11,16 @@ from __future__ import annotations
 
 from typing import Any
 
+import cbor2
+import msgspec
 import pytest
 from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from client.adapters.exchange import event_json, validated_event
 from client.scim.cbor import EventFormatError
-from client.scim.event import encode_event, new_event
+from client.scim.event import MAX_EVENT_SIZE, encode_event, event_object, new_event
+from client.scim.fastjson import CBOR_PER_JSON_BYTE, check_event_json, decode_event_json
 from tests.scim.helpers import events, failed_event, full_event, minimal_event, with_change
 
 
@@ -73,4 +77,80 @@ def test_wrong_python_types_refused_as_the_reference(path: tuple[Any, ...], valu
 def test_too_large_refused_as_the_reference() -> None:
     ev = full_event()
     ev["mods"] = [{"attr": f"a{i}", "new": '"' + "v" * 500 + '"'} for i in range(200)]
+    _same(_fields(ev))
+
+
+# --- the adapter's checker (client.scim.fastjson.check_event_json) -------------------------
+
+_json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**64), 2**64)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=300),
+    lambda c: st.lists(c, max_size=30) | st.dictionaries(st.text(max_size=20), c, max_size=30),
+    max_leaves=60,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_json_values)
+def test_cbor_at_most_three_bytes_per_json_byte(value: Any) -> None:
+    # check_event_json skips the CBOR size check below MAX_EVENT_SIZE / 3 bytes of JSON
+    # text: that is sound only if CBOR never takes more than 3 bytes per byte of JSON.
+    text = msgspec.json.encode(value)
+    assert len(cbor2.dumps(value)) <= CBOR_PER_JSON_BYTE * len(text)
+    assert len(cbor2.dumps(value, canonical=True)) <= CBOR_PER_JSON_BYTE * len(text)
+
+
+@settings(max_examples=150, deadline=None)
+@given(events())
+def test_event_cbor_within_the_bound(ev: dict[str, Any]) -> None:
+    want = new_event(**_fields(ev))
+    assert len(encode_event(want)) <= CBOR_PER_JSON_BYTE * len(event_json(want).encode())
+
+
+@settings(max_examples=150, deadline=None)
+@given(events())
+def test_check_event_json_gives_what_decode_event_json_gives(ev: dict[str, Any]) -> None:
+    obj = event_object(**_fields(ev))
+    text = msgspec.json.Encoder(order="sorted").encode(obj)
+    full = decode_event_json(text)
+    got = check_event_json(text)
+    if full is None:
+        # Only the repeated-key count or the CBOR may be what refused it.
+        assert got is None or got != obj or len(text) > MAX_EVENT_SIZE // CBOR_PER_JSON_BYTE
+    else:
+        assert got == full[0]
+
+
+@pytest.mark.parametrize(
+    "x",
+    [
+        {1: "a", "1": "b"},  # two keys that write the same JSON text: one is lost
+        {"1": "a", 1: "b"},
+        {"a": {2: 1, "2": 1}},
+    ],
+)
+def test_keys_that_would_write_the_same_text_are_refused_as_the_reference(
+    x: dict[Any, Any],
+) -> None:
+    # check_event_json does not count colons for repeated keys: the JSON of a dict cannot
+    # repeat one, since the sorted encoder takes text keys only (distinct texts) and
+    # refuses the rest, which then take the reference path.
+    fields = _fields(with_change(full_event(), ("x",), x))
+    with pytest.raises(TypeError):
+        msgspec.json.Encoder(order="sorted").encode(event_object(**fields))
+    _same(fields)
+
+
+def test_large_events_still_size_checked() -> None:
+    # Over the no-CBOR bound: the CBOR is encoded and its size checked.
+    ev = full_event()
+    ev["mods"] = [{"attr": f"a{i}", "new": '"' + "v" * 200 + '"'} for i in range(120)]
+    fields = _fields(ev)
+    text = msgspec.json.Encoder(order="sorted").encode(event_object(**fields))
+    assert len(text) > MAX_EVENT_SIZE // CBOR_PER_JSON_BYTE
+    _same(fields)
+    ev["mods"] = [{"attr": f"a{i}", "new": '"' + "v" * 500 + '"'} for i in range(140)]
     _same(_fields(ev))
