@@ -28,7 +28,7 @@ import re
 import time
 from collections.abc import Callable, Collection, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Unpack
+from typing import Any, NamedTuple, Unpack
 
 import msgspec
 
@@ -282,8 +282,8 @@ def validated_event(**fields: Unpack[EventFields]) -> tuple[Event, str]:
     ``decode_event_json``, which only ever accepts what the reference accepts, less the
     repeated-key count and the CBOR, see there). The checked text must decode to exactly the
     object built (no tuple, byte string or non-text key turned into something else by the
-    JSON encoding, no key lost to another that wrote the same text). Anything else (the checker declines, or the two differ) takes the reference
-    path, :func:`client.scim.event.validate_event`, which accepts or raises
+    JSON encoding). Anything else (the checker declines, or the two differ) takes the
+    reference path, :func:`client.scim.event.validate_event`, which accepts or raises
     :class:`EventFormatError` naming the field, as :func:`new_event` does.
     """
     obj = event_object(**fields)
@@ -301,8 +301,7 @@ def validated_event(**fields: Unpack[EventFields]) -> tuple[Event, str]:
 # --- routing ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Target:
+class _Target(NamedTuple):  # a tuple: made for every write, a frozen dataclass costs more
     kind: str  # resource | bulk | discovery | unknown | search | none
     rt: str = ""
     rid: str | None = None
@@ -391,6 +390,14 @@ class Exchange:
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     resp_body: bytes = b""
     t1_ns: int = 0
+    _target: tuple[AuditConfig, _Target] | None = field(default=None, repr=False, compare=False)
+
+    def target(self, cfg: AuditConfig) -> _Target:
+        """:func:`route` of this exchange's path and method, computed once."""
+        t = self._target
+        if t is None or t[0] is not cfg:
+            t = self._target = (cfg, route(self.rel, self.method, cfg))
+        return t[1]
 
     def req_header(self, name: bytes) -> str | None:
         return header(self.scope.get("headers", ()), name)
@@ -673,7 +680,7 @@ class Builder:
 
     def single(self) -> Recorded:
         x = self.x
-        target = route(x.rel, x.method, self.cfg)
+        target = x.target(self.cfg)
         op = op_for_method(x.method)
         resp = self.resp()
         status = x.status

@@ -76,7 +76,6 @@ from client.adapters.exchange import (
     log_access,
     now_ms,
     relative,
-    route,
 )
 from client.adapters.outbox import Outbox, OutboxError, OutboxRecord, Receipt
 from client.adapters.pseudonyms import PidCollector, substitute_pids
@@ -350,7 +349,7 @@ class AuditMiddleware:
 
     def _build(self, x: Exchange, ref_pid: Callable[[str, str], bytes] | None) -> Recorded:
         b = Builder(self.config, x, ref_pid)
-        return b.bulk() if route(x.rel, x.method, self.config).kind == "bulk" else b.single()
+        return b.bulk() if x.target(self.config).kind == "bulk" else b.single()
 
     @staticmethod
     def _outbox_records(x: Exchange, rec: Recorded) -> list[OutboxRecord]:
@@ -385,7 +384,7 @@ class AuditMiddleware:
         return (
             len(x.body) <= INLINE_BUILD_BYTES
             and len(x.resp_body) <= INLINE_BUILD_BYTES
-            and route(x.rel, x.method, self.config).kind != "bulk"
+            and x.target(self.config).kind != "bulk"
         )
 
     async def _events(self, x: Exchange) -> tuple[Recorded, list[OutboxRecord]]:

@@ -88,6 +88,7 @@ __all__ = [
     "load_event",
     "new_event",
     "uuid7",
+    "uuid7_text",
     "validate_event",
 ]
 
@@ -637,14 +638,27 @@ def uuid7(ts_ms: int | None = None) -> uuid.UUID:
 
 
 def _drop_empty(obj: Mapping[str, Any] | None) -> Any:
-    if not isinstance(obj, Mapping):
+    # type() first: isinstance against the Mapping ABC is the slow part for the usual dict.
+    if type(obj) is not dict and not isinstance(obj, Mapping):
         return obj  # None, or a wrong type that validation will name
     out = {k: v for k, v in obj.items() if v is not None and v != [] and v != {}}
     return out or None
 
 
 def _copy(obj: Any) -> Any:
-    return dict(obj) if isinstance(obj, Mapping) else obj
+    return dict(obj) if type(obj) is dict or isinstance(obj, Mapping) else obj
+
+
+def uuid7_text(ts_ms: int | None = None) -> str:
+    """``str(uuid7(ts_ms))``, written directly (the UUID object is only ever printed)."""
+    if ts_ms is None:
+        ts_ms = time.time_ns() // 1_000_000
+    if not 0 <= ts_ms < 1 << 48:
+        raise ValueError("UUIDv7 timestamp out of range")
+    rand = secrets.randbits(74)
+    value = (ts_ms << 80) | (0x7 << 76) | ((rand >> 62) << 64) | (0b10 << 62)
+    h = "%032x" % (value | (rand & ((1 << 62) - 1)))
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 class _EventFieldsRequired(TypedDict):
@@ -711,7 +725,7 @@ def event_object(**fields: Unpack[EventFields]) -> dict[str, Any]:
         ts = time.time_ns() // 1_000_000
     eid = f.get("eid")
     if eid is None:
-        eid = str(uuid7(ts if type(ts) is int and 0 <= ts < 1 << 48 else None))
+        eid = uuid7_text(ts if type(ts) is int and 0 <= ts < 1 << 48 else None)
     op, rt, outcome = f["op"], f["rt"], f["outcome"]
     sp, corr, res = f["sp"], f["corr"], f["res"]
     mods, patch, refs = f.get("mods"), f.get("patch"), f.get("refs")

@@ -37,8 +37,8 @@ object repeated a key; a repeated key drops a member and at least its colon.
 from __future__ import annotations
 
 import binascii
-import ipaddress
 import functools
+import ipaddress
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 

@@ -9,7 +9,9 @@ bytes outside the byte fields, a non-text key).
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
+from unittest import mock
 
 import cbor2
 import msgspec
@@ -18,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from client.adapters.exchange import event_json, validated_event
+from client.scim import event as event_module
 from client.scim.cbor import EventFormatError
 from client.scim.event import MAX_EVENT_SIZE, encode_event, event_object, new_event
 from client.scim.fastjson import CBOR_PER_JSON_BYTE, check_event_json, decode_event_json
@@ -154,3 +157,21 @@ def test_large_events_still_size_checked() -> None:
     _same(fields)
     ev["mods"] = [{"attr": f"a{i}", "new": '"' + "v" * 500 + '"'} for i in range(140)]
     _same(_fields(ev))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 2**48 - 1), st.integers(0, 2**74 - 1))
+def test_uuid7_text_is_the_uuid7_printed(ts: int, rand: int) -> None:
+    # event_object writes eids with uuid7_text: the same text as str(uuid7()) for the same
+    # timestamp and random bits.
+    with mock.patch.object(event_module.secrets, "randbits", return_value=rand):
+        got = event_module.uuid7_text(ts)
+        want = str(event_module.uuid7(ts))
+    assert got == want
+    assert uuid.UUID(got).version == 7
+
+
+def test_uuid7_text_range() -> None:
+    with pytest.raises(ValueError):
+        event_module.uuid7_text(1 << 48)
+    assert uuid.UUID(event_module.uuid7_text()).version == 7
