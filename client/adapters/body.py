@@ -154,13 +154,17 @@ _UTF8_NAMES = frozenset({"utf-8", "utf8"})
 
 
 def _distinct_keys(value: Any) -> bool:
-    """No object in ``value`` has two member names equal but for case."""
-    if type(value) is dict:
-        if len({k.lower() for k in value}) != len(value):
-            return False
-        return all(_distinct_keys(v) for v in value.values() if type(v) in (dict, list))
-    if type(value) is list:
-        return all(_distinct_keys(v) for v in value if type(v) in (dict, list))
+    """No object in ``value`` (msgspec's decoding: text keys) has two member names equal
+    but for case. A walk with a stack: no call per object or array."""
+    todo = [value]
+    while todo:
+        v = todo.pop()
+        if type(v) is dict:
+            if len({k.lower() for k in v}) != len(v):
+                return False
+            todo.extend([i for i in v.values() if type(i) is dict or type(i) is list])
+        elif type(v) is list:
+            todo.extend([i for i in v if type(i) is dict or type(i) is list])
     return True
 
 

@@ -59,6 +59,7 @@ __all__ = [
     "default_actor",
     "event_json",
     "header",
+    "header_map",
     "log_access",
     "now_ms",
     "relative",
@@ -184,6 +185,17 @@ def header(headers: Sequence[tuple[bytes, bytes]] | Any, name: bytes) -> str | N
         if k.lower() == name:
             return bytes(v).decode("latin-1")
     return None
+
+
+def header_map(headers: Sequence[tuple[bytes, bytes]] | Any) -> dict[bytes, bytes]:
+    """Header values by lower-case name, the first of repeated names (what :func:`header`
+    returns for each), for an exchange that looks up many names."""
+    out: dict[bytes, bytes] = {}
+    for k, v in headers:
+        k = k.lower()
+        if k not in out:
+            out[k] = bytes(v)
+    return out
 
 
 def _ident(value: object, max_bytes: int) -> str | None:
@@ -391,6 +403,11 @@ class Exchange:
     resp_body: bytes = b""
     t1_ns: int = 0
     _target: tuple[AuditConfig, _Target] | None = field(default=None, repr=False, compare=False)
+    # The headers by lower-case name (the first of repeated ones), made on first use.
+    _req_map: tuple[Any, dict[bytes, bytes]] | None = field(default=None, repr=False, compare=False)
+    _resp_map: tuple[Any, dict[bytes, bytes]] | None = field(
+        default=None, repr=False, compare=False
+    )
 
     def target(self, cfg: AuditConfig) -> _Target:
         """:func:`route` of this exchange's path and method, computed once."""
@@ -400,10 +417,21 @@ class Exchange:
         return t[1]
 
     def req_header(self, name: bytes) -> str | None:
-        return header(self.scope.get("headers", ()), name)
+        """The first request header ``name`` (lower case), as :func:`header` finds it."""
+        headers = self.scope.get("headers", ())
+        got = self._req_map
+        if got is None or got[0] is not headers:
+            got = self._req_map = (headers, header_map(headers))
+        v = got[1].get(name)
+        return None if v is None else v.decode("latin-1")
 
     def resp_header(self, name: bytes) -> str | None:
-        return header(self.headers, name)
+        """The first response header ``name`` (lower case), as :func:`header` finds it."""
+        got = self._resp_map
+        if got is None or got[0] is not self.headers:
+            got = self._resp_map = (self.headers, header_map(self.headers))
+        v = got[1].get(name)
+        return None if v is None else v.decode("latin-1")
 
 
 @dataclass

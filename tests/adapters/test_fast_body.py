@@ -83,6 +83,8 @@ def test_everything_else_takes_the_general_path() -> None:
         (b"", CT, None),
         (b'{"a": 1', CT, None),
         (b'{"a": 1} x', CT, None),
+        (b'{"a": [1, {"x": [[{"b": 1, "B": 2}]]}]}', CT, None),  # deep, repeated but for case
+        (b'[[], {"c": {}}, [{"u": 1, "U": 1}]]', CT, None),
     ]
     for raw, ct, enc in declined:
         assert not same_as_general(raw, ct, enc), raw

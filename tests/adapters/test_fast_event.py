@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from client.adapters.exchange import event_json, validated_event
+from client.adapters.exchange import Exchange, event_json, header, validated_event
 from client.scim import event as event_module
 from client.scim.cbor import EventFormatError
 from client.scim.event import MAX_EVENT_SIZE, encode_event, event_object, new_event
@@ -175,3 +175,20 @@ def test_uuid7_text_range() -> None:
     with pytest.raises(ValueError):
         event_module.uuid7_text(1 << 48)
     assert uuid.UUID(event_module.uuid7_text()).version == 7
+
+
+_names = st.sampled_from([b"etag", b"ETag", b"Location", b"location", b"content-type", b"x-a"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(_names, st.binary(max_size=8)), max_size=8))
+def test_exchange_headers_as_header_finds_them(headers: list[tuple[bytes, bytes]]) -> None:
+    # Exchange.req_header/resp_header look names up in header_map: the first of repeated
+    # names, any case, as header() scans for it; a new header list is seen.
+    x = Exchange({"headers": headers}, "POST", "/Users", "r", None, b"", 0)
+    x.headers = list(reversed(headers))
+    for name in (b"etag", b"location", b"content-type", b"x-a", b"absent"):
+        assert x.req_header(name) == header(headers, name)
+        assert x.resp_header(name) == header(x.headers, name)
+    x.headers = headers
+    assert x.resp_header(b"etag") == header(headers, b"etag")
