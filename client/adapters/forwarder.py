@@ -61,6 +61,9 @@ class _ProtocolError(Exception):
 _TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
 _FIELD_VALUE = re.compile(rb"(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?")
 _TARGET = re.compile(rb"[\x21-\x7e]+")
+# Header names already checked against _TOKEN (a few dozen in practice; bounded).
+_GOOD_NAMES: set[bytes] = set()
+_GOOD_NAMES_MAX = 1024
 _MAX_HEAD = 64 * 1024  # bytes of a response head (status line and headers)
 _HIGH_WATER = 1 << 20  # response body bytes buffered before reading from the upstream pauses
 
@@ -290,6 +293,10 @@ class Forwarder:
         self.connect_timeout = connect_timeout
         self.max_idle = max_idle
         self._idle: list[_Conn] = []
+        # Never forwarded as the client sent them (Host: unless preserve_host).
+        self._drop = HOP_BY_HOP | {b"content-length", b"expect"}
+        if not preserve_host:
+            self._drop |= {b"host"}
         # Bounds the upstream's concurrency: excess requests wait here, not in the SP's
         # listen queue (a full one drops SYNs, which costs the client a 1 s retransmit).
         self._slots = asyncio.Semaphore(max_connections)
@@ -332,27 +339,47 @@ class Forwarder:
     # --- the request -------------------------------------------------------------------------
 
     def _request_headers(self, scope: Scope, body: bytes) -> list[tuple[bytes, bytes]]:
-        raw = [(bytes(k), bytes(v)) for k, v in scope.get("headers", ())]
-        drop = _hop_by_hop(raw) | {b"content-length", b"expect"}
-        if not self.preserve_host:
-            drop |= {b"host"}
-        out = [(k, v) for k, v in raw if k.lower() not in drop]
-        if not self.preserve_host or not any(k.lower() == b"host" for k, _ in out):
+        """The headers sent upstream: the client's but the hop-by-hop ones (and those its
+        ``Connection`` names), ``Content-Length`` and ``Expect``; ``Host`` first (the
+        upstream's unless ``preserve_host``); ``Content-Length``; then, if ``forwarded``,
+        ``X-Forwarded-For`` (the client's chain plus its peer, last), ``-Proto`` and
+        ``-Host`` unless the client sent them. Two passes over the client's headers."""
+        raw = [(k.lower(), bytes(k), bytes(v)) for k, v in scope.get("headers", ())]
+        drop = self._drop
+        host = None  # the client's first Host, for X-Forwarded-Host
+        for lk, _, v in raw:
+            if lk == b"connection":
+                drop = drop | {t.strip().lower() for t in v.split(b",")}
+            elif lk == b"host" and host is None:
+                host = v
+        client = scope.get("client") if self.forwarded else None
+        out: list[tuple[bytes, bytes]] = []
+        prior: list[bytes] = []  # X-Forwarded-For values, when a peer is appended
+        has_host = has_proto = has_fhost = False
+        for lk, k, v in raw:
+            if lk in drop:
+                continue
+            if lk == b"x-forwarded-for" and client:
+                prior.append(v)
+                continue
+            if lk == b"host":
+                has_host = True
+            elif lk == b"x-forwarded-proto":
+                has_proto = True
+            elif lk == b"x-forwarded-host":
+                has_fhost = True
+            out.append((k, v))
+        if not self.preserve_host or not has_host:
             out.insert(0, (b"host", self.host_header))
         if body or str(scope["method"]) in ("POST", "PUT", "PATCH"):
             out.append((b"content-length", str(len(body)).encode()))
         if self.forwarded:
-            client = scope.get("client")
-            host = next((v for k, v in raw if k.lower() == b"host"), None)
             if client:
-                prior = [v for k, v in out if k.lower() == b"x-forwarded-for"]
-                ip = str(client[0]).encode("latin-1")
-                chain = b", ".join([*prior, ip])
-                out = [(k, v) for k, v in out if k.lower() != b"x-forwarded-for"]
-                out.append((b"x-forwarded-for", chain))
-            if not any(k.lower() == b"x-forwarded-proto" for k, _ in out):
+                prior.append(str(client[0]).encode("latin-1"))
+                out.append((b"x-forwarded-for", b", ".join(prior)))
+            if not has_proto:
                 out.append((b"x-forwarded-proto", str(scope.get("scheme", "http")).encode()))
-            if host is not None and not any(k.lower() == b"x-forwarded-host" for k, _ in out):
+            if host is not None and not has_fhost:
                 out.append((b"x-forwarded-host", host))
         return out
 
@@ -372,16 +399,19 @@ class Forwarder:
             raise ValueError("illegal method characters")
         if not _TARGET.fullmatch(target):
             raise ValueError("illegal target characters")
-        lines = [m + b" " + target + b" HTTP/1.1"]
+        parts = [m, b" ", target, b" HTTP/1.1\r\n"]
+        good = _GOOD_NAMES
         for k, v in headers:
-            if not _TOKEN.fullmatch(k):
-                raise ValueError("illegal header name")
+            if k not in good:
+                if not _TOKEN.fullmatch(k):
+                    raise ValueError("illegal header name")
+                if len(good) < _GOOD_NAMES_MAX:
+                    good.add(k)
             if not _FIELD_VALUE.fullmatch(v):
                 raise ValueError("illegal header value")
-            lines.append(k + b": " + v)
-        lines.append(b"")
-        lines.append(body)
-        return b"\r\n".join(lines)
+            parts += (k, b": ", v, b"\r\n")
+        parts += (b"\r\n", body)
+        return b"".join(parts)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":  # websockets are not SCIM

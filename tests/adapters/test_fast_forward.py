@@ -1,0 +1,116 @@
+"""The forwarder's request head (client.adapters.forwarder.Forwarder) against the way it was
+built before the proxy5 round: the same headers in the same order, the same bytes, the same
+refusals. ``_reference_headers``/``_reference_bytes`` are the earlier code, kept here as the
+reference."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from client.adapters.forwarder import HOP_BY_HOP, Forwarder
+
+_TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
+_FIELD_VALUE = re.compile(rb"(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?")
+_TARGET = re.compile(rb"[\x21-\x7e]+")
+
+
+def _hop_by_hop(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
+    named = {
+        t.strip().lower() for k, v in headers if k.lower() == b"connection" for t in v.split(b",")
+    }
+    return HOP_BY_HOP | named
+
+
+def _reference_headers(f: Forwarder, scope: dict[str, Any], body: bytes) -> list[Any]:
+    raw = [(bytes(k), bytes(v)) for k, v in scope.get("headers", ())]
+    drop = _hop_by_hop(raw) | {b"content-length", b"expect"}
+    if not f.preserve_host:
+        drop |= {b"host"}
+    out = [(k, v) for k, v in raw if k.lower() not in drop]
+    if not f.preserve_host or not any(k.lower() == b"host" for k, _ in out):
+        out.insert(0, (b"host", f.host_header))
+    if body or str(scope["method"]) in ("POST", "PUT", "PATCH"):
+        out.append((b"content-length", str(len(body)).encode()))
+    if f.forwarded:
+        client = scope.get("client")
+        host = next((v for k, v in raw if k.lower() == b"host"), None)
+        if client:
+            prior = [v for k, v in out if k.lower() == b"x-forwarded-for"]
+            ip = str(client[0]).encode("latin-1")
+            chain = b", ".join([*prior, ip])
+            out = [(k, v) for k, v in out if k.lower() != b"x-forwarded-for"]
+            out.append((b"x-forwarded-for", chain))
+        if not any(k.lower() == b"x-forwarded-proto" for k, _ in out):
+            out.append((b"x-forwarded-proto", str(scope.get("scheme", "http")).encode()))
+        if host is not None and not any(k.lower() == b"x-forwarded-host" for k, _ in out):
+            out.append((b"x-forwarded-host", host))
+    return out
+
+
+def _reference_bytes(method: str, target: bytes, headers: list[Any], body: bytes) -> bytes:
+    m = method.encode("ascii", "replace")
+    if not _TOKEN.fullmatch(m):
+        raise ValueError("illegal method characters")
+    if not _TARGET.fullmatch(target):
+        raise ValueError("illegal target characters")
+    lines = [m + b" " + target + b" HTTP/1.1"]
+    for k, v in headers:
+        if not _TOKEN.fullmatch(k):
+            raise ValueError("illegal header name")
+        if not _FIELD_VALUE.fullmatch(v):
+            raise ValueError("illegal header value")
+        lines.append(k + b": " + v)
+    lines.append(b"")
+    lines.append(body)
+    return b"\r\n".join(lines)
+
+
+_NAMES = st.sampled_from(
+    [
+        b"host", b"Host", b"connection", b"Connection", b"keep-alive", b"x-forwarded-for",
+        b"X-Forwarded-For", b"x-forwarded-proto", b"x-forwarded-host", b"content-length",
+        b"expect", b"te", b"authorization", b"x-custom", b"X-Custom", b"bad name", b"b:d", b"",
+    ]
+)  # fmt: skip
+_VALUES = st.sampled_from(
+    [b"", b"a", b"1.2.3.4", b"x-custom", b"X-Custom, keep-alive", b" lead", b"trail ",
+     b"a\x00b", b"a\tb", b"example.org", b"x-forwarded-for", b"close"]
+) | st.binary(max_size=6)  # fmt: skip
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(st.tuples(_NAMES, _VALUES), max_size=8),
+    st.booleans(),
+    st.booleans(),
+    st.sampled_from([None, ("10.0.0.1", 1234), ("::1", 1)]),
+    st.sampled_from(["GET", "POST", "PATCH", "DELETE", "BAD METHOD"]),
+    st.sampled_from([b"", b"{}"]),
+)
+def test_request_head_as_before(
+    headers: list[tuple[bytes, bytes]],
+    preserve_host: bool,
+    forwarded: bool,
+    client: Any,
+    method: str,
+    body: bytes,
+) -> None:
+    f = Forwarder("http://sp.example:8080/v2", preserve_host=preserve_host, forwarded=forwarded)
+    scope: dict[str, Any] = {"method": method, "headers": headers, "scheme": "http"}
+    if client is not None:
+        scope["client"] = client
+    got = f._request_headers(scope, body)
+    assert got == _reference_headers(f, scope, body)
+    try:
+        want = _reference_bytes(method, b"/v2/Users", got, body)
+    except ValueError as exc:
+        with pytest.raises(ValueError) as err:
+            Forwarder._request_bytes(method, b"/v2/Users", got, body)
+        assert str(err.value) == str(exc)
+    else:
+        assert Forwarder._request_bytes(method, b"/v2/Users", got, body) == want
