@@ -916,7 +916,9 @@ def _resulting_values(rt: str, resp: Any) -> dict[str, Any] | None:
             vals = [_get_ci(i, "value") if isinstance(i, Mapping) else i for i in items]
             if all(isinstance(v, str) and 0 < len(v) <= 256 for v in vals):
                 out[name] = vals
-    if len(json.dumps(out)) > 4096:  # keep the event small; the state then follows the intent
+    # Keep the event small; the state then follows the intent. ({"active": ...} alone is
+    # far below the bound: only lists need measuring.)
+    if ("roles" in out or "entitlements" in out) and len(json.dumps(out)) > 4096:
         out = {k: v for k, v in out.items() if k == "active"}
     return out or None
 

@@ -19,7 +19,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from client.adapters.exchange import Exchange, event_json, header, validated_event
+from client.adapters.exchange import (
+    Exchange,
+    _resulting_values,
+    event_json,
+    header,
+    validated_event,
+)
 from client.scim import event as event_module
 from client.scim.cbor import EventFormatError
 from client.scim.event import MAX_EVENT_SIZE, encode_event, event_object, new_event
@@ -192,3 +198,20 @@ def test_exchange_headers_as_header_finds_them(headers: list[tuple[bytes, bytes]
         assert x.resp_header(name) == header(x.headers, name)
     x.headers = headers
     assert x.resp_header(b"etag") == header(headers, b"etag")
+
+
+def test_resulting_values_bounded_as_before() -> None:
+    # Only a result with role or entitlement lists is measured (json.dumps > 4096 bytes
+    # keeps "active" alone); "active" by itself is always kept.
+    base = {"id": "u1", "active": False}
+    assert _resulting_values("User", base) == {"active": False}
+    assert _resulting_values("User", {"id": "u1"}) is None
+    small = {**base, "roles": [{"value": "admin"}], "entitlements": ["e"]}
+    assert _resulting_values("User", small) == {
+        "active": False,
+        "roles": ["admin"],
+        "entitlements": ["e"],
+    }
+    big = {**base, "roles": [{"value": "r" * 200 + str(i)} for i in range(30)]}
+    assert _resulting_values("User", big) == {"active": False}
+    assert _resulting_values("User", {"id": "u1", "roles": big["roles"]}) is None
