@@ -49,6 +49,11 @@ def _hop_by_hop(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
     return HOP_BY_HOP | named
 
 
+def _as_bytes(headers: Any) -> Any:
+    """ASGI header pairs with bytes names (a server may hand other byte sequences)."""
+    return ((bytes(k), v) for k, v in headers)
+
+
 class UpstreamError(Exception):
     """The upstream could not be reached or broke the exchange before its answer started."""
 
@@ -344,7 +349,7 @@ class Forwarder:
         upstream's unless ``preserve_host``); ``Content-Length``; then, if ``forwarded``,
         ``X-Forwarded-For`` (the client's chain plus its peer, last), ``-Proto`` and
         ``-Host`` unless the client sent them. Two passes over the client's headers."""
-        raw = [(k.lower(), bytes(k), bytes(v)) for k, v in scope.get("headers", ())]
+        raw = [(k.lower(), k, bytes(v)) for k, v in _as_bytes(scope.get("headers", ()))]
         drop = self._drop
         host = None  # the client's first Host, for X-Forwarded-Host
         for lk, _, v in raw:

@@ -91,6 +91,7 @@ _VALUES = st.sampled_from(
     st.sampled_from([None, ("10.0.0.1", 1234), ("::1", 1)]),
     st.sampled_from(["GET", "POST", "PATCH", "DELETE", "BAD METHOD"]),
     st.sampled_from([b"", b"{}"]),
+    st.booleans(),
 )
 def test_request_head_as_before(
     headers: list[tuple[bytes, bytes]],
@@ -99,13 +100,17 @@ def test_request_head_as_before(
     client: Any,
     method: str,
     body: bytes,
+    bytearrays: bool,
 ) -> None:
+    if bytearrays:  # a server may hand byte sequences other than bytes
+        headers = [(bytearray(k), bytearray(v)) for k, v in headers]  # type: ignore[misc]
     f = Forwarder("http://sp.example:8080/v2", preserve_host=preserve_host, forwarded=forwarded)
     scope: dict[str, Any] = {"method": method, "headers": headers, "scheme": "http"}
     if client is not None:
         scope["client"] = client
     got = f._request_headers(scope, body)
     assert got == _reference_headers(f, scope, body)
+    assert all(type(k) is bytes and type(v) is bytes for k, v in got)
     try:
         want = _reference_bytes(method, b"/v2/Users", got, body)
     except ValueError as exc:
