@@ -25,7 +25,11 @@ the reference's entries/s. ``--profile`` prints a cProfile of one stage (``SORT=
 ``POST /v1/scim/events/batch`` (1,000 realistic create events a request, encryption on,
 durable, in a signed checkpoint before the answer) from 2 client threads, then the raw
 ``POST /v1/entries/batch`` (1,000 entries of a SCIM leaf's size a request) as the
-reference; reported as events/s, entries/s and their ratio (target >= 0.25x, >= 10,000/s).
+reference; reported as events/s, entries/s and their ratio (target >= 0.25x, >= 10,000/s),
+and the server's CPU (user, system, from /proc) and minor page faults per event and per
+entry during each load.
+``--pyspy FILE``: py-spy records the server during the SCIM load only (started once the
+bodies are built), ``--gil --idle`` stacks in collapsed form (``PYSPY_ARGS`` adds options).
 """
 
 from __future__ import annotations
@@ -36,6 +40,10 @@ import functools
 import os
 import platform
 import pstats
+import shlex
+import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -43,7 +51,13 @@ from pathlib import Path
 from typing import Any
 
 from bench.http import log_and_hello
-from bench.scim_proxy import batch_load, cpu_model, raw_batch_load, sample_events, tlog_token
+from bench.scim_proxy import (
+    _post_batches,
+    cpu_model,
+    raw_batch_load,
+    sample_events,
+    tlog_token,
+)
 from client.formats.note import Ed25519Signer
 from tlog.config import ServeConfig
 from tlog.scim.routes import JSON, ScimRoutes
@@ -67,18 +81,74 @@ def _checks(service: ScimService, events: list[Any]) -> None:
         service.on_logged(events)
 
 
-def http(duration: int) -> None:
+def _cpu_s(pid: int) -> tuple[float, float, int, int]:
+    """CPU seconds in user and in system mode the process ``pid`` has used so far, its
+    minor page faults, and the context switches of its live threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tck = os.sysconf("SC_CLK_TCK")
+    switches = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            for line in (task / "status").read_text().splitlines():
+                if "ctxt_switches:" in line:
+                    switches += int(line.split()[1])
+        except OSError:  # the thread ended meanwhile
+            pass
+    return int(fields[11]) / tck, int(fields[12]) / tck, int(fields[7]), switches
+
+
+def _per(a: tuple[float, float, int, int], b: tuple[float, float, int, int], n: int) -> str:
+    """CPU per item between two :func:`_cpu_s` readings."""
+    n = max(n, 1)
+    user, system, faults, switches = b[0] - a[0], b[1] - a[1], b[2] - a[2], b[3] - a[3]
+    return (
+        f"server CPU {(user + system) / n * 1e6:.1f} µs (user {user / n * 1e6:.1f}, "
+        f"system {system / n * 1e6:.1f}), {faults / n:.2f} minor faults, "
+        f"{switches / n:.2f} context switches"
+    )
+
+
+def http(duration: int, pyspy: Path | None = None) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="tlog-bench-scim-batch-"))
-    with log_and_hello(tmp) as (url, _):
+    pids: list[int] = []
+    with log_and_hello(tmp, pids) as (url, _):
         token = tlog_token(tmp / "data", "bench-batch")
-        scim, scim_n = batch_load(url, token, duration)
+        bodies = [  # built before the clock starts: we measure the log
+            [
+                ('{"events":[' + ",".join(sample_events(N, f"b{t}-{k}")) + "]}").encode()
+                for k in range(max(2, duration))
+            ]
+            for t in range(2)
+        ]
+        spy = None
+        if pyspy is not None:
+            exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+            extra = shlex.split(os.environ.get("PYSPY_ARGS", ""))
+            opts = ["--gil", "--idle", "-r", "200", "-f", "raw", "-o", str(pyspy), *extra]
+            spy = subprocess.Popen(
+                [exe, "record", *opts, "-p", str(pids[0])],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        c0 = _cpu_s(pids[0])
+        path = "/v1/scim/events/batch"
+        scim, scim_n = _post_batches(url, token, path, "results", bodies, duration)
+        c1 = _cpu_s(pids[0])
+        if spy is not None:
+            spy.send_signal(2)
+            spy.wait(60)
+        c2 = _cpu_s(pids[0])
         raw, raw_n = raw_batch_load(url, token, duration)
+        c3 = _cpu_s(pids[0])
     print(f"machine: {os.cpu_count()} cores ({cpu_model()}), Python {platform.python_version()}")
     print(
         f"POST /v1/scim/events/batch x1000, 2 threads, encryption on: {scim:,.0f} events/s "
-        f"({scim_n:,})"
+        f"({scim_n:,}); per event: {_per(c0, c1, scim_n)}"
     )
-    print(f"POST /v1/entries/batch x1000, 2 threads (reference): {raw:,.0f} entries/s ({raw_n:,})")
+    print(
+        f"POST /v1/entries/batch x1000, 2 threads (reference): {raw:,.0f} entries/s ({raw_n:,}); "
+        f"per entry: {_per(c2, c3, raw_n)}"
+    )
     print(f"SCIM batch / raw: {scim / raw if raw else 0:.3f}x (target >= 0.25x, >= 10,000/s)")
 
 
@@ -88,9 +158,10 @@ def main() -> None:
     ap.add_argument("--profile", choices=["parse", "stage"], default=None)
     ap.add_argument("--http", action="store_true")
     ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--pyspy", type=Path, default=None, help="with --http: py-spy output file")
     args = ap.parse_args()
     if args.http:
-        http(args.duration)
+        http(args.duration, args.pyspy)
         return
 
     origin = "bench.example/scim-batch"
