@@ -9,6 +9,7 @@ final state as the events submitted one by one."""
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import math
 import uuid
@@ -34,7 +35,7 @@ from tlog.scim.effects import (
     encode_state,
     parse_json_text,
 )
-from tlog.scim.keys import RandomPool, SubjectId
+from tlog.scim.keys import RandomPool, SubjectId, TenantKeys
 from tlog.scim.service import ScimService
 
 # --- JSON text: msgspec first, json.loads for whatever msgspec refuses ----------------------
@@ -207,6 +208,29 @@ def test_subject_encoding_equals_dumps_det() -> None:
         assert s.encode() == dumps_det([s.rt, s.kind, s.value])
     with pytest.raises(EventFormatError):
         SubjectId("User", "userName", "\ud800").encode()
+
+
+@settings(max_examples=200, deadline=None)
+@given(ik=st.binary(min_size=1, max_size=80), msgs=st.lists(st.binary(max_size=300), max_size=4))
+def test_index_hashes_equal_hmac_of_the_index_key(ik: bytes, msgs: list[bytes]) -> None:
+    """The tenant's index and subject hashes (a copied keyed HMAC state, the C object under
+    the stdlib wrapper where there is one) equal HMAC-SHA256(ik, message)[:16], however
+    many times the state is copied and in whatever order."""
+    tk = TenantKeys(b"\x00" * 16, b"\x01" * 32, ik)
+
+    def ref(msg: bytes) -> bytes:
+        return hmac.new(ik, msg, hashlib.sha256).digest()[:16]
+
+    for m in msgs:
+        assert tk._ik_hash16(m) == ref(m)
+        fld, value = m[:3], m[3:]
+        assert tk.index_hash(fld, value) == ref(b"index\x00" + fld + b"\x00" + value)
+    assert tk.subject_hash_of("User", "rid", "u-1") == ref(
+        b"subject\x00" + SubjectId("User", "rid", "u-1").encode()
+    )
+    assert tk.subject_hash(SubjectId("Group", "xid", "é")) == ref(
+        b"subject\x00" + SubjectId("Group", "xid", "é").encode()
+    )
 
 
 # --- the random pool -------------------------------------------------------------------------
