@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import gc
 import math
 import os
 import re
@@ -200,18 +199,6 @@ def _open_signer(cfg: ServeConfig, fresh: bool, created: list[str]) -> Checkpoin
     return CheckpointSigner(key, cfg.origin or key.name)
 
 
-def _started(url: str) -> None:
-    """Once ``tlog serve`` is up: what start-up built (modules, the app, the store's handles)
-    lives as long as the process, so it is moved out of the garbage collector's reach
-    (``gc.freeze``, after one collection of start-up's garbage): the full collections a
-    busy server makes no longer walk those ~50,000 objects each time (a SCIM batch load
-    spent ~64% less time in them, docs/performance.md, ``batch5`` round). Nothing is
-    exempted from collection that is created later."""
-    gc.collect()
-    gc.freeze()
-    print(f"tlog: listening on {url}", flush=True)
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
     import logging.config
 
@@ -268,7 +255,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         cfg.host,
         cfg.port,
         cfg.server,
-        on_started=lambda: _started(url),
+        on_started=lambda: print(f"tlog: listening on {url}", flush=True),
         log_level=cfg.log_level,
         access_log=cfg.access_log,
         log_config=logs,

@@ -33,7 +33,6 @@ fills it in from flags, environment and file.
 from __future__ import annotations
 
 import asyncio
-import gc
 import json
 import logging
 import logging.config
@@ -475,19 +474,12 @@ def main_proxy(cfg: ProxyConfig) -> int:
         f"events to {cfg.log_url} via {cfg.outbox}"
     )
 
-    def on_started() -> None:
-        print(banner, flush=True)
-        # Everything made so far (modules, uvicorn, the app) lives as long as the process:
-        # out of the collector's full passes, which otherwise walk it all again every few
-        # hundred writes. Cyclic garbage made later is collected as before.
-        gc.freeze()
-
     started = run_hardened(
         app,
         host,
         port,
         cfg.server,
-        on_started=on_started,
+        on_started=lambda: print(banner, flush=True),
         log_level=cfg.log_level,
         access_log=False,
         log_config=log_config,

@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import resource
 import socket
@@ -471,6 +472,12 @@ def run_hardened(
     never printed when the bind fails). Returns whether the server started. Extra keyword
     arguments go to :class:`uvicorn.Config` (``log_level``, ``access_log``,
     ``timeout_graceful_shutdown``, ``log_config``, ...).
+
+    Once started, what start-up built (modules, uvicorn, the app, the store's handles) lives
+    as long as the process: it is collected once and moved out of the garbage collector's
+    reach (``gc.freeze``), so the full collections of a busy server stop walking those tens
+    of thousands of objects every time (docs/performance.md, ``batch5`` and ``proxy5``
+    rounds). Everything created later is collected as before.
     """
     config = hardened_config(app, host, port, limits, **kwargs)
     base = _server_class()
@@ -478,8 +485,11 @@ def run_hardened(
     class Server(base):  # type: ignore[valid-type,misc]
         async def startup(self, sockets: Any = None) -> None:
             await super().startup(sockets)
-            if self.started and on_started is not None:
-                on_started()
+            if self.started:
+                gc.collect()
+                gc.freeze()
+                if on_started is not None:
+                    on_started()
 
     server = Server(config)
     server.run()

@@ -627,14 +627,17 @@ def uuid7(ts_ms: int | None = None) -> uuid.UUID:
     Not monotonic within a millisecond (the optional §6.2 methods); eids need uniqueness,
     and sort order only roughly.
     """
+    return uuid.UUID(int=_uuid7_int(ts_ms))
+
+
+def _uuid7_int(ts_ms: int | None) -> int:
     if ts_ms is None:
         ts_ms = time.time_ns() // 1_000_000
     if not 0 <= ts_ms < 1 << 48:
         raise ValueError("UUIDv7 timestamp out of range")
     rand = secrets.randbits(74)
     value = (ts_ms << 80) | (0x7 << 76) | ((rand >> 62) << 64) | (0b10 << 62)
-    value |= rand & ((1 << 62) - 1)
-    return uuid.UUID(int=value)
+    return value | (rand & ((1 << 62) - 1))
 
 
 def _drop_empty(obj: Mapping[str, Any] | None) -> Any:
@@ -651,13 +654,7 @@ def _copy(obj: Any) -> Any:
 
 def uuid7_text(ts_ms: int | None = None) -> str:
     """``str(uuid7(ts_ms))``, written directly (the UUID object is only ever printed)."""
-    if ts_ms is None:
-        ts_ms = time.time_ns() // 1_000_000
-    if not 0 <= ts_ms < 1 << 48:
-        raise ValueError("UUIDv7 timestamp out of range")
-    rand = secrets.randbits(74)
-    value = (ts_ms << 80) | (0x7 << 76) | ((rand >> 62) << 64) | (0b10 << 62)
-    h = "%032x" % (value | (rand & ((1 << 62) - 1)))
+    h = f"{_uuid7_int(ts_ms):032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 

@@ -124,3 +124,45 @@ def test_any_uvicorn_server_binding_its_own_port() -> None:
         assert httpx.get(f"http://127.0.0.1:{port}/", timeout=10).text == "up\n"
     finally:
         assert st.stop(10)
+
+
+_FROZEN_CHILD = """
+import gc, os
+from client.runtime.serving import run_hardened
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            msg = await receive()
+            if msg["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif msg["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+print("before", gc.get_freeze_count(), flush=True)
+
+def started():
+    print("frozen", gc.get_freeze_count(), flush=True)
+    os._exit(0)
+
+run_hardened(app, "127.0.0.1", 0, on_started=started, log_level="warning")
+"""
+
+
+def test_run_hardened_freezes_what_start_up_built() -> None:
+    """``tlog serve`` and ``tlog scim-proxy`` run under ``run_hardened``: once started, the
+    objects start-up made are out of the collector's full passes (``gc.freeze``), before
+    the banner; later objects are not (nothing is frozen before start-up)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    r = subprocess.run(
+        [sys.executable, "-c", _FROZEN_CHILD], cwd=root, capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 0, r.stderr
+    lines = dict(line.split(" ", 1) for line in r.stdout.splitlines())
+    assert lines["before"] == "0"
+    assert int(lines["frozen"]) > 1000
