@@ -102,9 +102,10 @@ def test_private_store_holds_no_plaintext_identifiers(
         dump = schema_dump(cluster, database, tmp_path / "dump.sql")
         raw = {"dump": dump, "dump bytea": _bytea_values(dump), "wal": wal_since(cluster, start)}
         files = relation_files(cluster, database)
+        # The canary is in one of the files; every file is scanned once below.
+        assert any(b"canary-token-name" in f for f in files.values()), "relation files"
         raw.update(files)
-        raw["relation files"] = b"".join(files.values())
-        seen = ["dump bytea", "wal", "relation files"]
+        seen = ["dump bytea", "wal"]
     for name in seen:
         assert b"canary-token-name" in raw[name], name
     for name, data in raw.items():
