@@ -78,6 +78,7 @@ MASTER_KEY_FILE = "scim-master.key"
 KEY_SIZE = 32
 IV_SIZE = 12
 KID_SIZE = 16
+MAX_CACHED_REFS = 4096  # tenant refs remembered by a KeyRing (KeyRing.tenant_ref)
 HASH16 = 16
 _FILE_HEADER = "tlog-scim-master-key-v1 "
 _AAD = b"tlog-scim/v1/"
@@ -114,6 +115,10 @@ class RandomPool:
     what it did not hand out is never used for anything."""
 
     BLOCK = 8192
+    # The first read is small: a single event's staging draws a few hundred bytes (a new
+    # subject's keys, IVs and nonce), and reading a whole BLOCK for it cost ~25 µs of
+    # getrandom per event; a batch's later reads are BLOCK-sized.
+    FIRST_BLOCK = 512
 
     def __init__(self) -> None:
         self._buf = b""
@@ -126,7 +131,7 @@ class RandomPool:
         pos = self._pos
         end = pos + n
         if end > len(self._buf):
-            self._buf = os.urandom(max(self.BLOCK, n))
+            self._buf = os.urandom(max(self.BLOCK if self._buf else self.FIRST_BLOCK, n))
             pos, end = 0, n
         self._pos = end
         return self._buf[pos:end]
@@ -422,6 +427,9 @@ class KeyRing:
         self.master = master
         self._storage = storage
         self._tn_key = tn_key
+        # tenant id -> tn (an HMAC under the tenant ref key, which never changes: every
+        # single event's staging asks for it). Bounded; a miss recomputes.
+        self._refs: dict[str, bytes] = {}
         self._tenants: dict[bytes, tuple[bytes, TenantKeys]] = {}
         self._swap = threading.Lock()
         if candidates and master.path is not None:
@@ -439,7 +447,13 @@ class KeyRing:
         return "KeyRing()"
 
     def tenant_ref(self, tenant: str) -> bytes:
-        return tenant_ref(self._tn_key, tenant)
+        tn = self._refs.get(tenant) if type(tenant) is str else None
+        if tn is None:
+            tn = tenant_ref(self._tn_key, tenant)
+            if len(self._refs) >= MAX_CACHED_REFS:
+                self._refs.clear()
+            self._refs[tenant] = tn
+        return tn
 
     def _tenant_keys(self, tn: bytes, raw: bytes) -> TenantKeys:
         with self._swap:
