@@ -155,6 +155,9 @@ class Metrics:
             registry=r,
         )
         self.last_publish: float | None = None
+        # (op, outcome) -> its labelled counter: labels() takes a lock and builds a key on
+        # every call, and single events call observe_events once each.
+        self._scim_children: dict[tuple[str, str], Any] = {}
 
     # -- hooks -------------------------------------------------------------------------------
 
@@ -187,8 +190,13 @@ class Metrics:
         counts = collections.Counter(
             (str(ev.get("op", "?")), str(ev.get("outcome", "?"))) for ev in events
         )
-        for (op, outcome), n in counts.items():
-            self.scim_events.labels(op, outcome).inc(n)
+        for key, n in counts.items():
+            child = self._scim_children.get(key)
+            if child is None:
+                child = self.scim_events.labels(*key)
+                if len(self._scim_children) < 1024:  # bounded by the event schema's values
+                    self._scim_children[key] = child
+            child.inc(n)
 
     def attach(self, log_: Log, seq: Sequencer, published: PublishedState) -> None:
         """Register the scrape-time gauges of this log (and of its witnessing, if any)."""

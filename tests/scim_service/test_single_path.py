@@ -1,0 +1,143 @@
+"""The single-event path's shortcuts (``single5`` round) give exactly what the code they
+replace gave: the answer's bytes, the tenant reference, the random bytes of a staging."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from client.formats.proof_bundle import TlogProof
+from client.scim.leaf import tenant_ref
+from tests.scim_service.conftest import T1, open_harness, user_event
+from tlog.log import Published
+from tlog.scim import keys as keys_mod
+from tlog.scim.keys import RandomPool
+from tlog.scim.routes import ScimRoutes, _json_encode, _receipt_answer, _tlog_proof
+from tlog.scim.service import Submitted
+
+_hashes = st.lists(st.binary(min_size=32, max_size=32), max_size=63)
+_submitted = st.builds(
+    Submitted,
+    eid=st.text(max_size=40),
+    leaf=st.binary(max_size=200),
+    leaf_hash=st.binary(min_size=32, max_size=32),
+    ts=st.integers(0, 2**63 - 1),
+    duplicate=st.booleans(),
+    index=st.integers(0, 2**62),
+)
+
+
+def _routes(proof: list[bytes], note: str, cached: bool) -> ScimRoutes:
+    """ScimRoutes over a stand-in API that hands out ``proof`` and ``note``, from memory
+    (``cached``) or only through the awaited reads."""
+
+    async def inclusion_proof(index: int, size: int, leaf: bytes | None) -> list[bytes]:
+        return list(proof)
+
+    async def note_of(pub: Published) -> str:
+        return note
+
+    api: Any = SimpleNamespace(
+        inclusion_proof=inclusion_proof,
+        note=note_of,
+        log=SimpleNamespace(
+            cached_inclusion_proof=lambda i, n, lh: list(proof) if cached else None
+        ),
+        published=SimpleNamespace(cached_note=lambda pub: note if cached else None),
+    )
+    service: Any = SimpleNamespace(limits=None)
+    return ScimRoutes(service, api)
+
+
+@settings(max_examples=200, deadline=None)
+@given(s=_submitted, proof=_hashes, note=st.text(max_size=300), extra=st.integers(0, 5),
+       cached=st.booleans())  # fmt: skip
+def test_single_answer_is_the_submitted_dicts_json(
+    s: Submitted, proof: list[bytes], note: str, extra: int, cached: bool
+) -> None:
+    """add_event's answer (a struct encoded in C) is the JSON of the dict _submitted builds
+    (what it answered before), for any receipt, from memory or through the reads."""
+    pub = Published(s.index + 1 + extra, note)
+    r = _routes(proof, note, cached)
+    old = _json_encode(asyncio.run(r._submitted(s, pub)))
+    assert asyncio.run(r._submitted_json(s, pub)) == old
+    assert _receipt_answer(s, pub.size, note, proof) == old
+
+
+@settings(max_examples=200, deadline=None)
+@given(index=st.integers(0, 2**63 - 1), proof=_hashes, note=st.text(max_size=300))
+def test_tlog_proof_is_the_bundle_format(index: int, proof: list[bytes], note: str) -> None:
+    assert _tlog_proof(index, proof, note) == TlogProof(index, tuple(proof), note).format()
+
+
+def test_tenant_ref_is_remembered_and_equal(tmp_path: Path) -> None:
+    with open_harness(tmp_path) as h:
+        ring = h.service.keys
+        key = ring._tn_key
+        for t in (T1, "other", "é✓"):
+            assert ring.tenant_ref(t) == tenant_ref(key, t)
+            assert ring.tenant_ref(t) == tenant_ref(key, t)  # from the cache
+        assert ring._refs[T1] == tenant_ref(key, T1)
+        for bad in ("", None, 5):
+            with pytest.raises(ValueError):
+                ring.tenant_ref(bad)  # type: ignore[arg-type]
+        ring._refs.clear()
+        for i in range(keys_mod.MAX_CACHED_REFS + 10):  # bounded
+            ring.tenant_ref(f"t{i}")
+        assert len(ring._refs) <= keys_mod.MAX_CACHED_REFS
+
+
+def test_random_pool_first_read_is_small_then_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A staging's first read from the OS is FIRST_BLOCK bytes, later ones BLOCK (or the
+    draw, if larger); every byte read is handed out at most once, in order."""
+    reads: list[bytes] = []
+    real = os.urandom
+
+    def urandom(n: int) -> bytes:
+        reads.append(real(n))
+        return reads[-1]
+
+    monkeypatch.setattr(keys_mod.os, "urandom", urandom)
+    pool = RandomPool()
+    sizes = [32, 12, 16, 32, 12, 32, 12] * 200 + [RandomPool.BLOCK + 5, 3, 600]
+    parts = [pool(n) for n in sizes]
+    assert [len(p) for p in parts] == sizes
+    assert len(reads[0]) == RandomPool.FIRST_BLOCK
+    assert all(len(b) == max(RandomPool.BLOCK, len(b)) for b in reads[1:])
+    # Rebuild which read each part came from: consecutive slices, never overlapping.
+    pos, block = 0, 0
+    for p in parts:
+        if pos + len(p) > len(reads[block]):
+            block, pos = block + 1, 0
+        assert reads[block][pos : pos + len(p)] == p
+        pos += len(p)
+    assert block == len(reads) - 1
+
+
+def test_a_single_event_reads_one_small_block(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A single new-subject event's staging reads the OS's randomness once, FIRST_BLOCK
+    bytes (it used to read BLOCK, 8 KiB, for the few hundred bytes it draws)."""
+    with open_harness(tmp_path) as h:
+        ok = h.post_event(user_event("u-0", op="create"))  # the tenant's keys exist from here on
+        assert ok.status_code == 200, ok.text
+        sizes: list[int] = []
+        real = os.urandom
+
+        def urandom(n: int) -> bytes:
+            sizes.append(n)
+            return real(n)
+
+        monkeypatch.setattr(keys_mod.os, "urandom", urandom)
+        r = h.post_event(user_event("u-1", op="create", req="req-0002"))
+        assert r.status_code == 200, r.text
+        big = [n for n in sizes if n >= RandomPool.FIRST_BLOCK]
+        assert big == [RandomPool.FIRST_BLOCK]
