@@ -4,7 +4,10 @@ replace gave: the answer's bytes, the tenant reference, the random bytes of a st
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import itertools
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -14,13 +17,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from client.formats.proof_bundle import TlogProof
+from client.scim import encode_event
 from client.scim.leaf import tenant_ref
-from tests.scim_service.conftest import T1, open_harness, user_event
+from tests.scim_service.conftest import BASE_TS, T1, T2, open_harness, user_event
+from tests.scim_service.test_stage_fast import _batch, _create, _user_mods
 from tlog.log import Published
 from tlog.scim import keys as keys_mod
+from tlog.scim import store
 from tlog.scim.keys import RandomPool
 from tlog.scim.routes import ScimRoutes, _json_encode, _receipt_answer, _tlog_proof
 from tlog.scim.service import Submitted
+from tlog.scim.store import Overlay
 
 _hashes = st.lists(st.binary(min_size=32, max_size=32), max_size=63)
 _submitted = st.builds(
@@ -141,3 +148,79 @@ def test_a_single_event_reads_one_small_block(
         assert r.status_code == 200, r.text
         big = [n for n in sizes if n >= RandomPool.FIRST_BLOCK]
         assert big == [RandomPool.FIRST_BLOCK]
+
+
+@pytest.fixture
+def stream_rand(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[], None]]:
+    """RandomPool replaced by a deterministic stream, restarted by calling the fixture's
+    value (as in test_stage_fast): the same draws in the same order give the same bytes."""
+    pos = [0]
+    buf = hashlib.shake_256(b"single5").digest(1 << 20)
+
+    def call(self: RandomPool, n: int) -> bytes:
+        p = pos[0]
+        pos[0] = p + n
+        return buf[p : p + n]
+
+    def restart() -> None:
+        pos[0] = 0
+
+    monkeypatch.setattr(RandomPool, "__call__", call)
+    # a new tenant's keys (the sealing of its record draws an IV of its own, not from here)
+    monkeypatch.setattr(keys_mod.secrets, "token_bytes", lambda n: call(RandomPool(), n))
+    yield restart
+
+
+def _stage_group(
+    svc: Any, jobs: list[tuple[str, dict[str, Any]]], *, memo: bool
+) -> tuple[list[Any], list[tuple[bytes, bytes | None]]]:
+    """The group writer's loop (ScimService._commit_group) over one-event stagings, with or
+    without the group's shared memo: what each staging answered, and the records."""
+    out: list[Any] = []
+    with svc.storage.read() as rv:
+        tx = Overlay(rv)
+        svc._group_memo = {} if memo else None
+        try:
+            for tenant, ev in jobs:
+                stage = svc._stager(tenant, [ev], [encode_event(ev)])
+                mark = tx.mark()
+                try:
+                    out.append(stage(tx))
+                except Exception as exc:
+                    tx.rollback(mark)
+                    out.append(f"{type(exc).__name__}: {exc}")
+        finally:
+            svc._group_memo = None
+        return out, tx.items()
+
+
+@pytest.mark.parametrize("ticks_per_ms", [1, 3, 1000])
+def test_a_group_of_single_events_stages_what_each_alone_stages(
+    tmp_path: Path, database: str | None, stream_rand: Any, ticks_per_ms: int
+) -> None:
+    """One-event stagings sharing the group's memo (ScimService._pipeline) stage exactly
+    the records and leaves they stage without it: same bytes, same answers, same refusals,
+    with the log time moving within the group, a refused staging rolled back in the
+    middle, and a tenant whose keys the group itself creates."""
+    with open_harness(tmp_path, database=database) as h:
+        r = h.post_event(_create("u-0", "r0", _user_mods("zero@example.org")))
+        assert r.status_code == 200, r.text
+        svc = h.service
+        events = _batch()
+        clash = dict(events[1], mods=_user_mods("other@example.org"))  # eid of events[1]
+        jobs = [(T1, ev) for ev in events[:5]] + [(T1, clash)] + [(T1, ev) for ev in events[5:]]
+        t2 = [user_event(f"v-{i}", tenant=T2, op="create", req=f"q{i}") for i in range(3)]
+        jobs[8:8] = [(T2, ev) for ev in t2]  # a tenant the group creates, between T1's events
+        results = []
+        for memo in (False, True):
+            calls = itertools.count()
+            svc.clock = lambda c=calls: BASE_TS + 86_400_000 + next(c) // ticks_per_ms
+            stream_rand()
+            results.append(_stage_group(svc, jobs, memo=memo))
+        (want, want_records), (got, got_records) = results
+        assert any(isinstance(x, str) and "Conflict" in x for x in want)  # one refused
+        assert got == want
+        assert [k for k, _ in got_records] == [k for k, _ in want_records]
+        # every record the same but the new tenant's, whose sealing IV is the OS's own
+        differ = {k for (k, a), (_, b) in zip(got_records, want_records, strict=True) if a != b}
+        assert differ == {store.tenant_key(svc.tenant_ref(T2))}

@@ -41,6 +41,7 @@ The other stages, one module each, reach the store through this object's writer 
 from __future__ import annotations
 
 import asyncio
+import copy
 import functools
 import hmac
 import json
@@ -186,6 +187,19 @@ class _Pipeline:
             self.keys, self.values = [], []
 
 
+class _GroupMemo:
+    """What the stagings of one group share for one tenant's keys (ScimService._pipeline)."""
+
+    __slots__ = ("index", "pipe", "tk")
+
+    def __init__(
+        self, tk: TenantKeys, pipe: _Pipeline, index: dict[tuple[bytes, bytes], bytes]
+    ) -> None:
+        self.tk = tk
+        self.pipe = pipe
+        self.index = index
+
+
 @dataclass(frozen=True)
 class ScimLimits:
     """Explicit limits of the SCIM endpoints (documented in docs/api.md)."""
@@ -308,6 +322,10 @@ class ScimService:
         self._epoch = 0  # bumped when the commit of a handed group failed
         self._broken_upto = 0  # groups up to this one were staged on top of a failed one
         self._pending_epoch = 0
+        # While the group writer stages one group (_commit_group, under the writer lock):
+        # per tenant keys, what every staging of the group may share because it is a pure
+        # function of those keys (and of the log time): see _pipeline. None otherwise.
+        self._group_memo: dict[bytes, _GroupMemo] | None = None
         self.erasures = Erasures(self)
         self.searcher = Searcher(self)
         self.access = AccessLog(self)
@@ -403,15 +421,19 @@ class ScimService:
                 epoch = self._epoch
                 with self.storage.read() as rv:
                     tx = Overlay(rv, self._pending if self._coalesce else None)
-                    for job in jobs:
-                        if job.future.cancelled():
-                            continue
-                        mark = tx.mark()
-                        try:
-                            ok.append((job, job.fn(tx)))
-                        except Exception as exc:
-                            tx.rollback(mark)
-                            answers.append((job, exc, None))
+                    self._group_memo = {}
+                    try:
+                        for job in jobs:
+                            if job.future.cancelled():
+                                continue
+                            mark = tx.mark()
+                            try:
+                                ok.append((job, job.fn(tx)))
+                            except Exception as exc:
+                                tx.rollback(mark)
+                                answers.append((job, exc, None))
+                    finally:
+                        self._group_memo = None
                     items = tx.items()
                 if not self._coalesce:
                     if items:
@@ -628,7 +650,7 @@ class ScimService:
                 return out
             # Creates of new resources (the bulk of a provisioning batch) take the batch
             # pipeline; any other event the general path, in the order submitted.
-            pipe = _Pipeline(tk, now)
+            pipe = self._pipeline(tk, now, batch)
             stage_new, stage_one = self._stage_new, self._stage
             out = []
             for ev, enc in zip(events, encoded, strict=True):
@@ -642,6 +664,31 @@ class ScimService:
             return out
 
         return stage
+
+    def _pipeline(self, tk: TenantKeys, now: int, batch: _Batch) -> _Pipeline:
+        """A staging's pipeline. In a group (``_group_memo`` set), the stagings of one
+        tenant's keys share what only depends on those keys and the log time: the leaf's
+        cut and the key prefixes (the same ``now``), the index conditions by event shape
+        and by (field, value); each gets its own pending records and ``_Batch``. Single
+        events are a group of one-event stagings each: without this, each computed all of
+        it again. A tenant whose keys this group created is never shared (its record could
+        be rolled back with the staging that made it: a new TenantKeys object each time)."""
+        memo = self._group_memo
+        if memo is None:
+            return _Pipeline(tk, now)
+        got = memo.get(tk.tn)
+        if got is None or got.tk is not tk:
+            got = memo[tk.tn] = _GroupMemo(tk, _Pipeline(tk, now), batch.index)
+        else:
+            batch.index = got.index
+        base = got.pipe
+        if base.now != now:
+            templates = base.templates
+            base = got.pipe = _Pipeline(tk, now)
+            base.templates = templates
+        pipe = copy.copy(base)
+        pipe.keys, pipe.values = [], []
+        return pipe
 
     def stage_one(self, tx: Overlay, tk: TenantKeys, ev: Event, now: int) -> Accepted:
         """Stage one validated event in the caller's transaction (the log's own events)."""
