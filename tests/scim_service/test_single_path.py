@@ -179,7 +179,7 @@ def _stage_group(
     out: list[Any] = []
     with svc.storage.read() as rv:
         tx = Overlay(rv)
-        svc._group_memo = {} if memo else None
+        svc._group_memo, svc._group_tenants = ({}, {}) if memo else (None, None)
         try:
             for tenant, ev in jobs:
                 stage = svc._stager(tenant, [ev], [encode_event(ev)])
@@ -190,7 +190,7 @@ def _stage_group(
                     tx.rollback(mark)
                     out.append(f"{type(exc).__name__}: {exc}")
         finally:
-            svc._group_memo = None
+            svc._group_memo = svc._group_tenants = None
         return out, tx.items()
 
 
@@ -211,14 +211,37 @@ def test_a_group_of_single_events_stages_what_each_alone_stages(
         jobs = [(T1, ev) for ev in events[:5]] + [(T1, clash)] + [(T1, ev) for ev in events[5:]]
         t2 = [user_event(f"v-{i}", tenant=T2, op="create", req=f"q{i}") for i in range(3)]
         jobs[8:8] = [(T2, ev) for ev in t2]  # a tenant the group creates, between T1's events
+        # the first staging for T2 creates its keys and then fails: rolled back with it
+        doomed = t2[0]["eid"]
+        stage_new = svc._stage_new
+
+        def failing(tx: Any, tk: Any, ev: Any, *a: Any) -> Any:
+            if ev["eid"] == doomed:
+                raise RuntimeError("injected")
+            return stage_new(tx, tk, ev, *a)
+
+        svc._stage_new = failing  # type: ignore[method-assign]
+        reads: list[str] = []
+        tenant_or_create = svc.keys.tenant_or_create
+
+        def counted(tx: Any, tenant: str) -> Any:
+            reads.append(tenant)
+            return tenant_or_create(tx, tenant)
+
+        svc.keys.tenant_or_create = counted  # type: ignore[method-assign]
         results = []
         for memo in (False, True):
+            reads.clear()
             calls = itertools.count()
             svc.clock = lambda c=calls: BASE_TS + 86_400_000 + next(c) // ticks_per_ms
             stream_rand()
             results.append(_stage_group(svc, jobs, memo=memo))
+        # with the memo: T1's keys read once, T2's (staged by the group) every time
+        assert reads.count(T1) == 1 and reads.count(T2) == 3
         (want, want_records), (got, got_records) = results
+        assert svc._group_memo is None and svc._group_tenants is None
         assert any(isinstance(x, str) and "Conflict" in x for x in want)  # one refused
+        assert "RuntimeError: injected" in want
         assert got == want
         assert [k for k, _ in got_records] == [k for k, _ in want_records]
         # every record the same but the new tenant's, whose sealing IV is the OS's own

@@ -326,6 +326,9 @@ class ScimService:
         # per tenant keys, what every staging of the group may share because it is a pure
         # function of those keys (and of the log time): see _pipeline. None otherwise.
         self._group_memo: dict[bytes, _GroupMemo] | None = None
+        # ... and the keys of each tenant whose record is durable: read once per group,
+        # not once per staging (_tenant_keys).
+        self._group_tenants: dict[str, TenantKeys] | None = None
         self.erasures = Erasures(self)
         self.searcher = Searcher(self)
         self.access = AccessLog(self)
@@ -421,7 +424,7 @@ class ScimService:
                 epoch = self._epoch
                 with self.storage.read() as rv:
                     tx = Overlay(rv, self._pending if self._coalesce else None)
-                    self._group_memo = {}
+                    self._group_memo, self._group_tenants = {}, {}
                     try:
                         for job in jobs:
                             if job.future.cancelled():
@@ -433,7 +436,7 @@ class ScimService:
                                 tx.rollback(mark)
                                 answers.append((job, exc, None))
                     finally:
-                        self._group_memo = None
+                        self._group_memo = self._group_tenants = None
                     items = tx.items()
                 if not self._coalesce:
                     if items:
@@ -638,7 +641,7 @@ class ScimService:
         against: same records, same bytes)."""
 
         def stage(tx: Overlay) -> list[Accepted]:
-            tk = self.keys.tenant_or_create(tx, tenant)
+            tk = self._tenant_keys(tx, tenant)
             now = self.clock()
             batch = _Batch()
             if not fast:
@@ -664,6 +667,23 @@ class ScimService:
             return out
 
         return stage
+
+    def _tenant_keys(self, tx: Overlay, tenant: str) -> TenantKeys:
+        """The tenant's keys (created if it has none). In a group, a tenant's keys read
+        from a record this group did not stage are remembered for the group's other
+        stagings: no staging of a group changes an existing tenant record (re-keying takes
+        the writer lock and waits for the groups in flight); a record staged by this group
+        (rolled back with its staging if that fails) or by one not yet durable is read
+        again each time."""
+        memo = self._group_tenants
+        if memo is None:
+            return self.keys.tenant_or_create(tx, tenant)
+        tk = memo.get(tenant)
+        if tk is None:
+            tk = self.keys.tenant_or_create(tx, tenant)
+            if not tx.staged(store.tenant_key(tk.tn)):
+                memo[tenant] = tk
+        return tk
 
     def _pipeline(self, tk: TenantKeys, now: int, batch: _Batch) -> _Pipeline:
         """A staging's pipeline. In a group (``_group_memo`` set), the stagings of one
