@@ -14,6 +14,12 @@ Needs ``wrk`` (``apt-get install -y wrk``). Both servers run as one uvicorn proc
 Reported: requests/s, p50/p99, each server's CPU per request (user + system time of its
 process during its run, over the requests answered: unlike the rates, it hardly moves with
 the machine's other load), and the ratio SCIM / hello (the target is >= 0.25).
+
+``--in-process N``: no HTTP server and no wrk: ``tlog serve``'s ASGI app built in this
+process (``tlog.server.build_app``, the serve defaults, uvloop), driven by 64 concurrent
+callers with N events in all; reported: the process's CPU per event and the event loop's
+share of it (the rest is the SCIM group writer, the sequencer's writer and publisher). It
+leaves out uvicorn and the sockets, which hello-world pays as well.
 """
 
 from __future__ import annotations
@@ -76,11 +82,90 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def in_process(total: int, callers: int = 64) -> None:
+    """``--in-process``: the app alone (module docstring)."""
+    import asyncio
+    import random
+    import time
+
+    import uvloop
+
+    from client.formats.note import Ed25519Signer
+    from tlog.config import ServeConfig
+    from tlog.server import build_app
+    from tlog.signer import CheckpointSigner
+
+    tmp = Path(tempfile.mkdtemp(prefix="tlog-bench-scim1-"))
+    origin = "bench.example/log"
+    cfg = ServeConfig(data=tmp / "data")
+    sys.setswitchinterval(cfg.switch_interval_ms / 1000.0)  # as tlog serve sets it
+    app, log_, tokens = build_app(cfg, CheckpointSigner(Ed25519Signer(origin, bytes(32)), origin))
+    token, _ = tokens.create("submitter", tenant=TENANT, name="bench")
+    body = template().replace("\\\\", "\\")
+    head = [(b"authorization", f"Bearer {token}".encode()), (b"content-type", b"application/json")]
+    statuses: dict[int, int] = {}
+
+    async def caller(k: int, n: int) -> None:
+        for i in range(n):
+            h = f"{random.getrandbits(128):032x}"
+            eid = f"{h[:8]}-{h[8:12]}-7{h[13:16]}-a{h[17:20]}-{h[20:]}"
+            data = body.replace("EID", eid).replace("RID", f"u-{k}-{i}-{h[:8]}").encode()
+            scope = {
+                "type": "http",
+                "method": "POST",
+                "path": "/v1/scim/events",
+                "raw_path": b"/v1/scim/events",
+                "query_string": b"",
+                "headers": [*head, (b"content-length", str(len(data)).encode())],
+                "http_version": "1.1",
+                "scheme": "http",
+                "client": ("127.0.0.1", 1),
+                "server": ("127.0.0.1", 2),
+                "root_path": "",
+            }
+            sent: list[dict[str, object]] = []
+
+            async def receive(data: bytes = data) -> dict[str, object]:
+                return {"type": "http.request", "body": data, "more_body": False}
+
+            async def send(m: dict[str, object], sent: list[dict[str, object]] = sent) -> None:
+                sent.append(m)
+
+            await app(scope, receive, send)
+            status = int(sent[0]["status"])  # type: ignore[call-overload]
+            statuses[status] = statuses.get(status, 0) + 1
+
+    async def run() -> None:
+        async with app.app.router.lifespan_context(app.app):
+            await asyncio.gather(*(caller(k, 20) for k in range(callers)))  # warm-up
+            statuses.clear()
+            per = max(total // callers, 1)
+            c0, t0, w0 = time.process_time(), time.thread_time(), time.perf_counter()
+            await asyncio.gather(*(caller(k, per) for k in range(callers)))
+            c1, t1, w1 = time.process_time(), time.thread_time(), time.perf_counter()
+            n = per * callers
+            print(
+                f"in process, {callers} callers, {n} events: CPU {1e6 * (c1 - c0) / n:.0f} "
+                f"µs/event (event loop {1e6 * (t1 - t0) / n:.0f}), {n / (w1 - w0):,.0f} "
+                f"events/s; answers {statuses}"
+            )
+
+    try:
+        uvloop.run(run())
+    finally:
+        log_.storage.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument("--in-process", type=int, default=0, metavar="N")
     args = ap.parse_args()
+    if args.in_process:
+        in_process(args.in_process)
+        return
     if shutil.which("wrk") is None:
         sys.exit("bench.scim_single needs wrk: apt-get install -y wrk")
     tmp = Path(tempfile.mkdtemp(prefix="tlog-bench-scim1-"))
