@@ -186,10 +186,10 @@ class Metrics:
         self.witness_pushes.labels(witness, result).inc()
 
     def observe_events(self, events: Sequence[Any]) -> None:
-        # Counted per (op, outcome) first: one labelled increment per pair, not per event.
-        counts = collections.Counter(
-            (str(ev.get("op", "?")), str(ev.get("outcome", "?"))) for ev in events
-        )
+        # Counted per (op, outcome) first: one labelled increment per pair, not per event
+        # (a single event's pair without building a Counter).
+        pairs = ((str(ev.get("op", "?")), str(ev.get("outcome", "?"))) for ev in events)
+        counts = {next(pairs): 1} if len(events) == 1 else collections.Counter(pairs)
         for key, n in counts.items():
             child = self._scim_children.get(key)
             if child is None:

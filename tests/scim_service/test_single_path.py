@@ -4,6 +4,7 @@ replace gave: the answer's bytes, the tenant reference, the random bytes of a st
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import itertools
 import os
@@ -22,6 +23,7 @@ from client.scim.leaf import tenant_ref
 from tests.scim_service.conftest import BASE_TS, T1, T2, open_harness, user_event
 from tests.scim_service.test_stage_fast import _batch, _create, _user_mods
 from tlog.log import Published
+from tlog.metrics import Metrics
 from tlog.scim import keys as keys_mod
 from tlog.scim import store
 from tlog.scim.keys import RandomPool
@@ -247,3 +249,24 @@ def test_a_group_of_single_events_stages_what_each_alone_stages(
         # every record the same but the new tenant's, whose sealing IV is the OS's own
         differ = {k for (k, a), (_, b) in zip(got_records, want_records, strict=True) if a != b}
         assert differ == {store.tenant_key(svc.tenant_ref(T2))}
+
+
+def test_events_counter_counts_singles_and_batches_alike() -> None:
+    """Metrics.observe_events (its single-event shortcut and remembered labelled
+    counters) counts what a Counter over (op, outcome) counts."""
+    m = Metrics()
+    evs = [
+        {"op": "create", "outcome": "success"},
+        {"op": "patch", "outcome": "failure"},
+        {"op": "create", "outcome": "success"},
+        {},  # counted under "?"
+    ]
+    want: collections.Counter[tuple[str, str]] = collections.Counter()
+    for batch in ([evs[0]], evs, [evs[1]], [evs[3]], evs[:2]):
+        m.observe_events(batch)
+        want.update((str(e.get("op", "?")), str(e.get("outcome", "?"))) for e in batch)
+    for (op, outcome), n in want.items():
+        got = m.registry.get_sample_value(
+            "tlog_scim_events_total", {"action": op, "outcome": outcome}
+        )
+        assert got == n, (op, outcome)
