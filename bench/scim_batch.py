@@ -52,8 +52,8 @@ from typing import Any
 
 from bench.http import log_and_hello
 from bench.scim_proxy import (
-    _post_batches,
     cpu_model,
+    post_batches,
     raw_batch_load,
     sample_events,
     tlog_token,
@@ -132,7 +132,7 @@ def http(duration: int, pyspy: Path | None = None) -> None:
             )
         c0 = _cpu_s(pids[0])
         path = "/v1/scim/events/batch"
-        scim, scim_n = _post_batches(url, token, path, "results", bodies, duration)
+        scim, scim_n = post_batches(url, token, path, "results", bodies, duration)
         c1 = _cpu_s(pids[0])
         if spy is not None:
             spy.send_signal(2)

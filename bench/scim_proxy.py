@@ -229,7 +229,7 @@ def sample_events(n: int, tag: str) -> list[str]:
     return out
 
 
-def _post_batches(
+def post_batches(
     url: str, token: str, path: str, count: str, bodies: list[list[bytes]], seconds: float
 ) -> tuple[float, int]:
     """POST each thread's pre-built JSON bodies to ``path`` until ``seconds`` pass or the
@@ -273,7 +273,7 @@ def batch_load(url: str, token: str, seconds: float, threads: int = 2) -> tuple[
                 for k in range(max(2, int(seconds)))
             ]
         )
-    return _post_batches(url, token, "/v1/scim/events/batch", "results", bodies, seconds)
+    return post_batches(url, token, "/v1/scim/events/batch", "results", bodies, seconds)
 
 
 def raw_batch_load(url: str, token: str, seconds: float, threads: int = 2) -> tuple[float, int]:
@@ -290,7 +290,7 @@ def raw_batch_load(url: str, token: str, seconds: float, threads: int = 2) -> tu
         ]
         for _ in range(threads)
     ]
-    return _post_batches(url, token, "/v1/entries/batch", "indices", bodies, seconds)
+    return post_batches(url, token, "/v1/entries/batch", "indices", bodies, seconds)
 
 
 def tlog_token(data: Path, tenant: str) -> str:

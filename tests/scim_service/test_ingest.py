@@ -13,9 +13,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from client.formats.checkpoint import open_checkpoint
-from client.formats.merkle import leaf_hash, verify_inclusion
-from client.formats.note import b64decode_strict
-from client.formats.proof_bundle import TlogProof
+from client.formats.merkle import verify_inclusion
 from client.scim import commitment, dumps_det, encode_event, event_to_json, parse_leaf
 from tests.scim.helpers import Pairs, Raw, ref_encode
 from tlog.app import LogApp
@@ -27,27 +25,8 @@ from tlog.server import build_app
 from tlog.storage import StorageError
 
 from ..support import serve_config
-from .conftest import BASE_TS, ORIGIN, T1, Harness, make_signer, user_event
-
-
-def check_receipt(h: Harness, d: dict[str, Any], index: int | None = None) -> bytes:
-    """Verify a submission answer with the client library; return the leaf bytes."""
-    leaf = b64decode_strict(d["leaf"])
-    lh = b64decode_strict(d["leaf_hash"], size=32)
-    assert leaf_hash(leaf) == lh
-    if index is not None:
-        assert d["index"] == index
-    cp, _ = open_checkpoint(d["checkpoint"], [h.signer.verifier], origin=ORIGIN)
-    assert cp.size == d["tree_size"] > d["index"]
-    proof = [b64decode_strict(x, size=32) for x in d["inclusion_proof"]]
-    verify_inclusion(d["index"], cp.size, lh, proof, cp.root_hash)
-    TlogProof.parse(d["tlog_proof"]).verify(h.signer.verifier, entry=leaf)
-    parsed = parse_leaf(leaf)
-    assert parsed.ts == d["ts"]
-    assert parsed.tn == h.service.tenant_ref(T1)
-    # The public entry at that index is exactly the leaf: nothing else goes into the tree.
-    assert h.client.get(f"/v1/entries/{d['index']}").content == leaf
-    return leaf
+from .conftest import BASE_TS, T1, Harness, make_signer, user_event
+from .helpers import check_receipt
 
 
 @pytest.mark.parametrize("cbor", [False, True], ids=["json", "cbor"])

@@ -26,7 +26,7 @@ from tlog.scim import store
 from tlog.storage import Storage
 
 from .conftest import T1, Harness, make_signer, open_harness, user_event
-from .test_ingest import check_receipt
+from .helpers import check_receipt
 
 _examples = itertools.count()
 

@@ -21,7 +21,7 @@ from client.formats.proof_bundle import TlogProof
 from client.scim import encode_event
 from client.scim.leaf import tenant_ref
 from tests.scim_service.conftest import BASE_TS, T1, T2, open_harness, user_event
-from tests.scim_service.test_stage_fast import _batch, _create, _user_mods
+from tests.scim_service.helpers import create_event, mixed_batch, user_mods
 from tlog.log import Published
 from tlog.metrics import Metrics
 from tlog.scim import keys as keys_mod
@@ -205,11 +205,11 @@ def test_a_group_of_single_events_stages_what_each_alone_stages(
     with the log time moving within the group, a refused staging rolled back in the
     middle, and a tenant whose keys the group itself creates."""
     with open_harness(tmp_path, database=database) as h:
-        r = h.post_event(_create("u-0", "r0", _user_mods("zero@example.org")))
+        r = h.post_event(create_event("u-0", "r0", user_mods("zero@example.org")))
         assert r.status_code == 200, r.text
         svc = h.service
-        events = _batch()
-        clash = dict(events[1], mods=_user_mods("other@example.org"))  # eid of events[1]
+        events = mixed_batch()
+        clash = dict(events[1], mods=user_mods("other@example.org"))  # eid of events[1]
         jobs = [(T1, ev) for ev in events[:5]] + [(T1, clash)] + [(T1, ev) for ev in events[5:]]
         t2 = [user_event(f"v-{i}", tenant=T2, op="create", req=f"q{i}") for i in range(3)]
         jobs[8:8] = [(T2, ev) for ev in t2]  # a tenant the group creates, between T1's events

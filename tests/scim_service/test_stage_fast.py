@@ -22,11 +22,12 @@ import pytest
 from hypothesis import given, note, settings
 from hypothesis import strategies as st
 
-from client.scim import encode_event, new_event
+from client.scim import encode_event
 from client.scim.actions import parse_json_text as reference_parse
 from client.scim.cbor import EventFormatError, dumps_det, loads_det
 from client.scim.event import event_to_json
 from tests.scim_service.conftest import BASE_TS, T1, open_harness, user_event
+from tests.scim_service.helpers import create_event, mixed_batch, user_mods
 from tlog.scim import store
 from tlog.scim.effects import (
     classify,
@@ -551,62 +552,6 @@ def stream_rand(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     yield restart
 
 
-def _create(rid: str | None, req: str, mods: list[dict[str, Any]], **kw: Any) -> Any:
-    return new_event(
-        tenant=T1,
-        sp="app-1",
-        op="create",
-        rt=kw.pop("rt", "User"),
-        rid=rid,
-        actor={"kind": "user", "id": "admin-bob-9921"},
-        corr=req,
-        req={"m": "POST", "p": "/Users", "dig": bytes(32), "len": 42},
-        res=201 if kw.get("outcome", "success") == "success" else 409,
-        outcome=kw.pop("outcome", "success"),
-        mods=mods,
-        **kw,
-    )
-
-
-def _user_mods(name: str, active: str = "true") -> list[dict[str, Any]]:
-    return [
-        {"attr": "userName", "new": json.dumps(name)},
-        {"attr": "displayName", "new": '"Bench"'},
-        {"attr": "emails", "new": json.dumps([{"value": name, "primary": True}])},
-        {"attr": "active", "new": active},
-    ]
-
-
-def _batch() -> list[Any]:
-    evs = [
-        _create("u-1", "r1", _user_mods("one@example.org")),
-        _create("u-2", "r2", _user_mods("twö@example.org", '"True"')),
-        user_event("u-1", req="r3"),  # a patch of a subject created just before
-        _create("u-0", "r4", _user_mods("zero@example.org")),  # a subject the store knows
-        _create("u-3", "r5", [*_user_mods("three@example.org"), {"attr": "roles", "new": '["a"]'}]),
-        _create(
-            None,
-            "r6",
-            _user_mods("failed@example.org"),
-            outcome="failure",
-            err={"scim_type": "uniqueness", "reason": "exists"},
-        ),
-        _create("g-1", "r7", [{"attr": "displayName", "new": '"G"'}], rt="Group"),
-        _create("u-4", "r8", [{"attr": "userName", "new": '"a\\"b"'}]),
-        _create(
-            "u-5", "r9", [{"attr": "userName", "new": '"x"'}, {"attr": "userName", "new": '"y"'}]
-        ),
-    ]
-    evs.insert(3, evs[0])  # the same eid twice in one batch
-    evs += [  # the same shape again and again, half of them with an externalId
-        _create(
-            f"u-b{i}", f"rb{i}", _user_mods(f"b{i}@example.org"), xid=f"x{i}" if i % 2 else None
-        )
-        for i in range(20)
-    ]
-    return evs
-
-
 def _stage(svc: ScimService, events: list[Any], *, fast: bool) -> tuple[Any, dict[bytes, Any]]:
     stage = svc._stager(T1, events, [encode_event(e) for e in events], fast=fast)
     with svc.storage.read() as rv:
@@ -620,11 +565,11 @@ def test_pipeline_stages_what_the_general_path_stages(
 ) -> None:
     with open_harness(tmp_path, database=database) as h:
         # the tenant's keys and one known subject, committed
-        r = h.post_event(_create("u-0", "r0", _user_mods("zero@example.org")))
+        r = h.post_event(create_event("u-0", "r0", user_mods("zero@example.org")))
         assert r.status_code == 200, r.text
         svc = h.service
         svc.clock = lambda: BASE_TS + 86_400_000
-        events = _batch()
+        events = mixed_batch()
         general_calls = [0]
         stage_one = svc._stage
 

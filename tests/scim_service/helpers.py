@@ -1,0 +1,92 @@
+"""Helpers shared by the SCIM service tests (test modules do not import each other)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from client.formats.checkpoint import open_checkpoint
+from client.formats.merkle import leaf_hash, verify_inclusion
+from client.formats.note import b64decode_strict
+from client.formats.proof_bundle import TlogProof
+from client.scim import new_event, parse_leaf
+
+from .conftest import ORIGIN, T1, Harness, user_event
+
+
+def check_receipt(h: Harness, d: dict[str, Any], index: int | None = None) -> bytes:
+    """Verify a submission answer with the client library; return the leaf bytes."""
+    leaf = b64decode_strict(d["leaf"])
+    lh = b64decode_strict(d["leaf_hash"], size=32)
+    assert leaf_hash(leaf) == lh
+    if index is not None:
+        assert d["index"] == index
+    cp, _ = open_checkpoint(d["checkpoint"], [h.signer.verifier], origin=ORIGIN)
+    assert cp.size == d["tree_size"] > d["index"]
+    proof = [b64decode_strict(x, size=32) for x in d["inclusion_proof"]]
+    verify_inclusion(d["index"], cp.size, lh, proof, cp.root_hash)
+    TlogProof.parse(d["tlog_proof"]).verify(h.signer.verifier, entry=leaf)
+    parsed = parse_leaf(leaf)
+    assert parsed.ts == d["ts"]
+    assert parsed.tn == h.service.tenant_ref(T1)
+    # The public entry at that index is exactly the leaf: nothing else goes into the tree.
+    assert h.client.get(f"/v1/entries/{d['index']}").content == leaf
+    return leaf
+
+
+def create_event(rid: str | None, req: str, mods: list[dict[str, Any]], **kw: Any) -> Any:
+    return new_event(
+        tenant=T1,
+        sp="app-1",
+        op="create",
+        rt=kw.pop("rt", "User"),
+        rid=rid,
+        actor={"kind": "user", "id": "admin-bob-9921"},
+        corr=req,
+        req={"m": "POST", "p": "/Users", "dig": bytes(32), "len": 42},
+        res=201 if kw.get("outcome", "success") == "success" else 409,
+        outcome=kw.pop("outcome", "success"),
+        mods=mods,
+        **kw,
+    )
+
+
+def user_mods(name: str, active: str = "true") -> list[dict[str, Any]]:
+    return [
+        {"attr": "userName", "new": json.dumps(name)},
+        {"attr": "displayName", "new": '"Bench"'},
+        {"attr": "emails", "new": json.dumps([{"value": name, "primary": True}])},
+        {"attr": "active", "new": active},
+    ]
+
+
+def mixed_batch() -> list[Any]:
+    evs = [
+        create_event("u-1", "r1", user_mods("one@example.org")),
+        create_event("u-2", "r2", user_mods("twö@example.org", '"True"')),
+        user_event("u-1", req="r3"),  # a patch of a subject created just before
+        create_event("u-0", "r4", user_mods("zero@example.org")),  # a subject the store knows
+        create_event(
+            "u-3", "r5", [*user_mods("three@example.org"), {"attr": "roles", "new": '["a"]'}]
+        ),
+        create_event(
+            None,
+            "r6",
+            user_mods("failed@example.org"),
+            outcome="failure",
+            err={"scim_type": "uniqueness", "reason": "exists"},
+        ),
+        create_event("g-1", "r7", [{"attr": "displayName", "new": '"G"'}], rt="Group"),
+        create_event("u-4", "r8", [{"attr": "userName", "new": '"a\\"b"'}]),
+        create_event(
+            "u-5", "r9", [{"attr": "userName", "new": '"x"'}, {"attr": "userName", "new": '"y"'}]
+        ),
+    ]
+    evs.insert(3, evs[0])  # the same eid twice in one batch
+    evs += [  # the same shape again and again, half of them with an externalId
+        create_event(
+            f"u-b{i}", f"rb{i}", user_mods(f"b{i}@example.org"), xid=f"x{i}" if i % 2 else None
+        )
+        for i in range(20)
+    ]
+    return evs
