@@ -372,6 +372,14 @@ class PgReadView:
     def aux(self, key: bytes) -> bytes | None:
         return self._val("SELECT value FROM tlog_aux WHERE key = %s", (key,))
 
+    def aux_many(self, keys: Sequence[bytes]) -> dict[bytes, bytes]:
+        """:meth:`aux` of each of ``keys`` in one round trip, in this read's snapshot: the
+        value of each key present (a key absent from the answer is absent from the store)."""
+        if not keys:
+            return {}
+        rows = self._all(_SELECT_AUX_MANY, (list(keys),))
+        return {bytes(k): bytes(v) for k, v in rows}
+
     def aux_range(self, prefix: bytes, start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
         lo = start if start is not None and start > prefix else prefix
         hi = _prefix_end(prefix)
@@ -971,6 +979,7 @@ _STANDBY_NAMES = "SELECT current_setting('synchronous_standby_names')"
 # Auxiliary records (SCIM): the deleted keys, then the written (key, value) pairs; the keys
 # of one statement are distinct (_aux_arrays), as ON CONFLICT DO UPDATE requires.
 _DELETE_AUX = "DELETE FROM tlog_aux WHERE key = ANY(%b::bytea[])"
+_SELECT_AUX_MANY = "SELECT key, value FROM tlog_aux WHERE key = ANY(%b::bytea[])"
 _UPSERT_AUX = (
     "INSERT INTO tlog_aux (key, value) SELECT * FROM unnest(%b::bytea[], %b::bytea[]) "
     "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value"

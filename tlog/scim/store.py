@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import struct
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -323,6 +323,9 @@ class Overlay:
         # Undoes writes back to a mark: (key, staged before?, its earlier staged value) per
         # write, or (None, keys, {key: earlier staged value}) per put_many.
         self._journal: list[tuple[Any, Any, Any]] = []
+        # Records of ``rv`` read ahead in one round trip (:meth:`prefetch`): key -> its value
+        # in ``rv``'s snapshot, None for a key known absent there. Below the staged writes.
+        self._read: dict[bytes, bytes | None] = {}
 
     def get(self, key: bytes) -> bytes | None:
         if key in self._writes:
@@ -330,7 +333,33 @@ class Overlay:
         p = self._pending
         if p is not None and key in p:
             return p[key]
+        r = self._read
+        if key in r:
+            return r[key]
         return self.rv.aux(key)
+
+    def prefetch(self, keys: Iterable[bytes]) -> int:
+        """Read ``keys`` from ``rv`` now, in one round trip, for :meth:`get` to answer from
+        later: only on a read view that reads many keys at once (``aux_many``: PostgreSQL;
+        elsewhere nothing is done), and only keys :meth:`get` would read from ``rv`` now
+        (not staged here or pending). ``rv`` is one snapshot, so what it answers now is
+        what it would answer later; writes staged later still win. Returns how many keys
+        were read."""
+        many = getattr(self.rv, "aux_many", None)
+        if many is None:
+            return 0
+        w, p, r = self._writes, self._pending, self._read
+        want = [
+            k
+            for k in dict.fromkeys(keys)
+            if k not in w and k not in r and (p is None or k not in p)
+        ]
+        if not want:
+            return 0
+        found = many(want)
+        for k in want:
+            r[k] = found.get(k)
+        return len(want)
 
     def staged(self, key: bytes) -> bool:
         """Whether ``key`` is written (not yet durably) by this transaction or a pending one."""
