@@ -22,7 +22,7 @@ from tests.scim_service.helpers import create_event, mixed_batch, user_mods
 from tlog.pg import PgReadView
 from tlog.scim import keys as keys_mod
 from tlog.scim import store
-from tlog.scim.keys import RandomPool
+from tlog.scim.keys import RandomPool, TenantKeys
 from tlog.scim.service import ScimService, subject_of
 from tlog.scim.store import Overlay
 
@@ -126,13 +126,21 @@ def test_group_read_ahead_stages_what_the_reads_one_by_one_stage(
         r = h.post_event(stored)
         assert r.status_code == 200, r.text
         svc = h.service
-        counted = _Counted(monkeypatch)
         events = mixed_batch()
         clash = dict(events[1], mods=user_mods("other@example.org"))  # eid of events[1]
         flight = [create_event(f"f-{i}", f"rf{i}", user_mods(f"f{i}@example.org")) for i in (1, 2)]
         group = [*events[:6], stored, clash, flight[0], *events[6:], flight[1]]
+        first = _first_reads(svc, group)
+        tenant_key = store.tenant_key(svc.tenant_ref(T1))
+        counted = _Counted(monkeypatch)
         results = []
-        for prefetch in (False, True):
+        cached_tenant = svc.keys.cached_tenant
+        for mode in ("one by one", "read ahead", "stale guess"):
+            prefetch = mode != "one by one"
+            if mode == "stale guess":  # the remembered tenant keys are not the record's
+                tn = svc.tenant_ref(T1)
+                stale = TenantKeys(tn, bytes(32), bytes(range(32)))
+                monkeypatch.setattr(svc.keys, "cached_tenant", lambda t, s=stale: s)
             calls = itertools.count()
             svc.clock = lambda c=calls: BASE_TS + 86_400_000 + next(c)
             stream_rand()
@@ -141,20 +149,23 @@ def test_group_read_ahead_stages_what_the_reads_one_by_one_stage(
             pending = dict(flying)
             counted.clear()
             results.append(_stage_group(svc, group, prefetch=prefetch, pending=pending))
-            if prefetch:
+            if mode == "read ahead":
                 assert len(counted.many) == 1
-                first = _first_reads(svc, group)
                 in_flight = first & pending.keys()
                 assert in_flight  # the retries' eid records: pending, never read from the store
-                assert set(counted.many[0]) == first - in_flight
-                assert not first & set(counted.one)
+                assert set(counted.many[0]) == (first - in_flight) | {tenant_key}
+                assert not (first | {tenant_key}) & set(counted.one)
+            elif mode == "stale guess":  # useless keys read ahead: the right ones one by one
+                assert len(counted.many) == 1 and first & set(counted.one)
             else:
                 assert not counted.many
-        (want, want_records), (got, got_records) = results
+        monkeypatch.setattr(svc.keys, "cached_tenant", cached_tenant)
+        (want, want_records), *others = results
         assert any(isinstance(x, str) and "Conflict" in x for x in want)
         assert sum(1 for x in want if not isinstance(x, str) and x[0].duplicate) >= 4
-        assert got == want
-        assert got_records == want_records
+        for got, got_records in others:
+            assert got == want
+            assert got_records == want_records
 
 
 def test_overlay_read_ahead_keeps_the_reads(tmp_path: Path, pg_url: str) -> None:
@@ -182,12 +193,14 @@ def test_a_group_reads_its_first_records_in_one_query(
     tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Through the group writer (ScimService._commit_group): single events submitted
-    together read their eid and subject records in one ``aux_many`` per group, none one at
-    a time (fails if the read-ahead is removed)."""
+    together read their eid and subject records and their tenant's record in one
+    ``aux_many`` per group, none one at a time (fails if the read-ahead is removed)."""
     with open_harness(tmp_path, database=pg_url) as h:
         svc = h.service
         first = create_event("u-0", "r0", user_mods("zero@example.org"))
         assert h.post_event(first).status_code == 200
+        events = [*mixed_batch()[:10], first]  # an eid twice, a retry of an eid in the store
+        reads = _first_reads(svc, events) | {store.tenant_key(svc.tenant_ref(T1))}
         counted = _Counted(monkeypatch)
         groups: list[int] = []
         commit_group = svc._commit_group
@@ -197,7 +210,6 @@ def test_a_group_reads_its_first_records_in_one_query(
             commit_group(jobs)
 
         monkeypatch.setattr(svc, "_commit_group", count_group)
-        events = [*mixed_batch()[:10], first]  # an eid twice, a retry of an eid in the store
         with ThreadPoolExecutor(len(events)) as pool:
             with svc._write_lock:  # the writer waits: the submissions gather in a group
                 futs = [pool.submit(h.post_event, ev) for ev in events]
@@ -212,7 +224,6 @@ def test_a_group_reads_its_first_records_in_one_query(
         assert answers[-1].json()["duplicate"] is True
         assert sum(groups) == len(events) and len(groups) < len(events)
         assert len(counted.many) == len(groups)  # one query per group
-        reads = _first_reads(svc, events)
         assert reads <= {k for keys in counted.many for k in keys}
         assert not reads & set(counted.one)
 

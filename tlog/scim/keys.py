@@ -486,6 +486,14 @@ class KeyRing:
                     self._tenants[tn] = (raw, tk)
         return tk
 
+    def cached_tenant(self, tenant: str) -> TenantKeys | None:
+        """The tenant's keys as last read from its durable record, if remembered: a guess
+        (the record may have changed since), never a substitute for :meth:`tenant`."""
+        tn = self.tenant_ref(tenant)
+        with self._swap:
+            got = self._tenants.get(tn)
+        return None if got is None else got[1]
+
     def tenant_or_create(self, tx: Overlay, tenant: str) -> TenantKeys:
         tk = self.tenant(tx, tenant)
         if tk is not None:

@@ -684,34 +684,44 @@ class ScimService:
         read the records each staging reads first, for all of the group's events at once,
         instead of one round trip per record: each event's eid record (is it a retry?) and
         its subject's record (is the subject known?), keyed as :meth:`_stage_new` and
-        :meth:`_stage` key them. The tenant's keys (needed to name the subject's record) are
-        read once per tenant, as the first staging would (and remembered for the group, as
-        :meth:`_tenant_keys` does); a tenant with no keys yet is skipped (its staging
-        creates them). Only reads are moved: the stagings read the same snapshot, and what
-        a staging or an earlier group stages still wins (:meth:`Overlay.prefetch`)."""
+        :meth:`_stage` key them, and each tenant's key record, in the same query. A
+        subject's key needs the tenant's keys: those last read are the guess (a stale guess
+        only reads useless keys; the stagings then read the right ones one by one). Then
+        each tenant's keys are read (from what was fetched) and remembered for the group as
+        :meth:`_tenant_keys` does. Only reads are moved: every fetched value is the one the
+        group's snapshot holds, and what a staging or a group in flight stages still wins
+        (:meth:`Overlay.prefetch`)."""
         if not reads or getattr(tx.rv, "aux_many", None) is None:
             return
         memo = self._group_tenants
         keys: list[bytes] = []
+        unread: dict[str, None] = {}
         for tenant, events in reads:
             tk = None if memo is None else memo.get(tenant)
             if tk is None:
-                try:
-                    tk = self.keys.tenant(tx, tenant)
-                except Exception:  # its own stagings meet it again, each answered alone
-                    tk = None
-                if tk is None:
-                    continue
-                if memo is not None and not tx.staged(store.tenant_key(tk.tn)):
-                    memo[tenant] = tk
+                unread[tenant] = None
+                tn = self.keys.tenant_ref(tenant)
+                keys.append(store.tenant_key(tn))
+                tk = self.keys.cached_tenant(tenant)
+            else:
+                tn = tk.tn
             for ev in events:
                 try:
-                    eid_key = store.eid_key(tk.tn, ev["eid"])
-                    subject = tk.subject_hash(subject_of(ev))
+                    keys.append(store.eid_key(tn, ev["eid"]))
+                    if tk is not None:
+                        keys.append(store.subject_key(tn, tk.subject_hash(subject_of(ev))))
                 except (KeyError, TypeError, ValueError):  # the staging reports it itself
                     continue
-                keys += (eid_key, store.subject_key(tk.tn, subject))
         tx.prefetch(keys)
+        if memo is None:
+            return
+        for tenant in unread:
+            try:
+                got = self.keys.tenant(tx, tenant)
+            except Exception:  # its own stagings meet it again, each answered alone
+                got = None
+            if got is not None and not tx.staged(store.tenant_key(got.tn)):
+                memo[tenant] = got
 
     def _tenant_keys(self, tx: Overlay, tenant: str) -> TenantKeys:
         """The tenant's keys (created if it has none). In a group, a tenant's keys read
