@@ -192,7 +192,7 @@ def header_map(headers: Sequence[tuple[bytes, bytes]] | Any) -> dict[bytes, byte
     returns for each), for an exchange that looks up many names."""
     out: dict[bytes, bytes] = {}
     for k, v in headers:
-        k = k.lower()
+        k = bytes(k).lower()  # a server may hand names as other byte sequences (bytearray)
         if k not in out:
             out[k] = bytes(v)
     return out

@@ -200,6 +200,18 @@ def test_exchange_headers_as_header_finds_them(headers: list[tuple[bytes, bytes]
     assert x.resp_header(b"etag") == header(headers, b"etag")
 
 
+def test_exchange_headers_with_bytearray_names() -> None:
+    # A server may hand byte sequences other than bytes (as the forwarder's test says):
+    # header() compares them; the header map must take them too, not raise TypeError
+    # (which loses the exchange's audit event: 503 or "unrecorded").
+    headers: Any = [(bytearray(b"ETag"), bytearray(b'"1"')), (bytearray(b"x-a"), b"v")]
+    x = Exchange({"headers": headers}, "POST", "/Users", "r", None, b"", 0)
+    x.headers = headers
+    for name in (b"etag", b"x-a", b"absent"):
+        assert x.req_header(name) == header(headers, name)
+        assert x.resp_header(name) == header(headers, name)
+
+
 def test_resulting_values_bounded_as_before() -> None:
     # Only a result with role or entitlement lists is measured (json.dumps > 4096 bytes
     # keeps "active" alone); "active" by itself is always kept.
