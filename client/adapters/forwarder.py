@@ -350,13 +350,14 @@ class Forwarder:
         ``X-Forwarded-For`` (the client's chain plus its peer, last), ``-Proto`` and
         ``-Host`` unless the client sent them. Two passes over the client's headers."""
         raw = [(k.lower(), k, bytes(v)) for k, v in _as_bytes(scope.get("headers", ()))]
-        drop = self._drop
+        named: set[bytes] = set()  # what Connection headers name (one union: not per header)
         host = None  # the client's first Host, for X-Forwarded-Host
         for lk, _, v in raw:
             if lk == b"connection":
-                drop = drop | {t.strip().lower() for t in v.split(b",")}
+                named.update([t.strip().lower() for t in v.split(b",")])
             elif lk == b"host" and host is None:
                 host = v
+        drop = self._drop | named if named else self._drop
         client = scope.get("client") if self.forwarded else None
         out: list[tuple[bytes, bytes]] = []
         prior: list[bytes] = []  # X-Forwarded-For values, when a peer is appended

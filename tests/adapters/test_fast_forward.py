@@ -119,3 +119,27 @@ def test_request_head_as_before(
         assert str(err.value) == str(exc)
     else:
         assert Forwarder._request_bytes(method, b"/v2/Users", got, body) == want
+
+
+class _CountingDrop(frozenset[bytes]):
+    """The forwarder's dropped names, counting the unions made from them."""
+
+    unions = 0
+
+    def __or__(self, other: Any) -> _CountingDrop:
+        _CountingDrop.unions += 1
+        return _CountingDrop(frozenset(self) | other)
+
+
+def test_many_connection_headers_one_union() -> None:
+    # A hostile head of ~2,000 ``Connection`` headers (32 KiB, the hardened head limit):
+    # the names they list are collected once, not a new set per header (a copy of the
+    # growing set each: quadratic, tens of ms of CPU per request). Same headers out.
+    headers = [(b"Connection", b"x-%d" % i) for i in range(2000)] + [(b"x-1", b"v"), (b"a", b"b")]
+    f = Forwarder("http://sp.example:8080/v2")
+    scope: dict[str, Any] = {"method": "POST", "headers": headers, "scheme": "http"}
+    want = _reference_headers(f, scope, b"{}")
+    _CountingDrop.unions = 0
+    f._drop = _CountingDrop(f._drop)
+    assert f._request_headers(scope, b"{}") == want
+    assert _CountingDrop.unions <= 1
