@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -174,3 +174,28 @@ def open_harness(
 def harness(tmp_path: Path, database: str | None) -> Iterator[Harness]:
     with open_harness(tmp_path, database=database) as h:
         yield h
+
+
+@pytest.fixture
+def stream_rand(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[], None]]:
+    """RandomPool (and the draws of a new tenant's keys) replaced by a deterministic stream,
+    restarted by calling the fixture's value: two stagings that draw in the same order then
+    draw the same bytes, so their records can be compared byte for byte. (Sealing a tenant's
+    record draws an IV of its own, not from here.)"""
+    from tlog.scim import keys as keys_mod
+    from tlog.scim.keys import RandomPool
+
+    pos = [0]
+    buf = hashlib.shake_256(b"stream_rand").digest(1 << 20)
+
+    def call(self: RandomPool, n: int) -> bytes:
+        p = pos[0]
+        pos[0] = p + n
+        return buf[p : p + n]
+
+    def restart() -> None:
+        pos[0] = 0
+
+    monkeypatch.setattr(RandomPool, "__call__", call)
+    monkeypatch.setattr(keys_mod.secrets, "token_bytes", lambda n: call(RandomPool(), n))
+    yield restart

@@ -6,10 +6,8 @@ with records staged by the group itself or by a group in flight still winning.""
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import time
-from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -20,31 +18,10 @@ from client.scim import encode_event
 from tests.scim_service.conftest import BASE_TS, T1, open_harness
 from tests.scim_service.helpers import create_event, mixed_batch, user_mods
 from tlog.pg import PgReadView
-from tlog.scim import keys as keys_mod
 from tlog.scim import store
-from tlog.scim.keys import RandomPool, TenantKeys
+from tlog.scim.keys import TenantKeys
 from tlog.scim.service import ScimService, subject_of
 from tlog.scim.store import Overlay
-
-
-@pytest.fixture
-def stream_rand(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[], None]]:
-    """RandomPool replaced by a deterministic stream, restarted by calling the fixture's
-    value (as in test_single_path): the same draws in the same order give the same bytes."""
-    pos = [0]
-    buf = hashlib.shake_256(b"pgread").digest(1 << 20)
-
-    def call(self: RandomPool, n: int) -> bytes:
-        p = pos[0]
-        pos[0] = p + n
-        return buf[p : p + n]
-
-    def restart() -> None:
-        pos[0] = 0
-
-    monkeypatch.setattr(RandomPool, "__call__", call)
-    monkeypatch.setattr(keys_mod.secrets, "token_bytes", lambda n: call(RandomPool(), n))
-    yield restart
 
 
 class _Counted:

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import hashlib
 import itertools
 import os
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -150,27 +148,6 @@ def test_a_single_event_reads_one_small_block(
         assert r.status_code == 200, r.text
         big = [n for n in sizes if n >= RandomPool.FIRST_BLOCK]
         assert big == [RandomPool.FIRST_BLOCK]
-
-
-@pytest.fixture
-def stream_rand(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[], None]]:
-    """RandomPool replaced by a deterministic stream, restarted by calling the fixture's
-    value (as in test_stage_fast): the same draws in the same order give the same bytes."""
-    pos = [0]
-    buf = hashlib.shake_256(b"single5").digest(1 << 20)
-
-    def call(self: RandomPool, n: int) -> bytes:
-        p = pos[0]
-        pos[0] = p + n
-        return buf[p : p + n]
-
-    def restart() -> None:
-        pos[0] = 0
-
-    monkeypatch.setattr(RandomPool, "__call__", call)
-    # a new tenant's keys (the sealing of its record draws an IV of its own, not from here)
-    monkeypatch.setattr(keys_mod.secrets, "token_bytes", lambda n: call(RandomPool(), n))
-    yield restart
 
 
 def _stage_group(

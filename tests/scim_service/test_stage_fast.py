@@ -13,7 +13,7 @@ import hmac
 import json
 import math
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -531,25 +531,6 @@ def test_put_many_equals_puts_and_rolls_back(tmp_path: Path, database: str | Non
 
 
 # --- the whole staging: pipeline vs the general path, byte for byte ---------------------------
-
-
-@pytest.fixture
-def stream_rand(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """RandomPool replaced by a deterministic stream, restarted by calling the fixture's
-    value: both stagings then draw the same bytes if they draw in the same order."""
-    pos = [0]
-    buf = hashlib.shake_256(b"stage4").digest(1 << 20)
-
-    def call(self: RandomPool, n: int) -> bytes:
-        p = pos[0]
-        pos[0] = p + n
-        return buf[p : p + n]
-
-    def restart() -> None:
-        pos[0] = 0
-
-    monkeypatch.setattr(RandomPool, "__call__", call)
-    yield restart
 
 
 def _stage(svc: ScimService, events: list[Any], *, fast: bool) -> tuple[Any, dict[bytes, Any]]:
