@@ -50,6 +50,7 @@ __all__ = [
     "DEFAULT_MAP_SIZE",
     "DEFAULT_VERIFY_LIMIT",
     "TABLES",
+    "AuxFenced",
     "Backend",
     "BatchWrite",
     "CommitConflict",
@@ -97,6 +98,13 @@ class CommitConflict(StorageError):
 
     Nothing of the batch was written; the writer must reload its state from the store.
     """
+
+
+class AuxFenced(CommitConflict):
+    """Auxiliary records (SCIM) staged under a writer fence that another process has taken
+    since (:meth:`Backend.claim_aux_writer`): what they were staged on may have changed, so
+    nothing of the transaction was written. Retrying the same records cannot succeed: the
+    writer claims the fence again and stages them again from a fresh read."""
 
 
 class DuplicateLeaves(CommitConflict):
@@ -166,6 +174,9 @@ class BatchWrite:
     # transaction: a backend with ``aux_in_batch`` only (the SCIM records of the batch's
     # events, so that they and their leaves cost one durable write, not two).
     aux: Sequence[tuple[bytes, bytes | None]] = ()
+    # The writer fence ``aux`` was staged under (:meth:`Backend.claim_aux_writer`), or None
+    # (no fence: a store with one writer process).
+    aux_fence: bytes | None = None
 
 
 class ReadView(Protocol):
@@ -274,8 +285,21 @@ class Backend(Protocol):
 
     def put_token(self, digest: bytes, record: bytes) -> None: ...
 
-    def put_aux(self, items: Sequence[tuple[bytes, bytes | None]]) -> None:
-        """Write (or, with None, delete) auxiliary records in one durable transaction."""
+    def put_aux(
+        self, items: Sequence[tuple[bytes, bytes | None]], *, fence: bytes | None = None
+    ) -> None:
+        """Write (or, with None, delete) auxiliary records in one durable transaction.
+        ``fence``: the writer fence they were staged under; :class:`AuxFenced` (nothing
+        written) if another process claimed it since."""
+        ...
+
+    def claim_aux_writer(self) -> bytes | None:
+        """Become the writer of auxiliary records on a store that several processes write
+        (``shared``): returns a fence that this process's later aux writes carry, and that
+        stops every write staged under an earlier claim (of this process or another)
+        (:class:`AuxFenced`). Whatever was committed under earlier claims is visible to
+        every read opened after this returns. None on a store with one writer process
+        (LMDB: the lock file already keeps a second writer out), where no fence is needed."""
         ...
 
     def check_structure(self) -> list[str]:

@@ -301,6 +301,7 @@ class Log:
         publish: bool = True,
         leaf_hashes: list[bytes] | None = None,
         aux: Sequence[tuple[bytes, bytes | None]] = (),
+        aux_fence: bytes | None = None,
     ) -> BatchResult:
         """Sequence, integrate and publish ``entries``; durable when this returns.
 
@@ -315,7 +316,9 @@ class Log:
 
         ``aux``: auxiliary records (:meth:`tlog.backend.Backend.put_aux`'s form) committed in
         the batch's own transaction (a store with ``aux_in_batch``); written alone when
-        every entry is already in the log, or when there are no entries.
+        every entry is already in the log, or when there are no entries. ``aux_fence``: the
+        writer fence they were staged under (:meth:`tlog.backend.Backend.claim_aux_writer`);
+        :class:`tlog.backend.AuxFenced` (nothing written, nothing signed) if it was taken.
         """
         if aux and not self.storage.aux_in_batch:
             raise ValueError(f"a {self.storage.kind} store does not commit records in a batch")
@@ -337,7 +340,7 @@ class Log:
         # learns more stored hashes, and a store that moved is a CommitConflict).
         for attempt in range(3):
             try:
-                return self._integrate(entries, hashes, known, publish, aux)
+                return self._integrate(entries, hashes, known, publish, aux, aux_fence)
             except DuplicateLeaves as exc:
                 if attempt == 2 or not exc.known.keys() - known.keys():
                     self._stale = True
@@ -354,6 +357,7 @@ class Log:
         known: dict[bytes, int],
         publish: bool,
         aux: Sequence[tuple[bytes, bytes | None]] = (),
+        aux_fence: bytes | None = None,
     ) -> BatchResult:
         first = self._edge.size
         indices: list[int] = []
@@ -378,7 +382,7 @@ class Log:
                 indices.append(j)
         if not new_entries:
             if aux:
-                self.storage.put_aux(aux)
+                self.storage.put_aux(aux, fence=aux_fence)
             if publish:
                 self.publish(self._head)
             return BatchResult(indices, dup, hashes, self._head)
@@ -404,6 +408,7 @@ class Log:
                     note.encode(),
                     base.note.encode(),
                     aux,
+                    aux_fence,
                 )
             )
         except DuplicateLeaves:

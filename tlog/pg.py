@@ -15,6 +15,7 @@ tlog_checkpoints   size, note                               every signed checkpo
 tlog_cosignatures  size, lines                              cosignature lines per checkpoint
 tlog_tokens        digest, record                           bearer token records
 tlog_aux           key, value                               SCIM records, keys, search index
+tlog_aux_writer    id = 1, fence, claims, holder            who may write tlog_aux: ONE row
 ================== ======================================== ==================================
 
 The write contract of :mod:`tlog.backend`, here:
@@ -30,6 +31,14 @@ The write contract of :mod:`tlog.backend`, here:
   only if the compare-and-swap moved it (``aux_in_batch``): the group's records and leaves
   are committed together, behind the same compare-and-swap and replication check, or not
   at all. Records written alone (``put_aux``) get the replication check too;
+* the SCIM records are written by one process at a time: a frontend claims the writer
+  fence (:meth:`PgStorage.claim_aux_writer`: a fresh random ``fence`` in the
+  ``tlog_aux_writer`` row) before it reads what it stages, and every transaction that writes
+  records carries that fence: it locks the row (``FOR SHARE``, so a claim waits for it) and
+  writes nothing unless the fence is still the one it was staged under (:class:`AuxFenced`).
+  Another frontend's claim thus stops every write staged before it, and everything committed
+  under earlier claims is in the snapshots read after it: no frontend commits records staged
+  on a read that another frontend's commit made stale;
 * nothing is acknowledged unless COMMIT returned. If the connection is lost while
   committing, the outcome is unknown: :class:`CommitUnknown`, and :class:`tlog.log.Log`
   hands the signature out only if it finds that exact checkpoint after reloading;
@@ -44,6 +53,9 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
+import secrets
+import socket
 import struct
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -60,6 +72,7 @@ import psycopg_pool
 from tlog import backend
 from tlog.backend import (
     TABLES,
+    AuxFenced,
     BatchWrite,
     CommitConflict,
     CommitUnknown,
@@ -102,6 +115,14 @@ CREATE TABLE IF NOT EXISTS tlog_cosignatures (size bigint PRIMARY KEY, lines byt
 CREATE TABLE IF NOT EXISTS tlog_tokens (digest bytea PRIMARY KEY, record bytea NOT NULL);
 CREATE TABLE IF NOT EXISTS tlog_aux (key bytea PRIMARY KEY, value bytea NOT NULL);
 INSERT INTO tlog_state (id, tree_size, checkpoint, epoch) VALUES (1, 0, NULL, 0)
+    ON CONFLICT (id) DO NOTHING;
+CREATE TABLE IF NOT EXISTS tlog_aux_writer (
+    id smallint PRIMARY KEY CHECK (id = 1),
+    fence bytea NOT NULL,
+    claims bigint NOT NULL,
+    holder text NOT NULL
+);
+INSERT INTO tlog_aux_writer (id, fence, claims, holder) VALUES (1, '\\x', 0, '')
     ON CONFLICT (id) DO NOTHING;
 """
 _TABLE_NAMES = (
@@ -760,6 +781,7 @@ class PgStorage:
         tiles = [ti for _, ti, _ in batch.blobs]
         blobs = ByteaArray(b for _, _, b in batch.blobs)
         deletes, upserts, values = _aux_arrays(batch.aux)
+        fence = batch.aux_fence if batch.aux else None
         hook = self.before_leaves
 
         def run(conn: psycopg.Connection[Any]) -> None:
@@ -778,10 +800,13 @@ class PgStorage:
                         prepare=True,
                     )
                     mine = (batch.tree_size, batch.checkpoint)  # the state row, if we moved it
+                    fenced = None
+                    if fence is not None:
+                        fenced = conn.execute(_FENCE_IF, (fence, *mine), prepare=True)
                     if deletes:
-                        conn.execute(_DELETE_AUX_IF, (deletes, *mine), prepare=True)
+                        conn.execute(_DELETE_AUX_IF, (deletes, *mine, fence), prepare=True)
                     if upserts:
-                        conn.execute(_UPSERT_AUX_IF, (upserts, values, *mine), prepare=True)
+                        conn.execute(_UPSERT_AUX_IF, (upserts, values, *mine, fence), prepare=True)
                     if hook is not None:
                         pipe.sync()
                         hook(conn)
@@ -799,6 +824,9 @@ class PgStorage:
             if row is None:
                 conn.rollback()
                 self._refused(conn, batch, None)
+            if fenced is not None and fenced.fetchone() is None:
+                conn.rollback()
+                raise _fenced_out()
             self._still_synchronous(str(row[0]))
 
         self._write(run, f"the batch {first}..{first + n - 1}")
@@ -889,26 +917,51 @@ class PgStorage:
 
         self._write(run, "a token")
 
-    def put_aux(self, items: Sequence[tuple[bytes, bytes | None]]) -> None:
+    def put_aux(
+        self, items: Sequence[tuple[bytes, bytes | None]], *, fence: bytes | None = None
+    ) -> None:
         deletes, upserts, values = _aux_arrays(items)
 
         def run(conn: psycopg.Connection[Any]) -> None:
             # Records written alone (erasure, expiry, keys, a group whose leaves are all
-            # in the log already) get the batch's replication check too.
+            # in the log already) get the batch's replication check and fence too.
             with conn.pipeline():
-                names = None
+                names = fenced = None
                 if self.replication == "sync":
                     names = conn.execute(_STANDBY_NAMES, prepare=True)
+                if fence is not None:
+                    fenced = conn.execute(_FENCE, (fence,), prepare=True)
                 if deletes:
-                    conn.execute(_DELETE_AUX, (deletes,), prepare=True)
+                    conn.execute(_DELETE_AUX, (deletes, fence), prepare=True)
                 if upserts:
-                    conn.execute(_UPSERT_AUX, (upserts, values), prepare=True)
+                    conn.execute(_UPSERT_AUX, (upserts, values, fence), prepare=True)
+            if fenced is not None and fenced.fetchone() is None:
+                conn.rollback()
+                raise _fenced_out()
             if names is not None:
                 row = names.fetchone()
                 self._still_synchronous("" if row is None else str(row[0]))
 
         if items:
             self._write(run, "SCIM records")
+
+    def claim_aux_writer(self) -> bytes | None:
+        """Take the SCIM writer fence (module docstring): a fresh random value in the
+        ``tlog_aux_writer`` row, committed before this returns. The UPDATE waits for every
+        transaction that holds the row (a record write under the previous fence) and then
+        stops all later ones; reads opened after this see what they committed."""
+        fence = secrets.token_bytes(16)
+        holder = f"{socket.gethostname()[:64]} pid {os.getpid()}"
+
+        def run(conn: psycopg.Connection[Any]) -> int:
+            row = conn.execute(_CLAIM, (fence, holder)).fetchone()
+            if row is None:
+                raise StorageError("the store has no SCIM writer row (tlog_aux_writer)")
+            return int(row[0])
+
+        claims = self._write(run, "the SCIM writer fence")
+        log.debug("claimed the SCIM writer fence (claim %d)", claims)
+        return fence
 
     def load_raw(self, table: str, items: Iterator[tuple[bytes, bytes]]) -> int:
         if table not in TABLES:
@@ -976,12 +1029,31 @@ _UPSERT_TILES = (
 )
 _INSERT_CHECKPOINT = "INSERT INTO tlog_checkpoints (size, note) VALUES (%b, %b)"
 _STANDBY_NAMES = "SELECT current_setting('synchronous_standby_names')"
+# The SCIM writer fence (module docstring). A claim replaces the fence; a transaction that
+# writes records first locks the row FOR SHARE (a claim waits for it to end) and finds it
+# only if the fence is still the one its records were staged under; the record statements
+# below (their "fence = coalesce(...)") match nothing otherwise. A NULL fence (a caller that
+# claims none: a test, a one-writer tool) is not checked.
+_CLAIM = (
+    "UPDATE tlog_aux_writer SET fence = %b, claims = claims + 1, holder = %s "
+    "WHERE id = 1 RETURNING claims"
+)
+_FENCE = "SELECT 1 FROM tlog_aux_writer WHERE id = 1 AND fence = %b FOR SHARE"
+_FENCE_IF = (
+    "SELECT 1 FROM tlog_aux_writer WHERE id = 1 AND fence = %b AND EXISTS "
+    "(SELECT 1 FROM tlog_state WHERE id = 1 AND tree_size = %b AND checkpoint = %b) FOR SHARE"
+)
 # Auxiliary records (SCIM): the deleted keys, then the written (key, value) pairs; the keys
 # of one statement are distinct (_aux_arrays), as ON CONFLICT DO UPDATE requires.
-_DELETE_AUX = "DELETE FROM tlog_aux WHERE key = ANY(%b::bytea[])"
+_DELETE_AUX = (
+    "DELETE FROM tlog_aux WHERE key = ANY(%b::bytea[]) AND EXISTS "
+    "(SELECT 1 FROM tlog_aux_writer WHERE id = 1 AND fence = coalesce(%b::bytea, fence))"
+)
 _SELECT_AUX_MANY = "SELECT key, value FROM tlog_aux WHERE key = ANY(%b::bytea[])"
 _UPSERT_AUX = (
     "INSERT INTO tlog_aux (key, value) SELECT * FROM unnest(%b::bytea[], %b::bytea[]) "
+    "WHERE EXISTS "
+    "(SELECT 1 FROM tlog_aux_writer WHERE id = 1 AND fence = coalesce(%b::bytea, fence)) "
     "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value"
 )
 # In a batch: only if its compare-and-swap moved the state row (the new tree size and
@@ -990,13 +1062,23 @@ _UPSERT_AUX = (
 # never waits for (or deadlocks with) the winner's records, and writes nothing at all.
 _DELETE_AUX_IF = (
     "DELETE FROM tlog_aux WHERE key = ANY(%b::bytea[]) AND EXISTS "
-    "(SELECT 1 FROM tlog_state WHERE id = 1 AND tree_size = %b AND checkpoint = %b)"
+    "(SELECT 1 FROM tlog_state WHERE id = 1 AND tree_size = %b AND checkpoint = %b) AND EXISTS "
+    "(SELECT 1 FROM tlog_aux_writer WHERE id = 1 AND fence = coalesce(%b::bytea, fence))"
 )
 _UPSERT_AUX_IF = (
     "INSERT INTO tlog_aux (key, value) SELECT * FROM unnest(%b::bytea[], %b::bytea[]) "
     "WHERE EXISTS (SELECT 1 FROM tlog_state WHERE id = 1 AND tree_size = %b AND checkpoint = %b) "
+    "AND EXISTS "
+    "(SELECT 1 FROM tlog_aux_writer WHERE id = 1 AND fence = coalesce(%b::bytea, fence)) "
     "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value"
 )
+
+
+def _fenced_out() -> AuxFenced:
+    return AuxFenced(
+        "another frontend took the SCIM writer fence since these SCIM records were staged: "
+        "nothing of them was written"
+    )
 
 
 def _aux_arrays(

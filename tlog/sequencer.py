@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from tlog.backend import CommitConflict
+from tlog.backend import AuxFenced, CommitConflict
 from tlog.log import BatchResult, Log, LogHalted
 from tlog.reads import Outcome, bound, settle_on_loops
 
@@ -56,9 +56,10 @@ class _Pending:
     enqueued: float = field(default_factory=time.monotonic)
     # Sequencer.enqueue: records committed with the batch, and the callbacks (see there).
     aux: list[tuple[bytes, bytes | None]] = field(default_factory=list)
+    fence: bytes | None = None  # the writer fence ``aux`` was staged under
     done: Done | None = None
     check: Callable[[], None] | None = None
-    failed: Callable[[], None] | None = None
+    failed: Callable[[BaseException], None] | None = None
 
 
 class Sequencer:
@@ -160,18 +161,23 @@ class Sequencer:
         done: Done,
         *,
         check: Callable[[], None] | None = None,
-        failed: Callable[[], None] | None = None,
+        failed: Callable[[BaseException], None] | None = None,
+        fence: bytes | None = None,
     ) -> None:
         """:meth:`submit` from any thread, with auxiliary records committed in the batch's
         own transaction (:meth:`tlog.log.Log.integrate`'s ``aux``; ``entries`` may then be
-        empty). Raises :class:`Overloaded` or :class:`SequencerStopped` at once.
+        empty), under the writer ``fence`` they were staged under (``aux_fence``). Raises
+        :class:`Overloaded` or :class:`SequencerStopped` at once.
 
         ``done(result)`` is called on the publisher thread once the batch is durable and its
         checkpoint remembered (or with the exception that stopped it); ``check()`` on the
         writer thread right before the batch is built: if it raises, this submission is left
-        out and ``done`` gets the exception; ``failed()`` on the writer thread as soon as a
+        out and ``done`` gets the exception; ``failed(exc)`` on the writer thread as soon as a
         commit that carried this submission failed, before the next batch is taken (so a
-        caller that staged later submissions on top of this one can refuse them).
+        caller that staged later submissions on top of this one can refuse them). If the
+        fence was taken by another process meanwhile, ``done`` gets
+        :class:`tlog.backend.AuxFenced` and nothing of this submission is written; the other
+        submissions of the same batch are committed without it.
         """
         if not entries and not aux:
             raise ValueError("nothing to submit")
@@ -184,7 +190,15 @@ class Sequencer:
                 raise Overloaded()
             self._queue.append(
                 _Pending(
-                    entries, leaf_hashes, None, None, aux=aux, done=done, check=check, failed=failed
+                    entries,
+                    leaf_hashes,
+                    None,
+                    None,
+                    aux=aux,
+                    fence=fence,
+                    done=done,
+                    check=check,
+                    failed=failed,
                 )
             )
             self._queued_entries += len(entries)
@@ -232,17 +246,25 @@ class Sequencer:
         entries: list[bytes],
         hashes: list[bytes] | None = None,
         aux: list[tuple[bytes, bytes | None]] | None = None,
+        fence: bytes | None = None,
     ) -> BatchResult:
         """One batch, built on the store's current state: on a shared database another
         frontend may have committed since this one's last batch (then reload first, and
-        once more if it commits in between: the database decides who wins each round)."""
+        once more if it commits in between: the database decides who wins each round).
+        The batch's records go with it again only under the same writer ``fence``: if
+        another frontend took it, :class:`AuxFenced` at once (records staged on what it
+        may have changed are never retried as they are)."""
         shared = self.log.storage.shared  # LMDB: one writer; a second one is refused loudly
         for attempt in range(CONFLICT_RETRIES + 1):
             if shared:
                 self.log.catch_up()
             try:
                 # Published by the publisher thread (_publish_run), not here.
-                return self.log.integrate(entries, publish=False, leaf_hashes=hashes, aux=aux or ())
+                return self.log.integrate(
+                    entries, publish=False, leaf_hashes=hashes, aux=aux or (), aux_fence=fence
+                )
+            except AuxFenced:
+                raise
             except CommitConflict:
                 if attempt == CONFLICT_RETRIES or not shared:
                     raise
@@ -258,37 +280,43 @@ class Sequencer:
                 if not batch:
                     self._refresh()
                     continue
-                batch = self._checked(batch)
+                batch = self._fenced(self._checked(batch))
                 if not batch:
                     continue
-                entries = [e for p in batch for e in p.entries]
-                aux = [it for p in batch for it in p.aux]
-                hashes: list[bytes] | None = None
-                if len(batch) == 1:
-                    hashes = batch[0].hashes
-                elif all(p.hashes is not None for p in batch):
-                    hashes = [h for p in batch for h in p.hashes or ()]
+                n = sum(len(p.entries) for p in batch)
                 t0 = time.perf_counter()
                 try:
-                    result: BatchResult | BaseException = self._integrate(entries, hashes, aux)
+                    result: BatchResult | BaseException = self._integrate_batch(batch)
+                except AuxFenced as exc:
+                    # Another frontend took the SCIM writer fence: the submissions that
+                    # carry records fail (their writer stages them again), the others are
+                    # committed without them in a batch of their own.
+                    fenced = [p for p in batch if p.aux]
+                    self._fail(fenced, exc)
+                    self._queued_done(fenced, exc)
+                    batch = [p for p in batch if not p.aux]
+                    if not batch:
+                        continue
+                    try:
+                        result = self._integrate_batch(batch)
+                    except (CommitConflict, LogHalted) as exc2:
+                        result = SequencerStopped(f"nothing of the batch was acknowledged: {exc2}")
+                    except Exception as exc2:
+                        log.exception("batch of %d entries failed; none acknowledged", n)
+                        result = SequencerStopped(f"the batch could not be committed: {exc2}")
                 except (CommitConflict, LogHalted) as exc:
                     # Logged where it happened; the callers get 503 with the reason.
                     result = SequencerStopped(f"nothing of the batch was acknowledged: {exc}")
                 except Exception as exc:
-                    log.exception("batch of %d entries failed; none acknowledged", len(entries))
+                    log.exception("batch of %d entries failed; none acknowledged", n)
                     result = SequencerStopped(f"the batch could not be committed: {exc}")
                 if isinstance(result, BaseException):
-                    for p in batch:
-                        if p.failed is not None:
-                            try:
-                                p.failed()
-                            except Exception:  # pragma: no cover - a hook must not stop the writer
-                                log.exception("failed hook failed")
+                    self._fail(batch, result)
                 self.batches += 1
                 if self.on_batch is not None:
                     try:
                         self.on_batch(
-                            len(entries),
+                            sum(len(p.entries) for p in batch),
                             time.perf_counter() - t0,
                             not isinstance(result, BaseException),
                         )
@@ -299,6 +327,42 @@ class Sequencer:
             with self._done_cond:  # the publisher answers what is left, then stops
                 self._done.append(None)
                 self._done_cond.notify()
+
+    def _integrate_batch(self, batch: list[_Pending]) -> BatchResult:
+        entries = [e for p in batch for e in p.entries]
+        aux = [it for p in batch for it in p.aux]
+        hashes: list[bytes] | None = None
+        if len(batch) == 1:
+            hashes = batch[0].hashes
+        elif all(p.hashes is not None for p in batch):
+            hashes = [h for p in batch for h in p.hashes or ()]
+        fence = next((p.fence for p in reversed(batch) if p.aux), None)
+        return self._integrate(entries, hashes, aux, fence)
+
+    @staticmethod
+    def _fail(batch: list[_Pending], exc: BaseException) -> None:
+        """Tell each submission of a failed commit (``failed`` hooks) before the next batch."""
+        for p in batch:
+            if p.failed is not None:
+                try:
+                    p.failed(exc)
+                except Exception:  # pragma: no cover - a hook must not stop the writer
+                    log.exception("failed hook failed")
+
+    def _fenced(self, batch: list[_Pending]) -> list[_Pending]:
+        """``batch`` without the submissions whose records were staged under another writer
+        fence than the newest one in it (answered with :class:`AuxFenced`): one batch
+        commits under one fence. One process claims fences one after another, and every
+        submission staged under the older one is stale."""
+        fences = {p.fence for p in batch if p.aux}
+        if len(fences) <= 1:
+            return batch
+        newest = next(p.fence for p in reversed(batch) if p.aux)
+        stale = [p for p in batch if p.aux and p.fence != newest]
+        exc = AuxFenced("staged under an older SCIM writer fence: nothing of it was written")
+        self._fail(stale, exc)
+        self._queued_done(stale, exc)
+        return [p for p in batch if not (p.aux and p.fence != newest)]
 
     def _checked(self, batch: list[_Pending]) -> list[_Pending]:
         """``batch`` without the submissions whose ``check`` refuses them (answered with

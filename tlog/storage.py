@@ -655,10 +655,18 @@ class Storage:
             txn.put(digest, record, db=self.db_tokens)
 
     @_writes
-    def put_aux(self, items: Sequence[tuple[bytes, bytes | None]]) -> None:
-        """Write (or, with None, delete) auxiliary records in one durable transaction."""
+    def put_aux(
+        self, items: Sequence[tuple[bytes, bytes | None]], *, fence: bytes | None = None
+    ) -> None:
+        """Write (or, with None, delete) auxiliary records in one durable transaction.
+        ``fence`` is not checked: one process writes an LMDB store (``claim_aux_writer``)."""
         with self.env.begin(write=True) as txn:
             self._aux_into(txn, items)
+
+    def claim_aux_writer(self) -> bytes | None:
+        """None: the lock file keeps every other writer process out of an LMDB store, so
+        this process's aux writes need no fence (:meth:`tlog.backend.Backend.claim_aux_writer`)."""
+        return None
 
     def _aux_into(self, txn: lmdb.Transaction, items: Sequence[tuple[bytes, bytes | None]]) -> None:
         for k, v in items:

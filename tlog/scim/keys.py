@@ -51,7 +51,7 @@ from client.scim.cbor import EventFormatError, dumps_det, loads_det
 from client.scim.event import Event, validate_event
 from client.scim.leaf import pid as make_pid
 from client.scim.leaf import tenant_ref
-from tlog.backend import Backend, StorageError
+from tlog.backend import AuxFenced, Backend, StorageError
 from tlog.scim import store
 from tlog.scim.store import Overlay, Tombstone, decode_envelope, decode_record, encode_record
 
@@ -397,19 +397,9 @@ class KeyRing:
         master: MasterKey,
         candidates: tuple[MasterKey, ...] = (),
     ) -> None:
-        with storage.read() as rv:
-            check, tnkey = rv.aux(store.check_key()), rv.aux(store.tn_key_key())
-        if check is None:
-            if tnkey is not None:
-                raise StorageError("SCIM key store has a tenant key but no master-key check")
-            tn_key = secrets.token_bytes(KEY_SIZE)
-            storage.put_aux(
-                [
-                    (store.check_key(), master.seal(_CHECK_PLAINTEXT, _AAD + b"check")),
-                    (store.tn_key_key(), master.seal(tn_key, _AAD + b"tnkey")),
-                ]
-            )
-        else:
+        check, tnkey, tn_key = self._first_keys(storage, master)
+        if tn_key is None:
+            assert check is not None  # _first_keys returns the check unless it created it
             # A crash in the middle of a rotation leaves two keys in the file: the one the
             # store's check value opens is the live one.
             live = next((m for m in (master, *candidates) if self._opens(m, check)), None)
@@ -435,6 +425,71 @@ class KeyRing:
         if candidates and master.path is not None:
             # Finish (or undo) the interrupted rotation: only the live key stays in the file.
             write_key_file_in_place(master.path, master.raw(), None)
+
+    @staticmethod
+    def _first_keys(
+        storage: Backend, master: MasterKey
+    ) -> tuple[bytes | None, bytes | None, bytes | None]:
+        """The store's master-key check and sealed tenant ref key; on a store with none yet,
+        both are created (sealed under ``master``) and the new tenant ref key is returned as
+        well. Several frontends starting at once on a new database: the creation is written
+        under the SCIM writer fence, so exactly one frontend's keys are stored and the
+        others read them (and open them if their key file is the same)."""
+        for _ in range(8):
+            with storage.read() as rv:
+                check, tnkey = rv.aux(store.check_key()), rv.aux(store.tn_key_key())
+            if check is not None:
+                return check, tnkey, None
+            if tnkey is not None:
+                raise StorageError("SCIM key store has a tenant key but no master-key check")
+            fence = storage.claim_aux_writer()
+            if fence is not None:
+                with storage.read() as rv:  # what the claim's predecessors committed
+                    if rv.aux(store.check_key()) is not None:
+                        continue
+            tn_key = secrets.token_bytes(KEY_SIZE)
+            try:
+                storage.put_aux(
+                    [
+                        (store.check_key(), master.seal(_CHECK_PLAINTEXT, _AAD + b"check")),
+                        (store.tn_key_key(), master.seal(tn_key, _AAD + b"tnkey")),
+                    ],
+                    fence=fence,
+                )
+            except AuxFenced:
+                continue  # another frontend is creating them: read what it stored
+            return None, None, tn_key
+        raise StorageError("could not create the SCIM keys: other frontends kept taking the fence")
+
+    def follow_rotation(self) -> None:
+        """On a store that several frontends write, after this one claimed the SCIM writer
+        fence: check that the master key in memory is the store's before anything is staged
+        under it. An erasure or retention expiry on another frontend rotates the master key
+        (and writes the new one into the key file that frontend reads). When the key in
+        memory no longer opens the store's check value, the key file is read again and the
+        key in it that does is adopted: every frontend must read one shared key file (a
+        mounted secret), not a copy. When none does, :class:`StorageError`: nothing is
+        staged or read here until this frontend's key file holds the store's key."""
+        with self._storage.read() as rv:
+            check = rv.aux(store.check_key())
+        with self._swap:
+            master = self.master
+        if check is None or self._opens(master, check):
+            return
+        path = master.path
+        if path is not None and path.exists():
+            for raw in read_key_file(path):
+                if raw is not None and self._opens(m := MasterKey(raw, path), check):
+                    with self._swap:
+                        self.master = m
+                        self._tenants.clear()
+                    return
+        raise StorageError(
+            f"the SCIM master key this frontend holds (key file {path}) no longer opens the "
+            "store: another frontend rotated it (an erasure or retention expiry there). Every "
+            "frontend must read the same key file (one shared secret, not copies of it); "
+            "nothing is written or read here until its key file holds the store's key"
+        )
 
     @staticmethod
     def _opens(m: MasterKey, check: bytes) -> bool:

@@ -45,6 +45,7 @@ import copy
 import functools
 import hmac
 import json
+import random
 import threading
 import time
 from collections import deque
@@ -68,7 +69,7 @@ from client.scim.leaf import (
 )
 from client.scim.reserved import reserved_names
 from tlog.auth import Forbidden
-from tlog.backend import Backend, StorageError
+from tlog.backend import AuxFenced, Backend, StorageError
 from tlog.errors import Conflict
 from tlog.log import BatchResult, Log, Published
 from tlog.reads import ReadPool, bound, settle_on_loops
@@ -98,6 +99,12 @@ T = TypeVar("T")
 
 SYSTEM_PREFIX = "tlog."
 GROUP_LINGER = 0.05  # seconds an idle group writer waits for work before its thread ends
+# Several frontends on one database: how many times a submission (or an erasure) is staged
+# again after another frontend took the SCIM writer fence before it committed, and the
+# most a frontend waits (random, so that two frontends taking turns do not collide in
+# step) before it claims the fence back.
+FENCE_RETRIES = 8
+FENCE_BACKOFF = 0.01
 _FIELD = dict(FILTERS)
 _INDEX_MEMO = 1 << 14  # index conditions remembered per staging (bounded memory)
 # index fields whose values differ from event to event (search.FILTERS)
@@ -121,6 +128,7 @@ class _Job:
     # a submission's tenant and events: the records its staging reads first, read ahead
     # with the group's others (ScimService._prefetch)
     reads: tuple[str, Sequence[Event]] | None = None
+    attempts: int = 0  # stagings that another frontend's fence claim undid (FENCE_RETRIES)
 
 
 def _answer(answers: list[tuple[_Job, BaseException | None, Any]]) -> None:
@@ -304,6 +312,16 @@ class ScimService:
         # and the commit must not interleave (a shred racing an ingestion could otherwise
         # leave a DEK that nothing erases).
         self._write_lock = threading.Lock()
+        # Several frontends on one database (``storage.shared``): every write of SCIM
+        # records carries the writer fence this process claimed before it read what it
+        # staged (tlog.backend.Backend.claim_aux_writer). When another frontend claims it,
+        # this one's commits under it are refused (AuxFenced: nothing written); the
+        # sequencer's ``failed`` hook sets ``_fence_taken`` (under ``_chain``), and the next
+        # staging claims the fence again, reads afresh and stages the refused submissions
+        # again (``FENCE_RETRIES``). Under the writer lock; LMDB needs no fence (None).
+        self._fence: bytes | None = None
+        self._claimed = False
+        self._fence_taken = False
         # Group commit of submissions (_write_grouped): queued jobs, and whether the writer
         # thread is draining them.
         self._group: list[_Job] = []
@@ -324,6 +342,7 @@ class ScimService:
         self._inflight = 0  # handed and not answered yet
         self._epoch = 0  # bumped when the commit of a handed group failed
         self._broken_upto = 0  # groups up to this one were staged on top of a failed one
+        self._broken_by_fence = False  # ... because another frontend took the fence
         self._pending_epoch = 0
         # While the group writer stages one group (_commit_group, under the writer lock):
         # per tenant keys, what every staging of the group may share because it is a pure
@@ -344,33 +363,81 @@ class ScimService:
     # share: public so that they use them as callers, not through private names.
 
     def write(self, fn: Callable[[Overlay], T]) -> T:
-        """Run ``fn`` on a fresh snapshot under the writer lock, then commit its writes."""
-        with self._write_lock:
-            self._drain()
-            with self.storage.read() as rv:
-                tx = Overlay(rv)
-                result = fn(tx)
-                items = tx.items()
-            if items:
-                self.storage.put_aux(items)
-            return result
+        """Run ``fn`` on a fresh snapshot under the writer lock, then commit its writes
+        (again from a fresh snapshot if another frontend took the writer fence meanwhile:
+        ``fn`` must only stage into its overlay)."""
+        for attempt in range(FENCE_RETRIES + 1):
+            with self._write_lock:
+                self._drain()
+                fence = self._writer_fence()
+                with self.storage.read() as rv:
+                    tx = Overlay(rv)
+                    result = fn(tx)
+                    items = tx.items()
+                try:
+                    if items:
+                        self.storage.put_aux(items, fence=fence)
+                except AuxFenced:
+                    self._fence_lost(attempt)
+                    continue
+                return result
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def write_rotating(self, fn: Callable[[Overlay], tuple[T, set[bytes]]]) -> T:
         """:meth:`write`, but when ``fn`` names tenants to re-key (erasure, expiry), their
         key chain is rotated in the same transaction (:mod:`tlog.scim.erasure`)."""
-        with self._write_lock:
-            self._drain()
-            with self.storage.read() as rv:
-                tx = Overlay(rv)
-                result, rekey = fn(tx)
-                new = self.keys.stage_rotation(tx, rekey) if rekey else None
-                items = tx.items()
-            if new is None:
-                if items:
-                    self.storage.put_aux(items)
-            else:
-                self.keys.commit_rotation(new, lambda: self.storage.put_aux(items))
-            return result
+        for attempt in range(FENCE_RETRIES + 1):
+            with self._write_lock:
+                self._drain()
+                fence = self._writer_fence()
+                with self.storage.read() as rv:
+                    tx = Overlay(rv)
+                    result, rekey = fn(tx)
+                    new = self.keys.stage_rotation(tx, rekey) if rekey else None
+                    items = tx.items()
+                try:
+                    if new is None:
+                        if items:
+                            self.storage.put_aux(items, fence=fence)
+                    else:
+                        self.keys.commit_rotation(
+                            new, functools.partial(self.storage.put_aux, items, fence=fence)
+                        )
+                except AuxFenced:
+                    self._fence_lost(attempt)
+                    continue
+                return result
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _writer_fence(self) -> bytes | None:
+        """Under the writer lock, before a snapshot is opened for staging: the writer fence
+        this process holds, claimed (again) first if it has none or another frontend took
+        it. After each claim the master key in memory is checked against the store's (an
+        erasure on another frontend rotates it): nothing is staged under a stale one."""
+        with self._chain:
+            taken, self._fence_taken = self._fence_taken, False
+        if self._claimed and not taken:
+            return self._fence
+        if taken:
+            # Another frontend writes SCIM records too: give its commit time to land
+            # before taking the fence back (else both could keep refusing each other).
+            time.sleep(random.uniform(0, FENCE_BACKOFF))
+        self._claimed = False
+        self._fence = self.storage.claim_aux_writer()
+        if self._fence is not None:
+            self.keys.follow_rotation()
+        self._claimed = True
+        return self._fence
+
+    def _fence_lost(self, attempt: int) -> None:
+        """A direct write was refused (:class:`AuxFenced`): claim again, or give up."""
+        if attempt >= FENCE_RETRIES:
+            raise AuxFenced(
+                "other frontends kept taking the SCIM writer fence: nothing of this write was "
+                f"committed after {FENCE_RETRIES + 1} attempts; retry"
+            )
+        with self._chain:
+            self._fence_taken = True
 
     def _drain(self) -> None:
         """Under the writer lock: wait until every group handed to the sequencer is answered,
@@ -399,16 +466,37 @@ class ScimService:
         returns, once the leaves are in a remembered signed checkpoint."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
+        self._queue_jobs([_Job(fn, loop, fut, sequenced, reads)])
+        if self._coalesce:
+            return await bound(fut, "a commit", self.seq.commit_timeout)
+        return await fut
+
+    def _queue_jobs(self, jobs: list[_Job]) -> None:
+        """Queue jobs for the group writer (new ones, or ones staged again), starting it."""
         with self._group_lock:
-            self._group.append(_Job(fn, loop, fut, sequenced, reads))
+            self._group.extend(jobs)
             start = not self._group_running
             self._group_running = True
             self._group_lock.notify()
         if start:
             threading.Thread(target=self._group_loop, name="tlog-scim-writer", daemon=True).start()
-        if self._coalesce:
-            return await bound(fut, "a commit", self.seq.commit_timeout)
-        return await fut
+
+    def _restage(self, answers: list[tuple[_Job, BaseException | None, Any]]) -> None:
+        """Answer ``answers``, except the submissions refused only because another frontend
+        took the writer fence (:class:`AuxFenced`): nothing of them was written, so they
+        are staged again from a fresh read (at most ``FENCE_RETRIES`` times each)."""
+        again = [
+            job
+            for job, err, _ in answers
+            if isinstance(err, AuxFenced) and job.attempts < FENCE_RETRIES
+        ]
+        if again:
+            for job in again:
+                job.attempts += 1
+            retried = {id(job) for job in again}
+            answers = [a for a in answers if id(a[0]) not in retried]
+            self._queue_jobs(again)
+        _answer(answers)
 
     def _group_loop(self) -> None:
         while True:
@@ -428,9 +516,10 @@ class ScimService:
         ok: list[tuple[_Job, Any]] = []
         try:
             with self._write_lock:
-                if self._coalesce:
-                    self._prune_pending()
-                epoch = self._epoch
+                fence = self._writer_fence()
+                # The epoch the pending writes are pruned by: a commit that fails after
+                # this refuses the group at its hand-off (``_hand_off``).
+                epoch = self._prune_pending() if self._coalesce else self._epoch
                 with self.storage.read() as rv:
                     tx = Overlay(rv, self._pending if self._coalesce else None)
                     self._group_memo, self._group_tenants = {}, {}
@@ -442,6 +531,9 @@ class ScimService:
                             mark = tx.mark()
                             try:
                                 ok.append((job, job.fn(tx)))
+                            except KeysRotated:
+                                tx.rollback(mark)
+                                answers.append((job, self._rotated_elsewhere(), None))
                             except Exception as exc:
                                 tx.rollback(mark)
                                 answers.append((job, exc, None))
@@ -450,20 +542,42 @@ class ScimService:
                     items = tx.items()
                 if not self._coalesce:
                     if items:
-                        self.storage.put_aux(items)
+                        try:
+                            self.storage.put_aux(items, fence=fence)
+                        except AuxFenced:
+                            with self._chain:
+                                self._fence_taken = True
+                            raise
                     answers += [(job, None, res) for job, res in ok]
                 elif ok:
-                    self._hand_off(ok, items, epoch)  # answered by _group_done
+                    self._hand_off(ok, items, epoch, fence)  # answered by _group_done
         except BaseException as exc:  # nothing was committed: every submission fails
             answers += [(job, exc, None) for job, _ in ok]
-            _answer(answers)
+            self._restage(answers)
             if not isinstance(exc, Exception):
                 raise
             return
-        _answer(answers)
+        self._restage(answers)
+
+    def _rotated_elsewhere(self) -> BaseException:
+        """A staging met tenant keys that the master key in memory cannot open. Under the
+        writer lock that happens only when another frontend rotated the master key (an
+        erasure there, which also took the fence): follow the rotation and stage again
+        under a new claim, or say loudly why this frontend cannot (its key file)."""
+        try:
+            self.keys.follow_rotation()
+        except StorageError as exc:
+            return exc
+        with self._chain:
+            self._fence_taken = True
+        return AuxFenced("another frontend rotated the SCIM keys meanwhile: staged again")
 
     def _hand_off(
-        self, ok: list[tuple[_Job, Any]], items: list[tuple[bytes, bytes | None]], epoch: int
+        self,
+        ok: list[tuple[_Job, Any]],
+        items: list[tuple[bytes, bytes | None]],
+        epoch: int,
+        fence: bytes | None,
     ) -> None:
         """Give a staged group to the sequencer: its events' leaves and all its records, for
         one transaction. Under the writer lock; raises (nothing handed) if the sequencer
@@ -479,7 +593,7 @@ class ScimService:
             return
         with self._chain:
             if self._epoch != epoch:
-                raise SequencerStopped(
+                raise self._broken(
                     "an earlier SCIM commit failed; nothing of this submission was committed"
                 )
             seq = self._handed_seq + 1
@@ -490,6 +604,7 @@ class ScimService:
                 functools.partial(self._group_done, seq, ok),
                 check=functools.partial(self._check_chain, seq),
                 failed=self._chain_failed,
+                fence=fence,
             )
             self._handed_seq = seq
             self._inflight += 1
@@ -499,9 +614,10 @@ class ScimService:
                 self._owner[k] = seq
             self._handed.append((seq, [k for k, _ in items]))
 
-    def _prune_pending(self) -> None:
+    def _prune_pending(self) -> int:
         """Before a group opens its snapshot: forget the pending writes that are durable (the
-        snapshot holds them); all of them when nothing is in flight or a commit failed."""
+        snapshot holds them); all of them when nothing is in flight or a commit failed.
+        Returns the epoch this pruned by: the group's (a commit that fails later breaks it)."""
         with self._chain:
             inflight, durable, epoch = self._inflight, self._durable_seq, self._epoch
         if inflight == 0 or epoch != self._pending_epoch:
@@ -509,28 +625,40 @@ class ScimService:
             self._owner.clear()
             self._handed.clear()
             self._pending_epoch = epoch
-            return
+            return epoch
         while self._handed and self._handed[0][0] <= durable:
             seq, keys = self._handed.popleft()
             for k in keys:
                 if self._owner.get(k) == seq:
                     del self._owner[k]
                     del self._pending[k]
+        return epoch
+
+    def _broken(self, what: str) -> Exception:
+        """Under ``_chain``: why a group staged on a failed commit is refused. When the
+        failure was another frontend taking the fence, the group is staged again."""
+        if self._broken_by_fence:
+            return AuxFenced(what)
+        return SequencerStopped(what)
 
     def _check_chain(self, seq: int) -> None:
         """On the sequencer's writer thread, before group ``seq`` is committed."""
         with self._chain:
             if seq <= self._broken_upto:
-                raise SequencerStopped(
+                raise self._broken(
                     "staged on top of a SCIM commit that failed; nothing of it was committed"
                 )
 
-    def _chain_failed(self) -> None:
+    def _chain_failed(self, exc: BaseException) -> None:
         """On the writer thread, when a commit carrying a group failed: every group handed
-        so far was staged on top of it and must not commit."""
+        so far was staged on top of it and must not commit. ``exc``: why it failed
+        (:class:`AuxFenced`: another frontend took the fence; claim it again)."""
         with self._chain:
             self._epoch += 1
             self._broken_upto = self._handed_seq
+            self._broken_by_fence = isinstance(exc, AuxFenced)
+            if self._broken_by_fence:
+                self._fence_taken = True
 
     def _group_done(
         self, seq: int, ok: list[tuple[_Job, Any]], result: BatchResult | BaseException
@@ -558,7 +686,7 @@ class ScimService:
                 self._durable_seq = max(self._durable_seq, seq)
             self._inflight -= 1
             self._chain.notify_all()
-        _answer(answers)
+        self._restage(answers)
 
     async def read_off_loop(self, fn: Callable[[Overlay], T], what: str) -> T:
         """:meth:`read` in the read pool (bounded: a stalled store answers 503)."""
@@ -574,7 +702,10 @@ class ScimService:
                     return fn(Overlay(rv))
             except KeysRotated:
                 # An erasure or expiry rotated the key chain between this snapshot and the
-                # keys in memory: a fresh snapshot matches them again.
+                # keys in memory: a fresh snapshot matches them again. One on another
+                # frontend (a shared database) rotated the master key too: adopt it from
+                # the key file, or say loudly that this frontend's key file is stale.
+                self.keys.follow_rotation()
                 time.sleep(0.002 * (attempt + 1))
         raise StorageError("SCIM keys kept changing during a read")
 

@@ -1,0 +1,370 @@
+"""Several frontends on one PostgreSQL database, SCIM writes on each: the SCIM writer fence.
+
+Each frontend here is a whole in-process app (``open_harness``) on the same database, as
+two ``tlog serve --database`` processes are. The races are made deterministic: frontend A
+stages a submission (it has read the store) and is held right before it hands the group
+to its sequencer; frontend B then does its write and commits; then A goes on. Without the
+fence, A would commit records staged on what B has just changed (a new tenant's keys
+overwritten, one eid as two leaves, an erased subject's keys written back); with it, A's
+commit is refused whole (nothing written), A claims the fence again and stages the
+submission again from a fresh read, and both answers are true."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+
+from client.formats.checkpoint import open_checkpoint
+from client.formats.merkle import leaf_hash
+from client.formats.note import Ed25519Verifier
+from tlog.backend import AuxFenced, BatchWrite
+from tlog.pg import PgStorage
+from tlog.scim import store
+
+from .conftest import ORIGIN, T1, Harness, open_harness, user_event
+from .helpers import check_receipt
+
+KEY = "scim-master.key"
+
+
+@contextmanager
+def frontends(
+    tmp_path: Path, pg_url: str, *, shared_key: bool = True
+) -> Iterator[tuple[Harness, Harness]]:
+    """Two frontends, A and B, on ``pg_url``. ``shared_key``: B reads A's SCIM master key
+    file (one shared secret, as operations.md asks); otherwise B has a copy of it."""
+    with ExitStack() as stack:
+        a = stack.enter_context(open_harness(tmp_path / "a", database=pg_url))
+        if shared_key:
+            b = stack.enter_context(
+                open_harness(tmp_path / "b", database=pg_url, scim_master_key=a.data / KEY)
+            )
+        else:
+            (tmp_path / "b").mkdir(mode=0o700)
+            shutil.copy2(a.data / KEY, tmp_path / "b" / KEY)
+            b = stack.enter_context(open_harness(tmp_path / "b", database=pg_url))
+        yield a, b
+
+
+def held_at_hand_off(
+    a: Harness, first: Callable[[], httpx.Response], between: Callable[[], Any]
+) -> tuple[httpx.Response, Any, int]:
+    """Run ``first`` (a request to A) in a thread; once A's group writer has staged it, and
+    before it hands the group to be committed, run ``between`` (another frontend's write)
+    to its end; then let A go on. Returns A's answer, ``between``'s result and how many
+    times A handed a group off (2: refused once, staged again)."""
+    svc = a.service
+    real = svc.seq.enqueue
+    staged, go = threading.Event(), threading.Event()
+    calls: list[int] = []
+
+    def enqueue(*args: Any, **kw: Any) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            staged.set()
+            assert go.wait(60), "the test did not let the writer go on"
+        real(*args, **kw)
+
+    answer: list[httpx.Response] = []
+    svc.seq.enqueue = enqueue  # type: ignore[method-assign]
+    try:
+        t = threading.Thread(target=lambda: answer.append(first()), daemon=True)
+        t.start()
+        assert staged.wait(60), "A never handed its group off"
+        try:
+            got = between()
+        finally:
+            go.set()
+        t.join(60)
+        assert not t.is_alive(), "A's request did not end"
+    finally:
+        del svc.seq.enqueue
+    return answer[0], got, len(calls)
+
+
+def readable(h: Harness, ev: dict[str, Any]) -> bool:
+    """The event's body is found by its rid and decrypts, through frontend ``h``."""
+    found = [r for r in h.auditor().search(rid=ev["rid"]).results if r.event is not None]
+    return any(r.event is not None and r.event["eid"] == ev["eid"] for r in found)
+
+
+def caught_up(h: Harness, size: int) -> None:
+    """Wait until frontend ``h`` serves a checkpoint of at least ``size`` (an idle frontend
+    adopts another's commits within about a second: operations.md, "Several frontends");
+    search and receipts answer up to the checkpoint a frontend serves."""
+    for _ in range(200):
+        verifier = Ed25519Verifier.from_vkey(h.vkey)
+        cp, _ = open_checkpoint(h.client.get("/checkpoint").text, [verifier], origin=ORIGIN)
+        if cp.size >= size:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"frontend {h.data.name} did not reach size {size}")
+
+
+def tree_size(h: Harness) -> int:
+    with h.log.storage.read() as rv:
+        return rv.tree_size()
+
+
+@pytest.mark.slow
+def test_a_new_tenants_first_events_on_two_frontends(tmp_path: Path, pg_url: str) -> None:
+    """A and B both take the first event of a tenant the store has no keys for. Each
+    creates the tenant's keys in its staging; B commits first. A's commit is refused (its
+    keys would overwrite B's and leave B's event unreadable), A stages again on B's keys:
+    both events are readable through both frontends, one tenant record, two leaves."""
+    with frontends(tmp_path, pg_url) as (a, b):
+        ev_a = user_event("u-from-a", req="req-a", xid="a@example.org")
+        ev_b = user_event("u-from-b", req="req-b", xid="b@example.org")
+        size = tree_size(a)
+        ra, rb, handed = held_at_hand_off(a, lambda: a.post_event(ev_a), lambda: b.post_event(ev_b))
+        assert rb.status_code == 200, rb.text
+        assert ra.status_code == 200, ra.text
+        assert handed == 2, "A's first staging was not refused and staged again"
+        assert ra.json()["duplicate"] is False and rb.json()["duplicate"] is False
+        check_receipt(a, ra.json())
+        check_receipt(b, rb.json())
+        assert tree_size(a) == size + 2
+        with a.log.storage.read() as rv:
+            assert len(list(rv.aux_range(store.tenant_key(b"")))) == 1
+        caught_up(b, size + 2)
+        for h in (a, b):
+            assert readable(h, ev_a) and readable(h, ev_b)
+
+
+@pytest.mark.slow
+def test_one_eid_on_two_frontends_is_one_leaf(tmp_path: Path, pg_url: str) -> None:
+    """The same event (one eid) sent to A and to B at the same moment (an adapter's retry
+    through another frontend): one leaf, and both answers name it."""
+    with frontends(tmp_path, pg_url) as (a, b):
+        assert a.post_event(user_event("u-first", req="req-0")).status_code == 200
+        ev = user_event("u-twice", req="req-twice")
+        size = tree_size(a)
+        ra, rb, handed = held_at_hand_off(a, lambda: a.post_event(ev), lambda: b.post_event(ev))
+        assert ra.status_code == 200 and rb.status_code == 200, (ra.text, rb.text)
+        assert handed == 2
+        assert rb.json()["duplicate"] is False
+        assert ra.json()["duplicate"] is True
+        assert ra.json()["leaf_hash"] == rb.json()["leaf_hash"]
+        assert ra.json()["index"] == rb.json()["index"] == size
+        assert tree_size(a) == size + 1
+        assert readable(a, ev) and readable(b, ev)
+
+
+def _erase(h: Harness, rid: str) -> httpx.Response:
+    r = h.request_erasure(rid)
+    assert r.status_code == 201, r.text
+    return h.client.post(f"/v1/scim/erasures/{r.json()['id']}/approve", headers=h.h("po_b"))
+
+
+@pytest.mark.slow
+def test_an_erasure_on_one_frontend_while_the_other_stages(tmp_path: Path, pg_url: str) -> None:
+    """A stages a new event of Alice (on her existing keys); meanwhile B erases Alice (her
+    keys are shredded and the master key rotated, into the key file both frontends read).
+    A's commit is refused, A adopts the new master key and stages again: the new event
+    is on new keys and readable, the erased events stay erased, and no DEK of the erased
+    subject is back in the store."""
+    with frontends(tmp_path, pg_url) as (a, b):
+        old = user_event("u-alice", req="req-old", xid="alice@example.org")
+        assert a.post_event(old).status_code == 200
+        new = user_event(
+            "u-alice", req="req-new", xid="alice@example.org", active=("false", "true")
+        )
+        ra, erased, handed = held_at_hand_off(
+            a, lambda: a.post_event(new), lambda: _erase(b, "u-alice")
+        )
+        assert erased.status_code == 200 and erased.json()["state"] == "done", erased.text
+        assert ra.status_code == 200, ra.text
+        assert handed == 2
+        caught_up(b, ra.json()["index"] + 1)
+        caught_up(a, erased.json()["receipt"]["index"] + 1)
+        for h in (a, b):
+            found = h.auditor().search(rid="u-alice").results
+            assert [r.event["eid"] for r in found if r.event is not None] == [new["eid"]]
+        # A holds the rotated master key now, and it opens the store.
+        assert a.service.keys.master.raw() == b.service.keys.master.raw()
+
+
+@pytest.mark.slow
+def test_a_stale_copy_of_the_master_key_is_refused_loudly(tmp_path: Path, pg_url: str) -> None:
+    """B has a copy of the key file, not the shared one: after B's erasure rotates the
+    master key, A cannot open the store's keys. A refuses (503 naming the key file) and
+    writes nothing; once its key file holds the store's key, A serves again."""
+    with frontends(tmp_path, pg_url, shared_key=False) as (a, b):
+        assert a.post_event(user_event("u-alice", req="req-1")).status_code == 200
+        assert (
+            b.post_event(user_event("u-bob", req="req-2", xid="bob@example.org")).status_code == 200
+        )
+        assert _erase(b, "u-alice").json()["state"] == "done"
+        size = tree_size(a)
+        ev = user_event("u-carol", req="req-3", xid="carol@example.org")
+        r = a.post_event(ev)
+        assert r.status_code == 503, r.text
+        assert "master key" in r.text and "no longer opens the store" in r.text
+        assert tree_size(a) == size
+        with a.log.storage.read() as rv:
+            assert rv.aux(store.eid_key(a.service.tenant_ref(T1), ev["eid"])) is None
+        shutil.copy2(b.data / KEY, a.data / KEY)  # the operator fixes the deployment
+        r = a.post_event(ev)
+        assert r.status_code == 200, r.text
+        caught_up(b, r.json()["index"] + 1)
+        assert readable(a, ev) and readable(b, ev)
+
+
+def test_records_under_a_taken_fence_are_refused_whole(pg_url: str, tmp_path: Path) -> None:
+    """The storage contract: once another process claims the fence, a record write (alone or
+    with a batch's leaves) under the old one is refused and writes nothing, and the batch's
+    leaves are not stored either; a write without a fence (a one-writer tool) is not
+    checked; the new fence writes."""
+    with open_harness(tmp_path / "a", database=pg_url) as h:
+        st = h.log.storage
+        assert isinstance(st, PgStorage)
+        other = PgStorage(pg_url, replication="none")
+        try:
+            old = st.claim_aux_writer()
+            new = other.claim_aux_writer()
+            assert old is not None and new is not None and old != new
+            with pytest.raises(AuxFenced):
+                st.put_aux([(b"\xfftest-a", b"1")], fence=old)
+            with st.read() as rv:
+                assert rv.aux(b"\xfftest-a") is None
+            with st.read() as rv:
+                size, base = rv.tree_size(), rv.latest_checkpoint()
+            assert base is not None
+            leaf = b"leaf-under-old"
+            batch = BatchWrite(
+                size,
+                [leaf],
+                [hashlib.sha256(b"\x00" + leaf).digest()],
+                [],
+                size + 1,
+                b"a checkpoint that must not be stored",
+                base[1],
+                [(b"\xfftest-b", b"2")],
+                old,
+            )
+            # The compare-and-swap would pass: the fence alone refuses the batch, whole.
+            with pytest.raises(AuxFenced):
+                st.commit_batch(batch)
+            with st.read() as rv:
+                assert rv.tree_size() == size and rv.aux(b"\xfftest-b") is None
+                assert rv.checkpoint(size + 1) is None and rv.entry(size) is None
+            other.put_aux([(b"\xfftest-c", b"3")], fence=new)
+            st.put_aux([(b"\xfftest-d", b"4")])  # unfenced
+            with st.read() as rv:
+                assert [rv.aux(k) for k in (b"\xfftest-c", b"\xfftest-d")] == [b"3", b"4"]
+        finally:
+            other.close()
+
+
+def test_a_claim_waits_for_a_record_write_in_progress(pg_url: str, tmp_path: Path) -> None:
+    """A record write holds the fence row (FOR SHARE) until it commits, so a claim by
+    another process waits for it: a read opened after the claim sees those records."""
+    with open_harness(tmp_path / "a", database=pg_url) as h:
+        st = h.log.storage
+        assert isinstance(st, PgStorage)
+        fence = st.claim_aux_writer()
+        assert fence is not None
+        other = PgStorage(pg_url, replication="none")
+        claimed: list[bytes | None] = []
+        try:
+            with psycopg.connect(pg_url) as writer:  # a record write, held open
+                writer.execute(
+                    "SELECT 1 FROM tlog_aux_writer WHERE id = 1 AND fence = %s FOR SHARE", (fence,)
+                )
+                writer.execute(
+                    "INSERT INTO tlog_aux (key, value) VALUES (%s, %s)", (b"\xfftest-held", b"x")
+                )
+                t = threading.Thread(target=lambda: claimed.append(other.claim_aux_writer()))
+                t.start()
+                waiting = False
+                with psycopg.connect(pg_url, autocommit=True) as watch:
+                    for _ in range(600):
+                        row = watch.execute(
+                            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = "
+                            "'Lock' AND query LIKE 'UPDATE tlog_aux_writer%%'"
+                        ).fetchone()
+                        if row is not None and row[0] > 0:
+                            waiting = True
+                            break
+                        threading.Event().wait(0.05)
+                assert waiting, "the claim did not wait for the record write"
+                assert not claimed
+                writer.commit()
+            t.join(30)
+            assert claimed and claimed[0] not in (None, fence)
+            with other.read() as rv:
+                assert rv.aux(b"\xfftest-held") == b"x"
+        finally:
+            other.close()
+
+
+def test_lmdb_needs_no_fence(tmp_path: Path) -> None:
+    """One process writes an LMDB store (its lock file): no fence, nothing checked."""
+    with open_harness(tmp_path) as h:
+        assert h.log.storage.claim_aux_writer() is None
+        assert h.post_event(user_event()).status_code == 200
+
+
+@pytest.mark.slow
+def test_both_frontends_under_load_lose_and_mix_nothing(tmp_path: Path, pg_url: str) -> None:
+    """Submissions spread over both frontends at once (new subjects, updates of shared ones,
+    and every eid sent twice, once to each): each acknowledged event is one leaf, at the
+    index its answer names, and readable through both frontends; a refusal is at worst a
+    503 (other frontends kept taking the fence), never a wrong answer."""
+    with frontends(tmp_path, pg_url) as (a, b):
+        events = [
+            user_event(f"u-{i % 7}", req=f"req-load-{i}", xid=f"user{i % 7}@example.org")
+            for i in range(48)
+        ]
+        answers: dict[str, list[httpx.Response]] = {ev["eid"]: [] for ev in events}
+        lock = threading.Lock()
+
+        def post(h: Harness, evs: list[dict[str, Any]]) -> None:
+            for ev in evs:
+                r = h.post_event(ev)
+                with lock:
+                    answers[ev["eid"]].append(r)
+
+        size = tree_size(a)
+        threads = [
+            threading.Thread(target=post, args=(h, events[k::3])) for h in (a, b) for k in range(3)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(300)
+        assert not any(t.is_alive() for t in threads)
+        statuses = [r.status_code for rs in answers.values() for r in rs]
+        assert set(statuses) <= {200, 503}, statuses
+        assert statuses.count(200) >= len(statuses) // 2, statuses
+        acked: dict[str, tuple[int, str]] = {}
+        for eid, rs in answers.items():
+            for r in rs:
+                if r.status_code == 200:
+                    got = (r.json()["index"], r.json()["leaf_hash"])
+                    assert acked.setdefault(eid, got) == got, "one eid, two leaves"
+        end = tree_size(a)
+        assert end - size == len(acked)  # one leaf per acknowledged eid, nothing else
+        caught_up(b, end)
+        with a.log.storage.read() as rv:
+            stored = rv.entries(size, end)
+        by_index = {i: h for i, h in acked.values()}
+        assert sorted(by_index) == list(range(size, end))
+        for i, leaf in enumerate(stored, start=size):
+            assert base64.b64encode(leaf_hash(leaf)).decode() == by_index[i]
+        for h in (a, b):
+            for rid in {ev["rid"] for ev in events}:
+                found = {r.event["eid"] for r in h.auditor().search(rid=rid).results if r.event}
+                want = {ev["eid"] for ev in events if ev["rid"] == rid and ev["eid"] in acked}
+                assert found == want, rid
