@@ -38,6 +38,7 @@ from client.formats.note import FormatError, open_note, parse_note
 from client.formats.proof_bundle import TlogProof
 from client.formats.tiles import TILE_HEIGHT, TILE_WIDTH, encode_entry_bundle
 from tlog.backend import (
+    AuxFenced,
     Backend,
     BatchWrite,
     CommitConflict,
@@ -420,7 +421,10 @@ class Log:
             # The store is not what this writer built on: another writer got there first (or
             # a put failed). Nothing was written; adopt what the store holds and acknowledge
             # nothing of this batch.
-            log.warning("commit refused, reloading the log state from the store: %s", exc)
+            # (Another frontend taking the SCIM writer fence is routine with SCIM writes on
+            # several frontends: its submissions are staged again, so not a warning.)
+            level = logging.INFO if isinstance(exc, AuxFenced) else logging.WARNING
+            log.log(level, "commit refused, reloading the log state from the store: %s", exc)
             self._stale = True
             self.reload()
             raise

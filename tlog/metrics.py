@@ -154,6 +154,13 @@ class Metrics:
             ["action", "outcome"],
             registry=r,
         )
+        self.scim_fence_claims = Counter(
+            "tlog_scim_writer_fence_claims",
+            "claims of the SCIM writer fence on a shared database, by why: 'start' (the "
+            "first write) or 'taken' (another frontend had taken it: its writes staged again)",
+            ["why"],
+            registry=r,
+        )
         self.last_publish: float | None = None
         # (op, outcome) -> its labelled counter: labels() takes a lock and builds a key on
         # every call, and single events call observe_events once each.
@@ -181,6 +188,10 @@ class Metrics:
             self.last_publish = time.time()
         else:
             self.commit_failures.inc()
+
+    def observe_fence_claim(self, taken: bool) -> None:
+        """The SCIM service claimed the writer fence (on its writer thread)."""
+        self.scim_fence_claims.labels("taken" if taken else "start").inc()
 
     def observe_push(self, witness: str, result: str) -> None:
         self.witness_pushes.labels(witness, result).inc()

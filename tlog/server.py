@@ -158,6 +158,7 @@ def build_app(
     seq.on_batch = metrics.observe_batch
     if service is not None:
         service.on_logged = metrics.observe_events
+        service.on_fence_claim = metrics.observe_fence_claim
     api = Api(log_, seq, tokens, limits, published, reads)
     app = create_app(
         log_,

@@ -131,6 +131,9 @@ def test_a_new_tenants_first_events_on_two_frontends(tmp_path: Path, pg_url: str
         assert rb.status_code == 200, rb.text
         assert ra.status_code == 200, ra.text
         assert handed == 2, "A's first staging was not refused and staged again"
+        metrics = a.client.get("/metrics", headers=a.h("admin")).text
+        assert 'tlog_scim_writer_fence_claims_total{why="taken"} 1.0' in metrics
+        assert 'tlog_scim_writer_fence_claims_total{why="start"} 1.0' in metrics
         assert ra.json()["duplicate"] is False and rb.json()["duplicate"] is False
         check_receipt(a, ra.json())
         check_receipt(b, rb.json())

@@ -322,6 +322,9 @@ class ScimService:
         self._fence: bytes | None = None
         self._claimed = False
         self._fence_taken = False
+        # Called after each claim of the fence on a shared store, with whether another
+        # frontend had taken it (metrics: tlog_scim_writer_fence_claims).
+        self.on_fence_claim: Callable[[bool], None] | None = None
         # Group commit of submissions (_write_grouped): queued jobs, and whether the writer
         # thread is draining them.
         self._group: list[_Job] = []
@@ -425,6 +428,8 @@ class ScimService:
         self._claimed = False
         self._fence = self.storage.claim_aux_writer()
         if self._fence is not None:
+            if self.on_fence_claim is not None:
+                self.on_fence_claim(taken)
             self.keys.follow_rotation()
         self._claimed = True
         return self._fence
