@@ -8,14 +8,18 @@ checkpoint handed out by either frontend is a prefix of the final tree, and fsck
 from __future__ import annotations
 
 import shutil
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from client.formats.checkpoint import open_checkpoint
 from client.formats.note import Ed25519Verifier
+from client.net.scim_audit import ScimAuditClient
+from client.scim import event_to_json, new_event
 from tests.pgsupport import open_store
 from tests.support import assert_prefixes, checkpoints_by_size, start_server, tlog_cli
 
@@ -86,3 +90,93 @@ def test_two_frontends_on_one_database_never_fork_nor_lose(tmp_path: Path, pg_ur
     assert assert_prefixes(entries, by_size) == final.root_hash
     fs = tlog_cli("fsck", "--data", str(da), "--database", pg_url)
     assert fs.returncode == 0, fs.stdout + fs.stderr
+
+
+def _scim_event(rid: str, req: str) -> dict[str, Any]:
+    return new_event(
+        tenant="acme",
+        sp="app-1",
+        op="patch",
+        rt="User",
+        rid=rid,
+        actor={"kind": "user", "id": "admin-1"},
+        corr=req,
+        req={"m": "PATCH", "p": f"/Users/{rid}", "dig": bytes(32), "len": 10},
+        res=200,
+        outcome="success",
+        mods=[{"attr": "active", "old": "true", "new": "false"}],
+    )
+
+
+def test_scim_writes_on_two_frontend_processes(tmp_path: Path, pg_url: str) -> None:
+    """SCIM events to two real ``tlog serve`` processes on one database, sharing one SCIM
+    master key file: the first events of a new tenant race on both, and every event is also
+    sent to the other frontend (an adapter retrying elsewhere). Each acknowledged eid is one
+    leaf, and every acknowledged event is readable through both frontends (client/ code
+    verifies each answer); at worst a 503, never two leaves or an unreadable event."""
+    da, db = tmp_path / "a", tmp_path / "b"
+    a = start_server(da, database=pg_url, timeout=90)
+    db.mkdir(mode=0o700)
+    shutil.copy2(da / "log.key", db / "log.key")
+    b = start_server(
+        db, None, "--scim-master-key", str(da / "scim-master.key"), database=pg_url, timeout=90
+    )
+    vkey = httpx.get(a.url + "/v1/log").json()["vkey"]
+
+    def token(*role: str) -> str:
+        made = tlog_cli("token", "create", *role, "--data", str(da), "--database", pg_url)
+        assert made.returncode == 0, made.stderr
+        return made.stdout.strip()
+
+    sub = token("--role", "submitter", "--tenant", "acme")
+    aud = token("--role", "auditor", "--tenant", "acme")
+    h = {"Authorization": f"Bearer {sub}", "Content-Type": "application/json"}
+    events = [_scim_event(f"u-{i % 5}", f"req-{i}") for i in range(30)]
+    answers: list[tuple[str, httpx.Response]] = []
+    lock = threading.Lock()
+
+    def post(url: str, evs: list[dict[str, Any]]) -> None:
+        with httpx.Client(timeout=60) as c:
+            for ev in evs:
+                r = c.post(url + "/v1/scim/events", content=event_to_json(ev).encode(), headers=h)
+                with lock:
+                    answers.append((ev["eid"], r))
+
+    try:
+        threads = [
+            threading.Thread(target=post, args=(url, evs))
+            for url, evs in ((a.url, events), (b.url, events[::-1]), (a.url, events[1::2]))
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(300)
+        statuses = [r.status_code for _, r in answers]
+        assert set(statuses) <= {200, 503}, [r.text for _, r in answers if r.status_code != 200]
+        assert statuses.count(200) >= len(statuses) // 2
+        acked: dict[str, tuple[int, str]] = {}
+        for eid, r in answers:
+            if r.status_code == 200:
+                got = (r.json()["index"], r.json()["leaf_hash"])
+                assert acked.setdefault(eid, got) == got, "one eid became two leaves"
+        assert len({i for i, _ in acked.values()}) == len(acked)
+        last = max(i for i, _ in acked.values())
+        for url in (a.url, b.url):
+            for _ in range(100):  # an idle frontend adopts the other's commits within ~1 s
+                if (
+                    open_checkpoint(
+                        httpx.get(url + "/checkpoint").text,
+                        [Ed25519Verifier.from_vkey(vkey)],
+                        origin=ORIGIN,
+                    )[0].size
+                    > last
+                ):
+                    break
+                time.sleep(0.1)
+            auditor = ScimAuditClient(url, aud, vkey)
+            for rid in {ev["rid"] for ev in events}:
+                found = {r.event["eid"] for r in auditor.search(rid=rid).results if r.event}
+                assert found == {ev["eid"] for ev in events if ev["rid"] == rid} & acked.keys()
+    finally:
+        a.stop()
+        b.stop()
