@@ -1,12 +1,15 @@
 """Single SCIM events (``POST /v1/scim/events``) on the PostgreSQL backend.
 
     .venv/bin/python -m bench.pg_scim_single [--duration 8] [--connections 64] [--rounds 1]
+        [--subjects N]
 
 Needs ``wrk`` and PostgreSQL (``initdb``/``pg_ctl``, as the tests find them: harness/pg.py).
 Starts a throwaway cluster on 127.0.0.1 (``fsync = on``, on disk), then ``tlog serve
 --database <a fresh schema> --replication none`` with the serve defaults, and loads it as
 ``bench.scim_single`` does (wrk -t2, a fresh create event per request: each answer waits for
 the event's records and leaf to be durable and in a signed, remembered checkpoint).
+``--subjects N``: each event's rid is one of N (after the first few, events of known
+subjects: their staging reads the subject's DEK and resource state), not a fresh one.
 
 Reported per round: requests/s, p50/p99, the server's CPU per request (user + system time
 of its process over the requests answered) and the write transactions per event (xids the
@@ -42,7 +45,9 @@ def write_xids(cluster: PgCluster) -> int:
     return int(str(cluster.query("SELECT pg_current_xact_id()")[0][0]))
 
 
-def one_round(cluster: PgCluster, tmp: Path, duration: int, connections: int) -> str:
+def one_round(
+    cluster: PgCluster, tmp: Path, duration: int, connections: int, subjects: int = 0
+) -> str:
     url = cluster.new_schema()
     data = tmp / f"data-{time.monotonic_ns()}"
     port = free_port()
@@ -81,6 +86,11 @@ def one_round(cluster: PgCluster, tmp: Path, duration: int, connections: int) ->
         if r.returncode != 0:
             raise RuntimeError(f"tlog token create: {r.stderr}")
         script = SCIM_LUA.replace("%BODY%", template()).replace("%TOKEN%", r.stdout.strip())
+        if subjects:
+            fresh = 'string.format("u-%d-%d-%d", tid, n, r(1, 1000000000))'
+            if fresh not in script:
+                raise RuntimeError("bench.scim_single's SCIM_LUA changed: update --subjects")
+            script = script.replace(fresh, f'string.format("u-%d", r(1, {subjects}))')
         x0 = write_xids(cluster)
         c0 = cpu_seconds(server.pid)
         res = wrk(base, script, duration, connections)
@@ -104,6 +114,7 @@ def main() -> None:
     ap.add_argument("--duration", type=int, default=8)
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--subjects", type=int, default=0, help="rids drawn from N (0: fresh)")
     args = ap.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("bench.pg_scim_single needs wrk: apt-get install -y wrk")
@@ -116,7 +127,8 @@ def main() -> None:
             f"{platform.python_version()}; wrk -t2 -c{args.connections} -d{args.duration}s"
         )
         for i in range(args.rounds):
-            print(f"round {i + 1}: {one_round(cluster, tmp, args.duration, args.connections)}")
+            got = one_round(cluster, tmp, args.duration, args.connections, args.subjects)
+            print(f"round {i + 1}: {got}")
     finally:
         cluster.destroy()
         shutil.rmtree(tmp, ignore_errors=True)

@@ -325,7 +325,11 @@ class Overlay:
         self._journal: list[tuple[Any, Any, Any]] = []
         # Records of ``rv`` read ahead in one round trip (:meth:`prefetch`): key -> its value
         # in ``rv``'s snapshot, None for a key known absent there. Below the staged writes.
+        # On a view whose reads are round trips (``aux_many``: PostgreSQL) every read of
+        # ``rv`` is kept here too: one snapshot answers a key the same way every time, and
+        # a staging reads some twice (a subject's DEK for its event and for its state).
         self._read: dict[bytes, bytes | None] = {}
+        self._keep = getattr(rv, "aux_many", None) is not None
 
     def get(self, key: bytes) -> bytes | None:
         if key in self._writes:
@@ -336,7 +340,10 @@ class Overlay:
         r = self._read
         if key in r:
             return r[key]
-        return self.rv.aux(key)
+        value = self.rv.aux(key)
+        if self._keep:
+            r[key] = value
+        return value
 
     def prefetch(self, keys: Iterable[bytes]) -> int:
         """Read ``keys`` from ``rv`` now, in one round trip, for :meth:`get` to answer from
