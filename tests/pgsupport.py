@@ -14,7 +14,8 @@ import contextlib
 import shutil
 import struct
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,8 +30,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BACKENDS",
+    "DataBackup",
     "OldCopy",
     "backend_database",
+    "empty_store",
     "open_store",
     "require_postgres",
     "running_cluster",
@@ -222,6 +225,16 @@ class OldCopy:
         schema = url_schema(self.database)
         pg_tool(self.cluster, "pg_dump", "-Fc", "-n", schema, "-f", str(self.dest), "postgres")
 
+    def take_from(self, data: Path) -> None:
+        """:meth:`take` from the store of the data directory ``data`` (LMDB: ``<data>/db``;
+        PostgreSQL: the schema of ``database``), opened read-only for the copy and closed
+        again; the log's server may be running meanwhile (a live backup)."""
+        storage = open_backend(self.database, data, readonly=True)
+        try:
+            self.take(storage)
+        finally:
+            storage.close()
+
     def restore(self, data: Path) -> None:
         """Put the copy back as the store of the data directory ``data`` (LMDB: its ``db``;
         PostgreSQL: the schema of ``database``). The store must be closed."""
@@ -232,6 +245,42 @@ class OldCopy:
         assert self.cluster is not None
         self.cluster.sql(f"DROP SCHEMA {url_schema(self.database)} CASCADE")
         pg_tool(self.cluster, "pg_restore", "-d", "postgres", "--exit-on-error", str(self.dest))
+
+
+@dataclass
+class DataBackup:
+    """The whole data directory (remembered checkpoint, keys; LMDB: the store) copied to
+    ``dest`` and, on PostgreSQL, ``dump`` (an :class:`OldCopy`: a pg_dump of the log's
+    schema) taken with it: a careless backup. :meth:`restore` puts both back in place of
+    ``data``. The store must be closed for both."""
+
+    data: Path
+    dest: Path
+    dump: OldCopy
+
+    def take(self) -> None:
+        shutil.copytree(self.data, self.dest, ignore=shutil.ignore_patterns("tlog.lock"))
+        if self.dump.database is not None:
+            self.dump.take_from(self.data)
+
+    def restore(self) -> None:
+        shutil.rmtree(self.data)
+        shutil.copytree(self.dest, self.data)
+        if self.dump.database is not None:
+            self.dump.restore(self.data)
+
+
+def empty_store(data: Path, database: str | None, cluster: Callable[[], PgCluster]) -> str:
+    """What a failed copy or restore leaves of the store of data directory ``data``: LMDB, a
+    0-byte data.mdb; PostgreSQL, the log's schema dropped and created again empty (a restore
+    of nothing; ``cluster`` gives the session cluster). Returns what ``tlog serve`` says of
+    it when it refuses to start."""
+    if database is None:
+        (data / "db" / "data.mdb").write_bytes(b"")
+        return "is empty (0 bytes)"
+    schema = url_schema(database)
+    cluster().sql(f"DROP SCHEMA {schema} CASCADE; CREATE SCHEMA {schema}")
+    return "the store is behind the log: it ends at tree size 0"
 
 
 def clone_store(database: str | None, data: Path, dest_database: str | None, dest: Path) -> str:

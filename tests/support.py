@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -24,10 +24,17 @@ from harness.net import STARTUP_TIMEOUT, free_port, stop_processes, wait_for, wa
 from harness.tlog import tlog_argv, tlog_cli
 from tlog.config import ServeConfig
 
+if TYPE_CHECKING:
+    from tlog.bucket import BucketPublisher
+    from tlog.scim.service import ScimService
+    from tlog.witnessing import WitnessPusher
+
 __all__ = [
     "ROOT",
+    "AppParts",
     "ServerProcess",
     "UvicornThread",
+    "app_parts",
     "assert_prefixes",
     "checkpoints_by_size",
     "free_port",
@@ -86,6 +93,26 @@ def serve_config(data: Path, database: str | None = None, **settings: Any) -> Se
         settings.setdefault("replication", "none")
         data.mkdir(mode=0o700, parents=True, exist_ok=True)  # as tlog serve makes it
     return ServeConfig(data=data, database=database, **settings)
+
+
+@dataclass(frozen=True)
+class AppParts:
+    """The parts ``tlog.server.build_app`` wires into its app that a test may need to hold
+    itself (see :func:`app_parts`); None where the configuration has none."""
+
+    scim: ScimService | None  # the SCIM service (its clock, its commit path)
+    pusher: WitnessPusher | None  # the witness push rounds (witnessed logs)
+    bucket: BucketPublisher | None  # the bucket publisher (``publish_once``)
+
+
+def app_parts(app: Any) -> AppParts:
+    """The one test hook into the internals of an app ``build_app`` made (the ``app``, or a
+    ``TestClient``'s ``client.app``), for what neither a public accessor nor the HTTP API
+    gives a test: a fake clock, an injected fault, a publish round on demand, the pushes
+    switched off. Tests go through here instead of reading ``app.state`` themselves, so the
+    places that reach into a running app are found with one grep and change in one place."""
+    state = app.state
+    return AppParts(scim=state.scim, pusher=state.pusher, bucket=state.bucket)
 
 
 def checkpoints_by_size(

@@ -48,9 +48,9 @@ from tlog.log import Log
 from tlog.server import build_app
 from tlog.signer import CheckpointSigner
 
-from ..pgsupport import OldCopy, clone_store, recover_into
+from ..pgsupport import DataBackup, OldCopy, clone_store, recover_into
 from ..s3support import SeaweedS3, audit_bucket
-from ..support import recompute_tile, serve_config, wait_for
+from ..support import app_parts, recompute_tile, serve_config, wait_for
 
 ORIGIN = "bucket.example/log"
 PUBLIC_KEY = re.compile(
@@ -119,7 +119,7 @@ def open_node(
                     client,
                     log_,
                     token,
-                    app.state.bucket,
+                    app_parts(app).bucket,
                     S3Store(f"s3://{bucket}/{prefix}", client=s3.client()),
                 )
         finally:
@@ -372,20 +372,17 @@ def test_bucket_ahead_of_the_database_refuses_to_sign(
     with open_node(data, seaweedfs, bucket, signer=signer, database=database) as node:
         assert node.add_batch(entries(50)).status_code == 200
         node.publisher.publish_once()
-        dump = old_copy("dump")
-        if database is not None:
-            dump.take(node.log.storage)
-    backup = tmp_path / "backup"
-    shutil.copytree(data, backup)  # a backup at size 50 (store and remembered checkpoint)
+    # A backup at size 50 (store and remembered checkpoint).
+    backup = DataBackup(data, tmp_path / "backup", old_copy("dump"))
+    backup.take()
     with open_node(data, seaweedfs, bucket, signer=signer, database=database) as node:
         assert node.add_batch(entries(80, "later")).status_code == 200
         node.publisher.publish_once()
         assert node.publisher.bucket_size == 130
     # The database is restored from the older backup: it lost 80 acknowledged entries.
-    if database is not None:
-        dump.restore(backup)
+    backup.restore()
     with pytest.raises(RollbackDetected, match=r"tree size 130.*ends at tree size 50") as exc:
-        with open_node(backup, seaweedfs, bucket, signer=signer, database=database):
+        with open_node(data, seaweedfs, bucket, signer=signer, database=database):
             pass
     assert "tlog recover --from" in str(exc.value)
     # What the message says to do: bring the store forward from the bucket's public copy,
@@ -396,8 +393,8 @@ def test_bucket_ahead_of_the_database_refuses_to_sign(
     cp_file = tmp_path / "bucket-checkpoint"
     cp_file.write_bytes(httpx.get(public + "/checkpoint").content)
     targets = [checkpoint_file_target(cp_file, signer)]
-    assert recover_into(database, backup, signer, public, targets) == 130
-    with open_node(backup, seaweedfs, bucket, signer=signer, database=database) as node:
+    assert recover_into(database, data, signer, public, targets) == 130
+    with open_node(data, seaweedfs, bucket, signer=signer, database=database) as node:
         assert node.log.latest.size == 130
         assert node.add_batch([b"signing again"]).status_code == 200
 
@@ -522,7 +519,7 @@ def test_scim_service_publishes_nothing_private(
             for i in range(5):
                 r = h.post_event(user_event(rid=f"u-{i}", req=f"req-{i}"))
                 assert r.status_code in (200, 201), r.text
-            publisher: BucketPublisher = h.client.app.state.bucket  # type: ignore[attr-defined]
+            publisher: BucketPublisher = app_parts(h.client.app).bucket  # type: ignore[assignment]
             publisher.publish_once()
             store = S3Store(f"s3://{bucket}/scim", client=seaweedfs.client())
             keys = list(store.keys())

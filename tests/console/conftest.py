@@ -25,7 +25,7 @@ from tlog.log import Published
 from tlog.server import build_app
 from tlog.signer import CheckpointSigner
 
-from ..support import UvicornThread, free_port, serve_config
+from ..support import UvicornThread, app_parts, free_port, serve_config
 
 ORIGIN = "console.example/log"
 TENANT = "acme"
@@ -215,7 +215,7 @@ def live(tmp_path_factory: pytest.TempPathFactory, module_database: str | None) 
     app, log_, tokens = build_app(
         serve_config(data, module_database, batch_age_ms=0.0, witnesses=data / "policy"), signer
     )
-    pusher = app.state.pusher
+    pusher = app_parts(app).pusher
     pusher.start = lambda: None  # no pushing: the test is the witnesses
     toks = {
         "sub": tokens.create("submitter", tenant=TENANT, name="sub")[0],

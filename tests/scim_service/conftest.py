@@ -23,7 +23,7 @@ from tlog.scim.service import ScimService
 from tlog.server import build_app
 from tlog.signer import CheckpointSigner
 
-from ..support import serve_config
+from ..support import app_parts, serve_config
 
 ORIGIN = "scim.example/log"
 T1 = "tenant-acme"
@@ -155,7 +155,7 @@ def open_harness(
     """An in-process log with a SCIM service on a ticking clock and one token per role."""
     signer = make_signer()
     app, log_, tokens = build_app(serve_config(tmp_path, batch_age_ms=0.0, **build), signer)
-    service: ScimService = app.state.scim
+    service: ScimService = app_parts(app).scim  # type: ignore[assignment]
     ticks = itertools.count()
     service.clock = lambda: BASE_TS + 1000 * next(ticks)
     tok: dict[str, str] = {}

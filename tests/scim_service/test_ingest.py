@@ -24,7 +24,7 @@ from tlog.sequencer import SequencerStopped
 from tlog.server import build_app
 from tlog.storage import StorageError
 
-from ..support import serve_config
+from ..support import app_parts, serve_config
 from .conftest import BASE_TS, T1, Harness, make_signer, user_event
 from .helpers import check_receipt
 
@@ -137,7 +137,7 @@ def test_crash_between_aux_write_and_sequencing_never_makes_two_leaves(
 
     client, log_, token = start()
     hdr = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
-    service: ScimService = client.app.state.scim  # type: ignore[attr-defined]
+    service: ScimService = app_parts(client.app).scim  # type: ignore[assignment]
 
     async def crash(entries: list[bytes]) -> Any:
         raise SequencerStopped("simulated crash after the aux commit")

@@ -20,7 +20,7 @@ from tlog.scim.keys import MASTER_KEY_FILE, read_key_file, write_key_file_in_pla
 from tlog.server import build_app
 from tlog.storage import StorageError
 
-from ..support import serve_config, wait_for
+from ..support import app_parts, serve_config, wait_for
 from .conftest import BASE_TS, T1, T2, URL, Harness, make_signer, user_event
 
 ALICE = "u-alice-7f3a"
@@ -283,7 +283,7 @@ def test_background_expiry_job(tmp_path: Path, database: str | None) -> None:
     app, log_, tokens = build_app(
         serve_config(tmp_path, database, batch_age_ms=0.0, scim_expiry_interval=0.05), make_signer()
     )
-    svc = app.state.scim
+    svc = app_parts(app).scim
     svc.clock = lambda: BASE_TS
     sub, _ = tokens.create("submitter", tenant=T1)
     po, _ = tokens.create("privacy-officer", person="Dana")
@@ -317,7 +317,7 @@ def test_rotation_survives_a_crash_at_any_point(tmp_path: Path, database: str | 
     app, log_, tokens = build_app(
         serve_config(tmp_path, database, batch_age_ms=0.0, scim_expiry_interval=0), make_signer()
     )
-    svc = app.state.scim
+    svc = app_parts(app).scim
     hdr = {}
     for name, role, tenant, person in [("sub", "submitter", T1, None),
                                        ("a", "privacy-officer", None, "A"),

@@ -60,7 +60,7 @@ from ..pgsupport import (
     wal_position,
     wal_since,
 )
-from ..support import serve_config
+from ..support import app_parts, serve_config
 from .conftest import (
     BASE_TS,
     ROLES,
@@ -407,7 +407,7 @@ def test_a_backup_from_before_an_erasure_opens_only_with_the_key_file_of_its_mom
     app, log_, token_store = build_app(serve_config(tmp_path, database), signer)
     try:
         with TestClient(app) as c:
-            again = Harness(c, log_, token_store, signer, tmp_path, app.state.scim, tokens)
+            again = Harness(c, log_, token_store, signer, tmp_path, app_parts(app).scim, tokens)
             assert ALICE in {x.event["rid"] for x in again.auditor().search(rid=ALICE).results}
     finally:
         log_.storage.close()

@@ -24,7 +24,7 @@ from tlog.integrity import RollbackDetected
 from tlog.log import Log
 from tlog.server import build_app
 
-from ..pgsupport import OldCopy, clone_store, open_store, tamper
+from ..pgsupport import DataBackup, OldCopy, clone_store, open_store, tamper
 from ..support import free_port, serve_args, serve_config, store_args, wait_for
 from .conftest import ORIGIN, make_signer
 
@@ -90,33 +90,9 @@ def _grow_and_witness(
     log_.storage.close()
 
 
-@dataclass
-class Backup:
-    """The whole data directory (remembered checkpoint, keys; LMDB: the store) and, on
-    PostgreSQL, a pg_dump of the log's schema, taken together: a careless backup."""
-
-    data: Path
-    dest: Path
-    database: str | None
-    dump: OldCopy
-
-    def take(self) -> None:
-        shutil.copytree(self.data, self.dest, ignore=shutil.ignore_patterns("tlog.lock"))
-        if self.database is not None:
-            st = open_store(self.database, self.data / "db")
-            self.dump.take(st)
-            st.close()
-
-    def restore(self) -> None:
-        shutil.rmtree(self.data)
-        shutil.copytree(self.dest, self.data)
-        if self.database is not None:
-            self.dump.restore(self.data)
-
-
 @pytest.fixture
-def backup(tmp_path: Path, database: str | None, old_copy: Callable[[str], OldCopy]) -> Backup:
-    return Backup(tmp_path / "data", tmp_path / "backup", database, old_copy("dump"))
+def backup(tmp_path: Path, database: str | None, old_copy: Callable[[str], OldCopy]) -> DataBackup:
+    return DataBackup(tmp_path / "data", tmp_path / "backup", old_copy("dump"))
 
 
 def _other_history(
@@ -136,7 +112,7 @@ def _other_history(
 
 
 def test_old_backup_refused_by_the_witness(
-    tmp_path: Path, witness: RealWitness, database: str | None, backup: Backup
+    tmp_path: Path, witness: RealWitness, database: str | None, backup: DataBackup
 ) -> None:
     """The whole data dir (remembered checkpoint included) restored from an old backup: only
     the witness knows better, and start-up asks it."""
@@ -160,7 +136,7 @@ def test_old_backup_refused_by_the_witness(
 
 
 def test_old_backup_with_the_witness_behind_it_starts(
-    tmp_path: Path, witness: RealWitness, database: str | None, backup: Backup
+    tmp_path: Path, witness: RealWitness, database: str | None, backup: DataBackup
 ) -> None:
     """A witness that only cosigned up to the backup's size has nothing to object to."""
     witness.start()
@@ -192,7 +168,7 @@ def test_another_history_at_the_witness_size_is_refused(
 
 
 def test_running_log_stops_signing_when_a_witness_is_ahead(
-    tmp_path: Path, witness: RealWitness, database: str | None, backup: Backup
+    tmp_path: Path, witness: RealWitness, database: str | None, backup: DataBackup
 ) -> None:
     """The witness was down at start-up (a warning), so the restored log started; the next
     push round reveals the witness holds a larger size: the log stops signing, says why."""
@@ -228,7 +204,7 @@ def test_recover_to_what_the_witness_cosigned(
     witness: RealWitness,
     capsys: pytest.CaptureFixture[str],
     database: str | None,
-    backup: Backup,
+    backup: DataBackup,
     new_database: Callable[[], str | None],
 ) -> None:
     """The whole data dir came back from an old backup (the remembered checkpoint too): the

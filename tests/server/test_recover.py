@@ -25,7 +25,7 @@ from tlog.integrity import RollbackDetected
 from tlog.server import build_app
 from tlog.signer import create_key_file
 
-from ..pgsupport import OldCopy, PgCluster, clone_store, open_store, url_schema
+from ..pgsupport import OldCopy, clone_store, empty_store, open_store
 from ..support import serve_args, serve_config, store_args
 from .conftest import ORIGIN
 
@@ -81,18 +81,12 @@ def _mirror_tiles(data: Path, to: Path, database: str | None) -> None:
     log_.storage.close()
 
 
-def _take(backup: OldCopy, data: Path, database: str | None) -> None:
-    st = open_store(database, data / "db")
-    backup.take(st)
-    st.close()
-
-
 def _scenario(
     tmp_path: Path, data: Path, n_old: int, n_new: int, database: str | None, backup: OldCopy
 ) -> tuple[Path, list[str]]:
     """Grow to n_old, back up the store, grow to n_new, restore the backup."""
     notes = _append(data, [b"entry-%d" % i for i in range(n_old)], database)
-    _take(backup, data, database)
+    backup.take_from(data)
     notes += _append(data, [b"entry-%d" % i for i in range(n_old, n_new)], database)
     mirror = tmp_path / "mirror"
     _mirror_tiles(data, mirror, database)
@@ -198,23 +192,12 @@ def test_recover_from_another_store(
     server stopped; PostgreSQL: another database, e.g. a replica that has the entries)."""
     notes = _append(data, [b"a%d" % i for i in range(3)], database)
     backup = old_copy("backup")
-    _take(backup, data, database)
+    backup.take_from(data)
     notes += _append(data, [b"a%d" % i for i in range(3, 6)], database)
     replica = clone_store(database, data, new_database(), tmp_path / "replica")
     backup.restore(data)
     assert _recover(data, replica, database) == 0
     _starts_and_continues(data, 6, notes, database)
-
-
-def _empty_the_store(data: Path, database: str | None, cluster: Callable[[], PgCluster]) -> str:
-    """What a failed copy or restore leaves: LMDB, a 0-byte data.mdb; PostgreSQL, the log's
-    schema dropped and created again empty (a restore of nothing). Returns what serve says."""
-    if database is None:
-        (data / "db" / "data.mdb").write_bytes(b"")
-        return "is empty (0 bytes)"
-    schema = url_schema(database)
-    cluster().sql(f"DROP SCHEMA {schema} CASCADE; CREATE SCHEMA {schema}")
-    return "the store is behind the log: it ends at tree size 0"
 
 
 def test_recover_an_emptied_store(
@@ -227,7 +210,7 @@ def test_recover_an_emptied_store(
     notes = _append(data, [b"z%d" % i for i in range(4)], database)
     mirror = tmp_path / "mirror"
     _mirror_tiles(data, mirror, database)
-    says = _empty_the_store(data, database, lambda: request.getfixturevalue("pg_cluster"))
+    says = empty_store(data, database, lambda: request.getfixturevalue("pg_cluster"))
     serve = ["serve", "--data", str(data), *serve_args(database)]
     assert tlog_main([*serve, "--port", "1", "--switch-interval-ms", "5"]) == 1
     assert says in capsys.readouterr().err
