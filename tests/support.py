@@ -212,22 +212,22 @@ def serve_args(database: str | None) -> list[str]:
 
 
 class UvicornThread:
-    """An ASGI app served by uvicorn on 127.0.0.1 in a daemon thread, started when this
-    returns: :class:`client.runtime.serving.ServingThread` waits until uvicorn says it
-    started, and raises its ``ServerStartError`` (from the thread's exception, or with the
-    thread's stack after a hang) otherwise."""
+    """An ASGI app served on 127.0.0.1 in a daemon thread by the server ``tlog serve`` and
+    ``tlog scim-proxy`` run (``client.runtime.serving``: :func:`hardened_config`'s limits,
+    :func:`hardened_server`'s start-up, the uvicorn event loop its config picks), started
+    when this returns: :class:`ServingThread` waits until uvicorn says it started, and
+    raises its ``ServerStartError`` (from the thread's exception, or with the thread's stack
+    after a hang) otherwise. ``kw`` go to ``hardened_config`` (``limits``, uvicorn's
+    settings); what a thread does not do that ``run_hardened`` does is said at
+    ``ServingThread``."""
 
     def __init__(self, app: Any, port: int | None = None, **kw: Any) -> None:
-        import uvicorn
-
-        from client.runtime.serving import ServingThread
+        from client.runtime.serving import ServingThread, hardened_config, hardened_server
 
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        cfg = uvicorn.Config(
-            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on", **kw
-        )
-        self.server = uvicorn.Server(cfg)
+        cfg = hardened_config(app, "127.0.0.1", self.port, log_level="warning", lifespan="on", **kw)
+        self.server = hardened_server(cfg)
         loop_factory = getattr(cfg, "get_loop_factory", None)  # as Server.run picks it
         self.serving = ServingThread(
             self.server, name="uvicorn-test", loop_factory=loop_factory and loop_factory()

@@ -295,6 +295,20 @@ def _server_class() -> type[uvicorn.Server]:
     import uvicorn
 
     class HardenedServer(uvicorn.Server):
+        """The start-up and the timers of every hardened server (:func:`hardened_server`)."""
+
+        freeze_heap = False  # gc.freeze what start-up built (run_hardened: the processes)
+        on_started: Callable[[], None] | None = None
+
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets)
+            if self.started:
+                if self.freeze_heap:
+                    gc.collect()
+                    gc.freeze()
+                if self.on_started is not None:
+                    self.on_started()
+
         async def on_tick(self, counter: int) -> bool:
             if counter % 10 == 0:  # uvicorn ticks every 0.1 s
                 now = asyncio.get_running_loop().time()
@@ -350,13 +364,26 @@ def hardened_config(
     )
 
 
-def hardened_server(config: uvicorn.Config) -> uvicorn.Server:
+def hardened_server(
+    config: uvicorn.Config,
+    *,
+    on_started: Callable[[], None] | None = None,
+    freeze_heap: bool = False,
+) -> uvicorn.Server:
     """A uvicorn Server for a :func:`hardened_config` that runs the limit timers.
 
-    For callers that serve pre-bound sockets (``server.serve(sockets=[...])``) or run the
-    server in a thread, such as ``tlog-witness`` and its tests.
+    Its start-up is the one :func:`run_hardened` runs: ``on_started`` is called once the
+    socket is bound and the app started (never when the bind or the app's start-up fails);
+    ``freeze_heap`` then moves what start-up built out of the collector's reach first
+    (``gc.freeze``, see :func:`run_hardened`). For callers that serve pre-bound sockets
+    (``server.serve(sockets=[...])``) or run the server in a thread (:class:`ServingThread`),
+    such as ``tlog-witness``, and the tests, which so run the start-up and the limits of
+    ``tlog serve`` and ``tlog scim-proxy`` in their own process.
     """
-    return _server_class()(config)
+    server = _server_class()(config)
+    server.on_started = on_started  # type: ignore[attr-defined]
+    server.freeze_heap = freeze_heap  # type: ignore[attr-defined]
+    return server
 
 
 class ServerStartError(RuntimeError):
@@ -377,6 +404,14 @@ class ServingThread:
     that exception, and start-up that hangs raises it after ``timeout`` seconds with the
     serving thread's stack in the message. :meth:`stop` asks the server to exit and waits
     for its thread. ``loop_factory``: the event loop to run (default: asyncio's).
+
+    Given a :func:`hardened_server`, the server runs the start-up code of
+    :func:`run_hardened` (``tlog serve``, ``tlog scim-proxy``): the confirmation here only
+    observes it. What differs from ``run_hardened`` is what a thread cannot or must not do:
+    ``Server.run`` blocks its caller and installs signal handlers (the main thread's only,
+    so uvicorn skips them in a thread), and a test process does not ``gc.freeze`` its heap
+    (``freeze_heap``: the objects of every earlier test would stay uncollectable for the
+    rest of the run); the freeze is tested on ``run_hardened`` itself in a child process.
     """
 
     def __init__(
@@ -480,18 +515,7 @@ def run_hardened(
     rounds). Everything created later is collected as before.
     """
     config = hardened_config(app, host, port, limits, **kwargs)
-    base = _server_class()
-
-    class Server(base):  # type: ignore[valid-type,misc]
-        async def startup(self, sockets: Any = None) -> None:
-            await super().startup(sockets)
-            if self.started:
-                gc.collect()
-                gc.freeze()
-                if on_started is not None:
-                    on_started()
-
-    server = Server(config)
+    server = hardened_server(config, on_started=on_started, freeze_heap=True)
     server.run()
     return bool(server.started)
 
