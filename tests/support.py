@@ -43,7 +43,9 @@ __all__ = [
     "serve_args",
     "serve_config",
     "slow_reader",
+    "start_proxy",
     "start_server",
+    "stop_processes",
     "store_args",
     "tlog_argv",
     "tlog_cli",
@@ -326,3 +328,59 @@ def _start_server(
         output=lambda: log_path.read_text(errors="replace"),
     )
     return ServerProcess(proc, url, data, port)
+
+
+def start_proxy(
+    tmp: Path,
+    upstream: str,
+    log_url: str,
+    token: str,
+    tenant: str,
+    *extra: str,
+    outbox: Path | None = None,
+    port: int | None = None,
+    sp_id: str = "scim2-server",
+) -> tuple[subprocess.Popen[bytes], str]:
+    """``tlog scim-proxy`` as a real process in front of ``upstream``, recording to the log
+    at ``log_url`` with ``token`` for ``tenant`` (``extra``: more flags), started when this
+    returns (it answered a request; its output goes to ``<tmp>/proxy-<port>.log``); returns
+    it and the proxied SCIM base URL. Stop it with ``stop_processes([proc])``."""
+    port = port or free_port()
+    token_file = tmp / f"proxy-{port}.token"
+    token_file.write_text(token + "\n")
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # The child gets its own copy of the descriptor: ours is closed at once.
+    with open(tmp / f"proxy-{port}.log", "wb") as out:
+        proc = subprocess.Popen(
+            tlog_argv(
+                "scim-proxy",
+                "--upstream",
+                upstream,
+                "--log",
+                log_url,
+                "--token-file",
+                str(token_file),
+                "--tenant",
+                tenant,
+                "--sp-id",
+                sp_id,
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--outbox",
+                str(outbox or tmp / f"proxy-{port}.sqlite"),
+                "--log-level",
+                "warning",
+                *extra,
+            ),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=ROOT,
+        )
+    base = f"http://127.0.0.1:{port}" + httpx.URL(upstream).path.rstrip("/")
+    try:
+        wait_http(base + "/ServiceProviderConfig", proc)
+    except BaseException:
+        stop_processes([proc])
+        raise
+    return proc, base

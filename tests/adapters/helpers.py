@@ -6,7 +6,6 @@ import base64
 import collections
 import hashlib
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -18,7 +17,9 @@ import httpx
 
 from client.scim.event import event_from_json
 
-from ..support import free_port, tlog_argv, wait_http
+from ..support import free_port, start_proxy, wait_http
+
+__all__ = ["start_proxy"]  # tests/support's, imported from here by the adapter tests
 
 ROOT = Path(__file__).resolve().parents[2]
 SCIM_TOKEN = "s3cret-scim-token"
@@ -142,58 +143,6 @@ def start_scim2_server(tmp: Path, token: str = SCIM_TOKEN) -> tuple[subprocess.P
             stderr=subprocess.STDOUT,
         )
     base = f"http://127.0.0.1:{port}/v2"
-    try:
-        wait_http(base + "/ServiceProviderConfig", proc)
-    except BaseException:
-        stop(proc)
-        raise
-    return proc, base
-
-
-def start_proxy(
-    tmp: Path,
-    upstream: str,
-    log_url: str,
-    token: str,
-    tenant: str,
-    *extra: str,
-    outbox: Path | None = None,
-    port: int | None = None,
-) -> tuple[subprocess.Popen[bytes], str]:
-    """``tlog scim-proxy`` as a real process; returns it and the proxied SCIM base URL."""
-    port = port or free_port()
-    token_file = tmp / f"proxy-{port}.token"
-    token_file.write_text(token + "\n")
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    # The child gets its own copy of the descriptor: ours is closed at once.
-    with open(tmp / f"proxy-{port}.log", "wb") as out:
-        proc = subprocess.Popen(
-            tlog_argv(
-                "scim-proxy",
-                "--upstream",
-                upstream,
-                "--log",
-                log_url,
-                "--token-file",
-                str(token_file),
-                "--tenant",
-                tenant,
-                "--sp-id",
-                "scim2-server",
-                "--listen",
-                f"127.0.0.1:{port}",
-                "--outbox",
-                str(outbox or tmp / f"proxy-{port}.sqlite"),
-                "--log-level",
-                "warning",
-                *extra,
-            ),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=ROOT,
-        )
-    base = f"http://127.0.0.1:{port}" + httpx.URL(upstream).path.rstrip("/")
     try:
         wait_http(base + "/ServiceProviderConfig", proc)
     except BaseException:

@@ -17,7 +17,6 @@ import json
 import socket
 import struct
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,15 @@ from starlette.testclient import TestClient
 import tlog.app
 import tlog.routes
 import tlog.scim.routes
-from tests.support import ServerProcess, serve_config, slow_reader, start_server, wait_reset
+from tests.support import (
+    ServerProcess,
+    serve_config,
+    slow_reader,
+    start_proxy,
+    start_server,
+    stop_processes,
+    wait_reset,
+)
 from tlog.bodies import OFFLOAD_BYTES, BodyTooLarge, MalformedBody, check_json_shape
 from tlog.log import Log
 from tlog.server import build_app
@@ -495,60 +502,27 @@ def test_hundreds_of_idle_sockets_do_not_lock_out_a_client(
 @pytest.mark.slow
 def test_scim_proxy_closes_silent_connections(tmp_path: Path, database: str | None) -> None:
     """``tlog scim-proxy`` runs under the same hardened runner."""
-    import subprocess
-
-    from tests.support import ROOT, free_port, tlog_argv
-
     log_srv = start_server(tmp_path / "data", database=database)
-    port = free_port()
-    # The child gets its own copy of the descriptor: ours is closed at once.
-    with open(tmp_path / "proxy.log", "wb") as out:
-        proc = subprocess.Popen(
-            tlog_argv(
-                "scim-proxy",
-                "--upstream",
-                "http://127.0.0.1:9",
-                "--log",
-                log_srv.url,
-                "--token-file",
-                str(tmp_path / "data" / "demo-submitter.token"),
-                "--tenant",
-                "default",
-                "--sp-id",
-                "sp",
-                "--listen",
-                f"127.0.0.1:{port}",
-                "--outbox",
-                str(tmp_path / "outbox.sqlite"),
-                "--header-timeout",
-                "1",
-                "--log-level",
-                "warning",
-            ),
-            cwd=ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
     try:
-        deadline = time.monotonic() + WAIT
-        while True:
-            try:
-                s = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
-                break
-            except OSError:
-                assert proc.poll() is None, (tmp_path / "proxy.log").read_text()
-                assert time.monotonic() < deadline, "the proxy did not start"
-                time.sleep(0.05)
-        with s:
-            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
-            assert _read_until_closed(s).startswith(b"HTTP/1.1 408")
-    finally:
-        proc.terminate()
+        token = (tmp_path / "data" / "demo-submitter.token").read_text().strip()
+        proc, base = start_proxy(
+            tmp_path,
+            "http://127.0.0.1:9",
+            log_srv.url,
+            token,
+            "default",
+            "--header-timeout",
+            "1",
+            sp_id="sp",
+        )
         try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            address = ("127.0.0.1", httpx.URL(base).port or 80)
+            with socket.create_connection(address, timeout=WAIT) as s:
+                s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
+                assert _read_until_closed(s).startswith(b"HTTP/1.1 408")
+        finally:
+            stop_processes([proc])
+    finally:
         log_srv.stop()
 
 
