@@ -31,11 +31,10 @@ from pathlib import Path
 
 import httpx
 
+from bench.tlogserve import start_serve
 from client.formats.tiles import Tile, entry_bundles_for_size, tiles_for_size
 from client.net.logclient import LogClient
 from client.tools.auditor import Auditor
-from harness.net import free_port, wait_http
-from harness.tlog import ROOT, tlog_argv, tlog_env
 from tlog.auth import TokenStore
 from tlog.log import Log
 from tlog.signer import CheckpointSigner, create_key_file
@@ -95,25 +94,8 @@ def fetch_all(client: LogClient, size: int, workers: int) -> tuple[float, dict[T
 
 def serve(data: Path) -> tuple[subprocess.Popen[bytes], str]:
     """Start ``tlog serve`` on a free port; return the process and its base URL."""
-    port = free_port()
-    proc = subprocess.Popen(
-        tlog_argv(
-            "serve",
-            "--data",
-            str(data),
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-            "--no-demo-token",
-        ),
-        cwd=ROOT,
-        env=tlog_env(),
-        stdout=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    wait_http(url + "/checkpoint", proc, ok=lambda r: r.status_code == 200)
-    return proc, url
+    srv = start_serve(data, "--no-demo-token", origin=None, quiet=False)
+    return srv.proc, srv.url
 
 
 def main() -> None:

@@ -1,6 +1,7 @@
 """HTTP throughput of a real ``tlog serve`` vs a hello-world Starlette app, same uvicorn settings.
 
     .venv/bin/python -m bench.http [--duration 10] [--connections 64] [--prefill 100000]
+                                   [--database postgresql://...]
 
 Needs ``wrk`` (Debian package ``wrk``; ``apt-get install -y wrk``). Both servers run as one
 uvicorn process with the defaults ``tlog serve`` uses (uvloop, httptools, no access log, no
@@ -32,8 +33,9 @@ from pathlib import Path
 
 import httpx
 
+from bench.tlogserve import start_serve
 from harness.net import free_port, stop_processes, wait_http
-from harness.tlog import ROOT, tlog_argv, tlog_env
+from harness.tlog import ROOT
 
 POST_LUA = """
 local id = 0
@@ -122,32 +124,19 @@ def batch_load(
 
 
 @contextlib.contextmanager
-def log_and_hello(tmp: Path, pids: list[int] | None = None) -> Iterator[tuple[str, str]]:
-    """Start `tlog serve` (data in `tmp/data`) and the hello-world reference app on free
-    loopback ports, wait until both answer and yield their base URLs; then stop both and
-    remove `tmp`. Every wrk benchmark that compares the log with hello-world uses it.
-    ``pids``: gets the process ids of the log and of hello-world, in that order."""
+def log_and_hello(
+    tmp: Path, pids: list[int] | None = None, database: str | None = None
+) -> Iterator[tuple[str, str]]:
+    """Start `tlog serve` (data in `tmp/data`; ``database``: a PostgreSQL URL, else LMDB) and
+    the hello-world reference app on free loopback ports, wait until both answer and yield
+    their base URLs; then stop both and remove `tmp`. Every wrk benchmark that compares the
+    log with hello-world uses it. ``pids``: gets the process ids of the log and of
+    hello-world, in that order."""
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        tport, hport = free_port(), free_port()
-        common = ["--host", "127.0.0.1", "--log-level", "warning"]
-        tlog_p = subprocess.Popen(
-            tlog_argv(
-                "serve",
-                "--data",
-                str(tmp / "data"),
-                "--port",
-                str(tport),
-                "--origin",
-                "bench.example/log",
-                *common,
-            ),
-            cwd=ROOT,
-            env=tlog_env(),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        procs.append(tlog_p)
+        log = start_serve(tmp / "data", database=database)
+        procs.append(log.proc)
+        hport = free_port()
         hello_p = subprocess.Popen(
             [
                 sys.executable,
@@ -158,7 +147,7 @@ def log_and_hello(tmp: Path, pids: list[int] | None = None) -> Iterator[tuple[st
                 str(hport),
                 "--no-access-log",
                 "--no-server-header",
-                *common,
+                *("--host", "127.0.0.1", "--log-level", "warning"),
             ],
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
@@ -166,11 +155,10 @@ def log_and_hello(tmp: Path, pids: list[int] | None = None) -> Iterator[tuple[st
         )
         procs.append(hello_p)
         if pids is not None:
-            pids += [tlog_p.pid, hello_p.pid]
-        turl, hurl = f"http://127.0.0.1:{tport}", f"http://127.0.0.1:{hport}"
-        wait_http(turl + "/checkpoint", tlog_p)
+            pids += [log.pid, hello_p.pid]
+        hurl = f"http://127.0.0.1:{hport}"
         wait_http(hurl + "/", hello_p)
-        yield turl, hurl
+        yield log.url, hurl
     finally:
         stop_processes(procs)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -181,11 +169,12 @@ def main() -> None:
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--prefill", type=int, default=100_000)
+    ap.add_argument("--database", help="serve from this postgresql:// URL (default: LMDB)")
     args = ap.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("bench.http needs wrk: apt-get install -y wrk")
     tmp = Path(tempfile.mkdtemp(prefix="tlog-bench-http-", dir="."))
-    with log_and_hello(tmp) as (turl, hurl):
+    with log_and_hello(tmp, database=args.database) as (turl, hurl):
         token = (tmp / "data" / "demo-submitter.token").read_text().strip()
         # Prefill so that proofs and tiles come from a realistic tree.
         with httpx.Client(

@@ -23,7 +23,6 @@ import argparse
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,11 +31,10 @@ from pathlib import Path
 import httpx
 
 from bench.http import wrk
-from bench.scim_proxy import cpu_model
+from bench.scim_proxy import cpu_model, tlog_token
 from bench.scim_single import SCIM_LUA, TENANT, cpu_seconds, template
-from harness.net import free_port, stop_processes, wait_http
+from bench.tlogserve import serving
 from harness.pg import PgCluster
-from harness.tlog import ROOT, tlog_argv, tlog_cli, tlog_env
 
 
 def write_xids(cluster: PgCluster) -> int:
@@ -50,42 +48,10 @@ def one_round(
 ) -> str:
     url = cluster.new_schema()
     data = tmp / f"data-{time.monotonic_ns()}"
-    port = free_port()
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        server = subprocess.Popen(
-            tlog_argv(
-                "serve",
-                "--data",
-                str(data),
-                "--database",
-                url,
-                "--replication",
-                "none",
-                "--port",
-                str(port),
-                "--origin",
-                "bench.example/log",
-                "--host",
-                "127.0.0.1",
-                "--log-level",
-                "warning",
-            ),
-            cwd=ROOT,
-            env=tlog_env(),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        procs.append(server)
-        base = f"http://127.0.0.1:{port}"
-        wait_http(base + "/checkpoint", server, timeout=90)
-        r = tlog_cli(
-            "token", "create", "--role", "submitter", "--tenant", TENANT,
-            "--data", str(data), "--database", url,
-        )  # fmt: skip
-        if r.returncode != 0:
-            raise RuntimeError(f"tlog token create: {r.stderr}")
-        script = SCIM_LUA.replace("%BODY%", template()).replace("%TOKEN%", r.stdout.strip())
+    with serving(data, database=url) as server:
+        base = server.url
+        token = tlog_token(data, TENANT, url)
+        script = SCIM_LUA.replace("%BODY%", template()).replace("%TOKEN%", token)
         if subjects:
             fresh = 'string.format("u-%d-%d-%d", tid, n, r(1, 1000000000))'
             if fresh not in script:
@@ -105,8 +71,6 @@ def one_round(
             f"write transactions/event {(x1 - x0 - 1) / max(size, 1):.3f} "
             f"({x1 - x0 - 1} for {size} events)  load {os.getloadavg()[0]:.1f}"
         )
-    finally:
-        stop_processes(procs)
 
 
 def main() -> None:

@@ -30,8 +30,9 @@ import uuid
 from pathlib import Path
 
 from bench.scim_proxy import tlog_token, wrk
+from bench.tlogserve import start_serve
 from harness.net import free_port, stop_processes, wait_http
-from harness.tlog import ROOT, tlog_argv, tlog_env
+from harness.tlog import ROOT, tlog_env
 
 USER = "urn:ietf:params:scim:schemas:core:2.0:User"
 
@@ -152,20 +153,10 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="tlog-bench-proxycpu-"))
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        lport, sport, pport = free_port(), free_port(), free_port()
-        log_p = subprocess.Popen(
-            [
-                *tlog_argv("serve", "--data", str(tmp / "log"), "--port", str(lport)),
-                *("--origin", "bench.example/log", "--log-level", "warning"),
-            ],
-            cwd=ROOT,
-            env=tlog_env(),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        procs.append(log_p)
-        log_url = f"http://127.0.0.1:{lport}"
-        wait_http(log_url + "/checkpoint", log_p)
+        sport, pport = free_port(), free_port()
+        log = start_serve(tmp / "log")
+        procs.append(log.proc)
+        log_url = log.url
         (tmp / "proxy.token").write_text(tlog_token(tmp / "log", "bench-proxy"))
         sp_p = subprocess.Popen(
             [sys.executable, "-m", "bench.proxy_cpu", "--serve-sp", str(sport)], cwd=ROOT

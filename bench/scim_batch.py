@@ -2,7 +2,7 @@
 the machine does not count), against the raw log's append of the same number of leaves.
 
     .venv/bin/python -m bench.scim_batch [--batches 5] [--profile parse|stage]
-    .venv/bin/python -m bench.scim_batch --http [--duration 10]
+    .venv/bin/python -m bench.scim_batch --http [--duration 10] [--database postgresql://...]
 
 Stages of one 1,000-event ``POST /v1/scim/events/batch`` body (realistic create events,
 encryption on), each timed by ``time.thread_time`` over ``--batches`` fresh batches:
@@ -108,11 +108,11 @@ def _per(a: tuple[float, float, int, int], b: tuple[float, float, int, int], n: 
     )
 
 
-def http(duration: int, pyspy: Path | None = None) -> None:
+def http(duration: int, pyspy: Path | None = None, database: str | None = None) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="tlog-bench-scim-batch-"))
     pids: list[int] = []
-    with log_and_hello(tmp, pids) as (url, _):
-        token = tlog_token(tmp / "data", "bench-batch")
+    with log_and_hello(tmp, pids, database) as (url, _):
+        token = tlog_token(tmp / "data", "bench-batch", database)
         bodies = [  # built before the clock starts: we measure the log
             [
                 ('{"events":[' + ",".join(sample_events(N, f"b{t}-{k}")) + "]}").encode()
@@ -159,9 +159,10 @@ def main() -> None:
     ap.add_argument("--http", action="store_true")
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--pyspy", type=Path, default=None, help="with --http: py-spy output file")
+    ap.add_argument("--database", help="with --http: serve from this postgresql:// URL")
     args = ap.parse_args()
     if args.http:
-        http(args.duration, args.pyspy)
+        http(args.duration, args.pyspy, args.database)
         return
 
     origin = "bench.example/scim-batch"

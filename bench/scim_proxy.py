@@ -38,6 +38,7 @@ from pathlib import Path
 
 import httpx
 
+from bench.tlogserve import start_serve
 from client.adapters.middleware import event_json
 from client.scim.actions import parse_request
 from client.scim.event import new_event
@@ -293,8 +294,12 @@ def raw_batch_load(url: str, token: str, seconds: float, threads: int = 2) -> tu
     return post_batches(url, token, "/v1/entries/batch", "indices", bodies, seconds)
 
 
-def tlog_token(data: Path, tenant: str) -> str:
-    r = tlog_cli("token", "create", "--role", "submitter", "--tenant", tenant, "--data", str(data))
+def tlog_token(data: Path, tenant: str, database: str | None = None) -> str:
+    """A new submitter token for ``tenant`` of the log in ``data`` (and ``database``)."""
+    store = [] if database is None else ["--database", database]
+    r = tlog_cli(
+        "token", "create", "--role", "submitter", "--tenant", tenant, "--data", str(data), *store
+    )
     if r.returncode != 0:
         raise RuntimeError(f"tlog token create: {r.stderr}")
     return r.stdout.strip()
@@ -335,27 +340,9 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="tlog-bench-scim-"))
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        lport = free_port()
-        log_p = subprocess.Popen(
-            tlog_argv(
-                "serve",
-                "--data",
-                str(tmp / "log"),
-                "--port",
-                str(lport),
-                "--origin",
-                "bench.example/log",
-                "--log-level",
-                "warning",
-            ),
-            cwd=ROOT,
-            env=tlog_env(),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        procs.append(log_p)
-        log_url = f"http://127.0.0.1:{lport}"
-        wait_http(log_url + "/checkpoint", log_p)
+        log = start_serve(tmp / "log")
+        procs.append(log.proc)
+        log_p, log_url = log.proc, log.url
         proxy_token = tlog_token(tmp / "log", "bench-proxy")
         batch_token = tlog_token(tmp / "log", "bench-batch")
         (tmp / "proxy.token").write_text(proxy_token)

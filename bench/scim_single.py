@@ -1,6 +1,7 @@
 """Single SCIM events (``POST /v1/scim/events``) vs a hello-world POST, same uvicorn settings.
 
     .venv/bin/python -m bench.scim_single [--duration 10] [--connections 64]
+                                          [--database postgresql://...]
 
 Needs ``wrk`` (``apt-get install -y wrk``). Both servers run as one uvicorn process on
 127.0.0.1 with ``tlog serve``'s defaults, loaded by wrk in the same run:
@@ -162,6 +163,7 @@ def main() -> None:
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--in-process", type=int, default=0, metavar="N")
+    ap.add_argument("--database", help="serve from this postgresql:// URL (default: LMDB)")
     args = ap.parse_args()
     if args.in_process:
         in_process(args.in_process)
@@ -170,8 +172,8 @@ def main() -> None:
         sys.exit("bench.scim_single needs wrk: apt-get install -y wrk")
     tmp = Path(tempfile.mkdtemp(prefix="tlog-bench-scim1-"))
     pids: list[int] = []
-    with log_and_hello(tmp, pids) as (turl, hurl):
-        token = tlog_token(tmp / "data", TENANT)
+    with log_and_hello(tmp, pids, args.database) as (turl, hurl):
+        token = tlog_token(tmp / "data", TENANT, args.database)
         body = template()
         d, cn = args.duration, args.connections
         c0 = cpu_seconds(pids[1])
