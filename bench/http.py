@@ -60,25 +60,43 @@ end
 
 
 def parse_wrk(out: str) -> dict[str, float]:
+    """wrk's report (``--latency``): requests/s, p50 and p99 in ms, non-2xx answers, requests
+    and socket errors (those also said on stderr)."""
+
     def ms(v: str, unit: str) -> float:
         return float(v) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
-    res = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}  # type: ignore[union-attr]
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if m is None:
+        raise RuntimeError(f"unexpected wrk output:\n{out}")
+    res = {"rps": float(m.group(1))}
     for pct in ("50", "99"):
-        m = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
-        if m:
-            res[f"p{pct}_ms"] = ms(m.group(1), m.group(2))
-    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    res["non2xx"] = float(m.group(1)) if m else 0.0
+        mm = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        if mm:
+            res[f"p{pct}_ms"] = ms(mm.group(1), mm.group(2))
+    mm = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    res["non2xx"] = float(mm.group(1)) if mm else 0.0
+    mm = re.search(r"(\d+) requests in", out)
+    res["requests"] = float(mm.group(1)) if mm else 0.0
+    mm = re.search(r"Socket errors: (.*)", out)
+    res["socket_errors"] = (
+        0.0 if mm is None else float(sum(int(x) for x in re.findall(r"\d+", mm.group(1))))
+    )
+    if mm is not None:
+        print(f"  wrk socket errors: {mm.group(1)}", file=sys.stderr)
     return res
 
 
 def wrk(url: str, script: str, duration: int, connections: int) -> dict[str, float]:
+    """wrk with the Lua ``script`` against ``url`` (2 threads, or 1 for one connection)."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write(script)
     try:
         out = subprocess.run(
-            ["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency", "-s", f.name, url],
+            [
+                *("wrk", f"-t{min(2, connections)}", f"-c{connections}", f"-d{duration}s"),
+                *("--latency", "-s", f.name, url),
+            ],
             capture_output=True,
             text=True,
             check=True,

@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import shutil
 import sqlite3
 import subprocess
@@ -38,6 +37,7 @@ from pathlib import Path
 
 import httpx
 
+from bench.http import wrk as run_wrk
 from bench.tlogserve import start_serve
 from client.adapters.middleware import event_json
 from client.scim.actions import parse_request
@@ -83,31 +83,6 @@ def cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def parse_wrk(out: str) -> dict[str, float]:
-    def ms(v: str, unit: str) -> float:
-        return float(v) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
-
-    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    if m is None:
-        raise RuntimeError(f"unexpected wrk output:\n{out}")
-    res = {"rps": float(m.group(1))}
-    for pct in ("50", "99"):
-        mm = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
-        if mm:
-            res[f"p{pct}_ms"] = ms(mm.group(1), mm.group(2))
-    mm = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    res["non2xx"] = float(mm.group(1)) if mm else 0.0
-    mm = re.search(r"(\d+) requests in", out)
-    res["requests"] = float(mm.group(1)) if mm else 0.0
-    mm = re.search(r"Socket errors: (.*)", out)
-    res["socket_errors"] = (
-        0.0 if mm is None else float(sum(int(x) for x in re.findall(r"\d+", mm.group(1))))
-    )
-    if mm is not None:
-        print(f"  wrk socket errors: {mm.group(1)}", file=sys.stderr)
-    return res
-
-
 def wrk(base: str, ids: list[str], duration: int, connections: int) -> dict[str, float]:
     script = (
         WRITE_LUA.replace("%IDS%", ",".join(json.dumps(i) for i in ids))
@@ -115,27 +90,7 @@ def wrk(base: str, ids: list[str], duration: int, connections: int) -> dict[str,
         .replace("%USER%", USER)
         .replace("%BASE%", httpx.URL(base).path.rstrip("/"))
     )
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
-        f.write(script)
-    try:
-        out = subprocess.run(
-            [
-                "wrk",
-                f"-t{min(2, connections)}",
-                f"-c{connections}",
-                f"-d{duration}s",
-                "--latency",
-                "-s",
-                f.name,
-                base,
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-    finally:
-        os.unlink(f.name)
-    return parse_wrk(out)
+    return run_wrk(base, script, duration, connections)
 
 
 def cpu_seconds(pid: int) -> float | None:
