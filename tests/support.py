@@ -38,6 +38,7 @@ __all__ = [
     "assert_prefixes",
     "checkpoints_by_size",
     "free_port",
+    "listening_socket",
     "open_fds",
     "recompute_tile",
     "serve_args",
@@ -57,6 +58,17 @@ __all__ = [
 
 ROOT = Path(__file__).resolve().parent.parent
 ORIGIN = "test.example/log"  # the origin of tests/server's log (make_signer there)
+
+
+def listening_socket(backlog: int = 16) -> socket.socket:
+    """A non-blocking TCP socket listening on a free port of 127.0.0.1, for a server to
+    serve on (``ServingThread(server, [sock])``: bound before the server starts, so the
+    port cannot be taken in between); the caller closes it."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(backlog)
+    sock.setblocking(False)
+    return sock
 
 
 def slow_reader(address: tuple[str, int], request: bytes) -> socket.socket:

@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -170,6 +171,42 @@ class Write:
     req_id: str | None
     eids: list[str]
     tlog_status: str | None
+
+
+def check_writes_logged(
+    writes: list[Write],
+    events: list[dict[str, Any]],
+    *,
+    routing: Callable[[Write], bool],
+    each: Callable[[dict[str, Any]], None] = lambda ev: None,
+    none_ok: bool = False,
+) -> collections.Counter[str]:
+    """Each provisioning write is exactly one event carrying its request's digest, method
+    and status (``each``: more checks of every such event); a ``routing`` write (one to a
+    discovery endpoint: not a provisioning event) is none. No event twice; no events at all
+    is a failure unless ``none_ok``. Returns the count of events by outcome (and of routing
+    writes, as "routing")."""
+    by_eid = collections.Counter(e["eid"] for e in events)
+    if none_ok:
+        assert not by_eid or max(by_eid.values()) == 1  # no duplicates
+    else:
+        assert max(by_eid.values()) == 1  # no duplicates
+    by_req = {e["corr"]["req"]: e for e in events}
+    kinds: collections.Counter[str] = collections.Counter()
+    for w in writes:
+        if routing(w):
+            assert w.eids == [] and w.req_id not in by_req, (w.method, w.path)
+            kinds["routing"] += 1
+            continue
+        assert len(w.eids) == 1, (w.method, w.path, w.status)
+        ev = by_req[w.req_id]
+        assert ev["eid"] == w.eids[0]
+        assert ev["req"]["dig"] == w.digest and ev["req"]["m"] == w.method
+        assert ev["res"]["st"] == w.status
+        each(ev)
+        kinds[ev["outcome"]] += 1
+    assert len(events) == len(writes) - kinds["routing"]
+    return kinds
 
 
 def run_tester(base_url: str, token: str = SCIM_TOKEN) -> tuple[list[tuple[str, str]], list[Write]]:

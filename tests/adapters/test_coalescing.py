@@ -18,6 +18,7 @@ from client.runtime.serving import (
     hardened_config,
     hardened_server,
 )
+from tests.support import listening_socket
 
 
 class FakeTransport:
@@ -98,10 +99,7 @@ async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 @pytest.fixture
 def server() -> Iterator[int]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(16)
-    sock.setblocking(False)
+    sock = listening_socket()
     port = sock.getsockname()[1]
     config = hardened_config(
         _app, "127.0.0.1", port, lifespan="on", log_config=None, coalesce_writes=True

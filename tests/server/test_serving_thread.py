@@ -22,6 +22,7 @@ from client.runtime.serving import (
     hardened_config,
     hardened_server,
 )
+from tests.support import listening_socket
 
 Scope = dict[str, Any]
 
@@ -52,10 +53,7 @@ class App:
 
 @pytest.fixture
 def listener() -> Iterator[socket.socket]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(16)
-    sock.setblocking(False)
+    sock = listening_socket()
     yield sock
     sock.close()
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
@@ -34,7 +33,7 @@ from client.runtime.serving import ServingThread, hardened_config, hardened_serv
 from tlog.log import Log
 from tlog.server import build_app
 
-from ..support import serve_config, start_server
+from ..support import listening_socket, serve_config, start_server
 from .conftest import make_signer
 
 WAIT = 20.0
@@ -134,10 +133,7 @@ def serve(
     else:  # the remembered-checkpoint file's write (and fdatasync)
         assert log_.remembered is not None and isinstance(gate, Gate)
         log_.remembered.write = gate.wrap(log_.remembered.write)  # type: ignore[method-assign]
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(64)
-    sock.setblocking(False)
+    sock = listening_socket(64)
     port = sock.getsockname()[1]
     server = hardened_server(
         hardened_config(app, "127.0.0.1", port, log_config=None, access_log=False)

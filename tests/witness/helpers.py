@@ -24,6 +24,7 @@ from client.formats.merkle import (
 from client.formats.note import Ed25519Signer, b64encode, sign_note
 from client.net.witness_client import AddCheckpointRequest
 from client.witness.core import AddCheckpointError, Witness, WitnessedLog
+from client.witness.server import WitnessHTTPServer, start_server
 from client.witness.store import WitnessStore
 
 LOG_SEED = bytes(range(32))
@@ -176,6 +177,20 @@ def serving(server: S) -> Iterator[S]:
         server.shutdown()
         server.server_close()
         t.join(5)
+
+
+@contextmanager
+def witness_serving(w: Witness, **kw: Any) -> Iterator[WitnessHTTPServer]:
+    """``tlog-witness``'s HTTP server for ``w`` (``client.witness.server.start_server``;
+    ``kw``: its ``limits``, ``port``, ...), started, and stopped when the block ends (shut
+    down, its socket closed, its thread joined)."""
+    srv, thread = start_server(w, **kw)
+    try:
+        yield srv
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join(5)
 
 
 def add_status(w: Witness, body: bytes) -> int:

@@ -22,7 +22,15 @@ from client.witness.core import Witness, WitnessedLog
 from client.witness.monitor import Monitor, Peer
 from client.witness.server import WitnessHTTPServer, start_server
 from client.witness.store import WitnessStore
-from tests.witness.helpers import ORIGIN, FakeLog, FakeLogServer, events, make_witness, serving
+from tests.witness.helpers import (
+    ORIGIN,
+    FakeLog,
+    FakeLogServer,
+    events,
+    make_witness,
+    serving,
+    witness_serving,
+)
 
 FORK_A = FakeLog(events(20))
 FORK_B = FakeLog([*events(10), *events(10, "evil-")])  # same key, same origin, other history
@@ -151,15 +159,11 @@ def test_same_size_fork_needs_no_log(tmp_path: Path) -> None:
     w2 = make_witness(tmp_path / "2.db", [log], seed=b"\x02" * 32, name="w2")
     w1.add_checkpoint(FORK_A.body(0, 20))
     w2.add_checkpoint(FORK_B.body(0, 20))
-    srv, _ = start_server(w2)
-    try:
+    with witness_serving(w2) as srv:
         peer = Peer("w2", w2.verifier, srv.url)
         with httpx.Client() as http:
             assert Monitor(w1, [peer], http=http).gossip_once() == 1
             assert Monitor(w1, [peer], http=http).gossip_once() == 0  # recorded once
-    finally:
-        srv.shutdown()
-        srv.server_close()
     (e,) = w1.evidence()
     assert e.reason == "same tree size with different root hashes"
     assert e.their_note.startswith(FORK_B.checkpoint_text(20))
@@ -173,8 +177,7 @@ def test_missing_proof_counts_rounds_and_outages_do_not(tmp_path: Path) -> None:
         w2 = make_witness(tmp_path / "2.db", [log], seed=b"\x02" * 32, name="w2")
         w1.add_checkpoint(FORK_B.body(0, 12))
         w2.add_checkpoint(FORK_A.body(0, 18))
-        srv, _ = start_server(w2)
-        try:
+        with witness_serving(w2) as srv:
             peer = Peer("w2", w2.verifier, srv.url)
             with httpx.Client() as http:
                 mon = Monitor(w1, [peer], http=http, missing_proof_rounds=3)
@@ -190,9 +193,6 @@ def test_missing_proof_counts_rounds_and_outages_do_not(tmp_path: Path) -> None:
                 w2.add_checkpoint(FORK_A.body(18, 19))
                 # Rounds persist: a new monitor (a new `gossip --once`) continues the count.
                 assert Monitor(w1, [peer], http=http, missing_proof_rounds=3).gossip_once() == 1
-        finally:
-            srv.shutdown()
-            srv.server_close()
     (e,) = w1.evidence()
     assert "did not prove consistency" in e.reason
     assert e.their_note.startswith(FORK_A.checkpoint_text(19))
@@ -231,15 +231,10 @@ def test_peer_checkpoints_without_the_log_signature_are_ignored(tmp_path: Path) 
     w_evil = make_witness(tmp_path / "2.db", [bad], seed=b"\x02" * 32, name="evil")
     w1.add_checkpoint(FORK_A.body(0, 20))
     w_evil.add_checkpoint(imposter.body(0, 20))
-    srv, _ = start_server(w_evil)
-    try:
-        with httpx.Client() as http:
-            peer = Peer("evil", w_evil.verifier, srv.url)
-            assert Monitor(w1, [peer], http=http).gossip_once() == 0
-            # A peer whose key we have wrong: its cosignature fails, checkpoint ignored.
-            wrong = Peer("evil", CosignatureSigner("evil", b"\x09" * 32).verifier(), srv.url)
-            assert Monitor(w1, [wrong], http=http).gossip_once() == 0
-    finally:
-        srv.shutdown()
-        srv.server_close()
+    with witness_serving(w_evil) as srv, httpx.Client() as http:
+        peer = Peer("evil", w_evil.verifier, srv.url)
+        assert Monitor(w1, [peer], http=http).gossip_once() == 0
+        # A peer whose key we have wrong: its cosignature fails, checkpoint ignored.
+        wrong = Peer("evil", CosignatureSigner("evil", b"\x09" * 32).verifier(), srv.url)
+        assert Monitor(w1, [wrong], http=http).gossip_once() == 0
     assert w1.evidence() == []

@@ -18,20 +18,15 @@ from client.net.witness_client import (
     append_signatures,
     origin_hash,
 )
-from client.witness.server import ServerStartError, WitnessHTTPServer, start_server
-from tests.witness.helpers import ORIGIN, FakeClock, FakeLog, events, make_witness
+from client.witness.server import ServerStartError, WitnessHTTPServer
+from tests.witness.helpers import ORIGIN, FakeClock, FakeLog, events, make_witness, witness_serving
 
 
 @pytest.fixture
 def server(tmp_path: Path, log300: FakeLog) -> Iterator[WitnessHTTPServer]:
     w = make_witness(tmp_path / "w.db", [log300.witnessed_log()], clock=FakeClock(1_700_000_000))
-    srv, thread = start_server(w)
-    try:
+    with witness_serving(w) as srv:
         yield srv
-    finally:
-        srv.shutdown()
-        srv.server_close()
-        thread.join(5)
 
 
 def test_started_server_answers_at_once(server: WitnessHTTPServer) -> None:

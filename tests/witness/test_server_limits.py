@@ -12,9 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from client.witness.server import ServerLimits, WitnessHTTPServer, start_server
+from client.witness.server import ServerLimits, WitnessHTTPServer
 from tests.support import slow_reader, wait_reset
-from tests.witness.helpers import FakeLog, make_witness
+from tests.witness.helpers import FakeLog, make_witness, witness_serving
 
 LIMITS = ServerLimits(
     header_timeout=0.5, idle_timeout=1, body_timeout=0.5, write_timeout=1, max_connections=4
@@ -24,13 +24,8 @@ LIMITS = ServerLimits(
 @pytest.fixture
 def server(tmp_path: Path, log300: FakeLog) -> Iterator[WitnessHTTPServer]:
     w = make_witness(tmp_path / "w.db", [log300.witnessed_log()])
-    srv, thread = start_server(w, limits=LIMITS)
-    try:
+    with witness_serving(w, limits=LIMITS) as srv:
         yield srv
-    finally:
-        srv.shutdown()
-        srv.server_close()
-        thread.join(5)
 
 
 def connect(server: WitnessHTTPServer) -> socket.socket:
@@ -84,19 +79,13 @@ def test_oversized_head_is_refused(server: WitnessHTTPServer) -> None:
 def test_idle_sockets_cannot_lock_out_a_client(tmp_path: Path, log300: FakeLog) -> None:
     w = make_witness(tmp_path / "w.db", [log300.witnessed_log()])
     limits = ServerLimits(header_timeout=30, idle_timeout=30, body_timeout=30, max_connections=4)
-    srv, thread = start_server(w, limits=limits)
-    try:
-        with ExitStack() as stack:
-            idle = [stack.enter_context(connect(srv)) for _ in range(4)]
-            # A fifth client over the limit is served: the oldest idle socket makes room.
-            with connect(srv) as s:
-                s.sendall(b"GET /evidence HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                assert read_all(s).startswith(b"HTTP/1.1 200 ")
-            assert read_all(idle[0]) == b""  # evicted (closed by the server)
-    finally:
-        srv.shutdown()
-        srv.server_close()
-        thread.join(5)
+    with witness_serving(w, limits=limits) as srv, ExitStack() as stack:
+        idle = [stack.enter_context(connect(srv)) for _ in range(4)]
+        # A fifth client over the limit is served: the oldest idle socket makes room.
+        with connect(srv) as s:
+            s.sendall(b"GET /evidence HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert read_all(s).startswith(b"HTTP/1.1 200 ")
+        assert read_all(idle[0]) == b""  # evicted (closed by the server)
 
 
 def test_client_that_never_reads_is_reset(server: WitnessHTTPServer) -> None:
