@@ -16,6 +16,8 @@ from typing import Any
 
 import httpx
 
+from client.adapters.outbox import Outbox
+from client.adapters.relay import Relay
 from client.scim.event import event_from_json
 
 from ..support import free_port, start_proxy, wait_http
@@ -207,6 +209,21 @@ def check_writes_logged(
         kinds[ev["outcome"]] += 1
     assert len(events) == len(writes) - kinds["routing"]
     return kinds
+
+
+def relay_for(outbox: Outbox, log: FakeLog, **kw: object) -> Relay:
+    """A relay from ``outbox`` to the fake ``log`` with the tests' short back-off and idle
+    times (``kw``: more of its settings)."""
+    return Relay(
+        outbox,
+        "http://log.test",
+        "tok",
+        transport=log.transport(),
+        backoff_min=0.01,
+        backoff_max=0.05,
+        idle=0.05,
+        **kw,
+    )  # type: ignore[arg-type]
 
 
 def run_tester(base_url: str, token: str = SCIM_TOKEN) -> tuple[list[tuple[str, str]], list[Write]]:

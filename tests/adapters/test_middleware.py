@@ -19,7 +19,7 @@ from client.adapters.relay import Relay
 from client.scim.event import event_to_json
 
 from ..support import wait_for
-from .helpers import BULK, GROUP, PATCH, SCIM_TOKEN, FakeLog, scim_asgi_app, user
+from .helpers import BULK, GROUP, PATCH, SCIM_TOKEN, FakeLog, relay_for, scim_asgi_app, user
 
 pytest.importorskip("scim2_server", reason="needs the dev extras (scim2-server)")
 
@@ -47,15 +47,7 @@ def make_rig(tmp_path: Path, **cfg: Any) -> Iterator[Rig]:
     log = FakeLog()
     max_bytes = cfg.pop("max_bytes", None)
     outbox = Outbox(tmp_path / "outbox.sqlite", max_bytes=max_bytes)
-    relay = Relay(
-        outbox,
-        "http://log.test",
-        "tok",
-        transport=log.transport(),
-        backoff_min=0.01,
-        backoff_max=0.05,
-        idle=0.05,
-    )
+    relay = relay_for(outbox, log)
     access: list[dict[str, Any]] = []
     config = AuditConfig(tenant="t1", sp_id="sp1", on_access=access.append, **cfg)
     mw = AuditMiddleware(scim_asgi_app(), config, outbox, relay, own=True)

@@ -11,7 +11,7 @@ from client.adapters.relay import DeliveryError, Relay
 from client.scim.event import event_to_json, new_event
 
 from ..support import wait_for
-from .helpers import FakeLog
+from .helpers import FakeLog, relay_for
 
 
 def event_record(i: int) -> OutboxRecord:
@@ -35,19 +35,6 @@ def outbox(tmp_path: Path) -> Outbox:
     ob = Outbox(tmp_path / "o.sqlite")
     yield ob
     ob.close()
-
-
-def relay_for(outbox: Outbox, log: FakeLog, **kw: object) -> Relay:
-    return Relay(
-        outbox,
-        "http://log.test",
-        "tok",
-        transport=log.transport(),
-        backoff_min=0.01,
-        backoff_max=0.05,
-        idle=0.05,
-        **kw,
-    )  # type: ignore[arg-type]
 
 
 def test_delivers_in_batches_of_at_most_1000(outbox: Outbox) -> None:
