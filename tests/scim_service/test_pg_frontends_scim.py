@@ -31,6 +31,7 @@ from client.formats.note import Ed25519Verifier
 from tlog.backend import AuxFenced, BatchWrite
 from tlog.pg import PgStorage
 from tlog.scim import store
+from tlog.scim.keys import KeyRing, MasterKey, read_key_file
 
 from .conftest import ORIGIN, T1, Harness, open_harness, user_event
 from .helpers import check_receipt
@@ -371,3 +372,65 @@ def test_both_frontends_under_load_lose_and_mix_nothing(tmp_path: Path, pg_url: 
                 found = {r.event["eid"] for r in h.auditor().search(rid=rid).results if r.event}
                 want = {ev["eid"] for ev in events if ev["rid"] == rid and ev["eid"] in acked}
                 assert found == want, rid
+
+
+@pytest.mark.slow
+def test_erasures_on_two_frontends_at_once_keep_the_master_key(tmp_path: Path, pg_url: str) -> None:
+    """A and B each erase a subject at the same moment; both rotate the master key in the
+    one key file they share. A has staged its erasure (under the master key it holds) and
+    is held right before it writes its next key into the file; meanwhile B's erasure is
+    done: the store and the file hold B's new key. A must not write the key file over with
+    a rotation of the key B has just replaced (nor put its old key back when its commit is
+    refused): the file must still open the store, else every SCIM key is lost once the
+    frontends restart. A stages again on B's key and its erasure is done too."""
+    with frontends(tmp_path, pg_url) as (a, b):
+        alice = user_event("u-alice", req="req-alice", xid="alice@example.org")
+        bob = user_event("u-bob", req="req-bob", xid="bob@example.org")
+        carol = user_event("u-carol", req="req-carol", xid="carol@example.org")
+        for ev in (alice, bob, carol):
+            assert a.post_event(ev).status_code == 200
+        keys = a.service.keys
+        real = keys.commit_rotation
+        staged, go = threading.Event(), threading.Event()
+        calls: list[int] = []
+
+        def commit_rotation(new: Any, commit: Callable[[], None]) -> None:
+            calls.append(1)
+            if len(calls) == 1:
+                staged.set()
+                assert go.wait(60), "the test did not let A go on"
+            real(new, commit)
+
+        answer: list[httpx.Response] = []
+        keys.commit_rotation = commit_rotation  # type: ignore[method-assign]
+        try:
+            t = threading.Thread(target=lambda: answer.append(_erase(a, "u-alice")), daemon=True)
+            t.start()
+            assert staged.wait(60), "A never staged its erasure"
+            try:
+                erased_b = _erase(b, "u-bob")
+            finally:
+                go.set()
+            t.join(60)
+            assert not t.is_alive(), "A's erasure did not end"
+        finally:
+            del keys.commit_rotation
+        assert erased_b.status_code == 200 and erased_b.json()["state"] == "done", erased_b.text
+        erased_a = answer[0]
+        # The key file opens the store (what a restart of either frontend reads).
+        path = a.data / KEY
+        cur, nxt = read_key_file(path)
+        with a.log.storage.read() as rv:
+            check = rv.aux(store.check_key())
+        assert check is not None
+        assert KeyRing._opens(MasterKey(cur, path), check), "the key file lost the store's key"
+        assert nxt is None
+        assert erased_a.status_code == 200 and erased_a.json()["state"] == "done", erased_a.text
+        assert a.service.keys.master.raw() == cur
+        size = erased_a.json()["receipt"]["index"] + 1
+        caught_up(a, size)
+        caught_up(b, size)
+        for h in (a, b):
+            assert readable(h, carol)
+            assert not readable(h, alice) and not readable(h, bob)
+        assert b.service.keys.master.raw() == cur  # B followed A's rotation on its read

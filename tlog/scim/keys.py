@@ -31,13 +31,15 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import fcntl
 import hashlib
 import hmac
 import os
 import secrets
 import stat
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -620,20 +622,51 @@ class KeyRing:
         :meth:`stage_rotation`) so that a crash at any point leaves a key file that opens the
         store, and afterwards no trace of the old master key in the file."""
         path = self.master.path
-        if path is not None:
-            write_key_file_in_place(path, self.master.raw(), new.raw())
+        with self._rotation_lock(path):
+            if self._storage.shared:
+                # Under the lock no other frontend is between its key file writes, so the
+                # store's check value is what the last rotation left. If it is not under
+                # the key this rotation was staged from, another frontend rotated since:
+                # writing the file now would replace the store's key by one that opens
+                # nothing (and the fence refuses the records anyway). Nothing is written.
+                with self._storage.read() as rv:
+                    check = rv.aux(store.check_key())
+                if check is None or not self._opens(self.master, check):
+                    raise AuxFenced(
+                        "another frontend rotated the SCIM master key since this rotation "
+                        "was staged: nothing was written"
+                    )
+            if path is not None:
+                write_key_file_in_place(path, self.master.raw(), new.raw())
+            try:
+                commit()
+            except BaseException:
+                # Whichever key the store's check value opens now is the live one.
+                with self._storage.read() as rv:
+                    check = rv.aux(store.check_key())
+                if check is not None and self._opens(new, check):
+                    self._switch(new)
+                elif path is not None:
+                    write_key_file_in_place(path, self.master.raw(), None)
+                raise
+            self._switch(new)
+
+    @contextlib.contextmanager
+    def _rotation_lock(self, path: Path | None) -> Iterator[None]:
+        """On a store that several frontends write (``shared``), which then share one key
+        file: hold an exclusive lock on that file from the first write of a rotation to the
+        last (``flock``: other processes, and other key rings of this one, wait). Without
+        it, two erasures at once on two frontends write the file over each other, and it
+        can end up without the key the store is sealed under. LMDB: no lock (one writer)."""
+        if path is None or not self._storage.shared:
+            yield
+            return
+        fd = os.open(path, os.O_RDONLY)
         try:
-            commit()
-        except BaseException:
-            # Whichever key the store's check value opens now is the live one.
-            with self._storage.read() as rv:
-                check = rv.aux(store.check_key())
-            if check is not None and self._opens(new, check):
-                self._switch(new)
-            elif path is not None:
-                write_key_file_in_place(path, self.master.raw(), None)
-            raise
-        self._switch(new)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     def _switch(self, new: MasterKey) -> None:
         path = new.path
