@@ -434,3 +434,21 @@ def test_erasures_on_two_frontends_at_once_keep_the_master_key(tmp_path: Path, p
             assert readable(h, carol)
             assert not readable(h, alice) and not readable(h, bob)
         assert b.service.keys.master.raw() == cur  # B followed A's rotation on its read
+
+
+@pytest.mark.slow
+def test_an_erasure_after_another_frontends_erasure(tmp_path: Path, pg_url: str) -> None:
+    """B erases Alice (the master key is rotated, in the key file both read); then Bob's
+    erasure is asked for and approved on A, with no other SCIM traffic on A in between. A's
+    direct writes (erasure request, approval) must follow B's rotation as its submissions
+    do, not fail on tenant keys its old master key cannot open."""
+    with frontends(tmp_path, pg_url) as (a, b):
+        alice = user_event("u-alice", req="req-alice", xid="alice@example.org")
+        bob = user_event("u-bob", req="req-bob", xid="bob@example.org")
+        for ev in (alice, bob):
+            assert a.post_event(ev).status_code == 200
+        assert _erase(b, "u-alice").json()["state"] == "done"
+        erased = _erase(a, "u-bob")
+        assert erased.status_code == 200 and erased.json()["state"] == "done", erased.text
+        cur, _ = read_key_file(a.data / KEY)
+        assert a.service.keys.master.raw() == cur

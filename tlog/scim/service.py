@@ -378,10 +378,14 @@ class ScimService:
             with self._write_lock:
                 self._drain()
                 fence = self._writer_fence()
-                with self.storage.read() as rv:
-                    tx = Overlay(rv)
-                    result = fn(tx)
-                    items = tx.items()
+                try:
+                    with self.storage.read() as rv:
+                        tx = Overlay(rv)
+                        result = fn(tx)
+                        items = tx.items()
+                except KeysRotated as exc:
+                    self._keys_rotated(exc, attempt)
+                    continue
                 try:
                     if items:
                         self.storage.put_aux(items, fence=fence)
@@ -398,11 +402,15 @@ class ScimService:
             with self._write_lock:
                 self._drain()
                 fence = self._writer_fence()
-                with self.storage.read() as rv:
-                    tx = Overlay(rv)
-                    result, rekey = fn(tx)
-                    new = self.keys.stage_rotation(tx, rekey) if rekey else None
-                    items = tx.items()
+                try:
+                    with self.storage.read() as rv:
+                        tx = Overlay(rv)
+                        result, rekey = fn(tx)
+                        new = self.keys.stage_rotation(tx, rekey) if rekey else None
+                        items = tx.items()
+                except KeysRotated as exc:
+                    self._keys_rotated(exc, attempt)
+                    continue
                 try:
                     if new is None:
                         if items:
@@ -438,6 +446,19 @@ class ScimService:
             self.keys.follow_rotation()
         self._claimed = True
         return self._fence
+
+    def _keys_rotated(self, exc: KeysRotated, attempt: int) -> None:
+        """A direct write's staging met tenant keys the master key in memory cannot open:
+        on a shared store, another frontend rotated it (and took the fence) since this one
+        last claimed. Follow the rotation and stage again under a new claim (as a group's
+        submissions do, :meth:`_rotated_elsewhere`), or raise why not. One writer process
+        (LMDB): as before, the error goes to the caller."""
+        if not self.storage.shared:
+            raise exc
+        err = self._rotated_elsewhere()
+        if not isinstance(err, AuxFenced):
+            raise err
+        self._fence_lost(attempt)
 
     def _fence_lost(self, attempt: int) -> None:
         """A direct write was refused (:class:`AuxFenced`): claim again, or give up."""
