@@ -280,7 +280,9 @@ class Sequencer:
                 if not batch:
                     self._refresh()
                     continue
-                batch = self._fenced(self._checked(batch))
+                # Fenced first: its ``failed`` hooks tell the callers which submissions
+                # failed, so that the checks refuse the ones staged on top of them.
+                batch = self._checked(self._fenced(batch))
                 if not batch:
                     continue
                 n = sum(len(p.entries) for p in batch)

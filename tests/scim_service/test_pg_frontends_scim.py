@@ -33,7 +33,7 @@ from tlog.pg import PgStorage
 from tlog.scim import store
 from tlog.scim.keys import KeyRing, MasterKey, read_key_file
 
-from .conftest import ORIGIN, T1, Harness, open_harness, user_event
+from .conftest import ORIGIN, T1, T2, Harness, open_harness, user_event
 from .helpers import check_receipt
 
 KEY = "scim-master.key"
@@ -452,3 +452,129 @@ def test_an_erasure_after_another_frontends_erasure(tmp_path: Path, pg_url: str)
         assert erased.status_code == 200 and erased.json()["state"] == "done", erased.text
         cur, _ = read_key_file(a.data / KEY)
         assert a.service.keys.master.raw() == cur
+
+
+def _queued(svc: Any, n: int) -> None:
+    """Wait until ``n`` submissions wait for the group writer of ``svc``."""
+    for _ in range(1200):
+        with svc._group_lock:
+            if len(svc._group) >= n:
+                return
+        time.sleep(0.01)
+    raise AssertionError(f"{n} submissions never queued")
+
+
+@pytest.mark.slow
+def test_a_group_staged_on_a_refused_group_in_one_batch_is_refused(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """B's erasure rotates the master key while A still holds its old fence. A's next group
+    has an event of T1 (its keys no longer open under A's old master: A follows the rotation,
+    that event is staged again under a new claim) and the first event of a new tenant T2,
+    handed under the old fence. A's following group, under the new fence, stages T2's next
+    event on the T2 keys of the first group (not durable yet). Both groups reach A's
+    sequencer in one batch (its writer was busy): the first is refused by its old fence,
+    so the second, staged on top of it, must be refused too, not committed with a T2 event
+    whose tenant keys were never written (unreadable for ever)."""
+    with frontends(tmp_path, pg_url) as (a, b):
+        zed = user_event("u-zed", req="req-zed", xid="zed@example.org")
+        alice = user_event("u-alice", req="req-alice", xid="alice@example.org")
+        for ev in (zed, alice):
+            assert a.post_event(ev).status_code == 200
+        svc = a.service
+        t1_next = user_event(
+            "u-alice", req="req-alice-2", xid="alice@example.org", active=("false", "true")
+        )
+        t2_first = user_event("u-g1", tenant=T2, req="req-g1", xid="g1@example.org")
+        t2_next = user_event("u-g2", tenant=T2, req="req-g2", xid="g2@example.org")
+        answers: dict[str, httpx.Response] = {}
+
+        def post(ev: dict[str, Any], name: str) -> threading.Thread:
+            t = threading.Thread(
+                target=lambda: answers.__setitem__(ev["eid"], a.post_event(ev, name)), daemon=True
+            )
+            t.start()
+            return t
+
+        # A's group writer is parked after its first group; meanwhile two submissions
+        # queue up (its second group) and B's erasure rotates the master key. After the
+        # second group is handed off, the writer is parked again until T2's next event has
+        # queued up behind the T1 event staged again: they are the third group (the fourth
+        # is T2's first event staged again).
+        real_group = svc._commit_group
+        parked, go = threading.Event(), threading.Event()
+        parked2, go2 = threading.Event(), threading.Event()
+        groups: list[int] = []
+
+        def commit_group(jobs: Any) -> None:
+            groups.append(len(jobs))
+            if len(groups) == 4:
+                # The first event of T2, staged again: its claim of the fence waits until
+                # both groups of the batch are answered (else the claim could refuse the
+                # second group's commit by chance, hiding what this test is about).
+                for _ in range(6000):
+                    with svc._chain:
+                        if svc._inflight == 0:
+                            break
+                    time.sleep(0.01)
+            real_group(jobs)
+            if len(groups) == 1:
+                parked.set()
+                assert go.wait(60), "the test did not let the group writer go on"
+            elif len(groups) == 2:
+                parked2.set()
+                assert go2.wait(60), "the test did not let the group writer go on"
+
+        # A's sequencer writer is busy: the group handed under the old fence is still
+        # queued when the next one is handed, and both are taken as one batch.
+        real_enqueue = svc.seq.enqueue
+        held: list[Any] = []  # the group handed under the old fence, until the next one
+        handed = threading.Event()
+
+        def enqueue(*args: Any, **kw: Any) -> None:
+            if not args[2]:  # no records: not a group of this test
+                real_enqueue(*args, **kw)
+                return
+            if not held:
+                held.append((args, kw))
+                handed.set()
+                return
+            with svc.seq._cond:
+                if held[0] is not None:
+                    real_enqueue(*held[0][0], **held[0][1])
+                    held[0] = None
+                real_enqueue(*args, **kw)
+
+        svc._commit_group = commit_group  # type: ignore[method-assign]
+        svc.seq.enqueue = enqueue  # type: ignore[method-assign]
+        threads = []
+        try:
+            threads.append(post(alice, "sub1"))  # a retry: the group that parks the writer
+            assert parked.wait(60)
+            threads.append(post(t1_next, "sub1"))
+            _queued(svc, 1)
+            threads.append(post(t2_first, "sub2"))
+            _queued(svc, 2)
+            assert _erase(b, "u-zed").json()["state"] == "done"
+            go.set()
+            assert parked2.wait(60) and handed.is_set(), "A never handed T2's first event"
+            threads.append(post(t2_next, "sub2"))
+            _queued(svc, 2)
+            go2.set()
+            for t in threads:
+                t.join(120)
+            assert not any(t.is_alive() for t in threads)
+        finally:
+            go.set()
+            go2.set()
+            del svc._commit_group
+            del svc.seq.enqueue
+        for ev in (t1_next, t2_first, t2_next):
+            assert answers[ev["eid"]].status_code == 200, answers[ev["eid"]].text
+        size = max(answers[ev["eid"]].json()["index"] for ev in (t1_next, t2_first, t2_next))
+        caught_up(a, size + 1)
+        assert readable(a, t1_next)
+        for ev in (t2_first, t2_next):
+            found = a.auditor("aud2").search(rid=ev["rid"]).results
+            eids = [r.event["eid"] for r in found if r.event is not None]
+            assert eids == [ev["eid"]], f"{ev['rid']} is not readable"
