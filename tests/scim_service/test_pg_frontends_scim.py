@@ -30,6 +30,7 @@ from client.formats.merkle import leaf_hash
 from client.formats.note import Ed25519Verifier
 from tlog.backend import AuxFenced, BatchWrite
 from tlog.pg import PgStorage
+from tlog.scim import keys as keys_module
 from tlog.scim import store
 from tlog.scim.keys import KeyRing, MasterKey, read_key_file
 
@@ -578,3 +579,81 @@ def test_a_group_staged_on_a_refused_group_in_one_batch_is_refused(
             found = a.auditor("aud2").search(rid=ev["rid"]).results
             eids = [r.event["eid"] for r in found if r.event is not None]
             assert eids == [ev["eid"]], f"{ev['rid']} is not readable"
+
+
+@pytest.mark.slow
+def test_a_frontend_starting_during_a_rotation_keeps_the_new_key(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """A rotates the master key (an erasure): its next key is in the shared key file's
+    second slot while it commits. C starts meanwhile and finds the two keys (what a rotation
+    cut short by a crash leaves): it must not settle the file on the key the store held
+    when C looked, after A's rotation has committed and A has settled the file on the new
+    key; the file must still open the store."""
+    with frontends(tmp_path, pg_url) as (a, _b):
+        assert a.post_event(user_event("u-alice", req="req-alice")).status_code == 200
+        keys = a.service.keys
+        real_commit_rotation = keys.commit_rotation
+        in_commit, go_a = threading.Event(), threading.Event()
+
+        def commit_rotation(new: Any, commit: Callable[[], None]) -> None:
+            def held() -> None:  # the key file has both keys now
+                in_commit.set()
+                assert go_a.wait(60), "the test did not let A commit"
+                commit()
+
+            real_commit_rotation(new, held)
+
+        # C is held right before it writes the key file at its start, until A is done.
+        real_write = keys_module.write_key_file_in_place
+        c_writes, a_done = threading.Event(), threading.Event()
+        c_thread: list[threading.Thread] = []
+
+        def write_key_file(path: Path, current: bytes, nxt: bytes | None) -> None:
+            if c_thread and threading.current_thread() is c_thread[0]:
+                c_writes.set()
+                assert a_done.wait(60), "A's erasure did not end"
+            real_write(path, current, nxt)
+
+        erased: list[httpx.Response] = []
+        keys.commit_rotation = commit_rotation  # type: ignore[method-assign]
+        try:
+            with ExitStack() as stack:
+                t = threading.Thread(target=lambda: erased.append(_erase(a, "u-alice")))
+                t.start()
+                assert in_commit.wait(60), "A never reached its commit"
+                stack.callback(go_a.set)
+                stack.callback(a_done.set)
+                started: list[Harness] = []
+
+                def start_c() -> None:
+                    started.append(
+                        stack.enter_context(
+                            open_harness(
+                                tmp_path / "c", database=pg_url, scim_master_key=a.data / KEY
+                            )
+                        )
+                    )
+
+                keys_module.write_key_file_in_place = write_key_file  # type: ignore[assignment]
+                stack.callback(setattr, keys_module, "write_key_file_in_place", real_write)
+                c_thread.append(threading.Thread(target=start_c, daemon=True))
+                c_thread[0].start()
+                # C reaches its write of the key file (the defect) or waits for A's lock.
+                c_writes.wait(5)
+                go_a.set()
+                t.join(60)
+                assert erased and erased[0].status_code == 200, erased
+                a_done.set()
+                c_thread[0].join(60)
+                assert started, "C did not start"
+                cur, nxt = read_key_file(a.data / KEY)
+                with a.log.storage.read() as rv:
+                    check = rv.aux(store.check_key())
+                assert check is not None
+                assert KeyRing._opens(MasterKey(cur, None), check), "the key file lost the key"
+                assert nxt is None
+                c = started[0]
+                assert c.post_event(user_event("u-bob", req="req-bob")).status_code == 200
+        finally:
+            del keys.commit_rotation

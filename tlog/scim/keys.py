@@ -254,6 +254,26 @@ def write_key_file_in_place(path: Path, current: bytes, nxt: bytes | None) -> No
         os.close(fd)
 
 
+@contextlib.contextmanager
+def key_file_lock(path: Path | None, shared: bool) -> Iterator[None]:
+    """On a store that several frontends write (``shared``), which then share one key file:
+    an exclusive lock on that file (``flock``: other processes, and other key rings of this
+    one, wait) held by a rotation from its first write of the file to its last, and by a
+    frontend that reads the file at its start (it settles a file with two keys on one).
+    Without it, two rotations at once (erasures, retention expiry) on two frontends, or a
+    frontend starting during a rotation, write the file over each other, and it can end up
+    without the key the store is sealed under. One writer process (LMDB): no lock."""
+    if path is None or not shared:
+        yield
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 class MasterKey:
     """The root of the SCIM key hierarchy, read from a key file (a stand-in for a KMS key)."""
 
@@ -622,7 +642,7 @@ class KeyRing:
         :meth:`stage_rotation`) so that a crash at any point leaves a key file that opens the
         store, and afterwards no trace of the old master key in the file."""
         path = self.master.path
-        with self._rotation_lock(path):
+        with key_file_lock(path, self._storage.shared):
             if self._storage.shared:
                 # Under the lock no other frontend is between its key file writes, so the
                 # store's check value is what the last rotation left. If it is not under
@@ -650,23 +670,6 @@ class KeyRing:
                     write_key_file_in_place(path, self.master.raw(), None)
                 raise
             self._switch(new)
-
-    @contextlib.contextmanager
-    def _rotation_lock(self, path: Path | None) -> Iterator[None]:
-        """On a store that several frontends write (``shared``), which then share one key
-        file: hold an exclusive lock on that file from the first write of a rotation to the
-        last (``flock``: other processes, and other key rings of this one, wait). Without
-        it, two erasures at once on two frontends write the file over each other, and it
-        can end up without the key the store is sealed under. LMDB: no lock (one writer)."""
-        if path is None or not self._storage.shared:
-            yield
-            return
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)  # releases the lock
 
     def _switch(self, new: MasterKey) -> None:
         path = new.path
@@ -819,10 +822,11 @@ class KeyRing:
 def open_keyring(path: Path, storage: Backend) -> KeyRing:
     """Load the master key file (creating it for a store with no SCIM keys yet)."""
     if path.exists():
-        cur, nxt = read_key_file(path)
-        master = MasterKey(cur, path)
-        if nxt is not None:
-            return KeyRing(storage, MasterKey(nxt, path), (master,))
+        with key_file_lock(path, storage.shared):
+            cur, nxt = read_key_file(path)
+            master = MasterKey(cur, path)
+            if nxt is not None:
+                return KeyRing(storage, MasterKey(nxt, path), (master,))
     else:
         with storage.read() as rv:
             has_keys = rv.aux(store.check_key()) is not None
