@@ -657,3 +657,40 @@ def test_a_frontend_starting_during_a_rotation_keeps_the_new_key(
                 assert c.post_event(user_event("u-bob", req="req-bob")).status_code == 200
         finally:
             del keys.commit_rotation
+
+
+def test_lmdb_keys_that_do_not_open_are_answered_as_before(tmp_path: Path) -> None:
+    """LMDB (one writer process, no fence): a tenant record the master key cannot open is
+    not another frontend's rotation (there is none). The submission is answered with that
+    error once, as before the fence, not staged again nine times and answered as if another
+    frontend had rotated the keys; and a read does not look at the key file."""
+    with open_harness(tmp_path) as h:
+        assert h.post_event(user_event(req="req-1")).status_code == 200
+        svc = h.service
+        tn = svc.tenant_ref(T1)
+        bad = KeyRing._tenant_record(MasterKey.fresh(None), tn, bytes(32), bytes(32))
+        h.log.storage.put_aux([(store.tenant_key(tn), bad)])
+        svc.keys._tenants.clear()
+        stagings: list[int] = []
+        real_tenant = svc.keys.tenant
+
+        def tenant(tx: Any, name: str) -> Any:
+            stagings.append(1)
+            return real_tenant(tx, name)
+
+        follows: list[int] = []
+        real_follow = svc.keys.follow_rotation
+
+        def follow_rotation() -> None:  # an LMDB store has no other frontend to follow
+            follows.append(1)
+            real_follow()
+
+        svc.keys.tenant = tenant  # type: ignore[method-assign]
+        svc.keys.follow_rotation = follow_rotation  # type: ignore[method-assign]
+        r = h.post_event(user_event(req="req-2"))
+        assert r.status_code == 503, r.text
+        assert "rotated during this read" in r.text and "another frontend" not in r.text
+        assert len(stagings) <= 2  # the group's read ahead and the one staging
+        found = h.client.get("/v1/scim/events", params={"rid": "u-alice-7f3a"}, headers=h.h("aud1"))
+        assert found.status_code == 503, found.text
+        assert not follows

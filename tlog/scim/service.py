@@ -562,9 +562,12 @@ class ScimService:
                             mark = tx.mark()
                             try:
                                 ok.append((job, job.fn(tx)))
-                            except KeysRotated:
+                            except KeysRotated as exc:
                                 tx.rollback(mark)
-                                answers.append((job, self._rotated_elsewhere(), None))
+                                # One writer process (LMDB): no other frontend rotated
+                                # anything; answered as before the fence.
+                                err = self._rotated_elsewhere() if self.storage.shared else exc
+                                answers.append((job, err, None))
                             except Exception as exc:
                                 tx.rollback(mark)
                                 answers.append((job, exc, None))
@@ -736,7 +739,9 @@ class ScimService:
                 # keys in memory: a fresh snapshot matches them again. One on another
                 # frontend (a shared database) rotated the master key too: adopt it from
                 # the key file, or say loudly that this frontend's key file is stale.
-                self.keys.follow_rotation()
+                # (One writer process, LMDB: none, the keys in memory are the store's.)
+                if self.storage.shared:
+                    self.keys.follow_rotation()
                 time.sleep(0.002 * (attempt + 1))
         raise StorageError("SCIM keys kept changing during a read")
 
