@@ -296,7 +296,10 @@ class Sequencer:
                     fenced = [p for p in batch if p.aux]
                     self._fail(fenced, exc)
                     self._queued_done(fenced, exc)
-                    batch = [p for p in batch if not p.aux]
+                    # Checked again: the failed hooks refuse what was staged on top of the
+                    # fenced submissions (e.g. a retry of one of their events, a duplicate
+                    # of a leaf whose records were just refused).
+                    batch = self._checked([p for p in batch if not p.aux])
                     if not batch:
                         continue
                     try:

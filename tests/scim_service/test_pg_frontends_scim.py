@@ -694,3 +694,68 @@ def test_lmdb_keys_that_do_not_open_are_answered_as_before(tmp_path: Path) -> No
         found = h.client.get("/v1/scim/events", params={"rid": "u-alice-7f3a"}, headers=h.h("aud1"))
         assert found.status_code == 503, found.text
         assert not follows
+
+
+@pytest.mark.slow
+def test_a_retry_staged_on_a_fenced_group_is_not_committed_alone(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """A stages a new event (its records and leaf: one group), and the adapter's retry of it
+    (the same eid: a duplicate of that group's leaf, no records of its own: the next group).
+    Both reach A's sequencer in one batch, after B has claimed the fence. The commit is
+    refused by the fence; the retry, staged on the refused group's records, must not be
+    committed on its own (its leaf in the log without the event's records, and the event
+    then staged again as a second leaf): one leaf, both answers name it, readable."""
+    with frontends(tmp_path, pg_url) as (a, b):
+        assert a.post_event(user_event("u-first", req="req-0")).status_code == 200
+        svc = a.service
+        ev = user_event("u-twice", req="req-twice", xid="twice@example.org")
+        real_enqueue = svc.seq.enqueue
+        held: list[Any] = []
+        first_held, second, go = threading.Event(), threading.Event(), threading.Event()
+
+        def enqueue(*args: Any, **kw: Any) -> None:
+            if not held:  # the event's group: held until the retry's is handed too
+                held.append((args, kw))
+                first_held.set()
+                return
+            second.set()
+            assert go.wait(60), "the test did not let A go on"
+            with svc.seq._cond:  # one batch: the sequencer's writer was busy
+                real_enqueue(*held[0][0], **held[0][1])
+                real_enqueue(*args, **kw)
+            svc.seq.enqueue = real_enqueue  # type: ignore[method-assign]
+
+        answers: list[httpx.Response] = []
+        lock = threading.Lock()
+
+        def post() -> None:
+            r = a.post_event(ev)
+            with lock:
+                answers.append(r)
+
+        size = tree_size(a)
+        svc.seq.enqueue = enqueue  # type: ignore[method-assign]
+        threads = [threading.Thread(target=post, daemon=True) for _ in range(2)]
+        try:
+            threads[0].start()
+            assert first_held.wait(60), "A never handed the event's group"
+            threads[1].start()
+            assert second.wait(60), "A never handed the retry's group"
+            other = user_event("u-other", req="req-other", xid="other@example.org")
+            assert b.post_event(other).status_code == 200  # B claims the fence
+            go.set()
+            for t in threads:
+                t.join(60)
+            assert not any(t.is_alive() for t in threads)
+        finally:
+            go.set()
+            svc.seq.enqueue = real_enqueue  # type: ignore[method-assign]
+            del svc.seq.enqueue
+        assert [r.status_code for r in answers] == [200, 200], [r.text for r in answers]
+        assert len({r.json()["leaf_hash"] for r in answers}) == 1, "one eid, two leaves"
+        assert sorted(r.json()["duplicate"] for r in answers) == [False, True]
+        caught_up(a, size + 2)
+        caught_up(b, size + 2)
+        assert tree_size(a) == size + 2  # the event and B's
+        assert readable(a, ev) and readable(b, ev)
