@@ -759,3 +759,37 @@ def test_a_retry_staged_on_a_fenced_group_is_not_committed_alone(
         caught_up(b, size + 2)
         assert tree_size(a) == size + 2  # the event and B's
         assert readable(a, ev) and readable(b, ev)
+
+
+@pytest.mark.slow
+def test_a_read_follows_two_rotations_in_a_row(tmp_path: Path, pg_url: str) -> None:
+    """B rotates the master key twice in a row (two erasures, or a retention expiry over
+    two tenants). A read on A meets the first rotation and follows it: it has read the
+    store's check value when the second rotation lands, so the key file holds a key that
+    does not open the check value it read. That is the store moving on, not a stale key
+    file: A reads the check value again and serves the read, rather than answering 503
+    "no longer opens the store"."""
+    with frontends(tmp_path, pg_url) as (a, b):
+        alice = user_event("u-alice", req="req-alice", xid="alice@example.org")
+        bob = user_event("u-bob", req="req-bob", xid="bob@example.org")
+        carol = user_event("u-carol", req="req-carol", xid="carol@example.org")
+        for ev in (alice, bob, carol):
+            assert a.post_event(ev).status_code == 200
+        caught_up(b, tree_size(a))
+        assert _erase(b, "u-alice").json()["state"] == "done"
+        real_read = keys_module.read_key_file
+        second: list[httpx.Response] = []
+
+        def read_key_file_(path: Path) -> tuple[bytes, bytes | None]:
+            if not second and threading.current_thread() is not threading.main_thread():
+                second.append(_erase(b, "u-bob"))  # lands between the two reads
+            return real_read(path)
+
+        keys_module.read_key_file = read_key_file_  # type: ignore[assignment]
+        try:
+            found = a.auditor().search(rid="u-carol").results
+        finally:
+            keys_module.read_key_file = real_read
+        assert second and second[0].json()["state"] == "done"
+        assert [r.event["eid"] for r in found if r.event is not None] == [carol["eid"]]
+        assert a.service.keys.master.raw() == real_read(a.data / KEY)[0]

@@ -81,6 +81,9 @@ KEY_SIZE = 32
 IV_SIZE = 12
 KID_SIZE = 16
 MAX_CACHED_REFS = 4096  # tenant refs remembered by a KeyRing (KeyRing.tenant_ref)
+# KeyRing.follow_rotation: how many times the store's check value is read again when the key
+# file holds no key that opens it (other rotations may land in between).
+FOLLOW_TRIES = 4
 HASH16 = 16
 _FILE_HEADER = "tlog-scim-master-key-v1 "
 _AAD = b"tlog-scim/v1/"
@@ -492,20 +495,31 @@ class KeyRing:
         key in it that does is adopted: every frontend must read one shared key file (a
         mounted secret), not a copy. When none does, :class:`StorageError`: nothing is
         staged or read here until this frontend's key file holds the store's key."""
-        with self._storage.read() as rv:
-            check = rv.aux(store.check_key())
-        with self._swap:
-            master = self.master
-        if check is None or self._opens(master, check):
-            return
+        last = None
+        for _ in range(FOLLOW_TRIES):
+            with self._storage.read() as rv:
+                check = rv.aux(store.check_key())
+            with self._swap:
+                master = self.master
+            if check is None or self._opens(master, check):
+                return
+            if check == last:
+                break  # the store has not moved since: this frontend's key file is stale
+            last = check
+            path = master.path
+            if path is not None and path.exists():
+                for raw in read_key_file(path):
+                    if raw is not None and self._opens(m := MasterKey(raw, path), check):
+                        with self._swap:
+                            # Unless another thread followed meanwhile (maybe a later
+                            # rotation: never go back to an older key).
+                            if self.master is master:
+                                self.master = m
+                                self._tenants.clear()
+                        return
+            # No key in the file opens the check value read above: another rotation may
+            # have landed in between (the file then holds a newer key). Read it again.
         path = master.path
-        if path is not None and path.exists():
-            for raw in read_key_file(path):
-                if raw is not None and self._opens(m := MasterKey(raw, path), check):
-                    with self._swap:
-                        self.master = m
-                        self._tenants.clear()
-                    return
         raise StorageError(
             f"the SCIM master key this frontend holds (key file {path}) no longer opens the "
             "store: another frontend rotated it (an erasure or retention expiry there). Every "
