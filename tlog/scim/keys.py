@@ -492,9 +492,10 @@ class KeyRing:
         under it. An erasure or retention expiry on another frontend rotates the master key
         (and writes the new one into the key file that frontend reads). When the key in
         memory no longer opens the store's check value, the key file is read again and the
-        key in it that does is adopted: every frontend must read one shared key file (a
-        mounted secret), not a copy. When none does, :class:`StorageError`: nothing is
-        staged or read here until this frontend's key file holds the store's key."""
+        key in it that does is adopted: every frontend must read one shared key file (one
+        writable file on a shared file system, :func:`key_file_lock`), not a copy. When
+        none does, :class:`StorageError`: nothing is staged or read here until this
+        frontend's key file holds the store's key."""
         last = None
         for _ in range(FOLLOW_TRIES):
             with self._storage.read() as rv:
