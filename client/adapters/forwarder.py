@@ -124,6 +124,9 @@ class _Conn(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._fail(_ProtocolError(f"bad answer: {exc}"))
             return
+        except httptools.HttpParserUpgrade:  # a 101 never asked for (no Upgrade is forwarded)
+            self._fail(_ProtocolError("bad answer: a protocol switch"))
+            return
         if not self.head_done and self.received > 2 * _MAX_HEAD:
             self._fail(_ProtocolError("answer head too large"))
             return
@@ -145,7 +148,13 @@ class _Conn(asyncio.Protocol):
 
     # httptools callbacks
 
+    def on_message_begin(self) -> None:
+        if self.head_done:  # a second answer in the same read: the upstream is out of step
+            raise _ProtocolError("bytes after the end of the answer")
+
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.head_done:  # a trailer field: not a header field (RFC 9110 §6.5), dropped
+            return
         self.head_bytes += len(name) + len(value)
         if self.head_bytes > _MAX_HEAD:
             raise _ProtocolError("answer head too large")  # feed_data raises, see there
@@ -153,6 +162,8 @@ class _Conn(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
+        if not 100 <= status <= 599:  # RFC 9110 §15: no status an ASGI server can send
+            raise _ProtocolError(f"bad answer: status {status}")
         if status < 200:  # 1xx: skipped (101 is never asked for: Upgrade is not forwarded)
             self.headers = []
             return
