@@ -187,6 +187,17 @@ class _Guard:
 
     def data_received(self, data: bytes) -> None:
         cycle = self.cycle
+        if (
+            (cycle is None or cycle.response_complete)
+            and self._head_bytes + len(data) > self.limits.max_head_bytes
+            and not self.transport.is_closing()
+        ):
+            # A head that would go over the limit is refused before the parser sees it:
+            # once parsed whole (it may arrive in one read), the app would already run.
+            end = data.find(b"\r\n\r\n")
+            if end < 0 or self._head_bytes + end + 4 > self.limits.max_head_bytes:
+                self._refuse(_R431)
+                return
         super().data_received(data)  # type: ignore[misc]
         if self.cycle is cycle and (cycle is None or cycle.response_complete):
             # Still no complete head: count what it has sent so far.

@@ -1,0 +1,84 @@
+"""The hardened runner's head limit holds however the head arrives: a head over
+``max_head_bytes`` that reaches the server complete, in one read, is refused with 431 like
+one dribbled in pieces, and the app never sees the request."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from client.runtime.serving import ServerLimits, ServingThread, hardened_config, hardened_server
+from tests.support import free_port
+
+LIMIT = 8 * 1024
+
+
+class _App:
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        self.calls.append(len(scope["headers"]))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+
+@pytest.fixture(params=["httptools", "h11"])
+def server(request: pytest.FixtureRequest) -> Iterator[tuple[int, _App]]:
+    app = _App()
+    port = free_port()
+    cfg = hardened_config(
+        app,
+        "127.0.0.1",
+        port,
+        ServerLimits(max_head_bytes=LIMIT),
+        http=request.param,
+        log_level="warning",
+        lifespan="off",
+    )
+    st = ServingThread(hardened_server(cfg))
+    st.start(10)
+    try:
+        yield port, app
+    finally:
+        st.stop(10)
+
+
+def _exchange(port: int, data: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(data)
+        got = b""
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except (ConnectionResetError, TimeoutError):
+                return got
+            if not chunk:
+                return got
+            got += chunk
+
+
+def test_head_over_the_limit_in_one_read_is_431(server: tuple[int, _App]) -> None:
+    port, app = server
+    head = b"GET / HTTP/1.1\r\nHost: x\r\n" + (b"X-Pad: " + b"p" * 200 + b"\r\n") * 60 + b"\r\n"
+    assert LIMIT < len(head) < 16 * 1024  # one segment on loopback
+    got = _exchange(port, head)
+    assert got.startswith(b"HTTP/1.1 431"), got[:80]
+    assert app.calls == []
+
+
+def test_head_under_the_limit_with_a_big_body_in_the_same_read(server: tuple[int, _App]) -> None:
+    port, app = server
+    body = b"b" * (4 * LIMIT)
+    req = (
+        b"POST / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: %d\r\n\r\n" % len(body)
+        + body
+    )
+    got = _exchange(port, req)
+    assert got.startswith(b"HTTP/1.1 200"), got[:80]
+    assert app.calls == [3]
