@@ -13,7 +13,9 @@ Failure handling, by what the log answered:
 * 413: the batch is split in halves;
 * 400/422 (the log refuses an event as malformed): the batch is bisected to find the
   offending event, which is moved out of the queue as *rejected* (kept in the outbox, logged
-  at ERROR) so that it cannot block every event behind it;
+  at ERROR) so that it cannot block every event behind it; only the log's own JSON error
+  (``{"error": ...}``) counts as that verdict: a 400/413/422 without it (a front proxy's or
+  WAF's page) is a failed delivery, retried with backoff;
 * 401/403: the token is wrong or lacks the role: logged at ERROR, backoff, events kept.
 
 When woken by new events it lingers ``linger`` seconds (default 50 ms) before reading the
@@ -88,6 +90,15 @@ def _parse_results(data: Any, eids: Sequence[str]) -> list[Receipt]:
             )
         )
     return out
+
+
+def _log_error(r: Answer) -> bool:
+    """The answer is the log's own refusal: a JSON object with an ``error`` text."""
+    try:
+        doc = r.json()
+    except FormatError:
+        return False
+    return isinstance(doc, dict) and isinstance(doc.get("error"), str)
 
 
 class Relay:
@@ -328,6 +339,12 @@ class Relay:
         if st in (429, 503):
             delay = retry_after(r.headers.get("retry-after"), self.backoff_max)
             raise _Backoff(self._next_backoff() if delay is None else delay, f"log answered {st}")
+        if st in (400, 413, 422) and not _log_error(r):
+            # Not the log's verdict on these events (a front proxy's or WAF's own page):
+            # rejecting on it could move the whole outbox out of the queue for good.
+            with contextlib.suppress(OutboxError):
+                self.outbox.note_failure(eids, f"log answered {st} without its JSON error")
+            raise _Backoff(self._next_backoff(), f"log answered {st} without its JSON error")
         if st in (400, 413, 422) and len(items) > 1:
             mid = len(items) // 2
             return self._send(items[:mid]) + self._send(items[mid:])

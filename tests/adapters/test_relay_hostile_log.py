@@ -1,0 +1,63 @@
+"""The relay when something that is not the log's verdict answers for the log.
+
+A 400/413/422 moves an event out of the queue for good (rejected, kept for inspection,
+with no way back into the queue). Only the log's own refusal of an event may do that: the
+log's JSON error. A front proxy, load balancer or WAF that answers every request with its
+own HTML 400 or 413 for a while must not reject the whole outbox: that is a failed delivery,
+retried, and every event reaches the log once it is reachable again.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import httpx
+import pytest
+
+from client.adapters.outbox import Outbox
+from client.adapters.relay import Relay
+
+from ..support import wait_for
+from .helpers import FakeLog
+from .test_relay import event_record
+
+
+@pytest.mark.parametrize("status", [400, 413, 422])
+def test_a_front_proxy_refusal_rejects_nothing(tmp_path: Path, status: int) -> None:
+    log = FakeLog()
+    lock = threading.Lock()
+    refusals = [0]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        with lock:
+            if refusals[0] < 40:
+                refusals[0] += 1
+                return httpx.Response(
+                    status,
+                    headers={"Content-Type": "text/html"},
+                    content=b"<html><body><h1>%d Bad Request</h1>nginx</body></html>" % status,
+                )
+        return log(request)
+
+    outbox = Outbox(tmp_path / "o.sqlite")
+    recs = [event_record(i) for i in range(8)]
+    outbox.put(recs)
+    relay = Relay(
+        outbox,
+        "http://log.test",
+        "tok",
+        transport=httpx.MockTransport(handler),
+        backoff_min=0.001,
+        backoff_max=0.005,
+        idle=0.01,
+    )
+    relay.start()
+    try:
+        wait_for(lambda: outbox.counts()["pending"] == 0, 20, "the outbox drained")
+    finally:
+        relay.stop()
+        counts = outbox.counts()
+        outbox.close()
+    assert counts == {"pending": 0, "delivered": 8, "rejected": 0}
+    assert {e["eid"] for e in log.events} == {r.eid for r in recs}
