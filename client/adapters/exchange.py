@@ -143,6 +143,9 @@ class AuditConfig:
     * ``actor``/``on_access``: see :func:`default_actor`, :func:`log_access`.
     * ``secret_attrs``/``digest_attrs``/``ref_pid``/``ocsf``: passed to
       :func:`client.scim.actions.parse_request`.
+    * ``max_body``: request bytes of a write (then 413); ``max_answer``: bytes of a write's
+      answer held until its event is recorded (then the client gets 502; the event, with
+      the SP's status, is still recorded).
     * ``trust_forwarded``: take ``src.ip`` from ``X-Forwarded-For`` (only behind a proxy
       you run); ``record_src``: record ``src`` (client IP, User-Agent) at all.
     """
@@ -161,6 +164,7 @@ class AuditConfig:
     direct_timeout: float = 2.0
     retry_after: int = 5
     max_body: int = 16 << 20
+    max_answer: int = 64 << 20
     actor: ActorHook = default_actor
     on_access: AccessHook | None = log_access
     secret_attrs: Collection[str] = ("password",)

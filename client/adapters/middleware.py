@@ -265,15 +265,23 @@ class AuditMiddleware:
         start: Message | None = None
         body_parts: list[bytes] = []
         trailers: list[Message] = []
+        held = 0  # answer bytes held; beyond cfg.max_answer the app's sends fail
+        too_large = False
 
         async def capture(msg: Message) -> None:
-            nonlocal start
+            nonlocal start, held, too_large
             t = msg["type"]
             if t == "http.response.start":
                 start = msg
                 x.t1_ns = time.time_ns()
             elif t == "http.response.body":
-                body_parts.append(msg.get("body", b""))
+                chunk = msg.get("body", b"")
+                held += len(chunk)
+                if too_large or held > cfg.max_answer:
+                    too_large = True
+                    body_parts.clear()
+                    raise _AnswerTooLarge(f"answer over {cfg.max_answer} bytes")
+                body_parts.append(chunk)
             else:
                 trailers.append(msg)
 
@@ -282,6 +290,8 @@ class AuditMiddleware:
             await self.app(scope, replay, capture)
         except Exception as exc:
             failure = exc
+        if too_large:
+            failure = None  # the SP answered (and applied the change): recorded below
         if start is None:
             x.status, x.headers, x.t1_ns = 500, [], time.time_ns()
         else:
@@ -305,6 +315,16 @@ class AuditMiddleware:
             return
         if start is None:  # pragma: no cover - the app sent nothing and raised nothing
             await _send_error(send, 500, "no response from the service provider", req_id)
+            return
+        if too_large:
+            await _send_error(
+                send,
+                502,
+                f"the service provider processed this request (status {x.status}) but its "
+                f"answer is larger than the {cfg.max_answer} bytes the audit adapter holds; "
+                "the event was recorded",
+                req_id,
+            )
             return
         out_headers = list(x.headers)
         if not any(k.lower() == b"x-request-id" for k, _ in out_headers):
@@ -504,6 +524,10 @@ def _echo_request_id(send: Send, req_id: str) -> Send:
         await send(msg)
 
     return wrapped
+
+
+class _AnswerTooLarge(Exception):
+    """Raised into the app's ``send``: its answer to a write is over ``max_answer``."""
 
 
 async def _send_error(
