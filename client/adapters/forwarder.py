@@ -290,6 +290,7 @@ class Forwarder:
         forwarded: bool = True,
         max_idle: int = 64,
         max_connections: int = 64,
+        max_body: int = 16 << 20,
     ) -> None:
         u = urlsplit(upstream)
         if u.scheme not in ("http", "https") or not u.hostname:
@@ -308,6 +309,9 @@ class Forwarder:
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.max_idle = max_idle
+        # Request bytes held per request (a write's are bounded by the audit middleware
+        # already; a read's, a .search's or an unknown method's only here). Then 413.
+        self.max_body = max_body
         self._idle: list[_Conn] = []
         # Never forwarded as the client sent them (Host: unless preserve_host).
         self._drop = HOP_BY_HOP | {b"content-length", b"expect"}
@@ -434,11 +438,17 @@ class Forwarder:
         if scope["type"] != "http":  # websockets are not SCIM
             return
         chunks = []
+        size = 0
         while True:
             msg = await receive()
             if msg["type"] == "http.disconnect":
                 return
-            chunks.append(msg.get("body", b""))
+            chunk = msg.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                await scim_error(send, 413, "request body too large for the proxy")
+                return
+            chunks.append(chunk)
             if not msg.get("more_body", False):
                 break
         body = b"".join(chunks)

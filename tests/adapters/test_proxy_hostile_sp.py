@@ -82,3 +82,32 @@ def test_trailer_fields_do_not_become_header_fields(proxy: UvicornThread) -> Non
         r = c.get("/v2/trailers")
         assert r.status_code == 200 and r.content == b"hello"
         assert "x-trailer" not in r.headers and "set-cookie" not in r.headers
+
+
+# -- a hostile client ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("POST", "/v2/Users/.search"), ("GET", "/v2/Users"), ("OPTIONS", "/v2/Users")],
+)
+def test_a_huge_body_on_a_read_is_413_not_buffered(
+    upstream: HostileUpstream, method: str, path: str
+) -> None:
+    # Writes are bounded by the audit middleware (max_body); everything else reaches the
+    # forwarder as it is, which must bound what it holds as well.
+    fwd = Forwarder(f"http://127.0.0.1:{upstream.port}/v2", timeout=30.0, max_body=1 << 20)
+    srv = UvicornThread(fwd, server_header=False, date_header=False)
+    try:
+        with httpx.Client(base_url=srv.url, timeout=30) as c:
+            r = c.request(method, path, content=b"x" * (2 << 20))
+            assert r.status_code == 413, r.text
+            assert r.json()["status"] == "413"
+            body = b" " * 1000  # and without a Content-Length (chunked)
+            r = c.request(method, path, content=iter([body] * 2048))
+            assert r.status_code == 413, r.text
+            r = c.request(method, path, content=b'{"filter": "userName eq \\"a\\""}')
+            assert r.status_code == 201
+    finally:
+        srv.stop()
+    assert [s["method"] for s in upstream.seen] == [method]
