@@ -206,11 +206,17 @@ class Outbox:
         self.max_bytes = max_bytes
         # The queued events are plaintext (personal data): owner-only, like a key file.
         # SQLite gives the -wal and -shm files the database file's permissions.
-        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
-        conn = self._connect()
+        try:
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+            conn = self._connect()
+        except (OSError, sqlite3.Error) as exc:
+            raise OutboxError(f"cannot open the outbox {self.path}: {exc}") from None
         try:
             conn.executescript(_SCHEMA)
             self._queued: int | None = None  # bytes of undelivered bodies (writer thread)
+        except sqlite3.Error as exc:
+            conn.close()
+            raise OutboxError(f"cannot open the outbox {self.path}: {exc}") from None
         except BaseException:
             conn.close()
             raise

@@ -50,7 +50,7 @@ from prometheus_client.registry import Collector
 
 from client.adapters.forwarder import Forwarder, UpstreamError
 from client.adapters.middleware import AuditConfig, AuditMiddleware, Receive, Scope, Send
-from client.adapters.outbox import Outbox
+from client.adapters.outbox import Outbox, OutboxError
 from client.adapters.pseudonyms import LogPseudonyms
 from client.adapters.relay import Relay
 from client.formats.note import FormatError
@@ -467,7 +467,11 @@ def main_proxy(cfg: ProxyConfig) -> int:
             info.get("tree_size"),
             settings.tenant,
         )
-    app = build_proxy(settings)
+    try:
+        app = build_proxy(settings)
+    except OutboxError as exc:
+        print(f"tlog scim-proxy: refusing to start: {exc}", file=sys.stderr)
+        return 2
     mode = "fail-open" if cfg.fail_open else "fail-closed"
     banner = (
         f"tlog scim-proxy: listening on http://{host}:{port} -> {cfg.upstream} ({mode}), "
