@@ -5,7 +5,8 @@ was done (a deactivation sent gzip-compressed is still a deactivation). So the a
 reads bodies like an SP does:
 
 * ``Content-Encoding``: ``gzip``/``x-gzip`` and ``deflate`` (zlib-wrapped, or the raw
-  deflate some clients send), ``identity``; several codings are undone in reverse order.
+  deflate some clients send), ``identity``; several codings (at most
+  :data:`MAX_CODINGS`) are undone in reverse order.
   Decompression is bounded by ``max_size`` (a small compressed body must not expand into
   gigabytes in the adapter).
 * Character set: the ``charset`` parameter of ``Content-Type`` (any codec Python knows:
@@ -29,9 +30,12 @@ from typing import Any
 
 import msgspec
 
-__all__ = ["DEFAULT_MAX_SIZE", "Decoded", "decode_body", "header_param"]
+__all__ = ["DEFAULT_MAX_SIZE", "MAX_CODINGS", "Decoded", "decode_body", "header_param"]
 
 DEFAULT_MAX_SIZE = 16 << 20
+# Content codings undone at most (``identity`` aside): each may inflate up to max_size, so a
+# body stacking hundreds of them (a few KiB) would cost the adapter gigabytes of inflation.
+MAX_CODINGS = 4
 MAX_FLAGGED_KEYS = 16
 
 
@@ -220,6 +224,8 @@ def _general(
         codings = [c for c in codings if c != "identity"]
         if codings:
             notes["enc"] = ",".join(codings)[:64]
+        if len(codings) > MAX_CODINGS:
+            raise _BodyError(f"more than {MAX_CODINGS} content codings")
         for coding in reversed(codings):
             data = _undo_coding(data, coding, max_size)
         if len(data) > max_size:

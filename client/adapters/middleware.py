@@ -396,7 +396,8 @@ class AuditMiddleware:
     def _inline(self, x: Exchange) -> bool:
         """Whether building this exchange's events is small enough to run on the event loop.
 
-        A single resource write with bodies of a few KiB (the common SCIM write) builds in a
+        A single resource write with bodies of a few KiB (the common SCIM write; not under a
+        content coding, which may inflate a few KiB into megabytes) builds in a
         fraction of a millisecond of pure CPU, about what handing it to a worker thread and
         back costs; bulk requests and larger bodies (a PATCH adding thousands of members)
         are built in a worker thread so that they never hold up other requests. Member
@@ -404,6 +405,8 @@ class AuditMiddleware:
         return (
             len(x.body) <= INLINE_BUILD_BYTES
             and len(x.resp_body) <= INLINE_BUILD_BYTES
+            and not _coded(x.req_header(b"content-encoding"))
+            and not _coded(x.resp_header(b"content-encoding"))
             and x.target(self.config).kind != "bulk"
         )
 
@@ -508,6 +511,11 @@ class AuditMiddleware:
             _log.error("fail-open: passing a SCIM response through with its audit event lost")
             return [(b"tlog-status", b"unrecorded")], True
         return [], False
+
+
+def _coded(content_encoding: str | None) -> bool:
+    """A body under a content coding: its wire size says nothing of what reading it costs."""
+    return bool(content_encoding) and content_encoding.strip().lower() != "identity"
 
 
 def _pids_unavailable(rt: str, ref_id: str) -> bytes:
