@@ -33,6 +33,7 @@ from typing import Any, NamedTuple, Unpack
 import msgspec
 
 from client.adapters.body import Decoded, decode_body
+from client.runtime.logredact import redact_target
 from client.scim.actions import RequestIntent, action, action_prefix, op_for_method, parse_request
 from client.scim.cbor import EventFormatError, dumps_det
 from client.scim.event import (
@@ -123,7 +124,10 @@ def _credential_actor(scope: Scope) -> dict[str, Any]:
 def log_access(record: Mapping[str, Any]) -> None:
     """Default ``on_access`` hook: one line on the ``client.scim.access`` logger."""
     level = logging.WARNING if record.get("reason") == "auth" else logging.INFO
-    _access_log.log(level, "%s", json.dumps(record, sort_keys=True, default=str))
+    line = dict(record)
+    if isinstance(line.get("p"), str):  # no resource ids (user names, e-mails) in a log line
+        line["p"] = redact_target(line["p"])
+    _access_log.log(level, "%s", json.dumps(line, sort_keys=True, default=str))
 
 
 # --- configuration ------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import httptools
 
 from client.adapters.exchange import SCIM_ERROR_URN
 from client.adapters.middleware import Receive, Scope, Send
+from client.runtime.logredact import redact_target
 
 __all__ = ["HOP_BY_HOP", "Forwarder", "UpstreamError", "scim_error"]
 
@@ -52,6 +53,12 @@ def _hop_by_hop(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
 def _as_bytes(headers: Any) -> Any:
     """ASGI header pairs with bytes names (a server may hand other byte sequences)."""
     return ((bytes(k), v) for k, v in headers)
+
+
+def _logged(scope: Scope) -> str:
+    """The request's path as a log line may show it: resource ids (user names, e-mail
+    addresses) as ``{id}`` (:func:`client.runtime.logredact.redact_target`)."""
+    return redact_target(str(scope.get("path", "")))
 
 
 class UpstreamError(Exception):
@@ -470,7 +477,7 @@ class Forwarder:
             try:
                 conn = await self._acquire()
             except UpstreamError as exc:
-                _log.warning("upstream unreachable for %s %s: %s", method, scope["path"], exc)
+                _log.warning("upstream unreachable for %s %s: %s", method, _logged(scope), exc)
                 await scim_error(send, 502, "the SCIM service provider cannot be reached")
                 return
             try:
@@ -482,7 +489,7 @@ class Forwarder:
                 raise
             except TimeoutError:
                 conn.close()
-                _log.warning("upstream timeout for %s %s", method, scope["path"])
+                _log.warning("upstream timeout for %s %s", method, _logged(scope))
                 await scim_error(send, 504, "the SCIM service provider did not answer in time")
                 return
             except (OSError, _ProtocolError) as exc:
@@ -490,7 +497,7 @@ class Forwarder:
                 # A reused connection the upstream had closed: the request never reached it.
                 if attempt == 1 and conn.reused and conn.received == 0:
                     continue
-                _log.warning("upstream failed for %s %s: %r", method, scope["path"], exc)
+                _log.warning("upstream failed for %s %s: %r", method, _logged(scope), exc)
                 await scim_error(send, 502, "the SCIM service provider broke the connection")
                 return
         if conn is None:  # pragma: no cover - the loop returns or breaks
@@ -513,7 +520,7 @@ class Forwarder:
                 chunk = conn.take_body()
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except (OSError, TimeoutError, _ProtocolError) as exc:  # broke off mid-body
-            _log.warning("upstream body error for %s %s: %r", method, scope["path"], exc)
+            _log.warning("upstream body error for %s %s: %r", method, _logged(scope), exc)
             conn.close()
             last = b""
         except BaseException:  # cancelled (client gone, shutdown): never pool a half-read one

@@ -12,45 +12,43 @@ import pytest
 from client.adapters.proxy import Forwarder
 from tests.support import UvicornThread
 
-from .test_proxy import RawUpstream
+from .hostile import CannedUpstream
 
 BROKEN = "the SCIM service provider broke the connection"
 
 
-class HostileUpstream(RawUpstream):
-    @staticmethod
-    def answer(method: str, path: str, body: bytes) -> bytes:
-        if path == "/v2/switch":  # 101 the proxy never asked for (it forwards no Upgrade)
-            return (
-                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: evil\r\nConnection: upgrade\r\n"
-                b"\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-            )
-        if path == "/v2/status-999":
-            return b"HTTP/1.1 999 Weird\r\nContent-Length: 2\r\n\r\nok"
-        if path == "/v2/status-000":
-            return b"HTTP/1.1 000 Weird\r\nContent-Length: 2\r\n\r\nok"
-        if path == "/v2/two-answers":  # a second answer in the same segment as the first
-            return (
-                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
-                b"HTTP/1.1 201 Created\r\nContent-Length: 3\r\nX-Evil: 1\r\n\r\nbad"
-            )
-        if path == "/v2/trailers":  # trailer fields are no header fields (RFC 9110 §6.5)
-            return (
-                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Trailer\r\n\r\n"
-                b"5\r\nhello\r\n0\r\nX-Trailer: late\r\nSet-Cookie: evil=1\r\n\r\n"
-            )
-        return RawUpstream.answer(method, path, body)
+def _hostile(method: str, path: str) -> bytes | None:
+    if path == "/v2/switch":  # 101 the proxy never asked for (it forwards no Upgrade)
+        return (
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: evil\r\nConnection: upgrade\r\n"
+            b"\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+        )
+    if path == "/v2/status-999":
+        return b"HTTP/1.1 999 Weird\r\nContent-Length: 2\r\n\r\nok"
+    if path == "/v2/status-000":
+        return b"HTTP/1.1 000 Weird\r\nContent-Length: 2\r\n\r\nok"
+    if path == "/v2/two-answers":  # a second answer in the same segment as the first
+        return (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+            b"HTTP/1.1 201 Created\r\nContent-Length: 3\r\nX-Evil: 1\r\n\r\nbad"
+        )
+    if path == "/v2/trailers":  # trailer fields are no header fields (RFC 9110 §6.5)
+        return (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Trailer\r\n\r\n"
+            b"5\r\nhello\r\n0\r\nX-Trailer: late\r\nSet-Cookie: evil=1\r\n\r\n"
+        )
+    return None
 
 
 @pytest.fixture
-def upstream() -> Iterator[HostileUpstream]:
-    up = HostileUpstream().start()
+def upstream() -> Iterator[CannedUpstream]:
+    up = CannedUpstream(_hostile).start()
     yield up
     up.stop()
 
 
 @pytest.fixture
-def proxy(upstream: HostileUpstream) -> Iterator[UvicornThread]:
+def proxy(upstream: CannedUpstream) -> Iterator[UvicornThread]:
     # A long timeout: an answer the forwarder waits on instead of refusing shows as a 504.
     fwd = Forwarder(f"http://127.0.0.1:{upstream.port}/v2", timeout=30.0)
     srv = UvicornThread(fwd, server_header=False, date_header=False)
@@ -92,7 +90,7 @@ def test_trailer_fields_do_not_become_header_fields(proxy: UvicornThread) -> Non
     [("POST", "/v2/Users/.search"), ("GET", "/v2/Users"), ("OPTIONS", "/v2/Users")],
 )
 def test_a_huge_body_on_a_read_is_413_not_buffered(
-    upstream: HostileUpstream, method: str, path: str
+    upstream: CannedUpstream, method: str, path: str
 ) -> None:
     # Writes are bounded by the audit middleware (max_body); everything else reaches the
     # forwarder as it is, which must bound what it holds as well.

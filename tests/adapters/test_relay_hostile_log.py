@@ -20,7 +20,7 @@ from client.adapters.relay import Relay
 
 from ..support import wait_for
 from .helpers import FakeLog
-from .test_relay import event_record
+from .hostile import event_record
 
 
 @pytest.mark.parametrize("status", [400, 413, 422])

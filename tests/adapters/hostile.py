@@ -1,0 +1,97 @@
+"""Helpers of the hostile-peer adapter tests: an upstream SP that answers canned bytes per
+path, and an outbox event record."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from client.adapters.outbox import OutboxRecord
+from client.scim.event import event_to_json, new_event
+
+from ..support import free_port
+
+
+@dataclass
+class CannedUpstream:
+    """An HTTP/1.1 server on bare asyncio whose every answer is ``answer(method, path)``
+    bytes as they are (so every byte it sends is known); ``/v2/...`` paths it does not
+    know get a small 201 JSON answer. Records each request it read."""
+
+    answer: Callable[[str, str], bytes | None]
+    port: int = field(default_factory=free_port)
+    seen: list[dict[str, Any]] = field(default_factory=list)
+
+    def start(self) -> CannedUpstream:
+        self.loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(self.loop)
+            self.server = self.loop.run_until_complete(
+                asyncio.start_server(self.handle, "127.0.0.1", self.port)
+            )
+            ready.set()
+            self.loop.run_forever()
+
+        threading.Thread(target=run, daemon=True).start()
+        ready.wait(5)
+        return self
+
+    def stop(self) -> None:
+        async def shutdown() -> None:
+            self.server.close()
+            me = asyncio.current_task()
+            tasks = [t for t in asyncio.all_tasks() if t is not me]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self.loop.stop()
+
+        if self.loop.is_running():
+            asyncio.run_coroutine_threadsafe(shutdown(), self.loop)
+            time.sleep(0.05)
+
+    async def handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await r.readuntil(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                method, target, _ = lines[0].split(" ")
+                headers = [tuple(x.split(": ", 1)) for x in lines[1:] if x]
+                size = next((int(v) for k, v in headers if k.lower() == "content-length"), 0)
+                body = await r.readexactly(size) if size else b""
+                self.seen.append({"method": method, "target": target, "body": body})
+                path = target.split("?")[0]
+                canned = self.answer(method, path)
+                if canned is None:
+                    payload = json.dumps({"m": method, "len": len(body)}).encode()
+                    canned = (
+                        b"HTTP/1.1 201 Created\r\nContent-Type: application/scim+json\r\n"
+                        b"Content-Length: %d\r\n\r\n" % len(payload) + payload
+                    )
+                w.write(canned)
+                await w.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            return
+
+
+def event_record(i: int) -> OutboxRecord:
+    ev = new_event(
+        tenant="t1",
+        sp="sp",
+        op="delete",
+        rt="User",
+        rid=f"u{i}",
+        actor={"kind": "anonymous"},
+        corr=f"req-{i}",
+        req={"m": "DELETE", "p": f"/Users/u{i}", "dig": b"\0" * 32, "len": 0},
+        res=204,
+        outcome="success",
+    )
+    return OutboxRecord(ev["eid"], f"req-{i}", event_to_json(ev))
