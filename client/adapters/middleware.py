@@ -515,7 +515,7 @@ class AuditMiddleware:
 
 def _coded(content_encoding: str | None) -> bool:
     """A body under a content coding: its wire size says nothing of what reading it costs."""
-    return bool(content_encoding) and content_encoding.strip().lower() != "identity"
+    return content_encoding is not None and content_encoding.strip().lower() not in ("", "identity")
 
 
 def _pids_unavailable(rt: str, ref_id: str) -> bytes:
