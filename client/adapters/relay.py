@@ -15,7 +15,8 @@ Failure handling, by what the log answered:
   offending event, which is moved out of the queue as *rejected* (kept in the outbox, logged
   at ERROR) so that it cannot block every event behind it; only the log's own JSON error
   (``{"error": ...}``) counts as that verdict: a 400/413/422 without it (a front proxy's or
-  WAF's page) is a failed delivery, retried with backoff;
+  WAF's page) rejects nothing (a 413 still halves the batch, to fit a front proxy's body
+  limit; the rest is a failed delivery, retried with backoff);
 * 401/403: the token is wrong or lacks the role: logged at ERROR, backoff, events kept.
 
 When woken by new events it lingers ``linger`` seconds (default 50 ms) before reading the
@@ -339,20 +340,23 @@ class Relay:
         if st in (429, 503):
             delay = retry_after(r.headers.get("retry-after"), self.backoff_max)
             raise _Backoff(self._next_backoff() if delay is None else delay, f"log answered {st}")
-        if st in (400, 413, 422) and not _log_error(r):
-            # Not the log's verdict on these events (a front proxy's or WAF's own page):
-            # rejecting on it could move the whole outbox out of the queue for good.
-            with contextlib.suppress(OutboxError):
-                self.outbox.note_failure(eids, f"log answered {st} without its JSON error")
-            raise _Backoff(self._next_backoff(), f"log answered {st} without its JSON error")
-        if st in (400, 413, 422) and len(items) > 1:
-            mid = len(items) // 2
-            return self._send(items[:mid]) + self._send(items[mid:])
         if st in (400, 413, 422):
-            reason = f"log refused the event ({st}): {r.text[:500]}"
-            _log.error("event %s rejected and moved out of the queue: %s", eids[0], reason)
-            self.outbox.note_failure(eids, reason, reject=True).result()
-            return 1
+            verdict = _log_error(r)  # the log's own refusal, not a front proxy's or WAF's page
+            if len(items) > 1 and (verdict or st == 413):
+                # Halves: to find the refused event, or to fit a body limit (also one of a
+                # front proxy, e.g. nginx's client_max_body_size).
+                mid = len(items) // 2
+                return self._send(items[:mid]) + self._send(items[mid:])
+            if verdict:
+                reason = f"log refused the event ({st}): {r.text[:500]}"
+                _log.error("event %s rejected and moved out of the queue: %s", eids[0], reason)
+                self.outbox.note_failure(eids, reason, reject=True).result()
+                return 1
+            # Not the log's verdict on these events: rejecting on it could move the whole
+            # outbox out of the queue for good. Kept, retried.
+            with contextlib.suppress(OutboxError):
+                self.outbox.note_failure(eids, f"log answered {st} without its JSON error").result()
+            raise _Backoff(self._next_backoff(), f"log answered {st} without its JSON error")
         if st in (401, 403):
             _log.error("the log refused the relay's token (%s): check --token-file/tenant", st)
         with contextlib.suppress(OutboxError):

@@ -61,3 +61,43 @@ def test_a_front_proxy_refusal_rejects_nothing(tmp_path: Path, status: int) -> N
         outbox.close()
     assert counts == {"pending": 0, "delivered": 8, "rejected": 0}
     assert {e["eid"] for e in log.events} == {r.eid for r in recs}
+
+
+def test_a_front_proxy_body_limit_still_splits_batches(tmp_path: Path) -> None:
+    """nginx in front of the log with a small ``client_max_body_size`` answers its own HTML
+    413 to a large batch: halving still fits the batches under it (nothing rejected); an
+    event that alone is over it stays queued, not rejected."""
+    log = FakeLog()
+    limit = 1500  # bytes of a request body the front proxy lets through: ~2 events
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if len(request.content) > limit:
+            return httpx.Response(413, headers={"Content-Type": "text/html"}, content=b"<html>")
+        return log(request)
+
+    outbox = Outbox(tmp_path / "o.sqlite")
+    recs = [event_record(i) for i in range(8)]
+    outbox.put(recs)
+    relay = Relay(
+        outbox,
+        "http://log.test",
+        "tok",
+        transport=httpx.MockTransport(handler),
+        backoff_min=0.001,
+        backoff_max=0.005,
+        idle=0.01,
+    )
+    relay.start()
+    try:
+        wait_for(lambda: outbox.counts()["pending"] == 0, 20, "the outbox drained")
+        limit = 10  # now not even one event fits
+        big = event_record(99)
+        outbox.put([big])
+        relay.kick()
+        wait_for(lambda: relay.attempts > 30, 20, "retried")
+    finally:
+        relay.stop()
+        counts = outbox.counts()
+        outbox.close()
+    assert counts == {"pending": 1, "delivered": 8, "rejected": 0}
+    assert {e["eid"] for e in log.events} == {r.eid for r in recs}
