@@ -170,6 +170,7 @@ class _Guard:
     _phase_key: object
     _since: float
     _head_bytes: int
+    _head_tail: bytes
     _write_since: float | None
 
     coalesce_writes: bool = False
@@ -182,6 +183,7 @@ class _Guard:
         self._write_since = None
         self._since = asyncio.get_running_loop().time()
         self._head_bytes = 0
+        self._head_tail = b""  # the last bytes of a head still coming in (its end may span reads)
         if len(self.connections) > self.max_connections:
             self._make_room()
 
@@ -194,18 +196,27 @@ class _Guard:
         ):
             # A head that would go over the limit is refused before the parser sees it:
             # once parsed whole (it may arrive in one read), the app would already run.
-            end = data.find(b"\r\n\r\n")
-            if end < 0 or self._head_bytes + end + 4 > self.limits.max_head_bytes:
+            # Its end: the blank line, which may have begun in the previous read.
+            tail = self._head_tail
+            split = (tail + data[:3]).find(b"\r\n\r\n")
+            if split >= 0:
+                end = split + 4 - len(tail)  # head bytes of this read
+            else:
+                found = data.find(b"\r\n\r\n")
+                end = -1 if found < 0 else found + 4
+            if end < 0 or self._head_bytes + end > self.limits.max_head_bytes:
                 self._refuse(_R431)
                 return
         super().data_received(data)  # type: ignore[misc]
         if self.cycle is cycle and (cycle is None or cycle.response_complete):
             # Still no complete head: count what it has sent so far.
             self._head_bytes += len(data)
+            self._head_tail = (self._head_tail + data)[-3:]
             if self._head_bytes > self.limits.max_head_bytes and not self.transport.is_closing():
                 self._refuse(_R431)
         else:
             self._head_bytes = 0
+            self._head_tail = b""
 
     def resume_writing(self) -> None:
         # The send buffer drained below the low-water mark: the client is reading.

@@ -5,6 +5,7 @@ one dribbled in pieces, and the app never sees the request."""
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -82,3 +83,22 @@ def test_head_under_the_limit_with_a_big_body_in_the_same_read(server: tuple[int
     got = _exchange(port, req)
     assert got.startswith(b"HTTP/1.1 200"), got[:80]
     assert app.calls == [3]
+
+
+def test_a_head_at_the_limit_whose_blank_line_spans_two_reads(server: tuple[int, _App]) -> None:
+    """The end of a head under the limit split between two reads ("...\\r\\n" | "\\r\\n" and
+    a body holding a blank line further on) is found where it is, not in the body."""
+    port, app = server
+    lines = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 40000\r\n"
+    pad = b"X-Pad: " + b"p" * (LIMIT - len(lines) - 200) + b"\r\n"
+    body = b"b" * 1000 + b"\r\n\r\n" + b"b" * (40000 - 1004)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.sendall(lines + pad)  # the head, but for its blank line
+        time.sleep(0.3)  # a separate read (loopback, no delay)
+        s.sendall(b"\r\n" + body)
+        got = b""
+        while chunk := s.recv(65536):
+            got += chunk
+    assert got.startswith(b"HTTP/1.1 200"), got[:80]
+    assert app.calls == [4]
