@@ -155,6 +155,10 @@ class _CoalescingTransport:
         return getattr(self._t, name)
 
 
+class _HeadTooLarge(Exception):
+    """Raised from a parser callback to stop parsing a head over the limit."""
+
+
 class _Guard:
     """Mixed in before a uvicorn HTTP protocol class (httptools or h11)."""
 
@@ -171,6 +175,9 @@ class _Guard:
     _since: float
     _head_bytes: int
     _head_tail: bytes
+    _read_len: int
+    _unchecked: int
+    _head_refused: bool
     _write_since: float | None
 
     coalesce_writes: bool = False
@@ -184,6 +191,9 @@ class _Guard:
         self._since = asyncio.get_running_loop().time()
         self._head_bytes = 0
         self._head_tail = b""  # the last bytes of a head still coming in (its end may span reads)
+        self._read_len = 0  # bytes of the read being parsed
+        self._unchecked = 0  # bytes read since the read in which the last head completed
+        self._head_refused = False
         if len(self.connections) > self.max_connections:
             self._make_room()
 
@@ -207,7 +217,14 @@ class _Guard:
             if end < 0 or self._head_bytes + end > self.limits.max_head_bytes:
                 self._refuse(_R431)
                 return
-        super().data_received(data)  # type: ignore[misc]
+        self._read_len = len(data)
+        self._unchecked += len(data)
+        try:
+            super().data_received(data)  # type: ignore[misc]
+        except _HeadTooLarge:  # pragma: no cover - uvicorn's parser errors are caught there
+            return
+        if self._head_refused:
+            return
         if self.cycle is cycle and (cycle is None or cycle.response_complete):
             # Still no complete head: count what it has sent so far.
             self._head_bytes += len(data)
@@ -217,6 +234,29 @@ class _Guard:
         else:
             self._head_bytes = 0
             self._head_tail = b""
+
+    def on_headers_complete(self) -> None:
+        """(httptools) A complete head, before uvicorn makes it a request: measured when the
+        bytes read since the last head could hold one over the limit. That catches a head
+        the checks in :meth:`data_received` cannot see: one pipelined behind another in the
+        same read, or sent while an earlier request is still being answered. Refused with
+        431 (after an earlier request: just closed), and the app never sees it."""
+        lim = self.limits.max_head_bytes
+        if self._unchecked > lim:
+            hb: Any = self
+            size = len(hb.url) + sum(len(k) + len(v) + 4 for k, v in hb.headers)
+            if size > lim:
+                self._head_refused = True
+                if not self.transport.is_closing():
+                    self._refuse(_R431)
+                raise _HeadTooLarge
+        self._unchecked = self._read_len  # the rest of this read may hold the next head
+        super().on_headers_complete()  # type: ignore[misc]
+
+    def send_400_response(self, msg: str) -> None:
+        if self._head_refused:  # the parser's error is our refusal: answered already
+            return
+        super().send_400_response(msg)  # type: ignore[misc]
 
     def resume_writing(self) -> None:
         # The send buffer drained below the low-water mark: the client is reading.
