@@ -171,7 +171,7 @@ class Erasures:
             rid=rid,
             x=x,
         )
-        return self.svc.stage_one(tx, tk, ev, self.svc.clock())
+        return self.svc.stage_one(tx, tk, ev, self.svc.log_time())
 
     @staticmethod
     def _check_tenant(principal: Principal, tenant: str) -> None:
@@ -204,7 +204,7 @@ class Erasures:
         subject = subject_key_of(subject)
 
         def stage(tx: Overlay) -> tuple[ErasureStatus, Accepted]:
-            now = self.svc.clock()
+            now = self.svc.log_time()
             tk = self.svc.keys.tenant_or_create(tx, tenant)
             sk = self.svc.keys.subject(tx, tk, subject)
             # The kid the approval will destroy; for an unknown subject a random value that
@@ -288,7 +288,7 @@ class Erasures:
 
     def requests(self, principal: Principal, *, all_states: bool = False) -> list[ErasureStatus]:
         """Erasure requests this officer may see: pending ones (not expired), or all."""
-        now = self.svc.clock()
+        now = self.svc.log_time()
         ttl = self.svc.limits.erasure_ttl_ms
 
         def run(tx: Overlay) -> list[ErasureStatus]:
@@ -333,7 +333,7 @@ class Erasures:
                     "dual control: the approver must be another person than the requester "
                     "(whatever token they use)"
                 )
-            now = self.svc.clock()
+            now = self.svc.log_time()
             if now - rec["created"] > self.svc.limits.erasure_ttl_ms:
                 raise Conflict("the erasure request has expired; make a new one")
             if self._held(tx, tk.tn, rec["h"]):
@@ -471,7 +471,7 @@ class Erasures:
                 "reason": reason,
                 "by": principal.token_id,
                 "person": principal.person or principal.name,
-                "created": self.svc.clock(),
+                "created": self.svc.log_time(),
             }
             if subject is not None:
                 rec.update(h=tk.subject_hash(subject), rt=subject.rt, kind=subject.kind)
@@ -532,7 +532,7 @@ class Erasures:
                 req_id=req_id,
             )
             tx.delete(key)
-            return Hold(hold_id, {**rec, "released": self.svc.clock()}), acc
+            return Hold(hold_id, {**rec, "released": self.svc.log_time()}), acc
 
         hold, acc = await anyio.to_thread.run_sync(self.svc.write, stage)
         done, _ = await self.svc.sequence([acc])
@@ -569,7 +569,7 @@ class Erasures:
                 "tenant": tenant,
                 "days": days,
                 "by": principal.token_id,
-                "set": self.svc.clock(),
+                "set": self.svc.log_time(),
             }
             acc = self._log_event(
                 tx,
@@ -639,7 +639,7 @@ class Erasures:
             if tk is None or raw is None:
                 return (ExpiryResult(tenant, 0, 0, 0, 0), None), set()
             rec = store.decode_record(raw, "retention")
-            now = self.svc.clock()
+            now = self.svc.log_time()
             cut_epoch = epoch_of(max(0, now - rec["days"] * DAY_MS))
             before = _epoch_start_ms(cut_epoch)
             if self._held(tx, tk.tn, None):

@@ -288,6 +288,26 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+TS_SEED_ENTRIES = 1024  # entries at the log's end searched for the newest SCIM leaf's ts
+
+
+def _newest_leaf_ts(storage: Backend) -> int:
+    """The ``ts`` of the newest SCIM leaf among the log's last entries (0 if none): where a
+    restarted service's log time starts, whatever its clock says."""
+    try:
+        with storage.read() as rv:
+            size = rv.tree_size()
+            entries = rv.entries(max(0, size - TS_SEED_ENTRIES), size)
+    except StorageError:
+        return 0
+    for data in reversed(entries):
+        try:
+            return parse_leaf(bytes(data)).ts
+        except (EventFormatError, ValueError, TypeError):
+            continue  # not a SCIM leaf (a raw entry)
+    return 0
+
+
 class ScimService:
     """The SCIM event service over one log. Safe for concurrent use from the event loop."""
 
@@ -308,7 +328,11 @@ class ScimService:
         self.on_logged: Callable[[Sequence[Event]], None] | None = None
         self.keys = keys
         self.limits = limits or ScimLimits()
-        self.clock = clock
+        # The log time never goes back in this process (log_time), starting from the newest
+        # SCIM leaf near the log's end (a restart after the clock stepped back).
+        self._ts_lock = threading.Lock()
+        self._clock = clock
+        self._ts_floor = _newest_leaf_ts(storage)
         # One writer of SCIM records at a time: "is this eid new?", key creation, erasure
         # and the commit must not interleave (a shred racing an ingestion could otherwise
         # leave a DEK that nothing erases).
@@ -748,6 +772,33 @@ class ScimService:
     def tenant_ref(self, tenant: str) -> bytes:
         return self.keys.tenant_ref(tenant)
 
+    @property
+    def clock(self) -> Callable[[], int]:
+        """The wall clock (ms) that :meth:`log_time` reads."""
+        return self._clock
+
+    @clock.setter
+    def clock(self, clock: Callable[[], int]) -> None:
+        """Another time source (tests): the floor :meth:`log_time` kept from the old one's
+        readings is dropped; it starts again from the store's newest SCIM leaf, as at start."""
+        floor = _newest_leaf_ts(self.storage)
+        with self._ts_lock:
+            self._clock = clock
+            self._ts_floor = floor
+
+    def log_time(self) -> int:
+        """The log time (ms since the epoch) of what is staged now: the clock, but never below
+        what this service stamped before. A wall clock that steps back (an NTP correction, a
+        VM restored or migrated) would otherwise give later events earlier ``ts``, and a
+        reader paging by ``ts`` that had passed that time (search, ``tlog-client scim
+        stream``'s cursor, retention expiry's mark) would never see them."""
+        t = self.clock()
+        with self._ts_lock:
+            if t < self._ts_floor:
+                return self._ts_floor
+            self._ts_floor = t
+        return t
+
     # -- ingestion ----------------------------------------------------------------------------
 
     async def submit(
@@ -819,7 +870,7 @@ class ScimService:
 
         def stage(tx: Overlay) -> list[Accepted]:
             tk = self._tenant_keys(tx, tenant)
-            now = self._last_now = self.clock()
+            now = self._last_now = self.log_time()
             batch = _Batch()
             if not fast:
                 out = [
