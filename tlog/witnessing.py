@@ -27,6 +27,7 @@ import httpx
 from client.formats.merkle import VerificationError
 from client.formats.note import FormatError, Signature
 from client.formats.policy import Policy
+from client.net.core import http_client
 from client.net.witness_client import (
     SplitViewAlarm,
     WitnessBusy,
@@ -69,7 +70,7 @@ class WitnessPusher:
         self.policy = policy
         self.interval = interval
         self.max_backoff = max_backoff
-        self._http = http or httpx.Client(timeout=10.0)
+        self._http = http or http_client(timeout=10.0)
         self.clients: dict[str, WitnessClient] = {}
         self.state: dict[str, WitnessState] = {}
         for w in policy.witnesses.values():

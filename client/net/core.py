@@ -7,8 +7,12 @@ the witness's log poller (:mod:`client.witness.monitor`), and the SCIM adapters'
 pseudonym lookup (:mod:`client.adapters`).
 
 * :class:`HTTPCore` owns its ``httpx.Client`` only if it made it (closed with the core), reads
-  every answer with a bound on its *decoded* size (no gzip bombs), and turns transport
-  failures into :class:`Unreachable`.
+  every answer with a bound on its *decoded* size (no gzip bombs) and on its total time
+  (:data:`ANSWER_TIME_FACTOR` times the timeout, from connecting to the last byte: httpx's
+  timeouts bound each socket read, so a server sending one byte a second would otherwise
+  hold a client for as long as it likes), and turns transport failures into
+  :class:`Unreachable`. :func:`http_client` makes an ``httpx.Client`` whose sockets obey
+  that bound (the head too); with any other client only the body's time is checked.
 * :func:`retry_after` is the one reading of ``Retry-After`` (delta-seconds or an HTTP date,
   never negative, capped) and :meth:`HTTPCore.call` the one retry loop on 429 and 503.
 * :class:`CheckpointTracker` keeps the largest checkpoint a client has proven and the tree
@@ -29,12 +33,15 @@ from __future__ import annotations
 import email.utils
 import json
 import math
+import ssl
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 
+import httpcore
 import httpx
 
 from client.formats.checkpoint import Checkpoint
@@ -42,6 +49,7 @@ from client.formats.merkle import VerificationError
 from client.formats.note import FormatError
 
 __all__ = [
+    "ANSWER_TIME_FACTOR",
     "MAX_RETRY_AFTER",
     "Answer",
     "CheckpointTracker",
@@ -51,11 +59,14 @@ __all__ = [
     "HTTPFailure",
     "StatusError",
     "Unreachable",
+    "http_client",
     "retry_after",
 ]
 
 MAX_RETRY_AFTER = 30.0
 MAX_KNOWN_SIZES = 4096
+# A whole answer (connect, head, body) must arrive within this many times the read timeout.
+ANSWER_TIME_FACTOR = 3.0
 
 
 class HTTPFailure(Exception):
@@ -154,6 +165,94 @@ class Closing:
         self.close()
 
 
+# The deadline of the answer HTTPCore.send is reading on this thread (httpx's sync client
+# does all its socket work on the caller's thread), for the sockets of http_client().
+_deadline = threading.local()
+
+
+def _left(exc: type[Exception], timeout: float | None) -> float | None:
+    """``timeout`` shortened to what is left of this thread's deadline; ``exc`` once past."""
+    at: float | None = getattr(_deadline, "at", None)
+    if at is None:
+        return timeout
+    left = at - time.monotonic()
+    if left <= 0:
+        raise exc("the answer took longer than its deadline")
+    return left if timeout is None else min(timeout, left)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A socket stream whose every read and write ends by the thread's deadline."""
+
+    def __init__(self, inner: httpcore.NetworkStream) -> None:
+        self._inner = inner
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._inner.read(max_bytes, _left(httpcore.ReadTimeout, timeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, _left(httpcore.WriteTimeout, timeout))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.NetworkStream:
+        inner = self._inner.start_tls(
+            ssl_context, server_hostname, _left(httpcore.ConnectTimeout, timeout)
+        )
+        return _DeadlineStream(inner)
+
+    def get_extra_info(self, info: str) -> object:
+        return self._inner.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    def __init__(self) -> None:
+        self._inner = httpcore.SyncBackend()
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.NetworkStream:
+        timeout = _left(httpcore.ConnectTimeout, timeout)
+        stream = self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
+        return _DeadlineStream(stream)
+
+    def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.NetworkStream:  # pragma: no cover - no client here uses UNIX sockets
+        timeout = _left(httpcore.ConnectTimeout, timeout)
+        return _DeadlineStream(self._inner.connect_unix_socket(path, timeout, socket_options))
+
+    def sleep(self, seconds: float) -> None:  # pragma: no cover - retries are off
+        self._inner.sleep(seconds)
+
+
+def http_client(
+    *, timeout: float | None = 30.0, limits: httpx.Limits | None = None, **kwargs: Any
+) -> httpx.Client:
+    """An ``httpx.Client`` whose sockets also obey :class:`HTTPCore`'s whole-answer deadline
+    (a server dripping its head byte by byte is cut off too). ``kwargs`` go to the client."""
+    transport = httpx.HTTPTransport(limits=limits or httpx.Limits())
+    pool = transport._pool
+    if not isinstance(pool, httpcore.ConnectionPool):  # pragma: no cover - httpx changed
+        raise RuntimeError("httpx.HTTPTransport has no httpcore pool to bound")
+    pool._network_backend = _DeadlineBackend()
+    return httpx.Client(timeout=timeout, transport=transport, **kwargs)
+
+
 class HTTPCore(Closing):
     """Requests to ``url`` + path over ``http`` (any ``httpx.Client``, e.g. a Starlette
     ``TestClient`` in tests), which it closes only if it made it. Safe for concurrent use if
@@ -169,7 +268,7 @@ class HTTPCore(Closing):
     ) -> None:
         self.url = url.rstrip("/")
         self._own = http is None
-        self.http = http if http is not None else httpx.Client(timeout=timeout)
+        self.http = http if http is not None else http_client(timeout=timeout)
         self._headers = dict(headers or {})
 
     def close(self) -> None:
@@ -188,11 +287,16 @@ class HTTPCore(Closing):
         timeout: float | None = None,
     ) -> Answer:
         """One request; any status is returned. Raises :class:`Unreachable` on a transport
-        failure and :class:`FormatError` when the decoded body exceeds ``limit`` bytes or
-        cannot be decoded (the server's fault, not the network's). ``timeout`` replaces the
-        client's for this request."""
+        failure or an answer slower than :data:`ANSWER_TIME_FACTOR` times the timeout, and
+        :class:`FormatError` when the decoded body exceeds ``limit`` bytes or cannot be
+        decoded (the server's fault, not the network's). ``timeout`` replaces the client's
+        for this request."""
         url = f"{self.url}/{path.lstrip('/')}"
         merged = {**self._headers, **headers} if headers else self._headers
+        budget = self.http.timeout.read if timeout is None else timeout
+        at = None if budget is None else time.monotonic() + ANSWER_TIME_FACTOR * budget
+        outer = getattr(_deadline, "at", None)
+        _deadline.at = outer if at is None else at if outer is None else min(at, outer)
         try:
             request = self.http.build_request(
                 method,
@@ -210,6 +314,8 @@ class HTTPCore(Closing):
                     n += len(chunk)
                     if n > limit:
                         raise FormatError(f"{path}: answer larger than {limit} bytes")
+                    if at is not None and time.monotonic() > at:  # any client's sockets
+                        raise Unreachable(f"{method} {url}: the answer took too long")
                     chunks.append(chunk)
             finally:
                 response.close()
@@ -217,6 +323,8 @@ class HTTPCore(Closing):
             raise FormatError(f"{path}: cannot decode the answer: {exc}") from exc
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise Unreachable(f"{method} {url}: {exc}") from exc
+        finally:
+            _deadline.at = outer
         return Answer(response.status_code, response.headers, b"".join(chunks))
 
     def call(

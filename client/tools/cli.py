@@ -49,6 +49,7 @@ from client.formats.note import (
 )
 from client.formats.policy import Policy
 from client.formats.proof_bundle import TlogProof
+from client.net.core import http_client
 from client.net.logclient import (
     LogClient,
     LogClientError,
@@ -169,7 +170,7 @@ def cmd_audit(args: argparse.Namespace, http: httpx.Client | None) -> int:
     verifier = _log_key(args.vkey, policy, url=args.url)
     own = http is None
     if http is None:
-        http = httpx.Client(
+        http = http_client(
             timeout=args.timeout,
             headers={"User-Agent": "tlog-client"},
             limits=httpx.Limits(max_connections=2 * args.workers + 2),

@@ -40,7 +40,7 @@ from client.formats.checkpoint import Checkpoint, open_checkpoint
 from client.formats.cosignature import AnyCosignatureVerifier
 from client.formats.merkle import EMPTY_ROOT, HASH_SIZE, VerificationError, verify_consistency
 from client.formats.note import FormatError, b64decode_strict, b64encode
-from client.net.core import Answer, HTTPCore, Unreachable
+from client.net.core import Answer, HTTPCore, Unreachable, http_client
 from client.net.witness_client import WitnessClient, WitnessError
 from client.witness.core import (
     AddCheckpointError,
@@ -162,7 +162,7 @@ class Monitor:
         self.log_list_interval = log_list_interval
         self.timeout = timeout
         self._owns_http = http is None
-        self._http = http if http is not None else httpx.Client(timeout=timeout)
+        self._http = http if http is not None else http_client(timeout=timeout)
         witness.on_inconsistent = self.settle_push
 
     def settle_push(

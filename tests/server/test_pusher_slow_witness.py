@@ -1,0 +1,57 @@
+"""A witness that drips its answer must not hold the log's push rounds.
+
+Every round waits for all its pushes; before the whole-answer deadline of
+:func:`client.net.core.http_client`, one witness sending a byte every 50 ms (never long
+enough apart to trip the read timeout) kept the round, and so every other witness's
+cosignature and ``GET /checkpoint``'s quorum, waiting for as long as it liked.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from client.formats.cosignature import CosignatureSigner
+from client.formats.note import Ed25519Verifier
+from client.formats.policy import Policy
+from client.net.core import http_client
+from client.witness.core import Witness, WitnessedLog
+from client.witness.server import start_server
+from client.witness.store import WitnessStore
+from tests.net.test_slow_answers import DRIP_BODY, dripping, ends
+from tlog.log import Log
+from tlog.witnessing import WitnessPusher
+
+from ..pgsupport import open_store
+from ..support import ORIGIN
+from .conftest import make_signer
+
+
+def test_a_dripping_witness_does_not_hold_the_round(tmp_path: Path, database: str | None) -> None:
+    log_ = Log(open_store(database, tmp_path), make_signer())
+    signer = CosignatureSigner("w-good", b"\x07" * 32)
+    good = Witness(
+        signer,
+        [WitnessedLog(ORIGIN, (Ed25519Verifier.from_vkey(log_.vkey),))],
+        WitnessStore(tmp_path / "w.db"),
+    )
+    srv, _ = start_server(good)
+    slow_key = CosignatureSigner("w-slow", b"\x08" * 32).vkey()
+    try:
+        with dripping(*DRIP_BODY) as slow_url, http_client(timeout=0.3) as http:
+            policy = Policy.parse(
+                f"log {log_.vkey}\n"
+                f"witness slow {slow_key} {slow_url}\n"
+                f"witness good {signer.vkey()} {srv.url}\n"
+                "group one 1 slow good\nquorum one\n"
+            )
+            pusher = WitnessPusher(log_, policy, interval=0, http=http, max_backoff=5)
+            log_.integrate([b"e%d" % i for i in range(3)])
+            ends(pusher.push_once)
+        assert pusher.cosigned is not None and pusher.cosigned.size == 3
+        policy.verify_checkpoint(pusher.checkpoint(), ORIGIN)
+        assert pusher.state["slow"].last_error
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        good.store.close()
+        log_.storage.close()
