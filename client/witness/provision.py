@@ -12,10 +12,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import httpx
+from urllib.parse import urlsplit
 
 from client.formats.note import FormatError
+from client.net.core import HTTPCore, Unreachable, http_client
 from client.witness.core import Witness
 from client.witness.loglist import MAX_LIST_SIZE, LogListEntry, parse_log_list
 
@@ -33,20 +33,22 @@ class PullReport:
 
 
 def fetch_log_list(source: str, *, timeout: float = 10.0) -> bytes:
-    """The list at an http(s) URL or in a file."""
+    """The list at an http(s) URL or in a file. An answer must arrive whole within
+    :data:`client.net.core.ANSWER_TIME_FACTOR` times ``timeout`` (it is fetched by the
+    monitor's loop, which a list server dripping bytes would otherwise stop)."""
     if source.startswith(("http://", "https://")):
-        try:
-            with httpx.stream("GET", source, timeout=timeout, follow_redirects=True) as resp:
-                if resp.status_code != 200:
-                    raise FormatError(f"GET {source}: HTTP {resp.status_code}")
-                data = b""
-                for chunk in resp.iter_bytes():
-                    data += chunk
-                    if len(data) > MAX_LIST_SIZE:
-                        raise FormatError(f"GET {source}: list larger than {MAX_LIST_SIZE}")
-                return data
-        except httpx.HTTPError as exc:
-            raise FormatError(f"GET {source}: {exc}") from None
+        url = urlsplit(source)
+        path = url.path + (f"?{url.query}" if url.query else "")
+        with http_client(timeout=timeout, follow_redirects=True) as http:
+            try:
+                resp = HTTPCore(f"{url.scheme}://{url.netloc}", http).send(
+                    "GET", path, limit=MAX_LIST_SIZE
+                )
+            except (Unreachable, FormatError) as exc:  # FormatError: too large, undecodable
+                raise FormatError(f"GET {source}: {exc}") from None
+        if resp.status != 200:
+            raise FormatError(f"GET {source}: HTTP {resp.status}")
+        return resp.body
     try:
         return Path(source).read_bytes()
     except OSError as exc:
