@@ -9,7 +9,8 @@ verify the log signature (and the peer's cosignature when present), and compare 
 latest cosigned checkpoint:
 
 * same size, different root: evidence at once (two log-signed, contradictory tree heads);
-* different sizes: ask the log for a consistency proof between them. A proof that does not
+* different sizes: ask the log for a consistency proof between them (from its hash tiles
+  when it has no ``/v1/proof/consistency``, a tlog-tiles-only log). A proof that does not
   verify against the two signed roots is evidence at once (an honest log cannot produce
   one). A proof the log *refuses* to give (4xx, or a 200 that is not a proof) counts as one
   round of suspicion; ``missing_proof_rounds`` consecutive rounds (persisted, so they add
@@ -38,8 +39,16 @@ import httpx
 
 from client.formats.checkpoint import Checkpoint, open_checkpoint
 from client.formats.cosignature import AnyCosignatureVerifier
-from client.formats.merkle import EMPTY_ROOT, HASH_SIZE, VerificationError, verify_consistency
+from client.formats.merkle import (
+    EMPTY_ROOT,
+    HASH_SIZE,
+    VerificationError,
+    consistency_ranges,
+    proof_from_ranges,
+    verify_consistency,
+)
 from client.formats.note import FormatError, b64decode_strict, b64encode
+from client.formats.tiles import TILE_WIDTH, Tile, TileHashReader
 from client.net.core import Answer, HTTPCore, Unreachable, http_client
 from client.net.witness_client import WitnessClient, WitnessError
 from client.witness.core import (
@@ -114,6 +123,10 @@ class LogClient:
     def consistency(self, old_size: int, tree_size: int) -> ConsistencyResponse:
         """GET /v1/proof/consistency; checks the JSON shape strictly, not the proof."""
         resp = self._get("/v1/proof/consistency", {"old_size": old_size, "tree_size": tree_size})
+        if resp.status == 404:
+            # No JSON proof API: a tlog-tiles-only log (Tessera, Sunlight, ...). Its hash
+            # tiles give the same proof; the caller checks it against the two signed roots.
+            return ConsistencyResponse(self._tile_proof(old_size, tree_size), None)
         if resp.status != 200:
             raise ProofRefused(f"log answered HTTP {resp.status} to a consistency request")
         try:
@@ -137,6 +150,26 @@ class LogClient:
         if note is not None and not isinstance(note, str):
             raise ProofRefused("checkpoint must be a string")
         return ConsistencyResponse(proof, note)
+
+    def _tile_proof(self, old_size: int, tree_size: int) -> tuple[bytes, ...]:
+        """The consistency proof computed from the log's hash tiles for ``tree_size``."""
+        reader = TileHashReader(tree_size, self._hash_tile)
+        try:
+            return tuple(proof_from_ranges(consistency_ranges(old_size, tree_size), reader.node))
+        except FormatError as exc:
+            raise ProofRefused(f"bad hash tile: {exc}") from None
+
+    def _hash_tile(self, tile: Tile) -> bytes:
+        resp = self._get("/" + tile.path())
+        if resp.status == 404 and tile.width < TILE_WIDTH:
+            # tlog-tiles lets a log delete a partial tile once its full tile exists: the
+            # partial tile's hashes are the full tile's first ones.
+            full = self._get("/" + Tile(tile.level, tile.index).path())
+            if full.status == 200:
+                return full.body[: tile.width * HASH_SIZE]
+        if resp.status != 200:
+            raise ProofRefused(f"log answered HTTP {resp.status} to GET {tile.path()}")
+        return resp.body
 
 
 class Monitor:
