@@ -196,6 +196,8 @@ class Monitor:
         self.timeout = timeout
         self._owns_http = http is None
         self._http = http if http is not None else http_client(timeout=timeout)
+        self._settle_lock = threading.Lock()
+        self._settling: set[str] = set()  # origins whose pushed proof is being settled
         witness.on_inconsistent = self.settle_push
 
     def settle_push(
@@ -225,7 +227,24 @@ class Monitor:
                 rounds,
             )
             return 0
-        return self._compare(log, ours, theirs, their_note, peer)
+        # One settlement per log at a time: it runs in the push's worker thread and may wait
+        # for the log as long as the HTTP timeout allows, and anyone can replay the log's
+        # checkpoint with a junk proof. Pushes failing meanwhile get their 422 at once.
+        with self._settle_lock:
+            if log.origin in self._settling:
+                logger.warning(
+                    "%s: pushed proof %d -> %d failed; the log is already being asked",
+                    log.origin,
+                    ours.size,
+                    theirs.size,
+                )
+                return 0
+            self._settling.add(log.origin)
+        try:
+            return self._compare(log, ours, theirs, their_note, peer)
+        finally:
+            with self._settle_lock:
+                self._settling.discard(log.origin)
 
     def close(self) -> None:
         if self._owns_http:
