@@ -14,8 +14,9 @@ latest cosigned checkpoint:
   verify against the two signed roots is evidence at once (an honest log cannot produce
   one). A proof the log *refuses* to give (4xx, or a 200 that is not a proof) counts as one
   round of suspicion; ``missing_proof_rounds`` consecutive rounds (persisted, so they add
-  up across ``gossip --once`` runs) make it evidence. Transport errors, 5xx and 429 are
-  treated as outages and never count: a log being down is not a split view.
+  up across ``gossip --once`` runs) make it evidence. Transport errors, 5xx, 429 and
+  redirects (never followed) are treated as outages and never count: a log being down or
+  moved is not a split view.
 
 The proof response also carries a checkpoint; if it is log-signed, at the size of one of
 the two compared checkpoints and with another root, that is evidence too.
@@ -110,7 +111,8 @@ class LogClient:
             raise LogUnavailable(str(exc)) from exc
         except FormatError as exc:
             raise ProofRefused(f"GET {self.url}{path}: {exc}") from None
-        if resp.status >= 500 or resp.status in (408, 429):
+        if resp.status >= 500 or resp.status in (408, 429) or 300 <= resp.status < 400:
+            # A redirect (not followed) proves nothing either way, as an outage.
             raise LogUnavailable(f"GET {self.url}{path}: HTTP {resp.status}")
         return resp
 

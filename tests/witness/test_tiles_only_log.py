@@ -118,3 +118,21 @@ def test_a_log_with_neither_proofs_nor_tiles_still_runs_out_of_rounds(tmp_path: 
     assert found == [0, 1]
     (e,) = w.evidence()
     assert "did not prove consistency" in e.reason
+
+
+def test_a_redirected_proof_request_proves_nothing(tmp_path: Path) -> None:
+    """A 3xx is neither a proof nor a refusal (the witness follows no redirects, as for the
+    log's /checkpoint): counted as an outage, never as rounds towards evidence."""
+    evs = events(20)
+    log = FakeLog(evs[:4])
+    with serving(FakeLogServer(log)) as srv:
+        w = make_witness(tmp_path / "w.db", [log.witnessed_log(srv.url)])
+        with httpx.Client(timeout=10) as http:
+            mon = Monitor(w, http=http, missing_proof_rounds=2)
+            assert mon.poll_log(w.logs[log.origin]) == 0
+            for status in (301, 302, 307, 308):
+                srv.proof_status = status
+                _grow(log, log.size + 2, evs)
+                assert mon.poll_log(w.logs[log.origin]) == 0
+    assert w.evidence() == []
+    assert w.store.suspicions() == []
