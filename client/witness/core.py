@@ -329,10 +329,12 @@ class Witness:
             raise BadRequest("checkpoints with extension lines are not supported")
         if old_size > cp.size:
             raise BadRequest("old size is larger than the checkpoint size")
-        if self.store.has_evidence(cp.origin):
-            raise Frozen("split-view evidence is recorded for this log; not cosigning")
         signed_note = Note(cp.text(), opened.verified).format()  # unverified lines dropped
         for _ in range(_CAS_ATTEMPTS):
+            # Checked again after a lost compare-and-swap, which also refuses once evidence
+            # is recorded (in its transaction): evidence found meanwhile freezes this push too.
+            if self.store.has_evidence(cp.origin):
+                raise Frozen("split-view evidence is recorded for this log; not cosigning")
             stored = self.store.latest(cp.origin)
             if (
                 stored is not None

@@ -223,8 +223,10 @@ class WitnessStore:
 
         ``expected`` is the (size, root) the caller verified against, or ``None`` for "no
         checkpoint stored yet". Returns False (and changes nothing) if another writer got
-        there first. Raises ValueError on an attempt to shrink the tree, which the caller's
-        checks must already have excluded. Durable when it returns True.
+        there first, or if split-view evidence for ``origin`` was recorded meanwhile (in the
+        same transaction: a frozen origin is never advanced). Raises ValueError on an
+        attempt to shrink the tree, which the caller's checks must already have excluded.
+        Durable when it returns True.
         """
         with self._connect() as conn:
             conn.execute("BEGIN IMMEDIATE")  # take the write lock before reading
@@ -233,7 +235,10 @@ class WitnessStore:
                     "SELECT size, root FROM checkpoints WHERE origin = ?", (origin,)
                 ).fetchone()
                 current = None if row is None else (int(row[0]), bytes(row[1]))
-                if current != expected:
+                frozen = conn.execute(
+                    "SELECT 1 FROM evidence WHERE origin = ? LIMIT 1", (origin,)
+                ).fetchone()
+                if current != expected or frozen is not None:
                     conn.execute("ROLLBACK")
                     return False
                 if current is not None and size < current[0]:
