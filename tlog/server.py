@@ -9,8 +9,8 @@ from pathlib import Path
 from client.formats.policy import Policy
 from tlog.app import LogApp, create_app
 from tlog.auth import TokenStore
-from tlog.backend import Backend, is_database_url, open_backend
-from tlog.bucket import BucketPublisher, ObjectStore, S3Store
+from tlog.backend import Backend, StorageError, is_database_url, open_backend
+from tlog.bucket import BucketError, BucketPublisher, ObjectStore, S3Store
 from tlog.config import ServeConfig
 from tlog.http import Limits
 from tlog.integrity import CHECKPOINT_FILE, CheckpointFile, DataDirLock, preflight
@@ -237,5 +237,11 @@ def _bucket_publisher(
         store = S3Store(bucket, endpoint_url=endpoint, region=region)
     # The bucket gets the checkpoint GET /checkpoint hands out (with witnesses: cosigned).
     publisher = BucketPublisher(log_, store, checkpoint_source=published.checkpoint)
-    publisher.check_at_startup()
+    try:
+        publisher.check_at_startup()
+    except BucketError as exc:  # reported by the command line as one line, not a traceback
+        raise StorageError(
+            f"{exc} (the bucket must answer at start: its checkpoint is compared with the "
+            "database before this log signs anything)"
+        ) from None
     return publisher
