@@ -10,8 +10,8 @@ Subcommands::
     tlog-witness pull-logs --config FILE --source FILE|URL  # add logs from a logs/v0 list
 
 Exit codes: 0 fine; 1 split-view evidence is recorded (``check``, ``gossip``, ``poll``) or
-``keygen`` refused to overwrite; 2 usage or configuration error; 3 (``check``) the stored
-state does not verify.
+``keygen`` refused to overwrite; 2 usage or configuration error; 3 the state database cannot
+be opened (any command), or (``check``) the stored state does not verify.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from client.witness.loglist import log_verifier
 from client.witness.monitor import Monitor
 from client.witness.provision import pull
 from client.witness.server import ServerStartError, WitnessHTTPServer
-from client.witness.store import WitnessStore
+from client.witness.store import StateUnusable, WitnessStore
 
 __all__ = ["main"]
 
@@ -341,6 +341,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         _err(str(exc))
         return EXIT_USAGE
+    except StateUnusable as exc:
+        _err(str(exc))
+        return EXIT_STATE
     return rc
 
 

@@ -20,7 +20,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Evidence", "ListedLog", "StoredCheckpoint", "Suspicion", "WitnessStore"]
+__all__ = [
+    "Evidence",
+    "ListedLog",
+    "StateUnusable",
+    "StoredCheckpoint",
+    "Suspicion",
+    "WitnessStore",
+]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS checkpoints (
@@ -62,6 +69,11 @@ CREATE TABLE IF NOT EXISTS suspicions (
     PRIMARY KEY (origin, peer)
 );
 """
+
+
+class StateUnusable(Exception):
+    """The state database cannot be opened or is not a SQLite database (``tlog-witness``
+    exits 3)."""
 
 
 @dataclass(frozen=True)
@@ -137,12 +149,16 @@ class WitnessStore:
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
         self._closed = False
-        with self._connect() as conn:
-            # WAL is a property of the file: set once, kept across opens.
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise RuntimeError(f"could not enable WAL on {self.path} (got {mode})")
-            conn.executescript(_SCHEMA)
+        try:
+            with self._connect() as conn:
+                # WAL is a property of the file: set once, kept across opens.
+                mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    raise RuntimeError(f"could not enable WAL on {self.path} (got {mode})")
+                conn.executescript(_SCHEMA)
+        except (sqlite3.Error, RuntimeError) as exc:
+            self.close()
+            raise StateUnusable(f"cannot use the state database {self.path}: {exc}") from None
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
