@@ -310,6 +310,8 @@ class Monitor:
         except AddCheckpointError as exc:
             logger.warning("poll %s: not cosigned: %s", log.origin, exc)
             return 0
+        # The log proved its growth: refusals before this one were not consecutive.
+        self.witness.store.clear_suspicions(log.origin, peer)
         logger.info("poll %s: cosigned size %d", log.origin, cp.size)
         return 0
 

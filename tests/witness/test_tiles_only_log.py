@@ -136,3 +136,23 @@ def test_a_redirected_proof_request_proves_nothing(tmp_path: Path) -> None:
                 assert mon.poll_log(w.logs[log.origin]) == 0
     assert w.evidence() == []
     assert w.store.suspicions() == []
+
+
+def test_polls_that_succeed_in_between_reset_the_refusal_rounds(tmp_path: Path) -> None:
+    """Rounds towards evidence are *consecutive* refusals: a poll that cosigned with the
+    log's proof in between starts the count again (it did not, so occasional refusals of an
+    honest log added up to split-view evidence)."""
+    evs = events(30)
+    log = FakeLog(evs[:4])
+    with serving(FakeLogServer(log)) as srv:  # no tiles: a 404 for the proof is a refusal
+        w = make_witness(tmp_path / "w.db", [log.witnessed_log(srv.url)])
+        with httpx.Client(timeout=10) as http:
+            mon = Monitor(w, http=http, missing_proof_rounds=2)
+            assert mon.poll_log(w.logs[log.origin]) == 0
+            for status in (404, 200, 404, 200, 404, 200):
+                srv.proof_status = status
+                _grow(log, log.size + 2, evs)
+                assert mon.poll_log(w.logs[log.origin]) == 0
+    assert w.evidence() == []
+    latest = w.latest(log.origin)
+    assert latest is not None and latest.size == log.size
