@@ -241,16 +241,26 @@ class _DeadlineBackend(httpcore.NetworkBackend):
 
 
 def http_client(
-    *, timeout: float | None = 30.0, limits: httpx.Limits | None = None, **kwargs: Any
+    *,
+    timeout: float | None = 30.0,
+    limits: httpx.Limits | None = None,
+    headers: Mapping[str, str] | None = None,
+    follow_redirects: bool = False,
+    verify: ssl.SSLContext | bool = True,
 ) -> httpx.Client:
     """An ``httpx.Client`` whose sockets also obey :class:`HTTPCore`'s whole-answer deadline
-    (a server dripping its head byte by byte is cut off too). ``kwargs`` go to the client."""
-    transport = httpx.HTTPTransport(limits=limits or httpx.Limits())
+    (a server dripping its head byte by byte is cut off too)."""
+    transport = httpx.HTTPTransport(limits=limits or httpx.Limits(), verify=verify)
     pool = transport._pool
     if not isinstance(pool, httpcore.ConnectionPool):  # pragma: no cover - httpx changed
         raise RuntimeError("httpx.HTTPTransport has no httpcore pool to bound")
     pool._network_backend = _DeadlineBackend()
-    return httpx.Client(timeout=timeout, transport=transport, **kwargs)
+    return httpx.Client(
+        timeout=timeout,
+        transport=transport,
+        headers=headers,
+        follow_redirects=follow_redirects,
+    )
 
 
 class HTTPCore(Closing):

@@ -11,7 +11,10 @@ until the client goes away), so no test here depends on the machine's speed.
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import socket
+import ssl
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +23,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from client.formats.cosignature import CosignatureSigner
 from client.net.core import HTTPCore, Unreachable, http_client
@@ -31,22 +38,31 @@ BOUND = 30.0  # seconds: far beyond the deadline, far below "for ever"
 
 
 @contextmanager
-def dripping(head: bytes, drip: bytes) -> Iterator[str]:
+def dripping(
+    head: bytes, drip: bytes, *, tls: ssl.SSLContext | None = None, once: bool = False
+) -> Iterator[str]:
     """A server that answers every request with ``head``, then ``drip`` every 50 ms until
-    the client leaves (or the test ends)."""
+    the client leaves (or the test ends); ``once``: ``drip`` once, then close. ``tls``: over
+    TLS with that server context."""
     stop = threading.Event()
     srv = socket.create_server(("127.0.0.1", 0))
     srv.settimeout(0.1)
 
     def one(conn: socket.socket) -> None:
-        with conn:
-            try:
+        try:
+            if tls is not None:
+                conn.settimeout(5)
+                conn = tls.wrap_socket(conn, server_side=True)
+            with conn:
                 conn.recv(65536)
                 conn.sendall(head)
+                if once:
+                    conn.sendall(drip)
+                    return
                 while not stop.wait(0.05):
                     conn.sendall(drip)
-            except OSError:
-                pass
+        except OSError:
+            pass
 
     def accept() -> None:
         while not stop.is_set():
@@ -145,3 +161,57 @@ def test_gossip_round_survives_a_dripping_peer(tmp_path: Path) -> None:
         srv.server_close()
     (e,) = w1.evidence()
     assert e.peer == "peer w2"
+
+
+def _self_signed(tmp: Path) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def test_http_client_speaks_tls_and_bounds_a_dripping_tls_answer(tmp_path: Path) -> None:
+    """The bounded sockets wrap TLS too (every production log and witness is https)."""
+    cert, key = _self_signed(tmp_path)
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(cert, key)
+    client_ctx = ssl.create_default_context(cafile=str(cert))
+    for drip, whole in ((b"ok", True), (b"x", False)):
+        head = b"HTTP/1.1 200 OK\r\nContent-Length: " + (b"2" if whole else b"100000") + b"\r\n\r\n"
+        with dripping(head, drip, tls=server_ctx, once=whole) as url:
+            with http_client(timeout=0.5, verify=client_ctx) as http:
+                got = ends(_send_keep, HTTPCore(url.replace("http:", "https:"), http))
+        if whole:
+            assert isinstance(got, bytes) and got == b"ok", got
+        else:
+            assert isinstance(got, Unreachable), got
+
+
+def _send_keep(core: HTTPCore) -> BaseException | bytes:
+    try:
+        return core.send("GET", "checkpoint", limit=1 << 30).body
+    except Exception as exc:
+        return exc
