@@ -207,6 +207,23 @@ class WitnessPusher:
             self._pushed(st.name, "split_view")
             return
         except WitnessConflict as exc:
+            if exc.size <= pub.size or exc.size <= self._database_size():
+                # Not a rollback: another frontend on the shared database pushed a newer
+                # checkpoint than this one has loaded (it pushes when it catches up), or the
+                # witness repeated the size we sent (submit() gives up then).
+                if exc.size > pub.size:  # pushed again once this frontend is past it
+                    st.cosigned_size = max(st.cosigned_size, exc.size)
+                    st.last_error = (
+                        f"witness is at size {exc.size}: this frontend (at {pub.size}) is "
+                        "behind another one"
+                    )
+                else:
+                    st.backoff = min(self.max_backoff, st.backoff * 2 or 1)
+                    st.next_attempt = now + st.backoff
+                    st.last_error = f"witness answered 409 with size {exc.size} again"
+                log.warning("witness %s: %s", st.name, st.last_error)
+                self._pushed(st.name, "conflict")
+                return
             st.last_error = f"witness is at size {exc.size}, beyond this log's checkpoint"
             st.next_attempt = now + self.max_backoff
             self.log.halt(
@@ -246,6 +263,11 @@ class WitnessPusher:
         st.next_attempt = 0.0
         self._record(pub, sigs)
 
+    def _database_size(self) -> int:
+        """The tree size in the store now (other frontends on a shared database included)."""
+        with self.log.storage.read() as rv:
+            return rv.tree_size()
+
     def _pushed(self, witness: str, result: str) -> None:
         hook = self.on_push
         if hook is not None:
@@ -266,7 +288,7 @@ class WitnessPusher:
             try:
                 sigs = client.add_checkpoint(pub.note, pub.size, ())
             except WitnessConflict as exc:
-                if exc.size > pub.size:
+                if exc.size > pub.size and exc.size > self._database_size():
                     raise RollbackDetected(
                         f"witness {name} has cosigned tree size {exc.size} of this log, but "
                         f"the store ends at {pub.size}: the store was emptied, truncated or "
