@@ -171,7 +171,7 @@ class WitnessPusher:
     def _push(self, st: WitnessState, client: WitnessClient, pub: Published) -> None:
         now = time.monotonic()
         try:
-            sigs = client.submit(pub.note, self.log.consistency_proof)
+            sigs = self._submit(st, client, pub)
         except WitnessBusy as exc:
             st.backoff = min(self.max_backoff, max(exc.retry_after or 0, st.backoff * 2 or 1))
             st.next_attempt = now + st.backoff
@@ -262,6 +262,26 @@ class WitnessPusher:
         st.cosigned_size = pub.size
         st.next_attempt = 0.0
         self._record(pub, sigs)
+
+    def _submit(
+        self, st: WitnessState, client: WitnessClient, pub: Published
+    ) -> tuple[Signature, ...]:
+        try:
+            return client.submit(pub.note, self.log.consistency_proof)
+        finally:
+            back = client.went_back.pop(self.log.origin, None)
+            if back is not None:
+                # The witness told us (cosigned, or via 409) a size, and now a smaller one.
+                log.critical(
+                    "WITNESS STATE ROLLED BACK: witness %s had cosigned tree size %d of this "
+                    "log and now holds %d: its state was restored from an old copy or lost, "
+                    "and it can now be made to cosign a fork of what it cosigned. Tell its "
+                    "operator (a witness must never go back: docs/witnesses.md)",
+                    st.name,
+                    back[0],
+                    back[1],
+                )
+                self._pushed(st.name, "witness_rolled_back")
 
     def _database_size(self) -> int:
         """The tree size in the store now (other frontends on a shared database included)."""

@@ -265,6 +265,9 @@ class WitnessClient(CoreClient):
         self.verifier = cosignature_verifier(verifier) if isinstance(verifier, str) else verifier
         # origin -> the size this witness last told us (cosigned or via 409).
         self._known_size: dict[str, int] = {}
+        # origin -> (size it had told us, smaller size it answered later): the witness went
+        # back (restored from an old copy of its state, or lost it). Read by the caller.
+        self.went_back: dict[str, tuple[int, int]] = {}
 
     def known_size(self, origin: str) -> int:
         """The size this client believes the witness holds for ``origin`` (0 if unknown)."""
@@ -337,6 +340,8 @@ class WitnessClient(CoreClient):
                 checkpoint_note, old, self._proof(consistency_proof, old, cp.size)
             )
         except WitnessConflict as conflict:
+            if old_size is None and conflict.size < old:
+                self.went_back[cp.origin] = (old, conflict.size)
             if conflict.size > cp.size or conflict.size == old:
                 raise
             proof = self._proof(consistency_proof, conflict.size, cp.size)
