@@ -42,9 +42,7 @@ def test_a_witness_that_forgot_what_it_cosigned_is_reported(
     srv, _ = start_server(witness)
     results: list[tuple[str, str]] = []
     try:
-        policy = Policy.parse(
-            f"log {log_.vkey}\nwitness w1 {signer.vkey()} {srv.url}\nquorum w1\n"
-        )
+        policy = Policy.parse(f"log {log_.vkey}\nwitness w1 {signer.vkey()} {srv.url}\nquorum w1\n")
         pusher = WitnessPusher(log_, policy, interval=0, max_backoff=5)
         pusher.on_push = lambda name, result: results.append((name, result))
         log_.integrate([b"e%d" % i for i in range(5)])
