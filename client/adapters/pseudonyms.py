@@ -16,7 +16,8 @@ from __future__ import annotations
 import base64
 import json
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -28,6 +29,7 @@ from client.scim.cbor import EventFormatError
 __all__ = ["MAX_BATCH", "LogPseudonyms", "PidCollector", "substitute_pids"]
 
 MAX_BATCH = 10_000  # refs per POST /v1/scim/pseudonyms (the log's limit)
+CACHE_TTL = 300.0  # seconds a pid is used from the cache before the log is asked again
 ANSWER_LIMIT = 8 << 20  # bytes of an answer (10,000 pids are ~600 KB)
 PATH = "/v1/scim/pseudonyms"
 
@@ -86,8 +88,11 @@ class LogPseudonyms(CoreClient):
     Asks the log through the shared :class:`client.net.core.HTTPCore` (over ``http`` if
     given, which it then does not close).
 
-    A pid is stable until its subject is erased; a cached pid of an erased subject is just a
-    random-looking value, so the cache never un-erases anything.
+    A pid is stable until its subject is erased. After an erasure the log has no key for it
+    any more: a user created again with the same id gets a new key and a new pid. A cached
+    pid is used for at most ``cache_ttl`` seconds: after an erasure, group events name a
+    re-created user by the erased one's pid for no longer than that (the cached value opens
+    nothing; it would only link the new user's group events to the erased user's).
     """
 
     def __init__(
@@ -98,6 +103,8 @@ class LogPseudonyms(CoreClient):
         http: httpx.Client | None = None,
         timeout: float = 2.0,
         cache_size: int = 100_000,
+        cache_ttl: float = CACHE_TTL,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.url = log_url.rstrip("/") + PATH
         self._core = HTTPCore(
@@ -106,8 +113,11 @@ class LogPseudonyms(CoreClient):
             timeout=timeout,
             headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
         )
-        self._cache: dict[tuple[str, str], bytes] = {}
+        # (rt, id) -> (pid, when it was fetched, by ``clock``)
+        self._cache: dict[tuple[str, str], tuple[bytes, float]] = {}
         self._cache_size = cache_size
+        self._cache_ttl = cache_ttl
+        self._clock = clock
         self._lock = threading.Lock()
         self.calls = 0  # requests made to the log (for tests and metrics)
 
@@ -120,13 +130,15 @@ class LogPseudonyms(CoreClient):
         adapters call it from a worker thread, never on the event loop."""
         out: dict[tuple[str, str], bytes] = {}
         missing: list[tuple[str, str]] = []
+        now = self._clock()
+        fresh = now - self._cache_ttl
         with self._lock:
             for key in dict.fromkeys(pairs):
                 got = self._cache.get(key)
-                if got is None:
+                if got is None or got[1] < fresh:
                     missing.append(key)
                 else:
-                    out[key] = got
+                    out[key] = got[0]
         self.calls += 1 if missing else 0
         for i in range(0, len(missing), MAX_BATCH):
             chunk = missing[i : i + MAX_BATCH]
@@ -135,7 +147,7 @@ class LogPseudonyms(CoreClient):
             with self._lock:
                 if len(self._cache) + len(chunk) > self._cache_size:
                     self._cache.clear()
-                self._cache.update(zip(chunk, got_pids, strict=True))
+                self._cache.update((k, (p, now)) for k, p in zip(chunk, got_pids, strict=True))
         return out
 
     def _fetch(self, chunk: Sequence[tuple[str, str]]) -> list[bytes]:
