@@ -155,6 +155,10 @@ def test_master_key_file(
     path.write_text("tlog-scim-master-key-v2\ncurrent !!!\nnext    -\n")
     with pytest.raises(StorageError, match="not a tlog"):
         build_app(serve_config(tmp_path, database), make_signer())
+    # Bytes that are not ASCII: the same refusal, naming the file.
+    path.write_bytes(b"tlog-scim-master-key-v2\ncurrent \xff\xfe\nnext    -\n")
+    with pytest.raises(StorageError, match=f"{path}.* not a tlog"):
+        build_app(serve_config(tmp_path, database), make_signer())
 
 
 def test_scim_can_be_switched_off(tmp_path: Path, database: str | None) -> None:

@@ -225,7 +225,10 @@ def read_key_file(path: Path) -> tuple[bytes, bytes | None]:
     st = path.stat()
     if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise StorageError(f"{path} must not be accessible by group or others (chmod 600)")
-    text = path.read_text("ascii")
+    try:
+        text = path.read_text("ascii")
+    except UnicodeDecodeError:
+        raise StorageError(f"{path} is not a tlog SCIM master key file (not ASCII)") from None
     if text.startswith(_FILE_HEADER) and text.endswith("\n") and "\n" not in text[:-1]:
         return _b64key(text[len(_FILE_HEADER) : -1], path), None
     lines = text.split("\n")
