@@ -207,7 +207,7 @@ class Outbox:
         # The queued events are plaintext (personal data): owner-only, like a key file.
         # SQLite gives the -wal and -shm files the database file's permissions.
         try:
-            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+            self._owner_only()
             conn = self._connect()
         except (OSError, sqlite3.Error) as exc:
             raise OutboxError(f"cannot open the outbox {self.path}: {exc}") from None
@@ -223,6 +223,24 @@ class Outbox:
         self._writer_conn = conn
         self._writer = threading.Thread(target=self._write_loop, name="outbox-writer", daemon=True)
         self._writer.start()
+
+    def _owner_only(self) -> None:
+        """Create the outbox file owner-only, and make an existing one (and its -wal and -shm
+        files) owner-only if it was not: it holds personal data in plaintext."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            loose = os.fstat(fd).st_mode & 0o077
+            if loose:
+                os.fchmod(fd, 0o600)
+        finally:
+            os.close(fd)
+        for side in ("-wal", "-shm"):
+            p = self.path.with_name(self.path.name + side)
+            if p.exists() and p.stat().st_mode & 0o077:
+                p.chmod(0o600)
+                loose = loose or 1
+        if loose:
+            _log.warning("the outbox was readable by group or others: made owner-only (0600)")
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(

@@ -78,3 +78,18 @@ def test_proxy_refuses_to_start_on_an_unwritable_outbox(unwritable: Path, tmp_pa
     assert p.returncode == 2, (p.returncode, p.stderr[-2000:])
     assert "Traceback" not in p.stderr, p.stderr[-2000:]
     assert "refusing to start" in p.stderr and str(unwritable) in p.stderr
+
+
+def test_an_outbox_readable_by_others_is_made_owner_only(tmp_path: Path) -> None:
+    """An outbox file (and its WAL) left group- or world-readable, e.g. restored from a
+    backup or created by hand, holds personal data in plaintext: opening makes it 0600."""
+    path = tmp_path / "outbox.db"
+    Outbox(path).close()
+    for p in tmp_path.iterdir():
+        p.chmod(0o644)
+    ob = Outbox(path)
+    try:
+        for p in tmp_path.iterdir():
+            assert p.stat().st_mode & 0o777 == 0o600, p.name
+    finally:
+        ob.close()
