@@ -731,8 +731,7 @@ def main(argv: list[str] | None = None) -> int:
         CliError,
         ConfigError,
         StorageError,
-        FileNotFoundError,
-        PermissionError,
+        OSError,
         ValueError,
         KeyError,
     ) as exc:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.pgsupport import open_store
-from tests.support import store_args, tlog_cli, tlog_in_process
+from tests.support import store_args, tlog_argv, tlog_cli, tlog_in_process
 from tlog.auth import TokenStore
 from tlog.backend import Backend
 from tlog.cli import main, parser
@@ -275,3 +275,24 @@ def test_serve_banner_after_bind_only(tmp_path: Path) -> None:
     # A fresh store announced its key files and asked for a backup.
     assert "log.key (log signing key)" in r.stdout
     assert "scim-master.key (SCIM master key" in r.stdout and "BACK UP" in r.stdout
+
+
+def test_an_os_error_at_start_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    """An operator's mistake the commands do not check one by one (here the remembered
+    checkpoint's path is a directory) ends ``tlog serve`` with the OS's reason on one line
+    and exit status 1, never a Python traceback."""
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    (data / "last-checkpoint").mkdir()
+    r = subprocess.run(
+        [*tlog_argv("serve", "--data", str(data)), "--port", "0", "--origin", "x.example/log"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if not k.startswith("TLOG_")},
+    )
+    assert r.returncode == 1, r.stderr
+    assert "Traceback" not in r.stderr
+    assert r.stderr.rstrip().splitlines()[-1] == (
+        f"tlog: [Errno 21] Is a directory: '{data / 'last-checkpoint'}'"
+    )
