@@ -22,15 +22,24 @@ no body content in it), so the caller can record that the body was not understoo
 
 from __future__ import annotations
 
+import asyncio
 import codecs
 import json
 import zlib
+from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 
-__all__ = ["DEFAULT_MAX_SIZE", "MAX_CODINGS", "Decoded", "decode_body", "header_param"]
+__all__ = [
+    "DEFAULT_MAX_SIZE",
+    "MAX_CODINGS",
+    "Decoded",
+    "decode_body",
+    "drain_refused_body",
+    "header_param",
+]
 
 DEFAULT_MAX_SIZE = 16 << 20
 # Content codings undone at most (``identity`` aside): each may inflate up to max_size, so a
@@ -260,3 +269,27 @@ def _general(
         return Decoded(value, None, notes)
     except _BodyError as exc:
         return Decoded(None, str(exc), notes)
+
+
+DRAIN_BYTES = 8 << 20  # request bytes read and dropped after a 413 (then the answer)
+DRAIN_SECONDS = 2.0
+
+
+async def drain_refused_body(receive: Callable[[], Awaitable[MutableMapping[str, Any]]]) -> None:
+    """Read and drop the rest of a refused request body, bounded (``DRAIN_BYTES``,
+    ``DRAIN_SECONDS``), before answering: a connection closed with the client's bytes
+    unread is reset, and the reset can reach the client before it has read the 413 (it
+    sees "disconnected without a response" instead of the refusal). A client that sends
+    more than the bound, or too slowly, gets the 413 at once and may see the reset."""
+    left = DRAIN_BYTES
+    try:
+        async with asyncio.timeout(DRAIN_SECONDS):
+            while left > 0:
+                msg = await receive()
+                if msg["type"] == "http.disconnect":
+                    return
+                left -= len(msg.get("body", b""))
+                if not msg.get("more_body", False):
+                    return
+    except TimeoutError:
+        return

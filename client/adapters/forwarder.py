@@ -19,6 +19,7 @@ from urllib.parse import quote, urlsplit
 
 import httptools
 
+from client.adapters.body import drain_refused_body
 from client.adapters.exchange import SCIM_ERROR_URN
 from client.adapters.middleware import Receive, Scope, Send
 from client.runtime.logredact import redact_target
@@ -453,6 +454,8 @@ class Forwarder:
             chunk = msg.get("body", b"")
             size += len(chunk)
             if size > self.max_body:
+                if msg.get("more_body", False):
+                    await drain_refused_body(receive)
                 await scim_error(send, 413, "request body too large for the proxy")
                 return
             chunks.append(chunk)

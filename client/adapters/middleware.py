@@ -61,6 +61,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from typing import Any
 
+from client.adapters.body import drain_refused_body
 from client.adapters.exchange import (
     REQUEST_ID,
     SCIM_ERROR_URN,
@@ -220,6 +221,8 @@ class AuditMiddleware:
             chunk = msg.get("body", b"")
             size += len(chunk)
             if size > cfg.max_body:
+                if msg.get("more_body", False):
+                    await drain_refused_body(receive)
                 await _send_error(send, 413, "request body too large for the audit adapter", req_id)
                 self._access(rel, method, req_id, 413, "body too large")
                 return

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from starlette.testclient import TestClient
 
@@ -18,7 +19,7 @@ from client.adapters.outbox import Outbox
 from client.adapters.relay import Relay
 from client.scim.event import event_to_json
 
-from ..support import wait_for
+from ..support import UvicornThread, wait_for
 from .helpers import BULK, GROUP, PATCH, SCIM_TOKEN, FakeLog, relay_for, scim_asgi_app, user
 
 pytest.importorskip("scim2_server", reason="needs the dev extras (scim2-server)")
@@ -340,6 +341,28 @@ def test_body_over_the_limit_is_refused_before_the_app(tmp_path: Path) -> None:
         assert r.status_code == 413
         assert rig.access[0]["reason"] == "body too large"
         assert rig.events() == []
+
+
+def test_body_over_the_limit_over_a_socket_is_a_413_the_client_reads(tmp_path: Path) -> None:
+    """Over a real socket the refusal comes before the client has sent its whole body: the
+    adapter reads and drops the rest (bounded) before answering, so the client reads the
+    413 instead of a connection reset ("disconnected without sending a response")."""
+    log = FakeLog()
+    outbox = Outbox(tmp_path / "outbox.sqlite")
+    config = AuditConfig(tenant="t1", sp_id="sp1", max_body=1 << 20)
+    mw = AuditMiddleware(scim_asgi_app(), config, outbox, relay_for(outbox, log), own=True)
+    srv = UvicornThread(mw)
+    try:
+        with httpx.Client(base_url=srv.url, timeout=30) as c:
+            for _ in range(3):
+                r = c.post(
+                    "/v2/Users",
+                    content=b"x" * (3 << 20),
+                    headers={**AUTH, "Content-Type": "application/scim+json"},
+                )
+                assert r.status_code == 413
+    finally:
+        srv.stop()
 
 
 def test_bulk_refused_as_a_whole(rig: Rig) -> None:
