@@ -13,12 +13,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import socket
 import ssl
-import threading
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -32,70 +27,8 @@ from client.formats.cosignature import CosignatureSigner
 from client.net.core import HTTPCore, Unreachable, http_client
 from client.witness.monitor import Monitor, Peer
 from client.witness.server import start_server
+from tests.net.helpers import DRIP_BODY, DRIP_HEAD, dripping, ends
 from tests.witness.helpers import FakeLog, events, make_witness
-
-BOUND = 30.0  # seconds: far beyond the deadline, far below "for ever"
-
-
-@contextmanager
-def dripping(
-    head: bytes, drip: bytes, *, tls: ssl.SSLContext | None = None, once: bool = False
-) -> Iterator[str]:
-    """A server that answers every request with ``head``, then ``drip`` every 50 ms until
-    the client leaves (or the test ends); ``once``: ``drip`` once, then close. ``tls``: over
-    TLS with that server context."""
-    stop = threading.Event()
-    srv = socket.create_server(("127.0.0.1", 0))
-    srv.settimeout(0.1)
-
-    def one(conn: socket.socket) -> None:
-        try:
-            if tls is not None:
-                conn.settimeout(5)
-                conn = tls.wrap_socket(conn, server_side=True)
-            with conn:
-                conn.recv(65536)
-                conn.sendall(head)
-                if once:
-                    conn.sendall(drip)
-                    return
-                while not stop.wait(0.05):
-                    conn.sendall(drip)
-        except OSError:
-            pass
-
-    def accept() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = srv.accept()
-            except TimeoutError:
-                continue
-            threading.Thread(target=one, args=(conn,), daemon=True).start()
-
-    t = threading.Thread(target=accept, daemon=True)
-    t.start()
-    try:
-        yield f"http://127.0.0.1:{srv.getsockname()[1]}"
-    finally:
-        stop.set()
-        t.join(5)
-        srv.close()
-
-
-def ends(fn: object, *args: object) -> object:
-    """``fn(*args)`` in a thread; its result (or exception) if it ends within BOUND s."""
-    pool = ThreadPoolExecutor(1)
-    fut = pool.submit(fn, *args)  # type: ignore[arg-type]
-    try:
-        return fut.result(timeout=BOUND)
-    except TimeoutError:
-        pytest.fail(f"still waiting after {BOUND} s for a dripping server")
-    finally:
-        pool.shutdown(wait=False)  # a stuck call ends when its server stops dripping
-
-
-DRIP_BODY = (b"HTTP/1.1 200 OK\r\nContent-Length: 100000000\r\n\r\n", b"x")
-DRIP_HEAD = (b"HTTP/1.1 200 OK\r\n", b"X-Drip: 1\r\n")
 
 
 def _send(core: HTTPCore) -> BaseException | None:

@@ -17,7 +17,7 @@ from client.net.core import http_client
 from client.witness.core import Witness, WitnessedLog
 from client.witness.server import start_server
 from client.witness.store import WitnessStore
-from tests.net.test_slow_answers import DRIP_BODY, dripping, ends
+from tests.net.helpers import DRIP_BODY, dripping, ends
 from tlog.log import Log
 from tlog.witnessing import WitnessPusher
 

@@ -200,3 +200,16 @@ def add_status(w: Witness, body: bytes) -> int:
     except AddCheckpointError as exc:
         return exc.status
     return 200
+
+
+def write_config(d: Path, log: FakeLog, url: str | None = None) -> Path:
+    signer = CosignatureSigner.generate("witness.example.com/w7")
+    (d / "witness.key").write_text(signer.skey() + "\n")
+    (d / "witness.key").chmod(0o600)
+    cfg = d / "witness.toml"
+    cfg.write_text(
+        'name = "witness.example.com/w7"\nkey_file = "witness.key"\nstate_db = "state.db"\n'
+        f'listen = "127.0.0.1:0"\n[[log]]\norigin = "{ORIGIN}"\nvkey = "{log.signer.vkey()}"\n'
+        + (f'url = "{url}"\n' if url else "")
+    )
+    return cfg

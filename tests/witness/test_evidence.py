@@ -24,20 +24,8 @@ from tests.witness.helpers import (
     events,
     make_witness,
     serving,
+    write_config,
 )
-
-
-def write_config(d: Path, log: FakeLog, url: str | None = None) -> Path:
-    signer = CosignatureSigner.generate("witness.example.com/w7")
-    (d / "witness.key").write_text(signer.skey() + "\n")
-    (d / "witness.key").chmod(0o600)
-    cfg = d / "witness.toml"
-    cfg.write_text(
-        'name = "witness.example.com/w7"\nkey_file = "witness.key"\nstate_db = "state.db"\n'
-        f'listen = "127.0.0.1:0"\n[[log]]\norigin = "{ORIGIN}"\nvkey = "{log.signer.vkey()}"\n'
-        + (f'url = "{url}"\n' if url else "")
-    )
-    return cfg
 
 
 def configured_witness(cfg: Path) -> Witness:

@@ -11,7 +11,7 @@ import pytest
 
 from client.formats.note import FormatError
 from client.witness.provision import fetch_log_list
-from tests.net.test_slow_answers import DRIP_BODY, DRIP_HEAD, dripping, ends
+from tests.net.helpers import DRIP_BODY, DRIP_HEAD, dripping, ends
 from tests.witness.helpers import serving
 
 LIST = b"logs/v0\nvkey example.com/log+01234567+AQ==\n"

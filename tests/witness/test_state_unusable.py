@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 
 from client.witness.cli import EXIT_STATE, main
-from tests.witness.helpers import FakeLog, events
-from tests.witness.test_evidence import write_config
+from tests.witness.helpers import FakeLog, events, write_config
 
 
 @pytest.mark.parametrize("damage", ["garbage", "missing-directory"])
