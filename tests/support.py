@@ -355,14 +355,43 @@ def start_proxy(
 ) -> tuple[subprocess.Popen[bytes], str]:
     """``tlog scim-proxy`` as a real process in front of ``upstream``, recording to the log
     at ``log_url`` with ``token`` for ``tenant`` (``extra``: more flags), started when this
-    returns (it answered a request; its output goes to ``<tmp>/proxy-<port>.log``); returns
-    it and the proxied SCIM base URL. Stop it with ``stop_processes([proc])``."""
-    port = port or free_port()
+    returns (it said it listens, and answered a request; its output goes to
+    ``<tmp>/proxy-<port>.log``); returns it and the proxied SCIM base URL. Stop it with
+    ``stop_processes([proc])``.
+
+    Without ``port`` a free one is picked; another process can take it before the proxy
+    binds (then the proxy exits, "address already in use", and an answer on that port is
+    not the proxy's): the proxy is started again on another port (up to 5 picks), as
+    :func:`start_server` does."""
+    picked = port is None
+    for attempt in range(5):
+        try:
+            return _start_proxy(
+                tmp, upstream, log_url, token, tenant, extra, outbox, port or free_port(), sp_id
+            )
+        except RuntimeError as exc:
+            if not picked or attempt == 4 or "address already in use" not in str(exc):
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _start_proxy(
+    tmp: Path,
+    upstream: str,
+    log_url: str,
+    token: str,
+    tenant: str,
+    extra: tuple[str, ...],
+    outbox: Path | None,
+    port: int,
+    sp_id: str,
+) -> tuple[subprocess.Popen[bytes], str]:
     token_file = tmp / f"proxy-{port}.token"
     token_file.write_text(token + "\n")
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    log_path = tmp / f"proxy-{port}.log"
     # The child gets its own copy of the descriptor: ours is closed at once.
-    with open(tmp / f"proxy-{port}.log", "wb") as out:
+    with open(log_path, "wb") as out:
         proc = subprocess.Popen(
             tlog_argv(
                 "scim-proxy",
@@ -390,8 +419,14 @@ def start_proxy(
             cwd=ROOT,
         )
     base = f"http://127.0.0.1:{port}" + httpx.URL(upstream).path.rstrip("/")
+    banner = f"tlog scim-proxy: listening on http://127.0.0.1:{port} ".encode()
     try:
-        wait_http(base + "/ServiceProviderConfig", proc)
+        wait_http(
+            base + "/ServiceProviderConfig",
+            proc,
+            ok=lambda r: banner in log_path.read_bytes(),
+            output=lambda: log_path.read_text(errors="replace"),
+        )
     except BaseException:
         stop_processes([proc])
         raise

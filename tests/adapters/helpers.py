@@ -6,6 +6,7 @@ import base64
 import collections
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -126,11 +127,23 @@ class FakeLog:
 
 
 def start_scim2_server(tmp: Path, token: str = SCIM_TOKEN) -> tuple[subprocess.Popen[bytes], str]:
-    """The ``scim2-server`` command (wsgiref, threads) on 127.0.0.1; returns its base URL."""
-    port = free_port()
+    """The ``scim2-server`` command (wsgiref, threads) on 127.0.0.1; returns its base URL.
+    A free port is picked; if another process takes it first (the server then exits, or an
+    answer there is not this server's: it has not said it serves), another port is tried."""
+    for attempt in range(5):
+        try:
+            return _start_scim2_server(tmp, token, free_port())
+        except RuntimeError as exc:
+            if attempt == 4 or "exited" not in str(exc):
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _start_scim2_server(tmp: Path, token: str, port: int) -> tuple[subprocess.Popen[bytes], str]:
     exe = Path(sys.executable).with_name("scim2-server")
+    log_path = tmp / f"scim2-server-{port}.log"
     # The child gets its own copy of the descriptor: ours is closed at once.
-    with open(tmp / f"scim2-server-{port}.log", "wb") as out:
+    with open(log_path, "wb") as out:
         proc = subprocess.Popen(
             [
                 str(exe),
@@ -144,10 +157,17 @@ def start_scim2_server(tmp: Path, token: str = SCIM_TOKEN) -> tuple[subprocess.P
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
+            env=dict(os.environ, PYTHONUNBUFFERED="1"),  # the banner below, at once
         )
     base = f"http://127.0.0.1:{port}/v2"
+    banner = f"Serving SCIM on {base}".encode()
     try:
-        wait_http(base + "/ServiceProviderConfig", proc)
+        wait_http(
+            base + "/ServiceProviderConfig",
+            proc,
+            ok=lambda r: banner in log_path.read_bytes(),
+            output=lambda: log_path.read_text(errors="replace"),
+        )
     except BaseException:
         stop(proc)
         raise
