@@ -285,36 +285,20 @@ class Sequencer:
                 batch = self._checked(self._fenced(batch))
                 if not batch:
                     continue
-                n = sum(len(p.entries) for p in batch)
                 t0 = time.perf_counter()
-                try:
-                    result: BatchResult | BaseException = self._integrate_batch(batch)
-                except AuxFenced as exc:
+                result = self._commit(batch)
+                if isinstance(result, AuxFenced):
                     # Another frontend took the SCIM writer fence: the submissions that
                     # carry records fail (their writer stages them again), the others are
-                    # committed without them in a batch of their own.
-                    fenced = [p for p in batch if p.aux]
-                    self._fail(fenced, exc)
-                    self._queued_done(fenced, exc)
-                    # Checked again: the failed hooks refuse what was staged on top of the
-                    # fenced submissions (e.g. a retry of one of their events, a duplicate
-                    # of a leaf whose records were just refused).
+                    # committed without them in a batch of their own, checked again: the
+                    # failed hooks refuse what was staged on top of the fenced submissions
+                    # (e.g. a retry of one of their events, a duplicate of a leaf whose
+                    # records were just refused).
+                    self._refuse([p for p in batch if p.aux], result)
                     batch = self._checked([p for p in batch if not p.aux])
                     if not batch:
                         continue
-                    try:
-                        result = self._integrate_batch(batch)
-                    except (CommitConflict, LogHalted) as exc2:
-                        result = SequencerStopped(f"nothing of the batch was acknowledged: {exc2}")
-                    except Exception as exc2:
-                        log.exception("batch of %d entries failed; none acknowledged", n)
-                        result = SequencerStopped(f"the batch could not be committed: {exc2}")
-                except (CommitConflict, LogHalted) as exc:
-                    # Logged where it happened; the callers get 503 with the reason.
-                    result = SequencerStopped(f"nothing of the batch was acknowledged: {exc}")
-                except Exception as exc:
-                    log.exception("batch of %d entries failed; none acknowledged", n)
-                    result = SequencerStopped(f"the batch could not be committed: {exc}")
+                    result = self._commit(batch)
                 if isinstance(result, BaseException):
                     self._fail(batch, result)
                 self.batches += 1
@@ -332,6 +316,21 @@ class Sequencer:
             with self._done_cond:  # the publisher answers what is left, then stops
                 self._done.append(None)
                 self._done_cond.notify()
+
+    def _commit(self, batch: list[_Pending]) -> BatchResult | BaseException:
+        """Commit ``batch``: its result, or why nothing of it was acknowledged (a
+        :class:`AuxFenced` as it is: the caller retries the batch without its records)."""
+        try:
+            return self._integrate_batch(batch)
+        except AuxFenced as exc:
+            return exc
+        except (CommitConflict, LogHalted) as exc:
+            # Logged where it happened; the callers get 503 with the reason.
+            return SequencerStopped(f"nothing of the batch was acknowledged: {exc}")
+        except Exception as exc:
+            n = sum(len(p.entries) for p in batch)
+            log.exception("batch of %d entries failed; none acknowledged", n)
+            return SequencerStopped(f"the batch could not be committed: {exc}")
 
     def _integrate_batch(self, batch: list[_Pending]) -> BatchResult:
         entries = [e for p in batch for e in p.entries]
@@ -364,10 +363,15 @@ class Sequencer:
             return batch
         newest = next(p.fence for p in reversed(batch) if p.aux)
         stale = [p for p in batch if p.aux and p.fence != newest]
-        exc = AuxFenced("staged under an older SCIM writer fence: nothing of it was written")
-        self._fail(stale, exc)
-        self._queued_done(stale, exc)
+        self._refuse(
+            stale, AuxFenced("staged under an older SCIM writer fence: nothing of it was written")
+        )
         return [p for p in batch if not (p.aux and p.fence != newest)]
+
+    def _refuse(self, pendings: list[_Pending], exc: BaseException) -> None:
+        """Fail ``pendings`` (their ``failed`` hooks now, their answers in order)."""
+        self._fail(pendings, exc)
+        self._queued_done(pendings, exc)
 
     def _checked(self, batch: list[_Pending]) -> list[_Pending]:
         """``batch`` without the submissions whose ``check`` refuses them (answered with
