@@ -398,26 +398,7 @@ class ScimService:
         """Run ``fn`` on a fresh snapshot under the writer lock, then commit its writes
         (again from a fresh snapshot if another frontend took the writer fence meanwhile:
         ``fn`` must only stage into its overlay)."""
-        for attempt in range(FENCE_RETRIES + 1):
-            with self._write_lock:
-                self._drain()
-                fence = self._writer_fence()
-                try:
-                    with self.storage.read() as rv:
-                        tx = Overlay(rv)
-                        result = fn(tx)
-                        items = tx.items()
-                except KeysRotated as exc:
-                    self._keys_rotated(exc, attempt)
-                    continue
-                try:
-                    if items:
-                        self.storage.put_aux(items, fence=fence)
-                except AuxFenced:
-                    self._fence_lost(attempt)
-                    continue
-                return result
-        raise AssertionError("unreachable")  # pragma: no cover
+        return self.write_rotating(lambda tx: (fn(tx), set()))
 
     def write_rotating(self, fn: Callable[[Overlay], tuple[T, set[bytes]]]) -> T:
         """:meth:`write`, but when ``fn`` names tenants to re-key (erasure, expiry), their
@@ -491,6 +472,10 @@ class ScimService:
                 "other frontends kept taking the SCIM writer fence: nothing of this write was "
                 f"committed after {FENCE_RETRIES + 1} attempts; retry"
             )
+        self._mark_fence_taken()
+
+    def _mark_fence_taken(self) -> None:
+        """Another frontend took the writer fence: the next staging claims it again."""
         with self._chain:
             self._fence_taken = True
 
@@ -603,8 +588,7 @@ class ScimService:
                         try:
                             self.storage.put_aux(items, fence=fence)
                         except AuxFenced:
-                            with self._chain:
-                                self._fence_taken = True
+                            self._mark_fence_taken()
                             raise
                     answers += [(job, None, res) for job, res in ok]
                 elif ok:
@@ -626,8 +610,7 @@ class ScimService:
             self.keys.follow_rotation()
         except StorageError as exc:
             return exc
-        with self._chain:
-            self._fence_taken = True
+        self._mark_fence_taken()
         return AuxFenced("another frontend rotated the SCIM keys meanwhile: staged again")
 
     def _hand_off(
