@@ -471,10 +471,8 @@ class KeyRing:
             if tnkey is not None:
                 raise StorageError("SCIM key store has a tenant key but no master-key check")
             fence = storage.claim_aux_writer()
-            if fence is not None:
-                with storage.read() as rv:  # what the claim's predecessors committed
-                    if rv.aux(store.check_key()) is not None:
-                        continue
+            if fence is not None and _stored_check(storage) is not None:
+                continue  # created under an earlier claim (reads after a claim see it)
             tn_key = secrets.token_bytes(KEY_SIZE)
             try:
                 storage.put_aux(
@@ -501,8 +499,7 @@ class KeyRing:
         frontend's key file holds the store's key."""
         last = None
         for _ in range(FOLLOW_TRIES):
-            with self._storage.read() as rv:
-                check = rv.aux(store.check_key())
+            check = _stored_check(self._storage)
             with self._swap:
                 master = self.master
             if check is None or self._opens(master, check):
@@ -667,8 +664,7 @@ class KeyRing:
                 # the key this rotation was staged from, another frontend rotated since:
                 # writing the file now would replace the store's key by one that opens
                 # nothing (and the fence refuses the records anyway). Nothing is written.
-                with self._storage.read() as rv:
-                    check = rv.aux(store.check_key())
+                check = _stored_check(self._storage)
                 if check is None or not self._opens(self.master, check):
                     raise AuxFenced(
                         "another frontend rotated the SCIM master key since this rotation "
@@ -680,8 +676,7 @@ class KeyRing:
                 commit()
             except BaseException:
                 # Whichever key the store's check value opens now is the live one.
-                with self._storage.read() as rv:
-                    check = rv.aux(store.check_key())
+                check = _stored_check(self._storage)
                 if check is not None and self._opens(new, check):
                     self._switch(new)
                 elif path is not None:
@@ -837,6 +832,13 @@ class KeyRing:
             raise StorageError("SCIM envelope holds a malformed body") from None
 
 
+def _stored_check(storage: Backend) -> bytes | None:
+    """The store's master-key check value (what tells which master key seals the store),
+    read from a fresh snapshot; None on a store with no SCIM keys yet."""
+    with storage.read() as rv:
+        return rv.aux(store.check_key())
+
+
 def open_keyring(path: Path, storage: Backend) -> KeyRing:
     """Load the master key file (creating it for a store with no SCIM keys yet)."""
     if path.exists():
@@ -846,9 +848,7 @@ def open_keyring(path: Path, storage: Backend) -> KeyRing:
             if nxt is not None:
                 return KeyRing(storage, MasterKey(nxt, path), (master,))
     else:
-        with storage.read() as rv:
-            has_keys = rv.aux(store.check_key()) is not None
-        if has_keys:
+        if _stored_check(storage) is not None:
             raise StorageError(
                 f"{path} is missing but the store holds SCIM keys wrapped by it; restore it"
             )
