@@ -9,7 +9,8 @@ from client.formats.checkpoint import open_checkpoint
 from client.formats.merkle import leaf_hash, verify_inclusion
 from client.formats.note import b64decode_strict
 from client.formats.proof_bundle import TlogProof
-from client.scim import new_event, parse_leaf
+from client.scim import encode_event, new_event, parse_leaf
+from tlog.scim.store import Overlay
 
 from .conftest import ORIGIN, T1, Harness, user_event
 
@@ -90,3 +91,35 @@ def mixed_batch() -> list[Any]:
         for i in range(20)
     ]
     return evs
+
+
+def stage_group(
+    svc: Any,
+    jobs: list[tuple[str, dict[str, Any]]],
+    *,
+    memo: bool = True,
+    prefetch: bool = False,
+    pending: dict[bytes, bytes | None] | None = None,
+) -> tuple[list[Any], list[tuple[bytes, bytes | None]]]:
+    """The group writer's staging (ScimService._commit_group) of one-event stagings of
+    ``jobs`` (tenant, event), with or without the group's shared memo and the read-ahead
+    (``_prefetch``), on top of ``pending`` (a group in flight): what each staging answered
+    (or its error as text), and the records."""
+    out: list[Any] = []
+    with svc.storage.read() as rv:
+        tx = Overlay(rv, pending)
+        svc._group_memo, svc._group_tenants = ({}, {}) if memo else (None, None)
+        try:
+            if prefetch:
+                svc._prefetch(tx, [(tenant, [ev]) for tenant, ev in jobs])
+            for tenant, ev in jobs:
+                stage = svc._stager(tenant, [ev], [encode_event(ev)])
+                mark = tx.mark()
+                try:
+                    out.append(stage(tx))
+                except Exception as exc:
+                    tx.rollback(mark)
+                    out.append(f"{type(exc).__name__}: {exc}")
+        finally:
+            svc._group_memo = svc._group_tenants = None
+        return out, tx.items()

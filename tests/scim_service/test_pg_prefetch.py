@@ -15,9 +15,8 @@ from typing import Any
 
 import pytest
 
-from client.scim import encode_event
 from tests.scim_service.conftest import BASE_TS, T1, open_harness
-from tests.scim_service.helpers import create_event, mixed_batch, user_mods
+from tests.scim_service.helpers import create_event, mixed_batch, stage_group, user_mods
 from tlog.pg import PgReadView
 from tlog.scim import store
 from tlog.scim.keys import TenantKeys, epoch_of
@@ -76,36 +75,6 @@ def _first_reads(svc: ScimService, events: list[Any]) -> set[bytes]:
     return out
 
 
-def _stage_group(
-    svc: ScimService,
-    events: list[Any],
-    *,
-    prefetch: bool,
-    pending: dict[bytes, bytes | None] | None = None,
-) -> tuple[list[Any], list[tuple[bytes, bytes | None]]]:
-    """The group writer's staging (ScimService._commit_group) of one-event stagings of T1,
-    with or without the read-ahead, on top of ``pending`` (a group in flight): what each
-    staging answered, and the records."""
-    out: list[Any] = []
-    with svc.storage.read() as rv:
-        tx = Overlay(rv, pending)
-        svc._group_memo, svc._group_tenants = {}, {}
-        try:
-            if prefetch:
-                svc._prefetch(tx, [(T1, [ev]) for ev in events])
-            for ev in events:
-                stage = svc._stager(T1, [ev], [encode_event(ev)])
-                mark = tx.mark()
-                try:
-                    out.append(stage(tx))
-                except Exception as exc:
-                    tx.rollback(mark)
-                    out.append(f"{type(exc).__name__}: {exc}")
-        finally:
-            svc._group_memo = svc._group_tenants = None
-        return out, tx.items()
-
-
 def test_group_read_ahead_stages_what_the_reads_one_by_one_stage(
     tmp_path: Path, pg_url: str, stream_rand: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -140,10 +109,11 @@ def test_group_read_ahead_stages_what_the_reads_one_by_one_stage(
             svc.clock = lambda c=calls: BASE_TS + 86_400_000 + next(c)
             stream_rand()
             # a group in flight: staged, handed to the sequencer, not durable yet
-            _, flying = _stage_group(svc, flight, prefetch=False)
+            _, flying = stage_group(svc, [(T1, ev) for ev in flight])
             pending = dict(flying)
             counted.clear()
-            results.append(_stage_group(svc, group, prefetch=prefetch, pending=pending))
+            jobs = [(T1, ev) for ev in group]
+            results.append(stage_group(svc, jobs, prefetch=prefetch, pending=pending))
             if mode == "read ahead":
                 assert len(counted.many) == 2
                 in_flight = first & pending.keys()

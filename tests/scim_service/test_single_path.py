@@ -16,10 +16,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from client.formats.proof_bundle import TlogProof
-from client.scim import encode_event
 from client.scim.leaf import tenant_ref
 from tests.scim_service.conftest import BASE_TS, T1, T2, open_harness, user_event
-from tests.scim_service.helpers import create_event, mixed_batch, user_mods
+from tests.scim_service.helpers import create_event, mixed_batch, stage_group, user_mods
 from tlog.log import Published
 from tlog.metrics import Metrics
 from tlog.scim import keys as keys_mod
@@ -27,7 +26,6 @@ from tlog.scim import store
 from tlog.scim.keys import RandomPool
 from tlog.scim.routes import ScimRoutes, _json_encode, _receipt_answer, _tlog_proof
 from tlog.scim.service import Submitted
-from tlog.scim.store import Overlay
 
 _hashes = st.lists(st.binary(min_size=32, max_size=32), max_size=63)
 _submitted = st.builds(
@@ -150,29 +148,6 @@ def test_a_single_event_reads_one_small_block(
         assert big == [RandomPool.FIRST_BLOCK]
 
 
-def _stage_group(
-    svc: Any, jobs: list[tuple[str, dict[str, Any]]], *, memo: bool
-) -> tuple[list[Any], list[tuple[bytes, bytes | None]]]:
-    """The group writer's loop (ScimService._commit_group) over one-event stagings, with or
-    without the group's shared memo: what each staging answered, and the records."""
-    out: list[Any] = []
-    with svc.storage.read() as rv:
-        tx = Overlay(rv)
-        svc._group_memo, svc._group_tenants = ({}, {}) if memo else (None, None)
-        try:
-            for tenant, ev in jobs:
-                stage = svc._stager(tenant, [ev], [encode_event(ev)])
-                mark = tx.mark()
-                try:
-                    out.append(stage(tx))
-                except Exception as exc:
-                    tx.rollback(mark)
-                    out.append(f"{type(exc).__name__}: {exc}")
-        finally:
-            svc._group_memo = svc._group_tenants = None
-        return out, tx.items()
-
-
 @pytest.mark.parametrize("ticks_per_ms", [1, 3, 1000])
 def test_a_group_of_single_events_stages_what_each_alone_stages(
     tmp_path: Path, database: str | None, stream_rand: Any, ticks_per_ms: int
@@ -214,7 +189,7 @@ def test_a_group_of_single_events_stages_what_each_alone_stages(
             calls = itertools.count()
             svc.clock = lambda c=calls: BASE_TS + 86_400_000 + next(c) // ticks_per_ms
             stream_rand()
-            results.append(_stage_group(svc, jobs, memo=memo))
+            results.append(stage_group(svc, jobs, memo=memo))
         # with the memo: T1's keys read once, T2's (staged by the group) every time
         assert reads.count(T1) == 1 and reads.count(T2) == 3
         (want, want_records), (got, got_records) = results
