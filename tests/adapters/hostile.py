@@ -1,5 +1,5 @@
-"""Helpers of the hostile-peer adapter tests: an upstream SP that answers canned bytes per
-path, and an outbox event record."""
+"""Helpers of the adapter tests: an upstream SP on bare asyncio (``AsyncioUpstream``; one
+that answers canned bytes per path), and an outbox event record."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 from client.adapters.outbox import OutboxRecord
 from client.scim.event import event_to_json, new_event
@@ -17,17 +17,16 @@ from client.scim.event import event_to_json, new_event
 from ..support import free_port
 
 
-@dataclass
-class CannedUpstream:
-    """An HTTP/1.1 server on bare asyncio whose every answer is ``answer(method, path)``
-    bytes as they are (so every byte it sends is known); ``/v2/...`` paths it does not
-    know get a small 201 JSON answer. Records each request it read."""
+class AsyncioUpstream:
+    """An HTTP/1.1 server on bare asyncio, in a thread of its own, on ``self.port``: a
+    subclass's ``handle`` reads and answers each connection."""
 
-    answer: Callable[[str, str], bytes | None]
-    port: int = field(default_factory=free_port)
-    seen: list[dict[str, Any]] = field(default_factory=list)
+    port: int
 
-    def start(self) -> CannedUpstream:
+    async def handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+    def start(self) -> Self:
         self.loop = asyncio.new_event_loop()
         ready = threading.Event()
 
@@ -56,6 +55,17 @@ class CannedUpstream:
         if self.loop.is_running():
             asyncio.run_coroutine_threadsafe(shutdown(), self.loop)
             time.sleep(0.05)
+
+
+@dataclass
+class CannedUpstream(AsyncioUpstream):
+    """An HTTP/1.1 server on bare asyncio whose every answer is ``answer(method, path)``
+    bytes as they are (so every byte it sends is known); ``/v2/...`` paths it does not
+    know get a small 201 JSON answer. Records each request it read."""
+
+    answer: Callable[[str, str], bytes | None]
+    port: int = field(default_factory=free_port)
+    seen: list[dict[str, Any]] = field(default_factory=list)
 
     async def handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         try:

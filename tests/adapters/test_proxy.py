@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,47 +19,18 @@ from tests.support import UvicornThread, free_port
 
 from ..support import wait_for
 from .helpers import FakeLog
+from .hostile import AsyncioUpstream
 
 GZ = gzip.compress(b'{"hello": "world"}')
 
 
 @dataclass
-class RawUpstream:
+class RawUpstream(AsyncioUpstream):
     """An HTTP/1.1 server written on bare asyncio, so that every byte it sends is known."""
 
     port: int = field(default_factory=free_port)
     seen: list[dict[str, Any]] = field(default_factory=list)
     connections: int = 0
-
-    def start(self) -> RawUpstream:
-        self.loop = asyncio.new_event_loop()
-        ready = threading.Event()
-
-        def run() -> None:
-            asyncio.set_event_loop(self.loop)
-            self.server = self.loop.run_until_complete(
-                asyncio.start_server(self.handle, "127.0.0.1", self.port)
-            )
-            ready.set()
-            self.loop.run_forever()
-
-        threading.Thread(target=run, daemon=True).start()
-        ready.wait(5)
-        return self
-
-    def stop(self) -> None:
-        async def shutdown() -> None:
-            self.server.close()
-            me = asyncio.current_task()
-            tasks = [t for t in asyncio.all_tasks() if t is not me]
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            self.loop.stop()
-
-        if self.loop.is_running():
-            asyncio.run_coroutine_threadsafe(shutdown(), self.loop)
-            time.sleep(0.05)
 
     async def handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         self.connections += 1

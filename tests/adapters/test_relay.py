@@ -6,28 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from client.adapters.outbox import Outbox, OutboxRecord
+from client.adapters.outbox import Outbox
 from client.adapters.relay import DeliveryError, Relay
-from client.scim.event import event_to_json, new_event
 
 from ..support import wait_for
 from .helpers import FakeLog, relay_for
-
-
-def event_record(i: int) -> OutboxRecord:
-    ev = new_event(
-        tenant="t1",
-        sp="sp",
-        op="delete",
-        rt="User",
-        rid=f"u{i}",
-        actor={"kind": "anonymous"},
-        corr=f"req-{i}",
-        req={"m": "DELETE", "p": f"/Users/u{i}", "dig": b"\0" * 32, "len": 0},
-        res=204,
-        outcome="success",
-    )
-    return OutboxRecord(ev["eid"], f"req-{i}", event_to_json(ev))
+from .hostile import event_record
 
 
 @pytest.fixture
