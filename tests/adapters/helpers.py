@@ -233,17 +233,16 @@ def check_writes_logged(
 
 def relay_for(outbox: Outbox, log: FakeLog, **kw: object) -> Relay:
     """A relay from ``outbox`` to the fake ``log`` with the tests' short back-off and idle
-    times (``kw``: more of its settings)."""
-    return Relay(
-        outbox,
-        "http://log.test",
-        "tok",
-        transport=log.transport(),
-        backoff_min=0.01,
-        backoff_max=0.05,
-        idle=0.05,
+    times (``kw``: more of its settings, or others than these, e.g. a ``transport`` that
+    puts a hostile front proxy before the log)."""
+    settings: dict[str, Any] = {
+        "transport": log.transport(),
+        "backoff_min": 0.01,
+        "backoff_max": 0.05,
+        "idle": 0.05,
         **kw,
-    )  # type: ignore[arg-type]
+    }
+    return Relay(outbox, "http://log.test", "tok", **settings)
 
 
 def run_tester(base_url: str, token: str = SCIM_TOKEN) -> tuple[list[tuple[str, str]], list[Write]]:

@@ -16,10 +16,9 @@ import httpx
 import pytest
 
 from client.adapters.outbox import Outbox
-from client.adapters.relay import Relay
 
 from ..support import wait_for
-from .helpers import FakeLog
+from .helpers import FakeLog, relay_for
 from .hostile import event_record
 
 
@@ -43,10 +42,9 @@ def test_a_front_proxy_refusal_rejects_nothing(tmp_path: Path, status: int) -> N
     outbox = Outbox(tmp_path / "o.sqlite")
     recs = [event_record(i) for i in range(8)]
     outbox.put(recs)
-    relay = Relay(
+    relay = relay_for(
         outbox,
-        "http://log.test",
-        "tok",
+        log,
         transport=httpx.MockTransport(handler),
         backoff_min=0.001,
         backoff_max=0.005,
@@ -78,10 +76,9 @@ def test_a_front_proxy_body_limit_still_splits_batches(tmp_path: Path) -> None:
     outbox = Outbox(tmp_path / "o.sqlite")
     recs = [event_record(i) for i in range(8)]
     outbox.put(recs)
-    relay = Relay(
+    relay = relay_for(
         outbox,
-        "http://log.test",
-        "tok",
+        log,
         transport=httpx.MockTransport(handler),
         backoff_min=0.001,
         backoff_max=0.005,
