@@ -53,18 +53,23 @@ def server(request: pytest.FixtureRequest) -> Iterator[tuple[int, _App]]:
         st.stop(10)
 
 
+def _read_all(s: socket.socket) -> bytes:
+    """What the server sent until it closed (or reset) the connection or went quiet."""
+    got = b""
+    while True:
+        try:
+            chunk = s.recv(65536)
+        except (ConnectionResetError, TimeoutError):
+            return got
+        if not chunk:
+            return got
+        got += chunk
+
+
 def _exchange(port: int, data: bytes) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
         s.sendall(data)
-        got = b""
-        while True:
-            try:
-                chunk = s.recv(65536)
-            except (ConnectionResetError, TimeoutError):
-                return got
-            if not chunk:
-                return got
-            got += chunk
+        return _read_all(s)
 
 
 def test_head_over_the_limit_in_one_read_is_431(server: tuple[int, _App]) -> None:
@@ -117,15 +122,7 @@ def _pipelined(port: int, first: bytes, second: bytes, pause: float) -> bytes:
             s.sendall(second)
         except (BrokenPipeError, ConnectionResetError):
             pass
-        got = b""
-        while True:
-            try:
-                chunk = s.recv(65536)
-            except (ConnectionResetError, TimeoutError):
-                return got
-            if not chunk:
-                return got
-            got += chunk
+        return _read_all(s)
 
 
 @pytest.mark.parametrize("pause", [0.0, 0.3])
