@@ -342,6 +342,19 @@ def _start_server(
     return ServerProcess(proc, url, data, port)
 
 
+def wait_own(url: str, proc: subprocess.Popen[bytes], log_path: Path, banner: bytes) -> None:
+    """:func:`wait_http` for ``proc``'s own answer at ``url``: once its output (``log_path``)
+    holds ``banner``, its "listening" line. An answer from another process that took the
+    port first does not count, and ``proc``'s exit ("address already in use") fails with
+    its output."""
+    wait_http(
+        url,
+        proc,
+        ok=lambda r: banner in log_path.read_bytes(),
+        output=lambda: log_path.read_text(errors="replace"),
+    )
+
+
 def start_proxy(
     tmp: Path,
     upstream: str,
@@ -421,12 +434,7 @@ def _start_proxy(
     base = f"http://127.0.0.1:{port}" + httpx.URL(upstream).path.rstrip("/")
     banner = f"tlog scim-proxy: listening on http://127.0.0.1:{port} ".encode()
     try:
-        wait_http(
-            base + "/ServiceProviderConfig",
-            proc,
-            ok=lambda r: banner in log_path.read_bytes(),
-            output=lambda: log_path.read_text(errors="replace"),
-        )
+        wait_own(base + "/ServiceProviderConfig", proc, log_path, banner)
     except BaseException:
         stop_processes([proc])
         raise

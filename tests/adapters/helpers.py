@@ -21,7 +21,7 @@ from client.adapters.outbox import Outbox
 from client.adapters.relay import Relay
 from client.scim.event import event_from_json
 
-from ..support import free_port, start_proxy, wait_http
+from ..support import free_port, start_proxy, wait_own
 
 __all__ = ["start_proxy"]  # tests/support's, imported from here by the adapter tests
 
@@ -162,12 +162,7 @@ def _start_scim2_server(tmp: Path, token: str, port: int) -> tuple[subprocess.Po
     base = f"http://127.0.0.1:{port}/v2"
     banner = f"Serving SCIM on {base}".encode()
     try:
-        wait_http(
-            base + "/ServiceProviderConfig",
-            proc,
-            ok=lambda r: banner in log_path.read_bytes(),
-            output=lambda: log_path.read_text(errors="replace"),
-        )
+        wait_own(base + "/ServiceProviderConfig", proc, log_path, banner)
     except BaseException:
         stop(proc)
         raise

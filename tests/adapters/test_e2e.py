@@ -32,6 +32,7 @@ from client.formats.merkle import verify_inclusion
 from client.formats.note import Ed25519Verifier
 from tests.support import wait_for
 
+from ..support import wait_http
 from .helpers import (
     BULK,
     PATCH,
@@ -46,7 +47,6 @@ from .helpers import (
     status_counts,
     stop,
     user,
-    wait_http,
 )
 from .logserver import Log, audit_read
 
