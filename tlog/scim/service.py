@@ -456,11 +456,8 @@ class ScimService:
         """A direct write's staging met tenant keys the master key in memory cannot open:
         on a shared store, another frontend rotated it (and took the fence) since this one
         last claimed. Follow the rotation and stage again under a new claim (as a group's
-        submissions do, :meth:`_rotated_elsewhere`), or raise why not. One writer process
-        (LMDB): as before, the error goes to the caller."""
-        if not self.storage.shared:
-            raise exc
-        err = self._rotated_elsewhere()
+        submissions do, :meth:`_rotated_elsewhere`), or raise why not."""
+        err = self._rotated_elsewhere(exc)
         if not isinstance(err, AuxFenced):
             raise err
         self._fence_lost(attempt)
@@ -573,10 +570,7 @@ class ScimService:
                                 ok.append((job, job.fn(tx)))
                             except KeysRotated as exc:
                                 tx.rollback(mark)
-                                # One writer process (LMDB): no other frontend rotated
-                                # anything; answered as before the fence.
-                                err = self._rotated_elsewhere() if self.storage.shared else exc
-                                answers.append((job, err, None))
+                                answers.append((job, self._rotated_elsewhere(exc), None))
                             except Exception as exc:
                                 tx.rollback(mark)
                                 answers.append((job, exc, None))
@@ -601,11 +595,15 @@ class ScimService:
             return
         self._restage(answers)
 
-    def _rotated_elsewhere(self) -> BaseException:
-        """A staging met tenant keys that the master key in memory cannot open. Under the
-        writer lock that happens only when another frontend rotated the master key (an
-        erasure there, which also took the fence): follow the rotation and stage again
-        under a new claim, or say loudly why this frontend cannot (its key file)."""
+    def _rotated_elsewhere(self, exc: KeysRotated) -> BaseException:
+        """A staging met tenant keys that the master key in memory cannot open (``exc``):
+        what to answer. Under the writer lock, on a store several frontends write, that
+        happens only when another frontend rotated the master key (an erasure there, which
+        also took the fence): follow the rotation and stage again under a new claim
+        (:class:`AuxFenced`), or say loudly why this frontend cannot (its key file). One
+        writer process (LMDB): no other frontend rotated anything; ``exc`` as before."""
+        if not self.storage.shared:
+            return exc
         try:
             self.keys.follow_rotation()
         except StorageError as exc:
