@@ -43,7 +43,7 @@ from prometheus_client.core import GaugeMetricFamily
 
 from client.formats.checkpoint import Checkpoint
 from client.formats.merkle import VerificationError
-from client.formats.note import FormatError, open_note
+from client.formats.note import MAX_NOTE_SIZE, FormatError, open_note
 from client.formats.tiles import TILE_HEIGHT, TILE_WIDTH, Tile
 from tlog.integrity import RECOVER_HINT, RollbackDetected
 from tlog.log import Log
@@ -93,8 +93,9 @@ class PreconditionFailed(BucketError):
 class ObjectStore(Protocol):
     """The few operations the publisher needs from an object store."""
 
-    def get(self, key: str) -> tuple[bytes, str] | None:
-        """(bytes, ETag) of ``key``, or None if there is no such object."""
+    def get(self, key: str, limit: int) -> tuple[bytes, str] | None:
+        """(bytes, ETag) of ``key``, or None if there is no such object. At most ``limit`` + 1
+        bytes are read: a longer object comes back cut there (the caller refuses it)."""
 
     def create(self, key: str, data: bytes, content_type: str, cache_control: str) -> str:
         """Write ``key`` only if absent (``If-None-Match: *``); returns the new ETag.
@@ -181,10 +182,14 @@ class S3Store:
             return PreconditionFailed(f"{what} s3://{self.bucket}/{self.prefix}{key}: {code}")
         return BucketError(f"{what} s3://{self.bucket}/{self.prefix}{key} failed: {exc}")
 
-    def get(self, key: str) -> tuple[bytes, str] | None:
+    def get(self, key: str, limit: int) -> tuple[bytes, str] | None:
         try:
             r = self._s3.get_object(Bucket=self.bucket, Key=self.prefix + key)
-            return r["Body"].read(), r["ETag"]
+            body = r["Body"]
+            try:
+                return body.read(limit + 1), r["ETag"]
+            finally:
+                body.close()  # the rest of an oversized object is never read
         except Exception as exc:
             status, code = _error_of(exc)
             if status == 404 or code in ("NoSuchKey", "404"):
@@ -334,10 +339,16 @@ class BucketPublisher:
 
     def _bucket_checkpoint(self) -> tuple[Checkpoint, str] | None:
         """The bucket's checkpoint (verified) and its ETag; remembers its signature count."""
-        got = self.store.get(CHECKPOINT_KEY)
+        got = self.store.get(CHECKPOINT_KEY, MAX_NOTE_SIZE)
         if got is None:
             return None
         data, etag = got
+        if len(data) > MAX_NOTE_SIZE:
+            raise RollbackDetected(
+                f"the bucket's checkpoint is larger than a note can be ({MAX_NOTE_SIZE} bytes): "
+                "the bucket prefix belongs to something else, or was tampered with. Give this "
+                "log its own bucket prefix."
+            )
         try:
             n = open_note(data, [self.log.signer.verifier])
             cp = Checkpoint.parse(n.text)
@@ -543,13 +554,15 @@ class BucketPublisher:
             return
         except PreconditionFailed:
             pass
-        got = self.store.get(key)
+        got = self.store.get(key, len(data))  # a longer object differs: no need to read it all
         if got is None:  # deleted in between: try once more, conditionally again
             self.store.create(key, data, ctype, cache)
             return
         if got[0] != data:
+            there = len(got[0])
+            size = f"more than {len(data)}" if there > len(data) else str(there)
             raise BucketConflict(
-                f"{key} in the bucket differs from this log's tile ({len(got[0])} bytes "
+                f"{key} in the bucket differs from this log's tile ({size} bytes "
                 f"there, {len(data)} here): the bucket prefix holds another history"
             )
 

@@ -52,6 +52,7 @@ from ..pgsupport import DataBackup, OldCopy, clone_store, recover_into
 from ..s3support import SeaweedS3, audit_bucket
 from ..support import app_parts, recompute_tile, serve_config, wait_for
 
+ANY_SIZE = 1 << 26  # the tests read whole objects (the publisher bounds its own reads)
 ORIGIN = "bucket.example/log"
 PUBLIC_KEY = re.compile(
     r"checkpoint|tile/(entries|[0-9]|[1-9][0-9])/(x[0-9]{3}/)*[0-9]{3}(\.p/[1-9][0-9]{0,2})?"
@@ -173,7 +174,7 @@ def test_published_bucket_is_a_complete_tlog_tiles_log(
         assert want | {"checkpoint"} <= set(keys)
         # Tiles equal a recomputation from the entries; bundles hold the entries.
         for key in keys:
-            data = node.store.get(key)
+            data = node.store.get(key, ANY_SIZE)
             assert data is not None
             if key == "checkpoint":
                 assert data[0].decode() == node.log.latest.note
@@ -240,7 +241,7 @@ def test_background_publisher_follows_commits(
         for i in range(5):
             assert node.add_batch(entries(60, f"b{i}")).status_code == 200
         wait_published(node)
-        got = node.store.get("checkpoint")
+        got = node.store.get("checkpoint", ANY_SIZE)
         assert got is not None and got[0].decode() == node.log.latest.note
 
 
@@ -252,8 +253,8 @@ class FailingStore:
         self.down = True
         self.refused = 0
 
-    def get(self, key: str) -> tuple[bytes, str] | None:
-        return self.inner.get(key)
+    def get(self, key: str, limit: int) -> tuple[bytes, str] | None:
+        return self.inner.get(key, limit)
 
     def keys(self) -> Iterator[str]:
         return self.inner.keys()
@@ -290,7 +291,7 @@ def test_bucket_outage_loses_no_acknowledged_entry(
             rb"^tlog_bucket_consecutive_failures (\S+)$", node.client.get("/metrics").content, re.M
         )
         assert failing is not None and float(failing.group(1)) >= 1
-        assert node.store.get("checkpoint") is None
+        assert node.store.get("checkpoint", ANY_SIZE) is None
         store.down = False  # the bucket is back: the publisher catches up from the database
         wait_published(node)
         assert node.publisher.bucket_size == 300
@@ -350,10 +351,10 @@ def test_other_bytes_in_the_bucket_stop_signing(
         assert r.status_code == 503
         # No checkpoint in the bucket covers the conflicting tile (the start-up round may
         # have published the empty tree).
-        cp = node.store.get("checkpoint")
+        cp = node.store.get("checkpoint", ANY_SIZE)
         assert cp is None or cp[0].split(b"\n")[1] == b"0"
         # The planted object was not overwritten.
-        got = planted.get("tile/entries/000")
+        got = planted.get("tile/entries/000", ANY_SIZE)
         assert got is not None and got[0] == b"\x00\x05other"
 
 
@@ -496,7 +497,7 @@ def test_two_frontends_share_one_bucket(
         # The slow publisher's compare-and-swap fails; it re-reads and does not go back.
         slow.checkpoint_source = lambda: node.log.checkpoint_note(10).note
         assert slow.publish_once() == 20
-        got = node.store.get("checkpoint")
+        got = node.store.get("checkpoint", ANY_SIZE)
         assert got is not None and got[0].decode() == node.log.latest.note
 
 
@@ -526,7 +527,7 @@ def test_scim_service_publishes_nothing_private(
             assert "checkpoint" in keys
             for key in keys:
                 assert PUBLIC_KEY.fullmatch(key), key
-                got = store.get(key)
+                got = store.get(key, ANY_SIZE)
                 assert got is not None
                 # Exactly what the public tlog-tiles API serves, nothing more.
                 assert h.client.get("/" + key).content == got[0]
@@ -593,7 +594,7 @@ def test_publishes_the_cosigned_checkpoint(
         cosigned = note + witness.cosign(parse_note(note).text, 1_700_000_000).line()
         publisher = BucketPublisher(node.log, node.store, checkpoint_source=lambda: cosigned)
         assert publisher.publish_once() == 5
-        got = node.store.get("checkpoint")
+        got = node.store.get("checkpoint", ANY_SIZE)
         assert got is not None and got[0].decode() == cosigned
         vkey = node.log.vkey
     url = seaweedfs.public_url(bucket, "logs/one")
@@ -625,7 +626,7 @@ def test_two_frontends_on_one_database_publish_one_bucket(
 
         # The frontend that signed the final checkpoint publishes it on its next round.
         def published() -> bool:
-            got = a.store.get("checkpoint")
+            got = a.store.get("checkpoint", ANY_SIZE)
             return got is not None and got[0].decode() == final.note
 
         wait_for(

@@ -47,16 +47,18 @@ def test_server_enforces_if_match(seaweedfs: SeaweedS3) -> None:
 def test_store_create_replace_get_keys(seaweedfs: SeaweedS3) -> None:
     b = seaweedfs.bucket()
     s = _store(seaweedfs, b, "logs/one")
-    assert s.get("checkpoint") is None
+    assert s.get("checkpoint", 1 << 20) is None
     e1 = s.create("tile/0/000", b"x" * 32, "application/octet-stream", "immutable")
     with pytest.raises(PreconditionFailed):
         s.create("tile/0/000", b"y" * 32, "application/octet-stream", "immutable")
-    got = s.get("tile/0/000")
+    got = s.get("tile/0/000", 1 << 20)
     assert got == (b"x" * 32, e1)
+    # A read stops one byte past its limit: the caller sees the object is too long.
+    assert s.get("tile/0/000", 16) == (b"x" * 17, e1)
     e2 = s.replace("tile/0/000", b"z", e1, "text/plain", "no-cache")
     with pytest.raises(PreconditionFailed):
         s.replace("tile/0/000", b"w", e1, "text/plain", "no-cache")
-    assert s.get("tile/0/000") == (b"z", e2)
+    assert s.get("tile/0/000", 1 << 20) == (b"z", e2)
     # Keys are relative to the prefix, and only the prefix's.
     _store(seaweedfs, b, "logs/two").create("other", b"o", "text/plain", "no-cache")
     assert list(s.keys()) == ["tile/0/000"]
@@ -80,7 +82,7 @@ def test_unreachable_store_is_a_bucket_error(seaweedfs: SeaweedS3) -> None:
         timeout=2.0,
     )
     with pytest.raises(BucketError) as exc:
-        s.get("checkpoint")
+        s.get("checkpoint", 1 << 20)
     assert not isinstance(exc.value, PreconditionFailed)
 
 
