@@ -244,7 +244,7 @@ class _Guard:
         lim = self.limits.max_head_bytes
         if self._unchecked > lim:
             hb: Any = self
-            size = len(hb.url) + sum(len(k) + len(v) + 4 for k, v in hb.headers)
+            size = _head_size(hb.url, hb.headers)
             if size > lim:
                 self._head_refused = True
                 if not self.transport.is_closing():
@@ -337,6 +337,42 @@ class _Guard:
         self.transport.close()
 
 
+def _head_size(target: bytes, headers: Any) -> int:
+    """A head's size as both parsers' guards measure it: target, names, values, 4 a field."""
+    return len(target) + sum(len(k) + len(v) + 4 for k, v in headers)
+
+
+class _H11Guard(_Guard):
+    """(h11) h11 buffers a head pipelined behind a request and parses it only once that
+    request is answered; ``h11_max_incomplete_event_size`` bounds only a head still
+    incomplete, so a complete one over the limit would reach the app. Each request h11
+    produces is measured as it comes out of the parser: one over the limit closes the
+    connection (431 if it is the first request) and the app never sees it."""
+
+    conn: Any
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        import h11
+
+        guard = self
+        limit = self.limits.max_head_bytes
+
+        class _Conn(h11.Connection):
+            def next_event(self) -> Any:
+                event = super().next_event()
+                if isinstance(event, h11.Request) and (
+                    _head_size(event.target, event.headers.raw_items()) > limit
+                ):
+                    guard._head_refused = True
+                    if not guard.transport.is_closing():
+                        guard._refuse(_R431)
+                    return h11.PAUSED  # uvicorn stops handling events: nothing more is read
+                return event
+
+        self.conn = _Conn(h11.SERVER, limit)  # what hardened_config gives h11 anyway
+
+
 def _fd_budget(wanted: int) -> int:
     """Raise the soft RLIMIT_NOFILE towards the hard one; the connections it leaves room for."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -406,7 +442,7 @@ def hardened_config(
         base = AutoHTTPProtocol
     protocol = type(
         f"Hardened{base.__name__}",
-        (_Guard, base),
+        (_H11Guard if base.__name__ == "H11Protocol" else _Guard, base),
         {
             "limits": lim,
             "max_connections": _fd_budget(lim.max_connections),
