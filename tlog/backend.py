@@ -42,6 +42,7 @@ from __future__ import annotations
 import errno
 import struct
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -60,6 +61,7 @@ __all__ = [
     "StorageCorrupt",
     "StorageError",
     "StorageFull",
+    "TurnTimeout",
     "is_database_url",
     "open_backend",
     "register_fault",
@@ -98,6 +100,11 @@ class CommitConflict(StorageError):
 
     Nothing of the batch was written; the writer must reload its state from the store.
     """
+
+
+class TurnTimeout(CommitConflict):
+    """Another process held the store's write turn (:meth:`Backend.write_turn`) longer than
+    the wait allows: nothing of the batch was written, and waiting again would not help."""
 
 
 class AuxFenced(CommitConflict):
@@ -291,6 +298,14 @@ class Backend(Protocol):
         """Write (or, with None, delete) auxiliary records in one durable transaction.
         ``fence``: the writer fence they were staged under; :class:`AuxFenced` (nothing
         written) if another process claimed it since."""
+        ...
+
+    def write_turn(self) -> AbstractContextManager[None]:
+        """Held while this process catches up with the store, builds a batch on it and
+        commits it: on a store that several processes write (``shared``), their batches
+        then take turns instead of losing each other's compare-and-swap (which the
+        compare-and-swap still checks). Raises :class:`TurnTimeout` when another process
+        holds it for too long. A no-op on a store with one writer process (LMDB)."""
         ...
 
     def claim_aux_writer(self) -> bytes | None:

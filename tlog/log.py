@@ -70,6 +70,9 @@ class _Miss(Exception):
 
 
 COMPLETE = 1 << 63  # the tree size a complete (immutable) blob serves: every size
+# Entries another frontend committed that catch_up hashes in rather than reloading (beyond
+# that a reload, which reads O(log n) blobs, is cheaper than reading the entries).
+CATCH_UP_MAX = 1 << 16
 
 
 class BlobCache:
@@ -243,17 +246,62 @@ class Log:
         self._load_state(self.remembered.read() if self.remembered is not None else None)
         self._stale = False
 
-    def catch_up(self) -> bool:
-        """Reload if the store moved past what this writer holds (another frontend on a
-        shared database committed) or a failed write left this writer stale. Returns True
-        when the state was reloaded. Cheap when nothing changed: one read of the tree size.
-        """
-        if not self._stale:
-            with self.storage.read() as rv:
-                size = rv.tree_size()
-            if size == self._edge.size:
+    def catch_up(self, publish: bool = True) -> bool:
+        """Adopt what the store holds when it moved past this writer (another frontend on a
+        shared database committed), or reload if a failed write left this writer stale.
+        Returns True when the state changed. Cheap when nothing changed: one read of the
+        tree size.
+
+        When the store only grew (by at most ``CATCH_UP_MAX`` entries), the new entries are
+        read in the same snapshot as the store's checkpoint and hashed onto the writer's
+        right edge: adopted only if the root they give is the checkpoint's, under this
+        log's signature (so the store's tree extends the one this writer holds);
+        otherwise, or when it shrank, a full :meth:`reload` decides. ``publish=False`` (the
+        sequencer, about to commit on top of it): the adopted checkpoint is not remembered
+        and handed out here; the batch's newer one will be."""
+        if self._stale:
+            self.reload()
+            return True
+        mine = self._edge.size
+        with self.storage.read() as rv:
+            size = rv.tree_size()
+            if size == mine:
                 return False
-        self.reload()
+            latest = rv.latest_checkpoint() if 0 < size - mine <= CATCH_UP_MAX else None
+            entries = rv.entries(mine, size) if latest is not None else []
+        if latest is None or not self._extend(size, latest, entries, publish):
+            self.reload()
+        return True
+
+    def _extend(
+        self, size: int, latest: tuple[int, bytes], entries: list[bytes], publish: bool
+    ) -> bool:
+        """:meth:`catch_up`'s incremental step: True if adopted, False (nothing changed
+        but the edge, which the caller's reload rebuilds) if the store's checkpoint does
+        not match the edge extended by ``entries``."""
+        cp_size, note = latest
+        if cp_size != size or len(entries) != size - self._edge.size:
+            return False
+        try:
+            cp = self._open(note)
+        except (FormatError, VerificationError):
+            return False
+        self._edge.append([hashlib.sha256(LEAF_PREFIX + e).digest() for e in entries])
+        if cp.size != size or self._edge.root() != cp.root_hash:
+            log.warning(
+                "the store's checkpoint %d does not extend this writer's tree: reloading", size
+            )
+            self._stale = True
+            return False
+        # The other frontend stored these blobs; the root proves them: trusted, not written.
+        for tl, ti, blob in self._edge.take_dirty():
+            self.blobs.put(tl, ti, size, blob)
+        for tl, ti, blob in self._edge.blobs():
+            self.blobs.put(tl, ti, size, blob)
+        self.storage.settle()  # read from the primary: on the standby too before it is used
+        self._head = head = Published(size, note.decode())
+        if publish:
+            self.publish(head)
         return True
 
     # -- identity --------------------------------------------------------------------------

@@ -51,6 +51,7 @@ Reads are REPEATABLE READ, READ ONLY transactions on a small connection pool: on
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -81,6 +82,7 @@ from tlog.backend import (
     StorageCorrupt,
     StorageError,
     StorageFull,
+    TurnTimeout,
     tile_key,
     u64,
 )
@@ -93,6 +95,7 @@ FORMAT_VERSION = b"1"
 POOL_MAX = 8
 POOL_TIMEOUT = 10.0  # seconds to wait for a pooled read connection
 SETTLE_TIMEOUT = 10.0  # seconds to wait for a synchronous standby to confirm a barrier
+TURN_TIMEOUT = 5.0  # seconds to wait for another frontend's write turn (write_turn)
 _U64 = struct.Struct(">Q")
 _MAX_BIGINT = (1 << 63) - 1
 
@@ -516,6 +519,10 @@ class PgStorage:
         self.before_leaves: Callable[[psycopg.Connection[Any]], None] | None = None
         self._wlock = threading.Lock()
         self._writer: psycopg.Connection[Any] | None = None
+        # The write turn (write_turn): its own connection, holding a session advisory lock.
+        self._tlock = threading.Lock()
+        self._turner: psycopg.Connection[Any] | None = None
+        self.turn_timeout = TURN_TIMEOUT
         self._closed = False
         kwargs: dict[str, Any] = {"application_name": "tlog"}
         if "connect_timeout" not in url:
@@ -597,6 +604,8 @@ class PgStorage:
             if self._writer is not None:
                 self._writer.close()
                 self._writer = None
+        with self._tlock:
+            self._drop_turn()
         self._pool.close()
         for f in self.on_close:
             f()
@@ -945,6 +954,55 @@ class PgStorage:
         if items:
             self._write(run, "SCIM records")
 
+    @contextlib.contextmanager
+    def write_turn(self) -> Iterator[None]:
+        """This frontend's turn to build and commit a batch (module docstring): a session
+        advisory lock on a connection of its own, waited for at most ``turn_timeout``
+        seconds (:class:`TurnTimeout`). A lost connection loses the lock with it (the
+        server releases a session's locks when it ends), never a commit: the compare-and-
+        swap still decides."""
+        if self._readonly:
+            raise StorageError("the store was opened read-only")
+        with self._tlock:
+            conn = self._turn_conn()
+            try:
+                conn.execute(_TURN_LOCK, prepare=True)
+            except psycopg.errors.LockNotAvailable:
+                raise TurnTimeout(
+                    f"another frontend held this log's write turn for over {self.turn_timeout:g} s"
+                ) from None
+            except psycopg.Error as exc:
+                self._drop_turn()
+                raise pg_fault(exc) or StorageError(str(exc)) from exc
+            try:
+                yield
+            finally:
+                try:
+                    conn.execute(_TURN_UNLOCK, prepare=True)
+                except psycopg.Error:
+                    self._drop_turn()  # the server releases the lock with the session
+
+    def _turn_conn(self) -> psycopg.Connection[Any]:
+        conn = self._turner
+        if conn is not None and not conn.closed and not conn.broken:
+            return conn
+        self._drop_turn()
+        try:
+            conn = psycopg.connect(self._url, autocommit=True, **self._kwargs)
+            conn.execute(f"SET lock_timeout = {max(1, int(self.turn_timeout * 1000))}")
+        except psycopg.Error as exc:
+            raise pg_fault(exc) or StorageError(str(exc)) from exc
+        self._turner = conn
+        return conn
+
+    def _drop_turn(self) -> None:
+        conn, self._turner = self._turner, None
+        if conn is not None:
+            try:
+                conn.close()
+            except psycopg.Error:  # pragma: no cover - closing a dead connection
+                pass
+
     def claim_aux_writer(self) -> bytes | None:
         """Take the SCIM writer fence (module docstring): a fresh random value in the
         ``tlog_aux_writer`` row, committed before this returns. The UPDATE waits for every
@@ -1028,6 +1086,11 @@ _UPSERT_TILES = (
     "ON CONFLICT (level, idx) DO UPDATE SET blob = EXCLUDED.blob"
 )
 _INSERT_CHECKPOINT = "INSERT INTO tlog_checkpoints (size, note) VALUES (%b, %b)"
+# The write turn (PgStorage.write_turn): a session advisory lock, one per schema (each log
+# has its own; two logs whose names hash alike would only take turns needlessly).
+_TURN_KEY = "hashtextextended(current_schema() || '/tlog write turn', 0)"
+_TURN_LOCK = f"SELECT pg_advisory_lock({_TURN_KEY})"
+_TURN_UNLOCK = f"SELECT pg_advisory_unlock({_TURN_KEY})"
 _STANDBY_NAMES = "SELECT current_setting('synchronous_standby_names')"
 # The SCIM writer fence (module docstring). A claim replaces the fence; a transaction that
 # writes records first locks the row FOR SHARE (a claim waits for it to end) and finds it

@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from tlog.backend import AuxFenced, CommitConflict
+from tlog.backend import AuxFenced, CommitConflict, TurnTimeout
 from tlog.log import BatchResult, Log, LogHalted
 from tlog.reads import Outcome, bound, settle_on_loops
 
@@ -254,16 +254,20 @@ class Sequencer:
         The batch's records go with it again only under the same writer ``fence``: if
         another frontend took it, :class:`AuxFenced` at once (records staged on what it
         may have changed are never retried as they are)."""
-        shared = self.log.storage.shared  # LMDB: one writer; a second one is refused loudly
+        storage = self.log.storage
+        shared = storage.shared  # LMDB: one writer; a second one is refused loudly
         for attempt in range(CONFLICT_RETRIES + 1):
-            if shared:
-                self.log.catch_up()
             try:
-                # Published by the publisher thread (_publish_run), not here.
-                return self.log.integrate(
-                    entries, publish=False, leaf_hashes=hashes, aux=aux or (), aux_fence=fence
-                )
-            except AuxFenced:
+                # The frontends take turns (Backend.write_turn): the catch-up sees the last
+                # holder's commit, so the batch built on it normally wins its compare-and-
+                # swap. Published by the publisher thread (_publish_run), not here.
+                with storage.write_turn():
+                    if shared:
+                        self.log.catch_up(publish=False)
+                    return self.log.integrate(
+                        entries, publish=False, leaf_hashes=hashes, aux=aux or (), aux_fence=fence
+                    )
+            except (AuxFenced, TurnTimeout):
                 raise
             except CommitConflict:
                 if attempt == CONFLICT_RETRIES or not shared:

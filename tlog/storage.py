@@ -24,6 +24,7 @@ either all of a batch exists or none of it does.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import logging
@@ -662,6 +663,10 @@ class Storage:
         ``fence`` is not checked: one process writes an LMDB store (``claim_aux_writer``)."""
         with self.env.begin(write=True) as txn:
             self._aux_into(txn, items)
+
+    def write_turn(self) -> contextlib.AbstractContextManager[None]:
+        """Nothing to wait for: the lock file keeps every other writer process out."""
+        return contextlib.nullcontext()
 
     def claim_aux_writer(self) -> bytes | None:
         """None: the lock file keeps every other writer process out of an LMDB store, so

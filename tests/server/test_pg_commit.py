@@ -103,3 +103,113 @@ def test_postgresql_batches_need_no_lookup_and_no_blob_read(
     assert _root(again) == (size, root)
     assert again.integrate([b"b1-5", b"new"]).indices == [505, 1100]
     store.close()
+
+
+def test_catch_up_extends_the_edge_with_what_another_writer_committed(
+    tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writer B adopts A's commits by hashing A's new entries onto its own right edge (no
+    reload: no blob read, no remembered-file round), then commits on top of them; the tree
+    is the one a fresh writer rebuilds from the store. ``publish=False`` leaves what B hands
+    out alone (its next batch's checkpoint covers it)."""
+    from tlog.pg import PgReadView
+
+    store, other = open_store(pg_url, tmp_path), open_store(pg_url, tmp_path)
+    a, b = Log(store, make_signer()), Log(other, make_signer())
+    try:
+        a.integrate([b"a-%d" % i for i in range(300)])
+        assert b.catch_up() is True  # from 0: crosses a full tile
+        assert _root(b) == _root(a)
+
+        def refused(*args: object) -> None:
+            raise AssertionError("an incremental catch-up reloaded")
+
+        for k in range(3):  # alternate, as two frontends taking turns do
+            a.integrate([b"a%d-%d" % (k, i) for i in range(100 + k)])
+            before = b.latest
+            monkeypatch.setattr(Log, "reload", refused)
+            monkeypatch.setattr(PgReadView, "blob", refused)
+            assert b.catch_up(publish=False) is True
+            monkeypatch.undo()
+            assert b.latest == before  # adopted, not handed out
+            r = b.integrate([b"b%d" % k])
+            assert r.indices == [a.latest.size]
+            a.catch_up()
+            assert _root(a) == _root(b)
+        assert b.catch_up() is False  # nothing new: one read of the tree size
+        fresh = Log(store, make_signer())
+        assert _root(fresh) == _root(b)
+    finally:
+        store.close()
+        other.close()
+
+
+def test_catch_up_reloads_when_the_store_does_not_extend_the_edge(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """The store's newest checkpoint, properly signed, is not the root of B's edge extended
+    by the new entries (a forged or forked tree under the log's key): B does not adopt it,
+    and the full reload's checks refuse the store, as at start-up."""
+    import hashlib
+
+    import psycopg
+
+    from client.formats.checkpoint import Checkpoint
+    from client.formats.note import Ed25519Signer, sign_note
+    from tlog.backend import StorageError
+
+    from .conftest import ORIGIN
+
+    store, other = open_store(pg_url, tmp_path), open_store(pg_url, tmp_path)
+    a, b = Log(store, make_signer()), Log(other, make_signer())
+    try:
+        a.integrate([b"x", b"y"])
+        b.catch_up()
+        a.integrate([b"z"])
+        forged = sign_note(
+            Checkpoint(ORIGIN, 3, hashlib.sha256(b"another tree").digest()).text(),
+            [Ed25519Signer(ORIGIN, bytes(range(32)))],
+        )
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute("UPDATE tlog_checkpoints SET note = %s WHERE size = 3", (forged.encode(),))
+            conn.execute("UPDATE tlog_state SET checkpoint = %s", (forged.encode(),))
+        with pytest.raises(StorageError, match="stored tree does not match"):
+            b.catch_up()
+        assert _root(b)[0] == 2  # nothing of it was handed out
+    finally:
+        store.close()
+        other.close()
+
+
+def test_a_write_turn_held_elsewhere_is_a_clear_refusal(tmp_path: Path, pg_url: str) -> None:
+    """Another session holds this log's write turn (a frontend stuck inside its commit):
+    the wait is bounded, the submission is refused at once with the reason (no retry that
+    would wait again), and nothing is written. Once the turn is free, the log goes on."""
+    import asyncio
+
+    import psycopg
+
+    from tlog.pg import PgStorage
+    from tlog.sequencer import Sequencer, SequencerStopped
+
+    store = open_store(pg_url, tmp_path)
+    assert isinstance(store, PgStorage)
+    store.turn_timeout = 0.3
+    seq = Sequencer(
+        Log(store, make_signer()), max_batch_entries=100, max_batch_age=0.001, max_backlog=1000
+    )
+    seq.start()
+    key = "hashtextextended(current_schema() || '/tlog write turn', 0)"
+    try:
+        with psycopg.connect(pg_url, autocommit=True) as holder:
+            holder.execute(f"SELECT pg_advisory_lock({key})")
+            with pytest.raises(
+                SequencerStopped, match=r"held this log.s write turn for over 0\.3 s"
+            ):
+                asyncio.run(seq.submit([b"blocked"]))
+            with store.read() as rv:
+                assert rv.tree_size() == 0
+        assert asyncio.run(seq.submit([b"free"])).indices == [0]
+    finally:
+        seq.stop()
+        store.close()
