@@ -15,7 +15,8 @@ and SCIM master key file, as docs/operations.md's deployment shapes say), each l
 its own wrk with half the connections at once: SCIM writes on both frontends take turns
 with the SCIM writer fence. Reported: the sum of both, the non-2xx answers (a staging that
 lost the fence more than ``FENCE_RETRIES`` times is a 503), and the fence claims each
-frontend made (``tlog_scim_writer_fence_claims_total``).
+frontend made (``tlog_scim_writer_fence_claims_total``). ``--raw``: ``POST /v1/entries``
+(one raw entry a request) instead of SCIM events, the reference without SCIM records.
 
 Reported per round: requests/s, p50/p99, the server's CPU per request (user + system time
 of its process over the requests answered) and the write transactions per event (xids the
@@ -40,7 +41,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.http import wrk
+from bench.http import POST_LUA, wrk
 from bench.scim_proxy import cpu_model, tlog_token
 from bench.scim_single import SCIM_LUA, TENANT, cpu_seconds, template
 from bench.tlogserve import Serve, serving
@@ -83,12 +84,16 @@ def one_round(
     connections: int,
     subjects: int = 0,
     count: int = 1,
+    raw: bool = False,
 ) -> str:
     url = cluster.new_schema()
     data = tmp / f"data-{time.monotonic_ns()}"
     with frontends(data, url, count) as servers:
         token = tlog_token(data, TENANT, url)
-        script = SCIM_LUA.replace("%BODY%", template()).replace("%TOKEN%", token)
+        if raw:
+            script = POST_LUA.replace("%PATH%", "/v1/entries").replace("%TOKEN%", token)
+        else:
+            script = SCIM_LUA.replace("%BODY%", template()).replace("%TOKEN%", token)
         if subjects:
             fresh = 'string.format("u-%d-%d-%d", tid, n, r(1, 1000000000))'
             if fresh not in script:
@@ -97,9 +102,20 @@ def one_round(
         x0 = write_xids(cluster)
         f0 = [fence_claims(s.url) for s in servers]
         c0 = [cpu_seconds(s.pid) for s in servers]
+        seed = "math.randomseed(os.time() * 1000 + tid)"
+        if seed not in script:
+            raise RuntimeError("the wrk script's seed changed: update the seeds here")
+        # Each wrk its own random sequence (eids, rids): started in the same second, they
+        # would otherwise send the same events to every frontend.
+        scripts = [
+            script.replace(seed, f"math.randomseed(os.time() * 1000 + tid + {k * 7919})")
+            for k in range(count)
+        ]
+        each = max(1, connections // len(servers))
         with ThreadPoolExecutor(len(servers)) as pool:
-            each = max(1, connections // len(servers))
-            results = list(pool.map(lambda s: wrk(s.url, script, duration, each), servers))
+            results = list(
+                pool.map(lambda k: wrk(servers[k].url, scripts[k], duration, each), range(count))
+            )
         cpu = sum(cpu_seconds(s.pid) for s in servers) - sum(c0)
         claims = [fence_claims(s.url) - f for s, f in zip(servers, f0, strict=True)]
         x1 = write_xids(cluster)
@@ -129,6 +145,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--subjects", type=int, default=0, help="rids drawn from N (0: fresh)")
     ap.add_argument("--frontends", type=int, default=1, help="tlog serve processes (1 or more)")
+    ap.add_argument("--raw", action="store_true", help="POST /v1/entries instead (reference)")
     args = ap.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("bench.pg_scim_single needs wrk: apt-get install -y wrk")
@@ -142,7 +159,13 @@ def main() -> None:
         )
         for i in range(args.rounds):
             got = one_round(
-                cluster, tmp, args.duration, args.connections, args.subjects, args.frontends
+                cluster,
+                tmp,
+                args.duration,
+                args.connections,
+                args.subjects,
+                args.frontends,
+                args.raw,
             )
             print(f"round {i + 1}: {got}")
     finally:
