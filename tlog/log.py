@@ -465,14 +465,19 @@ class Log:
             # edge moved. Rebuild it at ``first`` (from the blobs committed so far).
             self._edge = RightEdge(first, self._edge_blob)
             raise
+        except AuxFenced as exc:
+            # Another frontend took the SCIM writer fence (routine with SCIM writes on several
+            # frontends: the submissions are staged again, so not a warning). The fence is
+            # checked only once the compare-and-swap passed, and the transaction was rolled
+            # back: the store is still at ``base``, as after DuplicateLeaves.
+            log.info("commit refused, its SCIM records staged under a taken fence: %s", exc)
+            self._edge = RightEdge(first, self._edge_blob)
+            raise
         except CommitConflict as exc:
             # The store is not what this writer built on: another writer got there first (or
             # a put failed). Nothing was written; adopt what the store holds and acknowledge
             # nothing of this batch.
-            # (Another frontend taking the SCIM writer fence is routine with SCIM writes on
-            # several frontends: its submissions are staged again, so not a warning.)
-            level = logging.INFO if isinstance(exc, AuxFenced) else logging.WARNING
-            log.log(level, "commit refused, reloading the log state from the store: %s", exc)
+            log.warning("commit refused, reloading the log state from the store: %s", exc)
             self._stale = True
             self.reload()
             raise

@@ -213,3 +213,38 @@ def test_a_write_turn_held_elsewhere_is_a_clear_refusal(tmp_path: Path, pg_url: 
     finally:
         seq.stop()
         store.close()
+
+
+def test_a_fenced_batch_leaves_the_writer_on_its_base_without_a_reload(
+    tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch whose SCIM records were staged under a fence another frontend has taken is
+    refused whole after its compare-and-swap passed: the store is still where the writer
+    built, so the writer only rewinds its edge (no full reload, which re-reads and re-checks
+    the tree) and its next batch takes the same indices."""
+    from tlog.backend import AuxFenced
+
+    store, other = open_store(pg_url, tmp_path), open_store(pg_url, tmp_path)
+    log_ = Log(store, make_signer())
+    try:
+        log_.integrate([b"p-%d" % i for i in range(300)])
+        before = _root(log_)
+        stale = store.claim_aux_writer()
+        other.claim_aux_writer()
+
+        def refused(*args: object) -> None:
+            raise AssertionError("the writer reloaded")
+
+        monkeypatch.setattr(Log, "reload", refused)
+        with pytest.raises(AuxFenced):
+            log_.integrate([b"fenced"], aux=[(b"\xfftest-fenced", b"1")], aux_fence=stale)
+        with store.read() as rv:
+            assert rv.tree_size() == 300 and rv.aux(b"\xfftest-fenced") is None
+        assert _root(log_) == before
+        r = log_.integrate([b"next-%d" % i for i in range(3)])
+        monkeypatch.undo()
+        assert r.indices == [300, 301, 302]
+        assert _root(Log(store, make_signer())) == _root(log_)
+    finally:
+        store.close()
+        other.close()
