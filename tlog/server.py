@@ -20,7 +20,7 @@ from tlog.metrics import Metrics, ops_routes
 from tlog.published import PublishedState, Solo
 from tlog.reads import ReadPool
 from tlog.routes import Api
-from tlog.scim.keys import open_keyring
+from tlog.scim.keys import KeyFileLock, open_keyring
 from tlog.scim.routes import scim_routes
 from tlog.scim.service import ScimService
 from tlog.sequencer import Sequencer
@@ -149,6 +149,12 @@ def build_app(
     service = None
     if scim:
         try:
+            # Held for the store's life: one LMDB store alone on its key file, or the
+            # frontends of one PostgreSQL store together (KeyFileLock); then the file must
+            # be bound to this store (open_keyring).
+            key_lock = KeyFileLock(config.scim_master_key_path)
+            key_lock.acquire(exclusive=not storage.shared)
+            storage.on_close.append(key_lock.release)
             keyring = open_keyring(config.scim_master_key_path, storage)
         except BaseException:
             storage.close()

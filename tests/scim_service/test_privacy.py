@@ -122,7 +122,8 @@ def test_master_key_file(
     path = tmp_path / MASTER_KEY_FILE
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     text = path.read_text()
-    assert text.startswith("tlog-scim-master-key-v2\ncurrent ") and len(text) == 130
+    assert text.startswith("tlog-scim-master-key-v2\ncurrent ") and len(text) == 171
+    assert text.split("\n")[3].startswith("store   ")  # bound to its store (keys.py)
     key_b64 = text.split("\n")[1].split()[1]
     assert len(base64.b64decode(key_b64)) == 32
     assert key_b64 not in caplog.text

@@ -32,13 +32,17 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import errno
 import fcntl
 import hashlib
 import hmac
+import logging
 import os
 import secrets
+import socket
 import stat
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -59,6 +63,8 @@ from tlog.scim.store import Overlay, Tombstone, decode_envelope, decode_record, 
 
 __all__ = [
     "MASTER_KEY_FILE",
+    "KeyFile",
+    "KeyFileLock",
     "KeyRing",
     "KeysRotated",
     "MasterKey",
@@ -68,6 +74,7 @@ __all__ = [
     "TenantKeys",
     "envelope_plaintext",
     "epoch_of",
+    "load_key_file",
     "open_keyring",
     "seal",
     "seal_envelope",
@@ -75,6 +82,8 @@ __all__ = [
     "subject_encoding",
     "unseal",
 ]
+
+log = logging.getLogger("tlog.scim.keys")
 
 MASTER_KEY_FILE = "scim-master.key"
 KEY_SIZE = 32
@@ -193,10 +202,30 @@ def _hmac16(key: bytes, msg: bytes) -> bytes:
 _FILE_HEADER_V2 = "tlog-scim-master-key-v2\n"
 _B64_KEY_LEN = 44
 _EMPTY_SLOT = "-" * _B64_KEY_LEN
+_V2_BODY_LEN = len(_FILE_HEADER_V2) + 2 * (8 + _B64_KEY_LEN + 1)  # 130
+# The binding: a last line naming the store the file belongs to (store_id_of), appended to a
+# v1 or v2 body. A file without it (written by an older version, or a bind torn by a crash)
+# is bound at its store's next start.
+_STORE_LINE = "store   "
+STORE_ID_SIZE = 16
+_STORE_LINE_LEN = len(_STORE_LINE) + 2 * STORE_ID_SIZE + 1  # 41
+# 0xff never occurs in UTF-8, so no tenant id (tn = HMAC(tn key, tenant id)) is this message.
+_STORE_ID_MSG = b"\xfftlog-scim/v1/store-id"
+LOCK_SUFFIX = ".lock"  # KeyFileLock: <key file>.lock
+NEW_SUFFIX = ".new"  # a key file being created (open_keyring): <key file>.new
 
 
-def _key_file_text(current: bytes, nxt: bytes | None) -> bytes:
-    """The v2 key file: fixed length (130 bytes), so a rewrite covers every earlier byte."""
+def store_id_of(tn_key: bytes) -> bytes:
+    """The store id a key file is bound to: ``HMAC-SHA256(tenant ref key, 0xff ‖ ...)[:16]``.
+    The tenant ref key is random per store, created with its first SCIM keys and never
+    rotated, and copies of the store (``tlog backup``, ``tlog migrate``, a restored dump)
+    keep it: one id per store and its copies, read from the store with nothing written."""
+    return hmac.digest(tn_key, _STORE_ID_MSG, "sha256")[:STORE_ID_SIZE]
+
+
+def _key_file_text(current: bytes, nxt: bytes | None, store: bytes | None = None) -> bytes:
+    """The v2 key file: fixed length (130 bytes, 171 with its store line), so a rewrite
+    covers every earlier byte."""
     b64 = base64.b64encode
     return (
         _FILE_HEADER_V2
@@ -206,6 +235,7 @@ def _key_file_text(current: bytes, nxt: bytes | None) -> bytes:
         + "next    "
         + (b64(nxt).decode("ascii") if nxt is not None else _EMPTY_SLOT)
         + "\n"
+        + (_STORE_LINE + store.hex() + "\n" if store is not None else "")
     ).encode("ascii")
 
 
@@ -219,9 +249,58 @@ def _b64key(text: str, path: Path) -> bytes:
     return key
 
 
-def read_key_file(path: Path) -> tuple[bytes, bytes | None]:
-    """(current, next) from a master key file (v1: one key; v2: a current key and, during a
-    rotation, the next one). Refuses a file that group or others may read or write."""
+@dataclass(frozen=True)
+class KeyFile:
+    """What a master key file holds: the ``current`` key, during a rotation the ``next``
+    one, and the id of the store it is bound to (None: not bound yet). ``body_len``: the
+    bytes before the store line (where :func:`bind_key_file` writes it)."""
+
+    current: bytes = field(repr=False)
+    next: bytes | None = field(repr=False)
+    store: bytes | None
+    body_len: int
+
+
+def parse_key_file(text: str, path: Path) -> KeyFile:
+    """A key file's text (v1: one key; v2: a current key and, during a rotation, the next
+    one; either followed by the store line once bound)."""
+    if text.startswith(_FILE_HEADER):
+        end = text.find("\n") + 1
+        if end == 0:
+            raise StorageError(f"{path} is not a tlog SCIM master key file")
+        cur, nxt = _b64key(text[len(_FILE_HEADER) : end - 1], path), None
+    elif text.startswith(_FILE_HEADER_V2):
+        end = _V2_BODY_LEN
+        lines = text[:end].split("\n")
+        if not (
+            len(lines) == 4
+            and lines[3] == ""
+            and lines[1].startswith("current ")
+            and lines[2].startswith("next    ")
+        ):
+            raise StorageError(f"{path} is not a tlog SCIM master key file")
+        cur = _b64key(lines[1][8:], path)
+        nxt = None if lines[2][8:] == _EMPTY_SLOT else _b64key(lines[2][8:], path)
+    else:
+        raise StorageError(f"{path} is not a tlog SCIM master key file")
+    tail = text[end:]
+    store = None
+    if (
+        len(tail) == _STORE_LINE_LEN
+        and tail.startswith(_STORE_LINE)
+        and tail.endswith("\n")
+        and all(c in "0123456789abcdef" for c in tail[len(_STORE_LINE) : -1])
+    ):
+        store = bytes.fromhex(tail[len(_STORE_LINE) : -1])
+    elif tail.strip("\0") or len(tail) > _STORE_LINE_LEN:
+        # (NUL bytes alone: a bind whose data never reached the disk; the keys are intact.)
+        raise StorageError(f"{path} is not a tlog SCIM master key file")
+    return KeyFile(cur, nxt, store, end)
+
+
+def load_key_file(path: Path) -> KeyFile:
+    """The key file at ``path`` (:func:`parse_key_file`). Refuses a file that group or
+    others may read or write."""
     st = path.stat()
     if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise StorageError(f"{path} must not be accessible by group or others (chmod 600)")
@@ -229,35 +308,141 @@ def read_key_file(path: Path) -> tuple[bytes, bytes | None]:
         text = path.read_text("ascii")
     except UnicodeDecodeError:
         raise StorageError(f"{path} is not a tlog SCIM master key file (not ASCII)") from None
-    if text.startswith(_FILE_HEADER) and text.endswith("\n") and "\n" not in text[:-1]:
-        return _b64key(text[len(_FILE_HEADER) : -1], path), None
-    lines = text.split("\n")
-    if (
-        text.startswith(_FILE_HEADER_V2)
-        and len(lines) == 4
-        and lines[3] == ""
-        and lines[1].startswith("current ")
-        and lines[2].startswith("next    ")
-    ):
-        cur = _b64key(lines[1][8:], path)
-        nxt = lines[2][8:]
-        return cur, (None if nxt == _EMPTY_SLOT else _b64key(nxt, path))
-    raise StorageError(f"{path} is not a tlog SCIM master key file")
+    return parse_key_file(text, path)
+
+
+def read_key_file(path: Path) -> tuple[bytes, bytes | None]:
+    """(current, next) from a master key file (:func:`load_key_file`)."""
+    kf = load_key_file(path)
+    return kf.current, kf.next
+
+
+def _bound_to(fd: int, path: Path) -> bytes | None:
+    """The store the key file open at ``fd`` is bound to (None: unbound or unreadable)."""
+    try:
+        return parse_key_file(os.pread(fd, 4096, 0).decode("ascii"), path).store
+    except (StorageError, UnicodeDecodeError):
+        return None
 
 
 def write_key_file_in_place(path: Path, current: bytes, nxt: bytes | None) -> None:
     """Overwrite the key file's bytes in place (same inode, no rename, no truncation before
     the write) and fsync: the old key's bytes are overwritten, not left in a freed block of a
     replaced file. (On flash or copy-on-write file systems the device may still keep old
-    blocks; see docs/design.md "Erasure".)"""
-    data = _key_file_text(current, nxt)
-    fd = os.open(path, os.O_WRONLY)
+    blocks; see docs/design.md "Erasure".) The file's store line is kept: the 130 bytes
+    before it are the v2 body, so a write that a crash cuts at the old length still leaves
+    a whole body."""
+    fd = os.open(path, os.O_RDWR)
     try:
+        data = _key_file_text(current, nxt, _bound_to(fd, path))
         os.pwrite(fd, data, 0)
         os.ftruncate(fd, len(data))
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def bind_key_file(path: Path, store: bytes) -> None:
+    """Bind the key file to ``store``: its store line, appended after the keys (they are not
+    rewritten), then fsync. A crash leaves the file unbound (its old length, or NUL bytes
+    where the line goes: :func:`parse_key_file`) or bound; its keys are never touched."""
+    kf = load_key_file(path)
+    if kf.store == store:
+        return
+    try:
+        fd = os.open(path, os.O_WRONLY)
+    except OSError as exc:
+        if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        # A key file this process cannot write (a read-only mount): it cannot be rotated by
+        # this process either, so no erasure here can seal another store out of it.
+        log.warning("the SCIM master key file %s is not writable: not bound to its store", path)
+        return
+    try:
+        line = (_STORE_LINE + store.hex() + "\n").encode("ascii")
+        os.pwrite(fd, line, kf.body_len)
+        os.ftruncate(fd, kf.body_len + len(line))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class KeyFileLock:
+    """A ``flock`` on ``<key file>.lock`` that ``tlog serve`` holds for its life: exclusive
+    for an LMDB store, shared by the frontends of a PostgreSQL store (they share one key
+    file). Two stores served at once on one key file (two copies of one store, which have the
+    same store id, included) are refused at start: an erasure in one would rewrite the file,
+    and the other's SCIM keys would be sealed under a key no file holds any more. The kernel
+    releases the lock when the process ends, SIGKILL included. (Not the key file itself:
+    a rotation's :func:`key_file_lock` takes an exclusive ``flock`` on it, which shared
+    holders of the file would block.) An exclusive holder writes its PID, host and start
+    time into the file, for the refusal message only."""
+
+    def __init__(self, key_path: Path) -> None:
+        self.key_path = key_path
+        self.path = key_path.with_name(key_path.name + LOCK_SUFFIX)
+        self._fd: int | None = None
+        self._exclusive = False
+
+    def __repr__(self) -> str:
+        return f"KeyFileLock({str(self.path)!r})"
+
+    def acquire(self, exclusive: bool) -> KeyFileLock:
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS) and not os.access(
+                self.key_path, os.W_OK
+            ):
+                # A read-only key file (a secret volume): this process cannot rotate it, so
+                # no erasure here can seal another store out of it (erasures fail instead).
+                log.warning(
+                    "cannot lock the SCIM master key file %s (%s: %s); it is not writable "
+                    "either: erasures and retention expiry will fail",
+                    self.key_path,
+                    self.path,
+                    exc.strerror,
+                )
+                return self
+            raise StorageError(
+                f"cannot lock the SCIM master key file {self.key_path} ({self.path}: "
+                f"{exc.strerror}): its directory must be writable"
+            ) from None
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                os.close(fd)
+                raise
+            holder = os.pread(fd, 500, 0).decode("utf-8", "replace").strip()
+            os.close(fd)
+            raise StorageError(
+                f"the SCIM master key file {self.key_path} is in use by another store's "
+                f"tlog serve, or a copy's of this one ("
+                + (holder or "the frontends of a PostgreSQL store")
+                + f"; lock {self.path}): one key file belongs to one store, and an erasure "
+                "in one would destroy every SCIM body of the other. Give this store a key "
+                "file of its own (--scim-master-key), or stop the other process first"
+            ) from None
+        # Holding the lock: any holder's line in the file is stale (a holder killed).
+        os.ftruncate(fd, 0)
+        if exclusive:
+            os.pwrite(
+                fd,
+                f"PID {os.getpid()} on host {socket.gethostname()} (tlog serve, since "
+                f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())})\n".encode(),
+                0,
+            )
+        self._fd, self._exclusive = fd, exclusive
+        return self
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            if self._exclusive:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, 0)
+            os.close(fd)  # releases the flock
 
 
 @contextlib.contextmanager
@@ -445,14 +630,13 @@ class KeyRing:
         self.master = master
         self._storage = storage
         self._tn_key = tn_key
+        self.store_id = store_id_of(tn_key)  # what the key file is bound to
         # tenant id -> tn (an HMAC under the tenant ref key, which never changes: every
         # single event's staging asks for it). Bounded; a miss recomputes.
         self._refs: dict[str, bytes] = {}
         self._tenants: dict[bytes, tuple[bytes, TenantKeys]] = {}
         self._swap = threading.Lock()
-        if candidates and master.path is not None:
-            # Finish (or undo) the interrupted rotation: only the live key stays in the file.
-            write_key_file_in_place(master.path, master.raw(), None)
+        self.interrupted = bool(candidates)  # open_keyring finishes the rotation in the file
 
     @staticmethod
     def _first_keys(
@@ -839,18 +1023,111 @@ def _stored_check(storage: Backend) -> bytes | None:
         return rv.aux(store.check_key())
 
 
+def _foreign(path: Path, bound: bytes | None, why: str) -> StorageError:
+    owner = (
+        f"another store (store id {bound.hex()})"
+        if bound is not None
+        else "another store (a key file of an older version, not bound to its store yet)"
+    )
+    return StorageError(
+        f"the SCIM master key file {path} belongs to {owner}: {why}. One key file belongs to "
+        "one store: an erasure in one would destroy every SCIM body of the other. Nothing "
+        "was written. Give this store a key file of its own (--scim-master-key with a path "
+        "that does not exist yet: it is created); docs/operations.md, 'SCIM keys'"
+    )
+
+
 def open_keyring(path: Path, storage: Backend) -> KeyRing:
-    """Load the master key file (creating it for a store with no SCIM keys yet)."""
-    if path.exists():
-        with key_file_lock(path, storage.shared):
-            cur, nxt = read_key_file(path)
-            master = MasterKey(cur, path)
-            if nxt is not None:
-                return KeyRing(storage, MasterKey(nxt, path), (master,))
-    else:
-        if _stored_check(storage) is not None:
+    """Open the store's SCIM keys with the master key file at ``path``, which is bound to
+    the store (:func:`store_id_of`): a key file bound to another store is refused, and so
+    is an existing key file for a store with no SCIM keys yet (a second store pointed at
+    another's file). A store with no SCIM keys and no file gets a new file, bound to it. An
+    unbound file (an older version's) that opens the store is bound to it here. Nothing is
+    written to the store or the file before those checks pass."""
+    if not path.exists():
+        made = _create_key_file(path, storage)
+        if made is not None:
+            return made
+        # Another frontend (or a start that crashed before its rename) made it: open it.
+    with key_file_lock(path, storage.shared):
+        kf = load_key_file(path)
+        if _stored_check(storage) is None:
+            # Files are created (renamed into place) only after their store holds its keys.
+            raise _foreign(path, kf.store, "this store holds no SCIM keys yet")
+        master = MasterKey(kf.current, path)
+        if kf.next is not None:
+            ring = KeyRing(storage, MasterKey(kf.next, path), (master,))
+        else:
+            ring = KeyRing(storage, master)
+        if kf.store is not None and kf.store != ring.store_id:
+            raise _foreign(
+                path,
+                kf.store,
+                f"its key also opens this store (store id {ring.store_id.hex()}), so an "
+                "older version created both stores on it. Copy the file for this store "
+                "without its last line ('store ...') and start this store with that copy",
+            )
+        if ring.interrupted:
+            # Finish (or undo) the interrupted rotation: only the live key stays in the file.
+            write_key_file_in_place(path, ring.master.raw(), None)
+        bind_key_file(path, ring.store_id)
+        return ring
+
+
+def _create_key_file(path: Path, storage: Backend) -> KeyRing | None:
+    """A new master key file for a store with no SCIM keys: written as ``<path>.new``, the
+    store's keys committed under it, then bound to the store and renamed to ``path``. So an
+    existing key file always belongs to a store that holds keys, and a crash leaves either
+    no file (the next start makes a new key) or a ``.new`` file whose key the store's check
+    value opens (the next start renames it into place). Under an exclusive ``flock`` on the
+    ``.new`` file: frontends of a new database starting at once make one file. None: the
+    file exists now (made by another frontend, or finished here): open it."""
+    new = path.with_name(path.name + NEW_SUFFIX)
+    fd = os.open(new, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if path.exists():
+            with contextlib.suppress(FileNotFoundError):
+                if new.stat().st_ino != path.stat().st_ino:
+                    new.unlink()  # made by a start that found the file: nothing in it
+            return None
+        check = _stored_check(storage)
+        if check is not None:
+            try:
+                kf = parse_key_file(os.pread(fd, 4096, 0).decode("ascii"), new)
+            except (StorageError, UnicodeDecodeError):
+                kf = None
+            if kf is not None and any(
+                k is not None and KeyRing._opens(MasterKey(k, path), check)
+                for k in (kf.current, kf.next)
+            ):
+                _rename(new, path)  # a crash between the store's commit and the rename
+                return None
             raise StorageError(
                 f"{path} is missing but the store holds SCIM keys wrapped by it; restore it"
             )
-        master = MasterKey.create(path)
-    return KeyRing(storage, master)
+        # No SCIM keys in the store: whatever .new holds never sealed anything.
+        key = secrets.token_bytes(KEY_SIZE)
+        os.fchmod(fd, 0o600)
+        _write_fd(fd, _key_file_text(key, None))
+        ring = KeyRing(storage, MasterKey(key, path))
+        _write_fd(fd, _key_file_text(key, None, ring.store_id))
+        _rename(new, path)
+        return ring
+    finally:
+        os.close(fd)  # releases the flock
+
+
+def _write_fd(fd: int, data: bytes) -> None:
+    os.pwrite(fd, data, 0)
+    os.ftruncate(fd, len(data))
+    os.fsync(fd)
+
+
+def _rename(src: Path, dst: Path) -> None:
+    os.rename(src, dst)
+    dfd = os.open(dst.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
