@@ -292,10 +292,22 @@ def parse_key_file(text: str, path: Path) -> KeyFile:
         and all(c in "0123456789abcdef" for c in tail[len(_STORE_LINE) : -1])
     ):
         store = bytes.fromhex(tail[len(_STORE_LINE) : -1])
-    elif tail.strip("\0") or len(tail) > _STORE_LINE_LEN:
-        # (NUL bytes alone: a bind whose data never reached the disk; the keys are intact.)
+    elif not _torn_store_line(tail):
         raise StorageError(f"{path} is not a tlog SCIM master key file")
     return KeyFile(cur, nxt, store, end)
+
+
+def _torn_store_line(tail: str) -> bool:
+    """Whether ``tail`` is what a bind cut short by a crash can leave after the keys: nothing,
+    the start of the store line, NUL bytes where its data never reached the disk. The keys
+    before it are intact, and the file counts as unbound (bound again at the next start)."""
+    if len(tail) > _STORE_LINE_LEN:
+        return False
+    written = tail.rstrip("\0")
+    head = written[: len(_STORE_LINE)]
+    return _STORE_LINE.startswith(head) and all(
+        c in "0123456789abcdef" for c in written[len(_STORE_LINE) :]
+    )
 
 
 def load_key_file(path: Path) -> KeyFile:
