@@ -510,7 +510,9 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     )
     print(
         "migrate: the keys are not in the store: serve with the same --data (log.key, "
-        "scim-master.key) and the new store"
+        "scim-master.key) and the new store; the SCIM master key file is bound to the "
+        "store's SCIM keys, which moved with it: stop serving the old store (both at once "
+        "on one key file are refused), and move the file, not a copy, if it must move"
     )
     return 0
 

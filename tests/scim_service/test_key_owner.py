@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -412,3 +413,46 @@ def test_a_restored_backup_pair_opens(tmp_path: Path) -> None:
             shutil.copy2(data / name, scratch / name)
     os.chmod(scratch / MASTER_KEY_FILE, 0o600)
     assert _serve(scratch).store_id == ring.store_id
+
+
+def test_frontends_of_a_new_database_starting_at_once_make_one_key_file(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """Three frontends of one new PostgreSQL database start at once on one key file path
+    (no file yet): one file is made, bound to the database's store, and every frontend
+    opens the store with it."""
+    path = tmp_path / "shared.key"
+    rings: list[KeyRing] = []
+    errors: list[BaseException] = []
+    closers = []
+    lock = threading.Lock()
+
+    def start(i: int) -> None:
+        try:
+            app, log_, _ = build_app(
+                serve_config(
+                    tmp_path / f"f{i}", pg_url, scim_expiry_interval=0, scim_master_key=path
+                ),
+                make_signer(),
+            )
+            with lock:
+                rings.append(app.state.scim.keys)
+                closers.append(log_.storage.close)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    try:
+        assert not errors, errors
+        assert len(rings) == 3
+        kf = load_key_file(path)
+        assert {r.store_id for r in rings} == {kf.store}
+        assert {r.master.raw() for r in rings} == {kf.current}
+        assert not path.with_name(path.name + ".new").exists()
+    finally:
+        for close in closers:
+            close()
