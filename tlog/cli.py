@@ -485,7 +485,31 @@ def cmd_recover(args: argparse.Namespace) -> int:
             recover(data / "db", signer, args.source, remembered, targets)
     finally:
         remembered.close()
+    _note_unkeyed_store(cfg.database, data, cfg.scim_master_key_path)
     return 0
+
+
+def _note_unkeyed_store(database: str | None, data: Path, key_file: Path) -> None:
+    """After ``tlog recover``: a store rebuilt empty holds no SCIM keys (recover restores
+    the log only), and ``tlog serve`` refuses the key file of the store it replaced."""
+    from tlog.scim import store as scim_store
+
+    if not key_file.exists():
+        return
+    st = open_backend(database, data, readonly=True)
+    try:
+        with st.read() as rv:
+            keyed = rv.aux(scim_store.check_key()) is not None
+    finally:
+        st.close()
+    if not keyed:
+        print(
+            f"tlog: note: the store holds no SCIM keys (recover restores the log only), so "
+            f"tlog serve refuses {key_file}, which belongs to the store this one replaced: "
+            "move it aside (keep it only as long as that store's backups) and a new one is "
+            "made at the next start",
+            flush=True,
+        )
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:

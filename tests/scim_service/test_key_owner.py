@@ -20,6 +20,7 @@ import textwrap
 import threading
 from pathlib import Path
 
+import httpx
 import pytest
 
 from harness.net import free_port
@@ -456,3 +457,31 @@ def test_frontends_of_a_new_database_starting_at_once_make_one_key_file(
     finally:
         for close in closers:
             close()
+
+
+@pytest.mark.slow
+def test_a_store_rebuilt_empty_by_recover_refuses_the_old_key_file(tmp_path: Path) -> None:
+    """``tlog recover`` into an emptied store restores the log but no SCIM records: the key
+    file belongs to the store it replaced. recover says so; ``tlog serve`` refuses the file
+    (one line); moved aside, a new one is made and the store serves."""
+    data = tmp_path / "data"
+    a = start_server(data)
+    try:
+        token = (data / "demo-submitter.token").read_text().strip()
+        r = httpx.post(
+            a.url + "/v1/entries", content=b"x", headers={"Authorization": f"Bearer {token}"}
+        )
+        assert r.status_code == 200
+    finally:
+        a.stop()
+    shutil.copytree(data / "db", tmp_path / "copy")
+    (data / "db" / "data.mdb").write_bytes(b"")
+    rec = tlog_cli("recover", "--data", str(data), "--from", str(tmp_path / "copy"))
+    assert rec.returncode == 0, rec.stderr
+    path = data / MASTER_KEY_FILE
+    assert f"tlog serve refuses {path}" in rec.stdout
+    r2 = _serve_cli(data)
+    _one_line_refusal(r2, path, "this store holds no SCIM keys yet")
+    path.rename(tmp_path / "old-store.key")
+    start_server(data).stop()
+    assert load_key_file(path).store != load_key_file(tmp_path / "old-store.key").store

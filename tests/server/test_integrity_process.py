@@ -52,6 +52,7 @@ def test_two_servers_with_the_lock_bypassed_never_fork_nor_lose(
     data = tmp_path / "d"
     a = start_server(data, database=database)
     (data / "db" / "tlog.lock").unlink()  # the bypass: B locks a new file
+    (data / "scim-master.key.lock").unlink()  # and the key file's lock (tlog/scim/keys.py)
     b = start_server(data, database=database)
     token = (data / "demo-submitter.token").read_text().strip()
     verifier = Ed25519Verifier.from_vkey(httpx.get(a.url + "/v1/log").json()["vkey"])

@@ -1122,7 +1122,16 @@ def _create_key_file(path: Path, storage: Backend) -> KeyRing | None:
         key = secrets.token_bytes(KEY_SIZE)
         os.fchmod(fd, 0o600)
         _write_fd(fd, _key_file_text(key, None))
-        ring = KeyRing(storage, MasterKey(key, path))
+        try:
+            ring = KeyRing(storage, MasterKey(key, path))
+        except StorageError:
+            # Another frontend (with another key file) made the store's keys first: this
+            # key sealed nothing, so .new goes (left in place if that cannot be read now).
+            check = _stored_check(storage)
+            if check is not None and not KeyRing._opens(MasterKey(key, None), check):
+                _write_fd(fd, b"")
+                new.unlink()
+            raise
         _write_fd(fd, _key_file_text(key, None, ring.store_id))
         _rename(new, path)
         return ring
