@@ -2,7 +2,7 @@
 
 ::
 
-    <data>/scim-master.key          32 random bytes, mode 0600, created once with O_EXCL
+    <data>/scim-master.key          32 random bytes, mode 0600, bound to its store (open_keyring)
      ├─ log tenant key              random; tn = HMAC-SHA256(it, tenant)[:16] (public leaf)
      └─ per tenant (record T/tn)
          ├─ KEK                     random; wraps everything below
