@@ -97,7 +97,7 @@ class BlobCache:
 
     def get(self, level: int, index: int, size: int) -> bytes | None:
         v = self._d.get((level, index))
-        return None if v is None or v[0] < size else v[1]
+        return None if v is None or not _serves(v[0], level, index, size) else v[1]
 
     def put(self, level: int, index: int, size: int, blob: bytes) -> None:
         valid = COMPLETE if tile_width(size, level, index) == TILE_WIDTH else size
@@ -116,11 +116,19 @@ class BlobCache:
 
         def get(level: int, index: int) -> bytes:
             v = d.get((level, index))
-            if v is None or v[0] < size:
+            if v is None or not _serves(v[0], level, index, size):
                 raise _Miss
             return v[1]
 
         return get
+
+
+def _serves(valid: int, level: int, index: int, size: int) -> bool:
+    """A blob that holds the nodes complete at tree size ``valid`` serves tree ``size``: any
+    smaller size (its nodes are a subset), and a larger one in which the tile holds no more
+    nodes (a tile's nodes are the complete subtrees in its range, so the same width means
+    the same nodes: no new node, no changed one)."""
+    return valid >= size or tile_width(valid, level, index) == tile_width(size, level, index)
 
 
 class Published(NamedTuple):

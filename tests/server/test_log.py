@@ -55,6 +55,53 @@ def test_stored_tree_matches_oracle(batches: list[int], draw: st.DataObject) -> 
         assert reader.consistency_proof(m, size) == oracle.proof(m, data[:size])
 
 
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.integers(1, 400), min_size=2, max_size=8), st.data())
+def test_a_cached_blob_serves_later_sizes_while_its_tile_holds_no_more_nodes(
+    batches: list[int], draw: st.DataObject
+) -> None:
+    """BlobCache serves a blob cached at one tree size for a larger size when the tile has
+    the same width at both (then it holds the same nodes): each stored blob at a size
+    equals the blob at a later size of the same width, and proofs built from a cache filled
+    at an earlier size are the oracle's whenever the cache answers."""
+    from tlog.log import BlobCache
+    from tlog.tree import tile_width
+
+    store: dict[tuple[int, int], bytes] = {}
+    edge = RightEdge(0, lambda lv, ix: store.get((lv, ix)))
+    data: list[bytes] = []
+    snapshots: list[tuple[int, dict[tuple[int, int], bytes]]] = []
+    for n in batches:
+        new = [f"{len(data) + i}".encode() for i in range(n)]
+        edge.append([leaf_hash(d) for d in new])
+        data += new
+        for lv, ix, blob in edge.take_dirty():
+            store[(lv, ix)] = blob
+        snapshots.append((len(data), dict(store)))
+    for k, (s0, blobs0) in enumerate(snapshots):
+        for s1, blobs1 in snapshots[k + 1 :]:
+            for (lv, ix), blob in blobs0.items():
+                if tile_width(s0, lv, ix) == tile_width(s1, lv, ix):
+                    assert blobs1[(lv, ix)] == blob, (s0, s1, lv, ix)
+    s0, blobs0 = snapshots[draw.draw(st.integers(0, len(snapshots) - 2))]
+    cache = BlobCache()
+    for (lv, ix), blob in blobs0.items():
+        cache.put(lv, ix, s0, blob)
+    for s1, _ in snapshots:
+        reader = NodeReader(cache.getter(s1))
+        for i in {0, s1 - 1, draw.draw(st.integers(0, s1 - 1))}:
+            try:
+                proof = reader.inclusion_proof(i, s1)
+            except Exception as exc:  # the cache does not hold it: a miss, never a wrong one
+                assert type(exc).__name__ == "_Miss", exc
+                continue
+            assert proof == oracle.path(i, data[:s1])
+        for (lv, ix), blob in blobs0.items():
+            got = cache.get(lv, ix, s1)
+            same = s1 <= s0 or tile_width(s0, lv, ix) == tile_width(s1, lv, ix)
+            assert got == (blob if same else None)
+
+
 def open_log(
     path: Path, signer: CheckpointSigner | None = None, database: str | None = None
 ) -> Log:
