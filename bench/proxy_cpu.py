@@ -29,7 +29,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from bench.scim_proxy import tlog_token, wrk
+from bench.scim_proxy import thread_cpu, tlog_token, wrk
 from bench.tlogserve import start_serve
 from harness.net import free_port, stop_processes, wait_http
 from harness.tlog import ROOT, tlog_env
@@ -121,19 +121,6 @@ def serve_sp(port: int) -> None:
 
 
 # --- measuring -----------------------------------------------------------------------------
-
-
-def thread_cpu(pid: int) -> dict[int, tuple[float, float]]:
-    """(user, system) CPU seconds of each thread of ``pid``."""
-    tick = os.sysconf("SC_CLK_TCK")
-    out = {}
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            f = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        out[int(tid)] = (int(f[11]) / tick, int(f[12]) / tick)
-    return out
 
 
 def main() -> None:

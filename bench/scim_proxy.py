@@ -102,6 +102,19 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def thread_cpu(pid: int) -> dict[int, tuple[float, float]]:
+    """(user, system) CPU seconds of each thread of ``pid``."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            f = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[int(tid)] = (int(f[11]) / tick, int(f[12]) / tick)
+    return out
+
+
 def cpu_during(
     procs: dict[str, subprocess.Popen[bytes]], fn: Callable[[], dict[str, float]]
 ) -> tuple[dict[str, float], dict[str, float]]:
@@ -285,9 +298,28 @@ def main() -> None:
         "(keep-alive, bench.scim_sp; default) or the scim2-server command's wsgiref",
     )
     ap.add_argument(
+        "--proxy-root",
+        type=Path,
+        default=ROOT,
+        help="run the proxy of another checkout (its .venv), e.g. a 'before' worktree; "
+        "everything else (SPs, log, load) from this one",
+    )
+    ap.add_argument(
+        "--skip-batch",
+        action="store_true",
+        help="skip the log's batch-path measurements after the proxy run",
+    )
+    ap.add_argument(
         "--profile",
         type=Path,
         help="write py-spy's collapsed stacks (--gil) of the proxy during its run to this file",
+    )
+    ap.add_argument(
+        "--profile-mode",
+        choices=("gil", "threads", "native"),
+        default="gil",
+        help="py-spy's mode for --profile: the thread holding the GIL (default), every "
+        "running thread by name (threads), or that with native frames (native)",
     )
     args = ap.parse_args()
     if shutil.which("wrk") is None:
@@ -308,31 +340,36 @@ def main() -> None:
         procs.append(up_p)
         pport = free_port()
         outbox = tmp / "proxy-outbox.sqlite"
+        proxy_root = args.proxy_root.resolve()
+        proxy_py = proxy_root / ".venv" / "bin" / "python"
         proxy_p = subprocess.Popen(
-            tlog_argv(
-                "scim-proxy",
-                "--upstream",
-                upstream,
-                "--log",
-                log_url,
-                "--token-file",
-                str(tmp / "proxy.token"),
-                "--tenant",
-                "bench-proxy",
-                "--sp-id",
-                "bench-sp",
-                "--listen",
-                f"127.0.0.1:{pport}",
-                "--outbox",
-                str(outbox),
-                "--receipt-timeout",
-                str(args.receipt_timeout),
-                "--upstream-connections",
-                str(args.upstream_connections),
-                "--log-level",
-                "warning",
-            ),
-            cwd=ROOT,
+            [
+                str(proxy_py) if proxy_root != ROOT else sys.executable,
+                *tlog_argv(
+                    "scim-proxy",
+                    "--upstream",
+                    upstream,
+                    "--log",
+                    log_url,
+                    "--token-file",
+                    str(tmp / "proxy.token"),
+                    "--tenant",
+                    "bench-proxy",
+                    "--sp-id",
+                    "bench-sp",
+                    "--listen",
+                    f"127.0.0.1:{pport}",
+                    "--outbox",
+                    str(outbox),
+                    "--receipt-timeout",
+                    str(args.receipt_timeout),
+                    "--upstream-connections",
+                    str(args.upstream_connections),
+                    "--log-level",
+                    "warning",
+                )[1:],
+            ],
+            cwd=proxy_root,
             env=tlog_env(),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -351,17 +388,24 @@ def main() -> None:
         if args.profile is not None:  # py-spy on the proxy during its run (collapsed stacks)
             spy = subprocess.Popen(
                 [
-                    *(str(Path(sys.executable).with_name("py-spy")), "record", "--gil"),
+                    *(str(Path(sys.executable).with_name("py-spy")), "record"),
+                    *{
+                        "gil": ["--gil"],
+                        "threads": ["--threads"],
+                        "native": ["--threads", "--native"],
+                    }[args.profile_mode],
                     *("--nonblocking", "--format", "raw", "-r", "200", "-o", str(args.profile)),
                     *("-d", str(d + 1), "-p", str(proxy_p.pid)),
                 ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
+        threads_before = thread_cpu(proxy_p.pid)
         proxied, proxy_cpu = cpu_during(
             {"scim2-server": up_p, "tlog scim-proxy": proxy_p, "tlog serve": log_p},
             lambda: wrk(proxy_base, proxy_ids, d, cn),
         )
+        threads_after = thread_cpu(proxy_p.pid)
         if spy is not None:
             spy.wait(60)
         t0 = time.monotonic()
@@ -371,8 +415,9 @@ def main() -> None:
             time.sleep(0.1)
             pending, delivered = outbox_counts(outbox)
         drain = time.monotonic() - t0
-        batch_eps, batch_n = batch_load(log_url, batch_token, d)
-        raw_eps, raw_n = raw_batch_load(log_url, batch_token, d)
+        if not args.skip_batch:
+            batch_eps, batch_n = batch_load(log_url, batch_token, d)
+            raw_eps, raw_n = raw_batch_load(log_url, batch_token, d)
     finally:
         stop_processes(procs, 15)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -381,6 +426,8 @@ def main() -> None:
         f"machine: {os.cpu_count()} cores ({cpu_model()}), {platform.system()} "
         f"{platform.machine()}, Python {platform.python_version()}; everything on this host"
     )
+    if proxy_root != ROOT:
+        print(f"proxy: the checkout at {proxy_root}")
     print(f"SP: scim2-server's application under {args.sp}, direct and behind the proxy")
     print(
         f"load: wrk -t2 -c{args.connections} -d{args.duration}s, 50% POST /Users + 50% PATCH "
@@ -397,6 +444,21 @@ def main() -> None:
         n = max(r["requests"], 1.0)
         parts = ", ".join(f"{k} {1000 * v / n:.2f}" for k, v in cpu.items())
         print(f"  CPU ms per write, {label}: {parts}")
+    n = max(proxied["requests"], 1.0)
+    split = {}
+    for part, tids in (
+        ("event loop", [proxy_p.pid]),
+        ("other threads", [t for t in threads_after if t != proxy_p.pid]),
+    ):
+        for k, name in ((0, "user"), (1, "sys")):
+            split[f"{part} {name}"] = sum(
+                threads_after[t][k] - threads_before.get(t, (0.0, 0.0))[k] for t in tids
+            )
+    print(
+        "  proxy CPU ms per write by thread: "
+        + ", ".join(f"{k} {1000 * v / n:.3f}" for k, v in split.items())
+        + f" (load {os.getloadavg()[0]:.1f})"
+    )
     ratio = proxied["rps"] / direct["rps"] if direct["rps"] else 0.0
     p99 = proxied.get("p99_ms", 0) / direct["p99_ms"] if direct.get("p99_ms") else 0.0
     print(f"proxy / direct: throughput {ratio:.0%} (target >= 80%), p99 {p99:.2f}x (target <= 2x)")
@@ -404,6 +466,8 @@ def main() -> None:
         f"events in the log from the proxy: {delivered:,} (wrk counted {proxied['requests']:,.0f}"
         f" requests); backlog at the end of the run {backlog_at_end}, drained in {drain:.2f}s"
     )
+    if args.skip_batch:
+        return
     print(
         f"batch path, POST /v1/scim/events/batch x1000 events, 2 threads, encryption on: "
         f"{batch_eps:,.0f} events/s ({batch_n:,} events)"

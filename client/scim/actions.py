@@ -654,6 +654,24 @@ def parse_request(
 
     Raises :class:`EventFormatError` for a body that is not a well-formed request.
     """
+    if isinstance(body, dict) and (op == "create" or op == "patch"):
+        fast = _fast_intent(op, rt, body, ocsf, secret_attrs, digest_attrs, ref_pid)
+        if fast is not None:
+            return fast
+    return _parse_request(op, rt, body, ocsf, secret_attrs, digest_attrs, ref_pid)
+
+
+def _parse_request(
+    op: str,
+    rt: str,
+    body: bytes | str | Mapping[str, Any] | None,
+    ocsf: str,
+    secret_attrs: Collection[str],
+    digest_attrs: Collection[str],
+    ref_pid: Callable[[str, str], bytes] | None,
+) -> RequestIntent:
+    """:func:`parse_request`'s general path (every body shape); the reference that
+    :func:`_fast_intent` is tested equal to."""
     _check_op(op)
     prefix = _prefix(rt)
     secret = frozenset(a.lower() for a in secret_attrs)
@@ -724,3 +742,134 @@ def parse_request(
         mods=b.mods or None,
         refs=b.refs or None,
     )
+
+
+# --- intent: the common shapes, directly ----------------------------------------------------
+
+# A plain top-level attribute name, optionally with one sub-attribute (``name.givenName``):
+# no URN, no filter, so the path is its own ``attr`` and its key is the head, lower-cased.
+_SIMPLE_PATH = re.compile(r"[A-Za-z][A-Za-z0-9_$-]{0,127}(?:\.[A-Za-z][A-Za-z0-9_$-]{0,127})?")
+_PATCH_OP_KEYS = frozenset({"op", "path", "value"})
+
+
+@functools.lru_cache(maxsize=64)
+def _lowered(attrs: tuple[str, ...] | frozenset[str]) -> frozenset[str]:
+    return frozenset(a.lower() for a in attrs)
+
+
+def _lower_set(attrs: Collection[str]) -> frozenset[str]:
+    if type(attrs) is tuple or type(attrs) is frozenset:
+        return _lowered(attrs)
+    return frozenset(a.lower() for a in attrs)
+
+
+@functools.lru_cache(maxsize=256)
+def _acts_template(prefix: str, verbs: frozenset[str], ocsf: str) -> tuple[tuple[str, int, int], ...]:
+    return tuple((a["a"], a["ocsf"][0], a["ocsf"][1]) for a in _acts(prefix, verbs, ocsf))
+
+
+def _fast_acts(prefix: str, verbs: set[str], ocsf: str) -> list[dict[str, Any]]:
+    """:func:`_acts`, from a cached template (fresh lists and dicts: callers own them)."""
+    return [{"a": a, "ocsf": [c, i]} for a, c, i in _acts_template(prefix, frozenset(verbs), ocsf)]
+
+
+def _fast_intent(
+    op: str,
+    rt: str,
+    obj: dict[str, Any],
+    ocsf: str,
+    secret_attrs: Collection[str],
+    digest_attrs: Collection[str],
+    ref_pid: Callable[[str, str], bytes] | None,
+) -> RequestIntent | None:
+    """:func:`_parse_request` for the common shapes of an already parsed body, or None
+    (then the general path decides, errors included).
+
+    The shapes: a POST body whose attribute names are plain (:data:`_SIMPLE_PATH`, no
+    ``.``: no URN, no extension object), and a PatchOp whose operations each have exactly
+    ``op``, ``path`` (plain or ``attr.sub``) and optionally ``value``, on attributes that
+    are not pseudonymised references. What is built is what the general path builds for
+    them, step for step (``tests/adapters/test_fast_intent.py`` holds the two equal)."""
+    if ocsf not in OCSF_VERSIONS:
+        return None
+    prefix = _prefix(rt)
+    secret = _lower_set(secret_attrs)
+    digest = _lower_set(digest_attrs)
+    refs = _REF_ATTRS if ref_pid is not None else None
+    mods: list[dict[str, Any]] = []
+    verbs: set[str] = set()
+    try:
+        if op == "create":
+            for k, v in obj.items():
+                if type(k) is not str or "." in k or not _SIMPLE_PATH.fullmatch(k):
+                    return None
+                key = k.lower()
+                if key in _PUT_IGNORED:
+                    continue
+                if refs is not None and (prefix, key) in refs:
+                    return None
+                entry: dict[str, Any] = {"attr": k}
+                if key not in secret:
+                    if key == "active" and prefix == "user":
+                        b = as_bool(v)
+                        if b is not None:
+                            v = b
+                    entry.update(_fast_value("new", key, v, digest))
+                mods.append(entry)
+                if (prefix, key) in _MULTI and v not in (None, [], {}):
+                    verbs.add(_MULTI[(prefix, key)][0])
+            verbs.add("create")
+            return RequestIntent(acts=_fast_acts(prefix, verbs, ocsf), mods=mods or None)
+        ops = None
+        for k, v in obj.items():
+            if type(k) is not str:
+                return None
+            if k.lower() == "operations":
+                ops = v
+                break
+        if type(ops) is not list or not ops:
+            return None
+        patch: list[dict[str, Any]] = []
+        for raw in ops:
+            if type(raw) is not dict or not raw.keys() <= _PATCH_OP_KEYS:
+                return None
+            pop, path = raw.get("op"), raw.get("path")
+            if type(pop) is not str or type(path) is not str or not _SIMPLE_PATH.fullmatch(path):
+                return None
+            pop = pop.lower()
+            if pop not in ("add", "remove", "replace"):
+                return None
+            key = path.partition(".")[0].lower()
+            if refs is not None and (prefix, key) in refs:
+                return None
+            has_value = "value" in raw
+            value = raw.get("value")
+            entry = {"attr": path, "op": pop}
+            mvalue = value
+            if key == "active" and prefix == "user":
+                b = as_bool(value)
+                if b is not None:
+                    mvalue = b
+            hide = key in secret
+            if not hide and has_value:
+                entry.update(_fast_value("old" if pop == "remove" else "new", key, mvalue, digest))
+            mods.append(entry)
+            verbs |= _unit_verbs(prefix, pop, key, value, put=False)
+            item: dict[str, Any] = {"op": pop, "path": path}
+            if has_value and not hide:
+                item["v_d"] = jcs_digest(value)
+            patch.append(item)
+        return RequestIntent(
+            acts=_fast_acts(prefix, verbs or {"update"}, ocsf), patch=patch, mods=mods
+        )
+    except EventFormatError:
+        return None  # the general path raises it, at the same attribute
+
+
+def _fast_value(side: str, key: str, value: object, digest: frozenset[str]) -> dict[str, Any]:
+    """``_Builder.value_text`` as an entry's item: ``{side: text}`` or ``{side_d: digest}``."""
+    text = jcs(value)
+    data = text.encode("utf-8")
+    if key in digest or len(data) > MAX_MOD_VALUE:
+        return {side + "_d": hashlib.sha256(data).digest()}
+    return {side: text}
