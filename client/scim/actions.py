@@ -764,7 +764,9 @@ def _lower_set(attrs: Collection[str]) -> frozenset[str]:
 
 
 @functools.lru_cache(maxsize=256)
-def _acts_template(prefix: str, verbs: frozenset[str], ocsf: str) -> tuple[tuple[str, int, int], ...]:
+def _acts_template(
+    prefix: str, verbs: frozenset[str], ocsf: str
+) -> tuple[tuple[str, int, int], ...]:
     return tuple((a["a"], a["ocsf"][0], a["ocsf"][1]) for a in _acts(prefix, verbs, ocsf))
 
 

@@ -187,7 +187,9 @@ values = st.recursive(
 )
 patch_ops = st.dictionaries(
     st.sampled_from(["op", "path", "value", "Op", "PATH", "x"]),
-    st.one_of(st.sampled_from(["add", "remove", "replace", "Replace", "REMOVE", "move"]), names, values),
+    st.one_of(
+        st.sampled_from(["add", "remove", "replace", "Replace", "REMOVE", "move"]), names, values
+    ),
     max_size=4,
 )
 
