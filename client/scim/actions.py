@@ -752,6 +752,9 @@ _SIMPLE_PATH = re.compile(r"[A-Za-z][A-Za-z0-9_$-]{0,127}(?:\.[A-Za-z][A-Za-z0-9
 _PATCH_OP_KEYS = frozenset({"op", "path", "value"})
 
 
+_cached_prefix = functools.lru_cache(maxsize=256)(_prefix)
+
+
 @functools.lru_cache(maxsize=64)
 def _lowered(attrs: tuple[str, ...] | frozenset[str]) -> frozenset[str]:
     return frozenset(a.lower() for a in attrs)
@@ -794,7 +797,7 @@ def _fast_intent(
     them, step for step (``tests/adapters/test_fast_intent.py`` holds the two equal)."""
     if ocsf not in OCSF_VERSIONS:
         return None
-    prefix = _prefix(rt)
+    prefix = _cached_prefix(rt)
     secret = _lower_set(secret_attrs)
     digest = _lower_set(digest_attrs)
     refs = _REF_ATTRS if ref_pid is not None else None

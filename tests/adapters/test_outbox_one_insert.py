@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from client.adapters import outbox as outbox_mod
-from client.adapters.outbox import Outbox, OutboxRecord
+from client.adapters.outbox import Outbox, OutboxRecord, Receipt, _receipts_json
 
 
 def _rows(path: Path) -> list[tuple[Any, ...]]:
@@ -108,3 +108,25 @@ def test_a_failed_statement_falls_back_to_the_general_path(
     got = _run_groups(tmp_path / "fast.sqlite", [adds], 10_000, general=False)
     assert got == want
     assert [r[1] for r in got[1]] == ["e0", "e1", "e2"]
+
+
+texts = st.text(alphabet=st.characters(codec="utf-8"), max_size=40)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.builds(
+            Receipt,
+            eid=texts,
+            index=st.one_of(st.integers(-(2**70), 2**70), st.booleans()),
+            leaf_hash=texts,
+            tree_size=st.integers(0, 2**64),
+            checkpoint=st.sampled_from(["log\n12\nq83=\n\n\u2014 log sig==\n", "x"]) | texts,
+            duplicate=st.booleans() | st.sampled_from([0, 1, None]),
+        ),
+        max_size=6,
+    )
+)
+def test_receipts_json_equals_to_json(receipts: list[Receipt]) -> None:
+    assert _receipts_json(receipts) == [r.to_json() for r in receipts]
