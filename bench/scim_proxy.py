@@ -1,6 +1,9 @@
 """SCIM writes through ``tlog scim-proxy`` vs scim2-server alone, and the log's batch path.
 
     .venv/bin/python -m bench.scim_proxy [--duration 10] [--connections 16] [--prefill 300]
+        [--proxy-root DIR]   # run the proxy of another checkout (a "before" worktree)
+        [--skip-batch]       # only the direct and proxied runs, not the log's batch path
+        [--profile FILE [--profile-mode gil|threads|native]]   # py-spy on the proxy
 
 Needs ``wrk`` (``apt-get install -y wrk``), the scim2 packages and waitress (the ``dev``
 extra). Everything runs on 127.0.0.1 in the same run, on the same machine:
@@ -14,6 +17,8 @@ extra). Everything runs on 127.0.0.1 in the same run, on the same machine:
 * the load: the same wrk script for both, half ``POST /Users`` (unique userName), half
   ``PATCH /Users/<id>`` (replace displayName) on users created beforehand. Every request
   is a SCIM write, i.e. one audit event through the proxy, so events/s = requests/s;
+* the CPU each process used per write (``/proc``), and the proxy's split by thread: its
+  event loop, and the others (outbox writer, relay, workers), user and system time;
 * after the proxy run, the time for the relay to drain the outbox into the log;
 * **batch path**: ``POST /v1/scim/events/batch`` with 1000-event batches (realistic create
   events) from 2 client threads: events/s durably committed, encrypted, in the tree.
