@@ -324,7 +324,8 @@ def main() -> None:
         choices=("gil", "threads", "native"),
         default="gil",
         help="py-spy's mode for --profile: the thread holding the GIL (default), every "
-        "running thread by name (threads), or that with native frames (native)",
+        "running thread by name (threads), or that with native frames (native; py-spy then "
+        "pauses the proxy to sample it, which slows it)",
     )
     args = ap.parse_args()
     if shutil.which("wrk") is None:
@@ -395,11 +396,13 @@ def main() -> None:
                 [
                     *(str(Path(sys.executable).with_name("py-spy")), "record"),
                     *{
-                        "gil": ["--gil"],
-                        "threads": ["--threads"],
+                        "gil": ["--gil", "--nonblocking"],
+                        "threads": ["--threads", "--nonblocking"],
+                        # py-spy reads native stacks only by pausing the process: the
+                        # figures of a native-profiled run are not comparable.
                         "native": ["--threads", "--native"],
                     }[args.profile_mode],
-                    *("--nonblocking", "--format", "raw", "-r", "200", "-o", str(args.profile)),
+                    *("--format", "raw", "-r", "200", "-o", str(args.profile)),
                     *("-d", str(d + 1), "-p", str(proxy_p.pid)),
                 ],
                 stdout=subprocess.DEVNULL,
