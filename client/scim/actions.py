@@ -23,6 +23,7 @@ with no duplicates, so the same change always yields the same ``acts``.
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import hashlib
 import json
@@ -762,7 +763,8 @@ def _lowered(attrs: tuple[str, ...] | frozenset[str]) -> frozenset[str]:
 
 def _lower_set(attrs: Collection[str]) -> frozenset[str]:
     if type(attrs) is tuple or type(attrs) is frozenset:
-        return _lowered(attrs)
+        with contextlib.suppress(TypeError):  # unhashable: fails below as in the general path
+            return _lowered(attrs)
     return frozenset(a.lower() for a in attrs)
 
 
