@@ -19,8 +19,11 @@ the machine's other load), and the ratio SCIM / hello (the target is >= 0.25).
 ``--in-process N``: no HTTP server and no wrk: ``tlog serve``'s ASGI app built in this
 process (``tlog.server.build_app``, the serve defaults, uvloop), driven by 64 concurrent
 callers with N events in all; reported: the process's CPU per event and the event loop's
-share of it (the rest is the SCIM group writer, the sequencer's writer and publisher). It
-leaves out uvicorn and the sockets, which hello-world pays as well.
+share of it (the rest is the SCIM group writer, the sequencer's writer and publisher), the
+CPU per event of each other thread (``/proc/self/task``, sampled every 20 ms), the events
+per durable commit and the bytes and write calls per event (``/proc/self/io``: LMDB's page
+writes, the checkpoint file). It leaves out uvicorn and the sockets, which hello-world pays
+as well.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import platform
 import shutil
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 from bench.http import log_and_hello, wrk
@@ -81,6 +85,60 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU time of process ``pid`` so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class _ThreadCpu:
+    """CPU time by thread name over a run: every thread's user + system time
+    (``/proc/self/task``), sampled every 20 ms so that the group writer threads that end
+    and start again meanwhile are counted too (up to their last sample)."""
+
+    def __init__(self) -> None:
+        self._first: dict[int, float] = {}
+        self._last: dict[int, tuple[str, float]] = {}
+        self._stop = threading.Event()
+        self._sample(first=True)
+        self._thread = threading.Thread(target=self._loop, name="bench-cpu", daemon=True)
+        self._thread.start()
+
+    def _sample(self, first: bool = False) -> None:
+        for t in threading.enumerate():
+            tid = t.native_id
+            if tid is None or t.name == "bench-cpu":
+                continue
+            try:
+                v = cpu_seconds_task(tid)
+            except OSError:
+                continue
+            if first:
+                self._first[tid] = v
+            self._last[tid] = (t.name, v)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.02):
+            self._sample()
+
+    def stop(self) -> dict[str, float]:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+        out: dict[str, float] = {}
+        for tid, (name, v) in self._last.items():
+            if name.startswith("tlog-read"):
+                name = "tlog-read"
+            out[name] = out.get(name, 0.0) + v - self._first.get(tid, 0.0)
+        return out
+
+
+def cpu_seconds_task(tid: int) -> float:
+    """User + system CPU time of this process's thread ``tid`` so far (Linux /proc)."""
+    fields = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _io() -> tuple[int, int]:
+    """Bytes this process passed to write calls so far, and the number of those calls."""
+    f = dict(line.split(": ") for line in Path("/proc/self/io").read_text().splitlines())
+    return int(f["wchar"]), int(f["syscw"])
 
 
 def in_process(total: int, callers: int = 64) -> None:
@@ -141,14 +199,33 @@ def in_process(total: int, callers: int = 64) -> None:
             await asyncio.gather(*(caller(k, 20) for k in range(callers)))  # warm-up
             statuses.clear()
             per = max(total // callers, 1)
+            seq = app.api.seq
+            b0 = seq.batches
+            io0 = _io()
+            threads = _ThreadCpu()
             c0, t0, w0 = time.process_time(), time.thread_time(), time.perf_counter()
             await asyncio.gather(*(caller(k, per) for k in range(callers)))
             c1, t1, w1 = time.process_time(), time.thread_time(), time.perf_counter()
+            by_name = threads.stop()
+            io1 = _io()
             n = per * callers
             print(
                 f"in process, {callers} callers, {n} events: CPU {1e6 * (c1 - c0) / n:.0f} "
                 f"µs/event (event loop {1e6 * (t1 - t0) / n:.0f}), {n / (w1 - w0):,.0f} "
                 f"events/s; answers {statuses}"
+            )
+            print(
+                f"  {n / max(seq.batches - b0, 1):.1f} events a commit; written "
+                f"{(io1[0] - io0[0]) / n / 1024:.1f} KiB in {(io1[1] - io0[1]) / n:.1f} "
+                "write calls an event"
+            )
+            print(
+                "  by thread, µs/event: "
+                + ", ".join(
+                    f"{k} {1e6 * v / n:.0f}"
+                    for k, v in sorted(by_name.items(), key=lambda kv: -kv[1])
+                    if k != "MainThread" and 1e6 * v / n >= 1
+                )
             )
 
     try:

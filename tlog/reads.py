@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 
 from tlog.backend import StorageError
 
-__all__ = ["ReadPool", "StorageStalled", "settle_on_loops"]
+__all__ = ["Deadlines", "ReadPool", "StorageStalled", "settle_on_loops"]
 
 log = logging.getLogger("tlog.reads")
 
@@ -106,6 +106,62 @@ def bound(fut: asyncio.Future[T], what: str, seconds: float | None) -> asyncio.F
         handle = asyncio.get_running_loop().call_later(seconds, _expire, fut, what, seconds)
         fut.add_done_callback(lambda _f: handle.cancel())
     return fut
+
+
+_Deadline = tuple[float, "asyncio.Future[Any]"]
+
+
+class Deadlines:
+    """:func:`bound` for many futures with the same bound: one timer for all of them.
+
+    ``bound`` costs each future a timer and a done-callback (~6-12 µs with uvloop, per
+    single SCIM event); here :meth:`add` costs a deque append. Each future added is failed
+    with :class:`StorageStalled` (logged as ``bound`` logs it) if it is not done
+    ``seconds`` after it was added, as ``bound`` would. The futures' deadlines are in the
+    order they were added (one ``seconds`` for all), so one timer, armed for the oldest
+    future not yet done, serves them all: when it fires it drops the done futures at the
+    front, fails those whose deadline passed and re-arms for the next one. The done ones
+    are also dropped from the front at each :meth:`add`, so the queue holds about the
+    futures in flight. Per event loop (a service can be driven from more than one)."""
+
+    def __init__(self, what: str, seconds: float) -> None:
+        self.what = what
+        self.seconds = seconds
+        # loop -> (deadline, future) in the order added, and the loop's armed timer
+        self._waiting: dict[asyncio.AbstractEventLoop, deque[_Deadline]] = {}
+        self._timers: dict[asyncio.AbstractEventLoop, asyncio.TimerHandle] = {}
+
+    def add(self, fut: asyncio.Future[T]) -> asyncio.Future[T]:
+        """Bound ``fut`` (from its loop's thread); returns it."""
+        loop = fut.get_loop()
+        waiting = self._waiting.get(loop)
+        if waiting is None:
+            for other in [lp for lp in self._waiting if lp.is_closed()]:
+                del self._waiting[other]  # its callers are gone
+                self._timers.pop(other, None)
+            waiting = self._waiting[loop] = deque()
+        while waiting and waiting[0][1].done():
+            waiting.popleft()
+        deadline = loop.time() + self.seconds
+        waiting.append((deadline, fut))
+        if loop not in self._timers:
+            self._timers[loop] = loop.call_at(deadline, self._fire, loop)
+        return fut
+
+    def _fire(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timers.pop(loop, None)
+        waiting = self._waiting.get(loop)
+        if waiting is None:
+            return
+        now = loop.time()
+        while waiting:
+            deadline, fut = waiting[0]
+            if not fut.done():
+                if deadline > now:
+                    self._timers[loop] = loop.call_at(deadline, self._fire, loop)
+                    return
+                _expire(fut, self.what, self.seconds)
+            waiting.popleft()
 
 
 class ReadPool:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from tlog.backend import AuxFenced, CommitConflict, TurnTimeout
 from tlog.log import BatchResult, Log, LogHalted
-from tlog.reads import Outcome, bound, settle_on_loops
+from tlog.reads import Deadlines, Outcome, settle_on_loops
 
 __all__ = ["Overloaded", "Sequencer", "SequencerStopped"]
 
@@ -83,6 +83,7 @@ class Sequencer:
         # a stalled store must not hold requests forever. The batch itself is not
         # cancelled; if it lands later, a retry of the same entry is a duplicate.
         self.commit_timeout = commit_timeout
+        self._deadlines: Deadlines | None = None
         # Called by the writer after each batch: (entries, seconds, committed) (metrics).
         self.on_batch: Callable[[int, float, bool], None] | None = None
         self._queue: deque[_Pending] = deque()
@@ -151,7 +152,13 @@ class Sequencer:
             self._queue.append(_Pending(entries, leaf_hashes, loop, fut))
             self._queued_entries += len(entries)
             self._cond.notify()
-        return await bound(fut, "a commit", self.commit_timeout)
+        seconds = self.commit_timeout
+        if seconds is None:
+            return await fut
+        d = self._deadlines  # bound(fut, "a commit", seconds), one timer for all callers
+        if d is None or d.seconds != seconds:
+            d = self._deadlines = Deadlines("a commit", seconds)
+        return await d.add(fut)
 
     def enqueue(
         self,
