@@ -222,3 +222,54 @@ def test_events_counter_counts_singles_and_batches_alike() -> None:
             "tlog_scim_events_total", {"action": op, "outcome": outcome}
         )
         assert got == n, (op, outcome)
+
+
+def test_a_group_counts_its_logged_events_once_before_answering(tmp_path: Path) -> None:
+    """on_logged (the events counter) gets each logged event exactly once, a group's at
+    once, before any of them is answered; a refused event is not counted (LMDB, where
+    records and leaves commit together; PostgreSQL counts per submission as before)."""
+    with open_harness(tmp_path) as h:
+        svc = h.service
+        seen: list[str] = []
+        calls: list[int] = []
+        hook = svc.on_logged
+        assert hook is not None
+
+        def logged(events: Any) -> None:
+            calls.append(len(events))
+            seen.extend(ev["eid"] for ev in events)
+            hook(events)
+
+        svc.on_logged = logged
+        singles = [user_event(f"c-{i}", op="create", req=f"r-{i}") for i in range(16)]
+        batch = [user_event(f"b-{i}", op="create", req=f"rb-{i}") for i in range(3)]
+        clash = dict(singles[0], req=dict(singles[0]["req"], len=1))  # same eid, other event
+        answered_before: list[bool] = []
+
+        async def one(events: list[Any]) -> None:
+            try:
+                await svc.submit(T1, events)
+            except Exception:
+                return
+            answered_before.append(all(ev["eid"] in seen for ev in events))
+
+        async def run() -> None:
+            await one([singles[0]])
+            await asyncio.gather(*(one([ev]) for ev in singles[1:]), one(batch), one([clash]))
+
+        h.client.portal.call(run)  # type: ignore[union-attr]
+        want = [ev["eid"] for ev in singles + batch]
+        assert sorted(seen) == sorted(want)  # each once; the clash refused, not counted
+        assert answered_before == [True] * 17
+        assert len(calls) < 17  # grouped: fewer calls than submissions
+        got = svc_metric(h, "create", "success")
+        assert got == len(want)
+
+
+def svc_metric(h: Any, op: str, outcome: str) -> float | None:
+    r = h.client.get("/metrics")
+    for line in r.text.splitlines():
+        if line.startswith("tlog_scim_events_total{") and f'action="{op}"' in line:
+            if f'outcome="{outcome}"' in line:
+                return float(line.rsplit(" ", 1)[1])
+    return None

@@ -45,6 +45,7 @@ import copy
 import functools
 import hmac
 import json
+import logging
 import random
 import struct
 import threading
@@ -97,6 +98,8 @@ from tlog.sequencer import Sequencer, SequencerStopped
 __all__ = ["ScimLimits", "ScimService", "Submitted", "subject_of"]
 
 T = TypeVar("T")
+
+log = logging.getLogger("tlog.scim.service")
 
 SYSTEM_PREFIX = "tlog."
 GROUP_LINGER = 0.05  # seconds an idle group writer waits for work before its thread ends
@@ -732,6 +735,15 @@ class ScimService:
                 ]
                 pos += n
                 answers.append((job, None, (done, result.checkpoint)))
+            if self.on_logged is not None:
+                # The group's events at once (one count per op and outcome, not one per
+                # single event), before any of them is answered.
+                logged = [ev for job, _ in ok if job.sequenced and job.reads for ev in job.reads[1]]
+                if logged:
+                    try:
+                        self.on_logged(logged)
+                    except Exception:  # pragma: no cover - a hook must not stop the answers
+                        log.exception("on_logged hook failed")
         with self._chain:
             if not isinstance(result, BaseException):
                 self._durable_seq = max(self._durable_seq, seq)
@@ -823,8 +835,8 @@ class ScimService:
             )
         else:
             done = await self.sequence(await self._write_grouped(stage, reads=(tenant, events)))
-        if self.on_logged is not None:
-            self.on_logged(events)
+            if self.on_logged is not None:
+                self.on_logged(events)
         return done
 
     @staticmethod
