@@ -7,8 +7,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from tlog.auth import TOKEN_CACHE_MAX, AuthError, TokenStore
+from tlog.auth import TOKEN_CACHE_MAX, AuthError, TokenStore, _bearer, token_digest
 from tlog.backend import open_backend
 
 from .conftest import Harness
@@ -126,3 +128,64 @@ def test_http_revocation_by_another_store_takes_effect(harness: Harness) -> None
     r = c.post("/v1/entries", content=b"b", headers=harness.auth(token))
     assert r.status_code == 401
     assert harness.log.latest.size == 1
+
+
+_headers = st.one_of(
+    st.none(),
+    st.text(max_size=40),
+    st.builds(
+        lambda scheme, sp, tok, tail: f"{scheme}{sp}{tok}{tail}",
+        st.sampled_from(["Bearer", "bearer", "BEARER", "Basic", "Bearer:"]),
+        st.sampled_from([" ", "  ", ""]),
+        st.one_of(
+            st.builds(lambda t: "tlog_" + t, st.text(max_size=140)),
+            st.text(max_size=20),
+        ),
+        st.sampled_from(["", " ", "\t"]),
+    ),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(headers=st.lists(_headers, min_size=1, max_size=6))
+def test_remembered_header_digests_equal_the_parse_and_hash(
+    tmp_path_factory: pytest.TempPathFactory, headers: list[str | None]
+) -> None:
+    """``cached`` remembers each well-formed header's token digest: a header (seen before or
+    not) is refused exactly when ``_bearer`` refuses it, and looks up the digest that
+    parsing and hashing it give, whatever came before it."""
+    storage = open_backend(None, tmp_path_factory.mktemp("tok"))
+    try:
+        ts = TokenStore(storage)
+        looked: list[bytes] = []
+
+        class Spy(dict):  # type: ignore[type-arg]
+            def get(self, key: object, default: object = None) -> object:
+                looked.append(key)  # type: ignore[arg-type]
+                return None
+
+        ts._cache = Spy()
+        for h in headers * 2:  # each header again once remembered
+            try:
+                want: bytes | Exception = token_digest(_bearer(h))
+            except AuthError as exc:
+                want = exc
+            looked.clear()
+            try:
+                assert ts.cached(h) is None
+                got: bytes | Exception = looked[0]
+            except AuthError as exc:
+                got = exc
+            if isinstance(want, Exception):
+                assert isinstance(got, AuthError) and str(got) == str(want)
+            else:
+                assert got == want
+    finally:
+        storage.close()
+
+
+def test_remembered_digests_are_bounded(stores) -> None:  # type: ignore[no-untyped-def]
+    server, _, _ = stores
+    for i in range(TOKEN_CACHE_MAX + 10):
+        assert server.cached(bearer(f"tlog_x{i}")) is None
+    assert len(server._digests) <= TOKEN_CACHE_MAX

@@ -121,7 +121,7 @@ def _encode_validated(ev: Event) -> bytes:
     return encode_event(ev)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Job:
     """A submission waiting for the group writer (:meth:`ScimService._write_grouped`)."""
 
@@ -526,10 +526,13 @@ class ScimService:
     def _queue_jobs(self, jobs: list[_Job]) -> None:
         """Queue jobs for the group writer (new ones, or ones staged again), starting it."""
         with self._group_lock:
+            # Only a writer that found the group empty waits: whoever fills it wakes it.
+            wake = not self._group
             self._group.extend(jobs)
             start = not self._group_running
             self._group_running = True
-            self._group_lock.notify()
+            if wake:
+                self._group_lock.notify()
         if start:
             threading.Thread(target=self._group_loop, name="tlog-scim-writer", daemon=True).start()
 
