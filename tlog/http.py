@@ -103,6 +103,23 @@ class Endpoint:
                 raise ValueError(f"a hot route's path ends in one {{name:path}}: {self.path}")
 
 
+class JsonBody(Response):
+    """``Response(body, media_type="application/json")`` for a body already encoded (200):
+    the same status, headers and messages, without the generic header building (~3 µs of
+    each single SCIM event's answer; ``tests/server/test_json_body.py``)."""
+
+    media_type = "application/json"
+
+    def __init__(self, body: bytes) -> None:
+        self.status_code = 200
+        self.background = None
+        self.body = body
+        self.raw_headers = [
+            (b"content-length", str(len(body)).encode("latin-1")),
+            (b"content-type", b"application/json"),
+        ]
+
+
 def b64(h: bytes) -> str:
     return binascii.b2a_base64(h, newline=False).decode("ascii")
 

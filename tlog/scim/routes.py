@@ -45,6 +45,7 @@ from tlog.errors import (
 )
 from tlog.http import (
     Endpoint,
+    JsonBody,
     Query,
     Scoped,
     b64,
@@ -268,7 +269,7 @@ class ScimRoutes:
         else:
             ev, data = await off_loop(len(body), lambda: self._parse_event(body, ctype))
         done, pub = await self.service.submit(tenant, [ev], encoded=[data])
-        return Response(await self._submitted_json(done[0], pub), media_type=JSON)
+        return JsonBody(await self._submitted_json(done[0], pub))
 
     async def _submitted_json(self, s: Submitted, pub: Published) -> bytes:
         """The JSON of :meth:`_submitted` (the same bytes as msgspec writes its dict,
