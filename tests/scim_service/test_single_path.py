@@ -273,3 +273,31 @@ def svc_metric(h: Any, op: str, outcome: str) -> float | None:
             if f'outcome="{outcome}"' in line:
                 return float(line.rsplit(" ", 1)[1])
     return None
+
+
+def test_pipeline_clone_is_a_shallow_copy_with_nothing_pending(tmp_path: Path) -> None:
+    """_Pipeline.clone gives what copy.copy gave (then with empty record lists): the same
+    attributes, the very same objects (the templates shared with the group's pipeline)."""
+    import copy
+
+    from tlog.scim.service import _Pipeline
+    from tlog.scim.store import Overlay
+
+    with open_harness(tmp_path) as h:
+        svc = h.service
+        with svc.storage.read() as rv:
+            tk = svc.keys.tenant_or_create(Overlay(rv), T1)
+        base = _Pipeline(tk, BASE_TS)
+        base.templates[("shape",)] = [b"x"]
+        base.keys, base.values = [b"k"], [b"v"]
+        want = copy.copy(base)
+        want.keys, want.values = [], []
+        got = base.clone()
+        assert type(got) is _Pipeline and got is not base
+        assert vars(got).keys() == vars(want).keys()
+        for name, value in vars(want).items():
+            if name in ("keys", "values"):
+                assert getattr(got, name) == [] and getattr(got, name) is not getattr(base, name)
+            else:
+                assert getattr(got, name) is value, name
+        assert base.keys == [b"k"] and base.values == [b"v"]  # the original keeps its own
