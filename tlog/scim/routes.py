@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from binascii import b2a_base64
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -110,12 +109,14 @@ _PROOF_HEAD = "c2sp.org/tlog-proof@v1\nindex "
 
 
 def _tlog_proof(index: int, proof: list[bytes], note: str) -> str:
-    """``TlogProof(index, tuple(proof), note).format()`` (no extra line), in one join."""
-    lines = [f"{_PROOF_HEAD}{index}"]
-    lines += [b2a_base64(h, newline=False).decode("ascii") for h in proof]
-    lines.append("")
-    lines.append(note)
-    return "\n".join(lines)
+    """``TlogProof(index, tuple(proof), note).format()`` (no extra line). The hashes'
+    lines are msgspec's JSON of the list (standard padded base64 in C, no character of
+    which JSON escapes) with each ``","`` made a line break: one call for the list, not a
+    base64 call and a decode per hash (4.2 -> 3.2 µs for 20 hashes)."""
+    if not proof:
+        return f"{_PROOF_HEAD}{index}\n\n{note}"
+    hashes = _json_encode(proof)[2:-2].replace(b'","', b"\n").decode("ascii")
+    return f"{_PROOF_HEAD}{index}\n{hashes}\n\n{note}"
 
 
 def _receipt_answer(s: Submitted, size: int, note: str, proof: list[bytes]) -> bytes:
