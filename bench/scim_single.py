@@ -144,6 +144,7 @@ def _io() -> tuple[int, int]:
 def in_process(total: int, callers: int = 64) -> None:
     """``--in-process``: the app alone (module docstring)."""
     import asyncio
+    import gc
     import random
     import time
 
@@ -197,6 +198,8 @@ def in_process(total: int, callers: int = 64) -> None:
     async def run() -> None:
         async with app.app.router.lifespan_context(app.app):
             await asyncio.gather(*(caller(k, 20) for k in range(callers)))  # warm-up
+            gc.collect()  # as tlog serve does once it listens (run_hardened)
+            gc.freeze()
             statuses.clear()
             per = max(total // callers, 1)
             seq = app.api.seq
