@@ -17,7 +17,8 @@ process during its run, over the requests answered: unlike the rates, it hardly 
 the machine's other load), and the ratio SCIM / hello (the target is >= 0.25).
 
 ``--in-process N``: no HTTP server and no wrk: ``tlog serve``'s ASGI app built in this
-process (``tlog.server.build_app``, the serve defaults, uvloop), driven by 64 concurrent
+process (``tlog.server.build_app``, the serve defaults, uvloop, the heap frozen after a
+warm-up as ``tlog serve`` freezes it once it listens), driven by 64 concurrent
 callers with N events in all; reported: the process's CPU per event and the event loop's
 share of it (the rest is the SCIM group writer, the sequencer's writer and publisher), the
 CPU per event of each other thread (``/proc/self/task``, sampled every 20 ms), the events
