@@ -105,9 +105,13 @@ GROUP_LINGER = 0.05  # seconds an idle group writer waits for work before its th
 # Several frontends on one database: how many times a submission (or an erasure) is staged
 # again after another frontend took the SCIM writer fence before it committed, and the
 # most a frontend waits (random, so that two frontends taking turns do not collide in
-# step) before it claims the fence back.
+# step) before it claims the fence back: FENCE_BACKOFF after a first loss, doubling with
+# each further loss of the same submission up to FENCE_BACKOFF_MAX (under heavy load two
+# frontends could otherwise keep taking the fence from each other until the retries ran
+# out: at most ~2.5 s of waits in all).
 FENCE_RETRIES = 8
 FENCE_BACKOFF = 0.01
+FENCE_BACKOFF_MAX = 0.64
 _FIELD = dict(FILTERS)
 _INDEX_MEMO = 1 << 14  # index conditions remembered per staging (bounded memory)
 # index fields whose values differ from event to event (search.FILTERS)
@@ -418,7 +422,7 @@ class ScimService:
         for attempt in range(FENCE_RETRIES + 1):
             with self._write_lock:
                 self._drain()
-                fence = self._writer_fence()
+                fence = self._writer_fence(attempt)
                 try:
                     with self.storage.read() as rv:
                         tx = Overlay(rv)
@@ -442,19 +446,22 @@ class ScimService:
                 return result
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _writer_fence(self) -> bytes | None:
+    def _writer_fence(self, losses: int = 0) -> bytes | None:
         """Under the writer lock, before a snapshot is opened for staging: the writer fence
         this process holds, claimed (again) first if it has none or another frontend took
         it. After each claim the master key in memory is checked against the store's (an
-        erasure on another frontend rotates it): nothing is staged under a stale one."""
+        erasure on another frontend rotates it): nothing is staged under a stale one.
+        ``losses``: how many times what is about to be staged already lost the fence."""
         with self._chain:
             taken, self._fence_taken = self._fence_taken, False
         if self._claimed and not taken:
             return self._fence
         if taken:
             # Another frontend writes SCIM records too: give its commit time to land
-            # before taking the fence back (else both could keep refusing each other).
-            time.sleep(random.uniform(0, FENCE_BACKOFF))
+            # before taking the fence back (else both could keep refusing each other),
+            # the longer the more often this staging has lost it.
+            ceiling = min(FENCE_BACKOFF * 2 ** max(losses - 1, 0), FENCE_BACKOFF_MAX)
+            time.sleep(random.uniform(0, ceiling))
         self._claimed = False
         self._fence = self.storage.claim_aux_writer()
         if self._fence is not None:
@@ -579,7 +586,7 @@ class ScimService:
         ok: list[tuple[_Job, Any]] = []
         try:
             with self._write_lock:
-                fence = self._writer_fence()
+                fence = self._writer_fence(max(job.attempts for job in jobs))
                 # The epoch the pending writes are pruned by: a commit that fails after
                 # this refuses the group at its hand-off (``_hand_off``).
                 epoch = self._prune_pending() if self._coalesce else self._epoch
