@@ -907,11 +907,25 @@ class PgStorage:
         self._write(run, "the first checkpoint")
 
     def put_cosignatures(self, size: int, lines: bytes) -> None:
+        """Add ``lines`` to the cosignature lines stored for ``size`` (a line stored already
+        is kept once). Merged here, under the row's lock, not replaced: two frontends
+        record cosignatures of the same checkpoint, each writing what it read plus its own,
+        and a replacing write would drop the lines the other committed in between."""
+
         def run(conn: psycopg.Connection[Any]) -> None:
+            # The INSERT creates the row or waits for (then leaves) the one another
+            # transaction is creating; FOR UPDATE then holds it until COMMIT.
             conn.execute(
-                "INSERT INTO tlog_cosignatures (size, lines) VALUES (%s, %s) "
-                "ON CONFLICT (size) DO UPDATE SET lines = EXCLUDED.lines",
-                (size, lines),
+                "INSERT INTO tlog_cosignatures (size, lines) VALUES (%s, '') "
+                "ON CONFLICT (size) DO NOTHING",
+                (size,),
+            )
+            row = conn.execute(
+                "SELECT lines FROM tlog_cosignatures WHERE size = %s FOR UPDATE", (size,)
+            ).fetchone()
+            merged = _merge_lines(b"" if row is None else bytes(row[0]), lines)
+            conn.execute(
+                "UPDATE tlog_cosignatures SET lines = %s WHERE size = %s", (merged, size)
             )
 
         self._write(run, f"cosignatures for {size}")
@@ -1135,6 +1149,18 @@ _UPSERT_AUX_IF = (
     "(SELECT 1 FROM tlog_aux_writer WHERE id = 1 AND fence = coalesce(%b::bytea, fence)) "
     "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value"
 )
+
+
+def _merge_lines(old: bytes, new: bytes) -> bytes:
+    """``old`` followed by each line of ``new`` that ``old`` does not hold (each line
+    ending in a newline, as stored)."""
+    have = set(old.split(b"\n"))
+    out = old if not old or old.endswith(b"\n") else old + b"\n"
+    for line in new.split(b"\n"):
+        if line and line not in have:
+            have.add(line)
+            out += line + b"\n"
+    return out
 
 
 def _fenced_out() -> AuxFenced:
