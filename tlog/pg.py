@@ -924,9 +924,7 @@ class PgStorage:
                 "SELECT lines FROM tlog_cosignatures WHERE size = %s FOR UPDATE", (size,)
             ).fetchone()
             merged = _merge_lines(b"" if row is None else bytes(row[0]), lines)
-            conn.execute(
-                "UPDATE tlog_cosignatures SET lines = %s WHERE size = %s", (merged, size)
-            )
+            conn.execute("UPDATE tlog_cosignatures SET lines = %s WHERE size = %s", (merged, size))
 
         self._write(run, f"cosignatures for {size}")
 

@@ -64,6 +64,7 @@ EXIT_OK, EXIT_ERROR, EXIT_FAILED = 0, 1, 2
 FILTERS = ("rid", "xid", "actor", "action", "outcome", "req")
 SD_ID = "tlog@32473"  # RFC 5612 documentation enterprise number
 MAX_UDP = 65_000
+MAX_ANSWER = 64 * 1024  # bytes of an HTTP sink's answer read (the rest is never read)
 
 
 class SinkError(Exception):
@@ -188,9 +189,18 @@ class FileSink(Sink):
         self.f.close()
 
 
+class _SlowAnswer(Exception):
+    """The receiver did not finish its answer within the sink's timeout."""
+
+
 class HttpSink(Sink):
     """POST each page's records; a non-2xx answer or a network error is retried a few times
-    with backoff, then the run fails without moving the cursor."""
+    with backoff, then the run fails without moving the cursor.
+
+    The receiver is not trusted with the streamer's memory or time: at most
+    :data:`MAX_ANSWER` bytes of an answer are read, and the whole answer (status, headers
+    and what is read of the body) must arrive within ``timeout`` seconds of sending, else
+    the delivery failed (retried; the records may have been taken: at least once)."""
 
     def __init__(
         self,
@@ -201,16 +211,22 @@ class HttpSink(Sink):
         http: httpx.Client | None = None,
         retries: int = 4,
         sleep: Callable[[float], None] = time.sleep,
+        timeout: float = 30.0,
     ) -> None:
         self.url = url
         self.hec = hec_token is not None
         self.kind = "splunk-hec" if self.hec else "webhook"
-        self.headers = {"Content-Type": "application/json", "User-Agent": "tlog-client"}
+        self.headers = {
+            "Content-Type": "application/json",
+            "User-Agent": "tlog-client",
+            "Accept-Encoding": "identity",  # the answer is read raw (_post)
+        }
         if hec_token is not None:
             self.headers["Authorization"] = f"Splunk {hec_token}"
         self.origin = origin
         self._own = http is None
-        self.http = http or httpx.Client(timeout=30.0)
+        self.timeout = timeout
+        self.http = http or httpx.Client(timeout=timeout)
         self.retries = retries
         self.sleep = sleep
 
@@ -241,23 +257,43 @@ class HttpSink(Sink):
             if attempt:
                 self.sleep(min(8.0, 0.25 * 2**attempt))
             try:
-                r = self.http.post(self.url, content=body, headers=self.headers)
+                status, answer = self._post(body)
             except httpx.HTTPError as exc:
                 last = f"{type(exc).__name__}: {exc}"
                 continue
-            if 200 <= r.status_code < 300:
+            except _SlowAnswer:
+                last = f"no complete answer within {self.timeout:g} s"
+                continue
+            if 200 <= status < 300:
                 if self.hec:
                     try:
-                        ok = r.json().get("code", 0) == 0
+                        doc = json.loads(answer)
                     except ValueError:
-                        ok = True
-                    if not ok:
-                        raise SinkError(f"HEC refused the events: {r.text[:200]}")
+                        doc = None  # not JSON (or cut at MAX_ANSWER): taken, by its status
+                    if isinstance(doc, dict) and doc.get("code", 0) != 0:
+                        text = answer[:200].decode("utf-8", "replace")
+                        raise SinkError(f"HEC refused the events: {text}")
                 return
-            last = f"HTTP {r.status_code}"
-            if r.status_code < 500 and r.status_code != 429:
+            last = f"HTTP {status}"
+            if status < 500 and status != 429:
                 break  # a 4xx will not get better by retrying
         raise SinkError(f"{self.kind} {self.url}: {last}")
+
+    def _post(self, body: bytes) -> tuple[int, bytes]:
+        """POST ``body``: the status and at most :data:`MAX_ANSWER` bytes of the answer,
+        all within ``timeout`` seconds (else :class:`_SlowAnswer`)."""
+        deadline = time.monotonic() + self.timeout
+        with self.http.stream("POST", self.url, content=body, headers=self.headers) as r:
+            got = bytearray()
+            for chunk in r.iter_raw():
+                if time.monotonic() > deadline:
+                    raise _SlowAnswer
+                got += chunk
+                if len(got) >= MAX_ANSWER:
+                    break
+            if time.monotonic() > deadline:
+                raise _SlowAnswer
+            return r.status_code, bytes(got[:MAX_ANSWER])
 
     def close(self) -> None:
         if self._own:
@@ -321,6 +357,7 @@ def make_sink(
     hec_token: str | None = None,
     http: httpx.Client | None = None,
     retries: int = 4,
+    timeout: float = 30.0,
 ) -> Sink:
     """A sink from its ``--to`` spec (module docstring)."""
     if spec in ("-", "stdout"):
@@ -339,6 +376,7 @@ def make_sink(
             origin=origin,
             http=http,
             retries=retries,
+            timeout=timeout,
         )
     if spec.startswith(("syslog+udp://", "syslog+tcp://")):
         u = urlsplit(spec)
@@ -445,7 +483,13 @@ def cmd_stream(args: argparse.Namespace, http: httpx.Client | None = None) -> in
             raise ValueError("an auditor token is required: --token-file or TLOG_TOKEN")
         hec = read_secret(args.hec_token_file, "TLOG_HEC_TOKEN", "HEC token")
         verifier = Ed25519Verifier.from_vkey(args.vkey)
-        sink = make_sink(args.to, origin=verifier.name, hec_token=hec, retries=args.retries)
+        sink = make_sink(
+            args.to,
+            origin=verifier.name,
+            hec_token=hec,
+            retries=args.retries,
+            timeout=args.timeout,
+        )
     except (ValueError, FormatError, SinkError) as exc:
         print(f"tlog-client: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
@@ -524,7 +568,12 @@ def register(scim: Any) -> None:
         help="leave events younger than this many seconds for the next run",
     )
     s.add_argument("--page", type=int, default=100, help="events per search page (1..100)")
-    s.add_argument("--timeout", type=float, default=30.0, help="HTTP timeout in seconds")
+    s.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        help="HTTP timeout in seconds (for an HTTP sink: its whole answer)",
+    )
     s.add_argument(
         "--retries",
         type=int,

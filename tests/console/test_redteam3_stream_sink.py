@@ -1,0 +1,172 @@
+"""A hostile or broken SIEM behind ``tlog-client scim stream --to webhook:/hec:``.
+
+The HTTP sink read the receiver's whole answer into memory, with only httpx's per-read
+timeout: a receiver answering an endless (or huge) body grew the streamer's memory without
+bound, and one dribbling a byte every few seconds held the run forever (each read came
+within the timeout). A HEC receiver answering 2xx with JSON that is not an object (``[]``,
+``"ok"``) crashed the run with a traceback. Now the sink reads at most
+:data:`client.tools.stream.MAX_ANSWER` bytes of an answer, gives the whole answer
+``timeout`` seconds, and takes a 2xx answer that is not a JSON object as taken (as it took
+one that is not JSON); a slow or cut answer is a failed delivery (retried, then the run
+fails without moving the cursor).
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from client.tools import stream
+from client.tools.stream import HttpSink, SinkError
+
+RECORD: dict[str, Any] = {"time": 1_700_000_000_000, "class_uid": 3001, "x": "y"}
+
+
+class RawReceiver:
+    """An HTTP receiver that reads the request and then runs ``answer(conn)``."""
+
+    def __init__(self, answer: Callable[[socket.socket], None]) -> None:
+        self.answer = answer
+        self.sent = 0
+        self.srv = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.srv.getsockname()[1]}/hook"
+        self.stop = threading.Event()
+        self.t = threading.Thread(target=self._run, daemon=True)
+        self.t.start()
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.srv.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(10)
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    head += chunk
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                body = head.split(b"\r\n\r\n", 1)[1]
+                while len(body) < length:
+                    body += conn.recv(65536)
+                try:
+                    self.answer(conn)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.stop.set()
+        self.srv.close()
+        self.t.join(10)
+
+
+@pytest.fixture
+def make_receiver() -> Iterator[Callable[[Callable[[socket.socket], None]], RawReceiver]]:
+    made: list[RawReceiver] = []
+
+    def make(answer: Callable[[socket.socket], None]) -> RawReceiver:
+        r = RawReceiver(answer)
+        made.append(r)
+        return r
+
+    yield make
+    for r in made:
+        r.close()
+
+
+def _send_in_thread(sink: HttpSink) -> tuple[threading.Thread, list[BaseException | None]]:
+    out: list[BaseException | None] = []
+
+    def go() -> None:
+        try:
+            sink.send([RECORD])
+            out.append(None)
+        except BaseException as exc:
+            out.append(exc)
+
+    t = threading.Thread(target=go, daemon=True)
+    t.start()
+    return t, out
+
+
+def test_a_huge_answer_is_not_read_whole(make_receiver: Any) -> None:
+    total = 256 << 20
+    rec: RawReceiver
+
+    def answer(conn: socket.socket) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % total)
+        block = b"x" * 65536
+        while rec.sent < total:
+            conn.sendall(block)
+            rec.sent += len(block)
+
+    rec = make_receiver(answer)
+    sink = HttpSink(rec.url, hec_token=None, origin="o", retries=0)
+    try:
+        t, out = _send_in_thread(sink)
+        t.join(120)
+        assert not t.is_alive()
+    finally:
+        sink.close()
+    assert out == [None]  # a 2xx answer: taken, by its status
+    # The sink stopped reading long before the end (socket buffers hold a few MiB at most).
+    assert rec.sent < 32 << 20, rec.sent
+    assert stream.MAX_ANSWER <= 1 << 20
+
+
+def test_a_dribbling_answer_ends_the_delivery(make_receiver: Any) -> None:
+    def answer(conn: socket.socket) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
+        for _ in range(100000):
+            conn.sendall(b"x")
+            time.sleep(0.05)
+
+    rec = make_receiver(answer)
+    sink = HttpSink(rec.url, hec_token=None, origin="o", retries=0, timeout=1.0)
+    try:
+        t, out = _send_in_thread(sink)
+        t.join(60)  # a hang detector, not a timing bar: the answer would take 5000 s
+        assert not t.is_alive(), "the sink is still reading a dribbling answer"
+    finally:
+        sink.close()
+    assert isinstance(out[0], SinkError), out
+    assert "answer" in str(out[0])
+
+
+@pytest.mark.parametrize("body", [b"[]", b'"ok"', b"42", b"null"])
+def test_a_hec_answer_that_is_not_an_object_is_no_crash(make_receiver: Any, body: bytes) -> None:
+    def answer(conn: socket.socket) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+
+    rec = make_receiver(answer)
+    sink = HttpSink(rec.url, hec_token="t", origin="o", retries=0)
+    try:
+        sink.send([RECORD])  # taken, as a 2xx answer that is not JSON is
+    finally:
+        sink.close()
+
+
+def test_a_hec_refusal_is_still_a_refusal(make_receiver: Any) -> None:
+    body = b'{"text":"Invalid token","code":4}'
+
+    def answer(conn: socket.socket) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+
+    rec = make_receiver(answer)
+    sink = HttpSink(rec.url, hec_token="t", origin="o", retries=0)
+    try:
+        with pytest.raises(SinkError, match="Invalid token"):
+            sink.send([RECORD])
+    finally:
+        sink.close()
