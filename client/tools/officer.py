@@ -151,11 +151,13 @@ def _certificate(args: argparse.Namespace, http: httpx.Client | None) -> int:
 
 
 def _verify(args: argparse.Namespace, http: httpx.Client | None) -> int:
-    text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text("utf-8")
-    try:
-        doc = json.loads(text)
-    except ValueError as exc:
+    data = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+    try:  # a certificate comes from anyone: bytes that are no JSON are refused, not a crash
+        doc = json.loads(data.decode("utf-8"))
+    except ValueError as exc:  # UnicodeDecodeError too
         raise FormatError(f"not JSON: {exc}") from None
+    except RecursionError:
+        raise FormatError("not JSON: nested too deeply") from None
     print(_describe(doc, args.vkey))
     return EXIT_OK
 

@@ -92,11 +92,20 @@ class Cursor:
             return cls()
         except (OSError, ValueError) as exc:
             raise SinkError(f"cursor file {path}: {exc}") from None
+        except RecursionError:
+            raise SinkError(f"cursor file {path}: nested too deeply") from None
         try:
-            c = cls(int(doc["since"]), set(doc["seen"]), int(doc["delivered"]), doc["last_index"])
+            seen, last = doc["seen"], doc["last_index"]
+            c = cls(int(doc["since"]), set(seen), int(doc["delivered"]), last)
         except (KeyError, TypeError, ValueError):
             raise SinkError(f"cursor file {path} is not a stream cursor") from None
-        if c.since < 0 or not all(isinstance(s, str) for s in c.seen):
+        if (
+            c.since < 0
+            or c.delivered < 0
+            or type(seen) is not list
+            or not all(isinstance(s, str) for s in c.seen)
+            or not (last is None or type(last) is int)
+        ):
             raise SinkError(f"cursor file {path} is not a stream cursor")
         return c
 
