@@ -268,14 +268,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
 # --- token -------------------------------------------------------------------------------
 
 
-def _write_secret(path: Path, text: str, *, exclusive: bool = True) -> None:
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC)
+def _open_secret(path: Path, *, exclusive: bool = True) -> int:
+    """A secret file opened for writing, mode 0600 whatever the umask, never through a
+    symlink; ``exclusive``: created here, never an existing file."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (os.O_EXCL if exclusive else os.O_TRUNC)
     try:
         fd = os.open(path, flags, 0o600)
     except FileExistsError:
         raise CliError(f"{path} exists; not overwriting it") from None
-    with os.fdopen(fd, "w") as f:
-        os.fchmod(f.fileno(), 0o600)
+    os.fchmod(fd, 0o600)
+    return fd
+
+
+def _write_secret(path: Path, text: str, *, exclusive: bool = True) -> None:
+    with os.fdopen(_open_secret(path, exclusive=exclusive), "w") as f:
         f.write(text)
 
 
@@ -335,11 +341,26 @@ def cmd_token(args: argparse.Namespace) -> int:
                         "person, and dual control will treat both as one officer",
                         file=sys.stderr,
                     )
-            token, p = store.create(
-                args.role, tenant=args.tenant, name=args.name, ttl=args.ttl, person=args.person
-            )
-            if args.out is not None:
-                _write_secret(args.out, token + "\n")
+            # The file first: a token is made only once there is where to put it (else a
+            # live token nobody holds would stay in the store).
+            fd = None if args.out is None else _open_secret(args.out)
+            try:
+                token, p = store.create(
+                    args.role, tenant=args.tenant, name=args.name, ttl=args.ttl, person=args.person
+                )
+            except BaseException:
+                if fd is not None:
+                    os.close(fd)
+                    args.out.unlink(missing_ok=True)
+                raise
+            if fd is not None:
+                try:
+                    with os.fdopen(fd, "w") as f:
+                        f.write(token + "\n")
+                except OSError:  # e.g. the disk is full: the token is held by no one
+                    store.revoke(p.token_id)
+                    args.out.unlink(missing_ok=True)
+                    raise
                 print(f"token written to {args.out} (mode 0600)", file=sys.stderr)
             else:
                 print(token)
