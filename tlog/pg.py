@@ -774,12 +774,24 @@ class PgStorage:
                 timer.cancel()
 
     def set_meta(self, key: str, value: bytes) -> None:
+        """Record ``key`` (the log's identity: origin, verifier key), once. Frontends
+        starting together on an empty database each find no identity and write their own:
+        the first one written stays, and a frontend whose value differs is refused here,
+        never overwriting the key the log's checkpoints are signed with."""
+
         def run(conn: psycopg.Connection[Any]) -> None:
+            # Waits for a concurrent insert of the key, then finds its committed value.
             conn.execute(
-                "INSERT INTO tlog_meta (key, value) VALUES (%s, %s) "
-                "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                "INSERT INTO tlog_meta (key, value) VALUES (%s, %s) ON CONFLICT (key) DO NOTHING",
                 (key, value),
             )
+            row = conn.execute("SELECT value FROM tlog_meta WHERE key = %s", (key,)).fetchone()
+            if row is None or bytes(row[0]) != value:
+                raise StorageError(
+                    f"the store's {key} was just recorded with another value (another "
+                    f"frontend with another {key} created this log at the same time); "
+                    "refusing to continue"
+                )
 
         self._write(run, f"meta {key}")
 
