@@ -94,6 +94,7 @@ log = logging.getLogger("tlog.pg")
 FORMAT_VERSION = b"1"
 POOL_MAX = 8
 POOL_TIMEOUT = 10.0  # seconds to wait for a pooled read connection
+RETRY_TIMEOUT = 1.0  # seconds to wait for a live one when a pooled connection was dead
 SETTLE_TIMEOUT = 10.0  # seconds to wait for a synchronous standby to confirm a barrier
 TURN_TIMEOUT = 5.0  # seconds to wait for another frontend's write turn (write_turn)
 _U64 = struct.Struct(">Q")
@@ -268,15 +269,54 @@ def check_replication(conn: psycopg.Connection[Any], mode: str, where: str) -> N
 
 
 class PgReadView:
-    """One REPEATABLE READ, READ ONLY transaction on a pooled connection."""
+    """One REPEATABLE READ, READ ONLY transaction on a pooled connection.
 
-    __slots__ = ("_conn", "_s")
+    A pooled connection may have died while idle (the server restarted, the backend was
+    terminated): when the view's first statement finds it so, nothing of the snapshot has
+    been read, so the view checks the pool (every dead idle connection is replaced, not
+    handed to the next reads one failure at a time) and runs the statement again on a live
+    connection, once."""
+
+    __slots__ = ("_conn", "_fresh", "_s")
 
     _names = itertools.count()
 
     def __init__(self, storage: PgStorage, conn: psycopg.Connection[Any]) -> None:
         self._s = storage
         self._conn = conn
+        self._fresh = True  # no statement has run in this view yet
+
+    def _retry_on_new_connection(self, exc: psycopg.Error) -> bool:
+        """After the view's first statement failed with ``exc``: True once it has a live
+        connection to run it again on (its old one died before the snapshot began)."""
+        conn = self._conn
+        if not self._fresh or not (conn.closed or conn.broken):
+            return False
+        self._fresh = False
+        pool = self._s._pool
+        log.warning("a pooled database connection was lost (%s); checking the pool", exc)
+        try:
+            pool.check()
+            # Briefly: a database that is down is answered at once with its own failure.
+            new = pool.getconn(timeout=RETRY_TIMEOUT)
+        except (psycopg.Error, psycopg_pool.PoolTimeout):
+            return False  # the view keeps the dead one: __exit__ hands it back
+        pool.putconn(conn)  # the pool discards a closed connection
+        self._conn = new
+        return True
+
+    def _run(self, fn: Callable[[psycopg.Connection[Any]], Any]) -> Any:
+        try:
+            return fn(self._conn)
+        except psycopg.Error as exc:
+            if not self._retry_on_new_connection(exc):
+                raise pg_fault(exc) or StorageError(str(exc)) from exc
+        finally:
+            self._fresh = False
+        try:
+            return fn(self._conn)
+        except psycopg.Error as exc:
+            raise pg_fault(exc) or StorageError(str(exc)) from exc
 
     def __enter__(self) -> PgReadView:
         return self
@@ -292,20 +332,31 @@ class PgReadView:
             self._s._pool.putconn(conn)
 
     def _one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
-        try:
-            return self._conn.execute(sql, params).fetchone()
-        except psycopg.Error as exc:
-            raise pg_fault(exc) or StorageError(str(exc)) from exc
+        row: tuple[Any, ...] | None = self._run(lambda c: c.execute(sql, params).fetchone())
+        return row
 
     def _all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        try:
-            return self._conn.execute(sql, params).fetchall()
-        except psycopg.Error as exc:
-            raise pg_fault(exc) or StorageError(str(exc)) from exc
+        rows: list[tuple[Any, ...]] = self._run(lambda c: c.execute(sql, params).fetchall())
+        return rows
 
     def _iter(self, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
         """Rows streamed through a server-side cursor (bounded memory)."""
+        executed, fresh = False, self._fresh
         try:
+            with self._conn.cursor(name=f"tlog_c{next(self._names)}") as cur:
+                cur.itersize = 2000
+                try:
+                    cur.execute(sql, params)
+                finally:
+                    fresh, self._fresh = self._fresh, False
+                executed = True
+                yield from cur
+            return
+        except psycopg.Error as exc:
+            self._fresh = fresh and not executed
+            if executed or not self._retry_on_new_connection(exc):
+                raise pg_fault(exc) or StorageError(str(exc)) from exc
+        try:  # once more, on the live connection
             with self._conn.cursor(name=f"tlog_c{next(self._names)}") as cur:
                 cur.itersize = 2000
                 cur.execute(sql, params)
