@@ -274,6 +274,8 @@ class AuditState:
             doc = json.loads(path.read_bytes())
         except (OSError, ValueError) as exc:
             raise StateError(f"cannot read state file {path}: {exc}") from None
+        except RecursionError:
+            raise StateError(f"cannot read state file {path}: nested too deeply") from None
         if not isinstance(doc, dict) or doc.get("format") != STATE_FORMAT:
             raise StateError(f"{path} is not a {STATE_FORMAT} state file")
         if doc.get("origin") != client.origin or doc.get("vkey") != client.verifier.vkey():

@@ -18,6 +18,8 @@ from client.formats.note import Ed25519Signer
 from client.tools.cli import main
 from client.tools.stream import Cursor, SinkError
 
+from .conftest import Server
+
 VKEY = Ed25519Signer("example.com/log", bytes(range(32))).verifier().vkey()
 NESTED = b"[" * 100_000 + b"]" * 100_000
 
@@ -64,3 +66,14 @@ def test_stream_cursor_of_the_wrong_shape_is_an_error(tmp_path: Path, doc: bytes
     f.write_bytes(doc)
     with pytest.raises(SinkError, match="not a stream cursor"):
         Cursor.load(f)
+
+
+def test_audit_state_file_nested_too_deep_is_an_error(
+    server: Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server.add(3)
+    state = tmp_path / "audit.json"
+    state.write_bytes(NESTED)
+    assert server.audit(state) == 1
+    err = capsys.readouterr().err
+    assert "state file" in err and "Traceback" not in err
