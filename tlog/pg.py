@@ -59,6 +59,7 @@ import secrets
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn
 
@@ -94,6 +95,7 @@ log = logging.getLogger("tlog.pg")
 FORMAT_VERSION = b"1"
 POOL_MAX = 8
 POOL_TIMEOUT = 10.0  # seconds to wait for a pooled read connection
+LOCK_REPORT_AFTER = 5.0  # seconds a write may take before the database is asked why
 RETRY_TIMEOUT = 1.0  # seconds to wait for a live one when a pooled connection was dead
 SETTLE_TIMEOUT = 10.0  # seconds to wait for a synchronous standby to confirm a barrier
 TURN_TIMEOUT = 5.0  # seconds to wait for another frontend's write turn (write_turn)
@@ -575,6 +577,12 @@ class PgStorage:
         self._turner: psycopg.Connection[Any] | None = None
         self.turn_timeout = TURN_TIMEOUT
         self._closed = False
+        # The write in progress (since, writer backend pid, what) and the thread that
+        # reports one that does not return (_watch).
+        self.lock_report_after = LOCK_REPORT_AFTER
+        self._waiting: tuple[float, int, str] | None = None
+        self._watcher: threading.Thread | None = None
+        self._watch_stop = threading.Event()
         kwargs: dict[str, Any] = {"application_name": "tlog"}
         if "connect_timeout" not in url:
             kwargs["connect_timeout"] = 10
@@ -651,6 +659,7 @@ class PgStorage:
         if self._closed:
             return
         self._closed = True
+        self._watch_stop.set()
         with self._wlock:
             if self._writer is not None:
                 self._writer.close()
@@ -705,39 +714,107 @@ class PgStorage:
             raise StorageError("the store was opened read-only")
         with self._wlock:
             conn = self._writer_conn()
+            self._watch_commit(conn, what)
             try:
-                result = fn(conn)
-            except BaseException as exc:
-                self._abort(conn)
-                if isinstance(exc, psycopg.Error):
-                    raise pg_fault(exc) or StorageError(str(exc)) from exc
-                raise
-            self._sync_wait_cancelled = False
-            try:
-                conn.commit()
-                if self._sync_wait_cancelled:
-                    # COMMIT returned, but only because the server stopped waiting for the
-                    # synchronous standby (a cancel request, e.g. pg_cancel_backend): the
-                    # transaction is committed on the primary and visible there, yet maybe
-                    # on no standby. A failover could lose it: never acknowledge it.
-                    self._drop_writer()
-                    log.error("the commit of %s was not confirmed by a synchronous standby", what)
-                    raise CommitUnknown(
-                        f"the commit of {what} returned without the synchronous standby's "
-                        "confirmation (its wait was cancelled): its durability is unknown"
-                    )
-            except psycopg.Error as exc:
-                broken = conn.closed or conn.broken
+                return self._write_on(conn, fn, what)
+            finally:
+                self._waiting = None
+
+    def _write_on(
+        self, conn: psycopg.Connection[Any], fn: Callable[[psycopg.Connection[Any]], Any], what: str
+    ) -> Any:
+        """:meth:`_write`'s transaction on the writer connection ``conn``."""
+        try:
+            result = fn(conn)
+        except BaseException as exc:
+            self._abort(conn)
+            if isinstance(exc, psycopg.Error):
+                raise pg_fault(exc) or StorageError(str(exc)) from exc
+            raise
+        self._sync_wait_cancelled = False
+        try:
+            conn.commit()
+            if self._sync_wait_cancelled:
+                # COMMIT returned, but only because the server stopped waiting for the
+                # synchronous standby (a cancel request, e.g. pg_cancel_backend): the
+                # transaction is committed on the primary and visible there, yet maybe
+                # on no standby. A failover could lose it: never acknowledge it.
                 self._drop_writer()
-                if exc.sqlstate is not None and not broken:
-                    # The server answered: it refused the commit (nothing was written).
-                    raise pg_fault(exc) or StorageError(str(exc)) from exc
-                log.error("connection lost while committing %s: outcome unknown", what)
+                log.error("the commit of %s was not confirmed by a synchronous standby", what)
                 raise CommitUnknown(
-                    f"the database connection was lost while committing {what}: "
-                    "its outcome is unknown"
-                ) from exc
-            return result
+                    f"the commit of {what} returned without the synchronous standby's "
+                    "confirmation (its wait was cancelled): its durability is unknown"
+                )
+        except psycopg.Error as exc:
+            broken = conn.closed or conn.broken
+            self._drop_writer()
+            if exc.sqlstate is not None and not broken:
+                # The server answered: it refused the commit (nothing was written).
+                raise pg_fault(exc) or StorageError(str(exc)) from exc
+            log.error("connection lost while committing %s: outcome unknown", what)
+            raise CommitUnknown(
+                f"the database connection was lost while committing {what}: its outcome is unknown"
+            ) from exc
+        return result
+
+    # -- a commit that does not return: say who holds it up -------------------------------
+
+    def _watch_commit(self, conn: psycopg.Connection[Any], what: str) -> None:
+        """Note the write starting on ``conn`` for :meth:`_watch` (started on first use)."""
+        self._waiting = (time.monotonic(), conn.info.backend_pid, what)
+        if self._watcher is None:
+            self._watcher = threading.Thread(
+                target=self._watch, name="tlog-pg-commit-watch", daemon=True
+            )
+            self._watcher.start()
+
+    def _watch(self) -> None:
+        """Once per write that has not returned after ``lock_report_after`` seconds, log
+        what the database says it waits for: a frontend frozen in the middle of a commit
+        holds the state row (and the fence row) until the database ends its session, and
+        every other frontend's commits wait for it (docs/operations.md); the 503s they
+        answer meanwhile cannot name it, this line does."""
+        reported: tuple[float, int, str] | None = None
+        while not self._watch_stop.wait(min(1.0, self.lock_report_after / 2)):
+            w = self._waiting
+            if w is None or w is reported or time.monotonic() - w[0] < self.lock_report_after:
+                continue
+            reported = w
+            try:
+                self._report_wait(*w)
+            except Exception as exc:  # a diagnosis only: it never fails the write
+                log.warning("could not ask the database why a commit waits: %s", exc)
+
+    def _report_wait(self, since: float, pid: int, what: str) -> None:
+        with psycopg.connect(self._url, autocommit=True, **self._kwargs) as conn:
+            rows = conn.execute(_WAITS, (pid, pid)).fetchall()
+        waited = time.monotonic() - since
+        own = next((r for r in rows if r[0] == pid), None)
+        blockers = [r for r in rows if r[0] != pid]
+        if blockers:
+            held = "; ".join(
+                f"PostgreSQL session pid {b[0]} (application {b[1]!r}, {b[2]}, in a "
+                f"transaction for {b[3]} s)"
+                for b in blockers
+            )
+            log.error(
+                "the write of %s has waited %.0f s for a lock held by %s: another frontend "
+                "frozen or cut off in the middle of a commit? Every frontend's commits wait "
+                "for it; if that session is stuck, end it: SELECT pg_terminate_backend(<pid>)",
+                what,
+                waited,
+                held,
+            )
+        else:
+            event = f"{own[4]}/{own[5]}" if own is not None and own[4] else "none"
+            log.error(
+                "the write of %s has not returned after %.0f s and waits for no lock "
+                "(database wait event: %s; IPC/SyncRep: a synchronous standby not "
+                "confirming; IO: a slow disk)",
+                what,
+                waited,
+                event,
+            )
 
     def _writer_conn(self) -> psycopg.Connection[Any]:
         conn = self._writer
@@ -1167,6 +1244,12 @@ _TURN_KEY = "hashtextextended(current_schema() || '/tlog write turn', 0)"
 _TURN_LOCK = f"SELECT pg_advisory_lock({_TURN_KEY})"
 _TURN_UNLOCK = f"SELECT pg_advisory_unlock({_TURN_KEY})"
 _STANDBY_NAMES = "SELECT current_setting('synchronous_standby_names')"
+# The writer session and the sessions holding a lock it waits for (_report_wait).
+_WAITS = (
+    "SELECT pid, application_name, coalesce(state, '?'), "
+    "coalesce(extract(epoch FROM now() - xact_start)::int, 0), wait_event_type, wait_event "
+    "FROM pg_stat_activity WHERE pid = %s OR pid = ANY(pg_blocking_pids(%s))"
+)
 # The SCIM writer fence (module docstring). A claim replaces the fence; a transaction that
 # writes records first locks the row FOR SHARE (a claim waits for it to end) and finds it
 # only if the fence is still the one its records were staged under; the record statements

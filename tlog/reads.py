@@ -51,7 +51,8 @@ class StorageStalled(StorageError):
 def _stalled(what: str, seconds: float) -> StorageStalled:
     return StorageStalled(
         f"the log's store has not answered {what} within {seconds:g} s (a stalled or frozen "
-        "disk?); nothing was acknowledged; retry later"
+        "disk, or a database lock held by another session?); nothing was acknowledged; "
+        "retry later"
     )
 
 
