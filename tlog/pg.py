@@ -770,7 +770,8 @@ class PgStorage:
 
     def _watch(self) -> None:
         """Once per write that has not returned after ``lock_report_after`` seconds, log
-        what the database says it waits for: a frontend frozen in the middle of a commit
+        what the database says it waits for (ERROR when it is another session's lock,
+        WARNING otherwise): a frontend frozen in the middle of a commit
         holds the state row (and the fence row) until the database ends its session, and
         every other frontend's commits wait for it (docs/operations.md); the 503s they
         answer meanwhile cannot name it, this line does."""
@@ -806,9 +807,10 @@ class PgStorage:
                 held,
             )
         else:
-            event = f"{own[4]}/{own[5]}" if own is not None and own[4] else "none"
-            log.error(
-                "the write of %s has not returned after %.0f s and waits for no lock "
+            # A large write (tlog recover, migrate) may simply take long: a warning.
+            event = f"{own[4]}/{own[5]}" if own is not None and own[4] else "none (running)"
+            log.warning(
+                "the write of %s has not returned after %.0f s; it waits for no lock "
                 "(database wait event: %s; IPC/SyncRep: a synchronous standby not "
                 "confirming; IO: a slow disk)",
                 what,
