@@ -286,7 +286,7 @@ class HttpSink(Sink):
             last = f"HTTP {status}"
             if status < 500 and status != 429:
                 break  # a 4xx will not get better by retrying
-        raise SinkError(f"{self.kind} {self.url}: {last}")
+        raise SinkError(f"{self.kind} {_where(self.url)}: {last}")
 
     def _post(self, body: bytes) -> tuple[int, bytes]:
         """POST ``body``: the status and at most :data:`MAX_ANSWER` bytes of the answer,
@@ -307,6 +307,21 @@ class HttpSink(Sink):
     def close(self) -> None:
         if self._own:
             self.http.close()
+
+
+def _where(url: str) -> str:
+    """An HTTP sink's URL for messages: scheme, host and port only. Many SIEM inputs carry
+    their credential in the URL (a token in the path or the query string, a password)."""
+    u = urlsplit(url)
+    host = u.hostname or "?"
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = f":{u.port}" if u.port else ""
+    except ValueError:
+        port = ""
+    rest = "/..." if u.path not in ("", "/") or u.query else ""
+    return f"{u.scheme}://{host}{port}{rest}"
 
 
 def syslog_message(rec: dict[str, Any], hostname: str) -> bytes:

@@ -170,3 +170,30 @@ def test_a_hec_refusal_is_still_a_refusal(make_receiver: Any) -> None:
             sink.send([RECORD])
     finally:
         sink.close()
+
+
+def test_a_failing_receivers_url_secret_is_not_printed(make_receiver: Any) -> None:
+    """Many SIEM HTTP inputs carry their credential in the URL (a token in the path or the
+    query string); a failed delivery printed the whole URL (to stderr, the journal)."""
+
+    def answer(conn: socket.socket) -> None:
+        conn.sendall(b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n")
+
+    rec = make_receiver(answer)
+    base = rec.url.removesuffix("/hook")
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))
+    dead_port = dead.getsockname()[1]
+    dead.close()  # nothing listens there
+    for url in (
+        f"{base}/receiver/v1/http/S3CR3TPATH?token=S3CR3TQUERY",
+        f"http://user:S3CR3TPASS@127.0.0.1:{dead_port}/x/S3CR3TPATH?k=S3CR3TQUERY",
+    ):
+        sink = HttpSink(url, hec_token=None, origin="o", retries=0)
+        try:
+            with pytest.raises(SinkError) as e:
+                sink.send([RECORD])
+        finally:
+            sink.close()
+        assert "S3CR3T" not in str(e.value), str(e.value)
+        assert "127.0.0.1" in str(e.value)  # still says where
