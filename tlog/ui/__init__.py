@@ -151,7 +151,8 @@ class Console:
 
     async def summary(self, request: Request) -> Response:
         Query(request, set())
-        return JSONResponse(self._summary())
+        # Many storage reads: on the read threads, never on the event loop (tlog.reads).
+        return JSONResponse(await self.api.reads.run(self._summary, "a summary read"))
 
     def _summary(self) -> dict[str, Any]:
         api = self.api
@@ -206,7 +207,7 @@ class Console:
     # -- export records ------------------------------------------------------------------
 
     async def record_export(self, request: Request) -> Response:
-        p = self.api.principal(request, "auditor")
+        p = await self.api.authenticate(request, "auditor")  # a token read: off the loop
         service = self.scim
         if service is None or p.tenant is None:
             return JSONResponse({"error": "no SCIM event service"}, 404)
