@@ -95,6 +95,15 @@ log = logging.getLogger("tlog.pg")
 FORMAT_VERSION = b"1"
 POOL_MAX = 8
 POOL_TIMEOUT = 10.0  # seconds to wait for a pooled read connection
+# libpq connection settings for every connection, unless the URL sets them: TCP keepalive
+# probes after 10 s idle, 3 of them 5 s apart; unacknowledged data given up after 30 s.
+_NET_DEFAULTS = {
+    "keepalives": "1",
+    "keepalives_idle": "10",
+    "keepalives_interval": "5",
+    "keepalives_count": "3",
+    "tcp_user_timeout": "30000",
+}
 LOCK_REPORT_AFTER = 5.0  # seconds a write may take before the database is asked why
 RETRY_TIMEOUT = 1.0  # seconds to wait for a live one when a pooled connection was dead
 SETTLE_TIMEOUT = 10.0  # seconds to wait for a synchronous standby to confirm a barrier
@@ -586,6 +595,16 @@ class PgStorage:
         kwargs: dict[str, Any] = {"application_name": "tlog"}
         if "connect_timeout" not in url:
             kwargs["connect_timeout"] = 10
+        try:
+            given = psycopg.conninfo.conninfo_to_dict(url)
+        except psycopg.Error:
+            given = {}  # connect() says what is wrong with it
+        # A server that vanishes without closing its connections (power loss, partition)
+        # is found in seconds, not after the system's 2 h keepalive time: a writer waiting
+        # for its COMMIT's answer holds the writer lock meanwhile. The URL's own win.
+        for k, v in _NET_DEFAULTS.items():
+            if k not in given:
+                kwargs[k] = v
         self._kwargs = kwargs
         try:
             with psycopg.connect(url, autocommit=True, **kwargs) as conn:
