@@ -96,13 +96,14 @@ FORMAT_VERSION = b"1"
 POOL_MAX = 8
 POOL_TIMEOUT = 10.0  # seconds to wait for a pooled read connection
 # libpq connection settings for every connection, unless the URL sets them: TCP keepalive
-# probes after 10 s idle, 3 of them 5 s apart; unacknowledged data given up after 30 s.
+# probes after 10 s idle, 3 of them 5 s apart. (No tcp_user_timeout: Linux applies it to
+# zero-window probes too, and a batch waiting for another frontend's lock may fill the
+# server's receive window for longer than any such bound.)
 _NET_DEFAULTS = {
     "keepalives": "1",
     "keepalives_idle": "10",
     "keepalives_interval": "5",
     "keepalives_count": "3",
-    "tcp_user_timeout": "30000",
 }
 LOCK_REPORT_AFTER = 5.0  # seconds a write may take before the database is asked why
 RETRY_TIMEOUT = 1.0  # seconds to wait for a live one when a pooled connection was dead

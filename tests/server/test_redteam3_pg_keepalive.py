@@ -8,8 +8,8 @@ connection failed, holding the writer lock: every batch of that frontend answere
 those hours, although the standby had been promoted within seconds (the documented
 failover, tests/failover/, kills the primary's process, and its kernel closes the
 connections at once: that case never showed it). Now every connection tlog opens probes
-an idle peer after 10 s (3 probes 5 s apart) and gives up on unacknowledged data after
-30 s, unless the URL sets its own values (libpq's ``keepalives_*``, ``tcp_user_timeout``).
+an idle peer after 10 s (3 probes 5 s apart), unless the URL sets its own values (libpq's
+``keepalives_*``). This checks the settings; a vanished server is not simulated here.
 """
 
 from __future__ import annotations
@@ -42,17 +42,15 @@ def test_every_connection_detects_a_vanished_server(store: PgStorage) -> None:
         assert got.get("keepalives_idle") == "10"
         assert got.get("keepalives_interval") == "5"
         assert got.get("keepalives_count") == "3"
-        assert got.get("tcp_user_timeout") == "30000"
 
 
 def test_the_urls_own_settings_are_kept(pg_url: str) -> None:
     sep = "&" if "?" in pg_url else "?"
-    st = PgStorage(f"{pg_url}{sep}keepalives_idle=60&tcp_user_timeout=0")
+    st = PgStorage(f"{pg_url}{sep}keepalives_idle=60")
     try:
         with st._wlock:
             got = _params(st._writer_conn())
         assert got.get("keepalives_idle") == "60"
-        assert got.get("tcp_user_timeout", "0") == "0"
         assert got.get("keepalives_count") == "3"
     finally:
         st.close()
