@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import re
 import struct
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,10 +47,11 @@ from tlog.routes import Api
 if TYPE_CHECKING:
     from tlog.scim.service import ScimService
 
-__all__ = ["CSP", "HISTORY_POINTS", "STATIC_DIR", "console_routes", "policy_text"]
+__all__ = ["CSP", "HISTORY_POINTS", "STATIC_DIR", "SUMMARY_TTL", "console_routes", "policy_text"]
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 HISTORY_POINTS = 64
+SUMMARY_TTL = 2.0  # seconds a summary is reused while the log's checkpoints are unchanged
 MAX_EXPORT_BODY = 4096
 _SINK_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,31}")
 _FILE_RE = re.compile(r"[a-z0-9][a-z0-9_-]*\.(html|js|css|svg|png)")
@@ -114,6 +116,8 @@ class Console:
     ) -> None:
         self.api = api
         self.scim = scim
+        # The last summary: (when, what it was computed for, the answer).
+        self._summary_cache: tuple[float, tuple[str, int], dict[str, Any]] | None = None
         self.files: dict[str, tuple[bytes, str]] = {}
         if static_dir.is_dir():
             for p in sorted(static_dir.iterdir()):
@@ -151,8 +155,16 @@ class Console:
 
     async def summary(self, request: Request) -> Response:
         Query(request, set())
-        # Many storage reads: on the read threads, never on the event loop (tlog.reads).
-        return JSONResponse(await self.api.reads.run(self._summary, "a summary read"))
+        # Public and costly (a read of every chart point): computed once per checkpoint
+        # for SUMMARY_TTL seconds, and on the read threads, never on the event loop.
+        key = (self.api.published.checkpoint(), self.api.log.latest.size)
+        now = time.monotonic()
+        c = self._summary_cache
+        if c is not None and c[1] == key and now - c[0] < SUMMARY_TTL:
+            return JSONResponse(c[2])
+        doc = await self.api.reads.run(self._summary, "a summary read")
+        self._summary_cache = (now, key, doc)
+        return JSONResponse(doc)
 
     def _summary(self) -> dict[str, Any]:
         api = self.api
