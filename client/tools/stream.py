@@ -489,7 +489,11 @@ def _record_export(
         )
         if r.status_code != 201:
             raise ScimAuditError(r.status_code, r.text[:200])
-        access = r.json().get("access")
+        try:
+            doc = r.json()
+        except (ValueError, RecursionError):
+            doc = None
+        access = doc.get("access") if isinstance(doc, dict) else None
         if not isinstance(access, dict):
             raise VerificationError("malformed answer to the export record")
         return access

@@ -197,3 +197,25 @@ def test_a_failing_receivers_url_secret_is_not_printed(make_receiver: Any) -> No
             sink.close()
         assert "S3CR3T" not in str(e.value), str(e.value)
         assert "127.0.0.1" in str(e.value)  # still says where
+
+
+@pytest.mark.parametrize("body", [b"[]", b"not json", b'{"access": 3}', b"null"])
+def test_a_malformed_answer_to_the_export_record_is_a_verification_failure(body: bytes) -> None:
+    """The run's export record (``POST /v1/scim/exports``) answered 201 with a body that is
+    not the expected object crashed the run with a traceback (a ``ValueError`` or an
+    ``AttributeError`` on ``.get``); it is a failed verification (exit 2) like any other
+    malformed answer from the log."""
+    import httpx
+
+    from client.formats.merkle import VerificationError
+    from client.tools.stream import StreamResult, _record_export
+
+    http = httpx.Client(
+        transport=httpx.MockTransport(lambda req: httpx.Response(201, content=body))
+    )
+    try:
+        rec = _record_export("http://log.example", "tok", "webhook", http)
+        with pytest.raises(VerificationError):
+            rec(StreamResult())
+    finally:
+        http.close()
