@@ -6,8 +6,8 @@ found dead, so after one restart up to :data:`tlog.pg.POOL_MAX` reads and batche
 failed against a database that was up again (a batch reloads through the readers after a
 failure). Now a read whose first statement finds its connection dead (nothing of the
 snapshot was read yet) checks the pool (dropping every dead idle connection) and runs again
-on a live one; only the writer's batch in flight when the connection died answers 503, as
-documented.
+on a live one; only the batches that find the writer's or the write turn's own connection
+dead (one each) answer 503, as documented.
 """
 
 from __future__ import annotations
@@ -73,8 +73,10 @@ def test_one_batch_fails_after_the_backends_died_not_one_per_connection(
     _grow_pool(harness.log.storage, 4)
     assert _terminate_all(pg_cluster) >= 5
     codes = [harness.add(b"y%d" % i).status_code for i in range(6)]
-    # The batch whose connection died is answered 503 (outcome known: not committed).
-    assert codes[0] in (200, 503) and codes[1:] == [200] * 5, codes
+    # The batches that find the writer's or the write turn's connection dead (one each) are
+    # answered 503 (not committed); none fails on a dead pooled read connection after them.
+    first_ok = codes.index(200) if 200 in codes else len(codes)
+    assert first_ok <= 2 and codes[first_ok:] == [200] * (6 - first_ok), codes
     r = harness.client.get(f"/tile/entries/000.p/{harness.log.latest.size}")
     assert r.status_code == 200
 
