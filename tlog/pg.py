@@ -1138,16 +1138,24 @@ class PgStorage:
         if self._readonly:
             raise StorageError("the store was opened read-only")
         with self._tlock:
-            conn = self._turn_conn()
-            try:
-                conn.execute(_TURN_LOCK, prepare=True)
-            except psycopg.errors.LockNotAvailable:
-                raise TurnTimeout(
-                    f"another frontend held this log's write turn for over {self.turn_timeout:g} s"
-                ) from None
-            except psycopg.Error as exc:
-                self._drop_turn()
-                raise pg_fault(exc) or StorageError(str(exc)) from exc
+            for fresh in (False, True):
+                conn = self._turn_conn()
+                try:
+                    conn.execute(_TURN_LOCK, prepare=True)
+                    break
+                except psycopg.errors.LockNotAvailable:
+                    raise TurnTimeout(
+                        "another frontend held this log's write turn for over "
+                        f"{self.turn_timeout:g} s"
+                    ) from None
+                except psycopg.Error as exc:
+                    dead = conn.closed or conn.broken
+                    self._drop_turn()
+                    if dead and not fresh:
+                        # Killed while idle (a database restart, pg_terminate_backend):
+                        # nothing was locked or written, so one new connection may try.
+                        continue
+                    raise pg_fault(exc) or StorageError(str(exc)) from exc
             try:
                 yield
             finally:

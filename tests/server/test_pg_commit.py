@@ -248,3 +248,44 @@ def test_a_fenced_batch_leaves_the_writer_on_its_base_without_a_reload(
     finally:
         store.close()
         other.close()
+
+
+def test_a_write_turn_connection_killed_while_idle_is_replaced(tmp_path: Path, pg_url: str) -> None:
+    """The write turn's own connection was ended while idle (a database restart,
+    ``pg_terminate_backend``): nothing was locked or written on it, so the next batch takes
+    its turn on a new connection instead of failing."""
+    import asyncio
+
+    import psycopg
+
+    from tlog.pg import PgStorage
+    from tlog.sequencer import Sequencer
+
+    store = open_store(pg_url, tmp_path)
+    assert isinstance(store, PgStorage)
+    seq = Sequencer(
+        Log(store, make_signer()), max_batch_entries=100, max_batch_age=0.001, max_backlog=1000
+    )
+    seq.start()
+    try:
+        assert asyncio.run(seq.submit([b"first"])).indices == [0]
+        with store.write_turn(), psycopg.connect(pg_url, autocommit=True) as admin:
+            key = admin.execute(
+                "SELECT hashtextextended(current_schema() || '/tlog write turn', 0)"
+            ).fetchone()
+            assert key is not None
+            rows = [
+                pid
+                for pid, hi, lo in admin.execute(
+                    "SELECT pid, classid::int8, objid::int8 FROM pg_locks "
+                    "WHERE locktype = 'advisory' AND granted"
+                ).fetchall()
+                if (hi << 32 | lo) == key[0] & (1 << 64) - 1
+            ]
+        assert len(rows) == 1  # the turn's session, found by this log's lock it held
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (rows[0],))
+        assert asyncio.run(seq.submit([b"after"])).indices == [1]
+    finally:
+        seq.stop()
+        store.close()
