@@ -22,7 +22,13 @@ from client.formats.note import Ed25519Verifier
 from client.net.scim_audit import ScimAuditClient
 from client.scim import event_to_json, new_event
 from tests.pgsupport import open_store
-from tests.support import assert_prefixes, checkpoints_by_size, start_server, tlog_cli
+from tests.support import (
+    ServerProcess,
+    assert_prefixes,
+    checkpoints_by_size,
+    start_server,
+    tlog_cli,
+)
 
 from .conftest import ORIGIN
 from .writers import Writers
@@ -109,12 +115,10 @@ def _scim_event(rid: str, req: str) -> dict[str, Any]:
     )
 
 
-def test_scim_writes_on_two_frontend_processes(tmp_path: Path, pg_url: str) -> None:
-    """SCIM events to two real ``tlog serve`` processes on one database, sharing one SCIM
-    master key file: the first events of a new tenant race on both, and every event is also
-    sent to the other frontend (an adapter retrying elsewhere). Each acknowledged eid is one
-    leaf, and every acknowledged event is readable through both frontends (client/ code
-    verifies each answer); at worst a 503, never two leaves or an unreadable event."""
+def _scim_frontends(tmp_path: Path, pg_url: str) -> tuple[ServerProcess, ServerProcess]:
+    """Two ``tlog serve`` processes on ``pg_url``: A in ``tmp_path/a`` makes the keys, B in
+    ``tmp_path/b`` has a copy of A's signing key and uses A's SCIM master key file (one
+    shared file, as docs/operations.md asks)."""
     da, db = tmp_path / "a", tmp_path / "b"
     a = start_server(da, database=pg_url, timeout=90)
     db.mkdir(mode=0o700)
@@ -122,6 +126,17 @@ def test_scim_writes_on_two_frontend_processes(tmp_path: Path, pg_url: str) -> N
     b = start_server(
         db, None, "--scim-master-key", str(da / "scim-master.key"), database=pg_url, timeout=90
     )
+    return a, b
+
+
+def test_scim_writes_on_two_frontend_processes(tmp_path: Path, pg_url: str) -> None:
+    """SCIM events to two real ``tlog serve`` processes on one database, sharing one SCIM
+    master key file: the first events of a new tenant race on both, and every event is also
+    sent to the other frontend (an adapter retrying elsewhere). Each acknowledged eid is one
+    leaf, and every acknowledged event is readable through both frontends (client/ code
+    verifies each answer); at worst a 503, never two leaves or an unreadable event."""
+    da = tmp_path / "a"
+    a, b = _scim_frontends(tmp_path, pg_url)
     vkey = httpx.get(a.url + "/v1/log").json()["vkey"]
 
     def token(*role: str) -> str:
@@ -191,13 +206,8 @@ def test_balanced_scim_load_on_two_frontends_is_never_refused(tmp_path: Path, pg
     (measured: ~5% of the requests refused, one frontend at a tenth of the other's rate).
     Now they take turns (``PgStorage.write_turn``) and catch up incrementally: every event is
     acknowledged, once, and each frontend answers its clients."""
-    da, db = tmp_path / "a", tmp_path / "b"
-    a = start_server(da, database=pg_url, timeout=90)
-    db.mkdir(mode=0o700)
-    shutil.copy2(da / "log.key", db / "log.key")
-    b = start_server(
-        db, None, "--scim-master-key", str(da / "scim-master.key"), database=pg_url, timeout=90
-    )
+    da = tmp_path / "a"
+    a, b = _scim_frontends(tmp_path, pg_url)
     made = tlog_cli(
         "token", "create", "--role", "submitter", "--tenant", "acme",
         "--data", str(da), "--database", pg_url,
