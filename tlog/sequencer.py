@@ -256,11 +256,14 @@ class Sequencer:
         fence: bytes | None = None,
     ) -> BatchResult:
         """One batch, built on the store's current state: on a shared database another
-        frontend may have committed since this one's last batch (then reload first, and
-        once more if it commits in between: the database decides who wins each round).
-        The batch's records go with it again only under the same writer ``fence``: if
-        another frontend took it, :class:`AuxFenced` at once (records staged on what it
-        may have changed are never retried as they are)."""
+        frontend may have committed since this one's last batch, so while this frontend
+        holds the write turn it catches up first (incrementally), then commits; if a
+        commit still loses the compare-and-swap (a frontend that takes no turn), it
+        catches up and rebuilds the batch, at most ``CONFLICT_RETRIES`` times: the database
+        decides who wins each round. :class:`TurnTimeout` is not retried (the wait was
+        the bound). The batch's records go with it again only under the same writer
+        ``fence``: if another frontend took it, :class:`AuxFenced` at once (records staged
+        on what it may have changed are never retried as they are)."""
         storage = self.log.storage
         shared = storage.shared  # LMDB: one writer; a second one is refused loudly
         for attempt in range(CONFLICT_RETRIES + 1):
