@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.server.test_stall import WAIT, Gate, Served, _fill, serve
+from tests.server.stall import WAIT, Gate, Served, fill, serve
 
 
 def _held(s: Served) -> None:
@@ -37,7 +37,7 @@ def test_a_stalled_store_does_not_stop_the_server_for_the_console(
     tmp_path: Path, database: str | None, method: str, path: str
 ) -> None:
     with serve(tmp_path, "read", database=database) as s, ThreadPoolExecutor(2) as pool:
-        _fill(s)
+        fill(s)
         s.gate.open.clear()  # the store stops answering
         headers = {"Authorization": f"Bearer {s.tokens['t2']}"}  # not cached yet
         slow = pool.submit(
