@@ -352,26 +352,23 @@ class PgReadView:
         return rows
 
     def _iter(self, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
-        """Rows streamed through a server-side cursor (bounded memory)."""
-        executed, fresh = False, self._fresh
-        try:
-            with self._conn.cursor(name=f"tlog_c{next(self._names)}") as cur:
-                cur.itersize = 2000
-                try:
-                    cur.execute(sql, params)
-                finally:
-                    fresh, self._fresh = self._fresh, False
-                executed = True
-                yield from cur
-            return
-        except psycopg.Error as exc:
-            self._fresh = fresh and not executed
-            if executed or not self._retry_on_new_connection(exc):
-                raise pg_fault(exc) or StorageError(str(exc)) from exc
-        try:  # once more, on the live connection
-            with self._conn.cursor(name=f"tlog_c{next(self._names)}") as cur:
-                cur.itersize = 2000
+        """Rows streamed through a server-side cursor (bounded memory). Declaring it is the
+        statement :meth:`_run` runs (again on a live connection if the view's first one
+        found its connection dead); the rows are read from it afterwards."""
+
+        def declare(conn: psycopg.Connection[Any]) -> psycopg.ServerCursor[Any]:
+            cur = conn.cursor(name=f"tlog_c{next(self._names)}")
+            cur.itersize = 2000
+            try:
                 cur.execute(sql, params)
+            except BaseException:
+                cur.close()
+                raise
+            return cur
+
+        cur: psycopg.ServerCursor[Any] = self._run(declare)
+        try:
+            with cur:
                 yield from cur
         except psycopg.Error as exc:
             raise pg_fault(exc) or StorageError(str(exc)) from exc
@@ -874,11 +871,7 @@ class PgStorage:
 
     def _drop_writer(self) -> None:
         conn, self._writer = self._writer, None
-        if conn is not None:
-            try:
-                conn.close()
-            except psycopg.Error:  # pragma: no cover - closing a dead connection
-                pass
+        _close_quietly(conn)
 
     def _on_notice(self, diag: psycopg.errors.Diagnostic) -> None:
         if (diag.message_primary or "").startswith(_SYNC_WAIT_CANCELLED):
@@ -1179,11 +1172,7 @@ class PgStorage:
 
     def _drop_turn(self) -> None:
         conn, self._turner = self._turner, None
-        if conn is not None:
-            try:
-                conn.close()
-            except psycopg.Error:  # pragma: no cover - closing a dead connection
-                pass
+        _close_quietly(conn)
 
     def claim_aux_writer(self) -> bytes | None:
         """Take the SCIM writer fence (module docstring): a fresh random value in the
@@ -1323,6 +1312,15 @@ _UPSERT_AUX_IF = (
     "(SELECT 1 FROM tlog_aux_writer WHERE id = 1 AND fence = coalesce(%b::bytea, fence)) "
     "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value"
 )
+
+
+def _close_quietly(conn: psycopg.Connection[Any] | None) -> None:
+    """Close a connection this process gives up (the writer's, the write turn's)."""
+    if conn is not None:
+        try:
+            conn.close()
+        except psycopg.Error:  # pragma: no cover - closing a dead connection
+            pass
 
 
 def _merge_lines(old: bytes, new: bytes) -> bytes:
