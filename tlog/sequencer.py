@@ -19,12 +19,15 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from tlog.backend import AuxFenced, CommitConflict, TurnTimeout
 from tlog.log import BatchResult, Log, LogHalted
 from tlog.reads import Deadlines, Outcome, settle_on_loops
 
 __all__ = ["Overloaded", "Sequencer", "SequencerStopped"]
+
+T = TypeVar("T")
 
 log = logging.getLogger("tlog.sequencer")
 
@@ -152,13 +155,19 @@ class Sequencer:
             self._queue.append(_Pending(entries, leaf_hashes, loop, fut))
             self._queued_entries += len(entries)
             self._cond.notify()
+        return await self.bounded(fut)
+
+    def bounded(self, fut: asyncio.Future[T]) -> asyncio.Future[T]:
+        """``bound(fut, "a commit", self.commit_timeout)`` (:func:`tlog.reads.bound`) with one
+        timer for every commit awaited, this sequencer's submissions and its callers'
+        (:class:`tlog.reads.Deadlines`), not one per future."""
         seconds = self.commit_timeout
         if seconds is None:
-            return await fut
-        d = self._deadlines  # bound(fut, "a commit", seconds), one timer for all callers
+            return fut
+        d = self._deadlines
         if d is None or d.seconds != seconds:
             d = self._deadlines = Deadlines("a commit", seconds)
-        return await d.add(fut)
+        return d.add(fut)
 
     def enqueue(
         self,

@@ -73,7 +73,7 @@ from tlog.auth import Forbidden
 from tlog.backend import AuxFenced, Backend, StorageError
 from tlog.errors import Conflict
 from tlog.log import BatchResult, Log, Published
-from tlog.reads import Deadlines, ReadPool, settle_on_loops
+from tlog.reads import ReadPool, settle_on_loops
 from tlog.scim import store
 from tlog.scim.access import AccessLog
 from tlog.scim.effects import classify, classify_create, encode_effect, encode_state
@@ -376,7 +376,6 @@ class ScimService:
         # the group writer touches it, under the writer lock); ``_chain`` guards the
         # counters the sequencer's threads update.
         self._coalesce = storage.aux_in_batch
-        self._deadlines: Deadlines | None = None  # of the submissions' commits (_bounded)
         self._pending: dict[bytes, bytes | None] = {}
         self._owner: dict[bytes, int] = {}  # key -> the group that wrote it last
         self._handed: deque[tuple[int, list[bytes]]] = deque()  # (group, its keys)
@@ -524,19 +523,8 @@ class ScimService:
         fut: asyncio.Future[Any] = loop.create_future()
         self._queue_jobs([_Job(fn, loop, fut, sequenced, reads)])
         if self._coalesce:
-            return await self._bounded(fut)
+            return await self.seq.bounded(fut)
         return await fut
-
-    def _bounded(self, fut: asyncio.Future[T]) -> asyncio.Future[T]:
-        """``bound(fut, "a commit", self.seq.commit_timeout)``: one timer for every
-        submission in flight (:class:`tlog.reads.Deadlines`), not one per submission."""
-        seconds = self.seq.commit_timeout
-        if seconds is None:
-            return fut
-        d = self._deadlines
-        if d is None or d.seconds != seconds:
-            d = self._deadlines = Deadlines("a commit", seconds)
-        return d.add(fut)
 
     def _queue_jobs(self, jobs: list[_Job]) -> None:
         """Queue jobs for the group writer (new ones, or ones staged again), starting it."""
