@@ -235,7 +235,7 @@ def _key_file_text(current: bytes, nxt: bytes | None, store: bytes | None = None
         + "next    "
         + (b64(nxt).decode("ascii") if nxt is not None else _EMPTY_SLOT)
         + "\n"
-        + (_STORE_LINE + store.hex() + "\n" if store is not None else "")
+        + (_store_line(store) if store is not None else "")
     ).encode("ascii")
 
 
@@ -289,12 +289,21 @@ def parse_key_file(text: str, path: Path) -> KeyFile:
         len(tail) == _STORE_LINE_LEN
         and tail.startswith(_STORE_LINE)
         and tail.endswith("\n")
-        and all(c in "0123456789abcdef" for c in tail[len(_STORE_LINE) : -1])
+        and _lower_hex(tail[len(_STORE_LINE) : -1])
     ):
         store = bytes.fromhex(tail[len(_STORE_LINE) : -1])
     elif not _torn_store_line(tail):
         raise StorageError(f"{path} is not a tlog SCIM master key file")
     return KeyFile(cur, nxt, store, end)
+
+
+def _store_line(store: bytes) -> str:
+    """The key file's last line, naming the store it is bound to."""
+    return _STORE_LINE + store.hex() + "\n"
+
+
+def _lower_hex(text: str) -> bool:
+    return all(c in "0123456789abcdef" for c in text)
 
 
 def _torn_store_line(tail: str) -> bool:
@@ -305,9 +314,7 @@ def _torn_store_line(tail: str) -> bool:
         return False
     written = tail.rstrip("\0")
     head = written[: len(_STORE_LINE)]
-    return _STORE_LINE.startswith(head) and all(
-        c in "0123456789abcdef" for c in written[len(_STORE_LINE) :]
-    )
+    return _STORE_LINE.startswith(head) and _lower_hex(written[len(_STORE_LINE) :])
 
 
 def load_key_file(path: Path) -> KeyFile:
@@ -346,10 +353,7 @@ def write_key_file_in_place(path: Path, current: bytes, nxt: bytes | None) -> No
     a whole body."""
     fd = os.open(path, os.O_RDWR)
     try:
-        data = _key_file_text(current, nxt, _bound_to(fd, path))
-        os.pwrite(fd, data, 0)
-        os.ftruncate(fd, len(data))
-        os.fsync(fd)
+        _write_fd(fd, _key_file_text(current, nxt, _bound_to(fd, path)))
     finally:
         os.close(fd)
 
@@ -371,10 +375,7 @@ def bind_key_file(path: Path, store: bytes) -> None:
         log.warning("the SCIM master key file %s is not writable: not bound to its store", path)
         return
     try:
-        line = (_STORE_LINE + store.hex() + "\n").encode("ascii")
-        os.pwrite(fd, line, kf.body_len)
-        os.ftruncate(fd, kf.body_len + len(line))
-        os.fsync(fd)
+        _write_fd(fd, _store_line(store).encode("ascii"), kf.body_len)
     finally:
         os.close(fd)
 
@@ -1139,9 +1140,10 @@ def _create_key_file(path: Path, storage: Backend) -> KeyRing | None:
         os.close(fd)  # releases the flock
 
 
-def _write_fd(fd: int, data: bytes) -> None:
-    os.pwrite(fd, data, 0)
-    os.ftruncate(fd, len(data))
+def _write_fd(fd: int, data: bytes, at: int = 0) -> None:
+    """The file open at ``fd`` ends with ``data``, written at offset ``at``, durably."""
+    os.pwrite(fd, data, at)
+    os.ftruncate(fd, at + len(data))
     os.fsync(fd)
 
 
