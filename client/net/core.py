@@ -30,13 +30,14 @@ Errors::
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import json
 import math
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
@@ -59,6 +60,7 @@ __all__ = [
     "HTTPFailure",
     "StatusError",
     "Unreachable",
+    "answer_deadline",
     "http_client",
     "retry_after",
 ]
@@ -168,6 +170,21 @@ class Closing:
 # The deadline of the answer HTTPCore.send is reading on this thread (httpx's sync client
 # does all its socket work on the caller's thread), for the sockets of http_client().
 _deadline = threading.local()
+
+
+@contextlib.contextmanager
+def answer_deadline(seconds: float | None) -> Iterator[None]:
+    """The requests this thread sends meanwhile, on the sockets of :func:`http_client`, must
+    have their whole answer (connect, head included) within ``seconds`` (None: no bound; an
+    outer deadline that ends sooner stays): a server dripping its head or body a byte at a
+    time cannot hold the caller, whatever the per-read timeout."""
+    outer: float | None = getattr(_deadline, "at", None)
+    at = None if seconds is None else time.monotonic() + seconds
+    _deadline.at = outer if at is None else at if outer is None else min(at, outer)
+    try:
+        yield
+    finally:
+        _deadline.at = outer
 
 
 def _left(exc: type[Exception], timeout: float | None) -> float | None:
@@ -305,36 +322,33 @@ class HTTPCore(Closing):
         merged = {**self._headers, **headers} if headers else self._headers
         budget = self.http.timeout.read if timeout is None else timeout
         at = None if budget is None else time.monotonic() + ANSWER_TIME_FACTOR * budget
-        outer = getattr(_deadline, "at", None)
-        _deadline.at = outer if at is None else at if outer is None else min(at, outer)
         try:
-            request = self.http.build_request(
-                method,
-                url,
-                params=params,
-                content=content,
-                headers=merged,
-                timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else timeout,
-            )
-            response = self.http.send(request, stream=True)
-            try:
-                chunks: list[bytes] = []
-                n = 0
-                for chunk in response.iter_bytes():  # decoded: the limit bounds gzip too
-                    n += len(chunk)
-                    if n > limit:
-                        raise FormatError(f"{path}: answer larger than {limit} bytes")
-                    if at is not None and time.monotonic() > at:  # any client's sockets
-                        raise Unreachable(f"{method} {url}: the answer took too long")
-                    chunks.append(chunk)
-            finally:
-                response.close()
+            with answer_deadline(None if budget is None else ANSWER_TIME_FACTOR * budget):
+                request = self.http.build_request(
+                    method,
+                    url,
+                    params=params,
+                    content=content,
+                    headers=merged,
+                    timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else timeout,
+                )
+                response = self.http.send(request, stream=True)
+                try:
+                    chunks: list[bytes] = []
+                    n = 0
+                    for chunk in response.iter_bytes():  # decoded: the limit bounds gzip too
+                        n += len(chunk)
+                        if n > limit:
+                            raise FormatError(f"{path}: answer larger than {limit} bytes")
+                        if at is not None and time.monotonic() > at:  # any client's sockets
+                            raise Unreachable(f"{method} {url}: the answer took too long")
+                        chunks.append(chunk)
+                finally:
+                    response.close()
         except httpx.DecodingError as exc:
             raise FormatError(f"{path}: cannot decode the answer: {exc}") from exc
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise Unreachable(f"{method} {url}: {exc}") from exc
-        finally:
-            _deadline.at = outer
         return Answer(response.status_code, response.headers, b"".join(chunks))
 
     def call(

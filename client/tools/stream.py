@@ -53,7 +53,7 @@ import httpx
 
 from client.formats.merkle import VerificationError
 from client.formats.note import Ed25519Verifier, FormatError, b64encode
-from client.net.core import HTTPFailure
+from client.net.core import HTTPFailure, answer_deadline, http_client
 from client.net.scim_audit import AuditedEvent, ScimAuditClient, ScimAuditError
 from client.tools.ocsf import to_ocsf
 from client.tools.scim_cli import read_secret
@@ -235,7 +235,7 @@ class HttpSink(Sink):
         self.origin = origin
         self._own = http is None
         self.timeout = timeout
-        self.http = http or httpx.Client(timeout=timeout)
+        self.http = http or http_client(timeout=timeout)
         self.retries = retries
         self.sleep = sleep
 
@@ -292,17 +292,24 @@ class HttpSink(Sink):
         """POST ``body``: the status and at most :data:`MAX_ANSWER` bytes of the answer,
         all within ``timeout`` seconds (else :class:`_SlowAnswer`)."""
         deadline = time.monotonic() + self.timeout
-        with self.http.stream("POST", self.url, content=body, headers=self.headers) as r:
-            got = bytearray()
-            for chunk in r.iter_raw():
+        try:
+            with (
+                answer_deadline(self.timeout),  # the head too, on http_client()'s sockets
+                self.http.stream("POST", self.url, content=body, headers=self.headers) as r,
+            ):
+                got = bytearray()
+                for chunk in r.iter_raw():
+                    if time.monotonic() > deadline:
+                        raise _SlowAnswer
+                    got += chunk
+                    if len(got) >= MAX_ANSWER:
+                        break
                 if time.monotonic() > deadline:
                     raise _SlowAnswer
-                got += chunk
-                if len(got) >= MAX_ANSWER:
-                    break
-            if time.monotonic() > deadline:
-                raise _SlowAnswer
-            return r.status_code, bytes(got[:MAX_ANSWER])
+                return r.status_code, bytes(got[:MAX_ANSWER])
+        except httpx.ReadTimeout:
+            # The answer's deadline (or, as long, the per-read timeout) ran out mid-answer.
+            raise _SlowAnswer from None
 
     def close(self) -> None:
         if self._own:

@@ -144,6 +144,29 @@ def test_a_dribbling_answer_ends_the_delivery(make_receiver: Any) -> None:
     assert "answer" in str(out[0])
 
 
+def test_a_dribbling_head_ends_the_delivery(make_receiver: Any) -> None:
+    """The same a byte at a time in the answer's head: the sink's own deadline only ran
+    once the head was in, and each byte came within httpx's per-read timeout, so the run
+    was held as long as the receiver liked. The sink now reads through the deadline-bound
+    sockets of :func:`client.net.core.http_client` (:func:`client.net.core.answer_deadline`)."""
+
+    def answer(conn: socket.socket) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\n")
+        for _ in range(100000):
+            conn.sendall(b"X")
+            time.sleep(0.05)
+
+    rec = make_receiver(answer)
+    sink = HttpSink(rec.url, hec_token=None, origin="o", retries=0, timeout=1.0)
+    try:
+        t, out = _send_in_thread(sink)
+        t.join(60)  # a hang detector, not a timing bar: the head would take 5000 s
+        assert not t.is_alive(), "the sink is still reading a dribbling head"
+    finally:
+        sink.close()
+    assert isinstance(out[0], SinkError), out
+
+
 @pytest.mark.parametrize("body", [b"[]", b'"ok"', b"42", b"null"])
 def test_a_hec_answer_that_is_not_an_object_is_no_crash(make_receiver: Any, body: bytes) -> None:
     def answer(conn: socket.socket) -> None:
