@@ -46,7 +46,7 @@ from client.formats.merkle import VerificationError
 from client.formats.note import Ed25519Verifier, FormatError, b64decode_strict, b64encode
 from client.formats.policy import Policy
 from client.formats.proof_bundle import TlogProof
-from client.net.core import HTTPFailure
+from client.net.core import HTTPFailure, http_client
 from client.net.scim_audit import AuditedEvent, ScimAuditClient, ScimAuditError
 from client.scim.event import event_to_json
 from client.scim.evidence import describe, verify_evidence
@@ -226,7 +226,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise _Usage(f"{out_path} exists; not overwriting it")
     verifier = Ed25519Verifier.from_vkey(args.vkey)
     own = getattr(args, "http", None) is None
-    http = args.http if not own else httpx.Client(timeout=args.timeout)
+    http = args.http if not own else http_client(timeout=args.timeout)
     progress = _Progress(sys.stderr.isatty() and not args.quiet)
     events: list[dict[str, Any]] = []
     tenant = None

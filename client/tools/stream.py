@@ -529,7 +529,7 @@ def cmd_stream(args: argparse.Namespace, http: httpx.Client | None = None) -> in
         print(f"tlog-client: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     own = http is None
-    http = http or httpx.Client(timeout=args.timeout)
+    http = http or http_client(timeout=args.timeout)
     filters: dict[str, Any] = {k: getattr(args, k) for k in FILTERS if getattr(args, k)}
     try:
         with ScimAuditClient(args.url, token, args.vkey, http=http) as client:
