@@ -513,14 +513,13 @@ def cmd_recover(args: argparse.Namespace) -> int:
 def _note_unkeyed_store(database: str | None, data: Path, key_file: Path) -> None:
     """After ``tlog recover``: a store rebuilt empty holds no SCIM keys (recover restores
     the log only), and ``tlog serve`` refuses the key file of the store it replaced."""
-    from tlog.scim import store as scim_store
+    from tlog.scim.keys import stored_check
 
     if not key_file.exists():
         return
     st = open_backend(database, data, readonly=True)
     try:
-        with st.read() as rv:
-            keyed = rv.aux(scim_store.check_key()) is not None
+        keyed = stored_check(st) is not None
     finally:
         st.close()
     if not keyed:

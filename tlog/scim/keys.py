@@ -79,6 +79,7 @@ __all__ = [
     "seal",
     "seal_envelope",
     "seal_state",
+    "stored_check",
     "subject_encoding",
     "unseal",
 ]
@@ -668,7 +669,7 @@ class KeyRing:
             if tnkey is not None:
                 raise StorageError("SCIM key store has a tenant key but no master-key check")
             fence = storage.claim_aux_writer()
-            if fence is not None and _stored_check(storage) is not None:
+            if fence is not None and stored_check(storage) is not None:
                 continue  # created under an earlier claim (reads after a claim see it)
             tn_key = secrets.token_bytes(KEY_SIZE)
             try:
@@ -696,7 +697,7 @@ class KeyRing:
         frontend's key file holds the store's key."""
         last = None
         for _ in range(FOLLOW_TRIES):
-            check = _stored_check(self._storage)
+            check = stored_check(self._storage)
             with self._swap:
                 master = self.master
             if check is None or self._opens(master, check):
@@ -861,7 +862,7 @@ class KeyRing:
                 # the key this rotation was staged from, another frontend rotated since:
                 # writing the file now would replace the store's key by one that opens
                 # nothing (and the fence refuses the records anyway). Nothing is written.
-                check = _stored_check(self._storage)
+                check = stored_check(self._storage)
                 if check is None or not self._opens(self.master, check):
                     raise AuxFenced(
                         "another frontend rotated the SCIM master key since this rotation "
@@ -873,7 +874,7 @@ class KeyRing:
                 commit()
             except BaseException:
                 # Whichever key the store's check value opens now is the live one.
-                check = _stored_check(self._storage)
+                check = stored_check(self._storage)
                 if check is not None and self._opens(new, check):
                     self._switch(new)
                 elif path is not None:
@@ -1029,7 +1030,7 @@ class KeyRing:
             raise StorageError("SCIM envelope holds a malformed body") from None
 
 
-def _stored_check(storage: Backend) -> bytes | None:
+def stored_check(storage: Backend) -> bytes | None:
     """The store's master-key check value (what tells which master key seals the store),
     read from a fresh snapshot; None on a store with no SCIM keys yet."""
     with storage.read() as rv:
@@ -1064,7 +1065,7 @@ def open_keyring(path: Path, storage: Backend) -> KeyRing:
         # Another frontend (or a start that crashed before its rename) made it: open it.
     with key_file_lock(path, storage.shared):
         kf = load_key_file(path)
-        if _stored_check(storage) is None:
+        if stored_check(storage) is None:
             # Files are created (renamed into place) only after their store holds its keys.
             raise _foreign(path, kf.store, "this store holds no SCIM keys yet")
         master = MasterKey(kf.current, path)
@@ -1104,7 +1105,7 @@ def _create_key_file(path: Path, storage: Backend) -> KeyRing | None:
                 if new.stat().st_ino != path.stat().st_ino:
                     new.unlink()  # made by a start that found the file: nothing in it
             return None
-        check = _stored_check(storage)
+        check = stored_check(storage)
         if check is not None:
             try:
                 kf = parse_key_file(os.pread(fd, 4096, 0).decode("ascii"), new)
@@ -1128,7 +1129,7 @@ def _create_key_file(path: Path, storage: Backend) -> KeyRing | None:
         except StorageError:
             # Another frontend (with another key file) made the store's keys first: this
             # key sealed nothing, so .new goes (left in place if that cannot be read now).
-            check = _stored_check(storage)
+            check = stored_check(storage)
             if check is not None and not KeyRing._opens(MasterKey(key, None), check):
                 _write_fd(fd, b"")
                 new.unlink()
