@@ -10,16 +10,38 @@ retried, and every event reaches the log once it is reachable again.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 
-from client.adapters.outbox import Outbox
+from client.adapters.outbox import Outbox, OutboxRecord
+from client.adapters.relay import Relay
 
 from ..support import wait_for
 from .helpers import FakeLog, relay_for
 from .hostile import event_record
+
+
+def _eight_events_through(
+    tmp_path: Path, log: FakeLog, handler: Callable[[httpx.Request], httpx.Response]
+) -> tuple[Outbox, list[OutboxRecord], Relay]:
+    """An outbox of eight events and a started relay with a fast back-off that sends them
+    to ``log`` through ``handler`` (a front proxy in front of the log)."""
+    outbox = Outbox(tmp_path / "o.sqlite")
+    recs = [event_record(i) for i in range(8)]
+    outbox.put(recs)
+    relay = relay_for(
+        outbox,
+        log,
+        transport=httpx.MockTransport(handler),
+        backoff_min=0.001,
+        backoff_max=0.005,
+        idle=0.01,
+    )
+    relay.start()
+    return outbox, recs, relay
 
 
 @pytest.mark.parametrize("status", [400, 413, 422])
@@ -39,18 +61,7 @@ def test_a_front_proxy_refusal_rejects_nothing(tmp_path: Path, status: int) -> N
                 )
         return log(request)
 
-    outbox = Outbox(tmp_path / "o.sqlite")
-    recs = [event_record(i) for i in range(8)]
-    outbox.put(recs)
-    relay = relay_for(
-        outbox,
-        log,
-        transport=httpx.MockTransport(handler),
-        backoff_min=0.001,
-        backoff_max=0.005,
-        idle=0.01,
-    )
-    relay.start()
+    outbox, recs, relay = _eight_events_through(tmp_path, log, handler)
     try:
         wait_for(lambda: outbox.counts()["pending"] == 0, 20, "the outbox drained")
     finally:
@@ -73,18 +84,7 @@ def test_a_front_proxy_body_limit_still_splits_batches(tmp_path: Path) -> None:
             return httpx.Response(413, headers={"Content-Type": "text/html"}, content=b"<html>")
         return log(request)
 
-    outbox = Outbox(tmp_path / "o.sqlite")
-    recs = [event_record(i) for i in range(8)]
-    outbox.put(recs)
-    relay = relay_for(
-        outbox,
-        log,
-        transport=httpx.MockTransport(handler),
-        backoff_min=0.001,
-        backoff_max=0.005,
-        idle=0.01,
-    )
-    relay.start()
+    outbox, recs, relay = _eight_events_through(tmp_path, log, handler)
     try:
         wait_for(lambda: outbox.counts()["pending"] == 0, 20, "the outbox drained")
         limit = 10  # now not even one event fits
