@@ -40,6 +40,17 @@ def _grow_pool(st: PgStorage, n: int) -> None:
             stack.enter_context(st.read()).tree_size()
 
 
+def _pg_frontend_with(harness: Harness, database: str | None, entries: int) -> None:
+    """Skip unless the frontend is on PostgreSQL; add ``entries`` entries through it, then
+    grow its pool to four connections (so there are pooled connections to find dead)."""
+    if database is None:
+        pytest.skip("PostgreSQL only")
+    for i in range(entries):
+        assert harness.add(b"x%d" % i).status_code == 200
+    assert isinstance(harness.log.storage, PgStorage)
+    _grow_pool(harness.log.storage, 4)
+
+
 @pytest.fixture
 def store(pg_url: str) -> Iterator[PgStorage]:
     st = PgStorage(pg_url)
@@ -65,12 +76,7 @@ def test_reads_after_the_backends_died_find_live_connections(
 def test_one_batch_fails_after_the_backends_died_not_one_per_connection(
     harness: Harness, database: str | None, pg_cluster: PgCluster
 ) -> None:
-    if database is None:
-        pytest.skip("PostgreSQL only")
-    for i in range(5):
-        assert harness.add(b"x%d" % i).status_code == 200
-    assert isinstance(harness.log.storage, PgStorage)
-    _grow_pool(harness.log.storage, 4)
+    _pg_frontend_with(harness, database, 5)
     assert _terminate_all(pg_cluster) >= 5
     codes = [harness.add(b"y%d" % i).status_code for i in range(6)]
     # The batches that find the writer's or the write turn's connection dead (one each) are
@@ -96,12 +102,7 @@ def test_a_streamed_first_read_after_the_backends_died(
 def test_the_database_restarted_under_a_serving_frontend(
     harness: Harness, database: str | None, pg_cluster: PgCluster
 ) -> None:
-    if database is None:
-        pytest.skip("PostgreSQL only")
-    for i in range(3):
-        assert harness.add(b"x%d" % i).status_code == 200
-    assert isinstance(harness.log.storage, PgStorage)
-    _grow_pool(harness.log.storage, 4)
+    _pg_frontend_with(harness, database, 3)
     pg_cluster.stop("fast")
     r = harness.add(b"while-down")
     assert r.status_code == 503 and "database" in r.json()["error"]
