@@ -31,17 +31,20 @@ def pid(rt: str, ref_id: str) -> bytes:
     return (rt + ":" + ref_id).encode()[:16].ljust(16, b"\0")
 
 
+def positional(kw: dict[str, Any]) -> tuple[Any, ...]:
+    """The settings after the body that both parsers take positionally (ocsf, secret and
+    digest attributes, ref_pid): ``kw``'s, else parse_request's defaults."""
+    return (
+        kw.get("ocsf", "1.8"),
+        kw.get("secret_attrs", ("password",)),
+        kw.get("digest_attrs", ()),
+        kw.get("ref_pid"),
+    )
+
+
 def general(op: str, rt: str, body: Any, **kw: Any) -> Any:
     try:
-        ri = _parse_request(
-            op,
-            rt,
-            body,
-            kw.get("ocsf", "1.8"),
-            kw.get("secret_attrs", ("password",)),
-            kw.get("digest_attrs", ()),
-            kw.get("ref_pid"),
-        )
+        ri = _parse_request(op, rt, body, *positional(kw))
     except (EventFormatError, ValueError) as exc:
         return ("error", type(exc).__name__, str(exc))
     return typed(ri.__dict__)
@@ -56,15 +59,7 @@ def same_as_general(op: str, rt: str, body: Any, **kw: Any) -> bool:
     except (EventFormatError, ValueError) as exc:
         got = ("error", type(exc).__name__, str(exc))
     assert got == want
-    fast = _fast_intent(
-        op,
-        rt,
-        body,
-        kw.get("ocsf", "1.8"),
-        kw.get("secret_attrs", ("password",)),
-        kw.get("digest_attrs", ()),
-        kw.get("ref_pid"),
-    )
+    fast = _fast_intent(op, rt, body, *positional(kw))
     if fast is None:
         return False
     assert typed(fast.__dict__) == want
