@@ -29,6 +29,18 @@ from tlog.tree import NodeReader, RightEdge, slot_offset
 from .conftest import ORIGIN, make_signer
 
 
+def _append(
+    edge: RightEdge, store: dict[tuple[int, int], bytes], data: list[bytes], n: int
+) -> None:
+    """Append ``n`` entries (each its index, as text) to ``data`` and to the tree ``edge``
+    builds; write the blobs it made dirty into ``store``."""
+    new = [f"{len(data) + i}".encode() for i in range(n)]
+    edge.append([leaf_hash(d) for d in new])
+    data += new
+    for lv, ix, blob in edge.take_dirty():
+        store[(lv, ix)] = blob
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.integers(1, 300), min_size=1, max_size=8), st.data())
 def test_stored_tree_matches_oracle(batches: list[int], draw: st.DataObject) -> None:
@@ -38,11 +50,7 @@ def test_stored_tree_matches_oracle(batches: list[int], draw: st.DataObject) -> 
     data: list[bytes] = []
     sizes = []
     for n in batches:
-        new = [f"{len(data) + i}".encode() for i in range(n)]
-        edge.append([leaf_hash(d) for d in new])
-        data += new
-        for lv, ix, blob in edge.take_dirty():
-            store[(lv, ix)] = blob
+        _append(edge, store, data, n)
         sizes.append(len(data))
         if draw.draw(st.booleans()):  # a restart: rebuild the edge from the store
             edge = RightEdge(len(data), lambda lv, ix: store.get((lv, ix)))
@@ -72,11 +80,7 @@ def test_a_cached_blob_serves_later_sizes_while_its_tile_holds_no_more_nodes(
     data: list[bytes] = []
     snapshots: list[tuple[int, dict[tuple[int, int], bytes]]] = []
     for n in batches:
-        new = [f"{len(data) + i}".encode() for i in range(n)]
-        edge.append([leaf_hash(d) for d in new])
-        data += new
-        for lv, ix, blob in edge.take_dirty():
-            store[(lv, ix)] = blob
+        _append(edge, store, data, n)
         snapshots.append((len(data), dict(store)))
     for k, (s0, blobs0) in enumerate(snapshots):
         for s1, blobs1 in snapshots[k + 1 :]:
