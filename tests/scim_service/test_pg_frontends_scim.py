@@ -166,6 +166,15 @@ def test_one_eid_on_two_frontends_is_one_leaf(tmp_path: Path, pg_url: str) -> No
         assert readable(a, ev) and readable(b, ev)
 
 
+def _post_users(h: Harness, *names: str) -> list[dict[str, Any]]:
+    """A User event per name (rid ``u-<name>``, request ``req-<name>``, external id
+    ``<name>@example.org``), each posted to ``h`` and answered 200."""
+    events = [user_event(f"u-{n}", req=f"req-{n}", xid=f"{n}@example.org") for n in names]
+    for ev in events:
+        assert h.post_event(ev).status_code == 200
+    return events
+
+
 def _erase(h: Harness, rid: str) -> httpx.Response:
     r = h.request_erasure(rid)
     assert r.status_code == 201, r.text
@@ -385,11 +394,7 @@ def test_erasures_on_two_frontends_at_once_keep_the_master_key(tmp_path: Path, p
     refused): the file must still open the store, else every SCIM key is lost once the
     frontends restart. A stages again on B's key and its erasure is done too."""
     with frontends(tmp_path, pg_url) as (a, b):
-        alice = user_event("u-alice", req="req-alice", xid="alice@example.org")
-        bob = user_event("u-bob", req="req-bob", xid="bob@example.org")
-        carol = user_event("u-carol", req="req-carol", xid="carol@example.org")
-        for ev in (alice, bob, carol):
-            assert a.post_event(ev).status_code == 200
+        alice, bob, carol = _post_users(a, "alice", "bob", "carol")
         keys = a.service.keys
         real = keys.commit_rotation
         staged, go = threading.Event(), threading.Event()
@@ -444,10 +449,7 @@ def test_an_erasure_after_another_frontends_erasure(tmp_path: Path, pg_url: str)
     direct writes (erasure request, approval) must follow B's rotation as its submissions
     do, not fail on tenant keys its old master key cannot open."""
     with frontends(tmp_path, pg_url) as (a, b):
-        alice = user_event("u-alice", req="req-alice", xid="alice@example.org")
-        bob = user_event("u-bob", req="req-bob", xid="bob@example.org")
-        for ev in (alice, bob):
-            assert a.post_event(ev).status_code == 200
+        _post_users(a, "alice", "bob")
         assert _erase(b, "u-alice").json()["state"] == "done"
         erased = _erase(a, "u-bob")
         assert erased.status_code == 200 and erased.json()["state"] == "done", erased.text
@@ -478,10 +480,7 @@ def test_a_group_staged_on_a_refused_group_in_one_batch_is_refused(
     so the second, staged on top of it, must be refused too, not committed with a T2 event
     whose tenant keys were never written (unreadable for ever)."""
     with frontends(tmp_path, pg_url) as (a, b):
-        zed = user_event("u-zed", req="req-zed", xid="zed@example.org")
-        alice = user_event("u-alice", req="req-alice", xid="alice@example.org")
-        for ev in (zed, alice):
-            assert a.post_event(ev).status_code == 200
+        _zed, alice = _post_users(a, "zed", "alice")
         svc = a.service
         t1_next = user_event(
             "u-alice", req="req-alice-2", xid="alice@example.org", active=("false", "true")
@@ -770,11 +769,7 @@ def test_a_read_follows_two_rotations_in_a_row(tmp_path: Path, pg_url: str) -> N
     file: A reads the check value again and serves the read, rather than answering 503
     "no longer opens the store"."""
     with frontends(tmp_path, pg_url) as (a, b):
-        alice = user_event("u-alice", req="req-alice", xid="alice@example.org")
-        bob = user_event("u-bob", req="req-bob", xid="bob@example.org")
-        carol = user_event("u-carol", req="req-carol", xid="carol@example.org")
-        for ev in (alice, bob, carol):
-            assert a.post_event(ev).status_code == 200
+        _alice, _bob, carol = _post_users(a, "alice", "bob", "carol")
         caught_up(b, tree_size(a))
         assert _erase(b, "u-alice").json()["state"] == "done"
         real_read = keys_module.read_key_file
