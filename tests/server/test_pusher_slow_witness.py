@@ -11,30 +11,23 @@ from __future__ import annotations
 from pathlib import Path
 
 from client.formats.cosignature import CosignatureSigner
-from client.formats.note import Ed25519Verifier
 from client.formats.policy import Policy
 from client.net.core import http_client
-from client.witness.core import Witness, WitnessedLog
-from client.witness.server import start_server
-from client.witness.store import WitnessStore
 from tests.net.helpers import DRIP_BODY, dripping, ends
 from tlog.log import Log
 from tlog.witnessing import WitnessPusher
 
 from ..pgsupport import open_store
 from ..support import ORIGIN
+from ..witness.helpers import serving_witness_of
 from .conftest import make_signer
 
 
 def test_a_dripping_witness_does_not_hold_the_round(tmp_path: Path, database: str | None) -> None:
     log_ = Log(open_store(database, tmp_path), make_signer())
-    signer = CosignatureSigner("w-good", b"\x07" * 32)
-    good = Witness(
-        signer,
-        [WitnessedLog(ORIGIN, (Ed25519Verifier.from_vkey(log_.vkey),))],
-        WitnessStore(tmp_path / "w.db"),
+    signer, good, srv = serving_witness_of(
+        ORIGIN, log_.vkey, tmp_path / "w.db", "w-good", b"\x07" * 32
     )
-    srv, _ = start_server(good)
     slow_key = CosignatureSigner("w-slow", b"\x08" * 32).vkey()
     try:
         with dripping(*DRIP_BODY) as slow_url, http_client(timeout=0.3) as http:

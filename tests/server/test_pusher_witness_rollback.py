@@ -15,17 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from client.formats.cosignature import CosignatureSigner
-from client.formats.note import Ed25519Verifier
 from client.formats.policy import Policy
-from client.witness.core import Witness, WitnessedLog
-from client.witness.server import start_server
 from client.witness.store import WitnessStore
 from tlog.log import Log
 from tlog.witnessing import WitnessPusher
 
 from ..pgsupport import open_store
 from ..support import ORIGIN
+from ..witness.helpers import serving_witness_of
 from .conftest import make_signer
 
 
@@ -33,13 +30,9 @@ def test_a_witness_that_forgot_what_it_cosigned_is_reported(
     tmp_path: Path, database: str | None, caplog: pytest.LogCaptureFixture
 ) -> None:
     log_ = Log(open_store(database, tmp_path / "log"), make_signer())
-    signer = CosignatureSigner("w1", b"\x0a" * 32)
-    witness = Witness(
-        signer,
-        [WitnessedLog(ORIGIN, (Ed25519Verifier.from_vkey(log_.vkey),))],
-        WitnessStore(tmp_path / "w.db"),
+    signer, witness, srv = serving_witness_of(
+        ORIGIN, log_.vkey, tmp_path / "w.db", "w1", b"\x0a" * 32
     )
-    srv, _ = start_server(witness)
     results: list[tuple[str, str]] = []
     try:
         policy = Policy.parse(f"log {log_.vkey}\nwitness w1 {signer.vkey()} {srv.url}\nquorum w1\n")

@@ -21,7 +21,7 @@ from client.formats.merkle import (
     proof_from_ranges,
     root_of_range,
 )
-from client.formats.note import Ed25519Signer, b64encode, sign_note
+from client.formats.note import Ed25519Signer, Ed25519Verifier, b64encode, sign_note
 from client.net.witness_client import AddCheckpointRequest
 from client.witness.core import AddCheckpointError, Witness, WitnessedLog
 from client.witness.server import WitnessHTTPServer, start_server
@@ -98,6 +98,22 @@ def make_witness(
     return Witness(
         CosignatureSigner(name, seed), logs, WitnessStore(db), clock=clock or FakeClock()
     )
+
+
+def serving_witness_of(
+    origin: str, log_vkey: str, db: Path, name: str, seed: bytes
+) -> tuple[CosignatureSigner, Witness, WitnessHTTPServer]:
+    """A witness named ``name`` (its key from ``seed``, its state in ``db``, the real
+    clock) of the log ``origin`` whose key is ``log_vkey``, started serving HTTP: its
+    signer, the witness and its server (the caller shuts it down and closes the store)."""
+    signer = CosignatureSigner(name, seed)
+    witness = Witness(
+        signer,
+        [WitnessedLog(origin, (Ed25519Verifier.from_vkey(log_vkey),))],
+        WitnessStore(db),
+    )
+    srv, _ = start_server(witness)
+    return signer, witness, srv
 
 
 # --- the log's HTTP API ---------------------------------------------------------------------
