@@ -1,5 +1,6 @@
 """Helpers of the adapter tests: an upstream SP on bare asyncio (``AsyncioUpstream``; one
-that answers canned bytes per path), and an outbox event record."""
+that answers canned bytes per path; ``read_request``, a request off the wire), and an outbox
+event record."""
 
 from __future__ import annotations
 
@@ -15,6 +16,20 @@ from client.adapters.outbox import OutboxRecord
 from client.scim.event import event_to_json, new_event
 
 from ..support import free_port
+
+
+async def read_request(
+    r: asyncio.StreamReader,
+) -> tuple[str, str, list[tuple[str, ...]], bytes]:
+    """The next HTTP/1.1 request on ``r``: its method, target, headers (name and value, as
+    sent) and body (``Content-Length`` bytes of it, none without one)."""
+    head = await r.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    method, target, _ = lines[0].split(" ")
+    headers = [tuple(x.split(": ", 1)) for x in lines[1:] if x]
+    size = next((int(v) for k, v in headers if k.lower() == "content-length"), 0)
+    body = await r.readexactly(size) if size else b""
+    return method, target, headers, body
 
 
 class AsyncioUpstream:
@@ -70,12 +85,7 @@ class CannedUpstream(AsyncioUpstream):
     async def handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         try:
             while True:
-                head = await r.readuntil(b"\r\n\r\n")
-                lines = head.decode("latin-1").split("\r\n")
-                method, target, _ = lines[0].split(" ")
-                headers = [tuple(x.split(": ", 1)) for x in lines[1:] if x]
-                size = next((int(v) for k, v in headers if k.lower() == "content-length"), 0)
-                body = await r.readexactly(size) if size else b""
+                method, target, _, body = await read_request(r)
                 self.seen.append({"method": method, "target": target, "body": body})
                 path = target.split("?")[0]
                 canned = self.answer(method, path)

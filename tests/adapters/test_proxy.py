@@ -19,7 +19,7 @@ from tests.support import UvicornThread, free_port
 
 from ..support import wait_for
 from .helpers import FakeLog
-from .hostile import AsyncioUpstream
+from .hostile import AsyncioUpstream, read_request
 
 GZ = gzip.compress(b'{"hello": "world"}')
 
@@ -37,12 +37,7 @@ class RawUpstream(AsyncioUpstream):
         n_on_conn = 0
         try:
             while True:
-                head = await r.readuntil(b"\r\n\r\n")
-                lines = head.decode("latin-1").split("\r\n")
-                method, target, _ = lines[0].split(" ")
-                headers = [tuple(x.split(": ", 1)) for x in lines[1:] if x]
-                size = next((int(v) for k, v in headers if k.lower() == "content-length"), 0)
-                body = await r.readexactly(size) if size else b""
+                method, target, headers, body = await read_request(r)
                 n_on_conn += 1
                 self.seen.append(
                     {"method": method, "target": target, "headers": headers, "body": body}
