@@ -1,6 +1,6 @@
 """Helpers of the adapter tests: an upstream SP on bare asyncio (``AsyncioUpstream``; one
-that answers canned bytes per path; ``read_request``, a request off the wire), and an outbox
-event record."""
+that answers canned bytes per path; ``read_request``, a request off the wire),
+``call_asgi`` (an ASGI app on one request, in process) and an outbox event record."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Self
 
+from client.adapters.middleware import ASGIApp
 from client.adapters.outbox import OutboxRecord
 from client.scim.event import event_to_json, new_event
 
@@ -99,6 +100,36 @@ class CannedUpstream(AsyncioUpstream):
                 await w.drain()
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
             return
+
+
+def call_asgi(
+    app: ASGIApp,
+    method: str,
+    path: str,
+    *,
+    body: bytes = b"",
+    headers: Sequence[tuple[bytes, bytes]] = (),
+) -> list[dict[str, Any]]:
+    """Run ``app`` in process (no server) on one HTTP request: ``method`` on ``path`` (no
+    query), its ``headers`` and its ``body`` in one piece; return the messages it sent."""
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(msg: dict[str, Any]) -> None:
+        sent.append(msg)
+
+    scope = {
+        "type": "http",
+        "method": method,
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "headers": list(headers),
+    }
+    asyncio.run(app(scope, receive, send))
+    return sent
 
 
 def event_record(i: int) -> OutboxRecord:

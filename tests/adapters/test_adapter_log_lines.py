@@ -6,9 +6,7 @@ cannot tell an identifier in a path from a word, so the lines must not carry one
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from typing import Any
 
 import pytest
 
@@ -16,29 +14,15 @@ from client.adapters.exchange import log_access
 from client.adapters.forwarder import Forwarder
 from tests.support import free_port
 
+from .hostile import call_asgi
+
 SECRET = "alice.liddell@example.org"
 
 
 def test_forwarder_warnings_carry_no_resource_id(caplog: pytest.LogCaptureFixture) -> None:
     fwd = Forwarder(f"http://127.0.0.1:{free_port()}/v2", timeout=1.0, connect_timeout=1.0)
-    sent: list[dict[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"{}", "more_body": False}
-
-    async def send(msg: dict[str, Any]) -> None:
-        sent.append(msg)
-
-    scope = {
-        "type": "http",
-        "method": "PATCH",
-        "path": f"/v2/Users/{SECRET}",
-        "raw_path": f"/v2/Users/{SECRET}".encode(),
-        "query_string": b"",
-        "headers": [],
-    }
     with caplog.at_level(logging.WARNING, logger="client.adapters.forwarder"):
-        asyncio.run(fwd(scope, receive, send))
+        sent = call_asgi(fwd, "PATCH", f"/v2/Users/{SECRET}", body=b"{}")
     assert sent[0]["status"] == 502
     lines = [r.getMessage() for r in caplog.records]
     assert lines and all(SECRET not in line for line in lines), lines

@@ -19,7 +19,7 @@ from tests.support import UvicornThread, free_port
 
 from ..support import wait_for
 from .helpers import FakeLog
-from .hostile import AsyncioUpstream, read_request
+from .hostile import AsyncioUpstream, call_asgi, read_request
 
 GZ = gzip.compress(b'{"hello": "world"}')
 
@@ -195,23 +195,7 @@ def test_answer_framings_and_broken_answers(proxy: UvicornThread, upstream: RawU
 
 def test_request_that_cannot_be_sent_is_refused(upstream: RawUpstream) -> None:
     fwd = Forwarder(f"http://127.0.0.1:{upstream.port}/v2", timeout=1.0)
-    sent: list[dict[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(msg: dict[str, Any]) -> None:
-        sent.append(msg)
-
-    scope = {
-        "type": "http",
-        "method": "GET",
-        "path": "/v2/Users",
-        "raw_path": b"/v2/Users",
-        "query_string": b"",
-        "headers": [(b"x-bad", b"line\r\nInjected: yes")],
-    }
-    asyncio.run(fwd(scope, receive, send))
+    sent = call_asgi(fwd, "GET", "/v2/Users", headers=[(b"x-bad", b"line\r\nInjected: yes")])
     assert sent[0]["status"] == 400
     assert b"cannot be forwarded" in sent[1]["body"]
     assert upstream.seen == []
