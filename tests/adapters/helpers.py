@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import collections
 import hashlib
@@ -13,15 +14,19 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from client.adapters.middleware import AuditMiddleware
 from client.adapters.outbox import Outbox
 from client.adapters.relay import Relay
 from client.scim.event import event_from_json
 
 from ..support import free_port, start_proxy, wait_own
+
+if TYPE_CHECKING:
+    import pytest
 
 __all__ = ["start_proxy"]  # tests/support's, imported from here by the adapter tests
 
@@ -238,6 +243,24 @@ def relay_for(outbox: Outbox, log: FakeLog, **kw: object) -> Relay:
         **kw,
     }
     return Relay(outbox, "http://log.test", "tok", **settings)
+
+
+def where_records_are_built(monkeypatch: pytest.MonkeyPatch, mw: AuditMiddleware) -> list[bool]:
+    """Spy on ``mw`` building an exchange's records: the list it returns gets, per build,
+    True when it ran on the event loop and False when in a worker thread."""
+    on_loop: list[bool] = []
+    build = mw._build_records
+
+    def spy(*args: Any) -> Any:
+        try:
+            asyncio.get_running_loop()
+            on_loop.append(True)
+        except RuntimeError:
+            on_loop.append(False)
+        return build(*args)
+
+    monkeypatch.setattr(mw, "_build_records", spy)
+    return on_loop
 
 
 def run_tester(base_url: str, token: str = SCIM_TOKEN) -> tuple[list[tuple[str, str]], list[Write]]:

@@ -20,7 +20,17 @@ from client.adapters.relay import Relay
 from client.scim.event import event_to_json
 
 from ..support import UvicornThread, wait_for
-from .helpers import BULK, GROUP, PATCH, SCIM_TOKEN, FakeLog, relay_for, scim_asgi_app, user
+from .helpers import (
+    BULK,
+    GROUP,
+    PATCH,
+    SCIM_TOKEN,
+    FakeLog,
+    relay_for,
+    scim_asgi_app,
+    user,
+    where_records_are_built,
+)
 
 pytest.importorskip("scim2_server", reason="needs the dev extras (scim2-server)")
 
@@ -387,22 +397,9 @@ def test_only_small_single_writes_are_built_on_the_event_loop(
     """A small write's event is built on the event loop (no worker-thread round trip); a bulk
     request and a body above INLINE_BUILD_BYTES are built in a worker thread, so that they
     never hold up the loop's other requests."""
-    import asyncio
-
     from client.adapters.middleware import INLINE_BUILD_BYTES
 
-    on_loop: list[bool] = []
-    build = rig.mw._build_records
-
-    def spy(*args: Any) -> Any:
-        try:
-            asyncio.get_running_loop()
-            on_loop.append(True)
-        except RuntimeError:
-            on_loop.append(False)
-        return build(*args)
-
-    monkeypatch.setattr(rig.mw, "_build_records", spy)
+    on_loop = where_records_are_built(monkeypatch, rig.mw)
     headers = {**AUTH, "Content-Type": "application/scim+json"}
     r = rig.client.post("/v2/Users", json=user("erin"), headers=AUTH)
     assert r.status_code == 201

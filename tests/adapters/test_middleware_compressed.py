@@ -7,13 +7,11 @@ inflate megabytes hundreds of times over."""
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 import json
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from starlette.testclient import TestClient
@@ -23,7 +21,7 @@ from client.adapters.middleware import INLINE_BUILD_BYTES, AuditConfig, AuditMid
 from client.adapters.outbox import Outbox
 from client.adapters.relay import Relay
 
-from .helpers import SCIM_TOKEN, FakeLog, scim_asgi_app, user
+from .helpers import SCIM_TOKEN, FakeLog, scim_asgi_app, user, where_records_are_built
 
 pytest.importorskip("scim2_server", reason="needs the dev extras (scim2-server)")
 
@@ -45,18 +43,7 @@ def test_a_compressed_write_is_read_off_the_event_loop(
     mw: tuple[TestClient, AuditMiddleware], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     client, app = mw
-    on_loop: list[bool] = []
-    build = app._build_records
-
-    def spy(*args: Any) -> Any:
-        try:
-            asyncio.get_running_loop()
-            on_loop.append(True)
-        except RuntimeError:
-            on_loop.append(False)
-        return build(*args)
-
-    monkeypatch.setattr(app, "_build_records", spy)
+    on_loop = where_records_are_built(monkeypatch, app)
     doc = user("zoe", title="t" * (64 * INLINE_BUILD_BYTES))
     body = gzip.compress(json.dumps(doc).encode(), 9)
     assert len(body) <= INLINE_BUILD_BYTES  # small on the wire
