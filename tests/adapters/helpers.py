@@ -75,6 +75,16 @@ def scim_asgi_app(token: str = SCIM_TOKEN) -> Any:
     )
 
 
+async def answer_lifespan(receive: Any, send: Any) -> None:
+    """An ASGI app's side of the lifespan protocol: complete each lifespan message, until
+    shutdown."""
+    while True:
+        msg = await receive()
+        await send({"type": msg["type"] + ".complete"})
+        if msg["type"] == "lifespan.shutdown":
+            return
+
+
 def user(name: str, **extra: Any) -> dict[str, Any]:
     return {"schemas": [USER], "userName": name, **extra}
 

@@ -22,6 +22,8 @@ from client.adapters.relay import Relay
 from client.net.scim_audit import ScimAuditClient
 from tests.scim_service.conftest import T1, URL, Harness
 
+from .helpers import answer_lifespan
+
 __all__ = ["Rig", "Via", "make_rig", "sp_app"]
 
 
@@ -29,11 +31,7 @@ async def sp_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """A SCIM SP stand-in that applies whatever it gets: 201 with an id for creates, 200
     with a BulkResponse for /Bulk, 204 otherwise."""
     if scope["type"] == "lifespan":
-        while True:
-            msg = await receive()
-            await send({"type": msg["type"] + ".complete"})
-            if msg["type"] == "lifespan.shutdown":
-                return
+        return await answer_lifespan(receive, send)
     body = b""
     while True:
         msg = await receive()

@@ -15,7 +15,7 @@ from client.adapters.middleware import AuditConfig, AuditMiddleware
 from client.adapters.outbox import Outbox
 from client.adapters.relay import Relay
 
-from .helpers import FakeLog
+from .helpers import FakeLog, answer_lifespan
 
 MiB = 1 << 20
 
@@ -30,11 +30,7 @@ class _EndlessAnswer:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                msg = await receive()
-                await send({"type": msg["type"] + ".complete"})
-                if msg["type"] == "lifespan.shutdown":
-                    return
+            return await answer_lifespan(receive, send)
         while (await receive()).get("more_body"):
             pass
         await send(
