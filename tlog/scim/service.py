@@ -1047,7 +1047,7 @@ class ScimService:
         skey = (subject.rt, subject.kind, subject.value)
         sk = batch.subjects.get(skey)
         if sk is None:
-            sk = batch.subjects[skey] = self.keys.subject_or_create(tx, tk, subject, rand)
+            sk = batch.subjects[skey] = self.keys.subject_or_create(tx, tk, subject, now, rand)
         epoch = batch.epochs.get(now)
         if epoch is None:
             epoch = batch.epochs[now] = epoch_of(now)
@@ -1123,7 +1123,7 @@ class ScimService:
         rand = batch.rand
         epoch = pipe.epoch
         nonce = rand(NONCE_SIZE)
-        kid, wrapped_p, s_rec, dek, d_rec = self.keys.new_subject_records(tk, epoch, rand)
+        kid, wrapped_p, s_rec, dek, d_rec = self.keys.new_subject_records(tk, pipe.now, epoch, rand)
         batch.subjects[skey] = SubjectKeys(kid, wrapped_p, created=True)
         aead = batch.deks[(kid, epoch)] = AESGCM(dek)
         batch.states[kid] = _State(state, epoch, aead, True, True)
@@ -1282,7 +1282,8 @@ class ScimService:
 
         def stage(tx: Overlay) -> list[bytes]:
             tk = self.keys.tenant_or_create(tx, tenant)
-            return [self.keys.pid_or_create(tx, tk, rt, rid) for rt, rid in refs]
+            now = self.log_time()
+            return [self.keys.pid_or_create(tx, tk, rt, rid, now) for rt, rid in refs]
 
         pids: list[bytes] = await self._write_grouped(stage)
         return pids
