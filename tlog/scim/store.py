@@ -10,7 +10,7 @@ tag key after the tag                   value
 === ================================== ============================================
 K   ``check`` / ``tnkey``               master-key check value / wrapped tn key
 T   tn(16)                              tenant record: wrapped KEK and index key
-S   tn(16) ‖ subject hash(16)           subject record: random kid, wrapped P key
+S   tn(16) ‖ subject hash(16)           subject record: kid, wrapped P key
 D   kid(16) ‖ u32 epoch                 the subject's DEK for that month, wrapped
 V   tn(16) ‖ eid(16)                    leaf bytes (eid record: dedup, receipts)
 E   leaf hash(32)                       envelope, or a tombstone after erasure
@@ -21,9 +21,10 @@ R   request id(16)                      erasure request (no personal data)
 F   kid(16)                             resource state (effects.py), sealed by the DEK
 === ================================== ============================================
 
-``tn`` is the public tenant ref of the leaf; ``kid`` is random (not derived from the subject),
-so once the subject record is deleted nothing links a kid, a tombstone or an erasure event
-back to the subject's identifiers.
+``tn`` is the public tenant ref of the leaf; ``kid`` is not derived from the subject (the log
+time it was made at, then random bits: :func:`tlog.scim.keys.new_kid`), so once the subject
+record is deleted nothing links a kid, a tombstone or an erasure event back to the subject's
+identifiers.
 """
 
 from __future__ import annotations
