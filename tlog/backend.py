@@ -308,6 +308,14 @@ class Backend(Protocol):
         holds it for too long. A no-op on a store with one writer process (LMDB)."""
         ...
 
+    def hold_turn(self) -> Callable[[], None]:
+        """Take the write turn (:meth:`write_turn`) until the returned function is called;
+        the turn is the process's, so its ``write_turn`` enters at once meanwhile. The SCIM
+        writer holds it from a claim of the writer fence until the first group staged under
+        that claim is committed, so that no other process can claim the fence in between:
+        a staging that lost the fence commits at its next attempt (tlog.scim.service)."""
+        ...
+
     def claim_aux_writer(self) -> bytes | None:
         """Become the writer of auxiliary records on a store that several processes write
         (``shared``): returns a fence that this process's later aux writes carry, and that

@@ -582,6 +582,7 @@ class PgStorage:
         # The write turn (write_turn): its own connection, holding a session advisory lock.
         self._tlock = threading.Lock()
         self._turner: psycopg.Connection[Any] | None = None
+        self._turns = 0  # holds of the turn in this process (hold_turn), under _tlock
         self.turn_timeout = TURN_TIMEOUT
         self._closed = False
         # The write in progress (since, writer backend pid, what) and the thread that
@@ -1127,35 +1128,62 @@ class PgStorage:
         advisory lock on a connection of its own, waited for at most ``turn_timeout``
         seconds (:class:`TurnTimeout`). A lost connection loses the lock with it (the
         server releases a session's locks when it ends), never a commit: the compare-and-
-        swap still decides."""
+        swap still decides. The turn is the process's: while :meth:`hold_turn` holds it,
+        this enters at once."""
+        release = self.hold_turn()
+        try:
+            yield
+        finally:
+            release()
+
+    def hold_turn(self) -> Callable[[], None]:
+        """Take this frontend's write turn (:meth:`write_turn`) until the returned function
+        is called (once; later calls do nothing). Holds count: the advisory lock is taken
+        by the first and given back by the last."""
         if self._readonly:
             raise StorageError("the store was opened read-only")
         with self._tlock:
-            for fresh in (False, True):
-                conn = self._turn_conn()
-                try:
-                    conn.execute(_TURN_LOCK, prepare=True)
-                    break
-                except psycopg.errors.LockNotAvailable:
-                    raise TurnTimeout(
-                        "another frontend held this log's write turn for over "
-                        f"{self.turn_timeout:g} s"
-                    ) from None
-                except psycopg.Error as exc:
-                    dead = conn.closed or conn.broken
-                    self._drop_turn()
-                    if dead and not fresh:
-                        # Killed while idle (a database restart, pg_terminate_backend):
-                        # nothing was locked or written, so one new connection may try.
-                        continue
-                    raise pg_fault(exc) or StorageError(str(exc)) from exc
+            if self._turns == 0:
+                self._lock_turn()
+            self._turns += 1
+        given_back = False
+
+        def release() -> None:
+            nonlocal given_back
+            with self._tlock:
+                if given_back:
+                    return
+                given_back = True
+                self._turns -= 1
+                if self._turns == 0:
+                    conn = self._turner
+                    try:
+                        if conn is not None:
+                            conn.execute(_TURN_UNLOCK, prepare=True)
+                    except psycopg.Error:
+                        self._drop_turn()  # the server releases the lock with the session
+
+        return release
+
+    def _lock_turn(self) -> None:
+        """Under ``_tlock``: take the advisory lock (:meth:`write_turn`)."""
+        for fresh in (False, True):
+            conn = self._turn_conn()
             try:
-                yield
-            finally:
-                try:
-                    conn.execute(_TURN_UNLOCK, prepare=True)
-                except psycopg.Error:
-                    self._drop_turn()  # the server releases the lock with the session
+                conn.execute(_TURN_LOCK, prepare=True)
+                return
+            except psycopg.errors.LockNotAvailable:
+                raise TurnTimeout(
+                    f"another frontend held this log's write turn for over {self.turn_timeout:g} s"
+                ) from None
+            except psycopg.Error as exc:
+                dead = conn.closed or conn.broken
+                self._drop_turn()
+                if dead and not fresh:
+                    # Killed while idle (a database restart, pg_terminate_backend):
+                    # nothing was locked or written, so one new connection may try.
+                    continue
+                raise pg_fault(exc) or StorageError(str(exc)) from exc
 
     def _turn_conn(self) -> psycopg.Connection[Any]:
         conn = self._turner

@@ -340,6 +340,10 @@ def _check_readers_loop(ref: weakref.ref[Storage], stop: threading.Event, interv
         del storage
 
 
+def _nothing() -> None:
+    """A release with nothing to release (Storage.hold_turn)."""
+
+
 def _writes(fn: Callable[..., _T]) -> Callable[..., _T]:
     """A write transaction method: grow a full map and retry; disk full -> StorageFull."""
 
@@ -667,6 +671,10 @@ class Storage:
     def write_turn(self) -> contextlib.AbstractContextManager[None]:
         """Nothing to wait for: the lock file keeps every other writer process out."""
         return contextlib.nullcontext()
+
+    def hold_turn(self) -> Callable[[], None]:
+        """Nothing to hold (:meth:`write_turn`)."""
+        return _nothing
 
     def claim_aux_writer(self) -> bytes | None:
         """None: the lock file keeps every other writer process out of an LMDB store, so

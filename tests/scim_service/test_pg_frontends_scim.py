@@ -65,8 +65,13 @@ def held_at_hand_off(
     """Run ``first`` (a request to A) in a thread; once A's group writer has staged it, and
     before it hands the group to be committed, run ``between`` (another frontend's write)
     to its end; then let A go on. Returns A's answer, ``between``'s result and how many
-    times A handed a group off (2: refused once, staged again)."""
+    times A handed a group off (2: refused once, staged again).
+
+    A claims the writer fence first, with a write that stages nothing: the first group
+    staged under a claim holds A's write turn until it is committed (no other frontend can
+    claim the fence in between), so only a later group of A's can lose the fence."""
     svc = a.service
+    svc.write(lambda tx: None)
     real = svc.seq.enqueue
     staged, go = threading.Event(), threading.Event()
     calls: list[int] = []
@@ -145,6 +150,64 @@ def test_a_new_tenants_first_events_on_two_frontends(tmp_path: Path, pg_url: str
         caught_up(b, size + 2)
         for h in (a, b):
             assert readable(h, ev_a) and readable(h, ev_b)
+
+
+@pytest.mark.slow
+def test_a_staging_that_lost_the_fence_commits_at_its_next_attempt(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """A's submission loses the fence to B's write and is staged again under a new claim.
+    That claim holds A's write turn until the new staging is committed, so B cannot take
+    the fence back in between: B's next write waits for the turn instead, and A's
+    submission is handed off exactly twice. Before, B's write committed at once, A's second
+    staging lost the fence again, and two frontends under load kept undoing each other's
+    stagings until a submission's retries ran out (503)."""
+    with frontends(tmp_path, pg_url) as (a, b):
+        assert b.post_event(user_event("u-b0", req="req-b0")).status_code == 200
+        svc = a.service
+        svc.write(lambda tx: None)  # A claims; its next staging carries no turn
+        real = svc.seq.enqueue
+        calls: list[int] = []
+        second, go = threading.Event(), threading.Event()
+
+        def enqueue(*args: Any, **kw: Any) -> None:
+            calls.append(1)
+            if len(calls) == 1:
+                # A's first staging, under its first claim: B takes the fence meanwhile.
+                assert b.post_event(user_event("u-b1", req="req-b1")).status_code == 200
+            elif len(calls) == 2:
+                second.set()
+                assert go.wait(60), "the test did not let the writer go on"
+            real(*args, **kw)
+
+        answers: dict[str, httpx.Response] = {}
+        svc.seq.enqueue = enqueue  # type: ignore[method-assign]
+        try:
+            ta = threading.Thread(
+                target=lambda: answers.update(a=a.post_event(user_event("u-a", req="req-a")))
+            )
+            ta.start()
+            assert second.wait(60), "A's submission was not staged again"
+            # A is held between its second claim and that staging's commit: B's write waits.
+            tb = threading.Thread(
+                target=lambda: answers.update(b=b.post_event(user_event("u-b2", req="req-b2")))
+            )
+            tb.start()
+            tb.join(1.5)
+            waited = tb.is_alive()
+            go.set()
+            ta.join(60)
+            tb.join(60)
+            assert not ta.is_alive() and not tb.is_alive()
+        finally:
+            go.set()
+            del svc.seq.enqueue
+        assert answers["a"].status_code == 200, answers["a"].text
+        assert answers["b"].status_code == 200, answers["b"].text
+        assert len(calls) == 2, f"A's submission was handed off {len(calls)} times"
+        assert waited, "B committed while A held its turn between claim and commit"
+        check_receipt(a, answers["a"].json())
+        check_receipt(b, answers["b"].json())
 
 
 @pytest.mark.slow

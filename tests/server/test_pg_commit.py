@@ -215,6 +215,43 @@ def test_a_write_turn_held_elsewhere_is_a_clear_refusal(tmp_path: Path, pg_url: 
         store.close()
 
 
+def test_a_held_turn_is_the_processs_until_its_last_hold_is_given_back(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """``hold_turn`` takes the write turn for this process: its own ``write_turn`` enters
+    at once meanwhile (another thread of the same frontend), another frontend's waits and
+    times out, and the turn is free only once every hold is given back (a second call of
+    one release gives nothing back twice)."""
+    from tlog.backend import TurnTimeout
+    from tlog.pg import PgStorage
+
+    mine, other = open_store(pg_url, tmp_path), open_store(pg_url, tmp_path)
+    assert isinstance(mine, PgStorage) and isinstance(other, PgStorage)
+    other.turn_timeout = 0.3
+    try:
+        first = mine.hold_turn()
+        second = mine.hold_turn()
+        with mine.write_turn():
+            pass
+        first()
+        first()  # given back once only: ``second`` still holds the turn
+        with pytest.raises(TurnTimeout), other.write_turn():
+            pass
+        second()
+        with other.write_turn():
+            pass
+        release = other.hold_turn()
+        mine.turn_timeout = 0.3
+        with pytest.raises(TurnTimeout), mine.write_turn():
+            pass
+        release()
+        with mine.write_turn():
+            pass
+    finally:
+        mine.close()
+        other.close()
+
+
 def test_a_fenced_batch_leaves_the_writer_on_its_base_without_a_reload(
     tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

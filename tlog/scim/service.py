@@ -119,6 +119,10 @@ _RID, _XID, _REQ = _FIELD["rid"], _FIELD["xid"], _FIELD["req"]
 _UNIQUE_FIELDS = frozenset((_RID, _XID, _REQ))
 
 
+def _nothing() -> None:
+    """Nothing to give back (ScimService._take_claim_hold)."""
+
+
 def _encode_validated(ev: Event) -> bytes:
     """The canonical encoding of an event that was validated on the way in."""
     return encode_event(ev)
@@ -362,6 +366,12 @@ class ScimService:
         self._fence: bytes | None = None
         self._claimed = False
         self._fence_taken = False
+        # The write turn taken with the latest claim (Backend.hold_turn), until the first
+        # write staged under that claim is committed: no other frontend can claim the fence
+        # in between, so a staging that lost the fence commits at its next attempt instead
+        # of losing it again (two loaded frontends otherwise kept taking it from each other
+        # until a submission's retries ran out: 503). Under the writer lock.
+        self._claim_hold: Callable[[], None] | None = None
         # Called after each claim of the fence on a shared store, with whether another
         # frontend had taken it (metrics: tlog_scim_writer_fence_claims).
         self.on_fence_claim: Callable[[bool], None] | None = None
@@ -422,27 +432,31 @@ class ScimService:
             with self._write_lock:
                 self._drain()
                 fence = self._writer_fence(attempt)
+                release = self._take_claim_hold()
                 try:
-                    with self.storage.read() as rv:
-                        tx = Overlay(rv)
-                        result, rekey = fn(tx)
-                        new = self.keys.stage_rotation(tx, rekey) if rekey else None
-                        items = tx.items()
-                except KeysRotated as exc:
-                    self._keys_rotated(exc, attempt)
-                    continue
-                try:
-                    if new is None:
-                        if items:
-                            self.storage.put_aux(items, fence=fence)
-                    else:
-                        self.keys.commit_rotation(
-                            new, functools.partial(self.storage.put_aux, items, fence=fence)
-                        )
-                except AuxFenced:
-                    self._fence_lost(attempt)
-                    continue
-                return result
+                    try:
+                        with self.storage.read() as rv:
+                            tx = Overlay(rv)
+                            result, rekey = fn(tx)
+                            new = self.keys.stage_rotation(tx, rekey) if rekey else None
+                            items = tx.items()
+                    except KeysRotated as exc:
+                        self._keys_rotated(exc, attempt)
+                        continue
+                    try:
+                        if new is None:
+                            if items:
+                                self.storage.put_aux(items, fence=fence)
+                        else:
+                            self.keys.commit_rotation(
+                                new, functools.partial(self.storage.put_aux, items, fence=fence)
+                            )
+                    except AuxFenced:
+                        self._fence_lost(attempt)
+                        continue
+                    return result
+                finally:
+                    release()
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _writer_fence(self, losses: int = 0) -> bytes | None:
@@ -462,13 +476,33 @@ class ScimService:
             ceiling = min(FENCE_BACKOFF * 2 ** max(losses - 1, 0), FENCE_BACKOFF_MAX)
             time.sleep(random.uniform(0, ceiling))
         self._claimed = False
-        self._fence = self.storage.claim_aux_writer()
-        if self._fence is not None:
-            if self.on_fence_claim is not None:
-                self.on_fence_claim(taken)
-            self.keys.follow_rotation()
+        self._give_back_claim_hold()
+        release = self.storage.hold_turn() if self.storage.shared else None
+        try:
+            self._fence = self.storage.claim_aux_writer()
+            if self._fence is not None:
+                if self.on_fence_claim is not None:
+                    self.on_fence_claim(taken)
+                self.keys.follow_rotation()
+        except BaseException:
+            if release is not None:
+                release()
+            raise
+        self._claim_hold = release
         self._claimed = True
         return self._fence
+
+    def _take_claim_hold(self) -> Callable[[], None]:
+        """Under the writer lock, right after :meth:`_writer_fence`: the write turn held
+        since its claim, for the first write staged under it to give back once committed
+        or refused (nothing to give back when no claim was made)."""
+        release, self._claim_hold = self._claim_hold, None
+        return release if release is not None else _nothing
+
+    def _give_back_claim_hold(self) -> None:
+        release, self._claim_hold = self._claim_hold, None
+        if release is not None:
+            release()
 
     def _keys_rotated(self, exc: KeysRotated, attempt: int) -> None:
         """A direct write's staging met tenant keys the master key in memory cannot open:
@@ -572,9 +606,11 @@ class ScimService:
     def _commit_group(self, jobs: list[_Job]) -> None:
         answers: list[tuple[_Job, BaseException | None, Any]] = []
         ok: list[tuple[_Job, Any]] = []
+        release: Callable[[], None] = _nothing
         try:
             with self._write_lock:
                 fence = self._writer_fence(max(job.attempts for job in jobs))
+                release = self._take_claim_hold()
                 # The epoch the pending writes are pruned by: a commit that fails after
                 # this refuses the group at its hand-off (``_hand_off``).
                 epoch = self._prune_pending() if self._coalesce else self._epoch
@@ -599,16 +635,22 @@ class ScimService:
                         self._group_memo = self._group_tenants = None
                     items = tx.items()
                 if not self._coalesce:
-                    if items:
-                        try:
-                            self.storage.put_aux(items, fence=fence)
-                        except AuxFenced:
-                            self._mark_fence_taken()
-                            raise
+                    try:
+                        if items:
+                            try:
+                                self.storage.put_aux(items, fence=fence)
+                            except AuxFenced:
+                                self._mark_fence_taken()
+                                raise
+                    finally:
+                        release()
                     answers += [(job, None, res) for job, res in ok]
                 elif ok:
-                    self._hand_off(ok, items, epoch, fence)  # answered by _group_done
+                    # answered by _group_done, which gives the turn back (or this, now)
+                    release = self._hand_off(ok, items, epoch, fence, release)
+                release()
         except BaseException as exc:  # nothing was committed: every submission fails
+            release()
             answers += [(job, exc, None) for job, _ in ok]
             self._restage(answers)
             if not isinstance(exc, Exception):
@@ -638,10 +680,13 @@ class ScimService:
         items: list[tuple[bytes, bytes | None]],
         epoch: int,
         fence: bytes | None,
-    ) -> None:
+        hold: Callable[[], None],
+    ) -> Callable[[], None]:
         """Give a staged group to the sequencer: its events' leaves and all its records, for
         one transaction. Under the writer lock; raises (nothing handed) if the sequencer
-        refuses it or a commit this group was staged on top of has failed meanwhile."""
+        refuses it or a commit this group was staged on top of has failed meanwhile.
+        ``hold``: the write turn to give back once the group is committed or refused
+        (:meth:`_take_claim_hold`); returns what the caller still has to give back."""
         leaves: list[bytes] = []
         hashes: list[bytes] = []
         for job, res in ok:
@@ -650,7 +695,7 @@ class ScimService:
                 hashes += [a.leaf_hash for a in res]
         if not leaves and not items:  # nothing to write (e.g. pseudonyms that all exist)
             _answer([(job, None, res) for job, res in ok])
-            return
+            return hold
         with self._chain:
             if self._epoch != epoch:
                 raise self._broken(
@@ -661,7 +706,7 @@ class ScimService:
                 leaves,
                 hashes,
                 items,
-                functools.partial(self._group_done, seq, ok),
+                functools.partial(self._group_done, seq, ok, hold),
                 check=functools.partial(self._check_chain, seq),
                 failed=self._chain_failed,
                 fence=fence,
@@ -673,6 +718,7 @@ class ScimService:
                 self._pending[k] = v
                 self._owner[k] = seq
             self._handed.append((seq, [k for k, _ in items]))
+        return _nothing
 
     def _prune_pending(self) -> int:
         """Before a group opens its snapshot: forget the pending writes that are durable (the
@@ -721,10 +767,16 @@ class ScimService:
                 self._fence_taken = True
 
     def _group_done(
-        self, seq: int, ok: list[tuple[_Job, Any]], result: BatchResult | BaseException
+        self,
+        seq: int,
+        ok: list[tuple[_Job, Any]],
+        hold: Callable[[], None],
+        result: BatchResult | BaseException,
     ) -> None:
         """On the publisher thread: group ``seq`` is durable and in a remembered checkpoint
-        (or failed); answer its submissions."""
+        (or failed); give back the write turn held since the claim it was staged under, if
+        any, and answer its submissions."""
+        hold()
         answers: list[tuple[_Job, BaseException | None, Any]] = []
         if isinstance(result, BaseException):
             answers = [(job, result, None) for job, _ in ok]
