@@ -14,6 +14,14 @@ resource in order, so at ingestion it keeps each resource's **security-relevant 
 * where the SP returned the resource (``x.result`` from the adapter), its values are the
   new state.
 
+A group's member set known whole is known whole only until one of the tenant's subjects is
+erased: the erased member's pid stays in the set but no longer links to anyone, and if the
+member is recreated, their new pid is not in it, so a real removal would be judged a
+``noop``. The state therefore records under which generation of the tenant's KEK (which
+every erasure rotates) the set was known whole (:data:`MEMBERS_KNOWN`); under a later one
+the set counts as not known whole (:func:`members_known`) until a PUT or ``replace``
+states it again: removals are named as asked, none is called a ``noop``.
+
 The state is kept encrypted under the subject's DEK (see :mod:`tlog.scim.service`), so the
 subject's erasure shreds it with everything else. The effect is stored in the event's
 encrypted envelope next to it and indexed for search; it is derived by the log, not attested
@@ -40,11 +48,14 @@ from client.scim.actions import action, action_prefix, as_bool, ordered_verbs
 from client.scim.cbor import dumps_det
 
 __all__ = [
+    "MEMBERS_KNOWN",
     "SECURITY_ATTRS",
     "classify",
     "classify_create",
     "encode_effect",
     "encode_state",
+    "mark_members_known",
+    "members_known",
     "parse_json_text",
 ]
 
@@ -515,6 +526,35 @@ class _Run:
         if self.noop:
             out["noop"] = self.noop
         return out
+
+
+MEMBERS_KNOWN = "mk"  # a group state's key: the tenant KEK generation its member set is known at
+
+
+def members_known(prev: Mapping[str, Any] | None, generation: str) -> Mapping[str, Any] | None:
+    """``prev`` as :func:`classify` should judge it under the tenant's KEK ``generation``:
+    a group's member set known whole under another generation (an erasure since, or a
+    state from before generations were kept) is no longer known whole."""
+    if (
+        prev is None
+        or prev.get(MEMBERS_KNOWN) == generation
+        or "members" not in prev.get("full", ())
+    ):
+        return prev
+    out = dict(prev)
+    out["full"] = [f for f in prev["full"] if f != "members"]
+    out.pop(MEMBERS_KNOWN, None)
+    return out
+
+
+def mark_members_known(state: dict[str, Any] | None, generation: str) -> None:
+    """After :func:`classify`: a group state whose member set is known whole records the
+    generation it is known at (:func:`members_known`)."""
+    if state is None or "members" not in state.get("full", ()):
+        return
+    rt = state.get("rt")
+    if isinstance(rt, str) and _prefix_of(rt) == "group":
+        state[MEMBERS_KNOWN] = generation
 
 
 def classify(

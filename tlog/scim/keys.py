@@ -587,10 +587,21 @@ class TenantKeys:
         object.__setattr__(self, "_ik_mac", mac if raw is None else raw)
         # One AES-GCM object for the KEK, not one per wrapped key (two per new subject).
         object.__setattr__(self, "_kek_aead", AESGCM(self.kek))
+        # The KEK's generation: it changes exactly when the KEK does (every erasure or
+        # retention expiry in the tenant rotates it), and says nothing of the key.
+        gen = hmac.digest(self.kek, _AAD + b"kek-generation", "sha256")[:8].hex()
+        object.__setattr__(self, "_generation", gen)
 
     @property
     def kek_aead(self) -> AESGCM:
         return self._kek_aead  # type: ignore[attr-defined,no-any-return]
+
+    @property
+    def generation(self) -> str:
+        """A tag of the tenant's current KEK (16 hex digits of an HMAC under it): another
+        value means an erasure or an expiry shredded some of the tenant's subjects since
+        (tlog.scim.effects.members_known)."""
+        return self._generation  # type: ignore[attr-defined,no-any-return]
 
     def _ik_hash16(self, msg: bytes) -> bytes:
         mac = self._ik_mac.copy()  # type: ignore[attr-defined]

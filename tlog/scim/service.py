@@ -76,7 +76,15 @@ from tlog.log import BatchResult, Log, Published
 from tlog.reads import ReadPool, settle_on_loops
 from tlog.scim import store
 from tlog.scim.access import AccessLog
-from tlog.scim.effects import classify, classify_create, encode_effect, encode_state
+from tlog.scim.effects import (
+    MEMBERS_KNOWN,
+    classify,
+    classify_create,
+    encode_effect,
+    encode_state,
+    mark_members_known,
+    members_known,
+)
 from tlog.scim.erasure import Erasures
 from tlog.scim.keys import (
     KeyRing,
@@ -1178,7 +1186,9 @@ class ScimService:
         kid, wrapped_p, s_rec, dek, d_rec = self.keys.new_subject_records(tk, pipe.now, epoch, rand)
         batch.subjects[skey] = SubjectKeys(kid, wrapped_p, created=True)
         aead = batch.deks[(kid, epoch)] = AESGCM(dek)
-        batch.states[kid] = _State(state, epoch, aead, True, True)
+        mark_members_known(state, tk.generation)
+        # A group's mark is a key out of the deterministic CBOR order classify_create keeps.
+        batch.states[kid] = _State(state, epoch, aead, True, MEMBERS_KNOWN not in state)
         leaf = (
             pipe.leaf_head
             + commitment_unchecked(nonce, encoded)
@@ -1288,8 +1298,11 @@ class ScimService:
             # A subject created by this staging has no state record: nothing to read.
             prev = None if sk.created else self.keys.state(tx, tk, kid)
             cur = batch.states[kid] = _State(prev, epoch, aead)
-        effect, state, changed = classify(cur.state, ev)
-        if changed:
+        effect, state, _ = classify(members_known(cur.state, tk.generation), ev)
+        if effect is None:
+            return None  # not classified (checked above): nothing changes
+        mark_members_known(state, tk.generation)
+        if state != cur.state:
             cur.state, cur.epoch, cur.aead, cur.dirty, cur.ordered = state, epoch, aead, True, False
         return effect
 
