@@ -210,6 +210,23 @@ def test_a_staging_that_lost_the_fence_commits_at_its_next_attempt(
         check_receipt(b, answers["b"].json())
 
 
+def test_a_direct_write_does_not_keep_the_turn_its_claim_took(tmp_path: Path, pg_url: str) -> None:
+    """An erasure or an expiry stages for as long as its tenant's keys take to rewrap: while
+    it stages, another frontend can still take the write turn (its batches go on)."""
+    with frontends(tmp_path, pg_url) as (a, b):
+        other = b.log.storage
+        assert isinstance(other, PgStorage)
+        other.turn_timeout = 0.3
+        taken: list[bool] = []
+
+        def stage(tx: Any) -> None:
+            with other.write_turn():
+                taken.append(True)
+
+        a.service.write(stage)  # A's first write: a claim
+        assert taken == [True]
+
+
 @pytest.mark.slow
 def test_one_eid_on_two_frontends_is_one_leaf(tmp_path: Path, pg_url: str) -> None:
     """The same event (one eid) sent to A and to B at the same moment (an adapter's retry

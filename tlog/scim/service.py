@@ -440,31 +440,32 @@ class ScimService:
             with self._write_lock:
                 self._drain()
                 fence = self._writer_fence(attempt)
-                release = self._take_claim_hold()
+                # A direct write (an erasure, an expiry) may stage for long (an erasure
+                # rewraps every key of its tenant), so it gives back at once the write turn
+                # its claim took: the other frontends' batches go on meanwhile. Direct writes
+                # are rare; the group writer's submissions are what kept losing the fence.
+                self._give_back_claim_hold()
                 try:
-                    try:
-                        with self.storage.read() as rv:
-                            tx = Overlay(rv)
-                            result, rekey = fn(tx)
-                            new = self.keys.stage_rotation(tx, rekey) if rekey else None
-                            items = tx.items()
-                    except KeysRotated as exc:
-                        self._keys_rotated(exc, attempt)
-                        continue
-                    try:
-                        if new is None:
-                            if items:
-                                self.storage.put_aux(items, fence=fence)
-                        else:
-                            self.keys.commit_rotation(
-                                new, functools.partial(self.storage.put_aux, items, fence=fence)
-                            )
-                    except AuxFenced:
-                        self._fence_lost(attempt)
-                        continue
-                    return result
-                finally:
-                    release()
+                    with self.storage.read() as rv:
+                        tx = Overlay(rv)
+                        result, rekey = fn(tx)
+                        new = self.keys.stage_rotation(tx, rekey) if rekey else None
+                        items = tx.items()
+                except KeysRotated as exc:
+                    self._keys_rotated(exc, attempt)
+                    continue
+                try:
+                    if new is None:
+                        if items:
+                            self.storage.put_aux(items, fence=fence)
+                    else:
+                        self.keys.commit_rotation(
+                            new, functools.partial(self.storage.put_aux, items, fence=fence)
+                        )
+                except AuxFenced:
+                    self._fence_lost(attempt)
+                    continue
+                return result
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _writer_fence(self, losses: int = 0) -> bytes | None:
