@@ -4,18 +4,47 @@
 ``Tlog-Index``, ``Tlog-Leaf-Hash``, ``Tlog-Tree-Size``, ``Tlog-Checkpoint``) from the events'
 eids and whatever receipts the relay delivered in time (:func:`wait_receipts`). Used by
 :mod:`client.adapters.middleware`; inclusion proofs are never put in headers (SCIM.md §2.5).
+
+:class:`ReceiptVerifier` checks what the log answers to ``POST /v1/scim/events/batch`` before
+the relay (:mod:`client.adapters.relay`) marks anything delivered: the checkpoint's signature
+under the log's pinned key, that checkpoints never go backwards or fork (consistency proofs),
+each receipt's index and that its leaf hash is at that index in the signed tree. The batch
+answer carries no inclusion proofs, so the inclusion is proven from the log's hash tiles: the
+level-0 tile holding the receipts is checked against the signed root (node-level proofs,
+:func:`client.net.logclient.verify_tile_hashes`), once per batch, and each receipt's leaf hash
+must be the tile's hash at its index.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import Future
+from itertools import groupby
 
 from client.adapters.outbox import Receipt
+from client.formats.checkpoint import Checkpoint
+from client.formats.merkle import (
+    HASH_SIZE,
+    VerificationError,
+    consistency_ranges,
+    proof_from_ranges,
+    verify_consistency,
+)
+from client.formats.note import b64decode_strict
+from client.formats.tiles import TILE_WIDTH, Tile, TileHashReader
+from client.net.core import CheckpointTracker
+from client.net.logclient import VerifiedCheckpoint, verify_tile_hashes
 
-__all__ = ["MAX_HEADER_EVENTS", "RECEIPT_HEADERS", "receipt_headers", "wait_receipts"]
+__all__ = [
+    "MAX_HEADER_EVENTS",
+    "RECEIPT_HEADERS",
+    "ReceiptVerifier",
+    "receipt_headers",
+    "wait_receipts",
+]
 
 RECEIPT_HEADERS = (
     "Tlog-Status",  # logged | queued | unrecorded
@@ -61,3 +90,151 @@ def receipt_headers(
         h.append((b"tlog-tree-size", str(last.tree_size).encode()))
         h.append((b"tlog-checkpoint", base64.b64encode(last.checkpoint.encode("utf-8"))))
     return h
+
+
+# Full tiles never change: kept across batches (a duplicate's old tile, the tiles left of the
+# right edge). Tiles are untrusted input, checked against a signed root every time they are
+# used, so a bad one cached makes a check fail, never pass; the cache is dropped then.
+_TILE_CACHE = 256
+
+
+class ReceiptVerifier:
+    """Checks one batch answer's receipts against the log (see the module docstring).
+
+    ``verify_note(note)`` verifies a checkpoint note under the pinned log key (signature,
+    origin = key name: :meth:`client.net.logclient.LogClient.verify_note`); ``fetch_tile``
+    returns a tile's raw bytes (:meth:`~client.net.logclient.LogClient.fetch_tile`).
+    Thread-safe: the relay's thread and a direct delivery may check at the same time.
+    """
+
+    def __init__(
+        self,
+        verify_note: Callable[[str], VerifiedCheckpoint],
+        fetch_tile: Callable[[Tile], bytes],
+    ) -> None:
+        self._verify_note = verify_note
+        self._fetch_tile = fetch_tile
+        self._lock = threading.Lock()
+        self._tree = CheckpointTracker(self._prove)
+        self._full: dict[tuple[int, int], bytes] = {}
+        self._reader: TileHashReader | None = None
+
+    @property
+    def size(self) -> int:
+        """The size of the largest checkpoint verified so far (0 before the first)."""
+        cp = self._tree.latest
+        return 0 if cp is None else cp.size
+
+    def _fetch(self, tile: Tile) -> bytes:
+        key = (tile.level, tile.index)
+        if tile.width == TILE_WIDTH and key in self._full:
+            return self._full[key]
+        data = self._fetch_tile(tile)
+        if tile.width == TILE_WIDTH:
+            if len(self._full) >= _TILE_CACHE:
+                self._full.clear()
+            self._full[key] = data
+        return data
+
+    def _reader_for(self, size: int) -> TileHashReader:
+        r = self._reader
+        if r is None or r.size != size:
+            r = self._reader = TileHashReader(size, self._fetch)
+        return r
+
+    def _prove(self, old: Checkpoint, new: Checkpoint) -> None:
+        if old.size == 0:
+            return  # the empty root was checked with the note
+        reader = self._reader_for(new.size)
+        proof = proof_from_ranges(consistency_ranges(old.size, new.size), reader.node)
+        try:
+            verify_consistency(old.size, new.size, old.root_hash, new.root_hash, proof)
+        except VerificationError as exc:
+            raise VerificationError(
+                f"the log's checkpoints of size {old.size} and {new.size} are inconsistent: {exc}"
+            ) from None
+
+    def check(
+        self,
+        receipts: Sequence[Receipt],
+        sent: Collection[str],
+        floor: int,
+        *,
+        claimed_latest: bool = True,
+    ) -> None:
+        """Raise unless every receipt of one batch answer verifies.
+
+        ``sent``: the eids of the events sent; ``floor``: :attr:`size` before they were sent
+        (a new leaf cannot be in a tree signed before its event left). ``claimed_latest``:
+        the answer is the newest the caller has asked for, so a smaller checkpoint than one
+        verified before is a rollback (else it must be proven a prefix of it). Raises
+        :class:`VerificationError` or :class:`~client.formats.note.FormatError` (evidence
+        against the log), or the tile fetch's :class:`~client.net.core.HTTPFailure` (the
+        log could not be asked: proves nothing). Error texts carry no eid or leaf hash.
+        """
+        if not receipts:
+            return
+        note, tree_size = receipts[0].checkpoint, receipts[0].tree_size
+        if any(r.checkpoint != note or r.tree_size != tree_size for r in receipts):
+            raise VerificationError("the receipts of one answer name different checkpoints")
+        with self._lock:
+            try:
+                self._check(receipts, sent, floor, note, tree_size, claimed_latest)
+            except BaseException:
+                self._full.clear()  # a bad tile must not fail the next try too
+                self._reader = None
+                raise
+
+    def _check(
+        self,
+        receipts: Sequence[Receipt],
+        sent: Collection[str],
+        floor: int,
+        note: str,
+        tree_size: int,
+        claimed_latest: bool,
+    ) -> None:
+        cp = self._verify_note(note).checkpoint  # signature under the pinned key, origin
+        if cp.size != tree_size:
+            raise VerificationError(
+                f"the answer's tree_size {tree_size} is not its checkpoint's size {cp.size}"
+            )
+        # Rollback, fork, consistency with what was verified before (hash tiles).
+        self._tree.observe(cp, claimed_latest=claimed_latest)
+        wanted = set(sent)
+        leaves: dict[int, bytes] = {}
+        eids: dict[str, int] = {}
+        fresh: set[int] = set()
+        for r in receipts:
+            if r.eid not in wanted:
+                raise VerificationError("a receipt for an event that was not sent")
+            if not 0 <= r.index < cp.size:
+                raise VerificationError(
+                    f"a receipt's index {r.index} is outside its checkpoint (size {cp.size})"
+                )
+            lh = b64decode_strict(r.leaf_hash, size=HASH_SIZE)
+            if eids.setdefault(r.eid, r.index) != r.index:
+                raise VerificationError("one event answered at two indices")
+            if leaves.setdefault(r.index, lh) != lh:
+                raise VerificationError(f"two leaf hashes answered for index {r.index}")
+            if not r.duplicate:
+                if r.index < floor:
+                    raise VerificationError(
+                        f"a new event answered at index {r.index}, inside a tree of size "
+                        f"{floor} signed before it was sent"
+                    )
+                if r.index in fresh:
+                    raise VerificationError(f"two new events answered at index {r.index}")
+                fresh.add(r.index)
+        reader = self._reader_for(cp.size)
+        for t, group in groupby(sorted(leaves), key=lambda i: i // TILE_WIDTH):
+            width = min(TILE_WIDTH, cp.size - t * TILE_WIDTH)
+            first = t * TILE_WIDTH
+            hashes = [reader.node(0, first + i) for i in range(width)]
+            tile = Tile(0, t, width)
+            verify_tile_hashes(tile, hashes, cp, reader.node)
+            for i in group:
+                if hashes[i - first] != leaves[i]:
+                    raise VerificationError(
+                        f"the leaf hash of a receipt is not the log's leaf at index {i}"
+                    )

@@ -17,7 +17,18 @@ Failure handling, by what the log answered:
   (``{"error": ...}``) counts as that verdict: a 400/413/422 without it (a front proxy's or
   WAF's page) rejects nothing (a 413 still halves the batch, to fit a front proxy's body
   limit; the rest is a failed delivery, retried with backoff);
-* 401/403: the token is wrong or lacks the role: logged at ERROR, backoff, events kept.
+* 401/403: the token is wrong or lacks the role: logged at ERROR, backoff, events kept;
+* 200 whose receipts do not verify under the log's key (``log_key``; see
+  :class:`~client.adapters.receipts.ReceiptVerifier`: signature, rollback or fork, index,
+  inclusion of each leaf hash in the signed tree): nothing is marked delivered; logged at
+  ERROR (what failed, no identifiers), counted in :attr:`Relay.unverified`, backoff, the
+  events are sent again. A log that cannot be asked for the tiles to check with is a failed
+  delivery like any other.
+
+Without ``log_key`` the relay believes the log's answers unchecked (a WARNING says so at
+start) unless ``trust_on_first_use``: then it pins the key the log names in ``GET /v1/log``
+on its first contact, once the log's ``/checkpoint`` verifies under it (a WARNING names the
+key), and verifies every answer after that under it.
 
 When woken by new events it lingers ``linger`` seconds (default 50 ms) before reading the
 queue, unless a request is waiting for a receipt, so that bursts travel as one batch. The
@@ -39,8 +50,11 @@ from typing import Any
 import httpx
 
 from client.adapters.outbox import Outbox, OutboxError, OutboxRecord, Pending, Receipt
-from client.formats.note import FormatError
-from client.net.core import Answer, HTTPCore, Unreachable, retry_after
+from client.adapters.receipts import ReceiptVerifier
+from client.formats.merkle import VerificationError
+from client.formats.note import Ed25519Verifier, FormatError
+from client.net.core import Answer, HTTPCore, HTTPFailure, Unreachable, retry_after
+from client.net.logclient import LogClient
 
 __all__ = ["BATCH_PATH", "MAX_BATCH", "DeliveryError", "Relay"]
 
@@ -59,6 +73,10 @@ class _Backoff(Exception):
     def __init__(self, delay: float, reason: str) -> None:
         super().__init__(reason)
         self.delay = delay
+
+
+class _Unverified(_Backoff):
+    """The log answered 200, but its receipts do not verify: evidence against the log."""
 
 
 def _batch_body(bodies: Sequence[str]) -> bytes:
@@ -126,6 +144,8 @@ class Relay:
         linger: float = 0.05,
         prune_every: float = 300.0,
         transport: httpx.BaseTransport | None = None,
+        log_key: str | Ed25519Verifier | None = None,
+        trust_on_first_use: bool = False,
     ) -> None:
         if not 1 <= batch_size <= MAX_BATCH:
             raise ValueError(f"batch_size must be 1..{MAX_BATCH}")
@@ -143,6 +163,15 @@ class Relay:
             timeout=timeout,
             headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
         )
+        self._log_url = log_url
+        self._timeout = timeout
+        self._tofu = trust_on_first_use and log_key is None
+        self._verifier: ReceiptVerifier | None = None
+        self._pin_lock = threading.Lock()
+        self._log: LogClient | None = None
+        self.log_key: str | None = None
+        if log_key is not None:
+            self._pin(log_key)
         self._kick = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -152,7 +181,54 @@ class Relay:
         self._healthy = True
         self.delivered = 0  # events delivered by this relay (duplicates included)
         self.attempts = 0  # batch requests sent
+        self.unverified = 0  # batch answers whose receipts did not verify (none marked)
         self.last_error = ""
+
+    # --- the log's key -----------------------------------------------------------------------
+
+    def _pin(self, key: str | Ed25519Verifier) -> None:
+        verifier = key if isinstance(key, Ed25519Verifier) else Ed25519Verifier.from_vkey(key)
+        # Shares the relay's HTTP client (tile reads are public: no token is sent).
+        self._log = LogClient(self._log_url, verifier, http=self._core.http, timeout=self._timeout)
+        self._verifier = ReceiptVerifier(self._log.verify_note, self._log.fetch_tile)
+        self.log_key = verifier.vkey()
+
+    def _first_use(self) -> None:
+        """Trust on first use: pin the key the log names once its checkpoint verifies."""
+        with self._pin_lock:
+            if self._verifier is not None:
+                return
+            try:
+                info = self._core.send("GET", "/v1/log", limit=1 << 20).json()
+                vkey = info.get("vkey") if isinstance(info, dict) else None
+                if not isinstance(vkey, str):
+                    raise FormatError("GET /v1/log names no vkey")
+                verifier = Ed25519Verifier.from_vkey(vkey)
+                LogClient(
+                    self._log_url, verifier, http=self._core.http, timeout=self._timeout
+                ).checkpoint()
+            except (HTTPFailure, FormatError, VerificationError, ValueError) as exc:
+                raise _Backoff(
+                    self._next_backoff(), f"cannot pin the log's key on first use: {exc}"
+                ) from None
+            self._pin(verifier)
+            _log.warning(
+                "trusting the log's key on first use (no --log-key given): %s", self.log_key
+            )
+
+    def _verify(self, receipts: Sequence[Receipt], eids: Sequence[str], floor: int) -> str:
+        """'' when the receipts verify (or no key is pinned), else why not (no identifiers).
+        Raises :class:`HTTPFailure` when the log cannot be asked for its tiles."""
+        if self._verifier is None:
+            return ""
+        try:
+            self._verifier.check(receipts, eids, floor)
+        except (VerificationError, FormatError, ValueError) as exc:
+            return f"the log's receipts do not verify: {exc}"
+        return ""
+
+    def _floor(self) -> int:
+        return 0 if self._verifier is None else self._verifier.size
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -160,6 +236,10 @@ class Relay:
         with self._lock:
             if self._thread is not None:
                 return
+            if self._verifier is None and not self._tofu:
+                _log.warning(
+                    "the relay does not verify the log's receipts: no log key is configured"
+                )
             self._thread = threading.Thread(target=self._loop, name="scim-relay", daemon=True)
             self._thread.start()
 
@@ -240,8 +320,15 @@ class Relay:
     def deliver_now(self, records: Sequence[OutboxRecord], timeout: float) -> list[Receipt]:
         """Send events straight to the log, bypassing the outbox (used when it is unwritable).
 
-        Raises :class:`DeliveryError` unless the log took every one of them.
+        Raises :class:`DeliveryError` unless the log took every one of them and its receipts
+        verify.
         """
+        if self._tofu and self._verifier is None:
+            try:
+                self._first_use()
+            except _Backoff as exc:
+                raise DeliveryError(str(exc)) from None
+        floor = self._floor()
         try:
             r = self._post([x.body for x in records], timeout)
         except Unreachable as exc:
@@ -256,6 +343,14 @@ class Relay:
             raise DeliveryError(f"bad answer from the log: {exc}") from None
         if {x.eid for x in receipts} != {x.eid for x in records}:
             raise DeliveryError("the log did not take every event")
+        try:
+            bad = self._verify(receipts, [x.eid for x in records], floor)
+        except HTTPFailure as exc:
+            raise DeliveryError(f"cannot check the log's receipts: {exc}") from None
+        if bad:
+            self.unverified += 1
+            _log.error("%s", bad)
+            raise DeliveryError(bad)
         self._resolve(receipts)
         return receipts
 
@@ -274,7 +369,8 @@ class Relay:
                 self.last_error = str(b)
                 self._fail_waiters(str(b))
                 self._failures += 1
-                _log.warning("delivery to the log failed (%s); retrying in %.2fs", b, b.delay)
+                level = logging.ERROR if isinstance(b, _Unverified) else logging.WARNING
+                _log.log(level, "delivery to the log failed (%s); retrying in %.2fs", b, b.delay)
                 self._stop.wait(b.delay)
                 continue
             except OutboxError as exc:
@@ -320,6 +416,9 @@ class Relay:
     def _send(self, items: Sequence[Pending]) -> int:
         """Deliver ``items``; return how many left the queue. Raises _Backoff."""
         eids = [p.eid for p in items]
+        if self._tofu and self._verifier is None:
+            self._first_use()
+        floor = self._floor()
         self.attempts += 1
         try:
             r = self._post([p.body for p in items])
@@ -333,6 +432,17 @@ class Relay:
                 receipts = _parse_results(r.json(), eids)
             except ValueError as exc:
                 raise _Backoff(self._next_backoff(), f"bad answer from the log: {exc}") from None
+            try:
+                bad = self._verify(receipts, eids, floor)
+            except HTTPFailure as exc:
+                raise _Backoff(
+                    self._next_backoff(), f"cannot check the log's receipts: {exc}"
+                ) from None
+            if bad:
+                self.unverified += 1
+                with contextlib.suppress(OutboxError):
+                    self.outbox.note_failure(eids, bad).result()
+                raise _Unverified(self._next_backoff(), bad)
             self.outbox.mark_delivered(receipts).result()
             self.delivered += len(receipts)
             self._resolve(receipts)

@@ -1,0 +1,307 @@
+"""The relay verifies the log's receipts before it marks anything delivered.
+
+Against a real ``tlog serve``: receipts verify under the log's key (new events and
+duplicates). Through a hostile front (an ``httpx`` transport in front of the real log that
+rewrites its answers): a bad checkpoint signature, a receipt's leaf hash moved to another
+index, a tampered hash tile (the inclusion proof's nodes), a checkpoint older than one
+already verified, a tree size that is not the checkpoint's (a receipt for an event that was
+not sent is a malformed answer already: tests/adapters/test_relay.py). Each time nothing is
+marked delivered, the failure is logged at ERROR without the events' identifiers and
+counted, and the events are delivered once the log answers honestly.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from client.adapters.outbox import Outbox
+from client.adapters.relay import BATCH_PATH, DeliveryError, Relay
+
+from ..support import wait_for
+from .hostile import event_record
+from .logserver import Log
+
+Rewrite = Callable[[httpx.Request, bytes], bytes]
+
+
+class Front(httpx.BaseTransport):
+    """A front proxy before the real log: while ``rewrite`` is set, every answer it applies
+    to (it returns its bytes unchanged otherwise) is rewritten by it."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.HTTPTransport()
+        self.rewrite: Rewrite | None = None
+        self.rewritten = 0
+        self.lock = threading.Lock()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        resp = self.inner.handle_request(request)
+        with self.lock:
+            rewrite = self.rewrite
+        if rewrite is None or resp.status_code != 200:
+            return resp
+        body = resp.read()
+        resp.close()
+        new = rewrite(request, body)
+        if new != body:
+            with self.lock:
+                self.rewritten += 1
+        headers = {k: v for k, v in resp.headers.items() if k.lower() != "content-length"}
+        return httpx.Response(200, headers=headers, content=new)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def _batch(request: httpx.Request) -> bool:
+    return request.method == "POST" and request.url.path == BATCH_PATH
+
+
+def _on_batch(change: Callable[[dict[str, Any]], None]) -> Rewrite:
+    def rewrite(request: httpx.Request, body: bytes) -> bytes:
+        if not _batch(request):
+            return body
+        doc = json.loads(body)
+        change(doc)
+        return json.dumps(doc).encode()
+
+    return rewrite
+
+
+def _bad_signature(doc: dict[str, Any]) -> None:
+    text, sigs = doc["checkpoint"].split("\n\n", 1)
+    lines = sigs.split("\n")
+    dash, name, sig = lines[0].split(" ")
+    raw = bytearray(base64.b64decode(sig))
+    raw[-1] ^= 1
+    lines[0] = " ".join([dash, name, base64.b64encode(bytes(raw)).decode()])
+    doc["checkpoint"] = text + "\n\n" + "\n".join(lines)
+
+
+def _swapped_leaves(doc: dict[str, Any]) -> None:
+    a, b = doc["results"][0], doc["results"][1]
+    a["leaf_hash"], b["leaf_hash"] = b["leaf_hash"], a["leaf_hash"]
+
+
+def _swapped_indices(doc: dict[str, Any]) -> None:
+    a, b = doc["results"][0], doc["results"][1]
+    a["index"], b["index"] = b["index"], a["index"]
+
+
+def _index_outside(doc: dict[str, Any]) -> None:
+    doc["results"][0]["index"] = doc["tree_size"]
+
+
+def _old_index(doc: dict[str, Any]) -> None:
+    doc["results"][0]["index"] = 0  # inside the tree verified before the batch was sent
+
+
+def _tree_size(doc: dict[str, Any]) -> None:
+    doc["tree_size"] += 1
+
+
+def _tampered_tile(request: httpx.Request, body: bytes) -> bytes:
+    if request.method != "GET" or not request.url.path.startswith("/tile/0/"):
+        return body
+    raw = bytearray(body)
+    raw[len(raw) // 2] ^= 0x80
+    return bytes(raw)
+
+
+CASES: dict[str, tuple[Rewrite, str]] = {
+    "bad signature": (_on_batch(_bad_signature), "verif"),
+    "leaf hash at another index": (_on_batch(_swapped_leaves), "not the log's leaf"),
+    "indices swapped": (_on_batch(_swapped_indices), "not the log's leaf"),
+    "index outside the checkpoint": (_on_batch(_index_outside), "outside its checkpoint"),
+    "new event at an old index": (_on_batch(_old_index), "signed before it was sent"),
+    "tree size not the checkpoint's": (_on_batch(_tree_size), "tree_size"),
+    "tampered tile (wrong proof)": (_tampered_tile, "do not verify"),
+}
+
+
+def _relay(outbox: Outbox, log: Log, token: str, front: Front, **kw: Any) -> Relay:
+    settings: dict[str, Any] = {
+        "log_key": log.vkey,
+        "transport": front,
+        "backoff_min": 0.01,
+        "backoff_max": 0.05,
+        "idle": 0.02,
+        **kw,
+    }
+    return Relay(outbox, log.url, token, **settings)
+
+
+def _drain(outbox: Outbox, relay: Relay, what: str) -> None:
+    relay.kick()
+    wait_for(lambda: outbox.counts()["pending"] == 0, 30, what)
+
+
+def test_receipts_of_the_real_log_verify(tmp_path: Path, log: Log) -> None:
+    """New events in several batches, then the same events again (duplicates: their old
+    indices, full tiles): every receipt verifies, all delivered, nothing counted."""
+    sub, _ = log.tokens("t1")
+    front = Front()
+    recs = [event_record(i) for i in range(300)]  # more than one level-0 tile
+    outbox = Outbox(tmp_path / "o.sqlite")
+    relay = _relay(outbox, log, sub, front, batch_size=70)
+    relay.start()
+    try:
+        outbox.put(recs)
+        _drain(outbox, relay, "the outbox drained")
+        again = Outbox(tmp_path / "again.sqlite")
+        relay2 = _relay(again, log, sub, Front(), batch_size=50)
+        relay2.start()
+        try:
+            again.put(recs[::3])
+            _drain(again, relay2, "the duplicates delivered")
+        finally:
+            relay2.stop()
+            again.close()
+    finally:
+        relay.stop()
+        counts = outbox.counts()
+        outbox.close()
+    assert counts == {"pending": 0, "delivered": 300, "rejected": 0}
+    assert relay.unverified == 0 and relay2.unverified == 0
+    assert relay.delivered == 300 and relay2.delivered == 100
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_receipt_that_fails_is_never_marked_delivered(
+    tmp_path: Path, log: Log, case: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    rewrite, reason = CASES[case]
+    sub, _ = log.tokens("t1")
+    front = Front()
+    outbox = Outbox(tmp_path / "o.sqlite")
+    relay = _relay(outbox, log, sub, front)
+    relay.start()
+    try:
+        outbox.put([event_record(i) for i in range(3)])  # honest: the relay knows a tree
+        _drain(outbox, relay, "the first events delivered")
+        later = [event_record(i) for i in range(3, 8)]
+        front.rewrite = rewrite
+        with caplog.at_level(logging.ERROR, logger="client.adapters.relay"):
+            outbox.put(later)
+            relay.kick()
+            wait_for(lambda: relay.unverified >= 3, 30, "three answers refused")
+            assert outbox.counts()["pending"] == 5, case
+            assert relay.delivered == 3 and not relay.healthy
+        errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+        # The first refusal says why (later tries of the same events are duplicates).
+        assert errors and reason in errors[0].getMessage(), errors[0].getMessage()
+        for r in errors:
+            msg = r.getMessage()
+            assert "do not verify" in msg
+            assert not any(x.eid in msg or x.req in msg for x in later), msg
+        front.rewrite = None
+        _drain(outbox, relay, "delivered once the log answers honestly")
+    finally:
+        relay.stop()
+        counts = outbox.counts()
+        outbox.close()
+    assert counts == {"pending": 0, "delivered": 8, "rejected": 0}
+    assert relay.delivered == 8 and relay.healthy
+
+
+def test_a_rolled_back_checkpoint_is_refused(tmp_path: Path, log: Log) -> None:
+    """The log answers a later batch with a checkpoint older than one the relay verified
+    (a log restored from an old backup, or one showing different clients different trees)."""
+    sub, _ = log.tokens("t1")
+    front = Front()
+    outbox = Outbox(tmp_path / "o.sqlite")
+    relay = _relay(outbox, log, sub, front)
+    relay.start()
+    try:
+        outbox.put([event_record(0)])
+        _drain(outbox, relay, "the first event delivered")
+        old = httpx.get(log.url + "/checkpoint").text
+        outbox.put([event_record(1)])
+        _drain(outbox, relay, "the second event delivered")
+        old_size = int(old.split("\n")[1])
+
+        def rollback(doc: dict[str, Any]) -> None:
+            doc["checkpoint"], doc["tree_size"] = old, old_size
+
+        front.rewrite = _on_batch(rollback)
+        outbox.put([event_record(2)])
+        relay.kick()
+        wait_for(lambda: relay.unverified >= 2, 30, "two answers refused")
+        assert "rollback" in relay.last_error, relay.last_error
+        assert outbox.counts()["pending"] == 1 and relay.delivered == 2
+        front.rewrite = None
+        _drain(outbox, relay, "delivered once the log answers honestly")
+    finally:
+        relay.stop()
+        outbox.close()
+
+
+def test_direct_delivery_verifies_too(tmp_path: Path, log: Log) -> None:
+    """:meth:`Relay.deliver_now` (the outbox is unwritable) raises on receipts that fail."""
+    sub, _ = log.tokens("t1")
+    front = Front()
+    outbox = Outbox(tmp_path / "o.sqlite")
+    relay = _relay(outbox, log, sub, front)
+    try:
+        got = relay.deliver_now([event_record(0), event_record(1)], timeout=10)
+        assert len(got) == 2
+        front.rewrite = CASES["bad signature"][0]
+        with pytest.raises(DeliveryError, match="do not verify"):
+            relay.deliver_now([event_record(2), event_record(3)], timeout=10)
+        assert relay.unverified == 1
+    finally:
+        relay.stop()
+        outbox.close()
+
+
+def test_a_relay_with_another_key_delivers_nothing(tmp_path: Path, log: Log) -> None:
+    sub, _ = log.tokens("t1")
+    from client.formats.note import Ed25519Signer
+
+    other = Ed25519Signer.generate(log.vkey.split("+")[0]).verifier().vkey()
+    outbox = Outbox(tmp_path / "o.sqlite")
+    relay = _relay(outbox, log, sub, Front(), log_key=other)
+    relay.start()
+    try:
+        outbox.put([event_record(0)])
+        relay.kick()
+        wait_for(lambda: relay.unverified >= 2, 30, "two answers refused")
+        assert outbox.counts()["pending"] == 1 and relay.delivered == 0
+    finally:
+        relay.stop()
+        outbox.close()
+
+
+def test_trust_on_first_use_pins_the_logs_key(
+    tmp_path: Path, log: Log, caplog: pytest.LogCaptureFixture
+) -> None:
+    sub, _ = log.tokens("t1")
+    front = Front()
+    outbox = Outbox(tmp_path / "o.sqlite")
+    relay = _relay(outbox, log, sub, front, log_key=None, trust_on_first_use=True)
+    with caplog.at_level(logging.WARNING, logger="client.adapters.relay"):
+        relay.start()
+        try:
+            outbox.put([event_record(0)])
+            _drain(outbox, relay, "delivered")
+            assert relay.log_key == log.vkey
+            assert any(
+                "trust" in r.getMessage() and log.vkey in r.getMessage() for r in caplog.records
+            )
+            front.rewrite = CASES["bad signature"][0]
+            outbox.put([event_record(1)])
+            relay.kick()
+            wait_for(lambda: relay.unverified >= 1, 30, "an answer refused")
+            assert outbox.counts()["pending"] == 1
+        finally:
+            relay.stop()
+            outbox.close()
