@@ -32,7 +32,7 @@ from pathlib import Path
 from bench.scim_proxy import thread_cpu, tlog_token, wrk
 from bench.tlogserve import start_serve
 from harness.net import free_port, stop_processes, wait_http
-from harness.tlog import ROOT, tlog_env
+from harness.tlog import ROOT, log_vkey, tlog_env
 
 USER = "urn:ietf:params:scim:schemas:core:2.0:User"
 
@@ -159,7 +159,8 @@ def main() -> None:
                 *("--log-level", "warning"),
             ],
             cwd=root,
-            env=tlog_env(),
+            # The key by environment: a checkout from before --log-key ignores it.
+            env={**tlog_env(), "TLOG_PROXY_LOG_KEY": log_vkey(log_url)},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

@@ -48,7 +48,7 @@ from client.adapters.middleware import event_json
 from client.scim.actions import parse_request
 from client.scim.event import new_event
 from harness.net import free_port, stop_processes, wait_http
-from harness.tlog import ROOT, tlog_argv, tlog_cli, tlog_env
+from harness.tlog import ROOT, log_vkey, tlog_argv, tlog_cli, tlog_env
 
 SCIM_TOKEN = "bench-scim-token"
 USER = "urn:ietf:params:scim:schemas:core:2.0:User"
@@ -376,7 +376,8 @@ def main() -> None:
                 )[1:],
             ],
             cwd=proxy_root,
-            env=tlog_env(),
+            # The key by environment: a checkout from before --log-key ignores it.
+            env={**tlog_env(), "TLOG_PROXY_LOG_KEY": log_vkey(log_url)},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

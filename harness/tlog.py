@@ -9,7 +9,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-__all__ = ["ROOT", "tlog_argv", "tlog_cli", "tlog_env"]
+__all__ = ["ROOT", "log_vkey", "tlog_argv", "tlog_cli", "tlog_env"]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -51,3 +51,12 @@ def tlog_cli(
     if check:
         assert r.returncode == 0, f"tlog {' '.join(args)}: exit {r.returncode}: {r.stderr}"
     return r
+
+
+def log_vkey(url: str) -> str:
+    """The verifier key the log at ``url`` names (``GET /v1/log``): a benchmark's log is its
+    own, so its word is what ``tlog scim-proxy --log-key`` is given."""
+    import httpx
+
+    vkey = httpx.get(url.rstrip("/") + "/v1/log", timeout=30).json()["vkey"]
+    return str(vkey)

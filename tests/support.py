@@ -388,6 +388,16 @@ def start_proxy(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def _log_key_flags(log_url: str) -> tuple[str, ...]:
+    """``--log-key`` with the key the log at ``log_url`` names (the tests' logs are their
+    own), or ``--log-key-tofu`` when it cannot be asked now (a test's log that is down)."""
+    try:
+        vkey = httpx.get(log_url.rstrip("/") + "/v1/log", timeout=10).json()["vkey"]
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        return ("--log-key-tofu",)
+    return ("--log-key", str(vkey))
+
+
 def _start_proxy(
     tmp: Path,
     upstream: str,
@@ -402,6 +412,8 @@ def _start_proxy(
     token_file = tmp / f"proxy-{port}.token"
     token_file.write_text(token + "\n")
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if "--log-key" not in extra and "--log-key-tofu" not in extra:
+        extra = (*extra, *_log_key_flags(log_url))
     log_path = tmp / f"proxy-{port}.log"
     # The child gets its own copy of the descriptor: ours is closed at once.
     with open(log_path, "wb") as out:

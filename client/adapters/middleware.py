@@ -144,10 +144,12 @@ class AuditMiddleware:
     def backlog(self) -> dict[str, Any]:
         """The audit backlog, for monitoring (``tlog scim-proxy`` serves it at
         ``GET /.tlog/status``; metrics exporters can call this directly): the outbox's
-        undelivered events (:meth:`Outbox.backlog`), whether the relay is healthy, and this
+        undelivered events (:meth:`Outbox.backlog`), whether the relay is healthy, how many of
+        the log's answers failed the relay's receipt verification, and this
         process's counters (``events`` recorded, ``unrecorded``, ``refused``, ``access``)."""
         out: dict[str, Any] = dict(self.outbox.backlog())
         out["relay_healthy"] = None if self.relay is None else self.relay.healthy
+        out["receipts_unverified"] = 0 if self.relay is None else self.relay.unverified
         out.update(self.stats)
         return out
 

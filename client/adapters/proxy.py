@@ -33,6 +33,7 @@ fills it in from flags, environment and file.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import logging.config
@@ -53,8 +54,10 @@ from client.adapters.middleware import AuditConfig, AuditMiddleware, Receive, Sc
 from client.adapters.outbox import Outbox, OutboxError
 from client.adapters.pseudonyms import LogPseudonyms
 from client.adapters.relay import Relay
-from client.formats.note import FormatError
-from client.net.core import HTTPCore, Unreachable
+from client.formats.merkle import VerificationError
+from client.formats.note import Ed25519Verifier, FormatError
+from client.net.core import HTTPCore, StatusError, Unreachable
+from client.net.logclient import LogClient
 from client.runtime.serving import ServerLimits, run_hardened
 from client.runtime.settings import LOG_FORMATS, LOG_LEVELS, setting, table
 
@@ -94,6 +97,17 @@ class ProxyConfig:
     log_url: str | None = setting(None, "base URL of the tlog server (required)", flag="--log")
     log_origin: str | None = setting(
         None, "the log's origin: refuse to start against a log with another one"
+    )
+    log_key: str | None = setting(
+        None,
+        "the log's verifier key (origin+id+key, as 'tlog serve' prints it): every receipt "
+        "is verified under it, and the proxy refuses to start against a log whose checkpoint "
+        "does not verify under it (required, unless --log-key-tofu)",
+    )
+    log_key_tofu: bool = setting(
+        False,
+        "trust on first use instead of --log-key: pin the key the log names at the first "
+        "contact (a WARNING names it); for trials, not for production",
     )
     token_file: Path | None = setting(
         None, "file holding a submitter token bound to --tenant (required)"
@@ -174,13 +188,43 @@ class ProxySettings:
     upstream_connections: int = _P.upstream_connections
     outbox_max_bytes: int | None = None
     log_origin: str | None = None
+    log_key: str | None = None  # None: receipts unverified, unless log_key_tofu
+    log_key_tofu: bool = False
+
+
+def _check_key(s: ProxySettings, core: HTTPCore, info: dict[str, Any]) -> None:
+    """The log's checkpoint verifies under ``--log-key`` (or, trusting on first use, under
+    the key the log names)."""
+    if s.log_key is None and not s.log_key_tofu:
+        return  # receipts unverified (build_proxy's relay warns); the CLI refuses this
+    key = s.log_key if s.log_key is not None else info.get("vkey")
+    if not isinstance(key, str):
+        raise StartupError(f"{core.url}/v1/log names no verifier key to trust on first use")
+    try:
+        verifier = Ed25519Verifier.from_vkey(key)
+    except (FormatError, ValueError) as exc:
+        raise StartupError(f"--log-key is not a verifier key: {exc}") from None
+    if s.log_key is not None and info.get("vkey") != s.log_key:
+        raise StartupError(
+            f"the log at {core.url} names another key than --log-key: {info.get('vkey')!r}"
+        )
+    try:
+        LogClient(core.url, verifier, http=core.http, timeout=10.0).checkpoint()
+    except (VerificationError, FormatError) as exc:
+        raise StartupError(
+            f"the log's checkpoint at {core.url} does not verify under the key: {exc}"
+        ) from None
+    except StatusError as exc:
+        raise StartupError(f"{core.url}/checkpoint answered {exc.status}") from None
 
 
 def check_log(s: ProxySettings, *, http: httpx.Client | None = None) -> dict[str, Any]:
-    """Start-up checks: the log answers as a tlog log (and has ``log_origin`` if given), the
-    token is valid there, is a ``submitter`` token, and is bound to ``tenant``. Raises
-    :class:`StartupError` naming what does not fit; a proxy that started anyway would answer
-    ``queued`` while its relay loops on 401/403. Returns the log's ``/v1/log`` answer."""
+    """Start-up checks: the log answers as a tlog log (and has ``log_origin`` if given), its
+    ``/checkpoint`` verifies under ``log_key`` (or, with ``log_key_tofu``, under the key it
+    names in ``/v1/log``), the token is valid there, is a ``submitter`` token, and is bound
+    to ``tenant``. Raises :class:`StartupError` naming what does not fit; a proxy that
+    started anyway would answer ``queued`` while its relay loops on 401/403 or refuses every
+    receipt. Returns the log's ``/v1/log`` answer."""
     base = s.log_url.rstrip("/")
     with HTTPCore(base, http, timeout=10.0) as core:
         try:
@@ -205,6 +249,8 @@ def check_log(s: ProxySettings, *, http: httpx.Client | None = None) -> dict[str
             if r.status != 200:
                 raise StartupError(f"{base}/v1/scim/whoami answered {r.status}")
             who = r.json()
+            if isinstance(who, dict) and who.get("role") == "submitter":
+                _check_key(s, core, info)
         except Unreachable as exc:
             raise LogUnreachable(f"the log at {base} cannot be reached: {exc}") from None
         except FormatError:
@@ -262,6 +308,11 @@ class _ProxyCollector(Collector):
             "tlog_proxy_relay_healthy",
             "1 while the relay's last delivery to the log worked",
             value=1 if healthy else 0,
+        )
+        yield CounterMetricFamily(
+            "tlog_proxy_receipts_unverified",
+            "answers of the log whose receipts did not verify (nothing of them marked delivered)",
+            value=b.get("receipts_unverified") or 0,
         )
         events = CounterMetricFamily(
             "tlog_proxy_events", "audit records by kind since start", labels=["kind"]
@@ -403,7 +454,14 @@ def build_proxy(
         ref_pid=pids,
     )
     outbox = Outbox(s.outbox, max_bytes=s.outbox_max_bytes)
-    relay = Relay(outbox, s.log_url, s.token, transport=log_transport)
+    relay = Relay(
+        outbox,
+        s.log_url,
+        s.token,
+        transport=log_transport,
+        log_key=s.log_key,
+        trust_on_first_use=s.log_key_tofu,
+    )
     mw = AuditMiddleware(inner, config, outbox, relay, own=True)
     holder.append(mw)
     return mw
@@ -429,6 +487,13 @@ def main_proxy(cfg: ProxyConfig) -> int:
     if not token:
         print(f"tlog: {cfg.token_file} is empty", file=sys.stderr)
         return 1
+    if (cfg.log_key is None) == (not cfg.log_key_tofu):
+        print(
+            "tlog scim-proxy: refusing to start: give the log's verifier key with --log-key "
+            "(or, to trust the key the log names on first contact, --log-key-tofu; not both)",
+            file=sys.stderr,
+        )
+        return 2
     host, port = _listen(cfg.listen)
     settings = ProxySettings(
         upstream=cfg.upstream,
@@ -448,6 +513,8 @@ def main_proxy(cfg: ProxyConfig) -> int:
             None if cfg.outbox_max_mb is None else int(cfg.outbox_max_mb * (1 << 20))
         ),
         log_origin=cfg.log_origin,
+        log_key=cfg.log_key,
+        log_key_tofu=cfg.log_key_tofu,
     )
     try:
         info = check_log(settings)
@@ -467,6 +534,9 @@ def main_proxy(cfg: ProxyConfig) -> int:
             info.get("tree_size"),
             settings.tenant,
         )
+        if settings.log_key is None:  # --log-key-tofu: pinned now, checked by check_log
+            _log.warning("trusting the log's key on first use: %s", info["vkey"])
+            settings = dataclasses.replace(settings, log_key=info["vkey"], log_key_tofu=False)
     try:
         app = build_proxy(settings)
     except OutboxError as exc:

@@ -66,6 +66,7 @@ def test_proxy_refuses_to_start_on_an_unwritable_outbox(unwritable: Path, tmp_pa
             "t1",
             "--sp-id",
             "sp1",
+            "--log-key-tofu",
             "--outbox",
             str(unwritable),
             "--listen",

@@ -118,6 +118,7 @@ def test_cli_exits_without_serving(tmp_path: Path) -> None:
             "sp",
             "--listen",
             f"127.0.0.1:{port}",
+            "--log-key-tofu",
             "--outbox",
             str(tmp_path / "o.sqlite"),
             timeout=60,
