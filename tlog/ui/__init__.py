@@ -27,12 +27,15 @@ earliest witness cosignature timestamp for that size, else none.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
 import struct
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
@@ -40,7 +43,8 @@ from client.formats.note import FormatError, b64decode_strict, parse_note
 from client.formats.policy import Policy
 from client.scim.cbor import EventFormatError
 from client.scim.leaf import parse_leaf
-from tlog.errors import BadRequest
+from tlog.backend import StorageError, storage_fault
+from tlog.errors import ERRORS, BadRequest
 from tlog.http import Endpoint, Query, b64, json_body, read_body, request_id
 from tlog.routes import Api
 
@@ -68,6 +72,8 @@ SECURITY_HEADERS = {
     "Cross-Origin-Opener-Policy": "same-origin",
     "Cache-Control": "no-cache",
 }
+_log = logging.getLogger("tlog.ui")
+
 _TYPES = {
     "html": "text/html; charset=utf-8",
     "js": "text/javascript; charset=utf-8",
@@ -118,6 +124,9 @@ class Console:
         self.scim = scim
         # The last summary: (when, what it was computed for, the answer).
         self._summary_cache: tuple[float, tuple[str, int], dict[str, Any]] | None = None
+        # The summary read in flight: (what it is for, the task every request for the same
+        # key awaits). One read however many requests miss the cache at once.
+        self._summary_flight: tuple[tuple[str, int], asyncio.Task[dict[str, Any]]] | None = None
         self.files: dict[str, tuple[bytes, str]] = {}
         if static_dir.is_dir():
             for p in sorted(static_dir.iterdir()):
@@ -156,15 +165,34 @@ class Console:
     async def summary(self, request: Request) -> Response:
         Query(request, set())
         # Public and costly (a read of every chart point): computed once per checkpoint
-        # for SUMMARY_TTL seconds, and on the read threads, never on the event loop.
+        # for SUMMARY_TTL seconds, and on the read threads, never on the event loop. Requests
+        # that miss the cache together share one read (single flight): the first starts it,
+        # the others await the same task; a failure is not cached, every waiter gets the
+        # same error, and the next request reads again.
         key = (self.api.published.checkpoint(), self.api.log.latest.size)
-        now = time.monotonic()
         c = self._summary_cache
-        if c is not None and c[1] == key and now - c[0] < SUMMARY_TTL:
+        if c is not None and c[1] == key and time.monotonic() - c[0] < SUMMARY_TTL:
             return JSONResponse(c[2])
-        doc = await self.api.reads.run(self._summary, "a summary read")
-        self._summary_cache = (now, key, doc)
+        loop = asyncio.get_running_loop()
+        f = self._summary_flight
+        if f is None or f[0] != key or f[1].done() or f[1].get_loop() is not loop:
+            f = self._summary_flight = (key, loop.create_task(self._read_summary(key)))
+        # shield: a waiter that goes away does not cancel the read the others wait for.
+        doc = await asyncio.shield(f[1])
         return JSONResponse(doc)
+
+    async def _read_summary(self, key: tuple[str, int]) -> dict[str, Any]:
+        started = time.monotonic()
+        try:
+            doc = await self.api.reads.run(self._summary, "a summary read")
+        except Exception as exc:
+            raise _summary_error(exc) from None
+        finally:
+            f = self._summary_flight
+            if f is not None and f[1] is asyncio.current_task():
+                self._summary_flight = None
+        self._summary_cache = (started, key, doc)
+        return doc
 
     def _summary(self) -> dict[str, Any]:
         api = self.api
@@ -256,6 +284,21 @@ class Console:
             },
             status_code=201,
         )
+
+
+def _summary_error(exc: Exception) -> Exception:
+    """What every waiter of a failed summary read is answered: the error itself when it
+    has a status of its own (:data:`tlog.errors.ERRORS`: a stalled store is a 503 with its
+    reason), else a 503 saying the summary could not be read (logged once here, with the
+    traceback, not once per waiter as a 500)."""
+    if isinstance(exc, HTTPException) or any(isinstance(exc, cls) for cls, _ in ERRORS):
+        return exc
+    fault = storage_fault(exc)
+    if fault is not None:
+        _log.critical("STORE FAILURE while reading the console summary: %s", fault)
+        return fault
+    _log.error("the console summary could not be read", exc_info=exc)
+    return StorageError("the console summary could not be read; try again")
 
 
 def _size_of(note: str) -> int:
