@@ -28,13 +28,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
 from client.formats.checkpoint import Checkpoint
 from client.formats.merkle import LEAF_PREFIX, VerificationError
 from client.formats.note import FormatError, Note, Verifier, open_note
 from client.formats.policy import Policy
-from client.formats.tiles import TILE_WIDTH, Tile, decode_entry_bundle
+from client.formats.tiles import MAX_ENTRY_SIZE, TILE_WIDTH, Tile, decode_entry_bundle
+from client.net.core import HTTPCore, Unreachable, http_client
 from client.net.witness_client import WitnessClient, WitnessError
 from tlog.backend import Backend, BatchWrite, StorageError, is_database_url, open_backend
 from tlog.integrity import CheckpointFile, DataDirLock, preflight
@@ -87,18 +86,24 @@ def _own_note(
     return Target(cp, Note(n.text, own).format(), source, lines)
 
 
+WITNESS_TIMEOUT = 10.0  # seconds per read from a witness (the whole answer: 3 times that)
+TILE_TIMEOUT = 30.0  # seconds per read from a copy of the log (the whole answer: 3 times that)
+
+
 def witness_targets(policy: Policy, signer: CheckpointSigner) -> list[Target]:
     """The latest checkpoint each reachable witness of the policy holds for this log, with
     the cosignatures on it that verify under the policy's witness keys."""
     cosigners = tuple(policy.witness_verifiers())
     out: list[Target] = []
-    with httpx.Client(timeout=10.0) as http:
+    # http_client: a witness that drips its answer (head too) is cut off like in the push
+    # round (client.net.core), not waited for.
+    with http_client(timeout=WITNESS_TIMEOUT) as http:
         for w in policy.witnesses.values():
             if not w.url:
                 continue
             try:
                 note = WitnessClient(w.url, w.verifier, http=http).latest_checkpoint(signer.origin)
-            except WitnessError as exc:
+            except (WitnessError, FormatError) as exc:  # FormatError: an answer over its bound
                 log.warning("witness %s could not be asked: %s", w.name, exc)
                 continue
             if note is not None:
@@ -111,23 +116,26 @@ def witness_targets(policy: Policy, signer: CheckpointSigner) -> list[Target]:
 Fetch = Callable[[Tile], bytes | None]
 
 
-def _tile_fetcher(source: str) -> tuple[Fetch, Callable[[], None]]:
+def _tile_fetcher(source: str, timeout: float = TILE_TIMEOUT) -> tuple[Fetch, Callable[[], None]]:
     if source.startswith(("http://", "https://")):
-        http = httpx.Client(timeout=30.0, follow_redirects=False)
-        base = source.rstrip("/")
+        # The shared core over http_client(): every answer bounded in time (head included)
+        # and in size, so a copy that drips or floods its tiles is an error, not a hang.
+        core = HTTPCore(source, timeout=timeout)
+        base = core.url
 
         def get(tile: Tile) -> bytes | None:
+            limit = TILE_WIDTH * (2 + MAX_ENTRY_SIZE) if tile.is_entries else tile.width * 32
             try:
-                r = http.get(f"{base}/{tile.path()}")
-            except httpx.HTTPError as exc:
+                r = core.send("GET", tile.path(), limit=limit)
+            except (Unreachable, FormatError) as exc:
                 raise RecoveryError(f"{base}/{tile.path()}: {exc}") from None
-            if r.status_code == 404:
+            if r.status == 404:
                 return None
-            if r.status_code != 200:
-                raise RecoveryError(f"{base}/{tile.path()}: HTTP {r.status_code}")
-            return r.content
+            if r.status != 200:
+                raise RecoveryError(f"{base}/{tile.path()}: HTTP {r.status}")
+            return r.body
 
-        return get, http.close
+        return get, core.close
     root = Path(source)
 
     def read(tile: Tile) -> bytes | None:

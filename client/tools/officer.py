@@ -30,6 +30,7 @@ import httpx
 
 from client.formats.merkle import VerificationError
 from client.formats.note import FormatError
+from client.net.core import HTTPCore, Unreachable
 from client.scim.erasure import verify_certificate
 from client.tools.scim_cli import read_secret
 
@@ -52,6 +53,11 @@ def _token(args: argparse.Namespace) -> str:
     return token
 
 
+# Bytes of an answer at most: a certificate or a request is a few KiB; a list of every
+# request ever made (``list --all``) stays far below this.
+ANSWER_LIMIT = 16 << 20
+
+
 def _call(
     args: argparse.Namespace,
     http: httpx.Client | None,
@@ -59,23 +65,34 @@ def _call(
     path: str,
     body: dict[str, Any] | None = None,
 ) -> Any:
+    """One request through :class:`client.net.core.HTTPCore`: over :func:`http_client`'s
+    sockets unless ``http`` is given, so the whole answer (head included) must arrive within
+    ``ANSWER_TIME_FACTOR`` times ``--timeout`` and may hold at most :data:`ANSWER_LIMIT`
+    bytes; a log that drips or floods its answer is a one-line error, not a hang."""
     headers = {"Authorization": f"Bearer {_token(args)}"}
-    client = http or httpx.Client(timeout=args.timeout)
-    try:
-        r = client.request(method, args.url.rstrip("/") + path, json=body, headers=headers)
-    except httpx.HTTPError as exc:
-        raise _Fail(f"cannot reach the log: {exc}") from None
-    finally:
-        if http is None:
-            client.close()
+    content = None
+    if body is not None:
+        content = json.dumps(body).encode("utf-8")
+        headers["Content-Type"] = "application/json"
+    with HTTPCore(args.url, http, timeout=args.timeout) as core:
+        try:
+            r = core.send(method, path, limit=ANSWER_LIMIT, content=content, headers=headers)
+        except Unreachable as exc:
+            raise _Fail(f"cannot reach the log: {_one_line(exc)}") from None
+        except FormatError as exc:  # larger than the limit, or not decodable
+            raise _Fail(f"bad answer from the log: {_one_line(exc)}") from None
     try:
         doc = r.json()
-    except ValueError:
+    except FormatError:
         doc = None
-    if r.status_code >= 400:
+    if r.status >= 400:
         reason = doc.get("error") if isinstance(doc, dict) else r.text[:200]
-        raise _Fail(f"HTTP {r.status_code}: {reason}")
+        raise _Fail(f"HTTP {r.status}: {_one_line(reason)}")
     return doc
+
+
+def _one_line(what: object) -> str:
+    return " ".join(str(what).split())
 
 
 def _show(st: dict[str, Any]) -> str:
