@@ -28,8 +28,11 @@ from client.adapters.outbox import Receipt
 from client.formats.checkpoint import Checkpoint
 from client.formats.merkle import (
     HASH_SIZE,
+    CompactRange,
     VerificationError,
     consistency_ranges,
+    fold_perfect,
+    perfect_subtrees,
     proof_from_ranges,
     verify_consistency,
 )
@@ -118,6 +121,10 @@ class ReceiptVerifier:
         self._tree = CheckpointTracker(self._prove)
         self._full: dict[tuple[int, int], bytes] = {}
         self._reader: TileHashReader | None = None
+        # The compact range of the newest verified tree (its root is that checkpoint's),
+        # and the last consistency it proved by growing: (old size, new size, new root).
+        self._edge: CompactRange | None = CompactRange()
+        self._proven: tuple[int, int, bytes] | None = None
 
     @property
     def size(self) -> int:
@@ -145,6 +152,8 @@ class ReceiptVerifier:
     def _prove(self, old: Checkpoint, new: Checkpoint) -> None:
         if old.size == 0:
             return  # the empty root was checked with the note
+        if self._proven == (old.size, new.size, new.root_hash):
+            return  # the compact range of ``old`` grew into ``new`` (_extends_edge)
         reader = self._reader_for(new.size)
         proof = proof_from_ranges(consistency_ranges(old.size, new.size), reader.node)
         try:
@@ -199,8 +208,11 @@ class ReceiptVerifier:
             raise VerificationError(
                 f"the answer's tree_size {tree_size} is not its checkpoint's size {cp.size}"
             )
-        # Rollback, fork, consistency with what was verified before (hash tiles).
-        self._tree.observe(cp, claimed_latest=claimed_latest)
+        if claimed_latest and cp.size < self.size:  # said first: the rest cannot fit it
+            raise VerificationError(
+                f"rollback: the log answered with a checkpoint of size {cp.size}, "
+                f"but it already signed size {self.size}"
+            )
         wanted = set(sent)
         leaves: dict[int, bytes] = {}
         eids: dict[str, int] = {}
@@ -226,6 +238,10 @@ class ReceiptVerifier:
                 if r.index in fresh:
                     raise VerificationError(f"two new events answered at index {r.index}")
                 fresh.add(r.index)
+        if self._extends_edge(cp, leaves, fresh, claimed_latest):
+            return
+        # Rollback, fork, consistency with what was verified before (hash tiles).
+        self._tree.observe(cp, claimed_latest=claimed_latest)
         reader = self._reader_for(cp.size)
         for t, group in groupby(sorted(leaves), key=lambda i: i // TILE_WIDTH):
             width = min(TILE_WIDTH, cp.size - t * TILE_WIDTH)
@@ -238,3 +254,40 @@ class ReceiptVerifier:
                     raise VerificationError(
                         f"the leaf hash of a receipt is not the log's leaf at index {i}"
                     )
+        latest = self._tree.latest
+        if latest is not None and latest.size == cp.size:
+            # The compact range of the newest verified tree, for the next batch's fast path.
+            nodes = [reader.node(lv, ix) for lv, ix in perfect_subtrees(0, cp.size)]
+            edge_ok = bool(nodes) and fold_perfect(nodes) == cp.root_hash
+            self._edge = CompactRange(cp.size, nodes) if edge_ok else None
+
+    def _extends_edge(
+        self, cp: Checkpoint, leaves: dict[int, bytes], fresh: set[int], claimed_latest: bool
+    ) -> bool:
+        """The fast path: the batch's new leaves are all the log appended since the newest
+        verified tree (one adapter, or a quiet log). That tree's compact range extended by
+        them must give the signed root: every receipt's inclusion and the consistency of
+        the two checkpoints at once, with no request. False when it does not apply (or does
+        not match: the tiles then say what is wrong)."""
+        edge = self._edge
+        latest = self._tree.latest
+        old_size = 0 if latest is None else latest.size
+        n = cp.size - old_size
+        if (
+            edge is None
+            or edge.size != old_size
+            or n <= 0
+            or len(leaves) != n
+            or len(fresh) != n
+            or min(leaves) != old_size
+            or max(leaves) != cp.size - 1
+        ):
+            return False
+        grown = edge.copy()
+        grown.extend([leaves[i] for i in range(old_size, cp.size)])
+        if grown.root() != cp.root_hash:
+            return False
+        self._proven = (old_size, cp.size, cp.root_hash)
+        self._tree.observe(cp, claimed_latest=claimed_latest)
+        self._edge = grown
+        return True

@@ -47,7 +47,8 @@ def _drain(outbox: Outbox, relay: Relay, what: str) -> None:
 
 def test_receipts_of_the_real_log_verify(tmp_path: Path, log: Log) -> None:
     """New events in several batches, then the same events again (duplicates: their old
-    indices, full tiles): every receipt verifies, all delivered, nothing counted."""
+    indices, full tiles), with another relay's events in between: every receipt verifies
+    (by growing the last tree, or from the tiles), all delivered, nothing counted."""
     sub, _ = log.tokens("t1")
     front = Front()
     recs = [event_record(i) for i in range(300)]  # more than one level-0 tile
@@ -61,18 +62,22 @@ def test_receipts_of_the_real_log_verify(tmp_path: Path, log: Log) -> None:
         relay2 = _relay(again, log, sub, Front(), batch_size=50)
         relay2.start()
         try:
-            again.put(recs[::3])
+            again.put(recs[::3] + [event_record(i) for i in range(300, 320)])
             _drain(again, relay2, "the duplicates delivered")
         finally:
             relay2.stop()
             again.close()
+        outbox.put([event_record(i) for i in range(320, 340)])  # after relay2's leaves
+        _drain(outbox, relay, "the next events delivered")
+        outbox.put([event_record(i) for i in range(340, 345)])
+        _drain(outbox, relay, "the last events delivered")
     finally:
         relay.stop()
         counts = outbox.counts()
         outbox.close()
-    assert counts == {"pending": 0, "delivered": 300, "rejected": 0}
+    assert counts == {"pending": 0, "delivered": 325, "rejected": 0}
     assert relay.unverified == 0 and relay2.unverified == 0
-    assert relay.delivered == 300 and relay2.delivered == 100
+    assert relay.delivered == 325 and relay2.delivered == 120
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -88,6 +93,16 @@ def test_a_receipt_that_fails_is_never_marked_delivered(
     try:
         outbox.put([event_record(i) for i in range(3)])  # honest: the relay knows a tree
         _drain(outbox, relay, "the first events delivered")
+        if "tile" in case:
+            # Someone else's event first: the batch is then not all the log appended since
+            # the relay's last checkpoint, and is proven from the tiles, not by growing it.
+            other = event_record(99)
+            r = httpx.post(
+                log.url + "/v1/scim/events",
+                content=other.body.encode(),
+                headers={"Authorization": f"Bearer {sub}", "Content-Type": "application/json"},
+            )
+            assert r.status_code == 200, r.text
         later = [event_record(i) for i in range(3, 8)]
         front.rewrite = rewrite
         with caplog.at_level(logging.ERROR, logger="client.adapters.relay"):
