@@ -9,10 +9,20 @@ eids and whatever receipts the relay delivered in time (:func:`wait_receipts`). 
 the relay (:mod:`client.adapters.relay`) marks anything delivered: the checkpoint's signature
 under the log's pinned key, that checkpoints never go backwards or fork (consistency proofs),
 each receipt's index and that its leaf hash is at that index in the signed tree. The batch
-answer carries no inclusion proofs, so the inclusion is proven from the log's hash tiles: the
-level-0 tile holding the receipts is checked against the signed root (node-level proofs,
-:func:`client.net.logclient.verify_tile_hashes`), once per batch, and each receipt's leaf hash
-must be the tile's hash at its index.
+answer carries no inclusion proofs; the inclusion is proven once per batch, one of two ways:
+
+* the batch's new leaves are all the log appended since the newest tree the verifier has
+  proven (one adapter, or a quiet log): that tree's compact range
+  (:class:`client.formats.merkle.CompactRange`) grown by the receipts' leaf hashes must give
+  the signed root. That proves every receipt's inclusion and the consistency of the two
+  checkpoints at once, with no request (about two hashes a leaf);
+* otherwise (others' leaves in between, duplicates, the first batch) from the log's hash
+  tiles: each level-0 tile holding receipts is checked against the signed root (node-level
+  proofs, :func:`client.net.logclient.verify_tile_hashes`) and each receipt's leaf hash must
+  be the tile's hash at its index; the consistency with the last checkpoint is proven from
+  the same tiles.
+
+``tests/adapters/test_receipt_verifier_paths.py`` holds the two ways to one verdict.
 """
 
 from __future__ import annotations
