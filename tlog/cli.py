@@ -532,6 +532,52 @@ def _note_unkeyed_store(database: str | None, data: Path, key_file: Path) -> Non
         )
 
 
+def cmd_reapply_erasures(args: argparse.Namespace) -> int:
+    """Apply erasure certificates again to a store restored from before them (the server
+    stopped): the subjects they name are shredded again (Erasures.reapply)."""
+    import json
+
+    from client.formats.merkle import VerificationError
+    from client.formats.note import FormatError
+    from client.scim.erasure import verify_certificate
+    from tlog.server import build_app
+
+    cfg = _serve_config(args)
+    cfg = dataclasses.replace(cfg, data=cfg.data.resolve())
+    signer = _open_signer(cfg, False, [])
+    verified = []
+    for path in args.certificates:
+        try:
+            doc = json.loads(Path(path).read_text("utf-8"))
+            v = verify_certificate(doc, signer.vkey())
+        except (OSError, ValueError, FormatError, VerificationError, RecursionError) as exc:
+            raise CliError(f"{path}: not an erasure certificate of this log: {exc}") from None
+        if v.origin != signer.origin:
+            raise CliError(f"{path}: a certificate of another log ({v.origin})")
+        verified.append(v)
+    if not _store_exists(cfg):
+        raise CliError(f"no log store in {cfg.database or cfg.data}")
+    app, log_, _ = build_app(cfg, signer, scim=True)
+    try:
+        service = app.state.scim
+        assert service is not None
+        n = service.erasures.reapply(verified)
+    finally:
+        log_.storage.close()
+    if n["subjects"]:
+        print(
+            f"reapply-erasures: {len(verified)} certificate(s): {n['subjects']} subject(s) "
+            f"shredded again ({n['events']} events, {n['deks']} data keys); the SCIM key "
+            "chain and master key were rotated"
+        )
+    else:
+        print(
+            f"reapply-erasures: {len(verified)} certificate(s): no subject of theirs is in "
+            "this store; nothing changed"
+        )
+    return 0
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
     from tlog.migrate import migrate, open_location
 
@@ -703,6 +749,19 @@ def parser() -> argparse.ArgumentParser:
     )
     rc.add_argument("--checkpoint", help="a checkpoint note this log signed, to reach")
     rc.set_defaults(func=cmd_recover)
+
+    ra = sub.add_parser(
+        "reapply-erasures",
+        help="shred again, in a store restored from before them, the subjects erasure "
+        "certificates name (server stopped)",
+    )
+    add_arguments(
+        ra,
+        ServeConfig,
+        only={"data", "key", "origin", "checkpoint_file", "database", "scim_master_key"},
+    )
+    ra.add_argument("certificates", nargs="+", help="erasure certificate files (JSON)")
+    ra.set_defaults(func=cmd_reapply_erasures)
 
     f = sub.add_parser("fsck", help="recompute and check the whole tree (safe while serving)")
     data_opt(f)

@@ -346,7 +346,32 @@ def recover_store(
         + (f", with {cosigs.count(chr(10))} witness cosignature(s)" if cosigs else "")
         + "; the log may sign again ('tlog serve')"
     )
+    _warn_lost_scim_records(storage, entries, echo)
     return n
+
+
+def _warn_lost_scim_records(
+    storage: Backend, entries: list[bytes], echo: Callable[[str], None]
+) -> None:
+    """The recovered entries that are SCIM events have no records in a store that holds
+    SCIM keys: among them may be erasures and retention runs, which this store does not
+    know of. If the key file that opens it is of the backup's moment, the subjects they
+    erased are readable again here until their certificates are applied again."""
+    from client.scim.leaf import entry_domain
+    from tlog.scim.keys import stored_check
+
+    scim = sum(1 for e in entries if entry_domain(e) == "scim")
+    if not scim or stored_check(storage) is None:
+        return
+    echo(
+        f"tlog: WARNING: {scim} of the recovered entries are SCIM events whose private "
+        "records (bodies, erasure requests and approvals, retention runs, legal holds) are "
+        "in no copy of the log and stay lost. Any erasure or retention expiry among them is "
+        "UNDONE in this store if the SCIM key file that opens it is of the backup's moment: "
+        "the subjects it erased are readable again. Before serving it, apply every erasure "
+        "certificate issued since the backup again: 'tlog reapply-erasures CERTIFICATE...' "
+        "(docs/operations.md, 'Backups and erasure')"
+    )
 
 
 def _cosignatures_at(size: int, targets: list[Target]) -> str:

@@ -26,7 +26,7 @@ import hashlib
 import logging
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -35,6 +35,7 @@ import anyio.to_thread
 
 from client.formats.merkle import leaf_hash
 from client.scim.cbor import EventFormatError
+from client.scim.erasure import VerifiedErasure
 from client.scim.event import Event
 from client.scim.leaf import parse_leaf
 from client.scim.reserved import is_reserved
@@ -386,6 +387,14 @@ class Erasures:
             # Not the keys named at request time (the subject was erased and came back, or
             # did not exist then): nothing of what was asked for is left.
             return {"deks": 0, "events": 0, "index_records": 0}
+        return self._shred_keys(tx, tk, skey, kid, rid)
+
+    def _shred_keys(
+        self, tx: Overlay, tk: TenantKeys, skey: bytes, kid: bytes, rid: bytes
+    ) -> dict[str, int]:
+        """Destroy the subject of record ``skey`` (key id ``kid``): its DEKs, its record
+        (kid and pseudonym key), its resource state, its index records; tombstone its
+        envelopes with the marker ``rid``. The caller rotates the tenant's key chain."""
         deks = [k for k, _ in tx.scan(store.dek_prefix(kid))]
         for k in deks:
             tx.delete(k)
@@ -401,6 +410,55 @@ class Erasures:
                 events += 1
                 index_records += n
         return {"deks": len(deks), "events": events, "index_records": index_records}
+
+    def reapply(self, erasures: Iterable[VerifiedErasure]) -> dict[str, int]:
+        """Shred again, in a store restored from before them, the subjects that verified
+        erasure certificates name (docs/operations.md, "Backups and erasure").
+
+        A restored store knows nothing of an erasure approved after its backup (the request,
+        the approval and its event are records it never held), and the key file of the
+        backup's moment opens it: the erased subject is readable again. Each certificate
+        names the destroyed keys by ``kid_hash`` (SHA-256 of the subject's key id, which the
+        restored subject record still holds) and its tenant: every subject of that tenant
+        whose key id hashes to it is shredded as an approval does, in one transaction with
+        the rotation of the tenant's key chain and of the master key (so the restored key
+        file no longer opens anything of theirs). A subject erased since, or never restored,
+        is not found: applying a certificate twice does nothing the second time. Appends no
+        event (the erasure's own event is in the log already); returns the counts."""
+        wanted: dict[str, dict[bytes, bytes]] = {}
+        for e in erasures:
+            try:
+                kid_hash = bytes.fromhex(e.kid_hash)
+                marker = bytes.fromhex(e.request)
+            except ValueError:
+                raise EventFormatError("a certificate's kid_hash or request is not hex") from None
+            if len(kid_hash) != 32 or len(marker) != 16:
+                raise EventFormatError("a certificate's kid_hash or request has a wrong size")
+            wanted.setdefault(e.tenant, {})[kid_hash] = marker
+
+        def stage(tx: Overlay) -> tuple[dict[str, int], set[bytes]]:
+            total = {"subjects": 0, "deks": 0, "events": 0, "index_records": 0}
+            rekey: set[bytes] = set()
+            for tenant, by_hash in wanted.items():
+                tk = self.svc.keys.tenant(tx, tenant)
+                if tk is None:
+                    continue
+                prefix = store.subject_key(tk.tn, b"")
+                hits = []
+                for key, raw in tx.scan(prefix):
+                    kid = store.decode_record(raw, "subject")["kid"]
+                    marker = by_hash.get(hashlib.sha256(kid).digest())
+                    if marker is not None:
+                        hits.append((key, kid, marker))
+                for key, kid, marker in hits:
+                    for k, n in self._shred_keys(tx, tk, key, kid, marker).items():
+                        total[k] += n
+                    total["subjects"] += 1
+                    rekey.add(tk.tn)
+            return total, rekey
+
+        result: dict[str, int] = self.svc.write_rotating(stage)
+        return result
 
     @staticmethod
     def _tombstone(tx: Overlay, tk: TenantKeys, lh: bytes, marker: bytes) -> int | None:

@@ -1,0 +1,181 @@
+"""Red team 4: an erased subject must not come back through a restore.
+
+A store backup taken before an erasure, restored after it and brought forward with ``tlog
+recover``, opens only with the key file of the backup's moment (test_shred_scan.py), and
+then serves the erased subject's bodies again: nothing in the restored store says an erasure
+ever happened (its request and approval records, its event's envelope, are after the
+backup; the public log holds only commitments). The log cannot know which subjects those
+were, but the officers' erasure certificates name them (``kid_hash`` = SHA-256 of the
+destroyed subject key id, which the restored store's subject record still holds):
+
+* ``tlog recover`` says so loudly when it brings SCIM events back into a store whose SCIM
+  records are older than them;
+* the certificates are applied again to the restored store (``tlog reapply-erasures``,
+  :meth:`tlog.scim.erasure.Erasures.reapply`): the subjects they name are shredded again,
+  with the key-chain rotation of an erasure, and the restored key file no longer opens
+  anything of theirs.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from starlette.testclient import TestClient
+
+from client.formats.note import Ed25519Signer
+from client.scim.erasure import verify_certificate
+from tlog.integrity import CHECKPOINT_FILE, CheckpointFile
+from tlog.recover import recover, recover_database
+from tlog.scim.keys import MASTER_KEY_FILE
+from tlog.server import build_app
+
+from ..pgsupport import OldCopy, clone_store
+from ..support import app_parts, serve_config, tlog_cli
+from .conftest import ORIGIN, T1, Harness, make_signer, open_harness, user_event
+
+ALICE = "u-alice-7f3a"
+BOB = "u-bob-55c1"
+
+
+def _erase(h: Harness, rid: str) -> dict[str, Any]:
+    req = h.request_erasure(rid).json()["id"]
+    r = h.client.post(f"/v1/scim/erasures/{req}/approve", headers=h.h("po_b"))
+    assert r.status_code == 200 and r.json()["state"] == "done", r.text
+    cert = h.client.get(f"/v1/scim/erasures/{req}/certificate", headers=h.h("po_a"))
+    assert cert.status_code == 200, cert.text
+    doc: dict[str, Any] = cert.json()
+    return doc
+
+
+def _restored_after_erasure(
+    tmp_path: Path, database: str | None, old_copy: Any, new_database: Any
+) -> tuple[dict[str, Any], dict[str, str], list[str]]:
+    """A store with Alice and Bob; a backup and the key file of that moment; Alice erased
+    (certificate kept); the backup and its key file put back and recovered. Returns the
+    certificate, the tokens and what recover said."""
+    backup: OldCopy = old_copy("backup")
+    old_key = tmp_path / "old-master.key"
+    with open_harness(tmp_path, database=database) as h:
+        for i in range(2):
+            assert h.post_event(user_event(ALICE, req=f"req-a{i}")).status_code == 200
+        assert h.post_event(user_event(BOB, xid="bob@example.org", req="req-b")).status_code == 200
+        backup.take(h.log.storage)
+        shutil.copy2(tmp_path / MASTER_KEY_FILE, old_key)
+        cert = _erase(h, ALICE)
+        assert h.auditor().search(rid=ALICE).results == []
+        tokens = dict(h.tok)
+    replica = clone_store(database, tmp_path, new_database(), tmp_path / "replica")
+    backup.restore(tmp_path)
+    shutil.copy2(old_key, tmp_path / MASTER_KEY_FILE)  # the pair of the backup's moment
+    said: list[str] = []
+    signer = make_signer()
+    remembered = CheckpointFile(tmp_path / CHECKPOINT_FILE, signer.verifier, signer.origin)
+    try:
+        if database is None:
+            recover(tmp_path / "db", signer, replica, remembered, [], echo=said.append)
+        else:
+            recover_database(database, signer, replica, remembered, [], echo=said.append)
+    finally:
+        remembered.close()
+    return cert, tokens, said
+
+
+def _rids(h: Harness, rid: str) -> list[str | None]:
+    return [x.event["rid"] if x.event else None for x in h.auditor().search(rid=rid).results]
+
+
+def test_a_restored_backup_forgets_no_erasure_whose_certificate_is_applied_again(
+    tmp_path: Path, database: str | None, old_copy: Any, new_database: Any
+) -> None:
+    cert, tokens, said = _restored_after_erasure(tmp_path, database, old_copy, new_database)
+    # recover brought SCIM events back whose records the store does not have: it says that
+    # erasures among them are undone until their certificates are applied again.
+    text = "\n".join(said)
+    assert "WARNING" in text and "reapply-erasures" in text, text
+    signer = make_signer()
+    app, log_, token_store = build_app(serve_config(tmp_path, database), signer)
+    try:
+        svc = app_parts(app).scim
+        assert svc is not None
+        with TestClient(app) as c:
+            h = Harness(c, log_, token_store, signer, tmp_path, svc, tokens)
+            assert ALICE in _rids(h, ALICE)  # what the restore brought back
+            verified = verify_certificate(cert, signer.vkey())
+            done = svc.erasures.reapply([verified])
+            assert (
+                done
+                == {"subjects": 1, "deks": 1, "events": 2, "index_records": done["index_records"]}
+                and done["index_records"] > 0
+            )
+            assert _rids(h, ALICE) == []  # its index records are gone with it
+            assert _rids(h, BOB) == [BOB]
+            erased = [x for x in h.auditor().search_all() if x.event is None]
+            assert len(erased) == 2  # Alice's two events, tombstoned again
+            # Applying the same certificate again finds nothing left to shred.
+            assert svc.erasures.reapply([verified])["subjects"] == 0
+    finally:
+        log_.storage.close()
+    # The key file that opened the restored store before no longer opens Alice: the chain
+    # was rotated, as by the erasure itself (the file on disk now holds a new key).
+    assert (tmp_path / MASTER_KEY_FILE).read_bytes() != (tmp_path / "old-master.key").read_bytes()
+
+
+def test_a_certificate_of_another_tenant_shreds_nothing(
+    tmp_path: Path, database: str | None, old_copy: Any, new_database: Any
+) -> None:
+    cert, tokens, _ = _restored_after_erasure(tmp_path, database, old_copy, new_database)
+    signer = make_signer()
+    app, log_, token_store = build_app(serve_config(tmp_path, database), signer)
+    try:
+        svc = app_parts(app).scim
+        assert svc is not None
+        with TestClient(app) as c:
+            h = Harness(c, log_, token_store, signer, tmp_path, svc, tokens)
+            verified = verify_certificate(cert, signer.vkey())
+            other = type(verified)(**{**verified.__dict__, "tenant": "tenant-globex"})
+            assert svc.erasures.reapply([other])["subjects"] == 0
+            assert ALICE in _rids(h, ALICE)
+            assert T1 == verified.tenant
+    finally:
+        log_.storage.close()
+
+
+def test_the_cli_applies_certificates_again(
+    tmp_path: Path, database: str | None, old_copy: Any, new_database: Any
+) -> None:
+    """``tlog reapply-erasures --data DIR CERT...`` on a stopped server's data directory
+    (LMDB): refuses a file that is not a certificate of this log by name, nothing changed;
+    applies a good one."""
+    if database is not None:
+        pytest.skip("the same command; the backends are covered in process above")
+    cert, tokens, _ = _restored_after_erasure(tmp_path, None, old_copy, new_database)
+    key = tmp_path / "log.key"
+    key.write_text(Ed25519Signer(ORIGIN, bytes(range(32))).skey() + "\n")
+    key.chmod(0o600)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({**cert, "request": "0" * 32}))
+    good = tmp_path / "cert.json"
+    good.write_text(json.dumps(cert))
+    before = (tmp_path / MASTER_KEY_FILE).read_bytes()
+    r = tlog_cli("reapply-erasures", "--data", str(tmp_path), str(good), str(bad))
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert "bad.json" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert (tmp_path / MASTER_KEY_FILE).read_bytes() == before
+    r = tlog_cli("reapply-erasures", "--data", str(tmp_path), str(good))
+    assert r.returncode == 0, r.stderr
+    assert "1 subject(s) shredded again (2 events" in r.stdout, r.stdout
+    assert (tmp_path / MASTER_KEY_FILE).read_bytes() != before
+    signer = make_signer()
+    app, log_, token_store = build_app(serve_config(tmp_path, None), signer)
+    try:
+        svc = app_parts(app).scim
+        assert svc is not None
+        with TestClient(app) as c:
+            h = Harness(c, log_, token_store, signer, tmp_path, svc, tokens)
+            assert _rids(h, ALICE) == [] and _rids(h, BOB) == [BOB]
+    finally:
+        log_.storage.close()
