@@ -331,12 +331,19 @@ def _where(url: str) -> str:
     return f"{u.scheme}://{host}{port}{rest}"
 
 
+# The end of year 9999 (ms): an RFC 5424 TIMESTAMP has a four-digit year, and an OCSF
+# record's "time" is the event's own claim (any ms up to 2^53 - 1 the submitter sent).
+_SYSLOG_TIME_END = 253_402_300_800_000
+
+
 def syslog_message(rec: dict[str, Any], hostname: str) -> bytes:
     """One RFC 5424 message: facility 13 (log audit), severity informational/warning."""
     severity = 6 if rec.get("status_id") in (0, 1) else 4
     pri = 13 * 8 + severity
-    ts = datetime.fromtimestamp(rec["time"] / 1000, UTC).isoformat(timespec="milliseconds")
-    ts = ts.replace("+00:00", "Z")
+    ts = "-"  # RFC 5424 NILVALUE: a time with no four-digit year (an event's claimed ts)
+    if 0 <= rec["time"] < _SYSLOG_TIME_END:
+        ts = datetime.fromtimestamp(rec["time"] / 1000, UTC).isoformat(timespec="milliseconds")
+        ts = ts.replace("+00:00", "Z")
     ref = rec.get("unmapped", {}).get("tlog", {})
 
     def sd(v: object) -> str:
