@@ -56,3 +56,37 @@ def test_syslog_timestamps_in_range_are_unchanged() -> None:
     rec = {"time": 1_717_200_000_123, "class_uid": 3001, "status_id": 1}
     head = syslog_message(rec, "h").split(b" ")
     assert head[1] == b"2024-06-01T00:00:00.123Z"
+
+
+def test_a_clock_far_behind_the_log_time_is_said_loudly(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The log time never goes back (test_clock_step.py): with the clock behind the newest
+    event's time, events are stamped with that time. A clock that stepped back a second is
+    routine, but one far behind means the log's time is wrong (the clock jumped forward
+    before, and every event since carries that time: a SIEM stream waits for it to pass) or
+    the clock is wrong now: either way the operator must hear it, not find it out later."""
+    h = harness
+    late = BASE_TS + 10 * 365 * 24 * 3600 * 1000  # a clock that jumped ten years ahead
+    h.service.clock = lambda: late
+    assert h.post_event(user_event(rid="u-jump", req="req-jump")).status_code == 200
+    now = [BASE_TS]
+    # ... and came back: the log time starts again from the newest leaf's, as at a restart
+    h.service.clock = lambda: now[0]
+    with caplog.at_level("WARNING", logger="tlog.scim.service"):
+        for i in range(3):
+            now[0] += 1000
+            r = h.post_event(user_event(rid=f"u-after-{i}", req=f"req-after-{i}"))
+            assert r.status_code == 200 and r.json()["ts"] == late
+    said = [r for r in caplog.records if "behind" in r.getMessage()]
+    assert len(said) == 1, [r.getMessage() for r in caplog.records]  # once, not per event
+    assert said[0].levelname == "ERROR"
+    assert "u-after" not in said[0].getMessage()  # no identifier in the line
+    # A routine step back (under a minute) is not worth a line.
+    caplog.clear()
+    h.service.clock = lambda: BASE_TS + 20 * 365 * 24 * 3600 * 1000
+    assert h.post_event(user_event(rid="u-later", req="req-later")).status_code == 200
+    h.service.clock = lambda: BASE_TS + 20 * 365 * 24 * 3600 * 1000 - 30_000
+    with caplog.at_level("WARNING", logger="tlog.scim.service"):
+        assert h.post_event(user_event(rid="u-step", req="req-step")).status_code == 200
+    assert not [r for r in caplog.records if "behind" in r.getMessage()]

@@ -107,6 +107,10 @@ __all__ = ["ScimLimits", "ScimService", "Submitted", "subject_of"]
 T = TypeVar("T")
 
 log = logging.getLogger("tlog.scim.service")
+# The clock this far behind the log time (ms) is said loudly, at most every
+# CLOCK_BEHIND_EVERY seconds (ScimService.log_time).
+CLOCK_BEHIND_MS = 60_000
+CLOCK_BEHIND_EVERY = 600.0
 
 SYSTEM_PREFIX = "tlog."
 GROUP_LINGER = 0.05  # seconds an idle group writer waits for work before its thread ends
@@ -360,6 +364,7 @@ class ScimService:
         self._ts_lock = threading.Lock()
         self._clock = clock
         self._ts_floor = _newest_leaf_ts(storage)
+        self._behind_said = 0.0  # monotonic time before which a clock-behind line is not said
         # One writer of SCIM records at a time: "is this eid new?", key creation, erasure
         # and the commit must not interleave (a shred racing an ingestion could otherwise
         # leave a DEK that nothing erases).
@@ -866,10 +871,32 @@ class ScimService:
         stream``'s cursor, retention expiry's mark) would never see them."""
         t = self.clock()
         with self._ts_lock:
-            if t < self._ts_floor:
-                return self._ts_floor
-            self._ts_floor = t
-        return t
+            floor = self._ts_floor
+            if t >= floor:
+                self._ts_floor = t
+                return t
+        if floor - t > CLOCK_BEHIND_MS:
+            self._clock_behind(floor, t)
+        return floor
+
+    def _clock_behind(self, floor: int, t: int) -> None:
+        """Say (at most every CLOCK_BEHIND_EVERY seconds) that events are being stamped with
+        a log time well ahead of the clock: the clock is wrong now, or it was ahead when the
+        newest events were stamped (then every event since carries that time, and readers
+        that wait for a time to pass, such as a SIEM stream's settle window, wait for it)."""
+        now = time.monotonic()
+        with self._ts_lock:
+            if now < self._behind_said:
+                return
+            self._behind_said = now + CLOCK_BEHIND_EVERY
+        log.error(
+            "the wall clock is %.0f s behind the log time of the newest SCIM event "
+            "(%s): events are stamped with that time, which never goes back, until the clock "
+            "passes it. Check the clock (NTP); if it had jumped ahead, every event since "
+            "carries that time (docs/operations.md, 'Clock steps')",
+            (floor - t) / 1000,
+            time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(floor // 1000)),
+        )
 
     # -- ingestion ----------------------------------------------------------------------------
 
