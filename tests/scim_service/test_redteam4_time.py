@@ -13,7 +13,7 @@ import pytest
 from client.scim.event import MAX_SAFE_INT
 from client.tools.stream import SyslogSink, stream, syslog_message
 
-from .conftest import BASE_TS, ORIGIN, Harness, user_event
+from .conftest import BASE_TS, ORIGIN, T1, Harness, user_event
 
 
 @pytest.mark.parametrize("claimed", [MAX_SAFE_INT, 253_402_300_800_000, 0])
@@ -90,3 +90,29 @@ def test_a_clock_far_behind_the_log_time_is_said_loudly(
     with caplog.at_level("WARNING", logger="tlog.scim.service"):
         assert h.post_event(user_event(rid="u-step", req="req-step")).status_code == 200
     assert not [r for r in caplog.records if "behind" in r.getMessage()]
+
+
+def test_a_log_time_left_ahead_by_a_clock_jump_does_not_expire_the_present(
+    harness: Harness,
+) -> None:
+    """Retention expiry shreds what is due *now*. A clock that jumped ten years ahead for a
+    moment left the log time there (it never goes back), and with it the expiry job's
+    "now": the next run, with the clock right again, shredded every event of the tenant,
+    irreversibly. Expiry counts from the wall clock when it is behind the log time (the
+    smaller of the two: it never shreds more than what is due by either)."""
+    h = harness
+    day = 24 * 3600 * 1000
+    assert h.post_event(user_event(rid="u-kept", req="req-kept")).status_code == 200
+    r = h.client.put("/v1/scim/retention", json={"tenant": T1, "days": 30}, headers=h.h("po_a"))
+    assert r.status_code == 200
+    h.service.clock = lambda: BASE_TS + 10 * 365 * day  # the jump: one event stamped then
+    assert h.post_event(user_event(rid="u-jump", req="req-jump")).status_code == 200
+    h.service.clock = lambda: BASE_TS + 2 * day  # the clock is right again
+    res = h.client.post("/v1/scim/expire", json={}, headers=h.h("admin")).json()["results"]
+    assert [x["events"] for x in res] == [0]
+    found = [x.event["rid"] for x in h.auditor().search(rid="u-kept").results if x.event]
+    assert found == ["u-kept"]
+    # Once the wall clock itself is past the period, expiry works as always.
+    h.service.clock = lambda: BASE_TS + 10 * 365 * day + 90 * day
+    res = h.client.post("/v1/scim/expire", json={}, headers=h.h("admin")).json()["results"]
+    assert res[0]["events"] >= 2

@@ -697,7 +697,10 @@ class Erasures:
             if tk is None or raw is None:
                 return (ExpiryResult(tenant, 0, 0, 0, 0), None), set()
             rec = store.decode_record(raw, "retention")
-            now = self.svc.log_time()
+            # The wall clock, not the log time: the log time never goes back, so a clock
+            # that was far ahead for a moment leaves it there, and counting from it would
+            # shred what is not due (the smaller of the two; equal while the clock is right).
+            now = self.svc.clock()
             cut_epoch = epoch_of(max(0, now - rec["days"] * DAY_MS))
             before = _epoch_start_ms(cut_epoch)
             if self._held(tx, tk.tn, None):
