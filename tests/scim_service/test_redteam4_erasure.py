@@ -179,3 +179,69 @@ def test_the_cli_applies_certificates_again(
             assert _rids(h, ALICE) == [] and _rids(h, BOB) == [BOB]
     finally:
         log_.storage.close()
+
+
+def test_nothing_of_the_subject_decrypts_after_the_certificate_is_applied_again(
+    tmp_path: Path,
+    database: str | None,
+    old_copy: Any,
+    new_database: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The scans of test_shred_scan.py, on a store restored with its older key file and then
+    given the erasure certificate again: no key the log holds, nor anything it unwraps from
+    any byte of the data directory (freed pages included), opens the subject's DEKs, its
+    pseudonym key or its bodies; with the keys held just before, the same files do."""
+    if database is not None:
+        pytest.skip(
+            "the LMDB files are scanned here; PostgreSQL's WAL and dead rows: see "
+            "test_shred_scan.py (the same rotation)"
+        )
+    import tlog.scim.keys
+    import tlog.scim.service
+    from tlog.scim.keys import SubjectId
+
+    from .test_shred_scan import (
+        ALICE_XID,
+        SHRED_ROLES,
+        Recorder,
+        _populate,
+        assert_nothing_decrypts,
+        held_keys,
+        raw_files,
+        subject_secrets,
+    )
+
+    rec = Recorder()
+    monkeypatch.setattr(tlog.scim.keys, "AESGCM", rec.aesgcm())
+    monkeypatch.setattr(tlog.scim.service, "AESGCM", rec.aesgcm())
+    data = tmp_path / "data"
+    backup: OldCopy = old_copy("backup")
+    with open_harness(data, SHRED_ROLES, scim_expiry_interval=0) as h:
+        _populate(h)
+        backup.take(h.log.storage)
+        old_key = (data / MASTER_KEY_FILE).read_bytes()
+        cert = _erase(h, "u-alice-7f3a")
+        tokens = dict(h.tok)
+    replica = clone_store(None, data, new_database(), tmp_path / "replica")
+    backup.restore(data)
+    (data / MASTER_KEY_FILE).write_bytes(old_key)  # the pair of the backup's moment
+    signer = make_signer()
+    remembered = CheckpointFile(data / CHECKPOINT_FILE, signer.verifier, signer.origin)
+    try:
+        recover(data / "db", signer, replica, remembered, [], echo=lambda _: None)
+    finally:
+        remembered.close()
+    app, log_, token_store = build_app(serve_config(data, None), signer)
+    try:
+        svc = app_parts(app).scim
+        assert svc is not None
+        with TestClient(app) as c:
+            h = Harness(c, log_, token_store, signer, data, svc, tokens)
+            secrets = subject_secrets(h, rec, SubjectId("User", "rid", ALICE))
+            before = held_keys(h)
+            assert svc.erasures.reapply([verify_certificate(cert, signer.vkey())])["subjects"]
+            assert_nothing_decrypts(h, rec, secrets, before, [ALICE, ALICE_XID], raw_files(data))
+            assert _rids(h, "u-bob-55c1") == ["u-bob-55c1"]
+    finally:
+        log_.storage.close()
