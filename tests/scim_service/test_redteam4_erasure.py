@@ -245,3 +245,54 @@ def test_nothing_of_the_subject_decrypts_after_the_certificate_is_applied_again(
             assert _rids(h, "u-bob-55c1") == ["u-bob-55c1"]
     finally:
         log_.storage.close()
+
+
+def test_receipts_kept_from_before_an_erasure_still_verify_offline(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """A submitter's receipt (its tlog-proof bundle and leaf) and an auditor's saved event
+    and nonce, kept from before the subject's erasure, still verify offline with
+    ``tlog-client verify`` afterwards; the bundle the log serves now for the same index
+    verifies against the newer checkpoint, and the log is consistent from the old one."""
+    import base64
+
+    from client.formats.checkpoint import Checkpoint
+    from client.formats.merkle import verify_consistency
+    from client.formats.note import Ed25519Verifier, open_note
+    from client.scim import event_to_json
+    from client.tools.cli import main
+
+    h = harness
+    ev = user_event(ALICE, req="req-kept")
+    receipt = h.post_event(ev).json()
+    (found,) = h.auditor().search(rid=ALICE).results
+    assert found.event is not None and found.nonce is not None
+    (tmp_path / "r.tlog-proof").write_text(receipt["tlog_proof"])
+    (tmp_path / "leaf.bin").write_bytes(base64.b64decode(receipt["leaf"]))
+    (tmp_path / "event.json").write_text(event_to_json(found.event))
+    _erase(h, ALICE)
+    assert h.post_event(user_event(BOB, xid="bob@example.org", req="req-b")).status_code == 200
+    assert h.auditor().search(rid=ALICE).results == []
+    vkey = h.vkey
+    args = ["verify", str(tmp_path / "r.tlog-proof"), "--vkey", vkey]
+    args += ["--entry", str(tmp_path / "leaf.bin")]
+    assert main(args) == 0
+    nonce = base64.b64encode(found.nonce).decode()
+    assert main([*args, "--event", str(tmp_path / "event.json"), "--nonce", nonce]) == 0
+    now = h.client.get(f"/v1/bundle/{receipt['index']}")
+    assert now.status_code == 200
+    (tmp_path / "now.tlog-proof").write_text(now.text)
+    assert main(["verify", str(tmp_path / "now.tlog-proof"), "--vkey", vkey,
+                 "--entry", str(tmp_path / "leaf.bin")]) == 0  # fmt: skip
+    verifier = Ed25519Verifier.from_vkey(vkey)
+    old = Checkpoint.parse(open_note(receipt["checkpoint"], [verifier]).text)
+    new = Checkpoint.parse(open_note(h.client.get("/checkpoint").text, [verifier]).text)
+    assert new.size > old.size
+    proof = h.client.get(f"/v1/proof/consistency?old_size={old.size}&tree_size={new.size}").json()
+    verify_consistency(
+        old.size,
+        new.size,
+        old.root_hash,
+        new.root_hash,
+        [base64.b64decode(x) for x in proof["consistency_proof"]],
+    )
