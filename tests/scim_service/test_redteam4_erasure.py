@@ -202,13 +202,13 @@ def test_nothing_of_the_subject_decrypts_after_the_certificate_is_applied_again(
     import tlog.scim.service
     from tlog.scim.keys import SubjectId
 
-    from .test_shred_scan import (
+    from .shred import (
         ALICE_XID,
         SHRED_ROLES,
         Recorder,
-        _populate,
         assert_nothing_decrypts,
         held_keys,
+        populate,
         raw_files,
         subject_secrets,
     )
@@ -219,7 +219,7 @@ def test_nothing_of_the_subject_decrypts_after_the_certificate_is_applied_again(
     data = tmp_path / "data"
     backup: OldCopy = old_copy("backup")
     with open_harness(data, SHRED_ROLES, scim_expiry_interval=0) as h:
-        _populate(h)
+        populate(h)
         backup.take(h.log.storage)
         old_key = (data / MASTER_KEY_FILE).read_bytes()
         cert = _erase(h, "u-alice-7f3a")

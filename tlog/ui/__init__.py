@@ -55,6 +55,9 @@ __all__ = ["CSP", "HISTORY_POINTS", "STATIC_DIR", "SUMMARY_TTL", "console_routes
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 HISTORY_POINTS = 64
+# The latest time a browser's Date can hold (ms, 275760-09-13): later cosignature times are
+# not handed to the page (_cosig_times).
+JS_DATE_MAX_MS = 8_640_000_000_000_000
 SUMMARY_TTL = 2.0  # seconds a summary is reused while the log's checkpoints are unchanged
 MAX_EXPORT_BODY = 4096
 _SINK_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,31}")
@@ -110,7 +113,11 @@ def _cosig_times(lines: bytes | None) -> dict[tuple[str, int], int]:
             continue
         if len(raw) >= 4 + 8 + 64:  # cosignature/v1 (Ed25519) or ML-DSA-44: time first
             kid, ts = struct.unpack(">IQ", raw[:12])
-            out[(name, kid)] = ts * 1000
+            if ts * 1000 <= JS_DATE_MAX_MS:
+                out[(name, kid)] = ts * 1000
+            # else: a witness clock far ahead (up to 2^63 - 1 s is a valid cosignature):
+            # the page could not show the time (new Date() throws past JavaScript's range,
+            # and JSON numbers past 2^53 lose digits), so that witness's time is left out.
     return out
 
 
