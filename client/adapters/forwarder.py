@@ -51,6 +51,12 @@ def _hop_by_hop(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
     return HOP_BY_HOP | named
 
 
+# Response header names that need a second look: the hop-by-hop ones (dropped, with what a
+# Connection header names) and the two that frame the body.
+_FRAMING = frozenset({b"content-length", b"transfer-encoding"})
+_NOTED = HOP_BY_HOP | _FRAMING
+
+
 def _as_bytes(headers: Any) -> Any:
     """ASGI header pairs with bytes names (a server may hand other byte sequences)."""
     return ((bytes(k), v) for k, v in headers)
@@ -108,6 +114,8 @@ class _Conn(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
+        self.hop = False  # a hop-by-hop header (Connection included) is among them
+        self.length = False  # Content-Length or Transfer-Encoding is among them
         self.head_bytes = 0
         self.head_done = False
         self.done = False
@@ -167,6 +175,12 @@ class _Conn(asyncio.Protocol):
         if self.head_bytes > _MAX_HEAD:
             raise _ProtocolError("answer head too large")  # feed_data raises, see there
         self.headers.append((name, value))
+        lk = name.lower()
+        if lk in _NOTED:
+            if lk in _FRAMING:
+                self.length = True
+            if lk in HOP_BY_HOP:  # Transfer-Encoding is both
+                self.hop = True
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
@@ -174,13 +188,21 @@ class _Conn(asyncio.Protocol):
             raise _ProtocolError(f"bad answer: status {status}")
         if status < 200:  # 1xx: skipped (101 is never asked for: Upgrade is not forwarded)
             self.headers = []
+            self.hop = self.length = False
             return
         self.status = status
         self.head_done = True
         self.keep_alive = self.parser.should_keep_alive()
-        self.framed = status in (204, 304) or any(
-            k.lower() in (b"content-length", b"transfer-encoding") for k, _ in self.headers
-        )
+        self.framed = status in (204, 304) or self.length
+
+    def answer_headers(self) -> list[tuple[bytes, bytes]]:
+        """The answer's headers as passed to the client: in their order, but the hop-by-hop
+        ones and those a ``Connection`` header names (:func:`_hop_by_hop`). The list itself
+        when there is none of those (the common answer: nothing to filter)."""
+        if not self.hop:
+            return self.headers
+        drop = _hop_by_hop(self.headers)
+        return [(k, v) for k, v in self.headers if k.lower() not in drop]
 
     def on_body(self, data: bytes) -> None:
         if self.head_done:
@@ -505,12 +527,11 @@ class Forwarder:
                 return
         if conn is None:  # pragma: no cover - the loop returns or breaks
             return
-        drop = _hop_by_hop(conn.headers)
         await send(
             {
                 "type": "http.response.start",
                 "status": conn.status,
-                "headers": [(k, v) for k, v in conn.headers if k.lower() not in drop],
+                "headers": conn.answer_headers(),
             }
         )
         try:

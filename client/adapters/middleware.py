@@ -57,7 +57,6 @@ import asyncio
 import json
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from typing import Any
 
@@ -83,6 +82,7 @@ from client.adapters.pseudonyms import PidCollector, substitute_pids
 from client.adapters.receipts import RECEIPT_HEADERS, receipt_headers, wait_receipts
 from client.adapters.relay import DeliveryError, Relay
 from client.scim.cbor import EventFormatError
+from client.scim.event import uuid4_text
 
 # AuditConfig, the hooks, event_json and RECEIPT_HEADERS are re-exported: this module is
 # the adapter's entry point.
@@ -181,7 +181,7 @@ class AuditMiddleware:
         req_id = header(headers, b"x-request-id")
         generated = req_id is None or not REQUEST_ID.fullmatch(req_id)
         if generated:
-            req_id = str(uuid.uuid4())
+            req_id = uuid4_text()  # str(uuid.uuid4()), the bytes from a pool
             headers = [(k, v) for k, v in headers if k.lower() != b"x-request-id"]
             headers.append((b"x-request-id", req_id.encode("ascii")))
         if req_id is None:  # pragma: no cover - set above
@@ -332,7 +332,8 @@ class AuditMiddleware:
             )
             return
         out_headers = list(x.headers)
-        if not any(k.lower() == b"x-request-id" for k, _ in out_headers):
+        # No such header at all (the answer's header map, made once for the event).
+        if x.resp_header(b"x-request-id") is None:
             out_headers.append((b"x-request-id", req_id.encode("ascii")))
         out_headers.extend(extra)
         await send({**start, "headers": out_headers})

@@ -37,8 +37,9 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import re
-import secrets
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -630,12 +631,69 @@ def uuid7(ts_ms: int | None = None) -> uuid.UUID:
     return uuid.UUID(int=_uuid7_int(ts_ms))
 
 
+class _RandomPool:
+    """Bytes from the OS's CSPRNG (:func:`os.urandom`), fetched 4 KiB at a time and handed
+    out in order, each byte once: the same randomness as ``secrets``, without a
+    ``getrandom`` system call per eid and per request id (the middleware makes one of each
+    per write). Thread-safe; a forked child starts with an empty pool, so parent and child
+    never hand out the same bytes."""
+
+    __slots__ = ("_buf", "_lock", "_pos")
+    SIZE = 4096
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self._pos = 0
+        self._lock = threading.Lock()
+
+    def reset(self) -> None:
+        self._buf = b""
+        self._pos = 0
+        self._lock = threading.Lock()  # a fork may have copied it held
+
+    def take(self, n: int) -> bytes:
+        """``n`` (<= SIZE) fresh random bytes."""
+        with self._lock:
+            pos = self._pos
+            end = pos + n
+            if end > len(self._buf):
+                self._buf = os.urandom(self.SIZE)
+                pos, end = 0, n
+            self._pos = end
+            return self._buf[pos:end]
+
+
+_POOL = _RandomPool()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_POOL.reset)
+
+
+def _randbits74() -> int:
+    """74 random bits (what ``secrets.randbits(74)`` gives), from :data:`_POOL`."""
+    return int.from_bytes(_POOL.take(10), "big") >> 6
+
+
+def uuid4_text() -> str:
+    """``str(uuid.uuid4())``, from :data:`_POOL`'s bytes (the request ids the middleware
+    makes): the same version and variant bits as :class:`uuid.UUID` with ``version=4``."""
+    return _uuid4_text_of(_POOL.take(16))
+
+
+def _uuid4_text_of(b: bytes) -> str:
+    h = b.hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
+
+
+# The RFC 4122 variant (binary 10) over the first hex digit of clock_seq_hi.
+_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
+
+
 def _uuid7_int(ts_ms: int | None) -> int:
     if ts_ms is None:
         ts_ms = time.time_ns() // 1_000_000
     if not 0 <= ts_ms < 1 << 48:
         raise ValueError("UUIDv7 timestamp out of range")
-    rand = secrets.randbits(74)
+    rand = _randbits74()
     value = (ts_ms << 80) | (0x7 << 76) | ((rand >> 62) << 64) | (0b10 << 62)
     return value | (rand & ((1 << 62) - 1))
 

@@ -9,7 +9,7 @@ import re
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from client.adapters.forwarder import HOP_BY_HOP, Forwarder
@@ -143,3 +143,82 @@ def test_many_connection_headers_one_union() -> None:
     f._drop = _CountingDrop(f._drop)
     assert f._request_headers(scope, b"{}") == want
     assert _CountingDrop.unions <= 1
+
+
+# --- the answer's head (proxy7 round: flags noted per header instead of two more passes) ---
+
+_RESP_NAMES = st.sampled_from(
+    [
+        b"Connection",
+        b"connection",
+        b"Keep-Alive",
+        b"TE",
+        b"Trailer",
+        b"Upgrade",
+        b"Proxy-Authenticate",
+        b"Proxy-Connection",
+        b"ETag",
+        b"Location",
+        b"Content-Type",
+        b"X-Custom",
+        b"x-custom",
+        b"Cache-Control",
+    ]
+)
+_RESP_VALUES = st.sampled_from([b"close", b"keep-alive", b"x-custom", b"X-Custom, etag", b"v", b""])
+
+
+def _reference_answer(headers: list[tuple[bytes, bytes]], status: int) -> tuple[Any, bool]:
+    """What the forwarder computed before: the headers passed on, and whether the body is
+    framed (its end not the connection's)."""
+    drop = _hop_by_hop(headers)
+    framed = status in (204, 304) or any(
+        k.lower() in (b"content-length", b"transfer-encoding") for k, _ in headers
+    )
+    return [(k, v) for k, v in headers if k.lower() not in drop], framed
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    status=st.sampled_from([200, 201, 204, 304, 400, 404, 500]),
+    headers=st.lists(st.tuples(_RESP_NAMES, _RESP_VALUES), max_size=10),
+    framing=st.sampled_from(["none", "length", "chunked"]),
+    interim=st.lists(st.tuples(_RESP_NAMES, _RESP_VALUES), max_size=3) | st.none(),
+)
+def test_answer_headers_equal_the_reference(
+    status: int,
+    headers: list[tuple[bytes, bytes]],
+    framing: str,
+    interim: list[tuple[bytes, bytes]] | None,
+) -> None:
+    import asyncio
+
+    from client.adapters.forwarder import _Conn
+
+    if status in (204, 304):
+        framing = "none"  # no body and no framing headers on these
+    head = list(headers)
+    tail = b""
+    if framing == "length":
+        head.append((b"Content-Length", b"0"))
+    elif framing == "chunked":
+        head.append((b"Transfer-Encoding", b"chunked"))
+        tail = b"0\r\n\r\n"
+    data = b""
+    if interim is not None:  # a 1xx answer first: its headers must not count
+        data += b"HTTP/1.1 100 Continue\r\n"
+        data += b"".join(k + b": " + v + b"\r\n" for k, v in interim) + b"\r\n"
+    data += b"HTTP/1.1 %d X\r\n" % status
+    data += b"".join(k + b": " + v + b"\r\n" for k, v in head) + b"\r\n" + tail
+    loop = asyncio.new_event_loop()
+    try:
+        conn = _Conn(loop)
+        conn.data_received(data)
+        assume(conn.error is None)  # e.g. a 1xx with "Connection: close" and more after it
+        assert conn.head_done
+        want_headers, want_framed = _reference_answer(conn.headers, status)
+        assert conn.headers == head
+        assert conn.answer_headers() == want_headers
+        assert conn.framed is want_framed
+    finally:
+        loop.close()
