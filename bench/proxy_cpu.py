@@ -120,6 +120,16 @@ def serve_sp(port: int) -> None:
     asyncio.run(run())
 
 
+# uvicorn re-raises the SIGTERM it caught once it has shut down: made a SystemExit here, so
+# that cProfile writes its stats.
+_CPROFILE = (
+    "import cProfile, runpy, signal, sys; "
+    "signal.signal(signal.SIGTERM, lambda *_: sys.exit(0)); "
+    "sys.argv = ['tlog', *sys.argv[1:]]; "
+    "cProfile.run('runpy.run_module(\"tlog.cli\", run_name=\"__main__\")', %r)"
+)
+
+
 # --- measuring -----------------------------------------------------------------------------
 
 
@@ -128,6 +138,12 @@ def main() -> None:
     ap.add_argument("--duration", type=int, default=8)
     ap.add_argument("--connections", type=int, default=16)
     ap.add_argument("--proxy-root", type=Path, default=ROOT)
+    ap.add_argument(
+        "--cprofile",
+        type=Path,
+        help="run the proxy under cProfile (its event-loop thread only) and write the stats "
+        "to this file when it stops (the CPU figures of such a run are not comparable)",
+    )
     ap.add_argument("--serve-sp", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve_sp:
@@ -152,7 +168,10 @@ def main() -> None:
         upstream = f"http://127.0.0.1:{sport}/v2"
         proxy_p = subprocess.Popen(
             [
-                *(str(py), "-m", "tlog.cli", "scim-proxy", "--upstream", upstream),
+                str(py),
+                *(("-c", _CPROFILE % str(args.cprofile.resolve())) if args.cprofile else ()),
+                *(() if args.cprofile else ("-m", "tlog.cli")),
+                *("scim-proxy", "--upstream", upstream),
                 *("--log", log_url, "--token-file", str(tmp / "proxy.token")),
                 *("--tenant", "bench-proxy", "--sp-id", "bench-sp"),
                 *("--listen", f"127.0.0.1:{pport}", "--outbox", str(tmp / "outbox.sqlite")),

@@ -426,7 +426,6 @@ class AuditMiddleware:
         and the placeholders are replaced. A plain ``ref_pid`` (which may block) is called
         from a worker thread.
         """
-        loop = asyncio.get_running_loop()
         ref_pid = self.config.ref_pid
         resolve = getattr(ref_pid, "resolve", None)
         inline = self._inline(x)
@@ -434,14 +433,18 @@ class AuditMiddleware:
             if inline and ref_pid is None:
                 rec, records = self._build_records(x, None)
             else:
+                loop = asyncio.get_running_loop()
                 rec, records = await loop.run_in_executor(None, self._build_records, x, ref_pid)
         else:
             collector = PidCollector()
             if inline:
                 rec, records = self._build_records(x, collector)
             else:
+                loop = asyncio.get_running_loop()
                 rec, records = await loop.run_in_executor(None, self._build_records, x, collector)
             if records is None:
+                # (asked here, not per write: get_running_loop makes a getpid system call)
+                loop = asyncio.get_running_loop()
                 try:
                     real = await loop.run_in_executor(None, resolve, list(collector.pairs))
                 except EventFormatError as exc:
@@ -457,7 +460,9 @@ class AuditMiddleware:
             if inline:
                 records = self._outbox_records(x, rec)
             else:
-                records = await loop.run_in_executor(None, self._outbox_records, x, rec)
+                records = await asyncio.get_running_loop().run_in_executor(
+                    None, self._outbox_records, x, rec
+                )
         return rec, records
 
     async def _record(self, x: Exchange) -> tuple[list[tuple[bytes, bytes]], bool]:
