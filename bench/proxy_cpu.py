@@ -126,7 +126,7 @@ _CPROFILE = (
     "import cProfile, runpy, signal, sys; "
     "signal.signal(signal.SIGTERM, lambda *_: sys.exit(0)); "
     "sys.argv = ['tlog', *sys.argv[1:]]; "
-    "cProfile.run('runpy.run_module(\"tlog.cli\", run_name=\"__main__\")', %r)"
+    'cProfile.run(\'runpy.run_module("tlog.cli", run_name="__main__")\', %r)'
 )
 
 
