@@ -37,6 +37,7 @@ from itertools import groupby
 from client.adapters.outbox import Receipt
 from client.formats.checkpoint import Checkpoint
 from client.formats.merkle import (
+    EMPTY_ROOT,
     HASH_SIZE,
     CompactRange,
     VerificationError,
@@ -132,9 +133,10 @@ class ReceiptVerifier:
         self._full: dict[tuple[int, int], bytes] = {}
         self._reader: TileHashReader | None = None
         # The compact range of the newest verified tree (its root is that checkpoint's),
-        # and the last consistency it proved by growing: (old size, new size, new root).
+        # and the last consistency it proved by growing: (old size, old root, new size, new
+        # root): both trees, or a fork of the old size would pass as proven.
         self._edge: CompactRange | None = CompactRange()
-        self._proven: tuple[int, int, bytes] | None = None
+        self._proven: tuple[int, bytes, int, bytes] | None = None
 
     @property
     def size(self) -> int:
@@ -162,7 +164,7 @@ class ReceiptVerifier:
     def _prove(self, old: Checkpoint, new: Checkpoint) -> None:
         if old.size == 0:
             return  # the empty root was checked with the note
-        if self._proven == (old.size, new.size, new.root_hash):
+        if self._proven == (old.size, old.root_hash, new.size, new.root_hash):
             return  # the compact range of ``old`` grew into ``new`` (_extends_edge)
         reader = self._reader_for(new.size)
         proof = proof_from_ranges(consistency_ranges(old.size, new.size), reader.node)
@@ -282,6 +284,7 @@ class ReceiptVerifier:
         edge = self._edge
         latest = self._tree.latest
         old_size = 0 if latest is None else latest.size
+        old_root = EMPTY_ROOT if latest is None else latest.root_hash
         n = cp.size - old_size
         if (
             edge is None
@@ -297,7 +300,7 @@ class ReceiptVerifier:
         grown.extend([leaves[i] for i in range(old_size, cp.size)])
         if grown.root() != cp.root_hash:
             return False
-        self._proven = (old_size, cp.size, cp.root_hash)
+        self._proven = (old_size, old_root, cp.size, cp.root_hash)
         self._tree.observe(cp, claimed_latest=claimed_latest)
         self._edge = grown
         return True
