@@ -18,63 +18,10 @@ from hypothesis import strategies as st
 
 from client.adapters.outbox import Receipt
 from client.adapters.receipts import ReceiptVerifier
-from client.formats.checkpoint import Checkpoint
-from client.formats.merkle import VerificationError, root_of_range
-from client.formats.note import Ed25519Signer, FormatError, b64encode, sign_note
-from client.formats.tiles import TILE_HEIGHT, Tile
-from client.net.logclient import VerifiedCheckpoint, _verify_note
+from client.formats.merkle import VerificationError
+from client.formats.note import FormatError, b64encode
 
-ORIGIN = "example.com/receipts-test"
-SIGNER = Ed25519Signer(ORIGIN, bytes(range(32)))
-VERIFIER = SIGNER.verifier()
-
-
-def _leaf(i: int) -> bytes:
-    return hashlib.sha256(b"leaf %d" % i).digest()
-
-
-class Tree:
-    """A log of leaf hashes, its tiles and its signed checkpoints; ``fetches`` counts tile
-    reads."""
-
-    def __init__(self, size: int) -> None:
-        self.leaves = [_leaf(i) for i in range(size)]
-        self.fetches = 0
-
-    def grow(self, n: int) -> range:
-        start = len(self.leaves)
-        self.leaves += [_leaf(i) for i in range(start, start + n)]
-        return range(start, start + n)
-
-    def note(self, size: int | None = None, root: bytes | None = None) -> str:
-        size = len(self.leaves) if size is None else size
-        cp = Checkpoint(ORIGIN, size, root or root_of_range(self.leaves[:size]))
-        return sign_note(cp.text(), [SIGNER])
-
-    def tile(self, tile: Tile) -> bytes:
-        self.fetches += 1
-        span = 1 << (TILE_HEIGHT * tile.level)
-        first = tile.index * 256
-        out = []
-        for j in range(first, first + tile.width):
-            out.append(root_of_range(self.leaves[j * span : (j + 1) * span]))
-        return b"".join(out)
-
-    def receipts(self, indices: range, note: str, size: int) -> list[Receipt]:
-        return [
-            Receipt(f"e{i}", i, b64encode(self.leaves[i]), size, note, duplicate=False)
-            for i in indices
-        ]
-
-
-def _verifier(tree: Tree, fast: bool) -> ReceiptVerifier:
-    def verify_note(note: str) -> VerifiedCheckpoint:
-        return _verify_note(note, VERIFIER, None)
-
-    v = ReceiptVerifier(verify_note, tree.tile)
-    if not fast:
-        v._extends_edge = lambda *a: False  # type: ignore[method-assign]
-    return v
+from .receipt_tree import Tree, leaf_of, verifier_for
 
 
 def _verdict(v: ReceiptVerifier, receipts: list[Receipt], floor: int) -> bool:
@@ -101,7 +48,7 @@ def test_the_fast_path_gives_the_tiles_verdict(
     verdicts: dict[bool, list[bool]] = {}
     for fast in (True, False):
         tree = Tree(start)
-        v = _verifier(tree, fast)
+        v = verifier_for(tree, fast)
         got = []
         for k, n in enumerate(batches):
             floor = v.size
@@ -111,7 +58,7 @@ def test_the_fast_path_gives_the_tiles_verdict(
             if k == len(batches) - 1 and lie != "none":
                 i = where % n
                 if lie == "leaf":
-                    rs[i] = Receipt(rs[i].eid, rs[i].index, b64encode(_leaf(-1)), rs[i].tree_size,
+                    rs[i] = Receipt(rs[i].eid, rs[i].index, b64encode(leaf_of(-1)), rs[i].tree_size,
                                     note)  # fmt: skip
                 elif lie == "swap" and n > 1:
                     j = (i + 1) % n
@@ -135,7 +82,7 @@ def test_one_adapter_on_a_quiet_log_reads_no_tiles() -> None:
     """After the first batch, batches that are all the log appended are proven without a
     request; a batch with someone else's leaves in between reads tiles again."""
     tree = Tree(1000)
-    v = _verifier(tree, True)
+    v = verifier_for(tree, True)
     new = tree.grow(10)
     note = tree.note()
     assert _verdict(v, tree.receipts(new, note, len(tree.leaves)), 0)
@@ -158,7 +105,7 @@ def test_one_adapter_on_a_quiet_log_reads_no_tiles() -> None:
 @pytest.mark.parametrize("fast", [True, False])
 def test_a_rollback_is_refused_both_ways(fast: bool) -> None:
     tree = Tree(50)
-    v = _verifier(tree, fast)
+    v = verifier_for(tree, fast)
     new = tree.grow(5)
     note = tree.note()
     assert _verdict(v, tree.receipts(new, note, 55), 0)

@@ -16,13 +16,14 @@ import client.net.core
 from client.adapters.outbox import Receipt
 from client.formats.merkle import VerificationError
 from client.formats.note import b64encode
-from tests.adapters.test_receipt_verifier_paths import Tree, _verifier
+
+from .receipt_tree import Tree, verifier_for
 
 
 def test_a_fork_of_a_fast_proven_size_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(client.net.core, "MAX_KNOWN_SIZES", 2)
     tree = Tree(10)
-    v = _verifier(tree, True)
+    v = verifier_for(tree, True)
     for n in (1, 1, 1):  # the first by tiles, then 11 -> 12 and 12 -> 13 by the fast path
         floor = v.size
         new = tree.grow(n)
