@@ -295,8 +295,10 @@ class Sequencer:
         raise AssertionError("unreachable")
 
     def _run(self) -> None:
+        batch: list[_Pending] | None = None
         try:
             while True:
+                batch = None
                 batch = self._take()
                 if batch is None:
                     return
@@ -335,10 +337,38 @@ class Sequencer:
                     except Exception:  # pragma: no cover - a hook must not stop the writer
                         log.exception("on_batch hook failed")
                 self._queued_done(batch, result)
+                batch = None
+        except BaseException as exc:
+            self._died(batch, exc)
+            raise
         finally:
             with self._done_cond:  # the publisher answers what is left, then stops
                 self._done.append(None)
                 self._done_cond.notify()
+
+    def _died(self, batch: list[_Pending] | None, exc: BaseException) -> None:
+        """The writer thread is ending on an exception nothing above caught (a defect): say
+        so loudly, accept nothing more, and answer the batch it held and everything queued
+        (nothing of them acknowledged; a retry of one that did commit is a duplicate), so
+        that no submitter waits for a writer that is gone and every ``done`` hook runs (the
+        SCIM writer gives back the write turn it holds for a group there)."""
+        log.critical(
+            "the log's writer stopped on an unexpected error; nothing more is accepted until "
+            "a restart: %r",
+            exc,
+        )
+        with self._cond:
+            self._stopping = True
+            rest = list(self._queue)
+            self._queue.clear()
+            self._queued_entries = 0
+        pending = [*(batch or ()), *rest]
+        if pending:
+            dead = SequencerStopped(
+                f"nothing of the batch was acknowledged: the writer stopped: {exc!r}"
+            )
+            self._fail(pending, dead)
+            self._queued_done(pending, dead)
 
     def _commit(self, batch: list[_Pending]) -> BatchResult | BaseException:
         """Commit ``batch``: its result, or why nothing of it was acknowledged (a
