@@ -145,14 +145,13 @@ def test_a_certificate_of_another_tenant_shreds_nothing(
         log_.storage.close()
 
 
+@pytest.mark.lmdb_only("the same command; the backends are covered in process above")
 def test_the_cli_applies_certificates_again(
     tmp_path: Path, database: str | None, old_copy: Any, new_database: Any
 ) -> None:
     """``tlog reapply-erasures --data DIR CERT...`` on a stopped server's data directory
     (LMDB): refuses a file that is not a certificate of this log by name, nothing changed;
     applies a good one."""
-    if database is not None:
-        pytest.skip("the same command; the backends are covered in process above")
     cert, tokens, _ = _restored_after_erasure(tmp_path, None, old_copy, new_database)
     key = tmp_path / "log.key"
     key.write_text(Ed25519Signer(ORIGIN, bytes(range(32))).skey() + "\n")
@@ -182,6 +181,10 @@ def test_the_cli_applies_certificates_again(
         log_.storage.close()
 
 
+@pytest.mark.lmdb_only(
+    "the LMDB files are scanned here; PostgreSQL's WAL and dead rows: see test_shred_scan.py "
+    "(the same rotation)"
+)
 def test_nothing_of_the_subject_decrypts_after_the_certificate_is_applied_again(
     tmp_path: Path,
     database: str | None,
@@ -193,11 +196,6 @@ def test_nothing_of_the_subject_decrypts_after_the_certificate_is_applied_again(
     given the erasure certificate again: no key the log holds, nor anything it unwraps from
     any byte of the data directory (freed pages included), opens the subject's DEKs, its
     pseudonym key or its bodies; with the keys held just before, the same files do."""
-    if database is not None:
-        pytest.skip(
-            "the LMDB files are scanned here; PostgreSQL's WAL and dead rows: see "
-            "test_shred_scan.py (the same rotation)"
-        )
     import tlog.scim.keys
     import tlog.scim.service
     from tlog.scim.keys import SubjectId
