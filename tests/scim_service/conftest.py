@@ -170,6 +170,21 @@ def open_harness(
         log_.storage.close()
 
 
+@contextlib.contextmanager
+def reopened_harness(data: Path, database: str | None, tok: dict[str, str]) -> Iterator[Harness]:
+    """The log in ``data`` (and ``database``) opened again, as ``tlog serve`` would after a
+    restart or a restore, with the tokens ``tok`` made when it was first opened."""
+    signer = make_signer()
+    app, log_, tokens = build_app(serve_config(data, database), signer)
+    try:
+        service: ScimService | None = app_parts(app).scim  # type: ignore[assignment]
+        assert service is not None
+        with TestClient(app) as client:
+            yield Harness(client, log_, tokens, signer, data, service, tok)
+    finally:
+        log_.storage.close()
+
+
 @pytest.fixture
 def harness(tmp_path: Path, database: str | None) -> Iterator[Harness]:
     with open_harness(tmp_path, database=database) as h:

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from starlette.testclient import TestClient
 
 from client.formats.note import Ed25519Signer
 from client.scim import new_event
@@ -32,11 +31,10 @@ from client.scim.erasure import verify_certificate
 from tlog.integrity import CHECKPOINT_FILE, CheckpointFile
 from tlog.recover import recover, recover_database
 from tlog.scim.keys import MASTER_KEY_FILE
-from tlog.server import build_app
 
 from ..pgsupport import OldCopy, clone_store
-from ..support import app_parts, serve_config, tlog_cli
-from .conftest import ORIGIN, T1, Harness, make_signer, open_harness, user_event
+from ..support import tlog_cli
+from .conftest import ORIGIN, T1, Harness, make_signer, open_harness, reopened_harness, user_event
 
 ALICE = "u-alice-7f3a"
 BOB = "u-bob-55c1"
@@ -97,29 +95,21 @@ def test_a_restored_backup_forgets_no_erasure_whose_certificate_is_applied_again
     # erasures among them are undone until their certificates are applied again.
     text = "\n".join(said)
     assert "WARNING" in text and "reapply-erasures" in text, text
-    signer = make_signer()
-    app, log_, token_store = build_app(serve_config(tmp_path, database), signer)
-    try:
-        svc = app_parts(app).scim
-        assert svc is not None
-        with TestClient(app) as c:
-            h = Harness(c, log_, token_store, signer, tmp_path, svc, tokens)
-            assert ALICE in _rids(h, ALICE)  # what the restore brought back
-            verified = verify_certificate(cert, signer.vkey())
-            done = svc.erasures.reapply([verified])
-            assert (
-                done
-                == {"subjects": 1, "deks": 1, "events": 2, "index_records": done["index_records"]}
-                and done["index_records"] > 0
-            )
-            assert _rids(h, ALICE) == []  # its index records are gone with it
-            assert _rids(h, BOB) == [BOB]
-            erased = [x for x in h.auditor().search_all() if x.event is None]
-            assert len(erased) == 2  # Alice's two events, tombstoned again
-            # Applying the same certificate again finds nothing left to shred.
-            assert svc.erasures.reapply([verified])["subjects"] == 0
-    finally:
-        log_.storage.close()
+    with reopened_harness(tmp_path, database, tokens) as h:
+        svc = h.service
+        assert ALICE in _rids(h, ALICE)  # what the restore brought back
+        verified = verify_certificate(cert, h.signer.vkey())
+        done = svc.erasures.reapply([verified])
+        assert (
+            done == {"subjects": 1, "deks": 1, "events": 2, "index_records": done["index_records"]}
+            and done["index_records"] > 0
+        )
+        assert _rids(h, ALICE) == []  # its index records are gone with it
+        assert _rids(h, BOB) == [BOB]
+        erased = [x for x in h.auditor().search_all() if x.event is None]
+        assert len(erased) == 2  # Alice's two events, tombstoned again
+        # Applying the same certificate again finds nothing left to shred.
+        assert svc.erasures.reapply([verified])["subjects"] == 0
     # The key file that opened the restored store before no longer opens Alice: the chain
     # was rotated, as by the erasure itself (the file on disk now holds a new key).
     assert (tmp_path / MASTER_KEY_FILE).read_bytes() != (tmp_path / "old-master.key").read_bytes()
@@ -129,20 +119,12 @@ def test_a_certificate_of_another_tenant_shreds_nothing(
     tmp_path: Path, database: str | None, old_copy: Any, new_database: Any
 ) -> None:
     cert, tokens, _ = _restored_after_erasure(tmp_path, database, old_copy, new_database)
-    signer = make_signer()
-    app, log_, token_store = build_app(serve_config(tmp_path, database), signer)
-    try:
-        svc = app_parts(app).scim
-        assert svc is not None
-        with TestClient(app) as c:
-            h = Harness(c, log_, token_store, signer, tmp_path, svc, tokens)
-            verified = verify_certificate(cert, signer.vkey())
-            other = type(verified)(**{**verified.__dict__, "tenant": "tenant-globex"})
-            assert svc.erasures.reapply([other])["subjects"] == 0
-            assert ALICE in _rids(h, ALICE)
-            assert T1 == verified.tenant
-    finally:
-        log_.storage.close()
+    with reopened_harness(tmp_path, database, tokens) as h:
+        verified = verify_certificate(cert, h.signer.vkey())
+        other = type(verified)(**{**verified.__dict__, "tenant": "tenant-globex"})
+        assert h.service.erasures.reapply([other])["subjects"] == 0
+        assert ALICE in _rids(h, ALICE)
+        assert T1 == verified.tenant
 
 
 @pytest.mark.lmdb_only("the same command; the backends are covered in process above")
@@ -169,16 +151,8 @@ def test_the_cli_applies_certificates_again(
     assert r.returncode == 0, r.stderr
     assert "1 subject(s) shredded again (2 events" in r.stdout, r.stdout
     assert (tmp_path / MASTER_KEY_FILE).read_bytes() != before
-    signer = make_signer()
-    app, log_, token_store = build_app(serve_config(tmp_path, None), signer)
-    try:
-        svc = app_parts(app).scim
-        assert svc is not None
-        with TestClient(app) as c:
-            h = Harness(c, log_, token_store, signer, tmp_path, svc, tokens)
-            assert _rids(h, ALICE) == [] and _rids(h, BOB) == [BOB]
-    finally:
-        log_.storage.close()
+    with reopened_harness(tmp_path, None, tokens) as h:
+        assert _rids(h, ALICE) == [] and _rids(h, BOB) == [BOB]
 
 
 @pytest.mark.lmdb_only(
@@ -231,19 +205,12 @@ def test_nothing_of_the_subject_decrypts_after_the_certificate_is_applied_again(
         recover(data / "db", signer, replica, remembered, [], echo=lambda _: None)
     finally:
         remembered.close()
-    app, log_, token_store = build_app(serve_config(data, None), signer)
-    try:
-        svc = app_parts(app).scim
-        assert svc is not None
-        with TestClient(app) as c:
-            h = Harness(c, log_, token_store, signer, data, svc, tokens)
-            secrets = subject_secrets(h, rec, SubjectId("User", "rid", ALICE))
-            before = held_keys(h)
-            assert svc.erasures.reapply([verify_certificate(cert, signer.vkey())])["subjects"]
-            assert_nothing_decrypts(h, rec, secrets, before, [ALICE, ALICE_XID], raw_files(data))
-            assert _rids(h, "u-bob-55c1") == ["u-bob-55c1"]
-    finally:
-        log_.storage.close()
+    with reopened_harness(data, None, tokens) as h:
+        secrets = subject_secrets(h, rec, SubjectId("User", "rid", ALICE))
+        before = held_keys(h)
+        assert h.service.erasures.reapply([verify_certificate(cert, signer.vkey())])["subjects"]
+        assert_nothing_decrypts(h, rec, secrets, before, [ALICE, ALICE_XID], raw_files(data))
+        assert _rids(h, "u-bob-55c1") == ["u-bob-55c1"]
 
 
 def test_receipts_kept_from_before_an_erasure_still_verify_offline(

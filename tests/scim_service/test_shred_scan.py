@@ -36,7 +36,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from starlette.testclient import TestClient
 
 import tlog.scim.keys
 import tlog.scim.service
@@ -53,13 +52,14 @@ from ..pgsupport import (
     wal_position,
     wal_since,
 )
-from ..support import app_parts, serve_config
+from ..support import serve_config
 from .conftest import (
     BASE_TS,
     T1,
     Harness,
     make_signer,
     open_harness,
+    reopened_harness,
 )
 from .shred import (
     ALICE,
@@ -193,10 +193,5 @@ def test_a_backup_from_before_an_erasure_opens_only_with_the_key_file_of_its_mom
         build_app(serve_config(tmp_path, database), signer)
     # The pair of that moment opens it, and the erased subject is readable again.
     shutil.copy2(old_key, tmp_path / MASTER_KEY_FILE)
-    app, log_, token_store = build_app(serve_config(tmp_path, database), signer)
-    try:
-        with TestClient(app) as c:
-            again = Harness(c, log_, token_store, signer, tmp_path, app_parts(app).scim, tokens)
-            assert ALICE in {x.event["rid"] for x in again.auditor().search(rid=ALICE).results}
-    finally:
-        log_.storage.close()
+    with reopened_harness(tmp_path, database, tokens) as again:
+        assert ALICE in {x.event["rid"] for x in again.auditor().search(rid=ALICE).results}
