@@ -19,10 +19,10 @@ import httpx
 import client.adapters.receipts as receipts
 from bench.scim_proxy import tlog_token
 from bench.tlogserve import start_serve
-from client.adapters.outbox import Outbox, OutboxRecord
+from client.adapters.outbox import Outbox
 from client.adapters.relay import Relay
-from client.scim.event import event_to_json, new_event
 from harness.net import stop_processes
+from harness.scim import event_record
 
 _spent = [0.0, 0.0, 0]
 _check = receipts.ReceiptVerifier.check
@@ -36,22 +36,6 @@ def _timed(self: receipts.ReceiptVerifier, *a: Any, **kw: Any) -> None:
         _spent[0] += time.thread_time() - c
         _spent[1] += time.perf_counter() - w
         _spent[2] += 1
-
-
-def _record(i: int) -> OutboxRecord:
-    ev = new_event(
-        tenant="t1",
-        sp="sp",
-        op="delete",
-        rt="User",
-        rid=f"u{i}",
-        actor={"kind": "anonymous"},
-        corr=f"req-{i}",
-        req={"m": "DELETE", "p": f"/Users/u{i}", "dig": b"\0" * 32, "len": 0},
-        res=204,
-        outcome="success",
-    )
-    return OutboxRecord(ev["eid"], f"req-{i}", event_to_json(ev))
 
 
 def main() -> None:
@@ -70,7 +54,7 @@ def main() -> None:
         for r in range(args.runs):
             for keyed in (False, True):
                 ob = Outbox(tmp / f"o{r}{keyed}.sqlite")
-                ob.put([_record(k * n + i) for i in range(n)])
+                ob.put([event_record(k * n + i) for i in range(n)])
                 k += 1
                 relay = Relay(
                     ob,

@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 from typing import Any, Self
 
 from client.adapters.middleware import ASGIApp
-from client.adapters.outbox import OutboxRecord
-from client.scim.event import event_to_json, new_event
 
 from ..support import free_port
 
@@ -130,19 +128,3 @@ def call_asgi(
     }
     asyncio.run(app(scope, receive, send))
     return sent
-
-
-def event_record(i: int) -> OutboxRecord:
-    ev = new_event(
-        tenant="t1",
-        sp="sp",
-        op="delete",
-        rt="User",
-        rid=f"u{i}",
-        actor={"kind": "anonymous"},
-        corr=f"req-{i}",
-        req={"m": "DELETE", "p": f"/Users/u{i}", "dig": b"\0" * 32, "len": 0},
-        res=204,
-        outcome="success",
-    )
-    return OutboxRecord(ev["eid"], f"req-{i}", event_to_json(ev))

@@ -98,9 +98,9 @@ def test_receipts_that_fail_are_counted_in_the_metrics(tmp_path: Path, log: Log)
 
     from client.adapters.outbox import Outbox
     from client.adapters.proxy import build_proxy
+    from harness.scim import event_record
 
     from ..support import wait_for
-    from .hostile import event_record
     from .receipt_front import CASES, Front
 
     sub, _ = log.tokens("t1")

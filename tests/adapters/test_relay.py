@@ -8,10 +8,10 @@ import pytest
 
 from client.adapters.outbox import Outbox
 from client.adapters.relay import DeliveryError, Relay
+from harness.scim import event_record
 
 from ..support import wait_for
 from .helpers import FakeLog, relay_for
-from .hostile import event_record
 
 
 @pytest.fixture

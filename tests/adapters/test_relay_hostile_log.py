@@ -18,10 +18,10 @@ import pytest
 
 from client.adapters.outbox import Outbox, OutboxRecord
 from client.adapters.relay import Relay
+from harness.scim import event_record
 
 from ..support import wait_for
 from .helpers import FakeLog, relay_for
-from .hostile import event_record
 
 
 def _eight_events_through(

@@ -21,9 +21,9 @@ import pytest
 
 from client.adapters.outbox import Outbox
 from client.adapters.relay import DeliveryError, Relay
+from harness.scim import event_record
 
 from ..support import wait_for
-from .hostile import event_record
 from .logserver import Log
 from .receipt_front import CASES, Front, on_batch
 
