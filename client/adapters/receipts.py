@@ -45,12 +45,11 @@ from client.formats.merkle import (
     fold_perfect,
     perfect_subtrees,
     proof_from_ranges,
-    verify_consistency,
 )
 from client.formats.note import b64decode_strict
 from client.formats.tiles import TILE_WIDTH, Tile, TileHashReader
 from client.net.core import CheckpointTracker
-from client.net.logclient import VerifiedCheckpoint, verify_tile_hashes
+from client.net.logclient import VerifiedCheckpoint, verify_consistent, verify_tile_hashes
 
 __all__ = [
     "MAX_HEADER_EVENTS",
@@ -167,13 +166,9 @@ class ReceiptVerifier:
         if self._proven == (old.size, old.root_hash, new.size, new.root_hash):
             return  # the compact range of ``old`` grew into ``new`` (_extends_edge)
         reader = self._reader_for(new.size)
-        proof = proof_from_ranges(consistency_ranges(old.size, new.size), reader.node)
-        try:
-            verify_consistency(old.size, new.size, old.root_hash, new.root_hash, proof)
-        except VerificationError as exc:
-            raise VerificationError(
-                f"the log's checkpoints of size {old.size} and {new.size} are inconsistent: {exc}"
-            ) from None
+        verify_consistent(
+            old, new, proof_from_ranges(consistency_ranges(old.size, new.size), reader.node)
+        )
 
     def check(
         self,

@@ -321,9 +321,10 @@ class HTTPCore(Closing):
         url = f"{self.url}/{path.lstrip('/')}"
         merged = {**self._headers, **headers} if headers else self._headers
         budget = self.http.timeout.read if timeout is None else timeout
-        at = None if budget is None else time.monotonic() + ANSWER_TIME_FACTOR * budget
+        span = None if budget is None else ANSWER_TIME_FACTOR * budget
+        at = None if span is None else time.monotonic() + span
         try:
-            with answer_deadline(None if budget is None else ANSWER_TIME_FACTOR * budget):
+            with answer_deadline(span):
                 request = self.http.build_request(
                     method,
                     url,

@@ -100,6 +100,7 @@ __all__ = [
     "VerifiedEntry",
     "check_quorum",
     "tile_covered",
+    "verify_consistent",
     "verify_tile_hashes",
     "verify_tlog_proof",
 ]
@@ -308,6 +309,17 @@ def tile_covered(tile: Tile, size: int) -> bool:
     """Whether the tree of ``size`` holds all hashes of ``tile`` (level -1: entries)."""
     level = max(tile.level, 0)
     return (size >> (TILE_HEIGHT * level)) >= tile.index * TILE_WIDTH + tile.width
+
+
+def verify_consistent(old: Checkpoint, new: Checkpoint, proof: Sequence[bytes]) -> None:
+    """``proof`` shows that ``old`` is a prefix of ``new``; else :class:`VerificationError`
+    naming both sizes (a log that showed two histories)."""
+    try:
+        verify_consistency(old.size, new.size, old.root_hash, new.root_hash, proof)
+    except VerificationError as exc:
+        raise VerificationError(
+            f"the log's checkpoints of size {old.size} and {new.size} are inconsistent: {exc}"
+        ) from None
 
 
 def verify_tile_hashes(
@@ -535,12 +547,7 @@ class LogClient(CoreClient):
             # No JSON API (a tiles-only log): compute the same proof from hash tiles.
             reader = TileHashReader(new.size, self.fetch_tile)
             proof = tuple(proof_from_ranges(consistency_ranges(old.size, new.size), reader.node))
-        try:
-            verify_consistency(old.size, new.size, old.root_hash, new.root_hash, proof)
-        except VerificationError as exc:
-            raise VerificationError(
-                f"the log's checkpoints of size {old.size} and {new.size} are inconsistent: {exc}"
-            ) from None
+        verify_consistent(old, new, proof)
 
     def _fetch_consistency(self, old_size: int, new: Checkpoint) -> tuple[bytes, ...]:
         doc = self._get_json(
