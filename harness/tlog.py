@@ -53,10 +53,10 @@ def tlog_cli(
     return r
 
 
-def log_vkey(url: str) -> str:
-    """The verifier key the log at ``url`` names (``GET /v1/log``): a benchmark's log is its
-    own, so its word is what ``tlog scim-proxy --log-key`` is given."""
+def log_vkey(url: str, timeout: float = 30.0) -> str:
+    """The verifier key the log at ``url`` names (``GET /v1/log``): a benchmark's or a test's
+    log is its own, so its word is what ``tlog scim-proxy --log-key`` is given."""
     import httpx
 
-    vkey = httpx.get(url.rstrip("/") + "/v1/log", timeout=30).json()["vkey"]
+    vkey = httpx.get(url.rstrip("/") + "/v1/log", timeout=timeout).json()["vkey"]
     return str(vkey)

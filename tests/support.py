@@ -21,7 +21,7 @@ from client.formats.merkle import CompactRange, fold_perfect, leaf_hash
 from client.formats.note import Verifier
 from client.formats.tiles import TILE_WIDTH, Tile
 from harness.net import STARTUP_TIMEOUT, free_port, stop_processes, wait_for, wait_http
-from harness.tlog import tlog_argv, tlog_cli
+from harness.tlog import log_vkey, tlog_argv, tlog_cli
 from tlog.config import ServeConfig
 
 if TYPE_CHECKING:
@@ -392,10 +392,9 @@ def _log_key_flags(log_url: str) -> tuple[str, ...]:
     """``--log-key`` with the key the log at ``log_url`` names (the tests' logs are their
     own), or ``--log-key-tofu`` when it cannot be asked now (a test's log that is down)."""
     try:
-        vkey = httpx.get(log_url.rstrip("/") + "/v1/log", timeout=10).json()["vkey"]
+        return ("--log-key", log_vkey(log_url, timeout=10))
     except (httpx.HTTPError, ValueError, KeyError, TypeError):
         return ("--log-key-tofu",)
-    return ("--log-key", str(vkey))
 
 
 def _start_proxy(
