@@ -620,51 +620,49 @@ class ScimService:
     def _commit_group(self, jobs: list[_Job]) -> None:
         answers: list[tuple[_Job, BaseException | None, Any]] = []
         ok: list[tuple[_Job, Any]] = []
-        release: Callable[[], None] = _nothing
         try:
             with self._write_lock:
                 fence = self._writer_fence(max(job.attempts for job in jobs))
+                # The write turn held since a claim just made, if any: given back below,
+                # unless the group is handed off (then _group_done gives it back).
                 release = self._take_claim_hold()
-                # The epoch the pending writes are pruned by: a commit that fails after
-                # this refuses the group at its hand-off (``_hand_off``).
-                epoch = self._prune_pending() if self._coalesce else self._epoch
-                with self.storage.read() as rv:
-                    tx = Overlay(rv, self._pending if self._coalesce else None)
-                    self._group_memo, self._group_tenants = {}, {}
-                    try:
-                        self._prefetch(tx, [j.reads for j in jobs if j.reads is not None])
-                        for job in jobs:
-                            if job.future.cancelled():
-                                continue
-                            mark = tx.mark()
-                            try:
-                                ok.append((job, job.fn(tx)))
-                            except KeysRotated as exc:
-                                tx.rollback(mark)
-                                answers.append((job, self._rotated_elsewhere(exc), None))
-                            except Exception as exc:
-                                tx.rollback(mark)
-                                answers.append((job, exc, None))
-                    finally:
-                        self._group_memo = self._group_tenants = None
-                    items = tx.items()
-                if not self._coalesce:
-                    try:
+                try:
+                    # The epoch the pending writes are pruned by: a commit that fails after
+                    # this refuses the group at its hand-off (``_hand_off``).
+                    epoch = self._prune_pending() if self._coalesce else self._epoch
+                    with self.storage.read() as rv:
+                        tx = Overlay(rv, self._pending if self._coalesce else None)
+                        self._group_memo, self._group_tenants = {}, {}
+                        try:
+                            self._prefetch(tx, [j.reads for j in jobs if j.reads is not None])
+                            for job in jobs:
+                                if job.future.cancelled():
+                                    continue
+                                mark = tx.mark()
+                                try:
+                                    ok.append((job, job.fn(tx)))
+                                except KeysRotated as exc:
+                                    tx.rollback(mark)
+                                    answers.append((job, self._rotated_elsewhere(exc), None))
+                                except Exception as exc:
+                                    tx.rollback(mark)
+                                    answers.append((job, exc, None))
+                        finally:
+                            self._group_memo = self._group_tenants = None
+                        items = tx.items()
+                    if not self._coalesce:
                         if items:
                             try:
                                 self.storage.put_aux(items, fence=fence)
                             except AuxFenced:
                                 self._mark_fence_taken()
                                 raise
-                    finally:
-                        release()
-                    answers += [(job, None, res) for job, res in ok]
-                elif ok:
-                    # answered by _group_done, which gives the turn back (or this, now)
-                    release = self._hand_off(ok, items, epoch, fence, release)
-                release()
+                        answers += [(job, None, res) for job, res in ok]
+                    elif ok:
+                        release = self._hand_off(ok, items, epoch, fence, release)
+                finally:
+                    release()
         except BaseException as exc:  # nothing was committed: every submission fails
-            release()
             answers += [(job, exc, None) for job, _ in ok]
             self._restage(answers)
             if not isinstance(exc, Exception):
