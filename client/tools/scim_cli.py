@@ -8,8 +8,10 @@
     tlog-client scim export URL --vkey VKEY [--token-file F] [filters] --out BUNDLE.json
     tlog-client scim verify-evidence BUNDLE.json (--vkey VKEY | --policy FILE) [--tenant-ref TN]
 
-Filters: ``--rid --xid --actor --action --outcome --req`` and ``--since/--until`` (ms since
-the epoch, the events' public log time). The token is an auditor token of one tenant
+Filters (:mod:`client.tools.filters`): ``--rid --xid --actor --action --outcome --req``,
+``--ref ID [--ref-rt RT]`` (events naming that subject: its groups' member changes) and
+``--since/--until`` (the events' public log time: ms, ISO 8601 or a span back from now such as
+``24h``). The token is an auditor token of one tenant
 (``--token-file``, else ``TLOG_TOKEN``).
 
 Nothing the server says is trusted: every result goes through
@@ -50,11 +52,11 @@ from client.net.core import HTTPFailure, http_client
 from client.net.scim_audit import AuditedEvent, ScimAuditClient, ScimAuditError
 from client.scim.event import event_to_json
 from client.scim.evidence import describe, verify_evidence
+from client.tools.filters import add_filter_args, filters_of
 
 __all__ = ["register"]
 
 EXIT_OK, EXIT_ERROR, EXIT_FAILED = 0, 1, 2
-FILTERS = ("rid", "xid", "actor", "action", "outcome", "req")
 
 
 class _Usage(Exception):
@@ -83,15 +85,6 @@ def _token(path: str | None) -> str:
     if token is None:
         raise _Usage("an auditor token is required: --token-file or TLOG_TOKEN")
     return token
-
-
-def _filters(args: argparse.Namespace) -> dict[str, Any]:
-    out: dict[str, Any] = {f: getattr(args, f) for f in FILTERS if getattr(args, f) is not None}
-    if args.since is not None:
-        out["since"] = args.since
-    if args.until is not None:
-        out["until"] = args.until
-    return out
 
 
 def _iso(ms: int) -> str:
@@ -134,11 +127,29 @@ def _client(args: argparse.Namespace) -> ScimAuditClient:
 def _events(client: ScimAuditClient, args: argparse.Namespace) -> Iterator[AuditedEvent]:
     limit = getattr(args, "limit", None)
     n = 0
-    for ev in client.search_all(**_filters(args)):
+    for ev in client.search_all(**filters_of(args)):
         yield ev
         n += 1
         if limit is not None and n >= limit:
             return
+
+
+def _acts(acts: Any) -> list[str]:
+    return [a["a"] for a in acts] if isinstance(acts, list) else []
+
+
+def _actions(ev: AuditedEvent) -> str:
+    """The event's actions as the request stated them (intent), then, where the log derived
+    another reading against the resource's state (effect), ``=> `` those: e.g. an Okta PUT
+    ``user.update => user.activate``. An effect the leaf does not commit to is marked."""
+    e = ev.event or {}
+    said = _acts(e.get("acts"))
+    text = ",".join(said) or "-"
+    if ev.effect is not None:
+        did = _acts(ev.effect.get("acts"))
+        if did and did != said:
+            text += " => " + ",".join(did) + ("" if ev.effect_attested else " (unattested)")
+    return text
 
 
 def _line(ev: AuditedEvent) -> str:
@@ -147,7 +158,8 @@ def _line(ev: AuditedEvent) -> str:
     e = ev.event
     return (
         f"{ev.index:>10}  {_iso(ev.leaf.ts)}  {e.get('op', '?'):8} {e.get('outcome', '?'):8}"
-        f" {e.get('rt', '?')}/{e.get('rid', '-')}  req {e.get('corr', {}).get('req', '-')}"
+        f" {e.get('rt', '?')}/{e.get('rid', '-')}  {_actions(ev)}"
+        f"  req {e.get('corr', {}).get('req', '-')}"
     )
 
 
@@ -173,6 +185,9 @@ def _summary(ev: AuditedEvent) -> dict[str, Any]:
     if ev.event is not None:
         out["event"] = json.loads(event_to_json(ev.event))
         out["origin"] = ev.origin
+    if ev.effect is not None:  # the log's reading of what the request did (its state)
+        out["effect"] = ev.effect
+        out["effect_attested"] = ev.effect_attested
     if ev.nonce is not None:  # with leaf and event: `tlog-client verify --event --nonce`
         out["nonce"] = b64encode(ev.nonce)
     return out
@@ -328,10 +343,7 @@ def register(scim: Any) -> None:
         p.add_argument("--vkey", required=True, help="the log's verifier key")
         p.add_argument("--token-file", help="file holding an auditor token (else TLOG_TOKEN)")
         p.add_argument("--timeout", type=float, default=30.0, help="HTTP timeout in seconds")
-        for f in FILTERS:
-            p.add_argument(f"--{f}", help=f"only events with this {f}")
-        p.add_argument("--since", type=int, help="only events logged at or after (ms)")
-        p.add_argument("--until", type=int, help="only events logged before (ms)")
+        add_filter_args(p)
 
     s = scim.add_parser("search", help="list a tenant's verified events, one line each")
     common(s)

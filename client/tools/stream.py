@@ -55,13 +55,13 @@ from client.formats.merkle import VerificationError
 from client.formats.note import Ed25519Verifier, FormatError, b64encode
 from client.net.core import HTTPFailure, answer_deadline, http_client
 from client.net.scim_audit import AuditedEvent, ScimAuditClient, ScimAuditError
+from client.tools.filters import add_filter_args, filters_of
 from client.tools.ocsf import to_ocsf
 from client.tools.scim_cli import read_secret
 
 __all__ = ["Cursor", "SinkError", "StreamResult", "make_sink", "register", "stream"]
 
 EXIT_OK, EXIT_ERROR, EXIT_FAILED = 0, 1, 2
-FILTERS = ("rid", "xid", "actor", "action", "outcome", "req")
 SD_ID = "tlog@32473"  # RFC 5612 documentation enterprise number
 MAX_UDP = 65_000
 MAX_ANSWER = 64 * 1024  # bytes of an HTTP sink's answer read (the rest is never read)
@@ -525,6 +525,7 @@ def cmd_stream(args: argparse.Namespace, http: httpx.Client | None = None) -> in
             raise ValueError("an auditor token is required: --token-file or TLOG_TOKEN")
         hec = read_secret(args.hec_token_file, "TLOG_HEC_TOKEN", "HEC token")
         verifier = Ed25519Verifier.from_vkey(args.vkey)
+        filters = filters_of(args)
         sink = make_sink(
             args.to,
             origin=verifier.name,
@@ -537,7 +538,6 @@ def cmd_stream(args: argparse.Namespace, http: httpx.Client | None = None) -> in
         return EXIT_ERROR
     own = http is None
     http = http or http_client(timeout=args.timeout)
-    filters: dict[str, Any] = {k: getattr(args, k) for k in FILTERS if getattr(args, k)}
     try:
         with ScimAuditClient(args.url, token, args.vkey, http=http) as client:
             runs = 0
@@ -622,6 +622,5 @@ def register(scim: Any) -> None:
         default=4,
         help="HTTP sinks: retries of a refused page, with backoff (default 4)",
     )
-    for f in FILTERS:
-        s.add_argument(f"--{f}", help=f"only events matching this {f}")
+    add_filter_args(s, times=False)
     s.set_defaults(run=cmd_stream)

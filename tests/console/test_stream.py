@@ -166,6 +166,18 @@ def test_stdout_sink(live: Live, tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert len(recs) == 2 and all(r["user"]["uid"] == "u-bob" for r in recs)
 
 
+def test_stream_by_reference(
+    live: Live, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--ref``: the events naming a user without being about it (the group that took
+    her in), as the auditor's search finds them; ``--ref-rt`` alone is a usage error."""
+    assert run(live, tmp_path, "stdout", "--ref", "u-alice", cursor="c-ref") == 0
+    recs = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [r["group"]["uid"] for r in recs] == ["g-admins"]
+    assert run(live, tmp_path, "stdout", "--ref-rt", "Group", cursor="c-ref2") == 1
+    assert "--ref-rt needs --ref" in capsys.readouterr().err
+
+
 def test_webhook_retries_then_delivers(live: Live, tmp_path: Path, receiver: Receiver) -> None:
     receiver.fail = 2
     assert run(live, tmp_path, f"webhook:{receiver.url}/ingest", "--rid", "u-alice") == 0

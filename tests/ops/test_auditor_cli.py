@@ -107,3 +107,99 @@ def test_verify_checks_a_body_against_its_commitment(
     other_nonce = base64.b64encode(bytes(32)).decode()
     assert main([*args, "--event", str(body), "--nonce", other_nonce]) == 2
     assert main([*args, "--event", str(body)]) == 1  # --nonce missing: usage error
+
+
+def test_search_names_intent_and_effect_and_finds_references(
+    scim_harness: Harness,  # noqa: F811
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An auditor's line shows what the request said and, where the log read the resource's
+    state otherwise, what it did (an Okta-style reactivation); `show` carries the effect;
+    `--ref` finds the group event that names a user only by pseudonym."""
+    import base64
+
+    from tests.scim_service.conftest import group_event
+
+    h = scim_harness
+    off = user_event("u-okta", req="r-off", active=("true", "false"))
+    assert h.post_event(off).status_code == 200
+    update = [{"a": "user.update", "ocsf": [3001, 3]}]
+    put = user_event("u-okta", req="r-put", op="replace", acts=update)
+    put["mods"] = [{"attr": "active", "new": "true"}]
+    assert h.post_event(put).status_code == 200
+    pids = h.client.post(
+        "/v1/scim/pseudonyms", headers=h.h("sub1"), json={"refs": [{"rt": "User", "id": "u-okta"}]}
+    )
+    pid = base64.b64decode(pids.json()["refs"][0]["pid"])
+    assert h.post_event(group_event([pid], req="r-group")).status_code == 200
+    tok = tmp_path / "auditor.token"
+    tok.write_text(h.tok["aud1"])
+
+    assert run(h, tok, "search", "--rid", "u-okta") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2
+    assert " user.deactivate " in lines[0] and "=>" not in lines[0]
+    assert " user.update => user.activate " in lines[1], lines[1]
+    assert run(h, tok, "show", "--req", "r-put") == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert [a["a"] for a in shown["effect"]["acts"]] == ["user.activate"]
+    assert shown["effect_attested"] is True
+
+    assert run(h, tok, "search", "--ref", "u-okta") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 and "Group/g-engineering-42" in lines[0] and "r-group" in lines[0]
+    assert run(h, tok, "search", "--ref", "u-okta", "--ref-rt", "Group") == 0
+    assert capsys.readouterr().out == ""
+    assert run(h, tok, "search", "--ref-rt", "Group") == 1
+    assert "--ref-rt needs --ref" in capsys.readouterr().err
+
+
+def test_since_and_until_take_iso_times_and_spans(
+    logged: tuple[Harness, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    h, tok = logged  # the harness's clock: 2024-06-01T00:00:00Z and a second a tick on
+
+    def found(*args: str) -> int:
+        assert run(h, tok, "search", "--rid", "u-2", *args) == 0  # (searches are logged too)
+        return capsys.readouterr().out.count("\n")
+
+    assert found("--since", "2024-06-01") == 1
+    assert found("--until", "2024-06-01") == 0  # until is exclusive
+    assert found("--since", "2024-06-01T02:00:00+01:00") == 0  # 01:00Z
+    assert found("--since", "2024-05-31T23:00", "--until", "2024-06-01T00:01Z") == 1
+    assert found("--since", str(1_717_200_000_000 + 3_600_000)) == 0
+    assert found("--since", "1h") == 0  # an hour back from now: 2024 is long ago
+    assert found("--since", "9999w") == 1
+    assert run(h, tok, "search", "--since", "yesterday") == 1  # a usage error
+    assert "is not a time" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("text", "ms"),
+    [
+        ("0", 0),
+        ("1764547200000", 1_764_547_200_000),
+        ("2025-12-01", 1_764_547_200_000),
+        ("2025-12-01T00:00:00Z", 1_764_547_200_000),
+        ("2025-12-01T01:00:00+01:00", 1_764_547_200_000),
+        ("2025-12-01T00:00:01.5", 1_764_547_201_500),
+        ("90s", 1_764_547_200_000 - 90_000),
+        ("30m", 1_764_547_200_000 - 1_800_000),
+        ("24h", 1_764_547_200_000 - 86_400_000),
+        ("7d", 1_764_547_200_000 - 7 * 86_400_000),
+        ("2w", 1_764_547_200_000 - 14 * 86_400_000),
+    ],
+)
+def test_parse_when(text: str, ms: int) -> None:
+    from client.tools.filters import parse_when
+
+    assert parse_when(text, now_ms=1_764_547_200_000) == ms
+
+
+@pytest.mark.parametrize("text", ["", "yesterday", "-5", "0h", "5y", "1969-12-31", "9" * 30, "1.5"])
+def test_parse_when_refuses(text: str) -> None:
+    from client.tools.filters import parse_when
+
+    with pytest.raises(ValueError):
+        parse_when(text, now_ms=1_764_547_200_000)
