@@ -20,7 +20,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["EXACT", "add_filter_args", "filters_of", "parse_when"]
+__all__ = ["EXACT", "add_filter_args", "filters_of", "iso_ms", "parse_when"]
 
 EXACT = ("rid", "xid", "actor", "action", "outcome", "req")
 
@@ -56,6 +56,12 @@ def parse_when(text: str, now_ms: int | None = None) -> int:
     if ms < 0:
         raise ValueError(f"{text!r} is before 1970")
     return ms
+
+
+def iso_ms(ms: int) -> str:
+    """ISO 8601 UTC with milliseconds of a log time in ms (what the auditor's commands
+    print; :func:`parse_when` reads it back)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}Z"
 
 
 def _when(text: str) -> int:

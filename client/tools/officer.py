@@ -32,6 +32,7 @@ from client.formats.merkle import VerificationError
 from client.formats.note import FormatError
 from client.net.core import HTTPCore, Unreachable
 from client.scim.erasure import verify_certificate
+from client.tools.filters import iso_ms
 from client.tools.scim_cli import read_secret
 
 __all__ = ["register"]
@@ -95,6 +96,10 @@ def _one_line(what: object) -> str:
     return " ".join(str(what).split())
 
 
+def _when(ms: object) -> str:
+    return iso_ms(ms) if type(ms) is int and 0 <= ms < 253_402_300_800_000 else str(ms)  # <= 9999
+
+
 def _show(st: dict[str, Any]) -> str:
     parts = [
         st["id"],
@@ -104,8 +109,8 @@ def _show(st: dict[str, Any]) -> str:
         f"by={st.get('kind', '?')}",
         f"reason={st['reason']}",
         f"requested_by={st['requested_by']}({st.get('requester', '')})",
-        f"created={st['created']}",
-        f"expires={st['expires']}",
+        f"created={_when(st['created'])}",
+        f"expires={_when(st['expires'])}",
     ]
     if "approved_by" in st:
         parts.append(f"approved_by={st['approved_by']}({st.get('approver', '')})")
@@ -147,7 +152,7 @@ def _approve(args: argparse.Namespace, http: httpx.Client | None) -> int:
 def _describe(doc: dict[str, Any], vkey: str) -> str:
     v = verify_certificate(doc, vkey)
     return (
-        f"VERIFIED erasure {v.request}: approved at {v.erased_at} (ms) in log {v.origin}, "
+        f"VERIFIED erasure {v.request}: approved at {_when(v.erased_at)} in log {v.origin}, "
         f"event #{v.index} included in the signed checkpoint of size {v.tree_size}; "
         f"subject type {v.subject_rt}, reason {v.reason}, keys sha256 {v.kid_hash}, "
         f"requested by {v.requested_by}, approved by {v.approved_by}"

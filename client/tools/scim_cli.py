@@ -52,7 +52,7 @@ from client.net.core import HTTPFailure, http_client
 from client.net.scim_audit import AuditedEvent, ScimAuditClient, ScimAuditError
 from client.scim.event import event_to_json
 from client.scim.evidence import describe, verify_evidence
-from client.tools.filters import add_filter_args, filters_of
+from client.tools.filters import add_filter_args, filters_of, iso_ms
 
 __all__ = ["register"]
 
@@ -85,10 +85,6 @@ def _token(path: str | None) -> str:
     if token is None:
         raise _Usage("an auditor token is required: --token-file or TLOG_TOKEN")
     return token
-
-
-def _iso(ms: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms / 1000)) + f".{ms % 1000:03d}Z"
 
 
 class _Progress:
@@ -154,10 +150,10 @@ def _actions(ev: AuditedEvent) -> str:
 
 def _line(ev: AuditedEvent) -> str:
     if ev.event is None:
-        return f"{ev.index:>10}  {_iso(ev.leaf.ts)}  (erased)  leaf {b64encode(ev.leaf_hash)}"
+        return f"{ev.index:>10}  {iso_ms(ev.leaf.ts)}  (erased)  leaf {b64encode(ev.leaf_hash)}"
     e = ev.event
     return (
-        f"{ev.index:>10}  {_iso(ev.leaf.ts)}  {e.get('op', '?'):8} {e.get('outcome', '?'):8}"
+        f"{ev.index:>10}  {iso_ms(ev.leaf.ts)}  {e.get('op', '?'):8} {e.get('outcome', '?'):8}"
         f" {e.get('rt', '?')}/{e.get('rid', '-')}  {_actions(ev)}"
         f"  req {e.get('corr', {}).get('req', '-')}"
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +143,8 @@ def test_officer_cli(harness: Harness, tmp_path: Path, capsys: pytest.CaptureFix
                    "--reason", "gdpr-art17")  # fmt: skip
     out = capsys.readouterr().out
     assert code == 0 and " pending " in out
+    iso = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"  # times as ISO 8601 UTC, not raw ms
+    assert re.search(f" created={iso} expires={iso}", out), out
     rid = out.split()[0]
     code, _ = _cli(h, tmp_path, "po_b", "list", URL)
     assert code == 0 and rid in capsys.readouterr().out
@@ -154,7 +157,8 @@ def test_officer_cli(harness: Harness, tmp_path: Path, capsys: pytest.CaptureFix
     cert = tmp_path / "cert.json"
     code, _ = _cli(h, tmp_path, "po_a", "certificate", URL, rid, "--out", str(cert),
                    "--vkey", h.vkey)  # fmt: skip
-    assert code == 0 and "VERIFIED erasure " + rid in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert code == 0 and "VERIFIED erasure " + rid in out and re.search(f"approved at {iso} ", out)
     code, _ = _cli(h, tmp_path, "po_a", "verify", str(cert), "--vkey", h.vkey)
     assert code == 0 and "VERIFIED" in capsys.readouterr().out
     doc = json.loads(cert.read_text())
