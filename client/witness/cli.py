@@ -35,6 +35,7 @@ from client.formats.cosignature import (
 )
 from client.formats.merkle import VerificationError
 from client.formats.note import FormatError
+from client.runtime.logs import configure as configure_logs
 from client.witness.config import ConfigError, KeyFileUnreadable, WitnessConfig
 from client.witness.core import Witness, WitnessedLog
 from client.witness.loglist import log_verifier
@@ -296,6 +297,13 @@ def _parser() -> argparse.ArgumentParser:
         prog="tlog-witness", description="Run a c2sp.org/tlog-witness witness."
     )
     p.add_argument("--log-level", default="WARNING", help="logging level (default WARNING)")
+    p.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="log lines as text (UTC ISO time, level, logger, message) or one JSON object "
+        "each; the same format and redaction as tlog serve",
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     k = sub.add_parser("keygen", help="create a cosignature key file and print its vkey")
@@ -335,7 +343,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not isinstance(level, int):
         _err(f"unknown log level {args.log_level!r}")
         return EXIT_USAGE
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not logging.getLogger().handlers:  # as basicConfig: a host's own logging stays
+        configure_logs(logging.getLevelName(level), args.log_format)
     try:
         rc: int = args.func(args)
     except ConfigError as exc:

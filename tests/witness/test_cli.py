@@ -132,6 +132,10 @@ def test_serve_as_a_process(tmp_path: Path) -> None:
             m = re.search(r"at (http://127\.0\.0\.1:\d+);", line)
             if m:
                 url = m.group(1)
+                # tlog serve's line format (client.runtime.logs), not logging's default
+                assert re.match(
+                    r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z WARNING client\.witness: ", line
+                )
         assert url is not None, "server did not report its address"
         signer = CosignatureSigner.from_skey((tmp_path / "witness.key").read_text())
         with WitnessClient(url, signer.vkey()) as client:
@@ -144,3 +148,36 @@ def test_serve_as_a_process(tmp_path: Path) -> None:
     assert rc == 0
     # The state outlives the process.
     assert main(["check", "--config", str(cfg)]) == 0
+
+
+def test_serve_logs_json_lines(tmp_path: Path) -> None:
+    """``--log-format json``: one object a line (ts, level, logger, msg), for log shippers."""
+    import json
+
+    keygen(tmp_path)
+    cfg = write_config(tmp_path)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "client.witness.cli",
+            "--log-format",
+            "json",
+            "serve",
+            "--config",
+            str(cfg),
+        ],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        doc = json.loads(proc.stderr.readline())
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=15)
+    assert doc["level"] == "WARNING" and doc["logger"] == "client.witness"
+    assert doc["msg"].startswith("witness witness.example.com/w9 serving 1 log(s) at http://")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", doc["ts"])
