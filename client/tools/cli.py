@@ -139,13 +139,18 @@ def _log_key(vkey: str | None, policy: Policy | None, *, url: str | None = None)
 # --- audit ---------------------------------------------------------------------------------
 
 
-def _describe_audit(r: AuditResult, policy: Policy | None) -> list[str]:
+def _describe_audit(r: AuditResult, policy: Policy | None, stateful: bool = True) -> list[str]:
     cp = r.checkpoint
     lines = [
         f"verified {cp.origin} at tree size {cp.size}",
         f"  root      {b64encode(cp.root_hash)}",
     ]
-    if r.previous_size is None:
+    if not stateful:
+        lines.append(
+            "  the whole tree was recomputed; without --state FILE nothing is remembered, so "
+            "this run cannot tell whether the log rewrote what an earlier run verified"
+        )
+    elif r.previous_size is None:
         lines.append("  first audit of this log: the whole tree was recomputed")
     else:
         lines.append(
@@ -195,7 +200,7 @@ def cmd_audit(args: argparse.Namespace, http: httpx.Client | None) -> int:
     finally:
         if own:
             http.close()
-    for line in _describe_audit(result, policy):
+    for line in _describe_audit(result, policy, stateful=bool(args.state)):
         print(line)
     return EXIT_OK
 

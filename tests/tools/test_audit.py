@@ -70,10 +70,14 @@ def test_clean_audit(server: Server, tmp_path: Path, capsys: pytest.CaptureFixtu
     assert sorted(served) == sorted(want)
 
 
-def test_audit_without_state_and_of_an_empty_log(server: Server) -> None:
+def test_audit_without_state_and_of_an_empty_log(
+    server: Server, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert server.audit(None) == 0
     server.add(1)
     assert server.audit(None) == 0
+    out = capsys.readouterr().out  # a run without state says what it cannot tell
+    assert "first audit" not in out and "without --state FILE nothing is remembered" in out
 
 
 def test_incremental_run_fetches_only_new_bundles(server: Server, tmp_path: Path) -> None:
