@@ -179,6 +179,7 @@ class Relay:
         self._waiters: dict[str, list[Future[Receipt]]] = {}
         self._failures = 0
         self._healthy = True
+        self._down_since = ""  # when the current run of failed deliveries began (UTC)
         self.delivered = 0  # events delivered by this relay (duplicates included)
         self.attempts = 0  # batch requests sent
         self.unverified = 0  # batch answers whose receipts did not verify (none marked)
@@ -365,6 +366,8 @@ class Relay:
             try:
                 done = self._deliver_once()
             except _Backoff as b:
+                if self._healthy:
+                    self._down_since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
                 self._healthy = False
                 self.last_error = str(b)
                 self._fail_waiters(str(b))
@@ -409,6 +412,13 @@ class Relay:
         if not items:
             return 0
         n = self._send(items)
+        if self._failures:
+            # Said once, so whoever read the warnings knows that they stopped and why.
+            _log.warning(
+                "delivery to the log resumed after %d failed attempt(s) since %s",
+                self._failures,
+                self._down_since,
+            )
         self._healthy = True
         self._failures = 0
         return n

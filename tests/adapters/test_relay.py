@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -62,7 +63,10 @@ def test_redelivery_after_a_lost_answer_makes_no_duplicate(outbox: Outbox) -> No
     assert len({e["eid"] for e in log.events}) == 10
 
 
-def test_backs_off_on_503_and_network_errors_then_delivers(outbox: Outbox) -> None:
+def test_backs_off_on_503_and_network_errors_then_delivers(
+    outbox: Outbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, "client.adapters.relay")
     log = FakeLog()
     log.fail.extend(["down", 503, 500, "down", 429])
     outbox.put([event_record(i) for i in range(3)])
@@ -76,6 +80,12 @@ def test_backs_off_on_503_and_network_errors_then_delivers(outbox: Outbox) -> No
         relay.stop()
     assert len(log.events) == 3
     assert relay.attempts >= 6
+    # The end of the failures is said once, after the warnings that announced them.
+    said = [r.getMessage() for r in caplog.records]
+    assert sum("delivery to the log failed" in m for m in said) == 5
+    resumed = [m for m in said if "delivery to the log resumed" in m]
+    assert len(resumed) == 1 and "after 5 failed attempt(s) since 20" in resumed[0]
+    assert said.index(resumed[0]) == len(said) - 1
 
 
 def test_a_malformed_event_is_isolated_and_rejected(outbox: Outbox) -> None:
