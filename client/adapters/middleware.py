@@ -145,11 +145,15 @@ class AuditMiddleware:
         """The audit backlog, for monitoring (``tlog scim-proxy`` serves it at
         ``GET /.tlog/status``; metrics exporters can call this directly): the outbox's
         undelivered events (:meth:`Outbox.backlog`), whether the relay is healthy, how many of
-        the log's answers failed the relay's receipt verification, and this
+        the log's answers failed the relay's receipt verification, how many receipts were
+        proven included but not proven to be the event (``receipts_content_unproven``), and this
         process's counters (``events`` recorded, ``unrecorded``, ``refused``, ``access``)."""
         out: dict[str, Any] = dict(self.outbox.backlog())
         out["relay_healthy"] = None if self.relay is None else self.relay.healthy
         out["receipts_unverified"] = 0 if self.relay is None else self.relay.unverified
+        # retries the log answered as logged before but erased since: no nonce, so their
+        # content is not proven (should stay 0 but for a retry that crossed an erasure)
+        out["receipts_content_unproven"] = 0 if self.relay is None else self.relay.erased_retries
         out.update(self.stats)
         return out
 

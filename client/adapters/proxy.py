@@ -314,6 +314,12 @@ class _ProxyCollector(Collector):
             "answers of the log whose receipts did not verify (nothing of them marked delivered)",
             value=b.get("receipts_unverified") or 0,
         )
+        yield CounterMetricFamily(
+            "tlog_proxy_receipts_content_unproven",
+            "receipts for retries the log answered without a nonce (their bodies erased since): "
+            "inclusion proven, content not",
+            value=b.get("receipts_content_unproven") or 0,
+        )
         events = CounterMetricFamily(
             "tlog_proxy_events", "audit records by kind since start", labels=["kind"]
         )

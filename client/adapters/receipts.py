@@ -23,6 +23,13 @@ answer carries no inclusion proofs; the inclusion is proven once per batch, one 
   the same tiles.
 
 ``tests/adapters/test_receipt_verifier_paths.py`` holds the two ways to one verdict.
+
+:func:`check_commitments` then checks that each proven leaf is *this* event's: the answer
+carries each event's leaf and its commitment nonce, the leaf must hash to the receipt's leaf
+hash, and its ``c`` must be HMAC(nonce, det_cbor(event)) of the event the adapter sent. So a
+log cannot acknowledge an event with the proof of another leaf (and the adapter then drop
+the event as delivered). A retry of an event whose body the log has erased since has no
+nonce (nothing to open): only its inclusion is proven (counted, and logged by the relay).
 """
 
 from __future__ import annotations
@@ -46,15 +53,20 @@ from client.formats.merkle import (
     perfect_subtrees,
     proof_from_ranges,
 )
-from client.formats.note import b64decode_strict
+from client.formats.merkle import leaf_hash as rfc6962_leaf_hash
+from client.formats.note import FormatError, b64decode_strict
 from client.formats.tiles import TILE_WIDTH, Tile, TileHashReader
 from client.net.core import CheckpointTracker
 from client.net.logclient import VerifiedCheckpoint, verify_consistent, verify_tile_hashes
+from client.scim.event import adopt_json_text
+from client.scim.fastjson import decode_event_json
+from client.scim.leaf import commitment_unchecked, parse_leaf
 
 __all__ = [
     "MAX_HEADER_EVENTS",
     "RECEIPT_HEADERS",
     "ReceiptVerifier",
+    "check_commitments",
     "receipt_headers",
     "wait_receipts",
 ]
@@ -109,6 +121,47 @@ def receipt_headers(
 # right edge). Tiles are untrusted input, checked against a signed root every time they are
 # used, so a bad one cached makes a check fail, never pass; the cache is dropped then.
 _TILE_CACHE = 256
+
+
+def _canonical(body: str) -> bytes:
+    """The det-CBOR of an event in its JSON form (the outbox record), as the log encodes it."""
+    data = body.encode("utf-8")
+    fast = decode_event_json(data)
+    return fast[1] if fast is not None else adopt_json_text(data)[1]
+
+
+def check_commitments(
+    receipts: Sequence[Receipt],
+    commits: Mapping[str, tuple[bytes, bytes | None]],
+    bodies: Mapping[str, str],
+) -> int:
+    """Raise :class:`VerificationError` unless every receipt's leaf is the event sent under
+    its eid: ``commits[eid]`` = (leaf, nonce) from the answer, ``bodies[eid]`` the event's
+    JSON form as sent. Returns how many were retries the log answered without a nonce (their
+    bodies erased since: inclusion only). Error texts carry no eid or leaf hash."""
+    erased = 0
+    for r in receipts:
+        got = commits.get(r.eid)
+        if got is None:
+            raise VerificationError("a receipt without its leaf")
+        leaf, nonce = got
+        if base64.b64encode(rfc6962_leaf_hash(leaf)).decode() != r.leaf_hash:
+            raise VerificationError("a receipt's leaf does not hash to its leaf hash")
+        if nonce is None:
+            if not r.duplicate:
+                raise VerificationError("a new event answered without its commitment nonce")
+            erased += 1
+            continue
+        try:
+            c = parse_leaf(leaf).c
+        except (FormatError, ValueError) as exc:
+            raise VerificationError(f"a receipt's leaf is not a SCIM leaf: {exc}") from None
+        if c != commitment_unchecked(nonce, _canonical(bodies[r.eid])):
+            raise VerificationError(
+                "a receipt's leaf does not commit to the event sent under its id (the log "
+                "answered with another event's leaf)"
+            )
+    return erased
 
 
 class ReceiptVerifier:

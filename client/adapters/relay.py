@@ -43,18 +43,19 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any
 
 import httpx
 
 from client.adapters.outbox import Outbox, OutboxError, OutboxRecord, Pending, Receipt
-from client.adapters.receipts import ReceiptVerifier
+from client.adapters.receipts import ReceiptVerifier, check_commitments
 from client.formats.merkle import VerificationError
-from client.formats.note import Ed25519Verifier, FormatError
+from client.formats.note import Ed25519Verifier, FormatError, b64decode_strict
 from client.net.core import Answer, HTTPCore, HTTPFailure, Unreachable, retry_after
 from client.net.logclient import LogClient
+from client.scim.leaf import NONCE_SIZE
 
 __all__ = ["BATCH_PATH", "MAX_BATCH", "DeliveryError", "Relay"]
 
@@ -84,7 +85,11 @@ def _batch_body(bodies: Sequence[str]) -> bytes:
     return ('{"events":[' + ",".join(bodies) + "]}").encode("utf-8")
 
 
-def _parse_results(data: Any, eids: Sequence[str]) -> list[Receipt]:
+def _parse_results(
+    data: Any, eids: Sequence[str]
+) -> tuple[list[Receipt], dict[str, tuple[bytes, bytes | None]]]:
+    """The receipts of a batch answer, and each event's leaf and commitment nonce (the
+    nonce None where the answer has none: see :func:`check_commitments`)."""
     if not isinstance(data, dict) or not isinstance(data.get("results"), list):
         raise ValueError("batch answer without 'results'")
     tree_size, checkpoint = data.get("tree_size"), data.get("checkpoint")
@@ -92,12 +97,19 @@ def _parse_results(data: Any, eids: Sequence[str]) -> list[Receipt]:
         raise ValueError("batch answer without tree_size/checkpoint")
     wanted = set(eids)
     out: list[Receipt] = []
+    commits: dict[str, tuple[bytes, bytes | None]] = {}
     for item in data["results"]:
         if not isinstance(item, dict):
             raise ValueError("malformed result item")
         eid, index, lh = item.get("eid"), item.get("index"), item.get("leaf_hash")
         if eid not in wanted or type(index) is not int or not isinstance(lh, str):
             raise ValueError("result item for an unknown eid or without index/leaf_hash")
+        leaf, nonce = item.get("leaf"), item.get("nonce")
+        if isinstance(leaf, str) and (nonce is None or isinstance(nonce, str)):
+            commits[eid] = (
+                b64decode_strict(leaf),
+                None if nonce is None else b64decode_strict(nonce, size=NONCE_SIZE),
+            )
         out.append(
             Receipt(
                 eid=str(eid),
@@ -108,7 +120,7 @@ def _parse_results(data: Any, eids: Sequence[str]) -> list[Receipt]:
                 duplicate=bool(item.get("duplicate")),
             )
         )
-    return out
+    return out, commits
 
 
 def _log_error(r: Answer) -> bool:
@@ -183,6 +195,8 @@ class Relay:
         self.delivered = 0  # events delivered by this relay (duplicates included)
         self.attempts = 0  # batch requests sent
         self.unverified = 0  # batch answers whose receipts did not verify (none marked)
+        # retries answered without a nonce (their bodies erased since): inclusion only
+        self.erased_retries = 0
         self.last_error = ""
 
     # --- the log's key -----------------------------------------------------------------------
@@ -217,15 +231,31 @@ class Relay:
                 "trusting the log's key on first use (no --log-key given): %s", self.log_key
             )
 
-    def _verify(self, receipts: Sequence[Receipt], eids: Sequence[str], floor: int) -> str:
-        """'' when the receipts verify (or no key is pinned), else why not (no identifiers).
+    def _verify(
+        self,
+        receipts: Sequence[Receipt],
+        eids: Sequence[str],
+        floor: int,
+        commits: Mapping[str, tuple[bytes, bytes | None]],
+        bodies: Mapping[str, str],
+    ) -> str:
+        """'' when the receipts verify (or no key is pinned), else why not (no identifiers):
+        inclusion under the log's key, then that each leaf commits to the event sent.
         Raises :class:`HTTPFailure` when the log cannot be asked for its tiles."""
         if self._verifier is None:
             return ""
         try:
             self._verifier.check(receipts, eids, floor)
+            erased = check_commitments(receipts, commits, bodies)
         except (VerificationError, FormatError, ValueError) as exc:
             return f"the log's receipts do not verify: {exc}"
+        if erased:
+            self.erased_retries += erased
+            _log.warning(
+                "%d event(s) answered as logged before and erased since: their inclusion is "
+                "proven, their content cannot be (the log keeps no body to open)",
+                erased,
+            )
         return ""
 
     def _floor(self) -> int:
@@ -339,13 +369,15 @@ class Relay:
         if r.status != 200:
             raise DeliveryError(f"log answered {r.status}")
         try:
-            receipts = _parse_results(r.json(), [x.eid for x in records])
-        except ValueError as exc:
+            receipts, commits = _parse_results(r.json(), [x.eid for x in records])
+        except (ValueError, FormatError) as exc:
             raise DeliveryError(f"bad answer from the log: {exc}") from None
         if {x.eid for x in receipts} != {x.eid for x in records}:
             raise DeliveryError("the log did not take every event")
         try:
-            bad = self._verify(receipts, [x.eid for x in records], floor)
+            bad = self._verify(
+                receipts, [x.eid for x in records], floor, commits, {x.eid: x.body for x in records}
+            )
         except HTTPFailure as exc:
             raise DeliveryError(f"cannot check the log's receipts: {exc}") from None
         if bad:
@@ -439,11 +471,11 @@ class Relay:
         st = r.status
         if st == 200:
             try:
-                receipts = _parse_results(r.json(), eids)
-            except ValueError as exc:
+                receipts, commits = _parse_results(r.json(), eids)
+            except (ValueError, FormatError) as exc:
                 raise _Backoff(self._next_backoff(), f"bad answer from the log: {exc}") from None
             try:
-                bad = self._verify(receipts, eids, floor)
+                bad = self._verify(receipts, eids, floor, commits, {p.eid: p.body for p in items})
             except HTTPFailure as exc:
                 raise _Backoff(
                     self._next_backoff(), f"cannot check the log's receipts: {exc}"

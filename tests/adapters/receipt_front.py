@@ -1,6 +1,7 @@
 """A hostile front before a real log for the receipt tests: :class:`Front` (an ``httpx``
 transport that rewrites the log's answers) and :data:`CASES`, the rewrites of a batch answer
-(or of a hash tile) whose receipts must then fail verification."""
+(or of a hash tile) whose receipts must then fail verification: inclusion, or the leaf's
+commitment to the event sent."""
 
 from __future__ import annotations
 
@@ -95,6 +96,26 @@ def _tree_size(doc: dict[str, Any]) -> None:
     doc["tree_size"] += 1
 
 
+def _other_events_leaf(doc: dict[str, Any]) -> None:
+    """The substitution a log could make: drop the first event and answer for it with the
+    second's leaf, index, leaf hash and nonce as if it had been logged before (all genuinely
+    in the tree: inclusion verifies; only the commitment tells)."""
+    a, b = doc["results"][0], doc["results"][1]
+    for k in ("index", "leaf_hash", "leaf", "nonce"):
+        a[k] = b[k]
+    a["duplicate"] = True
+
+
+def _leaf_not_its_hash(doc: dict[str, Any]) -> None:
+    doc["results"][0]["leaf"] = doc["results"][1]["leaf"]
+
+
+def _wrong_nonce(doc: dict[str, Any]) -> None:
+    raw = bytearray(base64.b64decode(doc["results"][0]["nonce"]))
+    raw[0] ^= 1
+    doc["results"][0]["nonce"] = base64.b64encode(bytes(raw)).decode()
+
+
 def _tampered_tile(request: httpx.Request, body: bytes) -> bytes:
     if request.method != "GET" or not request.url.path.startswith("/tile/0/"):
         return body
@@ -111,4 +132,7 @@ CASES: dict[str, tuple[Rewrite, str]] = {
     "new event at an old index": (on_batch(_old_index), "signed before it was sent"),
     "tree size not the checkpoint's": (on_batch(_tree_size), "tree_size"),
     "tampered tile (wrong proof)": (_tampered_tile, "do not verify"),
+    "another event's leaf": (on_batch(_other_events_leaf), "does not commit to the event"),
+    "a leaf that is not the leaf hash's": (on_batch(_leaf_not_its_hash), "does not hash"),
+    "a wrong nonce": (on_batch(_wrong_nonce), "does not commit to the event"),
 }

@@ -128,6 +128,37 @@ def test_a_receipt_that_fails_is_never_marked_delivered(
     assert relay.delivered == 8 and relay.healthy
 
 
+def test_a_retry_answered_without_its_nonce_is_included_but_counted(
+    tmp_path: Path, log: Log, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A new event answered without its nonce is refused (its content cannot be checked).
+    Its retry is then a duplicate; answered without a nonce too (what the log does once the
+    body is erased) it is delivered on its proven inclusion alone, and that is said (a
+    WARNING) and counted (``erased_retries``), so monitoring sees a log that leans on it."""
+    sub, _ = log.tokens("t1")
+    front = Front()
+    outbox = Outbox(tmp_path / "o.sqlite")
+    relay = _relay(outbox, log, sub, front)
+
+    def drop(doc: dict[str, Any]) -> None:
+        for item in doc["results"]:
+            item.pop("nonce", None)
+
+    front.rewrite = on_batch(drop)
+    relay.start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="client.adapters.relay"):
+            outbox.put([event_record(i) for i in range(2)])
+            _drain(outbox, relay, "delivered as retries")
+        said = [r.getMessage() for r in caplog.records]
+        assert any("without its commitment nonce" in m for m in said), said
+        assert any("answered as logged before and erased since" in m for m in said), said
+        assert relay.unverified >= 1 and relay.erased_retries == 2
+    finally:
+        relay.stop()
+        outbox.close()
+
+
 def test_a_rolled_back_checkpoint_is_refused(tmp_path: Path, log: Log) -> None:
     """The log answers a later batch with a checkpoint older than one the relay verified
     (a log restored from an old backup, or one showing different clients different trees)."""

@@ -36,6 +36,7 @@ _submitted = st.builds(
     ts=st.integers(0, 2**63 - 1),
     duplicate=st.booleans(),
     index=st.integers(0, 2**62),
+    nonce=st.none() | st.binary(min_size=32, max_size=32),
 )
 
 

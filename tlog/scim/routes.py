@@ -74,13 +74,17 @@ MAX_PSEUDONYM_BODY = 2 << 20  # one request's member references (max_refs of the
 T = TypeVar("T")
 
 
-class _BatchResult(msgspec.Struct, gc=False):
+class _BatchResult(msgspec.Struct, gc=False, omit_defaults=True):
     """One event of a batch's answer, in the answer's key order (docs/api.md)."""
 
     eid: str
     index: int
     leaf_hash: bytes  # msgspec writes bytes as standard, padded base64 (what b64 writes)
     duplicate: bool
+    leaf: bytes
+    # the leaf's commitment nonce: the submitter checks c = HMAC(nonce, its event) with it;
+    # left out once the body is erased
+    nonce: bytes | None = None
 
 
 class _BatchAnswer(msgspec.Struct, gc=False):
@@ -89,7 +93,7 @@ class _BatchAnswer(msgspec.Struct, gc=False):
     results: list[_BatchResult]
 
 
-class _Receipt(msgspec.Struct, gc=False):
+class _Receipt(msgspec.Struct, gc=False, omit_defaults=True):
     """A single event's answer, in the key order of :meth:`ScimRoutes._submitted` (bytes
     are written as standard, padded base64, as b64 writes them)."""
 
@@ -103,6 +107,7 @@ class _Receipt(msgspec.Struct, gc=False):
     checkpoint: str
     inclusion_proof: list[bytes]
     tlog_proof: str
+    nonce: bytes | None = None  # as in _BatchResult
 
 
 _PROOF_HEAD = "c2sp.org/tlog-proof@v1\nindex "
@@ -133,6 +138,7 @@ def _receipt_answer(s: Submitted, size: int, note: str, proof: list[bytes]) -> b
             note,
             proof,
             _tlog_proof(s.index, proof, note),
+            s.nonce,
         )
     )
 
@@ -246,13 +252,16 @@ class ScimRoutes:
         (the right edge a batch just wrote), else from the read pool."""
         proof = await self.api.inclusion_proof(s.index, pub.size, s.leaf_hash)
         note = await self.api.note(pub)
-        return {
+        out = {
             "eid": s.eid,
             "duplicate": s.duplicate,
             "ts": s.ts,
             "leaf": b64(s.leaf),
             **self._receipt_json(s.index, s.leaf_hash, pub, note, proof),
         }
+        if s.nonce is not None:
+            out["nonce"] = b64(s.nonce)
+        return out
 
     # -- ingestion -----------------------------------------------------------------------
 
@@ -363,7 +372,7 @@ class ScimRoutes:
         answer = _BatchAnswer(
             pub.size,
             await self.api.note(pub),
-            [_BatchResult(s.eid, s.index, s.leaf_hash, s.duplicate) for s in done],
+            [_BatchResult(s.eid, s.index, s.leaf_hash, s.duplicate, s.leaf, s.nonce) for s in done],
         )
         return Response(_answer_json.encode(answer), media_type=JSON)
 

@@ -268,6 +268,10 @@ class Accepted(NamedTuple):
     leaf_hash: bytes
     ts: int
     duplicate: bool
+    # The commitment nonce of the leaf's ``c`` (and ``e``), for the submitter's answer: with
+    # it, whoever submitted the event checks that the leaf commits to exactly that event.
+    # None: the body is erased (a retry after an erasure) or the event is the log's own.
+    nonce: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -278,6 +282,7 @@ class Submitted:
     ts: int
     duplicate: bool
     index: int
+    nonce: bytes | None = None
 
 
 def subject_of(ev: Mapping[str, Any]) -> SubjectId:
@@ -800,7 +805,7 @@ class ScimService:
                     continue
                 n = len(res)
                 done = [
-                    Submitted(a.eid, a.leaf, a.leaf_hash, a.ts, a.duplicate, i)
+                    Submitted(a.eid, a.leaf, a.leaf_hash, a.ts, a.duplicate, i, a.nonce)
                     for a, i in zip(res, result.indices[pos : pos + n], strict=True)
                 ]
                 pos += n
@@ -948,7 +953,7 @@ class ScimService:
         """Sequence the staged events' leaves (one batch) and say where each landed."""
         res = await self.seq.submit([a.leaf for a in accepted])
         out = [
-            Submitted(a.eid, a.leaf, a.leaf_hash, a.ts, a.duplicate, i)
+            Submitted(a.eid, a.leaf, a.leaf_hash, a.ts, a.duplicate, i, a.nonce)
             for a, i in zip(accepted, res.indices, strict=True)
         ]
         return out, res.checkpoint
@@ -1117,12 +1122,12 @@ class ScimService:
             first, first_encoded = seen[eid]
             if first_encoded != encoded:
                 raise Conflict(f"eid {eid} appears twice in the batch with different events")
-            return Accepted(first.eid, first.leaf, first.leaf_hash, first.ts, True)
+            return Accepted(first.eid, first.leaf, first.leaf_hash, first.ts, True, first.nonce)
         vkey = store.eid_key(tk.tn, eid)
         known = tx.get(vkey)
         if known is not None:
-            self._check_same(tx, tk, known, ev)
-            acc = Accepted(eid, known, leaf_hash(known), parse_leaf(known).ts, True)
+            was = self._check_same(tx, tk, known, ev)
+            acc = Accepted(eid, known, leaf_hash(known), parse_leaf(known).ts, True, was)
             seen[eid] = (acc, encoded)
             return acc
         rand = batch.rand
@@ -1170,7 +1175,7 @@ class ScimService:
         put(store.tenant_events_prefix(tk.tn) + tail, b"")
         for cond in conds:
             put(store.index_prefix(tk.tn, cond) + tail, b"")
-        acc = Accepted(eid, leaf, lh, now, False)
+        acc = Accepted(eid, leaf, lh, now, False, nonce)
         seen[eid] = (acc, encoded)
         return acc
 
@@ -1243,7 +1248,7 @@ class ScimService:
             store.encode_envelope(tk.tn, eid, pipe.now, kid, epoch, iv, ct, conds),
         )
         pipe.values += [b""] * (2 + len(conds))
-        acc = Accepted(eid, leaf, lh, pipe.now, False)
+        acc = Accepted(eid, leaf, lh, pipe.now, False, nonce)
         batch.seen[eid] = (acc, encoded)
         return acc
 
@@ -1357,14 +1362,16 @@ class ScimService:
         if keys:
             tx.put_many(keys, values)  # one subject's state once each: distinct keys
 
-    def _check_same(self, tx: Overlay, tk: TenantKeys, leaf: bytes, ev: Event) -> None:
-        """A retried eid must carry the same event (when the original is still readable)."""
+    def _check_same(self, tx: Overlay, tk: TenantKeys, leaf: bytes, ev: Event) -> bytes | None:
+        """A retried eid must carry the same event (when the original is still readable);
+        the original's nonce, or None once it is erased."""
         opened = self.keys.open_envelope(tx, tk, leaf_hash(leaf))
         if opened is None:
-            return  # erased: nothing to compare with; the original receipt stands
+            return None  # erased: nothing to compare with; the original receipt stands
         nonce = opened[1]
         if not hmac.compare_digest(commitment(nonce, ev), parse_leaf(leaf).c):
             raise Conflict(f"eid {ev['eid']} was already logged with a different event")
+        return nonce
 
     # -- pseudonyms ---------------------------------------------------------------------------
 
