@@ -46,6 +46,7 @@ def test_ingest_answers_a_verifiable_receipt(harness: Harness, cbor: bool) -> No
         "checkpoint",
         "inclusion_proof",
         "tlog_proof",
+        "nonce",
     }
     assert d["eid"] == ev["eid"] and d["duplicate"] is False
     check_receipt(harness, d, index=0)
@@ -295,7 +296,8 @@ def test_batch_json_and_cbor(harness: Harness) -> None:
     # The answer (encoded by msgspec) is byte for byte what the json module wrote before
     # (Starlette's JSONResponse: compact, UTF-8, keys in this order).
     assert list(r.json()) == ["tree_size", "checkpoint", "results"]
-    assert [list(x) for x in res] == [["eid", "index", "leaf_hash", "duplicate"]] * 3
+    keys = ["eid", "index", "leaf_hash", "duplicate", "leaf", "nonce"]
+    assert [list(x) for x in res] == [keys] * 3
     assert r.content == json.dumps(
         r.json(), ensure_ascii=False, allow_nan=False, separators=(",", ":")
     ).encode("utf-8")
