@@ -496,11 +496,43 @@ class BucketPublisher:
     def _refresh(self) -> None:
         """Read the bucket's checkpoint (what other frontends published)."""
         self._last_read = time.monotonic()
-        got = self._bucket_checkpoint()
+        self._adopt(self._bucket_checkpoint())
+
+    def _adopt(self, got: tuple[Checkpoint, str] | None) -> None:
+        """Take in the bucket's checkpoint as just read (after a failed compare-and-swap, or
+        while idle), checked against the database:
+
+        * one this database's tree has another root for at that size is another history
+          of this log on the same key (a promoted standby that forked, two primaries):
+          :class:`BucketConflict`, never replaced by a checkpoint that forks from it;
+        * one smaller than last seen, or none, means the bucket went back (restored from
+          an older snapshot, objects deleted): the objects published since may be gone,
+          so they are published again from there (create-only: those still there are
+          compared, not rewritten).
+        """
         if got is None:
-            self._etag = None  # deleted: the next round writes it again
+            if self.published:
+                log.warning("the bucket's checkpoint is gone: publishing every tile again")
+            self._etag, self.bucket_size, self.published = None, 0, 0
             return
         cp, self._etag = got
+        with self.log.storage.read() as rv:
+            if cp.size <= rv.tree_size() and NodeReader(rv.blob).root(cp.size) != cp.root_hash:
+                raise BucketConflict(
+                    f"the bucket's checkpoint for tree size {cp.size} has another root than "
+                    "this database's tree at that size: another history of this log is "
+                    "being published under this prefix (a promoted standby that forked, or "
+                    "two primaries on one key)"
+                )
+        if cp.size < self.bucket_size and cp.size < self.published:
+            log.warning(
+                "the bucket's checkpoint went back from tree size %d to %d (restored from "
+                "an older state?): publishing the tiles from %d again",
+                self.bucket_size,
+                cp.size,
+                cp.size,
+            )
+            self.published = cp.size
         self.bucket_size = cp.size
 
     def _publish(self) -> int:
@@ -585,11 +617,17 @@ class BucketPublisher:
                 pass
             self._last_read = time.monotonic()
             got = self._bucket_checkpoint()
+            published = self.published
+            self._adopt(got)
+            if self.published < published:
+                # The bucket went back: its tiles first, then the checkpoint (next round).
+                raise BucketError(
+                    f"the bucket went back to tree size {self.bucket_size}: "
+                    "publishing its tiles again"
+                )
             if got is None:
-                self._etag = None
                 continue
-            cp, self._etag = got
-            self.bucket_size = cp.size
+            cp = got[0]
             if cp.size > target.size:
                 return  # another frontend published a larger checkpoint of this log
             if cp.size == target.size:
