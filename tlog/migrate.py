@@ -89,10 +89,31 @@ def _latest(rv: ReadView) -> tuple[int, bytes]:
     return latest
 
 
+# The order records are copied in, one transaction per table: the signed checkpoints last.
+# A copy that stops half way (killed, a full disk) then holds a tree size and entries but no
+# checkpoint, which no server starts on ("store has entries but no checkpoint"), instead of
+# a log that verifies but lacks the tokens and SCIM records that were still to come.
+COPY_ORDER = (*(t for t in TABLES if t != "checkpts"), "checkpts")
+
+
+def _refuse_destination(dest: Backend) -> None:
+    with dest.read() as rv:
+        origin, latest = rv.meta("origin"), rv.latest_checkpoint()
+    if origin is None and latest is None:
+        return
+    if latest is None:
+        raise MigrateError(
+            f"the destination {dest.location} holds an interrupted copy (records but no "
+            "signed checkpoint: a tlog migrate that did not finish): empty it (LMDB: remove "
+            "the store directory; PostgreSQL: drop the log's tables or use a new database) "
+            "and run again"
+        )
+    raise MigrateError(f"the destination {dest.location} already holds a log")
+
+
 def migrate(source: Backend, dest: Backend, echo: Callable[[str], None] = print) -> MigrateReport:
     """Copy the log in ``source`` into the empty ``dest`` and verify the copy."""
-    if not dest.is_empty():
-        raise MigrateError(f"the destination {dest.location} already holds a log")
+    _refuse_destination(dest)
     if source.is_empty():
         raise MigrateError(f"the source {source.location} holds no log")
     echo(f"migrate: checking the source {source.location} ({source.kind})")
@@ -104,7 +125,7 @@ def migrate(source: Backend, dest: Backend, echo: Callable[[str], None] = print)
     with source.read() as rv:
         size, note = _latest(rv)
         rep = MigrateReport(size, note, source_fsck=src_rep)
-        for table in TABLES:
+        for table in COPY_ORDER:
             n = dest.load_raw(table, rv.raw(table))
             rep.records[table] = n
             echo(f"migrate: {table}: {n} records")
