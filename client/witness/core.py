@@ -61,7 +61,9 @@ Decisions this module takes (documented for operators):
       ├── Unprocessable          422  a split view, proved or suspected
       │   ├── Frozen                  split-view evidence is recorded for the origin
       │   └── Inconsistent            the request's consistency proof fails
-      └── Unavailable            503  the store's compare-and-swap kept losing
+      └── Unavailable            503  the store's compare-and-swap kept losing, or the
+                                      state database cannot be read or written now
+                                      (locked by another process, disk full, I/O error)
 
   Configuration errors (:class:`client.witness.config.ConfigError`) and the monitor's
   (``LogUnavailable``, ``ProofRefused``) never reach HTTP.
@@ -75,6 +77,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import sqlite3
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -297,7 +300,17 @@ class Witness:
             req = AddCheckpointRequest.parse(body)
         except FormatError as exc:
             raise BadRequest(str(exc)) from None
-        sigs = self.update(req.old_size, req.consistency_proof, req.checkpoint_note)
+        try:
+            sigs = self.update(req.old_size, req.consistency_proof, req.checkpoint_note)
+        except sqlite3.Error as exc:
+            # The state cannot be read or written now (another process holds its write lock
+            # past the timeout, a full disk, an I/O error): nothing was committed, so
+            # nothing is cosigned; the log retries. Loud for the operator, 503 for the log.
+            logger.error("add-checkpoint: the state database cannot be used now: %s", exc)
+            raise Unavailable(
+                f"the witness's state database cannot be written now ({exc}); "
+                "nothing was cosigned: retry later"
+            ) from None
         return "".join(s.line() for s in sigs)
 
     def update(

@@ -1,0 +1,114 @@
+"""Red team 5: the witness's own state database when it cannot be written.
+
+A second process holding the state's write lock (two witnesses on one state directory, a
+``sqlite3`` shell left in a transaction, a stalled disk) or a full disk made add-checkpoint
+answer ``500 internal error`` with a traceback: a crash, to the log a witness that is
+broken rather than one that is briefly unavailable. Now: ``503`` saying the state cannot be
+written, nothing cosigned (no cosignature without a durable state), and the next push after
+the fault cosigns."""
+
+from __future__ import annotations
+
+import os
+import re
+import resource
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from client.formats.cosignature import CosignatureSigner
+from client.witness.core import Witness
+from client.witness.store import WitnessStore
+from tests.witness.helpers import (
+    WITNESS_NAME,
+    WITNESS_SEED,
+    FakeClock,
+    FakeLog,
+    events,
+    witness_serving,
+    write_config,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_state_locked_by_another_process_is_503_not_500(tmp_path: Path) -> None:
+    log = FakeLog(events(50))
+    db = tmp_path / "state.db"
+    store = WitnessStore(db, timeout=0.2)
+    w = Witness(
+        CosignatureSigner(WITNESS_NAME, WITNESS_SEED),
+        [log.witnessed_log()],
+        store,
+        clock=FakeClock(),
+    )
+    other = sqlite3.connect(db, isolation_level=None)
+    try:
+        with witness_serving(w) as srv, httpx.Client(timeout=10) as http:
+            url = f"http://127.0.0.1:{srv.server_address[1]}"
+            other.execute("BEGIN IMMEDIATE")  # the other process holds the write lock
+            r = http.post(url + "/add-checkpoint", content=log.body(0, 20))
+            assert r.status_code == 503, (r.status_code, r.text)
+            assert "state" in r.text and "\u2014" not in r.text  # a reason, no cosignature
+            assert store.latest(log.origin) is None
+            other.execute("ROLLBACK")
+            r = http.post(url + "/add-checkpoint", content=log.body(0, 20))
+            assert r.status_code == 200, r.text
+    finally:
+        other.close()
+        store.close()
+
+
+@pytest.mark.slow
+def test_full_disk_under_a_serving_witness_is_503_and_cosigns_nothing(tmp_path: Path) -> None:
+    """A real ``tlog-witness serve`` whose files may not grow once it started (RLIMIT_FSIZE:
+    writes past the limit fail with EFBIG, as on a full disk): a push needs the state to
+    grow."""
+    log = FakeLog(events(50))
+    cfg = write_config(tmp_path, log)
+    WitnessStore(tmp_path / "state.db").close()  # the schema exists; the WAL is empty
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "client.witness.cli", "serve", "--config", str(cfg)],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        url = None
+        deadline = time.monotonic() + 15
+        while url is None and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            if not line:
+                break
+            m = re.search(r"at (http://127\.0\.0\.1:\d+);", line)
+            if m:
+                url = m.group(1)
+        assert url is not None, "server did not report its address"
+        # Started (state opened, schema there): from now on no file may grow past 4 KiB,
+        # less than the first commit's write-ahead log frame.
+        resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (4096, 4096))
+        with httpx.Client(timeout=10) as http:
+            r = http.post(url + "/add-checkpoint", content=log.body(0, 20))
+            assert r.status_code == 503, (r.status_code, r.text)
+            assert "state" in r.text
+            assert http.get(url + "/healthz").status_code == 200  # still serving
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    store = WitnessStore(tmp_path / "state.db")
+    try:
+        assert store.latest(log.origin) is None  # nothing cosigned, nothing half-written
+    finally:
+        store.close()
