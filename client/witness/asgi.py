@@ -26,6 +26,7 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from client.net.witness_client import MAX_BODY_SIZE
@@ -51,6 +52,7 @@ Send = Callable[[Message], Awaitable[None]]
 _TEXT = "text/plain; charset=utf-8"
 MAX_HEAD_SIZE = 16 * 1024  # request headers, all together
 _DRAIN_LIMIT = 4 * MAX_BODY_SIZE
+PUSH_THREADS = 8  # add-checkpoint requests processed at once (the rest wait their turn)
 _CHECKPOINT_PATH = re.compile(r"/([0-9a-f]{64})/checkpoint")
 
 
@@ -63,6 +65,11 @@ class WitnessApp:
         from client.witness.metrics import WitnessMetrics  # prometheus_client: server only
 
         self.metrics = WitnessMetrics(witness)
+        # Pushes run on their own threads, not on the default pool the reads use: a push
+        # waits for the state's write lock (another process, a stalled disk under a commit)
+        # up to the store's timeout, and a few dozen stuck pushes starved every read
+        # (GET /<hash>/checkpoint, /readyz, /metrics). SQLite serialises the commits anyway.
+        self._pushes = ThreadPoolExecutor(PUSH_THREADS, thread_name_prefix="witness-push")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -136,7 +143,8 @@ class WitnessApp:
             await _respond(send, status, exc.body(), exc.content_type, close=True)
             return status
         try:
-            cosigs = await asyncio.to_thread(self.witness.add_checkpoint, body)
+            loop = asyncio.get_running_loop()
+            cosigs = await loop.run_in_executor(self._pushes, self.witness.add_checkpoint, body)
         except AddCheckpointError as exc:
             status = status_of(exc)
             logger.info("add-checkpoint: %d %s", status, exc)
@@ -185,13 +193,13 @@ class WitnessApp:
             raise BadRequest("truncated body")
         return b"".join(chunks)
 
-    @staticmethod
-    async def _lifespan(receive: Receive, send: Send) -> None:
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
             msg = await receive()
             if msg["type"] == "lifespan.startup":
                 await send({"type": "lifespan.startup.complete"})
             elif msg["type"] == "lifespan.shutdown":
+                self._pushes.shutdown(wait=False, cancel_futures=True)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 

@@ -112,3 +112,55 @@ def test_full_disk_under_a_serving_witness_is_503_and_cosigns_nothing(tmp_path: 
         assert store.latest(log.origin) is None  # nothing cosigned, nothing half-written
     finally:
         store.close()
+
+
+def test_pushes_stuck_on_the_state_do_not_starve_reads(tmp_path: Path) -> None:
+    """A stalled state (here: another process holds the write lock; a stalled disk under a
+    commit's fsync is the same to the caller) holds every push that reaches the store for up
+    to the store's timeout. Pushes ran on the same small default thread pool as the reads,
+    so once a few dozen were stuck (several logs, their retries), ``GET
+    /<hash>/checkpoint`` and ``/readyz`` waited for them: the witness looked dead to monitors
+    and to the logs reading their cosigned checkpoint. Reads must be answered while pushes
+    are still stuck."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from client.net.witness_client import origin_hash
+
+    log = FakeLog(events(50))
+    db = tmp_path / "state.db"
+    store = WitnessStore(db, timeout=30.0)
+    w = Witness(
+        CosignatureSigner(WITNESS_NAME, WITNESS_SEED),
+        [log.witnessed_log()],
+        store,
+        clock=FakeClock(),
+    )
+    w.add_checkpoint(log.body(0, 10))
+    other = sqlite3.connect(db, isolation_level=None)
+    try:
+        with (
+            witness_serving(w) as srv,
+            httpx.Client(timeout=30) as http,
+            ThreadPoolExecutor(48) as pool,
+        ):
+            url = f"http://127.0.0.1:{srv.server_address[1]}"
+            other.execute("BEGIN IMMEDIATE")  # every push now waits for the state
+            try:
+                pushes = [
+                    pool.submit(http.post, url + "/add-checkpoint", content=log.body(10, 20))
+                    for _ in range(40)
+                ]
+                time.sleep(0.5)  # let them reach the store
+                assert not any(p.done() for p in pushes)
+                with httpx.Client(timeout=5) as reader:
+                    r = reader.get(f"{url}/{origin_hash(log.origin)}/checkpoint")
+                    assert r.status_code == 200 and r.text.startswith(log.origin)
+                    assert reader.get(url + "/readyz").status_code == 200
+                assert not all(p.done() for p in pushes)  # answered while pushes were stuck
+            finally:
+                other.execute("ROLLBACK")  # the stuck pushes go on (and end)
+            statuses = sorted({p.result().status_code for p in pushes})
+            assert statuses in ([200, 409], [200]), statuses
+    finally:
+        other.close()
+        store.close()
