@@ -24,6 +24,7 @@ import asyncio
 import json
 import logging
 import re
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
@@ -117,6 +118,10 @@ class WitnessApp:
                 await _respond(send, 200, body, "application/json", head=head)
                 return
             await _respond(send, 404, "not found\n", head=head)
+        except sqlite3.Error as exc:  # damaged, or unreadable now: unavailable, not a crash
+            logger.error("%s %s: the state database cannot be read: %s", method, path, exc)
+            body = f"the witness's state database cannot be read now ({exc})\n"
+            await _respond(send, 503, body, close=True)
         except Exception:
             logger.exception("%s %s: internal error", method, path)
             await _respond(send, 500, "internal error\n", close=True)

@@ -88,6 +88,7 @@ class WitnessMetrics:
         try:
             self.witness.all_logs()
             self.witness.evidence()
+            self.witness.store.all_latest()  # the cosigned checkpoints (one row per log)
         except Exception as exc:  # the state database cannot be read
             return False, type(exc).__name__
         return True, "ok"

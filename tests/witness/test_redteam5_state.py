@@ -164,3 +164,43 @@ def test_pushes_stuck_on_the_state_do_not_starve_reads(tmp_path: Path) -> None:
     finally:
         other.close()
         store.close()
+
+
+def test_damaged_checkpoints_table_is_503_and_not_ready(tmp_path: Path) -> None:
+    """A bit flip in the state's checkpoints table (the file opens: only that table's page
+    is damaged). Reading the cosigned checkpoint answered ``500 internal error`` with a
+    traceback, and ``/readyz`` said ``ready`` (it read other tables only), so the load
+    balancer kept sending logs to a witness that cannot cosign. Now 503 with the reason, and
+    not ready; pushes are refused with 503 too."""
+    from client.net.witness_client import origin_hash
+
+    log = FakeLog(events(50))
+    db = tmp_path / "state.db"
+    signer = CosignatureSigner(WITNESS_NAME, WITNESS_SEED)
+    with WitnessStore(db) as store:
+        Witness(signer, [log.witnessed_log()], store, clock=FakeClock()).add_checkpoint(
+            log.body(0, 20)
+        )
+    with sqlite3.connect(db) as conn:
+        (page,) = conn.execute(
+            "SELECT rootpage FROM sqlite_master WHERE name = 'checkpoints'"
+        ).fetchone()
+        (size,) = conn.execute("PRAGMA page_size").fetchone()
+    conn.close()
+    with db.open("r+b") as f:  # the page header of the table's root page
+        f.seek((page - 1) * size + (100 if page == 1 else 0))
+        f.write(b"\xff" * 8)
+    store = WitnessStore(db)
+    w = Witness(signer, [log.witnessed_log()], store, clock=FakeClock())
+    try:
+        with witness_serving(w) as srv, httpx.Client(timeout=10) as http:
+            url = f"http://127.0.0.1:{srv.server_address[1]}"
+            r = http.get(f"{url}/{origin_hash(log.origin)}/checkpoint")
+            assert r.status_code == 503, (r.status_code, r.text)
+            assert "state" in r.text
+            r = http.get(url + "/readyz")
+            assert r.status_code == 503, r.text
+            r = http.post(url + "/add-checkpoint", content=log.body(20, 30))
+            assert r.status_code == 503, (r.status_code, r.text)
+    finally:
+        store.close()
