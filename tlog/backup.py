@@ -10,6 +10,7 @@ read-only and checked with :func:`tlog.fsck.fsck` before it is reported as good.
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,34 +32,65 @@ class BackupReport:
     fsck: FsckReport | None
 
 
+INCOMPLETE = ".incomplete"  # where the copy is made and verified, inside the destination
+
+
 def backup(db: Path, dest: Path, *, verify: bool = True) -> BackupReport:
-    """Copy the LMDB store in ``db`` into the directory ``dest`` (new, or empty)."""
+    """Copy the LMDB store in ``db`` into the directory ``dest`` (new, or empty).
+
+    The copy is made in ``<dest>/.incomplete/`` and becomes ``<dest>/data.mdb`` only once it
+    verified: a copy that does not verify (a damaged source) is deleted, and one left by a
+    run that died (killed, power lost) is never taken for a backup; the next run into the
+    same destination replaces it.
+    """
     dest = dest.resolve()
-    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+    work = dest / INCOMPLETE
+    if dest.exists() and (not dest.is_dir() or any(p != work for p in dest.iterdir())):
         raise BackupError(f"{dest} exists and is not an empty directory")
+    if work.exists():
+        shutil.rmtree(work)  # an interrupted earlier run's unverified copy
     dest.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(dest, 0o700)
+    work.mkdir(mode=0o700)
+    try:
+        rep, size = _copy(db, work, verify)
+        out = dest / "data.mdb"
+        os.replace(work / "data.mdb", out)
+        _fsync_dir(dest)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return BackupReport(out, out.stat().st_size, size, rep)
+
+
+def _copy(db: Path, work: Path, verify: bool) -> tuple[FsckReport | None, int]:
     src = Storage(db, readonly=True)
     old = os.umask(0o077)
     try:
-        src.env.copy(str(dest), compact=True)
+        src.env.copy(str(work), compact=True)
     except Exception as exc:
-        raise BackupError(f"copy to {dest} failed: {exc}") from exc
+        raise BackupError(f"copy to {work.parent} failed: {exc}") from exc
     finally:
         os.umask(old)
         src.close()
-    out = dest / "data.mdb"
-    os.chmod(out, 0o600)
-    copy = Storage(dest, readonly=True)
+    os.chmod(work / "data.mdb", 0o600)
+    copy = Storage(work, readonly=True)
     try:
         with copy.read() as rv:
             size = rv.tree_size()
         rep = fsck(copy) if verify else None
     finally:
         copy.close()
-    for extra in dest.iterdir():  # the lock file a read-only open may leave
-        if extra.name != "data.mdb":
-            os.chmod(extra, 0o600)
     if rep is not None and not rep.ok:
-        raise BackupError(f"the copy in {dest} does not verify: {'; '.join(rep.errors[:3])}")
-    return BackupReport(out, out.stat().st_size, size, rep)
+        raise BackupError(
+            f"the copy in {work.parent} does not verify, so it was not kept: "
+            f"{'; '.join(rep.errors[:3])}"
+        )
+    return rep, size
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
