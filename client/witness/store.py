@@ -150,6 +150,19 @@ class WitnessStore:
         self._conns_lock = threading.Lock()
         self._closed = False
         try:
+            if Path(self.path).stat().st_size == 0:
+                # SQLite opens a zero-byte file as a new, empty database: the witness would
+                # forget every checkpoint it cosigned and cosign another root at a size it
+                # cosigned before. A new witness's state file does not exist yet.
+                raise StateUnusable(
+                    f"cannot use the state database {self.path}: it is empty (zero bytes: "
+                    "a failed copy or restore?), and a witness that forgot what it cosigned "
+                    "must not cosign. Restore it from a backup, or, for a new witness, "
+                    "delete the file"
+                )
+        except FileNotFoundError:
+            pass
+        try:
             with self._connect() as conn:
                 # WAL is a property of the file: set once, kept across opens.
                 mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]

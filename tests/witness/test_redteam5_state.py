@@ -204,3 +204,34 @@ def test_damaged_checkpoints_table_is_503_and_not_ready(tmp_path: Path) -> None:
             assert r.status_code == 503, (r.status_code, r.text)
     finally:
         store.close()
+
+
+def test_zero_length_state_is_refused_not_a_new_witness(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A state file cut to zero bytes (a failed copy or restore, ``> state.db``, a file
+    system that lost it) opened as a brand-new, empty SQLite database: the witness forgot
+    every checkpoint it cosigned and cosigned, with ``old 0``, another root at a size it had
+    cosigned before, which is the one thing a witness exists to refuse. Now every command
+    refuses it (exit 3) and says what to do; a state file that does not exist yet is still
+    a new witness."""
+    from client.witness.cli import EXIT_STATE, main
+    from client.witness.store import StateUnusable
+
+    log = FakeLog(events(50))
+    cfg = write_config(tmp_path, log)
+    db = tmp_path / "state.db"
+    signer = CosignatureSigner(WITNESS_NAME, WITNESS_SEED)
+    with WitnessStore(db) as store:
+        Witness(signer, [log.witnessed_log()], store, clock=FakeClock()).add_checkpoint(
+            log.body(0, 20)
+        )
+    for extra in tmp_path.glob("state.db-*"):
+        extra.unlink()
+    db.write_bytes(b"")
+    with pytest.raises(StateUnusable, match="empty"):
+        WitnessStore(db)
+    assert main(["check", "--config", str(cfg)]) == EXIT_STATE
+    err = capsys.readouterr().err
+    assert "state.db" in err and "empty" in err, err
+    assert db.stat().st_size == 0  # left as found
