@@ -101,7 +101,7 @@ from client.formats.note import (
 )
 from client.net.witness_client import CONTENT_TYPE_SIZE, AddCheckpointRequest, origin_hash
 from client.witness.loglist import log_verifier
-from client.witness.store import Evidence, StoredCheckpoint, WitnessStore
+from client.witness.store import Evidence, StoredCheckpoint, WitnessStore, check_row
 
 __all__ = [
     "STATUS",
@@ -308,7 +308,7 @@ class Witness:
             # nothing is cosigned; the log retries. Loud for the operator, 503 for the log.
             logger.error("add-checkpoint: the state database cannot be used now: %s", exc)
             raise Unavailable(
-                f"the witness's state database cannot be written now ({exc}); "
+                f"the witness's state database cannot be used now ({exc}); "
                 "nothing was cosigned: retry later"
             ) from None
         return "".join(s.line() for s in sigs)
@@ -348,7 +348,7 @@ class Witness:
             # is recorded (in its transaction): evidence found meanwhile freezes this push too.
             if self.store.has_evidence(cp.origin):
                 raise Frozen("split-view evidence is recorded for this log; not cosigning")
-            stored = self.store.latest(cp.origin)
+            stored = self.latest(cp.origin)
             if (
                 stored is not None
                 and stored.size == cp.size
@@ -408,7 +408,11 @@ class Witness:
     # --- monitoring ---------------------------------------------------------------------
 
     def latest(self, origin: str) -> StoredCheckpoint | None:
-        return self.store.latest(origin)
+        """The stored checkpoint of ``origin``, its size and root checked against its signed
+        note (:func:`client.witness.store.check_row`: a damaged row raises
+        :class:`~client.witness.store.StateDamaged`, never taken for a split view)."""
+        stored = self.store.latest(origin)
+        return None if stored is None else check_row(stored)
 
     def log_for(self, origin: str) -> WitnessedLog | None:
         """The configured log for ``origin``, else one provisioned from a log list."""
@@ -446,7 +450,7 @@ class Witness:
             )
         if origin is None:
             return None
-        stored = self.store.latest(origin)
+        stored = self.latest(origin)
         return None if stored is None else stored.note
 
     def evidence(self) -> list[Evidence]:

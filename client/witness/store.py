@@ -20,13 +20,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from client.formats.checkpoint import Checkpoint
+from client.formats.note import FormatError, parse_note
+
 __all__ = [
     "Evidence",
     "ListedLog",
+    "StateDamaged",
     "StateUnusable",
     "StoredCheckpoint",
     "Suspicion",
     "WitnessStore",
+    "check_row",
 ]
 
 _SCHEMA = """
@@ -74,6 +79,13 @@ CREATE TABLE IF NOT EXISTS suspicions (
 class StateUnusable(Exception):
     """The state database cannot be opened or is not a SQLite database (``tlog-witness``
     exits 3)."""
+
+
+class StateDamaged(StateUnusable, sqlite3.DatabaseError):
+    """A stored row disagrees with itself (a checkpoint's size or root columns with the
+    signed note stored beside them): the state is damaged, which is never evidence against
+    the log. A :class:`sqlite3.DatabaseError` too, so the server answers it like SQLite's
+    own damage reports (503)."""
 
 
 @dataclass(frozen=True)
@@ -134,6 +146,28 @@ class Suspicion:
     rounds: int
     first_seen: int
     reason: str
+
+
+def check_row(stored: StoredCheckpoint) -> StoredCheckpoint:
+    """The size and root columns, which every decision uses, must be the note's (which
+    carries the log's signature and ours over them): SQLite keeps no checksums of rows, and
+    a flipped bit in the root would otherwise make the log's next honest push look like a
+    split view. (``tlog-witness check`` verifies the signatures too.)"""
+    try:
+        cp = Checkpoint.parse(parse_note(stored.note).text)
+        same = cp.origin == stored.origin and (cp.size, cp.root_hash) == (
+            stored.size,
+            stored.root_hash,
+        )
+    except FormatError:
+        same = False
+    if not same:
+        raise StateDamaged(
+            f"the state database is damaged: the stored checkpoint of {stored.origin!r} "
+            "disagrees with its own signed note (run 'tlog-witness check'; restore the state "
+            "from a backup)"
+        )
+    return stored
 
 
 class WitnessStore:

@@ -235,3 +235,40 @@ def test_zero_length_state_is_refused_not_a_new_witness(
     err = capsys.readouterr().err
     assert "state.db" in err and "empty" in err, err
     assert db.stat().st_size == 0  # left as found
+
+
+def test_bit_flip_in_a_stored_root_is_damage_not_split_view_evidence(tmp_path: Path) -> None:
+    """One flipped bit in the ``root`` column of the state (SQLite keeps no checksums of
+    rows). The witness decided with the column while the note beside it (signed by the log
+    and by the witness) still held the true root: the honest log's next push of the same
+    checkpoint was recorded as split-view evidence ("same tree size with different root
+    hashes") and the log frozen at this witness for good. Now the row is checked against
+    its note when read: a mismatch is a damaged state (503 to the push, nothing recorded,
+    ``tlog-witness check`` reports it), never evidence against the log."""
+    log = FakeLog(events(50))
+    cfg = write_config(tmp_path, log)
+    from client.witness.cli import EXIT_STATE, main
+    from client.witness.config import WitnessConfig
+
+    config = WitnessConfig.load(cfg)
+    db = tmp_path / "state.db"
+    store = WitnessStore(db)
+    w = Witness(config.signer(), config.logs, store, clock=FakeClock())
+    try:
+        w.add_checkpoint(log.body(0, 20))
+        with sqlite3.connect(db) as conn:
+            (root,) = conn.execute("SELECT root FROM checkpoints").fetchone()
+            flipped = bytes([root[0] ^ 0x10]) + bytes(root[1:])
+            conn.execute("UPDATE checkpoints SET root = ?", (flipped,))
+        conn.close()
+        with witness_serving(w) as srv, httpx.Client(timeout=10) as http:
+            url = f"http://127.0.0.1:{srv.server_address[1]}"
+            r = http.post(url + "/add-checkpoint", content=log.body(20, 20))
+            assert r.status_code == 503, (r.status_code, r.text)
+            assert "damaged" in r.text
+            r = http.post(url + "/add-checkpoint", content=log.body(20, 30))
+            assert r.status_code == 503, (r.status_code, r.text)
+        assert store.evidence() == []
+    finally:
+        store.close()
+    assert main(["check", "--config", str(cfg)]) == EXIT_STATE
