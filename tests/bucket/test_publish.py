@@ -4,15 +4,12 @@ bucket, a bucket with other bytes, a bucket ahead of (or forked from) the databa
 
 from __future__ import annotations
 
-import contextlib
 import re
 import shutil
 import struct
 from base64 import b64encode
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -25,7 +22,6 @@ from client.formats.merkle import (
     proof_from_ranges,
     verify_inclusion,
 )
-from client.formats.note import Ed25519Signer
 from client.formats.tiles import (
     TILE_WIDTH,
     TileHashReader,
@@ -39,107 +35,23 @@ from tlog.bucket import (
     BucketConflict,
     BucketError,
     BucketPublisher,
-    ObjectStore,
     S3Store,
     tiles_between,
 )
 from tlog.integrity import RollbackDetected
-from tlog.log import Log
 from tlog.server import build_app
-from tlog.signer import CheckpointSigner
 
 from ..pgsupport import DataBackup, OldCopy, clone_store, recover_into
 from ..s3support import SeaweedS3, audit_bucket
 from ..support import app_parts, recompute_tile, serve_config, wait_for
-
-ANY_SIZE = 1 << 26  # the tests read whole objects (the publisher bounds its own reads)
-ORIGIN = "bucket.example/log"
-PUBLIC_KEY = re.compile(
-    r"checkpoint|tile/(entries|[0-9]|[1-9][0-9])/(x[0-9]{3}/)*[0-9]{3}(\.p/[1-9][0-9]{0,2})?"
+from .support import (
+    ANY_SIZE,
+    PUBLIC_KEY,
+    entries,
+    make_signer,
+    open_node,
+    wait_published,
 )
-
-
-def make_signer(seed: bytes = bytes(range(32))) -> CheckpointSigner:
-    return CheckpointSigner(Ed25519Signer(ORIGIN, seed), ORIGIN)
-
-
-@dataclass
-class Node:
-    client: TestClient
-    log: Log
-    token: str
-    publisher: BucketPublisher
-    store: S3Store
-
-    def add_batch(self, entries: list[bytes]) -> httpx.Response:
-        body = b"".join(struct.pack(">H", len(e)) + e for e in entries)
-        return self.client.post(
-            "/v1/entries/batch",
-            content=body,
-            headers={
-                "Authorization": f"Bearer {self.token}",
-                "Content-Type": "application/octet-stream",
-            },
-        )
-
-
-@contextlib.contextmanager
-def open_node(
-    data: Path,
-    s3: SeaweedS3,
-    bucket: str,
-    prefix: str = "logs/one",
-    *,
-    store: ObjectStore | None = None,
-    signer: CheckpointSigner | None = None,
-    **build: Any,
-) -> Iterator[Node]:
-    """A log frontend publishing to ``s3://bucket/prefix`` (configured as ``tlog serve``
-    would be: a bucket URL and an endpoint, credentials from the environment)."""
-    mp = pytest.MonkeyPatch()
-    for k, v in s3.env().items():
-        mp.setenv(k, v)
-    data.mkdir(parents=True, exist_ok=True)  # keys and last-checkpoint (any backend)
-    try:
-        app, log_, tokens = build_app(
-            serve_config(
-                data,
-                batch_age_ms=0.0,
-                bucket=f"s3://{bucket}/{prefix}",
-                bucket_endpoint=s3.endpoint,
-                **build,
-            ),
-            signer or make_signer(),
-            scim=False,
-            bucket_store=store,
-        )
-        try:
-            token, _ = tokens.create("submitter", tenant="t1")
-            with TestClient(app) as client:
-                yield Node(
-                    client,
-                    log_,
-                    token,
-                    app_parts(app).bucket,
-                    S3Store(f"s3://{bucket}/{prefix}", client=s3.client()),
-                )
-        finally:
-            log_.storage.close()
-    finally:
-        mp.undo()
-
-
-def entries(n: int, tag: str = "e") -> list[bytes]:
-    return [f"{tag}-{i}".encode() for i in range(n)]
-
-
-def wait_published(node: Node, timeout: float = 30.0) -> None:
-    """Until the background publisher has put the log's latest size in the bucket."""
-    wait_for(
-        lambda: node.publisher.bucket_size >= node.log.latest.size,
-        timeout,
-        lambda: f"publishing {node.publisher.status()}",
-    )
 
 
 def test_tiles_between_matches_the_tile_sets() -> None:

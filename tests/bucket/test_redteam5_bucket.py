@@ -14,7 +14,7 @@ from client.formats.tiles import entry_bundles_for_size, tiles_for_size
 from tlog.bucket import BucketConflict, BucketError
 
 from ..s3support import SeaweedS3, audit_bucket
-from .test_publish import ANY_SIZE, Node, entries, make_signer, open_node
+from .support import ANY_SIZE, Node, entries, make_signer, open_node
 
 
 def bucket_checkpoint(node: Node) -> Checkpoint:

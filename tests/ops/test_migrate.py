@@ -10,44 +10,24 @@ import pytest
 from starlette.testclient import TestClient
 
 from client.formats.checkpoint import open_checkpoint
-from client.formats.note import Ed25519Signer, sign_note
 from tests.pgsupport import tamper
 from tests.scim_service.conftest import make_signer as scim_signer
-from tests.scim_service.conftest import open_harness, user_event
 from tests.support import serve_config
-from tlog.backend import TABLES, Backend, u64
+from tlog.backend import u64
 from tlog.cli import main
 from tlog.server import build_app
 from tlog.storage import Storage
 
-
-def _tables(st: Backend) -> dict[str, list[tuple[bytes, bytes]]]:
-    with st.read() as rv:
-        return {t: list(rv.raw(t)) for t in TABLES}
-
-
-def _populate(data: Path) -> None:
-    """A log with every kind of record: entries, tokens, SCIM records, a cosignature."""
-    with open_harness(data) as h:
-        for i in range(40):
-            ev = user_event(f"u-{i:03d}", req=f"req-{i:04d}")
-            assert h.post_event(ev).status_code in (200, 201)
-        assert h.client.post(
-            "/v1/entries", content=b"plain entry", headers=h.h("sub1")
-        ).status_code in (200, 401, 403)
-        note = h.log.latest.note
-        witness = Ed25519Signer("witness.example/w", b"\x05" * 32)
-        line = sign_note(note.split("\n\n")[0] + "\n", [witness]).splitlines()[-1]
-        h.log.storage.put_cosignatures(h.log.latest.size, (line + "\n").encode())
+from .support import populate, tables
 
 
 def test_lmdb_to_postgres_and_back_changes_no_byte(
     tmp_path: Path, pg_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     data = tmp_path / "data"
-    _populate(data)
+    populate(data)
     original = Storage(data / "db", readonly=True)
-    before = _tables(original)
+    before = tables(original)
     original.close()
     assert len(before["entries"]) >= 40 and before["aux"] and before["tokens"]
 
@@ -63,7 +43,7 @@ def test_lmdb_to_postgres_and_back_changes_no_byte(
             assert note.encode() == before["checkpts"][-1][1]
             cp, _ = open_checkpoint(note, [scim_signer().verifier])
             assert cp.size == len(before["entries"])
-        assert _tables(log_.storage) == before
+        assert tables(log_.storage) == before
     finally:
         log_.storage.close()
 
@@ -71,7 +51,7 @@ def test_lmdb_to_postgres_and_back_changes_no_byte(
     assert main(["migrate", "--from", pg_url, "--to", str(back)]) == 0
     copy = Storage(back / "db", readonly=True)
     try:
-        assert _tables(copy) == before  # the round trip changed no byte of any record
+        assert tables(copy) == before  # the round trip changed no byte of any record
     finally:
         copy.close()
 
@@ -80,7 +60,7 @@ def test_refuses_a_destination_with_a_log(
     tmp_path: Path, pg_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     data = tmp_path / "data"
-    _populate(data)
+    populate(data)
     assert main(["migrate", "--from", str(data), "--to", pg_url]) == 0
     capsys.readouterr()
     assert main(["migrate", "--from", str(data), "--to", pg_url]) == 1
@@ -91,7 +71,7 @@ def test_refuses_a_source_that_does_not_verify(
     tmp_path: Path, pg_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     data = tmp_path / "data"
-    _populate(data)
+    populate(data)
     st = Storage(data / "db")
     tamper(st, "entries", u64(3), b"tampered")
     st.close()

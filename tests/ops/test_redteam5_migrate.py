@@ -11,12 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.ops.test_migrate import _populate, _tables
 from tests.scim_service.conftest import make_signer as scim_signer
 from tlog.backend import StorageError
 from tlog.cli import main
 from tlog.log import Log
 from tlog.storage import Storage
+
+from .support import populate, tables
 
 
 class Killed(BaseException):
@@ -27,7 +28,7 @@ def test_migrate_killed_half_way_leaves_no_servable_store(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     data, dest = tmp_path / "data", tmp_path / "copy"
-    _populate(data)
+    populate(data)
     load = Storage.load_raw
 
     def dies_before_tokens(self: Storage, table: str, items: Iterator[tuple[bytes, bytes]]) -> int:
@@ -59,7 +60,7 @@ def test_migrate_killed_half_way_leaves_no_servable_store(
     assert main(["migrate", "--from", str(data), "--to", str(dest)]) == 0
     src, dst = Storage(data / "db", readonly=True), Storage(dest / "db", readonly=True)
     try:
-        assert _tables(dst) == _tables(src)
+        assert tables(dst) == tables(src)
     finally:
         src.close()
         dst.close()
