@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import inspect
 import os
 import re
@@ -345,6 +346,23 @@ def _check(it: _Item, value: Any, where: str) -> Any:
     return value
 
 
+# Names other programs use for what tlog calls otherwise.
+_OTHER_NAMES = {"listen": "host and port", "bind": "host and port", "address": "host and port"}
+
+
+def _did_you_mean(p: tuple[str, ...], known: typing.Mapping[tuple[str, ...], Any]) -> str:
+    """`` (did you mean ...?)`` for a misspelt or foreign setting name, else a pointer to
+    the list of settings."""
+    if p[-1] in _OTHER_NAMES:
+        return f" (tlog serve calls it {_OTHER_NAMES[p[-1]]})"
+    # the names of the same table, compared by their last part (a shared prefix says nothing)
+    siblings = {q[-1]: ".".join(q) for q in known if q[:-1] == p[:-1]}
+    close = difflib.get_close_matches(p[-1], list(siblings), n=2, cutoff=0.75)
+    if close:
+        return f" (did you mean {' or '.join(siblings[c] for c in close)}?)"
+    return " (tlog config check FILE prints every setting of a valid file; tlog serve --help)"
+
+
 def load_toml(cls: type[Any], path: Path) -> dict[tuple[str, ...], Any]:
     """The settings a TOML file sets, checked (unknown keys and wrong types are errors)."""
     try:
@@ -367,7 +385,7 @@ def load_toml(cls: type[Any], path: Path) -> dict[tuple[str, ...], Any]:
                 continue
             it = known.get(p)
             if it is None:
-                raise ConfigError(f"{where}: unknown setting")
+                raise ConfigError(f"{where}: unknown setting{_did_you_mean(p, known)}")
             out[p] = _check(it, _from_toml(it, v, where, base), where)
 
     walk(doc, ())

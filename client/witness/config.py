@@ -34,6 +34,7 @@ are not trusted at all, their checkpoints only count if the log signed them.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 import stat
@@ -106,7 +107,12 @@ def _take(table: dict[str, Any], key: str, kind: type, where: str, default: Any 
 def _check_keys(table: dict[str, Any], allowed: set[str], where: str) -> None:
     unknown = sorted(set(table) - allowed)
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}")
+        hints = [
+            f"{k} (did you mean {close[0]}?)" if close else k
+            for k in unknown
+            for close in [difflib.get_close_matches(k, sorted(allowed), n=1, cutoff=0.75)]
+        ]
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(hints)}")
 
 
 def _tables(

@@ -71,9 +71,11 @@ def test_file_then_env_then_flags(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "why"),
     [
-        ("prot = 1\n", "unknown setting"),
+        ("prot = 1\n", r"unknown setting \(did you mean port\?\)"),
+        ('listen = "127.0.0.1:80"\n', r"unknown setting \(tlog serve calls it host and port\)"),
+        ("zzz = 1\n", r"unknown setting \(tlog config check FILE prints every setting"),
         ('port = "80"\n', "must be a int"),
-        ("[limits]\nmax_entry_byte = 1\n", "unknown setting"),
+        ("[limits]\nmax_entry_byte = 1\n", r"did you mean limits\.max_entry_bytes\?"),
         ("access_log = 1\n", "must be a bool"),
         ('log_level = "loud"\n', "not one of"),
         ("max_backlog = -1\n", "negative"),

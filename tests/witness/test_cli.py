@@ -97,6 +97,17 @@ def test_config_validation(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert main(["check", "--config", str(tmp_path / "missing.toml")]) == 2
 
 
+def test_a_misspelt_key_is_named_with_its_likely_spelling(tmp_path: Path) -> None:
+    keygen(tmp_path)
+    cfg = write_config(tmp_path)
+    cfg.write_text(cfg.read_text().replace("listen", "gosip_interval = 5\ncolour = 1\nlisten"))
+    with pytest.raises(
+        ConfigError,
+        match=r"unknown key\(s\) colour, gosip_interval \(did you mean gossip_interval\?\)",
+    ):
+        WitnessConfig.load(cfg)
+
+
 def test_check_reports_tampered_state(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     keygen(tmp_path)
     cfg = write_config(tmp_path)
