@@ -5,7 +5,12 @@ and a controllable clock."""
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -27,6 +32,7 @@ from client.witness.core import AddCheckpointError, Witness, WitnessedLog
 from client.witness.server import WitnessHTTPServer, start_server
 from client.witness.store import WitnessStore
 
+ROOT = Path(__file__).resolve().parents[2]
 LOG_SEED = bytes(range(32))
 WITNESS_SEED = bytes(range(32, 64))
 ORIGIN = "scim-log.example.com/audit"
@@ -229,3 +235,29 @@ def write_config(d: Path, log: FakeLog, url: str | None = None) -> Path:
         + (f'url = "{url}"\n' if url else "")
     )
     return cfg
+
+
+def serve_process(cfg: Path, *options: str) -> subprocess.Popen[str]:
+    """``tlog-witness [options] serve --config cfg`` as a real process, in the config's
+    directory, its standard error piped (read it with :func:`served_url`)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "client.witness.cli", *options, "serve", "--config", str(cfg)],
+        cwd=cfg.parent,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def served_url(proc: subprocess.Popen[str], timeout: float = 15.0) -> tuple[str, str]:
+    """The URL a :func:`serve_process` says it serves at, with that log line."""
+    assert proc.stderr is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        m = re.search(r"at (http://127\.0\.0\.1:\d+);", line)
+        if m:
+            return m.group(1), line
+    raise AssertionError("the witness did not report its address")

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import sqlite3
 import stat
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,7 +16,7 @@ from client.witness.cli import main
 from client.witness.config import ConfigError, WitnessConfig
 from client.witness.core import Witness
 from client.witness.store import WitnessStore
-from tests.witness.helpers import ORIGIN, FakeLog, events
+from tests.witness.helpers import ORIGIN, FakeLog, events, serve_process, served_url
 
 ROOT = Path(__file__).resolve().parents[2]
 LOG = FakeLog(events(50))
@@ -124,30 +120,11 @@ def test_check_reports_tampered_state(tmp_path: Path, capsys: pytest.CaptureFixt
 def test_serve_as_a_process(tmp_path: Path) -> None:
     keygen(tmp_path)
     cfg = write_config(tmp_path)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "client.witness.cli", "serve", "--config", str(cfg)],
-        cwd=tmp_path,
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = serve_process(cfg)
     try:
-        assert proc.stderr is not None
-        url = None
-        deadline = time.monotonic() + 15
-        while url is None and time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            if not line:
-                break
-            m = re.search(r"at (http://127\.0\.0\.1:\d+);", line)
-            if m:
-                url = m.group(1)
-                # tlog serve's line format (client.runtime.logs), not logging's default
-                assert re.match(
-                    r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z WARNING client\.witness: ", line
-                )
-        assert url is not None, "server did not report its address"
+        url, line = served_url(proc)
+        # tlog serve's line format (client.runtime.logs), not logging's default
+        assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z WARNING client\.witness: ", line)
         signer = CosignatureSigner.from_skey((tmp_path / "witness.key").read_text())
         with WitnessClient(url, signer.vkey()) as client:
             client.submit(LOG.checkpoint(20), LOG.consistency_proof)
@@ -167,22 +144,7 @@ def test_serve_logs_json_lines(tmp_path: Path) -> None:
 
     keygen(tmp_path)
     cfg = write_config(tmp_path)
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "client.witness.cli",
-            "--log-format",
-            "json",
-            "serve",
-            "--config",
-            str(cfg),
-        ],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = serve_process(cfg, "--log-format", "json")
     try:
         assert proc.stderr is not None
         doc = json.loads(proc.stderr.readline())

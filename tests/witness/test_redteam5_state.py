@@ -9,13 +9,10 @@ the fault cosigns."""
 
 from __future__ import annotations
 
-import os
-import re
 import resource
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -31,6 +28,8 @@ from tests.witness.helpers import (
     FakeClock,
     FakeLog,
     events,
+    serve_process,
+    served_url,
     witness_serving,
     write_config,
 )
@@ -73,25 +72,9 @@ def test_full_disk_under_a_serving_witness_is_503_and_cosigns_nothing(tmp_path: 
     log = FakeLog(events(50))
     cfg = write_config(tmp_path, log)
     WitnessStore(tmp_path / "state.db").close()  # the schema exists; the WAL is empty
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "client.witness.cli", "serve", "--config", str(cfg)],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = serve_process(cfg)
     try:
-        assert proc.stderr is not None
-        url = None
-        deadline = time.monotonic() + 15
-        while url is None and time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            if not line:
-                break
-            m = re.search(r"at (http://127\.0\.0\.1:\d+);", line)
-            if m:
-                url = m.group(1)
-        assert url is not None, "server did not report its address"
+        url, _ = served_url(proc)
         # Started (state opened, schema there): from now on no file may grow past 4 KiB,
         # less than the first commit's write-ahead log frame.
         resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (4096, 4096))
