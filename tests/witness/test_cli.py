@@ -18,7 +18,6 @@ from client.witness.core import Witness
 from client.witness.store import WitnessStore
 from tests.witness.helpers import ORIGIN, FakeLog, events, serve_process, served_url
 
-ROOT = Path(__file__).resolve().parents[2]
 LOG = FakeLog(events(50))
 
 

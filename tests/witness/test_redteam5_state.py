@@ -34,8 +34,6 @@ from tests.witness.helpers import (
     write_config,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 def test_state_locked_by_another_process_is_503_not_500(tmp_path: Path) -> None:
     log = FakeLog(events(50))
