@@ -266,6 +266,15 @@ class Backend(Protocol):
         """Where the store is, for messages (a path, or a URL without its password)."""
         ...
 
+    @property
+    def instance(self) -> str:
+        """Which copy of a store this is, among copies with the same contents (and so the
+        same store id): LMDB, the store directory's real path; PostgreSQL, the cluster's
+        system identifier, the database and the schema. A promoted physical standby is the
+        same instance; a dump restored elsewhere or a ``tlog migrate`` copy is another. No
+        secret (it names no password)."""
+        ...
+
     def read(self) -> ReadView: ...
 
     def close(self) -> None: ...

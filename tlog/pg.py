@@ -543,6 +543,23 @@ def _configure_reader(conn: psycopg.Connection[Any]) -> None:
     conn.read_only = True
 
 
+def _instance_of(conn: psycopg.Connection[Any]) -> str:
+    """The store's :attr:`~tlog.backend.Backend.instance`: ``postgresql:<system
+    identifier>/<database oid>/<database>/<schema>`` (``?`` for a system identifier the
+    role may not read: then two clusters' databases of one name and oid look alike)."""
+    try:
+        row = conn.execute("SELECT system_identifier FROM pg_control_system()").fetchone()
+        sysid = "?" if row is None else str(row[0])
+    except psycopg.Error:
+        sysid = "?"
+    row = conn.execute(
+        "SELECT d.oid, d.datname, current_schema() FROM pg_database d "
+        "WHERE d.datname = current_database()"
+    ).fetchone()
+    oid, name, schema = row if row is not None else ("?", "?", "?")
+    return f"postgresql:{sysid}/{oid}/{name}/{schema}"
+
+
 class PgStorage:
     """A log stored in PostgreSQL. Thread-safe: one writer connection (its writes are
     serialised by a lock here, and across processes by the state row), pooled readers."""
@@ -608,6 +625,7 @@ class PgStorage:
         try:
             with psycopg.connect(url, autocommit=True, **kwargs) as conn:
                 self._check_server(conn)
+                self._instance = _instance_of(conn)
                 if not readonly:
                     check_replication(conn, replication, self.location)
                 if readonly:
@@ -632,6 +650,10 @@ class PgStorage:
     @property
     def location(self) -> str:
         return redact(self._url)
+
+    @property
+    def instance(self) -> str:
+        return self._instance
 
     # -- set-up ---------------------------------------------------------------------------
 

@@ -153,7 +153,7 @@ def build_app(
             # frontends of one PostgreSQL store together (KeyFileLock); then the file must
             # be bound to this store (open_keyring).
             key_lock = KeyFileLock(config.scim_master_key_path)
-            key_lock.acquire(exclusive=not storage.shared)
+            key_lock.acquire(exclusive=not storage.shared, instance=storage.instance)
             storage.on_close.append(key_lock.release)
             keyring = open_keyring(config.scim_master_key_path, storage)
         except BaseException:

@@ -476,6 +476,10 @@ class Storage:
     def location(self) -> str:
         return str(self.path)
 
+    @property
+    def instance(self) -> str:
+        return f"lmdb:{self.path.resolve()}"
+
     def check_structure(self) -> list[str]:
         """py-lmdb's offline verifier over ``data.mdb`` (plain reads, never the map)."""
         return verify_structure(self.path / "data.mdb")

@@ -24,12 +24,14 @@ import httpx
 import pytest
 
 from harness.net import free_port
+from harness.pg import PgCluster
 from tests.support import ORIGIN, ROOT, serve_config, start_server, tlog_cli
 from tlog.backend import StorageError, open_backend
 from tlog.scim import keys as keys_module
 from tlog.scim import store
 from tlog.scim.keys import (
     MASTER_KEY_FILE,
+    KeyFileLock,
     KeyRing,
     MasterKey,
     load_key_file,
@@ -38,6 +40,7 @@ from tlog.scim.keys import (
 )
 from tlog.server import build_app
 
+from ..pgsupport import clone_store, url_schema
 from .conftest import make_signer, open_harness, user_event
 
 V1_HEADER = "tlog-scim-master-key-v1 "
@@ -485,3 +488,65 @@ def test_a_store_rebuilt_empty_by_recover_refuses_the_old_key_file(tmp_path: Pat
     path.rename(tmp_path / "old-store.key")
     start_server(data).stop()
     assert load_key_file(path).store != load_key_file(tmp_path / "old-store.key").store
+
+
+def test_two_copies_of_one_postgresql_store_are_not_served_at_once_on_one_key_file(
+    tmp_path: Path, pg_url: str, pg_cluster: PgCluster
+) -> None:
+    """A copy of a PostgreSQL store next to it (``tlog migrate`` into another schema: same
+    store id, so the key file's binding accepts it) is refused while a frontend of the
+    original serves on the file, however many frontends the original has; once they have
+    stopped, the copy may serve on it (it is then the store of that file)."""
+    shared = tmp_path / "shared.key"
+    first = _serve(tmp_path / "a", pg_url, scim_master_key=shared)
+    copy = clone_store(pg_url, tmp_path / "a", pg_cluster.new_schema(), tmp_path / "copy")
+    _, log_, _ = build_app(
+        serve_config(tmp_path / "a", pg_url, scim_expiry_interval=0, scim_master_key=shared),
+        make_signer(),
+    )
+    try:
+        # Another frontend of the same database shares the file, as before.
+        assert _serve(tmp_path / "a2", pg_url, scim_master_key=shared).store_id == first.store_id
+        with pytest.raises(StorageError, match="in use by the frontends of another database") as e:
+            _serve(tmp_path / "copy", copy, scim_master_key=shared)
+        msg = str(e.value)
+        assert url_schema(pg_url) in msg and url_schema(copy) in msg and "\n" not in msg
+    finally:
+        log_.storage.close()
+    assert _serve(tmp_path / "copy", copy, scim_master_key=shared).store_id == first.store_id
+    # And the other way round: the copy's frontend now holds it, the original is refused.
+    _, log_, _ = build_app(
+        serve_config(tmp_path / "copy", copy, scim_expiry_interval=0, scim_master_key=shared),
+        make_signer(),
+    )
+    try:
+        with pytest.raises(StorageError, match="in use by the frontends of another database"):
+            _serve(tmp_path / "a", pg_url, scim_master_key=shared)
+    finally:
+        log_.storage.close()
+
+
+def test_shared_holders_of_one_key_file_serve_one_database(tmp_path: Path) -> None:
+    """The lock alone (no database needed): shared holders naming one instance coexist; one
+    naming another is refused while any of them holds the file, and not after; the files
+    it keeps are 0600 and name the instance, nothing more."""
+    key = tmp_path / "k.key"
+    a1 = KeyFileLock(key).acquire(False, "postgresql:1/5/db/a")
+    a2 = KeyFileLock(key).acquire(False, "postgresql:1/5/db/a")
+    with pytest.raises(StorageError, match=r"another database \(postgresql:1/5/db/a; this"):
+        KeyFileLock(key).acquire(False, "postgresql:1/5/db/b")
+    a1.release()
+    with pytest.raises(StorageError, match="another database"):
+        KeyFileLock(key).acquire(False, "postgresql:1/5/db/b")
+    a2.release()
+    b = KeyFileLock(key).acquire(False, "postgresql:1/5/db/b")
+    with pytest.raises(StorageError, match=r"another database \(postgresql:1/5/db/b;"):
+        KeyFileLock(key).acquire(False, "postgresql:1/5/db/a")
+    b.release()
+    files = sorted(tmp_path.glob("k.key.lock.db-*"))
+    assert len(files) == 2
+    assert all(f.stat().st_mode & 0o777 == 0o600 for f in files)
+    assert sorted(f.read_text() for f in files) == [
+        "postgresql:1/5/db/a\n",
+        "postgresql:1/5/db/b\n",
+    ]

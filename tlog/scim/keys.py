@@ -406,18 +406,29 @@ class KeyFileLock:
     releases the lock when the process ends, SIGKILL included. (Not the key file itself:
     a rotation's :func:`key_file_lock` takes an exclusive ``flock`` on it, which shared
     holders of the file would block.) An exclusive holder writes its PID, host and start
-    time into the file, for the refusal message only."""
+    time into the file, for the refusal message only.
+
+    Shared holders also name the database they serve (:attr:`tlog.backend.Backend.instance`):
+    each holds a shared ``flock`` on ``<key file>.lock.db-<hash of the instance>`` (the
+    instance written in it), then tries every other such file; one that another process
+    holds is another database served on this file at the same moment, such as a copy of
+    this store restored next to it (same store id, so the binding accepts it), and start-up
+    is refused. Each frontend locks its own file before it looks at the others, so of two
+    starting at once at least one sees the other."""
 
     def __init__(self, key_path: Path) -> None:
         self.key_path = key_path
         self.path = key_path.with_name(key_path.name + LOCK_SUFFIX)
         self._fd: int | None = None
+        self._db_fd: int | None = None
         self._exclusive = False
 
     def __repr__(self) -> str:
         return f"KeyFileLock({str(self.path)!r})"
 
-    def acquire(self, exclusive: bool) -> KeyFileLock:
+    def acquire(self, exclusive: bool, instance: str | None = None) -> KeyFileLock:
+        """Take the lock (``exclusive`` for an LMDB store); a shared holder names the
+        ``instance`` of the database it serves (see the class)."""
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
@@ -464,9 +475,56 @@ class KeyFileLock:
                 0,
             )
         self._fd, self._exclusive = fd, exclusive
+        if not exclusive and instance is not None:
+            try:
+                self._claim(instance)
+            except BaseException:
+                self.release()
+                raise
         return self
 
+    def _claim(self, instance: str) -> None:
+        prefix = self.path.name + ".db-"
+        tag = hashlib.sha256(instance.encode()).hexdigest()[:16]
+        mine = self.path.with_name(prefix + tag)
+        fd = os.open(mine, os.O_RDWR | os.O_CREAT, 0o600)
+        self._db_fd = fd
+        # Blocking: another frontend's look at this file holds it exclusively for an instant.
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        text = (instance + "\n").encode()
+        if os.pread(fd, len(text) + 1, 0) != text:  # every holder writes the same bytes
+            os.pwrite(fd, text, 0)
+            os.ftruncate(fd, len(text))
+        for other in sorted(self.path.parent.glob(prefix + "*")):
+            if other.name == mine.name:
+                continue
+            try:
+                ofd = os.open(other, os.O_RDONLY)
+            except OSError:
+                continue  # gone meanwhile
+            try:
+                try:
+                    fcntl.flock(ofd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    continue  # nobody holds it: a frontend of that database has ended
+                except OSError as exc:
+                    if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                        raise
+                theirs = os.pread(ofd, 500, 0).decode("utf-8", "replace").strip()
+            finally:
+                os.close(ofd)
+            raise StorageError(
+                f"the SCIM master key file {self.key_path} is in use by the frontends of "
+                f"another database ({theirs or 'unnamed'}; this one is {instance}): a copy "
+                "of this store, restored or migrated next to it, served at the same time on "
+                "one key file would fork the log and share its SCIM keys. Stop the other "
+                f"database's frontends, or give this copy its own key file and data (lock "
+                f"{other})"
+            )
+
     def release(self) -> None:
+        db_fd, self._db_fd = self._db_fd, None
+        if db_fd is not None:
+            os.close(db_fd)
         fd, self._fd = self._fd, None
         if fd is not None:
             if self._exclusive:
