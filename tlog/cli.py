@@ -10,6 +10,7 @@ Settings come from one frozen object per program (:mod:`tlog.config`): ``--confi
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
 import datetime
 import math
@@ -557,18 +558,27 @@ def cmd_reapply_erasures(args: argparse.Namespace) -> int:
         verified.append(v)
     if not _store_exists(cfg):
         raise CliError(f"no log store in {cfg.database or cfg.data}")
+    # No expiry job in this run: only what the certificates name changes.
+    cfg = dataclasses.replace(cfg, scim_expiry_interval=0)
     app, log_, _ = build_app(cfg, signer, scim=True)
     try:
         service = app.state.scim
         assert service is not None
-        n = service.erasures.reapply(verified)
+
+        async def run() -> dict[str, int]:
+            # The log runs meanwhile (its sequencer signs the events that say so).
+            async with app.app.router.lifespan_context(app.app):
+                result: dict[str, int] = await service.erasures.reapply(verified)
+                return result
+
+        n = asyncio.run(run())
     finally:
         log_.storage.close()
     if n["subjects"]:
         print(
             f"reapply-erasures: {len(verified)} certificate(s): {n['subjects']} subject(s) "
             f"shredded again ({n['events']} events, {n['deks']} data keys); the SCIM key "
-            "chain and master key were rotated"
+            "chain and master key were rotated; logged as tlog.erasure.reapply events"
         )
     else:
         print(

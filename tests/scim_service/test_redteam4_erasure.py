@@ -99,7 +99,7 @@ def test_a_restored_backup_forgets_no_erasure_whose_certificate_is_applied_again
         svc = h.service
         assert ALICE in _rids(h, ALICE)  # what the restore brought back
         verified = verify_certificate(cert, h.signer.vkey())
-        done = svc.erasures.reapply([verified])
+        done = h.client.portal.call(svc.erasures.reapply, [verified])
         assert (
             done == {"subjects": 1, "deks": 1, "events": 2, "index_records": done["index_records"]}
             and done["index_records"] > 0
@@ -108,8 +108,19 @@ def test_a_restored_backup_forgets_no_erasure_whose_certificate_is_applied_again
         assert _rids(h, BOB) == [BOB]
         erased = [x for x in h.auditor().search_all() if x.event is None]
         assert len(erased) == 2  # Alice's two events, tombstoned again
-        # Applying the same certificate again finds nothing left to shred.
-        assert svc.erasures.reapply([verified])["subjects"] == 0
+        # The log says so, in the tenant's own events (verified like any other).
+        (again,) = h.auditor().search(action="tlog.erasure.reapply").results
+        assert again.event is not None and again.origin == "log"
+        assert again.event["rid"] == cert["request"]
+        assert again.event["x"] == {
+            "request": cert["request"],
+            "subjects": 1,
+            "deks": 1,
+            "events": 2,
+        }
+        # Applying the same certificate again finds nothing left to shred, and logs nothing.
+        assert h.client.portal.call(svc.erasures.reapply, [verified])["subjects"] == 0
+        assert len(h.auditor().search(action="tlog.erasure.reapply").results) == 1
     # The key file that opened the restored store before no longer opens Alice: the chain
     # was rotated, as by the erasure itself (the file on disk now holds a new key).
     assert (tmp_path / MASTER_KEY_FILE).read_bytes() != (tmp_path / "old-master.key").read_bytes()
@@ -122,7 +133,7 @@ def test_a_certificate_of_another_tenant_shreds_nothing(
     with reopened_harness(tmp_path, database, tokens) as h:
         verified = verify_certificate(cert, h.signer.vkey())
         other = type(verified)(**{**verified.__dict__, "tenant": "tenant-globex"})
-        assert h.service.erasures.reapply([other])["subjects"] == 0
+        assert h.client.portal.call(h.service.erasures.reapply, [other])["subjects"] == 0
         assert ALICE in _rids(h, ALICE)
         assert T1 == verified.tenant
 
@@ -150,9 +161,12 @@ def test_the_cli_applies_certificates_again(
     r = tlog_cli("reapply-erasures", "--data", str(tmp_path), str(good))
     assert r.returncode == 0, r.stderr
     assert "1 subject(s) shredded again (2 events" in r.stdout, r.stdout
+    assert "logged as tlog.erasure.reapply" in r.stdout, r.stdout
     assert (tmp_path / MASTER_KEY_FILE).read_bytes() != before
     with reopened_harness(tmp_path, None, tokens) as h:
         assert _rids(h, ALICE) == [] and _rids(h, BOB) == [BOB]
+        logged = h.auditor().search(action="tlog.erasure.reapply").results
+        assert [x.event["rid"] for x in logged if x.event] == [cert["request"]]
 
 
 @pytest.mark.lmdb_only(
@@ -208,7 +222,8 @@ def test_nothing_of_the_subject_decrypts_after_the_certificate_is_applied_again(
     with reopened_harness(data, None, tokens) as h:
         secrets = subject_secrets(h, rec, SubjectId("User", "rid", ALICE))
         before = held_keys(h)
-        assert h.service.erasures.reapply([verify_certificate(cert, signer.vkey())])["subjects"]
+        verified = verify_certificate(cert, signer.vkey())
+        assert h.client.portal.call(h.service.erasures.reapply, [verified])["subjects"]
         assert_nothing_decrypts(h, rec, secrets, before, [ALICE, ALICE_XID], raw_files(data))
         assert _rids(h, "u-bob-55c1") == ["u-bob-55c1"]
 

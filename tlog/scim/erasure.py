@@ -130,6 +130,10 @@ def _retention_key(tn: bytes) -> bytes:
     return store.PREFIX + b"Y" + tn
 
 
+# Who a re-application's event names: the operator's command, not a token.
+_REAPPLIER = Principal("system", "system", None, "tlog reapply-erasures", 0)
+
+
 class Erasures:
     """Erasure, retention and legal holds over one :class:`ScimService`."""
 
@@ -411,7 +415,7 @@ class Erasures:
                 index_records += n
         return {"deks": len(deks), "events": events, "index_records": index_records}
 
-    def reapply(self, erasures: Iterable[VerifiedErasure]) -> dict[str, int]:
+    async def reapply(self, erasures: Iterable[VerifiedErasure]) -> dict[str, int]:
         """Shred again, in a store restored from before them, the subjects that verified
         erasure certificates name (docs/operations.md, "Backups and erasure").
 
@@ -423,8 +427,11 @@ class Erasures:
         whose key id hashes to it is shredded as an approval does, in one transaction with
         the rotation of the tenant's key chain and of the master key (so the restored key
         file no longer opens anything of theirs). A subject erased since, or never restored,
-        is not found: applying a certificate twice does nothing the second time. Appends no
-        event (the erasure's own event is in the log already); returns the counts."""
+        is not found: applying a certificate twice does nothing the second time. Each
+        certificate that shredded something is logged as the tenant's event
+        ``tlog.erasure.reapply`` (rid: the request id; ``x``: what was shredded again), in the
+        same transaction as the shredding, so auditors see that a restore undid an erasure
+        and when it was done again; returns the counts."""
         wanted: dict[str, dict[bytes, bytes]] = {}
         for e in erasures:
             try:
@@ -436,9 +443,10 @@ class Erasures:
                 raise EventFormatError("a certificate's kid_hash or request has a wrong size")
             wanted.setdefault(e.tenant, {})[kid_hash] = marker
 
-        def stage(tx: Overlay) -> tuple[dict[str, int], set[bytes]]:
+        def stage(tx: Overlay) -> tuple[tuple[dict[str, int], list[Accepted]], set[bytes]]:
             total = {"subjects": 0, "deks": 0, "events": 0, "index_records": 0}
             rekey: set[bytes] = set()
+            logged: list[Accepted] = []
             for tenant, by_hash in wanted.items():
                 tk = self.svc.keys.tenant(tx, tenant)
                 if tk is None:
@@ -450,15 +458,39 @@ class Erasures:
                     marker = by_hash.get(hashlib.sha256(kid).digest())
                     if marker is not None:
                         hits.append((key, kid, marker))
+                done: dict[bytes, dict[str, int]] = {}
                 for key, kid, marker in hits:
+                    mine = done.setdefault(marker, {"subjects": 0, "deks": 0, "events": 0})
                     for k, n in self._shred_keys(tx, tk, key, kid, marker).items():
                         total[k] += n
+                        if k in mine:
+                            mine[k] += n
                     total["subjects"] += 1
+                    mine["subjects"] += 1
                     rekey.add(tk.tn)
-            return total, rekey
+                for marker, counts in done.items():
+                    logged.append(
+                        self._log_event(
+                            tx,
+                            tk,
+                            tenant,
+                            _REAPPLIER,
+                            rt="tlog.erasure",
+                            op="delete",
+                            action="tlog.erasure.reapply",
+                            ocsf=OCSF_DELETE,
+                            path=f"/v1/scim/erasures/{marker.hex()}/reapply",
+                            rid=marker.hex(),
+                            x={"request": marker.hex(), **counts},
+                            req_id=os.urandom(16).hex(),
+                        )
+                    )
+            return (total, logged), rekey
 
-        result: dict[str, int] = self.svc.write_rotating(stage)
-        return result
+        total, logged = await anyio.to_thread.run_sync(self.svc.write_rotating, stage)
+        if logged:
+            await self.svc.sequence(logged)
+        return total
 
     @staticmethod
     def _tombstone(tx: Overlay, tk: TenantKeys, lh: bytes, marker: bytes) -> int | None:
