@@ -35,10 +35,12 @@ import msgspec
 __all__ = [
     "DEFAULT_MAX_SIZE",
     "MAX_CODINGS",
+    "BodyTooLarge",
     "Decoded",
     "decode_body",
     "drain_refused_body",
     "header_param",
+    "read_request_body",
 ]
 
 DEFAULT_MAX_SIZE = 16 << 20
@@ -293,3 +295,30 @@ async def drain_refused_body(receive: Callable[[], Awaitable[MutableMapping[str,
                     return
     except TimeoutError:
         return
+
+
+class BodyTooLarge(Exception):
+    """The request body is over the limit; the rest of it was drained (see
+    :func:`drain_refused_body`): answer 413 now."""
+
+
+async def read_request_body(
+    receive: Callable[[], Awaitable[MutableMapping[str, Any]]], limit: int
+) -> bytes | None:
+    """The whole request body of an ASGI request, at most ``limit`` bytes; None when the
+    client disconnected first. Raises :class:`BodyTooLarge` (the rest drained) over it."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        msg = await receive()
+        if msg["type"] == "http.disconnect":
+            return None
+        chunk = msg.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            if msg.get("more_body", False):
+                await drain_refused_body(receive)
+            raise BodyTooLarge
+        chunks.append(chunk)
+        if not msg.get("more_body", False):
+            return b"".join(chunks)

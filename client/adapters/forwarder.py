@@ -19,7 +19,7 @@ from urllib.parse import quote, urlsplit
 
 import httptools
 
-from client.adapters.body import drain_refused_body
+from client.adapters.body import BodyTooLarge, read_request_body
 from client.adapters.exchange import SCIM_ERROR_URN
 from client.adapters.middleware import Receive, Scope, Send
 from client.runtime.logredact import redact_target
@@ -467,23 +467,13 @@ class Forwarder:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":  # websockets are not SCIM
             return
-        chunks = []
-        size = 0
-        while True:
-            msg = await receive()
-            if msg["type"] == "http.disconnect":
-                return
-            chunk = msg.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body:
-                if msg.get("more_body", False):
-                    await drain_refused_body(receive)
-                await scim_error(send, 413, "request body too large for the proxy")
-                return
-            chunks.append(chunk)
-            if not msg.get("more_body", False):
-                break
-        body = b"".join(chunks)
+        try:
+            body = await read_request_body(receive, self.max_body)
+        except BodyTooLarge:
+            await scim_error(send, 413, "request body too large for the proxy")
+            return
+        if body is None:
+            return
         async with self._slots:
             await self._forward(scope, send, body)
 

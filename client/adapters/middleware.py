@@ -60,7 +60,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from typing import Any
 
-from client.adapters.body import drain_refused_body
+from client.adapters.body import BodyTooLarge, read_request_body
 from client.adapters.exchange import (
     REQUEST_ID,
     SCIM_ERROR_URN,
@@ -218,24 +218,14 @@ class AuditMiddleware:
     ) -> None:
         cfg = self.config
         t0 = time.time_ns()
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            msg = await receive()
-            if msg["type"] == "http.disconnect":
-                return
-            chunk = msg.get("body", b"")
-            size += len(chunk)
-            if size > cfg.max_body:
-                if msg.get("more_body", False):
-                    await drain_refused_body(receive)
-                await _send_error(send, 413, "request body too large for the audit adapter", req_id)
-                self._access(rel, method, req_id, 413, "body too large")
-                return
-            chunks.append(chunk)
-            if not msg.get("more_body", False):
-                break
-        body = b"".join(chunks)
+        try:
+            body = await read_request_body(receive, cfg.max_body)
+        except BodyTooLarge:
+            await _send_error(send, 413, "request body too large for the audit adapter", req_id)
+            self._access(rel, method, req_id, 413, "body too large")
+            return
+        if body is None:
+            return
         trace = header(scope["headers"], b"traceparent")
         x = Exchange(
             scope,
