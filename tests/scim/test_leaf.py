@@ -345,3 +345,52 @@ def test_client_scim_imports_no_server_code() -> None:
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == ""
+
+
+def _strict(data: bytes) -> Leaf | None:
+    """The strict parser alone (what parse_leaf did before its fast path)."""
+    from client.scim import leaf as leaf_mod
+
+    real = leaf_mod._leaf_fast
+    leaf_mod._leaf_fast = lambda _data: None  # type: ignore[assignment]
+    try:
+        return parse_leaf(data)
+    except EventFormatError:
+        return None
+    finally:
+        leaf_mod._leaf_fast = real  # type: ignore[assignment]
+
+
+_leaves = st.builds(
+    make_leaf,
+    st.integers(0, 2**53 - 1),
+    st.binary(min_size=16, max_size=16),
+    st.binary(min_size=32, max_size=32),
+    st.none() | st.binary(min_size=32, max_size=32),
+)
+
+
+@given(
+    leaf=_leaves,
+    edits=st.lists(st.tuples(st.integers(0, 107), st.integers(0, 255)), max_size=3),
+    cut=st.integers(0, 120),
+    junk=st.binary(max_size=8),
+)
+def test_parse_leaf_fast_path_is_the_strict_parser(
+    leaf: bytes, edits: list[tuple[int, int]], cut: int, junk: bytes
+) -> None:
+    """For valid leaves and for leaves with bytes changed, cut or extended: the fast path
+    gives what the strict parser gives, or declines (never accepts what it refuses)."""
+    from client.scim.leaf import _leaf_fast
+
+    data = bytearray(leaf)
+    for i, b in edits:
+        if i < len(data):
+            data[i] = b
+    for cand in (leaf, bytes(data), bytes(data[:cut]), bytes(data) + junk):
+        fast = _leaf_fast(cand)
+        strict = _strict(cand)
+        if fast is not None:
+            assert fast == strict
+        if cand == leaf:
+            assert fast is not None and fast == strict
