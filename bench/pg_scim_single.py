@@ -32,6 +32,7 @@ import os
 import platform
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -54,11 +55,75 @@ def write_xids(cluster: PgCluster) -> int:
     return int(str(cluster.query("SELECT pg_current_xact_id()")[0][0]))
 
 
-def fence_claims(url: str) -> int:
-    """The SCIM writer fence claims this frontend has made (all reasons)."""
+def rollbacks(cluster: PgCluster) -> int:
+    """Transactions rolled back in the database so far (a batch refused by the SCIM writer
+    fence or a lost compare-and-swap is one)."""
+    rows = cluster.query("SELECT xact_rollback FROM pg_stat_database WHERE datname = 'postgres'")
+    return int(rows[0][0])
+
+
+def counters(url: str) -> tuple[float, float]:
+    """This frontend's SCIM writer fence claims (all reasons) and committed batches."""
     text = httpx.get(url + "/metrics").text
     found = re.findall(r"^tlog_scim_writer_fence_claims_total\{[^}]*\} (\S+)$", text, re.M)
-    return int(sum(float(v) for v in found))
+    batches = re.findall(r"^tlog_batch_entries_count (\S+)$", text, re.M)
+    return sum(float(v) for v in found), sum(float(v) for v in batches)
+
+
+def proc_times(pid: int) -> tuple[float, float, int]:
+    """User and system CPU seconds of process ``pid`` (all its threads) and its context
+    switches (voluntary + involuntary, all threads) so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    switches = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            status = (task / "status").read_text()
+        except OSError:
+            continue
+        switches += sum(int(v) for v in re.findall(r"^\w*ctxt_switches:\s+(\d+)$", status, re.M))
+    return int(fields[11]) / tick, int(fields[12]) / tick, switches
+
+
+def cluster_cpu(cluster: PgCluster) -> float:
+    """User + system CPU seconds of the cluster's postmaster and its children alive now
+    (the benches' sessions live for the whole run; the checkpointer and WAL writer too)."""
+    pm = int((cluster.data / "postmaster.pid").read_text().split()[0])
+    total = cpu_seconds(pm)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pm:
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+@contextlib.contextmanager
+def profiled(servers: list[Serve], out: Path | None, duration: int) -> Iterator[None]:
+    """``py-spy record --idle --gil`` (and a wall-clock one, ``--idle`` only) of each
+    frontend for the run, as speedscope files in ``out`` (None: no profile)."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    procs: list[subprocess.Popen[bytes]] = []
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        for k, s in enumerate(servers):
+            for kind, flags in (("gil", ["--gil"]), ("wall", ["--idle"])):
+                argv = [spy, "record", "-p", str(s.pid), "-d", str(duration), "-r", "200"]
+                argv += [*flags, "-f", "raw", "-o", str(out / f"frontend{k}-{kind}.txt")]
+                procs.append(
+                    subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                )
+    try:
+        yield
+    finally:
+        for p in procs:
+            try:
+                p.wait(timeout=duration + 30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
 
 
 @contextlib.contextmanager
@@ -85,6 +150,7 @@ def one_round(
     subjects: int = 0,
     count: int = 1,
     raw: bool = False,
+    profile: Path | None = None,
 ) -> str:
     url = cluster.new_schema()
     data = tmp / f"data-{time.monotonic_ns()}"
@@ -100,8 +166,11 @@ def one_round(
                 raise RuntimeError("bench.scim_single's SCIM_LUA changed: update --subjects")
             script = script.replace(fresh, f'string.format("u-%d", r(1, {subjects}))')
         x0 = write_xids(cluster)
-        f0 = [fence_claims(s.url) for s in servers]
+        r0 = rollbacks(cluster)
+        k0 = [counters(s.url) for s in servers]
         c0 = [cpu_seconds(s.pid) for s in servers]
+        t0 = [proc_times(s.pid) for s in servers]
+        pg0 = cluster_cpu(cluster)
         seed = "math.randomseed(os.time() * 1000 + tid)"
         if seed not in script:
             raise RuntimeError("the wrk script's seed changed: update the seeds here")
@@ -112,13 +181,22 @@ def one_round(
             for k in range(count)
         ]
         each = max(1, connections // len(servers))
-        with ThreadPoolExecutor(len(servers)) as pool:
+        with profiled(servers, profile, duration), ThreadPoolExecutor(len(servers)) as pool:
             results = list(
                 pool.map(lambda k: wrk(servers[k].url, scripts[k], duration, each), range(count))
             )
-        cpu = sum(cpu_seconds(s.pid) for s in servers) - sum(c0)
-        claims = [fence_claims(s.url) - f for s, f in zip(servers, f0, strict=True)]
+        cpus = [cpu_seconds(s.pid) - c for s, c in zip(servers, c0, strict=True)]
+        times = [
+            tuple(b - a for a, b in zip(t, proc_times(s.pid), strict=True))
+            for s, t in zip(servers, t0, strict=True)
+        ]
+        cpu = sum(cpus)
+        pg_cpu = cluster_cpu(cluster) - pg0
+        k1 = [counters(s.url) for s in servers]
+        claims = [int(b[0] - a[0]) for a, b in zip(k0, k1, strict=True)]
+        batches = [int(b[1] - a[1]) for a, b in zip(k0, k1, strict=True)]
         x1 = write_xids(cluster)
+        rolled = rollbacks(cluster) - r0
         size = int(httpx.get(servers[0].url + "/checkpoint").text.splitlines()[1])
         rps = sum(r["rps"] for r in results)
         answered = max(rps * duration, 1)
@@ -127,14 +205,19 @@ def one_round(
             f"p99 {max(r.get('p99_ms', 0) for r in results):6.1f} ms  "
             f"non-2xx {sum(r['non2xx'] for r in results):.0f}  "
             f"server CPU {1e6 * cpu / answered:5.0f} µs/request  "
+            f"PostgreSQL CPU {1e6 * pg_cpu / answered:5.0f} µs/request  "
             f"write transactions/event {(x1 - x0 - 1) / max(size, 1):.3f} "
-            f"({x1 - x0 - 1} for {size} events)  load {os.getloadavg()[0]:.1f}"
+            f"({x1 - x0 - 1} for {size} events), {rolled} rolled back  "
+            f"load {os.getloadavg()[0]:.1f}"
         )
-        if count > 1:
-            line += "\n  per frontend: " + "; ".join(
-                f"{r['rps']:,.0f} req/s, {c} fence claims"
-                for r, c in zip(results, claims, strict=True)
-            )
+        line += "\n  per frontend: " + "; ".join(
+            f"{r['rps']:,.0f} req/s, {1e6 * c / max(r['rps'] * duration, 1):,.0f} µs CPU/request, "
+            f"{b} batches ({r['rps'] * duration / max(b, 1):.1f} requests/batch), "
+            f"{n} fence claims, user/system {1e6 * t[0] / max(r['rps'] * duration, 1):,.0f}/"
+            f"{1e6 * t[1] / max(r['rps'] * duration, 1):,.0f} µs/request, "
+            f"{t[2] / max(r['rps'] * duration, 1):.1f} context switches/request"
+            for r, c, b, n, t in zip(results, cpus, batches, claims, times, strict=True)
+        )
         return line
 
 
@@ -146,6 +229,7 @@ def main() -> None:
     ap.add_argument("--subjects", type=int, default=0, help="rids drawn from N (0: fresh)")
     ap.add_argument("--frontends", type=int, default=1, help="tlog serve processes (1 or more)")
     ap.add_argument("--raw", action="store_true", help="POST /v1/entries instead (reference)")
+    ap.add_argument("--profile", type=Path, help="py-spy profiles of each frontend to DIR")
     args = ap.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("bench.pg_scim_single needs wrk: apt-get install -y wrk")
@@ -166,6 +250,7 @@ def main() -> None:
                 args.subjects,
                 args.frontends,
                 args.raw,
+                args.profile / f"round{i + 1}" if args.profile else None,
             )
             print(f"round {i + 1}: {got}")
     finally:

@@ -325,6 +325,22 @@ class Backend(Protocol):
         a staging that lost the fence commits at its next attempt (tlog.scim.service)."""
         ...
 
+    def hold_stage_turn(self) -> tuple[Callable[[], None], bytes | None]:
+        """Take the SCIM staging turn until the returned function is called (once), and
+        the writer fence (:meth:`claim_aux_writer`) the store holds now. On a store that
+        several processes write (``shared``), the SCIM writer holds it while it stages
+        groups and until they are committed, so that another process claims the fence only
+        when nothing staged here is in flight (a claim would refuse it: staged again, the
+        work done twice). Raises :class:`TurnTimeout` when another process holds it for too
+        long. Only liveness: the fence still decides. Not used on a store with one writer
+        process (LMDB: nothing to hold, no fence)."""
+        ...
+
+    def stage_turn_wanted(self) -> bool:
+        """Whether another process waits for the SCIM staging turn this one holds
+        (:meth:`hold_stage_turn`; False on a store with one writer process)."""
+        ...
+
     def claim_aux_writer(self) -> bytes | None:
         """Become the writer of auxiliary records on a store that several processes write
         (``shared``): returns a fence that this process's later aux writes carry, and that

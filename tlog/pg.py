@@ -109,6 +109,10 @@ LOCK_REPORT_AFTER = 5.0  # seconds a write may take before the database is asked
 RETRY_TIMEOUT = 1.0  # seconds to wait for a live one when a pooled connection was dead
 SETTLE_TIMEOUT = 10.0  # seconds to wait for a synchronous standby to confirm a barrier
 TURN_TIMEOUT = 5.0  # seconds to wait for another frontend's write turn (write_turn)
+# Seconds to wait for another frontend's SCIM staging turn (hold_stage_turn); then the SCIM
+# writer stages without it (the fence decides, as before the turn), well within a request's
+# commit bound.
+STAGE_TURN_TIMEOUT = 1.0
 _U64 = struct.Struct(">Q")
 _MAX_BIGINT = (1 << 63) - 1
 
@@ -601,6 +605,11 @@ class PgStorage:
         self._turner: psycopg.Connection[Any] | None = None
         self._turns = 0  # holds of the turn in this process (hold_turn), under _tlock
         self.turn_timeout = TURN_TIMEOUT
+        # The SCIM staging turn (hold_stage_turn): its own connection, holding another
+        # session advisory lock; only the SCIM writer (under its writer lock) uses it.
+        self._slock = threading.Lock()
+        self._stager: psycopg.Connection[Any] | None = None
+        self.stage_timeout = STAGE_TURN_TIMEOUT
         self._closed = False
         # The write in progress (since, writer backend pid, what) and the thread that
         # reports one that does not return (_watch).
@@ -706,6 +715,8 @@ class PgStorage:
                 self._writer = None
         with self._tlock:
             self._drop_turn()
+        with self._slock:
+            self._drop_stager()
         self._pool.close()
         for f in self.on_close:
             f()
@@ -1224,6 +1235,88 @@ class PgStorage:
         conn, self._turner = self._turner, None
         _close_quietly(conn)
 
+    def hold_stage_turn(self) -> tuple[Callable[[], None], bytes | None]:
+        """Take this frontend's SCIM staging turn (module docstring): a session advisory
+        lock on a connection of its own, waited for at most ``stage_timeout`` seconds
+        (:class:`TurnTimeout`), until the returned function is called (once; later calls
+        do nothing). Also returns the SCIM writer fence the store holds now (None before
+        the first claim): the turn's last holder committed everything it staged before it
+        gave the turn back, so a frontend whose own fence this still is need not claim
+        again. Like the write turn, only liveness: the fence still decides every write."""
+        if self._readonly:
+            raise StorageError("the store was opened read-only")
+        with self._slock:
+            for fresh in (False, True):
+                conn = self._stage_conn()
+                try:
+                    conn.execute(_STAGE_LOCK, prepare=True)
+                except psycopg.errors.LockNotAvailable:
+                    raise TurnTimeout(
+                        "another frontend held this log's SCIM staging turn for over "
+                        f"{self.stage_timeout:g} s"
+                    ) from None
+                except psycopg.Error as exc:
+                    dead = conn.closed or conn.broken
+                    self._drop_stager()
+                    if dead and not fresh:
+                        continue  # killed while idle: nothing was locked, one retry
+                    raise pg_fault(exc) or StorageError(str(exc)) from exc
+                try:
+                    row = conn.execute(_CURRENT_FENCE, prepare=True).fetchone()
+                except psycopg.Error as exc:
+                    self._drop_stager()  # the server gives the lock back with the session
+                    raise pg_fault(exc) or StorageError(str(exc)) from exc
+                break
+        fence = None if row is None or row[0] is None else bytes(row[0])
+        given_back = False
+
+        def release() -> None:
+            nonlocal given_back
+            with self._slock:
+                if given_back:
+                    return
+                given_back = True
+                conn = self._stager
+                try:
+                    if conn is not None:
+                        conn.execute(_STAGE_UNLOCK, prepare=True)
+                except psycopg.Error:
+                    self._drop_stager()  # the server releases the lock with the session
+
+        return release, fence
+
+    def stage_turn_wanted(self) -> bool:
+        """Whether another session waits for the SCIM staging turn (:meth:`hold_stage_turn`)
+        now: one look at ``pg_locks`` on the turn's connection. False when it is unreadable
+        (the holder then keeps the turn until it is idle)."""
+        with self._slock:
+            conn = self._stager
+            if conn is None or conn.closed or conn.broken:
+                return False
+            try:
+                row = conn.execute(_STAGE_WANTED, prepare=True).fetchone()
+            except psycopg.Error:
+                self._drop_stager()
+                return False
+        return bool(row and row[0])
+
+    def _stage_conn(self) -> psycopg.Connection[Any]:
+        conn = self._stager
+        if conn is not None and not conn.closed and not conn.broken:
+            return conn
+        self._drop_stager()
+        try:
+            conn = psycopg.connect(self._url, autocommit=True, **self._kwargs)
+            conn.execute(f"SET lock_timeout = {max(1, int(self.stage_timeout * 1000))}")
+        except psycopg.Error as exc:
+            raise pg_fault(exc) or StorageError(str(exc)) from exc
+        self._stager = conn
+        return conn
+
+    def _drop_stager(self) -> None:
+        conn, self._stager = self._stager, None
+        _close_quietly(conn)
+
     def claim_aux_writer(self) -> bytes | None:
         """Take the SCIM writer fence (module docstring): a fresh random value in the
         ``tlog_aux_writer`` row, committed before this returns. The UPDATE waits for every
@@ -1312,6 +1405,20 @@ _INSERT_CHECKPOINT = "INSERT INTO tlog_checkpoints (size, note) VALUES (%b, %b)"
 _TURN_KEY = "hashtextextended(current_schema() || '/tlog write turn', 0)"
 _TURN_LOCK = f"SELECT pg_advisory_lock({_TURN_KEY})"
 _TURN_UNLOCK = f"SELECT pg_advisory_unlock({_TURN_KEY})"
+# The SCIM staging turn (PgStorage.hold_stage_turn): another session advisory lock per
+# schema, and whether another session waits for it (an advisory lock on a bigint key is
+# listed in pg_locks with its high 32 bits as classid, its low ones as objid, objsubid 1).
+_STAGE_KEY = "hashtextextended(current_schema() || '/tlog scim staging turn', 0)"
+_STAGE_LOCK = f"SELECT pg_advisory_lock({_STAGE_KEY})"
+_STAGE_UNLOCK = f"SELECT pg_advisory_unlock({_STAGE_KEY})"
+_STAGE_WANTED = (
+    "WITH k AS (SELECT hashtextextended(current_schema() || '/tlog scim staging turn', 0) "
+    "AS key) SELECT EXISTS (SELECT 1 FROM pg_locks, k "
+    "WHERE locktype = 'advisory' AND NOT granted AND objsubid = 1 "
+    "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+    "AND classid = ((key >> 32) & 4294967295)::oid AND objid = (key & 4294967295)::oid)"
+)
+_CURRENT_FENCE = "SELECT fence FROM tlog_aux_writer WHERE id = 1"
 _STANDBY_NAMES = "SELECT current_setting('synchronous_standby_names')"
 # The writer session and the sessions holding a lock it waits for (_report_wait).
 _WAITS = (

@@ -680,6 +680,14 @@ class Storage:
         """Nothing to hold (:meth:`write_turn`)."""
         return _nothing
 
+    def hold_stage_turn(self) -> tuple[Callable[[], None], bytes | None]:
+        """Nothing to hold and no fence: one writer process."""
+        return _nothing, None
+
+    def stage_turn_wanted(self) -> bool:
+        """Never: one writer process."""
+        return False
+
     def claim_aux_writer(self) -> bytes | None:
         """None: the lock file keeps every other writer process out of an LMDB store, so
         this process's aux writes need no fence (:meth:`tlog.backend.Backend.claim_aux_writer`)."""
