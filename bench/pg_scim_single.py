@@ -110,7 +110,8 @@ def profiled(servers: list[Serve], out: Path | None, duration: int) -> Iterator[
         out.mkdir(parents=True, exist_ok=True)
         for k, s in enumerate(servers):
             for kind, flags in (("gil", ["--gil"]), ("wall", ["--idle"])):
-                argv = [spy, "record", "-p", str(s.pid), "-d", str(duration), "-r", "200", "--nonblocking"]
+                argv = [spy, "record", "-p", str(s.pid), "-d", str(duration), "-r", "200"]
+                argv += ["--nonblocking"]  # sampled without pausing the server
                 argv += [*flags, "-f", "raw", "-o", str(out / f"frontend{k}-{kind}.txt")]
                 procs.append(
                     subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
