@@ -18,10 +18,15 @@ lost the fence more than ``FENCE_RETRIES`` times is a 503), and the fence claims
 frontend made (``tlog_scim_writer_fence_claims_total``). ``--raw``: ``POST /v1/entries``
 (one raw entry a request) instead of SCIM events, the reference without SCIM records.
 
-Reported per round: requests/s, p50/p99, the server's CPU per request (user + system time
-of its process over the requests answered) and the write transactions per event (xids the
-database handed out during the run, over the events logged: a group of ``k`` events costs
-``1/k`` when its records and leaves are one transaction, ``2/k`` when they were two).
+Reported per round: requests/s, p50/p99, the servers' CPU per request (user + system time
+of their processes over the requests answered), PostgreSQL's (the postmaster and its
+children), and the write transactions per event (xids the database handed out during the
+run, over the events logged: a group of ``k`` events costs ``1/k`` when its records and
+leaves are one transaction, ``2/k`` when they were two; a batch refused by the SCIM writer
+fence, or a fence claim, takes one too). Per frontend: requests/s, CPU per request (user /
+system), batches committed and requests per batch, fence claims, context switches per
+request. ``--profile DIR``: ``py-spy record`` of each frontend during the load (``--gil``
+and ``--idle``, raw collapsed stacks, sampled without pausing the server).
 """
 
 from __future__ import annotations

@@ -39,6 +39,10 @@ The write contract of :mod:`tlog.backend`, here:
   Another frontend's claim thus stops every write staged before it, and everything committed
   under earlier claims is in the snapshots read after it: no frontend commits records staged
   on a read that another frontend's commit made stale;
+* the frontends stage SCIM records one at a time, holding the *staging turn*
+  (:meth:`PgStorage.hold_stage_turn`: a session advisory lock on a connection of its own)
+  until their groups in flight are committed, so a claim normally refuses nothing; like the
+  write turn, it is liveness only (the fence decides);
 * nothing is acknowledged unless COMMIT returned. If the connection is lost while
   committing, the outcome is unknown: :class:`CommitUnknown`, and :class:`tlog.log.Log`
   hands the signature out only if it finds that exact checkpoint after reloading;

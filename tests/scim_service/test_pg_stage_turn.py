@@ -67,7 +67,7 @@ def test_one_frontend_holds_the_stage_turn_at_a_time(tmp_path: Path, pg_url: str
 def test_an_idle_frontend_gives_the_stage_turn_back(tmp_path: Path, pg_url: str) -> None:
     """Once its group writer has nothing to do, a frontend gives the turn back (it would
     otherwise keep the other frontends' SCIM writes waiting); a direct write (an erasure,
-    an expiry) gives it back at once."""
+    an expiry) gives it back at once, also when its staging raised."""
     with frontends(tmp_path, pg_url) as (a, b):
         assert a.post_event(user_event("u-idle", req="req-idle")).status_code == 200
         other = b.log.storage
@@ -77,6 +77,15 @@ def test_an_idle_frontend_gives_the_stage_turn_back(tmp_path: Path, pg_url: str)
         release()
         assert fence is not None and fence == a.service._fence
         a.service.write(lambda tx: None)
+        release, _ = other.hold_stage_turn()
+        release()
+
+        def broken(tx: Any) -> None:
+            raise ValueError("this staging fails")
+
+        with pytest.raises(ValueError):
+            a.service.write(broken)  # a direct write whose staging raised: given back too
+        other.stage_timeout = 5.0
         release, _ = other.hold_stage_turn()
         release()
 

@@ -464,36 +464,48 @@ class ScimService:
             with self._write_lock:
                 self._drain()
                 self._enter_stage_turn()
-                fence = self._writer_fence(attempt)
-                # A direct write (an erasure, an expiry) may stage for long (an erasure
-                # rewraps every key of its tenant), so it gives back at once the write turn
-                # its claim took: the other frontends' batches go on meanwhile. Direct writes
-                # are rare; the group writer's submissions are what kept losing the fence.
-                self._give_back_claim_hold()
                 try:
-                    with self.storage.read() as rv:
-                        tx = Overlay(rv)
-                        result, rekey = fn(tx)
-                        new = self.keys.stage_rotation(tx, rekey) if rekey else None
-                        items = tx.items()
-                except KeysRotated as exc:
-                    self._keys_rotated(exc, attempt)
-                    continue
-                try:
-                    if new is None:
-                        if items:
-                            self.storage.put_aux(items, fence=fence)
-                    else:
-                        self.keys.commit_rotation(
-                            new, functools.partial(self.storage.put_aux, items, fence=fence)
-                        )
-                except AuxFenced:
-                    self._fence_lost(attempt)
-                    continue
+                    done = self._write_once(fn, attempt)
                 finally:
+                    # Nothing of this write is in flight now: unless the group writer
+                    # runs (it gives the turn back when idle), the other frontends may stage.
                     self._leave_stage_turn_if_idle()
-                return result
+                if done is not None:
+                    return done[0]
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _write_once(
+        self, fn: Callable[[Overlay], tuple[T, set[bytes]]], attempt: int
+    ) -> tuple[T] | None:
+        """One attempt of :meth:`write_rotating`, under the writer lock: ``(its result,)``,
+        or None when it must be staged again under a new claim."""
+        fence = self._writer_fence(attempt)
+        # A direct write (an erasure, an expiry) may stage for long (an erasure rewraps
+        # every key of its tenant), so it gives back at once the write turn its claim took:
+        # the other frontends' batches go on meanwhile. Direct writes are rare; the group
+        # writer's submissions are what kept losing the fence.
+        self._give_back_claim_hold()
+        try:
+            with self.storage.read() as rv:
+                tx = Overlay(rv)
+                result, rekey = fn(tx)
+                new = self.keys.stage_rotation(tx, rekey) if rekey else None
+                items = tx.items()
+        except KeysRotated as exc:
+            self._keys_rotated(exc, attempt)
+            return None
+        try:
+            if new is None:
+                if items:
+                    self.storage.put_aux(items, fence=fence)
+            else:
+                self.keys.commit_rotation(
+                    new, functools.partial(self.storage.put_aux, items, fence=fence)
+                )
+        except AuxFenced:
+            self._fence_lost(attempt)
+            return None
+        return (result,)
 
     def _writer_fence(self, losses: int = 0) -> bytes | None:
         """Under the writer lock, before a snapshot is opened for staging: the writer fence
