@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import json
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
 from typing import Any
 
 from client.formats.checkpoint import open_checkpoint
 from client.formats.merkle import leaf_hash, verify_inclusion
-from client.formats.note import b64decode_strict
+from client.formats.note import Ed25519Verifier, b64decode_strict
 from client.formats.proof_bundle import TlogProof
 from client.scim import encode_event, new_event, parse_leaf
 from tlog.scim.store import Overlay
 
-from .conftest import ORIGIN, T1, Harness, user_event
+from .conftest import ORIGIN, T1, Harness, open_harness, user_event
+
+KEY = "scim-master.key"
 
 
 def check_receipt(h: Harness, d: dict[str, Any], index: int | None = None) -> bytes:
@@ -123,3 +130,44 @@ def stage_group(
         finally:
             svc._group_memo = svc._group_tenants = None
         return out, tx.items()
+
+
+# --- two frontends of one PostgreSQL store ---------------------------------------------------
+
+
+@contextmanager
+def frontends(
+    tmp_path: Path, pg_url: str, *, shared_key: bool = True
+) -> Iterator[tuple[Harness, Harness]]:
+    """Two frontends, A and B, on ``pg_url``. ``shared_key``: B reads A's SCIM master key
+    file (one shared secret, as operations.md asks); otherwise B has a copy of it."""
+    with ExitStack() as stack:
+        a = stack.enter_context(open_harness(tmp_path / "a", database=pg_url))
+        if shared_key:
+            b = stack.enter_context(
+                open_harness(tmp_path / "b", database=pg_url, scim_master_key=a.data / KEY)
+            )
+        else:
+            (tmp_path / "b").mkdir(mode=0o700)
+            shutil.copy2(a.data / KEY, tmp_path / "b" / KEY)
+            b = stack.enter_context(open_harness(tmp_path / "b", database=pg_url))
+        yield a, b
+
+
+def readable(h: Harness, ev: dict[str, Any]) -> bool:
+    """The event's body is found by its rid and decrypts, through frontend ``h``."""
+    found = [r for r in h.auditor().search(rid=ev["rid"]).results if r.event is not None]
+    return any(r.event is not None and r.event["eid"] == ev["eid"] for r in found)
+
+
+def caught_up(h: Harness, size: int) -> None:
+    """Wait until frontend ``h`` serves a checkpoint of at least ``size`` (an idle frontend
+    adopts another's commits within about a second: operations.md, "Several frontends");
+    search and receipts answer up to the checkpoint a frontend serves."""
+    for _ in range(200):
+        verifier = Ed25519Verifier.from_vkey(h.vkey)
+        cp, _ = open_checkpoint(h.client.get("/checkpoint").text, [verifier], origin=ORIGIN)
+        if cp.size >= size:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"frontend {h.data.name} did not reach size {size}")

@@ -16,8 +16,8 @@ import hashlib
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -25,38 +25,15 @@ import httpx
 import psycopg
 import pytest
 
-from client.formats.checkpoint import open_checkpoint
 from client.formats.merkle import leaf_hash
-from client.formats.note import Ed25519Verifier
 from tlog.backend import AuxFenced, BatchWrite
 from tlog.pg import PgStorage
 from tlog.scim import keys as keys_module
 from tlog.scim import store
 from tlog.scim.keys import KeyRing, MasterKey, read_key_file
 
-from .conftest import ORIGIN, T1, T2, Harness, open_harness, user_event
-from .helpers import check_receipt
-
-KEY = "scim-master.key"
-
-
-@contextmanager
-def frontends(
-    tmp_path: Path, pg_url: str, *, shared_key: bool = True
-) -> Iterator[tuple[Harness, Harness]]:
-    """Two frontends, A and B, on ``pg_url``. ``shared_key``: B reads A's SCIM master key
-    file (one shared secret, as operations.md asks); otherwise B has a copy of it."""
-    with ExitStack() as stack:
-        a = stack.enter_context(open_harness(tmp_path / "a", database=pg_url))
-        if shared_key:
-            b = stack.enter_context(
-                open_harness(tmp_path / "b", database=pg_url, scim_master_key=a.data / KEY)
-            )
-        else:
-            (tmp_path / "b").mkdir(mode=0o700)
-            shutil.copy2(a.data / KEY, tmp_path / "b" / KEY)
-            b = stack.enter_context(open_harness(tmp_path / "b", database=pg_url))
-        yield a, b
+from .conftest import T1, T2, Harness, open_harness, user_event
+from .helpers import KEY, caught_up, check_receipt, frontends, readable
 
 
 def held_at_hand_off(
@@ -98,25 +75,6 @@ def held_at_hand_off(
     finally:
         del svc.seq.enqueue
     return answer[0], got, len(calls)
-
-
-def readable(h: Harness, ev: dict[str, Any]) -> bool:
-    """The event's body is found by its rid and decrypts, through frontend ``h``."""
-    found = [r for r in h.auditor().search(rid=ev["rid"]).results if r.event is not None]
-    return any(r.event is not None and r.event["eid"] == ev["eid"] for r in found)
-
-
-def caught_up(h: Harness, size: int) -> None:
-    """Wait until frontend ``h`` serves a checkpoint of at least ``size`` (an idle frontend
-    adopts another's commits within about a second: operations.md, "Several frontends");
-    search and receipts answer up to the checkpoint a frontend serves."""
-    for _ in range(200):
-        verifier = Ed25519Verifier.from_vkey(h.vkey)
-        cp, _ = open_checkpoint(h.client.get("/checkpoint").text, [verifier], origin=ORIGIN)
-        if cp.size >= size:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"frontend {h.data.name} did not reach size {size}")
 
 
 def tree_size(h: Harness) -> int:

@@ -22,8 +22,7 @@ from tlog.pg import PgStorage
 from tlog.scim import service as service_module
 
 from .conftest import Harness, user_event
-from .helpers import check_receipt
-from .test_pg_frontends_scim import caught_up, frontends, readable
+from .helpers import caught_up, check_receipt, frontends, readable
 
 
 def test_one_frontend_holds_the_stage_turn_at_a_time(tmp_path: Path, pg_url: str) -> None:
