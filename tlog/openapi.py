@@ -47,14 +47,28 @@ EVENT = {
     "type": "object",
     "description": "a SCIM audit event in its JSON form (SCIM.md §3)",
 }
+# The leaf's commitment nonce, for the submitter to check c = HMAC(nonce, det_cbor(event));
+# left out for a retry whose body is erased.
+NONCE = {**B64, "description": "the leaf's commitment nonce (absent once the body is erased)"}
 SUBMITTED = {
     "allOf": [
         RECEIPT,
         _obj(
-            {"eid": {"type": "string"}, "duplicate": {"type": "boolean"}, "ts": UINT, "leaf": B64}
+            {"eid": {"type": "string"}, "duplicate": {"type": "boolean"}, "ts": UINT, "leaf": B64},
+            {"nonce": NONCE},
         ),
     ]
 }
+BATCH_RESULT = _obj(
+    {
+        "eid": {"type": "string"},
+        "index": UINT,
+        "leaf_hash": HASH,
+        "duplicate": {"type": "boolean"},
+        "leaf": B64,
+    },
+    {"nonce": NONCE},
+)
 ERASURE = _obj(
     {
         "id": {"type": "string"},
@@ -331,7 +345,7 @@ def _paths() -> dict[str, Any]:
                         {
                             "tree_size": UINT,
                             "checkpoint": NOTE,
-                            "results": {"type": "array", "items": {"type": "object"}},
+                            "results": {"type": "array", "items": BATCH_RESULT},
                         }
                     ),
                 ),
