@@ -29,7 +29,9 @@ carries each event's leaf and its commitment nonce, the leaf must hash to the re
 hash, and its ``c`` must be HMAC(nonce, det_cbor(event)) of the event the adapter sent. So a
 log cannot acknowledge an event with the proof of another leaf (and the adapter then drop
 the event as delivered). A retry of an event whose body the log has erased since has no
-nonce (nothing to open): only its inclusion is proven (counted, and logged by the relay).
+nonce (nothing to open): only its inclusion is proven (counted, and logged by the relay),
+and that its leaf is not older than the event (``CLOCK_SKEW_MS``), so no old leaf of the tree
+passes for it.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ from client.formats.note import FormatError, b64decode_strict
 from client.formats.tiles import TILE_WIDTH, Tile, TileHashReader
 from client.net.core import CheckpointTracker
 from client.net.logclient import VerifiedCheckpoint, verify_consistent, verify_tile_hashes
-from client.scim.event import adopt_json_text
+from client.scim.event import Event, adopt_json_text
 from client.scim.fastjson import decode_event_json
 from client.scim.leaf import commitment_unchecked, parse_leaf
 
@@ -123,11 +125,21 @@ def receipt_headers(
 _TILE_CACHE = 256
 
 
-def _canonical(body: str) -> bytes:
-    """The det-CBOR of an event in its JSON form (the outbox record), as the log encodes it."""
+def _decoded(body: str) -> tuple[Event, bytes]:
+    """An event in its JSON form (the outbox record) and its det-CBOR, as the log encodes it."""
     data = body.encode("utf-8")
     fast = decode_event_json(data)
-    return fast[1] if fast is not None else adopt_json_text(data)[1]
+    return fast if fast is not None else adopt_json_text(data)
+
+
+def _canonical(body: str) -> bytes:
+    """The det-CBOR of an event in its JSON form (the outbox record), as the log encodes it."""
+    return _decoded(body)[1]
+
+
+# How far the log's clock may be behind the adapter's: a leaf answered for a retry of an
+# erased event must not be older than the event less this (see check_commitments).
+CLOCK_SKEW_MS = 3600 * 1000
 
 
 def check_commitments(
@@ -147,16 +159,24 @@ def check_commitments(
         leaf, nonce = got
         if base64.b64encode(rfc6962_leaf_hash(leaf)).decode() != r.leaf_hash:
             raise VerificationError("a receipt's leaf does not hash to its leaf hash")
-        if nonce is None:
-            if not r.duplicate:
-                raise VerificationError("a new event answered without its commitment nonce")
-            erased += 1
-            continue
+        if nonce is None and not r.duplicate:
+            raise VerificationError("a new event answered without its commitment nonce")
         try:
-            c = parse_leaf(leaf).c
+            parsed = parse_leaf(leaf)
         except (FormatError, ValueError) as exc:
             raise VerificationError(f"a receipt's leaf is not a SCIM leaf: {exc}") from None
-        if c != commitment_unchecked(nonce, _canonical(bodies[r.eid])):
+        if nonce is None:
+            # Nothing to open, but the leaf can be dated: the log made it when it first took
+            # the event, not before the event was made. Else any old leaf of the tree could
+            # be passed off as this event's.
+            made = _decoded(bodies[r.eid])[0]["ts"]
+            if parsed.ts + CLOCK_SKEW_MS < made:
+                raise VerificationError(
+                    "a retry answered as erased with a leaf that predates the event"
+                )
+            erased += 1
+            continue
+        if parsed.c != commitment_unchecked(nonce, _canonical(bodies[r.eid])):
             raise VerificationError(
                 "a receipt's leaf does not commit to the event sent under its id (the log "
                 "answered with another event's leaf)"
