@@ -28,13 +28,14 @@ _SPAN = re.compile(r"([1-9][0-9]{0,8})([smhdw])")
 _UNIT_MS = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
 # Log times are milliseconds that fit the leaf's uint64; an ISO year is at most 9999.
 _MAX_MS = (1 << 63) - 1
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def parse_when(text: str, now_ms: int | None = None) -> int:
     """Milliseconds since the epoch of a ``--since``/``--until`` value (see the module's
     text); ValueError with what was expected for anything else."""
     s = text.strip()
-    if s.isdigit():
+    if s.isascii() and s.isdigit():
         ms = int(s)
         if ms > _MAX_MS:
             raise ValueError(f"{text!r}: milliseconds out of range")
@@ -52,7 +53,10 @@ def parse_when(text: str, now_ms: int | None = None) -> int:
         ) from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
-    ms = int(when.timestamp() * 1000)
+    # In integers: timestamp() * 1000, a float, lost a millisecond now and then, and a time
+    # printed by iso_ms must read back as the same millisecond.
+    delta = when - _EPOCH
+    ms = (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
     if ms < 0:
         raise ValueError(f"{text!r} is before 1970")
     return ms
