@@ -398,12 +398,10 @@ class Relay:
             try:
                 done = self._deliver_once()
             except _Backoff as b:
-                if self._healthy:
-                    self._down_since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+                self._failed()
                 self._healthy = False
                 self.last_error = str(b)
                 self._fail_waiters(str(b))
-                self._failures += 1
                 level = logging.ERROR if isinstance(b, _Unverified) else logging.WARNING
                 _log.log(level, "delivery to the log failed (%s); retrying in %.2fs", b, b.delay)
                 self._stop.wait(b.delay)
@@ -412,11 +410,11 @@ class Relay:
                 self.last_error = str(exc)
                 _log.error("outbox error in the relay: %s", exc)
                 self._stop.wait(self._next_backoff())
-                self._failures += 1
+                self._failed()
                 continue
             except Exception:  # a bug must not kill delivery for good
                 _log.exception("relay error")
-                self._failures += 1
+                self._failed()
                 self._stop.wait(self._next_backoff())
                 continue
             if done:
@@ -433,6 +431,13 @@ class Relay:
                 # events (they are durable in the outbox); a receipt waiter skips this.
                 self._stop.wait(self.linger)
             self._kick.clear()
+
+    def _failed(self) -> None:
+        """Count a failed attempt; the first of a run says when the run began (for the
+        "resumed" line), whatever failed: the log, the outbox, or a bug."""
+        if self._failures == 0:
+            self._down_since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        self._failures += 1
 
     def _next_backoff(self) -> float:
         base = min(self.backoff_max, self.backoff_min * float(2 ** min(self._failures, 30)))
