@@ -54,9 +54,12 @@ def backup(db: Path, dest: Path, *, verify: bool = True) -> BackupReport:
     work.mkdir(mode=0o700)
     try:
         rep, size = _copy(db, work, verify)
+        # LMDB's copy does not fsync what it wrote: without this, a power loss could keep the
+        # rename below and lose the pages, leaving a data.mdb that looks like a backup.
+        _fsync(work / "data.mdb")
         out = dest / "data.mdb"
         os.replace(work / "data.mdb", out)
-        _fsync_dir(dest)
+        _fsync(dest)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return BackupReport(out, out.stat().st_size, size, rep)
@@ -88,7 +91,7 @@ def _copy(db: Path, work: Path, verify: bool) -> tuple[FsckReport | None, int]:
     return rep, size
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
