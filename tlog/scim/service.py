@@ -1193,7 +1193,9 @@ class ScimService:
         batch = _Batch()
         acc = self._stage(tx, tk, ev, _encode_validated(ev), now, batch)
         self._flush_states(tx, batch)
-        return acc
+        # No nonce in the answers of the log's own events (Accepted.nonce): an officer's
+        # receipt must not open a commitment to a body (the certificate has its own route).
+        return acc._replace(nonce=None)
 
     def _stage(
         self,
