@@ -99,8 +99,18 @@ COPY_ORDER = (*(t for t in TABLES if t != "checkpts"), "checkpts")
 def _refuse_destination(dest: Backend) -> None:
     with dest.read() as rv:
         origin, latest = rv.meta("origin"), rv.latest_checkpoint()
-    if origin is None and latest is None:
+        # Records but no log (another installation's SCIM records or tokens, a reused
+        # directory or database): the copy would land on top of them, checkpoints and all,
+        # and only the final comparison would fail, leaving a servable mixed log.
+        held = [t for t in TABLES if t != "meta" and next(iter(rv.raw(t)), None) is not None]
+    if origin is None and latest is None and not held:
         return
+    if origin is None and latest is None:
+        raise MigrateError(
+            f"the destination {dest.location} holds records ({', '.join(held)}) but no log: "
+            "not this log's; empty it (LMDB: remove the store directory; PostgreSQL: drop the "
+            "log's tables or use a new database) and run again"
+        )
     if latest is None:
         raise MigrateError(
             f"the destination {dest.location} holds an interrupted copy (records but no "
