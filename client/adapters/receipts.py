@@ -60,8 +60,9 @@ from client.formats.note import FormatError, b64decode_strict
 from client.formats.tiles import TILE_WIDTH, Tile, TileHashReader
 from client.net.core import CheckpointTracker
 from client.net.logclient import VerifiedCheckpoint, verify_consistent, verify_tile_hashes
-from client.scim.event import Event, adopt_json_text
+from client.scim.event import Event, adopt_json_event
 from client.scim.fastjson import decode_event_json
+from client.scim.jsonstrict import strict_json
 from client.scim.leaf import commitment_unchecked, parse_leaf
 
 __all__ = [
@@ -126,10 +127,15 @@ _TILE_CACHE = 256
 
 
 def _decoded(body: str) -> tuple[Event, bytes]:
-    """An event in its JSON form (the outbox record) and its det-CBOR, as the log encodes it."""
+    """An event in its JSON form (the outbox record) and its det-CBOR, as the log encodes it
+    inside a batch: the compiled decoder, else the reference path on the strictly parsed
+    item (``ScimRoutes._parse_batch``). Not :func:`adopt_json_text`: its limit on a single
+    event's JSON (``MAX_JSON_SIZE``) does not apply to a batch's events, and an event whose
+    JSON is over it (control characters are six JSON bytes each) would make the relay
+    refuse the log's honest answer for good."""
     data = body.encode("utf-8")
     fast = decode_event_json(data)
-    return fast if fast is not None else adopt_json_text(data)
+    return fast if fast is not None else adopt_json_event(strict_json(body))
 
 
 def _canonical(body: str) -> bytes:

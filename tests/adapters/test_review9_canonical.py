@@ -116,3 +116,30 @@ def test_relay_canonical_is_the_logs_encoding(evs: list[dict[str, Any]], form: i
         ours = _canonical(body)
         assert ours == logs
         assert ScimRoutes._parse_event(body.encode("utf-8"), JSON)[1] == ours
+
+
+def test_an_event_whose_json_is_over_the_single_event_limit() -> None:
+    """Control characters in ``x`` strings are one CBOR byte and six JSON bytes (``\\u0001``):
+    an event well within the CBOR limit can have a JSON form over ``MAX_JSON_SIZE``, which
+    limits a single event's body, not a batch's events. The log takes it in a batch; the
+    relay must encode it too, or it refuses the honest answer forever (and with it every
+    event queued behind it)."""
+    from client.adapters.exchange import validated_event
+    from client.scim.event import MAX_EVENT_SIZE, MAX_JSON_SIZE, encode_event
+
+    ev, body = validated_event(
+        tenant="t1",
+        sp="sp",
+        op="delete",
+        rt="User",
+        rid="u1",
+        actor={"kind": "anonymous"},
+        corr="req-1",
+        req={"m": "DELETE", "p": "/Users/u1", "dig": b"\0" * 32, "len": 0},
+        res=204,
+        outcome="success",
+        x={f"k{i}": "\x01" * 15000 for i in range(4)},
+    )
+    assert len(encode_event(ev)) <= MAX_EVENT_SIZE < MAX_JSON_SIZE < len(body.encode())
+    (_, logs), = ScimRoutes._parse_batch(_ROUTES, _batch_body([body]), JSON)
+    assert _canonical(body) == logs == encode_event(ev)
