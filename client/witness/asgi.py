@@ -121,10 +121,10 @@ class WitnessApp:
         except sqlite3.Error as exc:  # damaged, or unreadable now: unavailable, not a crash
             logger.error("%s %s: the state database cannot be read: %s", method, path, exc)
             body = f"the witness's state database cannot be read now ({exc})\n"
-            await _respond(send, 503, body, close=True)
+            await _respond(send, 503, body, close=True, head=method == "HEAD")
         except Exception:
             logger.exception("%s %s: internal error", method, path)
-            await _respond(send, 500, "internal error\n", close=True)
+            await _respond(send, 500, "internal error\n", close=True, head=method == "HEAD")
 
     async def _ops(self, path: str, send: Send) -> None:
         """Liveness, readiness (the state database reads) and Prometheus metrics."""
