@@ -75,7 +75,9 @@ _json_scalar = st.one_of(
 _json_text = st.one_of(
     _json_scalar.map(json.dumps),
     st.lists(_json_scalar, max_size=3).map(json.dumps),
-    st.dictionaries(_key, _json_scalar, max_size=3).map(lambda d: json.dumps(d, ensure_ascii=False)),
+    st.dictionaries(_key, _json_scalar, max_size=3).map(
+        lambda d: json.dumps(d, ensure_ascii=False)
+    ),
 )
 
 
@@ -141,5 +143,5 @@ def test_an_event_whose_json_is_over_the_single_event_limit() -> None:
         x={f"k{i}": "\x01" * 15000 for i in range(4)},
     )
     assert len(encode_event(ev)) <= MAX_EVENT_SIZE < MAX_JSON_SIZE < len(body.encode())
-    (_, logs), = ScimRoutes._parse_batch(_ROUTES, _batch_body([body]), JSON)
+    ((_, logs),) = ScimRoutes._parse_batch(_ROUTES, _batch_body([body]), JSON)
     assert _canonical(body) == logs == encode_event(ev)
