@@ -47,7 +47,9 @@ def backup(db: Path, dest: Path, *, verify: bool = True) -> BackupReport:
     work = dest / INCOMPLETE
     if dest.exists() and (not dest.is_dir() or any(p != work for p in dest.iterdir())):
         raise BackupError(f"{dest} exists and is not an empty directory")
-    if work.exists():
+    if work.is_symlink() or (work.exists() and not work.is_dir()):
+        work.unlink()  # not ours to follow: a link goes, its target stays
+    elif work.exists():
         shutil.rmtree(work)  # an interrupted earlier run's unverified copy
     dest.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(dest, 0o700)

@@ -45,3 +45,28 @@ def test_the_copy_is_fsynced_before_it_is_named_data_mdb(
     assert ("replace", copy) in said
     assert ("fsync", copy) in said, said
     assert said.index(("fsync", copy)) < said.index(("replace", copy))
+
+
+@pytest.mark.parametrize("kind", ["file", "symlink to a directory", "dangling symlink"])
+def test_a_leftover_that_is_not_a_directory_is_replaced(tmp_path: Path, kind: str) -> None:
+    """Whatever stands at ``<dest>/.incomplete`` (a file, a link) is removed, not followed:
+    the backup is made, and a link's target is left as it was (review9 found an OSError)."""
+    data, dest = tmp_path / "db", tmp_path / "backup"
+    storage = Storage(data)
+    Log(storage, make_signer()).integrate([b"one", b"two"])
+    storage.close()
+    dest.mkdir()
+    work = dest / backup_mod.INCOMPLETE
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep").write_text("not the backup's")
+    if kind == "file":
+        work.write_text("junk")
+    elif kind == "symlink to a directory":
+        work.symlink_to(elsewhere)
+    else:
+        work.symlink_to(tmp_path / "nowhere")
+    report = backup_mod.backup(data, dest)
+    assert report.path == dest.resolve() / "data.mdb" and report.path.exists()
+    assert not work.exists() and not work.is_symlink()
+    assert (elsewhere / "keep").read_text() == "not the backup's"
