@@ -1222,17 +1222,22 @@ class PgStorage:
                     continue
                 raise pg_fault(exc) or StorageError(str(exc)) from exc
 
+    def _lock_session(self, timeout: float) -> psycopg.Connection[Any]:
+        """A new connection of its own for a session advisory lock (the write turn, the
+        staging turn), waiting at most ``timeout`` seconds for a lock."""
+        try:
+            conn = psycopg.connect(self._url, autocommit=True, **self._kwargs)
+            conn.execute(f"SET lock_timeout = {max(1, int(timeout * 1000))}")
+        except psycopg.Error as exc:
+            raise pg_fault(exc) or StorageError(str(exc)) from exc
+        return conn
+
     def _turn_conn(self) -> psycopg.Connection[Any]:
         conn = self._turner
         if conn is not None and not conn.closed and not conn.broken:
             return conn
         self._drop_turn()
-        try:
-            conn = psycopg.connect(self._url, autocommit=True, **self._kwargs)
-            conn.execute(f"SET lock_timeout = {max(1, int(self.turn_timeout * 1000))}")
-        except psycopg.Error as exc:
-            raise pg_fault(exc) or StorageError(str(exc)) from exc
-        self._turner = conn
+        self._turner = conn = self._lock_session(self.turn_timeout)
         return conn
 
     def _drop_turn(self) -> None:
@@ -1309,12 +1314,7 @@ class PgStorage:
         if conn is not None and not conn.closed and not conn.broken:
             return conn
         self._drop_stager()
-        try:
-            conn = psycopg.connect(self._url, autocommit=True, **self._kwargs)
-            conn.execute(f"SET lock_timeout = {max(1, int(self.stage_timeout * 1000))}")
-        except psycopg.Error as exc:
-            raise pg_fault(exc) or StorageError(str(exc)) from exc
-        self._stager = conn
+        self._stager = conn = self._lock_session(self.stage_timeout)
         return conn
 
     def _drop_stager(self) -> None:
