@@ -13,9 +13,13 @@ from typing import Any
 
 import httpx
 
-from client.adapters.relay import BATCH_PATH
+from client.adapters.outbox import Outbox
+from client.adapters.relay import BATCH_PATH, Relay
 
-__all__ = ["CASES", "Front", "on_batch"]
+from ..support import wait_for
+from .logserver import Log
+
+__all__ = ["CASES", "Front", "drain", "on_batch", "relay_behind"]
 
 Rewrite = Callable[[httpx.Request, bytes], bytes]
 
@@ -136,3 +140,23 @@ CASES: dict[str, tuple[Rewrite, str]] = {
     "a leaf that is not the leaf hash's": (on_batch(_leaf_not_its_hash), "does not hash"),
     "a wrong nonce": (on_batch(_wrong_nonce), "does not commit to the event"),
 }
+
+
+def relay_behind(outbox: Outbox, log: Log, token: str, front: Front, **kw: Any) -> Relay:
+    """A relay from ``outbox`` to the real ``log`` through ``front``, verifying under the
+    log's key, with the tests' short back-off and idle times (``kw``: more settings)."""
+    settings: dict[str, Any] = {
+        "log_key": log.vkey,
+        "transport": front,
+        "backoff_min": 0.01,
+        "backoff_max": 0.05,
+        "idle": 0.02,
+        **kw,
+    }
+    return Relay(outbox, log.url, token, **settings)
+
+
+def drain(outbox: Outbox, relay: Relay, what: str) -> None:
+    """Wake the relay and wait until ``outbox`` holds nothing pending."""
+    relay.kick()
+    wait_for(lambda: outbox.counts()["pending"] == 0, 30, what)

@@ -20,29 +20,12 @@ import httpx
 import pytest
 
 from client.adapters.outbox import Outbox
-from client.adapters.relay import DeliveryError, Relay
+from client.adapters.relay import DeliveryError
 from harness.scim import event_record
 
 from ..support import wait_for
 from .logserver import Log
-from .receipt_front import CASES, Front, on_batch
-
-
-def _relay(outbox: Outbox, log: Log, token: str, front: Front, **kw: Any) -> Relay:
-    settings: dict[str, Any] = {
-        "log_key": log.vkey,
-        "transport": front,
-        "backoff_min": 0.01,
-        "backoff_max": 0.05,
-        "idle": 0.02,
-        **kw,
-    }
-    return Relay(outbox, log.url, token, **settings)
-
-
-def _drain(outbox: Outbox, relay: Relay, what: str) -> None:
-    relay.kick()
-    wait_for(lambda: outbox.counts()["pending"] == 0, 30, what)
+from .receipt_front import CASES, Front, drain, on_batch, relay_behind
 
 
 def test_receipts_of_the_real_log_verify(tmp_path: Path, log: Log) -> None:
@@ -53,24 +36,24 @@ def test_receipts_of_the_real_log_verify(tmp_path: Path, log: Log) -> None:
     front = Front()
     recs = [event_record(i) for i in range(300)]  # more than one level-0 tile
     outbox = Outbox(tmp_path / "o.sqlite")
-    relay = _relay(outbox, log, sub, front, batch_size=70)
+    relay = relay_behind(outbox, log, sub, front, batch_size=70)
     relay.start()
     try:
         outbox.put(recs)
-        _drain(outbox, relay, "the outbox drained")
+        drain(outbox, relay, "the outbox drained")
         again = Outbox(tmp_path / "again.sqlite")
-        relay2 = _relay(again, log, sub, Front(), batch_size=50)
+        relay2 = relay_behind(again, log, sub, Front(), batch_size=50)
         relay2.start()
         try:
             again.put(recs[::3] + [event_record(i) for i in range(300, 320)])
-            _drain(again, relay2, "the duplicates delivered")
+            drain(again, relay2, "the duplicates delivered")
         finally:
             relay2.stop()
             again.close()
         outbox.put([event_record(i) for i in range(320, 340)])  # after relay2's leaves
-        _drain(outbox, relay, "the next events delivered")
+        drain(outbox, relay, "the next events delivered")
         outbox.put([event_record(i) for i in range(340, 345)])
-        _drain(outbox, relay, "the last events delivered")
+        drain(outbox, relay, "the last events delivered")
     finally:
         relay.stop()
         counts = outbox.counts()
@@ -88,11 +71,11 @@ def test_a_receipt_that_fails_is_never_marked_delivered(
     sub, _ = log.tokens("t1")
     front = Front()
     outbox = Outbox(tmp_path / "o.sqlite")
-    relay = _relay(outbox, log, sub, front)
+    relay = relay_behind(outbox, log, sub, front)
     relay.start()
     try:
         outbox.put([event_record(i) for i in range(3)])  # honest: the relay knows a tree
-        _drain(outbox, relay, "the first events delivered")
+        drain(outbox, relay, "the first events delivered")
         if "tile" in case:
             # Someone else's event first: the batch is then not all the log appended since
             # the relay's last checkpoint, and is proven from the tiles, not by growing it.
@@ -119,7 +102,7 @@ def test_a_receipt_that_fails_is_never_marked_delivered(
             assert "do not verify" in msg
             assert not any(x.eid in msg or x.req in msg for x in later), msg
         front.rewrite = None
-        _drain(outbox, relay, "delivered once the log answers honestly")
+        drain(outbox, relay, "delivered once the log answers honestly")
     finally:
         relay.stop()
         counts = outbox.counts()
@@ -138,7 +121,7 @@ def test_a_retry_answered_without_its_nonce_is_included_but_counted(
     sub, _ = log.tokens("t1")
     front = Front()
     outbox = Outbox(tmp_path / "o.sqlite")
-    relay = _relay(outbox, log, sub, front)
+    relay = relay_behind(outbox, log, sub, front)
 
     def drop(doc: dict[str, Any]) -> None:
         for item in doc["results"]:
@@ -149,7 +132,7 @@ def test_a_retry_answered_without_its_nonce_is_included_but_counted(
     try:
         with caplog.at_level(logging.WARNING, logger="client.adapters.relay"):
             outbox.put([event_record(i) for i in range(2)])
-            _drain(outbox, relay, "delivered as retries")
+            drain(outbox, relay, "delivered as retries")
         said = [r.getMessage() for r in caplog.records]
         assert any("without its commitment nonce" in m for m in said), said
         assert any("answered as logged before and erased since" in m for m in said), said
@@ -165,14 +148,14 @@ def test_a_rolled_back_checkpoint_is_refused(tmp_path: Path, log: Log) -> None:
     sub, _ = log.tokens("t1")
     front = Front()
     outbox = Outbox(tmp_path / "o.sqlite")
-    relay = _relay(outbox, log, sub, front)
+    relay = relay_behind(outbox, log, sub, front)
     relay.start()
     try:
         outbox.put([event_record(0)])
-        _drain(outbox, relay, "the first event delivered")
+        drain(outbox, relay, "the first event delivered")
         old = httpx.get(log.url + "/checkpoint").text
         outbox.put([event_record(1)])
-        _drain(outbox, relay, "the second event delivered")
+        drain(outbox, relay, "the second event delivered")
         old_size = int(old.split("\n")[1])
 
         def rollback(doc: dict[str, Any]) -> None:
@@ -185,7 +168,7 @@ def test_a_rolled_back_checkpoint_is_refused(tmp_path: Path, log: Log) -> None:
         assert "rollback" in relay.last_error, relay.last_error
         assert outbox.counts()["pending"] == 1 and relay.delivered == 2
         front.rewrite = None
-        _drain(outbox, relay, "delivered once the log answers honestly")
+        drain(outbox, relay, "delivered once the log answers honestly")
     finally:
         relay.stop()
         outbox.close()
@@ -196,7 +179,7 @@ def test_direct_delivery_verifies_too(tmp_path: Path, log: Log) -> None:
     sub, _ = log.tokens("t1")
     front = Front()
     outbox = Outbox(tmp_path / "o.sqlite")
-    relay = _relay(outbox, log, sub, front)
+    relay = relay_behind(outbox, log, sub, front)
     try:
         got = relay.deliver_now([event_record(0), event_record(1)], timeout=10)
         assert len(got) == 2
@@ -215,7 +198,7 @@ def test_a_relay_with_another_key_delivers_nothing(tmp_path: Path, log: Log) -> 
 
     other = Ed25519Signer.generate(log.vkey.split("+")[0]).verifier().vkey()
     outbox = Outbox(tmp_path / "o.sqlite")
-    relay = _relay(outbox, log, sub, Front(), log_key=other)
+    relay = relay_behind(outbox, log, sub, Front(), log_key=other)
     relay.start()
     try:
         outbox.put([event_record(0)])
@@ -233,12 +216,12 @@ def test_trust_on_first_use_pins_the_logs_key(
     sub, _ = log.tokens("t1")
     front = Front()
     outbox = Outbox(tmp_path / "o.sqlite")
-    relay = _relay(outbox, log, sub, front, log_key=None, trust_on_first_use=True)
+    relay = relay_behind(outbox, log, sub, front, log_key=None, trust_on_first_use=True)
     with caplog.at_level(logging.WARNING, logger="client.adapters.relay"):
         relay.start()
         try:
             outbox.put([event_record(0)])
-            _drain(outbox, relay, "delivered")
+            drain(outbox, relay, "delivered")
             assert relay.log_key == log.vkey
             assert any(
                 "trust" in r.getMessage() and log.vkey in r.getMessage() for r in caplog.records

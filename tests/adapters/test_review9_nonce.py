@@ -17,30 +17,12 @@ from typing import Any
 
 import pytest
 
-from client.adapters.outbox import Outbox, OutboxRecord
-from client.adapters.relay import Relay
-from client.scim.event import event_to_json, new_event
+from client.adapters.outbox import Outbox
+from harness.scim import event_record
 
 from ..support import wait_for
 from .logserver import Log
-from .receipt_front import Front, on_batch
-
-
-def _record(i: int, ts: int) -> OutboxRecord:
-    ev = new_event(
-        tenant="t1",
-        sp="sp",
-        op="delete",
-        rt="User",
-        rid=f"u{i}",
-        ts=ts,
-        actor={"kind": "anonymous"},
-        corr=f"req-{i}",
-        req={"m": "DELETE", "p": f"/Users/u{i}", "dig": b"\0" * 32, "len": 0},
-        res=204,
-        outcome="success",
-    )
-    return OutboxRecord(ev["eid"], f"req-{i}", event_to_json(ev))
+from .receipt_front import Front, drain, on_batch, relay_behind
 
 
 def test_an_old_leaf_passed_off_as_an_erased_duplicate_is_refused(
@@ -49,16 +31,7 @@ def test_an_old_leaf_passed_off_as_an_erased_duplicate_is_refused(
     sub, _ = log.tokens("t1")
     front = Front()
     outbox = Outbox(tmp_path / "o.sqlite")
-    relay = Relay(
-        outbox,
-        log.url,
-        sub,
-        log_key=log.vkey,
-        transport=front,
-        backoff_min=0.01,
-        backoff_max=0.05,
-        idle=0.02,
-    )
+    relay = relay_behind(outbox, log, sub, front)
     first: list[dict[str, Any]] = []
 
     def keep(doc: dict[str, Any]) -> None:
@@ -68,9 +41,8 @@ def test_an_old_leaf_passed_off_as_an_erased_duplicate_is_refused(
     relay.start()
     try:
         now = int(time.time() * 1000)
-        outbox.put([_record(i, now) for i in range(3)])
-        relay.kick()
-        wait_for(lambda: outbox.counts()["pending"] == 0, 30, "the first events delivered")
+        outbox.put([event_record(i, now) for i in range(3)])
+        drain(outbox, relay, "the first events delivered")
         old = first[0]
 
         def old_leaf(doc: dict[str, Any]) -> None:
@@ -83,7 +55,7 @@ def test_an_old_leaf_passed_off_as_an_erased_duplicate_is_refused(
         front.rewrite = on_batch(old_leaf)
         later = now + 2 * 3600 * 1000  # made two hours after the old leaf was logged
         with caplog.at_level(logging.ERROR, logger="client.adapters.relay"):
-            outbox.put([_record(i, later) for i in range(3, 5)])
+            outbox.put([event_record(i, later) for i in range(3, 5)])
             relay.kick()
             wait_for(
                 lambda: relay.unverified >= 2 or outbox.counts()["pending"] == 0, 30, "answers"
@@ -93,8 +65,7 @@ def test_an_old_leaf_passed_off_as_an_erased_duplicate_is_refused(
         said = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
         assert any("predates the event" in m for m in said), said
         front.rewrite = None  # honest again: delivered
-        relay.kick()
-        wait_for(lambda: outbox.counts()["pending"] == 0, 30, "the later events delivered")
+        drain(outbox, relay, "the later events delivered")
     finally:
         relay.stop()
         outbox.close()
