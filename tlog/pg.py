@@ -1204,23 +1204,39 @@ class PgStorage:
 
     def _lock_turn(self) -> None:
         """Under ``_tlock``: take the advisory lock (:meth:`write_turn`)."""
+        self._take_lock(
+            self._turn_conn, self._drop_turn, _TURN_LOCK, "write turn", self.turn_timeout
+        )
+
+    def _take_lock(
+        self,
+        conn_of: Callable[[], psycopg.Connection[Any]],
+        drop: Callable[[], None],
+        lock: str,
+        what: str,
+        timeout: float,
+    ) -> psycopg.Connection[Any]:
+        """Take the session advisory lock ``lock`` (the write turn, the staging turn) on the
+        connection ``conn_of`` gives; returns that connection. :class:`TurnTimeout` when
+        another frontend held it for ``timeout`` seconds."""
         for fresh in (False, True):
-            conn = self._turn_conn()
+            conn = conn_of()
             try:
-                conn.execute(_TURN_LOCK, prepare=True)
-                return
+                conn.execute(lock, prepare=True)
+                return conn
             except psycopg.errors.LockNotAvailable:
                 raise TurnTimeout(
-                    f"another frontend held this log's write turn for over {self.turn_timeout:g} s"
+                    f"another frontend held this log's {what} for over {timeout:g} s"
                 ) from None
             except psycopg.Error as exc:
                 dead = conn.closed or conn.broken
-                self._drop_turn()
+                drop()
                 if dead and not fresh:
                     # Killed while idle (a database restart, pg_terminate_backend):
                     # nothing was locked or written, so one new connection may try.
                     continue
                 raise pg_fault(exc) or StorageError(str(exc)) from exc
+        raise AssertionError("unreachable: the second try returns or raises")
 
     def _lock_session(self, timeout: float) -> psycopg.Connection[Any]:
         """A new connection of its own for a session advisory lock (the write turn, the
@@ -1255,27 +1271,18 @@ class PgStorage:
         if self._readonly:
             raise StorageError("the store was opened read-only")
         with self._slock:
-            for fresh in (False, True):
-                conn = self._stage_conn()
-                try:
-                    conn.execute(_STAGE_LOCK, prepare=True)
-                except psycopg.errors.LockNotAvailable:
-                    raise TurnTimeout(
-                        "another frontend held this log's SCIM staging turn for over "
-                        f"{self.stage_timeout:g} s"
-                    ) from None
-                except psycopg.Error as exc:
-                    dead = conn.closed or conn.broken
-                    self._drop_stager()
-                    if dead and not fresh:
-                        continue  # killed while idle: nothing was locked, one retry
-                    raise pg_fault(exc) or StorageError(str(exc)) from exc
-                try:
-                    row = conn.execute(_CURRENT_FENCE, prepare=True).fetchone()
-                except psycopg.Error as exc:
-                    self._drop_stager()  # the server gives the lock back with the session
-                    raise pg_fault(exc) or StorageError(str(exc)) from exc
-                break
+            conn = self._take_lock(
+                self._stage_conn,
+                self._drop_stager,
+                _STAGE_LOCK,
+                "SCIM staging turn",
+                self.stage_timeout,
+            )
+            try:
+                row = conn.execute(_CURRENT_FENCE, prepare=True).fetchone()
+            except psycopg.Error as exc:
+                self._drop_stager()  # the server gives the lock back with the session
+                raise pg_fault(exc) or StorageError(str(exc)) from exc
         fence = None if row is None or row[0] is None else bytes(row[0])
         given_back = False
 
