@@ -222,12 +222,15 @@ class Policy:
         return frozenset(names)
 
     def _satisfied(self, name: str, signed: frozenset[str]) -> bool:
+        # Each group once, in definition order (a member is always defined before its
+        # group): recursing instead would be exponential in groups that share members
+        # ("group gN 2 gN-1 gN-2") and would overflow the stack on a long chain of groups.
         if name == NONE:
             return True
-        if name in self.witnesses:
-            return name in signed
-        group = self.groups[name]
-        return sum(self._satisfied(m, signed) for m in group.members) >= group.threshold
+        ok = {w: w in signed for w in self.witnesses}
+        for group in self.groups.values():
+            ok[group.name] = sum(ok[m] for m in group.members) >= group.threshold
+        return ok[name]
 
     def check(self, note: Note | str | bytes) -> None:
         """Raise :class:`VerificationError` unless the witness cosignatures meet the quorum.

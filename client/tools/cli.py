@@ -48,7 +48,8 @@ from client.formats.note import (
     parse_note,
 )
 from client.formats.policy import Policy
-from client.formats.proof_bundle import TlogProof
+from client.formats.proof_bundle import MAX_BUNDLE_SIZE, TlogProof
+from client.formats.tiles import MAX_ENTRY_SIZE
 from client.net.core import http_client
 from client.net.logclient import (
     LogClient,
@@ -113,7 +114,7 @@ def _read_policy(path: str | None) -> Policy | None:
     if path is None:
         return None
     try:
-        return Policy.parse(Path(path).read_bytes())
+        return Policy.parse(read_input(path, MAX_POLICY_SIZE))
     except OSError as exc:
         raise UsageError(f"cannot read policy {path}: {exc.strerror or exc}") from None
     except FormatError as exc:
@@ -208,11 +209,28 @@ def cmd_audit(args: argparse.Namespace, http: httpx.Client | None) -> int:
 # --- verify --------------------------------------------------------------------------------
 
 
-def _read_input(path: str) -> bytes:
+# The largest files the offline commands read: a policy, an entry (with --event, the event).
+MAX_POLICY_SIZE = 1 << 20
+MAX_EVENT_FILE_SIZE = 1 << 20
+
+
+def read_input(path: str, limit: int) -> bytes:
+    """The bytes of file ``path`` (``-``: standard input), read up to ``limit`` bytes; a
+    larger file is a :class:`FormatError`, refused without reading it all (a proof or a
+    certificate comes from anyone: a sparse 1 TiB file or an endless pipe is no crash)."""
+    if path == "-":
+        data = sys.stdin.buffer.read(limit + 1)
+    else:
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+    if len(data) > limit:
+        raise FormatError(f"{path} is larger than {limit} bytes")
+    return data
+
+
+def _read_input(path: str, limit: int) -> bytes:
     try:
-        if path == "-":
-            return sys.stdin.buffer.read()
-        return Path(path).read_bytes()
+        return read_input(path, limit)
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
 
@@ -259,7 +277,7 @@ def _check_body(entry: bytes, event_path: str, nonce_b64: str) -> str:
     from client.scim.event import decode_event, event_from_json
     from client.scim.leaf import NONCE_SIZE, verify_commitment
 
-    raw = _read_input(event_path)
+    raw = _read_input(event_path, MAX_EVENT_FILE_SIZE)
     try:
         nonce = b64decode_strict(nonce_b64, size=NONCE_SIZE)
     except FormatError as exc:
@@ -278,7 +296,7 @@ def _check_body(entry: bytes, event_path: str, nonce_b64: str) -> str:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     policy = _read_policy(args.policy)
-    data = _read_input(args.bundle)
+    data = _read_input(args.bundle, MAX_BUNDLE_SIZE)
     entry: bytes | None = None
     leaf: bytes | None = None
     if (args.event is None) != (args.nonce is None):
@@ -286,7 +304,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if args.event is not None and args.entry is None:
         raise UsageError("--event needs --entry (the leaf bytes the commitment is in)")
     if args.entry is not None:
-        entry = _read_input(args.entry)
+        entry = _read_input(args.entry, MAX_ENTRY_SIZE)
     else:
         try:
             leaf = b64decode_strict(args.leaf_hash, size=32)

@@ -32,12 +32,16 @@ from client.formats.merkle import VerificationError
 from client.formats.note import FormatError
 from client.net.core import HTTPCore, Unreachable
 from client.scim.erasure import verify_certificate
+from client.tools.cli import read_input
 from client.tools.filters import iso_ms
 from client.tools.scim_cli import read_secret
 
 __all__ = ["register"]
 
 EXIT_OK, EXIT_ERROR, EXIT_FAILED = 0, 1, 2
+
+# A certificate: a tlog-proof (at most 1 MiB), an event and a leaf; anything larger is junk.
+MAX_CERTIFICATE_SIZE = 4 << 20
 
 
 class _Fail(Exception):
@@ -173,7 +177,7 @@ def _certificate(args: argparse.Namespace, http: httpx.Client | None) -> int:
 
 
 def _verify(args: argparse.Namespace, http: httpx.Client | None) -> int:
-    data = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+    data = read_input(args.file, MAX_CERTIFICATE_SIZE)
     try:  # a certificate comes from anyone: bytes that are no JSON are refused, not a crash
         doc = json.loads(data.decode("utf-8"))
     except ValueError as exc:  # UnicodeDecodeError too

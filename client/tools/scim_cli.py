@@ -51,7 +51,8 @@ from client.formats.proof_bundle import TlogProof
 from client.net.core import HTTPFailure, http_client
 from client.net.scim_audit import AuditedEvent, ScimAuditClient, ScimAuditError
 from client.scim.event import event_to_json
-from client.scim.evidence import describe, verify_evidence
+from client.scim.evidence import MAX_EVIDENCE_SIZE, describe, verify_evidence
+from client.tools.cli import MAX_POLICY_SIZE, read_input
 from client.tools.filters import add_filter_args, filters_of, iso_ms
 
 __all__ = ["register"]
@@ -309,14 +310,14 @@ def _run(fn: Any) -> Any:
 def cmd_verify_evidence(args: argparse.Namespace) -> int:
     """Check an evidence bundle offline (from ``export`` or the console's "Export evidence")."""
     try:
-        policy = Policy.parse(Path(args.policy).read_bytes()) if args.policy else None
+        policy = Policy.parse(read_input(args.policy, MAX_POLICY_SIZE)) if args.policy else None
         if args.vkey is not None:
             verifier = Ed25519Verifier.from_vkey(args.vkey)
         elif policy is not None and len(policy.logs) == 1:
             verifier = policy.logs[0].verifier
         else:
             raise ValueError("--vkey is required (or a --policy that lists exactly one log)")
-        data = sys.stdin.buffer.read() if args.bundle == "-" else Path(args.bundle).read_bytes()
+        data = read_input(args.bundle, MAX_EVIDENCE_SIZE)
         tn = b64decode_strict(args.tenant_ref, size=16) if args.tenant_ref else None
     except (OSError, ValueError) as exc:
         print(f"tlog-client: error: {exc}", file=sys.stderr)

@@ -325,7 +325,9 @@ class Monitor:
             for log in self.witness.all_logs():
                 try:
                     text = client.latest_checkpoint(log.origin)
-                except WitnessError as exc:
+                except (WitnessError, FormatError) as exc:
+                    # FormatError: an answer over its bound or that cannot be decoded. It is
+                    # this peer's failure; the next peer may be the one showing a fork.
                     logger.warning("gossip %s/%s: %s", peer.name, log.origin, exc)
                     continue
                 if text is None:
