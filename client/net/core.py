@@ -128,6 +128,8 @@ class Answer:
             return json.loads(self.body)
         except ValueError as exc:
             raise FormatError(f"answer is not JSON: {exc}") from None
+        except RecursionError:  # [[[[...]]]] within the size bound: no ValueError
+            raise FormatError("answer is not JSON: nested too deeply") from None
 
     def media_type(self) -> str:
         return (self.headers.get("content-type") or "").split(";", 1)[0].strip().lower()
@@ -136,7 +138,7 @@ class Answer:
         """The server's ``{"error": ...}`` text, else the start of its body."""
         try:
             doc = json.loads(self.body)
-        except ValueError:
+        except (ValueError, RecursionError):
             doc = None
         error = doc.get("error") if isinstance(doc, dict) else None
         if isinstance(error, str):

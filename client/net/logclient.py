@@ -461,6 +461,8 @@ class LogClient(CoreClient):
             doc = json.loads(body)
         except ValueError as exc:
             raise FormatError(f"response is not JSON: {exc}") from None
+        except RecursionError:  # [[[[...]]]] within the size bound: no ValueError
+            raise FormatError("response is not JSON: nested too deeply") from None
         if not isinstance(doc, dict):
             raise FormatError("response is not a JSON object")
         return doc

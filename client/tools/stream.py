@@ -277,7 +277,7 @@ class HttpSink(Sink):
                 if self.hec:
                     try:
                         doc = json.loads(answer)
-                    except ValueError:
+                    except (ValueError, RecursionError):  # RecursionError: nested too deeply
                         doc = None  # not JSON (or cut at MAX_ANSWER): taken, by its status
                     if isinstance(doc, dict) and doc.get("code", 0) != 0:
                         text = answer[:200].decode("utf-8", "replace")

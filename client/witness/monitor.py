@@ -133,7 +133,7 @@ class LogClient:
             raise ProofRefused(f"log answered HTTP {resp.status} to a consistency request")
         try:
             doc = json.loads(resp.body)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: [[[[...]]]], nested too deeply
             raise ProofRefused("consistency response is not JSON") from None
         if not isinstance(doc, dict):
             raise ProofRefused("consistency response is not a JSON object")
