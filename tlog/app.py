@@ -250,5 +250,9 @@ def create_app(
         lifespan=lifespan,
         exception_handlers={HTTPException: http_error, Exception: http_error},
     )
+    # A path one slash away from a route is a 404 like any unknown path: Starlette would
+    # answer 307 to a Location built from the request's Host header (an open redirect that
+    # a cache in front of the log would keep and serve to everyone).
+    app.router.redirect_slashes = False
     app.state.api = api
     return LogApp(app, api, FastRoutes(table))

@@ -19,7 +19,6 @@ import pytest
 
 from client.formats.cosignature import CosignatureSigner
 from client.tools.cli import main
-
 from tests.support import ROOT
 
 E2E = "c2sp-end-to-end.json"
