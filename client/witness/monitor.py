@@ -6,7 +6,10 @@ and run the very same checks as ``add-checkpoint`` (:meth:`Witness.update`), the
 
 **Gossip**: for every peer and every log, GET ``<peer>/<SHA-256(origin) hex>/checkpoint``,
 verify the log signature (and the peer's cosignature when present), and compare with our
-latest cosigned checkpoint:
+latest cosigned checkpoint. A peer that cannot be reached, is busy or drips its answer is
+left for the next round after its first failure (each request would wait the whole answer
+deadline again); an answer over its bound or undecodable is that peer's failure for that
+log: the round goes on with the next peers.
 
 * same size, different root: evidence at once (two log-signed, contradictory tree heads);
 * different sizes: ask the log for a consistency proof between them (from its hash tiles
@@ -51,7 +54,12 @@ from client.formats.merkle import (
 from client.formats.note import FormatError, b64decode_strict, b64encode
 from client.formats.tiles import TILE_WIDTH, Tile, TileHashReader
 from client.net.core import Answer, HTTPCore, Unreachable, http_client
-from client.net.witness_client import WitnessClient, WitnessError
+from client.net.witness_client import (
+    WitnessBusy,
+    WitnessClient,
+    WitnessError,
+    WitnessUnreachable,
+)
 from client.witness.core import (
     AddCheckpointError,
     Conflict,
@@ -325,6 +333,12 @@ class Monitor:
             for log in self.witness.all_logs():
                 try:
                     text = client.latest_checkpoint(log.origin)
+                except (WitnessUnreachable, WitnessBusy) as exc:
+                    # Each of its logs would cost the whole answer deadline again (the
+                    # round, and the polling on this thread, would wait for it once per
+                    # log): a peer that is down, slow or busy is left for the next round.
+                    logger.warning("gossip %s: %s; asked again next round", peer.name, exc)
+                    break
                 except (WitnessError, FormatError) as exc:
                     # FormatError: an answer over its bound or that cannot be decoded. It is
                     # this peer's failure; the next peer may be the one showing a fork.
