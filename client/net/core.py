@@ -62,10 +62,12 @@ __all__ = [
     "Unreachable",
     "answer_deadline",
     "http_client",
+    "inert",
     "retry_after",
 ]
 
 MAX_RETRY_AFTER = 30.0
+MAX_REASON = 1000  # characters of a server's {"error": ...} text kept in a StatusError
 MAX_KNOWN_SIZES = 4096
 # A whole answer (connect, head, body) must arrive within this many times the read timeout.
 ANSWER_TIME_FACTOR = 3.0
@@ -135,19 +137,33 @@ class Answer:
         return (self.headers.get("content-type") or "").split(";", 1)[0].strip().lower()
 
     def reason(self, limit: int = 200) -> str:
-        """The server's ``{"error": ...}`` text, else the start of its body."""
+        """The server's ``{"error": ...}`` text (its first :data:`MAX_REASON` characters),
+        else the start of its body; control and format characters shown escaped, so that a
+        hostile server's text is one inert line wherever it is printed or logged."""
         try:
             doc = json.loads(self.body)
         except (ValueError, RecursionError):
             doc = None
         error = doc.get("error") if isinstance(doc, dict) else None
         if isinstance(error, str):
-            return error
-        return self.body[:limit].decode("utf-8", "replace")
+            return inert(error, MAX_REASON)
+        return inert(self.body[:limit].decode("utf-8", "replace"), limit)
 
     def error(self, cap: float = MAX_RETRY_AFTER) -> StatusError:
         delay = retry_after(self.headers.get("retry-after"), cap)
         return StatusError(self.status, self.reason(), delay)
+
+
+def inert(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters (``...`` marks a cut), every character that is
+    not printable (control characters: line breaks, terminal escapes; format characters:
+    bidirectional overrides) shown as its Python escape."""
+    cut = text[:limit]
+    if not cut.isprintable():
+        cut = "".join(
+            c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in cut
+        )
+    return cut + "..." if len(text) > limit else cut
 
 
 class Closing:

@@ -50,7 +50,7 @@ from client.formats.note import (
     b64encode,
     parse_note,
 )
-from client.net.core import CoreClient, HTTPCore, Unreachable, retry_after
+from client.net.core import CoreClient, HTTPCore, Unreachable, inert, retry_after
 
 __all__ = [
     "CONTENT_TYPE_SIZE",
@@ -299,6 +299,7 @@ class WitnessClient(CoreClient):
             self._known_size[cp.origin] = cp.size
             return sigs
         text = resp.text[:1000]
+        shown = inert(text.strip(), 1000)  # the witness's text: one inert line in our messages
         if status == 409:
             if resp.media_type() == CONTENT_TYPE_SIZE:
                 try:
@@ -306,16 +307,16 @@ class WitnessClient(CoreClient):
                         raise FormatError("size body must end in a newline")
                     size = parse_decimal(text[:-1], what="witness size")
                 except FormatError:
-                    raise SplitViewAlarm(status, text) from None
+                    raise SplitViewAlarm(status, shown) from None
                 self._known_size[cp.origin] = size
                 raise WitnessConflict(size)
             # transparency-dev/witness answers a same-size root mismatch with a bare 409.
-            raise SplitViewAlarm(status, text)
+            raise SplitViewAlarm(status, shown)
         if status == 422:
-            raise SplitViewAlarm(status, text)
+            raise SplitViewAlarm(status, shown)
         if status in (429, 503):
             raise WitnessBusy(retry_after(resp.headers.get("retry-after")), status)
-        raise WitnessRejected(status, text)
+        raise WitnessRejected(status, shown)
 
     def submit(
         self,
@@ -369,5 +370,5 @@ class WitnessClient(CoreClient):
         if resp.status in (429, 503):
             raise WitnessBusy(retry_after(resp.headers.get("retry-after")), resp.status)
         if resp.status != 200:
-            raise WitnessRejected(resp.status, resp.text[:1000])
+            raise WitnessRejected(resp.status, inert(resp.text[:1000].strip(), 1000))
         return resp.text
