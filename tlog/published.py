@@ -17,6 +17,8 @@ lifespan.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 import threading
 from collections.abc import Callable
@@ -26,6 +28,20 @@ from client.formats.merkle import VerificationError
 from client.formats.note import FormatError, Signature
 from client.formats.policy import Policy
 from tlog.log import Log, Published
+
+
+def _line_key(line: str) -> tuple[str, int] | None:
+    """(key name, key ID) of a signature line ``— <name> <base64(key ID || signature)>``;
+    None for any other line."""
+    if not line.startswith("\u2014 "):
+        return None
+    name, _, b64 = line[2:].partition(" ")
+    try:
+        raw = base64.b64decode(b64[:8], validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return (name, int.from_bytes(raw[:4], "big")) if len(raw) >= 4 else None
+
 
 __all__ = ["PublishedState", "Solo", "Witnessed"]
 
@@ -137,9 +153,20 @@ class Witnessed:
 
     @staticmethod
     def merge(note: str, lines: str) -> str:
-        """The note with cosignature lines added (no duplicates)."""
+        """The note with cosignature lines added: at most one line per key (the first).
+
+        A witness cosigns a checkpoint again each time it is pushed to it again (a restart,
+        its start-up check, another frontend), with a new timestamp: a second valid line from
+        the same key, which verifiers refuse (signed-note: a known key signs once)."""
         have = set(note.split("\n"))
-        extra = [ln for ln in lines.split("\n") if ln and ln not in have]
+        keys = {_line_key(ln) for ln in have}
+        extra = []
+        for ln in lines.split("\n"):
+            key = _line_key(ln)
+            if ln and ln not in have and (key is None or key not in keys):
+                extra.append(ln)
+                have.add(ln)
+                keys.add(key)
         return note + "".join(ln + "\n" for ln in extra)
 
     def checkpoint(self) -> str:
@@ -166,10 +193,11 @@ class Witnessed:
             with self.log.storage.read() as rv:
                 old = rv.cosignatures(pub.size)
             lines = old.decode() if old else ""
+            keys = {_line_key(ln) for ln in lines.split("\n")}
             for s in sigs:
-                line = s.line()
-                if line not in lines:
-                    lines += line
+                if (s.name, s.key_id) not in keys:  # one line per key (see merge)
+                    lines += s.line()
+                    keys.add((s.name, s.key_id))
             self.log.storage.put_cosignatures(pub.size, lines.encode())
             note = self.merge(pub.note, lines)
             cur = self._cosigned
