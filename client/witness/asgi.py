@@ -83,8 +83,8 @@ class WitnessApp:
             await _respond(send, 431, "request headers too large\n", close=True)
             return
         try:
-            if path in ("/healthz", "/readyz", "/metrics") and method == "GET":
-                await self._ops(path, send)
+            if path in ("/healthz", "/readyz", "/metrics") and method in ("GET", "HEAD"):
+                await self._ops(path, send, head=method == "HEAD")
                 return
             if path == "/add-checkpoint":
                 if method == "POST":
@@ -126,19 +126,20 @@ class WitnessApp:
             logger.exception("%s %s: internal error", method, path)
             await _respond(send, 500, "internal error\n", close=True, head=method == "HEAD")
 
-    async def _ops(self, path: str, send: Send) -> None:
-        """Liveness, readiness (the state database reads) and Prometheus metrics."""
+    async def _ops(self, path: str, send: Send, *, head: bool = False) -> None:
+        """Liveness, readiness (the state database reads) and Prometheus metrics; HEAD
+        answers as GET without the body (a load balancer's HEAD probe was a 404)."""
         if path == "/healthz":
-            await _respond(send, 200, '{"status":"ok"}', "application/json")
+            await _respond(send, 200, '{"status":"ok"}', "application/json", head=head)
         elif path == "/readyz":
             ok, detail = await asyncio.to_thread(self.metrics.ready)
             body = json.dumps({"status": "ready" if ok else "not ready", "state_db": detail})
-            await _respond(send, 200 if ok else 503, body, "application/json")
+            await _respond(send, 200 if ok else 503, body, "application/json", head=head)
         else:
             from client.witness.metrics import CONTENT_TYPE_LATEST
 
             data = await asyncio.to_thread(self.metrics.exposition)
-            await _respond(send, 200, data, CONTENT_TYPE_LATEST)
+            await _respond(send, 200, data, CONTENT_TYPE_LATEST, head=head)
 
     async def _add_checkpoint(self, scope: Scope, receive: Receive, send: Send) -> int:
         try:
