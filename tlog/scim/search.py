@@ -138,6 +138,11 @@ def effect_index_values(effect: Mapping[str, Any]) -> list[tuple[bytes, bytes]]:
     return out
 
 
+# The leaf-hash half of a cursor that ends a millisecond: no leaf has it, so the next page
+# starts strictly after every key of that millisecond.
+_NEXT_MS = b"\xff" * 32
+
+
 class Searcher:
     """The reads over the search index of one SCIM service (its keys, limits and reader)."""
 
@@ -147,11 +152,18 @@ class Searcher:
     def search(
         self, tenant: str, f: Filters, limit: int, cursor: bytes | None, pub: Published
     ) -> tuple[list[Found], bytes | None]:
-        """One page of the tenant's events matching all filters, oldest first (log time).
+        """One page of the tenant's events matching all filters, in log order: by log time,
+        and the events of one millisecond (a batch, a group commit) by leaf index, i.e. in
+        the order they were submitted (the index records' own order within a millisecond is
+        their leaf hashes', which says nothing).
 
         Only events in the tree of ``pub`` are returned. The page ends after ``limit``
-        results or ``max_scan`` index records; the returned cursor (``ts ‖ leaf hash`` of
-        the last record examined) continues it, and is None when nothing follows.
+        results, or at the end of a millisecond once ``max_scan`` index records were
+        examined (so a millisecond is read whole: its events are sorted before any is
+        given). The returned cursor continues it, and is None when nothing follows: the
+        ``ts ‖ leaf hash`` of the last result given (continue after its index in that
+        millisecond), or of the millisecond's end (``_NEXT_MS``). A cursor whose leaf hash
+        is not in the log continues strictly after its key, as cursors did before.
         """
         keys = self.svc.keys
         max_scan = self.svc.limits.max_scan
@@ -179,30 +191,56 @@ class Searcher:
                 prefix = store.tenant_events_prefix(tk.tn)
             others = conds[1:]
             start = prefix + store.ts_bytes(f.since or 0)
+            after: tuple[int, int] | None = None  # (ts, index) of the last result given
             if cursor is not None:
-                start = max(start, prefix + cursor + b"\x00")  # strictly after the cursor
+                c_ts, c_lh = store.split_tail(cursor)
+                c_index = tx.rv.index_of(c_lh)
+                if c_index is None:  # the end of a millisecond (_NEXT_MS), or not a leaf here
+                    start = max(start, prefix + cursor + b"\x00")  # strictly after the key
+                else:  # within the millisecond c_ts, after the result at c_index
+                    start = max(start, prefix + cursor[:8])
+                    after = (c_ts, c_index)
             results: list[Found] = []
+
+            def give(ts: int, same_ms: list[tuple[int, bytes]]) -> bytes | None:
+                """The matches of one millisecond, in log order; a cursor if the page fills."""
+                same_ms.sort()
+                for index, lh in same_ms:
+                    if after is not None and (ts, index) <= after:
+                        continue
+                    results.append(self._found_at(tx, tk, index, lh))
+                    if len(results) >= limit:
+                        return store.ts_bytes(ts) + lh
+                return None
+
             scanned = 0
+            run_ts = -1
+            same_ms: list[tuple[int, bytes]] = []
             for key, _ in tx.rv.aux_range(prefix, start):
                 tail = key[len(prefix) :]
                 ts, lh = store.split_tail(tail)
-                if f.until is not None and ts >= f.until:
-                    return results, None
+                if ts != run_ts:
+                    if same_ms and (full := give(run_ts, same_ms)) is not None:
+                        return results, full
+                    same_ms = []
+                    if scanned >= max_scan:
+                        return results, store.ts_bytes(run_ts) + _NEXT_MS
+                    if f.until is not None and ts >= f.until:
+                        return results, None
+                    run_ts = ts
                 scanned += 1
                 if all(tx.rv.aux(store.index_prefix(tk.tn, c) + tail) is not None for c in others):
-                    found = self._found(tx, tk, lh, pub)
-                    if found is not None:
-                        results.append(found)
-                if len(results) >= limit or scanned >= max_scan:
-                    return results, tail
+                    index = tx.rv.index_of(lh)
+                    if index is not None and index < pub.size:
+                        same_ms.append((index, lh))
+                    # else pending, or sequenced after the checkpoint this page answers to
+            if same_ms and (full := give(run_ts, same_ms)) is not None:
+                return results, full
             return results, None
 
         return self.svc.read(run)
 
-    def _found(self, tx: Overlay, tk: TenantKeys, lh: bytes, pub: Published) -> Found | None:
-        index = tx.rv.index_of(lh)
-        if index is None or index >= pub.size:
-            return None  # pending, or sequenced after the checkpoint this page answers to
+    def _found_at(self, tx: Overlay, tk: TenantKeys, index: int, lh: bytes) -> Found:
         leaf = tx.rv.entry(index)
         raw = tx.get(store.envelope_key(lh))
         if leaf is None or raw is None:
@@ -248,6 +286,9 @@ class Searcher:
                     raise StorageError("SCIM event without an eid record")
                 erased = isinstance(env, Tombstone)
                 out.append(ReceiptInfo(env.eid, leaf, lh, env.ts, tx.rv.index_of(lh), erased))
+            # In log order (the index records of one millisecond sort by leaf hash); pending
+            # ones last.
+            out.sort(key=lambda r: (r.index is None, r.index or 0))
             return out
 
         return self.svc.read(run)
