@@ -230,3 +230,19 @@ def test_a_malformed_answer_to_the_export_record_is_a_verification_failure(body:
             rec(StreamResult())
     finally:
         http.close()
+
+
+def test_a_hec_answer_nested_too_deeply_is_no_crash(make_receiver: Any) -> None:
+    """Red team 6: a HEC answer nested deeper than Python's recursion limit (``[[[[...]]]]``,
+    within the 64 KiB the sink reads) crashed ``tlog-client scim stream`` with a
+    ``RecursionError``; it is taken by its 2xx status, as any answer that is not JSON."""
+    body = b"[" * 30_000 + b"]" * 30_000
+
+    def answer(conn: socket.socket) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+
+    sink = HttpSink(make_receiver(answer).url, hec_token="t", origin="o", retries=0)
+    try:
+        sink.send([RECORD])  # taken, as a 2xx answer that is not JSON is
+    finally:
+        sink.close()
