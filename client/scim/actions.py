@@ -28,7 +28,7 @@ import hashlib
 import json
 import re
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import rfc8785
@@ -491,6 +491,11 @@ class _Builder:
     ref_pid: Callable[[str, str], bytes] | None
     mods: list[dict[str, Any]]
     refs: list[dict[str, Any]]
+    # The refs since the op last changed, to drop repeats within a run only: the log applies
+    # the runs in order, as the SP applies the operations ([add X, remove X, add X] must keep
+    # all three runs, or X's last add would be lost).
+    run_op: str | None = None
+    run_keys: set[tuple[str, bytes, str | None]] = field(default_factory=set)
 
     def is_secret(self, key: str) -> bool:
         return key in self.secret_attrs
@@ -537,7 +542,12 @@ class _Builder:
             entry["op"] = op
         if attr is not None:
             entry["attr"] = attr[:128]
-        if entry not in self.refs:
+        if op != self.run_op:
+            self.run_op = op
+            self.run_keys = set()
+        key = (ref_rt, pid, entry.get("attr"))
+        if key not in self.run_keys:
+            self.run_keys.add(key)
             self.refs.append(entry)
         return pid
 

@@ -327,11 +327,22 @@ class _Run:
         cur = set(self.state.get("members", ()))
         full = "members" in self.full
         by_op: dict[str, list[str]] = {"add": [], "remove": [], "replace": []}
+        # Adds and removes in the order asked, as runs of one op: an SP applies a PATCH's
+        # operations in order (RFC 7644 §3.5.2), so [remove X, add X] leaves X a member and
+        # [add X, remove X] does not. (Replaces come first: a PATCH that replaces the members
+        # and also adds or removes some is judged replace first, as before.)
+        runs: list[tuple[str, list[str]]] = []
         rts: dict[str, str] = {}
         for r in items:
             pid = _b64(r["pid"])
             rts[pid] = r["rt"]
-            by_op[r.get("op") or ("replace" if whole else "add")].append(pid)
+            op = r.get("op") or ("replace" if whole else "add")
+            by_op[op].append(pid)
+            if op != "replace":
+                if runs and runs[-1][0] == op:
+                    runs[-1][1].append(pid)
+                else:
+                    runs.append((op, [pid]))
         x = self.ev.get("x", {})
         parts, part = x.get("parts", 1), x.get("part", 0)
         if by_op["replace"] or whole:
@@ -360,19 +371,20 @@ class _Run:
             self.full.add("members")
             cur = new
             self._members(added, removed, rts)
-        if by_op["add"]:
-            added = set(by_op["add"]) - cur
-            if not added and full:
-                self.noop.append({"attr": "members", "op": "add", "n": len(by_op["add"])})
-            cur |= added
-            self._members(added, set(), rts)
-        if by_op["remove"]:
-            asked = set(by_op["remove"])
-            removed = asked & cur if full else asked
-            if full and asked - cur:
-                self.noop.append({"attr": "members", "op": "remove", "n": len(asked - cur)})
-            cur -= asked
-            self._members(set(), removed, rts)
+        for op, pids in runs:
+            asked = set(pids)
+            if op == "add":
+                added = asked - cur
+                if full and asked & cur:  # already members: those adds changed nothing
+                    self.noop.append({"attr": "members", "op": "add", "n": len(asked & cur)})
+                cur |= added
+                self._members(added, set(), rts)
+            else:
+                removed = asked & cur if full else asked
+                if full and asked - cur:
+                    self.noop.append({"attr": "members", "op": "remove", "n": len(asked - cur)})
+                cur -= asked
+                self._members(set(), removed, rts)
         self.state["members"] = sorted(cur)
 
     def _members(
