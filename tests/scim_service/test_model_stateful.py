@@ -2,17 +2,20 @@
 
 Hypothesis drives one log (LMDB, and PostgreSQL when it can run here) through submissions
 (single and batch, new events and retries of acknowledged ones), group events naming members
-by pseudonym, legal holds, two-officer erasures and restarts of the server on the same store,
-and checks after every step what must always hold:
+by pseudonym, legal holds, two-officer erasures, a retention period with days passing and
+expiry runs, and restarts of the server on the same store, and checks after every step what
+must always hold:
 
 * every checkpoint the log serves is signed and consistent with every earlier one (never a
   fork, never a smaller tree), across restarts;
 * every acknowledged event stays in the tree where its receipt put it: a retry of it, at any
-  later time, is answered with the same index and leaf hash (as erased once its subject is);
+  later time, is answered with the same index and leaf hash (as erased once its subject is
+  erased or its month expired);
 * an auditor finds exactly the events the model says (by `rid`, and by member `ref`), each
   verified by the auditor client (inclusion, commitment, tenant, filters), and nothing of an
-  erased subject; the other tenant's auditor never sees them;
-* a hold makes approval refuse (409) and destroys nothing; releasing it lets approval go on.
+  erased subject or of an expired month; the other tenant's auditor never sees them;
+* a hold makes approval refuse (409) and keeps expiry off the subject, destroying nothing;
+  releasing it lets both go on.
 
 The unit tests check each of these alone; this one looks for the sequences that break them
 together (an erasure between a submission and its retry, a restart between a hold and an
@@ -26,6 +29,7 @@ import contextlib
 import itertools
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +48,8 @@ from hypothesis.stateful import (
 from client.formats.checkpoint import open_checkpoint
 from client.formats.merkle import verify_consistency
 from client.scim import event_to_json
+from client.scim.leaf import parse_leaf
+from tlog.scim.keys import epoch_of
 
 from .conftest import (
     BASE_TS,
@@ -56,6 +62,7 @@ from .conftest import (
     user_event,
 )
 
+DAY_MS = 24 * 3600 * 1000
 RIDS = ("u-ann", "u-ben", "u-cat")
 TENANTS = (T1, T2)
 SUBMITTER = {T1: "sub1", T2: "sub2"}
@@ -69,16 +76,14 @@ class ScimModel(RuleBasedStateMachine):
         super().__init__()
         self.new_store = new_store
         self.stack = contextlib.ExitStack()
-        self.ticks = itertools.count()
+        self.tick = 0
         self.req = itertools.count()
-        # (tenant, rid) -> the corr ids an auditor must find by rid, in order
-        self.live: dict[tuple[str, str], list[str]] = {}
-        # member rid (T1) -> corr ids of group events naming it with its current pseudonym
-        self.refs: dict[str, list[str]] = {}
-        # eid -> (event, index, leaf hash, (tenant, rid), generation of the subject then)
-        self.acked: dict[str, tuple[Any, int, str, tuple[str, str], int]] = {}
+        # eid -> what the model knows of every acknowledged event, in the order logged
+        self.acked: dict[str, Logged] = {}
         self.generation: dict[tuple[str, str], int] = {}  # erasures so far, per subject
         self.holds: dict[str, str] = {}  # rid (T1) -> hold id
+        self.offset = 0  # ms the clock was moved on (days passing)
+        self.retention: int | None = None  # T1's retention period, days
         self.cp: tuple[int, bytes] | None = None  # the last checkpoint seen (size, root)
 
     # -- plumbing ----------------------------------------------------------------------
@@ -91,7 +96,11 @@ class ScimModel(RuleBasedStateMachine):
 
     def _clock(self) -> None:
         # One clock across restarts: the log time only moves forward, as it must.
-        self.h.service.clock = lambda: BASE_TS + 1000 * next(self.ticks)
+        def clock() -> int:
+            self.tick += 1
+            return BASE_TS + self.offset + 1000 * self.tick
+
+        self.h.service.clock = clock
 
     def teardown(self) -> None:
         self.stack.close()
@@ -105,16 +114,27 @@ class ScimModel(RuleBasedStateMachine):
             req=f"req-{next(self.req)}",
         )
 
-    def _acknowledge(self, ev: Any, got: dict[str, Any], subject: tuple[str, str]) -> None:
+    def _acknowledge(
+        self,
+        ev: Any,
+        got: dict[str, Any],
+        subject: tuple[str, str],
+        members: tuple[tuple[str, int], ...] = (),
+    ) -> None:
         assert got["duplicate"] is False, got
-        self.acked[ev["eid"]] = (
+        self.acked[ev["eid"]] = Logged(
             ev,
             got["index"],
             got["leaf_hash"],
+            parse_leaf(base64.b64decode(got["leaf"])).ts,
             subject,
             self.generation.get(subject, 0),
+            members,
         )
-        self.live.setdefault(subject, []).append(ev["corr"]["req"])
+
+    def _gone(self, e: Logged) -> bool:
+        """Erased (its subject since) or expired."""
+        return e.expired or self.generation.get(e.subject, 0) != e.gen
 
     # -- what users do -----------------------------------------------------------------
 
@@ -150,15 +170,15 @@ class ScimModel(RuleBasedStateMachine):
     def retry(self, data: st.DataObject) -> None:
         """An adapter sends an acknowledged event again (its answer was lost)."""
         eid = data.draw(st.sampled_from(sorted(self.acked)))
-        ev, index, leaf_hash, subject, gen = self.acked[eid]
-        r = self.h.post_event(ev, SUBMITTER[subject[0]])
+        e = self.acked[eid]
+        r = self.h.post_event(e.ev, SUBMITTER[e.subject[0]])
         assert r.status_code == 200, r.text
         got = r.json()
         assert got["duplicate"] is True, got
-        assert (got["index"], got["leaf_hash"]) == (index, leaf_hash)
-        erased = self.generation.get(subject, 0) != gen
-        # A retry of an erased event proves inclusion only: its nonce is gone with its keys.
-        assert ("nonce" not in got) == erased, got
+        assert (got["index"], got["leaf_hash"]) == (e.index, e.leaf_hash)
+        # A retry of an erased or expired event proves inclusion only: its nonce is gone
+        # with its keys.
+        assert ("nonce" not in got) == self._gone(e), got
 
     @rule(rid=st.sampled_from(RIDS), members=st.sets(st.sampled_from(RIDS), min_size=1))
     def group(self, rid: str, members: set[str]) -> None:
@@ -174,9 +194,8 @@ class ScimModel(RuleBasedStateMachine):
         ev = group_event(pids, rid=f"g-{rid}", req=req)
         got = self.h.post_event(ev)
         assert got.status_code == 200, got.text
-        self._acknowledge(ev, got.json(), (T1, f"g-{rid}"))
-        for m in ordered:
-            self.refs.setdefault(m, []).append(req)
+        gens = tuple((m, self.generation.get((T1, m), 0)) for m in ordered)
+        self._acknowledge(ev, got.json(), (T1, f"g-{rid}"), gens)
 
     @precondition(lambda self: len(self.holds) < len(RIDS))
     @rule(rid=st.sampled_from(RIDS))
@@ -213,9 +232,35 @@ class ScimModel(RuleBasedStateMachine):
         assert r.status_code == 200, r.text
         assert r.json()["state"] == "done"
         subject = (T1, rid)
+        # Its events go, and its pseudonym key: group events naming it unlink.
         self.generation[subject] = self.generation.get(subject, 0) + 1
-        self.live.pop(subject, None)
-        self.refs.pop(rid, None)  # its pseudonym key is gone: old group events unlink
+
+    @precondition(lambda self: self.retention is None)
+    @rule()
+    def set_retention(self) -> None:
+        r = self.h.client.put(
+            "/v1/scim/retention", json={"tenant": T1, "days": 30}, headers=self.h.h("po_a")
+        )
+        assert r.status_code == 200, r.text
+        self.retention = 30
+
+    @rule(days=st.sampled_from([10, 40]))
+    def days_pass(self, days: int) -> None:
+        self.offset += days * DAY_MS
+
+    @rule()
+    def expire(self) -> None:
+        r = self.h.client.post("/v1/scim/expire", json={}, headers=self.h.h("admin"))
+        assert r.status_code == 200, r.text
+        if self.retention is None:
+            return
+        now = BASE_TS + self.offset + 1000 * self.tick
+        cut = epoch_of(now - self.retention * DAY_MS)
+        for e in self.acked.values():
+            if e.subject[0] != T1 or self._gone(e) or e.subject[1] in self.holds:
+                continue
+            if epoch_of(e.ts) < cut:
+                e.expired = True
 
     @rule()
     def restart(self) -> None:
@@ -256,15 +301,32 @@ class ScimModel(RuleBasedStateMachine):
     def auditors_find_what_the_model_says(self) -> None:
         if not hasattr(self, "h"):
             return
+        live = [e for e in self.acked.values() if not self._gone(e)]
         for tenant in TENANTS:
             for rid in RIDS:
-                assert self._found(tenant, rid=rid) == self.live.get((tenant, rid), []), (
-                    tenant,
-                    rid,
-                )
+                want = [e.req for e in live if e.subject == (tenant, rid)]
+                assert self._found(tenant, rid=rid) == want, (tenant, rid)
         for rid in RIDS:
-            assert self._found(T1, ref=rid) == self.refs.get(rid, []), rid
+            gen = self.generation.get((T1, rid), 0)
+            want = [e.req for e in live if (rid, gen) in e.members]
+            assert self._found(T1, ref=rid) == want, rid
             assert self._found(T2, ref=rid) == []
+
+
+@dataclass
+class Logged:
+    ev: Any
+    index: int
+    leaf_hash: str
+    ts: int  # the leaf's, the log time
+    subject: tuple[str, str]
+    gen: int  # erasures of the subject before it
+    members: tuple[tuple[str, int], ...]  # a group event's (member rid, its generation)
+    expired: bool = False
+
+    @property
+    def req(self) -> str:
+        return str(self.ev["corr"]["req"])
 
 
 def _run(new_store: Callable[[], tuple[Path, str | None]], examples: int) -> None:
