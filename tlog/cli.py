@@ -22,6 +22,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from client.runtime.logs import one_line
 from tlog.auth import ROLES, Principal, TokenStore
 from tlog.backend import Backend, NoLogStore, StorageError, is_database_url, open_backend
 from tlog.config import ConfigError, ProxyConfig, ServeConfig, add_arguments, from_args
@@ -443,7 +444,7 @@ def _fsck_result(rep: FsckReport, where: str) -> int:
         # as every store command says it, on either backend.
         raise _no_log(where)
     for e in rep.errors:
-        print(f"fsck: ERROR {e}", file=sys.stderr)
+        print(f"fsck: ERROR {one_line(str(e))}", file=sys.stderr)
     status = "OK" if rep.ok else f"FAILED ({len(rep.errors)} errors)"
     print(
         f"fsck: {status}: {rep.entries} entries, {rep.blobs_checked} tiles, "
@@ -627,7 +628,7 @@ def cmd_config(args: argparse.Namespace) -> int:
     try:
         cfg = from_sources(cls, file=args.file, env={})
     except ConfigError as exc:
-        print(f"tlog: {exc}", file=sys.stderr)
+        print(f"tlog: {one_line(str(exc))}", file=sys.stderr)
         return 1
     print(f"# {args.file}: OK ({args.program}); every setting, defaults included:")
     sys.stdout.write(describe(cfg))
@@ -851,7 +852,7 @@ def main(argv: list[str] | None = None) -> int:
         KeyError,
     ) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"tlog: {msg}", file=sys.stderr)
+        print(f"tlog: {one_line(str(msg))}", file=sys.stderr)
         return 2 if isinstance(exc, UsageError) else 1
 
 

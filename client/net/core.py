@@ -48,6 +48,7 @@ import httpx
 from client.formats.checkpoint import Checkpoint
 from client.formats.merkle import VerificationError
 from client.formats.note import FormatError
+from client.runtime.logs import inert
 
 __all__ = [
     "ANSWER_TIME_FACTOR",
@@ -152,18 +153,6 @@ class Answer:
     def error(self, cap: float = MAX_RETRY_AFTER) -> StatusError:
         delay = retry_after(self.headers.get("retry-after"), cap)
         return StatusError(self.status, self.reason(), delay)
-
-
-def inert(text: str, limit: int) -> str:
-    """``text`` cut to ``limit`` characters (``...`` marks a cut), every character that is
-    not printable (control characters: line breaks, terminal escapes; format characters:
-    bidirectional overrides) shown as its Python escape."""
-    cut = text[:limit]
-    if not cut.isprintable():
-        cut = "".join(
-            c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in cut
-        )
-    return cut + "..." if len(text) > limit else cut
 
 
 class Closing:

@@ -5,6 +5,21 @@ lines are one object each (``ts``, ``level``, ``logger``, ``msg``, and ``exc`` w
 a traceback), for log shippers. Both go to standard error. httpx and httpcore log every
 outgoing request at INFO; they are raised to WARNING so a busy witness pusher or relay does
 not fill the log with one line per request. uvicorn's access log is off unless asked for.
+
+Nobody can forge a log line. A ``text`` record's own line is one line: in the message (its
+arguments included), the logger name and the level, every character that is not printable
+(C0 controls such as CR, LF, ESC; DEL; C1 controls; format characters such as the
+bidirectional overrides U+202A-202E and U+2066-2069; the line and paragraph separators) is
+shown as its Python escape (``\\n``, ``\\x1b``, ``\\u202e``) by :func:`one_line`. A traceback
+(or stack) follows on continuation lines, each escaped the same way and prefixed with
+``CONT`` (``"  | "``): a record starts with a timestamp, a continuation line never does, so
+an exception message carrying ``"\\n2026-... ERROR x: forged"`` shows as ``  | 2026-...``.
+A ``json`` record is one line as well: ``json.dumps`` escapes C0 characters, quotes and
+backslashes; the other non-printable characters (DEL, C1, format characters, U+2028/2029,
+which ``ensure_ascii=False`` would leave raw) are written as ``\\uXXXX`` escapes, so the
+decoded values are unchanged while the line is inert in a terminal and to line splitters.
+A backslash itself is printable and stays as it is: a literal ``\\n`` in a value looks like
+an escaped line break, but it never starts a line.
 """
 
 from __future__ import annotations
@@ -17,7 +32,46 @@ from typing import Any
 
 from client.runtime import logredact
 
-__all__ = ["JsonFormatter", "TextFormatter", "configure", "uvicorn_log_config"]
+__all__ = [
+    "CONT",
+    "JsonFormatter",
+    "TextFormatter",
+    "configure",
+    "inert",
+    "one_line",
+    "uvicorn_log_config",
+]
+
+# The prefix of every continuation line (traceback, stack) of a text record.
+CONT = "  | "
+
+
+def one_line(text: str) -> str:
+    """``text`` with every character that is not printable (control characters: line
+    breaks, terminal escapes; format characters: bidirectional overrides; line and paragraph
+    separators) shown as its Python escape: one inert line wherever it is printed or
+    logged. Printable text (spaces, any script) is unchanged."""
+    if text.isprintable():  # the common case, in C
+        return text
+    return "".join(
+        c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text
+    )
+
+
+def inert(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters (``...`` marks a cut), then :func:`one_line`."""
+    cut = one_line(text[:limit])
+    return cut + "..." if len(text) > limit else cut
+
+
+def _json_inert(line: str) -> str:
+    # After json.dumps(ensure_ascii=False), a non-printable character can only be inside a
+    # string (the syntax is printable ASCII) and is not one json escapes itself: \uXXXX
+    # (a surrogate pair beyond the BMP) decodes to the same character.
+    if line.isprintable():
+        return line
+    return "".join(c if c.isprintable() else json.dumps(c)[1:-1] for c in line)
+
 
 # Loggers that log every outgoing or incoming request at INFO.
 NOISY = ("httpx", "httpcore", "hpack")
@@ -29,12 +83,17 @@ def _iso(record: logging.LogRecord) -> str:
 
 
 class TextFormatter(logging.Formatter):
-    """``<UTC ISO time> <LEVEL> <logger>: <message>``."""
+    """``<UTC ISO time> <LEVEL> <logger>: <message>``, the message one line (:func:`one_line`);
+    a traceback or stack on continuation lines, each prefixed with :data:`CONT`."""
 
     def format(self, record: logging.LogRecord) -> str:
-        line = f"{_iso(record)} {record.levelname} {record.name}: {record.getMessage()}"
-        if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
+        msg = one_line(record.getMessage())
+        line = f"{_iso(record)} {one_line(record.levelname)} {one_line(record.name)}: {msg}"
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        for extra in (record.exc_text, record.stack_info and self.formatStack(record.stack_info)):
+            if extra:
+                line += "".join(f"\n{CONT}{one_line(x)}" for x in extra.rstrip("\n").split("\n"))
         return line
 
 
@@ -48,9 +107,13 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        if record.exc_info:
-            doc["exc"] = self.formatException(record.exc_info)
-        return json.dumps(doc, ensure_ascii=False)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            doc["exc"] = record.exc_text
+        if record.stack_info:
+            doc["stack"] = self.formatStack(record.stack_info)
+        return _json_inert(json.dumps(doc, ensure_ascii=False))
 
 
 def _formatter_class(fmt: str) -> str:

@@ -58,6 +58,7 @@ from client.net.logclient import (
     VerifiedBundle,
     verify_tlog_proof,
 )
+from client.runtime.logs import one_line
 from client.tools.auditor import Auditor, AuditResult, StateError
 
 __all__ = ["EXIT_ERROR", "EXIT_FAILED", "EXIT_OK", "EXIT_QUORUM", "main"]
@@ -79,12 +80,12 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        print(f"{self.prog}: error: {one_line(message)}", file=sys.stderr)
         raise SystemExit(EXIT_ERROR)
 
 
 def _err(msg: str) -> None:
-    print(f"{PROG}: {msg}", file=sys.stderr)
+    print(f"{PROG}: {one_line(msg)}", file=sys.stderr)
 
 
 class TerminalProgress:

@@ -31,6 +31,7 @@ import httpx
 from client.formats.merkle import VerificationError
 from client.formats.note import FormatError
 from client.net.core import HTTPCore, Unreachable
+from client.runtime.logs import one_line
 from client.scim.erasure import verify_certificate
 from client.tools.cli import read_input
 from client.tools.filters import iso_ms
@@ -195,10 +196,10 @@ def _runner(
         try:
             return fn(args, http)
         except (VerificationError, FormatError) as exc:
-            print(f"DOES NOT VERIFY: {exc}", file=sys.stderr)
+            print(f"DOES NOT VERIFY: {one_line(str(exc))}", file=sys.stderr)
             return EXIT_FAILED
         except (_Fail, OSError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"error: {one_line(str(exc))}", file=sys.stderr)
             return EXIT_ERROR
 
     return run

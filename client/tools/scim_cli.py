@@ -50,6 +50,7 @@ from client.formats.policy import Policy
 from client.formats.proof_bundle import TlogProof
 from client.net.core import HTTPFailure, http_client
 from client.net.scim_audit import AuditedEvent, ScimAuditClient, ScimAuditError
+from client.runtime.logs import one_line
 from client.scim.event import event_to_json
 from client.scim.evidence import MAX_EVIDENCE_SIZE, describe, verify_evidence
 from client.tools.cli import MAX_POLICY_SIZE, read_input
@@ -292,16 +293,16 @@ def _run(fn: Any) -> Any:
         try:
             return int(fn(args))
         except _Usage as exc:
-            print(f"tlog-client: error: {exc}", file=sys.stderr)
+            print(f"tlog-client: error: {one_line(str(exc))}", file=sys.stderr)
             return EXIT_ERROR
         except (VerificationError, FormatError) as exc:
-            print(f"tlog-client: VERIFICATION FAILED: {exc}", file=sys.stderr)
+            print(f"tlog-client: VERIFICATION FAILED: {one_line(str(exc))}", file=sys.stderr)
             return EXIT_FAILED
         except ScimAuditError as exc:
-            print(f"tlog-client: error: the log answered {exc}", file=sys.stderr)
+            print(f"tlog-client: error: the log answered {one_line(str(exc))}", file=sys.stderr)
             return EXIT_ERROR
         except (httpx.HTTPError, HTTPFailure, OSError, ValueError) as exc:
-            print(f"tlog-client: error: {exc}", file=sys.stderr)
+            print(f"tlog-client: error: {one_line(str(exc))}", file=sys.stderr)
             return EXIT_ERROR
 
     return run
@@ -320,12 +321,12 @@ def cmd_verify_evidence(args: argparse.Namespace) -> int:
         data = read_input(args.bundle, MAX_EVIDENCE_SIZE)
         tn = b64decode_strict(args.tenant_ref, size=16) if args.tenant_ref else None
     except (OSError, ValueError) as exc:
-        print(f"tlog-client: error: {exc}", file=sys.stderr)
+        print(f"tlog-client: error: {one_line(str(exc))}", file=sys.stderr)
         return EXIT_ERROR
     try:
         report = verify_evidence(data, verifier, policy, tenant_ref=tn)
     except (VerificationError, FormatError) as exc:
-        print(f"tlog-client: EVIDENCE DOES NOT VERIFY: {exc}", file=sys.stderr)
+        print(f"tlog-client: EVIDENCE DOES NOT VERIFY: {one_line(str(exc))}", file=sys.stderr)
         return EXIT_FAILED
     for line in describe(report):
         print(line)

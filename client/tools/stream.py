@@ -55,6 +55,7 @@ from client.formats.merkle import VerificationError
 from client.formats.note import Ed25519Verifier, FormatError, b64encode
 from client.net.core import HTTPFailure, answer_deadline, http_client
 from client.net.scim_audit import AuditedEvent, ScimAuditClient, ScimAuditError
+from client.runtime.logs import one_line
 from client.tools.filters import add_filter_args, filters_of
 from client.tools.ocsf import to_ocsf
 from client.tools.scim_cli import read_secret
@@ -534,7 +535,7 @@ def cmd_stream(args: argparse.Namespace, http: httpx.Client | None = None) -> in
             timeout=args.timeout,
         )
     except (ValueError, FormatError, SinkError) as exc:
-        print(f"tlog-client: error: {exc}", file=sys.stderr)
+        print(f"tlog-client: error: {one_line(str(exc))}", file=sys.stderr)
         return EXIT_ERROR
     own = http is None
     http = http or http_client(timeout=args.timeout)
@@ -565,10 +566,10 @@ def cmd_stream(args: argparse.Namespace, http: httpx.Client | None = None) -> in
     except KeyboardInterrupt:
         return EXIT_ERROR
     except (VerificationError, FormatError) as exc:
-        print(f"tlog-client: LOG FAILED VERIFICATION: {exc}", file=sys.stderr)
+        print(f"tlog-client: LOG FAILED VERIFICATION: {one_line(str(exc))}", file=sys.stderr)
         return EXIT_FAILED
     except (SinkError, HTTPFailure, httpx.HTTPError, OSError) as exc:
-        print(f"tlog-client: error: {exc}", file=sys.stderr)
+        print(f"tlog-client: error: {one_line(str(exc))}", file=sys.stderr)
         return EXIT_ERROR
     finally:
         sink.close()

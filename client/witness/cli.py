@@ -36,6 +36,7 @@ from client.formats.cosignature import (
 from client.formats.merkle import VerificationError
 from client.formats.note import FormatError
 from client.runtime.logs import configure as configure_logs
+from client.runtime.logs import one_line
 from client.witness.config import ConfigError, KeyFileUnreadable, WitnessConfig
 from client.witness.core import Witness, WitnessedLog
 from client.witness.loglist import log_verifier
@@ -58,7 +59,7 @@ def _out(*lines: str) -> None:
 
 
 def _err(msg: str) -> None:
-    sys.stderr.write(f"tlog-witness: {msg}\n")
+    sys.stderr.write(f"tlog-witness: {one_line(msg)}\n")
 
 
 def _iso(ts: int) -> str:
@@ -271,7 +272,13 @@ def cmd_poll(args: argparse.Namespace) -> int:
 def cmd_pull_logs(args: argparse.Namespace) -> int:
     cfg, witness = _load(args)
     try:
-        report = pull(witness, args.source, timeout=cfg.http_timeout)
+        report = pull(
+            witness,
+            args.source,
+            timeout=cfg.http_timeout,
+            ca_file=args.ca_file,
+            allow_redirect_hosts=args.allow_redirect_host,
+        )
     except FormatError as exc:
         _err(f"log list: {exc}")
         return EXIT_USAGE
@@ -333,6 +340,17 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("--config", required=True, help="TOML configuration file")
     pl.add_argument("--source", required=True, help="log list file or http(s) URL")
     pl.add_argument("--verbose", action="store_true", help="also list logs already known")
+    pl.add_argument(
+        "--ca-file", help="PEM file of a CA to trust for an https list (besides the system's)"
+    )
+    pl.add_argument(
+        "--allow-redirect-host",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="follow a redirect of the list to HOST (https only; repeatable); by default "
+        "only redirects within the list's own origin are followed, never https -> http",
+    )
     pl.set_defaults(func=cmd_pull_logs)
     return p
 

@@ -5,21 +5,38 @@ keeps its key, and a list that names it with another key is reported as a confli
 from ``pull-logs``, for a cron job to alert on) and changes nothing. Removing a log from a
 list does not remove it here either: re-adding a log later could let a witness sign a split
 view. A listed key equal to one of the witness's own keys is refused.
+
+A list fetched over http(s) follows at most :data:`MAX_REDIRECTS` redirects, and only those
+that keep to the list's origin: the same scheme, host and port, or an upgrade from ``http``
+to ``https`` on the same host. A redirect from ``https`` to ``http`` is always refused (the
+list decides which keys this witness trusts: an operator who wants a list over plain http
+names the http URL). A redirect to another host (or port) is refused unless that host is
+named in ``allow_redirect_hosts`` (``pull-logs --allow-redirect-host``), and even then only
+over https. A refusal is one line: ``GET <url>: redirect to <location> refused: <why>``.
+``ca_file`` (``pull-logs --ca-file``) trusts a private CA (PEM) for https lists, in
+addition to the system's.
 """
 
 from __future__ import annotations
 
 import logging
+import ssl
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urljoin, urlsplit
 
 from client.formats.note import FormatError
 from client.net.core import HTTPCore, Unreachable, http_client
+from client.runtime.logs import inert
 from client.witness.core import Witness
 from client.witness.loglist import MAX_LIST_SIZE, LogListEntry, parse_log_list
 
-__all__ = ["PullReport", "fetch_log_list", "provision"]
+__all__ = ["MAX_REDIRECTS", "PullReport", "fetch_log_list", "provision"]
+
+MAX_REDIRECTS = 5
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_DEFAULT_PORT = {"http": 80, "https": 443}
 
 logger = logging.getLogger("client.witness")
 
@@ -32,22 +49,77 @@ class PullReport:
     refused: list[str] = field(default_factory=list)
 
 
-def fetch_log_list(source: str, *, timeout: float = 10.0) -> bytes:
+def _port(u: SplitResult) -> int | None:
+    try:
+        return u.port or _DEFAULT_PORT.get(u.scheme)
+    except ValueError:  # a port that is not a number
+        return None
+
+
+def _redirect_refusal(old: SplitResult, new: SplitResult, allow_hosts: frozenset[str]) -> str:
+    """Why the redirect from ``old`` to ``new`` is refused; "" when it may be followed."""
+    if new.scheme not in ("http", "https") or not new.hostname:
+        return "not an http(s) URL"
+    if old.scheme == "https" and new.scheme == "http":
+        return "it leaves https for plain http"
+    same_host = (new.hostname or "").lower() == (old.hostname or "").lower()
+    if same_host and (_port(new) == _port(old) or (old.scheme, new.scheme) == ("http", "https")):
+        return ""
+    if (new.hostname or "").lower() in allow_hosts:
+        if new.scheme != "https":
+            return "another host is followed only over https"
+        return ""
+    return "it leaves for another host (allow it with --allow-redirect-host)"
+
+
+def fetch_log_list(
+    source: str,
+    *,
+    timeout: float = 10.0,
+    ca_file: str | None = None,
+    allow_redirect_hosts: Iterable[str] = (),
+) -> bytes:
     """The list at an http(s) URL or in a file. An answer must arrive whole within
     :data:`client.net.core.ANSWER_TIME_FACTOR` times ``timeout`` (it is fetched by the
-    monitor's loop, which a list server dripping bytes would otherwise stop)."""
+    monitor's loop, which a list server dripping bytes would otherwise stop). Redirects: see
+    the module's text; ``ca_file`` adds a CA (PEM) to the system's for https."""
     if source.startswith(("http://", "https://")):
-        url = urlsplit(source)
-        path = url.path + (f"?{url.query}" if url.query else "")
-        with http_client(timeout=timeout, follow_redirects=True) as http:
+        allow = frozenset(h.lower() for h in allow_redirect_hosts)
+        verify: ssl.SSLContext | bool = True
+        if ca_file is not None:
             try:
-                resp = HTTPCore(f"{url.scheme}://{url.netloc}", http).send(
-                    "GET", path, limit=MAX_LIST_SIZE
-                )
-            except (Unreachable, FormatError) as exc:  # FormatError: too large, undecodable
-                raise FormatError(f"GET {source}: {exc}") from None
+                verify = ssl.create_default_context()
+                verify.load_verify_locations(cafile=ca_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise FormatError(f"cannot use CA file {ca_file}: {exc}") from None
+        current = source
+        with http_client(timeout=timeout, verify=verify) as http:
+            for hop in range(MAX_REDIRECTS + 1):
+                url = urlsplit(current)
+                path = url.path + (f"?{url.query}" if url.query else "")
+                try:
+                    resp = HTTPCore(f"{url.scheme}://{url.netloc}", http).send(
+                        "GET", path, limit=MAX_LIST_SIZE
+                    )
+                except (Unreachable, FormatError) as exc:  # FormatError: too large, undecodable
+                    raise FormatError(f"GET {inert(current, 500)}: {exc}") from None
+                location = resp.headers.get("location")
+                if resp.status not in _REDIRECTS or location is None:
+                    break
+                target = urljoin(current, location.strip())
+                why = _redirect_refusal(url, urlsplit(target), allow)
+                if why:
+                    raise FormatError(
+                        f"GET {inert(current, 500)}: redirect to {inert(target, 500)} "
+                        f"refused: {why}"
+                    )
+                if hop == MAX_REDIRECTS:
+                    raise FormatError(
+                        f"GET {inert(source, 500)}: more than {MAX_REDIRECTS} redirects"
+                    )
+                current = target
         if resp.status != 200:
-            raise FormatError(f"GET {source}: HTTP {resp.status}")
+            raise FormatError(f"GET {inert(current, 500)}: HTTP {resp.status}")
         return resp.body
     try:
         return Path(source).read_bytes()
@@ -92,5 +164,15 @@ def provision(witness: Witness, entries: list[LogListEntry], source: str) -> Pul
     return report
 
 
-def pull(witness: Witness, source: str, *, timeout: float = 10.0) -> PullReport:
-    return provision(witness, parse_log_list(fetch_log_list(source, timeout=timeout)), source)
+def pull(
+    witness: Witness,
+    source: str,
+    *,
+    timeout: float = 10.0,
+    ca_file: str | None = None,
+    allow_redirect_hosts: Iterable[str] = (),
+) -> PullReport:
+    body = fetch_log_list(
+        source, timeout=timeout, ca_file=ca_file, allow_redirect_hosts=allow_redirect_hosts
+    )
+    return provision(witness, parse_log_list(body), source)
