@@ -48,7 +48,7 @@ import httpx
 from client.formats.checkpoint import Checkpoint
 from client.formats.merkle import VerificationError
 from client.formats.note import FormatError
-from client.runtime.logs import inert
+from client.formats.text import inert
 
 __all__ = [
     "ANSWER_TIME_FACTOR",

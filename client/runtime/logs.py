@@ -30,6 +30,7 @@ import logging.config
 import time
 from typing import Any
 
+from client.formats.text import inert, one_line
 from client.runtime import logredact
 
 __all__ = [
@@ -44,24 +45,6 @@ __all__ = [
 
 # The prefix of every continuation line (traceback, stack) of a text record.
 CONT = "  | "
-
-
-def one_line(text: str) -> str:
-    """``text`` with every character that is not printable (control characters: line
-    breaks, terminal escapes; format characters: bidirectional overrides; line and paragraph
-    separators) shown as its Python escape: one inert line wherever it is printed or
-    logged. Printable text (spaces, any script) is unchanged."""
-    if text.isprintable():  # the common case, in C
-        return text
-    return "".join(
-        c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text
-    )
-
-
-def inert(text: str, limit: int) -> str:
-    """``text`` cut to ``limit`` characters (``...`` marks a cut), then :func:`one_line`."""
-    cut = one_line(text[:limit])
-    return cut + "..." if len(text) > limit else cut
 
 
 def _json_inert(line: str) -> str:

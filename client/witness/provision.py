@@ -27,8 +27,8 @@ from pathlib import Path
 from urllib.parse import SplitResult, urljoin, urlsplit
 
 from client.formats.note import FormatError
+from client.formats.text import inert
 from client.net.core import HTTPCore, Unreachable, http_client
-from client.runtime.logs import inert
 from client.witness.core import Witness
 from client.witness.loglist import MAX_LIST_SIZE, LogListEntry, parse_log_list
 
