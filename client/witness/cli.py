@@ -285,14 +285,15 @@ def cmd_pull_logs(args: argparse.Namespace) -> int:
     finally:
         witness.store.close()
     for origin in report.added:
-        _out(f"added {origin}")
+        _out(f"added {one_line(origin)}")
     for origin in report.conflicts:
-        _out(f"KEY CONFLICT: {origin} is listed with another key; kept the configured one")
+        shown = one_line(origin)
+        _out(f"KEY CONFLICT: {shown} is listed with another key; kept the configured one")
     for origin in report.refused:
-        _out(f"refused {origin}: it is listed with this witness's own key")
+        _out(f"refused {one_line(origin)}: it is listed with this witness's own key")
     if args.verbose:
         for origin in report.known:
-            _out(f"known {origin}")
+            _out(f"known {one_line(origin)}")
     return EXIT_EVIDENCE if report.conflicts or report.refused else EXIT_OK
 
 
