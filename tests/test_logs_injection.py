@@ -17,9 +17,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from client.formats.policy import Policy
-from client.formats.text import inert, one_line
+from client.formats.text import inert, json_line, one_line
 from client.runtime.logs import CONT, configure
 from client.witness.cli import main as witness_main
 from tests.support import start_server
@@ -256,3 +258,14 @@ def test_tlog_serve_access_lines_with_hostile_headers(tmp_path: Path, fmt: str) 
             assert RECORD.match(line), repr(line)
         else:
             json.loads(line)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.recursive(st.text(), lambda inner: st.lists(inner) | st.dictionaries(st.text(), inner)))
+def test_json_line_is_printable_and_decodes_to_the_same_value(value: object) -> None:
+    """The JSON line written for log records and the tools' ``--json`` output: printable,
+    one line, and the same value once decoded."""
+    line = json_line(json.dumps(value, ensure_ascii=False))
+    assert "\n" not in line and "\r" not in line
+    assert line.isprintable()
+    assert json.loads(line) == value

@@ -10,7 +10,9 @@ the command-line programs' one-line errors.
 
 from __future__ import annotations
 
-__all__ = ["inert", "one_line"]
+import json
+
+__all__ = ["inert", "json_line", "one_line"]
 
 
 def one_line(text: str) -> str:
@@ -31,3 +33,13 @@ def inert(text: str, limit: int) -> str:
     a hostile server's text is one inert line wherever it is printed or logged."""
     cut = one_line(text[:limit])
     return cut + "..." if len(text) > limit else cut
+
+
+def json_line(line: str) -> str:
+    """A ``json.dumps(..., ensure_ascii=False)`` line made inert: its remaining
+    non-printable characters (json escapes C0 itself, not DEL, C1, format characters or
+    U+2028/2029) written as ``\\uXXXX`` escapes (a surrogate pair beyond the BMP). Outside
+    strings a JSON text is printable ASCII, so the decoded value is unchanged."""
+    if line.isprintable():
+        return line
+    return "".join(c if c.isprintable() else json.dumps(c)[1:-1] for c in line)

@@ -30,7 +30,7 @@ import logging.config
 import time
 from typing import Any
 
-from client.formats.text import inert, one_line
+from client.formats.text import inert, json_line, one_line
 from client.runtime import logredact
 
 __all__ = [
@@ -45,15 +45,6 @@ __all__ = [
 
 # The prefix of every continuation line (traceback, stack) of a text record.
 CONT = "  | "
-
-
-def _json_inert(line: str) -> str:
-    # After json.dumps(ensure_ascii=False), a non-printable character can only be inside a
-    # string (the syntax is printable ASCII) and is not one json escapes itself: \uXXXX
-    # (a surrogate pair beyond the BMP) decodes to the same character.
-    if line.isprintable():
-        return line
-    return "".join(c if c.isprintable() else json.dumps(c)[1:-1] for c in line)
 
 
 # Loggers that log every outgoing or incoming request at INFO.
@@ -96,7 +87,7 @@ class JsonFormatter(logging.Formatter):
             doc["exc"] = record.exc_text
         if record.stack_info:
             doc["stack"] = self.formatStack(record.stack_info)
-        return _json_inert(json.dumps(doc, ensure_ascii=False))
+        return json_line(json.dumps(doc, ensure_ascii=False))
 
 
 def _formatter_class(fmt: str) -> str:

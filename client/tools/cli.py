@@ -203,7 +203,7 @@ def cmd_audit(args: argparse.Namespace, http: httpx.Client | None) -> int:
         if own:
             http.close()
     for line in _describe_audit(result, policy, stateful=bool(args.state)):
-        print(line)
+        print(one_line(line))
     return EXIT_OK
 
 
@@ -320,7 +320,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if args.event is not None and entry is not None:
         lines.append(_check_body(entry, args.event, args.nonce))
     for line in lines:
-        print(line)
+        print(one_line(line))
     return EXIT_OK
 
 

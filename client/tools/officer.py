@@ -129,7 +129,7 @@ def _request(args: argparse.Namespace, http: httpx.Client | None) -> int:
         raise _Fail("name the subject with exactly one of --rid, --xid, --user-name")
     body = {"tenant": args.tenant, "rt": args.rt, ids[0][0]: ids[0][1], "reason": args.reason}
     st = _call(args, http, "POST", "/v1/scim/erasures", body)
-    print(_show(st))
+    print(one_line(_show(st)))
     print("a second person must approve: tlog-client scim erasure approve URL " + st["id"])
     return EXIT_OK
 
@@ -137,20 +137,20 @@ def _request(args: argparse.Namespace, http: httpx.Client | None) -> int:
 def _list(args: argparse.Namespace, http: httpx.Client | None) -> int:
     doc = _call(args, http, "GET", "/v1/scim/erasures" + ("?state=all" if args.all else ""))
     for st in doc["erasures"]:
-        print(_show(st))
+        print(one_line(_show(st)))
     if not doc["erasures"]:
         print("no pending erasure requests" if not args.all else "no erasure requests")
     return EXIT_OK
 
 
 def _status(args: argparse.Namespace, http: httpx.Client | None) -> int:
-    print(_show(_call(args, http, "GET", f"/v1/scim/erasures/{args.id}")))
+    print(one_line(_show(_call(args, http, "GET", f"/v1/scim/erasures/{args.id}"))))
     return EXIT_OK
 
 
 def _approve(args: argparse.Namespace, http: httpx.Client | None) -> int:
     st = _call(args, http, "POST", f"/v1/scim/erasures/{args.id}/approve", {})
-    print(_show(st))
+    print(one_line(_show(st)))
     return EXIT_OK
 
 
@@ -167,7 +167,7 @@ def _describe(doc: dict[str, Any], vkey: str) -> str:
 def _certificate(args: argparse.Namespace, http: httpx.Client | None) -> int:
     doc = _call(args, http, "GET", f"/v1/scim/erasures/{args.id}/certificate")
     if args.vkey:
-        print(_describe(doc, args.vkey))
+        print(one_line(_describe(doc, args.vkey)))
     text = json.dumps(doc, indent=1, sort_keys=True) + "\n"
     if args.out:
         Path(args.out).write_text(text, "utf-8")
@@ -185,7 +185,7 @@ def _verify(args: argparse.Namespace, http: httpx.Client | None) -> int:
         raise FormatError(f"not JSON: {exc}") from None
     except RecursionError:
         raise FormatError("not JSON: nested too deeply") from None
-    print(_describe(doc, args.vkey))
+    print(one_line(_describe(doc, args.vkey)))
     return EXIT_OK
 
 

@@ -48,9 +48,9 @@ from client.formats.merkle import VerificationError
 from client.formats.note import Ed25519Verifier, FormatError, b64decode_strict, b64encode
 from client.formats.policy import Policy
 from client.formats.proof_bundle import TlogProof
+from client.formats.text import json_line, one_line
 from client.net.core import HTTPFailure, http_client
 from client.net.scim_audit import AuditedEvent, ScimAuditClient, ScimAuditError
-from client.runtime.logs import one_line
 from client.scim.event import event_to_json
 from client.scim.evidence import MAX_EVIDENCE_SIZE, describe, verify_evidence
 from client.tools.cli import MAX_POLICY_SIZE, read_input
@@ -165,9 +165,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     with _client(args) as c:
         for ev in _events(c, args):
             if args.json:
-                print(json.dumps(_summary(ev), ensure_ascii=False))
+                print(json_line(json.dumps(_summary(ev), ensure_ascii=False)))
             else:
-                print(_line(ev))
+                print(one_line(_line(ev)))
     return EXIT_OK
 
 
@@ -194,7 +194,7 @@ def _summary(ev: AuditedEvent) -> dict[str, Any]:
 def cmd_show(args: argparse.Namespace) -> int:
     with _client(args) as c:
         for ev in _events(c, args):
-            print(json.dumps(_summary(ev), ensure_ascii=False, sort_keys=True))
+            print(json_line(json.dumps(_summary(ev), ensure_ascii=False, sort_keys=True)))
     return EXIT_OK
 
 
@@ -329,7 +329,7 @@ def cmd_verify_evidence(args: argparse.Namespace) -> int:
         print(f"tlog-client: EVIDENCE DOES NOT VERIFY: {one_line(str(exc))}", file=sys.stderr)
         return EXIT_FAILED
     for line in describe(report):
-        print(line)
+        print(one_line(line))
     return EXIT_OK
 
 
