@@ -61,14 +61,25 @@ class TextFormatter(logging.Formatter):
     a traceback or stack on continuation lines, each prefixed with :data:`CONT`."""
 
     def format(self, record: logging.LogRecord) -> str:
-        msg = one_line(record.getMessage())
-        line = f"{_iso(record)} {one_line(record.levelname)} {one_line(record.name)}: {msg}"
+        # The timestamp is printable: one check of the rest (the common case, in C).
+        line = (
+            _iso(record)
+            + " "
+            + one_line(f"{record.levelname} {record.name}: {record.getMessage()}")
+        )
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)
-        for extra in (record.exc_text, record.stack_info and self.formatStack(record.stack_info)):
-            if extra:
-                line += "".join(f"\n{CONT}{one_line(x)}" for x in extra.rstrip("\n").split("\n"))
+        if record.exc_text:
+            line += _continued(record.exc_text)
+        if record.stack_info:
+            line += _continued(self.formatStack(record.stack_info))
         return line
+
+
+def _continued(text: str) -> str:
+    """``text``'s lines, each escaped and prefixed with :data:`CONT`, each after a line
+    break."""
+    return "".join(f"\n{CONT}{one_line(x)}" for x in text.rstrip("\n").split("\n"))
 
 
 class JsonFormatter(logging.Formatter):
