@@ -586,6 +586,8 @@ class _Builder:
                 self.add_refs(value, ref_rt, op, _ref_attr_name(key))
             if op == "replace" and (value in (None, [], {}, "") or not has_value):
                 entry["new"] = "null"  # a replace with nothing: the references are cleared
+            elif op == "remove" and not has_value and "[" not in path:
+                entry["new"] = "null"  # every value removed (RFC 7644 §3.5.2.2): cleared
         elif self.is_secret(key):
             pass  # SCIM.md §4.3 step 8: returned:never attributes only as "changed"
         elif op == "remove":

@@ -300,6 +300,65 @@ class _Run:
             self.changes.append({"attr": key, "removed": sorted(removed)})
         self.state[key] = sorted(new)
 
+    def _cleared(
+        self, attr: str, mods: Iterable[Mapping[str, Any]], items: list[Mapping[str, Any]]
+    ) -> bool:
+        """Judge a PATCH that clears ``attr`` (members or manager): ``remove`` of the whole
+        attribute without a value (RFC 7644 §3.5.2.2: every value goes), or ``replace`` with
+        nothing (``new: "null"``). Its references are not in ``refs`` (there are none), so
+        it shows only in ``mods``; an adapter from before it marked a bare remove with
+        ``new: "null"`` too is read by the absence of any removal in ``refs``. A clear that
+        comes first (the usual whole request) is exact: every value known goes, then the
+        refs apply. One after other operations on the attribute cannot be placed among the
+        refs, so what is left is not known: the state forgets the values (so no later
+        change is hidden or called a noop) and the effect says the attribute changed.
+        Returns whether it judged the references (False: no clear, judge them as usual)."""
+        own = [m for m in mods if _attr_kind(self.prefix, m["attr"])[0] == attr]
+        removes = any(r.get("op") == "remove" for r in items)
+
+        def clears(m: Mapping[str, Any]) -> bool:
+            if "[" in m["attr"]:
+                return False
+            if m.get("new") == "null":
+                return True
+            return (
+                m.get("op") == "remove" and not ({"old", "old_d", "new"} & set(m)) and not removes
+            )
+
+        at = [i for i, m in enumerate(own) if clears(m)]
+        if not at:
+            return False
+        if attr == "manager":
+            old = self.state.pop("manager", None)
+            if at != [0] or items:
+                self.changes.append({"attr": "manager"})  # what is left is not known
+                self.verbs.add("update")
+                return True
+            if old is not None:
+                self.refs.append({"rt": "User", "pid": old, "op": "remove", "attr": "manager"})
+                self.verbs.add("update")
+            elif "manager" in self.full:
+                self.noop.append({"attr": "manager", "op": "remove", "n": 1})
+            return True
+        if at != [0]:
+            self.references(attr, items, whole=False)
+            self.state["members"] = []
+            self.full.discard("members")
+            self.changes.append({"attr": "members"})  # what is left is not known
+            self.verbs.add("update")
+            return True
+        cur = self.state.get("members", [])
+        rts = {_b64(r["pid"]): r["rt"] for r in items}
+        if cur:
+            self._members((), cur, rts)
+        elif "members" in self.full:
+            self.noop.append({"attr": "members", "op": "remove", "n": 1})
+        self.state["members"] = []
+        self.full.add("members")  # stated whole: empty, then the refs
+        if items:
+            self.references(attr, items, whole=False)
+        return True
+
     def references(self, attr: str, items: list[Mapping[str, Any]], *, whole: bool) -> None:
         """Members (sets of pids) and manager (one pid), from the event's refs."""
         if attr == "manager":
@@ -326,54 +385,53 @@ class _Run:
             return
         cur = set(self.state.get("members", ()))
         full = "members" in self.full
-        by_op: dict[str, list[str]] = {"add": [], "remove": [], "replace": []}
-        # Adds and removes in the order asked, as runs of one op: an SP applies a PATCH's
-        # operations in order (RFC 7644 §3.5.2), so [remove X, add X] leaves X a member and
-        # [add X, remove X] does not. (Replaces come first: a PATCH that replaces the members
-        # and also adds or removes some is judged replace first, as before.)
+        # The operations in the order asked, as runs of one op: an SP applies a PATCH's
+        # operations in order (RFC 7644 §3.5.2), so [remove X, add X] leaves X a member,
+        # [add X, remove X] does not, and [remove X, replace with [X, ...]] leaves X one.
         runs: list[tuple[str, list[str]]] = []
         rts: dict[str, str] = {}
         for r in items:
             pid = _b64(r["pid"])
             rts[pid] = r["rt"]
             op = r.get("op") or ("replace" if whole else "add")
-            by_op[op].append(pid)
-            if op != "replace":
-                if runs and runs[-1][0] == op:
-                    runs[-1][1].append(pid)
-                else:
-                    runs.append((op, [pid]))
+            if runs and runs[-1][0] == op:
+                runs[-1][1].append(pid)
+            else:
+                runs.append((op, [pid]))
+        if whole and not any(op == "replace" for op, _ in runs):
+            runs.insert(0, ("replace", []))  # a PUT or create without members: none
         x = self.ev.get("x", {})
         parts, part = x.get("parts", 1), x.get("part", 0)
-        if by_op["replace"] or whole:
-            req = self.ev["corr"]["req"]
-            if parts > 1 and part > 0 and self.state.get("replacing") == req:
-                new = cur | set(by_op["replace"])
-                base = set(self.state.get("replace_prev", ()))
-            else:
-                new = set(by_op["replace"])
-                base = cur
-            added = new - base - (cur if part > 0 else set())
-            last = parts <= 1 or part == parts - 1
-            removed = (
-                (base - new)
-                if last and (full or not self.known or part > 0 or parts > 1)
-                else set()
-            )
-            if not full and self.known and parts <= 1:
-                removed = set()  # the old set was never fully known
-            if last:
-                self.state.pop("replacing", None)
-                self.state.pop("replace_prev", None)
-            else:
-                self.state["replacing"] = req
-                self.state["replace_prev"] = sorted(base)
-            self.full.add("members")
-            cur = new
-            self._members(added, removed, rts)
         for op, pids in runs:
             asked = set(pids)
-            if op == "add":
+            if op == "replace":
+                req = self.ev["corr"]["req"]
+                if parts > 1 and part > 0 and self.state.get("replacing") == req:
+                    new = cur | asked
+                    base = set(self.state.get("replace_prev", ()))
+                else:
+                    new = asked
+                    base = cur
+                added = new - base - (cur if part > 0 else set())
+                last = parts <= 1 or part == parts - 1
+                removed = (
+                    (base - new)
+                    if last and (full or not self.known or part > 0 or parts > 1)
+                    else set()
+                )
+                if not full and self.known and parts <= 1:
+                    removed = set()  # the old set was never fully known
+                if last:
+                    self.state.pop("replacing", None)
+                    self.state.pop("replace_prev", None)
+                else:
+                    self.state["replacing"] = req
+                    self.state["replace_prev"] = sorted(base)
+                self.full.add("members")
+                cur = new
+                full = full or last  # the set is stated whole now
+                self._members(added, removed, rts)
+            elif op == "add":
                 added = asked - cur
                 if full and asked & cur:  # already members: those adds changed nothing
                     self.noop.append({"attr": "members", "op": "add", "n": len(asked & cur)})
@@ -474,6 +532,8 @@ class _Run:
         refs = ev.get("refs", ())
         for attr in ("members", "manager"):
             items = [r for r in refs if r.get("attr", "members") == attr]
+            if not whole and self._cleared(attr, mods, items):
+                continue
             if items or (
                 attr == "members"
                 and self.prefix == "group"
