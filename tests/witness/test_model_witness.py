@@ -23,6 +23,7 @@ import contextlib
 import tempfile
 from pathlib import Path
 
+import httpx
 import pytest
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
@@ -43,6 +44,7 @@ from client.witness.monitor import Monitor, Peer
 from tests.witness.helpers import FakeLog, events, make_witness
 
 N = 24  # leaves of each tree
+LOG_URL = "http://log.test"
 
 
 def _body(log: FakeLog, old: int, size: int, proof: list[bytes]) -> bytes:
@@ -68,12 +70,49 @@ class WitnessModel(RuleBasedStateMachine):
         self.fork = FakeLog(events(N)[:fork_at] + events(N, "fork-")[fork_at:])
         self.fork_at = fork_at
         self.db = Path(tempfile.mkdtemp(dir=self.root)) / "witness.db"
+        self.log_entry = self.honest.witnessed_log(LOG_URL)
         self.w = self._witness()
 
     def _witness(self) -> Witness:
-        w = make_witness(self.db, [self.honest.witnessed_log()])
+        """Our witness on its state, with its monitor attached (as ``tlog-witness serve``
+        runs them): a pushed proof that fails is settled with the honest log's own proof."""
+        w = make_witness(self.db, [self.log_entry])
         self.stack.callback(w.store.close)
+        http = httpx.Client(transport=httpx.MockTransport(self._serve_log), base_url=LOG_URL)
+        self.stack.callback(http.close)
+        self.monitor = Monitor(w, http=http)
         return w
+
+    def _serve_log(self, request: httpx.Request) -> httpx.Response:
+        """The honest log's HTTP API (all of its leaves published)."""
+        log = self.honest
+        if request.url.path == "/checkpoint":
+            return httpx.Response(200, text=log.checkpoint(N))
+        if request.url.path == "/v1/proof/consistency":
+            old = int(request.url.params["old_size"])
+            new = int(request.url.params["tree_size"])
+            if not 0 < old <= new <= N:
+                return httpx.Response(400, text="sizes out of range\n")
+            doc = {
+                "old_size": old,
+                "tree_size": new,
+                "consistency_proof": [b64encode(h) for h in log.consistency_proof(old, new)],
+                "checkpoint": log.checkpoint(new),
+            }
+            return httpx.Response(200, json=doc)
+        return httpx.Response(404, text="not found\n")
+
+    def _split(self, size: int, root: bytes) -> bool:
+        """Whether the honest log's own proof shows that ``(size, root)`` and what our
+        witness holds cannot both be views of it (what the monitor records as evidence)."""
+        if self.root_hash is None:
+            return False
+        if size == self.size:
+            return root != self.root_hash
+        if size == 0 or self.size == 0:
+            return False
+        honest = self.honest.root
+        return not (honest(size) == root and honest(self.size) == self.root_hash)
 
     def teardown(self) -> None:
         self.stack.close()
@@ -142,6 +181,9 @@ class WitnessModel(RuleBasedStateMachine):
             except Exception:
                 proof_ok = False
         want, extra = self._expect(log, size, old_size, proof_ok)
+        if want == 422 and not extra and old_size == self.size > 0 and not self.frozen:
+            # the proof failed: the monitor asks the log, evidence when the log's fails too
+            extra = "evidence" if self._split(size, log.root(size)) else ""
         status, body = self._push(_body(log, old_size, size, bad))
         assert status == want, (which, size, old_size, proof, status, body, want)
         if want == 409:
@@ -160,8 +202,8 @@ class WitnessModel(RuleBasedStateMachine):
     @rule(size=st.integers(0, N), which=st.sampled_from(["honest", "fork"]))
     def gossip_from_a_peer(self, size: int, which: str) -> None:
         """A second witness, sharing nothing with ours, cosigned ``which`` log at ``size``;
-        ours compares that checkpoint with its own in a gossip round (no log URL: only a
-        same-size conflict is provable, or a size-0 one)."""
+        ours compares that checkpoint with its own in a gossip round (asking the log for a
+        proof when the sizes differ)."""
         log = self.honest if which == "honest" else self.fork
         peer_w = make_witness(
             Path(tempfile.mkdtemp(dir=self.root)) / "peer.db",
@@ -175,16 +217,14 @@ class WitnessModel(RuleBasedStateMachine):
             assert note is not None
         finally:
             peer_w.store.close()
-        mon = Monitor(self.w, [Peer("w2", peer_w.verifier, "http://peer.invalid")])
-        try:
-            found = mon.compare_peer_checkpoint(self.honest.witnessed_log(), mon.peers[0], note)
-        finally:
-            mon.close()
-        conflict = (
-            self.root_hash is not None and size == self.size and log.root(size) != self.root_hash
-        )
-        assert found == int(conflict and not self.frozen), (found, conflict, self.frozen)
-        self.frozen = self.frozen or conflict
+        peer = Peer("w2", peer_w.verifier, "http://peer.invalid")
+        found = self.monitor.compare_peer_checkpoint(self.log_entry, peer, note)
+        split = self._split(size, log.root(size))
+        if split:
+            assert found >= 1 or self.frozen, (size, which, found)
+            self.frozen = True
+        else:
+            assert found == 0, (size, which, found)
 
     # -- invariants --------------------------------------------------------------------
 
