@@ -180,7 +180,10 @@ class _AddJob:
 
     def __call__(self, conn: sqlite3.Connection) -> None:
         self.outbox._check_quota(conn, self.size)
-        conn.executemany(_INSERT, self.rows)
+        if conn.executemany(_INSERT, self.rows).rowcount != len(self.rows):
+            # An event already stored (same eid) is ignored, its bytes not stored: counted
+            # anyway, the quota would fill up with nothing queued.
+            self.outbox._recount(conn)
 
 
 class _LoopGroup:
@@ -434,13 +437,15 @@ class Outbox:
             self._uncount(accepted)  # the general path counts them again
             return accepted
         try:
-            conn.execute(_insert_sql(rows), params)
+            stored = conn.execute(_insert_sql(rows), params).rowcount
         except Exception:
             self._uncount(accepted)  # counted above, not stored
             if conn.in_transaction:  # pragma: no cover - autocommit rolls itself back
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
             return accepted
+        if stored != rows:
+            self._recount(conn)  # events already stored were ignored: see _AddJob
         for _, settle in accepted:
             settle(None, None)
         return []
@@ -529,15 +534,22 @@ class Outbox:
 
         return self._submit(job)
 
+    def _recount(self, conn: sqlite3.Connection) -> None:
+        """Count the bytes of undelivered bodies again (what ``max_bytes`` bounds)."""
+        if self.max_bytes is None:
+            return
+        self._queued = int(
+            conn.execute(
+                "SELECT COALESCE(SUM(LENGTH(body)), 0) FROM events WHERE state != 1"
+            ).fetchone()[0]
+        )
+
     def _check_quota(self, conn: sqlite3.Connection, incoming: int, count: bool = True) -> None:
         if self.max_bytes is None:
             return
         if self._queued is None:
-            self._queued = int(
-                conn.execute(
-                    "SELECT COALESCE(SUM(LENGTH(body)), 0) FROM events WHERE state != 1"
-                ).fetchone()[0]
-            )
+            self._recount(conn)
+        assert self._queued is not None
         if self._queued + incoming > self.max_bytes:
             raise OutboxError(f"outbox full ({self.max_bytes} bytes of undelivered events)")
         if count:

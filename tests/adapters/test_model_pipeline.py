@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import itertools
+import json
 import tempfile
 from pathlib import Path
 from urllib.parse import quote
@@ -42,7 +43,7 @@ from hypothesis.stateful import (
 )
 from starlette.testclient import TestClient
 
-from client.adapters.outbox import Outbox, OutboxRecord
+from client.adapters.outbox import Outbox, OutboxError, OutboxRecord
 from client.adapters.relay import BATCH_PATH, Relay, _Backoff, _Unverified
 from client.formats.checkpoint import open_checkpoint
 from client.formats.merkle import verify_inclusion
@@ -61,6 +62,7 @@ from .receipt_front import CASES
 
 RIDS = ("u-ann", "u-ben", "u-cat")
 BATCH = 4  # small batches: a queue of a dozen events takes several rounds
+QUOTA = 4000  # the outbox's max_bytes: about 8 events undelivered (500 bytes each)
 
 
 class Front(httpx.BaseTransport):
@@ -109,6 +111,7 @@ class PipelineModel(RuleBasedStateMachine):
         self.order: dict[str, int] = {}  # eid -> its place in enqueue order
         self.subject: dict[str, str] = {}  # eid -> rid
         self.in_log: set[str] = set()  # eids the log has committed
+        self.records: dict[str, OutboxRecord] = {}  # eid -> what the adapter wrote
         self.req_of: dict[str, str] = {}  # eid -> corr.req
         self.erased: set[str] = set()  # rids erased at least once
         self.visible: set[str] = set()  # eids in the log whose subject was not erased since
@@ -131,7 +134,7 @@ class PipelineModel(RuleBasedStateMachine):
         self.h.service.clock = lambda: BASE_TS + 1000 * next(self.ticks)
 
     def _open_adapter(self) -> None:
-        self.outbox = Outbox(self.outbox_path)
+        self.outbox = Outbox(self.outbox_path, max_bytes=QUOTA)
         self.relay = Relay(
             self.outbox,
             URL,
@@ -196,11 +199,39 @@ class PipelineModel(RuleBasedStateMachine):
         for rid in rids:
             ev = user_event(rid, tenant=T1, xid=f"{rid}@example.org", req=req)
             recs.append(OutboxRecord(ev["eid"], req, event_to_json(ev)))
-            self.order[ev["eid"]] = len(self.order)
-            self.subject[ev["eid"]] = rid
-            self.req_of[ev["eid"]] = req
-        self.outbox.put(recs)
+        incoming = sum(len(r.body) for r in recs)
+        if self._queued_bytes() + incoming > QUOTA:
+            # over the quota: refused whole, nothing stored (the adapter answers 503)
+            with pytest.raises(OutboxError, match="outbox full"):
+                self.outbox.put(recs)
+            return
+        self.outbox.put(recs)  # within the quota: stored
+        for r in recs:
+            self.order[r.eid] = len(self.order)
+            self.subject[r.eid] = self.records_rid(r)
+            self.req_of[r.eid] = req
+            self.records[r.eid] = r
         self.queue += [r.eid for r in recs]
+
+    @staticmethod
+    def records_rid(r: OutboxRecord) -> str:
+        return str(json.loads(r.body)["rid"])
+
+    def _queued_bytes(self) -> int:
+        return sum(len(self.records[e].body) for e in self.queue)
+
+    @precondition(lambda self: bool(self.records))
+    @rule(data=st.data())
+    def enqueue_again(self, data: st.DataObject) -> None:
+        """The adapter writes events it wrote before again (e.g. a write that timed out on
+        its caller, still committed): nothing changes, and no quota is used up."""
+        eids = data.draw(st.lists(st.sampled_from(sorted(self.records)), min_size=1, max_size=3))
+        recs = [self.records[e] for e in eids]
+        try:
+            self.outbox.put(recs)
+        except OutboxError:
+            # refusing is allowed only where new events of that size would be refused too
+            assert self._queued_bytes() + sum(len(r.body) for r in recs) > QUOTA
 
     @rule()
     def deliver_once(self) -> None:
@@ -288,6 +319,7 @@ class PipelineModel(RuleBasedStateMachine):
         counts = self.outbox.counts()
         backlog = self.outbox.backlog()
         assert counts["pending"] == backlog["pending"] == len(self.queue)
+        assert backlog["pending_bytes"] == self._queued_bytes()
         assert counts["rejected"] == backlog["rejected"] == 0
         # never lost: every event enqueued is pending, or in the log
         assert set(self.order) == set(self.queue) | self.in_log
