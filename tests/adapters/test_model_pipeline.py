@@ -26,6 +26,7 @@ import contextlib
 import itertools
 import json
 import tempfile
+import time
 from pathlib import Path
 from urllib.parse import quote
 
@@ -49,7 +50,6 @@ from client.formats.checkpoint import open_checkpoint
 from client.formats.merkle import verify_inclusion
 from client.scim import event_to_json
 from tests.scim_service.conftest import (
-    BASE_TS,
     T1,
     URL,
     Harness,
@@ -65,14 +65,21 @@ BATCH = 4  # small batches: a queue of a dozen events takes several rounds
 QUOTA = 4000  # the outbox's max_bytes: about 8 events undelivered (500 bytes each)
 
 
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
 class Front(httpx.BaseTransport):
     """Between the relay and the in-process log: passes requests on, or (``fault``) fails
     the next batch request in one way: ``lose`` (the log commits, the answer is lost),
-    ``503``, ``timeout`` (never reaches the log) or a tampered answer (a :data:`CASES` key)."""
+    ``503`` or ``timeout`` (never reaches the log). While ``tamper`` names one of
+    :data:`CASES`, every answer it applies to is rewritten (``rewritten`` counts them)."""
 
     def __init__(self, client: TestClient) -> None:
         self.client = client
         self.fault: str | None = None
+        self.tamper: str | None = None
+        self.rewritten = 0
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         fault = self.fault if request.url.path == BATCH_PATH else None
@@ -92,8 +99,14 @@ class Front(httpx.BaseTransport):
         if fault == "lose":
             raise httpx.ReadTimeout("the answer was lost", request=request)
         body = r.content
-        if fault is not None and r.status_code == 200:
-            body = CASES[fault][0](request, body)
+        if self.tamper is not None and r.status_code == 200:
+            try:
+                new = CASES[self.tamper][0](request, body)
+            except (KeyError, IndexError):  # not applicable (e.g. no nonce to change)
+                new = body
+            if new != body:
+                self.rewritten += 1
+                body = new
         headers = {k: v for k, v in r.headers.items() if k.lower() != "content-length"}
         return httpx.Response(r.status_code, headers=headers, content=body)
 
@@ -105,7 +118,6 @@ class PipelineModel(RuleBasedStateMachine):
         super().__init__()
         self.root = root
         self.stack = contextlib.ExitStack()
-        self.ticks = itertools.count()
         self.reqs = itertools.count()
         self.queue: list[str] = []  # eids pending in the outbox, enqueue order
         self.order: dict[str, int] = {}  # eid -> its place in enqueue order
@@ -124,18 +136,24 @@ class PipelineModel(RuleBasedStateMachine):
         self.data = Path(tempfile.mkdtemp(dir=self.root))
         self.log_stack = contextlib.ExitStack()
         self.h: Harness = self.log_stack.enter_context(open_harness(self.data / "log"))
-        self.tok = self.h.tok
         self._clock()
+        self.tok = self.h.tok
         self.front = Front(self.h.client)
         self.outbox_path = self.data / "outbox.sqlite"
         self._open_adapter()
 
     def _clock(self) -> None:
-        self.h.service.clock = lambda: BASE_TS + 1000 * next(self.ticks)
+        # The log's own clock (real time), not the harness's ticking one from 2024: the relay
+        # dates a leaf answered for an erased retry against the event's time (it must not
+        # predate the event by more than the clock skew allowed), so the two clocks agree.
+        self.h.service.clock = _now_ms
 
     def _open_adapter(self) -> None:
         self.outbox = Outbox(self.outbox_path, max_bytes=QUOTA)
-        self.relay = Relay(
+        self.relay = self._relay()
+
+    def _relay(self) -> Relay:
+        return Relay(
             self.outbox,
             URL,
             self.tok["sub1"],
@@ -251,6 +269,17 @@ class PipelineModel(RuleBasedStateMachine):
             self._delivered(head)
         assert self.queue == []
 
+    @rule()
+    def relay_thread_drains(self) -> None:
+        """The relay's own thread, with the log healthy, empties the queue."""
+        self.relay.start()
+        try:
+            assert self.relay.flush(30), self.relay.last_error
+        finally:
+            self.relay.stop()  # closes its HTTP client: a new relay on the same outbox
+        self._delivered(list(self.queue))
+        self.relay = self._relay()
+
     @precondition(lambda self: bool(self.queue))
     @rule()
     def lose_answer(self) -> None:
@@ -268,18 +297,24 @@ class PipelineModel(RuleBasedStateMachine):
         n, why = self._attempt()
         assert n == 0 and why is not None, why
 
-    @precondition(lambda self: len(self.queue) >= 2)
+    @precondition(lambda self: bool(self.queue))
     @rule(case=st.sampled_from(sorted(CASES)))
     def tampered_answer(self, case: str) -> None:
-        """A front rewrites the log's answer: nothing may be marked delivered (the log did
-        commit the batch; only its answer is wrong)."""
+        """A front rewrites the log's answers (the batch's, or the hash tiles the relay reads
+        to check it): when anything was rewritten, nothing may be marked delivered (the log
+        did commit the batch; only what the relay was told is wrong)."""
         head = self.queue[:BATCH]
-        if len(head) < 2 and case != "bad signature":
-            return
-        self.front.fault = case
-        n, why = self._attempt()
-        assert n == 0 and why is not None, (case, why)
-        self._logged(head)
+        self.front.tamper, self.front.rewritten = case, 0
+        try:
+            n, why = self._attempt()
+        finally:
+            self.front.tamper = None
+        if self.front.rewritten:
+            assert n == 0 and why is not None and why.startswith("unverified"), (case, why)
+            self._logged(head)
+        else:  # nothing to rewrite in these answers (e.g. no tile was read): delivered
+            assert why is None and n == len(head), (case, why)
+            self._delivered(head)
 
     @rule()
     def crash_adapter(self) -> None:
