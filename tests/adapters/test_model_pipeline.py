@@ -316,6 +316,19 @@ class PipelineModel(RuleBasedStateMachine):
             assert why is None and n == len(head), (case, why)
             self._delivered(head)
 
+    @precondition(lambda self: bool(self.queue))
+    @rule()
+    def erase_between_delivery_and_retry(self) -> None:
+        """The log commits a batch, its answer is lost, a subject of it is erased, and the
+        relay sends the batch again: the retry is answered as logged before and erased since
+        (inclusion only, no nonce to open the commitment), and accepted as such."""
+        head = self.queue[:BATCH]
+        self.lose_answer()
+        erased_before = self.relay.erased_retries
+        self.erase(self.subject[head[0]])
+        self.deliver_once()
+        assert self.relay.erased_retries > erased_before
+
     @rule()
     def crash_adapter(self) -> None:
         """The adapter process dies and starts again: the outbox is re-opened from its file."""
@@ -419,7 +432,7 @@ def _run(root: Path, examples: int, steps: int) -> None:
 
 
 def test_the_pipeline_loses_nothing_and_logs_once_in_any_order(tmp_path: Path) -> None:
-    _run(tmp_path, examples=15, steps=15)
+    _run(tmp_path, examples=25, steps=20)
 
 
 def test_the_pipeline_drains_once_healthy(tmp_path: Path) -> None:
@@ -439,8 +452,8 @@ def test_the_pipeline_drains_once_healthy(tmp_path: Path) -> None:
     run_state_machine_as_test(
         lambda: Draining(tmp_path),
         settings=settings(
-            max_examples=10,
-            stateful_step_count=12,
+            max_examples=15,
+            stateful_step_count=15,
             deadline=None,
             suppress_health_check=[HealthCheck.too_slow],
             phases=[Phase.explicit, Phase.reuse, Phase.generate],  # see _run
