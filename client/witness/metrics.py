@@ -7,12 +7,24 @@
   histogram, and, read from the state when scraped, the newest cosigned size and its age per
   witnessed log and the number of split-view evidence records kept.
 
+  A damaged record never takes the whole scrape down: a log whose stored checkpoint is
+  damaged (its size or root columns disagree with its signed note, or a column is not of
+  its type) is left out of the per-log gauges and counted in
+  ``tlog_witness_state_damaged_records{kind="checkpoint"}``; a state that cannot be read at
+  all sets ``tlog_witness_state_readable`` to 0 and leaves the state gauges out. The request
+  counters are served either way. Each new damage is logged once at ERROR (no origin: the
+  operator runs ``tlog-witness check``, which names it). Nothing is repaired or hidden:
+  pushes for a damaged log are still refused (503) and ``tlog-witness check`` still fails.
+
 ``prometheus_client`` is imported when this module is, which only the server does; the
 verification core of ``client.witness`` stays free of it.
 """
 
 from __future__ import annotations
 
+import logging
+import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 
@@ -22,17 +34,99 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 from client.witness.core import Witness
+from client.witness.store import StateDamaged
 
 __all__ = ["CONTENT_TYPE_LATEST", "WitnessMetrics"]
 
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
+_log = logging.getLogger("tlog.witness")
+
+# What one damaged row raises when read: its columns disagree with its note (StateDamaged),
+# or a column is not of its type (SQLite is dynamically typed). SQLite's own errors (a
+# damaged page, I/O) are the state being unreadable, not one record.
+_ROW_DAMAGE = (StateDamaged, ValueError, TypeError, UnicodeError)
+
+
+class StateScan:
+    """One read of the state for the scrape-time gauges, a damaged record at a time: what
+    can be read is reported, what cannot is counted (module docstring)."""
+
+    def __init__(self, witness: Witness) -> None:
+        now = time.time()
+        self.readable = True
+        self.logs: list[tuple[str, int, float]] = []  # (origin, cosigned size, age)
+        self.damaged = {"checkpoint": 0}
+        self.evidence: int | None = None
+        try:
+            logs = self.witness_logs(witness)
+        except sqlite3.Error:
+            self.readable = False
+            return
+        for origin in logs:
+            try:
+                stored = witness.latest(origin)
+            except _ROW_DAMAGE:  # this row only
+                self.damaged["checkpoint"] += 1
+                continue
+            except sqlite3.Error:  # the table or the file (a damaged page, I/O, locked)
+                self.readable = False
+                continue
+            if stored is not None:
+                self.logs.append((origin, stored.size, max(0.0, now - stored.updated_at)))
+        try:
+            self.evidence = len(witness.evidence())
+        except sqlite3.Error:
+            self.readable = False
+
+    @staticmethod
+    def witness_logs(witness: Witness) -> list[str]:
+        return [log.origin for log in witness.all_logs()]
+
+
 class _State(Collector):
     def __init__(self, witness: Witness) -> None:
         self.witness = witness
+        self._lock = threading.Lock()
+        self._logged: dict[str, int] = {}  # damaged records per kind, as last logged
+        self._logged_unreadable = False
+
+    def scan(self) -> StateScan:
+        """The state as read now; new damage (or the state becoming unreadable) is logged
+        once at ERROR, without identifiers."""
+        scan = StateScan(self.witness)
+        with self._lock:
+            for kind, n in scan.damaged.items():
+                if n > self._logged.get(kind, 0):
+                    _log.error(
+                        "the state database is damaged: %d stored %s record(s) cannot be "
+                        "used (left out of /metrics; pushes for them are refused): run "
+                        "'tlog-witness check' and restore the state from a backup",
+                        n,
+                        kind,
+                    )
+                self._logged[kind] = n
+            if not scan.readable and not self._logged_unreadable:
+                _log.error("the state database cannot be read for /metrics")
+            self._logged_unreadable = not scan.readable
+        return scan
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
+        scan = self.scan()
+        yield GaugeMetricFamily(
+            "tlog_witness_state_readable",
+            "1 when the state database could be read for this scrape",
+            value=1 if scan.readable else 0,
+        )
+        damaged = GaugeMetricFamily(
+            "tlog_witness_state_damaged_records",
+            "stored records that could not be used (damaged), by kind: see tlog-witness check",
+            labels=["kind"],
+        )
+        for kind, n in scan.damaged.items():
+            damaged.add_metric([kind], n)
+        yield damaged
         size = GaugeMetricFamily(
             "tlog_witness_log_cosigned_tree_size",
             "newest tree size this witness cosigned, per log",
@@ -43,20 +137,17 @@ class _State(Collector):
             "seconds since that checkpoint was last updated, per log",
             labels=["origin"],
         )
-        now = time.time()
-        for log in self.witness.all_logs():
-            stored = self.witness.latest(log.origin)
-            if stored is None:
-                continue
-            size.add_metric([log.origin], stored.size)
-            age.add_metric([log.origin], max(0.0, now - stored.updated_at))
+        for origin, n, seconds in scan.logs:
+            size.add_metric([origin], n)
+            age.add_metric([origin], seconds)
         yield size
         yield age
-        yield GaugeMetricFamily(
-            "tlog_witness_evidence_records",
-            "split-view evidence records kept",
-            value=len(self.witness.evidence()),
-        )
+        if scan.evidence is not None:
+            yield GaugeMetricFamily(
+                "tlog_witness_evidence_records",
+                "split-view evidence records kept",
+                value=scan.evidence,
+            )
 
 
 class WitnessMetrics:
@@ -75,7 +166,8 @@ class WitnessMetrics:
             buckets=_BUCKETS,
             registry=self.registry,
         )
-        self.registry.register(_State(witness))
+        self._state = _State(witness)
+        self.registry.register(self._state)
 
     def observe(self, status: int, seconds: float) -> None:
         self.requests.labels(str(status)).inc()
@@ -85,10 +177,22 @@ class WitnessMetrics:
         return generate_latest(self.registry)
 
     def ready(self) -> tuple[bool, str]:
+        """Ready while the state database reads. One damaged checkpoint record leaves the
+        witness ready for the other logs (pushes for that log are refused with 503) and is
+        named in the detail and in /metrics; a damaged table or file is not ready."""
         try:
             self.witness.all_logs()
             self.witness.evidence()
-            self.witness.store.all_latest()  # the cosigned checkpoints (one row per log)
+            try:
+                self.witness.store.all_latest()  # the cosigned checkpoints (one row per log)
+            except _ROW_DAMAGE:  # a column not of its type: counted per row below
+                pass
         except Exception as exc:  # the state database cannot be read
             return False, type(exc).__name__
+        scan = self._state.scan()
+        if not scan.readable:
+            return False, "DatabaseError"
+        n = scan.damaged["checkpoint"]
+        if n:
+            return True, f"ok; {n} damaged checkpoint record(s): run tlog-witness check"
         return True, "ok"

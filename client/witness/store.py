@@ -170,6 +170,26 @@ def check_row(stored: StoredCheckpoint) -> StoredCheckpoint:
     return stored
 
 
+def _stored(
+    origin: object, size: object, root: object, note: object, at: object
+) -> StoredCheckpoint:
+    """A checkpoints row, its columns of their types (SQLite is dynamically typed: a
+    damaged row can hold text where a number was), else :class:`StateDamaged` (a 503 to
+    the push, counted in /metrics, reported by ``tlog-witness check``), not a crash."""
+    if (
+        type(origin) is not str
+        or type(size) is not int
+        or type(root) is not bytes
+        or type(note) is not str
+        or type(at) is not int
+    ):
+        raise StateDamaged(
+            "the state database is damaged: a stored checkpoint row has a column of the "
+            "wrong type (run 'tlog-witness check'; restore the state from a backup)"
+        )
+    return StoredCheckpoint(origin, size, root, note, at)
+
+
 class WitnessStore:
     """SQLite-backed state. Every mutating method is durable when it returns."""
 
@@ -265,14 +285,14 @@ class WitnessStore:
             ).fetchone()
         if row is None:
             return None
-        return StoredCheckpoint(origin, int(row[0]), bytes(row[1]), str(row[2]), int(row[3]))
+        return _stored(origin, *row)
 
     def all_latest(self) -> list[StoredCheckpoint]:
         with self._connect() as conn:
             rows = conn.execute(
                 "SELECT origin, size, root, note, updated_at FROM checkpoints ORDER BY origin"
             ).fetchall()
-        return [StoredCheckpoint(r[0], int(r[1]), bytes(r[2]), r[3], int(r[4])) for r in rows]
+        return [_stored(*r) for r in rows]
 
     def compare_and_swap(
         self,
