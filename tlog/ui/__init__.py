@@ -39,7 +39,9 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
-from client.formats.note import FormatError, b64decode_strict, parse_note
+from client.formats.checkpoint import Checkpoint
+from client.formats.merkle import VerificationError
+from client.formats.note import FormatError, b64decode_strict, open_note, parse_note
 from client.formats.policy import Policy
 from client.scim.cbor import EventFormatError
 from client.scim.leaf import parse_leaf
@@ -134,6 +136,10 @@ class Console:
         # The summary read in flight: (what it is for, the task every request for the same
         # key awaits). One read however many requests miss the cache at once.
         self._summary_flight: tuple[tuple[str, int], asyncio.Task[dict[str, Any]]] | None = None
+        # History checkpoints whose stored bytes verified (size -> bytes), and the damaged
+        # ones last logged (logged once each, at ERROR: _history_point).
+        self._verified: dict[int, bytes] = {}
+        self._damaged_logged: set[int] = set()
         self.files: dict[str, tuple[bytes, str]] = {}
         if static_dir.is_dir():
             for p in sorted(static_dir.iterdir()):
@@ -209,6 +215,7 @@ class Console:
         status = api.published.status()
         history: list[dict[str, Any]] = []
         witnesses: list[dict[str, Any]] = []
+        damaged = 0
         with api.log.storage.read() as rv:
             latest_time = self._time(rv, size, rv.cosignatures(size))
             top = api.log.latest.size
@@ -219,8 +226,12 @@ class Console:
                 if got is None or got[0] in seen or got[0] > top:
                     continue
                 seen.add(got[0])
+                note_text = self._history_point(got[0], got[1])
+                if note_text is None:  # damaged: left out of the chart, counted
+                    damaged += 1
+                    continue
                 t = self._time(rv, got[0], rv.cosignatures(got[0]))
-                history.append({"size": got[0], "time": t, "checkpoint": got[1].decode()})
+                history.append({"size": got[0], "time": t, "checkpoint": note_text})
             if policy is not None and status is not None:
                 for w in status["witnesses"]:
                     pw = policy.witnesses.get(w["name"])
@@ -249,7 +260,38 @@ class Console:
             "quorum": None if policy is None else policy.quorum,
             "witnesses": witnesses,
             "history": history,
+            # Stored checkpoints met while reading the history that do not verify under
+            # the log's key (left out of "history"; tlog fsck names them).
+            "damaged": {"checkpoint": damaged},
         }
+
+    def _history_point(self, size: int, note: bytes) -> str | None:
+        """The stored checkpoint of ``size`` as text when it verifies under the log's key
+        (for that size and origin), else None: one damaged record leaves one point out of
+        the chart instead of failing the whole summary (it answered 503). The damage is
+        logged once at ERROR (the size only) and counted in the answer; tlog fsck reports
+        it and every route that serves that checkpoint still refuses it."""
+        if self._verified.get(size) == note:
+            return note.decode()
+        log_ = self.api.log
+        try:
+            cp = Checkpoint.parse(open_note(note, [log_.signer.verifier]).text)
+            ok = cp.size == size and cp.origin == log_.origin
+        except (FormatError, VerificationError, UnicodeDecodeError, ValueError):
+            ok = False
+        if not ok:
+            if size not in self._damaged_logged and len(self._damaged_logged) < 4096:
+                self._damaged_logged.add(size)
+                _log.error(
+                    "STORE DAMAGED: the stored checkpoint for tree size %d does not verify; "
+                    "left out of the console summary; run tlog fsck",
+                    size,
+                )
+            return None
+        if len(self._verified) >= 4096:
+            self._verified.clear()
+        self._verified[size] = note
+        return note.decode()
 
     # -- export records ------------------------------------------------------------------
 
