@@ -281,6 +281,10 @@ class Backend(Protocol):
 
     def set_meta(self, key: str, value: bytes) -> None: ...
 
+    def delete_meta(self, key: str) -> None:
+        """Remove the meta record ``key`` if present (``tlog migrate``'s marker)."""
+        ...
+
     def commit_batch(self, batch: BatchWrite) -> None:
         """The batch's compare-and-swap commit (see the module docstring)."""
         ...

@@ -181,6 +181,12 @@ class Log:
         self._remembered_size: int | None = None  # set once start-up remembered the latest
         with storage.read() as rv:
             origin, vkey = rv.meta("origin"), rv.meta("vkey")
+            migrating = rv.meta("migrating")  # tlog.migrate.MARKER
+        if migrating is not None:
+            raise StorageError(
+                "the store is an unfinished tlog migrate copy (its marker is still there): "
+                "run the same tlog migrate again to finish and verify it before serving it"
+            )
         self._check_identity(origin, vkey)
         self._ranges: dict[tuple[int, int], bytes] = {}
         mem = remembered.read() if remembered is not None else None

@@ -13,11 +13,25 @@
 Only the store moves: the signing key, the SCIM master key and the remembered checkpoint
 stay in the data directory (``--data``), which serves the log on either backend.
 Servers on the source must be stopped first (an LMDB source's lock is taken here).
+
+An interrupted migration (killed, a full disk, a lost connection) is resumed by running it
+again. Before its first record the migration writes a marker into the empty destination
+(meta :data:`MARKER`: the source's origin and latest signed checkpoint), and removes it
+last, after the copy verified. A re-run that finds its own marker (same origin, same
+checkpoint) proves that every table already in the destination is a prefix of the
+source's, record for record, byte for byte, and copies only the rest; then verifies the
+whole copy as a first run does. Anything else is refused and nothing is written: a
+destination without the marker that holds anything (another log, a completed migration,
+foreign records), a marker of another source or of this source at another checkpoint (it
+changed since), or a table that is not a prefix of the source's (a server was started on
+the half copy and wrote to it).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +39,7 @@ from pathlib import Path
 from tlog.backend import TABLES, Backend, ReadView, StorageError, is_database_url, open_backend
 from tlog.fsck import FsckReport, fsck
 
-__all__ = ["MigrateError", "MigrateReport", "migrate", "open_location"]
+__all__ = ["MARKER", "MigrateError", "MigrateReport", "migrate", "open_location"]
 
 
 class MigrateError(StorageError):
@@ -121,9 +135,91 @@ def _refuse_destination(dest: Backend) -> None:
     raise MigrateError(f"the destination {dest.location} already holds a log")
 
 
+# The meta record a migration writes into the destination before anything else and
+# removes last (module docstring): while it is there the destination is an unfinished copy.
+MARKER = "migrating"
+_MARKER_B = MARKER.encode()
+
+
+def _marker(rv: ReadView) -> bytes:
+    """What identifies this migration: the source's origin and latest signed checkpoint."""
+    size, note = _latest(rv)
+    origin = rv.meta("origin")
+    return json.dumps(
+        {
+            "tlog_migrate": 1,
+            "origin": None if origin is None else origin.decode("utf-8", "replace"),
+            "tree_size": size,
+            "checkpoint_sha256": hashlib.sha256(note).hexdigest(),
+        },
+        sort_keys=True,
+    ).encode()
+
+
+def _describe(marker: bytes) -> str:
+    try:
+        doc = json.loads(marker)
+        return f"origin {doc['origin']!r} at tree size {doc['tree_size']}"
+    except (ValueError, KeyError, TypeError):
+        return "an unreadable marker"
+
+
+def _without_marker(items: Iterator[tuple[bytes, bytes]]) -> Iterator[tuple[bytes, bytes]]:
+    return ((k, v) for k, v in items if k != _MARKER_B)
+
+
+def _not_a_prefix(dest: Backend, table: str, why: str) -> MigrateError:
+    return MigrateError(
+        f"the destination {dest.location} holds an interrupted tlog migrate of this log, but "
+        f"its {table} is not a prefix of the source's ({why}): it changed since the "
+        "migration stopped (was a server started on it?); nothing was written. Empty it "
+        "(LMDB: remove the store directory; PostgreSQL: drop the log's tables or use a new "
+        "database) and run again"
+    )
+
+
+def _copy(table: str, rv: ReadView, dest: Backend) -> tuple[int, int]:
+    """Copy ``table`` from the source snapshot ``rv`` into ``dest``, after proving that what
+    ``dest`` already holds of it is a prefix of the source's (the same records, the same
+    bytes, in order): (records that were there, records copied now)."""
+    src = rv.raw(table)
+    if table == "meta":
+        # Keyed settings, written with overwrite: every one already there must be the
+        # source's (the store format marker of a new store aside, which the final
+        # comparison checks).
+        with dest.read() as drv:
+            held = list(_without_marker(drv.raw(table)))
+        for k, v in held:
+            want = rv.raw_get(table, k)
+            if want is not None and want != v:
+                raise _not_a_prefix(dest, table, f"record {k!r} differs")
+        return 0, dest.load_raw(table, src)  # rewritten whole (the same values)
+    have = 0
+    missing = object()
+    with dest.read() as drv:
+        for k, v in drv.raw(table):
+            got = next(src, missing)
+            if got is missing:
+                raise _not_a_prefix(dest, table, f"it has more than the source's {have}")
+            if got != (k, v):
+                raise _not_a_prefix(dest, table, f"record {have} differs")
+            have += 1
+    return have, dest.load_raw(table, src)
+
+
 def migrate(source: Backend, dest: Backend, echo: Callable[[str], None] = print) -> MigrateReport:
-    """Copy the log in ``source`` into the empty ``dest`` and verify the copy."""
-    _refuse_destination(dest)
+    """Copy the log in ``source`` into the empty ``dest`` (or finish an interrupted copy of
+    the same source into it) and verify the copy."""
+    with source.read() as rv:
+        if rv.meta(MARKER) is not None:
+            raise MigrateError(
+                f"the source {source.location} is an unfinished tlog migrate copy: run that "
+                "migration again from its own source first"
+            )
+    with dest.read() as drv:
+        held_marker = drv.meta(MARKER)
+    if held_marker is None:
+        _refuse_destination(dest)
     if source.is_empty():
         raise MigrateError(f"the source {source.location} holds no log")
     echo(f"migrate: checking the source {source.location} ({source.kind})")
@@ -134,11 +230,31 @@ def migrate(source: Backend, dest: Backend, echo: Callable[[str], None] = print)
         )
     with source.read() as rv:
         size, note = _latest(rv)
+        mine = _marker(rv)
+        if held_marker is None:
+            dest.set_meta(MARKER, mine)  # first, before any record: this copy is ours
+        elif held_marker != mine:
+            raise MigrateError(
+                f"the destination {dest.location} holds an interrupted tlog migrate of "
+                f"{_describe(held_marker)}, not of this source as it is now "
+                f"({_describe(mine)}): another log, or the source changed since; nothing "
+                "was written. Run that migration again from its own source, or empty the "
+                "destination (LMDB: remove the store directory; PostgreSQL: drop the log's "
+                "tables or use a new database) and run again"
+            )
+        else:
+            echo(
+                f"migrate: resuming the interrupted copy into {dest.location}: checking that "
+                "what it holds is a prefix of the source"
+            )
         rep = MigrateReport(size, note, source_fsck=src_rep)
         for table in COPY_ORDER:
-            n = dest.load_raw(table, rv.raw(table))
-            rep.records[table] = n
-            echo(f"migrate: {table}: {n} records")
+            had, n = _copy(table, rv, dest)
+            rep.records[table] = had + n
+            echo(
+                f"migrate: {table}: {n} records"
+                + (f" ({had} already there, the same bytes)" if had else "")
+            )
     echo(f"migrate: verifying the copy in {dest.location} ({dest.kind})")
     rep.dest_fsck = fsck(dest)
     if not rep.dest_fsck.ok:
@@ -147,7 +263,9 @@ def migrate(source: Backend, dest: Backend, echo: Callable[[str], None] = print)
         if _latest(drv) != (size, note):
             raise MigrateError("the copy's latest checkpoint is not the source's")
         for table in TABLES:
-            _same(table, srv.raw(table), drv.raw(table))
+            held = drv.raw(table)
+            _same(table, srv.raw(table), _without_marker(held) if table == "meta" else held)
+    dest.delete_meta(MARKER)  # last: the copy is whole and verified
     return rep
 
 

@@ -976,6 +976,13 @@ class PgStorage:
 
         self._write(run, f"meta {key}")
 
+    def delete_meta(self, key: str) -> None:
+        """Remove the meta record ``key`` if present (``tlog migrate``'s marker)."""
+        self._write(
+            lambda conn: conn.execute("DELETE FROM tlog_meta WHERE key = %s", (key,)),
+            f"meta {key}",
+        )
+
     def commit_batch(self, batch: BatchWrite) -> None:
         first, n = batch.first_index, len(batch.entries)
         entries, hashes = ByteaArray(batch.entries), ByteaArray(batch.leaf_hashes)

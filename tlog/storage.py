@@ -596,6 +596,11 @@ class Storage:
             txn.put(key.encode(), value, db=self.db_meta)
 
     @_writes
+    def delete_meta(self, key: str) -> None:
+        with self.env.begin(write=True) as txn:
+            txn.delete(key.encode(), db=self.db_meta)
+
+    @_writes
     def commit_batch(self, batch: BatchWrite) -> None:
         """Write a sequenced batch and its checkpoint in one durable transaction.
 
