@@ -210,6 +210,10 @@ async function loadLog() {
     alarm(`Latest checkpoint: ${e.message}`);
     renderWitnesses(s, null);
   }
+  // Stored checkpoints the server found damaged (they do not verify under the log's key)
+  // are left out of the history and counted: as alarming as a bad one in the history.
+  const damaged = s.damaged && Number.isInteger(s.damaged.checkpoint) ? s.damaged.checkpoint : 0;
+  if (damaged > 0) alarm(`${damaged} stored checkpoint(s) of this log are damaged (they do not verify under the log's key; left out of the chart): the operator must run tlog fsck.`);
   await renderChart(s.history);
 }
 
