@@ -12,6 +12,19 @@ of those matches is anything written: entries, dedup records, tree tiles and the
 signed* checkpoint, in one compare-and-swap commit. Nothing new is signed, so recovery can
 never fork the log; after it, ``tlog serve``'s start-up checks pass and the log signs again.
 
+Intermediate checkpoints: the log signed a checkpoint per batch, and the restored store
+lacks those between its size and the target's (a proof asked at such a tree size answered
+404 after recovery). They are restored when a copy of them is at hand: every stored
+checkpoint of a store or database source (``--from``), and every target (the remembered
+checkpoint, the witnesses' latest, ``--checkpoint``) at a smaller size. Each is kept only if
+it verifies under the log's key, names this origin and its size, and its root is the root
+the recovered entries produce at that size: then it is, byte for byte (the log's signature
+only), a checkpoint this log signed over this very tree, so storing it signs nothing and
+cannot fork the log. A log-signed checkpoint for another root at such a size is evidence of
+a fork (or another history in the source): nothing is imported. A tiles source (the
+bucket, a mirror) holds entry bundles and the latest checkpoint only, so recovering from it
+restores the targets' sizes and no other intermediate checkpoint.
+
 Cosignatures: a target note that carries cosignatures of witnesses of the policy
 (``--witnesses``: each witness's own latest checkpoint, or a ``--checkpoint`` file such as the
 bucket's cosigned ``/checkpoint``) has those that verify under the policy's witness keys
@@ -35,7 +48,14 @@ from client.formats.policy import Policy
 from client.formats.tiles import MAX_ENTRY_SIZE, TILE_WIDTH, Tile, decode_entry_bundle
 from client.net.core import HTTPCore, Unreachable, http_client
 from client.net.witness_client import WitnessClient, WitnessError
-from tlog.backend import Backend, BatchWrite, StorageError, is_database_url, open_backend
+from tlog.backend import (
+    Backend,
+    BatchWrite,
+    StorageError,
+    is_database_url,
+    open_backend,
+    u64,
+)
 from tlog.integrity import CheckpointFile, DataDirLock, preflight
 from tlog.log import Log
 from tlog.signer import CheckpointSigner
@@ -215,6 +235,99 @@ def fetch_entries(source: str, start: int, end: int) -> list[bytes]:
     return _entries_from_tiles(source, start, end)
 
 
+def fetch_checkpoints(source: str, start: int, end: int) -> list[tuple[int, bytes]]:
+    """The stored checkpoints of sizes ``start < size < end`` of a store directory or a
+    ``postgresql://`` database (unverified: see :func:`_restorable`); none from tiles."""
+    if start + 1 >= end or source.startswith(("http://", "https://")):
+        return []
+    st: Backend
+    if is_database_url(source):
+        st = open_backend(source, Path("."), readonly=True)
+    else:
+        p = Path(source)
+        if (p / "data.mdb").exists():
+            st = Storage(p, readonly=True)
+        elif (p / "db" / "data.mdb").exists():
+            st = Storage(p / "db", readonly=True)
+        else:
+            return []  # a tiles directory
+    out: list[tuple[int, bytes]] = []
+    try:
+        with st.read() as rv:
+            got = rv.checkpoint_at_or_after(start + 1)
+            while got is not None and got[0] < end:
+                out.append((got[0], bytes(got[1])))
+                got = rv.checkpoint_at_or_after(got[0] + 1)
+    finally:
+        st.close()
+    return out
+
+
+def _restorable(
+    signer: CheckpointSigner,
+    candidates: list[tuple[int, bytes, str]],
+    root_at: Callable[[int], bytes],
+    have: Callable[[int], bool],
+) -> list[tuple[int, bytes]]:
+    """The candidate checkpoints (size, note, where from) to store: those of sizes the store
+    lacks that verify under the log's key, name this origin and their size, and whose root
+    is ``root_at(size)``, each as the log signed it (its signature only). A log-signed one
+    with another root is a :class:`RecoveryError` (nothing is written)."""
+    v = signer.verifier
+    out: dict[int, bytes] = {}
+    for size, note, where in sorted(candidates, key=lambda c: c[0]):
+        if size in out or have(size):
+            continue
+        try:
+            n = open_note(note, [v])
+            cp = Checkpoint.parse(n.text)
+        except (FormatError, VerificationError, UnicodeDecodeError) as exc:
+            log.warning("%s: the checkpoint at size %d is not kept: %s", where, size, exc)
+            continue
+        if cp.origin != signer.origin or cp.size != size:
+            log.warning("%s: the checkpoint at size %d is not kept: not this log's", where, size)
+            continue
+        if root_at(size) != cp.root_hash:
+            raise RecoveryError(
+                f"{where} holds a checkpoint signed by this log at size {size} whose root is "
+                "not the recovered tree's: another history, or a fork signed by this key "
+                "(keep it as evidence); nothing was imported"
+            )
+        own = tuple(s for s in n.signatures if (s.name, s.key_id) == (v.name, v.key_id))
+        out[size] = Note(n.text, own).format().encode()
+    return sorted(out.items())
+
+
+def _candidates(
+    targets: list[Target], source: str, start: int, end: int
+) -> list[tuple[int, bytes, str]]:
+    """Intermediate checkpoints (``start < size < end``) from the targets and the source."""
+    out = [
+        (t.checkpoint.size, t.note.encode(), t.source)
+        for t in targets
+        if start < t.checkpoint.size < end
+    ]
+    out += [(k, note, source) for k, note in fetch_checkpoints(source, start, end)]
+    return out
+
+
+def _store_checkpoints(
+    storage: Backend, found: list[tuple[int, bytes]], targets: list[Target]
+) -> None:
+    """Write the restored intermediate checkpoints (one transaction), and the verified
+    cosignatures the targets carry at their sizes where the store has none."""
+    if found:
+        storage.load_raw("checkpts", iter([(u64(k), note) for k, note in found]))
+    restored = {k for k, _ in found}
+    for k in sorted({t.checkpoint.size for t in targets} & restored):
+        cosigs = _cosignatures_at(k, targets)
+        if cosigs:
+            with storage.read() as rv:
+                held = rv.cosignatures(k)
+            if held is None:
+                storage.put_cosignatures(k, cosigs.encode())
+
+
 # -- recovery --------------------------------------------------------------------------------
 
 
@@ -298,9 +411,23 @@ def recover_store(
     s = base.size
     if s >= n:
         _check_roots(storage, targets)
+        # Intermediate checkpoints an earlier recovery did not restore (a tlog before this
+        # one, or one stopped between its two commits): restored now if a copy has them.
+        with storage.read() as rv:
+            reader = NodeReader(rv.blob)
+            found = _restorable(
+                signer,
+                _candidates(targets, source, 0, s),
+                reader.root,
+                lambda k: rv.checkpoint(k) is not None,
+            )
+        _store_checkpoints(storage, found, targets)
         if remembered is not None:
             remembered.write(lg.latest.note if s > n else target.note)
-        echo(f"tlog: nothing to recover: the store is at size {s} >= {n}, and matches")
+        echo(
+            f"tlog: nothing to recover: the store is at size {s} >= {n}, and matches"
+            + (f"; restored {len(found)} intermediate checkpoint(s)" if found else "")
+        )
         return s
     echo(f"tlog: the store ends at {s}; fetching entries {s}..{n - 1} from {source}")
     entries = fetch_entries(source, s, n)
@@ -324,6 +451,9 @@ def recover_store(
                 "Use another copy."
             )
     _check_roots(storage, [t for t in targets if t.checkpoint.size <= s])
+    # The checkpoints the log signed between s and n, where a copy of them is at hand,
+    # checked against the recovered tree before anything is written.
+    found = _restorable(signer, _candidates(targets, source, s, n), reader.root, lambda k: False)
     storage.commit_batch(
         BatchWrite(
             s,
@@ -340,10 +470,20 @@ def recover_store(
     cosigs = _cosignatures_at(n, targets)
     if cosigs:
         storage.put_cosignatures(n, cosigs.encode())
+    # After the commit (a second transaction): stopped in between, the store is the one a
+    # recovery without them makes, and running recover again restores them.
+    _store_checkpoints(storage, found, targets)
     echo(
         f"tlog: recovered entries {s}..{n - 1} from {source}, verified against the "
         f"checkpoint at size {n} ({target.source})"
         + (f", with {cosigs.count(chr(10))} witness cosignature(s)" if cosigs else "")
+        + (
+            f"; restored {len(found)} intermediate checkpoint(s) the log signed between"
+            if found
+            else "; no intermediate checkpoint restored (the copy holds none)"
+            if n - s > 1
+            else ""
+        )
         + "; the log may sign again ('tlog serve')"
     )
     _warn_lost_scim_records(storage, entries, echo)
