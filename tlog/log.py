@@ -61,6 +61,10 @@ class NotFound(Exception):
     """The requested index, size, tile or checkpoint does not exist (yet)."""
 
 
+# What a damaged read was of, from the first word of its description (Log._corrupt).
+_DAMAGE_KINDS = {"stored": "checkpoint", "entry": "entry", "dedup": "dedup"}
+
+
 class LogHalted(Exception):
     """The log stopped signing: it learned that its store is behind what it published."""
 
@@ -179,6 +183,9 @@ class Log:
         self._stale = False
         self._publish_lock = threading.Lock()
         self._remembered_size: int | None = None  # set once start-up remembered the latest
+        # Reads that met a damaged record, by kind (note_damage; the metrics read it).
+        self.damaged_reads: dict[str, int] = {}
+        self._damage_lock = threading.Lock()
         with storage.read() as rv:
             origin, vkey = rv.meta("origin"), rv.meta("vkey")
             migrating = rv.meta("migrating")  # tlog.migrate.MARKER
@@ -556,8 +563,16 @@ class Log:
     # JSON reason, logged CRITICAL), never a wrong answer. Verified roots and tiles are
     # cached (they are immutable), so hot reads pay a few hashes.
 
+    def note_damage(self, kind: str) -> None:
+        """Count a read that met a damaged record of ``kind`` (``GET /metrics``:
+        ``tlog_store_damaged_reads_total{kind}``)."""
+        with self._damage_lock:
+            self.damaged_reads[kind] = self.damaged_reads.get(kind, 0) + 1
+
     def _corrupt(self, what: str) -> StorageCorrupt:
         log.critical("STORE DAMAGED, refusing to serve it: %s; run tlog fsck", what)
+        first = what.split(" ", 1)[0]
+        self.note_damage(_DAMAGE_KINDS.get(first, "tile"))
         return StorageCorrupt(f"the log's store is damaged ({what}); the operator is alerted")
 
     def _signed_root(self, size: int, rv: ReadView, note: bytes | None = None) -> bytes:

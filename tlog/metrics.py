@@ -225,7 +225,7 @@ class _StateCollector(Collector):
         self.published = published
         self.started = time.time()
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         latest = self.log.latest
         yield GaugeMetricFamily(
             "tlog_tree_size", "entries in the latest published checkpoint", value=latest.size
@@ -249,6 +249,15 @@ class _StateCollector(Collector):
             "1 when the log refuses to sign (see /readyz)",
             value=1 if self.log.halted else 0,
         )
+        damaged = CounterMetricFamily(
+            "tlog_store_damaged_reads",
+            "reads that met a damaged stored record, by kind (each refused or left out, "
+            "never served; run tlog fsck)",
+            labels=["kind"],
+        )
+        for kind in ("checkpoint", "entry", "dedup", "tile"):
+            damaged.add_metric([kind], self.log.damaged_reads.get(kind, 0))
+        yield damaged
         st = self.published.status()
         if st is None:  # no witnesses
             return

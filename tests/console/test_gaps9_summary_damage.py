@@ -68,6 +68,11 @@ def test_one_damaged_checkpoint_leaves_the_rest_of_the_summary(
                 if rec.levelno >= logging.ERROR and "left out of the console summary" in rec.msg
             ]
             assert len(logged) == 1, [rec.getMessage() for rec in caplog.records]
+            # a number for the monitoring too (the log's /metrics answers 200 with it)
+            m = c.get("/metrics")
+            assert m.status_code == 200
+            assert 'tlog_store_damaged_reads_total{kind="checkpoint"}' in m.text
+            assert 'tlog_store_damaged_reads_total{kind="checkpoint"} 0.0' not in m.text
             # never hidden: that checkpoint is still refused where served, fsck reports it
             r = c.get(f"/v1/proof/inclusion?index=0&tree_size={victim}")
             assert r.status_code == 503, (r.status_code, r.text)

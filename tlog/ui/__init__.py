@@ -280,6 +280,7 @@ class Console:
         except (FormatError, VerificationError, UnicodeDecodeError, ValueError):
             ok = False
         if not ok:
+            log_.note_damage("checkpoint")
             if size not in self._damaged_logged and len(self._damaged_logged) < 4096:
                 self._damaged_logged.add(size)
                 _log.error(
