@@ -11,7 +11,24 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.server.conftest import Harness
-from tests.server.test_corruption import _damage
+from tlog.backend import tile_key, u64
+
+
+def _damage(h: Harness, what: str) -> None:
+    """One stored record damaged in place (the caches dropped, so reads meet it)."""
+    st = h.log.storage
+    with st.env.begin(write=True) as txn:
+        if what == "entry":
+            txn.put(u64(5), b"tampered", db=st.db_entries)
+        elif what == "tile":
+            blob = bytearray(txn.get(tile_key(0, 0), db=st.db_tiles))
+            blob[3 * 32] ^= 1
+            txn.put(tile_key(0, 0), bytes(blob), db=st.db_tiles)
+        elif what == "checkpoint":
+            note = bytearray(txn.get(u64(10), db=st.db_checkpoints))
+            note[-5] ^= 1  # in the signature
+            txn.put(u64(10), bytes(note), db=st.db_checkpoints)
+    h.log.drop_caches()
 
 
 def _damaged(text: str) -> dict[str, float]:
