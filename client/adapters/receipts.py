@@ -60,7 +60,8 @@ from client.formats.note import FormatError, b64decode_strict
 from client.formats.tiles import TILE_WIDTH, Tile, TileHashReader
 from client.net.core import CheckpointTracker
 from client.net.logclient import VerifiedCheckpoint, verify_consistent, verify_tile_hashes
-from client.scim.event import Event, adopt_json_event
+from client.scim.cbor import dumps_det
+from client.scim.event import Event, actor_seal_digest, adopt_json_event
 from client.scim.fastjson import decode_event_json
 from client.scim.jsonstrict import strict_json
 from client.scim.leaf import commitment_unchecked, parse_leaf
@@ -68,7 +69,9 @@ from client.scim.leaf import commitment_unchecked, parse_leaf
 __all__ = [
     "MAX_HEADER_EVENTS",
     "RECEIPT_HEADERS",
+    "Commit",
     "ReceiptVerifier",
+    "StoredActor",
     "check_commitments",
     "receipt_headers",
     "wait_receipts",
@@ -143,6 +146,29 @@ def _canonical(body: str) -> bytes:
     return _decoded(body)[1]
 
 
+# How the log stored an event's actor when it pseudonymised it (the answer's ``actor``):
+# (pid, sd, nonce of sd or None once the actor was erased).
+StoredActor = tuple[bytes, bytes, bytes | None]
+# An answer's (leaf, nonce), with the stored actor when the log pseudonymised it.
+Commit = tuple[bytes, bytes | None] | tuple[bytes, bytes | None, StoredActor | None]
+
+
+def _as_stored(body: str, actor: StoredActor | None) -> bytes:
+    """The det-CBOR of the event sent (its JSON form) as the log stored it: with the actor
+    the answer names (``{kind, pid, sd}``), whose ``sd`` must open to the actor sent when
+    the answer carries its nonce (docs/design.md, "Actors")."""
+    if actor is None:
+        return _canonical(body)
+    ev = _decoded(body)[0]
+    pid, sd, an = actor
+    sent = ev["actor"]
+    if "id" not in sent:
+        raise VerificationError("the log pseudonymised an actor without an id")
+    if an is not None and actor_seal_digest(an, sent) != sd:
+        raise VerificationError("the log's stored actor does not commit to the actor sent")
+    return dumps_det({**ev, "actor": {"kind": sent["kind"], "pid": pid, "sd": sd}})
+
+
 # How far the log's clock may be behind the adapter's: a leaf answered for a retry of an
 # erased event must not be older than the event less this (see check_commitments).
 CLOCK_SKEW_MS = 3600 * 1000
@@ -150,7 +176,7 @@ CLOCK_SKEW_MS = 3600 * 1000
 
 def check_commitments(
     receipts: Sequence[Receipt],
-    commits: Mapping[str, tuple[bytes, bytes | None]],
+    commits: Mapping[str, Commit],
     bodies: Mapping[str, str],
 ) -> int:
     """Raise :class:`VerificationError` unless every receipt's leaf is the event sent under
@@ -162,7 +188,7 @@ def check_commitments(
         got = commits.get(r.eid)
         if got is None:
             raise VerificationError("a receipt without its leaf")
-        leaf, nonce = got
+        leaf, nonce = got[0], got[1]
         if base64.b64encode(rfc6962_leaf_hash(leaf)).decode() != r.leaf_hash:
             raise VerificationError("a receipt's leaf does not hash to its leaf hash")
         if nonce is None and not r.duplicate:
@@ -182,7 +208,8 @@ def check_commitments(
                 )
             erased += 1
             continue
-        if parsed.c != commitment_unchecked(nonce, _canonical(bodies[r.eid])):
+        stored = got[2] if len(got) > 2 else None
+        if parsed.c != commitment_unchecked(nonce, _as_stored(bodies[r.eid], stored)):
             raise VerificationError(
                 "a receipt's leaf does not commit to the event sent under its id (the log "
                 "answered with another event's leaf)"

@@ -50,7 +50,7 @@ from typing import Any
 import httpx
 
 from client.adapters.outbox import Outbox, OutboxError, OutboxRecord, Pending, Receipt
-from client.adapters.receipts import ReceiptVerifier, check_commitments
+from client.adapters.receipts import Commit, ReceiptVerifier, StoredActor, check_commitments
 from client.formats.merkle import VerificationError
 from client.formats.note import Ed25519Verifier, FormatError, b64decode_strict
 from client.net.core import Answer, HTTPCore, HTTPFailure, Unreachable, retry_after
@@ -85,9 +85,21 @@ def _batch_body(bodies: Sequence[str]) -> bytes:
     return ('{"events":[' + ",".join(bodies) + "]}").encode("utf-8")
 
 
-def _parse_results(
-    data: Any, eids: Sequence[str]
-) -> tuple[list[Receipt], dict[str, tuple[bytes, bytes | None]]]:
+def _stored_actor(got: object) -> StoredActor | None:
+    """The answer's ``actor`` (how the log stored the event's actor), if any."""
+    if got is None:
+        return None
+    if not isinstance(got, dict) or not {"pid", "sd"} <= set(got) <= {"pid", "sd", "nonce"}:
+        raise ValueError("malformed stored actor")
+    an = got.get("nonce")
+    return (
+        b64decode_strict(got["pid"], size=16),
+        b64decode_strict(got["sd"], size=32),
+        None if an is None else b64decode_strict(an, size=32),
+    )
+
+
+def _parse_results(data: Any, eids: Sequence[str]) -> tuple[list[Receipt], dict[str, Commit]]:
     """The receipts of a batch answer, and each event's leaf and commitment nonce (the
     nonce None where the answer has none: see :func:`check_commitments`)."""
     if not isinstance(data, dict) or not isinstance(data.get("results"), list):
@@ -97,7 +109,7 @@ def _parse_results(
         raise ValueError("batch answer without tree_size/checkpoint")
     wanted = set(eids)
     out: list[Receipt] = []
-    commits: dict[str, tuple[bytes, bytes | None]] = {}
+    commits: dict[str, Commit] = {}
     for item in data["results"]:
         if not isinstance(item, dict):
             raise ValueError("malformed result item")
@@ -109,6 +121,7 @@ def _parse_results(
             commits[eid] = (
                 b64decode_strict(leaf),
                 None if nonce is None else b64decode_strict(nonce, size=NONCE_SIZE),
+                _stored_actor(item.get("actor")),
             )
         out.append(
             Receipt(
@@ -236,7 +249,7 @@ class Relay:
         receipts: Sequence[Receipt],
         eids: Sequence[str],
         floor: int,
-        commits: Mapping[str, tuple[bytes, bytes | None]],
+        commits: Mapping[str, Commit],
         bodies: Mapping[str, str],
     ) -> str:
         """'' when the receipts verify (or no key is pinned), else why not (no identifiers):

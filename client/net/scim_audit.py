@@ -11,6 +11,10 @@ checks (SCIM.md §4.3 step 4):
 * the inclusion proof of the leaf hash at ``index`` under the checkpoint's root;
 * the body: the event validates (:func:`client.scim.event.event_from_json`), belongs to this
   tenant, and ``c == HMAC(nonce, det_cbor(event))``;
+* the actor: an event stored with a pseudonymous actor (``{kind, pid, sd}``, docs/design.md
+  "Actors") comes with the actor as submitted and the nonce of ``sd``, opened by the log from
+  under the actor's own keys: ``sd == HMAC(nonce, det_cbor(actor))`` and the kinds agree; or
+  with ``{"unlinked": true}`` once the actor was erased (then nobody is named);
 * the filters: each returned event matches what was asked for (resource id, externalId,
   actor, action, outcome, request id, time range), so a server cannot pad results.
 
@@ -35,7 +39,7 @@ from client.formats.merkle import VerificationError, leaf_hash, verify_consisten
 from client.formats.note import Ed25519Verifier, FormatError, b64decode_strict
 from client.formats.proof_bundle import TlogProof
 from client.net.core import CheckpointTracker, CoreClient, HTTPCore, StatusError
-from client.scim.event import Event, event_from_json
+from client.scim.event import Event, actor_from_json, actor_seal_digest, event_from_json
 from client.scim.leaf import NONCE_SIZE, Leaf, parse_leaf, verify_commitment, verify_effect
 from client.scim.reserved import event_origin
 
@@ -69,6 +73,11 @@ class AuditedEvent:
     # for a leaf without ``e`` (an event with no effect, or one logged before effects were
     # committed: then ``effect`` is the log's unattested reading).
     effect_attested: bool = False
+    # Who acted: the event's actor as submitted, the sealed one verified against the
+    # event's ``actor.sd`` when the log stored the actor as a pseudonym; None once erased,
+    # or once the actor was erased (``actor_unlinked``: the event names no one).
+    actor: Mapping[str, Any] | None = None
+    actor_unlinked: bool = False
 
     @property
     def erased(self) -> bool:
@@ -232,12 +241,35 @@ class ScimAuditClient(CoreClient):
         verify_inclusion(index, cp.size, lh, proof, cp.root_hash)
         return index, cp
 
+    @staticmethod
+    def _actor(ev: Event, r: Mapping[str, Any]) -> tuple[Mapping[str, Any] | None, bool]:
+        """Who acted (module docstring): the verified actor, and whether it is unlinked."""
+        stored = ev["actor"]
+        got = r.get("actor")
+        if "pid" not in stored:
+            if got is not None:
+                raise _malformed("a sealed actor for an event that names its actor")
+            return stored, False
+        if got == {"unlinked": True}:
+            return None, True
+        try:
+            if not isinstance(got, dict) or set(got) != {"actor", "nonce"}:
+                raise TypeError("not {actor, nonce}")
+            actor = actor_from_json(got["actor"])
+            an = b64decode_strict(got["nonce"], size=32)
+        except (TypeError, ValueError) as exc:
+            raise _malformed(f"actor: {exc}") from None
+        if actor_seal_digest(an, actor) != stored["sd"] or actor["kind"] != stored["kind"]:
+            raise VerificationError("the sealed actor does not open the event's actor.sd")
+        return actor, False
+
     def _check_filters(
         self,
         ev: Event | None,
         leaf: Leaf,
         filters: Mapping[str, Any],
         effect: Mapping[str, Any] | None = None,
+        actor: Mapping[str, Any] | None = None,
     ) -> None:
         since, until = filters.get("since"), filters.get("until")
         if (since is not None and leaf.ts < since) or (until is not None and leaf.ts >= until):
@@ -249,7 +281,7 @@ class ScimAuditClient(CoreClient):
         actual = {
             "rid": ev.get("rid"),
             "xid": ev.get("xid"),
-            "actor": ev["actor"].get("id"),
+            "actor": None if actor is None else actor.get("id"),
             "outcome": ev["outcome"],
             "req": ev["corr"]["req"],
         }
@@ -267,7 +299,7 @@ class ScimAuditClient(CoreClient):
         _, lh, leaf = self._leaf(r)
         index, cp = self._inclusion(r, lh)
         if r.get("erased") is True:
-            if "event" in r or "nonce" in r:
+            if "event" in r or "nonce" in r or "actor" in r:
                 raise _malformed("an erased result with a body")
             self._check_filters(None, leaf, filters)
             return AuditedEvent(index, lh, leaf, cp.size, cp, None, None, r["checkpoint"])
@@ -290,9 +322,21 @@ class ScimAuditClient(CoreClient):
             attested = verify_effect(leaf, effect, nonce)  # the leaf's e, like c above
         except FormatError as exc:  # an effect outside the deterministic data model
             raise _malformed(f"effect: {exc}") from None
-        self._check_filters(ev, leaf, filters, effect)
+        actor, unlinked = self._actor(ev, r)
+        self._check_filters(ev, leaf, filters, effect, actor)
         return AuditedEvent(
-            index, lh, leaf, cp.size, cp, ev, nonce, r["checkpoint"], effect, attested
+            index,
+            lh,
+            leaf,
+            cp.size,
+            cp,
+            ev,
+            nonce,
+            r["checkpoint"],
+            effect,
+            attested,
+            actor,
+            unlinked,
         )
 
     # -- API -------------------------------------------------------------------------------

@@ -35,6 +35,8 @@ keys are rejected; URL-safe, unpadded or non-canonical base64 is rejected.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import ipaddress
 import json
 import os
@@ -55,6 +57,8 @@ from client.scim.jsonstrict import strict_json
 
 __all__ = [
     "ACTOR_KINDS",
+    "ACTOR_NONCE_SIZE",
+    "ACTOR_SUBJECT_RT",
     "BYTES_FIELDS",
     "EVENT_SPEC",
     "MAX_EVENT_SIZE",
@@ -76,6 +80,9 @@ __all__ = [
     "TextSpec",
     "TupleSpec",
     "UIntSpec",
+    "actor_from_json",
+    "actor_seal_digest",
+    "actor_to_json",
     "adopt_event",
     "adopt_json_event",
     "adopt_json_text",
@@ -88,6 +95,7 @@ __all__ = [
     "event_to_json",
     "load_event",
     "new_event",
+    "pseudonymous_actor",
     "uuid7",
     "uuid7_text",
     "validate_event",
@@ -110,6 +118,8 @@ BYTES_FIELDS = (
     "req.dig",
     "actor.tok_d",
     "actor.x5t_s256",
+    "actor.pid",
+    "actor.sd",
     "patch[].v_d",
     "mods[].old_d",
     "mods[].new_d",
@@ -118,6 +128,7 @@ BYTES_FIELDS = (
 
 _UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[1-8][0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 _METHOD_RE = re.compile(r"[A-Z]{1,16}")
+_PSEUDONYMOUS_ACTOR = {"kind", "pid", "sd"}
 _ACTION_RE = re.compile(r"[a-z0-9][a-z0-9_-]*(\.[a-z0-9_-]+)+")
 # Identifiers: no C0, DEL or C1 controls. Free text: tab, LF and CR allowed.
 _ID_BAD = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -334,6 +345,10 @@ _ACTOR = MapSpec(
         "scope": (ListSpec(_ID, 64), False),
         "tok_d": (_DIGEST, False),
         "x5t_s256": (_DIGEST, False),
+        # Set by the log only (never by a submitter): the actor as a pseudonym, see
+        # :func:`pseudonymous_actor`.
+        "pid": (BytesSpec(16), False),
+        "sd": (_DIGEST, False),
     }
 )
 _CORR = MapSpec(
@@ -466,6 +481,9 @@ def check_rules(ev: Mapping[str, Any]) -> None:
     names = [act["a"] for act in ev.get("acts", ())]
     if len(set(names)) != len(names):
         raise _at("$.acts", "duplicate action")
+    actor = ev["actor"]
+    if ("pid" in actor or "sd" in actor) and actor.keys() != _PSEUDONYMOUS_ACTOR:
+        raise _at("$.actor", "a pseudonymous actor is exactly {kind, pid, sd}")
 
 
 def _check(obj: object) -> bytes:
@@ -829,3 +847,48 @@ def new_event(**fields: Unpack[EventFields]) -> Event:
     :func:`client.scim.actions.derive_actions`. Raises :class:`EventFormatError`.
     """
     return validate_event(event_object(**fields))
+
+
+# --- the actor as a pseudonym (SCIM.md §4.3 item 6) ------------------------------------------
+# The log stores an event whose actor has an ``id`` with the actor replaced by
+# ``{kind, pid, sd}``: ``pid = HMAC(P_actor, id)[:16]`` under the pseudonym key of the
+# subject (tenant, ACTOR_SUBJECT_RT, id), as members are named in ``refs``, and
+# ``sd = HMAC-SHA256(an, det_cbor(actor as submitted))`` with a fresh 32-byte nonce ``an``.
+# The actor as submitted and ``an`` are sealed under that subject's DEK (inside the event's
+# envelope): an auditor opens ``sd`` while the actor lives; erasing the actor destroys both
+# keys, and the event then names no one (docs/design.md, "Actors").
+
+ACTOR_SUBJECT_RT = "User"
+ACTOR_NONCE_SIZE = 32
+
+
+def actor_seal_digest(an: bytes, actor: Mapping[str, Any]) -> bytes:
+    """``sd`` = HMAC-SHA256(key = ``an``, msg = det_cbor(``actor``)), ``actor`` as submitted."""
+    if type(an) is not bytes or len(an) != ACTOR_NONCE_SIZE:
+        raise EventFormatError(f"actor nonce must be {ACTOR_NONCE_SIZE} bytes")
+    return hmac.digest(an, dumps_det(dict(actor)), hashlib.sha256)
+
+
+def pseudonymous_actor(actor: Mapping[str, Any], pid: bytes, an: bytes) -> dict[str, Any]:
+    """The actor an event stores for ``actor`` (submitted, with an ``id``): kind, pid, sd."""
+    return {"kind": actor["kind"], "pid": pid, "sd": actor_seal_digest(an, actor)}
+
+
+def actor_to_json(actor: Mapping[str, Any]) -> dict[str, Any]:
+    """An actor map in the event's JSON mapping (its byte strings as base64 text)."""
+    return {k: b64encode(v) if type(v) is bytes else v for k, v in actor.items()}
+
+
+def actor_from_json(obj: object) -> dict[str, Any]:
+    """An actor as submitted (never the pseudonymous form) from its JSON mapping, validated
+    by the event schema's actor rules. Raises :class:`EventFormatError`."""
+    if type(obj) is not dict:
+        raise _at("$.actor", "must be a map")
+    actor = dict(obj)
+    for name in ("tok_d", "x5t_s256"):
+        if name in actor:
+            actor[name] = _from_b64(actor[name], f"$.actor.{name}")
+    _ACTOR.check(actor, "$.actor")
+    if "pid" in actor or "sd" in actor:
+        raise _at("$.actor", "a sealed actor is the actor as submitted, not a pseudonym")
+    return actor

@@ -155,8 +155,9 @@ def _compile(
         or c.ip != {"$.src.ip"}
         or c.extension != {"$.x"}
         or c.may_be_empty != {"$.idp", "$.ver", "$.src", "$.err"}
-        or set(_ev.BYTES_FIELDS) != {"req.dig", "actor.tok_d", "actor.x5t_s256", "patch[].v_d",
-                                     "mods[].old_d", "mods[].new_d", "refs[].pid"}
+        or set(_ev.BYTES_FIELDS) != {"req.dig", "actor.tok_d", "actor.x5t_s256", "actor.pid",
+                                     "actor.sd", "patch[].v_d", "mods[].old_d", "mods[].new_d",
+                                     "refs[].pid"}
     ):  # fmt: skip
         raise ImportError("client.scim.fastjson does not match client.scim.event's schema")
     batch_t = msgspec.defstruct(
@@ -288,6 +289,8 @@ def _finish(
     req = ev["req"]
     req["dig"] = _unb64(req["dig"], 32)
     actor = ev["actor"]
+    if "pid" in actor or "sd" in actor:
+        raise _Refused  # the log's pseudonymous form (rare): the reference path decides
     if "tok_d" in actor:
         actor["tok_d"] = _unb64(actor["tok_d"], 32)
     if "x5t_s256" in actor:

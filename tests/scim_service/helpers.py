@@ -22,6 +22,21 @@ from .conftest import ORIGIN, T1, Harness, open_harness, user_event
 KEY = "scim-master.key"
 
 
+def stored_event(ev: dict[str, Any], answer: dict[str, Any]) -> dict[str, Any]:
+    """The event the log stored for ``ev``, from an answer to its submission (or a search
+    result): with the actor as the answer names it when the log pseudonymised it
+    (docs/design.md, "Actors"), else ``ev`` itself."""
+    got = answer.get("actor")
+    if got is None:
+        return ev
+    if "pid" in got:
+        pid, sd = b64decode_strict(got["pid"], size=16), b64decode_strict(got["sd"], size=32)
+    else:
+        stored = answer["event"]["actor"]
+        pid, sd = b64decode_strict(stored["pid"], size=16), b64decode_strict(stored["sd"])
+    return {**ev, "actor": {"kind": ev["actor"]["kind"], "pid": pid, "sd": sd}}
+
+
 def check_receipt(h: Harness, d: dict[str, Any], index: int | None = None) -> bytes:
     """Verify a submission answer with the client library; return the leaf bytes."""
     leaf = b64decode_strict(d["leaf"])

@@ -15,6 +15,7 @@ from client.scim.event import event_to_json
 from client.scim.leaf import verify_commitment
 
 from .conftest import Harness, user_event
+from .helpers import stored_event
 
 
 def _check(ev: dict, leaf_b64: str, nonce_b64: str, lh_b64: str) -> None:
@@ -27,12 +28,13 @@ def test_single_answer_nonce_proves_the_leaf_commits_to_the_event(harness: Harne
     h = harness
     ev = user_event("u-nonce", req="r-1")
     d = h.post_event(ev).json()
-    _check(ev, d["leaf"], d["nonce"], d["leaf_hash"])
+    _check(stored_event(ev, d), d["leaf"], d["nonce"], d["leaf_hash"])
     other = user_event("u-other", req="r-1")
     with pytest.raises(VerificationError):
         verify_commitment(base64.b64decode(d["leaf"]), other, base64.b64decode(d["nonce"]))
     again = h.post_event(ev).json()  # a retry: the original leaf and its nonce
     assert again["duplicate"] is True and again["nonce"] == d["nonce"]
+    assert again["actor"] == d["actor"]  # and the actor as stored
     assert again["leaf"] == d["leaf"]
 
 
@@ -45,7 +47,7 @@ def test_batch_answer_nonces(harness: Harness) -> None:
     results = r.json()["results"]
     assert [x["eid"] for x in results] == [e["eid"] for e in evs]
     for ev, x in zip(evs, results, strict=True):
-        _check(ev, x["leaf"], x["nonce"], x["leaf_hash"])
+        _check(stored_event(ev, x), x["leaf"], x["nonce"], x["leaf_hash"])
     # the same batch again: duplicates with the originals' nonces
     again = h.client.post("/v1/scim/events/batch", headers=h.h("sub1"), json=body).json()
     assert [x["nonce"] for x in again["results"]] == [x["nonce"] for x in results]

@@ -26,7 +26,7 @@ from tlog.storage import StorageError
 
 from ..support import app_parts, serve_config
 from .conftest import BASE_TS, T1, Harness, make_signer, user_event
-from .helpers import check_receipt
+from .helpers import check_receipt, stored_event
 
 
 @pytest.mark.parametrize("cbor", [False, True], ids=["json", "cbor"])
@@ -47,6 +47,7 @@ def test_ingest_answers_a_verifiable_receipt(harness: Harness, cbor: bool) -> No
         "inclusion_proof",
         "tlog_proof",
         "nonce",
+        "actor",  # the actor as stored: a pseudonym (docs/design.md, "Actors")
     }
     assert d["eid"] == ev["eid"] and d["duplicate"] is False
     check_receipt(harness, d, index=0)
@@ -106,8 +107,10 @@ def test_commitment_and_envelope_bind_the_private_event(harness: Harness) -> Non
     svc = harness.service
     search = svc.searcher.search
     found, _ = search(T1, Filters(rid=ev["rid"]), 10, None, harness.log.latest)
-    assert len(found) == 1 and found[0].event == ev and found[0].nonce is not None
-    assert commitment(found[0].nonce, ev) == leaf.c
+    assert len(found) == 1 and found[0].nonce is not None
+    assert found[0].event == stored_event(ev, d) and found[0].actor is not None
+    assert found[0].actor.actor == ev["actor"]  # the actor as sent, sealed under its keys
+    assert commitment(found[0].nonce, stored_event(ev, d)) == leaf.c
     # AAD = leaf hash: an envelope moved under another leaf does not decrypt.
     lh_a = base64.b64decode(d["leaf_hash"])
     lh_b = search(T1, Filters(rid="u-other-1"), 10, None, harness.log.latest)[0][0].leaf_hash
@@ -296,7 +299,7 @@ def test_batch_json_and_cbor(harness: Harness) -> None:
     # The answer (encoded by msgspec) is byte for byte what the json module wrote before
     # (Starlette's JSONResponse: compact, UTF-8, keys in this order).
     assert list(r.json()) == ["tree_size", "checkpoint", "results"]
-    keys = ["eid", "index", "leaf_hash", "duplicate", "leaf", "nonce"]
+    keys = ["eid", "index", "leaf_hash", "duplicate", "leaf", "nonce", "actor"]
     assert [list(x) for x in res] == [keys] * 3
     assert r.content == json.dumps(
         r.json(), ensure_ascii=False, allow_nan=False, separators=(",", ":")

@@ -60,10 +60,13 @@ def test_every_path_makes_time_ordered_kids(harness: Harness) -> None:
     for env in envelopes:
         assert isinstance(env, store.Envelope)
         first_ts[env.kid] = min(env.ts, first_ts.get(env.kid, env.ts))
-    assert len(first_ts) == 7 and len(subjects) == 8  # and one made by the pseudonym call
+    # and one made by the pseudonym call, and the actor's (its keys seal the actor)
+    assert len(first_ts) == 7 and len(subjects) == 9
     for kid, ts in first_ts.items():
         # Made by its first event's staging: the kid carries that event's log time.
         assert int.from_bytes(kid[:6], "big") == ts
-    (later,) = set(subjects) - set(first_ts)
+    actor, later = sorted(set(subjects) - set(first_ts))
+    # The actor's subject was made by the first staging that named it (the batch's).
+    assert int.from_bytes(actor[:6], "big") == min(first_ts.values())
     # The pseudonym call came last, on a clock that ticks a second a reading.
     assert int.from_bytes(later[:6], "big") > max(first_ts.values())

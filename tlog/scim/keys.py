@@ -63,6 +63,7 @@ from tlog.scim.store import Overlay, Tombstone, decode_envelope, decode_record, 
 
 __all__ = [
     "MASTER_KEY_FILE",
+    "ActorOpening",
     "KeyFile",
     "KeyFileLock",
     "KeyRing",
@@ -78,6 +79,7 @@ __all__ = [
     "new_kid",
     "open_keyring",
     "seal",
+    "seal_actor",
     "seal_envelope",
     "seal_state",
     "stored_check",
@@ -101,6 +103,8 @@ _FILE_HEADER = "tlog-scim-master-key-v1 "
 _AAD = b"tlog-scim/v1/"
 _CHECK_PLAINTEXT = b"tlog-scim master key check"
 _STATE_AAD = b"tlog-scim-state\x00"
+_ACTOR_AAD = _AAD + b"actor"
+_ACTOR_HEAD = KID_SIZE + 4 + IV_SIZE  # a sealed actor: kid ‖ u32 epoch ‖ iv ‖ ciphertext
 
 
 def seal(
@@ -155,16 +159,57 @@ class RandomPool:
 
 
 def envelope_plaintext(
-    nonce: bytes, encoded_event: bytes, encoded_effect: bytes | None = None
+    nonce: bytes,
+    encoded_event: bytes,
+    encoded_effect: bytes | None = None,
+    sealed_actor: bytes | None = None,
 ) -> bytes:
     """det_cbor({"n": nonce, "b": event}) from the event's det-CBOR bytes, without encoding
     (and checking) the event again: a 2-entry map, keys "b" < "n" in bytewise order, the
-    nonce a 32-byte bstr (header 0x58 0x20). Equal to ``dumps_det`` of the dict (tested)."""
+    nonce a 32-byte bstr (header 0x58 0x20). Equal to ``dumps_det`` of the dict (tested).
+    ``sealed_actor`` (:func:`seal_actor`): the actor as submitted, under the actor's own DEK,
+    as ``"a"`` (first in bytewise order)."""
     if len(nonce) != 32:
         raise ValueError("nonce must be 32 bytes")
+    if sealed_actor is not None:
+        head = b"\xa4\x61a" if encoded_effect is not None else b"\xa3\x61a"
+        head += bytes(cbor2.dumps(sealed_actor)) + b"\x61b"
+    elif encoded_effect is not None:
+        head = b"\xa3\x61b"
+    else:
+        head = b"\xa2\x61b"
     if encoded_effect is not None:  # {"b", "e", "n"}: the effect the log derived (effects.py)
-        return b"\xa3\x61b" + encoded_event + b"\x61e" + encoded_effect + b"\x61n\x58\x20" + nonce
-    return b"\xa2\x61b" + encoded_event + b"\x61n\x58\x20" + nonce
+        return head + encoded_event + b"\x61e" + encoded_effect + b"\x61n\x58\x20" + nonce
+    return head + encoded_event + b"\x61n\x58\x20" + nonce
+
+
+def seal_actor(
+    aead: AESGCM,
+    kid: bytes,
+    epoch: int,
+    lh: bytes,
+    actor: dict[str, Any],
+    an: bytes,
+    rand: Callable[[int], bytes] = os.urandom,
+) -> bytes:
+    """The actor of an event as submitted, with the nonce ``an`` of its ``sd``, sealed under
+    the *actor's* DEK ``aead`` (subject ``kid``, month ``epoch``) and bound to the event's
+    leaf hash ``lh``: ``kid ‖ u32 epoch ‖ iv ‖ AES-GCM(det_cbor({"a": actor, "n": an}))``.
+    It travels inside the event's envelope: readable only while both the event's subject
+    and the actor keep their keys."""
+    iv = rand(IV_SIZE)
+    pt = dumps_det({"a": actor, "n": an})
+    return kid + epoch.to_bytes(4, "big") + iv + aead.encrypt(iv, pt, _ACTOR_AAD + lh)
+
+
+@dataclass(frozen=True)
+class ActorOpening:
+    """The sealed actor of an event (:func:`seal_actor`) as a reader finds it: the actor as
+    submitted and the nonce of its ``sd``, or both None once the actor's keys are gone
+    (the actor was erased, or its month expired): the event is then unlinked from them."""
+
+    actor: dict[str, Any] | None
+    an: bytes | None
 
 
 def seal_envelope(
@@ -1094,6 +1139,49 @@ class KeyRing:
         self, tx: Overlay, tk: TenantKeys, lh: bytes
     ) -> tuple[Event, bytes, dict[str, Any] | None] | None:
         """Decrypt the envelope of ``lh``: (event, nonce, effect), or None once erased."""
+        got = self.open_envelope_actor(tx, tk, lh)
+        return None if got is None else got[:3]
+
+    def open_actor(
+        self,
+        tx: Overlay,
+        tk: TenantKeys,
+        lh: bytes,
+        sealed: bytes,
+        deks: dict[tuple[bytes, int], bytes | None] | None = None,
+    ) -> ActorOpening:
+        """Open a sealed actor (:func:`seal_actor`) of the event ``lh``. ``deks``: the
+        actors' DEKs already read by the caller (one search page: usually one actor)."""
+        if len(sealed) < _ACTOR_HEAD + 16:
+            raise StorageError("SCIM sealed actor too short")
+        kid, epoch = sealed[:KID_SIZE], int.from_bytes(sealed[KID_SIZE : KID_SIZE + 4], "big")
+        if deks is None:
+            dek = self.dek(tx, tk, kid, epoch)
+        elif (kid, epoch) in deks:
+            dek = deks[(kid, epoch)]
+        else:
+            dek = deks[(kid, epoch)] = self.dek(tx, tk, kid, epoch)
+        if dek is None:  # the actor was erased (or its month expired): unlinked
+            return ActorOpening(None, None)
+        iv = sealed[KID_SIZE + 4 : _ACTOR_HEAD]
+        try:
+            got = loads_det(AESGCM(dek).decrypt(iv, sealed[_ACTOR_HEAD:], _ACTOR_AAD + lh))
+            actor, an = got["a"], got["n"]
+            if type(actor) is not dict or type(an) is not bytes:
+                raise TypeError("sealed actor")
+        except (InvalidTag, EventFormatError, KeyError, TypeError):
+            raise StorageError("SCIM sealed actor does not decrypt (modified record?)") from None
+        return ActorOpening(actor, an)
+
+    def open_envelope_actor(
+        self,
+        tx: Overlay,
+        tk: TenantKeys,
+        lh: bytes,
+        deks: dict[tuple[bytes, int], bytes | None] | None = None,
+    ) -> tuple[Event, bytes, dict[str, Any] | None, ActorOpening | None] | None:
+        """:meth:`open_envelope` with the event's sealed actor opened (None: the event has
+        none, its actor is in the event itself), or None once erased."""
         raw = tx.get(store.envelope_key(lh))
         if raw is None:
             raise StorageError("SCIM event without an envelope")
@@ -1112,9 +1200,13 @@ class KeyRing:
             effect = body.get("e")
             if effect is not None and not isinstance(effect, dict):
                 raise TypeError("effect")
-            return validate_event(body["b"]), body["n"], effect
+            ev, nonce, sealed = validate_event(body["b"]), body["n"], body.get("a")
+            if sealed is not None and type(sealed) is not bytes:
+                raise TypeError("sealed actor")
         except (EventFormatError, KeyError, TypeError):
             raise StorageError("SCIM envelope holds a malformed body") from None
+        opening = None if sealed is None else self.open_actor(tx, tk, lh, sealed, deks)
+        return ev, nonce, effect, opening
 
 
 def stored_check(storage: Backend) -> bytes | None:

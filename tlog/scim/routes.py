@@ -28,6 +28,7 @@ from client.formats.proof_bundle import TlogProof
 from client.scim.cbor import MAX_DEPTH, CborTooLarge, EventFormatError, loads_det
 from client.scim.event import (
     Event,
+    actor_to_json,
     adopt_event,
     adopt_json_event,
     adopt_json_text,
@@ -74,6 +75,20 @@ MAX_PSEUDONYM_BODY = 2 << 20  # one request's member references (max_refs of the
 T = TypeVar("T")
 
 
+class _StoredActor(msgspec.Struct, gc=False, omit_defaults=True):
+    """How the log stored the event's actor (docs/api.md): the stored event is the one sent
+    with ``actor = {kind, pid, sd}``; ``sd = HMAC(nonce, det_cbor(actor sent))``. No nonce
+    once the actor is erased (a retry)."""
+
+    pid: bytes
+    sd: bytes
+    nonce: bytes | None = None
+
+
+def _stored_actor(actor: tuple[bytes, bytes, bytes | None] | None) -> _StoredActor | None:
+    return None if actor is None else _StoredActor(*actor)
+
+
 class _BatchResult(msgspec.Struct, gc=False, omit_defaults=True):
     """One event of a batch's answer, in the answer's key order (docs/api.md)."""
 
@@ -85,6 +100,7 @@ class _BatchResult(msgspec.Struct, gc=False, omit_defaults=True):
     # the leaf's commitment nonce: the submitter checks c = HMAC(nonce, its event) with it;
     # left out once the body is erased
     nonce: bytes | None = None
+    actor: _StoredActor | None = None  # the actor as stored, when pseudonymised
 
 
 class _BatchAnswer(msgspec.Struct, gc=False):
@@ -108,6 +124,7 @@ class _Receipt(msgspec.Struct, gc=False, omit_defaults=True):
     inclusion_proof: list[bytes]
     tlog_proof: str
     nonce: bytes | None = None  # as in _BatchResult
+    actor: _StoredActor | None = None  # as in _BatchResult
 
 
 _PROOF_HEAD = "c2sp.org/tlog-proof@v1\nindex "
@@ -139,6 +156,7 @@ def _receipt_answer(s: Submitted, size: int, note: str, proof: list[bytes]) -> b
             proof,
             _tlog_proof(s.index, proof, note),
             s.nonce,
+            _stored_actor(s.actor),
         )
     )
 
@@ -261,6 +279,11 @@ class ScimRoutes:
         }
         if s.nonce is not None:
             out["nonce"] = b64(s.nonce)
+        if s.actor is not None:
+            pid, sd, an = s.actor
+            out["actor"] = {"pid": b64(pid), "sd": b64(sd)}
+            if an is not None:
+                out["actor"]["nonce"] = b64(an)
         return out
 
     # -- ingestion -----------------------------------------------------------------------
@@ -372,7 +395,18 @@ class ScimRoutes:
         answer = _BatchAnswer(
             pub.size,
             await self.api.note(pub),
-            [_BatchResult(s.eid, s.index, s.leaf_hash, s.duplicate, s.leaf, s.nonce) for s in done],
+            [
+                _BatchResult(
+                    s.eid,
+                    s.index,
+                    s.leaf_hash,
+                    s.duplicate,
+                    s.leaf,
+                    s.nonce,
+                    _stored_actor(s.actor),
+                )
+                for s in done
+            ],
         )
         return Response(_answer_json.encode(answer), media_type=JSON)
 
@@ -423,6 +457,14 @@ class ScimRoutes:
             out["nonce"] = b64(f.nonce)
             if f.effect is not None:
                 out["effect"] = f.effect  # derived by the log (effects.py); JSON values only
+            if f.actor is not None:  # the event's actor is a pseudonym: its sealed actor
+                if f.actor.actor is None or f.actor.an is None:
+                    out["actor"] = {"unlinked": True}  # the actor was erased
+                else:
+                    out["actor"] = {
+                        "actor": actor_to_json(f.actor.actor),
+                        "nonce": b64(f.actor.an),
+                    }
         out.update(self._receipt(f.index, f.leaf_hash, pub, note))
         del out["tlog_proof"]  # the proof is right there; keep pages small
         return out

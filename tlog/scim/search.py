@@ -15,16 +15,17 @@ the keys meanwhile); no writes here. Logging the access itself is :mod:`tlog.sci
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping
+import heapq
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from client.formats.merkle import leaf_hash
-from client.scim.event import Event
+from client.scim.event import ACTOR_SUBJECT_RT, Event
 from tlog.backend import StorageError
 from tlog.log import Published
 from tlog.scim import store
-from tlog.scim.keys import TenantKeys
+from tlog.scim.keys import ActorOpening, TenantKeys
 from tlog.scim.store import Overlay, Tombstone, decode_envelope
 
 if TYPE_CHECKING:
@@ -89,6 +90,8 @@ class Found:
     event: Event | None
     nonce: bytes | None
     effect: dict[str, Any] | None = None  # derived by the log at ingestion (tlog.scim.effects)
+    # The event's sealed actor, opened (or found unlinked); None: the actor is in the event
+    actor: ActorOpening | None = None
 
     @property
     def erased(self) -> bool:
@@ -116,8 +119,11 @@ def index_values(ev: Mapping[str, Any]) -> list[tuple[bytes, bytes]]:
         out.append((_FIELD["rid"], ev["rid"].encode()))
     if "xid" in ev:
         out.append((_FIELD["xid"], ev["xid"].encode()))
-    if "id" in ev["actor"]:
-        out.append((_FIELD["actor"], ev["actor"]["id"].encode()))
+    actor = ev["actor"]
+    if "pid" in actor:  # the log's pseudonymous form: keyed by the pid, as refs are
+        out.append((_FIELD["actor"], _ref_value(ACTOR_SUBJECT_RT, actor["pid"])))
+    elif "id" in actor:  # the log's own events (and events stored before actors had pids)
+        out.append((_FIELD["actor"], actor["id"].encode()))
     for act in ev.get("acts", ()):
         out.append((_FIELD["action"], act["a"].encode()))
     out.append((_FIELD["outcome"], ev["outcome"].encode()))
@@ -172,7 +178,10 @@ class Searcher:
             tk = keys.tenant(tx, tenant)
             if tk is None:
                 return [], None
-            conds: list[bytes] = []
+            # Each filter is one index condition, or several of which one must hold: an
+            # actor is found by its pid (events stored since actors are pseudonymised) or
+            # by its id (the log's own events, and events stored before).
+            conds: list[list[bytes]] = []
             for name, fld in FILTERS:
                 value = getattr(f, name)
                 if value is None:
@@ -181,25 +190,42 @@ class Searcher:
                     p = keys.pid(tx, tk, f.ref_rt, value)
                     if p is None:
                         return [], None
-                    raw = _ref_value(f.ref_rt, p)
+                    conds.append([fld + tk.index_hash(fld, _ref_value(f.ref_rt, p))])
+                elif name == "actor":
+                    alts = [fld + tk.index_hash(fld, value.encode())]
+                    p = keys.pid(tx, tk, ACTOR_SUBJECT_RT, value)
+                    if p is not None:
+                        alts.append(fld + tk.index_hash(fld, _ref_value(ACTOR_SUBJECT_RT, p)))
+                    conds.append(alts)
                 else:
-                    raw = value.encode()
-                conds.append(fld + tk.index_hash(fld, raw))
+                    conds.append([fld + tk.index_hash(fld, value.encode())])
             if conds:
-                prefix = store.index_prefix(tk.tn, conds[0])
+                prefixes = [store.index_prefix(tk.tn, c) for c in conds[0]]
             else:
-                prefix = store.tenant_events_prefix(tk.tn)
-            others = conds[1:]
-            start = prefix + store.ts_bytes(f.since or 0)
+                prefixes = [store.tenant_events_prefix(tk.tn)]
+            others = [[store.index_prefix(tk.tn, c) for c in alts] for alts in conds[1:]]
+            since = store.ts_bytes(f.since or 0)
             after: tuple[int, int] | None = None  # (ts, index) of the last result given
+            strictly_after: bytes | None = None  # the tail to continue strictly after
+            from_ms: bytes | None = None  # the millisecond to continue in
             if cursor is not None:
                 c_ts, c_lh = store.split_tail(cursor)
                 c_index = tx.rv.index_of(c_lh)
                 if c_index is None:  # the end of a millisecond (_NEXT_MS), or not a leaf here
-                    start = max(start, prefix + cursor + b"\x00")  # strictly after the key
+                    strictly_after = cursor + b"\x00"  # strictly after the key
                 else:  # within the millisecond c_ts, after the result at c_index
-                    start = max(start, prefix + cursor[:8])
+                    from_ms = cursor[:8]
                     after = (c_ts, c_index)
+
+            def start_of(prefix: bytes) -> bytes:
+                start = prefix + since
+                if strictly_after is not None:
+                    start = max(start, prefix + strictly_after)
+                elif from_ms is not None:
+                    start = max(start, prefix + from_ms)
+                return start
+
+            deks: dict[tuple[bytes, int], bytes | None] = {}  # the actors' DEKs, read once
             results: list[Found] = []
 
             def give(ts: int, same_ms: list[tuple[int, bytes]]) -> bytes | None:
@@ -208,7 +234,7 @@ class Searcher:
                 for index, lh in same_ms:
                     if after is not None and (ts, index) <= after:
                         continue
-                    results.append(self._found_at(tx, tk, index, lh))
+                    results.append(self._found_at(tx, tk, index, lh, deks))
                     if len(results) >= limit:
                         return store.ts_bytes(ts) + lh
                 return None
@@ -216,8 +242,7 @@ class Searcher:
             scanned = 0
             run_ts = -1
             same_ms: list[tuple[int, bytes]] = []
-            for key, _ in tx.rv.aux_range(prefix, start):
-                tail = key[len(prefix) :]
+            for tail in self._tails(tx, prefixes, start_of):
                 ts, lh = store.split_tail(tail)
                 if ts != run_ts:
                     if same_ms and (full := give(run_ts, same_ms)) is not None:
@@ -229,7 +254,7 @@ class Searcher:
                         return results, None
                     run_ts = ts
                 scanned += 1
-                if all(tx.rv.aux(store.index_prefix(tk.tn, c) + tail) is not None for c in others):
+                if all(any(tx.rv.aux(p + tail) is not None for p in alts) for alts in others):
                     index = tx.rv.index_of(lh)
                     if index is not None and index < pub.size:
                         same_ms.append((index, lh))
@@ -240,17 +265,46 @@ class Searcher:
 
         return self.svc.read(run)
 
-    def _found_at(self, tx: Overlay, tk: TenantKeys, index: int, lh: bytes) -> Found:
+    @staticmethod
+    def _tails(
+        tx: Overlay, prefixes: list[bytes], start_of: Callable[[bytes], bytes]
+    ) -> Iterator[bytes]:
+        """The tails (``ts ‖ leaf hash``) of the index records under ``prefixes``, each
+        from ``start_of(prefix)``, in order; those of several prefixes merged (a tail under
+        two of them comes once)."""
+
+        def one(prefix: bytes) -> Iterator[bytes]:
+            n = len(prefix)
+            for key, _ in tx.rv.aux_range(prefix, start_of(prefix)):
+                yield key[n:]
+
+        if len(prefixes) == 1:
+            yield from one(prefixes[0])
+            return
+        last = None
+        for tail in heapq.merge(*[one(p) for p in prefixes]):
+            if tail != last:
+                yield tail
+            last = tail
+
+    def _found_at(
+        self,
+        tx: Overlay,
+        tk: TenantKeys,
+        index: int,
+        lh: bytes,
+        deks: dict[tuple[bytes, int], bytes | None] | None = None,
+    ) -> Found:
         leaf = tx.rv.entry(index)
         raw = tx.get(store.envelope_key(lh))
         if leaf is None or raw is None:
             raise StorageError("SCIM event missing from the log or the store")
         env = decode_envelope(raw)
-        opened = self.svc.keys.open_envelope(tx, tk, lh)
+        opened = self.svc.keys.open_envelope_actor(tx, tk, lh, deks)
         if opened is None:
             return Found(index, leaf, lh, env.ts, env.eid, None, None)
-        ev, nonce, effect = opened
-        return Found(index, leaf, lh, env.ts, env.eid, ev, nonce, effect)
+        ev, nonce, effect, actor = opened
+        return Found(index, leaf, lh, env.ts, env.eid, ev, nonce, effect, actor)
 
     def receipts(
         self, tenant: str, *, eid: str | None = None, req: str | None = None

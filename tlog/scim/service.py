@@ -58,8 +58,16 @@ import cbor2
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from client.formats.merkle import leaf_hash
-from client.scim.cbor import EventFormatError
-from client.scim.event import MAX_JSON_SIZE, Event, encode_event
+from client.scim.cbor import EventFormatError, dumps_det
+from client.scim.event import (
+    ACTOR_NONCE_SIZE,
+    ACTOR_SUBJECT_RT,
+    MAX_JSON_SIZE,
+    Event,
+    actor_seal_digest,
+    encode_event,
+    pseudonymous_actor,
+)
 from client.scim.leaf import (
     NONCE_SIZE,
     commitment,
@@ -68,6 +76,7 @@ from client.scim.leaf import (
     make_leaf,
     parse_leaf,
 )
+from client.scim.leaf import pid as make_pid
 from client.scim.reserved import reserved_names
 from tlog.auth import Forbidden
 from tlog.backend import AuxFenced, Backend, StorageError, TurnTimeout
@@ -95,6 +104,7 @@ from tlog.scim.keys import (
     TenantKeys,
     envelope_plaintext,
     epoch_of,
+    seal_actor,
     seal_envelope,
     seal_state,
 )
@@ -133,6 +143,8 @@ _FIELD = dict(FILTERS)
 _INDEX_MEMO = 1 << 14  # index conditions remembered per staging (bounded memory)
 # index fields whose values differ from event to event (search.FILTERS)
 _RID, _XID, _REQ = _FIELD["rid"], _FIELD["xid"], _FIELD["req"]
+# Actors remembered across stagings (ScimService._actor_keys): a bound, not an LRU
+_ACTOR_CACHE = 4096
 _UNIQUE_FIELDS = frozenset((_RID, _XID, _REQ))
 
 
@@ -192,6 +204,18 @@ class _Batch:
     states: dict[bytes, _State] = field(default_factory=dict)
     index: dict[tuple[bytes, bytes], bytes] = field(default_factory=dict)  # (field, value) → cond
     rand: RandomPool = field(default_factory=RandomPool)
+    actors: dict[str, _ActorKeys] = field(default_factory=dict)  # actor id → its keys
+
+
+@dataclass(frozen=True, slots=True)
+class _ActorKeys:
+    """An actor's subject (tenant, ACTOR_SUBJECT_RT, id) as a staging seals under it: its
+    kid, the actor's pid under its pseudonym key, and its DEK of ``epoch``."""
+
+    kid: bytes
+    pid: bytes
+    epoch: int
+    aead: AESGCM
 
 
 class _Pipeline:
@@ -277,6 +301,11 @@ class Accepted(NamedTuple):
     # it, whoever submitted the event checks that the leaf commits to exactly that event.
     # None: the body is erased (a retry after an erasure) or the event is the log's own.
     nonce: bytes | None = None
+    # The event's actor as the log stored it, pseudonymous (docs/design.md, "Actors"):
+    # (pid, sd, an). With it the submitter rebuilds the stored event from the one it sent
+    # (actor = {kind, pid, sd}) and checks sd = HMAC(an, its actor). ``an`` is None for a
+    # retry whose actor was erased since. None: the actor is stored as sent.
+    actor: tuple[bytes, bytes, bytes | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -288,6 +317,7 @@ class Submitted:
     duplicate: bool
     index: int
     nonce: bytes | None = None
+    actor: tuple[bytes, bytes, bytes | None] | None = None  # as in Accepted
 
 
 def subject_of(ev: Mapping[str, Any]) -> SubjectId:
@@ -436,6 +466,11 @@ class ScimService:
         # ... and the keys of each tenant whose record is durable: read once per group,
         # not once per staging (_tenant_keys).
         self._group_tenants: dict[str, TenantKeys] | None = None
+        # Actors whose subject record and DEK are durable, across stagings (the writer's
+        # only): (tn, actor id) -> (the TenantKeys they were read under, their keys). An
+        # erasure or expiry rotates the tenant's KEK, so its TenantKeys is another object
+        # afterwards and nothing remembered before is used again (_actor_keys).
+        self._actor_cache: dict[tuple[bytes, str], tuple[TenantKeys, _ActorKeys]] = {}
         # The log time of the latest staging: the DEK epoch the next group's known
         # subjects most likely use (read ahead by _prefetch; a wrong guess reads nothing
         # useful, never anything wrong).
@@ -893,7 +928,7 @@ class ScimService:
                     continue
                 n = len(res)
                 done = [
-                    Submitted(a.eid, a.leaf, a.leaf_hash, a.ts, a.duplicate, i, a.nonce)
+                    Submitted(a.eid, a.leaf, a.leaf_hash, a.ts, a.duplicate, i, a.nonce, a.actor)
                     for a, i in zip(res, result.indices[pos : pos + n], strict=True)
                 ]
                 pos += n
@@ -1031,6 +1066,10 @@ class ScimService:
         for i, ev in enumerate(events):
             if ev["tenant"] != tenant:
                 raise Forbidden(f"event {i} is for another tenant than this token's")
+            if not system and ("pid" in ev["actor"] or "sd" in ev["actor"]):
+                raise EventFormatError(
+                    f"event {i}: actor.pid and actor.sd are set by the log (send the actor)"
+                )
             if not system and reserved_names(ev):
                 raise EventFormatError(
                     f"event {i}: resource types and actions in the {SYSTEM_PREFIX!r} namespace "
@@ -1212,12 +1251,12 @@ class ScimService:
             first, first_encoded = seen[eid]
             if first_encoded != encoded:
                 raise Conflict(f"eid {eid} appears twice in the batch with different events")
-            return Accepted(first.eid, first.leaf, first.leaf_hash, first.ts, True, first.nonce)
+            return first._replace(duplicate=True)
         vkey = store.eid_key(tk.tn, eid)
         known = tx.get(vkey)
         if known is not None:
-            was = self._check_same(tx, tk, known, ev)
-            acc = Accepted(eid, known, leaf_hash(known), parse_leaf(known).ts, True, was)
+            was, actor = self._check_same(tx, tk, known, ev)
+            acc = Accepted(eid, known, leaf_hash(known), parse_leaf(known).ts, True, was, actor)
             seen[eid] = (acc, encoded)
             return acc
         rand = batch.rand
@@ -1242,6 +1281,11 @@ class ScimService:
         # and ``encoded`` is its canonical form.
         effect = self._effect(tx, tk, sk, ev, epoch, aead, batch)
         encoded_effect = None if effect is None else encode_effect(effect)
+        submitted, sent_actor, an = encoded, ev["actor"], None
+        ak = self._actor_keys(tx, tk, ev, now, epoch, batch)
+        if ak is not None:
+            an = rand(ACTOR_NONCE_SIZE)
+            ev, encoded = self._pseudonymous(ev, encoded, ak.pid, an)
         leaf = make_leaf(
             now,
             tk.tn,
@@ -1249,7 +1293,12 @@ class ScimService:
             None if encoded_effect is None else effect_commitment(nonce, encoded_effect),
         )
         lh = leaf_hash(leaf)
-        iv, ct = seal_envelope(aead, lh, envelope_plaintext(nonce, encoded, encoded_effect), rand)
+        sealed = None
+        if ak is not None and an is not None:
+            sealed = seal_actor(ak.aead, ak.kid, ak.epoch, lh, sent_actor, an, rand)
+        iv, ct = seal_envelope(
+            aead, lh, envelope_plaintext(nonce, encoded, encoded_effect, sealed), rand
+        )
         values = index_values(ev)
         if effect is not None:
             values = list(dict.fromkeys(values + effect_index_values(effect)))
@@ -1265,8 +1314,8 @@ class ScimService:
         put(store.tenant_events_prefix(tk.tn) + tail, b"")
         for cond in conds:
             put(store.index_prefix(tk.tn, cond) + tail, b"")
-        acc = Accepted(eid, leaf, lh, now, False, nonce)
-        seen[eid] = (acc, encoded)
+        acc = Accepted(eid, leaf, lh, now, False, nonce, self._actor_answer(ev, an))
+        seen[eid] = (acc, submitted)
         return acc
 
     def _stage_new(
@@ -1310,6 +1359,11 @@ class ScimService:
         mark_members_known(state, tk.generation)
         # A group's mark is a key out of the deterministic CBOR order classify_create keeps.
         batch.states[kid] = _State(state, epoch, aead, True, MEMBERS_KNOWN not in state)
+        submitted, sent_actor, an = encoded, ev["actor"], None
+        ak = self._actor_keys(tx, tk, ev, pipe.now, epoch, batch)
+        if ak is not None:
+            an = rand(ACTOR_NONCE_SIZE)
+            ev, encoded = self._pseudonymous(ev, encoded, ak.pid, an)
         leaf = (
             pipe.leaf_head
             + commitment_unchecked(nonce, encoded)
@@ -1318,7 +1372,12 @@ class ScimService:
             + pipe.leaf_tail
         )
         lh = leaf_hash(leaf)
-        iv, ct = seal_envelope(aead, lh, envelope_plaintext(nonce, encoded, encoded_effect), rand)
+        sealed = None
+        if ak is not None and an is not None:
+            sealed = seal_actor(ak.aead, ak.kid, ak.epoch, lh, sent_actor, an, rand)
+        iv, ct = seal_envelope(
+            aead, lh, envelope_plaintext(nonce, encoded, encoded_effect, sealed), rand
+        )
         conds = self._new_conds(tk, ev, effect, encoded_effect, batch, pipe)
         tail = pipe.ts + lh
         x = pipe.index_prefix
@@ -1338,8 +1397,8 @@ class ScimService:
             store.encode_envelope(tk.tn, eid, pipe.now, kid, epoch, iv, ct, conds),
         )
         pipe.values += [b""] * (2 + len(conds))
-        acc = Accepted(eid, leaf, lh, pipe.now, False, nonce)
-        batch.seen[eid] = (acc, encoded)
+        acc = Accepted(eid, leaf, lh, pipe.now, False, nonce, self._actor_answer(ev, an))
+        batch.seen[eid] = (acc, submitted)
         return acc
 
     def _new_conds(
@@ -1355,7 +1414,8 @@ class ScimService:
         pipeline (no ``refs``): everything but its rid, xid and request id is the same for
         events of the same actor, actions, outcome and effect, so their conditions are
         worked out once per staging (a template with those three to fill in)."""
-        actor = ev["actor"].get("id")
+        actor = ev["actor"]
+        actor = actor.get("pid", actor.get("id"))  # the pid: never a rolled-back subject's
         shape = (
             "xid" in ev,
             actor,
@@ -1452,16 +1512,109 @@ class ScimService:
         if keys:
             tx.put_many(keys, values)  # one subject's state once each: distinct keys
 
-    def _check_same(self, tx: Overlay, tk: TenantKeys, leaf: bytes, ev: Event) -> bytes | None:
+    def _check_same(
+        self, tx: Overlay, tk: TenantKeys, leaf: bytes, ev: Event
+    ) -> tuple[bytes | None, tuple[bytes, bytes, bytes | None] | None]:
         """A retried eid must carry the same event (when the original is still readable);
-        the original's nonce, or None once it is erased."""
-        opened = self.keys.open_envelope(tx, tk, leaf_hash(leaf))
+        the original's nonce, or None once it is erased, and its stored actor
+        (:attr:`Accepted.actor`). An original stored with a pseudonymous actor is compared
+        as stored: the retry's actor must open its ``sd`` (while the actor's keys live) and
+        the retry, with the stored actor in place of its own, must be what the leaf commits
+        to."""
+        opened = self.keys.open_envelope_actor(tx, tk, leaf_hash(leaf))
         if opened is None:
-            return None  # erased: nothing to compare with; the original receipt stands
-        nonce = opened[1]
+            return None, None  # erased: nothing to compare with; the original receipt stands
+        stored, nonce, _, opening = opened
+        actor = None
+        if opening is not None:
+            kept = stored["actor"]
+            an = opening.an
+            if an is not None and not hmac.compare_digest(
+                actor_seal_digest(an, ev["actor"]), kept["sd"]
+            ):
+                raise Conflict(f"eid {ev['eid']} was already logged with a different event")
+            ev = {**ev, "actor": kept}
+            actor = (kept["pid"], kept["sd"], an)
         if not hmac.compare_digest(commitment(nonce, ev), parse_leaf(leaf).c):
             raise Conflict(f"eid {ev['eid']} was already logged with a different event")
-        return nonce
+        return nonce, actor
+
+    # -- actors (docs/design.md, "Actors") ------------------------------------------------------
+
+    def _actor_keys(
+        self, tx: Overlay, tk: TenantKeys, ev: Event, now: int, epoch: int, batch: _Batch
+    ) -> _ActorKeys | None:
+        """The keys the actor of ``ev`` is pseudonymised and sealed under: those of the
+        subject (tenant, ACTOR_SUBJECT_RT, actor id), made if it has none (as a member's
+        are, :meth:`KeyRing.pid_or_create`), with its DEK of ``epoch``. None: an actor
+        without an id, or one of the log's own events (kept as they are).
+
+        Once per actor per staging (``batch``), and across stagings while the actor's
+        records are durable and the tenant's keys are the same object (an erasure or an
+        expiry rotates them: nothing remembered survives it). The random draws, when a
+        subject or DEK is made, are the same on the batch pipeline and the general path."""
+        aid = ev["actor"].get("id")
+        if aid is None or ev["rt"].startswith(SYSTEM_PREFIX):
+            return None
+        got = batch.actors.get(aid)
+        if got is not None and got.epoch == epoch:
+            return got
+        cache = self._actor_cache
+        ckey = (tk.tn, aid)
+        hit = cache.get(ckey)
+        skey = (ACTOR_SUBJECT_RT, "rid", aid)
+        if (
+            hit is not None
+            and hit[0] is tk
+            and hit[1].epoch == epoch
+            and skey not in batch.subjects
+        ):
+            got = batch.actors[aid] = hit[1]
+            return got
+        sk = batch.subjects.get(skey)
+        if sk is None:
+            sk = batch.subjects[skey] = self.keys.subject_or_create(
+                tx, tk, SubjectId(*skey), now, batch.rand
+            )
+        aead = batch.deks.get((sk.kid, epoch))
+        if aead is None:
+            aead = batch.deks[(sk.kid, epoch)] = AESGCM(
+                self.keys.dek_or_create(tx, tk, sk.kid, epoch, batch.rand, new=sk.created)
+            )
+        got = batch.actors[aid] = _ActorKeys(
+            sk.kid, make_pid(self.keys.pseudonym_key(tk, sk), aid), epoch, aead
+        )
+        if (
+            not sk.created
+            and not tx.staged(store.subject_key(tk.tn, tk.subject_hash_of(*skey)))
+            and not tx.staged(store.dek_key(sk.kid, epoch))
+        ):
+            if len(cache) >= _ACTOR_CACHE:
+                cache.clear()
+            cache[ckey] = (tk, got)
+        return got
+
+    @staticmethod
+    def _pseudonymous(ev: Event, encoded: bytes, pid: bytes, an: bytes) -> tuple[Event, bytes]:
+        """``ev`` with its actor as the log stores it, ``{kind, pid, sd}``, and that event's
+        canonical encoding: the submitted encoding with the actor's bytes replaced (the
+        actor is one value of the top-level map, whose key order does not change), when
+        those bytes occur in it exactly once; else encoded again."""
+        actor = ev["actor"]
+        stored = pseudonymous_actor(actor, pid, an)
+        out = {**ev, "actor": stored}
+        key = b"\x65actor"
+        old = key + dumps_det(actor)
+        if encoded.count(old) == 1:
+            return out, encoded.replace(old, key + dumps_det(stored))
+        return out, dumps_det(out)
+
+    @staticmethod
+    def _actor_answer(ev: Event, an: bytes | None) -> tuple[bytes, bytes, bytes | None] | None:
+        if an is None:
+            return None
+        actor = ev["actor"]
+        return actor["pid"], actor["sd"], an
 
     # -- pseudonyms ---------------------------------------------------------------------------
 
