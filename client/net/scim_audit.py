@@ -84,6 +84,15 @@ class AuditedEvent:
         return self.event is None
 
     @property
+    def who(self) -> Mapping[str, Any] | None:
+        """Who acted (``actor``; for an event built without it, the event's own actor unless
+        that is a pseudonym): None once erased or unlinked."""
+        if self.actor is not None or self.event is None:
+            return self.actor
+        stored = self.event["actor"]
+        return None if "pid" in stored else stored
+
+    @property
     def origin(self) -> str | None:
         """``"log"`` (one of the log's own events), ``"lookalike"`` (a name that only
         normalises into the reserved ``tlog.`` namespace: never the log's, treat as forged) or

@@ -126,12 +126,16 @@ def to_ocsf(ae: AuditedEvent, *, origin: str, tenant: str) -> list[dict[str, Any
         rec = _base(cls, activity, ev["ts"], origin, tenant)
         md = rec["metadata"]
         md.update(uid=ev["eid"], correlation_uid=ev["corr"]["req"], logged_time=ae.leaf.ts)
-        actor = ev["actor"]
+        # Who acted: the actor as submitted (opened from under the actor's own keys when
+        # the log stored it as a pseudonym), or only its kind once the actor was erased.
+        actor = ae.who or {"kind": ev["actor"]["kind"]}
         user: dict[str, Any] = {"type": actor["kind"]}
         if "id" in actor:
             user["uid"] = actor["id"]
         if "name" in actor:
             user["name"] = actor["name"]
+        if ae.who is None:
+            user["name"] = "(unlinked: the actor was erased)"
         rec["actor"] = {"user": user}
         if "src" in ev:
             if "ip" in ev["src"]:

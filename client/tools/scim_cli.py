@@ -51,7 +51,7 @@ from client.formats.proof_bundle import TlogProof
 from client.formats.text import json_line, one_line
 from client.net.core import HTTPFailure, http_client
 from client.net.scim_audit import AuditedEvent, ScimAuditClient, ScimAuditError
-from client.scim.event import event_to_json
+from client.scim.event import actor_to_json, event_to_json
 from client.scim.evidence import MAX_EVIDENCE_SIZE, describe, verify_evidence
 from client.tools.cli import MAX_POLICY_SIZE, read_input
 from client.tools.filters import add_filter_args, filters_of, iso_ms
@@ -150,6 +150,20 @@ def _actions(ev: AuditedEvent) -> str:
     return text
 
 
+def actor_text(ev: AuditedEvent) -> str:
+    """Who acted, for a line: ``kind:id`` (and the name), or ``kind:(unlinked)`` once the
+    actor was erased (the event then names no one: docs/design.md, "Actors")."""
+    if ev.event is None:
+        return "-"
+    kind = ev.event["actor"].get("kind", "?")
+    actor = ev.who
+    if actor is None:
+        return f"{kind}:(unlinked)"
+    who = actor.get("id") or actor.get("client_id") or "-"
+    name = actor.get("name")
+    return f"{kind}:{who}" + (f" ({name})" if name and name != who else "")
+
+
 def _line(ev: AuditedEvent) -> str:
     if ev.event is None:
         return f"{ev.index:>10}  {iso_ms(ev.leaf.ts)}  (erased)  leaf {b64encode(ev.leaf_hash)}"
@@ -157,7 +171,7 @@ def _line(ev: AuditedEvent) -> str:
     return (
         f"{ev.index:>10}  {iso_ms(ev.leaf.ts)}  {e.get('op', '?'):8} {e.get('outcome', '?'):8}"
         f" {e.get('rt', '?')}/{e.get('rid', '-')}  {_actions(ev)}"
-        f"  req {e.get('corr', {}).get('req', '-')}"
+        f"  by {actor_text(ev)}  req {e.get('corr', {}).get('req', '-')}"
     )
 
 
@@ -183,6 +197,11 @@ def _summary(ev: AuditedEvent) -> dict[str, Any]:
     if ev.event is not None:
         out["event"] = json.loads(event_to_json(ev.event))
         out["origin"] = ev.origin
+        # Who acted, verified against the event's actor.sd when it is a pseudonym; None
+        # (with actor_unlinked) once the actor was erased.
+        out["actor"] = None if ev.who is None else actor_to_json(ev.who)
+        if ev.who is None:
+            out["actor_unlinked"] = True
     if ev.effect is not None:  # the log's reading of what the request did (its state)
         out["effect"] = ev.effect
         out["effect_attested"] = ev.effect_attested

@@ -3,7 +3,7 @@
 import {
   VerificationError, b64decode, b64encode, checkCosignatures, equal, formatTlogProof,
   leafHash, openCheckpoint, parseLeaf, parsePolicy, parseTlogProof, parseVkey,
-  verifyCommitment, verifyConsistency, verifyEffect, verifyInclusion,
+  verifyActor, verifyCommitment, verifyConsistency, verifyEffect, verifyInclusion,
 } from "./verify.js";
 
 const $ = (id) => document.getElementById(id);
@@ -425,7 +425,12 @@ async function verifyResult(r, filters) {
       }
       const ev = r.event;
       if (ev.tenant !== state.tenant) throw new VerificationError("the body belongs to another tenant");
-      const actual = { rid: ev.rid, xid: ev.xid, actor: ev.actor && ev.actor.id, outcome: ev.outcome, req: ev.corr && ev.corr.req };
+      const who = await verifyActor(ev, r.actor);
+      r._actor = who.actor;
+      r._unlinked = who.unlinked;
+      if (who.unlinked) add("Actor", "warn", "unlinked: the actor was erased; the event names no one");
+      else if (ev.actor && "pid" in ev.actor) add("Actor (sealed under the actor's keys)", "ok", "opens the event's actor.sd");
+      const actual = { rid: ev.rid, xid: ev.xid, actor: who.actor ? who.actor.id : undefined, outcome: ev.outcome, req: ev.corr && ev.corr.req };
       for (const [k, v] of Object.entries(actual)) {
         if (filters[k] !== undefined && filters[k] !== v) throw new VerificationError(`the result does not match the ${k} filter`);
       }
@@ -441,6 +446,15 @@ async function verifyResult(r, filters) {
   }
 }
 
+// Who acted, for display: the verified actor's id (and name), "(unlinked)" once erased.
+function actorText(r) {
+  if (r.erased) return "";
+  if (r._unlinked) return `${(r.event.actor && r.event.actor.kind) || "actor"} (unlinked)`;
+  const a = r._actor || {};
+  const who = a.id || a.client_id || a.kind || "";
+  return a.name && a.name !== who ? `${who} (${a.name})` : who;
+}
+
 function resultRow(row) {
   const r = row.r;
   const ev = r.event || {};
@@ -451,7 +465,7 @@ function resultRow(row) {
     el("td", { text: r.erased ? "—" : ev.op }),
     el("td", { text: r.erased ? "—" : ev.rt }),
     el("td", { class: "small", text: r.erased ? "(erased)" : ev.rid || ev.xid || "" }),
-    el("td", { class: "small", text: r.erased ? "" : (ev.actor && (ev.actor.id || ev.actor.kind)) || "" }),
+    el("td", { class: "small", text: actorText(r) }),
     el("td", {}, r.erased ? badge("pending", "erased") : badge(ev.outcome === "success" ? "ok" : "warn", ev.outcome)),
     el("td", { class: "small", text: r.erased ? "" : (ev.acts || []).map((a) => a.a).join(", ") }),
     el("td", {}, proof));
@@ -469,7 +483,9 @@ function showDetail(row, tr) {
     el("li", {}, badge(kind, kind === "ok" ? "✓" : kind === "bad" ? "✗ FAILED" : "!"), el("span", { text: name }),
       el("span", { class: "detail", text: detail }))));
   const r = row.r;
-  $("body").textContent = r.erased ? "(erased: the body was crypto-shredded)" : JSON.stringify(r.event, null, 2);
+  $("body").textContent = r.erased ? "(erased: the body was crypto-shredded)"
+    : JSON.stringify(r.event, null, 2) + (r._unlinked ? "\n\nactor: unlinked (the actor was erased)"
+      : r.actor ? "\n\nactor (sealed under the actor's keys, verified):\n" + JSON.stringify(r._actor, null, 2) : "");
   $("body").classList.toggle("unverified", row.status !== "ok");
   $("body-warning").hidden = row.status === "ok";
   $("timeline-btn").disabled = r.erased || !r.event.rid;
@@ -535,7 +551,7 @@ async function timeline(rid) {
     const what = (ev.acts || []).map((a) => a.a).join(", ") || `${ev.op} (${ev.outcome})`;
     const li = el("li", {},
       el("div", { class: "when", text: `${utc(row.r._ts)} · index ${row.r.index}` }),
-      el("div", {}, el("strong", { text: what }), " by ", el("span", { text: (ev.actor && (ev.actor.id || ev.actor.kind)) || "?" }), " ",
+      el("div", {}, el("strong", { text: what }), " by ", el("span", { text: actorText(row.r) || "?" }), " ",
         row.status === "ok" ? badge("ok", "verified") : badge("bad", "FAILED")));
     if (row.status !== "ok") li.classList.add("failed");
     return li;
@@ -576,7 +592,7 @@ async function exportCsv() {
   for (const { r, status } of rows) {
     const ev = r.event || {};
     lines.push([utc(r._ts), r.index, r.eid, r.leaf_hash, r.tree_size, ev.op, ev.rt, ev.rid, ev.xid,
-      ev.actor && ev.actor.id, r.erased ? "erased" : ev.outcome, (ev.acts || []).map((a) => a.a).join(" "),
+      r._unlinked ? "(unlinked)" : r._actor && r._actor.id, r.erased ? "erased" : ev.outcome, (ev.acts || []).map((a) => a.a).join(" "),
       ev.corr && ev.corr.req, status === "ok" ? "yes" : "NO"].map(csvCell).join(","));
   }
   download(`tlog-${state.tenant}-events.csv`, "text/csv", lines.join("\r\n") + "\r\n");

@@ -437,6 +437,8 @@ const BYTES_FIELDS = [
   ["req", "dig"],
   ["actor", "tok_d"],
   ["actor", "x5t_s256"],
+  ["actor", "pid"],
+  ["actor", "sd"],
   ["patch[]", "v_d"],
   ["mods[]", "old_d"],
   ["mods[]", "new_d"],
@@ -469,6 +471,30 @@ export async function verifyCommitment(leaf, eventJson, nonce) {
   if (nonce.length !== 32) throw new VerificationError("nonce must be 32 bytes");
   const c = await hmacSha256(nonce, cborEncode(eventFromJson(eventJson)));
   if (!equal(c, leaf.c)) throw new VerificationError("the body does not match the leaf commitment");
+}
+
+// Who acted (docs/design.md, "Actors"). An event whose actor the log stored as a pseudonym,
+// {kind, pid, sd}, comes with the actor as submitted and the nonce of sd, opened from under
+// the actor's own keys: sd = HMAC-SHA256(nonce, det_cbor(actor)) and the kinds agree; or with
+// {unlinked: true} once the actor was erased. Returns { actor, unlinked }: the verified actor
+// (the event's own when it names its actor), or null and unlinked = true.
+export async function verifyActor(eventJson, answer) {
+  const stored = eventJson.actor || {};
+  if (!("pid" in stored)) {
+    if (answer !== undefined) throw new VerificationError("a sealed actor for an event that names its actor");
+    return { actor: stored, unlinked: false };
+  }
+  if (answer && answer.unlinked === true && Object.keys(answer).length === 1) return { actor: null, unlinked: true };
+  if (!answer || typeof answer.actor !== "object" || typeof answer.nonce !== "string") {
+    throw new VerificationError("a pseudonymous actor without its sealed actor");
+  }
+  const actor = eventFromJson({ actor: answer.actor }).actor;
+  if ("pid" in actor || "sd" in actor) throw new VerificationError("the sealed actor is itself a pseudonym");
+  const sd = await hmacSha256(b64decode(answer.nonce, 32), cborEncode(actor));
+  if (!equal(sd, b64decode(stored.sd, 32)) || actor.kind !== stored.kind) {
+    throw new VerificationError("the sealed actor does not open the event's actor.sd");
+  }
+  return { actor: answer.actor, unlinked: false };
 }
 
 // e = HMAC-SHA256(key = nonce, msg = "tlog-scim-effect\0" || det_cbor(effect)): the effect the
