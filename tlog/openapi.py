@@ -50,12 +50,22 @@ EVENT = {
 # The leaf's commitment nonce, for the submitter to check c = HMAC(nonce, det_cbor(event));
 # left out for a retry whose body is erased.
 NONCE = {**B64, "description": "the leaf's commitment nonce (absent once the body is erased)"}
+# How the log stored the event's actor (docs/design.md, "Actors"): the stored event is the one
+# sent with actor = {kind, pid, sd}; sd = HMAC(nonce, det_cbor(actor as sent)).
+STORED_ACTOR = {
+    **_obj(
+        {"pid": B64, "sd": B64},
+        {"nonce": {**B64, "description": "the nonce of sd (absent once the actor is erased)"}},
+    ),
+    "description": "present when the log stored the actor as a pseudonym: put {kind, pid, sd} "
+    "in place of the actor sent before checking the commitment",
+}
 SUBMITTED = {
     "allOf": [
         RECEIPT,
         _obj(
             {"eid": {"type": "string"}, "duplicate": {"type": "boolean"}, "ts": UINT, "leaf": B64},
-            {"nonce": NONCE},
+            {"nonce": NONCE, "actor": STORED_ACTOR},
         ),
     ]
 }
@@ -67,7 +77,7 @@ BATCH_RESULT = _obj(
         "duplicate": {"type": "boolean"},
         "leaf": B64,
     },
-    {"nonce": NONCE},
+    {"nonce": NONCE, "actor": STORED_ACTOR},
 )
 ERASURE = _obj(
     {
