@@ -181,7 +181,10 @@ def test_evidence_verifies_and_every_alteration_fails(live: Live, tmp_path: Path
     cases = [
         lambda d: d["events"][eff]["effect"].update(basis="unknown"),  # not what e commits to
         lambda d: d["events"][body].update(effect={"acts": []}),
-        lambda d: d["events"][body]["event"]["actor"].update(id="mallory"),
+        # the stored actor is a pseudonym ({kind, pid, sd}): another pid is another actor
+        lambda d: d["events"][body]["event"]["actor"].update(
+            pid=base64.b64encode(bytes(16)).decode()
+        ),
         lambda d: d["events"][body].update(nonce=base64.b64encode(bytes(32)).decode()),
         lambda d: d["events"][0].update(leaf_hash=base64.b64encode(bytes(32)).decode()),
         lambda d: d["events"][1].update(index=d["events"][1]["index"] + 1),
