@@ -12,6 +12,7 @@ import json
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -19,10 +20,17 @@ from client.adapters.receipts import check_commitments
 from client.formats.merkle import VerificationError
 from client.scim import event_to_json, new_event
 from client.scim.cbor import dumps_det
-from client.scim.event import actor_seal_digest, encode_event, pseudonymous_actor
+from client.scim.event import (
+    actor_cbor,
+    actor_seal_digest,
+    encode_event,
+    pseudonymous_actor,
+    pseudonymous_actor_cbor,
+)
 from client.scim.leaf import verify_commitment
 from client.tools.ocsf import to_ocsf
 from client.tools.scim_cli import actor_text
+from tlog.scim.keys import seal_actor
 from tlog.scim.service import ScimService
 
 from .conftest import T1, Harness, user_event
@@ -310,12 +318,22 @@ _TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc")), min_s
     name=st.one_of(st.none(), _TEXT),
     kind=st.sampled_from(["user", "oauth_client", "bearer", "mtls"]),
     tok=st.one_of(st.none(), st.binary(min_size=32, max_size=32)),
+    scope=st.one_of(st.none(), st.lists(_TEXT, min_size=1, max_size=3)),
+    tid=st.one_of(st.none(), _TEXT),
     echo=st.booleans(),
     pid=st.binary(min_size=16, max_size=16),
     an=st.binary(min_size=32, max_size=32),
 )
 def test_the_spliced_encoding_is_the_stored_event_s(
-    aid: str, name: str | None, kind: str, tok: bytes | None, echo: bool, pid: bytes, an: bytes
+    aid: str,
+    name: str | None,
+    kind: str,
+    tok: bytes | None,
+    scope: list[str] | None,
+    tid: str | None,
+    echo: bool,
+    pid: bytes,
+    an: bytes,
 ) -> None:
     """ScimService._pseudonymous replaces the actor's bytes inside the sent encoding: always
     the canonical encoding of the stored event (also when the actor's bytes occur elsewhere
@@ -325,12 +343,25 @@ def test_the_spliced_encoding_is_the_stored_event_s(
         actor["name"] = name
     if tok is not None:
         actor["tok_d"] = tok
+    if scope is not None:
+        actor["scope"] = scope
+    if tid is not None:
+        actor["tid"] = tid
     needle = b"\x65actor" + dumps_det(actor)
     dig = (needle + bytes(32))[:32] if echo and len(needle) <= 32 else None
     ev = admin_event("u-hyp", "r-h", actor=actor, dig=dig)
-    stored, encoded = ScimService._pseudonymous(ev, encode_event(ev), pid, an)
+    stored, encoded, sent = ScimService._pseudonymous(ev, encode_event(ev), pid, an)
     assert stored["actor"] == {"kind": kind, "pid": pid, "sd": actor_seal_digest(an, actor)}
+    assert stored["actor"] == pseudonymous_actor(actor, pid, an)
     assert encoded == encode_event(stored)
+    # the fast encodings are the deterministic ones
+    assert sent == actor_cbor(actor) == dumps_det(actor)
+    assert pseudonymous_actor_cbor(kind, pid, stored["actor"]["sd"]) == dumps_det(stored["actor"])
+    # the sealed actor's plaintext is det_cbor({"a": actor, "n": an})
+    key = bytes(range(32))
+    sealed = seal_actor(AESGCM(key), b"k" * 16, 7, b"h" * 32, sent, an, lambda n: b"\x01" * n)
+    pt = AESGCM(key).decrypt(sealed[20:32], sealed[32:], b"tlog-scim/v1/actor" + b"h" * 32)
+    assert pt == dumps_det({"a": actor, "n": an})
     assert {k: v for k, v in stored.items() if k != "actor"} == {
         k: v for k, v in ev.items() if k != "actor"
     }

@@ -188,17 +188,21 @@ def seal_actor(
     kid: bytes,
     epoch: int,
     lh: bytes,
-    actor: dict[str, Any],
+    encoded_actor: bytes,
     an: bytes,
     rand: Callable[[int], bytes] = os.urandom,
 ) -> bytes:
-    """The actor of an event as submitted, with the nonce ``an`` of its ``sd``, sealed under
-    the *actor's* DEK ``aead`` (subject ``kid``, month ``epoch``) and bound to the event's
-    leaf hash ``lh``: ``kid ‖ u32 epoch ‖ iv ‖ AES-GCM(det_cbor({"a": actor, "n": an}))``.
-    It travels inside the event's envelope: readable only while both the event's subject
-    and the actor keep their keys."""
+    """The actor of an event as submitted (its det-CBOR ``encoded_actor``), with the nonce
+    ``an`` of its ``sd``, sealed under the *actor's* DEK ``aead`` (subject ``kid``, month
+    ``epoch``) and bound to the event's leaf hash ``lh``:
+    ``kid ‖ u32 epoch ‖ iv ‖ AES-GCM(det_cbor({"a": actor, "n": an}))`` (the map written
+    from the actor's bytes: keys "a" < "n", the nonce a 32-byte bstr). It travels inside the
+    event's envelope: readable only while both the event's subject and the actor keep their
+    keys."""
+    if len(an) != 32:
+        raise ValueError("actor nonce must be 32 bytes")
     iv = rand(IV_SIZE)
-    pt = dumps_det({"a": actor, "n": an})
+    pt = b"\xa2\x61a" + encoded_actor + b"\x61n\x58\x20" + an
     return kid + epoch.to_bytes(4, "big") + iv + aead.encrypt(iv, pt, _ACTOR_AAD + lh)
 
 

@@ -64,9 +64,10 @@ from client.scim.event import (
     ACTOR_SUBJECT_RT,
     MAX_JSON_SIZE,
     Event,
+    actor_cbor,
     actor_seal_digest,
     encode_event,
-    pseudonymous_actor,
+    pseudonymous_actor_cbor,
 )
 from client.scim.leaf import (
     NONCE_SIZE,
@@ -205,6 +206,8 @@ class _Batch:
     index: dict[tuple[bytes, bytes], bytes] = field(default_factory=dict)  # (field, value) → cond
     rand: RandomPool = field(default_factory=RandomPool)
     actors: dict[str, _ActorKeys] = field(default_factory=dict)  # actor id → its keys
+    # the last actor encoded (_pseudonymous): a batch's events usually share one
+    last_actor: tuple[dict[str, Any], bytes] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -1281,11 +1284,11 @@ class ScimService:
         # and ``encoded`` is its canonical form.
         effect = self._effect(tx, tk, sk, ev, epoch, aead, batch)
         encoded_effect = None if effect is None else encode_effect(effect)
-        submitted, sent_actor, an = encoded, ev["actor"], None
+        submitted, sent_actor, an = encoded, b"", None
         ak = self._actor_keys(tx, tk, ev, now, epoch, batch)
         if ak is not None:
             an = rand(ACTOR_NONCE_SIZE)
-            ev, encoded = self._pseudonymous(ev, encoded, ak.pid, an)
+            ev, encoded, sent_actor = self._pseudonymous(ev, encoded, ak.pid, an, batch)
         leaf = make_leaf(
             now,
             tk.tn,
@@ -1359,11 +1362,11 @@ class ScimService:
         mark_members_known(state, tk.generation)
         # A group's mark is a key out of the deterministic CBOR order classify_create keeps.
         batch.states[kid] = _State(state, epoch, aead, True, MEMBERS_KNOWN not in state)
-        submitted, sent_actor, an = encoded, ev["actor"], None
+        submitted, sent_actor, an = encoded, b"", None
         ak = self._actor_keys(tx, tk, ev, pipe.now, epoch, batch)
         if ak is not None:
             an = rand(ACTOR_NONCE_SIZE)
-            ev, encoded = self._pseudonymous(ev, encoded, ak.pid, an)
+            ev, encoded, sent_actor = self._pseudonymous(ev, encoded, ak.pid, an, batch)
         leaf = (
             pipe.leaf_head
             + commitment_unchecked(nonce, encoded)
@@ -1595,19 +1598,30 @@ class ScimService:
         return got
 
     @staticmethod
-    def _pseudonymous(ev: Event, encoded: bytes, pid: bytes, an: bytes) -> tuple[Event, bytes]:
-        """``ev`` with its actor as the log stores it, ``{kind, pid, sd}``, and that event's
-        canonical encoding: the submitted encoding with the actor's bytes replaced (the
-        actor is one value of the top-level map, whose key order does not change), when
-        those bytes occur in it exactly once; else encoded again."""
+    def _pseudonymous(
+        ev: Event, encoded: bytes, pid: bytes, an: bytes, batch: _Batch | None = None
+    ) -> tuple[Event, bytes, bytes]:
+        """``ev`` with its actor as the log stores it, ``{kind, pid, sd}``, that event's
+        canonical encoding, and the canonical encoding of the actor as sent (what ``sd``
+        and the sealed actor are over). The event's encoding is the submitted one with the
+        actor's bytes replaced (the actor is one value of the top-level map, whose key
+        order does not change) when those bytes occur in it exactly once; else it is
+        encoded again."""
         actor = ev["actor"]
-        stored = pseudonymous_actor(actor, pid, an)
-        out = {**ev, "actor": stored}
-        key = b"\x65actor"
-        old = key + dumps_det(actor)
+        last = None if batch is None else batch.last_actor
+        if last is not None and last[0] == actor:
+            sent = last[1]
+        else:
+            sent = actor_cbor(actor)
+            if batch is not None:
+                batch.last_actor = (actor, sent)
+        sd = actor_seal_digest(an, sent)
+        out = {**ev, "actor": {"kind": actor["kind"], "pid": pid, "sd": sd}}
+        old = b"\x65actor" + sent
         if encoded.count(old) == 1:
-            return out, encoded.replace(old, key + dumps_det(stored))
-        return out, dumps_det(out)
+            new = b"\x65actor" + pseudonymous_actor_cbor(actor["kind"], pid, sd)
+            return out, encoded.replace(old, new), sent
+        return out, dumps_det(out), sent
 
     @staticmethod
     def _actor_answer(ev: Event, an: bytes | None) -> tuple[bytes, bytes, bytes | None] | None:
