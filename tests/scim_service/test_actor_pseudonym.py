@@ -365,3 +365,32 @@ def test_the_spliced_encoding_is_the_stored_event_s(
     assert {k: v for k, v in stored.items() if k != "actor"} == {
         k: v for k, v in ev.items() if k != "actor"
     }
+
+
+def test_the_actor_s_keys_are_read_once_not_per_event(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Single events by one admin: the admin's subject record and DEK are read by the first
+    staging that names them durably, then remembered (no extra read per event), and an
+    erasure (a key rotation) forgets them."""
+    from tlog.scim.keys import KeyRing
+
+    h = harness
+    reads: list[str] = []
+    orig = KeyRing.subject_or_create
+
+    def counting(self: KeyRing, tx: Any, tk: Any, subject: Any, *a: Any, **k: Any) -> Any:
+        if subject.value == ADMIN:
+            reads.append(subject.value)
+        return orig(self, tx, tk, subject, *a, **k)
+
+    monkeypatch.setattr(KeyRing, "subject_or_create", counting)
+    for i in range(6):
+        assert h.post_event(admin_event(f"u-once-{i}", f"r-o{i}")).status_code == 200
+    # made by the first, read again by the second (now durable), then remembered
+    assert len(reads) == 2
+    erase(h, ADMIN)
+    assert h.post_event(admin_event("u-once-9", "r-o9")).status_code == 200
+    assert len(reads) == 3  # after the rotation: read again (a new subject: made anew)
+    (got,) = h.auditor().search(rid="u-once-9").results
+    assert got.who is not None and got.who["id"] == ADMIN
