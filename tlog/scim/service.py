@@ -206,8 +206,6 @@ class _Batch:
     index: dict[tuple[bytes, bytes], bytes] = field(default_factory=dict)  # (field, value) → cond
     rand: RandomPool = field(default_factory=RandomPool)
     actors: dict[str, _ActorKeys] = field(default_factory=dict)  # actor id → its keys
-    # the last actor encoded (_pseudonymous): a batch's events usually share one
-    last_actor: tuple[dict[str, Any], bytes] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -474,6 +472,9 @@ class ScimService:
         # erasure or expiry rotates the tenant's KEK, so its TenantKeys is another object
         # afterwards and nothing remembered before is used again (_actor_keys).
         self._actor_cache: dict[tuple[bytes, str], tuple[TenantKeys, _ActorKeys]] = {}
+        # The last actor encoded, with its det-CBOR (_pseudonymous): a stream of events by
+        # one actor encodes it once.
+        self._last_actor: tuple[dict[str, Any], bytes] | None = None
         # The log time of the latest staging: the DEK epoch the next group's known
         # subjects most likely use (read ahead by _prefetch; a wrong guess reads nothing
         # useful, never anything wrong).
@@ -1288,7 +1289,7 @@ class ScimService:
         ak = self._actor_keys(tx, tk, ev, now, epoch, batch)
         if ak is not None:
             an = rand(ACTOR_NONCE_SIZE)
-            ev, encoded, sent_actor = self._pseudonymous(ev, encoded, ak.pid, an, batch)
+            ev, encoded, sent_actor = self._pseudonymous(ev, encoded, ak.pid, an)
         leaf = make_leaf(
             now,
             tk.tn,
@@ -1366,7 +1367,7 @@ class ScimService:
         ak = self._actor_keys(tx, tk, ev, pipe.now, epoch, batch)
         if ak is not None:
             an = rand(ACTOR_NONCE_SIZE)
-            ev, encoded, sent_actor = self._pseudonymous(ev, encoded, ak.pid, an, batch)
+            ev, encoded, sent_actor = self._pseudonymous(ev, encoded, ak.pid, an)
         leaf = (
             pipe.leaf_head
             + commitment_unchecked(nonce, encoded)
@@ -1597,9 +1598,8 @@ class ScimService:
             cache[ckey] = (tk, got)
         return got
 
-    @staticmethod
     def _pseudonymous(
-        ev: Event, encoded: bytes, pid: bytes, an: bytes, batch: _Batch | None = None
+        self, ev: Event, encoded: bytes, pid: bytes, an: bytes
     ) -> tuple[Event, bytes, bytes]:
         """``ev`` with its actor as the log stores it, ``{kind, pid, sd}``, that event's
         canonical encoding, and the canonical encoding of the actor as sent (what ``sd``
@@ -1608,14 +1608,13 @@ class ScimService:
         order does not change) when those bytes occur in it exactly once; else it is
         encoded again."""
         actor = ev["actor"]
-        last = None if batch is None else batch.last_actor
+        last = self._last_actor  # the writer's only; a pure function of the actor
         if last is not None and last[0] == actor:
             sent = last[1]
         else:
             sent = actor_cbor(actor)
-            if batch is not None:
-                batch.last_actor = (actor, sent)
-        sd = actor_seal_digest(an, sent)
+            self._last_actor = (actor, sent)
+        sd = hmac.digest(an, sent, "sha256")  # actor_seal_digest(an, sent)
         out = {**ev, "actor": {"kind": actor["kind"], "pid": pid, "sd": sd}}
         old = b"\x65actor" + sent
         if encoded.count(old) == 1:
