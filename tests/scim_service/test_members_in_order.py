@@ -38,18 +38,23 @@ def pid_of(_rt: str, rid: str) -> bytes:
     return hashlib.sha256(rid.encode()).digest()[:16]
 
 
-def group_event(op: str, body: Any, req: str) -> dict[str, Any]:
-    """The event an adapter makes of a request on Group g-1 (refs by pseudonym)."""
-    intent = parse_request(op, "Group", json.dumps(body).encode(), ref_pid=pid_of)
+def scim_event(rt: str, rid: str, op: str, body: Any, req: str) -> dict[str, Any]:
+    """The event an adapter makes of a request on ``rt`` ``rid`` (refs by pseudonym)."""
+    intent = parse_request(op, rt, json.dumps(body).encode(), ref_pid=pid_of)
+    path = f"/{rt}s/{rid}"
     ev: dict[str, Any] = new_event(
-        tenant="acme", sp="app-1", op=op, rt="Group", rid="g-1",
+        tenant="acme", sp="app-1", op=op, rt=rt, rid=rid,
         actor={"kind": "user", "id": "admin-1"}, corr=req,
-        req={"m": {"create": "POST", "patch": "PATCH"}.get(op, "PUT"), "p": "/Groups/g-1",
+        req={"m": {"create": "POST", "patch": "PATCH"}.get(op, "PUT"), "p": path,
              "dig": bytes(32), "len": 10},
         res=200, outcome="success", patch=intent.patch, mods=intent.mods, refs=intent.refs,
         acts=intent.acts,
     )  # fmt: skip
     return ev
+
+
+def group_event(op: str, body: Any, req: str) -> dict[str, Any]:
+    return scim_event("Group", "g-1", op, body, req)
 
 
 def judge(state: Any, ev: dict[str, Any]) -> tuple[dict[str, Any], Any]:
@@ -226,16 +231,7 @@ ENTERPRISE = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
 
 
 def user_event(op: str, body: Any, req: str) -> dict[str, Any]:
-    intent = parse_request(op, "User", json.dumps(body).encode(), ref_pid=pid_of)
-    ev: dict[str, Any] = new_event(
-        tenant="acme", sp="app-1", op=op, rt="User", rid="u-9",
-        actor={"kind": "user", "id": "admin-1"}, corr=req,
-        req={"m": {"create": "POST", "patch": "PATCH"}.get(op, "PUT"), "p": "/Users/u-9",
-             "dig": bytes(32), "len": 10},
-        res=200, outcome="success", patch=intent.patch, mods=intent.mods, refs=intent.refs,
-        acts=intent.acts,
-    )  # fmt: skip
-    return ev
+    return scim_event("User", "u-9", op, body, req)
 
 
 def test_a_patch_removing_the_manager_removes_it() -> None:
