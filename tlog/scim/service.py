@@ -1614,7 +1614,7 @@ class ScimService:
         else:
             sent = actor_cbor(actor)
             self._last_actor = (actor, sent)
-        sd = hmac.digest(an, sent, "sha256")  # actor_seal_digest(an, sent)
+        sd = actor_seal_digest(an, sent)
         out = {**ev, "actor": {"kind": actor["kind"], "pid": pid, "sd": sd}}
         old = b"\x65actor" + sent
         if encoded.count(old) == 1:
