@@ -110,6 +110,13 @@ def _latest(rv: ReadView) -> tuple[int, bytes]:
 COPY_ORDER = (*(t for t in TABLES if t != "checkpts"), "checkpts")
 
 
+# How to start again from an empty destination, the end of every refusal that asks for one.
+_EMPTY_IT = (
+    "(LMDB: remove the store directory; PostgreSQL: drop the log's tables or use a new "
+    "database) and run again"
+)
+
+
 def _refuse_destination(dest: Backend) -> None:
     with dest.read() as rv:
         origin, latest = rv.meta("origin"), rv.latest_checkpoint()
@@ -122,8 +129,7 @@ def _refuse_destination(dest: Backend) -> None:
     if origin is None and latest is None:
         raise MigrateError(
             f"the destination {dest.location} holds records ({', '.join(held)}) but no log: "
-            "not this log's; empty it (LMDB: remove the store directory; PostgreSQL: drop the "
-            "log's tables or use a new database) and run again"
+            f"not this log's; empty it {_EMPTY_IT}"
         )
     if latest is None:
         raise MigrateError(
@@ -172,9 +178,8 @@ def _not_a_prefix(dest: Backend, table: str, why: str) -> MigrateError:
     return MigrateError(
         f"the destination {dest.location} holds an interrupted tlog migrate of this log, but "
         f"its {table} is not a prefix of the source's ({why}): it changed since the "
-        "migration stopped (was a server started on it?); nothing was written. Empty it "
-        "(LMDB: remove the store directory; PostgreSQL: drop the log's tables or use a new "
-        "database) and run again"
+        f"migration stopped (was a server started on it?); nothing was written. Empty it "
+        f"{_EMPTY_IT}"
     )
 
 
@@ -239,8 +244,7 @@ def migrate(source: Backend, dest: Backend, echo: Callable[[str], None] = print)
                 f"{_describe(held_marker)}, not of this source as it is now "
                 f"({_describe(mine)}): another log, or the source changed since; nothing "
                 "was written. Run that migration again from its own source, or empty the "
-                "destination (LMDB: remove the store directory; PostgreSQL: drop the log's "
-                "tables or use a new database) and run again"
+                f"destination {_EMPTY_IT}"
             )
         else:
             echo(
