@@ -191,30 +191,20 @@ def _entries_from_tiles(source: str, start: int, end: int) -> list[bytes]:
     return out
 
 
-def _entries_from_store(path: Path, start: int, end: int) -> list[bytes]:
-    st = Storage(path, readonly=True)
-    try:
-        with st.read() as rv:
-            got = rv.entries(start, end)
-    finally:
-        st.close()
-    if len(got) != end - start:
-        raise RecoveryError(f"the store {path} holds only up to entry {start + len(got) - 1}")
-    return got
-
-
-def _entries_from_database(url: str, start: int, end: int) -> list[bytes]:
-    st = open_backend(url, Path("."), readonly=True)
-    try:
-        with st.read() as rv:
-            got = rv.entries(start, end)
-    finally:
-        st.close()
-    if len(got) != end - start:
-        raise RecoveryError(
-            f"the database {st.location} holds only up to entry {start + len(got) - 1}"
-        )
-    return got
+def _source_store(source: str) -> tuple[Backend, str] | None:
+    """The store ``source`` names, opened read-only, and how errors name it: a
+    ``postgresql://`` database, a store directory or a whole data directory; None for tiles
+    (a URL, or a directory of them)."""
+    if is_database_url(source):
+        st = open_backend(source, Path("."), readonly=True)
+        return st, f"the database {st.location}"
+    if source.startswith(("http://", "https://")):
+        return None
+    p = Path(source)
+    for path in (p, p / "db"):  # a store directory, or a whole data directory
+        if (path / "data.mdb").exists():
+            return Storage(path, readonly=True), f"the store {path}"
+    return None
 
 
 def fetch_entries(source: str, start: int, end: int) -> list[bytes]:
@@ -222,35 +212,29 @@ def fetch_entries(source: str, start: int, end: int) -> list[bytes]:
     tiles directory or a tiles URL."""
     if start >= end:
         return []
-    if is_database_url(source):
-        return _entries_from_database(source, start, end)
-    p = Path(source)
-    if not source.startswith(("http://", "https://")):
-        if (p / "data.mdb").exists():
-            return _entries_from_store(p, start, end)
-        if (p / "db" / "data.mdb").exists():  # a whole data directory
-            return _entries_from_store(p / "db", start, end)
-        if not p.is_dir():
+    opened = _source_store(source)
+    if opened is None:
+        if not source.startswith(("http://", "https://")) and not Path(source).is_dir():
             raise RecoveryError(f"{source} is neither a URL, a tiles directory nor a store")
-    return _entries_from_tiles(source, start, end)
+        return _entries_from_tiles(source, start, end)
+    st, name = opened
+    try:
+        with st.read() as rv:
+            got = rv.entries(start, end)
+    finally:
+        st.close()
+    if len(got) != end - start:
+        raise RecoveryError(f"{name} holds only up to entry {start + len(got) - 1}")
+    return got
 
 
 def fetch_checkpoints(source: str, start: int, end: int) -> list[tuple[int, bytes]]:
     """The stored checkpoints of sizes ``start < size < end`` of a store directory or a
     ``postgresql://`` database (unverified: see :func:`_restorable`); none from tiles."""
-    if start + 1 >= end or source.startswith(("http://", "https://")):
+    opened = None if start + 1 >= end else _source_store(source)
+    if opened is None:
         return []
-    st: Backend
-    if is_database_url(source):
-        st = open_backend(source, Path("."), readonly=True)
-    else:
-        p = Path(source)
-        if (p / "data.mdb").exists():
-            st = Storage(p, readonly=True)
-        elif (p / "db" / "data.mdb").exists():
-            st = Storage(p / "db", readonly=True)
-        else:
-            return []  # a tiles directory
+    st = opened[0]
     out: list[tuple[int, bytes]] = []
     try:
         with st.read() as rv:
