@@ -140,12 +140,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         name="witness-monitor",
         daemon=True,
     )
+    mon_thread.start()
+    _startup_check(cfg, monitor, stop)
     try:
         server.start()
     except ServerStartError as exc:
         _err(str(exc))
+        stop.set()
+        mon_thread.join(timeout=10)
+        monitor.close()
         return EXIT_STATE
-    mon_thread.start()
     logger.warning(
         "witness %s serving %d log(s) at %s; vkey %s",
         witness.name,
@@ -166,17 +170,67 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _startup_check(cfg: WitnessConfig, monitor: Monitor, stop: threading.Event) -> None:
+    """Wait (bounded) for the monitor's first round, which asks every log with a URL and
+    every peer for its latest checkpoint, before the first push is taken: a state put back
+    from an old copy adopts the larger checkpoint this witness cosigned since (see
+    Witness.observe_own). A log or peer not answered by then never blocks the start: a
+    WARNING, and the background rounds ask it again. The socket is bound already, so pushes
+    arriving meanwhile wait in its backlog."""
+    if not any(lg.url for lg in cfg.logs) and not cfg.peers:
+        return
+    bound = 3 * cfg.http_timeout  # one whole answer's deadline (client.net)
+    deadline = time.monotonic() + bound
+    while not monitor.first_round.is_set() and not stop.is_set():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            logger.warning(
+                "start-up check: the logs and peers did not all answer within %g s; serving "
+                "now, asking them again in the background",
+                bound,
+            )
+            return
+        monitor.first_round.wait(min(left, 0.5))
+
+
 # --- check --------------------------------------------------------------------------------
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     cfg = WitnessConfig.load(args.config)
     with WitnessStore(cfg.state_db) as store:
-        return _check(cfg, store)
+        notes = _check_own(cfg, store)
+        return _check(cfg, store, notes)
 
 
-def _check(cfg: WitnessConfig, store: WitnessStore) -> int:
+def _check_own(cfg: WitnessConfig, store: WitnessStore) -> list[str]:
+    """Ask the logs (with a URL) and the peers for their latest checkpoints: our own
+    cosignature on a larger size than the state holds means the state was put back; it is
+    adopted (or, inconsistent with the state, recorded as evidence). Lines for the report."""
+    if not any(lg.url for lg in cfg.logs) and not cfg.peers:
+        return []
+    try:
+        witness = Witness(cfg.signer(), cfg.logs, store, extra_signers=cfg.extra_signers())
+    except ConfigError:
+        return []  # the key cannot be read: _check reports it
+    monitor = _monitor(cfg, witness)
+    try:
+        _, missed = monitor.check_own_once()
+    finally:
+        monitor.close()
+    lines = [
+        f"STATE ROLLED BACK: log {origin}: the state held tree size {held}; adopted tree size "
+        f"{size}, which this witness had cosigned"
+        for origin, (held, size) in sorted(witness.rollbacks.items())
+    ]
+    lines += [f"warning: could not ask {what} for its latest checkpoints" for what in missed]
+    return lines
+
+
+def _check(cfg: WitnessConfig, store: WitnessStore, notes: Sequence[str] = ()) -> int:
     problems: list[str] = []
+    for line in notes:
+        _out(line)
     try:
         own = [cfg.signer().verifier(), *(s.verifier() for s in cfg.extra_signers())]
     except KeyFileUnreadable as exc:

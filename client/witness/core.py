@@ -78,6 +78,7 @@ import hmac
 import json
 import logging
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -277,6 +278,16 @@ class Witness:
         self.on_inconsistent: (
             Callable[[WitnessedLog, StoredCheckpoint, Checkpoint, str], object] | None
         ) = None
+        # Asks the log for a consistency proof (log, old size, new size); None when it cannot
+        # give one now. The monitor sets it for logs with a URL (see observe_own).
+        self.proof_source: Callable[[WitnessedLog, int, int], Sequence[bytes] | None] | None = None
+        self._own_ids = frozenset((v.name, v.key_id) for v in self.verifiers)
+        # Rolled-back states noticed (observe_own), per origin, for /metrics; the CRITICAL
+        # line is written once per origin and process.
+        self.rolled_back: dict[str, int] = {}
+        self.rollbacks: dict[str, tuple[int, int]] = {}  # the last (held, adopted) sizes
+        self._rollback_lock = threading.Lock()
+        self._rollback_logged: set[str] = set()
 
     @property
     def name(self) -> str:
@@ -343,6 +354,12 @@ class Witness:
         if old_size > cp.size:
             raise BadRequest("old size is larger than the checkpoint size")
         signed_note = Note(cp.text(), opened.verified).format()  # unverified lines dropped
+        if not proof_from_log and any(
+            (sig.name, sig.key_id) in self._own_ids for sig in note.signatures
+        ):
+            # It carries a line under our own key: if it is our cosignature on a larger size
+            # than our state holds, the state went back; adopt it before judging the push.
+            self.observe_own(log, checkpoint_note, "add-checkpoint")
         for _ in range(_CAS_ATTEMPTS):
             # Checked again after a lost compare-and-swap, which also refuses once evidence
             # is recorded (in its transaction): evidence found meanwhile freezes this push too.
@@ -406,6 +423,153 @@ class Witness:
             raise Inconsistent(f"consistency check failed: {exc}") from None
 
     # --- monitoring ---------------------------------------------------------------------
+
+    def own_cosigned(self, log: WitnessedLog, text: str) -> tuple[Checkpoint, str] | None:
+        """``text`` if it is a checkpoint of ``log`` signed by the log's key and cosigned by
+        one of this witness's own keys, both verified: the checkpoint and the note of those
+        verified lines only (as a stored checkpoint is). Else None.
+
+        Only a line whose name *and* key ID are ours is ours (the key ID hashes the name: a
+        line under another witness's name with our key ID is someone else's, and ignored);
+        such a line whose signature fails makes the whole note worthless here (a forgery,
+        never evidence: anyone can write one). A checkpoint with extension lines is never
+        ours either: this witness does not cosign them.
+        """
+        try:
+            note = parse_note(text)
+        except FormatError:
+            return None
+        if not any((sig.name, sig.key_id) in self._own_ids for sig in note.signatures):
+            return None
+        try:
+            cp = Checkpoint.parse(note.text)
+            opened = open_note(note, [*log.verifiers, *self.verifiers])
+        except (FormatError, VerificationError):
+            return None
+        if cp.origin != log.origin or cp.extensions:
+            return None
+        log_ids = {(v.name, v.key_id) for v in log.verifiers}
+        kept = [s for s in opened.verified if (s.name, s.key_id) in log_ids | self._own_ids]
+        if not any((s.name, s.key_id) in log_ids for s in kept) or not any(
+            (s.name, s.key_id) in self._own_ids for s in kept
+        ):
+            return None
+        return cp, Note(cp.text(), tuple(kept)).format()
+
+    def observe_own(self, log: WitnessedLog, text: str, source: str) -> str:
+        """A view of ``log`` met somewhere (the log, a peer, a push): act on our own
+        cosignature in it. Returns ``"adopted"``, ``"evidence"`` (new evidence recorded) or
+        ``""`` (nothing to do: no verified cosignature of ours, or not beyond our state).
+
+        Our cosignature on a larger tree size than the state holds means the state went
+        back (restored from a backup or a snapshot): the witness adopts that checkpoint,
+        which it vouched for, so that it never cosigns a checkpoint inconsistent with it.
+        When the log can be asked (``proof_source``), the stored checkpoint must first be
+        proved consistent with it: a proof that fails means two histories carry our key,
+        which is evidence, as is our cosignature on another root at the size we hold.
+        """
+        found = self.own_cosigned(log, text)
+        if found is None:
+            return ""
+        cp, note = found
+        origin = log.origin
+        for _ in range(_CAS_ATTEMPTS):
+            if self.store.has_evidence(origin):
+                return ""  # frozen already: nothing will be cosigned
+            stored = self.latest(origin)
+            if stored is not None and cp.size < stored.size:
+                return ""  # an older cosignature of ours: the usual comparisons judge it
+            if stored is not None and cp.size == stored.size:
+                if hmac.compare_digest(cp.root_hash, stored.root_hash):
+                    return ""
+                new = self.record_evidence(
+                    origin,
+                    source,
+                    "this witness's own cosignature is on two different roots at one tree "
+                    "size (the log equivocated, or the witness key was used elsewhere)",
+                    stored.note,
+                    note,
+                    {"ours": _describe_stored(stored), "theirs": describe(cp)},
+                )
+                return "evidence" if new else ""
+            held = 0 if stored is None else stored.size
+            proof: Sequence[bytes] | None = None
+            if stored is not None and held > 0 and self.proof_source is not None:
+                proof = self.proof_source(log, held, cp.size)
+            if proof is not None and stored is not None:
+                try:
+                    verify_consistency(held, cp.size, stored.root_hash, cp.root_hash, proof)
+                except VerificationError as exc:
+                    new = self.record_evidence(
+                        origin,
+                        source,
+                        "this witness's own cosignatures are on two inconsistent checkpoints: "
+                        f"the log's consistency proof {held} -> {cp.size} does not verify "
+                        f"({exc})",
+                        stored.note,
+                        note,
+                        {
+                            "ours": _describe_stored(stored),
+                            "theirs": describe(cp),
+                            "consistency_proof": [b64encode(h) for h in proof],
+                        },
+                    )
+                    return "evidence" if new else ""
+            expected = None if stored is None else (stored.size, stored.root_hash)
+            if self.store.compare_and_swap(origin, expected, cp.size, cp.root_hash, note):
+                self._note_rollback(origin, held, cp.size, proved=proof is not None)
+                return "adopted"
+        return ""
+
+    def _note_rollback(self, origin: str, held: int, cosigned: int, *, proved: bool) -> None:
+        with self._rollback_lock:
+            self.rolled_back[origin] = self.rolled_back.get(origin, 0) + 1
+            self.rollbacks[origin] = (held, cosigned)
+            first = origin not in self._rollback_logged
+            self._rollback_logged.add(origin)
+        how = "" if proved else " (no consistency proof from the log to check it against)"
+        if first:
+            logger.critical(
+                "WITNESS STATE ROLLED BACK: log %s: the state held tree size %d but this "
+                "witness had cosigned tree size %d; adopted that checkpoint%s",
+                origin,
+                held,
+                cosigned,
+                how,
+            )
+        else:
+            logger.warning(
+                "witness state behind: log %s: held tree size %d, had cosigned %d; adopted%s",
+                origin,
+                held,
+                cosigned,
+                how,
+            )
+
+    def merge_cosignatures(
+        self, origin: str, text: str, verifiers: Sequence[AnyCosignatureVerifier]
+    ) -> bool:
+        """Keep the verified cosignatures of ``verifiers`` (peer witnesses) from ``text``
+        beside ours when ``text`` is the very checkpoint we hold (same size and root). A
+        peer restored from an old copy of its state then finds its own cosignature here
+        (:meth:`observe_own`). True if the stored note changed."""
+        stored = self.latest(origin)
+        if stored is None:
+            return False
+        try:
+            theirs = open_note(text, verifiers)
+            cp = Checkpoint.parse(theirs.text)
+            ours = parse_note(stored.note)
+        except (FormatError, VerificationError):
+            return False
+        if theirs.text != ours.text or not hmac.compare_digest(cp.root_hash, stored.root_hash):
+            return False  # not the checkpoint we hold (the text names origin, size, root)
+        have = {(s.name, s.key_id) for s in ours.signatures}
+        add = tuple(s for s in theirs.verified if (s.name, s.key_id) not in have)
+        if not add:
+            return False
+        merged = Note(ours.text, (*ours.signatures, *add)).format()
+        return self.store.replace_note(origin, stored.size, stored.root_hash, merged)
 
     def latest(self, origin: str) -> StoredCheckpoint | None:
         """The stored checkpoint of ``origin``, its size and root checked against its signed

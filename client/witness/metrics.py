@@ -16,6 +16,11 @@
   operator runs ``tlog-witness check``, which names it). Nothing is repaired or hidden:
   pushes for a damaged log are still refused (503) and ``tlog-witness check`` still fails.
 
+  ``tlog_witness_state_rolled_back_total{origin}`` counts, since the process started, the
+  times the witness met its own cosignature on a larger tree size than its state held (its
+  state was put back from an old copy) and adopted that checkpoint
+  (:meth:`client.witness.core.Witness.observe_own`); the CRITICAL line comes once per log.
+
 ``prometheus_client`` is imported when this module is, which only the server does; the
 verification core of ``client.witness`` stays free of it.
 """
@@ -29,7 +34,7 @@ import time
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
@@ -112,7 +117,17 @@ class _State(Collector):
             self._logged_unreadable = not scan.readable
         return scan
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        rolled = CounterMetricFamily(
+            "tlog_witness_state_rolled_back",
+            "times this witness met its own cosignature on a larger tree size than its state "
+            "held (a state put back from an old copy) and adopted that checkpoint, per log",
+            labels=["origin"],
+        )
+        counts = dict(self.witness.rolled_back)
+        for origin in sorted(set(self.witness.logs) | set(counts)):
+            rolled.add_metric([origin], counts.get(origin, 0))
+        yield rolled
         scan = self.scan()
         yield GaugeMetricFamily(
             "tlog_witness_state_readable",

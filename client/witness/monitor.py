@@ -209,6 +209,32 @@ class Monitor:
         self._settle_lock = threading.Lock()
         self._settling: set[str] = set()  # origins whose pushed proof is being settled
         witness.on_inconsistent = self.settle_push
+        witness.proof_source = self.log_proof
+        self.first_round = threading.Event()  # set once run() has asked every log and peer
+
+    def log_proof(
+        self, log: WitnessedLog, old_size: int, tree_size: int
+    ) -> tuple[bytes, ...] | None:
+        """The log's own consistency proof ``old_size -> tree_size``, or None when the log
+        has no URL, cannot be reached or refuses (logged): the caller decides without it."""
+        if log.url is None:
+            return None
+        try:
+            return LogClient(log, self._http).consistency(old_size, tree_size).proof
+        except (LogUnavailable, ProofRefused) as exc:
+            logger.warning(
+                "%s: no consistency proof %d -> %d from the log: %s",
+                log.origin,
+                old_size,
+                tree_size,
+                exc,
+            )
+            return None
+
+    def _observe(self, log: WitnessedLog, text: str, source: str) -> int:
+        """Act on our own cosignature in a view of ``log`` (Witness.observe_own); the number
+        of new evidence records (0 or 1)."""
+        return int(self.witness.observe_own(log, text, source) == "evidence")
 
     def settle_push(
         self, log: WitnessedLog, ours: StoredCheckpoint, theirs: Checkpoint, their_note: str
@@ -279,8 +305,10 @@ class Monitor:
         except (FormatError, VerificationError) as exc:
             logger.warning("poll %s: log served a bad checkpoint: %s", log.origin, exc)
             return 0
-        ours = self.witness.latest(log.origin)
         peer = f"log {client.url}"
+        if self._observe(log, text, peer):
+            return 1
+        ours = self.witness.latest(log.origin)
         old = 0
         proof: tuple[bytes, ...] = ()
         if ours is not None:
@@ -367,9 +395,15 @@ class Monitor:
             logger.warning(
                 "gossip %s/%s: checkpoint not cosigned by the peer", peer.name, log.origin
             )
+        if self._observe(log, text, f"peer {peer.name}"):
+            return 1
         ours = self.witness.latest(log.origin)
         if ours is None:
             return 0
+        if cp.size == ours.size and hmac.compare_digest(cp.root_hash, ours.root_hash):
+            # The peer cosigned what we hold: keep its line beside ours, so that the peer
+            # finds its own cosignature here if its state is ever put back (observe_own).
+            self.witness.merge_cosignatures(log.origin, text, [peer.verifier])
         return self._compare(log, ours, cp, text, f"peer {peer.name}")
 
     # --- comparison -----------------------------------------------------------------------
@@ -525,6 +559,42 @@ class Monitor:
         new = self.witness.record_evidence(log.origin, peer, reason, ours.note, their_note, detail)
         return int(new)
 
+    # --- the check for our own later cosignatures (tlog-witness check) --------------------
+
+    def check_own_once(self) -> tuple[int, list[str]]:
+        """Ask every log with a URL and every peer for its latest checkpoint of each log, and
+        act on our own cosignatures in them (:meth:`Witness.observe_own`), cosigning nothing
+        new. Returns (new evidence records, what could not be asked)."""
+        found = 0
+        missed: list[str] = []
+        logs = self.witness.all_logs()
+        for log in logs:
+            if log.url is None:
+                continue
+            client = LogClient(log, self._http)
+            try:
+                text = client.checkpoint()
+            except (LogUnavailable, ProofRefused) as exc:
+                logger.warning("check %s: the log cannot be asked: %s", log.origin, exc)
+                missed.append(f"log {log.origin}")
+                continue
+            found += self._observe(log, text, f"log {client.url}")
+        for peer in self.peers:
+            client_w = WitnessClient(peer.url, peer.verifier, http=self._http)
+            for log in logs:
+                try:
+                    peer_text = client_w.latest_checkpoint(log.origin)
+                except (WitnessUnreachable, WitnessBusy) as exc:
+                    logger.warning("check: peer %s cannot be asked: %s", peer.name, exc)
+                    missed.append(f"peer {peer.name}")
+                    break
+                except (WitnessError, FormatError) as exc:
+                    logger.warning("check: peer %s/%s: %s", peer.name, log.origin, exc)
+                    continue
+                if peer_text is not None:
+                    found += self._observe(log, peer_text, f"peer {peer.name}")
+        return found, missed
+
     # --- background loop ----------------------------------------------------------------
 
     def pull_lists_once(self) -> PullReport:
@@ -549,10 +619,10 @@ class Monitor:
         next_gossip = 0.0
         next_lists = 0.0
         while not stop.is_set():
+            # The first round asks every log and every peer for its latest checkpoint (the
+            # start-up check, which `serve` waits for, bounded, before it takes pushes); the
+            # lists come after it. A log or peer not reached is asked again at its interval.
             now = time.monotonic()
-            if self.log_lists and now >= next_lists:
-                self._guard(self.pull_lists_once)
-                next_lists = now + self.log_list_interval
             for origin, due in next_poll.items():
                 if now >= due:
                     log = self.witness.logs[origin]
@@ -561,6 +631,10 @@ class Monitor:
             if self.peers and now >= next_gossip:
                 self._guard(self.gossip_once)
                 next_gossip = now + gossip_interval
+            self.first_round.set()
+            if self.log_lists and now >= next_lists:
+                self._guard(self.pull_lists_once)
+                next_lists = now + self.log_list_interval
             stop.wait(0.5)
 
     @staticmethod

@@ -341,6 +341,17 @@ class WitnessStore:
                     conn.execute("ROLLBACK")
                 raise
 
+    def replace_note(self, origin: str, size: int, root_hash: bytes, note: str) -> bool:
+        """Replace the stored note of ``origin`` iff it still holds (size, root): the same
+        checkpoint with more verified cosignature lines. Size, root and time stay. Durable
+        when it returns True."""
+        with self._connect() as conn:
+            cur = conn.execute(
+                "UPDATE checkpoints SET note = ? WHERE origin = ? AND size = ? AND root = ?",
+                (note, origin, size, root_hash),
+            )
+            return cur.rowcount == 1
+
     # --- evidence -----------------------------------------------------------------------
 
     def record_evidence(

@@ -132,6 +132,7 @@ class FakeLogServer(ThreadingHTTPServer):
     def __init__(self, log: FakeLog) -> None:
         self.log = log
         self.proof_status = 200  # set to 404 (refusal) or 503 (outage) to misbehave
+        self.served_note: str | None = None  # GET /checkpoint serves this note when set
         self.requests: list[str] = []
         super().__init__(("127.0.0.1", 0), _LogHandler)
 
@@ -160,7 +161,7 @@ class _LogHandler(BaseHTTPRequestHandler):
         srv.requests.append(self.path)
         url = urlsplit(self.path)
         if url.path == "/checkpoint":
-            self._send(200, log.checkpoint(log.size))
+            self._send(200, srv.served_note or log.checkpoint(log.size))
             return
         if url.path == "/v1/proof/consistency":
             if srv.proof_status != 200:
