@@ -398,3 +398,28 @@ def test_check_adopts_from_the_log_and_says_so(
         in out
     )
     assert f"log {LOG.origin}: cosigned size 9" in out
+
+
+# --- (c) the start-up check is bounded ------------------------------------------------------
+
+
+def test_serve_does_not_wait_past_the_bound_for_a_first_round_that_does_not_end(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """However many logs and peers hang, ``serve`` starts after 3 x http_timeout (a whole
+    answer's deadline) with a WARNING; the round goes on in the background."""
+    import threading
+    from types import SimpleNamespace
+
+    from client.witness.cli import _startup_check
+
+    w = make_witness(tmp_path / "w.db", [LOG.witnessed_log("http://127.0.0.1:9")])
+    mon = Monitor(w)  # its first round never runs here
+    cfg = SimpleNamespace(logs=list(w.logs.values()), peers=[], http_timeout=0.05)
+    try:
+        with caplog.at_level(logging.WARNING, logger="client.witness"):
+            _startup_check(cfg, mon, threading.Event())  # type: ignore[arg-type]
+    finally:
+        mon.close()
+        w.store.close()
+    assert "start-up check: the logs and peers did not all answer within 0.15 s" in caplog.text
