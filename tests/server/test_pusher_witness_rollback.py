@@ -1,9 +1,10 @@
 """A witness restored from an old copy of its state is noticed by the log that pushes to it.
 
-The witness cannot tell it was restored (docs/witnesses.md, "Never restore a witness's
-state"), but a log that holds its cosignature on a size can: when the witness later answers
-409 with a smaller size, it forgot what it cosigned, and could now be made to cosign a fork
-of it for someone else. The log says so loudly (CRITICAL, and the push metric's
+The witness can tell only where a log or a peer shows it its own later cosignature
+(docs/witnesses.md, "A witness whose state was put back"; this one has neither), but a log
+that holds its cosignature on a size can: when the witness later answers 409 with a smaller
+size, it forgot what it cosigned, and could now be made to cosign a fork of it for someone
+else. The log says so loudly (CRITICAL, and the push metric's
 ``witness_rolled_back``), then pushes on as before (its own history is intact).
 """
 
