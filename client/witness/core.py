@@ -67,6 +67,16 @@ Decisions this module takes (documented for operators):
 
   Configuration errors (:class:`client.witness.config.ConfigError`) and the monitor's
   (``LogUnavailable``, ``ProofRefused``) never reach HTTP.
+* **Our own later cosignature means our state went back.** A state put back from an old
+  copy (backup, VM snapshot) remembers a smaller size than this witness cosigned since, and
+  nothing in it can tell. Its own cosignature can: wherever the witness meets a log-signed
+  checkpoint carrying a verified cosignature under its own key (the log's ``/checkpoint``, a
+  peer's checkpoint, a push, ``tlog-witness check``), :meth:`Witness.observe_own` adopts it
+  when it is larger than the state (after the log's own consistency proof from the stored
+  checkpoint, when the log can be asked), so nothing inconsistent with it is ever cosigned;
+  the same cosignature on another root at our size, or on a checkpoint the log cannot prove
+  consistent with our state, is evidence (two histories carry our key). A forged line
+  (another key, a bad signature, another witness's name) is ignored.
 * **No cosigning with a log's key.** A cosigning key whose public key equals a configured
   log key (also one derived from the same private key, whatever the name) is refused:
   a cosignature by the log itself would count as an independent witness.
@@ -126,6 +136,9 @@ __all__ = [
 logger = logging.getLogger("client.witness")
 
 _CAS_ATTEMPTS = 3
+# Signature lines a stored note may reach by keeping peers' cosignatures (signed-note
+# parsers refuse notes past 100 lines; the log's and our own lines come first).
+_MAX_STORED_LINES = 64
 
 
 # --- errors, and the one table of their HTTP status (module docstring) -------------------
@@ -566,8 +579,8 @@ class Witness:
             return False  # not the checkpoint we hold (the text names origin, size, root)
         have = {(s.name, s.key_id) for s in ours.signatures}
         add = tuple(s for s in theirs.verified if (s.name, s.key_id) not in have)
-        if not add:
-            return False
+        if not add or len(ours.signatures) + len(add) > _MAX_STORED_LINES:
+            return False  # nothing new, or past what a served note may carry
         merged = Note(ours.text, (*ours.signatures, *add)).format()
         return self.store.replace_note(origin, stored.size, stored.root_hash, merged)
 

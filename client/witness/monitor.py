@@ -21,6 +21,14 @@ log: the round goes on with the next peers.
   redirects (never followed) are treated as outages and never count: a log being down or
   moved is not a split view.
 
+Both look for this witness's own cosignature first (:meth:`Witness.observe_own`): one on a
+larger size than the state holds means the state was put back from an old copy, and that
+checkpoint is adopted (the log's proof from the stored one checked when the log can be
+asked). A peer's checkpoint of exactly the size and root we hold has the peer's verified
+cosignature kept beside ours (:meth:`Witness.merge_cosignatures`), so that a peer put back
+finds its own line here. The first round of :meth:`Monitor.run` is the start-up check that
+``tlog-witness serve`` waits for (bounded) before it takes pushes.
+
 The proof response also carries a checkpoint; if it is log-signed, at the size of one of
 the two compared checkpoints and with another root, that is evidence too.
 
