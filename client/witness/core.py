@@ -372,6 +372,8 @@ class Witness:
         ):
             # It carries a line under our own key: if it is our cosignature on a larger size
             # than our state holds, the state went back; adopt it before judging the push.
+            # (Not its older ones: anyone can replay those, and each would cost a request to
+            # the log in this worker thread; polling and gossip compare them with the log.)
             self.observe_own(log, checkpoint_note, "add-checkpoint")
         for _ in range(_CAS_ATTEMPTS):
             # Checked again after a lost compare-and-swap, which also refuses once evidence
@@ -469,7 +471,9 @@ class Witness:
             return None
         return cp, Note(cp.text(), tuple(kept)).format()
 
-    def observe_own(self, log: WitnessedLog, text: str, source: str) -> str:
+    def observe_own(
+        self, log: WitnessedLog, text: str, source: str, *, check_older: bool = False
+    ) -> str:
         """A view of ``log`` met somewhere (the log, a peer, a push): act on our own
         cosignature in it. Returns ``"adopted"``, ``"evidence"`` (new evidence recorded) or
         ``""`` (nothing to do: no verified cosignature of ours, or not beyond our state).
@@ -480,6 +484,11 @@ class Witness:
         When the log can be asked (``proof_source``), the stored checkpoint must first be
         proved consistent with it: a proof that fails means two histories carry our key,
         which is evidence, as is our cosignature on another root at the size we hold.
+
+        ``check_older``: our cosignature on a *smaller* size is checked against the state
+        too (the log's proof between them), for ``check``, which does not compare the view
+        with the state otherwise; polling and gossip do (``_compare``), and a push does not
+        (anyone can replay an old checkpoint: each would cost a request to the log).
         """
         found = self.own_cosigned(log, text)
         if found is None:
@@ -491,7 +500,7 @@ class Witness:
                 return ""  # frozen already: nothing will be cosigned
             stored = self.latest(origin)
             if stored is not None and cp.size < stored.size:
-                return ""  # an older cosignature of ours: the usual comparisons judge it
+                return self._check_older(log, stored, cp, note, source) if check_older else ""
             if stored is not None and cp.size == stored.size:
                 if hmac.compare_digest(cp.root_hash, stored.root_hash):
                     return ""
@@ -532,6 +541,35 @@ class Witness:
             if self.store.compare_and_swap(origin, expected, cp.size, cp.root_hash, note):
                 self._note_rollback(origin, held, cp.size, proved=proof is not None)
                 return "adopted"
+        return ""
+
+    def _check_older(
+        self, log: WitnessedLog, stored: StoredCheckpoint, cp: Checkpoint, note: str, source: str
+    ) -> str:
+        """Our cosignature on a smaller size than the state holds: evidence if the log's own
+        proof from it to the state fails (two histories carry our key); else nothing."""
+        if cp.size == 0 or self.proof_source is None:
+            return ""  # the empty tree precedes every tree; no proof to ask for
+        proof = self.proof_source(log, cp.size, stored.size)
+        if proof is None:
+            return ""
+        try:
+            verify_consistency(cp.size, stored.size, cp.root_hash, stored.root_hash, proof)
+        except VerificationError as exc:
+            new = self.record_evidence(
+                log.origin,
+                source,
+                "this witness's own cosignatures are on two inconsistent checkpoints: the "
+                f"log's consistency proof {cp.size} -> {stored.size} does not verify ({exc})",
+                stored.note,
+                note,
+                {
+                    "ours": _describe_stored(stored),
+                    "theirs": describe(cp),
+                    "consistency_proof": [b64encode(h) for h in proof],
+                },
+            )
+            return "evidence" if new else ""
         return ""
 
     def _note_rollback(self, origin: str, held: int, cosigned: int, *, proved: bool) -> None:

@@ -239,10 +239,13 @@ class Monitor:
             )
             return None
 
-    def _observe(self, log: WitnessedLog, text: str, source: str) -> int:
+    def _observe(
+        self, log: WitnessedLog, text: str, source: str, *, check_older: bool = False
+    ) -> int:
         """Act on our own cosignature in a view of ``log`` (Witness.observe_own); the number
         of new evidence records (0 or 1)."""
-        return int(self.witness.observe_own(log, text, source) == "evidence")
+        found = self.witness.observe_own(log, text, source, check_older=check_older)
+        return int(found == "evidence")
 
     def settle_push(
         self, log: WitnessedLog, ours: StoredCheckpoint, theirs: Checkpoint, their_note: str
@@ -586,7 +589,7 @@ class Monitor:
                 logger.warning("check %s: the log cannot be asked: %s", log.origin, exc)
                 missed.append(f"log {log.origin}")
                 continue
-            found += self._observe(log, text, f"log {client.url}")
+            found += self._observe(log, text, f"log {client.url}", check_older=True)
         for peer in self.peers:
             client_w = WitnessClient(peer.url, peer.verifier, http=self._http)
             for log in logs:
@@ -600,7 +603,7 @@ class Monitor:
                     logger.warning("check: peer %s/%s: %s", peer.name, log.origin, exc)
                     continue
                 if peer_text is not None:
-                    found += self._observe(log, peer_text, f"peer {peer.name}")
+                    found += self._observe(log, peer_text, f"peer {peer.name}", check_older=True)
         return found, missed
 
     # --- background loop ----------------------------------------------------------------

@@ -376,8 +376,6 @@ def test_the_log_serving_our_cosignature_on_another_root_is_evidence(tmp_path: P
 def test_check_adopts_from_the_log_and_says_so(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    (tmp_path / "witness.key").write_text(OURS.skey() + "\n")
-    (tmp_path / "witness.key").chmod(0o600)
     db = tmp_path / "state.db"
     w = make_witness(db, [LOG.witnessed_log()])
     assert add_status(w, LOG.body(0, 5)) == 200
@@ -385,13 +383,7 @@ def test_check_adopts_from_the_log_and_says_so(
     with serving(FakeLogServer(LOG)) as srv:
         srv.log.size = 9
         srv.served_note = cosigned(LOG, 9, OURS)
-        cfg = tmp_path / "witness.toml"
-        cfg.write_text(
-            f'name = "{WITNESS_NAME}"\nkey_file = "witness.key"\nstate_db = "state.db"\n'
-            f'listen = "127.0.0.1:0"\nhttp_timeout = 5\n[[log]]\norigin = "{LOG.origin}"\n'
-            f'vkey = "{LOG.signer.vkey()}"\nurl = "{srv.url}"\n'
-        )
-        assert main(["check", "--config", str(cfg)]) == 0
+        assert main(["check", "--config", str(_check_config(tmp_path, srv.url))]) == 0
     out = capsys.readouterr().out
     assert (
         f"STATE ROLLED BACK: log {LOG.origin}: the state held tree size 5; adopted tree size 9"
@@ -423,3 +415,54 @@ def test_serve_does_not_wait_past_the_bound_for_a_first_round_that_does_not_end(
         mon.close()
         w.store.close()
     assert "start-up check: the logs and peers did not all answer within 0.15 s" in caplog.text
+
+
+def _check_config(tmp_path: Path, log_url: str) -> Path:
+    (tmp_path / "witness.key").write_text(OURS.skey() + "\n")
+    (tmp_path / "witness.key").chmod(0o600)
+    cfg = tmp_path / "witness.toml"
+    cfg.write_text(
+        f'name = "{WITNESS_NAME}"\nkey_file = "witness.key"\nstate_db = "state.db"\n'
+        f'listen = "127.0.0.1:0"\nhttp_timeout = 5\n[[log]]\norigin = "{LOG.origin}"\n'
+        f'vkey = "{LOG.signer.vkey()}"\nurl = "{log_url}"\n'
+    )
+    return cfg
+
+
+def test_check_finds_our_cosignature_on_an_older_checkpoint_of_another_history(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Our state holds LOG's size 9; the log serves our cosignature on EARLY_FORK's size 4,
+    and its own proof 4 -> 9 cannot lead from that root: evidence, exit 1."""
+    w = make_witness(tmp_path / "state.db", [LOG.witnessed_log()])
+    assert add_status(w, LOG.body(0, 9)) == 200
+    w.store.close()
+    with serving(FakeLogServer(LOG)) as srv:
+        srv.log.size = 9
+        srv.served_note = cosigned(EARLY_FORK, 4, OURS)
+        assert main(["check", "--config", str(_check_config(tmp_path, srv.url))]) == 1
+        assert "/v1/proof/consistency?old_size=4&tree_size=9" in srv.requests
+    out = capsys.readouterr().out
+    assert "SPLIT-VIEW EVIDENCE: 1 record(s)" in out
+    assert "own cosignatures are on two inconsistent checkpoints" in out
+
+
+def test_a_pushed_older_cosignature_of_ours_costs_no_request_to_the_log(
+    tmp_path: Path,
+) -> None:
+    """Anyone can replay an old checkpoint: a push never asks the log about it."""
+    w = make_witness(tmp_path / "w.db", [LOG.witnessed_log()])
+    assert add_status(w, LOG.body(0, 9)) == 200
+    with serving(FakeLogServer(LOG)) as srv:
+        w.logs = {LOG.origin: LOG.witnessed_log(srv.url)}
+        mon = Monitor(w)
+        try:
+            old = AddCheckpointRequest(9, (), cosigned(EARLY_FORK, 4, OURS)).format()
+            assert add_status(w, old) == 400  # old > size
+            old = AddCheckpointRequest(4, (), cosigned(EARLY_FORK, 4, OURS)).format()
+            assert add_status(w, old) == 409
+        finally:
+            mon.close()
+        assert srv.requests == []
+    assert w.evidence() == [] and _size(w) == 9
+    w.store.close()
