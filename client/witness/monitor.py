@@ -324,7 +324,9 @@ class Monitor:
         proof: tuple[bytes, ...] = ()
         if ours is not None:
             if cp.size <= ours.size:
-                # Not news; still a view of the log that must agree with ours.
+                # Not news; still a view of the log that must agree with ours. The log's
+                # checkpoint may carry our peers' cosignatures on what we hold: kept.
+                self._keep_peer_lines(log, ours, cp, text)
                 return self._compare(log, ours, cp, text, peer)
             old = ours.size
         if ours is not None and old > 0:
@@ -411,11 +413,21 @@ class Monitor:
         ours = self.witness.latest(log.origin)
         if ours is None:
             return 0
-        if cp.size == ours.size and hmac.compare_digest(cp.root_hash, ours.root_hash):
-            # The peer cosigned what we hold: keep its line beside ours, so that the peer
-            # finds its own cosignature here if its state is ever put back (observe_own).
-            self.witness.merge_cosignatures(log.origin, text, [peer.verifier])
+        self._keep_peer_lines(log, ours, cp, text)
         return self._compare(log, ours, cp, text, f"peer {peer.name}")
+
+    def _keep_peer_lines(
+        self, log: WitnessedLog, ours: StoredCheckpoint, cp: Checkpoint, text: str
+    ) -> None:
+        """``text`` is the checkpoint we hold: keep the verified cosignatures of our peers on
+        it beside ours, so that a peer whose state is put back finds its own line here
+        (:meth:`Witness.observe_own`)."""
+        if (
+            self.peers
+            and cp.size == ours.size
+            and hmac.compare_digest(cp.root_hash, ours.root_hash)
+        ):
+            self.witness.merge_cosignatures(log.origin, text, [p.verifier for p in self.peers])
 
     # --- comparison -----------------------------------------------------------------------
 

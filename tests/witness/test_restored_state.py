@@ -466,3 +466,31 @@ def test_a_pushed_older_cosignature_of_ours_costs_no_request_to_the_log(
         assert srv.requests == []
     assert w.evidence() == [] and _size(w) == 9
     w.store.close()
+
+
+def test_peer_lines_on_the_logs_checkpoint_of_our_size_are_kept(tmp_path: Path) -> None:
+    """A log serving its cosigned checkpoint (ours and a peer's lines on it) gives us the
+    peer's line to keep; a bad line under the peer's key gives nothing."""
+    peer = CosignatureSigner(PEER_NAME, PEER_SEED)
+    w = make_witness(tmp_path / "w.db", [LOG.witnessed_log()])
+    assert add_status(w, LOG.body(0, 9)) == 200
+    with serving(FakeLogServer(LOG)) as srv:
+        srv.log.size = 9
+        w.logs = {LOG.origin: LOG.witnessed_log(srv.url)}
+        mon = Monitor(w, [Peer("b", peer.verifier(), "http://127.0.0.1:9")])
+        try:
+            good = cosigned(LOG, 9, OURS, peer)
+            bad = good.replace(good.splitlines()[-1][-8:], "AAAAAAA=")
+            srv.served_note = bad
+            assert mon.poll_log(w.logs[LOG.origin]) == 0
+            assert PEER_NAME not in (w.checkpoint_by_hash(_hash()) or "")
+            srv.served_note = good
+            assert mon.poll_log(w.logs[LOG.origin]) == 0
+        finally:
+            mon.close()
+    held = w.checkpoint_by_hash(_hash())
+    assert held is not None
+    assert [s.name for s in parse_note(held).signatures] == [LOG.origin, WITNESS_NAME, PEER_NAME]
+    stored = w.latest(LOG.origin)
+    assert stored is not None and stored.size == 9 and w.evidence() == []
+    w.store.close()
