@@ -3,8 +3,11 @@
 Subcommands::
 
     tlog-witness keygen --name NAME --key FILE [--alg ed25519|mldsa44]  # prints the vkey
-    tlog-witness serve  --config FILE            # HTTP server + log polling + gossip
-    tlog-witness check  --config FILE            # exit 0 iff no split-view evidence
+    tlog-witness serve  --config FILE            # HTTP server + log polling + gossip (the
+                                                 # first round before the first push, bounded)
+    tlog-witness check  --config FILE            # exit 0 iff no split-view evidence; asks
+                                                 # the logs and peers for our own later
+                                                 # cosignatures first (a restored state)
     tlog-witness gossip --config FILE [--once]   # gossip round(s) with the peers
     tlog-witness poll   --config FILE [--once]   # poll the logs that have a URL
     tlog-witness pull-logs --config FILE --source FILE|URL  # add logs from a logs/v0 list
