@@ -494,6 +494,8 @@ class Witness:
         if found is None:
             return ""
         cp, note = found
+        if cp.size == 0:
+            return ""  # the empty tree is behind nothing (a bad root: the comparisons judge it)
         origin = log.origin
         for _ in range(_CAS_ATTEMPTS):
             if self.store.has_evidence(origin):

@@ -494,3 +494,31 @@ def test_peer_lines_on_the_logs_checkpoint_of_our_size_are_kept(tmp_path: Path) 
     stored = w.latest(LOG.origin)
     assert stored is not None and stored.size == 9 and w.evidence() == []
     w.store.close()
+
+
+def test_a_state_without_the_log_adopts_our_cosignature_from_a_peer(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A copy taken before the log was witnessed at all holds nothing for it: our line on a
+    peer's size 9 is adopted (held size 0), and a fork from 0 gets 409 with 9."""
+    peer = make_witness(tmp_path / "b.db", [LOG.witnessed_log()], seed=PEER_SEED, name=PEER_NAME)
+    assert add_status(peer, LOG.body(0, 9)) == 200
+    held = peer.checkpoint_by_hash(_hash())
+    assert held is not None
+    text = LOG.checkpoint_text(9)
+    with_ours = held + OURS.cosign(text, 1_700_000_000).line()
+    assert peer.store.replace_note(LOG.origin, 9, LOG.root(9), with_ours)
+    w = make_witness(tmp_path / "w.db", [LOG.witnessed_log()])
+    with witness_serving(peer) as sp:
+        mon = Monitor(w, [Peer("b", peer.verifier, sp.url)])
+        try:
+            with caplog.at_level(logging.WARNING, logger="client.witness"):
+                assert mon.gossip_once() == 0
+        finally:
+            mon.close()
+    assert _size(w) == 9
+    (line,) = rollback_lines(caplog)
+    assert "the state held tree size 0 but this witness had cosigned tree size 9" in line
+    assert add_status(w, FORK.body(0, 7)) == 409
+    peer.store.close()
+    w.store.close()
