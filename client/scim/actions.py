@@ -496,6 +496,13 @@ class _Builder:
     # all three runs, or X's last add would be lost).
     run_op: str | None = None
     run_keys: set[tuple[str, bytes, str | None]] = field(default_factory=set)
+    # The PatchOp being read (its index in ``patch``), the index the run began at, and for
+    # each entry of ``refs`` and each clearing entry of ``mods`` the PatchOp that made it:
+    # see :meth:`number_ops`.
+    op_i: int | None = None
+    run_i: int | None = None
+    ref_ops: list[int | None] = field(default_factory=list)
+    clear_ops: dict[int, int] = field(default_factory=dict)
 
     def is_secret(self, key: str) -> bool:
         return key in self.secret_attrs
@@ -542,14 +549,58 @@ class _Builder:
             entry["op"] = op
         if attr is not None:
             entry["attr"] = attr[:128]
-        if op != self.run_op:
+        if op != self.run_op or (
+            (op == "replace" or attr == "manager") and self.op_i != self.run_i
+        ):
+            # A new run: another op, or another replace (which discards what came before
+            # it), or another operation on the one-valued manager (each sets it anew)
             self.run_op = op
+            self.run_i = self.op_i
             self.run_keys = set()
         key = (ref_rt, pid, entry.get("attr"))
         if key not in self.run_keys:
             self.run_keys.add(key)
             self.refs.append(entry)
+            self.ref_ops.append(self.op_i)
         return pid
+
+    def number_ops(self) -> None:
+        """Give each reference of an attribute whose runs would be ambiguous, and each entry
+        of ``mods`` that clears it, the index ``i`` of its PatchOp in ``patch``.
+
+        The log applies an attribute's references as runs of one op, in order. Without
+        ``i`` it cannot tell where one ``replace`` ends and the next begins (``[replace
+        [A, B], replace [C]]`` leaves only C), nor where among the references a clear
+        (``remove`` without a value, ``replace`` with nothing: no references of its own)
+        took place, unless the clear comes first. Every other request (nearly all: one
+        operation, or adds and removes) needs neither and is recorded as before, byte for
+        byte."""
+        ops: dict[str, set[int]] = {}
+        replaces: dict[str, set[int]] = {}
+        for entry, i in zip(self.refs, self.ref_ops, strict=True):
+            if i is not None:
+                attr = entry.get("attr", "members")
+                ops.setdefault(attr, set()).add(i)
+                if entry.get("op") == "replace":
+                    replaces.setdefault(attr, set()).add(i)
+        clears: dict[str, set[int]] = {}
+        for n, i in self.clear_ops.items():
+            attr = _ref_attr_name(_attr_key(self.mods[n]["attr"]))
+            clears.setdefault(attr, set()).add(i)
+            ops.setdefault(attr, set()).add(i)
+        multi = {
+            a
+            for a, at in ops.items()
+            if len(replaces.get(a, ())) > 1 or any(c > min(at) for c in clears.get(a, ()))
+        }
+        if not multi:
+            return
+        for entry, i in zip(self.refs, self.ref_ops, strict=True):
+            if i is not None and entry.get("attr", "members") in multi:
+                entry["i"] = i
+        for n, i in self.clear_ops.items():
+            if _ref_attr_name(_attr_key(self.mods[n]["attr"])) in multi:
+                self.mods[n]["i"] = i
 
     def safe_path(self, path: str, key: str, op: str) -> str:
         """``path`` with its filter kept; a filter on a reference attribute names the
@@ -588,6 +639,9 @@ class _Builder:
                 entry["new"] = "null"  # a replace with nothing: the references are cleared
             elif op == "remove" and not has_value and "[" not in path:
                 entry["new"] = "null"  # every value removed (RFC 7644 §3.5.2.2): cleared
+            if entry.get("new") == "null" and patch and self.op_i is not None:
+                self.clear_ops[len(self.mods)] = self.op_i
+                self.run_op = None  # the run ends at a clear: [add X, clear, add X] keeps both
         elif self.is_secret(key):
             pass  # SCIM.md §4.3 step 8: returned:never attributes only as "changed"
         elif op == "remove":
@@ -723,6 +777,7 @@ def _parse_request(
             else:
                 units = [(path, value)]
             hide = False
+            b.op_i = i
             for upath, uvalue in units:
                 key = _attr_key(upath)
                 hide = hide or b.is_secret(key) or b.pseudonymised(key)
@@ -735,6 +790,7 @@ def _parse_request(
             if has_value and not hide:
                 item["v_d"] = jcs_digest(value)
             patch.append(item)
+        b.number_ops()
     else:
         creating = op == "create"
         for upath, uvalue in _expand(obj):

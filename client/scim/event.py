@@ -390,6 +390,9 @@ _MOD = MapSpec(
         "new": (TextSpec(16384, free=True, json_text=True), False),
         "old_d": (_DIGEST, False),
         "new_d": (_DIGEST, False),
+        # A clear of members or manager in a PATCH with two or more operations on it: the
+        # index of its operation in "patch", to place it among the references
+        "i": (_UINT, False),
     }
 )
 _REF = MapSpec(
@@ -398,6 +401,9 @@ _REF = MapSpec(
         "pid": (BytesSpec(16), True),
         "op": (EnumSpec(PATCH_OPS), False),  # the reference was added, removed or set (replace)
         "attr": (TextSpec(128), False),  # the referencing attribute (members, manager)
+        # the index in "patch" of the operation that named it, where two or more operations
+        # name the same attribute (where one replace ends and the next begins)
+        "i": (_UINT, False),
     }
 )
 _RES = MapSpec(

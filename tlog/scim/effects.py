@@ -314,7 +314,10 @@ class _Run:
         change is hidden or called a noop) and the effect says the attribute changed.
         Returns whether it judged the references (False: no clear, judge them as usual)."""
         own = [m for m in mods if _attr_kind(self.prefix, m["attr"])[0] == attr]
-        removes = any(r.get("op") == "remove" for r in items)
+        # (in a split request the removals may be in another part: only new: "null" counts)
+        removes = self.ev.get("x", {}).get("parts", 1) > 1 or any(
+            r.get("op") == "remove" for r in items
+        )
 
         def clears(m: Mapping[str, Any]) -> bool:
             if "[" in m["attr"]:
@@ -328,17 +331,22 @@ class _Run:
         at = [i for i, m in enumerate(own) if clears(m)]
         if not at:
             return False
+        if self.ev.get("x", {}).get("part", 0) > 0:
+            at = [-1]  # in a later part of a split request: not known to be the first
+        if at != [0]:
+            x = self.ev.get("x", {})
+            if x.get("part", 0) < x.get("parts", 1) - 1:
+                # the later parts' references must not restate the set as known
+                self.state["forgot"] = self.ev["corr"]["req"]
         if attr == "manager":
-            old = self.state.pop("manager", None)
-            if at != [0] or items:
+            if at != [0]:
+                self.state.pop("manager", None)
                 self.changes.append({"attr": "manager"})  # what is left is not known
                 self.verbs.add("update")
                 return True
-            if old is not None:
-                self.refs.append({"rt": "User", "pid": old, "op": "remove", "attr": "manager"})
-                self.verbs.add("update")
-            elif "manager" in self.full:
-                self.noop.append({"attr": "manager", "op": "remove", "n": 1})
+            self._clear_manager()
+            if items:
+                self.references(attr, items, whole=False)  # then the refs, in order
             return True
         if at != [0]:
             self.references(attr, items, whole=False)
@@ -359,10 +367,63 @@ class _Run:
             self.references(attr, items, whole=False)
         return True
 
-    def references(self, attr: str, items: list[Mapping[str, Any]], *, whole: bool) -> None:
-        """Members (sets of pids) and manager (one pid), from the event's refs."""
+    def _clear_manager(self) -> None:
+        """The manager removed (a clear): the known one goes, or nothing was there."""
+        old = self.state.pop("manager", None)
+        if old is not None:
+            self.refs.append({"rt": "User", "pid": old, "op": "remove", "attr": "manager"})
+            self.verbs.add("update")
+        elif "manager" in self.full:
+            self.noop.append({"attr": "manager", "op": "remove", "n": 1})
+
+    def _numbered(
+        self, attr: str, mods: Iterable[Mapping[str, Any]], items: list[Mapping[str, Any]]
+    ) -> bool:
+        """Judge a PATCH whose operations on ``attr`` are numbered (``i``: the adapter
+        numbers them when two or more operations touch the attribute). Each clear
+        (``new: "null"`` in ``mods``) then has its place among the references, and each
+        ``replace`` its own run, so the outcome is exact: ``[add X, remove all]`` leaves
+        nothing, ``[replace [A, B], replace [C]]`` leaves C. An event in linked parts keeps
+        its mods and refs in different parts, so there the clear cannot be placed: it is
+        judged as :meth:`_cleared` judges an unnumbered one. Returns whether it judged them."""
+        clears = [
+            m["i"]
+            for m in mods
+            if "i" in m
+            and m.get("new") == "null"
+            and "[" not in m["attr"]
+            and _attr_kind(self.prefix, m["attr"])[0] == attr
+        ]
+        if self.ev.get("x", {}).get("parts", 1) > 1:
+            if clears:
+                return False  # the clear's place is not known here: _cleared forgets
+            if any("i" in r for r in items):
+                self.references(attr, items, whole=False)  # each numbered replace its own run
+                return True
+            return False
+        if not clears and not any("i" in r for r in items):
+            return False
+        self.references(attr, items, whole=False, clears=clears)
+        return True
+
+    def references(
+        self,
+        attr: str,
+        items: list[Mapping[str, Any]],
+        *,
+        whole: bool,
+        clears: Iterable[int] = (),
+    ) -> None:
+        """Members (sets of pids) and manager (one pid), from the event's refs; ``clears``:
+        the operation numbers (``i``) of numbered clears, applied in their place."""
+        pending = sorted(clears)
         if attr == "manager":
-            for r in items:
+            for r in [*items, None]:
+                while pending and (r is None or pending[0] < r.get("i", -1)):
+                    pending.pop(0)
+                    self._clear_manager()
+                if r is None:
+                    break
                 pid = _b64(r["pid"])
                 old = self.state.get("manager")
                 if r.get("op") == "remove":
@@ -388,32 +449,59 @@ class _Run:
         # The operations in the order asked, as runs of one op: an SP applies a PATCH's
         # operations in order (RFC 7644 §3.5.2), so [remove X, add X] leaves X a member,
         # [add X, remove X] does not, and [remove X, replace with [X, ...]] leaves X one.
+        # A numbered replace (``i``) starts a run of its own: it discards what came before.
+        # A numbered clear is a run of its own too ("clear", no pids), in its place.
         runs: list[tuple[str, list[str]]] = []
+        run_i: list[int | None] = []
         rts: dict[str, str] = {}
         for r in items:
+            i = r.get("i")
+            while pending and i is not None and pending[0] < i:
+                runs.append(("clear", []))
+                run_i.append(pending.pop(0))
             pid = _b64(r["pid"])
             rts[pid] = r["rt"]
             op = r.get("op") or ("replace" if whole else "add")
-            if runs and runs[-1][0] == op:
+            if runs and runs[-1][0] == op and (op != "replace" or run_i[-1] == i):
                 runs[-1][1].append(pid)
             else:
                 runs.append((op, [pid]))
+                run_i.append(i)
+        for i in pending:
+            runs.append(("clear", []))
+            run_i.append(i)
         if whole and not any(op == "replace" for op, _ in runs):
             runs.insert(0, ("replace", []))  # a PUT or create without members: none
+            run_i.insert(0, None)
         x = self.ev.get("x", {})
         parts, part = x.get("parts", 1), x.get("part", 0)
-        for op, pids in runs:
+        for n, (op, pids) in enumerate(runs):
             asked = set(pids)
-            if op == "replace":
+            if op == "clear":
+                if cur:
+                    self._members((), cur, rts)
+                elif full:
+                    self.noop.append({"attr": "members", "op": "remove", "n": 1})
+                cur = set()
+                full = True
+                self.full.add("members")  # stated whole: empty, then what follows
+            elif op == "replace":
                 req = self.ev["corr"]["req"]
-                if parts > 1 and part > 0 and self.state.get("replacing") == req:
+                if (
+                    parts > 1
+                    and part > 0
+                    and n == 0
+                    and self.state.get("replacing") == req
+                    and self.state.get("replacing_i") == run_i[0]
+                ):
                     new = cur | asked
                     base = set(self.state.get("replace_prev", ()))
                 else:
                     new = asked
                     base = cur
                 added = new - base - (cur if part > 0 else set())
-                last = parts <= 1 or part == parts - 1
+                # the replace's references end here if another run follows in this part
+                last = parts <= 1 or part == parts - 1 or n < len(runs) - 1
                 removed = (
                     (base - new)
                     if last and (full or not self.known or part > 0 or parts > 1)
@@ -423,9 +511,12 @@ class _Run:
                     removed = set()  # the old set was never fully known
                 if last:
                     self.state.pop("replacing", None)
+                    self.state.pop("replacing_i", None)
                     self.state.pop("replace_prev", None)
                 else:
                     self.state["replacing"] = req
+                    if run_i[n] is not None:
+                        self.state["replacing_i"] = run_i[n]
                     self.state["replace_prev"] = sorted(base)
                 self.full.add("members")
                 cur = new
@@ -532,6 +623,8 @@ class _Run:
         refs = ev.get("refs", ())
         for attr in ("members", "manager"):
             items = [r for r in refs if r.get("attr", "members") == attr]
+            if not whole and self._numbered(attr, mods, items):
+                continue
             if not whole and self._cleared(attr, mods, items):
                 continue
             if items or (
@@ -543,6 +636,14 @@ class _Run:
                 self.references(attr, items, whole=whole)
             elif attr == "members" and self.prefix == "group" and op == "replace":
                 self.references(attr, [], whole=True)  # a PUT without members empties it
+        if "forgot" in self.state and self.state["forgot"] == ev.get("corr", {}).get("req"):
+            # An earlier part of this request cleared the members or the manager at a place
+            # among the references that a split request cannot show: still not known.
+            self.full.discard("members")
+            self.state.pop("manager", None)
+            x = ev.get("x", {})
+            if x.get("part", 0) >= x.get("parts", 1) - 1:
+                self.state.pop("forgot", None)
         result = ev.get("x", {}).get("result")
         if isinstance(result, Mapping):
             self.apply_result(result)
@@ -774,7 +875,9 @@ _STATE_ORDER = _det_order(
         "rt",
         "other",
         "replacing",
+        "replacing_i",
         "replace_prev",
+        "forgot",
     )
 )
 
