@@ -61,7 +61,7 @@ from client.formats.tiles import TILE_WIDTH, Tile, TileHashReader
 from client.net.core import CheckpointTracker
 from client.net.logclient import VerifiedCheckpoint, verify_consistent, verify_tile_hashes
 from client.scim.cbor import dumps_det
-from client.scim.event import Event, actor_seal_digest, adopt_json_event
+from client.scim.event import Event, actor_handle, actor_seal_digest, adopt_json_event
 from client.scim.fastjson import decode_event_json
 from client.scim.jsonstrict import strict_json
 from client.scim.leaf import commitment_unchecked, parse_leaf
@@ -162,8 +162,8 @@ def _as_stored(body: str, actor: StoredActor | None) -> bytes:
     ev = _decoded(body)[0]
     pid, sd, an = actor
     sent = ev["actor"]
-    if "id" not in sent:
-        raise VerificationError("the log pseudonymised an actor without an id")
+    if actor_handle(sent) is None:
+        raise VerificationError("the log pseudonymised an actor that names no one")
     if an is not None and actor_seal_digest(an, sent) != sd:
         raise VerificationError("the log's stored actor does not commit to the actor sent")
     return dumps_det({**ev, "actor": {"kind": sent["kind"], "pid": pid, "sd": sd}})

@@ -39,7 +39,13 @@ from client.formats.merkle import VerificationError, leaf_hash, verify_consisten
 from client.formats.note import Ed25519Verifier, FormatError, b64decode_strict
 from client.formats.proof_bundle import TlogProof
 from client.net.core import CheckpointTracker, CoreClient, HTTPCore, StatusError
-from client.scim.event import Event, actor_from_json, actor_seal_digest, event_from_json
+from client.scim.event import (
+    Event,
+    actor_from_json,
+    actor_handle,
+    actor_seal_digest,
+    event_from_json,
+)
 from client.scim.leaf import NONCE_SIZE, Leaf, parse_leaf, verify_commitment, verify_effect
 from client.scim.reserved import event_origin
 
@@ -290,7 +296,7 @@ class ScimAuditClient(CoreClient):
         actual = {
             "rid": ev.get("rid"),
             "xid": ev.get("xid"),
-            "actor": None if actor is None else actor.get("id"),
+            "actor": None if actor is None else actor_handle(actor),
             "outcome": ev["outcome"],
             "req": ev["corr"]["req"],
         }

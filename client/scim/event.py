@@ -56,6 +56,7 @@ from client.scim.cbor import EventFormatError, dumps_det, loads_det
 from client.scim.jsonstrict import strict_json
 
 __all__ = [
+    "ACTOR_HANDLE_MEMBERS",
     "ACTOR_KINDS",
     "ACTOR_NONCE_SIZE",
     "ACTOR_SUBJECT_RT",
@@ -82,6 +83,7 @@ __all__ = [
     "UIntSpec",
     "actor_cbor",
     "actor_from_json",
+    "actor_handle",
     "actor_seal_digest",
     "actor_to_json",
     "adopt_event",
@@ -859,9 +861,9 @@ def new_event(**fields: Unpack[EventFields]) -> Event:
 
 
 # --- the actor as a pseudonym (SCIM.md §4.3 item 6) ------------------------------------------
-# The log stores an event whose actor has an ``id`` with the actor replaced by
-# ``{kind, pid, sd}``: ``pid = HMAC(P_actor, id)[:16]`` under the pseudonym key of the
-# subject (tenant, ACTOR_SUBJECT_RT, id), as members are named in ``refs``, and
+# The log stores an event whose actor names someone (:func:`actor_handle`) with the actor
+# replaced by ``{kind, pid, sd}``: ``pid = HMAC(P_actor, handle)[:16]`` under the pseudonym
+# key of the subject (tenant, ACTOR_SUBJECT_RT, handle), as members are named in ``refs``, and
 # ``sd = HMAC-SHA256(an, det_cbor(actor as submitted))`` with a fresh 32-byte nonce ``an``.
 # The actor as submitted and ``an`` are sealed under that subject's DEK (inside the event's
 # envelope): an auditor opens ``sd`` while the actor lives; erasing the actor destroys both
@@ -869,6 +871,28 @@ def new_event(**fields: Unpack[EventFields]) -> Event:
 
 ACTOR_SUBJECT_RT = "User"
 ACTOR_NONCE_SIZE = 32
+# The members that name or link a person, in the order the log picks the one it keys an
+# actor's pseudonym by (the most specific first): ``id``, else ``name`` (a user name, an
+# e-mail, a display name), else ``client_id`` (an OAuth client: a service principal, or a
+# person's own app registration), else the token digest ``tok_d``, else the certificate
+# thumbprint ``x5t_s256`` (those two as base64, their JSON form). An actor with any of them
+# is stored as ``{kind, pid, sd}``, all of it sealed; one with none (``kind``, ``iss``,
+# ``tid``, ``scope`` only: an identity provider and permissions, no person) is stored as
+# sent (docs/design.md, "Actors").
+ACTOR_HANDLE_MEMBERS = ("id", "name", "client_id", "tok_d", "x5t_s256")
+
+
+def actor_handle(actor: Mapping[str, Any]) -> str | None:
+    """The identifier the log keys ``actor`` (as submitted) by: the value of its first
+    member in :data:`ACTOR_HANDLE_MEMBERS` (a byte string as its base64 text, as the event's
+    JSON carries it), the value ``actor=`` searches for it with; None for an actor that names
+    no one. Its pseudonym is ``HMAC(P, handle)[:16]`` under the keys of the subject
+    (tenant, ACTOR_SUBJECT_RT, handle), whatever member it came from."""
+    for name in ACTOR_HANDLE_MEMBERS:
+        v = actor.get(name)
+        if v is not None:
+            return b64encode(v) if type(v) is bytes else v  # type: ignore[no-any-return]
+    return None
 
 
 def _key_order(k: str) -> tuple[int, bytes]:
@@ -897,7 +921,7 @@ def actor_seal_digest(an: bytes, actor: Mapping[str, Any] | bytes) -> bytes:
 
 
 def pseudonymous_actor(actor: Mapping[str, Any], pid: bytes, an: bytes) -> dict[str, Any]:
-    """The actor an event stores for ``actor`` (submitted, with an ``id``): kind, pid, sd."""
+    """The actor an event stores for ``actor`` (submitted, naming someone): kind, pid, sd."""
     return {"kind": actor["kind"], "pid": pid, "sd": actor_seal_digest(an, actor)}
 
 

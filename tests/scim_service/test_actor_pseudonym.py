@@ -193,8 +193,10 @@ def test_an_actor_that_is_not_a_user(harness: Harness) -> None:
     assert "actor" in d
     (got,) = h.auditor().search(actor="svc-provisioner").results
     assert got.who == svc and actor_text(got) == "oauth_client:svc-provisioner"
-    # An actor without an id (a bare bearer token) is kept as sent: nothing to key it under.
-    anon = {"kind": "bearer", "tok_d": b"\x05" * 32}
+    # An actor that names no one (no id, name, client id, token digest or thumbprint: an
+    # identity provider and scopes) is kept as sent: nothing to key it under
+    # (test_actor_handles.py: the others).
+    anon = {"kind": "bearer", "iss": "https://idp.example", "tid": "t-1", "scope": ["scim"]}
     ev = admin_event("u-np-2", "r-np2", actor=anon)
     d = h.post_event(ev).json()
     assert "actor" not in d

@@ -65,6 +65,7 @@ from client.scim.event import (
     MAX_JSON_SIZE,
     Event,
     actor_cbor,
+    actor_handle,
     actor_seal_digest,
     encode_event,
     pseudonymous_actor_cbor,
@@ -1550,14 +1551,15 @@ class ScimService:
     ) -> _ActorKeys | None:
         """The keys the actor of ``ev`` is pseudonymised and sealed under: those of the
         subject (tenant, ACTOR_SUBJECT_RT, actor id), made if it has none (as a member's
-        are, :meth:`KeyRing.pid_or_create`), with its DEK of ``epoch``. None: an actor
-        without an id, or one of the log's own events (kept as they are).
+        are, :meth:`KeyRing.pid_or_create`), with its DEK of ``epoch``; the actor id is its
+        handle (:func:`client.scim.event.actor_handle`: ``id``, else ``name``, ...). None: an
+        actor that names no one, or one of the log's own events (kept as they are).
 
         Once per actor per staging (``batch``), and across stagings while the actor's
         records are durable and the tenant's keys are the same object (an erasure or an
         expiry rotates them: nothing remembered survives it). The random draws, when a
         subject or DEK is made, are the same on the batch pipeline and the general path."""
-        aid = ev["actor"].get("id")
+        aid = actor_handle(ev["actor"])
         if aid is None or ev["rt"].startswith(SYSTEM_PREFIX):
             return None
         got = batch.actors.get(aid)
