@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import os
 import re
@@ -36,7 +37,7 @@ import anyio.to_thread
 from client.formats.merkle import leaf_hash
 from client.scim.cbor import EventFormatError
 from client.scim.erasure import VerifiedErasure
-from client.scim.event import Event
+from client.scim.event import ACTOR_SUBJECT_RT, Event
 from client.scim.leaf import parse_leaf
 from client.scim.reserved import is_reserved
 from tlog.auth import Forbidden, Principal
@@ -399,11 +400,18 @@ class Erasures:
         """Destroy the subject of record ``skey`` (key id ``kid``): its DEKs, its record
         (kid and pseudonym key), its resource state, its index records; tombstone its
         envelopes with the marker ``rid``. The caller rotates the tenant's key chain."""
+        # Read before the DEKs go: the User's userName and e-mails name their actor keys.
+        aliases = self._actor_aliases(tx, tk, skey, kid)
         deks = [k for k, _ in tx.scan(store.dek_prefix(kid))]
         for k in deks:
             tx.delete(k)
         tx.delete(skey)
         tx.delete(store.state_key(kid))  # the resource state (tlog.scim.effects)
+        for akey, akid in aliases:  # keys only: such a subject has no events of its own
+            for k, _ in tx.scan(store.dek_prefix(akid)):
+                tx.delete(k)
+            tx.delete(akey)
+            tx.delete(store.state_key(akid))
         events = index_records = 0
         lprefix = store.subject_events_prefix(kid)
         for k, _ in tx.scan(lprefix):
@@ -414,6 +422,46 @@ class Erasures:
                 events += 1
                 index_records += n
         return {"deks": len(deks), "events": events, "index_records": index_records}
+
+    def _actor_aliases(
+        self, tx: Overlay, tk: TenantKeys, skey: bytes, kid: bytes
+    ) -> list[tuple[bytes, bytes]]:
+        """The actor subjects a User's erasure destroys with it (docs/design.md, "Actors"):
+        an actor is keyed by its handle (``actor.id``, else ``name``, ...), which need not
+        be the User's SCIM id: HTTP Basic gives the user name, an IdP the e-mail. The log
+        holds the User's last known ``userName`` and ``emails`` in its resource state
+        (sealed under the User's DEK): the subjects (tenant, User, each of them, as sent
+        and casefolded) are the same person's actor keys. A subject with events of its own
+        is another resource (a User whose id happens to be that text) and is left alone, as
+        is one under a legal hold; ``(record key, kid)`` of the others."""
+        state = self.svc.keys.state(tx, tk, kid)
+        if state is None or state.get("rt") != ACTOR_SUBJECT_RT:
+            return []
+        names: set[str] = set()
+        for text in (state.get("username"), state.get("emails")):
+            if type(text) is not str:
+                continue
+            try:
+                value = json.loads(text)
+            except ValueError:
+                continue
+            items = value if type(value) is list else [value]
+            for it in items:
+                v = it.get("value") if type(it) is dict else it
+                if type(v) is str and v:
+                    names.update((v, v.casefold()))
+        out: list[tuple[bytes, bytes]] = []
+        for name in sorted(names):
+            h = tk.subject_hash_of(ACTOR_SUBJECT_RT, "rid", name)
+            akey = store.subject_key(tk.tn, h)
+            raw = tx.get(akey)
+            if akey == skey or raw is None or self._held(tx, tk.tn, h):
+                continue
+            akid = store.decode_record(raw, "subject")["kid"]
+            if tx.scan(store.subject_events_prefix(akid)):
+                continue
+            out.append((akey, akid))
+        return out
 
     async def reapply(self, erasures: Iterable[VerifiedErasure]) -> dict[str, int]:
         """Shred again, in a store restored from before them, the subjects that verified
