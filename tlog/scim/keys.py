@@ -163,24 +163,30 @@ def envelope_plaintext(
     encoded_event: bytes,
     encoded_effect: bytes | None = None,
     sealed_actor: bytes | None = None,
+    actor_retry: bytes | None = None,
 ) -> bytes:
     """det_cbor({"n": nonce, "b": event}) from the event's det-CBOR bytes, without encoding
     (and checking) the event again: a 2-entry map, keys "b" < "n" in bytewise order, the
     nonce a 32-byte bstr (header 0x58 0x20). Equal to ``dumps_det`` of the dict (tested).
     ``sealed_actor`` (:func:`seal_actor`): the actor as submitted, under the actor's own DEK,
-    as ``"a"`` (first in bytewise order)."""
+    as ``"a"`` (first in bytewise order); with it, ``actor_retry``
+    (:meth:`TenantKeys.actor_retry_digest`, 16 bytes) as ``"r"`` (last)."""
     if len(nonce) != 32:
         raise ValueError("nonce must be 32 bytes")
+    n = 2 + (encoded_effect is not None)
+    tail = b""
+    if actor_retry is not None:
+        if sealed_actor is None or len(actor_retry) != HASH16:
+            raise ValueError("an actor's retry digest is 16 bytes, beside its sealed actor")
+        n += 1
+        tail = b"\x61r\x50" + actor_retry
     if sealed_actor is not None:
-        head = b"\xa4\x61a" if encoded_effect is not None else b"\xa3\x61a"
-        head += bytes(cbor2.dumps(sealed_actor)) + b"\x61b"
-    elif encoded_effect is not None:
-        head = b"\xa3\x61b"
+        head = bytes((0xA1 + n,)) + b"\x61a" + bytes(cbor2.dumps(sealed_actor)) + b"\x61b"
     else:
-        head = b"\xa2\x61b"
+        head = bytes((0xA0 + n,)) + b"\x61b"
     if encoded_effect is not None:  # {"b", "e", "n"}: the effect the log derived (effects.py)
-        return head + encoded_event + b"\x61e" + encoded_effect + b"\x61n\x58\x20" + nonce
-    return head + encoded_event + b"\x61n\x58\x20" + nonce
+        return head + encoded_event + b"\x61e" + encoded_effect + b"\x61n\x58\x20" + nonce + tail
+    return head + encoded_event + b"\x61n\x58\x20" + nonce + tail
 
 
 def seal_actor(
@@ -214,6 +220,10 @@ class ActorOpening:
 
     actor: dict[str, Any] | None
     an: bytes | None
+    # The envelope's digest of the actor as sent, only the log can recompute
+    # (TenantKeys.actor_retry_digest): how a retry is told apart once the actor is erased.
+    # None in envelopes stored before it was kept.
+    retry: bytes | None = None
 
 
 def seal_envelope(
@@ -726,6 +736,13 @@ class TenantKeys:
         """:meth:`subject_hash` of ``SubjectId(rt, kind, value)``, without building it."""
         return self._ik_hash16(b"subject\x00" + subject_encoding(rt, kind, value))
 
+    def actor_retry_digest(self, lh: bytes, encoded_actor: bytes) -> bytes:
+        """``HMAC(index key, "actor-retry" ‖ 0 ‖ lh ‖ det_cbor(actor as sent))[:16]``: kept
+        (sealed) in the envelope of the event ``lh`` beside its sealed actor, so that once
+        the actor is erased a retry of the event with another actor is still told apart
+        (ScimService._check_same). Bound to the event, and only the log can compute it."""
+        return self._ik_hash16(b"actor-retry\x00" + lh + encoded_actor)
+
     def keyed_digest(self, data: bytes) -> bytes:
         """A 32-byte digest only the log can recompute (for access-event query digests)."""
         return hmac.new(self.ik, b"digest\x00" + data, hashlib.sha256).digest()
@@ -1207,9 +1224,18 @@ class KeyRing:
             ev, nonce, sealed = validate_event(body["b"]), body["n"], body.get("a")
             if sealed is not None and type(sealed) is not bytes:
                 raise TypeError("sealed actor")
+            retry = body.get("r")
+            if retry is not None and (
+                sealed is None or type(retry) is not bytes or len(retry) != HASH16
+            ):
+                raise TypeError("actor retry digest")
         except (EventFormatError, KeyError, TypeError):
             raise StorageError("SCIM envelope holds a malformed body") from None
-        opening = None if sealed is None else self.open_actor(tx, tk, lh, sealed, deks)
+        if sealed is None:
+            return ev, nonce, effect, None
+        opening = self.open_actor(tx, tk, lh, sealed, deks)
+        if retry is not None:
+            opening = ActorOpening(opening.actor, opening.an, retry)
         return ev, nonce, effect, opening
 
 

@@ -98,6 +98,7 @@ from tlog.scim.effects import (
 )
 from tlog.scim.erasure import Erasures
 from tlog.scim.keys import (
+    ActorOpening,
     KeyRing,
     KeysRotated,
     RandomPool,
@@ -1298,11 +1299,12 @@ class ScimService:
             None if encoded_effect is None else effect_commitment(nonce, encoded_effect),
         )
         lh = leaf_hash(leaf)
-        sealed = None
+        sealed = retry = None
         if ak is not None and an is not None:
             sealed = seal_actor(ak.aead, ak.kid, ak.epoch, lh, sent_actor, an, rand)
+            retry = tk.actor_retry_digest(lh, sent_actor)
         iv, ct = seal_envelope(
-            aead, lh, envelope_plaintext(nonce, encoded, encoded_effect, sealed), rand
+            aead, lh, envelope_plaintext(nonce, encoded, encoded_effect, sealed, retry), rand
         )
         values = index_values(ev)
         if effect is not None:
@@ -1377,11 +1379,12 @@ class ScimService:
             + pipe.leaf_tail
         )
         lh = leaf_hash(leaf)
-        sealed = None
+        sealed = retry = None
         if ak is not None and an is not None:
             sealed = seal_actor(ak.aead, ak.kid, ak.epoch, lh, sent_actor, an, rand)
+            retry = tk.actor_retry_digest(lh, sent_actor)
         iv, ct = seal_envelope(
-            aead, lh, envelope_plaintext(nonce, encoded, encoded_effect, sealed), rand
+            aead, lh, envelope_plaintext(nonce, encoded, encoded_effect, sealed, retry), rand
         )
         conds = self._new_conds(tk, ev, effect, encoded_effect, batch, pipe)
         tail = pipe.ts + lh
@@ -1534,15 +1537,42 @@ class ScimService:
         if opening is not None:
             kept = stored["actor"]
             an = opening.an
-            if an is not None and not hmac.compare_digest(
-                actor_seal_digest(an, ev["actor"]), kept["sd"]
-            ):
+            if not self._same_actor(tx, tk, leaf, ev["actor"], kept, opening):
                 raise Conflict(f"eid {ev['eid']} was already logged with a different event")
             ev = {**ev, "actor": kept}
             actor = (kept["pid"], kept["sd"], an)
         if not hmac.compare_digest(commitment(nonce, ev), parse_leaf(leaf).c):
             raise Conflict(f"eid {ev['eid']} was already logged with a different event")
         return nonce, actor
+
+    def _same_actor(
+        self,
+        tx: Overlay,
+        tk: TenantKeys,
+        leaf: bytes,
+        sent: Mapping[str, Any],
+        kept: Mapping[str, Any],
+        opening: ActorOpening,
+    ) -> bool:
+        """Whether a retry's actor ``sent`` is the one the original stored as ``kept``
+        (``{kind, pid, sd}``). While the actor's keys live: ``sd`` opens to it. Once they
+        are gone (the actor erased, or the month of their DEK expired), ``sd`` cannot be
+        opened: the envelope's retry digest, which only the log can compute, decides
+        (:meth:`TenantKeys.actor_retry_digest`). An envelope from before it was kept
+        compares what is left: the kind, and the retry actor's pid where its keys live (an
+        actor unknown to the log is taken as the erased one: it cannot be told apart)."""
+        if sent["kind"] != kept["kind"]:
+            return False
+        if opening.an is not None:
+            return hmac.compare_digest(actor_seal_digest(opening.an, sent), kept["sd"])
+        handle = actor_handle(sent)
+        if handle is None:
+            return False  # the original named someone
+        if opening.retry is not None:
+            mine = tk.actor_retry_digest(leaf_hash(leaf), actor_cbor(sent))
+            return hmac.compare_digest(mine, opening.retry)
+        pid = self.keys.pid(tx, tk, ACTOR_SUBJECT_RT, handle)
+        return pid is None or hmac.compare_digest(pid, kept["pid"])
 
     # -- actors (docs/design.md, "Actors") ------------------------------------------------------
 
