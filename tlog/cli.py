@@ -589,6 +589,32 @@ def cmd_reapply_erasures(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reseal_actors(args: argparse.Namespace) -> int:
+    """Re-seal the actors of events stored before actors were pseudonymised (the server
+    stopped): tlog.scim.reseal. Leaves and checkpoints are not touched."""
+    from tlog.scim.reseal import reseal_actors
+    from tlog.server import build_app
+
+    cfg = _serve_config(args)
+    cfg = dataclasses.replace(cfg, data=cfg.data.resolve(), scim_expiry_interval=0)
+    if not _store_exists(cfg):
+        raise CliError(f"no log store in {cfg.database or cfg.data}")
+    signer = _open_signer(cfg, False, [])
+    app, log_, _ = build_app(cfg, signer, scim=True)
+    try:
+        service = app.state.scim
+        if service is None:
+            raise CliError("SCIM is switched off in this configuration")
+        n = reseal_actors(service, batch=args.batch)
+    finally:
+        log_.storage.close()
+    print(
+        f"reseal-actors: {n.examined} event record(s) examined, {n.resealed} actor(s) "
+        "re-sealed as pseudonyms (the tree, its leaves and checkpoints unchanged)"
+    )
+    return 0
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
     from tlog.migrate import migrate, open_location
 
@@ -773,6 +799,29 @@ def parser() -> argparse.ArgumentParser:
     )
     ra.add_argument("certificates", nargs="+", help="erasure certificate files (JSON)")
     ra.set_defaults(func=cmd_reapply_erasures)
+
+    rs = sub.add_parser(
+        "reseal-actors",
+        help="store the actors of events logged before actors were pseudonymised as "
+        "pseudonyms, as newer events' (server stopped; resumable, the tree unchanged)",
+    )
+    add_arguments(
+        rs,
+        ServeConfig,
+        only={
+            "data",
+            "key",
+            "origin",
+            "checkpoint_file",
+            "database",
+            "replication",
+            "scim_master_key",
+        },
+    )
+    rs.add_argument(
+        "--batch", type=int, default=500, help="event records per transaction (default 500)"
+    )
+    rs.set_defaults(func=cmd_reseal_actors)
 
     f = sub.add_parser("fsck", help="recompute and check the whole tree (safe while serving)")
     data_opt(f)

@@ -891,7 +891,7 @@ def actor_handle(actor: Mapping[str, Any]) -> str | None:
     for name in ACTOR_HANDLE_MEMBERS:
         v = actor.get(name)
         if v is not None:
-            return b64encode(v) if type(v) is bytes else v  # type: ignore[no-any-return]
+            return b64encode(v) if type(v) is bytes else v
     return None
 
 

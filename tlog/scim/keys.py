@@ -224,6 +224,10 @@ class ActorOpening:
     # (TenantKeys.actor_retry_digest): how a retry is told apart once the actor is erased.
     # None in envelopes stored before it was kept.
     retry: bytes | None = None
+    # The leaf's c covers the event with this actor in place, not the stored {kind, pid,
+    # sd}: an event stored before actors were pseudonymised and re-sealed since
+    # (tlog.scim.reseal, the envelope's "s").
+    in_c: bool = False
 
 
 def seal_envelope(
@@ -1229,13 +1233,18 @@ class KeyRing:
                 sealed is None or type(retry) is not bytes or len(retry) != HASH16
             ):
                 raise TypeError("actor retry digest")
+            in_c = body.get("s", False)
+            if in_c is not False and (in_c is not True or sealed is None):
+                raise TypeError("re-sealed actor mark")
+            if sealed is not None and "pid" not in ev["actor"]:
+                raise TypeError("a sealed actor beside an actor in clear")
         except (EventFormatError, KeyError, TypeError):
             raise StorageError("SCIM envelope holds a malformed body") from None
         if sealed is None:
             return ev, nonce, effect, None
         opening = self.open_actor(tx, tk, lh, sealed, deks)
-        if retry is not None:
-            opening = ActorOpening(opening.actor, opening.an, retry)
+        if retry is not None or in_c:
+            opening = ActorOpening(opening.actor, opening.an, retry, in_c)
         return ev, nonce, effect, opening
 
 

@@ -304,6 +304,15 @@ class Searcher:
         if opened is None:
             return Found(index, leaf, lh, env.ts, env.eid, None, None)
         ev, nonce, effect, actor = opened
+        if actor is not None and actor.in_c:
+            # Stored before actors were pseudonymised, re-sealed since (tlog.scim.reseal):
+            # c covers the actor as sent. While it opens, the event reads as it was sent;
+            # once the actor is erased nothing of it can be verified: it reads as erased.
+            if actor.actor is None:
+                return Found(index, leaf, lh, env.ts, env.eid, None, None)
+            return Found(
+                index, leaf, lh, env.ts, env.eid, {**ev, "actor": actor.actor}, nonce, effect
+            )
         return Found(index, leaf, lh, env.ts, env.eid, ev, nonce, effect, actor)
 
     def receipts(

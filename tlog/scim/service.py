@@ -1534,7 +1534,9 @@ class ScimService:
             return None, None  # erased: nothing to compare with; the original receipt stands
         stored, nonce, _, opening = opened
         actor = None
-        if opening is not None:
+        if opening is not None and opening.in_c:
+            pass  # re-sealed (tlog.scim.reseal): c covers the actor as sent, compared below
+        elif opening is not None:
             kept = stored["actor"]
             an = opening.an
             if not self._same_actor(tx, tk, leaf, ev["actor"], kept, opening):
