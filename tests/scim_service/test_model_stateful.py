@@ -15,7 +15,10 @@ must always hold:
   verified by the auditor client (inclusion, commitment, tenant, filters), and nothing of an
   erased subject or of an expired month; the other tenant's auditor never sees them;
 * a hold makes approval refuse (409) and keeps expiry off the subject, destroying nothing;
-  releasing it lets both go on.
+  releasing it lets both go on;
+* ``actor=`` finds exactly the live events of that actor (an admin who is one of the Users,
+  one who is not, a bare bearer token) made since the actor was last erased, and a retry of
+  an event with another actor is a 409 unless the event itself is gone.
 
 The unit tests check each of these alone; this one looks for the sequences that break them
 together (an erasure between a submission and its retry, a restart between a hold and an
@@ -48,6 +51,7 @@ from hypothesis.stateful import (
 from client.formats.checkpoint import open_checkpoint
 from client.formats.merkle import verify_consistency
 from client.scim import event_to_json
+from client.scim.event import actor_handle
 from client.scim.leaf import parse_leaf
 from tlog.scim.keys import epoch_of
 
@@ -67,6 +71,15 @@ RIDS = ("u-ann", "u-ben", "u-cat")
 TENANTS = (T1, T2)
 SUBMITTER = {T1: "sub1", T2: "sub2"}
 AUDITOR = {T1: "aud1", T2: "aud2"}
+# Who acts, by the handle the log keys them by (client.scim.event.actor_handle): a User of
+# the tenant (erased with it), an admin who never is, a bearer token (no id).
+TOKEN = b"\x33" * 32
+ACTORS: dict[str, dict[str, Any]] = {
+    "u-ann": {"kind": "user", "id": "u-ann"},
+    "admin-bob-9921": {"kind": "user", "id": "admin-bob-9921", "name": "Bob Admin"},
+    base64.b64encode(TOKEN).decode(): {"kind": "bearer", "tok_d": TOKEN},
+}
+GROUP_ACTOR = "admin-carol-1234"  # conftest.group_event's
 
 
 class ScimModel(RuleBasedStateMachine):
@@ -105,14 +118,15 @@ class ScimModel(RuleBasedStateMachine):
     def teardown(self) -> None:
         self.stack.close()
 
-    def _new_event(self, tenant: str, rid: str, op: str) -> Any:
-        return user_event(
+    def _new_event(self, tenant: str, rid: str, op: str, actor: str = "admin-bob-9921") -> Any:
+        ev = user_event(
             rid,
             tenant=tenant,
             xid=f"{rid}@example.org",
             op=op,
             req=f"req-{next(self.req)}",
         )
+        return {**ev, "actor": ACTORS[actor]}
 
     def _acknowledge(
         self,
@@ -122,6 +136,8 @@ class ScimModel(RuleBasedStateMachine):
         members: tuple[tuple[str, int], ...] = (),
     ) -> None:
         assert got["duplicate"] is False, got
+        actor = GROUP_ACTOR if ev["rt"] == "Group" else actor_handle(ev["actor"])
+        assert actor is not None
         self.acked[ev["eid"]] = Logged(
             ev,
             got["index"],
@@ -130,6 +146,8 @@ class ScimModel(RuleBasedStateMachine):
             subject,
             self.generation.get(subject, 0),
             members,
+            actor,
+            self.generation.get((subject[0], actor), 0),
         )
 
     def _gone(self, e: Logged) -> bool:
@@ -142,9 +160,10 @@ class ScimModel(RuleBasedStateMachine):
         tenant=st.sampled_from(TENANTS),
         rid=st.sampled_from(RIDS),
         op=st.sampled_from(["patch", "create", "delete"]),
+        actor=st.sampled_from(sorted(ACTORS)),
     )
-    def submit(self, tenant: str, rid: str, op: str) -> None:
-        ev = self._new_event(tenant, rid, op)
+    def submit(self, tenant: str, rid: str, op: str, actor: str) -> None:
+        ev = self._new_event(tenant, rid, op, actor)
         r = self.h.post_event(ev, SUBMITTER[tenant])
         assert r.status_code == 200, r.text
         self._acknowledge(ev, r.json(), (tenant, rid))
@@ -152,9 +171,10 @@ class ScimModel(RuleBasedStateMachine):
     @rule(
         rids=st.lists(st.sampled_from(RIDS), min_size=1, max_size=4),
         tenant=st.sampled_from(TENANTS),
+        actor=st.sampled_from(sorted(ACTORS)),
     )
-    def submit_batch(self, rids: list[str], tenant: str) -> None:
-        evs = [self._new_event(tenant, rid, "patch") for rid in rids]
+    def submit_batch(self, rids: list[str], tenant: str, actor: str) -> None:
+        evs = [self._new_event(tenant, rid, "patch", actor) for rid in rids]
         body = '{"events":[' + ",".join(event_to_json(e) for e in evs) + "]}"
         r = self.h.post_raw(
             body.encode(), "application/json", SUBMITTER[tenant], "/v1/scim/events/batch"
@@ -179,6 +199,20 @@ class ScimModel(RuleBasedStateMachine):
         # A retry of an erased or expired event proves inclusion only: its nonce is gone
         # with its keys.
         assert ("nonce" not in got) == self._gone(e), got
+
+    @precondition(lambda self: bool(self.acked))
+    @rule(data=st.data())
+    def retry_as_another(self, data: st.DataObject) -> None:
+        """The same eid and event with another actor: a different event (409), unless the
+        event is gone (erased or expired: nothing is left to compare it with)."""
+        eid = data.draw(st.sampled_from(sorted(self.acked)))
+        e = self.acked[eid]
+        other = data.draw(st.sampled_from(sorted(a for a in ACTORS if a != e.actor)))
+        r = self.h.post_event({**e.ev, "actor": ACTORS[other]}, SUBMITTER[e.subject[0]])
+        if self._gone(e):
+            assert r.status_code == 200 and r.json()["duplicate"] is True, r.text
+        else:
+            assert r.status_code == 409, r.text
 
     @rule(rid=st.sampled_from(RIDS), members=st.sets(st.sampled_from(RIDS), min_size=1))
     def group(self, rid: str, members: set[str]) -> None:
@@ -311,6 +345,15 @@ class ScimModel(RuleBasedStateMachine):
             want = [e.req for e in live if (rid, gen) in e.members]
             assert self._found(T1, ref=rid) == want, rid
             assert self._found(T2, ref=rid) == []
+        for tenant in TENANTS:
+            for actor in (*ACTORS, GROUP_ACTOR):
+                gen = self.generation.get((tenant, actor), 0)
+                want = [
+                    e.req
+                    for e in live
+                    if e.subject[0] == tenant and e.actor == actor and e.actor_gen == gen
+                ]
+                assert self._found(tenant, actor=actor) == want, (tenant, actor)
 
 
 @dataclass
@@ -322,6 +365,8 @@ class Logged:
     subject: tuple[str, str]
     gen: int  # erasures of the subject before it
     members: tuple[tuple[str, int], ...]  # a group event's (member rid, its generation)
+    actor: str  # the handle its actor is keyed by
+    actor_gen: int  # erasures of the actor's subject before it
     expired: bool = False
 
     @property
