@@ -477,6 +477,8 @@ class ScimService:
         # The last actor encoded, with its det-CBOR (_pseudonymous): a stream of events by
         # one actor encodes it once.
         self._last_actor: tuple[dict[str, Any], bytes] | None = None
+        # The last actor's handle (_actor_keys), for the same reason.
+        self._last_handle: tuple[dict[str, Any], str | None] | None = None
         # The log time of the latest staging: the DEK epoch the next group's known
         # subjects most likely use (read ahead by _prefetch; a wrong guess reads nothing
         # useful, never anything wrong).
@@ -1591,7 +1593,13 @@ class ScimService:
         records are durable and the tenant's keys are the same object (an erasure or an
         expiry rotates them: nothing remembered survives it). The random draws, when a
         subject or DEK is made, are the same on the batch pipeline and the general path."""
-        aid = actor_handle(ev["actor"])
+        actor = ev["actor"]
+        last = self._last_handle  # the writer's only; a pure function of the actor
+        if last is not None and last[0] == actor:
+            aid = last[1]
+        else:
+            aid = actor_handle(actor)
+            self._last_handle = (actor, aid)
         if aid is None or ev["rt"].startswith(SYSTEM_PREFIX):
             return None
         got = batch.actors.get(aid)
