@@ -70,3 +70,24 @@ def test_an_envelope_from_before_the_retry_digest(
     assert h.post_event({**ev, "actor": OTHERS[1]}).json()["duplicate"]
     same = h.post_event(ev).json()
     assert same["duplicate"] and same["leaf"] == d["leaf"]
+
+
+def test_envelope_plaintext_with_the_retry_digest_is_the_deterministic_encoding() -> None:
+    """The envelope written by concatenation equals dumps_det of its map, with the retry
+    digest "r" (last key) and without, with and without an effect; "r" alone is refused."""
+    from client.scim.cbor import dumps_det
+
+    ev = admin_event("u-env", "r-env")
+    b, n, a, r = dumps_det(ev), b"\x01" * 32, b"\x02" * 80, b"\x03" * 16
+    for effect in (None, {"basis": "event", "acts": []}):
+        e = None if effect is None else dumps_det(effect)
+        want: dict[str, Any] = {"a": a, "b": ev, "n": n, "r": r}
+        if effect is not None:
+            want["e"] = effect
+        assert envelope_plaintext(n, b, e, a, r) == dumps_det(want)
+        del want["r"]
+        assert envelope_plaintext(n, b, e, a) == dumps_det(want)
+    with pytest.raises(ValueError):
+        envelope_plaintext(n, b, None, None, r)
+    with pytest.raises(ValueError):
+        envelope_plaintext(n, b, None, a, b"\x03" * 15)
