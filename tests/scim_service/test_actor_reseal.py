@@ -186,3 +186,46 @@ def test_the_cli_reseals_a_stopped_log(
     assert r.returncode == 0 and "0 actor(s) re-sealed" in r.stdout, (r.stdout, r.stderr)
     with reopened_harness(tmp_path, database, tok) as h:
         _check_resealed(h, got, before)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"s": True},  # the re-sealed mark without a sealed actor
+        {"s": False, "a": b"\x00" * 60},  # a mark that is not true
+        {"r": b"\x01" * 16},  # a retry digest without a sealed actor
+    ],
+    ids=["mark-alone", "mark-false", "retry-alone"],
+)
+def test_a_malformed_actor_part_of_an_envelope_is_refused(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch, change: dict[str, Any]
+) -> None:
+    """Strict reading: the envelope's "a", "r" and "s" only in the combinations the log
+    writes; anything else is a damaged record (StorageError), never read as something else."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    from tlog.backend import StorageError
+
+    h = harness
+    d = _old_staging(h, monkeypatch, admin_event("u-bad", "r-bad"))
+    lh = base64.b64decode(d["leaf_hash"])
+    svc = h.service
+
+    def tamper(tx: Any) -> None:
+        tk = svc.keys.tenant(tx, T1)
+        env = store.decode_envelope(tx.get(store.envelope_key(lh)))
+        dek = svc.keys.dek(tx, tk, env.kid, env.epoch)
+        body = {**loads_det(AESGCM(dek).decrypt(env.iv, env.ct, lh)), **change}
+        ct = AESGCM(dek).encrypt(env.iv, dumps_det(body), lh)
+        tx.put(
+            store.envelope_key(lh),
+            store.encode_envelope(env.tn, env.eid, env.ts, env.kid, env.epoch, env.iv, ct, env.ix),
+        )
+
+    svc.write(tamper)
+
+    def read(tx: Any) -> Any:
+        return svc.keys.open_envelope_actor(tx, svc.keys.tenant(tx, T1), lh)
+
+    with pytest.raises(StorageError):
+        svc.read(read)

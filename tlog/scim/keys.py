@@ -1233,9 +1233,10 @@ class KeyRing:
                 sealed is None or type(retry) is not bytes or len(retry) != HASH16
             ):
                 raise TypeError("actor retry digest")
-            in_c = body.get("s", False)
-            if in_c is not False and (in_c is not True or sealed is None):
+            mark = body.get("s")
+            if mark is not None and (mark is not True or sealed is None):
                 raise TypeError("re-sealed actor mark")
+            in_c = mark is True
             if sealed is not None and "pid" not in ev["actor"]:
                 raise TypeError("a sealed actor beside an actor in clear")
         except (EventFormatError, KeyError, TypeError):
