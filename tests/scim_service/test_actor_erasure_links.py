@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from .actors import admin_event, erase, search_raw
 from .conftest import Harness
 from .helpers import create_event
-from .test_actor_pseudonym import admin_event, erase, search_raw
 
 GRACE = "u-grace-5150"
 

@@ -20,8 +20,8 @@ from client.scim.cbor import dumps_det
 from client.scim.event import actor_handle
 from client.scim.leaf import verify_commitment
 
+from .actors import admin_event, commit_of, erase, search_raw
 from .conftest import T1, Harness
-from .test_actor_pseudonym import _commit, admin_event, erase, search_raw
 
 TOK = b"\x5a" * 32
 X5T = b"\x3c" * 32
@@ -77,7 +77,7 @@ def test_an_actor_without_an_id_is_a_pseudonym(
     # The adapter's check of the answer holds (its sd opens to the actor it sent).
     from client.adapters.outbox import Receipt
 
-    c = _commit(d)
+    c = commit_of(d)
     rec = Receipt(eid=ev["eid"], index=d["index"], leaf_hash=d["leaf_hash"], tree_size=1,
                   checkpoint=d["checkpoint"], duplicate=False)  # fmt: skip
     assert check_commitments([rec], {ev["eid"]: (c["leaf"], c["nonce"], c["actor"])},

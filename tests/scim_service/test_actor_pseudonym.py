@@ -7,7 +7,6 @@ no admin anywhere, and ``actor=`` finds nothing; live actors read and search as 
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 from typing import Any
 
@@ -18,7 +17,7 @@ from hypothesis import strategies as st
 
 from client.adapters.receipts import check_commitments
 from client.formats.merkle import VerificationError
-from client.scim import event_to_json, new_event
+from client.scim import event_to_json
 from client.scim.cbor import dumps_det
 from client.scim.event import (
     actor_cbor,
@@ -33,44 +32,8 @@ from client.tools.scim_cli import actor_text
 from tlog.scim.keys import seal_actor
 from tlog.scim.service import ScimService
 
+from .actors import ADMIN, ADMIN_NAME, admin_event, commit_of, erase, search_raw
 from .conftest import T1, Harness, user_event
-
-ADMIN, ADMIN_NAME = "admin-dana-7731", "Dana Quist"
-
-
-def admin_event(
-    rid: str, req: str, actor: dict[str, Any] | None = None, dig: bytes | None = None, **kw: Any
-) -> Any:
-    """An event about User ``rid`` made by the admin (a User of the tenant)."""
-    dig = hashlib.sha256(req.encode()).digest() if dig is None else dig
-    return new_event(
-        tenant=T1,
-        sp="app-1",
-        op="patch",
-        rt="User",
-        rid=rid,
-        actor=actor or {"kind": "user", "id": ADMIN, "name": ADMIN_NAME, "tok_d": b"\x07" * 32},
-        corr=req,
-        req={"m": "PATCH", "p": f"/Users/{rid}", "dig": dig, "len": 9},
-        res=200,
-        outcome="success",
-        mods=[{"attr": "active", "old": "true", "new": "false"}],
-        **kw,
-    )
-
-
-def erase(h: Harness, rid: str) -> None:
-    """Two officers erase User ``rid`` (as the erasure tests do)."""
-    r = h.request_erasure(rid)
-    assert r.status_code == 201, r.text
-    done = h.client.post(f"/v1/scim/erasures/{r.json()['id']}/approve", headers=h.h("po_b"))
-    assert done.status_code == 200, done.text
-
-
-def search_raw(h: Harness, **params: str) -> dict[str, Any]:
-    r = h.client.get("/v1/scim/events", params=params, headers=h.h("aud1"))
-    assert r.status_code == 200, r.text
-    return r.json()  # type: ignore[no-any-return]
 
 
 def no_admin_in(text: str) -> None:
@@ -237,26 +200,13 @@ def test_retries_compare_the_actor(harness: Harness) -> None:
     assert late["actor"] == {"pid": d["actor"]["pid"], "sd": d["actor"]["sd"]}
 
 
-def _commit(d: dict[str, Any]) -> dict[str, Any]:
-    a = d["actor"]
-    return {
-        "leaf": base64.b64decode(d["leaf"]),
-        "nonce": base64.b64decode(d["nonce"]),
-        "actor": (
-            base64.b64decode(a["pid"]),
-            base64.b64decode(a["sd"]),
-            None if "nonce" not in a else base64.b64decode(a["nonce"]),
-        ),
-    }
-
-
 def test_the_adapter_check_sees_a_swapped_actor(harness: Harness) -> None:
     from client.adapters.outbox import Receipt
 
     h = harness
     ev = admin_event("u-adp", "r-a")
     d = h.post_event(ev).json()
-    c = _commit(d)
+    c = commit_of(d)
     rec = Receipt(eid=ev["eid"], index=d["index"], leaf_hash=d["leaf_hash"], tree_size=1,
                   checkpoint=d["checkpoint"], duplicate=False)  # fmt: skip
     body = {ev["eid"]: event_to_json(ev)}

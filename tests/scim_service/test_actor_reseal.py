@@ -27,8 +27,8 @@ from tlog.scim.search import FILTERS
 from tlog.scim.service import ScimService
 
 from ..support import tlog_cli
+from .actors import ADMIN, ADMIN_NAME, admin_event, erase, search_raw
 from .conftest import ORIGIN, T1, Harness, open_harness, reopened_harness
-from .test_actor_pseudonym import ADMIN, ADMIN_NAME, admin_event, erase, search_raw
 
 TOK = b"\x07" * 32  # admin_event's default actor carries it
 BEARER = {"kind": "bearer", "tok_d": b"\x44" * 32}

@@ -17,8 +17,8 @@ import tlog.scim.service
 from client.scim import event_to_json
 from tlog.scim.keys import envelope_plaintext
 
+from .actors import ADMIN, admin_event, erase
 from .conftest import Harness
-from .test_actor_pseudonym import ADMIN, admin_event, erase
 
 OTHERS: list[dict[str, Any]] = [
     {"kind": "user", "id": "admin-live-2"},  # a live actor the log knows
