@@ -225,11 +225,16 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[s
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["text", "json"])
 def test_tlog_serve_access_lines_with_hostile_headers(tmp_path: Path, fmt: str) -> None:
-    """The real ``tlog serve``: a request whose forwarded-for address (uvicorn trusts the
-    proxy headers of 127.0.0.1), request id and path carry C1 controls, ESC and CR/LF
-    escapes; its access log line is one printable line."""
+    """The real ``tlog serve``: a request whose forwarded-for address (believed from
+    127.0.0.1 with ``--forwarded-allow-ips``), request id and path carry C1 controls, ESC
+    and CR/LF escapes; its access log line is one printable line."""
     data = tmp_path / "data"
-    srv = start_server(data, None, "--log-level", "info", "--access-log", "--log-format", fmt)
+    srv = start_server(
+        data,
+        None,
+        *("--log-level", "info", "--access-log", "--log-format", fmt),
+        *("--forwarded-allow-ips", "127.0.0.1"),
+    )
     try:
         host, port = "127.0.0.1", srv.port
         hostile = b"\x9b2J\x85evil\xe2\x80\xae"  # obs-text: latin-1 C1 controls as sent

@@ -209,6 +209,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from tlog.server import build_app
 
     cfg = _serve_config(args)
+    trusted = _forwarded_allow_ips(cfg.forwarded_allow_ips, "TLOG_FORWARDED_ALLOW_IPS")
     logs = uvicorn_log_config(cfg.log_level, cfg.log_format)
     logging.config.dictConfig(logs)
     # The sequencer's writer thread and the event loop share the GIL. With the default 5 ms
@@ -251,6 +252,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f'  curl -s -H "Authorization: Bearer $(cat {token_file})" '
             f"--data-binary 'hello' {url}/v1/entries"
         )
+    if trusted == ("*",):
+        banner.append(
+            "tlog: WARNING --forwarded-allow-ips '*': every client's X-Forwarded-For is "
+            "believed, so any client chooses the address it is logged under"
+        )
+    elif trusted:
+        banner.append(f"tlog: forwarding headers believed from {', '.join(trusted)}")
     print("\n".join(banner), flush=True)
     started = run_hardened(
         app,
@@ -263,8 +271,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_config=logs,
         server_header=False,
         timeout_graceful_shutdown=10,
+        forwarded_allow_ips=trusted,
     )
     return 0 if started else 1
+
+
+def _forwarded_allow_ips(text: str, env: str) -> tuple[str, ...]:
+    """The checked ``forwarded_allow_ips`` setting (exit 2 naming its sources when
+    malformed, before anything is opened)."""
+    from client.runtime.serving import parse_forwarded_allow_ips
+
+    try:
+        return parse_forwarded_allow_ips(text)
+    except ValueError as exc:
+        raise UsageError(
+            f"--forwarded-allow-ips ({env}, forwarded_allow_ips in the config file): {exc}"
+        ) from None
 
 
 # --- token -------------------------------------------------------------------------------
@@ -656,6 +678,14 @@ def cmd_config(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"tlog: {one_line(str(exc))}", file=sys.stderr)
         return 1
+    if isinstance(cfg, ServeConfig):
+        from client.runtime.serving import parse_forwarded_allow_ips
+
+        try:
+            parse_forwarded_allow_ips(cfg.forwarded_allow_ips)
+        except ValueError as exc:
+            print(f"tlog: {args.file}: forwarded_allow_ips: {one_line(str(exc))}", file=sys.stderr)
+            return 1
     print(f"# {args.file}: OK ({args.program}); every setting, defaults included:")
     sys.stdout.write(describe(cfg))
     return 0

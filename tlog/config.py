@@ -100,6 +100,13 @@ class ServeConfig:
     )
     host: str = setting("127.0.0.1", "address to listen on")
     port: int = setting(8080, "TCP port to listen on")
+    forwarded_allow_ips: str = setting(
+        "",
+        "comma-separated IP addresses or networks (CIDR) of the reverse proxies whose "
+        "X-Forwarded-For/X-Forwarded-Proto are believed (the client address in the access "
+        "log); empty: no forwarding header counts, from anyone; '*': everyone (never "
+        "behind nothing but a proxy you run)",
+    )
     origin: str | None = setting(
         None,
         "log origin (default: the key's name, or localhost/tlog-demo for a new key); "

@@ -19,12 +19,17 @@ def one_line(text: str) -> str:
     """``text`` with every character that is not printable shown as its Python escape:
     control characters (C0 such as CR ``\\r``, LF ``\\n``, ESC ``\\x1b``; DEL; C1), format
     characters (bidirectional overrides and isolates U+202A-202E, U+2066-2069, ...), the line
-    and paragraph separators U+2028/2029, unassigned and private-use code points. Printable
-    text (spaces, any script) is unchanged. A backslash is printable and stays as it is."""
-    if text.isprintable():  # the common case, in C
+    and paragraph separators U+2028/2029, unassigned and private-use code points, lone
+    surrogates. Printable text (spaces, any script) is unchanged, except the backslash, which
+    is doubled (``\\\\``): every backslash of the result then starts an escape, so two
+    different texts never give the same line (a literal backslash-n and a line break did,
+    both ``\\n``) and the text is recovered exactly from its line by reading the escapes
+    (``\\\\``, ``\\t``, ``\\n``, ``\\r``, ``\\xHH``, ``\\uHHHH``, ``\\UHHHHHHHH``) back."""
+    if text.isprintable() and "\\" not in text:  # the common case, in C
         return text
     return "".join(
-        c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text
+        c if c.isprintable() and c != "\\" else c.encode("unicode_escape").decode("ascii")
+        for c in text
     )
 
 

@@ -43,6 +43,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import ipaddress
 import logging
 import resource
 import socket
@@ -65,6 +66,7 @@ __all__ = [
     "hardened_config",
     "hardened_server",
     "limits_from_args",
+    "parse_forwarded_allow_ips",
     "run_hardened",
 ]
 
@@ -418,6 +420,39 @@ def _server_class() -> type[uvicorn.Server]:
     return HardenedServer
 
 
+def parse_forwarded_allow_ips(text: str) -> tuple[str, ...]:
+    """The proxies whose ``X-Forwarded-For``/``X-Forwarded-Proto`` a server believes, from a
+    comma-separated list of IP addresses and networks (``10.0.0.1, 10.1.0.0/16, ::1``), or
+    ``*`` alone (everyone). An empty text: nobody (the default of every program).
+
+    Strict, unlike uvicorn's own parsing (which takes anything it cannot parse as a literal
+    that never matches, so a typo silently trusts nobody, or a host name silently nothing):
+    a host name, an empty item, a network with host bits set (``10.0.0.1/8``) or ``*`` next
+    to other items is a :class:`ValueError` naming the item. The addresses come back in
+    their canonical form."""
+    items = [item.strip() for item in text.split(",")]
+    if items == [""]:
+        return ()
+    if "*" in items:
+        if len(items) != 1:
+            raise ValueError("'*' (trust every peer) cannot be combined with other entries")
+        return ("*",)
+    out: list[str] = []
+    for item in items:
+        if not item:
+            raise ValueError(f"empty entry in {text!r} (a comma too many?)")
+        try:
+            if "/" in item:
+                out.append(str(ipaddress.ip_network(item, strict=True)))
+            else:
+                out.append(str(ipaddress.ip_address(item)))
+        except ValueError as exc:
+            raise ValueError(
+                f"{item!r} is not an IP address or network (CIDR, no host bits set): {exc}"
+            ) from None
+    return tuple(out)
+
+
 def hardened_config(
     app: Any, host: str, port: int, limits: ServerLimits | None = None, **kwargs: Any
 ) -> uvicorn.Config:
@@ -427,10 +462,29 @@ def hardened_config(
     may name the base protocol ("httptools", the default when installed, or "h11");
     ``coalesce_writes=True`` sends each answer's head and body in one write
     (:class:`_CoalescingTransport`).
+
+    ``forwarded_allow_ips`` (from :func:`parse_forwarded_allow_ips`): the peers whose
+    ``X-Forwarded-For``/``-Proto`` replace the connection's client address and scheme.
+    Empty (the default): no forwarding header counts, from anyone. uvicorn's own default
+    trusts 127.0.0.1 (or ``$FORWARDED_ALLOW_IPS``), so any local process could choose the
+    address the access log records; here it is off unless named. ``*`` is logged as a
+    WARNING (every client then chooses its own address).
     """
     import uvicorn
     from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
+    trusted = tuple(kwargs.pop("forwarded_allow_ips", None) or ())
+    if not kwargs.pop("proxy_headers", True):
+        trusted = ()
+    if trusted == ("*",):
+        log.warning(
+            "forwarded_allow_ips is '*': X-Forwarded-For and X-Forwarded-Proto are believed "
+            "from EVERY client, so any client chooses the address it is logged under; name "
+            "the reverse proxies' addresses instead"
+        )
+    kwargs["proxy_headers"] = bool(trusted)
+    if trusted:
+        kwargs["forwarded_allow_ips"] = list(trusted)
     lim = limits or ServerLimits()
     coalesce = bool(kwargs.pop("coalesce_writes", False))
     base: type[asyncio.Protocol]
