@@ -367,6 +367,13 @@ class Backend(Protocol):
         log yet (``tlog migrate``); returns how many. Durable when it returns."""
         ...
 
+    def clear_if_meta(self, key: str, value: bytes) -> bool:
+        """Remove every record of every table, in one transaction, if and only if the meta
+        record ``key`` holds ``value`` (checked inside that transaction); the store is then
+        as a new one. Only for ``tlog migrate --restart``, which clears an interrupted copy
+        identified by its marker. Whether it cleared. Durable when it returns."""
+        ...
+
 
 def is_database_url(database: str | None) -> bool:
     return database is not None and database.startswith(("postgresql://", "postgres://"))

@@ -31,6 +31,7 @@ The S3 client (boto3) is an optional extra: ``pip install 'tlog[s3]'``.
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -62,6 +63,7 @@ __all__ = [
     "ObjectStore",
     "S3Store",
     "content_headers",
+    "probe_conditional_writes",
     "tiles_between",
 ]
 
@@ -248,6 +250,13 @@ class S3Store:
                 return None
             raise self._fail("reading", key, exc) from None
 
+    def delete(self, key: str) -> None:
+        """Remove ``key`` (only the start-up probe object is ever removed)."""
+        try:
+            self._s3.delete_object(Bucket=self.bucket, Key=self.prefix + key)
+        except Exception as exc:
+            raise self._fail("deleting", key, exc) from None
+
     def keys(self) -> Iterator[str]:
         try:
             pages = self._s3.get_paginator("list_objects_v2").paginate(
@@ -274,6 +283,46 @@ def _signatures(note: str | bytes) -> int:
     """How many signature lines a note carries (the log's and the cosignatures)."""
     data = note.encode() if isinstance(note, str) else note
     return data.count(b"\n\xe2\x80\x94 ")
+
+
+# Where the start-up probe writes (a name of its own per start, removed after; no tlog-tiles
+# path, so no client ever asks for it).
+PROBE_PREFIX = "tlog-probe/"
+_WRONG_ETAG = '"00000000000000000000000000000000"'
+
+
+def probe_conditional_writes(store: ObjectStore) -> str | None:
+    """Whether ``store`` honours the conditional writes the publisher relies on, asked with
+    real requests on a probe object of its own: None when both hold, else the gap, named.
+
+    * ``If-None-Match: *``: a second create of the probe must be refused (412);
+    * ``If-Match``: a replace with an ETag the object never had must be refused (412).
+
+    The probe object is removed afterwards when the store can delete (best effort: a
+    writer without delete permission leaves one small object under ``tlog-probe/``).
+    Raises :class:`BucketError` when the probe itself cannot be written."""
+    key = PROBE_PREFIX + secrets.token_hex(8)
+    gaps: list[str] = []
+    try:
+        store.create(key, b"probe 1\n", CHECKPOINT_TYPE, "no-store")
+        try:
+            store.create(key, b"probe 2\n", CHECKPOINT_TYPE, "no-store")
+            gaps.append("If-None-Match: * (a create-only write replaced an existing object)")
+        except PreconditionFailed:
+            pass
+        try:
+            store.replace(key, b"probe 3\n", _WRONG_ETAG, CHECKPOINT_TYPE, "no-store")
+            gaps.append("If-Match (a write with an ETag the object never had replaced it)")
+        except PreconditionFailed:
+            pass
+    finally:
+        delete: Callable[[str], None] | None = getattr(store, "delete", None)
+        if delete is not None:
+            try:
+                delete(key)
+            except BucketError as exc:
+                log.info("could not remove the probe object %s: %s", key, exc)
+    return "; ".join(gaps) or None
 
 
 def tiles_between(old: int, new: int) -> list[Tile]:
@@ -330,6 +379,9 @@ class BucketPublisher:
         self.failures = 0  # consecutive failed rounds
         self.last_error: str | None = None
         self.stopped: str | None = None  # set when a conflict stopped publishing
+        # Whether the store honours If-None-Match/If-Match (probed at start): True, False
+        # (WARNING: split brain is then caught after the fact, not prevented), None unknown.
+        self.conditional: bool | None = None
         self._lock = threading.Lock()  # one round at a time
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -375,6 +427,7 @@ class BucketPublisher:
         different database). Raises :class:`RollbackDetected` saying what to do.
         """
         got = self._bucket_checkpoint()
+        self._probe()
         if got is None:
             log.info("bucket has no checkpoint yet: publishing the log from the start")
             return
@@ -398,6 +451,35 @@ class BucketPublisher:
         self._last_read = time.monotonic()
         # Tiles are written before the checkpoint that covers them.
         self.published = cp.size
+
+    def _probe(self) -> None:
+        """Ask the store once whether it honours conditional writes (see
+        :func:`probe_conditional_writes`). Not honoured: publishing goes on as before, with a
+        WARNING naming the gap; the probe cannot be written: a WARNING, unknown."""
+        try:
+            gap = probe_conditional_writes(self.store)
+        except BucketError as exc:
+            self.conditional = None
+            log.warning(
+                "could not probe whether the bucket honours conditional writes (%s): if it "
+                "does not, two frontends that both believe they are the sequencer (split "
+                "brain) can overwrite each other's checkpoint in the bucket",
+                exc,
+            )
+            return
+        self.conditional = gap is None
+        if gap is not None:
+            log.warning(
+                "the bucket does NOT honour conditional writes: %s. Two frontends that both "
+                "believe they are the sequencer (split brain) can then overwrite each other's "
+                "checkpoint and tiles in the bucket; it is caught only afterwards, when a "
+                "frontend compares what it reads back. Use a store that honours If-None-Match "
+                "and If-Match on PutObject (AWS S3, SeaweedFS, MinIO, Ceph RGW) to prevent it "
+                "(docs/operations.md, 'Publishing to a bucket')",
+                gap,
+            )
+        else:
+            log.info("the bucket honours conditional writes (If-None-Match, If-Match)")
 
     def _database_size(self) -> int:
         with self.log.storage.read() as rv:
@@ -629,6 +711,18 @@ class BucketPublisher:
                 continue
             cp = got[0]
             if cp.size > target.size:
+                size = self._database_size()
+                if size < cp.size:
+                    # Not another frontend of this database (it would have committed that
+                    # size here first): another writer with another store won the race.
+                    raise BucketConflict(
+                        f"lost the bucket's checkpoint to another writer (412): the bucket's "
+                        f"checkpoint is at tree size {cp.size}, beyond this database's tree "
+                        f"({size}). Two frontends each believe they are the sequencer on "
+                        "their own store (split brain), or this database lost committed "
+                        "entries; the bucket keeps the other writer's checkpoint, never "
+                        "overwritten"
+                    )
                 return  # another frontend published a larger checkpoint of this log
             if cp.size == target.size:
                 if cp.root_hash != target.root_hash:
@@ -653,6 +747,7 @@ class BucketPublisher:
             "consecutive_failures": self.failures,
             "last_error": self.last_error,
             "stopped": self.stopped,
+            "conditional_writes": self.conditional,
         }
 
 
@@ -678,6 +773,12 @@ class BucketCollector:
             "tlog_bucket_consecutive_failures",
             "publication rounds that failed in a row (0: the bucket is current)",
             value=p.failures,
+        )
+        yield GaugeMetricFamily(
+            "tlog_bucket_conditional_writes",
+            "1 when the store honours If-None-Match/If-Match (probed at start), 0 when it "
+            "does not (split brain is then only caught afterwards), -1 when unknown",
+            value=-1 if p.conditional is None else int(p.conditional),
         )
         yield GaugeMetricFamily(
             "tlog_bucket_conflict",

@@ -465,14 +465,22 @@ def _fsck_result(rep: FsckReport, where: str) -> int:
         # not pass a check as clean) and not "FAILED" (nothing is damaged): no log, exit 1,
         # as every store command says it, on either backend.
         raise _no_log(where)
+    for f in rep.findings:
+        print(f"fsck: FINDING {one_line(f)}", file=sys.stderr)
     for e in rep.errors:
         print(f"fsck: ERROR {one_line(str(e))}", file=sys.stderr)
-    status = "OK" if rep.ok else f"FAILED ({len(rep.errors)} errors)"
+    if not rep.ok:
+        status = f"FAILED ({len(rep.errors)} errors)"
+    elif rep.findings:
+        # nothing damaged, but not servable as it is: not "OK" either
+        status = f"NOT SERVABLE ({len(rep.findings)} finding{'s' if len(rep.findings) > 1 else ''})"
+    else:
+        status = "OK"
     print(
         f"fsck: {status}: {rep.entries} entries, {rep.blobs_checked} tiles, "
         f"{rep.checkpoints_checked} checkpoints checked"
     )
-    return 0 if rep.ok else 2
+    return 2 if not rep.ok else 1 if rep.findings else 0
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
@@ -650,7 +658,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         open_location(args.source, create=False) as src,
         open_location(args.dest, create=True) as dst,
     ):
-        rep = migrate(src, dst, echo)
+        rep = migrate(src, dst, echo, restart=args.restart)
         where = dst.location
     total = sum(rep.records.values())
     print(
@@ -889,6 +897,14 @@ def parser() -> argparse.ArgumentParser:
         metavar="STORE",
         help="where to copy it: an LMDB data directory or a postgresql:// URL; "
         "it must hold no log yet",
+    )
+    mg.add_argument(
+        "--restart",
+        action="store_true",
+        help="the destination holds an interrupted tlog migrate of this log (its marker; "
+        "tlog fsck reports it) that cannot be resumed because the source changed since: "
+        "clear exactly that copy and start again. Never clears a destination without the "
+        "marker (empty, a completed migration, another log)",
     )
     mg.set_defaults(func=cmd_migrate)
 

@@ -67,6 +67,10 @@ class FsckReport:
     records_checked: int = 0
     errors: list[str] = field(default_factory=list)
     empty: bool = False  # the store holds no record at all: no log to check
+    # Not damage, but the store cannot be served as it is (an unfinished tlog migrate copy:
+    # its marker); each with the command that settles it. Not counted by ``ok``: tlog
+    # migrate checks its own copy with fsck before it removes the marker.
+    findings: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -100,6 +104,7 @@ def fsck(
             if holds_nothing(rv):
                 rep.empty = True
                 return rep
+            _migrate_marker(rv, rep, storage.location)
             _Check(rv, rep, progress).run()
     except Exception as exc:
         fault = storage_fault(exc)
@@ -109,6 +114,24 @@ def fsck(
             f"the store failed while being read ({storage.kind}): {type(exc).__name__}: {exc}"
         )
     return rep
+
+
+def _migrate_marker(rv: ReadView, rep: FsckReport, location: str) -> None:
+    """The marker of an unfinished ``tlog migrate`` copy (:data:`tlog.migrate.MARKER`) as a
+    finding naming both ways out: the same command again (resumes), or ``--restart`` when
+    the source changed since (clears exactly this copy and starts over)."""
+    from tlog.migrate import MARKER, describe_marker
+
+    marker = rv.meta(MARKER)
+    if marker is None:
+        return
+    rep.findings.append(
+        f"this store is an unfinished tlog migrate copy (of {describe_marker(marker)}); "
+        "tlog serve refuses it until the migration completes. Finish it: tlog migrate "
+        f"--from <its source> --to {location} (the same command again resumes the copy); "
+        "if the source changed since: the same command with --restart (it clears exactly "
+        "this copy, which its marker identifies, and copies again)"
+    )
 
 
 def holds_nothing(rv: ReadView) -> bool:

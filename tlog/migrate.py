@@ -39,7 +39,14 @@ from pathlib import Path
 from tlog.backend import TABLES, Backend, ReadView, StorageError, is_database_url, open_backend
 from tlog.fsck import FsckReport, fsck
 
-__all__ = ["MARKER", "MigrateError", "MigrateReport", "migrate", "open_location"]
+__all__ = [
+    "MARKER",
+    "MigrateError",
+    "MigrateReport",
+    "describe_marker",
+    "migrate",
+    "open_location",
+]
 
 
 class MigrateError(StorageError):
@@ -162,7 +169,8 @@ def _marker(rv: ReadView) -> bytes:
     ).encode()
 
 
-def _describe(marker: bytes) -> str:
+def describe_marker(marker: bytes) -> str:
+    """What a marker says: the source's origin and tree size when the copy began."""
     try:
         doc = json.loads(marker)
         return f"origin {doc['origin']!r} at tree size {doc['tree_size']}"
@@ -178,8 +186,9 @@ def _not_a_prefix(dest: Backend, table: str, why: str) -> MigrateError:
     return MigrateError(
         f"the destination {dest.location} holds an interrupted tlog migrate of this log, but "
         f"its {table} is not a prefix of the source's ({why}): it changed since the "
-        f"migration stopped (was a server started on it?); nothing was written. Empty it "
-        f"{_EMPTY_IT}"
+        f"migration stopped (was a server started on it?); nothing was written. Run again "
+        f"with --restart to clear that copy (its marker identifies it) and start over, or "
+        f"empty it {_EMPTY_IT}"
     )
 
 
@@ -212,9 +221,60 @@ def _copy(table: str, rv: ReadView, dest: Backend) -> tuple[int, int]:
     return have, dest.load_raw(table, src)
 
 
-def migrate(source: Backend, dest: Backend, echo: Callable[[str], None] = print) -> MigrateReport:
+def _origin_of(marker: bytes) -> object:
+    try:
+        doc = json.loads(marker)
+        return doc["origin"] if isinstance(doc, dict) else _UNREADABLE
+    except (ValueError, KeyError):
+        return _UNREADABLE
+
+
+_UNREADABLE = object()
+
+
+def _check_restart(source: Backend, dest: Backend, held_marker: bytes | None) -> bytes:
+    """The marker ``--restart`` may clear: an interrupted tlog migrate's (nothing else holds
+    one; ``tlog serve`` refuses such a store, so nothing but that migration wrote to it) of
+    a log with the source's origin. Anything else is refused before anything is read."""
+    if held_marker is None:
+        lead = (
+            "--restart clears only the destination of an interrupted tlog migrate, which "
+            f"holds its marker; {dest.location} holds none"
+        )
+        try:
+            _refuse_destination(dest)
+        except MigrateError as exc:
+            raise MigrateError(f"{lead}, and is never cleared by tlog migrate: {exc}") from None
+        raise MigrateError(f"{lead}: it is empty, run without --restart")
+    with source.read() as rv:
+        origin = rv.meta("origin")
+    mine = None if origin is None else origin.decode("utf-8", "replace")
+    theirs = _origin_of(held_marker)
+    if theirs != mine:
+        raise MigrateError(
+            f"--restart: the destination {dest.location} holds an interrupted tlog migrate "
+            f"of {describe_marker(held_marker)}, another log than the source ({mine!r}): not "
+            "cleared. Run that migration again from its own source, or empty the "
+            f"destination {_EMPTY_IT}"
+        )
+    return held_marker
+
+
+def migrate(
+    source: Backend,
+    dest: Backend,
+    echo: Callable[[str], None] = print,
+    *,
+    restart: bool = False,
+) -> MigrateReport:
     """Copy the log in ``source`` into the empty ``dest`` (or finish an interrupted copy of
-    the same source into it) and verify the copy."""
+    the same source into it) and verify the copy.
+
+    ``restart``: ``dest`` must hold an interrupted migration's marker of a log with the
+    source's origin (the source may have changed since); once the source verifies, that
+    copy is cleared (every record, in one transaction that checks the marker again) and the
+    migration starts over. A destination without the marker (empty, a completed migration,
+    another log, foreign records) is never cleared."""
     with source.read() as rv:
         if rv.meta(MARKER) is not None:
             raise MigrateError(
@@ -223,7 +283,9 @@ def migrate(source: Backend, dest: Backend, echo: Callable[[str], None] = print)
             )
     with dest.read() as drv:
         held_marker = drv.meta(MARKER)
-    if held_marker is None:
+    if restart:
+        held_marker = _check_restart(source, dest, held_marker)
+    elif held_marker is None:
         _refuse_destination(dest)
     if source.is_empty():
         raise MigrateError(f"the source {source.location} holds no log")
@@ -233,6 +295,19 @@ def migrate(source: Backend, dest: Backend, echo: Callable[[str], None] = print)
         raise MigrateError(
             "the source does not verify, nothing was copied: " + "; ".join(src_rep.errors[:3])
         )
+    if restart:
+        assert held_marker is not None
+        if not dest.clear_if_meta(MARKER, held_marker):
+            raise MigrateError(
+                f"--restart: the marker in {dest.location} changed while the source was "
+                "checked (another tlog migrate?): nothing was cleared"
+            )
+        echo(
+            f"migrate: --restart: cleared the interrupted copy of {describe_marker(held_marker)} "
+            f"in {dest.location}; copying again"
+        )
+        held_marker = None
+        _refuse_destination(dest)  # as a new store now
     with source.read() as rv:
         size, note = _latest(rv)
         mine = _marker(rv)
@@ -241,10 +316,12 @@ def migrate(source: Backend, dest: Backend, echo: Callable[[str], None] = print)
         elif held_marker != mine:
             raise MigrateError(
                 f"the destination {dest.location} holds an interrupted tlog migrate of "
-                f"{_describe(held_marker)}, not of this source as it is now "
-                f"({_describe(mine)}): another log, or the source changed since; nothing "
-                "was written. Run that migration again from its own source, or empty the "
-                f"destination {_EMPTY_IT}"
+                f"{describe_marker(held_marker)}, not of this source as it is now "
+                f"({describe_marker(mine)}): another log, or the source changed since; nothing "
+                "was written. If the source changed, run again with --restart (it clears "
+                "exactly that interrupted copy, identified by its marker, and starts over); "
+                "for another log, run that migration again from its own source, or empty "
+                f"the destination {_EMPTY_IT}"
             )
         else:
             echo(

@@ -1353,6 +1353,33 @@ class PgStorage:
         log.debug("claimed the SCIM writer fence (claim %d)", claims)
         return fence
 
+    def clear_if_meta(self, key: str, value: bytes) -> bool:
+        """Empty every table if meta ``key`` holds ``value`` (``tlog migrate --restart``);
+        the format record and the state row as a new store has them."""
+
+        def run(conn: psycopg.Connection[Any]) -> bool:
+            row = conn.execute(
+                "SELECT value FROM tlog_meta WHERE key = %s FOR UPDATE", (key,)
+            ).fetchone()
+            if row is None or bytes(row[0]) != value:
+                return False
+            fmt = conn.execute("SELECT value FROM tlog_meta WHERE key = 'format'").fetchone()
+            conn.execute(
+                "TRUNCATE tlog_meta, tlog_entries, tlog_dedup, tlog_tiles, tlog_checkpoints, "
+                "tlog_cosignatures, tlog_tokens, tlog_aux"
+            )
+            if fmt is not None:
+                conn.execute(
+                    "INSERT INTO tlog_meta (key, value) VALUES ('format', %s)", (fmt[0],)
+                )
+            conn.execute(
+                "UPDATE tlog_state SET tree_size = 0, checkpoint = NULL, epoch = epoch + 1 "
+                "WHERE id = 1"
+            )
+            return True
+
+        return bool(self._write(run, "clearing an interrupted tlog migrate"))
+
     def load_raw(self, table: str, items: Iterator[tuple[bytes, bytes]]) -> int:
         if table not in TABLES:
             raise ValueError(f"no table {table!r}")

@@ -499,6 +499,18 @@ class Storage:
                 n += 1
         return n
 
+    @_writes
+    def clear_if_meta(self, key: str, value: bytes) -> bool:
+        """Empty every table if meta ``key`` holds ``value`` (``tlog migrate --restart``)."""
+        with self.env.begin(write=True) as txn:
+            held = txn.get(key.encode(), db=self.db_meta)
+            if held is None or bytes(held) != value:
+                return False
+            for db in self.dbs.values():
+                txn.drop(db, delete=False)
+            txn.put(b"format", FORMAT_VERSION, db=self.db_meta)
+        return True
+
     def close(self) -> None:
         self._stop.set()
         if self._checker is not None and self._checker is not threading.current_thread():
