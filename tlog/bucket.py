@@ -19,6 +19,14 @@ Objects carry the tlog-tiles Content-Type and a Cache-Control (immutable for ful
 bundles, short for partial tiles and the checkpoint), so the bucket (or a CDN in front of
 it) serves any tlog-tiles client directly.
 
+Two frontends that both believe they are the sequencer, each on a store of its own (split
+brain), therefore cannot overwrite each other's checkpoint: the loser's write gets 412; if
+the winner's checkpoint forks from the loser's tree, or lies beyond the loser's database (no
+frontend of that database published it), the loser stops publishing and signing
+(:class:`BucketConflict`: CRITICAL, ``tlog_bucket_conflict``). Whether the store honours the
+conditions at all is probed once at start (:func:`probe_conditional_writes`); one that does
+not keeps being published to, with a WARNING naming the gap.
+
 A failed publication loses nothing: what was acknowledged is in the database, and the
 publisher catches up from there on the next commit, on its retry timer, and at start.
 At start, :meth:`BucketPublisher.check_at_startup` compares the bucket's checkpoint with the

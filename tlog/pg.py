@@ -1369,9 +1369,7 @@ class PgStorage:
                 "tlog_cosignatures, tlog_tokens, tlog_aux"
             )
             if fmt is not None:
-                conn.execute(
-                    "INSERT INTO tlog_meta (key, value) VALUES ('format', %s)", (fmt[0],)
-                )
+                conn.execute("INSERT INTO tlog_meta (key, value) VALUES ('format', %s)", (fmt[0],))
             conn.execute(
                 "UPDATE tlog_state SET tree_size = 0, checkpoint = NULL, epoch = epoch + 1 "
                 "WHERE id = 1"
