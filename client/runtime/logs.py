@@ -18,8 +18,9 @@ A ``json`` record is one line as well: ``json.dumps`` escapes C0 characters, quo
 backslashes; the other non-printable characters (DEL, C1, format characters, U+2028/2029,
 which ``ensure_ascii=False`` would leave raw) are written as ``\\uXXXX`` escapes, so the
 decoded values are unchanged while the line is inert in a terminal and to line splitters.
-A backslash itself is printable and stays as it is: a literal ``\\n`` in a value looks like
-an escaped line break, but it never starts a line.
+A backslash is doubled (``\\\\``) in a ``text`` line, so every backslash there starts an
+escape and the value is recovered exactly from its line: a literal ``\\n`` shows as
+``\\\\n``, a line break as ``\\n``.
 """
 
 from __future__ import annotations
