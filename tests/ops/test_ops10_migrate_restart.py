@@ -11,29 +11,15 @@ PostgreSQL (a real cluster, skipped with the reason without one)."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 
-from tests.ops.test_gaps9_migrate_resume import (
-    _contents,
-    _killed_at,
-    _marker_of,
-    _store,
-    source_log,
-)
 from tests.scim_service.conftest import open_harness, user_event
 from tlog.cli import main
 from tlog.migrate import MARKER
 
-__all__ = ["source_log"]  # the module-scoped fixture, shared with gaps9's tests
-
-
-def _copy_of(source_log: Path, tmp_path: Path) -> Path:
-    data = tmp_path / "data"
-    shutil.copytree(source_log, data)
-    return data
+from .support import contents_of, copy_of, killed_at, marker_of, store_at
 
 
 def _fsck(location: str, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> tuple[int, str]:
@@ -55,41 +41,41 @@ def _changed(data: Path) -> None:
 def _restarted_after_the_source_changed(
     src: Path, dst: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    _killed_at("inside-a-table", str(src), dst)
-    assert _marker_of(dst) is not None
+    killed_at("inside-a-table", str(src), dst)
+    assert marker_of(dst) is not None
     # fsck names the marker and both ways out; nothing damaged is claimed OK either
     code, text = _fsck(dst, capsys, tmp_path)
     assert code != 0, text
     assert "fsck: FINDING" in text and "unfinished tlog migrate copy" in text, text
     assert "--restart" in text and f"--to {dst.split('?')[0]}" in text, text
     _changed(src)
-    held = _contents(dst)
+    held = contents_of(dst)
     capsys.readouterr()
     # a plain re-run is refused as before, and now says what to do
     assert main(["migrate", "--from", str(src), "--to", dst]) == 1
     err = capsys.readouterr().err
     assert "changed since" in err and "--restart" in err, err
-    assert _contents(dst) == held
+    assert contents_of(dst) == held
     # --restart: cleared and copied again, every record the source's
     assert main(["migrate", "--from", str(src), "--to", dst, "--restart"]) == 0
     out, err = capsys.readouterr()
     assert "migrate: OK" in out and "--restart: cleared the interrupted copy" in err, (out, err)
-    assert _contents(dst) == _contents(str(src))
-    assert _marker_of(dst) is None
+    assert contents_of(dst) == contents_of(str(src))
+    assert marker_of(dst) is None
     code, text = _fsck(dst, capsys, tmp_path)
     assert code == 0 and "fsck: OK" in text and "FINDING" not in text, text
     # done: --restart never clears a completed migration
     assert main(["migrate", "--from", str(src), "--to", dst, "--restart"]) == 1
     err = capsys.readouterr().err
     assert "never cleared" in err and "already holds a log" in err, err
-    assert _contents(dst) == _contents(str(src))
+    assert contents_of(dst) == contents_of(str(src))
 
 
 @pytest.mark.slow
 def test_restart_lmdb_to_lmdb_after_the_source_changed(
     source_log: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    data = _copy_of(source_log, tmp_path)
+    data = copy_of(source_log, tmp_path)
     _restarted_after_the_source_changed(data, str(tmp_path / "copy"), capsys, tmp_path)
 
 
@@ -97,7 +83,7 @@ def test_restart_lmdb_to_lmdb_after_the_source_changed(
 def test_restart_lmdb_to_postgres_after_the_source_changed(
     source_log: Path, tmp_path: Path, pg_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    data = _copy_of(source_log, tmp_path)
+    data = copy_of(source_log, tmp_path)
     _restarted_after_the_source_changed(data, pg_url, capsys, tmp_path)
 
 
@@ -107,25 +93,25 @@ def test_restart_postgres_to_lmdb(
 ) -> None:
     """A PostgreSQL source: killed between tables, restarted (the source as it was: a
     restart is allowed then too, and gives the same copy as a resume)."""
-    data = _copy_of(source_log, tmp_path)
+    data = copy_of(source_log, tmp_path)
     assert main(["migrate", "--from", str(data), "--to", pg_url]) == 0
     dst = str(tmp_path / "back")
-    _killed_at("between-tables", pg_url, dst)
-    assert _marker_of(dst) is not None
+    killed_at("between-tables", pg_url, dst)
+    assert marker_of(dst) is not None
     code, text = _fsck(dst, capsys, tmp_path)
     assert code != 0 and "FINDING" in text and "--restart" in text, text
     capsys.readouterr()
     assert main(["migrate", "--from", pg_url, "--to", dst, "--restart"]) == 0
-    assert _contents(dst) == _contents(pg_url)
-    assert _marker_of(dst) is None
+    assert contents_of(dst) == contents_of(pg_url)
+    assert marker_of(dst) is None
 
 
 @pytest.mark.slow
 def test_fsck_reports_the_marker_of_a_postgres_copy(
     source_log: Path, tmp_path: Path, pg_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    data = _copy_of(source_log, tmp_path)
-    _killed_at("before-marker-removed", str(data), pg_url)  # a whole copy, marker still in
+    data = copy_of(source_log, tmp_path)
+    killed_at("before-marker-removed", str(data), pg_url)  # a whole copy, marker still in
     code, text = _fsck(pg_url, capsys, tmp_path)
     assert code == 1, text  # nothing damaged (the copy verifies), but not servable
     assert "fsck: FINDING" in text and "NOT SERVABLE" in text and "ERROR" not in text, text
@@ -135,7 +121,7 @@ def test_fsck_reports_the_marker_of_a_postgres_copy(
 def test_restart_refuses_an_empty_destination(
     source_log: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    data = _copy_of(source_log, tmp_path)
+    data = copy_of(source_log, tmp_path)
     dest = tmp_path / "copy"
     assert main(["migrate", "--from", str(data), "--to", str(dest), "--restart"]) == 1
     assert "it is empty, run without --restart" in capsys.readouterr().err
@@ -146,36 +132,36 @@ def test_restart_never_clears_foreign_records(
 ) -> None:
     from tlog.storage import Storage
 
-    data = _copy_of(source_log, tmp_path)
+    data = copy_of(source_log, tmp_path)
     dest = tmp_path / "copy"
     st = Storage(dest / "db")
     try:
         st.put_token(b"\1" * 32, b"someone else's")
     finally:
         st.close()
-    held = _contents(str(dest))
+    held = contents_of(str(dest))
     assert main(["migrate", "--from", str(data), "--to", str(dest), "--restart"]) == 1
     err = capsys.readouterr().err
     assert "holds none" in err and "never cleared" in err, err
-    assert _contents(str(dest)) == held
+    assert contents_of(str(dest)) == held
 
 
 @pytest.mark.slow
 def test_restart_never_clears_another_logs_interrupted_copy(
     source_log: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    data = _copy_of(source_log, tmp_path)
+    data = copy_of(source_log, tmp_path)
     dest = str(tmp_path / "copy")
-    _killed_at("between-tables", str(data), dest)
-    with _store(dest) as st:
+    killed_at("between-tables", str(data), dest)
+    with store_at(dest) as st:
         other = {"tlog_migrate": 1, "origin": "other.example/log", "tree_size": 3}
         st.set_meta(MARKER, json.dumps(other).encode())
-    held = _contents(dest)
+    held = contents_of(dest)
     capsys.readouterr()
     assert main(["migrate", "--from", str(data), "--to", dest, "--restart"]) == 1
     err = capsys.readouterr().err
     assert "another log" in err and "other.example/log" in err, err
-    assert _contents(dest) == held
+    assert contents_of(dest) == held
 
 
 def test_clear_if_meta_checks_the_marker_in_its_transaction(tmp_path: Path) -> None:
