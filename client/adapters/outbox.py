@@ -28,6 +28,7 @@ import queue
 import sqlite3
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -233,6 +234,25 @@ class _LoopGroup:
                 fut.set_exception(OutboxError(str(exc)) if exc is _NOT_COMMITTED else exc)
 
 
+class _ProbeJob:
+    """The job of :meth:`Outbox.probe`: an fsynced write of ``size`` bytes, removed again."""
+
+    __slots__ = ("outbox", "size")
+
+    def __init__(self, outbox: Outbox, size: int) -> None:
+        self.outbox = outbox
+        self.size = size
+
+    def __call__(self, conn: sqlite3.Connection) -> None:
+        self.outbox._check_quota(conn, self.size, count=False)
+        conn.execute("INSERT INTO probe (x) VALUES (zeroblob(?))", (self.size,))
+        conn.execute("DELETE FROM probe")
+
+
+# The jobs refused once the outbox file was removed or replaced (Outbox._moved): what would
+# acknowledge an event, or say that one could be acknowledged now.
+_ADDS = (_AddJob, _ProbeJob)
+
 _Item = _Job | _LoopGroup
 
 
@@ -267,6 +287,8 @@ class Outbox:
         self._loop_group: _LoopGroup | None = None  # adds of this event-loop iteration
         self._closed = False
         self.max_bytes = max_bytes
+        self._ident: tuple[int, int] | None = None  # (st_dev, st_ino) of the opened file
+        self._gone_said = False
         # The queued events are plaintext (personal data): owner-only, like a key file.
         # SQLite gives the -wal and -shm files the database file's permissions.
         try:
@@ -292,7 +314,9 @@ class Outbox:
         files) owner-only if it was not: it holds personal data in plaintext."""
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            loose = os.fstat(fd).st_mode & 0o077
+            st = os.fstat(fd)
+            self._ident = (st.st_dev, st.st_ino)
+            loose = st.st_mode & 0o077
             if loose:
                 os.fchmod(fd, 0o600)
         finally:
@@ -305,9 +329,14 @@ class Outbox:
         if loose:
             _log.warning("the outbox was readable by group or others: made owner-only (0600)")
 
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self, *, create: bool = True) -> sqlite3.Connection:
+        # A reader (create=False) opens the file only if it is there: never a fresh, empty
+        # database where the outbox was removed (see _moved).
+        target: str | Path = self.path
+        if not create:
+            target = "file:" + urllib.parse.quote(str(self.path.absolute())) + "?mode=rw"
         conn = sqlite3.connect(
-            self.path, isolation_level=None, check_same_thread=False, timeout=30.0
+            target, isolation_level=None, check_same_thread=False, timeout=30.0, uri=not create
         )
         conn.execute("PRAGMA journal_mode = WAL")
         # FULL: in WAL mode the WAL is fsynced at every commit, so a committed add survives
@@ -320,11 +349,40 @@ class Outbox:
         if conn is None:
             if self._closed:
                 raise OutboxError("outbox is closed")
-            conn = self._connect()
+            if self._moved():
+                raise OutboxError(self._gone())
+            try:
+                conn = self._connect(create=False)
+            except sqlite3.Error as exc:
+                raise OutboxError(f"cannot read the outbox {self.path}: {_safe(exc)}") from None
+            if self._moved():  # replaced between the check and the open
+                conn.close()
+                raise OutboxError(self._gone())
             self._local.conn = conn
             with self._readers_lock:
                 self._readers.append(conn)
         return conn
+
+    def _moved(self) -> bool:
+        """Whether the path no longer names the file this outbox opened (removed, or
+        replaced by another file). SQLite would go on writing into the open, unlinked file,
+        acknowledging adds that no later start finds: such adds are refused instead."""
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return True
+        return (st.st_dev, st.st_ino) != self._ident
+
+    def _gone(self) -> str:
+        msg = (
+            f"the outbox file {self.path} was removed or replaced while in use: adds are "
+            "refused (they would be lost at the next start); restart the adapter to open it "
+            "again (events already queued stay deliverable until then)"
+        )
+        if not self._gone_said:
+            self._gone_said = True
+            _log.error("%s", msg)
+        return msg
 
     # --- the writer thread -------------------------------------------------------------------
 
@@ -371,6 +429,12 @@ class Outbox:
             elif item[1].set_running_or_notify_cancel():
                 live.append((item[0], _future_settle(item[1])))
         try:
+            if any(type(fn) in _ADDS for fn, _ in live) and self._moved():
+                gone = OutboxError(self._gone())
+                for fn, settle in live:
+                    if type(fn) in _ADDS:
+                        settle(None, gone)
+                live = [(fn, settle) for fn, settle in live if type(fn) not in _ADDS]
             self._commit_live(conn, live)
         except Exception as exc:  # a bug: fail what is unsettled, keep the writer alive
             _log.exception("outbox writer error")
@@ -527,12 +591,7 @@ class Outbox:
         """A committed, fsynced write of ``size`` bytes, then removed: could an event of that
         size be added now?"""
 
-        def job(conn: sqlite3.Connection) -> None:
-            self._check_quota(conn, size, count=False)
-            conn.execute("INSERT INTO probe (x) VALUES (zeroblob(?))", (size,))
-            conn.execute("DELETE FROM probe")
-
-        return self._submit(job)
+        return self._submit(_ProbeJob(self, size))
 
     def _recount(self, conn: sqlite3.Connection) -> None:
         """Count the bytes of undelivered bodies again (what ``max_bytes`` bounds)."""
@@ -614,15 +673,19 @@ class Outbox:
 
     # --- reads -------------------------------------------------------------------------------
 
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """The rows of one query on this thread's reader; a SQLite error (a damaged file)
+        is an :class:`OutboxError` whose text holds none of the file's data."""
+        try:
+            return self._reader().execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise OutboxError(f"cannot read the outbox {self.path}: {_safe(exc)}") from None
+
     def pending(self, limit: int = 1000, max_bytes: int | None = None) -> list[Pending]:
         """The oldest queued events, in the order they were added."""
-        rows = (
-            self._reader()
-            .execute(
-                "SELECT seq, eid, body, attempts FROM events WHERE state = 0 ORDER BY seq LIMIT ?",
-                (limit,),
-            )
-            .fetchall()
+        rows = self._read(
+            "SELECT seq, eid, body, attempts FROM events WHERE state = 0 ORDER BY seq LIMIT ?",
+            (limit,),
         )
         out: list[Pending] = []
         size = 0
@@ -635,7 +698,7 @@ class Outbox:
 
     def counts(self) -> dict[str, int]:
         """Number of events per state: ``pending``, ``delivered``, ``rejected``."""
-        rows = self._reader().execute("SELECT state, COUNT(*) FROM events GROUP BY state")
+        rows = self._read("SELECT state, COUNT(*) FROM events GROUP BY state")
         got = {int(s): int(n) for s, n in rows}
         return {
             "pending": got.get(PENDING, 0),
@@ -646,20 +709,12 @@ class Outbox:
     def backlog(self) -> dict[str, int | None]:
         """What is not yet in the log: ``pending`` events, their ``pending_bytes``, and the
         age of the oldest in ms (``oldest_ms``, None when empty); ``rejected`` events."""
-        row = (
-            self._reader()
-            .execute(
-                "SELECT COUNT(*), COALESCE(SUM(LENGTH(body)), 0), MIN(created_ms) FROM events "
-                "WHERE state = ?",
-                (PENDING,),
-            )
-            .fetchone()
+        (row,) = self._read(
+            "SELECT COUNT(*), COALESCE(SUM(LENGTH(body)), 0), MIN(created_ms) FROM events "
+            "WHERE state = ?",
+            (PENDING,),
         )
-        rejected = (
-            self._reader()
-            .execute("SELECT COUNT(*) FROM events WHERE state = ?", (REJECTED,))
-            .fetchone()[0]
-        )
+        ((rejected,),) = self._read("SELECT COUNT(*) FROM events WHERE state = ?", (REJECTED,))
         oldest = None if row[2] is None else max(0, _now_ms() - int(row[2]))
         return {
             "pending": int(row[0]),
@@ -670,20 +725,12 @@ class Outbox:
 
     def receipt(self, eid: str) -> Receipt | None:
         """The log's receipt for a delivered event, if it is still kept."""
-        row = (
-            self._reader()
-            .execute("SELECT receipt FROM events WHERE eid = ? AND state = 1", (eid,))
-            .fetchone()
-        )
-        return Receipt.from_json(row[0]) if row and row[0] else None
+        rows = self._read("SELECT receipt FROM events WHERE eid = ? AND state = 1", (eid,))
+        return Receipt.from_json(rows[0][0]) if rows and rows[0][0] else None
 
     def events_for_request(self, req: str) -> list[tuple[str, int]]:
         """``(eid, state)`` of the events recorded for one ``corr.req``, oldest first."""
-        rows = (
-            self._reader()
-            .execute("SELECT eid, state FROM events WHERE req = ? ORDER BY seq", (req,))
-            .fetchall()
-        )
+        rows = self._read("SELECT eid, state FROM events WHERE req = ? ORDER BY seq", (req,))
         return [(str(e), int(s)) for e, s in rows]
 
     def close(self) -> None:
@@ -706,10 +753,19 @@ class Outbox:
         self.close()
 
 
+def _safe(exc: BaseException) -> str:
+    """An SQLite error's text without the data some of them quote (sqlite3's "Could not
+    decode to UTF-8 column 'body' with text '...'" holds a damaged row: an event's
+    plaintext)."""
+    text = str(exc)
+    cut = text.find(" with text ")
+    return (text if cut < 0 else text[:cut])[:200]
+
+
 def _as_outbox_error(exc: Exception) -> OutboxError:
     if isinstance(exc, OutboxError):
         return exc
-    _log.error("outbox write failed: %s", exc)
-    err = OutboxError(f"outbox write failed: {exc}")
+    _log.error("outbox write failed: %s", _safe(exc))
+    err = OutboxError(f"outbox write failed: {_safe(exc)}")
     err.__cause__ = exc
     return err
