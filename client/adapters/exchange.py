@@ -26,6 +26,7 @@ import json
 import logging
 import re
 import time
+import urllib.parse
 from collections.abc import Callable, Collection, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Unpack
@@ -410,6 +411,8 @@ class Exchange:
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     resp_body: bytes = b""
     t1_ns: int = 0
+    # Set by the middleware when the SP's answer ended before it was whole (x.answer).
+    answer_note: str | None = None
     _target: tuple[AuditConfig, _Target] | None = field(default=None, repr=False, compare=False)
     # The headers by lower-case name (the first of repeated ones), made on first use.
     _req_map: tuple[Any, dict[bytes, bytes]] | None = field(default=None, repr=False, compare=False)
@@ -475,6 +478,9 @@ class Builder:
         )
         self._resp: Decoded | None = None
         self.result: dict[str, Any] | None = None  # resulting values the SP returned
+        # What is wrong with the SP's answer, when something is (x.answer): then nothing is
+        # taken from it as the result.
+        self.answer: str | None = x.answer_note
         self.texts: dict[str, str] = {}  # eid -> the event's validated JSON form
 
     def resp(self) -> Any:
@@ -601,6 +607,8 @@ class Builder:
             xs["uninterpretable"] = unparsed
         if success and self.result:
             xs["result"] = self.result
+        if self.answer is not None:
+            xs["answer"] = self.answer
         last: EventFormatError | None = None
         if intent is not None:
             full: dict[str, Any] = {
@@ -762,8 +770,35 @@ class Builder:
         }
         intent, unparsed = self.body_intent(op, target.rt)
         if outcome == "success":
-            self.result = _resulting_values(target.rt, resp)
+            if self.answer is None:
+                self.answer = self._answer_check(op, target, rid, resp, loc)
+            if self.answer is None:
+                self.result = _resulting_values(target.rt, resp)
         return Recorded(self.make(fields, intent, unparsed), [], self.texts)
+
+    def _answer_check(
+        self, op: str, target: _Target, rid: str | None, resp: Any, loc: str | None
+    ) -> str | None:
+        """Why a success's answer cannot be taken as the written resource's result: it
+        cannot be read, it names another resource than the one written, or (a create) its
+        id and its Location disagree. None when it can (or there is none)."""
+        decoded = self._resp
+        if decoded is not None and decoded.error is not None and self.x.resp_body:
+            return "not understood: " + (_text(decoded.error, 160) or "unreadable")
+        if not isinstance(resp, Mapping):
+            return None
+        got = resp.get("id")
+        if not isinstance(got, str) or not got:
+            return None
+        if op != "create":
+            if not target.me and rid is not None and _rid(got) != rid:
+                return "names another resource than the one written: not taken as its result"
+            return None
+        if loc:
+            last = loc.split("?")[0].rstrip("/").rsplit("/", 1)[-1]
+            if last and got not in (last, urllib.parse.unquote(last)):
+                return "its id and its Location name different resources: not taken as the result"
+        return None
 
     @staticmethod
     def _created_id(resp: Any, location: str | None) -> str:

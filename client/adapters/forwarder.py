@@ -536,7 +536,10 @@ class Forwarder:
         except (OSError, TimeoutError, _ProtocolError) as exc:  # broke off mid-body
             _log.warning("upstream body error for %s %s: %r", method, _logged(scope), exc)
             conn.close()
-            last = b""
+            # The answer is left unfinished: an ASGI server then breaks the connection, so
+            # the client sees the break (a chunked answer ended here would look whole), and
+            # the audit middleware records a write's answer as broken off.
+            return
         except BaseException:  # cancelled (client gone, shutdown): never pool a half-read one
             conn.close()
             raise

@@ -266,14 +266,16 @@ class AuditMiddleware:
         trailers: list[Message] = []
         held = 0  # answer bytes held; beyond cfg.max_answer the app's sends fail
         too_large = False
+        whole = False  # the app's last body message (more_body false) came
 
         async def capture(msg: Message) -> None:
-            nonlocal start, held, too_large
+            nonlocal start, held, too_large, whole
             t = msg["type"]
             if t == "http.response.start":
                 start = msg
                 x.t1_ns = time.time_ns()
             elif t == "http.response.body":
+                whole = not msg.get("more_body", False)
                 chunk = msg.get("body", b"")
                 held += len(chunk)
                 if too_large or held > cfg.max_answer:
@@ -296,6 +298,10 @@ class AuditMiddleware:
         else:
             x.status = int(start["status"]) if 100 <= int(start["status"]) <= 599 else 500
             x.headers = [(bytes(k), bytes(v)) for k, v in start.get("headers", ())]
+        broke_off = start is not None and not whole and not too_large
+        if broke_off:  # the SP applied the write (or may have); what it answered is unknown
+            x.answer_note = "broke off before its end: the result is unknown"
+            body_parts.clear()
         x.resp_body = b"".join(body_parts)
 
         extra, ok = await self._record(x)
@@ -315,13 +321,17 @@ class AuditMiddleware:
         if start is None:  # pragma: no cover - the app sent nothing and raised nothing
             await _send_error(send, 500, "no response from the service provider", req_id)
             return
-        if too_large:
+        if too_large or broke_off:
+            why = (
+                f"is larger than the {cfg.max_answer} bytes the audit adapter holds"
+                if too_large
+                else "broke off before its end"
+            )
             await _send_error(
                 send,
                 502,
                 f"the service provider processed this request (status {x.status}) but its "
-                f"answer is larger than the {cfg.max_answer} bytes the audit adapter holds; "
-                "the event was recorded",
+                f"answer {why}; the event was recorded",
                 req_id,
             )
             return
