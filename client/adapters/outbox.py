@@ -696,6 +696,15 @@ class Outbox:
             out.append(Pending(int(seq), str(eid), str(body), int(attempts)))
         return out
 
+    def pending_tenants(self) -> dict[str | None, int]:
+        """How many queued events each tenant has (None: a body without one): the log takes
+        a batch only if all its events are of the token's tenant."""
+        rows = self._read(
+            "SELECT CASE WHEN json_valid(body) THEN json_extract(body, '$.tenant') END, "
+            "COUNT(*) FROM events WHERE state = 0 GROUP BY 1"
+        )
+        return {None if t is None else str(t): int(n) for t, n in rows}
+
     def counts(self) -> dict[str, int]:
         """Number of events per state: ``pending``, ``delivered``, ``rejected``."""
         rows = self._read("SELECT state, COUNT(*) FROM events GROUP BY state")

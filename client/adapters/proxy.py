@@ -460,6 +460,11 @@ def build_proxy(
         ref_pid=pids,
     )
     outbox = Outbox(s.outbox, max_bytes=s.outbox_max_bytes)
+    try:
+        _check_outbox_tenant(outbox, s.tenant)
+    except OutboxError:
+        outbox.close()
+        raise
     relay = Relay(
         outbox,
         s.log_url,
@@ -471,6 +476,22 @@ def build_proxy(
     mw = AuditMiddleware(inner, config, outbox, relay, own=True)
     holder.append(mw)
     return mw
+
+
+def _check_outbox_tenant(outbox: Outbox, tenant: str) -> None:
+    """Refuse an outbox that holds undelivered events of another tenant (another proxy's
+    outbox, or ``--tenant`` changed across a restart): the log refuses every batch holding
+    one (403), so the relay would retry it for ever and deliver nothing behind it."""
+    # (a body without a tenant is for the log to refuse alone: 400, moved out as rejected)
+    others = {t: n for t, n in outbox.pending_tenants().items() if t not in (tenant, None)}
+    if others:
+        named = ", ".join(sorted(repr(t) for t in others)[:3])
+        raise OutboxError(
+            f"the outbox {outbox.path} holds {sum(others.values())} undelivered event(s) of "
+            f"another tenant than {tenant!r} ({named}): the log would refuse every batch "
+            "holding one and nothing would be delivered; deliver them with a proxy of their "
+            "tenant (its --tenant and token), or move the file away"
+        )
 
 
 def _listen(value: str) -> tuple[str, int]:

@@ -1,0 +1,73 @@
+"""Red team 7: ``tlog scim-proxy`` started on an outbox that holds undelivered events of
+another tenant (another proxy's outbox put in its place, or ``--tenant`` changed across a
+restart). The log refuses every batch that holds one (403: "event i is for another tenant
+than this token's"), the relay retried that batch for ever, behind it every new event
+waited ("queued"), and the only word was "the log refused the relay's token (403)". It
+must refuse to start instead, saying why."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from client.adapters.outbox import Outbox
+from harness.scim import event_record
+from tests.support import free_port, tlog_argv
+
+
+def _proxy(tmp_path: Path, outbox: Path, tenant: str) -> subprocess.CompletedProcess[str]:
+    token = tmp_path / "token"
+    token.write_text("tlog_" + "A" * 43 + "\n")
+    token.chmod(0o600)
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens: the log is "down" at start
+    return subprocess.run(
+        tlog_argv(
+            "scim-proxy",
+            "--upstream",
+            dead + "/v2",
+            "--log",
+            dead,
+            "--token-file",
+            str(token),
+            "--tenant",
+            tenant,
+            "--sp-id",
+            "sp1",
+            "--log-key-tofu",
+            "--outbox",
+            str(outbox),
+            "--listen",
+            f"127.0.0.1:{free_port()}",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+
+
+@pytest.mark.slow
+def test_an_outbox_of_another_tenant_is_refused_at_start(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite"
+    with Outbox(path) as ob:
+        ob.put([event_record(i) for i in range(3)])  # tenant t1
+    try:
+        p = _proxy(tmp_path, path, "t2")
+    except subprocess.TimeoutExpired:
+        pytest.fail("the proxy started on an outbox of another tenant")
+    assert p.returncode == 2, (p.returncode, p.stderr[-2000:])
+    assert "Traceback" not in p.stderr, p.stderr[-2000:]
+    assert "refusing to start" in p.stderr
+    assert "3 undelivered event(s) of another tenant" in p.stderr, p.stderr[-2000:]
+    with Outbox(path) as ob:  # left as it was
+        assert len(ob.pending()) == 3
+
+
+def test_only_undelivered_events_count(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "outbox.sqlite") as ob:
+        recs = [event_record(i) for i in range(3)]
+        ob.put(recs)
+        assert ob.pending_tenants() == {"t1": 3}
+        ob.note_failure([recs[0].eid], "refused", reject=True).result()
+        assert ob.pending_tenants() == {"t1": 2}
