@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import re
 import ssl
 from typing import Any
@@ -105,6 +106,7 @@ class _Conn(asyncio.Protocol):
         self.reused = False
         self.received = 0  # response bytes read in the current exchange
         self.last = loop.time()
+        self.deadline = math.inf  # when the whole answer must have come (loop time)
         self.head_method = False
         self._wake: asyncio.Future[Any] | None = None
         self._reading_paused = False
@@ -241,28 +243,33 @@ class _Conn(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
-    def start(self, data: bytes, head_method: bool) -> None:
-        """Send a request; the answer's state starts afresh."""
+    def start(self, data: bytes, head_method: bool, deadline: float = math.inf) -> None:
+        """Send a request; the answer's state starts afresh; it must have come whole by
+        ``deadline`` (loop time)."""
         self._reset()
         self.received = 0
         self.head_method = head_method
         self.last = self.loop.time()
+        self.deadline = deadline
         if self.transport is None:  # pragma: no cover - connected before use
             raise ConnectionResetError("not connected")
         self.transport.write(data)
 
     async def _next(self, timeout: float) -> None:
         """Until the callbacks report something, or TimeoutError after ``timeout`` seconds
-        without a byte from the upstream."""
+        without a byte from the upstream, or at the answer's deadline (an upstream that
+        trickles bytes never goes ``timeout`` seconds without one)."""
         self._wake = w = self.loop.create_future()
-        timer = self.loop.call_at(self.last + timeout, _expire, w)
+        timer = self.loop.call_at(min(self.last + timeout, self.deadline), _expire, w)
         try:
             await w
         finally:
             timer.cancel()
             self._wake = None
-        if w.result() is _TIMEOUT and self.loop.time() - self.last >= timeout:
-            raise TimeoutError
+        if w.result() is _TIMEOUT:
+            now = self.loop.time()
+            if now - self.last >= timeout or now >= self.deadline:
+                raise TimeoutError
 
     async def head(self, timeout: float) -> None:
         """Until the answer's head is complete (1xx skipped)."""
@@ -321,6 +328,7 @@ class Forwarder:
         max_idle: int = 64,
         max_connections: int = 64,
         max_body: int = 16 << 20,
+        answer_timeout: float | None = None,
     ) -> None:
         u = urlsplit(upstream)
         if u.scheme not in ("http", "https") or not u.hostname:
@@ -337,6 +345,8 @@ class Forwarder:
         self.preserve_host = preserve_host
         self.forwarded = forwarded
         self.timeout = timeout
+        # The whole answer (head and body) within this, however the upstream trickles it.
+        self.answer_timeout = 10 * timeout if answer_timeout is None else answer_timeout
         self.connect_timeout = connect_timeout
         self.max_idle = max_idle
         # Request bytes held per request (a write's are bounded by the audit middleware
@@ -488,6 +498,7 @@ class Forwarder:
             return
         head_method = method == "HEAD"
         conn: _Conn | None = None
+        deadline = math.inf
         for attempt in (1, 2):
             try:
                 conn = await self._acquire()
@@ -496,7 +507,9 @@ class Forwarder:
                 await scim_error(send, 502, "the SCIM service provider cannot be reached")
                 return
             try:
-                conn.start(data, head_method)
+                if deadline == math.inf:  # from the first attempt on
+                    deadline = conn.loop.time() + self.answer_timeout
+                conn.start(data, head_method, deadline)
                 await conn.head(self.timeout)
                 break
             except asyncio.CancelledError:

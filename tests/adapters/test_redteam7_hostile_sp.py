@@ -182,3 +182,75 @@ def test_a_success_whose_answer_is_not_understood_says_so() -> None:
     assert ev["outcome"] == "success" and "not understood" in ev["x"]["answer"]
     ev = _event("PATCH", "/Users/A", DEACTIVATE, 204, b"")  # no body: nothing to understand
     assert "answer" not in ev.get("x", {})
+
+
+# -- an answer trickled for ever -------------------------------------------------------------
+
+
+class _Trickles(AsyncioUpstream):
+    """Answers with ``head`` and then one byte of a never-ending answer every 0.2 s: never
+    ``timeout`` seconds without a byte, so the per-read timeout alone never fires."""
+
+    def __init__(self, head: bytes, drip: bytes) -> None:
+        self.head = head
+        self.drip = drip
+        self.port = free_port()
+
+    async def handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        try:
+            await read_request(r)
+            w.write(self.head)
+            for _ in range(200):  # 40 s, far beyond the deadline
+                w.write(self.drip)
+                await w.drain()
+                await asyncio.sleep(0.2)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            w.close()
+
+
+def _trickled(tmp_path: Path, up: _Trickles) -> tuple[UvicornThread, FakeLog]:
+    log = FakeLog()
+    outbox = Outbox(tmp_path / "outbox.sqlite")
+    relay = relay_for(outbox, log)
+    config = AuditConfig(tenant="t1", sp_id="sp1", base_path="/v2", on_access=lambda _: None)
+    fwd = Forwarder(f"http://127.0.0.1:{up.port}/v2", timeout=1.0, answer_timeout=1.5)
+    return UvicornThread(AuditMiddleware(fwd, config, outbox, relay, own=True)), log
+
+
+@pytest.mark.slow
+def test_an_answer_body_that_never_ends_is_cut_at_the_deadline(tmp_path: Path) -> None:
+    head = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/scim+json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n"
+    )
+    up = _Trickles(head, b"1\r\n \r\n").start()
+    srv, log = _trickled(tmp_path, up)
+    try:
+        with httpx.Client(base_url=srv.url, timeout=15) as c:
+            r = c.patch("/v2/Users/A", json=DEACTIVATE)
+        assert r.status_code == 502, (r.status_code, r.content[:200])
+        assert "broke off" in r.json()["detail"]
+        for _ in range(100):
+            if log.events:
+                break
+            asyncio.run(asyncio.sleep(0.05))
+        (ev,) = log.events
+        assert ev["res"]["st"] == 200 and "broke off" in ev["x"]["answer"]
+    finally:
+        srv.stop()
+        up.stop()
+
+
+@pytest.mark.slow
+def test_an_answer_head_that_never_ends_is_a_504(tmp_path: Path) -> None:
+    up = _Trickles(b"HTTP/1.1 200 OK\r\n", b"X-Drip: 1\r\n").start()
+    srv, _ = _trickled(tmp_path, up)
+    try:
+        with httpx.Client(base_url=srv.url, timeout=15) as c:
+            r = c.get("/v2/Users/A")
+        assert r.status_code == 504, (r.status_code, r.content[:200])
+    finally:
+        srv.stop()
+        up.stop()
