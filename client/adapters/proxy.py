@@ -19,7 +19,9 @@ the proxy's URLs.
 
 The proxy's own answers: 502 (SCIM error) if the upstream cannot be reached, 504 if it does
 not answer within ``--upstream-timeout``; a write that got one of those is recorded as a
-failure with that status, since the proxy cannot know whether the SP applied it.
+failure with that status, since the proxy cannot know whether the SP applied it. An answer
+that breaks off after its start is a 502 too, its event recorded with the SP's status and
+``x.answer`` saying so.
 
 The proxy's own endpoints, under ``/.tlog/`` so that no SCIM path of the upstream is
 shadowed: ``status`` (the audit backlog as JSON), ``healthz``, ``readyz`` and ``metrics``
