@@ -831,6 +831,14 @@ class Builder:
             return Recorded([], [self.access("not a bulk request", x.method, x.rel, x.status)])
         resp = self.resp()
         resp_ops = _get_ci(resp, "operations") if isinstance(resp, Mapping) else None
+        unknown = 200 <= x.status < 300 and not isinstance(resp_ops, list)
+        if unknown and self.answer is None:
+            # No BulkResponse to read: which operations ran is unknown (never "stopped
+            # before this operation", which says that nothing was applied).
+            error = self._resp.error if self._resp is not None else None
+            self.answer = "not understood: " + (
+                (_text(error, 160) or "unreadable") if error else "no BulkResponse Operations"
+            )
         if not (200 <= x.status < 300) or not isinstance(resp_ops, list):
             resp_ops = []
         matched = _align(ops, [r for r in resp_ops if isinstance(r, Mapping)])
@@ -844,7 +852,9 @@ class Builder:
                 created[bid] = loc.rstrip("/").rsplit("/", 1)[-1]
         out = Recorded([], [], self.texts)
         for seq, (op_req, op_resp) in enumerate(zip(ops, matched, strict=True)):
-            self._bulk_op(seq, op_req, op_resp, resp if x.status >= 300 else None, created, out)
+            self._bulk_op(
+                seq, op_req, op_resp, resp if x.status >= 300 else None, created, out, unknown
+            )
         return out
 
     def _bulk_op(
@@ -855,6 +865,7 @@ class Builder:
         http_error: Any,
         created: Mapping[str, str],
         out: Recorded,
+        unknown: bool = False,
     ) -> None:
         x = self.x
         method = str(_get_ci(op_req, "method") or "").upper()
@@ -895,6 +906,14 @@ class Builder:
             status = x.status
             outcome = "failure"
             err = _error(status, http_error)
+        elif unknown:
+            status = x.status
+            outcome = "warning"
+            err = {
+                "code": "unknown",
+                "reason": "the bulk answer was not understood: "
+                "whether this operation was applied is unknown",
+            }
         else:
             status = x.status
             outcome = "skipped"

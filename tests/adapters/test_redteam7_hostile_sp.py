@@ -254,3 +254,27 @@ def test_an_answer_head_that_never_ends_is_a_504(tmp_path: Path) -> None:
     finally:
         srv.stop()
         up.stop()
+
+
+def test_a_bulk_answer_not_understood_never_says_nothing_was_applied() -> None:
+    # A 200 whose body is no BulkResponse (truncated, empty): the operations were recorded
+    # as "skipped: the bulk request stopped (failOnErrors) before this operation", i.e.
+    # not applied, which the adapter cannot know.
+    bulk = {
+        "schemas": ["urn:ietf:params:scim:api:messages:2.0:BulkRequest"],
+        "Operations": [
+            {"method": "POST", "path": "/Users", "bulkId": "a", "data": {"schemas": [USER]}},
+            {"method": "DELETE", "path": "/Users/u1"},
+        ],
+    }
+    for answer in (b'{"schemas": ["urn:ietf:params:scim:api:messages:2.0:Bu', b""):
+        cfg = AuditConfig(tenant="t1", sp_id="sp1", base_path="/v2")
+        scope = {"headers": [(b"content-type", b"application/scim+json")]}
+        x = Exchange(scope, "POST", "/Bulk", "req-1", None, json.dumps(bulk).encode(), 0)
+        x.status, x.resp_body, x.t1_ns = 200, answer, 1_800_000_000_000_000_000
+        events = Builder(cfg, x).bulk().events
+        assert [e["op"] for e in events] == ["create", "delete"]
+        for ev in events:
+            assert ev["outcome"] == "warning", ev
+            assert ev["err"]["code"] == "unknown" and "unknown" in ev["err"]["reason"]
+            assert "not understood" in ev["x"]["answer"]
