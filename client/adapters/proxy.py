@@ -480,6 +480,23 @@ def build_proxy(
     return mw
 
 
+def _warn_if_loose(token_file: Path) -> None:
+    """Say loudly when the submitter token's file is readable by group or others: whoever
+    reads it can append events to the log in this adapter's name. (A warning, not a
+    refusal: secrets mounted by container runtimes are often 0644 or 0444.)"""
+    try:
+        mode = token_file.stat().st_mode & 0o777
+    except OSError:
+        return
+    if mode & 0o077:
+        _log.warning(
+            "the token file %s is readable by group or others (mode %o): whoever can read "
+            "it can append events to the log as this adapter; chmod 600 it",
+            token_file,
+            mode,
+        )
+
+
 def _check_outbox_tenant(outbox: Outbox, tenant: str) -> None:
     """Refuse an outbox that holds undelivered events of another tenant (another proxy's
     outbox, or ``--tenant`` changed across a restart): the log refuses every batch holding
@@ -516,6 +533,7 @@ def main_proxy(cfg: ProxyConfig) -> int:
     if not token:
         print(f"tlog: {cfg.token_file} is empty", file=sys.stderr)
         return 1
+    _warn_if_loose(cfg.token_file)
     if (cfg.log_key is None) == (not cfg.log_key_tofu):
         print(
             "tlog scim-proxy: refusing to start: give the log's verifier key with --log-key "

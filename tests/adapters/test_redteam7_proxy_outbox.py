@@ -71,3 +71,50 @@ def test_only_undelivered_events_count(tmp_path: Path) -> None:
         assert ob.pending_tenants() == {"t1": 3}
         ob.note_failure([recs[0].eid], "refused", reject=True).result()
         assert ob.pending_tenants() == {"t1": 2}
+
+
+@pytest.mark.slow
+def test_a_token_file_readable_by_others_is_warned_about(tmp_path: Path) -> None:
+    # Whoever reads the submitter token appends events in the adapter's name; the proxy
+    # said nothing about a world-readable token file (the log refuses such key files).
+    token = tmp_path / "token"
+    secret = "tlog_" + "B" * 43
+    token.write_text(secret + "\n")
+    token.chmod(0o644)
+    dead = f"http://127.0.0.1:{free_port()}"
+    proc = subprocess.Popen(
+        tlog_argv(
+            "scim-proxy",
+            "--upstream",
+            dead + "/v2",
+            "--log",
+            dead,
+            "--token-file",
+            str(token),
+            "--tenant",
+            "t1",
+            "--sp-id",
+            "sp1",
+            "--log-key-tofu",
+            "--outbox",
+            str(tmp_path / "outbox.sqlite"),
+            "--listen",
+            f"127.0.0.1:{free_port()}",
+        ),
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    lines: list[str] = []
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.append(line)
+            if "Uvicorn running" in line or len(lines) > 50:
+                break
+    finally:
+        proc.terminate()
+        proc.wait(15)
+    text = "".join(lines)
+    assert "readable by group or others (mode 644)" in text, text
+    assert secret not in text
