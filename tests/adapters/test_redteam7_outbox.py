@@ -10,6 +10,9 @@ never a silent loss. And nothing the outbox holds (plaintext events) reaches a l
   old inode, the relay's new readers read the other file;
 * a damaged page: sqlite3's own error carries the damaged row's text (the event JSON), which
   the relay logged with its traceback.
+
+A disk that fills up under the outbox mid-run already held (no acknowledged add lost);
+the test of it is here because only the quota stood in for a full disk before.
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -142,3 +148,50 @@ def test_a_damaged_outbox_never_puts_event_text_in_a_log_line(
     text = "\n".join(r.getMessage() + (r.exc_text or "") for r in caplog.records)
     assert "outbox" in text  # the relay said something about it ...
     assert SECRET not in text and "aaaaaaaa" not in text  # ... without the events' text
+
+
+def _small_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("a small tmpfs needs root")
+    p = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
+        capture_output=True,
+        timeout=30,
+    )
+    if p.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=30)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    yield from _small_tmpfs(tmp_path)
+
+
+def test_a_disk_filling_up_under_the_outbox_loses_no_acknowledged_add(small_disk: Path) -> None:
+    # A real ENOSPC mid-run (the quota tests fake it): every add is either acknowledged
+    # and found again after a restart, or refused with OutboxError; none half-stored.
+    path = small_disk / "outbox.sqlite"
+    ob = Outbox(path)
+    acked: list[str] = []
+    refused = 0
+    for i in range(400):
+        r = rec(i, 4000)
+        try:
+            ob.put([r], timeout=10)
+        except OutboxError as exc:
+            assert "full" in str(exc), exc
+            refused += 1
+            if refused >= 3:
+                break
+        else:
+            acked.append(r.eid)
+    assert acked and refused  # the disk did fill up
+    ob.close()
+    with Outbox(path) as again:
+        assert [p.eid for p in again.pending(10_000)] == acked
