@@ -288,7 +288,10 @@ class Outbox:
         self._closed = False
         self.max_bytes = max_bytes
         self._ident: tuple[int, int] | None = None  # (st_dev, st_ino) of the opened file
+        self._wal = self.path.with_name(self.path.name + "-wal")
+        self._wal_ident: tuple[int, int] | None = None  # and of its WAL (open from now on)
         self._gone_said = False
+        self._gone_folded = False
         # The queued events are plaintext (personal data): owner-only, like a key file.
         # SQLite gives the -wal and -shm files the database file's permissions.
         try:
@@ -299,6 +302,9 @@ class Outbox:
         try:
             conn.executescript(_SCHEMA)
             self._queued: int | None = None  # bytes of undelivered bodies (writer thread)
+            with contextlib.suppress(OSError):
+                st = os.stat(self._wal)
+                self._wal_ident = (st.st_dev, st.st_ino)
         except sqlite3.Error as exc:
             conn.close()
             raise OutboxError(f"cannot open the outbox {self.path}: {exc}") from None
@@ -364,20 +370,38 @@ class Outbox:
         return conn
 
     def _moved(self) -> bool:
-        """Whether the path no longer names the file this outbox opened (removed, or
-        replaced by another file). SQLite would go on writing into the open, unlinked file,
-        acknowledging adds that no later start finds: such adds are refused instead."""
+        """Whether the path no longer names the file this outbox opened, or its ``-wal``
+        path the WAL it has open (removed, or replaced by another file). SQLite would go on
+        writing into the open, unlinked file, acknowledging adds that no later start finds
+        (a removed WAL: that a crash loses): such adds are refused instead."""
         try:
             st = os.stat(self.path)
+            if (st.st_dev, st.st_ino) != self._ident:
+                return True
+            if self._wal_ident is not None:
+                st = os.stat(self._wal)
+                return (st.st_dev, st.st_ino) != self._wal_ident
         except OSError:
             return True
-        return (st.st_dev, st.st_ino) != self._ident
+        return False
+
+    def _fold(self, conn: sqlite3.Connection) -> None:
+        """Once the files moved: copy what the open WAL holds into the database file
+        (a checkpoint), so that the commits acknowledged before a WAL was removed are in the
+        file a restart reads, not only in an unlinked WAL that a crash loses."""
+        if self._gone_folded:
+            return
+        self._gone_folded = True
+        try:
+            conn.execute("PRAGMA wal_checkpoint(FULL)").fetchall()
+        except sqlite3.Error as exc:
+            _log.error("outbox checkpoint after its files moved failed: %s", _safe(exc))
 
     def _gone(self) -> str:
         msg = (
-            f"the outbox file {self.path} was removed or replaced while in use: adds are "
-            "refused (they would be lost at the next start); restart the adapter to open it "
-            "again (events already queued stay deliverable until then)"
+            f"the outbox file {self.path} (or its -wal) was removed or replaced while in use: "
+            "adds are refused (they would be lost at the next start); restart the adapter to "
+            "open it again (events already queued stay deliverable until then)"
         )
         if not self._gone_said:
             self._gone_said = True
@@ -429,7 +453,8 @@ class Outbox:
             elif item[1].set_running_or_notify_cancel():
                 live.append((item[0], _future_settle(item[1])))
         try:
-            if any(type(fn) in _ADDS for fn, _ in live) and self._moved():
+            if live and self._moved():
+                self._fold(conn)
                 gone = OutboxError(self._gone())
                 for fn, settle in live:
                     if type(fn) in _ADDS:

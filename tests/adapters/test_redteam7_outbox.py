@@ -21,7 +21,9 @@ import asyncio
 import logging
 import os
 import shutil
+import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -195,3 +197,45 @@ def test_a_disk_filling_up_under_the_outbox_loses_no_acknowledged_add(small_disk
     ob.close()
     with Outbox(path) as again:
         assert [p.eid for p in again.pending(10_000)] == acked
+
+
+_CRASHING_CHILD = """
+import os, sys, time
+from client.adapters.outbox import Outbox, OutboxError, OutboxRecord
+path = sys.argv[1]
+ob = Outbox(path)
+ob.put([OutboxRecord("eid-before", "r1", "{}")])
+os.unlink(path + "-wal")  # an operator's clean-up of "temporary" files
+try:
+    ob.put([OutboxRecord("eid-after", "r2", "{}")], timeout=10)
+    print("acked", flush=True)
+except OutboxError as exc:
+    print("refused", exc, flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.slow
+def test_a_removed_wal_and_a_crash_lose_no_acknowledged_add(tmp_path: Path) -> None:
+    # The WAL holds every commit since the last checkpoint: removed under the running
+    # outbox and followed by a crash, it took acknowledged adds with it (those made before
+    # the removal too). Now the next commit folds the open WAL into the file first and
+    # refuses adds.
+    path = tmp_path / "outbox.sqlite"
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CRASHING_CHILD, str(path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    try:
+        assert child.stdout is not None
+        said = child.stdout.readline()
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(15)
+    assert said.startswith(("acked", "refused")), said
+    with Outbox(path) as again:
+        held = [p.eid for p in again.pending()]
+    assert "eid-before" in held, held
+    assert said.startswith("refused") and "removed or replaced" in said, said
