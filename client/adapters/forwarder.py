@@ -259,8 +259,11 @@ class _Conn(asyncio.Protocol):
         """Until the callbacks report something, or TimeoutError after ``timeout`` seconds
         without a byte from the upstream, or at the answer's deadline (an upstream that
         trickles bytes never goes ``timeout`` seconds without one)."""
+        deadline = self.deadline
+        if deadline != math.inf and self.loop.time() >= deadline:
+            raise TimeoutError  # (bytes that keep coming would always wake it first)
         self._wake = w = self.loop.create_future()
-        timer = self.loop.call_at(min(self.last + timeout, self.deadline), _expire, w)
+        timer = self.loop.call_at(min(self.last + timeout, deadline), _expire, w)
         try:
             await w
         finally:

@@ -191,19 +191,20 @@ class _Trickles(AsyncioUpstream):
     """Answers with ``head`` and then one byte of a never-ending answer every 0.2 s: never
     ``timeout`` seconds without a byte, so the per-read timeout alone never fires."""
 
-    def __init__(self, head: bytes, drip: bytes) -> None:
+    def __init__(self, head: bytes, drip: bytes, every: float = 0.2) -> None:
         self.head = head
         self.drip = drip
+        self.every = every
         self.port = free_port()
 
     async def handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         try:
             await read_request(r)
             w.write(self.head)
-            for _ in range(200):  # 40 s, far beyond the deadline
+            for _ in range(int(40 / self.every)):  # 40 s, far beyond the deadline
                 w.write(self.drip)
                 await w.drain()
-                await asyncio.sleep(0.2)
+                await asyncio.sleep(self.every)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
@@ -220,12 +221,17 @@ def _trickled(tmp_path: Path, up: _Trickles) -> tuple[UvicornThread, FakeLog]:
 
 
 @pytest.mark.slow
-def test_an_answer_body_that_never_ends_is_cut_at_the_deadline(tmp_path: Path) -> None:
+@pytest.mark.parametrize("every", [0.2, 0.002])  # a trickle, and a stream that never pauses
+def test_an_answer_body_that_never_ends_is_cut_at_the_deadline(
+    tmp_path: Path, every: float
+) -> None:
     head = (
         b"HTTP/1.1 200 OK\r\nContent-Type: application/scim+json\r\n"
         b"Transfer-Encoding: chunked\r\n\r\n"
     )
-    up = _Trickles(head, b"1\r\n \r\n").start()
+    up = _Trickles(
+        head, b"1\r\n \r\n" if every > 0.1 else b"100\r\n" + b" " * 256 + b"\r\n", every
+    ).start()
     srv, log = _trickled(tmp_path, up)
     try:
         with httpx.Client(base_url=srv.url, timeout=15) as c:
