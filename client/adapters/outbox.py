@@ -742,7 +742,10 @@ class Outbox:
 
     def backlog(self) -> dict[str, int | None]:
         """What is not yet in the log: ``pending`` events, their ``pending_bytes``, and the
-        age of the oldest in ms (``oldest_ms``, None when empty); ``rejected`` events."""
+        age of the oldest in ms (``oldest_ms``, None when empty); ``rejected`` events.
+        :class:`OutboxError` when the file was removed or replaced (adds are refused)."""
+        if self._moved():
+            raise OutboxError(self._gone())
         (row,) = self._read(
             "SELECT COUNT(*), COALESCE(SUM(LENGTH(body)), 0), MIN(created_ms) FROM events "
             "WHERE state = ?",

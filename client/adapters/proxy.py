@@ -342,14 +342,21 @@ def _ops_endpoints(backlog: Callable[[], dict[str, Any]], s: ProxySettings) -> d
         return await asyncio.get_running_loop().run_in_executor(None, fn)
 
     async def status() -> tuple[int, bytes, bytes]:
-        got = await off_loop(backlog)
+        try:
+            got = await off_loop(backlog)
+        except OutboxError as exc:  # removed, replaced or damaged: said, never a 500
+            return _json(503, {"upstream": s.upstream, "log": s.log_url, "error": str(exc)})
         return _json(200, {"upstream": s.upstream, "log": s.log_url, **got})
 
     async def healthz() -> tuple[int, bytes, bytes]:
         return _json(200, {"status": "ok"})
 
     async def readyz() -> tuple[int, bytes, bytes]:
-        b = await off_loop(backlog)
+        try:
+            b = await off_loop(backlog)
+        except OutboxError as exc:
+            doc = {"status": "not ready", "checks": {"outbox": {"ok": False, "error": str(exc)}}}
+            return _json(503, doc)
         cap = s.outbox_max_bytes
         full = cap is not None and (b.get("pending_bytes") or 0) >= cap
         relay_ok = bool(b.get("relay_healthy"))
@@ -368,7 +375,10 @@ def _ops_endpoints(backlog: Callable[[], dict[str, Any]], s: ProxySettings) -> d
         return _json(200 if ok else 503, doc)
 
     async def metrics() -> tuple[int, bytes, bytes]:
-        body = await off_loop(lambda: generate_latest(registry))
+        try:
+            body = await off_loop(lambda: generate_latest(registry))
+        except OutboxError as exc:
+            return _json(503, {"error": str(exc)})
         return 200, CONTENT_TYPE_LATEST.encode(), body
 
     return {

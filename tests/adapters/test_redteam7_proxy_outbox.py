@@ -10,6 +10,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import httpx
 import pytest
 
 from client.adapters.outbox import Outbox
@@ -118,3 +119,40 @@ def test_a_token_file_readable_by_others_is_warned_about(tmp_path: Path) -> None
     text = "".join(lines)
     assert "readable by group or others (mode 644)" in text, text
     assert secret not in text
+
+
+def test_readiness_says_so_when_the_outbox_file_is_gone(tmp_path: Path) -> None:
+    # The outbox refuses adds once its file was removed (test_redteam7_outbox.py); the
+    # proxy's /.tlog/readyz and /.tlog/status must say so (503 with the reason), not
+    # "ready" from a reader still on the unlinked file, nor a 500 from a new reader.
+    from client.adapters.proxy import ProxySettings, build_proxy
+    from tests.support import UvicornThread
+
+    from .helpers import FakeLog
+
+    path = tmp_path / "o.sqlite"
+    app = build_proxy(
+        ProxySettings(
+            upstream="http://127.0.0.1:9/v2",
+            log_url="http://log.test",
+            token="tok",
+            tenant="t1",
+            sp_id="raw",
+            outbox=path,
+        ),
+        log_transport=FakeLog(down=True).transport(),
+    )
+    srv = UvicornThread(app)
+    try:
+        with httpx.Client(base_url=srv.url, timeout=10) as c:
+            assert c.get("/.tlog/readyz").status_code == 200
+            for side in ("", "-wal", "-shm"):
+                Path(str(path) + side).unlink(missing_ok=True)
+            for url in ("/.tlog/readyz", "/.tlog/status", "/.tlog/readyz"):
+                r = c.get(url)
+                assert r.status_code == 503, (url, r.status_code, r.text)
+                assert "removed or replaced" in r.text, r.text
+            r = c.get("/.tlog/metrics")
+            assert r.status_code in (200, 503), r.status_code  # never a 500
+    finally:
+        srv.stop()
