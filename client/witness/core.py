@@ -136,9 +136,10 @@ __all__ = [
 logger = logging.getLogger("client.witness")
 
 _CAS_ATTEMPTS = 3
-# Signature lines a stored note may reach by keeping peers' cosignatures (signed-note
-# parsers refuse notes past 100 lines; the log's and our own lines come first).
-_MAX_STORED_LINES = 64
+# Signature lines a stored note may reach by keeping peers' cosignatures: c2sp.org/
+# signed-note only asks verifiers to accept 16 (Go's note.Open takes 100), and the note is
+# served to anyone; the log's and our own lines come first, then as many peer lines as fit.
+_MAX_STORED_LINES = 16
 
 
 # --- errors, and the one table of their HTTP status (module docstring) -------------------
@@ -619,8 +620,9 @@ class Witness:
             return False  # not the checkpoint we hold (the text names origin, size, root)
         have = {(s.name, s.key_id) for s in ours.signatures}
         add = tuple(s for s in theirs.verified if (s.name, s.key_id) not in have)
-        if not add or len(ours.signatures) + len(add) > _MAX_STORED_LINES:
-            return False  # nothing new, or past what a served note may carry
+        add = add[: max(0, _MAX_STORED_LINES - len(ours.signatures))]
+        if not add:
+            return False  # nothing new, or no room left in what a served note may carry
         merged = Note(ours.text, (*ours.signatures, *add)).format()
         return self.store.replace_note(origin, stored.size, stored.root_hash, merged)
 

@@ -78,7 +78,7 @@ from client.witness.core import (
     describe,
 )
 from client.witness.provision import PullReport, pull
-from client.witness.store import StoredCheckpoint
+from client.witness.store import StateDamaged, StoredCheckpoint
 
 __all__ = ["ConsistencyResponse", "LogClient", "LogUnavailable", "Monitor", "Peer", "ProofRefused"]
 
@@ -601,7 +601,7 @@ class Monitor:
                 logger.warning("check %s: the log cannot be asked: %s", log.origin, exc)
                 missed.append(f"log {log.origin}")
                 continue
-            found += self._observe(log, text, f"log {client.url}", check_older=True)
+            found += self._observe_checked(log, text, f"log {client.url}")
         for peer in self.peers:
             client_w = WitnessClient(peer.url, peer.verifier, http=self._http)
             for log in logs:
@@ -615,8 +615,17 @@ class Monitor:
                     logger.warning("check: peer %s/%s: %s", peer.name, log.origin, exc)
                     continue
                 if peer_text is not None:
-                    found += self._observe(log, peer_text, f"peer {peer.name}", check_older=True)
+                    found += self._observe_checked(log, peer_text, f"peer {peer.name}")
         return found, missed
+
+    def _observe_checked(self, log: WitnessedLog, text: str, source: str) -> int:
+        """``_observe`` for ``check``: a damaged stored row of this log is left to the
+        report, which names it (and goes on to the other logs and the evidence)."""
+        try:
+            return self._observe(log, text, source, check_older=True)
+        except StateDamaged as exc:
+            logger.warning("check %s: %s", log.origin, exc)
+            return 0
 
     # --- background loop ----------------------------------------------------------------
 
@@ -645,15 +654,18 @@ class Monitor:
             # The first round asks every log and every peer for its latest checkpoint (the
             # start-up check, which `serve` waits for, bounded, before it takes pushes); the
             # lists come after it. A log or peer not reached is asked again at its interval.
+            # The peers first: polling cosigns what the log serves, and a restored state
+            # must meet our own later cosignature at a peer before that (a log serving a
+            # fork consistent with the old size would get it cosigned otherwise).
             now = time.monotonic()
+            if self.peers and now >= next_gossip:
+                self._guard(self.gossip_once)
+                next_gossip = now + gossip_interval
             for origin, due in next_poll.items():
                 if now >= due:
                     log = self.witness.logs[origin]
                     self._guard(self.poll_log, log)
                     next_poll[origin] = now + log.poll_interval
-            if self.peers and now >= next_gossip:
-                self._guard(self.gossip_once)
-                next_gossip = now + gossip_interval
             self.first_round.set()
             if self.log_lists and now >= next_lists:
                 self._guard(self.pull_lists_once)

@@ -1,0 +1,173 @@
+"""Review of witness10 (a witness whose state was put back): defects found and fixed.
+
+1. ``serve``'s first round polled the logs (and cosigned what they served) *before* it
+   asked the peers: a log serving a fork consistent with the restored size got it cosigned
+   although a reachable peer held this witness's own line on the later size. The round now
+   asks the peers first.
+2. ``tlog-witness check`` stopped at a damaged row (``StateDamaged`` from the look for our
+   own later cosignature) with one error line: the report (state problems, evidence of the
+   other logs, exit 1 for evidence) never ran.
+3. The peer lines kept on the held checkpoint could reach 64 signature lines; c2sp.org/
+   signed-note only asks verifiers to accept 16, so a conforming verifier may reject the
+   note served. The stored note now stays within 16 lines.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from client.formats.cosignature import CosignatureSigner
+from client.formats.note import parse_note
+from client.net.witness_client import origin_hash
+from client.witness.cli import main
+from client.witness.core import Witness
+from client.witness.monitor import Monitor, Peer
+from tests.witness.helpers import (
+    WITNESS_NAME,
+    WITNESS_SEED,
+    FakeLog,
+    FakeLogServer,
+    add_status,
+    events,
+    make_witness,
+    serving,
+    witness_serving,
+)
+
+LOG = FakeLog(events(20))
+FORK = FakeLog([*events(5), *events(15, "evil-")])  # agrees with LOG up to size 5 only
+OTHER = FakeLog(events(6), origin="other.example.com/log", seed=bytes(range(100, 132)))
+OURS = CosignatureSigner(WITNESS_NAME, WITNESS_SEED)
+PEER_SEED = bytes(range(64, 96))
+PEER_NAME = "witness.example.com/w2"
+
+
+def _size(w: Witness, origin: str = LOG.origin) -> int:
+    stored = w.latest(origin)
+    return 0 if stored is None else stored.size
+
+
+def _peer_holding_our_line(db: Path) -> Witness:
+    """A peer that holds LOG's size 9 with our cosignature kept beside its own (as gossip
+    leaves it after it saw our checkpoint of its size)."""
+    peer = make_witness(db, [LOG.witnessed_log()], seed=PEER_SEED, name=PEER_NAME)
+    assert add_status(peer, LOG.body(0, 9)) == 200
+    held = peer.checkpoint_by_hash(origin_hash(LOG.origin))
+    assert held is not None
+    with_ours = held + OURS.cosign(LOG.checkpoint_text(9), 1_700_000_000).line()
+    assert peer.store.replace_note(LOG.origin, 9, LOG.root(9), with_ours)
+    return peer
+
+
+def _first_round(mon: Monitor) -> None:
+    """Monitor.run's first round (what ``serve`` waits for), then stop."""
+    stop = threading.Event()
+    t = threading.Thread(target=mon.run, args=(stop,), kwargs={"gossip_interval": 60.0})
+    t.start()
+    try:
+        assert mon.first_round.wait(30)
+    finally:
+        stop.set()
+        t.join(30)
+    assert not t.is_alive()
+
+
+# --- 1. the first round asks the peers before it cosigns what the log serves -----------------
+
+
+def test_first_round_never_cosigns_a_fork_a_reachable_peer_would_have_refuted(
+    tmp_path: Path,
+) -> None:
+    """Restored to size 5; a peer holds our line on LOG's 9; the log serves FORK's 7
+    (consistent with 5 only) and proofs in FORK's tree. The start-up round must not cosign
+    the fork: it meets our line at the peer first (and the log's own proof 5 -> 9 failing
+    is evidence)."""
+    peer = _peer_holding_our_line(tmp_path / "b.db")
+    w = make_witness(tmp_path / "w.db", [LOG.witnessed_log()])
+    assert add_status(w, LOG.body(0, 5)) == 200
+    with serving(FakeLogServer(FORK)) as log_srv, witness_serving(peer) as sp:
+        log_srv.log.size = 7
+        w.logs = {LOG.origin: LOG.witnessed_log(log_srv.url)}
+        mon = Monitor(w, [Peer("b", peer.verifier, sp.url)])
+        try:
+            _first_round(mon)
+        finally:
+            mon.close()
+    stored = w.latest(LOG.origin)
+    assert stored is not None
+    assert stored.root_hash != FORK.root(7), "the restored witness cosigned the fork"
+    assert [e.reason for e in w.evidence()] != []  # two histories carry our key
+    peer.store.close()
+    w.store.close()
+
+
+# --- 2. check reports a damaged row instead of stopping at it ------------------------------
+
+
+def _two_log_config(tmp_path: Path, log_url: str) -> Path:
+    (tmp_path / "witness.key").write_text(OURS.skey() + "\n")
+    (tmp_path / "witness.key").chmod(0o600)
+    cfg = tmp_path / "witness.toml"
+    cfg.write_text(
+        f'name = "{WITNESS_NAME}"\nkey_file = "witness.key"\nstate_db = "state.db"\n'
+        f'listen = "127.0.0.1:0"\nhttp_timeout = 5\n'
+        f'[[log]]\norigin = "{LOG.origin}"\nvkey = "{LOG.signer.vkey()}"\nurl = "{log_url}"\n'
+        f'[[log]]\norigin = "{OTHER.origin}"\nvkey = "{OTHER.signer.vkey()}"\n'
+    )
+    return cfg
+
+
+def test_check_reports_a_damaged_row_and_the_evidence_of_another_log(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """LOG's row is damaged (its root column no longer the note's) and the log serves our
+    cosignature on it; OTHER has split-view evidence. ``check`` must still print its whole
+    report and exit 1 (evidence), not stop at the damaged row with exit 3."""
+    db = tmp_path / "state.db"
+    w = make_witness(db, [LOG.witnessed_log(), OTHER.witnessed_log()])
+    assert add_status(w, LOG.body(0, 5)) == 200
+    assert add_status(w, OTHER.body(0, 6)) == 200
+    w.record_evidence(OTHER.origin, "test", "a split view", "a\n", "b\n", {})
+    w.store.close()
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE checkpoints SET root = ? WHERE origin = ?", (bytes(32), LOG.origin))
+    conn.close()
+    with serving(FakeLogServer(LOG)) as srv:
+        srv.log.size = 9
+        note = LOG.checkpoint(9)
+        srv.served_note = note + OURS.cosign(LOG.checkpoint_text(9), 1_700_000_000).line()
+        rc = main(["check", "--config", str(_two_log_config(tmp_path, srv.url))])
+    out = capsys.readouterr().out
+    assert "SPLIT-VIEW EVIDENCE: 1 record(s)" in out
+    assert f"STATE PROBLEM: {LOG.origin}: stored size/root disagree with the note" in out
+    assert rc == 1
+
+
+# --- 3. the served note stays within what every verifier must accept ------------------------
+
+
+def test_kept_peer_lines_never_take_the_note_past_16_signatures(tmp_path: Path) -> None:
+    """Twenty peers cosigned the checkpoint we hold: the note we store and serve keeps at
+    most 16 signature lines (c2sp.org/signed-note: verifiers accept at least 16), the
+    log's and ours first, and as many peer lines as fit."""
+    peers = [CosignatureSigner(f"peer{i}.example.com/w", bytes([i]) * 32) for i in range(20)]
+    w = make_witness(tmp_path / "w.db", [LOG.witnessed_log()])
+    assert add_status(w, LOG.body(0, 9)) == 200
+    text = LOG.checkpoint_text(9)
+    verifiers = [p.verifier() for p in peers]
+    for chunk in (peers[:3], peers[3:]):  # two gossip rounds showing more and more lines
+        theirs = LOG.checkpoint(9) + "".join(p.cosign(text, 1_700_000_000).line() for p in chunk)
+        w.merge_cosignatures(LOG.origin, theirs, verifiers)
+    held = w.checkpoint_by_hash(origin_hash(LOG.origin))
+    assert held is not None
+    sigs = parse_note(held).signatures
+    assert len(sigs) == 16
+    assert [s.name for s in sigs[:2]] == [LOG.origin, WITNESS_NAME]
+    assert len({(s.name, s.key_id) for s in sigs}) == 16
+    stored = w.latest(LOG.origin)
+    assert stored is not None and stored.size == 9
+    w.store.close()
