@@ -20,11 +20,12 @@ from pathlib import Path
 
 import pytest
 
+from client.formats.checkpoint import Checkpoint
 from client.formats.cosignature import CosignatureSigner
-from client.formats.note import parse_note
-from client.net.witness_client import origin_hash
+from client.formats.note import Ed25519Signer, parse_note, sign_note
+from client.net.witness_client import AddCheckpointRequest, origin_hash
 from client.witness.cli import main
-from client.witness.core import Witness
+from client.witness.core import Witness, WitnessedLog
 from client.witness.monitor import Monitor, Peer
 from tests.witness.helpers import (
     WITNESS_NAME,
@@ -170,4 +171,68 @@ def test_kept_peer_lines_never_take_the_note_past_16_signatures(tmp_path: Path) 
     assert len({(s.name, s.key_id) for s in sigs}) == 16
     stored = w.latest(LOG.origin)
     assert stored is not None and stored.size == 9
+    w.store.close()
+
+
+# --- what must never be adopted, through every door (not covered before) --------------------
+
+
+def _restored_at_5(tmp_path: Path) -> Witness:
+    w = make_witness(tmp_path / "w.db", [LOG.witnessed_log()])
+    assert add_status(w, LOG.body(0, 5)) == 200
+    return w
+
+
+def test_our_cosignature_on_a_checkpoint_with_extension_lines_is_never_adopted(
+    tmp_path: Path,
+) -> None:
+    """Log-signed and with a valid line of ours, but with an extension line (which this
+    witness never cosigns): not adopted from a view, nor from a push."""
+    text = Checkpoint(LOG.origin, 9, LOG.root(9), ("extension line",)).text()
+    note = sign_note(text, [LOG.signer], [OURS.cosign(text, 1_700_000_000)])
+    w = _restored_at_5(tmp_path)
+    assert w.own_cosigned(w.logs[LOG.origin], note) is None
+    assert w.observe_own(w.logs[LOG.origin], note, "test") == ""
+    assert add_status(w, AddCheckpointRequest(5, (), note).format()) == 400
+    assert _size(w) == 5 and w.rolled_back == {} and w.evidence() == []
+    w.store.close()
+
+
+def test_our_cosignature_on_another_origin_signed_by_a_shared_log_key_is_never_adopted(
+    tmp_path: Path,
+) -> None:
+    """Two origins signed by one key (one name): our line on B's size 9 is no view of A."""
+    shared = Ed25519Signer("logs.example.com", bytes(range(7, 39)))
+    a = WitnessedLog("a.example.com/log", (shared.verifier(),))
+    b = WitnessedLog("b.example.com/log", (shared.verifier(),))
+    w = make_witness(tmp_path / "w.db", [a, b])
+    text = Checkpoint(b.origin, 9, LOG.root(9)).text()
+    note = sign_note(text, [shared], [OURS.cosign(text, 1_700_000_000)])
+    assert w.observe_own(a, note, "test") == ""
+    assert w.latest(a.origin) is None and w.rolled_back == {}
+    assert w.observe_own(b, note, "test") == "adopted"  # it is a view of B
+    stored = w.latest(b.origin)
+    assert stored is not None and stored.size == 9
+    w.store.close()
+
+
+def test_only_the_checkpoint_held_gets_peer_lines(tmp_path: Path) -> None:
+    """A peer's valid line on another size, on another root at our size, on another
+    origin's checkpoint of the same size and root, or on ours with an extension line, is
+    not kept: on our note it would be a line that fails (a verifier rejects the note)."""
+    peer = CosignatureSigner(PEER_NAME, PEER_SEED)
+    twin = FakeLog(events(20), origin="twin.example.com/log")  # LOG's leaves, other origin
+    w = make_witness(tmp_path / "w.db", [LOG.witnessed_log()])
+    assert add_status(w, LOG.body(0, 9)) == 200
+    with_ext = Checkpoint(LOG.origin, 9, LOG.root(9), ("extension line",)).text()
+    for text in (
+        LOG.checkpoint_text(8),
+        FORK.checkpoint_text(9),
+        twin.checkpoint_text(9),
+        with_ext,
+    ):
+        theirs = sign_note(text, [LOG.signer], [peer.cosign(text, 1_700_000_000)])
+        assert not w.merge_cosignatures(LOG.origin, theirs, [peer.verifier()]), text
+    held = w.checkpoint_by_hash(origin_hash(LOG.origin))
+    assert held is not None and PEER_NAME not in held
     w.store.close()
