@@ -236,3 +236,51 @@ def test_only_the_checkpoint_held_gets_peer_lines(tmp_path: Path) -> None:
     held = w.checkpoint_by_hash(origin_hash(LOG.origin))
     assert held is not None and PEER_NAME not in held
     w.store.close()
+
+
+def test_adoption_racing_pushes_in_two_threads_never_leaves_a_fork_or_a_torn_note(
+    tmp_path: Path,
+) -> None:
+    """Restored at 5; one thread adopts our line on 9 (and keeps a peer's line on what it
+    holds), the other pushes the honest 12 from 5 and the fork 7 from 5, both at once,
+    many times over fresh states. Whatever wins, the state ends on our later checkpoint or
+    past it (never on the fork: a fork pushed first is cosigned, the documented window, and
+    then overtaken), the note always the checkpoint its row names, with our verified line."""
+    peer = CosignatureSigner(PEER_NAME, PEER_SEED)
+    later = sign_note(
+        LOG.checkpoint_text(9), [LOG.signer], [OURS.cosign(LOG.checkpoint_text(9), 1)]
+    )
+    peer_view = later + peer.cosign(LOG.checkpoint_text(9), 2).line()
+    for i in range(15):
+        w = make_witness(tmp_path / f"w{i}.db", [LOG.witnessed_log()])
+        assert add_status(w, LOG.body(0, 5)) == 200
+        barrier = threading.Barrier(2)
+        statuses: list[int] = []
+
+        def adopt(w: Witness = w, barrier: threading.Barrier = barrier) -> None:
+            barrier.wait()
+            w.observe_own(w.logs[LOG.origin], later, "peer b")
+            w.merge_cosignatures(LOG.origin, peer_view, [peer.verifier()])
+
+        body = LOG.body(5, 12) if i % 2 else FORK.body(5, 7)
+
+        def push(
+            w: Witness = w,
+            barrier: threading.Barrier = barrier,
+            body: bytes = body,
+            statuses: list[int] = statuses,
+        ) -> None:
+            barrier.wait()
+            statuses.append(add_status(w, body))
+
+        threads = [threading.Thread(target=adopt), threading.Thread(target=push)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        stored = w.latest(LOG.origin)  # check_row: the note names the row's size and root
+        assert stored is not None
+        assert stored.root_hash in (LOG.root(9), LOG.root(12)), (i, stored.size, statuses)
+        assert w.own_cosigned(w.logs[LOG.origin], stored.note) is not None
+        assert w.evidence() == []
+        w.store.close()
