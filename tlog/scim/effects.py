@@ -735,8 +735,15 @@ def classify(
 ) -> tuple[dict[str, Any] | None, dict[str, Any] | None, bool]:
     """``(effect, next_state, state_changed)`` of a validated event on a resource whose
     state was ``prev`` (None: never seen). Failed and skipped events change nothing and
-    have no effect; the log's own events and events without ``rid`` are not classified."""
-    if ev["rt"].startswith("tlog.") or "rid" not in ev or ev["outcome"] != "success":
+    have no effect; the log's own events and events without ``rid`` are not classified. A
+    ``warning`` (whether the SP applied it is not known, e.g. an operation of a bulk request
+    whose answer was not understood) forgets the state, as an uninterpretable request does:
+    later events are not judged against values it may have changed."""
+    if ev["rt"].startswith("tlog.") or "rid" not in ev:
+        return None, None, False
+    if ev["outcome"] != "success":
+        if ev["outcome"] == "warning":
+            return {"basis": "unknown", "acts": []}, None, prev is not None
         return None, None, False
     effect, state = _Run(prev, ev).run()
     return effect, state, state != prev

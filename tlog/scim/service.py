@@ -1481,7 +1481,11 @@ class ScimService:
         """Classify ``ev`` against the resource's state; the new state is kept in ``batch``
         and staged, encrypted under the subject's current DEK (so erasure and retention
         shred it too), by :meth:`_flush_states` at the end of the staging."""
-        if "rid" not in ev or ev["rt"].startswith(SYSTEM_PREFIX) or ev["outcome"] != "success":
+        if (
+            "rid" not in ev
+            or ev["rt"].startswith(SYSTEM_PREFIX)
+            or ev["outcome"] not in ("success", "warning")  # a warning forgets: see classify
+        ):
             return None
         kid = sk.kid
         cur = batch.states.get(kid)
