@@ -525,21 +525,9 @@ class Witness:
                 try:
                     verify_consistency(held, cp.size, stored.root_hash, cp.root_hash, proof)
                 except VerificationError as exc:
-                    new = self.record_evidence(
-                        origin,
-                        source,
-                        "this witness's own cosignatures are on two inconsistent checkpoints: "
-                        f"the log's consistency proof {held} -> {cp.size} does not verify "
-                        f"({exc})",
-                        stored.note,
-                        note,
-                        {
-                            "ours": _describe_stored(stored),
-                            "theirs": describe(cp),
-                            "consistency_proof": [b64encode(h) for h in proof],
-                        },
+                    return self._two_histories(
+                        origin, source, (held, cp.size), stored, cp, note, proof, exc
                     )
-                    return "evidence" if new else ""
             expected = None if stored is None else (stored.size, stored.root_hash)
             if self.store.compare_and_swap(origin, expected, cp.size, cp.root_hash, note):
                 self._note_rollback(origin, held, cp.size, proved=proof is not None)
@@ -559,21 +547,38 @@ class Witness:
         try:
             verify_consistency(cp.size, stored.size, cp.root_hash, stored.root_hash, proof)
         except VerificationError as exc:
-            new = self.record_evidence(
-                log.origin,
-                source,
-                "this witness's own cosignatures are on two inconsistent checkpoints: the "
-                f"log's consistency proof {cp.size} -> {stored.size} does not verify ({exc})",
-                stored.note,
-                note,
-                {
-                    "ours": _describe_stored(stored),
-                    "theirs": describe(cp),
-                    "consistency_proof": [b64encode(h) for h in proof],
-                },
+            return self._two_histories(
+                log.origin, source, (cp.size, stored.size), stored, cp, note, proof, exc
             )
-            return "evidence" if new else ""
         return ""
+
+    def _two_histories(
+        self,
+        origin: str,
+        source: str,
+        sizes: tuple[int, int],
+        stored: StoredCheckpoint,
+        cp: Checkpoint,
+        note: str,
+        proof: Sequence[bytes],
+        exc: VerificationError,
+    ) -> str:
+        """Record that our cosignatures are on two checkpoints the log's own consistency
+        proof between ``sizes`` does not join; "evidence" if it is new, else ""."""
+        new = self.record_evidence(
+            origin,
+            source,
+            "this witness's own cosignatures are on two inconsistent checkpoints: the "
+            f"log's consistency proof {sizes[0]} -> {sizes[1]} does not verify ({exc})",
+            stored.note,
+            note,
+            {
+                "ours": _describe_stored(stored),
+                "theirs": describe(cp),
+                "consistency_proof": [b64encode(h) for h in proof],
+            },
+        )
+        return "evidence" if new else ""
 
     def _note_rollback(self, origin: str, held: int, cosigned: int, *, proved: bool) -> None:
         with self._rollback_lock:
