@@ -248,6 +248,8 @@ def _check_restart(source: Backend, dest: Backend, held_marker: bytes | None) ->
         raise MigrateError(f"{lead}: it is empty, run without --restart")
     with source.read() as rv:
         origin = rv.meta("origin")
+        latest = rv.latest_checkpoint()
+    size = 0 if latest is None else latest[0]
     mine = None if origin is None else origin.decode("utf-8", "replace")
     theirs = _origin_of(held_marker)
     if theirs != mine:
@@ -257,7 +259,27 @@ def _check_restart(source: Backend, dest: Backend, held_marker: bytes | None) ->
             "cleared. Run that migration again from its own source, or empty the "
             f"destination {_EMPTY_IT}"
         )
+    began = _size_of(held_marker)
+    if began is None or size < began:
+        # A source behind the copy (an older backup, a lagging replica, a store that lost
+        # entries) is not "the source changed since": the copy may hold acknowledged
+        # entries the source lacks, and copying the shorter log would roll the log back.
+        raise MigrateError(
+            f"--restart: the destination {dest.location} holds an interrupted tlog migrate "
+            f"of {describe_marker(held_marker)}, and the source is behind it (tree size "
+            f"{size}): not cleared. A log only grows; run the migration again from the "
+            "source it began from (or a copy of it at least that large)"
+        )
     return held_marker
+
+
+def _size_of(marker: bytes) -> int | None:
+    try:
+        doc = json.loads(marker)
+        size = doc["tree_size"] if isinstance(doc, dict) else None
+    except (ValueError, KeyError):
+        return None
+    return size if isinstance(size, int) and not isinstance(size, bool) else None
 
 
 def migrate(
