@@ -110,6 +110,7 @@ class _Conn(asyncio.Protocol):
         self.head_method = False
         self._wake: asyncio.Future[Any] | None = None
         self._reading_paused = False
+        self._paused_at = 0.0  # loop time reading was paused at (backpressure)
         self._reset()
 
     def _reset(self) -> None:
@@ -148,8 +149,9 @@ class _Conn(asyncio.Protocol):
         if not self.head_done and self.received > 2 * _MAX_HEAD:
             self._fail(_ProtocolError("answer head too large"))
             return
-        if self.buffered > _HIGH_WATER and self.transport is not None:
+        if self.buffered > _HIGH_WATER and self.transport is not None and not self._reading_paused:
             self._reading_paused = True
+            self._paused_at = self.last
             self.transport.pause_reading()
         self._notify()
 
@@ -294,6 +296,12 @@ class _Conn(asyncio.Protocol):
         self.buffered = 0
         if self._reading_paused and self.transport is not None:
             self._reading_paused = False
+            # The wait for the client to take the buffered bytes is the client's, not the
+            # upstream's silence: neither the per-read timeout nor the answer's deadline
+            # counts it (a large answer sent at full speed to a slow client is not cut).
+            now = self.loop.time()
+            self.deadline += now - self._paused_at
+            self.last = now
             self.transport.resume_reading()
         return data
 
