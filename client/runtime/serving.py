@@ -429,7 +429,8 @@ def parse_forwarded_allow_ips(text: str) -> tuple[str, ...]:
     that never matches, so a typo silently trusts nobody, or a host name silently nothing):
     a host name, an empty item, a network with host bits set (``10.0.0.1/8``) or ``*`` next
     to other items is a :class:`ValueError` naming the item. The addresses come back in
-    their canonical form."""
+    their canonical form; an IPv4-mapped IPv6 address (``::ffff:10.0.0.1``) also as its
+    IPv4 address (the peer address it arrives with)."""
     items = [item.strip() for item in text.split(",")]
     if items == [""]:
         return ()
@@ -445,7 +446,14 @@ def parse_forwarded_allow_ips(text: str) -> tuple[str, ...]:
             if "/" in item:
                 out.append(str(ipaddress.ip_network(item, strict=True)))
             else:
-                out.append(str(ipaddress.ip_address(item)))
+                addr = ipaddress.ip_address(item)
+                out.append(str(addr))
+                mapped = getattr(addr, "ipv4_mapped", None)
+                if mapped is not None:
+                    # ``::ffff:a.b.c.d`` is that IPv4 peer: the servers listen with
+                    # IPV6_V6ONLY (asyncio), so it arrives as ``a.b.c.d``, which uvicorn
+                    # (comparing address objects) would not take for the mapped form
+                    out.append(str(mapped))
         except ValueError as exc:
             raise ValueError(
                 f"{item!r} is not an IP address or network (CIDR, no host bits set): {exc}"
