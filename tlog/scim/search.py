@@ -315,6 +315,22 @@ class Searcher:
             )
         return Found(index, leaf, lh, env.ts, env.eid, ev, nonce, effect, actor)
 
+    def _resealed_unlinked(
+        self,
+        tx: Overlay,
+        tk: TenantKeys,
+        lh: bytes,
+        deks: dict[tuple[bytes, int], bytes | None],
+    ) -> bool:
+        """Whether the live envelope ``lh`` is one re-sealed by ``tlog reseal-actors``
+        whose actor has been erased since: its ``c`` covers that actor, so it reads as
+        erased (:meth:`_found_at`), and its receipt says so too."""
+        opened = self.svc.keys.open_envelope_actor(tx, tk, lh, deks)
+        if opened is None:
+            return False  # its own DEK gone (expired): as before, not told here
+        actor = opened[3]
+        return actor is not None and actor.in_c and actor.actor is None
+
     def receipts(
         self, tenant: str, *, eid: str | None = None, req: str | None = None
     ) -> list[ReceiptInfo]:
@@ -339,6 +355,7 @@ class Searcher:
                     if len(lhs) >= max_receipts:
                         break
             out = []
+            deks: dict[tuple[bytes, int], bytes | None] = {}
             for lh in lhs:
                 raw = tx.get(store.envelope_key(lh))
                 if raw is None:
@@ -347,7 +364,7 @@ class Searcher:
                 leaf = tx.get(store.eid_key(tk.tn, env.eid))
                 if leaf is None:
                     raise StorageError("SCIM event without an eid record")
-                erased = isinstance(env, Tombstone)
+                erased = isinstance(env, Tombstone) or self._resealed_unlinked(tx, tk, lh, deks)
                 out.append(ReceiptInfo(env.eid, leaf, lh, env.ts, tx.rv.index_of(lh), erased))
             # In log order (the index records of one millisecond sort by leaf hash); pending
             # ones last.
