@@ -622,6 +622,7 @@ def cmd_reapply_erasures(args: argparse.Namespace) -> int:
 def cmd_reseal_actors(args: argparse.Namespace) -> int:
     """Re-seal the actors of events stored before actors were pseudonymised (the server
     stopped): tlog.scim.reseal. Leaves and checkpoints are not touched."""
+    from tlog.scim.keys import KeyFileLock
     from tlog.scim.reseal import reseal_actors
     from tlog.server import build_app
 
@@ -635,6 +636,12 @@ def cmd_reseal_actors(args: argparse.Namespace) -> int:
         service = app.state.scim
         if service is None:
             raise CliError("SCIM is switched off in this configuration")
+        # Offline: on LMDB the data-directory lock keeps a server out; the frontends of a
+        # PostgreSQL store share the key file's lock, which this run must hold alone.
+        for release in log_.storage.on_close:
+            held = getattr(release, "__self__", None)
+            if isinstance(held, KeyFileLock):
+                held.make_exclusive("reseal-actors")
         n = reseal_actors(service, batch=args.batch)
     finally:
         log_.storage.close()

@@ -25,10 +25,12 @@ def _kid(h: Harness, rid: str) -> bytes:
 
     def run(tx: Any) -> bytes:
         tk = svc.keys.tenant(tx, T1)
+        assert tk is not None
         raw = tx.get(store.subject_key(tk.tn, tk.subject_hash_of("User", "rid", rid)))
-        return store.decode_record(raw, "subject")["kid"]  # type: ignore[no-any-return]
+        kid: bytes = store.decode_record(raw, "subject")["kid"]
+        return kid
 
-    return svc.read(run)  # type: ignore[no-any-return]
+    return svc.read(run)
 
 
 def test_reapplying_an_erasure_destroys_the_actor_keys_of_the_user(harness: Harness) -> None:
@@ -59,9 +61,10 @@ def test_reapplying_an_erasure_destroys_the_actor_keys_of_the_user(harness: Harn
         kid_hash=hashlib.sha256(_kid(h, GRACE)).hexdigest(),
         requested_by="",
         approved_by="",
-        event={},  # type: ignore[typeddict-item]
+        event={},
     )
-    done = h.client.portal.call(h.service.erasures.reapply, [cert])  # type: ignore[union-attr]
+    assert h.client.portal is not None
+    done = h.client.portal.call(h.service.erasures.reapply, [cert])
     assert done["subjects"] == 1
     aud = h.auditor()
     assert aud.search(rid=GRACE).results == []  # its index records gone with it

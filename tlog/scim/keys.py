@@ -584,6 +584,25 @@ class KeyFileLock:
                 f"{other})"
             )
 
+    def make_exclusive(self, what: str) -> None:
+        """Turn a held shared lock exclusive, or refuse (StorageError): for an offline
+        command on a PostgreSQL store (``tlog reseal-actors``), which must not run while any
+        frontend serves it (they hold the lock shared); a frontend starting meanwhile is
+        refused. Nothing to do for a lock not taken (a read-only key file) or exclusive."""
+        fd = self._fd
+        if fd is None or self._exclusive:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            raise StorageError(
+                f"{what} needs the server stopped: a tlog serve holds the SCIM master key "
+                f"file {self.key_path} ({self.path}), so it serves this store now"
+            ) from None
+        self._exclusive = True
+
     def release(self) -> None:
         db_fd, self._db_fd = self._db_fd, None
         if db_fd is not None:
