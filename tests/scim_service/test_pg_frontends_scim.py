@@ -751,10 +751,23 @@ def test_a_retry_staged_on_a_fenced_group_is_not_committed_alone(
         held: list[Any] = []
         first_held, second, go = threading.Event(), threading.Event(), threading.Event()
 
+        def retry_queued() -> bool:
+            with svc._group_lock:
+                return bool(svc._group)
+
         def enqueue(*args: Any, **kw: Any) -> None:
             if not held:  # the event's group: held until the retry's is handed too
                 held.append((args, kw))
                 first_held.set()
+                # The group writer goes on only once the retry is queued for it: were the
+                # writer to find nothing within its linger, it would end, and on its way
+                # out wait (holding the writer lock) for this held group to commit, which
+                # never comes before the retry's group is handed: no retry would ever be
+                # staged. Unlike the test's hold, a real hand-off commits on its own.
+                deadline = time.monotonic() + 60
+                while not retry_queued():
+                    assert time.monotonic() < deadline, "the retry was never queued"
+                    time.sleep(0.005)
                 return
             second.set()
             assert go.wait(60), "the test did not let A go on"
