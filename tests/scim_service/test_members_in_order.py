@@ -371,3 +371,98 @@ def test_a_request_split_into_parts_is_exact_or_says_it_cannot_know(
     sp = sp_apply(set(start), ops)
     if "members" in state["full"]:
         assert state["members"] == members(sp), (ops, bounds)
+    numbered = any("i" in item for _, item in items)
+    if numbered:  # each clear has its place among the references: known, wherever cut
+        assert "members" in state["full"], (ops, bounds)
+    assert not {"cleared", "cleared_members"} & set(state), "the request's marks outlive it"
+
+
+def test_a_clear_mid_way_through_a_split_request_is_exact() -> None:
+    """``[add u1, remove all, add u2]`` on a group holding u3, cut so that the clear's entry
+    ends one part and the references come in the next: the references of the add before
+    the clear are undone by it (a noop), u3 goes, u2 comes: the set is known, {u2}."""
+    _, state = judge(
+        None, group_event("create", {"displayName": "g", "members": [{"value": "u3"}]}, "c")
+    )
+    whole = group_event(
+        "patch", patch_ops([("add", ["u1"]), ("clear-remove", []), ("add", ["u2"])]), "big"
+    )
+    first = {k: v for k, v in whole.items() if k != "refs"}
+    first["x"] = {"part": 0, "parts": 2}
+    second = {k: v for k, v in whole.items() if k not in ("patch", "mods")}
+    second["x"] = {"part": 1, "parts": 2}
+    effect, state = judge(state, first)
+    assert changes(effect) == [("remove", b64(pid_of("User", "u3")))]
+    assert state["cleared"] == "big"
+    effect, state = judge(state, second)
+    assert changes(effect) == [("add", b64(pid_of("User", "u2")))]
+    assert effect["noop"] == [{"attr": "members", "op": "add", "n": 1}]  # u1, then cleared
+    assert state["members"] == members({"u2"}) and "members" in state["full"]
+    assert "cleared" not in state and "cleared_members" not in state
+
+
+def test_a_split_request_whose_last_part_never_came_leaves_no_mark() -> None:
+    """The marks a split request's clear leaves for its later parts go with the next
+    request, if the request's last part never came."""
+    _, state = judge(
+        None, group_event("create", {"displayName": "g", "members": [{"value": "u3"}]}, "c")
+    )
+    whole = group_event(
+        "patch", patch_ops([("add", ["u1"]), ("clear-remove", []), ("add", ["u2"])]), "big"
+    )
+    first = {k: v for k, v in whole.items() if k != "refs"}
+    first["x"] = {"part": 0, "parts": 2}
+    _, state = judge(state, first)
+    assert state["cleared"] == "big"
+    _, state = judge(state, group_event("patch", patch_ops([("add", ["u4"])]), "next"))
+    assert "cleared" not in state and "cleared_members" not in state
+    assert state["members"] == members({"u4"})
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    start=st.one_of(st.none(), st.sampled_from(POOL)),
+    ops=_MANAGER_OPS,
+    cuts=st.lists(st.integers(0, 12)),
+)
+def test_a_split_request_on_the_manager_is_exact_or_forgets(
+    start: str | None, ops: list[tuple[str, str | None]], cuts: list[int]
+) -> None:
+    """The manager set and cleared within one PATCH that travels as linked parts, cut
+    anywhere: where the adapter numbered the operations, the log names the manager the SP
+    has (or none); otherwise it names the right one or none."""
+    body: dict[str, Any] = {"userName": "u9"}
+    if start is not None:
+        body[ENTERPRISE] = {"manager": {"value": start}}
+    _, state = judge(None, user_event("create", body, "c"))
+    path = f"{ENTERPRISE}:manager"
+    operations: list[dict[str, Any]] = []
+    sp = start
+    for op, m in ops:
+        if op == "clear-remove":
+            operations.append({"op": "remove", "path": path})
+        elif op == "clear-replace":
+            operations.append({"op": "replace", "path": path, "value": None})
+        else:
+            operations.append({"op": op, "path": path, "value": {"value": m}})
+        sp = m
+    whole = user_event("patch", {"schemas": [PATCH_OP], "Operations": operations}, "big")
+    items = [
+        *(("patch", p) for p in whole.get("patch", ())),
+        *(("mods", m) for m in whole.get("mods", ())),
+        *(("refs", r) for r in whole.get("refs", ())),
+    ]
+    bounds = sorted({c for c in cuts if 0 < c < len(items)})
+    chunks = [items[a:b] for a, b in itertools.pairwise([0, *bounds, len(items)])]
+    for n, chunk in enumerate(chunks):
+        ev = {k: v for k, v in whole.items() if k not in ("patch", "mods", "refs")}
+        for kind, item in chunk:
+            ev.setdefault(kind, []).append(item)
+        ev["x"] = {"part": n, "parts": len(chunks)}
+        _, state = judge(state, ev)
+    want = None if sp is None else b64(pid_of("User", sp))
+    if any("i" in item for _, item in items):
+        assert state.get("manager") == want, (ops, bounds)
+    elif "manager" in state:
+        assert state["manager"] == want, (ops, bounds)
+    assert not {"cleared", "cleared_manager"} & set(state)

@@ -383,9 +383,8 @@ class _Run:
         numbers them when two or more operations touch the attribute). Each clear
         (``new: "null"`` in ``mods``) then has its place among the references, and each
         ``replace`` its own run, so the outcome is exact: ``[add X, remove all]`` leaves
-        nothing, ``[replace [A, B], replace [C]]`` leaves C. An event in linked parts keeps
-        its mods and refs in different parts, so there the clear cannot be placed: it is
-        judged as :meth:`_cleared` judges an unnumbered one. Returns whether it judged them."""
+        nothing, ``[replace [A, B], replace [C]]`` leaves C. An event in linked parts is
+        judged part by part (:meth:`_numbered_part`). Returns whether it judged them."""
         clears = [
             m["i"]
             for m in mods
@@ -394,16 +393,52 @@ class _Run:
             and "[" not in m["attr"]
             and _attr_kind(self.prefix, m["attr"])[0] == attr
         ]
-        if self.ev.get("x", {}).get("parts", 1) > 1:
-            if clears:
-                return False  # the clear's place is not known here: _cleared forgets
-            if any("i" in r for r in items):
-                self.references(attr, items, whole=False)  # each numbered replace its own run
-                return True
-            return False
+        x = self.ev.get("x", {})
+        if x.get("parts", 1) > 1:
+            return self._numbered_part(attr, clears, items, x.get("part", 0), x["parts"])
         if not clears and not any("i" in r for r in items):
             return False
         self.references(attr, items, whole=False, clears=clears)
+        return True
+
+    def _numbered_part(
+        self, attr: str, clears: list[int], items: list[Mapping[str, Any]], part: int, parts: int
+    ) -> bool:
+        """Part ``part`` of ``parts`` of a request split into linked events
+        (client.adapters.exchange: its ``patch``, ``mods`` and ``refs`` items in that order,
+        cut where an event is full). A clear's entry in ``mods`` therefore comes in the same
+        part as the references numbered after it, or an earlier one: a numbered clear here
+        empties the set in its place among this part's references, as in a whole request,
+        and is remembered (``cleared``, ``cleared_<attr>``) for the later parts. There, a
+        reference numbered below it was asked before it, and the clear undid it: it changed
+        nothing (a ``noop``), and the set stays known. Returns whether it judged them."""
+        req = self.ev["corr"]["req"]
+        key = f"cleared_{attr}"
+        spent: int | None = None
+        if part > 0 and self.state.get("cleared") == req and key in self.state:
+            spent = self.state[key]
+        if not clears and spent is None and not any("i" in r for r in items):
+            return False
+        if spent is not None:
+            gone: dict[str, int] = {}
+            kept = []
+            for r in items:
+                if "i" in r and r["i"] < spent:
+                    op = r.get("op") or "add"
+                    gone[op] = gone.get(op, 0) + 1
+                else:
+                    kept.append(r)
+            for op, n in gone.items():
+                self.noop.append({"attr": attr, "op": op, "n": n})
+            items = kept
+        self.references(attr, items, whole=False, clears=clears)  # each numbered run its own
+        if part >= parts - 1:
+            self.state.pop(key, None)
+            if not any(k.startswith("cleared_") for k in self.state):
+                self.state.pop("cleared", None)
+        elif clears or spent is not None:
+            self.state["cleared"] = req
+            self.state[key] = max([*clears, *([] if spent is None else [spent])])
         return True
 
     def references(
@@ -621,6 +656,9 @@ class _Run:
                 if (self.prefix, key) in _SETS and key not in seen_sets:
                     self.values(key, "replace", [], whole=True)  # a PUT without them clears
         refs = ev.get("refs", ())
+        if self.state.get("cleared") not in (None, ev.get("corr", {}).get("req")):
+            for key in ("cleared", "cleared_members", "cleared_manager"):
+                self.state.pop(key, None)  # a split request whose last part never came
         for attr in ("members", "manager"):
             items = [r for r in refs if r.get("attr", "members") == attr]
             if not whole and self._numbered(attr, mods, items):
@@ -885,6 +923,9 @@ _STATE_ORDER = _det_order(
         "replacing_i",
         "replace_prev",
         "forgot",
+        "cleared",
+        "cleared_members",
+        "cleared_manager",
     )
 )
 
