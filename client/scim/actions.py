@@ -584,10 +584,10 @@ class _Builder:
                 if entry.get("op") == "replace":
                     replaces.setdefault(attr, set()).add(i)
         clears: dict[str, set[int]] = {}
+        clear_attrs = {n: _ref_attr_name(_attr_key(self.mods[n]["attr"])) for n in self.clear_ops}
         for n, i in self.clear_ops.items():
-            attr = _ref_attr_name(_attr_key(self.mods[n]["attr"]))
-            clears.setdefault(attr, set()).add(i)
-            ops.setdefault(attr, set()).add(i)
+            clears.setdefault(clear_attrs[n], set()).add(i)
+            ops.setdefault(clear_attrs[n], set()).add(i)
         multi = {
             a
             for a, at in ops.items()
@@ -599,7 +599,7 @@ class _Builder:
             if i is not None and entry.get("attr", "members") in multi:
                 entry["i"] = i
         for n, i in self.clear_ops.items():
-            if _ref_attr_name(_attr_key(self.mods[n]["attr"])) in multi:
+            if clear_attrs[n] in multi:
                 self.mods[n]["i"] = i
 
     def safe_path(self, path: str, key: str, op: str) -> str:
