@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import datetime
 import math
@@ -18,6 +19,7 @@ import os
 import re
 import sys
 import time
+from collections.abc import Iterator
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -526,20 +528,40 @@ def cmd_recover(args: argparse.Namespace) -> int:
     try:
         if is_database_url(cfg.database):
             assert cfg.database is not None
-            recover_database(
-                cfg.database,
-                signer,
-                args.source,
-                remembered,
-                targets,
-                replication=cfg.replication,
-            )
+            with _frontends_stopped(cfg.scim_master_key_path, "tlog recover"):
+                recover_database(
+                    cfg.database,
+                    signer,
+                    args.source,
+                    remembered,
+                    targets,
+                    replication=cfg.replication,
+                )
         else:
             recover(data / "db", signer, args.source, remembered, targets)
     finally:
         remembered.close()
     _note_unkeyed_store(cfg.database, data, cfg.scim_master_key_path)
     return 0
+
+
+@contextlib.contextmanager
+def _frontends_stopped(key_file: Path, what: str) -> Iterator[None]:
+    """For an offline command on a PostgreSQL store that builds no app (``tlog recover``):
+    the SCIM key file's lock held exclusively while it runs, refused (StorageError) while a
+    ``tlog serve`` of this host holds it shared (it serves a store with this key file), and
+    a frontend starting meanwhile is refused. No key file: no SCIM frontend to find."""
+    from tlog.scim.keys import KeyFileLock
+
+    if not key_file.exists():
+        yield
+        return
+    lock = KeyFileLock(key_file).acquire(exclusive=False)
+    try:
+        lock.make_exclusive(what)
+        yield
+    finally:
+        lock.release()
 
 
 def _note_unkeyed_store(database: str | None, data: Path, key_file: Path) -> None:
@@ -562,6 +584,20 @@ def _note_unkeyed_store(database: str | None, data: Path, key_file: Path) -> Non
             "made at the next start",
             flush=True,
         )
+
+
+def _hold_offline(storage: Backend, what: str) -> None:
+    """Refuse (StorageError) unless this command is the only process on the store, before
+    it writes anything: on LMDB the data directory's lock (build_app took it) already keeps
+    a server out; the frontends of a PostgreSQL store hold the SCIM key file's lock shared
+    (tlog.scim.keys.KeyFileLock), which an offline command must hold alone (a frontend
+    starting meanwhile is refused)."""
+    from tlog.scim.keys import KeyFileLock
+
+    for release in storage.on_close:
+        held = getattr(release, "__self__", None)
+        if isinstance(held, KeyFileLock):
+            held.make_exclusive(what)
 
 
 def cmd_reapply_erasures(args: argparse.Namespace) -> int:
@@ -595,6 +631,7 @@ def cmd_reapply_erasures(args: argparse.Namespace) -> int:
     try:
         service = app.state.scim
         assert service is not None
+        _hold_offline(log_.storage, "reapply-erasures")
 
         async def run() -> dict[str, int]:
             # The log runs meanwhile (its sequencer signs the events that say so).
@@ -622,8 +659,7 @@ def cmd_reapply_erasures(args: argparse.Namespace) -> int:
 def cmd_reseal_actors(args: argparse.Namespace) -> int:
     """Re-seal the actors of events stored before actors were pseudonymised (the server
     stopped): tlog.scim.reseal. Leaves and checkpoints are not touched."""
-    from tlog.scim.keys import KeyFileLock
-    from tlog.scim.reseal import reseal_actors
+    from tlog.scim.reseal import ResealResult, reseal_actors
     from tlog.server import build_app
 
     cfg = _serve_config(args)
@@ -636,13 +672,17 @@ def cmd_reseal_actors(args: argparse.Namespace) -> int:
         service = app.state.scim
         if service is None:
             raise CliError("SCIM is switched off in this configuration")
-        # Offline: on LMDB the data-directory lock keeps a server out; the frontends of a
-        # PostgreSQL store share the key file's lock, which this run must hold alone.
-        for release in log_.storage.on_close:
-            held = getattr(release, "__self__", None)
-            if isinstance(held, KeyFileLock):
-                held.make_exclusive("reseal-actors")
-        n = reseal_actors(service, batch=args.batch)
+        _hold_offline(log_.storage, "reseal-actors")
+
+        def progress(r: ResealResult) -> None:
+            print(
+                f"reseal-actors: batch {r.batches}: {r.examined} examined, {r.resealed} "
+                "re-sealed so far",
+                file=sys.stderr,
+                flush=True,
+            )
+
+        n = reseal_actors(service, batch=args.batch, progress=progress)
     finally:
         log_.storage.close()
     print(
@@ -840,7 +880,15 @@ def parser() -> argparse.ArgumentParser:
     add_arguments(
         ra,
         ServeConfig,
-        only={"data", "key", "origin", "checkpoint_file", "database", "scim_master_key"},
+        only={
+            "data",
+            "key",
+            "origin",
+            "checkpoint_file",
+            "database",
+            "replication",
+            "scim_master_key",
+        },
     )
     ra.add_argument("certificates", nargs="+", help="erasure certificate files (JSON)")
     ra.set_defaults(func=cmd_reapply_erasures)
