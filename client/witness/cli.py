@@ -9,7 +9,8 @@ Subcommands::
                                                  # the logs and peers for our own later
                                                  # cosignatures first (a restored state)
     tlog-witness gossip --config FILE [--once]   # gossip round(s) with the peers
-    tlog-witness poll   --config FILE [--once]   # poll the logs that have a URL
+    tlog-witness poll   --config FILE [--once]   # poll the logs that have a URL (the
+                                                 # first round asks the peers first)
     tlog-witness pull-logs --config FILE --source FILE|URL  # add logs from a logs/v0 list
 
 Exit codes: 0 fine; 1 split-view evidence is recorded (``check``, ``gossip``, ``poll``) or
@@ -299,9 +300,18 @@ def _rounds(args: argparse.Namespace, what: str) -> int:
         if what == "gossip"
         else min((lg.poll_interval for lg in cfg.logs if lg.url), default=60.0)
     )
+    first = True
     try:
         while True:
-            found = monitor.gossip_once() if what == "gossip" else monitor.poll_once()
+            if what == "gossip":
+                found = monitor.gossip_once()
+            elif first:
+                # As serve's first round: the peers first, so that a restored state adopts
+                # our own later cosignature before a log's checkpoint is cosigned.
+                found = monitor.peers_then_logs(lg for lg in witness.logs.values() if lg.url)
+            else:
+                found = monitor.poll_once()
+            first = False
             if found:
                 _out(f"{what}: {found} new split-view evidence record(s); run `check`")
             if args.once:

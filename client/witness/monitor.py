@@ -39,12 +39,13 @@ makes ``tlog-witness check`` exit non-zero; the witness then stops cosigning tha
 
 from __future__ import annotations
 
+import functools
 import hmac
 import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import httpx
@@ -644,6 +645,32 @@ class Monitor:
                 logger.warning("log list %s: added %s", source, ", ".join(r.added))
         return total
 
+    def peers_then_logs(
+        self, logs: Iterable[WitnessedLog], *, peers: bool = True, guarded: bool = False
+    ) -> int:
+        """One round: the peers first (a gossip round, when ``peers`` and there are any),
+        then each of ``logs`` polled. Returns the new evidence records. The peers first:
+        polling cosigns what the log serves, and a restored state must meet our own later
+        cosignature at a peer before that (a log serving a fork consistent with the old size
+        would get it cosigned otherwise). Every round of :meth:`run` (``serve``, the first
+        before its first push) and the first round of ``tlog-witness poll``. ``guarded``: a
+        step that raises is logged and the round goes on (the background loop must not
+        die)."""
+        steps: list[Callable[[], int]] = []
+        if peers and self.peers:
+            steps.append(self.gossip_once)
+        steps.extend(functools.partial(self.poll_log, log) for log in logs)
+        found = 0
+        for step in steps:
+            if not guarded:
+                found += step()
+                continue
+            try:
+                found += step()
+            except Exception:  # a round must never kill the loop
+                logger.exception("monitor round failed")
+        return found
+
     def run(self, stop: threading.Event, *, gossip_interval: float) -> None:
         """Poll each log at its interval and gossip every ``gossip_interval`` s until stop
         (and pull the log lists every ``log_list_interval`` s)."""
@@ -654,18 +681,14 @@ class Monitor:
             # The first round asks every log and every peer for its latest checkpoint (the
             # start-up check, which `serve` waits for, bounded, before it takes pushes); the
             # lists come after it. A log or peer not reached is asked again at its interval.
-            # The peers first: polling cosigns what the log serves, and a restored state
-            # must meet our own later cosignature at a peer before that (a log serving a
-            # fork consistent with the old size would get it cosigned otherwise).
             now = time.monotonic()
-            if self.peers and now >= next_gossip:
-                self._guard(self.gossip_once)
+            gossip = bool(self.peers) and now >= next_gossip
+            if gossip:
                 next_gossip = now + gossip_interval
-            for origin, due in next_poll.items():
-                if now >= due:
-                    log = self.witness.logs[origin]
-                    self._guard(self.poll_log, log)
-                    next_poll[origin] = now + log.poll_interval
+            due = [self.witness.logs[o] for o, at in next_poll.items() if now >= at]
+            for log in due:
+                next_poll[log.origin] = now + log.poll_interval
+            self.peers_then_logs(due, peers=gossip, guarded=True)
             self.first_round.set()
             if self.log_lists and now >= next_lists:
                 self._guard(self.pull_lists_once)

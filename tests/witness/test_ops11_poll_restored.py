@@ -1,0 +1,107 @@
+"""ops11: ``tlog-witness poll`` on a restored state asks the peers first, as ``serve``'s first
+round does (witness10, review10): before, its first round polled the logs at once, so a log
+serving a fork consistent with the restored (older) size got the fork cosigned, although a
+reachable peer held this witness's own cosignature on the later size. The first round of
+``poll`` is now the same function as ``serve``'s rounds (``Monitor.peers_then_logs``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from client.formats.cosignature import CosignatureSigner
+from client.net.witness_client import origin_hash
+from client.witness.cli import main
+from client.witness.core import Witness
+from tests.witness.helpers import (
+    WITNESS_NAME,
+    WITNESS_SEED,
+    FakeLog,
+    FakeLogServer,
+    add_status,
+    events,
+    make_witness,
+    serving,
+    witness_serving,
+)
+
+LOG = FakeLog(events(20))
+FORK = FakeLog([*events(5), *events(15, "evil-")])  # agrees with LOG up to size 5 only
+OURS = CosignatureSigner(WITNESS_NAME, WITNESS_SEED)
+PEER_NAME, PEER_SEED = "witness.example.com/w2", bytes(range(64, 96))
+PEER = CosignatureSigner(PEER_NAME, PEER_SEED)
+
+
+def _peer_holding_our_line(db: Path) -> Witness:
+    """A peer holding LOG's size 9 with our cosignature beside its own (as gossip leaves
+    it): the cosignature this witness made after the copy its state was restored from."""
+    peer = make_witness(db, [LOG.witnessed_log()], seed=PEER_SEED, name=PEER_NAME)
+    assert add_status(peer, LOG.body(0, 9)) == 200
+    held = peer.checkpoint_by_hash(origin_hash(LOG.origin))
+    assert held is not None
+    with_ours = held + OURS.cosign(LOG.checkpoint_text(9), 1_700_000_000).line()
+    assert peer.store.replace_note(LOG.origin, 9, LOG.root(9), with_ours)
+    return peer
+
+
+def _restored_config(tmp_path: Path, log_url: str, peer_url: str) -> Path:
+    """A witness whose state was put back to LOG's size 5, configured with the log (its
+    URL) and the peer."""
+    db = tmp_path / "state.db"
+    w = make_witness(db, [LOG.witnessed_log()])
+    assert add_status(w, LOG.body(0, 5)) == 200
+    w.store.close()
+    (tmp_path / "witness.key").write_text(OURS.skey() + "\n")
+    (tmp_path / "witness.key").chmod(0o600)
+    cfg = tmp_path / "witness.toml"
+    cfg.write_text(
+        f'name = "{WITNESS_NAME}"\nkey_file = "witness.key"\nstate_db = "state.db"\n'
+        f'listen = "127.0.0.1:0"\nhttp_timeout = 5\n'
+        f'[[log]]\norigin = "{LOG.origin}"\nvkey = "{LOG.signer.vkey()}"\nurl = "{log_url}"\n'
+        f'[[peer]]\nname = "w2"\nvkey = "{PEER.vkey()}"\nurl = "{peer_url}"\n'
+    )
+    return cfg
+
+
+def _stored(tmp_path: Path) -> tuple[int, bytes, int]:
+    w = make_witness(tmp_path / "state.db", [LOG.witnessed_log()])
+    try:
+        stored = w.latest(LOG.origin)
+        assert stored is not None
+        return stored.size, stored.root_hash, len(w.evidence())
+    finally:
+        w.store.close()
+
+
+def test_poll_never_cosigns_a_fork_a_reachable_peer_would_have_refuted(tmp_path: Path) -> None:
+    """Restored to size 5; the peer holds our line on LOG's 9; the log serves FORK's 7
+    (consistent with 5 only). ``poll --once`` meets our line at the peer first, so FORK's 7
+    is not cosigned: it is evidence (exit 1)."""
+    peer = _peer_holding_our_line(tmp_path / "peer.db")
+    try:
+        with serving(FakeLogServer(FORK)) as log_srv, witness_serving(peer) as sp:
+            log_srv.log.size = 7
+            cfg = _restored_config(tmp_path, log_srv.url, sp.url)
+            rc = main(["poll", "--config", str(cfg), "--once"])
+    finally:
+        peer.store.close()
+    size, root, evidence = _stored(tmp_path)
+    assert root != FORK.root(7), "the restored witness cosigned the fork"
+    assert size != 7
+    # Our line on LOG's 9 met first; the log's own proof 5 -> 9 fails (it serves FORK):
+    # two histories carry our key, recorded as evidence, and the log is frozen.
+    assert evidence >= 1 and rc == 1
+
+
+def test_poll_adopts_our_later_cosignature_at_a_peer_then_goes_on(tmp_path: Path) -> None:
+    """The same restore, the log honest and grown to 12: the peer's line on 9 is adopted
+    first, then the log's 12 cosigned with its proof 9 -> 12; no evidence."""
+    peer = _peer_holding_our_line(tmp_path / "peer.db")
+    try:
+        with serving(FakeLogServer(LOG)) as log_srv, witness_serving(peer) as sp:
+            log_srv.log.size = 12
+            cfg = _restored_config(tmp_path, log_srv.url, sp.url)
+            rc = main(["poll", "--config", str(cfg), "--once"])
+    finally:
+        peer.store.close()
+    assert rc == 0
+    assert _stored(tmp_path) == (12, LOG.root(12), 0)
