@@ -13,6 +13,9 @@ Each test runs a real ``tlog serve`` process and the real command as another pro
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -77,33 +80,66 @@ def test_reapply_erasures_refuses_a_served_store(tmp_path: Path, database: str |
     assert "nothing changed" in r.stdout, r.stdout  # the subject was erased already
 
 
+# ``tlog reapply-erasures ARGS`` paused where it starts shredding (the store open, its locks
+# held), saying so; it goes on once a line arrives on its stdin.
+PAUSED = r"""
+import sys
+from tlog.scim.erasure import Erasures
+
+run = Erasures.reapply
+async def reapply(self, erasures):
+    print("ops11: PAUSED", file=sys.stderr, flush=True)
+    sys.stdin.readline()
+    return await run(self, erasures)
+Erasures.reapply = reapply
+
+from tlog.cli import main
+sys.exit(main(["reapply-erasures", *sys.argv[1:]]))
+"""
+
+
 def test_a_frontend_starting_during_reapply_erasures_is_refused(
     tmp_path: Path, database: str | None
 ) -> None:
-    """The other way round, through the same lock: while an offline command holds it, a
-    ``tlog serve`` is refused at start (here the lock is held as reapply-erasures holds it,
-    and the server is a real process)."""
-    from tlog.integrity import DataDirLock
-    from tlog.scim.keys import KeyFileLock
-
+    """The other way round: while a real ``tlog reapply-erasures`` runs, a real ``tlog serve``
+    is refused at start (LMDB: the data directory's lock; PostgreSQL: the key file's lock,
+    which the command holds exclusively), and the command then finishes."""
     data = tmp_path / "data"
-    _store_with_certificate(data, database)
-    if database is None:
-        held: Any = DataDirLock(data / "db", "tlog reapply-erasures").acquire()
-    else:
-        held = KeyFileLock(data / MASTER_KEY_FILE).acquire(exclusive=False)
-        held.make_exclusive("reapply-erasures")
+    cert = _store_with_certificate(data, database)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", PAUSED, "--data", str(data), *serve_args(database), str(cert)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     try:
+        assert proc.stderr is not None and proc.stdin is not None
+        said = []
+        for line in proc.stderr:
+            said.append(line)
+            if "ops11: PAUSED" in line:
+                break
+        else:
+            raise AssertionError("".join(said))
         try:
             server = start_server(data, None, database=database, origin=ORIGIN, timeout=60)
-        except (RuntimeError, AssertionError, TimeoutError) as exc:
-            said = str(exc)
+        except RuntimeError as exc:
+            refusal = str(exc)
         else:
             server.stop()
-            raise AssertionError("tlog serve started while an offline command held the store")
-        assert "in use by" in said, said[-2000:]
+            raise AssertionError("tlog serve started while reapply-erasures ran")
+        assert "in use by" in refusal, refusal[-2000:]
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, "".join(said) + err
+        assert "reapply-erasures: 1 certificate(s)" in out, out
     finally:
-        held.release()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def test_recover_refuses_a_served_store(tmp_path: Path, database: str | None) -> None:
