@@ -528,7 +528,8 @@ def cmd_recover(args: argparse.Namespace) -> int:
     try:
         if is_database_url(cfg.database):
             assert cfg.database is not None
-            with _frontends_stopped(cfg.scim_master_key_path, "tlog recover"):
+            key_file = dataclasses.replace(cfg, data=data).scim_master_key_path
+            with _frontends_stopped(key_file, "tlog recover"):
                 recover_database(
                     cfg.database,
                     signer,
@@ -860,6 +861,7 @@ def parser() -> argparse.ArgumentParser:
             "witnesses",
             "database",
             "replication",
+            "scim_master_key",
         },
     )
     rc.add_argument(
