@@ -420,6 +420,9 @@ def _server_class() -> type[uvicorn.Server]:
     return HardenedServer
 
 
+_V4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+
+
 def parse_forwarded_allow_ips(text: str) -> tuple[str, ...]:
     """The proxies whose ``X-Forwarded-For``/``X-Forwarded-Proto`` a server believes, from a
     comma-separated list of IP addresses and networks (``10.0.0.1, 10.1.0.0/16, ::1``), or
@@ -430,7 +433,8 @@ def parse_forwarded_allow_ips(text: str) -> tuple[str, ...]:
     a host name, an empty item, a network with host bits set (``10.0.0.1/8``) or ``*`` next
     to other items is a :class:`ValueError` naming the item. The addresses come back in
     their canonical form; an IPv4-mapped IPv6 address (``::ffff:10.0.0.1``) also as its
-    IPv4 address (the peer address it arrives with)."""
+    IPv4 address (the peer address it arrives with), an IPv4-mapped network
+    (``::ffff:10.0.0.0/104``) also as its IPv4 network (``10.0.0.0/8``)."""
     items = [item.strip() for item in text.split(",")]
     if items == [""]:
         return ()
@@ -444,7 +448,11 @@ def parse_forwarded_allow_ips(text: str) -> tuple[str, ...]:
             raise ValueError(f"empty entry in {text!r} (a comma too many?)")
         try:
             if "/" in item:
-                out.append(str(ipaddress.ip_network(item, strict=True)))
+                net = ipaddress.ip_network(item, strict=True)
+                out.append(str(net))
+                if isinstance(net, ipaddress.IPv6Network) and net.subnet_of(_V4_MAPPED):
+                    # ``::ffff:a.b.c.0/120`` is that IPv4 network, for the reason below
+                    out.append(f"{net.network_address.ipv4_mapped}/{net.prefixlen - 96}")
             else:
                 addr = ipaddress.ip_address(item)
                 out.append(str(addr))
@@ -471,7 +479,8 @@ def hardened_config(
     ``coalesce_writes=True`` sends each answer's head and body in one write
     (:class:`_CoalescingTransport`).
 
-    ``forwarded_allow_ips`` (from :func:`parse_forwarded_allow_ips`): the peers whose
+    ``forwarded_allow_ips`` (from :func:`parse_forwarded_allow_ips`, or a text it parses,
+    its errors raised as ValueError): the peers whose
     ``X-Forwarded-For``/``-Proto`` replace the connection's client address and scheme.
     Empty (the default): no forwarding header counts, from anyone. uvicorn's own default
     trusts 127.0.0.1 (or ``$FORWARDED_ALLOW_IPS``), so any local process could choose the
@@ -481,7 +490,10 @@ def hardened_config(
     import uvicorn
     from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
-    trusted = tuple(kwargs.pop("forwarded_allow_ips", None) or ())
+    allow = kwargs.pop("forwarded_allow_ips", None) or ()
+    # A string (uvicorn's own form) is parsed: tuple() of it would trust its characters,
+    # i.e. nobody, silently
+    trusted = parse_forwarded_allow_ips(allow) if isinstance(allow, str) else tuple(allow)
     if not kwargs.pop("proxy_headers", True):
         trusted = ()
     if trusted == ("*",):
