@@ -531,12 +531,7 @@ class KeyFileLock:
         # Holding the lock: any holder's line in the file is stale (a holder killed).
         os.ftruncate(fd, 0)
         if exclusive:
-            os.pwrite(
-                fd,
-                f"PID {os.getpid()} on host {socket.gethostname()} (tlog serve, since "
-                f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())})\n".encode(),
-                0,
-            )
+            _write_holder(fd, "tlog serve")
         self._fd, self._exclusive = fd, exclusive
         if not exclusive and instance is not None:
             try:
@@ -588,13 +583,19 @@ class KeyFileLock:
         """Turn a held shared lock exclusive, or refuse (StorageError): for an offline
         command on a PostgreSQL store (``tlog reseal-actors``), which must not run while any
         frontend serves it (they hold the lock shared); a frontend starting meanwhile is
-        refused. Nothing to do for a lock not taken (a read-only key file) or exclusive."""
+        refused. Nothing to do for a lock not taken (a read-only key file) or exclusive.
+        Refused, the lock is still held shared; granted, the file names this process (as an
+        exclusive holder's does), for the message of whoever is refused."""
         fd = self._fd
         if fd is None or self._exclusive:
             return
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
+            # flock(2) converts a lock by dropping it first: a refused conversion leaves
+            # none. Take the shared lock back (those that refused it hold it shared too).
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
             if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise
             raise StorageError(
@@ -602,6 +603,8 @@ class KeyFileLock:
                 f"file {self.key_path} ({self.path}), so it serves this store now"
             ) from None
         self._exclusive = True
+        os.ftruncate(fd, 0)
+        _write_holder(fd, what)
 
     def release(self) -> None:
         db_fd, self._db_fd = self._db_fd, None
@@ -613,6 +616,16 @@ class KeyFileLock:
                 with contextlib.suppress(OSError):
                     os.ftruncate(fd, 0)
             os.close(fd)  # releases the flock
+
+
+def _write_holder(fd: int, what: str) -> None:
+    """Name this process in an exclusively held lock file (for a refusal message only)."""
+    os.pwrite(
+        fd,
+        f"PID {os.getpid()} on host {socket.gethostname()} ({what}, since "
+        f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())})\n".encode(),
+        0,
+    )
 
 
 @contextlib.contextmanager
