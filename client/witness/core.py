@@ -518,19 +518,14 @@ class Witness:
                 )
                 return "evidence" if new else ""
             held = 0 if stored is None else stored.size
-            proof: Sequence[bytes] | None = None
-            if stored is not None and held > 0 and self.proof_source is not None:
-                proof = self.proof_source(log, held, cp.size)
-            if proof is not None and stored is not None:
-                try:
-                    verify_consistency(held, cp.size, stored.root_hash, cp.root_hash, proof)
-                except VerificationError as exc:
-                    return self._two_histories(
-                        origin, source, (held, cp.size), stored, cp, note, proof, exc
-                    )
+            checked = None
+            if stored is not None and held > 0:
+                checked = self._ask_log(log, source, stored, cp, note)
+                if checked not in (None, "proved"):
+                    return checked  # two histories carry our key
             expected = None if stored is None else (stored.size, stored.root_hash)
             if self.store.compare_and_swap(origin, expected, cp.size, cp.root_hash, note):
-                self._note_rollback(origin, held, cp.size, proved=proof is not None)
+                self._note_rollback(origin, held, cp.size, proved=checked == "proved")
                 return "adopted"
         return ""
 
@@ -539,18 +534,31 @@ class Witness:
     ) -> str:
         """Our cosignature on a smaller size than the state holds: evidence if the log's own
         proof from it to the state fails (two histories carry our key); else nothing."""
-        if cp.size == 0 or self.proof_source is None:
-            return ""  # the empty tree precedes every tree; no proof to ask for
-        proof = self.proof_source(log, cp.size, stored.size)
+        if cp.size == 0:
+            return ""  # the empty tree precedes every tree
+        checked = self._ask_log(log, source, stored, cp, note)
+        return "" if checked in (None, "proved") else checked
+
+    def _ask_log(
+        self, log: WitnessedLog, source: str, stored: StoredCheckpoint, cp: Checkpoint, note: str
+    ) -> str | None:
+        """Check the log's own consistency proof between ``stored`` and ``cp`` (two sizes
+        >0 that differ, both cosigned by us; the smaller first). None when there is no proof
+        to check (no ``proof_source``, or the log cannot give one now); ``"proved"`` when it
+        verifies; else the two histories are recorded: ``"evidence"`` if new, else ``""``."""
+        if self.proof_source is None:
+            return None
+        (old, old_root), (new, new_root) = sorted(
+            [(stored.size, stored.root_hash), (cp.size, cp.root_hash)]
+        )
+        proof = self.proof_source(log, old, new)
         if proof is None:
-            return ""
+            return None
         try:
-            verify_consistency(cp.size, stored.size, cp.root_hash, stored.root_hash, proof)
+            verify_consistency(old, new, old_root, new_root, proof)
         except VerificationError as exc:
-            return self._two_histories(
-                log.origin, source, (cp.size, stored.size), stored, cp, note, proof, exc
-            )
-        return ""
+            return self._two_histories(log.origin, source, (old, new), stored, cp, note, proof, exc)
+        return "proved"
 
     def _two_histories(
         self,

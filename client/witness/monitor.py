@@ -45,7 +45,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import httpx
@@ -370,26 +370,33 @@ class Monitor:
     def gossip_once(self) -> int:
         """One round: every peer, every log. Returns the number of new evidence records."""
         found = 0
+        for peer, log, text in self._peer_checkpoints("gossip", []):
+            found += self.compare_peer_checkpoint(log, peer, text)
+        return found
+
+    def _peer_checkpoints(
+        self, task: str, unreached: list[str]
+    ) -> Iterator[tuple[Peer, WitnessedLog, str]]:
+        """Every peer's latest checkpoint of each log it answers for (``task`` names the
+        caller in the log lines). A peer that is down, slow or busy is asked nothing more
+        and named in ``unreached``: each of its logs would cost the whole answer deadline
+        again (and the polling on this thread would wait for it once per log)."""
         for peer in self.peers:
             client = WitnessClient(peer.url, peer.verifier, http=self._http)
             for log in self.witness.all_logs():
                 try:
                     text = client.latest_checkpoint(log.origin)
                 except (WitnessUnreachable, WitnessBusy) as exc:
-                    # Each of its logs would cost the whole answer deadline again (the
-                    # round, and the polling on this thread, would wait for it once per
-                    # log): a peer that is down, slow or busy is left for the next round.
-                    logger.warning("gossip %s: %s; asked again next round", peer.name, exc)
+                    logger.warning("%s %s: not asked further this round: %s", task, peer.name, exc)
+                    unreached.append(f"peer {peer.name}")
                     break
                 except (WitnessError, FormatError) as exc:
                     # FormatError: an answer over its bound or that cannot be decoded. It is
                     # this peer's failure; the next peer may be the one showing a fork.
-                    logger.warning("gossip %s/%s: %s", peer.name, log.origin, exc)
+                    logger.warning("%s %s/%s: %s", task, peer.name, log.origin, exc)
                     continue
-                if text is None:
-                    continue
-                found += self.compare_peer_checkpoint(log, peer, text)
-        return found
+                if text is not None:
+                    yield peer, log, text
 
     def compare_peer_checkpoint(self, log: WitnessedLog, peer: Peer, text: str) -> int:
         """Verify a checkpoint a peer served and compare it with ours."""
@@ -603,20 +610,8 @@ class Monitor:
                 missed.append(f"log {log.origin}")
                 continue
             found += self._observe_checked(log, text, f"log {client.url}")
-        for peer in self.peers:
-            client_w = WitnessClient(peer.url, peer.verifier, http=self._http)
-            for log in logs:
-                try:
-                    peer_text = client_w.latest_checkpoint(log.origin)
-                except (WitnessUnreachable, WitnessBusy) as exc:
-                    logger.warning("check: peer %s cannot be asked: %s", peer.name, exc)
-                    missed.append(f"peer {peer.name}")
-                    break
-                except (WitnessError, FormatError) as exc:
-                    logger.warning("check: peer %s/%s: %s", peer.name, log.origin, exc)
-                    continue
-                if peer_text is not None:
-                    found += self._observe_checked(log, peer_text, f"peer {peer.name}")
+        for peer, log, text in self._peer_checkpoints("check", missed):
+            found += self._observe_checked(log, text, f"peer {peer.name}")
         return found, missed
 
     def _observe_checked(self, log: WitnessedLog, text: str, source: str) -> int:
