@@ -149,6 +149,14 @@ def effect_index_values(effect: Mapping[str, Any]) -> list[tuple[bytes, bytes]]:
 _NEXT_MS = b"\xff" * 32
 
 
+def _erased_in_c(actor: ActorOpening | None) -> bool:
+    """An event stored before actors were pseudonymised and re-sealed since
+    (tlog.scim.reseal), whose actor has been erased: its leaf's ``c`` covers the actor as
+    sent, so nothing of it can be verified any more, and it reads as erased (a search and
+    its receipt alike)."""
+    return actor is not None and actor.in_c and actor.actor is None
+
+
 class Searcher:
     """The reads over the search index of one SCIM service (its keys, limits and reader)."""
 
@@ -304,12 +312,10 @@ class Searcher:
         if opened is None:
             return Found(index, leaf, lh, env.ts, env.eid, None, None)
         ev, nonce, effect, actor = opened
+        if _erased_in_c(actor):
+            return Found(index, leaf, lh, env.ts, env.eid, None, None)
         if actor is not None and actor.in_c:
-            # Stored before actors were pseudonymised, re-sealed since (tlog.scim.reseal):
-            # c covers the actor as sent. While it opens, the event reads as it was sent;
-            # once the actor is erased nothing of it can be verified: it reads as erased.
-            if actor.actor is None:
-                return Found(index, leaf, lh, env.ts, env.eid, None, None)
+            # While the actor its c covers opens, the event reads as it was sent.
             return Found(
                 index, leaf, lh, env.ts, env.eid, {**ev, "actor": actor.actor}, nonce, effect
             )
@@ -328,8 +334,7 @@ class Searcher:
         opened = self.svc.keys.open_envelope_actor(tx, tk, lh, deks)
         if opened is None:
             return False  # its own DEK gone (expired): as before, not told here
-        actor = opened[3]
-        return actor is not None and actor.in_c and actor.actor is None
+        return _erased_in_c(opened[3])
 
     def receipts(
         self, tenant: str, *, eid: str | None = None, req: str | None = None
