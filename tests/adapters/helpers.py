@@ -8,10 +8,11 @@ import collections
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,10 +21,11 @@ import httpx
 
 from client.adapters.middleware import AuditMiddleware
 from client.adapters.outbox import Outbox
+from client.adapters.proxy import ProxySettings, build_proxy
 from client.adapters.relay import Relay
 from client.scim.event import event_from_json
 
-from ..support import free_port, start_proxy, wait_own
+from ..support import free_port, start_proxy, tlog_argv, wait_own
 
 if TYPE_CHECKING:
     import pytest
@@ -312,3 +314,77 @@ def run_tester(base_url: str, token: str = SCIM_TOKEN) -> tuple[list[tuple[str, 
 
 def status_counts(results: list[tuple[str, str]]) -> dict[str, int]:
     return dict(collections.Counter(s for _, s in results))
+
+
+def down_proxy_argv(
+    tmp_path: Path,
+    outbox: Path,
+    tenant: str = "t1",
+    *,
+    secret: str = "tlog_" + "A" * 43,
+    mode: int = 0o600,
+) -> list[str]:
+    """``tlog scim-proxy`` whose log and SP are down (nothing listens at either at start),
+    its token ``secret`` in ``tmp_path/token`` with ``mode``, its outbox at ``outbox``."""
+    token = tmp_path / "token"
+    token.write_text(secret + "\n")
+    token.chmod(mode)
+    dead = f"http://127.0.0.1:{free_port()}"
+    return tlog_argv(
+        "scim-proxy",
+        "--upstream",
+        dead + "/v2",
+        "--log",
+        dead,
+        "--token-file",
+        str(token),
+        "--tenant",
+        tenant,
+        "--sp-id",
+        "sp1",
+        "--log-key-tofu",
+        "--outbox",
+        str(outbox),
+        "--listen",
+        f"127.0.0.1:{free_port()}",
+    )
+
+
+def undeliverable_proxy(outbox: Path) -> AuditMiddleware:
+    """A proxy (in process) whose log is down (nothing can be delivered) and whose SP is
+    unreachable, its outbox at ``outbox``."""
+    return build_proxy(
+        ProxySettings(
+            upstream="http://127.0.0.1:9/v2",
+            log_url="http://log.test",
+            token="tok",
+            tenant="t1",
+            sp_id="raw",
+            outbox=outbox,
+        ),
+        log_transport=FakeLog(down=True).transport(),
+    )
+
+
+def tmpfs(tmp_path: Path, name: str, options: str = "", *, lazy: bool = False) -> Iterator[Path]:
+    """A 1 MiB tmpfs mounted at ``tmp_path/name`` with ``options`` (e.g. ``ro``) while the
+    generator is suspended (``yield from`` it in a fixture); skips without root or mount.
+    ``lazy``: unmounted with ``umount -l`` (files may still be open)."""
+    import pytest
+
+    mnt = tmp_path / name
+    mnt.mkdir()
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("a tmpfs mount needs root")
+    opts = "size=1m" + (f",{options}" if options else "")
+    p = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(mnt)], capture_output=True, timeout=30
+    )
+    if p.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(
+            ["umount", *(["-l"] if lazy else []), str(mnt)], capture_output=True, timeout=30
+        )

@@ -4,8 +4,6 @@ that starts without a durable outbox."""
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,25 +11,8 @@ from pathlib import Path
 import pytest
 
 from client.adapters.outbox import Outbox, OutboxError
-from tests.support import free_port, tlog_argv
 
-
-def _read_only_dir(tmp_path: Path) -> Iterator[Path]:
-    mnt = tmp_path / "ro"
-    mnt.mkdir()
-    if os.geteuid() != 0 or not shutil.which("mount"):
-        pytest.skip("a read-only mount needs root")
-    p = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(mnt)],
-        capture_output=True,
-        timeout=30,
-    )
-    if p.returncode != 0:
-        pytest.skip("cannot mount a tmpfs here")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", str(mnt)], capture_output=True, timeout=30)
+from .helpers import down_proxy_argv, tmpfs
 
 
 @pytest.fixture(params=["not-a-directory", "read-only"])
@@ -40,7 +21,7 @@ def unwritable(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]
         (tmp_path / "plain-file").write_text("x")
         yield tmp_path / "plain-file" / "outbox.sqlite"
     else:
-        yield from (d / "outbox.sqlite" for d in _read_only_dir(tmp_path))
+        yield from (d / "outbox.sqlite" for d in tmpfs(tmp_path, "ro", "ro"))
 
 
 def test_outbox_that_cannot_be_opened_is_an_outbox_error(unwritable: Path) -> None:
@@ -49,29 +30,8 @@ def test_outbox_that_cannot_be_opened_is_an_outbox_error(unwritable: Path) -> No
 
 
 def test_proxy_refuses_to_start_on_an_unwritable_outbox(unwritable: Path, tmp_path: Path) -> None:
-    token = tmp_path / "token"
-    token.write_text("tlog_" + "A" * 43 + "\n")
-    token.chmod(0o600)
-    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens: the log is "down" at start
     p = subprocess.run(
-        tlog_argv(
-            "scim-proxy",
-            "--upstream",
-            dead + "/v2",
-            "--log",
-            dead,
-            "--token-file",
-            str(token),
-            "--tenant",
-            "t1",
-            "--sp-id",
-            "sp1",
-            "--log-key-tofu",
-            "--outbox",
-            str(unwritable),
-            "--listen",
-            f"127.0.0.1:{free_port()}",
-        ),
+        down_proxy_argv(tmp_path, unwritable),
         capture_output=True,
         text=True,
         timeout=60,

@@ -10,18 +10,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-from client.adapters.middleware import AuditMiddleware
 from client.adapters.proxy import (
     LogUnreachable,
     ProxySettings,
     StartupError,
-    build_proxy,
     check_log,
 )
 from tests.scim_service.conftest import ORIGIN, T1, URL, Harness, harness  # noqa: F401
 from tests.support import UvicornThread, free_port, tlog_cli
 
-from .helpers import FakeLog
+from .helpers import undeliverable_proxy
 
 
 def settings(token: str, tenant: str = T1, **kw: object) -> ProxySettings:
@@ -131,23 +129,8 @@ def test_cli_exits_without_serving(tmp_path: Path) -> None:
     assert "tlog_whatever" not in out.stderr + out.stdout  # never the token
 
 
-def _undeliverable_proxy(tmp_path: Path) -> AuditMiddleware:
-    """A proxy whose log is down (nothing can be delivered) and whose SP is unreachable."""
-    return build_proxy(
-        ProxySettings(
-            upstream="http://127.0.0.1:9/v2",
-            log_url="http://log.test",
-            token="tok",
-            tenant="t1",
-            sp_id="raw",
-            outbox=tmp_path / "o.sqlite",
-        ),
-        log_transport=FakeLog(down=True).transport(),
-    )
-
-
 def test_backlog_is_visible(tmp_path: Path) -> None:
-    app = _undeliverable_proxy(tmp_path)
+    app = undeliverable_proxy(tmp_path / "o.sqlite")
     srv = UvicornThread(app)
     try:
         with httpx.Client(base_url=srv.url, timeout=10) as c:
@@ -169,7 +152,7 @@ def test_own_endpoints_answer_get_and_head_only(tmp_path: Path) -> None:
     /.tlog/, is the SP's (here unreachable: 502)."""
     from starlette.testclient import TestClient
 
-    app = _undeliverable_proxy(tmp_path)
+    app = undeliverable_proxy(tmp_path / "o.sqlite")
     with TestClient(app) as c:
         r = c.head("/.tlog/healthz")
         assert r.status_code == 200 and r.content == b""

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -31,7 +30,7 @@ import pytest
 
 from client.adapters.outbox import Outbox, OutboxError, OutboxRecord, Receipt
 
-from .helpers import FakeLog, relay_for
+from .helpers import FakeLog, relay_for, tmpfs
 
 SECRET = "jane.doe.secret@example.org"
 
@@ -152,27 +151,9 @@ def test_a_damaged_outbox_never_puts_event_text_in_a_log_line(
     assert SECRET not in text and "aaaaaaaa" not in text  # ... without the events' text
 
 
-def _small_tmpfs(tmp_path: Path) -> Iterator[Path]:
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    if os.geteuid() != 0 or not shutil.which("mount"):
-        pytest.skip("a small tmpfs needs root")
-    p = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
-        capture_output=True,
-        timeout=30,
-    )
-    if p.returncode != 0:
-        pytest.skip("cannot mount a tmpfs here")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=30)
-
-
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    yield from _small_tmpfs(tmp_path)
+    yield from tmpfs(tmp_path, "small", lazy=True)
 
 
 def test_a_disk_filling_up_under_the_outbox_loses_no_acknowledged_add(small_disk: Path) -> None:

@@ -15,33 +15,13 @@ import pytest
 
 from client.adapters.outbox import Outbox
 from harness.scim import event_record
-from tests.support import free_port, tlog_argv
+
+from .helpers import down_proxy_argv, undeliverable_proxy
 
 
 def _proxy(tmp_path: Path, outbox: Path, tenant: str) -> subprocess.CompletedProcess[str]:
-    token = tmp_path / "token"
-    token.write_text("tlog_" + "A" * 43 + "\n")
-    token.chmod(0o600)
-    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens: the log is "down" at start
     return subprocess.run(
-        tlog_argv(
-            "scim-proxy",
-            "--upstream",
-            dead + "/v2",
-            "--log",
-            dead,
-            "--token-file",
-            str(token),
-            "--tenant",
-            tenant,
-            "--sp-id",
-            "sp1",
-            "--log-key-tofu",
-            "--outbox",
-            str(outbox),
-            "--listen",
-            f"127.0.0.1:{free_port()}",
-        ),
+        down_proxy_argv(tmp_path, outbox, tenant),
         capture_output=True,
         text=True,
         timeout=20,
@@ -78,30 +58,9 @@ def test_only_undelivered_events_count(tmp_path: Path) -> None:
 def test_a_token_file_readable_by_others_is_warned_about(tmp_path: Path) -> None:
     # Whoever reads the submitter token appends events in the adapter's name; the proxy
     # said nothing about a world-readable token file (the log refuses such key files).
-    token = tmp_path / "token"
     secret = "tlog_" + "B" * 43
-    token.write_text(secret + "\n")
-    token.chmod(0o644)
-    dead = f"http://127.0.0.1:{free_port()}"
     proc = subprocess.Popen(
-        tlog_argv(
-            "scim-proxy",
-            "--upstream",
-            dead + "/v2",
-            "--log",
-            dead,
-            "--token-file",
-            str(token),
-            "--tenant",
-            "t1",
-            "--sp-id",
-            "sp1",
-            "--log-key-tofu",
-            "--outbox",
-            str(tmp_path / "outbox.sqlite"),
-            "--listen",
-            f"127.0.0.1:{free_port()}",
-        ),
+        down_proxy_argv(tmp_path, tmp_path / "outbox.sqlite", secret=secret, mode=0o644),
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         text=True,
@@ -125,23 +84,10 @@ def test_readiness_says_so_when_the_outbox_file_is_gone(tmp_path: Path) -> None:
     # The outbox refuses adds once its file was removed (test_redteam7_outbox.py); the
     # proxy's /.tlog/readyz and /.tlog/status must say so (503 with the reason), not
     # "ready" from a reader still on the unlinked file, nor a 500 from a new reader.
-    from client.adapters.proxy import ProxySettings, build_proxy
     from tests.support import UvicornThread
 
-    from .helpers import FakeLog
-
     path = tmp_path / "o.sqlite"
-    app = build_proxy(
-        ProxySettings(
-            upstream="http://127.0.0.1:9/v2",
-            log_url="http://log.test",
-            token="tok",
-            tenant="t1",
-            sp_id="raw",
-            outbox=path,
-        ),
-        log_transport=FakeLog(down=True).transport(),
-    )
+    app = undeliverable_proxy(path)
     srv = UvicornThread(app)
     try:
         with httpx.Client(base_url=srv.url, timeout=10) as c:
