@@ -25,6 +25,7 @@ from harness.tlog import log_vkey, tlog_argv, tlog_cli
 from tlog.config import ServeConfig
 
 if TYPE_CHECKING:
+    from client.formats.policy import Policy
     from tlog.bucket import BucketPublisher
     from tlog.scim.service import ScimService
     from tlog.witnessing import WitnessPusher
@@ -41,11 +42,14 @@ __all__ = [
     "listening_socket",
     "open_fds",
     "recompute_tile",
+    "run_module",
     "serve_args",
     "serve_config",
     "slow_reader",
     "start_proxy",
     "start_server",
+    "start_witness_serve",
+    "start_witnessed_server",
     "stop_processes",
     "store_args",
     "tlog_argv",
@@ -340,6 +344,59 @@ def _start_server(
         output=lambda: log_path.read_text(errors="replace"),
     )
     return ServerProcess(proc, url, data, port)
+
+
+def run_module(*args: str) -> str:
+    """``python -m args...`` from the project root; its standard output (fails the test on
+    a non-zero exit)."""
+    return subprocess.run(
+        [sys.executable, "-m", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        check=True,
+    ).stdout
+
+
+def start_witnessed_server(
+    tmp_path: Path,
+    data: Path,
+    policy_text: str,
+    interval: str,
+    *extra: str,
+    database: str | None = None,
+) -> tuple[ServerProcess, Policy]:
+    """:func:`start_server` pushing to the witnesses of ``policy_text`` (written to
+    ``tmp_path/policy``) every ``interval`` seconds (``extra``: more flags); the policy too."""
+    from client.formats.policy import Policy
+
+    (tmp_path / "policy").write_text(policy_text)
+    policy = Policy.parse(policy_text)
+    srv = start_server(
+        data,
+        None,
+        "--witnesses",
+        str(tmp_path / "policy"),
+        "--witness-interval",
+        interval,
+        *extra,
+        database=database,
+    )
+    return srv, policy
+
+
+def start_witness_serve(config: Path) -> subprocess.Popen[bytes]:
+    """``tlog-witness serve --config config`` as a process, its output appended to
+    ``out.log`` beside the config; the caller waits for it to answer."""
+    # The child gets its own copy of the descriptor: ours is closed at once.
+    with open(config.parent / "out.log", "ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "client.witness.cli", "serve", "--config", str(config)],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def wait_own(url: str, proc: subprocess.Popen[bytes], log_path: Path, banner: bytes) -> None:

@@ -29,7 +29,7 @@ from client.net.witness_client import AddCheckpointRequest, WitnessClient, appen
 from tests.interop.gobin import go_binary
 from tests.interop.peers import GoWitness, Litewitness, Omniwitness, Proc, wait_up
 from tests.server.conftest import ORIGIN
-from tests.support import ServerProcess, free_port, start_server, tlog_cli
+from tests.support import ServerProcess, free_port, start_server, start_witnessed_server, tlog_cli
 
 pytestmark = pytest.mark.slow
 
@@ -92,17 +92,7 @@ def test_tlog_serve_reaches_quorum_with_omniwitness_and_litewitness(
         f"witness lite {lite.verifier.vkey()} {lite.url}\n"
         "group both all omni lite\nquorum both\n"
     )
-    (tmp_path / "policy").write_text(policy_text)
-    policy = Policy.parse(policy_text)
-    srv = start_server(
-        data,
-        None,
-        "--witnesses",
-        str(tmp_path / "policy"),
-        "--witness-interval",
-        "0.2",
-        database=database,
-    )
+    srv, policy = start_witnessed_server(tmp_path, data, policy_text, "0.2", database=database)
     try:
         submit(srv, 5, "first")
         first = wait_cosigned(srv, policy, 5)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -23,23 +22,19 @@ from client.formats.merkle import verify_consistency
 from client.formats.note import b64decode_strict, parse_note
 from client.formats.policy import Policy
 from client.formats.proof_bundle import TlogProof
-from tests.support import ROOT, ServerProcess, free_port, start_server, wait_for, wait_http
+from tests.support import (
+    ServerProcess,
+    free_port,
+    run_module,
+    start_witness_serve,
+    start_witnessed_server,
+    wait_for,
+    wait_http,
+)
 
 from .conftest import ORIGIN
 
 pytestmark = pytest.mark.slow
-
-
-def run(*args: str) -> str:
-    out = subprocess.run(
-        [sys.executable, "-m", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=60,
-        check=True,
-    )
-    return out.stdout
 
 
 class Witness:
@@ -47,7 +42,7 @@ class Witness:
         self.dir = base / name
         self.dir.mkdir()
         self.name = f"witness.test/{name}"
-        out = run(
+        out = run_module(
             "client.witness.cli", "keygen", "--name", self.name, "--key", str(self.dir / "w.key")
         )
         self.vkey = next(w for w in out.split() if w.startswith(self.name + "+"))
@@ -61,21 +56,7 @@ class Witness:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        # The child gets its own copy of the descriptor: ours is closed at once.
-        with open(self.dir / "out.log", "ab") as log:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "client.witness.cli",
-                    "serve",
-                    "--config",
-                    str(self.dir / "w.toml"),
-                ],
-                cwd=ROOT,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        self.proc = start_witness_serve(self.dir / "w.toml")
         wait_http(self.url + "/evidence", self.proc, output=(self.dir / "out.log").read_text)
 
     def kill(self) -> None:
@@ -98,7 +79,7 @@ class Witness:
 
 def test_three_witnesses_two_of_three(tmp_path: Path, database: str | None) -> None:
     data = tmp_path / "log"
-    out = run("tlog.cli", "keygen", "--origin", ORIGIN, "--data", str(data))
+    out = run_module("tlog.cli", "keygen", "--origin", ORIGIN, "--data", str(data))
     log_vkey = next(w for w in out.split() if w.startswith(ORIGIN + "+"))
     witnesses = [Witness(tmp_path, f"w{i}", log_vkey) for i in (1, 2, 3)]
     srv = None
@@ -121,18 +102,8 @@ def run_scenario(
         + "".join(f"witness {w.dir.name} {w.vkey} {w.url}\n" for w in witnesses)
         + "group any2 2 w1 w2 w3\nquorum any2\n"
     )
-    (tmp_path / "policy").write_text(policy_text)
-    policy = Policy.parse(policy_text)
-    srv = start_server(
-        data,
-        None,
-        "--witnesses",
-        str(tmp_path / "policy"),
-        "--witness-interval",
-        "0.1",
-        "--witness-max-backoff",
-        "2",
-        database=database,
+    srv, policy = start_witnessed_server(
+        tmp_path, data, policy_text, "0.1", "--witness-max-backoff", "2", database=database
     )
     try:
         check_scenario(srv, data, policy, witnesses)

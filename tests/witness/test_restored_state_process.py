@@ -16,7 +16,6 @@ import hashlib
 import shutil
 import socket
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -28,10 +27,16 @@ from client.formats.checkpoint import Checkpoint
 from client.formats.cosignature import CosignatureSigner
 from client.formats.merkle import consistency_ranges, leaf_hash, proof_from_ranges, root_of_range
 from client.formats.note import parse_note, sign_note
-from client.formats.policy import Policy
 from client.net.witness_client import AddCheckpointRequest
 from tests.support import ORIGIN as LOG_ORIGIN
-from tests.support import ROOT, free_port, start_server, wait_for, wait_http
+from tests.support import (
+    free_port,
+    run_module,
+    start_witness_serve,
+    start_witnessed_server,
+    wait_for,
+    wait_http,
+)
 from tests.witness.helpers import ORIGIN, FakeLog, events
 from tlog.signer import load_key_file
 
@@ -67,20 +72,7 @@ class WitnessProcess:
         )
 
     def start(self) -> None:
-        with open(self.dir / "out.log", "ab") as out:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "client.witness.cli",
-                    "serve",
-                    "--config",
-                    str(self.dir / "w.toml"),
-                ],
-                cwd=ROOT,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
+        self.proc = start_witness_serve(self.dir / "w.toml")
         wait_http(self.url + "/healthz", self.proc, output=self.output)
 
     def stop(self) -> None:
@@ -113,17 +105,6 @@ class WitnessProcess:
             shutil.copy2(f, self.dir / f.name)
 
 
-def run(*args: str) -> str:
-    return subprocess.run(
-        [sys.executable, "-m", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=60,
-        check=True,
-    ).stdout
-
-
 def fork_body(log_url: str, key: Path, old: int, size: int) -> bytes:
     """A checkpoint of ``size`` signed with the log's own key, whose tree is the log's first
     ``old`` leaves and then other ones, with its (valid) proof from ``old``."""
@@ -152,7 +133,7 @@ def test_restored_witness_adopts_from_the_log_and_a_peer_and_refuses_the_fork(
     tmp_path: Path,
 ) -> None:
     data = tmp_path / "log"
-    out = run("tlog.cli", "keygen", "--origin", LOG_ORIGIN, "--data", str(data))
+    out = run_module("tlog.cli", "keygen", "--origin", LOG_ORIGIN, "--data", str(data))
     log_vkey = next(w for w in out.split() if w.startswith(LOG_ORIGIN + "+"))
     key = Path(next(ln.split()[1] for ln in out.splitlines() if ln.startswith("key:")))
     a, b = WitnessProcess(tmp_path, "a"), WitnessProcess(tmp_path, "b")
@@ -160,20 +141,11 @@ def test_restored_witness_adopts_from_the_log_and_a_peer_and_refuses_the_fork(
         f"log {log_vkey}\nwitness a {a.signer.vkey()} {a.url}\n"
         f"witness b {b.signer.vkey()} {b.url}\ngroup both 2 a b\nquorum both\n"
     )
-    (tmp_path / "policy").write_text(policy_text)
-    policy = Policy.parse(policy_text)
     with ExitStack() as stack:
         stack.callback(a.stop)
         stack.callback(b.stop)
-        srv = start_server(
-            data,
-            None,
-            "--witnesses",
-            str(tmp_path / "policy"),
-            "--witness-interval",
-            "0.1",
-            "--witness-max-backoff",
-            "1",
+        srv, policy = start_witnessed_server(
+            tmp_path, data, policy_text, "0.1", "--witness-max-backoff", "1"
         )
         stack.callback(srv.stop)
         a.configure(log_vkey, LOG_ORIGIN, srv.url, b.peer_entry())
