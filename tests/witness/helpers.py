@@ -238,6 +238,25 @@ def write_config(d: Path, log: FakeLog, url: str | None = None) -> Path:
     return cfg
 
 
+def write_check_config(d: Path, logs: list[tuple[FakeLog, str | None]]) -> Path:
+    """A witness config in ``d`` under the key of WITNESS_NAME and WITNESS_SEED (http_timeout
+    5 s), witnessing each of ``logs`` (with its URL, or none)."""
+    signer = CosignatureSigner(WITNESS_NAME, WITNESS_SEED)
+    (d / "witness.key").write_text(signer.skey() + "\n")
+    (d / "witness.key").chmod(0o600)
+    cfg = d / "witness.toml"
+    cfg.write_text(
+        f'name = "{WITNESS_NAME}"\nkey_file = "witness.key"\nstate_db = "state.db"\n'
+        f'listen = "127.0.0.1:0"\nhttp_timeout = 5\n'
+        + "".join(
+            f'[[log]]\norigin = "{log.origin}"\nvkey = "{log.signer.vkey()}"\n'
+            + (f'url = "{url}"\n' if url else "")
+            for log, url in logs
+        )
+    )
+    return cfg
+
+
 def serve_process(cfg: Path, *options: str) -> subprocess.Popen[str]:
     """``tlog-witness [options] serve --config cfg`` as a real process, in the config's
     directory, its standard error piped (read it with :func:`served_url`)."""

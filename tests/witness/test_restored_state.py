@@ -38,6 +38,7 @@ from tests.witness.helpers import (
     make_witness,
     serving,
     witness_serving,
+    write_check_config,
 )
 
 LOG = FakeLog(events(20))
@@ -383,7 +384,7 @@ def test_check_adopts_from_the_log_and_says_so(
     with serving(FakeLogServer(LOG)) as srv:
         srv.log.size = 9
         srv.served_note = cosigned(LOG, 9, OURS)
-        assert main(["check", "--config", str(_check_config(tmp_path, srv.url))]) == 0
+        assert main(["check", "--config", str(write_check_config(tmp_path, [(LOG, srv.url)]))]) == 0
     out = capsys.readouterr().out
     assert (
         f"STATE ROLLED BACK: log {LOG.origin}: the state held tree size 5; adopted tree size 9"
@@ -417,18 +418,6 @@ def test_serve_does_not_wait_past_the_bound_for_a_first_round_that_does_not_end(
     assert "start-up check: the logs and peers did not all answer within 0.15 s" in caplog.text
 
 
-def _check_config(tmp_path: Path, log_url: str) -> Path:
-    (tmp_path / "witness.key").write_text(OURS.skey() + "\n")
-    (tmp_path / "witness.key").chmod(0o600)
-    cfg = tmp_path / "witness.toml"
-    cfg.write_text(
-        f'name = "{WITNESS_NAME}"\nkey_file = "witness.key"\nstate_db = "state.db"\n'
-        f'listen = "127.0.0.1:0"\nhttp_timeout = 5\n[[log]]\norigin = "{LOG.origin}"\n'
-        f'vkey = "{LOG.signer.vkey()}"\nurl = "{log_url}"\n'
-    )
-    return cfg
-
-
 def test_check_finds_our_cosignature_on_an_older_checkpoint_of_another_history(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -440,7 +429,7 @@ def test_check_finds_our_cosignature_on_an_older_checkpoint_of_another_history(
     with serving(FakeLogServer(LOG)) as srv:
         srv.log.size = 9
         srv.served_note = cosigned(EARLY_FORK, 4, OURS)
-        assert main(["check", "--config", str(_check_config(tmp_path, srv.url))]) == 1
+        assert main(["check", "--config", str(write_check_config(tmp_path, [(LOG, srv.url)]))]) == 1
         assert "/v1/proof/consistency?old_size=4&tree_size=9" in srv.requests
     out = capsys.readouterr().out
     assert "SPLIT-VIEW EVIDENCE: 1 record(s)" in out

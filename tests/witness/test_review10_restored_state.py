@@ -37,6 +37,7 @@ from tests.witness.helpers import (
     make_witness,
     serving,
     witness_serving,
+    write_check_config,
 )
 
 LOG = FakeLog(events(20))
@@ -109,19 +110,6 @@ def test_first_round_never_cosigns_a_fork_a_reachable_peer_would_have_refuted(
 # --- 2. check reports a damaged row instead of stopping at it ------------------------------
 
 
-def _two_log_config(tmp_path: Path, log_url: str) -> Path:
-    (tmp_path / "witness.key").write_text(OURS.skey() + "\n")
-    (tmp_path / "witness.key").chmod(0o600)
-    cfg = tmp_path / "witness.toml"
-    cfg.write_text(
-        f'name = "{WITNESS_NAME}"\nkey_file = "witness.key"\nstate_db = "state.db"\n'
-        f'listen = "127.0.0.1:0"\nhttp_timeout = 5\n'
-        f'[[log]]\norigin = "{LOG.origin}"\nvkey = "{LOG.signer.vkey()}"\nurl = "{log_url}"\n'
-        f'[[log]]\norigin = "{OTHER.origin}"\nvkey = "{OTHER.signer.vkey()}"\n'
-    )
-    return cfg
-
-
 def test_check_reports_a_damaged_row_and_the_evidence_of_another_log(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -141,7 +129,13 @@ def test_check_reports_a_damaged_row_and_the_evidence_of_another_log(
         srv.log.size = 9
         note = LOG.checkpoint(9)
         srv.served_note = note + OURS.cosign(LOG.checkpoint_text(9), 1_700_000_000).line()
-        rc = main(["check", "--config", str(_two_log_config(tmp_path, srv.url))])
+        rc = main(
+            [
+                "check",
+                "--config",
+                str(write_check_config(tmp_path, [(LOG, srv.url), (OTHER, None)])),
+            ]
+        )
     out = capsys.readouterr().out
     assert "SPLIT-VIEW EVIDENCE: 1 record(s)" in out
     assert f"STATE PROBLEM: {LOG.origin}: stored size/root disagree with the note" in out
