@@ -160,6 +160,19 @@ def test_adopts_its_later_cosignature_from_the_log_and_refuses_the_fork(
     assert add_status(w, LOG.body(9, 12)) == 200
 
 
+def _poll_fork_once(w: Witness, fork: FakeLog) -> int:
+    """One poll of a log (LOG's origin) serving ``fork`` at size 9, with our cosignature."""
+    with serving(FakeLogServer(fork)) as srv:
+        srv.log.size = 9
+        srv.served_note = cosigned(fork, 9, OURS)
+        w.logs = {LOG.origin: LOG.witnessed_log(srv.url)}
+        mon = Monitor(w)
+        try:
+            return mon.poll_log(w.logs[LOG.origin])
+        finally:
+            mon.close()
+
+
 def test_the_log_proving_the_restored_state_inconsistent_is_evidence(
     tmp_path: Path,
 ) -> None:
@@ -167,15 +180,7 @@ def test_the_log_proving_the_restored_state_inconsistent_is_evidence(
     proof 5 -> 9 fails: two histories carry our key. Evidence; the log is frozen."""
     w = make_witness(tmp_path / "w.db", [LOG.witnessed_log()])
     assert add_status(w, LOG.body(0, 5)) == 200
-    with serving(FakeLogServer(EARLY_FORK)) as srv:
-        srv.log.size = 9
-        srv.served_note = cosigned(EARLY_FORK, 9, OURS)
-        w.logs = {LOG.origin: LOG.witnessed_log(srv.url)}
-        mon = Monitor(w)
-        try:
-            assert mon.poll_log(w.logs[LOG.origin]) == 1
-        finally:
-            mon.close()
+    assert _poll_fork_once(w, EARLY_FORK) == 1
     (ev,) = w.evidence()
     assert "own cosignatures are on two inconsistent checkpoints" in ev.reason
     assert _size(w) == 5 and w.rolled_back == {}
@@ -354,15 +359,7 @@ class _NoStore:
 def test_the_log_serving_our_cosignature_on_another_root_is_evidence(tmp_path: Path) -> None:
     w = make_witness(tmp_path / "w.db", [LOG.witnessed_log()])
     assert add_status(w, LOG.body(0, 9)) == 200
-    with serving(FakeLogServer(FORK)) as srv:
-        srv.log.size = 9
-        srv.served_note = cosigned(FORK, 9, OURS)
-        w.logs = {LOG.origin: LOG.witnessed_log(srv.url)}
-        mon = Monitor(w)
-        try:
-            assert mon.poll_log(w.logs[LOG.origin]) == 1
-        finally:
-            mon.close()
+    assert _poll_fork_once(w, FORK) == 1
     (ev,) = w.evidence()
     assert ev.peer.startswith("log http://127.0.0.1:")
     assert "own cosignature is on two different roots" in ev.reason
