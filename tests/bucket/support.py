@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import shutil
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,7 +16,8 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
-from client.formats.note import Ed25519Signer
+from client.formats.checkpoint import Checkpoint
+from client.formats.note import Ed25519Signer, parse_note
 from tlog.bucket import BucketPublisher, ObjectStore, S3Store
 from tlog.log import Log
 from tlog.server import build_app
@@ -112,3 +114,29 @@ def wait_published(node: Node, timeout: float = 30.0) -> None:
         timeout,
         lambda: f"publishing {node.publisher.status()}",
     )
+
+
+def bucket_checkpoint(node: Node) -> Checkpoint:
+    """The checkpoint in ``node``'s bucket (there must be one)."""
+    got = node.store.get("checkpoint", ANY_SIZE)
+    assert got is not None
+    return Checkpoint.parse(parse_note(got[0].decode()).text)
+
+
+@contextlib.contextmanager
+def split_brain(tmp_path: Path, s3: SeaweedS3) -> Iterator[tuple[Node, Node]]:
+    """Two frontends on one bucket, each on a store of its own, one signing key: ``a``
+    (``tmp_path/a``) published size 50, was copied to ``b`` (a standby promoted: its idle
+    re-read of the bucket far off), then went on to 80 and published that. Yields (a, b)."""
+    bucket = s3.bucket()
+    signer = make_signer()
+    with open_node(tmp_path / "a", s3, bucket, signer=signer) as a:
+        assert a.add_batch(entries(50)).status_code == 200
+        a.publisher.publish_once()
+    shutil.copytree(tmp_path / "a", tmp_path / "b", ignore=shutil.ignore_patterns("tlog.lock"))
+    with open_node(tmp_path / "b", s3, bucket, signer=signer) as b:
+        b.publisher.check_interval = 3600.0
+        with open_node(tmp_path / "a", s3, bucket, signer=signer) as a:
+            assert a.add_batch(entries(30, "primary")).status_code == 200
+            a.publisher.publish_once()
+            yield a, b

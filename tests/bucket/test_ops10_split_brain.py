@@ -15,14 +15,11 @@ tests."""
 from __future__ import annotations
 
 import logging
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from client.formats.checkpoint import Checkpoint
-from client.formats.note import parse_note
 from tlog.bucket import (
     PROBE_PREFIX,
     BucketConflict,
@@ -32,13 +29,15 @@ from tlog.bucket import (
 )
 
 from ..s3support import SeaweedS3
-from .support import ANY_SIZE, Node, entries, make_signer, open_node, wait_published
-
-
-def _checkpoint(node: Node) -> Checkpoint:
-    got = node.store.get("checkpoint", ANY_SIZE)
-    assert got is not None
-    return Checkpoint.parse(parse_note(got[0].decode()).text)
+from .support import (
+    Node,
+    bucket_checkpoint,
+    entries,
+    make_signer,
+    open_node,
+    split_brain,
+    wait_published,
+)
 
 
 def _metric(node: Node, name: str) -> float:
@@ -115,7 +114,7 @@ def test_a_store_ignoring_the_conditions_is_named_at_start_and_publishing_goes_o
         assert _metric(node, "tlog_bucket_conditional_writes") == 0
         assert node.add_batch(entries(20)).status_code == 200
         wait_published(node)  # today's behaviour: it publishes
-        assert _checkpoint(node).size == 20
+        assert bucket_checkpoint(node).size == 20
         assert not [k for k in node.store.keys() if k.startswith(PROBE_PREFIX)]
 
 
@@ -137,39 +136,29 @@ def test_the_smaller_loser_of_a_split_brain_stops_loudly(
     the ETag of the 50 it read: 412. The bucket's 80 is beyond its own database, so it is not
     another frontend of its database: it stops (on main it took the 80 for one and went
     on publishing, caught only by a later comparison)."""
-    bucket = seaweedfs.bucket()
-    signer = make_signer()
-    with open_node(tmp_path / "a", seaweedfs, bucket, signer=signer) as a:
-        assert a.add_batch(entries(50)).status_code == 200
+    with split_brain(tmp_path, seaweedfs) as (a, b):
+        good = bucket_checkpoint(a)
+        assert good.size == 80
+        assert b.add_batch(entries(10, "standby")).status_code == 200
+        with (
+            caplog.at_level(logging.CRITICAL, logger="tlog.bucket"),
+            pytest.raises(BucketConflict, match="lost the bucket's checkpoint"),
+        ):
+            b.publisher.publish_once()
+        assert any(
+            r.levelno == logging.CRITICAL and "BUCKET CONFLICT" in r.getMessage()
+            for r in caplog.records
+        ), caplog.text
+        assert b.publisher.stopped is not None and b.log.halted is not None
+        assert _metric(b, "tlog_bucket_conflict") == 1
+        assert b.add_batch([b"would fork further"]).status_code == 503
+        with pytest.raises(BucketConflict):
+            b.publisher.publish_once()  # stays stopped
+        # the bucket's checkpoint is the primary's, never overwritten; it goes on
+        assert bucket_checkpoint(a) == good
+        assert a.add_batch(entries(5, "after")).status_code == 200
         a.publisher.publish_once()
-    shutil.copytree(tmp_path / "a", tmp_path / "b", ignore=shutil.ignore_patterns("tlog.lock"))
-    with open_node(tmp_path / "b", seaweedfs, bucket, signer=signer) as b:
-        b.publisher.check_interval = 3600.0  # its idle re-read has not come yet
-        with open_node(tmp_path / "a", seaweedfs, bucket, signer=signer) as a:
-            assert a.add_batch(entries(30, "primary")).status_code == 200
-            a.publisher.publish_once()
-            good = _checkpoint(a)
-            assert good.size == 80
-            assert b.add_batch(entries(10, "standby")).status_code == 200
-            with (
-                caplog.at_level(logging.CRITICAL, logger="tlog.bucket"),
-                pytest.raises(BucketConflict, match="lost the bucket's checkpoint"),
-            ):
-                b.publisher.publish_once()
-            assert any(
-                r.levelno == logging.CRITICAL and "BUCKET CONFLICT" in r.getMessage()
-                for r in caplog.records
-            ), caplog.text
-            assert b.publisher.stopped is not None and b.log.halted is not None
-            assert _metric(b, "tlog_bucket_conflict") == 1
-            assert b.add_batch([b"would fork further"]).status_code == 503
-            with pytest.raises(BucketConflict):
-                b.publisher.publish_once()  # stays stopped
-            # the bucket's checkpoint is the primary's, never overwritten; it goes on
-            assert _checkpoint(a) == good
-            assert a.add_batch(entries(5, "after")).status_code == 200
-            a.publisher.publish_once()
-            assert a.log.halted is None and _checkpoint(a).size == 85
+        assert a.log.halted is None and bucket_checkpoint(a).size == 85
 
 
 def test_two_first_writers_one_checkpoint(tmp_path: Path, seaweedfs: SeaweedS3) -> None:
@@ -183,9 +172,9 @@ def test_two_first_writers_one_checkpoint(tmp_path: Path, seaweedfs: SeaweedS3) 
         with open_node(tmp_path / "a", seaweedfs, bucket, signer=signer) as a:
             assert a.add_batch(entries(10, "a")).status_code == 200
             a.publisher.publish_once()
-            first = _checkpoint(a)
+            first = bucket_checkpoint(a)
             assert b.add_batch(entries(5, "b")).status_code == 200
             with pytest.raises(BucketConflict):
                 b.publisher.publish_once()
             assert b.log.halted is not None
-            assert _checkpoint(a) == first
+            assert bucket_checkpoint(a) == first

@@ -3,24 +3,15 @@ bucket restored to an older state under a running frontend."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 
-from client.formats.checkpoint import Checkpoint
-from client.formats.note import parse_note
 from client.formats.tiles import entry_bundles_for_size, tiles_for_size
 from tlog.bucket import BucketConflict, BucketError
 
 from ..s3support import SeaweedS3, audit_bucket
-from .support import ANY_SIZE, Node, entries, make_signer, open_node
-
-
-def bucket_checkpoint(node: Node) -> Checkpoint:
-    got = node.store.get("checkpoint", ANY_SIZE)
-    assert got is not None
-    return Checkpoint.parse(parse_note(got[0].decode()).text)
+from .support import ANY_SIZE, Node, bucket_checkpoint, entries, open_node, split_brain
 
 
 def publish(node: Node, rounds: int = 4) -> None:
@@ -46,31 +37,21 @@ def test_forked_standby_never_replaces_the_bucket_checkpoint(
     bucket's checkpoint (80, another root than its own tree at 80) and must stop, not
     replace the bucket's 80 by a 90 that forks from it (which also halted the good primary,
     whose database then looked behind)."""
-    bucket = seaweedfs.bucket()
-    signer = make_signer()
-    with open_node(tmp_path / "a", seaweedfs, bucket, signer=signer) as a:
-        assert a.add_batch(entries(50)).status_code == 200
-        a.publisher.publish_once()
-    shutil.copytree(tmp_path / "a", tmp_path / "b", ignore=shutil.ignore_patterns("tlog.lock"))
-    with open_node(tmp_path / "b", seaweedfs, bucket, signer=signer) as b:
-        b.publisher.check_interval = 3600.0  # its idle check has not come yet
-        with open_node(tmp_path / "a", seaweedfs, bucket, signer=signer) as a:
-            assert a.add_batch(entries(30, "primary")).status_code == 200
-            a.publisher.publish_once()
-            good = bucket_checkpoint(a)
-            assert good.size == 80
-            assert b.add_batch(entries(40, "standby")).status_code == 200
-            assert b.log.latest.size == 90
-            with pytest.raises(BucketConflict):
-                b.publisher.publish_once()
-            assert b.log.halted is not None
-            assert b.add_batch([b"would fork further"]).status_code == 503
-            # The bucket still holds the primary's history, and the primary goes on.
-            assert bucket_checkpoint(a) == good
-            assert a.add_batch(entries(5, "after")).status_code == 200
-            publish(a)
-            assert a.log.halted is None
-            assert bucket_checkpoint(a).size == 85
+    with split_brain(tmp_path, seaweedfs) as (a, b):
+        good = bucket_checkpoint(a)
+        assert good.size == 80
+        assert b.add_batch(entries(40, "standby")).status_code == 200
+        assert b.log.latest.size == 90
+        with pytest.raises(BucketConflict):
+            b.publisher.publish_once()
+        assert b.log.halted is not None
+        assert b.add_batch([b"would fork further"]).status_code == 503
+        # The bucket still holds the primary's history, and the primary goes on.
+        assert bucket_checkpoint(a) == good
+        assert a.add_batch(entries(5, "after")).status_code == 200
+        publish(a)
+        assert a.log.halted is None
+        assert bucket_checkpoint(a).size == 85
 
 
 def test_bucket_restored_to_an_older_state_is_published_again(
