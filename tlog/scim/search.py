@@ -186,27 +186,9 @@ class Searcher:
             tk = keys.tenant(tx, tenant)
             if tk is None:
                 return [], None
-            # Each filter is one index condition, or several of which one must hold: an
-            # actor is found by its pid (events stored since actors are pseudonymised) or
-            # by its id (the log's own events, and events stored before).
-            conds: list[list[bytes]] = []
-            for name, fld in FILTERS:
-                value = getattr(f, name)
-                if value is None:
-                    continue
-                if name == "ref":
-                    p = keys.pid(tx, tk, f.ref_rt, value)
-                    if p is None:
-                        return [], None
-                    conds.append([fld + tk.index_hash(fld, _ref_value(f.ref_rt, p))])
-                elif name == "actor":
-                    alts = [fld + tk.index_hash(fld, value.encode())]
-                    p = keys.pid(tx, tk, ACTOR_SUBJECT_RT, value)
-                    if p is not None:
-                        alts.append(fld + tk.index_hash(fld, _ref_value(ACTOR_SUBJECT_RT, p)))
-                    conds.append(alts)
-                else:
-                    conds.append([fld + tk.index_hash(fld, value.encode())])
+            conds = self._conditions(tx, tk, f)
+            if conds is None:
+                return [], None
             if conds:
                 prefixes = [store.index_prefix(tk.tn, c) for c in conds[0]]
             else:
@@ -272,6 +254,32 @@ class Searcher:
             return results, None
 
         return self.svc.read(run)
+
+    def _conditions(self, tx: Overlay, tk: TenantKeys, f: Filters) -> list[list[bytes]] | None:
+        """The index conditions of the filters ``f``: each filter one condition, or several
+        of which one must hold (an actor is found by its pid, for events stored since actors
+        are pseudonymised, or by its id, for the log's own events and events stored before).
+        None when nothing can match (a ``ref`` to a resource the tenant never named)."""
+        keys = self.svc.keys
+        conds: list[list[bytes]] = []
+        for name, fld in FILTERS:
+            value = getattr(f, name)
+            if value is None:
+                continue
+            if name == "ref":
+                p = keys.pid(tx, tk, f.ref_rt, value)
+                if p is None:
+                    return None
+                conds.append([fld + tk.index_hash(fld, _ref_value(f.ref_rt, p))])
+            elif name == "actor":
+                alts = [fld + tk.index_hash(fld, value.encode())]
+                p = keys.pid(tx, tk, ACTOR_SUBJECT_RT, value)
+                if p is not None:
+                    alts.append(fld + tk.index_hash(fld, _ref_value(ACTOR_SUBJECT_RT, p)))
+                conds.append(alts)
+            else:
+                conds.append([fld + tk.index_hash(fld, value.encode())])
+        return conds
 
     @staticmethod
     def _tails(
