@@ -37,6 +37,10 @@ LOG_SEED = bytes(range(32))
 WITNESS_SEED = bytes(range(32, 64))
 ORIGIN = "scim-log.example.com/audit"
 WITNESS_NAME = "witness.example.com/w1"
+# The cosigning key of the witness make_witness() builds by default, and of a peer of it
+OURS = CosignatureSigner(WITNESS_NAME, WITNESS_SEED)
+PEER_SEED = bytes(range(64, 96))
+PEER_NAME = "witness.example.com/w2"
 
 
 def events(n: int, prefix: str = "scim-event-") -> list[bytes]:
@@ -238,11 +242,16 @@ def write_config(d: Path, log: FakeLog, url: str | None = None) -> Path:
     return cfg
 
 
+def stored_size(w: Witness, origin: str = ORIGIN) -> int:
+    """The tree size ``w``'s state holds for ``origin`` (0: none)."""
+    stored = w.latest(origin)
+    return 0 if stored is None else stored.size
+
+
 def write_check_config(d: Path, logs: list[tuple[FakeLog, str | None]]) -> Path:
     """A witness config in ``d`` under the key of WITNESS_NAME and WITNESS_SEED (http_timeout
     5 s), witnessing each of ``logs`` (with its URL, or none)."""
-    signer = CosignatureSigner(WITNESS_NAME, WITNESS_SEED)
-    (d / "witness.key").write_text(signer.skey() + "\n")
+    (d / "witness.key").write_text(OURS.skey() + "\n")
     (d / "witness.key").chmod(0o600)
     cfg = d / "witness.toml"
     cfg.write_text(

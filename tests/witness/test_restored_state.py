@@ -28,8 +28,10 @@ from client.witness.core import Witness
 from client.witness.metrics import WitnessMetrics
 from client.witness.monitor import Monitor, Peer
 from tests.witness.helpers import (
+    OURS,
+    PEER_NAME,
+    PEER_SEED,
     WITNESS_NAME,
-    WITNESS_SEED,
     FakeClock,
     FakeLog,
     FakeLogServer,
@@ -37,6 +39,7 @@ from tests.witness.helpers import (
     events,
     make_witness,
     serving,
+    stored_size,
     witness_serving,
     write_check_config,
 )
@@ -44,9 +47,6 @@ from tests.witness.helpers import (
 LOG = FakeLog(events(20))
 FORK = FakeLog([*events(5), *events(15, "evil-")])  # agrees with LOG up to size 5 only
 EARLY_FORK = FakeLog([*events(2), *events(18, "early-")])  # disagrees from size 3 on
-OURS = CosignatureSigner(WITNESS_NAME, WITNESS_SEED)
-PEER_SEED = bytes(range(64, 96))
-PEER_NAME = "witness.example.com/w2"
 
 
 def cosigned(log: FakeLog, size: int, *signers: CosignatureSigner, ts: int = 1_700_000_000) -> str:
@@ -86,7 +86,7 @@ def restored(tmp_path: Path) -> Iterator[tuple[Witness, str]]:
     w.store.close()
     restore_state(tmp_path / "backup", db)
     w = make_witness(db, [LOG.witnessed_log()])
-    assert _size(w) == 5
+    assert stored_size(w) == 5
     try:
         yield w, later
     finally:
@@ -97,11 +97,6 @@ def _hash() -> str:
     from client.net.witness_client import origin_hash
 
     return origin_hash(LOG.origin)
-
-
-def _size(w: Witness) -> int:
-    stored = w.latest(LOG.origin)
-    return 0 if stored is None else stored.size
 
 
 def fork_push(old: int = 5, size: int = 7) -> bytes:
@@ -143,7 +138,7 @@ def test_adopts_its_later_cosignature_from_the_log_and_refuses_the_fork(
         finally:
             mon.close()
         assert "/v1/proof/consistency?old_size=5&tree_size=9" in srv.requests
-    assert _size(w) == 9
+    assert stored_size(w) == 9
     lines = rollback_lines(caplog)
     assert lines == [
         f"WITNESS STATE ROLLED BACK: log {LOG.origin}: the state held tree size 5 but this "
@@ -183,7 +178,7 @@ def test_the_log_proving_the_restored_state_inconsistent_is_evidence(
     assert _poll_fork_once(w, EARLY_FORK) == 1
     (ev,) = w.evidence()
     assert "own cosignatures are on two inconsistent checkpoints" in ev.reason
-    assert _size(w) == 5 and w.rolled_back == {}
+    assert stored_size(w) == 5 and w.rolled_back == {}
     assert add_status(w, LOG.body(5, 9)) == 422  # frozen, as for any fork evidence
     w.store.close()
 
@@ -217,7 +212,7 @@ def test_adopts_its_later_cosignature_from_a_gossip_peer(
     a.store.close()
     restore_state(tmp_path / "backup", db)
     a = make_witness(db, [LOG.witnessed_log()])
-    assert _size(a) == 5
+    assert stored_size(a) == 5
     with witness_serving(b) as sb:
         ma = Monitor(a, [Peer("b", b.verifier, sb.url)])
         try:
@@ -225,7 +220,7 @@ def test_adopts_its_later_cosignature_from_a_gossip_peer(
                 assert ma.gossip_once() == 0
         finally:
             ma.close()
-    assert _size(a) == 9
+    assert stored_size(a) == 9
     (line,) = rollback_lines(caplog)
     assert "held tree size 5" in line and "cosigned tree size 9" in line
     assert "no consistency proof" in line  # no log URL: adopted on our signature alone
@@ -244,7 +239,7 @@ def test_a_push_carrying_our_later_cosignature_is_adopted_first(
     body = AddCheckpointRequest(5, (), later).format()  # old 5, as the restored state says
     with caplog.at_level(logging.WARNING, logger="client.witness"):
         assert add_status(w, body) == 409  # the witness is at 9 now
-    assert _size(w) == 9 and len(rollback_lines(caplog)) == 1
+    assert stored_size(w) == 9 and len(rollback_lines(caplog)) == 1
     assert add_status(w, fork_push()) == 409
 
 
@@ -293,7 +288,7 @@ def test_a_forged_own_cosignature_is_ignored(
     with caplog.at_level(logging.WARNING, logger="client.witness"):
         assert w.observe_own(w.logs[LOG.origin], forged, "test") == ""
         add_status(w, AddCheckpointRequest(5, (), forged).format())
-    assert _size(w) in (5,)  # not adopted (the push itself is refused or 409)
+    assert stored_size(w) in (5,)  # not adopted (the push itself is refused or 409)
     assert rollback_lines(caplog) == [] and w.rolled_back == {} and w.evidence() == []
 
 
@@ -450,7 +445,7 @@ def test_a_pushed_older_cosignature_of_ours_costs_no_request_to_the_log(
         finally:
             mon.close()
         assert srv.requests == []
-    assert w.evidence() == [] and _size(w) == 9
+    assert w.evidence() == [] and stored_size(w) == 9
     w.store.close()
 
 
@@ -502,7 +497,7 @@ def test_a_state_without_the_log_adopts_our_cosignature_from_a_peer(
                 assert mon.gossip_once() == 0
         finally:
             mon.close()
-    assert _size(w) == 9
+    assert stored_size(w) == 9
     (line,) = rollback_lines(caplog)
     assert "the state held tree size 0 but this witness had cosigned tree size 9" in line
     assert add_status(w, FORK.body(0, 7)) == 409

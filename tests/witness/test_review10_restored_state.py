@@ -28,14 +28,17 @@ from client.witness.cli import main
 from client.witness.core import Witness, WitnessedLog
 from client.witness.monitor import Monitor, Peer
 from tests.witness.helpers import (
+    OURS,
+    PEER_NAME,
+    PEER_SEED,
     WITNESS_NAME,
-    WITNESS_SEED,
     FakeLog,
     FakeLogServer,
     add_status,
     events,
     make_witness,
     serving,
+    stored_size,
     witness_serving,
     write_check_config,
 )
@@ -43,14 +46,6 @@ from tests.witness.helpers import (
 LOG = FakeLog(events(20))
 FORK = FakeLog([*events(5), *events(15, "evil-")])  # agrees with LOG up to size 5 only
 OTHER = FakeLog(events(6), origin="other.example.com/log", seed=bytes(range(100, 132)))
-OURS = CosignatureSigner(WITNESS_NAME, WITNESS_SEED)
-PEER_SEED = bytes(range(64, 96))
-PEER_NAME = "witness.example.com/w2"
-
-
-def _size(w: Witness, origin: str = LOG.origin) -> int:
-    stored = w.latest(origin)
-    return 0 if stored is None else stored.size
 
 
 def _peer_holding_our_line(db: Path) -> Witness:
@@ -188,7 +183,7 @@ def test_our_cosignature_on_a_checkpoint_with_extension_lines_is_never_adopted(
     assert w.own_cosigned(w.logs[LOG.origin], note) is None
     assert w.observe_own(w.logs[LOG.origin], note, "test") == ""
     assert add_status(w, AddCheckpointRequest(5, (), note).format()) == 400
-    assert _size(w) == 5 and w.rolled_back == {} and w.evidence() == []
+    assert stored_size(w) == 5 and w.rolled_back == {} and w.evidence() == []
     w.store.close()
 
 
