@@ -47,6 +47,15 @@ def _remove(path: Path) -> None:
             p.unlink()
 
 
+def _held_at_start(path: Path) -> list[str]:
+    """The eids a new start of the outbox at ``path`` finds pending."""
+    again = Outbox(path)
+    try:
+        return [p.eid for p in again.pending()]
+    finally:
+        again.close()
+
+
 def _acknowledged_or_refused(ob: Outbox, path: Path, record: OutboxRecord) -> bool:
     """Add ``record``; True when it was acknowledged (False when refused)."""
     try:
@@ -71,11 +80,7 @@ def test_adds_after_the_file_was_removed_are_refused_not_lost(tmp_path: Path) ->
     assert [p.eid for p in ob.pending()] == ["eid-00001"]
     ob.mark_delivered([Receipt("eid-00001", 0, "AAAA", 1, "cp\n")]).result(10)
     ob.close()
-    again = Outbox(path)
-    try:
-        held = [p.eid for p in again.pending()]
-    finally:
-        again.close()
+    held = _held_at_start(path)
     # acknowledged => found by the next start
     assert not acked or "eid-00002" in held, (acked, held)
     assert not acked
@@ -99,11 +104,7 @@ def test_adds_after_the_file_was_replaced_are_refused_not_lost(tmp_path: Path) -
         asyncio.run(add_on_a_loop())
     acked = _acknowledged_or_refused(ob, path, rec(2))
     ob.close()
-    again = Outbox(path)
-    try:
-        held = [p.eid for p in again.pending()]
-    finally:
-        again.close()
+    held = _held_at_start(path)
     assert not acked or "eid-00002" in held, (acked, held)
     assert not acked
     assert held == ["eid-00009"]  # the other outbox is left as it was
