@@ -145,6 +145,32 @@ def server(tmp_path: Path, database: str | None) -> Iterator[Server]:
         yield s
 
 
+E2E = "c2sp-end-to-end.json"
+
+
+@pytest.fixture
+def e2e(vectors: Path) -> dict[str, str]:
+    """The shared C2SP end-to-end vectors (../shared/vectors)."""
+    doc: dict[str, str] = json.loads((vectors / E2E).read_text())
+    return doc
+
+
+@pytest.fixture
+def bundle(e2e: dict[str, str], tmp_path: Path) -> Path:
+    """The vectors' .tlog-proof of entry 5, as a file."""
+    p = tmp_path / "5.tlog-proof"
+    p.write_text(e2e["tlog_proof_index_5"])
+    return p
+
+
+@pytest.fixture
+def entry(tmp_path: Path) -> Path:
+    """The vectors' entry 5, as a file."""
+    p = tmp_path / "entry"
+    p.write_bytes(b"scim-event-5")
+    return p
+
+
 def resign(note: str, seed: bytes = OTHER_SEED, origin: str = ORIGIN) -> str:
     """The same checkpoint text signed by another key with the same name."""
     return sign_note(parse_note(note).text, [Ed25519Signer(origin, seed)])

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -21,28 +20,7 @@ from client.formats.cosignature import CosignatureSigner
 from client.tools.cli import main
 from tests.support import ROOT
 
-E2E = "c2sp-end-to-end.json"
 OTHER = CosignatureSigner("witness.example.com/w2", bytes(32)).vkey()
-
-
-@pytest.fixture
-def e2e(vectors: Path) -> dict[str, str]:
-    doc: dict[str, str] = json.loads((vectors / E2E).read_text())
-    return doc
-
-
-@pytest.fixture
-def bundle(e2e: dict[str, str], tmp_path: Path) -> Path:
-    p = tmp_path / "5.tlog-proof"
-    p.write_text(e2e["tlog_proof_index_5"])
-    return p
-
-
-@pytest.fixture
-def entry(tmp_path: Path) -> Path:
-    p = tmp_path / "entry"
-    p.write_bytes(b"scim-event-5")
-    return p
 
 
 def _sparse(path: Path, size: int = 1 << 40) -> Path:

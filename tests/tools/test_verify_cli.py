@@ -2,35 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
 from client.formats.note import Ed25519Signer, b64encode
 from client.tools.cli import main
-
-E2E = "c2sp-end-to-end.json"
-
-
-@pytest.fixture
-def e2e(vectors: Path) -> dict[str, str]:
-    doc: dict[str, str] = json.loads((vectors / E2E).read_text())
-    return doc
-
-
-@pytest.fixture
-def bundle(e2e: dict[str, str], tmp_path: Path) -> Path:
-    p = tmp_path / "5.tlog-proof"
-    p.write_text(e2e["tlog_proof_index_5"])
-    return p
-
-
-@pytest.fixture
-def entry(tmp_path: Path) -> Path:
-    p = tmp_path / "entry"
-    p.write_bytes(b"scim-event-5")
-    return p
 
 
 def test_vector_bundle_verifies(
