@@ -60,6 +60,7 @@ import itertools
 import logging
 import os
 import secrets
+import select
 import socket
 import struct
 import threading
@@ -286,6 +287,76 @@ def check_replication(conn: psycopg.Connection[Any], mode: str, where: str) -> N
             f"(pg_stat_replication: {[(n, s) for n, s in standbys] or 'no standby'}); "
             "commits would wait until one connects. " + _HA_HINT
         )
+
+
+# Session settings an operator may give tlog's role or database (ALTER ROLE ... SET) that
+# cut its commits or sessions short, and what each does to tlog (warn_timeouts).
+_TIMEOUT_EFFECTS = {
+    "statement_timeout": "a commit (or a tlog recover or migrate write) that runs longer, "
+    "waiting for a slow disk, a synchronous standby or another frontend's commit, is "
+    "cancelled and its submitters get 503 (nothing of it is written)",
+    "transaction_timeout": "a commit that runs longer is cancelled and its submitters get 503 "
+    "(nothing of it is written)",
+    "lock_timeout": "a commit that waits longer for another frontend's commit is cancelled and "
+    "answered 503 at once, instead of waiting up to --storage-timeout",
+    "idle_in_transaction_session_timeout": "a session whose transaction stays idle longer "
+    "(a frontend paused in the middle of a commit, a long read) is ended: its request gets "
+    "503",
+    "idle_session_timeout": "tlog's idle sessions (the writer's, the write and staging turns', "
+    "the pooled readers') are ended; each is replaced when next used, and a frontend holding "
+    "a turn loses it",
+}
+_TIMEOUTS = (
+    "SELECT name, setting, coalesce(unit, '') FROM pg_settings "
+    "WHERE name = ANY(%s) AND setting <> '0' ORDER BY name"
+)
+
+
+def warn_timeouts(conn: psycopg.Connection[Any], where: str) -> list[str]:
+    """Log a WARNING for each timeout set for tlog's sessions on ``where`` (the role's, the
+    database's or the server's: what a new session gets) that can cut a commit or a
+    session short (:data:`_TIMEOUT_EFFECTS`); returns the settings found. Every such cut is
+    a clear 503 with nothing written, never a loss, but the operator should know why."""
+    rows = conn.execute(_TIMEOUTS, (list(_TIMEOUT_EFFECTS),)).fetchall()
+    found = []
+    for name, setting, unit in rows:
+        value = f"{setting}{unit}"
+        found.append(f"{name} = {value}")
+        log.warning(
+            "the database %s sets %s = %s for tlog's sessions: %s. Unless that is wanted, "
+            "ALTER ROLE <tlog's role> SET %s = 0",
+            where,
+            name,
+            value,
+            _TIMEOUT_EFFECTS[name],
+            name,
+        )
+    return found
+
+
+def _dead_while_idle(conn: psycopg.Connection[Any]) -> bool:
+    """Whether an idle connection (no statement in flight) was ended by the server since
+    its last use (``idle_session_timeout``, ``pg_terminate_backend``, a restart): its
+    final error and the end of the stream wait in the socket. One poll, no round trip; a
+    connection with nothing to read is taken as alive (its first statement says if not)."""
+    if conn.closed or conn.broken:
+        return True
+    # libpq takes an error that arrives while idle for a notice, and sees the end of the
+    # stream only on its next read: read while there is something to read (a few times).
+    for _ in range(4):
+        try:
+            readable, _, _ = select.select([conn.fileno()], [], [], 0)
+        except (OSError, ValueError):
+            return True
+        if not readable:
+            return False
+        try:
+            conn.pgconn.consume_input()
+        except psycopg.Error:
+            return True  # the end of the stream: the server closed the session
+        if conn.pgconn.status != psycopg.pq.ConnStatus.OK:
+            return True
+    return False
 
 
 class PgReadView:
@@ -641,6 +712,7 @@ class PgStorage:
                 self._instance = _instance_of(conn)
                 if not readonly:
                     check_replication(conn, replication, self.location)
+                    warn_timeouts(conn, self.location)
                 if readonly:
                     self._check_schema(conn)
                 else:
@@ -875,8 +947,12 @@ class PgStorage:
 
     def _writer_conn(self) -> psycopg.Connection[Any]:
         conn = self._writer
-        if conn is not None and not conn.closed and not conn.broken:
+        if conn is not None and not _dead_while_idle(conn):
             return conn
+        if conn is not None:
+            # Ended while idle: nothing of the write to come was sent, so a new connection
+            # takes it, instead of a 503 after every idle period (red team 8).
+            log.info("the writer's database connection was ended while idle; reconnecting")
         self._drop_writer()
         try:
             conn = psycopg.connect(self._url, autocommit=False, **self._kwargs)

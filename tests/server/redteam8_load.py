@@ -31,7 +31,12 @@ KINDS = ("raw", "raw-batch", "scim", "scim-batch")
 
 def make_token(data: Path, database: str | None, *role: str) -> str:
     made = tlog_cli(
-        "token", "create", *role, "--data", str(data), *(["--database", database] if database else [])
+        "token",
+        "create",
+        *role,
+        "--data",
+        str(data),
+        *(["--database", database] if database else []),
     )
     assert made.returncode == 0, made.stderr
     return made.stdout.strip()

@@ -45,7 +45,9 @@ CREATE CONSTRAINT TRIGGER rt8_commit AFTER INSERT ON tlog_checkpoints
 """
 
 
-def _held_session(admin: psycopg.Connection[tuple[object, ...]], bound: float = 30.0) -> tuple[int, str]:
+def _held_session(
+    admin: psycopg.Connection[tuple[object, ...]], bound: float = 30.0
+) -> tuple[int, str]:
     """The tlog session sleeping in the hold trigger: (pid, its statement)."""
     deadline = time.monotonic() + bound
     while time.monotonic() < deadline:
