@@ -1,0 +1,122 @@
+"""Red team 8, attack 4: PostgreSQL's disk full. The log's tables live in a tablespace on a
+small tmpfs of their own (the test's own cluster); a filler file takes most of it. SCIM
+batches, single SCIM events and raw entries are committed by a real ``tlog serve`` until
+the tablespace is full, then the filler is removed.
+
+Expected: the commits that find no room get a clear 503 saying the disk is full, nothing
+acknowledged is lost, the server keeps serving reads, and writes resume by themselves once
+there is room again (no restart); every acknowledged submission is in the log once with a
+verified inclusion proof, one root per size, and ``tlog fsck`` is clean."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from harness.pg import PgCluster, memory_dir
+from tests.pgsupport import open_store, running_cluster
+from tests.support import start_server, tlog_cli
+
+from .redteam8_load import KINDS, Load, check_after, clear_503, make_token
+
+pytestmark = pytest.mark.slow
+
+
+@contextlib.contextmanager
+def small_tmpfs(where: Path, size: str) -> Iterator[Path]:
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("mounting a small tmpfs needs root")
+    where.mkdir()
+    p = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+        capture_output=True,
+        timeout=30,
+    )
+    if p.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {p.stderr.decode(errors='replace')}")
+    try:
+        yield where
+    finally:
+        # The cluster (stopped by then) may still be using it: lazy, then plain.
+        subprocess.run(["umount", str(where)], capture_output=True, timeout=30)
+        if os.path.ismount(where):
+            subprocess.run(["umount", "-l", str(where)], capture_output=True, timeout=30)
+
+
+def _tablespace(cluster: PgCluster, mnt: Path) -> str:
+    """A tablespace in ``mnt``; returns a URL of a fresh schema whose tables go there."""
+    ts = mnt / "ts"
+    ts.mkdir()
+    if cluster.user is not None:
+        shutil.chown(ts, cluster.user)
+    os.chmod(ts, 0o700)
+    cluster.sql(f"CREATE TABLESPACE rt8 LOCATION '{ts}'")
+    return cluster.new_schema() + "%20-cdefault_tablespace%3Drt8"
+
+
+def test_postgresql_tablespace_full_during_scim_batches(tmp_path: Path) -> None:
+    with (
+        running_cluster(tmp_root=memory_dir()) as cluster,
+        # In the cluster's directory, which its OS user can reach.
+        small_tmpfs(cluster.base / "mnt", "24m") as mnt,
+    ):
+        try:
+            _fill_and_free(tmp_path, cluster, mnt)
+        finally:
+            cluster.stop("fast")  # before the tmpfs is unmounted
+
+
+def _fill_and_free(tmp_path: Path, cluster: PgCluster, mnt: Path) -> None:
+    url = _tablespace(cluster, mnt)
+    data = tmp_path / "data"
+    srv = start_server(data, None, "--storage-timeout", "10", database=url, timeout=90)
+    load = Load(srv.url, "")
+    try:
+        token = make_token(data, url, "--role", "submitter", "--tenant", "acme")
+        vkey = httpx.get(srv.url + "/v1/log").json()["vkey"]
+        load = Load(srv.url, token)
+        # Leave a few MB: the tables fill them within a few hundred batches.
+        free = shutil.disk_usage(mnt).free
+        filler = mnt / "filler"
+        with filler.open("wb") as f:
+            f.write(b"\0" * (free - (3 << 20)))
+        load.start(("scim-batch", "scim", "raw"))
+        deadline = time.monotonic() + 90
+        while not any("disk" in a.text for a in load.failures()):
+            assert time.monotonic() < deadline, load.summary()
+            time.sleep(0.2)
+        # Full: every write is refused, with the reason; reads still answer.
+        time.sleep(1.0)
+        assert httpx.get(srv.url + "/checkpoint").status_code == 200
+        r = httpx.get(srv.url + "/v1/entries/0")
+        assert r.status_code == 200
+        filler.unlink()
+        load.wait_acked(50, bound=60)
+        load.stop()
+        after = {k: load.one(k).status for k in KINDS}
+        assert set(after.values()) == {200}, after
+        full = [a for a in load.failures() if "disk" in a.text]
+        assert full, load.summary()
+        assert all("out of disk space" in a.text for a in full), [a.text for a in full][:3]
+        st = open_store(url, tmp_path)
+        try:
+            with st.read() as rv:
+                entries = rv.entries(0, rv.tree_size())
+        finally:
+            st.close()
+        check_after(load, srv.url, vkey, entries, clear_503)
+    finally:
+        load.stop()
+        srv.stop()
+    out = (tmp_path / "data-server.log").read_text()
+    assert "Exception in ASGI application" not in out, out[-5000:]
+    fs = tlog_cli("fsck", "--data", str(data), "--database", url)
+    assert fs.returncode == 0, fs.stdout + fs.stderr
