@@ -1326,7 +1326,12 @@ class PgStorage:
         staging turn), waiting at most ``timeout`` seconds for a lock."""
         try:
             conn = psycopg.connect(self._url, autocommit=True, **self._kwargs)
-            conn.execute(f"SET lock_timeout = {max(1, int(timeout * 1000))}")
+            # The wait is bounded by lock_timeout alone: a statement_timeout the role or
+            # database sets (shorter) would end it as a failed statement, not as the turn's
+            # timeout (TurnTimeout: the SCIM writer then stages without the staging turn).
+            conn.execute(
+                f"SET lock_timeout = {max(1, int(timeout * 1000))}; SET statement_timeout = 0"
+            )
         except psycopg.Error as exc:
             raise pg_fault(exc) or StorageError(str(exc)) from exc
         return conn

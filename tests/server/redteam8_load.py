@@ -11,22 +11,25 @@ import itertools
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from client.formats.merkle import leaf_hash
 from client.formats.note import Ed25519Verifier
 from client.net.logclient import LogClient
 from client.scim import event_to_json, new_event
+from harness.pg import PgCluster
 from tests.support import assert_prefixes, checkpoints_by_size, tlog_cli
 
 from .conftest import ORIGIN
 
 KINDS = ("raw", "raw-batch", "scim", "scim-batch")
+_roles = itertools.count()
 
 
 def make_token(data: Path, database: str | None, *role: str) -> str:
@@ -234,3 +237,21 @@ def clear_503(a: Answer) -> bool:
     except (ValueError, KeyError, TypeError):
         return False
     return isinstance(err, str) and len(err) > 20
+
+
+@pytest.fixture
+def role_url(pg_cluster: PgCluster) -> Iterator[tuple[str, str]]:
+    """A login role of its own owning a fresh schema: (its URL, its name); the role's
+    settings are the test's to change (ALTER ROLE), dropped afterwards."""
+    name = f"rt8_{next(_roles)}_{int(time.time() * 1000) % 10**6}"
+    pg_cluster.sql(f"CREATE ROLE {name} LOGIN")
+    pg_cluster.sql(f"CREATE SCHEMA {name} AUTHORIZATION {name}")
+    url = f"postgresql://{name}@127.0.0.1:{pg_cluster.port}/postgres?options=-csearch_path%3D{name}"
+    try:
+        yield url, name
+    finally:
+        pg_cluster.sql(
+            f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{name}'"
+        )
+        pg_cluster.sql(f"DROP SCHEMA {name} CASCADE")
+        pg_cluster.sql(f"DROP ROLE {name}")

@@ -10,9 +10,7 @@ every acknowledged submission is in the log once with a verified inclusion proof
 
 from __future__ import annotations
 
-import itertools
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -23,11 +21,11 @@ from harness.pg import PgCluster
 from tests.pgsupport import open_store
 from tests.support import ServerProcess, start_server, tlog_cli
 
-from .redteam8_load import KINDS, Load, check_after, clear_503, make_token
+from .redteam8_load import KINDS, Load, check_after, clear_503, make_token, role_url
+
+__all__ = ["role_url"]  # a fixture
 
 pytestmark = pytest.mark.slow
-
-_roles = itertools.count()
 
 HOLD = """
 CREATE TABLE rt8_hold (what text PRIMARY KEY);
@@ -39,24 +37,6 @@ END $$;
 CREATE TRIGGER rt8_mid AFTER INSERT ON tlog_checkpoints
     FOR EACH STATEMENT EXECUTE FUNCTION rt8_hold_fn();
 """
-
-
-@pytest.fixture
-def role_url(pg_cluster: PgCluster) -> Iterator[tuple[str, str]]:
-    """A login role of its own owning a fresh schema: (its URL, its name); the role's
-    settings are the test's to change (ALTER ROLE), dropped afterwards."""
-    name = f"rt8_{next(_roles)}_{int(time.time() * 1000) % 10**6}"
-    pg_cluster.sql(f"CREATE ROLE {name} LOGIN")
-    pg_cluster.sql(f"CREATE SCHEMA {name} AUTHORIZATION {name}")
-    url = f"postgresql://{name}@127.0.0.1:{pg_cluster.port}/postgres?options=-csearch_path%3D{name}"
-    try:
-        yield url, name
-    finally:
-        pg_cluster.sql(
-            f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{name}'"
-        )
-        pg_cluster.sql(f"DROP SCHEMA {name} CASCADE")
-        pg_cluster.sql(f"DROP ROLE {name}")
 
 
 def _entries(url: str, tmp_path: Path) -> list[bytes]:
