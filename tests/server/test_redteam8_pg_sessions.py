@@ -75,3 +75,20 @@ def test_statement_timeout_on_the_role_leaves_a_turn_its_own_bound(
             st.hold_stage_turn()[0]()
     finally:
         st.close()
+
+
+def test_timeouts_of_the_role_are_warned_about_at_open(
+    role_url: tuple[str, str], pg_cluster: PgCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    url, role = role_url
+    pg_cluster.sql(f"ALTER ROLE {role} SET idle_in_transaction_session_timeout = '2s'")
+    pg_cluster.sql(f"ALTER ROLE {role} SET lock_timeout = 0")
+    with caplog.at_level("WARNING", logger="tlog.pg"):
+        PgStorage(url).close()
+    said = [r.getMessage() for r in caplog.records if r.name == "tlog.pg"]
+    assert len(said) == 1 and "sets idle_in_transaction_session_timeout = 2000ms" in said[0]
+    assert "ALTER ROLE" in said[0]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="tlog.pg"):
+        PgStorage(url, readonly=True).close()  # fsck, a read-only open: nothing to warn
+    assert not [r for r in caplog.records if r.name == "tlog.pg"]
