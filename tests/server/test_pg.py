@@ -41,11 +41,19 @@ def _terminate_writer(st: PgStorage, cluster: PgCluster) -> None:
 def test_lost_connection_before_commit_acknowledges_nothing(
     store: PgStorage, pg_cluster: PgCluster
 ) -> None:
-    """The writer's connection dies between batches: the next batch fails (nothing of it is
-    stored), the log stops signing until it has reloaded, then continues on a new one."""
+    """The writer's connection dies inside a batch, before its COMMIT: the batch fails
+    (nothing of it is stored), the log stops signing until it has reloaded, then continues
+    on a new one. (A connection found dead before a batch is replaced first, since red team
+    8: tests/server/test_redteam8_pg_sessions.py.)"""
     log_ = Log(store, make_signer())
     log_.integrate([b"a", b"b"])
-    _terminate_writer(store, pg_cluster)
+
+    def die(conn: psycopg.Connection[Any]) -> None:
+        store.before_leaves = None
+        with psycopg.connect(pg_cluster.url(), autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s, 5000)", (conn.info.backend_pid,))
+
+    store.before_leaves = die
     with pytest.raises(StorageError):
         log_.integrate([b"c"])
     assert log_._stale
