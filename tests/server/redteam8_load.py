@@ -7,8 +7,12 @@ tree size, no 5xx but a clear 503."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import itertools
 import json
+import os
+import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -255,3 +259,24 @@ def role_url(pg_cluster: PgCluster) -> Iterator[tuple[str, str]]:
         )
         pg_cluster.sql(f"DROP SCHEMA {name} CASCADE")
         pg_cluster.sql(f"DROP ROLE {name}")
+
+
+@contextlib.contextmanager
+def small_tmpfs(where: Path, size: str) -> Iterator[Path]:
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("mounting a small tmpfs needs root")
+    where.mkdir()
+    p = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+        capture_output=True,
+        timeout=30,
+    )
+    if p.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {p.stderr.decode(errors='replace')}")
+    try:
+        yield where
+    finally:
+        # The cluster (stopped by then) may still be using it: lazy, then plain.
+        subprocess.run(["umount", str(where)], capture_output=True, timeout=30)
+        if os.path.ismount(where):
+            subprocess.run(["umount", "-l", str(where)], capture_output=True, timeout=30)

@@ -20,8 +20,7 @@ import pytest
 from tests.pgsupport import open_store
 from tests.support import ServerProcess, start_server, tlog_cli
 
-from .redteam8_load import KINDS, Load, check_after, clear_503, make_token
-from .test_redteam8_pg_disk_full import small_tmpfs
+from .redteam8_load import KINDS, Load, check_after, clear_503, make_token, small_tmpfs
 
 pytestmark = [pytest.mark.slow, pytest.mark.lmdb_only("LMDB's own map and file")]
 

@@ -10,12 +10,9 @@ verified inclusion proof, one root per size, and ``tlog fsck`` is clean."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -25,30 +22,9 @@ from harness.pg import PgCluster, memory_dir
 from tests.pgsupport import open_store, running_cluster
 from tests.support import start_server, tlog_cli
 
-from .redteam8_load import KINDS, Load, check_after, clear_503, make_token
+from .redteam8_load import KINDS, Load, check_after, clear_503, make_token, small_tmpfs
 
 pytestmark = pytest.mark.slow
-
-
-@contextlib.contextmanager
-def small_tmpfs(where: Path, size: str) -> Iterator[Path]:
-    if os.geteuid() != 0 or not shutil.which("mount"):
-        pytest.skip("mounting a small tmpfs needs root")
-    where.mkdir()
-    p = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
-        capture_output=True,
-        timeout=30,
-    )
-    if p.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {p.stderr.decode(errors='replace')}")
-    try:
-        yield where
-    finally:
-        # The cluster (stopped by then) may still be using it: lazy, then plain.
-        subprocess.run(["umount", str(where)], capture_output=True, timeout=30)
-        if os.path.ismount(where):
-            subprocess.run(["umount", "-l", str(where)], capture_output=True, timeout=30)
 
 
 def _tablespace(cluster: PgCluster, mnt: Path) -> str:
