@@ -29,7 +29,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from bench.scim_proxy import thread_cpu, tlog_token, wrk
+from bench.scim_proxy import named_split, thread_cpu, thread_names, tlog_token, wrk
 from bench.tlogserve import start_serve
 from harness.net import free_port, stop_processes, wait_http
 from harness.tlog import ROOT, log_vkey, tlog_env
@@ -191,6 +191,7 @@ def main() -> None:
         before = thread_cpu(proxy_p.pid)
         res = wrk(base, ids, args.duration, args.connections)
         after = thread_cpu(proxy_p.pid)
+        names = thread_names(proxy_p.pid)
     finally:
         stop_processes(procs, 15)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -213,6 +214,8 @@ def main() -> None:
         f"  proxy CPU ms per write: {mu + ms + ou + os_:.3f} (event loop {mu:.3f} user + "
         f"{ms:.3f} sys; other threads {ou:.3f} user + {os_:.3f} sys)"
     )
+    if names:
+        print("  other threads by name, user + sys: " + named_split(before, after, names, n))
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -118,6 +119,45 @@ def thread_cpu(pid: int) -> dict[int, tuple[float, float]]:
             continue
         out[int(tid)] = (int(f[11]) / tick, int(f[12]) / tick)
     return out
+
+
+def thread_names(pid: int) -> dict[int, str]:
+    """Thread id -> Python thread name of ``pid`` (``py-spy dump``, if installed; else
+    empty): the proxy's threads are the event loop (MainThread), ``outbox-writer``,
+    ``scim-relay`` and asyncio's workers."""
+    spy = Path(sys.executable).with_name("py-spy")
+    try:
+        out = subprocess.run(
+            [str(spy), "dump", "-p", str(pid)], capture_output=True, text=True, timeout=30
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    names = {}
+    for m in re.finditer(r'^Thread (\d+) \([a-z]+\): "([^"]*)"', out, re.M):
+        names[int(m.group(1))] = m.group(2)
+    return names
+
+
+def named_split(
+    before: dict[int, tuple[float, float]],
+    after: dict[int, tuple[float, float]],
+    names: dict[int, str],
+    n: float,
+) -> str:
+    """The proxy's CPU ms per write (user + sys) of each thread other than the event loop,
+    by name (threads no longer running, or unnamed, summed as "other")."""
+    by: dict[str, list[float]] = {}
+    for tid, (u, s) in after.items():
+        u0, s0 = before.get(tid, (0.0, 0.0))
+        acc = by.setdefault(names.get(tid, "other"), [0.0, 0.0])
+        acc[0] += u - u0
+        acc[1] += s - s0
+    by.pop("MainThread", None)
+    return ", ".join(
+        f"{k} {1000 * u / n:.3f} + {1000 * s / n:.3f}"
+        for k, (u, s) in sorted(by.items(), key=lambda kv: -sum(kv[1]))
+        if u + s > 0
+    )
 
 
 def cpu_during(
@@ -415,6 +455,7 @@ def main() -> None:
             lambda: wrk(proxy_base, proxy_ids, d, cn),
         )
         threads_after = thread_cpu(proxy_p.pid)
+        names = thread_names(proxy_p.pid)
         if spy is not None:
             spy.wait(60)
         t0 = time.monotonic()
@@ -468,6 +509,11 @@ def main() -> None:
         + ", ".join(f"{k} {1000 * v / n:.3f}" for k, v in split.items())
         + f" (load {os.getloadavg()[0]:.1f})"
     )
+    if names:
+        print(
+            "  other threads by name, ms per write user + sys: "
+            + named_split(threads_before, threads_after, names, n)
+        )
     ratio = proxied["rps"] / direct["rps"] if direct["rps"] else 0.0
     p99 = proxied.get("p99_ms", 0) / direct["p99_ms"] if direct.get("p99_ms") else 0.0
     print(f"proxy / direct: throughput {ratio:.0%} (target >= 80%), p99 {p99:.2f}x (target <= 2x)")
