@@ -133,7 +133,7 @@ def thread_names(pid: int) -> dict[int, str]:
     except (OSError, subprocess.SubprocessError):
         return {}
     names = {}
-    for m in re.finditer(r'^Thread (\d+) \([a-z]+\): "([^"]*)"', out, re.M):
+    for m in re.finditer(r'^Thread (\d+) \([^)]*\): "([^"]*)"', out, re.M):
         names[int(m.group(1))] = m.group(2)
     return names
 
