@@ -9,7 +9,7 @@ data: a query is present only as a keyed digest under the tenant's index key.
 
 from __future__ import annotations
 
-import hashlib
+import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -87,10 +87,11 @@ class AccessLog:
     ) -> tuple[Submitted, Published]:
         """Append an access event: who read how many bodies with which query (keyed digest).
 
-        No personal data: the query itself is only present as HMAC(tenant index key, query),
-        which the operator can check against a suspected query and nobody else can.
+        No personal data: the query itself is only present as a digest only the log can
+        recompute (:meth:`_tenant_digest` of :func:`query_text`): the operator can check it
+        against a suspected query, and nobody else can.
         """
-        qtext = "&".join(f"{k}={v}" for k, v in sorted(query)).encode()
+        qtext = query_text(query)
         dig = await self.svc.read_off_loop(
             lambda tx: self._tenant_digest(tx, tenant, qtext), "a tenant key read"
         )
@@ -115,6 +116,13 @@ class AccessLog:
     def _tenant_digest(self, tx: Overlay, tenant: str, data: bytes) -> bytes:
         keys = self.svc.keys
         tk = keys.tenant(tx, tenant)
-        if tk is None:  # a tenant with no events yet: still a keyed, non-reversible digest
-            return hashlib.sha256(keys.tenant_ref(tenant) + data).digest()
+        if tk is None:  # a tenant with no events yet: still one only the log can recompute
+            return keys.unkeyed_tenant_digest(tenant, data)
         return tk.keyed_digest(data)
+
+
+def query_text(query: Sequence[tuple[str, str]]) -> bytes:
+    """The text an access event's query digest is over: the query's parameters sorted and
+    percent-encoded as a query string (``application/x-www-form-urlencoded``), so that no
+    two different queries give the same text (a value holding ``&`` or ``=`` is escaped)."""
+    return urllib.parse.urlencode(sorted(query)).encode()

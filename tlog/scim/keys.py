@@ -923,6 +923,15 @@ class KeyRing:
     def __repr__(self) -> str:
         return "KeyRing()"
 
+    def unkeyed_tenant_digest(self, tenant: str, data: bytes) -> bytes:
+        """A 32-byte digest of ``data`` for a tenant that has no keys yet (an access event's
+        query digest before the tenant's first event): keyed by the log's tenant-reference
+        key, so only the log can recompute it (the tenant's ``tn`` alone is public)."""
+        # Its own key from the tenant-reference key: 0xff never occurs in UTF-8, so no
+        # tenant id's tn (HMAC of its UTF-8 under that key) is ever this key.
+        key = hmac.new(self._tn_key, b"\xffaccess-digest", hashlib.sha256).digest()
+        return hmac.new(key, self.tenant_ref(tenant) + data, hashlib.sha256).digest()
+
     def tenant_ref(self, tenant: str) -> bytes:
         tn = self._refs.get(tenant) if type(tenant) is str else None
         if tn is None:
