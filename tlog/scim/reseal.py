@@ -46,7 +46,7 @@ from client.scim.leaf import pid as make_pid
 from tlog.backend import StorageError
 from tlog.scim import store
 from tlog.scim.keys import RandomPool, SubjectId, TenantKeys, seal_actor, seal_envelope
-from tlog.scim.search import FILTERS
+from tlog.scim.search import FILTERS, actor_condition
 from tlog.scim.store import Envelope, Overlay, decode_envelope
 
 if TYPE_CHECKING:
@@ -113,7 +113,7 @@ def _reseal_one(
         "s": True,
     }
     iv, ct = seal_envelope(AESGCM(dek), lh, dumps_det(new_body), rand)
-    new_cond = _ACTOR_FIELD + tk.index_hash(_ACTOR_FIELD, ACTOR_SUBJECT_RT.encode() + b"\x00" + pid)
+    new_cond = actor_condition(tk, pid)
     old_cond = _old_cond(tk, actor)
     tail = store.ts_tail(env.ts, lh)
     ix = [c for c in env.ix if c != old_cond and c != new_cond]

@@ -112,6 +112,13 @@ def _ref_value(rt: str, pid: bytes) -> bytes:
     return rt.encode() + b"\x00" + pid
 
 
+def actor_condition(tk: TenantKeys, pid: bytes) -> bytes:
+    """The index condition an event by the pseudonymous actor ``pid`` is recorded and found
+    under (``actor=``): what :func:`index_values` gives its ``{kind, pid, sd}`` actor."""
+    fld = _FIELD["actor"]
+    return fld + tk.index_hash(fld, _ref_value(ACTOR_SUBJECT_RT, pid))
+
+
 def index_values(ev: Mapping[str, Any]) -> list[tuple[bytes, bytes]]:
     """(field, value) pairs that the search index records for ``ev``."""
     out: list[tuple[bytes, bytes]] = []
@@ -275,7 +282,7 @@ class Searcher:
                 alts = [fld + tk.index_hash(fld, value.encode())]
                 p = keys.pid(tx, tk, ACTOR_SUBJECT_RT, value)
                 if p is not None:
-                    alts.append(fld + tk.index_hash(fld, _ref_value(ACTOR_SUBJECT_RT, p)))
+                    alts.append(actor_condition(tk, p))
                 conds.append(alts)
             else:
                 conds.append([fld + tk.index_hash(fld, value.encode())])
