@@ -54,13 +54,16 @@ as their SHA-256 thumbprint.
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from typing import Any
 
-from client.adapters.body import BodyTooLarge, read_request_body
+from client.adapters.body import BodyTooLarge, decode_body, read_request_body
 from client.adapters.exchange import (
     REQUEST_ID,
     SCIM_ERROR_URN,
@@ -76,13 +79,23 @@ from client.adapters.exchange import (
     log_access,
     now_ms,
     relative,
+    route,
+    validated_event,
 )
-from client.adapters.outbox import Outbox, OutboxError, OutboxRecord, Receipt
+from client.adapters.exchange import _credential_actor as credential_actor
+from client.adapters.exchange import _get_ci as get_ci
+from client.adapters.exchange import _ident as ident
+from client.adapters.exchange import _ip_text as ip_text
+from client.adapters.exchange import _path_text as path_text
+from client.adapters.exchange import _rid as rid_text
+from client.adapters.exchange import _text as short_text
+from client.adapters.outbox import IntentJournal, Outbox, OutboxError, OutboxRecord, Receipt
 from client.adapters.pseudonyms import PidCollector, substitute_pids
 from client.adapters.receipts import RECEIPT_HEADERS, receipt_headers, wait_receipts
 from client.adapters.relay import DeliveryError, Relay
+from client.scim.actions import op_for_method
 from client.scim.cbor import EventFormatError
-from client.scim.event import uuid4_text
+from client.scim.event import uuid4_text, uuid7_text
 
 # AuditConfig, the hooks, event_json and RECEIPT_HEADERS are re-exported: this module is
 # the adapter's entry point.
@@ -139,7 +152,8 @@ class AuditMiddleware:
         self._outbox_ok = True
         self._direct_ok = False  # the last direct delivery (outbox broken) worked
         self._failed_size = 0  # bytes of the last add the outbox refused
-        self.stats = {"events": 0, "access": 0, "unrecorded": 0, "refused": 0}
+        self.stats = {"events": 0, "access": 0, "unrecorded": 0, "refused": 0, "recovered": 0}
+        self._journal: IntentJournal | None = None  # write-ahead intents (start())
 
     def backlog(self) -> dict[str, Any]:
         """The audit backlog, for monitoring (``tlog scim-proxy`` serves it at
@@ -162,8 +176,55 @@ class AuditMiddleware:
     def start(self) -> None:
         if not self._started:
             self._started = True
+            self.recover_intents()
             if self.relay is not None:
                 self.relay.start()
+
+    def recover_intents(self) -> int:
+        """Start-up: the write-ahead intents that adapters now gone (a kill, a crash, this
+        one's previous run) left without a recorded answer become events whose outcome says
+        the SP's answer is not known (:func:`unknown_outcome_records`), queued in the outbox
+        before the relay starts; then this adapter's own journal is opened. Only journals
+        whose lock is free are read: never the intents a live adapter sharing the outbox
+        has in flight. Returns how many events were recovered."""
+        n = 0
+        try:
+            orphans = self.outbox.orphaned_intents()
+        except OutboxError as exc:
+            _log.error("cannot read the write-ahead intents left by a previous run: %s", exc)
+            orphans = []
+        for orphan in orphans:
+            try:
+                records: list[OutboxRecord] = []
+                for doc in orphan.intents:
+                    req = doc.get("req")
+                    t = doc.get("t")
+                    if not isinstance(req, str) or type(t) is not int:
+                        continue
+                    if self.outbox.answered(req, t):
+                        continue  # killed between the outbox commit and the journal's "done"
+                    records.extend(unknown_outcome_records(self.config, doc))
+                if records:
+                    self.outbox.put(records)
+            except Exception:
+                _log.exception("could not recover the write-ahead intents of %s", orphan.path)
+                orphan.release()  # left for the next start-up
+                continue
+            orphan.settle()
+            if records:
+                _log.warning(
+                    "recovered %d write(s) that a previous run forwarded without recording "
+                    "the answer: recorded with outcome 'warning' (whether the service "
+                    "provider applied them is unknown)",
+                    len(records),
+                )
+            n += len(records)
+        self.stats["recovered"] += n
+        try:
+            self._journal = self.outbox.intents()
+        except OutboxError as exc:
+            _log.error("write-ahead intents are off: %s", exc)
+        return n
 
     def close(self) -> None:
         """Stop the relay (after draining) and close the outbox, if owned."""
@@ -252,6 +313,25 @@ class AuditMiddleware:
             )
             return
 
+        iid: str | None = None
+        if self._journal is not None:
+            try:
+                iid = self._begin_intent(x)
+            except OSError as exc:
+                _log.error("write-ahead intent of request %s not written: %s", req_id, exc)
+                if not cfg.fail_open:  # nothing forwarded: the client may retry
+                    self.stats["refused"] += 1
+                    await _send_error(
+                        send,
+                        503,
+                        "audit intent journal unavailable; the request was not applied",
+                        req_id,
+                        cfg.retry_after,
+                    )
+                    return
+        if _TEST_PAUSE is not None:
+            await _test_pause("forward")
+
         replayed = False
 
         async def replay() -> Message:
@@ -304,7 +384,9 @@ class AuditMiddleware:
             body_parts.clear()
         x.resp_body = b"".join(body_parts)
 
-        extra, ok = await self._record(x)
+        if _TEST_PAUSE is not None:
+            await _test_pause("answered")
+        extra, ok = await self._record(x, iid)
         if failure is not None:
             raise failure
         if not ok:
@@ -469,8 +551,24 @@ class AuditMiddleware:
                 )
         return rec, records
 
-    async def _record(self, x: Exchange) -> tuple[list[tuple[bytes, bytes]], bool]:
-        """Build and store the events; return the receipt headers and whether it worked."""
+    def _begin_intent(self, x: Exchange) -> str | None:
+        """Append the write-ahead intent of a write about to be forwarded (None: a request
+        that can yield no event). Raises OSError when the journal cannot be written."""
+        doc = intent_doc(self.config, x)
+        if doc is None or self._journal is None:
+            return None
+        return self._journal.begin(doc)
+
+    def _done(self, iid: str | None) -> None:
+        if iid is not None and self._journal is not None:
+            self._journal.done(iid)
+
+    async def _record(
+        self, x: Exchange, iid: str | None = None
+    ) -> tuple[list[tuple[bytes, bytes]], bool]:
+        """Build and store the events; return the receipt headers and whether it worked.
+        The write-ahead intent ``iid`` is done once the events are recorded (or there are
+        none); left undone (not recorded), the next start-up records it as unknown."""
         try:
             rec, records = await self._events(x)
         except Exception:
@@ -478,6 +576,7 @@ class AuditMiddleware:
             return self._unrecorded([])
         self._emit_access(rec.access)
         if not records:
+            self._done(iid)
             return [], True
         eids = [r.eid for r in records]
         waiting = self.relay is not None and self.config.receipt_timeout > 0
@@ -489,7 +588,8 @@ class AuditMiddleware:
                 self._outbox_ok = False
                 self._failed_size = sum(len(r.body) for r in records)
                 _log.error("audit outbox write failed for request %s: %s", x.req_id, exc)
-                return await self._direct(records)
+                return await self._direct(records, iid)
+            self._done(iid)
             self._outbox_ok = True
             self._direct_ok = False
             self.stats["events"] += len(records)
@@ -503,7 +603,9 @@ class AuditMiddleware:
             if waiting and self.relay is not None:
                 self.relay.unwatch(eids)
 
-    async def _direct(self, records: list[OutboxRecord]) -> tuple[list[tuple[bytes, bytes]], bool]:
+    async def _direct(
+        self, records: list[OutboxRecord], iid: str | None = None
+    ) -> tuple[list[tuple[bytes, bytes]], bool]:
         eids = [r.eid for r in records]
         # Fail-open does not make every request wait on a log that is known to be down.
         if self.relay is not None and (not self.config.fail_open or self.relay.healthy):
@@ -516,6 +618,7 @@ class AuditMiddleware:
                 _log.error("direct delivery to the log failed too: %s", exc)
             else:
                 self._direct_ok = True
+                self._done(iid)
                 self.stats["events"] += len(records)
                 return receipt_headers(eids, {r.eid: r for r in got}), True
         return self._unrecorded(eids)
@@ -568,3 +671,236 @@ async def _send_error(
         headers.append((b"retry-after", str(retry_after).encode()))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+# --- write-ahead intents ------------------------------------------------------------------
+
+# Test-only (tests/adapters/test_intent11_*.py): "<point>:<file>" makes every write stop at
+# <point> ("forward": its intent written, not yet forwarded; "answered": the SP answered,
+# nothing recorded yet), create <file> and wait there for good, so that a test can kill the
+# process at that exact point. Inert unless set; read once, at import. Never set it in use.
+_TEST_PAUSE = os.environ.get("TLOG_TEST_PAUSE") or None
+
+_UNKNOWN_REASON = (
+    "the adapter stopped after forwarding this write and before recording the service "
+    "provider's answer: whether the write was applied is unknown"
+)
+_UNKNOWN_ANSWER = (
+    "none recorded: recovered at start-up from the adapter's write-ahead intent "
+    "(res.st is not the service provider's)"
+)
+_MAX_BULK_INTENT_OPS = 1000
+
+
+async def _test_pause(point: str) -> None:  # pragma: no cover - run in killed subprocesses
+    assert _TEST_PAUSE is not None
+    want, _, path = _TEST_PAUSE.partition(":")
+    if want != point:
+        return
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(point + "\n")
+    await asyncio.sleep(3600)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def intent_doc(cfg: AuditConfig, x: Exchange) -> dict[str, Any] | None:
+    """The write-ahead intent of a write (before it is forwarded): what the event that says
+    "the answer is not known" needs, and no more than an event carries to the log (the
+    request digest, not the body; the credential's thumbprint, not the credential). None
+    for a request that can yield no event (discovery, search, no resource id)."""
+    target = x.target(cfg)
+    kind = target.kind
+    if kind not in ("resource", "bulk", "unknown"):
+        return None
+    if kind != "bulk" and x.method != "POST" and target.rid is None and not target.me:
+        return None  # PUT/PATCH/DELETE without an id: an access record, never an event
+    t = x.t0_ns // 1_000_000
+    actor = credential_actor(x.scope)
+    if "tok_d" in actor:
+        actor = {**actor, "tok_d": _b64(actor["tok_d"])}
+    doc: dict[str, Any] = {
+        "t": t,
+        "e": uuid7_text(t),
+        "req": x.req_id,
+        "m": x.method,
+        "p": x.rel,
+        "dig": _b64(hashlib.sha256(x.body).digest()),
+        "len": len(x.body),
+        "actor": actor,
+    }
+    if x.trace:
+        doc["trace"] = x.trace
+    if_match = x.req_header(b"if-match")
+    if if_match:
+        doc["im"] = if_match
+    src = _intent_src(cfg, x)
+    if src:
+        doc["src"] = src
+    if kind == "bulk":
+        ops = _bulk_ops(cfg, x, t)
+        if ops is None:
+            return None  # not a bulk request: an access record, never an event
+        doc["ops"] = ops
+    return doc
+
+
+def _intent_src(cfg: AuditConfig, x: Exchange) -> dict[str, str] | None:
+    """``src`` as :meth:`client.adapters.exchange.Builder.src` makes it."""
+    if not cfg.record_src:
+        return None
+    out: dict[str, str] = {}
+    ip: str | None = None
+    if cfg.trust_forwarded:
+        fwd = x.req_header(b"x-forwarded-for")
+        if fwd:
+            ip = fwd.split(",")[0].strip()
+    client = x.scope.get("client")
+    if ip is None and client:
+        ip = str(client[0])
+    if ip:
+        norm = ip_text(ip)
+        if norm is not None:
+            out["ip"] = norm
+    ua = x.req_header(b"user-agent")
+    if ua:
+        text = short_text(ua, 1024)
+        if text:
+            out["ua"] = text
+    return out or None
+
+
+def _bulk_ops(cfg: AuditConfig, x: Exchange, t: int) -> list[dict[str, Any]] | None:
+    """A bulk request's write operations (method, path, bulkId, version, and the eid its
+    recovered event would get), read as the event builder reads the body; None when it is
+    not a bulk request."""
+    got = decode_body(
+        x.body,
+        content_type=x.req_header(b"content-type"),
+        content_encoding=x.req_header(b"content-encoding"),
+        max_size=cfg.max_body,
+    )
+    req = got.value if got.ok else None
+    ops = get_ci(req, "operations") if isinstance(req, dict) else None
+    if not isinstance(ops, list) or not all(isinstance(o, dict) for o in ops):
+        return None
+    out: list[dict[str, Any]] = []
+    for seq, op in enumerate(ops[:_MAX_BULK_INTENT_OPS]):
+        method = str(get_ci(op, "method") or "").upper()
+        path = get_ci(op, "path")
+        entry: dict[str, Any] = {
+            "s": seq,
+            "m": method,
+            "p": path if isinstance(path, str) else "",
+            "e": uuid7_text(t),
+        }
+        bulk_id = get_ci(op, "bulkid")
+        if isinstance(bulk_id, str):
+            entry["b"] = bulk_id
+        version = get_ci(op, "version")
+        if isinstance(version, str):
+            entry["v"] = version
+        out.append(entry)
+    return out
+
+
+def unknown_outcome_records(cfg: AuditConfig, doc: dict[str, Any]) -> list[OutboxRecord]:
+    """The events of a write-ahead intent whose answer was never recorded: outcome
+    ``warning``, ``err.code`` ``unknown`` (the service forgets what it knew of the
+    resource's state, as for any ``warning``), the request's digest, method, path, actor and
+    request id, ``ts`` the time the request came in, ``x.answer`` saying that no answer was
+    recorded and ``res.st`` 500 standing for none. Each keeps the ``eid`` chosen when the
+    intent was written, so recovering twice yields the same events (the outbox and the log
+    deduplicate by ``eid``). One event per write operation of a bulk request."""
+    method = str(doc["m"])
+    req_id = str(doc["req"])
+    actor = dict(doc["actor"])
+    if isinstance(actor.get("tok_d"), str):
+        actor["tok_d"] = base64.b64decode(actor["tok_d"])
+    sp: dict[str, Any] = {"id": cfg.sp_id}
+    if cfg.sp_base:
+        sp["base"] = cfg.sp_base
+    common: dict[str, Any] = {
+        "tenant": cfg.tenant,
+        "sp": sp,
+        "ts": int(doc["t"]),
+        "idp": dict(cfg.idp) if cfg.idp else None,
+        "src": doc.get("src"),
+        "ocsf": cfg.ocsf,
+        "actor": actor,
+        "res": {"st": 500},
+        "outcome": "warning",
+        "err": {"code": "unknown", "reason": _UNKNOWN_REASON},
+        "x": {"answer": _UNKNOWN_ANSWER},
+    }
+    req: dict[str, Any] = {
+        "dig": base64.b64decode(doc["dig"]),
+        "len": int(doc["len"]),
+    }
+    corr: dict[str, Any] = {"req": req_id}
+    if isinstance(doc.get("trace"), str):
+        corr["trace"] = doc["trace"]
+    out: list[OutboxRecord] = []
+    ops = doc.get("ops")
+    if isinstance(ops, list):
+        for op in ops:
+            m = str(op.get("m", "")).upper()
+            if m not in ("POST", "PUT", "PATCH", "DELETE"):
+                continue
+            path = str(op.get("p", ""))
+            target = route(relative(path, cfg.base_path), m, cfg)
+            op_rid = None if m == "POST" else target.rid
+            if op_rid is None and m != "POST":
+                continue  # no resource to name: the builder records no event either
+            version = op.get("v")
+            version = version if isinstance(version, str) and ident(version, 256) else None
+            op_req = {"m": m, "p": path_text(path), **req}
+            if version:
+                op_req["if_match"] = version
+            op_corr = {**corr, "bulk_req": req_id, "seq": int(op.get("s", 0))}
+            bulk_id = op.get("b")
+            if isinstance(bulk_id, str) and ident(bulk_id, 256):
+                op_corr["bulk_id"] = bulk_id
+            fields = {
+                **common,
+                "eid": str(op["e"]),
+                "op": op_for_method(m),
+                "rt": target.rt or "unknown",
+                "rid": None if op_rid is None else rid_text(op_rid),
+                "ver": {"pre": version if version and version != "*" else None},
+                "corr": op_corr,
+                "req": op_req,
+            }
+            ev, text = validated_event(**fields)
+            out.append(OutboxRecord(str(ev["eid"]), req_id, text))
+        return out
+    rel = str(doc["p"])
+    target = route(rel, method, cfg)
+    op_name = op_for_method(method)
+    rid: str | None = None
+    if op_name != "create":
+        rid = "Me" if target.me else (None if target.rid is None else rid_text(target.rid))
+        if rid is None:
+            return out
+    single_req = {"m": method, "p": path_text(rel), **req}
+    im = doc.get("im")
+    pre = None
+    if isinstance(im, str) and ident(im, 1024):
+        single_req["if_match"] = im
+        if im.strip() != "*" and ident(im, 256):
+            pre = im
+    fields = {
+        **common,
+        "eid": str(doc["e"]),
+        "op": op_name,
+        "rt": target.rt or "unknown",
+        "rid": rid,
+        "ver": {"pre": pre},
+        "corr": corr,
+        "req": single_req,
+    }
+    ev, text = validated_event(**fields)
+    out.append(OutboxRecord(str(ev["eid"]), req_id, text))
+    return out

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import functools
 import json
 import logging
@@ -29,13 +30,22 @@ import sqlite3
 import threading
 import time
 import urllib.parse
+import uuid as _uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Outbox", "OutboxError", "OutboxRecord", "Pending", "Receipt"]
+__all__ = [
+    "IntentJournal",
+    "OrphanedIntents",
+    "Outbox",
+    "OutboxError",
+    "OutboxRecord",
+    "Pending",
+    "Receipt",
+]
 
 _log = logging.getLogger("client.adapters.outbox")
 
@@ -57,6 +67,31 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_state ON events (state, seq);
 CREATE INDEX IF NOT EXISTS events_req ON events (req);
 CREATE TABLE IF NOT EXISTS probe (x BLOB);
+"""
+# The quota's count, kept in the file itself: the bytes of undelivered bodies (state != 1),
+# whoever wrote them (two adapters sharing one outbox count each other's events). Triggers
+# keep it in the same statement as the change, so it is exact whichever process commits;
+# made (and filled from the rows already there) in one transaction at the first open.
+_QUOTA_SCHEMA = """
+BEGIN IMMEDIATE;
+CREATE TABLE IF NOT EXISTS quota (id INTEGER PRIMARY KEY CHECK (id = 0), bytes INTEGER NOT NULL);
+INSERT OR IGNORE INTO quota (id, bytes)
+    SELECT 0, COALESCE(SUM(LENGTH(body)), 0) FROM events WHERE state != 1;
+CREATE TRIGGER IF NOT EXISTS events_quota_ins AFTER INSERT ON events WHEN NEW.state != 1
+BEGIN
+    UPDATE quota SET bytes = bytes + LENGTH(NEW.body) WHERE id = 0;
+END;
+CREATE TRIGGER IF NOT EXISTS events_quota_upd AFTER UPDATE OF state, body ON events
+BEGIN
+    UPDATE quota SET bytes = bytes
+        + (CASE WHEN NEW.state != 1 THEN LENGTH(NEW.body) ELSE 0 END)
+        - (CASE WHEN OLD.state != 1 THEN LENGTH(OLD.body) ELSE 0 END) WHERE id = 0;
+END;
+CREATE TRIGGER IF NOT EXISTS events_quota_del AFTER DELETE ON events WHEN OLD.state != 1
+BEGIN
+    UPDATE quota SET bytes = bytes - LENGTH(OLD.body) WHERE id = 0;
+END;
+COMMIT;
 """
 
 
@@ -292,6 +327,7 @@ class Outbox:
         self._wal_ident: tuple[int, int] | None = None  # and of its WAL (open from now on)
         self._gone_said = False
         self._gone_folded = False
+        self._journal: IntentJournal | None = None  # opened by intents()
         # The queued events are plaintext (personal data): owner-only, like a key file.
         # SQLite gives the -wal and -shm files the database file's permissions.
         try:
@@ -301,6 +337,13 @@ class Outbox:
             raise OutboxError(f"cannot open the outbox {self.path}: {exc}") from None
         try:
             conn.executescript(_SCHEMA)
+            if (
+                conn.execute(
+                    "SELECT COUNT(*) FROM sqlite_master WHERE name = 'events_quota_del'"
+                ).fetchone()[0]
+                == 0
+            ):
+                conn.executescript(_QUOTA_SCHEMA)
             self._queued: int | None = None  # bytes of undelivered bodies (writer thread)
             with contextlib.suppress(OSError):
                 st = os.stat(self._wal)
@@ -444,6 +487,9 @@ class Outbox:
                 job[1].set_exception(OutboxError("outbox is closed"))
 
     def _commit(self, conn: sqlite3.Connection, group: list[_Item]) -> None:
+        # The quota counts the file, not this process: read again once a group (another
+        # process sharing the outbox may have added or delivered since).
+        self._queued = None
         live: list[tuple[_Fn, _Settle]] = []
         loops: list[_LoopGroup] = []
         for item in group:
@@ -622,11 +668,9 @@ class Outbox:
         """Count the bytes of undelivered bodies again (what ``max_bytes`` bounds)."""
         if self.max_bytes is None:
             return
-        self._queued = int(
-            conn.execute(
-                "SELECT COALESCE(SUM(LENGTH(body)), 0) FROM events WHERE state != 1"
-            ).fetchone()[0]
-        )
+        # The triggers' count (_QUOTA_SCHEMA): O(1), and it holds the other writers' events.
+        row = conn.execute("SELECT bytes FROM quota WHERE id = 0").fetchone()
+        self._queued = 0 if row is None else int(row[0])
 
     def _check_quota(self, conn: sqlite3.Connection, incoming: int, count: bool = True) -> None:
         if self.max_bytes is None:
@@ -647,19 +691,7 @@ class Outbox:
         ]
 
         def job(conn: sqlite3.Connection) -> None:
-            if self.max_bytes is not None and self._queued is not None:
-                freed = 0
-                for i in range(0, len(rows), 500):
-                    part = [r[2] for r in rows[i : i + 500]]
-                    marks = ",".join("?" * len(part))
-                    freed += int(
-                        conn.execute(
-                            "SELECT COALESCE(SUM(LENGTH(body)), 0) FROM events "  # noqa: S608
-                            f"WHERE state != 1 AND eid IN ({marks})",
-                            part,
-                        ).fetchone()[0]
-                    )
-                self._queued -= freed
+            # (the quota's count follows by trigger; _commit reads it again each group)
             conn.executemany(
                 "UPDATE events SET state = 1, done_ms = ?, receipt = ?, error = NULL, body = '' "
                 "WHERE eid = ?",
@@ -770,11 +802,76 @@ class Outbox:
         rows = self._read("SELECT eid, state FROM events WHERE req = ? ORDER BY seq", (req,))
         return [(str(e), int(s)) for e, s in rows]
 
+    # --- write-ahead intents ------------------------------------------------------------------
+
+    @property
+    def intents_dir(self) -> Path:
+        return self.path.with_name(self.path.name + ".intents")
+
+    def intents(self) -> IntentJournal:
+        """This outbox user's intent journal, opened (and locked) at the first call.
+        Raises :class:`OutboxError` when it cannot be opened."""
+        journal = self._journal
+        if journal is None:
+            with self._readers_lock:
+                journal = self._journal
+                if journal is None:
+                    try:
+                        self.intents_dir.mkdir(mode=0o700, exist_ok=True)
+                        journal = self._journal = IntentJournal(self.intents_dir)
+                    except OSError as exc:
+                        raise OutboxError(f"cannot open the intent journal: {exc}") from None
+        return journal
+
+    def orphaned_intents(self) -> list[OrphanedIntents]:
+        """The journals of adapter instances that are gone (their lock is free), each with
+        the intents they began and did not finish, locked by the caller until it settles or
+        releases them. Journals of live instances (this one's too) are left alone."""
+        out: list[OrphanedIntents] = []
+        try:
+            locks = sorted(self.intents_dir.glob("*.lock"))
+        except OSError:
+            return out
+        own = self._journal.id if self._journal is not None else None
+        for lock_path in locks:
+            ident = lock_path.name.removesuffix(".lock")
+            if ident == own:
+                continue
+            try:
+                fd = os.open(lock_path, os.O_RDWR)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:  # a live instance holds it
+                os.close(fd)
+                continue
+            if not lock_path.exists():  # settled by another start-up meanwhile
+                os.close(fd)
+                continue
+            path = lock_path.with_name(ident + ".jsonl")
+            # (a compaction killed before its rename leaves the old journal whole)
+            intents = _read_journal(path)
+            out.append(OrphanedIntents(path, intents, lock_path, fd))
+        return out
+
+    def answered(self, req: str, since_ms: int) -> bool:
+        """Whether the outbox holds an event of request ``req`` added at or after
+        ``since_ms``: the answer of an intent begun then was recorded (the kill came between
+        the outbox commit and the journal's "done")."""
+        rows = self._read(
+            "SELECT 1 FROM events WHERE req = ? AND created_ms >= ? LIMIT 1", (req, since_ms)
+        )
+        return bool(rows)
+
     def close(self) -> None:
         """Finish queued writes, then close every connection."""
         if self._closed:
             return
         self._closed = True
+        if self._journal is not None:
+            with contextlib.suppress(OSError):
+                self._journal.close(remove=True)
         self._jobs.put(None)
         self._writer.join()
         with self._readers_lock:
@@ -788,6 +885,154 @@ class Outbox:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# --- write-ahead intents ------------------------------------------------------------------------
+
+_INTENTS_COMPACT = 1 << 20  # journal bytes beyond which it is rewritten with what is in flight
+
+
+class IntentJournal:
+    """This adapter instance's write-ahead intents: before a write goes to the SP the adapter
+    appends one line (:meth:`begin`), and once the write's events are in the outbox (or
+    there are none) another (:meth:`done`). What a kill leaves begun and not done, the next
+    start-up turns into events whose outcome says the SP's answer is not known
+    (:meth:`Outbox.orphaned_intents`).
+
+    One journal per running instance, ``<outbox>.intents/<id>.jsonl``, held under an
+    exclusive ``flock`` on ``<id>.lock`` for the instance's lifetime: start-up recovers only
+    journals whose lock it can take (their writer is gone), never the intents another live
+    process sharing the outbox has in flight. A line is one ``write(2)`` on an ``O_APPEND``
+    descriptor: in the kernel when it returns, so it survives a kill of the process (not a
+    machine crash: no fsync, see docs/scim-adapter.md). Not thread-safe by design beyond a
+    lock: the adapter calls it from its event loop."""
+
+    def __init__(self, directory: Path) -> None:
+        self.id = _uuid.uuid4().hex
+        self.path = directory / f"{self.id}.jsonl"
+        self._lock_path = directory / f"{self.id}.lock"
+        self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        except BaseException:
+            os.close(self._lock_fd)
+            raise
+        self._size = 0
+        self._open: dict[str, bytes] = {}  # intent id -> its line, while in flight
+        self._mutex = threading.Lock()
+        self._closed = False
+
+    def begin(self, doc: dict[str, Any]) -> str:
+        """Append an intent (``doc``, JSON-able; its ``"i"`` is set here) and return its id.
+        Raises OSError when it could not be written."""
+        iid = _uuid.uuid4().hex
+        line = (json.dumps({**doc, "i": iid}, separators=(",", ":")) + "\n").encode()
+        with self._mutex:
+            if self._closed:
+                raise OSError("the intent journal is closed")
+            self._write(line)
+            self._open[iid] = line
+        return iid
+
+    def done(self, iid: str) -> None:
+        """The intent's events are recorded (or there are none): it yields nothing later."""
+        with self._mutex:
+            if self._closed or self._open.pop(iid, None) is None:
+                return
+            try:
+                self._write(b'{"d":"' + iid.encode() + b'"}\n')
+                if self._size > _INTENTS_COMPACT:
+                    self._compact()
+            except OSError as exc:  # the intent stays: a restart says "unknown" for it
+                _log.error("intent journal write failed: %s", exc)
+
+    def in_flight(self) -> int:
+        return len(self._open)
+
+    def _write(self, data: bytes) -> None:
+        n = os.write(self._fd, data)
+        if n != len(data):  # a short write (disk full): the torn line is ignored on reading
+            raise OSError(f"short write to the intent journal {self.path}")
+        self._size += n
+
+    def _compact(self) -> None:
+        """Rewrite the journal with the intents in flight only (atomic rename)."""
+        tmp = self.path.with_name(self.path.name + ".new")
+        data = b"".join(self._open.values())
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
+        try:
+            if os.write(fd, data) != len(data):
+                raise OSError("short write")
+            os.replace(tmp, self.path)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        os.close(self._fd)
+        self._fd, self._size = fd, len(data)
+
+    def close(self, *, remove: bool) -> None:
+        """Close the journal; ``remove`` (nothing in flight at a clean shutdown) deletes it."""
+        with self._mutex:
+            if self._closed:
+                return
+            self._closed = True
+            os.close(self._fd)
+            if remove and not self._open:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.path)
+                with contextlib.suppress(OSError):
+                    os.unlink(self._lock_path)
+            os.close(self._lock_fd)
+
+
+@dataclass
+class OrphanedIntents:
+    """The intents a dead instance left begun and not done (:meth:`Outbox.orphaned_intents`),
+    held under that instance's lock until :meth:`settle` (their events are committed) or
+    :meth:`release`."""
+
+    path: Path
+    intents: list[dict[str, Any]]
+    lock_path: Path
+    lock_fd: int
+
+    def settle(self) -> None:
+        """Their events are in the outbox: remove the journal, then its lock."""
+        for p in (self.path, self.path.with_name(self.path.name + ".new"), self.lock_path):
+            with contextlib.suppress(OSError):
+                os.unlink(p)
+        self.release()
+
+    def release(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.lock_fd)
+
+
+def _read_journal(path: Path) -> list[dict[str, Any]]:
+    """The intents of a journal begun and not done, in order; a torn or unreadable line
+    (a short write: its write was never acknowledged, so nothing was forwarded) is skipped."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    begun: dict[str, dict[str, Any]] = {}
+    for line in data.split(b"\n"):
+        if not line:
+            continue
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(doc, dict):
+            continue
+        if isinstance(doc.get("d"), str):
+            begun.pop(doc["d"], None)
+        elif isinstance(doc.get("i"), str):
+            begun[doc["i"]] = doc
+    return list(begun.values())
 
 
 def _safe(exc: BaseException) -> str:
