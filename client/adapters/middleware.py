@@ -194,6 +194,18 @@ class AuditMiddleware:
             _log.error("cannot read the write-ahead intents left by a previous run: %s", exc)
             orphans = []
         for orphan in orphans:
+            tenants = {doc.get("tenant", self.config.tenant) for doc in orphan.intents}
+            if tenants - {self.config.tenant}:
+                # Another tenant's adapter left it (the log would refuse its events under
+                # this adapter's token): for an adapter of that tenant to recover.
+                _log.error(
+                    "the write-ahead intents in %s are of another tenant than %r: left for "
+                    "an adapter of that tenant",
+                    orphan.path,
+                    self.config.tenant,
+                )
+                orphan.release()
+                continue
             try:
                 records: list[OutboxRecord] = []
                 for doc in orphan.intents:
@@ -724,6 +736,7 @@ def intent_doc(cfg: AuditConfig, x: Exchange) -> dict[str, Any] | None:
     doc: dict[str, Any] = {
         "t": t,
         "e": uuid7_text(t),
+        "tenant": cfg.tenant,
         "req": x.req_id,
         "m": x.method,
         "p": x.rel,

@@ -325,7 +325,7 @@ class _ProxyCollector(Collector):
         events = CounterMetricFamily(
             "tlog_proxy_events", "audit records by kind since start", labels=["kind"]
         )
-        for kind in ("events", "access", "unrecorded", "refused"):
+        for kind in ("events", "access", "unrecorded", "refused", "recovered"):
             events.add_metric([kind], b.get(kind) or 0)
         yield events
 
