@@ -54,7 +54,6 @@ as their SHA-256 thumbprint.
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import json
 import logging
@@ -95,7 +94,7 @@ from client.adapters.receipts import RECEIPT_HEADERS, receipt_headers, wait_rece
 from client.adapters.relay import DeliveryError, Relay
 from client.scim.actions import op_for_method
 from client.scim.cbor import EventFormatError
-from client.scim.event import uuid4_text, uuid7_text
+from client.scim.event import uuid4_text
 
 # AuditConfig, the hooks, event_json and RECEIPT_HEADERS are re-exported: this module is
 # the adapter's entry point.
@@ -215,7 +214,8 @@ class AuditMiddleware:
                         continue
                     if self.outbox.answered(req, t):
                         continue  # killed between the outbox commit and the journal's "done"
-                    records.extend(unknown_outcome_records(self.config, doc))
+                    key = f"{orphan.path.stem}:{doc.get('i')}"
+                    records.extend(unknown_outcome_records(self.config, doc, key))
                 if records:
                     self.outbox.put(records)
             except Exception:
@@ -325,7 +325,7 @@ class AuditMiddleware:
             )
             return
 
-        iid: str | None = None
+        iid: int | None = None
         if self._journal is not None:
             try:
                 iid = self._begin_intent(x)
@@ -563,7 +563,7 @@ class AuditMiddleware:
                 )
         return rec, records
 
-    def _begin_intent(self, x: Exchange) -> str | None:
+    def _begin_intent(self, x: Exchange) -> int | None:
         """Append the write-ahead intent of a write about to be forwarded (None: a request
         that can yield no event). Raises OSError when the journal cannot be written."""
         doc = intent_doc(self.config, x)
@@ -571,12 +571,12 @@ class AuditMiddleware:
             return None
         return self._journal.begin(doc)
 
-    def _done(self, iid: str | None) -> None:
+    def _done(self, iid: int | None) -> None:
         if iid is not None and self._journal is not None:
             self._journal.done(iid)
 
     async def _record(
-        self, x: Exchange, iid: str | None = None
+        self, x: Exchange, iid: int | None = None
     ) -> tuple[list[tuple[bytes, bytes]], bool]:
         """Build and store the events; return the receipt headers and whether it worked.
         The write-ahead intent ``iid`` is done once the events are recorded (or there are
@@ -616,7 +616,7 @@ class AuditMiddleware:
                 self.relay.unwatch(eids)
 
     async def _direct(
-        self, records: list[OutboxRecord], iid: str | None = None
+        self, records: list[OutboxRecord], iid: int | None = None
     ) -> tuple[list[tuple[bytes, bytes]], bool]:
         eids = [r.eid for r in records]
         # Fail-open does not make every request wait on a log that is known to be down.
@@ -714,33 +714,30 @@ async def _test_pause(point: str) -> None:  # pragma: no cover - run in killed s
     await asyncio.sleep(3600)
 
 
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
 def intent_doc(cfg: AuditConfig, x: Exchange) -> dict[str, Any] | None:
     """The write-ahead intent of a write (before it is forwarded): what the event that says
     "the answer is not known" needs, and no more than an event carries to the log (the
     request digest, not the body; the credential's thumbprint, not the credential). None
-    for a request that can yield no event (discovery, search, no resource id)."""
+    for a request that can yield no event (discovery, search, no resource id). Kept cheap
+    (it is on every write's path): what can wait is done at recovery (the event's ``eid``,
+    ``src`` normalised, the path read)."""
     target = x.target(cfg)
     kind = target.kind
     if kind not in ("resource", "bulk", "unknown"):
         return None
     if kind != "bulk" and x.method != "POST" and target.rid is None and not target.me:
         return None  # PUT/PATCH/DELETE without an id: an access record, never an event
-    t = x.t0_ns // 1_000_000
     actor = credential_actor(x.scope)
-    if "tok_d" in actor:
-        actor = {**actor, "tok_d": _b64(actor["tok_d"])}
+    tok_d = actor.get("tok_d")
+    if tok_d is not None:
+        actor = {"kind": actor["kind"], "tok_d": tok_d.hex()}
     doc: dict[str, Any] = {
-        "t": t,
-        "e": uuid7_text(t),
+        "t": x.t0_ns // 1_000_000,
         "tenant": cfg.tenant,
         "req": x.req_id,
         "m": x.method,
         "p": x.rel,
-        "dig": _b64(hashlib.sha256(x.body).digest()),
+        "dig": hashlib.sha256(x.body).hexdigest(),
         "len": len(x.body),
         "actor": actor,
     }
@@ -749,46 +746,58 @@ def intent_doc(cfg: AuditConfig, x: Exchange) -> dict[str, Any] | None:
     if_match = x.req_header(b"if-match")
     if if_match:
         doc["im"] = if_match
-    src = _intent_src(cfg, x)
-    if src:
-        doc["src"] = src
+    if cfg.record_src:  # raw here, normalised at recovery as Builder.src does
+        ip: str | None = None
+        if cfg.trust_forwarded:
+            fwd = x.req_header(b"x-forwarded-for")
+            if fwd:
+                ip = fwd.split(",")[0].strip()
+        client = x.scope.get("client")
+        if ip is None and client:
+            ip = str(client[0])
+        if ip:
+            doc["ip"] = ip[:256]
+        ua = x.req_header(b"user-agent")
+        if ua:
+            doc["ua"] = ua[:4096]
     if kind == "bulk":
-        ops = _bulk_ops(cfg, x, t)
+        ops = _bulk_ops(cfg, x)
         if ops is None:
             return None  # not a bulk request: an access record, never an event
         doc["ops"] = ops
     return doc
 
 
-def _intent_src(cfg: AuditConfig, x: Exchange) -> dict[str, str] | None:
-    """``src`` as :meth:`client.adapters.exchange.Builder.src` makes it."""
-    if not cfg.record_src:
-        return None
+def _recovered_src(doc: Mapping[str, Any]) -> dict[str, str] | None:
+    """``src`` as :meth:`client.adapters.exchange.Builder.src` makes it, from the raw
+    values of the intent."""
     out: dict[str, str] = {}
-    ip: str | None = None
-    if cfg.trust_forwarded:
-        fwd = x.req_header(b"x-forwarded-for")
-        if fwd:
-            ip = fwd.split(",")[0].strip()
-    client = x.scope.get("client")
-    if ip is None and client:
-        ip = str(client[0])
-    if ip:
+    ip = doc.get("ip")
+    if isinstance(ip, str):
         norm = ip_text(ip)
         if norm is not None:
             out["ip"] = norm
-    ua = x.req_header(b"user-agent")
-    if ua:
+    ua = doc.get("ua")
+    if isinstance(ua, str) and ua:
         text = short_text(ua, 1024)
         if text:
             out["ua"] = text
     return out or None
 
 
-def _bulk_ops(cfg: AuditConfig, x: Exchange, t: int) -> list[dict[str, Any]] | None:
-    """A bulk request's write operations (method, path, bulkId, version, and the eid its
-    recovered event would get), read as the event builder reads the body; None when it is
-    not a bulk request."""
+def derived_eid(key: str) -> str:
+    """A UUID (version 8, RFC 9562) that is a function of ``key``: a recovered event's eid,
+    the same at every recovery of the same intent (so deduplicated by eid)."""
+    b = bytearray(hashlib.sha256(key.encode()).digest()[:16])
+    b[6] = (b[6] & 0x0F) | 0x80
+    b[8] = (b[8] & 0x3F) | 0x80
+    h = b.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def _bulk_ops(cfg: AuditConfig, x: Exchange) -> list[dict[str, Any]] | None:
+    """A bulk request's operations (method, path, bulkId, version), read as the event
+    builder reads the body; None when it is not a bulk request."""
     got = decode_body(
         x.body,
         content_type=x.req_header(b"content-type"),
@@ -801,13 +810,11 @@ def _bulk_ops(cfg: AuditConfig, x: Exchange, t: int) -> list[dict[str, Any]] | N
         return None
     out: list[dict[str, Any]] = []
     for seq, op in enumerate(ops[:_MAX_BULK_INTENT_OPS]):
-        method = str(get_ci(op, "method") or "").upper()
         path = get_ci(op, "path")
         entry: dict[str, Any] = {
             "s": seq,
-            "m": method,
+            "m": str(get_ci(op, "method") or "").upper(),
             "p": path if isinstance(path, str) else "",
-            "e": uuid7_text(t),
         }
         bulk_id = get_ci(op, "bulkid")
         if isinstance(bulk_id, str):
@@ -819,19 +826,22 @@ def _bulk_ops(cfg: AuditConfig, x: Exchange, t: int) -> list[dict[str, Any]] | N
     return out
 
 
-def unknown_outcome_records(cfg: AuditConfig, doc: dict[str, Any]) -> list[OutboxRecord]:
+def unknown_outcome_records(
+    cfg: AuditConfig, doc: Mapping[str, Any], key: str
+) -> list[OutboxRecord]:
     """The events of a write-ahead intent whose answer was never recorded: outcome
     ``warning``, ``err.code`` ``unknown`` (the service forgets what it knew of the
     resource's state, as for any ``warning``), the request's digest, method, path, actor and
     request id, ``ts`` the time the request came in, ``x.answer`` saying that no answer was
-    recorded and ``res.st`` 500 standing for none. Each keeps the ``eid`` chosen when the
-    intent was written, so recovering twice yields the same events (the outbox and the log
-    deduplicate by ``eid``). One event per write operation of a bulk request."""
+    recorded and ``res.st`` 500 standing for none. ``key`` names the intent (its journal and
+    number): each event's ``eid`` is derived from it (:func:`derived_eid`), so recovering
+    twice yields the same events (the outbox and the log deduplicate by ``eid``). One event
+    per write operation of a bulk request."""
     method = str(doc["m"])
     req_id = str(doc["req"])
     actor = dict(doc["actor"])
     if isinstance(actor.get("tok_d"), str):
-        actor["tok_d"] = base64.b64decode(actor["tok_d"])
+        actor["tok_d"] = bytes.fromhex(actor["tok_d"])
     sp: dict[str, Any] = {"id": cfg.sp_id}
     if cfg.sp_base:
         sp["base"] = cfg.sp_base
@@ -840,7 +850,7 @@ def unknown_outcome_records(cfg: AuditConfig, doc: dict[str, Any]) -> list[Outbo
         "sp": sp,
         "ts": int(doc["t"]),
         "idp": dict(cfg.idp) if cfg.idp else None,
-        "src": doc.get("src"),
+        "src": _recovered_src(doc),
         "ocsf": cfg.ocsf,
         "actor": actor,
         "res": {"st": 500},
@@ -848,10 +858,7 @@ def unknown_outcome_records(cfg: AuditConfig, doc: dict[str, Any]) -> list[Outbo
         "err": {"code": "unknown", "reason": _UNKNOWN_REASON},
         "x": {"answer": _UNKNOWN_ANSWER},
     }
-    req: dict[str, Any] = {
-        "dig": base64.b64decode(doc["dig"]),
-        "len": int(doc["len"]),
-    }
+    req: dict[str, Any] = {"dig": bytes.fromhex(str(doc["dig"])), "len": int(doc["len"])}
     corr: dict[str, Any] = {"req": req_id}
     if isinstance(doc.get("trace"), str):
         corr["trace"] = doc["trace"]
@@ -860,8 +867,8 @@ def unknown_outcome_records(cfg: AuditConfig, doc: dict[str, Any]) -> list[Outbo
     if isinstance(ops, list):
         for op in ops:
             m = str(op.get("m", "")).upper()
-            if m not in ("POST", "PUT", "PATCH", "DELETE"):
-                continue
+            if m not in WRITE_METHODS:
+                continue  # not a write: an access record at most
             path = str(op.get("p", ""))
             target = route(relative(path, cfg.base_path), m, cfg)
             op_rid = None if m == "POST" else target.rid
@@ -872,13 +879,14 @@ def unknown_outcome_records(cfg: AuditConfig, doc: dict[str, Any]) -> list[Outbo
             op_req = {"m": m, "p": path_text(path), **req}
             if version:
                 op_req["if_match"] = version
-            op_corr = {**corr, "bulk_req": req_id, "seq": int(op.get("s", 0))}
+            seq = int(op.get("s", 0))
+            op_corr = {**corr, "bulk_req": req_id, "seq": seq}
             bulk_id = op.get("b")
             if isinstance(bulk_id, str) and ident(bulk_id, 256):
                 op_corr["bulk_id"] = bulk_id
             fields = {
                 **common,
-                "eid": str(op["e"]),
+                "eid": derived_eid(f"{key}:{seq}"),
                 "op": op_for_method(m),
                 "rt": target.rt or "unknown",
                 "rid": None if op_rid is None else rid_text(op_rid),
@@ -906,7 +914,7 @@ def unknown_outcome_records(cfg: AuditConfig, doc: dict[str, Any]) -> list[Outbo
             pre = im
     fields = {
         **common,
-        "eid": str(doc["e"]),
+        "eid": derived_eid(key),
         "op": op_name,
         "rt": target.rt or "unknown",
         "rid": rid,

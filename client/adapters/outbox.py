@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 __all__ = [
     "IntentJournal",
     "OrphanedIntents",
@@ -890,6 +892,7 @@ class Outbox:
 # --- write-ahead intents ------------------------------------------------------------------------
 
 _INTENTS_COMPACT = 1 << 20  # journal bytes beyond which it is rewritten with what is in flight
+_JSON_LINE = msgspec.json.Encoder().encode
 
 
 class IntentJournal:
@@ -919,29 +922,32 @@ class IntentJournal:
             os.close(self._lock_fd)
             raise
         self._size = 0
-        self._open: dict[str, bytes] = {}  # intent id -> its line, while in flight
+        self._open: dict[int, bytes] = {}  # intent number -> its line, while in flight
+        self._n = 0
         self._mutex = threading.Lock()
         self._closed = False
 
-    def begin(self, doc: dict[str, Any]) -> str:
-        """Append an intent (``doc``, JSON-able; its ``"i"`` is set here) and return its id.
-        Raises OSError when it could not be written."""
-        iid = _uuid.uuid4().hex
-        line = (json.dumps({**doc, "i": iid}, separators=(",", ":")) + "\n").encode()
+    def begin(self, doc: dict[str, Any]) -> int:
+        """Append an intent (``doc``, JSON-able; its number ``"i"`` is set here, unique in
+        this journal) and return its number. Raises OSError when it could not be written."""
         with self._mutex:
             if self._closed:
                 raise OSError("the intent journal is closed")
+            self._n += 1
+            iid = self._n
+            doc["i"] = iid
+            line = _JSON_LINE(doc) + b"\n"
             self._write(line)
             self._open[iid] = line
         return iid
 
-    def done(self, iid: str) -> None:
+    def done(self, iid: int) -> None:
         """The intent's events are recorded (or there are none): it yields nothing later."""
         with self._mutex:
             if self._closed or self._open.pop(iid, None) is None:
                 return
             try:
-                self._write(b'{"d":"' + iid.encode() + b'"}\n')
+                self._write(b'{"d":%d}\n' % iid)
                 if self._size > _INTENTS_COMPACT:
                     self._compact()
             except OSError as exc:  # the intent stays: a restart says "unknown" for it
@@ -1018,7 +1024,7 @@ def _read_journal(path: Path) -> list[dict[str, Any]]:
         data = path.read_bytes()
     except FileNotFoundError:
         return []
-    begun: dict[str, dict[str, Any]] = {}
+    begun: dict[int, dict[str, Any]] = {}
     for line in data.split(b"\n"):
         if not line:
             continue
@@ -1028,9 +1034,9 @@ def _read_journal(path: Path) -> list[dict[str, Any]]:
             continue
         if not isinstance(doc, dict):
             continue
-        if isinstance(doc.get("d"), str):
+        if type(doc.get("d")) is int:
             begun.pop(doc["d"], None)
-        elif isinstance(doc.get("i"), str):
+        elif type(doc.get("i")) is int:
             begun[doc["i"]] = doc
     return list(begun.values())
 

@@ -15,7 +15,12 @@ import pytest
 
 from client.adapters import outbox as outbox_mod
 from client.adapters.exchange import AuditConfig, Exchange
-from client.adapters.middleware import AuditMiddleware, intent_doc, unknown_outcome_records
+from client.adapters.middleware import (
+    AuditMiddleware,
+    derived_eid,
+    intent_doc,
+    unknown_outcome_records,
+)
 from client.adapters.outbox import Outbox
 from client.scim.event import event_from_json
 from tlog.scim.effects import classify
@@ -33,7 +38,7 @@ def _exchange(method: str, rel: str, body: bytes = b"", req: str = "r1", **hdr: 
 
 def _events(doc: dict[str, Any]) -> list[dict[str, Any]]:
     doc = json.loads(json.dumps(doc))  # as read back from the journal
-    return [dict(event_from_json(r.body)) for r in unknown_outcome_records(CFG, doc)]
+    return [dict(event_from_json(r.body)) for r in unknown_outcome_records(CFG, doc, "j:1")]
 
 
 def test_the_intent_holds_no_body_and_no_credential() -> None:
@@ -60,7 +65,7 @@ def test_a_recovered_write_is_a_warning_with_the_request_facts() -> None:
     (ev,) = _events(doc)
     assert ev["outcome"] == "warning" and ev["err"]["code"] == "unknown"
     assert ev["op"] == "patch" and ev["rt"] == "User" and ev["rid"] == "u1"
-    assert ev["corr"]["req"] == "rq" and ev["eid"] == doc["e"]
+    assert ev["corr"]["req"] == "rq" and ev["eid"] == derived_eid("j:1")
     assert ev["req"]["dig"] == hashlib.sha256(body).digest()
     assert ev["req"]["if_match"] == 'W/"3"' and ev["ver"]["pre"] == 'W/"3"'
     assert ev["actor"] == {"kind": "bearer", "tok_d": hashlib.sha256(TOKEN.encode()).digest()}
