@@ -43,6 +43,7 @@ def test_two_proxies_on_one_outbox_share_its_quota(
             outbox=outbox,
         )  # fmt: skip
         procs.append(b)
+        assert _delete(base_b, 999) == 204  # B has counted the file once
         accepted_a = 0
         for i in range(200):
             st = _delete(base_a, i)
@@ -51,11 +52,12 @@ def test_two_proxies_on_one_outbox_share_its_quota(
             assert st == 204
             accepted_a += 1
         assert 0 < accepted_a < 200
-        # B never wrote: alone it would count nothing; the file is full, so B refuses too.
+        # B's own events are one: counted alone, it would take more; the file is full,
+        # so B refuses too.
         assert _delete(base_b, 1000) == 503
         with Outbox(outbox) as ob:
             assert ob.backlog()["pending_bytes"] <= int(cap_mb * (1 << 20))
-            assert ob.counts()["pending"] == accepted_a
+            assert ob.counts()["pending"] == accepted_a + 1
     finally:
         stop_processes(procs)
 
