@@ -198,9 +198,9 @@ class AuditMiddleware:
                 # Another tenant's adapter left it (the log would refuse its events under
                 # this adapter's token): for an adapter of that tenant to recover.
                 _log.error(
-                    "the write-ahead intents in %s are of another tenant than %r: left for "
-                    "an adapter of that tenant",
-                    orphan.path,
+                    "the write-ahead intents of journal %s are of another tenant than %r: "
+                    "left for an adapter of that tenant",
+                    orphan.ident,
                     self.config.tenant,
                 )
                 orphan.release()
@@ -214,12 +214,12 @@ class AuditMiddleware:
                         continue
                     if self.outbox.answered(req, t):
                         continue  # killed between the outbox commit and the journal's "done"
-                    key = f"{orphan.path.stem}:{doc.get('i')}"
+                    key = f"{orphan.ident}:{doc.get('i')}"
                     records.extend(unknown_outcome_records(self.config, doc, key))
                 if records:
                     self.outbox.put(records)
             except Exception:
-                _log.exception("could not recover the write-ahead intents of %s", orphan.path)
+                _log.exception("could not recover the write-ahead intents of %s", orphan.ident)
                 orphan.release()  # left for the next start-up
                 continue
             orphan.settle()

@@ -24,6 +24,7 @@ import fcntl
 import functools
 import json
 import logging
+import mmap
 import os
 import queue
 import sqlite3
@@ -851,10 +852,8 @@ class Outbox:
             if not lock_path.exists():  # settled by another start-up meanwhile
                 os.close(fd)
                 continue
-            path = lock_path.with_name(ident + ".jsonl")
-            # (a compaction killed before its rename leaves the old journal whole)
-            intents = _read_journal(path)
-            out.append(OrphanedIntents(path, intents, lock_path, fd))
+            paths = sorted(self.intents_dir.glob(ident + ".*.jsonl"))
+            out.append(OrphanedIntents(ident, paths, _read_journal(paths), lock_path, fd))
         return out
 
     def answered(self, req: str, since_ms: int) -> bool:
@@ -891,7 +890,7 @@ class Outbox:
 
 # --- write-ahead intents ------------------------------------------------------------------------
 
-_INTENTS_COMPACT = 1 << 20  # journal bytes beyond which it is rewritten with what is in flight
+_INTENTS_SIZE = 1 << 20  # bytes of each of a journal's two files (more if what is in flight needs)
 _JSON_LINE = msgspec.json.Encoder().encode
 
 
@@ -902,30 +901,47 @@ class IntentJournal:
     start-up turns into events whose outcome says the SP's answer is not known
     (:meth:`Outbox.orphaned_intents`).
 
-    One journal per running instance, ``<outbox>.intents/<id>.jsonl``, held under an
+    One journal per running instance, ``<outbox>.intents/<id>.{0,1}.jsonl``, held under an
     exclusive ``flock`` on ``<id>.lock`` for the instance's lifetime: start-up recovers only
     journals whose lock it can take (their writer is gone), never the intents another live
-    process sharing the outbox has in flight. A line is one ``write(2)`` on an ``O_APPEND``
-    descriptor: in the kernel when it returns, so it survives a kill of the process (not a
-    machine crash: no fsync, see docs/scim-adapter.md). Not thread-safe by design beyond a
-    lock: the adapter calls it from its event loop."""
+    process sharing the outbox has in flight.
+
+    The lines go into a shared memory map of a preallocated file: a copy into the page
+    cache, no system call, so it survives a kill of the process as soon as it is made (not a
+    machine crash: nothing is fsynced, see docs/scim-adapter.md), and the event loop never
+    waits on the file system's journal, as an appending ``write(2)`` can while the outbox's
+    fsync runs. When a file is full the journal switches to the other one, emptied, and
+    first copies into it the intents still in flight: a file is emptied only once the other
+    holds everything still needed. A line cut short by a kill is not JSON and is skipped: it
+    was a begin not yet acknowledged (nothing forwarded) or a done (the outbox then says
+    whether the answer was recorded). Called from the adapter's event loop; a lock makes it
+    safe from other threads."""
 
     def __init__(self, directory: Path) -> None:
         self.id = _uuid.uuid4().hex
-        self.path = directory / f"{self.id}.jsonl"
+        self.paths = (directory / f"{self.id}.0.jsonl", directory / f"{self.id}.1.jsonl")
         self._lock_path = directory / f"{self.id}.lock"
         self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        self._fds: list[int | None] = [None, None]
+        self._maps: list[mmap.mmap | None] = [None, None]
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            self._map_empty(0, _INTENTS_SIZE)
         except BaseException:
+            self._close_files()
             os.close(self._lock_fd)
             raise
-        self._size = 0
+        self._cur = 0
+        self._off = 0
         self._open: dict[int, bytes] = {}  # intent number -> its line, while in flight
         self._n = 0
         self._mutex = threading.Lock()
         self._closed = False
+
+    @property
+    def path(self) -> Path:
+        """The file being written now."""
+        return self.paths[self._cur]
 
     def begin(self, doc: dict[str, Any]) -> int:
         """Append an intent (``doc``, JSON-able; its number ``"i"`` is set here, unique in
@@ -937,7 +953,7 @@ class IntentJournal:
             iid = self._n
             doc["i"] = iid
             line = _JSON_LINE(doc) + b"\n"
-            self._write(line)
+            self._append(line)
             self._open[iid] = line
         return iid
 
@@ -947,37 +963,65 @@ class IntentJournal:
             if self._closed or self._open.pop(iid, None) is None:
                 return
             try:
-                self._write(b'{"d":%d}\n' % iid)
-                if self._size > _INTENTS_COMPACT:
-                    self._compact()
+                self._append(b'{"d":%d}\n' % iid)
             except OSError as exc:  # the intent stays: a restart says "unknown" for it
                 _log.error("intent journal write failed: %s", exc)
 
     def in_flight(self) -> int:
         return len(self._open)
 
-    def _write(self, data: bytes) -> None:
-        n = os.write(self._fd, data)
-        if n != len(data):  # a short write (disk full): the torn line is ignored on reading
-            raise OSError(f"short write to the intent journal {self.path}")
-        self._size += n
+    def _append(self, line: bytes) -> None:
+        m = self._maps[self._cur]
+        end = self._off + len(line)
+        if m is None or end > len(m):
+            self._switch(line)
+            return
+        m[self._off : end] = line
+        self._off = end
 
-    def _compact(self) -> None:
-        """Rewrite the journal with the intents in flight only (atomic rename)."""
-        tmp = self.path.with_name(self.path.name + ".new")
-        data = b"".join(self._open.values())
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
-        try:
-            if os.write(fd, data) != len(data):
-                raise OSError("short write")
-            os.replace(tmp, self.path)
-        except BaseException:
-            os.close(fd)
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        os.close(self._fd)
-        self._fd, self._size = fd, len(data)
+    def _switch(self, line: bytes) -> None:
+        """Empty the other file, copy the intents in flight into it, append ``line``, and
+        write there from now on."""
+        k = 1 - self._cur
+        kept = b"".join(self._open.values())
+        need = len(kept) + len(line)
+        size = _INTENTS_SIZE
+        while size < 2 * need:
+            size *= 2
+        self._map_empty(k, size)
+        m = self._maps[k]
+        assert m is not None
+        m[: len(kept)] = kept
+        m[len(kept) : need] = line
+        self._cur, self._off = k, need
+
+    def _map_empty(self, k: int, size: int) -> None:
+        """File ``k`` emptied (zeros: the kernel drops its pages), ``size`` bytes, its blocks
+        allocated (a first write to a page then allocates nothing), and mapped."""
+        old = self._maps[k]
+        if old is not None:
+            old.close()
+            self._maps[k] = None
+        fd = self._fds[k]
+        if fd is None:
+            fd = os.open(self.paths[k], os.O_RDWR | os.O_CREAT, 0o600)
+            self._fds[k] = fd
+        os.ftruncate(fd, 0)
+        os.ftruncate(fd, size)
+        with contextlib.suppress(OSError):  # not every file system allocates ahead
+            os.posix_fallocate(fd, 0, size)
+        self._maps[k] = mmap.mmap(fd, size)
+
+    def _close_files(self) -> None:
+        for k in (0, 1):
+            m, fd = self._maps[k], self._fds[k]
+            if m is not None:
+                with contextlib.suppress(BufferError, ValueError):
+                    m.close()
+            if fd is not None:
+                os.close(fd)
+            self._maps[k] = None
+            self._fds[k] = None
 
     def close(self, *, remove: bool) -> None:
         """Close the journal; ``remove`` (nothing in flight at a clean shutdown) deletes it."""
@@ -985,12 +1029,11 @@ class IntentJournal:
             if self._closed:
                 return
             self._closed = True
-            os.close(self._fd)
+            self._close_files()
             if remove and not self._open:
-                with contextlib.suppress(OSError):
-                    os.unlink(self.path)
-                with contextlib.suppress(OSError):
-                    os.unlink(self._lock_path)
+                for p in (*self.paths, self._lock_path):
+                    with contextlib.suppress(OSError):
+                        os.unlink(p)
             os.close(self._lock_fd)
 
 
@@ -1000,14 +1043,15 @@ class OrphanedIntents:
     held under that instance's lock until :meth:`settle` (their events are committed) or
     :meth:`release`."""
 
-    path: Path
+    ident: str
+    paths: list[Path]
     intents: list[dict[str, Any]]
     lock_path: Path
     lock_fd: int
 
     def settle(self) -> None:
         """Their events are in the outbox: remove the journal, then its lock."""
-        for p in (self.path, self.path.with_name(self.path.name + ".new"), self.lock_path):
+        for p in (*self.paths, self.lock_path):
             with contextlib.suppress(OSError):
                 os.unlink(p)
         self.release()
@@ -1017,28 +1061,30 @@ class OrphanedIntents:
             os.close(self.lock_fd)
 
 
-def _read_journal(path: Path) -> list[dict[str, Any]]:
-    """The intents of a journal begun and not done, in order; a torn or unreadable line
-    (a short write: its write was never acknowledged, so nothing was forwarded) is skipped."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return []
+def _read_journal(paths: Sequence[Path]) -> list[dict[str, Any]]:
+    """The intents of a journal (its files) begun and not done, in the order begun; a line
+    cut short by a kill, or the zeros after the last line, is not JSON and is skipped."""
     begun: dict[int, dict[str, Any]] = {}
-    for line in data.split(b"\n"):
-        if not line:
-            continue
+    finished: set[int] = set()
+    for path in paths:
         try:
-            doc = json.loads(line)
-        except ValueError:
+            data = path.read_bytes()
+        except FileNotFoundError:
             continue
-        if not isinstance(doc, dict):
-            continue
-        if type(doc.get("d")) is int:
-            begun.pop(doc["d"], None)
-        elif type(doc.get("i")) is int:
-            begun[doc["i"]] = doc
-    return list(begun.values())
+        for line in data.split(b"\n"):
+            if not line or line[0] != 0x7B:  # "{"
+                continue
+            try:
+                doc = json.loads(line)
+            except ValueError:
+                continue
+            if not isinstance(doc, dict):
+                continue
+            if type(doc.get("d")) is int:
+                finished.add(doc["d"])
+            elif type(doc.get("i")) is int:
+                begun.setdefault(doc["i"], doc)
+    return [doc for i, doc in sorted(begun.items()) if i not in finished]
 
 
 def _safe(exc: BaseException) -> str:

@@ -21,7 +21,7 @@ from client.adapters.middleware import (
     intent_doc,
     unknown_outcome_records,
 )
-from client.adapters.outbox import Outbox
+from client.adapters.outbox import IntentJournal, Outbox
 from client.scim.event import event_from_json
 from tlog.scim.effects import classify
 
@@ -122,9 +122,7 @@ def test_a_live_adapters_intents_are_never_recovered(tmp_path: Path) -> None:
         iid = journal.begin({"req": "r", "t": 1})
         assert other.orphaned_intents() == []
         # the live adapter dies (its lock goes with its descriptors)
-        journal._closed = True
-        os.close(journal._fd)
-        os.close(journal._lock_fd)
+        _die(journal)
         (orphan,) = other.orphaned_intents()
         assert [d["i"] for d in orphan.intents] == [iid]
         orphan.settle()
@@ -134,6 +132,13 @@ def test_a_live_adapters_intents_are_never_recovered(tmp_path: Path) -> None:
         live._journal = None
         live.close()
         other.close()
+
+
+def _die(j: IntentJournal) -> None:
+    """The journal's process is killed: its files stay, its lock goes."""
+    j._closed = True
+    j._close_files()
+    os.close(j._lock_fd)
 
 
 def test_a_clean_shutdown_leaves_no_journal(tmp_path: Path) -> None:
@@ -147,22 +152,24 @@ def test_a_clean_shutdown_leaves_no_journal(tmp_path: Path) -> None:
 def test_compaction_keeps_what_is_in_flight(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(outbox_mod, "_INTENTS_COMPACT", 4096)
+    monkeypatch.setattr(outbox_mod, "_INTENTS_SIZE", 4096)
     path = tmp_path / "o.sqlite"
     ob = Outbox(path)
     j = ob.intents()
     keep = [j.begin({"req": f"keep{i}", "t": 1}) for i in range(3)]
     for i in range(500):
         j.done(j.begin({"req": f"r{i}", "t": 1, "pad": "x" * 40}))
-    assert j.path.stat().st_size < 8192
-    assert [d["i"] for d in outbox_mod._read_journal(j.path)] == keep
-    j._closed = True  # dies
-    os.close(j._fd)
-    os.close(j._lock_fd)
+    assert all(p.stat().st_size <= 4096 for p in j.paths)
+    assert [d["i"] for d in outbox_mod._read_journal(j.paths)] == keep
+    big = j.begin({"req": "big", "t": 1, "pad": "z" * 5000})  # more than a file: it grows
+    keep.append(big)
+    j.done(j.begin({"req": "after", "t": 1}))
+    assert [d["i"] for d in outbox_mod._read_journal(j.paths)] == keep
+    _die(j)
     other = Outbox(path)
     try:
         (orphan,) = other.orphaned_intents()
-        assert sorted(d["req"] for d in orphan.intents) == ["keep0", "keep1", "keep2"]
+        assert sorted(d["req"] for d in orphan.intents) == ["big", "keep0", "keep1", "keep2"]
         orphan.release()
     finally:
         ob._journal = None
@@ -179,9 +186,7 @@ def test_recovery_at_start_queues_each_unanswered_intent_once(tmp_path: Path) ->
     assert d1 is not None and d2 is not None
     j.begin(d1)
     j.done(j.begin(d2))
-    j._closed = True
-    os.close(j._fd)
-    os.close(j._lock_fd)
+    _die(j)
     dead._journal = None
     dead.close()
 
@@ -207,9 +212,7 @@ def test_another_tenants_intents_are_left_alone(tmp_path: Path) -> None:
     doc = intent_doc(AuditConfig(tenant="other", sp_id="sp1"), _exchange("DELETE", "/Users/u1"))
     assert doc is not None
     j.begin(doc)
-    j._closed = True
-    os.close(j._fd)
-    os.close(j._lock_fd)
+    _die(j)
     dead._journal = None
     dead.close()
     ob = Outbox(path)
@@ -223,3 +226,12 @@ def test_another_tenants_intents_are_left_alone(tmp_path: Path) -> None:
         assert len(list((tmp_path / "o.sqlite.intents").glob("*.jsonl"))) == 2  # + its own
     finally:
         ob.close()
+
+
+def test_a_line_cut_short_by_a_kill_is_skipped(tmp_path: Path) -> None:
+    a, b = tmp_path / "j.0.jsonl", tmp_path / "j.1.jsonl"
+    a.write_bytes(b'{"i":1,"req":"a"}\n{"i":2,"req":"b"}\n{"d":1}\n' + bytes(64))
+    # the switch copied 2 (in flight) into b; 3 began there, 2 was done, 4 was cut short
+    b.write_bytes(b'{"i":2,"req":"b"}\n{"i":3,"req":"c"}\n{"d":2}\n{"i":4,"req' + bytes(64))
+    got = outbox_mod._read_journal([a, b])
+    assert [d["req"] for d in got] == ["c"]
