@@ -153,6 +153,7 @@ class AuditMiddleware:
         self._failed_size = 0  # bytes of the last add the outbox refused
         self.stats = {"events": 0, "access": 0, "unrecorded": 0, "refused": 0, "recovered": 0}
         self._journal: IntentJournal | None = None  # write-ahead intents (start())
+        self._intents = False  # intents are written (from start() on)
 
     def backlog(self) -> dict[str, Any]:
         """The audit backlog, for monitoring (``tlog scim-proxy`` serves it at
@@ -232,10 +233,11 @@ class AuditMiddleware:
                 )
             n += len(records)
         self.stats["recovered"] += n
+        self._intents = True
         try:
             self._journal = self.outbox.intents()
-        except OutboxError as exc:
-            _log.error("write-ahead intents are off: %s", exc)
+        except OutboxError as exc:  # tried again at each write (fail-closed refuses them)
+            _log.error("the write-ahead intent journal cannot be opened: %s", exc)
         return n
 
     def close(self) -> None:
@@ -326,10 +328,10 @@ class AuditMiddleware:
             return
 
         iid: int | None = None
-        if self._journal is not None:
+        if self._intents:
             try:
                 iid = self._begin_intent(x)
-            except OSError as exc:
+            except (OSError, OutboxError) as exc:
                 _log.error("write-ahead intent of request %s not written: %s", req_id, exc)
                 if not cfg.fail_open:  # nothing forwarded: the client may retry
                     self.stats["refused"] += 1
@@ -565,11 +567,15 @@ class AuditMiddleware:
 
     def _begin_intent(self, x: Exchange) -> int | None:
         """Append the write-ahead intent of a write about to be forwarded (None: a request
-        that can yield no event). Raises OSError when the journal cannot be written."""
+        that can yield no event). Raises OSError or OutboxError when the journal cannot be
+        written."""
         doc = intent_doc(self.config, x)
-        if doc is None or self._journal is None:
+        if doc is None:
             return None
-        return self._journal.begin(doc)
+        journal = self._journal
+        if journal is None:  # could not be opened at start-up: try again
+            journal = self._journal = self.outbox.intents()
+        return journal.begin(doc)
 
     def _done(self, iid: int | None) -> None:
         if iid is not None and self._journal is not None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import functools
 import json
@@ -890,7 +891,7 @@ class Outbox:
 
 # --- write-ahead intents ------------------------------------------------------------------------
 
-_INTENTS_SIZE = 1 << 20  # bytes of each of a journal's two files (more if what is in flight needs)
+_INTENTS_SIZE = 1 << 18  # bytes of each of a journal's two files (more if what is in flight needs)
 _JSON_LINE = msgspec.json.Encoder().encode
 
 
@@ -930,6 +931,9 @@ class IntentJournal:
         except BaseException:
             self._close_files()
             os.close(self._lock_fd)
+            for p in (*self.paths, self._lock_path):  # nothing of a journal that never was
+                with contextlib.suppress(OSError):
+                    os.unlink(p)
             raise
         self._cur = 0
         self._off = 0
@@ -1008,8 +1012,16 @@ class IntentJournal:
             self._fds[k] = fd
         os.ftruncate(fd, 0)
         os.ftruncate(fd, size)
-        with contextlib.suppress(OSError):  # not every file system allocates ahead
+        # Allocated now, or a write into the map on a full disk would be a SIGBUS, not an
+        # error: a full disk is an OSError here (begin fails: fail-closed answers 503).
+        try:
             os.posix_fallocate(fd, 0, size)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise
+            zeros = bytes(1 << 16)  # no fallocate here: write the zeros
+            for at in range(0, size, len(zeros)):
+                os.pwrite(fd, zeros[: min(len(zeros), size - at)], at)
         self._maps[k] = mmap.mmap(fd, size)
 
     def _close_files(self) -> None:

@@ -5,6 +5,8 @@ resource's state."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -235,3 +237,60 @@ def test_a_line_cut_short_by_a_kill_is_skipped(tmp_path: Path) -> None:
     b.write_bytes(b'{"i":2,"req":"b"}\n{"i":3,"req":"c"}\n{"d":2}\n{"i":4,"req' + bytes(64))
     got = outbox_mod._read_journal([a, b])
     assert [d["req"] for d in got] == ["c"]
+
+
+def test_a_journal_that_cannot_be_written_refuses_before_forwarding(tmp_path: Path) -> None:
+    """A full disk under the journal (no room for its preallocated file): fail-closed
+    answers 503 without calling the SP (nothing applied unrecorded), then works again once
+    there is room; the journal's blocks are allocated ahead, so a write into its map never
+    meets a full disk (a SIGBUS, not an error)."""
+    from tests.adapters.test_redteam7_outbox import _small_tmpfs
+
+    gen = _small_tmpfs(tmp_path)
+    disk = next(gen)
+    try:
+        ob = Outbox(disk / "o.sqlite")
+        filler = disk / "filler"
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:  # fill the disk, then give back less than a journal file's room
+            while True:
+                os.write(fd, bytes(4096))
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        os.truncate(filler, filler.stat().st_size - (64 << 10))
+        calls = []
+
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            calls.append(scope["path"])
+            await receive()
+            await send({"type": "http.response.start", "status": 204, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+
+        mw = AuditMiddleware(app, CFG, ob)
+        mw.start()
+
+        async def delete(rid: str) -> int:
+            msgs = [{"type": "http.request", "body": b"", "more_body": False}]
+            sent: list[dict[str, Any]] = []
+
+            async def receive() -> dict[str, Any]:
+                return msgs.pop() if msgs else {"type": "http.disconnect"}
+
+            async def send(m: dict[str, Any]) -> None:
+                sent.append(m)
+
+            scope = {"type": "http", "method": "DELETE", "path": f"/Users/{rid}", "headers": []}
+            await mw(scope, receive, send)
+            return int(sent[0]["status"])
+
+        assert asyncio.run(delete("u1")) == 503
+        assert calls == []
+        filler.unlink()
+        assert asyncio.run(delete("u2")) == 204
+        assert calls == ["/Users/u2"]
+        ob.close()
+    finally:
+        with contextlib.suppress(StopIteration):
+            next(gen)
