@@ -244,9 +244,9 @@ def test_a_journal_that_cannot_be_written_refuses_before_forwarding(tmp_path: Pa
     answers 503 without calling the SP (nothing applied unrecorded), then works again once
     there is room; the journal's blocks are allocated ahead, so a write into its map never
     meets a full disk (a SIGBUS, not an error)."""
-    from tests.adapters.test_redteam7_outbox import _small_tmpfs
+    from tests.adapters.helpers import tmpfs
 
-    gen = _small_tmpfs(tmp_path)
+    gen = tmpfs(tmp_path, "small", lazy=True)
     disk = next(gen)
     try:
         ob = Outbox(disk / "o.sqlite")
