@@ -102,10 +102,10 @@ def default_actor(scope: Scope) -> dict[str, Any]:
     state = scope.get("state")
     if isinstance(state, Mapping) and isinstance(state.get("tlog_actor"), Mapping):
         return dict(state["tlog_actor"])
-    return _credential_actor(scope)
+    return credential_actor(scope)
 
 
-def _credential_actor(scope: Scope) -> dict[str, Any]:
+def credential_actor(scope: Scope) -> dict[str, Any]:
     auth = header(scope.get("headers", ()), b"authorization")
     if auth is not None:
         scheme, _, cred = auth.strip().partition(" ")
@@ -117,7 +117,7 @@ def _credential_actor(scope: Scope) -> dict[str, Any]:
                 user = base64.b64decode(cred, validate=True).decode("utf-8").partition(":")[0]
             except (binascii.Error, UnicodeDecodeError):
                 user = ""
-            if _ident(user, 512):
+            if ident(user, 512):
                 return {"kind": "user", "id": user}
     return {"kind": "anonymous"}
 
@@ -180,7 +180,7 @@ class AuditConfig:
     record_src: bool = True
 
     def __post_init__(self) -> None:
-        if not _ident(self.tenant, 256) or not _ident(self.sp_id, 256):
+        if not ident(self.tenant, 256) or not ident(self.sp_id, 256):
             raise ValueError("tenant and sp_id must be non-empty identifiers (<= 256 bytes)")
         if self.base_path and (not self.base_path.startswith("/") or self.base_path.endswith("/")):
             raise ValueError("base_path must start with '/' and not end with one (or be '')")
@@ -207,7 +207,7 @@ def header_map(headers: Sequence[tuple[bytes, bytes]] | Any) -> dict[bytes, byte
     return out
 
 
-def _ident(value: object, max_bytes: int) -> str | None:
+def ident(value: object, max_bytes: int) -> str | None:
     """``value`` if it is a valid event identifier (non-empty, no controls, bounded)."""
     if not isinstance(value, str) or not value or _CONTROL.search(value):
         return None
@@ -219,7 +219,7 @@ def _ident(value: object, max_bytes: int) -> str | None:
     return value
 
 
-def _text(value: str, max_bytes: int) -> str | None:
+def short_text(value: str, max_bytes: int) -> str | None:
     """Free text cut to ``max_bytes`` of UTF-8, controls (but tab/LF/CR) removed."""
     value = _TEXT_CONTROL.sub("", value)
     data = value.encode("utf-8", "replace")[:max_bytes]
@@ -227,22 +227,22 @@ def _text(value: str, max_bytes: int) -> str | None:
     return out or None
 
 
-def _path_text(value: str) -> str:
+def path_text(value: str) -> str:
     """A request path for ``req.p``: no control characters, at most 4096 bytes."""
     value = _CONTROL.sub("", value)
     return value.encode("utf-8", "replace")[:4096].decode("utf-8", "ignore") or "/"
 
 
-def _rid(value: str) -> str:
+def rid_text(value: str) -> str:
     """A resource id for the event; an id the schema cannot hold is replaced by its digest."""
     return (
-        _ident(value, 256)
+        ident(value, 256)
         or "sha256:" + hashlib.sha256(value.encode("utf-8", "replace")).hexdigest()
     )
 
 
 @functools.lru_cache(maxsize=4096)
-def _ip_text(value: str) -> str | None:
+def ip_text(value: str) -> str | None:
     """An IP address in its normal text form, or None; cached: a proxy sees the same few
     client addresses again and again, and parsing one costs more than the rest of ``src``."""
     try:
@@ -251,7 +251,7 @@ def _ip_text(value: str) -> str | None:
         return None
 
 
-def _get_ci(obj: Mapping[str, Any], name: str) -> Any:
+def get_ci(obj: Mapping[str, Any], name: str) -> Any:
     for k, v in obj.items():
         if isinstance(k, str) and k.lower() == name:
             return v
@@ -353,7 +353,7 @@ def route(rel: str, method: str, cfg: AuditConfig) -> _Target:
     for name, rt in cfg.resource_types.items():
         if name.lower() == low:
             return _Target("resource", rt=rt, rid=rid)
-    return _Target("unknown", rt=_ident(ep, 128) or "unknown", rid=rid)
+    return _Target("unknown", rt=ident(ep, 128) or "unknown", rid=rid)
 
 
 def _routing_failure(target: _Target, op: str, status: int, rid: str | None) -> str | None:
@@ -380,12 +380,12 @@ def _outcome(op: str, status: int) -> str:
 def _error(status: int, body: Any, default_reason: str | None = None) -> dict[str, Any]:
     err: dict[str, Any] = {"code": str(status)}
     if isinstance(body, Mapping):
-        st = _get_ci(body, "scimtype")
-        if isinstance(st, str) and _ident(st, 64):
+        st = get_ci(body, "scimtype")
+        if isinstance(st, str) and ident(st, 64):
             err["scim_type"] = st
-        detail = _get_ci(body, "detail")
+        detail = get_ci(body, "detail")
         if isinstance(detail, str) and detail:
-            err["reason"] = _text(detail, 4096)
+            err["reason"] = short_text(detail, 4096)
     if not err.get("reason"):
         reason = default_reason
         if reason is None:
@@ -506,7 +506,7 @@ class Builder:
             except Exception:
                 _log.exception("actor hook failed; recording the credential thumbprint")
                 got = None
-            self._actor = dict(got) if got else _credential_actor(self.x.scope)
+            self._actor = dict(got) if got else credential_actor(self.x.scope)
         return self._actor
 
     def src(self) -> dict[str, Any] | None:
@@ -522,12 +522,12 @@ class Builder:
         if ip is None and client:
             ip = str(client[0])
         if ip:
-            norm = _ip_text(ip)
+            norm = ip_text(ip)
             if norm is not None:
                 out["ip"] = norm
         ua = self.x.req_header(b"user-agent")
         if ua:
-            text = _text(ua, 1024)
+            text = short_text(ua, 1024)
             if text:
                 out["ua"] = text
         return out or None
@@ -539,7 +539,7 @@ class Builder:
         if bulk is not None:
             c["bulk_req"] = self.x.req_id
             c["seq"] = bulk[0]
-            if bulk[1] is not None and _ident(bulk[1], 256):
+            if bulk[1] is not None and ident(bulk[1], 256):
                 c["bulk_id"] = bulk[1]
         return c
 
@@ -572,7 +572,7 @@ class Builder:
                 ref_pid=self.ref_pid,
             ), None
         except EventFormatError as exc:
-            return None, _text(str(exc), 200) or "request body not understood"
+            return None, short_text(str(exc), 200) or "request body not understood"
 
     def body_intent(self, op: str, rt: str) -> tuple[RequestIntent | None, str | None]:
         if op == "delete":
@@ -628,7 +628,7 @@ class Builder:
             except EventFormatError as exc:
                 last = exc
                 xs["uninterpretable"] = "request too large to record: " + (
-                    _text(str(exc), 160) or ""
+                    short_text(str(exc), 160) or ""
                 )
         extra: dict[str, Any] = {"x": xs or None}
         if success and "uninterpretable" in xs:
@@ -641,7 +641,7 @@ class Builder:
             last = exc
         # Last resort: drop everything the hooks or the request supplied beyond the minimum.
         minimal = dict(fields)
-        minimal["actor"] = _credential_actor(self.x.scope)
+        minimal["actor"] = credential_actor(self.x.scope)
         minimal["src"] = None
         minimal["idp"] = None
         minimal["req"] = {k: v for k, v in fields["req"].items() if k != "if_match"}
@@ -728,9 +728,9 @@ class Builder:
         op = op_for_method(x.method)
         resp = self.resp()
         status = x.status
-        rid = None if target.rid is None else _rid(target.rid)
+        rid = None if target.rid is None else rid_text(target.rid)
         if target.me and isinstance(resp, Mapping) and isinstance(resp.get("id"), str):
-            rid = _rid(resp["id"])
+            rid = rid_text(resp["id"])
         elif target.me:
             rid = "Me"
         if op == "create" and 200 <= status < 300 and rid is None:
@@ -741,18 +741,18 @@ class Builder:
         outcome = _outcome(op, status)
         req: dict[str, Any] = {
             "m": x.method,
-            "p": _path_text(x.rel),
+            "p": path_text(x.rel),
             "dig": self.dig,
             "len": len(x.body),
         }
         if_match = x.req_header(b"if-match")
-        if if_match and _ident(if_match, 1024):
+        if if_match and ident(if_match, 1024):
             req["if_match"] = if_match
         etag = x.resp_header(b"etag")
-        etag = etag if etag and _ident(etag, 256) else None
+        etag = etag if etag and ident(etag, 256) else None
         loc = x.resp_header(b"location")
-        loc = loc if loc and _ident(loc, 2048) else None
-        pre = if_match if if_match and if_match.strip() != "*" and _ident(if_match, 256) else None
+        loc = loc if loc and ident(loc, 2048) else None
+        pre = if_match if if_match and if_match.strip() != "*" and ident(if_match, 256) else None
         body_obj = self.req.value
         fields = {
             **self.common(),
@@ -784,14 +784,14 @@ class Builder:
         id and its Location disagree. None when it can (or there is none)."""
         decoded = self._resp
         if decoded is not None and decoded.error is not None and self.x.resp_body:
-            return "not understood: " + (_text(decoded.error, 160) or "unreadable")
+            return "not understood: " + (short_text(decoded.error, 160) or "unreadable")
         if not isinstance(resp, Mapping):
             return None
         got = resp.get("id")
         if not isinstance(got, str) or not got:
             return None
         if op != "create":
-            if not target.me and rid is not None and _rid(got) != rid:
+            if not target.me and rid is not None and rid_text(got) != rid:
                 return "names another resource than the one written: not taken as its result"
             return None
         if loc:
@@ -803,11 +803,11 @@ class Builder:
     @staticmethod
     def _created_id(resp: Any, location: str | None) -> str:
         if isinstance(resp, Mapping) and isinstance(resp.get("id"), str) and resp["id"]:
-            return _rid(resp["id"])
+            return rid_text(resp["id"])
         if location:
             last = location.split("?")[0].rstrip("/").rsplit("/", 1)[-1]
             if last:
-                return _rid(last)
+                return rid_text(last)
         return "-"  # the SP's answer named no id
 
     @staticmethod
@@ -815,7 +815,7 @@ class Builder:
         for obj in (resp, body):
             if isinstance(obj, Mapping):
                 v = obj.get("externalId")
-                if isinstance(v, str) and _ident(v, 1024):
+                if isinstance(v, str) and ident(v, 1024):
                     return v
         return None
 
@@ -826,27 +826,27 @@ class Builder:
         if x.status in (401, 403):
             return Recorded([], [self.access("auth", x.method, x.rel, x.status)])
         req_obj = self.req.value
-        ops = _get_ci(req_obj, "operations") if isinstance(req_obj, Mapping) else None
+        ops = get_ci(req_obj, "operations") if isinstance(req_obj, Mapping) else None
         if not isinstance(ops, list) or not all(isinstance(o, Mapping) for o in ops):
             return Recorded([], [self.access("not a bulk request", x.method, x.rel, x.status)])
         resp = self.resp()
-        resp_ops = _get_ci(resp, "operations") if isinstance(resp, Mapping) else None
+        resp_ops = get_ci(resp, "operations") if isinstance(resp, Mapping) else None
         unknown = 200 <= x.status < 300 and not isinstance(resp_ops, list)
         if unknown and self.answer is None:
             # No BulkResponse to read: which operations ran is unknown (never "stopped
             # before this operation", which says that nothing was applied).
             error = self._resp.error if self._resp is not None else None
             self.answer = "not understood: " + (
-                (_text(error, 160) or "unreadable") if error else "no BulkResponse Operations"
+                (short_text(error, 160) or "unreadable") if error else "no BulkResponse Operations"
             )
         if not (200 <= x.status < 300) or not isinstance(resp_ops, list):
             resp_ops = []
         matched = _align(ops, [r for r in resp_ops if isinstance(r, Mapping)])
         created: dict[str, str] = {}  # bulkId -> id, from the POSTs that succeeded
         for op_req, op_resp in zip(ops, matched, strict=True):
-            if op_resp is None or str(_get_ci(op_req, "method") or "").upper() != "POST":
+            if op_resp is None or str(get_ci(op_req, "method") or "").upper() != "POST":
                 continue
-            bid = _get_ci(op_req, "bulkid")
+            bid = get_ci(op_req, "bulkid")
             loc = op_resp.get("location")
             if isinstance(bid, str) and isinstance(loc, str) and loc:
                 created[bid] = loc.rstrip("/").rsplit("/", 1)[-1]
@@ -868,8 +868,8 @@ class Builder:
         unknown: bool = False,
     ) -> None:
         x = self.x
-        method = str(_get_ci(op_req, "method") or "").upper()
-        path = _get_ci(op_req, "path")
+        method = str(get_ci(op_req, "method") or "").upper()
+        path = get_ci(op_req, "path")
         path = path if isinstance(path, str) else ""
         if method not in WRITE_METHODS:
             out.access.append(
@@ -878,10 +878,10 @@ class Builder:
             return
         op = op_for_method(method)
         target = route(relative(path, self.cfg.base_path), method, self.cfg)
-        bulk_id = _get_ci(op_req, "bulkid")
+        bulk_id = get_ci(op_req, "bulkid")
         bulk_id = bulk_id if isinstance(bulk_id, str) else None
-        version = _get_ci(op_req, "version")
-        version = version if isinstance(version, str) and _ident(version, 256) else None
+        version = get_ci(op_req, "version")
+        version = version if isinstance(version, str) and ident(version, 256) else None
         rid = target.rid
         if rid is not None and rid.startswith("bulkId:"):
             rid = created.get(rid.removeprefix("bulkId:"), rid)
@@ -896,7 +896,7 @@ class Builder:
                 status = 500
             loc = op_resp.get("location") if isinstance(op_resp.get("location"), str) else None
             rv = op_resp.get("version")
-            rversion = rv if isinstance(rv, str) and _ident(rv, 256) else None
+            rversion = rv if isinstance(rv, str) and ident(rv, 256) else None
             resp_err = op_resp.get("response")
             if op == "create" and 200 <= status < 300:
                 rid = self._created_id(None, loc)
@@ -921,7 +921,7 @@ class Builder:
                 "code": "not_processed",
                 "reason": "the bulk request stopped (failOnErrors) before this operation",
             }
-        rid_v = None if rid is None else _rid(rid)
+        rid_v = None if rid is None else rid_text(rid)
         why = _routing_failure(target, op, status, rid_v)
         if why is not None and op_resp is not None:
             out.access.append(self.access(why, method, path, status))
@@ -931,23 +931,23 @@ class Builder:
             return
         if op == "create" and outcome != "success":
             rid_v = None
-        data = _get_ci(op_req, "data")
+        data = get_ci(op_req, "data")
         req: dict[str, Any] = {
             "m": method,
-            "p": _path_text(path),
+            "p": path_text(path),
             "dig": self.dig,
             "len": len(x.body),
         }
         if version:
             req["if_match"] = version
-        loc_v = loc if loc and _ident(loc, 2048) else None
+        loc_v = loc if loc and ident(loc, 2048) else None
         xid = data.get("externalId") if isinstance(data, Mapping) else None
         fields = {
             **self.common(),
             "op": op,
             "rt": target.rt or "unknown",
             "rid": rid_v,
-            "xid": xid if isinstance(xid, str) and _ident(xid, 1024) else None,
+            "xid": xid if isinstance(xid, str) and ident(xid, 1024) else None,
             "ver": {"pre": version if version and version != "*" else None, "post": rversion},
             "actor": self.actor(),
             "corr": self.corr((seq, bulk_id)),
@@ -969,13 +969,13 @@ def _resulting_values(rt: str, resp: Any) -> dict[str, Any] | None:
     if rt != "User" or not isinstance(resp, Mapping) or not isinstance(resp.get("id"), str):
         return None
     out: dict[str, Any] = {}
-    active = _get_ci(resp, "active")
+    active = get_ci(resp, "active")
     if isinstance(active, bool):
         out["active"] = active
     for name in ("roles", "entitlements"):
-        items = _get_ci(resp, name)
+        items = get_ci(resp, name)
         if isinstance(items, list) and len(items) <= 256:
-            vals = [_get_ci(i, "value") if isinstance(i, Mapping) else i for i in items]
+            vals = [get_ci(i, "value") if isinstance(i, Mapping) else i for i in items]
             if all(isinstance(v, str) and 0 < len(v) <= 256 for v in vals):
                 out[name] = vals
     # Keep the event small; the state then follows the intent. ({"active": ...} alone is
@@ -1014,14 +1014,14 @@ def _align(
 
 
 def _compatible(op: Mapping[str, Any], res: Mapping[str, Any]) -> bool:
-    m1 = str(_get_ci(op, "method") or "").upper()
+    m1 = str(get_ci(op, "method") or "").upper()
     m2 = str(res.get("method") or "").upper()
     if m1 != m2:
         return False
-    b1, b2 = _get_ci(op, "bulkid"), res.get("bulkId")
+    b1, b2 = get_ci(op, "bulkid"), res.get("bulkId")
     if (b1 or b2) and b1 != b2:
         return False
-    path, loc = _get_ci(op, "path"), res.get("location")
+    path, loc = get_ci(op, "path"), res.get("location")
     if m1 != "POST" and isinstance(path, str) and isinstance(loc, str):
         last = path.rstrip("/").rsplit("/", 1)[-1]
         if last and not last.startswith("bulkId:") and "/" in path.strip("/"):

@@ -72,22 +72,22 @@ from client.adapters.exchange import (
     Builder,
     Exchange,
     Recorded,
+    credential_actor,
     default_actor,
     event_json,
+    get_ci,
     header,
+    ident,
+    ip_text,
     log_access,
     now_ms,
+    path_text,
     relative,
+    rid_text,
     route,
+    short_text,
     validated_event,
 )
-from client.adapters.exchange import _credential_actor as credential_actor
-from client.adapters.exchange import _get_ci as get_ci
-from client.adapters.exchange import _ident as ident
-from client.adapters.exchange import _ip_text as ip_text
-from client.adapters.exchange import _path_text as path_text
-from client.adapters.exchange import _rid as rid_text
-from client.adapters.exchange import _text as short_text
 from client.adapters.outbox import IntentJournal, Outbox, OutboxError, OutboxRecord, Receipt
 from client.adapters.pseudonyms import PidCollector, substitute_pids
 from client.adapters.receipts import RECEIPT_HEADERS, receipt_headers, wait_receipts

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import collections
 import hashlib
+import http.server
 import json
 import os
 import shutil
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
+import pytest
 
 from client.adapters.middleware import AuditMiddleware
 from client.adapters.outbox import Outbox
@@ -388,3 +390,57 @@ def tmpfs(tmp_path: Path, name: str, options: str = "", *, lazy: bool = False) -
         subprocess.run(
             ["umount", *(["-l"] if lazy else []), str(mnt)], capture_output=True, timeout=30
         )
+
+
+class StandInSP(http.server.BaseHTTPRequestHandler):
+    """A SCIM service provider stand-in: answers every write at once, counts what it saw."""
+
+    seen: list[tuple[str, str]]
+
+    def log_message(self, *a: Any) -> None:
+        pass
+
+    def _answer(self, status: int, doc: Any | None) -> None:
+        body = b"" if doc is None else json.dumps(doc).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/scim+json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _read(self) -> None:
+        n = int(self.headers.get("Content-Length") or 0)
+        if n:
+            self.rfile.read(n)
+
+    def do_GET(self) -> None:
+        self._answer(
+            200, {"schemas": ["urn:ietf:params:scim:schemas:core:2.0:ServiceProviderConfig"]}
+        )
+
+    def do_POST(self) -> None:
+        self._read()
+        self.seen.append(("POST", self.path))
+        self._answer(201, {"id": "u-new", "userName": "new", "schemas": []})
+
+    def do_PATCH(self) -> None:
+        self._read()
+        self.seen.append(("PATCH", self.path))
+        self._answer(200, {"id": self.path.rsplit("/", 1)[-1], "schemas": []})
+
+    def do_DELETE(self) -> None:
+        self._read()
+        self.seen.append(("DELETE", self.path))
+        self._answer(204, None)
+
+
+@pytest.fixture(name="sp")
+def standin_sp() -> Iterator[tuple[str, list[tuple[str, str]]]]:
+    seen: list[tuple[str, str]] = []
+    handler = type("SP", (StandInSP,), {"seen": seen})
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}/v2", seen
+    srv.shutdown()
+    srv.server_close()

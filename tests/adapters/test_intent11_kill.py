@@ -11,7 +11,6 @@ The kill point is made deterministic by the test-only ``TLOG_TEST_PAUSE`` hook
 from __future__ import annotations
 
 import hashlib
-import http.server
 import json
 import os
 import signal
@@ -20,7 +19,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,63 +27,10 @@ import pytest
 
 from tests.support import ROOT, free_port, start_proxy, stop_processes, wait_http
 
+from .helpers import standin_sp  # noqa: F401  (the SP stand-in fixture, "sp")
 from .logserver import Log, audit_read
 
 TENANT = "acme"
-
-
-class _SP(http.server.BaseHTTPRequestHandler):
-    """A SCIM service provider stand-in: answers every write at once, counts what it saw."""
-
-    seen: list[tuple[str, str]]
-
-    def log_message(self, *a: Any) -> None:
-        pass
-
-    def _answer(self, status: int, doc: Any | None) -> None:
-        body = b"" if doc is None else json.dumps(doc).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/scim+json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def _read(self) -> None:
-        n = int(self.headers.get("Content-Length") or 0)
-        if n:
-            self.rfile.read(n)
-
-    def do_GET(self) -> None:
-        self._answer(
-            200, {"schemas": ["urn:ietf:params:scim:schemas:core:2.0:ServiceProviderConfig"]}
-        )
-
-    def do_POST(self) -> None:
-        self._read()
-        self.seen.append(("POST", self.path))
-        self._answer(201, {"id": "u-new", "userName": "new", "schemas": []})
-
-    def do_PATCH(self) -> None:
-        self._read()
-        self.seen.append(("PATCH", self.path))
-        self._answer(200, {"id": self.path.rsplit("/", 1)[-1], "schemas": []})
-
-    def do_DELETE(self) -> None:
-        self._read()
-        self.seen.append(("DELETE", self.path))
-        self._answer(204, None)
-
-
-@pytest.fixture
-def sp() -> Iterator[tuple[str, list[tuple[str, str]]]]:
-    seen: list[tuple[str, str]] = []
-    handler = type("SP", (_SP,), {"seen": seen})
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}/v2", seen
-    srv.shutdown()
-    srv.server_close()
 
 
 def _send_and_kill(proc: subprocess.Popen[bytes], url: str, marker: Path, **kw: Any) -> None:

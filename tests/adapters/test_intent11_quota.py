@@ -11,7 +11,7 @@ import httpx
 from client.adapters.outbox import Outbox, OutboxRecord, Receipt
 from tests.support import free_port, start_proxy, stop_processes
 
-from .test_intent11_kill import sp  # noqa: F401  (the SP stand-in fixture)
+from .helpers import standin_sp  # noqa: F401  (the SP stand-in fixture, "sp")
 
 
 def _delete(base: str, i: int) -> int:
@@ -25,7 +25,7 @@ def _delete(base: str, i: int) -> int:
 
 def test_two_proxies_on_one_outbox_share_its_quota(
     tmp_path: Path,
-    sp: tuple[str, list[tuple[str, str]]],  # noqa: F811
+    sp: tuple[str, list[tuple[str, str]]],
 ) -> None:
     upstream, _ = sp
     dead = f"http://127.0.0.1:{free_port()}"  # the log is down: events stay in the outbox
