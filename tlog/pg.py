@@ -334,6 +334,19 @@ def warn_timeouts(conn: psycopg.Connection[Any], where: str) -> list[str]:
     return found
 
 
+def _no_idle_end(conn: psycopg.Connection[Any]) -> None:
+    """Opt this session out of an ``idle_session_timeout`` the role or database sets: the
+    writer's connection and the turns' lock sessions live as long as the frontend, idle
+    between writes by design. Ended while idle, the writer's would fail a write that raced
+    the end (its first statement sent just as the server closed it), and a turn's session
+    would drop its advisory lock unseen. (PostgreSQL 14+; older servers have no such
+    setting. The start-up warning still names it: the pooled readers keep it and replace a
+    connection found dead.)"""
+    row = conn.execute("SELECT current_setting('idle_session_timeout', true)").fetchone()
+    if row is not None and row[0] not in (None, "0"):
+        conn.execute("SET idle_session_timeout = 0")
+
+
 def _dead_while_idle(conn: psycopg.Connection[Any]) -> bool:
     """Whether an idle connection (no statement in flight) was ended by the server since
     its last use (``idle_session_timeout``, ``pg_terminate_backend``, a restart): its
@@ -961,6 +974,7 @@ class PgStorage:
         try:
             conn.add_notice_handler(self._on_notice)
             self._check_server(conn)
+            _no_idle_end(conn)
             if self.replication == "sync":
                 # On every new connection: after a failover libpq may have found another
                 # primary (a multi-host URL), which must replicate synchronously too.
@@ -1332,6 +1346,7 @@ class PgStorage:
             conn.execute(
                 f"SET lock_timeout = {max(1, int(timeout * 1000))}; SET statement_timeout = 0"
             )
+            _no_idle_end(conn)
         except psycopg.Error as exc:
             raise pg_fault(exc) or StorageError(str(exc)) from exc
         return conn

@@ -92,3 +92,32 @@ def test_timeouts_of_the_role_are_warned_about_at_open(
     with caplog.at_level("WARNING", logger="tlog.pg"):
         PgStorage(url, readonly=True).close()  # fsck, a read-only open: nothing to warn
     assert not [r for r in caplog.records if r.name == "tlog.pg"]
+
+
+def test_the_writer_and_a_turn_outlive_the_roles_idle_session_timeout(
+    role_url: tuple[str, str], pg_cluster: PgCluster
+) -> None:
+    """The role's ``idle_session_timeout`` (300 ms) ends sessions idle for longer. The
+    writer's connection and the staging turn's lock session opt out of it: the writer found
+    dead only by a poll before each write could still race the end (its first statement
+    sent just as the server closed it: a 503 for that batch, seen in CI), and a turn's
+    session ended while idle drops its advisory lock unseen."""
+    url, role = role_url
+    pg_cluster.sql(f"ALTER ROLE {role} SET idle_session_timeout = '300ms'")
+    st = PgStorage(url)
+    try:
+        log_ = Log(st, make_signer())
+        log_.integrate([b"a"])
+        assert st._writer is not None
+        pid = st._writer.info.backend_pid
+        release, _ = st.hold_stage_turn()
+        time.sleep(0.9)  # three times the timeout, idle
+        assert log_.integrate([b"b"]).indices == [1]
+        assert st._writer.info.backend_pid == pid, "the writer's session was ended"
+        with psycopg.connect(url, autocommit=True) as other:
+            other.execute("SET statement_timeout = 0; SET lock_timeout = 200")
+            with pytest.raises(psycopg.errors.LockNotAvailable):
+                other.execute(_STAGE_LOCK)  # still held by the idle turn session
+        release()
+    finally:
+        st.close()
