@@ -212,11 +212,29 @@ class AuditMiddleware:
                     req = doc.get("req")
                     t = doc.get("t")
                     if not isinstance(req, str) or type(t) is not int:
+                        _log.error(
+                            "write-ahead intent %s:%s skipped: no request id or time",
+                            orphan.ident,
+                            doc.get("i"),
+                        )
                         continue
                     if self.outbox.answered(req, t):
                         continue  # killed between the outbox commit and the journal's "done"
                     key = f"{orphan.ident}:{doc.get('i')}"
-                    records.extend(unknown_outcome_records(self.config, doc, key))
+                    try:
+                        records.extend(unknown_outcome_records(self.config, doc, key))
+                    except Exception as exc:  # a damaged line, not the journal
+                        # One damaged intent (a bit flipped, a field cut or foreign) is
+                        # skipped, loudly: releasing the whole journal for it would leave
+                        # every other intent in it unrecovered at every start-up.
+                        _log.error(
+                            "write-ahead intent %s:%s (request %.64r) is damaged and was "
+                            "skipped, no event recorded for it: %s",
+                            orphan.ident,
+                            doc.get("i"),
+                            req,
+                            type(exc).__name__,
+                        )
                 if records:
                     self.outbox.put(records)
             except Exception:

@@ -28,7 +28,9 @@ import logging
 import mmap
 import os
 import queue
+import re
 import sqlite3
+import stat
 import threading
 import time
 import urllib.parse
@@ -821,31 +823,70 @@ class Outbox:
                 journal = self._journal
                 if journal is None:
                     try:
-                        self.intents_dir.mkdir(mode=0o700, exist_ok=True)
+                        self._intents_dir_ready()
                         journal = self._journal = IntentJournal(self.intents_dir)
                     except OSError as exc:
                         raise OutboxError(f"cannot open the intent journal: {exc}") from None
         return journal
 
+    def _intents_dir_ready(self) -> None:
+        """The journal directory, made owner-only (0700, also when it was there before);
+        a symlink, something else than a directory, or another user's is refused."""
+        d = self.intents_dir
+        with contextlib.suppress(FileExistsError):
+            d.mkdir(mode=0o700)
+        st = os.lstat(d)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+            raise OSError(f"{d} is not a directory of this user (a symlink is refused)")
+        if stat.S_IMODE(st.st_mode) != 0o700:
+            os.chmod(d, 0o700)
+
     def orphaned_intents(self) -> list[OrphanedIntents]:
         """The journals of adapter instances that are gone (their lock is free), each with
         the intents they began and did not finish, locked by the caller until it settles or
-        releases them. Journals of live instances (this one's too) are left alone."""
+        releases them. Journals of live instances (this one's too) are left alone.
+
+        Only what an :class:`IntentJournal` makes is read: ``<32 hex>.lock`` and
+        ``<32 hex>.{0,1}.jsonl``, regular files owned by this user, opened without
+        following a symbolic link, each at most :data:`_JOURNAL_READ_MAX` bytes. Anything
+        else in the directory (a foreign name, a symlink, a FIFO, another user's file, a
+        huge file) is skipped and logged as an error, never read: a name such as ``*.lock``
+        would otherwise have globbed a live adapter's journal, and a symlink or FIFO could
+        make start-up read another file or wait for ever."""
         out: list[OrphanedIntents] = []
         try:
-            locks = sorted(self.intents_dir.glob("*.lock"))
+            names = sorted(os.listdir(self.intents_dir))
         except OSError:
             return out
         own = self._journal.id if self._journal is not None else None
-        for lock_path in locks:
-            ident = lock_path.name.removesuffix(".lock")
+        for name in names:
+            if name.endswith(".lock.new") and _JOURNAL_ID(name.removesuffix(".lock.new")):
+                _drop_stale_fresh_lock(self.intents_dir / name)
+                continue
+            if not name.endswith(".lock"):
+                if not _JOURNAL_NAME(name):
+                    _log.error("intent journal directory: skipped %r (not a journal file)", name)
+                continue
+            ident = name.removesuffix(".lock")
+            if not _JOURNAL_ID(ident):
+                _log.error("intent journal directory: skipped %r (not a journal lock)", name)
+                continue
             if ident == own:
                 continue
+            lock_path = self.intents_dir / name
             try:
-                fd = os.open(lock_path, os.O_RDWR)
-            except OSError:
+                fd = os.open(lock_path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK)
+            except OSError as exc:
+                _log.error("intent journal lock %s skipped: %s", name, exc)
                 continue
             try:
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+                    _log.error(
+                        "intent journal lock %s skipped: not a regular file of this user", name
+                    )
+                    os.close(fd)
+                    continue
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:  # a live instance holds it
                 os.close(fd)
@@ -853,7 +894,7 @@ class Outbox:
             if not lock_path.exists():  # settled by another start-up meanwhile
                 os.close(fd)
                 continue
-            paths = sorted(self.intents_dir.glob(ident + ".*.jsonl"))
+            paths = [self.intents_dir / f"{ident}.{k}.jsonl" for k in (0, 1)]
             out.append(OrphanedIntents(ident, paths, _read_journal(paths), lock_path, fd))
         return out
 
@@ -893,6 +934,11 @@ class Outbox:
 
 _INTENTS_SIZE = 1 << 18  # bytes of each of a journal's two files (more if what is in flight needs)
 _JSON_LINE = msgspec.json.Encoder().encode
+# A journal file read at recovery is at most this large (a journal grows past 256 KiB only as
+# far as twice what is in flight needs; a larger file is not read, and is logged).
+_JOURNAL_READ_MAX = 1 << 28
+_JOURNAL_ID = re.compile(r"[0-9a-f]{32}").fullmatch
+_JOURNAL_NAME = re.compile(r"[0-9a-f]{32}\.[01]\.jsonl").fullmatch
 
 
 class IntentJournal:
@@ -922,16 +968,22 @@ class IntentJournal:
         self.id = _uuid.uuid4().hex
         self.paths = (directory / f"{self.id}.0.jsonl", directory / f"{self.id}.1.jsonl")
         self._lock_path = directory / f"{self.id}.lock"
-        self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        # Locked under another name, then renamed: a start-up that lists the directory
+        # never sees this lock free (it would take it as a dead instance's, and settle,
+        # i.e. remove, it: this journal would then have no lock file and its intents
+        # would never be recovered after a kill).
+        fresh = directory / f"{self.id}.lock.new"
+        self._lock_fd = os.open(fresh, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         self._fds: list[int | None] = [None, None]
         self._maps: list[mmap.mmap | None] = [None, None]
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.rename(fresh, self._lock_path)
             self._map_empty(0, _INTENTS_SIZE)
         except BaseException:
             self._close_files()
             os.close(self._lock_fd)
-            for p in (*self.paths, self._lock_path):  # nothing of a journal that never was
+            for p in (*self.paths, self._lock_path, fresh):  # nothing of a journal that never was
                 with contextlib.suppress(OSError):
                     os.unlink(p)
             raise
@@ -1008,7 +1060,7 @@ class IntentJournal:
             self._maps[k] = None
         fd = self._fds[k]
         if fd is None:
-            fd = os.open(self.paths[k], os.O_RDWR | os.O_CREAT, 0o600)
+            fd = os.open(self.paths[k], os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
             self._fds[k] = fd
         os.ftruncate(fd, 0)
         os.ftruncate(fd, size)
@@ -1079,9 +1131,8 @@ def _read_journal(paths: Sequence[Path]) -> list[dict[str, Any]]:
     begun: dict[int, dict[str, Any]] = {}
     finished: set[int] = set()
     for path in paths:
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
+        data = _read_journal_file(path)
+        if data is None:
             continue
         for line in data.split(b"\n"):
             if not line or line[0] != 0x7B:  # "{"
@@ -1097,6 +1148,58 @@ def _read_journal(paths: Sequence[Path]) -> list[dict[str, Any]]:
             elif type(doc.get("i")) is int:
                 begun.setdefault(doc["i"], doc)
     return [doc for i, doc in sorted(begun.items()) if i not in finished]
+
+
+def _drop_stale_fresh_lock(path: Path) -> None:
+    """A lock an instance was killed holding before it renamed it into place (no journal
+    file of it can exist): removed once free."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return
+    try:
+        st = os.fstat(fd)
+        # Only an old one: a young one is an instance between its open and its flock.
+        if stat.S_ISREG(st.st_mode) and time.time() - st.st_mtime > 600:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.unlink(path)
+    except OSError:
+        pass  # being set up by a live instance
+    finally:
+        os.close(fd)
+
+
+def _read_journal_file(path: Path) -> bytes | None:
+    """A journal file's bytes, or None (logged unless it does not exist) when it is not a
+    regular file of this user (a symlink is not followed), or larger than
+    :data:`_JOURNAL_READ_MAX`."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        _log.error("intent journal file %s skipped: %s", path.name, exc)
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+            _log.error("intent journal file %s skipped: not a regular file of this user", path.name)
+            return None
+        if st.st_size > _JOURNAL_READ_MAX:
+            _log.error(
+                "intent journal file %s skipped: %d bytes, more than a journal holds (%d)",
+                path.name,
+                st.st_size,
+                _JOURNAL_READ_MAX,
+            )
+            return None
+        with os.fdopen(os.dup(fd), "rb") as f:
+            return f.read(_JOURNAL_READ_MAX + 1)[:_JOURNAL_READ_MAX]
+    except OSError as exc:
+        _log.error("intent journal file %s skipped: %s", path.name, exc)
+        return None
+    finally:
+        os.close(fd)
 
 
 def _safe(exc: BaseException) -> str:
