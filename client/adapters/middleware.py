@@ -208,6 +208,7 @@ class AuditMiddleware:
                 continue
             try:
                 records: list[OutboxRecord] = []
+                by_key: dict[str, list[OutboxRecord]] = {}
                 for doc in orphan.intents:
                     req = doc.get("req")
                     t = doc.get("t")
@@ -218,11 +219,14 @@ class AuditMiddleware:
                             doc.get("i"),
                         )
                         continue
-                    if self.outbox.answered(req, t):
-                        continue  # killed between the outbox commit and the journal's "done"
                     key = f"{orphan.ident}:{doc.get('i')}"
+                    if self.outbox.answered(req, t, key):
+                        continue  # killed between the outbox commit and the journal's "done"
                     try:
-                        records.extend(unknown_outcome_records(self.config, doc, key))
+                        recs = unknown_outcome_records(self.config, doc, key)
+                        records.extend(recs)
+                        if recs:
+                            by_key[key] = recs
                     except Exception as exc:  # a damaged line, not the journal
                         # One damaged intent (a bit flipped, a field cut or foreign) is
                         # skipped, loudly: releasing the whole journal for it would leave
@@ -235,8 +239,11 @@ class AuditMiddleware:
                             req,
                             type(exc).__name__,
                         )
-                if records:
-                    self.outbox.put(records)
+                # each with its intent (a kill before settle: not recovered again); queued
+                # together, so committed in groups, then waited for
+                futs = [self.outbox.add(recs, intent=key) for key, recs in by_key.items()]
+                for fut in futs:
+                    fut.result()
             except Exception:
                 _log.exception("could not recover the write-ahead intents of %s", orphan.ident)
                 orphan.release()  # left for the next start-up
@@ -595,6 +602,13 @@ class AuditMiddleware:
             journal = self._journal = self.outbox.intents()
         return journal.begin(doc)
 
+    def _intent_key(self, iid: int | None) -> str | None:
+        """The name of intent ``iid`` kept with its events in the outbox (as recovery
+        names it: ``<journal>:<number>``)."""
+        if iid is None or self._journal is None:
+            return None
+        return f"{self._journal.id}:{iid}"
+
     def _done(self, iid: int | None) -> None:
         if iid is not None and self._journal is not None:
             self._journal.done(iid)
@@ -619,7 +633,7 @@ class AuditMiddleware:
         futs = self.relay.watch(eids) if waiting and self.relay is not None else []
         try:
             try:
-                await self.outbox.add_async(records)
+                await self.outbox.add_async(records, self._intent_key(iid))
             except OutboxError as exc:
                 self._outbox_ok = False
                 self._failed_size = sum(len(r.body) for r in records)

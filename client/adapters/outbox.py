@@ -198,14 +198,16 @@ def _future_settle(fut: Future[Any]) -> _Settle:
 
 
 _NOT_COMMITTED = OutboxError("the outbox writer did not commit this add")
-_INSERT = "INSERT OR IGNORE INTO events (eid, req, body, created_ms) VALUES (?, ?, ?, ?)"
-_MAX_ROWS_PER_INSERT = 200  # 800 parameters, far below SQLite's limit
+_INSERT = (
+    "INSERT OR IGNORE INTO events (eid, req, body, created_ms, intent) VALUES (?, ?, ?, ?, ?)"
+)
+_MAX_ROWS_PER_INSERT = 200  # 1000 parameters, far below SQLite's limit
 
 
 @functools.lru_cache(maxsize=_MAX_ROWS_PER_INSERT)
 def _insert_sql(rows: int) -> str:
     """One ``INSERT`` of ``rows`` rows: ``_INSERT``'s ``executemany`` as one statement."""
-    return _INSERT + ", (?, ?, ?, ?)" * (rows - 1)
+    return _INSERT + ", (?, ?, ?, ?, ?)" * (rows - 1)
 
 
 class _AddJob:
@@ -215,7 +217,9 @@ class _AddJob:
 
     __slots__ = ("outbox", "rows", "size")
 
-    def __init__(self, outbox: Outbox, rows: list[tuple[str, str, str, int]]) -> None:
+    def __init__(
+        self, outbox: Outbox, rows: list[tuple[str, str, str, int, str | None]]
+    ) -> None:
         self.outbox = outbox
         self.rows = rows
         self.size = sum(len(r[2]) for r in rows)
@@ -350,6 +354,7 @@ class Outbox:
                 == 0
             ):
                 conn.executescript(_QUOTA_SCHEMA)
+            _add_intent_column(conn)
             self._queued: int | None = None  # bytes of undelivered bodies (writer thread)
             with contextlib.suppress(OSError):
                 st = os.stat(self._wal)
@@ -620,17 +625,20 @@ class Outbox:
 
     # --- writes ------------------------------------------------------------------------------
 
-    def add(self, records: Sequence[OutboxRecord]) -> Future[None]:
+    def add(self, records: Sequence[OutboxRecord], intent: str | None = None) -> Future[None]:
         """Queue events; the future resolves once they are durable (or fails: OutboxError).
+        ``intent`` names the write-ahead intent they answer (``<journal>:<number>``), kept
+        with them so that recovery knows it was answered (:meth:`answered`).
 
         Adding an ``eid`` that is already there is a no-op (the first body stays).
         """
-        return self._submit(self._add_job(records))
+        return self._submit(self._add_job(records, intent))
 
-    def _add_job(self, records: Sequence[OutboxRecord]) -> _AddJob:
-        return _AddJob(self, [(r.eid, r.req, r.body, _now_ms()) for r in records])
+    def _add_job(self, records: Sequence[OutboxRecord], intent: str | None = None) -> _AddJob:
+        now = _now_ms()
+        return _AddJob(self, [(r.eid, r.req, r.body, now, intent) for r in records])
 
-    async def add_async(self, records: Sequence[OutboxRecord]) -> None:
+    async def add_async(self, records: Sequence[OutboxRecord], intent: str | None = None) -> None:
         """:meth:`add` for a caller on an asyncio event loop: returns once the events are
         durable (raises :class:`OutboxError` if they could not be stored).
 
@@ -648,7 +656,7 @@ class Outbox:
         if group is None or group.loop is not loop:
             group = self._loop_group = _LoopGroup(loop)
             loop.call_soon(self._hand_over, group)
-        group.add(self._add_job(records), fut)
+        group.add(self._add_job(records, intent), fut)
         await fut
 
     def _hand_over(self, group: _LoopGroup) -> None:
@@ -660,9 +668,14 @@ class Outbox:
             return
         self._jobs.put(group)
 
-    def put(self, records: Sequence[OutboxRecord], timeout: float | None = None) -> None:
+    def put(
+        self,
+        records: Sequence[OutboxRecord],
+        timeout: float | None = None,
+        intent: str | None = None,
+    ) -> None:
         """:meth:`add` and wait: durable when this returns."""
-        self.add(records).result(timeout)
+        self.add(records, intent).result(timeout)
 
     def probe(self, size: int = 8192) -> Future[None]:
         """A committed, fsynced write of ``size`` bytes, then removed: could an event of that
@@ -898,13 +911,24 @@ class Outbox:
             out.append(OrphanedIntents(ident, paths, _read_journal(paths), lock_path, fd))
         return out
 
-    def answered(self, req: str, since_ms: int) -> bool:
-        """Whether the outbox holds an event of request ``req`` added at or after
-        ``since_ms``: the answer of an intent begun then was recorded (the kill came between
-        the outbox commit and the journal's "done")."""
-        rows = self._read(
-            "SELECT 1 FROM events WHERE req = ? AND created_ms >= ? LIMIT 1", (req, since_ms)
-        )
+    def answered(self, req: str, since_ms: int, intent: str | None = None) -> bool:
+        """Whether the answer of the write-ahead intent ``intent`` (``<journal>:<number>``)
+        of request ``req``, begun at ``since_ms``, was recorded (the kill came between the
+        outbox commit and the journal's "done"): an event of that request carries that
+        intent. Only an event stored without an intent (by a version before review14, or
+        added without one) is matched by request id and time instead (added at or after
+        ``since_ms``), which a wall clock stepped back or a request id reused by a client
+        can mislead; never an event of another intent."""
+        if intent is None:
+            rows = self._read(
+                "SELECT 1 FROM events WHERE req = ? AND created_ms >= ? LIMIT 1", (req, since_ms)
+            )
+        else:
+            rows = self._read(
+                "SELECT 1 FROM events WHERE req = ? AND "
+                "(intent = ? OR (intent IS NULL AND created_ms >= ?)) LIMIT 1",
+                (req, intent, since_ms),
+            )
         return bool(rows)
 
     def close(self) -> None:
@@ -1148,6 +1172,19 @@ def _read_journal(paths: Sequence[Path]) -> list[dict[str, Any]]:
             elif type(doc.get("i")) is int:
                 begun.setdefault(doc["i"], doc)
     return [doc for i, doc in sorted(begun.items()) if i not in finished]
+
+
+def _add_intent_column(conn: sqlite3.Connection) -> None:
+    """An outbox made before review14 gets the ``intent`` column (NULL in its rows; a
+    version before it writes rows without one, which stay readable)."""
+    cols = {row[1] for row in conn.execute("PRAGMA table_info(events)")}
+    if "intent" in cols:
+        return
+    try:
+        conn.execute("ALTER TABLE events ADD COLUMN intent TEXT")
+    except sqlite3.OperationalError as exc:  # another process added it meanwhile
+        if "duplicate column" not in str(exc):
+            raise
 
 
 def _drop_stale_fresh_lock(path: Path) -> None:
