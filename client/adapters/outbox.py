@@ -198,9 +198,7 @@ def _future_settle(fut: Future[Any]) -> _Settle:
 
 
 _NOT_COMMITTED = OutboxError("the outbox writer did not commit this add")
-_INSERT = (
-    "INSERT OR IGNORE INTO events (eid, req, body, created_ms, intent) VALUES (?, ?, ?, ?, ?)"
-)
+_INSERT = "INSERT OR IGNORE INTO events (eid, req, body, created_ms, intent) VALUES (?, ?, ?, ?, ?)"
 _MAX_ROWS_PER_INSERT = 200  # 1000 parameters, far below SQLite's limit
 
 
@@ -217,9 +215,7 @@ class _AddJob:
 
     __slots__ = ("outbox", "rows", "size")
 
-    def __init__(
-        self, outbox: Outbox, rows: list[tuple[str, str, str, int, str | None]]
-    ) -> None:
+    def __init__(self, outbox: Outbox, rows: list[tuple[str, str, str, int, str | None]]) -> None:
         self.outbox = outbox
         self.rows = rows
         self.size = sum(len(r[2]) for r in rows)
