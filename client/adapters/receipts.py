@@ -38,8 +38,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
-import hmac
 import threading
 from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import Future
@@ -62,9 +60,8 @@ from client.formats.note import FormatError, b64decode_strict
 from client.formats.tiles import TILE_WIDTH, Tile, TileHashReader
 from client.net.core import CheckpointTracker
 from client.net.logclient import VerifiedCheckpoint, verify_consistent, verify_tile_hashes
-from client.scim.cbor import EventFormatError, dumps_det
+from client.scim.cbor import dumps_det
 from client.scim.event import (
-    ACTOR_NONCE_SIZE,
     Event,
     actor_cbor,
     actor_handle,
@@ -74,7 +71,7 @@ from client.scim.event import (
 )
 from client.scim.fastjson import decode_event_json
 from client.scim.jsonstrict import strict_json
-from client.scim.leaf import NONCE_SIZE, parse_leaf
+from client.scim.leaf import commitment_unchecked, parse_leaf
 
 __all__ = [
     "MAX_HEADER_EVENTS",
@@ -182,9 +179,7 @@ def _as_stored(body: str, actor: StoredActor | None) -> bytes:
     if actor_handle(sent) is None:
         raise VerificationError("the log pseudonymised an actor that names no one")
     sent_cbor = actor_cbor(sent)
-    if an is not None and (type(an) is not bytes or len(an) != ACTOR_NONCE_SIZE):
-        raise EventFormatError(f"actor nonce must be {ACTOR_NONCE_SIZE} bytes")  # as sealed
-    if an is not None and _hmac_sha256(an, sent_cbor) != sd:
+    if an is not None and actor_seal_digest(an, sent_cbor) != sd:
         raise VerificationError("the log's stored actor does not commit to the actor sent")
     old = b"\x65actor" + sent_cbor
     if len(pid) == 16 and len(sd) == 32 and encoded.count(old) == 1:
@@ -205,26 +200,6 @@ def _as_stored_reference(body: str, actor: StoredActor | None) -> bytes:
     if an is not None and actor_seal_digest(an, sent) != sd:
         raise VerificationError("the log's stored actor does not commit to the actor sent")
     return dumps_det({**ev, "actor": {"kind": sent["kind"], "pid": pid, "sd": sd}})
-
-
-# HMAC-SHA256 (RFC 2104) from two hashlib objects, for keys of at most one block: the same
-# digest as ``hmac.digest(key, msg, "sha256")`` (tests/adapters/test_fast_receipts.py), which
-# on OpenSSL 3 looks the algorithm up again at each call (2-3x the cost of the two hashes for
-# an event-sized message). The relay computes two per event (the commitment, the actor's sd).
-_IPAD = bytes(x ^ 0x36 for x in range(256))
-_OPAD = bytes(x ^ 0x5C for x in range(256))
-_BLOCK = 64
-
-
-def _hmac_sha256(key: bytes, msg: bytes) -> bytes:
-    if len(key) > _BLOCK:
-        return hmac.digest(key, msg, "sha256")
-    key = key + bytes(_BLOCK - len(key))
-    inner = hashlib.sha256(key.translate(_IPAD))
-    inner.update(msg)
-    outer = hashlib.sha256(key.translate(_OPAD))
-    outer.update(inner.digest())
-    return outer.digest()
 
 
 # How far the log's clock may be behind the adapter's: a leaf answered for a retry of an
@@ -267,9 +242,7 @@ def check_commitments(
             erased += 1
             continue
         stored = got[2] if len(got) > 2 else None
-        if type(nonce) is not bytes or len(nonce) != NONCE_SIZE:  # as commitment_unchecked
-            raise EventFormatError(f"nonce must be {NONCE_SIZE} bytes")
-        if parsed.c != _hmac_sha256(nonce, _as_stored(bodies[r.eid], stored)):
+        if parsed.c != commitment_unchecked(nonce, _as_stored(bodies[r.eid], stored)):
             raise VerificationError(
                 "a receipt's leaf does not commit to the event sent under its id (the log "
                 "answered with another event's leaf)"

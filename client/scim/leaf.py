@@ -45,7 +45,7 @@ import cbor2
 
 from client.formats.merkle import VerificationError
 from client.scim.cbor import EventFormatError, dumps_det, loads_det
-from client.scim.event import MAX_SAFE_INT, decode_event, encode_event
+from client.scim.event import MAX_SAFE_INT, decode_event, encode_event, hmac_sha256
 
 __all__ = [
     "COMMITMENT_SIZE",
@@ -98,7 +98,7 @@ class Leaf:
 
 
 def _hmac(key: bytes, msg: bytes) -> bytes:
-    return hmac.digest(key, msg, "sha256")  # one-shot, C fast path
+    return hmac_sha256(key, msg)
 
 
 def _check_key(key: object, what: str) -> bytes:

@@ -3,7 +3,8 @@
 :func:`client.adapters.receipts._as_stored` builds the det-CBOR of the event as the log stored
 it by replacing the sent actor's bytes in the sent event's encoding (as the log does), instead
 of encoding the whole stored event again (:func:`_as_stored_reference`, the previous path);
-:func:`_hmac_sha256` computes HMAC-SHA256 from two hash objects instead of ``hmac.digest``.
+:func:`client.scim.event.hmac_sha256` (behind the commitment and ``sd``) computes HMAC-SHA256
+from two hash objects instead of ``hmac.digest``.
 Each is held equal to what it replaced, errors included, on random events, actors, pseudonyms
 and nonces (hypothesis); the splice must also fall back when the actor's bytes occur twice.
 """
@@ -24,14 +25,19 @@ from client.adapters.outbox import Receipt
 from client.adapters.receipts import (
     _as_stored,
     _as_stored_reference,
-    _hmac_sha256,
     check_commitments,
 )
 from client.formats.merkle import VerificationError
 from client.formats.merkle import leaf_hash as rfc6962_leaf_hash
 from client.scim import event_to_json
 from client.scim.cbor import EventFormatError, dumps_det
-from client.scim.event import ACTOR_KINDS, actor_handle, actor_seal_digest, validate_event
+from client.scim.event import (
+    ACTOR_KINDS,
+    actor_handle,
+    actor_seal_digest,
+    hmac_sha256,
+    validate_event,
+)
 from client.scim.leaf import commitment_unchecked, make_leaf
 
 from ..scim.helpers import digests, events, ident
@@ -41,16 +47,16 @@ _SETTINGS = settings(max_examples=400, deadline=None, suppress_health_check=[Hea
 
 @_SETTINGS
 @given(st.binary(max_size=100), st.binary(max_size=3000))
-def test_hmac_sha256_is_hmac_digest(key: bytes, msg: bytes) -> None:
-    assert _hmac_sha256(key, msg) == hmac.digest(key, msg, "sha256")
+def testhmac_sha256_is_hmac_digest(key: bytes, msg: bytes) -> None:
+    assert hmac_sha256(key, msg) == hmac.digest(key, msg, "sha256")
 
 
-def test_hmac_sha256_fails_when_wrong() -> None:
+def testhmac_sha256_fails_when_wrong() -> None:
     # The test above catches a pad or a block size off by one (keys of 63, 64, 65 bytes).
     for n in (0, 1, 32, 63, 64, 65, 99):
         key = bytes(range(n))
-        assert _hmac_sha256(key, b"m") == hmac.new(key, b"m", hashlib.sha256).digest()
-        assert _hmac_sha256(key, b"m") != hashlib.sha256(key + b"m").digest()
+        assert hmac_sha256(key, b"m") == hmac.new(key, b"m", hashlib.sha256).digest()
+        assert hmac_sha256(key, b"m") != hashlib.sha256(key + b"m").digest()
 
 
 _actors = st.fixed_dictionaries(
