@@ -331,10 +331,17 @@ class _Run:
         at = [i for i, m in enumerate(own) if clears(m)]
         if not at:
             return False
-        if self.ev.get("x", {}).get("part", 0) > 0:
-            at = [-1]  # in a later part of a split request: not known to be the first
+        x = self.ev.get("x", {})
+        if x.get("part", 0) > 0 and (
+            self.state.get("touched") != self.ev["corr"]["req"]
+            or attr in self.state.get("touched_attrs", ())
+        ):
+            # In a later part of a split request, a clear is first only if no earlier
+            # part touched the attribute (patch, mods, refs go in that order, so its
+            # references are all still to come); unknown when the earlier parts' marks
+            # are missing (judged before this mark existed, or a part never came).
+            at = [-1]
         if at != [0]:
-            x = self.ev.get("x", {})
             if x.get("part", 0) < x.get("parts", 1) - 1:
                 # the later parts' references must not restate the set as known
                 self.state["forgot"] = self.ev["corr"]["req"]
@@ -366,6 +373,28 @@ class _Run:
         if items:
             self.references(attr, items, whole=False)
         return True
+
+    def _mark_touched(
+        self, mods: Iterable[Mapping[str, Any]], refs: Iterable[Mapping[str, Any]]
+    ) -> None:
+        """For the next part of a split request: which reference attributes (members,
+        manager) its parts so far touched, so that a clear there can be known to be the
+        attribute's first operation (:meth:`_cleared`). Gone after the last part."""
+        x = self.ev.get("x", {})
+        if x.get("parts", 1) <= 1:
+            return
+        req = self.ev["corr"]["req"]
+        if x.get("part", 0) >= x["parts"] - 1 or (
+            x.get("part", 0) > 0 and self.state.get("touched") != req
+        ):
+            self.state.pop("touched", None)  # the last part, or an earlier one not marked
+            self.state.pop("touched_attrs", None)
+            return
+        attrs = set(self.state.get("touched_attrs", ())) if x.get("part", 0) > 0 else set()
+        attrs.update(_attr_kind(self.prefix, m["attr"])[0] for m in mods)
+        attrs.update(r.get("attr", "members") for r in refs)
+        self.state["touched"] = req
+        self.state["touched_attrs"] = sorted(a for a in attrs if a in ("members", "manager"))
 
     def _clear_manager(self) -> None:
         """The manager removed (a clear): the known one goes, or nothing was there."""
@@ -656,9 +685,13 @@ class _Run:
                 if (self.prefix, key) in _SETS and key not in seen_sets:
                     self.values(key, "replace", [], whole=True)  # a PUT without them clears
         refs = ev.get("refs", ())
-        if self.state.get("cleared") not in (None, ev.get("corr", {}).get("req")):
+        req = ev.get("corr", {}).get("req")
+        if self.state.get("cleared") not in (None, req):
             for key in ("cleared", "cleared_members", "cleared_manager"):
                 self.state.pop(key, None)  # a split request whose last part never came
+        if self.state.get("touched") not in (None, req):
+            for key in ("touched", "touched_attrs"):
+                self.state.pop(key, None)
         for attr in ("members", "manager"):
             items = [r for r in refs if r.get("attr", "members") == attr]
             if not whole and self._numbered(attr, mods, items):
@@ -682,6 +715,7 @@ class _Run:
             x = ev.get("x", {})
             if x.get("part", 0) >= x.get("parts", 1) - 1:
                 self.state.pop("forgot", None)
+        self._mark_touched(mods, refs)
         result = ev.get("x", {}).get("result")
         if isinstance(result, Mapping):
             self.apply_result(result)
@@ -926,6 +960,8 @@ _STATE_ORDER = _det_order(
         "cleared",
         "cleared_members",
         "cleared_manager",
+        "touched",
+        "touched_attrs",
     )
 )
 
