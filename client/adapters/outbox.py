@@ -57,6 +57,7 @@ _log = logging.getLogger("client.adapters.outbox")
 
 PENDING, DELIVERED, REJECTED = 0, 1, 2
 _MAX_GROUP = 256  # jobs per group commit
+_WATCH_S = 1.0  # an idle writer checks this often that its files are still in place
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     seq        INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -447,6 +448,73 @@ class Outbox:
         except sqlite3.Error as exc:
             _log.error("outbox checkpoint after its files moved failed: %s", _safe(exc))
 
+    def _watch(self, conn: sqlite3.Connection) -> None:
+        """While idle (writer thread): files removed or replaced with no add or mark after
+        it (which would notice, :meth:`_commit`), then a crash, lost what the open WAL
+        held (and so did a clean stop). Checked every ``_WATCH_S`` and at the stop: the WAL
+        is folded into the file, and a database file gone from its path is written back
+        (:meth:`_rescue`)."""
+        if self._gone_folded or not self._moved():
+            return
+        self._fold(conn)
+        self._gone()
+        self._rescue(conn)
+
+    def _rescue(self, conn: sqlite3.Connection) -> None:
+        """The database file itself no longer at its path: a copy of what the open
+        connection holds (every queued event) is written back there, so the next start
+        finds it; a file another has put at the path is never touched, and the copy goes
+        beside it (``<name>.rescued-<unix time>``). Only the WAL gone: nothing to do (the
+        fold put it in the file)."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            target = self.path
+        except OSError:
+            return
+        else:
+            if (st.st_dev, st.st_ino) == self._ident:
+                return
+            target = self.path.with_name(f"{self.path.name}.rescued-{int(time.time())}")
+        tmp = self.path.with_name(f".{self.path.name}.rescue-{os.getpid()}-{_uuid.uuid4().hex}")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            dst = sqlite3.connect(tmp, isolation_level=None)
+            try:
+                conn.backup(dst)
+            finally:
+                dst.close()
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.link(tmp, target)  # never over a file that is there by now
+            dfd = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except (OSError, sqlite3.Error) as exc:
+            _log.error(
+                "the outbox file %s was removed or replaced while in use, and writing back "
+                "what it held failed: %s; the events it held are only in this process until "
+                "it stops",
+                self.path,
+                _safe(exc),
+            )
+            return
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        _log.error(
+            "the outbox file %s was removed or replaced while in use: what this adapter held "
+            "was written to %s; restart the adapter%s",
+            self.path,
+            target,
+            "" if target == self.path else f" with that file moved to {self.path}",
+        )
+
     def _gone(self) -> str:
         msg = (
             f"the outbox file {self.path} (or its -wal) was removed or replaced while in use: "
@@ -463,7 +531,11 @@ class Outbox:
     def _write_loop(self) -> None:
         conn = self._writer_conn
         while True:
-            first = self._jobs.get()
+            try:
+                first = self._jobs.get(timeout=_WATCH_S)
+            except queue.Empty:
+                self._watch(conn)
+                continue
             if first is None:
                 break
             group = [first]
@@ -482,6 +554,7 @@ class Outbox:
             self._commit(conn, group)
             if stop:
                 break
+        self._watch(conn)  # a clean stop after the file was removed: written back first
         conn.close()
         while True:  # jobs that raced with close()
             try:
