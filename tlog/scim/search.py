@@ -336,20 +336,19 @@ class Searcher:
             )
         return Found(index, leaf, lh, env.ts, env.eid, ev, nonce, effect, actor)
 
-    def _resealed_unlinked(
+    def _unreadable(
         self,
         tx: Overlay,
         tk: TenantKeys,
         lh: bytes,
         deks: dict[tuple[bytes, int], bytes | None],
     ) -> bool:
-        """Whether the live envelope ``lh`` is one re-sealed by ``tlog reseal-actors``
-        whose actor has been erased since: its ``c`` covers that actor, so it reads as
-        erased (:meth:`_found_at`), and its receipt says so too."""
+        """Whether the live envelope ``lh`` reads as erased in a search (:meth:`_found_at`),
+        so that its receipt says so too: its own DEK is gone (shredded, or its retention
+        epoch expired), or it is one re-sealed by ``tlog reseal-actors`` whose actor has
+        been erased since (its ``c`` covers that actor)."""
         opened = self.svc.keys.open_envelope_actor(tx, tk, lh, deks)
-        if opened is None:
-            return False  # its own DEK gone (expired): as before, not told here
-        return _erased_in_c(opened[3])
+        return opened is None or _erased_in_c(opened[3])
 
     def receipts(
         self, tenant: str, *, eid: str | None = None, req: str | None = None
@@ -384,7 +383,7 @@ class Searcher:
                 leaf = tx.get(store.eid_key(tk.tn, env.eid))
                 if leaf is None:
                     raise StorageError("SCIM event without an eid record")
-                erased = isinstance(env, Tombstone) or self._resealed_unlinked(tx, tk, lh, deks)
+                erased = isinstance(env, Tombstone) or self._unreadable(tx, tk, lh, deks)
                 out.append(ReceiptInfo(env.eid, leaf, lh, env.ts, tx.rv.index_of(lh), erased))
             # In log order (the index records of one millisecond sort by leaf hash); pending
             # ones last.
