@@ -768,6 +768,18 @@ def cmd_scim_proxy(args: argparse.Namespace) -> int:
 
 # --- the parser --------------------------------------------------------------------------
 
+# The ServeConfig settings each command takes besides its own flags (``serve`` takes them all).
+STORE_SETTINGS = frozenset({"data", "database"})  # token, fsck, backup: which store
+KEYGEN_SETTINGS = frozenset({"data", "key"})
+LOG_ENTRY_SETTINGS = KEYGEN_SETTINGS | {"origin", "witness_interval"}
+# The offline tools that open the store, the log's key and the SCIM keys (server stopped).
+OFFLINE_SETTINGS = (
+    STORE_SETTINGS
+    | KEYGEN_SETTINGS
+    | frozenset({"origin", "checkpoint_file", "replication", "scim_master_key"})
+)
+RECOVER_SETTINGS = OFFLINE_SETTINGS | {"witnesses"}
+
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -780,14 +792,14 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
 
     def data_opt(sp: argparse.ArgumentParser) -> None:
-        add_arguments(sp, ServeConfig, only={"data", "database"})
+        add_arguments(sp, ServeConfig, only=STORE_SETTINGS)
 
     s = sub.add_parser("serve", help="run the log server (creates a store on first start)")
     add_arguments(s, ServeConfig)
     s.set_defaults(func=cmd_serve)
 
     k = sub.add_parser("keygen", help="create a log signing key (mode 0600)")
-    add_arguments(k, ServeConfig, only={"data", "key"})
+    add_arguments(k, ServeConfig, only=KEYGEN_SETTINGS)
     k.add_argument(
         "--origin",
         required=True,
@@ -841,7 +853,7 @@ def parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_token)
 
     le = sub.add_parser("log-entry", help="print this log's logs/v0 entry for witness operators")
-    add_arguments(le, ServeConfig, only={"data", "key", "origin", "witness_interval"})
+    add_arguments(le, ServeConfig, only=LOG_ENTRY_SETTINGS)
     le.add_argument("--contact", help="how witness operators reach you (URL or e-mail)")
     le.set_defaults(func=cmd_log_entry)
 
@@ -850,20 +862,7 @@ def parser() -> argparse.ArgumentParser:
         help="bring a restored or emptied store forward from a copy, verified against the "
         "last signed checkpoint (signs nothing)",
     )
-    add_arguments(
-        rc,
-        ServeConfig,
-        only={
-            "data",
-            "key",
-            "origin",
-            "checkpoint_file",
-            "witnesses",
-            "database",
-            "replication",
-            "scim_master_key",
-        },
-    )
+    add_arguments(rc, ServeConfig, only=RECOVER_SETTINGS)
     rc.add_argument(
         "--from",
         dest="source",
@@ -879,19 +878,7 @@ def parser() -> argparse.ArgumentParser:
         help="shred again, in a store restored from before them, the subjects erasure "
         "certificates name (server stopped)",
     )
-    add_arguments(
-        ra,
-        ServeConfig,
-        only={
-            "data",
-            "key",
-            "origin",
-            "checkpoint_file",
-            "database",
-            "replication",
-            "scim_master_key",
-        },
-    )
+    add_arguments(ra, ServeConfig, only=OFFLINE_SETTINGS)
     ra.add_argument("certificates", nargs="+", help="erasure certificate files (JSON)")
     ra.set_defaults(func=cmd_reapply_erasures)
 
@@ -900,19 +887,7 @@ def parser() -> argparse.ArgumentParser:
         help="store the actors of events logged before actors were pseudonymised as "
         "pseudonyms, as newer events' (server stopped; resumable, the tree unchanged)",
     )
-    add_arguments(
-        rs,
-        ServeConfig,
-        only={
-            "data",
-            "key",
-            "origin",
-            "checkpoint_file",
-            "database",
-            "replication",
-            "scim_master_key",
-        },
-    )
+    add_arguments(rs, ServeConfig, only=OFFLINE_SETTINGS)
     rs.add_argument(
         "--batch", type=int, default=500, help="event records per transaction (default 500)"
     )
