@@ -259,7 +259,7 @@ class S3Store:
             raise self._fail("reading", key, exc) from None
 
     def delete(self, key: str) -> None:
-        """Remove ``key`` (only the start-up probe object is ever removed)."""
+        """Remove ``key`` (only the start-up probe's objects are ever removed)."""
         try:
             self._s3.delete_object(Bucket=self.bucket, Key=self.prefix + key)
         except Exception as exc:
@@ -293,38 +293,91 @@ def _signatures(note: str | bytes) -> int:
     return data.count(b"\n\xe2\x80\x94 ")
 
 
-# Where the start-up probe writes (a name of its own per start, removed after; no tlog-tiles
-# path, so no client ever asks for it).
+# Where the start-up probe writes: no tlog-tiles path, so no client ever asks for it. A
+# writer that may delete uses a name of its own per start and removes it after; one that may
+# not uses the one fixed name below, overwritten at each start, so nothing piles up.
 PROBE_PREFIX = "tlog-probe/"
+PROBE_KEPT_KEY = PROBE_PREFIX + "kept"
+_PROBE_READ_LIMIT = 64
+_PROBE_WRITE_TRIES = 5  # another frontend's probe may write the kept object meanwhile
 _WRONG_ETAG = '"00000000000000000000000000000000"'
+
+
+def _may_delete(store: ObjectStore) -> Callable[[str], None] | None:
+    """The store's delete, if the writer may delete: asked by deleting a key that does not
+    exist (S3 answers 204 when allowed, 403 when not; nothing is written either way)."""
+    delete: Callable[[str], None] | None = getattr(store, "delete", None)
+    if delete is None:
+        return None
+    try:
+        delete(PROBE_PREFIX + "absent-" + secrets.token_hex(8))
+    except BucketError as exc:
+        log.info(
+            "the bucket writer may not delete (%s): the probe uses the one object %s, "
+            "overwritten at each start",
+            exc,
+            PROBE_KEPT_KEY,
+        )
+        return None
+    return delete
+
+
+def _probe_write(store: ObjectStore, key: str, data: bytes, kept: bool) -> None:
+    """Write the probe object (its first write at this start) and read it back. A unique
+    ``key`` is created; the kept one is created or replaced on the ETag just read (another
+    frontend starting at the same moment may write it in between: read again). Raises
+    :class:`BucketError` when the writer cannot write it or cannot read it back."""
+    for _ in range(_PROBE_WRITE_TRIES):
+        got = store.get(key, _PROBE_READ_LIMIT) if kept else None
+        try:
+            if got is None:
+                store.create(key, data, CHECKPOINT_TYPE, "no-store")
+            else:
+                store.replace(key, data, got[1], CHECKPOINT_TYPE, "no-store")
+            break
+        except PreconditionFailed:
+            if not kept:
+                raise
+    else:
+        raise BucketError(f"the probe object {key} kept changing while it was written")
+    back = store.get(key, _PROBE_READ_LIMIT)
+    if back is None:
+        raise BucketError(f"the probe object {key} just written cannot be read back")
+    # The kept object may already hold another frontend's probe; a unique one must not.
+    if not kept and back[0] != data:
+        raise BucketError(f"the probe object {key} reads back other bytes than written")
 
 
 def probe_conditional_writes(store: ObjectStore) -> str | None:
     """Whether ``store`` honours the conditional writes the publisher relies on, asked with
-    real requests on a probe object of its own: None when both hold, else the gap, named.
+    real requests on a probe object: None when both hold, else the gap, named.
 
-    * ``If-None-Match: *``: a second create of the probe must be refused (412);
+    * ``If-None-Match: *``: a create of the probe once it exists must be refused (412);
     * ``If-Match``: a replace with an ETag the object never had must be refused (412).
 
-    The probe object is removed afterwards when the store can delete (best effort: a
-    writer without delete permission leaves one small object under ``tlog-probe/``).
-    Raises :class:`BucketError` when the probe itself cannot be written."""
-    key = PROBE_PREFIX + secrets.token_hex(8)
+    A writer that may delete probes an object of its own and removes it afterwards: nothing
+    is left. One that may not (:func:`_may_delete`) probes the one object
+    :data:`PROBE_KEPT_KEY`, overwritten at each start: no more than that one small object
+    is ever left. Raises :class:`BucketError` when the probe cannot be written or read back."""
+    delete = _may_delete(store)
+    kept = delete is None
+    token = secrets.token_hex(8)
+    key = PROBE_KEPT_KEY if kept else PROBE_PREFIX + token
     gaps: list[str] = []
     try:
-        store.create(key, b"probe 1\n", CHECKPOINT_TYPE, "no-store")
+        _probe_write(store, key, f"probe {token} 1\n".encode(), kept)
         try:
-            store.create(key, b"probe 2\n", CHECKPOINT_TYPE, "no-store")
+            store.create(key, f"probe {token} 2\n".encode(), CHECKPOINT_TYPE, "no-store")
             gaps.append("If-None-Match: * (a create-only write replaced an existing object)")
         except PreconditionFailed:
             pass
         try:
-            store.replace(key, b"probe 3\n", _WRONG_ETAG, CHECKPOINT_TYPE, "no-store")
+            data = f"probe {token} 3\n".encode()
+            store.replace(key, data, _WRONG_ETAG, CHECKPOINT_TYPE, "no-store")
             gaps.append("If-Match (a write with an ETag the object never had replaced it)")
         except PreconditionFailed:
             pass
     finally:
-        delete: Callable[[str], None] | None = getattr(store, "delete", None)
         if delete is not None:
             try:
                 delete(key)

@@ -15,7 +15,6 @@ tests."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,6 +28,7 @@ from tlog.bucket import (
 )
 
 from ..s3support import SeaweedS3
+from .stores import IgnoringStore
 from .support import (
     Node,
     bucket_checkpoint,
@@ -45,41 +45,6 @@ def _metric(node: Node, name: str) -> float:
         if line.startswith(name + " "):
             return float(line.split()[1])
     raise AssertionError(f"no {name} in /metrics")
-
-
-class IgnoringStore:
-    """An S3 store that ignores If-None-Match and If-Match (as s3rver or local-s3-server
-    do): every write is unconditional. Built on the real SeaweedFS, without the headers."""
-
-    def __init__(self, inner: S3Store) -> None:
-        self.inner = inner
-
-    def get(self, key: str, limit: int) -> tuple[bytes, str] | None:
-        return self.inner.get(key, limit)
-
-    def keys(self) -> Iterator[str]:
-        return self.inner.keys()
-
-    def delete(self, key: str) -> None:
-        self.inner.delete(key)
-
-    def _put(self, key: str, data: bytes, content_type: str, cache_control: str) -> str:
-        r = self.inner._s3.put_object(
-            Bucket=self.inner.bucket,
-            Key=self.inner.prefix + key,
-            Body=data,
-            ContentType=content_type,
-            CacheControl=cache_control,
-        )
-        return str(r["ETag"])
-
-    def create(self, key: str, data: bytes, content_type: str, cache_control: str) -> str:
-        return self._put(key, data, content_type, cache_control)
-
-    def replace(
-        self, key: str, data: bytes, etag: str, content_type: str, cache_control: str
-    ) -> str:
-        return self._put(key, data, content_type, cache_control)
 
 
 def test_seaweedfs_honours_both_conditions_with_real_requests(seaweedfs: SeaweedS3) -> None:
