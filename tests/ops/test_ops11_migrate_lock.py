@@ -11,10 +11,7 @@ copy (a test-only patch in its own process), the second the plain CLI."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,27 +19,26 @@ import pytest
 from tests.scim_service.conftest import open_harness, user_event
 
 from ..support import tlog_cli
+from .paused import command_script, paused
 from .support import contents_of, copy_of, killed_at, marker_of
 
 # ``tlog migrate ARGS`` in a process of its own that stops inside its copy of the entries
 # table (its destination lock held, records being written), says so, and goes on once a
 # line arrives on its stdin.
-PAUSED = r"""
-import sys
+PAUSED = command_script(
+    """
 from tlog.storage import Storage
 from tlog.pg import PgStorage
 
 for cls in (Storage, PgStorage):
     def load_raw(self, table, items, _o=cls.load_raw):
         if table == "entries":
-            print("ops11: PAUSED", file=sys.stderr, flush=True)
-            sys.stdin.readline()
+            pause()
         return _o(self, table, items)
     cls.load_raw = load_raw
-
-from tlog.cli import main
-sys.exit(main(["migrate", *sys.argv[1:]]))
-"""
+""",
+    "migrate",
+)
 
 
 def _changed(data: Path) -> None:
@@ -56,43 +52,20 @@ def _race(src: Path, src2: Path, dst: str, lock_words: tuple[str, ...]) -> None:
     _changed(src)  # the source moved on: --restart is the way
     shutil.rmtree(src2, ignore_errors=True)
     shutil.copytree(src, src2)  # the same log, another directory (its own LMDB lock)
-    first = subprocess.Popen(
-        [sys.executable, "-c", PAUSED, "--from", str(src), "--to", dst, "--restart"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    said: list[str] = []
-    try:
-        assert first.stderr is not None and first.stdin is not None
-        for line in first.stderr:
-            said.append(line)
-            if "ops11: PAUSED" in line:
-                break
-        else:
-            raise AssertionError("".join(said))
-        assert "--restart: cleared the interrupted copy" in "".join(said), said
+    with paused(PAUSED, "--from", str(src), "--to", dst, "--restart") as first:
+        assert "--restart: cleared the interrupted copy" in "".join(first.said), first.said
         # (an LMDB destination cannot be opened meanwhile: its lock is the point)
         held = contents_of(dst) if dst.startswith("postgresql://") else None
         # The second migration, resuming the same copy from the same log: refused at once.
         r = tlog_cli("migrate", "--from", str(src2), "--to", dst)
         assert r.returncode == 1, (r.stdout, r.stderr)
         assert "Traceback" not in r.stderr and "resuming" not in r.stderr, r.stderr
-        for w in (*lock_words, f"PID {first.pid}"):
+        for w in (*lock_words, f"PID {first.proc.pid}"):
             assert w in r.stderr, r.stderr
         if held is not None:
             assert contents_of(dst) == held
-        first.stdin.write("\n")
-        first.stdin.flush()
-        out, err = first.communicate(timeout=300)
-        assert first.returncode == 0, "".join(said) + err
+        out, _ = first.resume()
         assert "migrate: OK" in out, out
-    finally:
-        if first.poll() is None:
-            first.kill()
-            first.wait()
     assert marker_of(dst) is None
     assert contents_of(dst) == contents_of(str(src))
 

@@ -13,9 +13,6 @@ Each test runs a real ``tlog serve`` process and the real command as another pro
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +23,7 @@ from tests.scim_service.conftest import ORIGIN, open_harness, user_event
 from tlog.scim.keys import MASTER_KEY_FILE
 
 from ..support import serve_args, start_server, tlog_cli
+from .paused import command_script, paused
 
 
 def _store_with_certificate(data: Path, database: str | None) -> Path:
@@ -82,20 +80,18 @@ def test_reapply_erasures_refuses_a_served_store(tmp_path: Path, database: str |
 
 # ``tlog reapply-erasures ARGS`` paused where it starts shredding (the store open, its locks
 # held), saying so; it goes on once a line arrives on its stdin.
-PAUSED = r"""
-import sys
+PAUSED = command_script(
+    """
 from tlog.scim.erasure import Erasures
 
 run = Erasures.reapply
 async def reapply(self, erasures):
-    print("ops11: PAUSED", file=sys.stderr, flush=True)
-    sys.stdin.readline()
+    pause()
     return await run(self, erasures)
 Erasures.reapply = reapply
-
-from tlog.cli import main
-sys.exit(main(["reapply-erasures", *sys.argv[1:]]))
-"""
+""",
+    "reapply-erasures",
+)
 
 
 def test_a_frontend_starting_during_reapply_erasures_is_refused(
@@ -106,23 +102,7 @@ def test_a_frontend_starting_during_reapply_erasures_is_refused(
     which the command holds exclusively), and the command then finishes."""
     data = tmp_path / "data"
     cert = _store_with_certificate(data, database)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", PAUSED, "--data", str(data), *serve_args(database), str(cert)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        assert proc.stderr is not None and proc.stdin is not None
-        said = []
-        for line in proc.stderr:
-            said.append(line)
-            if "ops11: PAUSED" in line:
-                break
-        else:
-            raise AssertionError("".join(said))
+    with paused(PAUSED, "--data", str(data), *serve_args(database), str(cert)) as proc:
         try:
             server = start_server(data, None, database=database, origin=ORIGIN, timeout=60)
         except RuntimeError as exc:
@@ -131,15 +111,8 @@ def test_a_frontend_starting_during_reapply_erasures_is_refused(
             server.stop()
             raise AssertionError("tlog serve started while reapply-erasures ran")
         assert "in use by" in refusal, refusal[-2000:]
-        proc.stdin.write("\n")
-        proc.stdin.flush()
-        out, err = proc.communicate(timeout=300)
-        assert proc.returncode == 0, "".join(said) + err
+        out, _ = proc.resume()
         assert "reapply-erasures: 1 certificate(s)" in out, out
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def test_recover_refuses_a_served_store(tmp_path: Path, database: str | None) -> None:
