@@ -248,9 +248,14 @@ def stored_size(w: Witness, origin: str = ORIGIN) -> int:
     return 0 if stored is None else stored.size
 
 
-def write_check_config(d: Path, logs: list[tuple[FakeLog, str | None]]) -> Path:
+def write_check_config(
+    d: Path,
+    logs: list[tuple[FakeLog, str | None]],
+    peers: list[tuple[str, str, str]] | None = None,
+) -> Path:
     """A witness config in ``d`` under the key of WITNESS_NAME and WITNESS_SEED (http_timeout
-    5 s), witnessing each of ``logs`` (with its URL, or none)."""
+    5 s), witnessing each of ``logs`` (with its URL, or none), gossiping with each of
+    ``peers`` (name, vkey, URL)."""
     (d / "witness.key").write_text(OURS.skey() + "\n")
     (d / "witness.key").chmod(0o600)
     cfg = d / "witness.toml"
@@ -261,6 +266,10 @@ def write_check_config(d: Path, logs: list[tuple[FakeLog, str | None]]) -> Path:
             f'[[log]]\norigin = "{log.origin}"\nvkey = "{log.signer.vkey()}"\n'
             + (f'url = "{url}"\n' if url else "")
             for log, url in logs
+        )
+        + "".join(
+            f'[[peer]]\nname = "{name}"\nvkey = "{vkey}"\nurl = "{url}"\n'
+            for name, vkey, url in peers or []
         )
     )
     return cfg

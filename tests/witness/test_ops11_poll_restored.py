@@ -13,8 +13,9 @@ from client.net.witness_client import origin_hash
 from client.witness.cli import main
 from client.witness.core import Witness
 from tests.witness.helpers import (
-    WITNESS_NAME,
-    WITNESS_SEED,
+    OURS,
+    PEER_NAME,
+    PEER_SEED,
     FakeLog,
     FakeLogServer,
     add_status,
@@ -22,12 +23,11 @@ from tests.witness.helpers import (
     make_witness,
     serving,
     witness_serving,
+    write_check_config,
 )
 
 LOG = FakeLog(events(20))
 FORK = FakeLog([*events(5), *events(15, "evil-")])  # agrees with LOG up to size 5 only
-OURS = CosignatureSigner(WITNESS_NAME, WITNESS_SEED)
-PEER_NAME, PEER_SEED = "witness.example.com/w2", bytes(range(64, 96))
 PEER = CosignatureSigner(PEER_NAME, PEER_SEED)
 
 
@@ -50,16 +50,20 @@ def _restored_config(tmp_path: Path, log_url: str, peer_url: str) -> Path:
     w = make_witness(db, [LOG.witnessed_log()])
     assert add_status(w, LOG.body(0, 5)) == 200
     w.store.close()
-    (tmp_path / "witness.key").write_text(OURS.skey() + "\n")
-    (tmp_path / "witness.key").chmod(0o600)
-    cfg = tmp_path / "witness.toml"
-    cfg.write_text(
-        f'name = "{WITNESS_NAME}"\nkey_file = "witness.key"\nstate_db = "state.db"\n'
-        f'listen = "127.0.0.1:0"\nhttp_timeout = 5\n'
-        f'[[log]]\norigin = "{LOG.origin}"\nvkey = "{LOG.signer.vkey()}"\nurl = "{log_url}"\n'
-        f'[[peer]]\nname = "w2"\nvkey = "{PEER.vkey()}"\nurl = "{peer_url}"\n'
-    )
-    return cfg
+    return write_check_config(tmp_path, [(LOG, log_url)], [("w2", PEER.vkey(), peer_url)])
+
+
+def _poll_once_restored(tmp_path: Path, log: FakeLog, size: int) -> int:
+    """``poll --once`` of the restored witness, its log serving ``log`` at ``size``, the
+    peer holding our line on LOG's 9; its exit code."""
+    peer = _peer_holding_our_line(tmp_path / "peer.db")
+    try:
+        with serving(FakeLogServer(log)) as log_srv, witness_serving(peer) as sp:
+            log_srv.log.size = size
+            cfg = _restored_config(tmp_path, log_srv.url, sp.url)
+            return main(["poll", "--config", str(cfg), "--once"])
+    finally:
+        peer.store.close()
 
 
 def _stored(tmp_path: Path) -> tuple[int, bytes, int]:
@@ -76,14 +80,7 @@ def test_poll_never_cosigns_a_fork_a_reachable_peer_would_have_refuted(tmp_path:
     """Restored to size 5; the peer holds our line on LOG's 9; the log serves FORK's 7
     (consistent with 5 only). ``poll --once`` meets our line at the peer first, so FORK's 7
     is not cosigned: it is evidence (exit 1)."""
-    peer = _peer_holding_our_line(tmp_path / "peer.db")
-    try:
-        with serving(FakeLogServer(FORK)) as log_srv, witness_serving(peer) as sp:
-            log_srv.log.size = 7
-            cfg = _restored_config(tmp_path, log_srv.url, sp.url)
-            rc = main(["poll", "--config", str(cfg), "--once"])
-    finally:
-        peer.store.close()
+    rc = _poll_once_restored(tmp_path, FORK, 7)
     size, root, evidence = _stored(tmp_path)
     assert root != FORK.root(7), "the restored witness cosigned the fork"
     assert size != 7
@@ -95,13 +92,6 @@ def test_poll_never_cosigns_a_fork_a_reachable_peer_would_have_refuted(tmp_path:
 def test_poll_adopts_our_later_cosignature_at_a_peer_then_goes_on(tmp_path: Path) -> None:
     """The same restore, the log honest and grown to 12: the peer's line on 9 is adopted
     first, then the log's 12 cosigned with its proof 9 -> 12; no evidence."""
-    peer = _peer_holding_our_line(tmp_path / "peer.db")
-    try:
-        with serving(FakeLogServer(LOG)) as log_srv, witness_serving(peer) as sp:
-            log_srv.log.size = 12
-            cfg = _restored_config(tmp_path, log_srv.url, sp.url)
-            rc = main(["poll", "--config", str(cfg), "--once"])
-    finally:
-        peer.store.close()
+    rc = _poll_once_restored(tmp_path, LOG, 12)
     assert rc == 0
     assert _stored(tmp_path) == (12, LOG.root(12), 0)
