@@ -307,6 +307,30 @@ _MANAGER_OPS = st.lists(
 )
 
 
+def _user_managed_by(start: str | None) -> Any:
+    """The state of User u9 created with manager ``start`` (or none)."""
+    body: dict[str, Any] = {"userName": "u9"}
+    if start is not None:
+        body[ENTERPRISE] = {"manager": {"value": start}}
+    _, state = judge(None, user_event("create", body, "c"))
+    return state
+
+
+def _manager_patch(ops: list[tuple[str, str | None]], req: str) -> Any:
+    """A PATCH of u9 setting (add, replace) or clearing (clear-remove, clear-replace) its
+    manager, in the order of ``ops``."""
+    path = f"{ENTERPRISE}:manager"
+    operations: list[dict[str, Any]] = []
+    for op, m in ops:
+        if op == "clear-remove":
+            operations.append({"op": "remove", "path": path})
+        elif op == "clear-replace":
+            operations.append({"op": "replace", "path": path, "value": None})
+        else:
+            operations.append({"op": op, "path": path, "value": {"value": m}})
+    return user_event("patch", {"schemas": [PATCH_OP], "Operations": operations}, req)
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     start=st.one_of(st.none(), st.sampled_from(POOL)), requests=st.lists(_MANAGER_OPS, max_size=5)
@@ -316,27 +340,35 @@ def test_the_log_tracks_the_manager_as_the_sp_applies_it(
 ) -> None:
     """The enterprise manager (one reference) set and cleared in any order within a PATCH:
     the log's state names the manager the SP has after every request, or none."""
-    body: dict[str, Any] = {"userName": "u9"}
-    if start is not None:
-        body[ENTERPRISE] = {"manager": {"value": start}}
-    _, state = judge(None, user_event("create", body, "c"))
-    sp = start
-    path = f"{ENTERPRISE}:manager"
+    state = _user_managed_by(start)
     for n, ops in enumerate(requests):
-        operations: list[dict[str, Any]] = []
-        for op, m in ops:
-            if op == "clear-remove":
-                operations.append({"op": "remove", "path": path})
-            elif op == "clear-replace":
-                operations.append({"op": "replace", "path": path, "value": None})
-            else:
-                operations.append({"op": op, "path": path, "value": {"value": m}})
-            sp = None if m is None else m
-        _, state = judge(
-            state, user_event("patch", {"schemas": [PATCH_OP], "Operations": operations}, f"r{n}")
-        )
+        sp = ops[-1][1]  # the last operation's manager (None: cleared)
+        _, state = judge(state, _manager_patch(ops, f"r{n}"))
         want = None if sp is None else b64(pid_of("User", sp))
         assert state.get("manager") == want, ops
+
+
+def judge_in_parts(
+    state: Any, whole: dict[str, Any], cuts: list[int]
+) -> tuple[Any, list[tuple[str, Any]], list[int]]:
+    """Judge ``whole`` as the linked parts of a request too large for one event: its
+    ``patch``, ``mods`` and ``refs`` items in that order (client.adapters.exchange's split),
+    cut before each of ``cuts`` that falls inside them, each part judged as it comes.
+    Returns the state after the last part, the items and the cuts used."""
+    items = [
+        *(("patch", p) for p in whole.get("patch", ())),
+        *(("mods", m) for m in whole.get("mods", ())),
+        *(("refs", r) for r in whole.get("refs", ())),
+    ]
+    bounds = sorted({c for c in cuts if 0 < c < len(items)})
+    chunks = [items[a:b] for a, b in itertools.pairwise([0, *bounds, len(items)])]
+    for n, chunk in enumerate(chunks):
+        ev = {k: v for k, v in whole.items() if k not in ("patch", "mods", "refs")}
+        for kind, item in chunk:
+            ev.setdefault(kind, []).append(item)
+        ev["x"] = {"part": n, "parts": len(chunks)}
+        _, state = judge(state, ev)
+    return state, items, bounds
 
 
 @settings(max_examples=300, deadline=None)
@@ -355,19 +387,7 @@ def test_a_request_split_into_parts_is_exact_or_says_it_cannot_know(
         ),
     )
     whole = group_event("patch", patch_ops(ops), "big")
-    items = [
-        *(("patch", p) for p in whole.get("patch", ())),
-        *(("mods", m) for m in whole.get("mods", ())),
-        *(("refs", r) for r in whole.get("refs", ())),
-    ]
-    bounds = sorted({c for c in cuts if 0 < c < len(items)})
-    chunks = [items[a:b] for a, b in itertools.pairwise([0, *bounds, len(items)])]
-    for n, chunk in enumerate(chunks):
-        ev = {k: v for k, v in whole.items() if k not in ("patch", "mods", "refs")}
-        for kind, item in chunk:
-            ev.setdefault(kind, []).append(item)
-        ev["x"] = {"part": n, "parts": len(chunks)}
-        _, state = judge(state, ev)
+    state, items, bounds = judge_in_parts(state, whole, cuts)
     sp = sp_apply(set(start), ops)
     if "members" in state["full"]:
         assert state["members"] == members(sp), (ops, bounds)
@@ -377,10 +397,9 @@ def test_a_request_split_into_parts_is_exact_or_says_it_cannot_know(
     assert not {"cleared", "cleared_members"} & set(state), "the request's marks outlive it"
 
 
-def test_a_clear_mid_way_through_a_split_request_is_exact() -> None:
-    """``[add u1, remove all, add u2]`` on a group holding u3, cut so that the clear's entry
-    ends one part and the references come in the next: the references of the add before
-    the clear are undone by it (a noop), u3 goes, u2 comes: the set is known, {u2}."""
+def _clear_mid_way() -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """A group holding u3, and ``[add u1, remove all, add u2]`` on it as one request: (the
+    group's state, the whole request, its first part: everything but the references)."""
     _, state = judge(
         None, group_event("create", {"displayName": "g", "members": [{"value": "u3"}]}, "c")
     )
@@ -389,6 +408,14 @@ def test_a_clear_mid_way_through_a_split_request_is_exact() -> None:
     )
     first = {k: v for k, v in whole.items() if k != "refs"}
     first["x"] = {"part": 0, "parts": 2}
+    return state, whole, first
+
+
+def test_a_clear_mid_way_through_a_split_request_is_exact() -> None:
+    """``[add u1, remove all, add u2]`` on a group holding u3, cut so that the clear's entry
+    ends one part and the references come in the next: the references of the add before
+    the clear are undone by it (a noop), u3 goes, u2 comes: the set is known, {u2}."""
+    state, whole, first = _clear_mid_way()
     second = {k: v for k, v in whole.items() if k not in ("patch", "mods")}
     second["x"] = {"part": 1, "parts": 2}
     effect, state = judge(state, first)
@@ -404,14 +431,7 @@ def test_a_clear_mid_way_through_a_split_request_is_exact() -> None:
 def test_a_split_request_whose_last_part_never_came_leaves_no_mark() -> None:
     """The marks a split request's clear leaves for its later parts go with the next
     request, if the request's last part never came."""
-    _, state = judge(
-        None, group_event("create", {"displayName": "g", "members": [{"value": "u3"}]}, "c")
-    )
-    whole = group_event(
-        "patch", patch_ops([("add", ["u1"]), ("clear-remove", []), ("add", ["u2"])]), "big"
-    )
-    first = {k: v for k, v in whole.items() if k != "refs"}
-    first["x"] = {"part": 0, "parts": 2}
+    state, _, first = _clear_mid_way()
     _, state = judge(state, first)
     assert state["cleared"] == "big"
     _, state = judge(state, group_event("patch", patch_ops([("add", ["u4"])]), "next"))
@@ -431,35 +451,10 @@ def test_a_split_request_on_the_manager_is_exact_or_forgets(
     """The manager set and cleared within one PATCH that travels as linked parts, cut
     anywhere: where the adapter numbered the operations, the log names the manager the SP
     has (or none); otherwise it names the right one or none."""
-    body: dict[str, Any] = {"userName": "u9"}
-    if start is not None:
-        body[ENTERPRISE] = {"manager": {"value": start}}
-    _, state = judge(None, user_event("create", body, "c"))
-    path = f"{ENTERPRISE}:manager"
-    operations: list[dict[str, Any]] = []
-    sp = start
-    for op, m in ops:
-        if op == "clear-remove":
-            operations.append({"op": "remove", "path": path})
-        elif op == "clear-replace":
-            operations.append({"op": "replace", "path": path, "value": None})
-        else:
-            operations.append({"op": op, "path": path, "value": {"value": m}})
-        sp = m
-    whole = user_event("patch", {"schemas": [PATCH_OP], "Operations": operations}, "big")
-    items = [
-        *(("patch", p) for p in whole.get("patch", ())),
-        *(("mods", m) for m in whole.get("mods", ())),
-        *(("refs", r) for r in whole.get("refs", ())),
-    ]
-    bounds = sorted({c for c in cuts if 0 < c < len(items)})
-    chunks = [items[a:b] for a, b in itertools.pairwise([0, *bounds, len(items)])]
-    for n, chunk in enumerate(chunks):
-        ev = {k: v for k, v in whole.items() if k not in ("patch", "mods", "refs")}
-        for kind, item in chunk:
-            ev.setdefault(kind, []).append(item)
-        ev["x"] = {"part": n, "parts": len(chunks)}
-        _, state = judge(state, ev)
+    state = _user_managed_by(start)
+    sp = ops[-1][1]  # the last operation's manager (None: cleared)
+    whole = _manager_patch(ops, "big")
+    state, items, bounds = judge_in_parts(state, whole, cuts)
     want = None if sp is None else b64(pid_of("User", sp))
     if any("i" in item for _, item in items):
         assert state.get("manager") == want, (ops, bounds)
