@@ -29,7 +29,7 @@ from typing import Any
 from harness import Unavailable
 from harness.net import free_port
 
-__all__ = ["SeaweedS3", "Unavailable", "start_seaweedfs", "weed_binary"]
+__all__ = ["SeaweedS3", "Unavailable", "start_seaweedfs", "weed_binary", "weed_shell"]
 
 ACCESS_KEY = "tlogtestkey"
 SECRET_KEY = "tlogtestsecret-not-a-real-credential"
@@ -229,25 +229,26 @@ def _wait_ready(server: SeaweedS3) -> None:
     raise RuntimeError(f"weed mini not ready after {START_TIMEOUT} s ({last}):\n{_tail(server)}")
 
 
+def weed_shell(weed: str, server: SeaweedS3, script: str) -> subprocess.CompletedProcess[bytes]:
+    """``script`` run by ``weed shell`` against ``server`` (its admin commands: fs.configure,
+    s3.configure, s3.policy, ...); its output captured, its exit code not checked."""
+    return subprocess.run(
+        [weed, "shell", f"-master={server.master}", f"-filer={server.filer}"],
+        input=script.encode(),
+        capture_output=True,
+        timeout=60,
+        cwd=server.workdir,
+        check=False,
+    )
+
+
 def _enable_fsync(weed: str, server: SeaweedS3) -> None:
     """Every object under /buckets/ is fsynced before the PUT is answered."""
     script = "fs.configure -locationPrefix=/buckets/ -fsync=true -apply\n"
     deadline = time.monotonic() + START_TIMEOUT
     while True:
-        r = subprocess.run(
-            [weed, "shell", f"-master={server.master}", f"-filer={server.filer}"],
-            input=script.encode(),
-            capture_output=True,
-            timeout=60,
-            cwd=server.workdir,
-        )
-        conf = subprocess.run(
-            [weed, "shell", f"-master={server.master}", f"-filer={server.filer}"],
-            input=b"fs.configure\n",
-            capture_output=True,
-            timeout=60,
-            cwd=server.workdir,
-        )
+        r = weed_shell(weed, server, script)
+        conf = weed_shell(weed, server, "fs.configure\n")
         if b'"fsync":  true' in conf.stdout or b'"fsync": true' in conf.stdout:
             return
         if time.monotonic() > deadline:

@@ -7,12 +7,12 @@ own (``s3.configure``), as an operator would give a writer that may not delete."
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
+from harness.s3 import weed_shell
 from tlog.bucket import S3Store
 
 from ..s3support import SeaweedS3, weed_binary
@@ -58,14 +58,7 @@ class IgnoringStore:
 def _shell(s3: SeaweedS3, script: str) -> str:
     weed = weed_binary()
     assert weed is not None  # the server runs, so its binary is there
-    r = subprocess.run(
-        [weed, "shell", f"-master={s3.master}", f"-filer={s3.filer}"],
-        input=script.encode(),
-        capture_output=True,
-        timeout=60,
-        cwd=s3.workdir,
-        check=False,
-    )
+    r = weed_shell(weed, s3, script)
     return r.stdout.decode("utf-8", "replace") + r.stderr.decode("utf-8", "replace")
 
 

@@ -13,6 +13,16 @@ from tlog.config import ProxyConfig, ServeConfig, items
 
 # Read from main's parser (3161eb3) before the change: the option strings of each command
 # (positionals as <dest>), "=dest" where the destination is not the flag's own name.
+OFFLINE = [
+    "--config",
+    "--data=cfg__data",
+    "--database=cfg__database",
+    "--replication=cfg__replication",
+    "--origin=cfg__origin",
+    "--key=cfg__key",
+    "--scim-master-key=cfg__scim_master_key",
+    "--checkpoint-file=cfg__checkpoint_file",
+]
 BEFORE: dict[str, list[str]] = {
     "tlog": ["--version"],
     "tlog keygen": ["--config", "--data=cfg__data", "--key=cfg__key", "--origin"],
@@ -44,41 +54,16 @@ BEFORE: dict[str, list[str]] = {
         "--witness-interval=cfg__witness_interval",
         "--contact",
     ],
+    # recover: the offline tools' settings with --witnesses before --checkpoint-file
     "tlog recover": [
-        "--config",
-        "--data=cfg__data",
-        "--database=cfg__database",
-        "--replication=cfg__replication",
-        "--origin=cfg__origin",
-        "--key=cfg__key",
-        "--scim-master-key=cfg__scim_master_key",
+        *OFFLINE[:-1],
         "--witnesses=cfg__witnesses",
-        "--checkpoint-file=cfg__checkpoint_file",
+        OFFLINE[-1],
         "--from=source",
         "--checkpoint",
     ],
-    "tlog reapply-erasures": [
-        "--config",
-        "--data=cfg__data",
-        "--database=cfg__database",
-        "--replication=cfg__replication",
-        "--origin=cfg__origin",
-        "--key=cfg__key",
-        "--scim-master-key=cfg__scim_master_key",
-        "--checkpoint-file=cfg__checkpoint_file",
-        "<certificates>",
-    ],
-    "tlog reseal-actors": [
-        "--config",
-        "--data=cfg__data",
-        "--database=cfg__database",
-        "--replication=cfg__replication",
-        "--origin=cfg__origin",
-        "--key=cfg__key",
-        "--scim-master-key=cfg__scim_master_key",
-        "--checkpoint-file=cfg__checkpoint_file",
-        "--batch",
-    ],
+    "tlog reapply-erasures": [*OFFLINE, "<certificates>"],
+    "tlog reseal-actors": [*OFFLINE, "--batch"],
     "tlog fsck": ["--config", "--data=cfg__data", "--database=cfg__database"],
     "tlog backup": [
         "--config",
