@@ -1,8 +1,10 @@
-"""The load of red team 8's fault tests (tests/server/test_redteam8_*.py): raw entries one
-by one, raw batches, SCIM batches and single SCIM events sent at once to a real ``tlog
-serve``, every answer kept; then what must hold after the fault: every acknowledged
-submission in the log once, at its index, with a verified inclusion proof, one root per
-tree size, no 5xx but a clear 503."""
+"""The load of red team 8's and 9's fault tests (tests/server/test_redteam8_*.py,
+test_redteam9_*.py): raw entries one by one, raw batches, SCIM batches and single SCIM
+events sent at once to a real ``tlog serve``, every answer kept; then what must hold after
+the fault: every acknowledged submission in the log once, at its index, with a verified
+inclusion proof, one root per tree size, no 5xx but a clear 503, writes of every kind
+working again without a restart, no unhandled exception in the server's log, ``tlog fsck``
+clean (:func:`faulted_server` runs a test's fault between the start and those checks)."""
 
 from __future__ import annotations
 
@@ -28,7 +30,14 @@ from client.formats.note import Ed25519Verifier
 from client.net.logclient import LogClient
 from client.scim import event_to_json, new_event
 from harness.pg import PgCluster
-from tests.support import assert_prefixes, checkpoints_by_size, tlog_cli
+from tests.pgsupport import open_store
+from tests.support import (
+    ServerProcess,
+    assert_prefixes,
+    checkpoints_by_size,
+    start_server,
+    tlog_cli,
+)
 
 from .conftest import ORIGIN
 
@@ -241,6 +250,69 @@ def clear_503(a: Answer) -> bool:
     except (ValueError, KeyError, TypeError):
         return False
     return isinstance(err, str) and len(err) > 20
+
+
+def stored_entries(url: str, tmp_path: Path) -> list[bytes]:
+    """Every entry the PostgreSQL store ``url`` holds, read afterwards."""
+    st = open_store(url, tmp_path)
+    try:
+        with st.read() as rv:
+            return rv.entries(0, rv.tree_size())
+    finally:
+        st.close()
+
+
+@dataclass
+class Faulted:
+    """A ``tlog serve`` on a PostgreSQL store under :class:`Load` (:func:`faulted_server`)."""
+
+    srv: ServerProcess
+    load: Load
+    vkey: str
+    url: str  # the store's
+    data: Path
+
+    def server_log(self) -> str:
+        return (self.data.parent / f"{self.data.name}-server.log").read_text()
+
+
+@contextlib.contextmanager
+def faulted_server(
+    tmp_path: Path,
+    url: str,
+    bound: float,
+    *,
+    timeout: float = 60.0,
+    allowed: Callable[[Answer], bool] = clear_503,
+) -> Iterator[Faulted]:
+    """A real ``tlog serve`` on the PostgreSQL store ``url`` with the commit bound
+    ``--storage-timeout bound``, and a submitter's :class:`Load` on it (not started: the
+    test starts it and runs its fault). When the test's block ends without an error, what
+    must hold after any fault is checked: the load stops without a writer hanging; one
+    request of every kind succeeds (no restart); every failure is ``allowed`` (a clear
+    503), every acknowledged submission is stored once at its index with a verified
+    inclusion proof, one root per size (:func:`check_after`); the server logged no
+    unhandled exception; ``tlog fsck`` is clean."""
+    data = tmp_path / "data"
+    srv = start_server(data, None, "--storage-timeout", f"{bound:g}", database=url, timeout=90)
+    load = Load(srv.url, "", timeout=timeout)
+    try:
+        token = make_token(data, url, "--role", "submitter", "--tenant", "acme")
+        vkey = httpx.get(srv.url + "/v1/log").json()["vkey"]
+        load = Load(srv.url, token, timeout=timeout)
+        run = Faulted(srv, load, vkey, url, data)
+        yield run
+        load.stop()
+        after = {k: load.one(k).status for k in KINDS}
+        assert set(after.values()) == {200}, (after, load.answers[-4:])
+        check_after(load, srv.url, vkey, stored_entries(url, tmp_path), allowed)
+    finally:
+        load.stop()
+        srv.stop()
+    out = run.server_log()
+    assert "Exception in ASGI application" not in out, out[-5000:]
+    fs = tlog_cli("fsck", "--data", str(data), "--database", url)
+    assert fs.returncode == 0, fs.stdout + fs.stderr
 
 
 @pytest.fixture
