@@ -16,7 +16,6 @@ policy) is :mod:`client.adapters.middleware`; the receipt headers are
 from __future__ import annotations
 
 import base64
-import binascii
 import contextlib
 import functools
 import hashlib
@@ -99,10 +98,16 @@ def default_actor(scope: Scope) -> dict[str, Any]:
     password), and no credentials ``{"kind": "anonymous"}``. The middleware calls this only
     for requests the app did not answer with 401/403, i.e. after the app verified them.
     """
+    got = _state_actor(scope)
+    return got if got is not None else credential_actor(scope)
+
+
+def _state_actor(scope: Scope) -> dict[str, Any] | None:
+    """``scope["state"]["tlog_actor"]`` as :func:`default_actor` takes it (a copy), if any."""
     state = scope.get("state")
     if isinstance(state, Mapping) and isinstance(state.get("tlog_actor"), Mapping):
         return dict(state["tlog_actor"])
-    return credential_actor(scope)
+    return None
 
 
 def credential_actor(scope: Scope) -> dict[str, Any]:
@@ -115,7 +120,7 @@ def credential_actor(scope: Scope) -> dict[str, Any]:
         if scheme.lower() == "basic" and cred:
             try:
                 user = base64.b64decode(cred, validate=True).decode("utf-8").partition(":")[0]
-            except (binascii.Error, UnicodeDecodeError):
+            except (ValueError, UnicodeDecodeError):  # binascii.Error, or a non-ASCII text
                 user = ""
             if ident(user, 512):
                 return {"kind": "user", "id": user}
@@ -419,6 +424,26 @@ class Exchange:
     _resp_map: tuple[Any, dict[bytes, bytes]] | None = field(
         default=None, repr=False, compare=False
     )
+    # The body's SHA-256 and the credential's actor, each made once: the write-ahead intent
+    # and the event both name them (keyed by the body and the headers they were made of).
+    _dig: tuple[bytes, bytes] | None = field(default=None, repr=False, compare=False)
+    _cred: tuple[Any, dict[str, Any]] | None = field(default=None, repr=False, compare=False)
+
+    def body_digest(self) -> bytes:
+        """``hashlib.sha256(self.body).digest()``, computed once."""
+        got = self._dig
+        if got is None or got[0] is not self.body:
+            got = self._dig = (self.body, hashlib.sha256(self.body).digest())
+        return got[1]
+
+    def credential(self) -> dict[str, Any]:
+        """:func:`credential_actor` of this exchange's scope (a fresh dict each call),
+        computed once."""
+        headers = self.scope.get("headers", ())
+        got = self._cred
+        if got is None or got[0] is not headers:
+            got = self._cred = (headers, credential_actor(self.scope))
+        return dict(got[1])
 
     def target(self, cfg: AuditConfig) -> _Target:
         """:func:`route` of this exchange's path and method, computed once."""
@@ -467,7 +492,7 @@ class Builder:
         self.ref_pid = ref_pid
         self.ts = x.t1_ns // 1_000_000
         self.dur = max(0, (x.t1_ns - x.t0_ns) // 1_000_000)
-        self.dig = hashlib.sha256(x.body).digest()
+        self.dig = x.body_digest()
         self._actor: dict[str, Any] | None = None
         # Read like the SP reads it: content coding, charset/BOM, duplicate keys last-wins.
         self.req = decode_body(
@@ -502,11 +527,16 @@ class Builder:
     def actor(self) -> dict[str, Any]:
         if self._actor is None:
             try:
-                got = self.cfg.actor(self.x.scope)
+                hook = self.cfg.actor
+                got: Mapping[str, Any] | None
+                if hook is default_actor:  # the credential's actor made once (x.credential)
+                    got = _state_actor(self.x.scope) or self.x.credential()
+                else:
+                    got = hook(self.x.scope)
             except Exception:
                 _log.exception("actor hook failed; recording the credential thumbprint")
                 got = None
-            self._actor = dict(got) if got else credential_actor(self.x.scope)
+            self._actor = dict(got) if got else self.x.credential()
         return self._actor
 
     def src(self) -> dict[str, Any] | None:
@@ -641,7 +671,7 @@ class Builder:
             last = exc
         # Last resort: drop everything the hooks or the request supplied beyond the minimum.
         minimal = dict(fields)
-        minimal["actor"] = credential_actor(self.x.scope)
+        minimal["actor"] = self.x.credential()
         minimal["src"] = None
         minimal["idp"] = None
         minimal["req"] = {k: v for k, v in fields["req"].items() if k != "if_match"}

@@ -72,7 +72,6 @@ from client.adapters.exchange import (
     Builder,
     Exchange,
     Recorded,
-    credential_actor,
     default_actor,
     event_json,
     get_ci,
@@ -765,7 +764,7 @@ def intent_doc(cfg: AuditConfig, x: Exchange) -> dict[str, Any] | None:
         return None
     if kind != "bulk" and x.method != "POST" and target.rid is None and not target.me:
         return None  # PUT/PATCH/DELETE without an id: an access record, never an event
-    actor = credential_actor(x.scope)
+    actor = x.credential()
     tok_d = actor.get("tok_d")
     if tok_d is not None:
         actor = {"kind": actor["kind"], "tok_d": tok_d.hex()}
@@ -775,7 +774,7 @@ def intent_doc(cfg: AuditConfig, x: Exchange) -> dict[str, Any] | None:
         "req": x.req_id,
         "m": x.method,
         "p": x.rel,
-        "dig": hashlib.sha256(x.body).hexdigest(),
+        "dig": x.body_digest().hex(),
         "len": len(x.body),
         "actor": actor,
     }

@@ -731,8 +731,18 @@ def _drop_empty(obj: Mapping[str, Any] | None) -> Any:
     # type() first: isinstance against the Mapping ABC is the slow part for the usual dict.
     if type(obj) is not dict and not isinstance(obj, Mapping):
         return obj  # None, or a wrong type that validation will name
-    out = {k: v for k, v in obj.items() if v is not None and v != [] and v != {}}
+    # (text, bytes and numbers first: never None nor equal to an empty list or dict, so
+    # no empty list and dict are made to compare them with; tests/scim/test_drop_empty.py)
+    never = _NEVER_EMPTY
+    out = {
+        k: v for k, v in obj.items() if type(v) in never or (v is not None and v != [] and v != {})
+    }
     return out or None
+
+
+# The values' types for which ``v is not None and v != [] and v != {}`` is True without
+# asking: exact text, bytes and numbers are never equal to a list or a dict.
+_NEVER_EMPTY = frozenset({str, int, bytes, bool, float})
 
 
 def _copy(obj: Any) -> Any:
