@@ -461,3 +461,89 @@ def test_a_split_request_on_the_manager_is_exact_or_forgets(
     elif "manager" in state:
         assert state["manager"] == want, (ops, bounds)
     assert not {"cleared", "cleared_manager"} & set(state)
+
+
+# A clear that is a request's first operation on members or the manager, in a request split
+# into linked parts: the adapter does not number it (first, so a whole request is exact
+# without a number), and the split may put its ``mods`` entry in any part. The log knows it
+# is first when no earlier part of the same request touched the attribute (the parts mark
+# which they touched), and the result is then exact; when it cannot know, it says so.
+
+_MEMBER_OPS_AFTER = st.lists(
+    st.tuples(
+        st.sampled_from(["add", "remove", "replace"]),
+        st.lists(st.sampled_from(POOL), min_size=1, max_size=3),
+    ),
+    max_size=4,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    start=st.sets(st.sampled_from(POOL)),
+    clear=st.sampled_from(["clear-remove", "clear-replace"]),
+    ops=_MEMBER_OPS_AFTER,
+    other=st.integers(0, 3),
+    cuts=st.lists(st.integers(0, 30)),
+)
+def test_a_first_clear_of_members_in_any_part_is_exact(
+    start: set[str], clear: str, ops: list[tuple[str, list[str]]], other: int, cuts: list[int]
+) -> None:
+    """``[displayName ×other, clear members, then member operations]``, cut anywhere: the
+    group's members are known afterwards, and are the SP's."""
+    _, state = judge(
+        None,
+        group_event(
+            "create", {"displayName": "g", "members": [{"value": r} for r in sorted(start)]}, "c"
+        ),
+    )
+    body = patch_ops([(clear, []), *ops])
+    body["Operations"][:0] = [
+        {"op": "replace", "path": "displayName", "value": f"g{n}"} for n in range(other)
+    ]
+    state, _, bounds = judge_in_parts(state, group_event("patch", body, "big"), cuts)
+    assert "members" in state["full"], (body, bounds)
+    assert state["members"] == members(sp_apply(set(start), [(clear, []), *ops]))
+    assert not {k for k in state if k.startswith(("cleared", "touched", "forgot"))}
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    start=st.one_of(st.none(), st.sampled_from(POOL)),
+    then=st.one_of(st.none(), st.sampled_from(POOL)),
+    other=st.integers(0, 3),
+    cuts=st.lists(st.integers(0, 12)),
+)
+def test_a_first_clear_of_the_manager_in_any_part_is_exact(
+    start: str | None, then: str | None, other: int, cuts: list[int]
+) -> None:
+    """``[title ×other, remove manager, (set manager)]`` cut anywhere: the log names the
+    manager the SP has afterwards, or none."""
+    state = _user_managed_by(start)
+    path = f"{ENTERPRISE}:manager"
+    operations: list[dict[str, Any]] = [
+        {"op": "replace", "path": "title", "value": f"t{n}"} for n in range(other)
+    ]
+    operations.append({"op": "remove", "path": path})
+    if then is not None:
+        operations.append({"op": "add", "path": path, "value": {"value": then}})
+    whole = user_event("patch", {"schemas": [PATCH_OP], "Operations": operations}, "big")
+    state, _, bounds = judge_in_parts(state, whole, cuts)
+    want = None if then is None else b64(pid_of("User", then))
+    assert state.get("manager") == want, (operations, bounds)
+    assert not {k for k in state if k.startswith(("cleared", "touched", "forgot"))}
+
+
+def test_an_unnumbered_clear_after_the_attribute_was_touched_is_not_known() -> None:
+    """An adapter from before the numbering sends ``[add u1, remove members]`` unnumbered;
+    cut so that the add's ``mods`` entry is in part 0 and the clear's in part 1, the log
+    cannot tell the clear came second: the set is not known (never claimed wrongly)."""
+    _, state = judge(
+        None, group_event("create", {"displayName": "g", "members": [{"value": "u3"}]}, "c")
+    )
+    whole = group_event("patch", patch_ops([("add", ["u1"]), ("clear-remove", [])]), "old")
+    for item in (*whole["mods"], *whole["refs"]):
+        item.pop("i", None)  # as the older adapter sent it
+    state, items, _ = judge_in_parts(state, whole, [len(whole["patch"]) + 1])
+    assert items[len(whole["patch"]) + 1][1].get("new") == "null"  # the clear opens part 1
+    assert "members" not in state["full"]
