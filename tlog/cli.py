@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterator
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from client.runtime.logs import one_line
 from tlog.auth import ROLES, Principal, TokenStore
@@ -207,8 +207,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import logging.config
 
     from client.runtime.logs import uvicorn_log_config
-    from client.runtime.serving import run_hardened
-    from tlog.server import build_app
 
     cfg = _serve_config(args)
     trusted = _forwarded_allow_ips(cfg.forwarded_allow_ips, "TLOG_FORWARDED_ALLOW_IPS")
@@ -220,6 +218,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     sys.setswitchinterval(cfg.switch_interval_ms / 1000.0)
     data = cfg.data.resolve()
     cfg = dataclasses.replace(cfg, data=data)
+    with _store_hold(cfg.database, "tlog serve", exclusive=False):
+        return _serve(cfg, trusted, logs)
+
+
+def _serve(cfg: ServeConfig, trusted: tuple[str, ...], logs: dict[str, Any]) -> int:
+    from client.runtime.serving import run_hardened
+    from tlog.server import build_app
+
+    data = cfg.data
     fresh = not _store_exists(cfg)
     if fresh and not cfg.init:
         where = "the database" if cfg.database else str(data)
@@ -529,7 +536,10 @@ def cmd_recover(args: argparse.Namespace) -> int:
         if is_database_url(cfg.database):
             assert cfg.database is not None
             key_file = dataclasses.replace(cfg, data=data).scim_master_key_path
-            with _frontends_stopped(key_file, "tlog recover"):
+            with (
+                _frontends_stopped(key_file, "tlog recover"),
+                _store_hold(cfg.database, "tlog recover", exclusive=True),
+            ):
                 recover_database(
                     cfg.database,
                     signer,
@@ -544,6 +554,39 @@ def cmd_recover(args: argparse.Namespace) -> int:
         remembered.close()
     _note_unkeyed_store(cfg.database, data, cfg.scim_master_key_path)
     return 0
+
+
+@contextlib.contextmanager
+def _store_hold(database: str | None, what: str, *, exclusive: bool) -> Iterator[None]:
+    """On a PostgreSQL store, the store's operator lock (:func:`tlog.pg.hold_store`) for
+    the whole command: ``tlog serve`` shared (frontends run side by side), ``tlog recover``
+    exclusively; ``tlog migrate`` writing into the store holds it exclusively too. Refused
+    (StorageError) naming the holder while another process holds it in a mode that
+    excludes this one. An LMDB store: nothing here (the data directory's lock does it)."""
+    if not is_database_url(database):
+        yield
+        return
+    import socket
+
+    from tlog.pg import StoreHeld, hold_store
+
+    assert database is not None
+    me = f"{what} PID {os.getpid()} on host {socket.gethostname()}"
+    try:
+        conn = hold_store(database, me, exclusive=exclusive)
+    except StoreHeld as held:
+        if exclusive:
+            why = f"{what} needs the store to itself: stop that process first, then run it again"
+        else:
+            why = (
+                f"{what} does not start while a tlog migrate writes into the store or a tlog "
+                "recover runs on it: wait for it to end, then start again"
+            )
+        raise StorageError(f"{held}; {why}; nothing was written") from None
+    try:
+        yield
+    finally:
+        conn.close()  # the session's advisory lock goes with it
 
 
 @contextlib.contextmanager

@@ -78,12 +78,14 @@ def open_location(location: str, *, create: bool) -> Iterator[Backend]:
     PostgreSQL destination (``create``) is locked against another ``tlog migrate`` writing
     into it (:func:`_destination_lock`)."""
     if is_database_url(location):
-        st = open_backend(location, Path("."))
-        try:
-            with _destination_lock(location) if create else contextlib.nullcontext():
+        # The lock first: a destination is not even opened (its schema created) while
+        # another process holds it.
+        with _destination_lock(location) if create else contextlib.nullcontext():
+            st = open_backend(location, Path("."))
+            try:
                 yield st
-        finally:
-            st.close()
+            finally:
+                st.close()
         return
     from tlog.integrity import DataDirLock, preflight
 
@@ -100,70 +102,36 @@ def open_location(location: str, *, create: bool) -> Iterator[Backend]:
             st.close()
 
 
-# A session advisory lock per schema (tlog.pg's write turn and staging turn take others),
-# held by the tlog migrate writing into that schema for its whole run.
-_MIGRATE_LOCK = (
-    "SELECT pg_try_advisory_lock(hashtextextended(current_schema() || "
-    "'/tlog migrate destination', 0))"
-)
-_MIGRATE_HOLDER = (
-    "WITH k AS (SELECT hashtextextended(current_schema() || '/tlog migrate destination', 0) "
-    "AS key) "
-    "SELECT a.pid, a.application_name, a.client_addr::text, a.backend_start "
-    "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid, k "
-    "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
-    "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
-    "AND l.classid = ((key >> 32) & 4294967295)::oid AND l.objid = (key & 4294967295)::oid"
-)
-
-
 @contextlib.contextmanager
 def _destination_lock(url: str) -> Iterator[None]:
-    """Hold the destination schema's migration lock (a session advisory lock on a
-    connection of its own, released by the server when the connection ends, however this
-    process ends) for the whole migration, or stop at once naming its holder: two
-    ``tlog migrate`` writing into one destination (a ``--restart`` clearing the copy while
-    another run resumes it) would interleave their records; the final comparison would
-    catch a wrong copy, but only after both had written. The connection's
-    ``application_name`` names this process for the other's message. (An LMDB destination:
-    the data directory's lock, :class:`tlog.integrity.DataDirLock`, does the same.)"""
+    """Hold the destination's operator lock exclusively (:func:`tlog.pg.hold_store`: a
+    session advisory lock on a connection of its own, released by the server when the
+    connection ends, however this process ends) for the whole migration, or stop at once
+    naming its holder: two ``tlog migrate`` writing into one destination (a ``--restart``
+    clearing the copy while another run resumes it) would interleave their records; the
+    final comparison would catch a wrong copy, but only after both had written. A
+    ``tlog serve`` holds the same lock shared for its whole run and ``tlog recover``
+    exclusively, so none of them starts while a migration writes into the schema (from its
+    first moment, before its marker is written), nor a migration while they run. The
+    connection's ``application_name`` names this process for the other's message. (An
+    LMDB destination: the data directory's lock, :class:`tlog.integrity.DataDirLock`, does
+    the same.)"""
     import os
     import socket
 
-    import psycopg
+    from tlog.pg import StoreHeld, hold_store
 
-    from tlog.pg import redact
-
-    me = f"tlog migrate PID {os.getpid()} on host {socket.gethostname()}"[:63]
-    where = redact(url)
+    me = f"tlog migrate PID {os.getpid()} on host {socket.gethostname()}"
     try:
-        conn = psycopg.connect(url, autocommit=True, application_name=me, connect_timeout=10)
-    except psycopg.Error as exc:
-        raise StorageError(f"cannot open the database {where}: {exc}") from None
-    try:
-        row = conn.execute(_MIGRATE_LOCK).fetchone()
-        if not (row and row[0]):
-            other = conn.execute(_MIGRATE_HOLDER).fetchone()
-            if other is None:
-                holder = "another tlog migrate (it has just ended: run this one again)"
-            else:
-                pid, app, addr, since = other
-                holder = (
-                    f"{app or 'another session'} (PostgreSQL backend {pid}, from "
-                    f"{addr or 'a local socket'}, connected since {since:%Y-%m-%dT%H:%M:%SZ})"
-                )
-            raise MigrateError(
-                f"the destination {where} is being written by {holder}: one migration at a "
-                "time into a store. Wait for it to end (or stop it; running the same command "
-                "again then resumes or, with --restart, restarts the copy); nothing was "
-                "written"
-            )
-    except psycopg.Error as exc:
-        conn.close()
-        raise StorageError(f"cannot lock the destination {where}: {exc}") from None
-    except BaseException:
-        conn.close()
-        raise
+        conn = hold_store(url, me, exclusive=True)
+    except StoreHeld as held:
+        doing = "being written by" if "tlog migrate" in held.holder else "in use by"
+        raise MigrateError(
+            f"the destination {held.where} is {doing} {held.holder}: one migration at a "
+            "time into a store, and none into a store being served or recovered. Wait for "
+            "it to end (or stop it; running the same command again then resumes or, with "
+            "--restart, restarts the copy); nothing was written"
+        ) from None
     try:
         yield
     finally:

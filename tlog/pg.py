@@ -1610,6 +1610,86 @@ _UPSERT_AUX_IF = (
 )
 
 
+# The store's operator lock: a session advisory lock per schema (the key is tlog migrate's
+# destination lock of earlier versions, so an older tlog migrate is seen too), held on a
+# connection of its own for a whole run: exclusively by ``tlog migrate`` writing into the
+# schema and by ``tlog recover``, shared by every ``tlog serve`` of the schema. So none of
+# them starts while another holds it, and the refusal names the holder (its connection's
+# application_name). An advisory lock on a bigint key is listed in pg_locks with its high
+# 32 bits as classid, its low ones as objid, objsubid 1.
+_HOLD_KEY = "hashtextextended(current_schema() || '/tlog migrate destination', 0)"
+_HOLD_EXCLUSIVE = f"SELECT pg_try_advisory_lock({_HOLD_KEY})"
+_HOLD_SHARED = f"SELECT pg_try_advisory_lock_shared({_HOLD_KEY})"
+_HOLDERS = (
+    "WITH k AS (SELECT hashtextextended(current_schema() || '/tlog migrate destination', 0) "
+    "AS key) SELECT a.pid, a.application_name, a.client_addr::text, a.backend_start "
+    "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid, k "
+    "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
+    "AND l.pid <> pg_backend_pid() "
+    "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+    "AND l.classid = ((key >> 32) & 4294967295)::oid AND l.objid = (key & 4294967295)::oid "
+    "ORDER BY a.backend_start"
+)
+
+
+class StoreHeld(StorageError):
+    """:func:`hold_store` found the store's operator lock held by another process:
+    ``holder`` names it (its application_name, backend, address and connection time)."""
+
+    def __init__(self, where: str, holder: str) -> None:
+        super().__init__(f"the store {where} is in use by {holder}")
+        self.where = where
+        self.holder = holder
+
+
+def hold_store(url: str, who: str, *, exclusive: bool) -> psycopg.Connection[Any]:
+    """Take the store's operator lock (``_HOLD_KEY`` above) on a new connection whose
+    ``application_name`` is ``who`` (it names this process in another's refusal), without
+    waiting; returns the connection, whose end (however this process ends: the server ends
+    the session) gives the lock back. :class:`StoreHeld` naming the holder when another
+    process holds it in a mode that excludes this one; :class:`StorageError` when the
+    database cannot be reached."""
+    where = redact(url)
+    kwargs: dict[str, Any] = {"application_name": who[:63]}
+    if "connect_timeout" not in url:
+        kwargs["connect_timeout"] = 10
+    try:
+        given = psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.Error:
+        given = {}
+    for k, v in _NET_DEFAULTS.items():
+        if k not in given:
+            kwargs[k] = v
+    try:
+        conn = psycopg.connect(url, autocommit=True, **kwargs)
+    except psycopg.Error as exc:
+        raise StorageError(f"cannot open the database {where}: {exc}") from None
+    try:
+        _no_idle_end(conn)
+        row = conn.execute(_HOLD_EXCLUSIVE if exclusive else _HOLD_SHARED).fetchone()
+        if row and row[0]:
+            return conn
+        others = conn.execute(_HOLDERS).fetchall()
+    except psycopg.Error as exc:
+        conn.close()
+        raise StorageError(f"cannot lock the store {where}: {exc}") from None
+    except BaseException:
+        conn.close()
+        raise
+    conn.close()
+    if not others:
+        holder = "another tlog process (it has just ended: run this one again)"
+    else:
+        pid, app, addr, since = others[0]
+        holder = (
+            f"{app or 'another session'} (PostgreSQL backend {pid}, from "
+            f"{addr or 'a local socket'}, connected since {since:%Y-%m-%dT%H:%M:%SZ})"
+        )
+        if len(others) > 1:
+            holder += f" and {len(others) - 1} other session(s)"
+    raise StoreHeld(where, holder)
+
+
 def _close_quietly(conn: psycopg.Connection[Any] | None) -> None:
     """Close a connection this process gives up (the writer's, the write turn's)."""
     if conn is not None:
