@@ -58,6 +58,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from typing import Any
@@ -113,6 +114,9 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _log = logging.getLogger("client.adapters.middleware")
+# Seconds between two looks for the journals of adapters sharing the outbox that died
+# (AuditMiddleware.intent_recovery_interval).
+INTENT_RECOVERY_INTERVAL = 5.0
 
 # Request and response bodies up to this size are turned into events on the event loop
 # (AuditMiddleware._inline); larger ones and bulk requests in a worker thread.
@@ -153,6 +157,15 @@ class AuditMiddleware:
         self.stats = {"events": 0, "access": 0, "unrecorded": 0, "refused": 0, "recovered": 0}
         self._journal: IntentJournal | None = None  # write-ahead intents (start())
         self._intents = False  # intents are written (from start() on)
+        # Complete journal lines found damaged (their check failed) when recovering.
+        self.stats["intents_damaged"] = 0
+        # Dead peers' journals are recovered every this many seconds while running (0: at
+        # start only), by a thread of their own (_watch_orphans); one recovery at a time.
+        self.intent_recovery_interval = INTENT_RECOVERY_INTERVAL
+        self._recovering = threading.Lock()
+        self._left_alone: set[str] = set()  # another tenant's journals, logged once
+        self._watch_stop = threading.Event()
+        self._watcher: threading.Thread | None = None
 
     def backlog(self) -> dict[str, Any]:
         """The audit backlog, for monitoring (``tlog scim-proxy`` serves it at
@@ -176,8 +189,24 @@ class AuditMiddleware:
         if not self._started:
             self._started = True
             self.recover_intents()
+            if self.intent_recovery_interval > 0:
+                self._watcher = threading.Thread(
+                    target=self._watch_orphans, name="intent-recovery", daemon=True
+                )
+                self._watcher.start()
             if self.relay is not None:
                 self.relay.start()
+
+    def _watch_orphans(self) -> None:
+        """While running: the journals of adapters sharing the outbox that died since (their
+        lock became free) are recovered as at a start-up (:meth:`recover_orphans`), every
+        ``intent_recovery_interval`` seconds, so a dead peer's intents do not wait for some
+        adapter on the outbox to start again."""
+        while not self._watch_stop.wait(self.intent_recovery_interval):
+            try:
+                self.recover_orphans()
+            except Exception:  # logged; tried again at the next round
+                _log.exception("recovering the write-ahead intents of a dead adapter failed")
 
     def recover_intents(self) -> int:
         """Start-up: the write-ahead intents that adapters now gone (a kill, a crash, this
@@ -186,6 +215,22 @@ class AuditMiddleware:
         before the relay starts; then this adapter's own journal is opened. Only journals
         whose lock is free are read: never the intents a live adapter sharing the outbox
         has in flight. Returns how many events were recovered."""
+        n = self.recover_orphans()
+        self._intents = True
+        try:
+            self._journal = self.outbox.intents()
+        except OutboxError as exc:  # tried again at each write (fail-closed refuses them)
+            _log.error("the write-ahead intent journal cannot be opened: %s", exc)
+        return n
+
+    def recover_orphans(self) -> int:
+        """The journals of adapters now gone (their lock free) turned into events whose
+        outcome is unknown, each settled once they are in the outbox (:meth:`recover_intents`,
+        at start and then periodically); returns how many events were recovered."""
+        with self._recovering:
+            return self._recover_orphans()
+
+    def _recover_orphans(self) -> int:
         n = 0
         try:
             orphans = self.outbox.orphaned_intents()
@@ -197,14 +242,24 @@ class AuditMiddleware:
             if tenants - {self.config.tenant}:
                 # Another tenant's adapter left it (the log would refuse its events under
                 # this adapter's token): for an adapter of that tenant to recover.
-                _log.error(
-                    "the write-ahead intents of journal %s are of another tenant than %r: "
-                    "left for an adapter of that tenant",
-                    orphan.ident,
-                    self.config.tenant,
-                )
+                if orphan.ident not in self._left_alone:
+                    self._left_alone.add(orphan.ident)
+                    _log.error(
+                        "the write-ahead intents of journal %s are of another tenant than "
+                        "%r: left for an adapter of that tenant",
+                        orphan.ident,
+                        self.config.tenant,
+                    )
                 orphan.release()
                 continue
+            if orphan.damaged:
+                self.stats["intents_damaged"] += orphan.damaged
+                _log.error(
+                    "journal %s: %d damaged write-ahead intent line(s) skipped (a write "
+                    "they stood for, if any, has no event recorded)",
+                    orphan.ident,
+                    orphan.damaged,
+                )
             try:
                 records: list[OutboxRecord] = []
                 by_key: dict[str, list[OutboxRecord]] = {}
@@ -257,15 +312,14 @@ class AuditMiddleware:
                 )
             n += len(records)
         self.stats["recovered"] += n
-        self._intents = True
-        try:
-            self._journal = self.outbox.intents()
-        except OutboxError as exc:  # tried again at each write (fail-closed refuses them)
-            _log.error("the write-ahead intent journal cannot be opened: %s", exc)
         return n
 
     def close(self) -> None:
         """Stop the relay (after draining) and close the outbox, if owned."""
+        self._watch_stop.set()
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.join()
         if not self.own:
             return
         if self.relay is not None:

@@ -35,6 +35,7 @@ import threading
 import time
 import urllib.parse
 import uuid as _uuid
+import zlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -977,7 +978,8 @@ class Outbox:
                 os.close(fd)
                 continue
             paths = [self.intents_dir / f"{ident}.{k}.jsonl" for k in (0, 1)]
-            out.append(OrphanedIntents(ident, paths, _read_journal(paths), lock_path, fd))
+            intents, damaged = _read_journal_checked(paths)
+            out.append(OrphanedIntents(ident, paths, intents, lock_path, fd, damaged))
         return out
 
     def answered(self, req: str, since_ms: int, intent: str | None = None) -> bool:
@@ -1032,17 +1034,32 @@ _JSON_LINE = msgspec.json.Encoder().encode
 _JOURNAL_READ_MAX = 1 << 28
 _JOURNAL_ID = re.compile(r"[0-9a-f]{32}").fullmatch
 _JOURNAL_NAME = re.compile(r"[0-9a-f]{32}\.[01]\.jsonl").fullmatch
+# Journal format 2 (redteam9): each file starts with this line, and each line ends with its
+# check, ``,"c":"<crc32 of the line without it, hex>"}`` (the CRC of the JSON object the
+# line was before the check was put in: ``{...}``). A file without the header and without a
+# checked line is format 1 (a version before), read as before, unchecked.
+_HEADER = b'{"v":2}\n'
+_CHECKED = re.compile(rb'(.*),"c":"([0-9a-f]{8})"\}').fullmatch
+
+
+def _checked(doc_json: bytes) -> bytes:
+    """A journal line (format 2): the JSON object ``doc_json`` with its check put in."""
+    return doc_json[:-1] + b',"c":"%08x"}\n' % zlib.crc32(doc_json)
+
+
+def _done_line(iid: int) -> bytes:
+    return _checked(b'{"d":%d}' % iid)
 
 
 class IntentJournal:
     """This adapter instance's write-ahead intents: before a write goes to the SP the adapter
     appends one line (:meth:`begin`), and once the write's events are in the outbox (or
     there are none) another (:meth:`done`). What a kill leaves begun and not done, the next
-    start-up turns into events whose outcome says the SP's answer is not known
-    (:meth:`Outbox.orphaned_intents`).
+    start-up (or a live adapter sharing the outbox, :meth:`Outbox.orphaned_intents`, run
+    periodically) turns into events whose outcome says the SP's answer is not known.
 
     One journal per running instance, ``<outbox>.intents/<id>.{0,1}.jsonl``, held under an
-    exclusive ``flock`` on ``<id>.lock`` for the instance's lifetime: start-up recovers only
+    exclusive ``flock`` on ``<id>.lock`` for the instance's lifetime: recovery takes only
     journals whose lock it can take (their writer is gone), never the intents another live
     process sharing the outbox has in flight.
 
@@ -1050,12 +1067,19 @@ class IntentJournal:
     cache, no system call, so it survives a kill of the process as soon as it is made (not a
     machine crash: nothing is fsynced, see docs/scim-adapter.md), and the event loop never
     waits on the file system's journal, as an appending ``write(2)`` can while the outbox's
-    fsync runs. When a file is full the journal switches to the other one, emptied, and
-    first copies into it the intents still in flight: a file is emptied only once the other
-    holds everything still needed. A line cut short by a kill is not JSON and is skipped: it
-    was a begin not yet acknowledged (nothing forwarded) or a done (the outbox then says
-    whether the answer was recorded). Called from the adapter's event loop; a lock makes it
-    safe from other threads."""
+    fsync runs. When a file is full the journal switches to the other one and first copies
+    into it the intents still in flight. The other file is emptied and its blocks allocated
+    ahead, by a thread (``_prepare``) started as soon as the journal left it (everything
+    still needed is then in the file being written): the switch itself is a copy into a
+    map, no file system call on the event loop, unless the preparation failed or has not
+    finished yet (then it is done, or waited for, there). A file is emptied only once the
+    other holds everything still needed.
+
+    Each line carries a CRC-32 (format 2, ``_HEADER``): a line damaged into another valid
+    intent is found and skipped, loudly (:func:`_read_journal_checked`). A line cut short
+    by a kill is not complete and is skipped: it was a begin not yet acknowledged (nothing
+    forwarded) or a done (the outbox then says whether the answer was recorded). Called
+    from the adapter's event loop; a lock makes it safe from other threads."""
 
     def __init__(self, directory: Path) -> None:
         self.id = _uuid.uuid4().hex
@@ -1069,10 +1093,16 @@ class IntentJournal:
         self._lock_fd = os.open(fresh, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         self._fds: list[int | None] = [None, None]
         self._maps: list[mmap.mmap | None] = [None, None]
+        # The other file's preparation (_prepare): its thread, and what it raised.
+        self._spare: threading.Thread | None = None
+        self._spare_error: BaseException | None = None
+        self._cur = 0
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             os.rename(fresh, self._lock_path)
             self._map_empty(0, _INTENTS_SIZE)
+            # both files there from the start (the second is prepared by a thread)
+            self._fds[1] = os.open(self.paths[1], os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         except BaseException:
             self._close_files()
             os.close(self._lock_fd)
@@ -1080,12 +1110,12 @@ class IntentJournal:
                 with contextlib.suppress(OSError):
                     os.unlink(p)
             raise
-        self._cur = 0
-        self._off = 0
+        self._off = len(_HEADER)
         self._open: dict[int, bytes] = {}  # intent number -> its line, while in flight
         self._n = 0
         self._mutex = threading.Lock()
         self._closed = False
+        self._prepare(1, _INTENTS_SIZE)
 
     @property
     def path(self) -> Path:
@@ -1101,7 +1131,7 @@ class IntentJournal:
             self._n += 1
             iid = self._n
             doc["i"] = iid
-            line = _JSON_LINE(doc) + b"\n"
+            line = _checked(_JSON_LINE(doc))
             self._append(line)
             self._open[iid] = line
         return iid
@@ -1112,7 +1142,7 @@ class IntentJournal:
             if self._closed or self._open.pop(iid, None) is None:
                 return
             try:
-                self._append(b'{"d":%d}\n' % iid)
+                self._append(_done_line(iid))
             except OSError as exc:  # the intent stays: a restart says "unknown" for it
                 _log.error("intent journal write failed: %s", exc)
 
@@ -1129,24 +1159,62 @@ class IntentJournal:
         self._off = end
 
     def _switch(self, line: bytes) -> None:
-        """Empty the other file, copy the intents in flight into it, append ``line``, and
-        write there from now on."""
+        """Copy the intents in flight into the other file (emptied ahead by ``_prepare``),
+        append ``line``, write there from now on, and have the file just left prepared."""
         k = 1 - self._cur
         kept = b"".join(self._open.values())
-        need = len(kept) + len(line)
+        at = len(_HEADER)
+        need = at + len(kept) + len(line)
         size = _INTENTS_SIZE
         while size < 2 * need:
             size *= 2
-        self._map_empty(k, size)
-        m = self._maps[k]
-        assert m is not None
-        m[: len(kept)] = kept
-        m[len(kept) : need] = line
+        m = self._spare_map(k, size)
+        self._hand_over(m, kept, line)
         self._cur, self._off = k, need
+        self._prepare(1 - k, size)
+
+    def _spare_map(self, k: int, size: int) -> mmap.mmap:
+        """File ``k``'s map, empty and at least ``size`` bytes: the one ``_prepare`` made
+        (waited for if it runs still), or made here when it failed or is too small (an
+        OSError then, e.g. a full disk, fails the append)."""
+        t, self._spare = self._spare, None
+        if t is not None:
+            t.join()
+        failed, self._spare_error = self._spare_error, None
+        m = self._maps[k]
+        if failed is not None or m is None or len(m) < size:
+            if failed is not None and not isinstance(failed, OSError):
+                _log.error("intent journal: preparing the next file failed: %r", failed)
+            self._map_empty(k, size)
+            m = self._maps[k]
+            assert m is not None
+        return m
+
+    def _hand_over(self, m: mmap.mmap, kept: bytes, line: bytes) -> None:
+        """Into the emptied map ``m`` (its header there): the intents in flight, then
+        ``line``."""
+        at = len(_HEADER)
+        m[at : at + len(kept)] = kept
+        m[at + len(kept) : at + len(kept) + len(line)] = line
+
+    def _prepare(self, k: int, size: int) -> None:
+        """Empty and allocate file ``k`` (:meth:`_map_empty`) in a thread of its own: the
+        journal no longer writes there, and the other file holds everything in flight."""
+
+        def run() -> None:
+            try:
+                self._map_empty(k, size)
+            except BaseException as exc:  # the switch does it again, on its own thread
+                self._spare_error = exc
+
+        t = threading.Thread(target=run, name="intent-journal-prepare", daemon=True)
+        self._spare = t
+        t.start()
 
     def _map_empty(self, k: int, size: int) -> None:
         """File ``k`` emptied (zeros: the kernel drops its pages), ``size`` bytes, its blocks
-        allocated (a first write to a page then allocates nothing), and mapped."""
+        allocated (a first write to a page then allocates nothing), mapped, and its header
+        written."""
         old = self._maps[k]
         if old is not None:
             old.close()
@@ -1167,9 +1235,14 @@ class IntentJournal:
             zeros = bytes(1 << 16)  # no fallocate here: write the zeros
             for at in range(0, size, len(zeros)):
                 os.pwrite(fd, zeros[: min(len(zeros), size - at)], at)
-        self._maps[k] = mmap.mmap(fd, size)
+        m = mmap.mmap(fd, size)
+        m[: len(_HEADER)] = _HEADER
+        self._maps[k] = m
 
     def _close_files(self) -> None:
+        t, self._spare = self._spare, None
+        if t is not None:
+            t.join()
         for k in (0, 1):
             m, fd = self._maps[k], self._fds[k]
             if m is not None:
@@ -1205,6 +1278,7 @@ class OrphanedIntents:
     intents: list[dict[str, Any]]
     lock_path: Path
     lock_fd: int
+    damaged: int = 0  # complete lines of the journal that failed their check (skipped)
 
     def settle(self) -> None:
         """Their events are in the outbox: remove the journal, then its lock."""
@@ -1219,28 +1293,58 @@ class OrphanedIntents:
 
 
 def _read_journal(paths: Sequence[Path]) -> list[dict[str, Any]]:
-    """The intents of a journal (its files) begun and not done, in the order begun; a line
-    cut short by a kill, or the zeros after the last line, is not JSON and is skipped."""
+    """The intents of a journal (its files) begun and not done, in the order begun
+    (:func:`_read_journal_checked`, without the count of damaged lines)."""
+    return _read_journal_checked(paths)[0]
+
+
+def _read_journal_checked(paths: Sequence[Path]) -> tuple[list[dict[str, Any]], int]:
+    """The intents of a journal (its files) begun and not done, in the order begun, and
+    how many complete lines were damaged (each skipped and logged as an error).
+
+    A line is complete when its newline is there: what follows the last one is the zeros
+    of the preallocated file, or a line a kill cut short (skipped quietly: a begin not yet
+    acknowledged, or a done). A file of format 2 (``_HEADER`` first, or any checked line
+    in it) must carry a valid check on every complete line: a bit flipped anywhere in a
+    line (its number, request id, time, path, digest, or the check) is found, where the
+    line alone may still be a valid intent. A file of format 1 (a version before: no
+    header, no checked line) is read unchecked, as that version did; a complete line
+    there that is not a JSON object is damaged too."""
     begun: dict[int, dict[str, Any]] = {}
     finished: set[int] = set()
+    damaged = 0
     for path in paths:
         data = _read_journal_file(path)
         if data is None:
             continue
-        for line in data.split(b"\n"):
-            if not line or line[0] != 0x7B:  # "{"
+        complete = data.split(b"\n")[:-1]
+        v2 = data.startswith(_HEADER) or any(_CHECKED(x) is not None for x in complete)
+        for n, line in enumerate(complete, 1):
+            if line == _HEADER[:-1]:
                 continue
-            try:
-                doc = json.loads(line)
-            except ValueError:
-                continue
+            doc: Any = None
+            if v2:
+                m = _CHECKED(line)
+                if m is not None and zlib.crc32(m[1] + b"}") == int(m[2], 16):
+                    with contextlib.suppress(ValueError):
+                        doc = json.loads(m[1] + b"}")
+            elif line[:1] == b"{":
+                with contextlib.suppress(ValueError):
+                    doc = json.loads(line)
             if not isinstance(doc, dict):
+                damaged += 1
+                _log.error(
+                    "intent journal file %s: line %d is damaged (%s) and was skipped",
+                    path.name,
+                    n,
+                    "its check does not match" if v2 else "not a JSON object",
+                )
                 continue
             if type(doc.get("d")) is int:
                 finished.add(doc["d"])
             elif type(doc.get("i")) is int:
                 begun.setdefault(doc["i"], doc)
-    return [doc for i, doc in sorted(begun.items()) if i not in finished]
+    return [doc for i, doc in sorted(begun.items()) if i not in finished], damaged
 
 
 def _add_intent_column(conn: sqlite3.Connection) -> None:

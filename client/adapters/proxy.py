@@ -322,6 +322,12 @@ class _ProxyCollector(Collector):
             "inclusion proven, content not",
             value=b.get("receipts_content_unproven") or 0,
         )
+        yield CounterMetricFamily(
+            "tlog_proxy_intent_lines_damaged",
+            "write-ahead intent journal lines of dead adapters that failed their check when "
+            "recovered (skipped: a write one stood for has no event)",
+            value=b.get("intents_damaged") or 0,
+        )
         events = CounterMetricFamily(
             "tlog_proxy_events", "audit records by kind since start", labels=["kind"]
         )
