@@ -203,6 +203,8 @@ class AuditMiddleware:
         ``intent_recovery_interval`` seconds, so a dead peer's intents do not wait for some
         adapter on the outbox to start again."""
         while not self._watch_stop.wait(self.intent_recovery_interval):
+            if self.outbox.closed:
+                return  # (a middleware never closed: its outbox was)
             try:
                 self.recover_orphans()
             except Exception:  # logged; tried again at the next round

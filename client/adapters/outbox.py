@@ -897,6 +897,10 @@ class Outbox:
     def intents_dir(self) -> Path:
         return self.path.with_name(self.path.name + ".intents")
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def intents(self) -> IntentJournal:
         """This outbox user's intent journal, opened (and locked) at the first call.
         Raises :class:`OutboxError` when it cannot be opened."""
