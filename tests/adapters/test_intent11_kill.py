@@ -14,10 +14,8 @@ import hashlib
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -28,30 +26,11 @@ import pytest
 from tests.support import ROOT, free_port, start_proxy, stop_processes, wait_http
 
 from .helpers import standin_sp  # noqa: F401  (the SP stand-in fixture, "sp")
+from .intent_kills import outbox_events as _outbox_events
+from .intent_kills import send_and_kill as _send_and_kill
 from .logserver import Log, audit_read
 
 TENANT = "acme"
-
-
-def _send_and_kill(proc: subprocess.Popen[bytes], url: str, marker: Path, **kw: Any) -> None:
-    """Send one write in a thread, wait until the adapter reached the pause point, kill -9."""
-
-    def go() -> None:
-        try:
-            httpx.request(url=url, timeout=60, **kw)
-        except httpx.HTTPError:
-            pass
-
-    t = threading.Thread(target=go, daemon=True)
-    t.start()
-    deadline = time.monotonic() + 60
-    while not marker.exists():
-        assert proc.poll() is None, "the adapter exited"
-        assert time.monotonic() < deadline, "the adapter never reached the pause point"
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(30)
-    t.join(30)
 
 
 def _events_of(
@@ -63,15 +42,6 @@ def _events_of(
         if len(got) >= want or time.monotonic() > deadline:
             return got
         time.sleep(0.3)
-
-
-def _outbox_events(outbox: Path, req: str) -> list[dict[str, Any]]:
-    conn = sqlite3.connect(outbox)
-    try:
-        rows = conn.execute("SELECT eid, body, state FROM events WHERE req = ?", (req,)).fetchall()
-    finally:
-        conn.close()
-    return [{"eid": e, "body": b, "state": s} for e, b, s in rows]
 
 
 def _assert_unknown(ev: dict[str, Any], op: str, rid: str | None, body: bytes) -> None:

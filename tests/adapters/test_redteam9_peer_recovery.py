@@ -20,8 +20,9 @@ import pytest
 from tests.support import free_port, start_proxy, stop_processes
 
 from .helpers import standin_sp  # noqa: F401  (the SP stand-in fixture, "sp")
+from .intent_kills import outbox_events as _outbox_events
+from .intent_kills import send_and_kill as _send_and_kill
 from .logserver import Log, audit_read
-from .test_intent11_kill import _outbox_events, _send_and_kill
 
 TENANT = "acme"
 
