@@ -333,13 +333,13 @@ class _Run:
             return False
         x = self.ev.get("x", {})
         if x.get("part", 0) > 0 and (
-            self.state.get("touched") != self.ev["corr"]["req"]
-            or attr in self.state.get("touched_attrs", ())
+            not self._follows_marked() or attr in self.state.get("touched_attrs", ())
         ):
             # In a later part of a split request, a clear is first only if no earlier
             # part touched the attribute (patch, mods, refs go in that order, so its
             # references are all still to come); unknown when the earlier parts' marks
-            # are missing (judged before this mark existed, or a part never came).
+            # are missing (judged before this mark existed, or a part never came, or
+            # came out of order or twice: the marks must end at the part just before).
             at = [-1]
         if at != [0]:
             if x.get("part", 0) < x.get("parts", 1) - 1:
@@ -384,17 +384,31 @@ class _Run:
         if x.get("parts", 1) <= 1:
             return
         req = self.ev["corr"]["req"]
-        if x.get("part", 0) >= x["parts"] - 1 or (
-            x.get("part", 0) > 0 and self.state.get("touched") != req
-        ):
-            self.state.pop("touched", None)  # the last part, or an earlier one not marked
-            self.state.pop("touched_attrs", None)
+        part = x.get("part", 0)
+        if part >= x["parts"] - 1 or (part > 0 and not self._follows_marked()):
+            # the last part, or an earlier one not marked (or a part missing between)
+            for key in _TOUCHED_KEYS:
+                self.state.pop(key, None)
             return
-        attrs = set(self.state.get("touched_attrs", ())) if x.get("part", 0) > 0 else set()
+        attrs = set(self.state.get("touched_attrs", ())) if part > 0 else set()
         attrs.update(_attr_kind(self.prefix, m["attr"])[0] for m in mods)
         attrs.update(r.get("attr", "members") for r in refs)
         self.state["touched"] = req
         self.state["touched_attrs"] = sorted(a for a in attrs if a in ("members", "manager"))
+        self.state["touched_part"] = part
+
+    def _follows_marked(self) -> bool:
+        """Whether this part of a split request comes right after the parts marked so far
+        (:meth:`_mark_touched`): the same request, and the last part marked is the one just
+        before this one. A part that never came (refused, or left out) may have touched
+        what the marks say untouched; a part judged twice or out of order is not the next."""
+        part = self.ev.get("x", {}).get("part", 0)
+        marked = self.state.get("touched_part")
+        return (
+            self.state.get("touched") == self.ev["corr"]["req"]
+            and type(marked) is int
+            and marked == part - 1
+        )
 
     def _clear_manager(self) -> None:
         """The manager removed (a clear): the known one goes, or nothing was there."""
@@ -690,7 +704,7 @@ class _Run:
             for key in ("cleared", "cleared_members", "cleared_manager"):
                 self.state.pop(key, None)  # a split request whose last part never came
         if self.state.get("touched") not in (None, req):
-            for key in ("touched", "touched_attrs"):
+            for key in _TOUCHED_KEYS:
                 self.state.pop(key, None)
         for attr in ("members", "manager"):
             items = [r for r in refs if r.get("attr", "members") == attr]
@@ -941,6 +955,9 @@ _ITEM_ORDER = {
     "noop": _det_order(("attr", "op", "n")),
 }
 _EFFECT_NESTED = tuple(_ITEM_ORDER)
+# A split request's marks of what its parts so far touched (_Run._mark_touched).
+_TOUCHED_KEYS = ("touched", "touched_attrs", "touched_part")
+
 _STATE_ORDER = _det_order(
     (
         "active",
@@ -962,6 +979,7 @@ _STATE_ORDER = _det_order(
         "cleared_manager",
         "touched",
         "touched_attrs",
+        "touched_part",
     )
 )
 
