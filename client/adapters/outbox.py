@@ -335,6 +335,7 @@ class Outbox:
         self._wal_ident: tuple[int, int] | None = None  # and of its WAL (open from now on)
         self._gone_said = False
         self._gone_folded = False
+        self._rescued = False  # the moved files handled once (_watch): folded, written back
         self._journal: IntentJournal | None = None  # opened by intents()
         # The queued events are plaintext (personal data): owner-only, like a key file.
         # SQLite gives the -wal and -shm files the database file's permissions.
@@ -455,8 +456,9 @@ class Outbox:
         held (and so did a clean stop). Checked every ``_WATCH_S`` and at the stop: the WAL
         is folded into the file, and a database file gone from its path is written back
         (:meth:`_rescue`)."""
-        if self._gone_folded or not self._moved():
+        if self._rescued or not self._moved():
             return
+        self._rescued = True
         self._fold(conn)
         self._gone()
         self._rescue(conn)
@@ -581,7 +583,9 @@ class Outbox:
                 live.append((item[0], _future_settle(item[1])))
         try:
             if live and self._moved():
-                self._fold(conn)
+                # folded and written back now, once (the idle check must not take the
+                # fold for the rescue: the file's events would be lost at the next stop)
+                self._watch(conn)
                 gone = OutboxError(self._gone())
                 for fn, settle in live:
                     if type(fn) in _ADDS:
