@@ -671,21 +671,24 @@ def cmd_reapply_erasures(args: argparse.Namespace) -> int:
         raise CliError(f"no log store in {cfg.database or cfg.data}")
     # No expiry job in this run: only what the certificates name changes.
     cfg = dataclasses.replace(cfg, scim_expiry_interval=0)
-    app, log_, _ = build_app(cfg, signer, scim=True)
-    try:
-        service = app.state.scim
-        assert service is not None
-        _hold_offline(log_.storage, "reapply-erasures")
+    # On PostgreSQL, the store's operator lock too: the key file's lock is this host's
+    # only, and a server of another host (its own copy of the key file) holds it shared.
+    with _store_hold(cfg.database, "tlog reapply-erasures", exclusive=True):
+        app, log_, _ = build_app(cfg, signer, scim=True)
+        try:
+            service = app.state.scim
+            assert service is not None
+            _hold_offline(log_.storage, "reapply-erasures")
 
-        async def run() -> dict[str, int]:
-            # The log runs meanwhile (its sequencer signs the events that say so).
-            async with app.app.router.lifespan_context(app.app):
-                result: dict[str, int] = await service.erasures.reapply(verified)
-                return result
+            async def run() -> dict[str, int]:
+                # The log runs meanwhile (its sequencer signs the events that say so).
+                async with app.app.router.lifespan_context(app.app):
+                    result: dict[str, int] = await service.erasures.reapply(verified)
+                    return result
 
-        n = asyncio.run(run())
-    finally:
-        log_.storage.close()
+            n = asyncio.run(run())
+        finally:
+            log_.storage.close()
     if n["subjects"]:
         print(
             f"reapply-erasures: {len(verified)} certificate(s): {n['subjects']} subject(s) "
@@ -711,24 +714,25 @@ def cmd_reseal_actors(args: argparse.Namespace) -> int:
     if not _store_exists(cfg):
         raise CliError(f"no log store in {cfg.database or cfg.data}")
     signer = _open_signer(cfg, False, [])
-    app, log_, _ = build_app(cfg, signer, scim=True)
-    try:
-        service = app.state.scim
-        if service is None:
-            raise CliError("SCIM is switched off in this configuration")
-        _hold_offline(log_.storage, "reseal-actors")
+    with _store_hold(cfg.database, "tlog reseal-actors", exclusive=True):  # as reapply
+        app, log_, _ = build_app(cfg, signer, scim=True)
+        try:
+            service = app.state.scim
+            if service is None:
+                raise CliError("SCIM is switched off in this configuration")
+            _hold_offline(log_.storage, "reseal-actors")
 
-        def progress(r: ResealResult) -> None:
-            print(
-                f"reseal-actors: batch {r.batches}: {r.examined} examined, {r.resealed} "
-                "re-sealed so far",
-                file=sys.stderr,
-                flush=True,
-            )
+            def progress(r: ResealResult) -> None:
+                print(
+                    f"reseal-actors: batch {r.batches}: {r.examined} examined, {r.resealed} "
+                    "re-sealed so far",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
-        n = reseal_actors(service, batch=args.batch, progress=progress)
-    finally:
-        log_.storage.close()
+            n = reseal_actors(service, batch=args.batch, progress=progress)
+        finally:
+            log_.storage.close()
     print(
         f"reseal-actors: {n.examined} event record(s) examined, {n.resealed} actor(s) "
         "re-sealed as pseudonyms (the tree, its leaves and checkpoints unchanged)"
