@@ -566,14 +566,11 @@ def _store_hold(database: str | None, what: str, *, exclusive: bool) -> Iterator
     if not is_database_url(database):
         yield
         return
-    import socket
-
     from tlog.pg import StoreHeld, hold_store
 
     assert database is not None
-    me = f"{what} PID {os.getpid()} on host {socket.gethostname()}"
     try:
-        conn = hold_store(database, me, exclusive=exclusive)
+        conn = hold_store(database, what, exclusive=exclusive)
     except StoreHeld as held:
         if exclusive:
             why = f"{what} needs the store to itself: stop that process first, then run it again"

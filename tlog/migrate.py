@@ -116,14 +116,10 @@ def _destination_lock(url: str) -> Iterator[None]:
     connection's ``application_name`` names this process for the other's message. (An
     LMDB destination: the data directory's lock, :class:`tlog.integrity.DataDirLock`, does
     the same.)"""
-    import os
-    import socket
-
     from tlog.pg import StoreHeld, hold_store
 
-    me = f"tlog migrate PID {os.getpid()} on host {socket.gethostname()}"
     try:
-        conn = hold_store(url, me, exclusive=True)
+        conn = hold_store(url, "tlog migrate", exclusive=True)
     except StoreHeld as held:
         doing = "being written by" if "tlog migrate" in held.holder else "in use by"
         raise MigrateError(

@@ -705,19 +705,7 @@ class PgStorage:
         self._waiting: tuple[float, int, str] | None = None
         self._watcher: threading.Thread | None = None
         self._watch_stop = threading.Event()
-        kwargs: dict[str, Any] = {"application_name": "tlog"}
-        if "connect_timeout" not in url:
-            kwargs["connect_timeout"] = 10
-        try:
-            given = psycopg.conninfo.conninfo_to_dict(url)
-        except psycopg.Error:
-            given = {}  # connect() says what is wrong with it
-        # A server that vanishes without closing its connections (power loss, partition)
-        # is found in seconds, not after the system's 2 h keepalive time: a writer waiting
-        # for its COMMIT's answer holds the writer lock meanwhile. The URL's own win.
-        for k, v in _NET_DEFAULTS.items():
-            if k not in given:
-                kwargs[k] = v
+        kwargs = _connect_kwargs(url, "tlog")
         self._kwargs = kwargs
         try:
             with psycopg.connect(url, autocommit=True, **kwargs) as conn:
@@ -1642,24 +1630,36 @@ class StoreHeld(StorageError):
         self.holder = holder
 
 
-def hold_store(url: str, who: str, *, exclusive: bool) -> psycopg.Connection[Any]:
-    """Take the store's operator lock (``_HOLD_KEY`` above) on a new connection whose
-    ``application_name`` is ``who`` (it names this process in another's refusal), without
-    waiting; returns the connection, whose end (however this process ends: the server ends
-    the session) gives the lock back. :class:`StoreHeld` naming the holder when another
-    process holds it in a mode that excludes this one; :class:`StorageError` when the
-    database cannot be reached."""
-    where = redact(url)
-    kwargs: dict[str, Any] = {"application_name": who[:63]}
+def _connect_kwargs(url: str, application_name: str) -> dict[str, Any]:
+    """The keyword arguments of every connection tlog opens: its ``application_name`` (at
+    most 63 bytes, PostgreSQL's limit), a 10 s connect timeout and the keepalives of
+    ``_NET_DEFAULTS``, each unless the URL sets its own. A server that vanishes without
+    closing its connections (power loss, partition) is found in seconds, not after the
+    system's 2 h keepalive time: a writer waiting for its COMMIT's answer holds the writer
+    lock meanwhile, and a lost operator lock is seen."""
+    kwargs: dict[str, Any] = {"application_name": application_name[:63]}
     if "connect_timeout" not in url:
         kwargs["connect_timeout"] = 10
     try:
         given = psycopg.conninfo.conninfo_to_dict(url)
     except psycopg.Error:
-        given = {}
+        given = {}  # connect() says what is wrong with it
     for k, v in _NET_DEFAULTS.items():
         if k not in given:
             kwargs[k] = v
+    return kwargs
+
+
+def hold_store(url: str, who: str, *, exclusive: bool) -> psycopg.Connection[Any]:
+    """Take the store's operator lock (``_HOLD_KEY`` above) on a new connection whose
+    ``application_name`` is ``who`` with this process's PID and host (it names this
+    process in another's refusal), without
+    waiting; returns the connection, whose end (however this process ends: the server ends
+    the session) gives the lock back. :class:`StoreHeld` naming the holder when another
+    process holds it in a mode that excludes this one; :class:`StorageError` when the
+    database cannot be reached."""
+    where = redact(url)
+    kwargs = _connect_kwargs(url, f"{who} PID {os.getpid()} on host {socket.gethostname()}")
     try:
         conn = psycopg.connect(url, autocommit=True, **kwargs)
     except psycopg.Error as exc:
