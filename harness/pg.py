@@ -150,11 +150,14 @@ class PgCluster:
             argv, capture_output=True, text=True, timeout=timeout, check=False, cwd=self.base
         )
 
-    def init(self) -> PgCluster:
+    def init(self, *initdb_args: str) -> PgCluster:
+        """initdb (``initdb_args`` added, e.g. ``-X`` for a WAL directory elsewhere), then
+        this cluster's settings appended to postgresql.conf."""
         r = self.run(
             "initdb",
             "-D",
             str(self.data),
+            *initdb_args,
             "-U",
             SUPERUSER,
             "-A",

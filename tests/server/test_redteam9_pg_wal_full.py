@@ -24,7 +24,7 @@ import httpx
 import psycopg
 import pytest
 
-from harness.pg import SUPERUSER, PgCluster, memory_dir, reap_stale
+from harness.pg import PgCluster, memory_dir, reap_stale
 from tests.pgsupport import require_postgres
 
 from .redteam8_load import KINDS, faulted_server, small_tmpfs
@@ -55,29 +55,7 @@ def wal_on_tmpfs(size: str) -> Iterator[tuple[PgCluster, Path]]:
             try:
                 if cluster.user is not None:
                     shutil.chown(mnt, cluster.user)
-                # PgCluster.init's initdb, with the WAL directory and segment size.
-                r = cluster.run(
-                    "initdb",
-                    "-D",
-                    str(cluster.data),
-                    "-X",
-                    str(mnt / "wal"),
-                    "--wal-segsize",
-                    "1",
-                    "-U",
-                    SUPERUSER,
-                    "-A",
-                    "trust",
-                    "-E",
-                    "UTF8",
-                    "--no-locale",
-                    "--data-checksums",
-                    "--no-sync",
-                )
-                assert r.returncode == 0, r.stdout + r.stderr
-                with (cluster.data / "postgresql.conf").open("a") as f:
-                    for k, v in cluster.conf.items():
-                        f.write(f"{k} = {v}\n")
+                cluster.init("-X", str(mnt / "wal"), "--wal-segsize", "1")
                 cluster.start()
                 yield cluster, mnt
             finally:
