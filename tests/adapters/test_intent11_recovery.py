@@ -23,11 +23,13 @@ from client.adapters.middleware import (
     intent_doc,
     unknown_outcome_records,
 )
-from client.adapters.outbox import IntentJournal, Outbox
+from client.adapters.outbox import Outbox
 from client.scim.event import event_from_json
 from tlog.scim.effects import classify
 
-CFG = AuditConfig(tenant="acme", sp_id="sp1")
+from .journals import CFG
+from .journals import die as _die
+
 TOKEN = "secret-token"
 
 
@@ -134,13 +136,6 @@ def test_a_live_adapters_intents_are_never_recovered(tmp_path: Path) -> None:
         live._journal = None
         live.close()
         other.close()
-
-
-def _die(j: IntentJournal) -> None:
-    """The journal's process is killed: its files stay, its lock goes."""
-    j._closed = True
-    j._close_files()
-    os.close(j._lock_fd)
 
 
 def test_a_clean_shutdown_leaves_no_journal(tmp_path: Path) -> None:

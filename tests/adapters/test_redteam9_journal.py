@@ -22,31 +22,15 @@ from typing import Any
 import pytest
 
 from client.adapters import outbox as outbox_mod
-from client.adapters.exchange import AuditConfig, Exchange
-from client.adapters.middleware import AuditMiddleware, intent_doc
+from client.adapters.middleware import AuditMiddleware
 from client.adapters.outbox import IntentJournal, Outbox
 
-CFG = AuditConfig(tenant="acme", sp_id="sp1")
+from .journals import CFG
+from .journals import call as _call
+from .journals import delete_intent as _doc
+from .journals import die as _die
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _doc(rel: str, req: str) -> dict[str, Any]:
-    scope = {
-        "type": "http",
-        "headers": [(b"authorization", b"Bearer t")],
-        "client": ("10.0.0.7", 1),
-    }
-    x = Exchange(scope, "DELETE", rel, req, None, b"", 1_700_000_000_000 * 1_000_000)
-    doc = intent_doc(CFG, x)
-    assert doc is not None
-    return doc
-
-
-def _die(j: IntentJournal) -> None:
-    """The journal's process as a kill leaves it: nothing more written, its lock free."""
-    j._closed = True
-    j._close_files()
-    os.close(j._lock_fd)
 
 
 async def _app(scope: Any, receive: Any, send: Any) -> None:
@@ -54,21 +38,6 @@ async def _app(scope: Any, receive: Any, send: Any) -> None:
     status = 200 if scope["method"] == "GET" else 204
     await send({"type": "http.response.start", "status": status, "headers": []})
     await send({"type": "http.response.body", "body": b""})
-
-
-async def _call(mw: AuditMiddleware, method: str, path: str) -> int:
-    msgs = [{"type": "http.request", "body": b"", "more_body": False}]
-    sent: list[dict[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        return msgs.pop() if msgs else {"type": "http.disconnect"}
-
-    async def send(m: dict[str, Any]) -> None:
-        sent.append(m)
-
-    scope = {"type": "http", "method": method, "path": path, "headers": [], "query_string": b""}
-    await mw(scope, receive, send)
-    return int(sent[0]["status"])
 
 
 # --- the switch -----------------------------------------------------------------------------

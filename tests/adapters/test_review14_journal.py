@@ -16,32 +16,12 @@ from typing import Any
 import pytest
 
 from client.adapters import outbox as outbox_mod
-from client.adapters.exchange import AuditConfig, Exchange
-from client.adapters.middleware import AuditMiddleware, intent_doc
+from client.adapters.middleware import AuditMiddleware
 from client.adapters.outbox import IntentJournal, Outbox
 
-CFG = AuditConfig(tenant="acme", sp_id="sp1")
-
-
-def _exchange(method: str, rel: str, req: str) -> Exchange:
-    scope = {
-        "type": "http",
-        "headers": [(b"authorization", b"Bearer t")],
-        "client": ("10.0.0.7", 1),
-    }
-    return Exchange(scope, method, rel, req, None, b"", 1_700_000_000_000 * 1_000_000)
-
-
-def _doc(rel: str, req: str) -> dict[str, Any]:
-    doc = intent_doc(CFG, _exchange("DELETE", rel, req))
-    assert doc is not None
-    return doc
-
-
-def _die(j: IntentJournal) -> None:
-    j._closed = True
-    j._close_files()
-    os.close(j._lock_fd)
+from .journals import CFG
+from .journals import delete_intent as _doc
+from .journals import die as _die
 
 
 async def _app(scope: Any, receive: Any, send: Any) -> None:  # pragma: no cover

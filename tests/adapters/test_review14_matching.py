@@ -6,7 +6,6 @@ unrecorded one. Outboxes made before keep working (their rows match by id and ti
 from __future__ import annotations
 
 import asyncio
-import os
 import sqlite3
 import uuid
 from pathlib import Path
@@ -15,17 +14,12 @@ from typing import Any
 import pytest
 
 from client.adapters import outbox as outbox_mod
-from client.adapters.exchange import AuditConfig, Exchange
+from client.adapters.exchange import Exchange
 from client.adapters.middleware import AuditMiddleware, intent_doc, unknown_outcome_records
-from client.adapters.outbox import IntentJournal, OrphanedIntents, Outbox
+from client.adapters.outbox import OrphanedIntents, Outbox
 
-CFG = AuditConfig(tenant="acme", sp_id="sp1")
-
-
-def _die(j: IntentJournal) -> None:
-    j._closed = True
-    j._close_files()
-    os.close(j._lock_fd)
+from .journals import CFG, call
+from .journals import die as _die
 
 
 async def _never(scope: Any, receive: Any, send: Any) -> None:  # pragma: no cover
@@ -39,19 +33,7 @@ async def _sp(scope: Any, receive: Any, send: Any) -> None:
 
 
 async def _delete(mw: AuditMiddleware, rid: str, req: str) -> int:
-    msgs = [{"type": "http.request", "body": b"", "more_body": False}]
-    sent: list[dict[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        return msgs.pop() if msgs else {"type": "http.disconnect"}
-
-    async def send(m: dict[str, Any]) -> None:
-        sent.append(m)
-
-    headers = [(b"x-request-id", req.encode())]
-    scope = {"type": "http", "method": "DELETE", "path": f"/Users/{rid}", "headers": headers}
-    await mw(scope, receive, send)
-    return int(sent[0]["status"])
+    return await call(mw, "DELETE", f"/Users/{rid}", [(b"x-request-id", req.encode())])
 
 
 def _killed_after_commit(path: Path, monkeypatch: pytest.MonkeyPatch, req: str) -> None:
