@@ -14,6 +14,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from client.runtime.durable import fsync_dir, fsync_path
 from tlog.fsck import FsckReport, fsck
 from tlog.storage import Storage, StorageError
 
@@ -58,10 +59,10 @@ def backup(db: Path, dest: Path, *, verify: bool = True) -> BackupReport:
         rep, size = _copy(db, work, verify)
         # LMDB's copy does not fsync what it wrote: without this, a power loss could keep the
         # rename below and lose the pages, leaving a data.mdb that looks like a backup.
-        _fsync(work / "data.mdb")
+        fsync_path(work / "data.mdb")
         out = dest / "data.mdb"
         os.replace(work / "data.mdb", out)
-        _fsync(dest)
+        fsync_dir(dest)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return BackupReport(out, out.stat().st_size, size, rep)
@@ -91,11 +92,3 @@ def _copy(db: Path, work: Path, verify: bool) -> tuple[FsckReport | None, int]:
             f"{'; '.join(rep.errors[:3])}"
         )
     return rep, size
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -30,6 +30,7 @@ from typing import IO
 from client.formats.checkpoint import Checkpoint
 from client.formats.merkle import VerificationError
 from client.formats.note import FormatError, Verifier, open_note
+from client.runtime.durable import atomic_write
 from tlog.backend import StorageError
 
 __all__ = [
@@ -219,19 +220,7 @@ class CheckpointFile:
             except FileNotFoundError:
                 size = -1
             if size != 2 * _SLOT:
-                tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                try:
-                    os.write(fd, self._slot(0, note) + bytes(_SLOT))
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-                os.replace(tmp, self.path)
-                dfd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
-                try:
-                    os.fsync(dfd)
-                finally:
-                    os.close(dfd)
+                atomic_write(self.path, self._slot(0, note) + bytes(_SLOT))
             self._fd = os.open(self.path, os.O_RDWR)
         return self._fd
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from client.formats.checkpoint import Checkpoint
 from client.formats.merkle import EMPTY_ROOT, VerificationError, verify_consistency
 from client.formats.note import Ed25519Signer, Ed25519Verifier, FormatError, sign_note
+from client.runtime.durable import create_new
 
 __all__ = ["CheckpointSigner", "ForkRefused", "create_key_file", "load_key_file"]
 
@@ -28,12 +29,7 @@ def create_key_file(path: str | os.PathLike[str], name: str) -> Ed25519Signer:
     signer = Ed25519Signer.generate(name)
     p = Path(path)
     p.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, (signer.skey() + "\n").encode("ascii"))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    create_new(p, (signer.skey() + "\n").encode("ascii"))
     return signer
 
 

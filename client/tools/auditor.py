@@ -44,7 +44,6 @@ import base64
 import binascii
 import hashlib
 import json
-import os
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -63,8 +62,9 @@ from client.formats.merkle import (
 from client.formats.note import FormatError
 from client.formats.tiles import TILE_HEIGHT, TILE_WIDTH, Tile, decode_entry_bundle
 from client.net.logclient import LogClient, VerifiedCheckpoint
+from client.runtime.durable import atomic_write
 
-__all__ = ["AuditResult", "AuditState", "Auditor", "StateError", "TileFrontier", "atomic_write"]
+__all__ = ["AuditResult", "AuditState", "Auditor", "StateError", "TileFrontier"]
 
 STATE_FORMAT = "tlog-audit-state/v1"
 
@@ -210,26 +210,6 @@ def _unb64(s: object) -> bytes:
     if len(raw) != HASH_SIZE:
         raise StateError("hash is not 32 bytes")
     return raw
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that a crash leaves the old or the new file, whole."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 @dataclass

@@ -35,12 +35,10 @@ delivered); 2 verification failed (nothing of the failing page was delivered).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import socket
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -55,6 +53,7 @@ from client.formats.merkle import VerificationError
 from client.formats.note import Ed25519Verifier, FormatError, b64encode
 from client.net.core import HTTPFailure, answer_deadline, http_client
 from client.net.scim_audit import AuditedEvent, ScimAuditClient, ScimAuditError
+from client.runtime.durable import atomic_write
 from client.runtime.logs import one_line
 from client.tools.filters import add_filter_args, filters_of
 from client.tools.ocsf import to_ocsf
@@ -118,18 +117,7 @@ class Cursor:
             "delivered": self.delivered,
             "last_index": self.last_index,
         }
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
-        try:
-            os.fchmod(fd, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(doc, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        atomic_write(path, json.dumps(doc).encode("utf-8"))
 
     def is_new(self, ae: AuditedEvent) -> bool:
         ts = ae.leaf.ts

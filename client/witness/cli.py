@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import sys
 import threading
@@ -39,6 +38,7 @@ from client.formats.cosignature import (
 )
 from client.formats.merkle import VerificationError
 from client.formats.note import FormatError
+from client.runtime.durable import create_new
 from client.runtime.logs import configure as configure_logs
 from client.runtime.logs import one_line
 from client.witness.config import ConfigError, KeyFileUnreadable, WitnessConfig
@@ -84,21 +84,15 @@ def cmd_keygen(args: argparse.Namespace) -> int:
         _err(f"bad key name: {exc}")
         return EXIT_USAGE
     try:
-        # O_EXCL: never overwrite (a lost witness key can't be replaced without telling
+        # never over an existing file (a lost witness key can't be replaced without telling
         # every verifier); 0600 from the first byte, not chmod after the fact.
-        fd = os.open(args.key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        create_new(args.key, (signer.skey() + "\n").encode("ascii"))
     except FileExistsError:
         _err(f"{args.key} already exists; refusing to overwrite it")
         return EXIT_REFUSED
     except OSError as exc:
         _err(f"cannot create {args.key}: {exc}")
         return EXIT_USAGE
-    try:
-        os.fchmod(fd, 0o600)  # in case the umask or the filesystem widened it
-        os.write(fd, (signer.skey() + "\n").encode("ascii"))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
     _out(signer.vkey())
     return EXIT_OK
 

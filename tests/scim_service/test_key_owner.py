@@ -343,7 +343,7 @@ def test_a_process_killed_while_creating_the_key_file(tmp_path: Path, where: str
     path = tmp_path / MASTER_KEY_FILE
     new = tmp_path / (MASTER_KEY_FILE + ".new")
     if where == "before the rename":
-        _killed_at(tmp_path, "keys._rename = die")
+        _killed_at(tmp_path, "keys.rename_durably = die")
         assert not path.exists() and new.exists()
         assert _scim_check(tmp_path) is not None
         pending = load_key_file(new).current

@@ -53,6 +53,7 @@ import cbor2
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from client.runtime.durable import create_new, rename_durably
 from client.scim.cbor import EventFormatError, dumps_det, loads_det
 from client.scim.event import Event, validate_event
 from client.scim.leaf import pid as make_pid
@@ -664,12 +665,7 @@ class MasterKey:
     def create(cls, path: Path) -> MasterKey:
         """Write a new random key to ``path`` (mode 0600, never overwriting a file)."""
         key = secrets.token_bytes(KEY_SIZE)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, _key_file_text(key, None))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        create_new(path, _key_file_text(key, None))
         return cls(key, path)
 
     @classmethod
@@ -1375,7 +1371,7 @@ def _create_key_file(path: Path, storage: Backend) -> KeyRing | None:
                 k is not None and KeyRing._opens(MasterKey(k, path), check)
                 for k in (kf.current, kf.next)
             ):
-                _rename(new, path)  # a crash between the store's commit and the rename
+                rename_durably(new, path)  # a crash between the store's commit and the rename
                 return None
             raise StorageError(
                 f"{path} is missing but the store holds SCIM keys wrapped by it; restore it"
@@ -1395,7 +1391,7 @@ def _create_key_file(path: Path, storage: Backend) -> KeyRing | None:
                 new.unlink()
             raise
         _write_fd(fd, _key_file_text(key, None, ring.store_id))
-        _rename(new, path)
+        rename_durably(new, path)
         return ring
     finally:
         os.close(fd)  # releases the flock
@@ -1406,12 +1402,3 @@ def _write_fd(fd: int, data: bytes, at: int = 0) -> None:
     os.pwrite(fd, data, at)
     os.ftruncate(fd, at + len(data))
     os.fsync(fd)
-
-
-def _rename(src: Path, dst: Path) -> None:
-    os.rename(src, dst)
-    dfd = os.open(dst.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)

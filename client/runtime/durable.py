@@ -1,0 +1,88 @@
+"""Files that survive a crash or a power loss: the one way every program makes them so.
+
+A file's own ``fsync`` makes its bytes durable, not its name: a file created, renamed or
+linked into a directory can vanish at a power loss (or come back under its old name) until
+the directory itself is fsynced. :func:`atomic_write` is the whole sequence for replacing a
+small file (a temporary file beside it, fsync, rename, fsync of the directory), so a crash
+leaves the old file or the new one, whole; :func:`fsync_dir` is the last step alone, for
+code that names a file some other way (``os.link``, ``os.rename``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+__all__ = ["atomic_write", "create_new", "fsync_dir", "fsync_path", "rename_durably"]
+
+StrPath = str | os.PathLike[str]
+
+
+def fsync_path(path: StrPath) -> None:
+    """Flush what was written to the file (or directory) at ``path`` to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(directory: StrPath) -> None:
+    """Make the names in ``directory`` durable: a file created, renamed, linked or removed
+    there stays so after a power loss."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def rename_durably(src: StrPath, dst: StrPath) -> None:
+    """``os.rename(src, dst)``, then the directory of ``dst`` fsynced (the rename is on the
+    disk when this returns)."""
+    os.rename(src, dst)
+    fsync_dir(Path(dst).parent)
+
+
+def atomic_write(path: StrPath, data: bytes, *, mode: int = 0o600) -> None:
+    """Replace ``path`` with ``data`` (file mode ``mode``, owner-only by default) so that a
+    crash leaves the old file or the new one, whole, and the new one is on the disk when
+    this returns. The temporary file (``.<name>.<random>.tmp`` beside it) never stays."""
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), mode)
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(target.parent)
+
+
+def create_new(path: StrPath, data: bytes, *, mode: int = 0o600) -> None:
+    """Create ``path`` holding ``data`` (file mode ``mode`` from the first byte, owner-only
+    by default), never over an existing file (:class:`FileExistsError`), and on the disk,
+    name included, when this returns. For keys: one that is lost cannot be replaced without
+    telling everyone who trusts it. A failed write removes the file again."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        try:
+            os.fchmod(fd, mode)  # in case the umask or the filesystem widened it
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise
+    fsync_dir(Path(path).parent)
