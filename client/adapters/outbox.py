@@ -44,6 +44,8 @@ from typing import Any
 
 import msgspec
 
+from client.runtime.durable import fsync_dir, fsync_path
+
 __all__ = [
     "IntentJournal",
     "OrphanedIntents",
@@ -487,17 +489,9 @@ class Outbox:
                 conn.backup(dst)
             finally:
                 dst.close()
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_path(tmp)
             os.link(tmp, target)  # never over a file that is there by now
-            dfd = os.open(self.path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+            fsync_dir(self.path.parent)
         except (OSError, sqlite3.Error) as exc:
             _log.error(
                 "the outbox file %s was removed or replaced while in use, and writing back "
