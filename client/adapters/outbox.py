@@ -305,6 +305,30 @@ def _size(item: _Job | _LoopGroup) -> int:
     return len(item.fns) if isinstance(item, _LoopGroup) else 1
 
 
+def _holds_every_event(there: Path, copy: Path) -> bool:
+    """Whether the outbox file ``there`` has every row of ``copy``'s ``events`` table, each
+    as it is in ``copy`` (both opened read-only; anything unreadable or not an outbox: no)."""
+
+    def uri(path: Path, query: str) -> str:
+        return "file:" + urllib.parse.quote(str(path.absolute())) + query
+
+    try:
+        # immutable: the copy is this process's own file, not yet linked anywhere
+        conn = sqlite3.connect(uri(copy, "?immutable=1"), uri=True, isolation_level=None)
+    except sqlite3.Error:
+        return False
+    try:
+        conn.execute("ATTACH DATABASE ? AS there", (uri(there, "?mode=ro"),))
+        missing = conn.execute(
+            "SELECT 1 FROM (SELECT * FROM main.events EXCEPT SELECT * FROM there.events) LIMIT 1"
+        ).fetchone()
+    except sqlite3.Error:
+        return False
+    finally:
+        conn.close()
+    return missing is None
+
+
 class Outbox:
     """A SQLite-backed queue of audit events (see the module docstring for the contract).
 
@@ -469,18 +493,19 @@ class Outbox:
         """The database file itself no longer at its path: a copy of what the open
         connection holds (every queued event) is written back there, so the next start
         finds it; a file another has put at the path is never touched, and the copy goes
-        beside it (``<name>.rescued-<unix time>``). Only the WAL gone: nothing to do (the
-        fold put it in the file)."""
+        beside it (``<name>.rescued-<unix time>``), unless that file already holds every
+        event of the copy: another adapter sharing this outbox wrote the same database back
+        first, and one copy is enough (:meth:`_rescue_target`). Only the WAL gone: nothing
+        to do (the fold put it in the file)."""
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
-            target = self.path
+            pass
         except OSError:
             return
         else:
             if (st.st_dev, st.st_ino) == self._ident:
                 return
-            target = self.path.with_name(f"{self.path.name}.rescued-{int(time.time())}")
         tmp = self.path.with_name(f".{self.path.name}.rescue-{os.getpid()}-{_uuid.uuid4().hex}")
         try:
             os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
@@ -490,8 +515,15 @@ class Outbox:
             finally:
                 dst.close()
             fsync_path(tmp)
-            os.link(tmp, target)  # never over a file that is there by now
-            fsync_dir(self.path.parent)
+            while (target := self._rescue_target(tmp)) is not None:
+                try:
+                    os.link(tmp, target)  # never over a file that is there by now
+                except FileExistsError:
+                    if target != self.path:
+                        raise
+                    continue  # another adapter sharing the outbox, just now: what it wrote?
+                fsync_dir(self.path.parent)
+                break
         except (OSError, sqlite3.Error) as exc:
             _log.error(
                 "the outbox file %s was removed or replaced while in use, and writing back "
@@ -504,6 +536,14 @@ class Outbox:
         finally:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+        if target is None:
+            _log.error(
+                "the outbox file %s was removed or replaced while in use; the file now at "
+                "that path already holds everything this adapter held (another adapter "
+                "sharing the outbox wrote it back): no copy written; restart the adapter",
+                self.path,
+            )
+            return
         _log.error(
             "the outbox file %s was removed or replaced while in use: what this adapter held "
             "was written to %s; restart the adapter%s",
@@ -511,6 +551,18 @@ class Outbox:
             target,
             "" if target == self.path else f" with that file moved to {self.path}",
         )
+
+    def _rescue_target(self, copy: Path) -> Path | None:
+        """Where ``copy`` (what this process held) goes: the path, if nothing is there;
+        nowhere, if the file there holds every event of the copy as the copy has it (two
+        adapters sharing one outbox both rescue the same database: the first writes it
+        back, the second finds it there); else beside it. Decided on the content, not on who
+        wrote the file, so an event only this process holds is never dropped."""
+        if not os.path.lexists(self.path):
+            return self.path
+        if _holds_every_event(self.path, copy):
+            return None
+        return self.path.with_name(f"{self.path.name}.rescued-{int(time.time())}")
 
     def _gone(self) -> str:
         msg = (
