@@ -1,6 +1,7 @@
 """A real ``tlog`` command run in a process of its own that pauses at a point a test-only
 patch picks (in that process only), says so on stderr, and goes on once a line arrives on
-its stdin: the ops11 tests race a second command or a ``tlog serve`` against it there."""
+its stdin: the ops11 and redteam9 tests race a second command or a ``tlog serve`` against
+it there."""
 
 from __future__ import annotations
 
@@ -19,6 +20,25 @@ import sys
 def pause():
     print({MARK!r}, file=sys.stderr, flush=True)
     sys.stdin.readline()
+"""
+
+
+def pause_at(at: str) -> str:
+    """The patch that pauses at the first call of ``at`` (``module:function``, a plain
+    function), then runs it."""
+    module, name = at.split(":")
+    return f"""
+import importlib
+
+_module = importlib.import_module({module!r})
+_run = getattr(_module, {name!r})
+_paused = []
+def _first_call_pauses(*a, **k):
+    if not _paused:
+        _paused.append(1)
+        pause()
+    return _run(*a, **k)
+setattr(_module, {name!r}, _first_call_pauses)
 """
 
 
@@ -43,7 +63,7 @@ class Paused:
         self.proc.stdin.write("\n")
         self.proc.stdin.flush()
         out, err = self.proc.communicate(timeout=timeout)
-        assert self.proc.returncode == 0, "".join(self.said) + err
+        assert self.proc.returncode == 0, "".join(self.said) + err + out
         return out, err
 
 
@@ -67,7 +87,7 @@ def paused(script: str, *args: str) -> Iterator[Paused]:
             if MARK in line:
                 break
         else:
-            raise AssertionError("".join(said))
+            raise AssertionError(f"{proc.wait()}: {''.join(said)}")
         yield Paused(proc, said)
     finally:
         if proc.poll() is None:

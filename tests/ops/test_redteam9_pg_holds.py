@@ -15,10 +15,8 @@ patch in its own process) where the lock is held and nothing else has happened y
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,61 +26,19 @@ import httpx
 from tests.scim_service.conftest import ORIGIN
 
 from ..support import serve_args, start_server, tlog_cli
+from .paused import command_script, pause_at
+from .paused import paused as run_paused
 from .support import contents_of, copy_of, marker_of
-
-# ``tlog COMMAND ARGS`` in a process of its own that stops at the first call of
-# ``module.function`` (its locks held), says so, and goes on once a line arrives on stdin.
-PAUSED = r"""
-import importlib, sys
-
-command, module, name = sys.argv[1:4]
-mod = importlib.import_module(module)
-run = getattr(mod, name)
-paused = []
-def pause(*a, **k):
-    if not paused:
-        paused.append(1)
-        print("redteam9: PAUSED", file=sys.stderr, flush=True)
-        sys.stdin.readline()
-    return run(*a, **k)
-setattr(mod, name, pause)
-
-from tlog.cli import main
-sys.exit(main([command, *sys.argv[4:]]))
-"""
 
 
 @contextmanager
 def paused(command: str, at: str, *args: str) -> Iterator[subprocess.Popen[str]]:
-    """``tlog command args`` running, paused at ``at`` (``module:function``); on leaving,
-    it is let go and must end with exit 0."""
-    module, name = at.split(":")
-    proc = subprocess.Popen(
-        [sys.executable, "-c", PAUSED, command, module, name, *args],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        assert proc.stderr is not None and proc.stdin is not None
-        said = []
-        for line in proc.stderr:
-            said.append(line)
-            if "redteam9: PAUSED" in line:
-                break
-        else:
-            raise AssertionError(f"{proc.wait()}: {''.join(said)}")
-        yield proc
-        proc.stdin.write("\n")
-        proc.stdin.flush()
-        out, err = proc.communicate(timeout=300)
-        assert proc.returncode == 0, "".join(said) + err + out
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    """``tlog command args`` running, paused at the first call of ``at``
+    (``module:function``, its locks held); on leaving, it is let go and must end with
+    exit 0."""
+    with run_paused(command_script(pause_at(at), command), *args) as held:
+        yield held.proc
+        held.resume()
 
 
 def _refused(r: subprocess.CompletedProcess[str], *words: str) -> None:
