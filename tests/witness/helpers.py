@@ -27,7 +27,7 @@ from client.formats.merkle import (
     root_of_range,
 )
 from client.formats.note import Ed25519Signer, Ed25519Verifier, b64encode, sign_note
-from client.net.witness_client import AddCheckpointRequest
+from client.net.witness_client import AddCheckpointRequest, origin_hash
 from client.witness.core import AddCheckpointError, Witness, WitnessedLog
 from client.witness.server import WitnessHTTPServer, start_server
 from client.witness.store import WitnessStore
@@ -246,6 +246,19 @@ def stored_size(w: Witness, origin: str = ORIGIN) -> int:
     """The tree size ``w``'s state holds for ``origin`` (0: none)."""
     stored = w.latest(origin)
     return 0 if stored is None else stored.size
+
+
+def peer_holding_our_line(log: FakeLog, db: Path, size: int = 9) -> Witness:
+    """A peer (state in ``db``) holding ``log``'s ``size`` with our cosignature kept beside
+    its own, as gossip leaves it after it saw our checkpoint of its size: the cosignature a
+    witness restored from an older copy of its state made after that copy."""
+    peer = make_witness(db, [log.witnessed_log()], seed=PEER_SEED, name=PEER_NAME)
+    assert add_status(peer, log.body(0, size)) == 200
+    held = peer.checkpoint_by_hash(origin_hash(log.origin))
+    assert held is not None
+    with_ours = held + OURS.cosign(log.checkpoint_text(size), 1_700_000_000).line()
+    assert peer.store.replace_note(log.origin, size, log.root(size), with_ours)
+    return peer
 
 
 def write_check_config(

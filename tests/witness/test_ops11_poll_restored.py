@@ -9,11 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from client.formats.cosignature import CosignatureSigner
-from client.net.witness_client import origin_hash
 from client.witness.cli import main
-from client.witness.core import Witness
 from tests.witness.helpers import (
-    OURS,
     PEER_NAME,
     PEER_SEED,
     FakeLog,
@@ -21,6 +18,7 @@ from tests.witness.helpers import (
     add_status,
     events,
     make_witness,
+    peer_holding_our_line,
     serving,
     witness_serving,
     write_check_config,
@@ -29,18 +27,6 @@ from tests.witness.helpers import (
 LOG = FakeLog(events(20))
 FORK = FakeLog([*events(5), *events(15, "evil-")])  # agrees with LOG up to size 5 only
 PEER = CosignatureSigner(PEER_NAME, PEER_SEED)
-
-
-def _peer_holding_our_line(db: Path) -> Witness:
-    """A peer holding LOG's size 9 with our cosignature beside its own (as gossip leaves
-    it): the cosignature this witness made after the copy its state was restored from."""
-    peer = make_witness(db, [LOG.witnessed_log()], seed=PEER_SEED, name=PEER_NAME)
-    assert add_status(peer, LOG.body(0, 9)) == 200
-    held = peer.checkpoint_by_hash(origin_hash(LOG.origin))
-    assert held is not None
-    with_ours = held + OURS.cosign(LOG.checkpoint_text(9), 1_700_000_000).line()
-    assert peer.store.replace_note(LOG.origin, 9, LOG.root(9), with_ours)
-    return peer
 
 
 def _restored_config(tmp_path: Path, log_url: str, peer_url: str) -> Path:
@@ -56,7 +42,7 @@ def _restored_config(tmp_path: Path, log_url: str, peer_url: str) -> Path:
 def _poll_once_restored(tmp_path: Path, log: FakeLog, size: int) -> int:
     """``poll --once`` of the restored witness, its log serving ``log`` at ``size``, the
     peer holding our line on LOG's 9; its exit code."""
-    peer = _peer_holding_our_line(tmp_path / "peer.db")
+    peer = peer_holding_our_line(LOG, tmp_path / "peer.db")
     try:
         with serving(FakeLogServer(log)) as log_srv, witness_serving(peer) as sp:
             log_srv.log.size = size

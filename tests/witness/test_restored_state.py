@@ -38,6 +38,7 @@ from tests.witness.helpers import (
     add_status,
     events,
     make_witness,
+    peer_holding_our_line,
     serving,
     stored_size,
     witness_serving,
@@ -482,13 +483,7 @@ def test_a_state_without_the_log_adopts_our_cosignature_from_a_peer(
 ) -> None:
     """A copy taken before the log was witnessed at all holds nothing for it: our line on a
     peer's size 9 is adopted (held size 0), and a fork from 0 gets 409 with 9."""
-    peer = make_witness(tmp_path / "b.db", [LOG.witnessed_log()], seed=PEER_SEED, name=PEER_NAME)
-    assert add_status(peer, LOG.body(0, 9)) == 200
-    held = peer.checkpoint_by_hash(_hash())
-    assert held is not None
-    text = LOG.checkpoint_text(9)
-    with_ours = held + OURS.cosign(text, 1_700_000_000).line()
-    assert peer.store.replace_note(LOG.origin, 9, LOG.root(9), with_ours)
+    peer = peer_holding_our_line(LOG, tmp_path / "b.db")
     w = make_witness(tmp_path / "w.db", [LOG.witnessed_log()])
     with witness_serving(peer) as sp:
         mon = Monitor(w, [Peer("b", peer.verifier, sp.url)])

@@ -37,6 +37,7 @@ from tests.witness.helpers import (
     add_status,
     events,
     make_witness,
+    peer_holding_our_line,
     serving,
     stored_size,
     witness_serving,
@@ -46,18 +47,6 @@ from tests.witness.helpers import (
 LOG = FakeLog(events(20))
 FORK = FakeLog([*events(5), *events(15, "evil-")])  # agrees with LOG up to size 5 only
 OTHER = FakeLog(events(6), origin="other.example.com/log", seed=bytes(range(100, 132)))
-
-
-def _peer_holding_our_line(db: Path) -> Witness:
-    """A peer that holds LOG's size 9 with our cosignature kept beside its own (as gossip
-    leaves it after it saw our checkpoint of its size)."""
-    peer = make_witness(db, [LOG.witnessed_log()], seed=PEER_SEED, name=PEER_NAME)
-    assert add_status(peer, LOG.body(0, 9)) == 200
-    held = peer.checkpoint_by_hash(origin_hash(LOG.origin))
-    assert held is not None
-    with_ours = held + OURS.cosign(LOG.checkpoint_text(9), 1_700_000_000).line()
-    assert peer.store.replace_note(LOG.origin, 9, LOG.root(9), with_ours)
-    return peer
 
 
 def _first_round(mon: Monitor) -> None:
@@ -83,7 +72,7 @@ def test_first_round_never_cosigns_a_fork_a_reachable_peer_would_have_refuted(
     (consistent with 5 only) and proofs in FORK's tree. The start-up round must not cosign
     the fork: it meets our line at the peer first (and the log's own proof 5 -> 9 failing
     is evidence)."""
-    peer = _peer_holding_our_line(tmp_path / "b.db")
+    peer = peer_holding_our_line(LOG, tmp_path / "b.db")
     w = make_witness(tmp_path / "w.db", [LOG.witnessed_log()])
     assert add_status(w, LOG.body(0, 5)) == 200
     with serving(FakeLogServer(FORK)) as log_srv, witness_serving(peer) as sp:
