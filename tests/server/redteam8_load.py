@@ -352,3 +352,26 @@ def small_tmpfs(where: Path, size: str) -> Iterator[Path]:
         subprocess.run(["umount", str(where)], capture_output=True, timeout=30)
         if os.path.ismount(where):
             subprocess.run(["umount", "-l", str(where)], capture_output=True, timeout=30)
+
+
+def fill_then_free(mnt: Path, load: Load, url: str, *, leave: int, says: str) -> None:
+    """A disk full under load, then room again: a filler file takes all of ``mnt`` but
+    ``leave`` bytes, ``load`` starts SCIM batches, single events and raw entries, until a
+    write is refused saying ``says`` (within 90 s); full, the server at ``url`` still answers
+    reads. Then the filler goes, and writes must resume by themselves (50 more
+    acknowledged within 60 s); the load is stopped."""
+    free = shutil.disk_usage(mnt).free
+    filler = mnt / "filler"
+    with filler.open("wb") as f:
+        f.write(b"\0" * (free - leave))
+    load.start(("scim-batch", "scim", "raw"))
+    deadline = time.monotonic() + 90
+    while not any(says in a.text for a in load.failures()):
+        assert time.monotonic() < deadline, load.summary()
+        time.sleep(0.2)
+    time.sleep(1.0)
+    assert httpx.get(url + "/checkpoint").status_code == 200
+    assert httpx.get(url + "/v1/entries/0").status_code == 200
+    filler.unlink()
+    load.wait_acked(50, bound=60)
+    load.stop()

@@ -11,7 +11,6 @@ entries only.)"""
 from __future__ import annotations
 
 import shutil
-import time
 from pathlib import Path
 
 import httpx
@@ -20,7 +19,15 @@ import pytest
 from tests.pgsupport import open_store
 from tests.support import ServerProcess, start_server, tlog_cli
 
-from .redteam8_load import KINDS, Load, check_after, clear_503, make_token, small_tmpfs
+from .redteam8_load import (
+    KINDS,
+    Load,
+    check_after,
+    clear_503,
+    fill_then_free,
+    make_token,
+    small_tmpfs,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.lmdb_only("LMDB's own map and file")]
 
@@ -87,22 +94,7 @@ def test_data_directory_full_during_scim_batches(tmp_path: Path) -> None:
             token = make_token(data, None, "--role", "submitter", "--tenant", "acme")
             vkey = httpx.get(srv.url + "/v1/log").json()["vkey"]
             load = Load(srv.url, token)
-            free = shutil.disk_usage(mnt).free
-            filler = mnt / "filler"
-            with filler.open("wb") as f:
-                f.write(b"\0" * (free - (2 << 20)))
-            load.start(("scim-batch", "scim", "raw"))
-            deadline = time.monotonic() + 90
-            while not any("disk full" in a.text for a in load.failures()):
-                assert time.monotonic() < deadline, load.summary()
-                time.sleep(0.2)
-            time.sleep(1.0)
-            # Full: reads still answer.
-            assert httpx.get(srv.url + "/checkpoint").status_code == 200
-            assert httpx.get(srv.url + "/v1/entries/0").status_code == 200
-            filler.unlink()
-            load.wait_acked(50, bound=60)
-            load.stop()
+            fill_then_free(mnt, load, srv.url, leave=2 << 20, says="disk full")
             after = {k: load.one(k).status for k in KINDS}
             assert set(after.values()) == {200}, after
         finally:

@@ -12,16 +12,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from harness.pg import PgCluster, memory_dir
 from tests.pgsupport import running_cluster
 
-from .redteam8_load import faulted_server, small_tmpfs
+from .redteam8_load import faulted_server, fill_then_free, small_tmpfs
 
 pytestmark = pytest.mark.slow
 
@@ -52,25 +50,10 @@ def test_postgresql_tablespace_full_during_scim_batches(tmp_path: Path) -> None:
 def _fill_and_free(tmp_path: Path, cluster: PgCluster, mnt: Path) -> None:
     url = _tablespace(cluster, mnt)
     with faulted_server(tmp_path, url, 10) as run:
-        load, srv = run.load, run.srv
+        load = run.load
         # Leave a few MB: the tables fill them within a few hundred batches.
-        free = shutil.disk_usage(mnt).free
-        filler = mnt / "filler"
-        with filler.open("wb") as f:
-            f.write(b"\0" * (free - (3 << 20)))
-        load.start(("scim-batch", "scim", "raw"))
-        deadline = time.monotonic() + 90
-        while not any("disk" in a.text for a in load.failures()):
-            assert time.monotonic() < deadline, load.summary()
-            time.sleep(0.2)
-        # Full: every write is refused, with the reason; reads still answer.
-        time.sleep(1.0)
-        assert httpx.get(srv.url + "/checkpoint").status_code == 200
-        r = httpx.get(srv.url + "/v1/entries/0")
-        assert r.status_code == 200
-        filler.unlink()
-        load.wait_acked(50, bound=60)
-        load.stop()
+        fill_then_free(mnt, load, run.srv.url, leave=3 << 20, says="disk")
+        # Full: every write was refused, with the reason.
         full = [a for a in load.failures() if "disk" in a.text]
         assert full, load.summary()
         assert all("out of disk space" in a.text for a in full), [a.text for a in full][:3]
