@@ -13,6 +13,7 @@ import shutil
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 from starlette.testclient import TestClient
@@ -29,6 +30,8 @@ from tlog.signer import create_key_file
 from ..pgsupport import OldCopy, clone_store, empty_store, open_store
 from ..support import serve_args, serve_config, store_args
 from .conftest import ORIGIN
+
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -82,13 +85,34 @@ def _mirror_tiles(data: Path, to: Path, database: str | None) -> None:
     log_.storage.close()
 
 
+def _grown_past_a_backup(
+    data: Path,
+    database: str | None,
+    backup: OldCopy,
+    old: list[bytes],
+    new: list[bytes],
+    *,
+    one_by_one: bool = False,
+) -> list[str]:
+    """Append ``old``, back the store up into ``backup``, append ``new`` (in batches, or one
+    entry per request: one signed checkpoint per size); the checkpoints handed out."""
+
+    def grow(entries: list[bytes]) -> list[str]:
+        if one_by_one:
+            return [n for e in entries for n in _append(data, [e], database)]
+        return _append(data, entries, database)
+
+    notes = grow(old)
+    backup.take_from(data)
+    return notes + grow(new)
+
+
 def _scenario(
     tmp_path: Path, data: Path, n_old: int, n_new: int, database: str | None, backup: OldCopy
 ) -> tuple[Path, list[str]]:
     """Grow to n_old, back up the store, grow to n_new, restore the backup."""
-    notes = _append(data, [b"entry-%d" % i for i in range(n_old)], database)
-    backup.take_from(data)
-    notes += _append(data, [b"entry-%d" % i for i in range(n_old, n_new)], database)
+    entries = [b"entry-%d" % i for i in range(n_new)]
+    notes = _grown_past_a_backup(data, database, backup, entries[:n_old], entries[n_old:])
     mirror = tmp_path / "mirror"
     _mirror_tiles(data, mirror, database)
     backup.restore(data)
@@ -124,13 +148,18 @@ def _recover(data: Path, source: str | Path, database: str | None, *extra: str) 
     )
 
 
-def _tree_size(data: Path, database: str | None) -> int:
+def _reading(data: Path, database: str | None, read: Callable[[Any], T]) -> T:
+    """``read`` of a read view of the store, opened and closed around it."""
     st = open_store(database, data / "db")
     try:
         with st.read() as rv:
-            return rv.tree_size()
+            return read(rv)
     finally:
         st.close()
+
+
+def _tree_size(data: Path, database: str | None) -> int:
+    return _reading(data, database, lambda rv: int(rv.tree_size()))
 
 
 def test_recover_from_a_tiles_directory(
@@ -191,10 +220,9 @@ def test_recover_from_another_store(
 ) -> None:
     """The copy is another store holding the log (LMDB: a copy of its files taken with the
     server stopped; PostgreSQL: another database, e.g. a replica that has the entries)."""
-    notes = _append(data, [b"a%d" % i for i in range(3)], database)
     backup = old_copy("backup")
-    backup.take_from(data)
-    notes += _append(data, [b"a%d" % i for i in range(3, 6)], database)
+    entries = [b"a%d" % i for i in range(6)]
+    notes = _grown_past_a_backup(data, database, backup, entries[:3], entries[3:])
     replica = clone_store(database, data, new_database(), tmp_path / "replica")
     backup.restore(data)
     assert _recover(data, replica, database) == 0
@@ -269,12 +297,7 @@ def test_a_copy_that_is_too_short_is_refused(
 
 
 def _checkpoints(data: Path, database: str | None) -> dict[int, bytes]:
-    st = open_store(database, data / "db")
-    try:
-        with st.read() as rv:
-            return dict(rv.checkpoints())
-    finally:
-        st.close()
+    return _reading(data, database, lambda rv: dict(rv.checkpoints()))
 
 
 def _proof_status(data: Path, database: str | None, size: int) -> int:
@@ -295,10 +318,9 @@ def _lost_three(
 ) -> tuple[dict[int, bytes], list[str], str]:
     """Sizes 1..6 signed one by one, the store restored to size 3: the checkpoints as they
     were, the notes handed out, and a replica holding everything."""
-    notes = [n for i in range(3) for n in _append(data, [b"a%d" % i], database)]
     backup = old_copy("backup")
-    backup.take_from(data)
-    notes += [n for i in range(3, 6) for n in _append(data, [b"a%d" % i], database)]
+    entries = [b"a%d" % i for i in range(6)]
+    notes = _grown_past_a_backup(data, database, backup, entries[:3], entries[3:], one_by_one=True)
     truth = _checkpoints(data, database)
     assert sorted(truth) == [0, 1, 2, 3, 4, 5, 6]
     replica = clone_store(database, data, new_database(), tmp_path / "replica")
