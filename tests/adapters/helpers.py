@@ -27,7 +27,7 @@ from client.adapters.proxy import ProxySettings, build_proxy
 from client.adapters.relay import Relay
 from client.scim.event import event_from_json
 
-from ..support import free_port, start_proxy, tlog_argv, wait_own
+from ..support import free_port, start_proxy, tlog_argv, wait_http, wait_own
 
 if TYPE_CHECKING:
     import pytest
@@ -185,6 +185,49 @@ def _start_scim2_server(tmp: Path, token: str, port: int) -> tuple[subprocess.Po
     except BaseException:
         stop(proc)
         raise
+    return proc, base
+
+
+def start_mw_server(
+    log_url: str,
+    token_file: Path,
+    tenant: str,
+    outbox: Path,
+    out: Path,
+    *,
+    env: dict[str, str] | None = None,
+    timeout: float = 90,
+) -> tuple[subprocess.Popen[bytes], str]:
+    """A real SCIM app behind the audit middleware (``tests/adapters/mw_server.py``) on a
+    free port, delivering to the log at ``log_url``, its output appended to ``out``; waited
+    for (it imports scim2-server, the adapters and uvicorn: on a loaded 2-core machine that
+    alone has taken more than 20 s). The process and its SCIM base URL."""
+    port = free_port()
+    # The child gets its own copy of the descriptor: ours is closed at once.
+    with open(out, "ab") as log:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tests.adapters.mw_server",
+                "--port",
+                str(port),
+                "--log",
+                log_url,
+                "--token-file",
+                str(token_file),
+                "--tenant",
+                tenant,
+                "--outbox",
+                str(outbox),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    base = f"http://127.0.0.1:{port}/v2"
+    wait_http(base + "/ServiceProviderConfig", proc, timeout=timeout)
     return proc, base
 
 

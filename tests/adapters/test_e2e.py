@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -32,16 +31,14 @@ from client.formats.merkle import verify_inclusion
 from client.formats.note import Ed25519Verifier
 from tests.support import wait_for
 
-from ..support import wait_http
 from .helpers import (
     BULK,
     PATCH,
-    ROOT,
     SCIM_TOKEN,
     Write,
     check_writes_logged,
-    free_port,
     run_tester,
+    start_mw_server,
     start_proxy,
     start_scim2_server,
     status_counts,
@@ -84,33 +81,16 @@ def test_compliance_identical_and_every_write_logged(
         proxy, base_proxy = start_proxy(tmp_path, upstream, log.url, sub_p, "acme-proxy")
         procs.append(proxy)
         sub_m, aud_m = log.tokens("acme-mw")
-        port = free_port()
         (tmp_path / "mw.token").write_text(sub_m)
-        mw = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tests.adapters.mw_server",
-                "--port",
-                str(port),
-                "--log",
-                log.url,
-                "--token-file",
-                str(tmp_path / "mw.token"),
-                "--tenant",
-                "acme-mw",
-                "--outbox",
-                str(tmp_path / "mw.sqlite"),
-            ],
-            cwd=ROOT,
-            stdout=open(tmp_path / "mw.log", "wb"),
-            stderr=subprocess.STDOUT,
+        mw, base_mw = start_mw_server(
+            log.url,
+            tmp_path / "mw.token",
+            "acme-mw",
+            tmp_path / "mw.sqlite",
+            tmp_path / "mw.log",
+            timeout=60,
         )
         procs.append(mw)
-        base_mw = f"http://127.0.0.1:{port}/v2"
-        # Imports scim2-server, the adapters and uvicorn: on a loaded 2-core machine (a
-        # parallel suite) that alone has taken more than wait_http's default 20 s.
-        wait_http(base_mw + "/ServiceProviderConfig", mw, timeout=60)
 
         plain, plain_writes = plain_run
         t1 = time.monotonic()

@@ -23,9 +23,12 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import ROOT, free_port, start_proxy, stop_processes, wait_http
+from tests.support import ROOT, free_port, start_proxy, stop_processes
 
-from .helpers import standin_sp  # noqa: F401  (the SP stand-in fixture, "sp")
+from .helpers import (
+    standin_sp,  # noqa: F401  (the SP stand-in fixture, "sp")
+    start_mw_server,
+)
 from .intent_kills import outbox_events as _outbox_events
 from .intent_kills import send_and_kill as _send_and_kill
 from .logserver import Log, audit_read
@@ -173,34 +176,10 @@ def test_a_killed_middleware_process_records_the_write_as_unknown(
     marker = tmp_path / "paused"
 
     def start(pause: bool) -> tuple[subprocess.Popen[bytes], str]:
-        port = free_port()
         env = dict(os.environ)
         if pause:
             env["TLOG_TEST_PAUSE"] = f"answered:{marker}"
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tests.adapters.mw_server",
-                "--port",
-                str(port),
-                "--log",
-                log.url,
-                "--token-file",
-                str(token),
-                "--tenant",
-                TENANT,
-                "--outbox",
-                str(outbox),
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=open(tmp_path / "mw.log", "ab"),
-            stderr=subprocess.STDOUT,
-        )
-        base = f"http://127.0.0.1:{port}/v2"
-        wait_http(base + "/ServiceProviderConfig", proc, timeout=90)
-        return proc, base
+        return start_mw_server(log.url, token, TENANT, outbox, tmp_path / "mw.log", env=env)
 
     from tests.adapters.helpers import SCIM_TOKEN
 
