@@ -1,16 +1,19 @@
 """Support for the intent journal tests (test_intent11_recovery, test_review14_journal,
-test_review14_matching, test_redteam9_journal): a journal's process as a kill leaves it, the
-intent of a DELETE, and one request through the middleware."""
+test_review14_matching, test_redteam9_journal): a journal's process as a kill leaves it,
+intents begun until a kill and what the next start finds of them, the intent of a DELETE,
+and one request through the middleware."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from client.adapters.exchange import AuditConfig, Exchange
 from client.adapters.middleware import AuditMiddleware, intent_doc
-from client.adapters.outbox import IntentJournal
+from client.adapters.outbox import IntentJournal, OrphanedIntents, Outbox
 
 CFG = AuditConfig(tenant="acme", sp_id="sp1")
 
@@ -21,6 +24,43 @@ def die(j: IntentJournal) -> None:
     j._closed = True
     j._close_files()
     os.close(j._lock_fd)
+
+
+def begin_until_killed(
+    j: IntentJournal,
+    in_flight: list[int],
+    done: list[int],
+    each: Callable[[], None] | None = None,
+) -> None:
+    """Intents begun in ``j`` (every third left in flight, the others done at once), with
+    ``each`` called before every one, until something raises: the kill the test arranged
+    (it propagates). ``in_flight`` and ``done`` get the intents' numbers as they go."""
+    for n in range(10_000):
+        if each is not None:
+            each()
+        iid = j.begin({"req": f"r{n}", "t": 1, "pad": "x" * 30})
+        if n % 3:
+            j.done(iid)
+            done.append(iid)
+        else:
+            in_flight.append(iid)
+
+
+@contextmanager
+def orphan_after_a_kill(ob: Outbox, j: IntentJournal, path: Path) -> Iterator[OrphanedIntents]:
+    """The adapter of ``ob`` killed (its journal ``j`` as a kill leaves it), then the one
+    orphaned journal the next start on ``path`` finds; released after the block, the new
+    outbox closed either way."""
+    die(j)
+    ob._journal = None
+    ob.close()
+    other = Outbox(path)
+    try:
+        (orphan,) = other.orphaned_intents()
+        yield orphan
+        orphan.release()
+    finally:
+        other.close()
 
 
 def delete_intent(rel: str, req: str) -> dict[str, Any]:

@@ -8,6 +8,7 @@ Each test failed before the change it names."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -25,7 +26,7 @@ from client.adapters import outbox as outbox_mod
 from client.adapters.middleware import AuditMiddleware
 from client.adapters.outbox import IntentJournal, Outbox
 
-from .journals import CFG
+from .journals import CFG, begin_until_killed, orphan_after_a_kill
 from .journals import call as _call
 from .journals import delete_intent as _doc
 from .journals import die as _die
@@ -140,37 +141,24 @@ def test_a_kill_at_the_hand_off_keeps_every_intent_in_flight_once(
 
     monkeypatch.setattr(IntentJournal, "_hand_over", hand_over)
     monkeypatch.setattr(IntentJournal, "_map_empty", map_empty)
+
+    def prepared() -> None:
+        if stop in ("preparing", "prepared") and switches[0] == 2 and j._spare is not None:
+            j._spare.join()  # the preparation ended (or was killed)
+            raise _Killed
+
     in_flight: list[int] = []
     done: list[int] = []
-    try:
-        for n in range(10_000):
-            if stop in ("preparing", "prepared") and switches[0] == 2 and j._spare is not None:
-                j._spare.join()  # the preparation ended (or was killed)
-                raise _Killed
-            iid = j.begin({"req": f"r{n}", "t": 1, "pad": "x" * 30})
-            if n % 3:
-                j.done(iid)
-                done.append(iid)
-            else:
-                in_flight.append(iid)
-    except _Killed:
-        pass
+    with contextlib.suppress(_Killed):
+        begin_until_killed(j, in_flight, done, prepared)
     # a begin killed on its way was never acknowledged (nothing forwarded): its line may be
     # there or not (an unknown outcome for a write never sent is what a kill allows)
     unanswered = [j._n] if j._n not in (*in_flight, *done) else []
-    _die(j)
-    ob._journal = None
-    ob.close()
-    other = Outbox(path)
-    try:
-        (orphan,) = other.orphaned_intents()
+    with orphan_after_a_kill(ob, j, path) as orphan:
         got = [d["i"] for d in orphan.intents]
         assert got in (in_flight, in_flight + unanswered), (got, in_flight, unanswered)
         assert not set(got) & set(done)
         assert orphan.damaged == 0
-        orphan.release()
-    finally:
-        other.close()
 
 
 KILLER = r"""

@@ -19,7 +19,7 @@ from client.adapters import outbox as outbox_mod
 from client.adapters.middleware import AuditMiddleware
 from client.adapters.outbox import IntentJournal, Outbox
 
-from .journals import CFG
+from .journals import CFG, begin_until_killed, orphan_after_a_kill
 from .journals import delete_intent as _doc
 from .journals import die as _die
 
@@ -243,23 +243,9 @@ def test_a_kill_mid_switch_keeps_every_intent_in_flight_once(
     done: list[int] = []
     monkeypatch.setattr(IntentJournal, "_map_empty", map_empty)
     with pytest.raises(_Killed):
-        for n in range(10_000):
-            iid = j.begin({"req": f"r{n}", "t": 1, "pad": "x" * 30})
-            if n % 3:
-                j.done(iid)
-                done.append(iid)
-            else:
-                in_flight.append(iid)
-    _die(j)
-    ob._journal = None
-    ob.close()
-    other = Outbox(path)
-    try:
-        (orphan,) = other.orphaned_intents()
+        begin_until_killed(j, in_flight, done)
+    with orphan_after_a_kill(ob, j, path) as orphan:
         got = [d["i"] for d in orphan.intents]
         # the begin whose append was killed was never acknowledged (nothing forwarded)
         assert got == in_flight or got == in_flight[:-1]
         assert not set(got) & set(done)
-        orphan.release()
-    finally:
-        other.close()
