@@ -27,7 +27,7 @@ from client.adapters.outbox import Outbox
 from client.scim.event import event_from_json
 from tlog.scim.effects import classify
 
-from .journals import CFG
+from .journals import CFG, call
 from .journals import die as _die
 
 TOKEN = "secret-token"
@@ -267,24 +267,13 @@ def test_a_journal_that_cannot_be_written_refuses_before_forwarding(tmp_path: Pa
         mw = AuditMiddleware(app, CFG, ob)
         mw.start()
 
-        async def delete(rid: str) -> int:
-            msgs = [{"type": "http.request", "body": b"", "more_body": False}]
-            sent: list[dict[str, Any]] = []
+        def delete(rid: str) -> int:
+            return asyncio.run(call(mw, "DELETE", f"/Users/{rid}"))
 
-            async def receive() -> dict[str, Any]:
-                return msgs.pop() if msgs else {"type": "http.disconnect"}
-
-            async def send(m: dict[str, Any]) -> None:
-                sent.append(m)
-
-            scope = {"type": "http", "method": "DELETE", "path": f"/Users/{rid}", "headers": []}
-            await mw(scope, receive, send)
-            return int(sent[0]["status"])
-
-        assert asyncio.run(delete("u1")) == 503
+        assert delete("u1") == 503
         assert calls == []
         filler.unlink()
-        assert asyncio.run(delete("u2")) == 204
+        assert delete("u2") == 204
         assert calls == ["/Users/u2"]
         ob.close()
     finally:
