@@ -9,10 +9,12 @@ import pytest
 from starlette.testclient import TestClient
 
 from client.formats.cosignature import CosignatureSigner
+from client.formats.merkle import leaf_hash
 from client.formats.note import Ed25519Signer, parse_note
 from client.formats.policy import Policy
 from client.net.witness_client import AddCheckpointRequest
 from tlog.auth import TokenStore
+from tlog.backend import tile_key, u64
 from tlog.http import Limits
 from tlog.log import Log
 from tlog.server import build_app
@@ -37,6 +39,30 @@ class Harness:
 
     def add(self, entry: bytes) -> httpx.Response:
         return self.client.post("/v1/entries", content=entry, headers=self.auth())
+
+    def damage(self, what: str) -> None:
+        """One stored record of the LMDB store damaged in place: ``entry`` 5, the first hash
+        ``tile`` (leaf hash 3), the ``checkpoint`` of size 10 (its signature), or a
+        ``dedup`` row (e-4 pointing at index 6); then the caches are dropped. What the
+        writer built is still in memory, right, and served from there; the damage is met by
+        whatever reads the store again (after a restart, or a blob evicted)."""
+        st = self.log.storage
+        with st.env.begin(write=True) as txn:
+            if what == "entry":
+                txn.put(u64(5), b"tampered", db=st.db_entries)
+            elif what == "tile":
+                blob = bytearray(txn.get(tile_key(0, 0), db=st.db_tiles))
+                blob[3 * 32] ^= 1  # leaf hash 3: proofs for 2 and the tile lead elsewhere
+                txn.put(tile_key(0, 0), bytes(blob), db=st.db_tiles)
+            elif what == "checkpoint":
+                note = bytearray(txn.get(u64(10), db=st.db_checkpoints))
+                note[-5] ^= 1  # in the signature
+                txn.put(u64(10), bytes(note), db=st.db_checkpoints)
+            elif what == "dedup":
+                txn.put(leaf_hash(b"e-4"), u64(6), db=st.db_dedup)
+            else:
+                raise ValueError(what)
+        self.log.drop_caches()
 
 
 def make_signer(seed: bytes = bytes(range(32))) -> CheckpointSigner:

@@ -134,26 +134,6 @@ def test_random_byte_flips_are_refused_or_reported(tmp_path: Path) -> None:
 # -- served corruption, in process ------------------------------------------------------------
 
 
-def _damage(h: Harness, what: str) -> None:
-    st = h.log.storage
-    with st.env.begin(write=True) as txn:
-        if what == "entry":
-            txn.put(u64(5), b"tampered", db=st.db_entries)
-        elif what == "tile":
-            blob = bytearray(txn.get(tile_key(0, 0), db=st.db_tiles))
-            blob[3 * 32] ^= 1  # leaf hash 3: proofs for 2 and the tile lead elsewhere
-            txn.put(tile_key(0, 0), bytes(blob), db=st.db_tiles)
-        elif what == "checkpoint":
-            note = bytearray(txn.get(u64(10), db=st.db_checkpoints))
-            note[-5] ^= 1  # in the signature
-            txn.put(u64(10), bytes(note), db=st.db_checkpoints)
-        elif what == "dedup":
-            txn.put(leaf_hash(b"e-4"), u64(6), db=st.db_dedup)
-    # What the writer built is still in memory, right, and served from there; the damage is
-    # met by whatever reads the store again (after a restart, or a blob evicted).
-    h.log.drop_caches()
-
-
 @pytest.mark.parametrize(
     ("what", "path"),
     [
@@ -172,7 +152,7 @@ def test_damaged_record_is_a_503_with_a_reason(
 ) -> None:
     for i in range(20):
         assert harness.add(b"e-%d" % i).status_code == 200
-    _damage(harness, what)
+    harness.damage(what)
     import base64
     import urllib.parse
 
@@ -191,7 +171,7 @@ def test_damaged_record_is_a_503_with_a_reason(
 def test_reposting_an_entry_with_a_damaged_dedup_index_is_refused(harness: Harness) -> None:
     for i in range(20):
         assert harness.add(b"e-%d" % i).status_code == 200
-    _damage(harness, "dedup")  # e-4 now claims index 6
+    harness.damage("dedup")  # e-4 now claims index 6
     r = harness.add(b"e-4")
     assert r.status_code == 503, r.text
 

@@ -11,24 +11,6 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.server.conftest import Harness
-from tlog.backend import tile_key, u64
-
-
-def _damage(h: Harness, what: str) -> None:
-    """One stored record damaged in place (the caches dropped, so reads meet it)."""
-    st = h.log.storage
-    with st.env.begin(write=True) as txn:
-        if what == "entry":
-            txn.put(u64(5), b"tampered", db=st.db_entries)
-        elif what == "tile":
-            blob = bytearray(txn.get(tile_key(0, 0), db=st.db_tiles))
-            blob[3 * 32] ^= 1
-            txn.put(tile_key(0, 0), bytes(blob), db=st.db_tiles)
-        elif what == "checkpoint":
-            note = bytearray(txn.get(u64(10), db=st.db_checkpoints))
-            note[-5] ^= 1  # in the signature
-            txn.put(u64(10), bytes(note), db=st.db_checkpoints)
-    h.log.drop_caches()
 
 
 def _damaged(text: str) -> dict[str, float]:
@@ -57,7 +39,7 @@ def test_damaged_reads_are_counted_on_metrics(
     r = harness.client.get("/metrics")
     assert r.status_code == 200
     assert _damaged(r.text) == {"checkpoint": 0, "entry": 0, "dedup": 0, "tile": 0}
-    _damage(harness, what)
+    harness.damage(what)
     assert harness.client.get(path).status_code == 503
     r = harness.client.get("/metrics")
     assert r.status_code == 200, r.text
