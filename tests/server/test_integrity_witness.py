@@ -19,6 +19,7 @@ from client.formats.cosignature import CosignatureSigner
 from client.witness.core import Witness, WitnessedLog
 from client.witness.server import WitnessHTTPServer, start_server
 from client.witness.store import WitnessStore
+from tlog.app import LogApp
 from tlog.backend import u64
 from tlog.integrity import RollbackDetected
 from tlog.log import Log
@@ -69,17 +70,25 @@ def _policy(tmp_path: Path, w: RealWitness) -> Path:
     return p
 
 
-def _grow_and_witness(
-    data: Path, policy: Path, sizes: list[int], database: str | None = None
-) -> None:
-    """Run the app, and after each target size let the witness cosign it."""
+def _witnessed_app(
+    data: Path, policy: Path, database: str | None
+) -> tuple[LogApp, Log, dict[str, str]]:
+    """The log's app pushing to the witnesses of ``policy`` at once, its log, and a
+    submitter's headers."""
     app, log_, tokens = build_app(
         serve_config(data, database, batch_age_ms=0.0, witnesses=policy, witness_interval=0.0),
         make_signer(),
         scim=False,
     )
     token, _ = tokens.create("submitter", tenant="t")
-    h = {"Authorization": f"Bearer {token}"}
+    return app, log_, {"Authorization": f"Bearer {token}"}
+
+
+def _grow_and_witness(
+    data: Path, policy: Path, sizes: list[int], database: str | None = None
+) -> None:
+    """Run the app, and after each target size let the witness cosign it."""
+    app, log_, h = _witnessed_app(data, policy, database)
     n = 0
     with TestClient(app) as c:
         for target in sizes:
@@ -179,13 +188,7 @@ def test_running_log_stops_signing_when_a_witness_is_ahead(
     _grow_and_witness(data, policy, [4], database)
     backup.restore()
     witness.stop()
-    app, log_, tokens = build_app(
-        serve_config(data, database, batch_age_ms=0.0, witnesses=policy, witness_interval=0.0),
-        make_signer(),
-        scim=False,
-    )
-    token, _ = tokens.create("submitter", tenant="t")
-    h = {"Authorization": f"Bearer {token}"}
+    app, log_, h = _witnessed_app(data, policy, database)
     witness.start()
     with TestClient(app) as c:
         wait_for(lambda: c.get("/v1/witnesses").json()["halted"] is not None)
