@@ -18,10 +18,17 @@ import psycopg
 import pytest
 
 from harness.pg import PgCluster
-from tests.pgsupport import open_store
 from tests.support import ServerProcess, start_server, tlog_cli
 
-from .redteam8_load import KINDS, Load, check_after, clear_503, make_token, role_url
+from .redteam8_load import (
+    KINDS,
+    Load,
+    check_after,
+    clear_503,
+    make_token,
+    role_url,
+    stored_entries,
+)
 
 __all__ = ["role_url"]  # a fixture
 
@@ -39,15 +46,6 @@ CREATE TRIGGER rt8_mid AFTER INSERT ON tlog_checkpoints
 """
 
 
-def _entries(url: str, tmp_path: Path) -> list[bytes]:
-    st = open_store(url, tmp_path)
-    try:
-        with st.read() as rv:
-            return rv.entries(0, rv.tree_size())
-    finally:
-        st.close()
-
-
 def _server(tmp_path: Path, url: str) -> tuple[ServerProcess, str, str]:
     data = tmp_path / "data"
     srv = start_server(data, None, "--storage-timeout", "10", database=url, timeout=90)
@@ -57,7 +55,7 @@ def _server(tmp_path: Path, url: str) -> tuple[ServerProcess, str, str]:
 
 
 def _finish(tmp_path: Path, url: str, srv: ServerProcess, load: Load, vkey: str) -> str:
-    check_after(load, srv.url, vkey, _entries(url, tmp_path), clear_503)
+    check_after(load, srv.url, vkey, stored_entries(url, tmp_path), clear_503)
     srv.stop()
     out = (tmp_path / "data-server.log").read_text()
     assert "Exception in ASGI application" not in out, out[-5000:]
