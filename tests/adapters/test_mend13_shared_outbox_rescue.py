@@ -8,6 +8,7 @@ and every event queued by either adapter is in it."""
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -123,6 +124,32 @@ def test_a_copy_at_the_path_that_lacks_an_event_is_not_taken_as_ours(tmp_path: P
         early.put([OutboxRecord("eid-1", "r1", "{}")])
     _remove(path)
     os.rename(partial, path)
+    ob.close()
+    assert _pending(path) == ["eid-1"]
+    saved = sorted(tmp_path.glob("outbox.sqlite.rescued-*"))
+    assert len(saved) == 1, sorted(p.name for p in tmp_path.iterdir())
+    assert _pending(saved[0]) == ["eid-1", "eid-2"]
+
+
+def test_a_copy_at_the_path_with_an_event_in_another_state_is_not_taken_as_ours(
+    tmp_path: Path,
+) -> None:
+    # The same rows, but one of them delivered there and still queued here: what this
+    # adapter holds is not all in that file, so its copy goes beside it.
+    path = tmp_path / "outbox.sqlite"
+    ob = Outbox(path)
+    ob.put([OutboxRecord("eid-1", "r1", "{}"), OutboxRecord("eid-2", "r2", "{}")])
+    snapshot = tmp_path / "snapshot.sqlite"
+    src, dst = sqlite3.connect(path), sqlite3.connect(snapshot)
+    try:
+        src.backup(dst)
+        dst.execute("UPDATE events SET state = 1, body = '' WHERE eid = 'eid-2'")
+        dst.commit()
+    finally:
+        src.close()
+        dst.close()
+    _remove(path)
+    os.rename(snapshot, path)
     ob.close()
     assert _pending(path) == ["eid-1"]
     saved = sorted(tmp_path.glob("outbox.sqlite.rescued-*"))
