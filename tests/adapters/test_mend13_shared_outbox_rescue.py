@@ -11,6 +11,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -113,22 +114,33 @@ def test_two_adapters_stopping_together_leave_one_copy(tmp_path: Path) -> None:
     assert failed == [], "\n".join(failed)
 
 
-def test_a_copy_at_the_path_that_lacks_an_event_is_not_taken_as_ours(tmp_path: Path) -> None:
-    # The file put back at the path holds some of what this adapter holds, not all: the
-    # adapter's copy still goes beside it, so the missing event is not lost.
+def _put_in_place_of(tmp_path: Path, make: Callable[[Path, Path], None]) -> None:
+    """An adapter holding eid-1 and eid-2 queued; its files removed and another file put at
+    the path (``make(outbox path, new file)`` writes it) before the adapter stops. The file
+    put there must be left holding only eid-1 queued, and the adapter's copy must be beside
+    it, with both."""
     path = tmp_path / "outbox.sqlite"
     ob = Outbox(path)
     ob.put([OutboxRecord("eid-1", "r1", "{}"), OutboxRecord("eid-2", "r2", "{}")])
-    partial = tmp_path / "partial.sqlite"
-    with Outbox(partial) as early:
-        early.put([OutboxRecord("eid-1", "r1", "{}")])
+    other = tmp_path / "other.sqlite"
+    make(path, other)
     _remove(path)
-    os.rename(partial, path)
+    os.rename(other, path)
     ob.close()
     assert _pending(path) == ["eid-1"]
     saved = sorted(tmp_path.glob("outbox.sqlite.rescued-*"))
     assert len(saved) == 1, sorted(p.name for p in tmp_path.iterdir())
     assert _pending(saved[0]) == ["eid-1", "eid-2"]
+
+
+def test_a_copy_at_the_path_that_lacks_an_event_is_not_taken_as_ours(tmp_path: Path) -> None:
+    # The file put back at the path holds some of what this adapter holds, not all: the
+    # adapter's copy still goes beside it, so the missing event is not lost.
+    def partial(path: Path, other: Path) -> None:
+        with Outbox(other) as early:
+            early.put([OutboxRecord("eid-1", "r1", "{}")])
+
+    _put_in_place_of(tmp_path, partial)
 
 
 def test_a_copy_at_the_path_with_an_event_in_another_state_is_not_taken_as_ours(
@@ -136,22 +148,14 @@ def test_a_copy_at_the_path_with_an_event_in_another_state_is_not_taken_as_ours(
 ) -> None:
     # The same rows, but one of them delivered there and still queued here: what this
     # adapter holds is not all in that file, so its copy goes beside it.
-    path = tmp_path / "outbox.sqlite"
-    ob = Outbox(path)
-    ob.put([OutboxRecord("eid-1", "r1", "{}"), OutboxRecord("eid-2", "r2", "{}")])
-    snapshot = tmp_path / "snapshot.sqlite"
-    src, dst = sqlite3.connect(path), sqlite3.connect(snapshot)
-    try:
-        src.backup(dst)
-        dst.execute("UPDATE events SET state = 1, body = '' WHERE eid = 'eid-2'")
-        dst.commit()
-    finally:
-        src.close()
-        dst.close()
-    _remove(path)
-    os.rename(snapshot, path)
-    ob.close()
-    assert _pending(path) == ["eid-1"]
-    saved = sorted(tmp_path.glob("outbox.sqlite.rescued-*"))
-    assert len(saved) == 1, sorted(p.name for p in tmp_path.iterdir())
-    assert _pending(saved[0]) == ["eid-1", "eid-2"]
+    def snapshot(path: Path, other: Path) -> None:
+        src, dst = sqlite3.connect(path), sqlite3.connect(other)
+        try:
+            src.backup(dst)
+            dst.execute("UPDATE events SET state = 1, body = '' WHERE eid = 'eid-2'")
+            dst.commit()
+        finally:
+            src.close()
+            dst.close()
+
+    _put_in_place_of(tmp_path, snapshot)
