@@ -283,10 +283,13 @@ def start_server(
     database: str | None = None,
     origin: str = ORIGIN,
     timeout: float = STARTUP_TIMEOUT,
+    script: str | None = None,
 ) -> ServerProcess:
     """Run ``tlog serve`` as a real uvicorn process on 127.0.0.1 (the store ``database``,
     as the ``database`` fixture gives it) and wait until it answers; its output goes to
-    ``<data>-server.log``.
+    ``<data>-server.log``. ``script``: a ``python -c`` program run in its place with the
+    serve arguments (``tests/ops/paused.py``'s ``command_script``: ``tlog serve`` with a
+    test-only patch in its own process).
 
     Without ``port``, a free one is picked; the pick and the server's bind are two steps,
     so another process (a parallel test worker's server, or any client's ephemeral source
@@ -297,7 +300,9 @@ def start_server(
     for attempt in range(5):
         start = log_path.stat().st_size if log_path.exists() else 0
         try:
-            return _start_server(data, port or free_port(), extra, database, origin, timeout)
+            return _start_server(
+                data, port or free_port(), extra, database, origin, timeout, script
+            )
         except RuntimeError:
             tail = log_path.read_bytes()[start:].decode(errors="replace")
             if not picked or attempt == 4 or "address already in use" not in tail:
@@ -312,14 +317,16 @@ def _start_server(
     database: str | None,
     origin: str,
     timeout: float,
+    script: str | None = None,
 ) -> ServerProcess:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    argv = tlog_argv("serve") if script is None else [sys.executable, "-c", script]
     log_path = data.parent / f"{data.name}-server.log"
     start = log_path.stat().st_size if log_path.exists() else 0
     with open(log_path, "ab") as out:
         proc = subprocess.Popen(
             dies_with_us(
-                tlog_argv("serve", "--data", str(data))
+                [*argv, "--data", str(data)]
                 + ["--port", str(port), "--origin", origin, "--log-level", "warning"]
                 + [*serve_args(database), *extra]
             ),

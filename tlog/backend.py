@@ -61,6 +61,7 @@ __all__ = [
     "StorageCorrupt",
     "StorageError",
     "StorageFull",
+    "StoreNotHeld",
     "TurnTimeout",
     "is_database_url",
     "open_backend",
@@ -136,6 +137,14 @@ class CommitUnknown(StorageError):
 class StorageCorrupt(StorageError):
     """Stored data is damaged: it does not match the tree it belongs to, or the engine found
     a broken page. Served as 503 with a JSON reason and logged CRITICAL; run ``tlog fsck``."""
+
+
+class StoreNotHeld(StorageError):
+    """A ``tlog serve`` of a shared store does not hold the store's operator lock (its
+    lock's connection ended: a database restart, a terminated session, a network cut; or
+    ``tlog recover``/``tlog migrate`` holds it now): it writes nothing until it has taken
+    it again (503 with the reason, which names an exclusive holder). Nothing of the write
+    was stored."""
 
 
 class StorageFull(StorageError):

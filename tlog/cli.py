@@ -32,6 +32,7 @@ from tlog.signer import CheckpointSigner, create_key_file, load_key_file
 
 if TYPE_CHECKING:
     from tlog.fsck import FsckReport
+    from tlog.pg import OperatorHold
 
 DEFAULT_ORIGIN = "localhost/tlog-demo"
 # Roles whose tokens act for one tenant: they must name it.
@@ -218,11 +219,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     sys.setswitchinterval(cfg.switch_interval_ms / 1000.0)
     data = cfg.data.resolve()
     cfg = dataclasses.replace(cfg, data=data)
-    with _store_hold(cfg.database, "tlog serve", exclusive=False):
-        return _serve(cfg, trusted, logs)
+    with _store_hold(cfg.database, "tlog serve", exclusive=False) as hold:
+        return _serve(cfg, trusted, logs, hold)
 
 
-def _serve(cfg: ServeConfig, trusted: tuple[str, ...], logs: dict[str, Any]) -> int:
+def _serve(
+    cfg: ServeConfig, trusted: tuple[str, ...], logs: dict[str, Any], hold: OperatorHold | None
+) -> int:
     from client.runtime.serving import run_hardened
     from tlog.server import build_app
 
@@ -236,7 +239,7 @@ def _serve(cfg: ServeConfig, trusted: tuple[str, ...], logs: dict[str, Any]) -> 
     signer = _open_signer(cfg, fresh, created)
     master = cfg.scim_master_key_path
     had_master = master.exists()
-    app, log_, tokens = build_app(cfg, signer)
+    app, log_, tokens = build_app(cfg, signer, hold=hold)
     if not had_master and master.exists():
         created.append(f"{master} (SCIM master key: every event body is wrapped by it)")
     url = f"http://{cfg.host}:{cfg.port}"
@@ -557,20 +560,32 @@ def cmd_recover(args: argparse.Namespace) -> int:
 
 
 @contextlib.contextmanager
-def _store_hold(database: str | None, what: str, *, exclusive: bool) -> Iterator[None]:
+def _store_hold(
+    database: str | None, what: str, *, exclusive: bool
+) -> Iterator[OperatorHold | None]:
     """On a PostgreSQL store, the store's operator lock (:func:`tlog.pg.hold_store`) for
     the whole command: ``tlog serve`` shared (frontends run side by side), ``tlog recover``
     exclusively; ``tlog migrate`` writing into the store holds it exclusively too. Refused
     (StorageError) naming the holder while another process holds it in a mode that
-    excludes this one. An LMDB store: nothing here (the data directory's lock does it)."""
+    excludes this one. An LMDB store: nothing here (the data directory's lock does it).
+
+    Shared (``tlog serve``), the lock is kept for the whole run by an
+    :class:`~tlog.pg.OperatorHold`, which this yields (the store refuses writes while it
+    does not hold the lock); exclusively, None (a lost lock ends the command's own writes:
+    they run on the same server, whose restart ends them too)."""
     if not is_database_url(database):
-        yield
+        yield None
         return
-    from tlog.pg import StoreHeld, hold_store
+    from tlog.pg import OperatorHold, StoreHeld, hold_store
 
     assert database is not None
+    conn: Any = None
+    hold: OperatorHold | None = None
     try:
-        conn = hold_store(database, what, exclusive=exclusive)
+        if exclusive:
+            conn = hold_store(database, what, exclusive=True)
+        else:
+            hold = OperatorHold(database, what)
     except StoreHeld as held:
         if exclusive:
             why = f"{what} needs the store to itself: stop that process first, then run it again"
@@ -581,9 +596,12 @@ def _store_hold(database: str | None, what: str, *, exclusive: bool) -> Iterator
             )
         raise StorageError(f"{held}; {why}; nothing was written") from None
     try:
-        yield
+        yield hold
     finally:
-        conn.close()  # the session's advisory lock goes with it
+        if hold is not None:
+            hold.close()
+        if conn is not None:
+            conn.close()  # the session's advisory lock goes with it
 
 
 @contextlib.contextmanager

@@ -3,7 +3,8 @@ docs/operations.md, "Monitoring").
 
 * ``GET /healthz`` (in :mod:`tlog.app`): liveness, touches nothing.
 * ``GET /readyz``: readiness, one check per part that a write needs: the writer thread, the
-  store (a read transaction), the backlog, the log not halted, and (with a witness policy)
+  store (a read transaction), the store's operator lock (``tlog serve`` of a PostgreSQL
+  store: ``store_lock``), the backlog, the log not halted, and (with a witness policy)
   the witness quorum. 200 when every check passes, 503 with the failing ones otherwise, so a
   load balancer stops sending writes exactly when writes would get 503. The witness quorum
   is reported but only fails readiness while the log has never been cosigned.
@@ -40,6 +41,7 @@ from tlog.reads import ReadPool
 
 if TYPE_CHECKING:
     from tlog.log import Log
+    from tlog.pg import OperatorHold
     from tlog.published import PublishedState
     from tlog.sequencer import Sequencer
 
@@ -249,6 +251,19 @@ class _StateCollector(Collector):
             "1 when the log refuses to sign (see /readyz)",
             value=1 if self.log.halted else 0,
         )
+        hold = operator_hold(self.log)
+        if hold is not None:  # tlog serve of a PostgreSQL store (tlog.pg.OperatorHold)
+            yield GaugeMetricFamily(
+                "tlog_store_lock_held",
+                "1 while this frontend holds the store's operator lock (0: writes get 503, "
+                "see /readyz)",
+                value=1 if hold.lost is None else 0,
+            )
+            yield CounterMetricFamily(
+                "tlog_store_lock_losses",
+                "times this frontend lost the store's operator lock (its connection ended)",
+                value=hold.losses,
+            )
         damaged = CounterMetricFamily(
             "tlog_store_damaged_reads",
             "reads that met a damaged stored record, by kind (each refused or left out, "
@@ -292,6 +307,11 @@ class _StateCollector(Collector):
 # --- readiness ------------------------------------------------------------------------------
 
 
+def operator_hold(log_: Log) -> OperatorHold | None:
+    """The store's operator lock hold of a ``tlog serve`` of a PostgreSQL store, or None."""
+    return getattr(log_.storage, "operator_hold", None)
+
+
 def stored_size(log_: Log) -> int:
     with log_.storage.read() as rv:
         return rv.tree_size()
@@ -314,6 +334,10 @@ def readiness(
         checks["storage"] = {"ok": False, "detail": type(stored).__name__}
     else:
         checks["storage"] = {"ok": True, "tree_size": stored}
+    hold = operator_hold(log_)
+    if hold is not None:
+        lost = hold.lost
+        checks["store_lock"] = {"ok": lost is None, "detail": lost or "held"}
     halted = log_.halted
     checks["signing"] = {"ok": halted is None, "detail": halted or "signing"}
     full = seq.backlog >= seq.max_backlog

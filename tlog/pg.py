@@ -88,12 +88,21 @@ from tlog.backend import (
     StorageCorrupt,
     StorageError,
     StorageFull,
+    StoreNotHeld,
     TurnTimeout,
     tile_key,
     u64,
 )
 
-__all__ = ["REPLICATION_MODES", "SCHEMA", "PgReadView", "PgStorage", "check_replication", "redact"]
+__all__ = [
+    "REPLICATION_MODES",
+    "SCHEMA",
+    "OperatorHold",
+    "PgReadView",
+    "PgStorage",
+    "check_replication",
+    "redact",
+]
 
 log = logging.getLogger("tlog.pg")
 
@@ -699,6 +708,9 @@ class PgStorage:
         self._stager: psycopg.Connection[Any] | None = None
         self.stage_timeout = STAGE_TURN_TIMEOUT
         self._closed = False
+        # tlog serve's hold of the store's operator lock (OperatorHold), set by build_app:
+        # while it does not hold the lock, every write is refused (StoreNotHeld).
+        self.operator_hold: OperatorHold | None = None
         # The write in progress (since, writer backend pid, what) and the thread that
         # reports one that does not return (_watch).
         self.lock_report_after = LOCK_REPORT_AFTER
@@ -853,6 +865,7 @@ class PgStorage:
     ) -> Any:
         """:meth:`_write`'s transaction on the writer connection ``conn``."""
         try:
+            self._hold_for_write(conn)
             result = fn(conn)
         except BaseException as exc:
             self._abort(conn)
@@ -884,6 +897,22 @@ class PgStorage:
                 f"the database connection was lost while committing {what}: its outcome is unknown"
             ) from exc
         return result
+
+    def _hold_for_write(self, conn: psycopg.Connection[Any]) -> None:
+        """With an :attr:`operator_hold` (``tlog serve``): refuse the write
+        (:class:`StoreNotHeld`) unless the hold has the store's operator lock, and take that
+        lock shared for the transaction (refused when an exclusive holder has it)."""
+        hold = self.operator_hold
+        if hold is None:
+            return
+        hold.check()
+        row = conn.execute(_HOLD_XACT).fetchone()
+        if row is None or not row[0]:
+            hold.suspect()  # our session's lock must be gone: the hold looks now
+            raise StoreNotHeld(
+                f"the store {self.location} is held exclusively by another process (a tlog "
+                "recover or tlog migrate): this tlog serve writes nothing until it ends"
+            )
 
     # -- a commit that does not return: say who holds it up -------------------------------
 
@@ -1608,6 +1637,11 @@ _UPSERT_AUX_IF = (
 _HOLD_KEY = "hashtextextended(current_schema() || '/tlog migrate destination', 0)"
 _HOLD_EXCLUSIVE = f"SELECT pg_try_advisory_lock({_HOLD_KEY})"
 _HOLD_SHARED = f"SELECT pg_try_advisory_lock_shared({_HOLD_KEY})"
+# Taken by every write transaction of a tlog serve (PgStorage.operator_hold): the same lock,
+# shared, for the transaction only. An exclusive holder (recover, migrate) refuses it, and
+# none can take the lock while a write of a serve is in flight: the session lock of
+# OperatorHold may be lost unseen for a moment, this one cannot.
+_HOLD_XACT = f"SELECT pg_try_advisory_xact_lock_shared({_HOLD_KEY})"
 _HOLDERS = (
     "WITH k AS (SELECT hashtextextended(current_schema() || '/tlog migrate destination', 0) "
     "AS key) SELECT a.pid, a.application_name, a.client_addr::text, a.backend_start "
@@ -1688,6 +1722,147 @@ def hold_store(url: str, who: str, *, exclusive: bool) -> psycopg.Connection[Any
         if len(others) > 1:
             holder += f" and {len(others) - 1} other session(s)"
     raise StoreHeld(where, holder)
+
+
+HOLD_CHECK_EVERY = 1.0  # seconds between two looks at OperatorHold's lock connection
+HOLD_MAX_BACKOFF = 8.0  # at most this many seconds between two attempts to take it again
+
+
+def _lock_alive(conn: psycopg.Connection[Any]) -> bool:
+    """Whether the idle lock connection ``conn`` still has its session: a poll of its
+    socket, and a round trip only when the server sent something unasked (a terminated
+    session's error arrives a moment before the end of the stream, so the poll alone may
+    read the one without the other, :func:`_dead_while_idle`)."""
+    if conn.closed or conn.broken:
+        return False
+    try:
+        readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    except (OSError, ValueError):
+        return False
+    if not readable:
+        return True
+    try:
+        conn.execute("SELECT 1")
+    except psycopg.Error:
+        return False
+    return True
+
+
+class OperatorHold:
+    """``tlog serve``'s shared hold of the store's operator lock (:func:`hold_store`),
+    kept for its whole run: a thread looks at the lock's connection every
+    ``HOLD_CHECK_EVERY`` seconds (:func:`_lock_alive`: a poll of its socket; a restart, a
+    ``pg_terminate_backend`` or, through the keepalives, a network cut ends it), logs the
+    loss (CRITICAL, the store named as :func:`redact` does) and takes the lock again, with
+    a backoff doubling up to ``HOLD_MAX_BACKOFF`` seconds.
+
+    While it does not hold the lock, :meth:`check` raises :class:`StoreNotHeld` with the
+    reason (naming an exclusive holder, as :class:`StoreHeld` does): the store refuses
+    every write (:attr:`PgStorage.operator_hold`), reads go on. Every write transaction
+    also takes the lock shared for itself (``_HOLD_XACT``), so nothing is written while an
+    exclusive holder runs, even in the moment before the loss is seen; a write in flight
+    when the lock is lost ends as it would have (its transaction keeps the exclusive tools
+    out until it ends), and what it acknowledged is committed."""
+
+    def __init__(
+        self,
+        url: str,
+        who: str,
+        *,
+        check_every: float = HOLD_CHECK_EVERY,
+        max_backoff: float = HOLD_MAX_BACKOFF,
+    ) -> None:
+        self._url = url
+        self._who = who
+        self.where = redact(url)
+        self._conn: psycopg.Connection[Any] | None = hold_store(url, who, exclusive=False)
+        self.lost: str | None = None  # why writes are refused; None while the lock is held
+        self.losses = 0  # times the lock was lost since start
+        self.check_every = check_every
+        self.max_backoff = max_backoff
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="tlog-operator-hold", daemon=True)
+        self._thread.start()
+
+    def check(self) -> None:
+        """Raise :class:`StoreNotHeld` unless the lock is held."""
+        lost = self.lost
+        if lost is not None:
+            raise StoreNotHeld(lost)
+
+    def suspect(self) -> None:
+        """A write found the lock held exclusively although this hold thought it held it:
+        look at the connection now."""
+        self._wake.set()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(10)
+        conn, self._conn = self._conn, None
+        _close_quietly(conn)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.check_every)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            conn = self._conn
+            if conn is not None and _lock_alive(conn):
+                continue
+            self._lose()
+            self._take_again()
+
+    def _lose(self) -> None:
+        conn, self._conn = self._conn, None
+        _close_quietly(conn)
+        self.losses += 1
+        self.lost = (
+            f"this tlog serve lost the store's operator lock on {self.where} (its connection "
+            "ended) and writes nothing until it has taken it again; reads go on"
+        )
+        log.critical(
+            "STORE OPERATOR LOCK LOST on %s: its connection ended (a database restart, a "
+            "terminated session, a network cut); writes are refused until it is taken "
+            "again, reads go on",
+            self.where,
+        )
+
+    def _take_again(self) -> None:
+        delay = 0.25
+        said = ""
+        while not self._stop.is_set():
+            try:
+                conn = hold_store(self._url, self._who, exclusive=False)
+            except StoreHeld as held:
+                why = (
+                    f"the store {self.where} is held by {held.holder}; this tlog serve "
+                    "writes nothing until that process ends and it has taken the store's "
+                    "operator lock again; reads go on"
+                )
+            except StorageError as exc:
+                why = (
+                    f"this tlog serve lost the store's operator lock on {self.where} and "
+                    f"cannot take it again ({exc}); it writes nothing meanwhile; reads go on"
+                )
+            else:
+                if self._stop.is_set():
+                    _close_quietly(conn)
+                    return
+                self._conn = conn
+                self.lost = None
+                log.warning(
+                    "the store's operator lock on %s is held again: writes resume", self.where
+                )
+                return
+            self.lost = why
+            if why != said:  # once per change (a new holder, the database back)
+                log.error("%s", why)
+                said = why
+            self._stop.wait(delay)
+            delay = min(delay * 2, self.max_backoff)
 
 
 def _close_quietly(conn: psycopg.Connection[Any] | None) -> None:

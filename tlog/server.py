@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from client.formats.policy import Policy
 from tlog.app import LogApp, create_app
@@ -28,6 +29,9 @@ from tlog.signer import CheckpointSigner
 from tlog.ui import console_routes
 from tlog.witnessing import WitnessPusher
 
+if TYPE_CHECKING:
+    from tlog.pg import OperatorHold
+
 __all__ = ["build_app"]
 
 log = logging.getLogger("tlog.server")
@@ -39,6 +43,7 @@ def build_app(
     *,
     scim: bool = True,
     bucket_store: ObjectStore | None = None,
+    hold: OperatorHold | None = None,
 ) -> tuple[LogApp, Log, TokenStore]:
     """Open the store ``config`` names and build the app: the log API, plus the SCIM event
     service unless ``scim`` is false. Everything else comes from ``config`` (its defaults are
@@ -68,7 +73,9 @@ def build_app(
     data-directory lock: any number of processes may serve one database, which serialises
     their batches); the keys and the remembered checkpoint stay in ``config.data``.
     ``config.replication`` (``sync``, ``managed``, ``none``) says how its commits survive the
-    loss of the primary (:func:`tlog.pg.check_replication`).
+    loss of the primary (:func:`tlog.pg.check_replication`). ``hold``: ``tlog serve``'s hold
+    of that store's operator lock (:class:`tlog.pg.OperatorHold`): while it does not hold
+    the lock, the store refuses every write (503 with the reason; ``/readyz`` says it).
     """
     data_dir = config.data
     database = config.database
@@ -77,6 +84,11 @@ def build_app(
     lock: DataDirLock | None = None
     if is_database_url(database):
         storage = open_backend(database, data_dir, replication=config.replication)
+        if hold is not None:
+            from tlog.pg import PgStorage
+
+            assert isinstance(storage, PgStorage)
+            storage.operator_hold = hold
     else:
         lock = DataDirLock(data_dir / "db").acquire()
         try:
