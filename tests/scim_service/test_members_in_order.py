@@ -12,74 +12,30 @@ operation at a time, as an SP does.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import itertools
 import json
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from client.scim import new_event
 from client.scim.actions import parse_request
-from tlog.scim.effects import classify, mark_members_known, members_known
 
-GEN = "0123456789abcdef"
-POOL = ("u1", "u2", "u3", "u4")
-PATCH_OP = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
-
-
-def b64(raw: bytes) -> str:
-    return base64.b64encode(raw).decode()
-
-
-def pid_of(_rt: str, rid: str) -> bytes:
-    return hashlib.sha256(rid.encode()).digest()[:16]
-
-
-def scim_event(rt: str, rid: str, op: str, body: Any, req: str) -> dict[str, Any]:
-    """The event an adapter makes of a request on ``rt`` ``rid`` (refs by pseudonym)."""
-    intent = parse_request(op, rt, json.dumps(body).encode(), ref_pid=pid_of)
-    path = f"/{rt}s/{rid}"
-    ev: dict[str, Any] = new_event(
-        tenant="acme", sp="app-1", op=op, rt=rt, rid=rid,
-        actor={"kind": "user", "id": "admin-1"}, corr=req,
-        req={"m": {"create": "POST", "patch": "PATCH"}.get(op, "PUT"), "p": path,
-             "dig": bytes(32), "len": 10},
-        res=200, outcome="success", patch=intent.patch, mods=intent.mods, refs=intent.refs,
-        acts=intent.acts,
-    )  # fmt: skip
-    return ev
-
-
-def group_event(op: str, body: Any, req: str) -> dict[str, Any]:
-    return scim_event("Group", "g-1", op, body, req)
-
-
-def judge(state: Any, ev: dict[str, Any]) -> tuple[dict[str, Any], Any]:
-    """What the service does with one event (ScimService._effect), one KEK generation."""
-    effect, new, _ = classify(members_known(state, GEN), ev)
-    assert effect is not None
-    mark_members_known(new, GEN)
-    return effect, new
-
-
-def changes(effect: dict[str, Any]) -> list[tuple[str, str]]:
-    return sorted((r["op"], r["pid"]) for r in effect.get("refs", ()) if r["attr"] == "members")
-
-
-def members(rids: set[str]) -> list[str]:
-    return sorted(b64(pid_of("User", r)) for r in rids)
-
-
-def patch_body(ops: list[tuple[str, list[str]]]) -> dict[str, Any]:
-    return {
-        "schemas": [PATCH_OP],
-        "Operations": [
-            {"op": op, "path": "members", "value": [{"value": r} for r in rids]} for op, rids in ops
-        ],
-    }
+from .members_model import (
+    CLEARS,
+    PATCH_OP,
+    POOL,
+    b64,
+    changes,
+    group_event,
+    judge,
+    judge_in_parts,
+    members,
+    patch_body,
+    patch_ops,
+    pid_of,
+    sp_apply,
+    user_event,
+)
 
 
 def test_remove_then_add_leaves_a_member() -> None:
@@ -110,43 +66,17 @@ def test_the_adapter_keeps_every_run_of_an_op() -> None:
     ]
 
 
-_CLEARS = ("clear-remove", "clear-replace")  # remove without a value, replace with none
 _OPS = st.lists(
     st.one_of(
         st.tuples(
             st.sampled_from(["add", "remove", "replace"]),
             st.lists(st.sampled_from(POOL), min_size=1, max_size=3),
         ),
-        st.tuples(st.sampled_from(_CLEARS), st.just([])),
+        st.tuples(st.sampled_from(CLEARS), st.just([])),
     ),
     min_size=1,
     max_size=5,
 )
-
-
-def patch_ops(ops: list[tuple[str, list[str]]]) -> dict[str, Any]:
-    """A PatchOp of member operations and clears, in order."""
-    out = []
-    for op, rids in ops:
-        if op == "clear-remove":
-            out.append({"op": "remove", "path": "members"})
-        elif op == "clear-replace":
-            out.append({"op": "replace", "path": "members", "value": []})
-        else:
-            out.append({"op": op, "path": "members", "value": [{"value": r} for r in rids]})
-    return {"schemas": [PATCH_OP], "Operations": out}
-
-
-def sp_apply(sp: set[str], ops: list[tuple[str, list[str]]]) -> set[str]:
-    """What the SP's members are after ``ops``, applied one at a time (RFC 7644 §3.5.2)."""
-    for op, rids in ops:
-        if op in _CLEARS:
-            sp = set()
-        elif op == "replace":
-            sp = set(rids)
-        else:
-            sp = sp | set(rids) if op == "add" else sp - set(rids)
-    return sp
 
 
 @settings(max_examples=400, deadline=None)
@@ -271,10 +201,6 @@ def test_a_patch_removing_every_member_removes_them() -> None:
 ENTERPRISE = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
 
 
-def user_event(op: str, body: Any, req: str) -> dict[str, Any]:
-    return scim_event("User", "u-9", op, body, req)
-
-
 def test_a_patch_removing_the_manager_removes_it() -> None:
     """The same for the enterprise manager: a remove without a value took nothing away."""
     _, state = judge(
@@ -300,7 +226,7 @@ def test_a_patch_removing_the_manager_removes_it() -> None:
 _MANAGER_OPS = st.lists(
     st.one_of(
         st.tuples(st.sampled_from(["add", "replace"]), st.sampled_from(POOL)),
-        st.tuples(st.sampled_from(_CLEARS), st.none()),
+        st.tuples(st.sampled_from(CLEARS), st.none()),
     ),
     min_size=1,
     max_size=4,
@@ -346,29 +272,6 @@ def test_the_log_tracks_the_manager_as_the_sp_applies_it(
         _, state = judge(state, _manager_patch(ops, f"r{n}"))
         want = None if sp is None else b64(pid_of("User", sp))
         assert state.get("manager") == want, ops
-
-
-def judge_in_parts(
-    state: Any, whole: dict[str, Any], cuts: list[int]
-) -> tuple[Any, list[tuple[str, Any]], list[int]]:
-    """Judge ``whole`` as the linked parts of a request too large for one event: its
-    ``patch``, ``mods`` and ``refs`` items in that order (client.adapters.exchange's split),
-    cut before each of ``cuts`` that falls inside them, each part judged as it comes.
-    Returns the state after the last part, the items and the cuts used."""
-    items = [
-        *(("patch", p) for p in whole.get("patch", ())),
-        *(("mods", m) for m in whole.get("mods", ())),
-        *(("refs", r) for r in whole.get("refs", ())),
-    ]
-    bounds = sorted({c for c in cuts if 0 < c < len(items)})
-    chunks = [items[a:b] for a, b in itertools.pairwise([0, *bounds, len(items)])]
-    for n, chunk in enumerate(chunks):
-        ev = {k: v for k, v in whole.items() if k not in ("patch", "mods", "refs")}
-        for kind, item in chunk:
-            ev.setdefault(kind, []).append(item)
-        ev["x"] = {"part": n, "parts": len(chunks)}
-        _, state = judge(state, ev)
-    return state, items, bounds
 
 
 @settings(max_examples=300, deadline=None)

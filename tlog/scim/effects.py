@@ -374,6 +374,69 @@ class _Run:
             self.references(attr, items, whole=False)
         return True
 
+    def _follow_split(self) -> None:
+        """Before judging: whether this event follows the parts of a split request seen so
+        far. A request split into linked parts (``x.part`` of ``x.parts``) must come part
+        after part, 0 first, with no other event of the resource between: the state keeps
+        the request (``split``) and the part expected next (``split_next``) until its last
+        part. A part that never came (the next one seen is not the one expected, or another
+        event comes before the last part), a part that comes twice or out of order: the
+        log never saw what the missing part did (its references, its ``mods``, anything),
+        so the state it would judge against may be wrong. It forgets it
+        (:meth:`_forget_gap`), the effect says so (``changes``: each attribute forgotten;
+        ``update``), and what follows is judged as on a resource not known: nothing later
+        is called a ``noop`` or hidden for lack of that part."""
+        x = self.ev.get("x", {})
+        parts, part = x.get("parts", 1), x.get("part", 0)
+        req = self.ev.get("corr", {}).get("req")
+        pending = self.state.get("split")
+        if parts > 1 and part > 0:
+            gap = pending is None or pending != req or self.state.get("split_next") != part
+        else:
+            gap = pending is not None  # unfinished, or this request's part 0 again
+        # this request's own parts: one missing before this one, or part 0 again
+        lost = parts > 1 and (
+            (gap and (part > 0 or pending == req))
+            or (part > 0 and self.state.get("split_lost") == req)
+        )
+        if gap:
+            self._forget_gap()
+        for key in _SPLIT_KEYS:
+            self.state.pop(key, None)
+        if parts > 1:
+            self.state["split"] = req
+            self.state["split_next"] = part + 1
+            if lost:
+                self.state["split_lost"] = req
+
+    def _end_split(self) -> None:
+        """After judging: a split request's last part ends its marks."""
+        x = self.ev.get("x", {})
+        if x.get("parts", 1) <= 1 or x.get("part", 0) >= x["parts"] - 1:
+            for key in _SPLIT_KEYS:
+                self.state.pop(key, None)
+
+    def _forget_gap(self) -> None:
+        """A part of a split request is missing (:meth:`_follow_split`): forget every value
+        the state knows and every mark of a request in progress, and say which."""
+        known = {k for k in _GAP_FORGETS if k in self.state and k != "other"} | self.full
+        for key in (*_GAP_FORGETS, *_MARK_KEYS):
+            self.state.pop(key, None)
+        self.full = set()
+        if self.prefix == "group":
+            self.state["members"] = []
+        for key in sorted(known):
+            self.changes.append({"attr": key})
+        if known:
+            self.verbs.add("update")
+
+    def _forget_refs(self) -> None:
+        """The members (not known whole, no member claimed) and the manager forgotten."""
+        if "members" in self.state or "members" in self.full:
+            self.state["members"] = []
+        self.full.discard("members")
+        self.state.pop("manager", None)
+
     def _mark_touched(
         self, mods: Iterable[Mapping[str, Any]], refs: Iterable[Mapping[str, Any]]
     ) -> None:
@@ -548,11 +611,12 @@ class _Run:
         for i in pending:
             runs.append(("clear", []))
             run_i.append(i)
-        if whole and not any(op == "replace" for op, _ in runs):
-            runs.insert(0, ("replace", []))  # a PUT or create without members: none
-            run_i.insert(0, None)
         x = self.ev.get("x", {})
         parts, part = x.get("parts", 1), x.get("part", 0)
+        if whole and part == 0 and not any(op == "replace" for op, _ in runs):
+            # a PUT or create without members: none (a later part goes on from the first)
+            runs.insert(0, ("replace", []))
+            run_i.insert(0, None)
         for n, (op, pids) in enumerate(runs):
             asked = set(pids)
             if op == "clear":
@@ -641,11 +705,15 @@ class _Run:
             # against a state that may be wrong.
             return {"basis": "unknown", "acts": []}, None
         whole = op in ("create", "replace")
+        self._follow_split()
+        x = ev.get("x", {})
+        parts, part = x.get("parts", 1), x.get("part", 0)
         if op == "create":
             self.verbs.add("create")
-            self.state = {}
-            # A create states the whole resource: what it leaves out is empty.
-            self.full = {"roles", "entitlements", "members"}
+            if part == 0:  # a later part of a split create goes on from the earlier ones
+                self.state = {k: v for k, v in self.state.items() if k in _SPLIT_KEYS}
+                # A create states the whole resource: what it leaves out is empty.
+                self.full = {"roles", "entitlements", "members"}
         elif op == "replace" and self.known:
             pass
         mods = ev.get("mods", ())
@@ -695,6 +763,16 @@ class _Run:
                 continue
             self.other(m, key, mop, top)
         if op == "replace":
+            if parts > 1:
+                # A split PUT states its sets in any of its parts: the ones none of them
+                # named are cleared once its last part is judged, not before.
+                if part > 0:
+                    seen_sets.update(self.state.get("put_seen", ()))
+                self.state.pop("put_seen", None)
+                if part < parts - 1:
+                    if seen_sets:
+                        self.state["put_seen"] = sorted(seen_sets)
+                    seen_sets = {"roles", "entitlements"}
             for key in ("roles", "entitlements"):
                 if (self.prefix, key) in _SETS and key not in seen_sets:
                     self.values(key, "replace", [], whole=True)  # a PUT without them clears
@@ -729,7 +807,12 @@ class _Run:
             x = ev.get("x", {})
             if x.get("part", 0) >= x.get("parts", 1) - 1:
                 self.state.pop("forgot", None)
+        if "split_lost" in self.state and self.state["split_lost"] == req:
+            # A part of this request is missing: whatever its references did, a replace of
+            # the members or a clear may run over the parts, so the set stays not known.
+            self._forget_refs()
         self._mark_touched(mods, refs)
+        self._end_split()
         result = ev.get("x", {}).get("result")
         if isinstance(result, Mapping):
             self.apply_result(result)
@@ -957,6 +1040,32 @@ _ITEM_ORDER = {
 _EFFECT_NESTED = tuple(_ITEM_ORDER)
 # A split request's marks of what its parts so far touched (_Run._mark_touched).
 _TOUCHED_KEYS = ("touched", "touched_attrs", "touched_part")
+# A split request in progress: its corr.req, the part expected next, and the request whose
+# part went missing (_Run._follow_split).
+_SPLIT_KEYS = ("split", "split_next", "split_lost")
+# What a missing part of a split request may have changed (_Run._forget_gap): every value
+# the state keeps, and the marks the request's earlier parts left.
+_GAP_FORGETS = (
+    "active",
+    "username",
+    "emails",
+    "roles",
+    "entitlements",
+    "manager",
+    "members",
+    "other",
+)
+_MARK_KEYS = (
+    "replacing",
+    "replacing_i",
+    "replace_prev",
+    "forgot",
+    "cleared",
+    "cleared_members",
+    "cleared_manager",
+    "put_seen",
+    *_TOUCHED_KEYS,
+)
 
 _STATE_ORDER = _det_order(
     (
@@ -980,6 +1089,10 @@ _STATE_ORDER = _det_order(
         "touched",
         "touched_attrs",
         "touched_part",
+        "put_seen",
+        "split",
+        "split_next",
+        "split_lost",
     )
 )
 

@@ -1,0 +1,142 @@
+"""A group's members as the SP holds them and as the log judges them: the events an adapter
+makes of SCIM requests (references by pseudonym), the log's judging of one event
+(``ScimService._effect``), a model of the SP applying member operations in order, and a
+request cut into the linked parts of a split (shared by the member tests)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import itertools
+import json
+from typing import Any
+
+from client.scim import new_event
+from client.scim.actions import parse_request
+from tlog.scim.effects import classify, mark_members_known, members_known
+
+GEN = "0123456789abcdef"
+POOL = ("u1", "u2", "u3", "u4")
+PATCH_OP = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
+
+
+def b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
+
+
+def pid_of(_rt: str, rid: str) -> bytes:
+    return hashlib.sha256(rid.encode()).digest()[:16]
+
+
+def scim_event(rt: str, rid: str, op: str, body: Any, req: str) -> dict[str, Any]:
+    """The event an adapter makes of a request on ``rt`` ``rid`` (refs by pseudonym)."""
+    intent = parse_request(op, rt, json.dumps(body).encode(), ref_pid=pid_of)
+    path = f"/{rt}s/{rid}"
+    ev: dict[str, Any] = new_event(
+        tenant="acme", sp="app-1", op=op, rt=rt, rid=rid,
+        actor={"kind": "user", "id": "admin-1"}, corr=req,
+        req={"m": {"create": "POST", "patch": "PATCH"}.get(op, "PUT"), "p": path,
+             "dig": bytes(32), "len": 10},
+        res=200, outcome="success", patch=intent.patch, mods=intent.mods, refs=intent.refs,
+        acts=intent.acts,
+    )  # fmt: skip
+    return ev
+
+
+def group_event(op: str, body: Any, req: str) -> dict[str, Any]:
+    return scim_event("Group", "g-1", op, body, req)
+
+
+def judge(state: Any, ev: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+    """What the service does with one event (ScimService._effect), one KEK generation."""
+    effect, new, _ = classify(members_known(state, GEN), ev)
+    assert effect is not None
+    mark_members_known(new, GEN)
+    return effect, new
+
+
+def changes(effect: dict[str, Any]) -> list[tuple[str, str]]:
+    return sorted((r["op"], r["pid"]) for r in effect.get("refs", ()) if r["attr"] == "members")
+
+
+def members(rids: set[str]) -> list[str]:
+    return sorted(b64(pid_of("User", r)) for r in rids)
+
+
+def patch_body(ops: list[tuple[str, list[str]]]) -> dict[str, Any]:
+    return {
+        "schemas": [PATCH_OP],
+        "Operations": [
+            {"op": op, "path": "members", "value": [{"value": r} for r in rids]} for op, rids in ops
+        ],
+    }
+
+
+CLEARS = ("clear-remove", "clear-replace")  # remove without a value, replace with none
+
+
+def patch_ops(ops: list[tuple[str, list[str]]]) -> dict[str, Any]:
+    """A PatchOp of member operations and clears, in order."""
+    out = []
+    for op, rids in ops:
+        if op == "clear-remove":
+            out.append({"op": "remove", "path": "members"})
+        elif op == "clear-replace":
+            out.append({"op": "replace", "path": "members", "value": []})
+        else:
+            out.append({"op": op, "path": "members", "value": [{"value": r} for r in rids]})
+    return {"schemas": [PATCH_OP], "Operations": out}
+
+
+def sp_apply(sp: set[str], ops: list[tuple[str, list[str]]]) -> set[str]:
+    """What the SP's members are after ``ops``, applied one at a time (RFC 7644 §3.5.2)."""
+    for op, rids in ops:
+        if op in CLEARS:
+            sp = set()
+        elif op == "replace":
+            sp = set(rids)
+        else:
+            sp = sp | set(rids) if op == "add" else sp - set(rids)
+    return sp
+
+
+def user_event(op: str, body: Any, req: str) -> dict[str, Any]:
+    return scim_event("User", "u-9", op, body, req)
+
+
+def split_items(whole: dict[str, Any]) -> list[tuple[str, Any]]:
+    """``whole``'s ``patch``, ``mods`` and ``refs`` items in that order (the split's)."""
+    return [
+        *(("patch", p) for p in whole.get("patch", ())),
+        *(("mods", m) for m in whole.get("mods", ())),
+        *(("refs", r) for r in whole.get("refs", ())),
+    ]
+
+
+def split_parts(whole: dict[str, Any], cuts: list[int]) -> tuple[list[dict[str, Any]], list[int]]:
+    """``whole`` as the linked parts of a request too large for one event
+    (client.adapters.exchange's split), cut before each of ``cuts`` that falls inside its
+    items: the parts in order, and the cuts used."""
+    items = split_items(whole)
+    bounds = sorted({c for c in cuts if 0 < c < len(items)})
+    chunks = [items[a:b] for a, b in itertools.pairwise([0, *bounds, len(items)])]
+    out = []
+    for n, chunk in enumerate(chunks):
+        ev = {k: v for k, v in whole.items() if k not in ("patch", "mods", "refs")}
+        for kind, item in chunk:
+            ev.setdefault(kind, []).append(item)
+        ev["x"] = {"part": n, "parts": len(chunks)}
+        out.append(ev)
+    return out, bounds
+
+
+def judge_in_parts(
+    state: Any, whole: dict[str, Any], cuts: list[int]
+) -> tuple[Any, list[tuple[str, Any]], list[int]]:
+    """Judge ``whole`` as the linked parts of a request too large for one event
+    (:func:`split_parts`), each part judged as it comes. Returns the state after the last
+    part, the items and the cuts used."""
+    parts, bounds = split_parts(whole, cuts)
+    for ev in parts:
+        _, state = judge(state, ev)
+    return state, split_items(whole), bounds
