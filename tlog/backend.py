@@ -62,6 +62,7 @@ __all__ = [
     "StorageError",
     "StorageFull",
     "StoreNotHeld",
+    "StoreUnreachable",
     "TurnTimeout",
     "is_database_url",
     "open_backend",
@@ -145,6 +146,12 @@ class StoreNotHeld(StorageError):
     ``tlog recover``/``tlog migrate`` holds it now): it writes nothing until it has taken
     it again (503 with the reason, which names an exclusive holder). Nothing of the write
     was stored."""
+
+
+class StoreUnreachable(StorageError):
+    """The store's database is known not to answer (the last connection attempt failed):
+    reads and writes are answered 503 at once, nothing written, while a background probe
+    tries it again (:class:`tlog.pg.PgStorage`)."""
 
 
 class StorageFull(StorageError):

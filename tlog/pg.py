@@ -89,6 +89,7 @@ from tlog.backend import (
     StorageError,
     StorageFull,
     StoreNotHeld,
+    StoreUnreachable,
     TurnTimeout,
     tile_key,
     u64,
@@ -127,6 +128,10 @@ TURN_TIMEOUT = 5.0  # seconds to wait for another frontend's write turn (write_t
 # writer stages without it (the fence decides, as before the turn), well within a request's
 # commit bound.
 STAGE_TURN_TIMEOUT = 1.0
+# The database known down (PgStorage._probe): a connection attempt every PROBE_EVERY seconds,
+# each given at most PROBE_CONNECT_TIMEOUT seconds (libpq's smallest connect_timeout).
+PROBE_EVERY = 0.5
+PROBE_CONNECT_TIMEOUT = 2
 _U64 = struct.Struct(">Q")
 _MAX_BIGINT = (1 << 63) - 1
 
@@ -423,12 +428,16 @@ class PgReadView:
             return fn(self._conn)
         except psycopg.Error as exc:
             if not self._retry_on_new_connection(exc):
+                if self._conn.closed or self._conn.broken:
+                    self._s._suspect()
                 raise pg_fault(exc) or StorageError(str(exc)) from exc
         finally:
             self._fresh = False
         try:
             return fn(self._conn)
         except psycopg.Error as exc:
+            if self._conn.closed or self._conn.broken:
+                self._s._suspect()
             raise pg_fault(exc) or StorageError(str(exc)) from exc
 
     def __enter__(self) -> PgReadView:
@@ -711,6 +720,13 @@ class PgStorage:
         # tlog serve's hold of the store's operator lock (OperatorHold), set by build_app:
         # while it does not hold the lock, every write is refused (StoreNotHeld).
         self.operator_hold: OperatorHold | None = None
+        # The database known down: why (the last connection attempt's failure), or None.
+        # Set and cleared by the probe thread (_probe), started when a connection broke or
+        # none came (_suspect); while set, reads and writes are refused at once.
+        self._outage: str | None = None
+        self._probe_lock = threading.Lock()
+        self._prober: threading.Thread | None = None
+        self.probe_every = PROBE_EVERY
         # The write in progress (since, writer backend pid, what) and the thread that
         # reports one that does not return (_watch).
         self.lock_report_after = LOCK_REPORT_AFTER
@@ -814,11 +830,64 @@ class PgStorage:
     # -- reads ----------------------------------------------------------------------------
 
     def read(self) -> PgReadView:
+        self._check_reachable()
         try:
             conn = self._pool.getconn()
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+            self._suspect()
             raise pg_fault(exc) or StorageError(str(exc)) from exc
         return PgReadView(self, conn)
+
+    # -- the database known down: answered at once, probed in the background ---------------
+
+    def _check_reachable(self) -> None:
+        """Refuse at once (:class:`StoreUnreachable`) while the database is known down,
+        instead of waiting for a pooled connection or a connect that cannot come."""
+        why = self._outage
+        if why is not None:
+            raise StoreUnreachable(
+                f"the database {self.location} does not answer ({why}); answering 503 at once "
+                "until it does (it is tried again every "
+                f"{self.probe_every:g} s); nothing was written"
+            )
+
+    def _suspect(self) -> None:
+        """A connection broke, or none came: have the probe thread try the database (one
+        thread at a time; a failed attempt makes it known down, :meth:`_probe`)."""
+        with self._probe_lock:
+            if self._closed or (self._prober is not None and self._prober.is_alive()):
+                return
+            self._prober = threading.Thread(target=self._probe, name="tlog-pg-probe", daemon=True)
+            self._prober.start()
+
+    def _probe(self) -> None:
+        """Connect (at most ``PROBE_CONNECT_TIMEOUT`` s) and run one statement, every
+        ``probe_every`` seconds until it works. A failure marks the database known down
+        (logged once); the first success clears it (logged), replaces the pool's dead idle
+        connections and ends the thread."""
+        kwargs = {**self._kwargs, "connect_timeout": PROBE_CONNECT_TIMEOUT}
+        while not self._watch_stop.is_set():
+            try:
+                with psycopg.connect(self._url, autocommit=True, **kwargs) as conn:
+                    conn.execute("SELECT 1")
+            except psycopg.Error as exc:
+                why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                if self._outage is None:
+                    log.error(
+                        "DATABASE UNREACHABLE %s: %s; reads and writes answer 503 at once "
+                        "until it answers again",
+                        self.location,
+                        why,
+                    )
+                self._outage = why
+                self._watch_stop.wait(self.probe_every)
+                continue
+            if self._outage is not None:
+                self._outage = None
+                log.warning("the database %s answers again: reads and writes resume", self.location)
+                with contextlib.suppress(psycopg.Error):
+                    self._pool.check()  # its dead idle connections replaced now
+            return
 
     def is_empty(self) -> bool:
         with self.read() as rv:
@@ -852,6 +921,7 @@ class PgStorage:
         """
         if self._readonly:
             raise StorageError("the store was opened read-only")
+        self._check_reachable()
         with self._wlock:
             conn = self._writer_conn()
             self._watch_commit(conn, what)
@@ -870,6 +940,8 @@ class PgStorage:
         except BaseException as exc:
             self._abort(conn)
             if isinstance(exc, psycopg.Error):
+                if conn.closed or conn.broken:
+                    self._suspect()
                 raise pg_fault(exc) or StorageError(str(exc)) from exc
             raise
         self._sync_wait_cancelled = False
@@ -889,6 +961,8 @@ class PgStorage:
         except psycopg.Error as exc:
             broken = conn.closed or conn.broken
             self._drop_writer()
+            if broken:
+                self._suspect()
             if exc.sqlstate is not None and not broken:
                 # The server answered: it refused the commit (nothing was written).
                 raise pg_fault(exc) or StorageError(str(exc)) from exc
@@ -987,6 +1061,7 @@ class PgStorage:
         try:
             conn = psycopg.connect(self._url, autocommit=False, **self._kwargs)
         except psycopg.Error as exc:
+            self._suspect()
             raise pg_fault(exc) or StorageError(str(exc)) from exc
         try:
             conn.add_notice_handler(self._on_notice)
