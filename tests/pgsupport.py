@@ -37,6 +37,7 @@ __all__ = [
     "open_store",
     "require_postgres",
     "running_cluster",
+    "stored_tree_size",
     "tamper",
 ]
 
@@ -84,6 +85,16 @@ def open_store(database: str | None, path: Path) -> Backend:
 
         return Storage(path)
     return open_backend(database, path)
+
+
+def stored_tree_size(database: str | None, path: Path) -> int:
+    """The tree size the store holds now (:func:`open_store`'s store, opened and closed)."""
+    st = open_store(database, path)
+    try:
+        with st.read() as rv:
+            return rv.tree_size()
+    finally:
+        st.close()
 
 
 def recover_into(

@@ -361,19 +361,28 @@ def _no_idle_end(conn: psycopg.Connection[Any]) -> None:
         conn.execute("SET idle_session_timeout = 0")
 
 
+def _unread(conn: psycopg.Connection[Any]) -> bool | None:
+    """Whether the server sent something ``conn`` has not read (one poll of its socket, no
+    round trip); None when the connection is closed or broken."""
+    if conn.closed or conn.broken:
+        return None
+    try:
+        readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    except (OSError, ValueError):
+        return None
+    return bool(readable)
+
+
 def _dead_while_idle(conn: psycopg.Connection[Any]) -> bool:
     """Whether an idle connection (no statement in flight) was ended by the server since
     its last use (``idle_session_timeout``, ``pg_terminate_backend``, a restart): its
     final error and the end of the stream wait in the socket. One poll, no round trip; a
     connection with nothing to read is taken as alive (its first statement says if not)."""
-    if conn.closed or conn.broken:
-        return True
     # libpq takes an error that arrives while idle for a notice, and sees the end of the
     # stream only on its next read: read while there is something to read (a few times).
     for _ in range(4):
-        try:
-            readable, _, _ = select.select([conn.fileno()], [], [], 0)
-        except (OSError, ValueError):
+        readable = _unread(conn)
+        if readable is None:
             return True
         if not readable:
             return False
@@ -1808,11 +1817,8 @@ def _lock_alive(conn: psycopg.Connection[Any]) -> bool:
     socket, and a round trip only when the server sent something unasked (a terminated
     session's error arrives a moment before the end of the stream, so the poll alone may
     read the one without the other, :func:`_dead_while_idle`)."""
-    if conn.closed or conn.broken:
-        return False
-    try:
-        readable, _, _ = select.select([conn.fileno()], [], [], 0)
-    except (OSError, ValueError):
+    readable = _unread(conn)
+    if readable is None:
         return False
     if not readable:
         return True

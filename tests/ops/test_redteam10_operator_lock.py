@@ -30,7 +30,7 @@ import psycopg
 import pytest
 
 from client.formats.merkle import leaf_hash
-from tests.pgsupport import open_store, running_cluster
+from tests.pgsupport import open_store, running_cluster, stored_tree_size
 from tests.server.redteam8_load import faulted_server, make_token, scim_event
 from tlog.backend import StoreNotHeld
 from tlog.pg import OperatorHold, PgStorage
@@ -76,12 +76,7 @@ def _lock_detail(url: str) -> str:
 
 
 def _store_size(database: str, tmp_path: Path) -> int:
-    st = open_store(database, tmp_path / "reader")
-    try:
-        with st.read() as rv:
-            return rv.tree_size()
-    finally:
-        st.close()
+    return stored_tree_size(database, tmp_path / "reader")
 
 
 def test_a_write_is_refused_when_an_exclusive_holder_took_the_lock_unseen(pg_url: str) -> None:

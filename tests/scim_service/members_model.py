@@ -11,6 +11,8 @@ import itertools
 import json
 from typing import Any
 
+from hypothesis import strategies as st
+
 from client.scim import new_event
 from client.scim.actions import parse_request
 from tlog.scim.effects import classify, mark_members_known, members_known
@@ -73,6 +75,18 @@ def patch_body(ops: list[tuple[str, list[str]]]) -> dict[str, Any]:
 
 
 CLEARS = ("clear-remove", "clear-replace")  # remove without a value, replace with none
+# A PATCH's member operations, in order: adds, removes, replaces of 1-3 members, clears.
+MEMBER_OPS = st.lists(
+    st.one_of(
+        st.tuples(
+            st.sampled_from(["add", "remove", "replace"]),
+            st.lists(st.sampled_from(POOL), min_size=1, max_size=3),
+        ),
+        st.tuples(st.sampled_from(CLEARS), st.just([])),
+    ),
+    min_size=1,
+    max_size=5,
+)
 
 
 def patch_ops(ops: list[tuple[str, list[str]]]) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from client.scim.actions import parse_request
 
 from .members_model import (
     CLEARS,
+    MEMBER_OPS,
     PATCH_OP,
     POOL,
     b64,
@@ -66,25 +67,12 @@ def test_the_adapter_keeps_every_run_of_an_op() -> None:
     ]
 
 
-_OPS = st.lists(
-    st.one_of(
-        st.tuples(
-            st.sampled_from(["add", "remove", "replace"]),
-            st.lists(st.sampled_from(POOL), min_size=1, max_size=3),
-        ),
-        st.tuples(st.sampled_from(CLEARS), st.just([])),
-    ),
-    min_size=1,
-    max_size=5,
-)
-
-
 @settings(max_examples=400, deadline=None)
 @given(
     start=st.sets(st.sampled_from(POOL)),
     requests=st.lists(
         st.one_of(
-            st.tuples(st.just("patch"), _OPS),
+            st.tuples(st.just("patch"), MEMBER_OPS),
             st.tuples(st.just("replace"), st.sets(st.sampled_from(POOL))),
         ),
         max_size=6,
@@ -275,7 +263,7 @@ def test_the_log_tracks_the_manager_as_the_sp_applies_it(
 
 
 @settings(max_examples=300, deadline=None)
-@given(start=st.sets(st.sampled_from(POOL)), ops=_OPS, cuts=st.lists(st.integers(0, 40)))
+@given(start=st.sets(st.sampled_from(POOL)), ops=MEMBER_OPS, cuts=st.lists(st.integers(0, 40)))
 def test_a_request_split_into_parts_is_exact_or_says_it_cannot_know(
     start: set[str], ops: list[tuple[str, list[str]]], cuts: list[int]
 ) -> None:

@@ -24,7 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from .members_model import (
-    CLEARS,
+    MEMBER_OPS,
     POOL,
     b64,
     changes,
@@ -146,23 +146,10 @@ def test_a_split_put_does_not_revoke_the_roles_its_first_part_stated() -> None:
     assert "user.role.revoke" in _acts(effect) and state["roles"] == []
 
 
-_OPS = st.lists(
-    st.one_of(
-        st.tuples(
-            st.sampled_from(["add", "remove", "replace"]),
-            st.lists(st.sampled_from(POOL), min_size=1, max_size=3),
-        ),
-        st.tuples(st.sampled_from(CLEARS), st.just([])),
-    ),
-    min_size=1,
-    max_size=5,
-)
-
-
 @settings(max_examples=400, deadline=None)
 @given(
     start=st.sets(st.sampled_from(POOL)),
-    ops=_OPS,
+    ops=MEMBER_OPS,
     cuts=st.lists(st.integers(0, 40), max_size=6),
     delivered=st.lists(st.integers(0, 9), max_size=9),
     then=st.tuples(st.sampled_from(["add", "remove"]), st.sampled_from(POOL)),

@@ -27,7 +27,7 @@ from tlog.integrity import RollbackDetected
 from tlog.server import build_app
 from tlog.signer import create_key_file
 
-from ..pgsupport import OldCopy, clone_store, empty_store, open_store
+from ..pgsupport import OldCopy, clone_store, empty_store, open_store, stored_tree_size
 from ..support import serve_args, serve_config, store_args
 from .conftest import ORIGIN
 
@@ -159,7 +159,7 @@ def _reading(data: Path, database: str | None, read: Callable[[Any], T]) -> T:
 
 
 def _tree_size(data: Path, database: str | None) -> int:
-    return _reading(data, database, lambda rv: int(rv.tree_size()))
+    return stored_tree_size(database, data / "db")
 
 
 def test_recover_from_a_tiles_directory(

@@ -1067,34 +1067,7 @@ _MARK_KEYS = (
     *_TOUCHED_KEYS,
 )
 
-_STATE_ORDER = _det_order(
-    (
-        "active",
-        "username",
-        "emails",
-        "roles",
-        "entitlements",
-        "manager",
-        "members",
-        "full",
-        "rt",
-        "other",
-        "replacing",
-        "replacing_i",
-        "replace_prev",
-        "forgot",
-        "cleared",
-        "cleared_members",
-        "cleared_manager",
-        "touched",
-        "touched_attrs",
-        "touched_part",
-        "put_seen",
-        "split",
-        "split_next",
-        "split_lost",
-    )
-)
+_STATE_ORDER = _det_order((*_GAP_FORGETS, "full", "rt", *_MARK_KEYS, *_SPLIT_KEYS))
 
 
 class _Slow(Exception):
