@@ -17,8 +17,10 @@ order; the first match wins)::
     ├── UnsupportedMediaType        415  (this module)
     ├── tlog.sequencer.Overloaded   503  backlog full, with its Retry-After
     ├── tlog.sequencer.SequencerStopped  503
-    └── tlog.backend.StorageError   503  a damaged, full or stalled store: a deliberate 503
-                                         with the reason, never a wrong answer
+    └── tlog.backend.StorageError   503  a damaged, full or stalled store, its database known
+                                         down (StoreUnreachable), its operator lock not held
+                                         (StoreNotHeld): a deliberate 503 with the reason,
+                                         never a wrong answer
 
 Starlette's ``HTTPException`` keeps its own status (405 with ``Allow``). Anything else is
 a 500 ``internal error``, logged with its traceback; a raw store error met on a read is
