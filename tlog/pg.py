@@ -131,6 +131,7 @@ STAGE_TURN_TIMEOUT = 1.0
 # The database known down (PgStorage._probe): a connection attempt every PROBE_EVERY seconds,
 # each given at most PROBE_CONNECT_TIMEOUT seconds (libpq's smallest connect_timeout).
 PROBE_EVERY = 0.5
+SUSPECT_AFTER = 0.5  # seconds a read waits for a pooled connection before the probe starts
 PROBE_CONNECT_TIMEOUT = 2
 _U64 = struct.Struct(">Q")
 _MAX_BIGINT = (1 << 63) - 1
@@ -841,7 +842,14 @@ class PgStorage:
     def read(self) -> PgReadView:
         self._check_reachable()
         try:
-            conn = self._pool.getconn()
+            try:
+                conn = self._pool.getconn(timeout=SUSPECT_AFTER)
+            except psycopg_pool.PoolTimeout:
+                # None within a moment: every connection busy, or the database gone and
+                # the pool unable to connect. The probe tells (the reads after this one are
+                # answered at once if it is gone); this one waits as before.
+                self._suspect()
+                conn = self._pool.getconn(timeout=POOL_TIMEOUT - SUSPECT_AFTER)
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
             self._suspect()
             raise pg_fault(exc) or StorageError(str(exc)) from exc
