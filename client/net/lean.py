@@ -1,0 +1,221 @@
+"""One kept-alive HTTP/1.1 connection for a client's hot request: the relay's batch POST.
+
+httpx (with httpcore and h11 under it) costs about 0.9-2 ms of CPU a request, most of it in
+its general machinery (the client's auth, redirect and cookie steps, h11's event parsing);
+the standard library's :mod:`http.client` does the same exchange in about a fifth of that
+(docs/performance.md, "Proxy CPU, proxy13 round"). :class:`LeanPoster` answers as
+:meth:`client.net.core.HTTPCore.send` does, with the same bounds:
+
+* every socket operation (connect, TLS handshake, each send and read, the head's included)
+  ends by the thread's :func:`~client.net.core.answer_deadline` as well as by the per-read
+  ``timeout``, so a server dripping its answer cannot hold the caller (the same
+  ``_left`` as :func:`~client.net.core.http_client`'s sockets);
+* the body is read in chunks and refused past ``limit`` bytes (:class:`FormatError`);
+* TLS is verified with the SSL context the caller's httpx transport uses (the same trust
+  store and settings);
+* it asks for no content coding (``Accept-Encoding: identity``) and refuses an answer that
+  has one anyway (:class:`FormatError`, as a body httpx cannot decode), so no decoded size
+  goes unbounded;
+* a transport or protocol failure is :class:`Unreachable` and drops the connection; a
+  connection the server closed while idle (readable before the request) is replaced
+  before sending, as httpcore's pool does.
+
+Only plain ``http``/``https`` URLs without user info or query take this path
+(:func:`lean_url`); anything else stays on httpx. One request at a time: :meth:`post`
+returns None when the connection is busy, and the caller sends through httpx instead.
+"""
+
+from __future__ import annotations
+
+import http.client
+import io
+import select
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Mapping
+from urllib.parse import urlsplit
+
+import httpx
+
+from client.formats.note import FormatError
+from client.net.core import ANSWER_TIME_FACTOR, Answer, Unreachable, _left, answer_deadline
+
+__all__ = ["LeanPoster", "lean_url"]
+
+_CHUNK = 1 << 16
+
+
+def lean_url(url: str) -> tuple[str, str, int, str] | None:
+    """(scheme, host, port, path prefix) of a URL the lean path can serve, else None."""
+    try:
+        s = urlsplit(url)
+        port = s.port
+    except ValueError:
+        return None
+    if s.scheme not in ("http", "https") or not s.hostname or s.username or s.password:
+        return None
+    if s.query or s.fragment:
+        return None
+    return s.scheme, s.hostname, port or (443 if s.scheme == "https" else 80), s.path.rstrip("/")
+
+
+class _Reader(io.RawIOBase):
+    """The socket's reads for http.client's buffered file, each bounded by the deadline."""
+
+    def __init__(self, owner: _DeadlineSocket) -> None:
+        self._owner = owner
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: memoryview | bytearray) -> int:  # type: ignore[override]
+        sock = self._owner.sock
+        sock.settimeout(_left(TimeoutError, self._owner.timeout))
+        return sock.recv_into(b)
+
+    def close(self) -> None:
+        if not self.closed:
+            super().close()
+            self._owner.release()
+
+
+class _DeadlineSocket:
+    """What http.client uses of its socket (``sendall``, ``makefile``, ``close``), every
+    operation ending by the thread's deadline."""
+
+    def __init__(self, sock: socket.socket, timeout: float | None) -> None:
+        self.sock = sock
+        self.timeout = timeout
+        self._readers = 0
+        self._closed = False
+
+    def sendall(self, data: bytes) -> None:
+        self.sock.settimeout(_left(TimeoutError, self.timeout))
+        self.sock.sendall(data)
+
+    def makefile(self, mode: str) -> io.BufferedReader:
+        assert mode == "rb"
+        self._readers += 1
+        return io.BufferedReader(_Reader(self))
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def release(self) -> None:
+        self._readers -= 1
+        if self._closed and self._readers == 0:
+            self.sock.close()
+
+    def close(self) -> None:
+        """Closed once the answer being read is too (http.client drops a connection that
+        will close before its answer's body is read, as a socket's ``makefile`` allows)."""
+        self._closed = True
+        if self._readers == 0:
+            self.sock.close()
+
+
+class _Connection(http.client.HTTPConnection):
+    def __init__(
+        self, host: str, port: int, timeout: float | None, context: ssl.SSLContext | None
+    ) -> None:
+        super().__init__(host, port)
+        self.per_read = timeout
+        self.context = context
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self.host, self.port), _left(TimeoutError, self.per_read))
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.context is not None:
+                sock.settimeout(_left(TimeoutError, self.per_read))
+                sock = self.context.wrap_socket(sock, server_hostname=self.host)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = _DeadlineSocket(sock, self.per_read)
+
+
+class LeanPoster:
+    """POSTs to one server over one kept-alive connection (see the module docstring).
+    ``headers`` are sent with every request; ``context`` verifies TLS (required for an
+    ``https`` URL)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float | None,
+        headers: Mapping[str, str],
+        context: ssl.SSLContext | None,
+    ) -> None:
+        parts = lean_url(url)
+        if parts is None:
+            raise ValueError("not a URL the lean path serves")
+        scheme, host, port, self._prefix = parts
+        if scheme == "https" and context is None:
+            raise ValueError("an https URL needs the SSL context to verify it with")
+        self._url = url.rstrip("/")
+        self._timeout = timeout
+        self._headers = dict(headers)
+        self._conn = _Connection(host, port, timeout, context if scheme == "https" else None)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def post(
+        self, path: str, content: bytes, *, limit: int, timeout: float | None = None
+    ) -> Answer | None:
+        """One POST, answered as :meth:`client.net.core.HTTPCore.send` answers; None when
+        another thread is using the connection (send it another way)."""
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            return self._post(path, content, limit, self._timeout if timeout is None else timeout)
+        finally:
+            self._lock.release()
+
+    def _post(self, path: str, content: bytes, limit: int, timeout: float | None) -> Answer:
+        url = f"{self._url}/{path.lstrip('/')}"
+        span = None if timeout is None else ANSWER_TIME_FACTOR * timeout
+        at = None if span is None else time.monotonic() + span
+        conn = self._conn
+        conn.per_read = timeout
+        try:
+            with answer_deadline(span):
+                if conn.sock is not None and select.select([conn.sock], [], [], 0)[0]:
+                    conn.close()  # closed by the server while idle (or sent what none asked)
+                conn.request("POST", f"{self._prefix}/{path.lstrip('/')}", content, self._headers)
+                response = conn.getresponse()
+                try:
+                    if response.status < 200:  # http.client passes over 100 only
+                        raise http.client.HTTPException(
+                            f"an informational answer ({response.status}) in place of the answer"
+                        )
+                    coding = response.getheader("content-encoding")
+                    if coding is not None and coding.strip().lower() != "identity":
+                        raise FormatError(
+                            f"{path}: cannot decode the answer: content coding {coding!r} "
+                            "was not asked for"
+                        )
+                    chunks: list[bytes] = []
+                    n = 0
+                    while chunk := response.read(_CHUNK):
+                        n += len(chunk)
+                        if n > limit:
+                            raise FormatError(f"{path}: answer larger than {limit} bytes")
+                        if at is not None and time.monotonic() > at:
+                            raise Unreachable(f"POST {url}: the answer took too long")
+                        chunks.append(chunk)
+                except BaseException:
+                    conn.close()  # the rest of the answer is still on the connection
+                    raise
+                finally:
+                    response.close()
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
+            raise Unreachable(f"POST {url}: {exc}") from exc
+        return Answer(response.status, httpx.Headers(response.getheaders()), b"".join(chunks))
