@@ -11,23 +11,17 @@ until the client goes away), so no test here depends on the machine's speed.
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import ssl
 from pathlib import Path
 
 import httpx
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from client.formats.cosignature import CosignatureSigner
 from client.net.core import HTTPCore, Unreachable, http_client
 from client.witness.monitor import Monitor, Peer
 from client.witness.server import start_server
-from tests.net.helpers import DRIP_BODY, DRIP_HEAD, dripping, ends
+from tests.net.helpers import DRIP_BODY, DRIP_HEAD, dripping, ends, self_signed
 from tests.witness.helpers import FakeLog, events, make_witness
 
 
@@ -96,39 +90,9 @@ def test_gossip_round_survives_a_dripping_peer(tmp_path: Path) -> None:
     assert e.peer == "peer w2"
 
 
-def _self_signed(tmp: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
-
-
 def test_http_client_speaks_tls_and_bounds_a_dripping_tls_answer(tmp_path: Path) -> None:
     """The bounded sockets wrap TLS too (every production log and witness is https)."""
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path)
     server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server_ctx.load_cert_chain(cert, key)
     client_ctx = ssl.create_default_context(cafile=str(cert))

@@ -1,0 +1,305 @@
+"""The relay's kept-alive http.client POST (:mod:`client.net.lean`) answers as httpx does.
+
+Each answer a scripted server sends (any status, framing by length, chunks or close, sent in
+pieces, a server that drops the kept-alive connection while idle, an answer over the size
+bound, one with a content coding) is read by :class:`LeanPoster` and by
+:meth:`HTTPCore.send` (httpx) in turn: the same status, headers and body, or the same kind
+of error; and the server received the same request from both. The deadline and TLS cases
+reuse the slow-answer tests' servers (``tests/net/helpers.py``).
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from client.adapters.outbox import Outbox
+from client.adapters.relay import Relay
+from client.formats.note import FormatError
+from client.net.core import Answer, HTTPCore, Unreachable
+from client.net.lean import LeanPoster, lean_url
+from harness.scim import event_record
+from tests.net.helpers import DRIP_BODY, DRIP_HEAD, dripping, ends, self_signed
+
+from ..support import wait_for
+
+HEADERS = {"Authorization": "Bearer t0k", "Content-Type": "application/json"}
+
+
+@dataclass
+class _Script:
+    """What the server answers next (raw bytes in pieces; then close the connection or
+    not), and the requests it received (head lines without Host/User-Agent/Accept*, body)."""
+
+    pieces: list[bytes] = field(default_factory=list)
+    close: bool = False
+    closed: int = 0  # connections the server has closed
+    got: list[tuple[list[bytes], bytes]] = field(default_factory=list)
+
+
+def _read_request(conn: socket.socket, buf: bytearray) -> tuple[list[bytes], bytes] | None:
+    while b"\r\n\r\n" not in buf:
+        data = conn.recv(65536)
+        if not data:
+            return None
+        buf += data
+    head, _, rest = bytes(buf).partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    length = 0
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    while len(rest) < length:
+        data = conn.recv(65536)
+        if not data:
+            return None
+        rest += data
+    buf[:] = rest[length:]
+    kept = [lines[0]] + sorted(
+        line.lower()
+        for line in lines[1:]
+        if line.split(b":")[0].lower()
+        in (b"authorization", b"content-type", b"content-length", b"transfer-encoding")
+    )
+    return kept, rest[:length]
+
+
+@contextmanager
+def _scripted() -> Iterator[tuple[str, _Script]]:
+    script = _Script()
+    stop = threading.Event()
+    srv = socket.create_server(("127.0.0.1", 0))
+    srv.settimeout(0.1)
+
+    def one(conn: socket.socket) -> None:
+        buf = bytearray()
+        try:
+            with conn:
+                while (req := _read_request(conn, buf)) is not None:
+                    script.got.append(req)
+                    for piece in script.pieces:
+                        conn.sendall(piece)
+                    if script.close:
+                        return
+        except OSError:
+            pass
+        finally:
+            script.closed += 1
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=one, args=(conn,), daemon=True).start()
+
+    t = threading.Thread(target=accept, daemon=True)
+    t.start()
+    try:
+        yield f"http://127.0.0.1:{srv.getsockname()[1]}", script
+    finally:
+        stop.set()
+        t.join(5)
+        srv.close()
+
+
+def _outcome(answer: Answer | None) -> object:
+    assert answer is not None
+    return answer.status, list(answer.headers.multi_items()), answer.body
+
+
+def _lean(poster: LeanPoster, body: bytes, limit: int) -> object:
+    try:
+        return _outcome(poster.post("/v1/scim/events/batch", body, limit=limit))
+    except (FormatError, Unreachable) as exc:
+        return type(exc)
+
+
+def _httpx(core: HTTPCore, body: bytes, limit: int) -> object:
+    try:
+        return _outcome(core.send("POST", "/v1/scim/events/batch", limit=limit, content=body))
+    except (FormatError, Unreachable) as exc:
+        return type(exc)
+
+
+_TOKEN = st.text("abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=12)
+
+
+@st.composite
+def _answers(draw: st.DrawFn) -> tuple[list[bytes], bool, bool, int]:
+    status = draw(st.sampled_from([200, 201, 204, 400, 401, 413, 422, 429, 500, 503]))
+    body = (
+        b""
+        if status == 204
+        else draw(st.binary(max_size=3000) | st.binary(min_size=500, max_size=3000))
+    )
+    # the size bound: none, just at the body's size, one byte under it, half of it
+    limit = draw(st.sampled_from([1 << 20, len(body), max(len(body) - 1, 0), len(body) // 2]))
+    headers = [(b"X-" + draw(_TOKEN).encode(), draw(_TOKEN).encode()) for _ in range(3)]
+    headers = headers[: draw(st.integers(0, 3))]
+    if status in (429, 503) and draw(st.booleans()):
+        headers.append((b"Retry-After", str(draw(st.integers(0, 99))).encode()))
+    headers.append((b"Content-Type", b"application/json"))
+    framing = "length" if status == 204 else draw(st.sampled_from(["length", "chunked", "eof"]))
+    if framing == "length":
+        headers.append((b"Content-Length", str(len(body)).encode()))
+        payload = body
+    elif framing == "chunked":
+        headers.append((b"Transfer-Encoding", b"chunked"))
+        cuts = sorted(draw(st.lists(st.integers(0, len(body)), max_size=4)))
+        parts = [body[a:b] for a, b in zip([0, *cuts], [*cuts, len(body)], strict=True)]
+        payload = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in parts if p) + b"0\r\n\r\n"
+    else:
+        headers.append((b"Connection", b"close"))
+        payload = body
+    if draw(st.booleans()) and framing != "eof":
+        headers.append((b"Connection", b"close"))
+    coded = status == 200 and draw(st.integers(0, 9)) == 0
+    if coded:  # not asked for: refused, where httpx decodes it (or errs, or reads nothing)
+        headers.append((b"Content-Encoding", b"gzip"))
+    if draw(st.integers(0, 9)) == 0:
+        raw = b"HTTP/1.1 100 Continue\r\n\r\n"
+    else:
+        raw = b""
+    raw += b"HTTP/1.1 %d X\r\n" % status
+    raw += b"".join(k + b": " + v + b"\r\n" for k, v in headers) + b"\r\n" + payload
+    cuts = sorted(draw(st.lists(st.integers(0, len(raw)), max_size=3)))
+    pieces = [raw[a:b] for a, b in zip([0, *cuts], [*cuts, len(raw)], strict=True)]
+    # a server that closes even a kept-alive connection after this answer (idle expiry)
+    return [p for p in pieces if p], framing == "eof" or draw(st.booleans()), coded, limit
+
+
+@settings(
+    max_examples=250,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(answers=st.lists(_answers(), min_size=1, max_size=4), data=st.data())
+def test_lean_answers_equal_httpx(
+    answers: list[tuple[list[bytes], bool, bool, int]], data: st.DataObject
+) -> None:
+    """Several requests in a row on each client's kept-alive connection (a closed one is
+    noticed and replaced by both): every answer read the same, every request sent the same.
+    An answer with a content coding the lean path did not ask for is refused
+    (:class:`FormatError`); httpx decodes gzip and reads a truncated stream as no body."""
+    with _scripted() as (url, script):
+        poster = LeanPoster(url, timeout=5.0, headers=HEADERS, context=None)
+        core = HTTPCore(url, timeout=5.0, headers=HEADERS)
+        try:
+            for pieces, close, coded, limit in answers:
+                body = data.draw(st.binary(max_size=2000))
+                script.pieces, script.close = pieces, close
+                closed, asked = script.closed, len(script.got)
+                lean = _lean(poster, body, limit)
+                # closed after the answer: not while the next request is on its way
+                if close and len(script.got) > asked:
+                    wait_for(lambda n=closed: script.closed > n, 10)
+                via_httpx = _httpx(core, body, limit)
+                if close and len(script.got) > asked + 1:
+                    wait_for(lambda n=closed: script.closed > n + 1, 10)
+                assert lean == (FormatError if coded else via_httpx)
+                (lean_req, httpx_req) = script.got[-2:]
+                assert lean_req == httpx_req
+                assert lean_req[1] == body
+                script.got.clear()
+        finally:
+            poster.close()
+            core.close()
+
+
+def test_a_connection_closed_while_idle_is_replaced_not_an_error() -> None:
+    """The server drops the kept-alive connection after an answer that did not say so (an
+    idle expiry): the next POST connects again and is answered."""
+    with _scripted() as (url, script):
+        poster = LeanPoster(url, timeout=5.0, headers=HEADERS, context=None)
+        script.pieces = [b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"]
+        script.close = True
+        for i in range(3):
+            got = poster.post("/x", b"{}", limit=100)
+            assert got is not None and got.status == 200 and got.body == b"{}"
+            wait_for(lambda n=i: script.closed == n + 1, 10)
+        assert len(script.got) == 3
+        poster.close()
+
+
+def _post_keep(poster: LeanPoster) -> BaseException | Answer | None:
+    try:
+        return poster.post("/v1/scim/events/batch", b"{}", limit=1 << 30)
+    except Exception as exc:
+        return exc
+
+
+@pytest.mark.parametrize("drip", [DRIP_HEAD, DRIP_BODY], ids=["head", "body"])
+def test_a_dripping_answer_is_cut_off(drip: tuple[bytes, bytes]) -> None:
+    """Each read ends by the whole answer's deadline: a byte every 50 ms never trips the
+    0.3 s read timeout, the deadline (3 x 0.3 s) ends it."""
+    with dripping(*drip) as url:
+        poster = LeanPoster(url, timeout=0.3, headers=HEADERS, context=None)
+        got = ends(_post_keep, poster)
+        poster.close()
+    assert isinstance(got, Unreachable), got
+
+
+def test_tls_is_verified_with_the_context_given(tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path)
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(cert, key)
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n"
+    with dripping(head, b"ok", tls=server_ctx, once=True) as url:
+        tls_url = url.replace("http:", "https:")
+        trusting = ssl.create_default_context(cafile=str(cert))
+        poster = LeanPoster(tls_url, timeout=2.0, headers=HEADERS, context=trusting)
+        got = ends(_post_keep, poster)
+        assert isinstance(got, Answer) and got.body == b"ok", got
+        poster.close()
+        # The default trust store does not know this certificate: refused, as httpx does.
+        stranger = LeanPoster(
+            tls_url, timeout=2.0, headers=HEADERS, context=httpx.create_ssl_context()
+        )
+        got = ends(_post_keep, stranger)
+        assert isinstance(got, Unreachable) and "CERTIFICATE_VERIFY_FAILED" in str(got), got
+        stranger.close()
+    with pytest.raises(ValueError, match="SSL context"):
+        LeanPoster(tls_url, timeout=2.0, headers=HEADERS, context=None)
+
+
+def test_only_plain_urls_take_the_lean_path() -> None:
+    assert lean_url("http://127.0.0.1:8080/") == ("http", "127.0.0.1", 8080, "")
+    assert lean_url("https://log.example/base/") == ("https", "log.example", 443, "/base")
+    assert lean_url("http://[::1]:81") == ("http", "::1", 81, "")
+    for url in ("http://u:p@log.example", "http://log.example/?a=1", "ftp://x", "http://x:99999"):
+        assert lean_url(url) is None, url
+
+
+def test_the_relay_posts_its_batches_on_the_lean_path(tmp_path: Path) -> None:
+    """A relay without a test transport sends its batches on the lean path (the scripted
+    log sees them); with a test transport it keeps httpx."""
+    outbox = Outbox(tmp_path / "o.sqlite")
+    outbox.put([event_record(i) for i in range(3)])
+    with _scripted() as (url, script):
+        script.pieces = [b"HTTP/1.1 503 Busy\r\nRetry-After: 0\r\nContent-Length: 0\r\n\r\n"]
+        relay = Relay(outbox, url, "t0k", backoff_min=0.001, backoff_max=0.01)
+        assert relay._lean is not None
+        relay.start()
+        wait_for(lambda: len(script.got) >= 3)
+        relay.stop()
+    head, body = script.got[0]
+    assert head[0] == b"POST /v1/scim/events/batch HTTP/1.1"
+    assert b"authorization: bearer t0k" in head
+    assert body.startswith(b'{"events":[') and body.count(b'"eid"') == 3
+    assert outbox.counts()["pending"] == 3
+    mocked = Relay(outbox, url, "t", transport=httpx.MockTransport(lambda r: httpx.Response(503)))
+    assert mocked._lean is None
+    outbox.close()
