@@ -30,6 +30,11 @@ start) unless ``trust_on_first_use``: then it pins the key the log names in ``GE
 on its first contact, once the log's ``/checkpoint`` verifies under it (a WARNING names the
 key), and verifies every answer after that under it.
 
+The batch POST goes over one kept-alive connection of :mod:`client.net.lean` (the same
+deadline, size bound, TLS context and error model as :class:`~client.net.core.HTTPCore`, a
+fraction of httpx's CPU); the other requests (tiles, the key on first use), a test's
+transport, and a POST while that connection is busy go through httpx.
+
 When woken by new events it lingers ``linger`` seconds (default 50 ms) before reading the
 queue, unless a request is waiting for a receipt, so that bursts travel as one batch. The
 relay never raises into its caller; :attr:`Relay.healthy` says whether the last attempt
