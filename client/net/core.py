@@ -62,6 +62,7 @@ __all__ = [
     "StatusError",
     "Unreachable",
     "answer_deadline",
+    "deadline_left",
     "http_client",
     "inert",
     "retry_after",
@@ -194,7 +195,7 @@ def answer_deadline(seconds: float | None) -> Iterator[None]:
         _deadline.at = outer
 
 
-def _left(exc: type[Exception], timeout: float | None) -> float | None:
+def deadline_left(exc: type[Exception], timeout: float | None) -> float | None:
     """``timeout`` shortened to what is left of this thread's deadline; ``exc`` once past."""
     at: float | None = getattr(_deadline, "at", None)
     if at is None:
@@ -212,10 +213,10 @@ class _DeadlineStream(httpcore.NetworkStream):
         self._inner = inner
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return self._inner.read(max_bytes, _left(httpcore.ReadTimeout, timeout))
+        return self._inner.read(max_bytes, deadline_left(httpcore.ReadTimeout, timeout))
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        self._inner.write(buffer, _left(httpcore.WriteTimeout, timeout))
+        self._inner.write(buffer, deadline_left(httpcore.WriteTimeout, timeout))
 
     def close(self) -> None:
         self._inner.close()
@@ -227,7 +228,7 @@ class _DeadlineStream(httpcore.NetworkStream):
         timeout: float | None = None,
     ) -> httpcore.NetworkStream:
         inner = self._inner.start_tls(
-            ssl_context, server_hostname, _left(httpcore.ConnectTimeout, timeout)
+            ssl_context, server_hostname, deadline_left(httpcore.ConnectTimeout, timeout)
         )
         return _DeadlineStream(inner)
 
@@ -247,7 +248,7 @@ class _DeadlineBackend(httpcore.NetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.NetworkStream:
-        timeout = _left(httpcore.ConnectTimeout, timeout)
+        timeout = deadline_left(httpcore.ConnectTimeout, timeout)
         stream = self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
         return _DeadlineStream(stream)
 
@@ -257,7 +258,7 @@ class _DeadlineBackend(httpcore.NetworkBackend):
         timeout: float | None = None,
         socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.NetworkStream:  # pragma: no cover - no client here uses UNIX sockets
-        timeout = _left(httpcore.ConnectTimeout, timeout)
+        timeout = deadline_left(httpcore.ConnectTimeout, timeout)
         return _DeadlineStream(self._inner.connect_unix_socket(path, timeout, socket_options))
 
     def sleep(self, seconds: float) -> None:  # pragma: no cover - retries are off

@@ -9,7 +9,7 @@ the standard library's :mod:`http.client` does the same exchange in about a fift
 * every socket operation (connect, TLS handshake, each send and read, the head's included)
   ends by the thread's :func:`~client.net.core.answer_deadline` as well as by the per-read
   ``timeout``, so a server dripping its answer cannot hold the caller (the same
-  ``_left`` as :func:`~client.net.core.http_client`'s sockets);
+  ``deadline_left`` as :func:`~client.net.core.http_client`'s sockets);
 * the body is read in chunks and refused past ``limit`` bytes (:class:`FormatError`);
 * TLS is verified with the SSL context the caller's httpx transport uses (the same trust
   store and settings);
@@ -40,7 +40,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from client.formats.note import FormatError
-from client.net.core import ANSWER_TIME_FACTOR, Answer, Unreachable, _left, answer_deadline
+from client.net.core import ANSWER_TIME_FACTOR, Answer, Unreachable, answer_deadline, deadline_left
 
 __all__ = ["LeanPoster", "lean_url"]
 
@@ -72,7 +72,7 @@ class _Reader(io.RawIOBase):
 
     def readinto(self, b: memoryview | bytearray) -> int:  # type: ignore[override]
         sock = self._owner.sock
-        sock.settimeout(_left(TimeoutError, self._owner.timeout))
+        sock.settimeout(deadline_left(TimeoutError, self._owner.timeout))
         return sock.recv_into(b)
 
     def close(self) -> None:
@@ -92,7 +92,7 @@ class _DeadlineSocket:
         self._closed = False
 
     def sendall(self, data: bytes) -> None:
-        self.sock.settimeout(_left(TimeoutError, self.timeout))
+        self.sock.settimeout(deadline_left(TimeoutError, self.timeout))
         self.sock.sendall(data)
 
     def makefile(self, mode: str) -> io.BufferedReader:
@@ -140,11 +140,13 @@ class _Connection(http.client.HTTPConnection):
         self.sock.sendall(data)
 
     def connect(self) -> None:
-        sock = socket.create_connection((self.host, self.port), _left(TimeoutError, self.per_read))
+        sock = socket.create_connection(
+            (self.host, self.port), deadline_left(TimeoutError, self.per_read)
+        )
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self.context is not None:
-                sock.settimeout(_left(TimeoutError, self.per_read))
+                sock.settimeout(deadline_left(TimeoutError, self.per_read))
                 sock = self.context.wrap_socket(sock, server_hostname=self.host)
         except BaseException:
             sock.close()

@@ -8,7 +8,7 @@ import ipaddress
 import socket
 import ssl
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,17 +23,40 @@ BOUND = 30.0  # seconds: far beyond the deadline, far below "for ever"
 
 
 @contextmanager
+def serving(one: Callable[[socket.socket, threading.Event], None]) -> Iterator[str]:
+    """A local TCP server calling ``one(connection, stop)`` in a thread for each connection
+    (``stop`` is set when the test ends); yields its ``http://`` URL."""
+    stop = threading.Event()
+    srv = socket.create_server(("127.0.0.1", 0))
+    srv.settimeout(0.1)
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=one, args=(conn, stop), daemon=True).start()
+
+    t = threading.Thread(target=accept, daemon=True)
+    t.start()
+    try:
+        yield f"http://127.0.0.1:{srv.getsockname()[1]}"
+    finally:
+        stop.set()
+        t.join(5)
+        srv.close()
+
+
+@contextmanager
 def dripping(
     head: bytes, drip: bytes, *, tls: ssl.SSLContext | None = None, once: bool = False
 ) -> Iterator[str]:
     """A server that answers every request with ``head``, then ``drip`` every 50 ms until
     the client leaves (or the test ends); ``once``: ``drip`` once, then close. ``tls``: over
     TLS with that server context."""
-    stop = threading.Event()
-    srv = socket.create_server(("127.0.0.1", 0))
-    srv.settimeout(0.1)
 
-    def one(conn: socket.socket) -> None:
+    def one(conn: socket.socket, stop: threading.Event) -> None:
         try:
             if tls is not None:
                 conn.settimeout(5)
@@ -49,22 +72,8 @@ def dripping(
         except OSError:
             pass
 
-    def accept() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = srv.accept()
-            except TimeoutError:
-                continue
-            threading.Thread(target=one, args=(conn,), daemon=True).start()
-
-    t = threading.Thread(target=accept, daemon=True)
-    t.start()
-    try:
-        yield f"http://127.0.0.1:{srv.getsockname()[1]}"
-    finally:
-        stop.set()
-        t.join(5)
-        srv.close()
+    with serving(one) as url:
+        yield url
 
 
 def ends(fn: object, *args: object) -> object:

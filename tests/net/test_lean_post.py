@@ -29,7 +29,7 @@ from client.formats.note import FormatError
 from client.net.core import Answer, HTTPCore, Unreachable
 from client.net.lean import LeanPoster, lean_url
 from harness.scim import event_record
-from tests.net.helpers import DRIP_BODY, DRIP_HEAD, dripping, ends, self_signed
+from tests.net.helpers import DRIP_BODY, DRIP_HEAD, dripping, ends, self_signed, serving
 
 from ..support import wait_for
 
@@ -78,11 +78,8 @@ def _read_request(conn: socket.socket, buf: bytearray) -> tuple[list[bytes], byt
 @contextmanager
 def _scripted() -> Iterator[tuple[str, _Script]]:
     script = _Script()
-    stop = threading.Event()
-    srv = socket.create_server(("127.0.0.1", 0))
-    srv.settimeout(0.1)
 
-    def one(conn: socket.socket) -> None:
+    def one(conn: socket.socket, stop: threading.Event) -> None:
         buf = bytearray()
         try:
             with conn:
@@ -97,22 +94,8 @@ def _scripted() -> Iterator[tuple[str, _Script]]:
         finally:
             script.closed += 1
 
-    def accept() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = srv.accept()
-            except TimeoutError:
-                continue
-            threading.Thread(target=one, args=(conn,), daemon=True).start()
-
-    t = threading.Thread(target=accept, daemon=True)
-    t.start()
-    try:
-        yield f"http://127.0.0.1:{srv.getsockname()[1]}", script
-    finally:
-        stop.set()
-        t.join(5)
-        srv.close()
+    with serving(one) as url:
+        yield url, script
 
 
 def _outcome(answer: Answer | None) -> object:
