@@ -16,6 +16,11 @@ the standard library's :mod:`http.client` does the same exchange in about a fift
 * it asks for no content coding (``Accept-Encoding: identity``) and refuses an answer that
   has one anyway (:class:`FormatError`, as a body httpx cannot decode), so no decoded size
   goes unbounded;
+* an answer cut short (the connection closed before its ``Content-Length`` or its last
+  chunk) is a protocol failure, as in httpx, never a shorter body;
+* an informational answer other than ``100 Continue`` (e.g. ``103 Early Hints``) is refused
+  as a protocol failure, where httpx passes over it: the log server sends none, and the
+  relay sends the batch again (its events are idempotent by eid);
 * a transport or protocol failure is :class:`Unreachable` and drops the connection; a
   connection the server closed while idle (readable before the request) is replaced
   before sending, as httpcore's pool does.
@@ -121,6 +126,10 @@ class _Connection(http.client.HTTPConnection):
         self, host: str, port: int, timeout: float | None, context: ssl.SSLContext | None
     ) -> None:
         super().__init__(host, port)
+        if context is not None:
+            # The Host header names the port only when it is not the scheme's own
+            # (http.client compares with default_port, 80 on this class): as httpx does.
+            self.default_port = http.client.HTTPS_PORT
         self.per_read = timeout
         self.context = context
         self.held: list[bytes] = []
@@ -229,6 +238,8 @@ class LeanPoster:
                         if at is not None and time.monotonic() > at:
                             raise Unreachable(f"POST {url}: the answer took too long")
                         chunks.append(chunk)
+                    if response.length:  # http.client's read(n) ends quietly at EOF
+                        raise http.client.IncompleteRead(b"", response.length)
                 except BaseException:
                     conn.close()  # the rest of the answer is still on the connection
                     raise
