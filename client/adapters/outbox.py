@@ -528,12 +528,13 @@ class Outbox:
             finally:
                 dst.close()
             fsync_path(tmp)
-            while (target := self._rescue_target(tmp)) is not None:
+            while True:
+                target, write = self._rescue_target(tmp)
+                if not write:
+                    break
                 try:
                     os.link(tmp, target)  # never over a file that is there by now
                 except FileExistsError:
-                    if target != self.path:
-                        raise
                     continue  # another adapter sharing the outbox, just now: what it wrote?
                 fsync_dir(self.path.parent)
                 break
@@ -549,12 +550,14 @@ class Outbox:
         finally:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
-        if target is None:
+        if not write:
             _log.error(
-                "the outbox file %s was removed or replaced while in use; the file now at "
-                "that path already holds everything this adapter held (another adapter "
-                "sharing the outbox wrote it back): no copy written; restart the adapter",
+                "the outbox file %s was removed or replaced while in use; %s already holds "
+                "everything this adapter held (another adapter sharing the outbox wrote it "
+                "back): no copy written; restart the adapter%s",
                 self.path,
+                target,
+                "" if target == self.path else f" with that file moved to {self.path}",
             )
             return
         _log.error(
@@ -565,17 +568,32 @@ class Outbox:
             "" if target == self.path else f" with that file moved to {self.path}",
         )
 
-    def _rescue_target(self, copy: Path) -> Path | None:
-        """Where ``copy`` (what this process held) goes: the path, if nothing is there;
-        nowhere, if the file there holds every event of the copy as the copy has it (two
-        adapters sharing one outbox both rescue the same database: the first writes it
-        back, the second finds it there); else beside it. Decided on the content, not on who
-        wrote the file, so an event only this process holds is never dropped."""
+    def _rescue_target(self, copy: Path) -> tuple[Path, bool]:
+        """Where ``copy`` (what this process held) goes, and whether it is to be written
+        there: the path, if nothing is there; nowhere (the file that holds it, not to be
+        written), if the file at the path or a copy beside it (``<name>.rescued-*``) holds
+        every event of the copy as the copy has it (two adapters sharing one outbox both
+        rescue the same database: the first writes it, the second finds it); else beside
+        the path, under a name no file has (``<name>.rescued-<unix time>``, ``-2``, ``-3``
+        if two copies are made within a second). Decided on the content, not on who wrote
+        a file, so an event only this process holds is never dropped."""
         if not os.path.lexists(self.path):
-            return self.path
-        if _holds_every_event(self.path, copy):
-            return None
-        return self.path.with_name(f"{self.path.name}.rescued-{int(time.time())}")
+            return self.path, True
+        stem = f"{self.path.name}.rescued-"
+        beside = sorted(
+            p
+            for p in self.path.parent.iterdir()
+            if p.name.startswith(stem) and not p.name.endswith(("-wal", "-shm", "-journal"))
+        )
+        for held in (self.path, *beside):
+            if _holds_every_event(held, copy):
+                return held, False
+        at = f"{stem}{int(time.time())}"
+        target, n = self.path.with_name(at), 1
+        while os.path.lexists(target):
+            n += 1
+            target = self.path.with_name(f"{at}-{n}")
+        return target, True
 
     def _gone(self) -> str:
         msg = (
