@@ -322,11 +322,17 @@ def _holds_every_event(there: Path, copy: Path) -> bool:
     """Whether the outbox file ``there`` has every row of ``copy``'s ``events`` table, each
     as it is in ``copy`` (both opened read-only; anything unreadable or not an outbox: no).
     One pass over the copy's rows, each looked up by its ``seq`` (the rowid): no sort, no
-    temporary copy of the event bodies."""
+    temporary copy of the event bodies. Only a regular file is opened: a FIFO put there
+    would block the open (and the adapter's stop) until someone writes to it."""
 
     def uri(path: Path, query: str) -> str:
         return "file:" + urllib.parse.quote(str(path.absolute())) + query
 
+    try:
+        if not stat.S_ISREG(os.stat(there).st_mode):
+            return False
+    except OSError:
+        return False
     try:
         # immutable: the copy is this process's own file, not yet linked anywhere
         conn = sqlite3.connect(uri(copy, "?immutable=1"), uri=True, isolation_level=None)

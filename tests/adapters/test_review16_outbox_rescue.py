@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -97,3 +99,28 @@ def test_a_copy_beside_the_path_that_lacks_an_event_is_not_taken_as_ours(
     holding = [p for p in _rescued(tmp_path) if _pending(p) == ["eid-1", "eid-2"]]
     assert len(holding) == 1, [p.name for p in tmp_path.iterdir()]
     assert f"was written to {holding[0]}" in said, said
+
+
+def test_a_fifo_put_at_the_path_does_not_hang_the_stop(tmp_path: Path) -> None:
+    # Whether the file at the path already holds the events was read by opening it with
+    # SQLite: a FIFO there (or beside, as a .rescued- name) blocked that open until someone
+    # wrote to it, and the adapter's stop with it. Only a regular file is compared now; the
+    # copy goes beside the FIFO.
+    path = tmp_path / "outbox.sqlite"
+    ob = Outbox(path)
+    ob.put([OutboxRecord("eid-1", "r1", "{}")])
+    for side in ("", "-wal", "-shm"):
+        os.unlink(str(path) + side)
+    os.mkfifo(path)
+    stopping = threading.Thread(target=ob.close, daemon=True)
+    stopping.start()
+    stopping.join(30)
+    hung = stopping.is_alive()
+    if hung:  # let the blocked open go on (a writer that closes at once), then fail
+        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+        stopping.join(60)
+    assert not hung, "the stop hung opening the FIFO at the outbox path"
+    assert stat.S_ISFIFO(os.lstat(path).st_mode)
+    saved = _rescued(tmp_path)
+    assert len(saved) == 1, [p.name for p in tmp_path.iterdir()]
+    assert _pending(saved[0]) == ["eid-1"]
