@@ -18,6 +18,9 @@ import pytest
 
 from client.adapters.outbox import Outbox, OutboxRecord
 
+from .outbox_files import pending as _pending
+from .outbox_files import remove as _remove
+
 ROOT = Path(__file__).resolve().parents[2]
 
 # One adapter: opens the shared outbox, queues its events, says so, and stops cleanly (the
@@ -61,16 +64,6 @@ def _stop(*children: subprocess.Popen[str]) -> list[str]:
         assert out.startswith("stopped"), (out, err)
         logs.append(err)
     return logs
-
-
-def _pending(path: Path) -> list[str]:
-    with Outbox(path) as again:
-        return sorted(p.eid for p in again.pending())
-
-
-def _remove(path: Path) -> None:
-    for side in ("", "-wal", "-shm"):
-        os.unlink(str(path) + side)
 
 
 EVERY = sorted(f"eid-{n}-{i}" for n in ("a", "b") for i in range(3))

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from client.adapters.outbox import Outbox, OutboxRecord
 
+from .outbox_files import pending as _pending
+
 ROOT = Path(__file__).resolve().parents[2]
 
 _CHILD = """
@@ -56,11 +58,6 @@ def _run_then_kill(path: Path, what: str, *extra: str, wait_for: Path | None = N
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait(15)
-
-
-def _pending(path: Path) -> list[str]:
-    with Outbox(path) as again:
-        return sorted(p.eid for p in again.pending())
 
 
 def test_a_removed_wal_then_quiet_then_a_crash_loses_nothing(tmp_path: Path) -> None:

@@ -13,10 +13,7 @@ import pytest
 
 from client.adapters.outbox import Outbox, OutboxError, OutboxRecord
 
-
-def _pending(path: Path) -> list[str]:
-    with Outbox(path) as again:
-        return sorted(p.eid for p in again.pending())
+from .outbox_files import pending as _pending
 
 
 def test_an_add_after_the_removal_then_a_clean_stop_writes_the_file_back(

@@ -22,10 +22,8 @@ import pytest
 
 from client.adapters.outbox import Outbox, OutboxRecord
 
-
-def _pending(path: Path) -> list[str]:
-    with Outbox(path) as again:
-        return sorted(p.eid for p in again.pending())
+from .outbox_files import pending as _pending
+from .outbox_files import remove as _remove
 
 
 def _replace_with_one_holding(path: Path, eids: list[str]) -> None:
@@ -34,8 +32,7 @@ def _replace_with_one_holding(path: Path, eids: list[str]) -> None:
     other = path.with_name("other.sqlite")
     with Outbox(other) as early:
         early.put([OutboxRecord(e, "r-" + e, "{}") for e in eids])
-    for side in ("", "-wal", "-shm"):
-        os.unlink(str(path) + side)
+    _remove(path)
     os.rename(other, path)
 
 
@@ -109,8 +106,7 @@ def test_a_fifo_put_at_the_path_does_not_hang_the_stop(tmp_path: Path) -> None:
     path = tmp_path / "outbox.sqlite"
     ob = Outbox(path)
     ob.put([OutboxRecord("eid-1", "r1", "{}")])
-    for side in ("", "-wal", "-shm"):
-        os.unlink(str(path) + side)
+    _remove(path)
     os.mkfifo(path)
     stopping = threading.Thread(target=ob.close, daemon=True)
     stopping.start()
