@@ -264,6 +264,19 @@ class _StateCollector(Collector):
                 "times this frontend lost the store's operator lock (its connection ended)",
                 value=hold.losses,
             )
+        down = store_outage(self.log)
+        if down is not None:  # a PostgreSQL store: the database known down (503 at once)
+            yield GaugeMetricFamily(
+                "tlog_store_reachable",
+                "0 while the database is known down (reads and writes answer 503 at once, "
+                "see /readyz), else 1",
+                value=0 if down[0] is not None else 1,
+            )
+            yield CounterMetricFamily(
+                "tlog_store_outages",
+                "times the database became known down (a connection attempt failed)",
+                value=down[1],
+            )
         damaged = CounterMetricFamily(
             "tlog_store_damaged_reads",
             "reads that met a damaged stored record, by kind (each refused or left out, "
@@ -310,6 +323,16 @@ class _StateCollector(Collector):
 def operator_hold(log_: Log) -> OperatorHold | None:
     """The store's operator lock hold of a ``tlog serve`` of a PostgreSQL store, or None."""
     return getattr(log_.storage, "operator_hold", None)
+
+
+def store_outage(log_: Log) -> tuple[str | None, int] | None:
+    """For a PostgreSQL store: why the database is known down (None when it is not) and
+    how many times it became so (``tlog.pg.PgStorage.outage``); None for other stores."""
+    count = getattr(log_.storage, "outages", None)
+    if count is None:
+        return None
+    why: str | None = getattr(log_.storage, "outage", None)
+    return why, int(count)
 
 
 def stored_size(log_: Log) -> int:

@@ -734,6 +734,7 @@ class PgStorage:
         # Set and cleared by the probe thread (_probe), started when a connection broke or
         # none came (_suspect); while set, reads and writes are refused at once.
         self._outage: str | None = None
+        self.outages = 0  # times the database became known down (GET /metrics)
         self._probe_lock = threading.Lock()
         self._prober: threading.Thread | None = None
         self.probe_every = PROBE_EVERY
@@ -857,6 +858,12 @@ class PgStorage:
 
     # -- the database known down: answered at once, probed in the background ---------------
 
+    @property
+    def outage(self) -> str | None:
+        """Why the database is known down (its last connection attempt's failure), or
+        None while it is not known down."""
+        return self._outage
+
     def _check_reachable(self) -> None:
         """Refuse at once (:class:`StoreUnreachable`) while the database is known down,
         instead of waiting for a pooled connection or a connect that cannot come."""
@@ -890,6 +897,7 @@ class PgStorage:
             except psycopg.Error as exc:
                 why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
                 if self._outage is None:
+                    self.outages += 1
                     log.error(
                         "DATABASE UNREACHABLE %s: %s; reads and writes answer 503 at once "
                         "until it answers again",

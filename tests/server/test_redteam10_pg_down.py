@@ -53,6 +53,9 @@ def test_reads_answer_503_at_once_while_postgresql_is_down_and_resume(tmp_path: 
             assert r.status_code == 200 and r.json()["index"] == 0, r.text
             entry = srv.url + "/v1/entries/0"
             assert http.get(entry).content == b"before"
+            metrics = http.get(srv.url + "/metrics").text
+            assert "tlog_store_reachable 1.0" in metrics, metrics
+            assert "tlog_store_outages_total 0.0" in metrics, metrics
 
             cluster.stop("fast")
             # The first reads find the pool's connections dead (and may wait for the bound
@@ -73,6 +76,9 @@ def test_reads_answer_503_at_once_while_postgresql_is_down_and_resume(tmp_path: 
             assert r.status_code == 503 and r.headers.get("Retry-After"), r.text
             assert took < WELL_UNDER, took
             assert httpx.get(srv.url + "/healthz").status_code == 200  # alive throughout
+            metrics = http.get(srv.url + "/metrics").text  # answered without the database
+            assert "tlog_store_reachable 0.0" in metrics, metrics
+            assert "tlog_store_outages_total 1.0" in metrics, metrics
 
             cluster.start()
             deadline = time.monotonic() + 60
@@ -92,6 +98,9 @@ def test_reads_answer_503_at_once_while_postgresql_is_down_and_resume(tmp_path: 
             while http.get(srv.url + "/readyz").status_code != 200:
                 assert time.monotonic() < deadline, http.get(srv.url + "/readyz").text
                 time.sleep(0.2)
+            metrics = http.get(srv.url + "/metrics").text
+            assert "tlog_store_reachable 1.0" in metrics, metrics
+            assert "tlog_store_outages_total 1.0" in metrics, metrics  # one outage, counted once
             http.close()
         finally:
             srv.stop()
