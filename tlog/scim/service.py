@@ -221,6 +221,31 @@ class _ActorKeys:
     aead: AESGCM
 
 
+def _seal(
+    tk: TenantKeys,
+    aead: AESGCM,
+    lh: bytes,
+    nonce: bytes,
+    encoded: bytes,
+    encoded_effect: bytes | None,
+    ak: _ActorKeys | None,
+    sent_actor: bytes,
+    an: bytes | None,
+    rand: RandomPool,
+) -> tuple[bytes, bytes]:
+    """The envelope (iv, ciphertext) of the event ``lh`` under its subject's ``aead``: the
+    event, its effect and, with actor keys ``ak``, the actor as sent sealed under them with
+    its retry digest. The same steps, and random draws, on the general path and the batch
+    pipeline (:meth:`ScimService._stage`, :meth:`ScimService._stage_new`)."""
+    sealed = retry = None
+    if ak is not None and an is not None:
+        sealed = seal_actor(ak.aead, ak.kid, ak.epoch, lh, sent_actor, an, rand)
+        retry = tk.actor_retry_digest(lh, sent_actor)
+    return seal_envelope(
+        aead, lh, envelope_plaintext(nonce, encoded, encoded_effect, sealed, retry), rand
+    )
+
+
 class _Pipeline:
     """What one staging's batch pipeline (:meth:`ScimService._stage_new`) computes once:
     the parts of every leaf and key that only depend on the tenant and the log time, and
@@ -1301,13 +1326,7 @@ class ScimService:
             None if encoded_effect is None else effect_commitment(nonce, encoded_effect),
         )
         lh = leaf_hash(leaf)
-        sealed = retry = None
-        if ak is not None and an is not None:
-            sealed = seal_actor(ak.aead, ak.kid, ak.epoch, lh, sent_actor, an, rand)
-            retry = tk.actor_retry_digest(lh, sent_actor)
-        iv, ct = seal_envelope(
-            aead, lh, envelope_plaintext(nonce, encoded, encoded_effect, sealed, retry), rand
-        )
+        iv, ct = _seal(tk, aead, lh, nonce, encoded, encoded_effect, ak, sent_actor, an, rand)
         values = index_values(ev)
         if effect is not None:
             values = list(dict.fromkeys(values + effect_index_values(effect)))
@@ -1381,13 +1400,7 @@ class ScimService:
             + pipe.leaf_tail
         )
         lh = leaf_hash(leaf)
-        sealed = retry = None
-        if ak is not None and an is not None:
-            sealed = seal_actor(ak.aead, ak.kid, ak.epoch, lh, sent_actor, an, rand)
-            retry = tk.actor_retry_digest(lh, sent_actor)
-        iv, ct = seal_envelope(
-            aead, lh, envelope_plaintext(nonce, encoded, encoded_effect, sealed, retry), rand
-        )
+        iv, ct = _seal(tk, aead, lh, nonce, encoded, encoded_effect, ak, sent_actor, an, rand)
         conds = self._new_conds(tk, ev, effect, encoded_effect, batch, pipe)
         tail = pipe.ts + lh
         x = pipe.index_prefix
