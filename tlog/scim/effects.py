@@ -374,7 +374,7 @@ class _Run:
             self.references(attr, items, whole=False)
         return True
 
-    def _follow_split(self) -> None:
+    def _follow_split(self, parts: int, part: int, req: object) -> None:
         """Before judging: whether this event follows the parts of a split request seen so
         far. A request split into linked parts (``x.part`` of ``x.parts``) must come part
         after part, 0 first, with no other event of the resource between: the state keeps
@@ -386,9 +386,6 @@ class _Run:
         (:meth:`_forget_gap`), the effect says so (``changes``: each attribute forgotten;
         ``update``), and what follows is judged as on a resource not known: nothing later
         is called a ``noop`` or hidden for lack of that part."""
-        x = self.ev.get("x", {})
-        parts, part = x.get("parts", 1), x.get("part", 0)
-        req = self.ev.get("corr", {}).get("req")
         pending = self.state.get("split")
         if parts > 1 and part > 0:
             gap = pending is None or pending != req or self.state.get("split_next") != part
@@ -408,13 +405,6 @@ class _Run:
             self.state["split_next"] = part + 1
             if lost:
                 self.state["split_lost"] = req
-
-    def _end_split(self) -> None:
-        """After judging: a split request's last part ends its marks."""
-        x = self.ev.get("x", {})
-        if x.get("parts", 1) <= 1 or x.get("part", 0) >= x["parts"] - 1:
-            for key in _SPLIT_KEYS:
-                self.state.pop(key, None)
 
     def _forget_gap(self) -> None:
         """A part of a split request is missing (:meth:`_follow_split`): forget every value
@@ -700,14 +690,15 @@ class _Run:
         ocsf = "1.8"
         if op == "delete":
             return self.effect(["delete"], ocsf), None
-        if ev.get("x", {}).get("uninterpretable"):
+        x = ev.get("x", {})
+        if x.get("uninterpretable"):
             # What happened is unknown: forget what we knew rather than judge later events
             # against a state that may be wrong.
             return {"basis": "unknown", "acts": []}, None
         whole = op in ("create", "replace")
-        self._follow_split()
-        x = ev.get("x", {})
         parts, part = x.get("parts", 1), x.get("part", 0)
+        req = ev.get("corr", {}).get("req")
+        self._follow_split(parts, part, req)
         if op == "create":
             self.verbs.add("create")
             if part == 0:  # a later part of a split create goes on from the earlier ones
@@ -777,7 +768,6 @@ class _Run:
                 if (self.prefix, key) in _SETS and key not in seen_sets:
                     self.values(key, "replace", [], whole=True)  # a PUT without them clears
         refs = ev.get("refs", ())
-        req = ev.get("corr", {}).get("req")
         if self.state.get("cleared") not in (None, req):
             for key in ("cleared", "cleared_members", "cleared_manager"):
                 self.state.pop(key, None)  # a split request whose last part never came
@@ -799,21 +789,22 @@ class _Run:
                 self.references(attr, items, whole=whole)
             elif attr == "members" and self.prefix == "group" and op == "replace":
                 self.references(attr, [], whole=True)  # a PUT without members empties it
-        if "forgot" in self.state and self.state["forgot"] == ev.get("corr", {}).get("req"):
+        if "forgot" in self.state and self.state["forgot"] == req:
             # An earlier part of this request cleared the members or the manager at a place
             # among the references that a split request cannot show: still not known.
             self.full.discard("members")
             self.state.pop("manager", None)
-            x = ev.get("x", {})
-            if x.get("part", 0) >= x.get("parts", 1) - 1:
+            if part >= parts - 1:
                 self.state.pop("forgot", None)
         if "split_lost" in self.state and self.state["split_lost"] == req:
             # A part of this request is missing: whatever its references did, a replace of
             # the members or a clear may run over the parts, so the set stays not known.
             self._forget_refs()
         self._mark_touched(mods, refs)
-        self._end_split()
-        result = ev.get("x", {}).get("result")
+        if parts <= 1 or part >= parts - 1:  # a split request's last part ends its marks
+            for key in _SPLIT_KEYS:
+                self.state.pop(key, None)
+        result = x.get("result")
         if isinstance(result, Mapping):
             self.apply_result(result)
         if op == "create":
