@@ -438,17 +438,13 @@ class PgReadView:
             return fn(self._conn)
         except psycopg.Error as exc:
             if not self._retry_on_new_connection(exc):
-                if self._conn.closed or self._conn.broken:
-                    self._s._suspect()
-                raise pg_fault(exc) or StorageError(str(exc)) from exc
+                raise self._s._failed(exc, self._conn) from exc
         finally:
             self._fresh = False
         try:
             return fn(self._conn)
         except psycopg.Error as exc:
-            if self._conn.closed or self._conn.broken:
-                self._s._suspect()
-            raise pg_fault(exc) or StorageError(str(exc)) from exc
+            raise self._s._failed(exc, self._conn) from exc
 
     def __enter__(self) -> PgReadView:
         return self
@@ -884,6 +880,13 @@ class PgStorage:
             self._prober = threading.Thread(target=self._probe, name="tlog-pg-probe", daemon=True)
             self._prober.start()
 
+    def _failed(self, exc: psycopg.Error, conn: psycopg.Connection[Any]) -> StorageError:
+        """What a statement that failed with ``exc`` on ``conn`` is answered with; when it
+        left the connection broken, the probe tries the database (:meth:`_suspect`)."""
+        if conn.closed or conn.broken:
+            self._suspect()
+        return pg_fault(exc) or StorageError(str(exc))
+
     def _probe(self) -> None:
         """Connect (at most ``PROBE_CONNECT_TIMEOUT`` s) and run one statement, every
         ``probe_every`` seconds until it works. A failure marks the database known down
@@ -965,9 +968,7 @@ class PgStorage:
         except BaseException as exc:
             self._abort(conn)
             if isinstance(exc, psycopg.Error):
-                if conn.closed or conn.broken:
-                    self._suspect()
-                raise pg_fault(exc) or StorageError(str(exc)) from exc
+                raise self._failed(exc, conn) from exc
             raise
         self._sync_wait_cancelled = False
         try:
