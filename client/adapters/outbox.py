@@ -318,16 +318,17 @@ LIMIT 1
 """
 
 
+def _uri(path: Path, query: str) -> str:
+    """SQLite's ``file:`` URI of ``path`` with ``query`` (its open mode)."""
+    return "file:" + urllib.parse.quote(str(path.absolute())) + query
+
+
 def _holds_every_event(there: Path, copy: Path) -> bool:
     """Whether the outbox file ``there`` has every row of ``copy``'s ``events`` table, each
     as it is in ``copy`` (both opened read-only; anything unreadable or not an outbox: no).
     One pass over the copy's rows, each looked up by its ``seq`` (the rowid): no sort, no
     temporary copy of the event bodies. Only a regular file is opened: a FIFO put there
     would block the open (and the adapter's stop) until someone writes to it."""
-
-    def uri(path: Path, query: str) -> str:
-        return "file:" + urllib.parse.quote(str(path.absolute())) + query
-
     try:
         if not stat.S_ISREG(os.stat(there).st_mode):
             return False
@@ -335,11 +336,11 @@ def _holds_every_event(there: Path, copy: Path) -> bool:
         return False
     try:
         # immutable: the copy is this process's own file, not yet linked anywhere
-        conn = sqlite3.connect(uri(copy, "?immutable=1"), uri=True, isolation_level=None)
+        conn = sqlite3.connect(_uri(copy, "?immutable=1"), uri=True, isolation_level=None)
     except sqlite3.Error:
         return False
     try:
-        conn.execute("ATTACH DATABASE ? AS there", (uri(there, "?mode=ro"),))
+        conn.execute("ATTACH DATABASE ? AS there", (_uri(there, "?mode=ro"),))
         missing = conn.execute(_MISSING_THERE).fetchone()
     except sqlite3.Error:
         return False
@@ -438,7 +439,7 @@ class Outbox:
         # database where the outbox was removed (see _moved).
         target: str | Path = self.path
         if not create:
-            target = "file:" + urllib.parse.quote(str(self.path.absolute())) + "?mode=rw"
+            target = _uri(self.path, "?mode=rw")
         conn = sqlite3.connect(
             target, isolation_level=None, check_same_thread=False, timeout=30.0, uri=not create
         )
