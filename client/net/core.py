@@ -65,6 +65,7 @@ __all__ = [
     "deadline_left",
     "http_client",
     "inert",
+    "read_body",
     "retry_after",
 ]
 
@@ -206,6 +207,24 @@ def deadline_left(exc: type[Exception], timeout: float | None) -> float | None:
     return left if timeout is None else min(timeout, left)
 
 
+def read_body(
+    chunks: Iterable[bytes], limit: int, at: float | None, path: str, request: str
+) -> bytes:
+    """An answer's body, read from ``chunks``: :class:`FormatError` once it is larger than
+    ``limit`` bytes, :class:`Unreachable` (naming ``request``) once the answer's end ``at``
+    (``time.monotonic()``) has passed, whatever the client's sockets."""
+    body: list[bytes] = []
+    n = 0
+    for chunk in chunks:
+        n += len(chunk)
+        if n > limit:
+            raise FormatError(f"{path}: answer larger than {limit} bytes")
+        if at is not None and time.monotonic() > at:
+            raise Unreachable(f"{request}: the answer took too long")
+        body.append(chunk)
+    return b"".join(body)
+
+
 class _DeadlineStream(httpcore.NetworkStream):
     """A socket stream whose every read and write ends by the thread's deadline."""
 
@@ -343,22 +362,15 @@ class HTTPCore(Closing):
                 )
                 response = self.http.send(request, stream=True)
                 try:
-                    chunks: list[bytes] = []
-                    n = 0
-                    for chunk in response.iter_bytes():  # decoded: the limit bounds gzip too
-                        n += len(chunk)
-                        if n > limit:
-                            raise FormatError(f"{path}: answer larger than {limit} bytes")
-                        if at is not None and time.monotonic() > at:  # any client's sockets
-                            raise Unreachable(f"{method} {url}: the answer took too long")
-                        chunks.append(chunk)
+                    # decoded: the limit bounds gzip too
+                    body = read_body(response.iter_bytes(), limit, at, path, f"{method} {url}")
                 finally:
                     response.close()
         except httpx.DecodingError as exc:
             raise FormatError(f"{path}: cannot decode the answer: {exc}") from exc
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise Unreachable(f"{method} {url}: {exc}") from exc
-        return Answer(response.status_code, response.headers, b"".join(chunks))
+        return Answer(response.status_code, response.headers, body)
 
     def call(
         self,

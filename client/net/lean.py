@@ -32,6 +32,7 @@ returns None when the connection is busy, and the caller sends through httpx ins
 
 from __future__ import annotations
 
+import functools
 import http.client
 import io
 import select
@@ -45,7 +46,14 @@ from urllib.parse import urlsplit
 import httpx
 
 from client.formats.note import FormatError
-from client.net.core import ANSWER_TIME_FACTOR, Answer, Unreachable, answer_deadline, deadline_left
+from client.net.core import (
+    ANSWER_TIME_FACTOR,
+    Answer,
+    Unreachable,
+    answer_deadline,
+    deadline_left,
+    read_body,
+)
 
 __all__ = ["LeanPoster", "lean_url"]
 
@@ -229,15 +237,8 @@ class LeanPoster:
                             f"{path}: cannot decode the answer: content coding {coding!r} "
                             "was not asked for"
                         )
-                    chunks: list[bytes] = []
-                    n = 0
-                    while chunk := response.read(_CHUNK):
-                        n += len(chunk)
-                        if n > limit:
-                            raise FormatError(f"{path}: answer larger than {limit} bytes")
-                        if at is not None and time.monotonic() > at:
-                            raise Unreachable(f"POST {url}: the answer took too long")
-                        chunks.append(chunk)
+                    chunks = iter(functools.partial(response.read, _CHUNK), b"")
+                    body = read_body(chunks, limit, at, path, f"POST {url}")
                     if response.length:  # http.client's read(n) ends quietly at EOF
                         raise http.client.IncompleteRead(b"", response.length)
                 except BaseException:
@@ -248,4 +249,4 @@ class LeanPoster:
         except (OSError, http.client.HTTPException) as exc:
             conn.close()
             raise Unreachable(f"POST {url}: {exc}") from exc
-        return Answer(response.status, httpx.Headers(response.getheaders()), b"".join(chunks))
+        return Answer(response.status, httpx.Headers(response.getheaders()), body)
