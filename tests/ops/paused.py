@@ -95,23 +95,6 @@ def paused(script: str, *args: str) -> Iterator[Paused]:
             proc.wait()
 
 
-def paused_at(module: str, name: str) -> str:
-    """A patch that pauses at the first call of ``module.name`` (the command's locks held,
-    nothing else done yet), then runs it."""
-    return f"""
-import importlib
-_mod = importlib.import_module({module!r})
-_run = getattr(_mod, {name!r})
-_paused = []
-def _pause_first(*a, **k):
-    if not _paused:
-        _paused.append(1)
-        pause()
-    return _run(*a, **k)
-setattr(_mod, {name!r}, _pause_first)
-"""
-
-
 def retake_gated(gate: str) -> str:
     """A patch for ``tlog serve`` on PostgreSQL: every attempt to take the store's operator
     lock again after the first one waits until the file ``gate`` exists (a test decides

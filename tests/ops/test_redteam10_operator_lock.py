@@ -36,7 +36,7 @@ from tlog.backend import StoreNotHeld
 from tlog.pg import OperatorHold, PgStorage
 
 from ..support import serve_args, start_server, tlog_cli
-from .paused import command_script, paused, paused_at, retake_gated
+from .paused import command_script, pause_at, paused, retake_gated
 
 pytestmark = pytest.mark.slow
 
@@ -193,7 +193,7 @@ def test_recover_in_the_gap_keeps_serve_from_writing_until_it_ends(
         for name in ("log.key", "last-checkpoint"):
             shutil.copy2(data / name, other / name)
         args = ("--data", str(other), *serve_args(pg_url), "--from", pg_url)
-        recover = command_script(paused_at("tlog.recover", "recover_database"), "recover")
+        recover = command_script(pause_at("tlog.recover:recover_database"), "recover")
         with paused(recover, *args) as rec:
             gate.touch()  # serve tries now, and finds recover holding the lock
             holder = f"tlog recover PID {rec.proc.pid}"
