@@ -17,7 +17,7 @@ import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 
@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from tlog.recover import Target
     from tlog.signer import CheckpointSigner
 
+T = TypeVar("T")
+
 __all__ = [
     "BACKENDS",
     "DataBackup",
@@ -35,6 +37,7 @@ __all__ = [
     "backend_database",
     "empty_store",
     "open_store",
+    "reading",
     "require_postgres",
     "running_cluster",
     "stored_tree_size",
@@ -87,14 +90,19 @@ def open_store(database: str | None, path: Path) -> Backend:
     return open_backend(database, path)
 
 
-def stored_tree_size(database: str | None, path: Path) -> int:
-    """The tree size the store holds now (:func:`open_store`'s store, opened and closed)."""
+def reading(database: str | None, path: Path, read: Callable[[Any], T]) -> T:
+    """``read`` of a read view of :func:`open_store`'s store, opened and closed around it."""
     st = open_store(database, path)
     try:
         with st.read() as rv:
-            return rv.tree_size()
+            return read(rv)
     finally:
         st.close()
+
+
+def stored_tree_size(database: str | None, path: Path) -> int:
+    """The tree size the store holds now (:func:`reading`)."""
+    return reading(database, path, lambda rv: rv.tree_size())
 
 
 def recover_into(

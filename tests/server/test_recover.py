@@ -13,7 +13,6 @@ import shutil
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
 
 import pytest
 from starlette.testclient import TestClient
@@ -27,11 +26,9 @@ from tlog.integrity import RollbackDetected
 from tlog.server import build_app
 from tlog.signer import create_key_file
 
-from ..pgsupport import OldCopy, clone_store, empty_store, open_store, stored_tree_size
+from ..pgsupport import OldCopy, clone_store, empty_store, reading, stored_tree_size
 from ..support import serve_args, serve_config, store_args
 from .conftest import ORIGIN
-
-T = TypeVar("T")
 
 
 @pytest.fixture
@@ -146,16 +143,6 @@ def _recover(data: Path, source: str | Path, database: str | None, *extra: str) 
     return tlog_main(
         ["recover", "--data", str(data), *serve_args(database), "--from", str(source), *extra]
     )
-
-
-def _reading(data: Path, database: str | None, read: Callable[[Any], T]) -> T:
-    """``read`` of a read view of the store, opened and closed around it."""
-    st = open_store(database, data / "db")
-    try:
-        with st.read() as rv:
-            return read(rv)
-    finally:
-        st.close()
 
 
 def _tree_size(data: Path, database: str | None) -> int:
@@ -297,7 +284,7 @@ def test_a_copy_that_is_too_short_is_refused(
 
 
 def _checkpoints(data: Path, database: str | None) -> dict[int, bytes]:
-    return _reading(data, database, lambda rv: dict(rv.checkpoints()))
+    return reading(database, data / "db", lambda rv: dict(rv.checkpoints()))
 
 
 def _proof_status(data: Path, database: str | None, size: int) -> int:
