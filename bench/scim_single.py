@@ -21,10 +21,10 @@ process (``tlog.server.build_app``, the serve defaults, uvloop, the heap frozen 
 warm-up as ``tlog serve`` freezes it once it listens), driven by 64 concurrent
 callers with N events in all; reported: the process's CPU per event and the event loop's
 share of it (the rest is the SCIM group writer, the sequencer's writer and publisher), the
-CPU per event of each other thread (``/proc/self/task``, sampled every 20 ms), the events
-per durable commit and the bytes and write calls per event (``/proc/self/io``: LMDB's page
-writes, the checkpoint file). It leaves out uvicorn and the sockets, which hello-world pays
-as well.
+CPU per event of each thread, user + system (``/proc/self/task``, sampled every 20 ms), the
+events per durable commit, the bytes and write calls per event (``/proc/self/io``: LMDB's
+page writes, the checkpoint file) and the context switches per event (``getrusage``). It
+leaves out uvicorn and the sockets, which hello-world pays as well.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import sys
 import tempfile
@@ -94,8 +95,8 @@ class _ThreadCpu:
     and start again meanwhile are counted too (up to their last sample)."""
 
     def __init__(self) -> None:
-        self._first: dict[int, float] = {}
-        self._last: dict[int, tuple[str, float]] = {}
+        self._first: dict[int, tuple[float, float]] = {}
+        self._last: dict[int, tuple[str, tuple[float, float]]] = {}
         self._stop = threading.Event()
         self._sample(first=True)
         self._thread = threading.Thread(target=self._loop, name="bench-cpu", daemon=True)
@@ -107,7 +108,7 @@ class _ThreadCpu:
             if tid is None or t.name == "bench-cpu":
                 continue
             try:
-                v = cpu_seconds_task(tid)
+                v = cpu_user_sys_task(tid)
             except OSError:
                 continue
             if first:
@@ -118,22 +119,26 @@ class _ThreadCpu:
         while not self._stop.wait(0.02):
             self._sample()
 
-    def stop(self) -> dict[str, float]:
+    def stop(self) -> dict[str, tuple[float, float]]:
+        """CPU seconds (user, system) by thread name."""
         self._stop.set()
         self._thread.join()
         self._sample()
-        out: dict[str, float] = {}
-        for tid, (name, v) in self._last.items():
+        out: dict[str, tuple[float, float]] = {}
+        for tid, (name, (u, s)) in self._last.items():
             if name.startswith("tlog-read"):
                 name = "tlog-read"
-            out[name] = out.get(name, 0.0) + v - self._first.get(tid, 0.0)
+            u0, s0 = self._first.get(tid, (0.0, 0.0))
+            pu, ps = out.get(name, (0.0, 0.0))
+            out[name] = (pu + u - u0, ps + s - s0)
         return out
 
 
-def cpu_seconds_task(tid: int) -> float:
-    """User + system CPU time of this process's thread ``tid`` so far (Linux /proc)."""
+def cpu_user_sys_task(tid: int) -> tuple[float, float]:
+    """User and system CPU time of this process's thread ``tid`` so far (Linux /proc)."""
     fields = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def _io() -> tuple[int, int]:
@@ -206,11 +211,13 @@ def in_process(total: int, callers: int = 64) -> None:
             seq = app.api.seq
             b0 = seq.batches
             io0 = _io()
+            ru0 = resource.getrusage(resource.RUSAGE_SELF)
             threads = _ThreadCpu()
             c0, t0, w0 = time.process_time(), time.thread_time(), time.perf_counter()
             await asyncio.gather(*(caller(k, per) for k in range(callers)))
             c1, t1, w1 = time.process_time(), time.thread_time(), time.perf_counter()
             by_name = threads.stop()
+            ru1 = resource.getrusage(resource.RUSAGE_SELF)
             io1 = _io()
             n = per * callers
             print(
@@ -221,14 +228,16 @@ def in_process(total: int, callers: int = 64) -> None:
             print(
                 f"  {n / max(seq.batches - b0, 1):.1f} events a commit; written "
                 f"{(io1[0] - io0[0]) / n / 1024:.1f} KiB in {(io1[1] - io0[1]) / n:.1f} "
-                "write calls an event"
+                "write calls an event; context switches an event (all threads): "
+                f"{(ru1.ru_nvcsw - ru0.ru_nvcsw) / n:.1f} voluntary, "
+                f"{(ru1.ru_nivcsw - ru0.ru_nivcsw) / n:.1f} involuntary"
             )
             print(
-                "  by thread, µs/event: "
+                "  by thread, µs/event (user + system): "
                 + ", ".join(
-                    f"{k} {1e6 * v / n:.0f}"
-                    for k, v in sorted(by_name.items(), key=lambda kv: -kv[1])
-                    if k != "MainThread" and 1e6 * v / n >= 1
+                    f"{k} {1e6 * (u + s) / n:.0f} ({1e6 * u / n:.0f} + {1e6 * s / n:.0f})"
+                    for k, (u, s) in sorted(by_name.items(), key=lambda kv: -sum(kv[1]))
+                    if 1e6 * (u + s) / n >= 1
                 )
             )
 
