@@ -25,6 +25,10 @@ CPU per event of each thread, user + system (``/proc/self/task``, sampled every 
 events per durable commit, the bytes and write calls per event (``/proc/self/io``: LMDB's
 page writes, the checkpoint file) and the context switches per event (``getrusage``). It
 leaves out uvicorn and the sockets, which hello-world pays as well.
+
+``--staging R``: the SCIM group writer's staging alone (:func:`staging`): single events
+staged as the writer stages them against the same events as batches, thread CPU per event;
+with ``--mode``, one of them once, to count instructions under valgrind.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
+from typing import Any
 
 from bench.http import log_and_hello, wrk
 from bench.scim_proxy import cpu_model, sample_events, tlog_token
@@ -248,13 +253,88 @@ def in_process(total: int, callers: int = 64) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+GROUP = 20  # single events a group writer stages together under this bench's load
+
+
+def staging(rounds: int, modes: list[str]) -> None:
+    """``--staging R``: the group writer's staging alone, one thread, no commit: ``R`` groups
+    of ``GROUP`` new-subject creates staged as the writer stages single events (one staging
+    each, the group's memo shared) and the same number as batches of ``GROUP`` (one
+    staging). Thread CPU per event, best of three; ``--mode single`` (or ``batch``) runs only
+    that one once, for ``valgrind --tool=cachegrind``: its instruction count at two values
+    of ``R`` gives instructions per event, which the machine's load does not move."""
+    import gc
+    import random
+    import time
+
+    from client.formats.note import Ed25519Signer
+    from client.scim.fastjson import decode_event_json
+    from tlog.config import ServeConfig
+    from tlog.scim.store import Overlay
+    from tlog.server import build_app
+    from tlog.signer import CheckpointSigner
+
+    tmp = Path(tempfile.mkdtemp(prefix="tlog-bench-stage-"))
+    origin = "bench.example/log"
+    # a small map: valgrind cannot reserve the serve default's address space
+    cfg = ServeConfig(data=tmp / "data", map_size=1 << 30)
+    app, log_, _ = build_app(cfg, CheckpointSigner(Ed25519Signer(origin, bytes(32)), origin))
+    svc = app.state.scim
+    body = template().replace("\\\\", "\\")
+
+    def event(k: int) -> Any:
+        h = f"{random.getrandbits(128):032x}"
+        eid = f"{h[:8]}-{h[8:12]}-7{h[13:16]}-a{h[17:20]}-{h[20:]}"
+        return decode_event_json(body.replace("EID", eid).replace("RID", f"u-{k}-{h[:8]}").encode())
+
+    def run(mode: str, n: int, commit: bool = False) -> float:
+        groups = [[event(r * GROUP + k) for k in range(GROUP)] for r in range(n)]
+        t0 = time.thread_time()
+        for group in groups:
+            with svc.storage.read() as rv:
+                tx = Overlay(rv, None)
+                svc._group_memo, svc._group_tenants = {}, {}  # as _commit_group sets them
+                if mode == "single":
+                    for ev, enc in group:
+                        tx.mark()
+                        svc._stager(TENANT, [ev], [enc])(tx)
+                else:
+                    svc._stager(TENANT, [e for e, _ in group], [c for _, c in group])(tx)
+                svc._group_memo = svc._group_tenants = None
+                items = tx.items()
+            if commit:
+                svc.storage.put_aux(items)
+        return 1e6 * (time.thread_time() - t0) / (n * GROUP)
+
+    try:
+        run("batch", 1, commit=True)  # the tenant's and the actor's keys, durable
+        gc.collect()
+        gc.freeze()  # as tlog serve does once it listens
+        if len(modes) == 1:
+            run(modes[0], rounds)
+            return
+        best = {m: min(run(m, rounds) for _ in range(3)) for m in modes}
+        print(
+            f"staging only, {GROUP} new-subject creates a group, {rounds} groups: "
+            + ", ".join(f"{m} {v:.0f} µs/event" for m, v in best.items())
+        )
+    finally:
+        log_.storage.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--in-process", type=int, default=0, metavar="N")
     ap.add_argument("--database", help="serve from this postgresql:// URL (default: LMDB)")
+    ap.add_argument("--staging", type=int, default=0, metavar="R")
+    ap.add_argument("--mode", choices=("single", "batch"))
     args = ap.parse_args()
+    if args.staging:
+        staging(args.staging, [args.mode] if args.mode else ["single", "batch"])
+        return
     if args.in_process:
         in_process(args.in_process)
         return
