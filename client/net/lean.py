@@ -23,7 +23,17 @@ the standard library's :mod:`http.client` does the same exchange in about a fift
   relay sends the batch again (its events are idempotent by eid);
 * a transport or protocol failure is :class:`Unreachable` and drops the connection; a
   connection the server closed while idle (readable before the request) is replaced
-  before sending, as httpcore's pool does.
+  before sending, as httpcore's pool does;
+* that look and the server's idle close (``--keep-alive``) race: a close that arrives just
+  after the look meets the request in flight, and no answer comes. So a request on a
+  *reused* connection that fails before one byte of its answer, other than by a timeout,
+  is sent once more at once on a fresh connection, within the same deadline (httpcore's
+  pool does not: httpx raises ``RemoteProtocolError``, "Server disconnected without
+  sending a response", and its users add such a retry). Safe for the relay's batch: the
+  log deduplicates it by
+  eid (a retry answers the original's receipt and adds no leaf, docs/api.md). A fresh
+  connection's failure, or a second one, is :class:`Unreachable` (red team 11:
+  ``tests/net/test_redteam11_keepalive.py``).
 
 Only plain ``http``/``https`` URLs without user info or query take this path
 (:func:`lean_url`); anything else stays on httpx. One request at a time: :meth:`post`
@@ -86,7 +96,9 @@ class _Reader(io.RawIOBase):
     def readinto(self, b: memoryview | bytearray) -> int:  # type: ignore[override]
         sock = self._owner.sock
         sock.settimeout(deadline_left(TimeoutError, self._owner.timeout))
-        return sock.recv_into(b)
+        n = sock.recv_into(b)
+        self._owner.received += n
+        return n
 
     def close(self) -> None:
         if not self.closed:
@@ -101,6 +113,7 @@ class _DeadlineSocket:
     def __init__(self, sock: socket.socket, timeout: float | None) -> None:
         self.sock = sock
         self.timeout = timeout
+        self.received = 0  # answer bytes read on this connection
         self._readers = 0
         self._closed = False
 
@@ -218,35 +231,64 @@ class LeanPoster:
         at = None if span is None else time.monotonic() + span
         conn = self._conn
         conn.per_read = timeout
+        with answer_deadline(span):
+            if conn.sock is not None and select.select([conn.sock], [], [], 0)[0]:
+                conn.close()  # closed by the server while idle (or sent what none asked)
+            reused: _DeadlineSocket | None = conn.sock  # type: ignore[assignment]
+            seen = 0 if reused is None else reused.received
+            try:
+                return self._exchange(conn, path, content, limit, at, url)
+            except (OSError, http.client.HTTPException) as exc:
+                conn.close()
+                if not _idle_close_race(reused, seen, exc):
+                    raise Unreachable(f"POST {url}: {exc}") from exc
+            # The server closed the kept-alive connection just after the look above: the
+            # request went nowhere. Once more, at once, on a fresh connection.
+            try:
+                return self._exchange(conn, path, content, limit, at, url)
+            except (OSError, http.client.HTTPException) as exc:
+                conn.close()
+                raise Unreachable(f"POST {url}: {exc}") from exc
+
+    def _exchange(
+        self,
+        conn: _Connection,
+        path: str,
+        content: bytes,
+        limit: int,
+        at: float | None,
+        url: str,
+    ) -> Answer:
+        """One request and its answer on ``conn`` (connected first if it is not)."""
+        conn.held.clear()
+        conn.request("POST", f"{self._prefix}/{path.lstrip('/')}", content, self._headers)
+        conn.flush()
+        response = conn.getresponse()
         try:
-            with answer_deadline(span):
-                if conn.sock is not None and select.select([conn.sock], [], [], 0)[0]:
-                    conn.close()  # closed by the server while idle (or sent what none asked)
-                conn.held.clear()
-                conn.request("POST", f"{self._prefix}/{path.lstrip('/')}", content, self._headers)
-                conn.flush()
-                response = conn.getresponse()
-                try:
-                    if response.status < 200:  # http.client passes over 100 only
-                        raise http.client.HTTPException(
-                            f"an informational answer ({response.status}) in place of the answer"
-                        )
-                    coding = response.getheader("content-encoding")
-                    if coding is not None and coding.strip().lower() != "identity":
-                        raise FormatError(
-                            f"{path}: cannot decode the answer: content coding {coding!r} "
-                            "was not asked for"
-                        )
-                    chunks = iter(functools.partial(response.read, _CHUNK), b"")
-                    body = read_body(chunks, limit, at, path, f"POST {url}")
-                    if response.length:  # http.client's read(n) ends quietly at EOF
-                        raise http.client.IncompleteRead(b"", response.length)
-                except BaseException:
-                    conn.close()  # the rest of the answer is still on the connection
-                    raise
-                finally:
-                    response.close()
-        except (OSError, http.client.HTTPException) as exc:
-            conn.close()
-            raise Unreachable(f"POST {url}: {exc}") from exc
+            if response.status < 200:  # http.client passes over 100 only
+                raise http.client.HTTPException(
+                    f"an informational answer ({response.status}) in place of the answer"
+                )
+            coding = response.getheader("content-encoding")
+            if coding is not None and coding.strip().lower() != "identity":
+                raise FormatError(
+                    f"{path}: cannot decode the answer: content coding {coding!r} was not asked for"
+                )
+            chunks = iter(functools.partial(response.read, _CHUNK), b"")
+            body = read_body(chunks, limit, at, path, f"POST {url}")
+            if response.length:  # http.client's read(n) ends quietly at EOF
+                raise http.client.IncompleteRead(b"", response.length)
+        except BaseException:
+            conn.close()  # the rest of the answer is still on the connection
+            raise
+        finally:
+            response.close()
         return Answer(response.status, httpx.Headers(response.getheaders()), body)
+
+
+def _idle_close_race(reused: _DeadlineSocket | None, seen: int, exc: BaseException) -> bool:
+    """Whether a failed exchange on the kept-alive connection ``reused`` (None: it was a
+    fresh one), which had read ``seen`` bytes before it, is the server's idle close met in
+    flight: not one byte of an answer came, and it was no timeout (a server still working
+    on the request may answer it yet)."""
+    return reused is not None and reused.received == seen and not isinstance(exc, TimeoutError)
