@@ -1827,30 +1827,60 @@ def hold_store(url: str, who: str, *, exclusive: bool) -> psycopg.Connection[Any
 
 HOLD_CHECK_EVERY = 1.0  # seconds between two looks at OperatorHold's lock connection
 HOLD_MAX_BACKOFF = 8.0  # at most this many seconds between two attempts to take it again
+# Seconds between two round trips on the lock connection, and how long one may take (on
+# this side's clock): a path that went dark without closing anything (a TCP proxy or load
+# balancer before PostgreSQL, whose own kernel answers the keepalive probes) is seen within
+# about HOLD_PROBE_EVERY + HOLD_PROBE_TIMEOUT + HOLD_CHECK_EVERY seconds.
+HOLD_PROBE_EVERY = 5.0
+HOLD_PROBE_TIMEOUT = 5.0
 
 
-def _lock_alive(conn: psycopg.Connection[Any]) -> bool:
+def _lock_alive(conn: psycopg.Connection[Any], *, probe: bool) -> bool:
     """Whether the idle lock connection ``conn`` still has its session: a poll of its
-    socket, and a round trip only when the server sent something unasked (a terminated
-    session's error arrives a moment before the end of the stream, so the poll alone may
-    read the one without the other, :func:`_dead_while_idle`)."""
+    socket, and a round trip (:func:`_answers`) when the server sent something unasked (a
+    terminated session's error arrives a moment before the end of the stream, so the poll
+    alone may read the one without the other, :func:`_dead_while_idle`) or ``probe``."""
     readable = _unread(conn)
     if readable is None:
         return False
-    if not readable:
+    if not readable and not probe:
         return True
+    return _answers(conn, HOLD_PROBE_TIMEOUT)
+
+
+def _answers(conn: psycopg.Connection[Any], timeout: float) -> bool:
+    """Whether the idle connection ``conn`` answers ``SELECT 1`` within ``timeout`` seconds
+    of this side's clock. A statement timeout cannot bound it (the server may be the one
+    out of reach), nor the TCP keepalives (a proxy's kernel answers them): libpq's
+    asynchronous calls, each wait a ``select`` on its socket. False leaves the connection
+    with a statement in flight: it is to be closed."""
+    pg = conn.pgconn
+    deadline = time.monotonic() + timeout
     try:
-        conn.execute("SELECT 1")
-    except psycopg.Error:
+        pg.send_query(b"SELECT 1")
+        ok = True
+        while True:
+            while pg.is_busy():
+                left = deadline - time.monotonic()
+                if left <= 0 or not select.select([pg.socket], [], [], left)[0]:
+                    return False
+                pg.consume_input()
+            res = pg.get_result()
+            if res is None:
+                return ok
+            ok = ok and res.status == psycopg.pq.ExecStatus.TUPLES_OK
+    except (psycopg.Error, OSError, ValueError):
         return False
-    return True
 
 
 class OperatorHold:
     """``tlog serve``'s shared hold of the store's operator lock (:func:`hold_store`),
     kept for its whole run: a thread looks at the lock's connection every
     ``HOLD_CHECK_EVERY`` seconds (:func:`_lock_alive`: a poll of its socket; a restart, a
-    ``pg_terminate_backend`` or, through the keepalives, a network cut ends it), logs the
+    ``pg_terminate_backend`` or, through the keepalives, a network cut ends it) and makes
+    a round trip on it every ``HOLD_PROBE_EVERY`` seconds, bounded by
+    ``HOLD_PROBE_TIMEOUT`` (a path gone dark behind a TCP proxy, which answers the
+    keepalives itself, shows only so: red team 11), logs the
     loss (CRITICAL, the store named as :func:`redact` does) and takes the lock again, with
     a backoff doubling up to ``HOLD_MAX_BACKOFF`` seconds.
 
@@ -1869,8 +1899,10 @@ class OperatorHold:
         *,
         check_every: float = HOLD_CHECK_EVERY,
         max_backoff: float = HOLD_MAX_BACKOFF,
+        probe_every: float = HOLD_PROBE_EVERY,
     ) -> None:
         self._url = url
+        self.probe_every = probe_every
         self._who = who
         self.where = redact(url)
         self._conn: psycopg.Connection[Any] | None = hold_store(url, who, exclusive=False)
@@ -1902,16 +1934,21 @@ class OperatorHold:
         _close_quietly(conn)
 
     def _run(self) -> None:
+        probed = time.monotonic()
         while not self._stop.is_set():
             self._wake.wait(self.check_every)
             self._wake.clear()
             if self._stop.is_set():
                 return
             conn = self._conn
-            if conn is not None and _lock_alive(conn):
+            probe = time.monotonic() - probed >= self.probe_every
+            if probe:
+                probed = time.monotonic()
+            if conn is not None and _lock_alive(conn, probe=probe):
                 continue
             self._lose()
             self._take_again()
+            probed = time.monotonic()
 
     def _lose(self) -> None:
         conn, self._conn = self._conn, None
