@@ -20,8 +20,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,21 +34,15 @@ from tlog.backend import StoreNotHeld
 from tlog.pg import OperatorHold, PgStorage
 
 from ..support import serve_args, start_server, tlog_cli
+from .lockwatch import lock_detail as _lock_detail
+from .lockwatch import post_raw as _post_raw
+from .lockwatch import ready as _ready
+from .lockwatch import until as _until
 from .paused import command_script, pause_at, paused, retake_gated
 
 pytestmark = pytest.mark.slow
 
 HOLD_KEY = "hashtextextended(current_schema() || '/tlog migrate destination', 0)"
-
-
-def _until(what: str, ok: Callable[[], Any], bound: float = 60.0) -> Any:
-    deadline = time.monotonic() + bound
-    while True:
-        got = ok()
-        if got:
-            return got
-        assert time.monotonic() < deadline, f"not within {bound} s: {what}"
-        time.sleep(0.1)
 
 
 def _lock_backend(admin: psycopg.Connection[Any], pid: int) -> int | None:
@@ -64,15 +56,6 @@ def _lock_backend(admin: psycopg.Connection[Any], pid: int) -> int | None:
 
 def _backend_alive(admin: psycopg.Connection[Any], pid: int) -> bool:
     return bool(admin.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchall())
-
-
-def _ready(url: str) -> tuple[int, dict[str, Any]]:
-    r = httpx.get(url + "/readyz", timeout=30)
-    return r.status_code, r.json()["checks"]
-
-
-def _lock_detail(url: str) -> str:
-    return str(_ready(url)[1]["store_lock"]["detail"])
 
 
 def _store_size(database: str, tmp_path: Path) -> int:
@@ -117,15 +100,6 @@ def test_a_write_is_refused_when_an_exclusive_holder_took_the_lock_unseen(pg_url
     finally:
         hold.close()
         st.close()
-
-
-def _post_raw(url: str, token: str, entry: bytes) -> httpx.Response:
-    return httpx.post(
-        url + "/v1/entries",
-        content=entry,
-        headers={"Authorization": f"Bearer {token}"},
-        timeout=60,
-    )
 
 
 def _post_scim(url: str, token: str, n: str) -> httpx.Response:

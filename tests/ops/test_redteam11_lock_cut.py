@@ -17,10 +17,7 @@ PostgreSQL server of the test session."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import httpx
 import psycopg
@@ -32,36 +29,9 @@ from harness.tcprelay import TcpRelay
 from tests.pgsupport import open_store
 
 from ..support import start_server, tlog_cli
+from .lockwatch import lock_detail, post_raw, ready, until
 
 pytestmark = pytest.mark.slow
-
-
-def _until(what: str, ok: Callable[[], Any], bound: float = 60.0) -> Any:
-    deadline = time.monotonic() + bound
-    while True:
-        got = ok()
-        if got:
-            return got
-        assert time.monotonic() < deadline, f"not within {bound} s: {what}"
-        time.sleep(0.2)
-
-
-def _ready(url: str) -> tuple[int, dict[str, Any]]:
-    r = httpx.get(url + "/readyz", timeout=30)
-    return r.status_code, r.json()["checks"]
-
-
-def _lock_detail(url: str) -> str:
-    return str(_ready(url)[1]["store_lock"]["detail"])
-
-
-def _post_raw(url: str, token: str, entry: bytes) -> httpx.Response:
-    return httpx.post(
-        url + "/v1/entries",
-        content=entry,
-        headers={"Authorization": f"Bearer {token}"},
-        timeout=60,
-    )
 
 
 def test_a_black_holed_lock_connection_is_seen_and_writes_wait_for_the_path(
@@ -77,10 +47,10 @@ def test_a_black_holed_lock_connection_is_seen_and_writes_wait_for_the_path(
     try:
         raw = (data / "demo-submitter.token").read_text().strip()
         for i in range(3):
-            r = _post_raw(srv.url, raw, b"before-%d" % i)
+            r = post_raw(srv.url, raw, b"before-%d" % i)
             assert r.status_code == 200, r.text
             acked.append((r.json()["index"], b"before-%d" % i))
-        assert _ready(srv.url)[0] == 200
+        assert ready(srv.url)[0] == 200
         with psycopg.connect(pg_url, autocommit=True) as admin:
             row = admin.execute(
                 "SELECT client_port FROM pg_stat_activity WHERE application_name LIKE %s",
@@ -90,12 +60,10 @@ def test_a_black_holed_lock_connection_is_seen_and_writes_wait_for_the_path(
         relay.black_hole(int(row[0]))
 
         # Seen (the bound is about 11 s; the test allows far more on a loaded machine).
-        _until(
-            "serve saw the cut", lambda: "lost the store's operator lock" in _lock_detail(srv.url)
-        )
+        until("serve saw the cut", lambda: "lost the store's operator lock" in lock_detail(srv.url))
         text = log_path.read_text()
         assert "STORE OPERATOR LOCK LOST on" in text, text[-3000:]
-        r = _post_raw(srv.url, raw, b"cut")
+        r = post_raw(srv.url, raw, b"cut")
         assert r.status_code == 503, (r.status_code, r.text)
         assert r.headers.get("Retry-After"), r.headers
         assert "operator lock" in r.json()["error"], r.text
@@ -103,8 +71,8 @@ def test_a_black_holed_lock_connection_is_seen_and_writes_wait_for_the_path(
         assert "tlog_store_lock_held 0.0" in httpx.get(srv.url + "/metrics", timeout=30).text
 
         relay.heal()
-        _until("serve holds the lock again", lambda: _ready(srv.url)[0] == 200)
-        r = _post_raw(srv.url, raw, b"after")
+        until("serve holds the lock again", lambda: ready(srv.url)[0] == 200)
+        r = post_raw(srv.url, raw, b"after")
         assert r.status_code == 200, r.text
         acked.append((r.json()["index"], b"after"))
         text = log_path.read_text()

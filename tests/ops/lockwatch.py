@@ -1,0 +1,41 @@
+"""What the operator-lock tests share (red teams 10 and 11): waiting for a condition, a
+``tlog serve``'s readiness checks and a raw write."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+
+def until(what: str, ok: Callable[[], Any], bound: float = 60.0) -> Any:
+    """``ok()``'s first true value, asked every 0.1 s; fails after ``bound`` seconds."""
+    deadline = time.monotonic() + bound
+    while True:
+        got = ok()
+        if got:
+            return got
+        assert time.monotonic() < deadline, f"not within {bound} s: {what}"
+        time.sleep(0.1)
+
+
+def ready(url: str) -> tuple[int, dict[str, Any]]:
+    """``/readyz``'s status and checks."""
+    r = httpx.get(url + "/readyz", timeout=30)
+    return r.status_code, r.json()["checks"]
+
+
+def lock_detail(url: str) -> str:
+    """What ``/readyz`` says of the store's operator lock."""
+    return str(ready(url)[1]["store_lock"]["detail"])
+
+
+def post_raw(url: str, token: str, entry: bytes) -> httpx.Response:
+    return httpx.post(
+        url + "/v1/entries",
+        content=entry,
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=60,
+    )
