@@ -10,7 +10,13 @@ the standard library's :mod:`http.client` does the same exchange in about a fift
   ends by the thread's :func:`~client.net.core.answer_deadline` as well as by the per-read
   ``timeout``, so a server dripping its answer cannot hold the caller (the same
   ``deadline_left`` as :func:`~client.net.core.http_client`'s sockets);
-* the body is read in chunks and refused past ``limit`` bytes (:class:`FormatError`);
+* the body is read in chunks and refused past ``limit`` bytes (:class:`FormatError`),
+  whatever its framing claims (a ``Content-Length`` or a chunk size of 2**64 included);
+  the head is bounded by :mod:`http.client` itself: a status, header or chunk-size line
+  over ``_MAXLINE`` (64 KiB) or more than ``_MAXHEADERS`` (100) headers is a protocol
+  failure, and an endless run of ``100 Continue`` answers (which http.client passes over)
+  ends by the deadline; memory stays within those bounds however much a server floods
+  (red team 11: ``tests/net/test_redteam11_hostile_answers.py``);
 * TLS is verified with the SSL context the caller's httpx transport uses (the same trust
   store and settings);
 * it asks for no content coding (``Accept-Encoding: identity``) and refuses an answer that
