@@ -1,13 +1,17 @@
 """What the operator-lock tests share (red teams 10 and 11): waiting for a condition, a
-``tlog serve``'s readiness checks and a raw write."""
+``tlog serve``'s readiness checks, a raw write, and what is stored afterwards."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import httpx
+
+from client.formats.merkle import leaf_hash
+from tests.pgsupport import open_store
 
 
 def until(what: str, ok: Callable[[], Any], bound: float = 60.0) -> Any:
@@ -39,3 +43,19 @@ def post_raw(url: str, token: str, entry: bytes) -> httpx.Response:
         headers={"Authorization": f"Bearer {token}"},
         timeout=60,
     )
+
+
+def check_acked(
+    database: str, reader: Path, acked: Sequence[tuple[int, bytes]], absent: Sequence[bytes] = ()
+) -> None:
+    """Every acknowledged ``(index, entry)`` is stored at its index, and no entry of
+    ``absent`` (refused writes) is stored at all."""
+    st = open_store(database, reader)
+    try:
+        with st.read() as rv:
+            for index, entry in acked:
+                assert rv.index_of(leaf_hash(entry)) == index
+            for entry in absent:
+                assert rv.index_of(leaf_hash(entry)) is None
+    finally:
+        st.close()
