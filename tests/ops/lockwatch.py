@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 
 from client.formats.merkle import leaf_hash
-from tests.pgsupport import open_store
+from tests.pgsupport import reading
 
 
 def until(what: str, ok: Callable[[], Any], bound: float = 60.0) -> Any:
@@ -50,12 +50,13 @@ def check_acked(
 ) -> None:
     """Every acknowledged ``(index, entry)`` is stored at its index, and no entry of
     ``absent`` (refused writes) is stored at all."""
-    st = open_store(database, reader)
-    try:
-        with st.read() as rv:
-            for index, entry in acked:
-                assert rv.index_of(leaf_hash(entry)) == index
-            for entry in absent:
-                assert rv.index_of(leaf_hash(entry)) is None
-    finally:
-        st.close()
+
+    def where(rv: Any) -> tuple[list[int | None], list[int | None]]:
+        return (
+            [rv.index_of(leaf_hash(entry)) for _, entry in acked],
+            [rv.index_of(leaf_hash(entry)) for entry in absent],
+        )
+
+    stored, refused = reading(database, reader, where)
+    assert stored == [index for index, _ in acked], (stored, acked)
+    assert refused == [None] * len(absent), refused
