@@ -2,7 +2,8 @@
 the machine does not count), against the raw log's append of the same number of leaves.
 
     .venv/bin/python -m bench.scim_batch [--batches 5] [--profile parse|stage]
-    .venv/bin/python -m bench.scim_batch --http [--duration 10] [--database postgresql://...]
+    .venv/bin/python -m bench.scim_batch --http [--duration 10] [--threads]
+                                         [--database postgresql://...]
 
 Stages of one 1,000-event ``POST /v1/scim/events/batch`` body (realistic create events,
 encryption on), each timed by ``time.thread_time`` over ``--batches`` fresh batches:
@@ -28,6 +29,8 @@ durable, in a signed checkpoint before the answer) from 2 client threads, then t
 reference; reported as events/s, entries/s and their ratio (target >= 0.25x, >= 10,000/s),
 and the server's CPU (user, system, from /proc) and minor page faults per event and per
 entry during each load.
+``--threads``: also the server's CPU per event by thread name (decode pool, SCIM group
+writer, sequencer writer, publisher, event loop), from a start-up hook (``bench.threadcpu``).
 ``--pyspy FILE``: py-spy records the server during the SCIM load only (started once the
 bodies are built), ``--gil --idle`` stacks in collapsed form (``PYSPY_ARGS`` adds options).
 """
@@ -50,6 +53,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench import threadcpu
 from bench.http import log_and_hello
 from bench.scim_proxy import (
     cpu_model,
@@ -108,8 +112,13 @@ def _per(a: tuple[float, float, int, int], b: tuple[float, float, int, int], n: 
     )
 
 
-def http(duration: int, pyspy: Path | None = None, database: str | None = None) -> None:
+def http(
+    duration: int, pyspy: Path | None = None, database: str | None = None, threads: bool = False
+) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="tlog-bench-scim-batch-"))
+    tcpu = tmp / "threads.json" if threads else None
+    if tcpu is not None:
+        os.environ.update(threadcpu.hook_env(tcpu))
     pids: list[int] = []
     with log_and_hello(tmp, pids, database) as (url, _):
         token = tlog_token(tmp / "data", "bench-batch", database)
@@ -130,10 +139,12 @@ def http(duration: int, pyspy: Path | None = None, database: str | None = None) 
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
+        t0 = None if tcpu is None else threadcpu.read(tcpu)
         c0 = _cpu_s(pids[0])
         path = "/v1/scim/events/batch"
         scim, scim_n = post_batches(url, token, path, "results", bodies, duration)
         c1 = _cpu_s(pids[0])
+        t1 = None if tcpu is None else threadcpu.read(tcpu)
         if spy is not None:
             spy.send_signal(2)
             spy.wait(60)
@@ -149,6 +160,11 @@ def http(duration: int, pyspy: Path | None = None, database: str | None = None) 
         f"POST /v1/entries/batch x1000, 2 threads (reference): {raw:,.0f} entries/s ({raw_n:,}); "
         f"per entry: {_per(c2, c3, raw_n)}"
     )
+    if t0 is not None and t1 is not None:
+        for name, v in sorted(t1.items(), key=lambda kv: kv[1] - t0.get(kv[0], 0.0), reverse=True):
+            d = v - t0.get(name, 0.0)
+            if d > 0:
+                print(f"  thread {name}: {d / max(scim_n, 1) * 1e6:.1f} µs/event")
     print(f"SCIM batch / raw: {scim / raw if raw else 0:.3f}x (target >= 0.25x, >= 10,000/s)")
 
 
@@ -160,9 +176,12 @@ def main() -> None:
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--pyspy", type=Path, default=None, help="with --http: py-spy output file")
     ap.add_argument("--database", help="with --http: serve from this postgresql:// URL")
+    ap.add_argument(
+        "--threads", action="store_true", help="with --http: the server's CPU by thread"
+    )
     args = ap.parse_args()
     if args.http:
-        http(args.duration, args.pyspy, args.database)
+        http(args.duration, args.pyspy, args.database, args.threads)
         return
 
     origin = "bench.example/scim-batch"
