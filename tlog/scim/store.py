@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import struct
 import uuid
-from collections.abc import Iterable, Mapping
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -308,6 +309,34 @@ def decode_envelope(data: bytes) -> Envelope | Tombstone:
         raise StorageError("corrupt envelope record") from None
 
 
+class PendingWrites:
+    """The writes of transactions handed to be committed but not durable yet (the SCIM
+    service's group commit), for the next transactions to read through
+    (``Overlay(rv, layers=pending.layers())``). One mapping per transaction, kept as the
+    transaction left it (no copy, no per-record work); transactions become durable in the
+    order they were handed, so the oldest go whole once durable."""
+
+    def __init__(self) -> None:
+        self._groups: deque[tuple[int, Mapping[bytes, bytes | None]]] = deque()
+
+    def add(self, seq: int, written: Mapping[bytes, bytes | None]) -> None:
+        """Transaction ``seq`` (greater than every one added before) wrote ``written``."""
+        self._groups.append((seq, written))
+
+    def durable(self, seq: int) -> None:
+        """Transactions up to ``seq`` are durable: a snapshot opened now holds their writes."""
+        groups = self._groups
+        while groups and groups[0][0] <= seq:
+            groups.popleft()
+
+    def clear(self) -> None:
+        self._groups.clear()
+
+    def layers(self) -> list[Mapping[bytes, bytes | None]]:
+        """The pending writes, the newest transaction's first."""
+        return [w for _, w in reversed(self._groups)]
+
+
 class Overlay:
     """Reads through the writes staged for one ``Storage.put_aux`` transaction.
 
@@ -315,11 +344,21 @@ class Overlay:
     later events of the same batch before anything is committed.
     """
 
-    def __init__(self, rv: ReadView, pending: Mapping[bytes, bytes | None] | None = None) -> None:
+    def __init__(
+        self,
+        rv: ReadView,
+        pending: Mapping[bytes, bytes | None] | None = None,
+        *,
+        layers: Sequence[Mapping[bytes, bytes | None]] = (),
+    ) -> None:
         self.rv = rv
         # Writes of earlier transactions handed to the sequencer but not yet durable (the
         # service's group commit): read through, between this transaction's and ``rv``.
-        self._pending = pending or None
+        # ``layers``: one mapping per such transaction, the newest first (a key's newest
+        # write wins); ``pending``: all of them in one mapping (one layer).
+        self._layers: tuple[Mapping[bytes, bytes | None], ...] = tuple(
+            p for p in (pending, *layers) if p
+        )
         self._writes: dict[bytes, bytes | None] = {}
         # Undoes writes back to a mark: (key, staged before?, its earlier staged value) per
         # write, or (None, keys, {key: earlier staged value}) per put_many.
@@ -335,9 +374,9 @@ class Overlay:
     def get(self, key: bytes) -> bytes | None:
         if key in self._writes:
             return self._writes[key]
-        p = self._pending
-        if p is not None and key in p:
-            return p[key]
+        for p in self._layers:
+            if key in p:
+                return p[key]
         r = self._read
         if key in r:
             return r[key]
@@ -356,11 +395,9 @@ class Overlay:
         many = getattr(self.rv, "aux_many", None)
         if many is None:
             return 0
-        w, p, r = self._writes, self._pending, self._read
+        w, r = self._writes, self._read
         want = [
-            k
-            for k in dict.fromkeys(keys)
-            if k not in w and k not in r and (p is None or k not in p)
+            k for k in dict.fromkeys(keys) if k not in w and k not in r and not self._layered(k)
         ]
         if not want:
             return 0
@@ -371,7 +408,10 @@ class Overlay:
 
     def staged(self, key: bytes) -> bool:
         """Whether ``key`` is written (not yet durably) by this transaction or a pending one."""
-        return key in self._writes or (self._pending is not None and key in self._pending)
+        return key in self._writes or self._layered(key)
+
+    def _layered(self, key: bytes) -> bool:
+        return any(key in p for p in self._layers)
 
     def _stage(self, key: bytes, value: bytes | None) -> None:
         w = self._writes
@@ -422,11 +462,18 @@ class Overlay:
     def items(self) -> list[tuple[bytes, bytes | None]]:
         return list(self._writes.items())
 
+    def written(self) -> Mapping[bytes, bytes | None]:
+        """This transaction's writes as they stand (key -> value, None for a deletion): the
+        overlay's own mapping, not a copy, for a later transaction to read through as one of
+        its ``layers`` once this one stages nothing more."""
+        return self._writes
+
     def scan(self, prefix: bytes) -> list[tuple[bytes, bytes]]:
         """Every record under ``prefix`` as this transaction sees it: the committed ones
         with the staged writes and deletions applied, in key order."""
         out = {k: v for k, v in self.rv.aux_range(prefix)}
-        for k, v in (*(self._pending or {}).items(), *self._writes.items()):
+        staged = [*(kv for p in reversed(self._layers) for kv in p.items()), *self._writes.items()]
+        for k, v in staged:
             if k.startswith(prefix):
                 if v is None:
                     out.pop(k, None)
