@@ -49,7 +49,6 @@ import random
 import struct
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeVar
@@ -112,7 +111,7 @@ from tlog.scim.keys import (
     seal_state,
 )
 from tlog.scim.search import FILTERS, Searcher, effect_index_values, index_values
-from tlog.scim.store import Overlay
+from tlog.scim.store import Overlay, PendingWrites
 from tlog.sequencer import Sequencer, SequencerStopped
 
 __all__ = ["ScimLimits", "ScimService", "Submitted", "subject_of"]
@@ -476,9 +475,7 @@ class ScimService:
         # the group writer touches it, under the writer lock); ``_chain`` guards the
         # counters the sequencer's threads update.
         self._coalesce = storage.aux_in_batch
-        self._pending: dict[bytes, bytes | None] = {}
-        self._owner: dict[bytes, int] = {}  # key -> the group that wrote it last
-        self._handed: deque[tuple[int, list[bytes]]] = deque()  # (group, its keys)
+        self._pending = PendingWrites()
         self._chain = threading.Condition()
         self._handed_seq = 0  # groups handed to the sequencer
         self._durable_seq = 0  # the newest of them whose commit is durable
@@ -788,7 +785,7 @@ class ScimService:
                     # this refuses the group at its hand-off (``_hand_off``).
                     epoch = self._prune_pending() if self._coalesce else self._epoch
                     with self.storage.read() as rv:
-                        tx = Overlay(rv, self._pending if self._coalesce else None)
+                        tx = Overlay(rv, layers=self._pending.layers())
                         self._group_memo, self._group_tenants = {}, {}
                         try:
                             self._prefetch(tx, [j.reads for j in jobs if j.reads is not None])
@@ -806,7 +803,7 @@ class ScimService:
                                     answers.append((job, exc, None))
                         finally:
                             self._group_memo = self._group_tenants = None
-                        items = tx.items()
+                        items, written = tx.items(), tx.written()
                     if not self._coalesce:
                         if items:
                             try:
@@ -816,7 +813,7 @@ class ScimService:
                                 raise
                         answers += [(job, None, res) for job, res in ok]
                     elif ok:
-                        release = self._hand_off(ok, items, epoch, fence, release)
+                        release = self._hand_off(ok, items, written, epoch, fence, release)
                 finally:
                     release()
         except BaseException as exc:  # nothing was committed: every submission fails
@@ -851,13 +848,16 @@ class ScimService:
         self,
         ok: list[tuple[_Job, Any]],
         items: list[tuple[bytes, bytes | None]],
+        written: Mapping[bytes, bytes | None],
         epoch: int,
         fence: bytes | None,
         hold: Callable[[], None],
     ) -> Callable[[], None]:
-        """Give a staged group to the sequencer: its events' leaves and all its records, for
-        one transaction. Under the writer lock; raises (nothing handed) if the sequencer
-        refuses it or a commit this group was staged on top of has failed meanwhile.
+        """Give a staged group to the sequencer: its events' leaves and all its records
+        (``items``; ``written``: the same as a mapping, read through by the groups staged
+        before it is durable), for one transaction. Under the writer lock; raises (nothing
+        handed) if the sequencer refuses it or a commit this group was staged on top of has
+        failed meanwhile.
         ``hold``: the write turn to give back once the group is committed or refused
         (:meth:`_take_claim_hold`); returns what the caller still has to give back."""
         leaves: list[bytes] = []
@@ -887,10 +887,7 @@ class ScimService:
             self._handed_seq = seq
             self._inflight += 1
         if items:
-            for k, v in items:
-                self._pending[k] = v
-                self._owner[k] = seq
-            self._handed.append((seq, [k for k, _ in items]))
+            self._pending.add(seq, written)
         return _nothing
 
     def _prune_pending(self) -> int:
@@ -901,16 +898,9 @@ class ScimService:
             inflight, durable, epoch = self._inflight, self._durable_seq, self._epoch
         if inflight == 0 or epoch != self._pending_epoch:
             self._pending.clear()
-            self._owner.clear()
-            self._handed.clear()
             self._pending_epoch = epoch
             return epoch
-        while self._handed and self._handed[0][0] <= durable:
-            seq, keys = self._handed.popleft()
-            for k in keys:
-                if self._owner.get(k) == seq:
-                    del self._owner[k]
-                    del self._pending[k]
+        self._pending.durable(durable)
         return epoch
 
     def _broken(self, what: str) -> Exception:
