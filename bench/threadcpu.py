@@ -2,7 +2,7 @@
 
 ``hook_env(out)`` returns environment variables that make a Python process started with
 them (its command line naming ``serve``) load :func:`install` at start-up (a
-``sitecustomize`` in a temporary directory on ``PYTHONPATH``): a daemon thread then writes,
+``sitecustomize`` in a temporary directory on ``PYTHONPATH``, a copy of this module): a daemon thread then writes,
 four times a second, ``{thread name: CPU seconds}`` as JSON to ``out``, summing threads of one
 name (threads that ended included: the SCIM group writer is started again after each idle
 spell). :func:`read` reads it. Measurement only: nothing of the project imports this.
@@ -19,12 +19,12 @@ import time
 from pathlib import Path
 
 ENV = "BENCH_THREAD_CPU"
-SITE = "from bench.threadcpu import install\n\ninstall()\n"
 
 
 def hook_env(out: Path) -> dict[str, str]:
     site = Path(tempfile.mkdtemp(prefix="bench-threadcpu-"))
-    (site / "sitecustomize.py").write_text(SITE)
+    # this module's own text (stdlib only): the project is not on sys.path yet at start-up
+    (site / "sitecustomize.py").write_text(Path(__file__).read_text() + "\n\ninstall()\n")
     path = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH", "")) if p)
     return {"PYTHONPATH": path, ENV: str(out)}
 
