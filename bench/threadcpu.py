@@ -3,9 +3,10 @@
 ``hook_env(out)`` returns environment variables that make a Python process started with
 them (its command line naming ``serve``) load :func:`install` at start-up (a
 ``sitecustomize`` in a temporary directory on ``PYTHONPATH``, a copy of this module): a
-daemon thread then writes, four times a second, ``{thread name: CPU seconds}`` as JSON to ``out``, summing threads of one
-name (threads that ended included: the SCIM group writer is started again after each idle
-spell). :func:`read` reads it. Measurement only: nothing of the project imports this.
+daemon thread then writes, four times a second, ``{thread name: CPU seconds}`` as JSON to
+``out``, summing the threads of one name (those that ended included: the SCIM group writer
+is started again after each idle spell). :func:`read` reads it. Measurement only: nothing
+of the project imports this.
 """
 
 from __future__ import annotations
