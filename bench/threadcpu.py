@@ -2,7 +2,7 @@
 
 ``hook_env(out)`` returns environment variables that make a Python process started with
 them (its command line naming ``serve``) load :func:`install` at start-up (a
-``sitecustomize`` in a temporary directory on ``PYTHONPATH``, a copy of this module): a
+``sitecustomize`` in a directory beside ``out``, on ``PYTHONPATH``, a copy of this module): a
 daemon thread then writes, four times a second, ``{thread name: CPU seconds}`` as JSON to
 ``out``, summing the threads of one name (those that ended included: the SCIM group writer
 is started again after each idle spell). :func:`read` reads it. Measurement only: nothing
@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -23,7 +22,8 @@ ENV = "BENCH_THREAD_CPU"
 
 
 def hook_env(out: Path) -> dict[str, str]:
-    site = Path(tempfile.mkdtemp(prefix="bench-threadcpu-"))
+    site = out.parent / "threadcpu-site"  # beside ``out``: removed with the bench's files
+    site.mkdir(exist_ok=True)
     # this module's own text (stdlib only): the project is not on sys.path yet at start-up
     (site / "sitecustomize.py").write_text(Path(__file__).read_text() + "\n\ninstall()\n")
     path = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH", "")) if p)
