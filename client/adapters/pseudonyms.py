@@ -153,7 +153,8 @@ class LogPseudonyms(CoreClient):
     def _fetch(self, chunk: Sequence[tuple[str, str]]) -> list[bytes]:
         body = json.dumps({"refs": [{"rt": rt, "id": i} for rt, i in chunk]}).encode()
         try:
-            r = self._core.send("POST", PATH, limit=ANSWER_LIMIT, content=body)
+            # idempotent: a pid is an HMAC under the subject's key, made once on first use
+            r = self._core.send("POST", PATH, limit=ANSWER_LIMIT, content=body, idempotent=True)
         except (Unreachable, FormatError) as exc:
             raise EventFormatError(f"member pseudonym unavailable: {exc}") from None
         if r.status != 200:

@@ -422,8 +422,14 @@ class Relay:
             if got is not None:
                 return got
             # another thread (a direct delivery) is on the kept-alive connection: httpx
+        # idempotent by eid: a batch sent twice answers the first one's receipts, adds no leaf
         return self._core.send(
-            "POST", BATCH_PATH, limit=ANSWER_LIMIT, content=content, timeout=timeout
+            "POST",
+            BATCH_PATH,
+            limit=ANSWER_LIMIT,
+            content=content,
+            timeout=timeout,
+            idempotent=True,
         )
 
     def _loop(self) -> None:

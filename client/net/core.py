@@ -59,6 +59,7 @@ __all__ = [
     "CoreClient",
     "HTTPCore",
     "HTTPFailure",
+    "IDEMPOTENT",
     "StatusError",
     "Unreachable",
     "answer_deadline",
@@ -225,14 +226,47 @@ def read_body(
     return b"".join(body)
 
 
+# A request extension (``httpx.Request(extensions={IDEMPOTENT: True})``): this request may be
+# sent twice without harm, so the sockets of http_client() send it once more on a fresh
+# connection when the server's idle close met it in flight (GET and HEAD always may).
+IDEMPOTENT = "tlog.idempotent"
+_SAFE_METHODS = frozenset({"GET", "HEAD"})
+
+
+class _Attempt:
+    """What one request's attempt did on this thread's sockets of :func:`http_client`."""
+
+    __slots__ = ("connects", "fresh", "received")
+
+    def __init__(self, fresh: bool = False) -> None:
+        self.connects = 0  # connections opened for it (0: it went on a kept-alive one)
+        self.received = 0  # bytes of an answer read
+        self.fresh = fresh  # every idle connection of the pool counts as closed by the server
+
+
+# The attempt the request on this thread is making (httpx's sync client does all its socket
+# work on the caller's thread, the pool's choice of a connection included).
+_attempt = threading.local()
+
+
+def _current() -> _Attempt | None:
+    got: _Attempt | None = getattr(_attempt, "now", None)
+    return got
+
+
 class _DeadlineStream(httpcore.NetworkStream):
-    """A socket stream whose every read and write ends by the thread's deadline."""
+    """A socket stream whose every read and write ends by the thread's deadline, and which
+    counts what it reads for the thread's :class:`_Attempt`."""
 
     def __init__(self, inner: httpcore.NetworkStream) -> None:
         self._inner = inner
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return self._inner.read(max_bytes, deadline_left(httpcore.ReadTimeout, timeout))
+        data = self._inner.read(max_bytes, deadline_left(httpcore.ReadTimeout, timeout))
+        attempt = _current()
+        if attempt is not None:
+            attempt.received += len(data)
+        return data
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
         self._inner.write(buffer, deadline_left(httpcore.WriteTimeout, timeout))
@@ -252,6 +286,10 @@ class _DeadlineStream(httpcore.NetworkStream):
         return _DeadlineStream(inner)
 
     def get_extra_info(self, info: str) -> object:
+        if info == "is_readable":  # httpcore's look at an idle connection before reusing it
+            attempt = _current()
+            if attempt is not None and attempt.fresh:
+                return True  # taken for closed: the pool drops it and connects anew
         return self._inner.get_extra_info(info)
 
 
@@ -268,6 +306,9 @@ class _DeadlineBackend(httpcore.NetworkBackend):
         socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.NetworkStream:
         timeout = deadline_left(httpcore.ConnectTimeout, timeout)
+        attempt = _current()
+        if attempt is not None:
+            attempt.connects += 1
         stream = self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
         return _DeadlineStream(stream)
 
@@ -282,6 +323,48 @@ class _DeadlineBackend(httpcore.NetworkBackend):
 
     def sleep(self, seconds: float) -> None:  # pragma: no cover - retries are off
         self._inner.sleep(seconds)
+
+
+class _IdleCloseRetry(httpx.BaseTransport):
+    """``inner``, with a request that met the server's idle close in flight sent once more
+    at once on a fresh connection, when that is safe: the request may be sent twice
+    (GET, HEAD, or marked :data:`IDEMPOTENT`), it went on a kept-alive connection (not one
+    opened for it), and not one byte of an answer came, by a failure other than a timeout
+    (a server still working on it may answer yet). The retry obeys the same deadline.
+
+    httpcore looks at an idle connection before reusing it (readable: the server closed
+    it) but a close arriving just after the look meets the request, and httpcore then
+    raises ``RemoteProtocolError`` ("Server disconnected without sending a response"),
+    ``ReadError`` or ``WriteError`` (connection reset); it retries only failures to
+    connect (``retries=``), and those with a back-off sleep."""
+
+    def __init__(self, inner: httpx.BaseTransport) -> None:
+        self._inner = inner
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        outer = _current()
+        attempt = _Attempt()
+        _attempt.now = attempt
+        try:
+            return self._inner.handle_request(request)
+        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError):
+            if not (_may_repeat(request) and attempt.connects == 0 and attempt.received == 0):
+                raise
+            _attempt.now = _Attempt(fresh=True)
+            return self._inner.handle_request(request)
+        finally:
+            _attempt.now = outer
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+def _may_repeat(request: httpx.Request) -> bool:
+    """Whether ``request`` may be sent twice: a safe method, or marked idempotent, and a
+    body that can be sent again (bytes, not a stream already consumed)."""
+    if request.method not in _SAFE_METHODS and request.extensions.get(IDEMPOTENT) is not True:
+        return False
+    return isinstance(request.stream, httpx.ByteStream)
 
 
 def http_client(
@@ -301,7 +384,7 @@ def http_client(
     pool._network_backend = _DeadlineBackend()
     return httpx.Client(
         timeout=timeout,
-        transport=transport,
+        transport=_IdleCloseRetry(transport),
         headers=headers,
         follow_redirects=follow_redirects,
     )
@@ -339,12 +422,15 @@ class HTTPCore(Closing):
         content: bytes | None = None,
         headers: Mapping[str, str] | None = None,
         timeout: float | None = None,
+        idempotent: bool = False,
     ) -> Answer:
         """One request; any status is returned. Raises :class:`Unreachable` on a transport
         failure or an answer slower than :data:`ANSWER_TIME_FACTOR` times the timeout, and
         :class:`FormatError` when the decoded body exceeds ``limit`` bytes or cannot be
         decoded (the server's fault, not the network's). ``timeout`` replaces the client's
-        for this request."""
+        for this request. ``idempotent``: the request may be sent twice without harm, so
+        that, like a GET, it is sent once more on a fresh connection when the server's idle
+        close met it on a kept-alive one (on the sockets of :func:`http_client` only)."""
         url = f"{self.url}/{path.lstrip('/')}"
         merged = {**self._headers, **headers} if headers else self._headers
         budget = self.http.timeout.read if timeout is None else timeout
@@ -359,6 +445,7 @@ class HTTPCore(Closing):
                     content=content,
                     headers=merged,
                     timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else timeout,
+                    extensions={IDEMPOTENT: True} if idempotent else None,
                 )
                 response = self.http.send(request, stream=True)
                 try:

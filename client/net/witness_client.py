@@ -290,6 +290,10 @@ class WitnessClient(CoreClient):
                 limit=MAX_ANSWER_BYTES,
                 content=body,
                 headers={"Content-Type": "text/plain; charset=utf-8"},
+                # safe to send twice: the witness compares-and-swaps its size from `old`
+                # (tlog-witness), so a repeat of an applied push changes nothing and is
+                # answered 409 with the new size, which resolves as any stale `old` does
+                idempotent=True,
             )
         except Unreachable as exc:
             raise WitnessUnreachable(f"add-checkpoint to {self.url}: {exc}") from exc

@@ -1,0 +1,293 @@
+"""Net 15: httpx clients send a request once more when the server's idle close met it.
+
+httpcore looks at a kept-alive connection before reusing it (readable while idle: the
+server closed it), but a close arriving just after that look meets the request in flight,
+and no answer comes: httpx raises ``RemoteProtocolError`` ("Server disconnected without
+sending a response"), or ``ReadError``/``WriteError`` on a reset. The sockets of
+:func:`client.net.core.http_client` now send such a request once more at once on a fresh
+connection, only when that is safe: the request may be sent twice (GET, HEAD, or a POST
+marked ``idempotent``), it went on a reused connection, and not one byte of an answer came,
+by a failure other than a timeout.
+
+A scripted server plays each case exactly (it closes, resets, begins an answer or keeps
+silent on the request it has just read, so httpcore's look always finds the connection
+open); a real ``tlog serve --keep-alive 1`` shows the race itself, made certain as in red
+team 11: the look is told "not readable" while the test has already seen the close.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import struct
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import httpcore
+import pytest
+
+from client.net.core import HTTPCore, Unreachable
+from harness.scim import event_record
+from tests.server.redteam8_load import make_token
+
+from ..support import ServerProcess, start_server, wait_for
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+def _read_request(conn: socket.socket, buf: bytes) -> tuple[bytes | None, bytes]:
+    """The head of the next request on ``conn`` (its body read and dropped), and what
+    follows it; None at the client's close."""
+    while b"\r\n\r\n" not in buf:
+        data = conn.recv(65536)
+        if not data:
+            return None, buf
+        buf += data
+    head, _, buf = buf.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    while len(buf) < length:
+        data = conn.recv(65536)
+        if not data:
+            return None, buf
+        buf += data
+    return head, buf[length:]
+
+
+class Scripted:
+    """An HTTP/1.1 server whose n-th connection does ``scripts[n]``, one action per request
+    read: ``answer`` (200, kept alive), ``close`` (closes without a byte), ``reset``
+    (closes with a TCP reset), ``begin`` (sends the start of a head, then closes), ``hang``
+    (answers nothing until the test ends). Connections beyond the scripts answer all."""
+
+    def __init__(self, scripts: list[list[str]]) -> None:
+        self.scripts = scripts
+        self.requests: list[tuple[int, bytes]] = []  # (connection, request line)
+        self.connections = 0
+        self._done = threading.Event()
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self._sock.settimeout(0.1)
+        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+        self._threads = [threading.Thread(target=self._serve, daemon=True)]
+        self._threads[0].start()
+
+    def _serve(self) -> None:
+        while not self._done.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            n = self.connections
+            self.connections += 1
+            script = self.scripts[n] if n < len(self.scripts) else ["answer"] * 8
+            thread = threading.Thread(target=self._conn, args=(conn, n, script), daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def _conn(self, conn: socket.socket, n: int, script: list[str]) -> None:
+        conn.settimeout(30)
+        with conn:
+            buf = b""
+            for action in script:
+                head, buf = _read_request(conn, buf)
+                if head is None:
+                    return
+                self.requests.append((n, head.split(b"\r\n", 1)[0]))
+                if action == "answer":
+                    conn.sendall(OK)
+                elif action == "reset":
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    return
+                elif action == "begin":
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-")
+                    return
+                elif action == "hang":
+                    self._done.wait(30)
+                    return
+                else:  # close
+                    return
+            while conn.recv(65536):  # until the client closes
+                pass
+
+    def close(self) -> None:
+        self._done.set()
+        self._sock.close()
+        for thread in self._threads:
+            thread.join(10)
+
+
+@pytest.fixture
+def scripted() -> Iterator[type[Scripted]]:
+    made: list[Scripted] = []
+
+    class Made(Scripted):
+        def __init__(self, scripts: list[list[str]]) -> None:
+            super().__init__(scripts)
+            made.append(self)
+
+    yield Made
+    for server in made:
+        server.close()
+
+
+def _twice(url: str, method: str = "GET", **kw: Any) -> tuple[int, Unreachable | int]:
+    """Two requests on one client (the second on the first's kept-alive connection): the
+    first's status, and the second's or its failure."""
+    with HTTPCore(url, timeout=kw.pop("timeout", 10.0)) as core:
+        first = core.send(method, "/a", limit=1 << 10, **kw).status
+        try:
+            return first, core.send(method, "/b", limit=1 << 10, **kw).status
+        except Unreachable as exc:
+            return first, exc
+
+
+@pytest.mark.parametrize("action", ["close", "reset"])
+def test_a_get_the_idle_close_met_is_sent_again_on_a_fresh_connection(
+    scripted: type[Scripted], action: str
+) -> None:
+    srv = scripted([["answer", action]])
+    assert _twice(srv.url) == (200, 200)
+    assert srv.connections == 2
+    assert [r for _, r in srv.requests] == [
+        b"GET /a HTTP/1.1",
+        b"GET /b HTTP/1.1",
+        b"GET /b HTTP/1.1",
+    ]
+
+
+def test_a_post_marked_idempotent_is_sent_again(scripted: type[Scripted]) -> None:
+    srv = scripted([["answer", "close"]])
+    assert _twice(srv.url, "POST", content=b"{}", idempotent=True) == (200, 200)
+    assert srv.connections == 2 and len(srv.requests) == 3
+
+
+def test_a_post_not_marked_idempotent_is_not_sent_again(scripted: type[Scripted]) -> None:
+    srv = scripted([["answer", "close"]])
+    first, second = _twice(srv.url, "POST", content=b"{}")
+    assert first == 200 and isinstance(second, Unreachable), second
+    assert "Server disconnected" in str(second)
+    assert srv.connections == 1 and len(srv.requests) == 2
+
+
+def test_a_fresh_connection_is_not_retried(scripted: type[Scripted]) -> None:
+    """The first request on a connection opened for it: the server's failure is its
+    answer, said at once."""
+    srv = scripted([["close"]])
+    with HTTPCore(srv.url, timeout=10.0) as core, pytest.raises(Unreachable):
+        core.send("GET", "/a", limit=1 << 10)
+    assert srv.connections == 1 and len(srv.requests) == 1
+
+
+def test_an_answer_begun_is_not_retried(scripted: type[Scripted]) -> None:
+    srv = scripted([["answer", "begin"]])
+    first, second = _twice(srv.url)
+    assert first == 200 and isinstance(second, Unreachable), second
+    assert srv.connections == 1 and len(srv.requests) == 2
+
+
+def test_a_timeout_is_not_retried(scripted: type[Scripted]) -> None:
+    """A server silent on the request may still be working on it: not the idle close."""
+    srv = scripted([["answer", "hang"]])
+    first, second = _twice(srv.url, timeout=0.5)
+    assert first == 200 and isinstance(second, Unreachable), second
+    assert isinstance(second.__cause__, Exception) and "timed out" in str(second).lower()
+    assert srv.connections == 1 and len(srv.requests) == 2
+
+
+def test_the_retry_is_sent_once_only(scripted: type[Scripted]) -> None:
+    """Idle-closed again on the fresh connection (no longer the race: a server that drops
+    every request): Unreachable, after one retry."""
+    srv = scripted([["answer", "close"], ["close"]])
+    first, second = _twice(srv.url)
+    assert first == 200 and isinstance(second, Unreachable), second
+    assert srv.connections == 2 and len(srv.requests) == 3
+
+
+# -- a real tlog serve --------------------------------------------------------------------
+
+BATCH = "/v1/scim/events/batch"
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, str]]:
+    """A real ``tlog serve`` that closes idle connections after 1 s, and a token of t1."""
+    data = tmp_path_factory.mktemp("net15") / "data"
+    srv = start_server(data, None, "--keep-alive", "1")
+    try:
+        yield srv, make_token(data, None, "--role", "submitter", "--tenant", "t1")
+    finally:
+        srv.stop()
+
+
+@pytest.fixture
+def late_look(monkeypatch: pytest.MonkeyPatch) -> None:
+    """httpcore's look at its idle connection sees nothing: the server's close arrives just
+    after it (the race), however long ago it really came."""
+    real = httpcore._backends.sync.SyncStream.get_extra_info
+
+    def look(self: Any, info: str) -> Any:
+        return False if info == "is_readable" else real(self, info)
+
+    monkeypatch.setattr(httpcore._backends.sync.SyncStream, "get_extra_info", look)
+
+
+def _closed_by_server(core: HTTPCore) -> bool:
+    """Whether the server has closed the one kept-alive connection of ``core``'s pool."""
+    transport = core.http._transport
+    pool = getattr(transport, "_inner", transport)._pool
+    (conn,) = pool.connections
+    sock = conn._connection._network_stream._inner._sock
+    return bool(select.select([sock], [], [], 0)[0])
+
+
+def _tree_size(core: HTTPCore) -> int:
+    return int(core.send("GET", "/checkpoint", limit=1 << 16).text.split("\n")[1])
+
+
+def _batch(*ns: int) -> bytes:
+    return b'{"events":[' + b",".join(event_record(n).body.encode() for n in ns) + b"]}"
+
+
+@pytest.mark.slow
+def test_a_get_after_the_servers_idle_close_is_answered(
+    served: tuple[ServerProcess, str], late_look: None
+) -> None:
+    srv, _ = served
+    with HTTPCore(srv.url, timeout=10.0) as core:
+        assert core.send("GET", "/checkpoint", limit=1 << 16).status == 200
+        wait_for(lambda: _closed_by_server(core), 30, "the server closing the idle connection")
+        assert core.send("GET", "/checkpoint", limit=1 << 16).status == 200
+
+
+@pytest.mark.slow
+def test_an_idempotent_batch_after_the_servers_idle_close_is_delivered_once(
+    served: tuple[ServerProcess, str], late_look: None
+) -> None:
+    srv, token = served
+    auth = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    with HTTPCore(srv.url, timeout=10.0, headers=auth) as core:
+        before = _tree_size(core)
+        wait_for(lambda: _closed_by_server(core), 30, "the server closing the idle connection")
+        got = core.send("POST", BATCH, limit=1 << 20, content=_batch(1500, 1501), idempotent=True)
+        assert got.status == 200, got
+        assert _tree_size(core) == before + 2
+
+
+@pytest.mark.slow
+def test_a_post_not_marked_idempotent_fails_at_the_servers_idle_close(
+    served: tuple[ServerProcess, str], late_look: None
+) -> None:
+    srv, token = served
+    auth = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    with HTTPCore(srv.url, timeout=10.0, headers=auth) as core:
+        before = _tree_size(core)
+        wait_for(lambda: _closed_by_server(core), 30, "the server closing the idle connection")
+        with pytest.raises(Unreachable):
+            core.send("POST", BATCH, limit=1 << 20, content=_batch(1510))
+        assert _tree_size(core) == before
