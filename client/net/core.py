@@ -13,6 +13,18 @@ pseudonym lookup (:mod:`client.adapters`).
   hold a client for as long as it likes), and turns transport failures into
   :class:`Unreachable`. :func:`http_client` makes an ``httpx.Client`` whose sockets obey
   that bound (the head too); with any other client only the body's time is checked.
+* The sockets of :func:`http_client` send a request once more, at once, on a fresh
+  connection when the server's idle close met it in flight (``tlog serve --keep-alive``
+  closing a kept-alive connection just after httpcore looked at it: httpx raises
+  ``RemoteProtocolError``, "Server disconnected without sending a response", or a reset's
+  ``ReadError``/``WriteError``; httpcore's own ``retries=`` covers only connecting). Only
+  when safe: the request may be sent twice (GET, HEAD, or marked ``idempotent`` in
+  :meth:`HTTPCore.send`: the relay's batch and the pseudonym lookup, idempotent on the log,
+  and a witness's ``add-checkpoint``, whose compare-and-swap on ``old`` makes a repeat
+  harmless), it went on a reused connection, not one byte of an answer came, and it was no
+  timeout. Once only, within the same deadline (docs/design.md, "Clients and the server's
+  idle close"; ``tests/net/test_net15_idle_close.py``). :mod:`client.net.lean` does the
+  same for its own connection.
 * :func:`retry_after` is the one reading of ``Retry-After`` (delta-seconds or an HTTP date,
   never negative, capped) and :meth:`HTTPCore.call` the one retry loop on 429 and 503.
 * :class:`CheckpointTracker` keeps the largest checkpoint a client has proven and the tree
@@ -52,6 +64,7 @@ from client.formats.text import inert
 
 __all__ = [
     "ANSWER_TIME_FACTOR",
+    "IDEMPOTENT",
     "MAX_RETRY_AFTER",
     "Answer",
     "CheckpointTracker",
@@ -59,7 +72,6 @@ __all__ = [
     "CoreClient",
     "HTTPCore",
     "HTTPFailure",
-    "IDEMPOTENT",
     "StatusError",
     "Unreachable",
     "answer_deadline",

@@ -22,6 +22,7 @@ import socket
 import struct
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpcore
@@ -62,7 +63,8 @@ class Scripted:
     """An HTTP/1.1 server whose n-th connection does ``scripts[n]``, one action per request
     read: ``answer`` (200, kept alive), ``close`` (closes without a byte), ``reset``
     (closes with a TCP reset), ``begin`` (sends the start of a head, then closes), ``hang``
-    (answers nothing until the test ends). Connections beyond the scripts answer all."""
+    (answers nothing until the test ends), ``pair`` (answers once two connections are
+    open). Connections beyond the scripts answer all."""
 
     def __init__(self, scripts: list[list[str]]) -> None:
         self.scripts = scripts
@@ -107,6 +109,11 @@ class Scripted:
                 elif action == "begin":
                     conn.sendall(b"HTTP/1.1 200 OK\r\nContent-")
                     return
+                elif action == "pair":
+                    for _ in range(300):
+                        if self.connections >= 2 or self._done.wait(0.05):
+                            break
+                    conn.sendall(OK)
                 elif action == "hang":
                     self._done.wait(30)
                     return
@@ -207,6 +214,18 @@ def test_the_retry_is_sent_once_only(scripted: type[Scripted]) -> None:
     first, second = _twice(srv.url)
     assert first == 200 and isinstance(second, Unreachable), second
     assert srv.connections == 2 and len(srv.requests) == 3
+
+
+def test_the_retry_takes_no_other_kept_alive_connection(scripted: type[Scripted]) -> None:
+    """Two kept-alive connections, both closed by the server on their next request: the
+    retry opens a new one rather than take the other (idle as long: as likely closed)."""
+    srv = scripted([["pair", "close"], ["pair", "close"]])
+    with HTTPCore(srv.url, timeout=10.0) as core:
+        with ThreadPoolExecutor(2) as pool:
+            firsts = list(pool.map(lambda p: core.send("GET", p, limit=1 << 10), ["/a", "/b"]))
+        assert [a.status for a in firsts] == [200, 200] and srv.connections == 2
+        assert core.send("GET", "/c", limit=1 << 10).status == 200
+    assert srv.connections == 3
 
 
 # -- a real tlog serve --------------------------------------------------------------------
