@@ -19,6 +19,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from tests.server.redteam8_load import make_token
+
+from ..support import ServerProcess, start_server
+
 BOUND = 30.0  # seconds: far beyond the deadline, far below "for ever"
 
 
@@ -46,6 +50,18 @@ def serving(one: Callable[[socket.socket, threading.Event], None]) -> Iterator[s
         stop.set()
         t.join(5)
         srv.close()
+
+
+@contextmanager
+def keep_alive_server(tmp: Path) -> Iterator[tuple[ServerProcess, str]]:
+    """A real ``tlog serve`` in ``tmp`` that closes idle connections after 1 s, and a
+    submitter token of tenant t1."""
+    data = tmp / "data"
+    srv = start_server(data, None, "--keep-alive", "1")
+    try:
+        yield srv, make_token(data, None, "--role", "submitter", "--tenant", "t1")
+    finally:
+        srv.stop()
 
 
 @contextmanager

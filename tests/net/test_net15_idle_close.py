@@ -21,8 +21,9 @@ import select
 import socket
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import httpcore
@@ -30,9 +31,9 @@ import pytest
 
 from client.net.core import HTTPCore, Unreachable
 from harness.scim import event_record
-from tests.server.redteam8_load import make_token
 
-from ..support import ServerProcess, start_server, wait_for
+from ..support import ServerProcess, wait_for
+from .helpers import BOUND, keep_alive_server, serving
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
@@ -60,40 +61,24 @@ def _read_request(conn: socket.socket, buf: bytes) -> tuple[bytes | None, bytes]
 
 
 class Scripted:
-    """An HTTP/1.1 server whose n-th connection does ``scripts[n]``, one action per request
-    read: ``answer`` (200, kept alive), ``close`` (closes without a byte), ``reset``
-    (closes with a TCP reset), ``begin`` (sends the start of a head, then closes), ``hang``
-    (answers nothing until the test ends), ``pair`` (answers once two connections are
-    open). Connections beyond the scripts answer all."""
+    """The scripts of an HTTP/1.1 server (:func:`helpers.serving`) whose n-th connection does
+    ``scripts[n]``, one action per request read: ``answer`` (200, kept alive), ``close``
+    (closes without a byte), ``reset`` (closes with a TCP reset), ``begin`` (sends the start
+    of a head, then closes), ``hang`` (answers nothing until the test ends), ``pair``
+    (answers once two connections are open). Connections beyond the scripts answer all."""
 
     def __init__(self, scripts: list[list[str]]) -> None:
         self.scripts = scripts
         self.requests: list[tuple[int, bytes]] = []  # (connection, request line)
         self.connections = 0
-        self._done = threading.Event()
-        self._sock = socket.create_server(("127.0.0.1", 0))
-        self._sock.settimeout(0.1)
-        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
-        self._threads = [threading.Thread(target=self._serve, daemon=True)]
-        self._threads[0].start()
+        self._lock = threading.Lock()
 
-    def _serve(self) -> None:
-        while not self._done.is_set():
-            try:
-                conn, _ = self._sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
+    def one(self, conn: socket.socket, stop: threading.Event) -> None:
+        with self._lock:
             n = self.connections
             self.connections += 1
-            script = self.scripts[n] if n < len(self.scripts) else ["answer"] * 8
-            thread = threading.Thread(target=self._conn, args=(conn, n, script), daemon=True)
-            self._threads.append(thread)
-            thread.start()
-
-    def _conn(self, conn: socket.socket, n: int, script: list[str]) -> None:
-        conn.settimeout(30)
+        script = self.scripts[n] if n < len(self.scripts) else ["answer"] * 8
+        conn.settimeout(BOUND)
         with conn:
             buf = b""
             for action in script:
@@ -110,37 +95,32 @@ class Scripted:
                     conn.sendall(b"HTTP/1.1 200 OK\r\nContent-")
                     return
                 elif action == "pair":
-                    for _ in range(300):
-                        if self.connections >= 2 or self._done.wait(0.05):
+                    for _ in range(600):
+                        if self.connections >= 2 or stop.wait(0.05):
                             break
                     conn.sendall(OK)
                 elif action == "hang":
-                    self._done.wait(30)
+                    stop.wait(BOUND)
                     return
                 else:  # close
                     return
             while conn.recv(65536):  # until the client closes
                 pass
 
-    def close(self) -> None:
-        self._done.set()
-        self._sock.close()
-        for thread in self._threads:
-            thread.join(10)
-
 
 @pytest.fixture
-def scripted() -> Iterator[type[Scripted]]:
-    made: list[Scripted] = []
+def scripted() -> Iterator[Callable[[list[list[str]]], tuple[Scripted, str]]]:
+    """Starts a :class:`Scripted` server: (its scripts, its URL)."""
+    with ExitStack() as stack:
 
-    class Made(Scripted):
-        def __init__(self, scripts: list[list[str]]) -> None:
-            super().__init__(scripts)
-            made.append(self)
+        def start(scripts: list[list[str]]) -> tuple[Scripted, str]:
+            srv = Scripted(scripts)
+            return srv, stack.enter_context(serving(srv.one))
 
-    yield Made
-    for server in made:
-        server.close()
+        yield start
+
+
+Start = Callable[[list[list[str]]], tuple[Scripted, str]]
 
 
 def _twice(url: str, method: str = "GET", **kw: Any) -> tuple[int, Unreachable | int]:
@@ -156,10 +136,10 @@ def _twice(url: str, method: str = "GET", **kw: Any) -> tuple[int, Unreachable |
 
 @pytest.mark.parametrize("action", ["close", "reset"])
 def test_a_get_the_idle_close_met_is_sent_again_on_a_fresh_connection(
-    scripted: type[Scripted], action: str
+    scripted: Start, action: str
 ) -> None:
-    srv = scripted([["answer", action]])
-    assert _twice(srv.url) == (200, 200)
+    srv, url = scripted([["answer", action]])
+    assert _twice(url) == (200, 200)
     assert srv.connections == 2
     assert [r for _, r in srv.requests] == [
         b"GET /a HTTP/1.1",
@@ -168,59 +148,59 @@ def test_a_get_the_idle_close_met_is_sent_again_on_a_fresh_connection(
     ]
 
 
-def test_a_post_marked_idempotent_is_sent_again(scripted: type[Scripted]) -> None:
-    srv = scripted([["answer", "close"]])
-    assert _twice(srv.url, "POST", content=b"{}", idempotent=True) == (200, 200)
+def test_a_post_marked_idempotent_is_sent_again(scripted: Start) -> None:
+    srv, url = scripted([["answer", "close"]])
+    assert _twice(url, "POST", content=b"{}", idempotent=True) == (200, 200)
     assert srv.connections == 2 and len(srv.requests) == 3
 
 
-def test_a_post_not_marked_idempotent_is_not_sent_again(scripted: type[Scripted]) -> None:
-    srv = scripted([["answer", "close"]])
-    first, second = _twice(srv.url, "POST", content=b"{}")
+def test_a_post_not_marked_idempotent_is_not_sent_again(scripted: Start) -> None:
+    srv, url = scripted([["answer", "close"]])
+    first, second = _twice(url, "POST", content=b"{}")
     assert first == 200 and isinstance(second, Unreachable), second
     assert "Server disconnected" in str(second)
     assert srv.connections == 1 and len(srv.requests) == 2
 
 
-def test_a_fresh_connection_is_not_retried(scripted: type[Scripted]) -> None:
+def test_a_fresh_connection_is_not_retried(scripted: Start) -> None:
     """The first request on a connection opened for it: the server's failure is its
     answer, said at once."""
-    srv = scripted([["close"]])
-    with HTTPCore(srv.url, timeout=10.0) as core, pytest.raises(Unreachable):
+    srv, url = scripted([["close"]])
+    with HTTPCore(url, timeout=10.0) as core, pytest.raises(Unreachable):
         core.send("GET", "/a", limit=1 << 10)
     assert srv.connections == 1 and len(srv.requests) == 1
 
 
-def test_an_answer_begun_is_not_retried(scripted: type[Scripted]) -> None:
-    srv = scripted([["answer", "begin"]])
-    first, second = _twice(srv.url)
+def test_an_answer_begun_is_not_retried(scripted: Start) -> None:
+    srv, url = scripted([["answer", "begin"]])
+    first, second = _twice(url)
     assert first == 200 and isinstance(second, Unreachable), second
     assert srv.connections == 1 and len(srv.requests) == 2
 
 
-def test_a_timeout_is_not_retried(scripted: type[Scripted]) -> None:
+def test_a_timeout_is_not_retried(scripted: Start) -> None:
     """A server silent on the request may still be working on it: not the idle close."""
-    srv = scripted([["answer", "hang"]])
-    first, second = _twice(srv.url, timeout=0.5)
+    srv, url = scripted([["answer", "hang"]])
+    first, second = _twice(url, timeout=0.5)
     assert first == 200 and isinstance(second, Unreachable), second
     assert isinstance(second.__cause__, Exception) and "timed out" in str(second).lower()
     assert srv.connections == 1 and len(srv.requests) == 2
 
 
-def test_the_retry_is_sent_once_only(scripted: type[Scripted]) -> None:
+def test_the_retry_is_sent_once_only(scripted: Start) -> None:
     """Idle-closed again on the fresh connection (no longer the race: a server that drops
     every request): Unreachable, after one retry."""
-    srv = scripted([["answer", "close"], ["close"]])
-    first, second = _twice(srv.url)
+    srv, url = scripted([["answer", "close"], ["close"]])
+    first, second = _twice(url)
     assert first == 200 and isinstance(second, Unreachable), second
     assert srv.connections == 2 and len(srv.requests) == 3
 
 
-def test_the_retry_takes_no_other_kept_alive_connection(scripted: type[Scripted]) -> None:
+def test_the_retry_takes_no_other_kept_alive_connection(scripted: Start) -> None:
     """Two kept-alive connections, both closed by the server on their next request: the
     retry opens a new one rather than take the other (idle as long: as likely closed)."""
-    srv = scripted([["pair", "close"], ["pair", "close"]])
-    with HTTPCore(srv.url, timeout=10.0) as core:
+    srv, url = scripted([["pair", "close"], ["pair", "close"]])
+    with HTTPCore(url, timeout=10.0) as core:
         with ThreadPoolExecutor(2) as pool:
             firsts = list(pool.map(lambda p: core.send("GET", p, limit=1 << 10), ["/a", "/b"]))
         assert [a.status for a in firsts] == [200, 200] and srv.connections == 2
@@ -235,13 +215,8 @@ BATCH = "/v1/scim/events/batch"
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, str]]:
-    """A real ``tlog serve`` that closes idle connections after 1 s, and a token of t1."""
-    data = tmp_path_factory.mktemp("net15") / "data"
-    srv = start_server(data, None, "--keep-alive", "1")
-    try:
-        yield srv, make_token(data, None, "--role", "submitter", "--tenant", "t1")
-    finally:
-        srv.stop()
+    with keep_alive_server(tmp_path_factory.mktemp("net15")) as got:
+        yield got
 
 
 @pytest.fixture
@@ -269,6 +244,14 @@ def _tree_size(core: HTTPCore) -> int:
     return int(core.send("GET", "/checkpoint", limit=1 << 16).text.split("\n")[1])
 
 
+@contextmanager
+def _submitter(served: tuple[ServerProcess, str]) -> Iterator[HTTPCore]:
+    srv, token = served
+    auth = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    with HTTPCore(srv.url, timeout=10.0, headers=auth) as core:
+        yield core
+
+
 def _batch(*ns: int) -> bytes:
     return b'{"events":[' + b",".join(event_record(n).body.encode() for n in ns) + b"]}"
 
@@ -285,28 +268,24 @@ def test_a_get_after_the_servers_idle_close_is_answered(
 
 
 @pytest.mark.slow
-def test_an_idempotent_batch_after_the_servers_idle_close_is_delivered_once(
-    served: tuple[ServerProcess, str], late_look: None
+@pytest.mark.parametrize("idempotent", [True, False])
+def test_a_batch_after_the_servers_idle_close_is_delivered_once_if_marked_idempotent(
+    served: tuple[ServerProcess, str], late_look: None, idempotent: bool
 ) -> None:
-    srv, token = served
-    auth = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
-    with HTTPCore(srv.url, timeout=10.0, headers=auth) as core:
+    """Marked idempotent: delivered, once. Not marked: Unreachable, and nothing added."""
+    with _submitter(served) as core:
         before = _tree_size(core)
         wait_for(lambda: _closed_by_server(core), 30, "the server closing the idle connection")
-        got = core.send("POST", BATCH, limit=1 << 20, content=_batch(1500, 1501), idempotent=True)
-        assert got.status == 200, got
-        assert _tree_size(core) == before + 2
-
-
-@pytest.mark.slow
-def test_a_post_not_marked_idempotent_fails_at_the_servers_idle_close(
-    served: tuple[ServerProcess, str], late_look: None
-) -> None:
-    srv, token = served
-    auth = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
-    with HTTPCore(srv.url, timeout=10.0, headers=auth) as core:
-        before = _tree_size(core)
-        wait_for(lambda: _closed_by_server(core), 30, "the server closing the idle connection")
-        with pytest.raises(Unreachable):
-            core.send("POST", BATCH, limit=1 << 20, content=_batch(1510))
-        assert _tree_size(core) == before
+        body = _batch(1500, 1501) if idempotent else _batch(1510)
+        try:
+            got: Unreachable | int = core.send(
+                "POST", BATCH, limit=1 << 20, content=body, idempotent=idempotent
+            ).status
+        except Unreachable as exc:
+            got = exc
+        if idempotent:
+            assert got == 200, got
+            assert _tree_size(core) == before + 2
+        else:
+            assert isinstance(got, Unreachable), got
+            assert _tree_size(core) == before

@@ -35,9 +35,9 @@ from client.net import lean
 from client.net.core import Unreachable
 from client.net.lean import LeanPoster
 from harness.scim import event_record
-from tests.server.redteam8_load import make_token
 
-from ..support import ServerProcess, start_server, wait_for
+from ..support import ServerProcess, wait_for
+from .helpers import keep_alive_server
 
 pytestmark = pytest.mark.slow
 
@@ -46,13 +46,8 @@ BATCH = "/v1/scim/events/batch"
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, str]]:
-    """A real ``tlog serve`` that closes idle connections after 1 s, and a token of t1."""
-    data = tmp_path_factory.mktemp("rt11ka") / "data"
-    srv = start_server(data, None, "--keep-alive", "1")
-    try:
-        yield srv, make_token(data, None, "--role", "submitter", "--tenant", "t1")
-    finally:
-        srv.stop()
+    with keep_alive_server(tmp_path_factory.mktemp("rt11ka")) as got:
+        yield got
 
 
 def _tree_size(url: str) -> int:
