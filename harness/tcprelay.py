@@ -36,8 +36,8 @@ class TcpRelay:
 
     :meth:`black_hole` stops the connection whose upstream side has the local port given
     (PostgreSQL's ``pg_stat_activity.client_port``) and every connection opened after it,
-    until :meth:`heal`: what was sent meanwhile waits in the kernels' buffers and flows
-    on then, as after a path that came back."""
+    :meth:`black_hole_all` every connection, until :meth:`heal`: what was sent meanwhile
+    waits in the kernels' buffers and flows on then, as after a path that came back."""
 
     def __init__(self, host: str, target: int) -> None:
         self._target = (host, target)
@@ -57,6 +57,16 @@ class TcpRelay:
             for p in found:
                 p.cut = True
             self._cut_new = True
+
+    def black_hole_all(self) -> int:
+        """Stop every relayed connection and every one opened after this, until
+        :meth:`heal`: the whole path gone dark (a partition, a frozen load balancer).
+        Returns how many connections were cut."""
+        with self._lock:
+            for p in self._pairs:
+                p.cut = True
+            self._cut_new = True
+            return len(self._pairs)
 
     def heal(self) -> None:
         with self._lock:
