@@ -68,6 +68,12 @@ class TcpRelay:
             self._cut_new = True
             return len(self._pairs)
 
+    def heal_new(self) -> None:
+        """Let connections opened from now on through, leaving the cut ones dark: a load
+        balancer replaced by a new one while the old one's connections stay open."""
+        with self._lock:
+            self._cut_new = False
+
     def heal(self) -> None:
         with self._lock:
             self._cut_new = False

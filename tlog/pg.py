@@ -1035,13 +1035,52 @@ class PgStorage:
         reported: tuple[float, int, str] | None = None
         while not self._watch_stop.wait(min(1.0, self.lock_report_after / 2)):
             w = self._waiting
-            if w is None or w is reported or time.monotonic() - w[0] < self.lock_report_after:
+            if w is None or time.monotonic() - w[0] < self.lock_report_after:
                 continue
-            reported = w
-            try:
-                self._report_wait(*w)
-            except Exception as exc:  # a diagnosis only: it never fails the write
-                log.warning("could not ask the database why a commit waits: %s", exc)
+            if w is not reported:
+                reported = w
+                try:
+                    self._report_wait(*w)
+                except Exception as exc:  # a diagnosis only: it never fails the write
+                    log.warning("could not ask the database why a commit waits: %s", exc)
+            elif self._outage is None:
+                try:
+                    self._end_if_dark(w)
+                except Exception as exc:
+                    log.warning("could not ask the database whether a commit waits: %s", exc)
+
+    def _end_if_dark(self, w: tuple[float, int, str]) -> None:
+        """A write still waiting whose session the database shows idle (it answered, for
+        ``lock_report_after`` seconds or more) or gone: the answer is lost on a path that
+        went dark and stays dark (a proxy keeping the old connections open while new ones
+        work). End that session and shut this side's socket, so the write fails now
+        (:class:`CommitUnknown` at COMMIT, resolved from the store) instead of waiting for
+        the dead path to close (red team 12)."""
+        since, pid, what = w
+        kwargs = {**self._kwargs, "connect_timeout": PROBE_CONNECT_TIMEOUT}
+        with psycopg.connect(self._url, autocommit=True, **kwargs) as conn:
+            row = conn.execute(_IDLE_FOR, (pid,)).fetchone()
+            if row is not None and (
+                not str(row[0]).startswith("idle") or float(row[1]) < self.lock_report_after
+            ):
+                return
+            if self._waiting is not w:
+                return  # it returned meanwhile
+            log.error(
+                "the database connection of the write of %s is dark: the database %s; its "
+                "answer never came in %.0f s. Ending that session and the connection: the "
+                "outcome is read from the store",
+                what,
+                "ended the session" if row is None else f"has been {row[0]} for {row[1]:.0f} s",
+                time.monotonic() - since,
+            )
+            # The path that carried this connection carried the turns' too: their sessions
+            # (and the advisory locks they hold) would keep the new ones waiting.
+            mine = [c for c in (self._writer, self._turner, self._stager) if c and not c.closed]
+            pids = sorted({pid, *(c.info.backend_pid for c in mine)})
+            conn.execute("SELECT pg_terminate_backend(p) FROM unnest(%s::int[]) p", (pids,))
+        for c in mine:
+            _shut_socket(c)
 
     def _report_wait(self, since: float, pid: int, what: str) -> None:
         with psycopg.connect(self._url, autocommit=True, **self._kwargs) as conn:
@@ -1677,6 +1716,11 @@ _STAGE_WANTED = (
 )
 _CURRENT_FENCE = "SELECT fence FROM tlog_aux_writer WHERE id = 1"
 _STANDBY_NAMES = "SELECT current_setting('synchronous_standby_names')"
+# The writer session's state and for how long (_end_if_dark).
+_IDLE_FOR = (
+    "SELECT state, extract(epoch FROM now() - state_change)::float8 "
+    "FROM pg_stat_activity WHERE pid = %s"
+)
 # The writer session and the sessions holding a lock it waits for (_report_wait).
 _WAITS = (
     "SELECT pid, application_name, coalesce(state, '?'), "
@@ -1998,6 +2042,17 @@ class OperatorHold:
                 said = why
             self._stop.wait(delay)
             delay = min(delay * 2, self.max_backoff)
+
+
+def _shut_socket(conn: psycopg.Connection[Any]) -> None:
+    """Shut ``conn``'s socket down from any thread: a call blocked on it fails at once (a
+    broken connection), whatever the path behind it does."""
+    with contextlib.suppress(OSError, psycopg.Error):
+        dup = socket.fromfd(conn.pgconn.socket, socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            dup.shutdown(socket.SHUT_RDWR)
+        finally:
+            dup.close()
 
 
 def _close_quietly(conn: psycopg.Connection[Any] | None) -> None:

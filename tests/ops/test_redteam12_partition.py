@@ -16,6 +16,10 @@ one root per size, fsck clean; after the heal service resumes by itself, the nex
 the next index, and a write that was answered 503 while its commit was in flight is sorted
 out by its retry (the same index, ``duplicate``, if its commit landed at the heal).
 
+The second test heals only the new connections (a load balancer replaced while the old one
+keeps its connections open and dark): service must come back too (a defect, fixed in
+``PgStorage._end_if_dark``).
+
 Timing is measured and printed (the figures in docs/operations.md), asserted only against a
 hang (the clients' own 60 s timeout: a transport error fails the test)."""
 
@@ -215,5 +219,34 @@ def test_every_connection_black_holed_under_load_then_healed(
             assert r.status_code == 200 and r.json()["index"] == size, (r.text, size)
             text = run.server_log()
             assert "Traceback" not in text, text[-5000:]
+    finally:
+        relay.close()
+
+
+def test_old_connections_left_dark_while_new_ones_work(
+    tmp_path: Path, pg_cluster: PgCluster, pg_url: str
+) -> None:
+    """A load balancer replaced by a new one while the old one keeps its connections open
+    and dark: new connections work, the old ones never answer. Before, the writer waited
+    for its commit's answer on its old connection until that path closed (never, here):
+    ``/readyz`` 200 and every write 503 for as long as it lasted. Now the commit watch sees
+    the writer's session idle on the database while the write waits, ends this frontend's
+    old sessions (writer and turns) and shuts their sockets: the outcome is read from the
+    store and writes resume on new connections."""
+    relay = TcpRelay("127.0.0.1", pg_cluster.port)
+    via = pg_url.replace(f"127.0.0.1:{pg_cluster.port}", f"127.0.0.1:{relay.port}")
+    try:
+        with faulted_server(tmp_path, via, BOUND) as run:
+            run.load.start()
+            run.load.wait_acked(60)
+            relay.black_hole_all()
+            time.sleep(8)
+            relay.heal_new()  # the old connections stay dark until the end of the test
+            run.load.wait_acked(20, bound=40)
+            run.load.stop()
+            text = run.server_log()
+            assert "is dark: the database" in text, text[-3000:]
+            assert "Traceback" not in text, text[-5000:]
+            relay.heal()
     finally:
         relay.close()
