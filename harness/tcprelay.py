@@ -49,6 +49,14 @@ class TcpRelay:
         self._closed = threading.Event()
         threading.Thread(target=self._accept, daemon=True, name="tcprelay-accept").start()
 
+    def via(self, url: str) -> str:
+        """``url`` (a ``postgresql://`` URL to ``127.0.0.1:<target>``) through the relay."""
+        host, port = self._target
+        out = url.replace(f"{host}:{port}", f"127.0.0.1:{self.port}")
+        if out == url:
+            raise ValueError("the URL does not name the relay's target")
+        return out
+
     def black_hole(self, upstream_port: int) -> None:
         with self._lock:
             found = [p for p in self._pairs if p.upstream_port == upstream_port]

@@ -102,8 +102,7 @@ def test_every_connection_black_holed_under_load_then_healed(
     tmp_path: Path, pg_cluster: PgCluster, pg_url: str
 ) -> None:
     relay = TcpRelay("127.0.0.1", pg_cluster.port)
-    via = pg_url.replace(f"127.0.0.1:{pg_cluster.port}", f"127.0.0.1:{relay.port}")
-    assert via != pg_url
+    via = relay.via(pg_url)
     probes: list[tuple[str, int, float, str]] = []  # (path, status, seconds, detail)
     try:
         with faulted_server(tmp_path, via, BOUND) as run:
@@ -234,7 +233,7 @@ def test_old_connections_left_dark_while_new_ones_work(
     old sessions (writer and turns) and shuts their sockets: the outcome is read from the
     store and writes resume on new connections."""
     relay = TcpRelay("127.0.0.1", pg_cluster.port)
-    via = pg_url.replace(f"127.0.0.1:{pg_cluster.port}", f"127.0.0.1:{relay.port}")
+    via = relay.via(pg_url)
     try:
         with faulted_server(tmp_path, via, BOUND) as run:
             run.load.start()
