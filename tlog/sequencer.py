@@ -21,7 +21,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from tlog.backend import AuxFenced, CommitConflict, StoreNotHeld, StoreUnreachable, TurnTimeout
+from tlog.backend import (
+    AuxFenced,
+    CommitConflict,
+    CommitUnknown,
+    StoreNotHeld,
+    StoreUnreachable,
+    TurnTimeout,
+)
 from tlog.log import BatchResult, Log, LogHalted
 from tlog.reads import Deadlines, Outcome, settle_on_loops
 
@@ -377,8 +384,10 @@ class Sequencer:
             return self._integrate_batch(batch)
         except AuxFenced as exc:
             return exc
-        except (CommitConflict, LogHalted, StoreNotHeld, StoreUnreachable) as exc:
-            # Logged where it happened; the callers get 503 with the reason.
+        except (CommitConflict, CommitUnknown, LogHalted, StoreNotHeld, StoreUnreachable) as exc:
+            # Logged where it happened (a CommitUnknown that reaches here was read back and
+            # not found in the store: Log.integrate says so); the callers get 503 with the
+            # reason.
             return SequencerStopped(f"nothing of the batch was acknowledged: {exc}")
         except Exception as exc:
             n = sum(len(p.entries) for p in batch)
