@@ -26,6 +26,29 @@ from ..support import ServerProcess, start_server
 BOUND = 30.0  # seconds: far beyond the deadline, far below "for ever"
 
 
+def read_request(conn: socket.socket, buf: bytearray) -> tuple[bytes, bytes] | None:
+    """The next HTTP/1.1 request on ``conn`` framed by its ``Content-Length``: its head and
+    body (``buf`` keeps what follows); None at the client's close."""
+    while b"\r\n\r\n" not in buf:
+        data = conn.recv(65536)
+        if not data:
+            return None
+        buf += data
+    head, _, rest = bytes(buf).partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    while len(rest) < length:
+        data = conn.recv(65536)
+        if not data:
+            return None
+        rest += data
+    buf[:] = rest[length:]
+    return head, rest[:length]
+
+
 @contextmanager
 def serving(one: Callable[[socket.socket, threading.Event], None]) -> Iterator[str]:
     """A local TCP server calling ``one(connection, stop)`` in a thread for each connection

@@ -29,7 +29,15 @@ from client.formats.note import FormatError
 from client.net.core import Answer, HTTPCore, Unreachable
 from client.net.lean import LeanPoster, lean_url
 from harness.scim import event_record
-from tests.net.helpers import DRIP_BODY, DRIP_HEAD, dripping, ends, self_signed, serving
+from tests.net.helpers import (
+    DRIP_BODY,
+    DRIP_HEAD,
+    dripping,
+    ends,
+    read_request,
+    self_signed,
+    serving,
+)
 
 from ..support import wait_for
 
@@ -49,31 +57,17 @@ class _Script:
 
 
 def _read_request(conn: socket.socket, buf: bytearray) -> tuple[list[bytes], bytes] | None:
-    while b"\r\n\r\n" not in buf:
-        data = conn.recv(65536)
-        if not data:
-            return None
-        buf += data
-    head, _, rest = bytes(buf).partition(b"\r\n\r\n")
-    lines = head.split(b"\r\n")
-    length = 0
-    for line in lines[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            length = int(value)
-    while len(rest) < length:
-        data = conn.recv(65536)
-        if not data:
-            return None
-        rest += data
-    buf[:] = rest[length:]
+    got = read_request(conn, buf)
+    if got is None:
+        return None
+    lines = got[0].split(b"\r\n")
     kept = [lines[0]] + sorted(
         line.lower()
         for line in lines[1:]
         if line.split(b":")[0].lower()
         in (b"authorization", b"content-type", b"content-length", b"transfer-encoding")
     )
-    return kept, rest[:length]
+    return kept, got[1]
 
 
 @contextmanager

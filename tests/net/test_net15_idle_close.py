@@ -33,31 +33,9 @@ from client.net.core import HTTPCore, Unreachable
 from harness.scim import event_record
 
 from ..support import ServerProcess, wait_for
-from .helpers import BOUND, keep_alive_server, serving
+from .helpers import BOUND, keep_alive_server, read_request, serving
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-
-
-def _read_request(conn: socket.socket, buf: bytes) -> tuple[bytes | None, bytes]:
-    """The head of the next request on ``conn`` (its body read and dropped), and what
-    follows it; None at the client's close."""
-    while b"\r\n\r\n" not in buf:
-        data = conn.recv(65536)
-        if not data:
-            return None, buf
-        buf += data
-    head, _, buf = buf.partition(b"\r\n\r\n")
-    length = 0
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            length = int(value)
-    while len(buf) < length:
-        data = conn.recv(65536)
-        if not data:
-            return None, buf
-        buf += data
-    return head, buf[length:]
 
 
 class Scripted:
@@ -80,11 +58,12 @@ class Scripted:
         script = self.scripts[n] if n < len(self.scripts) else ["answer"] * 8
         conn.settimeout(BOUND)
         with conn:
-            buf = b""
+            buf = bytearray()
             for action in script:
-                head, buf = _read_request(conn, buf)
-                if head is None:
+                got = read_request(conn, buf)
+                if got is None:
                     return
+                head = got[0]
                 self.requests.append((n, head.split(b"\r\n", 1)[0]))
                 if action == "answer":
                     conn.sendall(OK)
