@@ -66,9 +66,11 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
+from weakref import WeakSet
 
 import psycopg
+import psycopg.abc
 import psycopg.adapt
 import psycopg.conninfo
 import psycopg.errors
@@ -133,6 +135,7 @@ STAGE_TURN_TIMEOUT = 1.0
 PROBE_EVERY = 0.5
 SUSPECT_AFTER = 0.5  # seconds a read waits for a pooled connection before the probe starts
 PROBE_CONNECT_TIMEOUT = 2
+ASK_TIMEOUT = 5.0  # seconds the commit watch's own questions may take (PgStorage._ask)
 _U64 = struct.Struct(">Q")
 _MAX_BIGINT = (1 << 63) - 1
 
@@ -396,6 +399,30 @@ def _dead_while_idle(conn: psycopg.Connection[Any]) -> bool:
     return False
 
 
+_RV = TypeVar("_RV")
+
+
+class _Watched(psycopg.Connection[Any]):
+    """A connection that shows whether, and since when, this process waits on it for the
+    server: every network wait of psycopg goes through :meth:`wait`. The commit watch
+    (:meth:`PgStorage._end_dark`) finds with it a wait on a path gone dark, which neither
+    the TCP keepalives nor ``tcp_user_timeout`` can see when a TCP proxy (a load balancer)
+    stands before PostgreSQL: the proxy's own kernel acknowledges every byte and probe."""
+
+    waiting_since: float | None = None
+    role = "connection"  # what this process uses it for, named in the log
+    ended_dark = False  # ended by the commit watch: its path went dark
+
+    def wait(
+        self, gen: psycopg.abc.PQGen[_RV], interval: float = 0.1, timeout: float | None = None
+    ) -> _RV:
+        self.waiting_since = time.monotonic()
+        try:
+            return super().wait(gen, interval, timeout)
+        finally:
+            self.waiting_since = None
+
+
 class PgReadView:
     """One REPEATABLE READ, READ ONLY transaction on a pooled connection.
 
@@ -409,7 +436,7 @@ class PgReadView:
 
     _names = itertools.count()
 
-    def __init__(self, storage: PgStorage, conn: psycopg.Connection[Any]) -> None:
+    def __init__(self, storage: PgStorage, conn: _Watched) -> None:
         self._s = storage
         self._conn = conn
         self._fresh = True  # no statement has run in this view yet
@@ -740,6 +767,10 @@ class PgStorage:
         self._waiting: tuple[float, int, str] | None = None
         self._watcher: threading.Thread | None = None
         self._watch_stop = threading.Event()
+        # Every connection this process opens to the store (the writer's, the turns', the
+        # pooled readers'), for the commit watch to find one waiting on a dark path.
+        self._conns: WeakSet[_Watched] = WeakSet()
+        self._conns_lock = threading.Lock()
         kwargs = _connect_kwargs(url, "tlog")
         self._kwargs = kwargs
         try:
@@ -755,18 +786,28 @@ class PgStorage:
                     self._create_schema(conn)
         except psycopg.Error as exc:
             raise StorageError(f"cannot open the database {self.location}: {exc}") from None
-        self._pool: psycopg_pool.ConnectionPool[psycopg.Connection[Any]] = (
-            psycopg_pool.ConnectionPool(
-                url,
-                min_size=1,
-                max_size=pool_max,
-                kwargs=kwargs,
-                configure=_configure_reader,
-                timeout=POOL_TIMEOUT,
-                name="tlog-readers",
-                open=True,
-            )
+        self._pool: psycopg_pool.ConnectionPool[_Watched] = psycopg_pool.ConnectionPool(
+            url,
+            min_size=1,
+            max_size=pool_max,
+            kwargs=kwargs,
+            connection_class=_Watched,
+            configure=self._configure_reader,
+            timeout=POOL_TIMEOUT,
+            name="tlog-readers",
+            open=True,
         )
+        self._watcher = threading.Thread(target=self._watch, name="tlog-pg-watch", daemon=True)
+        self._watcher.start()
+
+    def _configure_reader(self, conn: _Watched) -> None:
+        _configure_reader(conn)
+        self._track(conn, "pooled reader")
+
+    def _track(self, conn: _Watched, role: str) -> None:
+        conn.role = role
+        with self._conns_lock:
+            self._conns.add(conn)
 
     @property
     def location(self) -> str:
@@ -883,6 +924,11 @@ class PgStorage:
     def _failed(self, exc: psycopg.Error, conn: psycopg.Connection[Any]) -> StorageError:
         """What a statement that failed with ``exc`` on ``conn`` is answered with; when it
         left the connection broken, the probe tries the database (:meth:`_suspect`)."""
+        if isinstance(conn, _Watched) and conn.ended_dark:
+            return StoreUnreachable(
+                f"the database connection this used went dark (its answer never came) and "
+                f"was ended; nothing was written; new connections take over ({exc})"
+            )
         if conn.closed or conn.broken:
             self._suspect()
         return pg_fault(exc) or StorageError(str(exc))
@@ -1017,13 +1063,8 @@ class PgStorage:
     # -- a commit that does not return: say who holds it up -------------------------------
 
     def _watch_commit(self, conn: psycopg.Connection[Any], what: str) -> None:
-        """Note the write starting on ``conn`` for :meth:`_watch` (started on first use)."""
+        """Note the write starting on ``conn`` for :meth:`_watch`."""
         self._waiting = (time.monotonic(), conn.info.backend_pid, what)
-        if self._watcher is None:
-            self._watcher = threading.Thread(
-                target=self._watch, name="tlog-pg-commit-watch", daemon=True
-            )
-            self._watcher.start()
 
     def _watch(self) -> None:
         """Once per write that has not returned after ``lock_report_after`` seconds, log
@@ -1031,59 +1072,115 @@ class PgStorage:
         WARNING otherwise): a frontend frozen in the middle of a commit
         holds the state row (and the fence row) until the database ends its session, and
         every other frontend's commits wait for it (docs/operations.md); the 503s they
-        answer meanwhile cannot name it, this line does."""
+        answer meanwhile cannot name it, this line does. And every second, whatever waits:
+        :meth:`_end_dark`."""
         reported: tuple[float, int, str] | None = None
+        suspects: set[int] = set()
         while not self._watch_stop.wait(min(1.0, self.lock_report_after / 2)):
             w = self._waiting
-            if w is None or time.monotonic() - w[0] < self.lock_report_after:
-                continue
-            if w is not reported:
-                reported = w
-                try:
-                    self._report_wait(*w)
-                except Exception as exc:  # a diagnosis only: it never fails the write
-                    log.warning("could not ask the database why a commit waits: %s", exc)
-            elif self._outage is None:
-                try:
-                    self._end_if_dark(w)
-                except Exception as exc:
-                    log.warning("could not ask the database whether a commit waits: %s", exc)
+            if w is not None and w is not reported:
+                if time.monotonic() - w[0] >= self.lock_report_after:
+                    reported = w
+                    try:
+                        self._report_wait(*w)
+                    except Exception as exc:  # a diagnosis only: it never fails the write
+                        log.warning("could not ask the database why a commit waits: %s", exc)
+            try:
+                suspects = self._end_dark(suspects)
+            except Exception as exc:
+                suspects = set()
+                log.warning("could not ask the database whether a connection is dark: %s", exc)
 
-    def _end_if_dark(self, w: tuple[float, int, str]) -> None:
-        """A write still waiting whose session the database shows idle (it answered, for
-        ``lock_report_after`` seconds or more) or gone: the answer is lost on a path that
-        went dark and stays dark (a proxy keeping the old connections open while new ones
-        work). End that session and shut this side's socket, so the write fails now
-        (:class:`CommitUnknown` at COMMIT, resolved from the store) instead of waiting for
-        the dead path to close (red team 12)."""
-        since, pid, what = w
+    @contextlib.contextmanager
+    def _ask(self) -> Iterator[psycopg.Connection[Any]]:
+        """A new connection for the watch's own questions, bounded on this side's clock
+        (its path may go dark too): connected within ``PROBE_CONNECT_TIMEOUT`` seconds, its
+        socket shut ``ASK_TIMEOUT`` seconds later if it is still open."""
         kwargs = {**self._kwargs, "connect_timeout": PROBE_CONNECT_TIMEOUT}
         with psycopg.connect(self._url, autocommit=True, **kwargs) as conn:
-            row = conn.execute(_IDLE_FOR, (pid,)).fetchone()
-            if row is not None and (
-                not str(row[0]).startswith("idle") or float(row[1]) < self.lock_report_after
-            ):
-                return
-            if self._waiting is not w:
-                return  # it returned meanwhile
+            timer = threading.Timer(ASK_TIMEOUT, _shut_socket, (conn,))
+            timer.daemon = True
+            timer.start()
+            try:
+                yield conn
+            finally:
+                timer.cancel()
+
+    def _end_dark(self, suspects: set[int]) -> set[int]:
+        """Find the connections this process waits on for ``lock_report_after`` seconds or
+        more while the database shows their sessions idle for as long, or gone: their
+        answers are lost on a path that went dark and stays dark (a proxy keeping the old
+        connections open while new ones work: neither TCP keepalives nor
+        ``tcp_user_timeout`` see it, the proxy's kernel acknowledges everything). Seen so
+        twice in a row (``suspects``: the backend pids seen so last time; returns this
+        time's), end them, and with them every session of this process opened before that
+        path last carried anything (it carried those too: the turns' advisory locks, idle
+        pooled readers, the operator lock's session) or already gone: each is terminated
+        on the database and its socket shut here, so whatever waits on it fails now (a
+        commit as :class:`CommitUnknown`, resolved from the store; a statement before
+        COMMIT as :class:`StoreUnreachable`, nothing written) and new connections take
+        over. No wait on a dark path lasts much over ``2 * lock_report_after`` seconds."""
+        now = time.monotonic()
+        with self._conns_lock:
+            conns = [c for c in self._conns if not c.closed]
+        hold = self.operator_hold
+        held = hold.connection if hold is not None else None
+        if isinstance(held, _Watched) and not held.closed:
+            conns.append(held)
+        by_pid = {pid: c for c in conns if (pid := _backend_pid(c))}
+        waiting = {
+            pid: now - since
+            for pid, c in by_pid.items()
+            if (since := c.waiting_since) is not None and now - since >= self.lock_report_after
+        }
+        if not waiting:
+            return set()
+        with self._ask() as ask:
+            rows = ask.execute(_SESSIONS, (list(by_pid),)).fetchall()
+            seen = {int(r[0]): (str(r[1]), float(r[2] or 0), float(r[3] or 0)) for r in rows}
+            dark = {
+                pid
+                for pid in waiting
+                if pid not in seen
+                or (seen[pid][0].startswith("idle") and seen[pid][1] >= self.lock_report_after)
+            }
+            confirmed = dark & suspects
+            if not confirmed:
+                return dark
+            # Seconds since the dark path last carried anything (the latest of its sessions).
+            quiet = min(seen[p][1] if p in seen else waiting[p] for p in confirmed)
+            ended = {
+                pid for pid in by_pid if pid in confirmed or pid not in seen or seen[pid][2] > quiet
+            }
+            w = self._waiting
+            first = w[1] if w is not None and w[1] in confirmed else min(confirmed)
+            others = sorted({by_pid[p].role for p in confirmed if p != first})
             log.error(
-                "the database connection of the write of %s is dark: the database %s; its "
-                "answer never came in %.0f s. Ending that session and the connection: the "
-                "outcome is read from the store",
-                what,
-                "ended the session" if row is None else f"has been {row[0]} for {row[1]:.0f} s",
-                time.monotonic() - since,
+                "the database connection of the %s%s is dark: the database %s; its answer "
+                "never came in %.0f s%s. Ending it and every session of this process opened "
+                "before that path went quiet (%d in all): what waits on them fails now (a "
+                "commit's outcome is read from the store), new connections take over",
+                by_pid[first].role,
+                f" of {w[2]}" if w is not None and w[1] == first else "",
+                "ended the session"
+                if first not in seen
+                else f"has been {seen[first][0]} for {seen[first][1]:.0f} s",
+                waiting[first],
+                f" (dark too: {', '.join(others)})" if others else "",
+                len(ended),
             )
-            # The path that carried this connection carried the turns' too: their sessions
-            # (and the advisory locks they hold) would keep the new ones waiting.
-            mine = [c for c in (self._writer, self._turner, self._stager) if c and not c.closed]
-            pids = sorted({pid, *(c.info.backend_pid for c in mine)})
-            conn.execute("SELECT pg_terminate_backend(p) FROM unnest(%s::int[]) p", (pids,))
-        for c in mine:
+            alive = sorted(p for p in ended if p in seen)
+            ask.execute("SELECT pg_terminate_backend(p) FROM unnest(%s::int[]) p", (alive,))
+        for pid in ended:
+            c = by_pid[pid]
+            c.ended_dark = True
             _shut_socket(c)
+        if hold is not None and held is not None and _backend_pid(held) in ended:
+            hold.suspect()  # it sees its lock gone now and takes it again
+        return set()
 
     def _report_wait(self, since: float, pid: int, what: str) -> None:
-        with psycopg.connect(self._url, autocommit=True, **self._kwargs) as conn:
+        with self._ask() as conn:
             rows = conn.execute(_WAITS, (pid, pid)).fetchall()
         waited = time.monotonic() - since
         own = next((r for r in rows if r[0] == pid), None)
@@ -1124,10 +1221,11 @@ class PgStorage:
             log.info("the writer's database connection was ended while idle; reconnecting")
         self._drop_writer()
         try:
-            conn = psycopg.connect(self._url, autocommit=False, **self._kwargs)
+            conn = _Watched.connect(self._url, autocommit=False, **self._kwargs)
         except psycopg.Error as exc:
             self._suspect()
             raise pg_fault(exc) or StorageError(str(exc)) from exc
+        self._track(conn, "writer")
         try:
             conn.add_notice_handler(self._on_notice)
             self._check_server(conn)
@@ -1492,11 +1590,12 @@ class PgStorage:
                 raise pg_fault(exc) or StorageError(str(exc)) from exc
         raise AssertionError("unreachable: the second try returns or raises")
 
-    def _lock_session(self, timeout: float) -> psycopg.Connection[Any]:
+    def _lock_session(self, timeout: float, role: str) -> psycopg.Connection[Any]:
         """A new connection of its own for a session advisory lock (the write turn, the
         staging turn), waiting at most ``timeout`` seconds for a lock."""
         try:
-            conn = psycopg.connect(self._url, autocommit=True, **self._kwargs)
+            conn = _Watched.connect(self._url, autocommit=True, **self._kwargs)
+            self._track(conn, role)
             # The wait is bounded by lock_timeout alone: a statement_timeout the role or
             # database sets (shorter) would end it as a failed statement, not as the turn's
             # timeout (TurnTimeout: the SCIM writer then stages without the staging turn).
@@ -1513,7 +1612,7 @@ class PgStorage:
         if conn is not None and not conn.closed and not conn.broken:
             return conn
         self._drop_turn()
-        self._turner = conn = self._lock_session(self.turn_timeout)
+        self._turner = conn = self._lock_session(self.turn_timeout, "write turn")
         return conn
 
     def _drop_turn(self) -> None:
@@ -1581,7 +1680,7 @@ class PgStorage:
         if conn is not None and not conn.closed and not conn.broken:
             return conn
         self._drop_stager()
-        self._stager = conn = self._lock_session(self.stage_timeout)
+        self._stager = conn = self._lock_session(self.stage_timeout, "SCIM staging turn")
         return conn
 
     def _drop_stager(self) -> None:
@@ -1716,10 +1815,12 @@ _STAGE_WANTED = (
 )
 _CURRENT_FENCE = "SELECT fence FROM tlog_aux_writer WHERE id = 1"
 _STANDBY_NAMES = "SELECT current_setting('synchronous_standby_names')"
-# The writer session's state and for how long (_end_if_dark).
-_IDLE_FOR = (
-    "SELECT state, extract(epoch FROM now() - state_change)::float8 "
-    "FROM pg_stat_activity WHERE pid = %s"
+# The sessions of this process's connections (_end_dark): pid, state, seconds in it,
+# seconds since the session began.
+_SESSIONS = (
+    "SELECT pid, coalesce(state, '?'), extract(epoch FROM now() - state_change)::float8, "
+    "extract(epoch FROM now() - backend_start)::float8 "
+    "FROM pg_stat_activity WHERE pid = ANY(%s)"
 )
 # The writer session and the sessions holding a lock it waits for (_report_wait).
 _WAITS = (
@@ -1840,9 +1941,10 @@ def hold_store(url: str, who: str, *, exclusive: bool) -> psycopg.Connection[Any
     where = redact(url)
     kwargs = _connect_kwargs(url, f"{who} PID {os.getpid()} on host {socket.gethostname()}")
     try:
-        conn = psycopg.connect(url, autocommit=True, **kwargs)
+        conn = _Watched.connect(url, autocommit=True, **kwargs)
     except psycopg.Error as exc:
         raise StorageError(f"cannot open the database {where}: {exc}") from None
+    conn.role = "operator lock"
     try:
         _no_idle_end(conn)
         row = conn.execute(_HOLD_EXCLUSIVE if exclusive else _HOLD_SHARED).fetchone()
@@ -1959,6 +2061,11 @@ class OperatorHold:
         self._thread = threading.Thread(target=self._run, name="tlog-operator-hold", daemon=True)
         self._thread.start()
 
+    @property
+    def connection(self) -> psycopg.Connection[Any] | None:
+        """The lock's connection while it is held."""
+        return self._conn
+
     def check(self) -> None:
         """Raise :class:`StoreNotHeld` unless the lock is held."""
         lost = self.lost
@@ -2042,6 +2149,14 @@ class OperatorHold:
                 said = why
             self._stop.wait(delay)
             delay = min(delay * 2, self.max_backoff)
+
+
+def _backend_pid(conn: psycopg.Connection[Any]) -> int:
+    """``conn``'s backend pid, 0 when it is closed (it may be, from another thread)."""
+    try:
+        return int(conn.pgconn.backend_pid)
+    except (psycopg.Error, OSError):
+        return 0
 
 
 def _shut_socket(conn: psycopg.Connection[Any]) -> None:

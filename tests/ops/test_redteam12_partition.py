@@ -18,7 +18,7 @@ out by its retry (the same index, ``duplicate``, if its commit landed at the hea
 
 The second test heals only the new connections (a load balancer replaced while the old one
 keeps its connections open and dark): service must come back too (a defect, fixed in
-``PgStorage._end_if_dark``).
+``PgStorage._end_dark``).
 
 Timing is measured and printed (the figures in docs/operations.md), asserted only against a
 hang (the clients' own 60 s timeout: a transport error fails the test)."""
