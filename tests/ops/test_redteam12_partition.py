@@ -25,6 +25,7 @@ hang (the clients' own 60 s timeout: a transport error fails the test)."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from pathlib import Path
@@ -37,6 +38,8 @@ import pytest
 from harness.pg import PgCluster
 from harness.tcprelay import TcpRelay
 from tests.server.redteam8_load import faulted_server, stored_entries
+from tlog.backend import StoreUnreachable
+from tlog.pg import PgStorage
 
 from .lockwatch import until
 
@@ -222,12 +225,6 @@ def test_every_connection_black_holed_under_load_then_healed(
         relay.close()
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="recovery from old connections left dark is not reliable yet: CI at f58cbec saw "
-    "every write 503 for the test's 40 s bound after the heal (no progress); the commit "
-    "watch's _end_if_dark does not always end the dark sessions. Open, see the closing note",
-)
 def test_old_connections_left_dark_while_new_ones_work(
     tmp_path: Path, pg_cluster: PgCluster, pg_url: str
 ) -> None:
@@ -254,4 +251,64 @@ def test_old_connections_left_dark_while_new_ones_work(
             assert "Traceback" not in text, text[-5000:]
             relay.heal()
     finally:
+        relay.close()
+
+
+def _in_thread(fn: Any) -> list[Any]:
+    """Run ``fn`` on a thread of its own; its result or exception, or a failure when it
+    hangs (the watch bounds every wait on a dark path well within 60 s)."""
+    out: list[Any] = []
+
+    def run() -> None:
+        try:
+            out.append(fn())
+        except Exception as exc:
+            out.append(exc)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(60)
+    assert out, "it hangs on a dark connection"
+    return out
+
+
+def test_a_read_and_a_write_on_connections_left_dark_are_ended(
+    pg_cluster: PgCluster, pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Below ``tlog serve``: the connections left dark are taken up again by the next read
+    and write. Before, only a writer's commit was watched: a read waited forever on its
+    pooled connection (as the token reads and the store read that resolves an unknown
+    commit did under ``tlog serve``). Now the read's connection is ended, with every
+    older session of the process (the writer's too), and the read runs again on a new one.
+    A write whose own connection is dark fails before its COMMIT (nothing written, a clear
+    :class:`StoreUnreachable`), and the next write commits on a new connection."""
+    relay = TcpRelay("127.0.0.1", pg_cluster.port)
+    st = PgStorage(relay.via(pg_url))
+    caplog.set_level(logging.ERROR, logger="tlog.pg")
+
+    def read(key: str) -> bytes | None:
+        with st.read() as rv:
+            return rv.meta(key)
+
+    try:
+        st.set_meta("rt12-before", b"1")
+        assert read("rt12-before") == b"1"
+        relay.black_hole_all()
+        relay.heal_new()  # the writer's and the pooled connection stay dark
+        assert _in_thread(lambda: read("rt12-before")) == [b"1"]
+        assert "the database connection of the pooled reader is dark" in caplog.text
+        st.set_meta("rt12-next", b"2")  # the writer's old connection was ended too
+        caplog.clear()
+
+        relay.black_hole_all()
+        relay.heal_new()  # now the writer meets its dark connection first
+        (failed,) = _in_thread(lambda: st.set_meta("rt12-lost", b"3"))
+        assert isinstance(failed, StoreUnreachable), failed
+        assert "nothing was written" in str(failed)
+        assert "the database connection of the writer of meta rt12-lost is dark" in caplog.text
+        st.set_meta("rt12-after", b"4")
+        assert read("rt12-lost") is None
+        assert read("rt12-after") == b"4"
+    finally:
+        st.close()
         relay.close()
