@@ -941,7 +941,10 @@ class PgStorage:
         kwargs = {**self._kwargs, "connect_timeout": PROBE_CONNECT_TIMEOUT}
         while not self._watch_stop.is_set():
             try:
-                with psycopg.connect(self._url, autocommit=True, **kwargs) as conn:
+                # Watched too: a path that goes dark between its connect and its answer
+                # would otherwise hold the probe, and the outage it set, forever.
+                with _Watched.connect(self._url, autocommit=True, **kwargs) as conn:
+                    self._track(conn, "probe")
                     conn.execute("SELECT 1")
             except psycopg.Error as exc:
                 why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
@@ -1076,6 +1079,7 @@ class PgStorage:
         :meth:`_end_dark`."""
         reported: tuple[float, int, str] | None = None
         suspects: set[int] = set()
+        unasked = False  # the last question failed (said once until one works again)
         while not self._watch_stop.wait(min(1.0, self.lock_report_after / 2)):
             w = self._waiting
             if w is not None and w is not reported:
@@ -1087,9 +1091,12 @@ class PgStorage:
                         log.warning("could not ask the database why a commit waits: %s", exc)
             try:
                 suspects = self._end_dark(suspects)
+                unasked = False
             except Exception as exc:
                 suspects = set()
-                log.warning("could not ask the database whether a connection is dark: %s", exc)
+                if not unasked:
+                    log.warning("could not ask the database whether a connection is dark: %s", exc)
+                unasked = True
 
     @contextlib.contextmanager
     def _ask(self) -> Iterator[psycopg.Connection[Any]]:
