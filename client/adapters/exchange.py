@@ -33,6 +33,7 @@ from typing import Any, NamedTuple, Unpack
 import msgspec
 
 from client.adapters.body import Decoded, decode_body
+from client.adapters.outbox import Canonical
 from client.runtime.logredact import redact_target
 from client.scim.actions import RequestIntent, action, action_prefix, op_for_method, parse_request
 from client.scim.cbor import EventFormatError, dumps_det
@@ -45,7 +46,7 @@ from client.scim.event import (
     new_event,
     validate_event,
 )
-from client.scim.fastjson import check_event_json
+from client.scim.fastjson import check_event_json_canonical
 
 __all__ = [
     "DISCOVERY_ENDPOINTS",
@@ -312,16 +313,27 @@ def validated_event(**fields: Unpack[EventFields]) -> tuple[Event, str]:
     reference path, :func:`client.scim.event.validate_event`, which accepts or raises
     :class:`EventFormatError` naming the field, as :func:`new_event` does.
     """
+    ev, text, _ = validated_event_canonical(**fields)
+    return ev, text
+
+
+def validated_event_canonical(**fields: Unpack[EventFields]) -> tuple[Event, str, Canonical | None]:
+    """:func:`validated_event` with, on its compiled path, the event's :class:`Canonical`
+    form: the canonical CBOR of the event decoded from the JSON text (the bytes
+    :func:`client.scim.fastjson.decode_event_json` gives for that text, as the relay would
+    decode it: ``tests/adapters/test_fast_canonical.py``) and a copy of its actor. ``None``
+    on the reference path (the relay then decodes)."""
     obj = event_object(**fields)
     try:
         text = _JSON.encode(obj)
     except (TypeError, ValueError, OverflowError):  # msgspec.EncodeError is a ValueError
         text = b""
-    got = check_event_json(text) if text else None
-    if got is not None and got == obj:
-        return got, text.decode("utf-8")
+    got = check_event_json_canonical(text) if text else None
+    if got is not None and got[0] == obj:
+        ev = got[0]
+        return ev, text.decode("utf-8"), Canonical(got[1], dict(ev["actor"]))
     ev = validate_event(obj)
-    return ev, event_json(ev)
+    return ev, event_json(ev), None
 
 
 # --- routing ------------------------------------------------------------------------------
@@ -473,12 +485,15 @@ class Exchange:
 @dataclass
 class Recorded:
     """The events of one exchange, the access records of what is not an event, and the
-    events' JSON forms by ``eid`` as validated (:func:`validated_event`); an event changed
-    afterwards (member pseudonyms substituted) must have its text dropped."""
+    events' JSON forms by ``eid`` as validated (:func:`validated_event`), with their
+    canonical forms where the compiled path made them (``canon``, used only with the text
+    of the same ``eid``); an event changed afterwards (member pseudonyms substituted) must
+    have its text dropped."""
 
     events: list[Event]
     access: list[dict[str, Any]]
     texts: dict[str, str] = field(default_factory=dict)
+    canon: dict[str, Canonical] = field(default_factory=dict)
 
 
 class Builder:
@@ -507,6 +522,7 @@ class Builder:
         # taken from it as the result.
         self.answer: str | None = x.answer_note
         self.texts: dict[str, str] = {}  # eid -> the event's validated JSON form
+        self.canon: dict[str, Canonical] = {}  # eid -> its Canonical form (compiled path)
 
     def resp(self) -> Any:
         """The SP's answer body as JSON (decoded like the request), or None."""
@@ -612,9 +628,13 @@ class Builder:
         return self.intent(op, rt, self.req.value)
 
     def event(self, **fields: Unpack[EventFields]) -> Event:
-        """One validated event (:func:`validated_event`), its JSON form kept in ``texts``."""
-        ev, text = validated_event(**fields)
-        self.texts[str(ev["eid"])] = text
+        """One validated event (:func:`validated_event_canonical`), its JSON form kept in
+        ``texts`` and its canonical form, when made, in ``canon``."""
+        ev, text, canon = validated_event_canonical(**fields)
+        eid = str(ev["eid"])
+        self.texts[eid] = text
+        if canon is not None:
+            self.canon[eid] = canon
         return ev
 
     def make(
@@ -804,7 +824,7 @@ class Builder:
                 self.answer = self._answer_check(op, target, rid, resp, loc)
             if self.answer is None:
                 self.result = _resulting_values(target.rt, resp)
-        return Recorded(self.make(fields, intent, unparsed), [], self.texts)
+        return Recorded(self.make(fields, intent, unparsed), [], self.texts, self.canon)
 
     def _answer_check(
         self, op: str, target: _Target, rid: str | None, resp: Any, loc: str | None
@@ -880,7 +900,7 @@ class Builder:
             loc = op_resp.get("location")
             if isinstance(bid, str) and isinstance(loc, str) and loc:
                 created[bid] = loc.rstrip("/").rsplit("/", 1)[-1]
-        out = Recorded([], [], self.texts)
+        out = Recorded([], [], self.texts, self.canon)
         for seq, (op_req, op_resp) in enumerate(zip(ops, matched, strict=True)):
             self._bulk_op(
                 seq, op_req, op_resp, resp if x.status >= 300 else None, created, out, unknown

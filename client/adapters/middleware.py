@@ -561,12 +561,15 @@ class AuditMiddleware:
     def _outbox_records(x: Exchange, rec: Recorded) -> list[OutboxRecord]:
         """The events' outbox records: their JSON forms as validated when built, or
         :func:`event_json` for an event changed since (pseudonyms substituted)."""
-        texts = rec.texts
+        texts, canon = rec.texts, rec.canon
         out = []
         for e in rec.events:
             eid = str(e["eid"])
             text = texts.get(eid)
-            out.append(OutboxRecord(eid, x.req_id, event_json(e) if text is None else text))
+            if text is None:
+                out.append(OutboxRecord(eid, x.req_id, event_json(e)))
+            else:
+                out.append(OutboxRecord(eid, x.req_id, text, canon.get(eid)))
         return out
 
     def _build_records(
@@ -635,6 +638,7 @@ class AuditMiddleware:
                 else:
                     substitute_pids(rec.events, collector.placeholders(real))
                     rec.texts.clear()  # the placeholders' texts: stale now
+                    rec.canon.clear()
                     records = None
         if records is None:
             if inline:

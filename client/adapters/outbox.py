@@ -40,13 +40,14 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
 from client.runtime.durable import fsync_dir, fsync_path
 
 __all__ = [
+    "Canonical",
     "IntentJournal",
     "OrphanedIntents",
     "Outbox",
@@ -109,13 +110,33 @@ class OutboxError(Exception):
     """The outbox could not durably store (or update) what was asked; nothing was committed."""
 
 
+class Canonical(NamedTuple):
+    """An event's canonical CBOR and its actor as sent, made by the adapter from the JSON
+    form it queues (``client.adapters.exchange.validated_event_canonical``): what the relay's
+    commitment check would otherwise decode that JSON again for
+    (``client.adapters.receipts.check_commitments``)."""
+
+    cbor: bytes
+    actor: dict[str, Any]
+
+
 @dataclass(frozen=True)
 class OutboxRecord:
-    """One event to queue: its ``eid``, its ``corr.req`` and its JSON form (validated)."""
+    """One event to queue: its ``eid``, its ``corr.req`` and its JSON form (validated);
+    ``canon``, when the builder has it, the event's :class:`Canonical` form (kept in memory
+    for the relay, never stored)."""
 
     eid: str
     req: str
     body: str
+    canon: Canonical | None = None
+
+
+# The canonical forms handed to the relay (Outbox.handed): bounded, oldest dropped first.
+# A miss (dropped, or an event queued before a restart) costs the relay one decode of the
+# event's JSON, nothing else.
+_HANDED_MAX = 4096
+_HANDED_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -374,6 +395,10 @@ class Outbox:
         self._readers_lock = threading.Lock()
         self._jobs: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._loop_group: _LoopGroup | None = None  # adds of this event-loop iteration
+        # eid -> (the JSON form queued, its Canonical form): see handed()
+        self._handed: dict[str, tuple[str, Canonical]] = {}
+        self._handed_bytes = 0
+        self._handed_lock = threading.Lock()
         self._closed = False
         self.max_bytes = max_bytes
         self._ident: tuple[int, int] | None = None  # (st_dev, st_ino) of the opened file
@@ -794,7 +819,37 @@ class Outbox:
 
     def _add_job(self, records: Sequence[OutboxRecord], intent: str | None = None) -> _AddJob:
         now = _now_ms()
+        self._hand(records)
         return _AddJob(self, [(r.eid, r.req, r.body, now, intent) for r in records])
+
+    def _hand(self, records: Sequence[OutboxRecord]) -> None:
+        """Keep the records' canonical forms for :meth:`handed` (the first for an eid stays,
+        as its first body does in the file)."""
+        with self._handed_lock:
+            kept = self._handed
+            for r in records:
+                c = r.canon
+                if c is None or r.eid in kept:
+                    continue
+                kept[r.eid] = (r.body, c)
+                self._handed_bytes += len(c.cbor)
+            while kept and (len(kept) > _HANDED_MAX or self._handed_bytes > _HANDED_BYTES):
+                self._handed_bytes -= len(kept.pop(next(iter(kept)))[1].cbor)
+
+    def handed(self, eids: Sequence[str]) -> dict[str, tuple[str, Canonical]]:
+        """The canonical forms kept for these events, with the JSON form each was made from
+        (the caller uses one only for that same JSON): those not kept are left out."""
+        with self._handed_lock:
+            kept = self._handed
+            return {e: kept[e] for e in eids if e in kept}
+
+    def _unhand(self, eids: Sequence[str]) -> None:
+        with self._handed_lock:
+            kept = self._handed
+            for e in eids:
+                got = kept.pop(e, None)
+                if got is not None:
+                    self._handed_bytes -= len(got[1].cbor)
 
     async def add_async(self, records: Sequence[OutboxRecord], intent: str | None = None) -> None:
         """:meth:`add` for a caller on an asyncio event loop: returns once the events are
@@ -866,6 +921,7 @@ class Outbox:
         rows = [
             (now, text, r.eid) for r, text in zip(receipts, _receipts_json(receipts), strict=True)
         ]
+        self._unhand([r.eid for r in receipts])
 
         def job(conn: sqlite3.Connection) -> None:
             # (the quota's count follows by trigger; _commit reads it again each group)
@@ -884,6 +940,8 @@ class Outbox:
         (the log refused them as malformed: an operator must look at them)."""
         now = _now_ms()
         state = REJECTED if reject else PENDING
+        if reject:
+            self._unhand(eids)
         rows = [(state, now if reject else None, error[:2000], eid) for eid in eids]
 
         def job(conn: sqlite3.Connection) -> None:

@@ -43,7 +43,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import Future
 from itertools import groupby
 
-from client.adapters.outbox import Receipt
+from client.adapters.outbox import Canonical, Receipt
 from client.formats.checkpoint import Checkpoint
 from client.formats.merkle import (
     EMPTY_ROOT,
@@ -174,8 +174,19 @@ def _as_stored(body: str, actor: StoredActor | None) -> bytes:
     ev, encoded = _decoded(body)
     if actor is None:
         return encoded
-    pid, sd, an = actor
+    got = _spliced(encoded, ev["actor"], actor)
+    if got is not None:
+        return got
     sent = ev["actor"]
+    return dumps_det({**ev, "actor": {"kind": sent["kind"], "pid": actor[0], "sd": actor[1]}})
+
+
+def _spliced(encoded: bytes, sent: Mapping[str, object], actor: StoredActor) -> bytes | None:
+    """The stored event's encoding from the sent one's (``encoded``, its actor ``sent``) by
+    replacing the actor's bytes (see :func:`_as_stored`), or ``None`` when the replacement
+    cannot be shown to hit the actor's value only (the caller encodes again). Raises
+    :class:`VerificationError` when the stored actor cannot be the one sent."""
+    pid, sd, an = actor
     if actor_handle(sent) is None:
         raise VerificationError("the log pseudonymised an actor that names no one")
     sent_cbor = actor_cbor(sent)
@@ -183,8 +194,20 @@ def _as_stored(body: str, actor: StoredActor | None) -> bytes:
         raise VerificationError("the log's stored actor does not commit to the actor sent")
     old = b"\x65actor" + sent_cbor
     if len(pid) == 16 and len(sd) == 32 and encoded.count(old) == 1:
-        return encoded.replace(old, b"\x65actor" + pseudonymous_actor_cbor(sent["kind"], pid, sd))
-    return dumps_det({**ev, "actor": {"kind": sent["kind"], "pid": pid, "sd": sd}})
+        kind = str(sent["kind"])
+        return encoded.replace(old, b"\x65actor" + pseudonymous_actor_cbor(kind, pid, sd))
+    return None
+
+
+def _handed_stored(canon: Canonical, actor: StoredActor | None) -> bytes | None:
+    """:func:`_as_stored` from the canonical form the adapter handed over (no decode), or
+    ``None`` when it cannot say (the caller decodes: :func:`check_commitments`)."""
+    if actor is None:
+        return canon.cbor
+    try:
+        return _spliced(canon.cbor, canon.actor, actor)
+    except VerificationError:
+        return None
 
 
 def _as_stored_reference(body: str, actor: StoredActor | None) -> bytes:
@@ -211,11 +234,18 @@ def check_commitments(
     receipts: Sequence[Receipt],
     commits: Mapping[str, Commit],
     bodies: Mapping[str, str],
+    handed: Mapping[str, tuple[str, Canonical]] | None = None,
 ) -> int:
     """Raise :class:`VerificationError` unless every receipt's leaf is the event sent under
     its eid: ``commits[eid]`` = (leaf, nonce) from the answer, ``bodies[eid]`` the event's
     JSON form as sent. Returns how many were retries the log answered without a nonce (their
-    bodies erased since: inclusion only). Error texts carry no eid or leaf hash."""
+    bodies erased since: inclusion only). Error texts carry no eid or leaf hash.
+
+    ``handed[eid]`` (:meth:`client.adapters.outbox.Outbox.handed`): the JSON form an event
+    was queued with and its canonical form, made by the adapter from that JSON. Used only
+    when that JSON is the body sent, and only to pass: a leaf that does not commit to it is
+    checked again from the body decoded (the path without it), which alone may refuse. So a
+    handed form that is missing, stale or wrong costs a decode, never an honest answer."""
     erased = 0
     for r in receipts:
         got = commits.get(r.eid)
@@ -242,7 +272,13 @@ def check_commitments(
             erased += 1
             continue
         stored = got[2] if len(got) > 2 else None
-        if parsed.c != commitment_unchecked(nonce, _as_stored(bodies[r.eid], stored)):
+        body = bodies[r.eid]
+        h = None if handed is None else handed.get(r.eid)
+        if h is not None and h[0] == body:
+            fast = _handed_stored(h[1], stored)
+            if fast is not None and parsed.c == commitment_unchecked(nonce, fast):
+                continue
+        if parsed.c != commitment_unchecked(nonce, _as_stored(body, stored)):
             raise VerificationError(
                 "a receipt's leaf does not commit to the event sent under its id (the log "
                 "answered with another event's leaf)"

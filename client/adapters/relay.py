@@ -54,7 +54,14 @@ from typing import Any
 
 import httpx
 
-from client.adapters.outbox import Outbox, OutboxError, OutboxRecord, Pending, Receipt
+from client.adapters.outbox import (
+    Canonical,
+    Outbox,
+    OutboxError,
+    OutboxRecord,
+    Pending,
+    Receipt,
+)
 from client.adapters.receipts import Commit, ReceiptVerifier, StoredActor, check_commitments
 from client.formats.merkle import VerificationError
 from client.formats.note import Ed25519Verifier, FormatError, b64decode_strict
@@ -264,6 +271,7 @@ class Relay:
         floor: int,
         commits: Mapping[str, Commit],
         bodies: Mapping[str, str],
+        handed: Mapping[str, tuple[str, Canonical]] | None = None,
     ) -> str:
         """'' when the receipts verify (or no key is pinned), else why not (no identifiers):
         inclusion under the log's key, then that each leaf commits to the event sent.
@@ -272,7 +280,7 @@ class Relay:
             return ""
         try:
             self._verifier.check(receipts, eids, floor)
-            erased = check_commitments(receipts, commits, bodies)
+            erased = check_commitments(receipts, commits, bodies, handed)
         except (VerificationError, FormatError, ValueError) as exc:
             return f"the log's receipts do not verify: {exc}"
         if erased:
@@ -404,7 +412,12 @@ class Relay:
             raise DeliveryError("the log did not take every event")
         try:
             bad = self._verify(
-                receipts, [x.eid for x in records], floor, commits, {x.eid: x.body for x in records}
+                receipts,
+                [x.eid for x in records],
+                floor,
+                commits,
+                {x.eid: x.body for x in records},
+                {x.eid: (x.body, x.canon) for x in records if x.canon is not None},
             )
         except HTTPFailure as exc:
             raise DeliveryError(f"cannot check the log's receipts: {exc}") from None
@@ -520,7 +533,14 @@ class Relay:
             except (ValueError, FormatError) as exc:
                 raise _Backoff(self._next_backoff(), f"bad answer from the log: {exc}") from None
             try:
-                bad = self._verify(receipts, eids, floor, commits, {p.eid: p.body for p in items})
+                bad = self._verify(
+                    receipts,
+                    eids,
+                    floor,
+                    commits,
+                    {p.eid: p.body for p in items},
+                    self.outbox.handed(eids),
+                )
             except HTTPFailure as exc:
                 raise _Backoff(
                     self._next_backoff(), f"cannot check the log's receipts: {exc}"

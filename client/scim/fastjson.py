@@ -48,7 +48,12 @@ import msgspec
 from client.scim import event as _ev
 from client.scim.jsonstrict import strict_json
 
-__all__ = ["check_event_json", "decode_batch", "decode_event_json"]
+__all__ = [
+    "check_event_json",
+    "check_event_json_canonical",
+    "decode_batch",
+    "decode_event_json",
+]
 
 _ID_OK = r"[^\x00-\x1f\x7f-\x9f]"
 _TEXT_OK = r"[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]"
@@ -397,11 +402,24 @@ def check_event_json(text: bytes) -> _ev.Event | None:
     any other way would make the result differ from the ``dict``), and the CBOR encoding
     when the text is too short for the CBOR to exceed ``MAX_EVENT_SIZE`` (the only use of
     it here). ``src.ip`` checks are cached (a proxy sees the same few client addresses)."""
+    got = _checked(text, len(text) > _NO_CBOR_BELOW)
+    return None if got is None else got[0]
+
+
+def check_event_json_canonical(text: bytes) -> tuple[_ev.Event, bytes] | None:
+    """:func:`check_event_json` with the event's canonical CBOR (always encoded): what
+    :func:`decode_event_json` gives for the same text, less the repeated-key count (see
+    there). The adapters hand it to the relay, whose commitment check then needs no decode
+    of the outbox's JSON (``client.adapters.receipts.check_commitments``)."""
+    return _checked(text, True)
+
+
+def _checked(text: bytes, cbor: bool) -> tuple[_ev.Event, bytes] | None:
     if len(text) > _ev.MAX_JSON_SIZE:
         return None
     try:
         ev: dict[str, Any] = msgspec.to_builtins(_decoders(text)[0].decode(text))
-        _finish(ev, cbor=len(text) > _NO_CBOR_BELOW, ip=_ip_cached)
+        data = _finish(ev, cbor=cbor, ip=_ip_cached)
     except _FAIL:
         return None
-    return ev
+    return ev, data
