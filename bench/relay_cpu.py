@@ -1,9 +1,11 @@
 """The relay thread's CPU a batch, split by step (``proxy13`` round): one real ``tlog serve``,
 an outbox of events delivered in batches of ``--batch`` with the log's key pinned (receipts
 verified), no linger; prints the relay thread's CPU per batch in the HTTP POST, the answer's
-parse, the receipt check and the commitment check, and in all.
+parse, the receipt check and the commitment check, and in all. The events are queued with
+their canonical forms, as the adapters queue them (``proxy17``); ``--no-handed`` queues them
+without (an outbox from before a restart: the relay decodes each event's JSON again).
 
-    .venv/bin/python -m bench.relay_cpu [--events 1200] [--batch 12] [--runs 2]
+    .venv/bin/python -m bench.relay_cpu [--events 1200] [--batch 12] [--runs 2] [--no-handed]
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ import client.adapters.receipts as receipts
 import client.adapters.relay as relay_module
 from bench.scim_proxy import tlog_token
 from bench.tlogserve import start_serve
-from client.adapters.outbox import Outbox
+from client.adapters.outbox import Canonical, Outbox, OutboxRecord
 from client.adapters.relay import Relay
+from client.scim.fastjson import check_event_json_canonical
 from harness.net import stop_processes
 from harness.scim import event_record
 
@@ -43,11 +46,20 @@ def _timed(owner: object, name: str, key: str) -> None:
     setattr(owner, name, timed)
 
 
+def _record(i: int, handed: bool) -> OutboxRecord:
+    r = event_record(i)
+    got = check_event_json_canonical(r.body.encode("utf-8")) if handed else None
+    if got is None:
+        return r
+    return OutboxRecord(r.eid, r.req, r.body, Canonical(got[1], dict(got[0]["actor"])))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=1200)
     ap.add_argument("--batch", type=int, default=12)
     ap.add_argument("--runs", type=int, default=2)
+    ap.add_argument("--no-handed", action="store_true")
     args = ap.parse_args()
     _timed(Relay, "_post", "post")
     _timed(Relay, "_deliver_once", "total")
@@ -61,7 +73,7 @@ def main() -> None:
         tok = tlog_token(tmp / "log", "t1")
         for run in range(args.runs):
             ob = Outbox(tmp / f"o{run}.sqlite")
-            ob.put([event_record(run * args.events + i) for i in range(args.events)])
+            ob.put([_record(run * args.events + i, not args.no_handed) for i in range(args.events)])
             relay = Relay(
                 ob, srv.url, tok, batch_size=args.batch, idle=0.01, linger=0, log_key=vkey
             )
