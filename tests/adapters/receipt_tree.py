@@ -3,19 +3,50 @@ from it, checkpoints signed with a test key."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
+from typing import Any
 
 from client.adapters.outbox import Receipt
 from client.adapters.receipts import ReceiptVerifier
 from client.formats.checkpoint import Checkpoint
+from client.formats.merkle import leaf_hash as rfc6962_leaf_hash
 from client.formats.merkle import root_of_range
 from client.formats.note import Ed25519Signer, b64encode, sign_note
 from client.formats.tiles import TILE_HEIGHT, Tile
 from client.net.logclient import VerifiedCheckpoint, _verify_note
+from client.scim.cbor import dumps_det
+from client.scim.event import actor_seal_digest
+from client.scim.leaf import commitment_unchecked, make_leaf
 
 ORIGIN = "example.com/receipts-test"
 SIGNER = Ed25519Signer(ORIGIN, bytes(range(32)))
 VERIFIER = SIGNER.verifier()
+
+
+def honest_answer(
+    ev: dict[str, Any], nonce: bytes, pseudonym: tuple[bytes, bytes] | None
+) -> tuple[Receipt, tuple[bytes, bytes, Any]]:
+    """The receipt and (leaf, nonce, stored actor) an honest log answers for event ``ev``
+    alone in a tree of one: its leaf commits under ``nonce`` to the event as stored, with
+    the actor pseudonymised when ``pseudonym`` = (pid, actor nonce) is given."""
+    stored = None
+    enc = dumps_det(ev)
+    if pseudonym is not None:
+        pid, an = pseudonym
+        sd = actor_seal_digest(an, ev["actor"])
+        stored = (pid, sd, an)
+        enc = dumps_det({**ev, "actor": {"kind": ev["actor"]["kind"], "pid": pid, "sd": sd}})
+    leaf = make_leaf(ev["ts"], b"\x01" * 16, commitment_unchecked(nonce, enc))
+    r = Receipt(
+        eid=ev["eid"],
+        index=0,
+        leaf_hash=base64.b64encode(rfc6962_leaf_hash(leaf)).decode(),
+        tree_size=1,
+        checkpoint="cp",
+        duplicate=False,
+    )
+    return r, (leaf, nonce, stored)
 
 
 def leaf_of(i: int) -> bytes:

@@ -7,12 +7,13 @@ queued JSON again (:func:`client.adapters.receipts.check_commitments`). Held her
 handed CBOR and actor are byte for byte what the relay's decode of the same text gives, on
 random events and on the events the builder makes for Entra ID's and Okta's request shapes
 (``corpus.py``); a handed form that is wrong, stale or for another text never refuses an
-honest answer and never passes a dishonest one; the relay really uses it.
+honest answer (the decode decides then), a dishonest answer is refused with the right form;
+the outbox keeps the forms bounded and forgets delivered ones; the relay really uses them
+against a real log, and decodes what has none.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 from pathlib import Path
@@ -27,15 +28,14 @@ from client.adapters.middleware import AuditMiddleware
 from client.adapters.outbox import Canonical, Outbox, OutboxRecord, Receipt
 from client.adapters.receipts import _decoded, check_commitments
 from client.formats.merkle import VerificationError
-from client.formats.merkle import leaf_hash as rfc6962_leaf_hash
-from client.scim.cbor import EventFormatError, dumps_det
-from client.scim.event import actor_seal_digest, encode_event, new_event
-from client.scim.leaf import commitment_unchecked, make_leaf
+from client.scim.cbor import EventFormatError
+from client.scim.event import encode_event, new_event
 
 from ..scim.helpers import events, failed_event, full_event, minimal_event
 from .corpus import CORPUS
 from .logserver import Log
 from .receipt_front import Front, drain, relay_behind
+from .receipt_tree import honest_answer
 
 CFG = AuditConfig(tenant="t1", sp_id="sp", base_path="")
 
@@ -105,25 +105,10 @@ def test_handed_forms_of_the_corpus_events_are_the_decoded_ones() -> None:
 
 
 def _answer(text: str, *, pseudonymised: bool) -> tuple[Receipt, Any]:
-    """An honest answer for the event of ``text``: its leaf commits to the event as stored
-    (the actor pseudonymised when asked, as the log does)."""
-    ev, cbor = _decoded(text)
-    nonce, pid, an = b"\x05" * 32, b"\x06" * 16, b"\x07" * 32
-    stored = None
-    if pseudonymised:
-        sd = actor_seal_digest(an, ev["actor"])
-        stored = (pid, sd, an)
-        cbor = dumps_det({**ev, "actor": {"kind": ev["actor"]["kind"], "pid": pid, "sd": sd}})
-    leaf = make_leaf(ev["ts"], b"\x01" * 16, commitment_unchecked(nonce, cbor))
-    r = Receipt(
-        eid=ev["eid"],
-        index=0,
-        leaf_hash=base64.b64encode(rfc6962_leaf_hash(leaf)).decode(),
-        tree_size=1,
-        checkpoint="cp",
-        duplicate=False,
-    )
-    return r, (leaf, nonce, stored)
+    """An honest answer for the event of ``text`` (its actor pseudonymised when asked, as
+    the log does)."""
+    pseudonym = (b"\x06" * 16, b"\x07" * 32) if pseudonymised else None
+    return honest_answer(_decoded(text)[0], b"\x05" * 32, pseudonym)
 
 
 @pytest.mark.parametrize("pseudonymised", [False, True])

@@ -11,7 +11,6 @@ and nonces (hypothesis); the splice must also fall back when the actor's bytes o
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 from typing import Any
@@ -21,16 +20,14 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from client.adapters import receipts
-from client.adapters.outbox import Receipt
 from client.adapters.receipts import (
     _as_stored,
     _as_stored_reference,
     check_commitments,
 )
 from client.formats.merkle import VerificationError
-from client.formats.merkle import leaf_hash as rfc6962_leaf_hash
 from client.scim import event_to_json
-from client.scim.cbor import EventFormatError, dumps_det
+from client.scim.cbor import EventFormatError
 from client.scim.event import (
     ACTOR_KINDS,
     actor_handle,
@@ -38,9 +35,9 @@ from client.scim.event import (
     hmac_sha256,
     validate_event,
 )
-from client.scim.leaf import commitment_unchecked, make_leaf
 
 from ..scim.helpers import digests, events, ident
+from .receipt_tree import honest_answer
 
 _SETTINGS = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -115,19 +112,8 @@ def test_as_stored_equals_the_reference(
 
 
 def _one(ev: dict[str, Any], pid: bytes, an: bytes, nonce: bytes) -> tuple[Any, ...]:
-    body = event_to_json(ev)
-    sd = actor_seal_digest(an, ev["actor"])
-    enc = dumps_det({**ev, "actor": {"kind": ev["actor"]["kind"], "pid": pid, "sd": sd}})
-    leaf = make_leaf(ev["ts"], b"\x01" * 16, commitment_unchecked(nonce, enc))
-    r = Receipt(
-        eid=ev["eid"],
-        index=0,
-        leaf_hash=base64.b64encode(rfc6962_leaf_hash(leaf)).decode(),
-        tree_size=1,
-        checkpoint="cp",
-        duplicate=False,
-    )
-    return body, r, (leaf, nonce, (pid, sd, an))
+    r, commit = honest_answer(ev, nonce, (pid, an))
+    return event_to_json(ev), r, commit
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
