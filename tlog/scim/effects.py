@@ -227,6 +227,8 @@ class _Run:
         self.changes: list[dict[str, Any]] = []
         self.refs: list[dict[str, Any]] = []
         self.noop: list[dict[str, Any]] = []
+        # attributes an earlier operation of this event removed (known unset, not unknown)
+        self.unset: set[str] = set()
 
     # --- scalar attributes ---------------------------------------------------------------
 
@@ -238,21 +240,35 @@ class _Run:
             if b is None and new is not None:
                 self.verbs.add("update")
                 self.state.pop(key, None)
+                self.unset.discard(key)
                 return
-            if had and b == old:
+            # removed by an earlier operation of this event: known to be unset (null)
+            unset = key in self.unset
+            if (had or unset) and b == old:
                 return  # unchanged: a PUT restating active is not an activation
             if b is False:
                 self.verbs.add("deactivate")
             elif b is True and (old is False or (not had and not replace_all)):
                 self.verbs.add("activate")  # re-granted access (or a PATCH on unknown state)
-            if had:
+            if had or unset:
                 self.changes.append(
                     {"attr": "active", "old": _dumps_sorted(old), "new": _dumps_sorted(b)}
                 )
+            elif self.known and b is not None:
+                # a resource known, its active not (removed, or left out of a PUT): what it
+                # was is not known, so no "old" and no noop (before red team 13: user.noop
+                # for a PUT setting active on a user whose active the SP had cleared)
+                self.changes.append({"attr": "active", "new": _dumps_sorted(b)})
+                if b is True and replace_all:  # a PUT's is no activation: named a change
+                    self.verbs.add("update")
             if b is None:
+                if had:
+                    self.verbs.add("update")  # removed: a change, whatever it means to the SP
+                    self.unset.add(key)
                 self.state.pop(key, None)
             else:
                 self.state[key] = b
+                self.unset.discard(key)
             return
         text = None if new is None else _dumps_sorted(new)
         if key in self.state and self.state[key] == text:
@@ -709,10 +725,12 @@ class _Run:
             pass
         mods = ev.get("mods", ())
         seen_sets: set[str] = set()
+        named: set[str] = set()  # the attributes the request names (all a PUT states)
         prefix = self.prefix
         default_op = "replace" if op != "create" else "add"
         for m in mods:
             key, kind, top = _attr_kind(prefix, m["attr"])
+            named.add(key)
             if kind is _REF:
                 continue  # from refs
             if kind is _PASSWORD:
@@ -754,19 +772,25 @@ class _Run:
                 continue
             self.other(m, key, mop, top)
         if op == "replace":
+            named.update(r.get("attr", "members") for r in ev.get("refs", ()))
+            stated = True  # the whole PUT seen: what it left out can be judged
             if parts > 1:
-                # A split PUT states its sets in any of its parts: the ones none of them
-                # named are cleared once its last part is judged, not before.
+                # A split PUT states its attributes in any of its parts: the ones none of
+                # them named are judged once its last part is, not before.
                 if part > 0:
                     seen_sets.update(self.state.get("put_seen", ()))
+                    named.update(self.state.get("put_seen", ()))
                 self.state.pop("put_seen", None)
                 if part < parts - 1:
-                    if seen_sets:
-                        self.state["put_seen"] = sorted(seen_sets)
+                    if named:
+                        self.state["put_seen"] = sorted(named)
                     seen_sets = {"roles", "entitlements"}
+                    stated = False
             for key in ("roles", "entitlements"):
                 if (self.prefix, key) in _SETS and key not in seen_sets:
                     self.values(key, "replace", [], whole=True)  # a PUT without them clears
+            if stated:
+                self.left_out(named, x.get("result"))
         refs = ev.get("refs", ())
         if self.state.get("cleared") not in (None, req):
             for key in ("cleared", "cleared_members", "cleared_manager"):
@@ -814,6 +838,29 @@ class _Run:
         self.state["full"] = sorted(self.full)
         self.state["rt"] = ev["rt"]
         return self.effect(sorted(verbs), ocsf), self.state
+
+    def left_out(self, named: set[str], result: object) -> None:
+        """A PUT states the whole resource, but what it leaves out is the SP's to decide (RFC
+        7644 §3.5.1: it MAY clear an omitted attribute, or MAY assign a default; scim2-server
+        clears it). So an attribute the state knows and the PUT does not name (``active``,
+        ``userName``, ``emails``, the manager, any other) may have changed, and nothing says
+        how: the state forgets it and the effect names it changed, without values (not
+        known). Before red team 13 such a PUT kept the old values: a PUT without ``active``
+        on a deactivated user, or without the manager, was judged ``user.noop`` while the SP
+        had cleared them, and a later PATCH setting the same manager again "changed
+        nothing". Where the SP answered with the resource's ``active`` (``x.result``), that
+        is the truth and :meth:`apply_result` judges it."""
+        told = isinstance(result, Mapping) and as_bool(result.get("active")) is not None
+        for key in ("active", "username", "emails", "manager"):
+            if key in self.state and key not in named and not (key == "active" and told):
+                del self.state[key]
+                self.changes.append({"attr": key})
+                self.verbs.add("update")
+        others: dict[str, str] = self.state.get("other", {})
+        if any(k not in named and k not in _NEVER_STATED for k in others):
+            keep = named | _NEVER_STATED
+            self.state["other"] = {k: v for k, v in others.items() if k in keep}
+            self.verbs.add("update")
 
     def other(self, m: Mapping[str, Any], key: str, mop: str, top: bool) -> None:
         """Any other attribute: an update only if its value changed. The state keeps a short
@@ -1029,6 +1076,8 @@ _ITEM_ORDER = {
     "noop": _det_order(("attr", "op", "n")),
 }
 _EFFECT_NESTED = tuple(_ITEM_ORDER)
+# What a PUT never states (read-only, or the request's own): not left out by omitting it.
+_NEVER_STATED = frozenset(("id", "schemas", "meta"))
 # A split request's marks of what its parts so far touched (_Run._mark_touched).
 _TOUCHED_KEYS = ("touched", "touched_attrs", "touched_part")
 # A split request in progress: its corr.req, the part expected next, and the request whose

@@ -1,0 +1,326 @@
+"""A model-free oracle for the log's effects (red team 13): read a resource from the SP itself
+before and after a write, and check what the log says the write did against what changed.
+
+:func:`snapshot` reads the SP's stored resource (a GET to the SP, not through the adapter)
+into the security-relevant values an effect speaks of; :func:`disagreements` compares one
+write's effect with the before/after pair and returns what the effect got wrong (empty:
+faithful). Used by ``test_redteam13_differential.py``."""
+
+from __future__ import annotations
+
+import base64
+import codecs
+import gzip
+import hashlib
+import itertools
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.testclient import TestClient
+
+from .helpers import SCIM_TOKEN
+from .rig import Rig
+
+ENT = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
+_SKIP = {"id", "meta", "schemas", "password"}
+_OWN = {"active", "roles", "entitlements", "members", "emails", "userName"}
+
+__all__ = ["ENT", "POOL", "Driver", "Snap", "disagreements", "encode_body", "snapshot"]
+
+USER = "urn:ietf:params:scim:schemas:core:2.0:User"
+AUTH = {"Authorization": f"Bearer {SCIM_TOKEN}"}
+POOL = 10  # users the driver creates once: members and managers of the resources written
+_serial = itertools.count()
+
+
+@dataclass(frozen=True)
+class Snap:
+    """A resource as the SP stores it: None for one that does not exist."""
+
+    active: bool | None = None
+    roles: frozenset[str] = frozenset()
+    entitlements: frozenset[str] = frozenset()
+    manager: str | None = None
+    members: frozenset[str] = frozenset()
+    emails: str = ""
+    username: str | None = None
+    other: Mapping[str, str] = field(default_factory=dict)
+
+
+def _vals(items: Any) -> frozenset[str]:
+    return frozenset(i["value"] for i in items or () if isinstance(i, dict) and "value" in i)
+
+
+def snapshot(get: Callable[[str], Any], path: str) -> Snap | None:
+    """The SP's resource at ``path`` (``get(path)`` answers the SP's GET), or None (404)."""
+    r = get(path)
+    if r.status_code == 404:
+        return None
+    assert r.status_code == 200, (path, r.status_code, r.text)
+    d = r.json()
+    ext = d.get(ENT) or {}
+    mgr = ext.get("manager") if isinstance(ext, dict) else None
+    other = {
+        k: hashlib.sha256(json.dumps(v, sort_keys=True).encode()).hexdigest()[:16]
+        for k, v in d.items()
+        if k not in _SKIP and k not in _OWN
+    }
+    if isinstance(ext, dict):  # the extension's own attributes, the manager aside
+        rest = {k: v for k, v in ext.items() if k != "manager"}
+        other.pop(ENT, None)
+        if rest:
+            other[ENT] = hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()
+    return Snap(
+        active=d.get("active"),
+        roles=_vals(d.get("roles")),
+        entitlements=_vals(d.get("entitlements")),
+        manager=mgr.get("value") if isinstance(mgr, dict) else None,
+        members=_vals(d.get("members")),
+        emails=json.dumps(d.get("emails"), sort_keys=True) if d.get("emails") else "",
+        username=d.get("userName"),
+        other=other,
+    )
+
+
+def _j(v: object) -> str:
+    return json.dumps(v)
+
+
+def _b64(pid: bytes) -> str:
+    return base64.b64encode(pid).decode()
+
+
+def disagreements(
+    before: Snap,
+    after: Snap | None,
+    effect: Mapping[str, Any],
+    pid: Callable[[str], bytes],
+) -> list[str]:
+    """What ``effect`` (one write's, as an auditor reads it) claims that the SP's change from
+    ``before`` to ``after`` does not bear out, and what changed that it does not name.
+
+    An attribute the effect names as changed without its values (``changes: [{"attr":
+    "members"}]``: the log says it does not know what is left) is marked not known: only
+    its silence is checked there."""
+    out: list[str] = []
+    verbs = {a["a"].split(".", 1)[1] for a in effect.get("acts", ())}
+    if after is None:
+        if verbs != {"delete"}:
+            out.append(f"resource gone but effect says {sorted(verbs)}")
+        return out
+    if "delete" in verbs:
+        out.append("effect says delete, the resource is still there")
+    unknown = {  # named changed without what it was: the log says it does not know
+        c["attr"] for c in effect.get("changes", ()) if not {"old", "added", "removed"} & set(c)
+    }
+    refs = effect.get("refs", ())
+    changed = {
+        k
+        for k in ("active", "roles", "entitlements", "manager", "members", "emails", "username")
+        if getattr(before, k) != getattr(after, k)
+    }
+    if before.other != after.other:
+        changed.add("other")
+    if "noop" in verbs and changed:
+        out.append(f"effect says nothing changed; the SP changed {sorted(changed)}")
+    if effect.get("basis") == "unknown":
+        return out  # the log says it cannot know: nothing else is claimed
+    # The effect names each step of a PATCH's operations in order (docs/scim-adapter.md:
+    # "[add a, remove all, add b] ... names a added and removed"), so a value set and unset
+    # again within one request is named both ways: what it claims beyond the SP's net change
+    # must come in such pairs. ``active``: its steps (``changes``) must run from the SP's
+    # value before to its value after; a deactivation is a step to false, an activation
+    # one from false to true.
+    steps = [c for c in effect.get("changes", ()) if c["attr"] == "active" and "old" in c]
+    if steps:
+        chain = [steps[0]["old"], *(c["new"] for c in steps)]
+        linked = all(a["new"] == b["old"] for a, b in itertools.pairwise(steps))
+        if not linked or (chain[0], chain[-1]) != (_j(before.active), _j(after.active)):
+            out.append(f"active steps {chain}, SP active {before.active} -> {after.active}")
+        if ("deactivate" in verbs) != any(c["new"] == "false" for c in steps):
+            out.append(f"deactivate {'claimed' if 'deactivate' in verbs else 'not named'}: {chain}")
+        to_true = any(c["new"] == "true" and c["old"] in ("false", "null") for c in steps)
+        if "activate" in verbs and not to_true:
+            out.append(f"activate claimed, steps {chain}")
+        if to_true and "activate" not in verbs:
+            out.append(f"activation not named, steps {chain}")
+    elif "active" not in unknown:
+        # no step named: unchanged, or (its value before not known) the one value it set
+        if before.active != after.active and not (
+            ("deactivate" in verbs and after.active is False)
+            or ("activate" in verbs and after.active is True)
+        ):
+            out.append(f"active {before.active} -> {after.active} not named")
+        if before.active == after.active and verbs & {"activate", "deactivate"}:
+            if not (after.active is True and "activate" in verbs and before.active is not False):
+                out.append(f"{sorted(verbs)} claimed, SP active stayed {after.active}")
+    for key in ("roles", "entitlements"):
+        added = set().union(
+            *(c.get("added", ()) for c in effect.get("changes", ()) if c["attr"] == key)
+        )
+        removed = set().union(
+            *(c.get("removed", ()) for c in effect.get("changes", ()) if c["attr"] == key)
+        )
+        real_add = getattr(after, key) - getattr(before, key)
+        real_rm = getattr(before, key) - getattr(after, key)
+        if key in unknown:
+            continue
+        if not (real_add <= added and real_rm <= removed and added - real_add == removed - real_rm):
+            out.append(
+                f"{key}: effect +{sorted(added)} -{sorted(removed)}, "
+                f"SP +{sorted(real_add)} -{sorted(real_rm)}"
+            )
+    for attr, real_b, real_a in (
+        ("manager", {before.manager} - {None}, {after.manager} - {None}),
+        ("members", set(before.members), set(after.members)),
+    ):
+        claimed_add = {r["pid"] for r in refs if r["attr"] == attr and r["op"] == "add"}
+        claimed_rm = {r["pid"] for r in refs if r["attr"] == attr and r["op"] == "remove"}
+        real_add = {_b64(pid(i)) for i in real_a - real_b}
+        real_rm = {_b64(pid(i)) for i in real_b - real_a}
+        if attr in unknown:
+            continue  # named changed, not known how: marked, not silent
+        if attr == "manager":  # one value: a step there and back names the old one again
+            ok = real_add <= claimed_add and real_rm <= claimed_rm
+            ok = ok and (claimed_add - real_add) <= claimed_rm | real_rm | {
+                _b64(pid(i)) for i in real_b
+            }
+        else:
+            ok = real_add <= claimed_add and real_rm <= claimed_rm
+            ok = ok and claimed_add - real_add == claimed_rm - real_rm
+        if not ok:
+            out.append(
+                f"{attr}: effect +{len(claimed_add)} -{len(claimed_rm)}, "
+                f"SP +{len(real_add)} -{len(real_rm)} (wrong: "
+                f"+{len(claimed_add ^ real_add)} -{len(claimed_rm ^ real_rm)})"
+            )
+    named = {c["attr"] for c in effect.get("changes", ())}
+    for key in ("emails", "username"):
+        if key in changed and key not in named:
+            out.append(f"{key} changed on the SP, the effect does not name it")
+    if "other" in changed and "update" not in verbs:
+        out.append(f"other attributes changed, the effect says {sorted(verbs)}")
+    return out
+
+
+def encode_body(body: Any, enc: str) -> tuple[bytes, dict[str, str]]:
+    """``body`` as JSON bytes in one of the encodings the adapters must read as an SP does:
+    ``plain``, ``gzip`` (Content-Encoding), ``bom`` (a UTF-8 byte-order mark), ``utf16``
+    (``charset=utf-16le``), ``dup`` (each ``op``/``value``/``active`` member preceded by a
+    decoy of the same name: the last one is the one read)."""
+    ctype = "application/scim+json"
+    if enc == "dup":
+        return _with_decoys(body).encode(), {"Content-Type": ctype}
+    raw = json.dumps(body).encode()
+    if enc == "gzip":
+        return gzip.compress(raw, mtime=0), {"Content-Type": ctype, "Content-Encoding": "gzip"}
+    if enc == "bom":
+        return codecs.BOM_UTF8 + raw, {"Content-Type": ctype}
+    if enc == "utf16":
+        return json.dumps(body).encode("utf-16-le"), {"Content-Type": ctype + "; charset=utf-16le"}
+    return raw, {"Content-Type": ctype}
+
+
+_DECOYS: dict[str, Any] = {"op": "add", "value": None, "active": True}
+
+
+def _with_decoys(v: Any) -> str:
+    if isinstance(v, dict):
+        items = []
+        for k, x in v.items():
+            if k in _DECOYS:
+                decoy = _DECOYS[k] if x != _DECOYS[k] else "remove" if k == "op" else False
+                items.append(json.dumps(k) + ": " + json.dumps(decoy))
+            items.append(json.dumps(k) + ": " + _with_decoys(x))
+        return "{" + ", ".join(items) + "}"
+    if isinstance(v, list):
+        return "[" + ", ".join(_with_decoys(x) for x in v) + "]"
+    return json.dumps(v)
+
+
+class Driver:
+    """The rig (middleware, scim2-server behind it, the log) and a direct line to the SP."""
+
+    def __init__(self, rig: Rig, sp: Any, pool: int = POOL) -> None:
+        self.rig = rig
+        self.sp = TestClient(sp, base_url="http://sp.test")
+        self.ids: dict[str, str] = {}
+        self.pids: dict[str, bytes] = {}
+        for i in range(pool):
+            r = self.send("POST", "/Users", {"schemas": [USER], "userName": f"pool{i}"}, "plain")
+            assert r.status_code == 201, r.text
+            self.ids[f"P{i}"] = r.json()["id"]
+
+    def fill(self, value: Any) -> Any:
+        text = json.dumps(value)
+        for k, v in self.ids.items():
+            text = text.replace("{" + k + "}", v)
+        return json.loads(text)
+
+    def send(self, method: str, path: str, body: Any, enc: str, req: str = "") -> Any:
+        headers = {**AUTH, "X-Request-Id": req or f"rt13-{next(_serial)}"}
+        content = None
+        if body is not None:
+            content, more = encode_body(self.fill(body), enc)
+            headers.update(more)
+        return self.rig.client.request(
+            method, "/v2" + self.fill(path), content=content, headers=headers
+        )
+
+    def get(self, path: str) -> Any:
+        return self.sp.get("/v2" + path, headers=AUTH)
+
+    def pid(self, sp_id: str) -> bytes:
+        if sp_id not in self.pids:
+            self.pids[sp_id] = self.rig.pids("User", sp_id)
+        return self.pids[sp_id]
+
+    def run(self, prog: dict[str, Any]) -> list[str]:
+        """Run one program; what the log's effects got wrong (empty: all faithful)."""
+        n = next(_serial)
+        self.ids["T_NAME"], self.ids["G_NAME"] = f"t{n}", f"g{n}"
+        r = self.send("POST", "/Users", prog["user"], "plain")
+        assert r.status_code == 201, r.text
+        self.ids["T"] = r.json()["id"]
+        r = self.send("POST", "/Groups", prog["group"], "plain")
+        assert r.status_code == 201, r.text
+        self.ids["G"] = r.json()["id"]
+        paths = {"T": f"/Users/{self.ids['T']}", "G": f"/Groups/{self.ids['G']}"}
+        seen: list[tuple[str, str, int, Snap | None, Snap | None, str]] = []
+        for k, ((method, who, body), enc) in enumerate(prog["writes"]):
+            path = paths[who]
+            before = snapshot(self.get, path)
+            req = f"rt13-{n}-{k}"
+            r = self.send(method, path, body, enc, req)
+            after = snapshot(self.get, path)
+            seen.append((req, who, r.status_code, before, after, f"{method} {enc} {body}"))
+        assert self.rig.relay.flush(30)
+        a = self.rig.harness.auditor()
+        found: dict[str, list[Any]] = {}
+        for who in ("T", "G"):
+            for f in a.search_all(rid=self.ids[who]):
+                if f.event is not None:
+                    found.setdefault(f.event["corr"]["req"], []).append(f)
+        bad = []
+        for req, _who, status, before, after, what in seen:
+            got = found.get(req, [])
+            ok = 200 <= status < 300
+            if not got:
+                bad.append(f"{what}: no event ({status})")
+                continue
+            if not ok or before is None:
+                if before != after:
+                    bad.append(f"{what}: SP answered {status} but changed the resource")
+                for f in got:
+                    if f.event["outcome"] == "success":
+                        bad.append(f"{what}: SP answered {status}, event says success")
+                continue
+            effects = [f.effect for f in got if f.effect is not None]
+            if len(effects) != 1:
+                bad.append(f"{what}: {len(effects)} effects for one write")
+                continue
+            for d in disagreements(before, after, effects[0], self.pid):
+                bad.append(f"{what}: {d} [effect {json.dumps(effects[0], default=str)}]")
+        return bad
