@@ -843,15 +843,20 @@ class _Run:
         """A PUT states the whole resource, but what it leaves out is the SP's to decide (RFC
         7644 §3.5.1: it MAY clear an omitted attribute, or MAY assign a default; scim2-server
         clears it). So an attribute the state knows and the PUT does not name (``active``,
-        ``userName``, ``emails``, the manager, any other) may have changed, and nothing says
-        how: the state forgets it and the effect names it changed, without values (not
-        known). Before red team 13 such a PUT kept the old values: a PUT without ``active``
-        on a deactivated user, or without the manager, was judged ``user.noop`` while the SP
-        had cleared them, and a later PATCH setting the same manager again "changed
-        nothing". Where the SP answered with the resource's ``active`` (``x.result``), that
-        is the truth and :meth:`apply_result` judges it."""
+        ``userName``, ``emails``, any other) may have changed, and nothing says how: the
+        state forgets it and the effect names it changed, without values (not known). The
+        manager, like the roles and members a PUT leaves out, is cleared: the effect names
+        the old one removed. Before red team 13 such a PUT kept the old values: a PUT
+        without ``active`` on a deactivated user, or without the manager, was judged
+        ``user.noop`` while the SP had cleared them, and a later PATCH setting the same
+        manager again "changed nothing". Where the SP answered with the resource's
+        ``active`` (``x.result``), that is the truth and :meth:`apply_result` judges it."""
         told = isinstance(result, Mapping) and as_bool(result.get("active")) is not None
-        for key in ("active", "username", "emails", "manager"):
+        if "manager" in self.state and "manager" not in named:
+            # as a PUT's omitted roles and members are (cleared): a default manager is
+            # nothing an SP can assign, so it went; named removed, found by its search
+            self._clear_manager()
+        for key in ("active", "username", "emails"):
             if key in self.state and key not in named and not (key == "active" and told):
                 del self.state[key]
                 self.changes.append({"attr": key})
