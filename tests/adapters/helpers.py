@@ -79,6 +79,16 @@ def scim_asgi_app(token: str = SCIM_TOKEN) -> Any:
     )
 
 
+async def read_body(receive: Any) -> bytes:
+    """An ASGI request's whole body, from its ``http.request`` messages."""
+    body = b""
+    while True:
+        msg = await receive()
+        body += msg.get("body", b"")
+        if not msg.get("more_body"):
+            return body
+
+
 async def answer_lifespan(receive: Any, send: Any) -> None:
     """An ASGI app's side of the lifespan protocol: complete each lifespan message, until
     shutdown."""

@@ -22,7 +22,7 @@ from client.adapters.relay import Relay
 from client.net.scim_audit import ScimAuditClient
 from tests.scim_service.conftest import T1, URL, Harness
 
-from .helpers import answer_lifespan
+from .helpers import answer_lifespan, read_body
 
 __all__ = ["Rig", "Via", "make_rig", "sp_app"]
 
@@ -32,12 +32,7 @@ async def sp_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     with a BulkResponse for /Bulk, 204 otherwise."""
     if scope["type"] == "lifespan":
         return await answer_lifespan(receive, send)
-    body = b""
-    while True:
-        msg = await receive()
-        body += msg.get("body", b"")
-        if not msg.get("more_body"):
-            break
+    body = await read_body(receive)
     path, method = scope["path"], scope["method"]
     if path.endswith("/Bulk"):
         ops = json.loads(body)["Operations"]

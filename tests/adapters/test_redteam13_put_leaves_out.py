@@ -7,7 +7,9 @@ same model-free oracle (the SP's resource read before and after each write).
   values; a later PATCH setting the same manager again also "changed nothing".
 * ``[remove active, replace active true]`` on a deactivated user: the activation was
   claimed but its step was missing from ``changes`` (they ended at ``null``).
-* A PUT setting ``active`` on a user whose ``active`` the SP had cleared: ``user.noop``."""
+* A PUT setting ``active`` on a user whose ``active`` the SP had cleared: ``user.noop``.
+* ``emails[type eq "work"].value`` replaced: the state kept the old ``emails``, so a PUT
+  restoring them was judged unchanged (and the PATCH named no ``emails`` change)."""
 
 from __future__ import annotations
 
@@ -50,6 +52,19 @@ CASES = {
     "put-without-active-on-deactivated": (
         {"schemas": [USER], "userName": "{T_NAME}", "active": False},
         [_put(), _put(active=True)],
+    ),
+    "email-by-filter-then-put-back": (
+        {
+            "schemas": [USER],
+            "userName": "{T_NAME}",
+            "emails": [{"type": "work", "value": "w0@x.test"}],
+        },
+        [
+            _patch(
+                {"op": "replace", "path": 'emails[type eq "work"].value', "value": "w1@x.test"}
+            ),
+            _put(emails=[{"type": "work", "value": "w0@x.test"}]),
+        ],
     ),
     "remove-active-then-activate": (
         {"schemas": [USER], "userName": "{T_NAME}", "active": False},

@@ -770,6 +770,14 @@ class _Run:
                 elif has_new:
                     self.scalar(key, new, replace_all=whole)
                 continue
+            if key in _SCALARS:
+                # a part of it (a filter, a sub-attribute: emails[type eq "work"].value):
+                # changed, the whole not known, so the state forgets it (it kept the old
+                # whole before red team 13: a PUT restoring it was judged unchanged)
+                self.state.pop(key, None)
+                self.changes.append({"attr": key})
+                self.verbs.add("update")
+                continue
             self.other(m, key, mop, top)
         if op == "replace":
             named.update(r.get("attr", "members") for r in ev.get("refs", ()))
@@ -1081,6 +1089,8 @@ _ITEM_ORDER = {
     "noop": _det_order(("attr", "op", "n")),
 }
 _EFFECT_NESTED = tuple(_ITEM_ORDER)
+# The attributes the state keeps whole as text or a boolean (_Run.scalar).
+_SCALARS = frozenset(("active", "username", "emails"))
 # What a PUT never states (read-only, or the request's own): not left out by omitting it.
 _NEVER_STATED = frozenset(("id", "schemas", "meta"))
 # A split request's marks of what its parts so far touched (_Run._mark_touched).
