@@ -60,9 +60,7 @@ CASES = {
             "emails": [{"type": "work", "value": "w0@x.test"}],
         },
         [
-            _patch(
-                {"op": "replace", "path": 'emails[type eq "work"].value', "value": "w1@x.test"}
-            ),
+            _patch({"op": "replace", "path": 'emails[type eq "work"].value', "value": "w1@x.test"}),
             _put(emails=[{"type": "work", "value": "w0@x.test"}]),
         ],
     ),
