@@ -68,6 +68,8 @@ user_op = st.one_of(
     ),
     st.just({"op": "remove", "path": f"{ENT}:manager"}),
     st.just({"op": "remove", "path": "active"}),
+    st.just({"op": "add", "path": "emails", "value": [{"type": "home", "value": "h@x.test"}]}),
+    st.just({"op": "remove", "path": 'emails[type eq "home"]'}),
     st.builds(
         lambda n: {
             "op": "replace",

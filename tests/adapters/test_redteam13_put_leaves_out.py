@@ -9,7 +9,9 @@ same model-free oracle (the SP's resource read before and after each write).
   claimed but its step was missing from ``changes`` (they ended at ``null``).
 * A PUT setting ``active`` on a user whose ``active`` the SP had cleared: ``user.noop``.
 * ``emails[type eq "work"].value`` replaced: the state kept the old ``emails``, so a PUT
-  restoring them was judged unchanged (and the PATCH named no ``emails`` change)."""
+  restoring them was judged unchanged (and the PATCH named no ``emails`` change); a
+  PATCH ``add`` to ``emails`` (the SP appends) made the state the added values alone, so
+  a PUT stating only those was judged unchanged."""
 
 from __future__ import annotations
 
@@ -62,6 +64,19 @@ CASES = {
         [
             _patch({"op": "replace", "path": 'emails[type eq "work"].value', "value": "w1@x.test"}),
             _put(emails=[{"type": "work", "value": "w0@x.test"}]),
+        ],
+    ),
+    "email-added-then-put-alone": (
+        {
+            "schemas": [USER],
+            "userName": "{T_NAME}",
+            "emails": [{"type": "work", "value": "w0@x.test"}],
+        },
+        [
+            _patch(
+                {"op": "add", "path": "emails", "value": [{"type": "home", "value": "h@x.test"}]}
+            ),
+            _put(emails=[{"type": "home", "value": "h@x.test"}]),
         ],
     ),
     "remove-active-then-activate": (

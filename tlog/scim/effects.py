@@ -271,11 +271,14 @@ class _Run:
                 self.unset.discard(key)
             return
         text = None if new is None else _dumps_sorted(new)
-        if key in self.state and self.state[key] == text:
+        stale = key in self.state.get("stale", ())
+        if key in self.state and self.state[key] == text and not stale:
             return
         if key in self.state or self.known:
             self.verbs.add("update")
             self.changes.append({"attr": key})
+        if stale:
+            self.set_stale(key, False)
         if text is None:
             self.state.pop(key, None)
         else:
@@ -767,16 +770,13 @@ class _Run:
                     continue
                 if mop == "remove":
                     self.scalar(key, None, replace_all=False)
+                elif key == "emails" and mop == "add" and not whole:
+                    self.part_changed(key)  # a PATCH add appends: the whole is not known
                 elif has_new:
                     self.scalar(key, new, replace_all=whole)
                 continue
             if key in _SCALARS:
-                # a part of it (a filter, a sub-attribute: emails[type eq "work"].value):
-                # changed, the whole not known, so the state forgets it (it kept the old
-                # whole before red team 13: a PUT restoring it was judged unchanged)
-                self.state.pop(key, None)
-                self.changes.append({"attr": key})
-                self.verbs.add("update")
+                self.part_changed(key)  # emails[type eq "work"].value and the like
                 continue
             self.other(m, key, mop, top)
         if op == "replace":
@@ -847,6 +847,35 @@ class _Run:
         self.state["rt"] = ev["rt"]
         return self.effect(sorted(verbs), ocsf), self.state
 
+    def part_changed(self, key: str) -> None:
+        """A write to part of ``key`` (``emails[type eq "work"].value``, or a PATCH ``add``
+        to ``emails``, which appends), or a PUT that leaves it out (:meth:`left_out`): it
+        changed, and the whole it left is not known. The effect names it changed without
+        values; the state keeps the old values but marks them stale (``stale``), so they
+        equal no value stated later: a later PUT stating it, or leaving it out, names it
+        changed too. (They stay because a User's erasure reaches the actors named by every
+        ``userName`` and ``emails`` value its state holds, tlog.scim.erasure.) Before red
+        team 13 the state kept the old whole as current (or, for an add, took the added
+        values as the whole): a PUT restoring the old emails, or stating only the added
+        ones, was judged ``user.noop`` while the SP changed them. ``active`` is forgotten."""
+        if key == "active":
+            self.state.pop(key, None)
+        else:
+            self.set_stale(key, True)
+        self.changes.append({"attr": key})
+        self.verbs.add("update")
+
+    def set_stale(self, key: str, stale: bool) -> None:
+        marked = set(self.state.get("stale", ()))
+        if stale:
+            marked.add(key)
+        else:
+            marked.discard(key)
+        if marked:
+            self.state["stale"] = sorted(marked)
+        else:
+            self.state.pop("stale", None)
+
     def left_out(self, named: set[str], result: object) -> None:
         """A PUT states the whole resource, but what it leaves out is the SP's to decide (RFC
         7644 §3.5.1: it MAY clear an omitted attribute, or MAY assign a default; scim2-server
@@ -864,11 +893,13 @@ class _Run:
             # as a PUT's omitted roles and members are (cleared): a default manager is
             # nothing an SP can assign, so it went; named removed, found by its search
             self._clear_manager()
-        for key in ("active", "username", "emails"):
-            if key in self.state and key not in named and not (key == "active" and told):
-                del self.state[key]
-                self.changes.append({"attr": key})
-                self.verbs.add("update")
+        if "active" in self.state and "active" not in named and not told:
+            del self.state["active"]
+            self.changes.append({"attr": "active"})
+            self.verbs.add("update")
+        for key in ("username", "emails"):
+            if key not in named and (key in self.state or key in self.state.get("stale", ())):
+                self.part_changed(key)  # the old values kept, for the erasure's reach
         others: dict[str, str] = self.state.get("other", {})
         if any(k not in named and k not in _NEVER_STATED for k in others):
             keep = named | _NEVER_STATED
@@ -1119,6 +1150,7 @@ _MARK_KEYS = (
     "cleared_members",
     "cleared_manager",
     "put_seen",
+    "stale",
     *_TOUCHED_KEYS,
 )
 
