@@ -172,7 +172,7 @@ def test_effects_match_what_the_sp_did(
         driver = Driver(rig, sp)
 
         @settings(
-            max_examples=int(os.environ.get("RT13_EXAMPLES", "80")),
+            max_examples=int(os.environ.get("RT13_EXAMPLES", "150")),
             deadline=None,
             derandomize="RT13_EXAMPLES" not in os.environ,  # a wider hunt: random
             database=None,
