@@ -823,7 +823,9 @@ class Builder:
             if self.answer is None:
                 self.answer = self._answer_check(op, target, rid, resp, loc)
             if self.answer is None:
-                self.result = _resulting_values(target.rt, resp)
+                self.result = _resulting_values(
+                    target.rt, resp, self.ref_pid, trimmed=_trims_answer(self.x)
+                )
         return Recorded(self.make(fields, intent, unparsed), [], self.texts, self.canon)
 
     def _answer_check(
@@ -1012,10 +1014,22 @@ class Builder:
         out.events.extend(self.make(fields, intent, unparsed))
 
 
-def _resulting_values(rt: str, resp: Any) -> dict[str, Any] | None:
+def _resulting_values(
+    rt: str,
+    resp: Any,
+    ref_pid: Callable[[str, str], bytes] | None = None,
+    *,
+    trimmed: bool = False,
+) -> dict[str, Any] | None:
     """The security-relevant values of a User the SP returned after the write (``x.result``):
-    ``active`` and the ``value`` of each role and entitlement. The log's state takes them as
-    the truth (tlog.scim.effects). None when the answer holds no resource."""
+    ``active``, the ``value`` of each role and entitlement, and the manager, as the base64
+    of its pseudonym (``ref_pid``, as the request's references are: the log compares it with
+    the state's) or ``null`` when the answer holds none: the SP's own word on whether a PUT
+    that left the manager out kept or cleared it. The manager is not recorded without a
+    ``ref_pid``, when its pseudonym cannot be had, or when the answer may leave attributes
+    out (``trimmed``: ``attributes``/``excludedAttributes`` asked): absent, the log keeps
+    its own judgement. The log's state takes these as the truth (tlog.scim.effects). None
+    when the answer holds no resource."""
     if rt != "User" or not isinstance(resp, Mapping) or not isinstance(resp.get("id"), str):
         return None
     out: dict[str, Any] = {}
@@ -1032,7 +1046,44 @@ def _resulting_values(rt: str, resp: Any) -> dict[str, Any] | None:
     # far below the bound: only lists need measuring.)
     if ("roles" in out or "entitlements" in out) and len(json.dumps(out)) > 4096:
         out = {k: v for k, v in out.items() if k == "active"}
+    if ref_pid is not None:
+        manager = _resulting_manager(resp, ref_pid, trimmed)
+        if manager is not _UNKNOWN:
+            out["manager"] = manager
     return out or None
+
+
+_ENTERPRISE_USER = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:user"  # lower: get_ci
+_UNKNOWN = object()
+
+
+def _resulting_manager(
+    resp: Mapping[str, Any], ref_pid: Callable[[str, str], bytes], trimmed: bool
+) -> object:
+    """The answer's manager for ``x.result``: the base64 of its pseudonym, None (the answer
+    holds none: SCIM leaves an unassigned attribute out), or ``_UNKNOWN`` (not to record)."""
+    ext = get_ci(resp, _ENTERPRISE_USER)
+    manager = get_ci(ext, "manager") if isinstance(ext, Mapping) else None
+    if manager is None:
+        return _UNKNOWN if trimmed else None
+    ref = get_ci(manager, "value") if isinstance(manager, Mapping) else None
+    if not isinstance(ref, str) or not ref:
+        return _UNKNOWN  # an answer not understood: judged as without one
+    try:
+        pid = ref_pid("User", ref)
+    except EventFormatError:
+        return _UNKNOWN  # the pseudonym unavailable: not recorded
+    if type(pid) is not bytes or len(pid) != 16:
+        return _UNKNOWN
+    return base64.b64encode(pid).decode("ascii")
+
+
+def _trims_answer(x: Exchange) -> bool:
+    """Whether the request asked the SP to return only some attributes (RFC 7644 §3.9:
+    ``attributes``/``excludedAttributes`` apply to a write's answer too), so that one
+    left out of the answer may still be set."""
+    qs = x.scope.get("query_string", b"")
+    return isinstance(qs, bytes | bytearray) and b"attributes" in bytes(qs).lower()
 
 
 def _resolve_bulk_ids(value: Any, created: Mapping[str, str]) -> Any:

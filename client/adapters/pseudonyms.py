@@ -60,8 +60,8 @@ class PidCollector:
 
 def substitute_pids(events: Iterable[dict[str, Any]], table: Mapping[bytes, bytes]) -> None:
     """Replace placeholder pids in events built with a :class:`PidCollector`, in place:
-    ``refs[].pid`` and the ``pid:<base64>`` filters in ``patch[].path``/``mods[].attr``
-    (same length, so the events stay valid)."""
+    ``refs[].pid``, the ``pid:<base64>`` filters in ``patch[].path``/``mods[].attr`` and
+    the manager's pid in ``x.result`` (same length, so the events stay valid)."""
     text = {base64.b64encode(k).decode(): base64.b64encode(v).decode() for k, v in table.items()}
 
     def fix(s: str) -> str:
@@ -80,6 +80,9 @@ def substitute_pids(events: Iterable[dict[str, Any]], table: Mapping[bytes, byte
                 item["path"] = fix(item["path"])
         for mod in ev.get("mods", ()):
             mod["attr"] = fix(mod["attr"])
+        result = (ev.get("x") or {}).get("result")
+        if isinstance(result, dict) and isinstance(result.get("manager"), str):
+            result["manager"] = text.get(result["manager"], result["manager"])
 
 
 class LogPseudonyms(CoreClient):

@@ -887,11 +887,15 @@ class _Run:
         without ``active`` on a deactivated user, or without the manager, was judged
         ``user.noop`` while the SP had cleared them, and a later PATCH setting the same
         manager again "changed nothing". Where the SP answered with the resource's
-        ``active`` (``x.result``), that is the truth and :meth:`apply_result` judges it."""
+        ``active`` or manager (``x.result``), that is the truth and :meth:`apply_result`
+        judges it: an SP that treats a PUT as a merge keeps the omitted manager, and its
+        answer says so (before effects 14 it was named removed all the same)."""
         told = isinstance(result, Mapping) and as_bool(result.get("active")) is not None
-        if "manager" in self.state and "manager" not in named:
+        if "manager" in self.state and "manager" not in named and _told_manager(result) is None:
             # as a PUT's omitted roles and members are (cleared): a default manager is
-            # nothing an SP can assign, so it went; named removed, found by its search
+            # nothing an SP can assign, so it went; named removed, found by its search.
+            # Unless the SP's answer says what became of it (x.result.manager): then
+            # apply_result judges it (an SP that merges a PUT keeps it: not removed).
             self._clear_manager()
         if "active" in self.state and "active" not in named and not told:
             del self.state["active"]
@@ -936,6 +940,28 @@ class _Run:
         for key in ("roles", "entitlements"):
             if isinstance(result.get(key), list) and (self.prefix, key) in _SETS:
                 self.values(key, "replace", [str(v) for v in result[key]], whole=True)
+        told = _told_manager(result)
+        if told is not None:
+            self.result_manager(told[0])
+
+    def result_manager(self, pid: str | None) -> None:
+        """The manager the SP's answer holds (``pid``: base64 of its pseudonym, as the
+        state's; None: none), after the request was judged: where the state says otherwise
+        (the answer differs from what was asked, or a PUT left the manager out and the SP
+        kept it, cleared it or set another), the answer wins and the effect names the
+        change. A manager the state did not know is taken, not named (no claim of a change
+        that may not be one)."""
+        old = self.state.get("manager")
+        if old == pid:
+            return
+        if pid is None:
+            self._clear_manager()
+            return
+        if old is not None:
+            self.refs.append({"rt": "User", "pid": old, "op": "remove", "attr": "manager"})
+            self.refs.append({"rt": "User", "pid": pid, "op": "add", "attr": "manager"})
+            self.verbs.add("update")
+        self.state["manager"] = pid
 
     def effect(self, verbs: Iterable[str], ocsf: str) -> dict[str, Any]:
         ordered = ordered_verbs(verbs)
@@ -950,6 +976,21 @@ class _Run:
         if self.noop:
             out["noop"] = self.noop
         return out
+
+
+def _told_manager(result: object) -> tuple[str | None] | None:
+    """The manager the SP's answer records (``x.result.manager``: a pid's base64, or null
+    for none), in a 1-tuple; None when the answer does not record it (an adapter from
+    before it did, a 204, an answer trimmed by ``attributes``)."""
+    if not isinstance(result, Mapping) or "manager" not in result:
+        return None
+    v = result["manager"]
+    if v is None or (isinstance(v, str) and _PID_B64.fullmatch(v)):
+        return (v,)
+    return None
+
+
+_PID_B64 = re.compile(r"[A-Za-z0-9+/]{22}==")  # base64 of a 16-byte pid
 
 
 MEMBERS_KNOWN = "mk"  # a group state's key: the tenant KEK generation its member set is known at
