@@ -823,8 +823,10 @@ class Builder:
             if self.answer is None:
                 self.answer = self._answer_check(op, target, rid, resp, loc)
             if self.answer is None:
+                # the manager of a PUT's or PATCH's answer only (a create's refs say it)
+                mgr_pid = None if op == "create" else self.ref_pid
                 self.result = _resulting_values(
-                    target.rt, resp, self.ref_pid, trimmed=_trims_answer(self.x)
+                    target.rt, resp, mgr_pid, trimmed=_trims_answer(self.x)
                 )
         return Recorded(self.make(fields, intent, unparsed), [], self.texts, self.canon)
 
@@ -1028,7 +1030,8 @@ def _resulting_values(
     that left the manager out kept or cleared it. The manager is not recorded without a
     ``ref_pid``, when its pseudonym cannot be had, or when the answer may leave attributes
     out (``trimmed``: ``attributes``/``excludedAttributes`` asked): absent, the log keeps
-    its own judgement. The log's state takes these as the truth (tlog.scim.effects). None
+    its own judgement (the builder passes no ``ref_pid`` for a create, whose references
+    already say it). The log's state takes these as the truth (tlog.scim.effects). None
     when the answer holds no resource."""
     if rt != "User" or not isinstance(resp, Mapping) or not isinstance(resp.get("id"), str):
         return None

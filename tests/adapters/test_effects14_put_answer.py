@@ -38,7 +38,6 @@ MANAGED = {
 PUT_WITHOUT_MANAGER = ("PUT", "T", {"schemas": [USER, ENT], "userName": "{T_NAME}", "active": True})
 
 
-
 def _put_events(driver: Driver) -> list[dict[str, Any]]:
     """The PUT's events, as the log holds them (event and effect)."""
     found = driver.rig.harness.auditor().search_all(rid=driver.ids["T"])
