@@ -21,14 +21,9 @@ async def _call(app: Any, scope: dict[str, Any], method: str, body: bytes) -> tu
     """One request to ``app`` (the scope's path and headers), its status and body."""
     status = 0
     out = b""
-    sent = False
 
-    async def receive() -> dict[str, Any]:
-        nonlocal sent
-        if sent:
-            return {"type": "http.disconnect"}
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
+    async def disconnect() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
 
     async def send(msg: dict[str, Any]) -> None:
         nonlocal status, out
@@ -37,10 +32,26 @@ async def _call(app: Any, scope: dict[str, Any], method: str, body: bytes) -> tu
         elif msg["type"] == "http.response.body":
             out += msg.get("body", b"")
 
-    headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"content-length"]
-    headers.append((b"content-length", str(len(body)).encode()))
-    await app({**scope, "method": method, "headers": headers}, receive, send)
+    await app(
+        {**scope, "method": method, "headers": _sized(scope, body)}, _once(body, disconnect), send
+    )
     return status, out
+
+
+def _sized(scope: dict[str, Any], body: bytes) -> list[tuple[bytes, bytes]]:
+    """The scope's headers with the Content-Length of ``body``."""
+    headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"content-length"]
+    return [*headers, (b"content-length", str(len(body)).encode())]
+
+
+def _once(body: bytes, then: Any) -> Any:
+    """An ASGI ``receive`` giving ``body`` whole, then what ``then`` gives."""
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive() -> dict[str, Any]:
+        return pending.pop() if pending else await then()
+
+    return receive
 
 
 def _merged(stored: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
@@ -70,17 +81,6 @@ def merging_sp(app: Any) -> Any:
         status, stored = await _call(app, {**scope, "query_string": b""}, "GET", b"")
         if status == 200 and body:
             body = json.dumps(_merged(json.loads(stored), json.loads(body))).encode()
-        sent = False
-
-        async def replay() -> dict[str, Any]:
-            nonlocal sent
-            if sent:
-                return await receive()
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"content-length"]
-        headers.append((b"content-length", str(len(body)).encode()))
-        await app({**scope, "headers": headers}, replay, send)
+        await app({**scope, "headers": _sized(scope, body)}, _once(body, receive), send)
 
     return front
