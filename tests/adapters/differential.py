@@ -18,6 +18,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
+from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 from .helpers import SCIM_TOKEN, read_body
@@ -27,9 +29,21 @@ ENT = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
 _SKIP = {"id", "meta", "schemas", "password"}
 _OWN = {"active", "roles", "entitlements", "members", "emails", "userName"}
 
-__all__ = ["ENT", "POOL", "Driver", "Snap", "disagreements", "encode_body", "snapshot"]
+__all__ = [
+    "ENT",
+    "POOL",
+    "Driver",
+    "Snap",
+    "disagreements",
+    "encode_body",
+    "program",
+    "snapshot",
+]
 
 USER = "urn:ietf:params:scim:schemas:core:2.0:User"
+GROUP = "urn:ietf:params:scim:schemas:core:2.0:Group"
+PATCH = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
+ROLES = ["admin", "dev", "ops"]
 AUTH = {"Authorization": f"Bearer {SCIM_TOKEN}"}
 POOL = 10  # users the driver creates once: members and managers of the resources written
 _serial = itertools.count()
@@ -244,11 +258,14 @@ def _with_decoys(v: Any) -> str:
 
 
 class Driver:
-    """The rig (middleware, scim2-server behind it, the log) and a direct line to the SP."""
+    """The rig (middleware or proxy, the SP behind it, the log) and a direct line to the SP:
+    ``sp`` its ASGI app, or an ``httpx.Client`` to it over HTTP; ``prefix`` its SCIM base path
+    (the same through the rig: neither the middleware nor the proxy rewrites paths)."""
 
-    def __init__(self, rig: Rig, sp: Any, pool: int = POOL) -> None:
+    def __init__(self, rig: Rig, sp: Any, pool: int = POOL, prefix: str = "/v2") -> None:
         self.rig = rig
-        self.sp = TestClient(sp, base_url="http://sp.test")
+        self.prefix = prefix
+        self.sp = sp if isinstance(sp, httpx.Client) else TestClient(sp, base_url="http://sp.test")
         self.ids: dict[str, str] = {}
         self.pids: dict[str, bytes] = {}
         self.applied: dict[str, int] = {}  # writes the SP applied, by body encoding
@@ -270,11 +287,11 @@ class Driver:
             content, more = encode_body(self.fill(body), enc)
             headers.update(more)
         return self.rig.client.request(
-            method, "/v2" + self.fill(path), content=content, headers=headers
+            method, self.prefix + self.fill(path), content=content, headers=headers
         )
 
     def get(self, path: str) -> Any:
-        return self.sp.get("/v2" + path, headers=AUTH)
+        return self.sp.get(self.prefix + path, headers=AUTH)
 
     def pid(self, sp_id: str) -> bytes:
         if sp_id not in self.pids:
@@ -372,3 +389,131 @@ def reading_sp(app: Any) -> Any:
         await app({**scope, "headers": keep}, replay, send)
 
     return front
+
+
+# --- the writes (random programs for Driver.run) -----------------------------------------
+
+
+def _p(i: int) -> str:
+    return "{P" + str(i) + "}"
+
+
+# --- the writes --------------------------------------------------------------------------
+
+users = st.lists(st.integers(0, POOL - 1), max_size=POOL, unique=True)
+boolish = st.sampled_from([True, False, "True", "False"])
+
+user_op = st.one_of(
+    st.builds(lambda b: {"op": "replace", "path": "active", "value": b}, boolish),
+    st.builds(lambda b: {"op": "replace", "value": {"active": b}}, st.booleans()),
+    st.builds(
+        lambda op, key, rs: {"op": op, "path": key, "value": [{"value": r} for r in rs]},
+        st.sampled_from(["add", "replace"]),
+        st.sampled_from(["roles", "entitlements"]),
+        st.lists(st.sampled_from(ROLES), min_size=1, max_size=3, unique=True),
+    ),
+    st.builds(
+        lambda key, r: {"op": "remove", "path": f'{key}[value eq "{r}"]'},
+        st.sampled_from(["roles", "entitlements"]),
+        st.sampled_from(ROLES),
+    ),
+    st.builds(
+        lambda op, i: {"op": op, "path": f"{ENT}:manager", "value": {"value": _p(i)}},
+        st.sampled_from(["add", "replace"]),
+        st.integers(0, POOL - 1),
+    ),
+    st.just({"op": "remove", "path": f"{ENT}:manager"}),
+    st.just({"op": "remove", "path": "active"}),
+    st.just({"op": "add", "path": "emails", "value": [{"type": "home", "value": "h@x.test"}]}),
+    st.just({"op": "remove", "path": 'emails[type eq "home"]'}),
+    st.builds(
+        lambda n: {
+            "op": "replace",
+            "path": 'emails[type eq "work"].value',
+            "value": f"w{n}@x.test",
+        },
+        st.integers(0, 2),
+    ),
+    st.builds(
+        lambda n: {"op": "replace", "path": "displayName", "value": f"D{n}"}, st.integers(0, 2)
+    ),
+)
+
+
+@st.composite
+def user_put(draw: st.DrawFn) -> dict[str, Any]:
+    body: dict[str, Any] = {"schemas": [USER, ENT], "userName": "{T_NAME}"}
+    if draw(st.booleans()):
+        body["active"] = draw(st.booleans())
+    if draw(st.booleans()):
+        body["roles"] = [{"value": r} for r in draw(st.lists(st.sampled_from(ROLES), unique=True))]
+    if draw(st.booleans()):
+        body["emails"] = [{"type": "work", "value": f"w{draw(st.integers(0, 2))}@x.test"}]
+    if draw(st.booleans()):
+        body[ENT] = {"manager": {"value": _p(draw(st.integers(0, POOL - 1)))}}
+    if draw(st.booleans()):
+        body["displayName"] = f"D{draw(st.integers(0, 2))}"
+    return body
+
+
+group_op = st.one_of(
+    st.builds(
+        lambda op, ms: {"op": op, "path": "members", "value": [{"value": _p(i)} for i in ms]},
+        st.sampled_from(["add", "replace"]),
+        users,
+    ),
+    st.builds(
+        lambda i: {"op": "remove", "path": f'members[value eq "{_p(i)}"]'},
+        st.integers(0, POOL - 1),
+    ),
+    st.just({"op": "remove", "path": "members"}),
+    st.builds(
+        lambda n: {"op": "replace", "path": "displayName", "value": f"G{n}"}, st.integers(0, 2)
+    ),
+)
+
+
+@st.composite
+def group_put(draw: st.DrawFn) -> dict[str, Any]:
+    body: dict[str, Any] = {"schemas": [GROUP], "displayName": "{G_NAME}"}
+    if draw(st.booleans()):
+        body["members"] = [{"value": _p(i)} for i in draw(users)]
+    return body
+
+
+def _patch(ops: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"schemas": [PATCH], "Operations": ops}
+
+
+write = st.one_of(
+    st.tuples(
+        st.just("PATCH"), st.just("T"), st.lists(user_op, min_size=1, max_size=3).map(_patch)
+    ),
+    st.tuples(st.just("PUT"), st.just("T"), user_put()),
+    st.tuples(
+        st.just("PATCH"), st.just("G"), st.lists(group_op, min_size=1, max_size=3).map(_patch)
+    ),
+    st.tuples(st.just("PUT"), st.just("G"), group_put()),
+    st.tuples(st.just("DELETE"), st.sampled_from(["T", "G"]), st.none()),
+)
+ENCODINGS = ("plain", "plain", "plain", "gzip", "bom", "utf16", "dup")
+
+
+@st.composite
+def program(draw: st.DrawFn, encodings: tuple[str, ...] = ENCODINGS) -> dict[str, Any]:
+    user: dict[str, Any] = {
+        "schemas": [USER, ENT],
+        "userName": "{T_NAME}",
+        "active": draw(st.booleans()),
+    }
+    if draw(st.booleans()):
+        user["roles"] = [{"value": r} for r in draw(st.lists(st.sampled_from(ROLES), unique=True))]
+    if draw(st.booleans()):
+        user[ENT] = {"manager": {"value": _p(draw(st.integers(0, POOL - 1)))}}
+    group = {
+        "schemas": [GROUP],
+        "displayName": "{G_NAME}",
+        "members": [{"value": _p(i)} for i in draw(users)],
+    }
+    writes = draw(st.lists(st.tuples(write, st.sampled_from(encodings)), min_size=1, max_size=6))
+    return {"user": user, "group": group, "writes": writes}

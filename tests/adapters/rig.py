@@ -17,6 +17,7 @@ from starlette.testclient import TestClient
 
 from client.adapters.middleware import AuditConfig, AuditMiddleware
 from client.adapters.outbox import Outbox
+from client.adapters.proxy import ProxySettings, build_proxy
 from client.adapters.pseudonyms import LogPseudonyms
 from client.adapters.relay import Relay
 from client.net.scim_audit import ScimAuditClient
@@ -24,7 +25,7 @@ from tests.scim_service.conftest import T1, URL, Harness
 
 from .helpers import answer_lifespan, read_body
 
-__all__ = ["Rig", "Via", "make_rig", "sp_app"]
+__all__ = ["Rig", "Via", "make_rig", "proxy_rig", "sp_app"]
 
 
 async def sp_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -112,3 +113,25 @@ def make_rig(h: Harness, tmp_path: Path, app: Any = sp_app, **cfg: Any) -> Itera
     mw = AuditMiddleware(app, config, outbox, relay, own=True)
     with TestClient(mw, base_url="http://scim.test") as client:
         yield Rig(client, relay, h, pids)
+
+
+@contextmanager
+def proxy_rig(h: Harness, tmp_path: Path, upstream: str) -> Iterator[Rig]:
+    """The app ``tlog scim-proxy`` serves (``build_proxy``: the audit middleware around the
+    HTTP forwarder) in front of the SP at ``upstream`` (a real HTTP server), relaying to the
+    in-process log."""
+    app = build_proxy(
+        ProxySettings(
+            upstream=upstream,
+            log_url=URL,
+            token=h.tok["sub1"],
+            tenant=T1,
+            sp_id="sp1",
+            outbox=tmp_path / "proxy.sqlite",
+        ),
+        log_transport=Via(h.client),
+    )
+    pids = LogPseudonyms(URL, h.tok["sub1"], http=httpx.Client(transport=Via(h.client)))
+    with TestClient(app, base_url="http://proxy.test") as client:
+        assert app.relay is not None
+        yield Rig(client, app.relay, h, pids)

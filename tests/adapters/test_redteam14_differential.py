@@ -1,0 +1,86 @@
+"""Red team 14: red team 13's differential (``differential.py``: random SCIM writes, the SP's
+stored resource read directly before and after each, every effect the log claims checked
+against the SP's change) through the app ``tlog scim-proxy`` serves (``build_proxy``: the
+audit middleware around the HTTP forwarder) in front of two real SPs over HTTP: scim2-server
+(Python) and SCIMMY (Node.js, another ecosystem, with its own PUT/PATCH semantics).
+
+Where an SP's answer to a write differs from what the request alone says, the log's effect
+must follow the SP's answer (recorded by the adapter) or say it does not know; never a
+wrong known claim."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+from tests.scim_service.conftest import Harness, harness  # noqa: F401
+from tests.support import UvicornThread
+
+from .differential import Driver, program, reading_sp
+from .helpers import SCIM_TOKEN, scim_asgi_app, stop
+from .rig import proxy_rig
+from .scimmy import install_scimmy, start_scimmy
+
+pytest.importorskip("scim2_server", reason="needs the dev extras (scim2-server)")
+
+pytestmark = pytest.mark.lmdb_only("the log's backend is not what is tested: once is enough")
+
+
+def _hunt(driver: Driver, examples: int, encodings: tuple[str, ...] | None = None) -> None:
+    @settings(
+        max_examples=int(os.environ.get("RT14_EXAMPLES", str(examples))),
+        deadline=None,
+        derandomize="RT14_EXAMPLES" not in os.environ,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(prog=program() if encodings is None else program(encodings))
+    def check(prog: dict[str, Any]) -> None:
+        bad = driver.run(prog)
+        assert not bad, "\n".join(bad)
+
+    check()
+
+
+def test_effects_match_scim2_server_through_the_proxy(
+    harness: Harness,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    sp = scim_asgi_app()
+    srv = UvicornThread(reading_sp(sp))
+    try:
+        with proxy_rig(harness, tmp_path, srv.url + "/v2") as rig:
+            driver = Driver(rig, sp)
+            _hunt(driver, 60)
+            assert set(driver.applied) == {"plain", "gzip", "bom", "utf16", "dup"}, driver.applied
+    finally:
+        srv.stop()
+
+
+@pytest.mark.slow
+def test_effects_match_scimmy_through_the_proxy(
+    harness: Harness,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    npm_dir = install_scimmy()
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        proc, base = start_scimmy(npm_dir, tmp_path, SCIM_TOKEN)
+        root, prefix = base.removesuffix("/scim/v2"), "/scim/v2"
+        with (
+            proxy_rig(harness, tmp_path, base) as rig,
+            httpx.Client(base_url=root) as direct,
+        ):
+            driver = Driver(rig, direct, prefix=prefix)
+            _hunt(driver, 60, ("plain", "plain", "dup"))
+            print("scimmy applied", driver.applied)
+            assert driver.applied
+    finally:
+        if proc is not None:
+            stop(proc)
