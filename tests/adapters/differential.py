@@ -269,6 +269,8 @@ class Driver:
         self.ids: dict[str, str] = {}
         self.pids: dict[str, bytes] = {}
         self.applied: dict[str, int] = {}  # writes the SP applied, by body encoding
+        self.statuses: dict[str, int] = {}  # "METHOD status": how the SP answered the writes
+        self.bases: dict[str, int] = {}  # the applied writes' effects, by basis
         for i in range(pool):
             r = self.send("POST", "/Users", {"schemas": [USER], "userName": f"pool{i}"}, "plain")
             assert r.status_code == 201, r.text
@@ -315,6 +317,8 @@ class Driver:
             before = snapshot(self.get, path)
             req = f"rt13-{n}-{k}"
             r = self.send(method, path, body, enc, req)
+            key = f"{method} {r.status_code}"
+            self.statuses[key] = self.statuses.get(key, 0) + 1
             if 200 <= r.status_code < 300:
                 self.applied[enc] = self.applied.get(enc, 0) + 1
             after = snapshot(self.get, path)
@@ -344,6 +348,8 @@ class Driver:
             if len(effects) != 1:
                 bad.append(f"{what}: {len(effects)} effects for one write")
                 continue
+            basis = str(effects[0].get("basis"))
+            self.bases[basis] = self.bases.get(basis, 0) + 1
             for d in disagreements(before, after, effects[0], self.pid):
                 bad.append(f"{what}: {d} [effect {json.dumps(effects[0], default=str)}]")
         return bad
@@ -405,6 +411,32 @@ boolish = st.sampled_from([True, False, "True", "False"])
 
 user_op = st.one_of(
     st.builds(lambda b: {"op": "replace", "path": "active", "value": b}, boolish),
+    # red team 14: attribute names in other case (SCIM names are case-insensitive), whole
+    # multi-valued attributes removed, path-less replaces of roles and the manager
+    st.builds(
+        lambda op, p, b: {"op": op, "path": p, "value": b},
+        st.sampled_from(["add", "replace", "Replace"]),
+        st.sampled_from(["Active", "ACTIVE"]),
+        st.booleans(),
+    ),
+    st.builds(
+        lambda p, rs: {"op": "add", "path": p, "value": [{"value": r} for r in rs]},
+        st.sampled_from(["Roles", "ENTITLEMENTS"]),
+        st.lists(st.sampled_from(ROLES), min_size=1, max_size=2, unique=True),
+    ),
+    st.builds(lambda k: {"op": "remove", "path": k}, st.sampled_from(["roles", "entitlements"])),
+    st.builds(
+        lambda rs: {"op": "replace", "value": {"roles": [{"value": r} for r in rs]}},
+        st.lists(st.sampled_from(ROLES), max_size=2, unique=True),
+    ),
+    st.builds(
+        lambda i: {"op": "replace", "value": {ENT: {"manager": {"value": _p(i)}}}},
+        st.integers(0, POOL - 1),
+    ),
+    st.builds(
+        lambda i: {"op": "add", "path": f"{ENT}:Manager", "value": {"value": _p(i)}},
+        st.integers(0, POOL - 1),
+    ),
     st.builds(lambda b: {"op": "replace", "value": {"active": b}}, st.booleans()),
     st.builds(
         lambda op, key, rs: {"op": op, "path": key, "value": [{"value": r} for r in rs]},
@@ -458,6 +490,14 @@ def user_put(draw: st.DrawFn) -> dict[str, Any]:
 
 group_op = st.one_of(
     st.builds(
+        lambda ms: {"op": "add", "path": "Members", "value": [{"value": _p(i)} for i in ms]},
+        users,
+    ),
+    st.builds(
+        lambda i: {"op": "remove", "path": f'members[Value eq "{_p(i)}"]'},
+        st.integers(0, POOL - 1),
+    ),
+    st.builds(
         lambda op, ms: {"op": op, "path": "members", "value": [{"value": _p(i)} for i in ms]},
         st.sampled_from(["add", "replace"]),
         users,
@@ -500,7 +540,7 @@ ENCODINGS = ("plain", "plain", "plain", "gzip", "bom", "utf16", "dup")
 
 
 @st.composite
-def program(draw: st.DrawFn, encodings: tuple[str, ...] = ENCODINGS) -> dict[str, Any]:
+def program(draw: st.DrawFn) -> dict[str, Any]:
     user: dict[str, Any] = {
         "schemas": [USER, ENT],
         "userName": "{T_NAME}",
@@ -515,5 +555,5 @@ def program(draw: st.DrawFn, encodings: tuple[str, ...] = ENCODINGS) -> dict[str
         "displayName": "{G_NAME}",
         "members": [{"value": _p(i)} for i in draw(users)],
     }
-    writes = draw(st.lists(st.tuples(write, st.sampled_from(encodings)), min_size=1, max_size=6))
+    writes = draw(st.lists(st.tuples(write, st.sampled_from(ENCODINGS)), min_size=1, max_size=6))
     return {"user": user, "group": group, "writes": writes}

@@ -747,6 +747,15 @@ class _Run:
                 if "new_d" in m or "old_d" in m:
                     self.verbs.add("update")
                     continue
+                if mop == "replace" and not whole and has_new and not _values(new):
+                    # A PATCH replacing it with nothing: the path-less form ({"roles": []})
+                    # states an empty array, which RFC 7643 §2.5 makes the same as leaving
+                    # it out, and SPs read it either way (scim2-server clears the roles,
+                    # SCIMMY keeps them and answers 204). The event does not tell the two
+                    # forms apart, so what is left is not known (red team 14), unless the
+                    # SP answered with the resource (apply_result).
+                    self.forget_set(key)
+                    continue
                 if mop == "remove":
                     filt = "[" in m["attr"]
                     given = _values(old) if has_old else []
@@ -862,6 +871,14 @@ class _Run:
             self.state.pop(key, None)
         else:
             self.set_stale(key, True)
+        self.changes.append({"attr": key})
+        self.verbs.add("update")
+
+    def forget_set(self, key: str) -> None:
+        """``key`` (roles, entitlements) changed in a way not known: the state forgets its
+        values and the effect names it changed without them."""
+        self.state.pop(key, None)
+        self.full.discard(key)
         self.changes.append({"attr": key})
         self.verbs.add("update")
 
