@@ -120,3 +120,31 @@ def test_a_pathless_replace_with_an_empty_list_is_not_known(
     with scimmy_driver(harness, tmp_path) as driver:
         assert driver.run(prog) == []
         assert driver.statuses == {"PATCH 204": 1}  # SCIMMY: nothing changed, no body
+
+
+def test_a_pathless_replace_of_the_members_with_nothing_is_not_known(
+    harness: Harness,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """The same for a Group: ``{"members": []}`` leaves SCIMMY's members (204); the log
+    claimed every known member removed."""
+    prog = {
+        "user": {"schemas": [USER], "userName": "{T_NAME}"},
+        "group": {"schemas": [GROUP], "displayName": "{G_NAME}", "members": [{"value": "{P0}"}]},
+        "writes": [
+            (
+                (
+                    "PATCH",
+                    "G",
+                    {
+                        "schemas": [PATCH],
+                        "Operations": [{"op": "replace", "value": {"members": []}}],
+                    },
+                ),
+                "plain",
+            )
+        ],
+    }
+    with scimmy_driver(harness, tmp_path) as driver:
+        assert driver.run(prog) == []
+        assert driver.statuses == {"PATCH 204": 1}
