@@ -14,11 +14,13 @@ import gzip
 import hashlib
 import itertools
 import json
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
@@ -36,6 +38,7 @@ __all__ = [
     "Snap",
     "disagreements",
     "encode_body",
+    "hunt",
     "program",
     "snapshot",
 ]
@@ -558,3 +561,23 @@ def program(draw: st.DrawFn) -> dict[str, Any]:
     }
     writes = draw(st.lists(st.tuples(write, st.sampled_from(ENCODINGS)), min_size=1, max_size=6))
     return {"user": user, "group": group, "writes": writes}
+
+
+def hunt(driver: Driver, examples: int, env: str) -> None:
+    """Run ``examples`` random programs through ``driver``, failing on any disagreement;
+    the environment variable ``env`` set to N makes it a random (not derandomized) hunt of
+    N examples."""
+
+    @settings(
+        max_examples=int(os.environ.get(env, str(examples))),
+        deadline=None,
+        derandomize=env not in os.environ,  # a wider hunt: random
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(prog=program())
+    def check(prog: dict[str, Any]) -> None:
+        bad = driver.run(prog)
+        assert not bad, "\n".join(bad)
+
+    check()

@@ -14,16 +14,13 @@ The SP is only the oracle of what happened; no model of it is involved."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
 
 from tests.scim_service.conftest import Harness, harness  # noqa: F401
 
-from .differential import Driver, program, reading_sp
+from .differential import Driver, hunt, reading_sp
 from .helpers import scim_asgi_app
 from .rig import make_rig
 
@@ -40,18 +37,6 @@ def test_effects_match_what_the_sp_did(
     with make_rig(harness, tmp_path, app=reading_sp(sp)) as rig:
         driver = Driver(rig, sp)
 
-        @settings(
-            max_examples=int(os.environ.get("RT13_EXAMPLES", "150")),
-            deadline=None,
-            derandomize="RT13_EXAMPLES" not in os.environ,  # a wider hunt: random
-            database=None,
-            suppress_health_check=list(HealthCheck),
-        )
-        @given(prog=program())
-        def check(prog: dict[str, Any]) -> None:
-            bad = driver.run(prog)
-            assert not bad, "\n".join(bad)
-
-        check()
+        hunt(driver, 150, "RT13_EXAMPLES")
         # each encoding reached the SP and was applied (not only refused) in some write
         assert set(driver.applied) == {"plain", "gzip", "bom", "utf16", "dup"}, driver.applied

@@ -10,21 +10,18 @@ wrong known claim."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings
 
 from tests.scim_service.conftest import Harness, harness  # noqa: F401
 from tests.support import UvicornThread
 
-from .differential import GROUP, PATCH, USER, Driver, program, reading_sp
+from .differential import GROUP, PATCH, USER, Driver, hunt, reading_sp
 from .helpers import SCIM_TOKEN, scim_asgi_app, stop
 from .rig import proxy_rig
 from .scimmy import install_scimmy, start_scimmy
@@ -32,22 +29,6 @@ from .scimmy import install_scimmy, start_scimmy
 pytest.importorskip("scim2_server", reason="needs the dev extras (scim2-server)")
 
 pytestmark = pytest.mark.lmdb_only("the log's backend is not what is tested: once is enough")
-
-
-def _hunt(driver: Driver, examples: int) -> None:
-    @settings(
-        max_examples=int(os.environ.get("RT14_EXAMPLES", str(examples))),
-        deadline=None,
-        derandomize="RT14_EXAMPLES" not in os.environ,
-        database=None,
-        suppress_health_check=list(HealthCheck),
-    )
-    @given(prog=program())
-    def check(prog: dict[str, Any]) -> None:
-        bad = driver.run(prog)
-        assert not bad, "\n".join(bad)
-
-    check()
 
 
 def test_effects_match_scim2_server_through_the_proxy(
@@ -59,7 +40,7 @@ def test_effects_match_scim2_server_through_the_proxy(
     try:
         with proxy_rig(harness, tmp_path, srv.url + "/v2") as rig:
             driver = Driver(rig, sp)
-            _hunt(driver, 60)
+            hunt(driver, 60, "RT14_EXAMPLES")
             print(f"scim2-server: {driver.statuses}, effects by basis {driver.bases}")
             assert set(driver.applied) == {"plain", "gzip", "bom", "utf16", "dup"}, driver.applied
     finally:
@@ -89,7 +70,7 @@ def test_effects_match_scimmy_through_the_proxy(
     tmp_path: Path,
 ) -> None:
     with scimmy_driver(harness, tmp_path) as driver:
-        _hunt(driver, 60)
+        hunt(driver, 60, "RT14_EXAMPLES")
         print(f"SCIMMY: {driver.statuses}, effects by basis {driver.bases}")
         # express reads gzip, a BOM and UTF-16 too: each encoding applied in some write
         assert set(driver.applied) == {"plain", "gzip", "bom", "utf16", "dup"}, driver.applied
