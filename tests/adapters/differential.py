@@ -492,7 +492,6 @@ def user_put(draw: st.DrawFn) -> dict[str, Any]:
 
 
 group_op = st.one_of(
-    st.just({"op": "replace", "value": {"members": []}}),
     st.builds(
         lambda ms: {"op": "add", "path": "Members", "value": [{"value": _p(i)} for i in ms]},
         users,
