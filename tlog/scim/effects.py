@@ -364,12 +364,6 @@ class _Run:
             if x.get("part", 0) < x.get("parts", 1) - 1:
                 # the later parts' references must not restate the set as known
                 self.state["forgot"] = self.ev["corr"]["req"]
-        if any(own[i].get("op") == "replace" for i in at if i >= 0):
-            # A PATCH replacing it with nothing: the path-less form ({"members": []}) states
-            # an empty array, the same as leaving it out (RFC 7643 §2.5), and SPs read it
-            # either way (SCIMMY keeps the members, scim2-server clears them); the event
-            # does not tell the forms apart, so what is left is not known (red team 14).
-            at = [-1]
         if attr == "manager":
             if at != [0]:
                 self.state.pop("manager", None)
