@@ -115,22 +115,28 @@ def make_rig(h: Harness, tmp_path: Path, app: Any = sp_app, **cfg: Any) -> Itera
         yield Rig(client, relay, h, pids)
 
 
-@contextmanager
-def proxy_rig(h: Harness, tmp_path: Path, upstream: str) -> Iterator[Rig]:
-    """The app ``tlog scim-proxy`` serves (``build_proxy``: the audit middleware around the
-    HTTP forwarder) in front of the SP at ``upstream`` (a real HTTP server), relaying to the
-    in-process log."""
-    app = build_proxy(
+def proxy_app(h: Harness, tmp_path: Path, upstream: str, sp_id: str) -> Any:
+    """The app ``tlog scim-proxy`` serves, in front of ``upstream``, relaying to the
+    in-process log with the first tenant's submitter token."""
+    return build_proxy(
         ProxySettings(
             upstream=upstream,
             log_url=URL,
             token=h.tok["sub1"],
             tenant=T1,
-            sp_id="sp1",
+            sp_id=sp_id,
             outbox=tmp_path / "proxy.sqlite",
         ),
         log_transport=Via(h.client),
     )
+
+
+@contextmanager
+def proxy_rig(h: Harness, tmp_path: Path, upstream: str) -> Iterator[Rig]:
+    """The app ``tlog scim-proxy`` serves (``build_proxy``: the audit middleware around the
+    HTTP forwarder) in front of the SP at ``upstream`` (a real HTTP server), relaying to the
+    in-process log."""
+    app = proxy_app(h, tmp_path, upstream, "sp1")
     pids = LogPseudonyms(URL, h.tok["sub1"], http=httpx.Client(transport=Via(h.client)))
     with TestClient(app, base_url="http://proxy.test") as client:
         assert app.relay is not None

@@ -12,13 +12,12 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from client.adapters.proxy import ProxySettings, build_proxy
-from tests.scim_service.conftest import T1, URL, Harness, harness  # noqa: F401
+from tests.scim_service.conftest import Harness, harness  # noqa: F401
 from tests.support import UvicornThread
 
 from .corpus import CORPUS
 from .helpers import SCIM_TOKEN, scim_asgi_app
-from .rig import Via, make_rig
+from .rig import make_rig, proxy_app
 
 pytest.importorskip("scim2_server", reason="needs the dev extras (scim2-server)")
 
@@ -88,17 +87,7 @@ def test_corpus_through_middleware_and_proxy(
         assert rig.relay.flush(30)
         by_mw = check(harness, "mw")
 
-    app = build_proxy(
-        ProxySettings(
-            upstream=sp.url + "/v2",
-            log_url=URL,
-            token=harness.tok["sub1"],
-            tenant=T1,
-            sp_id="sp",
-            outbox=tmp_path / "proxy.sqlite",
-        ),
-        log_transport=Via(harness.client),
-    )
+    app = proxy_app(harness, tmp_path, sp.url + "/v2", "sp")
     with TestClient(app, base_url="http://proxy.test") as c:
 
         def via_proxy(method: str, path: str, body: Any, headers: dict[str, str]) -> Any:
