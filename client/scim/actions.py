@@ -617,7 +617,17 @@ class _Builder:
             inner = "[sha256:" + hashlib.sha256(path[span[0] : span[1]].encode()).hexdigest() + "]"
         return path[: span[0]] + inner + path[span[1] :]
 
-    def mod(self, op: str, path: str, value: object, has_value: bool, patch: bool = False) -> None:
+    def mod(
+        self,
+        op: str,
+        path: str,
+        value: object,
+        has_value: bool,
+        patch: bool = False,
+        form: str | None = None,
+    ) -> None:
+        """One ``mods`` entry; ``form``, for a PatchOp's: ``"path"`` or ``"value"`` (a
+        path-less value map), recorded where it decides the outcome (:func:`_form_of`)."""
         key = _attr_key(path)
         if key == "active" and self.prefix == "user" and as_bool(value) is not None:
             value = as_bool(value)
@@ -655,7 +665,31 @@ class _Builder:
         elif has_value:
             suffix, v = self.value_text(key, value)
             entry["new" + suffix] = v
+        if form is not None:
+            entry.update(_form_of(self.prefix, key, op, value, has_value, form))
         self.mods.append(entry)
+
+
+# The attributes a PATCH replace with nothing is read two ways: the values cleared, or (the
+# path-less form, RFC 7643 §2.5: an empty value is as if absent) left as they were.
+_FORM_ATTRS = frozenset((*_MULTI, *_REF_ATTRS))
+
+
+def _form_of(
+    prefix: str, key: str, op: str, value: object, has_value: bool, form: str
+) -> dict[str, str]:
+    """``{"form": form}`` for a PatchOp ``replace`` of members, roles, entitlements or the
+    manager with nothing (no value, null, ``[]``, ``{}``, ``""``), else nothing: SCIMMY
+    keeps the values for the path-less form (``{"members": []}``) and clears them for
+    ``"path": "members"``, scim2-server clears them for both, so only the form lets the log
+    judge the clear (tlog.scim.effects). Every other entry keeps its bytes."""
+    if (
+        op == "replace"
+        and (prefix, key) in _FORM_ATTRS
+        and (not has_value or value in (None, [], {}, ""))
+    ):
+        return {"form": form}
+    return {}
 
 
 def _ref_attr_name(key: str) -> str:
@@ -781,7 +815,14 @@ def _parse_request(
             for upath, uvalue in units:
                 key = _attr_key(upath)
                 hide = hide or b.is_secret(key) or b.pseudonymised(key)
-                b.mod(pop, upath, uvalue, has_value or path is None, patch=True)
+                b.mod(
+                    pop,
+                    upath,
+                    uvalue,
+                    has_value or path is None,
+                    patch=True,
+                    form="value" if path is None else "path",
+                )
                 verbs |= _unit_verbs(prefix, pop, key, uvalue, put=False)
             item: dict[str, Any] = {"op": pop}
             if path is not None:
@@ -929,6 +970,7 @@ def _fast_intent(
             hide = key in secret
             if not hide and has_value:
                 entry.update(_fast_value("old" if pop == "remove" else "new", key, mvalue, digest))
+            entry.update(_form_of(prefix, key, pop, value, has_value, "path"))
             mods.append(entry)
             verbs |= _unit_verbs(prefix, pop, key, value, put=False)
             item: dict[str, Any] = {"op": pop, "path": path}

@@ -65,6 +65,7 @@ __all__ = [
     "MAX_EVENT_SIZE",
     "MAX_JSON_SIZE",
     "MAX_SAFE_INT",
+    "MOD_FORMS",
     "OPS",
     "OUTCOMES",
     "PATCH_OPS",
@@ -116,6 +117,8 @@ OPS = ("create", "replace", "patch", "delete")
 OUTCOMES = ("success", "failure", "skipped", "warning")
 ACTOR_KINDS = ("oauth_client", "user", "mtls", "bearer", "system", "anonymous")
 PATCH_OPS = ("add", "remove", "replace")
+# mods[].form: the PatchOp named a "path", or came as a path-less "value" map
+MOD_FORMS = ("path", "value")
 
 # Dotted paths ("[]" = every list element) of the byte-string fields: the JSON mapping.
 BYTES_FIELDS = (
@@ -395,6 +398,10 @@ _MOD = MapSpec(
         # A clear of members or manager in a PATCH with two or more operations on it: the
         # index of its operation in "patch", to place it among the references
         "i": (_UINT, False),
+        # A PATCH replace of members, roles, entitlements or the manager with nothing: whether
+        # its operation named a "path" or came as a path-less value map (RFC 7643 §2.5: there
+        # an empty value is as if absent, and SPs differ); absent in events from before it
+        "form": (EnumSpec(MOD_FORMS), False),
     }
 )
 _REF = MapSpec(

@@ -350,6 +350,13 @@ class _Run:
         at = [i for i, m in enumerate(own) if clears(m)]
         if not at:
             return False
+        if any(own[i].get("form") == "value" for i in at):
+            # A path-less replace with nothing ({"members": []}): an empty array is as if
+            # absent (RFC 7643 §2.5), and SPs read it either way (SCIMMY keeps the members,
+            # scim2-server clears them), so what is left is not known (red team 14). One
+            # that named its path ("path": "members", or no form: an adapter from before
+            # mods[].form, judged as before) clears them on every SP.
+            at = [-1]
         x = self.ev.get("x", {})
         if x.get("part", 0) > 0 and (
             not self._follows_marked() or attr in self.state.get("touched_attrs", ())
@@ -508,6 +515,12 @@ class _Run:
             and "[" not in m["attr"]
             and _attr_kind(self.prefix, m["attr"])[0] == attr
         ]
+        if any(
+            m.get("form") == "value" and _attr_kind(self.prefix, m["attr"])[0] == attr
+            for m in mods
+            if m.get("new") == "null"
+        ):
+            return False  # a path-less clear: not known from there (_cleared)
         x = self.ev.get("x", {})
         if x.get("parts", 1) > 1:
             return self._numbered_part(attr, clears, items, x.get("part", 0), x["parts"])
@@ -747,13 +760,20 @@ class _Run:
                 if "new_d" in m or "old_d" in m:
                     self.verbs.add("update")
                     continue
-                if mop == "replace" and not whole and has_new and not _values(new):
+                if (
+                    mop == "replace"
+                    and not whole
+                    and has_new
+                    and not _values(new)
+                    and (m.get("form") != "path" or not top)
+                ):
                     # A PATCH replacing it with nothing: the path-less form ({"roles": []})
                     # states an empty array, which RFC 7643 §2.5 makes the same as leaving
                     # it out, and SPs read it either way (scim2-server clears the roles,
-                    # SCIMMY keeps them and answers 204). The event does not tell the two
-                    # forms apart, so what is left is not known (red team 14), unless the
-                    # SP answered with the resource (apply_result).
+                    # SCIMMY keeps them and answers 204): what is left is not known (red
+                    # team 14), unless the SP answered with the resource (apply_result).
+                    # So is an event that does not say its form (an adapter from before
+                    # mods[].form). "path": "roles" is an exact clear (values, below).
                     self.forget_set(key)
                     continue
                 if mop == "remove":

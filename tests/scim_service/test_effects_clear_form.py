@@ -1,0 +1,215 @@
+"""A PATCH replacing members, roles, entitlements or the manager with nothing, judged by the
+form the request used (red team 14).
+
+``{"op": "replace", "path": "members", "value": []}`` clears the members on every SP tried;
+the path-less ``{"op": "replace", "value": {"members": []}}`` does not on SCIMMY (RFC 7643
+§2.5: an empty array is as if the attribute were absent), while scim2-server clears them.
+The adapter now records which form the operation had (``mods[].form``: ``path`` or
+``value``), and the log judges the path form an exact clear and the path-less one not known
+(the attribute named changed without values, its values forgotten). An event without the
+mark (an adapter from before it) is judged as before: the members' clear exact, the roles'
+not known. Events as the adapter makes them (``parse_request``), judged by ``classify``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from client.scim import EventFormatError, event_from_json, event_to_json
+from client.scim.event import decode_event, encode_event, validate_event
+from client.scim.fastjson import decode_event_json
+
+from .members_model import (
+    PATCH_OP,
+    b64,
+    changes,
+    group_event,
+    judge,
+    judge_in_parts,
+    members,
+    pid_of,
+    user_event,
+)
+
+ENTERPRISE = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
+PATHLESS = {"op": "replace", "value": {"members": []}}
+PATH = {"op": "replace", "path": "members", "value": []}
+
+
+def _patch(*operations: dict[str, Any]) -> dict[str, Any]:
+    return {"schemas": [PATCH_OP], "Operations": list(operations)}
+
+
+def _group(*rids: str) -> Any:
+    body = {"displayName": "g", "members": [{"value": r} for r in rids]}
+    return judge(None, group_event("create", body, "c"))[1]
+
+
+def _user(**attrs: Any) -> Any:
+    return judge(None, user_event("create", {"userName": "u9", **attrs}, "c"))[1]
+
+
+def _unknown(effect: dict[str, Any]) -> set[str]:
+    """The attributes the effect names changed without values: not known."""
+    return {c["attr"] for c in effect.get("changes", ()) if len(c) == 1}
+
+
+def _without_form(ev: dict[str, Any]) -> dict[str, Any]:
+    """``ev`` as an adapter from before ``mods[].form`` sent it."""
+    for m in ev.get("mods", ()):
+        m.pop("form", None)
+    validate_event(ev)
+    return ev
+
+
+def test_the_adapter_records_the_form_of_a_clear_only() -> None:
+    pathless = group_event("patch", _patch(PATHLESS), "r1")
+    path = group_event("patch", _patch(PATH), "r2")
+    assert pathless["mods"] == [
+        {"attr": "members", "op": "replace", "new": "null", "form": "value"}
+    ]
+    assert path["mods"] == [{"attr": "members", "op": "replace", "new": "null", "form": "path"}]
+    roles = user_event("patch", _patch({"op": "replace", "path": "roles", "value": []}), "r3")
+    assert roles["mods"] == [{"attr": "roles", "op": "replace", "new": "[]", "form": "path"}]
+    # every other entry keeps its bytes: a replace with values, a remove, an add
+    for op in (
+        {"op": "replace", "path": "roles", "value": [{"value": "a"}]},
+        {"op": "replace", "value": {"roles": [{"value": "a"}]}},
+        {"op": "remove", "path": "roles"},
+        {"op": "add", "path": "roles", "value": []},
+    ):
+        ev = user_event("patch", _patch(op), "r4")
+        assert not any("form" in m for m in ev["mods"]), op
+    with pytest.raises(EventFormatError, match="form"):
+        bad = group_event("patch", _patch(PATH), "r5")
+        bad["mods"][0]["form"] = "values"
+        validate_event(bad)
+
+
+def test_a_pathless_replace_of_the_members_with_nothing_is_not_known() -> None:
+    state = _group("u1", "u2")
+    effect, state = judge(state, group_event("patch", _patch(PATHLESS), "r"))
+    assert changes(effect) == []  # no member claimed removed (SCIMMY keeps them)
+    assert _unknown(effect) == {"members"}
+    assert "members" not in state["full"]
+    # so a later removal is named as asked, never called a noop
+    remove = {"op": "remove", "path": 'members[value eq "u1"]'}
+    effect, _ = judge(state, group_event("patch", _patch(remove), "r2"))
+    assert changes(effect) == [("remove", b64(pid_of("User", "u1")))]
+    assert "noop" not in effect
+
+
+def test_the_path_form_is_an_exact_clear() -> None:
+    state = _group("u1", "u2")
+    effect, state = judge(state, group_event("patch", _patch(PATH), "r"))
+    assert changes(effect) == sorted(("remove", p) for p in members({"u1", "u2"}))
+    assert state["members"] == [] and "members" in state["full"]
+
+
+def test_an_event_without_the_form_is_judged_as_before() -> None:
+    """Before mods[].form, a replace of the members with nothing was an exact clear."""
+    state = _group("u1", "u2")
+    old = _without_form(group_event("patch", _patch(PATHLESS), "r"))
+    effect, state = judge(state, old)
+    assert changes(effect) == sorted(("remove", p) for p in members({"u1", "u2"}))
+    assert state["members"] == [] and "members" in state["full"]
+
+
+@pytest.mark.parametrize("key", ["roles", "entitlements"])
+def test_roles_by_form(key: str) -> None:
+    revoke = f"user.{key[:-1] if key == 'roles' else 'entitlement'}.revoke"
+    start = {key: [{"value": "admin"}, {"value": "dev"}]}
+    # the path form: an exact clear (it was "not known" for both forms)
+    op = {"op": "replace", "path": key, "value": []}
+    effect, state = judge(_user(**start), user_event("patch", _patch(op), "r1"))
+    assert {"attr": key, "removed": ["admin", "dev"]} in effect["changes"]
+    assert revoke in [a["a"] for a in effect["acts"]]
+    assert state[key] == [] and key in state["full"]
+    # the path-less form: not known (SCIMMY keeps them)
+    op = {"op": "replace", "value": {key: []}}
+    effect, state = judge(_user(**start), user_event("patch", _patch(op), "r2"))
+    assert effect["changes"] == [{"attr": key}]
+    assert key not in state and key not in state["full"]
+    # an event without the form, of either: not known, as before
+    for op in ({"op": "replace", "path": key, "value": []}, {"op": "replace", "value": {key: []}}):
+        old = _without_form(user_event("patch", _patch(op), "r3"))
+        effect, state = judge(_user(**start), old)
+        assert effect["changes"] == [{"attr": key}], op
+        assert key not in state["full"]
+    # a filtered path replaced with nothing is no clear of the whole: not known
+    op = {"op": "replace", "path": f'{key}[value eq "admin"]', "value": []}
+    effect, state = judge(_user(**start), user_event("patch", _patch(op), "r4"))
+    assert effect["changes"] == [{"attr": key}]
+
+
+@pytest.mark.parametrize(
+    "operations",
+    [
+        [PATHLESS, PATHLESS],  # the "double clear": numbered, so judged in order before
+        [{"op": "add", "path": "members", "value": [{"value": "u3"}]}, PATHLESS],
+        [PATHLESS, {"op": "add", "path": "members", "value": [{"value": "u3"}]}],
+        [PATH, PATHLESS],
+        [PATHLESS, PATH],
+    ],
+)
+def test_a_pathless_clear_among_other_operations_claims_no_removal_it_cannot_know(
+    operations: list[dict[str, Any]],
+) -> None:
+    """Two path-less clears in one PATCH are numbered by the adapter (a clear after another
+    operation on the attribute), and the log placed each in order as an exact clear: u1 and
+    u2 named removed although SCIMMY kept them. Whatever the order, no member the SP may
+    have kept is named removed, and the set is not known after a path-less clear."""
+    state = _group("u1", "u2")
+    ev = group_event("patch", _patch(*operations), "r")
+    effect, state = judge(state, ev)
+    kept = {b64(pid_of("User", r)) for r in ("u1", "u2")}
+    named_removed = {p for op, p in changes(effect) if op == "remove"}
+    if operations[-1] is PATH:
+        # the path form last: every SP ends without u1, u2: naming them removed is right,
+        # but the set may still be claimed only if the whole is known
+        assert named_removed <= kept
+    else:
+        assert not named_removed & kept, effect
+        assert "members" in _unknown(effect)
+        assert "members" not in state["full"]
+
+
+def test_a_pathless_clear_in_a_split_request_is_not_known() -> None:
+    """The same when the request is cut into linked parts, the clear in the first."""
+    state = _group("u1", "u2")
+    add = {"op": "add", "path": "members", "value": [{"value": r} for r in ("u3", "u4")]}
+    whole = group_event("patch", _patch(PATHLESS, add), "big")
+    n = len(whole["patch"])
+    for cut in range(1, n + len(whole["mods"]) + len(whole["refs"])):
+        state2, _, _ = judge_in_parts(state, whole, [cut])
+        assert "members" not in state2["full"], cut
+
+
+def test_a_pathless_replace_of_the_manager_with_nothing_is_not_known() -> None:
+    start = {ENTERPRISE: {"manager": {"value": "m1"}}}
+    op = {"op": "replace", "value": {ENTERPRISE: {"manager": None}}}
+    effect, state = judge(_user(**start), user_event("patch", _patch(op), "r1"))
+    assert "refs" not in effect  # the manager not claimed removed
+    assert _unknown(effect) == {"manager"}
+    assert "manager" not in state
+    # the path form clears it, named removed
+    op = {"op": "replace", "path": f"{ENTERPRISE}:manager", "value": None}
+    effect, state = judge(_user(**start), user_event("patch", _patch(op), "r2"))
+    assert [(r["op"], r["pid"]) for r in effect["refs"]] == [("remove", b64(pid_of("User", "m1")))]
+
+
+def test_an_event_with_the_form_is_valid_json_and_cbor() -> None:
+    """The mark is part of the event (and so of the leaf's commitment): both encodings, and
+    the compiled JSON decoder, accept it; a bad value is refused by both paths."""
+    ev = group_event("patch", _patch(PATHLESS), "r")
+    text = event_to_json(ev)
+    assert event_from_json(text) == ev
+    assert decode_event(encode_event(ev)) == ev
+    fast = decode_event_json(text.encode())
+    assert fast is not None and fast[0] == ev and fast[1] == encode_event(ev)
+    bad = text.replace('"form":"value"', '"form":"both"').encode()
+    assert bad != text.encode() and decode_event_json(bad) is None
+    with pytest.raises(EventFormatError, match="form"):
+        event_from_json(bad.decode())
