@@ -213,3 +213,35 @@ def test_an_event_with_the_form_is_valid_json_and_cbor() -> None:
     assert bad != text.encode() and decode_event_json(bad) is None
     with pytest.raises(EventFormatError, match="form"):
         event_from_json(bad.decode())
+
+
+@pytest.mark.parametrize(
+    "then",
+    [
+        {"op": "remove", "path": 'members[value eq "u1"]'},  # u1 may be gone already
+        {"op": "add", "path": "members", "value": [{"value": "u1"}]},  # may still be there
+        {"op": "replace", "path": "members", "value": [{"value": "u3"}]},  # who else went?
+        {"op": "remove", "path": "members"},  # the same
+    ],
+)
+def test_after_a_pathless_clear_the_next_member_change_says_it_is_not_known(
+    then: dict[str, Any],
+) -> None:
+    """Found by the random differential once it drew the path-less clear again: after it,
+    scim2-server had no members and SCIMMY both, and a later ``remove u1`` was named a
+    removal of a member (on scim2-server, of one not there), with nothing saying the log
+    did not know. Now each step the state cannot place is named as asked and the effect
+    says what is left is not known; one it can place is exact."""
+    state = _group("u1", "u2")
+    _, state = judge(state, group_event("patch", _patch(PATHLESS), "r1"))
+    effect, state = judge(state, group_event("patch", _patch(then), "r2"))
+    assert {"attr": "members"} in effect["changes"], effect
+    assert [a["a"] for a in effect["acts"]] != ["group.noop"]
+    # a member the log saw added since is known: its removal is exact
+    add = {"op": "add", "path": "members", "value": [{"value": "u4"}]}
+    _, state = judge(state, group_event("patch", _patch(add), "r3"))
+    if "members" not in state["full"]:
+        remove = {"op": "remove", "path": 'members[value eq "u4"]'}
+        effect, _ = judge(state, group_event("patch", _patch(remove), "r4"))
+        assert changes(effect) == [("remove", b64(pid_of("User", "u4")))]
+        assert "changes" not in effect

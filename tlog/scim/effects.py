@@ -394,6 +394,8 @@ class _Run:
             self._members((), cur, rts)
         elif "members" in self.full:
             self.noop.append({"attr": "members", "op": "remove", "n": 1})
+        if self.known and "members" not in self.full:
+            self._not_known("members")  # who else went is not known
         self.state["members"] = []
         self.full.add("members")  # stated whole: empty, then the refs
         if items:
@@ -641,11 +643,17 @@ class _Run:
             run_i.insert(0, None)
         for n, (op, pids) in enumerate(runs):
             asked = set(pids)
+            # Where the set is not known whole (and the resource is), a step the state cannot
+            # place (an add or a remove of one it does not know to be a member, a clear, a
+            # replace) is named as asked, and the effect says what is left is not known.
+            unsure = not full and self.known
             if op == "clear":
                 if cur:
                     self._members((), cur, rts)
                 elif full:
                     self.noop.append({"attr": "members", "op": "remove", "n": 1})
+                if unsure:
+                    self._not_known("members")
                 cur = set()
                 full = True
                 self.full.add("members")  # stated whole: empty, then what follows
@@ -671,8 +679,9 @@ class _Run:
                     if last and (full or not self.known or part > 0 or parts > 1)
                     else set()
                 )
-                if not full and self.known and parts <= 1:
+                if unsure and parts <= 1:
                     removed = set()  # the old set was never fully known
+                    self._not_known("members")
                 if last:
                     self.state.pop("replacing", None)
                     self.state.pop("replacing_i", None)
@@ -691,14 +700,24 @@ class _Run:
                 if full and asked & cur:  # already members: those adds changed nothing
                     self.noop.append({"attr": "members", "op": "add", "n": len(asked & cur)})
                 cur |= added
+                if unsure and added:
+                    self._not_known("members")  # they may have been members already
                 self._members(added, set(), rts)
             else:
                 removed = asked & cur if full else asked
                 if full and asked - cur:
                     self.noop.append({"attr": "members", "op": "remove", "n": len(asked - cur)})
+                if unsure and asked - cur:
+                    self._not_known("members")  # they may not have been members
                 cur -= asked
                 self._members(set(), removed, rts)
         self.state["members"] = sorted(cur)
+
+    def _not_known(self, attr: str) -> None:
+        """The effect names ``attr`` changed without values (once): what is left is not
+        known, whatever else it names (an ``update`` if it names nothing else, :meth:`run`)."""
+        if {"attr": attr} not in self.changes:
+            self.changes.append({"attr": attr})
 
     def _members(
         self, added: Iterable[str], removed: Iterable[str], rts: Mapping[str, str]
@@ -870,6 +889,8 @@ class _Run:
             self.apply_result(result)
         if op == "create":
             verbs = self.verbs - {"update", "activate", "deactivate"}
+        elif not self.verbs and {"attr": "members"} in self.changes:
+            verbs = {"update"}  # not known (_not_known): no noop
         else:
             verbs = self.verbs or {"noop"}
         self.state["full"] = sorted(self.full)
