@@ -274,6 +274,7 @@ class Driver:
         self.applied: dict[str, int] = {}  # writes the SP applied, by body encoding
         self.statuses: dict[str, int] = {}  # "METHOD status": how the SP answered the writes
         self.bases: dict[str, int] = {}  # the applied writes' effects, by basis
+        self.effects: list[dict[str, Any]] = []  # the applied writes' effects, in order
         for i in range(pool):
             r = self.send("POST", "/Users", {"schemas": [USER], "userName": f"pool{i}"}, "plain")
             assert r.status_code == 201, r.text
@@ -351,6 +352,7 @@ class Driver:
             if len(effects) != 1:
                 bad.append(f"{what}: {len(effects)} effects for one write")
                 continue
+            self.effects.append(effects[0])
             basis = str(effects[0].get("basis"))
             self.bases[basis] = self.bases.get(basis, 0) + 1
             for d in disagreements(before, after, effects[0], self.pid):
@@ -429,6 +431,10 @@ user_op = st.one_of(
     ),
     st.builds(lambda k: {"op": "remove", "path": k}, st.sampled_from(["roles", "entitlements"])),
     st.builds(
+        lambda k: {"op": "replace", "path": k, "value": []},
+        st.sampled_from(["roles", "entitlements"]),
+    ),
+    st.builds(
         lambda rs: {"op": "replace", "value": {"roles": [{"value": r} for r in rs]}},
         st.lists(st.sampled_from(ROLES), max_size=2, unique=True),
     ),
@@ -492,6 +498,8 @@ def user_put(draw: st.DrawFn) -> dict[str, Any]:
 
 
 group_op = st.one_of(
+    # red team 14: the path-less clear, which SCIMMY reads as no change (RFC 7643 §2.5)
+    st.just({"op": "replace", "value": {"members": []}}),
     st.builds(
         lambda ms: {"op": "add", "path": "Members", "value": [{"value": _p(i)} for i in ms]},
         users,

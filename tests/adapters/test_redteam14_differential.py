@@ -10,10 +10,12 @@ wrong known claim."""
 
 from __future__ import annotations
 
+import base64
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -103,36 +105,86 @@ def test_a_pathless_replace_with_an_empty_list_is_not_known(
         assert driver.statuses == {"PATCH 204": 1}  # SCIMMY: nothing changed, no body
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="open: the log cannot tell {'members': []} without a path (SCIMMY keeps the "
-    "members) from 'path': 'members' (every SP clears them, and test_members_in_order "
-    "holds that clear exact); the first fix made both not known and broke that, so it was "
-    "taken back until the adapter records which form it was",
+def _members_prog(*operations: dict[str, Any]) -> dict[str, Any]:
+    """A group holding P0 and P1, then one PATCH of ``operations`` on it."""
+    return {
+        "user": {"schemas": [USER], "userName": "{T_NAME}"},
+        "group": {
+            "schemas": [GROUP],
+            "displayName": "{G_NAME}",
+            "members": [{"value": "{P0}"}, {"value": "{P1}"}],
+        },
+        "writes": [(("PATCH", "G", {"schemas": [PATCH], "Operations": list(operations)}), "plain")],
+    }
+
+
+PATHLESS_CLEAR = {"op": "replace", "value": {"members": []}}
+
+
+@pytest.mark.parametrize(
+    "operations",
+    [
+        [PATHLESS_CLEAR],
+        # the "double clear": the adapter numbers the second, and the log placed both in
+        # order as exact clears, naming P0 and P1 removed that SCIMMY kept
+        [PATHLESS_CLEAR, PATHLESS_CLEAR],
+        [{"op": "add", "path": "members", "value": [{"value": "{P2}"}]}, PATHLESS_CLEAR],
+    ],
+    ids=["one", "double", "after-add"],
 )
 def test_a_pathless_replace_of_the_members_with_nothing_is_not_known(
     harness: Harness,  # noqa: F811
     tmp_path: Path,
+    operations: list[dict[str, Any]],
 ) -> None:
-    """The same for a Group: ``{"members": []}`` leaves SCIMMY's members (204); the log
-    claimed every known member removed."""
-    prog = {
-        "user": {"schemas": [USER], "userName": "{T_NAME}"},
-        "group": {"schemas": [GROUP], "displayName": "{G_NAME}", "members": [{"value": "{P0}"}]},
-        "writes": [
-            (
-                (
-                    "PATCH",
-                    "G",
-                    {
-                        "schemas": [PATCH],
-                        "Operations": [{"op": "replace", "value": {"members": []}}],
-                    },
-                ),
-                "plain",
-            )
-        ],
-    }
+    """The same for a Group: ``{"members": []}`` leaves SCIMMY's members; the log claimed
+    every known member removed (open until the adapter recorded the form, mods[].form)."""
     with scimmy_driver(harness, tmp_path) as driver:
-        assert driver.run(prog) == []
-        assert driver.statuses == {"PATCH 204": 1}
+        assert driver.run(_members_prog(*operations)) == []
+        (effect,) = driver.effects
+        assert not any(r["op"] == "remove" for r in effect.get("refs", ())), effect
+        assert {"attr": "members"} in effect["changes"]  # not known
+
+
+@pytest.mark.parametrize("key", ["members", "roles", "entitlements"])
+def test_a_replace_naming_its_path_with_nothing_is_an_exact_clear(
+    harness: Harness,  # noqa: F811
+    tmp_path: Path,
+    key: str,
+) -> None:
+    """``"path": "members"`` (or ``roles``, ``entitlements``) with ``[]`` clears them on
+    every SP: against scim2-server through the proxy, the log names each value removed
+    (the roles and entitlements were "not known" for both forms before mods[].form)."""
+    clear = {"op": "replace", "path": key, "value": []}
+    if key == "members":
+        prog = _members_prog(clear)
+        want = {("members", "remove", "{P0}"), ("members", "remove", "{P1}")}
+    else:
+        prog = {
+            "user": {
+                "schemas": [USER],
+                "userName": "{T_NAME}",
+                key: [{"value": "admin"}, {"value": "dev"}],
+            },
+            "group": {"schemas": [GROUP], "displayName": "{G_NAME}"},
+            "writes": [(("PATCH", "T", {"schemas": [PATCH], "Operations": [clear]}), "plain")],
+        }
+    sp = scim_asgi_app()
+    srv = UvicornThread(reading_sp(sp))
+    try:
+        with proxy_rig(harness, tmp_path, srv.url + "/v2") as rig:
+            driver = Driver(rig, sp)
+            assert driver.run(prog) == []
+            (effect,) = driver.effects
+            names = {_b64(driver.pid(driver.ids[p])): "{" + p + "}" for p in ("P0", "P1")}
+    finally:
+        srv.stop()
+    if key == "members":
+        got = {(r["attr"], r["op"], names.get(r["pid"], r["pid"])) for r in effect["refs"]}
+        assert got == want, effect
+    else:
+        assert effect["changes"] == [{"attr": key, "removed": ["admin", "dev"]}], effect
+
+
+def _b64(pid: bytes) -> str:
+    return base64.b64encode(pid).decode()
