@@ -24,7 +24,12 @@ describing the same change produce the same bytes:
 
 One addition to the §3.4 CDDL: ``? "intent": true`` marks an event whose ``mods``/``acts``
 were derived from the request body (proxy mode, :func:`client.scim.actions.parse_request`)
-rather than from the observed effect (SCIM.md §2.2 step 3). Absent means "effect".
+rather than from the observed effect (SCIM.md §2.2 step 3). Absent means "effect". The
+adapters' own optional fields, all absent in events from before them (which therefore keep
+their bytes and are judged as before): ``mods[].op``, ``mods[].i`` and ``refs[].i`` (the
+order of a PATCH's operations), and ``mods[].form`` (``path`` or ``value``: whether a
+``replace`` of members, roles, entitlements or the manager with nothing named a path or
+came as a path-less value map; docs/scim-adapter.md).
 
 JSON mapping (:func:`event_to_json`, :func:`event_from_json`): the same object, with the
 byte-string fields written as standard, padded RFC 4648 §4 base64 text. Those fields are

@@ -245,3 +245,13 @@ def test_after_a_pathless_clear_the_next_member_change_says_it_is_not_known(
         effect, _ = judge(state, group_event("patch", _patch(remove), "r4"))
         assert changes(effect) == [("remove", b64(pid_of("User", "u4")))]
         assert "changes" not in effect
+
+
+def test_members_are_named_not_known_once() -> None:
+    """A path-less clear after an add on a set not known whole: the references judged, then
+    the set forgotten, and ``members`` named not known once, not twice."""
+    state = _group("u1")
+    _, state = judge(state, group_event("patch", _patch(PATHLESS), "r1"))  # not known now
+    add = {"op": "add", "path": "members", "value": [{"value": "u2"}]}
+    effect, _ = judge(state, group_event("patch", _patch(add, PATHLESS), "r2"))
+    assert effect["changes"] == [{"attr": "members"}], effect

@@ -385,7 +385,7 @@ class _Run:
             self.references(attr, items, whole=False)
             self.state["members"] = []
             self.full.discard("members")
-            self.changes.append({"attr": "members"})  # what is left is not known
+            self._not_known("members")  # what is left is not known (once)
             self.verbs.add("update")
             return True
         cur = self.state.get("members", [])
