@@ -17,15 +17,17 @@ from starlette.testclient import TestClient
 
 from client.adapters.middleware import AuditConfig, AuditMiddleware
 from client.adapters.outbox import Outbox
-from client.adapters.proxy import ProxySettings, build_proxy
+from client.adapters.proxy import STATUS_PATH, ProxySettings, build_proxy
 from client.adapters.pseudonyms import LogPseudonyms
 from client.adapters.relay import Relay
 from client.net.scim_audit import ScimAuditClient
 from tests.scim_service.conftest import T1, URL, Harness
+from tests.support import start_proxy, stop_processes, wait_for
 
 from .helpers import answer_lifespan, read_body
+from .logserver import Log
 
-__all__ = ["Rig", "Via", "make_rig", "proxy_rig", "sp_app"]
+__all__ = ["ProcessRig", "Rig", "Via", "make_rig", "process_rig", "proxy_rig", "sp_app"]
 
 
 async def sp_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -100,7 +102,7 @@ class Rig:
     pids: LogPseudonyms
 
     def auditor(self) -> ScimAuditClient:
-        assert self.relay.flush(20)
+        assert self.relay.flush(30)
         return self.harness.auditor()
 
 
@@ -141,3 +143,42 @@ def proxy_rig(h: Harness, tmp_path: Path, upstream: str) -> Iterator[Rig]:
     with TestClient(app, base_url="http://proxy.test") as client:
         assert app.relay is not None
         yield Rig(client, app.relay, h, pids)
+
+
+@dataclass
+class ProcessRig:
+    """``tlog scim-proxy`` as a real process (``client``: a line to it) recording to a real
+    ``tlog serve`` (``log``), read back as an auditor of its tenant would: with the log's
+    own key (``log.vkey``) and an auditor token of the tenant, over HTTP."""
+
+    client: httpx.Client
+    pids: LogPseudonyms
+    log: Log
+    audit_token: str
+
+    def auditor(self) -> ScimAuditClient:
+        """Once the proxy's outbox holds nothing undelivered: an auditor of the log."""
+
+        def delivered() -> bool:
+            r = self.client.get(STATUS_PATH)
+            return r.status_code == 200 and r.json().get("pending") == 0
+
+        wait_for(delivered, 30, "the proxy's outbox delivered", step=0.05)
+        return ScimAuditClient(self.log.url, self.audit_token, self.log.vkey)
+
+
+@contextmanager
+def process_rig(
+    log: Log, tmp_path: Path, upstream: str, tenant: str = "acme-proxy-process"
+) -> Iterator[ProcessRig]:
+    """``tlog scim-proxy`` started as a process in front of ``upstream``, with a submitter
+    token of ``tenant`` made by ``tlog token create`` (and an auditor's for the read-back),
+    verifying the log's receipts under the key the log names (``start_proxy``)."""
+    sub, aud = log.tokens(tenant)
+    proc, base = start_proxy(tmp_path, upstream, log.url, sub, tenant)
+    root = str(httpx.URL(base).copy_with(path="/"))
+    try:
+        with httpx.Client(base_url=root.rstrip("/"), timeout=60) as client:
+            yield ProcessRig(client, LogPseudonyms(log.url, sub, timeout=30), log, aud)
+    finally:
+        stop_processes([proc])

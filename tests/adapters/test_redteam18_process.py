@@ -1,0 +1,36 @@
+"""Red team 18: the differential (``differential.py``: SCIM writes, the SP's stored resource
+read directly before and after, every effect the log claims checked against the SP's
+change) through the real ``tlog scim-proxy`` **process** in front of scim2-server, recording
+to a real ``tlog serve``; the events read back over HTTP as the tenant's auditor reads them
+(its own token, the log's key). Besides red team 13's random single writes: bulk requests
+and requests split into linked events."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.support import UvicornThread
+
+from .differential import Driver, hunt, reading_sp
+from .helpers import scim_asgi_app
+from .logserver import Log
+from .rig import process_rig
+
+pytest.importorskip("scim2_server", reason="needs the dev extras (scim2-server)")
+
+pytestmark = pytest.mark.lmdb_only("the log's backend is not what is tested: once is enough")
+
+
+def test_effects_match_scim2_server_through_the_proxy_process(log: Log, tmp_path: Path) -> None:
+    sp = scim_asgi_app()
+    srv = UvicornThread(reading_sp(sp))
+    try:
+        with process_rig(log, tmp_path, srv.url + "/v2") as rig:
+            driver = Driver(rig, sp)
+            hunt(driver, 25, "RT18_EXAMPLES")
+            print(f"scim2-server: {driver.statuses}, effects by basis {driver.bases}")
+            assert set(driver.applied) == {"plain", "gzip", "bom", "utf16", "dup"}, driver.applied
+    finally:
+        srv.stop()
