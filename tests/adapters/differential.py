@@ -46,6 +46,7 @@ __all__ = [
 USER = "urn:ietf:params:scim:schemas:core:2.0:User"
 GROUP = "urn:ietf:params:scim:schemas:core:2.0:Group"
 PATCH = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
+BULK = "urn:ietf:params:scim:api:messages:2.0:BulkRequest"
 ROLES = ["admin", "dev", "ops"]
 AUTH = {"Authorization": f"Bearer {SCIM_TOKEN}"}
 POOL = 10  # users the driver creates once: members and managers of the resources written
@@ -360,6 +361,88 @@ class Driver:
                 bad.append(f"{what}: {d} [effect {json.dumps(effects[0], default=str)}]")
         return bad
 
+    def run_bulk(self, prog: dict[str, Any]) -> list[str]:
+        """Run one bulk program (:func:`bulk_program`): its user and group created singly,
+        then one ``POST /Bulk``. What the log got wrong: an operation without exactly one
+        event, or with another outcome than the SP's answer to it (``skipped`` for one the
+        SP did not run: ``failOnErrors``); a create's event naming another id than the
+        SP's, a ``bulkId:`` reference left unresolved (the members an event names are the
+        SP's, by their pseudonyms); an effect on the user or group the SP's change does
+        not bear out."""
+        n = next(_serial)
+        self.ids["T_NAME"], self.ids["G_NAME"] = f"t{n}", f"g{n}"
+        for key, path, body in (("T", "/Users", prog["user"]), ("G", "/Groups", prog["group"])):
+            r = self.send("POST", path, body, "plain")
+            assert r.status_code == 201, r.text
+            self.ids[key] = r.json()["id"]
+        paths = {"T": f"/Users/{self.ids['T']}", "G": f"/Groups/{self.ids['G']}"}
+        before = {k: snapshot(self.get, p) for k, p in paths.items()}
+        body: dict[str, Any] = {"schemas": [BULK], "Operations": prog["ops"]}
+        if prog["fail"] is not None:
+            body["failOnErrors"] = prog["fail"]
+        req = f"rt18-bulk-{n}"
+        r = self.send("POST", "/Bulk", body, "plain", req)
+        assert r.status_code == 200, r.text
+        results = r.json()["Operations"]
+        after = {k: snapshot(self.get, p) for k, p in paths.items()}
+        for i, res in enumerate(results):  # scim2-server answers in order, none left out
+            assert res["method"] == prog["ops"][i]["method"], (results, prog["ops"])
+        status = [int(x["status"]) for x in results]
+        key = "Bulk " + ",".join(map(str, status))
+        self.statuses[key] = self.statuses.get(key, 0) + 1
+        made = {  # bulkId -> the id the SP created
+            op["bulkId"]: x["location"].rstrip("/").rsplit("/", 1)[-1]
+            for op, x, st in zip(prog["ops"], results, status, strict=False)
+            if op["method"] == "POST" and 200 <= st < 300
+        }
+        by_seq: dict[int, list[Any]] = {}
+        for f in self.rig.auditor().search_all(req=req):
+            assert f.event is not None
+            by_seq.setdefault(f.event["corr"]["seq"], []).append(f)
+        bad: list[str] = []
+        touched = {}
+        for i, op in enumerate(prog["ops"]):
+            what = f"bulk op {i} {op['method']} {op.get('path')} ({'/'.join(map(str, status))})"
+            got = by_seq.pop(i, [])
+            if len(got) != 1:
+                bad.append(f"{what}: {len(got)} events")
+                continue
+            ev, eff = got[0].event, got[0].effect
+            st = status[i] if i < len(status) else None
+            want = "skipped" if st is None else "success" if 200 <= st < 300 else "failure"
+            if ev["outcome"] != want:
+                bad.append(f"{what}: outcome {ev['outcome']}, the SP answered {st}")
+            if want != "success":
+                continue
+            if op["method"] == "POST":
+                if ev.get("rid") != made[op["bulkId"]]:
+                    bad.append(f"{what}: rid {ev.get('rid')}, the SP made {made[op['bulkId']]}")
+                if op["path"] == "/Groups":
+                    sp = snapshot(self.get, "/Groups/" + made[op["bulkId"]])
+                    assert sp is not None
+                    real = {_b64(self.pid(m)) for m in sp.members}
+                    named = [_b64(x["pid"]) for x in ev.get("refs", ()) if x["attr"] == "members"]
+                    if sorted(named) != sorted(real):
+                        bad.append(f"{what}: members named {sorted(named)}, SP {sorted(real)}")
+                continue
+            who = next((k for k, p in paths.items() if self.fill(op["path"]) == p), None)
+            if who is None:
+                continue
+            touched[who] = eff
+        bad += [f"event of no operation: seq {k}" for k in by_seq]
+        for who, eff in touched.items():
+            b = before[who]
+            assert b is not None
+            if eff is None:
+                bad.append(f"bulk write of {who}: no effect")
+                continue
+            for d in disagreements(b, after[who], eff, self.pid):
+                bad.append(f"bulk write of {who}: {d} [effect {json.dumps(eff, default=str)}]")
+        for who in set(paths) - set(touched):
+            if before[who] != after[who]:
+                bad.append(f"{who} changed by no operation that succeeded")
+        return bad
+
 
 def reading_sp(app: Any) -> Any:
     """``app`` (scim2-server, which refuses them with 400) behind a front that reads the
@@ -587,5 +670,107 @@ def hunt(driver: Driver, examples: int, env: str) -> None:
     def check(prog: dict[str, Any]) -> None:
         bad = driver.run(prog)
         assert not bad, "\n".join(bad)
+
+    check()
+
+
+# --- bulk requests (Driver.run_bulk) -------------------------------------------------------
+
+
+@st.composite
+def bulk_program(draw: st.DrawFn) -> dict[str, Any]:
+    """A user and a group, then one bulk request of, in any order: new users (``bulkId``
+    ``uK``), a new group whose members name them by ``bulkId:uK`` (forward references
+    included) and pool users, one write of the user and one of the group (a PATCH whose
+    members may be ``bulkId:`` references, a PUT, a DELETE), failing operations (a
+    duplicate ``userName``: 409; a PATCH of a user that does not exist: 404), and
+    ``failOnErrors`` or none."""
+    base = draw(program())
+    new = draw(st.integers(0, 3))
+    refs = st.sampled_from([*(_p(i) for i in range(POOL)), *(f"bulkId:u{k}" for k in range(new))])
+    ops: list[dict[str, Any]] = [
+        {
+            "method": "POST",
+            "path": "/Users",
+            "bulkId": f"u{k}",
+            "data": {"schemas": [USER], "userName": "{T_NAME}-u" + str(k)},
+        }
+        for k in range(new)
+    ]
+    if draw(st.booleans()):
+        members = draw(st.lists(refs, max_size=4, unique=True))
+        data = {"schemas": [GROUP], "displayName": "{G_NAME}-n", "members": []}
+        data["members"] = [{"value": m} for m in members]
+        ops.append({"method": "POST", "path": "/Groups", "bulkId": "g", "data": data})
+    if draw(st.booleans()):
+        ops.append(
+            {
+                "method": "POST",
+                "path": "/Users",
+                "bulkId": "dup",
+                "data": {"schemas": [USER], "userName": "pool0"},
+            }
+        )
+    if draw(st.booleans()):
+        ops.append(
+            {
+                "method": "PATCH",
+                "path": "/Users/no-such-user",
+                "data": _patch([{"op": "replace", "path": "active", "value": False}]),
+            }
+        )
+    member_add = st.builds(
+        lambda ms: {"op": "add", "path": "members", "value": [{"value": m} for m in ms]},
+        st.lists(refs, min_size=1, max_size=3, unique=True),
+    )
+    for who, path in (("T", "/Users/{T}"), ("G", "/Groups/{G}")):
+        kind = draw(st.sampled_from(["none", "patch", "put", "delete"]))
+        if kind == "none":
+            continue
+        if kind == "delete":
+            ops.append({"method": "DELETE", "path": path})
+        elif kind == "put":
+            ops.append(
+                {
+                    "method": "PUT",
+                    "path": path,
+                    "data": draw(user_put() if who == "T" else group_put()),
+                }
+            )
+        else:
+            op = user_op if who == "T" else st.one_of(group_op, member_add)
+            ops.append(
+                {
+                    "method": "PATCH",
+                    "path": path,
+                    "data": _patch(draw(st.lists(op, min_size=1, max_size=3))),
+                }
+            )
+    order = draw(st.permutations(range(len(ops)))) if ops else []
+    ops = [ops[i] for i in order] or [
+        {
+            "method": "PATCH",
+            "path": "/Users/no-such-user",
+            "data": _patch([{"op": "remove", "path": "active"}]),
+        }
+    ]
+    fail = draw(st.sampled_from([None, None, 1, 2]))
+    return {"user": base["user"], "group": base["group"], "ops": ops, "fail": fail}
+
+
+def hunt_bulk(driver: Driver, examples: int, env: str) -> None:
+    """:func:`hunt` for bulk programs (:func:`bulk_program`, :meth:`Driver.run_bulk`)."""
+
+    @settings(
+        max_examples=int(os.environ.get(env, str(examples))),
+        deadline=None,
+        derandomize=env not in os.environ,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(prog=bulk_program())
+    def check(prog: dict[str, Any]) -> None:
+        bad = driver.run_bulk(prog)
+        assert not bad, "\n".join(bad) + "\n" + json.dumps(prog["ops"])
 
     check()

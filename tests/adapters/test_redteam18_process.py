@@ -13,7 +13,7 @@ import pytest
 
 from tests.support import UvicornThread
 
-from .differential import Driver, hunt, reading_sp
+from .differential import Driver, hunt, hunt_bulk, reading_sp
 from .helpers import scim_asgi_app
 from .logserver import Log
 from .rig import process_rig
@@ -32,5 +32,19 @@ def test_effects_match_scim2_server_through_the_proxy_process(log: Log, tmp_path
             hunt(driver, 25, "RT18_EXAMPLES")
             print(f"scim2-server: {driver.statuses}, effects by basis {driver.bases}")
             assert set(driver.applied) == {"plain", "gzip", "bom", "utf16", "dup"}, driver.applied
+    finally:
+        srv.stop()
+
+
+def test_bulk_effects_match_scim2_server_through_the_proxy_process(
+    log: Log, tmp_path: Path
+) -> None:
+    sp = scim_asgi_app()
+    srv = UvicornThread(reading_sp(sp))
+    try:
+        with process_rig(log, tmp_path, srv.url + "/v2") as rig:
+            driver = Driver(rig, sp)
+            hunt_bulk(driver, 25, "RT18_EXAMPLES")
+            print(f"scim2-server: {driver.statuses}")
     finally:
         srv.stop()
