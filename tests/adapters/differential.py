@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import codecs
+import collections
 import gzip
 import hashlib
 import itertools
@@ -39,6 +40,7 @@ __all__ = [
     "disagreements",
     "encode_body",
     "hunt",
+    "merge_effects",
     "program",
     "snapshot",
 ]
@@ -226,6 +228,45 @@ def disagreements(
     return out
 
 
+def _bulk_key(x: Mapping[str, Any], made: Mapping[str, str]) -> tuple[str, str]:
+    """What a bulk operation, or its result, names: a POST its bulkId, the others the id of
+    the resource (from the path, a ``bulkId:`` one resolved, or the result's location)."""
+    if x["method"] == "POST":
+        return "POST", x["bulkId"]
+    last = (x.get("path") or x.get("location") or "").rstrip("/").rsplit("/", 1)[-1]
+    if last.startswith("bulkId:"):
+        last = made.get(last[7:], last)
+    return x["method"], last
+
+
+def merge_effects(effects: list[Mapping[str, Any]]) -> dict[str, Any]:
+    """The effects of one resource's writes in order (the parts of a split request, a
+    bulk request's operations on it) read as one write's: their acts (``noop`` only if
+    every one says it), their changes and references in order (an attribute's changes
+    before one that says it is not known dropped: only what follows is then claimed),
+    basis ``unknown`` if any says it."""
+    if effects and any(a["a"].endswith(".delete") for a in effects[-1].get("acts", ())):
+        return dict(effects[-1])  # gone at the end: what came before does not matter
+    acts: list[Any] = []
+    for e in effects:
+        acts += [a for a in e.get("acts", ()) if a not in acts]
+    if not all(any(a["a"].endswith(".noop") for a in e.get("acts", ())) for e in effects):
+        acts = [a for a in acts if not a["a"].endswith(".noop")]
+    changes: list[Any] = []
+    for c in (c for e in effects for c in e.get("changes", ())):
+        if not {"old", "new", "added", "removed"} & set(c):  # not known from here on
+            changes = [d for d in changes if d["attr"] != c["attr"]]
+        changes.append(c)
+    out: dict[str, Any] = {
+        "acts": acts,
+        "changes": changes,
+        "refs": [r for e in effects for r in e.get("refs", ())],
+    }
+    if any(e.get("basis") == "unknown" for e in effects):
+        out["basis"] = "unknown"
+    return out
+
+
 def encode_body(body: Any, enc: str) -> tuple[bytes, dict[str, str]]:
     """``body`` as JSON bytes in one of the encodings the adapters must read as an SP does:
     ``plain``, ``gzip`` (Content-Encoding), ``bom`` (a UTF-8 byte-order mark), ``utf16``
@@ -278,6 +319,7 @@ class Driver:
         self.statuses: dict[str, int] = {}  # "METHOD status": how the SP answered the writes
         self.bases: dict[str, int] = {}  # the applied writes' effects, by basis
         self.effects: list[dict[str, Any]] = []  # the applied writes' effects, in order
+        self.parts: list[int] = []  # how many events each split request became
         for i in range(pool):
             r = self.send("POST", "/Users", {"schemas": [USER], "userName": f"pool{i}"}, "plain")
             assert r.status_code == 201, r.text
@@ -385,22 +427,30 @@ class Driver:
         assert r.status_code == 200, r.text
         results = r.json()["Operations"]
         after = {k: snapshot(self.get, p) for k, p in paths.items()}
-        for i, res in enumerate(results):  # scim2-server answers in order, none left out
-            assert res["method"] == prog["ops"][i]["method"], (results, prog["ops"])
-        status = [int(x["status"]) for x in results]
-        key = "Bulk " + ",".join(map(str, status))
-        self.statuses[key] = self.statuses.get(key, 0) + 1
         made = {  # bulkId -> the id the SP created
-            op["bulkId"]: x["location"].rstrip("/").rsplit("/", 1)[-1]
-            for op, x, st in zip(prog["ops"], results, status, strict=False)
-            if op["method"] == "POST" and 200 <= st < 300
+            x["bulkId"]: x["location"].rstrip("/").rsplit("/", 1)[-1]
+            for x in results
+            if x["method"] == "POST" and 200 <= int(x["status"]) < 300
         }
+        # Each result paired with its operation by what it names (a POST's bulkId, the
+        # others' resource), not by position: scim2-server runs an operation a bulkId
+        # reference depends on first, and answers in the order it ran them.
+        status: list[int | None] = [None] * len(prog["ops"])
+        for x in results:
+            for i, op in enumerate(prog["ops"]):
+                if status[i] is None and _bulk_key(self.fill(op), made) == _bulk_key(x, made):
+                    status[i] = int(x["status"])
+                    break
+            else:
+                raise AssertionError(f"a result of no operation: {x} {prog['ops']}")
+        key = "Bulk " + ",".join(str(x) for x in status)
+        self.statuses[key] = self.statuses.get(key, 0) + 1
         by_seq: dict[int, list[Any]] = {}
         for f in self.rig.auditor().search_all(req=req):
             assert f.event is not None
             by_seq.setdefault(f.event["corr"]["seq"], []).append(f)
         bad: list[str] = []
-        touched = {}
+        touched: dict[str, list[Any]] = {}
         for i, op in enumerate(prog["ops"]):
             what = f"bulk op {i} {op['method']} {op.get('path')} ({'/'.join(map(str, status))})"
             got = by_seq.pop(i, [])
@@ -408,12 +458,18 @@ class Driver:
                 bad.append(f"{what}: {len(got)} events")
                 continue
             ev, eff = got[0].event, got[0].effect
-            st = status[i] if i < len(status) else None
+            st = status[i]
             want = "skipped" if st is None else "success" if 200 <= st < 300 else "failure"
-            if ev["outcome"] != want:
-                bad.append(f"{what}: outcome {ev['outcome']}, the SP answered {st}")
+            if st == 404 and op["method"] == "DELETE":
+                want = "skipped"  # already gone (the adapter's reading: nothing changed)
+            code = (ev.get("err") or {}).get("code")
+            if ev["outcome"] != want or (code == "not_processed") != (st is None):
+                bad.append(f"{what}: outcome {ev['outcome']} ({code}), the SP answered {st}")
             if want != "success":
                 continue
+            ref = op["path"].rsplit("/", 1)[-1]
+            if ref.startswith("bulkId:") and ev.get("rid") != made.get(ref[7:], ref):
+                bad.append(f"{what}: rid {ev.get('rid')}, the SP wrote {made.get(ref[7:])}")
             if op["method"] == "POST":
                 if ev.get("rid") != made[op["bulkId"]]:
                     bad.append(f"{what}: rid {ev.get('rid')}, the SP made {made[op['bulkId']]}")
@@ -428,19 +484,103 @@ class Driver:
             who = next((k for k, p in paths.items() if self.fill(op["path"]) == p), None)
             if who is None:
                 continue
-            touched[who] = eff
+            touched.setdefault(who, []).append(eff)
         bad += [f"event of no operation: seq {k}" for k in by_seq]
-        for who, eff in touched.items():
+        for who, effs in touched.items():
             b = before[who]
             assert b is not None
-            if eff is None:
+            if any(e is None for e in effs):
                 bad.append(f"bulk write of {who}: no effect")
                 continue
+            eff = merge_effects(effs)
             for d in disagreements(b, after[who], eff, self.pid):
                 bad.append(f"bulk write of {who}: {d} [effect {json.dumps(eff, default=str)}]")
         for who in set(paths) - set(touched):
             if before[who] != after[who]:
                 bad.append(f"{who} changed by no operation that succeeded")
+        return bad
+
+    def run_split(self, keep: int, add: int, remove: int, form: str) -> list[str]:
+        """A group of ``keep + remove`` users (made on the SP directly, the group through
+        the rig), then one PATCH adding ``add`` new users and removing ``remove`` of its
+        members (``form``: ``filter``, an ``add`` of the new ones and a ``remove`` with a
+        ``members[value eq ...]`` filter each; ``replace``, one ``replace`` of the members
+        with the kept and the new ones): large
+        enough, the adapter splits it into linked events. What the log got wrong: parts not
+        linked under one request id (``x.part`` 0..n-1 of ``x.parts``, ``x.first`` part
+        0's eid, the same ``rid``), a member named other than exactly once, the parts'
+        effects, read in order as one, against the SP's change."""
+        n = next(_serial)
+        users = []
+        for i in range(keep + remove + add):
+            r = self.sp.post(
+                self.prefix + "/Users",
+                content=json.dumps({"schemas": [USER], "userName": f"s{n}-{i}"}),
+                headers={**AUTH, "Content-Type": "application/scim+json"},
+            )
+            assert r.status_code == 201, r.text
+            users.append(r.json()["id"])
+        got = self.rig.pids.resolve([("User", u) for u in users])
+        self.pids.update({u: got[("User", u)] for u in users})
+        had, new = users[: keep + remove], users[keep + remove :]
+        group = {"schemas": [GROUP], "displayName": f"s{n}", "members": []}
+        group["members"] = [{"value": u} for u in had]
+        r = self.send("POST", "/Groups", group, "plain")
+        assert r.status_code == 201, r.text
+        path = f"/Groups/{r.json()['id']}"
+        gone = had[keep:]
+        ops: list[dict[str, Any]] = []
+        asked = collections.Counter(
+            [("add", _b64(self.pids[u])) for u in new]
+            + [("remove", _b64(self.pids[u])) for u in gone]
+        )
+        if form == "replace":
+            stay = [*had[:keep], *new]
+            ops.append({"op": "replace", "path": "members", "value": [{"value": u} for u in stay]})
+            asked = collections.Counter(("replace", _b64(self.pids[u])) for u in stay)
+        elif add:
+            ops.append({"op": "add", "path": "members", "value": [{"value": u} for u in new]})
+        if form == "filter":
+            ops += [{"op": "remove", "path": f'members[value eq "{u}"]'} for u in gone]
+        before = snapshot(self.get, path)
+        assert before is not None
+        req = f"rt18-split-{n}"
+        r = self.send("PATCH", path, _patch(ops), "plain", req)
+        key = f"PATCH {r.status_code}"
+        self.statuses[key] = self.statuses.get(key, 0) + 1
+        assert 200 <= r.status_code < 300, r.text
+        after = snapshot(self.get, path)
+        parts = sorted(
+            (f for f in self.rig.auditor().search_all(req=req) if f.event is not None),
+            key=lambda f: f.event["x"]["part"] if "part" in f.event.get("x", {}) else 0,
+        )
+        self.parts.append(len(parts))
+        bad: list[str] = []
+        evs = [f.event for f in parts]
+        if len(evs) > 1:
+            xs = [e.get("x", {}) for e in evs]
+            if [x.get("part") for x in xs] != list(range(len(evs))):
+                bad.append(f"parts numbered {[x.get('part') for x in xs]}")
+            if {x.get("parts") for x in xs} != {len(evs)}:
+                bad.append(f"parts say {[x.get('parts') for x in xs]} of {len(evs)}")
+            if any(x.get("first") != evs[0]["eid"] for x in xs[1:]):
+                bad.append("a later part does not name part 0's eid as its first")
+            if {e["rid"] for e in evs} != {path.rsplit("/", 1)[1]}:
+                bad.append(f"parts name resources {sorted({e['rid'] for e in evs})}")
+        named = collections.Counter(
+            (x["op"], _b64(x["pid"])) for e in evs for x in e.get("refs", ())
+        )
+        if named != asked:
+            bad.append(
+                f"members named {sum(named.values())} times ({len(named - asked)} not asked, "
+                f"{len(asked - named)} asked not named), asked {sum(asked.values())}"
+            )
+        effects = [f.effect for f in parts]
+        if any(e is None for e in effects):
+            bad.append("a part without an effect")
+            return bad
+        merged = merge_effects([e for e in effects if e is not None])
+        bad += [f"split PATCH: {d}" for d in disagreements(before, after, merged, self.pid)]
         return bad
 
 
@@ -687,7 +827,9 @@ def bulk_program(draw: st.DrawFn) -> dict[str, Any]:
     ``failOnErrors`` or none."""
     base = draw(program())
     new = draw(st.integers(0, 3))
-    refs = st.sampled_from([*(_p(i) for i in range(POOL)), *(f"bulkId:u{k}" for k in range(new))])
+    refs = st.sampled_from(
+        [*(_p(i) for i in range(POOL)), *(f"bulkId:u{k}" for k in range(new)), "bulkId:dup"]
+    )
     ops: list[dict[str, Any]] = [
         {
             "method": "POST",
@@ -723,8 +865,21 @@ def bulk_program(draw: st.DrawFn) -> dict[str, Any]:
         lambda ms: {"op": "add", "path": "members", "value": [{"value": m} for m in ms]},
         st.lists(refs, min_size=1, max_size=3, unique=True),
     )
-    for who, path in (("T", "/Users/{T}"), ("G", "/Groups/{G}")):
-        kind = draw(st.sampled_from(["none", "patch", "put", "delete"]))
+    if new and draw(st.booleans()):  # a write of a user made in the same request
+        k = draw(st.integers(0, new - 1))
+        data = _patch([{"op": "replace", "path": "active", "value": False}])
+        ops.append({"method": "PATCH", "path": f"/Users/bulkId:u{k}", "data": data})
+    member_remove = st.builds(lambda m: {"op": "remove", "path": f'members[value eq "{m}"]'}, refs)
+    manager = st.builds(
+        lambda m: {"op": "replace", "path": f"{ENT}:manager", "value": {"value": m}}, refs
+    )
+    for who, path in (
+        ("T", "/Users/{T}"),
+        ("G", "/Groups/{G}"),
+        ("T", "/Users/{T}"),
+        ("G", "/Groups/{G}"),
+    ):
+        kind = draw(st.sampled_from(["none", "none", "patch", "patch", "put", "delete"]))
         if kind == "none":
             continue
         if kind == "delete":
@@ -738,7 +893,11 @@ def bulk_program(draw: st.DrawFn) -> dict[str, Any]:
                 }
             )
         else:
-            op = user_op if who == "T" else st.one_of(group_op, member_add)
+            op = (
+                st.one_of(user_op, manager)
+                if who == "T"
+                else st.one_of(group_op, member_add, member_remove)
+            )
             ops.append(
                 {
                     "method": "PATCH",
