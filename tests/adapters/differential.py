@@ -506,8 +506,9 @@ class Driver:
         ``filter``, an ``add`` of the new ones and a ``remove`` with a ``members[value eq
         ...]`` filter each; ``replace``, one ``replace`` of the members with the kept and
         the new ones): large enough, the adapter splits it into linked events. What the
-        log got wrong: parts not linked under one request id (``x.part`` 0..n-1 of ``x.parts``, ``x.first`` part
-        0's eid, the same ``rid``), a member named other than exactly once, the parts'
+        log got wrong: parts not linked under one request id (``x.part`` 0..n-1 of
+        ``x.parts``, ``x.first`` part 0's eid, the same ``rid``), a member named other
+        than exactly once, the parts'
         effects, read in order as one, against the SP's change."""
         n = next(_serial)
         # member ids only: scim2-server does not check that a member exists, and the log
