@@ -501,15 +501,17 @@ class Driver:
         return bad
 
     def run_split(self, keep: int, add: int, remove: int, form: str) -> list[str]:
-        """A group of ``keep + remove`` members (made through the rig), then one PATCH
+        """A group of ``keep + remove`` members (made through the rig), then one write
         adding ``add`` new members and removing ``remove`` of its members (``form``:
-        ``filter``, an ``add`` of the new ones and a ``remove`` with a ``members[value eq
-        ...]`` filter each; ``replace``, one ``replace`` of the members with the kept and
-        the new ones): large enough, the adapter splits it into linked events. What the
-        log got wrong: parts not linked under one request id (``x.part`` 0..n-1 of
-        ``x.parts``, ``x.first`` part 0's eid, the same ``rid``), a member named other
-        than exactly once, the parts'
-        effects, read in order as one, against the SP's change."""
+        ``filter``, a PATCH ``add`` of the new ones and a ``remove`` with a
+        ``members[value eq ...]`` filter each; ``replace``, one PATCH ``replace`` of the
+        members with the kept and the new ones; ``put``, a PUT stating those): large
+        enough, the adapter splits it into linked events. What the log got wrong: parts
+        not linked under one request id (``x.part`` 0..n-1 of ``x.parts``, ``x.first``
+        part 0's eid, the same ``rid``), a member named other than exactly once, the
+        parts' effects, read in order as one, against the SP's change; then the state
+        the log kept, probed by one more PATCH removing a kept, a removed, an added and
+        a never-present member."""
         n = next(_serial)
         # member ids only: scim2-server does not check that a member exists, and the log
         # names members by the pseudonym of their id alone
@@ -539,8 +541,14 @@ class Driver:
         before = snapshot(self.get, path)
         assert before is not None
         req = f"rt18-split-{n}"
-        r = self.send("PATCH", path, _patch(ops), "plain", req)
-        key = f"PATCH {r.status_code}"
+        if form == "put":
+            stay = [*had[:keep], *new]
+            group["members"] = [{"value": u} for u in stay]
+            asked = collections.Counter(("add", _b64(self.pids[u])) for u in stay)
+            r = self.send("PUT", path, group, "plain", req)
+        else:
+            r = self.send("PATCH", path, _patch(ops), "plain", req)
+        key = f"{'PUT' if form == 'put' else 'PATCH'} {r.status_code}"
         self.statuses[key] = self.statuses.get(key, 0) + 1
         assert 200 <= r.status_code < 300, r.text
         after = snapshot(self.get, path)
@@ -564,6 +572,8 @@ class Driver:
         named = collections.Counter(
             (x["op"], _b64(x["pid"])) for e in evs for x in e.get("refs", ())
         )
+        if form == "put":  # a PUT's references: the members it states, whatever their op
+            named = collections.Counter(("add", p) for (_, p) in named.elements())
         if named != asked:
             bad.append(
                 f"members named {sum(named.values())} times ({len(named - asked)} not asked, "
@@ -574,7 +584,25 @@ class Driver:
             bad.append("a part without an effect")
             return bad
         merged = merge_effects([e for e in effects if e is not None])
-        bad += [f"split PATCH: {d}" for d in disagreements(before, after, merged, self.pid)]
+        bad += [f"split {form}: {d}" for d in disagreements(before, after, merged, self.pid)]
+        # and the state the log kept: a member that stayed, one removed, one never there,
+        # each removed by filter in one more PATCH
+        probe = [users[0], *gone[-1:], new[-1], f"split{n}-none"]
+        before = after
+        assert before is not None
+        req = f"rt18-split-{n}-after"
+        rm = [{"op": "remove", "path": f'members[value eq "{u}"]'} for u in dict.fromkeys(probe)]
+        r = self.send("PATCH", path, _patch(rm), "plain", req)
+        assert 200 <= r.status_code < 300, r.text
+        after = snapshot(self.get, path)
+        got = [f.effect for f in self.rig.auditor().search_all(req=req) if f.effect is not None]
+        if len(got) != 1:
+            bad.append(f"the PATCH after the split: {len(got)} effects")
+        else:
+            bad += [
+                f"the PATCH after the split: {d} [{json.dumps(got[0], default=str)[:600]}]"
+                for d in disagreements(before, after, got[0], self.pid)
+            ]
         return bad
 
 

@@ -61,6 +61,8 @@ def test_split_patch_through_the_proxy_process(log: Log, tmp_path: Path) -> None
                 *driver.run_split(keep=5, add=1400, remove=5, form="filter"),
                 # one replace whose members run over the parts: 100 removed, 1,300 added
                 *driver.run_split(keep=100, add=1300, remove=100, form="replace"),
+                # a PUT stating 1,400 members: 100 dropped
+                *driver.run_split(keep=100, add=1300, remove=100, form="put"),
             ]
             print(driver.parts, driver.statuses)
             assert bad == [], bad
