@@ -239,6 +239,33 @@ def _bulk_key(x: Mapping[str, Any], made: Mapping[str, str]) -> tuple[str, str]:
     return x["method"], last
 
 
+def _in_part_order(found: Any) -> list[Any]:
+    """Audited events (``AuditedEvent``) with an event, a split request's parts in order."""
+    return sorted(
+        (f for f in found if f.event is not None),
+        key=lambda f: f.event.get("x", {}).get("part", 0),
+    )
+
+
+def _unlinked(evs: list[Any]) -> list[str]:
+    """How the events of one request (or bulk operation), in part order, fail to be one
+    event or the linked parts of a split one: ``x.part`` 0..n-1, ``x.parts`` n,
+    ``x.first`` part 0's eid, one ``rid``."""
+    if len(evs) < 2:
+        return []
+    out = []
+    xs = [e.get("x", {}) for e in evs]
+    if [x.get("part") for x in xs] != list(range(len(evs))):
+        out.append(f"parts numbered {[x.get('part') for x in xs]}")
+    if {x.get("parts") for x in xs} != {len(evs)}:
+        out.append(f"parts say {[x.get('parts') for x in xs]} of {len(evs)}")
+    if any(x.get("first") != evs[0]["eid"] for x in xs[1:]):
+        out.append("a later part does not name part 0's eid as its first")
+    if len({e.get("rid") for e in evs}) != 1:
+        out.append(f"parts name resources {sorted({str(e.get('rid')) for e in evs})}")
+    return out
+
+
 def merge_effects(effects: list[Mapping[str, Any]]) -> dict[str, Any]:
     """The effects of one resource's writes in order (the parts of a split request, a
     bulk request's operations on it) read as one write's: their acts (``noop`` only if
@@ -343,6 +370,11 @@ class Driver:
 
     def get(self, path: str) -> Any:
         return self.sp.get(self.prefix + path, headers=AUTH)
+
+    def resolve(self, sp_ids: list[str]) -> None:
+        """The pseudonyms of many users at once (one request to the log)."""
+        got = self.rig.pids.resolve([("User", u) for u in sp_ids])
+        self.pids.update({u: got[("User", u)] for u in sp_ids})
 
     def pid(self, sp_id: str) -> bytes:
         if sp_id not in self.pids:
@@ -453,16 +485,21 @@ class Driver:
         touched: dict[str, list[Any]] = {}
         for i, op in enumerate(prog["ops"]):
             what = f"bulk op {i} {op['method']} {op.get('path')} ({'/'.join(map(str, status))})"
-            got = by_seq.pop(i, [])
-            if len(got) != 1:
-                bad.append(f"{what}: {len(got)} events")
+            got = _in_part_order(by_seq.pop(i, []))
+            if not got:
+                bad.append(f"{what}: no event")
                 continue
-            ev, eff = got[0].event, got[0].effect
+            bad += [f"{what}: {d}" for d in _unlinked([f.event for f in got])]
+            if len(got) > 1:
+                self.parts.append(len(got))
+            ev = got[0].event
             st = status[i]
             want = "skipped" if st is None else "success" if 200 <= st < 300 else "failure"
             if st == 404 and op["method"] == "DELETE":
                 want = "skipped"  # already gone (the adapter's reading: nothing changed)
             code = (ev.get("err") or {}).get("code")
+            if any(f.event["outcome"] != ev["outcome"] for f in got):
+                bad.append(f"{what}: parts of different outcomes")
             if ev["outcome"] != want or (code == "not_processed") != (st is None):
                 bad.append(f"{what}: outcome {ev['outcome']} ({code}), the SP answered {st}")
             if want != "success":
@@ -477,14 +514,19 @@ class Driver:
                     sp = snapshot(self.get, "/Groups/" + made[op["bulkId"]])
                     assert sp is not None
                     real = {_b64(self.pid(m)) for m in sp.members}
-                    named = [_b64(x["pid"]) for x in ev.get("refs", ()) if x["attr"] == "members"]
+                    named = [
+                        _b64(x["pid"])
+                        for f in got
+                        for x in f.event.get("refs", ())
+                        if x["attr"] == "members"
+                    ]
                     if sorted(named) != sorted(real):
                         bad.append(f"{what}: members named {sorted(named)}, SP {sorted(real)}")
                 continue
             who = next((k for k, p in paths.items() if self.fill(op["path"]) == p), None)
             if who is None:
                 continue
-            touched.setdefault(who, []).append(eff)
+            touched.setdefault(who, []).extend(f.effect for f in got)
         bad += [f"event of no operation: seq {k}" for k in by_seq]
         for who, effs in touched.items():
             b = before[who]
@@ -516,8 +558,7 @@ class Driver:
         # member ids only: scim2-server does not check that a member exists, and the log
         # names members by the pseudonym of their id alone
         users = [f"split{n}-{i}" for i in range(keep + remove + add)]
-        got = self.rig.pids.resolve([("User", u) for u in users])
-        self.pids.update({u: got[("User", u)] for u in users})
+        self.resolve(users)
         had, new = users[: keep + remove], users[keep + remove :]
         group = {"schemas": [GROUP], "displayName": f"s{n}", "members": []}
         group["members"] = [{"value": u} for u in had]
@@ -552,23 +593,11 @@ class Driver:
         self.statuses[key] = self.statuses.get(key, 0) + 1
         assert 200 <= r.status_code < 300, r.text
         after = snapshot(self.get, path)
-        parts = sorted(
-            (f for f in self.rig.auditor().search_all(req=req) if f.event is not None),
-            key=lambda f: f.event["x"]["part"] if "part" in f.event.get("x", {}) else 0,
-        )
+        parts = _in_part_order(self.rig.auditor().search_all(req=req))
         self.parts.append(len(parts))
         bad: list[str] = []
         evs = [f.event for f in parts]
-        if len(evs) > 1:
-            xs = [e.get("x", {}) for e in evs]
-            if [x.get("part") for x in xs] != list(range(len(evs))):
-                bad.append(f"parts numbered {[x.get('part') for x in xs]}")
-            if {x.get("parts") for x in xs} != {len(evs)}:
-                bad.append(f"parts say {[x.get('parts') for x in xs]} of {len(evs)}")
-            if any(x.get("first") != evs[0]["eid"] for x in xs[1:]):
-                bad.append("a later part does not name part 0's eid as its first")
-            if {e["rid"] for e in evs} != {path.rsplit("/", 1)[1]}:
-                bad.append(f"parts name resources {sorted({e['rid'] for e in evs})}")
+        bad += _unlinked(evs)
         named = collections.Counter(
             (x["op"], _b64(x["pid"])) for e in evs for x in e.get("refs", ())
         )

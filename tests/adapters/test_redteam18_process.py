@@ -13,7 +13,7 @@ import pytest
 
 from tests.support import UvicornThread
 
-from .differential import Driver, hunt, hunt_bulk, reading_sp
+from .differential import GROUP, PATCH, USER, Driver, hunt, hunt_bulk, reading_sp
 from .helpers import scim_asgi_app
 from .logserver import Log
 from .rig import process_rig
@@ -67,5 +67,30 @@ def test_split_patch_through_the_proxy_process(log: Log, tmp_path: Path) -> None
             print(driver.parts, driver.statuses)
             assert bad == [], bad
             assert all(n > 1 for n in driver.parts), driver.parts  # each one was split
+            # split operations inside a bulk request: a new group of 1,400 members (one a
+            # bulkId reference), and a PATCH adding 1,400 to an existing group
+            big = [f"big-{i}" for i in range(2800)]
+            driver.resolve(big)
+            created = {"method": "POST", "path": "/Users", "bulkId": "u0"}
+            created["data"] = {"schemas": [USER], "userName": "{T_NAME}-u0"}
+            group = {"schemas": [GROUP], "displayName": "{G_NAME}-n"}
+            group["members"] = [{"value": m} for m in ["bulkId:u0", *big[:1400]]]
+            add = {"op": "add", "path": "members", "value": [{"value": m} for m in big[1400:]]}
+            prog = {
+                "user": {"schemas": [USER], "userName": "{T_NAME}"},
+                "group": {"schemas": [GROUP], "displayName": "{G_NAME}"},
+                "ops": [
+                    {"method": "POST", "path": "/Groups", "bulkId": "g", "data": group},
+                    {
+                        "method": "PATCH",
+                        "path": "/Groups/{G}",
+                        "data": {"schemas": [PATCH], "Operations": [add]},
+                    },
+                    created,
+                ],
+                "fail": None,
+            }
+            assert driver.run_bulk(prog) == []
+            assert len(driver.parts) == 5 and min(driver.parts) > 1, driver.parts
     finally:
         srv.stop()
