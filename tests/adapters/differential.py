@@ -16,7 +16,8 @@ import hashlib
 import itertools
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +26,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
-from .helpers import SCIM_TOKEN, read_body
+from tests.support import UvicornThread
+
+from .helpers import SCIM_TOKEN, read_body, scim_asgi_app
 from .rig import ProcessRig, Rig
 
 ENT = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
@@ -42,6 +45,7 @@ __all__ = [
     "hunt",
     "merge_effects",
     "program",
+    "served_sp",
     "snapshot",
 ]
 
@@ -633,6 +637,18 @@ class Driver:
                 for d in disagreements(before, after, got[0], self.pid)
             ]
         return bad
+
+
+@contextmanager
+def served_sp() -> Iterator[tuple[Any, str]]:
+    """scim2-server (its ASGI app, behind :func:`reading_sp`) served over HTTP on
+    127.0.0.1 by uvicorn: the app (for a direct line) and its SCIM base URL."""
+    sp = scim_asgi_app()
+    srv = UvicornThread(reading_sp(sp))
+    try:
+        yield sp, srv.url + "/v2"
+    finally:
+        srv.stop()
 
 
 def reading_sp(app: Any) -> Any:

@@ -21,10 +21,9 @@ import httpx
 import pytest
 
 from tests.scim_service.conftest import Harness, harness  # noqa: F401
-from tests.support import UvicornThread
 
-from .differential import GROUP, PATCH, USER, Driver, hunt, reading_sp
-from .helpers import SCIM_TOKEN, scim_asgi_app, stop
+from .differential import GROUP, PATCH, USER, Driver, hunt, served_sp
+from .helpers import SCIM_TOKEN, stop
 from .rig import proxy_rig
 from .scimmy import install_scimmy, start_scimmy
 
@@ -37,16 +36,11 @@ def test_effects_match_scim2_server_through_the_proxy(
     harness: Harness,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    sp = scim_asgi_app()
-    srv = UvicornThread(reading_sp(sp))
-    try:
-        with proxy_rig(harness, tmp_path, srv.url + "/v2") as rig:
-            driver = Driver(rig, sp)
-            hunt(driver, 60, "RT14_EXAMPLES")
-            print(f"scim2-server: {driver.statuses}, effects by basis {driver.bases}")
-            assert set(driver.applied) == {"plain", "gzip", "bom", "utf16", "dup"}, driver.applied
-    finally:
-        srv.stop()
+    with served_sp() as (sp, upstream), proxy_rig(harness, tmp_path, upstream) as rig:
+        driver = Driver(rig, sp)
+        hunt(driver, 60, "RT14_EXAMPLES")
+        print(f"scim2-server: {driver.statuses}, effects by basis {driver.bases}")
+        assert set(driver.applied) == {"plain", "gzip", "bom", "utf16", "dup"}, driver.applied
 
 
 @contextmanager
