@@ -1104,17 +1104,46 @@ def _resolve_bulk_ids(value: Any, created: Mapping[str, str]) -> Any:
 def _align(
     ops: Sequence[Mapping[str, Any]], results: Sequence[Mapping[str, Any]]
 ) -> list[Mapping[str, Any] | None]:
-    """Pair each bulk operation with its result. The results are those of the operations
-    that ran, in request order (RFC 7644 §3.7.3), so a greedy walk matches them."""
-    out: list[Mapping[str, Any] | None] = []
-    j = 0
-    for op in ops:
-        if j < len(results) and _compatible(op, results[j]):
-            out.append(results[j])
-            j += 1
+    """Pair each bulk operation with its result. RFC 7644 §3.7.3 does not fix the order of
+    the results, and an SP may run an operation that a ``bulkId`` reference depends on
+    before the operations ahead of it (scim2-server does, and with ``failOnErrors`` lists
+    it although those were not run). So a result is first paired with the first unpaired
+    operation it names (:func:`_names`: a POST's bulkId, another method's resource); the
+    rest, in order, by a greedy walk over the operations left (results without a
+    location or bulkId, or paths naming a ``bulkId:``)."""
+    out: list[Mapping[str, Any] | None] = [None] * len(ops)
+    rest: list[Mapping[str, Any]] = []
+    for res in results:
+        k = next((i for i, op in enumerate(ops) if out[i] is None and _names(op, res)), None)
+        if k is None:
+            rest.append(res)
         else:
-            out.append(None)
+            out[k] = res
+    j = 0
+    for i, op in enumerate(ops):
+        if out[i] is None and j < len(rest) and _compatible(op, rest[j]):
+            out[i] = rest[j]
+            j += 1
     return out
+
+
+def _names(op: Mapping[str, Any], res: Mapping[str, Any]) -> bool:
+    """Whether the result ``res`` names the operation ``op`` exactly: the same method and
+    either the same bulkId (a POST's) or, for another method, a location whose last
+    segment is the id in ``op``'s path."""
+    method = str(get_ci(op, "method") or "").upper()
+    if method != str(res.get("method") or "").upper():
+        return False
+    bid = get_ci(op, "bulkid")
+    if method == "POST":
+        return isinstance(bid, str) and bool(bid) and res.get("bulkId") == bid
+    path, loc = get_ci(op, "path"), res.get("location")
+    if not isinstance(path, str) or not isinstance(loc, str) or "/" not in path.strip("/"):
+        return False
+    last = path.rstrip("/").rsplit("/", 1)[-1]
+    if not last or last.startswith("bulkId:"):
+        return False
+    return loc.split("?")[0].rstrip("/").rsplit("/", 1)[-1] == last
 
 
 def _compatible(op: Mapping[str, Any], res: Mapping[str, Any]) -> bool:
