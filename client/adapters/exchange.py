@@ -1104,8 +1104,9 @@ def _resolve_bulk_ids(value: Any, created: Mapping[str, str]) -> Any:
 def _align(
     ops: Sequence[Mapping[str, Any]], results: Sequence[Mapping[str, Any]]
 ) -> list[Mapping[str, Any] | None]:
-    """Pair each bulk operation with its result. RFC 7644 §3.7.3 does not fix the order of
-    the results, and an SP may run an operation that a ``bulkId`` reference depends on
+    """Pair each bulk operation with its result. An SP may process the operations in
+    another order than the request's (RFC 7644 lets it, to resolve ``bulkId`` references)
+    and list the results in that order, and may run an operation a reference depends on
     before the operations ahead of it (scim2-server does, and with ``failOnErrors`` lists
     it although those were not run). So a result is first paired with the first unpaired
     operation it names (:func:`_names`: a POST's bulkId, another method's resource); the

@@ -1,5 +1,6 @@
 """Red team 18: a bulk request whose results the SP lists in another order than the
-operations. RFC 7644 §3.7.3 does not fix the order, and scim2-server runs a create that a
+operations. RFC 7644 lets an SP process them in another order (to resolve ``bulkId``
+references), and scim2-server runs a create that a
 ``bulkId`` reference depends on first (with ``failOnErrors`` it lists it although the
 operations between were not run). The adapter paired results with operations by position
 (a greedy walk in request order), so operations the SP ran were recorded ``skipped``
