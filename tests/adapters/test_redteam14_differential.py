@@ -163,16 +163,11 @@ def test_a_replace_naming_its_path_with_nothing_is_an_exact_clear(
             "group": {"schemas": [GROUP], "displayName": "{G_NAME}"},
             "writes": [(("PATCH", "T", {"schemas": [PATCH], "Operations": [clear]}), "plain")],
         }
-    sp = scim_asgi_app()
-    srv = UvicornThread(reading_sp(sp))
-    try:
-        with proxy_rig(harness, tmp_path, srv.url + "/v2") as rig:
-            driver = Driver(rig, sp)
-            assert driver.run(prog) == []
-            (effect,) = driver.effects
-            names = {_b64(driver.pid(driver.ids[p])): "{" + p + "}" for p in ("P0", "P1")}
-    finally:
-        srv.stop()
+    with served_sp() as (sp, upstream), proxy_rig(harness, tmp_path, upstream) as rig:
+        driver = Driver(rig, sp)
+        assert driver.run(prog) == []
+        (effect,) = driver.effects
+        names = {_b64(driver.pid(driver.ids[p])): "{" + p + "}" for p in ("P0", "P1")}
     if key == "members":
         got = {(r["attr"], r["op"], names.get(r["pid"], r["pid"])) for r in effect["refs"]}
         assert got == want, effect
