@@ -53,6 +53,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import lmdb
+
 from bench import threadcpu
 from bench.http import log_and_hello
 from bench.scim_proxy import (
@@ -112,6 +114,36 @@ def _per(a: tuple[float, float, int, int], b: tuple[float, float, int, int], n: 
     )
 
 
+def _io(pid: int) -> tuple[int, int]:
+    """Bytes the process ``pid`` has written to storage so far, and its write calls."""
+    f = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
+    return int(f["write_bytes"]), int(f["syscw"])
+
+
+def _io_per(a: tuple[int, int], b: tuple[int, int], n: int) -> str:
+    n = max(n, 1)
+    return f"{(b[0] - a[0]) / n / 1024:.1f} KiB written in {(b[1] - a[1]) / n:.1f} write calls"
+
+
+def _lmdb_stat(data: Path) -> str:
+    """Entries, depth and pages of each LMDB sub-database of the store in ``data`` (opened
+    read-only beside the server, which LMDB allows)."""
+    env = lmdb.open(str(data), readonly=True, lock=False, max_dbs=16)
+    out = []
+    try:
+        with env.begin() as txn:
+            for name, _ in txn.cursor():
+                st = env.stat() if not name else txn.stat(env.open_db(name, txn=txn))
+                pages = st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]
+                out.append(
+                    f"{name.decode()}: {st['entries']:,} entries, depth {st['depth']}, "
+                    f"{pages:,} pages"
+                )
+    finally:
+        env.close()
+    return "; ".join(out)
+
+
 def http(
     duration: int, pyspy: Path | None = None, database: str | None = None, threads: bool = False
 ) -> None:
@@ -141,24 +173,31 @@ def http(
             )
         t0 = None if tcpu is None else threadcpu.read(tcpu)
         c0 = _cpu_s(pids[0])
+        io0 = _io(pids[0])
         path = "/v1/scim/events/batch"
         scim, scim_n = post_batches(url, token, path, "results", bodies, duration)
         c1 = _cpu_s(pids[0])
+        io1 = _io(pids[0])
         t1 = None if tcpu is None else threadcpu.read(tcpu)
         if spy is not None:
             spy.send_signal(2)
             spy.wait(60)
         c2 = _cpu_s(pids[0])
+        stat = "" if database else _lmdb_stat(tmp / "data" / "db")
+        io2 = _io(pids[0])
         raw, raw_n = raw_batch_load(url, token, duration)
         c3 = _cpu_s(pids[0])
+        io3 = _io(pids[0])
     print(f"machine: {os.cpu_count()} cores ({cpu_model()}), Python {platform.python_version()}")
     print(
         f"POST /v1/scim/events/batch x1000, 2 threads, encryption on: {scim:,.0f} events/s "
-        f"({scim_n:,}); per event: {_per(c0, c1, scim_n)}"
+        f"({scim_n:,}); per event: {_per(c0, c1, scim_n)}, {_io_per(io0, io1, scim_n)}"
     )
+    if stat:
+        print(f"  store after the SCIM load: {stat}")
     print(
         f"POST /v1/entries/batch x1000, 2 threads (reference): {raw:,.0f} entries/s ({raw_n:,}); "
-        f"per entry: {_per(c2, c3, raw_n)}"
+        f"per entry: {_per(c2, c3, raw_n)}, {_io_per(io2, io3, raw_n)}"
     )
     if t0 is not None and t1 is not None:
         for name, v in sorted(t1.items(), key=lambda kv: kv[1] - t0.get(kv[0], 0.0), reverse=True):

@@ -34,7 +34,7 @@ import threading
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import lmdb
 import lmdb.verify
@@ -74,6 +74,7 @@ log = logging.getLogger("tlog.storage")
 
 _U64 = struct.Struct(">Q")
 _TILE_KEY = struct.Struct(">BQ")
+_Puts = Sequence[tuple[bytes, bytes]]  # a run of aux items without deletions
 FORMAT_VERSION = b"1"
 READER_CHECK_INTERVAL = 60.0  # seconds between clearing stale reader slots
 MAX_MAP_GROWTHS = 16
@@ -711,8 +712,17 @@ class Storage:
         return None
 
     def _aux_into(self, txn: lmdb.Transaction, items: Sequence[tuple[bytes, bytes | None]]) -> None:
-        for k, v in items:
+        """Write ``items`` in order: each run of puts in one ``putmulti`` (LMDB's loop in C,
+        not one Python call a record: ~1 µs a record less, and a SCIM event is ~12 records),
+        each deletion in its place, so a key both written and deleted ends as the last says."""
+        db = self.db_aux
+        cur = txn.cursor(db=db)
+        start = 0
+        for i, (k, v) in enumerate(items):
             if v is None:
-                txn.delete(k, db=self.db_aux)
-            else:
-                txn.put(k, v, db=self.db_aux)
+                if i > start:
+                    cur.putmulti(cast(_Puts, items[start:i]))
+                txn.delete(k, db=db)
+                start = i + 1
+        if start < len(items):
+            cur.putmulti(cast(_Puts, items[start:] if start else items))
