@@ -27,8 +27,10 @@ the reference's entries/s. ``--profile`` prints a cProfile of one stage (``SORT=
 durable, in a signed checkpoint before the answer) from 2 client threads, then the raw
 ``POST /v1/entries/batch`` (1,000 entries of a SCIM leaf's size a request) as the
 reference; reported as events/s, entries/s and their ratio (target >= 0.25x, >= 10,000/s),
-and the server's CPU (user, system, from /proc) and minor page faults per event and per
-entry during each load.
+and the server's CPU (user, system, from /proc), minor page faults, bytes written and write
+calls (``/proc/<pid>/io``) per event and per entry during each load; on LMDB also each
+sub-database's entries, depth and pages after the SCIM load (the store's size, which the
+sequencer writer's cost per event follows).
 ``--threads``: also the server's CPU per event by thread name (decode pool, SCIM group
 writer, sequencer writer, publisher, event loop), from a start-up hook (``bench.threadcpu``).
 ``--pyspy FILE``: py-spy records the server during the SCIM load only (started once the
