@@ -713,8 +713,8 @@ class Storage:
 
     def _aux_into(self, txn: lmdb.Transaction, items: Sequence[tuple[bytes, bytes | None]]) -> None:
         """Write ``items`` in order: each run of puts in one ``putmulti`` (LMDB's loop in C,
-        not one Python call a record: ~1 µs a record less, and a SCIM event is ~12 records),
-        each deletion in its place, so a key both written and deleted ends as the last says."""
+        not one Python call a record; a SCIM event is ~12 records), each deletion in its
+        place, so a key both written and deleted ends as the last item says."""
         db = self.db_aux
         cur = txn.cursor(db=db)
         start = 0
