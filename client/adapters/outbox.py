@@ -253,6 +253,26 @@ class _AddJob:
             self.outbox._recount(conn)
 
 
+class _MarkJob:
+    """The job of :meth:`Outbox.mark_delivered`: the receipts stored, the bodies dropped.
+    A group made of these jobs alone commits without an ``fsync`` (``synchronous =
+    NORMAL``, see :meth:`Outbox._synchronous`): a mark a machine crash loses only sends its
+    events again, and the log answers them as duplicates whose receipts the relay verifies."""
+
+    __slots__ = ("rows",)
+
+    def __init__(self, rows: list[tuple[int, str, str]]) -> None:
+        self.rows = rows
+
+    def __call__(self, conn: sqlite3.Connection) -> None:
+        # (the quota's count follows by trigger; _commit reads it again each group)
+        conn.executemany(
+            "UPDATE events SET state = 1, done_ms = ?, receipt = ?, error = NULL, body = '' "
+            "WHERE eid = ?",
+            self.rows,
+        )
+
+
 class _LoopGroup:
     """The adds one asyncio event loop made during one of its iterations
     (:meth:`Outbox.add_async`): committed with whatever else is queued, then settled on
@@ -436,6 +456,7 @@ class Outbox:
             conn.close()
             raise
         self._writer_conn = conn
+        self._lazy = False  # the writer's synchronous is NORMAL (marks only): _synchronous
         self._writer = threading.Thread(target=self._write_loop, name="outbox-writer", daemon=True)
         self._writer.start()
 
@@ -714,6 +735,7 @@ class Outbox:
     def _commit_live(self, conn: sqlite3.Connection, live: list[tuple[_Fn, _Settle]]) -> None:
         if not live:
             return
+        self._synchronous(conn, all(type(fn) is _MarkJob for fn, _ in live))
         if all(type(fn) is _AddJob for fn, _ in live):
             live = self._commit_adds(conn, live)
             if not live:
@@ -778,6 +800,25 @@ class Outbox:
         for _, settle in accepted:
             settle(None, None)
         return []
+
+    def _synchronous(self, conn: sqlite3.Connection, marks_only: bool) -> None:
+        """``synchronous = NORMAL`` for a group of marks alone, ``FULL`` for anything else.
+
+        In WAL mode NORMAL commits without an ``fsync`` of the WAL: the commit is atomic
+        and survives the process's crash, and a machine crash may take it back (not the
+        file: SQLite syncs the WAL before each checkpoint). The next ``FULL`` commit's
+        ``fsync`` (every add's) makes the marks before it durable too. A mark taken back
+        leaves its events pending: sent again, answered by the log as duplicates with their
+        receipts, verified, marked again. Nothing else goes without its ``fsync``: an add is
+        acknowledged only once durable, a probe is an fsynced write by definition, and a
+        group where a mark shares the commit with adds is FULL (the mark rides their
+        ``fsync``). Switched only when the kind of group changes; a failed switch back to
+        FULL fails the group (nothing acknowledged) and is tried again at the next one."""
+        if marks_only != self._lazy:
+            conn.execute(
+                "PRAGMA synchronous = NORMAL" if marks_only else "PRAGMA synchronous = FULL"
+            )
+            self._lazy = marks_only
 
     def _uncount(self, adds: list[tuple[_Fn, _Settle]]) -> None:
         """Take back what :meth:`_check_quota` counted for ``adds`` (not stored)."""
@@ -922,16 +963,7 @@ class Outbox:
             (now, text, r.eid) for r, text in zip(receipts, _receipts_json(receipts), strict=True)
         ]
         self._unhand([r.eid for r in receipts])
-
-        def job(conn: sqlite3.Connection) -> None:
-            # (the quota's count follows by trigger; _commit reads it again each group)
-            conn.executemany(
-                "UPDATE events SET state = 1, done_ms = ?, receipt = ?, error = NULL, body = '' "
-                "WHERE eid = ?",
-                rows,
-            )
-
-        return self._submit(job)
+        return self._submit(_MarkJob(rows))
 
     def note_failure(
         self, eids: Sequence[str], error: str, *, reject: bool = False
