@@ -625,36 +625,3 @@ def test_envelope_encoding_of_other_shapes_equals_dumps_det(
 ) -> None:
     """Anything else goes to the general encoder, which decides (or refuses)."""
     _check_envelope(tn, eid, ts, kid, epoch, iv, ct, ix)
-
-
-def _envelope_or_error(fn: Any, *args: Any) -> bytes | type[Exception]:
-    try:
-        out: bytes = fn(*args)
-    except Exception as exc:
-        return type(exc)
-    return out
-
-
-@settings(max_examples=400, deadline=None)
-@given(
-    tn=_B16 | st.binary(max_size=20),
-    eid=st.uuids().map(str) | st.text(max_size=40),
-    ts=_UINT | st.integers(-2, 2**65),
-    kid=_B16 | st.binary(max_size=20),
-    epoch=_UINT | st.integers(-2, 2**65),
-    iv=st.binary(min_size=12, max_size=12) | st.binary(max_size=14),
-    ct=_CT,
-    ix=st.sampled_from([0, 1, 7, 23, 24, 25]).flatmap(
-        lambda n: st.lists(st.binary(min_size=17, max_size=17), min_size=n, max_size=n)
-    )
-    | st.lists(st.binary(min_size=17, max_size=17) | st.binary(max_size=18), max_size=4),
-)
-def test_pipeline_envelope_encoder_equals_encode_envelope(
-    tn: bytes, eid: str, ts: int, kid: bytes, epoch: int, iv: bytes, ct: bytes, ix: list[bytes]
-) -> None:
-    """The batch pipeline's envelopes (its tenant, log time and epoch encoded once) are the
-    bytes encode_envelope writes, or its refusal, for any parts, in or out of the sizes the
-    log makes."""
-    want = _envelope_or_error(store.encode_envelope, tn, eid, ts, kid, epoch, iv, ct, ix)
-    got = _envelope_or_error(store.EnvelopeEncoder(tn, ts, epoch), eid, kid, iv, ct, ix)
-    assert got == want

@@ -264,7 +264,6 @@ class _Pipeline:
         self.tenant_prefix = store.tenant_events_prefix(tk.tn)
         self.index_prefix = store.index_prefix(tk.tn, b"")
         self.envelope_prefix = store.envelope_key(b"")
-        self.envelope = store.EnvelopeEncoder(tk.tn, now, self.epoch)
         # index conditions by event shape, rid/xid/req left to fill in (_new_conds)
         self.templates: dict[tuple[Any, ...], list[bytes]] = {}
         # the records staged, in order, not yet in the overlay (Overlay.put_many)
@@ -1408,7 +1407,7 @@ class ScimService:
             s_rec,
             d_rec,
             leaf,
-            pipe.envelope(eid, kid, iv, ct, conds),
+            store.encode_envelope(tk.tn, eid, pipe.now, kid, epoch, iv, ct, conds),
         )
         pipe.values += [b""] * (2 + len(conds))
         acc = Accepted(eid, leaf, lh, pipe.now, False, nonce, self._actor_answer(ev, an))

@@ -41,7 +41,6 @@ from tlog.backend import ReadView, StorageError
 
 __all__ = [
     "Envelope",
-    "EnvelopeEncoder",
     "Overlay",
     "Tombstone",
     "decode_envelope",
@@ -281,68 +280,6 @@ def _envelope_bytes(
             kid,
         )
     )
-
-
-class EnvelopeEncoder:
-    """:func:`encode_envelope` for the envelopes of one tenant at one log time and epoch
-    (a staging's batch pipeline): the parts that only depend on those three are encoded
-    once, each envelope only joins its own (eid, kid, iv, ct, ix) around them (~30% fewer
-    instructions than :func:`_envelope_bytes`, which checks and encodes every part). Any
-    value outside the sizes the log makes goes to :func:`encode_envelope` (tested equal)."""
-
-    __slots__ = ("_mid", "_tail", "epoch", "tn", "ts")
-
-    def __init__(self, tn: bytes, ts: int, epoch: int) -> None:
-        self.tn, self.ts, self.epoch = tn, ts, epoch
-        self._mid = self._tail = b""
-        if (
-            type(tn) is bytes
-            and len(tn) == 16
-            and type(ts) is int
-            and type(epoch) is int
-            and 0 <= epoch < 1 << 64
-            and 0 <= ts < 1 << 64
-        ):
-            self._mid = b"\x62ep" + _head(0, epoch) + b"\x62iv\x4c"
-            self._tail = b"\x62tn\x50" + tn + b"\x62ts" + _head(0, ts) + b"\x63eid"
-
-    def __call__(
-        self, eid: str, kid: bytes, iv: bytes, ct: bytes, ix: tuple[bytes, ...] | list[bytes]
-    ) -> bytes:
-        n = len(ix)
-        if (
-            self._mid
-            and type(ct) is bytes
-            and type(kid) is bytes
-            and len(kid) == 16
-            and type(iv) is bytes
-            and len(iv) == 12
-            and type(eid) is str
-            and eid.isascii()
-            and n < 24
-        ):
-            for c in ix:
-                if type(c) is not bytes or len(c) != _INDEX_COND:
-                    break
-            else:
-                return b"".join(
-                    (
-                        b"\xa9\x61v\x01\x62ct",
-                        _head(0x40, len(ct)),
-                        ct,
-                        self._mid,
-                        iv,
-                        b"\x62ix",
-                        bytes((0x80 | n,)),
-                        b"\x51" + b"\x51".join(ix) if ix else b"",
-                        self._tail,
-                        _head(0x60, len(eid)),
-                        eid.encode("ascii"),
-                        b"\x63kid\x50",
-                        kid,
-                    )
-                )
-        return encode_envelope(self.tn, eid, self.ts, kid, self.epoch, iv, ct, ix)
 
 
 @dataclass(frozen=True)
