@@ -26,6 +26,7 @@ import logging
 import re
 import time
 import urllib.parse
+from collections import deque
 from collections.abc import Callable, Collection, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Unpack
@@ -384,6 +385,17 @@ def _routing_failure(target: _Target, op: str, status: int, rid: str | None) -> 
     if op != "create" and rid is None:
         return "routing"
     return None
+
+
+def _status(value: Any) -> int:
+    """A bulk result's ``status`` (RFC 7644 §3.7.3: its HTTP status code, as a string or,
+    from some SPs, a number); 0 if it is none (another type, text that is no decimal
+    code, a code out of 100-599): the SP did not say what became of the operation."""
+    if type(value) is int or (isinstance(value, str) and re.fullmatch(r"[0-9]{3}", value)):
+        status = int(value)
+        if 100 <= status <= 599:
+            return status
+    return 0
 
 
 def _outcome(op: str, status: int) -> str:
@@ -895,7 +907,13 @@ class Builder:
             )
         if not (200 <= x.status < 300) or not isinstance(resp_ops, list):
             resp_ops = []
-        matched = _align(ops, [r for r in resp_ops if isinstance(r, Mapping)])
+        matched, stray = _align(ops, [r for r in resp_ops if isinstance(r, Mapping)])
+        if stray and not unknown:
+            # Results naming no operation asked (or one twice): the answer is not understood,
+            # so an operation left without a result may have run (never "skipped").
+            unknown = True
+            if self.answer is None:
+                self.answer = f"not understood: {stray} results name no operation asked"
         created: dict[str, str] = {}  # bulkId -> id, from the POSTs that succeeded
         for op_req, op_resp in zip(ops, matched, strict=True):
             if op_resp is None or str(get_ci(op_req, "method") or "").upper() != "POST":
@@ -942,12 +960,7 @@ class Builder:
         loc = rversion = None
         resp_err: Any = None
         if op_resp is not None:
-            try:
-                status = int(str(op_resp.get("status")))
-            except ValueError:
-                status = 500
-            if not 100 <= status <= 599:
-                status = 500
+            status = _status(op_resp.get("status"))
             loc = op_resp.get("location") if isinstance(op_resp.get("location"), str) else None
             rv = op_resp.get("version")
             rversion = rv if isinstance(rv, str) and ident(rv, 256) else None
@@ -956,6 +969,9 @@ class Builder:
                 rid = self._created_id(None, loc)
             outcome = _outcome(op, status)
             err = None if outcome == "success" else _error(status, resp_err)
+            if status == 0:  # no status to read: whether it was applied is not known
+                status, outcome = x.status, "warning"
+                err = {"code": "unknown", "reason": "the result's status was not understood"}
         elif x.status >= 300:
             status = x.status
             outcome = "failure"
@@ -1103,48 +1119,54 @@ def _resolve_bulk_ids(value: Any, created: Mapping[str, str]) -> Any:
 
 def _align(
     ops: Sequence[Mapping[str, Any]], results: Sequence[Mapping[str, Any]]
-) -> list[Mapping[str, Any] | None]:
-    """Pair each bulk operation with its result. An SP may process the operations in
-    another order than the request's (RFC 7644 lets it, to resolve ``bulkId`` references)
-    and list the results in that order, and may run an operation a reference depends on
-    before the operations ahead of it (scim2-server does, and with ``failOnErrors`` lists
-    it although those were not run). So a result is first paired with the first unpaired
-    operation it names (:func:`_names`: a POST's bulkId, another method's resource); the
-    rest, in order, by a greedy walk over the operations left (results without a
-    location or bulkId, or paths naming a ``bulkId:``)."""
+) -> tuple[list[Mapping[str, Any] | None], int]:
+    """Pair each bulk operation with its result; also the number of results left unpaired
+    (an answer naming operations not asked, or one twice: not understood, :meth:`bulk`).
+
+    An SP may process the operations in another order than the request's (RFC 7644 lets
+    it, to resolve ``bulkId`` references) and list the results in that order, and may run
+    an operation a reference depends on before the operations ahead of it (scim2-server
+    does, and with ``failOnErrors`` lists it although those were not run). So a result is
+    first paired with the first unpaired operation it names (:func:`_name`: a POST's
+    bulkId, another method's resource type and id; by a map, in linear time: an answer may
+    list tens of thousands); the rest, in order, by a greedy walk over the operations left
+    (results without a location or bulkId, or paths naming a ``bulkId:``)."""
     out: list[Mapping[str, Any] | None] = [None] * len(ops)
+    waiting: dict[tuple[str, str, str], deque[int]] = {}
+    for i, op in enumerate(ops):
+        key = _name(get_ci(op, "method"), get_ci(op, "bulkid"), get_ci(op, "path"), True)
+        if key is not None:
+            waiting.setdefault(key, deque()).append(i)
     rest: list[Mapping[str, Any]] = []
     for res in results:
-        k = next((i for i, op in enumerate(ops) if out[i] is None and _names(op, res)), None)
-        if k is None:
-            rest.append(res)
+        key = _name(res.get("method"), res.get("bulkId"), res.get("location"), False)
+        queue = waiting.get(key) if key is not None else None
+        if queue:
+            out[queue.popleft()] = res
         else:
-            out[k] = res
+            rest.append(res)
     j = 0
     for i, op in enumerate(ops):
         if out[i] is None and j < len(rest) and _compatible(op, rest[j]):
             out[i] = rest[j]
             j += 1
-    return out
+    return out, len(rest) - j
 
 
-def _names(op: Mapping[str, Any], res: Mapping[str, Any]) -> bool:
-    """Whether the result ``res`` names the operation ``op`` exactly: the same method and
-    either the same bulkId (a POST's) or, for another method, a location whose last
-    segment is the id in ``op``'s path."""
-    method = str(get_ci(op, "method") or "").upper()
-    if method != str(res.get("method") or "").upper():
-        return False
-    bid = get_ci(op, "bulkid")
-    if method == "POST":
-        return isinstance(bid, str) and bool(bid) and res.get("bulkId") == bid
-    path, loc = get_ci(op, "path"), res.get("location")
-    if not isinstance(path, str) or not isinstance(loc, str) or "/" not in path.strip("/"):
-        return False
-    last = path.rstrip("/").rsplit("/", 1)[-1]
-    if not last or last.startswith("bulkId:"):
-        return False
-    return loc.split("?")[0].rstrip("/").rsplit("/", 1)[-1] == last
+def _name(method: Any, bid: Any, where: Any, asked: bool) -> tuple[str, str, str] | None:
+    """What an operation (``asked``: its method, bulkId and path) or a result (its method,
+    bulkId and location) names exactly: a POST's bulkId, or another method's resource type
+    and id (the last two segments of the path or the location); ``None`` if nothing."""
+    m = str(method or "").upper()
+    if m == "POST":
+        return ("POST", "", bid) if isinstance(bid, str) and bid else None
+    if not isinstance(where, str) or (asked and "/" not in where.strip("/")):
+        return None
+    where = "/" + where.lstrip("/") if asked else where.split("?")[0]
+    parts = where.rstrip("/").rsplit("/", 2)
+    if len(parts) < 3 or not parts[2] or parts[2].startswith("bulkId:"):
+        return None
+    return (m, parts[1].lower(), parts[2])
 
 
 def _compatible(op: Mapping[str, Any], res: Mapping[str, Any]) -> bool:
@@ -1156,8 +1178,8 @@ def _compatible(op: Mapping[str, Any], res: Mapping[str, Any]) -> bool:
     if (b1 or b2) and b1 != b2:
         return False
     path, loc = get_ci(op, "path"), res.get("location")
-    if m1 != "POST" and isinstance(path, str) and isinstance(loc, str):
-        last = path.rstrip("/").rsplit("/", 1)[-1]
-        if last and not last.startswith("bulkId:") and "/" in path.strip("/"):
-            return loc.rstrip("/").endswith("/" + last)
+    if m1 != "POST" and isinstance(loc, str):
+        mine = _name(m1, None, path, True)
+        if mine is not None:
+            return _name(m1, None, loc, False) == mine  # the same type and id
     return True
