@@ -665,7 +665,7 @@ class _Builder:
         elif has_value:
             suffix, v = self.value_text(key, value)
             entry["new" + suffix] = v
-        if form is not None:
+        if form is not None and _attr_key(attr) == key:  # (not on a path cut to its digest)
             entry.update(_form_of(self.prefix, key, op, value, has_value, form))
         self.mods.append(entry)
 
@@ -690,6 +690,31 @@ def _form_of(
     ):
         return {"form": form}
     return {}
+
+
+# A replace's value that is "nothing" (_form_of), as mods[].new's JSON text.
+_NOTHING_TEXTS = frozenset(("null", "[]", "{}", '""'))
+
+
+def misplaced_form(ev: Mapping[str, Any], mod: Mapping[str, Any]) -> str | None:
+    """Why ``mod`` (an entry of ``ev``'s ``mods``) may not carry ``form``, or ``None`` where
+    it may: exactly where :func:`_form_of` puts it, a PATCH's ``replace`` of
+    members, roles, entitlements or the manager (by ``ev``'s resource type) with nothing
+    (``new`` absent or the JSON text of null, ``[]``, ``{}``, ``""``, or its digest). The
+    event validator refuses it anywhere else: an entry with and one without it would be
+    two forms of one meaning, and the log would judge a clear from a ``form`` that says
+    nothing there."""
+    if ev.get("op") != "patch" or mod.get("op") != "replace":
+        return "only on a PatchOp replace (op replace, in an event of op patch)"
+    attr = mod.get("attr")
+    rt = ev.get("rt")
+    if not isinstance(attr, str) or not isinstance(rt, str):  # pragma: no cover - schema
+        return "no attribute or resource type"
+    if (action_prefix(rt), _attr_key(attr)) not in _FORM_ATTRS:
+        return "only on members, roles, entitlements or the manager"
+    if "old" in mod or "old_d" in mod or mod.get("new", "null") not in _NOTHING_TEXTS:
+        return 'only on a replace with nothing (no value, null, [], {} or "")'
+    return None
 
 
 def _ref_attr_name(key: str) -> str:

@@ -56,7 +56,7 @@ from typing import Any, TypedDict, Unpack
 import cbor2
 
 from client.formats.note import FormatError, b64decode_strict, b64encode
-from client.scim.actions import derive_actions
+from client.scim.actions import derive_actions, misplaced_form
 from client.scim.cbor import EventFormatError, dumps_det, loads_det
 from client.scim.jsonstrict import strict_json
 
@@ -500,6 +500,10 @@ def check_rules(ev: Mapping[str, Any]) -> None:
         for side in ("old", "new"):
             if side in mod and f"{side}_d" in mod:
                 raise _at(f"$.mods[{i}]", f"both '{side}' and '{side}_d' (value or digest)")
+        if "form" in mod:
+            why = misplaced_form(ev, mod)
+            if why is not None:
+                raise _at(f"$.mods[{i}].form", why)
     names = [act["a"] for act in ev.get("acts", ())]
     if len(set(names)) != len(names):
         raise _at("$.acts", "duplicate action")

@@ -1,0 +1,95 @@
+"""Red team 19: ``mods[].form`` where it must not be, sent to the log's routes (the single
+event as JSON and as CBOR, and the batch): a clear 400 naming the field, never a 5xx, and
+nothing stored; the event as the adapter made it is accepted (tests/scim/test_redteam19_form
+for the parsers themselves)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import pytest
+
+from client.scim import event_to_json, new_event
+from client.scim.actions import parse_request
+from client.scim.cbor import dumps_det
+
+from .actors import search_raw
+from .conftest import T1, Harness
+
+PATCH_OP = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
+
+
+def _event(req: str) -> dict[str, Any]:
+    """A PATCH of a group as the adapter records it: its members cleared by path (the
+    entry with ``form``), then one added."""
+    body = {
+        "schemas": [PATCH_OP],
+        "Operations": [
+            {"op": "replace", "path": "members"},
+            {"op": "add", "path": "members", "value": [{"value": "u1"}]},
+        ],
+    }
+    intent = parse_request(
+        "patch", "Group", body, ref_pid=lambda _rt, rid: hashlib.sha256(rid.encode()).digest()[:16]
+    )
+    return new_event(  # type: ignore[no-any-return]
+        tenant=T1, sp="app-1", op="patch", rt="Group", rid="g-1",
+        actor={"kind": "user", "id": "admin-1"}, corr=req,
+        req={"m": "PATCH", "p": "/Groups/g-1", "dig": bytes(32), "len": 10},
+        res=200, outcome="success", **intent.event_fields(),
+    )  # fmt: skip
+
+
+def _misplace(ev: dict[str, Any], how: str) -> dict[str, Any]:
+    ev = json.loads(json.dumps(ev, default=bytes.hex))  # a copy (bytes restored below)
+    ev["req"]["dig"] = bytes(32)
+    ev["refs"] = [{**r, "pid": bytes.fromhex(r["pid"])} for r in ev["refs"]]
+    mods = ev["mods"]
+    assert mods[0].get("form") == "path" and "form" not in mods[1], mods
+    if how == "on the add":
+        mods[1]["form"] = "path"
+    elif how == "with a value":
+        mods[0]["new"] = '[{"value":"x"}]'
+    elif how == "on another attribute":
+        mods[0]["attr"] = "displayName"
+    elif how == "on a remove":
+        mods[0]["op"] = "remove"
+    return ev
+
+
+HOW = ["on the add", "with a value", "on another attribute", "on a remove"]
+
+
+@pytest.mark.parametrize("how", HOW)
+def test_a_misplaced_form_is_a_400_on_every_route_and_nothing_is_stored(
+    harness: Harness, how: str
+) -> None:
+    h = harness
+    ev = _misplace(_event(f"rt19-{HOW.index(how)}"), how)
+    raw = dict(ev, req={**ev["req"], "dig": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="})
+    raw["refs"] = [{**r, "pid": "cGlkcGlkcGlkcGlkcGlkcA=="} for r in ev["refs"]]
+    sent = [
+        h.post_raw(json.dumps(raw).encode(), "application/json"),
+        h.post_raw(dumps_det(ev), "application/cbor"),
+        h.post_raw(
+            json.dumps({"events": [json.loads(event_to_json(_event("rt19-ok"))), raw]}).encode(),
+            "application/json",
+            path="/v1/scim/events/batch",
+        ),
+    ]
+    for r in sent:
+        assert r.status_code == 400, (how, r.status_code, r.text)
+        assert "form" in r.json()["error"], r.text
+    assert h.log.latest.size == 0
+    assert search_raw(h, req=ev["corr"]["req"])["results"] == []
+
+
+def test_the_form_the_adapter_makes_is_stored(harness: Harness) -> None:
+    """Holds: guards that the rule refuses nothing the adapter writes, on the routes."""
+    ev = _event("rt19-good")
+    assert harness.post_event(ev).status_code == 200
+    assert harness.post_event(ev, cbor=True).json()["duplicate"]
+    (got,) = search_raw(harness, req="rt19-good")["results"]
+    assert got["event"]["mods"][0]["form"] == "path"
