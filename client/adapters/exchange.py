@@ -398,6 +398,19 @@ def _status(value: Any) -> int:
     return 0
 
 
+def _says_error(response: Any) -> bool:
+    """Whether a bulk result's ``response`` is a SCIM error (RFC 7644 §3.12: its schema,
+    or a ``status`` of 300 or more)."""
+    if not isinstance(response, Mapping):
+        return False
+    schemas = get_ci(response, "schemas")
+    if isinstance(schemas, list) and any(
+        isinstance(u, str) and u.lower() == SCIM_ERROR_URN.lower() for u in schemas
+    ):
+        return True
+    return _status(get_ci(response, "status")) >= 300
+
+
 def _outcome(op: str, status: int) -> str:
     if 200 <= status < 300:
         return "success"
@@ -972,6 +985,13 @@ class Builder:
             if status == 0:  # no status to read: whether it was applied is not known
                 status, outcome = x.status, "warning"
                 err = {"code": "unknown", "reason": "the result's status was not understood"}
+            elif outcome == "success" and _says_error(resp_err):
+                # A 2xx whose response is a SCIM error: the result contradicts itself
+                outcome = "warning"
+                err = {
+                    "code": "unknown",
+                    "reason": "the result's status says success, its response an error",
+                }
         elif x.status >= 300:
             status = x.status
             outcome = "failure"

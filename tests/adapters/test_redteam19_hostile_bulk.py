@@ -118,3 +118,21 @@ def test_a_gigantic_bulk_answer_is_paired_in_linear_time() -> None:
     assert len(events) == n
     assert all(ev["outcome"] == "success" for ev in events)
     assert [ev["rid"] for ev in events[:3]] == ["u0", "u1", "u2"]
+
+
+def test_a_success_whose_response_is_an_error_is_not_known() -> None:
+    ops = [{"method": "DELETE", "path": "/Users/a"}, {"method": "DELETE", "path": "/Users/b"}]
+    error = {"schemas": ["urn:ietf:params:scim:api:messages:2.0:Error"], "status": "409"}
+    for response in (error, {"status": 500, "detail": "no"}):
+        results = [
+            {
+                "method": "DELETE",
+                "location": SP + "/Users/a",
+                "status": "204",
+                "response": response,
+            },
+            {"method": "DELETE", "location": SP + "/Users/b", "status": "204", "response": {}},
+        ]
+        a, b = _events(ops, results)
+        assert _unknown(a) and "error" in a["err"]["reason"], a
+        assert b["outcome"] == "success"  # a response that is no error changes nothing
