@@ -920,7 +920,14 @@ class Builder:
             )
         if not (200 <= x.status < 300) or not isinstance(resp_ops, list):
             resp_ops = []
-        matched, stray = _align(ops, [r for r in resp_ops if isinstance(r, Mapping)])
+        results = [r for r in resp_ops if isinstance(r, Mapping)]
+        matched, stray = _align(ops, results)
+        if not unknown and not stray and None in matched and not _stopped(req_obj, results):
+            # Operations without a result, and the SP had no cause to stop (RFC 7644
+            # §3.7.3: only failOnErrors errors end a bulk request early): not understood
+            unknown = True
+            if self.answer is None:
+                self.answer = "not understood: operations without a result, no failOnErrors stop"
         if stray and not unknown:
             # Results naming no operation asked (or one twice): the answer is not understood,
             # so an operation left without a result may have run (never "skipped").
@@ -1135,6 +1142,15 @@ def _resolve_bulk_ids(value: Any, created: Mapping[str, str]) -> Any:
     if isinstance(value, list):
         return [_resolve_bulk_ids(v, created) for v in value]
     return value
+
+
+def _stopped(req_obj: Any, results: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether the SP may have stopped the bulk request early: it asked ``failOnErrors``
+    (a positive integer) and the results hold at least that many errors."""
+    limit = get_ci(req_obj, "failonerrors") if isinstance(req_obj, Mapping) else None
+    if type(limit) is not int or limit < 1:
+        return False
+    return sum(_status(r.get("status")) >= 400 for r in results) >= limit
 
 
 def _align(

@@ -23,10 +23,10 @@ DEACTIVATE = {
 }
 
 
-def _events(ops: list[dict[str, Any]], results: list[Any]) -> list[dict[str, Any]]:
+def _events(ops: list[dict[str, Any]], results: list[Any], **request: Any) -> list[dict[str, Any]]:
     cfg = AuditConfig(tenant="t1", sp_id="sp1", base_path="/v2", on_access=None)
     scope = {"headers": [(b"content-type", b"application/scim+json")]}
-    body = json.dumps({"schemas": [BULK_REQ], "Operations": ops}).encode()
+    body = json.dumps({"schemas": [BULK_REQ], "Operations": ops, **request}).encode()
     x = Exchange(scope, "POST", "/Bulk", "req-1", None, body, 0)
     x.status = 200
     x.headers = [(b"content-type", b"application/scim+json")]
@@ -136,3 +136,20 @@ def test_a_success_whose_response_is_an_error_is_not_known() -> None:
         a, b = _events(ops, results)
         assert _unknown(a) and "error" in a["err"]["reason"], a
         assert b["outcome"] == "success"  # a response that is no error changes nothing
+
+
+def test_fewer_results_without_a_cause_to_stop_are_not_known() -> None:
+    # RFC 7644 §3.7.3: an SP ends a bulk request early only after failOnErrors errors.
+    # Without them, an operation left without a result was recorded "skipped" (not
+    # applied), which the adapter cannot know.
+    ops = [{"method": "DELETE", "path": f"/Users/{u}"} for u in ("a", "b", "c")]
+    ok = {"method": "DELETE", "location": SP + "/Users/a", "status": "204"}
+    bad = {**ok, "status": "500"}
+    for request, results in (({}, [ok]), ({"failOnErrors": 1}, [ok]), ({"failOnErrors": 2}, [bad])):
+        a, b, c = _events(ops, results, **request)
+        assert a["res"]["st"] in (204, 500), a
+        assert _unknown(b) and _unknown(c), (request, b)
+    # Held: where the SP had its cause (failOnErrors 1, one error), the rest is skipped.
+    a, b, c = _events(ops, [bad], failOnErrors=1)
+    assert a["outcome"] == "failure" and b["outcome"] == c["outcome"] == "skipped", b
+    assert b["err"]["code"] == "not_processed"
