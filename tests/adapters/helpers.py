@@ -13,7 +13,7 @@ import shutil
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from client.adapters.middleware import AuditMiddleware
-from client.adapters.outbox import Outbox
+from client.adapters.outbox import Outbox, OutboxError, OutboxRecord
 from client.adapters.proxy import ProxySettings, build_proxy
 from client.adapters.relay import Relay
 from client.scim.event import event_from_json
@@ -497,3 +497,70 @@ def standin_sp() -> Iterator[tuple[str, list[tuple[str, str]]]]:
     yield f"http://127.0.0.1:{srv.server_address[1]}/v2", seen
     srv.shutdown()
     srv.server_close()
+
+
+def put_until_full(
+    ob: Outbox,
+    records: Iterable[OutboxRecord],
+    acked: Callable[[OutboxRecord], None],
+    refusals: int = 3,
+) -> int:
+    """Put ``records`` one at a time until the outbox refused ``refusals`` of them as full
+    (each refusal must say so); ``acked`` is called with each one acknowledged. Returns how
+    many were refused."""
+    refused = 0
+    for r in records:
+        try:
+            ob.put([r], timeout=10)
+        except OutboxError as exc:
+            assert "full" in str(exc), exc
+            refused += 1
+            if refused >= refusals:
+                break
+        else:
+            acked(r)
+    return refused
+
+
+def strace_syncs(tmp_path: Path, script: str, *args: str) -> dict[str, int]:
+    """The ``fsync``/``fdatasync`` calls of ``python -c script args`` under ``strace``, by
+    stretch: the script writes ``=====<name>\\n`` to stderr where a stretch begins (the
+    first is ``start``). Skips where strace is missing or may not trace."""
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.skip("strace is not installed")
+    out = tmp_path / "trace.txt"
+    run = subprocess.run(
+        [strace, "-f", "-qq", "-o", str(out), "-e", "trace=fsync,fdatasync,write"]
+        + [sys.executable, "-c", script, *args],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if run.returncode != 0 and "ptrace" in run.stderr.lower():
+        pytest.skip(f"strace cannot trace here: {run.stderr.strip()[:200]}")
+    assert run.returncode == 0, run.stderr
+    counts: dict[str, int] = {}
+    stretch = "start"
+    for line in out.read_text().splitlines():
+        if "=====" in line and "write(2" in line:
+            stretch = line.split("=====", 1)[1].split("\\n", 1)[0]
+            continue
+        if "fsync(" in line or "fdatasync(" in line:
+            counts[stretch] = counts.get(stretch, 0) + 1
+    return counts
+
+
+def said_then_killed(script: str, *args: str) -> str:
+    """The first line ``python -c script args`` prints, then the process killed (SIGKILL:
+    a crash, nothing flushed or closed after that line)."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", script, *args], stdout=subprocess.PIPE, text=True, cwd=ROOT
+    )
+    try:
+        assert child.stdout is not None
+        return child.stdout.readline()
+    finally:
+        child.kill()
+        child.wait(15)

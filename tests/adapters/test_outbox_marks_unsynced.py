@@ -15,20 +15,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
-
-import pytest
 
 from client.adapters.outbox import Outbox
 from harness.scim import event_record
 
+from .helpers import strace_syncs
 from .logserver import Log, audit_read
 from .receipt_front import Front, drain, relay_behind
-
-ROOT = Path(__file__).resolve().parents[2]
 
 # Adds (fsynced), marks alone, then an add again; the system calls of each stretch are told
 # apart by the markers written to stderr between them.
@@ -56,37 +51,8 @@ _SCRIPT = textwrap.dedent(
 )
 
 
-def _syncs_by_stretch(trace: str) -> dict[str, int]:
-    """The ``fsync``/``fdatasync`` calls of each stretch of ``_SCRIPT``."""
-    counts: dict[str, int] = {}
-    stretch = "start"
-    for line in trace.splitlines():
-        if "=====" in line and "write(2" in line:
-            stretch = line.split("=====", 1)[1].split("\\n", 1)[0]
-            continue
-        if "fsync(" in line or "fdatasync(" in line:
-            counts[stretch] = counts.get(stretch, 0) + 1
-    return counts
-
-
 def test_marks_alone_make_no_fsync_and_adds_still_do(tmp_path: Path) -> None:
-    strace = shutil.which("strace")
-    if strace is None:
-        pytest.skip("strace is not installed")
-    out = tmp_path / "trace.txt"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    run = subprocess.run(
-        [strace, "-f", "-qq", "-o", str(out), "-e", "trace=fsync,fdatasync,write"]
-        + [sys.executable, "-c", _SCRIPT, str(tmp_path / "o.sqlite")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    if run.returncode != 0 and "ptrace" in run.stderr.lower():
-        pytest.skip(f"strace cannot trace here: {run.stderr.strip()[:200]}")
-    assert run.returncode == 0, run.stderr
-    syncs = _syncs_by_stretch(out.read_text())
+    syncs = strace_syncs(tmp_path, _SCRIPT, str(tmp_path / "o.sqlite"))
     assert syncs.get("start", 0) >= 6, syncs  # each put its own commit and fsync
     assert syncs.get("marks", 0) == 0, syncs
     assert syncs.get("adds", 0) >= 6, syncs  # back to FULL for the adds

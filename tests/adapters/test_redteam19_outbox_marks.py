@@ -15,10 +15,6 @@ Each held: kept as guards of that promise."""
 from __future__ import annotations
 
 import os
-import shutil
-import signal
-import subprocess
-import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,9 +23,7 @@ import pytest
 
 from client.adapters.outbox import Outbox, OutboxError, OutboxRecord, Receipt
 
-from .helpers import tmpfs
-
-ROOT = Path(__file__).resolve().parents[2]
+from .helpers import put_until_full, said_then_killed, strace_syncs, tmpfs
 
 
 def _rec(i: int, size: int = 10) -> OutboxRecord:
@@ -76,28 +70,8 @@ _MIXED = textwrap.dedent(
 
 
 def test_an_add_grouped_with_marks_after_marks_alone_is_fsynced(tmp_path: Path) -> None:
-    strace = shutil.which("strace")
-    if strace is None:
-        pytest.skip("strace is not installed")
-    out = tmp_path / "trace.txt"
-    run = subprocess.run(
-        [strace, "-f", "-qq", "-o", str(out), "-e", "trace=fsync,fdatasync,write"]
-        + [sys.executable, "-c", _MIXED, str(tmp_path / "o.sqlite")],
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    if run.returncode != 0 and "ptrace" in run.stderr.lower():
-        pytest.skip(f"strace cannot trace here: {run.stderr.strip()[:200]}")
-    assert run.returncode == 0, run.stderr
-    stretch, syncs = "start", {"mixed": 0}
-    for line in out.read_text().splitlines():
-        if "=====" in line and "write(2" in line:
-            stretch = line.split("=====", 1)[1].split("\\n", 1)[0]
-        elif "fsync(" in line or "fdatasync(" in line:
-            syncs[stretch] = syncs.get(stretch, 0) + 1
-    assert syncs["mixed"] >= 1, syncs
+    syncs = strace_syncs(tmp_path, _MIXED, str(tmp_path / "o.sqlite"))
+    assert syncs.get("mixed", 0) >= 1, syncs
 
 
 @pytest.fixture
@@ -112,25 +86,18 @@ def test_a_full_disk_under_adds_and_marks_loses_no_acknowledged_add(small_disk: 
     ob = Outbox(path)
     acked: list[str] = []
     marked: set[str] = set()
-    refused = 0
-    try:
-        for i in range(600):
-            r = _rec(i, 1500)
+
+    def then_mark(r: OutboxRecord) -> None:
+        acked.append(r.eid)
+        if len(acked) % 2:  # every other one delivered at once: a marks-only group
             try:
-                ob.put([r], timeout=10)
-            except OutboxError as exc:
-                assert "full" in str(exc), exc
-                refused += 1
-                if refused >= 3:
-                    break
-                continue
-            acked.append(r.eid)
-            if i % 2 == 0:  # every other one delivered at once: a marks-only group
-                try:
-                    ob.mark_delivered([_receipt(r.eid, i)]).result(10)
-                    marked.add(r.eid)
-                except OutboxError:
-                    pass  # a mark refused: the event stays pending (sent again)
+                ob.mark_delivered([_receipt(r.eid, len(acked))]).result(10)
+                marked.add(r.eid)
+            except OutboxError:
+                pass  # a mark refused: the event stays pending (sent again)
+
+    try:
+        refused = put_until_full(ob, (_rec(i, 1500) for i in range(600)), then_mark)
         assert len(acked) > 10 and refused  # the disk did fill up
         # Space back: adds are acknowledged again, after a marks-only group (NORMAL).
         filler.unlink()
@@ -171,18 +138,7 @@ _KILLED = textwrap.dedent(
 
 def test_a_process_killed_after_marks_and_adds_keeps_both(tmp_path: Path) -> None:
     path = tmp_path / "o.sqlite"
-    child = subprocess.Popen(
-        [sys.executable, "-c", _KILLED, str(path)],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )
-    try:
-        assert child.stdout is not None
-        said = child.stdout.readline()
-    finally:
-        child.send_signal(signal.SIGKILL)
-        child.wait(15)
+    said = said_then_killed(_KILLED, str(path))
     assert said.strip() == "done", said
     marked = {f"e{i:02d}" for i in range(0, 30, 3)} | {f"e{i:02d}" for i in (1, 2, 3)}
     with Outbox(path) as again:

@@ -20,9 +20,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,7 +27,7 @@ import pytest
 
 from client.adapters.outbox import Outbox, OutboxError, OutboxRecord, Receipt
 
-from .helpers import FakeLog, relay_for, tmpfs
+from .helpers import FakeLog, put_until_full, relay_for, said_then_killed, tmpfs
 
 SECRET = "jane.doe.secret@example.org"
 
@@ -163,18 +160,7 @@ def test_a_disk_filling_up_under_the_outbox_loses_no_acknowledged_add(small_disk
     path = small_disk / "outbox.sqlite"
     ob = Outbox(path)
     acked: list[str] = []
-    refused = 0
-    for i in range(400):
-        r = rec(i, 4000)
-        try:
-            ob.put([r], timeout=10)
-        except OutboxError as exc:
-            assert "full" in str(exc), exc
-            refused += 1
-            if refused >= 3:
-                break
-        else:
-            acked.append(r.eid)
+    refused = put_until_full(ob, (rec(i, 4000) for i in range(400)), lambda r: acked.append(r.eid))
     assert acked and refused  # the disk did fill up
     ob.close()
     with Outbox(path) as again:
@@ -204,18 +190,7 @@ def test_a_removed_wal_and_a_crash_lose_no_acknowledged_add(tmp_path: Path) -> N
     # the removal too). Now the next commit folds the open WAL into the file first and
     # refuses adds.
     path = tmp_path / "outbox.sqlite"
-    child = subprocess.Popen(
-        [sys.executable, "-c", _CRASHING_CHILD, str(path)],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=Path(__file__).resolve().parents[2],
-    )
-    try:
-        assert child.stdout is not None
-        said = child.stdout.readline()
-    finally:
-        child.send_signal(signal.SIGKILL)
-        child.wait(15)
+    said = said_then_killed(_CRASHING_CHILD, str(path))
     assert said.startswith(("acked", "refused")), said
     with Outbox(path) as again:
         held = [p.eid for p in again.pending()]
