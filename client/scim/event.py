@@ -29,7 +29,10 @@ adapters' own optional fields, all absent in events from before them (which ther
 their bytes and are judged as before): ``mods[].op``, ``mods[].i`` and ``refs[].i`` (the
 order of a PATCH's operations), and ``mods[].form`` (``path`` or ``value``: whether a
 ``replace`` of members, roles, entitlements or the manager with nothing named a path or
-came as a path-less value map; docs/scim-adapter.md).
+came as a path-less value map; docs/scim-adapter.md). ``form`` stands there only (an entry
+with ``op`` ``replace`` of an event of op ``patch``, that attribute for the event's resource
+type, no ``old`` side, ``new`` absent, a digest, or the JSON text of null, ``[]``, ``{}`` or
+``""``): anywhere else the validator refuses it (:func:`check_rules`).
 
 JSON mapping (:func:`event_to_json`, :func:`event_from_json`): the same object, with the
 byte-string fields written as standard, padded RFC 4648 §4 base64 text. Those fields are
