@@ -46,7 +46,6 @@ import cbor2
 import msgspec
 
 from client.scim import event as _ev
-from client.scim.actions import misplaced_form
 from client.scim.jsonstrict import strict_json
 
 __all__ = [
@@ -271,10 +270,6 @@ def _rules(ev: dict[str, Any]) -> None:
         acts = ev["acts"]
         if len(acts) > 1 and len({a["a"] for a in acts}) != len(acts):
             raise _Refused
-    if "mods" in ev:
-        for m in ev["mods"]:
-            if "form" in m and misplaced_form(ev, m) is not None:
-                raise _Refused
 
 
 def _finish(

@@ -1,7 +1,8 @@
 """Red team 19: ``mods[].form`` where it must not be, sent to the log's routes (the single
 event as JSON and as CBOR, and the batch): a clear 400 naming the field, never a 5xx, and
-nothing stored; the event as the adapter made it is accepted (tests/scim/test_redteam19_form
-for the parsers themselves)."""
+nothing stored; the event as the adapter made it is accepted; and one a log stored before
+the rule is still served and verified (the rule is the intake's, not the schema's).
+tests/scim/test_redteam19_form for the parsers themselves."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from client.scim import event_to_json, new_event
+import tlog.scim.service
+from client.scim import event_from_json, event_to_json, new_event
 from client.scim.actions import parse_request
 from client.scim.cbor import dumps_det
 
@@ -93,3 +95,18 @@ def test_the_form_the_adapter_makes_is_stored(harness: Harness) -> None:
     assert harness.post_event(ev, cbor=True).json()["duplicate"]
     (got,) = search_raw(harness, req="rt19-good")["results"]
     assert got["event"]["mods"][0]["form"] == "path"
+
+
+def test_a_misplaced_form_stored_before_the_rule_is_still_read(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Holds by design: the schema would have made such a stored event unreadable (the
+    log's envelopes, its search answers and an auditor's client validate it again)."""
+    ev = _misplace(_event("rt19-old"), "on the add")
+    with monkeypatch.context() as m:  # the log as it was before the rule
+        m.setattr(tlog.scim.service, "check_forms", lambda ev: None)
+        assert harness.post_event(ev).status_code == 200
+    (got,) = search_raw(harness, req="rt19-old")["results"]
+    assert got["event"]["mods"][1]["form"] == "path"
+    assert event_from_json(json.dumps(got["event"]))["mods"][1]["form"] == "path"
+    assert harness.post_event(ev).status_code == 400  # never taken in again

@@ -66,6 +66,7 @@ from client.scim.event import (
     actor_cbor,
     actor_handle,
     actor_seal_digest,
+    check_forms,
     encode_event,
     pseudonymous_actor_cbor,
 )
@@ -1085,7 +1086,9 @@ class ScimService:
     @staticmethod
     def check_events(tenant: str, events: Sequence[Event], *, system: bool = False) -> None:
         """What :meth:`submit` refuses before staging anything: an event of another tenant
-        (:class:`Forbidden`), a name in the log's reserved namespace (EventFormatError)."""
+        (:class:`Forbidden`), a name in the log's reserved namespace, a ``mods[].form``
+        where the adapter never puts one (EventFormatError; rules of intake, not of the
+        schema, so that what was stored before them is still read)."""
         for i, ev in enumerate(events):
             if ev["tenant"] != tenant:
                 raise Forbidden(f"event {i} is for another tenant than this token's")
@@ -1093,6 +1096,10 @@ class ScimService:
                 raise EventFormatError(
                     f"event {i}: actor.pid and actor.sd are set by the log (send the actor)"
                 )
+            try:
+                check_forms(ev)
+            except EventFormatError as exc:
+                raise EventFormatError(f"event {i}: {exc}") from None
             if not system and reserved_names(ev):
                 raise EventFormatError(
                     f"event {i}: resource types and actions in the {SYSTEM_PREFIX!r} namespace "
