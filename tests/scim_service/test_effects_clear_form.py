@@ -16,6 +16,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from client.scim import EventFormatError, event_from_json, event_to_json
 from client.scim.event import decode_event, encode_event, validate_event
@@ -55,7 +57,7 @@ def _without_form(ev: dict[str, Any]) -> dict[str, Any]:
     return ev
 
 
-def test_the_adapter_records_the_form_of_a_clear_only() -> None:
+def test_the_adapter_records_the_form_of_a_replace_only() -> None:
     pathless = group_event("patch", _patch(PATHLESS), "r1")
     path = group_event("patch", _patch(PATH), "r2")
     assert pathless["mods"] == [
@@ -64,10 +66,16 @@ def test_the_adapter_records_the_form_of_a_clear_only() -> None:
     assert path["mods"] == [{"attr": "members", "op": "replace", "new": "null", "form": "path"}]
     roles = user_event("patch", _patch({"op": "replace", "path": "roles", "value": []}), "r3")
     assert roles["mods"] == [{"attr": "roles", "op": "replace", "new": "[]", "form": "path"}]
-    # every other entry keeps its bytes: a replace with values, a remove, an add
+    # a replace with values too (faith19: SCIMMY merges the path-less one)
+    for op, form in (
+        ({"op": "replace", "path": "roles", "value": [{"value": "a"}]}, "path"),
+        ({"op": "replace", "value": {"roles": [{"value": "a"}]}}, "value"),
+    ):
+        ev = user_event("patch", _patch(op), "r4")
+        assert [m.get("form") for m in ev["mods"]] == [form], op
+    # every other entry keeps its bytes: a remove, an add, a replace of another attribute
     for op in (
-        {"op": "replace", "path": "roles", "value": [{"value": "a"}]},
-        {"op": "replace", "value": {"roles": [{"value": "a"}]}},
+        {"op": "replace", "path": "displayName", "value": "x"},
         {"op": "remove", "path": "roles"},
         {"op": "add", "path": "roles", "value": []},
     ):
@@ -141,7 +149,6 @@ def test_roles_by_form(key: str) -> None:
         [PATHLESS, PATHLESS],  # the "double clear": numbered, so judged in order before
         [{"op": "add", "path": "members", "value": [{"value": "u3"}]}, PATHLESS],
         [PATHLESS, {"op": "add", "path": "members", "value": [{"value": "u3"}]}],
-        [PATH, PATHLESS],
         [PATHLESS, PATH],
     ],
 )
@@ -246,3 +253,152 @@ def test_members_are_named_not_known_once() -> None:
     add = {"op": "add", "path": "members", "value": [{"value": "u2"}]}
     effect, _ = judge(state, group_event("patch", _patch(add, PATHLESS), "r2"))
     assert effect["changes"] == [{"attr": "members"}], effect
+
+
+# --- faith19: each path-less write judged in its place, the rest of the request exactly ---
+
+# A member operation of a PATCH and what two real SPs do with it (faith19's trial, both SPs
+# behind the proxy: tests/adapters/test_effects_forms_sp.py): the path form alike on both,
+# the path-less one read two ways.
+FORM_OPS = st.lists(
+    st.one_of(
+        st.tuples(
+            st.sampled_from(["add", "remove", "replace", "preplace"]),
+            st.lists(st.sampled_from(members_model.POOL), min_size=1, max_size=3),
+        ),
+        st.tuples(st.sampled_from(["clear", "pclear"]), st.just([])),
+    ),
+    min_size=1,
+    max_size=5,
+)
+
+
+def _form_op(op: str, rids: list[str]) -> dict[str, Any]:
+    value = [{"value": r} for r in rids]
+    return {
+        "clear": PATH,
+        "pclear": PATHLESS,
+        "preplace": {"op": "replace", "value": {"members": value}},
+    }.get(op) or {"op": op, "path": "members", "value": value}
+
+
+def _sp(start: set[str], ops: list[tuple[str, list[str]]], *, merges: bool) -> set[str]:
+    """The members after ``ops`` on scim2-server (``merges=False``: the path-less form as
+    the path one) or SCIMMY (``merges``: a path-less clear keeps them, a path-less replace
+    adds to them)."""
+    sp = set(start)
+    for op, rids in ops:
+        if op == "pclear":
+            sp = sp if merges else set()
+        elif op == "preplace":
+            sp = sp | set(rids) if merges else set(rids)
+        elif op == "clear":
+            sp = set()
+        elif op == "replace":
+            sp = set(rids)
+        else:
+            sp = sp | set(rids) if op == "add" else sp - set(rids)
+    return sp
+
+
+def _faithful(effect: dict[str, Any], before: set[str], after: set[str]) -> list[str]:
+    """What the effect's member steps get wrong about one SP's change (as the differential
+    judges it, tests/adapters/differential.py); nothing where it says it does not know."""
+    if "members" in _unknown(effect):
+        return []
+    was, now = set(members_model.members(before)), set(members_model.members(after))
+    named: dict[str, list[str]] = {p: [] for p in was ^ now}
+    for op, p in [(r["op"], r["pid"]) for r in effect.get("refs", ())]:
+        named.setdefault(p, []).append(op)
+    out = []
+    for p, ops in named.items():
+        there = p in was
+        for op in ops:
+            if (op == "add") == there:
+                out.append(f"{op} of one {'already' if there else 'not'} there")
+            there = op == "add"
+        if there != (p in now):
+            out.append(f"{ops}: {p in was} -> {p in now}")
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(start=st.sets(st.sampled_from(members_model.POOL)), ops=FORM_OPS)
+def test_a_pathless_write_leaves_only_what_it_may_have_kept_not_known(
+    start: set[str], ops: list[tuple[str, list[str]]]
+) -> None:
+    """Before faith19, one path-less clear made the request's whole member change "not
+    known" (``[clear by path, clear path-less]`` empties the group on every SP, yet no
+    removal was named), a path replace after it did not state the set again, and a
+    path-less replace with values was judged exact (SCIMMY adds to its members: the others
+    were named removed while it kept them). Now each step is placed in order, the members a
+    path-less write may have kept are set apart, and only they leave the set not known:
+    against both SPs' outcomes the effect is faithful, and a set the state says known whole
+    is what both hold."""
+    state = _group(*sorted(start))
+    effect, state = judge(state, group_event("patch", _patch(*(_form_op(*o) for o in ops)), "r"))
+    for merges in (False, True):
+        after = _sp(start, ops, merges=merges)
+        assert _faithful(effect, start, after) == [], (merges, effect)
+        if "members" in state["full"]:
+            assert state["members"] == members_model.members(after), merges
+    if {"clear", "replace"} & {o for o, _ in ops[-1:]}:
+        assert "members" in state["full"]  # the path form last: known whole again
+
+
+def test_a_path_clear_then_a_pathless_one_is_exact() -> None:
+    """``[clear by path, clear path-less]``: empty on every SP, each member named removed
+    (before faith19: no removal named, the whole request "not known")."""
+    effect, state = judge(_group("u1", "u2"), group_event("patch", _patch(PATH, PATHLESS), "r"))
+    assert changes(effect) == sorted(("remove", p) for p in members_model.members({"u1", "u2"}))
+    assert "members" not in _unknown(effect)
+    assert state["members"] == [] and "members" in state["full"]
+
+
+@pytest.mark.parametrize("later", [False, True], ids=["same-patch", "later-event"])
+def test_a_path_replace_after_a_pathless_clear_states_the_set_again(later: bool) -> None:
+    """A replace naming its path sets exactly its values on both SPs (faith19's trial): the
+    set is known again from it. In the same PATCH the members the clear may have kept are
+    named removed; in a later event the log never knew them: said not known, then known."""
+    replace = {"op": "replace", "path": "members", "value": [{"value": "u3"}]}
+    state = _group("u1", "u2")
+    if later:
+        _, state = judge(state, group_event("patch", _patch(PATHLESS), "r1"))
+        effect, state = judge(state, group_event("patch", _patch(replace), "r2"))
+        assert changes(effect) == [("add", b64(pid_of("User", "u3")))]
+        assert _unknown(effect) == {"members"}
+    else:
+        effect, state = judge(state, group_event("patch", _patch(PATHLESS, replace), "r"))
+        assert changes(effect) == sorted(
+            [
+                ("add", b64(pid_of("User", "u3"))),
+                *(("remove", p) for p in members_model.members({"u1", "u2"})),
+            ]
+        )
+        assert "changes" not in effect  # known: nothing left in doubt
+    assert state["members"] == members_model.members({"u3"}) and "members" in state["full"]
+
+
+@pytest.mark.parametrize("key", ["roles", "entitlements"])
+def test_roles_after_a_pathless_write(key: str) -> None:
+    """The same for a user's roles and entitlements: a path-less clear then a path replace
+    in one PATCH is exact; a path-less replace with values grants them and says the rest is
+    not known (before faith19: the old values named revoked, which SCIMMY keeps)."""
+    start = {key: [{"value": "admin"}, {"value": "dev"}]}
+    both = _patch(
+        {"op": "replace", "value": {key: []}},
+        {"op": "replace", "path": key, "value": [{"value": "ops"}]},
+    )
+    effect, state = judge(_user(**start), user_event("patch", both, "r1"))
+    assert sorted(effect["changes"], key=str) == sorted(
+        [{"attr": key, "added": ["ops"]}, {"attr": key, "removed": ["admin", "dev"]}], key=str
+    )
+    assert state[key] == ["ops"] and key in state["full"]
+    merge = _patch({"op": "replace", "value": {key: [{"value": "dev"}, {"value": "ops"}]}})
+    effect, state = judge(_user(**start), user_event("patch", merge, "r2"))
+    assert effect["changes"] == [{"attr": key, "added": ["ops"]}, {"attr": key}]
+    assert key not in state["full"]
+    # a later path replace states it again, and says what went is not known
+    then = _patch({"op": "replace", "path": key, "value": [{"value": "ops"}]})
+    effect, state = judge(state, user_event("patch", then, "r3"))
+    assert {"attr": key} in effect["changes"] and key in state["full"]

@@ -229,6 +229,10 @@ class _Run:
         self.noop: list[dict[str, Any]] = []
         # attributes an earlier operation of this event removed (known unset, not unknown)
         self.unset: set[str] = set()
+        # roles, entitlements known whole before a path-less clear of this event: the values
+        # it may have left (SCIMMY keeps them, scim2-server not), until a replace states the
+        # whole again (values)
+        self.maybe: dict[str, set[str]] = {}
 
     # --- scalar attributes ---------------------------------------------------------------
 
@@ -289,11 +293,28 @@ class _Run:
     def values(self, key: str, op: str, given: list[str], *, whole: bool) -> None:
         grant, revoke = _SETS[(self.prefix, key)]
         cur = set(self.state.get(key, ()))
+        maybe = self.maybe.get(key)
+        if maybe is not None:
+            # after a path-less write of this event on a set known whole: each value it may
+            # have left is placed by this step, or stays maybe (pathless_set)
+            if op == "replace" or whole or (op == "remove" and not given):
+                cur |= maybe
+                self.full.add(key)
+                del self.maybe[key]
+            elif op == "add":
+                maybe -= set(given)
+                cur -= set(given)  # there already, or put back: not named
+            else:
+                cur |= maybe & set(given)  # there, or gone already: named removed
+                maybe -= set(given)
         if op == "replace" or whole:
             new = set(given)
             added, removed = new - cur, cur - new
             if key not in self.full and self.known:
                 removed = set()  # not fully known before: cannot name what went
+                if any("form" in m for m in self.ev.get("mods", ())):
+                    # and says so (an adapter from before mods[].form: judged as before)
+                    self._not_known(key)
             self.full.add(key)
         elif op == "add":
             new = cur | set(given)
@@ -350,14 +371,19 @@ class _Run:
         at = [i for i, m in enumerate(own) if clears(m)]
         if not at:
             return False
+        x = self.ev.get("x", {})
         if any(own[i].get("form") == "value" for i in at):
             # A path-less replace with nothing ({"members": []}): an empty array is as if
             # absent (RFC 7643 §2.5), and SPs read it either way (SCIMMY keeps the members,
             # scim2-server clears them), so what is left is not known (red team 14). One
             # that named its path ("path": "members", or no form: an adapter from before
-            # mods[].form, judged as before) clears them on every SP.
+            # mods[].form, judged as before) clears them on every SP. The members' clear
+            # first in a whole request: the references then judged in order from it, the
+            # members it may have left kept apart (references: faith19).
+            if attr == "members" and at == [0] and x.get("parts", 1) <= 1:
+                self.references(attr, items, whole=False, lead=True)
+                return True
             at = [-1]
-        x = self.ev.get("x", {})
         if x.get("part", 0) > 0 and (
             not self._follows_marked() or attr in self.state.get("touched_attrs", ())
         ):
@@ -517,18 +543,27 @@ class _Run:
             and "[" not in m["attr"]
             and _attr_kind(self.prefix, m["attr"])[0] == attr
         ]
+        pathless = [
+            m["i"]
+            for m in mods
+            if "i" in m
+            and m.get("form") == "value"
+            and m.get("new") == "null"
+            and _attr_kind(self.prefix, m["attr"])[0] == attr
+        ]
+        x = self.ev.get("x", {})
         if any(
             m.get("form") == "value" and _attr_kind(self.prefix, m["attr"])[0] == attr
             for m in mods
             if m.get("new") == "null"
-        ):
+        ) and (attr == "manager" or x.get("parts", 1) > 1):
             return False  # a path-less clear: not known from there (_cleared)
-        x = self.ev.get("x", {})
         if x.get("parts", 1) > 1:
             return self._numbered_part(attr, clears, items, x.get("part", 0), x["parts"])
         if not clears and not any("i" in r for r in items):
             return False
-        self.references(attr, items, whole=False, clears=clears)
+        # each clear in its place; a path-less one leaves what some SPs keep (references)
+        self.references(attr, items, whole=False, clears=clears, pathless=pathless)
         return True
 
     def _numbered_part(
@@ -578,9 +613,13 @@ class _Run:
         *,
         whole: bool,
         clears: Iterable[int] = (),
+        pathless: Iterable[int] = (),
+        lead: bool = False,
     ) -> None:
         """Members (sets of pids) and manager (one pid), from the event's refs; ``clears``:
-        the operation numbers (``i``) of numbered clears, applied in their place."""
+        the operation numbers (``i``) of numbered clears, applied in their place; of them,
+        ``pathless``: the path-less ones (``{"members": []}``, :meth:`_members_runs`);
+        ``lead``: a path-less clear comes first, before every reference."""
         pending = sorted(clears)
         if attr == "manager":
             for r in [*items, None]:
@@ -635,18 +674,56 @@ class _Run:
         for i in pending:
             runs.append(("clear", []))
             run_i.append(i)
+        skipped = set(pathless)
+        runs = [("pclear", []) if r == ("clear", []) and i in skipped else r
+                for r, i in zip(runs, run_i, strict=True)]  # fmt: skip
+        if lead:
+            runs.insert(0, ("pclear", []))
+            run_i.insert(0, None)
         x = self.ev.get("x", {})
         parts, part = x.get("parts", 1), x.get("part", 0)
         if whole and part == 0 and not any(op == "replace" for op, _ in runs):
             # a PUT or create without members: none (a later part goes on from the first)
             runs.insert(0, ("replace", []))
             run_i.insert(0, None)
+        # The path-less forms (faith19's trial): a clear ({"members": []}) leaves SCIMMY's
+        # members and empties scim2-server's; a replace with values ({"members": [...]})
+        # adds them to SCIMMY's and replaces scim2-server's. On a set known whole, the
+        # members either may have kept are ``maybe`` (not in ``cur``): a later step in
+        # this request that states them (a clear or a replace naming its path, a remove, an
+        # add) places them again; what no step places leaves the set not known.
+        maybe: set[str] = set()
+        merge = parts <= 1 and self._pathless_replace(attr)
         for n, (op, pids) in enumerate(runs):
             asked = set(pids)
             # Where the set is not known whole (and the resource is), a step the state cannot
             # place (an add or a remove of one it does not know to be a member, a clear, a
             # replace) is named as asked, and the effect says what is left is not known.
             unsure = not full and self.known
+            if op == "pclear":
+                if not full:
+                    self._not_known("members")  # as before: nothing known to keep
+                    cur = set()
+                    continue
+                maybe |= cur
+                cur = set()
+                if not maybe:  # known empty: nothing to clear on any SP
+                    self.noop.append({"attr": "members", "op": "remove", "n": 1})
+                continue
+            if op == "replace" and merge and self._pathless_op(run_i[n]):
+                # each asked ends a member on every SP; the others may stay (SCIMMY)
+                added = asked - cur - maybe
+                if full:
+                    maybe = (maybe | cur) - asked
+                    cur = set(asked)
+                else:
+                    self._not_known("members")  # the rest was not known and still is not
+                    cur |= asked
+                self._members(added, (), rts)
+                continue
+            if maybe and op in ("clear", "replace"):
+                cur |= maybe  # stated whole by the path form: each maybe-kept placed
+                maybe = set()
             if op == "clear":
                 if cur:
                     self._members((), cur, rts)
@@ -696,22 +773,46 @@ class _Run:
                 full = full or last  # the set is stated whole now
                 self._members(added, removed, rts)
             elif op == "add":
-                added = asked - cur
+                added = asked - cur - maybe  # one maybe kept: there, or put back
                 if full and asked & cur:  # already members: those adds changed nothing
                     self.noop.append({"attr": "members", "op": "add", "n": len(asked & cur)})
-                cur |= added
+                cur |= asked
+                maybe -= asked
                 if unsure and added:
                     self._not_known("members")  # they may have been members already
                 self._members(added, set(), rts)
             else:
-                removed = asked & cur if full else asked
-                if full and asked - cur:
-                    self.noop.append({"attr": "members", "op": "remove", "n": len(asked - cur)})
+                removed = asked & (cur | maybe) if full else asked  # maybe kept: gone now
+                if full and asked - cur - maybe:
+                    n = len(asked - cur - maybe)
+                    self.noop.append({"attr": "members", "op": "remove", "n": n})
                 if unsure and asked - cur:
                     self._not_known("members")  # they may not have been members
                 cur -= asked
+                maybe -= asked
                 self._members(set(), removed, rts)
+        if maybe:  # kept by some SPs, not by others: what is left is not known
+            self.full.discard("members")
+            self._not_known("members")
         self.state["members"] = sorted(cur)
+
+    def _pathless_replace(self, attr: str) -> bool:
+        """Whether this event replaces ``attr`` with values by the path-less form
+        (``{"members": [...]}``, ``mods[].form``): SCIMMY adds them to the members it has,
+        scim2-server replaces them (faith19's trial). Which replace it is: the numbered
+        references say (:meth:`_pathless_op`); unnumbered, there is one replace."""
+        return any(
+            m.get("form") == "value"
+            and m.get("new") != "null"
+            and _attr_kind(self.prefix, m["attr"])[0] == attr
+            for m in self.ev.get("mods", ())
+        )
+
+    def _pathless_op(self, i: int | None) -> bool:
+        """Whether the PatchOp numbered ``i`` (``patch[i]``) came without a path; None (the
+        references not numbered: one replace among them) counts as path-less."""
+        patch = self.ev.get("patch", ())
+        return i is None or not (0 <= i < len(patch)) or "path" not in patch[i]
 
     def _not_known(self, attr: str) -> None:
         """The effect names ``attr`` changed without values (once): what is left is not
@@ -778,6 +879,9 @@ class _Run:
                 has_old, old = parse_json_text(m.get("old"))
                 if "new_d" in m or "old_d" in m:
                     self.verbs.add("update")
+                    continue
+                if mop == "replace" and not whole and has_new and m.get("form") == "value" and top:
+                    self.pathless_set(key, _values(new))  # {"roles": [...]}: SPs differ
                     continue
                 if (
                     mop == "replace"
@@ -887,6 +991,7 @@ class _Run:
         result = x.get("result")
         if isinstance(result, Mapping):
             self.apply_result(result)
+        self._settle_maybe()
         if op == "create":
             verbs = self.verbs - {"update", "activate", "deactivate"}
         elif not self.verbs and {"attr": "members"} in self.changes:
@@ -914,6 +1019,46 @@ class _Run:
             self.set_stale(key, True)
         self.changes.append({"attr": key})
         self.verbs.add("update")
+
+    def pathless_set(self, key: str, given: list[str]) -> None:
+        """A PATCH ``replace`` of ``key`` (roles, entitlements) by the path-less form
+        (``{"roles": [...]}``, ``mods[].form``): scim2-server replaces the values, SCIMMY
+        adds them to its own (with nothing: keeps them; faith19's trial). Each value given
+        ends up there; on a set known whole, the ones before may have stayed: kept apart
+        (``maybe``) until a later step of this event places them (:meth:`values`), or, at
+        the end, named not known (:meth:`_settle_maybe`). Before faith19, one with values
+        was judged an exact replace (the old values named revoked, SCIMMY kept them)."""
+        if key not in self.full and key not in self.maybe:
+            if given:
+                self.values(key, "add", given, whole=False)
+                self._not_known(key)  # the rest was not known and still is not
+                self.verbs.add("update")
+            else:
+                self.forget_set(key)
+            return
+        grant = _SETS[(self.prefix, key)][0]
+        cur = set(self.state.get(key, ()))
+        maybe = self.maybe.get(key, set())
+        added = set(given) - cur - maybe
+        self.maybe[key] = (maybe | cur) - set(given)
+        self.full.discard(key)
+        self.state[key] = sorted(set(given))
+        if added:
+            self.verbs.add(grant)
+            self.changes.append({"attr": key, "added": sorted(added)})
+
+    def _settle_maybe(self) -> None:
+        """At the end of the event: a set whose values a path-less write may have left
+        (:meth:`pathless_set`) is not known whole unless none is left in doubt."""
+        for key, maybe in sorted(self.maybe.items()):
+            if maybe:
+                self._not_known(key)
+                self.verbs.add("update")
+                if not self.state.get(key):
+                    self.state.pop(key, None)  # none known to be there (as forget_set)
+            else:
+                self.full.add(key)
+        self.maybe = {}
 
     def forget_set(self, key: str) -> None:
         """``key`` (roles, entitlements) changed in a way not known: the state forgets its
