@@ -16,9 +16,11 @@ import hashlib
 import itertools
 import json
 import os
+import subprocess
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -28,8 +30,9 @@ from starlette.testclient import TestClient
 
 from tests.support import UvicornThread
 
-from .helpers import SCIM_TOKEN, read_body, scim_asgi_app
-from .rig import ProcessRig, Rig
+from .helpers import SCIM_TOKEN, read_body, scim_asgi_app, stop
+from .rig import ProcessRig, Rig, proxy_rig
+from .scimmy import install_scimmy, start_scimmy
 
 ENT = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
 _SKIP = {"id", "meta", "schemas", "password"}
@@ -45,8 +48,10 @@ __all__ = [
     "hunt",
     "merge_effects",
     "program",
+    "scimmy_driver",
     "served_sp",
     "snapshot",
+    "sp_driver",
 ]
 
 USER = "urn:ietf:params:scim:schemas:core:2.0:User"
@@ -649,6 +654,35 @@ def served_sp() -> Iterator[tuple[Any, str]]:
         yield sp, srv.url + "/v2"
     finally:
         srv.stop()
+
+
+@contextmanager
+def scimmy_driver(h: Any, tmp_path: Path) -> Iterator[Driver]:
+    """SCIMMY started (skips without node/npm), the proxy in front of it, a direct line."""
+    npm_dir = install_scimmy()
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        proc, base = start_scimmy(npm_dir, tmp_path, SCIM_TOKEN)
+        with (
+            proxy_rig(h, tmp_path, base) as rig,
+            httpx.Client(base_url=base.removesuffix("/scim/v2")) as direct,
+        ):
+            yield Driver(rig, direct, prefix="/scim/v2")
+    finally:
+        if proc is not None:
+            stop(proc)
+
+
+@contextmanager
+def sp_driver(name: str, h: Any, tmp_path: Path) -> Iterator[Driver]:
+    """A :class:`Driver` through the proxy in front of ``name``: ``"scim2-server"`` (served
+    over HTTP) or ``"SCIMMY"`` (:func:`scimmy_driver`)."""
+    if name == "SCIMMY":
+        with scimmy_driver(h, tmp_path) as driver:
+            yield driver
+        return
+    with served_sp() as (sp, upstream), proxy_rig(h, tmp_path, upstream) as rig:
+        yield Driver(rig, sp)
 
 
 def reading_sp(app: Any) -> Any:

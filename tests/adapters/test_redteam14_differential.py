@@ -11,21 +11,15 @@ wrong known claim."""
 from __future__ import annotations
 
 import base64
-import subprocess
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from tests.scim_service.conftest import Harness, harness  # noqa: F401
 
-from .differential import GROUP, PATCH, USER, Driver, hunt, served_sp
-from .helpers import SCIM_TOKEN, stop
+from .differential import GROUP, PATCH, USER, Driver, hunt, scimmy_driver, served_sp
 from .rig import proxy_rig
-from .scimmy import install_scimmy, start_scimmy
 
 pytest.importorskip("scim2_server", reason="needs the dev extras (scim2-server)")
 
@@ -41,23 +35,6 @@ def test_effects_match_scim2_server_through_the_proxy(
         hunt(driver, 60, "RT14_EXAMPLES")
         print(f"scim2-server: {driver.statuses}, effects by basis {driver.bases}")
         assert set(driver.applied) == {"plain", "gzip", "bom", "utf16", "dup"}, driver.applied
-
-
-@contextmanager
-def scimmy_driver(h: Harness, tmp_path: Path) -> Iterator[Driver]:
-    """SCIMMY started (skips without node/npm), the proxy in front of it, a direct line."""
-    npm_dir = install_scimmy()
-    proc: subprocess.Popen[bytes] | None = None
-    try:
-        proc, base = start_scimmy(npm_dir, tmp_path, SCIM_TOKEN)
-        with (
-            proxy_rig(h, tmp_path, base) as rig,
-            httpx.Client(base_url=base.removesuffix("/scim/v2")) as direct,
-        ):
-            yield Driver(rig, direct, prefix="/scim/v2")
-    finally:
-        if proc is not None:
-            stop(proc)
 
 
 @pytest.mark.slow
