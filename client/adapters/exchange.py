@@ -848,10 +848,18 @@ class Builder:
             if self.answer is None:
                 self.answer = self._answer_check(op, target, rid, resp, loc)
             if self.answer is None:
-                # the manager of a PUT's or PATCH's answer only (a create's refs say it)
-                mgr_pid = None if op == "create" else self.ref_pid
+                # the manager of a PUT's or PATCH's answer only (a create's refs say it), a
+                # group's members of a PUT's only (what it left out: tlog.scim.effects)
+                skip = op == "create" or (target.rt == "Group" and op != "replace")
+                mgr_pid = None if skip else self.ref_pid
+                hidden = {a.lower() for a in (*self.cfg.secret_attrs, *self.cfg.digest_attrs)}
                 self.result = _resulting_values(
-                    target.rt, resp, mgr_pid, trimmed=_trims_answer(self.x)
+                    target.rt,
+                    resp,
+                    mgr_pid,
+                    trimmed=_trims_answer(self.x),
+                    hidden=hidden,
+                    put=op == "replace",
                 )
         return Recorded(self.make(fields, intent, unparsed), [], self.texts, self.canon)
 
@@ -1065,6 +1073,8 @@ def _resulting_values(
     ref_pid: Callable[[str, str], bytes] | None = None,
     *,
     trimmed: bool = False,
+    hidden: Collection[str] = (),
+    put: bool = False,
 ) -> dict[str, Any] | None:
     """The security-relevant values of a User the SP returned after the write (``x.result``):
     ``active``, the ``value`` of each role and entitlement, and the manager, as the base64
@@ -1074,9 +1084,19 @@ def _resulting_values(
     ``ref_pid``, when its pseudonym cannot be had, or when the answer may leave attributes
     out (``trimmed``: ``attributes``/``excludedAttributes`` asked): absent, the log keeps
     its own judgement (the builder passes no ``ref_pid`` for a create, whose references
-    already say it). The log's state takes these as the truth (tlog.scim.effects). None
-    when the answer holds no resource."""
-    if rt != "User" or not isinstance(resp, Mapping) or not isinstance(resp.get("id"), str):
+    already say it). Of a PUT's answer (``put``), ``userName`` and ``emails`` (null: none)
+    too, as the request's ``mods`` would carry them, unless ``hidden`` (the secret and
+    digest attributes, lower case) names them or the answer is trimmed; and of a Group,
+    its ``members`` (:func:`_resulting_members`, given a ``ref_pid``): what a PUT left out
+    is judged from them (faith19). The
+    log's state takes these as the truth (tlog.scim.effects). None when the answer holds
+    no resource."""
+    if not isinstance(resp, Mapping) or not isinstance(resp.get("id"), str):
+        return None
+    if rt == "Group":
+        members = None if ref_pid is None or trimmed else _resulting_members(resp, ref_pid)
+        return None if members is None else {"members": members}
+    if rt != "User":
         return None
     out: dict[str, Any] = {}
     active = get_ci(resp, "active")
@@ -1088,15 +1108,54 @@ def _resulting_values(
             vals = [get_ci(i, "value") if isinstance(i, Mapping) else i for i in items]
             if all(isinstance(v, str) and 0 < len(v) <= 256 for v in vals):
                 out[name] = vals
+    if put and not trimmed:
+        name = get_ci(resp, "username")
+        if "username" not in hidden and isinstance(name, str) and len(name) <= 1024:
+            out["userName"] = name
+        emails = get_ci(resp, "emails")
+        if "emails" not in hidden and (emails is None or isinstance(emails, list)):
+            out["emails"] = emails or None  # SCIM leaves an empty attribute out
     # Keep the event small; the state then follows the intent. ({"active": ...} alone is
     # far below the bound: only lists need measuring.)
-    if ("roles" in out or "entitlements" in out) and len(json.dumps(out)) > 4096:
-        out = {k: v for k, v in out.items() if k == "active"}
+    if {"roles", "entitlements", "emails"} & set(out) and len(json.dumps(out)) > 4096:
+        out = {k: v for k, v in out.items() if k in ("active", "userName")}
     if ref_pid is not None:
         manager = _resulting_manager(resp, ref_pid, trimmed)
         if manager is not _UNKNOWN:
             out["manager"] = manager
     return out or None
+
+
+_RESULT_MEMBERS = 256  # a Group answer's members recorded in x.result: at most so many
+
+
+def _resulting_members(
+    resp: Mapping[str, Any], ref_pid: Callable[[str, str], bytes]
+) -> list[str] | None:
+    """A Group answer's members for ``x.result``: the base64 of each one's pseudonym (as the
+    request's references: the member's ``type``, else User), ``[]`` when the answer holds
+    none (SCIM leaves an empty attribute out); None (not to record) when one is not
+    understood or its pseudonym cannot be had, or there are more than
+    :data:`_RESULT_MEMBERS`."""
+    items = get_ci(resp, "members")
+    if items is None:
+        return []
+    if not isinstance(items, list) or len(items) > _RESULT_MEMBERS:
+        return None
+    out = []
+    for item in items:
+        ref = get_ci(item, "value") if isinstance(item, Mapping) else None
+        kind = get_ci(item, "type") if isinstance(item, Mapping) else None
+        if not isinstance(ref, str) or not ref:
+            return None
+        try:
+            pid = ref_pid(kind if isinstance(kind, str) and kind else "User", ref)
+        except EventFormatError:
+            return None
+        if type(pid) is not bytes or len(pid) != 16:
+            return None
+        out.append(base64.b64encode(pid).decode("ascii"))
+    return sorted(set(out))
 
 
 _ENTERPRISE_USER = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:user"  # lower: get_ci

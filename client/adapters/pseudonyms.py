@@ -61,7 +61,8 @@ class PidCollector:
 def substitute_pids(events: Iterable[dict[str, Any]], table: Mapping[bytes, bytes]) -> None:
     """Replace placeholder pids in events built with a :class:`PidCollector`, in place:
     ``refs[].pid``, the ``pid:<base64>`` filters in ``patch[].path``/``mods[].attr`` and
-    the manager's pid in ``x.result`` (same length, so the events stay valid)."""
+    the manager's and members' pids in ``x.result`` (same length, so the events stay
+    valid)."""
     text = {base64.b64encode(k).decode(): base64.b64encode(v).decode() for k, v in table.items()}
 
     def fix(s: str) -> str:
@@ -83,6 +84,8 @@ def substitute_pids(events: Iterable[dict[str, Any]], table: Mapping[bytes, byte
         result = (ev.get("x") or {}).get("result")
         if isinstance(result, dict) and isinstance(result.get("manager"), str):
             result["manager"] = text.get(result["manager"], result["manager"])
+        if isinstance(result, dict) and isinstance(result.get("members"), list):
+            result["members"] = sorted(text.get(p, p) for p in result["members"])
 
 
 class LogPseudonyms(CoreClient):

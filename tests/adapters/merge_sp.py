@@ -2,7 +2,7 @@
 
 RFC 7644 §3.5.1 leaves an omitted attribute to the SP (it MAY clear it or assign a
 default); some SPs keep it. This front gives scim2-server (which clears it) that behaviour:
-before a PUT on a User it reads the stored resource and adds back each attribute the body
+before a PUT on a User or a Group it reads the stored resource and adds back each attribute the body
 leaves out (top-level, and each sub-attribute of the enterprise extension), then passes the
 merged PUT on. Written with the standard library only, not with the adapter under test."""
 
@@ -71,11 +71,17 @@ def _merged(stored: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _merged_type(path: str) -> bool:
+    return "/Users/" in path or "/Groups/" in path
+
+
 def merging_sp(app: Any) -> Any:
-    """``app`` behind a front that makes each PUT on a User a merge (see the module)."""
+    """``app`` behind a front that makes each PUT on a User or a Group a merge (see the
+    module)."""
 
     async def front(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["method"] != "PUT" or "/Users/" not in scope["path"]:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or scope["method"] != "PUT" or not _merged_type(path):
             return await app(scope, receive, send)
         body = await read_body(receive)
         status, stored = await _call(app, {**scope, "query_string": b""}, "GET", b"")

@@ -10,20 +10,18 @@ answer trimmed by ``attributes``) the assumption stands."""
 from __future__ import annotations
 
 import base64
-import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from client.adapters.exchange import AuditConfig, Builder, Exchange
 from tests.scim_service.conftest import Harness, harness  # noqa: F401
 from tlog.scim.effects import classify
 
 from .differential import ENT, USER, Driver
 from .helpers import scim_asgi_app
 from .merge_sp import merging_sp
+from .recorded import exchange_event, pid_b64
 from .rig import make_rig
 
 pytest.importorskip("scim2_server", reason="needs the dev extras (scim2-server)")
@@ -91,26 +89,8 @@ def test_scim2_server_clears_the_omitted_manager_and_the_event_names_it_removed(
 # --- the classifier, on events the adapter records from an exchange --------------------------
 
 
-def _pid(rt: str, ref_id: str) -> bytes:
-    return hashlib.sha256(f"{rt}/{ref_id}".encode()).digest()[:16]
-
-
-def _b64(ref_id: str) -> str:
-    return base64.b64encode(_pid("User", ref_id)).decode()
-
-
-def _event(
-    method: str, path: str, body: Any, status: int, answer: Any, query: bytes = b""
-) -> dict[str, Any]:
-    cfg = AuditConfig(tenant="t1", sp_id="sp1", base_path="/v2")
-    scope = {"headers": [(b"content-type", b"application/scim+json")], "query_string": query}
-    x = Exchange(scope, method, path, "req-1", None, json.dumps(body).encode(), 0)
-    x.status = status
-    x.headers = [(b"content-type", b"application/scim+json")]
-    x.resp_body = b"" if answer is None else json.dumps(answer).encode()
-    x.t1_ns = 1_800_000_000_000_000_000
-    (ev,) = Builder(cfg, x, _pid).single().events
-    return dict(ev)
+_b64 = pid_b64
+_event = exchange_event
 
 
 def _user(manager: str | None, **more: Any) -> dict[str, Any]:

@@ -1,0 +1,185 @@
+"""faith19: what a PUT leaves out, judged from the SP's answer for every attribute the log's
+state keeps, not only the manager and ``active`` (effects 14).
+
+A PUT that left out ``userName`` or ``emails`` named them "changed, not known" and marked
+the state's values stale even when the SP's answer held them; a Group PUT without
+``members`` was judged to clear them whatever the SP did (RFC 7644 §3.5.1 lets it keep
+them, as a merging SP does). The adapter now records a PUT's ``userName`` and ``emails``
+(unless a policy hides them) and a Group PUT's members (as pseudonyms) in ``x.result``, and
+the log judges the omitted ones from it. Without it (a 204, an answer trimmed by
+``attributes``, an adapter from before it) the judgement is as before: scim2-server and
+SCIMMY both clear omitted members and emails (faith19's trial), so a Group PUT without
+members and without an answer still counts as clearing them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.scim_service.conftest import Harness, harness  # noqa: F401
+from tlog.scim.effects import classify
+
+from .differential import GROUP, USER, Driver, snapshot, sp_driver
+from .helpers import scim_asgi_app
+from .merge_sp import merging_sp
+from .recorded import exchange_event, pid_b64
+from .rig import make_rig
+
+pytest.importorskip("scim2_server", reason="needs the dev extras (scim2-server)")
+
+EMAILS = [{"value": "ann@example.org", "primary": True}]
+
+
+def _user(**more: Any) -> dict[str, Any]:
+    return {"schemas": [USER], "userName": "ann", "active": True, **more}
+
+
+def _user_state() -> dict[str, Any]:
+    body = _user(emails=EMAILS)
+    _, state, _ = classify(None, exchange_event("POST", "/Users", body, 201, {**body, "id": "A"}))
+    assert state is not None and "emails" in state
+    return state
+
+
+def _named(effect: dict[str, Any] | None) -> set[str]:
+    assert effect is not None
+    return {c["attr"] for c in effect.get("changes", ())}
+
+
+def test_an_answer_keeping_the_omitted_emails_is_no_change() -> None:
+    ev = exchange_event("PUT", "/Users/A", _user(), 200, {**_user(emails=EMAILS), "id": "A"})
+    assert ev["x"]["result"]["emails"] == EMAILS and ev["x"]["result"]["userName"] == "ann"
+    effect, state, _ = classify(_user_state(), ev)
+    assert _named(effect) == set(), effect
+    assert effect is not None and [a["a"] for a in effect["acts"]] == ["user.noop"]
+    assert state is not None and "stale" not in state  # still known
+
+
+def test_an_answer_without_the_omitted_emails_names_them_changed_and_known_gone() -> None:
+    ev = exchange_event("PUT", "/Users/A", _user(), 200, {**_user(), "id": "A"})
+    assert ev["x"]["result"]["emails"] is None
+    effect, state, _ = classify(_user_state(), ev)
+    assert _named(effect) == {"emails"}
+    assert state is not None and "emails" not in state and "stale" not in state
+    # known now: a PUT stating no emails again changes nothing
+    effect, _, _ = classify(state, exchange_event("PUT", "/Users/A", _user(), 200, None))
+    assert _named(effect) == set(), effect
+
+
+@pytest.mark.parametrize(
+    ("status", "answer", "query", "cfg"),
+    [
+        (204, None, b"", {}),  # no resource in the answer
+        (200, {**_user(emails=EMAILS), "id": "A"}, b"attributes=userName", {}),
+        (200, {**_user(emails=EMAILS), "id": "A"}, b"", {"digest_attrs": ("emails",)}),
+    ],
+    ids=["204", "trimmed", "digested"],
+)
+def test_without_the_answer_the_omitted_emails_are_not_known(
+    status: int, answer: Any, query: bytes, cfg: dict[str, Any]
+) -> None:
+    """As before: named changed, the state's values stale. A policy that records the emails
+    only as a digest keeps them out of ``x.result`` too."""
+    ev = exchange_event("PUT", "/Users/A", _user(), status, answer, query, **cfg)
+    assert "emails" not in ((ev.get("x") or {}).get("result") or {})
+    effect, state, _ = classify(_user_state(), ev)
+    assert _named(effect) == {"emails"}
+    assert state is not None and state.get("stale") == ["emails"]
+
+
+def _group_state(*members: str) -> dict[str, Any]:
+    body = {"schemas": [GROUP], "displayName": "g", "members": [{"value": m} for m in members]}
+    created = exchange_event("POST", "/Groups", body, 201, {**body, "id": "G"})
+    _, state, _ = classify(None, created)
+    assert state is not None and "members" in state["full"]
+    return state
+
+
+def _members_answer(*members: str) -> dict[str, Any]:
+    out: dict[str, Any] = {"schemas": [GROUP], "id": "G", "displayName": "g2"}
+    if members:
+        out["members"] = [{"value": m} for m in members]
+    return out
+
+
+@pytest.mark.parametrize(
+    ("kept", "answered"),
+    [(("M1", "M2"), True), (("M1",), True), ((), True), ((), False)],
+    ids=["kept", "one-kept", "none", "no-answer"],
+)
+def test_a_group_put_without_members_is_judged_from_the_answer(
+    kept: tuple[str, ...], answered: bool
+) -> None:
+    """Kept (a merging SP): no member named removed, the set still known; cleared: each
+    named removed. No answer: cleared, as before (and as both SPs tried do)."""
+    body = {"schemas": [GROUP], "displayName": "g2"}
+    answer = _members_answer(*kept) if answered else None
+    ev = exchange_event("PUT", "/Groups/G", body, 200 if answered else 204, answer)
+    if answered:
+        assert ev["x"]["result"]["members"] == sorted(pid_b64(m) for m in kept)
+    effect, state, _ = classify(_group_state("M1", "M2"), ev)
+    assert effect is not None and state is not None
+    removed = {r["pid"] for r in effect.get("refs", ()) if r["op"] == "remove"}
+    assert removed == {pid_b64(m) for m in {"M1", "M2"} - set(kept)}, effect
+    assert state["members"] == sorted(pid_b64(m) for m in kept)
+    assert "members" in state["full"]
+
+
+def test_only_a_puts_answer_records_the_members_and_emails() -> None:
+    """A PATCH's answer records neither (the log does not use them there: no pseudonym
+    lookups per member, no values twice in the event)."""
+    patch = {
+        "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+        "Operations": [{"op": "replace", "path": "displayName", "value": "g3"}],
+    }
+    ev = exchange_event("PATCH", "/Groups/G", patch, 200, _members_answer("M1"))
+    assert "result" not in (ev.get("x") or {})
+    ev = exchange_event("PATCH", "/Users/A", patch, 200, {**_user(emails=EMAILS), "id": "A"})
+    assert not {"userName", "emails"} & set(ev["x"]["result"])
+
+
+# --- against real SPs: scim2-server, SCIMMY, and scim2-server made to merge a PUT ----------
+
+
+@pytest.mark.lmdb_only("the log's backend is not what is tested: once is enough")
+@pytest.mark.parametrize("sp", ["scim2-server", "SCIMMY", "merging"])
+def test_a_put_leaving_out_members_and_emails_against_real_sps(
+    harness: Harness,  # noqa: F811
+    tmp_path: Path,
+    sp: str,
+) -> None:
+    """The differential oracle finds nothing wrong on any of them, and the log names what
+    each did: scim2-server and SCIMMY clear the omitted members and emails, the merging SP
+    keeps them (before faith19: named removed and changed all the same)."""
+    prog = {
+        "user": {"schemas": [USER], "userName": "{T_NAME}", "emails": EMAILS},
+        "group": {
+            "schemas": [GROUP],
+            "displayName": "{G_NAME}",
+            "members": [{"value": "{P0}"}, {"value": "{P1}"}],
+        },
+        "writes": [
+            (("PUT", "T", {"schemas": [USER], "userName": "{T_NAME}"}), "plain"),
+            (("PUT", "G", {"schemas": [GROUP], "displayName": "{G_NAME}"}), "plain"),
+        ],
+    }
+    if sp == "merging":
+        app = merging_sp(scim_asgi_app())
+        with make_rig(harness, tmp_path, app=app) as rig:
+            driver = Driver(rig, app, pool=2)
+            assert driver.run(prog) == []
+            members = snapshot(driver.get, f"/Groups/{driver.ids['G']}")
+            user_effect, group_effect = driver.effects
+    else:
+        with sp_driver(sp, harness, tmp_path) as driver:
+            assert driver.run(prog) == []
+            members = snapshot(driver.get, f"/Groups/{driver.ids['G']}")
+            user_effect, group_effect = driver.effects
+    assert members is not None
+    kept = sp == "merging"
+    assert bool(members.members) == kept
+    assert ("emails" in _named(user_effect)) != kept, user_effect
+    removals = [r for r in group_effect.get("refs", ()) if r["op"] == "remove"]
+    assert len(removals) == (0 if kept else 2), group_effect
