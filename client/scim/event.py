@@ -408,9 +408,10 @@ _MOD = MapSpec(
         # A clear of members or manager in a PATCH with two or more operations on it: the
         # index of its operation in "patch", to place it among the references
         "i": (_UINT, False),
-        # A PATCH replace of members, roles, entitlements or the manager with nothing: whether
-        # its operation named a "path" or came as a path-less value map (RFC 7643 §2.5: there
-        # an empty value is as if absent, and SPs differ); absent in events from before it
+        # A PATCH replace of members, roles, entitlements or the manager: whether its operation
+        # named a "path" or came as a path-less value map (RFC 7643 §2.5: with nothing, an
+        # empty value is as if absent; with values, SCIMMY adds them; SPs differ); absent in
+        # events from before it (and, before faith19, on a replace with values)
         "form": (EnumSpec(MOD_FORMS), False),
     }
 )

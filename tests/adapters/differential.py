@@ -48,6 +48,7 @@ __all__ = [
     "hunt",
     "merge_effects",
     "program",
+    "ref_steps",
     "scimmy_driver",
     "served_sp",
     "snapshot",
@@ -209,31 +210,39 @@ def disagreements(
     ):
         if attr in unknown:
             continue  # named changed, not known how: marked, not silent
-        # Each subject's named steps, in order, must take it from the SP's before to its
-        # after: an add only of one not there, a remove only of one there.
         was = {_b64(pid(i)) for i in real_b}
         now = {_b64(pid(i)) for i in real_a}
-        named_ops: dict[str, list[str]] = {p: [] for p in was ^ now}
-        for r in refs:
-            if r["attr"] == attr:
-                named_ops.setdefault(r["pid"], []).append(r["op"])
-        for p, ops in named_ops.items():
-            there = p in was
-            for op in ops:
-                if (op == "add") == there:
-                    out.append(f"{attr}: {op} named of one {'already' if there else 'not'} there")
-                there = op == "add"
-            if there != (p in now):
-                out.append(
-                    f"{attr}: named {ops} of one the SP had {'' if p in was else 'not '}before "
-                    f"and has {'' if p in now else 'not '}after"
-                )
+        out.extend(ref_steps(refs, attr, was, now))
     named = {c["attr"] for c in effect.get("changes", ())}
     for key in ("emails", "username"):
         if key in changed and key not in named:
             out.append(f"{key} changed on the SP, the effect does not name it")
     if "other" in changed and "update" not in verbs:
         out.append(f"other attributes changed, the effect says {sorted(verbs)}")
+    return out
+
+
+def ref_steps(refs: Any, attr: str, was: set[str], now: set[str]) -> list[str]:
+    """What the effect's ``refs`` of ``attr`` (members, manager) get wrong about an SP that
+    held the pids ``was`` (base64) before and ``now`` after: each subject's named steps, in
+    order, must take it from one to the other (an add only of one not there, a remove only
+    of one there)."""
+    out = []
+    named_ops: dict[str, list[str]] = {p: [] for p in was ^ now}
+    for r in refs:
+        if r["attr"] == attr:
+            named_ops.setdefault(r["pid"], []).append(r["op"])
+    for p, ops in named_ops.items():
+        there = p in was
+        for op in ops:
+            if (op == "add") == there:
+                out.append(f"{attr}: {op} named of one {'already' if there else 'not'} there")
+            there = op == "add"
+        if there != (p in now):
+            out.append(
+                f"{attr}: named {ops} of one the SP had {'' if p in was else 'not '}before "
+                f"and has {'' if p in now else 'not '}after"
+            )
     return out
 
 
@@ -789,6 +798,14 @@ user_op = st.one_of(
         st.integers(0, POOL - 1),
     ),
     st.just({"op": "remove", "path": f"{ENT}:manager"}),
+    # faith19: the path-less clears of the manager (the SPs differ on two of the three)
+    st.sampled_from(
+        [
+            {"op": "replace", "value": {ENT: {"manager": None}}},
+            {"op": "replace", "value": {ENT: {"manager": {}}}},
+            {"op": "replace", "value": {f"{ENT}:manager": None}},
+        ]
+    ),
     st.just({"op": "remove", "path": "active"}),
     st.just({"op": "add", "path": "emails", "value": [{"type": "home", "value": "h@x.test"}]}),
     st.just({"op": "remove", "path": 'emails[type eq "home"]'}),
@@ -843,6 +860,10 @@ group_op = st.one_of(
         st.integers(0, POOL - 1),
     ),
     st.just({"op": "remove", "path": "members"}),
+    # faith19: the path-less replace with values (SCIMMY adds them to its members)
+    st.builds(
+        lambda ms: {"op": "replace", "value": {"members": [{"value": _p(i)} for i in ms]}}, users
+    ),
     st.builds(
         lambda n: {"op": "replace", "path": "displayName", "value": f"G{n}"}, st.integers(0, 2)
     ),

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from client.scim import EventFormatError, event_from_json, event_to_json
 from client.scim.event import decode_event, encode_event, validate_event
 from client.scim.fastjson import decode_event_json
+from tests.adapters.differential import ref_steps
 
 from . import members_model
 from .members_model import PATCH_OP, b64, changes, group_event, judge, pid_of, user_event
@@ -292,12 +293,8 @@ def _sp(start: set[str], ops: list[tuple[str, list[str]]], *, merges: bool) -> s
             sp = sp if merges else set()
         elif op == "preplace":
             sp = sp | set(rids) if merges else set(rids)
-        elif op == "clear":
-            sp = set()
-        elif op == "replace":
-            sp = set(rids)
-        else:
-            sp = sp | set(rids) if op == "add" else sp - set(rids)
+        else:  # the path form: as every SP applies it
+            sp = members_model.sp_apply(sp, [("clear-replace" if op == "clear" else op, rids)])
     return sp
 
 
@@ -307,19 +304,7 @@ def _faithful(effect: dict[str, Any], before: set[str], after: set[str]) -> list
     if "members" in _unknown(effect):
         return []
     was, now = set(members_model.members(before)), set(members_model.members(after))
-    named: dict[str, list[str]] = {p: [] for p in was ^ now}
-    for op, p in [(r["op"], r["pid"]) for r in effect.get("refs", ())]:
-        named.setdefault(p, []).append(op)
-    out = []
-    for p, ops in named.items():
-        there = p in was
-        for op in ops:
-            if (op == "add") == there:
-                out.append(f"{op} of one {'already' if there else 'not'} there")
-            there = op == "add"
-        if there != (p in now):
-            out.append(f"{ops}: {p in was} -> {p in now}")
-    return out
+    return ref_steps(effect.get("refs", ()), "members", was, now)
 
 
 @settings(max_examples=300, deadline=None)
