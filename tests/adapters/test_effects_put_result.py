@@ -21,7 +21,7 @@ import pytest
 from tests.scim_service.conftest import Harness, harness  # noqa: F401
 from tlog.scim.effects import classify
 
-from .differential import GROUP, USER, Driver, snapshot, sp_driver
+from .differential import ENT, GROUP, USER, Driver, snapshot, sp_driver
 from .helpers import scim_asgi_app
 from .merge_sp import merging_sp
 from .recorded import exchange_event, pid_b64
@@ -183,3 +183,28 @@ def test_a_put_leaving_out_members_and_emails_against_real_sps(
     assert ("emails" in _named(user_effect)) != kept, user_effect
     removals = [r for r in group_effect.get("refs", ()) if r["op"] == "remove"]
     assert len(removals) == (0 if kept else 2), group_effect
+
+
+@pytest.mark.parametrize("answered", [True, False], ids=["answer-none", "no-answer"])
+def test_a_manager_the_log_forgot_is_said_not_known_when_a_put_leaves_it_out(
+    answered: bool,
+) -> None:
+    """Found by the random hunt once it drew the manager's path-less clears: after
+    ``{ext: {"manager": {}}}`` (scim2-server keeps the manager; the log forgets it, not
+    known), a PUT leaving the manager out was answered with none (scim2-server cleared it),
+    and the effect said nothing of the manager. The state now marks a manager it forgot
+    (``manager_unknown``): such a PUT names it changed without values (not known)."""
+    managed = _user(**{ENT: {"manager": {"value": "M"}}}, schemas=[USER, ENT])
+    created = exchange_event("POST", "/Users", managed, 201, {**managed, "id": "A"})
+    _, state, _ = classify(None, created)
+    pathless = {
+        "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+        "Operations": [{"op": "replace", "value": {ENT: {"manager": {}}}}],
+    }
+    effect, state, _ = classify(state, exchange_event("PATCH", "/Users/A", pathless, 204, None))
+    assert _named(effect) == {"manager"}
+    answer = {**_user(), "id": "A"} if answered else None
+    put = exchange_event("PUT", "/Users/A", _user(), 200 if answered else 204, answer)
+    effect, state, _ = classify(state, put)
+    assert "manager" in _named(effect), effect
+    assert effect is not None and "refs" not in effect

@@ -387,3 +387,21 @@ def test_roles_after_a_pathless_write(key: str) -> None:
     then = _patch({"op": "replace", "path": key, "value": [{"value": "ops"}]})
     effect, state = judge(state, user_event("patch", then, "r3"))
     assert {"attr": key} in effect["changes"] and key in state["full"]
+
+
+def test_a_pathless_replace_with_values_in_a_split_request_names_no_removal() -> None:
+    """Cut into linked parts (its ``mods`` entry in one part, its references in the same or
+    later ones), the path-less replace with values named u1 and u2 removed (in the part
+    with its references), which SCIMMY keeps: now no part judges it exact."""
+    pathless = {"op": "replace", "value": {"members": [{"value": r} for r in ("u3", "u4")]}}
+    whole = group_event("patch", _patch(pathless), "big")
+    kept = {b64(pid_of("User", r)) for r in ("u1", "u2")}
+    for cut in range(1, len(members_model.split_items(whole))):
+        parts, _ = members_model.split_parts(whole, [cut])
+        state = _group("u1", "u2")
+        named = set()
+        for ev in parts:
+            effect, state = judge(state, ev)
+            named |= {p for op, p in changes(effect) if op == "remove"}
+        assert not named & kept, cut
+        assert "members" not in state["full"] and "merging" not in state, cut

@@ -399,7 +399,7 @@ class _Run:
                 self.state["forgot"] = self.ev["corr"]["req"]
         if attr == "manager":
             if at != [0]:
-                self.state.pop("manager", None)
+                self._forget_manager()
                 self.changes.append({"attr": "manager"})  # what is left is not known
                 self.verbs.add("update")
                 return True
@@ -469,6 +469,7 @@ class _Run:
         self.full = set()
         if self.prefix == "group":
             self.state["members"] = []
+        self._forget_manager()  # (a User's: marked not known)
         for key in sorted(known):
             self.changes.append({"attr": key})
         if known:
@@ -479,7 +480,16 @@ class _Run:
         if "members" in self.state or "members" in self.full:
             self.state["members"] = []
         self.full.discard("members")
+        self._forget_manager()
+
+    def _forget_manager(self) -> None:
+        """The manager no longer known: forgotten, and a User's state marks it
+        (``manager_unknown``), so that a later answer or PUT that cannot say what became of
+        it says the log does not know (before faith19 a PUT leaving it out, answered with
+        none, was silent about a manager scim2-server had kept and then cleared)."""
         self.state.pop("manager", None)
+        if self.prefix == "user":
+            self.state["manager_unknown"] = True
 
     def _mark_touched(
         self, mods: Iterable[Mapping[str, Any]], refs: Iterable[Mapping[str, Any]]
@@ -519,6 +529,7 @@ class _Run:
 
     def _clear_manager(self) -> None:
         """The manager removed (a clear): the known one goes, or nothing was there."""
+        self.state.pop("manager_unknown", None)  # none now, whatever it was
         old = self.state.pop("manager", None)
         if old is not None:
             self.refs.append({"rt": "User", "pid": old, "op": "remove", "attr": "manager"})
@@ -646,6 +657,7 @@ class _Run:
                     self.refs.append({"rt": "User", "pid": old, "op": "remove", "attr": "manager"})
                 self.refs.append({"rt": r["rt"], "pid": pid, "op": "add", "attr": "manager"})
                 self.state["manager"] = pid
+                self.state.pop("manager_unknown", None)
                 self.verbs.add("update")
             return
         cur = set(self.state.get("members", ()))
@@ -693,7 +705,9 @@ class _Run:
         # this request that states them (a clear or a replace naming its path, a remove, an
         # add) places them again; what no step places leaves the set not known.
         maybe: set[str] = set()
-        merge = parts <= 1 and self._pathless_replace(attr)
+        merge = self._pathless_replace(attr) or (
+            parts > 1 and self.state.get("merging") == self.ev["corr"]["req"]
+        )
         for n, (op, pids) in enumerate(runs):
             asked = set(pids)
             # Where the set is not known whole (and the resource is), a step the state cannot
@@ -710,10 +724,11 @@ class _Run:
                 if not maybe:  # known empty: nothing to clear on any SP
                     self.noop.append({"attr": "members", "op": "remove", "n": 1})
                 continue
-            if op == "replace" and merge and self._pathless_op(run_i[n]):
-                # each asked ends a member on every SP; the others may stay (SCIMMY)
+            if op == "replace" and merge and (parts > 1 or self._pathless_op(run_i[n])):
+                # each asked ends a member on every SP; the others may stay (SCIMMY). In a
+                # split request (its parts' references cannot be placed): not known.
                 added = asked - cur - maybe
-                if full:
+                if full and parts <= 1:
                     maybe = (maybe | cur) - asked
                     cur = set(asked)
                 else:
@@ -791,7 +806,7 @@ class _Run:
                 cur -= asked
                 maybe -= asked
                 self._members(set(), removed, rts)
-        if maybe:  # kept by some SPs, not by others: what is left is not known
+        if maybe or (merge and parts > 1):  # kept by some SPs, not by others: not known
             self.full.discard("members")
             self._not_known("members")
         self.state["members"] = sorted(cur)
@@ -807,6 +822,16 @@ class _Run:
             and _attr_kind(self.prefix, m["attr"])[0] == attr
             for m in self.ev.get("mods", ())
         )
+
+    def _mark_merging(self, part: int, parts: int, req: object) -> None:
+        """A split request replacing the members by the path-less form with values (its
+        ``mods`` entry in this part or an earlier one, its references in this part or a
+        later one): marked (``merging``) until its last part, so that no part judges a
+        replace of it exact (references)."""
+        if self.state.get("merging") not in (None, req) or part == 0:
+            self.state.pop("merging", None)
+        if self._pathless_replace("members"):
+            self.state["merging"] = req
 
     def _pathless_op(self, i: int | None) -> bool:
         """Whether the PatchOp numbered ``i`` (``patch[i]``) came without a path; None (the
@@ -952,6 +977,8 @@ class _Run:
             if stated:
                 self.left_out(named, x.get("result"))
         refs = ev.get("refs", ())
+        if parts > 1:
+            self._mark_merging(part, parts, req)
         if self.state.get("cleared") not in (None, req):
             for key in ("cleared", "cleared_members", "cleared_manager"):
                 self.state.pop(key, None)  # a split request whose last part never came
@@ -980,9 +1007,11 @@ class _Run:
             # An earlier part of this request cleared the members or the manager at a place
             # among the references that a split request cannot show: still not known.
             self.full.discard("members")
-            self.state.pop("manager", None)
+            self._forget_manager()
             if part >= parts - 1:
                 self.state.pop("forgot", None)
+        if part >= parts - 1:
+            self.state.pop("merging", None)  # the split request's last part: judged
         if "split_lost" in self.state and self.state["split_lost"] == req:
             # A part of this request is missing: whatever its references did, a replace of
             # the members or a clear may run over the parts, so the set stays not known.
@@ -1097,12 +1126,16 @@ class _Run:
         judges it: an SP that treats a PUT as a merge keeps the omitted manager, and its
         answer says so (before effects 14 it was named removed all the same)."""
         told = isinstance(result, Mapping) and as_bool(result.get("active")) is not None
-        if "manager" in self.state and "manager" not in named and _told_manager(result) is None:
+        told_mgr = _told_manager(result)
+        if "manager" in self.state and "manager" not in named and told_mgr is None:
             # as a PUT's omitted roles and members are (cleared): a default manager is
             # nothing an SP can assign, so it went; named removed, found by its search.
             # Unless the SP's answer says what became of it (x.result.manager): then
             # apply_result judges it (an SP that merges a PUT keeps it: not removed).
             self._clear_manager()
+        elif self.state.get("manager_unknown") and "manager" not in named and told_mgr is None:
+            self._not_known("manager")  # cleared or kept, of one the log does not know
+            self.verbs.add("update")
         if "active" in self.state and "active" not in named and not told:
             del self.state["active"]
             self.changes.append({"attr": "active"})
@@ -1162,6 +1195,11 @@ class _Run:
         change. A manager the state did not know is taken, not named (no claim of a change
         that may not be one)."""
         old = self.state.get("manager")
+        unknown = self.state.pop("manager_unknown", None)
+        if unknown and old is None and pid is None:
+            # none now; whether there was one the log does not know (faith19)
+            self._not_known("manager")
+            self.verbs.add("update")
         if old == pid:
             return
         if pid is None:
@@ -1428,6 +1466,8 @@ _MARK_KEYS = (
     "cleared_manager",
     "put_seen",
     "stale",
+    "merging",
+    "manager_unknown",
     *_TOUCHED_KEYS,
 )
 
