@@ -645,7 +645,9 @@ class _Builder:
             # under the referenced subject's own key, never in plain.
             if has_value and value not in (None, [], {}, ""):
                 self.add_refs(value, ref_rt, op, _ref_attr_name(key))
-            if op == "replace" and (value in (None, [], {}, "") or not has_value):
+            if op == "replace" and (
+                value in (None, [], {}, "") or not has_value or _no_manager(key, value)
+            ):
                 entry["new"] = "null"  # a replace with nothing: the references are cleared
             elif op == "remove" and not has_value and "[" not in path:
                 entry["new"] = "null"  # every value removed (RFC 7644 §3.5.2.2): cleared
@@ -706,6 +708,16 @@ def misplaced_form(ev: Mapping[str, Any], mod: Mapping[str, Any]) -> str | None:
     if "old" in mod or "old_d" in mod:
         return "not on an entry with old values (a replace has none)"
     return None
+
+
+def _no_manager(key: str, value: object) -> bool:
+    """A manager replaced by one without an id (``{"value": ""}``, no ``value``): both SPs
+    tried store it so, and the manager it had is gone (faith19's trial): a clear, not a
+    change to nothing (before, no reference and no clear: ``user.noop``)."""
+    if key != ENTERPRISE_MANAGER or not isinstance(value, Mapping):
+        return False
+    ref = _get_ci(value, "value")
+    return ref is None or ref == ""
 
 
 def _ref_attr_name(key: str) -> str:

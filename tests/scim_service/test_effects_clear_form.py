@@ -193,9 +193,13 @@ def test_a_pathless_replace_of_the_manager_with_nothing_is_not_known() -> None:
     assert "refs" not in effect  # the manager not claimed removed
     assert _unknown(effect) == {"manager"}
     assert "manager" not in state
-    # the path form clears it, named removed
+    # the path form: not known either since faith19 (with {} scim2-server keeps it, SCIMMY
+    # clears it, and the event cannot tell {} from null); a remove by its path is exact
     op = {"op": "replace", "path": f"{ENTERPRISE}:manager", "value": None}
     effect, state = judge(_user(**start), user_event("patch", _patch(op), "r2"))
+    assert "refs" not in effect and _unknown(effect) == {"manager"}
+    op = {"op": "remove", "path": f"{ENTERPRISE}:manager"}
+    effect, state = judge(_user(**start), user_event("patch", _patch(op), "r3"))
     assert [(r["op"], r["pid"]) for r in effect["refs"]] == [("remove", b64(pid_of("User", "m1")))]
 
 
@@ -405,3 +409,45 @@ def test_a_pathless_replace_with_values_in_a_split_request_names_no_removal() ->
             named |= {p for op, p in changes(effect) if op == "remove"}
         assert not named & kept, cut
         assert "members" not in state["full"] and "merging" not in state, cut
+
+
+def test_a_manager_replaced_by_one_without_an_id_is_a_clear() -> None:
+    """``{ext: {"manager": {"value": ""}}}``: scim2-server and SCIMMY both store a manager
+    without an id (faith19's trial), the one before is gone; the event held no reference
+    and no clear, and the log judged ``user.noop``. Now it is a clear: not known, as every
+    replace of the manager with nothing (the event cannot tell the values apart)."""
+    start = {ENTERPRISE: {"manager": {"value": "m1"}}}
+    op = {"op": "replace", "value": {ENTERPRISE: {"manager": {"value": ""}}}}
+    effect, state = judge(_user(**start), user_event("patch", _patch(op), "r1"))
+    assert _unknown(effect) == {"manager"} and "manager" not in state
+    op = {"op": "replace", "path": f"{ENTERPRISE}:manager", "value": {"value": ""}}
+    effect, state = judge(_user(**start), user_event("patch", _patch(op), "r2"))
+    assert "refs" not in effect and _unknown(effect) == {"manager"}
+
+
+def test_the_manager_replaced_by_its_path_with_an_empty_map_is_not_known() -> None:
+    """``"path": "...:manager", "value": {}``: SCIMMY clears the manager, scim2-server keeps
+    it (faith19's trial); the log named it removed (an exact clear of the path form)."""
+    start = {ENTERPRISE: {"manager": {"value": "m1"}}}
+    op = {"op": "replace", "path": f"{ENTERPRISE}:manager", "value": {}}
+    effect, state = judge(_user(**start), user_event("patch", _patch(op), "r1"))
+    assert "refs" not in effect and _unknown(effect) == {"manager"}
+    assert "manager" not in state and state.get("manager_unknown") is True
+
+
+def test_a_manager_set_after_a_clear_of_either_form_is_exact() -> None:
+    """The manager is one value: a set after the clear decides alone on every SP, so the
+    request is exact (before faith19 the path-less clear first made it not known, the set
+    after it never applied: the state had no manager while the SP had u1)."""
+    start = {ENTERPRISE: {"manager": {"value": "m1"}}}
+    for clear in (
+        {"op": "replace", "value": {ENTERPRISE: {"manager": None}}},
+        {"op": "replace", "path": f"{ENTERPRISE}:manager", "value": {}},
+    ):
+        then = {"op": "add", "path": f"{ENTERPRISE}:manager", "value": {"value": "u1"}}
+        effect, state = judge(_user(**start), user_event("patch", _patch(clear, then), "r"))
+        assert [(r["op"], r["pid"]) for r in effect["refs"]] == [
+            ("remove", b64(pid_of("User", "m1"))),
+            ("add", b64(pid_of("User", "u1"))),
+        ], clear
+        assert state["manager"] == b64(pid_of("User", "u1")) and "manager_unknown" not in state
