@@ -798,12 +798,13 @@ user_op = st.one_of(
         st.integers(0, POOL - 1),
     ),
     st.just({"op": "remove", "path": f"{ENT}:manager"}),
-    # faith19: the path-less clears of the manager (the SPs differ on two of the three)
+    # faith19: the manager's clears by replace (the SPs differ on three of the four)
     st.sampled_from(
         [
             {"op": "replace", "value": {ENT: {"manager": None}}},
             {"op": "replace", "value": {ENT: {"manager": {}}}},
             {"op": "replace", "value": {f"{ENT}:manager": None}},
+            {"op": "replace", "path": f"{ENT}:manager", "value": {}},
         ]
     ),
     st.just({"op": "remove", "path": "active"}),
