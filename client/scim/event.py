@@ -28,12 +28,11 @@ rather than from the observed effect (SCIM.md §2.2 step 3). Absent means "effec
 adapters' own optional fields, all absent in events from before them (which therefore keep
 their bytes and are judged as before): ``mods[].op``, ``mods[].i`` and ``refs[].i`` (the
 order of a PATCH's operations), and ``mods[].form`` (``path`` or ``value``: whether a
-``replace`` of members, roles, entitlements or the manager with nothing named a path or
-came as a path-less value map; docs/scim-adapter.md). ``form`` stands there only (an entry
-with ``op`` ``replace`` of an event of op ``patch``, that attribute for the event's resource
-type, no ``old`` side, ``new`` absent, a digest, or the JSON text of null, ``[]``, ``{}`` or
-``""``): anywhere else the log refuses the event (:func:`check_forms`, at its intake only,
-so that events stored before the rule stay readable).
+``replace`` of members, roles, entitlements or the manager named a path or came as a
+path-less value map; docs/scim-adapter.md). ``form`` stands there only (an entry with
+``op`` ``replace`` of an event of op ``patch``, that attribute for the event's resource
+type, no ``old`` side): anywhere else the log refuses the event (:func:`check_forms`, at
+its intake only, so that events stored before the rule stay readable).
 
 JSON mapping (:func:`event_to_json`, :func:`event_from_json`): the same object, with the
 byte-string fields written as standard, padded RFC 4648 §4 base64 text. Those fields are

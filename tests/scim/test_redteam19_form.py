@@ -1,6 +1,6 @@
 """Red team 19: ``mods[].form`` where it must not be. The schema admitted ``"form"`` on any
 entry of ``mods`` (only its value was checked), so the log stored it on an ``add``, on
-``emails``, with a value, on a PUT: two byte forms of one meaning (an entry with and one
+``emails``, with an ``old`` side, on a PUT: two byte forms of one meaning (an entry with and one
 without it), and a ``form`` the log's effects read to judge a clear (tlog.scim.effects)
 where it says nothing. Now the log's intake refuses it anywhere but where the adapter puts
 it (``client.scim.event.check_forms``, called by ``ScimService.check_events``); the two
@@ -54,10 +54,6 @@ MISPLACED = {
     "on a remove": ({"attr": "roles", "op": "remove", "form": "value"}, {"rt": "User"}),
     "without an op": ({"attr": "members", "new": "null", "form": "path"}, {}),
     "on emails": ({"attr": "emails", "op": "replace", "new": "[]", "form": "value"}, {}),
-    "on a value": (
-        {"attr": "roles", "op": "replace", "new": '[{"value":"r"}]', "form": "path"},
-        {"rt": "User"},
-    ),
     "with an old side": (
         {"attr": "roles", "op": "replace", "old": "[]", "form": "path"},
         {"rt": "User"},
@@ -142,11 +138,7 @@ def oracle(ev: dict[str, Any], mod: dict[str, Any]) -> bool:
         key = "manager" if mod["attr"] == MANAGER else "urn"
     allowed = {"Group": {"members"}, "User": {"roles", "entitlements", "manager"}}[ev["rt"]]
     return (
-        ev["op"] == "patch"
-        and mod.get("op") == "replace"
-        and key in allowed
-        and "old" not in mod
-        and mod.get("new", "null") in ("null", "[]", "{}", '""')
+        ev["op"] == "patch" and mod.get("op") == "replace" and key in allowed and "old" not in mod
     )
 
 

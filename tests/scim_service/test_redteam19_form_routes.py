@@ -52,8 +52,8 @@ def _misplace(ev: dict[str, Any], how: str) -> dict[str, Any]:
     assert mods[0].get("form") == "path" and "form" not in mods[1], mods
     if how == "on the add":
         mods[1]["form"] = "path"
-    elif how == "with a value":
-        mods[0]["new"] = '[{"value":"x"}]'
+    elif how == "with an old side":
+        mods[0]["old"] = '[{"value":"x"}]'
     elif how == "on another attribute":
         mods[0]["attr"] = "displayName"
     elif how == "on a remove":
@@ -61,7 +61,7 @@ def _misplace(ev: dict[str, Any], how: str) -> dict[str, Any]:
     return ev
 
 
-HOW = ["on the add", "with a value", "on another attribute", "on a remove"]
+HOW = ["on the add", "with an old side", "on another attribute", "on a remove"]
 
 
 @pytest.mark.parametrize("how", HOW)
