@@ -158,6 +158,9 @@ class AuditConfig:
     * ``max_body``: request bytes of a write (then 413); ``max_answer``: bytes of a write's
       answer held until its event is recorded (then the client gets 502; the event, with
       the SP's status, is still recorded).
+    * ``durable_intents``: each write-ahead intent is flushed to disk (``fdatasync``,
+      shared by the writes in flight) before the write is forwarded, so it survives a
+      machine crash or power loss, not only a kill of the process (docs/scim-adapter.md).
     * ``trust_forwarded``: take ``src.ip`` from ``X-Forwarded-For`` (only behind a proxy
       you run); ``record_src``: record ``src`` (client IP, User-Agent) at all.
     """
@@ -185,6 +188,7 @@ class AuditConfig:
     ocsf: str = "1.8"
     trust_forwarded: bool = False
     record_src: bool = True
+    durable_intents: bool = False
 
     def __post_init__(self) -> None:
         if not ident(self.tenant, 256) or not ident(self.sp_id, 256):

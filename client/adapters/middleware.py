@@ -220,7 +220,7 @@ class AuditMiddleware:
         n = self.recover_orphans()
         self._intents = True
         try:
-            self._journal = self.outbox.intents()
+            self._journal = self.outbox.intents(durable=self.config.durable_intents)
         except OutboxError as exc:  # tried again at each write (fail-closed refuses them)
             _log.error("the write-ahead intent journal cannot be opened: %s", exc)
         return n
@@ -411,9 +411,12 @@ class AuditMiddleware:
         if self._intents:
             try:
                 iid = self._begin_intent(x)
+                if iid is not None and self._journal is not None and self._journal.durable:
+                    await self._intent_synced(self._journal, iid)
             except (OSError, OutboxError) as exc:
                 _log.error("write-ahead intent of request %s not written: %s", req_id, exc)
                 if not cfg.fail_open:  # nothing forwarded: the client may retry
+                    self._done(iid)  # (begun, not flushed: it yields nothing)
                     self.stats["refused"] += 1
                     await _send_error(
                         send,
@@ -658,8 +661,18 @@ class AuditMiddleware:
             return None
         journal = self._journal
         if journal is None:  # could not be opened at start-up: try again
-            journal = self._journal = self.outbox.intents()
+            journal = self._journal = self.outbox.intents(durable=self.config.durable_intents)
         return journal.begin(doc)
+
+    async def _intent_synced(self, journal: IntentJournal, iid: int) -> None:
+        """Durable intents: wait, off the loop, until intent ``iid`` is on disk (shared
+        flushes: :meth:`IntentJournal.synced`). A wait cancelled (the client went away)
+        forwards nothing: the intent is done."""
+        try:
+            await journal.synced(iid)
+        except asyncio.CancelledError:
+            self._done(iid)
+            raise
 
     def _intent_key(self, iid: int | None) -> str | None:
         """The name of intent ``iid`` kept with its events in the outbox (as recovery

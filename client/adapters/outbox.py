@@ -1079,8 +1079,9 @@ class Outbox:
     def closed(self) -> bool:
         return self._closed
 
-    def intents(self) -> IntentJournal:
-        """This outbox user's intent journal, opened (and locked) at the first call.
+    def intents(self, *, durable: bool = False) -> IntentJournal:
+        """This outbox user's intent journal, opened (and locked) at the first call
+        (``durable``: see :meth:`IntentJournal.synced`; the first call decides).
         Raises :class:`OutboxError` when it cannot be opened."""
         journal = self._journal
         if journal is None:
@@ -1089,7 +1090,7 @@ class Outbox:
                 if journal is None:
                     try:
                         self._intents_dir_ready()
-                        journal = self._journal = IntentJournal(self.intents_dir)
+                        journal = self._journal = IntentJournal(self.intents_dir, durable=durable)
                     except OSError as exc:
                         raise OutboxError(f"cannot open the intent journal: {exc}") from None
         return journal
@@ -1263,8 +1264,10 @@ class IntentJournal:
     forwarded) or a done (the outbox then says whether the answer was recorded). Called
     from the adapter's event loop; a lock makes it safe from other threads."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, durable: bool = False) -> None:
         self.id = _uuid.uuid4().hex
+        # Durable mode (:meth:`synced`): an intent is on disk before its write is forwarded.
+        self.durable = durable
         self.paths = (directory / f"{self.id}.0.jsonl", directory / f"{self.id}.1.jsonl")
         self._lock_path = directory / f"{self.id}.lock"
         # Locked under another name, then renamed: a start-up that lists the directory
@@ -1285,6 +1288,12 @@ class IntentJournal:
             self._map_empty(0, _INTENTS_SIZE)
             # both files there from the start (the second is prepared by a thread)
             self._fds[1] = os.open(self.paths[1], os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+            if durable:  # the files and the lock's name on disk before any intent is
+                fd0 = self._fds[0]
+                assert fd0 is not None
+                os.fdatasync(fd0)
+                fsync_dir(directory)
+                fsync_dir(directory.parent)  # the journal directory's own name
         except BaseException:
             self._close_files()
             os.close(self._lock_fd)
@@ -1297,6 +1306,19 @@ class IntentJournal:
         self._n = 0
         self._mutex = threading.Lock()
         self._closed = False
+        # Durable mode's group commit (_flush_loop): the intents numbered up to ``_synced``
+        # are on disk; the forwards waiting for theirs; each switch of file bumps ``_gen``.
+        self._synced = 0
+        self._gen = 0
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._wake = threading.Condition(self._mutex)
+        self._flusher: threading.Thread | None = None
+        self.flushes = 0  # flushes made (durable mode): fewer than the intents when shared
+        if durable:
+            self._flusher = threading.Thread(
+                target=self._flush_loop, name="intent-journal-flush", daemon=True
+            )
+            self._flusher.start()
         self._prepare(1, _INTENTS_SIZE)
 
     @property
@@ -1331,6 +1353,60 @@ class IntentJournal:
     def in_flight(self) -> int:
         return len(self._open)
 
+    async def synced(self, iid: int) -> None:
+        """Durable mode: return once intent ``iid`` (begun) is on disk, so that it survives
+        a machine crash too; at once otherwise. Awaited on the event loop, which it never
+        blocks: a thread (:meth:`_flush_loop`) flushes, for every forward waiting then, the
+        lines written since its last flush, in one ``fdatasync`` (group commit). Raises
+        OSError when the flush failed (the intent may not be on disk: nothing must be
+        forwarded) or the journal is closed."""
+        if not self.durable:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        with self._mutex:
+            if self._closed:
+                raise OSError("the intent journal is closed")
+            if iid <= self._synced:
+                return
+            self._waiters.append((iid, fut))
+            self._wake.notify()
+        await fut
+
+    def _flush_loop(self) -> None:
+        """Durable mode's flushing thread: while forwards wait (:meth:`synced`), the file
+        being written is flushed (``fdatasync``: the kernel writes the pages dirtied since
+        the last flush, the lines of every intent begun since, and what is needed to read
+        them), then every waiter whose intent was written before the flush started is
+        settled, in one callback per event loop. A switch of file during a flush (the
+        intents in flight were copied into the other file, not yet flushed) makes it flush
+        again there before settling anyone."""
+        while True:
+            with self._mutex:
+                while not self._closed and not self._waiters:
+                    self._wake.wait()
+                if self._closed:
+                    ready, self._waiters = self._waiters, []
+                    _settle_waiters(ready, OSError("the intent journal is closed"))
+                    return
+                n, gen, fd = self._n, self._gen, self._fds[self._cur]
+            failed: OSError | None = None
+            try:
+                if fd is None:
+                    raise OSError("the intent journal file is not open")
+                os.fdatasync(fd)
+            except OSError as exc:
+                failed = exc
+                _log.error("intent journal flush failed: %s", exc)
+            with self._mutex:
+                if failed is None and gen != self._gen:
+                    continue  # switched meanwhile: flush the file written now
+                self.flushes += 1
+                if failed is None:
+                    self._synced = n
+                ready = [w for w in self._waiters if w[0] <= n]
+                self._waiters = [w for w in self._waiters if w[0] > n]
+            _settle_waiters(ready, failed)
+
     def _append(self, line: bytes) -> None:
         m = self._maps[self._cur]
         end = self._off + len(line)
@@ -1353,6 +1429,7 @@ class IntentJournal:
         m = self._spare_map(k, size)
         self._hand_over(m, kept, line)
         self._cur, self._off = k, need
+        self._gen += 1
         self._prepare(1 - k, size)
 
     def _spare_map(self, k: int, size: int) -> mmap.mmap:
@@ -1441,12 +1518,39 @@ class IntentJournal:
             if self._closed:
                 return
             self._closed = True
+            self._wake.notify_all()
+        if self._flusher is not None:  # it fails the forwards still waiting
+            self._flusher.join()
+        with self._mutex:
             self._close_files()
             if remove and not self._open:
                 for p in (*self.paths, self._lock_path):
                     with contextlib.suppress(OSError):
                         os.unlink(p)
             os.close(self._lock_fd)
+
+
+def _settle_waiters(
+    waiters: Sequence[tuple[int, asyncio.Future[None]]], failed: BaseException | None
+) -> None:
+    """From the journal's flushing thread: settle these forwards' waits, each on its event
+    loop, one callback per loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+    for _, fut in waiters:
+        by_loop.setdefault(fut.get_loop(), []).append(fut)
+    for loop, futs in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+            loop.call_soon_threadsafe(_settle_futures, futs, failed)
+
+
+def _settle_futures(futs: list[asyncio.Future[None]], failed: BaseException | None) -> None:
+    for fut in futs:
+        if fut.done():  # the waiting request was cancelled
+            continue
+        if failed is None:
+            fut.set_result(None)
+        else:
+            fut.set_exception(OSError(f"the intent could not be flushed: {failed}"))
 
 
 @dataclass

@@ -126,6 +126,12 @@ class ProxyConfig:
         "pass SCIM responses through when the event cannot be recorded "
         "(default: fail closed with 503)",
     )
+    durable_intents: bool = setting(
+        False,
+        "flush each write-ahead intent to disk before forwarding its write (one fdatasync "
+        "shared by the writes in flight), so that it survives a machine crash or power "
+        "loss; without it an intent survives a kill of the proxy, not of the machine",
+    )
     receipt_timeout: float = setting(
         0.0,
         "seconds to wait for the log's receipt before answering (0: answer once the event "
@@ -182,6 +188,7 @@ class ProxySettings:
     sp_id: str
     outbox: Path = _P.outbox
     fail_open: bool = _P.fail_open
+    durable_intents: bool = _P.durable_intents
     receipt_timeout: float = _P.receipt_timeout
     base_path: str | None = None
     preserve_host: bool = _P.preserve_host
@@ -474,6 +481,7 @@ def build_proxy(
         sp_base=s.upstream,
         base_path=base,
         fail_open=s.fail_open,
+        durable_intents=s.durable_intents,
         receipt_timeout=s.receipt_timeout,
         ref_pid=pids,
     )
@@ -566,6 +574,7 @@ def main_proxy(cfg: ProxyConfig) -> int:
         sp_id=cfg.sp_id,
         outbox=cfg.outbox,
         fail_open=cfg.fail_open,
+        durable_intents=cfg.durable_intents,
         receipt_timeout=cfg.receipt_timeout,
         base_path=cfg.base_path,
         preserve_host=cfg.preserve_host,
