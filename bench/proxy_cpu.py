@@ -29,7 +29,14 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from bench.scim_proxy import named_split, thread_cpu, thread_names, tlog_token, wrk
+from bench.scim_proxy import (
+    durable_env,
+    named_split,
+    thread_cpu,
+    thread_names,
+    tlog_token,
+    wrk,
+)
 from bench.tlogserve import start_serve
 from harness.net import free_port, stop_processes, wait_http
 from harness.tlog import ROOT, log_vkey, tlog_env
@@ -139,6 +146,11 @@ def main() -> None:
     ap.add_argument("--connections", type=int, default=16)
     ap.add_argument("--proxy-root", type=Path, default=ROOT)
     ap.add_argument(
+        "--durable-intents",
+        action="store_true",
+        help="run the proxy with durable write-ahead intents (TLOG_PROXY_DURABLE_INTENTS)",
+    )
+    ap.add_argument(
         "--cprofile",
         type=Path,
         help="run the proxy under cProfile (its event-loop thread only) and write the stats "
@@ -179,7 +191,7 @@ def main() -> None:
             ],
             cwd=root,
             # The key by environment: a checkout from before --log-key ignores it.
-            env={**tlog_env(), "TLOG_PROXY_LOG_KEY": log_vkey(log_url)},
+            env={**tlog_env(), "TLOG_PROXY_LOG_KEY": log_vkey(log_url), **durable_env(args)},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

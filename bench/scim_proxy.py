@@ -307,6 +307,11 @@ def raw_batch_load(url: str, token: str, seconds: float, threads: int = 2) -> tu
     return post_batches(url, token, "/v1/entries/batch", "indices", bodies, seconds)
 
 
+def durable_env(args: argparse.Namespace) -> dict[str, str]:
+    """The proxy's environment for ``--durable-intents`` (nothing without it)."""
+    return {"TLOG_PROXY_DURABLE_INTENTS": "true"} if args.durable_intents else {}
+
+
 def tlog_token(data: Path, tenant: str, database: str | None = None) -> str:
     """A new submitter token for ``tenant`` of the log in ``data`` (and ``database``)."""
     store = [] if database is None else ["--database", database]
@@ -348,6 +353,11 @@ def main() -> None:
         default=ROOT,
         help="run the proxy of another checkout (its .venv), e.g. a 'before' worktree; "
         "everything else (SPs, log, load) from this one",
+    )
+    ap.add_argument(
+        "--durable-intents",
+        action="store_true",
+        help="run the proxy with durable write-ahead intents (TLOG_PROXY_DURABLE_INTENTS)",
     )
     ap.add_argument(
         "--skip-batch",
@@ -417,7 +427,7 @@ def main() -> None:
             ],
             cwd=proxy_root,
             # The key by environment: a checkout from before --log-key ignores it.
-            env={**tlog_env(), "TLOG_PROXY_LOG_KEY": log_vkey(log_url)},
+            env={**tlog_env(), "TLOG_PROXY_LOG_KEY": log_vkey(log_url), **durable_env(args)},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
