@@ -141,12 +141,15 @@ _HANDED_BYTES = 16 << 20
 
 @dataclass(frozen=True)
 class Pending:
-    """A queued, not yet delivered event."""
+    """A queued, not yet delivered event. ``write`` names the write it records (its
+    request id and intent): the events of one write (a request split into linked parts, a
+    ``/Bulk``'s operations) share it, and are delivered in one batch (:meth:`Outbox.pending`)."""
 
     seq: int
     eid: str
     body: str
     attempts: int
+    write: str = ""
 
 
 @dataclass(frozen=True)
@@ -1006,18 +1009,30 @@ class Outbox:
             raise OutboxError(f"cannot read the outbox {self.path}: {_safe(exc)}") from None
 
     def pending(self, limit: int = 1000, max_bytes: int | None = None) -> list[Pending]:
-        """The oldest queued events, in the order they were added."""
+        """The oldest queued events, in the order they were added, at most ``limit`` of
+        them and ``max_bytes`` of bodies, never cut inside the events of one write (its
+        linked parts: :attr:`Pending.write`). The log commits a batch whole, so a request's
+        parts reach it together or not at all: a relay killed, or stopped for good, between
+        two batches never leaves the log with some of a request's parts, which would read
+        as the whole request until the rest came (if ever). A write whose events alone
+        exceed the limits is cut, as before."""
         rows = self._read(
-            "SELECT seq, eid, body, attempts FROM events WHERE state = 0 ORDER BY seq LIMIT ?",
-            (limit,),
+            "SELECT seq, eid, body, attempts, req, intent FROM events WHERE state = 0 "
+            "ORDER BY seq LIMIT ?",
+            (limit + 1,),
         )
         out: list[Pending] = []
         size = 0
-        for seq, eid, body, attempts in rows:
+        for seq, eid, body, attempts, req, intent in rows:
             size += len(body) + 1
-            if out and max_bytes is not None and size > max_bytes:
-                break
-            out.append(Pending(int(seq), str(eid), str(body), int(attempts)))
+            write = f"{req}\n{intent or ''}"
+            if len(out) == limit or (out and max_bytes is not None and size > max_bytes):
+                # cut here: inside a write's events, end the batch before that write
+                keep = len(out)
+                while keep and out[keep - 1].write == write:
+                    keep -= 1
+                return out[:keep] if keep else out
+            out.append(Pending(int(seq), str(eid), str(body), int(attempts), write))
         return out
 
     def pending_tenants(self) -> dict[str | None, int]:

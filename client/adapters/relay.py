@@ -93,6 +93,15 @@ class _Unverified(_Backoff):
     """The log answered 200, but its receipts do not verify: evidence against the log."""
 
 
+def _halve(items: Sequence[Pending]) -> int:
+    """Where to cut ``items`` in two (a batch the log refused): at the boundary between two
+    writes nearest the middle, so that one write's linked parts stay in one batch
+    (:meth:`Outbox.pending`); the middle when the batch is one write's events."""
+    mid = len(items) // 2
+    cuts = [i for i in range(1, len(items)) if items[i].write != items[i - 1].write]
+    return min(cuts, key=lambda i: abs(i - mid)) if cuts else mid
+
+
 def _batch_body(bodies: Sequence[str]) -> bytes:
     # The bodies are event JSON produced by event_to_json: splicing them is exact JSON.
     return ('{"events":[' + ",".join(bodies) + "]}").encode("utf-8")
@@ -562,7 +571,7 @@ class Relay:
             if len(items) > 1 and (verdict or st == 413):
                 # Halves: to find the refused event, or to fit a body limit (also one of a
                 # front proxy, e.g. nginx's client_max_body_size).
-                mid = len(items) // 2
+                mid = _halve(items)
                 return self._send(items[:mid]) + self._send(items[mid:])
             if verdict:
                 reason = f"log refused the event ({st}): {r.text[:500]}"
