@@ -164,24 +164,69 @@ def actor_text(ev: AuditedEvent) -> str:
     return f"{kind}:{who}" + (f" ({name})" if name and name != who else "")
 
 
+def _part(ev: AuditedEvent) -> tuple[str, int, int] | None:
+    """A part of a request split into linked events (``x.part`` of ``x.parts``): its
+    request id, part number and count; None for any other event."""
+    e = ev.event or {}
+    x = e.get("x")
+    if not isinstance(x, dict):
+        return None
+    part, parts = x.get("part"), x.get("parts")
+    if type(part) is not int or type(parts) is not int or parts < 2 or not 0 <= part < parts:
+        return None
+    return str(e.get("corr", {}).get("req", "-")), part, parts
+
+
+class _Parts:
+    """The parts of split requests a search met: at its end, each request some of whose
+    parts it did not meet is named on stderr as incomplete (it never reads as whole)."""
+
+    def __init__(self) -> None:
+        self.seen: dict[tuple[str, int], set[int]] = {}
+
+    def add(self, ev: AuditedEvent) -> None:
+        p = _part(ev)
+        if p is not None:
+            self.seen.setdefault((p[0], p[2]), set()).add(p[1])
+
+    def report(self) -> None:
+        for (req, parts), got in self.seen.items():
+            missing = [str(i + 1) for i in range(parts) if i not in got]
+            if missing:
+                print(
+                    one_line(
+                        f"tlog-client: request {req} is incomplete: part(s) {', '.join(missing)} "
+                        f"of its {parts} not found (search --req {req} for all of its events; "
+                        "parts missing there never reached the log: what the request did is "
+                        "not all recorded)"
+                    ),
+                    file=sys.stderr,
+                )
+
+
 def _line(ev: AuditedEvent) -> str:
     if ev.event is None:
         return f"{ev.index:>10}  {iso_ms(ev.leaf.ts)}  (erased)  leaf {b64encode(ev.leaf_hash)}"
     e = ev.event
+    p = _part(ev)
     return (
         f"{ev.index:>10}  {iso_ms(ev.leaf.ts)}  {e.get('op', '?'):8} {e.get('outcome', '?'):8}"
         f" {e.get('rt', '?')}/{e.get('rid', '-')}  {_actions(ev)}"
         f"  by {actor_text(ev)}  req {e.get('corr', {}).get('req', '-')}"
+        + ("" if p is None else f" part {p[1] + 1} of {p[2]}")
     )
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    parts = _Parts()
     with _client(args) as c:
         for ev in _events(c, args):
+            parts.add(ev)
             if args.json:
                 print(json_line(json.dumps(_summary(ev), ensure_ascii=False)))
             else:
                 print(one_line(_line(ev)))
+    parts.report()
     return EXIT_OK
 
 
@@ -211,9 +256,12 @@ def _summary(ev: AuditedEvent) -> dict[str, Any]:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    parts = _Parts()
     with _client(args) as c:
         for ev in _events(c, args):
+            parts.add(ev)
             print(json_line(json.dumps(_summary(ev), ensure_ascii=False, sort_keys=True)))
+    parts.report()
     return EXIT_OK
 
 

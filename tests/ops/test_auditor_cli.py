@@ -203,3 +203,37 @@ def test_parse_when_refuses(text: str) -> None:
 
     with pytest.raises(ValueError):
         parse_when(text, now_ms=1_764_547_200_000)
+
+
+def test_a_split_request_with_a_part_missing_reads_as_incomplete(
+    scim_harness: Harness,  # noqa: F811
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A request split into linked parts whose last part never reached the log (the
+    adapter stopped for good between two batches, a part refused) is named incomplete on
+    stderr, by `search` and `show`; each line names its part. Before, its parts read as
+    any events: nothing said the request was not all there."""
+    from tests.scim_service.conftest import group_event
+
+    h = scim_harness
+    parts = [group_event([bytes([i]) * 16], req="r-split") for i in range(3)]
+    for i, ev in enumerate(parts):
+        ev["x"] = {"part": i, "parts": 3, **({"first": parts[0]["eid"]} if i else {})}
+    for ev in parts[:2]:
+        assert h.post_event(ev).status_code == 200
+    tok = tmp_path / "auditor.token"
+    tok.write_text(h.tok["aud1"])
+
+    assert run(h, tok, "search", "--req", "r-split") == 0
+    got = capsys.readouterr()
+    lines = got.out.splitlines()
+    assert [line.rsplit(" part ", 1)[1] for line in lines] == ["1 of 3", "2 of 3"]
+    assert "request r-split is incomplete: part(s) 3 of its 3 not found" in got.err
+    assert run(h, tok, "show", "--req", "r-split") == 0
+    assert "request r-split is incomplete" in capsys.readouterr().err
+
+    assert h.post_event(parts[2]).status_code == 200  # the last part comes: whole
+    assert run(h, tok, "search", "--req", "r-split") == 0
+    got = capsys.readouterr()
+    assert len(got.out.splitlines()) == 3 and "incomplete" not in got.err
