@@ -1501,14 +1501,19 @@ class IntentJournal:
         os.ftruncate(fd, size)
         # Allocated now, or a write into the map on a full disk would be a SIGBUS, not an
         # error: a full disk is an OSError here (begin fails: fail-closed answers 503).
-        try:
-            os.posix_fallocate(fd, 0, size)
-        except OSError as exc:
-            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
-                raise
-            zeros = bytes(1 << 16)  # no fallocate here: write the zeros
-            for at in range(0, size, len(zeros)):
-                os.pwrite(fd, zeros[: min(len(zeros), size - at)], at)
+        # Durable: the zeros written and flushed here (off the loop), so that a flush of an
+        # intent writes data pages only; fallocate's blocks are "unwritten" until written,
+        # and a flush there commits the file system's journal too (with the outbox's).
+        if self.durable:
+            _write_zeros(fd, size)
+            os.fdatasync(fd)
+        else:
+            try:
+                os.posix_fallocate(fd, 0, size)
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                    raise
+                _write_zeros(fd, size)  # no fallocate here
         m = mmap.mmap(fd, size)
         m[: len(_HEADER)] = _HEADER
         self._maps[k] = m
@@ -1543,6 +1548,12 @@ class IntentJournal:
                     with contextlib.suppress(OSError):
                         os.unlink(p)
             os.close(self._lock_fd)
+
+
+def _write_zeros(fd: int, size: int) -> None:
+    zeros = bytes(1 << 16)
+    for at in range(0, size, len(zeros)):
+        os.pwrite(fd, zeros[: min(len(zeros), size - at)], at)
 
 
 def _settle_waiters(

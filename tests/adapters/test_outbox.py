@@ -83,9 +83,15 @@ def test_delivered_and_rejected_leave_the_queue(tmp_path: Path) -> None:
 def test_pending_respects_byte_budget(tmp_path: Path) -> None:
     with Outbox(tmp_path / "o.sqlite") as ob:
         ob.put([rec(i, size=1000) for i in range(10)])
+        # 3 events fit, but the third's write (req-1: events 2 and 3) is not cut: it goes
+        # whole into the next batch (intent19)
         got = ob.pending(limit=1000, max_bytes=3500)
-        assert len(got) == 3
-        assert len(ob.pending(limit=1000, max_bytes=10)) == 1  # always at least one
+        assert [p.eid for p in got] == ["eid-00000", "eid-00001"]
+        assert len(ob.pending(limit=1000, max_bytes=4500)) == 4
+        assert len(ob.pending(limit=3)) == 2  # the count limit alike
+        # always at least one: a write alone over the limits is cut
+        assert len(ob.pending(limit=1000, max_bytes=10)) == 1
+        assert len(ob.pending(limit=1)) == 1
 
 
 def test_full_outbox_fails_cleanly_and_recovers(tmp_path: Path) -> None:
