@@ -1,9 +1,11 @@
 """The relay: delivers queued events from an :class:`~client.adapters.outbox.Outbox` to the log.
 
-One background thread takes the oldest pending events (up to 1000 and ``max_batch_bytes``),
-sends them with ``POST /v1/scim/events/batch`` and marks each one delivered by ``eid`` with the
-log's receipt. Delivery is at-least-once; the log deduplicates by ``eid`` (a retried ``eid``
-gets its original index back), so a crash or a lost answer never makes a second leaf.
+One background thread takes the oldest pending events (up to 1000 and ``max_batch_bytes``,
+never cutting one write's events apart: a split request's parts reach the log in one batch,
+which it commits whole), sends them with ``POST /v1/scim/events/batch`` and marks each one
+delivered by ``eid`` with the log's receipt. Delivery is at-least-once; the log
+deduplicates by ``eid`` (a retried ``eid`` gets its original index back), so a crash or a
+lost answer never makes a second leaf.
 
 Failure handling, by what the log answered:
 
