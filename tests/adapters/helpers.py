@@ -522,16 +522,18 @@ def put_until_full(
     return refused
 
 
-def strace_syncs(tmp_path: Path, script: str, *args: str) -> dict[str, int]:
-    """The ``fsync``/``fdatasync`` calls of ``python -c script args`` under ``strace``, by
-    stretch: the script writes ``=====<name>\\n`` to stderr where a stretch begins (the
-    first is ``start``). Skips where strace is missing or may not trace."""
+def run_traced(
+    out: Path, calls: str, script: str, *args: str, options: tuple[str, ...] = ()
+) -> str:
+    """The Python ``script`` (with ``args``) run under ``strace -f`` tracing the system
+    calls ``calls`` (``-e trace=``; ``options`` added) into ``out``, the project on its
+    path; skips where strace is missing or ptrace is refused, asserts it exited 0, and
+    returns its standard output."""
     strace = shutil.which("strace")
     if strace is None:
         pytest.skip("strace is not installed")
-    out = tmp_path / "trace.txt"
     run = subprocess.run(
-        [strace, "-f", "-qq", "-o", str(out), "-e", "trace=fsync,fdatasync,write"]
+        [strace, "-f", "-qq", *options, "-o", str(out), "-e", f"trace={calls}"]
         + [sys.executable, "-c", script, *args],
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         capture_output=True,
@@ -539,8 +541,17 @@ def strace_syncs(tmp_path: Path, script: str, *args: str) -> dict[str, int]:
         timeout=120,
     )
     if run.returncode != 0 and "ptrace" in run.stderr.lower():
-        pytest.skip(f"strace cannot trace here: {run.stderr.strip()[:200]}")
+        pytest.skip(f"strace cannot trace here (ptrace refused): {run.stderr.strip()[:200]}")
     assert run.returncode == 0, run.stderr
+    return run.stdout
+
+
+def strace_syncs(tmp_path: Path, script: str, *args: str) -> dict[str, int]:
+    """The ``fsync``/``fdatasync`` calls of ``python -c script args`` under ``strace``, by
+    stretch: the script writes ``=====<name>\\n`` to stderr where a stretch begins (the
+    first is ``start``). Skips where strace is missing or may not trace."""
+    out = tmp_path / "trace.txt"
+    run_traced(out, "fsync,fdatasync,write", script, *args)
     counts: dict[str, int] = {}
     stretch = "start"
     for line in out.read_text().splitlines():

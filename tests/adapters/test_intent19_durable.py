@@ -16,12 +16,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
-
-import pytest
 
 from client.adapters.exchange import AuditConfig
 from client.adapters.forwarder import Forwarder
@@ -29,7 +24,10 @@ from client.adapters.middleware import AuditMiddleware
 from client.adapters.outbox import IntentJournal, Outbox, _read_journal
 
 from .durable_intents import CHILD, patch
-from .helpers import standin_sp  # noqa: F401  (the SP stand-in fixture, "sp")
+from .helpers import (
+    run_traced,
+    standin_sp,  # noqa: F401  (the SP stand-in fixture, "sp")
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -37,24 +35,18 @@ ROOT = Path(__file__).resolve().parents[2]
 def _trace(tmp_path: Path, upstream: str, durable: bool, writes: int) -> list[str]:
     """The child's traced system calls after its start-up (``fdatasync``, ``connect``,
     ``sendto``, ``write``), one a line, file descriptors named (``-y``)."""
-    strace = shutil.which("strace")
-    if strace is None:
-        pytest.skip("strace is not installed")
     out = tmp_path / f"trace-{int(durable)}.txt"
-    run = subprocess.run(
-        [strace, "-f", "-qq", "-y", "-s", "40", "-o", str(out)]
-        + ["-e", "trace=fdatasync,fsync,connect,sendto,write"]
-        + [sys.executable, "-c", CHILD, str(tmp_path / f"o{int(durable)}.sqlite"), upstream]
-        + ["1" if durable else "0", str(writes)],
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=120,
+    got = run_traced(
+        out,
+        "fdatasync,fsync,connect,sendto,write",
+        CHILD,
+        str(tmp_path / f"o{int(durable)}.sqlite"),
+        upstream,
+        "1" if durable else "0",
+        str(writes),
+        options=("-y", "-s", "40"),
     )
-    if run.returncode != 0 and "ptrace" in run.stderr.lower():
-        pytest.skip(f"strace cannot trace here (ptrace refused): {run.stderr.strip()[:200]}")
-    assert run.returncode == 0, run.stderr
-    assert run.stdout.split() == ["200"] * writes, run.stdout
+    assert got.split() == ["200"] * writes, got
     lines = out.read_text().splitlines()
     (start,) = [i for i, line in enumerate(lines) if "=====writes" in line]
     return lines[start + 1 :]
