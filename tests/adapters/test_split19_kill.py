@@ -33,7 +33,7 @@ from .logserver import Log, audit_read
 
 TENANT = "t1"  # harness.scim.event_record's
 REQ = "split-kill"
-MEMBERS = 6000
+MEMBERS = 1500  # two parts
 
 
 def _rows(outbox: Path, req: str) -> list[dict[str, Any]]:
@@ -60,6 +60,17 @@ def test_a_kill_between_batches_never_leaves_part_of_a_split_request_in_the_log(
     outbox = tmp_path / "outbox.sqlite"
     with Outbox(outbox) as ob:  # a backlog: the request's parts come after 999 events
         ob.put([event_record(i) for i in range(999)])
+    # The log makes each member's pseudonym key at the first ask: asked here, with time to
+    # spare, so that the proxy's own ask (2 s at most) does not time out on a loaded machine
+    # (the event would then be one, saying the pseudonyms were unavailable).
+    refs = [{"rt": "User", "id": f"u{i:05d}"} for i in range(MEMBERS)]
+    warm = httpx.post(
+        f"{log.url}/v1/scim/pseudonyms",
+        json={"refs": refs},
+        headers={"Authorization": f"Bearer {sub}"},
+        timeout=120,
+    )
+    assert warm.status_code == 200, warm.text
     port = free_port()
     body = json.dumps(
         {
@@ -91,7 +102,7 @@ def test_a_kill_between_batches_never_leaves_part_of_a_split_request_in_the_log(
             assert r.status_code == 200, r.text
             parts = _rows(outbox, REQ)
             n = len(parts)
-            assert n >= 3, "the request was not split into several parts"
+            assert n >= 2, "the request was not split into several parts"
             assert [p["x"]["part"] for p in parts] == list(range(n))
             gate.open(1)  # one batch reaches the log...
             _wait(lambda: gate.passed == 1, "no batch reached the log")
