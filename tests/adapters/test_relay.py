@@ -168,3 +168,22 @@ def test_an_oversized_or_garbled_answer_is_a_failed_delivery(outbox: Outbox) -> 
             "tok",
             transport=httpx.MockTransport(lambda r: httpx.Response(200, content=b"[")),
         ).deliver_now([event_record(2)], timeout=1)
+
+
+def test_a_refused_batch_is_halved_between_two_writes(tmp_path: Path) -> None:
+    """A batch the log refuses (413: too large) is cut in two at the boundary between two
+    writes nearest its middle, not inside a write's events (the parts of a split request
+    must reach the log in one batch, which it commits whole): events of request a (three)
+    and b (two) go as 3 + 2, where the middle cut them 2 + 3 (intent19)."""
+    log = FakeLog()
+    log.fail.append(413)
+    with Outbox(tmp_path / "o.sqlite") as ob:
+        recs = [event_record(i) for i in range(5)]
+        ob.put([type(r)(r.eid, "req-a" if i < 3 else "req-b", r.body) for i, r in enumerate(recs)])
+        relay = relay_for(ob, log)
+        relay.start()
+        try:
+            wait_for(lambda: len(log.events) == 5, 10, "the five events delivered")
+        finally:
+            relay.stop()
+    assert log.requests == [3, 2]
