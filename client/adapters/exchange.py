@@ -16,6 +16,7 @@ policy) is :mod:`client.adapters.middleware`; the receipt headers are
 from __future__ import annotations
 
 import base64
+import collections
 import contextlib
 import functools
 import hashlib
@@ -546,9 +547,8 @@ class Builder:
             max_size=cfg.max_body,
         )
         self._resp: Decoded | None = None
-        self.result: dict[str, Any] | None = None  # resulting values the SP returned
-        # What is wrong with the SP's answer, when something is (x.answer): then nothing is
-        # taken from it as the result.
+        # What is wrong with the SP's answer as a whole, when something is (x.answer): then
+        # nothing is taken from it as the result.
         self.answer: str | None = x.answer_note
         self.texts: dict[str, str] = {}  # eid -> the event's validated JSON form
         self.canon: dict[str, Canonical] = {}  # eid -> its Canonical form (compiled path)
@@ -667,9 +667,16 @@ class Builder:
         return ev
 
     def make(
-        self, fields: dict[str, Any], intent: RequestIntent | None, unparsed: str | None = None
+        self,
+        fields: dict[str, Any],
+        intent: RequestIntent | None,
+        unparsed: str | None = None,
+        result: dict[str, Any] | None = None,
+        answer: str | None = None,
     ) -> list[Event]:
-        """The event(s) of one operation. Never loses what is known about the request:
+        """The event(s) of one operation, with the resulting values the SP answered
+        (``x.result``, on success) and what is wrong with its answer (``x.answer``: this
+        operation's, else the exchange's). Never loses what is known about the request:
 
         * a body that could not be read gives an event that says so (``x.uninterpretable``,
           action ``<rt>.uninterpretable`` on success), with the request digest;
@@ -684,10 +691,11 @@ class Builder:
             xs["body"] = dict(self.req.notes)
         if unparsed is not None:
             xs["uninterpretable"] = unparsed
-        if success and self.result:
-            xs["result"] = self.result
-        if self.answer is not None:
-            xs["answer"] = self.answer
+        if success and result:
+            xs["result"] = result
+        answer = self.answer if answer is None else answer
+        if answer is not None:
+            xs["answer"] = answer
         last: EventFormatError | None = None
         if intent is not None:
             full: dict[str, Any] = {
@@ -848,24 +856,34 @@ class Builder:
             "err": None if outcome == "success" else _error(status, resp),
         }
         intent, unparsed = self.body_intent(op, target.rt)
+        result = None
         if outcome == "success":
-            if self.answer is None:
-                self.answer = self._answer_check(op, target, rid, resp, loc)
-            if self.answer is None:
-                # the manager of a PUT's or PATCH's answer only (a create's refs say it), a
-                # group's members of a PUT's only (what it left out: tlog.scim.effects)
-                skip = op == "create" or (target.rt == "Group" and op != "replace")
-                mgr_pid = None if skip else self.ref_pid
-                hidden = {a.lower() for a in (*self.cfg.secret_attrs, *self.cfg.digest_attrs)}
-                self.result = _resulting_values(
-                    target.rt,
-                    resp,
-                    mgr_pid,
-                    trimmed=_trims_answer(self.x),
-                    hidden=hidden,
-                    put=op == "replace",
-                )
-        return Recorded(self.make(fields, intent, unparsed), [], self.texts, self.canon)
+            result, self.answer = self.taken(op, target, rid, resp, loc)
+        return Recorded(self.make(fields, intent, unparsed, result), [], self.texts, self.canon)
+
+    def taken(
+        self, op: str, target: _Target, rid: str | None, resp: Any, loc: str | None
+    ) -> tuple[dict[str, Any] | None, str | None]:
+        """What a success's answer ``resp`` (a single write's body, a bulk operation's
+        ``response``) gives the event: the resulting values (``x.result``), or why the
+        answer cannot be taken as the written resource's result (``x.answer``)."""
+        answer = self.answer or self._answer_check(op, target, rid, resp, loc)
+        if answer is not None:
+            return None, answer
+        # the manager of a PUT's or PATCH's answer only (a create's refs say it), a
+        # group's members of a PUT's only (what it left out: tlog.scim.effects)
+        skip = op == "create" or (target.rt == "Group" and op != "replace")
+        mgr_pid = None if skip else self.ref_pid
+        hidden = {a.lower() for a in (*self.cfg.secret_attrs, *self.cfg.digest_attrs)}
+        result = _resulting_values(
+            target.rt,
+            resp,
+            mgr_pid,
+            trimmed=_trims_answer(self.x),
+            hidden=hidden,
+            put=op == "replace",
+        )
+        return result, None
 
     def _answer_check(
         self, op: str, target: _Target, rid: str | None, resp: Any, loc: str | None
@@ -933,8 +951,9 @@ class Builder:
         if not (200 <= x.status < 300) or not isinstance(resp_ops, list):
             resp_ops = []
         results = [r for r in resp_ops if isinstance(r, Mapping)]
-        matched, stray = _align(ops, results)
-        if not unknown and not stray and None in matched and not _stopped(req_obj, results):
+        matched, stray, unpaired = _align(ops, results)
+        missing = any(r is None and i not in unpaired for i, r in enumerate(matched))
+        if not unknown and not stray and missing and not _stopped(req_obj, results):
             # Operations without a result, and the SP had no cause to stop (RFC 7644
             # §3.7.3: only failOnErrors errors end a bulk request early): not understood
             unknown = True
@@ -946,18 +965,18 @@ class Builder:
             unknown = True
             if self.answer is None:
                 self.answer = f"not understood: {stray} results name no operation asked"
-        created: dict[str, str] = {}  # bulkId -> id, from the POSTs that succeeded
-        for op_req, op_resp in zip(ops, matched, strict=True):
-            if op_resp is None or str(get_ci(op_req, "method") or "").upper() != "POST":
-                continue
-            bid = get_ci(op_req, "bulkid")
-            loc = op_resp.get("location")
-            if isinstance(bid, str) and isinstance(loc, str) and loc:
-                created[bid] = loc.rstrip("/").rsplit("/", 1)[-1]
+        created = _created(ops, matched)  # bulkId -> id, from the POSTs that succeeded
         out = Recorded([], [], self.texts, self.canon)
-        for seq, (op_req, op_resp) in enumerate(zip(ops, matched, strict=True)):
+        why = _UNREAD if unknown else None
+        for seq in _run_order(ops):  # creates before the operations naming their bulkId
             self._bulk_op(
-                seq, op_req, op_resp, resp if x.status >= 300 else None, created, out, unknown
+                seq,
+                ops[seq],
+                matched[seq],
+                resp if x.status >= 300 else None,
+                created,
+                out,
+                _UNPAIRED if seq in unpaired else why,
             )
         return out
 
@@ -969,10 +988,13 @@ class Builder:
         http_error: Any,
         created: Mapping[str, str],
         out: Recorded,
-        unknown: bool = False,
+        unknown: str | None = None,
     ) -> None:
+        """The event(s) of one operation into ``out``; ``unknown``: why whether it ran is
+        not known, when it has no result (the answer not understood, or its result not
+        told among the others)."""
         x = self.x
-        method = str(get_ci(op_req, "method") or "").upper()
+        method = _op_method(op_req)
         path = get_ci(op_req, "path")
         path = path if isinstance(path, str) else ""
         if method not in WRITE_METHODS:
@@ -1018,11 +1040,7 @@ class Builder:
         elif unknown:
             status = x.status
             outcome = "warning"
-            err = {
-                "code": "unknown",
-                "reason": "the bulk answer was not understood: "
-                "whether this operation was applied is unknown",
-            }
+            err = {"code": "unknown", "reason": unknown}
         else:
             status = x.status
             outcome = "skipped"
@@ -1068,7 +1086,12 @@ class Builder:
         if isinstance(data, Mapping) and created:
             data = _resolve_bulk_ids(data, created)
         intent, unparsed = self.intent(op, target.rt or "unknown", data)
-        out.events.extend(self.make(fields, intent, unparsed))
+        result = answer = None
+        if outcome == "success" and isinstance(resp_err, Mapping):
+            # RFC 7644 §3.7.3: a result may carry the resource in "response"; taken as a
+            # single write's answer is (neither scim2-server nor SCIMMY sends one)
+            result, answer = self.taken(op, target, rid_v, resp_err, loc)
+        out.events.extend(self.make(fields, intent, unparsed, result, answer))
 
 
 def _resulting_values(
@@ -1216,46 +1239,174 @@ def _stopped(req_obj: Any, results: Sequence[Mapping[str, Any]]) -> bool:
     return sum(_status(r.get("status")) >= 400 for r in results) >= limit
 
 
+_UNREAD = "the bulk answer was not understood: whether this operation was applied is unknown"
+_UNPAIRED = (
+    "the bulk answer's results name neither bulkId nor location and do not line up with the "
+    "operations (their number or methods): whether and how this operation was applied is unknown"
+)
+
+
+def _run_order(ops: Sequence[Mapping[str, Any]]) -> list[int]:
+    """The operations' indices in an order an SP can have run them in: request order, but
+    each POST before the first operation that names its ``bulkId:`` (in the path or the
+    data; the SP must create it first to resolve the reference, RFC 7644 §3.7.2), so a write
+    of a resource created in the same request is recorded after its create and the log
+    judges it against that. A reference cycle (which the SP refuses) keeps request order."""
+    creates: dict[str, int] = {}
+    for i, op in enumerate(ops):
+        bid = get_ci(op, "bulkid")
+        if isinstance(bid, str) and bid and _op_method(op) == "POST":
+            creates.setdefault(bid, i)
+    if not creates:
+        return list(range(len(ops)))
+    needs = [
+        [creates[b] for b in _bulk_refs(op) if creates.get(b, i) != i] for i, op in enumerate(ops)
+    ]
+    order: list[int] = []
+    state = [0] * len(ops)  # 0 not reached, 1 waiting for what it needs, 2 placed
+    for first in range(len(ops)):
+        if state[first]:
+            continue
+        state[first] = 1
+        stack = [(first, iter(needs[first]))]
+        while stack:
+            i, todo = stack[-1]
+            j = next(todo, None)
+            if j is None:
+                stack.pop()
+                state[i] = 2
+                order.append(i)
+            elif not state[j]:
+                state[j] = 1
+                stack.append((j, iter(needs[j])))
+    return order
+
+
+def _bulk_refs(op: Mapping[str, Any]) -> list[str]:
+    """The bulkIds an operation names (``bulkId:<id>`` in its path or data), each once."""
+    found: dict[str, None] = {}
+    todo: list[Any] = [get_ci(op, "path"), get_ci(op, "data")]
+    while todo:
+        v = todo.pop()
+        if isinstance(v, str):
+            for part in v.split("/"):
+                if part.startswith("bulkId:"):
+                    found[part.removeprefix("bulkId:")] = None
+        elif isinstance(v, Mapping):
+            todo.extend(v.values())
+        elif isinstance(v, list):
+            todo.extend(v)
+    return list(found)
+
+
+def _op_method(op: Mapping[str, Any]) -> str:
+    return str(get_ci(op, "method") or "").upper()
+
+
+def _res_method(res: Mapping[str, Any]) -> str:
+    return str(res.get("method") or "").upper()
+
+
 def _align(
     ops: Sequence[Mapping[str, Any]], results: Sequence[Mapping[str, Any]]
-) -> tuple[list[Mapping[str, Any] | None], int]:
+) -> tuple[list[Mapping[str, Any] | None], int, set[int]]:
     """Pair each bulk operation with its result; also the number of results left unpaired
-    (an answer naming operations not asked, or one twice: not understood, :meth:`bulk`).
+    (an answer naming operations not asked, or one twice: not understood, :meth:`bulk`),
+    and the operations whose result cannot be told among the others (``unknown``).
 
     An SP may process the operations in another order than the request's (RFC 7644 lets
     it, to resolve ``bulkId`` references) and list the results in that order, and may run
     an operation a reference depends on before the operations ahead of it (scim2-server
     does, and with ``failOnErrors`` lists it although those were not run). So a result is
     first paired with the first unpaired operation it names (:func:`_name`: a POST's
-    bulkId, another method's resource type and id; by a map, in linear time: an answer may
-    list tens of thousands); the rest, in order, by a greedy walk over the operations left
-    (results without a location or bulkId, or paths naming a ``bulkId:``)."""
+    bulkId, then another method's resource type and id, a ``bulkId:`` id as written or as
+    the creates paired first resolve it; by a map, in linear time: an answer may list tens
+    of thousands). The results left (naming none) are paired in order when their number
+    and methods line up with the operations left; otherwise only a result that can be one
+    operation's alone (and is that operation's only candidate) is paired, and an operation
+    one of the remaining results may belong to is ``unknown``, never guessed."""
     out: list[Mapping[str, Any] | None] = [None] * len(ops)
+    methods = [_op_method(op) for op in ops]
     waiting: dict[tuple[str, str, str], deque[int]] = {}
+    refs: list[tuple[int, tuple[str, str, str]]] = []  # ops naming a bulkId: as their id
     for i, op in enumerate(ops):
-        key = _name(get_ci(op, "method"), get_ci(op, "bulkid"), get_ci(op, "path"), True)
+        bid, path = get_ci(op, "bulkid"), get_ci(op, "path")
+        key = _name(methods[i], bid, path, True) or _name(methods[i], bid, path, True, ref=True)
         if key is not None:
             waiting.setdefault(key, deque()).append(i)
-    rest: list[Mapping[str, Any]] = []
-    for res in results:
-        key = _name(res.get("method"), res.get("bulkId"), res.get("location"), False)
-        queue = waiting.get(key) if key is not None else None
-        if queue:
-            out[queue.popleft()] = res
+            if key[2].startswith("bulkId:"):
+                refs.append((i, key))
+    unnamed: set[int] = set()  # id() of the results naming no operation
+    for creates in (True, False):  # the creates first: they resolve the bulkId: ids
+        for res in results:
+            if (_res_method(res) == "POST") != creates:
+                continue
+            m, bid, loc = res.get("method"), res.get("bulkId"), res.get("location")
+            key = _name(m, bid, loc, False) or _name(m, bid, loc, False, ref=True)
+            queue = waiting.get(key) if key is not None else None
+            while queue and out[queue[0]] is not None:  # paired by its other name
+                queue.popleft()
+            if queue:
+                out[queue.popleft()] = res
+            else:
+                unnamed.add(id(res))
+        if creates and refs:
+            made = _created(ops, out)
+            for i, (m, rt, ref) in refs:
+                got = made.get(ref.removeprefix("bulkId:"))
+                if got is not None:
+                    queue = waiting.setdefault((m, rt, got), deque())
+                    queue.append(i)
+                    if len(queue) > 1 and queue[-2] > i:
+                        waiting[m, rt, got] = deque(sorted(queue))
+    rest = [r for r in results if id(r) in unnamed]
+    unknown: set[int] = set()
+    if not rest:
+        return out, 0, unknown
+    free = [i for i in range(len(ops)) if out[i] is None]
+    fits = [
+        [i for i in free if methods[i] == _res_method(r) and _compatible(ops[i], methods[i], r)]
+        for r in rest
+    ]
+    if len(rest) == len(free) and all(i in f for i, f in zip(free, fits, strict=True)):
+        for i, r in zip(free, rest, strict=True):  # as many, lined up in order
+            out[i] = r
+        return out, 0, unknown
+    stray = 0
+    claims = collections.Counter(i for f in fits for i in f)  # results each may be
+    for r, f in zip(rest, fits, strict=True):
+        if len(f) == 1 and claims[f[0]] == 1:
+            out[f[0]] = r
+        elif f:
+            unknown.update(f)
         else:
-            rest.append(res)
-    j = 0
-    for i, op in enumerate(ops):
-        if out[i] is None and j < len(rest) and _compatible(op, rest[j]):
-            out[i] = rest[j]
-            j += 1
-    return out, len(rest) - j
+            stray += 1
+    return out, stray, unknown
 
 
-def _name(method: Any, bid: Any, where: Any, asked: bool) -> tuple[str, str, str] | None:
+def _created(
+    ops: Sequence[Mapping[str, Any]], matched: Sequence[Mapping[str, Any] | None]
+) -> dict[str, str]:
+    """bulkId -> the id the SP created for it (the last segment of the location of the
+    POST's result), from the POSTs paired with a result that has one."""
+    created: dict[str, str] = {}
+    for op_req, op_resp in zip(ops, matched, strict=True):
+        if op_resp is None or _op_method(op_req) != "POST":
+            continue
+        bid = get_ci(op_req, "bulkid")
+        loc = op_resp.get("location")
+        if isinstance(bid, str) and isinstance(loc, str) and loc:
+            created[bid] = loc.rstrip("/").rsplit("/", 1)[-1]
+    return created
+
+
+def _name(
+    method: Any, bid: Any, where: Any, asked: bool, ref: bool = False
+) -> tuple[str, str, str] | None:
     """What an operation (``asked``: its method, bulkId and path) or a result (its method,
     bulkId and location) names exactly: a POST's bulkId, or another method's resource type
-    and id (the last two segments of the path or the location); ``None`` if nothing."""
+    and id (the last two segments of the path or the location; ``ref``: only an id that is
+    a ``bulkId:`` reference, as written, else only one that is not); ``None`` if nothing."""
     m = str(method or "").upper()
     if m == "POST":
         return ("POST", "", bid) if isinstance(bid, str) and bid else None
@@ -1263,22 +1414,20 @@ def _name(method: Any, bid: Any, where: Any, asked: bool) -> tuple[str, str, str
         return None
     where = "/" + where.lstrip("/") if asked else where.split("?")[0]
     parts = where.rstrip("/").rsplit("/", 2)
-    if len(parts) < 3 or not parts[2] or parts[2].startswith("bulkId:"):
+    if len(parts) < 3 or not parts[2] or parts[2].startswith("bulkId:") != ref:
         return None
     return (m, parts[1].lower(), parts[2])
 
 
-def _compatible(op: Mapping[str, Any], res: Mapping[str, Any]) -> bool:
-    m1 = str(get_ci(op, "method") or "").upper()
-    m2 = str(res.get("method") or "").upper()
-    if m1 != m2:
-        return False
+def _compatible(op: Mapping[str, Any], method: str, res: Mapping[str, Any]) -> bool:
+    """Whether ``res`` may be ``op``'s result (both of ``method``): no other bulkId, and
+    no location naming another resource type and id than ``op``'s path."""
     b1, b2 = get_ci(op, "bulkid"), res.get("bulkId")
     if (b1 or b2) and b1 != b2:
         return False
     path, loc = get_ci(op, "path"), res.get("location")
-    if m1 != "POST" and isinstance(loc, str):
-        mine = _name(m1, None, path, True)
+    if method != "POST" and isinstance(loc, str):
+        mine = _name(method, None, path, True)
         if mine is not None:
-            return _name(m1, None, loc, False) == mine  # the same type and id
+            return _name(method, None, loc, False) == mine  # the same type and id
     return True
