@@ -460,7 +460,9 @@ class Driver:
         SP did not run: ``failOnErrors``); a create's event naming another id than the
         SP's, a ``bulkId:`` reference left unresolved (the members an event names are the
         SP's, by their pseudonyms); an effect on the user or group the SP's change does
-        not bear out."""
+        not bear out; a write of a user made in the request not judged against its create
+        (``basis`` other than ``state``) or claiming what the SP's change from the created
+        user does not bear out."""
         n = next(_serial)
         self.ids["T_NAME"], self.ids["G_NAME"] = f"t{n}", f"g{n}"
         for key, path, body in (("T", "/Users", prog["user"]), ("G", "/Groups", prog["group"])):
@@ -542,10 +544,19 @@ class Driver:
                         bad.append(f"{what}: members named {sorted(named)}, SP {sorted(real)}")
                 continue
             who = next((k for k, p in paths.items() if self.fill(op["path"]) == p), None)
+            if who is None and ref.startswith("bulkId:"):
+                who = ref  # a user made in this request
+                for f in got:
+                    if f.effect is not None and f.effect.get("basis") != "state":
+                        bad.append(f"{what}: judged on {f.effect.get('basis')}, not its create")
             if who is None:
                 continue
             touched.setdefault(who, []).extend(f.effect for f in got)
         bad += [f"event of no operation: seq {k}" for k in by_seq]
+        for who in touched:
+            if who.startswith("bulkId:"):  # what the SP's create of it left
+                before[who] = Snap(username=self.fill("{T_NAME}-" + who[7:]))
+                after[who] = snapshot(self.get, "/Users/" + made[who[7:]])
         for who, effs in touched.items():
             b = before[who]
             assert b is not None
@@ -944,7 +955,8 @@ def hunt(driver: Driver, examples: int, env: str) -> None:
 def bulk_program(draw: st.DrawFn) -> dict[str, Any]:
     """A user and a group, then one bulk request of, in any order: new users (``bulkId``
     ``uK``), a new group whose members name them by ``bulkId:uK`` (forward references
-    included) and pool users, one write of the user and one of the group (a PATCH whose
+    included) and pool users, up to two writes (a PATCH, a PUT) of the new users by
+    ``/Users/bulkId:uK``, writes of the user and of the group (a PATCH whose
     members may be ``bulkId:`` references, a PUT, a DELETE), failing operations (a
     duplicate ``userName``: 409; a PATCH of a user that does not exist: 404), and
     ``failOnErrors`` or none."""
@@ -988,10 +1000,15 @@ def bulk_program(draw: st.DrawFn) -> dict[str, Any]:
         lambda ms: {"op": "add", "path": "members", "value": [{"value": m} for m in ms]},
         st.lists(refs, min_size=1, max_size=3, unique=True),
     )
-    if new and draw(st.booleans()):  # a write of a user made in the same request
+    for _ in range(draw(st.integers(0, 2)) if new else 0):
+        # a write of a user made in the same request (the SP runs it after the create)
         k = draw(st.integers(0, new - 1))
-        data = _patch([{"op": "replace", "path": "active", "value": False}])
-        ops.append({"method": "PATCH", "path": f"/Users/bulkId:u{k}", "data": data})
+        if draw(st.booleans()):
+            data = _patch(draw(st.lists(user_op, min_size=1, max_size=3)))
+            ops.append({"method": "PATCH", "path": f"/Users/bulkId:u{k}", "data": data})
+        else:
+            data = {**draw(user_put()), "userName": "{T_NAME}-u" + str(k)}
+            ops.append({"method": "PUT", "path": f"/Users/bulkId:u{k}", "data": data})
     member_remove = st.builds(lambda m: {"op": "remove", "path": f'members[value eq "{m}"]'}, refs)
     manager = st.builds(
         lambda m: {"op": "replace", "path": f"{ENT}:manager", "value": {"value": m}}, refs
