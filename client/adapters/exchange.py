@@ -1352,36 +1352,56 @@ def _align(
                 unnamed.add(id(res))
         if creates and refs:
             made = _created(ops, out)
+            touched: set[tuple[str, str, str]] = set()
             for i, (m, rt, ref) in refs:
                 got = made.get(ref.removeprefix("bulkId:"))
                 if got is not None:
-                    queue = waiting.setdefault((m, rt, got), deque())
-                    queue.append(i)
-                    if len(queue) > 1 and queue[-2] > i:
-                        waiting[m, rt, got] = deque(sorted(queue))
+                    waiting.setdefault((m, rt, got), deque()).append(i)
+                    touched.add((m, rt, got))
+            for key in touched:  # the first operation naming it first
+                waiting[key] = deque(sorted(waiting[key]))
     rest = [r for r in results if id(r) in unnamed]
-    unknown: set[int] = set()
     if not rest:
-        return out, 0, unknown
+        return out, 0, set()
     free = [i for i in range(len(ops)) if out[i] is None]
-    fits = [
-        [i for i in free if methods[i] == _res_method(r) and _compatible(ops[i], methods[i], r)]
-        for r in rest
-    ]
-    if len(rest) == len(free) and all(i in f for i, f in zip(free, fits, strict=True)):
+    if len(rest) == len(free) and all(
+        methods[i] == _res_method(r) and _compatible(ops[i], methods[i], r)
+        for i, r in zip(free, rest, strict=True)
+    ):
         for i, r in zip(free, rest, strict=True):  # as many, lined up in order
             out[i] = r
-        return out, 0, unknown
-    stray = 0
-    claims = collections.Counter(i for f in fits for i in f)  # results each may be
-    for r, f in zip(rest, fits, strict=True):
-        if len(f) == 1 and claims[f[0]] == 1:
-            out[f[0]] = r
-        elif f:
-            unknown.update(f)
-        else:
+        return out, 0, set()
+    # Which operations left each result may be (:func:`_compatible`), by groups, in linear
+    # time: the method, the bulkId, and whether the path names the resource (then only a
+    # result without a location can be its: one naming it would have been paired above).
+    groups: dict[tuple[str, str, bool], list[int]] = {}
+    for i in free:
+        named = methods[i] != "POST" and _name(methods[i], None, get_ci(ops[i], "path"), True)
+        groups.setdefault((methods[i], _bid(get_ci(ops[i], "bulkid")), bool(named)), []).append(i)
+    places: list[list[tuple[str, str, bool]]] = []
+    for r in rest:
+        m, b = _res_method(r), _bid(r.get("bulkId"))
+        keys = [(m, b, False)]
+        if m != "POST" and not isinstance(r.get("location"), str):
+            keys.append((m, b, True))
+        places.append([k for k in keys if k in groups])
+    claims = collections.Counter(k for keys in places for k in keys)  # results each group may hold
+    stray, unsure = 0, set()
+    for r, keys in zip(rest, places, strict=True):
+        if not keys:
             stray += 1
-    return out, stray, unknown
+        elif len(keys) == 1 and len(groups[keys[0]]) == 1 and claims[keys[0]] == 1:
+            out[groups[keys[0]][0]] = r  # one operation alone can be its, and it only this
+        else:
+            unsure.update(keys)
+    return out, stray, {i for k in unsure for i in groups[k]}
+
+
+def _bid(value: Any) -> str:
+    """A bulkId as :func:`_compatible` compares it: none (or empty) as ``""``."""
+    if not value:
+        return ""
+    return value if isinstance(value, str) else "\0" + repr(value)
 
 
 def _created(
