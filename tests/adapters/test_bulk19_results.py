@@ -138,11 +138,12 @@ def test_a_bulk_result_carrying_the_resource_is_recorded_as_a_single_write_answe
     assert got[0].event["x"]["result"] == {**want, "userName": "u"}
     assert single.effect is not None and got[0].effect is not None
     # judged from the answer alike: the SP kept active (not named changed without values)
-    # and the manager (no removal claimed). (The roles are named revoked and granted
-    # again, the PUT's omission then the answer: the log's reading, the same either way.)
+    # and the manager (no removal claimed), and the roles (the answer alone decides: not
+    # named revoked and granted again, as before stop 33)
     for key in ("acts", "changes", "refs", "basis"):
         assert got[0].effect.get(key) == single.effect.get(key), key
     assert not [c for c in got[0].effect.get("changes", ()) if c["attr"] == "active"]
+    assert not [c for c in got[0].effect.get("changes", ()) if c["attr"] == "roles"]
     assert not got[0].effect.get("refs")
     # an answer naming another resource is not taken as the result, and the event says so
     assert "result" not in got[1].event.get("x", {})
