@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import sqlite3
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +34,17 @@ def _run_groups(
     """Commit ``groups`` (each a list of adds) as the writer would, on a connection of our
     own; ``general`` forces the general path. Returns each add's outcome and the rows."""
     clock = itertools.count(1_700_000_000_000)
+    me = threading.get_ident()
+
+    def now_ms() -> int:
+        # The adds' times come from this thread's calls only: a thread another test left
+        # running (reading a backlog: Outbox.backlog asks the clock) must not move them,
+        # or the two paths differ by where its call fell (a CI run, stop 33).
+        return next(clock) if threading.get_ident() == me else 1_700_000_000_000
+
     outcomes: list[Any] = []
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(outbox_mod, "_now_ms", lambda: next(clock))
+        mp.setattr(outbox_mod, "_now_ms", now_ms)
         if general:
             mp.setattr(Outbox, "_commit_adds", lambda self, conn, live: live)
         ob = Outbox(path, max_bytes=max_bytes)
