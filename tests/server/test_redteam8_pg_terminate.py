@@ -73,7 +73,13 @@ def test_the_writer_connection_terminated_mid_commit(
                 admin.execute("INSERT INTO rt8_hold VALUES (%s)", (where,))
                 pid, query = _held_session(admin)
                 if where == "commit":
-                    assert query.strip().upper() == "COMMIT", query
+                    # Only the deferred trigger names "commit", and it runs at COMMIT alone;
+                    # pg_stat_activity may still show the transaction's last statement when
+                    # the COMMIT came in the same pipeline (a CI run, stop 33 saw the insert).
+                    shown = query.strip().upper()
+                    assert shown == "COMMIT" or shown.startswith("INSERT INTO TLOG_CHECKPOINTS"), (
+                        query
+                    )
                 admin.execute("DELETE FROM rt8_hold")
                 admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
                 # The server goes on by itself: new submissions of every kind land.
