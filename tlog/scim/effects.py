@@ -563,31 +563,16 @@ class _Run:
         ``replace`` its own run, so the outcome is exact: ``[add X, remove all]`` leaves
         nothing, ``[replace [A, B], replace [C]]`` leaves C. An event in linked parts is
         judged part by part (:meth:`_numbered_part`). Returns whether it judged them."""
-        clears = [
-            m["i"]
-            for m in mods
-            if "i" in m
-            and m.get("new") == "null"
-            and "[" not in m["attr"]
-            and _attr_kind(self.prefix, m["attr"])[0] == attr
-        ]
-        pathless = [
-            m["i"]
-            for m in mods
-            if "i" in m
-            and m.get("form") == "value"
-            and m.get("new") == "null"
-            and _attr_kind(self.prefix, m["attr"])[0] == attr
-        ]
+        own = [m for m in mods if _attr_kind(self.prefix, m["attr"])[0] == attr]
+        nulls = [m for m in own if m.get("new") == "null"]
+        clears = [m["i"] for m in nulls if "i" in m and "[" not in m["attr"]]
+        pathless = [m["i"] for m in nulls if "i" in m and m.get("form") == "value"]
         x = self.ev.get("x", {})
         if attr == "manager" and x.get("parts", 1) <= 1:
-            own = [m for m in mods if _attr_kind(self.prefix, m["attr"])[0] == attr]
             if self._manager_left_cleared(own):
                 return False  # not known (_cleared)
         elif (attr == "manager" or x.get("parts", 1) > 1) and any(
-            m.get("form") == "value" and _attr_kind(self.prefix, m["attr"])[0] == attr
-            for m in mods
-            if m.get("new") == "null"
+            m.get("form") == "value" for m in nulls
         ):
             return False  # a path-less clear (in a split request): not known (_cleared)
         if x.get("parts", 1) > 1:
@@ -992,10 +977,9 @@ class _Run:
                         self.state["put_seen"] = sorted(named)
                     seen_sets = {"roles", "entitlements"}
                     stated = False
-            told_sets = x.get("result")
             for key in ("roles", "entitlements"):
                 if (self.prefix, key) in _SETS and key not in seen_sets:
-                    if isinstance(told_sets, Mapping) and isinstance(told_sets.get(key), list):
+                    if _told_set(x.get("result"), key) is not None:
                         continue  # the SP's answer says what it holds: apply_result judges
                     self.values(key, "replace", [], whole=True)  # a PUT without them clears
             if stated:
@@ -1205,8 +1189,9 @@ class _Run:
                 self.verbs.add("activate")
             self.state["active"] = b
         for key in ("roles", "entitlements"):
-            if isinstance(result.get(key), list) and (self.prefix, key) in _SETS:
-                self.values(key, "replace", [str(v) for v in result[key]], whole=True)
+            held = _told_set(result, key)
+            if held is not None and (self.prefix, key) in _SETS:
+                self.values(key, "replace", [str(v) for v in held], whole=True)
         told = _told_manager(result)
         if told is not None:
             self.result_manager(told[0])
@@ -1260,6 +1245,15 @@ def _told_manager(result: object) -> tuple[str | None] | None:
     if v is None or (isinstance(v, str) and _PID_B64.fullmatch(v)):
         return (v,)
     return None
+
+
+def _told_set(result: object, key: str) -> list[Any] | None:
+    """The roles or entitlements (``key``) the SP's answer records (``x.result``: their
+    values); None when it does not record them."""
+    if not isinstance(result, Mapping) or not isinstance(result.get(key), list):
+        return None
+    told: list[Any] = result[key]
+    return told
 
 
 _PID_B64 = re.compile(r"[A-Za-z0-9+/]{22}==")  # base64 of a 16-byte pid
