@@ -4,6 +4,7 @@
         [--proxy-root DIR]   # run the proxy of another checkout (a "before" worktree)
         [--skip-batch]       # only the direct and proxied runs, not the log's batch path
         [--profile FILE [--profile-mode gil|threads|native]]   # py-spy on the proxy
+        [--strace FILE]      # strace on the proxy: its system calls a write, by thread
 
 Needs ``wrk`` (``apt-get install -y wrk``), the scim2 packages and waitress (the ``dev``
 extra). Everything runs on 127.0.0.1 in the same run, on the same machine:
@@ -18,7 +19,10 @@ extra). Everything runs on 127.0.0.1 in the same run, on the same machine:
   ``PATCH /Users/<id>`` (replace displayName) on users created beforehand. Every request
   is a SCIM write, i.e. one audit event through the proxy, so events/s = requests/s;
 * the CPU each process used per write (``/proc``), and the proxy's split by thread: its
-  event loop, and the others (outbox writer, relay, workers), user and system time;
+  event loop, and the others (outbox writer, relay, workers), user and system time; each
+  thread's context switches a write (voluntary: it waited; involuntary: it was preempted);
+* with ``--strace FILE``: the proxy's system calls a write by thread and call (a separate
+  run: strace stops the proxy at every call, so that run's other figures do not count);
 * after the proxy run, the time for the relay to drain the outbox into the log;
 * **batch path**: ``POST /v1/scim/events/batch`` with 1000-event batches (realistic create
   events) from 2 client threads: events/s durably committed, encrypted, in the tree.
@@ -32,6 +36,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -121,6 +126,43 @@ def thread_cpu(pid: int) -> dict[int, tuple[float, float]]:
     return out
 
 
+def thread_switches(pid: int) -> dict[int, tuple[int, int]]:
+    """(voluntary, involuntary) context switches of each thread of ``pid`` so far: each is
+    the thread put off its CPU (waiting, or preempted), with the caches it then finds cold."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            text = Path(f"/proc/{pid}/task/{tid}/status").read_text()
+        except OSError:
+            continue
+        v = re.search(r"^voluntary_ctxt_switches:\s+(\d+)", text, re.M)
+        nv = re.search(r"^nonvoluntary_ctxt_switches:\s+(\d+)", text, re.M)
+        if v and nv:
+            out[int(tid)] = (int(v.group(1)), int(nv.group(1)))
+    return out
+
+
+def named_switches(
+    before: dict[int, tuple[int, int]],
+    after: dict[int, tuple[int, int]],
+    names: dict[int, str],
+    n: float,
+) -> str:
+    """Context switches a write of each thread by name, voluntary + involuntary."""
+    by: dict[str, list[int]] = {}
+    for tid, (v, nv) in after.items():
+        v0, nv0 = before.get(tid, (0, 0))
+        name = names.get(tid, "other")
+        acc = by.setdefault("event loop" if name == "MainThread" else name, [0, 0])
+        acc[0] += v - v0
+        acc[1] += nv - nv0
+    return ", ".join(
+        f"{k} {v / n:.2f} + {nv / n:.2f}"
+        for k, (v, nv) in sorted(by.items(), key=lambda kv: -sum(kv[1]))
+        if v + nv > 0
+    )
+
+
 def thread_names(pid: int) -> dict[int, str]:
     """Thread id -> Python thread name of ``pid`` (``py-spy dump``, if installed; else
     empty): the proxy's threads are the event loop (MainThread), ``outbox-writer``,
@@ -158,6 +200,29 @@ def named_split(
         for k, (u, s) in sorted(by.items(), key=lambda kv: -sum(kv[1]))
         if u + s > 0
     )
+
+
+def syscalls_per_write(path: Path, writes: float, names: dict[int, str]) -> list[str]:
+    """The proxy's system calls a write, by thread (its Python name where known) and call,
+    from the trace ``strace -f -o path`` wrote (one line a call: ``<tid> <call>(...``; a
+    call split by another thread's is counted at its start, not at ``<... resumed>``)."""
+    calls: dict[str, dict[str, int]] = {}
+    for line in path.read_text().splitlines():
+        m = re.match(r"(\d+) +([a-z_0-9]+)\(", line)
+        if m is None:
+            continue
+        name = names.get(int(m.group(1)), "other")
+        by = calls.setdefault("event loop" if name == "MainThread" else name, {})
+        by[m.group(2)] = by.get(m.group(2), 0) + 1
+    out = []
+    for thread, by in sorted(calls.items(), key=lambda kv: -sum(kv[1].values())):
+        top = sorted(by.items(), key=lambda kv: -kv[1])
+        out.append(
+            f"  system calls a write, {thread}: {sum(by.values()) / writes:.1f} ("
+            + ", ".join(f"{k} {v / writes:.2f}" for k, v in top if v / writes >= 0.01)
+            + ")"
+        )
+    return out
 
 
 def cpu_during(
@@ -377,6 +442,13 @@ def main() -> None:
         "running thread by name (threads), or that with native frames (native; py-spy then "
         "pauses the proxy to sample it, which slows it)",
     )
+    ap.add_argument(
+        "--strace",
+        type=Path,
+        help="trace the proxy's system calls during its run (strace -f, every thread) into "
+        "this file and print their counts a write by thread and call (strace slows the "
+        "proxy several times: that run's throughput and CPU figures are not comparable)",
+    )
     args = ap.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("bench.scim_proxy needs wrk: apt-get install -y wrk")
@@ -459,12 +531,25 @@ def main() -> None:
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
+        tracer = None
+        if args.strace is not None:
+            tracer = subprocess.Popen(
+                ["strace", "-f", "-qq", "-o", str(args.strace), "-p", str(proxy_p.pid)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            time.sleep(1.0)  # attached to every thread before the load starts
         threads_before = thread_cpu(proxy_p.pid)
+        switches_before = thread_switches(proxy_p.pid)
         proxied, proxy_cpu = cpu_during(
             {"scim2-server": up_p, "tlog scim-proxy": proxy_p, "tlog serve": log_p},
             lambda: wrk(proxy_base, proxy_ids, d, cn),
         )
         threads_after = thread_cpu(proxy_p.pid)
+        switches_after = thread_switches(proxy_p.pid)
+        if tracer is not None:  # detached before py-spy reads the thread names
+            tracer.send_signal(signal.SIGINT)
+            tracer.wait(30)
         names = thread_names(proxy_p.pid)
         if spy is not None:
             spy.wait(60)
@@ -524,6 +609,12 @@ def main() -> None:
             "  other threads by name, ms per write user + sys: "
             + named_split(threads_before, threads_after, names, n)
         )
+        print(
+            "  context switches a write by thread, voluntary + involuntary: "
+            + named_switches(switches_before, switches_after, names, n)
+        )
+    if args.strace is not None:
+        print("\n".join(syscalls_per_write(args.strace, n, names)))
     ratio = proxied["rps"] / direct["rps"] if direct["rps"] else 0.0
     p99 = proxied.get("p99_ms", 0) / direct["p99_ms"] if direct.get("p99_ms") else 0.0
     print(f"proxy / direct: throughput {ratio:.0%} (target >= 80%), p99 {p99:.2f}x (target <= 2x)")
