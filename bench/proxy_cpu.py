@@ -48,11 +48,13 @@ USER = "urn:ietf:params:scim:schemas:core:2.0:User"
 
 
 class _SP(asyncio.Protocol):
-    """HTTP/1.1 keep-alive, one request at a time per connection; answers by method."""
+    """HTTP/1.1 keep-alive, one request at a time per connection; answers by method.
+    ``keep_alive``: the ``204`` keeps the connection too (waitress closes it)."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, keep_alive: bool = False) -> None:
         self.buf = b""
         self.port = port
+        self.keep_alive = keep_alive
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -109,18 +111,22 @@ class _SP(asyncio.Protocol):
         else:  # waitress answers a 204 with Connection: close
             rid = path.rstrip("/").rsplit("/", 1)[-1]
             self.transport.write(
-                b"HTTP/1.1 204 No Content\r\nCache-Control: no-cache\r\nConnection: close\r\n"
-                b"Content-Type: application/scim+json\r\n"
+                b"HTTP/1.1 204 No Content\r\nCache-Control: no-cache\r\n"
+                + (b"" if self.keep_alive else b"Connection: close\r\n")
+                + b"Content-Type: application/scim+json\r\n"
                 b'Date: Tue, 01 Dec 2026 05:47:14 GMT\r\nEtag: W/"3"\r\n'
                 + f"Location: {base}/v2/Users/{rid}\r\n\r\n".encode()
             )
-            self.transport.close()
+            if not self.keep_alive:
+                self.transport.close()
 
 
-def serve_sp(port: int) -> None:
+def serve_sp(port: int, keep_alive: bool = False) -> None:
     async def run() -> None:
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(lambda: _SP(port), "127.0.0.1", port, backlog=1024)
+        server = await loop.create_server(
+            lambda: _SP(port, keep_alive), "127.0.0.1", port, backlog=1024
+        )
         async with server:
             await server.serve_forever()
 
@@ -156,10 +162,16 @@ def main() -> None:
         help="run the proxy under cProfile (its event-loop thread only) and write the stats "
         "to this file when it stops (the CPU figures of such a run are not comparable)",
     )
+    ap.add_argument(
+        "--sp-keeps-alive",
+        action="store_true",
+        help="the stand-in SP keeps the connection after a 204 too (waitress closes it): "
+        "what the proxy's reconnect after every PATCH costs it",
+    )
     ap.add_argument("--serve-sp", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve_sp:
-        serve_sp(args.serve_sp)
+        serve_sp(args.serve_sp, args.sp_keeps_alive)
         return
     if shutil.which("wrk") is None:
         sys.exit("bench.proxy_cpu needs wrk: apt-get install -y wrk")
@@ -174,7 +186,11 @@ def main() -> None:
         log_url = log.url
         (tmp / "proxy.token").write_text(tlog_token(tmp / "log", "bench-proxy"))
         sp_p = subprocess.Popen(
-            [sys.executable, "-m", "bench.proxy_cpu", "--serve-sp", str(sport)], cwd=ROOT
+            [
+                *(sys.executable, "-m", "bench.proxy_cpu", "--serve-sp", str(sport)),
+                *(("--sp-keeps-alive",) if args.sp_keeps_alive else ()),
+            ],
+            cwd=ROOT,
         )
         procs.append(sp_p)
         upstream = f"http://127.0.0.1:{sport}/v2"
