@@ -43,7 +43,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import httpx
@@ -149,13 +149,8 @@ def named_switches(
     n: float,
 ) -> str:
     """Context switches a write of each thread by name, voluntary + involuntary."""
-    by: dict[str, list[int]] = {}
-    for tid, (v, nv) in after.items():
-        v0, nv0 = before.get(tid, (0, 0))
-        name = names.get(tid, "other")
-        acc = by.setdefault("event loop" if name == "MainThread" else name, [0, 0])
-        acc[0] += v - v0
-        acc[1] += nv - nv0
+    by = _per_name(before, after, names)
+    by["event loop"] = by.pop("MainThread", [0.0, 0.0])
     return ", ".join(
         f"{k} {v / n:.2f} + {nv / n:.2f}"
         for k, (v, nv) in sorted(by.items(), key=lambda kv: -sum(kv[1]))
@@ -180,6 +175,22 @@ def thread_names(pid: int) -> dict[int, str]:
     return names
 
 
+def _per_name(
+    before: Mapping[int, tuple[float, float]],
+    after: Mapping[int, tuple[float, float]],
+    names: dict[int, str],
+) -> dict[str, list[float]]:
+    """The two counters' growth from ``before`` to ``after`` summed by thread name (threads
+    no longer running, or unnamed, as "other")."""
+    by: dict[str, list[float]] = {}
+    for tid, (a, b) in after.items():
+        a0, b0 = before.get(tid, (0.0, 0.0))
+        acc = by.setdefault(names.get(tid, "other"), [0.0, 0.0])
+        acc[0] += a - a0
+        acc[1] += b - b0
+    return by
+
+
 def named_split(
     before: dict[int, tuple[float, float]],
     after: dict[int, tuple[float, float]],
@@ -188,12 +199,7 @@ def named_split(
 ) -> str:
     """The proxy's CPU ms per write (user + sys) of each thread other than the event loop,
     by name (threads no longer running, or unnamed, summed as "other")."""
-    by: dict[str, list[float]] = {}
-    for tid, (u, s) in after.items():
-        u0, s0 = before.get(tid, (0.0, 0.0))
-        acc = by.setdefault(names.get(tid, "other"), [0.0, 0.0])
-        acc[0] += u - u0
-        acc[1] += s - s0
+    by = _per_name(before, after, names)
     by.pop("MainThread", None)
     return ", ".join(
         f"{k} {1000 * u / n:.3f} + {1000 * s / n:.3f}"
