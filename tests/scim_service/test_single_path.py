@@ -302,3 +302,41 @@ def test_pipeline_clone_is_a_shallow_copy_with_nothing_pending(tmp_path: Path) -
             else:
                 assert getattr(got, name) is value, name
         assert base.keys == [b"k"] and base.values == [b"v"]  # the original keeps its own
+
+
+def test_pipeline_at_another_time_is_the_pipeline_made_then(tmp_path: Path) -> None:
+    """_Pipeline.at(now) (the cut's ``ts`` replaced, the epoch worked out again only on
+    another UTC day) has every attribute a pipeline made at ``now`` has, the group's
+    templates kept, nothing pending; out of make_leaf's range it refuses as make_leaf does."""
+    from client.scim.cbor import EventFormatError
+    from tlog.scim.service import _Pipeline
+    from tlog.scim.store import Overlay
+
+    with open_harness(tmp_path) as h:
+        with h.service.storage.read() as rv:
+            tk = h.service.keys.tenant_or_create(Overlay(rv), T1)
+    day, month_end = 86_400_000, 1_706_745_600_000  # 2024-02-01T00:00Z
+    times = [
+        BASE_TS, BASE_TS + 1, BASE_TS + 999, BASE_TS + day - 1, BASE_TS + day, month_end - 1,
+        month_end, month_end + 1, 0, 1, 23, 24, 255, 256, 65_535, 65_536, 2**32 - 1, 2**32,
+        253_402_300_799_999,  # the last ms datetime (epoch_of) takes: 9999-12-31
+    ]  # fmt: skip
+    for before in times:
+        base = _Pipeline(tk, before)
+        base.templates[("shape",)] = [b"x"]
+        base.keys, base.values = [b"k"], [b"v"]
+        for now in times:
+            got = base.at(tk, now)
+            want = vars(_Pipeline(tk, now))
+            assert vars(got).keys() == want.keys()
+            for name, value in want.items():
+                if name == "templates":
+                    assert got.templates is base.templates
+                else:
+                    assert getattr(got, name) == value, (before, now, name)
+            assert base.now == before and base.keys == [b"k"]  # the original unchanged
+    for bad in (-1, 2**53):
+        with pytest.raises((EventFormatError, ValueError)) as want_exc:
+            _Pipeline(tk, bad)
+        with pytest.raises(want_exc.type, match=str(want_exc.value)):
+            _Pipeline(tk, BASE_TS).at(tk, bad)

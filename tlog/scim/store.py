@@ -435,7 +435,9 @@ class Overlay:
             for key, value in zip(keys, values, strict=True):
                 self._stage(key, value)
             return
-        earlier = {k: w[k] for k in w.keys() & distinct}
+        # what each key replaced: usually nothing (a staging's keys are new), and a group's
+        # overlay grows with every staging: look up the few keys, not walk the overlay
+        earlier = {} if w.keys().isdisjoint(distinct) else {k: w[k] for k in distinct if k in w}
         self._journal.append((None, keys, earlier))
         w.update(zip(keys, values, strict=True))
 
