@@ -77,6 +77,7 @@ COMPLETE = 1 << 63  # the tree size a complete (immutable) blob serves: every si
 # Entries another frontend committed that catch_up hashes in rather than reloading (beyond
 # that a reload, which reads O(log n) blobs, is cheaper than reading the entries).
 CATCH_UP_MAX = 1 << 16
+PROOF_READER_BLOBS = 64  # blobs cached_inclusion_proof's reader of one size keeps (~1 MiB)
 
 
 class BlobCache:
@@ -174,6 +175,7 @@ class Log:
         # Trusted blobs served from memory, and range hashes computed from them only.
         self.blobs = BlobCache()
         self._vranges: dict[tuple[int, int], bytes] = {}
+        self._proof_reader: tuple[int, NodeReader] | None = None  # cached_inclusion_proof's
         self.origin = signer.origin
         self._verifier = signer.verifier
         self.remembered = remembered
@@ -625,8 +627,18 @@ class Log:
     ) -> list[bytes] | None:
         if not 0 <= index < size:
             raise NotFound(f"index {index} is not below tree size {size}")
+        # One reader per tree size, kept while the size is the one asked for: the receipts of
+        # a group's events (one size, neighbouring indices) read each blob once and share the
+        # proof's part above their fork. What it holds stays right for that size: a blob it
+        # read serves the size (BlobCache), and a complete node never changes.
+        memo = self._proof_reader
+        if memo is None or memo[0] != size or memo[1].held() > PROOF_READER_BLOBS:
+            memo = self._proof_reader = (
+                size,
+                NodeReader(self.blobs.getter(size), self._vranges, tails=True),
+            )
         try:
-            reader = NodeReader(self.blobs.getter(size), self._vranges)
+            reader = memo[1]
             proof = reader.inclusion_proof(index, size)
             if leaf is not None and reader.node(0, index) != leaf:
                 return None  # the checked path says what is wrong
@@ -654,6 +666,7 @@ class Log:
         (and are checked again) as after a restart."""
         self.blobs = BlobCache(self.blobs.max_blobs)
         self._vranges = {}
+        self._proof_reader = None
         self._ranges.clear()
         self._verified_tiles.clear()
 

@@ -59,16 +59,24 @@ def locate(level: int, index: int) -> tuple[int, int, int]:
 class NodeReader:
     """Reads node hashes through a blob getter; caches blobs for its lifetime (one request)."""
 
-    __slots__ = ("_cache", "_get", "_ranges")
+    __slots__ = ("_cache", "_get", "_ranges", "_tails")
 
     def __init__(
-        self, get_blob: BlobGetter, range_cache: dict[tuple[int, int], bytes] | None = None
+        self,
+        get_blob: BlobGetter,
+        range_cache: dict[tuple[int, int], bytes] | None = None,
+        *,
+        tails: bool = False,
     ) -> None:
         self._get = get_blob
         self._cache: dict[tuple[int, int], bytes | memoryview | bytearray] = {}
         # Hashes of composite (right-edge) ranges are immutable and shared by every proof at
         # the same size: a caller may pass a cache that outlives this reader.
         self._ranges = range_cache
+        # ``tails``: remember each inclusion proof's part above its fork, which the proofs of
+        # every index under the same fork share (a group's events, answered one by one at
+        # the same tree size): :meth:`inclusion_proof` then reads only the siblings below it.
+        self._tails: dict[tuple[int, int, int], list[bytes]] | None = {} if tails else None
 
     def node(self, level: int, index: int) -> bytes:
         tl = level >> 3
@@ -86,6 +94,10 @@ class NodeReader:
         if len(h) != HASH_SIZE:
             raise KeyError(f"short tile {tl}/{ti}")
         return h
+
+    def held(self) -> int:
+        """How many blobs this reader holds (read so far)."""
+        return len(self._cache)
 
     def loaded(self) -> list[tuple[tuple[int, int], bytes | memoryview | bytearray]]:
         """The blobs this reader has read so far, by (tile level, tile index)."""
@@ -144,6 +156,13 @@ class NodeReader:
                     raise KeyError(f"short tile {key}")
                 append(h)
         begin = (index >> inner) << inner
+        tails = self._tails
+        if tails is not None:
+            tail = tails.get((begin, inner, size))
+            if tail is not None:
+                proof += tail
+                return proof
+        above = len(proof)
         end = begin + (1 << inner)
         if end < size:
             proof.append(self.range_hash(end, size))
@@ -153,6 +172,10 @@ class NodeReader:
             level = (bits & -bits).bit_length() - 1
             proof.append(node(level, (bits >> level) - 1))
             bits &= bits - 1
+        if tails is not None:
+            if len(tails) >= RANGE_CACHE_SIZE:
+                tails.clear()
+            tails[(begin, inner, size)] = proof[above:]
         return proof
 
     def consistency_proof(self, old_size: int, new_size: int) -> list[bytes]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -274,3 +275,80 @@ def test_new_entries_prove_from_memory(tmp_path: Path) -> None:
         assert old is not None
         verify_inclusion(3, cp.size, leaf_hash(b"3"), old, cp.root_hash)
     log_.storage.close()
+
+
+def test_a_reader_kept_for_many_proofs_proves_what_fresh_readers_prove(tmp_path: Path) -> None:
+    """cached_inclusion_proof keeps one reader per tree size, which remembers each proof's
+    part above its fork: for every index at every size asked in any order, sizes coming
+    back, old entries between new ones, each proof is the one a fresh reader reads, and it
+    verifies against the signed root."""
+    import random
+
+    log_ = open_log(tmp_path)
+    v = make_signer().verifier
+    sizes: list[tuple[int, bytes]] = []
+    for k, n in enumerate([1, 5, 250, 7, 600, 1, 20, 300]):
+        r = log_.integrate([b"%d-%d" % (k, i) for i in range(n)])
+        cp, _ = open_checkpoint(r.checkpoint.note, [v])
+        sizes.append((cp.size, cp.root_hash))
+    reads = [0]
+    getter = log_.blobs.getter
+
+    def counted(size: int) -> Any:
+        get = getter(size)
+
+        def count(level: int, index: int) -> bytes:
+            reads[0] += 1
+            return get(level, index)
+
+        return count
+
+    log_.blobs.getter = counted  # type: ignore[method-assign]
+    rng = random.Random(7)
+    asks = [(i, size, root) for size, root in sizes for i in range(size)]
+    rng.shuffle(asks)
+    asks += [(i, size, root) for size, root in sizes for i in range(size)]  # in order too
+    fresh = NodeReader(log_.blobs.getter(sizes[-1][0]))
+    for i, size, root in asks:
+        got = log_.cached_inclusion_proof(i, size)
+        assert got is not None, (i, size)
+        want = NodeReader(log_.blobs.getter(size)).inclusion_proof(i, size)
+        assert got == want, (i, size)
+        verify_inclusion(i, size, fresh.node(0, i), got, root)
+        got.append(b"x")  # the caller's list: what the reader remembers is not touched
+    # a group's receipts at one size: the blobs are read once, for the first of them
+    size, _ = sizes[-1]
+    reads[0] = 0
+    first = [log_.cached_inclusion_proof(i, size) for i in range(size - 20, size)]
+    once = reads[0]
+    assert [log_.cached_inclusion_proof(i, size) for i in range(size - 20, size)] == first
+    assert reads[0] == once
+    log_.storage.close()
+
+
+def test_a_reader_remembering_tails_reads_the_proofs_of_a_fresh_reader() -> None:
+    """NodeReader(tails=True), asked for many proofs at many sizes in any order, gives each
+    time what a fresh reader gives (client.formats.merkle's ranges, tested elsewhere)."""
+    import hashlib
+    import random
+
+    blobs: dict[tuple[int, int], bytes] = {}
+
+    def get(tl: int, ti: int) -> bytes | None:
+        return blobs.get((tl, ti))
+
+    edge = RightEdge(0, get)
+    sizes = []
+    for n in (3, 1, 254, 2, 700, 65_536 - 960, 5):
+        edge.append([hashlib.sha256(b"%d-%d" % (n, i)).digest() for i in range(n)])
+        for tl, ti, b in edge.take_dirty():
+            blobs[(tl, ti)] = b
+        sizes.append(edge.size)
+    rng = random.Random(3)
+    asks = [(rng.randrange(size), size) for size in sizes for _ in range(300)]
+    asks += [(i, size) for size in sizes[:3] for i in range(size)]
+    rng.shuffle(asks)
+    kept = NodeReader(get, {}, tails=True)
+    for i, size in asks:
+        want = NodeReader(get).inclusion_proof(i, size)
+        assert kept.inclusion_proof(i, size) == want, (i, size)
