@@ -340,3 +340,26 @@ def test_pipeline_at_another_time_is_the_pipeline_made_then(tmp_path: Path) -> N
             _Pipeline(tk, bad)
         with pytest.raises(want_exc.type, match=str(want_exc.value)):
             _Pipeline(tk, BASE_TS).at(tk, bad)
+
+
+def test_a_group_of_single_events_shares_its_reads_of_the_os_randomness(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The one-event stagings of a group draw from one random pool: the OS's randomness is
+    read a few times for the group (FIRST_BLOCK, then BLOCKs), not once per event."""
+    with open_harness(tmp_path) as h:
+        ok = h.post_event(user_event("u-0", op="create"))  # the tenant's keys exist from here on
+        assert ok.status_code == 200, ok.text
+        sizes: list[int] = []
+        real = os.urandom
+
+        def urandom(n: int) -> bytes:
+            sizes.append(n)
+            return real(n)
+
+        monkeypatch.setattr(keys_mod.os, "urandom", urandom)
+        jobs = [(T1, user_event(f"u-{i}", op="create", req=f"req-{i:04}")) for i in range(1, 21)]
+        out, _ = stage_group(h.service, jobs)
+        assert all(isinstance(got, list) and not got[0].duplicate for got in out), out
+        assert sizes[0] == RandomPool.FIRST_BLOCK
+        assert len(sizes) <= 3 and sizes[1:] == [RandomPool.BLOCK] * (len(sizes) - 1), sizes

@@ -133,8 +133,9 @@ def unseal(key: bytes | AESGCM, blob: bytes, aad: bytes, what: str) -> bytes:
 class RandomPool:
     """Random bytes for one staging (one batch, under the writer lock), read from the OS in
     blocks instead of one ``getrandom`` call per nonce, IV and key (a new subject alone needs
-    eight). Every byte is handed out once; the pool lives only as long as the staging, and
-    what it did not hand out is never used for anything."""
+    eight). Every byte is handed out once; the pool lives only as long as the staging (or
+    the group of stagings that shares it: ``ScimService._pipeline``), and what it did not
+    hand out is never used for anything."""
 
     BLOCK = 8192
     # The first read is small: a single event's staging draws a few hundred bytes (a new

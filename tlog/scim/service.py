@@ -314,16 +314,24 @@ class _Pipeline:
 
 
 class _GroupMemo:
-    """What the stagings of one group share for one tenant's keys (ScimService._pipeline)."""
+    """What the stagings of one group share for one tenant's keys (ScimService._pipeline):
+    also their random pool, so that a group of single events reads the OS's randomness a
+    few times, not once each (a staging rolled back leaves its draws unused: the pool never
+    hands a byte out twice)."""
 
-    __slots__ = ("index", "pipe", "tk")
+    __slots__ = ("index", "pipe", "rand", "tk")
 
     def __init__(
-        self, tk: TenantKeys, pipe: _Pipeline, index: dict[tuple[bytes, bytes], bytes]
+        self,
+        tk: TenantKeys,
+        pipe: _Pipeline,
+        index: dict[tuple[bytes, bytes], bytes],
+        rand: RandomPool,
     ) -> None:
         self.tk = tk
         self.pipe = pipe
         self.index = index
+        self.rand = rand
 
 
 @dataclass(frozen=True)
@@ -1263,18 +1271,18 @@ class ScimService:
         """A staging's pipeline. In a group (``_group_memo`` set), the stagings of one
         tenant's keys share what only depends on those keys and the log time: the leaf's
         cut and the key prefixes (the same ``now``), the index conditions by event shape
-        and by (field, value); each gets its own pending records and ``_Batch``. Single
-        events are a group of one-event stagings each: without this, each computed all of
-        it again. A tenant whose keys this group created is never shared (its record could
+        and by (field, value), the random pool; each gets its own pending records and
+        ``_Batch``. Single events are a group of one-event stagings each: without this,
+        each computed all of it again. A tenant whose keys this group created is never shared (its record could
         be rolled back with the staging that made it: a new TenantKeys object each time)."""
         memo = self._group_memo
         if memo is None:
             return _Pipeline(tk, now)
         got = memo.get(tk.tn)
         if got is None or got.tk is not tk:
-            got = memo[tk.tn] = _GroupMemo(tk, _Pipeline(tk, now), batch.index)
+            got = memo[tk.tn] = _GroupMemo(tk, _Pipeline(tk, now), batch.index, batch.rand)
         else:
-            batch.index = got.index
+            batch.index, batch.rand = got.index, got.rand
         base = got.pipe
         if base.now != now:
             base = got.pipe = base.at(tk, now)
