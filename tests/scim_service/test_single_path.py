@@ -127,22 +127,29 @@ def test_random_pool_first_read_is_small_then_blocks(monkeypatch: pytest.MonkeyP
     assert block == len(reads) - 1
 
 
+def _os_reads_after_the_first_event(h: Any, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Post a first event (the tenant's keys exist from then on), then count: the sizes of
+    the reads of the OS's randomness from here on."""
+    ok = h.post_event(user_event("u-0", op="create"))
+    assert ok.status_code == 200, ok.text
+    sizes: list[int] = []
+    real = os.urandom
+
+    def urandom(n: int) -> bytes:
+        sizes.append(n)
+        return real(n)
+
+    monkeypatch.setattr(keys_mod.os, "urandom", urandom)
+    return sizes
+
+
 def test_a_single_event_reads_one_small_block(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A single new-subject event's staging reads the OS's randomness once, FIRST_BLOCK
     bytes (it used to read BLOCK, 8 KiB, for the few hundred bytes it draws)."""
     with open_harness(tmp_path) as h:
-        ok = h.post_event(user_event("u-0", op="create"))  # the tenant's keys exist from here on
-        assert ok.status_code == 200, ok.text
-        sizes: list[int] = []
-        real = os.urandom
-
-        def urandom(n: int) -> bytes:
-            sizes.append(n)
-            return real(n)
-
-        monkeypatch.setattr(keys_mod.os, "urandom", urandom)
+        sizes = _os_reads_after_the_first_event(h, monkeypatch)
         r = h.post_event(user_event("u-1", op="create", req="req-0002"))
         assert r.status_code == 200, r.text
         big = [n for n in sizes if n >= RandomPool.FIRST_BLOCK]
@@ -348,16 +355,7 @@ def test_a_group_of_single_events_shares_its_reads_of_the_os_randomness(
     """The one-event stagings of a group draw from one random pool: the OS's randomness is
     read a few times for the group (FIRST_BLOCK, then BLOCKs), not once per event."""
     with open_harness(tmp_path) as h:
-        ok = h.post_event(user_event("u-0", op="create"))  # the tenant's keys exist from here on
-        assert ok.status_code == 200, ok.text
-        sizes: list[int] = []
-        real = os.urandom
-
-        def urandom(n: int) -> bytes:
-            sizes.append(n)
-            return real(n)
-
-        monkeypatch.setattr(keys_mod.os, "urandom", urandom)
+        sizes = _os_reads_after_the_first_event(h, monkeypatch)
         jobs = [(T1, user_event(f"u-{i}", op="create", req=f"req-{i:04}")) for i in range(1, 21)]
         out, _ = stage_group(h.service, jobs)
         assert all(isinstance(got, list) and not got[0].duplicate for got in out), out

@@ -1273,8 +1273,9 @@ class ScimService:
         cut and the key prefixes (the same ``now``), the index conditions by event shape
         and by (field, value), the random pool; each gets its own pending records and
         ``_Batch``. Single events are a group of one-event stagings each: without this,
-        each computed all of it again. A tenant whose keys this group created is never shared (its record could
-        be rolled back with the staging that made it: a new TenantKeys object each time)."""
+        each computed all of it again. A tenant whose keys this group created is never
+        shared (its record could be rolled back with the staging that made it: a new
+        TenantKeys object each time)."""
         memo = self._group_memo
         if memo is None:
             return _Pipeline(tk, now)
