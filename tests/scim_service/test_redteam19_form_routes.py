@@ -109,4 +109,45 @@ def test_a_misplaced_form_stored_before_the_rule_is_still_read(
     (got,) = search_raw(harness, req="rt19-old")["results"]
     assert got["event"]["mods"][1]["form"] == "path"
     assert event_from_json(json.dumps(got["event"]))["mods"][1]["form"] == "path"
-    assert harness.post_event(ev).status_code == 400  # never taken in again
+
+
+def test_a_retry_of_an_event_stored_before_the_rule_is_its_duplicate(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """faith20: an event the log stored before the rule, sent again with the same bytes (a
+    relay's retry), gets the duplicate answer (its index, leaf hash, nonce) on the single
+    route (JSON and CBOR) and in a batch; before, a 400, as if it were new. A new event
+    with the same misplaced form, alone or beside a retry, is still refused."""
+    h = harness
+    ev = _misplace(_event("f20-old"), "on the add")
+    with monkeypatch.context() as m:  # the log as it was before the rule
+        m.setattr(tlog.scim.service, "check_forms", lambda ev: None)
+        first = h.post_event(ev)
+    assert first.status_code == 200, first.text
+    size = h.log.latest.size
+    for cbor in (False, True):
+        again = h.post_event(ev, cbor=cbor)
+        assert again.status_code == 200, (cbor, again.text)
+        got = again.json()
+        assert got["duplicate"] is True
+        for key in ("index", "leaf_hash", "nonce"):
+            assert got[key] == first.json()[key], key
+    good = _event("f20-new")
+    batch = {"events": [json.loads(event_to_json(good)), json.loads(event_to_json(ev))]}
+    r = h.post_raw(json.dumps(batch).encode(), "application/json", path="/v1/scim/events/batch")
+    assert r.status_code == 200, r.text
+    new, old = r.json()["results"]
+    assert not new["duplicate"] and old["duplicate"]
+    assert old["index"] == first.json()["index"]
+    assert old["leaf_hash"] == first.json()["leaf_hash"]
+    assert h.log.latest.size == size + 1  # only the new event
+    fresh = _misplace(_event("f20-fresh"), "on the add")
+    for body in (
+        {"events": [json.loads(event_to_json(ev)), json.loads(event_to_json(fresh))]},
+        {"events": [json.loads(event_to_json(fresh))]},
+    ):
+        r = h.post_raw(json.dumps(body).encode(), "application/json", path="/v1/scim/events/batch")
+        assert r.status_code == 400 and "form" in r.json()["error"], r.text
+    assert h.post_event(fresh).status_code == 400
+    assert h.log.latest.size == size + 1
+    assert search_raw(h, req="f20-fresh")["results"] == []

@@ -1101,12 +1101,12 @@ class ScimService:
         for a reserved resource type, :class:`Conflict` for an eid reused with a different
         event; nothing is written then.
         """
-        self.check_events(tenant, events, system=system)
+        held = self.check_events(tenant, events, system=system)
         if encoded is None:
             encoded = [_encode_validated(ev) for ev in events]
         elif len(encoded) != len(events):
             raise ValueError("one encoding per event")
-        stage = self._stager(tenant, events, encoded)
+        stage = self._stager(tenant, events, encoded, held=held)
         if self._coalesce:
             done: tuple[list[Submitted], Published] = await self._write_grouped(
                 stage, sequenced=True, reads=(tenant, events)
@@ -1118,11 +1118,22 @@ class ScimService:
         return done
 
     @staticmethod
-    def check_events(tenant: str, events: Sequence[Event], *, system: bool = False) -> None:
+    def check_events(
+        tenant: str, events: Sequence[Event], *, system: bool = False
+    ) -> dict[int, str]:
         """What :meth:`submit` refuses before staging anything: an event of another tenant
-        (:class:`Forbidden`), a name in the log's reserved namespace, a ``mods[].form``
-        where the adapter never puts one (EventFormatError; rules of intake, not of the
-        schema, so that what was stored before them is still read)."""
+        (:class:`Forbidden`), a name in the log's reserved namespace, an actor carrying the
+        log's pseudonym fields (EventFormatError). Returns the events held by a rule of
+        intake added after events could be stored without it (a ``mods[].form`` where the
+        adapter never puts one: not a rule of the schema, so that what was stored before it
+        is still read), by index, with the error: the staging refuses each of them unless
+        it is a retry of an event the log already holds (:meth:`_stage_held`), which gets
+        the duplicate answer as any retry does (faith20: before, a relay's retry of such a
+        stored event was refused with 400). The reserved namespace stays refused outright:
+        the log's own events live there, and a duplicate answer would hand a submitter the
+        receipt and commitment nonce of one of them; the actor's ``pid``/``sd`` were never
+        in a stored event as sent (the schema refused them before the log set them)."""
+        held: dict[int, str] = {}
         for i, ev in enumerate(events):
             if ev["tenant"] != tenant:
                 raise Forbidden(f"event {i} is for another tenant than this token's")
@@ -1133,12 +1144,13 @@ class ScimService:
             try:
                 check_forms(ev)
             except EventFormatError as exc:
-                raise EventFormatError(f"event {i}: {exc}") from None
+                held[i] = f"event {i}: {exc}"
             if not system and reserved_names(ev):
                 raise EventFormatError(
                     f"event {i}: resource types and actions in the {SYSTEM_PREFIX!r} namespace "
                     "(in any spelling that normalises to it) are reserved for the log"
                 )
+        return held
 
     async def sequence(self, accepted: list[Accepted]) -> tuple[list[Submitted], Published]:
         """Sequence the staged events' leaves (one batch) and say where each landed."""
@@ -1156,10 +1168,13 @@ class ScimService:
         encoded: Sequence[bytes],
         *,
         fast: bool = True,
+        held: Mapping[int, str] | None = None,
     ) -> Callable[[Overlay], list[Accepted]]:
         """The staging of ``events`` (run by the writer). ``fast=False``: every event by
         the general path :meth:`_stage` (the reference the batch pipeline is tested
-        against: same records, same bytes)."""
+        against: same records, same bytes). ``held``: events an intake rule refuses
+        unless they are retries of stored ones (:meth:`check_events`), by index."""
+        holds = held or {}
 
         def stage(tx: Overlay) -> list[Accepted]:
             tk = self._tenant_keys(tx, tenant)
@@ -1167,8 +1182,10 @@ class ScimService:
             batch = _Batch()
             if not fast:
                 out = [
-                    self._stage(tx, tk, ev, enc, now, batch)
-                    for ev, enc in zip(events, encoded, strict=True)
+                    self._stage_held(tx, tk, ev, enc, batch, holds[i])
+                    if i in holds
+                    else self._stage(tx, tk, ev, enc, now, batch)
+                    for i, (ev, enc) in enumerate(zip(events, encoded, strict=True))
                 ]
                 self._flush_states(tx, batch)
                 return out
@@ -1177,7 +1194,10 @@ class ScimService:
             pipe = self._pipeline(tk, now, batch)
             stage_new, stage_one = self._stage_new, self._stage
             out = []
-            for ev, enc in zip(events, encoded, strict=True):
+            for i, (ev, enc) in enumerate(zip(events, encoded, strict=True)):
+                if i in holds:
+                    out.append(self._stage_held(tx, tk, ev, enc, batch, holds[i]))
+                    continue
                 acc = stage_new(tx, tk, ev, enc, batch, pipe)
                 if acc is None:
                     pipe.flush(tx)  # staged in order: what the general path reads is there
@@ -1298,6 +1318,39 @@ class ScimService:
         # receipt must not open a commitment to a body (the certificate has its own route).
         return acc._replace(nonce=None)
 
+    def _retry(
+        self, tx: Overlay, tk: TenantKeys, ev: Event, encoded: bytes, batch: _Batch, vkey: bytes
+    ) -> Accepted | None:
+        """The duplicate answer to ``ev`` when its eid (record ``vkey``) is already logged
+        (by this batch or before), after checking that it is the same event (else
+        :class:`Conflict`); None for a new eid."""
+        eid = ev["eid"]
+        seen = batch.seen
+        if eid in seen:
+            first, first_encoded = seen[eid]
+            if first_encoded != encoded:
+                raise Conflict(f"eid {eid} appears twice in the batch with different events")
+            return first._replace(duplicate=True)
+        known = tx.get(vkey)
+        if known is None:
+            return None
+        was, actor = self._check_same(tx, tk, known, ev)
+        acc = Accepted(eid, known, leaf_hash(known), parse_leaf(known).ts, True, was, actor)
+        seen[eid] = (acc, encoded)
+        return acc
+
+    def _stage_held(
+        self, tx: Overlay, tk: TenantKeys, ev: Event, encoded: bytes, batch: _Batch, why: str
+    ) -> Accepted:
+        """An event an intake rule refuses (``why``, :meth:`check_events`): answered as the
+        duplicate it is when the log already holds it (stored before the rule, and sent
+        again: a relay's retry of the same bytes), else refused (EventFormatError, 400;
+        the staging of the whole submission is rolled back)."""
+        retry = self._retry(tx, tk, ev, encoded, batch, store.eid_key(tk.tn, ev["eid"]))
+        if retry is None:
+            raise EventFormatError(why)
+        return retry
+
     def _stage(
         self,
         tx: Overlay,
@@ -1308,19 +1361,11 @@ class ScimService:
         batch: _Batch,
     ) -> Accepted:
         eid = ev["eid"]
-        seen = batch.seen
-        if eid in seen:
-            first, first_encoded = seen[eid]
-            if first_encoded != encoded:
-                raise Conflict(f"eid {eid} appears twice in the batch with different events")
-            return first._replace(duplicate=True)
         vkey = store.eid_key(tk.tn, eid)
-        known = tx.get(vkey)
-        if known is not None:
-            was, actor = self._check_same(tx, tk, known, ev)
-            acc = Accepted(eid, known, leaf_hash(known), parse_leaf(known).ts, True, was, actor)
-            seen[eid] = (acc, encoded)
-            return acc
+        retry = self._retry(tx, tk, ev, encoded, batch, vkey)
+        if retry is not None:
+            return retry
+        seen = batch.seen
         rand = batch.rand
         nonce = rand(NONCE_SIZE)
         # One subject lookup and one DEK unwrap per subject per batch (cached in ``batch``);
