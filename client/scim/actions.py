@@ -707,7 +707,43 @@ def misplaced_form(ev: Mapping[str, Any], mod: Mapping[str, Any]) -> str | None:
         return "only on members, roles, entitlements or the manager"
     if "old" in mod or "old_d" in mod:
         return "not on an entry with old values (a replace has none)"
-    return None
+    return _form_against_patch(ev, mod)
+
+
+def _form_against_patch(ev: Mapping[str, Any], mod: Mapping[str, Any]) -> str | None:
+    """Why ``mod``'s ``form`` contradicts ``ev``'s own ``patch`` items, or None (faith20):
+    ``"path"`` needs a PatchOp ``replace`` whose ``path`` names the entry's attribute,
+    ``"value"`` a path-less ``replace`` (its value map), and a numbered entry (``i``) that
+    very PatchOp. Only a whole event can be checked: a request split into linked parts
+    (``x.parts`` over 1) has its ``patch`` items in other parts than its ``mods``, so there
+    the form is taken as written (docs/scim-adapter.md, "Which form a replace had")."""
+    x = ev.get("x")
+    parts = x.get("parts") if isinstance(x, Mapping) else None
+    if isinstance(parts, int) and parts > 1:
+        return None
+    form = mod.get("form")
+    key = _attr_key(mod["attr"])
+    patch = ev.get("patch")
+    items = patch if isinstance(patch, list) else []
+
+    def fits(item: object) -> bool:
+        if not isinstance(item, Mapping) or item.get("op") != "replace":
+            return False
+        path = item.get("path")
+        if form == "value":
+            return path is None
+        return isinstance(path, str) and _attr_key(path) == key
+
+    i = mod.get("i")
+    if type(i) is int:
+        if 0 <= i < len(items) and fits(items[i]):
+            return None
+        return f"form {form!r} contradicts patch[{i}], the PatchOp it is numbered with"
+    if any(fits(item) for item in items):
+        return None
+    if form == "value":
+        return "form 'value' but the event's patch has no path-less replace"
+    return "form 'path' but no replace in the event's patch names this attribute's path"
 
 
 def _no_manager(key: str, value: object) -> bool:

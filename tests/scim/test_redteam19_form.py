@@ -29,11 +29,20 @@ assert MANAGER.lower() == ENTERPRISE_MANAGER
 def event_text(
     mods: list[dict[str, Any]], *, rt: str = "Group", op: str = "patch", intent: bool = True
 ) -> bytes:
-    """A valid event's JSON form with ``mods`` put in as given (not validated)."""
+    """A valid event's JSON form with ``mods`` put in as given (not validated), and a
+    ``patch`` the entries could come from (a ``replace`` with their path, or path-less for
+    ``form: "value"``): the form then stands or falls by where it is, not by the patch
+    (faith20's cross-check, test_a_form_contradicting_the_patch_is_refused)."""
     ev = full_event()
     del ev["mods"]
     obj = json.loads(event_to_json(ev))
-    obj.update(rt=rt, op=op, mods=mods)
+    patch = [
+        {"op": m.get("op", "replace")}
+        if m.get("form") == "value"
+        else {"op": m.get("op", "replace"), "path": m["attr"]}
+        for m in mods
+    ]
+    obj.update(rt=rt, op=op, mods=mods, patch=patch)
     if not intent:
         del obj["intent"]
     return json.dumps(obj).encode()
@@ -117,7 +126,7 @@ def test_every_form_the_adapter_makes_is_accepted_by_both_paths(
     intent = parse_request("patch", rt, body, digest_attrs=digest, ref_pid=lambda t, i: b"p" * 16)
     assert intent.mods is not None and any("form" in m for m in intent.mods), intent.mods
     ev = full_event()
-    ev.update(rt=rt, mods=intent.mods)
+    ev.update(rt=rt, mods=intent.mods, patch=intent.patch)
     text = event_to_json(ev).encode()
     ref, fast = parse_both(text)
     assert not isinstance(ref, EventFormatError), ref
@@ -195,3 +204,62 @@ def test_a_path_cut_to_its_digest_carries_no_form() -> None:
     ev = full_event()
     ev.update(mods=intent.mods)
     check_forms(ev)
+
+
+def _patch_event(rt: str, ops: list[dict[str, Any]]) -> dict[str, Any]:
+    body = {"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": ops}
+    intent = parse_request("patch", rt, body, ref_pid=lambda t, i: b"p" * 16)
+    ev = full_event()
+    ev.update(rt=rt, mods=intent.mods, patch=intent.patch)
+    ev.pop("x", None)
+    return ev
+
+
+CONTRADICTIONS = [
+    # (resource type, operations, entry to alter, its new form)
+    ("Group", [{"op": "replace", "value": {"members": []}}], 0, "path"),
+    ("Group", [{"op": "replace", "path": "members", "value": []}], 0, "value"),
+    ("User", [{"op": "replace", "path": "roles", "value": [{"value": "r"}]}], 0, "value"),
+    ("User", [{"op": "replace", "value": {"roles": [{"value": "r"}]}}], 0, "path"),
+    ("User", [{"op": "replace", "path": MANAGER}], 0, "value"),
+    # numbered: the form must be the one of its own PatchOp (patch[i])
+    (
+        "Group",
+        [
+            {"op": "add", "path": "members", "value": [{"value": "u1"}]},
+            {"op": "replace", "value": {"members": []}},
+            {"op": "replace", "path": "members", "value": []},
+        ],
+        1,
+        "path",
+    ),
+]
+
+
+@pytest.mark.parametrize("case", range(len(CONTRADICTIONS)))
+def test_a_form_contradicting_the_patch_is_refused(case: int) -> None:
+    """faith20: a ``form`` is checked against the event's own ``patch`` items: ``"path"``
+    where the replace had no path (or ``"value"`` where it named one) would have the log
+    judge a clear or a replace by the form the request did not have. Before, only where a
+    form may stand was checked."""
+    rt, ops, at, form = CONTRADICTIONS[case]
+    ev = _patch_event(rt, ops)
+    assert refused_at_intake(ev) is None  # as the adapter made it
+    assert ev["mods"][at].get("form") not in (None, form), ev["mods"]
+    ev["mods"][at]["form"] = form
+    why = refused_at_intake(ev)
+    assert why is not None and f"$.mods[{at}].form" in why, why
+    # the patch without the PatchOp the form came from: refused as well
+    ev = _patch_event(rt, ops)
+    ev["patch"] = [p for p in ev["patch"] if p["op"] != "replace"] or [{"op": "add"}]
+    assert refused_at_intake(ev) is not None
+
+
+def test_a_split_part_is_not_cross_checked() -> None:
+    """Holds by design: a part of a split request carries its ``mods`` apart from the
+    ``patch`` items (other parts), so there the form is taken as written."""
+    ev = _patch_event("Group", [{"op": "replace", "path": "members", "value": []}])
+    ev["mods"][0]["form"] = "value"
+    ev["x"] = {"part": 1, "parts": 2, "first": "0" * 36}
+    del ev["patch"]
+    assert refused_at_intake(ev) is None
