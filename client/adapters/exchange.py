@@ -919,6 +919,20 @@ class Builder:
                 return rid_text(last)
         return "-"  # the SP's answer named no id
 
+    def _hosts(self) -> frozenset[str]:
+        """The servers a bulk result's ``location`` may name (:func:`_location_id`), where
+        the SP's base is configured (``sp_base``; the proxy's upstream): its server, and
+        the request's ``Host`` (an SP behind a proxy that keeps it builds the location from
+        it). Without ``sp_base`` the server is not checked (empty): the SP may name itself
+        by a URL the adapter never sees."""
+        if not self.cfg.sp_base:
+            return frozenset()
+        got = [urllib.parse.urlsplit(self.cfg.sp_base).netloc]
+        host = self.x.req_header(b"host")
+        if host:
+            got.append(host)
+        return frozenset(h.strip().lower() for h in got if h.strip())
+
     @staticmethod
     def _xid(resp: Any, body: Any) -> str | None:
         for obj in (resp, body):
@@ -951,7 +965,7 @@ class Builder:
         if not (200 <= x.status < 300) or not isinstance(resp_ops, list):
             resp_ops = []
         results = [r for r in resp_ops if isinstance(r, Mapping)]
-        matched, stray, unpaired = _align(ops, results)
+        matched, stray, unpaired = _align(ops, results, self._hosts())
         missing = any(r is None and i not in unpaired for i, r in enumerate(matched))
         if not unknown and not stray and missing and not _stopped(req_obj, results):
             # Operations without a result, and the SP had no cause to stop (RFC 7644
@@ -965,7 +979,9 @@ class Builder:
             unknown = True
             if self.answer is None:
                 self.answer = f"not understood: {stray} results name no operation asked"
-        created = _created(ops, matched)  # bulkId -> id, from the POSTs that succeeded
+        hosts = self._hosts()
+        # bulkId -> id, from the POSTs that succeeded whose location names their resource
+        created = _created(ops, matched, hosts)
         out = Recorded([], [], self.texts, self.canon)
         why = _UNREAD if unknown else None
         for seq in _run_order(ops):  # creates before the operations naming their bulkId
@@ -1011,7 +1027,7 @@ class Builder:
         rid = target.rid
         if rid is not None and rid.startswith("bulkId:"):
             rid = created.get(rid.removeprefix("bulkId:"), rid)
-        loc = rversion = None
+        loc = rversion = located = None
         resp_err: Any = None
         if op_resp is not None:
             status = _status(op_resp.get("status"))
@@ -1020,7 +1036,12 @@ class Builder:
             rversion = rv if isinstance(rv, str) and ident(rv, 256) else None
             resp_err = op_resp.get("response")
             if op == "create" and 200 <= status < 300:
-                rid = self._created_id(None, loc)
+                rid = None if loc is None else _location_id(loc, path, self._hosts())
+                if loc is not None and rid is None:
+                    # not this create's resource: its id is not known (faith20; before,
+                    # the location's last segment was taken, whatever it named)
+                    located = _LOCATION_ELSEWHERE
+                rid = rid_text(rid) if rid else "-"
             outcome = _outcome(op, status)
             err = None if outcome == "success" else _error(status, resp_err)
             if status == 0:  # no status to read: whether it was applied is not known
@@ -1086,8 +1107,8 @@ class Builder:
         if isinstance(data, Mapping) and created:
             data = _resolve_bulk_ids(data, created)
         intent, unparsed = self.intent(op, target.rt or "unknown", data)
-        result = answer = None
-        if outcome == "success" and isinstance(resp_err, Mapping):
+        result, answer = None, located
+        if outcome == "success" and isinstance(resp_err, Mapping) and located is None:
             # RFC 7644 §3.7.3: a result may carry the resource in "response"; taken as a
             # single write's answer is (neither scim2-server nor SCIMMY sends one)
             result, answer = self.taken(op, target, rid_v, resp_err, loc)
@@ -1308,7 +1329,9 @@ def _res_method(res: Mapping[str, Any]) -> str:
 
 
 def _align(
-    ops: Sequence[Mapping[str, Any]], results: Sequence[Mapping[str, Any]]
+    ops: Sequence[Mapping[str, Any]],
+    results: Sequence[Mapping[str, Any]],
+    hosts: Collection[str] = (),
 ) -> tuple[list[Mapping[str, Any] | None], int, set[int]]:
     """Pair each bulk operation with its result; also the number of results left unpaired
     (an answer naming operations not asked, or one twice: not understood, :meth:`bulk`),
@@ -1351,7 +1374,7 @@ def _align(
             else:
                 unnamed.add(id(res))
         if creates and refs:
-            made = _created(ops, out)
+            made = _created(ops, out, hosts)
             touched: set[tuple[str, str, str]] = set()
             for i, (m, rt, ref) in refs:
                 got = made.get(ref.removeprefix("bulkId:"))
@@ -1405,19 +1428,51 @@ def _bid(value: Any) -> str:
 
 
 def _created(
-    ops: Sequence[Mapping[str, Any]], matched: Sequence[Mapping[str, Any] | None]
+    ops: Sequence[Mapping[str, Any]],
+    matched: Sequence[Mapping[str, Any] | None],
+    hosts: Collection[str] = (),
 ) -> dict[str, str]:
     """bulkId -> the id the SP created for it (the last segment of the location of the
-    POST's result), from the POSTs paired with a result that has one."""
+    POST's result, :func:`_location_id`), from the POSTs paired with a result that has one
+    naming the POST's resource type (and, where known, the SP's server)."""
     created: dict[str, str] = {}
     for op_req, op_resp in zip(ops, matched, strict=True):
         if op_resp is None or _op_method(op_req) != "POST":
             continue
         bid = get_ci(op_req, "bulkid")
         loc = op_resp.get("location")
-        if isinstance(bid, str) and isinstance(loc, str) and loc:
-            created[bid] = loc.rstrip("/").rsplit("/", 1)[-1]
+        path = get_ci(op_req, "path")
+        if isinstance(bid, str) and isinstance(loc, str) and loc and isinstance(path, str):
+            got = _location_id(loc, path, hosts)
+            if got:
+                created[bid] = got
     return created
+
+
+_LOCATION_ELSEWHERE = (
+    "its location names another resource type or server than the create's: the created "
+    "id is not known"
+)
+
+
+def _location_id(loc: str, path: str, hosts: Collection[str]) -> str | None:
+    """The id a bulk POST's result names in its ``location`` (the last segment), or None
+    where the location is not that create's resource: its segment before the id is not the
+    POST's endpoint (``path``'s last segment: ``/Users``), or it names a server (an
+    absolute URL) none of ``hosts`` (when any is known). Before faith20 the last segment was
+    taken, whatever it named: a location under ``/Groups/`` (or another server) for a User's
+    create gave the User that id, and the operations naming its bulkId went to it."""
+    try:
+        url = urllib.parse.urlsplit(loc)
+    except ValueError:
+        return None
+    if url.netloc and hosts and url.netloc.lower() not in hosts:
+        return None
+    segs = [s for s in url.path.split("/") if s]
+    want = [s for s in path.split("?")[0].split("/") if s]
+    if len(segs) < 2 or not want or segs[-2].lower() != want[-1].lower():
+        return None
+    return segs[-1]
 
 
 def _name(
