@@ -263,7 +263,7 @@ def test_bulk_id_references_resolve_to_created_ids(rig: Rig) -> None:
             ],
         }
     ).encode()
-    # The stand-in SP names every created resource ".../Groups/created-<i>".
+    # The stand-in SP names every created resource "<its endpoint>/created-<i>".
     r = rig.client.post("/v2/Bulk", content=body, headers={"X-Request-Id": "req-bulk"})
     assert r.status_code == 200
     a = rig.auditor()
