@@ -113,18 +113,46 @@ def test_a_group_put_without_members_is_judged_from_the_answer(
     kept: tuple[str, ...], answered: bool
 ) -> None:
     """Kept (a merging SP): no member named removed, the set still known; cleared: each
-    named removed. No answer: cleared, as before (and as both SPs tried do)."""
+    named removed. No answer (faith20): the adapter marks the members not shown
+    (``x.unanswered``) and the log names them changed without values, none removed, the
+    set not known from there (before: cleared, each named removed, which a merging SP
+    had kept). The same event without the mark (an adapter from before it): as before."""
     body = {"schemas": [GROUP], "displayName": "g2"}
     answer = _members_answer(*kept) if answered else None
     ev = exchange_event("PUT", "/Groups/G", body, 200 if answered else 204, answer)
-    if answered:
-        assert ev["x"]["result"]["members"] == sorted(pid_b64(m) for m in kept)
     effect, state, _ = classify(_group_state("M1", "M2"), ev)
     assert effect is not None and state is not None
     removed = {r["pid"] for r in effect.get("refs", ()) if r["op"] == "remove"}
+    if not answered:
+        assert ev["x"]["unanswered"] == ["members"], ev["x"]
+        assert removed == set() and {"attr": "members"} in effect["changes"], effect
+        assert state["members"] == [] and "members" not in state["full"]
+        old = {**ev, "x": {k: v for k, v in ev["x"].items() if k != "unanswered"}}
+        effect, state, _ = classify(_group_state("M1", "M2"), old)
+        assert effect is not None and state is not None
+        removed = {r["pid"] for r in effect.get("refs", ()) if r["op"] == "remove"}
+    else:
+        assert ev["x"]["result"]["members"] == sorted(pid_b64(m) for m in kept)
+        assert "unanswered" not in ev["x"]
     assert removed == {pid_b64(m) for m in {"M1", "M2"} - set(kept)}, effect
     assert state["members"] == sorted(pid_b64(m) for m in kept)
     assert "members" in state["full"]
+
+
+def test_after_an_unanswered_put_a_removal_is_named_as_asked() -> None:
+    """faith20: the members not known after a Group PUT without them and without an answer:
+    a later removal of a member is named as asked (a merging SP kept them), never a noop
+    (before: the set was claimed empty, and the removal of M1, still a member on the
+    merging SP, was counted a noop)."""
+    put = exchange_event("PUT", "/Groups/G", {"schemas": [GROUP], "displayName": "g2"}, 204, None)
+    _, state, _ = classify(_group_state("M1", "M2"), put)
+    patch = {
+        "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+        "Operations": [{"op": "remove", "path": 'members[value eq "M1"]'}],
+    }
+    effect, _, _ = classify(state, exchange_event("PATCH", "/Groups/G", patch, 204, None))
+    assert effect is not None and "noop" not in effect, effect
+    assert [(r["pid"], r["op"]) for r in effect["refs"]] == [(pid_b64("M1"), "remove")]
 
 
 def test_only_a_puts_answer_records_the_members_and_emails() -> None:

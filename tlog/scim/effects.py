@@ -478,6 +478,15 @@ class _Run:
         if known:
             self.verbs.add("update")
 
+    def _forget_members(self) -> None:
+        """The members no longer known (a Group PUT that left them out, its answer not
+        showing them): forgotten, not known whole, and the effect says so; no member is
+        claimed removed (a merging SP kept them) nor kept (scim2-server cleared them)."""
+        if self.known:
+            self._not_known("members")
+        self.state["members"] = []
+        self.full.discard("members")
+
     def _forget_refs(self) -> None:
         """The members (not known whole, no member claimed) and the manager forgotten."""
         if "members" in self.state or "members" in self.full:
@@ -1007,10 +1016,16 @@ class _Run:
             ):
                 self.references(attr, items, whole=whole)
             elif attr == "members" and self.prefix == "group" and op == "replace":
-                # a PUT without members: what the SP's answer holds (x.result.members), else
-                # empty (as scim2-server and SCIMMY do; RFC 7644 §3.5.1 lets an SP keep them)
+                # a PUT without members: what the SP's answer holds (x.result.members)
                 told = _told_members(x.get("result")) if parts <= 1 else None
-                self.references(attr, told or [], whole=True)
+                if told is None and _unanswered(x, "members"):
+                    # not shown by the answer (x.unanswered, faith20): RFC 7644 §3.5.1 lets
+                    # an SP keep them or clear them, so what is left is not known
+                    self._forget_members()
+                else:
+                    # an event without the mark (an adapter from before it): empty, as
+                    # scim2-server and SCIMMY do
+                    self.references(attr, told or [], whole=True)
         if "forgot" in self.state and self.state["forgot"] == req:
             # An earlier part of this request cleared the members or the manager at a place
             # among the references that a split request cannot show: still not known.
@@ -1283,6 +1298,13 @@ def _told_members(result: object) -> list[Mapping[str, Any]] | None:
     if not all(isinstance(p, str) and _PID_B64.fullmatch(p) for p in told):
         return None
     return [{"rt": "User", "pid": base64.b64decode(p), "op": "replace"} for p in told]
+
+
+def _unanswered(x: Mapping[str, Any], attr: str) -> bool:
+    """Whether the adapter marked ``attr`` as left out of a PUT and not shown by the SP's
+    answer (``x.unanswered``, faith20)."""
+    got = x.get("unanswered")
+    return isinstance(got, list) and attr in got
 
 
 MEMBERS_KNOWN = "mk"  # a group state's key: the tenant KEK generation its member set is known at
