@@ -37,7 +37,14 @@ import msgspec
 from client.adapters.body import Decoded, decode_body
 from client.adapters.outbox import Canonical
 from client.runtime.logredact import redact_target
-from client.scim.actions import RequestIntent, action, action_prefix, op_for_method, parse_request
+from client.scim.actions import (
+    RequestIntent,
+    action,
+    action_prefix,
+    kept_digest,
+    op_for_method,
+    parse_request,
+)
 from client.scim.cbor import EventFormatError, dumps_det
 from client.scim.event import (
     BYTES_FIELDS,
@@ -876,15 +883,21 @@ class Builder:
         # group's members of a PUT's only (what it left out: tlog.scim.effects)
         skip = op == "create" or (target.rt == "Group" and op != "replace")
         mgr_pid = None if skip else self.ref_pid
-        hidden = {a.lower() for a in (*self.cfg.secret_attrs, *self.cfg.digest_attrs)}
+        secret = {a.lower() for a in self.cfg.secret_attrs}
+        digest = {a.lower() for a in self.cfg.digest_attrs}
+        trimmed = _trims_answer(self.x)
         result = _resulting_values(
             target.rt,
             resp,
             mgr_pid,
-            trimmed=_trims_answer(self.x),
-            hidden=hidden,
+            trimmed=trimmed,
+            hidden=secret | digest,
             put=op == "replace",
         )
+        if op == "replace" and not trimmed:
+            other = _resulting_other(resp, secret, digest)
+            if other is not None:
+                result = {**(result or {}), "other": other}
         return result, None
 
     def _answer_check(
@@ -1174,6 +1187,54 @@ def _resulting_values(
         if manager is not _UNKNOWN:
             out["manager"] = manager
     return out or None
+
+
+_RESULT_OTHER = 64  # a PUT answer's other attributes recorded as digests: at most so many
+# What x.result.other leaves out: what a PUT never states, and what the log keeps otherwise
+# than as a digest (values, references, nothing: tlog.scim.effects).
+_NOT_OTHER = frozenset(
+    "schemas id meta active username emails roles entitlements members manager password "
+    "groups".split()
+)
+
+
+def _resulting_other(
+    resp: Any, secret: Collection[str], digest: Collection[str]
+) -> dict[str, str] | None:
+    """Of a PUT's answer, every attribute the log's state keeps only as a digest (any but
+    the security attributes, :data:`_NOT_OTHER`; never a secret one), by its path as a PUT
+    would state it (an extension's as ``urn:...:User:name``), mapped to the digest the
+    state keeps (:func:`client.scim.actions.kept_digest`): what became of one the PUT left
+    out is then known (faith20; before, "changed, not known" whatever the SP did). None
+    when the answer holds no resource or more than :data:`_RESULT_OTHER` of them."""
+    if not isinstance(resp, Mapping) or not isinstance(resp.get("id"), str):
+        return None
+    out: dict[str, str] = {}
+    for path, value in _expand_units(resp):
+        last = path.lower().rpartition(":")[2]
+        if last in _NOT_OTHER or last in secret or path.lower() in secret:
+            continue
+        if value is None or len(path.encode("utf-8")) > 256:
+            continue
+        out[path] = kept_digest(path, value, digest)
+        if len(out) > _RESULT_OTHER:
+            return None
+    return out
+
+
+def _expand_units(resp: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """(path, value) of each attribute of a resource as a PUT body states them (an
+    extension schema's sub-object as ``urn:...:name`` paths), as the request's ``mods`` do
+    (:func:`client.scim.actions.parse_request`)."""
+    out: list[tuple[str, Any]] = []
+    for k, v in resp.items():
+        if not isinstance(k, str):
+            continue
+        if k.lower().startswith("urn:") and isinstance(v, Mapping):
+            out.extend((f"{k}:{sub}", sv) for sub, sv in v.items() if isinstance(sub, str))
+        else:
+            out.append((k, v))
+    return out
 
 
 _RESULT_MEMBERS = 256  # a Group answer's members recorded in x.result: at most so many

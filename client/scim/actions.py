@@ -47,6 +47,7 @@ __all__ = [
     "derive_actions",
     "jcs",
     "jcs_digest",
+    "kept_digest",
     "ocsf_pair",
     "op_for_method",
     "ordered_verbs",
@@ -1046,6 +1047,18 @@ def _fast_intent(
         )
     except EventFormatError:
         return None  # the general path raises it, at the same attribute
+
+
+def kept_digest(path: str, value: object, digest_attrs: Collection[str]) -> str:
+    """The digest the log's state keeps of an attribute it holds only so (not a security
+    attribute: ``tlog.scim.effects``, ``_Run.other``) for ``value`` at ``path``, as a
+    ``mods`` entry stating it would carry it (:meth:`_Builder.value_text`: its JSON text,
+    or the text's digest for ``digest_attrs``, lower case, and large values): SHA-256 of
+    that, 32 hex digits. An SP's answer to a PUT records it for each such attribute
+    (``x.result.other``), so what became of one the PUT left out is known (faith20)."""
+    got = _fast_value("new", _attr_key(path), value, frozenset(digest_attrs))
+    raw = got["new"].encode("utf-8") if "new" in got else got["new_d"]
+    return hashlib.sha256(raw).hexdigest()[:32]
 
 
 def _fast_value(side: str, key: str, value: object, digest: frozenset[str]) -> dict[str, Any]:

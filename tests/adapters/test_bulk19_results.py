@@ -134,8 +134,10 @@ def test_a_bulk_result_carrying_the_resource_is_recorded_as_a_single_write_answe
         manager = base64.b64encode(rig.pids("User", "m1")).decode()
     want = {"active": False, "roles": ["admin"], "manager": manager}  # a pseudonym, not m1
     want["emails"] = None  # a PUT's answer: what it kept of what the PUT left out
-    assert single.event["x"]["result"] == {**want, "userName": "s"}
-    assert got[0].event["x"]["result"] == {**want, "userName": "u"}
+    one, two = dict(single.event["x"]["result"]), dict(got[0].event["x"]["result"])
+    assert one.pop("other") == two.pop("other")  # the digests of the rest (faith20), alike
+    assert one == {**want, "userName": "s"}
+    assert two == {**want, "userName": "u"}
     assert single.effect is not None and got[0].effect is not None
     # judged from the answer alike: the SP kept active (not named changed without values)
     # and the manager (no removal claimed), and the roles (the answer alone decides: not

@@ -236,3 +236,74 @@ def test_a_manager_the_log_forgot_is_said_not_known_when_a_put_leaves_it_out(
     effect, state, _ = classify(state, put)
     assert "manager" in _named(effect), effect
     assert effect is not None and "refs" not in effect
+
+
+# --- faith20: the attributes the state keeps only as digests ----------------------------------
+
+ENT_NUMBER = ENT + ":employeeNumber"
+
+
+def _user_with_others() -> dict[str, Any]:
+    body = _user(title="boss", displayName="Ann", **{ENT: {"employeeNumber": "7"}})
+    body["schemas"] = [USER, ENT]
+    _, state, _ = classify(None, exchange_event("POST", "/Users", body, 201, {**body, "id": "A"}))
+    assert state is not None and {"title", "displayname", "employeenumber"} <= set(state["other"])
+    return state
+
+
+def _answer(**more: Any) -> dict[str, Any]:
+    return {**_user(), "id": "A", **more}
+
+
+@pytest.mark.parametrize(
+    ("answer", "named"),
+    [
+        (_answer(title="boss", displayName="Ann", **{ENT: {"employeeNumber": "7"}}), set()),
+        (_answer(title="chief", displayName="Ann", **{ENT: {"employeeNumber": "7"}}), {"title"}),
+        (_answer(displayName="Ann"), {"title", "employeenumber"}),
+    ],
+    ids=["kept", "another", "none"],
+)
+def test_other_attributes_a_put_leaves_out_are_judged_from_the_answer(
+    answer: dict[str, Any], named: set[str]
+) -> None:
+    """faith20: a PUT leaving out attributes the state keeps only as digests (``title``,
+    ``displayName``, an extension's ``employeeNumber``) records the answer's digests of them
+    (``x.result.other``); kept is no change (a merging SP: ``user.noop``, before an
+    ``update`` with nothing named), another value or none is named changed, and the state
+    knows the answer's from there."""
+    ev = exchange_event("PUT", "/Users/A", _user(), 200, answer)
+    assert set(ev["x"]["result"]["other"]) >= {"title", "displayName"} & set(answer)
+    effect, state, _ = classify(_user_with_others(), ev)
+    assert effect is not None and state is not None
+    assert _named(effect) == named, effect
+    acts = [a["a"] for a in effect["acts"]]
+    assert acts == (["user.noop"] if not named else ["user.update"]), acts
+    if "title" in named and "title" in answer:
+        # known now: a PUT stating the answer's title changes nothing on it
+        again = exchange_event("PUT", "/Users/A", _user(title="chief"), 204, None)
+        effect, _, _ = classify(state, again)
+        assert effect is not None and "title" not in _named(effect), effect
+
+
+def test_without_the_answer_other_attributes_left_out_stay_not_known() -> None:
+    """Holds (as before): a 204 or a trimmed answer says nothing of them: ``update``, the
+    digests forgotten, nothing named."""
+    for status, answer, query in (
+        (204, None, b""),
+        (200, _answer(title="boss"), b"attributes=userName"),
+    ):
+        ev = exchange_event("PUT", "/Users/A", _user(), status, answer, query)
+        assert "other" not in (ev.get("x") or {}).get("result", {}), ev.get("x")
+        effect, state, _ = classify(_user_with_others(), ev)
+        assert effect is not None and state is not None
+        assert [a["a"] for a in effect["acts"]] == ["user.update"]
+        assert "title" not in state["other"]
+
+
+def test_a_secret_attribute_is_never_digested_into_the_result() -> None:
+    ev = exchange_event(
+        "PUT", "/Users/A", _user(), 200, _answer(title="boss", ssn="123"),
+        secret_attrs=("password", "ssn"),
+    )  # fmt: skip
+    assert "ssn" not in ev["x"]["result"]["other"] and "title" in ev["x"]["result"]["other"]

@@ -1171,10 +1171,26 @@ class _Run:
                 else:
                     self.part_changed(key)  # the old values kept, for the erasure's reach
         others: dict[str, str] = self.state.get("other", {})
-        if any(k not in named and k not in _NEVER_STATED for k in others):
+        left = [k for k in others if k not in named and k not in _NEVER_STATED]
+        if left:
             keep = named | _NEVER_STATED
-            self.state["other"] = {k: v for k, v in others.items() if k in keep}
-            self.verbs.add("update")
+            kept = {k: v for k, v in others.items() if k in keep}
+            digests = _told_other(result)
+            if digests is None:  # "changed, not known": forgotten
+                self.verbs.add("update")
+                digests, left = {}, []
+            for k in left:
+                # the SP's answer says what it holds (x.result.other, faith20): the same
+                # digest is kept (a merging SP), another or none is named changed
+                got = digests.get(k)
+                if got == others[k]:
+                    kept[k] = got
+                    continue
+                if got is not None:
+                    kept[k] = got
+                self.changes.append({"attr": k})
+                self.verbs.add("update")
+            self.state["other"] = kept
 
     def other(self, m: Mapping[str, Any], key: str, mop: str, top: bool) -> None:
         """Any other attribute: an update only if its value changed. The state keeps a short
@@ -1298,6 +1314,24 @@ def _told_members(result: object) -> list[Mapping[str, Any]] | None:
     if not all(isinstance(p, str) and _PID_B64.fullmatch(p) for p in told):
         return None
     return [{"rt": "User", "pid": base64.b64decode(p), "op": "replace"} for p in told]
+
+
+def _told_other(result: object) -> dict[str, str] | None:
+    """The digests of the attributes the state keeps only so, as the SP's answer to a PUT
+    records them (``x.result.other``: path -> digest), by the state's key; None when the
+    answer does not record them (an adapter from before faith20, a 204, a trimmed answer)
+    or names one key twice (two paths of it: which is the state's is not known)."""
+    if not isinstance(result, Mapping) or not isinstance(result.get("other"), Mapping):
+        return None
+    out: dict[str, str] = {}
+    for path, digest in result["other"].items():
+        if not isinstance(path, str) or not isinstance(digest, str):
+            return None
+        key = _key_of(path)
+        if key in out:
+            return None
+        out[key] = digest
+    return out
 
 
 def _unanswered(x: Mapping[str, Any], attr: str) -> bool:
