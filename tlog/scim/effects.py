@@ -383,7 +383,7 @@ class _Run:
             # mods[].form, judged as before) clears them on every SP. The members' clear
             # first in a whole request: the references then judged in order from it, the
             # members it may have left kept apart (references: faith19).
-            if attr == "members" and at == [0] and x.get("parts", 1) <= 1:
+            if attr == "members" and at == [0] and self._pathless_lead(own, items):
                 self.references(attr, items, whole=False, lead=True)
                 return True
             at = [-1]
@@ -430,6 +430,23 @@ class _Run:
         if items:
             self.references(attr, items, whole=False)
         return True
+
+    def _pathless_lead(self, own: list[Mapping[str, Any]], items: list[Mapping[str, Any]]) -> bool:
+        """Whether a path-less clear of the members (``own[0]``, this event's first
+        ``mods`` entry on them) is the request's first operation on them, so that it can be
+        judged step by step from its place (:meth:`references`, ``lead``): always in a
+        whole request; in a split one (faith20) where this is part 0, or a later part that
+        follows the parts marked so far and none of them touched the members (their
+        references all still to come), and nothing is numbered (then the parts cannot
+        place the steps: not known, as before)."""
+        x = self.ev.get("x", {})
+        if x.get("parts", 1) <= 1:
+            return True
+        if any("i" in m for m in own) or any("i" in r for r in items):
+            return False
+        if x.get("part", 0) == 0:
+            return True
+        return self._follows_marked() and "members" not in self.state.get("touched_attrs", ())
 
     def _follow_split(self, parts: int, part: int, req: object) -> None:
         """Before judging: whether this event follows the parts of a split request seen so
@@ -720,9 +737,12 @@ class _Run:
         # this request that states them (a clear or a replace naming its path, a remove, an
         # add) places them again; what no step places leaves the set not known.
         maybe: set[str] = set()
-        merge = self._pathless_replace(attr) or (
-            parts > 1 and self.state.get("merging") == self.ev["corr"]["req"]
-        )
+        req = self.ev["corr"]["req"]
+        if parts > 1 and part > 0 and self.state.get("maybe_req") == req:
+            # an earlier part's path-less clear: the members it may have left (faith20)
+            maybe = set(self.state.pop("maybe_members", ()))
+            del self.state["maybe_req"]
+        merge = self._pathless_replace(attr) or (parts > 1 and self.state.get("merging") == req)
         for n, (op, pids) in enumerate(runs):
             asked = set(pids)
             # Where the set is not known whole (and the resource is), a step the state cannot
@@ -765,7 +785,6 @@ class _Run:
                 full = True
                 self.full.add("members")  # stated whole: empty, then what follows
             elif op == "replace":
-                req = self.ev["corr"]["req"]
                 if (
                     parts > 1
                     and part > 0
@@ -821,7 +840,12 @@ class _Run:
                 cur -= asked
                 maybe -= asked
                 self._members(set(), removed, rts)
-        if maybe or (merge and parts > 1):  # kept by some SPs, not by others: not known
+        if maybe and parts > 1 and part < parts - 1 and not merge:
+            # a split request's later parts may still place them (faith20): carried to the
+            # next part, in order (a part missing is a gap: everything forgotten there)
+            self.state["maybe_members"] = sorted(maybe)
+            self.state["maybe_req"] = req
+        elif maybe or (merge and parts > 1):  # kept by some SPs, not by others: not known
             self.full.discard("members")
             self._not_known("members")
         self.state["members"] = sorted(cur)
@@ -1026,6 +1050,13 @@ class _Run:
                     # an event without the mark (an adapter from before it): empty, as
                     # scim2-server and SCIMMY do
                     self.references(attr, told or [], whole=True)
+        if "maybe_req" in self.state and (self.state["maybe_req"] != req or part >= parts - 1):
+            # the members a path-less clear may have left, placed by no later part: not known
+            self.state.pop("maybe_members", None)
+            self.state.pop("maybe_req", None)
+            self.full.discard("members")
+            self._not_known("members")
+            self.verbs.add("update")
         if "forgot" in self.state and self.state["forgot"] == req:
             # An earlier part of this request cleared the members or the manager at a place
             # among the references that a split request cannot show: still not known.
@@ -1542,6 +1573,8 @@ _MARK_KEYS = (
     "stale",
     "merging",
     "manager_unknown",
+    "maybe_members",
+    "maybe_req",
     *_TOUCHED_KEYS,
 )
 
