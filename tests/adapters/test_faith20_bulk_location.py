@@ -53,14 +53,20 @@ def bulk_sp(location: Callable[[str], str]) -> Any:
     return app
 
 
+ACTIVE_OFF = {"op": "replace", "path": "active", "value": False}
 OPS = [
-    {"method": "POST", "path": "/Users", "bulkId": "a", "data": {"schemas": [USER], "userName": "a"}},
+    {
+        "method": "POST",
+        "path": "/Users",
+        "bulkId": "a",
+        "data": {"schemas": [USER], "userName": "a"},
+    },
     {
         "method": "PATCH",
         "path": "/Users/bulkId:a",
-        "data": {"schemas": [PATCH], "Operations": [{"op": "replace", "path": "active", "value": False}]},
+        "data": {"schemas": [PATCH], "Operations": [ACTIVE_OFF]},
     },
-]  # fmt: skip
+]
 
 
 def run(rig: Rig, req: str) -> dict[int, dict[str, Any]]:
