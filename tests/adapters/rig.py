@@ -24,10 +24,19 @@ from client.net.scim_audit import ScimAuditClient
 from tests.scim_service.conftest import T1, URL, Harness
 from tests.support import start_proxy, stop_processes, wait_for
 
-from .helpers import answer_lifespan, read_body
+from .helpers import BULK, SCIM_TOKEN, answer_lifespan, read_body
 from .logserver import Log
 
-__all__ = ["ProcessRig", "Rig", "Via", "make_rig", "process_rig", "proxy_rig", "sp_app"]
+__all__ = [
+    "ProcessRig",
+    "Rig",
+    "Via",
+    "bulk_events",
+    "make_rig",
+    "process_rig",
+    "proxy_rig",
+    "sp_app",
+]
 
 
 async def sp_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -117,6 +126,26 @@ def make_rig(h: Harness, tmp_path: Path, app: Any = sp_app, **cfg: Any) -> Itera
     mw = AuditMiddleware(app, config, outbox, relay, own=True)
     with TestClient(mw, base_url="http://scim.test") as client:
         yield Rig(client, relay, h, pids)
+
+
+def bulk_events(rig: Rig, ops: list[dict[str, Any]], req: str) -> dict[int, dict[str, Any]]:
+    """``ops`` sent as one ``/Bulk`` request through ``rig`` (request id ``req``; it must
+    be answered 200), and the audited events of its operations by their ``corr.seq``."""
+    r = rig.client.post(
+        "/v2/Bulk",
+        content=json.dumps({"schemas": [BULK], "Operations": ops}),
+        headers={
+            "Authorization": f"Bearer {SCIM_TOKEN}",
+            "Content-Type": "application/scim+json",
+            "X-Request-Id": req,
+        },
+    )
+    assert r.status_code == 200, r.text
+    return {
+        f.event["corr"]["seq"]: f.event
+        for f in rig.auditor().search_all(req=req)
+        if f.event is not None
+    }
 
 
 def proxy_app(h: Harness, tmp_path: Path, upstream: str, sp_id: str) -> Any:

@@ -16,8 +16,8 @@ import pytest
 
 from tests.scim_service.conftest import Harness, harness  # noqa: F401
 
-from .helpers import BULK, PATCH, SCIM_TOKEN, USER, answer_lifespan, read_body
-from .rig import Rig, make_rig
+from .helpers import PATCH, USER, answer_lifespan, read_body
+from .rig import bulk_events, make_rig
 
 BULK_RESPONSE = "urn:ietf:params:scim:api:messages:2.0:BulkResponse"
 
@@ -69,24 +69,6 @@ OPS = [
 ]
 
 
-def run(rig: Rig, req: str) -> dict[int, dict[str, Any]]:
-    r = rig.client.post(
-        "/v2/Bulk",
-        content=json.dumps({"schemas": [BULK], "Operations": OPS}),
-        headers={
-            "Authorization": f"Bearer {SCIM_TOKEN}",
-            "Content-Type": "application/scim+json",
-            "X-Request-Id": req,
-        },
-    )
-    assert r.status_code == 200, r.text
-    return {
-        f.event["corr"]["seq"]: f.event
-        for f in rig.auditor().search_all(req=req)
-        if f.event is not None
-    }
-
-
 CASES = [
     # (sp_base, the POST result's location, the created id taken, or None: not known)
     (None, "https://scim.test/v2/Groups/g-9", None),
@@ -108,7 +90,7 @@ def test_a_location_naming_another_type_or_server_gives_no_created_id(
     base, loc, want = CASES[case]
     cfg = {} if base is None else {"sp_base": base}
     with make_rig(harness, tmp_path, app=bulk_sp(lambda _bid: loc), **cfg) as rig:
-        got = run(rig, f"f20-loc-{case}")
+        got = bulk_events(rig, OPS, f"f20-loc-{case}")
     create, patch = got[0], got[1]
     assert create["outcome"] == "success" and patch["outcome"] == "success"
     assert create["res"]["loc"] == loc  # what the SP said stays recorded
