@@ -492,10 +492,25 @@ class Outbox:
         conn = sqlite3.connect(
             target, isolation_level=None, check_same_thread=False, timeout=30.0, uri=not create
         )
-        conn.execute("PRAGMA journal_mode = WAL")
-        # FULL: in WAL mode the WAL is fsynced at every commit, so a committed add survives
-        # power loss (NORMAL would only survive an application crash).
-        conn.execute("PRAGMA synchronous = FULL")
+        try:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                # SQLite answers the mode it kept when it cannot switch (an in-memory
+                # database, e.g. an outbox named ":memory:", answers "memory": every add
+                # acknowledged and gone with the process). Every promise here assumes WAL:
+                # FULL's fsync of the WAL at each commit, and the marks' NORMAL commits,
+                # which in a rollback journal may corrupt the file on power loss.
+                raise OutboxError(
+                    f"the outbox {self.path} is not in WAL mode (SQLite kept journal_mode "
+                    f"{mode!r}): it must be a file on a local file system SQLite can keep a "
+                    "write-ahead log beside"
+                )
+            # FULL: in WAL mode the WAL is fsynced at every commit, so a committed add
+            # survives power loss (NORMAL would only survive an application crash).
+            conn.execute("PRAGMA synchronous = FULL")
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
     def _reader(self) -> sqlite3.Connection:
