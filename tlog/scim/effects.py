@@ -1253,7 +1253,7 @@ class _Run:
         for key in ("roles", "entitlements"):
             held = _told_set(result, key)
             if held is not None and (self.prefix, key) in _SETS:
-                self.values(key, "replace", [str(v) for v in held], whole=True)
+                self.values(key, "replace", list(held), whole=True)
         told = _told_manager(result)
         if told is not None:
             self.result_manager(told[0])
@@ -1311,11 +1311,22 @@ def _told_manager(result: object) -> tuple[str | None] | None:
 
 def _told_set(result: object, key: str) -> list[Any] | None:
     """The roles or entitlements (``key``) the SP's answer records (``x.result``: their
-    values); None when it does not record them."""
+    values); None when it does not record them, or not as the adapter does (each value a
+    string of 1 to 256 characters, at most 256 of them: exchange._resulting_values). An
+    answer recorded otherwise is not understood, not the truth: before red team 20 each
+    value was taken as ``str(v)``, so ``[{"value": "a"}]`` or ``[null]`` had the log name
+    the role ``{'value': 'a'}`` or ``None`` granted and the user's real roles revoked."""
     if not isinstance(result, Mapping) or not isinstance(result.get(key), list):
         return None
     told: list[Any] = result[key]
+    if len(told) > _TOLD_SET_MAX or not all(
+        isinstance(v, str) and 0 < len(v) <= _TOLD_SET_MAX for v in told
+    ):
+        return None
     return told
+
+
+_TOLD_SET_MAX = 256  # values of a role or entitlement set in x.result, and characters of each
 
 
 _PID_B64 = re.compile(r"[A-Za-z0-9+/]{22}==")  # base64 of a 16-byte pid
