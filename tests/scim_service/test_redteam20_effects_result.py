@@ -121,7 +121,7 @@ patch_ops = st.lists(
                 "op": op,
                 "path": key,
                 "value": [{"value": v} for v in vals],
-            },  # fmt: skip
+            },
             st.sampled_from(["add", "remove", "replace"]),
             st.sampled_from(SETS),
             VALUES,
