@@ -234,3 +234,15 @@ def old_copy(
 
 # A real S3-compatible server (SeaweedFS), started on first use, one per session.
 from .s3support import seaweedfs  # noqa: E402,F401
+
+# Threads a test leaves running after it (tests/threadwatch.py): tagged at start, checked at
+# each test's end.
+from .threadwatch import (  # noqa: E402,F401
+    _threads_stopped,
+    install,
+    pytest_fixture_setup,
+    pytest_runtest_protocol,
+    pytest_terminal_summary,
+)
+
+install()
