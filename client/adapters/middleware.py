@@ -358,15 +358,38 @@ class AuditMiddleware:
         await self._write(inner, receive, send, method, rel, req_id)
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        seen: set[str] = set()  # the lifespan messages the wrapped app received, and sent
+
         async def recv() -> Message:
             msg = await receive()
+            seen.add(msg["type"])
             if msg["type"] == "lifespan.startup":
                 self.start()
             elif msg["type"] == "lifespan.shutdown":
                 await asyncio.get_running_loop().run_in_executor(None, self.close)
             return msg
 
-        await self.app(scope, recv, send)
+        async def sent(msg: Message) -> None:
+            seen.add(msg["type"])
+            await send(msg)
+
+        await self.app(scope, recv, sent)
+        if "lifespan.shutdown" in seen or "lifespan.startup.failed" in seen:
+            return
+        # The wrapped app returned without taking the lifespan to its end (an app that
+        # speaks only HTTP, as the bare Forwarder): the middleware answers it for its own
+        # start and close. Before red team 20 the shutdown never reached close(): the
+        # relay was never drained nor stopped, the outbox never closed, their threads ran
+        # on (the server stopped around them).
+        if "lifespan.startup" not in seen:
+            if (await receive())["type"] != "lifespan.startup":
+                return
+            self.start()
+        if "lifespan.startup.complete" not in seen:
+            await send({"type": "lifespan.startup.complete"})
+        if (await receive())["type"] == "lifespan.shutdown":
+            await asyncio.get_running_loop().run_in_executor(None, self.close)
+            await send({"type": "lifespan.shutdown.complete"})
 
     async def _write(
         self, scope: Scope, receive: Receive, send: Send, method: str, rel: str, req_id: str
