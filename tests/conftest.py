@@ -241,6 +241,7 @@ from .threadwatch import (  # noqa: E402,F401
     _threads_stopped,
     install,
     pytest_fixture_setup,
+    pytest_runtest_logreport,
     pytest_runtest_protocol,
     pytest_terminal_summary,
 )

@@ -35,6 +35,7 @@ WATCHED = frozenset(
 GRACE_S = 5.0
 
 _ORIGIN = "_tlog_started_by"
+_PROPERTY = "threads_left_running"
 _state: dict[str, Any] = {"test": None, "scopes": []}
 _left: list[tuple[str, str]] = []  # (thread name, test) alive at the end of their test
 _real_start = threading.Thread.start
@@ -90,7 +91,8 @@ def _threads_stopped(request: pytest.FixtureRequest) -> Iterator[None]:
         if t.name in WATCHED:
             t.join(GRACE_S)
     left = _left_by(nodeid)
-    _left.extend((t.name, nodeid) for t in left)
+    if left:  # carried on the teardown's report: under xdist the controller lists them
+        request.node.user_properties.append((_PROPERTY, sorted(t.name for t in left)))
     watched = sorted(t.name for t in left if t.name in WATCHED)
     if watched:
         pytest.fail(
@@ -98,6 +100,14 @@ def _threads_stopped(request: pytest.FixtureRequest) -> Iterator[None]:
             "stop the relay or middleware it started: they would go on under later tests)",
             pytrace=False,
         )
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when != "teardown":
+        return
+    for key, names in report.user_properties:
+        if key == _PROPERTY:
+            _left.extend((str(name), report.nodeid) for name in names)
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
