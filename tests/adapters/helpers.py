@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
+from client.adapters.exchange import AuditConfig, Builder, Exchange
 from client.adapters.middleware import AuditMiddleware
 from client.adapters.outbox import Outbox, OutboxError, OutboxRecord
 from client.adapters.proxy import ProxySettings, build_proxy
@@ -575,3 +576,28 @@ def said_then_killed(script: str, *args: str) -> str:
     finally:
         child.kill()
         child.wait(15)
+
+
+BULK_RESPONSE = "urn:ietf:params:scim:api:messages:2.0:BulkResponse"
+DEACTIVATE = {
+    "schemas": [PATCH],
+    "Operations": [{"op": "replace", "path": "active", "value": False}],
+}
+
+
+def bulk_events(
+    ops: list[dict[str, Any]], results: list[Any], req: str = "req-1", **request: Any
+) -> list[dict[str, Any]]:
+    """The events the adapter's builder records of a bulk request of ``ops`` (``request``:
+    more of its members, e.g. ``failOnErrors``) that the SP answered 200 with a
+    BulkResponse of ``results``, in process (the component under test, as red team 7 and
+    19 drove it)."""
+    cfg = AuditConfig(tenant="t1", sp_id="sp1", base_path="/v2", on_access=None)
+    scope = {"headers": [(b"content-type", b"application/scim+json")]}
+    body = json.dumps({"schemas": [BULK], "Operations": ops, **request}).encode()
+    x = Exchange(scope, "POST", "/Bulk", req, None, body, 0)
+    x.status = 200
+    x.headers = [(b"content-type", b"application/scim+json")]
+    x.resp_body = json.dumps({"schemas": [BULK_RESPONSE], "Operations": results}).encode()
+    x.t1_ns = 1_800_000_000_000_000_000
+    return Builder(cfg, x).bulk().events

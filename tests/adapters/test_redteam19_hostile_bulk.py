@@ -7,32 +7,11 @@ adapter's own event builder (the component under test), as red team 7 did."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from client.adapters.exchange import AuditConfig, Builder, Exchange
+from .helpers import DEACTIVATE, USER, bulk_events
 
-USER = "urn:ietf:params:scim:schemas:core:2.0:User"
-PATCH = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
-BULK_REQ = "urn:ietf:params:scim:api:messages:2.0:BulkRequest"
-BULK_RESP = "urn:ietf:params:scim:api:messages:2.0:BulkResponse"
 SP = "https://sp.test/v2"
-DEACTIVATE = {
-    "schemas": [PATCH],
-    "Operations": [{"op": "replace", "path": "active", "value": False}],
-}
-
-
-def _events(ops: list[dict[str, Any]], results: list[Any], **request: Any) -> list[dict[str, Any]]:
-    cfg = AuditConfig(tenant="t1", sp_id="sp1", base_path="/v2", on_access=None)
-    scope = {"headers": [(b"content-type", b"application/scim+json")]}
-    body = json.dumps({"schemas": [BULK_REQ], "Operations": ops, **request}).encode()
-    x = Exchange(scope, "POST", "/Bulk", "req-1", None, body, 0)
-    x.status = 200
-    x.headers = [(b"content-type", b"application/scim+json")]
-    x.resp_body = json.dumps({"schemas": [BULK_RESP], "Operations": results}).encode()
-    x.t1_ns = 1_800_000_000_000_000_000
-    return Builder(cfg, x).bulk().events
 
 
 def _post(bid: str) -> dict[str, Any]:
@@ -47,7 +26,7 @@ def test_a_result_naming_a_resource_of_another_type_is_not_its_result() -> None:
     # Only the last segment of the location was compared: a PATCH of /Users/a took the
     # success of /Groups/a (by name, then again by the in-order walk).
     ops = [{"method": "PATCH", "path": "/Users/a", "data": DEACTIVATE}]
-    (ev,) = _events(ops, [{"method": "PATCH", "location": SP + "/Groups/a", "status": "200"}])
+    (ev,) = bulk_events(ops, [{"method": "PATCH", "location": SP + "/Groups/a", "status": "200"}])
     assert _unknown(ev), ev
     # (A POST's result is its by bulkId: where the SP says it created the resource is
     # its word, as for a create outside a bulk request.)
@@ -59,7 +38,7 @@ def test_a_result_naming_a_bulk_id_not_asked_leaves_the_others_unknown() -> None
         {"method": "POST", "bulkId": "zz", "location": SP + "/Users/9", "status": "201"},
         {"method": "DELETE", "location": SP + "/Users/u1", "status": "204"},
     ]
-    create, delete = _events(ops, results)
+    create, delete = bulk_events(ops, results)
     assert _unknown(create), create  # was "skipped": said not applied
     assert delete["outcome"] == "success" and delete["rid"] == "u1"
     assert all("not understood" in ev["x"]["answer"] for ev in (create, delete))
@@ -75,7 +54,7 @@ def test_duplicate_and_extra_results_never_stand_for_another_operation() -> None
         {"method": "PATCH", "location": SP + "/Users/a", "status": "400"},
         {"method": "DELETE", "location": SP + "/Users/c", "status": "204"},
     ]
-    patch, delete = _events(ops, results)
+    patch, delete = bulk_events(ops, results)
     assert patch["outcome"] == "success" and patch["res"]["st"] == 200
     assert _unknown(delete), delete
 
@@ -89,7 +68,7 @@ def test_more_results_than_operations_keep_the_ones_that_name_them() -> None:
         "not a result",
         {},
     ]
-    (ev,) = _events(ops, results)
+    (ev,) = bulk_events(ops, results)
     assert ev["outcome"] == "success" and ev["res"]["st"] == 204
 
 
@@ -101,7 +80,7 @@ def test_an_unreadable_status_is_not_a_failure() -> None:
             {"method": "DELETE", "location": SP + "/Users/a", "status": bad},
             {"method": "DELETE", "location": SP + "/Users/b", "status": 204},
         ]
-        a, b = _events(ops, results)
+        a, b = bulk_events(ops, results)
         assert _unknown(a), (bad, a)
         assert b["outcome"] == "success"
 
@@ -114,7 +93,7 @@ def test_a_gigantic_bulk_answer_is_paired_in_linear_time() -> None:
     results = [
         {"method": "DELETE", "location": f"{SP}/Users/u{i}", "status": "204"} for i in range(n)
     ][::-1]
-    events = _events(ops, results)
+    events = bulk_events(ops, results)
     assert len(events) == n
     assert all(ev["outcome"] == "success" for ev in events)
     assert [ev["rid"] for ev in events[:3]] == ["u0", "u1", "u2"]
@@ -133,7 +112,7 @@ def test_a_success_whose_response_is_an_error_is_not_known() -> None:
             },
             {"method": "DELETE", "location": SP + "/Users/b", "status": "204", "response": {}},
         ]
-        a, b = _events(ops, results)
+        a, b = bulk_events(ops, results)
         assert _unknown(a) and "error" in a["err"]["reason"], a
         assert b["outcome"] == "success"  # a response that is no error changes nothing
 
@@ -146,10 +125,10 @@ def test_fewer_results_without_a_cause_to_stop_are_not_known() -> None:
     ok = {"method": "DELETE", "location": SP + "/Users/a", "status": "204"}
     bad = {**ok, "status": "500"}
     for request, results in (({}, [ok]), ({"failOnErrors": 1}, [ok]), ({"failOnErrors": 2}, [bad])):
-        a, b, c = _events(ops, results, **request)
+        a, b, c = bulk_events(ops, results, **request)
         assert a["res"]["st"] in (204, 500), a
         assert _unknown(b) and _unknown(c), (request, b)
     # Held: where the SP had its cause (failOnErrors 1, one error), the rest is skipped.
-    a, b, c = _events(ops, [bad], failOnErrors=1)
+    a, b, c = bulk_events(ops, [bad], failOnErrors=1)
     assert a["outcome"] == "failure" and b["outcome"] == c["outcome"] == "skipped", b
     assert b["err"]["code"] == "not_processed"

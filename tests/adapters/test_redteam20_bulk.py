@@ -21,7 +21,6 @@ chain, duplicated results; a cycle of bulkId references records every operation 
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -29,32 +28,11 @@ from typing import Any
 import pytest
 
 from client.adapters import exchange
-from client.adapters.exchange import AuditConfig, Builder, Exchange
 from tlog.scim.effects import classify
 
-USER = "urn:ietf:params:scim:schemas:core:2.0:User"
-PATCH = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
-BULK_REQ = "urn:ietf:params:scim:api:messages:2.0:BulkRequest"
-BULK_RESP = "urn:ietf:params:scim:api:messages:2.0:BulkResponse"
+from .helpers import DEACTIVATE, USER, bulk_events
+
 SP = "https://sp.test/v2"
-DEACTIVATE = {
-    "schemas": [PATCH],
-    "Operations": [{"op": "replace", "path": "active", "value": False}],
-}
-
-
-def _events(
-    ops: list[dict[str, Any]], results: list[Any], req: str = "req-1"
-) -> list[dict[str, Any]]:
-    cfg = AuditConfig(tenant="t1", sp_id="sp1", base_path="/v2", on_access=None)
-    scope = {"headers": [(b"content-type", b"application/scim+json")]}
-    body = json.dumps({"schemas": [BULK_REQ], "Operations": ops}).encode()
-    x = Exchange(scope, "POST", "/Bulk", req, None, body, 0)
-    x.status = 200
-    x.headers = [(b"content-type", b"application/scim+json")]
-    x.resp_body = json.dumps({"schemas": [BULK_RESP], "Operations": results}).encode()
-    x.t1_ns = 1_800_000_000_000_000_000
-    return Builder(cfg, x).bulk().events
 
 
 def _create(bid: str, name: str) -> dict[str, Any]:
@@ -76,7 +54,7 @@ def test_a_write_of_a_create_answered_with_a_query_names_the_created_resource() 
         {"method": "POST", "bulkId": "u0", "location": SP + "/Users/abc?v=1", "status": "201"},
         {"method": "PATCH", "location": SP + "/Users/abc?v=1", "status": "200"},
     ]
-    create, patch = _events(ops, results)
+    create, patch = bulk_events(ops, results)
     assert create["rid"] == "abc"
     assert patch["rid"] == "abc" and patch["outcome"] == "success", patch
 
@@ -99,7 +77,7 @@ def test_a_write_of_a_create_answered_without_a_location_claims_no_resource() ->
     states: dict[str, Any] = {}
     effects = []
     for req in ("req-1", "req-2"):  # two requests, two users, both answered so
-        for ev in _events(ops, results, req):
+        for ev in bulk_events(ops, results, req):
             effects.append((ev, _judge(states, ev)))
     for ev, effect in effects:
         if ev["op"] == "patch":
@@ -119,7 +97,7 @@ def test_a_cycle_of_bulk_ids_records_each_operation_once() -> None:
         {"method": "POST", "bulkId": f"g{i}", "location": f"{SP}/Groups/G{i}", "status": "201"}
         for i in (2, 0, 1)
     ]
-    evs = _events(ops, results)
+    evs = bulk_events(ops, results)
     assert sorted(ev["rid"] for ev in evs) == ["G0", "G1", "G2"]
     assert all(ev["outcome"] == "success" for ev in evs)
 
