@@ -9,15 +9,25 @@ flusher's flush of the new one, in either order, and with no forward waiting rig
 two lost an intent whose write the SP may have applied from both files: no "unknown"
 event would ever say so. Read from the system calls (``strace -f -y``) of a child: the
 first truncation of the file left must come after a completed ``fdatasync`` of the file
-switched to."""
+switched to.
+
+Held (a guard): the switch on a real full tmpfs fails the intents that need it with
+ENOSPC, keeps the one in flight, and switches once space is back."""
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import re
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
-from .helpers import run_traced
+import pytest
+
+from client.adapters.outbox import IntentJournal, _read_journal
+
+from .helpers import run_traced, tmpfs
 
 _CHILD = textwrap.dedent(
     """
@@ -89,3 +99,45 @@ def test_the_file_left_is_emptied_only_once_the_copy_is_on_disk(tmp_path: Path) 
     order = _order(out.read_text(), left, new)
     assert "truncated" in order, order
     assert "synced" in order[: order.index("truncated")], order
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    yield from tmpfs(tmp_path, "disk")
+
+
+def test_a_full_disk_at_the_switch_fails_the_new_intents_and_keeps_the_old(
+    small_disk: Path,
+) -> None:
+    """Held (a guard): a durable journal on a real 1 MiB tmpfs left with ~300 KiB, so the
+    next file cannot be prepared: the intents that need the switch fail with ENOSPC (a
+    write then answered 503, nothing forwarded), the intent in flight stays on disk, and
+    once space is back the journal switches and takes intents again."""
+    filler = small_disk / "filler"
+    filler.write_bytes(b"x" * ((1 << 20) - 300 * 1024))
+    journal = IntentJournal(small_disk, durable=True)
+    errors: list[int | None] = []
+
+    async def run() -> None:
+        first = journal.begin({"p": "/Users/first"})
+        await journal.synced(first)
+        for _ in range(300):
+            try:
+                iid = journal.begin({"p": "/Users/x", "x": "b" * 2000})
+                await journal.synced(iid)
+                journal.done(iid)
+            except OSError as exc:
+                errors.append(exc.errno)
+        filler.unlink()
+        later = journal.begin({"p": "/Users/later"})
+        await journal.synced(later)
+
+    try:
+        asyncio.run(run())
+        assert errors and set(errors) == {errno.ENOSPC}
+        assert [d["p"] for d in _read_journal(list(journal.paths))] == [
+            "/Users/first",
+            "/Users/later",
+        ]
+    finally:
+        journal.close(remove=True)
