@@ -527,6 +527,23 @@ def check_forms(ev: Mapping[str, Any]) -> None:
                 raise _at(f"$.mods[{i}].form", why)
 
 
+def check_parts(ev: Mapping[str, Any]) -> None:
+    """Raise unless ``x.part`` and ``x.parts`` (a request split into linked events, as the
+    adapter numbers them) are both there or both absent, integers with ``0 <= part <
+    parts``. The log's effects compare them as numbers: before red team 20 a submitter's
+    ``"parts": "3"`` (or null, a list, a part without parts) failed the whole batch with a
+    500, which a relay retries for ever. A rule of what the log takes in, like
+    :func:`check_forms`."""
+    x = ev.get("x")
+    if not isinstance(x, Mapping) or ("part" not in x and "parts" not in x):
+        return
+    part, parts = x.get("part"), x.get("parts")
+    if type(parts) is not int or parts < 1:
+        raise _at("$.x.parts", "a split request's number of parts: an integer, 1 or more")
+    if type(part) is not int or not 0 <= part < parts:
+        raise _at("$.x.part", "a split request's part: an integer from 0 to x.parts - 1")
+
+
 def _check(obj: object) -> bytes:
     EVENT_SPEC.check(obj, "$")
     if not isinstance(obj, dict):  # pragma: no cover - EVENT_SPEC.check guarantees it

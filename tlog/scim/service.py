@@ -68,6 +68,7 @@ from client.scim.event import (
     actor_handle,
     actor_seal_digest,
     check_forms,
+    check_parts,
     encode_event,
     pseudonymous_actor_cbor,
 )
@@ -1132,7 +1133,9 @@ class ScimService:
         stored event was refused with 400). The reserved namespace stays refused outright:
         the log's own events live there, and a duplicate answer would hand a submitter the
         receipt and commitment nonce of one of them; the actor's ``pid``/``sd`` were never
-        in a stored event as sent (the schema refused them before the log set them)."""
+        in a stored event as sent (the schema refused them before the log set them). A split's
+        ``x.part``/``x.parts`` that are not its numbers are refused outright too (red team 20:
+        they failed the whole submission with a 500 before, so none was ever stored)."""
         held: dict[int, str] = {}
         for i, ev in enumerate(events):
             if ev["tenant"] != tenant:
@@ -1145,6 +1148,10 @@ class ScimService:
                 check_forms(ev)
             except EventFormatError as exc:
                 held[i] = f"event {i}: {exc}"
+            try:
+                check_parts(ev)
+            except EventFormatError as exc:
+                raise EventFormatError(f"event {i}: {exc}") from None
             if not system and reserved_names(ev):
                 raise EventFormatError(
                     f"event {i}: resource types and actions in the {SYSTEM_PREFIX!r} namespace "
