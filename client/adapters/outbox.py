@@ -433,11 +433,17 @@ class Outbox:
         self._journal: IntentJournal | None = None  # opened by intents()
         # The queued events are plaintext (personal data): owner-only, like a key file.
         # SQLite gives the -wal and -shm files the database file's permissions.
+        existed = os.path.lexists(self.path)
         try:
             self._owner_only()
             conn = self._connect()
         except (OSError, sqlite3.Error) as exc:
             raise OutboxError(f"cannot open the outbox {self.path}: {exc}") from None
+        except OutboxError:
+            if not existed:  # not in WAL mode: leave no empty file of ours behind
+                with contextlib.suppress(OSError):
+                    self.path.unlink()
+            raise
         try:
             conn.executescript(_SCHEMA)
             if (

@@ -46,6 +46,7 @@ def test_an_outbox_not_in_wal_mode_refuses_to_open(
             ob.put([_rec(1)], timeout=10)
         finally:
             ob.close()
+    assert list(tmp_path.iterdir()) == []  # nothing left of it (the file it made removed)
 
 
 def test_an_outbox_in_wal_mode_still_opens(tmp_path: Path) -> None:
