@@ -56,21 +56,33 @@ def _assert_unknown(ev: dict[str, Any], op: str, rid: str | None, body: bytes) -
     assert "recovered" in ev["x"]["answer"]
 
 
-@pytest.mark.parametrize("point", ["answered", "forward"])
+@pytest.mark.parametrize(
+    ("point", "durable"),
+    [("answered", False), ("forward", False), ("forward", True)],
+    ids=["answered", "forward", "forward-durable"],
+)
 def test_a_killed_proxy_records_the_write_as_unknown_exactly_once(
     tmp_path: Path,
     log: Log,
     sp: tuple[str, list[tuple[str, str]]],
     monkeypatch: pytest.MonkeyPatch,
     point: str,
+    durable: bool,
 ) -> None:
+    """SIGKILL after the intent is written (with ``--durable-intents``: flushed) and
+    before the forward, or after the SP answered and before the outbox add: one
+    ``unknown`` event at the next start, none more at the one after (red team 20 ran it
+    with durable intents too: held)."""
+    extra = ("--durable-intents",) if durable else ()
     upstream, seen = sp
     sub, aud = log.tokens(TENANT)
     outbox = tmp_path / "outbox.sqlite"
     marker = tmp_path / "paused"
     port = free_port()
     monkeypatch.setenv("TLOG_TEST_PAUSE", f"{point}:{marker}")
-    proc, base = start_proxy(tmp_path, upstream, log.url, sub, TENANT, outbox=outbox, port=port)
+    proc, base = start_proxy(
+        tmp_path, upstream, log.url, sub, TENANT, *extra, outbox=outbox, port=port
+    )
     req_id = "kill-" + point
     body = b'{"schemas":["urn:ietf:params:scim:api:messages:2.0:PatchOp"],"Operations":[]}'
     try:
@@ -89,7 +101,9 @@ def test_a_killed_proxy_records_the_write_as_unknown_exactly_once(
     monkeypatch.delenv("TLOG_TEST_PAUSE")
 
     for run in range(2):  # a second start-up recovers nothing more
-        proc, base = start_proxy(tmp_path, upstream, log.url, sub, TENANT, outbox=outbox, port=port)
+        proc, base = start_proxy(
+            tmp_path, upstream, log.url, sub, TENANT, *extra, outbox=outbox, port=port
+        )
         try:
             if run == 1:  # a write answered and recorded: its own event, no second one
                 r = httpx.delete(
