@@ -1330,7 +1330,8 @@ def _stopped(req_obj: Any, results: Sequence[Mapping[str, Any]]) -> bool:
 
 
 _UNRESOLVED = (
-    "the resource it wrote is not known: the create of the bulkId it names answered no location"
+    "the resource it wrote is not known: the create of the bulkId it names answered no "
+    "location naming the created resource"
 )
 _UNREAD = "the bulk answer was not understood: whether this operation was applied is unknown"
 _UNPAIRED = (

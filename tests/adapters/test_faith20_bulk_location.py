@@ -92,12 +92,14 @@ def test_a_location_naming_another_type_or_server_gives_no_created_id(
     with make_rig(harness, tmp_path, app=bulk_sp(lambda _bid: loc), **cfg) as rig:
         got = bulk_events(rig, OPS, f"f20-loc-{case}")
     create, patch = got[0], got[1]
-    assert create["outcome"] == "success" and patch["outcome"] == "success"
+    assert create["outcome"] == "success"
     assert create["res"]["loc"] == loc  # what the SP said stays recorded
     if want is None:
         assert create["rid"] == "-", create
         assert "another resource type or server" in create["x"]["answer"], create
         assert patch["rid"] == "bulkId:a", patch  # not resolved to what the location named
+        # and the write claims no resource (red team 20): which one it changed is not known
+        assert patch["outcome"] == "warning" and patch["err"]["code"] == "unknown", patch
     else:
         assert create["rid"] == want and "answer" not in create.get("x", {}), create
-        assert patch["rid"] == want, patch
+        assert patch["rid"] == want and patch["outcome"] == "success", patch
