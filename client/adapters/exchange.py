@@ -829,8 +829,16 @@ class Builder:
             rid = rid_text(resp["id"])
         elif target.me:
             rid = "Me"
+        created_why = None
         if op == "create" and 200 <= status < 300 and rid is None:
-            rid = self._created_id(resp, x.resp_header(b"location"))
+            meta = get_ci(resp, "meta") if isinstance(resp, Mapping) else None
+            mloc = get_ci(meta, "location") if isinstance(meta, Mapping) else None
+            locs = [x.resp_header(b"location"), mloc if isinstance(mloc, str) else None]
+            # the type checked only where the endpoint's is configured (an unknown
+            # endpoint's name need not be its type's)
+            rt = target.rt if target.kind == "resource" else ""
+            got, created_why = _created_id(x.rel, self._hosts(), locs, resp, rt)
+            rid = rid_text(got) if got else "-"  # "-": the SP's answer named no id
         why = _routing_failure(target, op, status, rid)
         if why is not None:
             return Recorded([], [self.access(why, x.method, x.rel, status)])
@@ -866,7 +874,10 @@ class Builder:
         }
         intent, unparsed = self.body_intent(op, target.rt)
         result = None
-        if outcome == "success":
+        if outcome == "success" and created_why is not None:
+            # not this create's resource (faith21): neither its id nor its values taken
+            self.answer = self.answer or created_why
+        elif outcome == "success":
             result, self.answer = self.taken(op, target, rid, resp, loc)
         return Recorded(self.make(fields, intent, unparsed, result), [], self.texts, self.canon)
 
@@ -918,23 +929,14 @@ class Builder:
             if not target.me and rid is not None and rid_text(got) != rid:
                 return "names another resource than the one written: not taken as its result"
             return None
-        if loc:
+        if loc:  # a bulk result's response (a single create's is checked by _created_id)
             last = _last_segment(loc)
-            if last and got not in (last, urllib.parse.unquote(last)):
+            if last and not _same_id(got, last):
                 return "its id and its Location name different resources: not taken as the result"
         return None
 
-    @staticmethod
-    def _created_id(resp: Any, location: str | None) -> str:
-        if isinstance(resp, Mapping) and isinstance(resp.get("id"), str) and resp["id"]:
-            return rid_text(resp["id"])
-        last = _last_segment(location) if location else ""
-        if last:
-            return rid_text(last)
-        return "-"  # the SP's answer named no id
-
     def _hosts(self) -> frozenset[str]:
-        """The servers a bulk result's ``location`` may name (:func:`_location_id`), where
+        """The servers a create's location may name (:func:`_location_id`), where
         the SP's base is configured (``sp_base``; the proxy's upstream): its server, and
         the request's ``Host`` (an SP behind a proxy that keeps it builds the location from
         it). Without ``sp_base`` the server is not checked (empty): the SP may name itself
@@ -1050,11 +1052,9 @@ class Builder:
             rversion = rv if isinstance(rv, str) and ident(rv, 256) else None
             resp_err = op_resp.get("response")
             if op == "create" and 200 <= status < 300:
-                rid = None if loc is None else _location_id(loc, path, self._hosts())
-                if loc is not None and rid is None:
-                    # not this create's resource: its id is not known (faith20; before,
-                    # the location's last segment was taken, whatever it named)
-                    located = _LOCATION_ELSEWHERE
+                # a location not this create's resource: its id is not known (faith20;
+                # before, the location's last segment was taken, whatever it named)
+                rid, located = _created_id(path, self._hosts(), [loc])
                 rid = rid_text(rid) if rid else "-"
             outcome = _outcome(op, status)
             err = None if outcome == "success" else _error(status, resp_err)
@@ -1516,7 +1516,7 @@ def _created(
         loc = op_resp.get("location")
         path = get_ci(op_req, "path")
         if isinstance(bid, str) and isinstance(loc, str) and loc and isinstance(path, str):
-            got = _location_id(loc, path, hosts)
+            got = _created_id(path, hosts, [loc])[0]
             if got:
                 created[bid] = got
     return created
@@ -1547,9 +1547,74 @@ def _unanswered_members(
     )  # (the core schema's URN before it, as the log reads it: tlog.scim.effects)
 
 
+_IDS_DISAGREE = (
+    "its id and its Location (or meta.location) name different resources: the created id "
+    "is not known"
+)
+_TYPE_ELSEWHERE = (
+    "its answer names another resource type than the create's: the created id is not known"
+)
+_CORE = "urn:ietf:params:scim:schemas:core:2.0:"
+
+
+def _created_id(
+    path: str,
+    hosts: Collection[str],
+    locs: Sequence[str | None],
+    body: Any = None,
+    rt: str = "",
+) -> tuple[str | None, str | None]:
+    """The id a create's answer names, or None and why it is not known (None: it names
+    none). The same rule for a bulk POST's result (``locs``: its ``location``) and a single
+    create (its ``Location`` header and ``meta.location``, its ``body``): every location must
+    name the create's resource (:func:`_location_id`), the body must not say another type
+    than ``rt`` (``meta.resourceType``, or ``schemas`` naming another core type and not
+    ``rt``'s), and the body's ``id`` and the locations must name one id. The id is the
+    body's, else the locations'. Before faith21 a single create took the body's ``id`` (else
+    the Location's last segment) whatever the answer named beside it."""
+    named: list[str] = []
+    if isinstance(body, Mapping):
+        if rt and _other_type(body, rt):
+            return None, _TYPE_ELSEWHERE
+        got = body.get("id")
+        if isinstance(got, str) and got:
+            named.append(got)
+    for loc in locs:
+        if not loc:
+            continue
+        seg = _location_id(loc, path, hosts)
+        if seg is None:
+            return None, _LOCATION_ELSEWHERE
+        named.append(seg)
+    if any(not _same_id(named[0], other) for other in named[1:]):
+        return None, _IDS_DISAGREE
+    return (named[0] if named else None), None
+
+
+def _other_type(body: Mapping[str, Any], rt: str) -> bool:
+    """Whether a create's answer says it is a resource of another type than ``rt``."""
+    meta = get_ci(body, "meta")
+    said = get_ci(meta, "resourcetype") if isinstance(meta, Mapping) else None
+    if isinstance(said, str) and said.lower() != rt.lower():
+        return True
+    schemas = get_ci(body, "schemas")
+    if not isinstance(schemas, list):
+        return False
+    core = {s.lower() for s in schemas if isinstance(s, str) and s.lower().startswith(_CORE)}
+    return bool(core) and (_CORE + rt).lower() not in core
+
+
+def _same_id(a: str, b: str) -> bool:
+    """Whether two ids an answer gives (a body's ``id``, a location's last segment, which
+    may be percent-encoded) are one."""
+    unq = urllib.parse.unquote
+    return a == b or unq(a) == b or a == unq(b) or unq(a) == unq(b)
+
+
 def _location_id(loc: str, path: str, hosts: Collection[str]) -> str | None:
-    """The id a bulk POST's result names in its ``location`` (the last segment), or None
-    where the location is not that create's resource: its segment before the id is not the
+    """The id a create's location names (a bulk POST's result's ``location``, a single
+    create's ``Location`` or ``meta.location``: the last segment), or None where the
+    location is not that create's resource: its segment before the id is not the
     POST's endpoint (``path``'s last segment: ``/Users``), or it names a server (an
     absolute URL) none of ``hosts`` (when any is known). Before faith20 the last segment was
     taken, whatever it named: a location under ``/Groups/`` (or another server) for a User's
@@ -1568,11 +1633,11 @@ def _location_id(loc: str, path: str, hosts: Collection[str]) -> str | None:
 
 
 def _last_segment(location: str) -> str:
-    """The id a Location names: its last path segment, without a query. One reading for
-    the create's own event (:meth:`Builder._created_id`) and the writes naming its
-    ``bulkId:`` (:func:`_created`): before red team 20 these read the query in, so a
-    PATCH of ``/Users/bulkId:u0`` created at ``.../Users/abc?v=1`` was recorded on a
-    resource ``abc?v=1`` the log never saw created, not on ``abc``."""
+    """The id a Location names: its last path segment, without a query (a bulk result's
+    ``location`` beside its ``response``'s ``id``, :meth:`Builder._answer_check`; the created
+    id itself is read by :func:`_created_id`, which drops the query too: before red team 20
+    a PATCH of ``/Users/bulkId:u0`` created at ``.../Users/abc?v=1`` was recorded on a
+    resource ``abc?v=1`` the log never saw created)."""
     return location.split("?")[0].rstrip("/").rsplit("/", 1)[-1]
 
 
