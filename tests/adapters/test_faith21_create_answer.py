@@ -180,3 +180,15 @@ def test_a_location_on_another_server_is_not_the_create_s_behind_the_proxy(
         with behind(how, harness, tmp_path / how, loc, body) as (rig, path):
             got = create(rig, path, req)
         assert [e["rid"] for e in got] == [want], got
+
+
+def test_an_unknown_endpoint_s_answer_is_not_checked_for_its_type(
+    harness: Harness,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """An endpoint not in ``resource_types`` (``/Devices``) has no known type: its name is
+    no type (``Device``) to hold the answer's ``meta.resourceType`` to, the id is taken."""
+    body = {"id": "d-1", "meta": {"resourceType": "Device", "location": "/v2/Devices/d-1"}}
+    with make_rig(harness, tmp_path, app=create_sp(None, body)) as rig:
+        got = create(rig, "/v2/Devices", "f21-unknown")
+    assert [(e["rt"], e["rid"]) for e in got] == [("Devices", "d-1")], got
