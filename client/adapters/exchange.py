@@ -837,7 +837,7 @@ class Builder:
             # the type checked only where the endpoint's is configured (an unknown
             # endpoint's name need not be its type's)
             rt = target.rt if target.kind == "resource" else ""
-            got, created_why = _created_id(x.rel, self._hosts(), locs, resp, rt)
+            got, created_why = _created_id(x.rel, self.hosts, locs, resp, rt)
             rid = rid_text(got) if got else "-"  # "-": the SP's answer named no id
         why = _routing_failure(target, op, status, rid)
         if why is not None:
@@ -935,12 +935,14 @@ class Builder:
                 return "its id and its Location name different resources: not taken as the result"
         return None
 
-    def _hosts(self) -> frozenset[str]:
+    @functools.cached_property
+    def hosts(self) -> frozenset[str]:
         """The servers a create's location may name (:func:`_location_id`), where
         the SP's base is configured (``sp_base``; the proxy's upstream): its server, and
         the request's ``Host`` (an SP behind a proxy that keeps it builds the location from
         it). Without ``sp_base`` the server is not checked (empty): the SP may name itself
-        by a URL the adapter never sees."""
+        by a URL the adapter never sees. The same for every create of the exchange, so
+        read once."""
         if not self.cfg.sp_base:
             return frozenset()
         got = [urllib.parse.urlsplit(self.cfg.sp_base).netloc]
@@ -981,7 +983,7 @@ class Builder:
         if not (200 <= x.status < 300) or not isinstance(resp_ops, list):
             resp_ops = []
         results = [r for r in resp_ops if isinstance(r, Mapping)]
-        matched, stray, unpaired = _align(ops, results, self._hosts())
+        matched, stray, unpaired = _align(ops, results, self.hosts)
         missing = any(r is None and i not in unpaired for i, r in enumerate(matched))
         if not unknown and not stray and missing and not _stopped(req_obj, results):
             # Operations without a result, and the SP had no cause to stop (RFC 7644
@@ -995,9 +997,8 @@ class Builder:
             unknown = True
             if self.answer is None:
                 self.answer = f"not understood: {stray} results name no operation asked"
-        hosts = self._hosts()
         # bulkId -> id, from the POSTs that succeeded whose location names their resource
-        created = _created(ops, matched, hosts)
+        created = _created(ops, matched, self.hosts)
         out = Recorded([], [], self.texts, self.canon)
         why = _UNREAD if unknown else None
         for seq in _run_order(ops):  # creates before the operations naming their bulkId
@@ -1054,7 +1055,7 @@ class Builder:
             if op == "create" and 200 <= status < 300:
                 # a location not this create's resource: its id is not known (faith20;
                 # before, the location's last segment was taken, whatever it named)
-                rid, located = _created_id(path, self._hosts(), [loc])
+                rid, located = _created_id(path, self.hosts, [loc])
                 rid = rid_text(rid) if rid else "-"
             outcome = _outcome(op, status)
             err = None if outcome == "success" else _error(status, resp_err)
