@@ -29,15 +29,19 @@ def exchange_event(
     status: int,
     answer: Any,
     query: bytes = b"",
+    location: str | None = None,
     **cfg: Any,
 ) -> dict[str, Any]:
     """The one event the adapter records of ``method path`` with ``body``, answered
-    ``status`` with ``answer`` (None: no body); ``cfg``: more of :class:`AuditConfig`."""
+    ``status`` with ``answer`` (None: no body) and ``location`` (a ``Location`` header);
+    ``cfg``: more of :class:`AuditConfig`."""
     config = AuditConfig(tenant="t1", sp_id="sp1", base_path="/v2", **cfg)
     scope = {"headers": [(b"content-type", b"application/scim+json")], "query_string": query}
     x = Exchange(scope, method, path, "req-1", None, json.dumps(body).encode(), 0)
     x.status = status
     x.headers = [(b"content-type", b"application/scim+json")]
+    if location is not None:
+        x.headers.append((b"location", location.encode()))
     x.resp_body = b"" if answer is None else json.dumps(answer).encode()
     x.t1_ns = 1_800_000_000_000_000_000
     (ev,) = Builder(config, x, pid).single().events

@@ -1,0 +1,118 @@
+"""Red team 21: what a create's location names and what a PUT's answer shows, in process
+(the adapter's builder, the component under test).
+
+* A location's id is percent-decoded, as a request's path reaches the adapter (an ASGI
+  server decodes ``scope["path"]``): a create located at ``/Users/a%20b`` recorded the id
+  ``a%20b``, and the PATCH of ``/Users/a%20b`` went to a resource ``a b`` the log never saw
+  created (one resource, two ids). A bulk operation's path is decoded alike.
+* A location naming a dot segment (``/Users/..``, ``/Users/%2E%2E``) names no resource
+  (RFC 3986 §5.2.4): it gave the created id ``..``.
+* A PUT's answer holding a value JSON's canonical form cannot (a number past 2**53, a lone
+  surrogate) or an attribute named with a control character: ``x.result.other`` could not
+  be made, and the write's event was not built at all (the write left unrecorded) or cut
+  to a minimal one. Now ``other`` is left out (judged as before it existed).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from .helpers import USER, bulk_events
+from .recorded import exchange_event
+
+PATCH = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
+DEACTIVATE = {
+    "schemas": [PATCH],
+    "Operations": [{"op": "replace", "path": "active", "value": False}],
+}
+NEW_USER = {"schemas": [USER], "userName": "x"}
+
+
+def _patched_rid(path: str) -> str:
+    """The id the adapter records for a PATCH of ``path`` as an ASGI server hands it over
+    (decoded)."""
+    return str(exchange_event("PATCH", path, DEACTIVATE, 204, None)["rid"])
+
+
+@pytest.mark.parametrize(
+    ("loc", "decoded"),
+    [("/v2/Users/a%20b", "/Users/a b"), ("/v2/Users/%C3%A9t%C3%A9", "/Users/été")],
+)
+def test_redteam21_a_created_id_is_the_one_later_requests_name(loc: str, decoded: str) -> None:
+    single = exchange_event("POST", "/Users", NEW_USER, 201, None, location=loc)
+    ops = [
+        {"method": "POST", "path": "/Users", "bulkId": "u0", "data": NEW_USER},
+        {"method": "PATCH", "path": "/Users/bulkId:u0", "data": DEACTIVATE},
+    ]
+    results = [
+        {"method": "POST", "bulkId": "u0", "status": "201", "location": loc},
+        {"method": "PATCH", "status": "200", "location": loc},
+    ]
+    created, patched = bulk_events(ops, results)
+    later = _patched_rid(decoded)
+    assert single["rid"] == created["rid"] == patched["rid"] == later
+    assert single["outcome"] == created["outcome"] == patched["outcome"] == "success"
+
+
+def test_redteam21_a_bulk_path_is_decoded_as_a_request_path() -> None:
+    (ev,) = bulk_events(
+        [{"method": "PATCH", "path": "/Users/a%20b", "data": DEACTIVATE}],
+        [{"method": "PATCH", "status": "200", "location": "/v2/Users/a%20b"}],
+    )
+    assert ev["rid"] == _patched_rid("/Users/a b") == "a b"
+
+
+@pytest.mark.parametrize("seg", ["..", ".", "%2E%2E", "%2e"])
+def test_redteam21_a_dot_segment_location_names_no_created_id(seg: str) -> None:
+    loc = f"/v2/Users/{seg}"
+    single = exchange_event("POST", "/Users", NEW_USER, 201, None, location=loc)
+    assert single["rid"] == "-"
+    assert "another resource type or server" in single["x"]["answer"]
+    created, patched = bulk_events(
+        [
+            {"method": "POST", "path": "/Users", "bulkId": "u0", "data": NEW_USER},
+            {"method": "PATCH", "path": "/Users/bulkId:u0", "data": DEACTIVATE},
+        ],
+        [
+            {"method": "POST", "bulkId": "u0", "status": "201", "location": loc},
+            {"method": "PATCH", "status": "200", "location": loc},
+        ],
+    )
+    assert created["rid"] == "-"
+    assert patched["outcome"] == "warning" and patched["err"]["code"] == "unknown"
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"title": 12345678901234567890123},  # an employee number kept as a number
+        {"title": "\ud800"},
+        {"t\x00itle": "x"},
+        {"urn:acme:2.0:User": {"a\x1fb": "x"}},
+    ],
+    ids=["big-int", "lone-surrogate", "control-name", "control-name-extension"],
+)
+def test_redteam21_a_put_answer_json_cannot_hold_is_not_other(answer: dict[str, Any]) -> None:
+    body = {"schemas": [USER], "userName": "x"}
+    ev = exchange_event("PUT", "/Users/u1", body, 200, {**body, "id": "u1", **answer})
+    assert ev["outcome"] == "success" and ev["rid"] == "u1"
+    assert ev["mods"], "the request's intent kept (no minimal event)"
+    assert "other" not in ((ev.get("x") or {}).get("result") or {})
+
+
+def test_redteam21_a_put_answer_never_digests_a_secret() -> None:
+    """Held (a guard): the secret attribute is left out of ``x.result.other`` under every
+    name an answer may give it (any case, an extension's), however hostile its value."""
+    body = {"schemas": [USER], "userName": "x"}
+    ext = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
+    answer = {
+        **body,
+        "id": "u1",
+        "PassWord": {"nested": ["hunter2"] * 3},
+        ext: {"password": "hunter2", "department": "d"},
+        "urn:acme:2.0:User": {"PASSWORD": 1},
+    }
+    ev = exchange_event("PUT", "/Users/u1", body, 200, answer)
+    assert list(ev["x"]["result"]["other"]) == [f"{ext}:department"]
