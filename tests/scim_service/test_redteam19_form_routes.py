@@ -6,60 +6,17 @@ tests/scim/test_redteam19_form for the parsers themselves."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-from typing import Any
 
 import pytest
 
 import tlog.scim.service
-from client.scim import event_from_json, event_to_json, new_event
-from client.scim.actions import parse_request
+from client.scim import event_from_json, event_to_json
 from client.scim.cbor import dumps_det
 
 from .actors import search_raw
-from .conftest import T1, Harness
-
-PATCH_OP = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
-
-
-def _event(req: str) -> dict[str, Any]:
-    """A PATCH of a group as the adapter records it: its members cleared by path (the
-    entry with ``form``), then one added."""
-    body = {
-        "schemas": [PATCH_OP],
-        "Operations": [
-            {"op": "replace", "path": "members"},
-            {"op": "add", "path": "members", "value": [{"value": "u1"}]},
-        ],
-    }
-    intent = parse_request(
-        "patch", "Group", body, ref_pid=lambda _rt, rid: hashlib.sha256(rid.encode()).digest()[:16]
-    )
-    return new_event(  # type: ignore[no-any-return]
-        tenant=T1, sp="app-1", op="patch", rt="Group", rid="g-1",
-        actor={"kind": "user", "id": "admin-1"}, corr=req,
-        req={"m": "PATCH", "p": "/Groups/g-1", "dig": bytes(32), "len": 10},
-        res=200, outcome="success", **intent.event_fields(),
-    )  # fmt: skip
-
-
-def _misplace(ev: dict[str, Any], how: str) -> dict[str, Any]:
-    ev = json.loads(json.dumps(ev, default=bytes.hex))  # a copy (bytes restored below)
-    ev["req"]["dig"] = bytes(32)
-    ev["refs"] = [{**r, "pid": bytes.fromhex(r["pid"])} for r in ev["refs"]]
-    mods = ev["mods"]
-    assert mods[0].get("form") == "path" and "form" not in mods[1], mods
-    if how == "on the add":
-        mods[1]["form"] = "path"
-    elif how == "with an old side":
-        mods[0]["old"] = '[{"value":"x"}]'
-    elif how == "on another attribute":
-        mods[0]["attr"] = "displayName"
-    elif how == "on a remove":
-        mods[0]["op"] = "remove"
-    return ev
-
+from .conftest import Harness
+from .forms import form_event, misplace_form
 
 HOW = ["on the add", "with an old side", "on another attribute", "on a remove"]
 
@@ -69,14 +26,16 @@ def test_a_misplaced_form_is_a_400_on_every_route_and_nothing_is_stored(
     harness: Harness, how: str
 ) -> None:
     h = harness
-    ev = _misplace(_event(f"rt19-{HOW.index(how)}"), how)
+    ev = misplace_form(form_event(f"rt19-{HOW.index(how)}"), how)
     raw = dict(ev, req={**ev["req"], "dig": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="})
     raw["refs"] = [{**r, "pid": "cGlkcGlkcGlkcGlkcGlkcA=="} for r in ev["refs"]]
     sent = [
         h.post_raw(json.dumps(raw).encode(), "application/json"),
         h.post_raw(dumps_det(ev), "application/cbor"),
         h.post_raw(
-            json.dumps({"events": [json.loads(event_to_json(_event("rt19-ok"))), raw]}).encode(),
+            json.dumps(
+                {"events": [json.loads(event_to_json(form_event("rt19-ok"))), raw]}
+            ).encode(),
             "application/json",
             path="/v1/scim/events/batch",
         ),
@@ -90,7 +49,7 @@ def test_a_misplaced_form_is_a_400_on_every_route_and_nothing_is_stored(
 
 def test_the_form_the_adapter_makes_is_stored(harness: Harness) -> None:
     """Holds: guards that the rule refuses nothing the adapter writes, on the routes."""
-    ev = _event("rt19-good")
+    ev = form_event("rt19-good")
     assert harness.post_event(ev).status_code == 200
     assert harness.post_event(ev, cbor=True).json()["duplicate"]
     (got,) = search_raw(harness, req="rt19-good")["results"]
@@ -102,7 +61,7 @@ def test_a_misplaced_form_stored_before_the_rule_is_still_read(
 ) -> None:
     """Holds by design: the schema would have made such a stored event unreadable (the
     log's envelopes, its search answers and an auditor's client validate it again)."""
-    ev = _misplace(_event("rt19-old"), "on the add")
+    ev = misplace_form(form_event("rt19-old"), "on the add")
     with monkeypatch.context() as m:  # the log as it was before the rule
         m.setattr(tlog.scim.service, "check_forms", lambda ev: None)
         assert harness.post_event(ev).status_code == 200
@@ -119,7 +78,7 @@ def test_a_retry_of_an_event_stored_before_the_rule_is_its_duplicate(
     route (JSON and CBOR) and in a batch; before, a 400, as if it were new. A new event
     with the same misplaced form, alone or beside a retry, is still refused."""
     h = harness
-    ev = _misplace(_event("f20-old"), "on the add")
+    ev = misplace_form(form_event("f20-old"), "on the add")
     with monkeypatch.context() as m:  # the log as it was before the rule
         m.setattr(tlog.scim.service, "check_forms", lambda ev: None)
         first = h.post_event(ev)
@@ -132,7 +91,7 @@ def test_a_retry_of_an_event_stored_before_the_rule_is_its_duplicate(
         assert got["duplicate"] is True
         for key in ("index", "leaf_hash", "nonce"):
             assert got[key] == first.json()[key], key
-    good = _event("f20-new")
+    good = form_event("f20-new")
     batch = {"events": [json.loads(event_to_json(good)), json.loads(event_to_json(ev))]}
     r = h.post_raw(json.dumps(batch).encode(), "application/json", path="/v1/scim/events/batch")
     assert r.status_code == 200, r.text
@@ -141,7 +100,7 @@ def test_a_retry_of_an_event_stored_before_the_rule_is_its_duplicate(
     assert old["index"] == first.json()["index"]
     assert old["leaf_hash"] == first.json()["leaf_hash"]
     assert h.log.latest.size == size + 1  # only the new event
-    fresh = _misplace(_event("f20-fresh"), "on the add")
+    fresh = misplace_form(form_event("f20-fresh"), "on the add")
     for body in (
         {"events": [json.loads(event_to_json(ev)), json.loads(event_to_json(fresh))]},
         {"events": [json.loads(event_to_json(fresh))]},
