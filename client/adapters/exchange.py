@@ -377,7 +377,10 @@ def route(rel: str, method: str, cfg: AuditConfig) -> _Target:
         return _Target("bulk")
     if low in DISCOVERY_ENDPOINTS:
         return _Target("discovery", rt=ep)
-    rid = segs[1] if len(segs) > 1 else None
+    # The id is the rest of the path: an ASGI server hands the path over decoded, so the
+    # request for id a/b (/Users/a%2Fb) reaches here as /Users/a/b; before red team 21 its
+    # DELETE was recorded as the deletion of user "a", another resource.
+    rid = "/".join(segs[1:]) if len(segs) > 1 else None
     if ep == "Me":
         return _Target("resource", rt=cfg.me_resource_type, rid=None, me=True)
     for name, rt in cfg.resource_types.items():

@@ -116,3 +116,18 @@ def test_redteam21_a_put_answer_never_digests_a_secret() -> None:
     }
     ev = exchange_event("PUT", "/Users/u1", body, 200, answer)
     assert list(ev["x"]["result"]["other"]) == [f"{ext}:department"]
+
+
+@pytest.mark.parametrize("method", ["DELETE", "PATCH", "PUT"])
+def test_redteam21_a_slash_in_an_id_is_never_another_resource(method: str) -> None:
+    """The request for id ``a/b`` (``/Users/a%2Fb``, decoded by the ASGI server to
+    ``/Users/a/b``) is recorded on ``a/b``, the id a create located at ``/Users/a%2Fb`` and a
+    bulk path name: it was recorded on user ``a`` (a DELETE: the deletion of another user)."""
+    body = None if method == "DELETE" else DEACTIVATE if method == "PATCH" else NEW_USER
+    ev = exchange_event(method, "/Users/a/b", body, 204, None)
+    created = exchange_event("POST", "/Users", NEW_USER, 201, None, location="/v2/Users/a%2Fb")
+    (bulk,) = bulk_events(
+        [{"method": method, "path": "/Users/a%2Fb", "data": body}],
+        [{"method": method, "status": "204", "location": "/v2/Users/a%2Fb"}],
+    )
+    assert ev["rid"] == created["rid"] == bulk["rid"] == "a/b"
