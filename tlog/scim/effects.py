@@ -1330,6 +1330,7 @@ _TOLD_SET_MAX = 256  # values of a role or entitlement set in x.result, and char
 
 
 _PID_B64 = re.compile(r"[A-Za-z0-9+/]{22}==")  # base64 of a 16-byte pid
+_KEPT_DIGEST = re.compile(r"[0-9a-f]{32}")  # an attribute's digest as the state keeps it
 _RESULT_KEYS = {"username": "userName", "emails": "emails"}
 
 
@@ -1368,6 +1369,10 @@ def _told_other(result: object) -> dict[str, str] | None:
     out: dict[str, str] = {}
     for path, digest in result["other"].items():
         if not isinstance(path, str) or not isinstance(digest, str):
+            return None
+        if not _KEPT_DIGEST.fullmatch(digest):
+            # not the state's form (kept_digest's): before red team 21 any text up to
+            # 16 KiB became the attribute's digest in the subject's state
             return None
         key = _key_of(path)
         if key in out:
