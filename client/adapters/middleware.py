@@ -434,6 +434,8 @@ class AuditMiddleware:
         if self._intents:
             try:
                 iid = self._begin_intent(x)
+                if _TEST_PAUSE is not None:
+                    await _test_pause("begun")  # written, not yet flushed (durable)
                 if iid is not None and self._journal is not None and self._journal.durable:
                     await self._intent_synced(self._journal, iid)
             except (OSError, OutboxError) as exc:

@@ -58,8 +58,8 @@ def _assert_unknown(ev: dict[str, Any], op: str, rid: str | None, body: bytes) -
 
 @pytest.mark.parametrize(
     ("point", "durable"),
-    [("answered", False), ("forward", False), ("forward", True)],
-    ids=["answered", "forward", "forward-durable"],
+    [("answered", False), ("forward", False), ("forward", True), ("begun", True)],
+    ids=["answered", "forward", "forward-durable", "redteam21-begun-durable"],
 )
 def test_a_killed_proxy_records_the_write_as_unknown_exactly_once(
     tmp_path: Path,
@@ -72,7 +72,8 @@ def test_a_killed_proxy_records_the_write_as_unknown_exactly_once(
     """SIGKILL after the intent is written (with ``--durable-intents``: flushed) and
     before the forward, or after the SP answered and before the outbox add: one
     ``unknown`` event at the next start, none more at the one after (red team 20 ran it
-    with durable intents too: held)."""
+    with durable intents too: held; red team 21 between the intent's write and its flush:
+    the write is in the page cache, which a SIGKILL leaves, so held too)."""
     extra = ("--durable-intents",) if durable else ()
     upstream, seen = sp
     sub, aud = log.tokens(TENANT)
