@@ -389,6 +389,14 @@ def route(rel: str, method: str, cfg: AuditConfig) -> _Target:
     return _Target("unknown", rt=ident(ep, 128) or "unknown", rid=rid)
 
 
+def bulk_rid(rid: str | None) -> str | None:
+    """The id a bulk operation's path names (:func:`route`'s ``rid`` of it), as a request's
+    path names it: a bulk path is as sent (a URI path), a request's reaches the adapter
+    decoded by the ASGI server. One resource, one id (red team 21: ``/Users/a%20b`` in a
+    bulk was not the resource of ``PATCH /Users/a%20b``)."""
+    return None if rid is None else urllib.parse.unquote(rid)
+
+
 def _routing_failure(target: _Target, op: str, status: int, rid: str | None) -> str | None:
     """Why an answered write is not a provisioning event, or None if it is one."""
     if status in (401, 403):
@@ -1044,9 +1052,7 @@ class Builder:
         bulk_id = bulk_id if isinstance(bulk_id, str) else None
         version = get_ci(op_req, "version")
         version = version if isinstance(version, str) and ident(version, 256) else None
-        # a bulk path is as sent (a URI path), a request's reaches the adapter decoded:
-        # one resource, one id (red team 21: /Users/a%20b in a bulk was not /Users/a%20b)
-        rid = None if target.rid is None else urllib.parse.unquote(target.rid)
+        rid = bulk_rid(target.rid)
         if rid is not None and rid.startswith("bulkId:"):
             rid = created.get(rid.removeprefix("bulkId:"), rid)
         loc = rversion = located = None

@@ -73,6 +73,7 @@ from client.adapters.exchange import (
     Builder,
     Exchange,
     Recorded,
+    bulk_rid,
     default_actor,
     event_json,
     get_ci,
@@ -1006,7 +1007,7 @@ def unknown_outcome_records(
                 continue  # not a write: an access record at most
             path = str(op.get("p", ""))
             target = route(relative(path, cfg.base_path), m, cfg)
-            op_rid = None if m == "POST" else target.rid
+            op_rid = None if m == "POST" else bulk_rid(target.rid)  # as the builder reads it
             if op_rid is None and m != "POST":
                 continue  # no resource to name: the builder records no event either
             version = op.get("v")

@@ -15,9 +15,13 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
+
+from client.adapters.exchange import AuditConfig
+from client.adapters.middleware import unknown_outcome_records
 
 from .helpers import USER, bulk_events
 from .recorded import exchange_event
@@ -131,3 +135,26 @@ def test_redteam21_a_slash_in_an_id_is_never_another_resource(method: str) -> No
         [{"method": method, "status": "204", "location": "/v2/Users/a%2Fb"}],
     )
     assert ev["rid"] == created["rid"] == bulk["rid"] == "a/b"
+
+
+def test_redteam21_a_recovered_write_names_the_id_its_answered_event_names() -> None:
+    """A write whose answer was never recorded (a killed adapter's intent, recovered as an
+    ``unknown`` event) is on the resource its recorded event would be on: a bulk path
+    decoded, a request path's id all of it after the endpoint."""
+    cfg = AuditConfig(tenant="t1", sp_id="sp1", base_path="/v2", on_access=None)
+    base = {"t": 1, "tenant": "t1", "req": "r1", "dig": "00" * 32, "len": 0}
+    actor = {"kind": "anonymous"}
+    single = {**base, "m": "DELETE", "p": "/Users/a/b", "actor": actor}
+    ops = [
+        {"s": 0, "m": "PATCH", "p": "/Users/a%20b"},
+        {"s": 1, "m": "DELETE", "p": "/Users/c%2Fd"},
+    ]
+    bulk = {**base, "m": "POST", "p": "/Bulk", "actor": actor, "ops": ops}
+    (one,) = unknown_outcome_records(cfg, single, "j:1")
+    two = unknown_outcome_records(cfg, bulk, "j:2")
+    rids = [json.loads(r.body)["rid"] for r in (one, *two)]
+    answered = bulk_events(
+        [{"method": "PATCH", "path": "/Users/a%20b", "data": DEACTIVATE}],
+        [{"method": "PATCH", "status": "200"}],
+    )[0]["rid"]
+    assert rids == ["a/b", answered, "c/d"] == ["a/b", "a b", "c/d"]
