@@ -956,7 +956,8 @@ class Builder:
         read once."""
         if not self.cfg.sp_base:
             return frozenset()
-        got = [urllib.parse.urlsplit(self.cfg.sp_base).netloc]
+        base = urllib.parse.urlsplit(self.cfg.sp_base)
+        got = [_server(base.scheme, base.netloc)]
         host = self.x.req_header(b"host")
         if host:
             got.append(host)
@@ -1643,8 +1644,10 @@ def _location_id(loc: str, path: str, hosts: Collection[str]) -> str | None:
         url = urllib.parse.urlsplit(loc)
     except ValueError:
         return None
-    if url.netloc and hosts and url.netloc.lower() not in hosts:
-        return None
+    if url.netloc and hosts:
+        named = url.netloc.lower()
+        if named not in hosts and _server(url.scheme, named) not in hosts:
+            return None
     segs = [s for s in url.path.split("/") if s]
     want = [s for s in path.split("?")[0].split("/") if s]
     if len(segs) < 2 or not want or segs[-2].lower() != want[-1].lower():
@@ -1655,6 +1658,18 @@ def _location_id(loc: str, path: str, hosts: Collection[str]) -> str | None:
     # (RFC 3986 §5.2.4: /Users/.. is the base), so no id either.
     got = urllib.parse.unquote(segs[-1])
     return None if got in (".", "..") else got
+
+
+_DEFAULT_PORTS = {"http": ":80", "https": ":443"}
+
+
+def _server(scheme: str, netloc: str) -> str:
+    """A URL's server as :meth:`Builder.hosts` compares them: lower case, without the
+    scheme's default port (red team 21: ``https://sp.example:443/Users/u-1`` was another
+    server than an ``sp_base`` of ``https://sp.example``, and the create's id not known)."""
+    got = netloc.strip().lower()
+    port = _DEFAULT_PORTS.get(scheme.lower())
+    return got.removesuffix(port) if port else got
 
 
 def _last_segment(location: str) -> str:

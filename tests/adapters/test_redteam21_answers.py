@@ -158,3 +158,27 @@ def test_redteam21_a_recovered_write_names_the_id_its_answered_event_names() -> 
         [{"method": "PATCH", "status": "200"}],
     )[0]["rid"]
     assert rids == ["a/b", answered, "c/d"] == ["a/b", "a b", "c/d"]
+
+
+@pytest.mark.parametrize(
+    ("base", "loc", "rid"),
+    [
+        ("https://sp.example/v2", "https://SP.example:443/v2/Users/u1", "u1"),  # the finding
+        ("http://sp/v2", "http://sp:80/v2/Users/u1", "u1"),  # the finding
+        ("http://sp:80/v2", "http://sp/v2/Users/u1", "u1"),  # the finding
+        ("https://sp.example/v2", "HTTPS://sp.example/v2/Users/u1", "u1"),
+        ("http://[::1]:8080/v2", "http://[::1]:8080/v2/Users/u1", "u1"),
+        ("http://sp:8080/v2", "http://sp:8081/v2/Users/u1", "-"),  # another port
+        ("https://sp.example/v2", "http://sp.example:443/v2/Users/u1", "-"),  # not a default
+        ("http://sp/v2", "http://user@sp/v2/Users/u1", "-"),
+        ("http://sp/v2", "http://evil.example/v2/Users/u1", "-"),
+        ("http://sp/v2", "http://sp/v2/Users/u1#frag", "u1"),
+        ("http://sp/v2", "/v2/Users/u1/", "u1"),
+        ("http://sp/v2", "http://sp/v2/Users/" + "u" * 100_000, "sha256:"),  # an enormous one
+    ],
+)
+def test_redteam21_a_location_s_server_is_compared_without_its_default_port(
+    base: str, loc: str, rid: str
+) -> None:
+    ev = exchange_event("POST", "/Users", NEW_USER, 201, None, location=loc, sp_base=base)
+    assert str(ev["rid"]).startswith(rid) if rid == "sha256:" else ev["rid"] == rid
