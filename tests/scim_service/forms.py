@@ -13,7 +13,7 @@ from client.scim.actions import parse_request
 
 from .conftest import T1
 
-__all__ = ["form_event", "misplace_form"]
+__all__ = ["form_event", "misplace_form", "user_misplaced_form"]
 
 PATCH_OP = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
 
@@ -54,3 +54,23 @@ def misplace_form(ev: dict[str, Any], how: str) -> dict[str, Any]:
     elif how == "on a remove":
         mods[0]["op"] = "remove"
     return ev
+
+
+def user_misplaced_form(rid: str, req: str) -> dict[str, Any]:
+    """A PATCH of User ``rid`` clearing its roles by path then adding one, with a ``form``
+    misplaced on the add (what the intake refuses unless the log already holds it)."""
+    body = {
+        "schemas": [PATCH_OP],
+        "Operations": [
+            {"op": "replace", "path": "roles"},
+            {"op": "add", "path": "roles", "value": [{"value": "a"}]},
+        ],
+    }
+    fields = parse_request("patch", "User", body).event_fields()
+    fields["mods"][1]["form"] = "path"
+    return new_event(  # type: ignore[no-any-return]
+        tenant=T1, sp="app-1", op="patch", rt="User", rid=rid,
+        actor={"kind": "user", "id": "admin-1"}, corr=req,
+        req={"m": "PATCH", "p": f"/Users/{rid}", "dig": bytes(32), "len": 10},
+        res=200, outcome="success", **fields,
+    )  # fmt: skip

@@ -15,8 +15,9 @@ import pytest
 import tlog.scim.service
 from client.scim import event_to_json
 
-from .conftest import Harness
-from .forms import form_event, misplace_form
+from .actors import erase
+from .conftest import Harness, user_event
+from .forms import form_event, misplace_form, user_misplaced_form
 
 BATCH = "/v1/scim/events/batch"
 
@@ -101,3 +102,34 @@ def test_redteam21_a_held_event_twice_with_other_bytes_is_a_conflict_not_a_dupli
         r = _batch(h, events)
         assert r.status_code in (400, 409), r.text
         assert _aux(h) == before
+
+
+def test_redteam21_a_held_retry_after_its_subject_was_erased_is_answered_as_any_retry(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A held event (stored before the rule) whose subject was erased since: its retry gets
+    the duplicate answer without a nonce (the body is gone), as a retry of an event the rule
+    never held does; nothing is written by it, nor by a fresh misplaced event of another
+    subject beside it (refused)."""
+    h = harness
+    held = user_misplaced_form("u-gone", "rt21-held")
+    plain = user_event("u-gone", req="rt21-plain")
+    _stored_before_the_rule(h, monkeypatch, [held, plain])
+    first = h.post_event(held).json()
+    erase(h, "u-gone")
+    before = _aux(h)
+    for ev in (held, plain):
+        again = h.post_event(ev)
+        assert again.status_code == 200, again.text
+        got = again.json()
+        assert got["duplicate"] is True and "nonce" not in got, got
+    r = _batch(h, [held, plain, held])
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert results[0]["index"] == results[2]["index"] == first["index"]
+    assert all(x["duplicate"] and "nonce" not in x for x in results), results
+    assert _aux(h) == before
+    fresh = user_misplaced_form("u-other", "rt21-fresh")
+    r = _batch(h, [held, fresh])
+    assert r.status_code == 400 and "form" in r.json()["error"], r.text
+    assert _aux(h) == before
