@@ -374,7 +374,18 @@ class AuditMiddleware:
             seen.add(msg["type"])
             await send(msg)
 
-        await self.app(scope, recv, sent)
+        try:
+            await self.app(scope, recv, sent)
+        except Exception:
+            if seen:  # the app took part in the lifespan and failed: its failure stands
+                raise
+            # An app refusing the lifespan scope before reading a message (``assert
+            # scope["type"] == "http"``): ASGI reads that as an app without a lifespan, so
+            # it is taken to its end here as for one returning at once. Before red team 21
+            # the raise went to the server, which went on without a lifespan ("auto": the
+            # outbox never closed, the relay never drained or stopped) or refused to start
+            # ("on").
+            _log.debug("the wrapped app refused the lifespan scope", exc_info=True)
         if "lifespan.shutdown" in seen or "lifespan.startup.failed" in seen:
             return
         # The wrapped app returned without taking the lifespan to its end (an app that
