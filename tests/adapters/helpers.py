@@ -28,7 +28,7 @@ from client.adapters.proxy import ProxySettings, build_proxy
 from client.adapters.relay import Relay
 from client.scim.event import event_from_json
 
-from ..support import free_port, start_proxy, tlog_argv, wait_http, wait_own
+from ..support import UvicornThread, free_port, start_proxy, tlog_argv, wait_http, wait_own
 
 if TYPE_CHECKING:
     import pytest
@@ -601,3 +601,14 @@ def bulk_events(
     x.resp_body = json.dumps({"schemas": [BULK_RESPONSE], "Operations": results}).encode()
     x.t1_ns = 1_800_000_000_000_000_000
     return Builder(cfg, x).bulk().events
+
+
+def serve_one_write(mw: Any) -> int:
+    """Serve ``mw`` (uvicorn, its lifespan on), send it one PATCH deactivating User ``A``
+    and stop the server: the answer's status (the lifespan tests of red team 20 and 21)."""
+    srv = UvicornThread(mw)
+    try:
+        with httpx.Client(base_url=srv.url, timeout=10) as c:
+            return c.patch("/v2/Users/A", json=DEACTIVATE).status_code
+    finally:
+        assert srv.serving.stop(15), "the server did not stop"

@@ -21,7 +21,6 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from client.adapters.exchange import AuditConfig
@@ -29,7 +28,7 @@ from client.adapters.middleware import AuditMiddleware
 from client.adapters.outbox import Outbox
 from tests.support import UvicornThread
 
-from .helpers import DEACTIVATE, USER, FakeLog, relay_for
+from .helpers import DEACTIVATE, USER, FakeLog, relay_for, serve_one_write
 
 JSON = (b"content-type", b"application/scim+json")
 USER_A = {"schemas": [USER], "id": "A", "userName": "a", "active": False}
@@ -51,13 +50,7 @@ def test_the_shutdown_drains_and_closes_around_an_app_without_lifespan(tmp_path:
     relay = relay_for(outbox, log, idle=30.0)  # nothing sent but by the drain at shutdown
     config = AuditConfig(tenant="t1", sp_id="sp1", base_path="/v2", on_access=lambda _: None)
     mw = AuditMiddleware(_http_only, config, outbox, relay, own=True)
-    srv = UvicornThread(mw)
-    try:
-        with httpx.Client(base_url=srv.url, timeout=10) as c:
-            r = c.patch("/v2/Users/A", json=DEACTIVATE)
-        assert r.status_code == 204
-    finally:
-        assert srv.serving.stop(15), "the server did not stop"
+    assert serve_one_write(mw) == 204
     try:
         assert outbox.closed  # before: open, its writer running
         assert [ev["rid"] for ev in log.events] == ["A"]  # drained at the shutdown
