@@ -19,8 +19,10 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from client.adapters.exchange import AuditConfig
+from client.adapters.exchange import AuditConfig, Builder, Exchange
 from client.adapters.middleware import unknown_outcome_records
 
 from .helpers import USER, bulk_events
@@ -32,6 +34,7 @@ DEACTIVATE = {
     "Operations": [{"op": "replace", "path": "active", "value": False}],
 }
 NEW_USER = {"schemas": [USER], "userName": "x"}
+JSON_TYPE = (b"content-type", b"application/scim+json")
 
 
 def _patched_rid(path: str) -> str:
@@ -182,3 +185,40 @@ def test_redteam21_a_location_s_server_is_compared_without_its_default_port(
 ) -> None:
     ev = exchange_event("POST", "/Users", NEW_USER, 201, None, location=loc, sp_base=base)
     assert str(ev["rid"]).startswith(rid) if rid == "sha256:" else ev["rid"] == rid
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.text(max_size=20),
+    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=12), c, max_size=4),
+    max_leaves=20,
+)
+_SERVED = AuditConfig(tenant="t1", sp_id="sp1", base_path="/v2", sp_base="https://sp.example/v2")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    loc=st.none() | st.text(max_size=60) | st.sampled_from(["//[::1/Users/x", "/v2/Users/%zz"]),
+    answer=_JSON
+    | st.fixed_dictionaries(
+        {"id": st.sampled_from(["a", "g", "a/b", "x"])},
+        optional={"title": _JSON, "urn:acme:2.0:User": _JSON, "meta": _JSON, "t\x7f": _JSON},
+    ),
+    write=st.sampled_from(
+        [("POST", "/Users"), ("POST", "/Groups"), ("POST", "/Devices")]
+        + [(m, p) for m in ("PUT", "PATCH") for p in ("/Users/a", "/Groups/g", "/Users/a/b")]
+    ),
+)
+def test_redteam21_no_answer_fails_the_event(
+    loc: str | None, answer: Any, write: tuple[str, str]
+) -> None:
+    """Held (a guard, which the big number above broke): whatever a write's answer holds
+    (any JSON, numbers past 2**53, any Location), its event is built and validates."""
+    method, path = write
+    body = {"schemas": [USER], "userName": "x"}
+    x = Exchange({"headers": [JSON_TYPE]}, method, path, "r", None, json.dumps(body).encode(), 0)
+    x.status = 201 if method == "POST" else 200
+    x.headers = [JSON_TYPE] + ([(b"location", loc.encode())] if loc is not None else [])
+    x.resp_body = json.dumps(answer).encode()
+    x.t1_ns = 1_800_000_000_000_000_000
+    (ev,) = Builder(_SERVED, x).single().events
+    assert ev["outcome"] == "success"
