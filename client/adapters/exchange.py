@@ -925,20 +925,36 @@ class Builder:
 
     @functools.cached_property
     def answers(self) -> Answers:
-        """What every create of the exchange is held to (:class:`Answers`): the servers
-        its location may name, where the SP's base is configured (``sp_base``; the proxy's
-        upstream): its server, and the request's ``Host`` (an SP behind a proxy that keeps
-        it builds the location from it). Without ``sp_base`` the server is not checked
-        (empty): the SP may name itself by a URL the adapter never sees. Read once."""
-        cfg = self.cfg
+        """What every create of the exchange is held to (:class:`Answers`), read once: the
+        servers its location may name. The request's own (its ``Host``: an SP builds the
+        location from it, and, with ``trust_forwarded``, ``X-Forwarded-Host``, which a proxy
+        you run sets) and, where the SP's base is configured (``sp_base``; the proxy's
+        upstream), that base's server instead of the one the ASGI server says it is
+        (``scope["server"]``): the override where a reverse proxy rewrites the host, so the
+        SP names a server the request never did. None known (no ``Host``, no ``server``):
+        not checked. Before faith23 the server was not checked without ``sp_base``: a
+        location naming another server gave the middleware's create that id."""
+        cfg, x = self.cfg, self.x
         types = frozenset(t.lower() for t in (*cfg.resource_types.values(), cfg.me_resource_type))
-        if not cfg.sp_base:
-            return Answers(frozenset(), cfg, types)
-        base = urllib.parse.urlsplit(cfg.sp_base)
-        got = [_server(base.netloc, base.scheme)]
-        host = self.x.req_header(b"host")
+        scheme = str(x.scope.get("scheme") or "http")
+        got: list[Server | None] = []
+        host = x.req_header(b"host")
         if host:
-            got.append(_server(host, str(self.x.scope.get("scheme") or "http")))
+            got.append(_server(host, scheme))
+        forwarded = x.req_header(b"x-forwarded-host") if cfg.trust_forwarded else None
+        if forwarded:
+            proto = (x.req_header(b"x-forwarded-proto") or scheme).split(",")[0].strip()
+            got.append(_server(forwarded.split(",")[0], proto))
+        if cfg.sp_base:
+            base = urllib.parse.urlsplit(cfg.sp_base)
+            got.append(_server(base.netloc, base.scheme))
+        else:
+            server = x.scope.get("server")
+            if isinstance(server, Sequence) and len(server) == 2 and server[0]:
+                port = server[1] if isinstance(server[1], int) else None
+                if port == _DEFAULT_PORTS.get(scheme.lower()):
+                    port = None
+                got.append((str(server[0]).rstrip(".").lower(), port))
         return Answers(frozenset(h for h in got if h is not None), cfg, types)
 
     @staticmethod
