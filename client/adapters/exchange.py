@@ -153,6 +153,9 @@ def log_access(record: Mapping[str, Any]) -> None:
 class AuditConfig:
     """What the middleware records and how it behaves. Only ``tenant`` and ``sp_id`` are needed.
 
+    * ``sp_base``: the SP's base URL as it names its resources (the proxy's upstream):
+      a create's location may name its server; without it, the server the request asked
+      (:attr:`Builder.answers`). Set it where a reverse proxy rewrites the host.
     * ``base_path``: the SCIM base path as the app sees it (``/v2``, ``/scim/v2``); it is
       stripped when present (scim2-server also serves without it), and ``req.p`` is
       relative to it.

@@ -78,11 +78,14 @@ def answering(loc: str | None, body: Any) -> Any:
     return app
 
 
-def single(client: Any, rig: Rig, endpoint: str, req: str) -> dict[str, Any]:
-    """The event of a create at ``endpoint`` (``Users``, ``Groups``) sent through ``client``."""
+def single(client: Any, rig: Rig, endpoint: str, req: str, **headers: str) -> dict[str, Any]:
+    """The event of a create at ``endpoint`` (``Users``, ``Groups``) sent through ``client``
+    (with ``headers`` besides)."""
     data = {"schemas": [USER], "userName": "a"} if endpoint == "Users" else {"displayName": "g"}
     r = client.post(
-        f"/v2/{endpoint}", content=json.dumps(data), headers={**AUTH, "X-Request-Id": req}
+        f"/v2/{endpoint}",
+        content=json.dumps(data),
+        headers={**AUTH, "X-Request-Id": req, **headers},
     )
     assert r.status_code == 201, r.text
     got = [f.event for f in rig.auditor().search_all(req=req) if f.event is not None]
@@ -283,6 +286,23 @@ def test_sp_base_overrides_the_request_s_server(
     cfg = {"sp_base": "https://public.example/scim/v2"}
     with make_rig(harness, tmp_path / "b", app=answering(loc, None), **cfg) as rig:
         check(single(rig.client, rig, "Users", "f23-base-set"), "u-1", None)
+
+
+def test_a_forwarded_host_counts_only_where_forwarded_headers_are_trusted(
+    harness: Harness,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """An SP behind a proxy you run names the host the proxy was asked
+    (``X-Forwarded-Host``): taken with ``trust_forwarded``, as ``src.ip`` is, and not
+    otherwise (any client may send the header)."""
+    loc = "https://public.example/v2/Users/u-1"
+    fwd = {"X-Forwarded-Host": "public.example", "X-Forwarded-Proto": "https"}
+    for trust, want in ((False, "-"), (True, "u-1")):
+        (tmp_path / str(trust)).mkdir()
+        app = answering(loc, None)
+        with make_rig(harness, tmp_path / str(trust), app=app, trust_forwarded=trust) as rig:
+            ev = single(rig.client, rig, "Users", f"f23-forwarded-{trust}", **fwd)
+        check(ev, want, None if trust else ELSEWHERE)
 
 
 @contextmanager
