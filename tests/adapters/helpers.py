@@ -601,3 +601,17 @@ def bulk_events(
     x.resp_body = json.dumps({"schemas": [BULK_RESPONSE], "Operations": results}).encode()
     x.t1_ns = 1_800_000_000_000_000_000
     return Builder(cfg, x).bulk().events
+
+
+def check_created(ev: dict[str, Any], want: str, why: str | None) -> None:
+    """``ev`` is a create's success recorded with the created id ``want`` (``"-"``: not
+    known) and, where ``why`` is given, an ``x.answer`` saying it and no ``x.result`` (the
+    answer not taken as its values); else no ``x.answer`` (faith21, faith23)."""
+    assert ev["op"] == "create" and ev["outcome"] == "success", ev
+    assert ev["rid"] == want, ev
+    answer = (ev.get("x") or {}).get("answer")
+    if why is None:
+        assert answer is None, ev
+    else:
+        assert answer is not None and why in answer, ev
+        assert "result" not in (ev.get("x") or {}), ev

@@ -33,7 +33,16 @@ from client.adapters.relay import Relay
 from tests.scim_service.conftest import T1, URL, Harness, harness  # noqa: F401
 from tests.support import UvicornThread
 
-from .helpers import BULK_RESPONSE, GROUP, PATCH, SCIM_TOKEN, USER, answer_lifespan, read_body
+from .helpers import (
+    BULK_RESPONSE,
+    GROUP,
+    PATCH,
+    SCIM_TOKEN,
+    USER,
+    answer_lifespan,
+    check_created,
+    read_body,
+)
 from .rig import Rig, Via, bulk_events, make_rig
 
 pytestmark = pytest.mark.lmdb_only("the log's backend is not what is tested: once is enough")
@@ -111,19 +120,8 @@ def in_bulk(rig: Rig, endpoint: str, req: str) -> tuple[dict[str, Any], dict[str
     return got[0], got[1]
 
 
-def check(ev: dict[str, Any], want: str, why: str | None) -> None:
-    assert ev["op"] == "create" and ev["outcome"] == "success", ev
-    assert ev["rid"] == want, ev
-    answer = (ev.get("x") or {}).get("answer")
-    if why is None:
-        assert answer is None, ev
-    else:
-        assert answer is not None and why in answer, ev
-        assert "result" not in (ev.get("x") or {}), ev
-
-
 def check_bulk(create: dict[str, Any], patch: dict[str, Any], want: str, why: str | None) -> None:
-    check(create, want, why)
+    check_created(create, want, why)
     if want == "-":  # the bulkId: stays unresolved, the write claims no resource
         assert patch["rid"] == "bulkId:a", patch
         assert patch["outcome"] == "warning" and patch["err"]["code"] == "unknown", patch
@@ -241,7 +239,7 @@ def test_a_create_answer_is_held_to_one_rule_single_and_bulk(
     i = [c[0] for c in CASES].index(case)
     _, endpoint, loc, body, want, why = CASES[i]
     with make_rig(harness, tmp_path, app=answering(loc, body)) as rig:
-        check(single(rig.client, rig, endpoint, f"f23-single-{i}"), want, why)
+        check_created(single(rig.client, rig, endpoint, f"f23-single-{i}"), want, why)
         check_bulk(*in_bulk(rig, endpoint, f"f23-bulk-{i}"), want, why)
 
 
@@ -269,7 +267,7 @@ def test_without_sp_base_a_location_on_another_server_gives_no_created_id(
         ev = single(rig.client, rig, "Users", f"f23-server-{case}")
         create, patch = in_bulk(rig, "Users", f"f23-server-bulk-{case}")
     for got in (ev, create):
-        check(got, want or "-", None if want else ELSEWHERE)
+        check_created(got, want or "-", None if want else ELSEWHERE)
     check_bulk(create, patch, want or "-", None if want else ELSEWHERE)
 
 
@@ -281,11 +279,11 @@ def test_sp_base_overrides_the_request_s_server(
     which the adapter learns from ``sp_base``, not from the request."""
     loc = "https://public.example/scim/v2/Users/u-1"
     with make_rig(harness, tmp_path, app=answering(loc, None)) as rig:
-        check(single(rig.client, rig, "Users", "f23-base-none"), "-", ELSEWHERE)
+        check_created(single(rig.client, rig, "Users", "f23-base-none"), "-", ELSEWHERE)
     (tmp_path / "b").mkdir()
     cfg = {"sp_base": "https://public.example/scim/v2"}
     with make_rig(harness, tmp_path / "b", app=answering(loc, None), **cfg) as rig:
-        check(single(rig.client, rig, "Users", "f23-base-set"), "u-1", None)
+        check_created(single(rig.client, rig, "Users", "f23-base-set"), "u-1", None)
 
 
 def test_a_forwarded_host_counts_only_where_forwarded_headers_are_trusted(
@@ -302,7 +300,7 @@ def test_a_forwarded_host_counts_only_where_forwarded_headers_are_trusted(
         app = answering(loc, None)
         with make_rig(harness, tmp_path / str(trust), app=app, trust_forwarded=trust) as rig:
             ev = single(rig.client, rig, "Users", f"f23-forwarded-{trust}", **fwd)
-        check(ev, want, None if trust else ELSEWHERE)
+        check_created(ev, want, None if trust else ELSEWHERE)
 
 
 @contextmanager
@@ -337,6 +335,6 @@ def test_a_served_app_s_location_is_held_to_the_server_asked(
 
     with served(harness, tmp_path, late) as (client, rig, port):
         holder["loc"] = f"http://127.0.0.1:{port}/v2/Users/u-1"
-        check(single(client, rig, "Users", "f23-served-own"), "u-1", None)
+        check_created(single(client, rig, "Users", "f23-served-own"), "u-1", None)
         holder["loc"] = f"http://127.0.0.1:{port + 1}/v2/Users/u-1"
-        check(single(client, rig, "Users", "f23-served-other"), "-", ELSEWHERE)
+        check_created(single(client, rig, "Users", "f23-served-other"), "-", ELSEWHERE)
