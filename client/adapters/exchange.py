@@ -207,6 +207,13 @@ class AuditConfig:
         if self.base_path and (not self.base_path.startswith("/") or self.base_path.endswith("/")):
             raise ValueError("base_path must start with '/' and not end with one (or be '')")
 
+    @functools.cached_property
+    def type_names(self) -> frozenset[str]:
+        """The configured resource types' names, lower case (``resource_types``' and
+        ``me_resource_type``): the types an extension schema in a create's answer may name
+        (:func:`_other_type`). Made once per configuration, not per create."""
+        return frozenset(t.lower() for t in (*self.resource_types.values(), self.me_resource_type))
+
 
 # --- small helpers ------------------------------------------------------------------------
 
@@ -938,7 +945,6 @@ class Builder:
         not checked. Before faith23 the server was not checked without ``sp_base``: a
         location naming another server gave the middleware's create that id."""
         cfg, x = self.cfg, self.x
-        types = frozenset(t.lower() for t in (*cfg.resource_types.values(), cfg.me_resource_type))
         scheme = str(x.scope.get("scheme") or "http")
         got: list[Server | None] = []
         host = x.req_header(b"host")
@@ -953,12 +959,12 @@ class Builder:
             got.append(_server(base.netloc, base.scheme))
         else:
             server = x.scope.get("server")
-            if isinstance(server, Sequence) and len(server) == 2 and server[0]:
+            if isinstance(server, (tuple, list)) and len(server) == 2 and server[0]:
                 port = server[1] if isinstance(server[1], int) else None
                 if port == _DEFAULT_PORTS.get(scheme.lower()):
                     port = None
                 got.append((str(server[0]).rstrip(".").lower(), port))
-        return Answers(frozenset(h for h in got if h is not None), cfg, types)
+        return Answers(frozenset(h for h in got if h is not None), cfg, cfg.type_names)
 
     @staticmethod
     def _xid(resp: Any, body: Any) -> str | None:
@@ -1681,12 +1687,15 @@ def _same_id(a: str, b: str) -> bool:
     return a == b or unq(a) == b or a == unq(b) or unq(a) == unq(b)
 
 
+@functools.lru_cache(maxsize=1024)
 def _server(netloc: str, scheme: str) -> Server | None:
     """The server a URL's authority (or a ``Host`` header) names, as :func:`_location_id`
     compares them: the host name in lower case (no user part, no trailing dot) and the port,
     None where it is the scheme's default (``http``: 80, ``https``: 443) or not given. The
     scheme is not compared: an app behind a proxy ending TLS is asked over ``http`` and
-    names itself ``https``. None if it names none."""
+    names itself ``https``. None if it names none. Cached: an exchange reads its ``Host``
+    and its creates' locations, the same few servers again and again, and parsing one
+    costs more than the rest of the check."""
     try:
         url = urllib.parse.urlsplit("//" + netloc.strip())
         host, port = url.hostname, url.port
