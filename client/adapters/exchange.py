@@ -1708,6 +1708,28 @@ def _server(netloc: str, scheme: str) -> Server | None:
     return host.rstrip(".").lower(), port
 
 
+_warned_servers: set[Server | None] = set()
+
+
+def _warn_elsewhere(server: Server | None) -> None:
+    """Tell the operator, once a process for each server, that a create's location named a
+    server the request did not ask: every such create is logged with its id not known, and
+    the usual cause is configuration (an SP behind a reverse proxy that names itself by its
+    public name: set ``sp_base``, or ``trust_forwarded`` where the proxy sets
+    ``X-Forwarded-Host``), not a hostile SP. Only the server is named (never the location:
+    its path holds a resource id). At most 64 servers are remembered."""
+    if server in _warned_servers or len(_warned_servers) >= 64:
+        return
+    _warned_servers.add(server)
+    name = "?" if server is None else server[0] + ("" if server[1] is None else f":{server[1]}")
+    _log.warning(
+        "a create's location names server %s, not the one the request asked: its created id "
+        "is recorded as not known; if the SP names itself by another name (a reverse proxy), "
+        "set sp_base (or trust_forwarded)",
+        name,
+    )
+
+
 def _location_id(loc: str, path: str, hosts: Collection[Server]) -> str | None:
     """The id a create's location names (a bulk POST's result's ``location``, a single
     create's ``Location`` or ``meta.location``: the last segment, without a query), or None
@@ -1722,8 +1744,11 @@ def _location_id(loc: str, path: str, hosts: Collection[Server]) -> str | None:
         url = urllib.parse.urlsplit(loc)
     except ValueError:
         return None
-    if url.netloc and hosts and _server(url.netloc, url.scheme) not in hosts:
-        return None
+    if url.netloc and hosts:
+        server = _server(url.netloc, url.scheme)
+        if server not in hosts:
+            _warn_elsewhere(server)
+            return None
     segs = [s for s in url.path.split("/") if s]
     want = [s for s in path.split("?")[0].split("/") if s]
     if len(segs) < 2 or not want or segs[-2].lower() != want[-1].lower():

@@ -338,3 +338,26 @@ def test_a_served_app_s_location_is_held_to_the_server_asked(
         check_created(single(client, rig, "Users", "f23-served-own"), "u-1", None)
         holder["loc"] = f"http://127.0.0.1:{port + 1}/v2/Users/u-1"
         check_created(single(client, rig, "Users", "f23-served-other"), "-", ELSEWHERE)
+
+
+def test_the_operator_is_told_once_a_server_that_a_location_names_elsewhere(
+    harness: Harness,  # noqa: F811
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A create answered at another server (the usual cause: an SP behind a reverse proxy
+    naming itself by its public name) is recorded with its id not known, and the operator
+    is told once a server what to configure, the server named and never the location
+    (its path holds the resource id)."""
+    import client.adapters.exchange as exchange
+
+    exchange._warned_servers.clear()
+    loc = "https://public.example:8443/v2/Users/u-secret-1"
+    caplog.set_level("WARNING", logger="client.adapters.exchange")
+    with make_rig(harness, tmp_path, app=answering(loc, None)) as rig:
+        for i in range(3):
+            check_created(single(rig.client, rig, "Users", f"f23-warn-{i}"), "-", ELSEWHERE)
+    said = [r.getMessage() for r in caplog.records if r.name == "client.adapters.exchange"]
+    about = [m for m in said if "public.example:8443" in m]
+    assert len(about) == 1, said
+    assert "sp_base" in about[0] and "u-secret-1" not in about[0], about
