@@ -153,6 +153,9 @@ def log_access(record: Mapping[str, Any]) -> None:
 class AuditConfig:
     """What the middleware records and how it behaves. Only ``tenant`` and ``sp_id`` are needed.
 
+    * ``sp_base``: the SP's base URL as it names its resources (the proxy's upstream):
+      a create's location may name its server; without it, the server the request asked
+      (:attr:`Builder.answers`). Set it where a reverse proxy rewrites the host.
     * ``base_path``: the SCIM base path as the app sees it (``/v2``, ``/scim/v2``); it is
       stripped when present (scim2-server also serves without it), and ``req.p`` is
       relative to it.
@@ -203,6 +206,13 @@ class AuditConfig:
             raise ValueError("tenant and sp_id must be non-empty identifiers (<= 256 bytes)")
         if self.base_path and (not self.base_path.startswith("/") or self.base_path.endswith("/")):
             raise ValueError("base_path must start with '/' and not end with one (or be '')")
+
+    @functools.cached_property
+    def type_names(self) -> frozenset[str]:
+        """The configured resource types' names, lower case (``resource_types``' and
+        ``me_resource_type``): the types an extension schema in a create's answer may name
+        (:func:`_other_type`). Made once per configuration, not per create."""
+        return frozenset(t.lower() for t in (*self.resource_types.values(), self.me_resource_type))
 
 
 # --- small helpers ------------------------------------------------------------------------
@@ -842,13 +852,10 @@ class Builder:
             rid = "Me"
         created_why = None
         if op == "create" and 200 <= status < 300 and rid is None:
-            meta = get_ci(resp, "meta") if isinstance(resp, Mapping) else None
-            mloc = get_ci(meta, "location") if isinstance(meta, Mapping) else None
-            locs = [x.resp_header(b"location"), mloc if isinstance(mloc, str) else None]
             # the type checked only where the endpoint's is configured (an unknown
             # endpoint's name need not be its type's)
             rt = target.rt if target.kind == "resource" else ""
-            got, created_why = _created_id(x.rel, self.hosts, locs, resp, rt)
+            got, created_why = self.answers.created_id(x.rel, x.resp_header(b"location"), resp, rt)
             rid = rid_text(got) if got else "-"  # "-": the SP's answer named no id
         why = _routing_failure(target, op, status, rid)
         if why is not None:
@@ -889,16 +896,16 @@ class Builder:
             # not this create's resource (faith21): neither its id nor its values taken
             self.answer = self.answer or created_why
         elif outcome == "success":
-            result, self.answer = self.taken(op, target, rid, resp, loc)
+            result, self.answer = self.taken(op, target, rid, resp)
         return Recorded(self.make(fields, intent, unparsed, result), [], self.texts, self.canon)
 
     def taken(
-        self, op: str, target: _Target, rid: str | None, resp: Any, loc: str | None
+        self, op: str, target: _Target, rid: str | None, resp: Any
     ) -> tuple[dict[str, Any] | None, str | None]:
         """What a success's answer ``resp`` (a single write's body, a bulk operation's
         ``response``) gives the event: the resulting values (``x.result``), or why the
         answer cannot be taken as the written resource's result (``x.answer``)."""
-        answer = self.answer or self._answer_check(op, target, rid, resp, loc)
+        answer = self.answer or self._answer_check(op, target, rid, resp)
         if answer is not None:
             return None, answer
         # the manager of a PUT's or PATCH's answer only (a create's refs say it), a
@@ -922,46 +929,53 @@ class Builder:
                 result = {**(result or {}), "other": other}
         return result, None
 
-    def _answer_check(
-        self, op: str, target: _Target, rid: str | None, resp: Any, loc: str | None
-    ) -> str | None:
+    def _answer_check(self, op: str, target: _Target, rid: str | None, resp: Any) -> str | None:
         """Why a success's answer cannot be taken as the written resource's result: it
-        cannot be read, it names another resource than the one written, or (a create) its
-        id and its Location disagree. None when it can (or there is none)."""
+        cannot be read, or it names another resource than the one written. None when it can
+        (or there is none). A create's answer is held to its location by
+        :meth:`Answers.created_id` before (then, if it is not the create's, not taken)."""
         decoded = self._resp
         if decoded is not None and decoded.error is not None and self.x.resp_body:
             return "not understood: " + (short_text(decoded.error, 160) or "unreadable")
-        if not isinstance(resp, Mapping):
+        if op == "create" or target.me or rid is None or not isinstance(resp, Mapping):
             return None
         got = resp.get("id")
-        if not isinstance(got, str) or not got:
-            return None
-        if op != "create":
-            if not target.me and rid is not None and rid_text(got) != rid:
-                return "names another resource than the one written: not taken as its result"
-            return None
-        if loc:  # a bulk result's response (a single create's is checked by _created_id)
-            last = _last_segment(loc)
-            if last and not _same_id(got, last):
-                return "its id and its Location name different resources: not taken as the result"
+        if isinstance(got, str) and got and rid_text(got) != rid:
+            return "names another resource than the one written: not taken as its result"
         return None
 
     @functools.cached_property
-    def hosts(self) -> frozenset[str]:
-        """The servers a create's location may name (:func:`_location_id`), where
-        the SP's base is configured (``sp_base``; the proxy's upstream): its server, and
-        the request's ``Host`` (an SP behind a proxy that keeps it builds the location from
-        it). Without ``sp_base`` the server is not checked (empty): the SP may name itself
-        by a URL the adapter never sees. The same for every create of the exchange, so
-        read once."""
-        if not self.cfg.sp_base:
-            return frozenset()
-        base = urllib.parse.urlsplit(self.cfg.sp_base)
-        got = [_server(base.scheme, base.netloc)]
-        host = self.x.req_header(b"host")
+    def answers(self) -> Answers:
+        """What every create of the exchange is held to (:class:`Answers`), read once: the
+        servers its location may name. The request's own (its ``Host``: an SP builds the
+        location from it, and, with ``trust_forwarded``, ``X-Forwarded-Host``, which a proxy
+        you run sets) and, where the SP's base is configured (``sp_base``; the proxy's
+        upstream), that base's server instead of the one the ASGI server says it is
+        (``scope["server"]``): the override where a reverse proxy rewrites the host, so the
+        SP names a server the request never did. None known (no ``Host``, no ``server``):
+        not checked. Before faith23 the server was not checked without ``sp_base``: a
+        location naming another server gave the middleware's create that id."""
+        cfg, x = self.cfg, self.x
+        scheme = str(x.scope.get("scheme") or "http")
+        got: list[Server | None] = []
+        host = x.req_header(b"host")
         if host:
-            got.append(host)
-        return frozenset(h.strip().lower() for h in got if h.strip())
+            got.append(_server(host, scheme))
+        forwarded = x.req_header(b"x-forwarded-host") if cfg.trust_forwarded else None
+        if forwarded:
+            proto = (x.req_header(b"x-forwarded-proto") or scheme).split(",")[0].strip()
+            got.append(_server(forwarded.split(",")[0], proto))
+        if cfg.sp_base:
+            base = urllib.parse.urlsplit(cfg.sp_base)
+            got.append(_server(base.netloc, base.scheme))
+        else:
+            server = x.scope.get("server")
+            if isinstance(server, (tuple, list)) and len(server) == 2 and server[0]:
+                port = server[1] if isinstance(server[1], int) else None
+                if port == _DEFAULT_PORTS.get(scheme.lower()):
+                    port = None
+                got.append((str(server[0]).rstrip(".").lower(), port))
+        return Answers(frozenset(h for h in got if h is not None), cfg, cfg.type_names)
 
     @staticmethod
     def _xid(resp: Any, body: Any) -> str | None:
@@ -995,7 +1009,7 @@ class Builder:
         if not (200 <= x.status < 300) or not isinstance(resp_ops, list):
             resp_ops = []
         results = [r for r in resp_ops if isinstance(r, Mapping)]
-        matched, stray, unpaired = _align(ops, results, self.hosts)
+        matched, stray, unpaired = _align(ops, results, self.answers)
         missing = any(r is None and i not in unpaired for i, r in enumerate(matched))
         if not unknown and not stray and missing and not _stopped(req_obj, results):
             # Operations without a result, and the SP had no cause to stop (RFC 7644
@@ -1010,7 +1024,7 @@ class Builder:
             if self.answer is None:
                 self.answer = f"not understood: {stray} results name no operation asked"
         # bulkId -> id, from the POSTs that succeeded whose location names their resource
-        created = _created(ops, matched, self.hosts)
+        created = _created(ops, matched, self.answers)
         out = Recorded([], [], self.texts, self.canon)
         why = _UNREAD if unknown else None
         for seq in _run_order(ops):  # creates before the operations naming their bulkId
@@ -1067,7 +1081,8 @@ class Builder:
             if op == "create" and 200 <= status < 300:
                 # a location not this create's resource: its id is not known (faith20;
                 # before, the location's last segment was taken, whatever it named)
-                rid, located = _created_id(path, self.hosts, [loc])
+                rt = target.rt if target.kind == "resource" else ""
+                rid, located = self.answers.created_id(path, loc, resp_err, rt)
                 rid = rid_text(rid) if rid else "-"
             outcome = _outcome(op, status)
             err = None if outcome == "success" else _error(status, resp_err)
@@ -1145,7 +1160,7 @@ class Builder:
         if outcome == "success" and isinstance(resp_err, Mapping) and located is None:
             # RFC 7644 §3.7.3: a result may carry the resource in "response"; taken as a
             # single write's answer is (neither scim2-server nor SCIMMY sends one)
-            result, answer = self.taken(op, target, rid_v, resp_err, loc)
+            result, answer = self.taken(op, target, rid_v, resp_err)
         out.events.extend(self.make(fields, intent, unparsed, result, answer))
 
 
@@ -1425,7 +1440,7 @@ def _res_method(res: Mapping[str, Any]) -> str:
 def _align(
     ops: Sequence[Mapping[str, Any]],
     results: Sequence[Mapping[str, Any]],
-    hosts: Collection[str] = (),
+    answers: Answers | None = None,
 ) -> tuple[list[Mapping[str, Any] | None], int, set[int]]:
     """Pair each bulk operation with its result; also the number of results left unpaired
     (an answer naming operations not asked, or one twice: not understood, :meth:`bulk`),
@@ -1468,7 +1483,7 @@ def _align(
             else:
                 unnamed.add(id(res))
         if creates and refs:
-            made = _created(ops, out, hosts)
+            made = _created(ops, out, answers)
             touched: set[tuple[str, str, str]] = set()
             for i, (m, rt, ref) in refs:
                 got = made.get(ref.removeprefix("bulkId:"))
@@ -1524,20 +1539,20 @@ def _bid(value: Any) -> str:
 def _created(
     ops: Sequence[Mapping[str, Any]],
     matched: Sequence[Mapping[str, Any] | None],
-    hosts: Collection[str] = (),
+    answers: Answers | None = None,
 ) -> dict[str, str]:
-    """bulkId -> the id the SP created for it (the last segment of the location of the
-    POST's result, :func:`_location_id`), from the POSTs paired with a result that has one
-    naming the POST's resource type (and, where known, the SP's server)."""
+    """bulkId -> the id the SP created for it (:meth:`Answers.created_id` of the POST's
+    result: its ``location``, its ``response``'s ``id``, ``meta`` and ``schemas``), from the
+    POSTs paired with a result whose answer names the POST's resource."""
+    answers = answers or _NO_ANSWERS
     created: dict[str, str] = {}
     for op_req, op_resp in zip(ops, matched, strict=True):
         if op_resp is None or _op_method(op_req) != "POST":
             continue
         bid = get_ci(op_req, "bulkid")
-        loc = op_resp.get("location")
         path = get_ci(op_req, "path")
-        if isinstance(bid, str) and isinstance(loc, str) and loc and isinstance(path, str):
-            got = _created_id(path, hosts, [loc])[0]
+        if isinstance(bid, str) and isinstance(path, str):
+            got = answers.result_id(path, op_resp)[0]
             if got:
                 created[bid] = got
     return created
@@ -1576,26 +1591,73 @@ _TYPE_ELSEWHERE = (
     "its answer names another resource type than the create's: the created id is not known"
 )
 _CORE = "urn:ietf:params:scim:schemas:core:2.0:"
+_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+Server = tuple[str, int | None]  # a host name (lower case) and its port (None: the default)
+
+
+@dataclass(frozen=True)
+class Answers:
+    """What a create's answer is held to (:func:`_created_id`), the same for every create of
+    an exchange (:attr:`Builder.answers`): the servers its locations may name (``hosts``,
+    :func:`_server`; empty: not checked), the configuration that gives a create's endpoint
+    its type (``cfg``; None: no type checked) and the configured types (``types``, lower
+    case: the types an extension schema may name, :func:`_other_type`)."""
+
+    hosts: frozenset[Server] = frozenset()
+    cfg: AuditConfig | None = None
+    types: frozenset[str] = frozenset()
+
+    def created_id(
+        self, path: str, loc: str | None, body: Any, rt: str | None = None
+    ) -> tuple[str | None, str | None]:
+        """The id a create of ``path`` was answered with, or None and why it is not known:
+        ``loc`` (a single create's ``Location`` header, a bulk result's ``location``) and
+        ``body`` (a single create's answer, a bulk result's ``response``: RFC 7644 §3.7.3
+        lets it carry the created resource) are held to one rule, :func:`_created_id`, with
+        the body's ``meta.location`` as another location. ``rt``: the endpoint's type, where
+        the caller routed it already (``""``: none known); else routed from ``path``."""
+        meta = get_ci(body, "meta") if isinstance(body, Mapping) else None
+        mloc = get_ci(meta, "location") if isinstance(meta, Mapping) else None
+        if rt is None:
+            rt = ""
+            if self.cfg is not None:
+                t = route(relative(path, self.cfg.base_path), "POST", self.cfg)
+                rt = t.rt if t.kind == "resource" else ""
+        locs = [loc, mloc if isinstance(mloc, str) else None]
+        return _created_id(path, self.hosts, locs, body, rt, self.types)
+
+    def result_id(self, path: str, res: Mapping[str, Any]) -> tuple[str | None, str | None]:
+        """:meth:`created_id` of a bulk POST's result ``res`` (its ``location`` and its
+        ``response``)."""
+        loc = res.get("location")
+        return self.created_id(path, loc if isinstance(loc, str) else None, res.get("response"))
+
+
+_NO_ANSWERS = Answers()
 
 
 def _created_id(
     path: str,
-    hosts: Collection[str],
+    hosts: Collection[Server],
     locs: Sequence[str | None],
     body: Any = None,
     rt: str = "",
+    types: Collection[str] = (),
 ) -> tuple[str | None, str | None]:
     """The id a create's answer names, or None and why it is not known (None: it names
-    none). The same rule for a bulk POST's result (``locs``: its ``location``) and a single
-    create (its ``Location`` header and ``meta.location``, its ``body``): every location must
-    name the create's resource (:func:`_location_id`), the body must not say another type
-    than ``rt`` (``meta.resourceType``, or ``schemas`` naming another core type and not
-    ``rt``'s), and the body's ``id`` and the locations must name one id. The id is the
-    body's, else the locations'. Before faith21 a single create took the body's ``id`` (else
-    the Location's last segment) whatever the answer named beside it."""
+    none). One rule for a single create and a bulk POST's result (:meth:`Answers.created_id`
+    gives ``locs`` and ``body``): every location must name the create's resource
+    (:func:`_location_id`), the body must not say another type than ``rt``
+    (:func:`_other_type`), and the body's ``id`` and the locations must name one id. The id
+    is the body's, else the locations'; a body without a location is decided from the body
+    alone. Before faith21 a single create took the body's ``id`` (else the Location's last
+    segment) whatever the answer named beside it; before faith23 a bulk result's
+    ``response`` was not read for it (its ``id``, ``meta`` and ``schemas`` unchecked, and a
+    result without a ``location`` named no id even where its ``response`` did)."""
     named: list[str] = []
     if isinstance(body, Mapping):
-        if rt and _other_type(body, rt):
+        if rt and _other_type(body, rt, types):
             return None, _TYPE_ELSEWHERE
         got = body.get("id")
         if isinstance(got, str) and got:
@@ -1612,8 +1674,16 @@ def _created_id(
     return (named[0] if named else None), None
 
 
-def _other_type(body: Mapping[str, Any], rt: str) -> bool:
-    """Whether a create's answer says it is a resource of another type than ``rt``."""
+def _other_type(body: Mapping[str, Any], rt: str, types: Collection[str] = ()) -> bool:
+    """Whether a create's answer says it is a resource of another type than ``rt``: its
+    ``meta.resourceType`` names another; its ``schemas`` name a core schema
+    (``urn:ietf:params:scim:schemas:core:2.0:<Type>``) and not ``rt``'s; or they name an
+    extension of another configured type (``types``, lower case; an extension schema is a
+    URN with an ``extension`` part that ends with the type it extends:
+    ``...:extension:enterprise:2.0:User``). A body whose schemas say no type (none, or only
+    URNs that are neither a core schema nor an extension of a configured type) is no
+    evidence of another type. Before faith23 only a core schema was read: a Group's create
+    answered with the enterprise User extension kept its id."""
     meta = get_ci(body, "meta")
     said = get_ci(meta, "resourcetype") if isinstance(meta, Mapping) else None
     if isinstance(said, str) and said.lower() != rt.lower():
@@ -1621,8 +1691,12 @@ def _other_type(body: Mapping[str, Any], rt: str) -> bool:
     schemas = get_ci(body, "schemas")
     if not isinstance(schemas, list):
         return False
-    core = {s.lower() for s in schemas if isinstance(s, str) and s.lower().startswith(_CORE)}
-    return bool(core) and (_CORE + rt).lower() not in core
+    names = [s.lower() for s in schemas if isinstance(s, str)]
+    core = {s for s in names if s.startswith(_CORE)}
+    if core and (_CORE + rt).lower() not in core:
+        return True
+    extended = {s.rpartition(":")[2] for s in names if ":extension:" in s}
+    return bool(extended.intersection(types) - {rt.lower()})
 
 
 def _same_id(a: str, b: str) -> bool:
@@ -1632,21 +1706,67 @@ def _same_id(a: str, b: str) -> bool:
     return a == b or unq(a) == b or a == unq(b) or unq(a) == unq(b)
 
 
-def _location_id(loc: str, path: str, hosts: Collection[str]) -> str | None:
+@functools.lru_cache(maxsize=1024)
+def _server(netloc: str, scheme: str) -> Server | None:
+    """The server a URL's authority (or a ``Host`` header) names, as :func:`_location_id`
+    compares them: the host name in lower case (no user part, no trailing dot) and the port,
+    None where it is the scheme's default (``http``: 80, ``https``: 443) or not given. The
+    scheme is not compared: an app behind a proxy ending TLS is asked over ``http`` and
+    names itself ``https``. None if it names none. Cached: an exchange reads its ``Host``
+    and its creates' locations, the same few servers again and again, and parsing one
+    costs more than the rest of the check."""
+    try:
+        url = urllib.parse.urlsplit("//" + netloc.strip())
+        host, port = url.hostname, url.port
+    except ValueError:
+        return None
+    if not host:
+        return None
+    if port == _DEFAULT_PORTS.get(scheme.lower()):
+        port = None
+    return host.rstrip(".").lower(), port
+
+
+_warned_servers: set[Server | None] = set()
+
+
+def _warn_elsewhere(server: Server | None) -> None:
+    """Tell the operator, once a process for each server, that a create's location named a
+    server the request did not ask: every such create is logged with its id not known, and
+    the usual cause is configuration (an SP behind a reverse proxy that names itself by its
+    public name: set ``sp_base``, or ``trust_forwarded`` where the proxy sets
+    ``X-Forwarded-Host``), not a hostile SP. Only the server is named (never the location:
+    its path holds a resource id). At most 64 servers are remembered."""
+    if server in _warned_servers or len(_warned_servers) >= 64:
+        return
+    _warned_servers.add(server)
+    name = "?" if server is None else server[0] + ("" if server[1] is None else f":{server[1]}")
+    _log.warning(
+        "a create's location names server %s, not the one the request asked: its created id "
+        "is recorded as not known; if the SP names itself by another name (a reverse proxy), "
+        "set sp_base (or trust_forwarded)",
+        name,
+    )
+
+
+def _location_id(loc: str, path: str, hosts: Collection[Server]) -> str | None:
     """The id a create's location names (a bulk POST's result's ``location``, a single
-    create's ``Location`` or ``meta.location``: the last segment), or None where the
-    location is not that create's resource: its segment before the id is not the
+    create's ``Location`` or ``meta.location``: the last segment, without a query), or None
+    where the location is not that create's resource: its segment before the id is not the
     POST's endpoint (``path``'s last segment: ``/Users``), or it names a server (an
-    absolute URL) none of ``hosts`` (when any is known). Before faith20 the last segment was
-    taken, whatever it named: a location under ``/Groups/`` (or another server) for a User's
-    create gave the User that id, and the operations naming its bulkId went to it."""
+    absolute URL) none of ``hosts`` (when any is known, :attr:`Builder.answers`). Before
+    faith20 the last segment was taken, whatever it named: a location under ``/Groups/`` (or
+    another server) for a User's create gave the User that id, and the operations naming
+    its bulkId went to it; before red team 20 the query was kept (a PATCH of
+    ``/Users/bulkId:u0`` created at ``.../Users/abc?v=1`` went to a resource ``abc?v=1``)."""
     try:
         url = urllib.parse.urlsplit(loc)
     except ValueError:
         return None
     if url.netloc and hosts:
-        named = url.netloc.lower()
-        if named not in hosts and _server(url.scheme, named) not in hosts:
+        server = _server(url.netloc, url.scheme)
+        if server not in hosts:
+            _warn_elsewhere(server)
             return None
     segs = [s for s in url.path.split("/") if s]
     want = [s for s in path.split("?")[0].split("/") if s]
@@ -1658,27 +1778,6 @@ def _location_id(loc: str, path: str, hosts: Collection[str]) -> str | None:
     # (RFC 3986 §5.2.4: /Users/.. is the base), so no id either.
     got = urllib.parse.unquote(segs[-1])
     return None if got in (".", "..") else got
-
-
-_DEFAULT_PORTS = {"http": ":80", "https": ":443"}
-
-
-def _server(scheme: str, netloc: str) -> str:
-    """A URL's server as :meth:`Builder.hosts` compares them: lower case, without the
-    scheme's default port (red team 21: ``https://sp.example:443/Users/u-1`` was another
-    server than an ``sp_base`` of ``https://sp.example``, and the create's id not known)."""
-    got = netloc.strip().lower()
-    port = _DEFAULT_PORTS.get(scheme.lower())
-    return got.removesuffix(port) if port else got
-
-
-def _last_segment(location: str) -> str:
-    """The id a Location names: its last path segment, without a query (a bulk result's
-    ``location`` beside its ``response``'s ``id``, :meth:`Builder._answer_check`; the created
-    id itself is read by :func:`_created_id`, which drops the query too: before red team 20
-    a PATCH of ``/Users/bulkId:u0`` created at ``.../Users/abc?v=1`` was recorded on a
-    resource ``abc?v=1`` the log never saw created)."""
-    return location.split("?")[0].rstrip("/").rsplit("/", 1)[-1]
 
 
 def _name(

@@ -612,3 +612,17 @@ def serve_one_write(mw: Any) -> int:
             return c.patch("/v2/Users/A", json=DEACTIVATE).status_code
     finally:
         assert srv.serving.stop(15), "the server did not stop"
+
+
+def check_created(ev: dict[str, Any], want: str, why: str | None) -> None:
+    """``ev`` is a create's success recorded with the created id ``want`` (``"-"``: not
+    known) and, where ``why`` is given, an ``x.answer`` saying it and no ``x.result`` (the
+    answer not taken as its values); else no ``x.answer`` (faith21, faith23)."""
+    assert ev["op"] == "create" and ev["outcome"] == "success", ev
+    assert ev["rid"] == want, ev
+    answer = (ev.get("x") or {}).get("answer")
+    if why is None:
+        assert answer is None, ev
+    else:
+        assert answer is not None and why in answer, ev
+        assert "result" not in (ev.get("x") or {}), ev

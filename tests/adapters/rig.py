@@ -54,11 +54,12 @@ async def sp_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             if op.get("bulkId"):
                 r["bulkId"] = op["bulkId"]
             if op["method"] == "POST":
-                # under the POST's own endpoint (a location naming another resource type
-                # gives no created id: test_faith20_bulk_location)
-                r["location"] = f"https://sp.test/v2{op['path']}/created-{i}"
+                # under the POST's own endpoint, on the server asked (the rig's client asks
+                # scim.test; a location naming another resource type or server gives no
+                # created id: test_faith20_bulk_location, test_faith23_create_answer)
+                r["location"] = f"https://scim.test/v2{op['path']}/created-{i}"
             else:
-                r["location"] = "https://sp.test/v2" + op["path"]
+                r["location"] = "https://scim.test/v2" + op["path"]
             res.append(r)
         out = json.dumps(
             {"schemas": ["urn:ietf:params:scim:api:messages:2.0:BulkResponse"], "Operations": res}

@@ -109,7 +109,7 @@ def test_a_bulk_result_carrying_the_resource_is_recorded_as_a_single_write_answe
         for op in ops:  # PUTs merged like the single ones; "b" answered with "s"
             rid = op["path"].rsplit("/", 1)[-1]
             res = merge(store, rid, op["data"]) if rid != "b" else store["s"]
-            loc = "https://sp.test/v2/Users/" + rid
+            loc = "https://scim.test/v2/Users/" + rid
             out.append({"method": "PUT", "location": loc, "status": "200", "response": res})
         return out
 
@@ -235,12 +235,12 @@ def test_results_of_writes_on_bulk_ids_are_paired_by_the_created_location(
         out = []
         for op in ops:
             if op["method"] == "POST":
-                loc = "https://sp.test/v2/Users/made-" + op["bulkId"]
+                loc = "https://scim.test/v2/Users/made-" + op["bulkId"]
                 out.append({"method": "POST", "bulkId": op["bulkId"], "location": loc})
                 out[-1]["status"] = "201"
             else:
                 ref = op["path"].rsplit(":", 1)[-1]
-                loc = "https://sp.test/v2/Users/made-" + ref
+                loc = "https://scim.test/v2/Users/made-" + ref
                 out.append({"method": "PATCH", "location": loc})
                 out[-1]["status"] = "200" if ref == "b" else "400"
         return out[::-1]

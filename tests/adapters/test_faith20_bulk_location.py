@@ -73,7 +73,10 @@ CASES = [
     # (sp_base, the POST result's location, the created id taken, or None: not known)
     (None, "https://scim.test/v2/Groups/g-9", None),
     (None, "/v2/Groups/g-9", None),
-    (None, "https://sp.example/v2/Users/u-1", "u-1"),  # no sp_base: the server not checked
+    # no sp_base: held to the server the request asked (scim.test; before faith23 the server
+    # was not checked without sp_base)
+    (None, "https://sp.example/v2/Users/u-1", None),
+    (None, "https://scim.test/v2/Users/u-1", "u-1"),
     ("https://sp.example/v2", "https://elsewhere.example/v2/Users/u-1", None),
     ("https://sp.example/v2", "https://sp.example/v2/Users/u-1", "u-1"),
     ("https://sp.example/v2", "http://scim.test/v2/Users/u-1", "u-1"),  # the request's Host

@@ -38,9 +38,9 @@ async def reversed_sp(scope: dict[str, Any], receive: Any, send: Any) -> None:
         r = {"method": op["method"], "status": answers[op["method"]]}
         if op["method"] == "POST":
             r["bulkId"] = op["bulkId"]
-            r["location"] = "https://sp.test/v2/Users/made-" + op["bulkId"]
+            r["location"] = "https://scim.test/v2/Users/made-" + op["bulkId"]
         else:
-            r["location"] = "https://sp.test/v2" + op["path"]
+            r["location"] = "https://scim.test/v2" + op["path"]
         res.append(r)
     body = {"schemas": ["urn:ietf:params:scim:api:messages:2.0:BulkResponse"]}
     body["Operations"] = res[::-1]

@@ -173,7 +173,7 @@ def test_redteam21_a_recovered_write_names_the_id_its_answered_event_names() -> 
         ("http://[::1]:8080/v2", "http://[::1]:8080/v2/Users/u1", "u1"),
         ("http://sp:8080/v2", "http://sp:8081/v2/Users/u1", "-"),  # another port
         ("https://sp.example/v2", "http://sp.example:443/v2/Users/u1", "-"),  # not a default
-        ("http://sp/v2", "http://user@sp/v2/Users/u1", "-"),
+        ("http://sp/v2", "http://user@sp/v2/Users/u1", "u1"),  # userinfo is no server
         ("http://sp/v2", "http://evil.example/v2/Users/u1", "-"),
         ("http://sp/v2", "http://sp/v2/Users/u1#frag", "u1"),
         ("http://sp/v2", "/v2/Users/u1/", "u1"),
