@@ -41,6 +41,7 @@ from client.scim.actions import (
     RequestIntent,
     action,
     action_prefix,
+    as_bool,
     kept_digest,
     op_for_method,
     parse_request,
@@ -1196,9 +1197,11 @@ def _resulting_values(
     if rt != "User":
         return None
     out: dict[str, Any] = {}
-    active = get_ci(resp, "active")
-    if isinstance(active, bool):
-        out["active"] = active
+    if any(isinstance(k, str) and k.lower() == "active" for k in resp):
+        # read by the request's rule (as_bool: a boolean, or Entra's "True"/"False");
+        # any other value (null, "no", 0) is recorded as null: the answer holds no
+        # boolean, so whether the user is active is not known (faith22)
+        out["active"] = as_bool(get_ci(resp, "active"))
     for name in ("roles", "entitlements"):
         items = get_ci(resp, name)
         if isinstance(items, list) and len(items) <= 256:

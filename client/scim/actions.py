@@ -278,10 +278,14 @@ def jcs_digest(value: object) -> bytes:
 
 
 def as_bool(v: object) -> bool | None:
-    """SCIM booleans, tolerating the string forms some IdPs send ("True", "false")."""
+    """A SCIM boolean (RFC 7643 §2.3.2), or one of the text forms some IdPs send for it
+    (Entra ID's ``"True"``/``"False"``): exactly ``true`` or ``false`` in ASCII, in any
+    case, nothing around it. Anything else (``"no"``, ``"0"``, ``"FALSE "``, ``0``, null) is
+    None: not a boolean. The one rule for a request's ``active`` and for an SP's answer's
+    (``x.result.active``, client.adapters.exchange, tlog.scim.effects)."""
     if isinstance(v, bool):
         return v
-    if isinstance(v, str) and v.lower() in ("true", "false"):
+    if isinstance(v, str) and v.isascii() and v.lower() in ("true", "false"):
         return v.lower() == "true"
     return None
 

@@ -1242,8 +1242,10 @@ class _Run:
 
     def apply_result(self, result: Mapping[str, Any]) -> None:
         """The SP's answer is the truth about the resulting values (``x.result``)."""
-        if "active" in result and as_bool(result["active"]) is not None:
-            b = as_bool(result["active"])
+        b = as_bool(result.get("active"))
+        if "active" in result and b is None:
+            self._active_not_known()
+        elif b is not None:
             old = as_bool(self.state.get("active"))
             if b is False and old is not False and "deactivate" not in self.verbs:
                 self.verbs.add("deactivate")
@@ -1257,6 +1259,25 @@ class _Run:
         told = _told_manager(result)
         if told is not None:
             self.result_manager(told[0])
+
+    def _active_not_known(self) -> None:
+        """The SP's answer holds an ``active`` that is no boolean (``x.result.active``:
+        null, as the adapter records any value :func:`as_bool` does not read, or a value
+        not in the adapter's form): whether the user is active is not known. No activation
+        or deactivation is claimed (not the request's either: the SP may have stored
+        ``"no"`` and read it as it likes), the change of ``active`` is named without a
+        value it cannot have, and the state forgets it (faith22; before, the answer was
+        ignored and the request's reading stood). Where the state holds no ``active`` after
+        the request (it removed it, or the log did not know it) the answer contradicts
+        nothing known: the request's reading stands."""
+        if "active" not in self.state:
+            return
+        self.verbs -= {"activate", "deactivate"}
+        self.changes = [c for c in self.changes if c.get("attr") != "active"]
+        self.state.pop("active", None)
+        self.unset.discard("active")
+        self.changes.append({"attr": "active"})
+        self.verbs.add("update")
 
     def result_manager(self, pid: str | None) -> None:
         """The manager the SP's answer holds (``pid``: base64 of its pseudonym, as the

@@ -1,0 +1,109 @@
+"""faith22: what an SP's answer says, read faithfully (``x.result``).
+
+* ``active`` in the answer is read by the request's one rule (``as_bool``: a boolean, or
+  Entra's ``"True"``/``"False"``); any other value is recorded as null, and the log then
+  says whether the user is active is not known, claiming no (de)activation.
+* ``x.result.other``: an attribute absent from the answer is not named changed from that
+  absence alone, and one the SP stores with sub-attributes it derived is not named changed.
+
+Events as the adapter records them (``recorded.exchange_event``), judged by ``classify``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tlog.scim.effects import classify
+
+from .recorded import exchange_event
+
+USER = "urn:ietf:params:scim:schemas:core:2.0:User"
+PATCH_OP = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
+
+
+def _state(active: bool) -> dict[str, Any]:
+    body = {"schemas": [USER], "userName": "ann", "active": active}
+    _, state, _ = classify(None, exchange_event("POST", "/Users", body, 201, {**body, "id": "A"}))
+    assert state is not None and state["active"] is active
+    return state
+
+
+def _patch_active(value: Any, answer_active: Any) -> dict[str, Any]:
+    body = {"schemas": [PATCH_OP], "Operations": [{"op": "replace", "value": {"active": value}}]}
+    answer = {"schemas": [USER], "id": "A", "userName": "ann", "active": answer_active}
+    return exchange_event("PATCH", "/Users/A", body, 200, answer)
+
+
+def _acts(effect: dict[str, Any] | None) -> list[str]:
+    assert effect is not None
+    return [a["a"] for a in effect["acts"]]
+
+
+@pytest.mark.parametrize(
+    ("answer", "read"),
+    [("false", False), ("False", False), ("FALSE", False), ("true", True), ("True", True)],
+)
+def test_an_answers_string_active_is_read_by_the_requests_rule(answer: str, read: bool) -> None:
+    """The request side reads Entra's strings (as_bool); the answer side read only JSON
+    booleans and dropped the rest, while the log read the strings from x.result: two rules.
+    Now the adapter reads the answer by the request's rule and records the boolean."""
+    ev = _patch_active(not read, answer)
+    assert ev["x"]["result"]["active"] is read, ev["x"]
+    effect, state, _ = classify(_state(not read), ev)
+    assert state is not None and state["active"] is read
+    # the SP's answer wins over the request (as for a JSON boolean answer)
+    assert ("user.deactivate" if not read else "user.activate") in _acts(effect), effect
+
+
+HOSTILE = ["no", "0", "FALSE ", " true", "yes", "", 0, 1, None, [], {}, "fal\u017fe"]
+
+
+@pytest.mark.parametrize("answer", HOSTILE, ids=repr)
+@pytest.mark.parametrize("asked", [False, True])
+def test_an_answers_active_that_is_no_boolean_is_not_known(answer: Any, asked: bool) -> None:
+    """An answer whose ``active`` is no boolean by that rule is recorded as null, and the
+    log claims neither the request's (de)activation nor one read from the value: it names
+    ``active`` changed without a value and forgets it (before: the answer's value was
+    dropped and the request's reading stood, a deactivation the SP may not have made)."""
+    ev = _patch_active(asked, answer)
+    assert ev["x"]["result"]["active"] is None, ev["x"]
+    effect, state, _ = classify(_state(not asked), ev)
+    assert effect is not None and state is not None
+    assert _acts(effect) == ["user.update"], effect
+    assert effect["changes"] == [{"attr": "active"}], effect
+    assert "active" not in state
+
+
+@pytest.mark.parametrize("value", ["no", "0", "FALSE ", 0, "maybe"], ids=repr)
+def test_a_submitted_result_active_that_is_no_boolean_is_not_read(value: Any) -> None:
+    """The log reads x.result.active by the same rule: a submitter's ``"no"`` or ``0`` is
+    neither a deactivation nor an activation; ``active`` is not known."""
+    ev = _patch_active(False, False)
+    ev["x"]["result"]["active"] = value
+    effect, state, _ = classify(_state(True), ev)
+    assert effect is not None and state is not None
+    assert "user.deactivate" not in _acts(effect) and "user.activate" not in _acts(effect)
+    assert {"attr": "active"} in effect["changes"] and "active" not in state
+
+
+def test_an_answer_without_active_leaves_the_requests_reading() -> None:
+    """Holds: no ``active`` in the answer (an SP leaving it out, a trimmed answer) records
+    none, and the request's deactivation stands."""
+    body = {"schemas": [PATCH_OP], "Operations": [{"op": "replace", "value": {"active": False}}]}
+    ev = exchange_event("PATCH", "/Users/A", body, 200, {"schemas": [USER], "id": "A"})
+    assert "active" not in (ev.get("x") or {}).get("result", {})
+    effect, _, _ = classify(_state(True), ev)
+    assert "user.deactivate" in _acts(effect)
+
+
+def test_a_removal_answered_with_null_stands() -> None:
+    """Holds: a PATCH removing ``active`` answered with ``"active": null`` (unassigned) is
+    the removal it asked, named with its old value."""
+    body = {"schemas": [PATCH_OP], "Operations": [{"op": "remove", "path": "active"}]}
+    answer = {"schemas": [USER], "id": "A", "active": None}
+    ev = exchange_event("PATCH", "/Users/A", body, 200, answer)
+    effect, state, _ = classify(_state(True), ev)
+    assert effect is not None and state is not None and "active" not in state
+    assert effect["changes"] == [{"attr": "active", "old": "true", "new": "null"}], effect
