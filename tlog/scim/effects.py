@@ -294,6 +294,9 @@ class _Run:
         grant, revoke = _SETS[(self.prefix, key)]
         cur = set(self.state.get(key, ()))
         maybe = self.maybe.get(key)
+        # a set of a resource known, not known whole (forgotten, or a path-less write on it):
+        # an add of a value not known there may be of one held already (faith22)
+        unsure = self.known and key not in self.full and maybe is None
         if maybe is not None:
             # after a path-less write of this event on a set known whole: each value it may
             # have left is placed by this step, or stays maybe (pathless_set)
@@ -335,10 +338,45 @@ class _Run:
         if added:
             self.verbs.add(grant)
             self.changes.append({"attr": key, "added": sorted(added)})
+            if op == "add" and unsure:
+                self._not_known(key)  # named as asked, not known to be a grant (as members)
         if removed:
             self.verbs.add(revoke)
             self.changes.append({"attr": key, "removed": sorted(removed)})
         self.state[key] = sorted(new)
+
+    def result_set(self, key: str, held: list[str]) -> None:
+        """The roles or entitlements (``key``) the SP's answer holds (``x.result``), after the
+        request was judged. On a set known whole the answer is judged as a replace (what
+        differs named). On one not known whole, the answer says what is held now, not what
+        was before: it becomes the state (known whole from here), and of what this event
+        named as asked (an add or a remove of a value not known there), what the answer
+        contradicts is withdrawn (an asked value it lacks was not granted, one it holds was
+        not revoked); a value it holds that nobody asked for is named nothing (before
+        faith22: granted, although the subject may have held it all along), and an asked
+        value it holds keeps its mark: not known to be new."""
+        if key in self.full:
+            self.values(key, "replace", held, whole=True)
+            return
+        grant, revoke = _SETS[(self.prefix, key)]
+        now = set(held)
+        out: list[dict[str, Any]] = []
+        for c in self.changes:
+            if c.get("attr") == key and ("added" in c or "removed" in c):
+                side = "added" if "added" in c else "removed"
+                left = [v for v in c[side] if (v in now) == (side == "added")]
+                if not left:
+                    continue
+                c = {"attr": key, side: left}
+            out.append(c)
+        self.changes = out
+        for verb, side in ((grant, "added"), (revoke, "removed")):
+            if not any(c.get("attr") == key and side in c for c in out):
+                self.verbs.discard(verb)
+        if {"attr": key} in out:
+            self.verbs.add("update")  # the set was not known: no noop
+        self.state[key] = sorted(now)
+        self.full.add(key)
 
     def _cleared(
         self, attr: str, mods: Iterable[Mapping[str, Any]], items: list[Mapping[str, Any]]
@@ -1255,7 +1293,7 @@ class _Run:
         for key in ("roles", "entitlements"):
             held = _told_set(result, key)
             if held is not None and (self.prefix, key) in _SETS:
-                self.values(key, "replace", list(held), whole=True)
+                self.result_set(key, list(held))
         told = _told_manager(result)
         if told is not None:
             self.result_manager(told[0])
