@@ -507,3 +507,53 @@ def test_a_pathless_clear_in_a_split_request_with_a_part_missing_is_not_known() 
         parts, _ = members_model.split_parts(whole, [cut, cut + 1])
         state, _, _ = _judged(_group("u1", "u2"), [parts[0], parts[2]])
         assert "members" not in state["full"], cut
+
+
+def _merge(*rids: str) -> dict[str, Any]:
+    """A path-less replace with values (SCIMMY adds them, scim2-server replaces)."""
+    return {"op": "replace", "value": {"members": [{"value": r} for r in rids]}}
+
+
+SPLIT_CASES_22 = {
+    # a path-less replace with values, the members it may have left placed or not
+    "merge placed": [_merge("u3", "u4"), _rm("u1"), _add("u2")],
+    "merge not placed": [_merge("u3", "u4"), _rm("u1")],
+    "merge after an add": [_add("u4"), _merge("u3"), _rm("u1"), _rm("u2"), _rm("u4")],
+    # a numbered path-less clear (after other member operations), placed or not
+    "numbered clear placed": [_add("u3"), PATHLESS, _rm("u1"), _add("u2"), _rm("u3")],
+    "numbered clear not placed": [_add("u3"), PATHLESS, _rm("u1")],
+    "numbered clear after a remove": [_rm("u1"), PATHLESS, _add("u2"), _add("u4")],
+}
+
+
+@pytest.mark.parametrize("name", sorted(SPLIT_CASES_22))
+def test_a_split_pathless_replace_or_numbered_clear_is_judged_as_in_one_part(name: str) -> None:
+    """faith22: a path-less replace with values, and a path-less clear after other member
+    operations (numbered), in a request cut into linked parts arriving in order, are judged
+    as in one event (the members they may have left carried from part to part and placed by
+    the later steps); before, the whole request's members were not known whatever the later
+    parts placed. Every cut in one place and in two."""
+    whole = group_event("patch", _patch(*SPLIT_CASES_22[name]), "big")
+    one, one_named, one_unknown = _judged(_group("u1", "u2"), [whole])
+    assert ("members" in one["full"]) == ("not placed" not in name), (one, name)
+    n = len(members_model.split_items(whole))
+    cuts = [[c] for c in range(1, n)] + [[a, b] for a in range(1, n) for b in range(a + 1, n)]
+    for cut in cuts:
+        parts, _ = members_model.split_parts(whole, cut)
+        state, named, unknown = _judged(_group("u1", "u2"), parts)
+        assert state["members"] == one["members"], (cut, state, one)
+        assert ("members" in state["full"]) == ("members" in one["full"]), (cut, state)
+        assert named == one_named and unknown == one_unknown, (cut, named, one_named)
+        for key in ("maybe_req", "maybe_members", "merging", "cleared", "touched"):
+            assert key not in state, (cut, state)
+
+
+@pytest.mark.parametrize("name", sorted(SPLIT_CASES_22))
+def test_those_split_requests_with_a_part_missing_are_not_known(name: str) -> None:
+    """Holds: a part that never came leaves the members not known."""
+    whole = group_event("patch", _patch(*SPLIT_CASES_22[name]), "big")
+    n = len(members_model.split_items(whole))
+    for cut in range(1, n - 1):
+        parts, _ = members_model.split_parts(whole, [cut, cut + 1])
+        state, _, _ = _judged(_group("u1", "u2"), [parts[0], parts[2]])
+        assert "members" not in state["full"], cut

@@ -636,11 +636,13 @@ class _Run:
             if self._manager_left_cleared(own):
                 return False  # not known (_cleared)
         elif (attr == "manager" or x.get("parts", 1) > 1) and any(
-            m.get("form") == "value" for m in nulls
+            m.get("form") == "value" and (attr == "manager" or "i" not in m) for m in nulls
         ):
-            return False  # a path-less clear (in a split request): not known (_cleared)
+            return False  # a path-less clear (in a split request, unnumbered): _cleared
         if x.get("parts", 1) > 1:
-            return self._numbered_part(attr, clears, items, x.get("part", 0), x["parts"])
+            return self._numbered_part(
+                attr, clears, pathless, items, x.get("part", 0), x["parts"]
+            )
         if not clears and not any("i" in r for r in items):
             return False
         # each clear in its place; a path-less one leaves what some SPs keep (references)
@@ -648,7 +650,13 @@ class _Run:
         return True
 
     def _numbered_part(
-        self, attr: str, clears: list[int], items: list[Mapping[str, Any]], part: int, parts: int
+        self,
+        attr: str,
+        clears: list[int],
+        pathless: list[int],
+        items: list[Mapping[str, Any]],
+        part: int,
+        parts: int,
     ) -> bool:
         """Part ``part`` of ``parts`` of a request split into linked events
         (client.adapters.exchange: its ``patch``, ``mods`` and ``refs`` items in that order,
@@ -657,13 +665,28 @@ class _Run:
         empties the set in its place among this part's references, as in a whole request,
         and is remembered (``cleared``, ``cleared_<attr>``) for the later parts. There, a
         reference numbered below it was asked before it, and the clear undid it: it changed
-        nothing (a ``noop``), and the set stays known. Returns whether it judged them."""
+        nothing (a ``noop``), and the set stays known. A numbered *path-less* clear of the
+        members (``pathless``: SCIMMY keeps them, scim2-server clears them) is not applied
+        ahead of the references numbered below it: it waits (``pclear``, ``pclear_i``) for
+        its place among the references of this part or a later one (the first numbered
+        above it), or the request's last part, and is then judged as in one event: the
+        members it may have left carried on (``maybe_members``) for the later steps to place
+        (faith22; before, the whole request's members were not known). Returns whether it
+        judged them."""
         req = self.ev["corr"]["req"]
         key = f"cleared_{attr}"
         spent: int | None = None
         if part > 0 and self.state.get("cleared") == req and key in self.state:
             spent = self.state[key]
-        if not clears and spent is None and not any("i" in r for r in items):
+        waiting: list[int] = []
+        if attr == "members":
+            if part > 0 and self.state.get("pclear") == req:
+                waiting = list(self.state.get("pclear_i", ()))
+            self.state.pop("pclear", None)
+            self.state.pop("pclear_i", None)
+            waiting += pathless
+            clears = [c for c in clears if c not in pathless]
+        if not clears and spent is None and not waiting and not any("i" in r for r in items):
             return False
         if spent is not None:
             gone: dict[str, int] = {}
@@ -677,7 +700,18 @@ class _Run:
             for op, n in gone.items():
                 self.noop.append({"attr": attr, "op": op, "n": n})
             items = kept
-        self.references(attr, items, whole=False, clears=clears)  # each numbered run its own
+        # each numbered run its own; a path-less clear not yet at its place waits
+        left = self.references(
+            attr,
+            items,
+            whole=False,
+            clears=[*clears, *waiting],
+            pathless=waiting,
+            defer=part < parts - 1,
+        )
+        if left:
+            self.state["pclear"] = req
+            self.state["pclear_i"] = left
         if part >= parts - 1:
             self.state.pop(key, None)
             if not any(k.startswith("cleared_") for k in self.state):
@@ -696,11 +730,14 @@ class _Run:
         clears: Iterable[int] = (),
         pathless: Iterable[int] = (),
         lead: bool = False,
-    ) -> None:
+        defer: bool = False,
+    ) -> list[int]:
         """Members (sets of pids) and manager (one pid), from the event's refs; ``clears``:
         the operation numbers (``i``) of numbered clears, applied in their place; of them,
         ``pathless``: the path-less ones (``{"members": []}``, :meth:`_members_runs`);
-        ``lead``: a path-less clear comes first, before every reference."""
+        ``lead``: a path-less clear comes first, before every reference; ``defer``: a
+        path-less clear numbered above every reference here is not applied but returned
+        (a later part of a split request may hold references asked before it)."""
         pending = sorted(clears)
         if attr == "manager":
             for r in [*items, None]:
@@ -729,7 +766,7 @@ class _Run:
                 self.state["manager"] = pid
                 self.state.pop("manager_unknown", None)
                 self.verbs.add("update")
-            return
+            return []
         cur = set(self.state.get("members", ()))
         full = "members" in self.full
         # The operations in the order asked, as runs of one op: an SP applies a PATCH's
@@ -753,10 +790,12 @@ class _Run:
             else:
                 runs.append((op, [pid]))
                 run_i.append(i)
-        for i in pending:
-            runs.append(("clear", []))
-            run_i.append(i)
         skipped = set(pathless)
+        deferred = [i for i in pending if defer and i in skipped]
+        for i in pending:
+            if i not in deferred:
+                runs.append(("clear", []))
+                run_i.append(i)
         runs = [("pclear", []) if r == ("clear", []) and i in skipped else r
                 for r, i in zip(runs, run_i, strict=True)]  # fmt: skip
         if lead:
@@ -781,6 +820,17 @@ class _Run:
             maybe = set(self.state.pop("maybe_members", ()))
             del self.state["maybe_req"]
         merge = self._pathless_replace(attr) or (parts > 1 and self.state.get("merging") == req)
+        # A split request's path-less replace with values is judged step by step as in one
+        # event when it is the request's one replace (nothing numbered: its references are
+        # one run, continued from part to part); two or more replaces cannot be told apart
+        # across the parts: not known (faith22).
+        exact_merge = merge and (
+            parts <= 1
+            or not (
+                any("i" in r for r in items)
+                or any("i" in m for m in self.ev.get("mods", ()))
+            )
+        )
         for n, (op, pids) in enumerate(runs):
             asked = set(pids)
             # Where the set is not known whole (and the resource is), a step the state cannot
@@ -801,9 +851,16 @@ class _Run:
                 # each asked ends a member on every SP; the others may stay (SCIMMY). In a
                 # split request (its parts' references cannot be placed): not known.
                 added = asked - cur - maybe
-                if full and parts <= 1:
-                    maybe = (maybe | cur) - asked
-                    cur = set(asked)
+                if full and exact_merge:
+                    if parts > 1 and self.state.get("merged") == req:
+                        # the same replace's references, continued from an earlier part
+                        maybe -= asked
+                        cur |= asked
+                    else:
+                        maybe = (maybe | cur) - asked
+                        cur = set(asked)
+                    if parts > 1:
+                        self.state["merged"] = req
                 else:
                     self._not_known("members")  # the rest was not known and still is not
                     cur |= asked
@@ -878,15 +935,17 @@ class _Run:
                 cur -= asked
                 maybe -= asked
                 self._members(set(), removed, rts)
-        if maybe and parts > 1 and part < parts - 1 and not merge:
+        if maybe and parts > 1 and part < parts - 1 and (not merge or exact_merge):
             # a split request's later parts may still place them (faith20): carried to the
             # next part, in order (a part missing is a gap: everything forgotten there)
             self.state["maybe_members"] = sorted(maybe)
             self.state["maybe_req"] = req
-        elif maybe or (merge and parts > 1):  # kept by some SPs, not by others: not known
+        elif maybe or (merge and parts > 1 and not exact_merge):
+            # kept by some SPs, not by others: not known
             self.full.discard("members")
             self._not_known("members")
         self.state["members"] = sorted(cur)
+        return deferred
 
     def _pathless_replace(self, attr: str) -> bool:
         """Whether this event replaces ``attr`` with values by the path-less form
@@ -1104,6 +1163,7 @@ class _Run:
                 self.state.pop("forgot", None)
         if part >= parts - 1:
             self.state.pop("merging", None)  # the split request's last part: judged
+            self.state.pop("merged", None)
         if "split_lost" in self.state and self.state["split_lost"] == req:
             # A part of this request is missing: whatever its references did, a replace of
             # the members or a clear may run over the parts, so the set stays not known.
@@ -1650,6 +1710,9 @@ _MARK_KEYS = (
     "manager_unknown",
     "maybe_members",
     "maybe_req",
+    "pclear",
+    "pclear_i",
+    "merged",
     *_TOUCHED_KEYS,
 )
 
