@@ -107,3 +107,58 @@ def test_a_removal_answered_with_null_stands() -> None:
     effect, state, _ = classify(_state(True), ev)
     assert effect is not None and state is not None and "active" not in state
     assert effect["changes"] == [{"attr": "active", "old": "true", "new": "null"}], effect
+
+
+# --- x.result.other: what the SP derived, and what it never returns ---------------------------
+
+NAME = {"givenName": "Ann", "familyName": "Lee"}
+DERIVED = {**NAME, "formatted": "Ann Lee"}  # what an SP adds to the name it was sent
+
+
+def _put(answer: dict[str, Any] | None, **attrs: Any) -> dict[str, Any]:
+    body = {"schemas": [USER], "userName": "ann", "active": True, **attrs}
+    full = None if answer is None else {**body, "id": "A", **answer}
+    return exchange_event("PUT", "/Users/A", body, 200 if answer is not None else 204, full)
+
+
+def _named_other(effect: dict[str, Any] | None) -> set[str]:
+    assert effect is not None
+    return {c["attr"] for c in effect.get("changes", ()) if c["attr"] not in ("active",)}
+
+
+def test_a_name_the_sp_stored_with_a_derived_part_is_no_change() -> None:
+    """The SP stores ``name`` with a ``formatted`` it derived. Before, the PUT leaving the
+    name out (the SP keeping it) named it changed (its digest is not the request's), and
+    a later PUT restating the same name was an update; now the state takes the answer's
+    digest of a name a PUT states, and either digest stands for it."""
+    state = classify(None, exchange_event("POST", "/Users", {"userName": "ann"}, 201, None))[1]
+    effect, state, _ = classify(state, _put({"name": DERIVED}, name=NAME))
+    assert _acts(effect) == ["user.update"], effect  # the name set: a real change
+    effect, state, _ = classify(state, _put({"name": DERIVED}))  # left out, kept
+    assert "name" not in _named_other(effect) and _acts(effect) == ["user.noop"], effect
+    effect, state, _ = classify(state, _put({"name": DERIVED}, name=NAME))  # restated
+    assert _acts(effect) == ["user.noop"], effect
+    # a real change is named: another name asked and stored
+    other = {"givenName": "Bo", "familyName": "Lee"}
+    effect, state, _ = classify(state, _put({"name": {**other, "formatted": "Bo Lee"}}, name=other))
+    assert _acts(effect) == ["user.update"], effect
+    # and one the SP stored otherwise than asked, left out next, named changed from there
+    effect, _, _ = classify(state, _put({"name": {"givenName": "Cy", "formatted": "Cy"}}))
+    assert "name" in _named_other(effect), effect
+
+
+def test_an_attribute_the_sp_never_returns_is_not_known_when_left_out() -> None:
+    """The log cannot know: an attribute absent from a PUT's answer was either cleared (a
+    replacing SP: RFC 7644 §3.5.1) or kept and never shown (an SP that does not return
+    it), and the two answers are the same. The effect names it without a value (the form
+    of "not known" throughout: ``{"attr": "nickname"}``), the state forgets it (nothing
+    later judged against it, no ``noop``), and it is never named from the answer's absence
+    while the PUT states it: restating it with the answer again without it is no change."""
+    state = classify(None, exchange_event("POST", "/Users", {"userName": "ann"}, 201, None))[1]
+    effect, state, _ = classify(state, _put({}, nickName="A"))
+    assert _acts(effect) == ["user.update"] and state is not None
+    effect, state2, _ = classify(state, _put({}, nickName="A"))  # stated, never shown
+    assert _acts(effect) == ["user.noop"], effect
+    effect, state2, _ = classify(state2, _put({}))  # left out, still not shown
+    assert effect is not None and {"attr": "nickname"} in effect["changes"], effect
+    assert _acts(effect) == ["user.update"] and "nickname" not in state2["other"]

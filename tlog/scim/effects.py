@@ -1330,6 +1330,19 @@ class _Run:
         if mop != "remove" and top and value is not None:
             raw = value.encode() if isinstance(value, str) else bytes(value)
             h = hashlib.sha256(raw).hexdigest()[:32]
+            shown = self._shown_other(key)
+            if shown is not None:
+                # a PUT's answer shows what the SP stored (x.result.other): the truth from
+                # here, and the PUT changed nothing where the state holds what was asked or
+                # what the SP shows (a name it stored with a "formatted" it derived: before
+                # faith22, a PUT restating that name was named an update)
+                old = others.get(key)
+                others[key] = shown
+                self.state["other"] = others
+                if old is not None and old in (h, shown):
+                    return
+                self.verbs.add("update")
+                return
             if others.get(key) == h:
                 return
             others[key] = h
@@ -1337,6 +1350,15 @@ class _Run:
             others.pop(key, None)
         self.verbs.add("update")
         self.state["other"] = others
+
+    def _shown_other(self, key: str) -> str | None:
+        """The digest of ``key`` a PUT's answer shows (``x.result.other``), or None: not a
+        PUT, no such answer, or the attribute absent from it (an SP that never returns it:
+        its absence says nothing, the request is judged as without an answer)."""
+        if self.ev["op"] != "replace":
+            return None
+        told = _told_other(self.ev.get("x", {}).get("result"))
+        return None if told is None else told.get(key)
 
     def apply_result(self, result: Mapping[str, Any]) -> None:
         """The SP's answer is the truth about the resulting values (``x.result``)."""
