@@ -640,9 +640,7 @@ class _Run:
         ):
             return False  # a path-less clear (in a split request, unnumbered): _cleared
         if x.get("parts", 1) > 1:
-            return self._numbered_part(
-                attr, clears, pathless, items, x.get("part", 0), x["parts"]
-            )
+            return self._numbered_part(attr, clears, pathless, items, x.get("part", 0), x["parts"])
         if not clears and not any("i" in r for r in items):
             return False
         # each clear in its place; a path-less one leaves what some SPs keep (references)
@@ -826,10 +824,7 @@ class _Run:
         # across the parts: not known (faith22).
         exact_merge = merge and (
             parts <= 1
-            or not (
-                any("i" in r for r in items)
-                or any("i" in m for m in self.ev.get("mods", ()))
-            )
+            or not (any("i" in r for r in items) or any("i" in m for m in self.ev.get("mods", ())))
         )
         for n, (op, pids) in enumerate(runs):
             asked = set(pids)
