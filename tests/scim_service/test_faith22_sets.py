@@ -89,3 +89,21 @@ def test_an_answer_on_a_set_not_known_names_no_grant_nobody_asked(key: str) -> N
     effect, state = judge(_forgotten(key), ev)
     assert not [c for c in effect.get("changes", ()) if c.get("attr") == key], effect
     assert state[key] == ["a", "z"] and key in state["full"]
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_a_remove_from_a_set_not_known_says_it_may_be_no_revocation(key: str) -> None:
+    """As for members: a remove of a value the log does not know to be held is named as
+    asked and says the set is not known (it may not have been held); one the state knows
+    to be held (added since, in a set still not known whole) is a revocation alone."""
+    body = {
+        "schemas": [PATCH_OP],
+        "Operations": [{"op": "remove", "path": f'{key}[value eq "a"]'}],
+    }
+    effect, _ = judge(_forgotten(key), user_event("patch", body, "r"))
+    assert {"attr": key, "removed": ["a"]} in effect["changes"], effect
+    assert {"attr": key} in effect["changes"], effect
+    _, state = judge(_forgotten(key), _add(key, "b"))
+    body["Operations"][0]["path"] = f'{key}[value eq "b"]'
+    effect, _ = judge(state, user_event("patch", body, "r"))
+    assert effect["changes"] == [{"attr": key, "removed": ["b"]}], effect

@@ -343,6 +343,8 @@ class _Run:
         if removed:
             self.verbs.add(revoke)
             self.changes.append({"attr": key, "removed": sorted(removed)})
+            if op == "remove" and unsure and removed - cur:
+                self._not_known(key)  # named as asked, not known to have been held
         self.state[key] = sorted(new)
 
     def result_set(self, key: str, held: list[str]) -> None:
