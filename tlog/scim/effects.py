@@ -846,7 +846,8 @@ class _Run:
                 continue
             if op == "replace" and merge and (parts > 1 or self._pathless_op(run_i[n])):
                 # each asked ends a member on every SP; the others may stay (SCIMMY). In a
-                # split request (its parts' references cannot be placed): not known.
+                # split request with more than one replace (which one a reference belongs
+                # to cannot be told across the parts): not known.
                 added = asked - cur - maybe
                 if full and exact_merge:
                     if parts > 1 and self.state.get("merged") == req:
