@@ -1355,8 +1355,9 @@ class _Run:
         its absence says nothing, the request is judged as without an answer)."""
         if self.ev["op"] != "replace":
             return None
-        told = _told_other(self.ev.get("x", {}).get("result"))
-        return None if told is None else told.get(key)
+        if not hasattr(self, "_told"):  # read once per event, not once per attribute
+            self._told = _told_other(self.ev.get("x", {}).get("result"))
+        return None if self._told is None else self._told.get(key)
 
     def apply_result(self, result: Mapping[str, Any]) -> None:
         """The SP's answer is the truth about the resulting values (``x.result``)."""
