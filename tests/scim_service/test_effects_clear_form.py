@@ -523,6 +523,12 @@ SPLIT_CASES_22 = {
     "numbered clear placed": [_add("u3"), PATHLESS, _rm("u1"), _add("u2"), _rm("u3")],
     "numbered clear not placed": [_add("u3"), PATHLESS, _rm("u1")],
     "numbered clear after a remove": [_rm("u1"), PATHLESS, _add("u2"), _add("u4")],
+    # a replace by its path whose references end where a part ends (found by the random
+    # cuts below: the members it replaced were named removed nowhere)
+    "path replace then an add": [
+        {"op": "replace", "path": "members", "value": [{"value": "u3"}]},
+        _add("u4"),
+    ],
 }
 
 
@@ -557,3 +563,41 @@ def test_those_split_requests_with_a_part_missing_are_not_known(name: str) -> No
         parts, _ = members_model.split_parts(whole, [cut, cut + 1])
         state, _, _ = _judged(_group("u1", "u2"), [parts[0], parts[2]])
         assert "members" not in state["full"], cut
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    start=st.sets(st.sampled_from(members_model.POOL)),
+    ops=FORM_OPS,
+    cuts=st.lists(st.integers(1, 20), max_size=3),
+)
+def test_a_split_request_of_any_forms_is_faithful_to_both_sps(
+    start: set[str], ops: list[tuple[str, list[str]]], cuts: list[int]
+) -> None:
+    """faith22: any request of path and path-less member operations, cut into linked parts
+    anywhere and judged part by part, is faithful to both SPs (every named step, over all
+    its parts), and a set the state says known whole after its last part is what both
+    hold; and no mark of the request is left behind. Where the whole request leaves the set
+    known whole, so do its parts (before faith22 a path-less replace with values, or a
+    path-less clear after other member operations, left it not known in any cut), except
+    a request with two or more replaces, one path-less: which one a reference belongs to
+    cannot be told across the parts."""
+    whole = group_event("patch", _patch(*(_form_op(*o) for o in ops)), "r")
+    one = judge(_group(*sorted(start)), whole)[1]
+    parts, _ = members_model.split_parts(whole, cuts)
+    state = _group(*sorted(start))
+    effect: dict[str, Any] = {"refs": [], "changes": []}
+    for ev in parts:
+        got, state = judge(state, ev)
+        effect["refs"] += got.get("refs", [])
+        effect["changes"] += got.get("changes", [])
+    for merges in (False, True):
+        after = _sp(start, ops, merges=merges)
+        assert _faithful(effect, start, after) == [], (merges, effect)
+        if "members" in state["full"]:
+            assert state["members"] == members_model.members(after), merges
+    for key in ("maybe_req", "maybe_members", "merging", "merged", "merge_n", "pclear", "cleared"):
+        assert key not in state, state
+    replaces = [o for o, _ in ops if o in ("replace", "preplace")]
+    if "members" in one["full"] and not (len(replaces) > 1 and "preplace" in replaces):
+        assert "members" in state["full"], (ops, [p.get("x") for p in parts])

@@ -819,15 +819,22 @@ class _Run:
             # an earlier part's path-less clear: the members it may have left (faith20)
             maybe = set(self.state.pop("maybe_members", ()))
             del self.state["maybe_req"]
+        if (
+            parts > 1
+            and part > 0
+            and self.state.get("replacing") == req
+            and not (
+                runs and runs[0][0] == "replace" and self.state.get("replacing_i") == run_i[0]
+            )
+        ):
+            cur = self._end_replace(cur, rts)  # it ended with the part before
         merge = self._pathless_replace(attr) or (parts > 1 and self.state.get("merging") == req)
         # A split request's path-less replace with values is judged step by step as in one
-        # event when it is the request's one replace (nothing numbered: its references are
-        # one run, continued from part to part); two or more replaces cannot be told apart
+        # event when it is the request's one replace of the members with values (its
+        # references one run, continued from part to part; every mods entry comes before
+        # every reference, so the count is whole by then); two or more cannot be told apart
         # across the parts: not known (faith22).
-        exact_merge = merge and (
-            parts <= 1
-            or not (any("i" in r for r in items) or any("i" in m for m in self.ev.get("mods", ())))
-        )
+        exact_merge = merge and (parts <= 1 or self.state.get("merge_n", 0) <= 1)
         for n, (op, pids) in enumerate(runs):
             asked = set(pids)
             # Where the set is not known whole (and the resource is), a step the state cannot
@@ -945,6 +952,19 @@ class _Run:
         self.state["members"] = sorted(cur)
         return deferred
 
+    def _end_replace(self, cur: set[str], rts: Mapping[str, str]) -> set[str]:
+        """A split request's replace of the members whose references ended with an earlier
+        part (``replacing``): the members it replaced and did not state are named removed
+        now (``replace_prev`` less the members known), as the replace's last part would
+        have named them had another step followed it there (before faith22 they were named
+        nowhere when the next part began with another operation, or had none of the
+        members: found by the random cuts of test_effects_clear_form.py). Returns ``cur``."""
+        base = set(self.state.pop("replace_prev", ()))
+        self.state.pop("replacing", None)
+        self.state.pop("replacing_i", None)
+        self._members((), base - cur, rts)
+        return cur
+
     def _pathless_replace(self, attr: str) -> bool:
         """Whether this event replaces ``attr`` with values by the path-less form
         (``{"members": [...]}``, ``mods[].form``): SCIMMY adds them to the members it has,
@@ -964,6 +984,17 @@ class _Run:
         replace of it exact (references)."""
         if self.state.get("merging") not in (None, req) or part == 0:
             self.state.pop("merging", None)
+        if part == 0:
+            self.state.pop("merge_n", None)
+        n = sum(
+            1
+            for m in self.ev.get("mods", ())
+            if m.get("op") == "replace"
+            and m.get("new") != "null"
+            and _attr_kind(self.prefix, m["attr"])[0] == "members"
+        )
+        if n:  # the replaces of the members with values so far (exact_merge, references)
+            self.state["merge_n"] = self.state.get("merge_n", 0) + n
         if self._pathless_replace("members"):
             self.state["merging"] = req
 
@@ -1159,9 +1190,14 @@ class _Run:
             self._forget_manager()
             if part >= parts - 1:
                 self.state.pop("forgot", None)
+        if part >= parts - 1 and self.state.get("replacing") == req:
+            # a replace whose references ended with the part before, and none of this
+            # part's references on the members to end it (references)
+            self._end_replace(set(self.state.get("members", ())), {})
         if part >= parts - 1:
             self.state.pop("merging", None)  # the split request's last part: judged
             self.state.pop("merged", None)
+            self.state.pop("merge_n", None)
         if "split_lost" in self.state and self.state["split_lost"] == req:
             # A part of this request is missing: whatever its references did, a replace of
             # the members or a clear may run over the parts, so the set stays not known.
@@ -1734,6 +1770,7 @@ _MARK_KEYS = (
     "pclear",
     "pclear_i",
     "merged",
+    "merge_n",
     *_TOUCHED_KEYS,
 )
 
