@@ -823,9 +823,7 @@ class _Run:
             parts > 1
             and part > 0
             and self.state.get("replacing") == req
-            and not (
-                runs and runs[0][0] == "replace" and self.state.get("replacing_i") == run_i[0]
-            )
+            and not (runs and runs[0][0] == "replace" and self.state.get("replacing_i") == run_i[0])
         ):
             cur = self._end_replace(cur, rts)  # it ended with the part before
         merge = self._pathless_replace(attr) or (parts > 1 and self.state.get("merging") == req)
