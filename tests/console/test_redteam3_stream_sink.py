@@ -67,8 +67,15 @@ class RawReceiver:
 
     def close(self) -> None:
         self.stop.set()
+        # close() alone does not wake a thread blocked in accept() on Linux: the join then
+        # waited out its 10 s bound after every test. shutdown() makes accept() fail now.
+        try:
+            self.srv.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self.srv.close()
         self.t.join(10)
+        assert not self.t.is_alive(), "the receiver's thread did not end"
 
 
 @pytest.fixture
