@@ -198,6 +198,7 @@ def test_recovery_at_start_queues_each_unanswered_intent_once(tmp_path: Path) ->
             rows = ob._read("SELECT req, body FROM events")
             assert [r[0] for r in rows] == ["gone"]
             assert json.loads(rows[0][1])["outcome"] == "warning"
+            mw.close()  # its intent-recovery thread (threadwatch waited for it up to 5 s)
         finally:
             ob.close()
 
@@ -275,6 +276,7 @@ def test_a_journal_that_cannot_be_written_refuses_before_forwarding(tmp_path: Pa
         filler.unlink()
         assert delete("u2") == 204
         assert calls == ["/Users/u2"]
+        mw.close()  # its intent-recovery thread (threadwatch waited for it up to 5 s)
         ob.close()
     finally:
         with contextlib.suppress(StopIteration):

@@ -46,6 +46,7 @@ def _killed_after_commit(path: Path, monkeypatch: pytest.MonkeyPatch, req: str) 
     assert ob.counts()["pending"] == 1
     assert mw._journal is not None
     _die(mw._journal)
+    mw.close()  # a killed adapter's intent-recovery thread is gone too (own=False: only that)
     ob._journal = None
     ob.close()
 
