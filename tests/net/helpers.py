@@ -63,6 +63,8 @@ def serving(one: Callable[[socket.socket, threading.Event], None]) -> Iterator[s
                 conn, _ = srv.accept()
             except TimeoutError:
                 continue
+            except OSError:  # shut down at the end: no more connections
+                return
             threading.Thread(target=one, args=(conn, stop), daemon=True).start()
 
     t = threading.Thread(target=accept, daemon=True)
@@ -71,6 +73,12 @@ def serving(one: Callable[[socket.socket, threading.Event], None]) -> Iterator[s
         yield f"http://127.0.0.1:{srv.getsockname()[1]}"
     finally:
         stop.set()
+        # Wake the accept() now rather than at its next 0.1 s timeout: a hypothesis test
+        # (test_lean_post.py) opens one server per example.
+        try:
+            srv.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         t.join(5)
         srv.close()
 
