@@ -353,10 +353,15 @@ def test_malformed_paths_are_4xx(env: Env, path: str) -> None:
 # -- a real server: slow and idle clients ---------------------------------------------------
 
 
-@pytest.fixture
-def guarded(tmp_path: Path, database: str | None) -> Iterator[ServerProcess]:
+@pytest.fixture(scope="module")
+def guarded(
+    tmp_path_factory: pytest.TempPathFactory, module_database: str | None
+) -> Iterator[ServerProcess]:
+    """One guarded server per backend for the module's slow-client tests (a server start
+    was most of each test's time): each test opens and closes its own connection, and none
+    stores an entry (test_slow_body_is_cut asserts the tree is still empty)."""
     srv = start_server(
-        tmp_path / "data",
+        tmp_path_factory.mktemp("guarded") / "data",
         None,
         "--header-timeout",
         "1",
@@ -364,7 +369,7 @@ def guarded(tmp_path: Path, database: str | None) -> Iterator[ServerProcess]:
         "1",
         "--max-connections",
         "60",
-        database=database,
+        database=module_database,
     )
     try:
         yield srv
