@@ -30,7 +30,14 @@ from tlog.app import route_operations
 from tlog.openapi import openapi
 from tlog.server import build_app
 
-from ..support import ROOT, ServerProcess, serve_config, start_server, store_args, tlog_cli
+from ..support import (
+    ROOT,
+    ServerProcess,
+    serve_config,
+    start_server,
+    store_args,
+    tlog_in_process,
+)
 from .conftest import make_signer
 
 MAX_EXAMPLES = 20
@@ -99,19 +106,14 @@ schemathesis.serializer.alias("application/cbor", "application/octet-stream")
 
 
 def _token(data: Path, database: str | None, role: str, *extra: str) -> str:
-    out = tlog_cli(
-        "token",
-        "create",
-        "--data",
-        str(data),
-        *store_args(database),
-        "--role",
-        role,
-        *extra,
-        timeout=60,
-        check=True,
-    ).stdout
-    return out.split()[0]
+    # In process (tlog_in_process): a new interpreter per token was most of the fixture's
+    # start-up on a loaded machine; the server process holds the store meanwhile, as with
+    # a subprocess.
+    made = tlog_in_process(
+        "token", "create", "--data", str(data), *store_args(database), "--role", role, *extra
+    )
+    assert made.returncode == 0, made.stderr
+    return made.stdout.split()[0]
 
 
 class Fuzzed:
