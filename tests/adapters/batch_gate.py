@@ -89,7 +89,7 @@ def gate_before(log_url: str) -> Iterator[Gate]:
     gate = Gate(log_url)
     client = httpx.Client(timeout=60)
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(gate, client))
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     t.start()
     gate.url = f"http://127.0.0.1:{srv.server_address[1]}"
     try:

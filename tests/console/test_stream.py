@@ -57,7 +57,9 @@ class Receiver:
 
         self.srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.srv.server_address[1]}"
-        self.t = threading.Thread(target=self.srv.serve_forever, daemon=True)
+        self.t = threading.Thread(
+            target=self.srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self.t.start()
 
     def close(self) -> None:

@@ -177,7 +177,7 @@ def http_mirror(tmp_path: Path) -> Iterator[tuple[Path, str]]:
 
     handler = functools.partial(Quiet, directory=str(root))
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     t.start()
     yield root, f"http://127.0.0.1:{srv.server_address[1]}"
     srv.shutdown()

@@ -83,7 +83,7 @@ class _ListHandler(BaseHTTPRequestHandler):
 def list_server() -> Iterator[tuple[str, type[_ListHandler]]]:
     handler = type("H", (_ListHandler,), {})
     srv = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     t.start()
     try:
         yield f"http://127.0.0.1:{srv.server_address[1]}/logs.txt", handler

@@ -136,7 +136,9 @@ class Server:
             self.srv.socket = ctx.wrap_socket(self.srv.socket, server_side=True)
         scheme = "https" if ctx is not None else "http"
         self.base = f"{scheme}://{host}:{self.srv.server_address[1]}"
-        self.thread = threading.Thread(target=self.srv.serve_forever, daemon=True)
+        self.thread = threading.Thread(
+            target=self.srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self.thread.start()
 
     def redirect(self, path: str, to: str) -> str:
