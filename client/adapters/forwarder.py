@@ -322,7 +322,7 @@ class Forwarder:
     keep one cookie jar for all the proxy's users (replaying one caller's ``Set-Cookie`` on
     another's requests), may add default headers or decompress, and costs CPU per request
     that a proxy sharing a machine with its SP takes from the SP (measured,
-    ``bench/scim_proxy.py`` and docs/performance.md: h11 on asyncio streams, aiohttp's
+    ``bench/scim_proxy.py`` and docs/performance-history.md: h11 on asyncio streams, aiohttp's
     client and this). A request on a reused idle connection that the upstream closed before
     answering a single byte is retried once on a new connection (the request never reached
     the SP); nothing else is retried.

@@ -3,7 +3,7 @@
 httpx (with httpcore and h11 under it) costs about 0.9-2 ms of CPU a request, most of it in
 its general machinery (the client's auth, redirect and cookie steps, h11's event parsing);
 the standard library's :mod:`http.client` does the same exchange in about a fifth of that
-(docs/performance.md, "Proxy CPU, proxy13 round"). :class:`LeanPoster` answers as
+(docs/performance-history.md, "Proxy CPU, proxy13 round"). :class:`LeanPoster` answers as
 :meth:`client.net.core.HTTPCore.send` does, with the same bounds:
 
 * every socket operation (connect, TLS handshake, each send and read, the head's included)

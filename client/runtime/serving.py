@@ -683,7 +683,7 @@ def run_hardened(
     Once started, what start-up built (modules, uvicorn, the app, the store's handles) lives
     as long as the process: it is collected once and moved out of the garbage collector's
     reach (``gc.freeze``), so the full collections of a busy server stop walking those tens
-    of thousands of objects every time (docs/performance.md, ``batch5`` and ``proxy5``
+    of thousands of objects every time (docs/performance-history.md, ``batch5`` and ``proxy5``
     rounds). Everything created later is collected as before.
     """
     config = hardened_config(app, host, port, limits, **kwargs)

@@ -272,8 +272,9 @@ def new_kid(now_ms: int, rand: Callable[[int], bytes]) -> bytes:
     the records keyed by kid (the DEKs, the subject's event list, its effects state) of the
     subjects made in one commit then sit together at the end of the B-tree (LMDB, an
     index in PostgreSQL) instead of at random pages, which cut the bytes an LMDB commit
-    writes by about a quarter (docs/performance.md). Uniqueness comes from the 80 random bits
-    (ms that repeat after a clock step back change nothing)."""
+    writes by about a quarter (docs/performance-history.md, "Kids in time order").
+    Uniqueness comes from the 80 random bits (ms that repeat after a clock step back change
+    nothing)."""
     return (now_ms % (1 << 48)).to_bytes(KID_TIME_SIZE, "big") + rand(KID_SIZE - KID_TIME_SIZE)
 
 
