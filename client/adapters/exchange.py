@@ -74,6 +74,7 @@ __all__ = [
     "header_map",
     "log_access",
     "now_ms",
+    "raw_relative",
     "relative",
     "route",
     "validated_event",
@@ -376,10 +377,37 @@ def relative(path: str, base: str) -> str:
     return path.removesuffix(".scim") or "/"
 
 
-def route(rel: str, method: str, cfg: AuditConfig) -> _Target:
+def raw_relative(scope: Scope, base: str) -> str | None:
+    """The request's path relative to ``base`` as the client sent it (percent-encoded, from
+    ``scope["raw_path"]``, which uvicorn sets), for :func:`route` with ``encoded=True``; None
+    when the scope has none, or it does not decode to ``scope["path"]`` (the server, or a
+    layer before the adapter, rewrote the path: its decoded form is the truth then)."""
+    raw = scope.get("raw_path")
+    path = scope.get("path")
+    if not isinstance(raw, bytes | bytearray) or not isinstance(path, str):
+        return None
+    text = bytes(raw).decode("latin-1")
+    if urllib.parse.unquote(text) != path:
+        return None
+    rel = relative(text, base)
+    return rel if urllib.parse.unquote(rel) == relative(path, base) else None
+
+
+def route(rel: str, method: str, cfg: AuditConfig, *, encoded: bool = False) -> _Target:
+    """The endpoint, type and id a write's path ``rel`` (relative to the SCIM base) names.
+
+    ``encoded``: ``rel`` is a URI path as sent (a bulk operation's, :func:`raw_relative`):
+    it is split on its ``/`` and each segment percent-decoded, so ``/Users/a%2Fb`` is id
+    ``a/b`` and ``/Users/a/password`` a request on user ``a``. Otherwise ``rel`` is the path
+    an ASGI server decoded, where the two cannot be told apart: the id is then all of the
+    path after the endpoint (red team 21: the DELETE of id ``a/b`` was recorded as the
+    deletion of user ``a``, another resource; red team 22: the raw path, where the scope has
+    it, keeps a sub-path its user's)."""
     segs = [s for s in rel.split("/") if s]
     if not segs:
         return _Target("none")
+    if encoded:
+        segs = [urllib.parse.unquote(s) for s in segs]
     if method == "POST" and segs[-1] == ".search":
         return _Target("search")
     ep = segs[0]
@@ -388,24 +416,13 @@ def route(rel: str, method: str, cfg: AuditConfig) -> _Target:
         return _Target("bulk")
     if low in DISCOVERY_ENDPOINTS:
         return _Target("discovery", rt=ep)
-    # The id is the rest of the path: an ASGI server hands the path over decoded, so the
-    # request for id a/b (/Users/a%2Fb) reaches here as /Users/a/b; before red team 21 its
-    # DELETE was recorded as the deletion of user "a", another resource.
-    rid = "/".join(segs[1:]) if len(segs) > 1 else None
+    rid = (segs[1] if encoded else "/".join(segs[1:])) if len(segs) > 1 else None
     if ep == "Me":
         return _Target("resource", rt=cfg.me_resource_type, rid=None, me=True)
     for name, rt in cfg.resource_types.items():
         if name.lower() == low:
             return _Target("resource", rt=rt, rid=rid)
     return _Target("unknown", rt=ident(ep, 128) or "unknown", rid=rid)
-
-
-def bulk_rid(rid: str | None) -> str | None:
-    """The id a bulk operation's path names (:func:`route`'s ``rid`` of it), as a request's
-    path names it: a bulk path is as sent (a URI path), a request's reaches the adapter
-    decoded by the ASGI server. One resource, one id (red team 21: ``/Users/a%20b`` in a
-    bulk was not the resource of ``PATCH /Users/a%20b``)."""
-    return None if rid is None else urllib.parse.unquote(rid)
 
 
 def _routing_failure(target: _Target, op: str, status: int, rid: str | None) -> str | None:
@@ -520,7 +537,11 @@ class Exchange:
         """:func:`route` of this exchange's path and method, computed once."""
         t = self._target
         if t is None or t[0] is not cfg:
-            t = self._target = (cfg, route(self.rel, self.method, cfg))
+            raw = raw_relative(self.scope, cfg.base_path)
+            if raw is None:
+                t = self._target = (cfg, route(self.rel, self.method, cfg))
+            else:
+                t = self._target = (cfg, route(raw, self.method, cfg, encoded=True))
         return t[1]
 
     def req_header(self, name: bytes) -> str | None:
@@ -1063,12 +1084,12 @@ class Builder:
             )
             return
         op = op_for_method(method)
-        target = route(relative(path, self.cfg.base_path), method, self.cfg)
+        target = route(relative(path, self.cfg.base_path), method, self.cfg, encoded=True)
         bulk_id = get_ci(op_req, "bulkid")
         bulk_id = bulk_id if isinstance(bulk_id, str) else None
         version = get_ci(op_req, "version")
         version = version if isinstance(version, str) and ident(version, 256) else None
-        rid = bulk_rid(target.rid)
+        rid = target.rid
         if rid is not None and rid.startswith("bulkId:"):
             rid = created.get(rid.removeprefix("bulkId:"), rid)
         loc = rversion = located = None

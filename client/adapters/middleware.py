@@ -73,7 +73,6 @@ from client.adapters.exchange import (
     Builder,
     Exchange,
     Recorded,
-    bulk_rid,
     default_actor,
     event_json,
     get_ci,
@@ -888,6 +887,8 @@ def intent_doc(cfg: AuditConfig, x: Exchange) -> dict[str, Any] | None:
         "len": len(x.body),
         "actor": actor,
     }
+    if kind != "bulk" and target.rid is not None:
+        doc["rid"] = target.rid  # routed from the raw path, which "p" (decoded) is not
     if x.trace:
         doc["trace"] = x.trace
     if_match = x.req_header(b"if-match")
@@ -1017,8 +1018,8 @@ def unknown_outcome_records(
             if m not in WRITE_METHODS:
                 continue  # not a write: an access record at most
             path = str(op.get("p", ""))
-            target = route(relative(path, cfg.base_path), m, cfg)
-            op_rid = None if m == "POST" else bulk_rid(target.rid)  # as the builder reads it
+            target = route(relative(path, cfg.base_path), m, cfg, encoded=True)
+            op_rid = None if m == "POST" else target.rid  # as the builder reads it
             if op_rid is None and m != "POST":
                 continue  # no resource to name: the builder records no event either
             version = op.get("v")
@@ -1046,10 +1047,13 @@ def unknown_outcome_records(
         return out
     rel = str(doc["p"])
     target = route(rel, method, cfg)
+    # The id the intent was routed to (red team 22: from the raw path, which "p" is not);
+    # an intent written before it names none, and its decoded path is routed as then.
+    routed = doc["rid"] if isinstance(doc.get("rid"), str) else target.rid
     op_name = op_for_method(method)
     rid: str | None = None
     if op_name != "create":
-        rid = "Me" if target.me else (None if target.rid is None else rid_text(target.rid))
+        rid = "Me" if target.me else (None if routed is None else rid_text(routed))
         if rid is None:
             return out
     single_req = {"m": method, "p": path_text(rel), **req}
