@@ -405,13 +405,32 @@ class ScimAuditClient(CoreClient):
         return SearchPage(results, nxt, access)
 
     def search_all(self, **filters: Any) -> Iterator[AuditedEvent]:
-        """Every verified result, following the cursor (each page is one logged access)."""
+        """Every verified result, following the cursor (each page is one logged access).
+
+        Held to the log's promise of a listing: results in log order (by log time, the
+        events of one millisecond by index), so each once, and no cursor named twice; a
+        log going round (its ``next`` the cursor of a page already read, or pages repeating
+        results already given) ends the listing in a :class:`VerificationError` instead of
+        yielding the same events for ever (red team 22)."""
         cursor: str | None = None
+        cursors: set[str] = set()  # one short string a page
+        last: tuple[int, int] | None = None
         while True:
             page = self.search(**filters, cursor=cursor)
-            yield from page.results
+            for r in page.results:
+                at = (r.leaf.ts, r.index)
+                if last is not None and at <= last:
+                    raise VerificationError(
+                        f"the log's listing is out of log order: index {r.index} (time "
+                        f"{r.leaf.ts}) after index {last[1]} (time {last[0]})"
+                    )
+                last = at
+                yield r
             if page.next is None:
                 return
+            if page.next in cursors or page.next == cursor:
+                raise VerificationError("the log's next cursor names a page already read")
+            cursors.add(page.next)
             cursor = page.next
 
     def receipts(self, *, eid: str | None = None, req: str | None = None) -> list[Receipt]:
