@@ -101,6 +101,8 @@ def parse_tile_path(path: str) -> Tile:
     else:
         if not lv_s.isascii() or not lv_s.isdigit() or (len(lv_s) > 1 and lv_s[0] == "0"):
             raise FormatError("bad tile level")
+        if len(lv_s) > 2:  # before int(), as an index's groups (_MAX_GROUPS)
+            raise FormatError("tile level out of range")
         level = int(lv_s)
         if level > MAX_LEVEL:
             raise FormatError("tile level out of range")

@@ -3,7 +3,8 @@
 error`` on the log's tile read: the index went to ``int()``, which refuses more than 4,300
 digits (CPython's guard against quadratic conversions) with a ValueError, not the
 FormatError the route answers 404 with. Now an index of more groups than any tree's tile
-can have (2**63 leaves: six) is no tile, before any conversion."""
+can have (2**63 leaves: six) is no tile, before any conversion; a level of thousands of
+digits alike."""
 
 from __future__ import annotations
 
@@ -15,19 +16,23 @@ from client.formats.tiles import Tile, format_index, parse_tile_path
 from .conftest import Harness
 
 LONG = "x001/" * 1500 + "000"
+LEVEL = "9" * 5000  # a level of thousands of digits: the same ValueError
 
 
-@pytest.mark.parametrize("prefix", ["tile/0/", "tile/entries/", "tile/3/"])
+@pytest.mark.parametrize(
+    ("prefix", "index"),
+    [("tile/0/", LONG), ("tile/entries/", LONG), ("tile/3/", LONG), (f"tile/{LEVEL}/", "000")],
+)
 def test_redteam22_an_index_of_thousands_of_digits_is_no_tile(
-    harness: Harness, prefix: str
+    harness: Harness, prefix: str, index: str
 ) -> None:
-    r = harness.client.get(f"/{prefix}{LONG}")
+    r = harness.client.get(f"/{prefix}{index}")
     assert r.status_code == 404, r.text  # before: 500 internal error
     assert "no such tile" in r.json()["error"]
     with pytest.raises(FormatError):
-        parse_tile_path(prefix + LONG)
+        parse_tile_path(prefix + index)
     with pytest.raises(FormatError):
-        parse_tile_path(prefix + LONG + ".p/5")
+        parse_tile_path(prefix + index + ".p/5")
 
 
 def test_redteam22_the_largest_tile_index_still_parses() -> None:
