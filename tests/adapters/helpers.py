@@ -603,6 +603,17 @@ def bulk_events(
     return Builder(cfg, x).bulk().events
 
 
+async def answers_204(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """An SP answering 204 to every request, returning at once from any other scope (no
+    lifespan)."""
+    if scope["type"] != "http":
+        return
+    while (await receive()).get("more_body"):
+        pass
+    await send({"type": "http.response.start", "status": 204, "headers": []})
+    await send({"type": "http.response.body", "body": b""})
+
+
 def serve_one_write(mw: Any) -> int:
     """Serve ``mw`` (uvicorn, its lifespan on), send it one PATCH deactivating User ``A``
     and stop the server: the answer's status (the lifespan tests of red team 20 and 21)."""

@@ -28,20 +28,10 @@ from client.adapters.middleware import AuditMiddleware
 from client.adapters.outbox import Outbox
 from tests.support import UvicornThread
 
-from .helpers import DEACTIVATE, USER, FakeLog, relay_for, serve_one_write
+from .helpers import DEACTIVATE, USER, FakeLog, answers_204, relay_for, serve_one_write
 
 JSON = (b"content-type", b"application/scim+json")
 USER_A = {"schemas": [USER], "id": "A", "userName": "a", "active": False}
-
-
-async def _http_only(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    """An SP answering 204 to every request, returning at once from any other scope."""
-    if scope["type"] != "http":
-        return
-    while (await receive()).get("more_body"):
-        pass
-    await send({"type": "http.response.start", "status": 204, "headers": []})
-    await send({"type": "http.response.body", "body": b""})
 
 
 def test_the_shutdown_drains_and_closes_around_an_app_without_lifespan(tmp_path: Path) -> None:
@@ -49,7 +39,7 @@ def test_the_shutdown_drains_and_closes_around_an_app_without_lifespan(tmp_path:
     outbox = Outbox(tmp_path / "outbox.sqlite")
     relay = relay_for(outbox, log, idle=30.0)  # nothing sent but by the drain at shutdown
     config = AuditConfig(tenant="t1", sp_id="sp1", base_path="/v2", on_access=lambda _: None)
-    mw = AuditMiddleware(_http_only, config, outbox, relay, own=True)
+    mw = AuditMiddleware(answers_204, config, outbox, relay, own=True)
     assert serve_one_write(mw) == 204
     try:
         assert outbox.closed  # before: open, its writer running

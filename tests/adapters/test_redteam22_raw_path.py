@@ -26,6 +26,7 @@ from tests.support import UvicornThread, wait_for
 from .helpers import (
     DEACTIVATE,
     FakeLog,
+    answers_204,
     bulk_events,
     relay_for,
     standin_sp,  # noqa: F401  (the SP stand-in fixture, "sp")
@@ -38,15 +39,6 @@ WRITES = [
     ("DELETE", "/v2/Users/c%2Fd.scim", "c/d", "/Users/c/d"),
     ("DELETE", "/v2/Users/e%20f/x", "e f", "/Users/e f/x"),  # the finding
 ]
-
-
-async def _answers_204(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    if scope["type"] != "http":
-        return
-    while (await receive()).get("more_body"):
-        pass
-    await send({"type": "http.response.start", "status": 204, "headers": []})
-    await send({"type": "http.response.body", "body": b""})
 
 
 def _send_writes(url: str) -> None:
@@ -66,7 +58,7 @@ def test_redteam22_the_middleware_routes_the_path_as_sent(tmp_path: Path) -> Non
     log = FakeLog()
     outbox = Outbox(tmp_path / "outbox.sqlite")
     config = AuditConfig(tenant="t1", sp_id="sp1", base_path="/v2", on_access=lambda _: None)
-    mw = AuditMiddleware(_answers_204, config, outbox, relay_for(outbox, log), own=True)
+    mw = AuditMiddleware(answers_204, config, outbox, relay_for(outbox, log), own=True)
     srv = UvicornThread(mw)
     try:
         _send_writes(srv.url)
