@@ -501,6 +501,12 @@ class _Run:
         ``update``), and what follows is judged as on a resource not known: nothing later
         is called a ``noop`` or hidden for lack of that part."""
         pending = self.state.get("split")
+        if parts > 1 and self.state.get("split_done") == req:
+            # a part of the request whose last part was the event just before (it came
+            # out of order, or again): what it states is older than what the SP did after
+            # it (red team 23: [clear, add u1] with part 1 first left the set known empty)
+            pending = req
+            self.state["split_next"] = -1
         if parts > 1 and part > 0:
             gap = pending is None or pending != req or self.state.get("split_next") != part
         else:
@@ -1204,6 +1210,8 @@ class _Run:
         if parts <= 1 or part >= parts - 1:  # a split request's last part ends its marks
             for key in _SPLIT_KEYS:
                 self.state.pop(key, None)
+            if parts > 1:  # until the next event: a part of it after this one is late
+                self.state["split_done"] = req
         result = x.get("result")
         if isinstance(result, Mapping):
             self.apply_result(result)
@@ -1737,8 +1745,9 @@ _NEVER_STATED = frozenset(("id", "schemas", "meta"))
 # A split request's marks of what its parts so far touched (_Run._mark_touched).
 _TOUCHED_KEYS = ("touched", "touched_attrs", "touched_part")
 # A split request in progress: its corr.req, the part expected next, and the request whose
-# part went missing (_Run._follow_split).
-_SPLIT_KEYS = ("split", "split_next", "split_lost")
+# part went missing (_Run._follow_split);
+# and the split request whose last part was the event before (split_done: red team 23).
+_SPLIT_KEYS = ("split", "split_next", "split_lost", "split_done")
 # What a missing part of a split request may have changed (_Run._forget_gap): every value
 # the state keeps, and the marks the request's earlier parts left.
 _GAP_FORGETS = (
