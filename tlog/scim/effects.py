@@ -233,6 +233,8 @@ class _Run:
         # it may have left (SCIMMY keeps them, scim2-server not), until a replace states the
         # whole again (values)
         self.maybe: dict[str, set[str]] = {}
+        # whether the state held active before the request, and its value (run)
+        self.was: tuple[bool, Any] = ("active" in self.state, self.state.get("active"))
 
     # --- scalar attributes ---------------------------------------------------------------
 
@@ -1045,6 +1047,8 @@ class _Run:
         parts, part = x.get("parts", 1), x.get("part", 0)
         req = ev.get("corr", {}).get("req")
         self._follow_split(parts, part, req)
+        # active before the request, for an answer overruling it (_active_overruled)
+        self.was = ("active" in self.state, self.state.get("active"))
         if op == "create":
             self.verbs.add("create")
             if part == 0:  # a later part of a split create goes on from the earlier ones
@@ -1408,6 +1412,8 @@ class _Run:
             self._active_not_known()
         elif b is not None:
             old = as_bool(self.state.get("active"))
+            if old is not None and b is not old:
+                old = self._active_overruled(b)
             if b is False and old is not False and "deactivate" not in self.verbs:
                 self.verbs.add("deactivate")
             if b is True and old is False and "activate" not in self.verbs:
@@ -1420,6 +1426,26 @@ class _Run:
         told = _told_manager(result)
         if told is not None:
             self.result_manager(told[0])
+
+    def _active_overruled(self, b: bool) -> bool | None:
+        """The SP's answer holds ``active`` ``b``, not what the request left in the state:
+        the request's (de)activation and its change of ``active`` are not what happened
+        (``active: "False"`` asked of an active user answered ``true``: before red team 23
+        the effect named both a deactivation and an activation, and the change true ->
+        false). They are judged again from the state before the request (:attr:`was`):
+        the change named against it, and its value returned for the answer's verbs."""
+        self.verbs -= {"activate", "deactivate"}
+        self.changes = [c for c in self.changes if c.get("attr") != "active"]
+        had, was = self.was
+        prior = as_bool(was) if had else None
+        if prior is not None and prior is not b:
+            self.changes.append(
+                {"attr": "active", "old": _dumps_sorted(prior), "new": _dumps_sorted(b)}
+            )
+        elif prior is None and self.known:
+            self.changes.append({"attr": "active", "new": _dumps_sorted(b)})
+            self.verbs.add("update")
+        return prior
 
     def _active_not_known(self) -> None:
         """The SP's answer holds an ``active`` that is no boolean (``x.result.active``:
