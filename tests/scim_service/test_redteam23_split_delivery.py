@@ -13,7 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from client.scim.cbor import dumps_det
 from tests.adapters.differential import ref_steps
+from tlog.scim.effects import _STATE_ORDER, encode_state
 
 from . import members_model
 from .members_model import PATCH_OP, group_event, judge
@@ -71,6 +73,9 @@ def _deliver(start: set[str], events: list[dict[str, Any]]) -> tuple[Any, list[A
     unknown = False
     for ev in events:
         effect, state = judge(state, ev)
+        # every key of it in the fast state encoder's table (found: "mk" was not)
+        assert set(state) <= set(_STATE_ORDER), set(state) - set(_STATE_ORDER)
+        assert encode_state(state) == dumps_det(state)
         refs += effect.get("refs", [])
         unknown = unknown or any(
             c.get("attr") == "members" and "op" not in c for c in effect.get("changes", ())

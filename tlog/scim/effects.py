@@ -1807,7 +1807,9 @@ _MARK_KEYS = (
     *_TOUCHED_KEYS,
 )
 
-_STATE_ORDER = _det_order((*_GAP_FORGETS, "full", "rt", *_MARK_KEYS, *_SPLIT_KEYS))
+# (MEMBERS_KNOWN, set after classify by mark_members_known, with them: before red team 23
+# every group state with its members known whole took the general encoder)
+_STATE_ORDER = _det_order((*_GAP_FORGETS, "full", "rt", *_MARK_KEYS, *_SPLIT_KEYS, MEMBERS_KNOWN))
 
 
 class _Slow(Exception):
