@@ -154,3 +154,48 @@ def judge_in_parts(
     for ev in parts:
         _, state = judge(state, ev)
     return state, split_items(whole), bounds
+
+
+# --- faith19's forms: each member operation by its path or path-less, and two SPs ---------
+
+PATHLESS_CLEAR = {"op": "replace", "value": {"members": []}}
+PATH_CLEAR = {"op": "replace", "path": "members", "value": []}
+# A member operation of a PATCH and what two real SPs do with it (faith19's trial, both SPs
+# behind the proxy: tests/adapters/test_effects_forms_sp.py): the path form alike on both,
+# the path-less one read two ways.
+FORM_OPS = st.lists(
+    st.one_of(
+        st.tuples(
+            st.sampled_from(["add", "remove", "replace", "preplace"]),
+            st.lists(st.sampled_from(POOL), min_size=1, max_size=3),
+        ),
+        st.tuples(st.sampled_from(["clear", "pclear"]), st.just([])),
+    ),
+    min_size=1,
+    max_size=5,
+)
+
+
+def form_op(op: str, rids: list[str]) -> dict[str, Any]:
+    """The PATCH operation of a :data:`FORM_OPS` step."""
+    value = [{"value": r} for r in rids]
+    return {
+        "clear": PATH_CLEAR,
+        "pclear": PATHLESS_CLEAR,
+        "preplace": {"op": "replace", "value": {"members": value}},
+    }.get(op) or {"op": op, "path": "members", "value": value}
+
+
+def sp_forms(start: set[str], ops: list[tuple[str, list[str]]], *, merges: bool) -> set[str]:
+    """The members after :data:`FORM_OPS` ``ops`` on scim2-server (``merges=False``: the
+    path-less form as the path one) or SCIMMY (``merges``: a path-less clear keeps them, a
+    path-less replace adds to them)."""
+    sp = set(start)
+    for op, rids in ops:
+        if op == "pclear":
+            sp = sp if merges else set()
+        elif op == "preplace":
+            sp = sp | set(rids) if merges else set(rids)
+        else:  # the path form: as every SP applies it
+            sp = sp_apply(sp, [("clear-replace" if op == "clear" else op, rids)])
+    return sp

@@ -28,8 +28,11 @@ from . import members_model
 from .members_model import PATCH_OP, b64, changes, group_event, judge, pid_of, user_event
 
 ENTERPRISE = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
-PATHLESS = {"op": "replace", "value": {"members": []}}
-PATH = {"op": "replace", "path": "members", "value": []}
+PATHLESS = members_model.PATHLESS_CLEAR
+PATH = members_model.PATH_CLEAR
+FORM_OPS = members_model.FORM_OPS
+_form_op = members_model.form_op
+_sp = members_model.sp_forms
 
 
 def _patch(*operations: dict[str, Any]) -> dict[str, Any]:
@@ -261,45 +264,6 @@ def test_members_are_named_not_known_once() -> None:
 
 
 # --- faith19: each path-less write judged in its place, the rest of the request exactly ---
-
-# A member operation of a PATCH and what two real SPs do with it (faith19's trial, both SPs
-# behind the proxy: tests/adapters/test_effects_forms_sp.py): the path form alike on both,
-# the path-less one read two ways.
-FORM_OPS = st.lists(
-    st.one_of(
-        st.tuples(
-            st.sampled_from(["add", "remove", "replace", "preplace"]),
-            st.lists(st.sampled_from(members_model.POOL), min_size=1, max_size=3),
-        ),
-        st.tuples(st.sampled_from(["clear", "pclear"]), st.just([])),
-    ),
-    min_size=1,
-    max_size=5,
-)
-
-
-def _form_op(op: str, rids: list[str]) -> dict[str, Any]:
-    value = [{"value": r} for r in rids]
-    return {
-        "clear": PATH,
-        "pclear": PATHLESS,
-        "preplace": {"op": "replace", "value": {"members": value}},
-    }.get(op) or {"op": op, "path": "members", "value": value}
-
-
-def _sp(start: set[str], ops: list[tuple[str, list[str]]], *, merges: bool) -> set[str]:
-    """The members after ``ops`` on scim2-server (``merges=False``: the path-less form as
-    the path one) or SCIMMY (``merges``: a path-less clear keeps them, a path-less replace
-    adds to them)."""
-    sp = set(start)
-    for op, rids in ops:
-        if op == "pclear":
-            sp = sp if merges else set()
-        elif op == "preplace":
-            sp = sp | set(rids) if merges else set(rids)
-        else:  # the path form: as every SP applies it
-            sp = members_model.sp_apply(sp, [("clear-replace" if op == "clear" else op, rids)])
-    return sp
 
 
 def _faithful(effect: dict[str, Any], before: set[str], after: set[str]) -> list[str]:

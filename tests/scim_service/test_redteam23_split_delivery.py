@@ -25,41 +25,9 @@ def pid_of(rid: str) -> bytes:
     return members_model.pid_of("User", rid)
 
 
-PATH = {"op": "replace", "path": "members", "value": []}
-PATHLESS = {"op": "replace", "value": {"members": []}}
-
-OPS = st.lists(
-    st.one_of(
-        st.tuples(
-            st.sampled_from(["add", "remove", "replace", "preplace"]),
-            st.lists(st.sampled_from(members_model.POOL), min_size=1, max_size=3),
-        ),
-        st.tuples(st.sampled_from(["clear", "pclear"]), st.just([])),
-    ),
-    min_size=1,
-    max_size=5,
-)
-
-
-def _op(op: str, rids: list[str]) -> dict[str, Any]:
-    value = [{"value": r} for r in rids]
-    return {
-        "clear": PATH,
-        "pclear": PATHLESS,
-        "preplace": {"op": "replace", "value": {"members": value}},
-    }.get(op) or {"op": op, "path": "members", "value": value}
-
-
-def _sp(start: set[str], ops: list[tuple[str, list[str]]], *, merges: bool) -> set[str]:
-    sp = set(start)
-    for op, rids in ops:
-        if op == "pclear":
-            sp = sp if merges else set()
-        elif op == "preplace":
-            sp = sp | set(rids) if merges else set(rids)
-        else:
-            sp = members_model.sp_apply(sp, [("clear-replace" if op == "clear" else op, rids)])
-    return sp
+OPS = members_model.FORM_OPS
+_op = members_model.form_op
+_sp = members_model.sp_forms
 
 
 def _parts(ops: list[tuple[str, list[str]]], req: str, cuts: list[int]) -> list[dict[str, Any]]:
