@@ -1611,6 +1611,7 @@ _IDS_DISAGREE = (
     "its id and its Location (or meta.location) name different resources: the created id "
     "is not known"
 )
+_DOT_ID = "its id is a dot segment, which names no resource: the created id is not known"
 _TYPE_ELSEWHERE = (
     "its answer names another resource type than the create's: the created id is not known"
 )
@@ -1684,6 +1685,8 @@ def _created_id(
         if rt and _other_type(body, rt, types):
             return None, _TYPE_ELSEWHERE
         got = body.get("id")
+        if got in (".", ".."):  # no path can name it (red team 23), as a location's
+            return None, _DOT_ID
         if isinstance(got, str) and got:
             named.append(got)
     for loc in locs:

@@ -52,6 +52,8 @@ CASES: list[tuple[str, str | None, Any, str | None, str | None]] = [
         "abc",
         None,
     ),
+    ("a dot id", None, {"id": ".."}, None, "names no resource"),
+    ("a dot id and its location", "/v2/Users/..", {"id": "."}, None, "names no resource"),
     ("IPv6 literal", "http://[::1]:8080/v2/Users/abc", {"id": "abc"}, "abc", None),
     ("IPv6 default port", "http://[::1]/v2/Users/abc", {"id": "abc"}, None, ELSEWHERE),
     ("another IPv6", "http://[::2]:8080/v2/Users/abc", {"id": "abc"}, None, ELSEWHERE),
