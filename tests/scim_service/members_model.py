@@ -199,3 +199,20 @@ def sp_forms(start: set[str], ops: list[tuple[str, list[str]]], *, merges: bool)
         else:  # the path form: as every SP applies it
             sp = sp_apply(sp, [("clear-replace" if op == "clear" else op, rids)])
     return sp
+
+
+def group_event_of(
+    tenant: str, op: str, body: Any, req: str, rid: str, pids: dict[str, bytes]
+) -> dict[str, Any]:
+    """The event an adapter makes of a request on Group ``rid`` of ``tenant``, its
+    references by the pseudonyms the log gave (``pids``: id -> pid), for a served log."""
+    intent = parse_request(op, "Group", json.dumps(body).encode(), ref_pid=lambda _rt, r: pids[r])
+    ev: dict[str, Any] = new_event(
+        tenant=tenant, sp="app-1", op=op, rt="Group", rid=rid,
+        actor={"kind": "user", "id": "admin-carol-1234"}, corr=req,
+        req={"m": "POST" if op == "create" else "PATCH", "p": f"/Groups/{rid}",
+             "dig": bytes(32), "len": 10},
+        res=200, outcome="success", patch=intent.patch, mods=intent.mods, refs=intent.refs,
+        acts=intent.acts,
+    )  # fmt: skip
+    return ev

@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from client.scim import event_to_json, new_event
-from client.scim.actions import parse_request
+from client.scim import event_to_json
 
+from . import members_model
 from .conftest import T1, Harness
 
 PATCH_OP = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
@@ -37,16 +37,7 @@ def pseudonyms(h: Harness) -> dict[str, bytes]:
 
 
 def group_event(op: str, body: Any, req: str, rid: str, pids: dict[str, bytes]) -> dict[str, Any]:
-    intent = parse_request(op, "Group", json.dumps(body).encode(), ref_pid=lambda _rt, r: pids[r])
-    ev: dict[str, Any] = new_event(
-        tenant=T1, sp="app-1", op=op, rt="Group", rid=rid,
-        actor={"kind": "user", "id": "admin-carol-1234"}, corr=req,
-        req={"m": "POST" if op == "create" else "PATCH", "p": f"/Groups/{rid}",
-             "dig": bytes(32), "len": 10},
-        res=200, outcome="success", patch=intent.patch, mods=intent.mods, refs=intent.refs,
-        acts=intent.acts,
-    )  # fmt: skip
-    return ev
+    return members_model.group_event_of(T1, op, body, req, rid, pids)
 
 
 def ops(*pairs: tuple[str, list[str]]) -> dict[str, Any]:

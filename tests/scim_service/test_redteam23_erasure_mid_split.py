@@ -8,11 +8,8 @@ is no ``noop``."""
 from __future__ import annotations
 
 import base64
-import json
 from typing import Any
 
-from client.scim import new_event
-from client.scim.actions import parse_request
 from client.scim.event import uuid7_text
 
 from . import members_model
@@ -35,16 +32,7 @@ def _pids(h: Harness, *rids: str) -> dict[str, bytes]:
 
 
 def _group_event(op: str, body: Any, req: str, pids: dict[str, bytes]) -> dict[str, Any]:
-    intent = parse_request(op, "Group", json.dumps(body).encode(), ref_pid=lambda _rt, r: pids[r])
-    ev: dict[str, Any] = new_event(
-        tenant=T1, sp="app-1", op=op, rt="Group", rid="g-23",
-        actor={"kind": "user", "id": "admin-carol-1234"}, corr=req,
-        req={"m": "POST" if op == "create" else "PATCH", "p": "/Groups/g-23",
-             "dig": bytes(32), "len": 10},
-        res=200, outcome="success", patch=intent.patch, mods=intent.mods, refs=intent.refs,
-        acts=intent.acts,
-    )  # fmt: skip
-    return ev
+    return members_model.group_event_of(T1, op, body, req, "g-23", pids)
 
 
 def _patch(*ops: tuple[str, list[str]]) -> dict[str, Any]:
