@@ -47,6 +47,9 @@ def test_a_killed_pytest_takes_its_tlog_serve_with_it(tmp_path: Path) -> None:
     )
     hold, log = tmp_path / "hold", tmp_path / "inner.log"
     env = dict(os.environ, HOLD_FILE=str(hold), PYTHONPATH=str(ROOT))
+    # The inner pytest must run in one process whatever the outer run was given: with
+    # PYTEST_ADDOPTS="-n 4" it ran its test on an xdist worker, the server's parent.
+    env.pop("PYTEST_ADDOPTS", None)
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-c", os.devnull]
