@@ -393,6 +393,25 @@ def raw_relative(scope: Scope, base: str) -> str | None:
     return rel if urllib.parse.unquote(rel) == relative(path, base) else None
 
 
+def _without_dots(segs: list[str]) -> list[str]:
+    """``segs`` with their dot segments removed as RFC 3986 §5.2.4 resolves them (``.``
+    dropped, ``..`` dropping the segment before it; ``%2E`` is a dot, §6.2.2.2): the
+    resource a path names once normalised, as a reverse proxy or the SP itself may
+    normalise it. Before red team 24 ``DELETE /Users/../Groups/g1`` was recorded as the
+    deletion of a User ``..``, no resource any SP holds, while a normalising SP deleted
+    Group ``g1``."""
+    if "." not in segs and ".." not in segs:
+        return segs
+    out: list[str] = []
+    for s in segs:
+        if s == "..":
+            if out:
+                out.pop()
+        elif s != ".":
+            out.append(s)
+    return out
+
+
 def route(rel: str, method: str, cfg: AuditConfig, *, encoded: bool = False) -> _Target:
     """The endpoint, type and id a write's path ``rel`` (relative to the SCIM base) names.
 
@@ -404,10 +423,11 @@ def route(rel: str, method: str, cfg: AuditConfig, *, encoded: bool = False) -> 
     deletion of user ``a``, another resource; red team 22: the raw path, where the scope has
     it, keeps a sub-path its user's)."""
     segs = [s for s in rel.split("/") if s]
-    if not segs:
-        return _Target("none")
     if encoded:
         segs = [urllib.parse.unquote(s) for s in segs]
+    segs = _without_dots(segs)
+    if not segs:
+        return _Target("none")
     if method == "POST" and segs[-1] == ".search":
         return _Target("search")
     ep = segs[0]

@@ -1,0 +1,85 @@
+"""Red team 24: a request path's dot segments, as the client sent them.
+
+Red team 22 routes a request from its raw path, split on ``/`` and each segment decoded;
+a ``.`` or ``..`` segment (literal, or ``%2E%2E``: RFC 3986 §6.2.2.2 makes them the same)
+was taken as a segment like any other, so ``DELETE /Users/../Groups/g1`` was recorded as
+the deletion of a User ``..``: a resource no SP holds, while an SP behind anything that
+normalises the path (a reverse proxy, RFC 3986 §5.2.4 reference resolution) deleted Group
+``g1``, a deletion hidden from the log. Red team 21 already gave a location's ``..`` no id.
+The path's dot segments are now removed before routing, as resolution removes them: the
+request is recorded on the resource the normalised path names (``/Users/..`` names none).
+Through the middleware on a real uvicorn (which hands the path over as sent), a killed
+adapter's intent and a bulk operation's path alike.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+from client.adapters.exchange import AuditConfig, Exchange
+from client.adapters.middleware import AuditMiddleware, intent_doc, unknown_outcome_records
+from client.adapters.outbox import Outbox
+from tests.support import UvicornThread
+
+from .helpers import FakeLog, answers_204, bulk_events, relay_for
+
+# (path as sent, the (type, id) recorded; None: no event, the path names no resource)
+WRITES = [
+    ("/v2/Users/../Groups/g1", ("Group", "g1")),  # the finding: a User ".."
+    ("/v2/Users/%2E%2E/Groups/g2", ("Group", "g2")),
+    ("/v2/Users/%2e./Groups/g3", ("Group", "g3")),
+    ("/v2/Users/./u4", ("User", "u4")),  # was a User "."
+    ("/v2/Users/x/../u5", ("User", "u5")),  # was user x
+    ("/v2/Users/u6/..", None),  # DELETE /Users: no resource (was a User "..")
+    ("/v2/Users/a%2F..", ("User", "a/..")),  # one segment, not a dot segment (held)
+    ("/v2/Users/...", ("User", "...")),  # not a dot segment (held)
+]
+
+
+def _send_raw(port: int, path: str) -> int:
+    """``DELETE path`` sent as is (an HTTP client would remove the dot segments itself)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(
+            f"DELETE {path} HTTP/1.1\r\nHost: sp\r\nX-Request-Id: {path}\r\n"
+            "Connection: close\r\n\r\n".encode()
+        )
+        head = b""
+        while b"\r\n" not in head:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            head += chunk
+    return int(head.split(b" ", 2)[1])
+
+
+def test_redteam24_the_middleware_removes_a_paths_dot_segments(tmp_path: Path) -> None:
+    log = FakeLog()
+    outbox = Outbox(tmp_path / "outbox.sqlite")
+    config = AuditConfig(tenant="t1", sp_id="sp1", base_path="/v2", on_access=lambda _: None)
+    mw = AuditMiddleware(answers_204, config, outbox, relay_for(outbox, log), own=True)
+    srv = UvicornThread(mw)
+    try:
+        for path, _ in WRITES:
+            assert _send_raw(srv.port, path) == 204, path
+    finally:
+        assert srv.serving.stop(15), "the server did not stop"
+    got = {ev["corr"]["req"]: (ev["rt"], ev["rid"]) for ev in log.events}
+    assert got == {path: want for path, want in WRITES if want is not None}
+
+
+def test_redteam24_an_intent_and_a_bulk_path_remove_dot_segments_alike() -> None:
+    cfg = AuditConfig(tenant="t1", sp_id="sp1", base_path="/v2", on_access=None)
+    raw = "/v2/Users/%2E%2E/Groups/g1"
+    scope = {"headers": [], "path": "/v2/Users/../Groups/g1", "raw_path": raw.encode()}
+    x = Exchange(scope, "DELETE", "/Users/../Groups/g1", "r1", None, b"", 0)
+    doc = intent_doc(cfg, x)
+    assert doc is not None
+    (rec,) = unknown_outcome_records(cfg, json.loads(json.dumps(doc)), "j:1")
+    (bulk,) = bulk_events(
+        [{"method": "DELETE", "path": "/Users/%2E%2E/Groups/g1"}],
+        [{"method": "DELETE", "status": "204"}],
+    )
+    got = json.loads(rec.body)
+    assert (got["rt"], got["rid"]) == (bulk["rt"], bulk["rid"]) == ("Group", "g1")
