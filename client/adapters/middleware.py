@@ -82,6 +82,7 @@ from client.adapters.exchange import (
     log_access,
     now_ms,
     path_text,
+    raw_relative,
     relative,
     rid_text,
     route,
@@ -889,6 +890,11 @@ def intent_doc(cfg: AuditConfig, x: Exchange) -> dict[str, Any] | None:
     }
     if kind != "bulk" and target.rid is not None:
         doc["rid"] = target.rid  # routed from the raw path, which "p" (decoded) is not
+        raw = raw_relative(x.scope, cfg.base_path)
+        if raw is not None and raw != x.rel:
+            # the path as sent, so recovery routes its type as the request was routed
+            # (red team 24: "p" routed again named User a for /Users%2Fx/a)
+            doc["r"] = raw
     if x.trace:
         doc["trace"] = x.trace
     if_match = x.req_header(b"if-match")
@@ -1046,10 +1052,16 @@ def unknown_outcome_records(
             out.append(OutboxRecord(str(ev["eid"]), req_id, text))
         return out
     rel = str(doc["p"])
-    target = route(rel, method, cfg)
-    # The id the intent was routed to (red team 22: from the raw path, which "p" is not);
-    # an intent written before it names none, and its decoded path is routed as then.
-    routed = doc["rid"] if isinstance(doc.get("rid"), str) else target.rid
+    # The path as sent where the intent kept it (red team 24), routed as the request was;
+    # else the id the intent was routed to (red team 22: from the raw path, which "p" is
+    # not); an intent written before either names none, its decoded path routed as then.
+    raw = doc.get("r")
+    if isinstance(raw, str):
+        target = route(raw, method, cfg, encoded=True)
+        routed = target.rid
+    else:
+        target = route(rel, method, cfg)
+        routed = doc["rid"] if isinstance(doc.get("rid"), str) else target.rid
     op_name = op_for_method(method)
     rid: str | None = None
     if op_name != "create":

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import socket
+import urllib.parse
 from pathlib import Path
 
 from client.adapters.exchange import AuditConfig, Exchange
@@ -83,3 +84,22 @@ def test_redteam24_an_intent_and_a_bulk_path_remove_dot_segments_alike() -> None
     )
     got = json.loads(rec.body)
     assert (got["rt"], got["rid"]) == (bulk["rt"], bulk["rid"]) == ("Group", "g1")
+
+
+def test_redteam24_a_recovered_intent_names_the_type_the_request_was_routed_to() -> None:
+    """The intent kept the routed id (red team 22) but its type was routed again from the
+    decoded ``p`` at recovery: ``/Users%2Fx/a`` (an endpoint ``Users/x``, no type) came
+    back as User ``a``, and ``/Users/a%2F..%2FGroups%2Fg1`` (one User id) as a Group with
+    that User's id. The intent now keeps the path as sent, and recovery routes it as the
+    live request was routed."""
+    cfg = AuditConfig(tenant="t1", sp_id="sp1", base_path="/v2", on_access=None)
+    for raw in ("/v2/Users%2Fx/a", "/v2/Users/a%2F..%2F..%2FGroups%2Fg1", "/v2/Users/%2E/b"):
+        path = urllib.parse.unquote(raw)
+        scope = {"headers": [], "path": path, "raw_path": raw.encode()}
+        x = Exchange(scope, "DELETE", path.removeprefix("/v2"), "r1", None, b"", 0)
+        live = x.target(cfg)
+        doc = intent_doc(cfg, x)
+        assert doc is not None
+        (rec,) = unknown_outcome_records(cfg, json.loads(json.dumps(doc)), "j:1")
+        got = json.loads(rec.body)
+        assert (got["rt"], got["rid"]) == (live.rt, live.rid), raw
