@@ -1784,6 +1784,13 @@ def _warn_elsewhere(server: Server | None) -> None:
         return
     _warned_servers.add(server)
     name = "?" if server is None else server[0] + ("" if server[1] is None else f":{server[1]}")
+    # The name may be a client's choice (an SP building its locations from a forwarded
+    # header): printable ASCII, cut to a host name's length (red team 24: a byte \x85, a
+    # line break to log readers, forged a line; a 6,000-character host was logged whole).
+    name = name.encode("ascii", "backslashreplace").decode("ascii")
+    name = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in name)
+    if len(name) > 260:
+        name = name[:256] + "..."
     _log.warning(
         "a create's location names server %s, not the one the request asked: its created id "
         "is recorded as not known; if the SP names itself by another name (a reverse proxy), "
