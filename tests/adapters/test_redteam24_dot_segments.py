@@ -22,9 +22,16 @@ from pathlib import Path
 from client.adapters.exchange import AuditConfig, Exchange
 from client.adapters.middleware import AuditMiddleware, intent_doc, unknown_outcome_records
 from client.adapters.outbox import Outbox
-from tests.support import UvicornThread
+from client.adapters.proxy import ProxySettings, build_proxy
+from tests.support import UvicornThread, wait_for
 
-from .helpers import FakeLog, answers_204, bulk_events, relay_for
+from .helpers import (
+    FakeLog,
+    answers_204,
+    bulk_events,
+    relay_for,
+    standin_sp,  # noqa: F401  (the SP stand-in fixture, "sp")
+)
 
 # (path as sent, the (type, id) recorded; None: no event, the path names no resource)
 WRITES = [
@@ -68,6 +75,32 @@ def test_redteam24_the_middleware_removes_a_paths_dot_segments(tmp_path: Path) -
         assert srv.serving.stop(15), "the server did not stop"
     got = {ev["corr"]["req"]: (ev["rt"], ev["rid"]) for ev in log.events}
     assert got == {path: want for path, want in WRITES if want is not None}
+
+
+def test_redteam24_the_proxy_removes_dot_segments_as_the_middleware_does(
+    sp: tuple[str, list[tuple[str, str]]], tmp_path: Path
+) -> None:
+    """The proxy routes the same bytes to the same resource, and forwards them as sent."""
+    upstream, seen = sp
+    log = FakeLog()
+    settings = ProxySettings(
+        upstream=upstream,
+        log_url="http://log.test",
+        token="tok",
+        tenant="t1",
+        sp_id="dots",
+        outbox=tmp_path / "o.sqlite",
+    )
+    srv = UvicornThread(build_proxy(settings, log_transport=log.transport()))
+    want = {path: w for path, w in WRITES if w is not None}
+    try:
+        for path, _ in WRITES:
+            assert _send_raw(srv.port, path) == 204, path
+        wait_for(lambda: len(log.events) == len(want), 10, "every event delivered")
+    finally:
+        srv.stop()
+    assert {ev["corr"]["req"]: (ev["rt"], ev["rid"]) for ev in log.events} == want
+    assert [p for _, p in seen] == [path for path, _ in WRITES]  # forwarded as sent
 
 
 def test_redteam24_an_intent_and_a_bulk_path_remove_dot_segments_alike() -> None:
