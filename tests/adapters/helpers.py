@@ -10,6 +10,7 @@ import http.server
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -637,3 +638,41 @@ def check_created(ev: dict[str, Any], want: str, why: str | None) -> None:
     else:
         assert answer is not None and why in answer, ev
         assert "result" not in (ev.get("x") or {}), ev
+
+
+def send_raw(port: int, request: bytes) -> int:
+    """Send ``request`` (a whole HTTP/1.1 request, ``Connection: close``) to 127.0.0.1:``port``
+    as is (an HTTP client would remove a path's dot segments itself) and return the answer's
+    status."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(request)
+        head = b""
+        while b"\r\n" not in head:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            head += chunk
+    return int(head.split(b" ", 2)[1])
+
+
+def serve_proxy(upstream: str, log: FakeLog, outbox: Path, sp_id: str) -> UvicornThread:
+    """``tlog scim-proxy``'s app in front of ``upstream`` on a real uvicorn, its events
+    delivered to ``log`` (red team 22's and 24's routing tests)."""
+    settings = ProxySettings(
+        upstream=upstream,
+        log_url="http://log.test",
+        token="tok",
+        tenant="t1",
+        sp_id=sp_id,
+        outbox=outbox,
+    )
+    return UvicornThread(build_proxy(settings, log_transport=log.transport()))
+
+
+def serve_middleware(app: Any, outbox: Path, log: FakeLog) -> UvicornThread:
+    """``app`` behind the audit middleware (base path ``/v2``, tenant ``t1``) on a real
+    uvicorn, which hands it ``raw_path``; its events delivered to ``log`` (at the latest
+    when the server stops)."""
+    ob = Outbox(outbox)
+    config = AuditConfig(tenant="t1", sp_id="sp1", base_path="/v2", on_access=lambda _: None)
+    return UvicornThread(AuditMiddleware(app, config, ob, relay_for(ob, log), own=True))

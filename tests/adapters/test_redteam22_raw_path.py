@@ -18,17 +18,16 @@ from typing import Any
 import httpx
 
 from client.adapters.exchange import AuditConfig, Exchange
-from client.adapters.middleware import AuditMiddleware, intent_doc, unknown_outcome_records
-from client.adapters.outbox import Outbox
-from client.adapters.proxy import ProxySettings, build_proxy
-from tests.support import UvicornThread, wait_for
+from client.adapters.middleware import intent_doc, unknown_outcome_records
+from tests.support import wait_for
 
 from .helpers import (
     DEACTIVATE,
     FakeLog,
     answers_204,
     bulk_events,
-    relay_for,
+    serve_middleware,
+    serve_proxy,
     standin_sp,  # noqa: F401  (the SP stand-in fixture, "sp")
 )
 
@@ -56,10 +55,7 @@ def _check(events: list[dict[str, Any]]) -> None:
 
 def test_redteam22_the_middleware_routes_the_path_as_sent(tmp_path: Path) -> None:
     log = FakeLog()
-    outbox = Outbox(tmp_path / "outbox.sqlite")
-    config = AuditConfig(tenant="t1", sp_id="sp1", base_path="/v2", on_access=lambda _: None)
-    mw = AuditMiddleware(answers_204, config, outbox, relay_for(outbox, log), own=True)
-    srv = UvicornThread(mw)
+    srv = serve_middleware(answers_204, tmp_path / "outbox.sqlite", log)
     try:
         _send_writes(srv.url)
     finally:
@@ -72,15 +68,7 @@ def test_redteam22_the_proxy_routes_the_path_as_sent(
 ) -> None:
     upstream, seen = sp
     log = FakeLog()
-    settings = ProxySettings(
-        upstream=upstream,
-        log_url="http://log.test",
-        token="tok",
-        tenant="t1",
-        sp_id="raw",
-        outbox=tmp_path / "o.sqlite",
-    )
-    srv = UvicornThread(build_proxy(settings, log_transport=log.transport()))
+    srv = serve_proxy(upstream, log, tmp_path / "o.sqlite", "raw")
     try:
         _send_writes(srv.url)
         wait_for(lambda: len(log.events) == len(WRITES), 10, "every event delivered")

@@ -15,21 +15,20 @@ adapter's intent and a bulk operation's path alike.
 from __future__ import annotations
 
 import json
-import socket
 import urllib.parse
 from pathlib import Path
 
 from client.adapters.exchange import AuditConfig, Exchange
-from client.adapters.middleware import AuditMiddleware, intent_doc, unknown_outcome_records
-from client.adapters.outbox import Outbox
-from client.adapters.proxy import ProxySettings, build_proxy
-from tests.support import UvicornThread, wait_for
+from client.adapters.middleware import intent_doc, unknown_outcome_records
+from tests.support import wait_for
 
 from .helpers import (
     FakeLog,
     answers_204,
     bulk_events,
-    relay_for,
+    send_raw,
+    serve_middleware,
+    serve_proxy,
     standin_sp,  # noqa: F401  (the SP stand-in fixture, "sp")
 )
 
@@ -47,27 +46,14 @@ WRITES = [
 
 
 def _send_raw(port: int, path: str) -> int:
-    """``DELETE path`` sent as is (an HTTP client would remove the dot segments itself)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(
-            f"DELETE {path} HTTP/1.1\r\nHost: sp\r\nX-Request-Id: {path}\r\n"
-            "Connection: close\r\n\r\n".encode()
-        )
-        head = b""
-        while b"\r\n" not in head:
-            chunk = s.recv(4096)
-            if not chunk:
-                break
-            head += chunk
-    return int(head.split(b" ", 2)[1])
+    """``DELETE path`` sent as is."""
+    head = f"DELETE {path} HTTP/1.1\r\nHost: sp\r\nX-Request-Id: {path}\r\n"
+    return send_raw(port, (head + "Connection: close\r\n\r\n").encode())
 
 
 def test_redteam24_the_middleware_removes_a_paths_dot_segments(tmp_path: Path) -> None:
     log = FakeLog()
-    outbox = Outbox(tmp_path / "outbox.sqlite")
-    config = AuditConfig(tenant="t1", sp_id="sp1", base_path="/v2", on_access=lambda _: None)
-    mw = AuditMiddleware(answers_204, config, outbox, relay_for(outbox, log), own=True)
-    srv = UvicornThread(mw)
+    srv = serve_middleware(answers_204, tmp_path / "outbox.sqlite", log)
     try:
         for path, _ in WRITES:
             assert _send_raw(srv.port, path) == 204, path
@@ -83,15 +69,7 @@ def test_redteam24_the_proxy_removes_dot_segments_as_the_middleware_does(
     """The proxy routes the same bytes to the same resource, and forwards them as sent."""
     upstream, seen = sp
     log = FakeLog()
-    settings = ProxySettings(
-        upstream=upstream,
-        log_url="http://log.test",
-        token="tok",
-        tenant="t1",
-        sp_id="dots",
-        outbox=tmp_path / "o.sqlite",
-    )
-    srv = UvicornThread(build_proxy(settings, log_transport=log.transport()))
+    srv = serve_proxy(upstream, log, tmp_path / "o.sqlite", "dots")
     want = {path: w for path, w in WRITES if w is not None}
     try:
         for path, _ in WRITES:

@@ -13,19 +13,14 @@ characters was logged 64 times over. The name is now escaped to printable ASCII 
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import client.adapters.exchange as exchange
-from client.adapters.exchange import AuditConfig
-from client.adapters.middleware import AuditMiddleware
-from client.adapters.outbox import Outbox
-from tests.support import UvicornThread
 
-from .helpers import USER, FakeLog, relay_for
+from .helpers import USER, FakeLog, send_raw, serve_middleware
 
 
 async def _echoing_sp(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -51,15 +46,7 @@ def _create(port: int, fwd: bytes) -> int:
         + str(len(body)).encode()
         + b"\r\nConnection: close\r\n\r\n"
     )
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(head + body)
-        got = b""
-        while b"\r\n" not in got:
-            chunk = s.recv(4096)
-            if not chunk:
-                break
-            got += chunk
-    return int(got.split(b" ", 2)[1])
+    return send_raw(port, head + body)
 
 
 def test_redteam24_a_client_chosen_server_is_warned_bounded_and_printable(
@@ -68,10 +55,7 @@ def test_redteam24_a_client_chosen_server_is_warned_bounded_and_printable(
     exchange._warned_servers.clear()
     caplog.set_level("WARNING", logger="client.adapters.exchange")
     log = FakeLog()
-    outbox = Outbox(tmp_path / "outbox.sqlite")
-    config = AuditConfig(tenant="t1", sp_id="sp1", base_path="/v2", on_access=lambda _: None)
-    mw = AuditMiddleware(_echoing_sp, config, outbox, relay_for(outbox, log), own=True)
-    srv = UvicornThread(mw)
+    srv = serve_middleware(_echoing_sp, tmp_path / "outbox.sqlite", log)
     hosts = [b"evil\x85WARNING forged line.example", b"h" * 6000 + b".example"]
     hosts += [f"s{i}.example".encode() for i in range(80)]
     try:

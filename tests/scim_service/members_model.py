@@ -20,6 +20,7 @@ from tlog.scim.effects import classify, mark_members_known, members_known
 GEN = "0123456789abcdef"
 POOL = ("u1", "u2", "u3", "u4")
 PATCH_OP = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
+USER_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:User"
 
 
 def b64(raw: bytes) -> str:
@@ -216,3 +217,86 @@ def group_event_of(
         acts=intent.acts,
     )  # fmt: skip
     return ev
+
+
+# --- red team 20's role and entitlement programs, shared with red team 24's ----------------
+
+ROLE_VALUES = st.lists(st.sampled_from("abc"), max_size=2).map(lambda v: sorted(set(v)))
+ROLE_STEP = st.one_of(
+    st.tuples(st.sampled_from(["add", "remove"]), ROLE_VALUES.filter(bool)),
+    st.tuples(st.just("clear"), st.just([])),
+    st.tuples(st.sampled_from(["path-replace", "pathless-replace"]), ROLE_VALUES),
+)
+
+
+def role_operation(key: str, kind: str, vals: list[str]) -> dict[str, Any]:
+    """The PATCH operation of a step of :data:`ROLE_STEP` on the set ``key``."""
+    items = [{"value": v} for v in vals]
+    if kind == "clear":
+        return {"op": "remove", "path": key}
+    if kind == "pathless-replace":
+        return {"op": "replace", "value": {key: items}}
+    return {"op": kind.removeprefix("path-"), "path": key, "value": items}
+
+
+def role_sp(held: set[str], kind: str, vals: list[str], merges: bool) -> set[str]:
+    """What an SP holds after a step of :data:`ROLE_STEP`: one that ``merges`` a path-less
+    replace (SCIMMY) or replaces on it (scim2-server)."""
+    if kind == "add":
+        return held | set(vals)
+    if kind == "remove":
+        return held - set(vals)
+    if kind == "clear":
+        return set()
+    if kind == "pathless-replace" and merges:
+        return held | set(vals)
+    return set(vals)
+
+
+ROLE_VERBS = {
+    "roles": ("user.role.grant", "user.role.revoke"),
+    "entitlements": ("user.entitlement.grant", "user.entitlement.revoke"),
+}
+
+
+def role_write(
+    key: str, kind: str, arg: Any, n: int, merging: set[str], replacing: set[str]
+) -> tuple[dict[str, Any], set[str], set[str]]:
+    """The event of a PATCH (``arg``: steps of :data:`ROLE_STEP`) or a PUT (``arg``: the
+    set stated, None: left out) of user u9's set ``key``, unanswered, and what the merging
+    and the replacing SP hold after it."""
+    if kind == "patch":
+        for step, vals in arg:
+            merging = role_sp(merging, step, vals, True)
+            replacing = role_sp(replacing, step, vals, False)
+        ops = [role_operation(key, step, vals) for step, vals in arg]
+        return (
+            user_event("patch", {"schemas": [PATCH_OP], "Operations": ops}, f"r{n}"),
+            merging,
+            replacing,
+        )
+    put: dict[str, Any] = {"schemas": [USER_SCHEMA], "userName": "u9"}
+    if arg is not None:
+        put[key] = [{"value": v} for v in arg]
+    held = set(arg or ())
+    return user_event("replace", put, f"r{n}"), held, set(held)
+
+
+def check_role_effect(
+    key: str, effect: dict[str, Any], state: Any, merging: set[str], replacing: set[str], why: Any
+) -> None:
+    """No value of ``key`` named granted (a change's ``added`` or a grant act) that either SP
+    lacks, none revoked that either holds, unless a change says the set is not known; a set
+    the state calls known whole is both SPs'."""
+    named = [c for c in effect.get("changes", ()) if c.get("attr") == key]
+    if not any(len(c) == 1 for c in named):  # none says "not known"
+        added = {v for c in named for v in c.get("added", ())}
+        removed = {v for c in named for v in c.get("removed", ())}
+        assert all(v in merging and v in replacing for v in added - removed), why
+        assert not (removed - added) & (merging | replacing), why
+        acts = {a["a"] for a in effect.get("acts", ())}
+        grant, revoke = ROLE_VERBS[key]
+        assert grant not in acts or added, why
+        assert revoke not in acts or removed, why
+    if key in state.get("full", ()):
+        assert set(state.get(key, ())) == merging == replacing, why
