@@ -526,7 +526,10 @@ class Exchange:
     t1_ns: int = 0
     # Set by the middleware when the SP's answer ended before it was whole (x.answer).
     answer_note: str | None = None
-    _target: tuple[AuditConfig, _Target] | None = field(default=None, repr=False, compare=False)
+    # (config, route, raw_relative's path as sent) of the last config routed for
+    _target: tuple[AuditConfig, _Target, str | None] | None = field(
+        default=None, repr=False, compare=False
+    )
     # The headers by lower-case name (the first of repeated ones), made on first use.
     _req_map: tuple[Any, dict[bytes, bytes]] | None = field(default=None, repr=False, compare=False)
     _resp_map: tuple[Any, dict[bytes, bytes]] | None = field(
@@ -555,14 +558,22 @@ class Exchange:
 
     def target(self, cfg: AuditConfig) -> _Target:
         """:func:`route` of this exchange's path and method, computed once."""
+        return self._routed(cfg)[1]
+
+    def raw_rel(self, cfg: AuditConfig) -> str | None:
+        """:func:`raw_relative` of this exchange's scope (the path :meth:`target` routed
+        when not None), computed once."""
+        return self._routed(cfg)[2]
+
+    def _routed(self, cfg: AuditConfig) -> tuple[AuditConfig, _Target, str | None]:
         t = self._target
         if t is None or t[0] is not cfg:
             raw = raw_relative(self.scope, cfg.base_path)
             if raw is None:
-                t = self._target = (cfg, route(self.rel, self.method, cfg))
+                t = self._target = (cfg, route(self.rel, self.method, cfg), None)
             else:
-                t = self._target = (cfg, route(raw, self.method, cfg, encoded=True))
-        return t[1]
+                t = self._target = (cfg, route(raw, self.method, cfg, encoded=True), raw)
+        return t
 
     def req_header(self, name: bytes) -> str | None:
         """The first request header ``name`` (lower case), as :func:`header` finds it."""

@@ -82,7 +82,6 @@ from client.adapters.exchange import (
     log_access,
     now_ms,
     path_text,
-    raw_relative,
     relative,
     rid_text,
     route,
@@ -890,7 +889,7 @@ def intent_doc(cfg: AuditConfig, x: Exchange) -> dict[str, Any] | None:
     }
     if kind != "bulk" and target.rid is not None:
         doc["rid"] = target.rid  # routed from the raw path, which "p" (decoded) is not
-        raw = raw_relative(x.scope, cfg.base_path)
+        raw = x.raw_rel(cfg)
         if raw is not None and raw != x.rel:
             # the path as sent, so recovery routes its type as the request was routed
             # (red team 24: "p" routed again named User a for /Users%2Fx/a)
