@@ -13,6 +13,7 @@ import threading
 
 import pytest
 
+from .actors import erase
 from .conftest import BASE_TS, Harness, user_event
 
 WRITERS = 3
@@ -60,3 +61,25 @@ def test_redteam24_a_listing_while_writes_land_lists_cleanly(
         assert before <= set(got), "an event acknowledged before the listing is missing"
     final = {r.event["corr"]["req"] for r in h.auditor().search_all(limit=100) if r.event}
     assert {f"w{w}-{i}" for w in range(WRITERS) for i in range(EACH)} <= final
+
+
+def test_redteam24_events_erased_between_pages_list_cleanly(harness: Harness) -> None:
+    """Users erased while a listing is between pages: their events on pages read and on
+    pages to come, and the erasure's own events landing: every event listed once, in log
+    order, none refused (an erased event lists with no body)."""
+    h = harness
+    ticks = itertools.count()
+    h.service.clock = lambda: BASE_TS + next(ticks) // 3
+    for i in range(12):
+        assert h.post_event(user_event(f"u-e{i % 4}", req=f"e-{i}")).status_code == 200
+    seen: list[int] = []
+    erased: set[str] = set()
+    for r in h.auditor().search_all(limit=2):
+        seen.append(r.index)
+        if len(seen) % 2 == 0 and len(erased) < 4:  # between two pages
+            rid = f"u-e{len(erased)}"
+            erase(h, rid)
+            erased.add(rid)
+    assert len(seen) == len(set(seen)) and erased == {f"u-e{i}" for i in range(4)}
+    listed = {r.event["corr"]["req"] for r in h.auditor().search_all(limit=100) if r.event}
+    assert listed.isdisjoint({f"e-{i}" for i in range(12)})  # all four erased
