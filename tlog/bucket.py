@@ -299,7 +299,13 @@ def _signatures(note: str | bytes) -> int:
 PROBE_PREFIX = "tlog-probe/"
 PROBE_KEPT_KEY = PROBE_PREFIX + "kept"
 _PROBE_READ_LIMIT = 64
-_PROBE_WRITE_TRIES = 5  # another frontend's probe may write the kept object meanwhile
+# Another frontend's probe may write the kept object between a read and the write on its
+# ETag: tried again after a random pause that grows (0-10 ms, then up to 0.25 s each), so
+# frontends starting together do not keep meeting. Five tries without pauses lost all five to
+# seven racing probes on a loaded machine (the CI of stop 35).
+_PROBE_WRITE_TRIES = 12
+_PROBE_PAUSE_BASE = 0.01
+_PROBE_PAUSE_MAX = 0.25
 _WRONG_ETAG = '"00000000000000000000000000000000"'
 
 
@@ -325,9 +331,13 @@ def _may_delete(store: ObjectStore) -> Callable[[str], None] | None:
 def _probe_write(store: ObjectStore, key: str, data: bytes, kept: bool) -> None:
     """Write the probe object (its first write at this start) and read it back. A unique
     ``key`` is created; the kept one is created or replaced on the ETag just read (another
-    frontend starting at the same moment may write it in between: read again). Raises
+    frontend starting at the same moment may write it in between: read again, after a random
+    pause that grows, so racing frontends spread out). Raises
     :class:`BucketError` when the writer cannot write it or cannot read it back."""
-    for _ in range(_PROBE_WRITE_TRIES):
+    for attempt in range(_PROBE_WRITE_TRIES):
+        if attempt:
+            pause = min(_PROBE_PAUSE_MAX, _PROBE_PAUSE_BASE * 2 ** (attempt - 1))
+            time.sleep(secrets.randbelow(1000) / 1000 * pause)
         got = store.get(key, _PROBE_READ_LIMIT) if kept else None
         try:
             if got is None:

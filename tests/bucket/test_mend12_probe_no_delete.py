@@ -117,3 +117,16 @@ def test_a_frontend_without_delete_starts_and_publishes_leaving_one_probe_object
             assert bucket_checkpoint(node).size == 5 * (i + 1)
     assert "may not delete" in caplog.text
     assert _probe_objects(seaweedfs, bucket) == [PROBE_KEPT_KEY]
+
+
+def test_many_frontends_starting_at_once_all_finish_their_probe(seaweedfs: SeaweedS3) -> None:
+    """Sixteen frontends (no delete permission) probe the kept object at the same moment,
+    twice over: each finishes with the conditions honoured, none gives up with "kept changing"
+    (five tries without pauses lost all five to seven racing probes in a loaded CI run: a
+    frontend refusing to start for nothing)."""
+    bucket = seaweedfs.bucket()
+    stores = [limited_store(seaweedfs, bucket, "p", [READ, WRITE, LIST]) for _ in range(4)]
+    with ThreadPoolExecutor(16) as pool:
+        got = list(pool.map(probe_conditional_writes, stores * 8))
+    assert got == [None] * 32
+    assert _probe_objects(seaweedfs, bucket) == [PROBE_KEPT_KEY]
