@@ -99,7 +99,9 @@ def parse_log_list(data: str | bytes) -> list[LogListEntry]:
         # 4,300 digits): either failed the whole pull (red team 22). Else no number, as any
         # other bad qpd.
         if q is not None and q.isascii() and q.isdigit() and len(q) <= 19:
-            qpd = int(q) if int(q) < 1 << 63 else None
+            qpd = int(q)
+            if qpd >= 1 << 63:
+                qpd = None
         if origin in entries:
             logger.warning("log list: skipping a duplicate entry for %r", origin)
             return
