@@ -16,15 +16,17 @@ Reported: requests/s, p50/p99, each server's CPU per request (user + system time
 process during its run, over the requests answered: unlike the rates, it hardly moves with
 the machine's other load), and the ratio SCIM / hello (the target is >= 0.25).
 
-``--in-process N``: no HTTP server and no wrk: ``tlog serve``'s ASGI app built in this
-process (``tlog.server.build_app``, the serve defaults, uvloop, the heap frozen after a
-warm-up as ``tlog serve`` freezes it once it listens), driven by 64 concurrent
+``--in-process N [--map-size BYTES]``: no HTTP server and no wrk: ``tlog serve``'s ASGI
+app built in this process (``tlog.server.build_app``, the serve defaults, uvloop, the heap
+frozen after a warm-up as ``tlog serve`` freezes it once it listens), driven by 64 concurrent
 callers with N events in all; reported: the process's CPU per event and the event loop's
 share of it (the rest is the SCIM group writer, the sequencer's writer and publisher), the
 CPU per event of each thread, user + system (``/proc/self/task``, sampled every 20 ms), the
 events per durable commit, the bytes and write calls per event (``/proc/self/io``: LMDB's
 page writes, the checkpoint file) and the context switches per event (``getrusage``). It
-leaves out uvicorn and the sockets, which hello-world pays as well.
+leaves out uvicorn and the sockets, which hello-world pays as well. ``--map-size`` replaces
+the serve default's LMDB map size: under valgrind (which cannot reserve that much address
+space) give it ``1073741824``; the instructions of two values of N differ by the events'.
 
 ``--staging R``: the SCIM group writer's staging alone (:func:`staging`): single events
 staged as the writer stages them against the same events as batches, thread CPU per event;
@@ -152,8 +154,10 @@ def _io() -> tuple[int, int]:
     return int(f["wchar"]), int(f["syscw"])
 
 
-def in_process(total: int, callers: int = 64) -> None:
-    """``--in-process``: the app alone (module docstring)."""
+def in_process(total: int, callers: int = 64, map_size: int = 0) -> None:
+    """``--in-process``: the app alone (module docstring); ``map_size`` (``--map-size``),
+    if not 0, replaces the serve default's LMDB map size (valgrind cannot reserve that
+    much address space)."""
     import asyncio
     import gc
     import random
@@ -168,7 +172,7 @@ def in_process(total: int, callers: int = 64) -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="tlog-bench-scim1-"))
     origin = "bench.example/log"
-    cfg = ServeConfig(data=tmp / "data")
+    cfg = ServeConfig(data=tmp / "data", **({"map_size": map_size} if map_size else {}))
     sys.setswitchinterval(cfg.switch_interval_ms / 1000.0)  # as tlog serve sets it
     app, log_, tokens = build_app(cfg, CheckpointSigner(Ed25519Signer(origin, bytes(32)), origin))
     token, _ = tokens.create("submitter", tenant=TENANT, name="bench")
@@ -328,6 +332,12 @@ def main() -> None:
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--in-process", type=int, default=0, metavar="N")
+    ap.add_argument(
+        "--map-size",
+        type=int,
+        default=0,
+        help="--in-process: LMDB map size (for valgrind: 1073741824)",
+    )
     ap.add_argument("--database", help="serve from this postgresql:// URL (default: LMDB)")
     ap.add_argument("--staging", type=int, default=0, metavar="R")
     ap.add_argument("--mode", choices=("single", "batch"))
@@ -336,7 +346,7 @@ def main() -> None:
         staging(args.staging, [args.mode] if args.mode else ["single", "batch"])
         return
     if args.in_process:
-        in_process(args.in_process)
+        in_process(args.in_process, map_size=args.map_size)
         return
     if shutil.which("wrk") is None:
         sys.exit("bench.scim_single needs wrk: apt-get install -y wrk")
