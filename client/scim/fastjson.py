@@ -39,6 +39,7 @@ from __future__ import annotations
 import binascii
 import functools
 import ipaddress
+import re
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
@@ -179,16 +180,19 @@ _UTF8 = _compile(controls=True, ascii_=False)
 # What a JSON string needs to decode to a string with a C0 control or DEL in it, in an ASCII
 # body without \u escapes (raw C0 bytes are not allowed in JSON strings at all).
 _CONTROL_SIGNS = (b"\\b", b"\\f", b"\\n", b"\\r", b"\\t", b"\x7f")
+# A backslash that does not start a \" pair (one at the very end of the body included).
+_OTHER_ESCAPE = re.compile(rb'\\(?!")')
 
 
 def _decoders(body: bytes) -> tuple[msgspec.json.Decoder[Any], msgspec.json.Decoder[Any]]:
     if not body.isascii():
         return _UTF8
     # Usually the only escapes are \" (quotes inside the JSON texts of mods). When every
-    # backslash starts a \" pair (as many backslashes as pairs: a backslash starts at most
-    # one), there is no \u and no control-character escape, so only a raw DEL could put a
-    # control character in a string. Two counts and a find instead of up to eight scans.
-    if body.count(b"\\") == body.count(b'\\"'):
+    # backslash starts a \" pair, there is no \u and no control-character escape, so only a
+    # raw DEL could put a control character in a string. One regex scan and a find instead
+    # of up to eight scans. Anything but _UTF8 means "no \u in the body": _colons relies
+    # on it.
+    if _OTHER_ESCAPE.search(body) is None:
         return _ASCII if b"\x7f" in body else _LEAN
     if b"\\u" in body:
         return _UTF8  # \\u escapes may stand for anything but a lone surrogate
@@ -337,12 +341,14 @@ def _finish(
 _FAIL = (msgspec.ValidationError, msgspec.DecodeError, ValueError, RecursionError, TypeError)
 
 
-def _colons(body: bytes) -> int:
+def _colons(body: bytes, escapes: bool = True) -> int:
     """The colons of a JSON text, those written as ``\\u003a`` escapes included (a literal
     backslash followed by "u003a" counts too: an overcount only ever makes the repeated-key
-    check fail, sending the body to the reference path)."""
+    check fail, sending the body to the reference path). ``escapes=False``: the caller
+    knows the body has no ``\\u`` (:func:`_decoders` did not choose ``_UTF8``), so the
+    search for one is left out."""
     n = body.count(b":")
-    if b"\\u" in body:
+    if escapes and b"\\u" in body:
         n += body.count(b"\\u003a") + body.count(b"\\u003A")
     return n
 
@@ -352,10 +358,11 @@ def decode_batch(body: bytes) -> list[tuple[_ev.Event, bytes]] | None:
     exactly as :func:`client.scim.event.adopt_json_event` would give it; or ``None``: then
     the caller must take the reference path (which accepts, or says what is wrong)."""
     try:
-        decoded = _decoders(body)[1].decode(body)
+        decoders = _decoders(body)
+        decoded = decoders[1].decode(body)
         if not decoded.events:
             return None
-        if _colons(body) != _encoder.encode(decoded).count(b":"):
+        if _colons(body, decoders is _UTF8) != _encoder.encode(decoded).count(b":"):
             return None  # a repeated key somewhere
         events = msgspec.to_builtins(decoded.events)
         return [(ev, _finish(ev)) for ev in events]
@@ -369,8 +376,9 @@ def decode_event_json(body: bytes) -> tuple[_ev.Event, bytes] | None:
     if len(body) > _ev.MAX_JSON_SIZE:
         return None
     try:
-        decoded = _decoders(body)[0].decode(body)
-        if _colons(body) != _encoder.encode(decoded).count(b":"):
+        decoders = _decoders(body)
+        decoded = decoders[0].decode(body)
+        if _colons(body, decoders is _UTF8) != _encoder.encode(decoded).count(b":"):
             return None  # a repeated key somewhere
         ev = msgspec.to_builtins(decoded)
         return ev, _finish(ev)

@@ -252,6 +252,34 @@ def test_lean_decoder_only_when_no_string_can_hold_a_control(
     assert chosen is old
 
 
+@given(
+    st.binary(max_size=24)
+    | st.lists(
+        st.sampled_from([b"\\", b'"', b"u", b"003a", b":", b"n", b"\x7f", b"\xe9"]), max_size=12
+    ).map(b"".join)
+)
+@settings(max_examples=600, deadline=None)
+def test_one_scan_for_escapes_decides_as_the_two_counts_did(body: bytes) -> None:
+    """Any body, JSON or not: the decoders chosen by one regex scan for a backslash that does
+    not start a \\" pair are those the two counts chose (as many backslashes as pairs), and
+    a choice other than _UTF8 means the body holds no \\u, so the repeated-key count may
+    leave out its search for \\u003a escapes."""
+    old = (
+        fastjson._UTF8
+        if not body.isascii()
+        else (fastjson._ASCII if b"\x7f" in body else fastjson._LEAN)
+        if body.count(b"\\") == body.count(b'\\"')
+        else fastjson._UTF8
+        if b"\\u" in body
+        else fastjson._ASCII
+        if any(sign in body for sign in fastjson._CONTROL_SIGNS)
+        else fastjson._LEAN
+    )
+    chosen = fastjson._decoders(body)
+    assert chosen is old
+    assert fastjson._colons(body, chosen is fastjson._UTF8) == fastjson._colons(body)
+
+
 def _rules_outcome(fn: Any, ev: dict[str, Any]) -> bool:
     try:
         fn(ev)
