@@ -775,7 +775,10 @@ def _uuid7_int(ts_ms: int | None) -> int:
 
 
 def _drop_empty(obj: Mapping[str, Any] | None) -> Any:
-    # type() first: isinstance against the Mapping ABC is the slow part for the usual dict.
+    # type() first: isinstance against the Mapping ABC is the slow part for the usual dict
+    # (and for None, the usual absent field: five of an event's nine calls).
+    if obj is None:
+        return None
     if type(obj) is not dict and not isinstance(obj, Mapping):
         return obj  # None, or a wrong type that validation will name
     # (text, bytes and numbers first: never None nor equal to an empty list or dict, so
