@@ -1037,14 +1037,23 @@ def _fast_intent(
                 if b is not None:
                     mvalue = b
             hide = key in secret
+            data = b""  # the canonical JSON of mvalue, when made
             if not hide and has_value:
-                entry.update(_fast_value("old" if pop == "remove" else "new", key, mvalue, digest))
+                side = "old" if pop == "remove" else "new"
+                text = jcs(mvalue)
+                data = text.encode("utf-8")
+                entry.update(_fast_value_of(side, key, text, data, digest))
             entry.update(_form_of(prefix, key, pop, "path"))
             mods.append(entry)
             verbs |= _unit_verbs(prefix, pop, key, value, put=False)
             item: dict[str, Any] = {"op": pop, "path": path}
             if has_value and not hide:
-                item["v_d"] = jcs_digest(value)
+                # v_d is the digest of the same canonical text when the value is the one
+                # the mods entry states (not a text boolean of "active" made a boolean):
+                # encoded once, not again for the digest
+                item["v_d"] = (
+                    hashlib.sha256(data).digest() if mvalue is value else jcs_digest(value)
+                )
             patch.append(item)
         return RequestIntent(
             acts=_fast_acts(prefix, verbs or {"update"}, ocsf), patch=patch, mods=mods
@@ -1068,7 +1077,14 @@ def kept_digest(path: str, value: object, digest_attrs: Collection[str]) -> str:
 def _fast_value(side: str, key: str, value: object, digest: frozenset[str]) -> dict[str, Any]:
     """``_Builder.value_text`` as an entry's item: ``{side: text}`` or ``{side_d: digest}``."""
     text = jcs(value)
-    data = text.encode("utf-8")
+    return _fast_value_of(side, key, text, text.encode("utf-8"), digest)
+
+
+def _fast_value_of(
+    side: str, key: str, text: str, data: bytes, digest: frozenset[str]
+) -> dict[str, Any]:
+    """:func:`_fast_value` of a value whose canonical JSON ``text`` (``data`` its UTF-8)
+    is made already."""
     if key in digest or len(data) > MAX_MOD_VALUE:
         return {side + "_d": hashlib.sha256(data).digest()}
     return {side: text}
