@@ -414,7 +414,41 @@ class Forwarder:
         ``Connection`` names), ``Content-Length`` and ``Expect``; ``Host`` first (the
         upstream's unless ``preserve_host``); ``Content-Length``; then, if ``forwarded``,
         ``X-Forwarded-For`` (the client's chain plus its peer, last), ``-Proto`` and
-        ``-Host`` unless the client sent them. Two passes over the client's headers."""
+        ``-Host`` unless the client sent them. One pass over the client's headers when none
+        is ``Connection`` (the usual request), else :meth:`_named_request_headers`."""
+        drop = self._drop
+        client = scope.get("client") if self.forwarded else None
+        out: list[tuple[bytes, bytes]] = []
+        prior: list[bytes] = []  # X-Forwarded-For values, when a peer is appended
+        host = None  # the client's first Host, for X-Forwarded-Host (kept or not)
+        has_host = has_proto = has_fhost = False
+        for k, v in scope.get("headers", ()):
+            k = bytes(k)
+            lk = k.lower()
+            if lk == b"host" and host is None:
+                host = bytes(v)
+            if lk in drop:
+                if lk == b"connection":  # it may name more to drop: the two passes
+                    return self._named_request_headers(scope, body)
+                continue
+            v = bytes(v)
+            if lk == b"x-forwarded-for" and client:
+                prior.append(v)
+                continue
+            if lk == b"host":
+                has_host = True
+            elif lk == b"x-forwarded-proto":
+                has_proto = True
+            elif lk == b"x-forwarded-host":
+                has_fhost = True
+            out.append((k, v))
+        return self._finish_headers(
+            scope, body, out, prior, client, host, has_host, has_proto, has_fhost
+        )
+
+    def _named_request_headers(self, scope: Scope, body: bytes) -> list[tuple[bytes, bytes]]:
+        """:meth:`_request_headers` of a request with a ``Connection`` header: what it
+        names is dropped too, so it is read before the headers are passed on."""
         raw = [(k.lower(), k, bytes(v)) for k, v in _as_bytes(scope.get("headers", ()))]
         named: set[bytes] = set()  # what Connection headers name (one union: not per header)
         host = None  # the client's first Host, for X-Forwarded-Host
@@ -441,6 +475,24 @@ class Forwarder:
             elif lk == b"x-forwarded-host":
                 has_fhost = True
             out.append((k, v))
+        return self._finish_headers(
+            scope, body, out, prior, client, host, has_host, has_proto, has_fhost
+        )
+
+    def _finish_headers(
+        self,
+        scope: Scope,
+        body: bytes,
+        out: list[tuple[bytes, bytes]],
+        prior: list[bytes],
+        client: Any,
+        host: bytes | None,
+        has_host: bool,
+        has_proto: bool,
+        has_fhost: bool,
+    ) -> list[tuple[bytes, bytes]]:
+        """The headers the proxy adds to the client's ``out``: ``Host`` first (unless the
+        client's is kept), ``Content-Length``, the ``X-Forwarded-*`` ones."""
         if not self.preserve_host or not has_host:
             out.insert(0, (b"host", self.host_header))
         if body or str(scope["method"]) in ("POST", "PUT", "PATCH"):
