@@ -58,11 +58,6 @@ _FRAMING = frozenset({b"content-length", b"transfer-encoding"})
 _NOTED = HOP_BY_HOP | _FRAMING
 
 
-def _as_bytes(headers: Any) -> Any:
-    """ASGI header pairs with bytes names (a server may hand other byte sequences)."""
-    return ((bytes(k), v) for k, v in headers)
-
-
 def _logged(scope: Scope) -> str:
     """The request's path as a log line may show it: resource ids (user names, e-mail
     addresses) as ``{id}`` (:func:`client.runtime.logredact.redact_target`)."""
@@ -415,8 +410,23 @@ class Forwarder:
         upstream's unless ``preserve_host``); ``Content-Length``; then, if ``forwarded``,
         ``X-Forwarded-For`` (the client's chain plus its peer, last), ``-Proto`` and
         ``-Host`` unless the client sent them. One pass over the client's headers when none
-        is ``Connection`` (the usual request), else :meth:`_named_request_headers`."""
-        drop = self._drop
+        is ``Connection`` (the usual request); else a first pass reads what the
+        ``Connection`` headers name, and the second drops those too."""
+        got = self._pass(scope, body, self._drop, True)
+        if got is None:
+            named: set[bytes] = set()  # one union with the dropped names: not per header
+            for k, v in scope.get("headers", ()):
+                if bytes(k).lower() == b"connection":
+                    named.update([t.strip().lower() for t in bytes(v).split(b",")])
+            got = self._pass(scope, body, self._drop | named if named else self._drop, False)
+        return [] if got is None else got  # (None only where a stop is asked)
+
+    def _pass(
+        self, scope: Scope, body: bytes, drop: frozenset[bytes], stop: bool
+    ) -> list[tuple[bytes, bytes]] | None:
+        """The upstream headers of :meth:`_request_headers` with the client's named in
+        ``drop`` left out; None when ``stop`` and a ``Connection`` header is met (it may
+        name more to drop)."""
         client = scope.get("client") if self.forwarded else None
         out: list[tuple[bytes, bytes]] = []
         prior: list[bytes] = []  # X-Forwarded-For values, when a peer is appended
@@ -428,43 +438,10 @@ class Forwarder:
             if lk == b"host" and host is None:
                 host = bytes(v)
             if lk in drop:
-                if lk == b"connection":  # it may name more to drop: the two passes
-                    return self._named_request_headers(scope, body)
+                if stop and lk == b"connection":
+                    return None
                 continue
             v = bytes(v)
-            if lk == b"x-forwarded-for" and client:
-                prior.append(v)
-                continue
-            if lk == b"host":
-                has_host = True
-            elif lk == b"x-forwarded-proto":
-                has_proto = True
-            elif lk == b"x-forwarded-host":
-                has_fhost = True
-            out.append((k, v))
-        return self._finish_headers(
-            scope, body, out, prior, client, host, has_host, has_proto, has_fhost
-        )
-
-    def _named_request_headers(self, scope: Scope, body: bytes) -> list[tuple[bytes, bytes]]:
-        """:meth:`_request_headers` of a request with a ``Connection`` header: what it
-        names is dropped too, so it is read before the headers are passed on."""
-        raw = [(k.lower(), k, bytes(v)) for k, v in _as_bytes(scope.get("headers", ()))]
-        named: set[bytes] = set()  # what Connection headers name (one union: not per header)
-        host = None  # the client's first Host, for X-Forwarded-Host
-        for lk, _, v in raw:
-            if lk == b"connection":
-                named.update([t.strip().lower() for t in v.split(b",")])
-            elif lk == b"host" and host is None:
-                host = v
-        drop = self._drop | named if named else self._drop
-        client = scope.get("client") if self.forwarded else None
-        out: list[tuple[bytes, bytes]] = []
-        prior: list[bytes] = []  # X-Forwarded-For values, when a peer is appended
-        has_host = has_proto = has_fhost = False
-        for lk, k, v in raw:
-            if lk in drop:
-                continue
             if lk == b"x-forwarded-for" and client:
                 prior.append(v)
                 continue
