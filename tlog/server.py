@@ -27,7 +27,6 @@ from tlog.scim.service import ScimService
 from tlog.sequencer import Sequencer
 from tlog.signer import CheckpointSigner
 from tlog.ui import console_routes
-from tlog.witnessing import WitnessPusher
 
 if TYPE_CHECKING:
     from tlog.pg import OperatorHold
@@ -128,6 +127,10 @@ def build_app(
     published: PublishedState = Solo(log_)
     pusher = None
     if config.witnesses is not None:
+        # Here, not at the top: the push rounds' HTTP client (httpx) is loaded only by a
+        # server that has witnesses, not at every start of every ``tlog`` command.
+        from tlog.witnessing import WitnessPusher
+
         policy = Policy.parse(Path(config.witnesses).read_text("utf-8"))
         for lg in policy.logs:
             if lg.origin == log_.origin and lg.verifier.vkey() != log_.vkey:

@@ -28,8 +28,10 @@ shadowed: ``status`` (the audit backlog as JSON), ``healthz``, ``readyz`` and ``
 (Prometheus). They and the forwarder are dispatched by a few lines of plain ASGI (no web
 framework on the request path), and the program runs under the hardened uvicorn runner
 (:mod:`client.runtime.serving`), which imports uvicorn only when called. Its configuration
-object, :class:`ProxyConfig`, is defined here; ``tlog scim-proxy`` (:mod:`tlog.cli`) only
-fills it in from flags, environment and file.
+object, :class:`ProxyConfig`, is defined beside it (:mod:`client.adapters.proxy_config`,
+which imports none of the proxy, so that ``tlog`` builds its command line without loading
+it); ``tlog scim-proxy`` (:mod:`tlog.cli`) only fills it in from flags, environment and
+file.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ import sys
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import httpx
 from prometheus_client import CollectorRegistry, generate_latest
@@ -54,14 +56,14 @@ from prometheus_client.registry import Collector
 from client.adapters.forwarder import Forwarder, UpstreamError
 from client.adapters.middleware import AuditConfig, AuditMiddleware, Receive, Scope, Send
 from client.adapters.outbox import Outbox, OutboxError
+from client.adapters.proxy_config import ProxyConfig
 from client.adapters.pseudonyms import LogPseudonyms
 from client.adapters.relay import Relay
 from client.formats.merkle import VerificationError
 from client.formats.note import Ed25519Verifier, FormatError
 from client.net.core import HTTPCore, StatusError, Unreachable
 from client.net.logclient import LogClient
-from client.runtime.serving import ServerLimits, run_hardened
-from client.runtime.settings import LOG_FORMATS, LOG_LEVELS, setting, table
+from client.runtime.serving import run_hardened
 
 __all__ = [
     "OPS_PREFIX",
@@ -84,83 +86,6 @@ OPS_PREFIX = "/.tlog"
 STATUS_PATH = OPS_PREFIX + "/status"
 
 _INFO_LIMIT = 1 << 20  # bytes of a /v1/log or /v1/scim/whoami answer at start-up
-
-
-@dataclass(frozen=True)
-class ProxyConfig:
-    """``tlog scim-proxy``: the auditing reverse proxy in front of a SCIM service provider.
-
-    Every default is defined here once; ``tlog scim-proxy`` fills the fields in from flags,
-    ``TLOG_PROXY_*`` environment variables and ``--config FILE`` (:mod:`tlog.config`)."""
-
-    upstream: str | None = setting(
-        None, "SCIM base URL of the service provider, e.g. http://127.0.0.1:9000/v2 (required)"
-    )
-    log_url: str | None = setting(None, "base URL of the tlog server (required)", flag="--log")
-    log_origin: str | None = setting(
-        None, "the log's origin: refuse to start against a log with another one"
-    )
-    log_key: str | None = setting(
-        None,
-        "the log's verifier key (origin+id+key, as 'tlog serve' prints it): every receipt "
-        "is verified under it, and the proxy refuses to start against a log whose checkpoint "
-        "does not verify under it (required, unless --log-key-tofu)",
-    )
-    log_key_tofu: bool = setting(
-        False,
-        "trust on first use instead of --log-key: pin the key the log names at the first "
-        "contact (a WARNING names it); for trials, not for production",
-    )
-    token_file: Path | None = setting(
-        None, "file holding a submitter token bound to --tenant (required)"
-    )
-    tenant: str | None = setting(None, "the tenant the events belong to (required)")
-    sp_id: str | None = setting(None, "this service provider's id in the events (required)")
-    listen: str = setting("127.0.0.1:8081", "host:port to listen on")
-    outbox: Path = setting(Path("scim-outbox.sqlite"), "SQLite outbox file")
-    outbox_max_mb: float | None = setting(
-        None, "cap on the outbox size in MiB; beyond it writes fail (closed: 503)"
-    )
-    fail_open: bool = setting(
-        False,
-        "pass SCIM responses through when the event cannot be recorded "
-        "(default: fail closed with 503)",
-    )
-    durable_intents: bool = setting(
-        False,
-        "flush each write-ahead intent to disk before forwarding its write (one fdatasync "
-        "shared by the writes in flight), so that it survives a machine crash or power "
-        "loss; without it an intent survives a kill of the proxy, not of the machine",
-    )
-    receipt_timeout: float = setting(
-        0.0,
-        "seconds to wait for the log's receipt before answering (0: answer once the event "
-        "is in the outbox)",
-    )
-    base_path: str | None = setting(
-        None, "SCIM base path for the audit records (default: the upstream's path)"
-    )
-    preserve_host: bool = setting(
-        False, "forward the client's Host header instead of the upstream's"
-    )
-    forwarded: bool = setting(True, "add X-Forwarded-For/-Proto/-Host")
-    upstream_timeout: float = setting(60.0, "seconds per read/write on the upstream (then 504)")
-    upstream_connections: int = setting(
-        64, "requests in flight to the upstream at most; the rest wait in the proxy"
-    )
-    log_level: str = setting("info", "logging level", choices=LOG_LEVELS)
-    log_format: str = setting(
-        "text", "log line format (json: one JSON object a line)", choices=LOG_FORMATS
-    )
-    server: ServerLimits = table(ServerLimits, "connection limits and timeouts", flat=True)
-
-    REQUIRED: ClassVar[tuple[str, ...]] = (
-        "upstream",
-        "log_url",
-        "token_file",
-        "tenant",
-        "sp_id",
-    )
 
 
 class StartupError(Exception):
