@@ -136,3 +136,31 @@ def test_proxy_needs_its_required_settings(tmp_path: Path) -> None:
     r = tlog_cli("scim-proxy", "--tenant", "acme", timeout=60, env={"PATH": "/usr/bin:/bin"})
     assert r.returncode == 1
     assert "--upstream" in r.stderr and "--sp-id" in r.stderr and "--tenant" not in r.stderr
+
+
+def _settings_classes(cls: type) -> list[type]:
+    found = [cls]
+    for f in dataclasses.fields(cls):
+        if isinstance(f.default_factory, type) and dataclasses.is_dataclass(f.default_factory):
+            found += _settings_classes(f.default_factory)
+    return found
+
+
+def test_help_comments_read_as_from_the_parsed_source() -> None:
+    # tlog.config reads a settings class's `# help` comments from its lines in the module
+    # file, not through inspect.getsource (which compiles the whole module at every start):
+    # the same texts, for every settings class of both programs.
+    import inspect
+    import re
+
+    from tlog.config import _comments
+
+    classes = _settings_classes(ServeConfig) + _settings_classes(ProxyConfig)
+    assert {ScimLimits, Limits} <= set(classes)
+    pattern = re.compile(r"(?m)^\s+(\w+):[^#\n]*#\s*(.+)$")
+    with_comments = 0
+    for cls in classes:
+        expected = {m[1]: m[2].strip() for m in pattern.finditer(inspect.getsource(cls))}
+        assert _comments(cls) == expected, cls
+        with_comments += bool(expected)
+    assert with_comments >= 2
