@@ -76,6 +76,7 @@ __all__ = [
     "Unreachable",
     "answer_deadline",
     "deadline_left",
+    "default_tls",
     "http_client",
     "inert",
     "read_body",
@@ -379,6 +380,25 @@ def _may_repeat(request: httpx.Request) -> bool:
     return isinstance(request.stream, httpx.ByteStream)
 
 
+_TLS: ssl.SSLContext | None = None
+_TLS_LOCK = threading.Lock()
+
+
+def default_tls() -> ssl.SSLContext:
+    """The verifying TLS context of every :func:`http_client` not given one, made once a
+    process, as httpx makes it (the CA file of ``SSL_CERT_FILE`` or ``SSL_CERT_DIR`` as
+    the environment is then, else certifi's). httpx makes a new one for each client, the
+    whole CA file parsed again: ~20 ms of CPU a client (a tool or test that makes many
+    clients spent most of its time there). A context is shared safely by connections and
+    threads; each of our transports sets the same ALPN (HTTP/1.1) on it and changes
+    nothing else."""
+    global _TLS
+    with _TLS_LOCK:
+        if _TLS is None:
+            _TLS = httpx.create_ssl_context()
+        return _TLS
+
+
 def http_client(
     *,
     timeout: float | None = 30.0,
@@ -389,6 +409,8 @@ def http_client(
 ) -> httpx.Client:
     """An ``httpx.Client`` whose sockets also obey :class:`HTTPCore`'s whole-answer deadline
     (a server dripping its head byte by byte is cut off too)."""
+    if verify is True:
+        verify = default_tls()
     transport = httpx.HTTPTransport(limits=limits or httpx.Limits(), verify=verify)
     pool = transport._pool
     if not isinstance(pool, httpcore.ConnectionPool):  # pragma: no cover - httpx changed
