@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 
 import httpx
 
-__all__ = ["STARTUP_TIMEOUT", "free_port", "stop_processes", "wait_for", "wait_http"]
+__all__ = ["STARTUP_TIMEOUT", "free_port", "http_get", "stop_processes", "wait_for", "wait_http"]
 
 # How long a test waits for a process to come up or a condition to hold before it fails.
 # Generous on purpose: success returns at once, and a loaded 2-core CI machine can take
@@ -42,6 +43,24 @@ def wait_for(
         time.sleep(step)
 
 
+_CLIENT: httpx.Client | None = None
+_CLIENT_LOCK = threading.Lock()
+
+
+def http_get(url: str, timeout: float = 30.0) -> httpx.Response:
+    """``httpx.get(url, timeout=timeout)``, on one client of this process, each request on
+    a fresh connection (no keep-alive) as a new client's would be. ``httpx.get`` makes a
+    client per call, its TLS context with the whole CA file parsed: ~20-40 ms of CPU, which
+    a loop polling every 50 ms (a test waiting for a server to start) took from the server
+    it waited for."""
+    global _CLIENT
+    with _CLIENT_LOCK:
+        if _CLIENT is None:
+            _CLIENT = httpx.Client(limits=httpx.Limits(max_keepalive_connections=0))
+        client = _CLIENT
+    return client.get(url, timeout=timeout)
+
+
 def wait_http(
     url: str,
     proc: subprocess.Popen[bytes] | None = None,
@@ -57,7 +76,7 @@ def wait_http(
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"process for {url} exited with {proc.returncode}: {output()}")
         try:
-            if ok(httpx.get(url, timeout=1)):
+            if ok(http_get(url, timeout=1)):
                 return
         except httpx.HTTPError:
             pass

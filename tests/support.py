@@ -20,7 +20,14 @@ from client.formats.checkpoint import Checkpoint, open_checkpoint
 from client.formats.merkle import CompactRange, fold_perfect, leaf_hash
 from client.formats.note import Verifier
 from client.formats.tiles import TILE_WIDTH, Tile
-from harness.net import STARTUP_TIMEOUT, free_port, stop_processes, wait_for, wait_http
+from harness.net import (
+    STARTUP_TIMEOUT,
+    free_port,
+    http_get,
+    stop_processes,
+    wait_for,
+    wait_http,
+)
 from harness.tlog import log_vkey, tlog_argv, tlog_cli
 from tlog.config import ServeConfig
 
@@ -39,6 +46,7 @@ __all__ = [
     "assert_prefixes",
     "checkpoints_by_size",
     "free_port",
+    "http_get",
     "listening_socket",
     "open_fds",
     "recompute_tile",

@@ -43,7 +43,7 @@ from tlog.server import build_app
 
 from ..pgsupport import DataBackup, OldCopy, clone_store, recover_into
 from ..s3support import SeaweedS3, audit_bucket
-from ..support import app_parts, recompute_tile, serve_config, wait_for
+from ..support import app_parts, http_get, recompute_tile, serve_config, wait_for
 from .support import (
     ANY_SIZE,
     PUBLIC_KEY,
@@ -478,7 +478,7 @@ def test_tlog_serve_publishes_with_bucket_flags(
         note = r.json()["checkpoint"]
         public = seaweedfs.public_url(bucket, "served")
         wait_for(
-            lambda: httpx.get(public + "/checkpoint", timeout=5).text == note,
+            lambda: http_get(public + "/checkpoint", timeout=5).text == note,
             30,
             "the checkpoint in the bucket",
             step=0.05,

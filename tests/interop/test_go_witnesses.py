@@ -29,7 +29,14 @@ from client.net.witness_client import AddCheckpointRequest, WitnessClient, appen
 from tests.interop.gobin import go_binary
 from tests.interop.peers import GoWitness, Litewitness, Omniwitness, Proc, wait_up
 from tests.server.conftest import ORIGIN
-from tests.support import ServerProcess, free_port, start_server, start_witnessed_server, tlog_cli
+from tests.support import (
+    ServerProcess,
+    free_port,
+    http_get,
+    start_server,
+    start_witnessed_server,
+    tlog_cli,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -53,7 +60,7 @@ def submit(srv: ServerProcess, n: int, prefix: str) -> None:
 def wait_cosigned(srv: ServerProcess, policy: Policy, size: int, timeout: float = 60) -> str:
     deadline = time.monotonic() + timeout
     while True:
-        text = httpx.get(srv.url + "/checkpoint", timeout=5).text
+        text = http_get(srv.url + "/checkpoint", timeout=5).text
         try:
             cp, _ = policy.verify_checkpoint(text, ORIGIN)
             if cp.size >= size:

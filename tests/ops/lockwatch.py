@@ -12,6 +12,7 @@ import httpx
 
 from client.formats.merkle import leaf_hash
 from tests.pgsupport import reading
+from tests.support import http_get
 
 
 def until(what: str, ok: Callable[[], Any], bound: float = 60.0) -> Any:
@@ -27,7 +28,7 @@ def until(what: str, ok: Callable[[], Any], bound: float = 60.0) -> Any:
 
 def ready(url: str) -> tuple[int, dict[str, Any]]:
     """``/readyz``'s status and checks."""
-    r = httpx.get(url + "/readyz", timeout=30)
+    r = http_get(url + "/readyz", timeout=30)
     return r.status_code, r.json()["checks"]
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import free_port, wait_http
+from tests.support import free_port, http_get, wait_http
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
@@ -113,7 +113,7 @@ def test_readme_commands_work_as_printed(tmp_path: Path) -> None:
         # The proxy's event reaches the log (the relay runs in the background).
         base = f"http://127.0.0.1:{ports['8080']}"
         deadline = time.monotonic() + 30
-        while httpx.get(base + "/v1/log").json()["tree_size"] < 2:
+        while http_get(base + "/v1/log").json()["tree_size"] < 2:
             assert time.monotonic() < deadline, "the SCIM event never reached the log"
             time.sleep(0.2)
 

@@ -26,6 +26,7 @@ from tests.support import (
     ServerProcess,
     assert_prefixes,
     checkpoints_by_size,
+    http_get,
     start_server,
     tlog_cli,
 )
@@ -65,7 +66,7 @@ def test_two_frontends_on_one_database_never_fork_nor_lose(tmp_path: Path, pg_ur
         last_index = ra.json()["index"]
         w.acked_one(ra.json(), b"last")
         for _ in range(100):  # bounded: B refreshes once a second while idle
-            cb = httpx.get(b.url + "/checkpoint").text
+            cb = http_get(b.url + "/checkpoint").text
             if cb == ra.json()["checkpoint"]:
                 break
             time.sleep(0.1)
@@ -181,7 +182,7 @@ def test_scim_writes_on_two_frontend_processes(tmp_path: Path, pg_url: str) -> N
             for _ in range(100):  # an idle frontend adopts the other's commits within ~1 s
                 if (
                     open_checkpoint(
-                        httpx.get(url + "/checkpoint").text,
+                        http_get(url + "/checkpoint").text,
                         [Ed25519Verifier.from_vkey(vkey)],
                         origin=ORIGIN,
                     )[0].size

@@ -25,6 +25,7 @@ from client.formats.proof_bundle import TlogProof
 from tests.support import (
     ServerProcess,
     free_port,
+    http_get,
     run_module,
     start_witness_serve,
     start_witnessed_server,
@@ -138,7 +139,7 @@ def check_scenario(
     def watch_cosigned(until: float, min_size: int = 1) -> Checkpoint:
         """Poll /checkpoint until a quorum-cosigned checkpoint of at least min_size shows."""
         while True:
-            text = httpx.get(srv.url + "/checkpoint", timeout=5).text
+            text = http_get(srv.url + "/checkpoint", timeout=5).text
             try:
                 cp, _ = policy.verify_checkpoint(text, ORIGIN)
             except Exception:
