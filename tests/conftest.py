@@ -194,6 +194,16 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         )
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The files that hold a ``slow`` test first, each file's tests in their order. With
+    ``--dist loadfile`` each file runs whole on one worker, the files handed out in this
+    order (``--no-loadscope-reorder`` in pyproject.toml): xdist's own order, the files with
+    the most tests first, put the long multi-process files of one to three tests last, and
+    one worker ran them alone while the others had nothing left."""
+    slow = {item.path for item in items if item.get_closest_marker("slow") is not None}
+    items.sort(key=lambda item: item.path not in slow)
+
+
 @pytest.fixture
 def database(request: pytest.FixtureRequest) -> str | None:
     """The ``--database`` this test runs with: None (the embedded LMDB store in the data

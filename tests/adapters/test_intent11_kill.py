@@ -33,6 +33,8 @@ from .intent_kills import outbox_events as _outbox_events
 from .intent_kills import send_and_kill as _send_and_kill
 from .logserver import Log, audit_read
 
+pytestmark = pytest.mark.slow  # processes started, killed and restarted
+
 TENANT = "acme"
 
 

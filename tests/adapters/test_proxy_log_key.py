@@ -77,6 +77,7 @@ def _proxy_cli(tmp_path: Path, log: Log, token: str, *flags: str) -> tuple[int, 
     return out.returncode, out.stderr
 
 
+@pytest.mark.slow  # proxy processes
 def test_the_proxy_refuses_to_start_without_a_key_or_with_a_wrong_one(
     tmp_path: Path, log: Log
 ) -> None:
@@ -91,6 +92,7 @@ def test_the_proxy_refuses_to_start_without_a_key_or_with_a_wrong_one(
     assert "Traceback" not in err and sub not in err
 
 
+@pytest.mark.slow  # proxy processes
 def test_receipts_that_fail_are_counted_in_the_metrics(tmp_path: Path, log: Log) -> None:
     """A proxy whose log answers receipts under a bad signature: its events stay in the
     outbox, and ``tlog_proxy_receipts_unverified`` counts the refused answers."""

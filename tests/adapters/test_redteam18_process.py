@@ -17,7 +17,10 @@ from .rig import process_rig
 
 pytest.importorskip("scim2_server", reason="needs the dev extras (scim2-server)")
 
-pytestmark = pytest.mark.lmdb_only("the log's backend is not what is tested: once is enough")
+pytestmark = [
+    pytest.mark.lmdb_only("the log's backend is not what is tested: once is enough"),
+    pytest.mark.slow,  # the proxy as a process, with scim2-server
+]
 
 
 def test_effects_match_scim2_server_through_the_proxy_process(log: Log, tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from client.adapters.outbox import Outbox
 from harness.scim import event_record
@@ -30,6 +31,8 @@ from tests.support import free_port, start_proxy, stop_processes
 from .batch_gate import gate_before
 from .helpers import standin_sp  # noqa: F401  (the SP stand-in fixture, "sp")
 from .logserver import Log, audit_read
+
+pytestmark = pytest.mark.slow  # processes started, killed and restarted
 
 TENANT = "t1"  # harness.scim.event_record's
 REQ = "split-kill"

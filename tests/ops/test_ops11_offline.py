@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from client.formats.note import Ed25519Signer
 from tests.scim_service.conftest import ORIGIN, open_harness, user_event
@@ -24,6 +25,8 @@ from tlog.scim.keys import MASTER_KEY_FILE
 
 from ..support import serve_args, start_server, tlog_cli
 from .paused import command_script, paused
+
+pytestmark = pytest.mark.slow  # processes started, killed and restarted
 
 
 def _store_with_certificate(data: Path, database: str | None) -> Path:

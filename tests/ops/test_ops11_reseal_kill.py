@@ -33,6 +33,8 @@ from tlog.scim.service import ScimService
 
 from ..support import serve_args, tlog_cli
 
+pytestmark = pytest.mark.slow  # processes started, killed and restarted
+
 ADMINS = [f"admin-k{i}" for i in range(4)]
 OLD = 22  # events stored the old way (actor in clear), each with an actor to re-seal
 NEW = 4  # events stored pseudonymous already

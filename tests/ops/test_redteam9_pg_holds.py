@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.scim_service.conftest import ORIGIN
 
@@ -29,6 +30,8 @@ from ..support import serve_args, start_server, tlog_cli
 from .paused import command_script, pause_at
 from .paused import paused as run_paused
 from .support import contents_of, copy_of, marker_of
+
+pytestmark = pytest.mark.slow  # processes started, killed and restarted
 
 
 @contextmanager
