@@ -168,3 +168,15 @@ def self_signed(tmp: Path) -> tuple[Path, Path]:
         )
     )
     return cert_path, key_path
+
+
+@contextmanager
+def answering_tls(tmp: Path) -> Iterator[tuple[str, Path]]:
+    """An ``https://`` URL on 127.0.0.1 answering one request ``200`` with ``ok``, behind
+    a self-signed certificate (:func:`self_signed`, in ``tmp``), and that certificate."""
+    cert, key = self_signed(tmp)
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(cert, key)
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n"
+    with dripping(head, b"ok", tls=server_ctx, once=True) as url:
+        yield url.replace("http:", "https:"), cert

@@ -32,10 +32,10 @@ from harness.scim import event_record
 from tests.net.helpers import (
     DRIP_BODY,
     DRIP_HEAD,
+    answering_tls,
     dripping,
     ends,
     read_request,
-    self_signed,
     serving,
 )
 
@@ -240,12 +240,7 @@ def test_a_dripping_answer_is_cut_off(drip: tuple[bytes, bytes]) -> None:
 
 
 def test_tls_is_verified_with_the_context_given(tmp_path: Path) -> None:
-    cert, key = self_signed(tmp_path)
-    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server_ctx.load_cert_chain(cert, key)
-    head = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n"
-    with dripping(head, b"ok", tls=server_ctx, once=True) as url:
-        tls_url = url.replace("http:", "https:")
+    with answering_tls(tmp_path) as (tls_url, cert):
         trusting = ssl.create_default_context(cafile=str(cert))
         poster = LeanPoster(tls_url, timeout=2.0, headers=HEADERS, context=trusting)
         got = ends(_post_keep, poster)

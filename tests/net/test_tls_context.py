@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from client.net.core import HTTPCore, Unreachable, default_tls, http_client
-from tests.net.helpers import dripping, self_signed
+from tests.net.helpers import answering_tls
 
 
 def _context(http: httpx.Client) -> ssl.SSLContext:
@@ -44,12 +44,8 @@ def test_a_context_given_is_the_one_used() -> None:
 
 
 def test_the_shared_context_refuses_a_certificate_no_ca_signed(tmp_path: Path) -> None:
-    cert, key = self_signed(tmp_path)
-    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server_ctx.load_cert_chain(cert, key)
-    head = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n"
-    with dripping(head, b"ok", tls=server_ctx, once=True) as url:
-        core = HTTPCore(url.replace("http:", "https:"), timeout=5.0)
+    with answering_tls(tmp_path) as (url, _):
+        core = HTTPCore(url, timeout=5.0)
         try:
             with pytest.raises(Unreachable, match="CERTIFICATE_VERIFY_FAILED"):
                 core.send("GET", "checkpoint", limit=100)
