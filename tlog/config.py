@@ -21,7 +21,7 @@ Every field gets, derived from its name:
 
     read_timeout: float = setting(30.0, "seconds to read a request body")
 
-(in a table class such as :class:`tlog.scim.service.ScimLimits`, a plain
+(in a table class such as :class:`tlog.limits.ScimLimits`, a plain
 ``max_refs: int = 1000  # ids per request`` does the same without importing this module: the
 trailing comment is the help text). ``flag=`` or ``env=`` override a
 derived name (kept for names that predate this module), ``choices=`` restricts values. The
@@ -53,8 +53,7 @@ from client.adapters.proxy_config import ProxyConfig
 from client.runtime.serving import ServerLimits
 from client.runtime.settings import LOG_FORMATS, LOG_LEVELS, setting, table
 from tlog.backend import DEFAULT_MAP_SIZE, DEFAULT_VERIFY_LIMIT
-from tlog.http import Limits
-from tlog.scim.service import ScimLimits
+from tlog.limits import Limits, ScimLimits
 
 __all__ = [
     "LOG_FORMATS",

@@ -24,9 +24,9 @@ from starlette.types import Message, Receive, Scope
 
 from client.formats.checkpoint import parse_decimal
 from client.formats.note import FormatError, b64decode_strict
-from client.formats.tiles import MAX_ENTRY_SIZE
 from client.scim.jsonstrict import strict_json
 from tlog.errors import BadRequest, PayloadTooLarge
+from tlog.limits import Limits
 
 __all__ = [
     "MAX_INDEX",
@@ -44,16 +44,6 @@ __all__ = [
 
 MAX_INDEX = (1 << 63) - 1
 _REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Request limits. All are enforced before any work is queued."""
-
-    max_entry_bytes: int = MAX_ENTRY_SIZE  # tlog-tiles entry bundles cap entries at 65,535
-    max_batch_entries: int = 10_000  # per POST /v1/entries/batch
-    max_batch_body_bytes: int = 16 << 20
-    max_query_length: int = 2048
 
 
 async def _no_body() -> Message:

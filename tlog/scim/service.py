@@ -61,7 +61,6 @@ from client.scim.cbor import EventFormatError, dumps_det
 from client.scim.event import (
     ACTOR_NONCE_SIZE,
     ACTOR_SUBJECT_RT,
-    MAX_JSON_SIZE,
     MAX_SAFE_INT,
     Event,
     actor_cbor,
@@ -85,6 +84,7 @@ from client.scim.reserved import reserved_names
 from tlog.auth import Forbidden
 from tlog.backend import AuxFenced, Backend, StorageError, TurnTimeout
 from tlog.errors import Conflict
+from tlog.limits import ScimLimits
 from tlog.log import BatchResult, Log, Published
 from tlog.reads import ReadPool, settle_on_loops
 from tlog.scim import store
@@ -333,22 +333,6 @@ class _GroupMemo:
         self.pipe = pipe
         self.index = index
         self.rand = rand
-
-
-@dataclass(frozen=True)
-class ScimLimits:
-    """Explicit limits of the SCIM endpoints (documented in docs/api.md)."""
-
-    max_event_body: int = MAX_JSON_SIZE  # bytes of one event's body, JSON or CBOR (413)
-    max_batch_events: int = 1000  # events per batch request (413)
-    max_batch_body: int = 8 << 20  # bytes of one batch body (413)
-    max_batch_items: int = 1 << 18  # JSON elements / CBOR items in one batch body (413)
-    max_search_limit: int = 100  # results per search page
-    default_search_limit: int = 50
-    max_scan: int = 10_000  # index records examined per search page
-    max_receipts: int = 1000  # receipts per GET /v1/scim/receipts
-    max_refs: int = 10_000  # ids per POST /v1/scim/pseudonyms (one request's members at once)
-    erasure_ttl_ms: int = 7 * 24 * 3600 * 1000  # a pending erasure request expires
 
 
 class Accepted(NamedTuple):
