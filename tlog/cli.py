@@ -10,7 +10,6 @@ Settings come from one frozen object per program (:mod:`tlog.config`): ``--confi
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import dataclasses
 import datetime
@@ -678,6 +677,7 @@ def _hold_offline(storage: Backend, what: str) -> None:
 def cmd_reapply_erasures(args: argparse.Namespace) -> int:
     """Apply erasure certificates again to a store restored from before them (the server
     stopped): the subjects they name are shredded again (Erasures.reapply)."""
+    import asyncio
     import json
 
     from client.formats.merkle import VerificationError

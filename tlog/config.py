@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from client.adapters.proxy_config import ProxyConfig
-from client.runtime.serving import ServerLimits
+from client.runtime.server_limits import ServerLimits
 from client.runtime.settings import LOG_FORMATS, LOG_LEVELS, setting, table
 from tlog.backend import DEFAULT_MAP_SIZE, DEFAULT_VERIFY_LIMIT
 from tlog.limits import Limits, ScimLimits

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from client.runtime.serving import ServerLimits
+from client.runtime.server_limits import ServerLimits
 from client.runtime.settings import LOG_FORMATS, LOG_LEVELS, setting, table
 
 __all__ = ["ProxyConfig"]

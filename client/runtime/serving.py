@@ -52,8 +52,9 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from client.runtime.server_limits import ServerLimits
 
 if TYPE_CHECKING:  # pragma: no cover
     import uvicorn
@@ -86,19 +87,6 @@ _R503 = (
 
 # Phases of a connection, in eviction order (idle or sending a head first, never "app").
 HEAD, BODY, APP = 0, 1, 2
-
-
-@dataclass(frozen=True)
-class ServerLimits:
-    """Per-connection limits and timeouts of :func:`run_hardened` (seconds, bytes)."""
-
-    header_timeout: float = 10.0  # seconds to send a complete request head (then 408)
-    body_timeout: float = 60.0  # seconds to send a request body after its head
-    keep_alive: int = 5  # seconds an idle keep-alive connection stays open
-    write_timeout: float = 30.0  # seconds a client may leave a response unread (then reset)
-    max_connections: int = 1000  # open connections; over it the oldest idle one is closed
-    max_head_bytes: int = 32 * 1024  # bytes of request line and headers (then 431)
-    backlog: int = 2048  # the listen socket's accept queue
 
 
 class _CoalescingTransport:
