@@ -78,6 +78,7 @@ __all__ = [
     "relative",
     "route",
     "validated_event",
+    "without_dot_segments",
 ]
 
 Scope = MutableMapping[str, Any]
@@ -410,11 +411,38 @@ def relative(path: str, base: str) -> str:
     return path.removesuffix(".scim") or "/"
 
 
+def without_dot_segments(path: str, *, encoded: bool) -> str:
+    """``path`` (a whole request path, base included) with its dot segments removed as
+    RFC 3986 §5.2.4 resolves them (see :func:`_without_dots`; ``encoded``: ``path`` is as
+    sent, where ``%2E`` is a dot), before it is taken relative to the SCIM base. Red team
+    24 removed them from the path relative to the base only, so a ``..`` climbing into the
+    base again was lost: ``DELETE /v2/Users/../../v2/Users/u1`` (``/v2/Users/u1`` once
+    normalised) was recorded as the deletion of a resource of type ``v2``, and
+    ``/x/../v2/Users/u1`` of one of type ``x``, while a normalising SP deleted user ``u1``
+    (red team 25). Empty segments are dropped, as :func:`route` drops them. A path without
+    a segment starting with a dot (or ``%2``) is returned as it is, at no cost."""
+    if "/." not in path and (not encoded or "/%2" not in path):
+        return path
+    segs = [s for s in path.split("/") if s]
+    names = [urllib.parse.unquote(s) for s in segs] if encoded else segs
+    if "." not in names and ".." not in names:
+        return path
+    out: list[str] = []
+    for s, name in zip(segs, names, strict=True):
+        if name == "..":
+            if out:
+                out.pop()
+        elif name != ".":
+            out.append(s)
+    return "/" + "/".join(out)
+
+
 def raw_relative(scope: Scope, base: str) -> str | None:
     """The request's path relative to ``base`` as the client sent it (percent-encoded, from
-    ``scope["raw_path"]``, which uvicorn sets), for :func:`route` with ``encoded=True``; None
-    when the scope has none, or it does not decode to ``scope["path"]`` (the server, or a
-    layer before the adapter, rewrote the path: its decoded form is the truth then)."""
+    ``scope["raw_path"]``, which uvicorn sets), its dot segments removed
+    (:func:`without_dot_segments`), for :func:`route` with ``encoded=True``; None when the
+    scope has none, or it does not decode to ``scope["path"]`` (the server, or a layer
+    before the adapter, rewrote the path: its decoded form is the truth then)."""
     raw = scope.get("raw_path")
     path = scope.get("path")
     if not isinstance(raw, bytes | bytearray) or not isinstance(path, str):
@@ -422,8 +450,9 @@ def raw_relative(scope: Scope, base: str) -> str | None:
     text = bytes(raw).decode("latin-1")
     if urllib.parse.unquote(text) != path:
         return None
+    text = without_dot_segments(text, encoded=True)
     rel = relative(text, base)
-    return rel if urllib.parse.unquote(rel) == relative(path, base) else None
+    return rel if urllib.parse.unquote(rel) == relative(urllib.parse.unquote(text), base) else None
 
 
 def _without_dots(segs: list[str]) -> list[str]:
@@ -603,10 +632,26 @@ class Exchange:
         if t is None or t[0] is not cfg:
             raw = raw_relative(self.scope, cfg.base_path)
             if raw is None:
-                t = self._target = (cfg, route(self.rel, self.method, cfg), None)
+                t = self._target = self._routed_decoded(cfg)
             else:
                 t = self._target = (cfg, route(raw, self.method, cfg, encoded=True), raw)
         return t
+
+    def _routed_decoded(self, cfg: AuditConfig) -> tuple[AuditConfig, _Target, str | None]:
+        """:meth:`_routed` of a scope without its path as sent: :attr:`rel`, or where the
+        path has dot segments, the path without them taken relative to the base (a ``..``
+        may climb into the base again, red team 25) and, for the intent to route as this
+        does, that path encoded: its endpoint and its id each one segment."""
+        path = self.scope.get("path")
+        if (
+            not isinstance(path, str)
+            or (dotless := without_dot_segments(path, encoded=False)) == path
+        ):
+            return cfg, route(self.rel, self.method, cfg), None
+        rel = relative(dotless, cfg.base_path)
+        segs = [s for s in rel.split("/") if s]
+        quoted = [urllib.parse.quote(s, safe="") for s in [*segs[:1], "/".join(segs[1:])]]
+        return cfg, route(rel, self.method, cfg), "/" + "/".join(q for q in quoted if q)
 
     def req_header(self, name: bytes) -> str | None:
         """The first request header ``name`` (lower case), as :func:`header` finds it."""
@@ -1147,7 +1192,8 @@ class Builder:
             )
             return
         op = op_for_method(method)
-        target = route(relative(path, self.cfg.base_path), method, self.cfg, encoded=True)
+        bulk_path = without_dot_segments(path, encoded=True)
+        target = route(relative(bulk_path, self.cfg.base_path), method, self.cfg, encoded=True)
         bulk_id = get_ci(op_req, "bulkid")
         bulk_id = bulk_id if isinstance(bulk_id, str) else None
         version = get_ci(op_req, "version")

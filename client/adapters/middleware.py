@@ -87,6 +87,7 @@ from client.adapters.exchange import (
     route,
     short_text,
     validated_event,
+    without_dot_segments,
 )
 from client.adapters.outbox import IntentJournal, Outbox, OutboxError, OutboxRecord, Receipt
 from client.adapters.pseudonyms import PidCollector, substitute_pids
@@ -1023,7 +1024,8 @@ def unknown_outcome_records(
             if m not in WRITE_METHODS:
                 continue  # not a write: an access record at most
             path = str(op.get("p", ""))
-            target = route(relative(path, cfg.base_path), m, cfg, encoded=True)
+            routed_path = without_dot_segments(path, encoded=True)
+            target = route(relative(routed_path, cfg.base_path), m, cfg, encoded=True)
             op_rid = None if m == "POST" else target.rid  # as the builder reads it
             if op_rid is None and m != "POST":
                 continue  # no resource to name: the builder records no event either
