@@ -106,11 +106,38 @@ class AuditedEvent:
         return None if self.event is None else event_origin(self.event)
 
 
+# A search cursor as the log makes it (tlog.scim.search): the log time (8 bytes, big-endian)
+# and the leaf hash of the page's last result, or _NEXT_MS where the page ended at the end
+# of that millisecond.
+_CURSOR_SIZE = 8 + 32
+_NEXT_MS = b"\xff" * 32
+_AFTER = float("inf")  # a millisecond's end: after each of its events
+# Millisecond ends a listing may name beyond twice the log's size: the events pending or
+# sequenced after the page's checkpoint are read (and counted) by the log's scan too.
+_END_SLACK = 1024
+
+
+def _cursor(text: str) -> tuple[int, bytes]:
+    """The (log time, leaf hash) a search cursor names."""
+    try:
+        raw = b64decode_strict(text, size=_CURSOR_SIZE)
+    except FormatError as exc:
+        raise _malformed(f"next cursor: {exc}") from None
+    return int.from_bytes(raw[:8], "big"), raw[8:]
+
+
+def _position(at: tuple[int, float]) -> str:
+    if at[1] == _AFTER:
+        return f"the end of millisecond {at[0]}"
+    return f"index {at[1]} (time {at[0]})"
+
+
 @dataclass(frozen=True)
 class SearchPage:
     results: list[AuditedEvent]
     next: str | None  # cursor for the next page, None at the end
     access: Mapping[str, Any]  # the access event this read appended (eid, index, leaf_hash)
+    tree_size: int = 0  # the size of the checkpoint the page answers to
 
 
 @dataclass(frozen=True)
@@ -394,7 +421,9 @@ class ScimAuditClient(CoreClient):
         d = self._get("/v1/scim/events", params)
         if not isinstance(d, dict) or not isinstance(d.get("results"), list):
             raise _malformed("no results list")
-        self._checkpoint(d.get("checkpoint"))
+        page_cp = self._checkpoint(d.get("checkpoint"))
+        if limit is not None and len(d["results"]) > limit:
+            raise VerificationError(f"the log answered {len(d['results'])} results, asked {limit}")
         results = [self._result(r, filters) for r in d["results"]]
         nxt = d.get("next")
         if nxt is not None and type(nxt) is not str:
@@ -402,35 +431,60 @@ class ScimAuditClient(CoreClient):
         access = d.get("access")
         if not isinstance(access, dict):
             raise _malformed("no access record")
-        return SearchPage(results, nxt, access)
+        return SearchPage(results, nxt, access, page_cp.size)
 
     def search_all(self, **filters: Any) -> Iterator[AuditedEvent]:
         """Every verified result, following the cursor (each page is one logged access).
 
         Held to the log's promise of a listing: results in log order (by log time, the
-        events of one millisecond by index), so each once, and no cursor named twice; a
+        events of one millisecond by index), so each once, and a cursor that moves on; a
         log going round (its ``next`` the cursor of a page already read, or pages repeating
         results already given) ends the listing in a :class:`VerificationError` instead of
-        yielding the same events for ever (red team 22)."""
+        yielding the same events for ever (red team 22). The cursor is read as the log
+        makes it (:func:`_cursor`, red team 25): a full page's names its last result (else
+        results were skipped), one ending a millisecond names a later millisecond than any
+        before it, and there are no more of those than the log's events could make (each
+        ends a millisecond in which the log read at least one event's record; the access
+        records of this listing's own pages not counted): empty pages under ever-fresh
+        cursors went on for ever. A log that keeps growing faster than that is listed for
+        as long as it grows, as its results would be."""
         cursor: str | None = None
-        cursors: set[str] = set()  # one short string a page
-        last: tuple[int, int] | None = None
+        last: tuple[int, float] | None = None  # the last result given, or millisecond ended
+        ends = 0  # pages ended at a millisecond's end
+        pages = 0  # pages read: each appended an access record the log may count
         while True:
             page = self.search(**filters, cursor=cursor)
+            pages += 1
             for r in page.results:
                 at = (r.leaf.ts, r.index)
                 if last is not None and at <= last:
                     raise VerificationError(
                         f"the log's listing is out of log order: index {r.index} (time "
-                        f"{r.leaf.ts}) after index {last[1]} (time {last[0]})"
+                        f"{r.leaf.ts}) after {_position(last)}"
                     )
                 last = at
                 yield r
             if page.next is None:
                 return
-            if page.next in cursors or page.next == cursor:
-                raise VerificationError("the log's next cursor names a page already read")
-            cursors.add(page.next)
+            ts, lh = _cursor(page.next)
+            if lh != _NEXT_MS:
+                end = page.results[-1] if page.results else None
+                if end is None or (end.leaf.ts, end.leaf_hash) != (ts, lh):
+                    raise VerificationError("the log's next cursor is not its page's last result")
+            else:
+                if last is not None and (ts, _AFTER) <= last:
+                    raise VerificationError(
+                        f"the log's next cursor ends millisecond {ts}, not after "
+                        f"{_position(last)}: a page already read"
+                    )
+                last = (ts, _AFTER)
+                ends += 1
+                if ends > 2 * max(0, page.tree_size - pages) + _END_SLACK:
+                    raise VerificationError(
+                        f"the log named {ends} millisecond ends, more than its "
+                        f"{page.tree_size} events (this listing's {pages} access records "
+                        "among them) could make"
+                    )
             cursor = page.next
 
     def receipts(self, *, eid: str | None = None, req: str | None = None) -> list[Receipt]:
