@@ -434,7 +434,12 @@ class ScimAuditClient(CoreClient):
         return SearchPage(results, nxt, access, page_cp.size)
 
     def search_all(self, **filters: Any) -> Iterator[AuditedEvent]:
-        """Every verified result, following the cursor (each page is one logged access).
+        """Every verified result of :meth:`search_pages`, in log order, each once."""
+        for page in self.search_pages(**filters):
+            yield from page.results
+
+    def search_pages(self, **filters: Any) -> Iterator[SearchPage]:
+        """Every verified page, following the cursor (each page is one logged access).
 
         Held to the log's promise of a listing: results in log order (by log time, the
         events of one millisecond by index), so each once, and a cursor that moves on; a
@@ -447,7 +452,9 @@ class ScimAuditClient(CoreClient):
         ends a millisecond in which the log read at least one event's record; the access
         records of this listing's own pages not counted): empty pages under ever-fresh
         cursors went on for ever. A log that keeps growing faster than that is listed for
-        as long as it grows, as its results would be."""
+        as long as it grows, as its results would be. :meth:`search_all` and ``tlog
+        stream`` both read their pages here (the stream followed the cursor on its own, and
+        went round for ever on red team 22's log)."""
         cursor: str | None = None
         last: tuple[int, float] | None = None  # the last result given, or millisecond ended
         ends = 0  # pages ended at a millisecond's end
@@ -463,7 +470,7 @@ class ScimAuditClient(CoreClient):
                         f"{r.leaf.ts}) after {_position(last)}"
                     )
                 last = at
-                yield r
+            yield page
             if page.next is None:
                 return
             ts, lh = _cursor(page.next)

@@ -430,13 +430,8 @@ class StreamResult:
 def _pages(
     client: ScimAuditClient, cur: Cursor, filters: dict[str, Any], page: int
 ) -> Iterable[list[AuditedEvent]]:
-    cursor: str | None = None
-    while True:
-        p = client.search(since=cur.since, limit=page, cursor=cursor, **filters)
+    for p in client.search_pages(since=cur.since, limit=page, **filters):
         yield p.results
-        if p.next is None:
-            return
-        cursor = p.next
 
 
 def stream(

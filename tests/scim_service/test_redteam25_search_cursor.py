@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import base64
 import itertools
+import json
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -23,6 +26,7 @@ import pytest
 
 from client.formats.merkle import VerificationError
 from client.net.scim_audit import ScimAuditClient
+from client.tools.stream import Sink, stream
 
 from .conftest import URL, Harness, user_event
 
@@ -112,3 +116,32 @@ def test_redteam25_a_cursor_past_the_pages_last_result_is_refused(harness: Harne
     with pytest.raises(VerificationError, match="last result"):
         got.extend(r.index for r in a.search_all(limit=LIMIT))
     assert set(got) <= set(honest)
+
+
+class _Kept(Sink):
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+
+    def send(self, records: Sequence[dict[str, Any]]) -> None:
+        self.records.extend(records)
+
+
+def test_redteam25_a_stream_against_a_log_going_round_ends(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """``tlog stream`` followed the cursor on its own: red team 22's log, naming a page's
+    own cursor as its next, had it read the same page for ever (its events not new, so
+    nothing delivered and nothing to end the run). It reads its pages as the listing does
+    now: the run ends in a VerificationError."""
+    h = harness
+    _logged(h)
+
+    def page(d: dict[str, Any], _: int, request: httpx.Request) -> dict[str, Any]:
+        cursor = request.url.params.get("cursor")
+        return {**d, "next": cursor} if cursor is not None else d
+
+    a = ScimAuditClient(URL, h.tok["aud1"], h.vkey, http=_forwarding(h, page, 4 * EVENTS))
+    sink = _Kept()
+    with pytest.raises(VerificationError, match="cursor"):
+        stream(a, sink, tmp_path / "cursor.json", origin="t", page=LIMIT, settle_ms=0)
+    assert len(sink.records) == len({json.dumps(r, sort_keys=True) for r in sink.records})
