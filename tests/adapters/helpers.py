@@ -29,7 +29,15 @@ from client.adapters.proxy import ProxySettings, build_proxy
 from client.adapters.relay import Relay
 from client.scim.event import event_from_json
 
-from ..support import UvicornThread, free_port, start_proxy, tlog_argv, wait_http, wait_own
+from ..support import (
+    UvicornThread,
+    free_port,
+    start_proxy,
+    tlog_argv,
+    wait_for,
+    wait_http,
+    wait_own,
+)
 
 if TYPE_CHECKING:
     import pytest
@@ -676,3 +684,26 @@ def serve_middleware(app: Any, outbox: Path, log: FakeLog) -> UvicornThread:
     ob = Outbox(outbox)
     config = AuditConfig(tenant="t1", sp_id="sp1", base_path="/v2", on_access=lambda _: None)
     return UvicornThread(AuditMiddleware(app, config, ob, relay_for(ob, log), own=True))
+
+
+def delete_raw(port: int, path: str) -> int:
+    """``DELETE path`` sent as is (:func:`send_raw`), its request id the path."""
+    head = f"DELETE {path} HTTP/1.1\r\nHost: sp\r\nX-Request-Id: {path}\r\n"
+    return send_raw(port, (head + "Connection: close\r\n\r\n").encode())
+
+
+def routed_deletes(
+    srv: UvicornThread, log: FakeLog, paths: Iterable[str], events: int | None = None
+) -> dict[str, Any]:
+    """The (type, id) each ``DELETE`` of ``paths`` was recorded on, by path: each sent as is
+    (:func:`delete_raw`, all answered 204) to ``srv``, a served middleware (its events
+    reach ``log`` at the latest when it stops) or proxy (``events``: the events to wait for
+    before stopping it, as its relay delivers them as it goes); ``srv`` stopped after."""
+    try:
+        for path in paths:
+            assert delete_raw(srv.port, path) == 204, path
+        if events is not None:
+            wait_for(lambda: len(log.events) == events, 10, "every event delivered")
+    finally:
+        assert srv.serving.stop(15), "the server did not stop"
+    return {ev["corr"]["req"]: (ev["rt"], ev["rid"]) for ev in log.events}

@@ -20,13 +20,12 @@ from pathlib import Path
 
 from client.adapters.exchange import AuditConfig, Exchange
 from client.adapters.middleware import intent_doc, unknown_outcome_records
-from tests.support import wait_for
 
 from .helpers import (
     FakeLog,
     answers_204,
     bulk_events,
-    send_raw,
+    routed_deletes,
     serve_middleware,
     serve_proxy,
     standin_sp,  # noqa: F401  (the SP stand-in fixture, "sp")
@@ -45,21 +44,9 @@ WRITES = [
 ]
 
 
-def _send_raw(port: int, path: str) -> int:
-    """``DELETE path`` sent as is."""
-    head = f"DELETE {path} HTTP/1.1\r\nHost: sp\r\nX-Request-Id: {path}\r\n"
-    return send_raw(port, (head + "Connection: close\r\n\r\n").encode())
-
-
 def test_redteam24_the_middleware_removes_a_paths_dot_segments(tmp_path: Path) -> None:
-    log = FakeLog()
-    srv = serve_middleware(answers_204, tmp_path / "outbox.sqlite", log)
-    try:
-        for path, _ in WRITES:
-            assert _send_raw(srv.port, path) == 204, path
-    finally:
-        assert srv.serving.stop(15), "the server did not stop"
-    got = {ev["corr"]["req"]: (ev["rt"], ev["rid"]) for ev in log.events}
+    srv = serve_middleware(answers_204, tmp_path / "outbox.sqlite", log := FakeLog())
+    got = routed_deletes(srv, log, [p for p, _ in WRITES])
     assert got == {path: want for path, want in WRITES if want is not None}
 
 
@@ -68,16 +55,9 @@ def test_redteam24_the_proxy_removes_dot_segments_as_the_middleware_does(
 ) -> None:
     """The proxy routes the same bytes to the same resource, and forwards them as sent."""
     upstream, seen = sp
-    log = FakeLog()
-    srv = serve_proxy(upstream, log, tmp_path / "o.sqlite", "dots")
+    srv = serve_proxy(upstream, log := FakeLog(), tmp_path / "o.sqlite", "dots")
     want = {path: w for path, w in WRITES if w is not None}
-    try:
-        for path, _ in WRITES:
-            assert _send_raw(srv.port, path) == 204, path
-        wait_for(lambda: len(log.events) == len(want), 10, "every event delivered")
-    finally:
-        srv.stop()
-    assert {ev["corr"]["req"]: (ev["rt"], ev["rid"]) for ev in log.events} == want
+    assert routed_deletes(srv, log, [p for p, _ in WRITES], len(want)) == want
     assert [p for _, p in seen] == [path for path, _ in WRITES]  # forwarded as sent
 
 

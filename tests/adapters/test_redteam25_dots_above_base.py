@@ -20,13 +20,12 @@ from pathlib import Path
 
 from client.adapters.exchange import AuditConfig, Exchange
 from client.adapters.middleware import intent_doc, unknown_outcome_records
-from tests.support import wait_for
 
 from .helpers import (
     FakeLog,
     answers_204,
     bulk_events,
-    send_raw,
+    routed_deletes,
     serve_middleware,
     serve_proxy,
     standin_sp,  # noqa: F401  (the SP stand-in fixture, "sp")
@@ -42,38 +41,19 @@ WRITES = [
 ]
 
 
-def _delete(port: int, path: str) -> int:
-    head = f"DELETE {path} HTTP/1.1\r\nHost: sp\r\nX-Request-Id: {path}\r\n"
-    return send_raw(port, (head + "Connection: close\r\n\r\n").encode())
-
-
 def test_redteam25_the_middleware_resolves_a_dot_segment_climbing_above_the_base(
     tmp_path: Path,
 ) -> None:
-    log = FakeLog()
-    srv = serve_middleware(answers_204, tmp_path / "outbox.sqlite", log)
-    try:
-        for path, _ in WRITES:
-            assert _delete(srv.port, path) == 204, path
-    finally:
-        assert srv.serving.stop(15), "the server did not stop"
-    got = {ev["corr"]["req"]: (ev["rt"], ev["rid"]) for ev in log.events}
-    assert got == dict(WRITES)
+    srv = serve_middleware(answers_204, tmp_path / "outbox.sqlite", log := FakeLog())
+    assert routed_deletes(srv, log, [p for p, _ in WRITES]) == dict(WRITES)
 
 
 def test_redteam25_the_proxy_resolves_them_as_the_middleware_does(
     sp: tuple[str, list[tuple[str, str]]], tmp_path: Path
 ) -> None:
     upstream, seen = sp
-    log = FakeLog()
-    srv = serve_proxy(upstream, log, tmp_path / "o.sqlite", "dots25")
-    try:
-        for path, _ in WRITES:
-            assert _delete(srv.port, path) == 204, path
-        wait_for(lambda: len(log.events) == len(WRITES), 10, "every event delivered")
-    finally:
-        srv.stop()
-    assert {ev["corr"]["req"]: (ev["rt"], ev["rid"]) for ev in log.events} == dict(WRITES)
+    srv = serve_proxy(upstream, log := FakeLog(), tmp_path / "o.sqlite", "dots25")
+    assert routed_deletes(srv, log, [p for p, _ in WRITES], len(WRITES)) == dict(WRITES)
     assert [p for _, p in seen] == [path for path, _ in WRITES]  # forwarded as sent
 
 
