@@ -33,12 +33,14 @@ def pid_of(_rt: str, rid: str) -> bytes:
 
 def scim_event(rt: str, rid: str, op: str, body: Any, req: str) -> dict[str, Any]:
     """The event an adapter makes of a request on ``rt`` ``rid`` (refs by pseudonym)."""
-    intent = parse_request(op, rt, json.dumps(body).encode(), ref_pid=pid_of)
+    raw = b"" if op == "delete" else json.dumps(body).encode()  # a DELETE has no body
+    method = {"create": "POST", "patch": "PATCH", "delete": "DELETE"}.get(op, "PUT")
+    intent = parse_request(op, rt, raw, ref_pid=pid_of)
     path = f"/{rt}s/{rid}"
     ev: dict[str, Any] = new_event(
         tenant="acme", sp="app-1", op=op, rt=rt, rid=rid,
         actor={"kind": "user", "id": "admin-1"}, corr=req,
-        req={"m": {"create": "POST", "patch": "PATCH"}.get(op, "PUT"), "p": path,
+        req={"m": method, "p": path,
              "dig": bytes(32), "len": 10},
         res=200, outcome="success", patch=intent.patch, mods=intent.mods, refs=intent.refs,
         acts=intent.acts,
