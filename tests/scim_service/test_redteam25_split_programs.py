@@ -31,6 +31,14 @@ STEP = st.one_of(
         HOW,
     ),
     st.tuples(st.just("put"), st.sets(st.sampled_from(members_model.POOL)), st.just("")),
+    # a PUT leaving the members out: the answer shows what the SP holds (x.result.members),
+    # does not show them (x.unanswered: RFC 7644 §3.5.1 lets an SP keep or clear them), or
+    # is an adapter's from before either (judged empty, as both SPs do)
+    st.tuples(
+        st.just("put-none"),
+        st.sets(st.sampled_from(members_model.POOL)),
+        st.sampled_from(["result", "unanswered", "old"]),
+    ),
     st.tuples(st.just("recreate"), st.sets(st.sampled_from(members_model.POOL)), st.just("")),
 )
 STATE_BOUND = 2048  # bytes: four members' pseudonyms and the split keys, with room
@@ -76,6 +84,17 @@ def test_redteam25_split_requests_among_puts_and_recreations_claim_nothing_false
             events = _delivered(parts, how, rnd)
             merging = members_model.sp_forms(merging, ops, merges=True)
             replacing = members_model.sp_forms(replacing, ops, merges=False)
+        elif kind == "put-none":
+            ev = group_event("replace", {"displayName": "g"}, f"r{n}")
+            if how == "result":  # the answer decides: both models hold what it shows
+                ev["x"] = {"result": {"members": members_model.members(arg)}}
+                merging, replacing = set(arg), set(arg)
+            elif how == "unanswered":  # not shown: one SP kept them, the other cleared them
+                ev["x"] = {"unanswered": ["members"]}
+                replacing = set()
+            else:
+                merging, replacing = set(), set()
+            events = [ev]
         elif kind == "put":
             events = [group_event("replace", _members(arg), f"r{n}")]
             merging, replacing = set(arg), set(arg)
