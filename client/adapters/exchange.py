@@ -1027,15 +1027,16 @@ class Builder:
             # not this create's resource (faith21): neither its id nor its values taken
             self.answer = self.answer or created_why
         elif outcome == "success":
-            result, self.answer = self.taken(op, target, rid, resp)
+            result, self.answer = self.taken(op, target, rid, resp, body_obj)
         return Recorded(self.make(fields, intent, unparsed, result), [], self.texts, self.canon)
 
     def taken(
-        self, op: str, target: _Target, rid: str | None, resp: Any
+        self, op: str, target: _Target, rid: str | None, resp: Any, body: Any
     ) -> tuple[dict[str, Any] | None, str | None]:
         """What a success's answer ``resp`` (a single write's body, a bulk operation's
-        ``response``) gives the event: the resulting values (``x.result``), or why the
-        answer cannot be taken as the written resource's result (``x.answer``)."""
+        ``response``) to a write of ``body`` (the request's resource) gives the event: the
+        resulting values (``x.result``), or why the answer cannot be taken as the written
+        resource's result (``x.answer``)."""
         answer = self.answer or self._answer_check(op, target, rid, resp)
         if answer is not None:
             return None, answer
@@ -1054,9 +1055,12 @@ class Builder:
             hidden=cfg.hidden_lower,
             put=op == "replace",
         )
-        if op == "replace" and not trimmed:
-            other = _resulting_other(resp, secret, digest)
-            if other is not None:
+        if (op == "replace" or op == "create") and not trimmed:
+            # a create's: only what it named and the SP stored otherwise (faith24)
+            asked = _asked_units(body) if op == "create" else None
+            other = None if asked == {} else _resulting_other(resp, secret, digest, asked)
+            # a PUT's showing none of them says so ({}); a create's records only differences
+            if other is not None and (other or op == "replace"):
                 result = {**(result or {}), "other": other}
         return result, None
 
@@ -1291,7 +1295,7 @@ class Builder:
         if outcome == "success" and isinstance(resp_err, Mapping) and located is None:
             # RFC 7644 §3.7.3: a result may carry the resource in "response"; taken as a
             # single write's answer is (neither scim2-server nor SCIMMY sends one)
-            result, answer = self.taken(op, target, rid_v, resp_err)
+            result, answer = self.taken(op, target, rid_v, resp_err, data)
         out.events.extend(self.make(fields, intent, unparsed, result, answer))
 
 
@@ -1366,20 +1370,33 @@ _NOT_OTHER = frozenset(
 
 
 def _resulting_other(
-    resp: Any, secret: Collection[str], digest: Collection[str]
+    resp: Any,
+    secret: Collection[str],
+    digest: Collection[str],
+    asked: Mapping[str, Any] | None = None,
 ) -> dict[str, str] | None:
     """Of a PUT's answer, every attribute the log's state keeps only as a digest (any but
     the security attributes, :data:`_NOT_OTHER`; never a secret one), by its path as a PUT
     would state it (an extension's as ``urn:...:User:name``), mapped to the digest the
     state keeps (:func:`client.scim.actions.kept_digest`): what became of one the PUT left
     out is then known (faith20; before, "changed, not known" whatever the SP did). None
-    when the answer holds no resource or more than :data:`_RESULT_OTHER` of them."""
+    when the answer holds no resource or more than :data:`_RESULT_OTHER` of them.
+
+    Of a create's answer (``asked``: the request's attributes by lower-case path,
+    :func:`_asked_units`), only those the create named and the SP stored otherwise than
+    asked: the log takes the request's digest of the rest, so an answer storing what was
+    asked records nothing, and the digest is computed only where the values differ
+    (faith24; before, a create's answer recorded none, and the first PUT leaving out one
+    the SP had reshaped named it changed)."""
     if not isinstance(resp, Mapping) or not isinstance(resp.get("id"), str):
         return None
     out: dict[str, str] = {}
     for path, value in _expand_units(resp):
-        last = path.lower().rpartition(":")[2]
-        if last in _NOT_OTHER or last in secret or path.lower() in secret:
+        low = path.lower()
+        if asked is not None and (low not in asked or _same_json(asked[low], value)):
+            continue
+        last = low.rpartition(":")[2]
+        if last in _NOT_OTHER or last in secret or low in secret:
             continue
         if value is None or len(path.encode("utf-8")) > 256:
             continue
@@ -1395,6 +1412,21 @@ def _resulting_other(
         if len(out) > _RESULT_OTHER:
             return None
     return out
+
+
+def _asked_units(body: Any) -> dict[str, Any]:
+    """A create's attributes by lower-case path as :func:`_expand_units` names them, for
+    :func:`_resulting_other` (empty: none, or no body)."""
+    if not isinstance(body, Mapping):
+        return {}
+    return {path.lower(): value for path, value in _expand_units(body)}
+
+
+def _same_json(a: Any, b: Any) -> bool:
+    """Whether two JSON values are the same, ``True`` not ``1`` (``==`` holds them equal)
+    at the top; nested, ``==`` decides (a nested ``1`` answered ``true`` is taken as
+    stored as asked: recorded as before faith24, not as a false change)."""
+    return type(a) is type(b) and a == b
 
 
 def _expand_units(resp: Mapping[str, Any]) -> list[tuple[str, Any]]:

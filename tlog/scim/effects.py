@@ -1409,10 +1409,11 @@ class _Run:
         self.state["other"] = others
 
     def _shown_other(self, key: str) -> str | None:
-        """The digest of ``key`` a PUT's answer shows (``x.result.other``), or None: not a
-        PUT, no such answer, or the attribute absent from it (an SP that never returns it:
-        its absence says nothing, the request is judged as without an answer)."""
-        if self.ev["op"] != "replace":
+        """The digest of ``key`` a PUT's or a create's answer shows (``x.result.other``), or
+        None: neither, no such answer, or the attribute absent from it (an SP that never
+        returns it: its absence says nothing, the request is judged as without an answer;
+        a create's records only what the SP stored otherwise than asked, faith24)."""
+        if self.ev["op"] not in ("replace", "create"):
             return None
         if not hasattr(self, "_told"):  # read once per event, not once per attribute
             self._told = _told_other(self.ev.get("x", {}).get("result"))
