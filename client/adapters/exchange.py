@@ -1057,7 +1057,7 @@ class Builder:
         )
         if (op == "replace" or op == "create") and not trimmed:
             # a create's: only what it named and the SP stored otherwise (faith24)
-            asked = _asked_units(body) if op == "create" else None
+            asked = _asked_units(body, resp, secret) if op == "create" else None
             other = None if asked == {} else _resulting_other(resp, secret, digest, asked)
             # a PUT's showing none of them says so ({}); a create's records only differences
             if other is not None and (other or op == "replace"):
@@ -1395,10 +1395,7 @@ def _resulting_other(
         low = path.lower()
         if asked is not None and (low not in asked or _same_json(asked[low], value)):
             continue
-        last = low.rpartition(":")[2]
-        if last in _NOT_OTHER or last in secret or low in secret:
-            continue
-        if value is None or len(path.encode("utf-8")) > 256:
+        if not _kept_as_digest(low, secret) or value is None or len(path.encode("utf-8")) > 256:
             continue
         if _CONTROL.search(path):
             return None  # no event may hold the name (red team 21: the event was cut short)
@@ -1414,12 +1411,44 @@ def _resulting_other(
     return out
 
 
-def _asked_units(body: Any) -> dict[str, Any]:
-    """A create's attributes by lower-case path as :func:`_expand_units` names them, for
-    :func:`_resulting_other` (empty: none, or no body)."""
-    if not isinstance(body, Mapping):
+def _kept_as_digest(low: str, secret: Collection[str]) -> bool:
+    """Whether the attribute at ``low`` (a lower-case path, :func:`_expand_units`) is one
+    the log's state keeps only as a digest (not :data:`_NOT_OTHER`) and no secret one."""
+    last = low.rpartition(":")[2]
+    return not (last in _NOT_OTHER or last in secret or low in secret)
+
+
+_ABSENT = object()
+
+
+def _shown_at(resp: Mapping[str, Any], path: str) -> Any:
+    """The answer's value at ``path`` as :func:`_expand_units` names it, by that exact
+    spelling (:data:`_ABSENT`: none)."""
+    got = resp.get(path, _ABSENT)
+    if got is _ABSENT and path[:4].lower() == "urn:":
+        ext, _, sub = path.rpartition(":")
+        within = resp.get(ext)
+        got = within.get(sub, _ABSENT) if isinstance(within, Mapping) else _ABSENT
+    return got
+
+
+def _asked_units(body: Any, resp: Any, secret: Collection[str]) -> dict[str, Any]:
+    """A create's (``body``) attributes the log keeps only as digests that its answer
+    (``resp``) holds otherwise at the same spelling, by lower-case path, for
+    :func:`_resulting_other` to record (empty: none; the answer then is not read: a
+    faithful SP's create costs a comparison per attribute, no digest). One the answer
+    does not hold at that spelling is left out (never returned, or spelled in another
+    case: the request's digest stands, as before faith24)."""
+    if not isinstance(body, Mapping) or not isinstance(resp, Mapping):
         return {}
-    return {path.lower(): value for path, value in _expand_units(body)}
+    out: dict[str, Any] = {}
+    for path, value in _expand_units(body):
+        low = path.lower()
+        if _kept_as_digest(low, secret):
+            got = _shown_at(resp, path)
+            if got is not _ABSENT and not _same_json(value, got):
+                out[low] = value
+    return out
 
 
 def _same_json(a: Any, b: Any) -> bool:
