@@ -1109,7 +1109,8 @@ class Builder:
                 if port == _DEFAULT_PORTS.get(scheme.lower()):
                     port = None
                 got.append((str(server[0]).rstrip(".").lower(), port))
-        return Answers(frozenset(h for h in got if h is not None), cfg, cfg.type_names)
+        hosts = frozenset(h for h in got if h is not None)
+        return Answers(hosts, cfg, cfg.type_names, *_bases(cfg, x.scope, x.rel))
 
     @staticmethod
     def _xid(resp: Any, body: Any) -> str | None:
@@ -1753,8 +1754,8 @@ def _created(
 
 
 _LOCATION_ELSEWHERE = (
-    "its location names another resource type or server than the create's: the created "
-    "id is not known"
+    "its location names another resource type or server than the create's, or another base "
+    "path: the created id is not known"
 )
 
 
@@ -1802,6 +1803,8 @@ class Answers:
     hosts: frozenset[Server] = frozenset()
     cfg: AuditConfig | None = None
     types: frozenset[str] = frozenset()
+    bases: frozenset[Base] = frozenset()
+    at: str = "/"
 
     def created_id(
         self, path: str, loc: str | None, body: Any, rt: str | None = None
@@ -1820,7 +1823,7 @@ class Answers:
                 t = route(relative(path, self.cfg.base_path), "POST", self.cfg)
                 rt = t.rt if t.kind == "resource" else ""
         locs = [loc, mloc if isinstance(mloc, str) else None]
-        return _created_id(path, self.hosts, locs, body, rt, self.types)
+        return _created_id(path, self, locs, body, rt)
 
     def result_id(self, path: str, res: Mapping[str, Any]) -> tuple[str | None, str | None]:
         """:meth:`created_id` of a bulk POST's result ``res`` (its ``location`` and its
@@ -1831,14 +1834,39 @@ class Answers:
 
 _NO_ANSWERS = Answers()
 
+Base = tuple[str, ...]  # a base path's segments, decoded, in lower case
+
+
+def _base_of(segs: Sequence[str]) -> Base:
+    return tuple(urllib.parse.unquote(s).lower() for s in segs)
+
+
+def _bases(cfg: AuditConfig, scope: Scope, rel: str) -> tuple[frozenset[Base], str]:
+    """The base paths a create's location may name before its endpoint (RFC 7644 §3.1: the
+    location is the resource's URI at this SP), and the request's path (relative locations
+    resolve against it): the base the request was sent to (``base_path``, or none where the
+    request came without it), ``base_path`` itself (scim2-server names ``/v2/Users/x`` for a
+    create sent to ``/Users``), each under the ASGI ``root_path`` too (a mounted app), and
+    the SP's configured base (``sp_base``'s path: the proxy's upstream)."""
+    path = scope.get("path")
+    sent = rel if not isinstance(path, str) else path
+    base = cfg.base_path
+    with_base = bool(base) and (sent == base or sent.startswith(base + "/"))
+    got = {base if with_base else "", base}
+    root = scope.get("root_path")
+    if isinstance(root, str) and root.strip("/"):
+        got |= {root.rstrip("/") + b for b in got if not b.startswith(root.rstrip("/") + "/")}
+    if cfg.sp_base:
+        got.add(urllib.parse.urlsplit(cfg.sp_base).path)
+    return frozenset(_base_of([s for s in b.split("/") if s]) for b in got), sent
+
 
 def _created_id(
     path: str,
-    hosts: Collection[Server],
+    answers: Answers,
     locs: Sequence[str | None],
     body: Any = None,
     rt: str = "",
-    types: Collection[str] = (),
 ) -> tuple[str | None, str | None]:
     """The id a create's answer names, or None and why it is not known (None: it names
     none). One rule for a single create and a bulk POST's result (:meth:`Answers.created_id`
@@ -1852,7 +1880,7 @@ def _created_id(
     result without a ``location`` named no id even where its ``response`` did)."""
     named: list[str] = []
     if _is_map(body):
-        if rt and _other_type(body, rt, types):
+        if rt and _other_type(body, rt, answers.types):
             return None, _TYPE_ELSEWHERE
         got = body.get("id")
         if got in (".", ".."):  # no path can name it (red team 23), as a location's
@@ -1862,7 +1890,7 @@ def _created_id(
     for loc in locs:
         if not loc:
             continue
-        seg = _location_id(loc, path, hosts)
+        seg = _location_id(loc, path, answers)
         if seg is None:
             return None, _LOCATION_ELSEWHERE
         named.append(seg)
@@ -1949,7 +1977,7 @@ def _warn_elsewhere(server: Server | None) -> None:
     )
 
 
-def _location_id(loc: str, path: str, hosts: Collection[Server]) -> str | None:
+def _location_id(loc: str, path: str, answers: Answers) -> str | None:
     """The id a create's location names (a bulk POST's result's ``location``, a single
     create's ``Location`` or ``meta.location``: the last segment, without a query), or None
     where the location is not that create's resource: its segment before the id is not the
@@ -1963,15 +1991,26 @@ def _location_id(loc: str, path: str, hosts: Collection[Server]) -> str | None:
         url = urllib.parse.urlsplit(loc)
     except ValueError:
         return None
-    if url.netloc and hosts:
+    if url.netloc and answers.hosts:
         server = _server(url.netloc, url.scheme)
-        if server not in hosts:
+        if server not in answers.hosts:
             _warn_elsewhere(server)
             return None
     segs = [s for s in url.path.split("/") if s]
     want = [s for s in path.split("?")[0].split("/") if s]
     if len(segs) < 2 or not want or segs[-2].lower() != want[-1].lower():
         return None
+    if answers.bases:
+        # the path before the endpoint: a base the SP serves this request's resources from
+        # (faith24; before, /other/Users/x was taken for a create sent to /v2/Users). A
+        # relative reference resolved against the request's path (RFC 3986 §5.2: its dot
+        # segments too, so ../other/Users/x is another base); an absolute one's dot
+        # segments left as they are (named, not the base).
+        full = url.path
+        if not url.netloc and not full.startswith("/"):
+            full = urllib.parse.urljoin(answers.at, full)
+        if _base_of([s for s in full.split("/") if s][:-2]) not in answers.bases:
+            return None
     # The id as the SP's requests name it (a request's path reaches the adapter decoded):
     # before red team 21 a location's a%20b was recorded as created, and the PATCH of
     # /Users/a%20b wrote to a resource "a b" never created. A dot segment names no resource
