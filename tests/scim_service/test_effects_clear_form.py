@@ -543,9 +543,8 @@ def test_a_split_request_of_any_forms_is_faithful_to_both_sps(
     its parts), and a set the state says known whole after its last part is what both
     hold; and no mark of the request is left behind. Where the whole request leaves the set
     known whole, so do its parts (before faith22 a path-less replace with values, or a
-    path-less clear after other member operations, left it not known in any cut), except
-    a request with two or more replaces, one path-less: which one a reference belongs to
-    cannot be told across the parts."""
+    path-less clear after other member operations, left it not known in any cut; before
+    faith24 a request with two or more replaces, one path-less, too)."""
     whole = group_event("patch", _patch(*(_form_op(*o) for o in ops)), "r")
     one = judge(_group(*sorted(start)), whole)[1]
     parts, _ = members_model.split_parts(whole, cuts)
@@ -560,8 +559,10 @@ def test_a_split_request_of_any_forms_is_faithful_to_both_sps(
         assert _faithful(effect, start, after) == [], (merges, effect)
         if "members" in state["full"]:
             assert state["members"] == members_model.members(after), merges
-    for key in ("maybe_req", "maybe_members", "merging", "merged", "merge_n", "pclear", "cleared"):
+    for key in (
+        *("maybe_req", "maybe_members", "merging", "merged", "merged_i", "merge_n"),
+        *("patch_n", "merge_i", "pclear", "cleared"),
+    ):
         assert key not in state, state
-    replaces = [o for o, _ in ops if o in ("replace", "preplace")]
-    if "members" in one["full"] and not (len(replaces) > 1 and "preplace" in replaces):
+    if "members" in one["full"]:
         assert "members" in state["full"], (ops, [p.get("x") for p in parts])

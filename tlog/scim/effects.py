@@ -235,6 +235,8 @@ class _Run:
         self.maybe: dict[str, set[str]] = {}
         # whether the state held active before the request, and its value (run)
         self.was: tuple[bool, Any] = ("active" in self.state, self.state.get("active"))
+        # the eid of a split request's part 0, as this event names it (_follow_split)
+        self._first: str | None = None
 
     # --- scalar attributes ---------------------------------------------------------------
 
@@ -503,30 +505,65 @@ class _Run:
         ``update``), and what follows is judged as on a resource not known: nothing later
         is called a ``noop`` or hidden for lack of that part."""
         pending = self.state.get("split")
-        if parts > 1 and self.state.get("split_done") == req:
+        # The eid of this request's part 0: its own, or the one a later part names
+        # (x.first); None where the event does not say (then judged by req and part alone).
+        first = self.ev.get("eid") if part == 0 else self.ev.get("x", {}).get("first")
+        self._first = first if isinstance(first, str) else None
+        first = self._first
+        known_first = self.state.get("split_first")
+        named = first is not None and known_first is not None
+        early = self._early()
+        # a part 0 a later part named before it came (red team 23's delivery, after other
+        # events: faith24; before, judged a new request, its steps applied after theirs)
+        late0 = parts > 1 and part == 0 and first is not None and first in early
+        early = [e for e in early if e != first]
+        if (
+            parts > 1
+            and self.state.get("split_done") == req
+            and not (part == 0 and named and first != known_first)
+        ):
             # a part of the request whose last part was the event just before (it came
             # out of order, or again): what it states is older than what the SP did after
-            # it (red team 23: [clear, add u1] with part 1 first left the set known empty)
+            # it (red team 23: [clear, add u1] with part 1 first left the set known empty).
+            # Not a part 0 of another eid: a new request reusing the X-Request-Id (faith24;
+            # before, marked not known)
             pending = req
             self.state["split_next"] = -1
         if parts > 1 and part > 0:
-            gap = pending is None or pending != req or self.state.get("split_next") != part
+            gap = (
+                pending is None
+                or pending != req
+                or self.state.get("split_next") != part
+                or (named and first != known_first)  # another request's part 0 before it
+            )
         else:
-            gap = pending is not None  # unfinished, or this request's part 0 again
+            gap = pending is not None or late0  # unfinished, or this request's part 0 again
         # this request's own parts: one missing before this one, or part 0 again
         lost = parts > 1 and (
-            (gap and (part > 0 or pending == req))
+            (gap and (part > 0 or pending == req or late0))
             or (part > 0 and self.state.get("split_lost") == req)
         )
         if gap:
             self._forget_gap()
+        if gap and part > 0 and first is not None and not (pending == req and first == known_first):
+            early = [*early, first][-_EARLY_MAX:]  # its part 0 not seen: late if it comes
+        if early:
+            self.state["split_early"] = early
+        else:
+            self.state.pop("split_early", None)
         for key in _SPLIT_KEYS:
             self.state.pop(key, None)
         if parts > 1:
             self.state["split"] = req
             self.state["split_next"] = part + 1
+            if first is not None:
+                self.state["split_first"] = first
             if lost:
                 self.state["split_lost"] = req
+
+    def _early(self) -> list[str]:
+        got = self.state.get("split_early", ())
+        return [e for e in got if isinstance(e, str)] if isinstance(got, list) else []
 
     def _forget_gap(self) -> None:
         """A part of a split request is missing (:meth:`_follow_split`): forget every value
@@ -838,9 +875,14 @@ class _Run:
         # A split request's path-less replace with values is judged step by step as in one
         # event when it is the request's one replace of the members with values (its
         # references one run, continued from part to part; every mods entry comes before
-        # every reference, so the count is whole by then); two or more cannot be told apart
-        # across the parts: not known (faith22).
-        exact_merge = merge and (parts <= 1 or self.state.get("merge_n", 0) <= 1)
+        # every reference, so the count is whole by then), or its references are numbered
+        # (two or more operations on the members): each replace's run is then told by its
+        # number, path-less or not by the PatchOps seen (merge_i: faith24; before, two or
+        # more were not known in any cut).
+        several = parts > 1 and self.state.get("merge_n", 0) > 1
+        numbered = several and all(i is not None for i in run_i)  # (none here: nothing to tell)
+        exact_merge = merge and (parts <= 1 or not several or numbered)
+        bare = set(self.state.get("merge_i", ())) if numbered else set()
         for n, (op, pids) in enumerate(runs):
             asked = set(pids)
             # Where the set is not known whole (and the resource is), a step the state cannot
@@ -857,13 +899,21 @@ class _Run:
                 if not maybe:  # known empty: nothing to clear on any SP
                     self.noop.append({"attr": "members", "op": "remove", "n": 1})
                 continue
-            if op == "replace" and merge and (parts > 1 or self._pathless_op(run_i[n])):
+            if (
+                op == "replace"
+                and merge
+                and (run_i[n] in bare if numbered else parts > 1 or self._pathless_op(run_i[n]))
+            ):
                 # each asked ends a member on every SP; the others may stay (SCIMMY). In a
                 # split request with more than one replace (which one a reference belongs
                 # to cannot be told across the parts): not known.
                 added = asked - cur - maybe
                 if full and exact_merge:
-                    if parts > 1 and self.state.get("merged") == req:
+                    if (
+                        parts > 1
+                        and self.state.get("merged") == req
+                        and (not numbered or (n == 0 and self.state.get("merged_i") == run_i[n]))
+                    ):
                         # the same replace's references, continued from an earlier part
                         maybe -= asked
                         cur |= asked
@@ -872,6 +922,8 @@ class _Run:
                         cur = set(asked)
                     if parts > 1:
                         self.state["merged"] = req
+                        if numbered:
+                            self.state["merged_i"] = run_i[n]
                 else:
                     self._not_known("members")  # the rest was not known and still is not
                     if exact_merge and parts > 1 and self.state.get("merged") == req:
@@ -1004,7 +1056,18 @@ class _Run:
         if self.state.get("merging") not in (None, req) or part == 0:
             self.state.pop("merging", None)
         if part == 0:
-            self.state.pop("merge_n", None)
+            for key in ("merge_n", "patch_n", "merge_i"):
+                self.state.pop(key, None)
+        # Which PatchOps came without a path (their numbers, as the references' ``i``): every
+        # patch item comes before every reference in the parts, so by a reference's part
+        # they are all seen (faith24: two replaces, one path-less, told apart).
+        off = self.state.get("patch_n", 0)
+        patch = self.ev.get("patch", ())
+        if patch:
+            self.state["patch_n"] = off + len(patch)
+        bare = [off + k for k, p in enumerate(patch) if "path" not in p]
+        if bare:
+            self.state["merge_i"] = [*self.state.get("merge_i", ()), *bare]
         n = sum(
             1
             for m in self.ev.get("mods", ())
@@ -1217,8 +1280,8 @@ class _Run:
             self._end_replace(set(self.state.get("members", ())), {})
         if part >= parts - 1:
             self.state.pop("merging", None)  # the split request's last part: judged
-            self.state.pop("merged", None)
-            self.state.pop("merge_n", None)
+            for key in ("merged", "merged_i", "merge_n", "patch_n", "merge_i"):
+                self.state.pop(key, None)
         if "split_lost" in self.state and self.state["split_lost"] == req:
             # A part of this request is missing: whatever its references did, a replace of
             # the members or a clear may run over the parts, so the set stays not known.
@@ -1229,6 +1292,8 @@ class _Run:
                 self.state.pop(key, None)
             if parts > 1:  # until the next event: a part of it after this one is late
                 self.state["split_done"] = req
+                if self._first is not None:  # and which request (its part 0's eid)
+                    self.state["split_first"] = self._first
         result = x.get("result")
         if isinstance(result, Mapping):
             self.apply_result(result)
@@ -1787,7 +1852,11 @@ _TOUCHED_KEYS = ("touched", "touched_attrs", "touched_part")
 # A split request in progress: its corr.req, the part expected next, and the request whose
 # part went missing (_Run._follow_split);
 # and the split request whose last part was the event before (split_done: red team 23).
-_SPLIT_KEYS = ("split", "split_next", "split_lost", "split_done")
+# (split_first: the eid of the request's part 0, x.first: faith24)
+_SPLIT_KEYS = ("split", "split_next", "split_lost", "split_done", "split_first")
+# Part 0 eids that a later part named before they came (_Run._follow_split): a part 0 that
+# comes after is a late one, whatever came between; at most so many remembered.
+_EARLY_MAX = 16
 # What a missing part of a split request may have changed (_Run._forget_gap): every value
 # the state keeps, and the marks the request's earlier parts left.
 _GAP_FORGETS = (
@@ -1817,13 +1886,18 @@ _MARK_KEYS = (
     "pclear",
     "pclear_i",
     "merged",
+    "merged_i",
     "merge_n",
+    "patch_n",
+    "merge_i",
     *_TOUCHED_KEYS,
 )
 
 # (MEMBERS_KNOWN, set after classify by mark_members_known, with them: before red team 23
 # every group state with its members known whole took the general encoder)
-_STATE_ORDER = _det_order((*_GAP_FORGETS, "full", "rt", *_MARK_KEYS, *_SPLIT_KEYS, MEMBERS_KNOWN))
+_STATE_ORDER = _det_order(
+    (*_GAP_FORGETS, "full", "rt", *_MARK_KEYS, *_SPLIT_KEYS, "split_early", MEMBERS_KNOWN)
+)
 
 
 class _Slow(Exception):
