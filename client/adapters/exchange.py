@@ -1844,15 +1844,13 @@ def _base_of(segs: Sequence[str]) -> Base:
 def _bases(cfg: AuditConfig, scope: Scope, rel: str) -> tuple[frozenset[Base], str]:
     """The base paths a create's location may name before its endpoint (RFC 7644 §3.1: the
     location is the resource's URI at this SP), and the request's path (relative locations
-    resolve against it): the base the request was sent to (``base_path``, or none where the
-    request came without it), ``base_path`` itself (scim2-server names ``/v2/Users/x`` for a
-    create sent to ``/Users``), each under the ASGI ``root_path`` too (a mounted app), and
-    the SP's configured base (``sp_base``'s path: the proxy's upstream)."""
+    resolve against it): the base the request was sent to (its path before the endpoint, or
+    before ``/Bulk``), ``base_path`` (scim2-server names ``/v2/Users/x`` for a create sent
+    to ``/Users``), each under the ASGI ``root_path`` too (a mounted app), and the SP's
+    configured base (``sp_base``'s path: the proxy's upstream)."""
     path = scope.get("path")
     sent = rel if not isinstance(path, str) else path
-    base = cfg.base_path
-    with_base = bool(base) and (sent == base or sent.startswith(base + "/"))
-    got = {base if with_base else "", base}
+    got = {sent.rstrip("/").rpartition("/")[0], cfg.base_path}
     root = scope.get("root_path")
     if isinstance(root, str) and root.strip("/"):
         got |= {root.rstrip("/") + b for b in got if not b.startswith(root.rstrip("/") + "/")}

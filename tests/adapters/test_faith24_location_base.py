@@ -5,7 +5,8 @@ Before, only the server (faith23), the endpoint and the id were checked, so a cr
 ``/v2/Users`` answered ``/other/Users/x`` recorded the id ``x`` (a resource the SP placed
 under a base the request never named, which later requests of ``/v2/Users/x`` may not
 reach). Now the path before the endpoint must be a base the SP serves the request's
-resources from: the base the request was sent to, the configured ``base_path``
+resources from: the base the request was sent to (its path before the endpoint, or before
+``/Bulk``), the configured ``base_path``
 (scim2-server names ``/v2/Users/x`` for a create sent to ``/Users``), either under the ASGI
 ``root_path``, or the configured ``sp_base``'s path (the proxy's upstream); a relative
 location resolved against the request's path. Otherwise the id is not known, and
@@ -60,6 +61,9 @@ def _answers(path: str, scope: dict[str, Any], **cfg: Any) -> Any:
         ("/scim/v2/Bulk", {}, {"base_path": "/scim/v2"}, "/scim/v2/Users/x", "x"),
         ("/scim/v2/Bulk", {}, {"base_path": "/scim/v2"}, "/v2/Users/x", None),
         ("/scim/v2/Bulk", {}, {"base_path": "/scim/v2"}, "Users/x", "x"),
+        # no base configured: the base the request was sent to
+        ("/scim/v2/Bulk", {}, {"base_path": ""}, "/scim/v2/Users/x", "x"),
+        ("/scim/v2/Bulk", {}, {"base_path": ""}, "/other/Users/x", None),
         # a mounted app: its locations under the mount
         ("/v2/Bulk", {"root_path": "/api"}, {}, "/api/v2/Users/x", "x"),
         ("/v2/Bulk", {"root_path": "/api"}, {}, "/v2/Users/x", "x"),
