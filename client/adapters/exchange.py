@@ -1837,7 +1837,8 @@ _NO_ANSWERS = Answers()
 Base = tuple[str, ...]  # a base path's segments, decoded, in lower case
 
 
-def _base_of(segs: Sequence[str]) -> Base:
+@functools.lru_cache(maxsize=1024)  # the few bases an SP names, read once each
+def _base_of(segs: tuple[str, ...]) -> Base:
     return tuple(urllib.parse.unquote(s).lower() for s in segs)
 
 
@@ -1850,13 +1851,20 @@ def _bases(cfg: AuditConfig, scope: Scope, rel: str) -> tuple[frozenset[Base], s
     configured base (``sp_base``'s path: the proxy's upstream)."""
     path = scope.get("path")
     sent = rel if not isinstance(path, str) else path
-    got = {sent.rstrip("/").rpartition("/")[0], cfg.base_path}
     root = scope.get("root_path")
-    if isinstance(root, str) and root.strip("/"):
-        got |= {root.rstrip("/") + b for b in got if not b.startswith(root.rstrip("/") + "/")}
-    if cfg.sp_base:
-        got.add(urllib.parse.urlsplit(cfg.sp_base).path)
-    return frozenset(_base_of([s for s in b.split("/") if s]) for b in got), sent
+    root = root.rstrip("/") if isinstance(root, str) else ""
+    got = _base_set(sent.rstrip("/").rpartition("/")[0], cfg.base_path, root, cfg.sp_base)
+    return got, sent
+
+
+@functools.lru_cache(maxsize=256)  # the same few for every create of a deployment
+def _base_set(sent: str, base: str, root: str, sp_base: str | None) -> frozenset[Base]:
+    got = {sent, base}
+    if root:
+        got |= {root + b for b in got if not b.startswith(root + "/")}
+    if sp_base:
+        got.add(urllib.parse.urlsplit(sp_base).path)
+    return frozenset(_base_of(tuple(s for s in b.split("/") if s)) for b in got)
 
 
 def _created_id(
@@ -2007,7 +2015,7 @@ def _location_id(loc: str, path: str, answers: Answers) -> str | None:
         full = url.path
         if not url.netloc and not full.startswith("/"):
             full = urllib.parse.urljoin(answers.at, full)
-        if _base_of([s for s in full.split("/") if s][:-2]) not in answers.bases:
+        if _base_of(tuple([s for s in full.split("/") if s][:-2])) not in answers.bases:
             return None
     # The id as the SP's requests name it (a request's path reaches the adapter decoded):
     # before red team 21 a location's a%20b was recorded as created, and the PATCH of
