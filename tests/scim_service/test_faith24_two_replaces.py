@@ -47,6 +47,7 @@ def _group(rids: set[str]) -> Any:
     second=_REPLACE,
     tail=members_model.FORM_OPS,
     cuts=st.lists(st.integers(1, 20), min_size=1, max_size=3),
+    upgraded=st.booleans(),
 )
 def test_two_replaces_one_pathless_in_parts_are_judged_as_the_whole(
     start: set[str],
@@ -55,7 +56,10 @@ def test_two_replaces_one_pathless_in_parts_are_judged_as_the_whole(
     second: tuple[str, list[str]],
     tail: list[tuple[str, list[str]]],
     cuts: list[int],
+    upgraded: bool,
 ) -> None:
+    """``upgraded``: part 0 judged by a log from before faith24 (no ``patch_n``,
+    ``merge_i`` in the state): the later parts keep the cautious reading, nothing false."""
     ops = [*lead[:2], first, second, *tail[:2]]
     if "preplace" not in (first[0], second[0]):
         ops[len(lead[:2])] = ("preplace", first[1])
@@ -66,8 +70,10 @@ def test_two_replaces_one_pathless_in_parts_are_judged_as_the_whole(
     state = _group(start)
     refs: list[Any] = []
     unknown = False
-    for ev in parts:
+    for n, ev in enumerate(parts):
         effect, state = judge(state, ev)
+        if upgraded and n == 0:
+            state = {k: v for k, v in state.items() if k not in ("patch_n", "merge_i")}
         refs += effect.get("refs", [])
         unknown = unknown or _unknown(effect)
     was = set(members_model.members(start))
@@ -78,5 +84,5 @@ def test_two_replaces_one_pathless_in_parts_are_judged_as_the_whole(
         if not unknown:
             now = set(members_model.members(after))
             assert ref_steps(refs, "members", was, now) == [], (merges, refs)
-    if "members" in one["full"]:
+    if "members" in one["full"] and not upgraded:
         assert "members" in state["full"], (ops, [p.get("x") for p in parts])

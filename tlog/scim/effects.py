@@ -880,7 +880,9 @@ class _Run:
         # number, path-less or not by the PatchOps seen (merge_i: faith24; before, two or
         # more were not known in any cut).
         several = parts > 1 and self.state.get("merge_n", 0) > 1
-        numbered = several and all(i is not None for i in run_i)  # (none here: nothing to tell)
+        # (no runs here: nothing to tell apart; no patch_n: the PatchOps were not all seen,
+        # after a gap, or the request's earlier parts judged before faith24 kept them)
+        numbered = several and "patch_n" in self.state and all(i is not None for i in run_i)
         exact_merge = merge and (parts <= 1 or not several or numbered)
         bare = set(self.state.get("merge_i", ())) if numbered else set()
         for n, (op, pids) in enumerate(runs):
@@ -1061,13 +1063,16 @@ class _Run:
         # Which PatchOps came without a path (their numbers, as the references' ``i``): every
         # patch item comes before every reference in the parts, so by a reference's part
         # they are all seen (faith24: two replaces, one path-less, told apart).
-        off = self.state.get("patch_n", 0)
-        patch = self.ev.get("patch", ())
-        if patch:
+        # Counted from part 0 on only: a part after one judged without the count (a gap
+        # forgot it, or a log from before faith24 judged it) cannot number them.
+        off = self.state.get("patch_n")
+        if part == 0 or off is not None:
+            off = off or 0
+            patch = self.ev.get("patch", ())
             self.state["patch_n"] = off + len(patch)
-        bare = [off + k for k, p in enumerate(patch) if "path" not in p]
-        if bare:
-            self.state["merge_i"] = [*self.state.get("merge_i", ()), *bare]
+            bare = [off + k for k, p in enumerate(patch) if "path" not in p]
+            if bare:
+                self.state["merge_i"] = [*self.state.get("merge_i", ()), *bare]
         n = sum(
             1
             for m in self.ev.get("mods", ())
