@@ -907,8 +907,8 @@ class _Run:
                 and (run_i[n] in bare if numbered else parts > 1 or self._pathless_op(run_i[n]))
             ):
                 # each asked ends a member on every SP; the others may stay (SCIMMY). In a
-                # split request with more than one replace (which one a reference belongs
-                # to cannot be told across the parts): not known.
+                # split request with more than one replace whose references are not
+                # numbered (which one a reference belongs to cannot be told): not known.
                 added = asked - cur - maybe
                 if full and exact_merge:
                     if (
