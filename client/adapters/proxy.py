@@ -41,6 +41,7 @@ import dataclasses
 import json
 import logging
 import logging.config
+import math
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -119,6 +120,7 @@ class ProxySettings:
     preserve_host: bool = _P.preserve_host
     forwarded: bool = _P.forwarded
     upstream_timeout: float = _P.upstream_timeout
+    pseudonym_timeout: float = _P.pseudonym_timeout
     upstream_connections: int = _P.upstream_connections
     outbox_max_bytes: int | None = None
     log_origin: str | None = None
@@ -398,7 +400,12 @@ def build_proxy(
     pids = LogPseudonyms(
         s.log_url,
         s.token,
-        http=httpx.Client(transport=log_transport, timeout=2.0) if log_transport else None,
+        http=(
+            httpx.Client(transport=log_transport, timeout=s.pseudonym_timeout)
+            if log_transport
+            else None
+        ),
+        timeout=s.pseudonym_timeout,
     )
     config = AuditConfig(
         tenant=s.tenant,
@@ -490,6 +497,13 @@ def main_proxy(cfg: ProxyConfig) -> int:
             file=sys.stderr,
         )
         return 2
+    if not 0 < cfg.pseudonym_timeout < math.inf:
+        print(
+            "tlog scim-proxy: refusing to start: --pseudonym-timeout must be a number of "
+            f"seconds above 0, not {cfg.pseudonym_timeout!r}",
+            file=sys.stderr,
+        )
+        return 2
     host, port = _listen(cfg.listen)
     settings = ProxySettings(
         upstream=cfg.upstream,
@@ -505,6 +519,7 @@ def main_proxy(cfg: ProxyConfig) -> int:
         preserve_host=cfg.preserve_host,
         forwarded=cfg.forwarded,
         upstream_timeout=cfg.upstream_timeout,
+        pseudonym_timeout=cfg.pseudonym_timeout,
         upstream_connections=cfg.upstream_connections,
         outbox_max_bytes=(
             None if cfg.outbox_max_mb is None else int(cfg.outbox_max_mb * (1 << 20))

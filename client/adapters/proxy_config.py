@@ -76,6 +76,11 @@ class ProxyConfig:
     )
     forwarded: bool = setting(True, "add X-Forwarded-For/-Proto/-Host")
     upstream_timeout: float = setting(60.0, "seconds per read/write on the upstream (then 504)")
+    pseudonym_timeout: float = setting(
+        2.0,
+        "seconds to wait for the log's pseudonyms of a request's group members (then the "
+        "event is recorded without them and says so)",
+    )
     upstream_connections: int = setting(
         64, "requests in flight to the upstream at most; the rest wait in the proxy"
     )
