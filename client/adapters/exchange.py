@@ -1954,7 +1954,16 @@ def _server(netloc: str, scheme: str) -> Server | None:
     return host.rstrip(".").lower(), port
 
 
-_warned_servers: set[Server | None] = set()
+_warned_servers: set[Server | str | None] = set()  # and the base paths (red team 26)
+
+
+def _printable(name: str) -> str:
+    """``name`` as a log line may hold it: printable ASCII, cut to a host name's length
+    (red team 24: a byte \\x85, a line break to log readers, forged a line; a
+    6,000-character host was logged whole)."""
+    name = name.encode("ascii", "backslashreplace").decode("ascii")
+    name = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in name)
+    return name[:256] + "..." if len(name) > 260 else name
 
 
 def _warn_elsewhere(server: Server | None) -> None:
@@ -1963,23 +1972,36 @@ def _warn_elsewhere(server: Server | None) -> None:
     the usual cause is configuration (an SP behind a reverse proxy that names itself by its
     public name: set ``sp_base``, or ``trust_forwarded`` where the proxy sets
     ``X-Forwarded-Host``), not a hostile SP. Only the server is named (never the location:
-    its path holds a resource id). At most 64 servers are remembered."""
+    its path holds a resource id). At most 64 servers (and bases) are remembered."""
     if server in _warned_servers or len(_warned_servers) >= 64:
         return
     _warned_servers.add(server)
     name = "?" if server is None else server[0] + ("" if server[1] is None else f":{server[1]}")
-    # The name may be a client's choice (an SP building its locations from a forwarded
-    # header): printable ASCII, cut to a host name's length (red team 24: a byte \x85, a
-    # line break to log readers, forged a line; a 6,000-character host was logged whole).
-    name = name.encode("ascii", "backslashreplace").decode("ascii")
-    name = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in name)
-    if len(name) > 260:
-        name = name[:256] + "..."
     _log.warning(
         "a create's location names server %s, not the one the request asked: its created id "
         "is recorded as not known; if the SP names itself by another name (a reverse proxy), "
         "set sp_base (or trust_forwarded)",
-        name,
+        _printable(name),
+    )
+
+
+def _warn_base(base: str) -> None:
+    """Tell the operator, once a process for each base path, that a create's location named
+    it and it is none the request was served from (:func:`_location_id`): every such create
+    is logged with its id not known. The usual cause is a reverse proxy rewriting the path
+    prefix (it serves ``/api/scim/v2`` and strips ``/api``, the SP naming its resources by
+    the public URL): set ``sp_base`` to the SP's base URL as it names them. Before red team
+    26 this was silent, so a deployment's every create lost its id unexplained. Only the
+    base is named (the path before the endpoint, never the id); shares the 64 of
+    :func:`_warn_elsewhere`."""
+    if base in _warned_servers or len(_warned_servers) >= 64:
+        return
+    _warned_servers.add(base)
+    _log.warning(
+        "a create's location names base path %s, none the request was served from: its "
+        "created id is recorded as not known; if a reverse proxy rewrites the path prefix, "
+        "set sp_base to the SP's base URL as it names its resources",
+        _printable(base),
     )
 
 
@@ -2015,7 +2037,9 @@ def _location_id(loc: str, path: str, answers: Answers) -> str | None:
         full = url.path
         if not url.netloc and not full.startswith("/"):
             full = urllib.parse.urljoin(answers.at, full)
-        if _base_of(tuple([s for s in full.split("/") if s][:-2])) not in answers.bases:
+        named = tuple([s for s in full.split("/") if s][:-2])
+        if _base_of(named) not in answers.bases:
+            _warn_base("/" + "/".join(named))
             return None
     # The id as the SP's requests name it (a request's path reaches the adapter decoded):
     # before red team 21 a location's a%20b was recorded as created, and the PATCH of
