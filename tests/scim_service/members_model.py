@@ -9,6 +9,7 @@ import base64
 import hashlib
 import itertools
 import json
+import uuid
 from typing import Any
 
 from hypothesis import strategies as st
@@ -302,3 +303,17 @@ def check_role_effect(
         assert revoke not in acts or removed, why
     if key in state.get("full", ()):
         assert set(state.get(key, ())) == merging == replacing, why
+
+
+def linked_parts(
+    ops: list[tuple[str, list[str]]], req: str, cuts: list[int]
+) -> list[dict[str, Any]]:
+    """A PATCH of ``ops`` cut at ``cuts`` into parts as the adapter links them: each its
+    own eid, later ones naming part 0's (``x.first``, faith24)."""
+    body = {"schemas": [PATCH_OP], "Operations": [form_op(*o) for o in ops]}
+    parts = split_parts(group_event("patch", body, req), cuts)[0]
+    for n, ev in enumerate(parts):
+        ev["eid"] = str(uuid.uuid4())
+        if n:
+            ev["x"]["first"] = parts[0]["eid"]
+    return parts

@@ -19,22 +19,10 @@ judged as before, by ``corr.req`` and ``x.part`` alone."""
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from . import members_model
-from .members_model import PATCH_OP, group_event, judge
-
-
-def _linked(ops: list[tuple[str, list[str]]], req: str, cuts: list[int]) -> list[dict[str, Any]]:
-    """The parts as the adapter links them: each its own eid, later ones naming part 0's."""
-    body = {"schemas": [PATCH_OP], "Operations": [members_model.form_op(*o) for o in ops]}
-    parts = members_model.split_parts(group_event("patch", body, req), cuts)[0]
-    for n, ev in enumerate(parts):
-        ev["eid"] = str(uuid.uuid4())
-        if n:
-            ev["x"]["first"] = parts[0]["eid"]
-    return parts
+from .members_model import group_event, judge, linked_parts
 
 
 def _start(*rids: str) -> Any:
@@ -48,8 +36,8 @@ def _not_known(effect: dict[str, Any]) -> bool:
 
 def test_two_split_requests_reusing_one_request_id_are_each_judged() -> None:
     state = _start("u1")
-    first = _linked([("add", ["u2"]), ("add", ["u3"])], "same", [1])
-    second = _linked([("remove", ["u2"]), ("add", ["u4"])], "same", [1])
+    first = linked_parts([("add", ["u2"]), ("add", ["u3"])], "same", [1])
+    second = linked_parts([("remove", ["u2"]), ("add", ["u4"])], "same", [1])
     assert len(first) == len(second) == 2
     for ev in first:
         effect, state = judge(state, ev)
@@ -63,7 +51,7 @@ def test_two_split_requests_reusing_one_request_id_are_each_judged() -> None:
 
 def test_a_part_0_after_other_events_is_a_late_part() -> None:
     state = _start()
-    late = _linked([("add", ["u1"]), ("remove", ["u1"])], "r", [1])
+    late = linked_parts([("add", ["u1"]), ("remove", ["u1"])], "r", [1])
     assert len(late) == 2
     _, state = judge(state, late[1])  # the remove first: part 0 missing
     put = group_event("replace", {"displayName": "g", "members": [{"value": "u2"}]}, "p")
@@ -80,7 +68,7 @@ def test_a_part_0_again_right_after_the_last_part_stays_late() -> None:
     """Red team 23's case with the eids: the same part 0 (its own eid) after the last part
     is still a part out of line."""
     state = _start()
-    parts = _linked([("clear", []), ("add", ["u1"])], "r", [1])
+    parts = linked_parts([("clear", []), ("add", ["u1"])], "r", [1])
     for ev in [*parts, parts[0]]:
         _, state = judge(state, ev)
     assert "members" not in state["full"], state

@@ -515,7 +515,13 @@ class _Run:
         early = self._early()
         # a part 0 a later part named before it came (red team 23's delivery, after other
         # events: faith24; before, judged a new request, its steps applied after theirs)
-        late0 = parts > 1 and part == 0 and first is not None and first in early
+        # Once an eid was pushed out of the list (more than _EARLY_MAX such part 0s not seen),
+        # a part 0 not in it may be that one: judged late too (red team 26; before, taken for
+        # a new request, so with its later part retried after a PUT the set was called known
+        # as the SP never held it). The cost: each later split request of the resource is
+        # not known whole (safe), until the resource is created again.
+        over = self.state.get("split_early_over") is True
+        late0 = parts > 1 and part == 0 and first is not None and (first in early or over)
         early = [e for e in early if e != first]
         if (
             parts > 1
@@ -546,7 +552,10 @@ class _Run:
         if gap:
             self._forget_gap()
         if gap and part > 0 and first is not None and not (pending == req and first == known_first):
-            early = [*early, first][-_EARLY_MAX:]  # its part 0 not seen: late if it comes
+            early = [*early, first]  # its part 0 not seen: late if it comes
+            if len(early) > _EARLY_MAX:
+                early = early[-_EARLY_MAX:]
+                self.state["split_early_over"] = True
         if early:
             self.state["split_early"] = early
         else:
@@ -1901,7 +1910,16 @@ _MARK_KEYS = (
 # (MEMBERS_KNOWN, set after classify by mark_members_known, with them: before red team 23
 # every group state with its members known whole took the general encoder)
 _STATE_ORDER = _det_order(
-    (*_GAP_FORGETS, "full", "rt", *_MARK_KEYS, *_SPLIT_KEYS, "split_early", MEMBERS_KNOWN)
+    (
+        *_GAP_FORGETS,
+        "full",
+        "rt",
+        *_MARK_KEYS,
+        *_SPLIT_KEYS,
+        "split_early",
+        "split_early_over",
+        MEMBERS_KNOWN,
+    )
 )
 
 
