@@ -1062,6 +1062,13 @@ class Builder:
             # a PUT's showing none of them says so ({}); a create's records only differences
             if other is not None and (other or op == "replace"):
                 result = {**(result or {}), "other": other}
+            elif other is None and asked:
+                # a create whose answer stored some otherwise than asked, in a form the event
+                # cannot hold (a number JSON's canonical form cannot hold, more than
+                # _RESULT_OTHER of them): null says so, so the log does not take the
+                # request's values as stored (red team 26: the next PUT stating them, a real
+                # change on the SP, was judged a noop)
+                result = {**(result or {}), "other": None}
         return result, None
 
     def _answer_check(self, op: str, target: _Target, rid: str | None, resp: Any) -> str | None:

@@ -95,3 +95,27 @@ def test_a_secret_attribute_is_never_recorded() -> None:
     answer = {**body, "id": "A", "nickName": "B"}
     created = exchange_event("POST", "/Users", body, 201, answer, secret_attrs=("nickName",))
     assert "other" not in (created.get("x") or {}).get("result", {}), created.get("x")
+
+
+def test_a_create_stored_otherwise_in_a_form_the_event_cannot_hold_says_so() -> None:
+    """Red team 26: an answer storing a value the event cannot hold (a number past 2**53)
+    or more than 64 attributes otherwise than asked recorded nothing, so the log took the
+    request's values as stored, and the next PUT stating the asked ``name`` (a real change
+    on that SP) was judged a noop. ``x.result.other`` null says the create's stored values
+    are not known: that PUT is named."""
+    body = _body(name=NAME)
+    big = {"givenName": 2**60, "familyName": "Lee"}
+    created = exchange_event("POST", "/Users", body, 201, {**body, "id": "A", "name": big})
+    assert created["x"]["result"]["other"] is None, created["x"]
+    effect, state, _ = classify(None, created)
+    assert _acts(effect) == ["user.create"], effect
+    effect, _, _ = classify(state, _put({"name": NAME}, name=NAME))
+    assert _acts(effect) == ["user.update"], effect
+    many = {f"x{i}": "asked" for i in range(70)}
+    body = _body(**many)
+    answer = {**body, "id": "B", **{k: "stored" for k in many}}
+    created = exchange_event("POST", "/Users", body, 201, answer)
+    assert created["x"]["result"]["other"] is None, created["x"]
+    _, state, _ = classify(None, created)
+    effect, _, _ = classify(state, _put({}, **many))
+    assert _acts(effect) == ["user.update"], effect

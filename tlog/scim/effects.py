@@ -1467,6 +1467,15 @@ class _Run:
             raw = value.encode() if isinstance(value, str) else bytes(value)
             h = hashlib.sha256(raw).hexdigest()[:32]
             shown = self._shown_other(key)
+            if shown is None and self._other_not_recorded():
+                # a create's answer stored some of its attributes otherwise than asked and
+                # could not record them (x.result.other null): what the SP holds is not
+                # known, so no digest is kept (a later PUT stating the asked value is then
+                # named, never a noop: red team 26)
+                others.pop(key, None)
+                self.verbs.add("update")
+                self.state["other"] = others
+                return
             if shown is not None:
                 # a PUT's answer shows what the SP stored (x.result.other): the truth from
                 # here, and the PUT changed nothing where the state holds what was asked or
@@ -1486,6 +1495,14 @@ class _Run:
             others.pop(key, None)
         self.verbs.add("update")
         self.state["other"] = others
+
+    def _other_not_recorded(self) -> bool:
+        """Whether this is a create whose answer says that it stored attributes otherwise
+        than asked in a form the event could not hold (``x.result.other`` null)."""
+        if self.ev["op"] != "create":
+            return False
+        result = self.ev.get("x", {}).get("result")
+        return isinstance(result, Mapping) and "other" in result and result["other"] is None
 
     def _shown_other(self, key: str) -> str | None:
         """The digest of ``key`` a PUT's or a create's answer shows (``x.result.other``), or
