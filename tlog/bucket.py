@@ -328,6 +328,10 @@ def _may_delete(store: ObjectStore) -> Callable[[str], None] | None:
     return delete
 
 
+class _OwnEtagRefused(BucketError):
+    """A replace on the object's current ETag refused with nothing written in between."""
+
+
 def _probe_write(store: ObjectStore, key: str, data: bytes, kept: bool) -> None:
     """Write the probe object (its first write at this start) and read it back. A unique
     ``key`` is created; the kept one is created or replaced on the ETag just read (another
@@ -348,6 +352,12 @@ def _probe_write(store: ObjectStore, key: str, data: bytes, kept: bool) -> None:
         except PreconditionFailed:
             if not kept:
                 raise
+            if got is not None:
+                again = store.get(key, _PROBE_READ_LIMIT)
+                if again is not None and again[1] == got[1]:
+                    # nobody wrote it in between: the store refused the object's own ETag
+                    # (red team 25: it was "kept changing", twelve tries later)
+                    raise _OwnEtagRefused(key) from None
     else:
         raise BucketError(f"the probe object {key} kept changing while it was written")
     back = store.get(key, _PROBE_READ_LIMIT)
@@ -363,7 +373,8 @@ def probe_conditional_writes(store: ObjectStore) -> str | None:
     real requests on a probe object: None when both hold, else the gap, named.
 
     * ``If-None-Match: *``: a create of the probe once it exists must be refused (412);
-    * ``If-Match``: a replace with an ETag the object never had must be refused (412).
+    * ``If-Match``: a replace with an ETag the object never had must be refused (412), and
+      one with the object's own ETag taken.
 
     A writer that may delete probes an object of its own and removes it afterwards: nothing
     is left. One that may not (:func:`_may_delete`) probes the one object
@@ -387,6 +398,15 @@ def probe_conditional_writes(store: ObjectStore) -> str | None:
             gaps.append("If-Match (a write with an ETag the object never had replaced it)")
         except PreconditionFailed:
             pass
+        # and a replace on the object's own ETag must be taken (the publisher's
+        # compare-and-swap of the checkpoint): before, a store refusing it passed the probe
+        # of a first start and failed the next one's as "kept changing" (red team 25)
+        _probe_write(store, key, f"probe {token} 4\n".encode(), True)
+    except _OwnEtagRefused:
+        gaps.append(
+            "If-Match (a write with the object's own ETag was refused: the bucket's "
+            "checkpoint could never be replaced)"
+        )
     finally:
         if delete is not None:
             try:

@@ -113,3 +113,30 @@ def limited_client(s3: SeaweedS3, bucket: str, actions: list[str]) -> Any:
 
 def limited_store(s3: SeaweedS3, bucket: str, prefix: str, actions: list[str]) -> S3Store:
     return S3Store(f"s3://{bucket}/{prefix}", client=limited_client(s3, bucket, actions))
+
+
+class OwnEtagRefusingStore:
+    """A store whose replaces never match (a gateway that rewrites the ``If-Match`` value,
+    say): every replace, even on the object's current ETag, is refused (412) by the real
+    SeaweedFS underneath; creates, reads and deletes pass through."""
+
+    def __init__(self, inner: S3Store) -> None:
+        self.inner = inner
+
+    def get(self, key: str, limit: int) -> tuple[bytes, str] | None:
+        return self.inner.get(key, limit)
+
+    def keys(self) -> Iterator[str]:
+        return self.inner.keys()
+
+    def delete(self, key: str) -> None:
+        self.inner.delete(key)
+
+    def create(self, key: str, data: bytes, content_type: str, cache_control: str) -> str:
+        return self.inner.create(key, data, content_type, cache_control)
+
+    def replace(
+        self, key: str, data: bytes, etag: str, content_type: str, cache_control: str
+    ) -> str:
+        mangled = '"' + "f" * 32 + '"'  # never the object's
+        return self.inner.replace(key, data, mangled, content_type, cache_control)

@@ -26,7 +26,7 @@ from tlog.bucket import (
 )
 
 from ..s3support import SeaweedS3
-from .stores import DELETE, LIST, READ, WRITE, IgnoringStore, limited_store
+from .stores import DELETE, LIST, READ, WRITE, IgnoringStore, OwnEtagRefusingStore, limited_store
 from .support import bucket_checkpoint, entries, open_node, wait_published
 
 
@@ -79,6 +79,24 @@ def test_a_store_ignoring_the_conditions_is_named_without_delete_too(
         gap = probe_conditional_writes(store)
         assert gap is not None and "If-None-Match" in gap and "If-Match (" in gap, gap
     assert _probe_objects(seaweedfs, bucket) == [PROBE_KEPT_KEY]
+
+
+@pytest.mark.parametrize("may_delete", [True, False], ids=["delete", "no-delete"])
+def test_a_store_refusing_a_replace_on_the_objects_own_etag_is_named(
+    seaweedfs: SeaweedS3, may_delete: bool
+) -> None:
+    """Red team 25: a store refusing every replace (the publisher's compare-and-swap of the
+    checkpoint could never succeed) passed the probe of a first start, and the next start's
+    probe said the kept object "kept changing" after twelve tries. Both starts now name the
+    gap, at once."""
+    bucket = seaweedfs.bucket()
+    actions = [READ, WRITE, LIST, DELETE] if may_delete else [READ, WRITE, LIST]
+    store = OwnEtagRefusingStore(limited_store(seaweedfs, bucket, "p", actions))
+    for _ in range(2):  # without delete: the kept object absent, then there
+        gap = probe_conditional_writes(store)
+        assert gap is not None and "own ETag was refused" in gap, gap
+        assert "If-None-Match" not in gap, gap  # the create-only write was refused
+    assert _probe_objects(seaweedfs, bucket) == ([] if may_delete else [PROBE_KEPT_KEY])
 
 
 @pytest.mark.parametrize(
