@@ -20,9 +20,9 @@ from ..s3support import SeaweedS3, weed_binary
 READ, WRITE, LIST, DELETE = "s3:GetObject", "s3:PutObject", "s3:ListBucket", "s3:DeleteObject"
 
 
-class IgnoringStore:
-    """An S3 store that ignores If-None-Match and If-Match (as s3rver or local-s3-server
-    do): every write is unconditional. Built on the real SeaweedFS, without the headers."""
+class _Over:
+    """Reads, listings and deletes passed to the real store underneath; the writes are the
+    subclass's."""
 
     def __init__(self, inner: S3Store) -> None:
         self.inner = inner
@@ -35,6 +35,11 @@ class IgnoringStore:
 
     def delete(self, key: str) -> None:
         self.inner.delete(key)
+
+
+class IgnoringStore(_Over):
+    """An S3 store that ignores If-None-Match and If-Match (as s3rver or local-s3-server
+    do): every write is unconditional. Built on the real SeaweedFS, without the headers."""
 
     def _put(self, key: str, data: bytes, content_type: str, cache_control: str) -> str:
         r = self.inner._s3.put_object(
@@ -115,22 +120,10 @@ def limited_store(s3: SeaweedS3, bucket: str, prefix: str, actions: list[str]) -
     return S3Store(f"s3://{bucket}/{prefix}", client=limited_client(s3, bucket, actions))
 
 
-class OwnEtagRefusingStore:
+class OwnEtagRefusingStore(_Over):
     """A store whose replaces never match (a gateway that rewrites the ``If-Match`` value,
     say): every replace, even on the object's current ETag, is refused (412) by the real
     SeaweedFS underneath; creates, reads and deletes pass through."""
-
-    def __init__(self, inner: S3Store) -> None:
-        self.inner = inner
-
-    def get(self, key: str, limit: int) -> tuple[bytes, str] | None:
-        return self.inner.get(key, limit)
-
-    def keys(self) -> Iterator[str]:
-        return self.inner.keys()
-
-    def delete(self, key: str) -> None:
-        self.inner.delete(key)
 
     def create(self, key: str, data: bytes, content_type: str, cache_control: str) -> str:
         return self.inner.create(key, data, content_type, cache_control)
