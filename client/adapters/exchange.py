@@ -1973,6 +1973,16 @@ def _printable(name: str) -> str:
     return name[:256] + "..." if len(name) > 260 else name
 
 
+def _first_warning(key: Server | str | None) -> bool:
+    """Whether ``key`` (a server or a base path) is warned about for the first time in this
+    process, remembering it; False once 64 are remembered (a bound against names a client
+    chooses: red team 24)."""
+    if key in _warned_servers or len(_warned_servers) >= 64:
+        return False
+    _warned_servers.add(key)
+    return True
+
+
 def _warn_elsewhere(server: Server | None) -> None:
     """Tell the operator, once a process for each server, that a create's location named a
     server the request did not ask: every such create is logged with its id not known, and
@@ -1980,9 +1990,8 @@ def _warn_elsewhere(server: Server | None) -> None:
     public name: set ``sp_base``, or ``trust_forwarded`` where the proxy sets
     ``X-Forwarded-Host``), not a hostile SP. Only the server is named (never the location:
     its path holds a resource id). At most 64 servers (and bases) are remembered."""
-    if server in _warned_servers or len(_warned_servers) >= 64:
+    if not _first_warning(server):
         return
-    _warned_servers.add(server)
     name = "?" if server is None else server[0] + ("" if server[1] is None else f":{server[1]}")
     _log.warning(
         "a create's location names server %s, not the one the request asked: its created id "
@@ -2001,9 +2010,8 @@ def _warn_base(base: str) -> None:
     26 this was silent, so a deployment's every create lost its id unexplained. Only the
     base is named (the path before the endpoint, never the id); shares the 64 of
     :func:`_warn_elsewhere`."""
-    if base in _warned_servers or len(_warned_servers) >= 64:
+    if not _first_warning(base):
         return
-    _warned_servers.add(base)
     _log.warning(
         "a create's location names base path %s, none the request was served from: its "
         "created id is recorded as not known; if a reverse proxy rewrites the path prefix, "
