@@ -41,7 +41,6 @@ import dataclasses
 import json
 import logging
 import logging.config
-import math
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -58,7 +57,7 @@ from client.adapters.forwarder import Forwarder, UpstreamError
 from client.adapters.middleware import AuditConfig, AuditMiddleware, Receive, Scope, Send
 from client.adapters.outbox import Outbox, OutboxError
 from client.adapters.proxy_config import ProxyConfig
-from client.adapters.pseudonyms import LogPseudonyms
+from client.adapters.pseudonyms import MAX_TIMEOUT, LogPseudonyms
 from client.adapters.relay import Relay
 from client.formats.merkle import VerificationError
 from client.formats.note import Ed25519Verifier, FormatError
@@ -497,10 +496,11 @@ def main_proxy(cfg: ProxyConfig) -> int:
             file=sys.stderr,
         )
         return 2
-    if not 0 < cfg.pseudonym_timeout < math.inf:
+    if not 0 < cfg.pseudonym_timeout <= MAX_TIMEOUT:
         print(
             "tlog scim-proxy: refusing to start: --pseudonym-timeout must be a number of "
-            f"seconds above 0, not {cfg.pseudonym_timeout!r}",
+            f"seconds above 0 and at most {MAX_TIMEOUT:g} (a day), not "
+            f"{cfg.pseudonym_timeout!r}",
             file=sys.stderr,
         )
         return 2

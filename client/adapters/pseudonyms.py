@@ -26,12 +26,16 @@ from client.formats.note import FormatError, b64decode_strict
 from client.net.core import CoreClient, HTTPCore, Unreachable
 from client.scim.cbor import EventFormatError
 
-__all__ = ["MAX_BATCH", "LogPseudonyms", "PidCollector", "substitute_pids"]
+__all__ = ["MAX_BATCH", "MAX_TIMEOUT", "LogPseudonyms", "PidCollector", "substitute_pids"]
 
 MAX_BATCH = 10_000  # refs per POST /v1/scim/pseudonyms (the log's limit)
 CACHE_TTL = 300.0  # seconds a pid is used from the cache before the log is asked again
 ANSWER_LIMIT = 8 << 20  # bytes of an answer (10,000 pids are ~600 KB)
 PATH = "/v1/scim/pseudonyms"
+# The longest wait for an answer: a day. The lookup's sockets take the timeout as a C
+# ``timeval``, which a larger value (1e10 s) overflows: every lookup raised OverflowError,
+# and every group write was answered 503 after the SP applied it (red team 27).
+MAX_TIMEOUT = 86_400.0
 
 
 class PidCollector:
@@ -112,6 +116,11 @@ class LogPseudonyms(CoreClient):
         cache_ttl: float = CACHE_TTL,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        if not 0 < timeout <= MAX_TIMEOUT:
+            raise ValueError(
+                f"the pseudonym lookup's timeout must be above 0 and at most {MAX_TIMEOUT:g} "
+                f"seconds, not {timeout!r}"
+            )
         self.url = log_url.rstrip("/") + PATH
         self._core = HTTPCore(
             log_url,
