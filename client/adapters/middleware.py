@@ -167,6 +167,11 @@ class AuditMiddleware:
         self._left_alone: set[str] = set()  # another tenant's journals, logged once
         self._watch_stop = threading.Event()
         self._watcher: threading.Thread | None = None
+        # This process's intents whose events could not be recorded (the outbox and the log
+        # both failing): recorded as unknown by the watcher once the outbox takes them
+        # again (_settle_stranded), not left for the next start-up (red team 27).
+        self._stranded: dict[int, None] = {}
+        self._stranded_lock = threading.Lock()
 
     def backlog(self) -> dict[str, Any]:
         """The audit backlog, for monitoring (``tlog scim-proxy`` serves it at
@@ -210,6 +215,54 @@ class AuditMiddleware:
                 self.recover_orphans()
             except Exception:  # logged; tried again at the next round
                 _log.exception("recovering the write-ahead intents of a dead adapter failed")
+            self.settle_stranded()
+
+    def settle_stranded(self) -> int:
+        """This process's writes forwarded while neither the outbox nor the log took their
+        events (a full or failing disk, the log down: fail-closed answered 503, fail-open
+        ``unrecorded``) recorded as a start-up records a dead adapter's intents (outcome
+        unknown, the intent's eid), as soon as the outbox takes them again: before, they
+        waited for the next start, the SP's change in no event while the adapter ran on.
+        Returns how many events were recorded; what the outbox refuses waits for the next
+        round (each round of :meth:`_watch_orphans`)."""
+        journal = self._journal
+        with self._stranded_lock:
+            iids, self._stranded = list(self._stranded), {}
+        if journal is None or not iids:
+            return 0
+        n = 0
+        left: list[int] = []
+        for i, iid in enumerate(iids):
+            doc = journal.intent(iid)
+            if doc is None:
+                continue  # done meanwhile
+            key = f"{journal.id}:{iid}"
+            try:
+                records = unknown_outcome_records(self.config, doc, key)
+                if records:
+                    self.outbox.add(records, intent=key).result()
+            except OutboxError:
+                left = iids[i:]  # the outbox still refuses: the next round
+                break
+            except Exception as exc:  # a damaged intent: the next start-up skips it loudly
+                _log.error("write-ahead intent %s could not be recorded: %s", key, exc)
+                continue
+            journal.done(iid)
+            n += len(records)
+        if left:
+            with self._stranded_lock:
+                self._stranded = dict.fromkeys([*left, *self._stranded])
+        if n:
+            self.stats["recovered"] += n
+            if self.relay is not None:
+                self.relay.kick()
+            _log.warning(
+                "recorded %d write(s) this adapter forwarded while their events could not be "
+                "recorded: outcome 'warning' (whether the service provider applied them is "
+                "unknown)",
+                n,
+            )
+        return n
 
     def recover_intents(self) -> int:
         """Start-up: the write-ahead intents that adapters now gone (a kill, a crash, this
@@ -732,7 +785,7 @@ class AuditMiddleware:
             rec, records = await self._events(x)
         except Exception:
             _log.exception("could not build the audit event of request %s", x.req_id)
-            return self._unrecorded([])
+            return self._unrecorded([], iid)
         self._emit_access(rec.access)
         if not records:
             self._done(iid)
@@ -780,10 +833,15 @@ class AuditMiddleware:
                 self._done(iid)
                 self.stats["events"] += len(records)
                 return receipt_headers(eids, {r.eid: r for r in got}), True
-        return self._unrecorded(eids)
+        return self._unrecorded(eids, iid)
 
-    def _unrecorded(self, eids: Sequence[str]) -> tuple[list[tuple[bytes, bytes]], bool]:
+    def _unrecorded(
+        self, eids: Sequence[str], iid: int | None = None
+    ) -> tuple[list[tuple[bytes, bytes]], bool]:
         self.stats["unrecorded"] += max(1, len(eids))
+        if iid is not None:
+            with self._stranded_lock:
+                self._stranded[iid] = None
         if self.config.fail_open:
             _log.error("fail-open: passing a SCIM response through with its audit event lost")
             return [(b"tlog-status", b"unrecorded")], True

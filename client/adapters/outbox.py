@@ -1389,6 +1389,16 @@ class IntentJournal:
     def in_flight(self) -> int:
         return len(self._open)
 
+    def intent(self, iid: int) -> dict[str, Any] | None:
+        """Intent ``iid`` as begun, while it is in flight (None once done)."""
+        with self._mutex:
+            line = self._open.get(iid)
+        m = None if line is None else _CHECKED(line.rstrip(b"\n"))
+        if m is None:
+            return None
+        doc: dict[str, Any] = json.loads(m[1] + b"}")
+        return doc
+
     async def synced(self, iid: int) -> None:
         """Durable mode: return once intent ``iid`` (begun) is on disk, so that it survives
         a machine crash too; at once otherwise. Awaited on the event loop, which it never

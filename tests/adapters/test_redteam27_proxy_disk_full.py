@@ -1,0 +1,128 @@
+"""Red team 27: the real ``tlog scim-proxy`` whose outbox and intent journal share a disk that
+fills up while it runs, durable intents on and off (the log down: nothing is delivered, so
+the outbox holds every event the log will get).
+
+The first write after the disk filled is forwarded (its intent fits the journal's
+preallocated file) and its event cannot be stored: a 503 saying the SP processed it; the
+next ones are refused before the SP ("not applied"). Found: that first write's intent was
+recorded only at the proxy's *next start*: with space back and the proxy serving again,
+the SP's change had no event for as long as the proxy ran (and, without durable intents,
+none at all after a machine crash). Now the proxy records it as unknown, as a start-up
+would, once the outbox takes events again, and a restart records it no second time.
+
+Checked against what the SP applied: every write the SP saw has exactly one event, every
+write refused "not applied" never reached it, every acknowledged write has its event."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support import start_proxy, stop_processes
+
+from .helpers import standin_sp  # noqa: F401  (the SP stand-in fixture, "sp")
+from .helpers import tmpfs
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    yield from tmpfs(tmp_path, "disk", lazy=True)
+
+
+def _events(outbox: Path) -> dict[str, list[dict[str, Any]]]:
+    conn = sqlite3.connect(outbox)
+    try:
+        rows = conn.execute("SELECT req, body FROM events").fetchall()
+    finally:
+        conn.close()
+    out: dict[str, list[dict[str, Any]]] = {}
+    for req, body in rows:
+        out.setdefault(req, []).append(json.loads(body))
+    return out
+
+
+def _fill(path: Path) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while True:
+            os.write(fd, b"x" * 4096)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("durable", [False, True], ids=["intents", "durable-intents"])
+def test_a_write_forwarded_as_the_disk_filled_is_recorded_once_space_is_back(
+    tmp_path: Path,
+    small_disk: Path,
+    sp: tuple[str, list[tuple[str, str]]],
+    durable: bool,
+) -> None:
+    upstream, seen = sp
+    outbox = small_disk / "outbox.sqlite"
+    flags = ["--log-key-tofu", *(["--durable-intents"] if durable else [])]
+    answers: dict[str, tuple[int, str]] = {}
+
+    def delete(i: int, base: str) -> None:
+        r = httpx.delete(
+            f"{base}/Users/u{i}",
+            headers={"X-Request-Id": f"r{i}", "Authorization": "Bearer sp-token"},
+            timeout=60,
+        )
+        answers[f"r{i}"] = (r.status_code, r.text)
+
+    proc, base = start_proxy(
+        tmp_path, upstream, "http://127.0.0.1:9", "t0k", "acme", *flags, outbox=outbox
+    )
+    try:
+        for i in range(3):
+            delete(i, base)
+        filler = small_disk / "filler"
+        _fill(filler)
+        for i in range(3, 6):
+            delete(i, base)
+        assert [answers[f"r{i}"][0] for i in range(3, 6)] == [503] * 3, answers
+        filler.unlink()
+        for i in range(6, 8):
+            delete(i, base)
+        applied = {p.rsplit("/", 1)[-1].replace("u", "r") for _, p in seen}
+        # the first write after the disk filled reached the SP: recorded while the proxy runs
+        assert "r3" in applied
+        deadline = time.monotonic() + 30
+        while "r3" not in _events(outbox) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        events = _events(outbox)
+        assert "r3" in events, (answers, sorted(events))
+        (ev,) = events["r3"]
+        assert ev["outcome"] == "warning" and ev["err"]["code"] == "unknown", ev
+    finally:
+        stop_processes([proc])
+    # a restart on the same outbox records nothing twice
+    proc, base = start_proxy(
+        tmp_path, upstream, "http://127.0.0.1:9", "t0k", "acme", *flags, outbox=outbox
+    )
+    try:
+        delete(8, base)
+    finally:
+        stop_processes([proc])
+    events = _events(outbox)
+    applied = {p.rsplit("/", 1)[-1].replace("u", "r") for _, p in seen}
+    for req, (status, text) in answers.items():
+        if status == 204:
+            assert req in applied and len(events.get(req, [])) == 1, (req, events.get(req))
+        elif "not applied" in text:
+            assert req not in applied and req not in events, (req, text)
+        else:
+            assert "processed this request" in text, (req, text)
+    assert {r: len(events.get(r, [])) for r in applied} == dict.fromkeys(applied, 1), events
