@@ -28,8 +28,10 @@ import pytest
 
 from tests.support import start_proxy, stop_processes
 
-from .helpers import standin_sp  # noqa: F401  (the SP stand-in fixture, "sp")
-from .helpers import tmpfs
+from .helpers import (
+    standin_sp,  # noqa: F401  (the SP stand-in fixture, "sp")
+    tmpfs,
+)
 
 pytestmark = pytest.mark.slow
 
