@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import http.server
 import json
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -29,39 +28,16 @@ import pytest
 
 from client.adapters.pseudonyms import MAX_TIMEOUT, LogPseudonyms
 from client.scim.cbor import EventFormatError
-from tests.support import start_proxy, stop_processes, tlog_cli
+from tests.support import start_proxy, stop_processes
 
 from .helpers import standin_sp  # noqa: F401  (the SP stand-in fixture, "sp")
+from .intent_kills import outbox_events
 
 PATCH = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
 
 
-def test_a_pseudonym_timeout_past_what_a_socket_takes_is_refused(tmp_path: Path) -> None:
-    token = tmp_path / "token"
-    token.write_text("t0k\n")
-    token.chmod(0o600)
-    r = tlog_cli(
-        "scim-proxy",
-        "--upstream",
-        "http://127.0.0.1:9/v2",
-        "--log",
-        "http://127.0.0.1:9",
-        "--token-file",
-        str(token),
-        "--tenant",
-        "acme",
-        "--sp-id",
-        "sp",
-        "--log-key-tofu",
-        "--outbox",
-        str(tmp_path / "outbox.sqlite"),
-        "--pseudonym-timeout",
-        "1e10",
-        timeout=30,
-    )
-    assert r.returncode == 2, r.stderr
-    assert "--pseudonym-timeout" in r.stderr and "at most 86400" in r.stderr, r.stderr
-    assert not (tmp_path / "outbox.sqlite").exists()
+def test_a_pseudonym_timeout_past_what_a_socket_takes_is_refused() -> None:
+    # the proxy's start-up refusal: test_proxy_pseudonym_timeout.py's "1e10"
     with pytest.raises(ValueError, match="at most"):
         LogPseudonyms("http://127.0.0.1:9", "t", timeout=1e10)
 
@@ -149,15 +125,6 @@ def hostile_log() -> Iterator[tuple[str, type[_HostileLog]]]:
     srv.server_close()
 
 
-def _events(outbox: Path, req: str) -> list[dict[str, Any]]:
-    conn = sqlite3.connect(outbox)
-    try:
-        rows = conn.execute("SELECT body FROM events WHERE req = ?", (req,)).fetchall()
-    finally:
-        conn.close()
-    return [json.loads(b) for (b,) in rows]
-
-
 @pytest.mark.slow
 def test_a_pseudonym_service_answering_badly_leaves_the_members_unknown_not_named(
     tmp_path: Path,
@@ -198,7 +165,8 @@ def test_a_pseudonym_service_answering_badly_leaves_the_members_unknown_not_name
             )
             assert r.status_code == 200, (mode, r.status_code, r.text)
             assert len(log.asked) == i + 1 and log.asked[-1] == 3, (mode, log.asked)
-            (event,) = _events(outbox, req)
+            (row,) = outbox_events(outbox, req)
+            event = json.loads(row["body"])
             text = json.dumps(event)
             assert "pseudonym" in event["x"]["uninterpretable"], (mode, event)
             assert [a["a"] for a in event["acts"]] == ["group.uninterpretable"], (mode, event)
