@@ -387,10 +387,19 @@ class Auditor:
             return result
         try:
             bundles, entries = self._download(state, frontier, pending)
-        except (VerificationError, FormatError):
+        except (VerificationError, FormatError) as exc:
             # The log served bad data: what this run downloaded proves nothing.
             state.progress = None
-            self._save(state)
+            try:
+                self._save(state)
+            except OSError as save_exc:
+                # The log's failure is the news: a full or read-only disk under the state
+                # file must not turn it into a disk error (red team 27: exit 1, "No space
+                # left on device", instead of 2, "LOG FAILED VERIFICATION").
+                exc.add_note(
+                    f"the state file could not be updated ({save_exc}): the next run resumes "
+                    "from the progress saved before, which must verify again"
+                )
             raise
         state.checkpoint, state.frontier, state.progress = latest.note, frontier, None
         self._save(state)

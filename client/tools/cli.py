@@ -407,6 +407,8 @@ def main(argv: Sequence[str] | None = None, *, http: httpx.Client | None = None)
     except (VerificationError, FormatError) as exc:
         what = "LOG FAILED VERIFICATION" if args.cmd == "audit" else "PROOF DOES NOT VERIFY"
         _err(f"{what}: {exc}")
+        for note in getattr(exc, "__notes__", ()):
+            _err(f"note: {note}")
         return EXIT_FAILED
     except StateError as exc:
         _err(f"error: state file: {exc}")
