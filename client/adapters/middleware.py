@@ -186,8 +186,25 @@ class AuditMiddleware:
         # retries the log answered as logged before but erased since: no nonce, so their
         # content is not proven (should stay 0 but for a retry that crossed an erasure)
         out["receipts_content_unproven"] = 0 if self.relay is None else self.relay.erased_retries
+        out["writes_taken"] = self.writes_taken()
         out.update(self.stats)
         return out
+
+    def writes_taken(self) -> bool:
+        """Whether a write would be taken now (blocking: call it from a worker thread). Not
+        while fail-closed refuses writes before the SP ("not applied"): the outbox failed
+        its last add (a full disk) and the log took no events directly since. The outbox is
+        probed again here (an fsynced write the size of the one refused), so a proxy that
+        no write reaches while it is not ready still becomes ready once the disk has room
+        (red team 27: ``/.tlog/readyz`` said ready while every write was refused)."""
+        if self._outbox_ok or self._direct_ok or self.config.fail_open:
+            return True
+        try:
+            self.outbox.probe(max(8192, self._failed_size)).result()
+        except OutboxError:
+            return False
+        self._outbox_ok = True
+        return True
 
     # lifecycle
 

@@ -238,6 +238,12 @@ class _ProxyCollector(Collector):
             "events the log refused for good (kept for inspection)",
             value=b.get("rejected") or 0,
         )
+        yield GaugeMetricFamily(
+            "tlog_proxy_writes_taken",
+            "0 while fail-closed refuses writes: the outbox refused its last add (a full "
+            "disk) and the log takes no events directly either",
+            value=0 if b.get("writes_taken") is False else 1,
+        )
         healthy = b.get("relay_healthy")
         yield GaugeMetricFamily(
             "tlog_proxy_relay_healthy",
@@ -271,9 +277,9 @@ class _ProxyCollector(Collector):
 
 def _ops_endpoints(backlog: Callable[[], dict[str, Any]], s: ProxySettings) -> dict[str, _Endpoint]:
     """``/.tlog/status``, ``healthz``, ``readyz`` and ``metrics``. Ready while the outbox
-    takes events (below ``outbox_max_bytes``); the relay's health gates readiness only when
-    writes wait for the log's receipt (``receipt_timeout`` > 0). Reading the outbox runs in
-    a worker thread."""
+    takes events (below ``outbox_max_bytes``, and writes not refused after a failed add:
+    ``writes_taken``); the relay's health gates readiness only when writes wait for the
+    log's receipt (``receipt_timeout`` > 0). Reading the outbox runs in a worker thread."""
     registry = CollectorRegistry(auto_describe=False)  # no collect() before the app exists
     registry.register(_ProxyCollector(backlog))
 
@@ -298,10 +304,12 @@ def _ops_endpoints(backlog: Callable[[], dict[str, Any]], s: ProxySettings) -> d
             return _json(503, doc)
         cap = s.outbox_max_bytes
         full = cap is not None and (b.get("pending_bytes") or 0) >= cap
+        taken = b.get("writes_taken", True) is not False
         relay_ok = bool(b.get("relay_healthy"))
         checks: dict[str, dict[str, Any]] = {
             "outbox": {
-                "ok": not full,
+                "ok": not full and taken,
+                "writes_taken": taken,
                 "pending": b.get("pending"),
                 "pending_bytes": b.get("pending_bytes"),
                 "limit_bytes": cap,

@@ -11,7 +11,11 @@ none at all after a machine crash). Now the proxy records it as unknown, as a st
 would, once the outbox takes events again, and a restart records it no second time.
 
 Checked against what the SP applied: every write the SP saw has exactly one event, every
-write refused "not applied" never reached it, every acknowledged write has its event."""
+write refused "not applied" never reached it, every acknowledged write has its event.
+
+Found too: ``/.tlog/readyz`` said ready while every write was refused (a balancer kept
+sending them); now not ready, ``tlog_proxy_writes_taken`` 0, until the outbox takes a
+probe again (asked by the readiness check itself, so no write is needed to get there)."""
 
 from __future__ import annotations
 
@@ -95,7 +99,14 @@ def test_a_write_forwarded_as_the_disk_filled_is_recorded_once_space_is_back(
         for i in range(3, 6):
             delete(i, base)
         assert [answers[f"r{i}"][0] for i in range(3, 6)] == [503] * 3, answers
+        # writes refused: not ready, and said in a metric
+        ops = base.rsplit("/v2", 1)[0] + "/.tlog"
+        r = httpx.get(f"{ops}/readyz", timeout=30)
+        assert r.status_code == 503 and r.json()["checks"]["outbox"]["writes_taken"] is False
+        assert "tlog_proxy_writes_taken 0.0" in httpx.get(f"{ops}/metrics", timeout=30).text
         filler.unlink()
+        # ready again before any write reaches it (a balancer sends none while not ready)
+        assert httpx.get(f"{ops}/readyz", timeout=30).status_code == 200
         for i in range(6, 8):
             delete(i, base)
         applied = {p.rsplit("/", 1)[-1].replace("u", "r") for _, p in seen}
