@@ -455,6 +455,18 @@ def tmpfs(tmp_path: Path, name: str, options: str = "", *, lazy: bool = False) -
         )
 
 
+def fill_disk(path: Path) -> None:
+    """Write ``path`` until its file system is full (the write that fails ends it)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while True:
+            os.write(fd, b"x" * 4096)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 class StandInSP(http.server.BaseHTTPRequestHandler):
     """A SCIM service provider stand-in: answers every write at once, counts what it saw."""
 

@@ -20,7 +20,6 @@ probe again (asked by the readiness check itself, so no write is needed to get t
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -33,6 +32,7 @@ import pytest
 from tests.support import start_proxy, stop_processes
 
 from .helpers import (
+    fill_disk,
     standin_sp,  # noqa: F401  (the SP stand-in fixture, "sp")
     tmpfs,
 )
@@ -55,17 +55,6 @@ def _events(outbox: Path) -> dict[str, list[dict[str, Any]]]:
     for req, body in rows:
         out.setdefault(req, []).append(json.loads(body))
     return out
-
-
-def _fill(path: Path) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        while True:
-            os.write(fd, b"x" * 4096)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 @pytest.mark.parametrize("durable", [False, True], ids=["intents", "durable-intents"])
@@ -95,7 +84,7 @@ def test_a_write_forwarded_as_the_disk_filled_is_recorded_once_space_is_back(
         for i in range(3):
             delete(i, base)
         filler = small_disk / "filler"
-        _fill(filler)
+        fill_disk(filler)
         for i in range(3, 6):
             delete(i, base)
         assert [answers[f"r{i}"][0] for i in range(3, 6)] == [503] * 3, answers

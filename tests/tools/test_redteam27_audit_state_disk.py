@@ -14,14 +14,13 @@ verified and saved."""
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from client.formats.tiles import decode_entry_bundle, encode_entry_bundle
-from tests.adapters.helpers import tmpfs
+from tests.adapters.helpers import fill_disk, tmpfs
 
 from .conftest import Server
 
@@ -29,17 +28,6 @@ from .conftest import Server
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     yield from tmpfs(tmp_path, "disk")
-
-
-def _fill(path: Path) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        while True:
-            os.write(fd, b"x" * 4096)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _size(state: Path) -> int:
@@ -52,15 +40,21 @@ def _another_entry(body: bytes) -> bytes:
     return encode_entry_bundle(entries)
 
 
-def test_a_log_failing_while_the_state_disk_is_full_still_fails_the_audit(
-    server: Server, small_disk: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    state = small_disk / "s.json"
+def _audited_then_full(server: Server, disk: Path) -> Path:
+    """A state file on ``disk`` saved at 500 entries; the log at 800; ``disk`` full."""
+    state = disk / "s.json"
     server.add(500)
     assert server.audit(state) == 0
     server.add(300, tag="b")
+    fill_disk(disk / "filler")
+    return state
+
+
+def test_a_log_failing_while_the_state_disk_is_full_still_fails_the_audit(
+    server: Server, small_disk: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = _audited_then_full(server, small_disk)
     server.tamper.rewrite["/tile/entries/002"] = _another_entry
-    _fill(small_disk / "filler")
     capsys.readouterr()
     assert server.audit(state) == 2
     err = capsys.readouterr().err
@@ -72,11 +66,7 @@ def test_a_log_failing_while_the_state_disk_is_full_still_fails_the_audit(
 def test_redteam27_nothing_is_reported_verified_that_the_state_did_not_keep(
     server: Server, small_disk: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    state = small_disk / "s.json"
-    server.add(500)
-    assert server.audit(state) == 0
-    server.add(300, tag="b")
-    _fill(small_disk / "filler")
+    state = _audited_then_full(server, small_disk)
     capsys.readouterr()
     assert server.audit(state) == 1
     out, err = capsys.readouterr()
