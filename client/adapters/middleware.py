@@ -61,6 +61,7 @@ import os
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from client.adapters.body import BodyTooLarge, decode_body, read_request_body
@@ -118,6 +119,11 @@ _log = logging.getLogger("client.adapters.middleware")
 # Seconds between two looks for the journals of adapters sharing the outbox that died
 # (AuditMiddleware.intent_recovery_interval).
 INTENT_RECOVERY_INTERVAL = 5.0
+# Threads of the log's member-pseudonym lookups (a pool of their own): a lookup may wait its
+# whole deadline on a slow log, and on the loop's default executor (CPUs + 4 threads) a few
+# such waits held every large body's build and the proxy's /.tlog endpoints behind them
+# (red team 27: readyz answered after 17 s under 30 group writes).
+PSEUDONYM_THREADS = 32
 
 # Request and response bodies up to this size are turned into events on the event loop
 # (AuditMiddleware._inline); larger ones and bulk requests in a worker thread.
@@ -172,6 +178,7 @@ class AuditMiddleware:
         # again (_settle_stranded), not left for the next start-up (red team 27).
         self._stranded: dict[int, None] = {}
         self._stranded_lock = threading.Lock()
+        self._pid_pool: ThreadPoolExecutor | None = None  # made at the first lookup
 
     def backlog(self) -> dict[str, Any]:
         """The audit backlog, for monitoring (``tlog scim-proxy`` serves it at
@@ -393,6 +400,9 @@ class AuditMiddleware:
         watcher, self._watcher = self._watcher, None
         if watcher is not None:
             watcher.join()
+        pool, self._pid_pool = self._pid_pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)  # lookups end by their deadline
         if not self.own:
             return
         if self.relay is not None:
@@ -739,7 +749,12 @@ class AuditMiddleware:
                 # (asked here, not per write: get_running_loop makes a getpid system call)
                 loop = asyncio.get_running_loop()
                 try:
-                    real = await loop.run_in_executor(None, resolve, list(collector.pairs))
+                    pool = self._pid_pool
+                    if pool is None:
+                        pool = self._pid_pool = ThreadPoolExecutor(
+                            PSEUDONYM_THREADS, thread_name_prefix="tlog-pseudonyms"
+                        )
+                    real = await loop.run_in_executor(pool, resolve, list(collector.pairs))
                 except EventFormatError as exc:
                     _log.error("member pseudonyms unavailable for request %s: %s", x.req_id, exc)
                     rec, records = await loop.run_in_executor(

@@ -7,6 +7,11 @@ the timeout as a C ``timeval``: from ~1e10 s (an operator's "no limit") every lo
 answered ``503 ... its audit event could not be recorded``, a traceback in the log. Now the
 proxy refuses more than a day at start-up, and so does :class:`LogPseudonyms`.
 
+Found too: the lookups ran on the loop's default executor (CPUs + 4 threads), shared with
+the proxy's ``/.tlog`` endpoints and large bodies' builds: group writes waiting on a slow
+log held ``readyz`` for as long as the lookups queued before it. They have a pool of their
+own now.
+
 Held (a guard, one real proxy process): a log answering the lookup with fewer or more
 pseudonyms than asked, another resource type, a pid of the wrong length, a cut body, a
 500, or its answer dripped slower than its deadline: the client gets the SP's answer, and
@@ -172,5 +177,60 @@ def test_a_pseudonym_service_answering_badly_leaves_the_members_unknown_not_name
             assert [a["a"] for a in event["acts"]] == ["group.uninterpretable"], (mode, event)
             assert not any(m in text for m in members), (mode, event)
         assert [p for _, p in seen] == [f"/v2/Groups/g{i}" for i in range(len(modes))]
+    finally:
+        stop_processes([proc])
+
+
+@pytest.mark.slow
+def test_lookups_waiting_on_a_slow_log_do_not_hold_the_proxys_own_endpoints(
+    tmp_path: Path,
+    sp: tuple[str, list[tuple[str, str]]],
+    hostile_log: tuple[str, type[_HostileLog]],
+) -> None:
+    """60 group writes whose lookups each wait their whole deadline (6 s) on a log dripping
+    its answer: they ran on the loop's default executor (CPUs + 4 threads), which the
+    proxy's ``/.tlog`` endpoints and large bodies' builds share, so ``readyz`` waited for
+    ~50 s of lookups queued before it (17 s under 30 writes)."""
+    upstream, _ = sp
+    log_url, log = hostile_log
+    log.mode = "drip"
+    proc, base = start_proxy(
+        tmp_path,
+        upstream,
+        log_url,
+        "t0k",
+        "acme",
+        "--log-key-tofu",
+        "--pseudonym-timeout",
+        "2",
+        outbox=tmp_path / "outbox.sqlite",
+    )
+    answers: list[int] = []
+
+    def write(i: int) -> None:
+        body = {
+            "schemas": [PATCH],
+            "Operations": [{"op": "add", "path": "members", "value": [{"value": f"m{i}"}]}],
+        }
+        r = httpx.patch(
+            f"{base}/Groups/g{i}",
+            json=body,
+            headers={"Authorization": "Bearer sp-token"},
+            timeout=300,
+        )
+        answers.append(r.status_code)
+
+    writers = [threading.Thread(target=write, args=(i,), daemon=True) for i in range(60)]
+    try:
+        for t in writers:
+            t.start()
+        deadline = time.monotonic() + 30
+        while len(log.asked) < 6 and time.monotonic() < deadline:
+            time.sleep(0.05)  # lookups waiting (the default executor's threads all taken)
+        ops = base.rsplit("/v2", 1)[0] + "/.tlog"
+        assert httpx.get(f"{ops}/readyz", timeout=20).status_code == 200
+        for t in writers:
+            t.join(300)
+        assert answers == [200] * 60
     finally:
         stop_processes([proc])
