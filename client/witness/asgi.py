@@ -28,7 +28,7 @@ import sqlite3
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 from client.net.witness_client import MAX_BODY_SIZE
 from client.witness.core import (
@@ -44,6 +44,7 @@ from client.witness.core import (
 __all__ = ["WitnessApp"]
 
 logger = logging.getLogger("client.witness.server")
+T = TypeVar("T")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -57,12 +58,28 @@ PUSH_THREADS = 8  # add-checkpoint requests processed at once (the rest wait the
 _CHECKPOINT_PATH = re.compile(r"/([0-9a-f]{64})/checkpoint")
 
 
+class StateStalled(Exception):
+    """The state database did not answer within the app's ``state_timeout``."""
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__(
+            f"the witness's state database did not answer within {timeout:g} s (a stalled disk?)"
+        )
+
+
 class WitnessApp:
     """ASGI 3 application serving one :class:`Witness`."""
 
-    def __init__(self, witness: Witness, *, body_timeout: float = 10.0) -> None:
+    def __init__(
+        self, witness: Witness, *, body_timeout: float = 10.0, state_timeout: float = 60.0
+    ) -> None:
         self.witness = witness
         self.body_timeout = body_timeout
+        # A request's wait on the state (red team 27): on a stalled disk (an fsync, or a
+        # page of SQLite's shared memory that never comes back) a push and even /readyz
+        # waited for the thaw, with no answer and no log line. Past this, 503; the thread
+        # still waiting commits or fails on its own, and nothing it does is cosigned.
+        self.state_timeout = state_timeout
         from client.witness.metrics import WitnessMetrics  # prometheus_client: server only
 
         self.metrics = WitnessMetrics(witness)
@@ -71,6 +88,22 @@ class WitnessApp:
         # up to the store's timeout, and a few dozen stuck pushes starved every read
         # (GET /<hash>/checkpoint, /readyz, /metrics). SQLite serialises the commits anyway.
         self._pushes = ThreadPoolExecutor(PUSH_THREADS, thread_name_prefix="witness-push")
+
+    async def _on_state(
+        self, fn: Callable[..., T], *args: object, pool: ThreadPoolExecutor | None = None
+    ) -> T:
+        """``fn(*args)`` in a worker thread (``pool``, else the default one), waited for at
+        most ``state_timeout`` seconds: then :class:`StateStalled`."""
+        loop = asyncio.get_running_loop()
+        fut = loop.run_in_executor(pool, fn, *args)
+        try:
+            return await asyncio.wait_for(fut, self.state_timeout)
+        except TimeoutError:
+            logger.error(
+                "the state database did not answer within %g s (a stalled disk?)",
+                self.state_timeout,
+            )
+            raise StateStalled(self.state_timeout) from None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -103,7 +136,7 @@ class WitnessApp:
             head = method == "HEAD"
             m = _CHECKPOINT_PATH.fullmatch(path)
             if m is not None:
-                note = await asyncio.to_thread(self.witness.checkpoint_by_hash, m.group(1))
+                note = await self._on_state(self.witness.checkpoint_by_hash, m.group(1))
                 if note is None:
                     await _respond(send, 404, "no cosigned checkpoint for this origin\n", head=head)
                 else:
@@ -112,13 +145,13 @@ class WitnessApp:
                     )
                 return
             if path == "/evidence":
-                evidence = await asyncio.to_thread(self.witness.evidence)
+                evidence = await self._on_state(self.witness.evidence)
                 doc = {"evidence": [e.to_json() for e in evidence]}
                 body = json.dumps(doc, indent=1) + "\n"
                 await _respond(send, 200, body, "application/json", head=head)
                 return
             await _respond(send, 404, "not found\n", head=head)
-        except sqlite3.Error as exc:  # damaged, or unreadable now: unavailable, not a crash
+        except (sqlite3.Error, StateStalled) as exc:  # damaged, unreadable now: not a crash
             logger.error("%s %s: the state database cannot be read: %s", method, path, exc)
             body = f"the witness's state database cannot be read now ({exc})\n"
             await _respond(send, 503, body, close=True, head=method == "HEAD")
@@ -132,13 +165,16 @@ class WitnessApp:
         if path == "/healthz":
             await _respond(send, 200, '{"status":"ok"}', "application/json", head=head)
         elif path == "/readyz":
-            ok, detail = await asyncio.to_thread(self.metrics.ready)
+            try:
+                ok, detail = await self._on_state(self.metrics.ready)
+            except StateStalled as exc:
+                ok, detail = False, str(exc)
             body = json.dumps({"status": "ready" if ok else "not ready", "state_db": detail})
             await _respond(send, 200 if ok else 503, body, "application/json", head=head)
         else:
             from client.witness.metrics import CONTENT_TYPE_LATEST
 
-            data = await asyncio.to_thread(self.metrics.exposition)
+            data = await self._on_state(self.metrics.exposition)
             await _respond(send, 200, data, CONTENT_TYPE_LATEST, head=head)
 
     async def _add_checkpoint(self, scope: Scope, receive: Receive, send: Send) -> int:
@@ -149,8 +185,11 @@ class WitnessApp:
             await _respond(send, status, exc.body(), exc.content_type, close=True)
             return status
         try:
-            loop = asyncio.get_running_loop()
-            cosigs = await loop.run_in_executor(self._pushes, self.witness.add_checkpoint, body)
+            cosigs = await self._on_state(self.witness.add_checkpoint, body, pool=self._pushes)
+        except StateStalled as exc:
+            body_text = f"{exc}; nothing was cosigned: retry later\n"
+            await _respond(send, 503, body_text)
+            return 503
         except AddCheckpointError as exc:
             status = status_of(exc)
             logger.info("add-checkpoint: %d %s", status, exc)

@@ -12,6 +12,7 @@
     idle_timeout = 30                 # optional, seconds a keep-alive may idle (default 30)
     body_timeout = 10                 # optional, seconds to send a request body (default 10)
     write_timeout = 30                # optional, seconds a response may stay unread (default 30)
+    state_timeout = 60                # optional, seconds a request waits on the state (default 60)
     max_connections = 512             # optional, connections + requests before 503s
     log_lists = ["https://example.org/logs.txt"]  # optional logs/v0 lists `serve` pulls
     log_list_interval = 3600          # optional, seconds between pulls (default 3600)
@@ -81,6 +82,7 @@ _TOP = {
     "idle_timeout",
     "body_timeout",
     "write_timeout",
+    "state_timeout",
     "max_connections",
     "log_lists",
     "log_list_interval",
@@ -220,6 +222,7 @@ class WitnessConfig:
                 body_timeout=_take(doc, "body_timeout", float, "config", d.body_timeout),
                 write_timeout=_take(doc, "write_timeout", float, "config", d.write_timeout),
                 max_connections=_take(doc, "max_connections", int, "config", d.max_connections),
+                state_timeout=_take(doc, "state_timeout", float, "config", d.state_timeout),
             )
         except ValueError as exc:
             raise ConfigError(f"config: {exc}") from None

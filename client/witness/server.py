@@ -52,9 +52,13 @@ class ServerLimits:
     write_timeout: float = 30.0
     max_connections: int = 512
     backlog: int = 256
+    # A request's wait on the state database (a stalled disk: an fsync or a page of its
+    # map that never returns) before it is answered 503 (red team 27).
+    state_timeout: float = 60.0
 
     def __post_init__(self) -> None:
-        if min(self.header_timeout, self.idle_timeout, self.body_timeout, self.write_timeout) <= 0:
+        timeouts = (self.header_timeout, self.idle_timeout, self.body_timeout, self.write_timeout)
+        if min(*timeouts, self.state_timeout) <= 0:
             raise ValueError("timeouts must be positive")
         if self.max_connections < 1 or self.backlog < 1:
             raise ValueError("max_connections and backlog must be at least 1")
@@ -100,7 +104,11 @@ class WitnessHTTPServer:
         self._sock.setblocking(False)
         self.server_address: tuple[str, int] = self._sock.getsockname()[:2]
         config = hardened_config(
-            WitnessApp(witness, body_timeout=self.limits.body_timeout),
+            WitnessApp(
+                witness,
+                body_timeout=self.limits.body_timeout,
+                state_timeout=self.limits.state_timeout,
+            ),
             host,
             self.server_address[1],
             self.limits.runner(),

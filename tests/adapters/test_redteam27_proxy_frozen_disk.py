@@ -12,9 +12,6 @@ strict ``xfail``, a ready reproduction."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,35 +21,18 @@ import pytest
 
 from tests.support import start_proxy, stop_processes
 
-from .helpers import standin_sp  # noqa: F401  (the SP stand-in fixture, "sp")
+from .helpers import (
+    frozen_ext4,
+    run_tool,
+    standin_sp,  # noqa: F401  (the SP stand-in fixture, "sp")
+)
 
 pytestmark = pytest.mark.slow
 
 
-def _run(*cmd: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
-
-
 @pytest.fixture
 def ext4(tmp_path: Path) -> Iterator[Path]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root (mount, fsfreeze)")
-    for tool in ("mkfs.ext4", "mount", "umount", "fsfreeze"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"needs {tool}")
-    image, mnt = tmp_path / "fs.img", tmp_path / "mnt"
-    mnt.mkdir()
-    with image.open("wb") as f:
-        f.truncate(32 << 20)
-    if _run("mkfs.ext4", "-q", str(image)).returncode != 0:
-        pytest.skip("mkfs.ext4 failed")
-    if _run("mount", "-o", "loop", str(image), str(mnt)).returncode != 0:
-        pytest.skip("cannot loop-mount here")
-    try:
-        yield mnt
-    finally:
-        _run("fsfreeze", "-u", str(mnt))
-        _run("umount", "-l", str(mnt))
+    yield from frozen_ext4(tmp_path)
 
 
 @pytest.mark.xfail(
@@ -78,7 +58,7 @@ def test_redteam27_a_frozen_outbox_disk_does_not_freeze_the_proxy(
     writer: threading.Thread | None = None
     try:
         assert httpx.delete(f"{base}/Users/u0", headers=headers, timeout=30).status_code == 204
-        assert _run("fsfreeze", "-f", str(ext4)).returncode == 0
+        assert run_tool("fsfreeze", "-f", str(ext4)).returncode == 0
         done = threading.Event()
 
         def write() -> None:
@@ -95,7 +75,7 @@ def test_redteam27_a_frozen_outbox_disk_does_not_freeze_the_proxy(
         r = httpx.get(f"{ops}/healthz", timeout=5)
         assert r.status_code == 200
     finally:
-        _run("fsfreeze", "-u", str(ext4))
+        run_tool("fsfreeze", "-u", str(ext4))
         if writer is not None:
             writer.join(60)
         stop_processes([proc])
