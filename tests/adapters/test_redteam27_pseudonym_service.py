@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import http.server
 import json
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -130,6 +131,22 @@ def hostile_log() -> Iterator[tuple[str, type[_HostileLog]]]:
     srv.server_close()
 
 
+def _proxy(
+    tmp_path: Path, upstream: str, log_url: str, pseudonym_timeout: str
+) -> tuple[subprocess.Popen[bytes], str]:
+    return start_proxy(
+        tmp_path,
+        upstream,
+        log_url,
+        "t0k",
+        "acme",
+        "--log-key-tofu",
+        "--pseudonym-timeout",
+        pseudonym_timeout,
+        outbox=tmp_path / "outbox.sqlite",
+    )
+
+
 @pytest.mark.slow
 def test_a_pseudonym_service_answering_badly_leaves_the_members_unknown_not_named(
     tmp_path: Path,
@@ -139,17 +156,7 @@ def test_a_pseudonym_service_answering_badly_leaves_the_members_unknown_not_name
     upstream, seen = sp
     log_url, log = hostile_log
     outbox = tmp_path / "outbox.sqlite"
-    proc, base = start_proxy(
-        tmp_path,
-        upstream,
-        log_url,
-        "t0k",
-        "acme",
-        "--log-key-tofu",
-        "--pseudonym-timeout",
-        "0.3",
-        outbox=outbox,
-    )
+    proc, base = _proxy(tmp_path, upstream, log_url, "0.3")
     try:
         modes = ["fewer", "more", "other-type", "short-pid", "error", "cut", "drip"]
         for i, mode in enumerate(modes):
@@ -194,17 +201,7 @@ def test_lookups_waiting_on_a_slow_log_do_not_hold_the_proxys_own_endpoints(
     upstream, _ = sp
     log_url, log = hostile_log
     log.mode = "drip"
-    proc, base = start_proxy(
-        tmp_path,
-        upstream,
-        log_url,
-        "t0k",
-        "acme",
-        "--log-key-tofu",
-        "--pseudonym-timeout",
-        "2",
-        outbox=tmp_path / "outbox.sqlite",
-    )
+    proc, base = _proxy(tmp_path, upstream, log_url, "2")
     answers: list[int] = []
 
     def write(i: int) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -298,6 +299,16 @@ def serve_process(cfg: Path, *options: str) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def stop_serving(proc: subprocess.Popen[str]) -> None:
+    """Stop a :func:`serve_process` (SIGTERM, then SIGKILL after 15 s) and reap it."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def served_url(proc: subprocess.Popen[str], timeout: float = 15.0) -> tuple[str, str]:

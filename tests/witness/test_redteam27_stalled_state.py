@@ -11,8 +11,6 @@ with whatever the stalled push left in its state."""
 
 from __future__ import annotations
 
-import signal
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +19,14 @@ import pytest
 
 from client.witness.store import WitnessStore
 from tests.adapters.helpers import frozen_ext4, run_tool
-from tests.witness.helpers import FakeLog, events, serve_process, served_url, write_config
+from tests.witness.helpers import (
+    FakeLog,
+    events,
+    serve_process,
+    served_url,
+    stop_serving,
+    write_config,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -60,12 +65,7 @@ def test_a_stalled_state_disk_is_a_503_not_a_hang_and_cosigns_nothing(ext4: Path
             assert http.get(url + "/readyz").status_code == 200
     finally:
         run_tool("fsfreeze", "-u", str(ext4))
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_serving(proc)
     store = WitnessStore(ext4 / "state.db")
     try:
         latest = store.latest(log.origin)

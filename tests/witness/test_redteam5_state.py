@@ -10,9 +10,7 @@ the fault cosigns."""
 from __future__ import annotations
 
 import resource
-import signal
 import sqlite3
-import subprocess
 import time
 from pathlib import Path
 
@@ -30,6 +28,7 @@ from tests.witness.helpers import (
     events,
     serve_process,
     served_url,
+    stop_serving,
     witness_serving,
     write_config,
 )
@@ -82,12 +81,7 @@ def test_full_disk_under_a_serving_witness_is_503_and_cosigns_nothing(tmp_path: 
             assert "state" in r.text
             assert http.get(url + "/healthz").status_code == 200  # still serving
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_serving(proc)
     store = WitnessStore(tmp_path / "state.db")
     try:
         assert store.latest(log.origin) is None  # nothing cosigned, nothing half-written
