@@ -124,6 +124,8 @@ INTENT_RECOVERY_INTERVAL = 5.0
 # such waits held every large body's build and the proxy's /.tlog endpoints behind them
 # (red team 27: readyz answered after 17 s under 30 group writes).
 PSEUDONYM_THREADS = 32
+# Seconds a readiness check waits for its probe of a refusing outbox (then: not ready).
+PROBE_WAIT = 10.0
 
 # Request and response bodies up to this size are turned into events on the event loop
 # (AuditMiddleware._inline); larger ones and bulk requests in a worker thread.
@@ -207,8 +209,9 @@ class AuditMiddleware:
         if self._outbox_ok or self._direct_ok or self.config.fail_open:
             return True
         try:
-            self.outbox.probe(max(8192, self._failed_size)).result()
-        except OutboxError:
+            # bounded: an outbox writer stuck on a stalled disk must not hold the thread
+            self.outbox.probe(max(8192, self._failed_size)).result(PROBE_WAIT)
+        except (OutboxError, TimeoutError):
             return False
         self._outbox_ok = True
         return True
