@@ -852,8 +852,9 @@ class Builder:
             xs["uninterpretable"] = unparsed
         if success and result:
             xs["result"] = result
-        if success and _unanswered_members(fields, intent, result):
-            xs["unanswered"] = ["members"]
+        unanswered = _unanswered(fields, intent, result) if success else None
+        if unanswered:
+            xs["unanswered"] = unanswered
         answer = self.answer if answer is None else answer
         if answer is not None:
             xs["answer"] = answer
@@ -1346,7 +1347,9 @@ def _resulting_values(
         out["active"] = as_bool(get_ci(resp, "active"))
     for name in ("roles", "entitlements"):
         items = get_ci(resp, name)
-        if isinstance(items, list) and len(items) <= 256:
+        if items is None and put and not trimmed:
+            out[name] = []  # SCIM leaves an empty attribute out: a PUT's whole answer holds none
+        elif isinstance(items, list) and len(items) <= 256:
             vals = [get_ci(i, "value") if isinstance(i, Mapping) else i for i in items]
             if all(isinstance(v, str) and 0 < len(v) <= 256 for v in vals):
                 out[name] = vals
@@ -1360,7 +1363,8 @@ def _resulting_values(
     # Keep the event small; the state then follows the intent. ({"active": ...} alone is
     # far below the bound: only lists need measuring.)
     if {"roles", "entitlements", "emails"} & set(out) and len(json.dumps(out)) > 4096:
-        out = {k: v for k, v in out.items() if k in ("active", "userName")}
+        # (an empty set or none stays: it is small, and the SP's word)
+        out = {k: v for k, v in out.items() if k in ("active", "userName") or not v}
     if ref_pid is not None:
         manager = _resulting_manager(resp, ref_pid, trimmed)
         if manager is not _UNKNOWN:
@@ -1766,23 +1770,31 @@ _LOCATION_ELSEWHERE = (
 )
 
 
-def _unanswered_members(
+def _unanswered(
     fields: Mapping[str, Any], intent: RequestIntent | None, result: Mapping[str, Any] | None
-) -> bool:
-    """Whether a Group PUT left out ``members`` and the SP's answer does not show them
-    (``x.result.members``: a 204, a trimmed answer, more than 256 members): RFC 7644 §3.5.1
-    lets the SP clear them or keep them, so the log judges the members not known from it
-    (``x.unanswered``, faith20). An event without the mark (an adapter from before it) is
-    judged as before: cleared."""
-    if fields["op"] != "replace" or action_prefix(fields["rt"]) != "group" or intent is None:
-        return False
-    if result and "members" in result:
-        return False
+) -> list[str] | None:
+    """What a PUT left out that the log keeps as a set and the SP's answer does not show
+    (``x.result``: a 204, a trimmed answer, one too large to record, an answer not taken):
+    a Group's ``members``, a User's ``roles`` and ``entitlements``. RFC 7644 §3.5.1 lets the
+    SP clear them or keep them, so the log judges them not known from it (``x.unanswered``:
+    members since faith20, the sets since stop 37; before, a User PUT's left-out roles were
+    named revoked whatever the SP kept). An event without the mark (an adapter from before
+    it) is judged as before: cleared. None: nothing."""
+    if fields["op"] != "replace" or intent is None:
+        return None
+    prefix = action_prefix(fields["rt"])
+    keys = _SET_KEYS.get(prefix)
+    if keys is None:
+        return None
+    # the core schema's URN before a name, as the log reads it (tlog.scim.effects)
+    named = {m["attr"].lower().rpartition(":")[2] for m in intent.mods or ()}
     if any(r.get("attr", "members") == "members" for r in intent.refs or ()):
-        return False
-    return not any(
-        m["attr"].lower().rpartition(":")[2] == "members" for m in intent.mods or ()
-    )  # (the core schema's URN before it, as the log reads it: tlog.scim.effects)
+        named.add("members")
+    out = [k for k in keys if k not in named and not (result and k in result)]
+    return out or None
+
+
+_SET_KEYS = {"group": ("members",), "user": ("roles", "entitlements")}
 
 
 _IDS_DISAGREE = (

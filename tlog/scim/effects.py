@@ -1238,7 +1238,14 @@ class _Run:
                 if (self.prefix, key) in _SETS and key not in seen_sets:
                     if _told_set(x.get("result"), key) is not None:
                         continue  # the SP's answer says what it holds: apply_result judges
-                    self.values(key, "replace", [], whole=True)  # a PUT without them clears
+                    if _unanswered(x, key):
+                        # not shown by the answer (x.unanswered, stop 37): RFC 7644 §3.5.1
+                        # lets an SP keep them or clear them, so what is left is not known
+                        self._forget_unanswered(key)
+                        continue
+                    # an event without the mark (an adapter from before it): cleared, as
+                    # scim2-server and SCIMMY do
+                    self.values(key, "replace", [], whole=True)
             if stated:
                 self.left_out(named, x.get("result"))
         refs = ev.get("refs", ())
@@ -1379,6 +1386,19 @@ class _Run:
             else:
                 self.full.add(key)
         self.maybe = {}
+
+    def _forget_unanswered(self, key: str) -> None:
+        """A User PUT left the roles or entitlements (``key``) out and its answer does not
+        show them: held values may be kept (a merging SP) or cleared (scim2-server), so the
+        set is forgotten and the effect says so, no value named revoked. A set known to be
+        empty stays so (either SP leaves it empty), and one of a subject the log knew nothing
+        of was never known: forgotten without a claim."""
+        if self.known and (self.state.get(key) or key not in self.full):
+            self.forget_set(key)
+        else:
+            self.state.pop(key, None)
+            if not self.known:
+                self.full.discard(key)
 
     def forget_set(self, key: str) -> None:
         """``key`` (roles, entitlements) changed in a way not known: the state forgets its
