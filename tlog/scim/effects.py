@@ -565,10 +565,15 @@ class _Run:
         if parts > 1:
             self.state["split"] = req
             self.state["split_next"] = part + 1
-            if first is not None:
-                self.state["split_first"] = first
+            self._remember_first(first)
             if lost:
                 self.state["split_lost"] = req
+
+    def _remember_first(self, first: str | None) -> None:
+        """The eid of the split request's part 0 (``split_first``), where this event names
+        it: which request the parts so far (or the last part just judged) belong to."""
+        if first is not None:
+            self.state["split_first"] = first
 
     def _early(self) -> list[str]:
         got = self.state.get("split_early", ())
@@ -1067,7 +1072,7 @@ class _Run:
         if self.state.get("merging") not in (None, req) or part == 0:
             self.state.pop("merging", None)
         if part == 0:
-            for key in ("merge_n", "patch_n", "merge_i"):
+            for key in _MERGE_COUNT_KEYS:
                 self.state.pop(key, None)
         # Which PatchOps came without a path (their numbers, as the references' ``i``): every
         # patch item comes before every reference in the parts, so by a reference's part
@@ -1301,7 +1306,7 @@ class _Run:
             self._end_replace(set(self.state.get("members", ())), {})
         if part >= parts - 1:
             self.state.pop("merging", None)  # the split request's last part: judged
-            for key in ("merged", "merged_i", "merge_n", "patch_n", "merge_i"):
+            for key in _MERGE_KEYS:
                 self.state.pop(key, None)
         if "split_lost" in self.state and self.state["split_lost"] == req:
             # A part of this request is missing: whatever its references did, a replace of
@@ -1313,8 +1318,7 @@ class _Run:
                 self.state.pop(key, None)
             if parts > 1:  # until the next event: a part of it after this one is late
                 self.state["split_done"] = req
-                if self._first is not None:  # and which request (its part 0's eid)
-                    self.state["split_first"] = self._first
+                self._remember_first(self._first)  # and which request
         result = x.get("result")
         if isinstance(result, Mapping):
             self.apply_result(result)
@@ -1900,6 +1904,11 @@ _SCALARS = frozenset(("active", "username", "emails"))
 _NEVER_STATED = frozenset(("id", "schemas", "meta"))
 # A split request's marks of what its parts so far touched (_Run._mark_touched).
 _TOUCHED_KEYS = ("touched", "touched_attrs", "touched_part")
+# A split request's path-less replaces of the members (_Run._mark_merging, references): the
+# counts made from its part 0 on (how many replaces with values, how many PatchOps, which
+# came without a path), and with them the replace whose references run over the parts.
+_MERGE_COUNT_KEYS = ("merge_n", "patch_n", "merge_i")
+_MERGE_KEYS = ("merged", "merged_i", *_MERGE_COUNT_KEYS)
 # A split request in progress: its corr.req, the part expected next, and the request whose
 # part went missing (_Run._follow_split);
 # and the split request whose last part was the event before (split_done: red team 23).
@@ -1936,11 +1945,7 @@ _MARK_KEYS = (
     "maybe_req",
     "pclear",
     "pclear_i",
-    "merged",
-    "merged_i",
-    "merge_n",
-    "patch_n",
-    "merge_i",
+    *_MERGE_KEYS,
     *_TOUCHED_KEYS,
 )
 
