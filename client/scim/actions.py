@@ -47,11 +47,13 @@ __all__ = [
     "derive_actions",
     "jcs",
     "jcs_digest",
+    "json_key",
     "kept_digest",
     "ocsf_pair",
     "op_for_method",
     "ordered_verbs",
     "parse_request",
+    "same_json",
 ]
 
 OCSF_VERSIONS = ("1.8", "1.9")
@@ -298,6 +300,65 @@ def parse_json_text(text: object) -> tuple[bool, Any]:
         return True, json.loads(text)
     except ValueError:
         return False, None
+
+
+def same_json(a: object, b: object) -> bool:
+    """Whether two JSON values (as a JSON parser gives them) are the same JSON value,
+    compared by JSON type all the way down: a boolean is no number (``true`` is not ``1``,
+    ``false`` not ``0``), an integer and a float of the same value are the same number
+    (``1`` and ``1.0``), text is text, null is null, arrays item by item, objects by the
+    same names with the same values. Python's ``==`` holds ``1`` and ``true`` equal at any
+    depth: before faith25 a nested ``1`` answered ``true`` was taken as stored as asked.
+    The one rule for every comparison of values the adapter and the log make of JSON
+    (client.adapters.exchange, tlog.scim.effects; :func:`json_key` is its text for sets).
+    Text against text, the usual case, is one comparison; nothing is copied."""
+    if type(a) is str:  # the usual value: text against text
+        return type(b) is str and a == b
+    todo = [(a, b)]
+    while todo:
+        a, b = todo.pop()
+        if isinstance(a, str) or isinstance(b, str):
+            if not (isinstance(a, str) and isinstance(b, str) and a == b):
+                return False
+        elif isinstance(a, bool) or isinstance(b, bool) or a is None or b is None:
+            if a is not b:
+                return False
+        elif isinstance(a, int | float) and isinstance(b, int | float):
+            if a != b:  # exact: Python compares an int and a float by value
+                return False
+        elif isinstance(a, list) and isinstance(b, list):
+            if len(a) != len(b):
+                return False
+            todo.extend(zip(a, b, strict=True))
+        elif isinstance(a, Mapping) and isinstance(b, Mapping):
+            if len(a) != len(b):
+                return False
+            for k, v in a.items():
+                if k not in b:
+                    return False
+                todo.append((v, b[k]))
+        else:
+            return False
+    return True
+
+
+def json_key(value: object) -> str:
+    """The text of a JSON value by :func:`same_json`'s rule, for sets and maps of values:
+    JSON with the object names sorted, a number of integer value written as an integer
+    (``1.0`` as ``1``), ``true`` as ``true``; two values :func:`same_json` holds the same
+    have one key, any two others two (tested against one reference,
+    tests/scim/test_faith25_same_json.py)."""
+    return json.dumps(_integral(value), sort_keys=True)
+
+
+def _integral(v: object) -> object:
+    if type(v) is float:
+        return int(v) if v.is_integer() else v
+    if isinstance(v, list):
+        return [_integral(x) for x in v]
+    if isinstance(v, Mapping):
+        return {k: _integral(x) for k, x in v.items()}
+    return v
 
 
 def _member_key(item: object) -> str:

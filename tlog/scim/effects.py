@@ -44,7 +44,14 @@ from typing import Any
 import cbor2
 import msgspec
 
-from client.scim.actions import action, action_prefix, as_bool, ordered_verbs
+from client.scim.actions import (
+    action,
+    action_prefix,
+    as_bool,
+    json_key,
+    ordered_verbs,
+    same_json,
+)
 from client.scim.cbor import dumps_det
 
 __all__ = [
@@ -199,17 +206,35 @@ def _key_of(attr: str) -> str:
 
 
 def _values(v: object) -> list[str]:
+    """A role or entitlement set's values as the state keeps them: each one's ``value``
+    text, or (none) the item's :func:`json_key`, so that two items :func:`same_json` holds
+    the same are one value (before faith25, ``1`` and ``1.0`` were two)."""
     items = v if isinstance(v, list) else [] if v is None else [v]
     out = []
     for it in items:
         if isinstance(it, dict):
             val = next((x for k, x in it.items() if k.lower() == "value"), None)
-            out.append(val if isinstance(val, str) else _dumps_sorted(it))
+            out.append(val if isinstance(val, str) else json_key(it))
         elif isinstance(it, str):
             out.append(it)
         else:
-            out.append(_dumps_sorted(it))
+            out.append(json_key(it))
     return out
+
+
+def _same_text(old: object, new: str) -> bool:
+    """Whether the state's text of a value (``old``, :func:`_dumps_sorted`) and a new one
+    are the same JSON value by :func:`same_json`'s rule: the same text is; two texts of
+    JSON strings that differ are not (the encoder writes each string one way); any other
+    two are read back and compared (``[{"n": 1}]`` and ``[{"n": 1.0}]`` are one value,
+    ``1`` and ``true`` two: before faith25 the text alone decided)."""
+    if old == new:
+        return True
+    if not isinstance(old, str) or old[:1] == '"' or new[:1] == '"':
+        return False
+    ok_old, a = parse_json_text(old)
+    ok_new, b = parse_json_text(new)
+    return ok_old and ok_new and same_json(a, b)
 
 
 def _b64(pid: bytes) -> str:
@@ -280,7 +305,12 @@ class _Run:
             return
         text = None if new is None else _dumps_sorted(new)
         stale = key in self.state.get("stale", ())
-        if key in self.state and self.state[key] == text and not stale:
+        if (
+            key in self.state
+            and text is not None
+            and _same_text(self.state[key], text)
+            and not stale
+        ):
             return
         if key in self.state or self.known:
             self.verbs.add("update")
