@@ -34,7 +34,7 @@ from typing import Any, NamedTuple, TypeGuard, Unpack
 
 import msgspec
 
-from client.adapters.body import Decoded, decode_body
+from client.adapters.body import MAX_FLAGGED_KEYS, Decoded, decode_body
 from client.adapters.outbox import Canonical
 from client.runtime.logredact import redact_target
 from client.scim.actions import (
@@ -45,6 +45,7 @@ from client.scim.actions import (
     kept_digest,
     op_for_method,
     parse_request,
+    same_json,
 )
 from client.scim.cbor import EventFormatError, dumps_det
 from client.scim.event import (
@@ -1056,19 +1057,26 @@ class Builder:
             hidden=cfg.hidden_lower,
             put=op == "replace",
         )
-        if (op == "replace" or op == "create") and not trimmed:
-            # a create's: only what it named and the SP stored otherwise (faith24)
-            asked = _asked_units(body, resp, secret) if op == "create" else None
-            other = None if asked == {} else _resulting_other(resp, secret, digest, asked)
-            # a PUT's showing none of them says so ({}); a create's records only differences
-            if other is not None and (other or op == "replace"):
+        if op == "replace" and not trimmed:
+            other = _resulting_other(resp, secret, digest)
+            if other is not None:  # one showing none of them says so ({})
                 result = {**(result or {}), "other": other}
-            elif other is None and asked:
+        elif op == "create" and not trimmed:
+            # only what it named and the SP stored otherwise (faith24)
+            twice = () if self._resp is None else self._resp.notes.get("dup_keys", ())
+            asked = _asked_units(body, resp, secret, twice)
+            other = (
+                None if asked is None else asked and _resulting_other(resp, secret, digest, asked)
+            )
+            if other:
+                result = {**(result or {}), "other": other}
+            elif other is None:
                 # a create whose answer stored some otherwise than asked, in a form the event
                 # cannot hold (a number JSON's canonical form cannot hold, more than
-                # _RESULT_OTHER of them): null says so, so the log does not take the
-                # request's values as stored (red team 26: the next PUT stating them, a real
-                # change on the SP, was judged a noop)
+                # _RESULT_OTHER of them), or named one twice in two spellings (faith25):
+                # null says so, so the log does not take the request's values as stored
+                # (red team 26: the next PUT stating them, a real change on the SP, was
+                # judged a noop)
                 result = {**(result or {}), "other": None}
         return result, None
 
@@ -1405,7 +1413,7 @@ def _resulting_other(
     out: dict[str, str] = {}
     for path, value in _expand_units(resp):
         low = path.lower()
-        if asked is not None and (low not in asked or _same_json(asked[low], value)):
+        if asked is not None and (low not in asked or same_json(asked[low], value)):
             continue
         if not _kept_as_digest(low, secret) or value is None or len(path.encode("utf-8")) > 256:
             continue
@@ -1434,40 +1442,67 @@ _ABSENT = object()
 
 
 def _shown_at(resp: Mapping[str, Any], path: str) -> Any:
-    """The answer's value at ``path`` as :func:`_expand_units` names it, by that exact
-    spelling (:data:`_ABSENT`: none)."""
-    got = resp.get(path, _ABSENT)
+    """The answer's value at ``path`` as :func:`_expand_units` names it (an extension's
+    attribute as ``urn:...:name``), its names read as SCIM's are, case-insensitively (RFC
+    7643 §2.1: ``username`` for ``userName``, an extension's key in capitals; before
+    faith25 such an answer was taken as not holding it); :data:`_ABSENT`: none. The
+    spelling asked first, another looked for only where it is absent. (The decoded answer
+    holds each name once: two spellings of one are read last-wins and noted,
+    body.decode_body's ``dup_keys``, :func:`_asked_units`.)"""
+    got = _named(resp, path)
     if got is _ABSENT and path[:4].lower() == "urn:":
         ext, _, sub = path.rpartition(":")
-        within = resp.get(ext)
-        got = within.get(sub, _ABSENT) if isinstance(within, Mapping) else _ABSENT
+        within = _named(resp, ext)
+        got = _named(within, sub) if isinstance(within, Mapping) else _ABSENT
     return got
 
 
-def _asked_units(body: Any, resp: Any, secret: Collection[str]) -> dict[str, Any]:
+def _named(obj: Mapping[str, Any], name: str) -> Any:
+    got = obj.get(name, _ABSENT)
+    if got is _ABSENT:
+        low = name.lower()
+        got = next((v for k, v in obj.items() if isinstance(k, str) and k.lower() == low), got)
+    return got
+
+
+def _asked_units(
+    body: Any, resp: Any, secret: Collection[str], twice: Collection[str] = ()
+) -> dict[str, Any] | None:
     """A create's (``body``) attributes the log keeps only as digests that its answer
-    (``resp``) holds otherwise at the same spelling, by lower-case path, for
+    (``resp``) holds otherwise (:func:`_shown_at`), by lower-case path, for
     :func:`_resulting_other` to record (empty: none; the answer then is not read: a
-    faithful SP's create costs a comparison per attribute, no digest). One the answer
-    does not hold at that spelling is left out (never returned, or spelled in another
-    case: the request's digest stands, as before faith24)."""
+    faithful SP's create costs a comparison per attribute, no digest). One the answer does
+    not hold is left out (never returned: the request's digest stands). None when the
+    answer named one of them twice in two spellings (``twice``: the names its decoding
+    noted so, ``dup_keys``; at their bound, any): which the SP stored is not known
+    (``x.result.other`` null, as for an answer the event cannot hold), never the one the
+    decoding kept (faith25)."""
     if not isinstance(body, Mapping) or not isinstance(resp, Mapping):
         return {}
     out: dict[str, Any] = {}
     for path, value in _expand_units(body):
         low = path.lower()
         if _kept_as_digest(low, secret):
+            if twice and _named_twice(low, twice):
+                return None
             got = _shown_at(resp, path)
-            if got is not _ABSENT and not _same_json(value, got):
+            if got is not _ABSENT and not same_json(value, got):
                 out[low] = value
     return out
 
 
-def _same_json(a: Any, b: Any) -> bool:
-    """Whether two JSON values are the same, ``True`` not ``1`` (``==`` holds them equal)
-    at the top; nested, ``==`` decides (a nested ``1`` answered ``true`` is taken as
-    stored as asked: recorded as before faith24, not as a false change)."""
-    return type(a) is type(b) and a == b
+def _named_twice(low: str, twice: Collection[str]) -> bool:
+    """Whether an attribute at ``low`` (a lower-case path, an extension's as
+    ``urn:...:name``) may be one of the names an answer's decoding noted in two spellings
+    (``twice``, each cut at 64 characters; all of them: the list is not at its bound)."""
+    if len(twice) >= MAX_FLAGGED_KEYS:
+        return True
+    noted = {t.lower() for t in twice}
+    names = [low]
+    if low.startswith("urn:"):
+        ext, _, sub = low.rpartition(":")
+        names += [ext, sub]
+    return any(n[:64] in noted for n in names)
 
 
 def _expand_units(resp: Mapping[str, Any]) -> list[tuple[str, Any]]:
