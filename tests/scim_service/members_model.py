@@ -9,7 +9,9 @@ import base64
 import hashlib
 import itertools
 import json
+import random
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from hypothesis import strategies as st
@@ -306,14 +308,45 @@ def check_role_effect(
 
 
 def linked_parts(
-    ops: list[tuple[str, list[str]]], req: str, cuts: list[int]
+    ops: list[tuple[str, list[str]]],
+    req: str,
+    cuts: list[int],
+    eid: Callable[[], str] | None = None,
 ) -> list[dict[str, Any]]:
     """A PATCH of ``ops`` cut at ``cuts`` into parts as the adapter links them: each its
-    own eid, later ones naming part 0's (``x.first``, faith24)."""
+    own eid (``eid()``, else a random one), later ones naming part 0's (``x.first``,
+    faith24)."""
     body = {"schemas": [PATCH_OP], "Operations": [form_op(*o) for o in ops]}
     parts = split_parts(group_event("patch", body, req), cuts)[0]
     for n, ev in enumerate(parts):
-        ev["eid"] = str(uuid.uuid4())
+        ev["eid"] = eid() if eid is not None else str(uuid.uuid4())
         if n:
             ev["x"]["first"] = parts[0]["eid"]
     return parts
+
+
+# --- a split request's parts delivered out of line (red team 25's programs, faith25's) ---------
+
+
+def delivered(parts: list[dict[str, Any]], how: str, rnd: random.Random) -> list[dict[str, Any]]:
+    """``parts`` as they reach the log: ``in line``, ``reversed``, one part twice
+    (``retry``), a part never coming (``drop``; the last's absence is not seen), or
+    ``shuffle``d."""
+    n = len(parts)
+    i = rnd.randrange(n)
+    if how == "reversed":
+        return parts[::-1]
+    if how == "retry":
+        return parts[: i + 1] + [parts[i]] + parts[i + 1 :]
+    if how == "drop":  # a part never came (the last's absence is not seen)
+        return parts[:i] + parts[i + 1 :] if i < n - 1 else list(parts)
+    if how == "shuffle":
+        got = list(parts)
+        rnd.shuffle(got)
+        return got
+    return list(parts)
+
+
+def members_body(rids: set[str]) -> dict[str, Any]:
+    """A Group's body (create, PUT) stating the members ``rids``."""
+    return {"displayName": "g", "members": [{"value": r} for r in sorted(rids)]}

@@ -44,26 +44,6 @@ STEP = st.one_of(
 STATE_BOUND = 2048  # bytes: four members' pseudonyms and the split keys, with room
 
 
-def _delivered(parts: list[dict[str, Any]], how: str, rnd: random.Random) -> list[dict[str, Any]]:
-    n = len(parts)
-    i = rnd.randrange(n)
-    if how == "reversed":
-        return parts[::-1]
-    if how == "retry":
-        return parts[: i + 1] + [parts[i]] + parts[i + 1 :]
-    if how == "drop":  # a part never came (the last's absence is not seen)
-        return parts[:i] + parts[i + 1 :] if i < n - 1 else list(parts)
-    if how == "shuffle":
-        got = list(parts)
-        rnd.shuffle(got)
-        return got
-    return list(parts)
-
-
-def _members(rids: set[str]) -> dict[str, Any]:
-    return {"displayName": "g", "members": [{"value": r} for r in sorted(rids)]}
-
-
 @settings(
     max_examples=120, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
 )
@@ -72,7 +52,7 @@ def test_redteam25_split_requests_among_puts_and_recreations_claim_nothing_false
     start: set[str], program: list[Any]
 ) -> None:
     rnd = random.Random(len(program))
-    state = judge(None, group_event("create", _members(start), "c"))[1]
+    state = judge(None, group_event("create", members_model.members_body(start), "c"))[1]
     merging, replacing = set(start), set(start)
     for n, (kind, arg, how) in enumerate(program):
         was = (set(merging), set(replacing))
@@ -81,7 +61,7 @@ def test_redteam25_split_requests_among_puts_and_recreations_claim_nothing_false
             body = {"schemas": [PATCH_OP], "Operations": [members_model.form_op(*o) for o in ops]}
             whole = group_event("patch", body, f"r{n}")
             parts = members_model.split_parts(whole, cuts)[0]
-            events = _delivered(parts, how, rnd)
+            events = members_model.delivered(parts, how, rnd)
             merging = members_model.sp_forms(merging, ops, merges=True)
             replacing = members_model.sp_forms(replacing, ops, merges=False)
         elif kind == "put-none":
@@ -96,12 +76,12 @@ def test_redteam25_split_requests_among_puts_and_recreations_claim_nothing_false
                 merging, replacing = set(), set()
             events = [ev]
         elif kind == "put":
-            events = [group_event("replace", _members(arg), f"r{n}")]
+            events = [group_event("replace", members_model.members_body(arg), f"r{n}")]
             merging, replacing = set(arg), set(arg)
         else:
             events = [
                 group_event("delete", None, f"d{n}"),
-                group_event("create", _members(arg), f"r{n}"),
+                group_event("create", members_model.members_body(arg), f"r{n}"),
             ]
             merging, replacing = set(arg), set(arg)
         refs: list[Any] = []
@@ -151,7 +131,7 @@ def test_redteam25_a_split_pathless_replace_leaves_only_what_it_asked_as_held() 
     not known but kept u2 among those it knows held (a second replace with values in the
     split request, judged not exactly: what it asked was added to what the state had). The
     next request's add of u2, a real add on scim2-server, was then a noop."""
-    start = judge(None, group_event("create", _members({"u1", "u2"}), "c"))[1]
+    start = judge(None, group_event("create", members_model.members_body({"u1", "u2"}), "c"))[1]
     ops = [("add", ["u2"]), ("replace", ["u2", "u1"]), ("preplace", ["u1"])]
     _, state = _patch_in_parts(start, ops, "r1")
     assert "members" not in state["full"]
@@ -166,7 +146,7 @@ def test_redteam25_a_split_replace_of_members_not_known_says_so() -> None:
     not known), a replace by path ``{u1}`` in two parts removed u2 on SCIMMY, and the log
     called the members known whole, ``[u1]``, naming no removal and nothing not known (in
     one event it says not known: the old set was never known whole)."""
-    start = judge(None, group_event("create", _members({"u1", "u2"}), "c"))[1]
+    start = judge(None, group_event("create", members_model.members_body({"u1", "u2"}), "c"))[1]
     _, state = _patch_in_parts(start, [("preplace", ["u1"])], "r1")
     assert "members" not in state["full"]
     effects, state = _patch_in_parts(state, [("replace", ["u1"])], "r2")

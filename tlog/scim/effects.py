@@ -548,10 +548,18 @@ class _Run:
         # Once an eid was pushed out of the list (more than _EARLY_MAX such part 0s not seen),
         # a part 0 not in it may be that one: judged late too (red team 26; before, taken for
         # a new request, so with its later part retried after a PUT the set was called known
-        # as the SP never held it). The cost: each later split request of the resource is
-        # not known whole (safe), until the resource is created again.
-        over = self.state.get("split_early_over") is True
-        late0 = parts > 1 and part == 0 and first is not None and (first in early or over)
+        # as the SP never held it). Which may be is bounded by the greatest eid pushed out
+        # (split_early_over): a part 0 whose eid sorts above it is none of them. The
+        # adapter's eids are UUIDv7, in the order made, so a request made after those is
+        # judged as any (faith25; before, every later split request of the resource was not
+        # known whole until it was created again). Any other eids keep the bound safe: a
+        # part 0 pushed out is never above it, whatever the order says of time.
+        late0 = (
+            parts > 1
+            and part == 0
+            and first is not None
+            and (first in early or _pushed_out(self.state.get("split_early_over"), first))
+        )
         early = [e for e in early if e != first]
         if (
             parts > 1
@@ -584,8 +592,12 @@ class _Run:
         if gap and part > 0 and first is not None and not (pending == req and first == known_first):
             early = [*early, first]  # its part 0 not seen: late if it comes
             if len(early) > _EARLY_MAX:
-                early = early[-_EARLY_MAX:]
-                self.state["split_early_over"] = True
+                gone, early = early[:-_EARLY_MAX], early[-_EARLY_MAX:]
+                over = self.state.get("split_early_over")
+                if over is not True:  # (True: a state from before faith25, no bound kept)
+                    self.state["split_early_over"] = max(
+                        [*gone, *([over] if isinstance(over, str) else [])]
+                    )
         if early:
             self.state["split_early"] = early
         else:
@@ -1806,6 +1818,13 @@ def classify(
         return None, None, False
     effect, state = _Run(prev, ev).run()
     return effect, state, state != prev
+
+
+def _pushed_out(over: object, first: str) -> bool:
+    """Whether the part 0 of eid ``first`` may be one pushed out of the early list
+    (``split_early_over``: the greatest eid pushed out; ``True``, a state from before
+    faith25: any)."""
+    return over is True or (isinstance(over, str) and first <= over)
 
 
 # --- the common create, without the general machinery ----------------------------------------
