@@ -1445,8 +1445,8 @@ def _shown_at(resp: Mapping[str, Any], path: str) -> Any:
     """The answer's value at ``path`` as :func:`_expand_units` names it (an extension's
     attribute as ``urn:...:name``), its names read as SCIM's are, case-insensitively (RFC
     7643 §2.1: ``username`` for ``userName``, an extension's key in capitals; before
-    faith25 such an answer was taken as not holding it); :data:`_ABSENT`: none. The
-    spelling asked first, another looked for only where it is absent. (The decoded answer
+    faith25 such an answer was taken as not holding it); :data:`_ABSENT`: none. (The
+    caller looks up the spelling asked first; this reads the rest. The decoded answer
     holds each name once: two spellings of one are read last-wins and noted,
     body.decode_body's ``dup_keys``, :func:`_asked_units`.)"""
     got = _named(resp, path)
@@ -1461,7 +1461,9 @@ def _named(obj: Mapping[str, Any], name: str) -> Any:
     got = obj.get(name, _ABSENT)
     if got is _ABSENT:
         low = name.lower()
-        got = next((v for k, v in obj.items() if isinstance(k, str) and k.lower() == low), got)
+        for k, v in obj.items():
+            if isinstance(k, str) and k.lower() == low:
+                return v
     return got
 
 
@@ -1485,7 +1487,9 @@ def _asked_units(
         if _kept_as_digest(low, secret):
             if twice and _named_twice(low, twice):
                 return None
-            got = _shown_at(resp, path)
+            got = resp.get(path, _ABSENT)
+            if got is _ABSENT:
+                got = _shown_at(resp, path)
             if got is not _ABSENT and not same_json(value, got):
                 out[low] = value
     return out

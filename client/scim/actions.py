@@ -311,34 +311,36 @@ def same_json(a: object, b: object) -> bool:
     depth: before faith25 a nested ``1`` answered ``true`` was taken as stored as asked.
     The one rule for every comparison of values the adapter and the log make of JSON
     (client.adapters.exchange, tlog.scim.effects; :func:`json_key` is its text for sets).
-    Text against text, the usual case, is one comparison; nothing is copied."""
+    Python's ``==`` decides first (it holds equal every pair JSON does, in C); only a pair
+    it holds equal is walked for a boolean where the other has a number. A value nested
+    too deeply to compare is not the same (nothing is taken as stored as asked)."""
     if type(a) is str:  # the usual value: text against text
         return type(b) is str and a == b
-    todo = [(a, b)]
-    while todo:
-        a, b = todo.pop()
-        if isinstance(a, str) or isinstance(b, str):
-            if not (isinstance(a, str) and isinstance(b, str) and a == b):
-                return False
-        elif isinstance(a, bool) or isinstance(b, bool) or a is None or b is None:
-            if a is not b:
-                return False
-        elif isinstance(a, int | float) and isinstance(b, int | float):
-            if a != b:  # exact: Python compares an int and a float by value
-                return False
-        elif isinstance(a, list) and isinstance(b, list):
-            if len(a) != len(b):
-                return False
-            todo.extend(zip(a, b, strict=True))
-        elif isinstance(a, Mapping) and isinstance(b, Mapping):
-            if len(a) != len(b):
-                return False
-            for k, v in a.items():
-                if k not in b:
-                    return False
-                todo.append((v, b[k]))
-        else:
+    try:
+        return bool(a == b) and _same_types(a, b)
+    except RecursionError:
+        return False
+
+
+def _same_types(a: Any, b: Any) -> bool:
+    """Of two values Python's ``==`` holds equal: whether no boolean stands against a
+    number anywhere in them (the one way JSON holds such a pair apart)."""
+    ta, tb = type(a), type(b)
+    if ta is not tb:
+        if ta is bool or tb is bool:
             return False
+        if not (isinstance(a, Mapping | list) and isinstance(b, Mapping | list)):
+            return True  # numbers: an integer and a float of one value are one number
+    if isinstance(a, Mapping):
+        pairs: Iterable[tuple[Any, Any]] = ((v, b[k]) for k, v in a.items())
+    elif isinstance(a, list):
+        pairs = zip(a, b, strict=True)
+    else:
+        return True  # text, null, numbers, booleans of one type, equal
+    for x, y in pairs:
+        if type(x) is str or _same_types(x, y):  # (text equal to text: nothing to walk)
+            continue
+        return False
     return True
 
 
