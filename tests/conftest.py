@@ -10,6 +10,7 @@ import resource
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -50,6 +51,45 @@ def _compile_bytecode() -> None:
 
 
 _compile_bytecode()
+
+
+def _share_httpx_tls() -> None:
+    """One verifying TLS context for every httpx client the tests make in this process
+    with httpx's defaults (``verify=True``), as the product's own clients share one
+    (``client.net.core.default_tls``). httpx makes a new context for each client, its whole
+    CA file parsed again: ~30 ms of CPU a client, and the tests make thousands
+    (``httpx.get`` and ``httpx.post`` in polling loops, an auditor's client per read, a
+    front transport per test): 15% of the CPU of tests/console and tests/witness. The
+    context is the one httpx would make (the CA file of ``SSL_CERT_FILE`` or
+    ``SSL_CERT_DIR`` as the environment is at that moment, else certifi's: one context per
+    such setting); a client given its own context, ``verify=False`` or a certificate gets
+    what it asked for, as before."""
+    import ssl
+    import threading
+
+    import httpx._transports.default as transport
+
+    made = transport.create_ssl_context
+    shared: dict[tuple[bool, str | None, str | None], ssl.SSLContext] = {}
+    lock = threading.Lock()
+
+    def create_ssl_context(
+        verify: ssl.SSLContext | str | bool = True, cert: Any = None, trust_env: bool = True
+    ) -> ssl.SSLContext:
+        if verify is not True or cert is not None:
+            return made(verify=verify, cert=cert, trust_env=trust_env)
+        env = os.environ
+        key = (trust_env, env.get("SSL_CERT_FILE"), env.get("SSL_CERT_DIR"))
+        with lock:
+            ctx = shared.get(key)
+            if ctx is None:
+                ctx = shared[key] = made(verify=True, trust_env=trust_env)
+        return ctx
+
+    transport.create_ssl_context = create_ssl_context
+
+
+_share_httpx_tls()
 VECTORS = ROOT.parent / "shared" / "vectors"
 
 if not VECTORS.is_dir():  # pragma: no cover - environment error, not a test outcome
