@@ -38,55 +38,19 @@ from ..support import (
     wait_http,
     wait_own,
 )
+from .scim_app import SCIM_TOKEN, scim_asgi_app
 
 if TYPE_CHECKING:
     import pytest
 
-__all__ = ["start_proxy"]  # tests/support's, imported from here by the adapter tests
+# tests/support's and scim_app's, imported from here by the adapter tests
+__all__ = ["SCIM_TOKEN", "scim_asgi_app", "start_proxy"]
 
 ROOT = Path(__file__).resolve().parents[2]
-SCIM_TOKEN = "s3cret-scim-token"
 USER = "urn:ietf:params:scim:schemas:core:2.0:User"
 GROUP = "urn:ietf:params:scim:schemas:core:2.0:Group"
 PATCH = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
 BULK = "urn:ietf:params:scim:api:messages:2.0:BulkRequest"
-
-
-def scim_asgi_app(token: str = SCIM_TOKEN) -> Any:
-    """What ``scim2-server --bearer-token TOKEN`` serves, as an ASGI app (in-memory storage):
-    scim2-server's ``ASGIApplication`` with the static bearer tokens of its test server."""
-    from scim2_models import ScimProvider, UnauthorizedException
-    from scim2_server.applications.asgi import ASGIApplication
-    from scim2_server.memory import AsyncInMemoryStorage, InMemoryStorage
-    from scim2_server.service import ScimService
-    from scim2_server.testserver.application import BEARER_TOKEN_SCHEME
-    from scim2_server.utils import (
-        load_default_resource_types,
-        load_default_schemas,
-        load_default_service_provider_config,
-    )
-
-    class BearerASGIApplication(ASGIApplication):
-        def __init__(self, storage: Any, provider: Any, service: Any, tokens: set[str]) -> None:
-            super().__init__(storage, provider, service)
-            self.tokens = tokens
-
-        def check_auth(self, request: Any) -> None:
-            scheme, _, tok = (request.header("Authorization") or "").partition(" ")
-            if scheme.lower() != "bearer" or tok not in self.tokens:
-                raise UnauthorizedException
-
-    config = load_default_service_provider_config()
-    config.authentication_schemes = [*(config.authentication_schemes or []), BEARER_TOKEN_SCHEME]
-    provider = ScimProvider.from_discovery(
-        load_default_schemas().values(), load_default_resource_types().values(), config=config
-    )
-    return BearerASGIApplication(
-        AsyncInMemoryStorage(InMemoryStorage()),
-        provider,
-        ScimService(provider, secret="x" * 32),
-        {token},
-    )
 
 
 async def read_body(receive: Any) -> bytes:

@@ -13,7 +13,7 @@ import uvicorn
 from client.adapters.middleware import AuditConfig, AuditMiddleware
 from client.adapters.outbox import Outbox
 from client.adapters.relay import Relay
-from tests.adapters.helpers import SCIM_TOKEN, scim_asgi_app
+from tests.adapters.scim_app import SCIM_TOKEN, scim_asgi_app
 
 
 def main() -> None:
