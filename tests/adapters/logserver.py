@@ -17,19 +17,15 @@ from client.formats.merkle import leaf_hash, verify_inclusion
 from client.formats.note import Ed25519Verifier
 from client.scim.event import event_from_json
 from client.scim.leaf import verify_commitment
-from tests.support import ServerProcess, start_server, store_args, tlog_in_process
+from tests.support import ServerProcess, start_server, token_for
 
 __all__ = ["Log", "audit_read", "tlog_token"]
 
 
 def tlog_token(data: Path, role: str, tenant: str, database: str | None = None) -> str:
-    """A new ``role`` token bound to ``tenant`` in the log of ``data`` (``tlog token create``,
-    run in this process: a test's tokens are its setup, and an interpreter per token cost
-    ~0.3 s of CPU, two per test using :meth:`Log.tokens`)."""
-    args = ["token", "create", "--role", role, "--tenant", tenant, "--data", str(data)]
-    r = tlog_in_process(*args, *store_args(database))
-    assert r.returncode == 0, f"tlog {' '.join(args)}: exit {r.returncode}: {r.stderr}"
-    return r.stdout.strip()
+    """A new ``role`` token bound to ``tenant`` in the log of ``data`` (``tlog token
+    create``, in process)."""
+    return token_for(data, database, "--role", role, "--tenant", tenant)
 
 
 @dataclass

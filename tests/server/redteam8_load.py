@@ -37,6 +37,7 @@ from tests.support import (
     checkpoints_by_size,
     start_server,
     tlog_cli,
+    token_for,
 )
 
 from .conftest import ORIGIN
@@ -46,16 +47,8 @@ _roles = itertools.count()
 
 
 def make_token(data: Path, database: str | None, *role: str) -> str:
-    made = tlog_cli(
-        "token",
-        "create",
-        *role,
-        "--data",
-        str(data),
-        *(["--database", database] if database else []),
-    )
-    assert made.returncode == 0, made.stderr
-    return made.stdout.strip()
+    """A new token (``tlog token create ROLE...``, in process) in the log of ``data``."""
+    return token_for(data, database, *role)
 
 
 def scim_event(n: str) -> dict[str, Any]:
