@@ -35,7 +35,7 @@ from tests.support import (
     http_get,
     start_server,
     start_witnessed_server,
-    tlog_cli,
+    tlog_in_process,
 )
 
 pytestmark = pytest.mark.slow
@@ -43,7 +43,9 @@ pytestmark = pytest.mark.slow
 
 def new_log(d: Path) -> tuple[Path, str]:
     data = d / "log"
-    out = tlog_cli("keygen", "--origin", ORIGIN, "--data", str(data), timeout=60, check=True).stdout
+    made = tlog_in_process("keygen", "--origin", ORIGIN, "--data", str(data))
+    assert made.returncode == 0, made.stderr
+    out = made.stdout
     return data, next(w for w in out.split() if w.startswith(ORIGIN + "+"))
 
 

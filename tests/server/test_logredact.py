@@ -13,7 +13,7 @@ import pytest
 from client.runtime import logredact
 from client.runtime.logredact import RedactingFilter, redact_target, redact_text
 from client.scim import event_to_json, new_event
-from tests.support import start_server, store_args, tlog_cli
+from tests.support import start_server, token_for
 
 RID = "u-alice-7f3a"
 XID = "alice.liddell@example.org"
@@ -103,18 +103,7 @@ def test_served_access_and_error_logs_carry_no_identifiers(
             ("aud", "auditor", ["--tenant", "t1"]),
             ("po", "privacy-officer", ["--person", "Dana Officer"]),
         ]:
-            made = tlog_cli(
-                "token",
-                "create",
-                "--role",
-                role,
-                "--data",
-                str(data),
-                *store_args(database),
-                *extra,
-            )
-            assert made.returncode == 0, made.stderr
-            tokens[name] = made.stdout.strip()
+            tokens[name] = token_for(data, database, "--role", role, *extra)
         ev = new_event(
             tenant="t1",
             sp="app",

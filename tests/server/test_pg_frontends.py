@@ -29,6 +29,7 @@ from tests.support import (
     http_get,
     start_server,
     tlog_cli,
+    token_for,
 )
 
 from .conftest import ORIGIN
@@ -140,13 +141,8 @@ def test_scim_writes_on_two_frontend_processes(tmp_path: Path, pg_url: str) -> N
     a, b = _scim_frontends(tmp_path, pg_url)
     vkey = httpx.get(a.url + "/v1/log").json()["vkey"]
 
-    def token(*role: str) -> str:
-        made = tlog_cli("token", "create", *role, "--data", str(da), "--database", pg_url)
-        assert made.returncode == 0, made.stderr
-        return made.stdout.strip()
-
-    sub = token("--role", "submitter", "--tenant", "acme")
-    aud = token("--role", "auditor", "--tenant", "acme")
+    sub = token_for(da, pg_url, "--role", "submitter", "--tenant", "acme")
+    aud = token_for(da, pg_url, "--role", "auditor", "--tenant", "acme")
     h = {"Authorization": f"Bearer {sub}", "Content-Type": "application/json"}
     events = [_scim_event(f"u-{i % 5}", f"req-{i}") for i in range(30)]
     answers: list[tuple[str, httpx.Response]] = []
@@ -209,12 +205,8 @@ def test_balanced_scim_load_on_two_frontends_is_never_refused(tmp_path: Path, pg
     acknowledged, once, and each frontend answers its clients."""
     da = tmp_path / "a"
     a, b = _scim_frontends(tmp_path, pg_url)
-    made = tlog_cli(
-        "token", "create", "--role", "submitter", "--tenant", "acme",
-        "--data", str(da), "--database", pg_url,
-    )  # fmt: skip
-    assert made.returncode == 0, made.stderr
-    h = {"Authorization": f"Bearer {made.stdout.strip()}", "Content-Type": "application/json"}
+    sub = token_for(da, pg_url, "--role", "submitter", "--tenant", "acme")
+    h = {"Authorization": f"Bearer {sub}", "Content-Type": "application/json"}
     answers: dict[str, list[tuple[str, int, str]]] = {a.url: [], b.url: []}
     lock = threading.Lock()
 

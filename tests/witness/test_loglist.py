@@ -18,7 +18,7 @@ from client.witness.cli import _load, main
 from client.witness.config import ConfigError, WitnessConfig
 from client.witness.loglist import parse_log_list
 from client.witness.monitor import Monitor
-from tests.support import tlog_cli
+from tests.support import tlog_in_process
 from tests.witness.helpers import ORIGIN, FakeLog, events
 
 NAME = "witness.example.com/w5"
@@ -46,19 +46,15 @@ def test_parse_is_lenient_like_witnessctl() -> None:
 
 def test_tlog_log_entry(tmp_path: Path) -> None:
     d = str(tmp_path / "d")
-    out = tlog_cli("keygen", "--origin", "log.example/audit", "--data", d, timeout=60, check=True)
+    out = tlog_in_process("keygen", "--origin", "log.example/audit", "--data", d)
+    assert out.returncode == 0, out.stderr
     vkey = next(w for w in out.stdout.split() if w.startswith("log.example/audit+"))
-    entry = tlog_cli(
-        "log-entry",
-        "--data",
-        d,
-        "--contact",
-        "https://log.example/contact",
-        "--witness-interval",
-        "10",
-        timeout=60,
-        check=True,
-    ).stdout
+    made = tlog_in_process(
+        "log-entry", "--data", d, "--contact", "https://log.example/contact",
+        "--witness-interval", "10",
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    entry = made.stdout
     assert entry == (
         f"vkey {vkey}\norigin log.example/audit\nqpd 17280\ncontact https://log.example/contact\n"
     )
