@@ -57,7 +57,7 @@ def _share_httpx_tls() -> None:
     """One verifying TLS context for every httpx client the tests make in this process
     with httpx's defaults (``verify=True``), as the product's own clients share one
     (``client.net.core.default_tls``). httpx makes a new context for each client, its whole
-    CA file parsed again: ~30 ms of CPU a client, and the tests make thousands
+    CA file parsed again: ~30 ms of CPU a client, and the tests make many
     (``httpx.get`` and ``httpx.post`` in polling loops, an auditor's client per read, a
     front transport per test): 15% of the CPU of tests/console and tests/witness. The
     context is the one httpx would make (the CA file of ``SSL_CERT_FILE`` or
