@@ -1476,9 +1476,9 @@ def _asked_units(
     faithful SP's create costs a comparison per attribute, no digest). One the answer does
     not hold is left out (never returned: the request's digest stands). None when the
     answer named one of them twice in two spellings (``twice``: the names its decoding
-    noted so, ``dup_keys``; at their bound, any): which the SP stored is not known
-    (``x.result.other`` null, as for an answer the event cannot hold), never the one the
-    decoding kept (faith25)."""
+    noted so, ``dup_keys``; at their bound, any; or a sub-attribute of one, review 37):
+    which the SP stored is not known (``x.result.other`` null, as for an answer the event
+    cannot hold), never the one the decoding kept (faith25)."""
     if not isinstance(body, Mapping) or not isinstance(resp, Mapping):
         return {}
     out: dict[str, Any] = {}
@@ -1490,9 +1490,31 @@ def _asked_units(
             got = resp.get(path, _ABSENT)
             if got is _ABSENT:
                 got = _shown_at(resp, path)
-            if got is not _ABSENT and not same_json(value, got):
+            if got is _ABSENT:
+                continue
+            if twice and _holds_noted(got, twice):
+                return None  # a sub-attribute named twice (review 37): read last-wins
+            if not same_json(value, got):
                 out[low] = value
     return out
+
+
+def _holds_noted(value: Any, twice: Collection[str]) -> bool:
+    """Whether an answer's ``value`` names, at any depth, one of the names its decoding
+    noted in two spellings (``twice``, :func:`_named_twice`): a complex attribute's
+    sub-attribute named twice (``name.givenName`` and ``name.GIVENNAME``) was read
+    last-wins, so what the SP stored is not known (review 37)."""
+    noted = {t.lower() for t in twice}
+    todo = [value]
+    while todo:
+        v = todo.pop()
+        if isinstance(v, Mapping):
+            if any(isinstance(k, str) and k[:64].lower() in noted for k in v):
+                return True
+            todo.extend(v.values())
+        elif isinstance(v, list):
+            todo.extend(v)
+    return False
 
 
 def _named_twice(low: str, twice: Collection[str]) -> bool:
