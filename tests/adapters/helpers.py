@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
+import contextlib
 import hashlib
 import http.server
 import json
@@ -507,13 +508,23 @@ class StandInSP(http.server.BaseHTTPRequestHandler):
 @pytest.fixture(name="sp")
 def standin_sp() -> Iterator[tuple[str, list[tuple[str, str]]]]:
     seen: list[tuple[str, str]] = []
-    handler = type("SP", (StandInSP,), {"seen": seen})
+    with serve_http(type("SP", (StandInSP,), {"seen": seen})) as url:
+        yield f"{url}/v2", seen
+
+
+@contextlib.contextmanager
+def serve_http(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
+    """``handler`` served on a loopback port by a thread (a thread a request), for the
+    ``with`` block: its base URL."""
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    srv.daemon_threads = True
     t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     t.start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}/v2", seen
-    srv.shutdown()
-    srv.server_close()
+    try:
+        yield f"http://127.0.0.1:{srv.server_address[1]}"
+    finally:
+        srv.shutdown()
+        srv.server_close()
 
 
 def put_until_full(

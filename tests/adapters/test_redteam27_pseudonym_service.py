@@ -36,7 +36,10 @@ from client.adapters.pseudonyms import MAX_TIMEOUT, LogPseudonyms
 from client.scim.cbor import EventFormatError
 from tests.support import start_proxy, stop_processes
 
-from .helpers import standin_sp  # noqa: F401  (the SP stand-in fixture, "sp")
+from .helpers import (
+    serve_http,
+    standin_sp,  # noqa: F401  (the SP stand-in fixture, "sp")
+)
 from .intent_kills import outbox_events
 
 PATCH = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
@@ -122,13 +125,8 @@ class _HostileLog(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def hostile_log() -> Iterator[tuple[str, type[_HostileLog]]]:
     handler = type("Log", (_HostileLog,), {"asked": []})
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    srv.daemon_threads = True
-    t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    t.start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}", handler
-    srv.shutdown()
-    srv.server_close()
+    with serve_http(handler) as url:
+        yield url, handler
 
 
 def _proxy(
