@@ -1042,6 +1042,14 @@ class Builder:
         answer = self.answer or self._answer_check(op, target, rid, resp)
         if answer is not None:
             return None, answer
+        twice = () if self._resp is None else self._resp.notes.get("dup_keys", ())
+        if twice and op != "create":
+            # RFC 7643 §2.1: names are case-insensitive, so an answer naming one twice in
+            # two spellings cannot say which value the SP holds (the decoder kept the last):
+            # not taken, what a PUT left out judged as for a 204 (review 37: a PUT answered
+            # roles [a, b] and Roles [] had a and b named revoked). A create's: faith25's
+            # other, below.
+            return None, _NAMED_TWICE
         # the manager of a PUT's or PATCH's answer only (a create's refs say it), a
         # group's members of a PUT's only (what it left out: tlog.scim.effects)
         skip = op == "create" or (target.rt == "Group" and op != "replace")
@@ -1063,7 +1071,6 @@ class Builder:
                 result = {**(result or {}), "other": other}
         elif op == "create" and not trimmed:
             # only what it named and the SP stored otherwise (faith24)
-            twice = () if self._resp is None else self._resp.notes.get("dup_keys", ())
             asked = _asked_units(body, resp, secret, twice)
             other = (
                 None if asked is None else asked and _resulting_other(resp, secret, digest, asked)
@@ -1856,6 +1863,12 @@ def _unanswered(
 
 
 _SET_KEYS = {"group": ("members",), "user": ("roles", "entitlements")}
+
+
+_NAMED_TWICE = (
+    "the answer names an attribute twice in two spellings: which value the service "
+    "provider holds is not known, so its values are not taken"
+)
 
 
 _IDS_DISAGREE = (
