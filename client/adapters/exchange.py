@@ -1047,8 +1047,8 @@ class Builder:
             # RFC 7643 §2.1: names are case-insensitive, so an answer naming one twice in
             # two spellings cannot say which value the SP holds (the decoder kept the last):
             # not taken, what a PUT left out judged as for a 204 (review 37: a PUT answered
-            # roles [a, b] and Roles [] had a and b named revoked). A create's: faith25's
-            # other, below.
+            # roles [a, b] and Roles [] had a and b named revoked). A create's: its values
+            # not taken either (the request's stand), faith25's other below.
             return None, _NAMED_TWICE
         # the manager of a PUT's or PATCH's answer only (a create's refs say it), a
         # group's members of a PUT's only (what it left out: tlog.scim.effects)
@@ -1057,13 +1057,17 @@ class Builder:
         cfg = self.cfg
         secret, digest = cfg.secret_lower, cfg.digest_lower
         trimmed = _trims_answer(self.x)
-        result = _resulting_values(
-            target.rt,
-            resp,
-            mgr_pid,
-            trimmed=trimmed,
-            hidden=cfg.hidden_lower,
-            put=op == "replace",
+        result = (
+            None
+            if twice
+            else _resulting_values(
+                target.rt,
+                resp,
+                mgr_pid,
+                trimmed=trimmed,
+                hidden=cfg.hidden_lower,
+                put=op == "replace",
+            )
         )
         if op == "replace" and not trimmed:
             other = _resulting_other(resp, secret, digest)

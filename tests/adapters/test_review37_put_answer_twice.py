@@ -64,3 +64,15 @@ def test_a_put_answer_without_names_twice_is_taken() -> None:
     assert put["x"]["result"]["roles"] == ["a"], put["x"]
     effect, _, _ = classify(state, put)
     assert _acts(effect) == ["user.noop"], effect
+
+
+def test_a_create_answer_naming_roles_twice_is_not_taken_as_the_roles() -> None:
+    """Found: a create of roles [a] answered ``roles: [a]`` and ``Roles: [b]`` recorded
+    ``x.result.roles`` ``[b]`` (last-wins): the create was named granting a, granting b and
+    revoking a. Now the request's roles stand, as for an answer without a body."""
+    body = _body(roles=[{"value": "a"}])
+    answer = {**body, "id": "A", "Roles": [{"value": "b"}]}
+    created = exchange_event("POST", "/Users", body, 201, answer)
+    assert "roles" not in (created.get("x", {}).get("result") or {}), created.get("x")
+    effect, _, _ = classify(None, created)
+    assert _acts(effect) == ["user.create", "user.role.grant"], effect
