@@ -1471,9 +1471,10 @@ class _Run:
         clears it). So an attribute the state knows and the PUT does not name (``active``,
         ``userName``, ``emails``, any other) may have changed, and nothing says how: the
         state forgets it and the effect names it changed, without values (not known). The
-        manager, like the roles and members a PUT leaves out, is cleared: the effect names
-        the old one removed. Before red team 13 such a PUT kept the old values: a PUT
-        without ``active`` on a deactivated user, or without the manager, was judged
+        manager a PUT leaves out is cleared (as its left-out roles and members were before
+        the adapter marked them ``x.unanswered``): the effect names the old one removed.
+        Before red team 13 such a PUT kept the old values: a PUT without ``active`` on a
+        deactivated user, or without the manager, was judged
         ``user.noop`` while the SP had cleared them, and a later PATCH setting the same
         manager again "changed nothing". Where the SP answered with the resource's
         ``active`` or manager (``x.result``), that is the truth and :meth:`apply_result`
