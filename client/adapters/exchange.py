@@ -1845,13 +1845,15 @@ _LOCATION_ELSEWHERE = (
 def _unanswered(
     fields: Mapping[str, Any], intent: RequestIntent | None, result: Mapping[str, Any] | None
 ) -> list[str] | None:
-    """What a PUT left out that the log keeps as a set and the SP's answer does not show
-    (``x.result``: a 204, a trimmed answer, one too large to record, an answer not taken):
-    a Group's ``members``, a User's ``roles`` and ``entitlements``. RFC 7644 §3.5.1 lets the
-    SP clear them or keep them, so the log judges them not known from it (``x.unanswered``:
-    members since faith20, the sets since stop 37; before, a User PUT's left-out roles were
-    named revoked whatever the SP kept). An event without the mark (an adapter from before
-    it) is judged as before: cleared. None: nothing."""
+    """What a PUT left out that the log keeps as values or references and the SP's answer
+    does not show (``x.result``: a 204, a trimmed answer, one too large to record, an
+    answer not taken, a manager whose pseudonym could not be had): a Group's ``members``, a
+    User's ``roles``, ``entitlements`` and ``manager``. RFC 7644 §3.5.1 lets the SP clear
+    them, and a merging SP keeps them, so the log judges them not known from it
+    (``x.unanswered``: members since faith20, the rest since stop 37; before, a User PUT's
+    left-out roles were named revoked and its manager removed whatever the SP kept). An
+    event without the mark (an adapter from before it) is judged as before: cleared.
+    None: nothing."""
     if fields["op"] != "replace" or intent is None:
         return None
     prefix = action_prefix(fields["rt"])
@@ -1860,13 +1862,12 @@ def _unanswered(
         return None
     # the core schema's URN before a name, as the log reads it (tlog.scim.effects)
     named = {m["attr"].lower().rpartition(":")[2] for m in intent.mods or ()}
-    if any(r.get("attr", "members") == "members" for r in intent.refs or ()):
-        named.add("members")
+    named.update(r.get("attr", "members") for r in intent.refs or ())
     out = [k for k in keys if k not in named and not (result and k in result)]
     return out or None
 
 
-_SET_KEYS = {"group": ("members",), "user": ("roles", "entitlements")}
+_SET_KEYS = {"group": ("members",), "user": ("roles", "entitlements", "manager")}
 
 
 _NAMED_TWICE = (

@@ -187,7 +187,10 @@ class WitnessApp:
         try:
             cosigs = await self._on_state(self.witness.add_checkpoint, body, pool=self._pushes)
         except StateStalled as exc:
-            body_text = f"{exc}; nothing was cosigned: retry later\n"
+            body_text = (
+                f"{exc}; no cosignature was returned (the push may still complete once the "
+                "disk answers): retry later\n"
+            )
             await _respond(send, 503, body_text)
             return 503
         except AddCheckpointError as exc:

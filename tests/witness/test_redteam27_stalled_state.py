@@ -49,7 +49,9 @@ def test_a_stalled_state_disk_is_a_503_not_a_hang_and_cosigns_nothing(ext4: Path
             try:
                 r = http.post(url + "/add-checkpoint", content=log.body(20, 30))
                 assert r.status_code == 503, (r.status_code, r.text)
-                assert "did not answer" in r.text and "nothing was cosigned" in r.text, r.text
+                assert "did not answer" in r.text and "no cosignature was returned" in r.text, (
+                    r.text
+                )
                 r = http.get(url + "/readyz")
                 assert r.status_code == 503 and "did not answer" in r.text, r.text
                 assert http.get(url + "/healthz").status_code == 200

@@ -1471,8 +1471,9 @@ class _Run:
         clears it). So an attribute the state knows and the PUT does not name (``active``,
         ``userName``, ``emails``, any other) may have changed, and nothing says how: the
         state forgets it and the effect names it changed, without values (not known). The
-        manager a PUT leaves out is cleared (as its left-out roles and members were before
-        the adapter marked them ``x.unanswered``): the effect names the old one removed.
+        manager a PUT leaves out is cleared where the answer says none is held, and not
+        known where the adapter marked it ``x.unanswered`` (stop 37, as the left-out roles
+        and members); an event without the mark (an older adapter): named removed.
         Before red team 13 such a PUT kept the old values: a PUT without ``active`` on a
         deactivated user, or without the manager, was judged
         ``user.noop`` while the SP had cleared them, and a later PATCH setting the same
@@ -1487,7 +1488,14 @@ class _Run:
             # nothing an SP can assign, so it went; named removed, found by its search.
             # Unless the SP's answer says what became of it (x.result.manager): then
             # apply_result judges it (an SP that merges a PUT keeps it: not removed).
-            self._clear_manager()
+            if _unanswered(self.ev.get("x", {}), "manager"):
+                # not shown by the answer (x.unanswered, stop 37: a 204, a trimmed answer,
+                # its pseudonym not had): kept by a merging SP, so not known, none removed
+                self._forget_manager()
+                self._not_known("manager")
+                self.verbs.add("update")
+            else:
+                self._clear_manager()
         elif self.state.get("manager_unknown") and "manager" not in named and told_mgr is None:
             self._not_known("manager")  # cleared or kept, of one the log does not know
             self.verbs.add("update")
