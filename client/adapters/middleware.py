@@ -90,7 +90,14 @@ from client.adapters.exchange import (
     validated_event,
     without_dot_segments,
 )
-from client.adapters.outbox import IntentJournal, Outbox, OutboxError, OutboxRecord, Receipt
+from client.adapters.outbox import (
+    IntentJournal,
+    IntentStalled,
+    Outbox,
+    OutboxError,
+    OutboxRecord,
+    Receipt,
+)
 from client.adapters.pseudonyms import PidCollector, substitute_pids
 from client.adapters.receipts import RECEIPT_HEADERS, receipt_headers, wait_receipts
 from client.adapters.relay import DeliveryError, Relay
@@ -126,6 +133,10 @@ INTENT_RECOVERY_INTERVAL = 5.0
 PSEUDONYM_THREADS = 32
 # Seconds a readiness check waits for its probe of a refusing outbox (then: not ready).
 PROBE_WAIT = 10.0
+# Seconds a write waits for its write-ahead intent to be in the journal (written; flushed
+# with durable intents) before it is refused, not forwarded (503): the journal's file system
+# stalls (stall28: a frozen disk held every request, health checks included).
+INTENT_WAIT = 5.0
 
 # Request and response bodies up to this size are turned into events on the event loop
 # (AuditMiddleware._inline); larger ones and bulk requests in a worker thread.
@@ -168,6 +179,7 @@ class AuditMiddleware:
         self._intents = False  # intents are written (from start() on)
         # Complete journal lines found damaged (their check failed) when recovering.
         self.stats["intents_damaged"] = 0
+        self.stats["intent_stalls"] = 0  # writes refused: their intent not written in time
         # Dead peers' journals are recovered every this many seconds while running (0: at
         # start only), by a thread of their own (_watch_orphans); one recovery at a time.
         self.intent_recovery_interval = INTENT_RECOVERY_INTERVAL
@@ -196,8 +208,15 @@ class AuditMiddleware:
         # content is not proven (should stay 0 but for a retry that crossed an erasure)
         out["receipts_content_unproven"] = 0 if self.relay is None else self.relay.erased_retries
         out["writes_taken"] = self.writes_taken()
+        out["intent_journal_stalled"] = self.intent_journal_stalled()
         out.update(self.stats)
         return out
+
+    def intent_journal_stalled(self) -> bool:
+        """Whether the intent journal's writer has been held (a stalled disk) longer than a
+        write waits for its intent: writes are refused, not applied (cheap, non-blocking)."""
+        journal = self._journal
+        return journal is not None and journal.busy_for() > INTENT_WAIT
 
     def writes_taken(self) -> bool:
         """Whether a write would be taken now (blocking: call it from a worker thread). Not
@@ -529,11 +548,15 @@ class AuditMiddleware:
         if self._intents:
             try:
                 iid = self._begin_intent(x)
-                if _TEST_PAUSE is not None:
-                    await _test_pause("begun")  # written, not yet flushed (durable)
-                if iid is not None and self._journal is not None and self._journal.durable:
+                if iid is not None and self._journal is not None:
+                    if _TEST_PAUSE is not None:
+                        await _test_written(self._journal, iid)
+                        await _test_pause("begun")  # written, not yet flushed (durable)
                     await self._intent_synced(self._journal, iid)
             except (OSError, OutboxError) as exc:
+                stalled = isinstance(exc, IntentStalled)
+                if stalled:
+                    self.stats["intent_stalls"] += 1
                 _log.error("write-ahead intent of request %s not written: %s", req_id, exc)
                 if not cfg.fail_open:  # nothing forwarded: the client may retry
                     self._done(iid)  # (begun, not flushed: it yields nothing)
@@ -541,7 +564,10 @@ class AuditMiddleware:
                     await _send_error(
                         send,
                         503,
-                        "audit intent journal unavailable; the request was not applied",
+                        "audit intent journal stalled (its disk does not answer); the request "
+                        "was not applied"
+                        if stalled
+                        else "audit intent journal unavailable; the request was not applied",
                         req_id,
                         cfg.retry_after,
                     )
@@ -787,14 +813,15 @@ class AuditMiddleware:
         journal = self._journal
         if journal is None:  # could not be opened at start-up: try again
             journal = self._journal = self.outbox.intents(durable=self.config.durable_intents)
-        return journal.begin(doc)
+        return journal.begin(doc, wait=False)
 
     async def _intent_synced(self, journal: IntentJournal, iid: int) -> None:
-        """Durable intents: wait, off the loop, until intent ``iid`` is on disk (shared
-        flushes: :meth:`IntentJournal.synced`). A wait cancelled (the client went away)
-        forwards nothing: the intent is done."""
+        """Wait, off the loop, until intent ``iid`` is in the journal (written by its
+        thread; with durable intents on disk, shared flushes: :meth:`IntentJournal.synced`),
+        at most ``INTENT_WAIT`` seconds (then :class:`IntentStalled`). A wait cancelled (the
+        client went away) forwards nothing: the intent is done."""
         try:
-            await journal.synced(iid)
+            await journal.synced(iid, INTENT_WAIT)
         except asyncio.CancelledError:
             self._done(iid)
             raise
@@ -808,7 +835,7 @@ class AuditMiddleware:
 
     def _done(self, iid: int | None) -> None:
         if iid is not None and self._journal is not None:
-            self._journal.done(iid)
+            self._journal.done(iid, wait=False)
 
     async def _record(
         self, x: Exchange, iid: int | None = None
@@ -942,6 +969,16 @@ _UNKNOWN_ANSWER = (
     "(res.st is not the service provider's)"
 )
 _MAX_BULK_INTENT_OPS = 1000
+
+
+async def _test_written(journal: IntentJournal, iid: int) -> None:  # pragma: no cover
+    """The "begun" pause comes once the intent is written by the journal's thread."""
+    assert _TEST_PAUSE is not None
+    if _TEST_PAUSE.startswith("begun:"):
+        for _ in range(10000):
+            if journal.written(iid):
+                return
+            await asyncio.sleep(0.001)
 
 
 async def _test_pause(point: str) -> None:  # pragma: no cover - run in killed subprocesses

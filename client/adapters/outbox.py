@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import errno
 import fcntl
 import functools
@@ -1339,22 +1340,28 @@ class IntentJournal:
             raise
         self._off = len(_HEADER)
         self._open: dict[int, bytes] = {}  # intent number -> its line, while in flight
-        self._n = 0
+        # The writer's own (_write_loop): the begun lines written and whose done is not, the
+        # ones a switch of file copies.
+        self._kept: dict[int, bytes] = {}
+        self._n = 0  # the last line queued (a begun intent's number is its line's)
         self._mutex = threading.Lock()
         self._closed = False
-        # Durable mode's group commit (_flush_loop): the intents numbered up to ``_synced``
-        # are on disk; the forwards waiting for theirs; each switch of file bumps ``_gen``.
+        # The lines queued for the writer: (number, intent, line, begun).
+        self._queue: list[tuple[int, int, bytes, bool]] = []
+        # Lines up to ``_written`` are in the file (page cache), up to ``_synced`` on disk
+        # (durable mode; ``_written`` otherwise); what waits for them (:meth:`synced`,
+        # :meth:`begin`), each with whether it waits for the flush.
+        self._written = 0
         self._synced = 0
         self._gen = 0
-        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._waiters: list[tuple[int, _Waiter, bool]] = []
         self._wake = threading.Condition(self._mutex)
-        self._flusher: threading.Thread | None = None
+        self._busy_since: float | None = None  # monotonic start of the writer's current I/O
         self.flushes = 0  # flushes made (durable mode): fewer than the intents when shared
-        if durable:
-            self._flusher = threading.Thread(
-                target=self._flush_loop, name="intent-journal-flush", daemon=True
-            )
-            self._flusher.start()
+        self._writer = threading.Thread(
+            target=self._write_loop, name="intent-journal-writer", daemon=True
+        )
+        self._writer.start()
         self._prepare(1, _INTENTS_SIZE)
 
     @property
@@ -1362,9 +1369,13 @@ class IntentJournal:
         """The file being written now."""
         return self.paths[self._cur]
 
-    def begin(self, doc: dict[str, Any]) -> int:
+    def begin(self, doc: dict[str, Any], *, wait: bool = True) -> int:
         """Append an intent (``doc``, JSON-able; its number ``"i"`` is set here, unique in
-        this journal) and return its number. Raises OSError when it could not be written."""
+        this journal) and return its number. The line is queued for the journal's writer
+        thread (:meth:`_write_loop`); ``wait``: this returns once it is written, and raises
+        OSError when it could not be. Without ``wait`` (the event loop, which must never
+        wait on the file system: red team 27, a stalled disk froze the whole proxy), await
+        :meth:`synced` before forwarding the write."""
         with self._mutex:
             if self._closed:
                 raise OSError("the intent journal is closed")
@@ -1372,19 +1383,46 @@ class IntentJournal:
             iid = self._n
             doc["i"] = iid
             line = _checked(_JSON_LINE(doc))
-            self._append(line)
+            self._queue.append((iid, iid, line, True))
             self._open[iid] = line
+            self._wake.notify()
+        if wait:
+            self._wait_written(iid)
         return iid
 
-    def done(self, iid: int) -> None:
-        """The intent's events are recorded (or there are none): it yields nothing later."""
+    def done(self, iid: int, *, wait: bool = True) -> None:
+        """The intent's events are recorded (or there are none): it yields nothing later.
+        Its line is queued for the writer; ``wait``: this returns once it was written (or
+        failed: logged, the intent stays, a restart says "unknown" for it)."""
         with self._mutex:
             if self._closed or self._open.pop(iid, None) is None:
                 return
-            try:
-                self._append(_done_line(iid))
-            except OSError as exc:  # the intent stays: a restart says "unknown" for it
-                _log.error("intent journal write failed: %s", exc)
+            self._n += 1
+            n = self._n
+            self._queue.append((n, iid, _done_line(iid), False))
+            self._wake.notify()
+        if wait:
+            with contextlib.suppress(OSError):
+                self._wait_written(n)
+
+    def _wait_written(self, n: int) -> None:
+        """Block until line ``n`` is written (OSError: it could not be)."""
+        fut: Future[None] = Future()
+        with self._mutex:
+            if n <= self._written:
+                return
+            self._waiters.append((n, fut, False))
+        fut.result()
+
+    def written(self, iid: int) -> bool:
+        """Whether intent ``iid``'s line is in the file (the page cache) already."""
+        return iid <= self._written
+
+    def busy_for(self) -> float:
+        """Seconds the writer thread has been in its current write or flush (0 when idle):
+        a stalled file system keeps it there (:meth:`synced` times out)."""
+        since = self._busy_since
+        return 0.0 if since is None else time.monotonic() - since
 
     def in_flight(self) -> int:
         return len(self._open)
@@ -1399,59 +1437,96 @@ class IntentJournal:
         doc: dict[str, Any] = json.loads(m[1] + b"}")
         return doc
 
-    async def synced(self, iid: int) -> None:
-        """Durable mode: return once intent ``iid`` (begun) is on disk, so that it survives
-        a machine crash too; at once otherwise. Awaited on the event loop, which it never
-        blocks: a thread (:meth:`_flush_loop`) flushes, for every forward waiting then, the
-        lines written since its last flush, in one ``fdatasync`` (group commit). Raises
-        OSError when the flush failed (the intent may not be on disk: nothing must be
-        forwarded) or the journal is closed."""
-        if not self.durable:
-            return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    async def synced(self, iid: int, timeout: float | None = None) -> None:
+        """Return once intent ``iid`` (begun) is in the journal: written into the file (the
+        page cache: it survives a kill of the process), and in durable mode on disk (it
+        survives a machine crash too). Awaited on the event loop, which it never blocks:
+        the writer thread (:meth:`_write_loop`) writes every line queued, in one go, and
+        flushes (``fdatasync``) for every forward waiting then (group commit). Raises
+        OSError when the write or flush failed (the intent may not be there: nothing must
+        be forwarded), the journal is closed, or ``timeout`` seconds passed first
+        (:class:`IntentStalled`: a stalled file system holds the writer)."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
         with self._mutex:
             if self._closed:
                 raise OSError("the intent journal is closed")
             if iid <= self._synced:
                 return
-            self._waiters.append((iid, fut))
+            if len(self._waiters) > 1024:  # those a stall timed out: nothing settles them
+                self._waiters = [w for w in self._waiters if not w[1].done()]
+            self._waiters.append((iid, fut, self.durable))
             self._wake.notify()
-        await fut
+        if timeout is None:
+            await fut
+            return
+        timer = loop.call_later(timeout, _expire, fut, timeout)
+        try:
+            await fut
+        finally:
+            timer.cancel()
 
-    def _flush_loop(self) -> None:
-        """Durable mode's flushing thread: while forwards wait (:meth:`synced`), the file
-        being written is flushed (``fdatasync``: the kernel writes the pages dirtied since
-        the last flush, the lines of every intent begun since, and what is needed to read
-        them), then every waiter whose intent was written before the flush started is
-        settled, in one callback per event loop. A switch of file during a flush (the
-        intents in flight were copied into the other file, not yet flushed) makes it flush
-        again there before settling anyone."""
+    def _write_loop(self) -> None:
+        """The journal's writer thread: it writes every line queued since its last round
+        into the file, in one copy into the memory map (``ctypes.memmove``: the GIL is
+        released, so a page fault that waits for a stalled file system stops this thread
+        only, never the event loop nor the process's other threads), then, in durable mode
+        while forwards wait (:meth:`synced`), flushes the file being written (``fdatasync``:
+        the pages dirtied since the last flush, in one call however many intents), and
+        settles every waiter whose line is written (flushed), in one callback per event
+        loop. At close, what is queued is written first."""
         while True:
             with self._mutex:
-                while not self._closed and not self._waiters:
+                while not self._closed and not self._queue and not self._to_flush():
                     self._wake.wait()
-                if self._closed:
-                    ready, self._waiters = self._waiters, []
-                    _settle_waiters(ready, OSError("the intent journal is closed"))
+                if self._closed and not self._queue:
+                    _settle_waiters(self._waiters, OSError("the intent journal is closed"))
+                    self._waiters = []
                     return
-                n, gen, fd = self._n, self._gen, self._fds[self._cur]
-            failed: OSError | None = None
+                batch, self._queue = self._queue, []
+                self._busy_since = time.monotonic()
+            failed: BaseException | None = None
+            top = batch[-1][0] if batch else self._written
+            flush = False
             try:
-                if fd is None:
-                    raise OSError("the intent journal file is not open")
-                os.fdatasync(fd)
-            except OSError as exc:
+                if batch:
+                    self._append(b"".join(b[2] for b in batch))
+                    for _, iid, line, begun in batch:
+                        if begun:
+                            self._kept[iid] = line
+                        else:
+                            self._kept.pop(iid, None)
+                    with self._mutex:
+                        self._written = top
+                if self.durable:
+                    with self._mutex:
+                        flush = any(w[2] and w[0] <= top for w in self._waiters)
+                if flush:
+                    fd = self._fds[self._cur]
+                    if fd is None:
+                        raise OSError("the intent journal file is not open")
+                    os.fdatasync(fd)
+            except BaseException as exc:  # given to the waiters (a blocking begin raises it)
                 failed = exc
-                _log.error("intent journal flush failed: %s", exc)
+                _log.error("intent journal write failed: %r", exc)
             with self._mutex:
-                if failed is None and gen != self._gen:
-                    continue  # switched meanwhile: flush the file written now
-                self.flushes += 1
-                if failed is None:
-                    self._synced = n
-                ready = [w for w in self._waiters if w[0] <= n]
-                self._waiters = [w for w in self._waiters if w[0] > n]
+                self._busy_since = None
+                if flush:
+                    self.flushes += 1
+                if failed is None and (flush or not self.durable):
+                    self._synced = top
+                ready: list[tuple[int, _Waiter, bool]] = []
+                left: list[tuple[int, _Waiter, bool]] = []
+                for w in self._waiters:
+                    # failed: the lines of this batch (and the flush) may not be there
+                    at = top if failed is not None or not w[2] else self._synced
+                    (ready if w[0] <= at else left).append(w)
+                self._waiters = left
             _settle_waiters(ready, failed)
+
+    def _to_flush(self) -> bool:
+        """Durable mode: a forward waits for a line written and not flushed yet."""
+        return self.durable and any(w[2] and w[0] > self._synced for w in self._waiters)
 
     def _append(self, line: bytes) -> None:
         m = self._maps[self._cur]
@@ -1459,14 +1534,14 @@ class IntentJournal:
         if m is None or end > len(m):
             self._switch(line)
             return
-        m[self._off : end] = line
+        _copy_into(m, self._off, line)
         self._off = end
 
     def _switch(self, line: bytes) -> None:
         """Copy the intents in flight into the other file (emptied ahead by ``_prepare``),
         append ``line``, write there from now on, and have the file just left prepared."""
         k = 1 - self._cur
-        kept = b"".join(self._open.values())
+        kept = b"".join(self._kept.values())
         at = len(_HEADER)
         need = at + len(kept) + len(line)
         size = _INTENTS_SIZE
@@ -1498,9 +1573,7 @@ class IntentJournal:
     def _hand_over(self, m: mmap.mmap, kept: bytes, line: bytes) -> None:
         """Into the emptied map ``m`` (its header there): the intents in flight, then
         ``line``."""
-        at = len(_HEADER)
-        m[at : at + len(kept)] = kept
-        m[at + len(kept) : at + len(kept) + len(line)] = line
+        _copy_into(m, len(_HEADER), kept + line)
 
     def _prepare(self, k: int, size: int, *, after: int | None = None) -> None:
         """Empty and allocate file ``k`` (:meth:`_map_empty`) in a thread of its own: the
@@ -1554,7 +1627,7 @@ class IntentJournal:
                     raise
                 _write_zeros(fd, size)  # no fallocate here
         m = mmap.mmap(fd, size)
-        m[: len(_HEADER)] = _HEADER
+        _copy_into(m, 0, _HEADER)
         self._maps[k] = m
 
     def _close_files(self) -> None:
@@ -1578,8 +1651,7 @@ class IntentJournal:
                 return
             self._closed = True
             self._wake.notify_all()
-        if self._flusher is not None:  # it fails the forwards still waiting
-            self._flusher.join()
+        self._writer.join()  # it writes what is queued, fails the forwards still waiting
         with self._mutex:
             self._close_files()
             if remove and not self._open:
@@ -1589,19 +1661,53 @@ class IntentJournal:
             os.close(self._lock_fd)
 
 
+class IntentStalled(OSError):
+    """An intent was not written (flushed) within the bound: the journal's file system
+    stalls (a frozen or hung disk)."""
+
+
+def _expire(fut: asyncio.Future[None], timeout: float) -> None:
+    if not fut.done():
+        fut.set_exception(
+            IntentStalled(f"not written within {timeout:g} s (the journal's disk stalls)")
+        )
+
+
+def _copy_into(m: mmap.mmap, at: int, data: bytes) -> None:
+    """``data`` into map ``m`` at ``at`` with ``ctypes.memmove``, which releases the GIL:
+    a page fault waiting for a frozen file system (``page_mkwrite``) then holds this thread
+    only (mmap's slice assignment copies holding it: every thread stopped, red team 27)."""
+    if at < 0 or at + len(data) > len(m):
+        raise ValueError("out of the journal file's map")
+    buf = (ctypes.c_char * len(m)).from_buffer(m)
+    try:
+        ctypes.memmove(ctypes.addressof(buf) + at, data, len(data))
+    finally:
+        del buf
+
+
 def _write_zeros(fd: int, size: int) -> None:
     zeros = bytes(1 << 16)
     for at in range(0, size, len(zeros)):
         os.pwrite(fd, zeros[: min(len(zeros), size - at)], at)
 
 
+_Waiter = asyncio.Future[None] | Future[None]
+
+
 def _settle_waiters(
-    waiters: Sequence[tuple[int, asyncio.Future[None]]], failed: BaseException | None
+    waiters: Sequence[tuple[int, _Waiter, bool]], failed: BaseException | None
 ) -> None:
-    """From the journal's flushing thread: settle these forwards' waits, each on its event
-    loop, one callback per loop."""
+    """From the journal's writer thread: settle these waits, a forward's on its event
+    loop, one callback per loop; a blocking :meth:`IntentJournal.begin`'s at once."""
     by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
-    for _, fut in waiters:
+    for _, fut, _ in waiters:
+        if isinstance(fut, Future):
+            if failed is None:
+                fut.set_result(None)
+            else:
+                fut.set_exception(failed)
+            continue
         by_loop.setdefault(fut.get_loop(), []).append(fut)
     for loop, futs in by_loop.items():
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
@@ -1615,7 +1721,7 @@ def _settle_futures(futs: list[asyncio.Future[None]], failed: BaseException | No
         if failed is None:
             fut.set_result(None)
         else:
-            fut.set_exception(OSError(f"the intent could not be flushed: {failed}"))
+            fut.set_exception(OSError(f"the intent could not be written: {failed}"))
 
 
 @dataclass

@@ -244,6 +244,18 @@ class _ProxyCollector(Collector):
             "disk) and the log takes no events directly either",
             value=0 if b.get("writes_taken") is False else 1,
         )
+        yield GaugeMetricFamily(
+            "tlog_proxy_intent_journal_stalled",
+            "1 while the write-ahead intent journal's writer has been held by its file system "
+            "longer than a write waits for its intent (writes refused, not applied)",
+            value=1 if b.get("intent_journal_stalled") else 0,
+        )
+        yield CounterMetricFamily(
+            "tlog_proxy_intent_stalls",
+            "writes refused (503, not forwarded) because their write-ahead intent was not "
+            "written within the bound (a stalled disk)",
+            value=b.get("intent_stalls") or 0,
+        )
         healthy = b.get("relay_healthy")
         yield GaugeMetricFamily(
             "tlog_proxy_relay_healthy",
@@ -275,7 +287,11 @@ class _ProxyCollector(Collector):
         yield events
 
 
-def _ops_endpoints(backlog: Callable[[], dict[str, Any]], s: ProxySettings) -> dict[str, _Endpoint]:
+def _ops_endpoints(
+    backlog: Callable[[], dict[str, Any]],
+    s: ProxySettings,
+    stalled: Callable[[], bool] = lambda: False,
+) -> dict[str, _Endpoint]:
     """``/.tlog/status``, ``healthz``, ``readyz`` and ``metrics``. Ready while the outbox
     takes events (below ``outbox_max_bytes``, and writes not refused after a failed add:
     ``writes_taken``); the relay's health gates readiness only when writes wait for the
@@ -294,6 +310,9 @@ def _ops_endpoints(backlog: Callable[[], dict[str, Any]], s: ProxySettings) -> d
         return _json(200, {"upstream": s.upstream, "log": s.log_url, **got})
 
     async def healthz() -> tuple[int, bytes, bytes]:
+        # alive (the loop answers); a stalled intent journal said, not a failure of the process
+        if stalled():
+            return _json(200, {"status": "ok", "intent_journal": "stalled"})
         return _json(200, {"status": "ok"})
 
     async def readyz() -> tuple[int, bytes, bytes]:
@@ -316,6 +335,7 @@ def _ops_endpoints(backlog: Callable[[], dict[str, Any]], s: ProxySettings) -> d
                 "oldest_ms": b.get("oldest_ms"),
             },
             "relay": {"ok": relay_ok or s.receipt_timeout <= 0, "healthy": relay_ok},
+            "intent_journal": {"ok": not b.get("intent_journal_stalled")},
         }
         ok = all(c["ok"] for c in checks.values())
         doc = {"status": "ready" if ok else "not ready", "checks": checks}
@@ -400,7 +420,10 @@ def build_proxy(
         max_connections=s.upstream_connections,
     )
     holder: list[AuditMiddleware] = []
-    inner = _ProxyApp(forwarder, _ops_endpoints(lambda: holder[0].backlog(), s))
+    inner = _ProxyApp(
+        forwarder,
+        _ops_endpoints(lambda: holder[0].backlog(), s, lambda: holder[0].intent_journal_stalled()),
+    )
     base = forwarder.base_path if s.base_path is None else s.base_path.rstrip("/")
     # Group members are pseudonymised under their own keys at the log, so shredding a user
     # also unlinks them from group events (never recorded in plaintext instead).

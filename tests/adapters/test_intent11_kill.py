@@ -147,7 +147,7 @@ async def main():
     ob = Outbox({str(outbox)!r})
     mw = AuditMiddleware(app, AuditConfig(tenant="acme", sp_id="sp"), ob)
     mw.start()
-    def done(iid):
+    def done(iid, **kw):
         os.kill(os.getpid(), signal.SIGKILL)  # the events are committed; "done" never written
     mw._journal.done = done
     msgs = [{{"type": "http.request", "body": b"", "more_body": False}}]

@@ -228,11 +228,11 @@ def test_a_kill_mid_switch_keeps_every_intent_in_flight_once(
 
     def map_empty(self: IntentJournal, k: int, size: int) -> None:
         real_map_empty(self, k, size)
-        if self._cur == k or not self._open:
+        if self._cur == k or not self._kept:
             return  # the first file, or a switch with nothing in flight
         m = self._maps[k]
         assert m is not None
-        kept = b"".join(self._open.values())
+        kept = b"".join(self._kept.values())  # what the switch copies
         if stop == "half-copied":
             m[: len(kept) // 2] = kept[: len(kept) // 2]
         elif stop == "copied":
