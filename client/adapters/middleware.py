@@ -218,6 +218,13 @@ class AuditMiddleware:
         journal = self._journal
         return journal is not None and journal.busy_for() > INTENT_WAIT
 
+    def journal_state(self) -> dict[str, Any]:
+        """The intent journal's stall state (non-blocking, reads nothing on disk)."""
+        return {
+            "intent_journal_stalled": self.intent_journal_stalled(),
+            "intent_stalls": self.stats["intent_stalls"],
+        }
+
     def writes_taken(self) -> bool:
         """Whether a write would be taken now (blocking: call it from a worker thread). Not
         while fail-closed refuses writes before the SP ("not applied"): the outbox failed

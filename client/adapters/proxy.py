@@ -209,6 +209,32 @@ def _json(status: int, doc: Any) -> tuple[int, bytes, bytes]:
     return status, b"application/json", json.dumps(doc).encode()
 
 
+def _journal_metrics(b: dict[str, Any]) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+    yield GaugeMetricFamily(
+        "tlog_proxy_intent_journal_stalled",
+        "1 while the write-ahead intent journal's writer has been held by its file system "
+        "longer than a write waits for its intent (writes refused, not applied)",
+        value=1 if b.get("intent_journal_stalled") else 0,
+    )
+    yield CounterMetricFamily(
+        "tlog_proxy_intent_stalls",
+        "writes refused (503, not forwarded) because their write-ahead intent was not "
+        "written within the bound (a stalled disk)",
+        value=b.get("intent_stalls") or 0,
+    )
+
+
+class _StallCollector(Collector):
+    """While the journal's disk stalls (the outbox on it may not answer a read): the
+    intent journal's metrics only, read without touching the disk."""
+
+    def __init__(self, journal: Callable[[], dict[str, Any]]) -> None:
+        self.journal = journal
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        yield from _journal_metrics(self.journal())
+
+
 class _ProxyCollector(Collector):
     """The proxy's audit backlog, read from the outbox when scraped."""
 
@@ -244,18 +270,7 @@ class _ProxyCollector(Collector):
             "disk) and the log takes no events directly either",
             value=0 if b.get("writes_taken") is False else 1,
         )
-        yield GaugeMetricFamily(
-            "tlog_proxy_intent_journal_stalled",
-            "1 while the write-ahead intent journal's writer has been held by its file system "
-            "longer than a write waits for its intent (writes refused, not applied)",
-            value=1 if b.get("intent_journal_stalled") else 0,
-        )
-        yield CounterMetricFamily(
-            "tlog_proxy_intent_stalls",
-            "writes refused (503, not forwarded) because their write-ahead intent was not "
-            "written within the bound (a stalled disk)",
-            value=b.get("intent_stalls") or 0,
-        )
+        yield from _journal_metrics(b)
         healthy = b.get("relay_healthy")
         yield GaugeMetricFamily(
             "tlog_proxy_relay_healthy",
@@ -290,7 +305,7 @@ class _ProxyCollector(Collector):
 def _ops_endpoints(
     backlog: Callable[[], dict[str, Any]],
     s: ProxySettings,
-    stalled: Callable[[], bool] = lambda: False,
+    journal: Callable[[], dict[str, Any]] = dict,
 ) -> dict[str, _Endpoint]:
     """``/.tlog/status``, ``healthz``, ``readyz`` and ``metrics``. Ready while the outbox
     takes events (below ``outbox_max_bytes``, and writes not refused after a failed add:
@@ -298,6 +313,12 @@ def _ops_endpoints(
     log's receipt (``receipt_timeout`` > 0). Reading the outbox runs in a worker thread."""
     registry = CollectorRegistry(auto_describe=False)  # no collect() before the app exists
     registry.register(_ProxyCollector(backlog))
+    # a stalled disk: the outbox on it may not answer, these do (stall28)
+    stall_registry = CollectorRegistry(auto_describe=False)
+    stall_registry.register(_StallCollector(journal))
+
+    def stalled() -> bool:
+        return bool(journal().get("intent_journal_stalled"))
 
     async def off_loop(fn: Callable[[], Any]) -> Any:
         return await asyncio.get_running_loop().run_in_executor(None, fn)
@@ -316,6 +337,9 @@ def _ops_endpoints(
         return _json(200, {"status": "ok"})
 
     async def readyz() -> tuple[int, bytes, bytes]:
+        if stalled():  # said at once: the outbox's disk may not answer a read now
+            doc = {"status": "not ready", "checks": {"intent_journal": {"ok": False}}}
+            return _json(503, doc)
         try:
             b = await off_loop(backlog)
         except OutboxError as exc:
@@ -343,7 +367,8 @@ def _ops_endpoints(
 
     async def metrics() -> tuple[int, bytes, bytes]:
         try:
-            body = await off_loop(lambda: generate_latest(registry))
+            scraped = stall_registry if stalled() else registry
+            body = await off_loop(lambda: generate_latest(scraped))
         except OutboxError as exc:
             return _json(503, {"error": str(exc)})
         return 200, CONTENT_TYPE_LATEST.encode(), body
@@ -422,7 +447,7 @@ def build_proxy(
     holder: list[AuditMiddleware] = []
     inner = _ProxyApp(
         forwarder,
-        _ops_endpoints(lambda: holder[0].backlog(), s, lambda: holder[0].intent_journal_stalled()),
+        _ops_endpoints(lambda: holder[0].backlog(), s, lambda: holder[0].journal_state()),
     )
     base = forwarder.base_path if s.base_path is None else s.base_path.rstrip("/")
     # Group members are pseudonymised under their own keys at the log, so shredding a user

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -444,6 +445,19 @@ def frozen_ext4(tmp_path: Path) -> Iterator[Path]:
     finally:
         run_tool("fsfreeze", "-u", str(mnt))
         run_tool("umount", "-l", str(mnt))
+
+
+def outbox_events(outbox: Path) -> dict[str, list[dict[str, Any]]]:
+    """The events of an outbox (its SQLite file), by request id."""
+    conn = sqlite3.connect(outbox)
+    try:
+        rows = conn.execute("SELECT req, body FROM events").fetchall()
+    finally:
+        conn.close()
+    out: dict[str, list[dict[str, Any]]] = {}
+    for req, body in rows:
+        out.setdefault(req, []).append(json.loads(body))
+    return out
 
 
 def run_tool(*cmd: str) -> subprocess.CompletedProcess[str]:

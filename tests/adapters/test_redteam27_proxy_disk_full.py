@@ -19,12 +19,9 @@ probe again (asked by the readiness check itself, so no write is needed to get t
 
 from __future__ import annotations
 
-import json
-import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -33,6 +30,7 @@ from tests.support import start_proxy, stop_processes
 
 from .helpers import (
     fill_disk,
+    outbox_events,
     standin_sp,  # noqa: F401  (the SP stand-in fixture, "sp")
     tmpfs,
 )
@@ -43,18 +41,6 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     yield from tmpfs(tmp_path, "disk", lazy=True)
-
-
-def _events(outbox: Path) -> dict[str, list[dict[str, Any]]]:
-    conn = sqlite3.connect(outbox)
-    try:
-        rows = conn.execute("SELECT req, body FROM events").fetchall()
-    finally:
-        conn.close()
-    out: dict[str, list[dict[str, Any]]] = {}
-    for req, body in rows:
-        out.setdefault(req, []).append(json.loads(body))
-    return out
 
 
 @pytest.mark.parametrize("durable", [False, True], ids=["intents", "durable-intents"])
@@ -102,9 +88,9 @@ def test_a_write_forwarded_as_the_disk_filled_is_recorded_once_space_is_back(
         # the first write after the disk filled reached the SP: recorded while the proxy runs
         assert "r3" in applied
         deadline = time.monotonic() + 30
-        while "r3" not in _events(outbox) and time.monotonic() < deadline:
+        while "r3" not in outbox_events(outbox) and time.monotonic() < deadline:
             time.sleep(0.2)
-        events = _events(outbox)
+        events = outbox_events(outbox)
         assert "r3" in events, (answers, sorted(events))
         (ev,) = events["r3"]
         assert ev["outcome"] == "warning" and ev["err"]["code"] == "unknown", ev
@@ -118,7 +104,7 @@ def test_a_write_forwarded_as_the_disk_filled_is_recorded_once_space_is_back(
         delete(8, base)
     finally:
         stop_processes([proc])
-    events = _events(outbox)
+    events = outbox_events(outbox)
     applied = {p.rsplit("/", 1)[-1].replace("u", "r") for _, p in seen}
     for req, (status, text) in answers.items():
         if status == 204:
