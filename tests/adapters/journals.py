@@ -21,7 +21,10 @@ CFG = AuditConfig(tenant="acme", sp_id="sp1")
 def die(j: IntentJournal) -> None:
     """The journal's process as a kill leaves it: nothing more written, its files stay,
     its lock goes."""
-    j._closed = True
+    with j._mutex:
+        j._closed = True
+        j._wake.notify_all()
+    j._writer.join()  # (its thread, which a kill ends too)
     j._close_files()
     os.close(j._lock_fd)
 
