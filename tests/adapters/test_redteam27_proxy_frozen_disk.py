@@ -45,16 +45,8 @@ def test_redteam27_a_frozen_outbox_disk_does_not_freeze_the_proxy(
     upstream, seen = sp
     outbox = ext4 / "outbox.sqlite"
     extra = ("--durable-intents",) if durable else ()
-    proc, base = start_proxy(
-        tmp_path,
-        upstream,
-        "http://127.0.0.1:9",
-        "t0k",
-        "acme",
-        "--log-key-tofu",
-        *extra,
-        outbox=outbox,
-    )
+    log, flags = "http://127.0.0.1:9", ("--log-key-tofu", *extra)  # the log down
+    proc, base = start_proxy(tmp_path, upstream, log, "t0k", "acme", *flags, outbox=outbox)
     ops = base.rsplit("/v2", 1)[0] + "/.tlog"
 
     def delete(i: int) -> httpx.Response:
@@ -97,14 +89,5 @@ def test_redteam27_a_frozen_outbox_disk_does_not_freeze_the_proxy(
         events = outbox_events(outbox)
         assert {r: len(v) for r, v in events.items()} == dict.fromkeys(applied, 1), (run, events)
         if run == 0:
-            proc, base = start_proxy(
-                tmp_path,
-                upstream,
-                "http://127.0.0.1:9",
-                "t0k",
-                "acme",
-                "--log-key-tofu",
-                *extra,
-                outbox=outbox,
-            )
+            proc, _ = start_proxy(tmp_path, upstream, log, "t0k", "acme", *flags, outbox=outbox)
             stop_processes([proc])
