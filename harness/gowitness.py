@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import shutil
+import socket
 import sqlite3
 import subprocess
 import tempfile
@@ -134,7 +135,9 @@ class Litewitness(GoWitness):
         self._sockdir = Path(tempfile.mkdtemp(prefix="lw", dir="/tmp"))
         sock = self._sockdir / "s"
         self.agent = Proc([agent_bin, "-D", "-a", str(sock)], d / "ssh-agent.log")
-        wait_for(sock.exists, 10, lambda: f"ssh-agent's socket: {self.agent.output()}")
+        # the socket's file exists from its bind(), before the agent listens: an ssh-add
+        # then was refused (exit 2, a CI run under load), so wait until it takes a connection
+        wait_for(lambda: _accepts(sock), 10, lambda: f"ssh-agent's socket: {self.agent.output()}")
         subprocess.run(
             [add_bin, str(key)],
             env={"SSH_AUTH_SOCK": str(sock), "PATH": "/usr/bin:/bin"},
@@ -169,3 +172,13 @@ class Litewitness(GoWitness):
         super().stop()
         self.agent.stop()
         shutil.rmtree(self._sockdir, ignore_errors=True)
+
+
+def _accepts(sock: Path) -> bool:
+    """Whether the Unix socket at ``sock`` takes a connection now."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        try:
+            s.connect(str(sock))
+        except OSError:
+            return False
+    return True
