@@ -300,12 +300,14 @@ PROBE_PREFIX = "tlog-probe/"
 PROBE_KEPT_KEY = PROBE_PREFIX + "kept"
 _PROBE_READ_LIMIT = 64
 # Another frontend's probe may write the kept object between a read and the write on its
-# ETag: tried again after a random pause that grows (0-10 ms, then up to 0.25 s each), so
+# ETag: tried again after a random pause that grows (0-10 ms, then up to 0.5 s each), so
 # frontends starting together do not keep meeting. Five tries without pauses lost all five to
-# seven racing probes on a loaded machine (the CI of stop 35).
-_PROBE_WRITE_TRIES = 12
+# seven racing probes on a loaded machine (the CI of stop 35); twelve of up to 0.25 s lost
+# to sixteen frontends probing at once, each writing the object twice since stop 36 (a CI
+# run of stop 37). At most ~12 s of pauses in all, at a start only.
+_PROBE_WRITE_TRIES = 30
 _PROBE_PAUSE_BASE = 0.01
-_PROBE_PAUSE_MAX = 0.25
+_PROBE_PAUSE_MAX = 0.5
 _WRONG_ETAG = '"00000000000000000000000000000000"'
 
 
