@@ -350,6 +350,54 @@ def test_sorted_json_equals_json_dumps(value: object) -> None:
     assert outcome(_dumps_sorted) == outcome(lambda v: json.dumps(v, sort_keys=True))
 
 
+def test_sorted_json_refuses_as_json_dumps_and_a_refusal_leaves_nothing_behind() -> None:
+    """``_dumps_sorted`` reuses one C encoder across calls: a cycle is the json module's
+    ValueError (not a RecursionError of the memo-less encoder), an unencodable value its
+    TypeError, and neither changes what a later call of the same objects writes."""
+    from tlog.scim.effects import _dumps_sorted
+
+    inner: dict[str, Any] = {"b": [1, None], "a": "x"}
+    cyclic: list[Any] = [inner]
+    cyclic.append(cyclic)
+    with pytest.raises(ValueError, match="Circular reference detected"):
+        json.dumps(cyclic, sort_keys=True)
+    with pytest.raises(ValueError, match="Circular reference detected"):
+        _dumps_sorted(cyclic)
+    with pytest.raises(TypeError):
+        _dumps_sorted([inner, {"k": object()}])
+    cyclic.pop()
+    for value in (cyclic, inner, [inner, inner], {"z": inner, "y": [inner]}):
+        assert _dumps_sorted(value) == json.dumps(value, sort_keys=True)
+
+
+@pytest.mark.parametrize("part", [b"\x01\x02", bytearray(b"\x03"), memoryview(b"\x04\x05"), b""])
+def test_key_functions_are_prefix_tag_and_parts(part: bytes) -> None:
+    """The key functions of the staging write their tag's prefix and parts by concatenation:
+    the same bytes as ``_k`` joins, and the same TypeError for a part that is not bytes."""
+    h = bytes(range(16))
+    want = {
+        store.tenant_key: (b"T", (part,)),
+        store.subject_key: (b"S", (part, h)),
+        store.dek_prefix: (b"D", (part,)),
+        store.envelope_key: (b"E", (part,)),
+        store.subject_events_prefix: (b"L", (part,)),
+        store.subject_event_key: (b"L", (part, h)),
+        store.tenant_events_prefix: (b"A", (part,)),
+        store.index_prefix: (b"X", (part, h)),
+        store.state_key: (b"F", (part,)),
+        store.request_key: (b"R", (part,)),
+    }
+    for fn, (tag, parts) in want.items():
+        got = fn(*parts)
+        assert type(got) is bytes and got == store._k(tag, *parts), fn.__name__
+        with pytest.raises(TypeError):
+            fn(*(["text"] + list(parts[1:])))
+    assert store.dek_key(part, 7) == store._k(b"D", part, (7).to_bytes(4, "big"))
+    assert store.eid_key(part, "{12345678-1234-7234-8234-123456789abc}") == store._k(
+        b"V", part, uuid.UUID("12345678-1234-7234-8234-123456789abc").bytes
+    )
+
+
 # --- the classifier's per-path decision, worked out once per (prefix, path) -----------------
 
 _PATH_PARTS = st.sampled_from(

@@ -38,7 +38,7 @@ import functools
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import cbor2
@@ -79,6 +79,26 @@ _URN_GROUP = "urn:ietf:params:scim:schemas:core:2.0:group:"
 # built once; :func:`_dumps_sorted` writes the common shapes without it.
 _SORTED_JSON = json.JSONEncoder(sort_keys=True)
 _encode_str = json.encoder.encode_basestring_ascii  # what json.dumps uses for text (C)
+# Its C encoder, made once: ``JSONEncoder.encode`` makes one for every call (about half of
+# the cost of encoding an event's ``emails``). Made without the circular-reference memo
+# (a shared one could keep a failed call's entries); ``_dumps_sorted`` hands anything that
+# raises to ``_SORTED_JSON`` itself, which then raises what it always raised.
+_make_c_encoder: Any = getattr(json.encoder, "c_make_encoder", None)  # untyped in typeshed
+_C_SORTED: Callable[[object, int], list[str]] | None = (
+    None
+    if _make_c_encoder is None
+    else _make_c_encoder(
+        None,
+        _SORTED_JSON.default,
+        _encode_str,
+        None,
+        _SORTED_JSON.key_separator,
+        _SORTED_JSON.item_separator,
+        True,
+        _SORTED_JSON.skipkeys,
+        _SORTED_JSON.allow_nan,
+    )
+)
 _JSON_DEPTH = 32
 
 
@@ -120,7 +140,12 @@ def _dumps_sorted(v: object) -> str:
     t = type(v)
     if t is list or t is dict:
         # json.dumps(v, sort_keys=True) itself: its C encoder beats the Python walk here
-        return _SORTED_JSON.encode(v)
+        if _C_SORTED is None:
+            return _SORTED_JSON.encode(v)
+        try:
+            return "".join(_C_SORTED(v, 0))
+        except Exception:  # a cycle, an unencodable value: the json module decides
+            return _SORTED_JSON.encode(v)
     try:
         return _plain_json(v, _JSON_DEPTH)
     except _NotPlain:

@@ -59,6 +59,14 @@ def _k(tag: bytes, *parts: bytes) -> bytes:
     return PREFIX + tag + b"".join(parts)
 
 
+# Each tag's prefix, for the keys a staging makes per event: one concatenation instead of a
+# call of _k with its tuple and join (the same bytes; a part that is not bytes-like is a
+# TypeError either way).
+_T_, _S_, _D_, _V_, _E_, _L_, _A_, _X_, _F_, _R_ = (
+    PREFIX + t for t in (b"T", b"S", b"D", b"V", b"E", b"L", b"A", b"X", b"F", b"R")
+)
+
+
 def check_key() -> bytes:
     return _k(b"K", b"check")
 
@@ -68,19 +76,19 @@ def tn_key_key() -> bytes:
 
 
 def tenant_key(tn: bytes) -> bytes:
-    return _k(b"T", tn)
+    return _T_ + tn
 
 
 def subject_key(tn: bytes, h: bytes) -> bytes:
-    return _k(b"S", tn, h)
+    return _S_ + tn + h
 
 
 def dek_prefix(kid: bytes) -> bytes:
-    return _k(b"D", kid)
+    return _D_ + kid
 
 
 def dek_key(kid: bytes, epoch: int) -> bytes:
-    return _k(b"D", kid, _U32.pack(epoch))
+    return _D_ + kid + _U32.pack(epoch)
 
 
 def eid_key(tn: bytes, eid: str) -> bytes:
@@ -94,28 +102,28 @@ def eid_key(tn: bytes, eid: str) -> bytes:
             raw = b""
         if len(raw) == 16:
             return PREFIX + b"V" + tn + raw
-    return _k(b"V", tn, uuid.UUID(eid).bytes)
+    return _V_ + tn + uuid.UUID(eid).bytes
 
 
 def envelope_key(leaf_hash: bytes) -> bytes:
-    return _k(b"E", leaf_hash)
+    return _E_ + leaf_hash
 
 
 def subject_events_prefix(kid: bytes) -> bytes:
-    return _k(b"L", kid)
+    return _L_ + kid
 
 
 def subject_event_key(kid: bytes, leaf_hash: bytes) -> bytes:
-    return _k(b"L", kid, leaf_hash)
+    return _L_ + kid + leaf_hash
 
 
 def tenant_events_prefix(tn: bytes) -> bytes:
-    return _k(b"A", tn)
+    return _A_ + tn
 
 
 def index_prefix(tn: bytes, cond: bytes) -> bytes:
     """``cond`` is field(1) ‖ h(16)."""
-    return _k(b"X", tn, cond)
+    return _X_ + tn + cond
 
 
 def ts_tail(ts: int, leaf_hash: bytes) -> bytes:
@@ -134,11 +142,11 @@ def ts_bytes(ts: int) -> bytes:
 
 def state_key(kid: bytes) -> bytes:
     """The subject's security-relevant state, AES-GCM under its DEK (tlog.scim.effects)."""
-    return _k(b"F", kid)
+    return _F_ + kid
 
 
 def request_key(req_id: bytes) -> bytes:
-    return _k(b"R", req_id)
+    return _R_ + req_id
 
 
 # --- records ------------------------------------------------------------------------------
