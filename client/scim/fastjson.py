@@ -231,6 +231,9 @@ def _sorted_json(v: Any) -> Any:
 
 
 _EXTENSION = _ev.ExtensionSpec()
+# A JSON string of printable ASCII with no quote or backslash inside: JSON text for the
+# reference (strict_json) as for msgspec.
+_PLAIN_STRING = re.compile(r'"[ !#-\[\]-~]*"').fullmatch
 _any_decoder = msgspec.json.Decoder()
 
 
@@ -239,7 +242,11 @@ def _json_text(v: str) -> None:
     floats allowed). msgspec parses short, shallow texts (it is no more lenient there:
     NaN, out-of-range numbers, lone surrogates and bad syntax fail in both), the colon
     count rules out repeated keys (only a text with an object can repeat one); anything
-    else goes to ``strict_json`` itself."""
+    else goes to ``strict_json`` itself. A string of printable ASCII without escapes (most
+    ``new`` texts of a create: a userName, a displayName) is JSON text as it stands: one
+    regex match instead of the decode (~2.2 k instructions instead of ~4 k)."""
+    if _PLAIN_STRING(v) is not None:
+        return
     if len(v) > 1024 or "\\u" in v:
         strict_json(v, floats=True)
         return

@@ -23,6 +23,7 @@ from client.scim import fastjson
 from client.scim.cbor import EventFormatError
 from client.scim.event import adopt_json_text, check_rules, event_to_json
 from client.scim.fastjson import decode_batch, decode_event_json
+from client.scim.jsonstrict import strict_json
 from tests.scim.helpers import events, failed_event, full_event, minimal_event
 
 # A JSON value as a tree whose objects are lists of pairs, so that keys can repeat.
@@ -335,6 +336,19 @@ def test_json_text_shortcut_still_refuses_repeated_keys() -> None:
             fastjson._json_text(bad)
     for good in ('"a:b"', "[1,2]", '["x:y",true]', '{"a":"b:c"}', "null"):
         fastjson._json_text(good)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=0x80), max_size=12))
+def test_plain_json_string_shortcut_accepts_what_the_reference_accepts(inner: str) -> None:
+    """The shortcut of ``_json_text`` (a quoted run of printable ASCII without a quote or a
+    backslash) takes only texts the reference reads as JSON; the rest go the long way."""
+    text = f'"{inner}"'
+    if fastjson._PLAIN_STRING(text) is not None:
+        assert strict_json(text, floats=True) == inner
+        fastjson._json_text(text)
+    else:
+        assert any(c in inner for c in '"\\') or not all(" " <= c <= "~" for c in inner)
 
 
 _B64_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
