@@ -36,7 +36,7 @@ from tlog.scim.effects import (
     encode_state,
     parse_json_text,
 )
-from tlog.scim.keys import RandomPool, SubjectId, TenantKeys
+from tlog.scim.keys import RandomPool, SubjectId, TenantKeys, subject_encoding
 from tlog.scim.service import ScimService
 
 # --- JSON text: msgspec first, json.loads for whatever msgspec refuses ----------------------
@@ -209,6 +209,27 @@ def test_subject_encoding_equals_dumps_det() -> None:
         assert s.encode() == dumps_det([s.rt, s.kind, s.value])
     with pytest.raises(EventFormatError):
         SubjectId("User", "userName", "\ud800").encode()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    rt=st.text(max_size=30),
+    kind=st.sampled_from(["rid", "xid", "userName", "sys", "none", "k" * 23, "k" * 24]),
+    value=st.text(max_size=30) | st.text(alphabet="aé✓\U0001f600", min_size=5, max_size=9),
+)
+def test_subject_encoding_equals_dumps_det_at_every_length(rt: str, kind: str, value: str) -> None:
+    """The direct encoding of three short texts (each under 24 bytes) and cbor2's for longer
+    ones give dumps_det's bytes, around the 23/24-byte boundary and in multi-byte UTF-8;
+    a lone surrogate is refused as dumps_det refuses it."""
+    try:
+        want: bytes | type[Exception] = dumps_det([rt, kind, value])
+    except EventFormatError:
+        want = EventFormatError
+    try:
+        got: bytes | type[Exception] = subject_encoding(rt, kind, value)
+    except EventFormatError:
+        got = EventFormatError
+    assert got == want
 
 
 @settings(max_examples=200, deadline=None)

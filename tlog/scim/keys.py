@@ -706,9 +706,23 @@ class SubjectId:
         return subject_encoding(self.rt, self.kind, self.value)
 
 
+# The CBOR heads of text strings of 0-23 bytes (major type 3, length in the head's byte).
+_SHORT_TEXT = [bytes((0x60 | n,)) for n in range(24)]
+
+
 def subject_encoding(rt: str, kind: str, value: str) -> bytes:
-    """det_cbor([rt, kind, value]): what a subject's hash is computed over."""
+    """det_cbor([rt, kind, value]): what a subject's hash is computed over. Three texts of
+    fewer than 24 bytes each (a resource type, a kind, most ids) are written directly, an
+    array head and three heads of one byte each (~5.6 k instructions against cbor2's ~9 k:
+    its call and its check of the list against ``Mapping``); anything else by cbor2."""
     if type(rt) is str and type(kind) is str and type(value) is str:
+        try:
+            a, k, v = rt.encode(), kind.encode(), value.encode()
+        except UnicodeEncodeError:
+            return dumps_det([rt, kind, value])  # names the lone surrogate
+        if len(a) < 24 and len(k) < 24 and len(v) < 24:
+            heads = _SHORT_TEXT
+            return b"\x83" + heads[len(a)] + a + heads[len(k)] + k + heads[len(v)] + v
         try:
             # An array of three text strings: cbor2's plain encoding is the deterministic
             # one (it refuses lone surrogates; dumps_det then names the error).
