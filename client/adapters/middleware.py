@@ -840,9 +840,9 @@ class AuditMiddleware:
             return None
         return f"{self._journal.id}:{iid}"
 
-    def _done(self, iid: int | None) -> None:
+    def _done(self, iid: int | None, *, recorded: bool = False) -> None:
         if iid is not None and self._journal is not None:
-            self._journal.done(iid, wait=False)
+            self._journal.done(iid, wait=False, recorded=recorded)
 
     async def _record(
         self, x: Exchange, iid: int | None = None
@@ -870,7 +870,7 @@ class AuditMiddleware:
                 self._failed_size = sum(len(r.body) for r in records)
                 _log.error("audit outbox write failed for request %s: %s", x.req_id, exc)
                 return await self._direct(records, iid)
-            self._done(iid)
+            self._done(iid, recorded=True)  # (its events in the outbox under its key)
             self._outbox_ok = True
             self._direct_ok = False
             self.stats["events"] += len(records)

@@ -19,6 +19,7 @@ two processes sharing a file stay correct (the log deduplicates) but both relays
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import ctypes
 import errno
@@ -1348,6 +1349,8 @@ class IntentJournal:
         self._closed = False
         # The lines queued for the writer: (number, intent, line, begun).
         self._queue: list[tuple[int, int, bytes, bool]] = []
+        # A line queued that the writer must write at once (every line but a recorded done).
+        self._prompt = False
         # Lines up to ``_written`` are in the file (page cache), up to ``_synced`` on disk
         # (durable mode; ``_written`` otherwise); what waits for them (:meth:`synced`,
         # :meth:`begin`), each with whether it waits for the flush.
@@ -1358,6 +1361,9 @@ class IntentJournal:
         self._wake = threading.Condition(self._mutex)
         self._busy_since: float | None = None  # monotonic start of the writer's current I/O
         self.flushes = 0  # flushes made (durable mode): fewer than the intents when shared
+        # The bounds of the waits of :meth:`synced` (one timer, not one a write), on the
+        # event loop that waits last.
+        self._watchdog: _Watchdog | None = None
         self._writer = threading.Thread(
             target=self._write_loop, name="intent-journal-writer", daemon=True
         )
@@ -1385,21 +1391,31 @@ class IntentJournal:
             line = _checked(_JSON_LINE(doc))
             self._queue.append((iid, iid, line, True))
             self._open[iid] = line
+            self._prompt = True
             self._wake.notify()
         if wait:
             self._wait_written(iid)
         return iid
 
-    def done(self, iid: int, *, wait: bool = True) -> None:
+    def done(self, iid: int, *, wait: bool = True, recorded: bool = False) -> None:
         """The intent's events are recorded (or there are none): it yields nothing later.
         Its line is queued for the writer; ``wait``: this returns once it was written (or
-        failed: logged, the intent stays, a restart says "unknown" for it)."""
+        failed: logged, the intent stays, a restart says "unknown" for it).
+
+        ``recorded`` (without ``wait``): the intent's events are in the outbox under its key
+        (:meth:`Outbox.add_async`), so a kill before this line is written leaves nothing to
+        recover (recovery finds the key, :meth:`Outbox.answered`): the line does not wake
+        the writer on its own but goes with the next round, the next intent's (under load,
+        one round a write rather than two), or at most ``_LAZY_WAIT`` seconds later."""
         with self._mutex:
             if self._closed or self._open.pop(iid, None) is None:
                 return
             self._n += 1
             n = self._n
             self._queue.append((n, iid, _done_line(iid), False))
+            if recorded and not wait:
+                return
+            self._prompt = True
             self._wake.notify()
         if wait:
             with contextlib.suppress(OSError):
@@ -1457,14 +1473,12 @@ class IntentJournal:
                 self._waiters = [w for w in self._waiters if not w[1].done()]
             self._waiters.append((iid, fut, self.durable))
             self._wake.notify()
-        if timeout is None:
-            await fut
-            return
-        timer = loop.call_later(timeout, _expire, fut, timeout)
-        try:
-            await fut
-        finally:
-            timer.cancel()
+        if timeout is not None:
+            watch = self._watchdog
+            if watch is None or watch.loop is not loop:
+                watch = self._watchdog = _Watchdog(loop)
+            watch.add(fut, timeout)
+        await fut
 
     def _write_loop(self) -> None:
         """The journal's writer thread: it writes every line queued since its last round
@@ -1477,13 +1491,17 @@ class IntentJournal:
         loop. At close, what is queued is written first."""
         while True:
             with self._mutex:
-                while not self._closed and not self._queue and not self._to_flush():
-                    self._wake.wait()
+                while not self._closed and not self._prompt and not self._to_flush():
+                    # An intent written and not done may be done without a notify (a
+                    # recorded done): then wait only a while, and write what came.
+                    if not self._wake.wait(_LAZY_WAIT if self._kept else None) and self._queue:
+                        break
                 if self._closed and not self._queue:
                     _settle_waiters(self._waiters, OSError("the intent journal is closed"))
                     self._waiters = []
                     return
                 batch, self._queue = self._queue, []
+                self._prompt = False
                 self._busy_since = time.monotonic()
             failed: BaseException | None = None
             top = batch[-1][0] if batch else self._written
@@ -1671,6 +1689,59 @@ def _expire(fut: asyncio.Future[None], timeout: float) -> None:
         fut.set_exception(
             IntentStalled(f"not written within {timeout:g} s (the journal's disk stalls)")
         )
+
+
+# Seconds at most a recorded intent's done line waits for a round of the journal's writer
+# (:meth:`IntentJournal.done`) when no other line wakes it.
+_LAZY_WAIT = 0.05
+
+
+class _Watchdog:
+    """The time bounds of :meth:`IntentJournal.synced`'s waits on one event loop, with one
+    timer for them all rather than one a write (``call_later`` and its cancel, per write,
+    were a measurable part of the journal's cost: proxy29). The waits are kept in the order
+    they began; the timer is armed for the earliest deadline among them and, when it fires,
+    fails every wait past its deadline (:class:`IntentStalled`), forgets the ones settled
+    (or cancelled) meanwhile and is armed again for the earliest left, if any. A wait thus
+    fails at its deadline as a timer of its own would fail it (the loop's clock, the same
+    ``call_at``); only the bookkeeping is shared."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._waits: collections.deque[tuple[float, asyncio.Future[None], float]] = (
+            collections.deque()
+        )
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, fut: asyncio.Future[None], timeout: float) -> None:
+        waits = self._waits
+        while waits and waits[0][1].done():  # settled in the order begun, mostly
+            waits.popleft()
+        deadline = self.loop.time() + timeout
+        waits.append((deadline, fut, timeout))
+        timer = self._timer
+        if timer is None or deadline < timer.when():  # (a shorter bound than those before)
+            if timer is not None:
+                timer.cancel()
+            self._timer = self.loop.call_at(deadline, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        # (the loop runs a timer up to its clock's resolution early: a wait due within a
+        # millisecond fails now rather than arming the timer again for it)
+        now = self.loop.time() + 1e-3
+        left: collections.deque[tuple[float, asyncio.Future[None], float]] = collections.deque()
+        for w in self._waits:
+            deadline, fut, timeout = w
+            if fut.done():
+                continue
+            if deadline <= now:
+                _expire(fut, timeout)
+            else:
+                left.append(w)
+        self._waits = left
+        if left:
+            self._timer = self.loop.call_at(min(w[0] for w in left), self._fire)
 
 
 def _copy_into(m: mmap.mmap, at: int, data: bytes) -> None:
