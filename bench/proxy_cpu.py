@@ -32,8 +32,10 @@ from pathlib import Path
 from bench.scim_proxy import (
     durable_env,
     named_split,
+    named_switches,
     thread_cpu,
     thread_names,
+    thread_switches,
     tlog_token,
     wrk,
 )
@@ -217,8 +219,10 @@ def main() -> None:
         ids = [uuid.uuid4().hex for _ in range(300)]
         wrk(base, ids, 2, args.connections)  # warm-up
         before = thread_cpu(proxy_p.pid)
+        switches_before = thread_switches(proxy_p.pid)
         res = wrk(base, ids, args.duration, args.connections)
         after = thread_cpu(proxy_p.pid)
+        switches_after = thread_switches(proxy_p.pid)
         names = thread_names(proxy_p.pid)
     finally:
         stop_processes(procs, 15)
@@ -244,6 +248,10 @@ def main() -> None:
     )
     if names:
         print("  other threads by name, user + sys: " + named_split(before, after, names, n))
+    print(
+        "  context switches a write by thread, voluntary + involuntary: "
+        + named_switches(switches_before, switches_after, names, n)
+    )
 
 
 if __name__ == "__main__":
