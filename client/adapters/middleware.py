@@ -216,7 +216,7 @@ class AuditMiddleware:
         """Whether the intent journal's writer has been held (a stalled disk) longer than a
         write waits for its intent: writes are refused, not applied (cheap, non-blocking)."""
         journal = self._journal
-        return journal is not None and journal.busy_for() > INTENT_WAIT
+        return journal is not None and journal.stalled(INTENT_WAIT)
 
     def journal_state(self) -> dict[str, Any]:
         """The intent journal's stall state (non-blocking, reads nothing on disk)."""

@@ -1351,6 +1351,8 @@ class IntentJournal:
         self._queue: list[tuple[int, int, bytes, bool]] = []
         # A line queued that the writer must write at once (every line but a recorded done).
         self._prompt = False
+        # The event loop whose iteration ends with a wake-up of the writer (:meth:`_signal`).
+        self._kick_loop: asyncio.AbstractEventLoop | None = None
         # Lines up to ``_written`` are in the file (page cache), up to ``_synced`` on disk
         # (durable mode; ``_written`` otherwise); what waits for them (:meth:`synced`,
         # :meth:`begin`), each with whether it waits for the flush.
@@ -1360,6 +1362,8 @@ class IntentJournal:
         self._waiters: list[tuple[int, _Waiter, bool]] = []
         self._wake = threading.Condition(self._mutex)
         self._busy_since: float | None = None  # monotonic start of the writer's current I/O
+        # The _busy_since of the I/O during which a wait of synced failed (:meth:`stalled`).
+        self._stall_seen: float | None = None
         self.flushes = 0  # flushes made (durable mode): fewer than the intents when shared
         # The bounds of the waits of :meth:`synced` (one timer, not one a write), on the
         # event loop that waits last.
@@ -1392,7 +1396,7 @@ class IntentJournal:
             self._queue.append((iid, iid, line, True))
             self._open[iid] = line
             self._prompt = True
-            self._wake.notify()
+            self._signal(wait)
         if wait:
             self._wait_written(iid)
         return iid
@@ -1416,10 +1420,33 @@ class IntentJournal:
             if recorded and not wait:
                 return
             self._prompt = True
-            self._wake.notify()
+            self._signal(wait)
         if wait:
             with contextlib.suppress(OSError):
                 self._wait_written(n)
+
+    def _signal(self, wait: bool) -> None:
+        """Under the mutex, a line queued: wake the writer. From an event loop (``wait``
+        false), once at the end of the loop's iteration for every line queued in it (one
+        wake-up and one round of the writer for the writes of an iteration, not one each);
+        otherwise at once. A wake-up lost with its loop (closed first) costs at most
+        ``_LAZY_WAIT``: the writer waits no longer while lines are queued."""
+        if not wait:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                pass
+            else:
+                if self._kick_loop is not loop:
+                    self._kick_loop = loop
+                    loop.call_soon(self._kick)
+                return
+        self._wake.notify()
+
+    def _kick(self) -> None:
+        with self._mutex:
+            self._kick_loop = None
+            self._wake.notify()
 
     def _wait_written(self, n: int) -> None:
         """Block until line ``n`` is written (OSError: it could not be)."""
@@ -1434,11 +1461,15 @@ class IntentJournal:
         """Whether intent ``iid``'s line is in the file (the page cache) already."""
         return iid <= self._written
 
-    def busy_for(self) -> float:
-        """Seconds the writer thread has been in its current write or flush (0 when idle):
-        a stalled file system keeps it there (:meth:`synced` times out)."""
+    def stalled(self, bound: float) -> bool:
+        """Whether the writer's current write or flush is held (a stalled file system):
+        for more than ``bound`` seconds, or long enough that a wait of :meth:`synced` for it
+        failed (:class:`IntentStalled`: a write was refused for it, and a health check made
+        after that answer says so, whichever began first, the write's wait or the I/O)."""
         since = self._busy_since
-        return 0.0 if since is None else time.monotonic() - since
+        if since is None:
+            return False
+        return since == self._stall_seen or time.monotonic() - since > bound
 
     def in_flight(self) -> int:
         return len(self._open)
@@ -1472,13 +1503,22 @@ class IntentJournal:
             if len(self._waiters) > 1024:  # those a stall timed out: nothing settles them
                 self._waiters = [w for w in self._waiters if not w[1].done()]
             self._waiters.append((iid, fut, self.durable))
-            self._wake.notify()
+            # A line still queued is the writer's already (woken for it; the round that
+            # writes it flushes for the waiters then). Only one written and not flushed
+            # needs the writer woken again, for its flush.
+            if self.durable and iid <= self._written:
+                self._wake.notify()
         if timeout is not None:
             watch = self._watchdog
             if watch is None or watch.loop is not loop:
-                watch = self._watchdog = _Watchdog(loop)
+                watch = self._watchdog = _Watchdog(loop, self._stalled_wait)
             watch.add(fut, timeout)
         await fut
+
+    def _stalled_wait(self) -> None:
+        """A wait of :meth:`synced` failed at its bound (on the loop): the writer's I/O now
+        is a stalled one (:meth:`stalled`)."""
+        self._stall_seen = self._busy_since
 
     def _write_loop(self) -> None:
         """The journal's writer thread: it writes every line queued since its last round
@@ -1494,7 +1534,8 @@ class IntentJournal:
                 while not self._closed and not self._prompt and not self._to_flush():
                     # An intent written and not done may be done without a notify (a
                     # recorded done): then wait only a while, and write what came.
-                    if not self._wake.wait(_LAZY_WAIT if self._kept else None) and self._queue:
+                    lazy = self._kept or self._queue
+                    if not self._wake.wait(_LAZY_WAIT if lazy else None) and self._queue:
                         break
                 if self._closed and not self._queue:
                     _settle_waiters(self._waiters, OSError("the intent journal is closed"))
@@ -1694,6 +1735,7 @@ def _expire(fut: asyncio.Future[None], timeout: float) -> None:
 # Seconds at most a recorded intent's done line waits for a round of the journal's writer
 # (:meth:`IntentJournal.done`) when no other line wakes it.
 _LAZY_WAIT = 0.05
+_CLOCK_RESOLUTION = time.get_clock_info("monotonic").resolution  # the loops' clock
 
 
 class _Watchdog:
@@ -1706,8 +1748,9 @@ class _Watchdog:
     fails at its deadline as a timer of its own would fail it (the loop's clock, the same
     ``call_at``); only the bookkeeping is shared."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, on_expiry: Callable[[], None]) -> None:
         self.loop = loop
+        self._on_expiry = on_expiry  # called before the waits past their bound fail
         self._waits: collections.deque[tuple[float, asyncio.Future[None], float]] = (
             collections.deque()
         )
@@ -1727,10 +1770,12 @@ class _Watchdog:
 
     def _fire(self) -> None:
         self._timer = None
-        # (the loop runs a timer up to its clock's resolution early: a wait due within a
-        # millisecond fails now rather than arming the timer again for it)
-        now = self.loop.time() + 1e-3
+        # (the loop runs a timer up to its clock's resolution early: a wait due within it
+        # fails now rather than arming the timer again for it)
+        now = self.loop.time() + _CLOCK_RESOLUTION
         left: collections.deque[tuple[float, asyncio.Future[None], float]] = collections.deque()
+        if any(not f.done() and d <= now for d, f, _ in self._waits):
+            self._on_expiry()
         for w in self._waits:
             deadline, fut, timeout = w
             if fut.done():

@@ -145,3 +145,73 @@ def test_proxy29_a_done_not_recorded_is_written_at_once(
         assert time.monotonic() < deadline, "the done was not written without another line"
         time.sleep(0.001)
     assert _read_journal(journal.paths) == []
+
+
+def _count_rounds(j: IntentJournal) -> list[int]:
+    """How many writes (rounds of the writer) ``j`` makes from now on, in a list's one item."""
+    rounds = [0]
+    append = j._append
+
+    def counted(line: bytes) -> None:
+        rounds[0] += 1
+        append(line)
+
+    j._append = counted  # type: ignore[method-assign]
+    return rounds
+
+
+def test_proxy29_the_intents_of_one_loop_iteration_share_one_round(
+    journal: IntentJournal,
+) -> None:
+    rounds = _count_rounds(journal)
+
+    async def run() -> None:
+        # Begun in one iteration of the loop (no await between): the writer is woken once,
+        # at its end, and writes them together. (The pauses, the GIL released, would let a
+        # writer woken by each begin write the first ones apart.)
+        iids = []
+        for n in range(5):
+            iids.append(journal.begin({"req": f"r{n}", "t": 1}, wait=False))
+            time.sleep(0.01)
+        await asyncio.gather(*(journal.synced(i, NET) for i in iids))
+
+    asyncio.run(run())
+    assert rounds == [1]
+    assert [d["req"] for d in _read_journal(journal.paths)] == [f"r{n}" for n in range(5)]
+
+
+def test_proxy29_a_wake_up_pending_on_a_closed_loop_holds_no_other_loop(
+    journal: IntentJournal,
+) -> None:
+    gone = asyncio.new_event_loop()
+    gone.close()
+    journal._kick_loop = gone  # as a loop closed before its pending wake-up ran leaves it
+
+    async def run() -> None:
+        iid = journal.begin({"req": "r0", "t": 1}, wait=False)
+        await journal.synced(iid, NET)  # woken by this loop's own wake-up
+
+    asyncio.run(run())
+    assert [d["req"] for d in _read_journal(journal.paths)] == ["r0"]
+
+
+def test_proxy29_a_refused_wait_makes_the_held_writer_stalled_at_once(
+    journal: IntentJournal,
+) -> None:
+    """The health check after a write's 503 says the journal stalls even when the writer's
+    I/O began after that write's wait (the bound, far longer here, not reached yet)."""
+    held, release = _hold_writer(journal)
+
+    async def run() -> None:
+        iid = journal.begin({"req": "r0", "t": 1}, wait=False)
+        assert await asyncio.to_thread(held.wait, NET)
+        assert not journal.stalled(NET)  # held, for less than the bound, no wait failed
+        with pytest.raises(IntentStalled):
+            await asyncio.wait_for(journal.synced(iid, 0.05), NET)
+        assert journal.stalled(NET)
+        release.set()
+        later = journal.begin({"req": "r1", "t": 1}, wait=False)
+        await journal.synced(later, NET)
+        assert not journal.stalled(NET)  # the I/O went on: no longer
+
+    asyncio.run(run())

@@ -79,6 +79,9 @@ def test_requests_get_through_while_the_next_file_is_prepared_slowly(
         while j._cur == first:  # writes until one switches files
             results.append(await _call(mw, "DELETE", f"/Users/fill-{n}"))
             n += 1
+        # the file left is being allocated now, held (its thread may not have got there
+        # when the switch's request returned: proxy29's faster requests were often first)
+        assert await asyncio.to_thread(entered.wait, 30)
         # unrelated requests, and writes that fit in the current file
         results.extend(await asyncio.gather(*(_call(mw, "GET", "/Users") for _ in range(20))))
         results.append(await _call(mw, "DELETE", "/Users/after-1"))
