@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,11 +46,13 @@ __all__ = [
     "assert_prefixes",
     "checkpoints_by_size",
     "free_port",
+    "frozen_ext4",
     "http_get",
     "listening_socket",
     "open_fds",
     "recompute_tile",
     "run_module",
+    "run_tool",
     "serve_args",
     "serve_config",
     "slow_reader",
@@ -71,6 +73,53 @@ __all__ = [
 
 ROOT = Path(__file__).resolve().parent.parent
 ORIGIN = "test.example/log"  # the origin of tests/server's log (make_signer there)
+
+
+def run_tool(*cmd: str) -> subprocess.CompletedProcess[str]:
+    """A system tool's run (mount, fsfreeze), its output captured, never raising on failure."""
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+
+
+def freeze_unavailable() -> str | None:
+    """Why a test cannot loop-mount an ext4 and ``fsfreeze`` it here (None: it can)."""
+    import shutil
+
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return "needs root (mount, fsfreeze)"
+    for tool in ("mkfs.ext4", "mount", "umount", "fsfreeze"):
+        if shutil.which(tool) is None:
+            return f"needs {tool}"
+    if not Path("/dev/loop-control").exists():
+        return "needs loop devices"
+    return None
+
+
+def frozen_ext4(tmp_path: Path, size_mib: int = 32) -> Iterator[Path]:
+    """An ext4 file system of ``size_mib`` MiB in an image file, loop-mounted at
+    ``tmp_path/mnt`` while the generator is suspended (``yield from`` it in a fixture, or
+    ``with contextlib.contextmanager(frozen_ext4)(...)``), for ``fsfreeze -f``/``-u`` (a
+    stalled disk); thawed and unmounted after (lazily: a process killed on it may still hold
+    a file). Skips without root, the tools or loop devices, saying which."""
+    import pytest
+
+    why = freeze_unavailable()
+    if why is not None:
+        pytest.skip(why)
+    image, mnt = tmp_path / "fs.img", tmp_path / "mnt"
+    mnt.mkdir()
+    with image.open("wb") as f:
+        f.truncate(size_mib << 20)
+    made = run_tool("mkfs.ext4", "-q", str(image))
+    if made.returncode != 0:
+        pytest.skip(f"mkfs.ext4 failed: {made.stderr.strip()}")
+    m = run_tool("mount", "-o", "loop", str(image), str(mnt))
+    if m.returncode != 0:
+        pytest.skip(f"cannot loop-mount here: {m.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        run_tool("fsfreeze", "-u", str(mnt))
+        run_tool("umount", "-l", str(mnt))
 
 
 def listening_socket(backlog: int = 16) -> socket.socket:

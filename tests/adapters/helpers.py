@@ -421,32 +421,6 @@ def tmpfs(tmp_path: Path, name: str, options: str = "", *, lazy: bool = False) -
         )
 
 
-def frozen_ext4(tmp_path: Path) -> Iterator[Path]:
-    """A 32 MiB ext4 loop-mounted at ``tmp_path/mnt`` while the generator is suspended
-    (``yield from`` it in a fixture), for ``fsfreeze -f``/``-u`` (a stalled disk); thawed
-    and unmounted after. Skips without root, the tools or loop devices."""
-    import pytest
-
-    if os.geteuid() != 0:
-        pytest.skip("needs root (mount, fsfreeze)")
-    for tool in ("mkfs.ext4", "mount", "umount", "fsfreeze"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"needs {tool}")
-    image, mnt = tmp_path / "fs.img", tmp_path / "mnt"
-    mnt.mkdir()
-    with image.open("wb") as f:
-        f.truncate(32 << 20)
-    if run_tool("mkfs.ext4", "-q", str(image)).returncode != 0:
-        pytest.skip("mkfs.ext4 failed")
-    if run_tool("mount", "-o", "loop", str(image), str(mnt)).returncode != 0:
-        pytest.skip("cannot loop-mount here")
-    try:
-        yield mnt
-    finally:
-        run_tool("fsfreeze", "-u", str(mnt))
-        run_tool("umount", "-l", str(mnt))
-
-
 def outbox_events(outbox: Path) -> dict[str, list[dict[str, Any]]]:
     """The events of an outbox (its SQLite file), by request id."""
     conn = sqlite3.connect(outbox)
@@ -458,11 +432,6 @@ def outbox_events(outbox: Path) -> dict[str, list[dict[str, Any]]]:
     for req, body in rows:
         out.setdefault(req, []).append(json.loads(body))
     return out
-
-
-def run_tool(*cmd: str) -> subprocess.CompletedProcess[str]:
-    """A system tool's run (mount, fsfreeze), its output captured, never raising on failure."""
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
 
 
 def fill_disk(path: Path) -> None:

@@ -21,12 +21,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import start_proxy, stop_processes
+from tests.support import frozen_ext4, run_tool, start_proxy, stop_processes
 
 from .helpers import (
-    frozen_ext4,
     outbox_events,
-    run_tool,
     standin_sp,  # noqa: F401  (the SP stand-in fixture, "sp")
 )
 

@@ -16,9 +16,8 @@ every client waits up to 20 s, so "answered 503" means "did not hang".
 
 from __future__ import annotations
 
+import contextlib
 import os
-import shutil
-import subprocess
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,7 +25,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ..support import start_server
+from ..support import frozen_ext4, run_tool, start_server
 from .stall import WAIT, Served, fill, serve
 
 
@@ -146,38 +145,16 @@ def test_nothing_is_handed_out_before_it_is_remembered(
 # -- a real frozen file system ---------------------------------------------------------------
 
 
-def _can_freeze() -> str | None:
-    if not hasattr(os, "geteuid") or os.geteuid() != 0:
-        return "needs root (mount, fsfreeze)"
-    for tool in ("mkfs.ext4", "mount", "umount", "fsfreeze"):
-        if shutil.which(tool) is None:
-            return f"needs {tool}"
-    if not Path("/dev/loop-control").exists():
-        return "needs loop devices"
-    if not Path("/dev/shm").is_dir():
-        return "needs /dev/shm (a tmpfs for the LMDB lock file)"
-    return None
-
-
-def _run(*cmd: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
-
-
 @pytest.mark.slow
 @pytest.mark.lmdb_only("freezes the file system under the LMDB data directory")
 def test_fsfreeze_under_tlog_serve(tmp_path: Path, database: str | None) -> None:
-    why = _can_freeze()
-    if why is not None:
-        pytest.skip(why)
-    image, mnt = tmp_path / "fs.img", tmp_path / "mnt"
-    mnt.mkdir()
-    with image.open("wb") as f:
-        f.truncate(256 << 20)
-    if _run("mkfs.ext4", "-q", str(image)).returncode != 0:
-        pytest.skip("mkfs.ext4 failed")
-    m = _run("mount", "-o", "loop", str(image), str(mnt))
-    if m.returncode != 0:
-        pytest.skip(f"cannot loop-mount here: {m.stderr.strip()}")
+    if not Path("/dev/shm").is_dir():
+        pytest.skip("needs /dev/shm (a tmpfs for the LMDB lock file)")
+    with contextlib.contextmanager(frozen_ext4)(tmp_path, 256) as mnt:
+        _under_tlog_serve(tmp_path, mnt, database)
+
+
+def _under_tlog_serve(tmp_path: Path, mnt: Path, database: str | None) -> None:
     srv = None
     frozen = False
     lock_file: Path | None = None
@@ -213,7 +190,7 @@ def test_fsfreeze_under_tlog_serve(tmp_path: Path, database: str | None) -> None
             headers={**h, "Content-Type": "application/octet-stream"},
         )
         assert r.status_code == 200, r.text
-        assert _run("fsfreeze", "-f", str(mnt)).returncode == 0
+        assert run_tool("fsfreeze", "-f", str(mnt)).returncode == 0
         frozen = True
         with ThreadPoolExecutor(1) as pool:
             w = pool.submit(
@@ -235,15 +212,14 @@ def test_fsfreeze_under_tlog_serve(tmp_path: Path, database: str | None) -> None
         assert r.status_code == 503, r.text
         assert "has not answered a commit" in r.json()["error"]
         assert (tmp_path / "data" / "db" / "lock.mdb").is_symlink()
-        assert _run("fsfreeze", "-u", str(mnt)).returncode == 0
+        assert run_tool("fsfreeze", "-u", str(mnt)).returncode == 0
         frozen = False
         r = httpx.post(srv.url + "/v1/entries", content=b"after the thaw", headers=h, timeout=WAIT)
         assert r.status_code == 200, r.text
     finally:
         if frozen:
-            _run("fsfreeze", "-u", str(mnt))
+            run_tool("fsfreeze", "-u", str(mnt))
         if srv is not None:
             srv.stop()
-        _run("umount", str(mnt))
         if lock_file is not None:
             lock_file.unlink(missing_ok=True)

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from client.witness.store import WitnessStore
-from tests.adapters.helpers import frozen_ext4, run_tool
+from tests.support import frozen_ext4, run_tool
 from tests.witness.helpers import (
     FakeLog,
     events,
