@@ -152,6 +152,27 @@ def log_access(record: Mapping[str, Any]) -> None:
 
 # --- configuration ------------------------------------------------------------------------
 
+# Seconds a write waits for its write-ahead intent to be in the journal (written; flushed
+# with durable intents) before it is refused, not forwarded (503): the journal's file system
+# stalls (stall28: a frozen disk held every request, health checks included). A setting
+# since stall29 (AuditConfig.intent_wait, ``tlog scim-proxy --intent-wait``).
+INTENT_WAIT = 5.0
+# Its bound: a client's write waiting longer for the audit journal than this is a hang.
+MAX_INTENT_WAIT = 300.0
+
+
+def check_intent_wait(value: object) -> float:
+    """``value`` as an intent wait (seconds, above 0, at most :data:`MAX_INTENT_WAIT`);
+    ValueError otherwise (0 would refuse every write, a day would hang a client on a
+    stalled disk; NaN, infinity and booleans are refused too)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"intent_wait must be a number of seconds, not {value!r}")
+    if not 0 < value <= MAX_INTENT_WAIT:
+        raise ValueError(
+            f"intent_wait must be above 0 and at most {MAX_INTENT_WAIT:g} seconds, not {value!r}"
+        )
+    return float(value)
+
 
 @dataclass(frozen=True)
 class AuditConfig:
@@ -176,6 +197,10 @@ class AuditConfig:
     * ``durable_intents``: each write-ahead intent is flushed to disk (``fdatasync``,
       shared by the writes in flight) before the write is forwarded, so it survives a
       machine crash or power loss, not only a kill of the process (docs/scim-adapter.md).
+    * ``intent_wait``: seconds a write waits for its write-ahead intent to be in the
+      journal before it is refused, not forwarded (503): the journal's disk stalls. The
+      same bound says when the disk counts as stalled (``/.tlog/readyz``) and bounds the
+      wait of a close on it. Above 0, at most :data:`MAX_INTENT_WAIT`.
     * ``trust_forwarded``: take ``src.ip`` from ``X-Forwarded-For`` (only behind a proxy
       you run); ``record_src``: record ``src`` (client IP, User-Agent) at all.
     """
@@ -204,10 +229,12 @@ class AuditConfig:
     trust_forwarded: bool = False
     record_src: bool = True
     durable_intents: bool = False
+    intent_wait: float = INTENT_WAIT
 
     def __post_init__(self) -> None:
         if not ident(self.tenant, 256) or not ident(self.sp_id, 256):
             raise ValueError("tenant and sp_id must be non-empty identifiers (<= 256 bytes)")
+        check_intent_wait(self.intent_wait)
         if self.base_path and (not self.base_path.startswith("/") or self.base_path.endswith("/")):
             raise ValueError("base_path must start with '/' and not end with one (or be '')")
 

@@ -54,6 +54,7 @@ as their SHA-256 thumbprint.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -61,11 +62,12 @@ import os
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from client.adapters.body import BodyTooLarge, decode_body, read_request_body
 from client.adapters.exchange import (
+    INTENT_WAIT,
     REQUEST_ID,
     SCIM_ERROR_URN,
     TRACEPARENT,
@@ -108,6 +110,7 @@ from client.scim.event import uuid4_text
 # AuditConfig, the hooks, event_json and RECEIPT_HEADERS are re-exported: this module is
 # the adapter's entry point.
 __all__ = [
+    "INTENT_WAIT",
     "RECEIPT_HEADERS",
     "AuditConfig",
     "AuditMiddleware",
@@ -133,10 +136,8 @@ INTENT_RECOVERY_INTERVAL = 5.0
 PSEUDONYM_THREADS = 32
 # Seconds a readiness check waits for its probe of a refusing outbox (then: not ready).
 PROBE_WAIT = 10.0
-# Seconds a write waits for its write-ahead intent to be in the journal (written; flushed
-# with durable intents) before it is refused, not forwarded (503): the journal's file system
-# stalls (stall28: a frozen disk held every request, health checks included).
-INTENT_WAIT = 5.0
+# (The seconds a write waits for its write-ahead intent: AuditConfig.intent_wait, default
+# INTENT_WAIT.)
 
 # Request and response bodies up to this size are turned into events on the event loop
 # (AuditMiddleware._inline); larger ones and bulk requests in a worker thread.
@@ -174,6 +175,17 @@ class AuditMiddleware:
         self._outbox_ok = True
         self._direct_ok = False  # the last direct delivery (outbox broken) worked
         self._failed_size = 0  # bytes of the last add the outbox refused
+        # Outcomes of adds and probes seen so far: a probe's success counts only if no other
+        # outcome came while it ran (stall29: a readiness probe begun before a failing add
+        # and ending after it said ready, and the next write was forwarded into a full disk).
+        self._outcomes = 0
+        self._outcome_lock = threading.Lock()
+        # Why the intent journal could not be opened (None: open, or not tried yet): said by
+        # readiness and status, and every write is refused (fail-closed) until it opens.
+        self._journal_error: str | None = None
+        # A shutdown that gave up waiting for a stalled disk (close_bounded): the process
+        # should exit without waiting for its threads (``tlog scim-proxy`` does).
+        self.close_unfinished = False
         self.stats = {"events": 0, "access": 0, "unrecorded": 0, "refused": 0, "recovered": 0}
         self._journal: IntentJournal | None = None  # write-ahead intents (start())
         self._intents = False  # intents are written (from start() on)
@@ -208,7 +220,7 @@ class AuditMiddleware:
         # content is not proven (should stay 0 but for a retry that crossed an erasure)
         out["receipts_content_unproven"] = 0 if self.relay is None else self.relay.erased_retries
         out["writes_taken"] = self.writes_taken()
-        out["intent_journal_stalled"] = self.intent_journal_stalled()
+        out.update(self.journal_state(reopen=True))
         out.update(self.stats)
         return out
 
@@ -216,14 +228,69 @@ class AuditMiddleware:
         """Whether the intent journal's writer has been held (a stalled disk) longer than a
         write waits for its intent: writes are refused, not applied (cheap, non-blocking)."""
         journal = self._journal
-        return journal is not None and journal.stalled(INTENT_WAIT)
+        return journal is not None and journal.stalled(self.config.intent_wait)
 
-    def journal_state(self) -> dict[str, Any]:
-        """The intent journal's stall state (non-blocking, reads nothing on disk)."""
+    def journal_state(self, *, reopen: bool = False) -> dict[str, Any]:
+        """The intent journal's state: stalled, and why it could not be opened
+        (``intent_journal_error``, None when open). Non-blocking, reads nothing on disk,
+        unless ``reopen`` (a worker thread: readiness) tries again to open a journal that
+        failed to, so that a fixed disk is ready again before any write comes."""
+        if reopen and self._journal_error is not None and self._journal is None:
+            with contextlib.suppress(OutboxError):  # said below
+                self._open_journal()
         return {
             "intent_journal_stalled": self.intent_journal_stalled(),
+            "intent_journal_error": self._journal_error,
             "intent_stalls": self.stats["intent_stalls"],
         }
+
+    def _open_journal(self) -> IntentJournal:
+        """This adapter's intent journal, opened now if it is not yet; OutboxError when it
+        cannot be (kept in ``_journal_error`` for readiness, logged when it changes)."""
+        journal = self._journal
+        if journal is not None:
+            return journal
+        try:
+            journal = self.outbox.intents(durable=self.config.durable_intents)
+        except OutboxError as exc:
+            if self._journal_error != str(exc):
+                _log.error("the write-ahead intent journal cannot be opened: %s", exc)
+            self._journal_error = str(exc)
+            raise
+        self._journal = journal
+        if self._journal_error is not None:
+            _log.warning("the write-ahead intent journal is open again: writes are taken")
+        self._journal_error = None
+        return journal
+
+    def _outbox_outcome(self, ok: bool, size: int = 0) -> None:
+        """An add's outcome (the last one seen decides whether writes are taken)."""
+        with self._outcome_lock:
+            self._outcomes += 1
+            self._outbox_ok = ok
+            if not ok:
+                self._failed_size = size
+
+    def _probe_began(self) -> int:
+        with self._outcome_lock:
+            return self._outcomes
+
+    def _probe_failed(self) -> None:
+        """A probe failed: writes are not taken (an outcome as an add's)."""
+        with self._outcome_lock:
+            self._outcomes += 1
+            self._outbox_ok = False
+
+    def _probe_worked(self, began: int) -> bool:
+        """A probe begun at outcome ``began`` worked: writes are taken again, unless an
+        add or another probe ended meanwhile (then its outcome stands: which of the two
+        the outbox ran last is not known here, and a write forwarded into a disk that an
+        add just found full is applied without its event)."""
+        with self._outcome_lock:
+            if self._outcomes == began:
+                self._outcomes += 1
+                self._outbox_ok = True
+            return self._outbox_ok
 
     def writes_taken(self) -> bool:
         """Whether a write would be taken now (blocking: call it from a worker thread). Not
@@ -234,13 +301,16 @@ class AuditMiddleware:
         (red team 27: ``/.tlog/readyz`` said ready while every write was refused)."""
         if self._outbox_ok or self._direct_ok or self.config.fail_open:
             return True
+        began = self._probe_began()
         try:
             # bounded: an outbox writer stuck on a stalled disk must not hold the thread
             self.outbox.probe(max(8192, self._failed_size)).result(PROBE_WAIT)
-        except (OutboxError, TimeoutError):
+        except OutboxError:
+            self._probe_failed()
             return False
-        self._outbox_ok = True
-        return True
+        except TimeoutError:  # not an outcome: the probe may still work
+            return False
+        return self._probe_worked(began) or self._direct_ok
 
     # lifecycle
 
@@ -326,10 +396,10 @@ class AuditMiddleware:
         has in flight. Returns how many events were recovered."""
         n = self.recover_orphans()
         self._intents = True
-        try:
-            self._journal = self.outbox.intents(durable=self.config.durable_intents)
-        except OutboxError as exc:  # tried again at each write (fail-closed refuses them)
-            _log.error("the write-ahead intent journal cannot be opened: %s", exc)
+        # Not open: tried again at each write (fail-closed refuses them) and by readiness,
+        # which says why meanwhile (journal_state).
+        with contextlib.suppress(OutboxError):
+            self._open_journal()
         return n
 
     def recover_orphans(self) -> int:
@@ -438,6 +508,54 @@ class AuditMiddleware:
             self.relay.stop(drain=self.drain)
         self.outbox.close()
 
+    def close_wait(self) -> float:
+        """Seconds a shutdown waits for :meth:`close` (the relay's drain, then the outbox's
+        and the journal's last writes): ``drain`` and twice ``intent_wait``."""
+        return self.drain + 2 * self.config.intent_wait
+
+    async def close_bounded(self) -> bool:
+        """:meth:`close` in a thread of its own, waited for at most :meth:`close_wait`
+        seconds; returns whether it finished. On a stalled disk it cannot (the outbox's
+        and the journal's writers wait in the kernel until the thaw): this says what is
+        left unflushed, that nothing acknowledged is lost and that the next start recovers
+        the rest, sets :attr:`close_unfinished`, and returns, so that a shutdown never
+        waits for the thaw (stall29; before, SIGTERM on a frozen disk hung the proxy)."""
+        done: Future[None] = Future()
+
+        def run() -> None:
+            try:
+                self.close()
+            except BaseException as exc:  # said by the awaiting side
+                done.set_exception(exc)
+            else:
+                done.set_result(None)
+
+        threading.Thread(target=run, name="audit-close", daemon=True).start()
+        bound = self.close_wait()
+        try:
+            await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(done)), bound)
+        except TimeoutError:
+            self.close_unfinished = True
+            _log.error("%s", self._unflushed(bound))
+            return False
+        return True
+
+    def _unflushed(self, waited: float) -> str:
+        """The shutdown's log line when the disk did not let it finish (counts only)."""
+        journal = self._journal
+        in_flight = 0 if journal is None else journal.in_flight()
+        held = 0.0 if journal is None else journal.busy_for()
+        queued = self.outbox.queued()
+        return (
+            f"shutdown: the audit outbox's disk did not answer within {waited:g} s (stalled); "
+            f"exiting without waiting for it. Left unflushed: {in_flight} write-ahead "
+            f"intent(s) in flight (their writes were refused or not answered), the intent "
+            f"journal's writer held for {held:.1f} s, {queued} outbox job(s) not committed. "
+            "Nothing acknowledged is lost: a write is answered only once its events are "
+            "committed. The next start on this outbox (once its disk answers) records each "
+            "intent left as 'outcome unknown' and delivers the outbox's events"
+        )
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await self._lifespan(scope, receive, send)
@@ -476,7 +594,7 @@ class AuditMiddleware:
             if msg["type"] == "lifespan.startup":
                 self.start()
             elif msg["type"] == "lifespan.shutdown":
-                await asyncio.get_running_loop().run_in_executor(None, self.close)
+                await self.close_bounded()
             return msg
 
         async def sent(msg: Message) -> None:
@@ -509,7 +627,7 @@ class AuditMiddleware:
         if "lifespan.startup.complete" not in seen:
             await send({"type": "lifespan.startup.complete"})
         if (await receive())["type"] == "lifespan.shutdown":
-            await asyncio.get_running_loop().run_in_executor(None, self.close)
+            await self.close_bounded()
             await send({"type": "lifespan.shutdown.complete"})
 
     async def _write(
@@ -702,12 +820,13 @@ class AuditMiddleware:
                 _log.exception("on_access hook failed")
 
     async def _probe(self) -> bool:
+        began = self._probe_began()
         try:
             await asyncio.wrap_future(self.outbox.probe(max(8192, self._failed_size)))
         except OutboxError:
+            self._probe_failed()
             return False
-        self._outbox_ok = True
-        return True
+        return self._probe_worked(began)
 
     def _build(self, x: Exchange, ref_pid: Callable[[str, str], bytes] | None) -> Recorded:
         b = Builder(self.config, x, ref_pid)
@@ -817,18 +936,16 @@ class AuditMiddleware:
         doc = intent_doc(self.config, x)
         if doc is None:
             return None
-        journal = self._journal
-        if journal is None:  # could not be opened at start-up: try again
-            journal = self._journal = self.outbox.intents(durable=self.config.durable_intents)
-        return journal.begin(doc, wait=False)
+        # not opened at start-up: tried again (OutboxError: refused, 503)
+        return self._open_journal().begin(doc, wait=False)
 
     async def _intent_synced(self, journal: IntentJournal, iid: int) -> None:
         """Wait, off the loop, until intent ``iid`` is in the journal (written by its
         thread; with durable intents on disk, shared flushes: :meth:`IntentJournal.synced`),
-        at most ``INTENT_WAIT`` seconds (then :class:`IntentStalled`). A wait cancelled (the
-        client went away) forwards nothing: the intent is done."""
+        at most ``config.intent_wait`` seconds (then :class:`IntentStalled`). A wait
+        cancelled (the client went away) forwards nothing: the intent is done."""
         try:
-            await journal.synced(iid, INTENT_WAIT)
+            await journal.synced(iid, self.config.intent_wait)
         except asyncio.CancelledError:
             self._done(iid)
             raise
@@ -866,12 +983,11 @@ class AuditMiddleware:
             try:
                 await self.outbox.add_async(records, self._intent_key(iid))
             except OutboxError as exc:
-                self._outbox_ok = False
-                self._failed_size = sum(len(r.body) for r in records)
+                self._outbox_outcome(False, sum(len(r.body) for r in records))
                 _log.error("audit outbox write failed for request %s: %s", x.req_id, exc)
                 return await self._direct(records, iid)
             self._done(iid, recorded=True)  # (its events in the outbox under its key)
-            self._outbox_ok = True
+            self._outbox_outcome(True)
             self._direct_ok = False
             self.stats["events"] += len(records)
             receipts: dict[str, Receipt] = {}

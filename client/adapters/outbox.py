@@ -1117,6 +1117,11 @@ class Outbox:
     def closed(self) -> bool:
         return self._closed
 
+    def queued(self) -> int:
+        """Jobs (adds, probes, marks) queued for the writer thread and not taken yet (the
+        one it commits now not counted): what a shutdown on a stalled disk leaves."""
+        return self._jobs.qsize()
+
     def intents(self, *, durable: bool = False) -> IntentJournal:
         """This outbox user's intent journal, opened (and locked) at the first call
         (``durable``: see :meth:`IntentJournal.synced`; the first call decides).

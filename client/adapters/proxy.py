@@ -41,8 +41,13 @@ import dataclasses
 import json
 import logging
 import logging.config
+import os
+import queue
 import sys
+import threading
+import time
 from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +58,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
+from client.adapters.exchange import MAX_INTENT_WAIT, check_intent_wait
 from client.adapters.forwarder import Forwarder, UpstreamError
 from client.adapters.middleware import AuditConfig, AuditMiddleware, Receive, Scope, Send
 from client.adapters.outbox import Outbox, OutboxError
@@ -114,6 +120,7 @@ class ProxySettings:
     outbox: Path = _P.outbox
     fail_open: bool = _P.fail_open
     durable_intents: bool = _P.durable_intents
+    intent_wait: float = _P.intent_wait
     receipt_timeout: float = _P.receipt_timeout
     base_path: str | None = None
     preserve_host: bool = _P.preserve_host
@@ -211,10 +218,22 @@ def _json(status: int, doc: Any) -> tuple[int, bytes, bytes]:
 
 def _journal_metrics(b: dict[str, Any]) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
     yield GaugeMetricFamily(
+        "tlog_proxy_disk_stalled",
+        "1 while the outbox's disk has not answered within the intent wait: the intent "
+        "journal's writer, or a read of the outbox, held by its file system",
+        value=1 if b.get("disk_stalled") else 0,
+    )
+    yield GaugeMetricFamily(
         "tlog_proxy_intent_journal_stalled",
         "1 while the write-ahead intent journal's writer has been held by its file system "
         "longer than a write waits for its intent (writes refused, not applied)",
         value=1 if b.get("intent_journal_stalled") else 0,
+    )
+    yield GaugeMetricFamily(
+        "tlog_proxy_intent_journal_open",
+        "0 while the write-ahead intent journal cannot be opened (writes refused, not "
+        "applied; the reason in /.tlog/readyz)",
+        value=0 if b.get("intent_journal_error") else 1,
     )
     yield CounterMetricFamily(
         "tlog_proxy_intent_stalls",
@@ -222,6 +241,73 @@ def _journal_metrics(b: dict[str, Any]) -> Iterator[GaugeMetricFamily | CounterM
         "written within the bound (a stalled disk)",
         value=b.get("intent_stalls") or 0,
     )
+
+
+class _DiskStalled(Exception):
+    """A read of the outbox has not answered within the bound (its disk stalls)."""
+
+
+class _BoundedReads:
+    """The ``/.tlog/`` endpoints' reads of the outbox (``fn``: the backlog), made by a
+    daemon thread of their own (one SQLite reader, started at the first read) and each
+    waited for at most ``bound`` seconds; one read at a time, shared by the endpoints
+    asking meanwhile. A read the disk holds (a frozen file system: a SQLite reader writes
+    its read mark into the WAL's shared memory after a commit, and that page waits for the
+    thaw) holds that thread until the thaw; until it ends every endpoint answers at once
+    that the disk stalls, and nothing more waits on it (stall29: ``/.tlog/status`` hung on
+    a frozen disk, in a thread of the loop's default executor, which the interpreter's exit
+    waits for)."""
+
+    def __init__(self, fn: Callable[[], dict[str, Any]], bound: float) -> None:
+        self.fn = fn
+        self.bound = bound
+        self._lock = threading.Lock()
+        self._current: tuple[float, Future[dict[str, Any]]] | None = None
+        self._todo: queue.SimpleQueue[Future[dict[str, Any]]] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def held_for(self) -> float:
+        """Seconds the read in flight has run (0 when none)."""
+        cur = self._current
+        return 0.0 if cur is None else time.monotonic() - cur[0]
+
+    def _run(self) -> None:
+        while True:
+            fut = self._todo.get()
+            try:
+                got = self.fn()
+            except BaseException as exc:
+                with self._lock:
+                    self._current = None
+                fut.set_exception(exc)
+            else:
+                with self._lock:
+                    self._current = None
+                fut.set_result(got)
+
+    async def read(self) -> dict[str, Any]:
+        """The backlog; :class:`_DiskStalled` when the read has not answered within the
+        bound (or one begun before still has not)."""
+        with self._lock:
+            cur = self._current
+            if cur is None:
+                fut: Future[dict[str, Any]] = Future()
+                fut.set_running_or_notify_cancel()  # never cancelled by a waiter
+                cur = self._current = (time.monotonic(), fut)
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._run, name="tlog-ops-read", daemon=True
+                    )
+                    self._thread.start()
+                self._todo.put(fut)
+        since, fut = cur
+        left = self.bound - (time.monotonic() - since)
+        if left <= 0 and not fut.done():
+            raise _DiskStalled
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(fut), max(left, 0.001))
+        except TimeoutError:
+            raise _DiskStalled from None
 
 
 class _StallCollector(Collector):
@@ -309,46 +395,86 @@ def _ops_endpoints(
 ) -> dict[str, _Endpoint]:
     """``/.tlog/status``, ``healthz``, ``readyz`` and ``metrics``. Ready while the outbox
     takes events (below ``outbox_max_bytes``, and writes not refused after a failed add:
-    ``writes_taken``); the relay's health gates readiness only when writes wait for the
-    log's receipt (``receipt_timeout`` > 0). Reading the outbox runs in a worker thread."""
-    registry = CollectorRegistry(auto_describe=False)  # no collect() before the app exists
-    registry.register(_ProxyCollector(backlog))
-    # a stalled disk: the outbox on it may not answer, these do (stall28)
-    stall_registry = CollectorRegistry(auto_describe=False)
-    stall_registry.register(_StallCollector(journal))
+    ``writes_taken``) and the intent journal is open and not stalled; the relay's health
+    gates readiness only when writes wait for the log's receipt (``receipt_timeout`` > 0).
 
-    def stalled() -> bool:
-        return bool(journal().get("intent_journal_stalled"))
+    None of them waits on the disk longer than ``intent_wait``: the outbox is read in a
+    thread of its own (:class:`_BoundedReads`), and while its disk stalls (that read, or
+    the journal's writer, held longer than the bound) each answers at once saying so:
+    status with ``disk_stalled``, healthz and readyz 503 with the reason, metrics with
+    ``tlog_proxy_disk_stalled`` 1 (and no figure that needs the disk)."""
+    bound = s.intent_wait
+    reads = _BoundedReads(backlog, bound)
 
-    async def off_loop(fn: Callable[[], Any]) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(None, fn)
+    def stall(*, read_held: bool = False) -> dict[str, Any] | None:
+        """What a stalled disk's answers say (None: not stalled; ``read_held``: a read of
+        the outbox did not answer within the bound). Reads nothing on disk."""
+        j = journal()
+        held = read_held or reads.held_for() > bound
+        if not j.get("intent_journal_stalled") and not held:
+            return None
+        return {
+            **j,
+            "disk_stalled": True,
+            "error": (
+                f"the audit outbox's disk has not answered for more than {bound:g} s "
+                "(stalled): writes are refused, not applied, until it answers"
+            ),
+        }
+
+    async def read() -> dict[str, Any]:
+        """The backlog, or what a stalled disk's answers say (``disk_stalled``)."""
+        stalled = stall()
+        if stalled is not None:
+            return stalled
+        try:
+            got = await reads.read()
+        except _DiskStalled:
+            stalled = stall(read_held=True)
+            assert stalled is not None
+            return stalled
+        return {**got, "disk_stalled": False}
 
     async def status() -> tuple[int, bytes, bytes]:
         try:
-            got = await off_loop(backlog)
+            got = await read()
         except OutboxError as exc:  # removed, replaced or damaged: said, never a 500
             return _json(503, {"upstream": s.upstream, "log": s.log_url, "error": str(exc)})
         return _json(200, {"upstream": s.upstream, "log": s.log_url, **got})
 
     async def healthz() -> tuple[int, bytes, bytes]:
-        # alive (the loop answers); a stalled intent journal said, not a failure of the process
-        if stalled():
-            return _json(200, {"status": "ok", "intent_journal": "stalled"})
+        # the loop answers; a stalled disk said (nothing is applied until it answers)
+        stalled = stall()
+        if stalled is not None:
+            return _json(
+                503,
+                {"status": "unhealthy", "intent_journal": "stalled", "error": stalled["error"]},
+            )
         return _json(200, {"status": "ok"})
 
     async def readyz() -> tuple[int, bytes, bytes]:
-        if stalled():  # said at once: the outbox's disk may not answer a read now
-            doc = {"status": "not ready", "checks": {"intent_journal": {"ok": False}}}
-            return _json(503, doc)
         try:
-            b = await off_loop(backlog)
+            b = await read()
         except OutboxError as exc:
             doc = {"status": "not ready", "checks": {"outbox": {"ok": False, "error": str(exc)}}}
+            return _json(503, doc)
+        if b.get("disk_stalled"):  # said at once: the outbox's disk may not answer a read now
+            doc = {
+                "status": "not ready",
+                "checks": {
+                    "disk": {"ok": False, "error": b.get("error")},
+                    "intent_journal": {"ok": False},
+                },
+            }
             return _json(503, doc)
         cap = s.outbox_max_bytes
         full = cap is not None and (b.get("pending_bytes") or 0) >= cap
         taken = b.get("writes_taken", True) is not False
         relay_ok = bool(b.get("relay_healthy"))
+        journal_error = b.get("intent_journal_error")
+        journal_check: dict[str, Any] = {"ok": not b.get("intent_journal_stalled")}
+        if journal_error:
+            journal_check = {"ok": False, "error": f"cannot be opened: {journal_error}"}
         checks: dict[str, dict[str, Any]] = {
             "outbox": {
                 "ok": not full and taken,
@@ -359,7 +485,7 @@ def _ops_endpoints(
                 "oldest_ms": b.get("oldest_ms"),
             },
             "relay": {"ok": relay_ok or s.receipt_timeout <= 0, "healthy": relay_ok},
-            "intent_journal": {"ok": not b.get("intent_journal_stalled")},
+            "intent_journal": journal_check,
         }
         ok = all(c["ok"] for c in checks.values())
         doc = {"status": "ready" if ok else "not ready", "checks": checks}
@@ -367,11 +493,15 @@ def _ops_endpoints(
 
     async def metrics() -> tuple[int, bytes, bytes]:
         try:
-            scraped = stall_registry if stalled() else registry
-            body = await off_loop(lambda: generate_latest(scraped))
+            b = await read()
         except OutboxError as exc:
             return _json(503, {"error": str(exc)})
-        return 200, CONTENT_TYPE_LATEST.encode(), body
+        registry = CollectorRegistry(auto_describe=False)
+        if b.get("disk_stalled"):  # the journal's figures only: the rest needs the disk
+            registry.register(_StallCollector(lambda: b))
+        else:
+            registry.register(_ProxyCollector(lambda: b))
+        return 200, CONTENT_TYPE_LATEST.encode(), generate_latest(registry)
 
     return {
         STATUS_PATH: status,
@@ -469,6 +599,7 @@ def build_proxy(
         base_path=base,
         fail_open=s.fail_open,
         durable_intents=s.durable_intents,
+        intent_wait=s.intent_wait,
         receipt_timeout=s.receipt_timeout,
         ref_pid=pids,
     )
@@ -560,6 +691,15 @@ def main_proxy(cfg: ProxyConfig) -> int:
             file=sys.stderr,
         )
         return 2
+    try:
+        check_intent_wait(cfg.intent_wait)
+    except ValueError:
+        print(
+            "tlog scim-proxy: refusing to start: --intent-wait must be a number of seconds "
+            f"above 0 and at most {MAX_INTENT_WAIT:g}, not {cfg.intent_wait!r}",
+            file=sys.stderr,
+        )
+        return 2
     host, port = _listen(cfg.listen)
     settings = ProxySettings(
         upstream=cfg.upstream,
@@ -570,6 +710,7 @@ def main_proxy(cfg: ProxyConfig) -> int:
         outbox=cfg.outbox,
         fail_open=cfg.fail_open,
         durable_intents=cfg.durable_intents,
+        intent_wait=cfg.intent_wait,
         receipt_timeout=cfg.receipt_timeout,
         base_path=cfg.base_path,
         preserve_host=cfg.preserve_host,
@@ -635,4 +776,12 @@ def main_proxy(cfg: ProxyConfig) -> int:
         lifespan="on",
         timeout_graceful_shutdown=10,
     )
+    if app.close_unfinished:
+        # A stalled disk held the shutdown (said in the log): exit without joining the
+        # threads that wait on it (the interpreter's exit would wait for the thaw). The
+        # kernel still holds a thread that waits in the frozen file system until the thaw.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
     return 0 if started else 1

@@ -63,6 +63,12 @@ class ProxyConfig:
         "shared by the writes in flight), so that it survives a machine crash or power "
         "loss; without it an intent survives a kill of the proxy, not of the machine",
     )
+    intent_wait: float = setting(
+        5.0,
+        "seconds a write waits for its write-ahead intent to be in the journal before it is "
+        "refused, not forwarded (503: the journal's disk stalls); also when the disk is said "
+        "stalled (readyz) and how long a shutdown waits for it; above 0, at most 300",
+    )
     receipt_timeout: float = setting(
         0.0,
         "seconds to wait for the log's receipt before answering (0: answer once the event "
