@@ -142,3 +142,33 @@ def test_a_readiness_probe_begun_before_a_refusal_does_not_say_ready_after_it(
         mw.close()
         outbox.close()
         loop.close()
+
+
+def test_a_journal_that_cannot_be_opened_on_a_full_disk_is_said_and_refuses_writes(
+    small_disk: Path,
+) -> None:
+    seen: list[str] = []
+    outbox = Outbox(small_disk / "outbox.sqlite")  # opened while there was room
+    mw = AuditMiddleware(_sp(seen), AuditConfig(tenant="acme", sp_id="sp"), outbox)
+    mw.intent_recovery_interval = 0
+    loop = asyncio.new_event_loop()
+    filler = small_disk / "filler"
+    try:
+        fill_disk(filler)  # full at start: the journal's files cannot be allocated
+        mw.start()
+        state = mw.journal_state(reopen=True)
+        assert state["intent_journal_error"], state
+        assert "cannot open the intent journal" in state["intent_journal_error"], state
+        assert mw.backlog()["intent_journal_error"] == state["intent_journal_error"]
+        status, body = loop.run_until_complete(_delete(mw, 0))
+        assert status == 503 and b"intent journal unavailable" in body, body
+        assert b"not applied" in body and seen == []
+        filler.unlink()
+        assert mw.journal_state(reopen=True)["intent_journal_error"] is None  # open now
+        assert loop.run_until_complete(_delete(mw, 1))[0] == 204
+        assert seen == ["DELETE /v2/Users/u1"]
+    finally:
+        filler.unlink(missing_ok=True)
+        mw.close()
+        outbox.close()
+        loop.close()
