@@ -530,7 +530,8 @@ class AuditMiddleware:
             else:
                 done.set_result(None)
 
-        threading.Thread(target=run, name="audit-close", daemon=True).start()
+        closer = threading.Thread(target=run, name="audit-close", daemon=True)
+        closer.start()
         bound = self.close_wait()
         try:
             await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(done)), bound)
@@ -538,6 +539,7 @@ class AuditMiddleware:
             self.close_unfinished = True
             _log.error("%s", self._unflushed(bound))
             return False
+        closer.join()  # done: it is returning
         return True
 
     def _unflushed(self, waited: float) -> str:

@@ -263,7 +263,7 @@ class _BoundedReads:
         self.bound = bound
         self._lock = threading.Lock()
         self._current: tuple[float, Future[dict[str, Any]]] | None = None
-        self._todo: queue.SimpleQueue[Future[dict[str, Any]]] = queue.SimpleQueue()
+        self._todo: queue.SimpleQueue[Future[dict[str, Any]] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
 
     def held_for(self) -> float:
@@ -271,9 +271,22 @@ class _BoundedReads:
         cur = self._current
         return 0.0 if cur is None else time.monotonic() - cur[0]
 
+    def stop(self) -> None:
+        """End the thread: now when it is idle; a read the disk holds ends it after the thaw
+        (not waited for)."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+            idle = self._current is None
+        if thread is not None:
+            self._todo.put(None)
+            if idle:
+                thread.join()
+
     def _run(self) -> None:
         while True:
             fut = self._todo.get()
+            if fut is None:
+                return
             try:
                 got = self.fn()
             except BaseException as exc:
@@ -392,7 +405,7 @@ def _ops_endpoints(
     backlog: Callable[[], dict[str, Any]],
     s: ProxySettings,
     journal: Callable[[], dict[str, Any]] = dict,
-) -> dict[str, _Endpoint]:
+) -> tuple[dict[str, _Endpoint], Callable[[], None]]:
     """``/.tlog/status``, ``healthz``, ``readyz`` and ``metrics``. Ready while the outbox
     takes events (below ``outbox_max_bytes``, and writes not refused after a failed add:
     ``writes_taken``) and the intent journal is open and not stalled; the relay's health
@@ -503,12 +516,13 @@ def _ops_endpoints(
             registry.register(_ProxyCollector(lambda: b))
         return 200, CONTENT_TYPE_LATEST.encode(), generate_latest(registry)
 
-    return {
+    endpoints: dict[str, _Endpoint] = {
         STATUS_PATH: status,
         OPS_PREFIX + "/healthz": healthz,
         OPS_PREFIX + "/readyz": readyz,
         OPS_PREFIX + "/metrics": metrics,
     }
+    return endpoints, reads.stop
 
 
 class _ProxyApp:
@@ -516,9 +530,15 @@ class _ProxyApp:
     everything else to the forwarder. Answers ASGI lifespan (closing the upstream pool on
     shutdown)."""
 
-    def __init__(self, forwarder: Forwarder, endpoints: dict[str, _Endpoint]) -> None:
+    def __init__(
+        self,
+        forwarder: Forwarder,
+        endpoints: dict[str, _Endpoint],
+        stop_reads: Callable[[], None] = lambda: None,
+    ) -> None:
         self.forwarder = forwarder
         self.endpoints = endpoints
+        self.stop_reads = stop_reads
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -535,6 +555,7 @@ class _ProxyApp:
                     await send({"type": "lifespan.startup.complete"})
                 elif msg["type"] == "lifespan.shutdown":
                     await self.forwarder.aclose()
+                    self.stop_reads()
                     await send({"type": "lifespan.shutdown.complete"})
                     return
 
@@ -575,10 +596,10 @@ def build_proxy(
         max_connections=s.upstream_connections,
     )
     holder: list[AuditMiddleware] = []
-    inner = _ProxyApp(
-        forwarder,
-        _ops_endpoints(lambda: holder[0].backlog(), s, lambda: holder[0].journal_state()),
+    endpoints, stop_reads = _ops_endpoints(
+        lambda: holder[0].backlog(), s, lambda: holder[0].journal_state()
     )
+    inner = _ProxyApp(forwarder, endpoints, stop_reads)
     base = forwarder.base_path if s.base_path is None else s.base_path.rstrip("/")
     # Group members are pseudonymised under their own keys at the log, so shredding a user
     # also unlinks them from group events (never recorded in plaintext instead).

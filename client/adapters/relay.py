@@ -322,7 +322,10 @@ class Relay:
     def stop(self, drain: float = 0.0) -> None:
         """Stop the thread; with ``drain`` > 0 first try that many seconds to empty the queue."""
         if drain > 0 and self._thread is not None:
-            self.flush(drain)
+            try:
+                self.flush(drain)
+            except OutboxError as exc:  # removed, replaced or damaged: stop all the same
+                _log.error("the relay could not drain the outbox before stopping: %s", exc)
         self._stop.set()
         self._kick.set()
         if self._thread is not None:
