@@ -546,7 +546,7 @@ class AuditMiddleware:
         """The shutdown's log line when the disk did not let it finish (counts only)."""
         journal = self._journal
         in_flight = 0 if journal is None else journal.in_flight()
-        held = 0.0 if journal is None else journal.busy_for()
+        held = 0.0 if journal is None else journal.held_for()
         queued = self.outbox.queued()
         return (
             f"shutdown: the audit outbox's disk did not answer within {waited:g} s (stalled); "

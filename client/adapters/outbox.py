@@ -1476,6 +1476,11 @@ class IntentJournal:
             return False
         return since == self._stall_seen or time.monotonic() - since > bound
 
+    def held_for(self) -> float:
+        """Seconds the writer's current write or flush has been held (0.0 when idle)."""
+        since = self._busy_since
+        return 0.0 if since is None else time.monotonic() - since
+
     def in_flight(self) -> int:
         return len(self._open)
 
