@@ -579,6 +579,13 @@ class ScimService:
         except KeysRotated as exc:
             self._keys_rotated(exc, attempt)
             return None
+        halted = self.log.halted
+        if items and halted is not None:
+            # Every direct write (an erasure, an expiry, a hold, a retention period) logs an
+            # event of its own after the commit; on a log that stopped signing that event
+            # could not be, and the caller would be told 503 about a shred that happened
+            # (red team 28). Refused before anything is committed.
+            raise SequencerStopped(f"nothing was done: the log is not signing: {halted}")
         try:
             if new is None:
                 if items:
