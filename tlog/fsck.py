@@ -367,6 +367,8 @@ _SCIM_KEYS: dict[bytes, tuple[int | None, int | None]] = {
     b"L": (48, 16),
     b"A": (16 + 40, 24),
     b"R": (16, None),
+    b"H": (16 + 16, None),  # a legal hold (tn, hold id)
+    b"Y": (16, None),  # a tenant's retention period
     b"X": (16 + 1 + 16 + 40, 16 + 1 + 16 + 8),
 }
 _SEALED_MIN = 12 + 16  # AES-GCM iv ‖ tag: K and D values are sealed keys, not records
