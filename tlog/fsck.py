@@ -369,6 +369,7 @@ _SCIM_KEYS: dict[bytes, tuple[int | None, int | None]] = {
     b"R": (16, None),
     b"H": (16 + 16, None),  # a legal hold (tn, hold id)
     b"Y": (16, None),  # a tenant's retention period
+    b"Q": (32, None),  # a direct write's leaf, sequenced again at start (tlog.scim.erasure)
     b"X": (16 + 1 + 16 + 40, 16 + 1 + 16 + 8),
 }
 _SEALED_MIN = 12 + 16  # AES-GCM iv ‖ tag: K and D values are sealed keys, not records
@@ -388,6 +389,8 @@ def _scim_problem(
         return f"key is {len(rest)} bytes after the tag, want {width}"
     if lh_at is not None and not known(rest[lh_at : lh_at + 32]):
         return "references a leaf hash that is not in the log"
+    if tag == b"Q":  # in the log or not yet: its key must be its hash
+        return None if leaf_hash(value) == rest else "leaf does not hash to its key"
     if tag == b"V":
         if not known(leaf_hash(value)):
             return "holds leaf bytes that are not in the log"

@@ -196,8 +196,8 @@ def build_app(
         ],
         on_startup=[
             *(
-                [lambda: service.erasures.start(interval)]
-                if service is not None and (interval := config.scim_expiry_interval) > 0
+                [lambda: service.erasures.start(config.scim_expiry_interval)]
+                if service is not None
                 else []
             ),
             *([publisher.start] if publisher is not None else []),

@@ -17,6 +17,7 @@ import json
 import os
 import signal
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from client.net.scim_audit import ScimAuditClient
 from client.scim import event_to_json
 from client.tools.auditor import Auditor
 from tests.ops.paused import command_script
-from tests.support import start_server, token_for
+from tests.support import start_server, store_args, tlog_in_process, token_for
 from tlog.backend import open_backend
 from tlog.scim import store
 from tlog.scim.keys import MASTER_KEY_FILE, read_key_file
@@ -170,3 +171,63 @@ def test_redteam28_an_approval_killed_mid_rotation_is_whole_after_a_retry(
         mdb = b"".join(f.read_bytes() for f in data.rglob("*.mdb"))
         assert mdb and ALICE.encode() not in mdb and b"alice" not in mdb.lower()
     assert oct(os.stat(data / MASTER_KEY_FILE).st_mode & 0o777) == oct(0o600)
+
+
+# Retention expiry with everything already due (the month boundary moved to tomorrow) and
+# the process killed once the rotation is whole: the shred is committed, its event not
+# sequenced yet.
+_EXPIRY_DIES = """
+import time
+from tlog.scim import erasure as _erasure
+_erasure._epoch_start_ms = lambda epoch: int(time.time() * 1000) + 86_400_000
+_switch = _keys.KeyRing._switch
+def _switch_and_die(self, new):
+    _switch(self, new)
+    _die()
+_keys.KeyRing._switch = _switch_and_die
+"""
+
+
+def test_redteam28_an_expiry_killed_before_its_event_is_sequenced_is_logged_after_restart(
+    tmp_path: Path, database: str | None
+) -> None:
+    """The expiry's shred committed, the process killed before its ``tlog.expiry`` event
+    was sequenced: nothing retries it (the next run finds nothing due), so before red team
+    28 the events were gone with no event in the log saying so. The next start sequences
+    the event the commit staged."""
+    data = tmp_path / "data"
+    start_server(data, database=database).stop()
+    sub = token_for(data, database, "--role", "submitter", "--tenant", T1)
+    po = token_for(data, database, "--role", "privacy-officer", "--person", "A")
+    aud = token_for(data, database, "--role", "auditor", "--tenant", T1)
+    srv = start_server(data, database=database, script=command_script(_DIE + _EXPIRY_DIES, "serve"))
+    try:
+        alice = _post_event(srv.url, sub, ALICE, "r-a")
+        r = httpx.put(
+            srv.url + "/v1/scim/retention", json={"tenant": T1, "days": 30}, headers=_hdr(po)
+        )
+        assert r.status_code == 200, r.text
+        with pytest.raises(httpx.TransportError):
+            httpx.post(
+                srv.url + "/v1/scim/expire", json={"tenant": T1}, headers=_hdr(po), timeout=60
+            )
+        assert srv.proc.wait(60) == -signal.SIGKILL
+    finally:
+        srv.stop()
+    srv = start_server(data, database=database)
+    try:
+        vkey = httpx.get(srv.url + "/v1/log").json()["vkey"]
+        with httpx.Client(timeout=60) as http:
+            auditor = ScimAuditClient(srv.url, aud, vkey, http=http)
+            (erased,) = auditor.receipts(eid=alice)
+            assert erased.erased  # the shred was committed
+            deadline = time.monotonic() + 60
+            while not (runs := list(auditor.search_all(action="tlog.expiry.run"))):
+                assert time.monotonic() < deadline, "the expiry's event never reached the log"
+                time.sleep(0.2)
+            (run,) = runs
+            assert run.event["x"]["events"] == 1
+    finally:
+        srv.stop()
+    r = tlog_in_process("fsck", "--data", str(data), *store_args(database))
+    assert r.returncode == 0, r.stdout + r.stderr

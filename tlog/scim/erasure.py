@@ -177,7 +177,40 @@ class Erasures:
             rid=rid,
             x=x,
         )
-        return self.svc.stage_one(tx, tk, ev, self.svc.log_time())
+        acc = self.svc.stage_one(tx, tk, ev, self.svc.log_time())
+        if not acc.duplicate:
+            # Committed with the write, before the leaf is sequenced: a crash (or a failed
+            # sequencing) in between leaves it for resequence() to put in the log.
+            tx.put(store.unlogged_key(acc.leaf_hash), acc.leaf)
+        return acc
+
+    async def resequence(self) -> int:
+        """Sequence the leaves of the log's own events that direct writes committed
+        (:func:`store.unlogged_key`), then forget them: the ones already in the log are
+        duplicates (nothing new), the others those of a write whose sequencing never
+        happened (the process died, or the sequencing failed after the commit). Returns
+        how many were found."""
+
+        def pending(tx: Overlay) -> list[tuple[bytes, bytes]]:
+            return list(tx.rv.aux_range(store.unlogged_prefix()))
+
+        found = await self.svc.read_off_loop(pending, "a read of unsequenced events")
+        if not found:
+            return 0
+        res = await self.svc.seq.submit([leaf for _, leaf in found])
+        if not all(res.duplicates):
+            log.warning(
+                "%d event(s) of the log's own (erasure, expiry, hold or retention) committed "
+                "by a write whose sequencing did not happen are now in the log",
+                sum(1 for d in res.duplicates if not d),
+            )
+
+        def forget(tx: Overlay) -> None:
+            for key, _ in found:
+                tx.delete(key)
+
+        await anyio.to_thread.run_sync(self.svc.write, forget)
+        return len(found)
 
     @staticmethod
     def _check_tenant(principal: Principal, tenant: str) -> None:
@@ -749,6 +782,7 @@ class Erasures:
         event per tenant that lost anything; the tenant's keys are rotated."""
         if principal is not None and tenant is not None:
             self._check_tenant(principal, tenant)
+        await self.resequence()
 
         def tenants(tx: Overlay) -> list[str]:
             out = []
@@ -843,10 +877,15 @@ class Erasures:
     # -- background job -----------------------------------------------------------------------
 
     def start(self, interval: float) -> None:
-        """Run :meth:`expire` every ``interval`` seconds (first run after one interval)."""
+        """Run :meth:`resequence` now, then :meth:`expire` every ``interval`` seconds (first
+        run after one interval; none if ``interval`` is not positive)."""
 
         async def loop() -> None:
-            while True:
+            try:
+                await self.resequence()
+            except Exception as exc:
+                log.warning("the log's own unsequenced events: not sequenced yet (%s)", exc)
+            while interval > 0:
                 await asyncio.sleep(interval)
                 try:
                     for r in await self.expire():

@@ -149,6 +149,17 @@ def request_key(req_id: bytes) -> bytes:
     return _R_ + req_id
 
 
+def unlogged_key(leaf_hash: bytes) -> bytes:
+    """The leaf of a log's own event staged by a direct write (an erasure, an expiry, a hold,
+    a retention period), committed with it: sequenced again at the next start and expiry
+    run, then deleted, so a crash between the commit and the sequencing loses no event."""
+    return _k(b"Q", leaf_hash)
+
+
+def unlogged_prefix() -> bytes:
+    return _k(b"Q")
+
+
 # --- records ------------------------------------------------------------------------------
 
 
