@@ -3,8 +3,9 @@ point of its rotation (docs/design.md "Erasure"): before the store's commit (the
 holds both master keys), after it (the store is under the new key, the file still holds
 both), and after the file's second write (only the leaf is not sequenced yet).
 
-After the restart, on both backends: the server starts with one key in the file; the
-approval retried answers 200 with the erasure event's index in the log; the subject's
+After the restart, on both backends: the server starts with one key in the file; a
+committed approval's event reaches the log at the start, before any retry (its certificate
+answers); the approval retried answers 200 with the erasure event's index in the log; the subject's
 events are erased and nobody else's; no key material of the subject is left in the store
 (no subject record of its kid, no DEK, listing or state record of a kid without a subject
 record); and the whole log audits (every tile recomputed, the checkpoint's signature)."""
@@ -144,6 +145,17 @@ def test_redteam28_an_approval_killed_mid_rotation_is_whole_after_a_retry(
     try:
         key_file = data / MASTER_KEY_FILE
         assert read_key_file(key_file)[1] is None  # one key left in the file
+        status = httpx.get(f"{srv.url}/v1/scim/erasures/{rid}", headers=_hdr(po_a), timeout=60)
+        if point == "before-commit":
+            assert status.json()["state"] == "pending", status.text
+        else:  # committed: its event reaches the log at the start, before any retry
+            assert status.json()["state"] == "done", status.text
+            cert = f"{srv.url}/v1/scim/erasures/{rid}/certificate"
+            deadline = time.monotonic() + 60
+            while (c := httpx.get(cert, headers=_hdr(po_a), timeout=60)).status_code != 200:
+                assert c.status_code == 404, c.text  # "not in the log yet"
+                assert time.monotonic() < deadline, c.text
+                time.sleep(0.2)
         r = httpx.post(f"{srv.url}/v1/scim/erasures/{rid}/approve", headers=_hdr(po_b), timeout=60)
         assert r.status_code == 200, r.text
         done: dict[str, Any] = r.json()
