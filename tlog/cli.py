@@ -496,6 +496,13 @@ def _fsck_result(rep: FsckReport, where: str) -> int:
         print(f"fsck: FINDING {one_line(f)}", file=sys.stderr)
     for e in rep.errors:
         print(f"fsck: ERROR {one_line(str(e))}", file=sys.stderr)
+    if rep.pending:
+        print(
+            f"fsck: PENDING {rep.pending} event(s) of the log's own (an erasure, an expiry, a "
+            "hold or a retention period) committed but not sequenced yet (the process "
+            "stopped in between): the next start of tlog serve puts them in the log",
+            file=sys.stderr,
+        )
     if not rep.ok:
         status = f"FAILED ({len(rep.errors)} errors)"
     elif rep.findings:
