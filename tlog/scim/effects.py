@@ -1310,14 +1310,12 @@ class _Run:
                 if (self.prefix, key) in _SETS and key not in seen_sets:
                     if _told_set(x.get("result"), key) is not None:
                         continue  # the SP's answer says what it holds: apply_result judges
-                    if _unanswered(x, key):
-                        # not shown by the answer (x.unanswered, stop 37): RFC 7644 §3.5.1
-                        # lets an SP keep them or clear them, so what is left is not known
-                        self._forget_unanswered(key)
-                        continue
-                    # an event without the mark (an adapter from before it): cleared, as
-                    # scim2-server and SCIMMY do
-                    self.values(key, "replace", [], whole=True)
+                    # not shown by the answer (x.unanswered, stop 37), or an event
+                    # without the mark (an adapter from before it, or a client's own): RFC
+                    # 7644 §3.5.1 lets an SP keep them or clear them, so what is left is
+                    # not known (before faith26 an unmarked event named every held value
+                    # revoked, whatever the SP kept)
+                    self._forget_unanswered(key)
             if stated:
                 self.left_out(named, x.get("result"))
         refs = ev.get("refs", ())
@@ -1345,14 +1343,14 @@ class _Run:
             elif attr == "members" and self.prefix == "group" and op == "replace":
                 # a PUT without members: what the SP's answer holds (x.result.members)
                 told = _told_members(x.get("result")) if parts <= 1 else None
-                if told is None and _unanswered(x, "members"):
-                    # not shown by the answer (x.unanswered, faith20): RFC 7644 §3.5.1 lets
-                    # an SP keep them or clear them, so what is left is not known
+                if told is None:
+                    # not shown by the answer (x.unanswered, faith20), or an event without
+                    # the mark (an adapter from before it, a client's own): RFC 7644 §3.5.1
+                    # lets an SP keep them or clear them, so what is left is not known
+                    # (before faith26 an unmarked event named every member removed)
                     self._forget_members()
                 else:
-                    # an event without the mark (an adapter from before it): empty, as
-                    # scim2-server and SCIMMY do
-                    self.references(attr, told or [], whole=True)
+                    self.references(attr, told, whole=True)
         if "maybe_req" in self.state and (self.state["maybe_req"] != req or part >= parts - 1):
             # the members a path-less clear may have left, placed by no later part: not known
             self.state.pop("maybe_members", None)
@@ -1497,8 +1495,9 @@ class _Run:
         ``userName``, ``emails``, any other) may have changed, and nothing says how: the
         state forgets it and the effect names it changed, without values (not known). The
         manager a PUT leaves out is cleared where the answer says none is held, and not
-        known where the adapter marked it ``x.unanswered`` (stop 37, as the left-out roles
-        and members); an event without the mark (an older adapter): named removed.
+        known where the answer does not say (the adapter marks it ``x.unanswered``, stop
+        37, as the left-out roles and members; an event without the mark, from an older
+        adapter or a client's own, named it removed before faith26).
         Before red team 13 such a PUT kept the old values: a PUT without ``active`` on a
         deactivated user, or without the manager, was judged
         ``user.noop`` while the SP had cleared them, and a later PATCH setting the same
@@ -1513,14 +1512,13 @@ class _Run:
             # nothing an SP can assign, so it went; named removed, found by its search.
             # Unless the SP's answer says what became of it (x.result.manager): then
             # apply_result judges it (an SP that merges a PUT keeps it: not removed).
-            if _unanswered(self.ev.get("x", {}), "manager"):
-                # not shown by the answer (x.unanswered, stop 37: a 204, a trimmed answer,
-                # its pseudonym not had): kept by a merging SP, so not known, none removed
-                self._forget_manager()
-                self._not_known("manager")
-                self.verbs.add("update")
-            else:
-                self._clear_manager()
+            # not shown by the answer (x.unanswered, stop 37: a 204, a trimmed answer,
+            # its pseudonym not had), or an event without the mark (an adapter from
+            # before it, a client's own; before faith26 named removed): kept by a merging
+            # SP, so not known, none removed
+            self._forget_manager()
+            self._not_known("manager")
+            self.verbs.add("update")
         elif self.state.get("manager_unknown") and "manager" not in named and told_mgr is None:
             self._not_known("manager")  # cleared or kept, of one the log does not know
             self.verbs.add("update")
@@ -1797,13 +1795,6 @@ def _told_other(result: object) -> dict[str, str] | None:
             return None
         out[key] = digest
     return out
-
-
-def _unanswered(x: Mapping[str, Any], attr: str) -> bool:
-    """Whether the adapter marked ``attr`` as left out of a PUT and not shown by the SP's
-    answer (``x.unanswered``, faith20)."""
-    got = x.get("unanswered")
-    return isinstance(got, list) and attr in got
 
 
 MEMBERS_KNOWN = "mk"  # a group state's key: the tenant KEK generation its member set is known at
