@@ -1432,7 +1432,7 @@ def _resulting_other(
     secret: Collection[str],
     digest: Collection[str],
     asked: Mapping[str, Any] | None = None,
-) -> dict[str, str] | None:
+) -> dict[str, str | None] | None:
     """Of a PUT's answer, every attribute the log's state keeps only as a digest (any but
     the security attributes, :data:`_NOT_OTHER`; never a secret one), by its path as a PUT
     would state it (an extension's as ``urn:...:User:name``), mapped to the digest the
@@ -1445,20 +1445,29 @@ def _resulting_other(
     asked: the log takes the request's digest of the rest, so an answer storing what was
     asked records nothing, and the digest is computed only where the values differ
     (faith24; before, a create's answer recorded none, and the first PUT leaving out one
-    the SP had reshaped named it changed)."""
+    the SP had reshaped named it changed).
+
+    ``null`` for one the answer holds as JSON null (RFC 7643 §2.5: unassigned), and, of a
+    create's, for one it named that the answer leaves out (:class:`_Omitted`: the SP did
+    not store it, or never returns it; either way not as asked): the SP holds none, or what
+    it holds is not shown, and the log keeps no digest of it (faith26; before, such an
+    answer recorded nothing, and the log took the request's value as stored)."""
     if not isinstance(resp, Mapping) or not isinstance(resp.get("id"), str):
         return None
-    out: dict[str, str] = {}
-    for path, value in _expand_units(resp):
+    out: dict[str, str | None] = {}
+    units = _expand_units(resp)
+    if asked:
+        units += [(v.path, None) for v in asked.values() if isinstance(v, _Omitted)]
+    for path, value in units:
         low = path.lower()
         if asked is not None and (low not in asked or same_json(asked[low], value)):
             continue
-        if not _kept_as_digest(low, secret) or value is None or len(path.encode("utf-8")) > 256:
+        if not _kept_as_digest(low, secret) or len(path.encode("utf-8")) > 256:
             continue
         if _CONTROL.search(path):
             return None  # no event may hold the name (red team 21: the event was cut short)
         try:
-            out[path] = kept_digest(path, value, digest)
+            out[path] = None if value is None else kept_digest(path, value, digest)
         except EventFormatError:
             # a value JSON's canonical form cannot hold (a number past 2**53 or 1e400, a
             # lone surrogate): not understood, as in a request; before red team 21 the
@@ -1467,6 +1476,13 @@ def _resulting_other(
         if len(out) > _RESULT_OTHER:
             return None
     return out
+
+
+class _Omitted(NamedTuple):
+    """An attribute a create named (at ``path``, the request's spelling) that its answer
+    leaves out (:func:`_asked_units`)."""
+
+    path: str
 
 
 def _kept_as_digest(low: str, secret: Collection[str]) -> bool:
@@ -1512,7 +1528,8 @@ def _asked_units(
     (``resp``) holds otherwise (:func:`_shown_at`), by lower-case path, for
     :func:`_resulting_other` to record (empty: none; the answer then is not read: a
     faithful SP's create costs a comparison per attribute, no digest). One the answer does
-    not hold is left out (never returned: the request's digest stands). None when the
+    not hold is an :class:`_Omitted` (faith26: recorded ``null``, not known; before, left
+    out, the request's digest taken as stored). None when the
     answer named one of them twice in two spellings (``twice``: the names its decoding
     noted so, ``dup_keys``; at their bound, any; or a sub-attribute of one, review 37):
     which the SP stored is not known (``x.result.other`` null, as for an answer the event
@@ -1529,6 +1546,8 @@ def _asked_units(
             if got is _ABSENT:
                 got = _shown_at(resp, path)
             if got is _ABSENT:
+                if value is not None:  # a null asked is none held: the same
+                    out[low] = _Omitted(path)
                 continue
             if twice and _holds_noted(got, twice):
                 return None  # a sub-attribute named twice (review 37): read last-wins

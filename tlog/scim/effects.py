@@ -1565,11 +1565,12 @@ class _Run:
             raw = value.encode() if isinstance(value, str) else bytes(value)
             h = hashlib.sha256(raw).hexdigest()[:32]
             shown = self._shown_other(key)
-            if shown is None and self._other_not_recorded():
+            if shown is None and (self._other_not_recorded() or self._shown_none(key)):
                 # a create's answer stored some of its attributes otherwise than asked and
-                # could not record them (x.result.other null): what the SP holds is not
-                # known, so no digest is kept (a later PUT stating the asked value is then
-                # named, never a noop: red team 26)
+                # could not record them (x.result.other null), or the answer holds this one
+                # as null or (a create's) leaves it out (x.result.other's null for it,
+                # faith26): what the SP holds is not known, so no digest is kept (a later
+                # PUT stating the asked value is then named, never a noop: red team 26)
                 others.pop(key, None)
                 self.verbs.add("update")
                 self.state["other"] = others
@@ -1612,6 +1613,15 @@ class _Run:
         if not hasattr(self, "_told"):  # read once per event, not once per attribute
             self._told = _told_other(self.ev.get("x", {}).get("result"))
         return None if self._told is None else self._told.get(key)
+
+    def _shown_none(self, key: str) -> bool:
+        """Whether a PUT's or a create's answer records ``key`` as holding none
+        (``x.result.other``'s null: the answer's JSON null, or a create's answer leaving
+        out what it named; faith26)."""
+        if self._shown_other(key) is not None:
+            return False
+        told = getattr(self, "_told", None)  # read by _shown_other (a PUT's, a create's)
+        return told is not None and key in told
 
     def apply_result(self, result: Mapping[str, Any]) -> None:
         """The SP's answer is the truth about the resulting values (``x.result``)."""
@@ -1775,18 +1785,19 @@ def _told_members(result: object) -> list[Mapping[str, Any]] | None:
     return [{"rt": "User", "pid": base64.b64decode(p), "op": "replace"} for p in told]
 
 
-def _told_other(result: object) -> dict[str, str] | None:
+def _told_other(result: object) -> dict[str, str | None] | None:
     """The digests of the attributes the state keeps only so, as the SP's answer to a PUT
-    records them (``x.result.other``: path -> digest), by the state's key; None when the
+    records them (``x.result.other``: path -> digest, or null: the answer holds none, or a
+    create's answer left out what it named, faith26), by the state's key; None when the
     answer does not record them (an adapter from before faith20, a 204, a trimmed answer)
     or names one key twice (two paths of it: which is the state's is not known)."""
     if not isinstance(result, Mapping) or not isinstance(result.get("other"), Mapping):
         return None
-    out: dict[str, str] = {}
+    out: dict[str, str | None] = {}
     for path, digest in result["other"].items():
-        if not isinstance(path, str) or not isinstance(digest, str):
+        if not isinstance(path, str) or not (digest is None or isinstance(digest, str)):
             return None
-        if not _KEPT_DIGEST.fullmatch(digest):
+        if digest is not None and not _KEPT_DIGEST.fullmatch(digest):
             # not the state's form (kept_digest's): before red team 21 any text up to
             # 16 KiB became the attribute's digest in the subject's state
             return None
