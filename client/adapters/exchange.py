@@ -1198,7 +1198,8 @@ class Builder:
         if not (200 <= x.status < 300) or not isinstance(resp_ops, list):
             resp_ops = []
         results = [r for r in resp_ops if isinstance(r, Mapping)]
-        matched, stray, unpaired = _align(ops, results, self.answers)
+        made: dict[int, tuple[Mapping[str, Any], str | None]] = {}  # _created's, read once
+        matched, stray, unpaired = _align(ops, results, self.answers, made)
         missing = any(r is None and i not in unpaired for i, r in enumerate(matched))
         if not unknown and not stray and missing and not _stopped(req_obj, results):
             # Operations without a result, and the SP had no cause to stop (RFC 7644
@@ -1213,7 +1214,7 @@ class Builder:
             if self.answer is None:
                 self.answer = f"not understood: {stray} results name no operation asked"
         # bulkId -> id, from the POSTs that succeeded whose location names their resource
-        created = _created(ops, matched, self.answers)
+        created = _created(ops, matched, self.answers, made)
         out = Recorded([], [], self.texts, self.canon)
         why = _UNREAD if unknown else None
         for seq in _run_order(ops):  # creates before the operations naming their bulkId
@@ -1765,6 +1766,7 @@ def _align(
     ops: Sequence[Mapping[str, Any]],
     results: Sequence[Mapping[str, Any]],
     answers: Answers | None = None,
+    made: dict[int, tuple[Mapping[str, Any], str | None]] | None = None,
 ) -> tuple[list[Mapping[str, Any] | None], int, set[int]]:
     """Pair each bulk operation with its result; also the number of results left unpaired
     (an answer naming operations not asked, or one twice: not understood, :meth:`bulk`),
@@ -1780,7 +1782,8 @@ def _align(
     of thousands). The results left (naming none) are paired in order when their number
     and methods line up with the operations left; otherwise only a result that can be one
     operation's alone (and is that operation's only candidate) is paired, and an operation
-    one of the remaining results may belong to is ``unknown``, never guessed."""
+    one of the remaining results may belong to is ``unknown``, never guessed. ``made``:
+    :func:`_created`'s reading of each create's result, kept for the caller's."""
     out: list[Mapping[str, Any] | None] = [None] * len(ops)
     methods = [_op_method(op) for op in ops]
     waiting: dict[tuple[str, str, str], deque[int]] = {}
@@ -1807,10 +1810,10 @@ def _align(
             else:
                 unnamed.add(id(res))
         if creates and refs:
-            made = _created(ops, out, answers)
+            ids = _created(ops, out, answers, made)
             touched: set[tuple[str, str, str]] = set()
             for i, (m, rt, ref) in refs:
-                got = made.get(ref.removeprefix("bulkId:"))
+                got = ids.get(ref.removeprefix("bulkId:"))
                 if got is not None:
                     waiting.setdefault((m, rt, got), deque()).append(i)
                     touched.add((m, rt, got))
@@ -1864,19 +1867,29 @@ def _created(
     ops: Sequence[Mapping[str, Any]],
     matched: Sequence[Mapping[str, Any] | None],
     answers: Answers | None = None,
+    made: dict[int, tuple[Mapping[str, Any], str | None]] | None = None,
 ) -> dict[str, str]:
     """bulkId -> the id the SP created for it (:meth:`Answers.created_id` of the POST's
     result: its ``location``, its ``response``'s ``id``, ``meta`` and ``schemas``), from the
-    POSTs paired with a result whose answer names the POST's resource."""
+    POSTs paired with a result whose answer names the POST's resource. ``made``: each
+    operation's result and the id read of it, kept between calls (:func:`_align` reads the
+    creates' before pairing the rest, :meth:`Builder.bulk` all of them after: before faith26
+    each create's result was read twice, its location parsed and checked twice)."""
     answers = answers or _NO_ANSWERS
     created: dict[str, str] = {}
-    for op_req, op_resp in zip(ops, matched, strict=True):
+    for i, (op_req, op_resp) in enumerate(zip(ops, matched, strict=True)):
         if op_resp is None or _op_method(op_req) != "POST":
             continue
         bid = get_ci(op_req, "bulkid")
         path = get_ci(op_req, "path")
         if isinstance(bid, str) and isinstance(path, str):
-            got = answers.result_id(path, op_resp)[0]
+            seen = made.get(i) if made is not None else None
+            if seen is not None and seen[0] is op_resp:
+                got = seen[1]
+            else:
+                got = answers.result_id(path, op_resp)[0]
+                if made is not None:
+                    made[i] = (op_resp, got)
             if got:
                 created[bid] = got
     return created
