@@ -57,6 +57,13 @@ class Decoded:
     value: Any = None
     error: str | None = None
     notes: dict[str, Any] = field(default_factory=dict)
+    # the objects of ``value`` read with a name twice (``notes["dup_keys"]``), by id(), each
+    # with those names in lower case: where the duplicates are, so a bulk answer's results
+    # free of them can still be read (faith26). Never in an event.
+    twice_in: dict[int, set[str]] = field(default_factory=dict, repr=False, compare=False)
+    # those objects, held so that no id in twice_in is another's (one dropped by a later
+    # duplicate of its own name would be freed, its id given to an object made after)
+    twice_held: list[Any] = field(default_factory=list, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
@@ -245,6 +252,8 @@ def _general(
             return Decoded(None, None, notes)
         text = _to_text(data, header_param(content_type, "charset"), notes)
         dups: list[str] = []
+        twice_in: dict[int, set[str]] = {}
+        held: list[Any] = []
 
         def last_wins(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
             out: dict[str, Any] = {}
@@ -253,6 +262,9 @@ def _general(
                 prev = lower.get(k.lower())
                 if prev is not None:
                     del out[prev]
+                    if id(out) not in twice_in:
+                        held.append(out)
+                    twice_in.setdefault(id(out), set()).add(k.lower())
                     if len(dups) < MAX_FLAGGED_KEYS and k[:64] not in dups:
                         dups.append(k[:64])
                 lower[k.lower()] = k
@@ -268,7 +280,7 @@ def _general(
             raise _BodyError(f"body is not JSON: {str(exc)[:120]}") from None
         if dups:
             notes["dup_keys"] = dups
-        return Decoded(value, None, notes)
+        return Decoded(value, None, notes, twice_in, held)
     except _BodyError as exc:
         return Decoded(None, str(exc), notes)
 

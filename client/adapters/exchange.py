@@ -1060,16 +1060,24 @@ class Builder:
         return Recorded(self.make(fields, intent, unparsed, result), [], self.texts, self.canon)
 
     def taken(
-        self, op: str, target: _Target, rid: str | None, resp: Any, body: Any
+        self,
+        op: str,
+        target: _Target,
+        rid: str | None,
+        resp: Any,
+        body: Any,
+        twice: Collection[str] | None = None,
     ) -> tuple[dict[str, Any] | None, str | None]:
         """What a success's answer ``resp`` (a single write's body, a bulk operation's
         ``response``) to a write of ``body`` (the request's resource) gives the event: the
         resulting values (``x.result``), or why the answer cannot be taken as the written
-        resource's result (``x.answer``)."""
+        resource's result (``x.answer``). ``twice``: the names the answer's decoding read
+        twice that may be in ``resp`` (None: the whole answer's, ``dup_keys``)."""
         answer = self.answer or self._answer_check(op, target, rid, resp)
         if answer is not None:
             return None, answer
-        twice = () if self._resp is None else self._resp.notes.get("dup_keys", ())
+        if twice is None:
+            twice = () if self._resp is None else self._resp.notes.get("dup_keys", ())
         if twice and op != "create":
             # RFC 7643 §2.1: names are case-insensitive, so an answer naming one twice in
             # two spellings cannot say which value the SP holds (the decoder kept the last):
@@ -1217,6 +1225,7 @@ class Builder:
         created = _created(ops, matched, self.answers, made)
         out = Recorded([], [], self.texts, self.canon)
         why = _UNREAD if unknown else None
+        twice_in = self._resp.twice_in if self._resp is not None else None
         for seq in _run_order(ops):  # creates before the operations naming their bulkId
             self._bulk_op(
                 seq,
@@ -1226,6 +1235,7 @@ class Builder:
                 created,
                 out,
                 _UNPAIRED if seq in unpaired else why,
+                _twice_in_result(twice_in, resp, matched[seq]) if twice_in else (),
             )
         return out
 
@@ -1238,10 +1248,12 @@ class Builder:
         created: Mapping[str, str],
         out: Recorded,
         unknown: str | None = None,
+        twice: Collection[str] = (),
     ) -> None:
         """The event(s) of one operation into ``out``; ``unknown``: why whether it ran is
         not known, when it has no result (the answer not understood, or its result not
-        told among the others)."""
+        told among the others); ``twice``: the names the answer's decoding read twice that
+        may be in its result (:func:`_twice_in_result`)."""
         x = self.x
         method = _op_method(op_req)
         path = get_ci(op_req, "path")
@@ -1351,8 +1363,33 @@ class Builder:
         if outcome == "success" and isinstance(resp_err, Mapping) and located is None:
             # RFC 7644 §3.7.3: a result may carry the resource in "response"; taken as a
             # single write's answer is (neither scim2-server nor SCIMMY sends one)
-            result, answer = self.taken(op, target, rid_v, resp_err, data)
+            result, answer = self.taken(op, target, rid_v, resp_err, data, twice)
         out.events.extend(self.make(fields, intent, unparsed, result, answer))
+
+
+def _twice_in_result(
+    twice_in: Mapping[int, Collection[str]], resp: Any, result: Mapping[str, Any] | None
+) -> Collection[str]:
+    """The names a BulkResponse's decoding read twice (``twice_in``: by the id of the
+    object holding them, :attr:`client.adapters.body.Decoded.twice_in`) that bear on one
+    operation's ``result``: those of any object within it, or, where the BulkResponse
+    itself names ``Operations`` twice (which results are the SP's is then not known), all
+    of them. Empty: the result was read unambiguously, and its answer is taken whatever
+    other results or the BulkResponse's other members named twice (faith26; before, one
+    name twice anywhere in the answer left every operation's answer untaken). Walked only
+    when the answer named one twice."""
+    if "operations" in twice_in.get(id(resp), ()):
+        return sorted({n for names in twice_in.values() for n in names})
+    found: set[str] = set()
+    todo: list[Any] = [result]
+    while todo:
+        v = todo.pop()
+        if isinstance(v, Mapping):
+            found.update(twice_in.get(id(v), ()))
+            todo.extend(v.values())
+        elif isinstance(v, list):
+            todo.extend(v)
+    return sorted(found)
 
 
 def _resulting_values(
