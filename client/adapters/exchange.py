@@ -1105,7 +1105,7 @@ class Builder:
             )
         )
         if op == "replace" and not trimmed:
-            other = _resulting_other(resp, secret, digest)
+            other = _resulting_other(resp, secret, digest, stated=body)
             if other is not None:  # one showing none of them says so ({})
                 result = {**(result or {}), "other": other}
         elif op == "create" and not trimmed:
@@ -1470,6 +1470,7 @@ def _resulting_other(
     secret: Collection[str],
     digest: Collection[str],
     asked: Mapping[str, Any] | None = None,
+    stated: Any = None,
 ) -> dict[str, str | None] | None:
     """Of a PUT's answer, every attribute the log's state keeps only as a digest (any but
     the security attributes, :data:`_NOT_OTHER`; never a secret one), by its path as a PUT
@@ -1489,10 +1490,14 @@ def _resulting_other(
     create's, for one it named that the answer leaves out (:class:`_Omitted`: the SP did
     not store it, or never returns it; either way not as asked): the SP holds none, or what
     it holds is not shown, and the log keeps no digest of it (faith26; before, such an
-    answer recorded nothing, and the log took the request's value as stored)."""
+    answer recorded nothing, and the log took the request's value as stored). Of a PUT's
+    answer (``stated``: its body), a null only for one the PUT states (one it leaves out
+    the log judges alike absent or null, and an SP answering null for each unset one would
+    pass the bound)."""
     if not isinstance(resp, Mapping) or not isinstance(resp.get("id"), str):
         return None
     out: dict[str, str | None] = {}
+    stated_low: set[str] | None = None
     units = _expand_units(resp)
     if asked:
         units += [(v.path, None) for v in asked.values() if isinstance(v, _Omitted)]
@@ -1502,6 +1507,15 @@ def _resulting_other(
             continue
         if not _kept_as_digest(low, secret) or len(path.encode("utf-8")) > 256:
             continue
+        if value is None and asked is None:
+            if stated_low is None:  # made once, at the first null: a rare answer
+                stated_low = (
+                    {p.lower() for p, _ in _expand_units(stated)}
+                    if isinstance(stated, Mapping)
+                    else set()
+                )
+            if low not in stated_low:
+                continue
         if _CONTROL.search(path):
             return None  # no event may hold the name (red team 21: the event was cut short)
         try:

@@ -120,3 +120,13 @@ def test_a_create_stored_as_asked_still_records_nothing_more() -> None:
     answer = {k: v for k, v in body.items() if k != "nickName"}
     created = exchange_event("POST", "/Users", body, 201, {**answer, "id": "A"})
     assert "other" not in (created.get("x") or {}).get("result", {}), created.get("x")
+
+
+def test_a_puts_answer_null_for_what_it_did_not_state_is_not_recorded() -> None:
+    """An SP answering null for each attribute it holds none of: only the ones the PUT
+    states are recorded, so the answer stays within the 64 ``x.result.other`` holds."""
+    body = {"schemas": [USER], "userName": "ann", "title": "T"}
+    unset = {f"x{i}": None for i in range(70)}
+    answer = {**body, "id": "A", "title": None, **unset}
+    put = exchange_event("PUT", "/Users/A", body, 200, answer)
+    assert put["x"]["result"]["other"] == {"title": None}, put["x"]
