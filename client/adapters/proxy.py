@@ -456,12 +456,15 @@ def _ops_endpoints(
         return _json(200, {"upstream": s.upstream, "log": s.log_url, **got})
 
     async def healthz() -> tuple[int, bytes, bytes]:
-        # the loop answers; a stalled disk said (nothing is applied until it answers)
+        # The loop answers: alive. A stalled disk is said (nothing is applied until it
+        # answers) but stays 200: healthz is the liveness probe, and a restart cannot help a
+        # frozen disk (the old process holds its port and journal lock until the thaw);
+        # without one the proxy resumes at the thaw. readyz and the metrics are the signal
+        # (review 38: stall29 had made it 503).
         stalled = stall()
         if stalled is not None:
             return _json(
-                503,
-                {"status": "unhealthy", "intent_journal": "stalled", "error": stalled["error"]},
+                200, {"status": "ok", "intent_journal": "stalled", "error": stalled["error"]}
             )
         return _json(200, {"status": "ok"})
 

@@ -4,7 +4,8 @@ file system that stalls (``fsfreeze`` on a loop-mounted ext4), the gaps stall28 
 * ``/.tlog/status`` (and readyz and metrics, which read the outbox too) hung on the frozen
   disk when no write had found the stall yet: SQLite writes its shared-memory map even to
   read, and that page waits for the thaw. Now each answers within ``--intent-wait`` and
-  says the disk stalls (status: ``disk_stalled``; healthz and readyz: 503 with the reason;
+  says the disk stalls (status: ``disk_stalled``; healthz: 200, alive, with the reason;
+  readyz: 503 with the reason;
   metrics: ``tlog_proxy_disk_stalled 1``). The clients' timeouts are bounds: a hang fails.
 * SIGTERM on the frozen disk waited for the thaw. Now the shutdown gives up after its
   bound, says in the log what it left unflushed and that the next start recovers it, and
@@ -85,8 +86,9 @@ def test_the_ops_endpoints_answer_on_a_frozen_disk_before_any_write(
             doc = s.json()
             assert doc["disk_stalled"] is True and "stalled" in doc["error"], doc
             assert "pending" not in doc  # no figure the disk would have to give
-        h = httpx.get(f"{ops}/healthz", timeout=BOUND)
-        assert h.status_code == 503 and "stalled" in h.json()["error"], h.text
+        h = httpx.get(f"{ops}/healthz", timeout=BOUND)  # alive, saying the disk stalls
+        assert h.status_code == 200 and "stalled" in h.json()["error"], h.text
+        assert h.json()["intent_journal"] == "stalled", h.text
         r = httpx.get(f"{ops}/readyz", timeout=BOUND)
         assert r.status_code == 503, r.text
         assert r.json()["checks"]["disk"]["ok"] is False and "stalled" in r.text
