@@ -64,6 +64,10 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+# How often the log's own events that direct writes committed are looked for and put in the
+# log if their sequencing did not happen (:meth:`Erasures.resequence`): a prefix read of
+# an empty range when there are none.
+RESEQUENCE_EVERY = 60.0
 T = TypeVar("T")
 
 DAY_MS = 24 * 3600 * 1000
@@ -141,6 +145,7 @@ class Erasures:
     def __init__(self, service: ScimService) -> None:
         self.svc = service
         self._job: asyncio.Task[None] | None = None
+        self._reseq: asyncio.Task[None] | None = None
 
     # -- plumbing -----------------------------------------------------------------------------
 
@@ -782,7 +787,10 @@ class Erasures:
         event per tenant that lost anything; the tenant's keys are rotated."""
         if principal is not None and tenant is not None:
             self._check_tenant(principal, tenant)
-        await self.resequence()
+        try:
+            await self.resequence()
+        except Exception as exc:  # the expiry does not depend on it: the retry loop has it
+            log.warning("the log's own unsequenced events: not sequenced yet (%s)", exc)
 
         def tenants(tx: Overlay) -> list[str]:
             out = []
@@ -877,14 +885,31 @@ class Erasures:
     # -- background job -----------------------------------------------------------------------
 
     def start(self, interval: float) -> None:
-        """Run :meth:`resequence` now, then :meth:`expire` every ``interval`` seconds (first
-        run after one interval; none if ``interval`` is not positive)."""
+        """Run :meth:`resequence` now and every :data:`RESEQUENCE_EVERY` seconds (after a
+        failure sooner, backing off from 1 s), and :meth:`expire` every ``interval`` seconds
+        (first run after one interval; none if ``interval`` is not positive). Before
+        review 38 a failed resequencing at start (the log overloaded or not signing) was
+        retried only by the next expiry run, and never with the expiry off: a committed
+        shred could stay without its event in the log while the server served."""
+
+        async def resequencing() -> None:
+            failures = 0
+            while True:
+                try:
+                    await self.resequence()
+                    failures = 0
+                except Exception as exc:
+                    failures += 1
+                    log.warning(
+                        "the log's own unsequenced events: not sequenced yet, trying again (%s)",
+                        exc,
+                    )
+                await asyncio.sleep(
+                    RESEQUENCE_EVERY if not failures else min(2.0 ** (failures - 1), 60.0)
+                )
 
         async def loop() -> None:
-            try:
-                await self.resequence()
-            except Exception as exc:
-                log.warning("the log's own unsequenced events: not sequenced yet (%s)", exc)
+            self._reseq = asyncio.get_running_loop().create_task(resequencing())
             while interval > 0:
                 await asyncio.sleep(interval)
                 try:
@@ -900,3 +925,6 @@ class Erasures:
         if self._job is not None:
             self._job.cancel()
             self._job = None
+        if self._reseq is not None:
+            self._reseq.cancel()
+            self._reseq = None
