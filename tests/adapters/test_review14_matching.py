@@ -41,7 +41,7 @@ def _killed_after_commit(path: Path, monkeypatch: pytest.MonkeyPatch, req: str) 
     ob = Outbox(path)
     mw = AuditMiddleware(_sp, CFG, ob)
     mw.start()
-    monkeypatch.setattr(mw, "_done", lambda iid: None)
+    monkeypatch.setattr(mw, "_done", lambda iid, **kw: None)
     assert asyncio.run(_delete(mw, "u1", req)) == 204
     assert ob.counts()["pending"] == 1
     assert mw._journal is not None

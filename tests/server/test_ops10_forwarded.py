@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import socket
+import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -232,7 +233,9 @@ def test_scim_proxy_runs_without_proxy_headers(
 
     got: dict[str, Any] = {}
     monkeypatch.setattr(proxy_mod, "check_log", lambda s: {"origin": "o", "vkey": "v"})
-    monkeypatch.setattr(proxy_mod, "build_proxy", lambda s: object())
+    # the app as main_proxy reads it after the server stopped (a shutdown that finished)
+    app = types.SimpleNamespace(close_unfinished=False)
+    monkeypatch.setattr(proxy_mod, "build_proxy", lambda s: app)
 
     def fake_run(app: Any, host: str, port: int, limits: Any, **kw: Any) -> bool:
         got.update(kw)
