@@ -244,14 +244,16 @@ class AuditMiddleware:
             "intent_stalls": self.stats["intent_stalls"],
         }
 
-    def _open_journal(self) -> IntentJournal:
+    def _open_journal(self, *, wait: bool = True) -> IntentJournal:
         """This adapter's intent journal, opened now if it is not yet; OutboxError when it
-        cannot be (kept in ``_journal_error`` for readiness, logged when it changes)."""
+        cannot be (kept in ``_journal_error`` for readiness, logged when it changes).
+        ``wait=False`` on the event loop: refused rather than waiting behind another thread
+        that is opening it (:meth:`Outbox.intents`)."""
         journal = self._journal
         if journal is not None:
             return journal
         try:
-            journal = self.outbox.intents(durable=self.config.durable_intents)
+            journal = self.outbox.intents(durable=self.config.durable_intents, wait=wait)
         except OutboxError as exc:
             if self._journal_error != str(exc):
                 _log.error("the write-ahead intent journal cannot be opened: %s", exc)
@@ -939,7 +941,7 @@ class AuditMiddleware:
         if doc is None:
             return None
         # not opened at start-up: tried again (OutboxError: refused, 503)
-        return self._open_journal().begin(doc, wait=False)
+        return self._open_journal(wait=False).begin(doc, wait=False)
 
     async def _intent_synced(self, journal: IntentJournal, iid: int) -> None:
         """Wait, off the loop, until intent ``iid`` is in the journal (written by its

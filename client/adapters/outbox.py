@@ -1122,13 +1122,20 @@ class Outbox:
         one it commits now not counted): what a shutdown on a stalled disk leaves."""
         return self._jobs.qsize()
 
-    def intents(self, *, durable: bool = False) -> IntentJournal:
+    def intents(self, *, durable: bool = False, wait: bool = True) -> IntentJournal:
         """This outbox user's intent journal, opened (and locked) at the first call
         (``durable``: see :meth:`IntentJournal.synced`; the first call decides).
-        Raises :class:`OutboxError` when it cannot be opened."""
+        Raises :class:`OutboxError` when it cannot be opened, and with ``wait=False`` (an
+        event loop) when another thread is opening it: that thread may be held by a
+        stalled disk, and the loop must not wait behind it (review 38)."""
         journal = self._journal
         if journal is None:
-            with self._readers_lock:
+            if not self._readers_lock.acquire(blocking=wait):
+                raise OutboxError(
+                    "cannot open the intent journal: another thread is opening it (its "
+                    "disk may not answer)"
+                )
+            try:
                 journal = self._journal
                 if journal is None:
                     try:
@@ -1136,6 +1143,8 @@ class Outbox:
                         journal = self._journal = IntentJournal(self.intents_dir, durable=durable)
                     except OSError as exc:
                         raise OutboxError(f"cannot open the intent journal: {exc}") from None
+            finally:
+                self._readers_lock.release()
         return journal
 
     def _intents_dir_ready(self) -> None:
@@ -1435,7 +1444,10 @@ class IntentJournal:
         false), once at the end of the loop's iteration for every line queued in it (one
         wake-up and one round of the writer for the writes of an iteration, not one each);
         otherwise at once. A wake-up lost with its loop (closed first) costs at most
-        ``_LAZY_WAIT``: the writer waits no longer while lines are queued."""
+        ``_LAZY_WAIT`` when the writer is in a timed wait (it is while intents are kept);
+        one that found the writer idle (nothing kept, nothing queued before) waits for the
+        next notify or the close: only the closed loop's own request, which is gone, waited
+        for it (review 38)."""
         if not wait:
             try:
                 loop = asyncio.get_running_loop()
