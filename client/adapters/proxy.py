@@ -414,8 +414,8 @@ def _ops_endpoints(
     None of them waits on the disk longer than ``intent_wait``: the outbox is read in a
     thread of its own (:class:`_BoundedReads`), and while its disk stalls (that read, or
     the journal's writer, held longer than the bound) each answers at once saying so:
-    status with ``disk_stalled``, healthz and readyz 503 with the reason, metrics with
-    ``tlog_proxy_disk_stalled`` 1 (and no figure that needs the disk)."""
+    status with ``disk_stalled``, healthz 200 (alive) and readyz 503 with the reason,
+    metrics with ``tlog_proxy_disk_stalled`` 1 (and no figure that needs the disk)."""
     bound = s.intent_wait
     reads = _BoundedReads(backlog, bound)
 

@@ -151,8 +151,9 @@ def request_key(req_id: bytes) -> bytes:
 
 def unlogged_key(leaf_hash: bytes) -> bytes:
     """The leaf of a log's own event staged by a direct write (an erasure, an expiry, a hold,
-    a retention period), committed with it: sequenced again at the next start and expiry
-    run, then deleted, so a crash between the commit and the sequencing loses no event."""
+    a retention period), committed with it: sequenced again at the next start, expiry run
+    or periodic look (:meth:`tlog.scim.erasure.Erasures.resequence`), then deleted, so a
+    crash or a failed sequencing between the commit and the sequencing loses no event."""
     return _k(b"Q", leaf_hash)
 
 
