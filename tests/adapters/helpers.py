@@ -708,3 +708,35 @@ def routed_deletes(
     finally:
         assert srv.serving.stop(15), "the server did not stop"
     return {ev["corr"]["req"]: (ev["rt"], ev["rid"]) for ev in log.events}
+
+
+def answer_rewritten(
+    app: Any,
+    applies: Callable[[dict[str, Any]], bool],
+    rewrite: Callable[[dict[str, Any], bytes], Any],
+) -> Any:
+    """``app`` (an ASGI SP) whose answer to each HTTP request with ``applies(scope)`` is
+    replaced by ``await rewrite(scope, body)`` (its status and headers kept, its
+    Content-Length set anew): an SP that answers otherwise than it stored."""
+
+    async def front(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not applies(scope):
+            await app(scope, receive, send)
+            return
+        start: dict[str, Any] = {}
+        chunks: list[bytes] = []
+
+        async def keep(msg: dict[str, Any]) -> None:
+            if msg["type"] == "http.response.start":
+                start.update(msg)
+            else:
+                chunks.append(msg.get("body", b""))
+
+        await app(scope, receive, keep)
+        raw: bytes = await rewrite(scope, b"".join(chunks))
+        headers = [(k, v) for k, v in start["headers"] if k.lower() != b"content-length"]
+        headers.append((b"content-length", str(len(raw)).encode()))
+        await send({**start, "headers": headers})
+        await send({"type": "http.response.body", "body": raw})
+
+    return front

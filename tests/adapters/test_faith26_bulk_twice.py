@@ -25,7 +25,7 @@ from starlette.testclient import TestClient
 from client.adapters.middleware import AuditConfig, AuditMiddleware
 from client.adapters.outbox import Outbox
 
-from .helpers import BULK, SCIM_TOKEN, FakeLog, relay_for, scim_asgi_app, user
+from .helpers import BULK, SCIM_TOKEN, FakeLog, answer_rewritten, relay_for, scim_asgi_app, user
 from .merge_sp import _call
 
 pytest.importorskip("scim2_server", reason="needs the dev extras (scim2-server)")
@@ -39,21 +39,8 @@ def _answering_twice(app: Any) -> Any:
     as its ``response``, names ``schemas`` twice, and has the first result's resource name
     ``active`` twice (``ACTIVE``, the opposite value, last)."""
 
-    async def front(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["path"] != "/v2/Bulk":
-            await app(scope, receive, send)
-            return
-        start: dict[str, Any] = {}
-        chunks: list[bytes] = []
-
-        async def keep(msg: dict[str, Any]) -> None:
-            if msg["type"] == "http.response.start":
-                start.update(msg)
-            else:
-                chunks.append(msg.get("body", b""))
-
-        await app(scope, receive, keep)
-        results = json.loads(b"".join(chunks))["Operations"]
+    async def rewrite(scope: dict[str, Any], raw: bytes) -> bytes:
+        results = json.loads(raw)["Operations"]
         texts = []
         for i, res in enumerate(results):
             path = urllib.parse.urlsplit(res["location"]).path
@@ -65,16 +52,12 @@ def _answering_twice(app: Any) -> Any:
             if i == 0:
                 inner = inner[:-1] + f', "ACTIVE": {json.dumps(not resource["active"])}}}'
             texts.append(json.dumps(res)[:-1] + f', "response": {inner}}}')
-        raw = (
+        return (
             f'{{"schemas": ["{BULK_RESPONSE}"], "schemas": ["{BULK_RESPONSE}"], '
             f'"Operations": [{", ".join(texts)}]}}'
         ).encode()
-        headers = [(k, v) for k, v in start["headers"] if k.lower() != b"content-length"]
-        headers.append((b"content-length", str(len(raw)).encode()))
-        await send({**start, "headers": headers})
-        await send({"type": "http.response.body", "body": raw})
 
-    return front
+    return answer_rewritten(app, lambda scope: scope["path"] == "/v2/Bulk", rewrite)
 
 
 def test_only_the_result_naming_one_twice_loses_its_answer(tmp_path: Path) -> None:
@@ -118,10 +101,6 @@ def test_only_the_result_naming_one_twice_loses_its_answer(tmp_path: Path) -> No
 def test_a_bulk_response_naming_its_operations_twice_has_no_answer_taken() -> None:
     """Which results are the SP's is not known where the BulkResponse names ``Operations``
     twice (read last-wins): no result's resource is taken."""
-    from client.adapters.exchange import Builder, Exchange
-
-    from .recorded import pid
-
     put = {"method": "PUT", "path": "/Users/A", "data": user("ann", active=True)}
     result = json.dumps(
         {"method": "PUT", "status": "200", "location": "/v2/Users/A",
@@ -130,25 +109,10 @@ def test_a_bulk_response_naming_its_operations_twice_has_no_answer_taken() -> No
     answer = (
         f'{{"schemas": ["{BULK_RESPONSE}"], "Operations": [{result}], "operations": [{result}]}}'
     )
-    x = Exchange(
-        {"headers": [(b"content-type", b"application/scim+json")]},
-        "POST",
-        "/Bulk",
-        "req-1",
-        None,
-        json.dumps({"schemas": [BULK], "Operations": [put]}).encode(),
-        0,
-    )
-    x.status = 200
-    x.headers = [(b"content-type", b"application/scim+json")]
-    x.resp_body = answer.encode()
-    x.t1_ns = 1_800_000_000_000_000_000
-    config = AuditConfig(tenant="t1", sp_id="sp1", base_path="/v2", on_access=None)
-    (ev,) = Builder(config, x, pid).bulk().events
+    (ev,) = _bulk_events([put], answer)
     assert "result" not in ev["x"] and "twice" in ev["x"]["answer"], ev["x"]
     # the same answer naming it once: taken
-    x.resp_body = f'{{"schemas": ["{BULK_RESPONSE}"], "Operations": [{result}]}}'.encode()
-    (ev,) = Builder(config, x, pid).bulk().events
+    (ev,) = _bulk_events([put], f'{{"schemas": ["{BULK_RESPONSE}"], "Operations": [{result}]}}')
     assert ev["x"]["result"]["active"] is False, ev["x"]
 
 
@@ -168,10 +132,6 @@ def test_a_created_resource_naming_an_extension_twice_records_nothing_as_stored(
     """A bulk create's result whose resource names an extension in two spellings (read
     last-wins: which value the SP holds is not known): nothing of it is recorded as stored,
     whatever the name's length."""
-    from client.adapters.exchange import Builder, Exchange
-
-    from .recorded import pid
-
     core = "urn:ietf:params:scim:schemas:core:2.0:User"
     post = {
         "method": "POST",
@@ -189,13 +149,26 @@ def test_a_created_resource_naming_an_extension_twice_records_nothing_as_stored(
         '"bulkId": "b1", "status": "201", "location": "http://sp/v2/Users/1", '
         f'"response": {resource}}}]}}'
     )
+    (ev,) = _bulk_events([post], answer)
+    result = ev["x"].get("result")
+    # not known: no value recorded as the SP's for the extension named twice
+    assert result is None or result.get("other") is None, ev["x"]
+
+
+def _bulk_events(ops: list[dict[str, Any]], answer: str) -> list[dict[str, Any]]:
+    """The events the adapter builds for a bulk request of ``ops`` answered 200 with the
+    text ``answer`` (the SP's BulkResponse, as sent)."""
+    from client.adapters.exchange import Builder, Exchange
+
+    from .recorded import pid
+
     x = Exchange(
         {"headers": [(b"content-type", b"application/scim+json")], "query_string": b""},
         "POST",
         "/Bulk",
         "req-1",
         None,
-        json.dumps({"schemas": [BULK], "Operations": [post]}).encode(),
+        json.dumps({"schemas": [BULK], "Operations": ops}).encode(),
         0,
     )
     x.status = 200
@@ -203,7 +176,4 @@ def test_a_created_resource_naming_an_extension_twice_records_nothing_as_stored(
     x.resp_body = answer.encode()
     x.t1_ns = 1_800_000_000_000_000_000
     config = AuditConfig(tenant="t1", sp_id="sp1", base_path="/v2", on_access=None)
-    (ev,) = Builder(config, x, pid).bulk().events
-    result = ev["x"].get("result")
-    # not known: no value recorded as the SP's for the extension named twice
-    assert result is None or result.get("other") is None, ev["x"]
+    return Builder(config, x, pid).bulk().events

@@ -25,7 +25,7 @@ from client.adapters.middleware import AuditConfig, AuditMiddleware
 from client.adapters.outbox import Outbox
 from tlog.scim.effects import classify
 
-from .helpers import SCIM_TOKEN, FakeLog, relay_for, scim_asgi_app
+from .helpers import SCIM_TOKEN, FakeLog, answer_rewritten, relay_for, scim_asgi_app
 from .recorded import exchange_event
 
 pytest.importorskip("scim2_server", reason="needs the dev extras (scim2-server)")
@@ -38,30 +38,15 @@ def _forgetful(app: Any) -> Any:
     """``app`` whose answer to a create of a User holds ``nickName`` as null and leaves
     ``title`` out (what it stored is untouched: the answer alone says otherwise)."""
 
-    async def front(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != "/v2/Users":
-            await app(scope, receive, send)
-            return
-        start: dict[str, Any] = {}
-        chunks: list[bytes] = []
-
-        async def keep(msg: dict[str, Any]) -> None:
-            if msg["type"] == "http.response.start":
-                start.update(msg)
-            else:
-                chunks.append(msg.get("body", b""))
-
-        await app(scope, receive, keep)
-        body = json.loads(b"".join(chunks))
+    async def rewrite(scope: dict[str, Any], raw: bytes) -> bytes:
+        body = json.loads(raw)
         body["nickName"] = None
         body.pop("title", None)
-        raw = json.dumps(body).encode()
-        headers = [(k, v) for k, v in start["headers"] if k.lower() != b"content-length"]
-        headers.append((b"content-length", str(len(raw)).encode()))
-        await send({**start, "headers": headers})
-        await send({"type": "http.response.body", "body": raw})
+        return json.dumps(body).encode()
 
-    return front
+    return answer_rewritten(
+        app, lambda scope: scope["method"] == "POST" and scope["path"] == "/v2/Users", rewrite
+    )
 
 
 def _acts(effect: dict[str, Any] | None) -> list[str]:

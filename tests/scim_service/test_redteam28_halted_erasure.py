@@ -24,7 +24,7 @@ from client.formats.cosignature import CosignatureSigner
 from client.net.scim_audit import ScimAuditClient
 from client.scim import event_to_json
 from tests.net.helpers import read_request, serving
-from tests.support import start_server, token_for
+from tests.support import start_server, start_witnessed_server, token_for
 
 from .conftest import T1, user_event
 
@@ -72,15 +72,10 @@ def test_redteam28_officers_change_nothing_on_a_halted_log(
     aud = token_for(data, database, "--role", "auditor", "--tenant", T1)
     w = CosignatureSigner.generate("w1.example/w")
     with serving(witness) as wurl:
-        (tmp_path / "policy").write_text(
-            f"log {vkey}\nwitness w1 {w.verifier().vkey()} {wurl}\nquorum w1\n"
-        )
-        srv = start_server(
+        srv, _ = start_witnessed_server(
+            tmp_path,
             data,
-            None,
-            "--witnesses",
-            str(tmp_path / "policy"),
-            "--witness-interval",
+            f"log {vkey}\nwitness w1 {w.verifier().vkey()} {wurl}\nquorum w1\n",
             "0.2",
             "--witness-max-backoff",
             "0.5",
