@@ -338,9 +338,8 @@ def _general(
                     del out[prev]
                     if id(out) not in twice_in:
                         held.append(out)
-                    twice_in.setdefault(id(out), set()).add(
-                        k[:64].lower()
-                    )  # as dup_keys: cut at 64
+                    # noted as dup_keys notes it, cut at 64 (review 38)
+                    twice_in.setdefault(id(out), set()).add(k[:64].lower())
                     if len(dups) < MAX_FLAGGED_KEYS and k[:64] not in dups:
                         dups.append(k[:64])
                 lower[k.lower()] = k
