@@ -1603,25 +1603,29 @@ class _Run:
         result = self.ev.get("x", {}).get("result")
         return isinstance(result, Mapping) and "other" in result and result["other"] is None
 
+    def _told_others(self) -> dict[str, str | None] | None:
+        """``x.result.other`` of a PUT's or a create's answer by the state's key
+        (:func:`_told_other`, read once per event, not once per attribute), or None."""
+        if self.ev["op"] not in ("replace", "create"):
+            return None
+        if not hasattr(self, "_told"):
+            self._told = _told_other(self.ev.get("x", {}).get("result"))
+        return self._told
+
     def _shown_other(self, key: str) -> str | None:
         """The digest of ``key`` a PUT's or a create's answer shows (``x.result.other``), or
         None: neither, no such answer, or the attribute absent from it (an SP that never
         returns it: its absence says nothing, the request is judged as without an answer;
         a create's records only what the SP stored otherwise than asked, faith24)."""
-        if self.ev["op"] not in ("replace", "create"):
-            return None
-        if not hasattr(self, "_told"):  # read once per event, not once per attribute
-            self._told = _told_other(self.ev.get("x", {}).get("result"))
-        return None if self._told is None else self._told.get(key)
+        told = self._told_others()
+        return None if told is None else told.get(key)
 
     def _shown_none(self, key: str) -> bool:
         """Whether a PUT's or a create's answer records ``key`` as holding none
         (``x.result.other``'s null: the answer's JSON null, or a create's answer leaving
         out what it named; faith26)."""
-        if self._shown_other(key) is not None:
-            return False
-        told = getattr(self, "_told", None)  # read by _shown_other (a PUT's, a create's)
-        return told is not None and key in told
+        told = self._told_others()
+        return told is not None and key in told and told[key] is None
 
     def apply_result(self, result: Mapping[str, Any]) -> None:
         """The SP's answer is the truth about the resulting values (``x.result``)."""
