@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
 import socket
@@ -45,6 +46,8 @@ __all__ = [
     "app_parts",
     "assert_prefixes",
     "checkpoints_by_size",
+    "ext4_error",
+    "ext4_repair",
     "free_port",
     "frozen_ext4",
     "http_get",
@@ -94,12 +97,13 @@ def freeze_unavailable() -> str | None:
     return None
 
 
-def frozen_ext4(tmp_path: Path, size_mib: int = 32) -> Iterator[Path]:
+def frozen_ext4(tmp_path: Path, size_mib: int = 32, options: str = "") -> Iterator[Path]:
     """An ext4 file system of ``size_mib`` MiB in an image file, loop-mounted at
     ``tmp_path/mnt`` while the generator is suspended (``yield from`` it in a fixture, or
     ``with contextlib.contextmanager(frozen_ext4)(...)``), for ``fsfreeze -f``/``-u`` (a
     stalled disk); thawed and unmounted after (lazily: a process killed on it may still hold
-    a file). Skips without root, the tools or loop devices, saying which."""
+    a file). ``options``: more mount options (``errors=remount-ro``, for
+    :func:`ext4_error`). Skips without root, the tools or loop devices, saying which."""
     import pytest
 
     why = freeze_unavailable()
@@ -112,7 +116,7 @@ def frozen_ext4(tmp_path: Path, size_mib: int = 32) -> Iterator[Path]:
     made = run_tool("mkfs.ext4", "-q", str(image))
     if made.returncode != 0:
         pytest.skip(f"mkfs.ext4 failed: {made.stderr.strip()}")
-    m = run_tool("mount", "-o", "loop", str(image), str(mnt))
+    m = run_tool("mount", "-o", ",".join(["loop", *filter(None, [options])]), str(image), str(mnt))
     if m.returncode != 0:
         pytest.skip(f"cannot loop-mount here: {m.stderr.strip()}")
     try:
@@ -120,6 +124,51 @@ def frozen_ext4(tmp_path: Path, size_mib: int = 32) -> Iterator[Path]:
     finally:
         run_tool("fsfreeze", "-u", str(mnt))
         run_tool("umount", "-l", str(mnt))
+
+
+def _ext4_sysfs(mnt: Path) -> Path:
+    """``/sys/fs/ext4/<device>`` of the ext4 mounted at ``mnt`` (/proc/self/mounts)."""
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        dev, point = line.split()[:2]
+        if point == str(mnt):
+            return Path("/sys/fs/ext4") / Path(dev).name
+    raise AssertionError(f"nothing mounted at {mnt}")
+
+
+def ext4_error(mnt: Path) -> None:
+    """Make the kernel's ext4 at ``mnt`` (a :func:`frozen_ext4` mounted with
+    ``errors=remount-ro``) report a file system error, as it does on an I/O error of its
+    metadata: it goes read-only under whatever holds files open on it (writes fail with
+    EROFS; ``/proc/mounts`` says ``emergency_ro`` on recent kernels, ``ro`` on older
+    ones). Through ``/sys/fs/ext4/<dev>/trigger_fs_error`` (Linux 5.x+); skips the test
+    when the kernel has no such knob. Afterwards :func:`ext4_repair` makes it writable."""
+    import pytest
+
+    knob = _ext4_sysfs(mnt) / "trigger_fs_error"
+    if not knob.exists():
+        pytest.skip(f"this kernel has no {knob} to make ext4 fail")
+    knob.write_text("tlog test: an I/O error\n")
+    probe = mnt / ".rw-probe"
+    try:
+        probe.write_bytes(b"x")
+    except OSError as exc:
+        assert exc.errno == errno.EROFS, exc
+    else:
+        raise AssertionError("the file system is still writable after the ext4 error")
+
+
+def ext4_repair(tmp_path: Path) -> Path:
+    """What an operator does after :func:`ext4_error`: unmount the file system of
+    :func:`frozen_ext4` (nothing may hold it: stop the programs first), ``e2fsck -fy`` its
+    image and mount it again read-write, at the same place; returns the mount point."""
+    image, mnt = tmp_path / "fs.img", tmp_path / "mnt"
+    u = run_tool("umount", str(mnt))
+    assert u.returncode == 0, u.stderr
+    fsck = run_tool("e2fsck", "-fy", str(image))
+    assert fsck.returncode in (0, 1), fsck.stdout + fsck.stderr  # 1: errors corrected
+    m = run_tool("mount", "-o", "loop,errors=remount-ro", str(image), str(mnt))
+    assert m.returncode == 0, m.stderr
+    return mnt
 
 
 def listening_socket(backlog: int = 16) -> socket.socket:

@@ -61,11 +61,13 @@ __all__ = [
     "StorageCorrupt",
     "StorageError",
     "StorageFull",
+    "StorageReadOnly",
     "StoreNotHeld",
     "StoreUnreachable",
     "TurnTimeout",
     "is_database_url",
     "open_backend",
+    "read_only_fault",
     "register_fault",
     "storage_fault",
     "tile_key",
@@ -158,6 +160,21 @@ class StorageFull(StorageError):
     """The disk (or the file size limit) is full: nothing of the write was stored (503)."""
 
 
+class StorageReadOnly(StorageError):
+    """The file system under the store went read-only (ext4's ``errors=remount-ro`` after
+    an I/O error, or an operator's remount): nothing of the write was stored (503), and
+    ``/readyz`` fails until a write succeeds again. Not "disk full": freeing space would
+    not help; the file system must be checked and remounted read-write, and the server
+    restarted."""
+
+
+def read_only_fault(exc: BaseException) -> StorageReadOnly:
+    return StorageReadOnly(
+        f"the file system under the store is read-only ({exc}); nothing was written. "
+        "Check the file system (an I/O error?), remount it read-write and restart tlog serve"
+    )
+
+
 _FAULTS: list[Callable[[BaseException], StorageError | None]] = []
 
 
@@ -178,6 +195,8 @@ def storage_fault(exc: BaseException) -> StorageError | None:
             return fault
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
         return StorageFull(f"disk full: the store cannot grow ({exc}); nothing was written")
+    if isinstance(exc, OSError) and exc.errno == errno.EROFS:
+        return read_only_fault(exc)
     return None
 
 

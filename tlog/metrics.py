@@ -3,7 +3,8 @@ docs/operations.md, "Monitoring").
 
 * ``GET /healthz`` (in :mod:`tlog.app`): liveness, touches nothing.
 * ``GET /readyz``: readiness, one check per part that a write needs: the writer thread, the
-  store (a read transaction), the store's operator lock (``tlog serve`` of a PostgreSQL
+  store (a read transaction; on LMDB, failed while the last write found the file system
+  under it read-only), the store's operator lock (``tlog serve`` of a PostgreSQL
   store: ``store_lock``), the backlog, the log not halted, and (with a witness policy)
   the witness quorum. 200 when every check passes, 503 with the failing ones otherwise, so a
   load balancer stops sending writes exactly when writes would get 503. The witness quorum
@@ -357,6 +358,9 @@ def readiness(
         checks["storage"] = {"ok": False, "detail": type(stored).__name__}
     else:
         checks["storage"] = {"ok": True, "tree_size": stored}
+    write_fault = getattr(log_.storage, "write_fault", None)
+    if write_fault is not None:  # LMDB: the file system under the store went read-only
+        checks["storage"] = {"ok": False, "detail": write_fault}
     hold = operator_hold(log_)
     if hold is not None:
         lost = hold.lost

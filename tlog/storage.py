@@ -50,6 +50,8 @@ from tlog.backend import (
     StorageCorrupt,
     StorageError,
     StorageFull,
+    StorageReadOnly,
+    read_only_fault,
     tile_key,
     u64,
 )
@@ -102,10 +104,14 @@ def storage_fault(exc: BaseException) -> StorageError | None:
         isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
     ):
         return StorageFull(f"disk full: the store cannot grow ({exc}); nothing was written")
+    if isinstance(exc, OSError) and exc.errno == errno.EROFS:
+        return read_only_fault(exc)
     if isinstance(exc, _CORRUPT):
         return StorageCorrupt(f"the store is damaged: {exc}; run tlog fsck")
     if isinstance(exc, lmdb.Error):
         msg = str(exc)
+        if os.strerror(errno.EROFS) in msg:  # LMDB's own error carries only the message
+            return read_only_fault(exc)
         if "No space left" in msg or "File too large" in msg or "quota" in msg.lower():
             return StorageFull(f"disk full: the store cannot grow ({exc}); nothing was written")
         return StorageError(f"storage failure: {exc}")
@@ -352,7 +358,7 @@ def _writes(fn: Callable[..., _T]) -> Callable[..., _T]:
     def wrapper(self: Storage, *args: Any, **kwargs: Any) -> _T:
         for _ in range(MAX_MAP_GROWTHS):
             try:
-                return fn(self, *args, **kwargs)
+                done = fn(self, *args, **kwargs)
             except lmdb.MapFullError:
                 self._grow_map()
             except (lmdb.Error, OSError) as exc:
@@ -365,11 +371,17 @@ def _writes(fn: Callable[..., _T]) -> Callable[..., _T]:
                         f"disk full: the store cannot grow ({exc}; {self._space()}); "
                         "nothing was written"
                     )
-                if isinstance(fault, StorageFull):
+                if isinstance(fault, StorageReadOnly):
+                    self.write_fault = str(fault)  # /readyz fails until a write succeeds
+                    log.critical("READ-ONLY FILE SYSTEM: %s (store %s)", fault, self.path)
+                elif isinstance(fault, StorageFull):
                     log.critical("DISK FULL: %s (store %s)", fault, self.path)
                 elif isinstance(fault, StorageCorrupt):
                     log.critical("STORE DAMAGED: %s (store %s)", fault, self.path)
                 raise fault from exc
+            else:
+                self.write_fault = None
+                return done
         raise StorageFull(f"the LMDB map could not grow enough (now {self.map_size} bytes)")
 
     return wrapper
@@ -395,6 +407,9 @@ class Storage:
     ) -> None:
         self.path = Path(path)
         self.on_close: list[Callable[[], object]] = []  # e.g. release the writer's lock
+        # Why the last write failed when it failed because the file system went read-only
+        # (StorageReadOnly), None once a write succeeds: /readyz fails meanwhile.
+        self.write_fault: str | None = None
         if not readonly:
             self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
         elif not (self.path / "data.mdb").exists():

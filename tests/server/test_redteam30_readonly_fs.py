@@ -1,0 +1,134 @@
+"""Red team 30, attack 1: the file system under a running ``tlog serve`` (LMDB) goes
+read-only: ext4 mounted ``errors=remount-ro`` hits an error (the kernel's own path, through
+``trigger_fs_error``), or an operator runs ``mount -o remount,ro``.
+
+Expected: writes answer a clear 503 that says the file system is read-only (not "disk
+full": freeing space would not help), ``/readyz`` says not ready, public reads keep
+working, nothing acknowledged is lost and no checkpoint is handed out for what was not
+stored: after the operator's repair (``e2fsck``, mount read-write) and a restart, the log
+proves exactly what was acknowledged, ``tlog fsck`` is clean and writes go on. An
+operator's read-only remount under the server is refused by the kernel (EBUSY: LMDB keeps
+its data file open for writing), and the server goes on writing."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import httpx
+import pytest
+
+from client.formats.merkle import leaf_hash
+from client.formats.note import Ed25519Verifier
+from client.net.logclient import LogClient
+from tests.support import (
+    ServerProcess,
+    ext4_error,
+    ext4_repair,
+    frozen_ext4,
+    run_tool,
+    start_server,
+    tlog_cli,
+    token_for,
+)
+
+pytestmark = [pytest.mark.slow, pytest.mark.lmdb_only("the LMDB data directory's file system")]
+
+
+def _submit(srv: ServerProcess, token: str, body: bytes) -> httpx.Response:
+    return httpx.post(
+        srv.url + "/v1/entries",
+        content=body,
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=30,
+    )
+
+
+def _acknowledge(srv: ServerProcess, token: str, n: int, tag: str) -> dict[int, bytes]:
+    acked = {}
+    for i in range(n):
+        body = f"{tag}-{i}".encode()
+        r = _submit(srv, token, body)
+        assert r.status_code == 200, r.text
+        acked[int(r.json()["index"])] = body
+    return acked
+
+
+def _proves(srv: ServerProcess, vkey: str, acked: dict[int, bytes]) -> int:
+    """Every acknowledged entry served at its index with an inclusion proof verified
+    against the log's key; the served tree size."""
+    http = httpx.Client(timeout=30)
+    try:
+        client = LogClient(srv.url, Ed25519Verifier.from_vkey(vkey), http=http)
+        for index, body in acked.items():
+            r = http.get(f"{srv.url}/v1/entries/{index}")
+            assert r.status_code == 200 and r.content == body, (index, r.status_code)
+            assert client.inclusion_proof(leaf_hash(body)).index == index
+        return int(http.get(srv.url + "/v1/log").json()["tree_size"])
+    finally:
+        http.close()
+
+
+def test_ext4_error_remounts_the_data_directory_read_only(tmp_path: Path) -> None:
+    with contextlib.contextmanager(frozen_ext4)(tmp_path, 64, "errors=remount-ro") as mnt:
+        data = mnt / "data"
+        srv = start_server(data, None)
+        try:
+            token = token_for(data, None, "--role", "submitter", "--tenant", "acme")
+            vkey = httpx.get(srv.url + "/v1/log").json()["vkey"]
+            acked = _acknowledge(srv, token, 5, "before")
+            size = _proves(srv, vkey, acked)
+            assert size == 5
+            before = httpx.get(srv.url + "/checkpoint").text
+
+            ext4_error(mnt)
+
+            for i in range(3):
+                r = _submit(srv, token, f"refused-{i}".encode())
+                assert r.status_code == 503, (r.status_code, r.text)
+                why = r.json()["error"]
+                assert "read-only" in why and "disk full" not in why, why
+            ready = httpx.get(srv.url + "/readyz", timeout=30)
+            assert ready.status_code == 503, ready.text
+            storage = ready.json()["checks"]["storage"]
+            assert storage["ok"] is False and "read-only" in storage["detail"], storage
+            # Public reads go on; nothing was signed for what was refused.
+            assert httpx.get(srv.url + "/checkpoint").text == before
+            assert _proves(srv, vkey, acked) == 5
+            assert httpx.get(srv.url + "/healthz").status_code == 200
+        finally:
+            srv.stop()
+        # (The server's own output goes to a file on the same file system: lost from the
+        # error on, so what it logged is not checked here.)
+
+        mnt = ext4_repair(tmp_path)
+        fs = tlog_cli("fsck", "--data", str(data))
+        assert fs.returncode == 0, fs.stdout + fs.stderr
+        assert "OK: 5 entries" in fs.stdout, fs.stdout
+        again = start_server(data, None)
+        try:
+            assert _proves(again, vkey, acked) == 5  # nothing lost, nothing more
+            more = _acknowledge(again, token, 2, "after")
+            assert sorted(more) == [5, 6]
+            assert _proves(again, vkey, acked | more) == 7
+            assert httpx.get(again.url + "/readyz").status_code == 200
+        finally:
+            again.stop()
+
+
+def test_operator_remount_read_only_is_refused_while_serving(tmp_path: Path) -> None:
+    with contextlib.contextmanager(frozen_ext4)(tmp_path, 64) as mnt:
+        data = mnt / "data"
+        srv = start_server(data, None)
+        try:
+            token = token_for(data, None, "--role", "submitter", "--tenant", "acme")
+            vkey = httpx.get(srv.url + "/v1/log").json()["vkey"]
+            acked = _acknowledge(srv, token, 3, "before")
+            m = run_tool("mount", "-o", "remount,ro", str(mnt))
+            # The kernel refuses while a file is open for writing (LMDB's data file).
+            assert m.returncode != 0 and "busy" in m.stderr, (m.returncode, m.stderr)
+            acked |= _acknowledge(srv, token, 3, "after")
+            assert _proves(srv, vkey, acked) == 6
+            assert httpx.get(srv.url + "/readyz").status_code == 200
+        finally:
+            srv.stop()
