@@ -22,24 +22,37 @@ file (the data directory was copied with its symlink) is re-pointed, unless a se
 the store; and where the link's target is missing while a server holds the store (this
 process sees another ``/dev/shm``: another container or host) it refuses to open rather
 than start a second lock table beside the server's.
+
+A copy of a data directory on read-only media, or without write permission (a snapshot an
+auditor checks with ``tlog fsck``), has no lock table this process can write: neither the
+link can be re-pointed nor ``lock.mdb`` created. :func:`read_only_copy` tells such a store,
+and :func:`hold_unserved` makes opening it without LMDB's lock table safe: it refuses while
+a server holds the store (its ``tlog.lock``, found read-only: a read-only view of a live
+store, e.g. a read-only bind mount in another container) and keeps a server from starting on
+it while the copy is open.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import logging
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 from tlog.backend import StorageError
-from tlog.integrity import DataDirLock, LockHeld
+from tlog.integrity import LOCK_FILE, DataDirLock, LockHeld
 
 __all__ = [
     "LockFileInvisible",
     "default_lock_dir",
     "follow_lock_file",
+    "hold_unserved",
     "lock_name",
     "place_lock_file",
+    "read_only_copy",
 ]
 
 log = logging.getLogger("tlog.lockfile")
@@ -180,3 +193,61 @@ def follow_lock_file(db: Path) -> None:
         _create_0600(target)
     finally:
         held.release()
+
+
+def _writable(path: Path) -> bool:
+    try:
+        if os.statvfs(path).f_flag & os.ST_RDONLY:
+            return False
+    except OSError:
+        return False
+    return os.access(path, os.W_OK)
+
+
+def read_only_copy(db: Path) -> bool:
+    """Is the store directory ``db`` one this process cannot write (read-only media, no
+    write permission) and without a lock table it could share (a ``lock.mdb`` link to this
+    store's writable lock file)? Then LMDB can open it only without its lock table, behind
+    :func:`hold_unserved`."""
+    if _writable(db):
+        return False
+    link = db / "lock.mdb"
+    if link.is_symlink():
+        target = Path(os.readlink(link))
+        usable = target.name == lock_name(db) and target.exists() and os.access(target, os.W_OK)
+        return not usable
+    return not (link.exists() and os.access(link, os.W_OK))
+
+
+def hold_unserved(db: Path) -> Callable[[], None]:
+    """For :func:`read_only_copy` stores: refuse (:class:`LockHeld`) while a process holds
+    the store's lock (``tlog.lock``, opened read-only), else hold it shared until the
+    returned release is called, so no server starts on the store while it is read
+    without LMDB's lock table. No ``tlog.lock`` at all: no server ever ran there (nothing
+    to hold, and a server could not create one on such a directory)."""
+    path = db / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return _nothing
+    except OSError as exc:
+        raise StorageError(
+            f"cannot tell whether a server holds the store {db} ({exc}), and a read-only copy "
+            "is opened without LMDB's lock table: refused (make its tlog.lock readable)"
+        ) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise
+        raise LockHeld(
+            f"the store {db} is read-only here but held by a running process (lock {path}): "
+            "it cannot be read without the server's LMDB lock table, which this process "
+            "cannot reach. Run the command where the server runs, or on a copy"
+        ) from None
+    return lambda: os.close(fd)
+
+
+def _nothing() -> None:
+    """Nothing to release (hold_unserved of a store without a lock file)."""

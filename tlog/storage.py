@@ -55,7 +55,7 @@ from tlog.backend import (
     tile_key,
     u64,
 )
-from tlog.lockfile import follow_lock_file
+from tlog.lockfile import follow_lock_file, hold_unserved, read_only_copy
 
 __all__ = [
     "BatchWrite",
@@ -421,7 +421,12 @@ class Storage:
         self._checker: threading.Thread | None = None
         self.stale_readers_cleared = 0
         _verify_file(self.path / "data.mdb", verify_limit)
-        if self.path.is_dir():
+        # A copy on read-only media (or without write permission): no lock table can be
+        # written, so LMDB opens it without one, safe while no process holds the store.
+        no_lock_table = readonly and read_only_copy(self.path)
+        if no_lock_table:
+            self.on_close.append(hold_unserved(self.path))
+        elif self.path.is_dir():
             follow_lock_file(self.path)  # the lock table every opener shares (tlog.lockfile)
         try:
             self.env = lmdb.open(
@@ -430,12 +435,14 @@ class Storage:
                 max_dbs=16,
                 max_readers=512,
                 readonly=readonly,
+                lock=not no_lock_table,
                 sync=sync,
                 metasync=sync,
                 readahead=False,  # random proof reads: don't pull whole regions in
                 meminit=True,  # never write leftover process memory (plaintext, keys) to disk
             )
         except lmdb.Error as exc:
+            self._release()
             fault = storage_fault(exc)
             raise type(fault or StorageError())(
                 f"cannot open store at {self.path}: {fault or exc}"
@@ -444,9 +451,11 @@ class Storage:
             self._open_dbs(readonly)
         except lmdb.Error as exc:
             self.env.close()
+            self._release()
             raise storage_fault(exc) or StorageError(str(exc)) from exc
         except BaseException:
             self.env.close()
+            self._release()
             raise
         if not readonly:
             self.check_readers()
@@ -532,6 +541,9 @@ class Storage:
         if self._checker is not None and self._checker is not threading.current_thread():
             self._checker.join(5)
         self.env.close()
+        self._release()
+
+    def _release(self) -> None:
         for f in self.on_close:
             f()
         self.on_close.clear()
