@@ -296,6 +296,11 @@ class Witness:
         # give one now. The monitor sets it for logs with a URL (see observe_own).
         self.proof_source: Callable[[WitnessedLog, int, int], Sequence[bytes] | None] | None = None
         self._own_ids = frozenset((v.name, v.key_id) for v in self.verifiers)
+        # Why the last push could not be stored when its state's disk failed (an I/O error,
+        # a file system gone read-only: SQLite says "disk I/O error" or "readonly"), None
+        # once a push is stored again: /readyz fails meanwhile (a lock held by another
+        # process or a full disk is not sticky: it ends by itself).
+        self.write_fault: str | None = None
         # Rolled-back states noticed (observe_own), per origin, for /metrics; the CRITICAL
         # line is written once per origin and process.
         self.rolled_back: dict[str, int] = {}
@@ -328,6 +333,8 @@ class Witness:
         try:
             sigs = self.update(req.old_size, req.consistency_proof, req.checkpoint_note)
         except sqlite3.Error as exc:
+            if _disk_fault(exc):
+                self.write_fault = f"the last push could not be stored: {exc}"
             # The state cannot be read or written now (another process holds its write lock
             # past the timeout, a full disk, an I/O error): nothing was committed, so
             # nothing is cosigned; the log retries. Loud for the operator, 503 for the log.
@@ -336,6 +343,7 @@ class Witness:
                 f"the witness's state database cannot be used now ({exc}); "
                 "nothing was cosigned: retry later"
             ) from None
+        self.write_fault = None
         return "".join(s.line() for s in sigs)
 
     def update(
@@ -721,3 +729,10 @@ def describe(cp: Checkpoint) -> dict[str, object]:
 
 def _describe_stored(stored: StoredCheckpoint) -> dict[str, object]:
     return {"size": stored.size, "root": b64encode(stored.root_hash)}
+
+
+def _disk_fault(exc: sqlite3.Error) -> bool:
+    """Did SQLite fail because the disk under the state failed (an I/O error, a read-only
+    file system), which only the operator's repair and a restart end?"""
+    msg = str(exc).lower()
+    return "disk i/o error" in msg or "readonly" in msg or "read-only" in msg

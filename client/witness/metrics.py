@@ -1,8 +1,9 @@
 """``/healthz``, ``/readyz`` and ``/metrics`` of ``tlog-witness serve``.
 
 * ``/healthz``: the event loop answers; touches nothing.
-* ``/readyz``: the state database answers a read (the witness cannot cosign without it);
-  503 otherwise.
+* ``/readyz``: the state database answers a read (the witness cannot cosign without it),
+  and the last push did not fail on the state's disk (an I/O error, a file system gone
+  read-only: ``Witness.write_fault``, until a push is stored again); 503 otherwise.
 * ``/metrics``: Prometheus text: ``add-checkpoint`` requests by status with a latency
   histogram, and, read from the state when scraped, the newest cosigned size and its age per
   witnessed log and the number of split-view evidence records kept.
@@ -204,6 +205,8 @@ class WitnessMetrics:
                 pass
         except Exception as exc:  # the state database cannot be read
             return False, type(exc).__name__
+        if self.witness.write_fault is not None:  # it reads, but the disk refuses writes
+            return False, self.witness.write_fault
         scan = self._state.scan()
         if not scan.readable:
             return False, "DatabaseError"
