@@ -687,6 +687,13 @@ class AuditMiddleware:
                 if stalled:
                     self.stats["intent_stalls"] += 1
                 _log.error("write-ahead intent of request %s not written: %s", req_id, exc)
+                if not stalled and not cfg.fail_open:
+                    # The journal's disk refused the write (an I/O error, a file system gone
+                    # read-only): the outbox beside it cannot be trusted either. Fail closed
+                    # as after a failed add, so /.tlog/readyz says so (it probes the outbox)
+                    # and writes are refused until a probe of the disk works (red team 30:
+                    # every write was refused while readyz said ready).
+                    self._probe_failed()
                 if not cfg.fail_open:  # nothing forwarded: the client may retry
                     self._done(iid)  # (begun, not flushed: it yields nothing)
                     self.stats["refused"] += 1
