@@ -13,6 +13,9 @@ its data file open for writing), and the server goes on writing."""
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import httpx
@@ -21,7 +24,9 @@ import pytest
 from client.formats.merkle import leaf_hash
 from client.formats.note import Ed25519Verifier
 from client.net.logclient import LogClient
+from harness.tlog import tlog_argv, tlog_env
 from tests.support import (
+    ROOT,
     ServerProcess,
     ext4_error,
     ext4_repair,
@@ -132,3 +137,49 @@ def test_operator_remount_read_only_is_refused_while_serving(tmp_path: Path) -> 
             assert httpx.get(srv.url + "/readyz").status_code == 200
         finally:
             srv.stop()
+
+
+def test_a_disk_that_dropped_acknowledged_writes_is_refused_at_restart(tmp_path: Path) -> None:
+    """The disk lies (what device-mapper's ``flakey drop_writes`` does, which this kernel
+    cannot run): it acknowledged the store's last writes and then lost them. Simulated
+    with the file system's image: a copy taken while it is mounted (after a sync: what the
+    disk kept) is put back after more entries were acknowledged. The store is then an
+    older, self-consistent log that ``tlog fsck`` cannot tell from a shorter one; the
+    checkpoint the server remembered on another device (``--checkpoint-file``) makes the
+    restart refuse it loudly instead of serving the shorter tree."""
+    remembered = tmp_path / "elsewhere" / "last-checkpoint"
+    remembered.parent.mkdir()
+    with contextlib.contextmanager(frozen_ext4)(tmp_path, 64) as mnt:
+        data = mnt / "data"
+        srv = start_server(data, None, "--checkpoint-file", str(remembered))
+        try:
+            token = token_for(data, None, "--role", "submitter", "--tenant", "acme")
+            _acknowledge(srv, token, 3, "kept")
+            os.sync()
+            shutil.copyfile(tmp_path / "fs.img", tmp_path / "kept.img")  # what the disk kept
+            _acknowledge(srv, token, 3, "dropped")
+        finally:
+            srv.stop()
+        u = run_tool("umount", str(mnt))
+        assert u.returncode == 0, u.stderr
+        shutil.copyfile(tmp_path / "kept.img", tmp_path / "fs.img")  # the writes it dropped
+        fsck = run_tool("e2fsck", "-fy", str(tmp_path / "fs.img"))
+        assert fsck.returncode in (0, 1), fsck.stdout + fsck.stderr
+        m = run_tool("mount", "-o", "loop", str(tmp_path / "fs.img"), str(mnt))
+        assert m.returncode == 0, m.stderr
+        fs = tlog_cli("fsck", "--data", str(data))  # consistent, shorter: fsck cannot know
+        assert fs.returncode == 0 and "OK: 3 entries" in fs.stdout, fs.stdout + fs.stderr
+        again = subprocess.run(
+            [*tlog_argv("serve"), "--data", str(data), "--port", "0"]
+            + ["--origin", "test.example/log", "--checkpoint-file", str(remembered)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=ROOT,
+            env=tlog_env(),
+            check=False,
+        )
+        assert again.returncode != 0, again.stdout + again.stderr
+        said = again.stdout + again.stderr
+        assert "the store is behind the log: it ends at tree size 3" in said, said
+        assert "tree size 6" in said, said
