@@ -179,6 +179,10 @@ class Log:
         self.origin = signer.origin
         self._verifier = signer.verifier
         self.remembered = remembered
+        # Why the last checkpoint could not be remembered (its file's disk failed: a file
+        # system gone read-only, an I/O error), None once one is: /readyz fails meanwhile,
+        # as every write is answered 503 then.
+        self.remember_fault: str | None = None
         self.halted: str | None = None
         # True after a failed write whose effect on the store is not known here: nothing is
         # signed again before the state is reloaded from the store and re-verified.
@@ -538,7 +542,12 @@ class Log:
         so publishing only the newest of several batches is enough."""
         with self._publish_lock:
             if self.remembered is not None and pub.size > (self._remembered_size or 0):
-                self.remembered.write(pub.note)
+                try:
+                    self.remembered.write(pub.note)
+                except OSError as exc:
+                    self.remember_fault = f"the checkpoint cannot be remembered: {exc}"
+                    raise
+                self.remember_fault = None
                 self._remembered_size = pub.size
             if pub.size > self._latest.size:
                 self._latest = pub

@@ -4,11 +4,13 @@ docs/operations.md, "Monitoring").
 * ``GET /healthz`` (in :mod:`tlog.app`): liveness, touches nothing.
 * ``GET /readyz``: readiness, one check per part that a write needs: the writer thread, the
   store (a read transaction; on LMDB, failed while the last write found the file system
-  under it read-only), the store's operator lock (``tlog serve`` of a PostgreSQL
-  store: ``store_lock``), the backlog, the log not halted, and (with a witness policy)
-  the witness quorum. 200 when every check passes, 503 with the failing ones otherwise, so a
-  load balancer stops sending writes exactly when writes would get 503. The witness quorum
-  is reported but only fails readiness while the log has never been cosigned.
+  under it read-only), the remembered checkpoint's file (``checkpoint_file``, only while
+  the last checkpoint could not be written to it), the store's operator lock (``tlog
+  serve`` of a PostgreSQL store: ``store_lock``), the backlog, the log not halted, and
+  (with a witness policy) the witness quorum. 200 when every check passes, 503 with the
+  failing ones otherwise, so a load balancer stops sending writes exactly when writes would
+  get 503. The witness quorum is reported but only fails readiness while the log has never
+  been cosigned.
 * ``GET /metrics``: Prometheus text format, from a registry of this app only (several apps
   in one process, as in the tests, never mix their numbers).
 
@@ -367,6 +369,8 @@ def readiness(
         checks["store_lock"] = {"ok": lost is None, "detail": lost or "held"}
     halted = log_.halted
     checks["signing"] = {"ok": halted is None, "detail": halted or "signing"}
+    if log_.remember_fault is not None:  # every write is refused until it is remembered
+        checks["checkpoint_file"] = {"ok": False, "detail": log_.remember_fault}
     full = seq.backlog >= seq.max_backlog
     checks["backlog"] = {"ok": not full, "entries": seq.backlog, "limit": seq.max_backlog}
     st = published.status()
