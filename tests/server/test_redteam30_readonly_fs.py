@@ -21,13 +21,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from client.formats.merkle import leaf_hash
-from client.formats.note import Ed25519Verifier
-from client.net.logclient import LogClient
 from harness.tlog import tlog_argv, tlog_env
 from tests.support import (
     ROOT,
-    ServerProcess,
     ext4_error,
     ext4_repair,
     frozen_ext4,
@@ -37,41 +33,11 @@ from tests.support import (
     token_for,
 )
 
+from .acked import acknowledge as _acknowledge
+from .acked import proves as _proves
+from .acked import submit as _submit
+
 pytestmark = [pytest.mark.slow, pytest.mark.lmdb_only("the LMDB data directory's file system")]
-
-
-def _submit(srv: ServerProcess, token: str, body: bytes) -> httpx.Response:
-    return httpx.post(
-        srv.url + "/v1/entries",
-        content=body,
-        headers={"Authorization": f"Bearer {token}"},
-        timeout=30,
-    )
-
-
-def _acknowledge(srv: ServerProcess, token: str, n: int, tag: str) -> dict[int, bytes]:
-    acked = {}
-    for i in range(n):
-        body = f"{tag}-{i}".encode()
-        r = _submit(srv, token, body)
-        assert r.status_code == 200, r.text
-        acked[int(r.json()["index"])] = body
-    return acked
-
-
-def _proves(srv: ServerProcess, vkey: str, acked: dict[int, bytes]) -> int:
-    """Every acknowledged entry served at its index with an inclusion proof verified
-    against the log's key; the served tree size."""
-    http = httpx.Client(timeout=30)
-    try:
-        client = LogClient(srv.url, Ed25519Verifier.from_vkey(vkey), http=http)
-        for index, body in acked.items():
-            r = http.get(f"{srv.url}/v1/entries/{index}")
-            assert r.status_code == 200 and r.content == body, (index, r.status_code)
-            assert client.inclusion_proof(leaf_hash(body)).index == index
-        return int(http.get(srv.url + "/v1/log").json()["tree_size"])
-    finally:
-        http.close()
 
 
 def test_ext4_error_remounts_the_data_directory_read_only(tmp_path: Path) -> None:
@@ -183,41 +149,3 @@ def test_a_disk_that_dropped_acknowledged_writes_is_refused_at_restart(tmp_path:
         said = again.stdout + again.stderr
         assert "the store is behind the log: it ends at tree size 3" in said, said
         assert "tree size 6" in said, said
-
-
-def test_the_remembered_checkpoint_file_system_going_read_only(tmp_path: Path) -> None:
-    """``--checkpoint-file`` on another device (as the docs advise) whose file system goes
-    read-only while the store's stays writable: a batch is committed to the store but its
-    checkpoint cannot be remembered, so nothing is acknowledged or handed out (503 saying
-    why), ``/readyz`` is 503, reads go on; after the repair and a restart the log serves
-    what was acknowledged (and the unacknowledged committed entries, which a retry finds
-    as duplicates), consistent with every checkpoint handed out."""
-    data = tmp_path / "data"
-    with contextlib.contextmanager(frozen_ext4)(tmp_path, 32, "errors=remount-ro") as mnt:
-        remembered = mnt / "last-checkpoint"
-        srv = start_server(data, None, "--checkpoint-file", str(remembered))
-        try:
-            token = token_for(data, None, "--role", "submitter", "--tenant", "acme")
-            vkey = httpx.get(srv.url + "/v1/log").json()["vkey"]
-            acked = _acknowledge(srv, token, 4, "before")
-            before = httpx.get(srv.url + "/checkpoint").text
-            ext4_error(mnt)
-            r = _submit(srv, token, b"refused-0")
-            assert r.status_code == 503, (r.status_code, r.text)
-            assert "Read-only file system" in r.json()["error"], r.text
-            ready = httpx.get(srv.url + "/readyz", timeout=30)
-            assert ready.status_code == 503, ready.text
-            assert httpx.get(srv.url + "/checkpoint").text == before  # nothing new handed out
-            assert _proves(srv, vkey, acked) == 4
-        finally:
-            srv.stop()
-        ext4_repair(tmp_path)
-        again = start_server(data, None, "--checkpoint-file", str(remembered))
-        try:
-            size = _proves(again, vkey, acked)
-            assert size in (4, 5), size
-            r = _submit(again, token, b"refused-0")  # the client's retry
-            assert r.status_code == 200, r.text
-            assert _proves(again, vkey, acked) == 5
-        finally:
-            again.stop()
