@@ -14,6 +14,7 @@ import contextlib
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -130,3 +131,52 @@ def test_fsck_refuses_a_read_only_view_of_a_live_store_without_its_lock_table(
         away = _fsck_elsewhere(view, lock_dir)  # nobody holds it now: checked
         assert away.returncode == 0, away.stdout + away.stderr
         assert "OK: 4 entries" in away.stdout, away.stdout
+
+
+def test_fsck_checks_a_copy_it_may_not_write_as_another_user(tmp_path: Path) -> None:
+    """A snapshot readable but not writable by the user checking it (here ``nobody``): no
+    lock file can be created or re-pointed, the original's lock directory is not this
+    user's. Checked, nothing written; with its ``tlog.lock`` unreadable, refused saying so
+    (whether a server holds it cannot be told)."""
+    _needs_root()
+    if shutil.which("setpriv") is None:
+        pytest.skip("needs setpriv")
+    data, srv = _log(tmp_path, 5)
+    srv.stop()
+    # Outside pytest's base directory, which only its owner may enter.
+    outside = Path(tempfile.mkdtemp(prefix="redteam30-"))
+    os.chmod(outside, 0o755)
+    try:
+        _as_nobody(data, outside / "copy")
+    finally:
+        subprocess.run(["chmod", "-R", "u+w", str(outside)], check=False)
+        shutil.rmtree(outside)
+
+
+def _as_nobody(data: Path, copy: Path) -> None:
+    subprocess.run(["cp", "-a", str(data), str(copy)], check=True)
+    subprocess.run(["chmod", "-R", "a+rX,a-w", str(copy)], check=True)
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+    def fsck() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*nobody, *tlog_argv("fsck", "--data", str(copy))],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=ROOT,
+            env=tlog_env(),
+            check=False,
+        )
+
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in (copy / "db").iterdir())
+    fs = fsck()
+    if "Permission denied" in fs.stderr and "tlog" not in fs.stderr.split(":", 1)[0]:
+        pytest.skip(f"nobody cannot run this checkout's Python here: {fs.stderr[-300:]}")
+    assert fs.returncode == 0, fs.stdout + fs.stderr
+    assert "OK: 5 entries" in fs.stdout, fs.stdout
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in (copy / "db").iterdir()) == before
+    os.chmod(copy / "db" / "tlog.lock", 0o400)  # root's, unreadable to nobody
+    fs = fsck()
+    assert fs.returncode != 0, fs.stdout + fs.stderr
+    assert "cannot tell whether a server holds the store" in fs.stderr, fs.stderr
