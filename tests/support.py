@@ -170,6 +170,53 @@ def ext4_repair(tmp_path: Path) -> Path:
     assert m.returncode == 0, m.stderr
     return mnt
 
+_BLKIO = Path("/sys/fs/cgroup/blkio")  # cgroup v1's block I/O controller
+
+
+@contextlib.contextmanager
+def throttled_reads(mnt: Path, pid: int, iops: int) -> Iterator[None]:
+    """Process ``pid``'s reads from the loop device mounted at ``mnt`` (a
+    :func:`frozen_ext4`) throttled by the kernel to ``iops`` a second (a cgroup v1
+    ``blkio.throttle.read_iops_device``, the device's read-ahead off, so that each page
+    read is an I/O of its own): a slow disk that still answers, unlike a frozen one. Skips
+    where the controller is not there (cgroup v2 only), saying so; undone after."""
+    import uuid
+
+    import pytest
+
+    if not (_BLKIO / "blkio.throttle.read_iops_device").exists():
+        pytest.skip("needs cgroup v1's blkio controller (blkio.throttle.read_iops_device)")
+    dev = run_tool("findmnt", "-no", "SOURCE", str(mnt)).stdout.strip()
+    numbers = run_tool("lsblk", "-dno", "MAJ:MIN", dev).stdout.strip()
+    if not dev or not numbers:
+        pytest.skip(f"cannot find the device of {mnt}")
+    group = _BLKIO / f"tlog-test-{uuid.uuid4().hex[:12]}"
+    group.mkdir()
+    ra = run_tool("blockdev", "--getra", dev).stdout.strip() or "256"
+    try:
+        (group / "blkio.throttle.read_iops_device").write_text(f"{numbers} {iops}\n")
+        assert run_tool("blockdev", "--setra", "0", dev).returncode == 0
+        (group / "cgroup.procs").write_text(f"{pid}\n")
+        yield
+    finally:
+        with contextlib.suppress(OSError):  # (gone: the process ended)
+            (_BLKIO / "cgroup.procs").write_text(f"{pid}\n")
+        run_tool("blockdev", "--setra", ra, dev)
+        with contextlib.suppress(OSError):
+            group.rmdir()
+
+
+def evict_cached(*paths: Path) -> None:
+    """The pages of ``paths`` dropped from the page cache (flushed first): their next reads
+    go to the disk."""
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
 
 def listening_socket(backlog: int = 16) -> socket.socket:
     """A non-blocking TCP socket listening on a free port of 127.0.0.1, for a server to

@@ -92,6 +92,7 @@ from client.adapters.exchange import (
     validated_event,
     without_dot_segments,
 )
+from client.adapters.opsread import OpsReads
 from client.adapters.outbox import (
     IntentJournal,
     IntentStalled,
@@ -205,6 +206,9 @@ class AuditMiddleware:
         self._stranded: dict[int, None] = {}
         self._stranded_lock = threading.Lock()
         self._pid_pool: ThreadPoolExecutor | None = None  # made at the first lookup
+        # The bounded reads of the backlog for status and readiness (ops_state), made at
+        # the first one.
+        self._ops_reads: OpsReads | None = None
 
     def backlog(self) -> dict[str, Any]:
         """The audit backlog, for monitoring (``tlog scim-proxy`` serves it at
@@ -223,6 +227,30 @@ class AuditMiddleware:
         out.update(self.journal_state(reopen=True))
         out.update(self.stats)
         return out
+
+    @property
+    def ops_reads(self) -> OpsReads:
+        """The bounded reads of :meth:`backlog` behind :meth:`ops_state` (one reader thread,
+        started at the first read; stopped by :meth:`close`)."""
+        reads = self._ops_reads
+        if reads is None:
+            reads = self._ops_reads = OpsReads(
+                self.backlog, self.journal_state, self.config.intent_wait
+            )
+        return reads
+
+    async def ops_state(self) -> dict[str, Any]:
+        """:meth:`backlog` for an app's status, readiness or metrics, awaited on its event
+        loop without ever waiting on the outbox's disk much longer than
+        ``config.intent_wait`` (what ``tlog scim-proxy``'s ``/.tlog/`` endpoints read,
+        :class:`client.adapters.opsread.OpsReads`): the backlog with ``disk_stalled``
+        false; on a stalled disk, at once, ``disk_stalled`` true with the reason
+        (``error``) and the intent journal's state only; while a read is slow but its disk
+        answers, the last reading with ``disk_slow`` true and ``reading_age_ms``. Raises
+        :class:`OutboxError` when the outbox cannot be read (removed, replaced, damaged).
+        :meth:`backlog` itself blocks on a stalled disk until the thaw: call it only from a
+        thread that may wait that long."""
+        return await self.ops_reads.state()
 
     def intent_journal_stalled(self) -> bool:
         """Whether the intent journal's writer has been held (a stalled disk) longer than a
@@ -497,6 +525,9 @@ class AuditMiddleware:
 
     def close(self) -> None:
         """Stop the relay (after draining) and close the outbox, if owned."""
+        reads, self._ops_reads = self._ops_reads, None
+        if reads is not None:
+            reads.stop()  # (a read the disk holds ends after the thaw, not waited for)
         self._watch_stop.set()
         watcher, self._watcher = self._watcher, None
         if watcher is not None:

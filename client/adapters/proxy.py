@@ -36,18 +36,13 @@ file.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import logging
 import logging.config
 import os
-import queue
 import sys
-import threading
-import time
 from collections.abc import Awaitable, Callable, Iterator
-from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,6 +56,7 @@ from prometheus_client.registry import Collector
 from client.adapters.exchange import MAX_INTENT_WAIT, check_intent_wait
 from client.adapters.forwarder import Forwarder, UpstreamError
 from client.adapters.middleware import AuditConfig, AuditMiddleware, Receive, Scope, Send
+from client.adapters.opsread import OpsReads
 from client.adapters.outbox import Outbox, OutboxError
 from client.adapters.proxy_config import ProxyConfig
 from client.adapters.pseudonyms import MAX_TIMEOUT, LogPseudonyms
@@ -224,6 +220,12 @@ def _journal_metrics(b: dict[str, Any]) -> Iterator[GaugeMetricFamily | CounterM
         value=1 if b.get("disk_stalled") else 0,
     )
     yield GaugeMetricFamily(
+        "tlog_proxy_disk_slow",
+        "1 while a read of the outbox has taken longer than the intent wait but its disk "
+        "answers (slow, not stalled): the figures are those of the last reading",
+        value=1 if b.get("disk_slow") else 0,
+    )
+    yield GaugeMetricFamily(
         "tlog_proxy_intent_journal_stalled",
         "1 while the write-ahead intent journal's writer has been held by its file system "
         "longer than a write waits for its intent (writes refused, not applied)",
@@ -241,86 +243,6 @@ def _journal_metrics(b: dict[str, Any]) -> Iterator[GaugeMetricFamily | CounterM
         "written within the bound (a stalled disk)",
         value=b.get("intent_stalls") or 0,
     )
-
-
-class _DiskStalled(Exception):
-    """A read of the outbox has not answered within the bound (its disk stalls)."""
-
-
-class _BoundedReads:
-    """The ``/.tlog/`` endpoints' reads of the outbox (``fn``: the backlog), made by a
-    daemon thread of their own (one SQLite reader, started at the first read) and each
-    waited for at most ``bound`` seconds; one read at a time, shared by the endpoints
-    asking meanwhile. A read the disk holds (a frozen file system: a SQLite reader writes
-    its read mark into the WAL's shared memory after a commit, and that page waits for the
-    thaw) holds that thread until the thaw; until it ends every endpoint answers at once
-    that the disk stalls, and nothing more waits on it (stall29: ``/.tlog/status`` hung on
-    a frozen disk, in a thread of the loop's default executor, which the interpreter's exit
-    waits for)."""
-
-    def __init__(self, fn: Callable[[], dict[str, Any]], bound: float) -> None:
-        self.fn = fn
-        self.bound = bound
-        self._lock = threading.Lock()
-        self._current: tuple[float, Future[dict[str, Any]]] | None = None
-        self._todo: queue.SimpleQueue[Future[dict[str, Any]] | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-
-    def held_for(self) -> float:
-        """Seconds the read in flight has run (0 when none)."""
-        cur = self._current
-        return 0.0 if cur is None else time.monotonic() - cur[0]
-
-    def stop(self) -> None:
-        """End the thread: now when it is idle; a read the disk holds ends it after the thaw
-        (not waited for)."""
-        with self._lock:
-            thread, self._thread = self._thread, None
-            idle = self._current is None
-        if thread is not None:
-            self._todo.put(None)
-            if idle:
-                thread.join()
-
-    def _run(self) -> None:
-        while True:
-            fut = self._todo.get()
-            if fut is None:
-                return
-            try:
-                got = self.fn()
-            except BaseException as exc:
-                with self._lock:
-                    self._current = None
-                fut.set_exception(exc)
-            else:
-                with self._lock:
-                    self._current = None
-                fut.set_result(got)
-
-    async def read(self) -> dict[str, Any]:
-        """The backlog; :class:`_DiskStalled` when the read has not answered within the
-        bound (or one begun before still has not)."""
-        with self._lock:
-            cur = self._current
-            if cur is None:
-                fut: Future[dict[str, Any]] = Future()
-                fut.set_running_or_notify_cancel()  # never cancelled by a waiter
-                cur = self._current = (time.monotonic(), fut)
-                if self._thread is None:
-                    self._thread = threading.Thread(
-                        target=self._run, name="tlog-ops-read", daemon=True
-                    )
-                    self._thread.start()
-                self._todo.put(fut)
-        since, fut = cur
-        left = self.bound - (time.monotonic() - since)
-        if left <= 0 and not fut.done():
-            raise _DiskStalled
-        try:
-            return await asyncio.wait_for(asyncio.wrap_future(fut), max(left, 0.001))
-        except TimeoutError:
-            raise _DiskStalled from None
 
 
 class _StallCollector(Collector):
@@ -401,52 +323,28 @@ class _ProxyCollector(Collector):
         yield events
 
 
-def _ops_endpoints(
-    backlog: Callable[[], dict[str, Any]],
-    s: ProxySettings,
-    journal: Callable[[], dict[str, Any]] = dict,
-) -> tuple[dict[str, _Endpoint], Callable[[], None]]:
+def _ops_endpoints(ops: Callable[[], OpsReads], s: ProxySettings) -> dict[str, _Endpoint]:
     """``/.tlog/status``, ``healthz``, ``readyz`` and ``metrics``. Ready while the outbox
     takes events (below ``outbox_max_bytes``, and writes not refused after a failed add:
     ``writes_taken``) and the intent journal is open and not stalled; the relay's health
     gates readiness only when writes wait for the log's receipt (``receipt_timeout`` > 0).
 
-    None of them waits on the disk longer than ``intent_wait``: the outbox is read in a
-    thread of its own (:class:`_BoundedReads`), and while its disk stalls (that read, or
-    the journal's writer, held longer than the bound) each answers at once saying so:
-    status with ``disk_stalled``, healthz 200 (alive) and readyz 503 with the reason,
-    metrics with ``tlog_proxy_disk_stalled`` 1 (and no figure that needs the disk)."""
-    bound = s.intent_wait
-    reads = _BoundedReads(backlog, bound)
+    None of them waits on the disk much longer than ``intent_wait``: the outbox is read in
+    a thread of its own (``ops``, the middleware's :class:`OpsReads`), and while its disk
+    stalls (that read's thread held in one wait, or the journal's writer held, longer than
+    the bound) each answers at once saying so: status with ``disk_stalled``, healthz 200
+    (alive) and readyz 503 with the reason, metrics with ``tlog_proxy_disk_stalled`` 1 (and
+    no figure that needs the disk). A read that is slow but moves is not a stall (ops30):
+    status says ``disk_slow`` with the last reading and its age, readiness is judged on
+    that reading, metrics have ``tlog_proxy_disk_slow`` 1."""
 
-    def stall(*, read_held: bool = False) -> dict[str, Any] | None:
-        """What a stalled disk's answers say (None: not stalled; ``read_held``: a read of
-        the outbox did not answer within the bound). Reads nothing on disk."""
-        j = journal()
-        held = read_held or reads.held_for() > bound
-        if not j.get("intent_journal_stalled") and not held:
-            return None
-        return {
-            **j,
-            "disk_stalled": True,
-            "error": (
-                f"the audit outbox's disk has not answered for more than {bound:g} s "
-                "(stalled): writes are refused, not applied, until it answers"
-            ),
-        }
+    def stall() -> dict[str, Any] | None:
+        return ops().stall()
 
     async def read() -> dict[str, Any]:
-        """The backlog, or what a stalled disk's answers say (``disk_stalled``)."""
-        stalled = stall()
-        if stalled is not None:
-            return stalled
-        try:
-            got = await reads.read()
-        except _DiskStalled:
-            stalled = stall(read_held=True)
-            assert stalled is not None
-            return stalled
-        return {**got, "disk_stalled": False}
+        """The backlog, or what a stalled disk's answers say (``disk_stalled``), or the
+        last reading of a slow one (``disk_slow``): :meth:`OpsReads.state`."""
+        return await ops().state()
 
     async def status() -> tuple[int, bytes, bytes]:
         try:
@@ -483,6 +381,12 @@ def _ops_endpoints(
                 },
             }
             return _json(503, doc)
+        if b.get("disk_slow") and "pending" not in b:  # slow, and no reading of it yet
+            doc = {
+                "status": "not ready",
+                "checks": {"disk": {"ok": False, "slow": True, "error": b.get("error")}},
+            }
+            return _json(503, doc)
         cap = s.outbox_max_bytes
         full = cap is not None and (b.get("pending_bytes") or 0) >= cap
         taken = b.get("writes_taken", True) is not False
@@ -503,6 +407,8 @@ def _ops_endpoints(
             "relay": {"ok": relay_ok or s.receipt_timeout <= 0, "healthy": relay_ok},
             "intent_journal": journal_check,
         }
+        if b.get("disk_slow"):  # judged on the last reading, said with its age
+            checks["disk"] = {"ok": True, "slow": True, "reading_age_ms": b["reading_age_ms"]}
         ok = all(c["ok"] for c in checks.values())
         doc = {"status": "ready" if ok else "not ready", "checks": checks}
         return _json(200 if ok else 503, doc)
@@ -513,19 +419,18 @@ def _ops_endpoints(
         except OutboxError as exc:
             return _json(503, {"error": str(exc)})
         registry = CollectorRegistry(auto_describe=False)
-        if b.get("disk_stalled"):  # the journal's figures only: the rest needs the disk
+        if b.get("disk_stalled") or "pending" not in b:  # the journal's figures only
             registry.register(_StallCollector(lambda: b))
         else:
             registry.register(_ProxyCollector(lambda: b))
         return 200, CONTENT_TYPE_LATEST.encode(), generate_latest(registry)
 
-    endpoints: dict[str, _Endpoint] = {
+    return {
         STATUS_PATH: status,
         OPS_PREFIX + "/healthz": healthz,
         OPS_PREFIX + "/readyz": readyz,
         OPS_PREFIX + "/metrics": metrics,
     }
-    return endpoints, reads.stop
 
 
 class _ProxyApp:
@@ -599,10 +504,8 @@ def build_proxy(
         max_connections=s.upstream_connections,
     )
     holder: list[AuditMiddleware] = []
-    endpoints, stop_reads = _ops_endpoints(
-        lambda: holder[0].backlog(), s, lambda: holder[0].journal_state()
-    )
-    inner = _ProxyApp(forwarder, endpoints, stop_reads)
+    endpoints = _ops_endpoints(lambda: holder[0].ops_reads, s)
+    inner = _ProxyApp(forwarder, endpoints, lambda: holder[0].ops_reads.stop())
     base = forwarder.base_path if s.base_path is None else s.base_path.rstrip("/")
     # Group members are pseudonymised under their own keys at the log, so shredding a user
     # also unlinks them from group events (never recorded in plaintext instead).
