@@ -135,6 +135,9 @@ STAGE_TURN_TIMEOUT = 1.0
 PROBE_EVERY = 0.5
 SUSPECT_AFTER = 0.5  # seconds a read waits for a pooled connection before the probe starts
 PROBE_CONNECT_TIMEOUT = 2
+# A read waiting for a pooled connection looks this often whether the probe found the
+# database down (then it is answered at once: PgStorage._getconn_unless_down).
+GETCONN_SLICE = 0.02
 ASK_TIMEOUT = 5.0  # seconds the commit watch's own questions may take (PgStorage._ask)
 _U64 = struct.Struct(">Q")
 _MAX_BIGINT = (1 << 63) - 1
@@ -448,12 +451,18 @@ class PgReadView:
         if not self._fresh or not (conn.closed or conn.broken):
             return False
         self._fresh = False
-        pool = self._s._pool
+        s = self._s
+        pool = s._pool
         log.warning("a pooled database connection was lost (%s); checking the pool", exc)
+        # The probe tries the database at once, beside the pool: a database that is gone
+        # (its connection refused) is known down within that attempt, and this read is
+        # answered then (StoreUnreachable), not after RETRY_TIMEOUT (ops30: the first reads
+        # after PostgreSQL stopped each waited the whole second for a pool that could not
+        # connect).
+        s._suspect()
         try:
             pool.check()
-            # Briefly: a database that is down is answered at once with its own failure.
-            new = pool.getconn(timeout=RETRY_TIMEOUT)
+            new = s._getconn_unless_down(RETRY_TIMEOUT)
         except (psycopg.Error, psycopg_pool.PoolTimeout):
             return False  # the view keeps the dead one: __exit__ hands it back
         pool.putconn(conn)  # the pool discards a closed connection
@@ -884,10 +893,11 @@ class PgStorage:
                 conn = self._pool.getconn(timeout=SUSPECT_AFTER)
             except psycopg_pool.PoolTimeout:
                 # None within a moment: every connection busy, or the database gone and
-                # the pool unable to connect. The probe tells (the reads after this one are
-                # answered at once if it is gone); this one waits as before.
+                # the pool unable to connect. The probe tells: this read waits on only
+                # until it does (answered at once, StoreUnreachable, once the database is
+                # known down; before ops30 it waited the rest of POOL_TIMEOUT regardless).
                 self._suspect()
-                conn = self._pool.getconn(timeout=POOL_TIMEOUT - SUSPECT_AFTER)
+                conn = self._getconn_unless_down(POOL_TIMEOUT - SUSPECT_AFTER)
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
             self._suspect()
             raise pg_fault(exc) or StorageError(str(exc)) from exc
@@ -911,6 +921,22 @@ class PgStorage:
                 "until it does (it is tried again every "
                 f"{self.probe_every:g} s); nothing was written"
             )
+
+    def _getconn_unless_down(self, timeout: float) -> _Watched:
+        """A pooled connection within ``timeout`` seconds, waited for in slices of
+        ``GETCONN_SLICE`` so that the database becoming known down meanwhile (the probe,
+        :meth:`_suspect`) ends the wait at once (:class:`StoreUnreachable`);
+        :class:`psycopg_pool.PoolTimeout` at the end of the time."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self._check_reachable()
+            left = deadline - time.monotonic()
+            try:
+                return self._pool.getconn(timeout=max(min(GETCONN_SLICE, left), 0.001))
+            except psycopg_pool.PoolTimeout:
+                if left <= GETCONN_SLICE:
+                    self._check_reachable()
+                    raise
 
     def _suspect(self) -> None:
         """A connection broke, or none came: have the probe thread try the database (one
@@ -1599,7 +1625,11 @@ class PgStorage:
 
     def _lock_session(self, timeout: float, role: str) -> psycopg.Connection[Any]:
         """A new connection of its own for a session advisory lock (the write turn, the
-        staging turn), waiting at most ``timeout`` seconds for a lock."""
+        staging turn), waiting at most ``timeout`` seconds for a lock. While the database
+        is known down, :class:`StoreUnreachable` at once, as a write is refused (ops30: a
+        write reaching its turn during an outage, before the operator lock's loss was seen,
+        tried to connect and failed as an unexpected error, a traceback in the log)."""
+        self._check_reachable()
         try:
             conn = _Watched.connect(self._url, autocommit=True, **self._kwargs)
             self._track(conn, role)
