@@ -19,14 +19,16 @@ the standard library's :mod:`http.client` does the same exchange in about a fift
   (red team 11: ``tests/net/test_redteam11_hostile_answers.py``);
 * TLS is verified with the SSL context the caller's httpx transport uses (the same trust
   store and settings);
-* it asks for no content coding (``Accept-Encoding: identity``) and refuses an answer that
-  has one anyway (:class:`FormatError`, as a body httpx cannot decode), so no decoded size
-  goes unbounded;
+* it asks for no content coding (``Accept-Encoding: identity``); an answer that has one
+  anyway (a front compressing the log's answers) is decoded as httpx decodes it (``gzip``,
+  ``deflate``; another is :class:`FormatError`), the size bound applying to the decoded
+  bytes, so no decoded size goes unbounded (before ops30 every coded answer was refused,
+  and the relay sent its batch again without end);
 * an answer cut short (the connection closed before its ``Content-Length`` or its last
   chunk) is a protocol failure, as in httpx, never a shorter body;
-* an informational answer other than ``100 Continue`` (e.g. ``103 Early Hints``) is refused
-  as a protocol failure, where httpx passes over it: the log server sends none, and the
-  relay sends the batch again (its events are idempotent by eid);
+* informational answers (``100 Continue``, ``103 Early Hints``, any 1xx but ``101``) are
+  passed over, as httpx does (before ops30 any but ``100`` was a protocol failure, and a
+  front sending early hints kept the relay from ever delivering);
 * a transport or protocol failure is :class:`Unreachable` and drops the connection; a
   connection the server closed while idle (readable before the request) is replaced
   before sending, as httpcore's pool does;
@@ -56,7 +58,8 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Mapping
+import zlib
+from collections.abc import Iterator, Mapping
 from urllib.parse import urlsplit
 
 import httpx
@@ -148,7 +151,23 @@ class _DeadlineSocket:
             self.sock.close()
 
 
+class _Response(http.client.HTTPResponse):
+    """http.client's answer, which passes over every informational answer before the final
+    one (RFC 9110 §15.2: ``103 Early Hints`` included, as httpx does), not ``100 Continue``
+    alone. Each one's head is read with http.client's own bounds; an endless run of them
+    ends by the deadline."""
+
+    def _read_status(self) -> tuple[str, int, str]:
+        while True:
+            version, status, reason = super()._read_status()  # type: ignore[misc]
+            if status >= 200 or status in (100, 101):  # (100: http.client passes it over)
+                return version, status, reason
+            http.client.parse_headers(self.fp)  # its fields: not the answer's
+
+
 class _Connection(http.client.HTTPConnection):
+    response_class = _Response
+
     def __init__(
         self, host: str, port: int, timeout: float | None, context: ssl.SSLContext | None
     ) -> None:
@@ -271,16 +290,14 @@ class LeanPoster:
         conn.flush()
         response = conn.getresponse()
         try:
-            if response.status < 200:  # http.client passes over 100 only
+            if response.status < 200:  # (101: a protocol switch never asked for)
                 raise http.client.HTTPException(
                     f"an informational answer ({response.status}) in place of the answer"
                 )
-            coding = response.getheader("content-encoding")
-            if coding is not None and coding.strip().lower() != "identity":
-                raise FormatError(
-                    f"{path}: cannot decode the answer: content coding {coding!r} was not asked for"
-                )
             chunks = iter(functools.partial(response.read, _CHUNK), b"")
+            coding = response.getheader("content-encoding")
+            if coding is not None and coding.strip().lower() not in ("", "identity"):
+                chunks = _decoded(chunks, coding, path)
             body = read_body(chunks, limit, at, path, f"POST {url}")
             if response.length:  # http.client's read(n) ends quietly at EOF
                 raise http.client.IncompleteRead(b"", response.length)
@@ -290,6 +307,35 @@ class LeanPoster:
         finally:
             response.close()
         return Answer(response.status, httpx.Headers(response.getheaders()), body)
+
+
+def _decoded(chunks: Iterator[bytes], coding: str, path: str) -> Iterator[bytes]:
+    """The body ``chunks`` decoded from ``coding`` (``gzip``, ``x-gzip``, ``deflate``: what
+    httpx decodes, but ``br`` and ``zstd``, which it decodes only with optional packages),
+    at most ``_CHUNK`` bytes out of the decoder at a time, so that the caller's size bound
+    (:func:`read_body`) stops a small body that inflates without end; :class:`FormatError`
+    for another coding, a damaged or cut stream. Asked for with ``Accept-Encoding:
+    identity``, but a front (a load balancer, a CDN) may compress the log's answers anyway:
+    httpx decodes them, and the lean path answers the same (ops30)."""
+    name = coding.strip().lower()
+    if name in ("gzip", "x-gzip"):
+        d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    elif name == "deflate":
+        d = zlib.decompressobj()  # zlib-wrapped (RFC 9110 §8.4.1.2)
+    else:
+        raise FormatError(f"{path}: cannot decode the answer: content coding {coding!r}")
+    try:
+        for chunk in chunks:
+            data = chunk
+            while data and not d.eof:
+                out = d.decompress(data, _CHUNK)
+                if out:
+                    yield out
+                data = d.unconsumed_tail
+        if not d.eof:
+            raise FormatError(f"{path}: the answer's {name} stream is cut short")
+    except zlib.error as exc:
+        raise FormatError(f"{path}: cannot decode the answer ({name}): {exc}") from None
 
 
 def _idle_close_race(reused: _DeadlineSocket | None, seen: int, exc: BaseException) -> bool:

@@ -10,9 +10,11 @@ reuse the slow-answer tests' servers (``tests/net/helpers.py``).
 
 from __future__ import annotations
 
+import gzip
 import socket
 import ssl
 import threading
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -132,6 +134,10 @@ def _answers(draw: st.DrawFn) -> tuple[list[bytes], bool, bool, int]:
     )
     # the size bound: none, just at the body's size, one byte under it, half of it
     limit = draw(st.sampled_from([1 << 20, len(body), max(len(body) - 1, 0), len(body) // 2]))
+    # a front compressing the answer though it was not asked to: decoded by both (ops30;
+    # before, the lean path refused it), the bound on the decoded bytes
+    coded = status == 200 and draw(st.integers(0, 9)) == 0
+    plain, body = body, (gzip.compress(body, mtime=0) if coded else body)
     headers = [(b"X-" + draw(_TOKEN).encode(), draw(_TOKEN).encode()) for _ in range(3)]
     headers = headers[: draw(st.integers(0, 3))]
     if status in (429, 503) and draw(st.booleans()):
@@ -151,19 +157,29 @@ def _answers(draw: st.DrawFn) -> tuple[list[bytes], bool, bool, int]:
         payload = body
     if draw(st.booleans()) and framing != "eof":
         headers.append((b"Connection", b"close"))
-    coded = status == 200 and draw(st.integers(0, 9)) == 0
-    if coded:  # not asked for: refused, where httpx decodes it (or errs, or reads nothing)
+    if coded:
         headers.append((b"Content-Encoding", b"gzip"))
-    if draw(st.integers(0, 9)) == 0:
-        raw = b"HTTP/1.1 100 Continue\r\n\r\n"
-    else:
-        raw = b""
+    # informational answers before the answer: passed over by both (ops30: the lean path
+    # refused any but 100 Continue)
+    raw = draw(
+        st.sampled_from(
+            [
+                b"",
+                b"",
+                b"",
+                b"HTTP/1.1 100 Continue\r\n\r\n",
+                b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n",
+                b"HTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 103 Early Hints\r\n\r\n",
+            ]
+        )
+    )
     raw += b"HTTP/1.1 %d X\r\n" % status
     raw += b"".join(k + b": " + v + b"\r\n" for k, v in headers) + b"\r\n" + payload
     cuts = sorted(draw(st.lists(st.integers(0, len(raw)), max_size=3)))
     pieces = [raw[a:b] for a, b in zip([0, *cuts], [*cuts, len(raw)], strict=True)]
     # a server that closes even a kept-alive connection after this answer (idle expiry)
     close = framing == "eof" or draw(st.booleans())
+    del plain  # (what both read when it is coded)
     return [p for p in pieces if p], close, coded, limit
 
 
@@ -178,8 +194,8 @@ def test_lean_answers_equal_httpx(
 ) -> None:
     """Several requests in a row on each client's kept-alive connection (a closed one is
     noticed and replaced by both): every answer read the same, every request sent the same.
-    An answer with a content coding the lean path did not ask for is refused
-    (:class:`FormatError`); httpx decodes gzip and reads a truncated stream as no body."""
+    An answer with a content coding the lean path did not ask for (gzip) is decoded by both,
+    and informational answers (100, 102, 103) are passed over by both."""
     with _scripted() as (url, script):
         poster = LeanPoster(url, timeout=5.0, headers=HEADERS, context=None)
         core = HTTPCore(url, timeout=5.0, headers=HEADERS)
@@ -196,7 +212,7 @@ def test_lean_answers_equal_httpx(
                 via_httpx = _httpx(core, body, limit)
                 if close and len(script.got) > asked + 1:
                     wait_for(lambda n=dropped: script.dropped > n + 1, 10)
-                assert lean == (FormatError if coded else via_httpx)
+                assert lean == via_httpx, coded
                 (lean_req, httpx_req) = script.got[-2:]
                 assert lean_req == httpx_req
                 assert lean_req[1] == body
@@ -333,3 +349,33 @@ def test_the_relay_posts_its_batches_on_the_lean_path(tmp_path: Path) -> None:
     mocked = Relay(outbox, url, "t", transport=httpx.MockTransport(lambda r: httpx.Response(503)))
     assert mocked._lean is None
     outbox.close()
+
+
+def test_a_coded_answer_is_decoded_within_the_bound_and_an_unknown_coding_refused() -> None:
+    """A gzip answer of a few KiB that inflates to 4 MiB ends at the size bound on the
+    decoded bytes (:class:`FormatError`, as a plain answer over it), never held whole; a
+    coding httpx does not decode without optional packages (``br``) is refused, a damaged
+    stream too; a deflate (zlib) answer reads as its plain body (ops30: every coded answer
+    was refused)."""
+    bomb = gzip.compress(b"\0" * (4 << 20), mtime=0)
+    cases = [
+        (b"gzip", bomb, 1 << 16, FormatError),
+        (b"br", b"\x0b\x02\x80{}\x03", 1 << 16, FormatError),
+        (b"gzip", bomb[: len(bomb) // 2], 8 << 20, FormatError),
+        (b"deflate", zlib.compress(b'{"ok": true}'), 1 << 16, b'{"ok": true}'),
+    ]
+    with _scripted() as (url, script):
+        poster = LeanPoster(url, timeout=5.0, headers=HEADERS, context=None)
+        try:
+            for coding, payload, limit, want in cases:
+                script.pieces = [
+                    b"HTTP/1.1 200 OK\r\nContent-Encoding: %s\r\nContent-Length: %d\r\n\r\n%s"
+                    % (coding, len(payload), payload)
+                ]
+                got = _lean(poster, b"{}", limit)
+                if isinstance(want, bytes):
+                    assert isinstance(got, tuple) and got[2] == want, got
+                else:
+                    assert got is want, (coding, got)
+        finally:
+            poster.close()
