@@ -167,6 +167,9 @@ class BoundedReads:
         reading) when the read in flight has not answered within the bound."""
         since, fut = self._begin()
         wrapped = asyncio.wrap_future(fut)
+        # (answered slow or stalled, nobody awaits it: its failure after the thaw is read
+        # here, not reported as never retrieved)
+        wrapped.add_done_callback(_retrieved)
         look = self.bound / _LOOKS
         while True:
             held = time.monotonic() - since
@@ -187,6 +190,11 @@ class BoundedReads:
                 return await asyncio.wait_for(asyncio.shield(wrapped), max(wait, 0.001))
             except TimeoutError:
                 continue
+
+
+def _retrieved(fut: asyncio.Future[Reading]) -> None:
+    if not fut.cancelled():
+        fut.exception()
 
 
 class OpsReads:
