@@ -170,6 +170,7 @@ def ext4_repair(tmp_path: Path) -> Path:
     assert m.returncode == 0, m.stderr
     return mnt
 
+
 _BLKIO = Path("/sys/fs/cgroup/blkio")  # cgroup v1's block I/O controller
 
 
