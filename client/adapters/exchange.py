@@ -69,6 +69,7 @@ __all__ = [
     "Builder",
     "Exchange",
     "Recorded",
+    "SpTypes",
     "default_actor",
     "event_json",
     "header",
@@ -78,7 +79,9 @@ __all__ = [
     "raw_relative",
     "relative",
     "route",
+    "sp_types",
     "validated_event",
+    "wants_sp_types",
     "without_dot_segments",
 ]
 
@@ -237,13 +240,6 @@ class AuditConfig:
         check_intent_wait(self.intent_wait)
         if self.base_path and (not self.base_path.startswith("/") or self.base_path.endswith("/")):
             raise ValueError("base_path must start with '/' and not end with one (or be '')")
-
-    @functools.cached_property
-    def type_names(self) -> frozenset[str]:
-        """The configured resource types' names, lower case (``resource_types``' and
-        ``me_resource_type``): the types an extension schema in a create's answer may name
-        (:func:`_other_type`). Made once per configuration, not per create."""
-        return frozenset(t.lower() for t in (*self.resource_types.values(), self.me_resource_type))
 
     @functools.cached_property
     def secret_lower(self) -> frozenset[str]:
@@ -616,6 +612,8 @@ class Exchange:
     t1_ns: int = 0
     # Set by the middleware when the SP's answer ended before it was whole (x.answer).
     answer_note: str | None = None
+    # What the SP's /ResourceTypes says, as the middleware read it (None: not known).
+    sp_types: SpTypes | None = None
     # (config, route, raw_relative's path as sent) of the last config routed for
     _target: tuple[AuditConfig, _Target, str | None] | None = field(
         default=None, repr=False, compare=False
@@ -860,6 +858,7 @@ class Builder:
         unparsed: str | None = None,
         result: dict[str, Any] | None = None,
         answer: str | None = None,
+        type_unknown: Sequence[str] = (),
     ) -> list[Event]:
         """The event(s) of one operation, with the resulting values the SP answered
         (``x.result``, on success) and what is wrong with its answer (``x.answer``: this
@@ -886,6 +885,8 @@ class Builder:
         answer = self.answer if answer is None else answer
         if answer is not None:
             xs["answer"] = answer
+        if type_unknown:
+            xs["type_unknown"] = list(type_unknown)
         last: EventFormatError | None = None
         if intent is not None:
             full: dict[str, Any] = {
@@ -1011,12 +1012,15 @@ class Builder:
         elif target.me:
             rid = "Me"
         created_why = None
+        type_unknown: tuple[str, ...] = ()
         if op == "create" and 200 <= status < 300 and rid is None:
             # the type checked only where the endpoint's is configured (an unknown
             # endpoint's name need not be its type's)
             rt = target.rt if target.kind == "resource" else ""
             got, created_why = self.answers.created_id(x.rel, x.resp_header(b"location"), resp, rt)
             rid = rid_text(got) if got else "-"  # "-": the SP's answer named no id
+            if created_why is None:
+                type_unknown = self.answers.types_unknown(resp, rt)
         why = _routing_failure(target, op, status, rid)
         if why is not None:
             return Recorded([], [self.access(why, x.method, x.rel, status)])
@@ -1057,7 +1061,8 @@ class Builder:
             self.answer = self.answer or created_why
         elif outcome == "success":
             result, self.answer = self.taken(op, target, rid, resp, body_obj)
-        return Recorded(self.make(fields, intent, unparsed, result), [], self.texts, self.canon)
+        events = self.make(fields, intent, unparsed, result, type_unknown=type_unknown)
+        return Recorded(events, [], self.texts, self.canon)
 
     def taken(
         self,
@@ -1172,7 +1177,7 @@ class Builder:
                     port = None
                 got.append((str(server[0]).rstrip(".").lower(), port))
         hosts = frozenset(h for h in got if h is not None)
-        return Answers(hosts, cfg, cfg.type_names, *_bases(cfg, x.scope, x.rel))
+        return Answers(hosts, cfg, x.sp_types, *_bases(cfg, x.scope, x.rel))
 
     @staticmethod
     def _xid(resp: Any, body: Any) -> str | None:
@@ -1274,6 +1279,7 @@ class Builder:
         if rid is not None and rid.startswith("bulkId:"):
             rid = created.get(rid.removeprefix("bulkId:"), rid)
         loc = rversion = located = None
+        type_unknown: tuple[str, ...] = ()
         resp_err: Any = None
         if op_resp is not None:
             status = _status(op_resp.get("status"))
@@ -1287,6 +1293,8 @@ class Builder:
                 rt = target.rt if target.kind == "resource" else ""
                 rid, located = self.answers.created_id(path, loc, resp_err, rt)
                 rid = rid_text(rid) if rid else "-"
+                if located is None:
+                    type_unknown = self.answers.types_unknown(resp_err, rt)
             outcome = _outcome(op, status)
             err = None if outcome == "success" else _error(status, resp_err)
             if status == 0:  # no status to read: whether it was applied is not known
@@ -1364,7 +1372,7 @@ class Builder:
             # RFC 7644 §3.7.3: a result may carry the resource in "response"; taken as a
             # single write's answer is (neither scim2-server nor SCIMMY sends one)
             result, answer = self.taken(op, target, rid_v, resp_err, data, twice)
-        out.events.extend(self.make(fields, intent, unparsed, result, answer))
+        out.events.extend(self.make(fields, intent, unparsed, result, answer, type_unknown))
 
 
 def _twice_in_result(
@@ -2005,12 +2013,13 @@ class Answers:
     """What a create's answer is held to (:func:`_created_id`), the same for every create of
     an exchange (:attr:`Builder.answers`): the servers its locations may name (``hosts``,
     :func:`_server`; empty: not checked), the configuration that gives a create's endpoint
-    its type (``cfg``; None: no type checked) and the configured types (``types``, lower
-    case: the types an extension schema may name, :func:`_other_type`)."""
+    its type (``cfg``; None: no type checked) and what the SP says of its resource types
+    (``sp``, its ``/ResourceTypes`` as the middleware read it; None: not known; the types
+    an extension schema belongs to, :func:`_answer_type`)."""
 
     hosts: frozenset[Server] = frozenset()
     cfg: AuditConfig | None = None
-    types: frozenset[str] = frozenset()
+    sp: SpTypes | None = None
     bases: frozenset[Base] = frozenset()
     at: str = "/"
 
@@ -2032,6 +2041,14 @@ class Answers:
                 rt = t.rt if t.kind == "resource" else ""
         locs = [loc, mloc if isinstance(mloc, str) else None]
         return _created_id(path, self, locs, body, rt)
+
+    def types_unknown(self, body: Any, rt: str) -> tuple[str, ...]:
+        """The schema URNs of a create's answer whose resource type neither the SP's
+        ``/ResourceTypes`` nor the answer's ``meta.resourceType`` says (``x.type_unknown``;
+        :func:`_answer_type`)."""
+        if not rt or not _is_map(body):
+            return ()
+        return _answer_type(body, rt, self.sp)[1]
 
     def result_id(self, path: str, res: Mapping[str, Any]) -> tuple[str | None, str | None]:
         """:meth:`created_id` of a bulk POST's result ``res`` (its ``location`` and its
@@ -2094,7 +2111,7 @@ def _created_id(
     result without a ``location`` named no id even where its ``response`` did)."""
     named: list[str] = []
     if _is_map(body):
-        if rt and _other_type(body, rt, answers.types):
+        if rt and _other_type(body, rt, answers.sp):
             return None, _TYPE_ELSEWHERE
         got = body.get("id")
         if got in (".", ".."):  # no path can name it (red team 23), as a location's
@@ -2116,29 +2133,118 @@ def _created_id(
     return (named[0] if named else None), None
 
 
-def _other_type(body: Mapping[str, Any], rt: str, types: Collection[str] = ()) -> bool:
-    """Whether a create's answer says it is a resource of another type than ``rt``: its
-    ``meta.resourceType`` names another; its ``schemas`` name a core schema
-    (``urn:ietf:params:scim:schemas:core:2.0:<Type>``) and not ``rt``'s; or they name an
-    extension of another configured type (``types``, lower case; an extension schema is a
-    URN with an ``extension`` part that ends with the type it extends:
-    ``...:extension:enterprise:2.0:User``). A body whose schemas say no type (none, or only
-    URNs that are neither a core schema nor an extension of a configured type) is no
-    evidence of another type. Before faith23 only a core schema was read: a Group's create
-    answered with the enterprise User extension kept its id."""
+def _other_type(body: Mapping[str, Any], rt: str, sp: SpTypes | None = None) -> bool:
+    """Whether a create's answer says it is a resource of another type than ``rt``
+    (:func:`_answer_type`)."""
+    return _answer_type(body, rt, sp)[0]
+
+
+def _answer_type(
+    body: Mapping[str, Any], rt: str, sp: SpTypes | None = None
+) -> tuple[bool, tuple[str, ...]]:
+    """Whether a create's answer says it is a resource of another type than ``rt``, and the
+    schema URNs of its ``schemas`` whose resource type nobody said (``x.type_unknown``).
+
+    Another type: its ``meta.resourceType`` names another; its ``schemas`` name a core
+    schema (``urn:ietf:params:scim:schemas:core:2.0:<Type>``) and not ``rt``'s; or they name
+    a schema the SP's ``/ResourceTypes`` (``sp``, :class:`SpTypes`) lists for other types
+    only. The type of any other schema URN (an extension) is taken only from what the SP
+    says: its ``/ResourceTypes``, else the answer's own ``meta.resourceType`` (the resource
+    is ``rt``'s, so are its extensions). Where neither says it, the URN is returned as not
+    known, and is no evidence of another type. Before faith23 only a core schema was read (a
+    Group's create answered with the enterprise User extension kept its id); from faith23
+    to faith30 an extension's type was guessed from its URN's last part
+    (``...:extension:enterprise:2.0:User`` taken as User's), so an SP's extension of its
+    Users named ``...:extension:acme:2.0:Group`` lost every create's id although the SP
+    said ``resourceType: User``."""
     meta = get_ci(body, "meta")
     said = get_ci(meta, "resourcetype") if _is_map(meta) else None
-    if isinstance(said, str) and said.lower() != rt.lower():
-        return True
+    own = rt.lower()
+    if isinstance(said, str) and said.lower() != own:
+        return True, ()
     schemas = get_ci(body, "schemas")
     if not isinstance(schemas, list):
-        return False
+        return False, ()
     names = [s.lower() for s in schemas if isinstance(s, str)]
     core = {s for s in names if s.startswith(_CORE)}
     if core and (_CORE + rt).lower() not in core:
+        return True, ()
+    unknown: list[str] = []
+    for name, low in zip((s for s in schemas if isinstance(s, str)), names, strict=True):
+        if low in core:
+            continue
+        listed = sp.schemas.get(low) if sp is not None else None
+        if listed is not None:
+            if own not in listed:
+                return True, ()
+        elif not isinstance(said, str) and name not in unknown:
+            unknown.append(name)
+    return False, tuple(short_text(u, 128) or "?" for u in unknown[:8])
+
+
+_URN = re.compile(rb'"(urn:[^"\\]{1,512})"', re.IGNORECASE)
+_TYPED_URNS = (b"urn:ietf:params:scim:schemas:core:2.0:", b"urn:ietf:params:scim:api:messages:")
+
+
+def wants_sp_types(x: Exchange, cfg: AuditConfig) -> bool:
+    """Whether the events of ``x`` may need what the SP's ``/ResourceTypes`` says
+    (:class:`SpTypes`): a create (or a bulk request) answered 2xx whose answer names a URN
+    that is neither a core schema nor a SCIM message (an extension's, whose type only the
+    SP can say), or whose answer is under a content coding (not read here). A cheap look
+    at the bytes, so that an SP is asked its types only where an answer needs them."""
+    if x.method != "POST" or not 200 <= x.status < 300 or not x.resp_body:
+        return False
+    if x.target(cfg).kind not in ("resource", "bulk"):
+        return False
+    if _coded_answer(x.resp_header(b"content-encoding")):
         return True
-    extended = {s.rpartition(":")[2] for s in names if ":extension:" in s}
-    return bool(extended.intersection(types) - {rt.lower()})
+    return any(not m[1].lower().startswith(_TYPED_URNS) for m in _URN.finditer(x.resp_body))
+
+
+def _coded_answer(value: str | None) -> bool:
+    return bool(value) and (value or "").strip().lower() not in ("", "identity")
+
+
+@dataclass(frozen=True)
+class SpTypes:
+    """What an SP says of its resource types (its ``/ResourceTypes``, RFC 7643 §6), read
+    once by the middleware (:meth:`AuditMiddleware._sp_types`): each schema URN a type names
+    (its ``schema`` and its ``schemaExtensions``' ``schema``), lower case, mapped to the
+    names of the types that carry it (lower case)."""
+
+    schemas: Mapping[str, frozenset[str]]
+
+
+def sp_types(raw: bytes) -> SpTypes | None:
+    """The :class:`SpTypes` a ``/ResourceTypes`` answer says (a ``ListResponse`` of
+    ResourceType resources, or a bare list of them), or None where it says none (not JSON,
+    no type with a ``name`` and a ``schema``)."""
+    try:
+        doc = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    if _is_map(doc):
+        doc = get_ci(doc, "resources")
+    if not isinstance(doc, list):
+        return None
+    got: dict[str, set[str]] = {}
+    for t in doc:
+        if not _is_map(t):
+            continue
+        name, schema = get_ci(t, "name"), get_ci(t, "schema")
+        if not isinstance(name, str) or not name or not isinstance(schema, str):
+            continue
+        urns = [schema]
+        exts = get_ci(t, "schemaextensions")
+        for e in exts if isinstance(exts, list) else ():
+            urn = get_ci(e, "schema") if _is_map(e) else None
+            if isinstance(urn, str) and urn:
+                urns.append(urn)
+        for urn in urns:
+            got.setdefault(urn.lower(), set()).add(name.lower())
+    if not got:
+        return None
+    return SpTypes({k: frozenset(v) for k, v in got.items()})
 
 
 @functools.lru_cache(maxsize=1024)

@@ -76,6 +76,7 @@ from client.adapters.exchange import (
     Builder,
     Exchange,
     Recorded,
+    SpTypes,
     default_actor,
     event_json,
     get_ci,
@@ -89,7 +90,9 @@ from client.adapters.exchange import (
     rid_text,
     route,
     short_text,
+    sp_types,
     validated_event,
+    wants_sp_types,
     without_dot_segments,
 )
 from client.adapters.opsread import OpsReads
@@ -143,6 +146,12 @@ PROBE_WAIT = 10.0
 # Request and response bodies up to this size are turned into events on the event loop
 # (AuditMiddleware._inline); larger ones and bulk requests in a worker thread.
 INLINE_BUILD_BYTES = 16 * 1024
+# The SP's /ResourceTypes (AuditMiddleware._sp_types): asked within this many seconds, at
+# most this many bytes of it read, and after a failed read asked again no sooner than
+# SP_TYPES_RETRY seconds later.
+SP_TYPES_WAIT = 5.0
+SP_TYPES_MAX = 1 << 20
+SP_TYPES_RETRY = 300.0
 
 # --- the middleware -----------------------------------------------------------------------
 
@@ -209,6 +218,12 @@ class AuditMiddleware:
         # The bounded reads of the backlog for status and readiness (ops_state), made at
         # the first one.
         self._ops_reads: OpsReads | None = None
+        # What the SP's /ResourceTypes says (faith30: an extension's type is the SP's word,
+        # never guessed from its URN), read once at the first create that needs it; after a
+        # failed read, asked again no sooner than SP_TYPES_RETRY seconds later.
+        self._sp: SpTypes | None = None
+        self._sp_next = 0.0
+        self._sp_lock: asyncio.Lock | None = None
 
     def backlog(self) -> dict[str, Any]:
         """The audit backlog, for monitoring (``tlog scim-proxy`` serves it at
@@ -796,6 +811,8 @@ class AuditMiddleware:
 
         if _TEST_PAUSE is not None:
             await _test_pause("answered")
+        if not broke_off and not too_large and wants_sp_types(x, cfg):
+            x.sp_types = self._sp if self._sp is not None else await self._sp_types(scope)
         extra, ok = await self._record(x, iid)
         if failure is not None:
             raise failure
@@ -836,6 +853,74 @@ class AuditMiddleware:
         await send({"type": "http.response.body", "body": x.resp_body, "more_body": False})
         for msg in trailers:
             await send(msg)
+
+    async def _sp_types(self, scope: Scope) -> SpTypes | None:
+        """What the SP's ``/ResourceTypes`` says (:class:`SpTypes`), asked once of the
+        wrapped app (the proxy's upstream) with the write's own credentials and host (RFC
+        7644 §4 lets an SP require them), bounded by ``SP_TYPES_WAIT``; None where it
+        cannot be read (then asked again no sooner than ``SP_TYPES_RETRY`` s later, and
+        the events say which extension types are not known: ``x.type_unknown``)."""
+        if self._sp is not None or time.monotonic() < self._sp_next:
+            return self._sp
+        if self._sp_lock is None:
+            self._sp_lock = asyncio.Lock()
+        async with self._sp_lock:
+            if self._sp is not None or time.monotonic() < self._sp_next:
+                return self._sp
+            try:
+                got = await asyncio.wait_for(self._read_types(scope), SP_TYPES_WAIT)
+            except Exception as exc:  # an SP that cannot answer it: the types not known
+                _log.warning("the SP's /ResourceTypes could not be read: %s", type(exc).__name__)
+                got = None
+            if got is None:
+                self._sp_next = time.monotonic() + SP_TYPES_RETRY
+            self._sp = got
+            return got
+
+    async def _read_types(self, scope: Scope) -> SpTypes | None:
+        path = self.config.base_path + "/ResourceTypes"
+        headers = [
+            (k, v)
+            for k, v in scope.get("headers", ())
+            if bytes(k).lower() in (b"host", b"authorization", b"cookie")
+            or bytes(k).lower().startswith(b"x-forwarded-")
+        ]
+        headers.append((b"accept", b"application/scim+json, application/json"))
+        inner = {
+            **scope,
+            "method": "GET",
+            "path": path,
+            "raw_path": path.encode("ascii", "replace"),
+            "query_string": b"",
+            "headers": headers,
+            "state": {},
+        }
+        status = 0
+        parts: list[bytes] = []
+        held = 0
+
+        async def receive() -> Message:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(msg: Message) -> None:
+            nonlocal status, held
+            if msg["type"] == "http.response.start":
+                status = int(msg["status"])
+            elif msg["type"] == "http.response.body":
+                chunk = bytes(msg.get("body", b""))
+                held += len(chunk)
+                if held > SP_TYPES_MAX:
+                    raise _AnswerTooLarge(f"/ResourceTypes over {SP_TYPES_MAX} bytes")
+                parts.append(chunk)
+
+        await self.app(inner, receive, send)
+        if status != 200:
+            _log.warning("the SP answered /ResourceTypes with status %d", status)
+            return None
+        got = sp_types(b"".join(parts))
+        if got is None:
+            _log.warning("the SP's /ResourceTypes names no resource type")
+        return got
 
     def _access(self, rel: str, method: str, req_id: str, status: int, reason: str) -> None:
         rec = {

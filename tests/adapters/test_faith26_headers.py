@@ -13,8 +13,9 @@ app) behind the audit middleware.
   event says it was not understood;
 * a request without a ``Host`` header (HTTP/1.0): the create's location is held to the
   server the ASGI server says it is, and its id is taken (held before);
-* an extension's type read from its schema URN (``...:extension:enterprise:2.0:User``) on
-  a User's create is the User's own: its id taken (held before)."""
+* an extension's type is what the SP says (``meta.resourceType``): the enterprise User
+  extension on a User's create is the User's own, its id taken (held before); where nothing
+  says it, the event says so (faith30)."""
 
 from __future__ import annotations
 
@@ -125,7 +126,10 @@ def test_an_extension_of_the_users_type_is_no_other_type() -> None:
     answer = {**body, "id": "A", "meta": {"resourceType": "User", "location": "/v2/Users/A"}}
     ev = exchange_event("POST", "/Users", body, 201, answer, location="/v2/Users/A")
     assert ev["rid"] == "A" and "answer" not in ev.get("x", {}), ev
-    # the same extension on a Group's create names another type: its id is not known
+    assert "type_unknown" not in ev.get("x", {}), ev  # the SP said its type
+    # the same extension on a Group's create, where nothing the SP says gives its type (no
+    # meta.resourceType, no /ResourceTypes read): no evidence of another type, and the event
+    # says the type is not known (faith30; before, guessed a User's from the URN: id lost)
     group = {"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group", ENTERPRISE], "id": "G"}
     ev = exchange_event("POST", "/Groups", {"displayName": "g"}, 201, {**group, "displayName": "g"})
-    assert ev["rid"] == "-" and "type" in ev["x"]["answer"], ev
+    assert ev["rid"] == "G" and ev["x"]["type_unknown"] == [ENTERPRISE], ev
