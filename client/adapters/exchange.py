@@ -1113,6 +1113,17 @@ class Builder:
             other = _resulting_other(resp, secret, digest, stated=body)
             if other is not None:  # one showing none of them says so ({})
                 result = {**(result or {}), "other": other}
+            if (
+                target.rt == "User"
+                and _is_map(resp)
+                and isinstance(resp.get("id"), str)  # (the answer holds the resource)
+                and (result is None or "active" not in result)
+                and _is_map(body)
+                and get_ci(body, "active") is not None
+            ):
+                # the PUT stated active and the answer leaves it out: whether the user is
+                # active is not known from it (faith30; before, the request's value stood)
+                result = {**(result or {}), "active": None}
         elif op == "create" and not trimmed:
             # only what it named and the SP stored otherwise (faith24)
             asked = _asked_units(body, resp, secret, twice)
@@ -1501,7 +1512,8 @@ def _resulting_other(
     answer recorded nothing, and the log took the request's value as stored). Of a PUT's
     answer (``stated``: its body), a null only for one the PUT states (one it leaves out
     the log judges alike absent or null, and an SP answering null for each unset one would
-    pass the bound)."""
+    pass the bound), whether the answer holds it as null or leaves it out (faith30: before,
+    one left out was not recorded, and the log took the PUT's value as stored)."""
     if not isinstance(resp, Mapping) or not isinstance(resp.get("id"), str):
         return None
     out: dict[str, str | None] = {}
@@ -1535,6 +1547,24 @@ def _resulting_other(
             return None
         if len(out) > _RESULT_OTHER:
             return None
+    if asked is None and _is_map(stated):
+        # a PUT's answer holding the resource without one the PUT stated (faith30): the SP
+        # did not store it, or does not return it; either way the answer does not show it
+        # as stated, so it is recorded as null (not known; the log keeps no digest), not
+        # left for the log to take the request's value as stored
+        shown = {p.lower() for p, _ in units}
+        for path, value in _expand_units(stated):
+            low = path.lower()
+            if value is None or value == [] or value == {} or low in shown:
+                continue  # (null or empty: unassigned, RFC 7643 §2.5, as the answer says)
+            if not _kept_as_digest(low, secret) or len(path.encode("utf-8")) > 256:
+                continue
+            if _CONTROL.search(path):
+                return None
+            out[path] = None
+            shown.add(low)
+            if len(out) > _RESULT_OTHER:
+                return None
     return out
 
 
