@@ -96,6 +96,13 @@ def _content(media: str, schema: dict[str, Any]) -> dict[str, Any]:
     return {media: {"schema": schema}}
 
 
+# The answer of an officer's direct write that is done while its event is not in the log
+# yet (tlog.scim.routes._direct_status, faith30).
+_PENDING = (
+    'done; its event is committed and reaches the log once the log signs again ("event": "pending")'
+)
+
+
 def _op(
     summary: str,
     ok: dict[str, Any] | None,
@@ -454,6 +461,7 @@ def _paths() -> dict[str, Any]:
                         {"rid": {"type": "string"}, "xid": {"type": "string"}},
                     ),
                 ),
+                extra={"202": _PENDING},
                 writes=True,
             ),
             "get": _op(
@@ -489,6 +497,7 @@ def _paths() -> dict[str, Any]:
                         },
                     ),
                 ),
+                extra={"202": _PENDING},
                 writes=True,
             ),
             "get": _op(
@@ -503,7 +512,7 @@ def _paths() -> dict[str, Any]:
                 _content(JSON, {"type": "object"}),
                 roles=("privacy-officer",),
                 params=[_p("id", {"type": "string"})],
-                extra={"409": "already released"},
+                extra={"202": _PENDING},
                 writes=True,
             )
         },
@@ -515,6 +524,7 @@ def _paths() -> dict[str, Any]:
                 body=_content(
                     JSON, _obj({"tenant": {"type": "string"}, "days": {"type": "integer"}})
                 ),
+                extra={"202": _PENDING},
                 writes=True,
             ),
             "get": _op(
@@ -547,7 +557,10 @@ def _paths() -> dict[str, Any]:
                 _content(JSON, ERASURE),
                 roles=("privacy-officer",),
                 params=[_p("id", {"type": "string"})],
-                extra={"409": "already approved, expired, or the requester approving"},
+                extra={
+                    "202": _PENDING,
+                    "409": "expired, under a legal hold, or the requester approving",
+                },
                 writes=True,
             )
         },

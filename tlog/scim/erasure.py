@@ -83,6 +83,11 @@ class ErasureStatus:
     id: str
     record: dict[str, Any]
     receipt: Submitted | None = None
+    # Done, its event committed but not sequenced yet (the log stopped signing, or the
+    # sequencing failed, after the commit): it reaches the log from its Q record (faith30).
+    pending: bool = False
+    # A retry answered with the state of the write it repeats (nothing done again).
+    again: bool = False
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,8 @@ class Hold:
     id: str
     record: dict[str, Any]
     receipt: Submitted | None = None
+    pending: bool = False  # as ErasureStatus.pending
+    again: bool = False  # as ErasureStatus.again
 
 
 @dataclass(frozen=True)
@@ -189,6 +196,23 @@ class Erasures:
             tx.put(store.unlogged_key(acc.leaf_hash), acc.leaf)
         return acc
 
+    async def _sequenced(self, acc: Accepted) -> Submitted | None:
+        """Sequence a committed direct write's event; None where that failed (the log
+        stopped signing between the write's check and its commit, the sequencer overloaded
+        or stopped): the write is done and its event pending, put in the log from its ``Q``
+        record (:meth:`resequence`, every ``RESEQUENCE_EVERY`` seconds). Before faith30 the
+        failure went to the officer as 503 "not signing" for a shred that had happened."""
+        try:
+            done, _ = await self.svc.sequence([acc])
+        except Exception as exc:
+            log.warning(
+                "a direct write (erasure, hold or retention) is done; its event is committed "
+                "and will be put in the log when it signs again (%s)",
+                type(exc).__name__,
+            )
+            return None
+        return done[0]
+
     async def resequence(self) -> int:
         """Sequence the leaves of the log's own events that direct writes committed
         (:func:`store.unlogged_key`), then forget them: the ones already in the log are
@@ -226,6 +250,8 @@ class Erasures:
         """Whether a legal hold covers the tenant (or, with ``h``, that subject)."""
         for _, raw in tx.scan(_hold_prefix(tn)):
             r = store.decode_record(raw, "legal hold")
+            if "released" in r:
+                continue
             if r["scope"] == "tenant" or (h is not None and r.get("h") == h):
                 return True
         return False
@@ -250,6 +276,9 @@ class Erasures:
         def stage(tx: Overlay) -> tuple[ErasureStatus, Accepted]:
             now = self.svc.log_time()
             tk = self.svc.keys.tenant_or_create(tx, tenant)
+            again = self._same_request(tx, tk, tenant, principal, subject, reason, now)
+            if again is not None:
+                return again
             sk = self.svc.keys.subject(tx, tk, subject)
             # The kid the approval will destroy; for an unknown subject a random value that
             # looks the same and never matches.
@@ -288,8 +317,45 @@ class Erasures:
             return ErasureStatus(rid.hex(), record), acc
 
         status, acc = await anyio.to_thread.run_sync(self.svc.write, stage)
-        done, _ = await self.svc.sequence([acc])
-        return ErasureStatus(status.id, status.record, done[0])
+        got = await self._sequenced(acc)
+        return ErasureStatus(status.id, status.record, got, got is None, status.again)
+
+    def _same_request(
+        self,
+        tx: Overlay,
+        tk: TenantKeys,
+        tenant: str,
+        principal: Principal,
+        subject: SubjectId,
+        reason: str,
+        now: int,
+    ) -> tuple[ErasureStatus, Accepted] | None:
+        """A pending request (not expired) of the same person for the same subject and
+        reason, and its event (to sequence again: a duplicate if it is in the log), or None.
+        An officer retrying a request whose answer was lost or said the log is not signing
+        is answered the first one's state: no second record, no second event (faith30;
+        before, each retry added a request)."""
+        h = tk.subject_hash(subject)
+        ttl = self.svc.limits.erasure_ttl_ms
+        for key, raw in tx.rv.aux_range(store.request_key(b"")):
+            rec = store.decode_record(raw, "erasure request")
+            if (
+                rec["state"] != "pending"
+                or now - rec["created"] > ttl
+                or rec["tenant"] != tenant
+                or rec.get("h") != h
+                or rec["reason"] != reason
+                or rec.get("requested_person", "token:" + rec["requested_by"])
+                != principal.person_id
+            ):
+                continue
+            leaf = tx.get(store.eid_key(tk.tn, rec["request_eid"]))
+            if leaf is None:
+                continue
+            rid = key[len(store.request_key(b"")) :]
+            status = ErasureStatus(rid.hex(), rec, again=True)
+            return status, self._accepted(rec["request_eid"], leaf)
+        return None
 
     @staticmethod
     def _erasure_x(rid: bytes, record: dict[str, Any]) -> dict[str, Any]:
@@ -369,7 +435,7 @@ class Erasures:
                 if leaf is None:
                     raise NotFound("finished erasure without its event")
                 acc = self._accepted(rec["eid"], leaf)
-                return (ErasureStatus(request_id, rec), acc), set()
+                return (ErasureStatus(request_id, rec, again=True), acc), set()
             if rec["requested_by"] == principal.token_id or (
                 rec.get("requested_person", "token:" + rec["requested_by"]) == principal.person_id
             ):
@@ -409,8 +475,8 @@ class Erasures:
             return (ErasureStatus(request_id, rec), acc), {tk.tn}
 
         status, acc = await anyio.to_thread.run_sync(self.svc.write_rotating, stage)
-        done, _ = await self.svc.sequence([acc])
-        return ErasureStatus(status.id, status.record, done[0])
+        got = await self._sequenced(acc)
+        return ErasureStatus(status.id, status.record, got, got is None, status.again)
 
     @staticmethod
     def _accepted(eid: str, leaf: bytes) -> Accepted:
@@ -639,6 +705,23 @@ class Erasures:
 
         def stage(tx: Overlay) -> tuple[Hold, Accepted]:
             tk = self.svc.keys.tenant_or_create(tx, tenant)
+            h = None if subject is None else tk.subject_hash(subject)
+            for key, raw in tx.scan(_hold_prefix(tk.tn)):
+                # the same person's hold on the same scope for the same reason, in force:
+                # a retry (its answer lost, or said the log is not signing) is answered
+                # that hold, no second one placed nor logged (faith30)
+                old = store.decode_record(raw, "legal hold")
+                if (
+                    "released" not in old
+                    and old.get("person_id") == principal.person_id
+                    and old.get("h") == h
+                    and old["reason"] == reason
+                    and old["scope"] == ("tenant" if subject is None else "subject")
+                ):
+                    leaf = tx.get(store.eid_key(tk.tn, old["eid"]))
+                    if leaf is not None:
+                        hold = Hold(key[-16:].hex(), old, again=True)
+                        return hold, self._accepted(old["eid"], leaf)
             hid = os.urandom(16)
             rec: dict[str, Any] = {
                 "v": 1,
@@ -647,6 +730,7 @@ class Erasures:
                 "reason": reason,
                 "by": principal.token_id,
                 "person": principal.person or principal.name,
+                "person_id": principal.person_id,
                 "created": self.svc.log_time(),
             }
             if subject is not None:
@@ -666,12 +750,13 @@ class Erasures:
                 x=x,
                 req_id=req_id,
             )
+            rec["eid"] = acc.eid
             tx.put(_hold_prefix(tk.tn) + hid, store.encode_record(rec))
             return Hold(hid.hex(), rec), acc
 
         hold, acc = await anyio.to_thread.run_sync(self.svc.write, stage)
-        done, _ = await self.svc.sequence([acc])
-        return Hold(hold.id, hold.record, done[0])
+        got = await self._sequenced(acc)
+        return Hold(hold.id, hold.record, got, got is None, hold.again)
 
     def _find_hold(self, tx: Overlay, principal: Principal, hold_id: str) -> tuple[bytes, Any]:
         try:
@@ -693,6 +778,13 @@ class Erasures:
             tk = self.svc.keys.tenant(tx, rec["tenant"])
             if tk is None:
                 raise NotFound("no such legal hold")
+            if "released" in rec:
+                # released already: a retry is answered that release (faith30; before, the
+                # hold was deleted and a retry answered 404 for a release that happened)
+                leaf = tx.get(store.eid_key(tk.tn, rec["release_eid"]))
+                if leaf is None:
+                    raise NotFound("no such legal hold")
+                return Hold(hold_id, rec, again=True), self._accepted(rec["release_eid"], leaf)
             acc = self._log_event(
                 tx,
                 tk,
@@ -707,18 +799,22 @@ class Erasures:
                 x={"hold": hold_id, "scope": rec["scope"], "reason": rec["reason"]},
                 req_id=req_id,
             )
-            tx.delete(key)
-            return Hold(hold_id, {**rec, "released": self.svc.log_time()}), acc
+            # kept, marked released (it suspends nothing: _held), so that a retry finds it
+            rec = {**rec, "released": self.svc.log_time(), "release_eid": acc.eid}
+            tx.put(key, store.encode_record(rec))
+            return Hold(hold_id, rec), acc
 
         hold, acc = await anyio.to_thread.run_sync(self.svc.write, stage)
-        done, _ = await self.svc.sequence([acc])
-        return Hold(hold.id, hold.record, done[0])
+        got = await self._sequenced(acc)
+        return Hold(hold.id, hold.record, got, got is None, hold.again)
 
     def holds(self, principal: Principal) -> list[Hold]:
         def run(tx: Overlay) -> list[Hold]:
             out = []
             for key, raw in tx.rv.aux_range(store.PREFIX + b"H"):
                 rec = store.decode_record(raw, "legal hold")
+                if "released" in rec:
+                    continue
                 if principal.tenant is None or principal.tenant == rec["tenant"]:
                     out.append(Hold(key[-16:].hex(), rec))
             return sorted(out, key=lambda h: (h.record["created"], h.id))
@@ -740,6 +836,15 @@ class Erasures:
 
         def stage(tx: Overlay) -> tuple[dict[str, Any], Accepted]:
             tk = self.svc.keys.tenant_or_create(tx, tenant)
+            raw = tx.get(_retention_key(tk.tn))
+            old = None if raw is None else store.decode_record(raw, "retention")
+            if old is not None and old["days"] == days and old["by"] == principal.token_id:
+                # the same officer setting the period it set: a retry (its answer lost, or
+                # said the log is not signing) is answered that period, nothing logged again
+                # (faith30)
+                leaf = None if "eid" not in old else tx.get(store.eid_key(tk.tn, old["eid"]))
+                if leaf is not None:
+                    return {**old, "again": True}, self._accepted(old["eid"], leaf)
             rec = {
                 "v": 1,
                 "tenant": tenant,
@@ -761,12 +866,13 @@ class Erasures:
                 x={"days": days},
                 req_id=req_id,
             )
+            rec["eid"] = acc.eid
             tx.put(_retention_key(tk.tn), store.encode_record(rec))
             return rec, acc
 
         rec, acc = await anyio.to_thread.run_sync(self.svc.write, stage)
-        await self.svc.sequence([acc])
-        return rec
+        got = await self._sequenced(acc)
+        return {**rec, "pending": got is None}
 
     def retention(self, principal: Principal, tenant: str) -> dict[str, Any] | None:
         self._check_tenant(principal, tenant)
@@ -834,7 +940,8 @@ class Erasures:
                     keep.add(sk.kid)
             held = set()
             for _, hraw in tx.scan(_hold_prefix(tk.tn)):
-                h = store.decode_record(hraw, "legal hold").get("h")
+                hrec = store.decode_record(hraw, "legal hold")
+                h = None if "released" in hrec else hrec.get("h")
                 sraw = None if h is None else tx.get(store.subject_key(tk.tn, h))
                 if sraw is not None:
                     held.add(store.decode_record(sraw, "subject")["kid"])

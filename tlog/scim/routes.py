@@ -594,6 +594,8 @@ class ScimRoutes:
                 out[name] = r[k]
         if st.receipt is not None:
             out["receipt"] = await self._submitted(st.receipt, self.api.log.latest)
+        if st.pending:
+            out["event"] = "pending"
         return out
 
     async def _json_body(self, request: Request) -> dict[str, Any]:
@@ -626,7 +628,7 @@ class ScimRoutes:
         tenant = _text(doc["tenant"], "tenant", 256)
         reason = _text(doc["reason"], "reason", 64)
         st = await self.service.erasures.request(p, tenant, subject, reason, request_id(request))
-        return JSONResponse(await self._erasure_json(st), status_code=201)
+        return JSONResponse(await self._erasure_json(st), status_code=_direct_status(st, 201))
 
     async def list_erasures(self, request: Request) -> Response:
         p = await self._principal(request, "privacy-officer")
@@ -663,7 +665,7 @@ class ScimRoutes:
         st = await self.service.erasures.approve(
             p, self._request_id_param(request), request_id(request)
         )
-        return JSONResponse(await self._erasure_json(st))
+        return JSONResponse(await self._erasure_json(st), status_code=_direct_status(st, 200))
 
     async def certificate(self, request: Request) -> Response:
         """The erasure certificate (docs/api.md): the approval event, its nonce, its leaf and
@@ -705,6 +707,8 @@ class ScimRoutes:
             out["released"] = r["released"]
         if h.receipt is not None:
             out["receipt"] = await self._submitted(h.receipt, self.api.log.latest)
+        if h.pending:
+            out["event"] = "pending"
         return out
 
     async def place_hold(self, request: Request) -> Response:
@@ -719,7 +723,7 @@ class ScimRoutes:
         hold = await self.service.erasures.place_hold(
             p, tenant, subject, reason, request_id(request)
         )
-        return JSONResponse(await self._hold_json(hold), status_code=201)
+        return JSONResponse(await self._hold_json(hold), status_code=_direct_status(hold, 201))
 
     async def list_holds(self, request: Request) -> Response:
         p = await self._principal(request, "privacy-officer")
@@ -732,7 +736,7 @@ class ScimRoutes:
         hold = await self.service.erasures.release_hold(
             p, self._request_id_param(request), request_id(request)
         )
-        return JSONResponse(await self._hold_json(hold))
+        return JSONResponse(await self._hold_json(hold), status_code=_direct_status(hold, 200))
 
     async def put_retention(self, request: Request) -> Response:
         p = await self._principal(request, "privacy-officer")
@@ -741,7 +745,10 @@ class ScimRoutes:
             raise BadRequest('body must be {"tenant": ..., "days": <30..3653>}')
         tenant = _text(doc["tenant"], "tenant", 256)
         rec = await self.service.erasures.set_retention(p, tenant, doc["days"], request_id(request))
-        return JSONResponse({"tenant": tenant, "days": rec["days"], "set": rec["set"]})
+        out = {"tenant": tenant, "days": rec["days"], "set": rec["set"]}
+        if rec["pending"]:
+            out["event"] = "pending"
+        return JSONResponse(out, status_code=202 if rec["pending"] else 200)
 
     async def get_retention(self, request: Request) -> Response:
         p = await self._principal(request, "privacy-officer", "admin")
@@ -816,3 +823,13 @@ def scim_routes(service: ScimService, api: Api) -> list[Endpoint]:
     return [
         Endpoint(m, path, h, hot=(m, path) == ("POST", "/v1/scim/events")) for m, path, h in rows
     ]
+
+
+def _direct_status(done: ErasureStatus | Hold, new: int) -> int:
+    """The status of an officer's direct write (faith30): 202 when it is done and its event
+    is pending (the log stopped signing, or the sequencing failed, after the commit: the
+    event reaches the log from its ``Q`` record; before, 503 for a write that happened),
+    200 for a retry answered with the state of the write it repeats, else ``new``."""
+    if done.pending:
+        return 202
+    return 200 if done.again else new
