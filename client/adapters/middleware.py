@@ -811,8 +811,15 @@ class AuditMiddleware:
 
         if _TEST_PAUSE is not None:
             await _test_pause("answered")
-        if not broke_off and not too_large and wants_sp_types(x, cfg):
-            x.sp_types = self._sp if self._sp is not None else await self._sp_types(scope)
+        if self._sp is not None:  # read once: no look at the answer after that
+            x.sp_types = self._sp
+        elif (
+            not broke_off
+            and not too_large
+            and time.monotonic() >= self._sp_next  # (not asked again yet after a failure)
+            and wants_sp_types(x, cfg)
+        ):
+            x.sp_types = await self._sp_types(scope)
         extra, ok = await self._record(x, iid)
         if failure is not None:
             raise failure
