@@ -98,6 +98,16 @@ def test_redteam28_officers_change_nothing_on_a_halted_log(
             r = httpx.post(f"{srv.url}/v1/scim/erasures/{req}/approve", headers=_hdr(po_b))
             assert r.status_code == 503, r.text
             assert "not signing" in r.json()["error"]
+            # The officer retrying the request made before the halt is answered that
+            # request (faith30: a retry finds the first; its event is in the log, so not
+            # "pending": with the log's duplicate answer as its receipt where the halted
+            # sequencer gives one, else none now), no second one made; before, 503 as for a
+            # new request.
+            r = httpx.post(srv.url + "/v1/scim/erasures", json=body, headers=_hdr(po_a))
+            assert r.status_code == 200, r.text
+            assert r.json()["id"] == req and r.json()["state"] == "pending", r.text
+            assert "event" not in r.json(), r.text
+            assert r.json().get("receipt", {"duplicate": True})["duplicate"], r.text
             # A new request: 503 too.
             body = {"tenant": T1, "rt": "User", "rid": BOB, "reason": "gdpr"}
             r = httpx.post(srv.url + "/v1/scim/erasures", json=body, headers=_hdr(po_a))

@@ -196,22 +196,35 @@ class Erasures:
             tx.put(store.unlogged_key(acc.leaf_hash), acc.leaf)
         return acc
 
-    async def _sequenced(self, acc: Accepted) -> Submitted | None:
-        """Sequence a committed direct write's event; None where that failed (the log
-        stopped signing between the write's check and its commit, the sequencer overloaded
-        or stopped): the write is done and its event pending, put in the log from its ``Q``
-        record (:meth:`resequence`, every ``RESEQUENCE_EVERY`` seconds). Before faith30 the
-        failure went to the officer as 503 "not signing" for a shred that had happened."""
+    async def _sequenced(self, acc: Accepted) -> tuple[Submitted | None, bool]:
+        """Sequence a committed direct write's event: its receipt, and whether the event
+        is pending. Where the sequencing fails (the log stopped signing between the write's
+        check and its commit, the sequencer overloaded or stopped) the write is done and its
+        event pending, put in the log from its ``Q`` record (:meth:`resequence`, every
+        ``RESEQUENCE_EVERY`` seconds): (None, True); unless the event is in the log already
+        (a retry of a write whose event was logged): (None, False), no receipt now. Before
+        faith30 the failure went to the officer as 503 "not signing" for a shred that had
+        happened."""
         try:
             done, _ = await self.svc.sequence([acc])
         except Exception as exc:
-            log.warning(
-                "a direct write (erasure, hold or retention) is done; its event is committed "
-                "and will be put in the log when it signs again (%s)",
-                type(exc).__name__,
-            )
-            return None
-        return done[0]
+
+            def index_of() -> int | None:
+                with self.svc.storage.read() as rv:
+                    return rv.index_of(acc.leaf_hash)
+
+            try:
+                logged = await anyio.to_thread.run_sync(index_of)
+            except Exception:  # not known: said pending (it is, or it is logged)
+                logged = None
+            if logged is None:
+                log.warning(
+                    "a direct write (erasure, hold or retention) is done; its event is "
+                    "committed and will be put in the log when it signs again (%s)",
+                    type(exc).__name__,
+                )
+            return None, logged is None
+        return done[0], False
 
     async def resequence(self) -> int:
         """Sequence the leaves of the log's own events that direct writes committed
@@ -317,8 +330,8 @@ class Erasures:
             return ErasureStatus(rid.hex(), record), acc
 
         status, acc = await anyio.to_thread.run_sync(self.svc.write, stage)
-        got = await self._sequenced(acc)
-        return ErasureStatus(status.id, status.record, got, got is None, status.again)
+        got, pending = await self._sequenced(acc)
+        return ErasureStatus(status.id, status.record, got, pending, status.again)
 
     def _same_request(
         self,
@@ -475,8 +488,8 @@ class Erasures:
             return (ErasureStatus(request_id, rec), acc), {tk.tn}
 
         status, acc = await anyio.to_thread.run_sync(self.svc.write_rotating, stage)
-        got = await self._sequenced(acc)
-        return ErasureStatus(status.id, status.record, got, got is None, status.again)
+        got, pending = await self._sequenced(acc)
+        return ErasureStatus(status.id, status.record, got, pending, status.again)
 
     @staticmethod
     def _accepted(eid: str, leaf: bytes) -> Accepted:
@@ -755,8 +768,8 @@ class Erasures:
             return Hold(hid.hex(), rec), acc
 
         hold, acc = await anyio.to_thread.run_sync(self.svc.write, stage)
-        got = await self._sequenced(acc)
-        return Hold(hold.id, hold.record, got, got is None, hold.again)
+        got, pending = await self._sequenced(acc)
+        return Hold(hold.id, hold.record, got, pending, hold.again)
 
     def _find_hold(self, tx: Overlay, principal: Principal, hold_id: str) -> tuple[bytes, Any]:
         try:
@@ -805,8 +818,8 @@ class Erasures:
             return Hold(hold_id, rec), acc
 
         hold, acc = await anyio.to_thread.run_sync(self.svc.write, stage)
-        got = await self._sequenced(acc)
-        return Hold(hold.id, hold.record, got, got is None, hold.again)
+        got, pending = await self._sequenced(acc)
+        return Hold(hold.id, hold.record, got, pending, hold.again)
 
     def holds(self, principal: Principal) -> list[Hold]:
         def run(tx: Overlay) -> list[Hold]:
@@ -871,8 +884,8 @@ class Erasures:
             return rec, acc
 
         rec, acc = await anyio.to_thread.run_sync(self.svc.write, stage)
-        got = await self._sequenced(acc)
-        return {**rec, "pending": got is None}
+        _, pending = await self._sequenced(acc)
+        return {**rec, "pending": pending}
 
     def retention(self, principal: Principal, tenant: str) -> dict[str, Any] | None:
         self._check_tenant(principal, tenant)
