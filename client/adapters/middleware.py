@@ -906,8 +906,15 @@ class AuditMiddleware:
         parts: list[bytes] = []
         held = 0
 
+        asked = False
+
         async def receive() -> Message:
-            return {"type": "http.request", "body": b"", "more_body": False}
+            nonlocal asked
+            if not asked:
+                asked = True
+                return {"type": "http.request", "body": b"", "more_body": False}
+            await asyncio.Event().wait()  # no disconnect: bounded by SP_TYPES_WAIT
+            raise AssertionError("unreachable")  # pragma: no cover
 
         async def send(msg: Message) -> None:
             nonlocal status, held

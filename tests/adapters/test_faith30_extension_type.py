@@ -11,7 +11,8 @@ neither says it, the event says so (``x.type_unknown``) and the URN is no eviden
 
 Against scim2-server (its ASGI app, a real process behind the proxy's forwarder) with a
 misleading extension declared in its discovery documents, and SCIMMY (Node.js) behind the
-forwarder."""
+forwarder, their answers to creates stripped of ``meta.resourceType`` so that the SP's
+``/ResourceTypes``, read through the forwarder, decides."""
 
 from __future__ import annotations
 
@@ -210,7 +211,10 @@ def _proxy(tmp_path: Path, upstream: str, base_path: str) -> Iterator[tuple[str,
     config = AuditConfig(
         tenant="t1", sp_id="sp1", on_access=None, base_path=base_path, sp_base=upstream
     )
-    mw = AuditMiddleware(Forwarder(upstream, timeout=30.0), config, outbox, relay, own=True)
+    # the SP's answers to creates without meta.resourceType: the extension's type is then
+    # the SP's /ResourceTypes, read through the forwarder from the real SP
+    fwd = answer_rewritten(Forwarder(upstream, timeout=30.0), _is("/Users"), _no_meta_type)
+    mw = AuditMiddleware(fwd, config, outbox, relay, own=True)
     srv = UvicornThread(mw, server_header=False, date_header=False)
     try:
         yield srv.url, lambda: (relay.flush(10), log.events)[1]
