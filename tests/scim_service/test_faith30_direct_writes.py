@@ -138,3 +138,39 @@ def test_a_direct_write_done_on_a_log_that_stopped_signing_says_so_and_a_retry_f
         if kind != "retention":  # (a retention period's answer has no receipt)
             assert "receipt" in done.json(), done.json()
         assert h.log.latest.size == size + 1
+
+
+def test_a_released_hold_keeps_nothing_that_links_to_its_subject_after_the_erasure(
+    tmp_path: Path, database: str | None
+) -> None:
+    """review 39 F1: released holds are kept (so that a retry of the release finds it), and
+    they kept the subject's keyed hash ``h``; after that subject's erasure, which removes
+    ``h`` from the erasure request on purpose, the released hold still linked back to it."""
+    with open_harness(tmp_path, database=database) as h:
+        assert h.post_event(user_event(ALICE, req="r-f30h")).status_code == 200
+        subject = {"rt": "User", "rid": ALICE}
+        r = h.client.post(
+            "/v1/scim/holds",
+            json={"tenant": T1, **subject, "reason": "litigation"},
+            headers=h.h("po_a"),
+        )
+        assert r.status_code == 201, r.text
+        hold = r.json()["id"]
+        r = h.client.post(f"/v1/scim/holds/{hold}/release", headers=h.h("po_a"))
+        assert r.status_code == 200, r.text
+        assert r.json()["rt"] == "User" and "released" in r.json()
+        body = {"tenant": T1, **subject, "reason": "gdpr"}
+        r = h.client.post("/v1/scim/erasures", json=body, headers=h.h("po_a"))
+        assert r.status_code == 201, r.text
+        r = h.client.post(f"/v1/scim/erasures/{r.json()['id']}/approve", headers=h.h("po_b"))
+        assert r.status_code == 200 and r.json()["state"] == "done", r.text
+        with h.log.storage.read() as rv:
+            holds = [
+                store.decode_record(raw, "legal hold")
+                for _, raw in rv.aux_range(store.PREFIX + b"H")
+            ]
+        assert holds and all("released" in rec for rec in holds), holds
+        assert all("h" not in rec for rec in holds), holds
+        # the release's retry still finds it
+        r = h.client.post(f"/v1/scim/holds/{hold}/release", headers=h.h("po_a"))
+        assert r.status_code == 200, r.text

@@ -812,8 +812,11 @@ class Erasures:
                 x={"hold": hold_id, "scope": rec["scope"], "reason": rec["reason"]},
                 req_id=req_id,
             )
-            # kept, marked released (it suspends nothing: _held), so that a retry finds it
-            rec = {**rec, "released": self.svc.log_time(), "release_eid": acc.eid}
+            # kept, marked released (it suspends nothing: _held), so that a retry finds it;
+            # without the subject's keyed hash: nothing reads it on a released hold, and it
+            # would link the record back to the subject after its erasure (review 39)
+            rec = {k: v for k, v in rec.items() if k != "h"}
+            rec.update(released=self.svc.log_time(), release_eid=acc.eid)
             tx.put(key, store.encode_record(rec))
             return Hold(hold_id, rec), acc
 
