@@ -2204,6 +2204,8 @@ def _answer_type(
         if low in core:
             continue
         listed = sp.schemas.get(low) if sp is not None else None
+        if listed is None:  # what the SP did not say, the RFC may (review 39)
+            listed = _RFC_EXTENSIONS.get(low)
         if listed is not None:
             if own not in listed:
                 return True, ()
@@ -2211,6 +2213,13 @@ def _answer_type(
             unknown.append(name)
     return False, tuple(short_text(u, 128) or "?" for u in unknown[:8])
 
+
+# The extensions the RFC itself defines, with their resource type (RFC 7643 §4.3: the
+# enterprise extension is the User's): taken where the SP says nothing of them, never over
+# what it says.
+_RFC_EXTENSIONS = {
+    "urn:ietf:params:scim:schemas:extension:enterprise:2.0:user": frozenset({"user"})
+}
 
 _URN = re.compile(rb'"(urn:[^"\\]{1,512})"', re.IGNORECASE)
 _TYPED_URNS = (b"urn:ietf:params:scim:schemas:core:2.0:", b"urn:ietf:params:scim:api:messages:")

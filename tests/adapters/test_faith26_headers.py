@@ -128,8 +128,14 @@ def test_an_extension_of_the_users_type_is_no_other_type() -> None:
     assert ev["rid"] == "A" and "answer" not in ev.get("x", {}), ev
     assert "type_unknown" not in ev.get("x", {}), ev  # the SP said its type
     # the same extension on a Group's create, where nothing the SP says gives its type (no
-    # meta.resourceType, no /ResourceTypes read): no evidence of another type, and the event
-    # says the type is not known (faith30; before, guessed a User's from the URN: id lost)
+    # meta.resourceType, no /ResourceTypes read): the RFC says it is the User's (RFC 7643
+    # §4.3), so the answer is another type's and its id is not taken (review 39)
     group = {"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group", ENTERPRISE], "id": "G"}
     ev = exchange_event("POST", "/Groups", {"displayName": "g"}, 201, {**group, "displayName": "g"})
-    assert ev["rid"] == "G" and ev["x"]["type_unknown"] == [ENTERPRISE], ev
+    assert ev["rid"] == "-" and "type_unknown" not in ev["x"], ev
+    # an extension nobody says the type of: no evidence of another type, and the event says
+    # the type is not known (faith30; before, guessed from the URN's last part: id lost)
+    acme = "urn:ietf:params:scim:schemas:extension:acme:2.0:User"
+    group = {"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group", acme], "id": "G"}
+    ev = exchange_event("POST", "/Groups", {"displayName": "g"}, 201, {**group, "displayName": "g"})
+    assert ev["rid"] == "G" and ev["x"]["type_unknown"] == [acme], ev
