@@ -301,11 +301,29 @@ def _dir_user(base: Path) -> str:
         return ""
 
 
+# The free space /dev/shm must have for the tests to put their files there: a container's
+# default /dev/shm is 64 MiB, which a cluster or a session's data directories would fill
+# (review 39); below it, the default temporary directory (the disk) is used.
+SHM_FREE_MIN = 4 << 30
+
+
+def shm_dir(path: str = "/dev/shm") -> str | None:  # noqa: S108 - throwaway test files
+    """``path`` (``/dev/shm``) when it is a writable directory with at least
+    ``SHM_FREE_MIN`` bytes free, else None."""
+    shm = Path(path)
+    if not (shm.is_dir() and os.access(shm, os.W_OK)):
+        return None
+    try:
+        st = os.statvfs(shm)
+    except OSError:
+        return None
+    return str(shm) if st.f_bavail * st.f_frsize >= SHM_FREE_MIN else None
+
+
 def memory_dir() -> str | None:
-    """``/dev/shm`` when it is a writable tmpfs (``TLOG_PG_TMP`` overrides; empty: the
-    default temporary directory)."""
+    """``/dev/shm`` when it is a writable tmpfs with room (:func:`shm_dir`;
+    ``TLOG_PG_TMP`` overrides; empty: the default temporary directory)."""
     env = os.environ.get("TLOG_PG_TMP")
     if env is not None:
         return env or None
-    shm = Path("/dev/shm")  # noqa: S108 - throwaway test clusters, private directories
-    return str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
+    return shm_dir()

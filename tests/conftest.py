@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from harness.pg import PgCluster, memory_dir
+from harness.pg import PgCluster, memory_dir, shm_dir
 from tests.pgsupport import BACKENDS, OldCopy, backend_database, running_cluster
 from tests.support import open_fds
 
@@ -117,14 +117,14 @@ def _temp_in_memory() -> None:
     page cache either; what survives a power cut is not testable here. The product still
     calls fsync where it did. pytest's own scheme is kept (``pytest-of-<user>/pytest-N``,
     the last three sessions kept, a session's whole tree ~100-200 MB); ``TLOG_TEST_TMP``
-    names another root (empty: the system's temporary directory), and
+    names another root (empty: the system's temporary directory; without it, a /dev/shm
+    with less than ``harness.pg.SHM_FREE_MIN`` free is not used), and
     ``PYTEST_DEBUG_TEMPROOT`` or ``--basetemp``, when given, win."""
     if "PYTEST_DEBUG_TEMPROOT" in os.environ:
         return
     root = os.environ.get("TLOG_TEST_TMP")
-    if root is None:
-        shm = Path("/dev/shm")
-        root = str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else ""
+    if root is None:  # /dev/shm only with room (a container's default is 64 MiB)
+        root = shm_dir() or ""
     if root:
         os.environ["PYTEST_DEBUG_TEMPROOT"] = root
 

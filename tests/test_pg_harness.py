@@ -159,3 +159,31 @@ def test_a_cluster_whose_watchdog_died_too_is_reaped_by_the_next_session(
         for p in pids[:1]:  # a failed assertion above must not leak the cluster either
             if alive(p):
                 os.kill(p, signal.SIGKILL)
+
+
+def test_a_small_dev_shm_is_not_used_for_test_files(tmp_path: Path) -> None:
+    """review 39: the tests put their files on /dev/shm only when it has room (a
+    container's default /dev/shm is 64 MiB: the clusters and data directories would fill
+    it, and the disk-fault tests would fail for the wrong reason)."""
+    from harness.pg import SHM_FREE_MIN, shm_dir
+    from tests.support import run_tool
+
+    small, roomy = tmp_path / "small", tmp_path / "roomy"
+    small.mkdir()
+    roomy.mkdir()
+    m = run_tool("mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(small))
+    if m.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {m.stderr.strip()}")
+    try:
+        assert shm_dir(str(small)) is None
+        m = run_tool(
+            "mount", "-t", "tmpfs", "-o", f"size={SHM_FREE_MIN + (64 << 20)}", "tmpfs", str(roomy)
+        )
+        assert m.returncode == 0, m.stderr
+        try:
+            assert shm_dir(str(roomy)) == str(roomy)
+        finally:
+            run_tool("umount", str(roomy))
+    finally:
+        run_tool("umount", str(small))
+    assert shm_dir(str(tmp_path / "missing")) is None
