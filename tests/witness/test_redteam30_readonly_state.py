@@ -51,9 +51,12 @@ def test_a_read_only_state_disk_is_a_503_and_cosigns_nothing(tmp_path: Path) -> 
                 r = http.get(url + "/readyz")
                 assert r.status_code == 503, (r.status_code, r.text)
                 assert http.get(url + "/healthz").status_code == 200
-                # the same size again: nothing to store, cosigned as before
+                # the same size again: the witness records every cosigning (its state's
+                # compare-and-swap writes), so it is refused too, and readiness still fails
+                # (review 39: the test took 200 too, which would have cleared the fault)
                 r = http.post(url + "/add-checkpoint", content=log.body(20, 20))
-                assert r.status_code in (200, 503), (r.status_code, r.text)
+                assert r.status_code == 503, (r.status_code, r.text)
+                assert http.get(url + "/readyz").status_code == 503
         finally:
             stop_serving(proc)
         mnt = ext4_repair(tmp_path)
