@@ -738,7 +738,10 @@ class AuditMiddleware:
                     # read-only): the outbox beside it cannot be trusted either. Fail closed
                     # as after a failed add, so /.tlog/readyz says so (it probes the outbox)
                     # and writes are refused until a probe of the disk works (red team 30:
-                    # every write was refused while readyz said ready).
+                    # every write was refused while readyz said ready). A direct delivery
+                    # that worked before (an earlier failed add) no longer says writes are
+                    # taken either (review 39: readiness stayed 200 until a restart).
+                    self._direct_ok = False
                     self._probe_failed()
                 if not cfg.fail_open:  # nothing forwarded: the client may retry
                     self._done(iid)  # (begun, not flushed: it yields nothing)
