@@ -926,11 +926,17 @@ class PgStorage:
         """A pooled connection within ``timeout`` seconds, waited for in slices of
         ``GETCONN_SLICE`` so that the database becoming known down meanwhile (the probe,
         :meth:`_suspect`) ends the wait at once (:class:`StoreUnreachable`);
-        :class:`psycopg_pool.PoolTimeout` at the end of the time."""
+        :class:`psycopg_pool.PoolTimeout` at the end of the time. Sliced only while the
+        probe runs: each slice queues the waiter again at the pool's end (its waiters are
+        served first come, first served), so on a saturated pool of a database that is up a
+        sliced wait would be overtaken by newer ones until it timed out (review 39)."""
         deadline = time.monotonic() + timeout
         while True:
             self._check_reachable()
             left = deadline - time.monotonic()
+            prober = self._prober
+            if prober is None or not prober.is_alive():  # the outage is decided: one wait
+                return self._pool.getconn(timeout=max(left, 0.001))
             try:
                 return self._pool.getconn(timeout=max(min(GETCONN_SLICE, left), 0.001))
             except psycopg_pool.PoolTimeout:
