@@ -250,9 +250,19 @@ class AuditMiddleware:
         reads = self._ops_reads
         if reads is None:
             reads = self._ops_reads = OpsReads(
-                self.backlog, self.journal_state, self.config.intent_wait
+                self.backlog, self._live_state, self.config.intent_wait
             )
         return reads
+
+    def _live_state(self) -> dict[str, Any]:
+        """What the ops reads lay over a reading they could not make now (a slow or stalled
+        disk): the journal's state, and whether writes are taken and the relay is healthy
+        as this process knows them now, without a probe (review 39: a slow disk's last
+        reading, however old, said writes were taken after an add had failed since)."""
+        out = self.journal_state()
+        out["writes_taken"] = bool(self._outbox_ok or self._direct_ok or self.config.fail_open)
+        out["relay_healthy"] = None if self.relay is None else self.relay.healthy
+        return out
 
     async def ops_state(self) -> dict[str, Any]:
         """:meth:`backlog` for an app's status, readiness or metrics, awaited on its event

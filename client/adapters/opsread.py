@@ -199,7 +199,8 @@ def _retrieved(fut: asyncio.Future[Reading]) -> None:
 
 class OpsReads:
     """What status, readiness and metrics read: the backlog (``backlog``, blocking, read by
-    :class:`BoundedReads`) and the intent journal's state (``journal``, non-blocking),
+    :class:`BoundedReads`) and the intent journal's state with what the process knows now
+    of its writes and relay (``journal``, non-blocking, laid over a reading not made now),
     never waiting on the disk much longer than ``bound`` seconds."""
 
     def __init__(
