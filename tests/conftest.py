@@ -71,7 +71,10 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     if config.getoption("assertmode", "rewrite") != "rewrite":
         return
-    _rewrite_ahead(config)
+    try:
+        _rewrite_ahead(config)
+    except Exception:  # pytest's private names changed: the workers rewrite as before
+        pass  # (review 39: a changed signature would have aborted the session)
 
 
 def _rewrite_ahead(config: pytest.Config) -> None:
