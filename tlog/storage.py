@@ -39,6 +39,7 @@ from typing import Any, TypeVar, cast
 import lmdb
 import lmdb.verify
 
+from client.runtime.durable import can_write_in
 from tlog import backend
 from tlog.backend import (
     DEFAULT_MAP_SIZE,
@@ -356,6 +357,12 @@ def _writes(fn: Callable[..., _T]) -> Callable[..., _T]:
 
     @functools.wraps(fn)
     def wrapper(self: Storage, *args: Any, **kwargs: Any) -> _T:
+        said = self.write_fault
+        if said is not None and not can_write_in(self.path):
+            # Still read-only: nothing is tried. A file system gone read-only after an
+            # error takes a commit that needs no new block into the page cache, and its
+            # fdatasync answers 0: such a commit would be acknowledged and lost (review 39).
+            raise StorageReadOnly(said)
         for _ in range(MAX_MAP_GROWTHS):
             try:
                 done = fn(self, *args, **kwargs)

@@ -15,7 +15,14 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["atomic_write", "create_new", "fsync_dir", "fsync_path", "rename_durably"]
+__all__ = [
+    "atomic_write",
+    "can_write_in",
+    "create_new",
+    "fsync_dir",
+    "fsync_path",
+    "rename_durably",
+]
 
 StrPath = str | os.PathLike[str]
 
@@ -86,3 +93,23 @@ def create_new(path: StrPath, data: bytes, *, mode: int = 0o600) -> None:
             os.unlink(path)
         raise
     fsync_dir(Path(path).parent)
+
+
+def can_write_in(directory: StrPath) -> bool:
+    """Whether a new file can be made, written and synced in ``directory`` now (removed
+    after). What tells a file system that went read-only after an error (ext4
+    ``errors=remount-ro``) from one that works again: it still takes writes over blocks a
+    file already has into the page cache, and its ``fsync`` answers 0, so a write that
+    needed no new block seems to succeed; a new file is refused (EROFS)."""
+    probe = Path(directory) / ".tlog-write-probe"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, b"x")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        probe.unlink()
+    except OSError:
+        return False
+    return True

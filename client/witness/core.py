@@ -92,6 +92,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from client.formats.checkpoint import Checkpoint
 from client.formats.cosignature import (
@@ -111,6 +112,7 @@ from client.formats.note import (
     parse_note,
 )
 from client.net.witness_client import CONTENT_TYPE_SIZE, AddCheckpointRequest, origin_hash
+from client.runtime.durable import can_write_in
 from client.witness.loglist import log_verifier
 from client.witness.store import Evidence, StoredCheckpoint, WitnessStore, check_row
 
@@ -343,8 +345,23 @@ class Witness:
                 f"the witness's state database cannot be used now ({exc}); "
                 "nothing was cosigned: retry later"
             ) from None
+        if self.write_fault is not None and not self._state_dir_writable():
+            # A file system gone read-only after an error (ext4 errors=remount-ro) still
+            # takes writes over blocks the file already has into the page cache, and its
+            # fsync answers 0: a push that needed no new block "succeeded" without reaching
+            # the disk (CI, review 39). After a fault, a push counts only once a new file
+            # can be made beside the state; until then 503, and readiness still fails.
+            logger.error("add-checkpoint: the state's file system still refuses writes")
+            raise Unavailable(
+                "the witness's state database cannot be used now (its file system refuses "
+                "writes); nothing was cosigned: retry later"
+            )
         self.write_fault = None
         return "".join(s.line() for s in sigs)
+
+    def _state_dir_writable(self) -> bool:
+        """Whether a new file can be made and synced beside the state database."""
+        return can_write_in(Path(self.store.path).parent)
 
     def update(
         self,
