@@ -53,6 +53,7 @@ from tlog.backend import (
     StorageFull,
     StorageReadOnly,
     read_only_fault,
+    storage_fault,
     tile_key,
     u64,
 )
@@ -96,17 +97,12 @@ _CORRUPT = (
 )
 
 
-def storage_fault(exc: BaseException) -> StorageError | None:
-    """The :class:`StorageError` an exception from LMDB (or the OS under it) stands for
-    (registered with :func:`tlog.backend.storage_fault`)."""
-    if isinstance(exc, StorageError):
-        return exc
-    if isinstance(exc, lmdb.DiskError) or (
-        isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
-    ):
+def _lmdb_fault(exc: BaseException) -> StorageError | None:
+    """The :class:`StorageError` an exception from LMDB stands for (registered with
+    :func:`tlog.backend.storage_fault`, which maps the OS's own errors under it: a full disk,
+    a read-only file system)."""
+    if isinstance(exc, lmdb.DiskError):
         return StorageFull(f"disk full: the store cannot grow ({exc}); nothing was written")
-    if isinstance(exc, OSError) and exc.errno == errno.EROFS:
-        return read_only_fault(exc)
     if isinstance(exc, _CORRUPT):
         return StorageCorrupt(f"the store is damaged: {exc}; run tlog fsck")
     if isinstance(exc, lmdb.Error):
@@ -119,7 +115,7 @@ def storage_fault(exc: BaseException) -> StorageError | None:
     return None
 
 
-backend.register_fault(storage_fault)
+backend.register_fault(_lmdb_fault)
 
 
 def _meta_pages(head: bytes) -> list[tuple[int, int, int]]:
