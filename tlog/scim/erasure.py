@@ -362,12 +362,11 @@ class Erasures:
                 != principal.person_id
             ):
                 continue
-            leaf = tx.get(store.eid_key(tk.tn, rec["request_eid"]))
-            if leaf is None:
+            acc = self._stored_event(tx, tk, rec["request_eid"])
+            if acc is None:
                 continue
             rid = key[len(store.request_key(b"")) :]
-            status = ErasureStatus(rid.hex(), rec, again=True)
-            return status, self._accepted(rec["request_eid"], leaf)
+            return ErasureStatus(rid.hex(), rec, again=True), acc
         return None
 
     @staticmethod
@@ -444,10 +443,9 @@ class Erasures:
             if tk is None:
                 raise NotFound("no such erasure request")
             if rec["state"] == "done":
-                leaf = tx.get(store.eid_key(tk.tn, rec["eid"]))
-                if leaf is None:
+                acc = self._stored_event(tx, tk, rec["eid"])
+                if acc is None:
                     raise NotFound("finished erasure without its event")
-                acc = self._accepted(rec["eid"], leaf)
                 return (ErasureStatus(request_id, rec, again=True), acc), set()
             if rec["requested_by"] == principal.token_id or (
                 rec.get("requested_person", "token:" + rec["requested_by"]) == principal.person_id
@@ -496,6 +494,13 @@ class Erasures:
         from tlog.scim.service import Accepted
 
         return Accepted(eid, leaf, leaf_hash(leaf), parse_leaf(leaf).ts, True)
+
+    def _stored_event(self, tx: Overlay, tk: TenantKeys, eid: str | None) -> Accepted | None:
+        """The event an earlier direct write committed (by its ``eid``), to answer a retry
+        or a repeat with and sequence again (a duplicate where it is in the log); None when
+        it is not stored (or the record names none)."""
+        leaf = None if eid is None else tx.get(store.eid_key(tk.tn, eid))
+        return None if leaf is None or eid is None else self._accepted(eid, leaf)
 
     def _shred_subject(
         self, tx: Overlay, tk: TenantKeys, rec: dict[str, Any], rid: bytes
@@ -731,10 +736,9 @@ class Erasures:
                     and old["reason"] == reason
                     and old["scope"] == ("tenant" if subject is None else "subject")
                 ):
-                    leaf = tx.get(store.eid_key(tk.tn, old["eid"]))
-                    if leaf is not None:
-                        hold = Hold(key[-16:].hex(), old, again=True)
-                        return hold, self._accepted(old["eid"], leaf)
+                    acc = self._stored_event(tx, tk, old["eid"])
+                    if acc is not None:
+                        return Hold(key[-16:].hex(), old, again=True), acc
             hid = os.urandom(16)
             rec: dict[str, Any] = {
                 "v": 1,
@@ -747,7 +751,7 @@ class Erasures:
                 "created": self.svc.log_time(),
             }
             if subject is not None:
-                rec.update(h=tk.subject_hash(subject), rt=subject.rt, kind=subject.kind)
+                rec.update(h=h, rt=subject.rt, kind=subject.kind)
             x = {"hold": hid.hex(), "scope": rec["scope"], "reason": reason}
             acc = self._log_event(
                 tx,
@@ -794,10 +798,10 @@ class Erasures:
             if "released" in rec:
                 # released already: a retry is answered that release (faith30; before, the
                 # hold was deleted and a retry answered 404 for a release that happened)
-                leaf = tx.get(store.eid_key(tk.tn, rec["release_eid"]))
-                if leaf is None:
+                acc = self._stored_event(tx, tk, rec["release_eid"])
+                if acc is None:
                     raise NotFound("no such legal hold")
-                return Hold(hold_id, rec, again=True), self._accepted(rec["release_eid"], leaf)
+                return Hold(hold_id, rec, again=True), acc
             acc = self._log_event(
                 tx,
                 tk,
@@ -858,9 +862,9 @@ class Erasures:
                 # the same officer setting the period it set: a retry (its answer lost, or
                 # said the log is not signing) is answered that period, nothing logged again
                 # (faith30)
-                leaf = None if "eid" not in old else tx.get(store.eid_key(tk.tn, old["eid"]))
-                if leaf is not None:
-                    return {**old, "again": True}, self._accepted(old["eid"], leaf)
+                acc = self._stored_event(tx, tk, old.get("eid"))
+                if acc is not None:
+                    return {**old, "again": True}, acc
             rec = {
                 "v": 1,
                 "tenant": tenant,
