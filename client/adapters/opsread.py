@@ -173,18 +173,19 @@ class BoundedReads:
         look = self.bound / _LOOKS
         while True:
             held = time.monotonic() - since
+            # one look at its progress a turn (also what the next turn's is measured from)
+            quiet = self.quiet_for()
             if held >= self.bound:
                 if fut.done():
                     return fut.result()
-                if self.stalled():
+                if quiet > self.bound / 2:  # held in one wait: stalled (as stalled() says)
                     raise DiskStalled
-                if self.quiet_for() <= look or held > self.bound * 1.5:
+                if quiet <= look or held > self.bound * 1.5:
                     # moving (it ran since the last look), or not quiet long enough yet
                     # half a bound past the bound: answered from the last reading, or
                     # waited for on while it moves when there is none
                     if self._last is not None or held > self.bound * _FIRST_READ_BOUNDS:
                         raise self._slow()
-            self.quiet_for()  # a look at its progress, for the next decision
             wait = look if held >= self.bound else min(look, self.bound - held)
             try:
                 return await asyncio.wait_for(asyncio.shield(wrapped), max(wait, 0.001))
