@@ -332,6 +332,18 @@ class Witness:
             req = AddCheckpointRequest.parse(body)
         except FormatError as exc:
             raise BadRequest(str(exc)) from None
+        if self.write_fault is not None and not can_write_in(Path(self.store.path).parent):
+            # Still read-only: nothing is tried. A file system gone read-only after an error
+            # (ext4 errors=remount-ro) still takes writes over blocks the file already has
+            # into the page cache, and its fsync answers 0: a push that needed no new block
+            # "succeeded" without reaching the disk (CI, review 39), as tlog serve's store
+            # refuses its writes (tlog.storage). Until a new file can be made beside the
+            # state: 503, and readiness still fails.
+            logger.error("add-checkpoint: the state's file system still refuses writes")
+            raise Unavailable(
+                "the witness's state database cannot be used now (its file system refuses "
+                "writes); nothing was cosigned: retry later"
+            )
         try:
             sigs = self.update(req.old_size, req.consistency_proof, req.checkpoint_note)
         except sqlite3.Error as exc:
@@ -345,23 +357,8 @@ class Witness:
                 f"the witness's state database cannot be used now ({exc}); "
                 "nothing was cosigned: retry later"
             ) from None
-        if self.write_fault is not None and not self._state_dir_writable():
-            # A file system gone read-only after an error (ext4 errors=remount-ro) still
-            # takes writes over blocks the file already has into the page cache, and its
-            # fsync answers 0: a push that needed no new block "succeeded" without reaching
-            # the disk (CI, review 39). After a fault, a push counts only once a new file
-            # can be made beside the state; until then 503, and readiness still fails.
-            logger.error("add-checkpoint: the state's file system still refuses writes")
-            raise Unavailable(
-                "the witness's state database cannot be used now (its file system refuses "
-                "writes); nothing was cosigned: retry later"
-            )
         self.write_fault = None
         return "".join(s.line() for s in sigs)
-
-    def _state_dir_writable(self) -> bool:
-        """Whether a new file can be made and synced beside the state database."""
-        return can_write_in(Path(self.store.path).parent)
 
     def update(
         self,
