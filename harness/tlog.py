@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 __all__ = ["ROOT", "log_vkey", "tlog_argv", "tlog_cli", "tlog_env"]
@@ -32,15 +32,17 @@ def tlog_cli(
     stdin: str | None = None,
     env: Mapping[str, str] | None = None,
     check: bool = False,
+    wrapper: Sequence[str] = (),
 ) -> subprocess.CompletedProcess[str]:
     """Run ``tlog ARGS`` to completion, its output captured as text, within ``timeout``
     seconds (subprocess.TimeoutExpired after it), ``stdin`` its input. The environment is
     ``env``, or by default :func:`tlog_env`. ``check``: fail (AssertionError)
-    unless it exits 0, saying what it wrote to stderr."""
+    unless it exits 0, saying what it wrote to stderr. ``wrapper``: a command that runs it
+    (e.g. ``setpriv ...`` as another user, ``unshare -m ...`` in a mount namespace)."""
     if env is None:
         env = tlog_env()
     r = subprocess.run(
-        tlog_argv(*args),
+        [*wrapper, *tlog_argv(*args)],
         capture_output=True,
         text=True,
         cwd=ROOT,

@@ -21,8 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from harness.tlog import tlog_argv, tlog_env
-from tests.support import ROOT, ServerProcess, run_tool, start_server, tlog_cli, token_for
+from tests.support import ServerProcess, run_tool, start_server, tlog_cli, token_for
 
 pytestmark = pytest.mark.lmdb_only("LMDB's lock table")
 
@@ -72,16 +71,8 @@ def _fsck_elsewhere(data: Path, lock_dir: Path) -> subprocess.CompletedProcess[s
     """``tlog fsck --data data`` in a mount namespace of its own where ``lock_dir`` is an
     empty tmpfs: another container, which sees the store but not the server's lock table."""
     script = 'mount -t tmpfs none "$1" && shift && exec "$@"'
-    argv = ["unshare", "-m", "sh", "-c", script, "sh", str(lock_dir)]
-    return subprocess.run(
-        [*argv, *tlog_argv("fsck", "--data", str(data))],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-        env=tlog_env(),
-        check=False,
-    )
+    wrapper = ["unshare", "-m", "sh", "-c", script, "sh", str(lock_dir)]
+    return tlog_cli("fsck", "--data", str(data), wrapper=wrapper)
 
 
 def test_fsck_checks_a_copy_on_read_only_media(tmp_path: Path) -> None:
@@ -159,15 +150,7 @@ def _as_nobody(data: Path, copy: Path) -> None:
     nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 
     def fsck() -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [*nobody, *tlog_argv("fsck", "--data", str(copy))],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            cwd=ROOT,
-            env=tlog_env(),
-            check=False,
-        )
+        return tlog_cli("fsck", "--data", str(copy), wrapper=nobody)
 
     before = sorted((p.name, p.stat().st_mtime_ns) for p in (copy / "db").iterdir())
     fs = fsck()

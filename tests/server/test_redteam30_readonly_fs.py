@@ -15,15 +15,12 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import httpx
 import pytest
 
-from harness.tlog import tlog_argv, tlog_env
 from tests.support import (
-    ROOT,
     ext4_error,
     ext4_repair,
     frozen_ext4,
@@ -135,15 +132,9 @@ def test_a_disk_that_dropped_acknowledged_writes_is_refused_at_restart(tmp_path:
         assert m.returncode == 0, m.stderr
         fs = tlog_cli("fsck", "--data", str(data))  # consistent, shorter: fsck cannot know
         assert fs.returncode == 0 and "OK: 3 entries" in fs.stdout, fs.stdout + fs.stderr
-        again = subprocess.run(
-            [*tlog_argv("serve"), "--data", str(data), "--port", "0"]
-            + ["--origin", "test.example/log", "--checkpoint-file", str(remembered)],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            cwd=ROOT,
-            env=tlog_env(),
-            check=False,
+        again = tlog_cli(
+            *("serve", "--data", str(data), "--port", "0", "--origin", "test.example/log"),
+            *("--checkpoint-file", str(remembered)),
         )
         assert again.returncode != 0, again.stdout + again.stderr
         said = again.stdout + again.stderr
