@@ -635,6 +635,12 @@ def serve_one_write(mw: Any) -> int:
         assert srv.serving.stop(15), "the server did not stop"
 
 
+def effect_acts(effect: dict[str, Any] | None) -> list[str]:
+    """The actions an event's effect names (the log's ``classify``), in order."""
+    assert effect is not None
+    return [a["a"] for a in effect["acts"]]
+
+
 def check_created(ev: dict[str, Any], want: str, why: str | None) -> None:
     """``ev`` is a create's success recorded with the created id ``want`` (``"-"``: not
     known) and, where ``why`` is given, an ``x.answer`` saying it and no ``x.result`` (the

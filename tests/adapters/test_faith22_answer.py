@@ -17,6 +17,7 @@ import pytest
 
 from tlog.scim.effects import classify
 
+from .helpers import effect_acts
 from .recorded import exchange_event
 
 USER = "urn:ietf:params:scim:schemas:core:2.0:User"
@@ -36,11 +37,6 @@ def _patch_active(value: Any, answer_active: Any) -> dict[str, Any]:
     return exchange_event("PATCH", "/Users/A", body, 200, answer)
 
 
-def _acts(effect: dict[str, Any] | None) -> list[str]:
-    assert effect is not None
-    return [a["a"] for a in effect["acts"]]
-
-
 @pytest.mark.parametrize(
     ("answer", "read"),
     [("false", False), ("False", False), ("FALSE", False), ("true", True), ("True", True)],
@@ -54,7 +50,7 @@ def test_an_answers_string_active_is_read_by_the_requests_rule(answer: str, read
     effect, state, _ = classify(_state(not read), ev)
     assert state is not None and state["active"] is read
     # the SP's answer wins over the request (as for a JSON boolean answer)
-    assert ("user.deactivate" if not read else "user.activate") in _acts(effect), effect
+    assert ("user.deactivate" if not read else "user.activate") in effect_acts(effect), effect
 
 
 HOSTILE = ["no", "0", "FALSE ", " true", "yes", "", 0, 1, None, [], {}, "fal\u017fe"]
@@ -71,7 +67,7 @@ def test_an_answers_active_that_is_no_boolean_is_not_known(answer: Any, asked: b
     assert ev["x"]["result"]["active"] is None, ev["x"]
     effect, state, _ = classify(_state(not asked), ev)
     assert effect is not None and state is not None
-    assert _acts(effect) == ["user.update"], effect
+    assert effect_acts(effect) == ["user.update"], effect
     assert effect["changes"] == [{"attr": "active"}], effect
     assert "active" not in state
 
@@ -84,7 +80,8 @@ def test_a_submitted_result_active_that_is_no_boolean_is_not_read(value: Any) ->
     ev["x"]["result"]["active"] = value
     effect, state, _ = classify(_state(True), ev)
     assert effect is not None and state is not None
-    assert "user.deactivate" not in _acts(effect) and "user.activate" not in _acts(effect)
+    acts = effect_acts(effect)
+    assert "user.deactivate" not in acts and "user.activate" not in acts
     assert {"attr": "active"} in effect["changes"] and "active" not in state
 
 
@@ -95,7 +92,7 @@ def test_an_answer_without_active_leaves_the_requests_reading() -> None:
     ev = exchange_event("PATCH", "/Users/A", body, 200, {"schemas": [USER], "id": "A"})
     assert "active" not in (ev.get("x") or {}).get("result", {})
     effect, _, _ = classify(_state(True), ev)
-    assert "user.deactivate" in _acts(effect)
+    assert "user.deactivate" in effect_acts(effect)
 
 
 def test_a_removal_answered_with_null_stands() -> None:
@@ -133,15 +130,15 @@ def test_a_name_the_sp_stored_with_a_derived_part_is_no_change() -> None:
     digest of a name a PUT states, and either digest stands for it."""
     state = classify(None, exchange_event("POST", "/Users", {"userName": "ann"}, 201, None))[1]
     effect, state, _ = classify(state, _put({"name": DERIVED}, name=NAME))
-    assert _acts(effect) == ["user.update"], effect  # the name set: a real change
+    assert effect_acts(effect) == ["user.update"], effect  # the name set: a real change
     effect, state, _ = classify(state, _put({"name": DERIVED}))  # left out, kept
-    assert "name" not in _named_other(effect) and _acts(effect) == ["user.noop"], effect
+    assert "name" not in _named_other(effect) and effect_acts(effect) == ["user.noop"], effect
     effect, state, _ = classify(state, _put({"name": DERIVED}, name=NAME))  # restated
-    assert _acts(effect) == ["user.noop"], effect
+    assert effect_acts(effect) == ["user.noop"], effect
     # a real change is named: another name asked and stored
     other = {"givenName": "Bo", "familyName": "Lee"}
     effect, state, _ = classify(state, _put({"name": {**other, "formatted": "Bo Lee"}}, name=other))
-    assert _acts(effect) == ["user.update"], effect
+    assert effect_acts(effect) == ["user.update"], effect
     # and one the SP stored otherwise than asked, left out next, named changed from there
     effect, _, _ = classify(state, _put({"name": {"givenName": "Cy", "formatted": "Cy"}}))
     assert "name" in _named_other(effect), effect
@@ -156,9 +153,9 @@ def test_an_attribute_the_sp_never_returns_is_not_known_when_left_out() -> None:
     while the PUT states it: restating it with the answer again without it is no change."""
     state = classify(None, exchange_event("POST", "/Users", {"userName": "ann"}, 201, None))[1]
     effect, state, _ = classify(state, _put({}, nickName="A"))
-    assert _acts(effect) == ["user.update"] and state is not None
+    assert effect_acts(effect) == ["user.update"] and state is not None
     effect, state2, _ = classify(state, _put({}, nickName="A"))  # stated, never shown
-    assert _acts(effect) == ["user.noop"], effect
+    assert effect_acts(effect) == ["user.noop"], effect
     effect, state2, _ = classify(state2, _put({}))  # left out, still not shown
     assert effect is not None and {"attr": "nickname"} in effect["changes"], effect
-    assert _acts(effect) == ["user.update"] and "nickname" not in state2["other"]
+    assert effect_acts(effect) == ["user.update"] and "nickname" not in state2["other"]

@@ -17,6 +17,7 @@ from typing import Any
 
 from tlog.scim.effects import classify
 
+from .helpers import effect_acts
 from .recorded import exchange_event
 
 USER = "urn:ietf:params:scim:schemas:core:2.0:User"
@@ -39,20 +40,15 @@ def _named(effect: dict[str, Any] | None) -> set[str]:
     return {c["attr"] for c in effect.get("changes", ())}
 
 
-def _acts(effect: dict[str, Any] | None) -> list[str]:
-    assert effect is not None
-    return [a["a"] for a in effect["acts"]]
-
-
 def test_a_name_reshaped_at_create_then_left_out_and_kept_is_no_change() -> None:
     body = _body(name=NAME)
     created = exchange_event("POST", "/Users", body, 201, {**body, "id": "A", "name": DERIVED})
     assert list(created["x"]["result"]["other"]) == ["name"], created["x"]
     effect, state, _ = classify(None, created)
-    assert _acts(effect) == ["user.create"], effect
+    assert effect_acts(effect) == ["user.create"], effect
     # left out, kept by a merging SP and shown as it stored it: no change
     effect, state, _ = classify(state, _put({"name": DERIVED}))
-    assert "name" not in _named(effect) and _acts(effect) == ["user.noop"], effect
+    assert "name" not in _named(effect) and effect_acts(effect) == ["user.noop"], effect
     # and one really changed by the SP is still named
     effect, _, _ = classify(state, _put({"name": {"givenName": "Bo", "formatted": "Bo"}}))
     assert "name" in _named(effect), effect
@@ -65,7 +61,7 @@ def test_an_extension_attribute_reshaped_at_create_is_recorded_by_its_path() -> 
     assert list(created["x"]["result"]["other"]) == [f"{ENTERPRISE}:employeeNumber"]
     _, state, _ = classify(None, created)
     effect, _, _ = classify(state, _put({ENTERPRISE: answer[ENTERPRISE]}))
-    assert _named(effect) == set() and _acts(effect) == ["user.noop"], effect
+    assert _named(effect) == set() and effect_acts(effect) == ["user.noop"], effect
 
 
 def test_a_create_stored_as_asked_records_nothing_more() -> None:
@@ -78,7 +74,7 @@ def test_a_create_stored_as_asked_records_nothing_more() -> None:
     assert "other" not in (created.get("x") or {}).get("result", {}), created.get("x")
     _, state, _ = classify(None, created)
     effect, _, _ = classify(state, _put({}, name=NAME, nickName="A", title="T"))
-    assert _acts(effect) == ["user.noop"], effect
+    assert effect_acts(effect) == ["user.noop"], effect
 
 
 def test_an_attribute_the_create_did_not_name_is_not_recorded() -> None:
@@ -107,9 +103,9 @@ def test_a_create_stored_otherwise_in_a_form_the_event_cannot_hold_says_so() -> 
     created = exchange_event("POST", "/Users", body, 201, {**body, "id": "A", "name": big})
     assert created["x"]["result"]["other"] is None, created["x"]
     effect, state, _ = classify(None, created)
-    assert _acts(effect) == ["user.create"], effect
+    assert effect_acts(effect) == ["user.create"], effect
     effect, _, _ = classify(state, _put({"name": NAME}, name=NAME))
-    assert _acts(effect) == ["user.update"], effect
+    assert effect_acts(effect) == ["user.update"], effect
     many = {f"x{i}": "asked" for i in range(70)}
     body = _body(**many)
     answer = {**body, "id": "B", **{k: "stored" for k in many}}
@@ -117,4 +113,4 @@ def test_a_create_stored_otherwise_in_a_form_the_event_cannot_hold_says_so() -> 
     assert created["x"]["result"]["other"] is None, created["x"]
     _, state, _ = classify(None, created)
     effect, _, _ = classify(state, _put({}, **many))
-    assert _acts(effect) == ["user.update"], effect
+    assert effect_acts(effect) == ["user.update"], effect

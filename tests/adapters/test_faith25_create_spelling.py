@@ -16,6 +16,7 @@ from typing import Any
 
 from tlog.scim.effects import classify
 
+from .helpers import effect_acts
 from .recorded import exchange_event
 
 USER = "urn:ietf:params:scim:schemas:core:2.0:User"
@@ -43,11 +44,6 @@ def _other(ev: dict[str, Any]) -> Any:
     return (ev.get("x") or {}).get("result", {}).get("other", "absent")
 
 
-def _acts(effect: dict[str, Any] | None) -> list[str]:
-    assert effect is not None
-    return [a["a"] for a in effect["acts"]]
-
-
 def test_an_attribute_stored_otherwise_under_another_spelling_is_recorded() -> None:
     """Found: ``nickName: "ann"`` answered ``nickname: "Ann"`` recorded nothing; the log
     kept the request's digest, and a PUT leaving it out, the SP keeping and showing
@@ -57,7 +53,7 @@ def test_an_attribute_stored_otherwise_under_another_spelling_is_recorded() -> N
     assert list(_other(created)) == ["nickname"], created.get("x")
     _, state, _ = classify(None, created)
     effect, _, _ = classify(state, _put({"nickname": "Ann"}))
-    assert _acts(effect) == ["user.noop"], effect
+    assert effect_acts(effect) == ["user.noop"], effect
 
 
 def test_an_extension_key_in_another_case_is_read() -> None:
@@ -69,7 +65,7 @@ def test_an_extension_key_in_another_case_is_read() -> None:
     assert path.lower() == f"{ENTERPRISE}:employeeNumber".lower()
     _, state, _ = classify(None, created)
     effect, _, _ = classify(state, _put({ENTERPRISE: {"employeeNumber": "0007"}}))
-    assert _acts(effect) == ["user.noop"], effect
+    assert effect_acts(effect) == ["user.noop"], effect
 
 
 def test_an_attribute_named_twice_in_two_spellings_is_not_known() -> None:
@@ -84,7 +80,7 @@ def test_an_attribute_named_twice_in_two_spellings_is_not_known() -> None:
         "PUT", "/Users/A", _body(nickName="ann"), 200, {**_body(nickName="ann"), "id": "A"}
     )
     effect, _, _ = classify(state, put)
-    assert _acts(effect) == ["user.update"], effect
+    assert effect_acts(effect) == ["user.update"], effect
     # and an extension's sub-attribute named twice alike
     ext = _body(**{ENTERPRISE: {"employeeNumber": "7"}})
     created = _create(ext, **{ENTERPRISE: {"employeeNumber": "7", "EmployeeNumber": "8"}})

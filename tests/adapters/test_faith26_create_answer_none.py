@@ -25,7 +25,7 @@ from client.adapters.middleware import AuditConfig, AuditMiddleware
 from client.adapters.outbox import Outbox
 from tlog.scim.effects import classify
 
-from .helpers import SCIM_TOKEN, FakeLog, answer_rewritten, relay_for, scim_asgi_app
+from .helpers import SCIM_TOKEN, FakeLog, answer_rewritten, effect_acts, relay_for, scim_asgi_app
 from .recorded import exchange_event
 
 pytest.importorskip("scim2_server", reason="needs the dev extras (scim2-server)")
@@ -47,11 +47,6 @@ def _forgetful(app: Any) -> Any:
     return answer_rewritten(
         app, lambda scope: scope["method"] == "POST" and scope["path"] == "/v2/Users", rewrite
     )
-
-
-def _acts(effect: dict[str, Any] | None) -> list[str]:
-    assert effect is not None
-    return [a["a"] for a in effect["acts"]]
 
 
 def test_a_create_answered_with_null_or_without_an_asked_attribute_says_so(
@@ -76,12 +71,12 @@ def test_a_create_answered_with_null_or_without_an_asked_attribute_says_so(
     # the SP's result differs from the request for those two, and says which
     assert create["x"]["result"]["other"] == {"nickName": None, "title": None}, create["x"]
     effect, state, _ = classify(None, create)
-    assert _acts(effect) == ["user.create"], effect
+    assert effect_acts(effect) == ["user.create"], effect
     assert state is not None and not {"nickname", "title"} & set(state.get("other", {})), state
     assert "locale" in state["other"]  # stored and answered as asked: the request's digest
     # the PUT stating them again is a change on an SP that had none of them: never a noop
     effect, _, _ = classify(state, put)
-    assert _acts(effect) == ["user.update"], effect
+    assert effect_acts(effect) == ["user.update"], effect
 
 
 def test_a_puts_answer_holding_a_stated_attribute_as_null_is_no_noop() -> None:
@@ -95,7 +90,7 @@ def test_a_puts_answer_holding_a_stated_attribute_as_null_is_no_noop() -> None:
     effect, state, _ = classify(state, put)
     assert state is not None and "title" not in state.get("other", {}), state
     effect, _, _ = classify(state, exchange_event("PUT", "/Users/A", body, 204, None))
-    assert _acts(effect) == ["user.update"], effect
+    assert effect_acts(effect) == ["user.update"], effect
 
 
 def test_a_create_stored_as_asked_still_records_nothing_more() -> None:

@@ -26,7 +26,7 @@ from client.adapters.middleware import AuditConfig, AuditMiddleware
 from client.adapters.outbox import Outbox
 from tlog.scim.effects import classify
 
-from .helpers import SCIM_TOKEN, FakeLog, answer_rewritten, relay_for, scim_asgi_app
+from .helpers import SCIM_TOKEN, FakeLog, answer_rewritten, effect_acts, relay_for, scim_asgi_app
 from .recorded import exchange_event
 
 pytest.importorskip("scim2_server", reason="needs the dev extras (scim2-server)")
@@ -45,11 +45,6 @@ def _dropping(app: Any) -> Any:
         return json.dumps(body).encode()
 
     return answer_rewritten(app, lambda scope: scope["method"] == "PUT", rewrite)
-
-
-def _acts(effect: dict[str, Any] | None) -> list[str]:
-    assert effect is not None
-    return [a["a"] for a in effect["acts"]]
 
 
 def test_a_puts_answer_leaving_out_stated_attributes_says_they_are_not_known(
@@ -88,12 +83,12 @@ def test_a_puts_answer_leaving_out_stated_attributes_says_they_are_not_known(
     _, state, _ = classify(None, create)
     effect, state, _ = classify(state, first)
     # no deactivation claimed (the answer does not say the user is inactive), no digest kept
-    assert "user.deactivate" not in _acts(effect), effect
+    assert "user.deactivate" not in effect_acts(effect), effect
     assert state is not None and "active" not in state, state
     assert not {"title", f"{ENTERPRISE}:department".lower()} & set(state.get("other", {}))
     # the same PUT again is no noop: what the SP holds of them was not known
     effect, _, _ = classify(state, second)
-    assert _acts(effect) != ["user.noop"], effect
+    assert effect_acts(effect) != ["user.noop"], effect
 
 
 def test_a_puts_answer_showing_what_was_stated_records_nothing_more() -> None:
