@@ -107,6 +107,7 @@ from client.adapters.outbox import (
 from client.adapters.pseudonyms import PidCollector, substitute_pids
 from client.adapters.receipts import RECEIPT_HEADERS, receipt_headers, wait_receipts
 from client.adapters.relay import DeliveryError, Relay
+from client.runtime.durable import write_error_in
 from client.scim.actions import op_for_method
 from client.scim.cbor import EventFormatError
 from client.scim.event import uuid4_text
@@ -231,8 +232,21 @@ class AuditMiddleware:
         undelivered events (:meth:`Outbox.backlog`), whether the relay is healthy, how many of
         the log's answers failed the relay's receipt verification, how many receipts were
         proven included but not proven to be the event (``receipts_content_unproven``), and this
-        process's counters (``events`` recorded, ``unrecorded``, ``refused``, ``access``)."""
-        out: dict[str, Any] = dict(self.outbox.backlog())
+        process's counters (``events`` recorded, ``unrecorded``, ``refused``, ``access``), and
+        whether a new file can be written and synced beside the outbox now
+        (``disk_writable``; why not: ``disk_write_error``). Blocks while the disk holds writes.
+
+        The write comes first: a read of the outbox may be answered from memory while its
+        disk holds every write (a frozen file system: SQLite's read needs no write when a
+        read mark already names the last commit), and the ops reads (:meth:`ops_state`)
+        would then say the disk answers; the write is held with it, so they find the stall
+        (CI saw the read answered on a frozen disk)."""
+        out: dict[str, Any] = {}
+        error = write_error_in(self.outbox.path.parent)
+        out["disk_writable"] = error is None
+        if error is not None:
+            out["disk_write_error"] = error
+        out.update(self.outbox.backlog())
         out["relay_healthy"] = None if self.relay is None else self.relay.healthy
         out["receipts_unverified"] = 0 if self.relay is None else self.relay.unverified
         # retries the log answered as logged before but erased since: no nonce, so their

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import threading
 from pathlib import Path
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "fsync_dir",
     "fsync_path",
     "rename_durably",
+    "write_error_in",
 ]
 
 StrPath = str | os.PathLike[str]
@@ -95,13 +97,15 @@ def create_new(path: StrPath, data: bytes, *, mode: int = 0o600) -> None:
     fsync_dir(Path(path).parent)
 
 
-def can_write_in(directory: StrPath) -> bool:
-    """Whether a new file can be made, written and synced in ``directory`` now (removed
-    after). What tells a file system that went read-only after an error (ext4
-    ``errors=remount-ro``) from one that works again: it still takes writes over blocks a
-    file already has into the page cache, and its ``fsync`` answers 0, so a write that
-    needed no new block seems to succeed; a new file is refused (EROFS)."""
-    probe = Path(directory) / ".tlog-write-probe"
+def write_error_in(directory: StrPath) -> str | None:
+    """Why a new file cannot be made, written and synced in ``directory`` now (None: it
+    can; the file is removed after). What tells a file system that went read-only after an
+    error (ext4 ``errors=remount-ro``) from one that works again: it still takes writes over
+    blocks a file already has into the page cache, and its ``fsync`` answers 0, so a write
+    that needed no new block seems to succeed; a new file is refused (EROFS). On a disk that
+    holds writes (a frozen file system, a dead device) the call waits with it. The file's
+    name is this thread's own, so probes of other threads and processes never meet."""
+    probe = Path(directory) / f".tlog-write-probe-{os.getpid()}-{threading.get_native_id()}"
     try:
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
@@ -110,6 +114,14 @@ def can_write_in(directory: StrPath) -> bool:
         finally:
             os.close(fd)
         probe.unlink()
-    except OSError:
-        return False
-    return True
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            probe.unlink()
+        return f"{exc.strerror or exc} ({type(exc).__name__})"
+    return None
+
+
+def can_write_in(directory: StrPath) -> bool:
+    """Whether a new file can be made, written and synced in ``directory`` now
+    (:func:`write_error_in`)."""
+    return write_error_in(directory) is None
