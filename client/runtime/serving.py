@@ -457,6 +457,29 @@ def parse_forwarded_allow_ips(text: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+class _WebSocketsOnFirstUse(asyncio.Protocol):
+    """uvicorn's own ``ws="auto"`` protocol, imported when a connection first asks to
+    upgrade instead of at every start: loading it (the ``websockets`` package and, through
+    it, ``importlib.metadata``) cost each ``tlog serve``, proxy and witness start ~16-20 ms
+    of CPU, and none of them serves WebSockets. The class answers as ``auto`` does (the
+    app's router then refuses the socket: 403, or 400 without a key); constructing this
+    class gives uvicorn an instance of that protocol."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        from uvicorn.protocols.websockets.auto import AutoWebSocketsProtocol
+
+        assert AutoWebSocketsProtocol is not None  # only used when a library is installed
+        return AutoWebSocketsProtocol(*args, **kwargs)
+
+
+def _ws_auto_available() -> bool:
+    """Whether uvicorn's ``ws="auto"`` finds a WebSocket library (then it loads a protocol;
+    without one it has none, and an upgrade request is served as plain HTTP)."""
+    from importlib.util import find_spec
+
+    return find_spec("websockets") is not None or find_spec("wsproto") is not None
+
+
 def hardened_config(
     app: Any, host: str, port: int, limits: ServerLimits | None = None, **kwargs: Any
 ) -> uvicorn.Config:
@@ -512,6 +535,8 @@ def hardened_config(
         },
     )
     kwargs.setdefault("server_header", False)
+    if "ws" not in kwargs and _ws_auto_available():  # an explicit "auto" is uvicorn's own
+        kwargs["ws"] = _WebSocketsOnFirstUse
     return uvicorn.Config(
         app,
         host=host,
