@@ -62,6 +62,7 @@ __all__ = [
     "StorageError",
     "StorageFull",
     "StorageReadOnly",
+    "StorageReadOnlyInDoubt",
     "StoreNotHeld",
     "StoreUnreachable",
     "TurnTimeout",
@@ -166,6 +167,14 @@ class StorageReadOnly(StorageError):
     ``/readyz`` fails until a write succeeds again. Not "disk full": freeing space would
     not help; the file system must be checked and remounted read-write, and the server
     restarted."""
+
+
+class StorageReadOnlyInDoubt(StorageReadOnly):
+    """The file system under the store said it was read-only right after a commit whose
+    fsync answered success (:func:`client.runtime.durable.gone_read_only`): the commit may
+    be in the page cache only, so nothing of it is acknowledged (503), and what this
+    process reads from the store may not be what the disk holds. Every later write is
+    refused and the log stops signing until a restart (after the file system's repair)."""
 
 
 def read_only_fault(exc: BaseException) -> StorageReadOnly:

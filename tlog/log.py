@@ -47,6 +47,7 @@ from tlog.backend import (
     ReadView,
     StorageCorrupt,
     StorageError,
+    StorageReadOnlyInDoubt,
 )
 from tlog.integrity import RECOVER_HINT, CheckpointFile, Remembered, RollbackDetected
 from tlog.signer import CheckpointSigner
@@ -184,6 +185,9 @@ class Log:
         # as every write is answered 503 then.
         self.remember_fault: str | None = None
         self.halted: str | None = None
+        # Why a commit's outcome on the disk is unknown (StorageReadOnlyInDoubt): the store
+        # is never reloaded (its page cache may hold what the disk lost) until a restart.
+        self._in_doubt: str | None = None
         # True after a failed write whose effect on the store is not known here: nothing is
         # signed again before the state is reloaded from the store and re-verified.
         self._stale = False
@@ -270,6 +274,9 @@ class Log:
 
     def reload(self) -> None:
         """Rebuild the writer's state from the store (after a failed compare-and-swap)."""
+        doubt = self._in_doubt or getattr(self.storage, "in_doubt", None)
+        if doubt is not None:  # the store's pages may not be the disk's
+            raise LogHalted(f"the log is not signing: {doubt}")
         self._load_state(self.remembered.read() if self.remembered is not None else None)
         self._stale = False
 
@@ -516,6 +523,13 @@ class Log:
                 log.error("commit outcome unknown and not found in the store: %s", exc)
                 raise
             log.warning("commit outcome was unknown; the store holds it: acknowledged")
+        except StorageReadOnlyInDoubt as exc:
+            # The commit may be in the page cache only: what the store reads back is not
+            # what the disk holds, so nothing is reloaded from it or signed until a restart.
+            self._stale = True
+            self._in_doubt = str(exc)
+            self.halt(str(exc))
+            raise
         except BaseException:
             # The in-memory edge may be ahead of the store: nothing is signed again before
             # the state is rebuilt from what is durable.

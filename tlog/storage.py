@@ -39,7 +39,7 @@ from typing import Any, TypeVar, cast
 import lmdb
 import lmdb.verify
 
-from client.runtime.durable import can_write_in
+from client.runtime.durable import can_write_in, gone_read_only
 from tlog import backend
 from tlog.backend import (
     DEFAULT_MAP_SIZE,
@@ -52,6 +52,7 @@ from tlog.backend import (
     StorageError,
     StorageFull,
     StorageReadOnly,
+    StorageReadOnlyInDoubt,
     read_only_fault,
     storage_fault,
     tile_key,
@@ -353,6 +354,8 @@ def _writes(fn: Callable[..., _T]) -> Callable[..., _T]:
 
     @functools.wraps(fn)
     def wrapper(self: Storage, *args: Any, **kwargs: Any) -> _T:
+        if self.in_doubt is not None:  # until a restart: the disk may differ from memory
+            raise StorageReadOnlyInDoubt(self.in_doubt)
         said = self.write_fault
         if said is not None and not can_write_in(self.path):
             # Still read-only: nothing is tried. A file system gone read-only after an
@@ -383,6 +386,19 @@ def _writes(fn: Callable[..., _T]) -> Callable[..., _T]:
                     log.critical("STORE DAMAGED: %s (store %s)", fault, self.path)
                 raise fault from exc
             else:
+                gone = gone_read_only(self.path)
+                if gone is not None:
+                    # The commit's fsync answered 0, but on a read-only file system that
+                    # says nothing (ext4 after an error, older kernels): not acknowledged.
+                    doubt = StorageReadOnlyInDoubt(
+                        f"the file system under the store went read-only under a write "
+                        f"({gone}); nothing of it was acknowledged, and nothing is written "
+                        "or signed until a restart. Check the file system (an I/O error?), "
+                        "remount it read-write and restart tlog serve"
+                    )
+                    self.write_fault = self.in_doubt = str(doubt)
+                    log.critical("READ-ONLY FILE SYSTEM: %s (store %s)", doubt, self.path)
+                    raise doubt
                 self.write_fault = None
                 return done
         raise StorageFull(f"the LMDB map could not grow enough (now {self.map_size} bytes)")
@@ -413,6 +429,9 @@ class Storage:
         # Why the last write failed when it failed because the file system went read-only
         # (StorageReadOnly), None once a write succeeds: /readyz fails meanwhile.
         self.write_fault: str | None = None
+        # Set when the file system said read-only right after a commit (StorageReadOnlyInDoubt):
+        # every write is refused until a restart.
+        self.in_doubt: str | None = None
         if not readonly:
             self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
         elif not (self.path / "data.mdb").exists():

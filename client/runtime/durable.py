@@ -11,6 +11,7 @@ code that names a file some other way (``os.link``, ``os.rename``).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 import threading
@@ -22,6 +23,7 @@ __all__ = [
     "create_new",
     "fsync_dir",
     "fsync_path",
+    "gone_read_only",
     "rename_durably",
     "write_error_in",
 ]
@@ -125,3 +127,22 @@ def can_write_in(directory: StrPath) -> bool:
     """Whether a new file can be made, written and synced in ``directory`` now
     (:func:`write_error_in`)."""
     return write_error_in(directory) is None
+
+
+def gone_read_only(path: StrPath | int) -> OSError | None:
+    """An ``EROFS`` error if the file system holding ``path`` (or the open file ``path``)
+    says it is read-only now (``statvfs``'s ``ST_RDONLY``), else None. Asked after a
+    commit's fsync and before it is acknowledged: on kernels that mark the super block
+    read-only after an ext4 error (``errors=remount-ro``; upstream before 6.6, and the CI
+    machine's of review 39), ext4 still takes a write over blocks a file already has into
+    the page cache and answers its ``fsync`` with 0 (an early return for a read-only super
+    block), so such a commit seemed durable and was lost. Kernels from 6.15 refuse the
+    write and the fsync themselves (``EROFS``) and leave the flag clear (``/proc/mounts``
+    says ``emergency_ro``). One system call."""
+    if os.statvfs(path).f_flag & os.ST_RDONLY:
+        return OSError(
+            errno.EROFS,
+            f"{os.strerror(errno.EROFS)}: the file system went read-only under a commit "
+            "whose fsync answered success; it may not be on the disk",
+        )
+    return None
