@@ -30,7 +30,7 @@ from typing import IO
 from client.formats.checkpoint import Checkpoint
 from client.formats.merkle import VerificationError
 from client.formats.note import FormatError, Verifier, open_note
-from client.runtime.durable import atomic_write
+from client.runtime.durable import atomic_write, gone_read_only
 from tlog.backend import StorageError
 
 __all__ = [
@@ -241,6 +241,12 @@ class CheckpointFile:
         seq = 0 if found is None else found[0] + 1
         os.pwrite(fd, self._slot(seq, data), (seq % 2) * _SLOT)
         os.fdatasync(fd)
+        # A slot is always a write over blocks the file has: a file system gone read-only
+        # after an error (older kernels) takes it into the page cache and its fdatasync
+        # answers 0. Not remembered, then (publish refuses the batch).
+        gone = gone_read_only(fd)
+        if gone is not None:
+            raise gone
 
     def close(self) -> None:
         if self._fd is not None:

@@ -31,13 +31,14 @@ import pytest
 from client.runtime import durable
 from tests.support import ext4_error, ext4_repair, frozen_ext4, start_server, tlog_cli, token_for
 from tlog.backend import StorageReadOnlyInDoubt
+from tlog.integrity import CheckpointFile
 from tlog.log import Log, LogHalted
 from tlog.storage import Storage
 
 from .acked import acknowledge as _acknowledge
 from .acked import proves as _proves
 from .acked import submit as _submit
-from .conftest import make_signer
+from .conftest import ORIGIN, make_signer
 
 
 def _blocks(path: Path) -> tuple[int, int]:
@@ -95,14 +96,13 @@ class _OlderKernel:
     and their fsync go on succeeding there: that part of the lie is the real file's)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, root: Path) -> None:
-        self.root, self.failed = root, False
-        self._dev = root.stat().st_dev
+        self.root, self.failed = root.resolve(), False
         real = os.statvfs
 
         def statvfs(path: Any) -> Any:
             got = real(path)
-            dev = os.fstat(path).st_dev if isinstance(path, int) else os.stat(path).st_dev
-            if not self.failed or dev != self._dev:
+            where = Path(os.readlink(f"/proc/self/fd/{path}") if isinstance(path, int) else path)
+            if not self.failed or not where.resolve().is_relative_to(self.root):
                 return got
             return os.statvfs_result((*got[:8], got.f_flag | os.ST_RDONLY, got.f_namemax))
 
@@ -115,7 +115,7 @@ class _OlderKernel:
 def test_a_commit_the_file_system_says_read_only_after_halts_the_log(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    kernel = _OlderKernel(monkeypatch, tmp_path)
+    kernel = _OlderKernel(monkeypatch, tmp_path / "db")
     storage = Storage(tmp_path / "db")
     log = Log(storage, make_signer())
     try:
@@ -135,4 +135,32 @@ def test_a_commit_the_file_system_says_read_only_after_halts_the_log(
             storage.set_meta("x", b"y")
         assert log.latest == kept
     finally:
+        storage.close()
+
+
+def test_a_checkpoint_file_the_file_system_says_read_only_after_is_not_remembered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--checkpoint-file`` on another device whose file system goes read-only: its slot
+    is always written over blocks the file has (the lie's case on every write). The batch
+    is committed to the store, but its checkpoint is neither remembered nor handed out."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    kernel = _OlderKernel(monkeypatch, elsewhere)
+    signer = make_signer()
+    remembered = CheckpointFile(elsewhere / "last-checkpoint", signer.verifier, ORIGIN)
+    storage = Storage(tmp_path / "db")
+    log = Log(storage, signer, remembered)
+    try:
+        log.integrate([b"kept-0"])
+        kept = log.latest
+        kernel.fail()
+        with pytest.raises(OSError, match="may not be on the disk"):
+            log.integrate([b"not-remembered"])
+        assert log.latest == kept
+        assert log.remember_fault is not None and "Read-only" in log.remember_fault
+        # (The slot did reach this test's disk, which does not lie: on the kernel that
+        # lies it is in the page cache only, and the restart reads the older slot.)
+    finally:
+        remembered.close()
         storage.close()
