@@ -33,6 +33,8 @@ from harness.tlog import log_vkey, tlog_argv, tlog_cli
 from tlog.config import ServeConfig
 
 if TYPE_CHECKING:
+    import pytest
+
     from client.formats.policy import Policy
     from tlog.bucket import BucketPublisher
     from tlog.scim.service import ScimService
@@ -205,6 +207,32 @@ def throttled_reads(mnt: Path, pid: int, iops: int) -> Iterator[None]:
         run_tool("blockdev", "--setra", ra, dev)
         with contextlib.suppress(OSError):
             group.rmdir()
+
+
+class OlderKernel:
+    """``os.statvfs`` answered, for the files under ``root`` once :meth:`fail` was called,
+    as a kernel that marks the super block read-only after an ext4 error does (upstream
+    before 6.6; the machine's own kernel may refuse such writes instead, where
+    :func:`ext4_error` cannot show the lie): ``ST_RDONLY`` set. The writes and their fsync
+    go on succeeding on the real file there, which is the rest of that kernel's lie (but
+    for the loss: this file system keeps them). For the checks made after a commit
+    (:func:`client.runtime.durable.gone_read_only`), in process."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, root: Path) -> None:
+        self.root, self.failed = root.resolve(), False
+        real = os.statvfs
+
+        def statvfs(path: Any) -> Any:
+            got = real(path)
+            where = Path(os.readlink(f"/proc/self/fd/{path}") if isinstance(path, int) else path)
+            if not self.failed or not where.resolve().is_relative_to(self.root):
+                return got
+            return os.statvfs_result((*got[:8], got.f_flag | os.ST_RDONLY, got.f_namemax))
+
+        monkeypatch.setattr(os, "statvfs", statvfs)
+
+    def fail(self) -> None:
+        self.failed = True
 
 
 def evict_cached(*paths: Path) -> None:
@@ -543,6 +571,7 @@ def start_witnessed_server(
 ) -> tuple[ServerProcess, Policy]:
     """:func:`start_server` pushing to the witnesses of ``policy_text`` (written to
     ``tmp_path/policy``) every ``interval`` seconds (``extra``: more flags); the policy too."""
+
     from client.formats.policy import Policy
 
     (tmp_path / "policy").write_text(policy_text)

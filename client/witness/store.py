@@ -22,6 +22,7 @@ from pathlib import Path
 
 from client.formats.checkpoint import Checkpoint
 from client.formats.note import FormatError, parse_note
+from client.runtime.durable import gone_read_only
 
 __all__ = [
     "Evidence",
@@ -248,7 +249,15 @@ class WitnessStore:
             self._local.conn = conn
         if conn.in_transaction:  # a failed call left one open: never carry it over
             conn.execute("ROLLBACK")
+        changes = conn.total_changes
         yield conn
+        if conn.total_changes != changes:
+            # Something was committed and SQLite's fsync answered 0; on a file system gone
+            # read-only after an error (older kernels) that says nothing: a WAL frame over
+            # an existing WAL stays in the page cache. Not durable, so not returned.
+            gone = gone_read_only(self.path)
+            if gone is not None:
+                raise sqlite3.OperationalError(f"attempt to write a readonly database: {gone}")
 
     def close(self) -> None:
         """Close every thread's connection. Idempotent; the store is unusable afterwards.

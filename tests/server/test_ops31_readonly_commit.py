@@ -21,15 +21,20 @@ file) under a real store and log, in process: it failed before the check."""
 from __future__ import annotations
 
 import contextlib
-import os
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
-from client.runtime import durable
-from tests.support import ext4_error, ext4_repair, frozen_ext4, start_server, tlog_cli, token_for
+from tests.support import (
+    OlderKernel,
+    ext4_error,
+    ext4_repair,
+    frozen_ext4,
+    start_server,
+    tlog_cli,
+    token_for,
+)
 from tlog.backend import StorageReadOnlyInDoubt
 from tlog.integrity import CheckpointFile
 from tlog.log import Log, LogHalted
@@ -90,32 +95,10 @@ def test_a_commit_over_reused_pages_after_an_ext4_error_is_not_acknowledged(
             again.stop()
 
 
-class _OlderKernel:
-    """``os.statvfs`` answered as a kernel that marks the super block read-only after an
-    ext4 error does, for the files under ``root`` once ``fail()`` was called (the writes
-    and their fsync go on succeeding there: that part of the lie is the real file's)."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, root: Path) -> None:
-        self.root, self.failed = root.resolve(), False
-        real = os.statvfs
-
-        def statvfs(path: Any) -> Any:
-            got = real(path)
-            where = Path(os.readlink(f"/proc/self/fd/{path}") if isinstance(path, int) else path)
-            if not self.failed or not where.resolve().is_relative_to(self.root):
-                return got
-            return os.statvfs_result((*got[:8], got.f_flag | os.ST_RDONLY, got.f_namemax))
-
-        monkeypatch.setattr(durable.os, "statvfs", statvfs)
-
-    def fail(self) -> None:
-        self.failed = True
-
-
 def test_a_commit_the_file_system_says_read_only_after_halts_the_log(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    kernel = _OlderKernel(monkeypatch, tmp_path / "db")
+    kernel = OlderKernel(monkeypatch, tmp_path / "db")
     storage = Storage(tmp_path / "db")
     log = Log(storage, make_signer())
     try:
@@ -146,7 +129,7 @@ def test_a_checkpoint_file_the_file_system_says_read_only_after_is_not_remembere
     is committed to the store, but its checkpoint is neither remembered nor handed out."""
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    kernel = _OlderKernel(monkeypatch, elsewhere)
+    kernel = OlderKernel(monkeypatch, elsewhere)
     signer = make_signer()
     remembered = CheckpointFile(elsewhere / "last-checkpoint", signer.verifier, ORIGIN)
     storage = Storage(tmp_path / "db")
