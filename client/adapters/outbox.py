@@ -46,7 +46,7 @@ from typing import Any, NamedTuple
 
 import msgspec
 
-from client.runtime.durable import fsync_dir, fsync_path
+from client.runtime.durable import fsync_dir, fsync_path, gone_read_only
 
 __all__ = [
     "Canonical",
@@ -782,8 +782,22 @@ class Outbox:
                 else:
                     settle(res, None)
             return
+        doubt = self._in_doubt()
         for (_, settle), res in zip(live, results, strict=True):
-            settle(res, None)
+            settle(res, doubt)
+
+    def _in_doubt(self) -> OutboxError | None:
+        """After a commit SQLite says is durable: an error if the outbox's file system says
+        it is read-only now (:func:`client.runtime.durable.gone_read_only`: a commit that
+        needed no new block, a WAL frame over an existing WAL, is answered 0 by the fsync
+        of ext4 gone read-only after an error, on older kernels), so nothing of it is
+        acknowledged and the caller fails closed as after any failed add."""
+        gone = gone_read_only(self.path)
+        if gone is None:
+            return None
+        self._queued = None
+        _log.error("outbox commit not acknowledged: %s", gone)
+        return OutboxError(f"the outbox's commit may not be on its disk: {gone}")
 
     def _commit_adds(
         self, conn: sqlite3.Connection, live: list[tuple[_Fn, _Settle]]
@@ -823,8 +837,9 @@ class Outbox:
             return accepted
         if stored != rows:
             self._recount(conn)  # events already stored were ignored: see _AddJob
+        doubt = self._in_doubt()
         for _, settle in accepted:
-            settle(None, None)
+            settle(None, doubt)
         return []
 
     def _synchronous(self, conn: sqlite3.Connection, marks_only: bool) -> None:
@@ -1587,6 +1602,11 @@ class IntentJournal:
                     if fd is None:
                         raise OSError("the intent journal file is not open")
                     os.fdatasync(fd)
+                    # A flush into a file of fixed size writes over blocks it has: a file
+                    # system gone read-only after an error (older kernels) answers it 0.
+                    gone = gone_read_only(fd)
+                    if gone is not None:
+                        raise gone
             except BaseException as exc:  # given to the waiters (a blocking begin raises it)
                 failed = exc
                 _log.error("intent journal write failed: %r", exc)
