@@ -176,37 +176,86 @@ def ext4_repair(tmp_path: Path) -> Path:
 _BLKIO = Path("/sys/fs/cgroup/blkio")  # cgroup v1's block I/O controller
 
 
+def _cgroup2_io() -> Path | None:
+    """The cgroup v2 hierarchy's root where it offers the ``io`` controller (``io.max``),
+    else None (no cgroup2 mount, or ``io`` bound to v1's blkio, as on a hybrid host)."""
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        fields = line.split()
+        if len(fields) > 2 and fields[2] == "cgroup2":
+            root = Path(fields[1])
+            try:
+                if "io" in (root / "cgroup.controllers").read_text().split():
+                    return root
+            except OSError:
+                pass
+    return None
+
+
+def _cgroup2_of(pid: int) -> str:
+    """Process ``pid``'s cgroup v2 path (``0::<path>`` in ``/proc/<pid>/cgroup``)."""
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        if line.startswith("0::"):
+            return line[3:].lstrip("/")
+    return ""
+
+
 @contextlib.contextmanager
 def throttled_reads(mnt: Path, pid: int, iops: int) -> Iterator[None]:
     """Process ``pid``'s reads from the loop device mounted at ``mnt`` (a
-    :func:`frozen_ext4`) throttled by the kernel to ``iops`` a second (a cgroup v1
-    ``blkio.throttle.read_iops_device``, the device's read-ahead off, so that each page
-    read is an I/O of its own): a slow disk that still answers, unlike a frozen one. Skips
-    where the controller is not there (cgroup v2 only), saying so; undone after."""
+    :func:`frozen_ext4`) throttled by the kernel to ``iops`` a second, the device's
+    read-ahead off, so that each page read is an I/O of its own: a slow disk that still
+    answers, unlike a frozen one. Through a cgroup of its own, created here and removed
+    after (the process moved back where it was): cgroup v1's
+    ``blkio.throttle.read_iops_device`` where that controller is mounted, else cgroup v2's
+    ``io.max`` (``riops``; the root's ``io`` controller enabled for its children if it was
+    not, and disabled again after). Skips where neither is there, saying so."""
     import uuid
 
     import pytest
 
-    if not (_BLKIO / "blkio.throttle.read_iops_device").exists():
-        pytest.skip("needs cgroup v1's blkio controller (blkio.throttle.read_iops_device)")
+    v1 = (_BLKIO / "blkio.throttle.read_iops_device").exists()
+    v2 = None if v1 else _cgroup2_io()
+    if not v1 and v2 is None:
+        pytest.skip(
+            "needs cgroup v1's blkio controller (blkio.throttle.read_iops_device) or "
+            "cgroup v2's io controller (io.max)"
+        )
     dev = run_tool("findmnt", "-no", "SOURCE", str(mnt)).stdout.strip()
     numbers = run_tool("lsblk", "-dno", "MAJ:MIN", dev).stdout.strip()
     if not dev or not numbers:
         pytest.skip(f"cannot find the device of {mnt}")
-    group = _BLKIO / f"tlog-test-{uuid.uuid4().hex[:12]}"
-    group.mkdir()
+    name = f"tlog-test-{uuid.uuid4().hex[:12]}"
+    enabled_io = False
+    if v2 is None:
+        home, group = _BLKIO, _BLKIO / name
+        group.mkdir()
+        limit, rule = group / "blkio.throttle.read_iops_device", f"{numbers} {iops}\n"
+    else:
+        home, group = v2 / _cgroup2_of(pid), v2 / name
+        control = v2 / "cgroup.subtree_control"
+        if "io" not in control.read_text().split():
+            try:
+                control.write_text("+io\n")
+            except OSError as exc:  # e.g. a container's namespace root holding processes
+                pytest.skip(f"cannot enable cgroup v2's io controller in {v2}: {exc}")
+            enabled_io = True
+        group.mkdir()
+        limit, rule = group / "io.max", f"{numbers} riops={iops}\n"
     ra = run_tool("blockdev", "--getra", dev).stdout.strip() or "256"
     try:
-        (group / "blkio.throttle.read_iops_device").write_text(f"{numbers} {iops}\n")
+        limit.write_text(rule)
         assert run_tool("blockdev", "--setra", "0", dev).returncode == 0
         (group / "cgroup.procs").write_text(f"{pid}\n")
         yield
     finally:
         with contextlib.suppress(OSError):  # (gone: the process ended)
-            (_BLKIO / "cgroup.procs").write_text(f"{pid}\n")
+            (home / "cgroup.procs").write_text(f"{pid}\n")
         run_tool("blockdev", "--setra", ra, dev)
         with contextlib.suppress(OSError):
             group.rmdir()
+        if enabled_io and v2 is not None:
+            with contextlib.suppress(OSError):  # (another test's group may use it still)
+                (v2 / "cgroup.subtree_control").write_text("-io\n")
 
 
 class OlderKernel:
