@@ -43,7 +43,7 @@ from tlog.storage import Storage
 from .acked import acknowledge as _acknowledge
 from .acked import proves as _proves
 from .acked import submit as _submit
-from .conftest import ORIGIN, make_signer
+from .conftest import ORIGIN, Harness, make_signer
 
 
 def _blocks(path: Path) -> tuple[int, int]:
@@ -147,3 +147,27 @@ def test_a_checkpoint_file_the_file_system_says_read_only_after_is_not_remembere
     finally:
         remembered.close()
         storage.close()
+
+
+@pytest.mark.lmdb_only("the LMDB data directory's file system")
+def test_the_commit_in_doubt_is_a_503_and_readyz_says_why(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through the app: the write in doubt and every one after it are 503 saying why,
+    nothing new is handed out, ``/readyz`` fails its storage and signing checks, and the
+    reads go on."""
+    kernel = OlderKernel(monkeypatch, harness.data)
+    assert harness.add(b"kept").status_code == 200
+    before = harness.client.get("/checkpoint").text
+    kernel.fail()
+    r = harness.add(b"in-doubt")
+    assert r.status_code == 503, r.text
+    assert "nothing of it was acknowledged" in r.json()["error"], r.text
+    r = harness.add(b"after")
+    assert r.status_code == 503 and "read-only" in r.json()["error"], r.text
+    assert harness.client.get("/checkpoint").text == before
+    ready = harness.client.get("/readyz")
+    assert ready.status_code == 503, ready.text
+    checks = ready.json()["checks"]
+    assert checks["storage"]["ok"] is False and checks["signing"]["ok"] is False, checks
+    assert harness.client.get("/v1/entries/0").content == b"kept"
