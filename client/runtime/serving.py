@@ -28,8 +28,10 @@ timeouts"):
   (httptools, uvicorn's fast parser, has no such limit of its own).
 * **Connection limit that favours real work.** At most ``max_connections`` connections
   (clamped below the process's file-descriptor limit, which is raised to its hard limit).
-  A new connection over the limit evicts the oldest connection that is idle or still
-  sending its request; only when every connection has a request in progress is the new one
+  A new connection over the limit evicts, of the connections that are idle or still
+  sending their request, the one that has sent the least of it for the longest (the
+  lowest rate since its phase began, unread bytes in the kernel counted; the oldest first
+  among equals); only when every connection has a request in progress is the new one
   refused with ``503``. A few hundred idle or half-sent sockets therefore never lock out a
   new client, and the limit never closes a request that is being answered.
 
@@ -42,6 +44,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import fcntl
 import gc
 import ipaddress
 import logging
@@ -49,6 +52,7 @@ import resource
 import socket
 import struct
 import sys
+import termios
 import threading
 import traceback
 from collections.abc import Callable, Sequence
@@ -307,16 +311,40 @@ class _Guard:
         elif phase == BODY and now - self._since > self.limits.body_timeout:
             self.transport.close()
 
+    def _sent(self) -> int:
+        """Bytes of the request this connection has sent so far: its head counted so far,
+        and what waits in the kernel's receive buffer unread (``FIONREAD``): a client
+        whose whole head arrived in the same loop turn as a burst of new connections has
+        sent it, though the server has not read it yet."""
+        unread = 0
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError, ValueError):
+                got = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+                unread = struct.unpack("i", got)[0]
+        return self._head_bytes + unread
+
     def _make_room(self) -> None:
-        """Over the limit: close the oldest idle or slow-sending connection, else this one."""
+        """Over the limit: close the connection idle or sending its request that has sent
+        the least of it for the longest, else this one. Ordered by phase (idle or sending a
+        head before sending a body), then by the rate at which it has sent (bytes a second
+        since its phase began: a slow-loris dribbler sends a byte now and then, an idle
+        socket none, a real client its whole head at once), the oldest first among equals
+        (idle sockets). Before ops31 the oldest went first whatever it had sent: a
+        reconnecting flood keeps its own connections young, and a real client's connection,
+        older than the flood's newest, was evicted before them."""
         victim: _Guard | None = None
-        best: tuple[int, float] = (APP, 0.0)
+        best: tuple[int, float, float] = (APP, 0.0, 0.0)
+        now = asyncio.get_running_loop().time()
         for c in self.connections:
             if c is self or not isinstance(c, _Guard) or c.transport.is_closing():
                 continue
             phase, _ = c._current_phase()
-            if phase != APP and (victim is None or (phase, c._since) < best):
-                victim, best = c, (phase, c._since)
+            if phase == APP:
+                continue
+            key = (phase, c._sent() / max(now - c._since, 0.001), c._since)
+            if victim is None or key < best:
+                victim, best = c, key
         if victim is not None:
             if victim._head_bytes:
                 victim._refuse(_R503)
@@ -739,8 +767,8 @@ def add_limit_arguments(p: argparse.ArgumentParser) -> None:
         "--max-connections",
         type=int,
         default=d.max_connections,
-        help="open connections at most; over it the oldest idle or slow one is "
-        f"closed (default {d.max_connections})",
+        help="open connections at most; over it the idle or slow one that has sent the "
+        f"least of its request for the longest is closed (default {d.max_connections})",
     )
 
 

@@ -99,3 +99,24 @@ def test_client_that_never_reads_is_reset(server: WitnessHTTPServer) -> None:
         assert wait_reset(s), "a client that never reads was never disconnected"
     r = httpx.get(server.url + "/healthz")  # and everyone else is still served
     assert r.status_code == 200
+
+
+def test_the_limit_evicts_idle_sockets_before_a_client_that_sent_its_head(
+    tmp_path: Path, log300: FakeLog
+) -> None:
+    """ops31: over the limit, the connection that has sent the least of its request for the
+    longest goes first, not the oldest. A client that sent most of its head at once (a
+    large head still arriving) and then four idle sockets, limit 4: the oldest idle one is
+    evicted, and the client's request, finished after, is answered. Before, the oldest
+    connection was evicted whatever it had sent: the client's (a reconnecting slow-loris
+    flood keeps its own connections younger than a real client's, red team 30)."""
+    w = make_witness(tmp_path / "w.db", [log300.witnessed_log()])
+    limits = ServerLimits(header_timeout=30, idle_timeout=30, body_timeout=30, max_connections=4)
+    with witness_serving(w, limits=limits) as srv, ExitStack() as stack:
+        client = stack.enter_context(connect(srv))
+        client.sendall(b"GET /evidence HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 2000)
+        idle = [stack.enter_context(connect(srv)) for _ in range(4)]
+        assert read_all(idle[0]) == b""  # the oldest idle socket made room
+        client.sendall(b"\r\nConnection: close\r\n\r\n")
+        answer = read_all(client)
+        assert answer.startswith(b"HTTP/1.1 200 ") and b'"evidence": []' in answer, answer
