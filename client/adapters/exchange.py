@@ -2226,18 +2226,61 @@ _TYPED_URNS = (b"urn:ietf:params:scim:schemas:core:2.0:", b"urn:ietf:params:scim
 
 
 def wants_sp_types(x: Exchange, cfg: AuditConfig) -> bool:
-    """Whether the events of ``x`` may need what the SP's ``/ResourceTypes`` says
-    (:class:`SpTypes`): a create (or a bulk request) answered 2xx whose answer names a URN
-    that is neither a core schema nor a SCIM message (an extension's, whose type only the
-    SP can say), or whose answer is under a content coding (not read here). A cheap look
-    at the bytes, so that an SP is asked its types only where an answer needs them."""
+    """Whether the events of ``x`` need what the SP's ``/ResourceTypes`` says
+    (:class:`SpTypes`): a create answered 2xx, or a bulk request's create whose result's
+    ``status`` is 2xx, whose resource (the answer, the result's ``response``) names in its
+    ``schemas`` a URN that is neither a core schema nor a SCIM message (an extension's,
+    whose type only the SP can say) and no ``meta.resourceType`` (where the SP says its
+    type, nothing is to be asked). A cheap look at the bytes first, so that an answer
+    naming no such URN anywhere is not read; one under a content coding is decoded as
+    the events read it. Before faith31 any URN anywhere in a 2xx answer, and any answer
+    under a content coding, asked: an error's ``detail`` quoting a URN, a bulk result's
+    error (``"status": "409"``) with one, an answer naming its type."""
     if x.method != "POST" or not 200 <= x.status < 300 or not x.resp_body:
         return False
-    if x.target(cfg).kind not in ("resource", "bulk"):
+    kind = x.target(cfg).kind
+    if kind not in ("resource", "bulk"):
         return False
-    if _coded_answer(x.resp_header(b"content-encoding")):
-        return True
-    return any(not m[1].lower().startswith(_TYPED_URNS) for m in _URN.finditer(x.resp_body))
+    coded = _coded_answer(x.resp_header(b"content-encoding"))
+    if not coded and not any(
+        not m[1].lower().startswith(_TYPED_URNS) for m in _URN.finditer(x.resp_body)
+    ):
+        return False
+    if len(x.resp_body) > _MAX_JSON:
+        return False  # not read by the events either (too large)
+    doc = decode_body(
+        x.resp_body,
+        content_type=x.resp_header(b"content-type"),
+        content_encoding=x.resp_header(b"content-encoding"),
+        max_size=_MAX_JSON,
+    ).value
+    if kind == "resource":
+        return _names_untyped(doc)
+    ops = get_ci(doc, "operations") if _is_map(doc) else None
+    if not isinstance(ops, list):
+        return False
+    return any(
+        _is_map(res)
+        and _res_method(res) == "POST"
+        and 200 <= _status(res.get("status")) < 300
+        and _names_untyped(res.get("response"))
+        for res in ops
+    )
+
+
+def _names_untyped(body: Any) -> bool:
+    """Whether a created resource ``body`` names in its ``schemas`` a URN whose type only the
+    SP can say (:func:`wants_sp_types`) and says no ``meta.resourceType`` itself."""
+    if not _is_map(body):
+        return False
+    meta = get_ci(body, "meta")
+    if _is_map(meta) and isinstance(get_ci(meta, "resourcetype"), str):
+        return False
+    schemas = get_ci(body, "schemas")
+    return isinstance(schemas, list) and any(
+        isinstance(u, str) and not u.lower().encode("utf-8", "replace").startswith(_TYPED_URNS)
+        for u in schemas
+    )
 
 
 def _coded_answer(value: str | None) -> bool:
@@ -2246,8 +2289,8 @@ def _coded_answer(value: str | None) -> bool:
 
 @dataclass(frozen=True)
 class SpTypes:
-    """What an SP says of its resource types (its ``/ResourceTypes``, RFC 7643 §6), read
-    once by the middleware (:meth:`AuditMiddleware._sp_types`): each schema URN a type names
+    """What an SP says of its resource types (its ``/ResourceTypes``, RFC 7643 §6), as read
+    by the middleware (:meth:`AuditMiddleware._sp_types`): each schema URN a type names
     (its ``schema`` and its ``schemaExtensions``' ``schema``), lower case, mapped to the
     names of the types that carry it (lower case)."""
 

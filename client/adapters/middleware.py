@@ -148,11 +148,17 @@ PROBE_WAIT = 10.0
 # (AuditMiddleware._inline); larger ones and bulk requests in a worker thread.
 INLINE_BUILD_BYTES = 16 * 1024
 # The SP's /ResourceTypes (AuditMiddleware._sp_types): asked within this many seconds, at
-# most this many bytes of it read, and after a failed read asked again no sooner than
-# SP_TYPES_RETRY seconds later.
+# most this many bytes of it read; what it said is kept SP_TYPES_TTL seconds, and after a
+# failed read it is asked again no sooner than SP_TYPES_RETRY seconds later; at most
+# SP_TYPES_VIEWS answers kept (one per host, and per host and credential where the SP
+# requires credentials), the oldest dropped first.
 SP_TYPES_WAIT = 5.0
 SP_TYPES_MAX = 1 << 20
+SP_TYPES_TTL = 300.0
 SP_TYPES_RETRY = 300.0
+SP_TYPES_VIEWS = 64
+# The access record's reason for a /ResourceTypes read made with a request's credentials.
+SP_TYPES_READ = "sp_types_read"
 
 # --- the middleware -----------------------------------------------------------------------
 
@@ -220,10 +226,10 @@ class AuditMiddleware:
         # the first one.
         self._ops_reads: OpsReads | None = None
         # What the SP's /ResourceTypes says (faith30: an extension's type is the SP's word,
-        # never guessed from its URN), read once at the first create that needs it; after a
-        # failed read, asked again no sooner than SP_TYPES_RETRY seconds later.
-        self._sp: SpTypes | None = None
-        self._sp_next = 0.0
+        # never guessed from its URN), read at a create that needs it (_sp_types): by view
+        # (the host, and the credential where the SP requires one) -> (until when it is
+        # kept, what it said: None, not known; _SP_AUTH, the SP requires credentials).
+        self._sp_views: dict[tuple[str, str], tuple[float, SpTypes | object | None]] = {}
         self._sp_lock: asyncio.Lock | None = None
 
     def backlog(self) -> dict[str, Any]:
@@ -838,15 +844,8 @@ class AuditMiddleware:
 
         if _TEST_PAUSE is not None:
             await _test_pause("answered")
-        if self._sp is not None:  # read once: no look at the answer after that
-            x.sp_types = self._sp
-        elif (
-            not broke_off
-            and not too_large
-            and time.monotonic() >= self._sp_next  # (not asked again yet after a failure)
-            and wants_sp_types(x, cfg)
-        ):
-            x.sp_types = await self._sp_types(scope)
+        if not broke_off and not too_large and wants_sp_types(x, cfg):
+            x.sp_types = await self._sp_types(scope, req_id)
         extra, ok = await self._record(x, iid)
         if failure is not None:
             raise failure
@@ -888,35 +887,89 @@ class AuditMiddleware:
         for msg in trailers:
             await send(msg)
 
-    async def _sp_types(self, scope: Scope) -> SpTypes | None:
-        """What the SP's ``/ResourceTypes`` says (:class:`SpTypes`), asked once of the
-        wrapped app (the proxy's upstream) with the write's own credentials and host (RFC
-        7644 §4 lets an SP require them), bounded by ``SP_TYPES_WAIT``; None where it
-        cannot be read (then asked again no sooner than ``SP_TYPES_RETRY`` s later, and
-        the events say which extension types are not known: ``x.type_unknown``)."""
-        if self._sp is not None or time.monotonic() < self._sp_next:
-            return self._sp
+    async def _sp_types(self, scope: Scope, req_id: str) -> SpTypes | None:
+        """What the SP's ``/ResourceTypes`` says (:class:`SpTypes`) to this request's view:
+        asked of the wrapped app (the proxy's upstream) with the request's ``Host`` and no
+        credentials first (RFC 7644 §4: a client MAY use the discovery endpoints to learn
+        what it needs to interact with the SP; they describe the SP, not a client's data),
+        and only where the SP refuses that (401, 403) with the request's own credentials:
+        another tenant's or client's view may differ, so such an answer is kept for that
+        credential and host alone, and the read, an access nobody asked for made with the
+        client's credentials, is recorded as an access (``on_access``, reason
+        ``sp_types_read``) under the request's id. Bounded by ``SP_TYPES_WAIT``; an answer
+        is kept ``SP_TYPES_TTL`` s, a failed read (None: the events say which extension
+        types are not known, ``x.type_unknown``) ``SP_TYPES_RETRY`` s. Before faith31 the
+        first create's credentials and host were used for every later request, the answer
+        kept for the life of the process, and an app's lifespan state was not passed (an
+        app needing it answered 500, and the types read as not known)."""
+        host = _header(scope, b"host")
+        creds = _credentials(scope)
+        public = (host, "")
+        now = time.monotonic()
+        got = self._sp_views.get(public)
+        if got is not None and now < got[0] and got[1] is not _SP_AUTH:
+            return got[1] if isinstance(got[1], SpTypes) else None
+        if got is not None and now < got[0] and not creds:
+            return None  # credentials required, and this request has none
+        mine = (host, hashlib.sha256(b"\0".join(creds)).hexdigest()) if creds else None
+        if got is not None and now < got[0] and mine is not None:
+            own = self._sp_views.get(mine)
+            if own is not None and now < own[0]:
+                return own[1] if isinstance(own[1], SpTypes) else None
         if self._sp_lock is None:
             self._sp_lock = asyncio.Lock()
         async with self._sp_lock:
-            if self._sp is not None or time.monotonic() < self._sp_next:
-                return self._sp
-            try:
-                got = await asyncio.wait_for(self._read_types(scope), SP_TYPES_WAIT)
-            except Exception as exc:  # an SP that cannot answer it: the types not known
-                _log.warning("the SP's /ResourceTypes could not be read: %s", type(exc).__name__)
-                got = None
-            if got is None:
-                self._sp_next = time.monotonic() + SP_TYPES_RETRY
-            self._sp = got
-            return got
+            now = time.monotonic()
+            got = self._sp_views.get(public)
+            if got is None or now >= got[0]:
+                status, types = await self._ask_types(scope, ())
+                if status in (401, 403):
+                    self._keep_view(public, SP_TYPES_TTL, _SP_AUTH)
+                else:
+                    self._keep_view(
+                        public, SP_TYPES_TTL if types is not None else SP_TYPES_RETRY, types
+                    )
+                    return types
+            elif got[1] is not _SP_AUTH:
+                return got[1] if isinstance(got[1], SpTypes) else None
+            if mine is None:
+                return None
+            own = self._sp_views.get(mine)
+            if own is not None and now < own[0]:
+                return own[1] if isinstance(own[1], SpTypes) else None
+            status, types = await self._ask_types(scope, _CRED_HEADERS)
+            self._access("/ResourceTypes", "GET", req_id, status, SP_TYPES_READ)
+            self._keep_view(mine, SP_TYPES_TTL if types is not None else SP_TYPES_RETRY, types)
+            return types
 
-    async def _read_types(self, scope: Scope) -> SpTypes | None:
+    def _keep_view(self, key: tuple[str, str], ttl: float, got: SpTypes | object | None) -> None:
+        views = self._sp_views
+        views.pop(key, None)
+        while len(views) >= SP_TYPES_VIEWS:
+            del views[next(iter(views))]  # the oldest kept
+        views[key] = (time.monotonic() + ttl, got)
+
+    async def _ask_types(
+        self, scope: Scope, creds: tuple[bytes, ...]
+    ) -> tuple[int, SpTypes | None]:
+        """The SP's status and :class:`SpTypes` for a ``/ResourceTypes`` read (0, None:
+        it could not be read in time or at all), with the request's headers named by
+        ``creds`` (none: without credentials)."""
+        try:
+            return await asyncio.wait_for(self._read_types(scope, creds), SP_TYPES_WAIT)
+        except Exception as exc:  # an SP that cannot answer it: the types not known
+            _log.warning("the SP's /ResourceTypes could not be read: %s", type(exc).__name__)
+            return 0, None
+
+    async def _read_types(
+        self, scope: Scope, creds: tuple[bytes, ...]
+    ) -> tuple[int, SpTypes | None]:
         path = self.config.base_path + "/ResourceTypes"
         headers = [
             (k, v)
             for k, v in scope.get("headers", ())
-            if bytes(k).lower() in (b"host", b"authorization", b"cookie")
+            if bytes(k).lower() == b"host"
+            or bytes(k).lower() in creds
             or bytes(k).lower().startswith(b"x-forwarded-")
         ]
         headers.append((b"accept", b"application/scim+json, application/json"))
@@ -927,8 +980,12 @@ class AuditMiddleware:
             "raw_path": path.encode("ascii", "replace"),
             "query_string": b"",
             "headers": headers,
-            "state": {},
         }
+        state = scope.get("state")
+        if isinstance(state, Mapping):
+            # the request's own copy of the app's lifespan state (ASGI's lifespan state:
+            # each request gets a shallow copy), copied again so that the read changes none
+            inner["state"] = dict(state)
         status = 0
         parts: list[bytes] = []
         held = 0
@@ -957,11 +1014,11 @@ class AuditMiddleware:
         await self.app(inner, receive, send)
         if status != 200:
             _log.warning("the SP answered /ResourceTypes with status %d", status)
-            return None
+            return status, None
         got = sp_types(b"".join(parts))
         if got is None:
             _log.warning("the SP's /ResourceTypes names no resource type")
-        return got
+        return status, got
 
     def _access(self, rel: str, method: str, req_id: str, status: int, reason: str) -> None:
         rec = {
@@ -1220,6 +1277,29 @@ def _echo_request_id(send: Send, req_id: str) -> Send:
         await send(msg)
 
     return wrapped
+
+
+# The request headers that carry a client's credentials (AuditMiddleware._sp_types).
+_CRED_HEADERS = (b"authorization", b"cookie")
+# A view of /ResourceTypes the SP refused without credentials (401, 403).
+_SP_AUTH = object()
+
+
+def _header(scope: Scope, name: bytes) -> str:
+    """The request's first ``name`` header (lower case) as text ("" when it has none)."""
+    for k, v in scope.get("headers", ()):
+        if bytes(k).lower() == name:
+            return bytes(v).decode("latin-1")
+    return ""
+
+
+def _credentials(scope: Scope) -> tuple[bytes, ...]:
+    """The request's credential headers (:data:`_CRED_HEADERS`), name and value, in order."""
+    return tuple(
+        bytes(k).lower() + b":" + bytes(v)
+        for k, v in scope.get("headers", ())
+        if bytes(k).lower() in _CRED_HEADERS
+    )
 
 
 class _AnswerTooLarge(Exception):

@@ -39,6 +39,9 @@ from .helpers import (
     start_scim2_server,
     stop,
 )
+from .misleading_sp import MISLEADING
+from .misleading_sp import no_meta_type as _no_meta_type
+from .misleading_sp import sp_with_misleading_extension as _sp_with_misleading_extension
 
 pytest.importorskip("scim2_server", reason="needs the dev extras (scim2-server)")
 
@@ -46,60 +49,6 @@ AUTH = {"Authorization": f"Bearer {SCIM_TOKEN}"}
 USER = "urn:ietf:params:scim:schemas:core:2.0:User"
 GROUP = "urn:ietf:params:scim:schemas:core:2.0:Group"
 ENTERPRISE = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
-# An extension of the SP's Users whose URN ends with another type's name.
-MISLEADING = "urn:ietf:params:scim:schemas:extension:acme:2.0:Group"
-
-
-def _sp_with_misleading_extension() -> Any:
-    """scim2-server's ASGI app (bearer ``SCIM_TOKEN``) whose User resource type declares
-    the ``MISLEADING`` extension (a ``team`` string) in its ``/ResourceTypes`` and
-    ``/Schemas``, and stores and answers it."""
-    from scim2_models import Schema, ScimProvider, UnauthorizedException
-    from scim2_server.applications.asgi import ASGIApplication
-    from scim2_server.memory import AsyncInMemoryStorage, InMemoryStorage
-    from scim2_server.service import ScimService
-    from scim2_server.utils import (
-        load_default_resource_types,
-        load_default_schemas,
-        load_default_service_provider_config,
-    )
-
-    schemas = load_default_schemas()
-    schemas[MISLEADING] = Schema.model_validate(
-        {
-            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:Schema"],
-            "id": MISLEADING,
-            "name": "AcmeTeam",
-            "attributes": [
-                {
-                    "name": "team",
-                    "type": "string",
-                    "multiValued": False,
-                    "required": False,
-                    "caseExact": False,
-                    "mutability": "readWrite",
-                    "returned": "default",
-                    "uniqueness": "none",
-                }
-            ],
-        }
-    )
-    types = load_default_resource_types()
-    user = types["User"]
-    ext = type(user.schema_extensions[0])
-    user.schema_extensions = [*user.schema_extensions, ext(schema_=MISLEADING, required=False)]
-
-    class App(ASGIApplication):
-        def check_auth(self, request: Any) -> None:
-            if (request.header("Authorization") or "") != f"Bearer {SCIM_TOKEN}":
-                raise UnauthorizedException
-
-    provider = ScimProvider.from_discovery(
-        schemas.values(), types.values(), config=load_default_service_provider_config()
-    )
-    return App(
-        AsyncInMemoryStorage(InMemoryStorage()), provider, ScimService(provider, secret="x" * 32)
-    )
 
 
 def _counting(app: Any, seen: list[str]) -> Any:
@@ -113,13 +62,6 @@ def _counting(app: Any, seen: list[str]) -> Any:
 
 def _is(suffix: str) -> Any:
     return lambda scope: str(scope.get("path", "")).endswith(suffix)
-
-
-async def _no_meta_type(scope: dict[str, Any], raw: bytes) -> bytes:
-    """The answer without its ``meta.resourceType`` (an SP that does not say it)."""
-    doc = json.loads(raw)
-    doc.get("meta", {}).pop("resourceType", None)
-    return json.dumps(doc).encode()
 
 
 async def _not_found(scope: dict[str, Any], raw: bytes) -> bytes:
@@ -167,8 +109,9 @@ def test_without_meta_resource_type_the_sp_resource_types_decide(tmp_path: Path)
     assert [e["rid"] for e in evs] == uids, evs
     assert all("answer" not in e.get("x", {}) for e in evs), evs
     assert all("type_unknown" not in e.get("x", {}) for e in evs), evs
-    # read once, with the write's credentials (the SP requires them), for every create
-    assert seen.count("GET /v2/ResourceTypes") == 1, seen
+    # read for every create: without credentials (refused: the SP requires them), then
+    # with the write's own (faith31), kept for that credential and host
+    assert seen.count("GET /v2/ResourceTypes") == 2, seen
 
 
 def test_a_group_answered_with_a_users_extension_is_another_type(tmp_path: Path) -> None:
@@ -200,7 +143,8 @@ def test_where_nobody_says_the_type_the_event_says_it_is_not_known(tmp_path: Pat
     assert [e["rid"] for e in evs] == uids, evs
     assert all(e["x"]["type_unknown"] == [MISLEADING] for e in evs), evs
     assert all("answer" not in e["x"] for e in evs), evs
-    assert seen.count("GET /v2/ResourceTypes") == 1, seen  # not asked again at once
+    # without credentials (refused), then with them (faith31); not asked again at once
+    assert seen.count("GET /v2/ResourceTypes") == 2, seen
 
 
 @contextmanager
