@@ -1113,6 +1113,25 @@ class Builder:
             other = _resulting_other(resp, secret, digest, stated=body)
             if other is not None:  # one showing none of them says so ({})
                 result = {**(result or {}), "other": other}
+            elif _is_map(resp) and isinstance(resp.get("id"), str):
+                # the answer holds the resource, but what it shows of these attributes is
+                # more than the event holds (_RESULT_OTHER_BYTES), or in a form it cannot
+                # hold: null says so, and the log takes none of the PUT's values as stored
+                # (faith31; before, no "other" at all, and the request's values stood)
+                result = {**(result or {}), "other": None}
+            if (
+                target.rt == "User"
+                and _is_map(resp)
+                and isinstance(resp.get("id"), str)
+                and "username" not in cfg.hidden_lower
+                and (result is None or "userName" not in result)
+                and _is_map(body)
+                and isinstance(get_ci(body, "username"), str)
+            ):
+                # the PUT stated a userName and the answer shows none (or none the event
+                # holds): what the SP holds is not known from it (faith31; before, the
+                # request's value stood as stored)
+                result = {**(result or {}), "userName": None}
             if (
                 target.rt == "User"
                 and _is_map(resp)
@@ -1475,7 +1494,12 @@ def _resulting_values(
     return out or None
 
 
-_RESULT_OTHER = 64  # a PUT answer's other attributes recorded as digests: at most so many
+_RESULT_OTHER = 64  # a create answer's other attributes recorded as digests: at most so many
+# A PUT answer's: at most so many bytes of their paths and digests (64 of the longest
+# paths, 256 bytes, fit; short names, some hundreds). Past it, x.result.other is null (cut,
+# not known), never a part of them (faith31; before, past 64 none was recorded and the
+# log took the request's values as stored).
+_RESULT_OTHER_BYTES = 64 * (256 + 32 + 8)
 # What x.result.other leaves out: what a PUT never states, and what the log keeps otherwise
 # than as a digest (values, references, nothing: tlog.scim.effects).
 _NOT_OTHER = frozenset(
@@ -1496,7 +1520,9 @@ def _resulting_other(
     would state it (an extension's as ``urn:...:User:name``), mapped to the digest the
     state keeps (:func:`client.scim.actions.kept_digest`): what became of one the PUT left
     out is then known (faith20; before, "changed, not known" whatever the SP did). None
-    when the answer holds no resource or more than :data:`_RESULT_OTHER` of them.
+    when the answer holds no resource, or more of them than the event holds (a create's:
+    more than :data:`_RESULT_OTHER`; a PUT's: paths and digests over
+    :data:`_RESULT_OTHER_BYTES`; the builder then records ``other: null``).
 
     Of a create's answer (``asked``: the request's attributes by lower-case path,
     :func:`_asked_units`), only those the create named and the SP stored otherwise than
@@ -1517,6 +1543,7 @@ def _resulting_other(
     if not isinstance(resp, Mapping) or not isinstance(resp.get("id"), str):
         return None
     out: dict[str, str | None] = {}
+    size = 0  # a PUT's: the bytes of the paths and digests (_RESULT_OTHER_BYTES)
     stated_low: set[str] | None = None
     units = _expand_units(resp)
     if asked:
@@ -1545,7 +1572,8 @@ def _resulting_other(
             # lone surrogate): not understood, as in a request; before red team 21 the
             # PUT's event could not be built, its write left unrecorded
             return None
-        if len(out) > _RESULT_OTHER:
+        size += len(path.encode("utf-8")) + 40
+        if (len(out) > _RESULT_OTHER) if asked is not None else (size > _RESULT_OTHER_BYTES):
             return None
     if asked is None and _is_map(stated):
         # a PUT's answer holding the resource without one the PUT stated (faith30): the SP
@@ -1563,7 +1591,8 @@ def _resulting_other(
                 return None
             out[path] = None
             shown.add(low)
-            if len(out) > _RESULT_OTHER:
+            size += len(path.encode("utf-8")) + 8
+            if size > _RESULT_OTHER_BYTES:
                 return None
     return out
 

@@ -13,10 +13,10 @@ USER = "urn:ietf:params:scim:schemas:core:2.0:User"
 MISLEADING = "urn:ietf:params:scim:schemas:extension:acme:2.0:Group"
 
 
-def sp_with_misleading_extension() -> Any:
+def sp_with_misleading_extension(more: int = 0) -> Any:
     """scim2-server's ASGI app (bearer ``SCIM_TOKEN``) whose User resource type declares
-    the ``MISLEADING`` extension (a ``team`` string) in its ``/ResourceTypes`` and
-    ``/Schemas``, and stores and answers it."""
+    the ``MISLEADING`` extension (a ``team`` string, and ``more`` strings ``a0``, ``a1``,
+    ...) in its ``/ResourceTypes`` and ``/Schemas``, and stores and answers it."""
     from scim2_models import Schema, ScimProvider, UnauthorizedException
     from scim2_server.applications.asgi import ASGIApplication
     from scim2_server.memory import AsyncInMemoryStorage, InMemoryStorage
@@ -35,7 +35,7 @@ def sp_with_misleading_extension() -> Any:
             "name": "AcmeTeam",
             "attributes": [
                 {
-                    "name": "team",
+                    "name": name,
                     "type": "string",
                     "multiValued": False,
                     "required": False,
@@ -44,6 +44,7 @@ def sp_with_misleading_extension() -> Any:
                     "returned": "default",
                     "uniqueness": "none",
                 }
+                for name in ["team", *(f"a{i}" for i in range(more))]
             ],
         }
     )

@@ -1597,8 +1597,9 @@ class _Run:
 
     def _other_not_recorded(self) -> bool:
         """Whether this is a create whose answer says that it stored attributes otherwise
-        than asked in a form the event could not hold (``x.result.other`` null)."""
-        if self.ev["op"] != "create":
+        than asked in a form the event could not hold, or a PUT whose answer shows more of
+        them than the event holds (``x.result.other`` null; a PUT's since faith31)."""
+        if self.ev["op"] not in ("create", "replace"):
             return False
         result = self.ev.get("x", {}).get("result")
         return isinstance(result, Mapping) and "other" in result and result["other"] is None
@@ -1648,6 +1649,16 @@ class _Run:
         told = _told_manager(result)
         if told is not None:
             self.result_manager(told[0])
+        if "userName" in result and result["userName"] is None and "username" in self.state:
+            # a PUT stated a userName (or left it out) and its answer shows none: what the
+            # SP holds is not known (faith31; before, a stated one stood as stored). The
+            # value stays for the erasure's reach, marked stale so that it equals no later
+            # one; the change is named without values.
+            if "username" not in self.state.get("stale", ()):
+                self.set_stale("username", True)
+            if {"attr": "username"} not in self.changes:
+                self.changes.append({"attr": "username"})
+            self.verbs.add("update")
 
     def _active_overruled(self, b: bool) -> bool | None:
         """The SP's answer holds ``active`` ``b``, not what the request left in the state:
