@@ -202,7 +202,9 @@ class Erasures:
         check and its commit, the sequencer overloaded or stopped) the write is done and its
         event pending, put in the log from its ``Q`` record (:meth:`resequence`, every
         ``RESEQUENCE_EVERY`` seconds): (None, True); unless the event is in the log already
-        (a retry of a write whose event was logged): (None, False), no receipt now. Before
+        (a retry of a write whose event was logged): its receipt against the latest
+        published checkpoint where one covers it, else (None, True), pending until one does
+        (faith31; before, (None, False): neither a receipt nor pending). Before
         faith30 the failure went to the officer as 503 "not signing" for a shred that had
         happened."""
         try:
@@ -223,7 +225,18 @@ class Erasures:
                     "committed and will be put in the log when it signs again (%s)",
                     type(exc).__name__,
                 )
-            return None, logged is None
+                return None, True
+            if logged < self.svc.log.latest.size:
+                # in a published checkpoint: its receipt (against the latest)
+                from tlog.scim.service import Submitted
+
+                return Submitted(
+                    acc.eid, acc.leaf, acc.leaf_hash, acc.ts, True, logged, acc.nonce
+                ), False
+            # stored in the tree, in no published checkpoint yet (the log stopped signing
+            # after the commit, before publishing it): pending until one covers it (review
+            # F6: before, answered with neither a receipt nor "pending")
+            return None, True
         return done[0], False
 
     async def resequence(self) -> int:
