@@ -387,6 +387,8 @@ _SCIM_KEYS: dict[bytes, tuple[int | None, int | None]] = {
     b"H": (16 + 16, None),  # a legal hold (tn, hold id)
     b"Y": (16, None),  # a tenant's retention period
     b"Q": (32, None),  # a direct write's leaf, sequenced again at start (tlog.scim.erasure)
+    b"P": (16 + 16 + 16, None),  # a pending erasure request by subject (tn, h, request id)
+    b"W": (None, None),  # a marker: what this store has built (W/request-index)
     b"X": (16 + 1 + 16 + 40, 16 + 1 + 16 + 8),
 }
 _SEALED_MIN = 12 + 16  # AES-GCM iv ‖ tag: K and D values are sealed keys, not records
@@ -412,7 +414,9 @@ def _scim_problem(
         if not known(leaf_hash(value)):
             return "holds leaf bytes that are not in the log"
         return None
-    if tag in (b"L", b"A", b"X"):
+    if tag == b"W":
+        return None if rest == b"request-index" else "unknown marker"
+    if tag in (b"L", b"A", b"X", b"P"):
         return None if value == b"" else "index record should be empty"
     if tag == b"D":
         return None if len(value) >= _SEALED_MIN else "sealed key too short"

@@ -340,6 +340,7 @@ class Erasures:
             )
             record["request_eid"] = acc.eid
             tx.put(store.request_key(rid), store.encode_record(record))
+            tx.put(store.request_index_key(tk.tn, record["h"], rid), b"")
             return ErasureStatus(rid.hex(), record), acc
 
         status, acc = await anyio.to_thread.run_sync(self.svc.write, stage)
@@ -360,10 +361,19 @@ class Erasures:
         reason, and its event (to sequence again: a duplicate if it is in the log), or None.
         An officer retrying a request whose answer was lost or said the log is not signing
         is answered the first one's state: no second record, no second event (faith30;
-        before, each retry added a request)."""
+        before, each retry added a request). Read by the request index of the tenant and
+        subject (:func:`store.request_index_prefix`, faith31; built here at the first look
+        on a store from before it)."""
         h = tk.subject_hash(subject)
         ttl = self.svc.limits.erasure_ttl_ms
-        for key, raw in tx.rv.aux_range(store.request_key(b"")):
+        if tx.get(store.request_index_built_key()) is None:
+            self._build_request_index(tx)
+        at = len(store.request_index_prefix(tk.tn, h))
+        for ikey, _ in tx.scan(store.request_index_prefix(tk.tn, h)):
+            rid = ikey[at:]
+            raw = tx.get(store.request_key(rid))
+            if raw is None:
+                continue
             rec = store.decode_record(raw, "erasure request")
             if (
                 rec["state"] != "pending"
@@ -378,9 +388,23 @@ class Erasures:
             acc = self._stored_event(tx, tk, rec["request_eid"])
             if acc is None:
                 continue
-            rid = key[len(store.request_key(b"")) :]
             return ErasureStatus(rid.hex(), rec, again=True), acc
         return None
+
+    def _build_request_index(self, tx: Overlay) -> None:
+        """Index every erasure request that still names its subject (pending, or expired
+        unapproved; an approved one dropped ``h``) by tenant and subject, in the write
+        ``tx`` (a store made before faith31 has none), and mark it built: from then the
+        index alone is read (:meth:`_same_request`; before, every request record of the
+        store was read for each new request)."""
+        at = len(store.request_key(b""))
+        for key, raw in tx.scan(store.request_key(b"")):
+            rec = store.decode_record(raw, "erasure request")
+            h = rec.get("h")
+            tk = self.svc.keys.tenant(tx, rec["tenant"]) if isinstance(h, bytes) else None
+            if tk is not None and isinstance(h, bytes):
+                tx.put(store.request_index_key(tk.tn, h, key[at:]), b"")
+        tx.put(store.request_index_built_key(), store.encode_record({"v": 1}))
 
     @staticmethod
     def _erasure_x(rid: bytes, record: dict[str, Any]) -> dict[str, Any]:
@@ -492,8 +516,11 @@ class Erasures:
                 x=self._erasure_x(rid, rec),
                 req_id=req_id,
             )
-            # The keyed subject hash is not needed any more: nothing links back.
-            rec.pop("h", None)
+            # The keyed subject hash is not needed any more: nothing links back (nor does
+            # the request index).
+            h = rec.pop("h", None)
+            if isinstance(h, bytes):
+                tx.delete(store.request_index_key(tk.tn, h, rid))
             rec.update(state="done", done=now, eid=acc.eid, **counts)
             tx.put(store.request_key(rid), store.encode_record(rec))
             return (ErasureStatus(request_id, rec), acc), {tk.tn}

@@ -149,6 +149,26 @@ def request_key(req_id: bytes) -> bytes:
     return _R_ + req_id
 
 
+def request_index_prefix(tn: bytes, h: bytes) -> bytes:
+    """The erasure requests pending for the subject ``h`` (its keyed hash, 16 bytes) of the
+    tenant ``tn``: :func:`request_index_key` (faith31: a retry's match,
+    :meth:`tlog.scim.erasure.Erasures._same_request`, scanned every request record)."""
+    return _k(b"P", tn, h)
+
+
+def request_index_key(tn: bytes, h: bytes, req_id: bytes) -> bytes:
+    """An empty record naming the erasure request ``req_id`` of the subject ``h`` of ``tn``,
+    written with the request and deleted when it is approved (its record then drops
+    ``h``: nothing links back)."""
+    return _k(b"P", tn, h, req_id)
+
+
+def request_index_built_key() -> bytes:
+    """Present once the request index holds every request of the store (a store made
+    before faith31 has request records without it: built at the first look)."""
+    return _k(b"W", b"request-index")
+
+
 def unlogged_key(leaf_hash: bytes) -> bytes:
     """The leaf of a log's own event staged by a direct write (an erasure, an expiry, a hold,
     a retention period), committed with it: sequenced again at the next start, expiry run
