@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import re
+import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -45,7 +46,7 @@ from tlog.errors import Conflict
 from tlog.log import NotFound
 from tlog.scim import store
 from tlog.scim.access import OCSF_CREATE, OCSF_DELETE, OCSF_UPDATE, system_event
-from tlog.scim.keys import SubjectId, TenantKeys, epoch_of
+from tlog.scim.keys import SubjectId, TenantKeys, epoch_of, user_name_key
 from tlog.scim.store import Envelope, Overlay, Tombstone, decode_envelope
 
 if TYPE_CHECKING:
@@ -123,10 +124,22 @@ class Certificate:
 
 
 def subject_key_of(subject: SubjectId) -> SubjectId:
-    """userName subjects are keyed casefolded (SCIM userName is case-insensitive)."""
+    """userName subjects are keyed casefolded (SCIM userName is case-insensitive) and in
+    NFC (:func:`user_name_key`; faith31, before only casefolded)."""
     if subject.kind == "userName":
-        return SubjectId(subject.rt, subject.kind, subject.value.casefold())
+        return SubjectId(subject.rt, subject.kind, user_name_key(subject.value))
     return subject
+
+
+def _legacy_subject(tx: Overlay, tk: TenantKeys, keys: Any, given: SubjectId) -> SubjectId:
+    """The key of a userName subject ``given`` (as named) on this store: its
+    :func:`subject_key_of` form, unless only the form before faith31 (casefolded, not
+    normalized: a name sent in NFD) has keys here."""
+    new = subject_key_of(given)
+    if given.kind != "userName" or keys.subject(tx, tk, new) is not None:
+        return new
+    old = SubjectId(given.rt, given.kind, given.value.casefold())
+    return old if old != new and keys.subject(tx, tk, old) is not None else new
 
 
 def _epoch_start_ms(epoch: int) -> int:
@@ -297,11 +310,12 @@ class Erasures:
             raise EventFormatError("the log's own events have no data subject to erase")
         if subject.kind not in SUBJECT_KINDS:
             raise EventFormatError(f"a subject is named by one of {', '.join(SUBJECT_KINDS)}")
-        subject = subject_key_of(subject)
+        given = subject
 
         def stage(tx: Overlay) -> tuple[ErasureStatus, Accepted]:
             now = self.svc.log_time()
             tk = self.svc.keys.tenant_or_create(tx, tenant)
+            subject = _legacy_subject(tx, tk, self.svc.keys, given)
             again = self._same_request(tx, tk, tenant, principal, subject, reason, now)
             if again is not None:
                 return again
@@ -611,7 +625,8 @@ class Erasures:
             for it in items:
                 v = it.get("value") if type(it) is dict else it
                 if type(v) is str and v:
-                    names.update((v, v.casefold()))
+                    names.update((v, v.casefold(), unicodedata.normalize("NFC", v)))
+                    names.add(user_name_key(v))
         out: list[tuple[bytes, bytes]] = []
         for name in sorted(names):
             h = tk.subject_hash_of(ACTOR_SUBJECT_RT, "rid", name)

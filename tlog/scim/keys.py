@@ -43,6 +43,7 @@ import socket
 import stat
 import threading
 import time
+import unicodedata
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -692,6 +693,16 @@ class MasterKey:
 
 class KeysRotated(StorageError):
     """The key hierarchy was rotated while a reader held an older snapshot: read again."""
+
+
+def user_name_key(value: str) -> str:
+    """The form a ``userName`` subject is keyed by: caseless (SCIM's ``userName`` is not
+    case-exact, RFC 7643 §4.1.1) and in one Unicode normal form (NFC, before and after
+    casefolding: ``José`` precomposed and ``Jose`` with a combining accent are one name).
+    Before faith31 only casefolded: an erasure request by the NFD form of a name stored
+    as NFC (or the reverse) reached nothing. (For a name already in NFC whose casefold is
+    too, the form is the one before: the same key.)"""
+    return unicodedata.normalize("NFC", unicodedata.normalize("NFC", value).casefold())
 
 
 @dataclass(frozen=True)

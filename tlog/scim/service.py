@@ -112,6 +112,7 @@ from tlog.scim.keys import (
     seal_actor,
     seal_envelope,
     seal_state,
+    user_name_key,
 )
 from tlog.scim.search import FILTERS, Searcher, effect_index_values, index_values
 from tlog.scim.store import Overlay, PendingWrites
@@ -384,8 +385,9 @@ def subject_of(ev: Mapping[str, Any]) -> SubjectId:
 
 def user_name_of(ev: Mapping[str, Any]) -> str | None:
     """The userName an event without resource id or externalId carries (e.g. a failed
-    create), casefolded (SCIM userName is case-insensitive), so an erasure request by
-    userName reaches it."""
+    create), casefolded (SCIM userName is case-insensitive) and in NFC
+    (:func:`user_name_key`), so an erasure request by userName, in any case or normal
+    form, reaches it."""
     for mod in ev.get("mods", ()):
         if str(mod.get("attr", "")).rsplit(":", 1)[-1].lower() != "username":
             continue
@@ -398,7 +400,7 @@ def user_name_of(ev: Mapping[str, Any]) -> str | None:
             except ValueError:
                 value = text
             if isinstance(value, str) and value:
-                return value.casefold()
+                return user_name_key(value)
     return None
 
 
