@@ -32,6 +32,11 @@ def _failed_create(h: Harness, name: str, req: str) -> dict[str, Any]:
     return failed
 
 
+def hold_id(h: Harness) -> str:
+    (held,) = h.client.get("/v1/scim/holds", headers=h.h("po_a")).json()["holds"]
+    return str(held["id"])
+
+
 def _erase(h: Harness, name: str) -> None:
     body = {"tenant": T1, "rt": "User", "userName": name, "reason": "dsar"}
     r = h.client.post("/v1/scim/erasures", json=body, headers=h.h("po_a"))
@@ -64,7 +69,18 @@ def test_a_name_keyed_before_faith31_is_still_reached(
             m.setattr(service_mod, "user_name_key", str.casefold)
             failed = _failed_create(h, NFD, "req-f31-old")
         a = h.auditor()
-        _erase(h, NFD)
+        # a hold by that form suspends its erasure (the same subject as the request's)
+        hold = {"tenant": T1, "rt": "User", "userName": NFD, "reason": "litigation"}
+        r = h.client.post("/v1/scim/holds", json=hold, headers=h.h("po_a"))
+        assert r.status_code == 201, r.text
+        body = {"tenant": T1, "rt": "User", "userName": NFD, "reason": "dsar"}
+        req = h.client.post("/v1/scim/erasures", json=body, headers=h.h("po_a")).json()["id"]
+        r = h.client.post(f"/v1/scim/erasures/{req}/approve", headers=h.h("po_b"))
+        assert r.status_code == 409 and "hold" in r.text, r.text
+        released = h.client.post(f"/v1/scim/holds/{hold_id(h)}/release", headers=h.h("po_a"))
+        assert released.status_code == 200, released.text
+        r = h.client.post(f"/v1/scim/erasures/{req}/approve", headers=h.h("po_b"))
+        assert r.status_code == 200 and r.json()["state"] == "done", r.text
         assert a.search(req="req-f31-old").results == []
         (rc,) = a.receipts(eid=failed["eid"])
         assert rc.erased

@@ -774,10 +774,12 @@ class Erasures:
         if subject is not None:
             if is_reserved(subject.rt) or subject.kind not in SUBJECT_KINDS:
                 raise EventFormatError("a hold names a tenant, or a subject by rid/xid/userName")
-            subject = subject_key_of(subject)
+        given = subject
 
         def stage(tx: Overlay) -> tuple[Hold, Accepted]:
             tk = self.svc.keys.tenant_or_create(tx, tenant)
+            # (the subject as an erasure request names it: the same key, faith31)
+            subject = None if given is None else _legacy_subject(tx, tk, self.svc.keys, given)
             h = None if subject is None else tk.subject_hash(subject)
             for key, raw in tx.scan(_hold_prefix(tk.tn)):
                 # the same person's hold on the same scope for the same reason, in force:
