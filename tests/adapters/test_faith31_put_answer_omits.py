@@ -130,3 +130,36 @@ def test_past_the_bound_the_event_says_it_was_cut(
     assert state is not None and not state.get("other"), state
     effect, _, _ = classify(state, second)
     assert effect_acts(effect) != ["user.noop"], effect
+
+
+def _keeping_case(app: Any, kept: str) -> Any:
+    """``app`` whose answers to PUTs show ``kept`` as the ``userName`` (an SP whose
+    ``userName`` is not case-exact keeping the case it holds when a PUT states another)."""
+
+    async def rewrite(scope: dict[str, Any], raw: bytes) -> bytes:
+        body = json.loads(raw)
+        body["userName"] = kept
+        return json.dumps(body).encode()
+
+    return answer_rewritten(app, lambda scope: scope["method"] == "PUT", rewrite)
+
+
+def test_a_rename_only_in_case_is_judged_by_what_the_answer_shows(tmp_path: Path) -> None:
+    with _rig(tmp_path, _keeping_case(sp_with_misleading_extension(), "ann")) as (c, evs):
+        r = c.post("/v2/Users", json={"schemas": [USER], "userName": "ann"}, headers=AUTH)
+        assert r.status_code == 201, r.text
+        uid = r.json()["id"]
+        for name in ("ANN", "ann"):
+            body = {"schemas": [USER], "userName": name}
+            r = c.put(f"/v2/Users/{uid}", json=body, headers=AUTH)
+            assert r.status_code == 200 and r.json()["userName"] == "ann", r.text
+        create, upper, same = evs()
+    assert upper["x"]["result"]["userName"] == "ann", upper["x"]
+    _, state, _ = classify(None, create)
+    effect, state, _ = classify(state, upper)
+    # the answer shows the name unchanged: no rename named (before: "ANN" taken as stored)
+    assert effect is not None and {"attr": "username"} not in effect.get("changes", []), effect
+    assert state is not None and state["username"] == '"ann"', state
+    # the PUT stating what the SP holds changes nothing (before: named a rename, an update)
+    effect, _, _ = classify(state, same)
+    assert effect_acts(effect) == ["user.noop"], effect

@@ -285,6 +285,7 @@ class _Run:
         self.maybe: dict[str, set[str]] = {}
         # whether the state held active before the request, and its value (run)
         self.was: tuple[bool, Any] = ("active" in self.state, self.state.get("active"))
+        self.was_name: Any = None  # the userName before the request (classify sets it)
         # the eid of a split request's part 0, as this event names it (_follow_split)
         self._first: str | None = None
 
@@ -1211,6 +1212,10 @@ class _Run:
         self._follow_split(parts, part, req)
         # active before the request, for an answer overruling it (_active_overruled)
         self.was = ("active" in self.state, self.state.get("active"))
+        # and its userName (None: not known, or stale), for an answer showing another
+        self.was_name = (
+            None if "username" in self.state.get("stale", ()) else self.state.get("username")
+        )
         if op == "create":
             self.verbs.add("create")
             if part == 0:  # a later part of a split create goes on from the earlier ones
@@ -1649,6 +1654,9 @@ class _Run:
         told = _told_manager(result)
         if told is not None:
             self.result_manager(told[0])
+        shown = result.get("userName")
+        if isinstance(shown, str) and self.ev["op"] == "replace":
+            self._result_name(shown)
         if "userName" in result and result["userName"] is None and "username" in self.state:
             # a PUT stated a userName (or left it out) and its answer shows none: what the
             # SP holds is not known (faith31; before, a stated one stood as stored). The
@@ -1658,6 +1666,25 @@ class _Run:
                 self.set_stale("username", True)
             if {"attr": "username"} not in self.changes:
                 self.changes.append({"attr": "username"})
+            self.verbs.add("update")
+
+    def _result_name(self, shown: str) -> None:
+        """The ``userName`` a PUT's answer shows (``x.result.userName``) where the state
+        holds another after the request (the PUT stated ``ANN``, and an SP whose
+        ``userName`` is not case-exact, RFC 7643 §4.1.1, kept ``ann``; or it stored it in
+        another Unicode form): the SP's word is the state's, and the change is named only
+        against the name before the request (faith31; before, the request's reading stood
+        for a stated name, so the next PUT stating what the SP holds was named a rename)."""
+        text = _dumps_sorted(shown)
+        cur = self.state.get("username")
+        if isinstance(cur, str) and _same_text(cur, text):
+            return
+        self.state["username"] = text
+        self.set_stale("username", False)
+        self.changes = [c for c in self.changes if c.get("attr") != "username"]
+        before = self.was_name
+        if not (isinstance(before, str) and _same_text(before, text)):
+            self.changes.append({"attr": "username"})
             self.verbs.add("update")
 
     def _active_overruled(self, b: bool) -> bool | None:
