@@ -24,7 +24,9 @@ What is **not** a provisioning event (SCIM.md §2.2 step 4) goes to the ``on_acc
 writes to the discovery endpoints (``/ServiceProviderConfig``, ``/ResourceTypes``,
 ``/Schemas``: 405), writes to an unknown endpoint answered 404 or 405, PUT/PATCH/DELETE with
 no resource id, bodies over ``max_body`` (413 from the middleware itself) and bulk requests
-whose body is not a bulk request. A DELETE answered 404 on a real resource endpoint *is* an
+whose body is not a bulk request; and the middleware's own reads of the SP's
+``/ResourceTypes`` made with a client's credentials (reason ``sp_types_read``, faith31).
+A DELETE answered 404 on a real resource endpoint *is* an
 event, with outcome ``skipped`` (the resource is already gone: nothing changed; SCIM.md §2.5
 "audit noise"), as is every other failure (outcome ``failure``).
 
