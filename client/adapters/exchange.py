@@ -614,6 +614,9 @@ class Exchange:
     answer_note: str | None = None
     # What the SP's /ResourceTypes says, as the middleware read it (None: not known).
     sp_types: SpTypes | None = None
+    # The answer decoded by wants_sp_types, where it decoded it (Builder.resp takes it:
+    # one decode per answer).
+    resp_decoded: Decoded | None = field(default=None, repr=False, compare=False)
     # (config, route, raw_relative's path as sent) of the last config routed for
     _target: tuple[AuditConfig, _Target, str | None] | None = field(
         default=None, repr=False, compare=False
@@ -741,7 +744,9 @@ class Builder:
     def resp(self) -> Any:
         """The SP's answer body as JSON (decoded like the request), or None."""
         if self._resp is None:
-            if len(self.x.resp_body) > _MAX_JSON:
+            if self.x.resp_decoded is not None:  # (decoded already: wants_sp_types)
+                self._resp = self.x.resp_decoded
+            elif len(self.x.resp_body) > _MAX_JSON:
                 self._resp = Decoded(None, "response too large")
             else:
                 self._resp = decode_body(
@@ -2277,12 +2282,13 @@ def wants_sp_types(x: Exchange, cfg: AuditConfig) -> bool:
         return False
     if len(x.resp_body) > _MAX_JSON:
         return False  # not read by the events either (too large)
-    doc = decode_body(
+    decoded = x.resp_decoded = decode_body(
         x.resp_body,
         content_type=x.resp_header(b"content-type"),
         content_encoding=x.resp_header(b"content-encoding"),
         max_size=_MAX_JSON,
-    ).value
+    )
+    doc = decoded.value
     if kind == "resource":
         return _names_untyped(doc)
     ops = get_ci(doc, "operations") if _is_map(doc) else None
