@@ -84,3 +84,27 @@ def test_a_name_keyed_before_faith31_is_still_reached(
         assert a.search(req="req-f31-old").results == []
         (rc,) = a.receipts(eid=failed["eid"])
         assert rc.erased
+
+
+@pytest.mark.parametrize("asked", [NFD, NFD.upper()])  # (the form it was keyed in)
+def test_a_name_keyed_before_faith31_stays_one_subject_after_the_upgrade(
+    tmp_path: Path, database: str | None, monkeypatch: pytest.MonkeyPatch, asked: str
+) -> None:
+    """A name keyed before faith31 (NFD, casefolded only) that gets events after the
+    upgrade: they are sealed under the same subject's keys, so one erasure reaches the
+    events from before and after. (Lead: when ingestion keyed them by the new form, the
+    name became two subjects and the erasure reached only the new one: the old event stayed
+    readable.)"""
+    with open_harness(tmp_path, database=database) as h:
+        with monkeypatch.context() as m:
+            m.setattr(service_mod, "user_name_key", str.casefold)
+            before = _failed_create(h, NFD, "req-f31-before")
+        after = _failed_create(h, NFD, "req-f31-after")
+        a = h.auditor()
+        assert len(a.search(req="req-f31-before").results) == 1
+        assert len(a.search(req="req-f31-after").results) == 1
+        _erase(h, asked)
+        for req, ev in (("req-f31-before", before), ("req-f31-after", after)):
+            assert a.search(req=req).results == [], req
+            (rc,) = a.receipts(eid=ev["eid"])
+            assert rc.erased, req

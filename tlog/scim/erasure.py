@@ -132,14 +132,12 @@ def subject_key_of(subject: SubjectId) -> SubjectId:
 
 
 def _legacy_subject(tx: Overlay, tk: TenantKeys, keys: Any, given: SubjectId) -> SubjectId:
-    """The key of a userName subject ``given`` (as named) on this store: its
-    :func:`subject_key_of` form, unless only the form before faith31 (casefolded, not
-    normalized: a name sent in NFD) has keys here."""
-    new = subject_key_of(given)
-    if given.kind != "userName" or keys.subject(tx, tk, new) is not None:
-        return new
-    old = SubjectId(given.rt, given.kind, given.value.casefold())
-    return old if old != new and keys.subject(tx, tk, old) is not None else new
+    """The key of subject ``given`` (as named) on this store: for a userName, the form
+    :meth:`KeyRing.user_name_subject` says (the one before faith31 where only it has keys)."""
+    if given.kind != "userName":
+        return subject_key_of(given)
+    subject: SubjectId = keys.user_name_subject(tx, tk, given.rt, given.value)
+    return subject
 
 
 def _epoch_start_ms(epoch: int) -> int:

@@ -1112,6 +1112,20 @@ class KeyRing:
     def subject(self, tx: Overlay, tk: TenantKeys, subject: SubjectId) -> SubjectKeys | None:
         return self._subject_at(tx, store.subject_key(tk.tn, tk.subject_hash(subject)))
 
+    def user_name_subject(self, tx: Overlay, tk: TenantKeys, rt: str, name: str) -> SubjectId:
+        """The subject a ``userName`` ``name`` (as sent) is keyed by on this store: its
+        :func:`user_name_key` form, unless only the form before faith31 (casefolded, not
+        normalized: a name sent in NFD) has keys here. Ingestion and erasure both ask it,
+        so a name keyed before goes on being one subject: its later events are sealed under
+        the same keys, and one erasure reaches them all (had ingestion taken the new form,
+        the name would have become two subjects and an erasure would have reached one)."""
+        new = SubjectId(rt, "userName", user_name_key(name))
+        old_value = name.casefold()
+        if old_value == new.value or self.subject(tx, tk, new) is not None:
+            return new
+        old = SubjectId(rt, "userName", old_value)
+        return old if self.subject(tx, tk, old) is not None else new
+
     @staticmethod
     def _subject_at(tx: Overlay, key: bytes) -> SubjectKeys | None:
         raw = tx.get(key)

@@ -388,6 +388,12 @@ def user_name_of(ev: Mapping[str, Any]) -> str | None:
     create), casefolded (SCIM userName is case-insensitive) and in NFC
     (:func:`user_name_key`), so an erasure request by userName, in any case or normal
     form, reaches it."""
+    name = user_name_sent(ev)
+    return None if name is None else user_name_key(name)
+
+
+def user_name_sent(ev: Mapping[str, Any]) -> str | None:
+    """The userName of :func:`user_name_of` as the event carries it."""
     for mod in ev.get("mods", ()):
         if str(mod.get("attr", "")).rsplit(":", 1)[-1].lower() != "username":
             continue
@@ -400,7 +406,7 @@ def user_name_of(ev: Mapping[str, Any]) -> str | None:
             except ValueError:
                 value = text
             if isinstance(value, str) and value:
-                return user_name_key(value)
+                return value
     return None
 
 
@@ -1371,6 +1377,10 @@ class ScimService:
         # One subject lookup and one DEK unwrap per subject per batch (cached in ``batch``);
         # the cache lives only as long as this staging, inside the writer lock.
         subject = subject_of(ev)
+        if subject.kind == "userName":  # a name keyed before faith31 stays one subject
+            sent = user_name_sent(ev)
+            if sent is not None and sent.casefold() != subject.value:
+                subject = self.keys.user_name_subject(tx, tk, subject.rt, sent)
         skey = (subject.rt, subject.kind, subject.value)
         sk = batch.subjects.get(skey)
         if sk is None:
