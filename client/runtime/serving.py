@@ -28,10 +28,10 @@ timeouts"):
   (httptools, uvicorn's fast parser, has no such limit of its own).
 * **Connection limit that favours real work.** At most ``max_connections`` connections
   (clamped below the process's file-descriptor limit, which is raised to its hard limit).
-  A new connection over the limit evicts, of the connections that are idle or still
-  sending their request, the one that has sent the least of it for the longest (the
-  lowest rate since its phase began, unread bytes in the kernel counted; the oldest first
-  among equals); only when every connection has a request in progress is the new one
+  A new connection over the limit evicts one of the connections that are idle or still
+  sending their request: one that has never completed a request before a client between
+  keep-alive requests, one that has sent nothing before one sending its head, the oldest
+  first among equals; only when every connection has a request in progress is the new one
   refused with ``503``. A few hundred idle or half-sent sockets therefore never lock out a
   new client, and the limit never closes a request that is being answered.
 
@@ -147,6 +147,10 @@ class _CoalescingTransport:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._t, name)
+
+
+# How many victims :meth:`_Guard._make_room` may pass over because bytes wait for them unread.
+_EVICTION_LOOKS = 4
 
 
 class _HeadTooLarge(Exception):
@@ -311,40 +315,55 @@ class _Guard:
         elif phase == BODY and now - self._since > self.limits.body_timeout:
             self.transport.close()
 
-    def _sent(self) -> int:
-        """Bytes of the request this connection has sent so far: its head counted so far,
-        and what waits in the kernel's receive buffer unread (``FIONREAD``): a client
-        whose whole head arrived in the same loop turn as a burst of new connections has
-        sent it, though the server has not read it yet."""
-        unread = 0
+    def _unread(self) -> int:
+        """Bytes waiting in the kernel's receive buffer unread (``FIONREAD``; 0 when it
+        cannot be asked)."""
         sock = self.transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError, ValueError):
-                got = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
-                unread = struct.unpack("i", got)[0]
-        return self._head_bytes + unread
+        if sock is None:
+            return 0
+        try:
+            got = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+        except (OSError, ValueError):
+            return 0
+        return int(struct.unpack("i", got)[0])
 
     def _make_room(self) -> None:
-        """Over the limit: close the connection idle or sending its request that has sent
-        the least of it for the longest, else this one. Ordered by phase (idle or sending a
-        head before sending a body), then by the rate at which it has sent (bytes a second
-        since its phase began: a slow-loris dribbler sends a byte now and then, an idle
-        socket none, a real client its whole head at once), the oldest first among equals
-        (idle sockets). Before ops31 the oldest went first whatever it had sent: a
-        reconnecting flood keeps its own connections young, and a real client's connection,
-        older than the flood's newest, was evicted before them."""
+        """Over the limit: close a connection that is idle or sending its request, else
+        this one. Ranked by what an attacker cannot have cheaply, the oldest first within a
+        rank: a connection sending a head before one sending a body; one that has never
+        completed a request before one that has (a client between its keep-alive requests
+        has proved itself with a whole request, which the app answered); of those that have
+        not, one that has sent nothing of a head before one that has begun one. A flood of
+        idle or dribbling sockets, however young it keeps them, therefore goes before a
+        client that has been served or is sending its request.
+
+        The scan is paid at each connection over the limit, which is every connection of a
+        flood, so it makes no system call per connection: only the victim chosen as having
+        sent nothing is asked whether bytes wait for it unread (a head that arrived in the
+        same loop turn as the burst of connections; then the next is chosen, a few times at
+        most).
+
+        (ops31 ranked by the bytes sent a second, counting unread bytes with an ``ioctl``
+        of every candidate: a socket that sent one byte outranked an idle keep-alive client,
+        bytes cost an attacker nothing up to the head limit, and each scan cost ~9x more;
+        review 40a. Before ops31 the oldest went first whatever it had done.)"""
         victim: _Guard | None = None
-        best: tuple[int, float, float] = (APP, 0.0, 0.0)
-        now = asyncio.get_running_loop().time()
-        for c in self.connections:
-            if c is self or not isinstance(c, _Guard) or c.transport.is_closing():
-                continue
-            phase, _ = c._current_phase()
-            if phase == APP:
-                continue
-            key = (phase, c._sent() / max(now - c._since, 0.001), c._since)
-            if victim is None or key < best:
-                victim, best = c, key
+        begun: set[int] = set()  # chosen as having sent nothing, but bytes wait unread
+        for _ in range(_EVICTION_LOOKS):
+            victim = None
+            best: tuple[int, bool, bool, float] = (APP, True, True, 0.0)
+            for c in self.connections:
+                if c is self or not isinstance(c, _Guard) or c.transport.is_closing():
+                    continue
+                phase, cycle = c._current_phase()
+                if phase == APP:
+                    continue
+                key = (phase, cycle is not None, c._head_bytes > 0 or id(c) in begun, c._since)
+                if victim is None or key < best:
+                    victim, best = c, key
+            if victim is None or best[1] or best[2] or not victim._unread():
+                break
+            begun.add(id(victim))
         if victim is not None:
             if victim._head_bytes:
                 victim._refuse(_R503)
@@ -767,8 +786,9 @@ def add_limit_arguments(p: argparse.ArgumentParser) -> None:
         "--max-connections",
         type=int,
         default=d.max_connections,
-        help="open connections at most; over it the idle or slow one that has sent the "
-        f"least of its request for the longest is closed (default {d.max_connections})",
+        help="open connections at most; over it an idle or half-sent one is closed (one "
+        "never served first, then one that sent nothing, the oldest first; default "
+        f"{d.max_connections})",
     )
 
 

@@ -4,6 +4,7 @@ what the server did (closed, 408, 503), never how fast."""
 
 from __future__ import annotations
 
+import select
 import socket
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -118,5 +119,42 @@ def test_the_limit_evicts_idle_sockets_before_a_client_that_sent_its_head(
         idle = [stack.enter_context(connect(srv)) for _ in range(4)]
         assert read_all(idle[0]) == b""  # the oldest idle socket made room
         client.sendall(b"\r\nConnection: close\r\n\r\n")
+        answer = read_all(client)
+        assert answer.startswith(b"HTTP/1.1 200 ") and b'"evidence": []' in answer, answer
+
+
+def test_the_limit_a_served_keep_alive_client_outlasts_one_byte_sockets(
+    tmp_path: Path, log300: FakeLog
+) -> None:
+    """Review 40a: a client idle between keep-alive requests has proved itself with a whole
+    request, so sockets that never completed one go before it, whatever they have sent. Two
+    sockets that sent one byte, a client served once, two more such sockets (limit 4): a
+    one-byte socket is evicted, and the client's second request on its connection is
+    answered. Under ops31's rate of bytes the idle client (no bytes since its request) went
+    first."""
+    w = make_witness(tmp_path / "w.db", [log300.witnessed_log()])
+    limits = ServerLimits(header_timeout=30, idle_timeout=30, body_timeout=30, max_connections=4)
+    request = b"GET /evidence HTTP/1.1\r\nHost: x\r\n\r\n"
+    with witness_serving(w, limits=limits) as srv, ExitStack() as stack:
+        flood = []
+        for _ in range(2):
+            flood.append(stack.enter_context(connect(srv)))
+            flood[-1].sendall(b"G")
+        client = stack.enter_context(connect(srv))
+        client.sendall(request)
+        got = b""
+        while b'"evidence": []' not in got:
+            chunk = client.recv(65536)
+            assert chunk, got
+            got += chunk
+        assert got.startswith(b"HTTP/1.1 200 "), got
+        for _ in range(2):
+            flood.append(stack.enter_context(connect(srv)))
+            flood[-1].sendall(b"G")
+        # one of the one-byte sockets made room (which one depends on whether its byte was
+        # read before the last connection was accepted: one read, the oldest)
+        closed, _, _ = select.select(flood + [client], [], [], 10)
+        assert len(closed) == 1 and closed[0] is not client, closed
+        client.sendall(request.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
         answer = read_all(client)
         assert answer.startswith(b"HTTP/1.1 200 ") and b'"evidence": []' in answer, answer
