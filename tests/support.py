@@ -208,7 +208,8 @@ def throttled_reads(mnt: Path, pid: int, iops: int) -> Iterator[None]:
     after (the process moved back where it was): cgroup v1's
     ``blkio.throttle.read_iops_device`` where that controller is mounted, else cgroup v2's
     ``io.max`` (``riops``; the root's ``io`` controller enabled for its children if it was
-    not, and disabled again after). Skips where neither is there, saying so."""
+    not, and left enabled: another worker's test may be using it). Skips where neither is
+    there, saying so."""
     import uuid
 
     import pytest
@@ -225,7 +226,6 @@ def throttled_reads(mnt: Path, pid: int, iops: int) -> Iterator[None]:
     if not dev or not numbers:
         pytest.skip(f"cannot find the device of {mnt}")
     name = f"tlog-test-{uuid.uuid4().hex[:12]}"
-    enabled_io = False
     if v2 is None:
         home, group = _BLKIO, _BLKIO / name
         group.mkdir()
@@ -238,7 +238,9 @@ def throttled_reads(mnt: Path, pid: int, iops: int) -> Iterator[None]:
                 control.write_text("+io\n")
             except OSError as exc:  # e.g. a container's namespace root holding processes
                 pytest.skip(f"cannot enable cgroup v2's io controller in {v2}: {exc}")
-            enabled_io = True
+            # left enabled after the test: another test of another worker may have seen it
+            # enabled and be using it (disabling it would silently lift its limit; review
+            # 40a); it costs nothing while no group sets a limit
         group.mkdir()
         limit, rule = group / "io.max", f"{numbers} riops={iops}\n"
     ra = run_tool("blockdev", "--getra", dev).stdout.strip() or "256"
@@ -253,9 +255,6 @@ def throttled_reads(mnt: Path, pid: int, iops: int) -> Iterator[None]:
         run_tool("blockdev", "--setra", ra, dev)
         with contextlib.suppress(OSError):
             group.rmdir()
-        if enabled_io and v2 is not None:
-            with contextlib.suppress(OSError):  # (another test's group may use it still)
-                (v2 / "cgroup.subtree_control").write_text("-io\n")
 
 
 class OlderKernel:
