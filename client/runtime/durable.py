@@ -14,7 +14,6 @@ import contextlib
 import errno
 import os
 import tempfile
-import threading
 from pathlib import Path
 
 __all__ = [
@@ -105,11 +104,16 @@ def write_error_in(directory: StrPath) -> str | None:
     error (ext4 ``errors=remount-ro``) from one that works again: it still takes writes over
     blocks a file already has into the page cache, and its ``fsync`` answers 0, so a write
     that needed no new block seems to succeed; a new file is refused (EROFS). On a disk that
-    holds writes (a frozen file system, a dead device) the call waits with it. The file's
-    name is this thread's own, so probes of other threads and processes never meet."""
-    probe = Path(directory) / f".tlog-write-probe-{os.getpid()}-{threading.get_native_id()}"
+    holds writes (a frozen file system, a dead device) the call waits with it. The file is
+    new and this call's own (a random name, made with ``O_EXCL | O_NOFOLLOW``: a file or
+    link planted under a name is never written through, and probes of other threads,
+    processes or containers sharing the directory never meet); a process killed in the
+    middle leaves an empty ``.tlog-write-probe-*`` file, which may be removed."""
+    probe = Path(directory) / f".tlog-write-probe-{os.getpid()}-{os.urandom(6).hex()}"
+    made = False
     try:
-        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        made = True
         try:
             os.write(fd, b"x")
             os.fsync(fd)
@@ -117,8 +121,9 @@ def write_error_in(directory: StrPath) -> str | None:
             os.close(fd)
         probe.unlink()
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            probe.unlink()
+        if made:
+            with contextlib.suppress(OSError):
+                probe.unlink()
         return f"{exc.strerror or exc} ({type(exc).__name__})"
     return None
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from client.runtime import durable
+from client.runtime.durable import write_error_in
 
 
 @pytest.fixture
@@ -124,3 +125,17 @@ def test_create_new_that_fails_to_write_leaves_no_file(
     with pytest.raises(OSError):
         durable.create_new(tmp_path / "k.key", b"secret\n")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_write_probe_leaves_nothing_and_says_why_it_cannot_write(tmp_path: Path) -> None:
+    """``write_error_in``: a new file of its own (random name, ``O_EXCL | O_NOFOLLOW``),
+    removed after; files already there untouched; the reason when no file can be made."""
+    (tmp_path / "kept").write_bytes(b"data")
+    for _ in range(3):
+        assert write_error_in(tmp_path) is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept"]
+    assert (tmp_path / "kept").read_bytes() == b"data"
+    said = write_error_in(tmp_path / "kept")  # not a directory
+    assert said is not None and "NotADirectoryError" in said, said
+    said = write_error_in(tmp_path / "missing")
+    assert said is not None and "FileNotFoundError" in said, said
