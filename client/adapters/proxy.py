@@ -23,6 +23,13 @@ failure with that status, since the proxy cannot know whether the SP applied it.
 that breaks off after its start is a 502 too, its event recorded with the SP's status and
 ``x.answer`` saying so.
 
+Requests the SP might read otherwise than the audit does are refused with 400 before the
+audit and the SP see them (:class:`_ProxyMiddleware`): a header name with ``_`` (CGI and
+WSGI servers, scim2-server's wsgiref among them, read ``Transfer_Encoding`` as
+``Transfer-Encoding``) and the method-override headers (``X-HTTP-Method-Override`` and its
+kin: an SP that honours one would apply a DELETE the audit took for a GET). Framing the
+parsers would read two ways is refused by the server runner (:mod:`client.runtime.serving`).
+
 The proxy's own endpoints, under ``/.tlog/`` so that no SCIM path of the upstream is
 shadowed: ``status`` (the audit backlog as JSON), ``healthz``, ``readyz`` and ``metrics``
 (Prometheus). They and the forwarder are dispatched by a few lines of plain ASGI (no web
@@ -54,7 +61,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 from client.adapters.exchange import MAX_INTENT_WAIT, check_intent_wait
-from client.adapters.forwarder import Forwarder, UpstreamError
+from client.adapters.forwarder import Forwarder, UpstreamError, scim_error
 from client.adapters.middleware import AuditConfig, AuditMiddleware, Receive, Scope, Send
 from client.adapters.opsread import OpsReads
 from client.adapters.outbox import Outbox, OutboxError
@@ -487,6 +494,43 @@ async def _serve(endpoint: _Endpoint, scope: Scope, send: Send) -> None:
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
+# Headers some frameworks take as the request's method instead of the request line's.
+METHOD_OVERRIDES = frozenset({b"x-http-method-override", b"x-http-method", b"x-method-override"})
+
+
+def ambiguous_header(headers: Any) -> str | None:
+    """Why a request with these headers is refused before the audit and the SP, or None.
+
+    * A header name with ``_``: CGI and WSGI servers (scim2-server's wsgiref among them)
+      turn ``-`` into ``_`` to name a header, so ``Transfer_Encoding``, ``Content_Type``
+      or ``X_Request_Id`` reach the SP as the header the proxy read under the other
+      spelling, or joined with it; the proxy cannot know which the SP acts on.
+    * A method-override header: an SP honouring it would apply a method (DELETE) other
+      than the one the audit read (GET: no event at all).
+    """
+    for k, _ in headers:
+        k = bytes(k)
+        if b"_" in k:
+            return "header names with '_' are refused (a service provider may read them as '-')"
+        if k.lower() in METHOD_OVERRIDES:
+            return "method-override headers are refused (the audit records the request's method)"
+    return None
+
+
+class _ProxyMiddleware(AuditMiddleware):
+    """The audit middleware, which first refuses (400, SCIM error) a request whose headers
+    the SP might read otherwise than the audit (:func:`ambiguous_header`): no intent, no
+    event, nothing sent upstream."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            why = ambiguous_header(scope.get("headers", ()))
+            if why is not None:
+                await scim_error(send, 400, why)
+                return
+        await super().__call__(scope, receive, send)
+
+
 def build_proxy(
     s: ProxySettings, *, log_transport: httpx.BaseTransport | None = None
 ) -> AuditMiddleware:
@@ -544,7 +588,7 @@ def build_proxy(
         log_key=s.log_key,
         trust_on_first_use=s.log_key_tofu,
     )
-    mw = AuditMiddleware(inner, config, outbox, relay, own=True)
+    mw = _ProxyMiddleware(inner, config, outbox, relay, own=True)
     holder.append(mw)
     return mw
 

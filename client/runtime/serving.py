@@ -26,6 +26,13 @@ timeouts"):
   the clock.
 * **Head size.** More than ``max_head_bytes`` of request line and headers: ``431`` and close
   (httptools, uvicorn's fast parser, has no such limit of its own).
+* **Framing as h11 frames it.** (httptools) A ``Transfer-Encoding`` other than exactly
+  ``chunked`` (``gzip, chunked``, which llhttp takes as chunked) is answered ``501`` and
+  closed before the app sees it; the trailer fields of a chunked body are discarded (llhttp
+  reports them as header fields, and uvicorn would append them to the headers the app holds
+  already, mid-request). llhttp itself refuses the other ambiguous framings with ``400``:
+  ``Content-Length`` with ``Transfer-Encoding``, two ``Content-Length`` values, ``chunked``
+  not last, obs-fold lines, spaces before a header name's colon, bare CR or LF line ends.
 * **Connection limit that favours real work.** At most ``max_connections`` connections
   (clamped below the process's file-descriptor limit, which is raised to its hard limit).
   A new connection over the limit evicts one of the connections that are idle or still
@@ -84,6 +91,7 @@ _R431 = (
     b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\n"
     b"connection: close\r\n\r\n"
 )
+_R501 = b"HTTP/1.1 501 Not Implemented\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 _R503 = (
     b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\ncontent-length: 0\r\n"
     b"connection: close\r\n\r\n"
@@ -154,7 +162,8 @@ _EVICTION_LOOKS = 4
 
 
 class _HeadTooLarge(Exception):
-    """Raised from a parser callback to stop parsing a head over the limit."""
+    """Raised from a parser callback to stop parsing a head refused there (over the size
+    limit, or framed by a transfer coding other than ``chunked``)."""
 
 
 class _Guard:
@@ -177,6 +186,7 @@ class _Guard:
     _unchecked: int
     _head_refused: bool
     _write_since: float | None
+    _trailers: bool
 
     coalesce_writes: bool = False
 
@@ -192,6 +202,7 @@ class _Guard:
         self._read_len = 0  # bytes of the read being parsed
         self._unchecked = 0  # bytes read since the read in which the last head completed
         self._head_refused = False
+        self._trailers = False  # (httptools) the current message's head is complete
         if len(self.connections) > self.max_connections:
             self._make_room()
 
@@ -233,6 +244,21 @@ class _Guard:
             self._head_bytes = 0
             self._head_tail = b""
 
+    def on_message_begin(self) -> None:
+        """(httptools) A new request: its header fields are taken until its head ends."""
+        self._trailers = False
+        super().on_message_begin()  # type: ignore[misc]
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        """(httptools) A header field, or a trailer field of a chunked body: llhttp reports
+        both alike and uvicorn appends both to the request's headers, which the app holds
+        already, so a trailer would appear among them mid-request (an app or a proxy that
+        reads them before and after the body would see two different requests, e.g.
+        ``Authorization`` or ``Content-Type`` sent as a trailer). Trailer fields are
+        discarded, as RFC 9112 §7.1.2 lets a recipient do (h11 does not pass them on)."""
+        if not self._trailers:
+            super().on_header(name, value)  # type: ignore[misc]
+
     def on_headers_complete(self) -> None:
         """(httptools) A complete head, before uvicorn makes it a request: measured when the
         bytes read since the last head could hold one over the limit. That catches a head
@@ -240,8 +266,8 @@ class _Guard:
         same read, or sent while an earlier request is still being answered. Refused with
         431 (after an earlier request: just closed), and the app never sees it."""
         lim = self.limits.max_head_bytes
+        hb: Any = self
         if self._unchecked > lim:
-            hb: Any = self
             size = _head_size(hb.url, hb.headers)
             if size > lim:
                 self._head_refused = True
@@ -249,7 +275,23 @@ class _Guard:
                     self._refuse(_R431)
                 raise _HeadTooLarge
         self._unchecked = self._read_len  # the rest of this read may hold the next head
+        codings = [
+            c.strip().lower()
+            for k, v in hb.headers
+            if k == b"transfer-encoding"
+            for c in v.split(b",")
+        ]
+        if codings and codings != [b"chunked"]:
+            # llhttp takes "gzip, chunked" as chunked and passes the body on still gzipped
+            # under no coding the app can see; h11 answers 501 to anything but "chunked".
+            # So does this (RFC 9112 §6.1: a coding the server does not understand), before
+            # the app sees the request.
+            self._head_refused = True
+            if not self.transport.is_closing():
+                self._refuse(_R501)
+            raise _HeadTooLarge
         super().on_headers_complete()  # type: ignore[misc]
+        self._trailers = True
 
     def send_400_response(self, msg: str) -> None:
         if self._head_refused:  # the parser's error is our refusal: answered already
