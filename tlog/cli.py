@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from client.runtime.logs import one_line
+from client.runtime.private import check_private_dir, private_umask
 from tlog.auth import ROLES, Principal, TokenStore
 from tlog.backend import Backend, NoLogStore, StorageError, is_database_url, open_backend
 from tlog.config import ConfigError, ProxyConfig, ServeConfig, add_arguments, from_args
@@ -224,6 +225,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from client.runtime.logs import uvicorn_log_config
 
+    private_umask()  # every file the log makes is 0600, whatever umask it was started with
     cfg = _serve_config(args)
     trusted = _forwarded_allow_ips(cfg.forwarded_allow_ips, "TLOG_FORWARDED_ALLOW_IPS")
     logs = uvicorn_log_config(cfg.log_level, cfg.log_format)
@@ -250,6 +252,7 @@ def _serve(
         where = "the database" if cfg.database else str(data)
         raise CliError(f"no log store in {where} (--no-init: not creating one)")
     data.mkdir(mode=0o700, parents=True, exist_ok=True)
+    check_private_dir(data, "data directory")
     created: list[str] = []
     signer = _open_signer(cfg, fresh, created)
     master = cfg.scim_master_key_path
@@ -838,6 +841,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 def cmd_scim_proxy(args: argparse.Namespace) -> int:
     from client.adapters.proxy import main_proxy
 
+    private_umask()  # the outbox, its WAL and the intent journal: 0600 whatever the umask
     try:
         cfg = from_args(ProxyConfig, args)
     except ConfigError as exc:

@@ -16,6 +16,7 @@ from client.formats.checkpoint import Checkpoint
 from client.formats.merkle import EMPTY_ROOT, VerificationError, verify_consistency
 from client.formats.note import Ed25519Signer, Ed25519Verifier, FormatError, sign_note
 from client.runtime.durable import create_new
+from client.runtime.private import read_private_file
 
 __all__ = ["CheckpointSigner", "ForkRefused", "create_key_file", "load_key_file"]
 
@@ -34,12 +35,13 @@ def create_key_file(path: str | os.PathLike[str], name: str) -> Ed25519Signer:
 
 
 def load_key_file(path: str | os.PathLike[str]) -> Ed25519Signer:
+    """The signer of the key file at ``path``; refused (``PermissionError``) when another
+    local user could have chosen or could read it: a symbolic link, another owner, group or
+    other access, a second name (:func:`client.runtime.private.read_private_file`)."""
     p = Path(path)
-    mode = p.stat().st_mode & 0o777
-    if mode & 0o077:
-        raise PermissionError(f"key file {p} is readable by others (mode {mode:o}); chmod 600 it")
+    raw = read_private_file(p, "key file")
     try:
-        return Ed25519Signer.from_skey(p.read_text("ascii"))
+        return Ed25519Signer.from_skey(raw.decode("ascii"))
     except (UnicodeDecodeError, FormatError) as exc:
         raise FormatError(f"key file {p} is not a PRIVATE+KEY Ed25519 signer key") from exc
 

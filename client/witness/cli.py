@@ -41,6 +41,7 @@ from client.formats.note import FormatError
 from client.runtime.durable import create_new
 from client.runtime.logs import configure as configure_logs
 from client.runtime.logs import one_line
+from client.runtime.private import private_umask
 from client.witness.config import ConfigError, KeyFileUnreadable, WitnessConfig
 from client.witness.core import Witness, WitnessedLog
 from client.witness.loglist import log_verifier
@@ -121,6 +122,7 @@ def _monitor(cfg: WitnessConfig, witness: Witness) -> Monitor:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    private_umask()  # the state database and its journal: 0600 whatever the umask
     cfg, witness = _load(args)
     server = WitnessHTTPServer(cfg.listen, witness, cfg.limits)
     monitor = _monitor(cfg, witness)

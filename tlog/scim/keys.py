@@ -40,7 +40,6 @@ import logging
 import os
 import secrets
 import socket
-import stat
 import threading
 import time
 import unicodedata
@@ -55,6 +54,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from client.runtime.durable import create_new, rename_durably
+from client.runtime.private import PrivateFileError, read_private_file
 from client.scim.cbor import EventFormatError, dumps_det, loads_det
 from client.scim.event import Event, validate_event
 from client.scim.leaf import pid as make_pid
@@ -404,11 +404,12 @@ def _torn_store_line(tail: str) -> bool:
 def load_key_file(path: Path) -> KeyFile:
     """The key file at ``path`` (:func:`parse_key_file`). Refuses a file that group or
     others may read or write."""
-    st = path.stat()
-    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise StorageError(f"{path} must not be accessible by group or others (chmod 600)")
     try:
-        text = path.read_text("ascii")
+        raw = read_private_file(path, "SCIM master key file")
+    except PrivateFileError as exc:
+        raise StorageError(str(exc)) from None
+    try:
+        text = raw.decode("ascii")
     except UnicodeDecodeError:
         raise StorageError(f"{path} is not a tlog SCIM master key file (not ASCII)") from None
     return parse_key_file(text, path)
