@@ -3,8 +3,9 @@ a long-running program's files are its user's alone (0600, directories 0700) and
 secrets are the files the operator put there.
 
 * Started with ``umask 000``, ``tlog serve``, ``tlog scim-proxy`` and ``tlog-witness serve``
-  make every file 0600 and every directory 0700. Found: LMDB's ``data.mdb`` was 0644 (LMDB
-  and SQLite create files 0644 less the umask); fixed by the programs setting umask 0077.
+  make every file 0600 and every directory 0700. Found: LMDB's ``data.mdb`` and the
+  witness's SQLite ``state.db`` were 0644 (LMDB and SQLite create files 0644 less the
+  umask); fixed by the programs setting umask 0077. (The proxy's were private already.)
 * ``tlog serve`` refuses a log key or SCIM master key that is a symbolic link (found: one
   replaced by a link to another file was followed), that has a second name (a hard link
   elsewhere; found: taken), that is group-readable (held), and a data directory owned by
