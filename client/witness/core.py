@@ -426,7 +426,10 @@ class Witness:
                 raise
             # Sign a re-encoding of what we parsed (Sunlight does the same): Checkpoint.parse
             # already insists on the canonical form, so this is the note text byte for byte.
-            now = self.now()
+            # Never older than this witness's previous cosignature of the log: a clock that
+            # stepped back (NTP, a VM snapshot) must not date a larger tree before a smaller
+            # one (red team 31).
+            now = max(self.now(), self._last_cosigned(stored))
             cosigs = tuple(s.cosign(cp.text(), now) for s in self.signers)
             new_note = Note(cp.text(), (*opened.verified, *cosigs)).format()
             expected = None if stored is None else (stored.size, stored.root_hash)
@@ -435,6 +438,25 @@ class Witness:
             # Someone else committed in between: re-check against the new state (usually
             # a 409 now). The cosignature we made is dropped unseen.
         raise Unavailable("state is changing too fast; retry")
+
+    def _last_cosigned(self, stored: StoredCheckpoint | None) -> int:
+        """The newest timestamp of this witness's own cosignatures on ``stored``'s note (0
+        for none, or for a note that does not parse: the check of the state is elsewhere)."""
+        if stored is None:
+            return 0
+        ours = {(s.name, s.key_id) for s in self.signers}
+        try:
+            sigs = parse_note(stored.note).signatures
+        except FormatError:
+            return 0
+        return max(
+            (
+                int.from_bytes(s.raw[:8], "big")
+                for s in sigs
+                if (s.name, s.key_id) in ours and len(s.raw) >= 8
+            ),
+            default=0,
+        )
 
     @staticmethod
     def _check_against(
