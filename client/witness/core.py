@@ -114,7 +114,13 @@ from client.formats.note import (
 from client.net.witness_client import CONTENT_TYPE_SIZE, AddCheckpointRequest, origin_hash
 from client.runtime.durable import can_write_in
 from client.witness.loglist import log_verifier
-from client.witness.store import Evidence, StoredCheckpoint, WitnessStore, check_row
+from client.witness.store import (
+    Evidence,
+    StateInDoubt,
+    StoredCheckpoint,
+    WitnessStore,
+    check_row,
+)
 
 __all__ = [
     "STATUS",
@@ -332,6 +338,8 @@ class Witness:
             req = AddCheckpointRequest.parse(body)
         except FormatError as exc:
             raise BadRequest(str(exc)) from None
+        if self.store.in_doubt is not None:
+            raise _in_doubt(self.store.in_doubt)
         if self.write_fault is not None and not can_write_in(Path(self.store.path).parent):
             # Still read-only: nothing is tried. A file system gone read-only after an error
             # (ext4 errors=remount-ro) still takes writes over blocks the file already has
@@ -346,6 +354,9 @@ class Witness:
             )
         try:
             sigs = self.update(req.old_size, req.consistency_proof, req.checkpoint_note)
+        except StateInDoubt as exc:
+            self.write_fault = str(exc)
+            raise _in_doubt(str(exc)) from None
         except sqlite3.Error as exc:
             if _disk_fault(exc):
                 self.write_fault = f"the last push could not be stored: {exc}"
@@ -765,6 +776,17 @@ def describe(cp: Checkpoint) -> dict[str, object]:
 
 def _describe_stored(stored: StoredCheckpoint) -> dict[str, object]:
     return {"size": stored.size, "root": b64encode(stored.root_hash)}
+
+
+def _in_doubt(why: str) -> Unavailable:
+    """The 503 of a push while the state is in doubt (:class:`StateInDoubt`): the push that
+    found it so may be on the disk or not, so it is not said that nothing was cosigned; no
+    cosignature is returned, and none is until a restart."""
+    logger.error("add-checkpoint: the state is in doubt until a restart: %s", why)
+    return Unavailable(
+        f"the witness's state database cannot be used until a restart ({why}); "
+        "no cosignature was returned: retry later"
+    )
 
 
 def _disk_fault(exc: sqlite3.Error) -> bool:

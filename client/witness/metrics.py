@@ -3,7 +3,8 @@
 * ``/healthz``: the event loop answers; touches nothing.
 * ``/readyz``: the state database answers a read (the witness cannot cosign without it),
   and the last push did not fail on the state's disk (an I/O error, a file system gone
-  read-only: ``Witness.write_fault``, until a push is stored again); 503 otherwise.
+  read-only: ``Witness.write_fault``, until a push is stored again), and no commit was
+  found in doubt (``WitnessStore.in_doubt``: until a restart); 503 otherwise.
 * ``/metrics``: Prometheus text: ``add-checkpoint`` requests by status with a latency
   histogram, and, read from the state when scraped, the newest cosigned size and its age per
   witnessed log and the number of split-view evidence records kept.
@@ -195,7 +196,10 @@ class WitnessMetrics:
     def ready(self) -> tuple[bool, str]:
         """Ready while the state database reads. One damaged checkpoint record leaves the
         witness ready for the other logs (pushes for that log are refused with 503) and is
-        named in the detail and in /metrics; a damaged table or file is not ready."""
+        named in the detail and in /metrics; a damaged table or file is not ready, nor a
+        state in doubt (:class:`~client.witness.store.StateInDoubt`) until a restart."""
+        if self.witness.store.in_doubt is not None:
+            return False, self.witness.store.in_doubt
         try:
             self.witness.all_logs()
             self.witness.evidence()

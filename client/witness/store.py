@@ -12,6 +12,7 @@ inside one ``BEGIN IMMEDIATE`` transaction, and never to a smaller size.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 import time
@@ -24,10 +25,13 @@ from client.formats.checkpoint import Checkpoint
 from client.formats.note import FormatError, parse_note
 from client.runtime.durable import gone_read_only
 
+logger = logging.getLogger(__name__)
+
 __all__ = [
     "Evidence",
     "ListedLog",
     "StateDamaged",
+    "StateInDoubt",
     "StateUnusable",
     "StoredCheckpoint",
     "Suspicion",
@@ -87,6 +91,17 @@ class StateDamaged(StateUnusable, sqlite3.DatabaseError):
     signed note stored beside them): the state is damaged, which is never evidence against
     the log. A :class:`sqlite3.DatabaseError` too, so the server answers it like SQLite's
     own damage reports (503)."""
+
+
+class StateInDoubt(sqlite3.OperationalError):
+    """The state's file system said it was read-only right after a commit whose fsync
+    answered success (:func:`client.runtime.durable.gone_read_only`): that commit may be in
+    the page cache only, and what this process reads from the state may not be what the
+    disk holds (a cosignature the disk lost, served or built on, then a different root
+    cosigned at the same size after the restart: a split view of the witness's own making).
+    Raised by that commit and by every later use of the store, read or write, until the
+    process restarts (after the file system's repair). A :class:`sqlite3.OperationalError`,
+    so every caller answers it as a state that cannot be used now (503)."""
 
 
 @dataclass(frozen=True)
@@ -204,6 +219,9 @@ class WitnessStore:
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
         self._closed = False
+        # Set when the file system said read-only right after a commit (StateInDoubt): every
+        # use of the store is refused until a restart, as tlog serve's Storage.in_doubt.
+        self.in_doubt: str | None = None
         try:
             if Path(self.path).stat().st_size == 0:
                 # SQLite opens a zero-byte file as a new, empty database: the witness would
@@ -232,6 +250,8 @@ class WitnessStore:
     def _connect(self) -> Iterator[sqlite3.Connection]:
         if self._closed:
             raise RuntimeError(f"witness store {self.path} is closed")
+        if self.in_doubt is not None:  # until a restart: the disk may differ from memory
+            raise StateInDoubt(self.in_doubt)
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             # isolation_level=None: we issue BEGIN/COMMIT ourselves, so the transaction
@@ -254,10 +274,23 @@ class WitnessStore:
         if conn.total_changes != changes:
             # Something was committed and SQLite's fsync answered 0; on a file system gone
             # read-only after an error (older kernels) that says nothing: a WAL frame over
-            # an existing WAL stays in the page cache. Not durable, so not returned.
-            gone = gone_read_only(self.path)
+            # an existing WAL stays in the page cache. Not durable, so not returned; and
+            # this connection (and every other of this process) now sees a row the disk
+            # may not hold, which SQLite's recovery may drop at the next start with every
+            # frame after it: nothing is read or written here again until a restart.
+            try:
+                gone = gone_read_only(self.path)
+            except OSError as exc:  # statvfs itself failed (EIO, the directory removed)
+                gone = exc
             if gone is not None:
-                raise sqlite3.OperationalError(f"attempt to write a readonly database: {gone}")
+                self.in_doubt = (
+                    f"the state's file system went read-only under a commit ({gone}); what "
+                    "this process holds may not be on the disk, so nothing is read, "
+                    "cosigned or served until a restart. Check the file system (an I/O "
+                    "error?), remount it read-write and restart the witness"
+                )
+                logger.critical("READ-ONLY FILE SYSTEM: %s (state %s)", self.in_doubt, self.path)
+                raise StateInDoubt(self.in_doubt)
 
     def close(self) -> None:
         """Close every thread's connection. Idempotent; the store is unusable afterwards.
