@@ -306,16 +306,21 @@ class AuditMiddleware:
         return journal is not None and journal.stalled(self.config.intent_wait)
 
     def journal_state(self, *, reopen: bool = False) -> dict[str, Any]:
-        """The intent journal's state: stalled, and why it could not be opened
-        (``intent_journal_error``, None when open). Non-blocking, reads nothing on disk,
+        """The intent journal's state: stalled, why it could not be opened
+        (``intent_journal_error``, None when open), and why it takes no write until a
+        restart (``intent_journal_in_doubt``, None but after a flush found in doubt).
+        Non-blocking, reads nothing on disk,
         unless ``reopen`` (a worker thread: readiness) tries again to open a journal that
         failed to, so that a fixed disk is ready again before any write comes."""
         if reopen and self._journal_error is not None and self._journal is None:
             with contextlib.suppress(OutboxError):  # said below
                 self._open_journal()
+        journal = self._journal
         return {
             "intent_journal_stalled": self.intent_journal_stalled(),
             "intent_journal_error": self._journal_error,
+            # a flush found in doubt: no write is taken until a restart (IntentJournal)
+            "intent_journal_in_doubt": None if journal is None else journal.in_doubt,
             "intent_stalls": self.stats["intent_stalls"],
         }
 

@@ -433,6 +433,10 @@ class Outbox:
         self._gone_folded = False
         self._rescued = False  # the moved files handled once (_watch): folded, written back
         self._journal: IntentJournal | None = None  # opened by intents()
+        # Set when the file system said read-only right after a commit (_in_doubt): adds
+        # and probes are refused, and readiness fails, until a restart (the commit, and
+        # every one after it, may be dropped by SQLite's recovery at the next start).
+        self.in_doubt: str | None = None
         # The queued events are plaintext (personal data): owner-only, like a key file.
         # SQLite gives the -wal and -shm files the database file's permissions.
         existed = os.path.lexists(self.path)
@@ -747,6 +751,12 @@ class Outbox:
                     if type(fn) in _ADDS:
                         settle(None, gone)
                 live = [(fn, settle) for fn, settle in live if type(fn) not in _ADDS]
+            if live and self.in_doubt is not None:
+                doubt = OutboxError(self.in_doubt)
+                for fn, settle in live:
+                    if type(fn) in _ADDS:
+                        settle(None, doubt)
+                live = [(fn, settle) for fn, settle in live if type(fn) not in _ADDS]
             self._commit_live(conn, live)
         except Exception as exc:  # a bug: fail what is unsettled, keep the writer alive
             _log.exception("outbox writer error")
@@ -791,13 +801,26 @@ class Outbox:
         it is read-only now (:func:`client.runtime.durable.gone_read_only`: a commit that
         needed no new block, a WAL frame over an existing WAL, is answered 0 by the fsync
         of ext4 gone read-only after an error, on older kernels), so nothing of it is
-        acknowledged and the caller fails closed as after any failed add."""
-        gone = gone_read_only(self.path)
+        acknowledged and the caller fails closed as after any failed add. Sticky
+        (:attr:`in_doubt`): what this process's connection reads now may not be what the
+        disk holds, and SQLite's recovery at the next start may drop this commit and every
+        one after it, so no add or probe is taken again until a restart, even once the file
+        system takes writes again. A ``statvfs`` that fails itself (an I/O error, the
+        directory removed) is as much in doubt."""
+        try:
+            gone = gone_read_only(self.path)
+        except OSError as exc:
+            gone = exc
         if gone is None:
             return None
         self._queued = None
-        _log.error("outbox commit not acknowledged: %s", gone)
-        return OutboxError(f"the outbox's commit may not be on its disk: {gone}")
+        self.in_doubt = (
+            f"the outbox's commit may not be on its disk ({gone}): no event is added until "
+            "a restart (events already queued stay deliverable until then). Check the file "
+            "system (an I/O error?), remount it read-write and restart the adapter"
+        )
+        _log.error("outbox commit not acknowledged: %s", self.in_doubt)
+        return OutboxError(self.in_doubt)
 
     def _commit_adds(
         self, conn: sqlite3.Connection, live: list[tuple[_Fn, _Settle]]
@@ -1095,9 +1118,12 @@ class Outbox:
     def backlog(self) -> dict[str, int | None]:
         """What is not yet in the log: ``pending`` events, their ``pending_bytes``, and the
         age of the oldest in ms (``oldest_ms``, None when empty); ``rejected`` events.
-        :class:`OutboxError` when the file was removed or replaced (adds are refused)."""
+        :class:`OutboxError` when the file was removed or replaced, or a commit was found
+        in doubt (:attr:`in_doubt`): adds are refused."""
         if self._moved():
             raise OutboxError(self._gone())
+        if self.in_doubt is not None:
+            raise OutboxError(self.in_doubt)
         (row,) = self._read(
             "SELECT COUNT(*), COALESCE(SUM(LENGTH(body)), 0), MIN(created_ms) FROM events "
             "WHERE state = ?",
@@ -1343,6 +1369,10 @@ class IntentJournal:
         # would never be recovered after a kill).
         fresh = directory / f"{self.id}.lock.new"
         self._lock_fd = os.open(fresh, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        # Set when the file system said read-only right after a flush (durable mode): the
+        # lines flushed may be in the page cache only, so no intent is begun (nor a line
+        # written) until a restart, even once the file system takes writes again.
+        self.in_doubt: str | None = None
         self._fds: list[int | None] = [None, None]
         self._maps: list[mmap.mmap | None] = [None, None]
         # The other file's preparation (_prepare): its thread, and what it raised.
@@ -1418,6 +1448,8 @@ class IntentJournal:
         with self._mutex:
             if self._closed:
                 raise OSError("the intent journal is closed")
+            if self.in_doubt is not None:
+                raise OSError(errno.EROFS, self.in_doubt)
             self._n += 1
             iid = self._n
             doc["i"] = iid
@@ -1585,6 +1617,8 @@ class IntentJournal:
             top = batch[-1][0] if batch else self._written
             flush = False
             try:
+                if batch and self.in_doubt is not None:
+                    raise OSError(errno.EROFS, self.in_doubt)
                 if batch:
                     self._append(b"".join(b[2] for b in batch))
                     for _, iid, line, begun in batch:
@@ -1604,9 +1638,17 @@ class IntentJournal:
                     os.fdatasync(fd)
                     # A flush into a file of fixed size writes over blocks it has: a file
                     # system gone read-only after an error (older kernels) answers it 0.
-                    gone = gone_read_only(fd)
+                    try:
+                        gone = gone_read_only(fd)
+                    except OSError as exc:  # statvfs itself failed: as much in doubt
+                        gone = exc
                     if gone is not None:
-                        raise gone
+                        self.in_doubt = (
+                            f"the intent journal's flush may not be on its disk ({gone}): no "
+                            "write is taken until a restart. Check the file system (an I/O "
+                            "error?), remount it read-write and restart the adapter"
+                        )
+                        raise OSError(errno.EROFS, self.in_doubt)
             except BaseException as exc:  # given to the waiters (a blocking begin raises it)
                 failed = exc
                 _log.error("intent journal write failed: %r", exc)

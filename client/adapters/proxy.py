@@ -402,6 +402,8 @@ def _ops_endpoints(ops: Callable[[], OpsReads], s: ProxySettings) -> dict[str, _
         journal_check: dict[str, Any] = {"ok": not b.get("intent_journal_stalled")}
         if journal_error:
             journal_check = {"ok": False, "error": f"cannot be opened: {journal_error}"}
+        if b.get("intent_journal_in_doubt"):
+            journal_check = {"ok": False, "error": b["intent_journal_in_doubt"]}
         checks: dict[str, dict[str, Any]] = {
             "outbox": {
                 "ok": not full and taken,
