@@ -386,7 +386,10 @@ def _writes(fn: Callable[..., _T]) -> Callable[..., _T]:
                     log.critical("STORE DAMAGED: %s (store %s)", fault, self.path)
                 raise fault from exc
             else:
-                gone = gone_read_only(self.path)
+                try:
+                    gone: OSError | None = gone_read_only(self.path)
+                except OSError as exc:  # statvfs itself failed (EIO, the directory removed)
+                    gone = exc
                 if gone is not None:
                     # The commit's fsync answered 0, but on a read-only file system that
                     # says nothing (ext4 after an error, older kernels): not acknowledged.
