@@ -3,8 +3,8 @@ write was refused (ext4 ``errors=remount-ro``): SQLite's commit of WAL frames ov
 existing WAL (the WAL restarted after a checkpoint) needs no new block, and the kernels
 that mark ext4 read-only after an error take it into the page cache and answer its fsync
 with 0. The state's file system is asked (``statvfs``) after each commit: read-only there,
-nothing is cosigned (503) and the fault is kept as red team 30's (``/readyz`` 503 until a
-push is stored again).
+no cosignature is returned (503) and the state is in doubt until a restart (fix40:
+``tests/witness/test_fix40_in_doubt_state.py``).
 
 The real-ext4 test puts the state at that moment (the WAL reused, checked); this machine's
 kernel (6.15 and later) refuses the write itself, so it passes here without the check too,
