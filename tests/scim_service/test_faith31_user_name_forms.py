@@ -86,20 +86,26 @@ def test_a_name_keyed_before_faith31_is_still_reached(
         assert rc.erased
 
 
-@pytest.mark.parametrize("asked", [NFD, NFD.upper()])  # (the form it was keyed in)
+@pytest.mark.parametrize("sent_after", [NFD, NFC], ids=["after-nfd", "after-nfc"])
+@pytest.mark.parametrize("asked", [NFD, NFD.upper(), NFC])
 def test_a_name_keyed_before_faith31_stays_one_subject_after_the_upgrade(
-    tmp_path: Path, database: str | None, monkeypatch: pytest.MonkeyPatch, asked: str
+    tmp_path: Path,
+    database: str | None,
+    monkeypatch: pytest.MonkeyPatch,
+    asked: str,
+    sent_after: str,
 ) -> None:
     """A name keyed before faith31 (NFD, casefolded only) that gets events after the
     upgrade: they are sealed under the same subject's keys, so one erasure reaches the
-    events from before and after. (Lead: when ingestion keyed them by the new form, the
-    name became two subjects and the erasure reached only the new one: the old event stayed
-    readable.)"""
+    events from before and after, whichever form the later events and the request use.
+    (Lead: when ingestion keyed them by the new form, the name became two subjects and the
+    erasure reached only the new one: the old event stayed readable; review 40b: so it did
+    still when the later event came in NFC.)"""
     with open_harness(tmp_path, database=database) as h:
         with monkeypatch.context() as m:
             m.setattr(service_mod, "user_name_key", str.casefold)
             before = _failed_create(h, NFD, "req-f31-before")
-        after = _failed_create(h, NFD, "req-f31-after")
+        after = _failed_create(h, sent_after, "req-f31-after")
         a = h.auditor()
         assert len(a.search(req="req-f31-before").results) == 1
         assert len(a.search(req="req-f31-after").results) == 1

@@ -623,8 +623,9 @@ class Erasures:
             for it in items:
                 v = it.get("value") if type(it) is dict else it
                 if type(v) is str and v:
+                    nfd = unicodedata.normalize("NFD", v)
                     names.update((v, v.casefold(), unicodedata.normalize("NFC", v)))
-                    names.add(user_name_key(v))
+                    names.update((user_name_key(v), nfd, nfd.casefold()))
         out: list[tuple[bytes, bytes]] = []
         for name in sorted(names):
             h = tk.subject_hash_of(ACTOR_SUBJECT_RT, "rid", name)

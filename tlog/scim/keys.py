@@ -706,6 +706,12 @@ def user_name_key(value: str) -> str:
     return unicodedata.normalize("NFC", unicodedata.normalize("NFC", value).casefold())
 
 
+def legacy_user_name_keys(name: str) -> list[str]:
+    """The forms a ``userName`` subject may have been keyed by before faith31 (casefolded
+    only): the name as sent, and the name in NFD (a client sending decomposed text)."""
+    return list(dict.fromkeys((name.casefold(), unicodedata.normalize("NFD", name).casefold())))
+
+
 @dataclass(frozen=True)
 class SubjectId:
     """A data subject: ``kind`` is ``rid`` or ``xid`` (value = that id), ``none`` or ``sys``."""
@@ -1115,17 +1121,24 @@ class KeyRing:
 
     def user_name_subject(self, tx: Overlay, tk: TenantKeys, rt: str, name: str) -> SubjectId:
         """The subject a ``userName`` ``name`` (as sent) is keyed by on this store: its
-        :func:`user_name_key` form, unless only the form before faith31 (casefolded, not
-        normalized: a name sent in NFD) has keys here. Ingestion and erasure both ask it,
-        so a name keyed before goes on being one subject: its later events are sealed under
-        the same keys, and one erasure reaches them all (had ingestion taken the new form,
-        the name would have become two subjects and an erasure would have reached one)."""
+        :func:`user_name_key` form, unless that has no keys here and a form before faith31
+        has (casefolded, not normalized: the name as sent, or the name in NFD, as a client
+        sending decomposed text would have sent it before). Ingestion and erasure both ask
+        it, so a name keyed before goes on being one subject whichever form its later
+        events come in: they are sealed under the same keys, and one erasure reaches them
+        all (had ingestion taken the new form, the name would have become two subjects and
+        an erasure would have reached one; lead and review 40b). A store that already held
+        a name in two forms before faith31 holds two subjects, and an erasure reaches the
+        one this answers (docs/design.md)."""
         new = SubjectId(rt, "userName", user_name_key(name))
-        old_value = name.casefold()
-        if old_value == new.value or self.subject(tx, tk, new) is not None:
+        olds = [v for v in legacy_user_name_keys(name) if v != new.value]
+        if not olds or self.subject(tx, tk, new) is not None:
             return new
-        old = SubjectId(rt, "userName", old_value)
-        return old if self.subject(tx, tk, old) is not None else new
+        for value in olds:
+            old = SubjectId(rt, "userName", value)
+            if self.subject(tx, tk, old) is not None:
+                return old
+        return new
 
     @staticmethod
     def _subject_at(tx: Overlay, key: bytes) -> SubjectKeys | None:

@@ -109,6 +109,7 @@ from tlog.scim.keys import (
     TenantKeys,
     envelope_plaintext,
     epoch_of,
+    legacy_user_name_keys,
     seal_actor,
     seal_envelope,
     seal_state,
@@ -1379,7 +1380,7 @@ class ScimService:
         subject = subject_of(ev)
         if subject.kind == "userName":  # a name keyed before faith31 stays one subject
             sent = user_name_sent(ev)
-            if sent is not None and sent.casefold() != subject.value:
+            if sent is not None and any(v != subject.value for v in legacy_user_name_keys(sent)):
                 subject = self.keys.user_name_subject(tx, tk, subject.rt, sent)
         skey = (subject.rt, subject.kind, subject.value)
         sk = batch.subjects.get(skey)
