@@ -439,8 +439,20 @@ class Witness:
             # already insists on the canonical form, so this is the note text byte for byte.
             # Never older than this witness's previous cosignature of the log: a clock that
             # stepped back (NTP, a VM snapshot) must not date a larger tree before a smaller
-            # one (red team 31).
-            now = max(self.now(), self._last_cosigned(stored))
+            # one (red team 31), said at ERROR (review 40b: the clamp was silent). Ties
+            # stay: timestamps are whole seconds, and a log may publish several
+            # checkpoints a second (dating each a second after the one before would run
+            # ahead of the clock without bound).
+            now, last = self.now(), self._last_cosigned(stored)
+            if now < last:
+                logger.error(
+                    "the clock (%d) is behind this witness's previous cosignature of a "
+                    "checkpoint of this log (%d s later): cosigned at that time instead; "
+                    "fix the clock (NTP)",
+                    now,
+                    last - now,
+                )
+                now = last
             cosigs = tuple(s.cosign(cp.text(), now) for s in self.signers)
             new_note = Note(cp.text(), (*opened.verified, *cosigs)).format()
             expected = None if stored is None else (stored.size, stored.root_hash)

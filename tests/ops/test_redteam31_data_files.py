@@ -198,3 +198,29 @@ def test_a_data_directory_readable_by_others_is_made_private(made: Path) -> None
     stop_processes([srv.proc])
     assert stat.S_IMODE(made.stat().st_mode) == 0o700
     assert "made 0700" in (made.parent / f"{made.name}-server.log").read_text()
+
+
+def test_a_master_key_swapped_for_a_link_after_start_is_not_written_through(
+    tmp_path: Path,
+) -> None:
+    """Review 40b F5: the master key file is read with ``O_NOFOLLOW``; its later writes (a
+    rotation, an erasure's re-wrap) were opened following links, so a key path swapped for
+    a link after start sent the next key into the file it names. Now the write is refused
+    (ELOOP) and the linked file is untouched."""
+    import errno
+
+    from tlog.backend import StorageError
+    from tlog.scim.keys import bind_key_file, write_key_file_in_place
+
+    key = tmp_path / "scim-master.key"
+    key.write_bytes(b"x" * 64)
+    stolen = tmp_path / "readable-by-the-attacker"
+    stolen.write_bytes(b"")
+    key.unlink()
+    key.symlink_to(stolen)
+    with pytest.raises(OSError) as err:
+        write_key_file_in_place(key, b"k" * 32, None)
+    assert err.value.errno == errno.ELOOP
+    with pytest.raises(StorageError, match="symbolic link"):  # its load refuses first
+        bind_key_file(key, b"s" * 16)
+    assert stolen.read_bytes() == b""

@@ -9,8 +9,11 @@ with the later of the clock and its stored cosignature's time)."""
 
 from __future__ import annotations
 
+import logging
 import struct
 from pathlib import Path
+
+import pytest
 
 from client.formats.note import parse_note
 
@@ -24,15 +27,20 @@ def _cosig_time(lines: str) -> int:
     return int(struct.unpack(">Q", sig.raw[:8])[0])
 
 
-def test_a_cosignature_after_the_clock_stepped_back_is_not_older(tmp_path: Path) -> None:
+def test_a_cosignature_after_the_clock_stepped_back_is_not_older(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     log = FakeLog(events(50))
     clock = FakeClock()
     w = make_witness(tmp_path / "state.db", [log.witnessed_log()], clock=clock)
     first = _cosig_time(w.add_checkpoint(log.body(0, 20)))
     assert first == int(clock.now)
     clock.now -= YEAR  # the clock steps back a year
-    second = _cosig_time(w.add_checkpoint(log.body(20, 50)))
+    with caplog.at_level(logging.ERROR, logger="client.witness"):
+        second = _cosig_time(w.add_checkpoint(log.body(20, 50)))
     assert second >= first, (first, second)
+    said = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert any("behind this witness's previous cosignature" in m for m in said), said
     clock.now += 2 * YEAR  # and later forward again: the clock's time is used once ahead
     log2 = FakeLog(events(60))
     third = _cosig_time(w.add_checkpoint(log2.body(50, 60)))

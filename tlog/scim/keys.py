@@ -436,7 +436,7 @@ def write_key_file_in_place(path: Path, current: bytes, nxt: bytes | None) -> No
     blocks; see docs/design.md "Erasure".) The file's store line is kept: the 130 bytes
     before it are the v2 body, so a write that a crash cuts at the old length still leaves
     a whole body."""
-    fd = os.open(path, os.O_RDWR)
+    fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)  # (review 40b F5: as it was read)
     try:
         _write_fd(fd, _key_file_text(current, nxt, _bound_to(fd, path)))
     finally:
@@ -451,7 +451,7 @@ def bind_key_file(path: Path, store: bytes) -> None:
     if kf.store == store:
         return
     try:
-        fd = os.open(path, os.O_WRONLY)
+        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW)
     except OSError as exc:
         if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
             raise
