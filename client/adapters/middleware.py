@@ -851,7 +851,7 @@ class AuditMiddleware:
 
         if _TEST_PAUSE is not None:
             await _test_pause("answered")
-        if not broke_off and not too_large and wants_sp_types(x, cfg):
+        if not broke_off and not too_large and await self._wants_sp_types(x):
             x.sp_types = await self._sp_types(scope, req_id)
         extra, ok = await self._record(x, iid)
         if failure is not None:
@@ -1105,6 +1105,15 @@ class AuditMiddleware:
             and not _coded(x.resp_header(b"content-encoding"))
             and x.target(self.config).kind != "bulk"
         )
+
+    async def _wants_sp_types(self, x: Exchange) -> bool:
+        """:func:`wants_sp_types`, which may decode the answer: on the event loop where the
+        events would be built there (:meth:`_inline`), else in a worker thread (review 40b:
+        a 4 MiB answer, or a gzip one, naming an extension held the loop ~160 ms)."""
+        if self._inline(x):
+            return wants_sp_types(x, self.config)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, wants_sp_types, x, self.config)
 
     async def _events(self, x: Exchange) -> tuple[Recorded, list[OutboxRecord]]:
         """Build the events and their outbox records (see :meth:`_inline` for where); member

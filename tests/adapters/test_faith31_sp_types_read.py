@@ -215,3 +215,38 @@ def test_answers_saying_nothing_of_an_extensions_type_do_not_ask(tmp_path: Path)
         evs = events()
     assert len(evs) == 2 and evs[1]["outcome"] == "failure", evs
     assert seen == [], seen  # (before: both asked)
+
+
+def test_a_large_answer_is_looked_at_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review 40b: ``wants_sp_types`` decodes an answer naming an extension (up to 4 MiB, or
+    a gzip one), which held the event loop (~160 ms a large answer). A create answer larger
+    than the inline bound is now looked at in a worker thread; a small one on the loop, as
+    its events are built."""
+    import asyncio
+
+    real = mw_mod.wants_sp_types
+    on_loop: list[bool] = []
+
+    def spy(x: Any, cfg: Any) -> bool:
+        try:
+            asyncio.get_running_loop()
+            on_loop.append(True)
+        except RuntimeError:
+            on_loop.append(False)
+        return real(x, cfg)
+
+    monkeypatch.setattr(mw_mod, "wants_sp_types", spy)
+    with _rig(tmp_path, _sp(public_discovery=True)) as (client, events, _):
+        body = {
+            "schemas": [USER, MISLEADING],
+            "userName": "large",
+            MISLEADING: {"team": "t" * (mw_mod.INLINE_BUILD_BYTES + 1)},
+        }
+        r = client.post("/v2/Users", json=body, headers={"Authorization": f"Bearer {SCIM_TOKEN}"})
+        assert r.status_code == 201, r.text
+        uids = [r.json()["id"], _create(client, "small")]
+        evs = events()
+    _all_known(evs, uids)
+    assert on_loop == [False, True], on_loop
