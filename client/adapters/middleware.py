@@ -909,7 +909,7 @@ class AuditMiddleware:
         first create's credentials and host were used for every later request, the answer
         kept for the life of the process, and an app's lifespan state was not passed (an
         app needing it answered 500, and the types read as not known)."""
-        host = _header(scope, b"host")
+        host = _route(scope)
         creds = _credentials(scope)
         public = (host, "")
         now = time.monotonic()
@@ -929,7 +929,7 @@ class AuditMiddleware:
             now = time.monotonic()
             got = self._sp_views.get(public)
             if got is None or now >= got[0]:
-                status, types = await self._ask_types(scope, ())
+                status, types = await self._ask_types(scope, with_credentials=False)
                 if status in (401, 403):
                     self._keep_view(public, SP_TYPES_TTL, _SP_AUTH)
                 else:
@@ -944,7 +944,7 @@ class AuditMiddleware:
             own = self._sp_views.get(mine)
             if own is not None and now < own[0]:
                 return own[1] if isinstance(own[1], SpTypes) else None
-            status, types = await self._ask_types(scope, _CRED_HEADERS)
+            status, types = await self._ask_types(scope, with_credentials=True)
             self._access("/ResourceTypes", "GET", req_id, status, SP_TYPES_READ)
             self._keep_view(mine, SP_TYPES_TTL if types is not None else SP_TYPES_RETRY, types)
             return types
@@ -957,27 +957,26 @@ class AuditMiddleware:
         views[key] = (time.monotonic() + ttl, got)
 
     async def _ask_types(
-        self, scope: Scope, creds: tuple[bytes, ...]
+        self, scope: Scope, *, with_credentials: bool
     ) -> tuple[int, SpTypes | None]:
         """The SP's status and :class:`SpTypes` for a ``/ResourceTypes`` read (0, None:
-        it could not be read in time or at all), with the request's headers named by
-        ``creds`` (none: without credentials)."""
+        it could not be read in time or at all), with the request's routing headers
+        (:data:`_ROUTING_HEADERS`) and, ``with_credentials``, its credentials
+        (:func:`_is_credential`)."""
         try:
-            return await asyncio.wait_for(self._read_types(scope, creds), SP_TYPES_WAIT)
+            read = self._read_types(scope, with_credentials)
+            return await asyncio.wait_for(read, SP_TYPES_WAIT)
         except Exception as exc:  # an SP that cannot answer it: the types not known
             _log.warning("the SP's /ResourceTypes could not be read: %s", type(exc).__name__)
             return 0, None
 
-    async def _read_types(
-        self, scope: Scope, creds: tuple[bytes, ...]
-    ) -> tuple[int, SpTypes | None]:
+    async def _read_types(self, scope: Scope, with_credentials: bool) -> tuple[int, SpTypes | None]:
         path = self.config.base_path + "/ResourceTypes"
         headers = [
             (k, v)
             for k, v in scope.get("headers", ())
-            if bytes(k).lower() == b"host"
-            or bytes(k).lower() in creds
-            or bytes(k).lower().startswith(b"x-forwarded-")
+            if bytes(k).lower() in _ROUTING_HEADERS
+            or (with_credentials and _is_credential(bytes(k).lower()))
         ]
         headers.append((b"accept", b"application/scim+json, application/json"))
         inner = {
@@ -1297,24 +1296,46 @@ def _echo_request_id(send: Send, req_id: str) -> Send:
 
 # The request headers that carry a client's credentials (AuditMiddleware._sp_types).
 _CRED_HEADERS = (b"authorization", b"cookie")
+# The headers that say which view of the SP a request is routed to, sent with every
+# /ResourceTypes read and naming its kept view. Every other X-Forwarded-* header is taken as
+# a credential (review 40b: oauth2-proxy's X-Forwarded-Access-Token, -User, -Email,
+# -Groups; Envoy's X-Forwarded-Client-Cert): sent only with the credentialed read.
+_ROUTING_HEADERS = (
+    b"host",
+    b"x-forwarded-host",
+    b"x-forwarded-proto",
+    b"x-forwarded-port",
+    b"x-forwarded-prefix",
+)
 # A view of /ResourceTypes the SP refused without credentials (401, 403).
 _SP_AUTH = object()
 
 
-def _header(scope: Scope, name: bytes) -> str:
-    """The request's first ``name`` header (lower case) as text ("" when it has none)."""
-    for k, v in scope.get("headers", ()):
-        if bytes(k).lower() == name:
-            return bytes(v).decode("latin-1")
-    return ""
+def _is_credential(name: bytes) -> bool:
+    """Whether header ``name`` (lower case) says who the client is (:data:`_CRED_HEADERS`,
+    and every ``X-Forwarded-*`` but the routing ones)."""
+    return name in _CRED_HEADERS or (
+        name.startswith(b"x-forwarded-") and name not in _ROUTING_HEADERS
+    )
 
 
 def _credentials(scope: Scope) -> tuple[bytes, ...]:
-    """The request's credential headers (:data:`_CRED_HEADERS`), name and value, in order."""
+    """The request's credential headers (:func:`_is_credential`), name and value, in order."""
     return tuple(
         bytes(k).lower() + b":" + bytes(v)
         for k, v in scope.get("headers", ())
-        if bytes(k).lower() in _CRED_HEADERS
+        if _is_credential(bytes(k).lower())
+    )
+
+
+def _route(scope: Scope) -> str:
+    """The request's view of the SP, as its routing headers (:data:`_ROUTING_HEADERS`) say:
+    what a kept ``/ResourceTypes`` answer is kept for (review 40b: kept per ``Host`` alone,
+    a client's ``X-Forwarded-Host`` fixed the view of every client of that host)."""
+    return "\0".join(
+        bytes(k).lower().decode("latin-1") + "=" + bytes(v).decode("latin-1")
+        for k, v in scope.get("headers", ())
+        if bytes(k).lower() in _ROUTING_HEADERS
     )
 
 

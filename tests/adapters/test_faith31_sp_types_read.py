@@ -250,3 +250,35 @@ def test_a_large_answer_is_looked_at_off_the_event_loop(
         evs = events()
     _all_known(evs, uids)
     assert on_loop == [False, True], on_loop
+
+
+def test_the_public_read_sends_routing_headers_only_and_is_kept_per_view(
+    tmp_path: Path,
+) -> None:
+    """Review 40b: the read without credentials passed every ``X-Forwarded-*`` header (a
+    front's ``X-Forwarded-User`` or ``-Access-Token``: a client's identity, in a read not
+    recorded as an access), and its answer was kept per ``Host`` alone, so the first
+    client's ``X-Forwarded-Host`` fixed the view of every client of that host. Now it sends
+    the routing headers only, and a view is kept per host and routing headers."""
+    seen: list[dict[bytes, str]] = []
+    sp = _sp(public_discovery=True)
+
+    async def front(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and str(scope["path"]).endswith("/ResourceTypes"):
+            seen.append({bytes(k).lower(): bytes(v).decode() for k, v in scope["headers"]})
+        await sp(scope, receive, send)
+
+    who = {"X-Forwarded-User": "alice", "X-Forwarded-Access-Token": "secret"}
+    with _rig(tmp_path, front) as (client, events, access):
+        uids = [
+            _create(client, "a", headers={**who, "X-Forwarded-Host": "one.example"}),
+            _create(client, "b", headers={"X-Forwarded-Host": "two.example"}),
+            _create(client, "c", headers={"X-Forwarded-Host": "one.example"}),
+        ]
+        evs = events()
+    _all_known(evs, uids)
+    assert [h.get(b"x-forwarded-host") for h in seen] == ["one.example", "two.example"], seen
+    for h in seen:
+        assert b"x-forwarded-user" not in h and b"x-forwarded-access-token" not in h, h
+        assert b"authorization" not in h, h
+    assert not [a for a in access if a["reason"] == mw_mod.SP_TYPES_READ], access
