@@ -288,7 +288,14 @@ class _Guard:
             # the app sees the request.
             self._head_refused = True
             if not self.transport.is_closing():
-                self._refuse(_R501)
+                cycle = self.cycle
+                if cycle is not None and cycle.response_complete and not cycle.more_body:
+                    # after an earlier request answered whole: the 501 follows its answer
+                    # (review 40b: only a first request was answered, later ones just closed)
+                    self.transport.write(_R501)
+                    self.transport.close()
+                else:
+                    self._refuse(_R501)
             raise _HeadTooLarge
         super().on_headers_complete()  # type: ignore[misc]
         self._trailers = True

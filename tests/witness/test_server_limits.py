@@ -158,3 +158,24 @@ def test_the_limit_a_served_keep_alive_client_outlasts_one_byte_sockets(
         client.sendall(request.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
         answer = read_all(client)
         assert answer.startswith(b"HTTP/1.1 200 ") and b'"evidence": []' in answer, answer
+
+
+def test_a_refused_transfer_coding_after_a_keep_alive_request_is_answered_501(
+    server: WitnessHTTPServer,
+) -> None:
+    """Red team 31 refused a ``Transfer-Encoding`` other than ``chunked`` with 501, but only
+    on a connection's first request: after an earlier request the connection was just
+    closed (review 40b). Now the 501 follows the earlier answer."""
+    with connect(server) as s:
+        s.sendall(b"GET /evidence HTTP/1.1\r\nHost: x\r\n\r\n")
+        got = b""
+        while b'"evidence": []' not in got:
+            chunk = s.recv(65536)
+            assert chunk, got
+            got += chunk
+        s.sendall(
+            b"POST /evidence HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+            b"0\r\n\r\n"
+        )
+        answer = read_all(s)
+    assert answer.startswith(b"HTTP/1.1 501 "), answer
