@@ -90,3 +90,28 @@ def test_an_upgrade_is_answered_as_uvicorns_auto_answers_it(servers: tuple[int, 
     plain = _answer(ours, PLAIN)
     assert plain == _answer(auto, PLAIN)
     assert plain.startswith(b"HTTP/1.1 200") and plain.endswith(b"checkpoint\n"), plain
+
+
+def test_a_started_server_has_not_loaded_a_websocket_library() -> None:
+    """Review 40a: the test above cannot see the saving it guards. A hardened server
+    started in a fresh interpreter must not have imported ``websockets`` (nor ``wsproto``)
+    before a connection asks to upgrade."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from starlette.applications import Starlette\n"
+        "from client.runtime.serving import ServingThread, hardened_config, hardened_server\n"
+        "from tests.support import free_port\n"
+        "cfg = hardened_config(Starlette(), '127.0.0.1', free_port(), log_level='warning',"
+        " lifespan='off')\n"
+        "st = ServingThread(hardened_server(cfg))\n"
+        "st.start(10)\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('websockets', 'wsproto')))\n"
+        "st.stop(10)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
