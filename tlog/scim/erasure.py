@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import re
+import time
 import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -140,6 +141,16 @@ def _legacy_subject(tx: Overlay, tk: TenantKeys, keys: Any, given: SubjectId) ->
     return subject
 
 
+# How far the wall clock may go beyond the time that passed (CLOCK_BOOTTIME) between two
+# expiry runs of one process before expiry is refused (:meth:`Erasures._clock_step`).
+CLOCK_STEP_LIMIT_MS = 3600 * 1000
+
+
+def _boot_ms() -> int:
+    """``CLOCK_BOOTTIME`` in ms (monotonic, counting a suspended machine's time)."""
+    return time.clock_gettime_ns(time.CLOCK_BOOTTIME) // 1_000_000
+
+
 def _epoch_start_ms(epoch: int) -> int:
     y, m = divmod(epoch, 12)
     return int(datetime(y, m + 1, 1, tzinfo=UTC).timestamp() * 1000)
@@ -164,6 +175,10 @@ class Erasures:
         self.svc = service
         self._job: asyncio.Task[None] | None = None
         self._reseq: asyncio.Task[None] | None = None
+        # The wall clock and CLOCK_BOOTTIME read together at the first expiry (ms): what
+        # later expiries measure a step of the wall clock from (:meth:`_clock_step`).
+        self._clock_base: tuple[int, int] | None = None
+        self._clock_stepped: str | None = None  # why expiry is refused until a restart
 
     # -- plumbing -----------------------------------------------------------------------------
 
@@ -969,6 +984,10 @@ class Erasures:
         event per tenant that lost anything; the tenant's keys are rotated."""
         if principal is not None and tenant is not None:
             self._check_tenant(principal, tenant)
+        stepped = self._clock_step()
+        if stepped is not None:
+            log.error("retention expiry refused: %s", stepped)
+            raise Conflict(f"retention expiry refused: {stepped}")
         try:
             await self.resequence()
         except Exception as exc:  # the expiry does not depend on it: the retry loop has it
@@ -991,6 +1010,34 @@ class Erasures:
                 res = ExpiryResult(res.tenant, res.before, res.events, res.deks, res.held, done[0])
             results.append(res)
         return results
+
+    def _clock_step(self) -> str | None:
+        """Why the wall clock cannot be trusted to say what is due (None: it can). Expiry
+        shreds what the wall clock says is past its retention, for good; a wall clock that
+        stepped forward while the server ran (NTP stepping a clock set wrong, an operator's
+        `date -s`, a VM's clock) would shred what is not due, with an event that cannot say
+        the clock jumped (red team 31). So the wall clock is read with ``CLOCK_BOOTTIME``
+        (which counts a suspended machine's time too, and no step moves) at the first
+        expiry; a later expiry for which the wall clock has gone more than
+        :data:`CLOCK_STEP_LIMIT_MS` further is refused, loudly, until a restart (when the
+        operator has checked the clock: the new process reads them anew). A step back only
+        shreds less. Only for the machine's wall clock (a test's time source is its own)."""
+        if self._clock_stepped is not None or not self.svc.clock_is_wall():
+            return self._clock_stepped
+        wall, boot = self.svc.clock(), _boot_ms()
+        if self._clock_base is None:
+            self._clock_base = (wall, boot)
+            return None
+        wall0, boot0 = self._clock_base
+        ahead = (wall - wall0) - (boot - boot0)
+        if ahead <= CLOCK_STEP_LIMIT_MS:
+            return None
+        self._clock_stepped = (
+            f"the wall clock went {ahead // 1000} s further than the time that passed since "
+            "this server's first expiry run (a step forward: NTP, date -s, a VM); shredding "
+            "by it could destroy what is not due. Check the clock, then restart tlog serve"
+        )
+        return self._clock_stepped
 
     def _expirer(
         self, tenant: str

@@ -1048,6 +1048,10 @@ class ScimService:
             self._clock = clock
             self._ts_floor = floor
 
+    def clock_is_wall(self) -> bool:
+        """Whether :attr:`clock` is the machine's wall clock (not a test's time source)."""
+        return self._clock is _now_ms
+
     def log_time(self) -> int:
         """The log time (ms since the epoch) of what is staged now: the clock, but never below
         what this service stamped before. A wall clock that steps back (an NTP correction, a
