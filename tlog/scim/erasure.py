@@ -1017,8 +1017,8 @@ class Erasures:
         stepped forward while the server ran (NTP stepping a clock set wrong, an operator's
         `date -s`, a VM's clock) would shred what is not due, with an event that cannot say
         the clock jumped (red team 31). So the wall clock is read with ``CLOCK_BOOTTIME``
-        (which counts a suspended machine's time too, and no step moves) at the first
-        expiry; a later expiry for which the wall clock has gone more than
+        (which counts a suspended machine's time too, and no step moves) at :meth:`start`
+        or the first expiry; a later expiry for which the wall clock has gone more than
         :data:`CLOCK_STEP_LIMIT_MS` further is refused, loudly, until a restart (when the
         operator has checked the clock: the new process reads them anew). A step back only
         shreds less. Only for the machine's wall clock (a test's time source is its own)."""
@@ -1034,7 +1034,7 @@ class Erasures:
             return None
         self._clock_stepped = (
             f"the wall clock went {ahead // 1000} s further than the time that passed since "
-            "this server's first expiry run (a step forward: NTP, date -s, a VM); shredding "
+            "this server read them together (a step forward: NTP, date -s, a VM); shredding "
             "by it could destroy what is not due. Check the clock, then restart tlog serve"
         )
         return self._clock_stepped
@@ -1121,6 +1121,8 @@ class Erasures:
         review 38 a failed resequencing at start (the log overloaded or not signing) was
         retried only by the next expiry run, and never with the expiry off: a committed
         shred could stay without its event in the log while the server served."""
+
+        self._clock_step()  # the clocks read together now: a step from here on is seen
 
         async def resequencing() -> None:
             failures = 0
